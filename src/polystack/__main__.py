@@ -1,0 +1,3 @@
+from polystack.cli import main
+
+main()

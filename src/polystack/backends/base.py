@@ -1,0 +1,107 @@
+"""The backend contract: a runtime adapter loads an artifact and runs it, numpy in, numpy out.
+
+Backends are synchronous and know nothing of threads, batching, transports or the store.
+``CheckedModel`` is the public wrapper: it validates inputs against the Signature before the
+runtime sees them and returns only the outputs asked for.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+import importlib.util
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.types import Signature
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    signature: Signature
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; inputs carry the batch on dim 0 where the signature says so."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]  # == module name == entry-point key
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    formats: ClassVar[frozenset[str]]  # source/artifact formats it loads; "*" loads any
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules the runtime needs
+    distribution: ClassVar[str | None] = None  # pip distribution whose version is reported
+
+    def available(self) -> bool:
+        """True when the runtime is importable here (checked without importing it)."""
+        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+
+    def version(self) -> str | None:
+        if self.distribution is None:
+            return None
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def devices(self) -> list[str]:
+        """Devices this backend can use on this machine ("cpu", "cuda:0", ...)."""
+        return ["cpu"]
+
+    def accepts(self, format: str) -> bool:
+        return "*" in self.formats or format in self.formats
+
+    def parse_options(self, raw: Mapping[str, Any] | BaseModel | None) -> BaseModel:
+        if isinstance(raw, self.Options):
+            return raw
+        try:
+            return self.Options.model_validate(dict(raw or {}) if not isinstance(raw, BaseModel) else raw.model_dump())
+        except ValidationError as e:
+            fields = ", ".join(self.Options.model_fields) or "none"
+            raise InvalidRequest(
+                f"invalid options for backend {self.name!r}: {e.errors()[0]['msg']} at "
+                f"{'.'.join(map(str, e.errors()[0]['loc']))}; it takes: {fields}"
+            ) from e
+
+    @abc.abstractmethod
+    def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        """Load ``artifact`` for ``device``; raise polystack errors, never the runtime's own."""
+
+
+class CheckedModel:
+    """A LoadedModel behind input validation and output selection (composition, not patching)."""
+
+    def __init__(self, inner: LoadedModel, max_batch_size: int | None = None) -> None:
+        self.inner = inner
+        self.signature = inner.signature
+        self.max_batch_size = max_batch_size
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        self.signature.validate_inputs(inputs, self.max_batch_size)
+        if outputs:
+            unknown = [o for o in outputs if o not in self.signature.output_names]
+            if unknown:
+                raise InvalidTensor(
+                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
+                    f"{', '.join(self.signature.output_names)}"
+                )
+        result = self.inner.infer(inputs)
+        if outputs:
+            return {name: result[name] for name in outputs}
+        return result
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,147 @@
+"""ONNX Runtime: typed session options, devices through its execution providers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from polystack.backends.base import Backend, LoadedModel
+from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor
+from polystack.types import Signature
+
+# device prefix -> execution provider that runs it
+_DEVICE_PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+class OnnxRuntimeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    intra_op_threads: int | None = Field(default=None, ge=1, description="threads inside one operator")
+    inter_op_threads: int | None = Field(default=None, ge=1, description="threads across operators")
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    execution_providers: list[str] | None = Field(
+        default=None,
+        description="providers in preference order; those absent here are skipped (CPU always last)",
+    )
+
+
+def _to_runtime_input(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == object:  # BYTES: ONNX Runtime takes str for STRING tensors
+        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[object])(arr)
+    return arr
+
+
+def _from_runtime_output(arr: Any) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind in ("U", "O"):
+        return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else v, otypes=[object])(arr)
+    return arr
+
+
+class OnnxRuntimeModel:
+    def __init__(self, session: Any, signature: Signature) -> None:
+        self.session = session
+        self.signature = signature
+        self._outputs = signature.output_names
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+        feed = {name: _to_runtime_input(arr) for name, arr in inputs.items()}
+        try:
+            results = self.session.run(self._outputs, feed)
+        except InvalidArgument as e:
+            raise InvalidTensor(f"ONNX Runtime refused the inputs: {e}") from e
+        except Fail as e:
+            raise BackendError(f"ONNX Runtime failed: {e}") from e
+        except Exception as e:
+            raise BackendError(f"ONNX Runtime failed: {type(e).__name__}: {e}") from e
+        return {n: _from_runtime_output(r) for n, r in zip(self._outputs, results, strict=True)}
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    Options = OnnxRuntimeOptions
+    formats = frozenset({"onnx"})
+    requires = ("onnxruntime",)
+    distribution = "onnxruntime"
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        return list(ort.get_available_providers())
+
+    def devices(self) -> list[str]:
+        present = set(self.providers())
+        found = ["cpu"]
+        for prefix, provider in _DEVICE_PROVIDERS.items():
+            if provider in present:
+                found.append(f"{prefix}:0")
+        return found
+
+    def _providers_for(self, device: str, options: OnnxRuntimeOptions) -> list[Any]:
+        present = self.providers()
+        if options.execution_providers:
+            chosen: list[Any] = [p for p in options.execution_providers if p in present]
+            if not chosen:
+                raise BackendUnavailable(
+                    f"none of the execution providers {options.execution_providers} is present; "
+                    f"this onnxruntime offers {present}"
+                )
+        elif device == "cpu":
+            chosen = ["CPUExecutionProvider"]
+        else:
+            prefix, _, index = device.partition(":")
+            provider = _DEVICE_PROVIDERS.get(prefix)
+            if provider is None or provider not in present:
+                raise BackendUnavailable(
+                    f"onnxruntime cannot use device {device!r} here; it offers {self.devices()}"
+                )
+            chosen = [(provider, {"device_id": int(index or 0)})]
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        return chosen
+
+    def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        import onnxruntime as ort
+
+        assert isinstance(options, OnnxRuntimeOptions)
+        so = ort.SessionOptions()
+        if options.intra_op_threads:
+            so.intra_op_num_threads = options.intra_op_threads
+        if options.inter_op_threads:
+            so.inter_op_num_threads = options.inter_op_threads
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[options.graph_optimization_level]
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(artifact), sess_options=so, providers=self._providers_for(device, options)
+            )
+        except Exception as e:
+            raise InvalidModelFile(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0]}") from e
+        return OnnxRuntimeModel(session, signature)
+

@@ -1,0 +1,22 @@
+"""The command line: one module per command group, all on one Typer app."""
+
+from __future__ import annotations
+
+import sys
+
+from polystack.cli import demo, doctor, models, predict  # noqa: F401  (registers the commands)
+from polystack.cli.app import app, err_console
+from polystack.errors import PolystackError
+
+
+def main() -> None:
+    """Run the CLI; a polystack error or an unreadable file exits 2 with one line on stderr."""
+    try:
+        app()
+    except PolystackError as e:
+        err_console.print(f"error: {e.message}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        err_console.print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), highlight=False,
+                          markup=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,48 @@
+"""The Typer app and what every command shares: the store location, consoles, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from polystack.config import StoreSettings
+from polystack.store import Store
+
+app = typer.Typer(
+    name="polystack",
+    help="Register a model once; build, verify, measure and serve its fastest correct variant.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_state: dict[str, Path | None] = {"home": None}
+
+
+@app.callback()
+def _root(
+    home: Path | None = typer.Option(
+        None, "--home", envvar="POLYSTACK_HOME", help="Model store folder (default ~/.polystack)."
+    ),
+) -> None:
+    _state["home"] = home
+
+
+def store_settings() -> StoreSettings:
+    home = _state["home"]
+    return StoreSettings(home=home) if home is not None else StoreSettings()
+
+
+def open_store() -> Store:
+    return Store(store_settings())
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

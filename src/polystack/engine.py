@@ -1,0 +1,209 @@
+"""The transport-free core: load, unload, infer, ready and metadata for registered models.
+
+Servers (HTTP, gRPC, Ray Serve), batch jobs and the CLI all call this module; it imports no
+transport. What to load for a model is a ``LoadSpec`` (artifact, backend, device, options):
+``default_spec`` picks the preferred installed backend for the model's format; variants and plans
+supply their own specs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from polystack.backends import registry
+from polystack.backends.base import CheckedModel
+from polystack.errors import BackendUnavailable, ModelNotFound, ModelNotReady, PolystackError
+from polystack.stats import ModelStats
+from polystack.store import ModelRecord, ModelRef, Store
+from polystack.types import Signature
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Exactly what to load: an artifact, the backend that runs it, where, and how."""
+
+    artifact: Path
+    format: str
+    backend: str
+    device: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    variant_id: str | None = None
+    max_batch_size: int | None = None
+
+
+@dataclass
+class LoadedEntry:
+    record: ModelRecord
+    spec: LoadSpec
+    model: CheckedModel
+    options: BaseModel
+    stats: ModelStats = field(default_factory=ModelStats)
+    loaded_at: float = field(default_factory=time.time)
+    load_time_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str  # "<backend>_<format>", e.g. "onnxruntime_onnx", as Triton names platforms
+    signature: Signature
+
+    def to_dict(self) -> dict[str, Any]:
+        sig = self.signature.to_dict()
+        return {"name": self.name, "versions": self.versions, "platform": self.platform, **sig}
+
+
+def default_spec(store: Store, record: ModelRecord, backend: str | None = None, device: str = "cpu") -> LoadSpec:
+    """The source artifact on the preferred installed backend for its format (or ``backend``)."""
+    if backend is None:
+        candidates = registry.for_format(record.format)
+        if not candidates:
+            raise BackendUnavailable(
+                f"no installed backend loads format {record.format!r} (model {record.name!r}); "
+                "install one, e.g. pip install 'polystack[all]', and check `polystack doctor`"
+            )
+        backend = candidates[0].name
+    return LoadSpec(artifact=store.artifact_path(record), format=record.format, backend=backend, device=device)
+
+
+class Engine:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._models: dict[tuple[str, int], LoadedEntry] = {}
+        self._lock = threading.RLock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def load(self, ref: ModelRef | str, spec: LoadSpec | None = None) -> LoadedEntry:
+        """Load (or reload) one model version; the old instance, if any, is closed after the swap."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        record = self.store.get(ref)
+        spec = spec or default_spec(self.store, record)
+        backend = registry.require(spec.backend)
+        if not backend.accepts(spec.format):
+            raise BackendUnavailable(
+                f"backend {backend.name!r} does not load format {spec.format!r}; it loads {sorted(backend.formats)}"
+            )
+        options = backend.parse_options(spec.options)
+        started = time.perf_counter()
+        loaded = backend.load(spec.artifact, record.signature, options, spec.device)
+        entry = LoadedEntry(
+            record=record,
+            spec=spec,
+            model=CheckedModel(loaded, spec.max_batch_size),
+            options=options,
+            load_time_s=time.perf_counter() - started,
+        )
+        with self._lock:
+            old = self._models.get((record.name, record.version))
+            self._models[(record.name, record.version)] = entry
+        if old is not None:
+            old.model.close()
+        return entry
+
+    def unload(self, ref: ModelRef | str) -> list[LoadedEntry]:
+        """Unload one version, or every loaded version of a name; return what was unloaded."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        with self._lock:
+            keys = [k for k in self._models if k[0] == ref.name and (ref.version is None or k[1] == ref.version)]
+            if not keys:
+                raise ModelNotFound(f"model {ref} is not loaded")
+            gone = [self._models.pop(k) for k in keys]
+        for entry in gone:
+            entry.model.close()
+        return gone
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._models.values())
+            self._models.clear()
+        for e in entries:
+            e.model.close()
+
+    # -- lookup --------------------------------------------------------------------------------
+    def loaded(self) -> list[LoadedEntry]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda e: (e.name, e.version))
+
+    def get(self, name: str, version: int | None = None) -> LoadedEntry:
+        """The loaded entry for name (latest loaded version when none is given)."""
+        with self._lock:
+            if version is not None:
+                entry = self._models.get((name, version))
+                if entry is not None:
+                    return entry
+            else:
+                versions = sorted(v for (n, v) in self._models if n == name)
+                if versions:
+                    return self._models[(name, versions[-1])]
+        # Not loaded: say whether it exists at all, so the caller can tell 404 from 503.
+        record = self.store.get(ModelRef(name, version))
+        raise ModelNotReady(f"model {record.name}:{record.version} is registered but not loaded; load it first")
+
+    def ready(self, name: str, version: int | None = None) -> bool:
+        try:
+            self.get(name, version)
+        except PolystackError:
+            return False
+        return True
+
+    def metadata(self, name: str, version: int | None = None) -> ModelMetadata:
+        entry = self.get(name, version)
+        with self._lock:
+            versions = sorted(str(v) for (n, v) in self._models if n == name)
+        return ModelMetadata(
+            name=entry.name,
+            versions=versions if version is None else [str(entry.version)],
+            platform=f"{entry.spec.backend}_{entry.spec.format}".replace(".", "_"),
+            signature=entry.signature,
+        )
+
+    # -- inference -----------------------------------------------------------------------------
+    def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: int | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate and run one request (synchronously, in the caller's thread)."""
+        entry = self.get(name, version)
+        return infer_entry(entry, inputs, outputs)
+
+
+def infer_entry(
+    entry: LoadedEntry, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Run one request on a loaded entry, recording success/failure and compute time."""
+    started = time.perf_counter_ns()
+    try:
+        result = entry.model.infer(inputs, outputs)
+    except PolystackError:
+        entry.stats.add("fail", time.perf_counter_ns() - started)
+        raise
+    took = time.perf_counter_ns() - started
+    batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1)
+    entry.stats.executed(batch, took)
+    entry.stats.add("success", took)
+    return result

@@ -1,0 +1,122 @@
+"""Every error polystack raises, in one hierarchy with no transport imports.
+
+    PolystackError                      anything polystack raises on purpose
+    ├── InvalidRequest                  the caller sent something wrong            (HTTP 400, INVALID_ARGUMENT)
+    │   ├── InvalidTensor               wrong input name, datatype, shape or data
+    │   ├── InvalidName                 a model name with path characters, empty, too long
+    │   ├── InvalidModelFile            not the claimed format, truncated, unreadable
+    │   ├── UnsafeModel                 refused for safety: pickle, external data outside its folder
+    │   └── UnsupportedFormat           no importer recognises the file
+    ├── NotFound                        names something that does not exist        (HTTP 404, NOT_FOUND)
+    │   ├── ModelNotFound
+    │   ├── VersionNotFound
+    │   └── VariantNotFound
+    ├── Conflict                        clashes with the current state             (HTTP 409, FAILED_PRECONDITION)
+    ├── PermissionDenied                turned off or not allowed                  (HTTP 403, PERMISSION_DENIED)
+    ├── PayloadTooLarge                 a request body over the limit              (HTTP 413, RESOURCE_EXHAUSTED)
+    ├── UnsupportedMediaType            a content type the server does not speak   (HTTP 415, INVALID_ARGUMENT)
+    ├── Unavailable                     try again later                            (HTTP 503, UNAVAILABLE)
+    │   ├── ModelNotReady
+    │   ├── QueueFull
+    │   └── BackendUnavailable          the runtime is not installed or offers no such device
+    ├── DeadlineExceeded                a request waited past its timeout          (HTTP 504, DEADLINE_EXCEEDED)
+    └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
+        └── StoreError                  the model store is damaged or unwritable
+
+The mapping to HTTP and gRPC codes lives in ``polystack.server.status``, and only there.
+Messages say what was wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class PolystackError(Exception):
+    """Base of every error polystack raises on purpose."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidRequest(PolystackError):
+    pass
+
+
+class InvalidTensor(InvalidRequest):
+    pass
+
+
+class InvalidName(InvalidRequest):
+    pass
+
+
+class InvalidModelFile(InvalidRequest):
+    pass
+
+
+class UnsafeModel(InvalidRequest):
+    pass
+
+
+class UnsupportedFormat(InvalidRequest):
+    pass
+
+
+class NotFound(PolystackError):
+    pass
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    pass
+
+
+class VariantNotFound(NotFound):
+    pass
+
+
+class Conflict(PolystackError):
+    pass
+
+
+class PermissionDenied(PolystackError):
+    pass
+
+
+class PayloadTooLarge(PolystackError):
+    pass
+
+
+class UnsupportedMediaType(PolystackError):
+    pass
+
+
+class Unavailable(PolystackError):
+    pass
+
+
+class ModelNotReady(Unavailable):
+    pass
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class BackendUnavailable(Unavailable):
+    pass
+
+
+class DeadlineExceeded(PolystackError):
+    pass
+
+
+class BackendError(PolystackError):
+    pass
+
+
+class StoreError(BackendError):
+    pass

@@ -1,0 +1,1 @@
+"""The machines polystack runs on: hardware discovery (doctor), fingerprints."""

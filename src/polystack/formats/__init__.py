@@ -1,0 +1,73 @@
+"""Source formats: recognise a file a user saved with their framework and import it.
+
+An importer is a small module exposing ``NAME`` (the format name stored in the catalog),
+``sniff(path) -> bool`` (cheap recognition, no deserialisation) and
+``load(path, workdir) -> ImportedModel`` (validate, derive the Signature, and produce the single
+file the store keeps). ``detect`` tries them in order; ``--format`` forces one.
+Pickle-family files are refused before any byte is unpickled (see ``pickle_guard``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from polystack.errors import InvalidModelFile, UnsupportedFormat
+from polystack.formats import pickle_guard
+from polystack.types import Signature
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    format: str
+    signature: Signature
+    artifact: Path  # the one file the store keeps (may be a normalised copy in workdir)
+    settings: dict[str, Any] = field(default_factory=dict)  # facts the importer learnt (e.g. trusted types)
+
+
+class Importer(Protocol):
+    NAME: str
+
+    def sniff(self, path: Path) -> bool: ...
+
+    def load(self, path: Path, workdir: Path, **options: Any) -> ImportedModel: ...
+
+
+# Format name -> module under polystack.formats. Order matters for detection.
+IMPORTERS: dict[str, str] = {
+    "onnx": "polystack.formats.onnx",
+}
+
+
+def importer(name: str) -> Importer:
+    try:
+        module: Importer = importlib.import_module(IMPORTERS[name])  # type: ignore[assignment]
+    except KeyError:
+        raise UnsupportedFormat(f"unknown format {name!r}; known formats: {', '.join(IMPORTERS)}") from None
+    return module
+
+
+def detect(path: Path) -> str:
+    """The format of ``path``; refuses pickle-family files without unpickling them."""
+    if not path.exists():
+        raise InvalidModelFile(f"{path} does not exist")
+    pickle_guard.refuse_pickle(path)
+    for name in IMPORTERS:
+        if importer(name).sniff(path):
+            return name
+    raise UnsupportedFormat(
+        f"{path} is not a format polystack recognises ({', '.join(IMPORTERS)}); "
+        "pass --format to force one"
+    )
+
+
+def import_model(path: Path, workdir: Path, format: str | None = None, **options: Any) -> ImportedModel:
+    """Recognise (or take ``format``), validate and import ``path``; writes only under ``workdir``."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidModelFile(f"{path} does not exist; give the path of a saved model file")
+    pickle_guard.refuse_pickle(path)
+    name = format or detect(path)
+    return importer(name).load(path, workdir, **options)

@@ -1,0 +1,101 @@
+"""The model store: a SQLite catalog (facts) and content-addressed blobs (bytes).
+
+The store keeps bytes and facts and runs no model. Blobs are written before the catalog row that
+names them, so a crash leaves at worst an unreferenced blob (removed by ``gc``), never a row
+without its blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from polystack.config import StoreSettings
+from polystack.store.blobs import BlobStore
+from polystack.store.catalog import Catalog
+from polystack.errors import StoreError
+from polystack.store.models import ModelRecord, ModelTable, digests_in_use
+from polystack.store.refs import ModelRef, validate_name
+from polystack.types import Signature
+
+__all__ = ["ModelRecord", "ModelRef", "Store", "validate_name"]
+
+
+class Store:
+    def __init__(self, settings: StoreSettings | None = None) -> None:
+        self.settings = settings or StoreSettings()
+        self.home = self.settings.home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.settings.blobs_path)
+        self.catalog = Catalog(self.settings.catalog_path, self.settings.sqlite_busy_timeout_s)
+        self.models = ModelTable(self.catalog)
+
+    @classmethod
+    def at(cls, home: Path | str) -> Store:
+        return cls(StoreSettings(home=Path(home)))
+
+    def register(
+        self,
+        artifact: Path,
+        *,
+        name: str,
+        format: str,
+        signature: Signature,
+        tags: Mapping[str, str] | None = None,
+        source_filename: str = "",
+        samples: Path | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> tuple[ModelRecord, bool]:
+        """Store an imported artifact (and its samples) under ``name``; (record, created)."""
+        validate_name(name)
+        for _ in range(5):
+            digest, size = self.blobs.put_file(artifact)
+            samples_digest = self.blobs.put_file(samples)[0] if samples is not None else None
+            wanted = [d for d in (digest, samples_digest) if d]
+            result = self.models.add(
+                name=name,
+                format=format,
+                signature=signature,
+                digest=digest,
+                size_bytes=size,
+                tags=tags or {},
+                source_filename=source_filename,
+                samples_digest=samples_digest,
+                settings=settings,
+                blobs_present=lambda: all(self.blobs.has(d) for d in wanted),
+            )
+            if result is not None:
+                return result
+        raise StoreError(f"could not register {name!r}: its blobs kept being removed by a concurrent `remove`")
+
+    def get(self, ref: ModelRef | str) -> ModelRecord:
+        return self.models.get(ModelRef.parse(ref) if isinstance(ref, str) else ref)
+
+    def artifact_path(self, record: ModelRecord) -> Path:
+        return self.blobs.path(record.digest)
+
+    def remove(self, ref: ModelRef | str) -> list[ModelRecord]:
+        def release(digests: set[str]) -> None:
+            for d in digests:
+                self.blobs.remove(d)
+
+        return self.models.delete(ModelRef.parse(ref) if isinstance(ref, str) else ref, release)
+
+    def gc(self, older_than_s: float = 3600.0) -> int:
+        """Remove blobs no row names (left by killed writers) and stale temp files; return how many.
+
+        Only files older than ``older_than_s`` go, so a registration between writing its blob and
+        inserting its row is never robbed.
+        """
+        removed = 0
+        with self.catalog.write() as conn:
+            in_use = digests_in_use(conn)
+            for digest in list(self.blobs.digests(older_than_s)):
+                if digest not in in_use:
+                    self.blobs.remove(digest)
+                    removed += 1
+        return removed + self.blobs.sweep_temp(older_than_s)
+
+    def close(self) -> None:
+        self.catalog.close()

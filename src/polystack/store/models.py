@@ -1,0 +1,194 @@
+"""Registered models: the ``ModelRecord`` and the catalog queries that read and write it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from polystack.errors import ModelNotFound, VersionNotFound
+from polystack.store.catalog import Catalog
+from polystack.store.refs import ModelRef, validate_name
+from polystack.types import Signature
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    id: int
+    name: str
+    version: int
+    format: str
+    signature: Signature
+    digest: str
+    size_bytes: int
+    created_at: float
+    tags: dict[str, str] = field(default_factory=dict)
+    source_filename: str = ""
+    samples_digest: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "format": self.format,
+            "digest": f"sha256:{self.digest}",
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+            "tags": self.tags,
+            "source_filename": self.source_filename,
+            "signature": self.signature.to_dict(),
+            "has_samples": self.samples_digest is not None,
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ModelRecord:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            version=row["version"],
+            format=row["format"],
+            signature=Signature.from_dict(json.loads(row["signature"])),
+            digest=row["digest"],
+            size_bytes=row["size_bytes"],
+            created_at=row["created_at"],
+            tags=json.loads(row["tags"]),
+            source_filename=row["source_filename"],
+            samples_digest=row["samples_digest"],
+            settings=json.loads(row["settings"]),
+        )
+
+
+class ModelTable:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def add(
+        self,
+        *,
+        name: str,
+        format: str,
+        signature: Signature,
+        digest: str,
+        size_bytes: int,
+        tags: Mapping[str, str],
+        source_filename: str,
+        samples_digest: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        blobs_present: Callable[[], bool] = lambda: True,
+    ) -> tuple[ModelRecord, bool] | None:
+        """Insert a new version, or return the existing one holding the same bytes (idempotent).
+
+        Returns (record, created), or None when ``blobs_present()`` says, inside the transaction,
+        that a concurrent removal took the blobs away (the caller writes them again and retries).
+        """
+        validate_name(name)
+        with self.catalog.write() as conn:
+            if not blobs_present():
+                return None
+            row = conn.execute(
+                "SELECT * FROM models WHERE name = ? AND digest = ? ORDER BY version LIMIT 1", (name, digest)
+            ).fetchone()
+            if row is not None:
+                merged = {**json.loads(row["tags"]), **tags}
+                updates: dict[str, Any] = {"tags": json.dumps(merged, sort_keys=True)}
+                if samples_digest and row["samples_digest"] is None:
+                    updates["samples_digest"] = samples_digest
+                if settings:
+                    updates["settings"] = json.dumps({**json.loads(row["settings"]), **settings})
+                assignments = ", ".join(f"{k} = ?" for k in updates)
+                conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
+                row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
+                return ModelRecord.from_row(row), False
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (name,)
+            ).fetchone()[0]
+            cur = conn.execute(
+                "INSERT INTO models (name, version, format, signature, digest, size_bytes, created_at, tags,"
+                " source_filename, samples_digest, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    format,
+                    json.dumps(signature.to_dict()),
+                    digest,
+                    size_bytes,
+                    time.time(),
+                    json.dumps(dict(tags), sort_keys=True),
+                    source_filename,
+                    samples_digest,
+                    json.dumps(dict(settings or {})),
+                ),
+            )
+            row = conn.execute("SELECT * FROM models WHERE id = ?", (cur.lastrowid,)).fetchone()
+            return ModelRecord.from_row(row), True
+
+    def list(self, name: str | None = None) -> list[ModelRecord]:
+        if name is None:
+            rows = self.catalog.query("SELECT * FROM models ORDER BY name, version")
+        else:
+            rows = self.catalog.query("SELECT * FROM models WHERE name = ? ORDER BY version", (name,))
+        return [ModelRecord.from_row(r) for r in rows]
+
+    def get(self, ref: ModelRef) -> ModelRecord:
+        if ref.version is None:
+            row = self.catalog.query_one(
+                "SELECT * FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", (ref.name,)
+            )
+        else:
+            row = self.catalog.query_one(
+                "SELECT * FROM models WHERE name = ? AND version = ?", (ref.name, ref.version)
+            )
+        if row is not None:
+            return ModelRecord.from_row(row)
+        versions = [r.version for r in self.list(ref.name)]
+        if not versions:
+            raise ModelNotFound(f"no model named {ref.name!r}; `polystack models` lists the registered ones")
+        raise VersionNotFound(
+            f"model {ref.name!r} has no version {ref.version}; it has versions {versions}"
+        )
+
+    def get_by_id(self, model_id: int) -> ModelRecord:
+        row = self.catalog.query_one("SELECT * FROM models WHERE id = ?", (model_id,))
+        if row is None:
+            raise ModelNotFound(f"no model with id {model_id}")
+        return ModelRecord.from_row(row)
+
+    def update_settings(self, record: ModelRecord, settings: Mapping[str, Any]) -> ModelRecord:
+        with self.catalog.write() as conn:
+            conn.execute(
+                "UPDATE models SET settings = ? WHERE id = ?",
+                (json.dumps({**record.settings, **settings}), record.id),
+            )
+        return self.get_by_id(record.id)
+
+    def delete(self, ref: ModelRef, release: Callable[[set[str]], None]) -> list[ModelRecord]:
+        """Delete one version, or every version when ref has none; return what was deleted.
+
+        ``release`` receives the blob digests no row names any more, inside the same transaction, so
+        a concurrent registration of the same bytes either sees them gone or keeps them.
+        """
+        doomed = [self.get(ref)] if ref.version is not None else self.list(ref.name)
+        if not doomed:
+            self.get(ref)  # raises ModelNotFound
+        with self.catalog.write() as conn:
+            before = digests_in_use(conn)
+            conn.executemany("DELETE FROM models WHERE id = ?", [(r.id,) for r in doomed])
+            release(before - digests_in_use(conn))
+        return doomed
+
+
+def digests_in_use(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT digest FROM models UNION SELECT samples_digest FROM models WHERE samples_digest IS NOT NULL"
+        " UNION SELECT digest FROM variants WHERE digest IS NOT NULL"
+    ).fetchall()
+    return {r[0] for r in rows}

@@ -1,0 +1,250 @@
+"""Tensor types: DType (the OIP datatypes), TensorSpec and Signature.
+
+The mapping between numpy, ONNX and the Open Inference Protocol datatype names lives here and
+nowhere else. Dynamic dimensions are -1; a symbolic dimension name (``"batch"``) is kept beside it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polystack.errors import InvalidTensor
+
+
+def _bfloat16() -> np.dtype[Any]:
+    import ml_dtypes  # small, and a dependency of onnx; numpy itself has no bfloat16
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class DType(str, enum.Enum):
+    """A tensor element type, named as the Open Inference Protocol names it."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    BF16 = "BF16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+    @property
+    def numpy(self) -> np.dtype[Any]:
+        """The numpy dtype that holds this type (BYTES: object arrays of ``bytes``)."""
+        if self is DType.BF16:
+            return _bfloat16()
+        return np.dtype(_TO_NUMPY[self])
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element in the raw little-endian wire form; 0 for BYTES (variable length)."""
+        return 0 if self is DType.BYTES else self.numpy.itemsize
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[Any] | type) -> DType:
+        dt = np.dtype(dtype)
+        if dt.kind in ("O", "S", "U"):
+            return DType.BYTES
+        if dt.name == "bfloat16":
+            return DType.BF16
+        try:
+            return _FROM_NUMPY[dt]
+        except KeyError:
+            raise InvalidTensor(
+                f"numpy dtype {dt.str} has no Open Inference Protocol equivalent; use a native-endian "
+                f"{', '.join(d.value for d in DType)} array"
+            ) from None
+
+    @classmethod
+    def from_onnx(cls, elem_type: int) -> DType:
+        try:
+            return _FROM_ONNX[elem_type]
+        except KeyError:
+            raise InvalidTensor(
+                f"ONNX element type {elem_type} is not supported; polystack serves "
+                f"{', '.join(d.value for d in DType)}"
+            ) from None
+
+    @classmethod
+    def parse(cls, name: str) -> DType:
+        try:
+            return cls(name.upper())
+        except ValueError:
+            raise InvalidTensor(
+                f"unknown datatype {name!r}; expected one of {', '.join(d.value for d in DType)}"
+            ) from None
+
+
+_TO_NUMPY: dict[DType, str] = {
+    DType.BOOL: "bool",
+    DType.UINT8: "uint8",
+    DType.UINT16: "uint16",
+    DType.UINT32: "uint32",
+    DType.UINT64: "uint64",
+    DType.INT8: "int8",
+    DType.INT16: "int16",
+    DType.INT32: "int32",
+    DType.INT64: "int64",
+    DType.FP16: "float16",
+    DType.FP32: "float32",
+    DType.FP64: "float64",
+    DType.BYTES: "object",
+}
+_FROM_NUMPY: dict[np.dtype[Any], DType] = {
+    np.dtype(v): k for k, v in _TO_NUMPY.items() if k is not DType.BYTES
+}
+# onnx.TensorProto.DataType values, written out so that this module needs no onnx import.
+_FROM_ONNX: dict[int, DType] = {
+    1: DType.FP32,
+    2: DType.UINT8,
+    3: DType.INT8,
+    4: DType.UINT16,
+    5: DType.INT16,
+    6: DType.INT32,
+    7: DType.INT64,
+    8: DType.BYTES,  # STRING
+    9: DType.BOOL,
+    10: DType.FP16,
+    11: DType.FP64,
+    12: DType.UINT32,
+    13: DType.UINT64,
+    16: DType.BF16,
+}
+
+Dim = int  # -1 means dynamic
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output: datatype and shape (-1 for a dynamic dimension)."""
+
+    name: str
+    dtype: DType
+    shape: tuple[Dim, ...]
+    dim_names: tuple[str | None, ...] = ()  # symbolic names of dynamic dims, where the model gives them
+
+    def __post_init__(self) -> None:
+        if self.dim_names and len(self.dim_names) != len(self.shape):
+            raise ValueError("dim_names must have one entry per dimension")
+
+    @property
+    def batched(self) -> bool:
+        """True when the first dimension is dynamic, i.e. the model takes a batch on dim 0."""
+        return bool(self.shape) and self.shape[0] == -1
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want == -1 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def describe(self) -> str:
+        dims = []
+        for i, d in enumerate(self.shape):
+            name = self.dim_names[i] if self.dim_names else None
+            dims.append(name if (d == -1 and name) else str(d))
+        return f"{self.name}: {self.dtype.value}[{', '.join(dims)}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "datatype": self.dtype.value, "shape": list(self.shape)}
+        if any(self.dim_names):
+            out["dim_names"] = list(self.dim_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(d["name"]),
+            dtype=DType.parse(str(d["datatype"])),
+            shape=tuple(int(x) for x in d["shape"]),
+            dim_names=tuple(d.get("dim_names") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model takes and returns."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    _by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({t.name: t for t in self.inputs})
+
+    def input(self, name: str) -> TensorSpec:
+        return self._by_name[name]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def batched(self) -> bool:
+        """True when every input takes a batch on its first dimension."""
+        return bool(self.inputs) and all(t.batched for t in self.inputs)
+
+    def validate_inputs(
+        self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None
+    ) -> None:
+        """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
+        expected = ", ".join(t.describe() for t in self.inputs)
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise InvalidTensor(f"missing input {', '.join(map(repr, missing))}; the model expects {expected}")
+        unexpected = [n for n in inputs if n not in self._by_name]
+        if unexpected:
+            raise InvalidTensor(
+                f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {expected}"
+            )
+        batch: int | None = None
+        for spec in self.inputs:
+            arr = inputs[spec.name]
+            got = DType.from_numpy(arr.dtype)
+            if got is not spec.dtype:
+                raise InvalidTensor(
+                    f"input {spec.name!r} has datatype {got.value} but the model expects "
+                    f"{spec.dtype.value}; convert it before sending"
+                )
+            if not spec.accepts(arr.shape):
+                raise InvalidTensor(
+                    f"input {spec.name!r} has shape {list(arr.shape)} but the model expects "
+                    f"{list(spec.shape)} (-1 = any size)"
+                )
+            if spec.batched:
+                if batch is None:
+                    batch = arr.shape[0]
+                elif arr.shape[0] != batch:
+                    raise InvalidTensor(
+                        f"input {spec.name!r} has batch size {arr.shape[0]} but another input has {batch}; "
+                        "every input must carry the same batch size on dimension 0"
+                    )
+        if max_batch_size and batch is not None and batch > max_batch_size:
+            raise InvalidTensor(
+                f"batch size {batch} exceeds the model's maximum of {max_batch_size}; split the request"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Signature:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+        )
