@@ -46,9 +46,7 @@ def read_inputs(path: Path, signature: Signature) -> dict[str, np.ndarray]:
             if not isinstance(data, dict):
                 raise InvalidRequest(f"{path.name} must hold a JSON object {{input_name: nested list}}")
             specs = {t.name: t for t in signature.inputs}
-            return {
-                k: _as_dtype(k, v, specs[k].dtype) if k in specs else np.asarray(v) for k, v in data.items()
-            }
+            return {k: _as_dtype(k, v, specs[k].dtype) if k in specs else np.asarray(v) for k, v in data.items()}
     except (ValueError, OSError) as e:  # includes json.JSONDecodeError and numpy's pickle refusal
         raise InvalidRequest(f"cannot read inputs from {path.name}: {e}") from e
     raise InvalidRequest(f"input file {path.name} must end in {', '.join(SUFFIXES)}")
@@ -71,7 +69,7 @@ def write_outputs(path: Path, outputs: Mapping[str, np.ndarray]) -> None:
             raise InvalidRequest(f"the model returns {len(outputs)} outputs; write them to .npz or .json")
         np.save(path, next(iter(outputs.values())), allow_pickle=False)
     elif suffix == ".npz":
-        np.savez(path, **dict(outputs))
+        np.savez(path, **dict(outputs))  # type: ignore[arg-type]
     elif suffix == ".json":
         path.write_text(json.dumps(to_jsonable(outputs)))
     else:

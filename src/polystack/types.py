@@ -73,8 +73,7 @@ class DType(str, enum.Enum):
             return _FROM_ONNX[elem_type]
         except KeyError:
             raise InvalidTensor(
-                f"ONNX element type {elem_type} is not supported; polystack serves "
-                f"{', '.join(d.value for d in DType)}"
+                f"ONNX element type {elem_type} is not supported; polystack serves {', '.join(d.value for d in DType)}"
             ) from None
 
     @classmethod
@@ -102,9 +101,7 @@ _TO_NUMPY: dict[DType, str] = {
     DType.FP64: "float64",
     DType.BYTES: "object",
 }
-_FROM_NUMPY: dict[np.dtype[Any], DType] = {
-    np.dtype(v): k for k, v in _TO_NUMPY.items() if k is not DType.BYTES
-}
+_FROM_NUMPY: dict[np.dtype[Any], DType] = {np.dtype(v): k for k, v in _TO_NUMPY.items() if k is not DType.BYTES}
 # onnx.TensorProto.DataType values, written out so that this module needs no onnx import.
 _FROM_ONNX: dict[int, DType] = {
     1: DType.FP32,
@@ -199,9 +196,7 @@ class Signature:
         """True when every input takes a batch on its first dimension."""
         return bool(self.inputs) and all(t.batched for t in self.inputs)
 
-    def validate_inputs(
-        self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None
-    ) -> None:
+    def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
         """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
         expected = ", ".join(t.describe() for t in self.inputs)
         missing = [n for n in self.input_names if n not in inputs]
@@ -209,9 +204,7 @@ class Signature:
             raise InvalidTensor(f"missing input {', '.join(map(repr, missing))}; the model expects {expected}")
         unexpected = [n for n in inputs if n not in self._by_name]
         if unexpected:
-            raise InvalidTensor(
-                f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {expected}"
-            )
+            raise InvalidTensor(f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {expected}")
         batch: int | None = None
         for spec in self.inputs:
             arr = inputs[spec.name]

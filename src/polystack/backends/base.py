@@ -87,9 +87,7 @@ class CheckedModel:
         self.signature = inner.signature
         self.max_batch_size = max_batch_size
 
-    def infer(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         self.signature.validate_inputs(inputs, self.max_batch_size)
         if outputs:
             unknown = [o for o in outputs if o not in self.signature.output_names]

@@ -110,9 +110,7 @@ class OnnxRuntimeBackend(Backend):
             prefix, _, index = device.partition(":")
             provider = _DEVICE_PROVIDERS.get(prefix)
             if provider is None or provider not in present:
-                raise BackendUnavailable(
-                    f"onnxruntime cannot use device {device!r} here; it offers {self.devices()}"
-                )
+                raise BackendUnavailable(f"onnxruntime cannot use device {device!r} here; it offers {self.devices()}")
             chosen = [(provider, {"device_id": int(index or 0)})]
         if "CPUExecutionProvider" not in chosen:
             chosen.append("CPUExecutionProvider")
@@ -144,4 +142,3 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:
             raise InvalidModelFile(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0]}") from e
         return OnnxRuntimeModel(session, signature)
-

@@ -17,6 +17,7 @@ def main() -> None:
         err_console.print(f"error: {e.message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:
-        err_console.print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), highlight=False,
-                          markup=False, soft_wrap=True)
+        err_console.print(
+            f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), highlight=False, markup=False, soft_wrap=True
+        )
         sys.exit(2)

@@ -18,8 +18,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         print_json({**rep.to_dict(), "fingerprint": fingerprint(rep), "backends": backends})
         return
     console.print(f"[bold]python[/]        {rep.python} on {rep.platform}")
-    console.print(f"[bold]cpu[/]           {rep.cpu_model} ({rep.cpu_arch}), {rep.logical_cores} logical cores"
-                  + (f", {rep.physical_cores} physical" if rep.physical_cores else ""))
+    console.print(
+        f"[bold]cpu[/]           {rep.cpu_model} ({rep.cpu_arch}), {rep.logical_cores} logical cores"
+        + (f", {rep.physical_cores} physical" if rep.physical_cores else "")
+    )
     console.print(f"[bold]isa[/]           {', '.join(rep.isa) or 'none detected'}")
     console.print(f"[bold]memory[/]        {rep.memory_bytes / 2**30:.1f} GiB")
     console.print(f"[bold]accelerators[/]  {', '.join(rep.accelerators) or 'none'}")

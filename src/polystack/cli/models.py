@@ -55,8 +55,10 @@ def register(
         print_json({**record.to_dict(), "created": created})
         return
     verb = "registered" if created else "already registered"
-    console.print(f"[bold]{record.name}:{record.version}[/] {verb} ({record.format}, {record.size_bytes} bytes, "
-                  f"sha256:{record.digest[:12]})")
+    console.print(
+        f"[bold]{record.name}:{record.version}[/] {verb} ({record.format}, {record.size_bytes} bytes, "
+        f"sha256:{record.digest[:12]})"
+    )
     for t in record.signature.inputs:
         console.print(f"  input  {t.describe()}", markup=False)
     for t in record.signature.outputs:
@@ -73,10 +75,14 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     table = Table("name", "version", "format", "inputs", "outputs", "size", "registered", "tags")
     for r in records:
         table.add_row(
-            r.name, str(r.version), r.format,
+            r.name,
+            str(r.version),
+            r.format,
             escape("; ".join(t.describe() for t in r.signature.inputs)),
             escape("; ".join(t.describe() for t in r.signature.outputs)),
-            f"{r.size_bytes:,}", _when(r.created_at), ", ".join(f"{k}={v}" for k, v in r.tags.items()),
+            f"{r.size_bytes:,}",
+            _when(r.created_at),
+            ", ".join(f"{k}={v}" for k, v in r.tags.items()),
         )
     console.print(table if records else "no models registered yet: polystack register PATH")
 

@@ -34,7 +34,10 @@ def predict(
         engine.close()
     if output is not None:
         write_outputs(output, outputs)
-        console.print(f"{record.name}:{record.version} on {entry.spec.backend}/{entry.spec.device}: "
-                      f"wrote {', '.join(outputs)} to {output}", highlight=False)
+        console.print(
+            f"{record.name}:{record.version} on {entry.spec.backend}/{entry.spec.device}: "
+            f"wrote {', '.join(outputs)} to {output}",
+            highlight=False,
+        )
     else:
         print(json.dumps(to_jsonable(outputs)))

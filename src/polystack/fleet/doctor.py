@@ -95,7 +95,9 @@ def _accelerators() -> list[str]:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10,
+                capture_output=True,
+                text=True,
+                timeout=10,
             )
             found += [f"NVIDIA {line.strip()}" for line in out.stdout.splitlines() if line.strip()]
         except (OSError, subprocess.TimeoutExpired):
@@ -193,11 +195,13 @@ def backends_table() -> list[dict[str, Any]]:
     for name in registry.names():
         b = registry.get(name)
         ok = b.available()
-        rows.append({
-            "backend": name,
-            "available": ok,
-            "version": b.version() if ok else None,
-            "formats": sorted(b.formats),
-            "devices": b.devices() if ok else [],
-        })
+        rows.append(
+            {
+                "backend": name,
+                "available": ok,
+                "version": b.version() if ok else None,
+                "formats": sorted(b.formats),
+                "devices": b.devices() if ok else [],
+            }
+        )
     return rows

@@ -43,7 +43,7 @@ IMPORTERS: dict[str, str] = {
 
 def importer(name: str) -> Importer:
     try:
-        module: Importer = importlib.import_module(IMPORTERS[name])  # type: ignore[assignment]
+        module: Importer = importlib.import_module(IMPORTERS[name])
     except KeyError:
         raise UnsupportedFormat(f"unknown format {name!r}; known formats: {', '.join(IMPORTERS)}") from None
     return module
@@ -58,8 +58,7 @@ def detect(path: Path) -> str:
         if importer(name).sniff(path):
             return name
     raise UnsupportedFormat(
-        f"{path} is not a format polystack recognises ({', '.join(IMPORTERS)}); "
-        "pass --format to force one"
+        f"{path} is not a format polystack recognises ({', '.join(IMPORTERS)}); pass --format to force one"
     )
 
 

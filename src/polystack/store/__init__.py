@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from polystack.config import StoreSettings
+from polystack.errors import StoreError
 from polystack.store.blobs import BlobStore
 from polystack.store.catalog import Catalog
-from polystack.errors import StoreError
 from polystack.store.models import ModelRecord, ModelTable, digests_in_use
+from polystack.store.plans import PlanRecord, PlanTable
 from polystack.store.refs import ModelRef, validate_name
+from polystack.store.variants import VariantRecord, VariantTable
 from polystack.types import Signature
 
-__all__ = ["ModelRecord", "ModelRef", "Store", "validate_name"]
+__all__ = ["ModelRecord", "ModelRef", "PlanRecord", "Store", "VariantRecord", "validate_name"]
 
 
 class Store:
@@ -30,6 +32,8 @@ class Store:
         self.blobs = BlobStore(self.settings.blobs_path)
         self.catalog = Catalog(self.settings.catalog_path, self.settings.sqlite_busy_timeout_s)
         self.models = ModelTable(self.catalog)
+        self.variants = VariantTable(self.catalog)
+        self.plans = PlanTable(self.catalog)
 
     @classmethod
     def at(cls, home: Path | str) -> Store:
@@ -63,7 +67,7 @@ class Store:
                 source_filename=source_filename,
                 samples_digest=samples_digest,
                 settings=settings,
-                blobs_present=lambda: all(self.blobs.has(d) for d in wanted),
+                blobs_present=lambda wanted=wanted: all(self.blobs.has(d) for d in wanted),  # type: ignore[misc]
             )
             if result is not None:
                 return result

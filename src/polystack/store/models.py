@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -144,17 +145,13 @@ class ModelTable:
                 "SELECT * FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", (ref.name,)
             )
         else:
-            row = self.catalog.query_one(
-                "SELECT * FROM models WHERE name = ? AND version = ?", (ref.name, ref.version)
-            )
+            row = self.catalog.query_one("SELECT * FROM models WHERE name = ? AND version = ?", (ref.name, ref.version))
         if row is not None:
             return ModelRecord.from_row(row)
         versions = [r.version for r in self.list(ref.name)]
         if not versions:
             raise ModelNotFound(f"no model named {ref.name!r}; `polystack models` lists the registered ones")
-        raise VersionNotFound(
-            f"model {ref.name!r} has no version {ref.version}; it has versions {versions}"
-        )
+        raise VersionNotFound(f"model {ref.name!r} has no version {ref.version}; it has versions {versions}")
 
     def get_by_id(self, model_id: int) -> ModelRecord:
         row = self.catalog.query_one("SELECT * FROM models WHERE id = ?", (model_id,))
@@ -170,7 +167,7 @@ class ModelTable:
             )
         return self.get_by_id(record.id)
 
-    def delete(self, ref: ModelRef, release: Callable[[set[str]], None]) -> list[ModelRecord]:
+    def delete(self, ref: ModelRef, release: Callable[[set[str]], None]) -> builtins.list[ModelRecord]:
         """Delete one version, or every version when ref has none; return what was deleted.
 
         ``release`` receives the blob digests no row names any more, inside the same transaction, so

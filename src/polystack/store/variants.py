@@ -1,0 +1,142 @@
+"""Variants: a model built for one backend x device x precision x options, with the gate's verdict.
+
+A variant's id is derived from what defines it (model digest, backend, device, precision, options),
+so building the same variant twice updates one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from polystack.errors import VariantNotFound
+from polystack.store.catalog import Catalog
+from polystack.store.models import ModelRecord
+
+Status = Literal["verified", "rejected", "failed", "pending"]
+
+
+def variant_id(model_digest: str, backend: str, device: str, precision: str, options: Mapping[str, Any]) -> str:
+    key = json.dumps([model_digest, backend, device, precision, dict(options)], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    id: str
+    model_id: int
+    backend: str
+    device: str
+    precision: str  # fp32, bf16, fp16, int8, ...
+    options: dict[str, Any]
+    format: str  # format of the artifact the backend loads
+    digest: str | None  # artifact blob; None when the build failed
+    size_bytes: int | None
+    status: Status
+    metrics: dict[str, Any] = field(default_factory=dict)  # the gate's figures
+    error: str | None = None  # why it failed or was rejected
+    build_time_s: float | None = None
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "options": self.options,
+            "format": self.format,
+            "digest": f"sha256:{self.digest}" if self.digest else None,
+            "size_bytes": self.size_bytes,
+            "status": self.status,
+            "metrics": self.metrics,
+            "error": self.error,
+            "build_time_s": self.build_time_s,
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> VariantRecord:
+        return cls(
+            id=row["id"],
+            model_id=row["model_id"],
+            backend=row["backend"],
+            device=row["device"],
+            precision=row["precision"],
+            options=json.loads(row["options"]),
+            format=row["format"],
+            digest=row["digest"],
+            size_bytes=row["size_bytes"],
+            status=row["status"],
+            metrics=json.loads(row["metrics"]),
+            error=row["error"],
+            build_time_s=row["build_time_s"],
+            created_at=row["created_at"],
+        )
+
+
+class VariantTable:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def upsert(
+        self,
+        model: ModelRecord,
+        *,
+        backend: str,
+        device: str,
+        precision: str,
+        options: Mapping[str, Any],
+        format: str,
+        digest: str | None,
+        size_bytes: int | None,
+        status: Status,
+        metrics: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        build_time_s: float | None = None,
+    ) -> VariantRecord:
+        vid = variant_id(model.digest, backend, device, precision, options)
+        with self.catalog.write() as conn:
+            conn.execute(
+                "INSERT INTO variants (id, model_id, backend, device, precision, options, format, digest,"
+                " size_bytes, status, metrics, error, build_time_s, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET format = excluded.format, digest = excluded.digest,"
+                " size_bytes = excluded.size_bytes, status = excluded.status, metrics = excluded.metrics,"
+                " error = excluded.error, build_time_s = excluded.build_time_s",
+                (
+                    vid,
+                    model.id,
+                    backend,
+                    device,
+                    precision,
+                    json.dumps(dict(options), sort_keys=True),
+                    format,
+                    digest,
+                    size_bytes,
+                    status,
+                    json.dumps(dict(metrics or {})),
+                    error,
+                    build_time_s,
+                    time.time(),
+                ),
+            )
+        return self.get(vid)
+
+    def get(self, vid: str) -> VariantRecord:
+        row = self.catalog.query_one("SELECT * FROM variants WHERE id = ?", (vid,))
+        if row is None:
+            raise VariantNotFound(f"no variant {vid!r}; `polystack variants NAME` lists a model's variants")
+        return VariantRecord.from_row(row)
+
+    def for_model(self, model: ModelRecord, status: Status | None = None) -> list[VariantRecord]:
+        sql = "SELECT * FROM variants WHERE model_id = ?"
+        params: list[Any] = [model.id]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        return [VariantRecord.from_row(r) for r in self.catalog.query(sql + " ORDER BY created_at, id", params)]
