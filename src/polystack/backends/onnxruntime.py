@@ -135,10 +135,9 @@ class OnnxRuntimeBackend(Backend):
             ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.log_severity_level = 3
+        providers = self._providers_for(device, options)
         try:
-            session = ort.InferenceSession(
-                str(artifact), sess_options=so, providers=self._providers_for(device, options)
-            )
+            session = ort.InferenceSession(str(artifact), sess_options=so, providers=providers)
         except Exception as e:
             raise InvalidModelFile(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0]}") from e
         return OnnxRuntimeModel(session, signature)

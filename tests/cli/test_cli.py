@@ -1,0 +1,113 @@
+"""The CLI as a user runs it: a real subprocess per command, a store in a temp folder."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "POLYSTACK_HOME": str(home), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "polystack", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def fails_with(out: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr  # one line that says what to do
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_register_list_show_predict_remove(home: Path, mlp_path: Path, tmp_path: Path) -> None:
+    out = run(home, "register", str(mlp_path), "--name", "mlp", "--tag", "team=search", "--json")
+    rec = json.loads(out.stdout)
+    assert rec["name"] == "mlp" and rec["version"] == 1 and rec["created"] is True
+    assert rec["signature"]["inputs"][0]["shape"] == [-1, 8]
+    assert "already registered" in run(home, "register", str(mlp_path), "--name", "mlp").stdout
+
+    listed = json.loads(run(home, "models", "--json").stdout)
+    assert [(m["name"], m["version"], m["tags"]) for m in listed] == [("mlp", 1, {"team": "search"})]
+    assert "x: FP32[batch, 8]" in run(home, "show", "mlp:1").stdout
+
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    y = json.loads(run(home, "predict", "mlp", "--input", str(tmp_path / "x.npy")).stdout)["y"]
+    assert np.asarray(y).shape == (2, 3)
+    (tmp_path / "x.json").write_text(json.dumps({"x": x.tolist()}))
+    run(home, "predict", "mlp:1", "--input", str(tmp_path / "x.json"), "--output", str(tmp_path / "y.npz"))
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_allclose(z["y"], np.asarray(y), rtol=1e-5)
+
+    assert "removed mlp:1" in run(home, "remove", "mlp").stdout
+    assert json.loads(run(home, "models", "--json").stdout) == []
+
+
+def test_bad_input_exits_2_with_one_line(home: Path, mlp_path: Path, tmp_path: Path) -> None:
+    run(home, "register", str(mlp_path), "--name", "mlp")
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("not a model at all\n" * 20)
+    fails_with(run(home, "register", str(notes), check=False), "not a")
+    fails_with(run(home, "register", str(mlp_path), "--name", "../etc", check=False), "not allowed")
+    fails_with(run(home, "register", str(tmp_path / "missing.onnx"), check=False), "does not exist")
+    fails_with(run(home, "register", str(mlp_path), "--tag", "oops", check=False), "KEY=VALUE")
+    fails_with(run(home, "show", "ghost", check=False), "no model named 'ghost'")
+    fails_with(run(home, "show", "mlp:9", check=False), "has no version 9")
+    fails_with(run(home, "show", "mlp:x", check=False), "not a positive integer")
+    np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "bad.npy"), check=False), "expects [-1, 8]")
+    np.save(tmp_path / "int.npy", np.zeros((2, 8), np.int64))
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "int.npy"), check=False), "datatype INT64")
+    (tmp_path / "wrong.json").write_text(json.dumps({"z": [[0.0] * 8]}))
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "wrong.json"), check=False), "missing input 'x'")
+    (tmp_path / "broken.json").write_text("{not json")
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "broken.json"), check=False), "cannot read inputs")
+    # the store is intact after all of that
+    assert [m["name"] for m in json.loads(run(home, "models", "--json").stdout)] == ["mlp"]
+
+
+def test_a_pickle_is_refused_without_being_unpickled(home: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    for name in ("model.pkl", "model.onnx", "weights"):
+        p = tmp_path / name
+        p.write_bytes(pickle.dumps(Payload()))
+        fails_with(run(home, "register", str(p), check=False), "pickle")
+    assert not marker.exists()
+
+
+def test_doctor_describes_this_machine(home: Path) -> None:
+    report = json.loads(run(home, "doctor", "--json").stdout)
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert report["logical_cores"] == os.cpu_count()
+    assert report["cpu_model"] in cpuinfo
+    flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split(":")[1].split())
+    assert ("AVX2" in report["isa"]) == ("avx2" in flags)
+    assert ("AVX512_BF16" in report["isa"]) == ("avx512_bf16" in flags)
+    assert ("AMX" in report["isa"]) == ("amx_tile" in flags)
+    ort = next(r for r in report["runtimes"] if r["name"] == "onnxruntime")
+    assert ort["installed"] and "CPUExecutionProvider" in ort["devices"]
+    assert {b["backend"] for b in report["backends"]} >= {"null", "onnxruntime"}
+    assert report["memory_bytes"] > 2**30
+    text = run(home, "doctor").stdout
+    assert "onnxruntime" in text and "fingerprint" in text
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = run(tmp_path / "unused", "demo", "--demo-home", str(tmp_path / "demo"))
+    assert "demo finished" in out.stdout

@@ -1,0 +1,156 @@
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polystack.errors import InvalidName, ModelNotFound, VersionNotFound
+from polystack.formats import import_model
+from polystack.store import ModelRecord, Store
+from polystack.store.catalog import SCHEMA_VERSION, Catalog
+
+
+def register(store: Store, path: Path, name: str = "mlp", **kw: object) -> tuple[ModelRecord, bool]:
+    imported = import_model(path, path.parent)
+    return store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature, **kw)
+
+
+def test_register_stores_a_content_addressed_blob_and_a_row(store: Store, mlp_path: Path) -> None:
+    record, created = register(store, mlp_path, tags={"team": "search"})
+    assert created and record.version == 1
+    blob = store.home / "blobs" / "sha256" / record.digest
+    assert blob.read_bytes() == mlp_path.read_bytes()
+    assert record.size_bytes == mlp_path.stat().st_size
+    assert record.tags == {"team": "search"}
+    assert record.signature.input_names == ["x"]
+    assert store.get("mlp:1") == record
+
+
+def test_registering_the_same_bytes_twice_is_idempotent(store: Store, mlp_path: Path) -> None:
+    first, created1 = register(store, mlp_path)
+    again, created2 = register(store, mlp_path)
+    assert created1 and not created2
+    assert again.version == first.version == 1
+    assert len(store.models.list("mlp")) == 1
+
+
+def test_new_bytes_make_a_new_version_and_identical_blobs_are_stored_once(store: Store, tmp_path: Path) -> None:
+    from polystack.examples import mlp_onnx
+
+    a = mlp_onnx(tmp_path / "a.onnx", seed=1)
+    b = mlp_onnx(tmp_path / "b.onnx", seed=2)
+    assert register(store, a)[0].version == 1
+    assert register(store, b)[0].version == 2
+    assert register(store, a, name="other")[0].version == 1
+    blobs = [p for p in (store.home / "blobs" / "sha256").iterdir() if not p.name.startswith(".")]
+    assert len(blobs) == 2
+    assert store.get("mlp").version == 2
+
+
+def test_unknown_model_and_version_say_what_exists(store: Store, mlp_path: Path) -> None:
+    register(store, mlp_path)
+    with pytest.raises(ModelNotFound, match="no model named 'nope'"):
+        store.get("nope")
+    with pytest.raises(VersionNotFound, match=r"has no version 7; it has versions \[1\]"):
+        store.get("mlp:7")
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a/b", "a\\b", "a:b", ".hidden", "x" * 200, "a..b", "sp ace"])
+def test_names_with_path_characters_or_empty_are_refused(store: Store, mlp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidName, match="not allowed"):
+        register(store, mlp_path, name=name)
+    assert store.models.list() == []
+
+
+def test_remove_deletes_rows_and_unused_blobs_but_keeps_shared_ones(store: Store, mlp_path: Path) -> None:
+    rec, _ = register(store, mlp_path, name="a")
+    register(store, mlp_path, name="b")
+    store.remove("a")
+    assert store.blobs.has(rec.digest)  # still used by b
+    store.remove("b:1")
+    assert not store.blobs.has(rec.digest)
+    assert store.models.list() == []
+
+
+def test_catalog_uses_wal_and_a_versioned_schema(store: Store) -> None:
+    conn = sqlite3.connect(store.home / "catalog.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_an_old_schema_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.db"
+    conn = sqlite3.connect(db)
+    from polystack.store.catalog import MIGRATIONS
+
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO models (name, version, format, signature, digest, size_bytes, created_at) "
+        "VALUES ('old', 1, 'onnx', '{\"inputs\": [], \"outputs\": []}', 'ab', 1, 0)"
+    )
+    conn.commit()
+    conn.close()
+    cat = Catalog(db)
+    assert cat.schema_version() == SCHEMA_VERSION
+    assert cat.query_one("SELECT name, settings FROM models")[:] == ("old", "{}")
+
+
+def test_a_catalog_newer_than_this_code_is_refused(tmp_path: Path) -> None:
+    from polystack.errors import StoreError
+
+    db = tmp_path / "catalog.db"
+    sqlite3.connect(db).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    with pytest.raises(StoreError, match="upgrade polystack"):
+        Catalog(db)
+
+
+def test_gc_removes_orphan_blobs_and_stale_temp_files_only(store: Store, mlp_path: Path) -> None:
+    rec, _ = register(store, mlp_path)
+    orphan, _ = store.blobs.put_bytes(b"left behind by a killed writer")
+    tmp = store.blobs.root / ".tmp-dead"
+    tmp.write_bytes(b"partial")
+    assert store.gc(older_than_s=3600) == 0  # too fresh: a writer may be between blob and row
+    old = 1_000_000_000
+    for p in (store.blobs.path(orphan), tmp, store.blobs.path(rec.digest)):
+        os.utime(p, (old, old))
+    assert store.gc(older_than_s=3600) == 2
+    assert store.blobs.has(rec.digest) and not store.blobs.has(orphan) and not tmp.exists()
+
+
+REGISTER_MANY = """
+import sys
+from pathlib import Path
+from polystack.config import StoreSettings
+from polystack.examples import mlp_onnx
+from polystack.formats import import_model
+from polystack.store import Store
+
+home, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+store = Store(StoreSettings(home=home))
+for i in range(n):
+    p = mlp_onnx(home.parent / f"{tag}-{i}.onnx", seed=i % 3)
+    imp = import_model(p, p.parent)
+    store.register(imp.artifact, name="shared", format=imp.format, signature=imp.signature)
+    store.register(imp.artifact, name=f"{tag}-{i}", format=imp.format, signature=imp.signature)
+"""
+
+
+def test_concurrent_registrations_from_two_processes_are_safe(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", REGISTER_MANY, str(home), tag, "6"], stderr=subprocess.PIPE)
+        for tag in ("a", "b")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    store = Store.at(home)
+    shared = store.models.list("shared")
+    # three distinct byte-contents (seeds 0, 1, 2) registered by both processes: three versions, no duplicates
+    assert sorted(r.version for r in shared) == [1, 2, 3]
+    assert len({r.digest for r in shared}) == 3
+    assert len(store.models.list()) == 3 + 12
+    assert store.catalog.integrity_check() == "ok"
+    assert all(store.blobs.has(r.digest) for r in store.models.list())

@@ -1,0 +1,100 @@
+"""The engine on real runtimes: load, infer, validation, metadata, unload."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from polystack.engine import Engine, LoadSpec, default_spec
+from polystack.errors import BackendUnavailable, InvalidTensor, ModelNotFound, ModelNotReady
+from polystack.formats import import_model
+from polystack.store import ModelRecord, Store
+
+
+@pytest.fixture
+def record(store: Store, mlp_path: Path) -> ModelRecord:
+    imported = import_model(mlp_path, mlp_path.parent)
+    return store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)[0]
+
+
+def test_infer_matches_onnxruntime_called_directly(store: Store, record: ModelRecord, mlp_path: Path) -> None:
+    engine = Engine(store)
+    entry = engine.load("mlp")
+    assert entry.spec.backend == "onnxruntime"
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    got = engine.infer("mlp", {"x": x})["y"]
+    want = ort.InferenceSession(str(mlp_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    stats = entry.stats.to_dict()
+    assert stats["inference_count"] == 5 and stats["execution_count"] == 1
+    assert stats["inference_stats"]["success"]["count"] == 1
+
+
+def test_bad_inputs_are_refused_before_the_runtime_and_counted_as_failures(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    entry = engine.load("mlp")
+    with pytest.raises(InvalidTensor, match="input 'x' has shape"):
+        engine.infer("mlp", {"x": np.zeros((2, 9), np.float32)})
+    with pytest.raises(InvalidTensor, match="datatype INT64"):
+        engine.infer("mlp", {"x": np.zeros((2, 8), np.int64)})
+    with pytest.raises(InvalidTensor, match="missing input 'x'"):
+        engine.infer("mlp", {"z": np.zeros((2, 8), np.float32)})
+    assert entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 3
+    assert engine.infer("mlp", {"x": np.zeros((2, 8), np.float32)})["y"].shape == (2, 3)
+
+
+def test_requested_outputs_are_selected(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    engine.load("mlp")
+    x = np.zeros((1, 8), np.float32)
+    assert list(engine.infer("mlp", {"x": x}, outputs=["y"])) == ["y"]
+    with pytest.raises(InvalidTensor, match="unknown output 'nope'"):
+        engine.infer("mlp", {"x": x}, outputs=["nope"])
+
+
+def test_ready_metadata_and_unload(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    assert not engine.ready("mlp")
+    with pytest.raises(ModelNotReady, match="registered but not loaded"):
+        engine.infer("mlp", {"x": np.zeros((1, 8), np.float32)})
+    with pytest.raises(ModelNotFound):
+        engine.get("ghost")
+    engine.load("mlp:1")
+    assert engine.ready("mlp") and engine.ready("mlp", 1) and not engine.ready("mlp", 2)
+    meta = engine.metadata("mlp").to_dict()
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 8], "dim_names": ["batch", None]}]
+    engine.unload("mlp")
+    assert not engine.ready("mlp")
+
+
+def test_null_backend_serves_zeros_of_the_declared_shape(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    engine.load("mlp", default_spec(store, record, backend="null"))
+    y = engine.infer("mlp", {"x": np.ones((4, 8), np.float32)})["y"]
+    assert y.shape == (4, 3) and not y.any()
+
+
+def test_onnxruntime_options_are_typed_and_checked(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    spec = default_spec(store, record)
+    good = LoadSpec(**{**spec.__dict__, "options": {"intra_op_threads": 1, "graph_optimization_level": "basic"}})
+    engine.load("mlp", good)
+    from polystack.errors import InvalidRequest
+
+    bad = LoadSpec(**{**spec.__dict__, "options": {"intra_op_threads": 0}})
+    with pytest.raises(InvalidRequest, match="invalid options for backend 'onnxruntime'"):
+        engine.load("mlp", bad)
+    typo = LoadSpec(**{**spec.__dict__, "options": {"threads": 2}})
+    with pytest.raises(InvalidRequest, match="it takes: intra_op_threads"):
+        engine.load("mlp", typo)
+
+
+def test_a_device_the_runtime_does_not_offer_is_refused_with_what_it_offers(store: Store, record: ModelRecord) -> None:
+    engine = Engine(store)
+    spec = default_spec(store, record, device="cuda:0")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA; the refusal path is for machines without it")
+    with pytest.raises(BackendUnavailable, match="it offers"):
+        engine.load("mlp", spec)

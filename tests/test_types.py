@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from polystack.errors import InvalidTensor
+from polystack.types import DType, Signature, TensorSpec
+
+
+@pytest.mark.parametrize("dtype", [d for d in DType if d is not DType.BYTES])
+def test_every_oip_datatype_maps_to_numpy_and_back(dtype: DType) -> None:
+    assert DType.from_numpy(dtype.numpy) is dtype
+    assert dtype.itemsize == dtype.numpy.itemsize
+
+
+def test_bytes_maps_to_object_arrays() -> None:
+    assert DType.from_numpy(np.array([b"a"], dtype=object).dtype) is DType.BYTES
+    assert DType.BYTES.itemsize == 0
+
+
+def test_onnx_element_types_map_to_oip() -> None:
+    assert DType.from_onnx(1) is DType.FP32
+    assert DType.from_onnx(16) is DType.BF16
+    assert DType.from_onnx(8) is DType.BYTES
+    with pytest.raises(InvalidTensor, match="not supported"):
+        DType.from_onnx(23)
+
+
+SIG = Signature(
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4), ("batch", None)), TensorSpec("m", DType.INT64, (-1,))),
+    outputs=(TensorSpec("y", DType.FP32, (-1, 2)),),
+)
+
+
+def test_signature_round_trips_through_dict_keeping_symbolic_names() -> None:
+    again = Signature.from_dict(SIG.to_dict())
+    assert again == SIG
+    assert again.inputs[0].describe() == "x: FP32[batch, 4]"
+
+
+def test_valid_inputs_pass() -> None:
+    SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)})
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"x": np.zeros((3, 4), np.float32)}, "missing input 'm'"),
+        ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64), "z": np.zeros(1)}, "unexpected input 'z'"),
+        ({"x": np.zeros((3, 4), np.float64), "m": np.zeros(3, np.int64)}, "datatype FP64 but the model expects FP32"),
+        ({"x": np.zeros((3, 5), np.float32), "m": np.zeros(3, np.int64)}, r"shape \[3, 5\] but the model expects"),
+        ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(2, np.int64)}, "same batch size"),
+    ],
+)
+def test_invalid_inputs_say_what_was_expected(inputs: dict, message: str) -> None:
+    with pytest.raises(InvalidTensor, match=message):
+        SIG.validate_inputs(inputs)
+
+
+def test_batch_over_the_maximum_is_refused() -> None:
+    with pytest.raises(InvalidTensor, match="exceeds the model's maximum of 2"):
+        SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}, max_batch_size=2)
