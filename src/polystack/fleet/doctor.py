@@ -69,18 +69,36 @@ class MachineReport:
         return asdict(self)
 
 
+def _microarchitecture(vendor: str, family: int, model: int) -> str:
+    """Best-effort core generation from CPUID family/model (virtual machines often hide the brand)."""
+    if vendor == "AuthenticAMD":
+        if family == 0x17:
+            return "Zen 2" if model >= 0x30 else "Zen/Zen+"
+        if family == 0x19:
+            return "Zen 3" if model < 0x10 or 0x20 <= model < 0x60 else "Zen 4"
+        if family == 0x1A:
+            return "Zen 5"
+    return ""
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
     model = platform.processor() or platform.machine()
     flags: set[str] = set()
+    fields: dict[str, str] = {}
     path = Path("/proc/cpuinfo")
     if path.exists():
         for line in path.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             key = key.strip().lower()
+            fields.setdefault(key, value.strip())
             if key in ("model name", "hardware", "cpu model") and value.strip():
                 model = value.strip()
             elif key in ("flags", "features") and not flags:
                 flags = set(value.split())
+        if fields.get("cpu family", "").isdigit() and fields.get("model", "").isdigit():
+            arch = _microarchitecture(fields.get("vendor_id", ""), int(fields["cpu family"]), int(fields["model"]))
+            ident = f"family {fields['cpu family']} model {fields['model']}"
+            model = f"{model} ({arch}, {ident})" if arch else f"{model} ({ident})"
     elif sys.platform == "darwin":  # pragma: no cover - not reachable on Linux CI
         out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
         model = out.stdout.strip() or model
