@@ -1,0 +1,398 @@
+"""Input sources: Parquet (a file or a dataset folder), CSV, JSONL, NPY and NPZ as streams of Arrow batches.
+
+Every source reads in a fixed order, so "skip the first N rows" names the same rows on every run
+(that is what makes a job resumable), and it streams: memory holds a few batches whatever the file
+size. Parquet skips whole row groups from the footer; NPY/NPZ seek; CSV and JSONL read and drop.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from polystack.errors import InvalidRequest
+from polystack.jobs.tensors import REASON_COLUMN
+
+FORMATS = ("parquet", "csv", "jsonl", "npy", "npz")
+_SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl", ".npy": "npy", ".npz": "npz"}  # fmt: skip
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "parquet"
+    fmt = _SUFFIX.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidRequest(
+            f"cannot tell the format of {path.name}; name it .parquet, .csv, .jsonl, .npy or .npz, "
+            "or give a folder of .parquet files"
+        )
+    return fmt
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files a source reads, in reading order (a folder: its .parquet files, sorted)."""
+    if not path.exists():
+        raise InvalidRequest(f"input {path} does not exist")
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*.parquet")
+            if not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise InvalidRequest(f"folder {path} holds no .parquet files")
+        return files
+    return [path]
+
+
+def fingerprint(path: Path) -> list[list[Any]]:
+    """(name, size, mtime_ns) of each input file: a resumed job refuses an input that changed."""
+    out = []
+    for f in input_files(path):
+        st = f.stat()
+        out.append([str(f.relative_to(path)) if path.is_dir() else f.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+@dataclass
+class Source:
+    """A readable input: its column schema, a row count (exact or estimated), and its batches."""
+
+    path: Path
+    format: str
+    schema: pa.Schema
+    total_rows: int | None
+    exact_total: bool
+
+    def batches(
+        self, batch_size: int, skip_rows: int = 0, columns: Sequence[str] | None = None, text: Sequence[str] = ()
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of ``batch_size`` rows after the first ``skip_rows``; CSV reads ``text`` columns as text."""
+        cols = list(columns) if columns is not None else None
+        it = _READERS[self.format](self, batch_size, skip_rows, cols, tuple(text))
+        return _rechunk(it, batch_size)
+
+
+def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> Source:
+    """Open ``path`` (format from its suffix unless ``fmt``); NPY data lands in column ``npy_column``."""
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise InvalidRequest(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
+    files = input_files(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(files[0])
+            total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            return Source(path, fmt, schema, total, True)
+        if fmt == "csv":
+            schema = _csv_schema(path)
+            return Source(path, fmt, schema, max(0, _count_lines(path) - 1), False)
+        if fmt == "jsonl":
+            first = next(_jsonl_batches(Source(path, fmt, pa.schema([]), None, False), 256, 0, None), None)
+            schema = first.schema if first is not None else pa.schema([])
+            return Source(path, fmt, schema, _count_lines(path), False)
+        if fmt == "npy":
+            with open(path, "rb") as f:
+                shape, dtype = _npy_header(f, path.name)
+            return Source(path, fmt, pa.schema([(npy_column, _npy_type(shape, dtype))]), shape[0], True)
+        with zipfile.ZipFile(path) as z:
+            fields, rows = [], None
+            for member in _npz_members(z):
+                with z.open(member) as zf:
+                    shape, dtype = _npy_header(zf, f"{path.name}:{member}")
+                if rows is not None and shape[0] != rows:
+                    raise InvalidRequest(f"arrays in {path.name} have different lengths ({rows} and {shape[0]} rows)")
+                rows = shape[0]
+                fields.append((member[: -len(".npy")], _npy_type(shape, dtype)))
+            return Source(path, fmt, pa.schema(fields), rows or 0, True)
+    except (pa.ArrowInvalid, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InvalidRequest(f"cannot read {path.name} as {fmt}: {e}") from e
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``size`` rows (the last may be shorter), copying only across seams."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for b in batches:
+        while b.num_rows:
+            take = min(size - have, b.num_rows)
+            pending.append(b.slice(0, take))
+            have += take
+            b = b.slice(take)
+            if have == size:
+                yield (
+                    pending[0] if len(pending) == 1 else pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                )
+                pending, have = [], 0
+    if have:
+        yield pending[0] if len(pending) == 1 else pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def _skip(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    for b in batches:
+        if rows >= b.num_rows:
+            rows -= b.num_rows
+            continue
+        yield b.slice(rows) if rows else b
+        rows = 0
+
+
+def _count_lines(path: Path) -> int:
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+# -- Parquet -----------------------------------------------------------------------------------
+def _parquet_batches(
+    src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    for f in input_files(src.path):
+        pf = pq.ParquetFile(f)
+        groups = []
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if skip >= n:
+                skip -= n
+            else:
+                groups.append(g)
+        if not groups:
+            continue
+        it = pf.iter_batches(batch_size=size, row_groups=groups, columns=columns)
+        yield from _skip(it, skip)
+        skip = 0
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+def _csv_schema(path: Path) -> pa.Schema:
+    import pyarrow.csv as pcsv
+
+    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+    return reader.schema
+
+
+def _csv_batches(
+    src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pcsv
+
+    # Model-input columns are read as text and converted per column later: a bad cell deep in the
+    # file then costs one row, not the job (Arrow's type guess from the first block would abort).
+    names = columns if columns is not None else src.schema.names
+    convert = pcsv.ConvertOptions(
+        include_columns=names, column_types={n: pa.string() for n in text}, strings_can_be_null=True
+    )
+    reader = pcsv.open_csv(src.path, read_options=pcsv.ReadOptions(block_size=1 << 22), convert_options=convert)
+    yield from _skip(iter(reader), skip)
+
+
+# -- JSONL -------------------------------------------------------------------------------------
+def parse_jsonl(
+    lines: Sequence[bytes | str], first_line: int = 1, columns: Sequence[str] | None = None
+) -> pa.RecordBatch:
+    """JSON objects, one a line, as a record batch; a line that is not an object gets a reason.
+
+    A column whose values have mixed kinds (numbers and text, lists and scalars) keeps the
+    majority kind; the other rows become nulls with a reason, so one odd line costs one row.
+    """
+    rows: list[dict[str, Any]] = []
+    reasons: list[str | None] = []
+    for i, line in enumerate(lines):
+        why: str | None
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            obj, why = {}, f"line {first_line + i} is not valid JSON: {e}"
+        else:
+            why = None if isinstance(obj, dict) else f"line {first_line + i} is not a JSON object"
+            obj = obj if isinstance(obj, dict) else {}
+        rows.append(obj)
+        reasons.append(why)
+    names = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    arrays, fields = [], []
+    for name in names:
+        values = [r.get(name) for r in rows]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            kinds = [_kind(v) for v in values]
+            counts: dict[str, int] = {}
+            for k in kinds:
+                if k != "null":
+                    counts[k] = counts.get(k, 0) + 1
+            keep = max(counts, key=lambda k: counts[k]) if counts else "null"
+            for i, k in enumerate(kinds):
+                if k not in ("null", keep):
+                    values[i] = None
+                    if reasons[i] is None:
+                        reasons[i] = f"column {name!r}: a {k} where the other rows hold a {keep}"
+            try:
+                arr = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+                for i, v in enumerate(values):
+                    if v is not None and reasons[i] is None:
+                        reasons[i] = f"column {name!r}: value cannot be read: {e}"
+                arr = pa.nulls(len(values))
+        arrays.append(arr)
+        fields.append(name)
+    if any(r is not None for r in reasons):
+        arrays.append(pa.array(reasons, pa.string()))
+        fields.append(REASON_COLUMN)
+    if not fields:
+        return pa.RecordBatch.from_pydict({REASON_COLUMN: pa.array(reasons, pa.string())})
+    return pa.RecordBatch.from_arrays(arrays, names=fields)
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, list):
+        return "list"
+    return type(v).__name__.replace("str", "text").replace("dict", "object")
+
+
+def _jsonl_batches(
+    src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    with open(src.path, "rb") as f:
+        lineno, first = 0, 1
+        chunk: list[bytes] = []
+        for line in f:
+            lineno += 1
+            if not line.strip():
+                continue  # blank lines are not rows (Ray Data's read_text drops them too)
+            if skip:
+                skip -= 1
+                continue
+            if not chunk:
+                first = lineno
+            chunk.append(line)
+            if len(chunk) == size:
+                yield _conform(parse_jsonl(chunk, first, columns), src.schema, columns)
+                chunk = []
+        if chunk:
+            yield _conform(parse_jsonl(chunk, first, columns), src.schema, columns)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, columns: list[str] | None) -> pa.RecordBatch:
+    """Give later JSONL batches the first batch's key types, so every part has one schema."""
+    if columns is None:
+        return batch
+    arrays, names = [], []
+    for name in columns:
+        col = batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows)
+        if name in schema.names and col.type != schema.field(name).type and pa.types.is_null(col.type):
+            col = pa.nulls(batch.num_rows, schema.field(name).type)
+        arrays.append(col)
+        names.append(name)
+    if REASON_COLUMN in batch.schema.names:
+        arrays.append(batch.column(REASON_COLUMN))
+        names.append(REASON_COLUMN)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+# -- NPY / NPZ ---------------------------------------------------------------------------------
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise InvalidRequest(f"{name} uses .npy format version {version}; save it with numpy's default np.save")
+    if fortran and len(shape) > 1:
+        raise InvalidRequest(f"{name} is stored in Fortran order; save it with np.save(np.ascontiguousarray(a))")
+    if dtype.hasobject:
+        raise InvalidRequest(f"{name} holds Python objects, which polystack never unpickles")
+    if not shape:
+        raise InvalidRequest(f"{name} holds a scalar; a batch input needs one row per element of dimension 0")
+    return tuple(shape), dtype
+
+
+def _npy_type(shape: tuple[int, ...], dtype: np.dtype[Any]) -> pa.DataType:
+    t = pa.from_numpy_dtype(dtype.newbyteorder("=")) if dtype.kind != "U" else pa.string()
+    for d in reversed(shape[1:]):
+        t = pa.list_(t, d)
+    return t
+
+
+def _npy_array(chunk: np.ndarray) -> pa.Array:
+    flat = pa.array(chunk.reshape(-1))
+    out: pa.Array = flat
+    for d in reversed(chunk.shape[1:]):
+        out = pa.FixedSizeListArray.from_arrays(out, d)
+    return out
+
+
+def _npy_stream(f: IO[bytes], name: str, size: int, skip: int) -> Iterator[np.ndarray]:
+    shape, dtype = _npy_header(f, name)
+    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    if skip:
+        f.seek(skip * row_bytes, io.SEEK_CUR)
+    left = shape[0] - skip
+    while left > 0:
+        n = min(size, left)
+        buf = f.read(n * row_bytes)
+        if len(buf) != n * row_bytes:
+            raise InvalidRequest(f"{name} is truncated: expected {shape[0]} rows")
+        yield np.frombuffer(buf, dtype=dtype).reshape((n, *shape[1:])).astype(dtype.newbyteorder("="), copy=False)
+        left -= n
+
+
+def _npz_members(z: zipfile.ZipFile) -> list[str]:
+    return [m for m in z.namelist() if m.endswith(".npy")]
+
+
+def _npy_batches(
+    src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    name = src.schema.names[0]
+    with open(src.path, "rb") as f:
+        for chunk in _npy_stream(f, src.path.name, size, skip):
+            yield pa.RecordBatch.from_arrays([_npy_array(chunk)], names=[name])
+
+
+def _npz_batches(
+    src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    wanted = columns if columns is not None else src.schema.names
+    with zipfile.ZipFile(src.path) as z:
+        members = [m for m in _npz_members(z) if m[: -len(".npy")] in wanted]
+        files = [z.open(m) for m in members]
+        try:
+            streams = [_npy_stream(f, f"{src.path.name}:{m}", size, skip) for f, m in zip(files, members, strict=True)]
+            names = [m[: -len(".npy")] for m in members]
+            for chunks in zip(*streams, strict=True):
+                yield pa.RecordBatch.from_arrays([_npy_array(c) for c in chunks], names=names)
+        finally:
+            for f in files:
+                f.close()
+
+
+_READERS = {
+    "parquet": _parquet_batches,
+    "csv": _csv_batches,
+    "jsonl": _jsonl_batches,
+    "npy": _npy_batches,
+    "npz": _npz_batches,
+}

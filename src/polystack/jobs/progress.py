@@ -1,0 +1,94 @@
+"""Progress for a batch job: a Rich bar (rows, rows/s, ETA) and the final summary table."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from polystack.jobs.job import Summary
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
+
+
+class _ErrorsColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        n = int(task.fields.get("errors", 0))
+        return Text(f"{n:,} bad", style="red" if n else "dim")
+
+
+class RowProgress:
+    """A thread-safe row counter drawn as a Rich progress bar (silent when ``console`` is None)."""
+
+    def __init__(self, console: Console | None, total: int | None, done: int, errors: int, label: str) -> None:
+        self._lock = threading.Lock()
+        self.errors = errors
+        self._progress: Progress | None = None
+        if console is not None:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                _ErrorsColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(label, total=total, completed=done, errors=errors)
+
+    def __enter__(self) -> RowProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, rows: int, errors: int) -> None:
+        with self._lock:
+            self.errors += errors
+            if self._progress is not None:
+                task = self._progress.tasks[0]
+                if task.total is not None and task.completed + rows > task.total:  # totals of CSV/JSONL are estimates
+                    self._progress.update(self._task, total=task.completed + rows)
+                self._progress.update(self._task, advance=rows, errors=self.errors)
+
+    def finish(self, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total, completed=total)
+
+
+def summary_table(s: Summary) -> Table:
+    t = Table(title=f"batch job {s.status}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("rows", f"{s.rows_total:,} read, {s.rows_out:,} written, {s.errors:,} bad")
+    if s.resumed_from:
+        t.add_row("resumed", f"at row {s.resumed_from:,}; this run covered {s.rows_this_run:,} rows")
+    t.add_row("time", f"{s.seconds:.2f} s ({s.engine} engine)")
+    t.add_row("throughput", f"{s.rows_per_s:,.0f} rows/s")
+    t.add_row("output", f"{s.output} ({s.parts} part{'s' if s.parts != 1 else ''})")
+    if s.errors:
+        t.add_row("errors", str(s.errors_file))
+    return t
