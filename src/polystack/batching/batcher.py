@@ -1,0 +1,301 @@
+"""DynamicBatcher: groups concurrent requests into one runtime call, around a loaded model.
+
+Composition, not patching: it holds a ``LoadedEntry`` (whose ``CheckedModel`` validates) and calls
+it from its own worker threads, so inference never runs on an event loop. Each request is
+validated alone before it joins the queue, so a bad request fails alone. Requests whose trailing
+shapes and datatypes match are concatenated on dim 0 up to ``max_batch_size``; a batch leaves when
+it is full, reaches a preferred size, or its oldest request has waited ``max_queue_delay_ms``.
+A request past its deadline is rejected with ``DeadlineExceeded`` and never run late; a full queue
+refuses at once with ``QueueFull``. If a merged batch fails, its requests are retried one by one so
+that only the request that caused the failure fails.
+
+``submit`` returns a ``concurrent.futures.Future``; ``infer_async`` awaits it from asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polystack.batching.policy import BatchPolicy
+from polystack.errors import DeadlineExceeded, InvalidTensor, PolystackError, QueueFull, Unavailable
+
+BatchObserver = Callable[[int, int, float], None]  # (items, requests, compute seconds) per runtime call
+DepthObserver = Callable[[int], None]  # queue depth after each change
+QueueObserver = Callable[[float], None]  # seconds one request waited in the queue
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    outputs: Sequence[str] | None
+    items: int
+    key: tuple[Any, ...]
+    deadline: float | None
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future[dict[str, np.ndarray]] = field(default_factory=Future)
+    taken: bool = False
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        entry: Any,  # polystack.engine.LoadedEntry (typed loosely: batching sits below the engine's users)
+        policy: BatchPolicy,
+        *,
+        on_batch: BatchObserver | None = None,
+        on_depth: DepthObserver | None = None,
+        on_queue: QueueObserver | None = None,
+    ) -> None:
+        self.entry = entry
+        self.model = entry.model
+        self.signature = entry.signature
+        limit = getattr(self.model, "max_batch_size", None)
+        self.max_batch_size = min(policy.max_batch_size, limit) if limit else policy.max_batch_size
+        self.policy = policy
+        self.delay_s = policy.max_queue_delay_ms / 1000.0
+        self.preferred = frozenset(policy.preferred_batch_sizes)
+        self.batchable = self.signature.batched
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._on_queue = on_queue
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batcher-{entry.name}-{i}", daemon=True)
+            for i in range(policy.instances)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
+    ) -> Future[dict[str, np.ndarray]]:
+        """Validate and enqueue one request; raise QueueFull at once when the queue is full."""
+        return self._submit(inputs, outputs, timeout_s).future
+
+    def _submit(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, timeout_s: float | None
+    ) -> _Pending:
+        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
+        if outputs:
+            unknown = [o for o in outputs if o not in self.signature.output_names]
+            if unknown:
+                raise InvalidTensor(
+                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
+                    f"{', '.join(self.signature.output_names)}"
+                )
+        now = time.monotonic()
+        timeouts = [t for t in (self.policy.timeout_s, timeout_s) if t is not None]
+        if self.batchable:
+            items = int(inputs[self.signature.inputs[0].name].shape[0])
+            key: tuple[Any, ...] = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        else:
+            items, key = 1, (id(inputs),)  # never merged
+        pending = _Pending(inputs, outputs, items, key, now + min(timeouts) if timeouts else None, now)
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"model {self.entry.name!r} is shutting down; retry on another replica")
+            if len(self._queue) >= self.policy.max_queue_size:
+                raise QueueFull(
+                    f"model {self.entry.name!r} has {len(self._queue)} requests queued (the maximum); retry later"
+                )
+            self._queue.append(pending)
+            depth = len(self._queue)
+            self._cond.notify()
+        if self._on_depth:
+            self._on_depth(depth)
+        return pending
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        return self.submit(inputs, outputs, timeout_s).result()
+
+    async def infer_async(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        pending = self._submit(inputs, outputs, timeout_s)
+        wrapped = asyncio.wrap_future(pending.future)
+        if pending.deadline is None:
+            return await wrapped
+        try:
+            return await asyncio.wait_for(asyncio.shield(wrapped), max(0.0, pending.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            self._expire(pending)
+            raise DeadlineExceeded(
+                f"the request waited past its deadline in model {self.entry.name!r}'s queue; "
+                "retry with a longer timeout or a lighter load"
+            ) from None
+
+    def _expire(self, pending: _Pending) -> None:
+        with self._cond:
+            if not pending.taken:
+                self._queue.remove(pending)
+                pending.taken = True
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            if self.batchable:
+                dispatch_at = first.enqueued + self.delay_s
+                while not self._closed:
+                    ready = self._compatible_items(first)
+                    if ready >= self.max_batch_size or ready in self.preferred:
+                        break
+                    remaining = dispatch_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                    if not self._queue or self._queue[0] is not first:
+                        return []  # another worker took it; start over
+            batch = self._take(first)
+            depth = len(self._queue)
+        if self._on_depth:
+            self._on_depth(depth)
+        now = time.monotonic()
+        live: list[_Pending] = []
+        for p in batch:
+            if p.deadline is not None and now > p.deadline:
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"the request waited {(now - p.enqueued) * 1000:.1f} ms in model {self.entry.name!r}'s "
+                        "queue, past its deadline; it was not run"
+                    )
+                )
+            else:
+                live.append(p)
+        return live
+
+    def _compatible_items(self, first: _Pending) -> int:
+        total = 0
+        for p in self._queue:
+            if p.key == first.key:
+                if total + p.items > self.max_batch_size:
+                    break
+                total += p.items
+        return total
+
+    def _take(self, first: _Pending) -> list[_Pending]:
+        if not self.batchable:
+            self._queue.popleft()
+            first.taken = True
+            return [first]
+        taken: list[_Pending] = []
+        total = 0
+        for p in list(self._queue):
+            if p.key != first.key:
+                continue
+            if total + p.items > self.max_batch_size:
+                break
+            taken.append(p)
+            total += p.items
+        for p in taken:
+            self._queue.remove(p)
+            p.taken = True
+        return taken
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        stats = self.entry.stats
+        for p in batch:
+            waited = started - p.enqueued
+            stats.add("queue", int(waited * 1e9))
+            if self._on_queue:
+                self._on_queue(waited)
+        if len(batch) == 1:
+            self._run_one(batch[0], started)
+            return
+        names = [i.name for i in self.signature.inputs]
+        merged = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
+        wanted = _union_outputs(batch)
+        t0 = time.perf_counter_ns()
+        try:
+            result = self.model.infer(merged, wanted)
+        except PolystackError:
+            for p in batch:  # find the culprit: only it fails
+                self._run_one(p, started)
+            return
+        except Exception:
+            for p in batch:
+                self._run_one(p, started)
+            return
+        took = time.perf_counter_ns() - t0
+        items = sum(p.items for p in batch)
+        stats.executed(items, took, requests=len(batch))
+        if self._on_batch:
+            self._on_batch(items, len(batch), took / 1e9)
+        offset = 0
+        for p in batch:
+            part = {k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs}
+            offset += p.items
+            stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
+            p.future.set_result(part)
+
+    def _run_one(self, p: _Pending, started: float) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            result = self.model.infer(p.inputs, p.outputs)
+        except BaseException as e:
+            self.entry.stats.add("fail", int((time.monotonic() - p.enqueued) * 1e9))
+            p.future.set_exception(e)
+            return
+        took = time.perf_counter_ns() - t0
+        self.entry.stats.executed(p.items, took)
+        if self._on_batch:
+            self._on_batch(p.items, 1, took / 1e9)
+        self.entry.stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
+        p.future.set_result(result)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+        """Stop taking requests; finish the queued ones (drain) or fail them, then stop the workers."""
+        with self._cond:
+            self._closed = True
+            if not drain:
+                while self._queue:
+                    self._queue.popleft().future.set_exception(
+                        Unavailable(f"model {self.entry.name!r} was unloaded before the request ran")
+                    )
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+def _union_outputs(batch: list[_Pending]) -> list[str] | None:
+    if any(not p.outputs for p in batch):
+        return None
+    seen: dict[str, None] = {}
+    for p in batch:
+        for o in p.outputs or ():
+            seen[o] = None
+    return list(seen)

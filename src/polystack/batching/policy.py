@@ -1,0 +1,45 @@
+"""BatchPolicy: how a DynamicBatcher groups requests, bounds its queue and times requests out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from polystack.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32  # items (dim 0) per runtime call
+    max_queue_delay_ms: float = 2.0  # how long the oldest request may wait for others
+    preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when the queue holds one of these
+    max_queue_size: int = 1024  # waiting requests; one more is refused with QueueFull
+    timeout_s: float | None = None  # default per-request deadline (a client's own may be shorter)
+    instances: int = 1  # worker threads sharing the one loaded model (runtimes that allow it)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise InvalidRequest("max_batch_size must be >= 1")
+        if self.max_queue_delay_ms < 0:
+            raise InvalidRequest("max_queue_delay_ms must be >= 0")
+        if self.max_queue_size < 1:
+            raise InvalidRequest("max_queue_size must be >= 1")
+        if any(p < 1 or p > self.max_batch_size for p in self.preferred_batch_sizes):
+            raise InvalidRequest(f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size})")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise InvalidRequest("timeout_s must be > 0")
+        if self.instances < 1:
+            raise InvalidRequest("instances must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchPolicy:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "preferred_batch_sizes" in known:
+            known["preferred_batch_sizes"] = tuple(known["preferred_batch_sizes"])
+        return cls(**known)

@@ -1,0 +1,98 @@
+"""The gRPC codec: ``ModelInferRequest`` to ``InferRequest`` and ``InferResponse`` to ``ModelInferResponse``.
+
+Inputs arrive either all as ``raw_input_contents`` (what tritonclient sends: one raw little-endian
+buffer per input, in input order) or as typed ``contents``. Outputs always go back as
+``raw_output_contents``, as Triton does and tritonclient expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, from_raw, parse_shape, to_raw
+from polystack.types import DType
+
+# datatype -> the typed-contents field that carries it
+_CONTENTS_FIELD = {
+    DType.BOOL: "bool_contents",
+    DType.UINT8: "uint_contents",
+    DType.UINT16: "uint_contents",
+    DType.UINT32: "uint_contents",
+    DType.UINT64: "uint64_contents",
+    DType.INT8: "int_contents",
+    DType.INT16: "int_contents",
+    DType.INT32: "int_contents",
+    DType.INT64: "int64_contents",
+    DType.FP32: "fp32_contents",
+    DType.FP64: "fp64_contents",
+    DType.BYTES: "bytes_contents",
+}
+
+
+def param_value(p: Any) -> Any:
+    """The Python value of an InferParameter / ModelRepositoryParameter."""
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def params_dict(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: param_value(v) for k, v in params.items()}
+
+
+def decode_infer_request(req: pb.ModelInferRequest) -> InferRequest:
+    if not req.inputs:
+        raise InvalidRequest("an inference request needs at least one input")
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidRequest(
+            f"the request has {len(req.inputs)} inputs but {len(raw)} raw_input_contents; send one per input"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(req.inputs):
+        name = t.name
+        if name in inputs:
+            raise InvalidTensor(f"input {name!r} appears twice in the request")
+        dtype = DType.parse(t.datatype)
+        shape = parse_shape(list(t.shape), name)
+        if raw:
+            inputs[name] = from_raw(name, dtype, shape, raw[i])
+        else:
+            inputs[name] = _from_contents(name, dtype, shape, t.contents)
+    outputs = [RequestedOutput(o.name, True) for o in req.outputs] or None
+    return InferRequest(inputs=inputs, id=req.id or None, outputs=outputs, parameters=params_dict(req.parameters))
+
+
+def _from_contents(name: str, dtype: DType, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(dtype)
+    if field is None:
+        raise InvalidTensor(f"input {name!r}: {dtype.value} has no typed contents field; send raw_input_contents")
+    values = getattr(contents, field)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(values) != count:
+        raise InvalidTensor(
+            f"input {name!r}: shape {list(shape)} needs {count:,} elements but contents.{field} holds {len(values):,}"
+        )
+    if dtype is DType.BYTES:
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    try:
+        return np.asarray(values, dtype=dtype.numpy).reshape(shape)
+    except (ValueError, OverflowError) as e:
+        raise InvalidTensor(f"input {name!r}: contents do not fit {dtype.value}: {e}") from None
+
+
+def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+    out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
+    for name, arr in resp.outputs.items():
+        t = out.outputs.add()
+        t.name = name
+        t.datatype = DType.from_numpy(arr.dtype).value
+        t.shape.extend(arr.shape)
+        out.raw_output_contents.append(to_raw(arr))
+    return out

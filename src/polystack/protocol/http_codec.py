@@ -1,0 +1,190 @@
+"""The HTTP/REST body codec: JSON tensors and the binary tensor data extension, both directions.
+
+A request body is a JSON header, optionally followed by raw tensors; ``Inference-Header-Content-Length``
+says where the JSON ends. An input whose ``parameters.binary_data_size`` is set takes that many bytes
+from the binary section, in input order; the sizes must add up to the section exactly. Outputs go
+back binary when the output's ``parameters.binary_data`` (or the request's ``binary_data_output``)
+asks for it. orjson parses and writes the JSON (it refuses nesting deeper than 1,024 levels, so a
+hostile 10,000-deep document is a clean 400) and serialises numpy arrays without a Python list.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.protocol.wire import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    from_raw,
+    parse_dtype,
+    parse_shape,
+    to_raw,
+)
+from polystack.types import DType
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def loads(body: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"the request body is not valid JSON ({e}); send a JSON object") from None
+
+
+def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Parse an inference request body; raise InvalidRequest/InvalidTensor saying what is wrong."""
+    binary: memoryview | None = None
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+            )
+        view = memoryview(body)
+        head: bytes | memoryview = view[:header_length]
+        binary = view[header_length:]
+    else:
+        head = body
+    doc = loads(head)
+    if not isinstance(doc, dict):
+        raise InvalidRequest("an inference request must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("an inference request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequest("each entry of 'inputs' must be an object with a string 'name'")
+        name: str = item["name"]
+        if name in inputs:
+            raise InvalidTensor(f"input {name!r} appears twice in the request")
+        dtype = parse_dtype(item.get("datatype"), name)
+        shape = parse_shape(item.get("shape"), name)
+        params = item.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidTensor(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if binary is None:
+                raise InvalidRequest(
+                    f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length "
+                    "header, so there is no binary section"
+                )
+            if offset + size > len(binary):
+                raise InvalidTensor(
+                    f"input {name!r}: binary_data_size {size:,} runs past the end of the binary section "
+                    f"({len(binary) - offset:,} bytes left)"
+                )
+            inputs[name] = from_raw(name, dtype, shape, binary[offset : offset + size])
+            offset += size
+        else:
+            if "data" not in item:
+                raise InvalidTensor(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+            inputs[name] = from_json(name, dtype, shape, item["data"])
+    if binary is not None and offset != len(binary):
+        raise InvalidRequest(
+            f"the binary section has {len(binary):,} bytes but the inputs' binary_data_size add up to {offset:,}"
+        )
+    request_params = doc.get("parameters") or {}
+    if not isinstance(request_params, dict):
+        raise InvalidRequest("'parameters' must be an object")
+    default_binary = bool(request_params.get("binary_data_output", False))
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidRequest("'outputs' must be a list of objects with a 'name'")
+        outputs = []
+        for o in raw_outputs:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise InvalidRequest("each entry of 'outputs' must be an object with a string 'name'")
+            oparams = o.get("parameters") or {}
+            flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
+            outputs.append(RequestedOutput(o["name"], default_binary if flag is None else bool(flag)))
+        outputs = outputs or None
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise InvalidRequest("'id' must be a string")
+    return InferRequest(inputs=inputs, id=rid, outputs=outputs, parameters=request_params)
+
+
+def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """A tensor from JSON data (flat or nested lists, row-major), checked against its shape."""
+    count = math.prod(shape)
+    try:
+        if dtype is DType.BYTES:
+            flat = _flatten(data)
+            arr = np.empty(len(flat), dtype=object)
+            arr[:] = [v.encode("utf-8") if isinstance(v, str) else _bytes_item(name, v) for v in flat]
+        else:
+            arr = np.asarray(data, dtype=dtype.numpy)
+            if dtype is DType.BOOL and not _all_bools(data):
+                raise InvalidTensor(f"input {name!r}: BOOL data must hold true/false values only")
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidTensor(
+            f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
+        ) from None
+    if arr.size != count:
+        raise InvalidTensor(
+            f"input {name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
+        )
+    return arr.reshape(shape)
+
+
+def _bytes_item(name: str, v: Any) -> bytes:
+    raise InvalidTensor(f"input {name!r}: BYTES data must be strings, got {type(v).__name__}")
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    for v in data:
+        out.extend(_flatten(v))
+    return out
+
+
+def _all_bools(data: Any) -> bool:
+    return all(isinstance(v, bool) for v in _flatten(data))
+
+
+def encode_infer_response(
+    resp: InferResponse, binary: dict[str, bool], default_binary: bool
+) -> tuple[bytes, int | None]:
+    """The response body and, when some output is binary, the JSON header's length."""
+    outs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in resp.outputs.items():
+        dtype = DType.from_numpy(arr.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": dtype.value, "shape": list(arr.shape)}
+        if binary.get(name, default_binary):
+            raw = to_raw(arr)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = json_data(arr, dtype)
+        outs.append(entry)
+    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
+    if resp.id is not None:
+        doc["id"] = resp.id
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if blobs:
+        return b"".join([head, *blobs]), len(head)
+    return head, None
+
+
+def json_data(arr: np.ndarray, dtype: DType) -> Any:
+    if dtype is DType.BYTES:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+    if dtype is DType.BF16:
+        arr = arr.astype(np.float32)
+    return np.ascontiguousarray(arr).reshape(-1)

@@ -1,0 +1,260 @@
+"""The one composition root of serving: engine + data plane + HTTP + gRPC + metrics, and their lifecycle.
+
+``spec_for`` and ``policy_for`` decide what to load for a model under a profile and how to batch
+it; they are the hooks tuning's plans plug into. ``Server`` binds both transports on one asyncio
+loop; ``run`` adds signal handling (SIGTERM/SIGINT: readiness false, drain, exit 0);
+``ServerThread`` runs a server in a background thread (tests, the demo, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from polystack.batching import BatchPolicy
+from polystack.engine import Engine, LoadSpec, default_spec
+from polystack.metrics import ServerMetrics
+from polystack.server import grpc as grpc_transport
+from polystack.server.dataplane import DataPlane
+from polystack.server.http import HttpApp, HttpProtocol
+from polystack.server.tracing import Tracer
+from polystack.store import ModelRecord, Store
+
+log = logging.getLogger("polystack.server")
+
+PROFILES = ("realtime", "server", "batch", "edge")
+
+
+def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
+    """What to load for ``record`` when serving ``profile``.
+
+    TODO(tuning): when ``store.plans`` holds a plan for (record, profile, this machine's
+    fingerprint), return the LoadSpec of its variant with its settings (threads, device).
+    Until then: the source artifact on the preferred installed backend.
+    """
+    return default_spec(store, record)
+
+
+def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
+    """How to batch ``record`` under ``profile``: the ``server`` profile batches, the others do not.
+
+    TODO(tuning): a plan's ``settings["batch_policy"]`` (a BatchPolicy.to_dict()) wins when present.
+    """
+    return BatchPolicy() if profile == "server" else None
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int | None = 8001  # None: no gRPC
+    profile: str = "realtime"
+    allow_model_control: bool = False
+    drain_timeout_s: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    workers: int | None = None  # inference threads without batching (default: CPU count)
+    batching: BatchPolicy | None = None  # overrides policy_for for every model
+    no_batching: bool = False
+    access_log: bool = False
+    trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
+
+
+class Server:
+    def __init__(self, engine: Engine, config: ServeConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = ServerMetrics()
+
+        def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
+            if config.no_batching:
+                return None
+            return config.batching or policy_for(store, record, profile)
+
+        self.plane = DataPlane(
+            engine,
+            profile=config.profile,
+            spec_for=spec_for,
+            policy_for=policy,
+            allow_model_control=config.allow_model_control,
+            workers=config.workers,
+            metrics=self.metrics,
+            tracer=Tracer(config.trace),
+        )
+        self.http = HttpApp(self.plane, max_body_bytes=config.max_body_bytes, access_log=config.access_log)
+        self.http_port = 0
+        self.grpc_port: int | None = None
+        self._http_server: asyncio.AbstractServer | None = None
+        self._grpc_server: Any = None
+        self._stop: asyncio.Event | None = None
+
+    def load_models(self) -> None:
+        refs = list(self.config.models)
+        if not refs:
+            latest: dict[str, int] = {}
+            for r in self.engine.store.models.list():
+                latest[r.name] = max(latest.get(r.name, 0), r.version)
+            refs = [f"{n}:{v}" for n, v in sorted(latest.items())]
+        for ref in refs:
+            self.plane.load(ref)
+
+    async def start(self) -> None:
+        """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._http_server = await loop.create_server(
+            lambda: HttpProtocol(self.http), self.config.host, self.config.http_port, backlog=1024
+        )
+        self.http_port = self._http_server.sockets[0].getsockname()[1]
+        if self.config.grpc_port is not None:
+            self._grpc_server, self.grpc_port = grpc_transport.create_server(
+                self.plane, self.config.host, self.config.grpc_port, self.config.max_body_bytes
+            )
+            await self._grpc_server.start()
+        log.info(
+            "serving",
+            extra={
+                "host": self.config.host,
+                "http_port": self.http_port,
+                "grpc_port": self.grpc_port,
+                "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
+            },
+        )
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Readiness false, stop accepting, let in-flight requests finish (drain timeout), close."""
+        started = time.monotonic()
+        self.plane.draining = True
+        self.http.closing = True
+        if self._http_server is not None:
+            self._http_server.close()
+        grace = self.config.drain_timeout_s
+        grpc_stop = self._grpc_server.stop(grace) if self._grpc_server is not None else None
+        drained = await self.plane.wait_idle(grace)
+        for conn in list(self.http.connections):
+            conn.close_if_idle()
+        if grpc_stop is not None:
+            await grpc_stop
+        for conn in list(self.http.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        log.info(
+            "stopped",
+            extra={
+                "drained": drained,
+                "shutdown_s": round(time.monotonic() - started, 3),
+                "in_flight": self.plane.in_flight,
+            },
+        )
+
+    def close(self) -> None:
+        self.plane.close()
+
+
+def run(engine: Engine, config: ServeConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code)."""
+    server = Server(engine, config)
+    server.load_models()
+
+    async def main() -> None:
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, server.request_stop)
+        await server.wait_stopped()
+        await server.shutdown()
+
+    try:
+        _run_loop(main())
+    finally:
+        server.close()
+        engine.close()
+    return 0
+
+
+def _run_loop(coro: Any) -> None:
+    try:
+        import uvloop  # optional: a faster event loop when installed
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+class ServerThread:
+    """A Server on its own event loop in a background thread: ``start()`` returns once bound."""
+
+    def __init__(self, engine: Engine, config: ServeConfig) -> None:
+        self.server = Server(engine, config)
+        self._thread = threading.Thread(target=self._main, name="polystack-server", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def http_port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.server.grpc_port
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.server.config.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.server.config.host}:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServerThread:
+        self.server.load_models()
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            try:
+                await self.server.start()
+            except BaseException as e:
+                self._error = e
+                self._ready.set()
+                return
+            self._ready.set()
+            await self.server.wait_stopped()
+            await self.server.shutdown()
+
+        asyncio.run(main())
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.request_stop)
+        self._thread.join(timeout_s)
+        self.server.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,304 @@
+"""The data plane both transports share: every OIP v2 operation as a plain (async) method.
+
+HTTP and gRPC handlers decode, call one method here, and encode; they hold no logic of their own.
+This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
+model, a ``DynamicBatcher`` when batching is on. Inference never runs on the event loop: without
+batching it runs in a small thread pool, with batching in the batcher's worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from polystack import __version__
+from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.engine import Engine, LoadedEntry, LoadSpec
+from polystack.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    PolystackError,
+    VersionNotFound,
+)
+from polystack.metrics import ModelMetrics, ServerMetrics
+from polystack.protocol.wire import InferRequest, InferResponse
+from polystack.server import status
+from polystack.server.tracing import Tracer
+from polystack.store import ModelRecord, ModelRef, Store
+from polystack.types import DType
+
+log = logging.getLogger("polystack.server")
+
+SpecFor = Callable[[Store, ModelRecord, str], LoadSpec]
+PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
+
+
+@dataclass
+class _Served:
+    entry: LoadedEntry
+    batcher: DynamicBatcher | None
+
+
+def parse_version(name: str, version: str | None) -> int | None:
+    if not version:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise VersionNotFound(f"model {name!r} has no version {version!r}; versions are positive integers")
+    return int(version)
+
+
+def _timed_infer(entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None) -> Any:
+    from polystack.engine import infer_entry
+
+    t0 = time.perf_counter()
+    result = infer_entry(entry, inputs, outputs)
+    return result, time.perf_counter() - t0
+
+
+class DataPlane:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        profile: str,
+        spec_for: SpecFor,
+        policy_for: PolicyFor,
+        allow_model_control: bool = False,
+        workers: int | None = None,
+        metrics: ServerMetrics | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.profile = profile
+        self.spec_for = spec_for
+        self.policy_for = policy_for
+        self.allow_model_control = allow_model_control
+        self.metrics = metrics or ServerMetrics()
+        self.tracer = tracer or Tracer(enabled=False)
+        self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer")
+        self._served: dict[tuple[str, int], _Served] = {}
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- model lifecycle -------------------------------------------------------------------------
+    def load(self, ref: ModelRef | str) -> LoadedEntry:
+        """Load one model (latest version unless given) with the spec and batch policy for the profile."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        record = self.store.get(ref)
+        spec = self.spec_for(self.store, record, self.profile)
+        policy = self.policy_for(self.store, record, self.profile)
+        entry = self.engine.load(record.ref, spec)
+        key = (entry.name, entry.version)
+        old = self._served.get(key)
+        batcher = None
+        if policy is not None and entry.signature.batched:
+            m = self.metrics.model(entry.name, str(entry.version))
+
+            def on_batch(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:
+                m.batch.observe(items)
+                m.compute.observe(seconds)
+
+            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_depth=m.depth.set, on_queue=m.queue.observe)
+        self._served[key] = _Served(entry, batcher)
+        if old is not None and old.batcher is not None:
+            old.batcher.close(drain=True)
+        self.metrics.models_loaded.set(len(self._served))
+        log.info("model loaded", extra={"model": entry.name, "version": entry.version, "backend": spec.backend})
+        return entry
+
+    def unload(self, name: str) -> None:
+        gone = [k for k in self._served if k[0] == name]
+        if not gone:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        for k in gone:
+            served = self._served.pop(k)
+            if served.batcher is not None:
+                served.batcher.close(drain=True)
+        self.engine.unload(ModelRef(name))
+        self.metrics.models_loaded.set(len(self._served))
+        log.info("model unloaded", extra={"model": name})
+
+    def close(self) -> None:
+        for served in self._served.values():
+            if served.batcher is not None:
+                served.batcher.close(drain=True)
+        self._served.clear()
+        self.executor.shutdown(wait=True)
+
+    def _get(self, name: str, version: str | None) -> _Served:
+        v = parse_version(name, version)
+        entry = self.engine.get(name, v)
+        served = self._served.get((entry.name, entry.version))
+        if served is None or served.entry is not entry:
+            # Loaded through the engine directly (not through this plane): serve it unbatched.
+            served = _Served(entry, None)
+        return served
+
+    # -- health and metadata ---------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining
+
+    def extensions(self) -> list[str]:
+        ext = ["binary_tensor_data", "model_configuration", "statistics"]
+        if self.allow_model_control:
+            ext.append("model_repository")
+        return ext
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "polystack", "version": __version__, "extensions": self.extensions()}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        if self.draining:
+            return False
+        try:
+            self._get(name, version)
+        except PolystackError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        self._get(name, version)
+        return self.engine.metadata(name, parse_version(name, version)).to_dict()
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        served = self._get(name, version)
+        entry = served.entry
+        sig = entry.signature
+        batcher = served.batcher
+        if batcher is not None:
+            max_batch = batcher.max_batch_size
+        elif sig.batched and entry.spec.max_batch_size:
+            max_batch = entry.spec.max_batch_size
+        else:
+            max_batch = 0
+
+        def tensor(t: Any) -> dict[str, Any]:
+            dims = list(t.shape[1:] if max_batch > 0 else t.shape)
+            dt = "TYPE_STRING" if t.dtype is DType.BYTES else f"TYPE_{t.dtype.value}"
+            return {"name": t.name, "data_type": dt, "dims": dims}
+
+        config: dict[str, Any] = {
+            "name": entry.name,
+            "platform": f"{entry.spec.backend}_{entry.spec.format}".replace(".", "_"),
+            "backend": entry.spec.backend,
+            "max_batch_size": max_batch,
+            "input": [tensor(t) for t in sig.inputs],
+            "output": [tensor(t) for t in sig.outputs],
+            "instance_group": [
+                {
+                    "name": f"{entry.name}_0",
+                    "kind": "KIND_GPU" if entry.spec.device.startswith("cuda") else "KIND_CPU",
+                    "count": batcher.policy.instances if batcher else 1,
+                }
+            ],
+            "parameters": {"polystack_device": {"string_value": entry.spec.device}},
+        }
+        if batcher is not None:
+            p = batcher.policy
+            queue: dict[str, Any] = {"max_queue_size": p.max_queue_size}
+            if p.timeout_s is not None:
+                queue["default_timeout_microseconds"] = int(p.timeout_s * 1e6)
+            config["dynamic_batching"] = {
+                "preferred_batch_size": list(p.preferred_batch_sizes),
+                "max_queue_delay_microseconds": int(p.max_queue_delay_ms * 1000),
+                "default_queue_policy": queue,
+            }
+        return config
+
+    def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
+        entries = [self._get(name, version).entry] if name else self.engine.loaded()
+        return {"model_stats": [{"name": e.name, "version": str(e.version), **e.stats.to_dict()} for e in entries]}
+
+    # -- inference -------------------------------------------------------------------------------
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        self.in_flight += 1
+        self._idle.clear()
+        model_label = (name, version or "")
+        try:
+            served = self._get(name, version)
+            entry = served.entry
+            model_label = (entry.name, str(entry.version))
+            outputs = request.output_names
+            with self.tracer.span("polystack.infer", model=entry.name, version=entry.version, id=request.id or ""):
+                if served.batcher is not None:
+                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result, took = await loop.run_in_executor(
+                        self.executor, _timed_infer, entry, request.inputs, outputs
+                    )
+                    m = self.metrics.model(*model_label)
+                    m.compute.observe(took)
+                    m.batch.observe(_batch_of(entry, request.inputs))
+        except BaseException as e:
+            self.metrics.failed(model_label[0], model_label[1], status.reason(e))
+            raise
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        m = self.metrics.model(*model_label)
+        m.success.inc()
+        m.request.observe(time.perf_counter() - started)
+        return InferResponse(model_name=entry.name, model_version=str(entry.version), outputs=result, id=request.id)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- model repository extension ----------------------------------------------------------------
+    def _check_control(self) -> None:
+        if not self.allow_model_control:
+            raise PermissionDenied(
+                "the model repository extension is off; start the server with --allow-model-control to use it"
+            )
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        self._check_control()
+        loaded = {(e.name, e.version) for e in self.engine.loaded()}
+        out = []
+        for r in self.store.models.list():
+            state = "READY" if (r.name, r.version) in loaded else "UNAVAILABLE"
+            if ready_only and state != "READY":
+                continue
+            item = {"name": r.name, "version": str(r.version), "state": state}
+            if state != "READY":
+                item["reason"] = "not loaded"
+            out.append(item)
+        return out
+
+    async def repository_load(self, name: str) -> None:
+        self._check_control()
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("a model name is required")
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.load, name)
+
+    async def repository_unload(self, name: str) -> None:
+        self._check_control()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.unload, name)
+
+
+def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:
+    for t in entry.signature.inputs:
+        if t.batched:
+            return int(inputs[t.name].shape[0])
+    return 1

@@ -1,0 +1,118 @@
+"""The gRPC transport: ``inference.GRPCInferenceService`` on grpc.aio, each RPC a call into the data plane.
+
+Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from polystack.errors import PolystackError
+from polystack.protocol import grpc_codec
+from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+from polystack.server import status
+from polystack.server.dataplane import DataPlane
+
+log = logging.getLogger("polystack.server.grpc")
+T = TypeVar("T")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except PolystackError as e:
+            await context.abort(status.grpc_code(e), e.message)
+        except Exception:
+            log.exception("unexpected error in a gRPC call")
+            await context.abort(grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE)
+        raise AssertionError("unreachable")  # context.abort raises
+
+    async def _sync(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return await self._call(context, run)
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        md = self.plane.server_metadata()
+        return pb.ServerMetadataResponse(name=md["name"], version=md["version"], extensions=md["extensions"])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        md = await self._sync(context, lambda: self.plane.model_metadata(request.name, request.version))
+        resp = pb.ModelMetadataResponse(name=md["name"], versions=md["versions"], platform=md["platform"])
+        for key, target in (("inputs", resp.inputs), ("outputs", resp.outputs)):
+            for t in md[key]:
+                target.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return resp
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        config = await self._sync(context, lambda: self.plane.model_config(request.name, request.version))
+        return pb.ModelConfigResponse(
+            config=json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True)
+        )
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        async def run() -> pb.ModelInferResponse:
+            decoded = grpc_codec.decode_infer_request(request)
+            result = await self.plane.infer(request.model_name, request.model_version, decoded)
+            return grpc_codec.encode_infer_response(result)
+
+        return await self._call(context, run)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        models = await self._sync(context, lambda: self.plane.repository_index(request.ready))
+        resp = pb.RepositoryIndexResponse()
+        for m in models:
+            resp.models.add(**m)
+        return resp
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._call(context, lambda: self.plane.repository_load(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._call(context, lambda: self.plane.repository_unload(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+
+def create_server(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the servicer added and the port bound (not started); (server, port)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    return server, bound

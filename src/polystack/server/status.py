@@ -1,0 +1,55 @@
+"""The ONE table from polystack errors to HTTP statuses and gRPC codes.
+
+Every transport maps errors here and nowhere else. The lookup walks the error's class hierarchy,
+so a subclass (ModelNotFound) takes its parent's entry (NotFound) unless it has its own. Anything
+that is not a PolystackError is an internal error (500 / INTERNAL) and its message is not leaked.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from polystack import errors as E
+
+TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
+    E.InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    E.NotFound: (404, grpc.StatusCode.NOT_FOUND),
+    E.Conflict: (409, grpc.StatusCode.FAILED_PRECONDITION),
+    E.PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
+    E.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    E.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
+    E.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
+    E.DeadlineExceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    E.BackendError: (500, grpc.StatusCode.INTERNAL),
+    E.PolystackError: (500, grpc.StatusCode.INTERNAL),
+}
+
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+
+
+def _entry(exc: BaseException) -> tuple[int, grpc.StatusCode] | None:
+    for cls in type(exc).__mro__:
+        hit = TABLE.get(cls)
+        if hit is not None:
+            return hit
+    return None
+
+
+def http_status(exc: BaseException) -> int:
+    hit = _entry(exc)
+    return hit[0] if hit else 500
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    hit = _entry(exc)
+    return hit[1] if hit else grpc.StatusCode.INTERNAL
+
+
+def message(exc: BaseException) -> str:
+    """What the client is told: the polystack message, or a generic line for anything unexpected."""
+    return exc.message if isinstance(exc, E.PolystackError) else INTERNAL_MESSAGE
+
+
+def reason(exc: BaseException) -> str:
+    """A short label for metrics: the error's class name (``QueueFull``), or ``Internal``."""
+    return type(exc).__name__ if isinstance(exc, E.PolystackError) else "Internal"
