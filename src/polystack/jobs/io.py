@@ -203,9 +203,7 @@ def _csv_batches(
 
 
 # -- JSONL -------------------------------------------------------------------------------------
-def parse_jsonl(
-    lines: Sequence[bytes | str], first_line: int = 1, columns: Sequence[str] | None = None
-) -> pa.RecordBatch:
+def parse_jsonl(lines: Sequence[bytes | str], columns: Sequence[str] | None = None) -> pa.RecordBatch:
     """JSON objects, one a line, as a record batch; a line that is not an object gets a reason.
 
     A column whose values have mixed kinds (numbers and text, lists and scalars) keeps the
@@ -213,14 +211,14 @@ def parse_jsonl(
     """
     rows: list[dict[str, Any]] = []
     reasons: list[str | None] = []
-    for i, line in enumerate(lines):
+    for line in lines:
         why: str | None
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            obj, why = {}, f"line {first_line + i} is not valid JSON: {e}"
+            obj, why = {}, f"not valid JSON: {e}"
         else:
-            why = None if isinstance(obj, dict) else f"line {first_line + i} is not a JSON object"
+            why = None if isinstance(obj, dict) else "not a JSON object"
             obj = obj if isinstance(obj, dict) else {}
         rows.append(obj)
         reasons.append(why)
@@ -275,23 +273,19 @@ def _jsonl_batches(
     src: Source, size: int, skip: int, columns: list[str] | None, text: tuple[str, ...] = ()
 ) -> Iterator[pa.RecordBatch]:
     with open(src.path, "rb") as f:
-        lineno, first = 0, 1
         chunk: list[bytes] = []
         for line in f:
-            lineno += 1
             if not line.strip():
                 continue  # blank lines are not rows (Ray Data's read_text drops them too)
             if skip:
                 skip -= 1
                 continue
-            if not chunk:
-                first = lineno
             chunk.append(line)
             if len(chunk) == size:
-                yield _conform(parse_jsonl(chunk, first, columns), src.schema, columns)
+                yield _conform(parse_jsonl(chunk, columns), src.schema, columns)
                 chunk = []
         if chunk:
-            yield _conform(parse_jsonl(chunk, first, columns), src.schema, columns)
+            yield _conform(parse_jsonl(chunk, columns), src.schema, columns)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema, columns: list[str] | None) -> pa.RecordBatch:
