@@ -60,6 +60,7 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
     workers: int | None = None  # inference threads without batching (default: CPU count)
+    inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
     batching: BatchPolicy | None = None  # overrides policy_for for every model
     no_batching: bool = False
     access_log: bool = False
@@ -87,6 +88,7 @@ class Server:
             workers=config.workers,
             metrics=self.metrics,
             tracer=Tracer(config.trace),
+            inline_max_ms=config.inline_max_ms,
         )
         self.http = HttpApp(self.plane, max_body_bytes=config.max_body_bytes, access_log=config.access_log)
         self.http_port = 0

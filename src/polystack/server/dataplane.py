@@ -2,8 +2,15 @@
 
 HTTP and gRPC handlers decode, call one method here, and encode; they hold no logic of their own.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
-model, a ``DynamicBatcher`` when batching is on. Inference never runs on the event loop: without
-batching it runs in a small thread pool, with batching in the batcher's worker threads.
+model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: without
+batching in a small thread pool, with batching in the batcher's worker threads.
+
+One measured exception, the inline fast path: handing a call to a thread and back costs 40-50 us
+here (two context switches and a loop wake-up), and through tritonclient it added ~0.17 ms to a
+0.4 ms request. So when a model's typical compute time is at most ``inline_max_ms`` (0.2 ms by
+default, 0 turns it off) *and* it is the only request in flight, it runs on the loop: the loop
+has nothing else to do, and the call is shorter than the handoff it saves. Any concurrency, or a
+slower model, goes to the thread pool as before.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class DataPlane:
         workers: int | None = None,
         metrics: ServerMetrics | None = None,
         tracer: Tracer | None = None,
+        inline_max_ms: float = 0.2,
     ) -> None:
         self.engine = engine
         self.store = engine.store
@@ -87,6 +95,8 @@ class DataPlane:
         self.tracer = tracer or Tracer(enabled=False)
         self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer")
         self._served: dict[tuple[str, int], _Served] = {}
+        self.inline_max_s = inline_max_ms / 1000.0
+        self._typical_s: dict[tuple[str, int], float] = {}
         self.draining = False
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -239,10 +249,17 @@ class DataPlane:
                 if served.batcher is not None:
                     result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s)
                 else:
-                    loop = asyncio.get_running_loop()
-                    result, took = await loop.run_in_executor(
-                        self.executor, _timed_infer, entry, request.inputs, outputs
-                    )
+                    key = (entry.name, entry.version)
+                    typical = self._typical_s.get(key)
+                    if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
+                        result, took = _timed_infer(entry, request.inputs, outputs)
+                    else:
+                        loop = asyncio.get_running_loop()
+                        result, took = await loop.run_in_executor(
+                            self.executor, _timed_infer, entry, request.inputs, outputs
+                        )
+                    # a slow-moving average of the compute time decides the inline fast path
+                    self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
                     m = self.metrics.model(*model_label)
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))

@@ -1,0 +1,78 @@
+"""polystack serve: serve registered models over the Open Inference Protocol v2 (HTTP and gRPC)."""
+
+from __future__ import annotations
+
+import typer
+
+from polystack.cli.app import app, open_store
+from polystack.errors import InvalidRequest
+
+
+@app.command()
+def serve(
+    models: list[str] = typer.Argument(None, metavar="[NAME[:VERSION]]...", help="Models to serve (default: all)."),
+    profile: str = typer.Option("realtime", "--profile", help="realtime, server (batching on), batch or edge."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
+    http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port (0: any free port)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: any free port, -1: no gRPC)."),
+    allow_model_control: bool = typer.Option(
+        False, "--allow-model-control", help="Enable the repository extension (index, load, unload)."
+    ),
+    drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
+    max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger bodies (413)."),
+    batching: bool | None = typer.Option(
+        None, "--batching/--no-batching", help="Force dynamic batching on or off (default: by profile)."
+    ),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Batching: items per runtime call."),
+    max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Batching: longest wait to fill."),
+    max_queue_size: int = typer.Option(1024, "--max-queue-size", help="Batching: queued requests before 503."),
+    timeout_s: float | None = typer.Option(None, "--timeout-s", help="Batching: default per-request deadline."),
+    instances: int = typer.Option(1, "--instances", help="Batching: worker threads sharing one model."),
+    workers: int | None = typer.Option(None, "--workers", help="Inference threads without batching (default: CPUs)."),
+    inline_max_ms: float = typer.Option(
+        0.2, "--inline-max-ms", help="Run models this fast on the event loop when idle (0: always use threads)."
+    ),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
+    trace: bool = typer.Option(False, "--trace", help="OpenTelemetry spans (needs opentelemetry installed)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
+    from polystack.batching import BatchPolicy
+    from polystack.engine import Engine
+    from polystack.server import logs
+    from polystack.server.app import PROFILES, ServeConfig, run
+
+    if profile not in PROFILES:
+        raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    logs.configure(log_level)
+    policy = None
+    if batching:
+        policy = BatchPolicy(
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            max_queue_size=max_queue_size,
+            timeout_s=timeout_s,
+            instances=instances,
+        )
+    config = ServeConfig(
+        host=host,
+        http_port=http_port,
+        grpc_port=None if grpc_port < 0 else grpc_port,
+        profile=profile,
+        allow_model_control=allow_model_control,
+        drain_timeout_s=drain_timeout_s,
+        max_body_bytes=max_body_bytes,
+        workers=workers,
+        inline_max_ms=inline_max_ms,
+        batching=policy,
+        no_batching=batching is False,
+        access_log=access_log,
+        trace=True if trace else None,
+        models=list(models or []),
+    )
+    store = open_store()
+    try:
+        code = run(Engine(store), config)
+    finally:
+        store.close()
+    raise typer.Exit(code)
