@@ -38,6 +38,12 @@ class Importer(Protocol):
 # Format name -> module under polystack.formats. Order matters for detection.
 IMPORTERS: dict[str, str] = {
     "onnx": "polystack.formats.onnx",
+    "torch.export": "polystack.formats.torch_export",
+    "skops": "polystack.formats.skops",
+    "xgboost": "polystack.formats.xgboost",
+    "lightgbm": "polystack.formats.lightgbm",
+    "litert": "polystack.formats.litert",
+    "jax.export": "polystack.formats.jax_export",
 }
 
 

@@ -1,0 +1,171 @@
+"""OpenVINO: ONNX models and OpenVINO IR, on the devices ``openvino.Core().available_devices`` lists.
+
+Device names are lower-cased: ``CPU`` -> ``cpu``, ``GPU.1`` -> ``gpu:1``, ``NPU`` -> ``npu:0``.
+``inference_precision`` sets ``INFERENCE_PRECISION_HINT``; unset, OpenVINO picks the hardware's
+default, which is bf16 on CPUs with AVX512_BF16 or AMX (a precision change: the gate treats it so).
+The IR (``model.xml`` + ``model.bin``) is stored as one uncompressed tar and read from memory.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from polystack.backends.base import Backend, LoadedModel
+from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor
+from polystack.types import Signature
+
+IR_XML = "model.xml"
+IR_BIN = "model.bin"
+
+
+class OpenVinoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inference_precision: Literal["f32", "bf16", "f16"] | None = Field(
+        default=None, description="INFERENCE_PRECISION_HINT; None lets OpenVINO choose (bf16 on some CPUs)"
+    )
+    performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] | None = None
+    num_streams: int | None = Field(default=None, ge=1)
+    inference_num_threads: int | None = Field(default=None, ge=1)
+
+
+def to_ov_device(device: str, available: list[str] | None = None) -> str:
+    """polystack's device name to OpenVINO's, as OpenVINO lists it ("gpu:1" -> "GPU.1", "npu:0" -> "NPU")."""
+    for name in available or []:
+        if from_ov_device(name) == device:
+            return name
+    kind, _, index = device.partition(":")
+    return kind.upper() if kind == "cpu" or not index else f"{kind.upper()}.{index}"
+
+
+def from_ov_device(name: str) -> str:
+    kind, _, index = name.partition(".")
+    return "cpu" if kind == "CPU" else f"{kind.lower()}:{index or 0}"
+
+
+def pack_ir(xml: Path, weights: Path, out: Path) -> Path:
+    """Write the IR pair as one uncompressed tar (deterministic: fixed names, times and owners)."""
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for src, arcname in ((xml, IR_XML), (weights, IR_BIN)):
+            info = tarfile.TarInfo(arcname)
+            info.size = src.stat().st_size
+            info.mtime = 0
+            info.mode = 0o444
+            with open(src, "rb") as f:
+                tar.addfile(info, f)
+    return out
+
+
+def read_ir(core: Any, artifact: Path) -> Any:
+    import openvino as ov
+
+    with tarfile.open(artifact, "r:") as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        if IR_XML not in members or IR_BIN not in members:
+            raise InvalidModelFile(f"{artifact.name} is not a polystack OpenVINO IR archive (model.xml + model.bin)")
+        xml = tar.extractfile(members[IR_XML]).read()  # type: ignore[union-attr]
+        weights = tar.extractfile(members[IR_BIN]).read()  # type: ignore[union-attr]
+    return core.read_model(xml.decode("utf-8"), ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
+
+
+class OpenVinoModel:
+    def __init__(self, compiled: Any, signature: Signature) -> None:
+        self.compiled = compiled
+        self.signature = signature
+        self.request = compiled.create_infer_request()
+        self._lock = threading.Lock()  # one InferRequest: calls must not overlap
+        ports = list(compiled.outputs)
+        wanted = signature.output_names
+        self._ports: list[tuple[str, Any]] = []
+        for i, name in enumerate(wanted):
+            port = next((p for p in ports if name in p.get_names()), ports[i] if i < len(ports) else None)
+            if port is None:
+                raise InvalidModelFile(f"OpenVINO model has no output {name!r}")
+            self._ports.append((name, port))
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            with self._lock:
+                result = self.request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+                return {name: np.array(result[port], copy=True) for name, port in self._ports}
+        except (TypeError, ValueError) as e:
+            raise InvalidTensor(f"OpenVINO refused the inputs: {e}") from e
+        except Exception as e:
+            raise BackendError(f"OpenVINO failed: {type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    Options = OpenVinoOptions
+    formats = frozenset({"onnx", "openvino"})
+    requires = ("openvino",)
+    distribution = "openvino"
+
+    def devices(self) -> list[str]:
+        import openvino as ov
+
+        return [from_ov_device(d) for d in ov.Core().available_devices]
+
+    def capabilities(self, device: str) -> list[str]:
+        """OPTIMIZATION_CAPABILITIES of a device (e.g. FP32, BF16, FP16, INT8)."""
+        import openvino as ov
+
+        core = ov.Core()
+        name = to_ov_device(device, core.available_devices)
+        return [str(c) for c in core.get_property(name, "OPTIMIZATION_CAPABILITIES")]
+
+    def lower_precision(self, device: str) -> str | None:
+        """The hardware's lower-precision inference hint on ``device`` ("bf16", "f16"), if it has one."""
+        caps = self.capabilities(device)
+        if "BF16" in caps:
+            return "bf16"
+        if "FP16" in caps and not device.startswith("cpu"):
+            return "f16"
+        return None
+
+    def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        import openvino as ov
+
+        assert isinstance(options, OpenVinoOptions)
+        core = ov.Core()
+        if device not in self.devices():
+            raise BackendUnavailable(f"openvino cannot use device {device!r} here; it offers {self.devices()}")
+        try:
+            model = read_ir(core, artifact) if tarfile.is_tarfile(artifact) else core.read_model(str(artifact))
+        except InvalidModelFile:
+            raise
+        except Exception as e:
+            raise InvalidModelFile(f"OpenVINO cannot read this model: {str(e).splitlines()[0][:300]}") from e
+        config: dict[str, Any] = {}
+        if options.inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = options.inference_precision
+        if options.performance_hint:
+            config["PERFORMANCE_HINT"] = options.performance_hint
+        if options.num_streams:
+            config["NUM_STREAMS"] = options.num_streams
+        if options.inference_num_threads:
+            config["INFERENCE_NUM_THREADS"] = options.inference_num_threads
+        try:
+            compiled = core.compile_model(model, to_ov_device(device, core.available_devices), config)
+        except Exception as e:
+            raise InvalidModelFile(f"OpenVINO cannot compile this model for {device}: {str(e)[:300]}") from e
+        return OpenVinoModel(compiled, signature)
+
+
+def ir_bytes(artifact: Path) -> tuple[bytes, bytes]:
+    """The (xml, bin) pair inside a stored IR archive."""
+    with tarfile.open(artifact, "r:") as tar:
+        xml = tar.extractfile(IR_XML).read()  # type: ignore[union-attr]
+        weights = tar.extractfile(IR_BIN).read()  # type: ignore[union-attr]
+    return xml, weights
