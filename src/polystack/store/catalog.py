@@ -76,6 +76,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE models ADD COLUMN samples_digest TEXT;
     ALTER TABLE models ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
     """,
+    # 4 -> 5: how a variant's artifact was built from its source ("" = the source itself;
+    # else converter steps joined by "+", e.g. "onnx+int8-static"); part of the variant's identity
+    """
+    ALTER TABLE variants ADD COLUMN recipe TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,8 +21,13 @@ from polystack.store.models import ModelRecord
 Status = Literal["verified", "rejected", "failed", "pending"]
 
 
-def variant_id(model_digest: str, backend: str, device: str, precision: str, options: Mapping[str, Any]) -> str:
-    key = json.dumps([model_digest, backend, device, precision, dict(options)], sort_keys=True)
+def variant_id(
+    model_digest: str, backend: str, device: str, precision: str, options: Mapping[str, Any], recipe: str = ""
+) -> str:
+    parts: list[Any] = [model_digest, backend, device, precision, dict(options)]
+    if recipe:  # "" (the source artifact itself) keeps the ids variants had before recipes existed
+        parts.append(recipe)
+    key = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -42,6 +47,7 @@ class VariantRecord:
     error: str | None = None  # why it failed or was rejected
     build_time_s: float | None = None
     created_at: float = 0.0
+    recipe: str = ""  # converter steps from the source ("" = the source artifact itself)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,7 @@ class VariantRecord:
             "metrics": self.metrics,
             "error": self.error,
             "build_time_s": self.build_time_s,
+            "recipe": self.recipe,
         }
 
     @classmethod
@@ -76,6 +83,7 @@ class VariantRecord:
             error=row["error"],
             build_time_s=row["build_time_s"],
             created_at=row["created_at"],
+            recipe=row["recipe"] if "recipe" in row.keys() else "",  # noqa: SIM118 (sqlite3.Row)
         )
 
 
@@ -98,13 +106,14 @@ class VariantTable:
         metrics: Mapping[str, Any] | None = None,
         error: str | None = None,
         build_time_s: float | None = None,
+        recipe: str = "",
     ) -> VariantRecord:
-        vid = variant_id(model.digest, backend, device, precision, options)
+        vid = variant_id(model.digest, backend, device, precision, options, recipe)
         with self.catalog.write() as conn:
             conn.execute(
                 "INSERT INTO variants (id, model_id, backend, device, precision, options, format, digest,"
-                " size_bytes, status, metrics, error, build_time_s, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " size_bytes, status, metrics, error, build_time_s, created_at, recipe)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET format = excluded.format, digest = excluded.digest,"
                 " size_bytes = excluded.size_bytes, status = excluded.status, metrics = excluded.metrics,"
                 " error = excluded.error, build_time_s = excluded.build_time_s",
@@ -123,6 +132,7 @@ class VariantTable:
                     error,
                     build_time_s,
                     time.time(),
+                    recipe,
                 ),
             )
         return self.get(vid)
