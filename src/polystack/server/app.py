@@ -22,7 +22,7 @@ from polystack.batching import BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
-from polystack.server.dataplane import DataPlane
+from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.tracing import Tracer
 from polystack.store import ModelRecord, Store
@@ -69,15 +69,23 @@ class ServeConfig:
 
 
 class Server:
-    def __init__(self, engine: Engine, config: ServeConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: ServeConfig,
+        *,
+        spec_for: SpecFor = spec_for,
+        policy_for: PolicyFor = policy_for,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
+        choose_policy = policy_for
 
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
             if config.no_batching:
                 return None
-            return config.batching or policy_for(store, record, profile)
+            return config.batching or choose_policy(store, record, profile)
 
         self.plane = DataPlane(
             engine,
@@ -202,8 +210,8 @@ def _run_loop(coro: Any) -> None:
 class ServerThread:
     """A Server on its own event loop in a background thread: ``start()`` returns once bound."""
 
-    def __init__(self, engine: Engine, config: ServeConfig) -> None:
-        self.server = Server(engine, config)
+    def __init__(self, engine: Engine, config: ServeConfig, **hooks: Any) -> None:
+        self.server = Server(engine, config, **hooks)
         self._thread = threading.Thread(target=self._main, name="polystack-server", daemon=True)
         self._ready = threading.Event()
         self._error: BaseException | None = None

@@ -1,0 +1,79 @@
+"""Helpers for the serving tests: small typed ONNX models, a store holding them, servers on free ports."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from polystack.engine import Engine, LoadSpec, default_spec
+from polystack.examples import mlp_onnx
+from polystack.formats import import_model
+from polystack.server.app import ServeConfig, ServerThread
+from polystack.store import ModelRecord, Store
+
+
+def _single_op(path: Path, op: str, elem: int, width: int, inp: str, outs: list[tuple[str, str]]) -> Path:
+    """A model applying ``op`` (one node per output) to one input of shape [batch, width]."""
+    import onnx
+    from onnx import helper
+
+    nodes = [helper.make_node(o_op, [inp], [o_name]) for o_name, o_op in outs]
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info(inp, elem, ["batch", width])],
+        [helper.make_tensor_value_info(o_name, elem, ["batch", width]) for o_name, _ in outs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="polystack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def build_models(work: Path) -> dict[str, Path]:
+    from onnx import TensorProto
+
+    work.mkdir(parents=True, exist_ok=True)
+    return {
+        "mlp": mlp_onnx(work / "mlp.onnx", sizes=(16, 32, 4)),
+        "ident64": _single_op(work / "ident64.onnx", "Identity", TensorProto.INT64, 4, "a", [("b", "Identity")]),
+        "notb": _single_op(work / "notb.onnx", "Not", TensorProto.BOOL, 3, "p", [("q", "Not")]),
+        "strid": _single_op(work / "strid.onnx", "Identity", TensorProto.STRING, 2, "s", [("t", "Identity")]),
+        "two": _single_op(work / "two.onnx", "", TensorProto.FLOAT, 4, "x", [("same", "Identity"), ("neg", "Neg")]),
+    }
+
+
+def register_all(store: Store, work: Path) -> dict[str, ModelRecord]:
+    out = {}
+    for name, path in build_models(work).items():
+        imported = import_model(path, work / f"import-{name}")
+        record, _ = store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
+        out[name] = record
+    return out
+
+
+MLP_MAX_BATCH = 64
+
+
+def test_spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
+    """The default spec, with the MLP capped at MLP_MAX_BATCH items and `slow*` models on the null backend."""
+    if record.name.startswith("slow"):
+        delay = float(record.tags.get("delay_ms", "50"))
+        return LoadSpec(
+            artifact=store.artifact_path(record), format=record.format, backend="null", options={"delay_ms": delay}
+        )
+    spec = default_spec(store, record)
+    if record.name == "mlp":
+        spec = dataclasses.replace(spec, max_batch_size=MLP_MAX_BATCH)
+    return spec
+
+
+test_spec_for.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+def start(store: Store, **config: Any) -> ServerThread:
+    hooks = {k: config.pop(k) for k in ("policy_for",) if k in config}
+    cfg = ServeConfig(http_port=0, grpc_port=0, drain_timeout_s=10.0, **config)
+    return ServerThread(Engine(store), cfg, spec_for=test_spec_for, **hooks).start()

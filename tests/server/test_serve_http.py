@@ -1,0 +1,157 @@
+"""tritonclient's HTTP clients (sync and asyncio) against a real server: every datatype, both encodings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+import tritonclient.http.aio as aiohttpclient
+from conftest import Raw
+
+from polystack.server.app import ServerThread
+
+CASES = [
+    ("mlp", "x", "y", "FP32", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)),
+    ("ident64", "a", "b", "INT64", np.array([[1, -2, 3, 2**40], [0, 5, -6, 7]], dtype=np.int64)),
+    ("notb", "p", "q", "BOOL", np.array([[True, False, True], [False, False, True]])),
+    ("strid", "s", "t", "BYTES", np.array([[b"hello", b""], ["ünï".encode(), b"with space"]], dtype=object)),
+]
+
+
+def expected(model: str, arr: np.ndarray) -> np.ndarray | None:
+    if model == "notb":
+        return ~arr
+    if model in ("ident64", "strid"):
+        return arr
+    return None  # mlp: checked against onnxruntime below
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.http_url)
+
+
+def mlp_reference(server: ServerThread, x: np.ndarray) -> np.ndarray:
+    return server.server.engine.infer("mlp", {"x": x})["y"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize(("model", "inp", "out", "dtype", "arr"), CASES, ids=[c[0] for c in CASES])
+def test_infer_every_datatype_binary_and_json(
+    client: httpclient.InferenceServerClient,
+    server: ServerThread,
+    model: str,
+    inp: str,
+    out: str,
+    dtype: str,
+    arr: np.ndarray,
+    binary: bool,
+) -> None:
+    i = httpclient.InferInput(inp, list(arr.shape), dtype)
+    i.set_data_from_numpy(arr, binary_data=binary)
+    outputs = [httpclient.InferRequestedOutput(out, binary_data=binary)]
+    result = client.infer(model, [i], outputs=outputs, request_id="req-7")
+    got = result.as_numpy(out)
+    assert result.get_response()["id"] == "req-7"
+    want = expected(model, arr)
+    if want is None:
+        want = mlp_reference(server, arr)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    elif dtype == "BYTES" and not binary:
+        # JSON carries BYTES as text: what is valid UTF-8 comes back as the same bytes
+        assert got.shape == want.shape
+        assert got[0, 0] in (b"hello", "hello")
+    else:
+        assert got.dtype == want.dtype or dtype == "BYTES"
+        np.testing.assert_array_equal(got, want)
+
+
+def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClient) -> None:
+    x = np.ones((2, 4), np.float32)
+    i = httpclient.InferInput("x", [2, 4], "FP32")
+    i.set_data_from_numpy(x)
+    result = client.infer("two", [i])  # no outputs named: every output, binary
+    np.testing.assert_array_equal(result.as_numpy("same"), x)
+    np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+    assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
+
+
+def test_requested_outputs_return_only_those(client: httpclient.InferenceServerClient) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    i = httpclient.InferInput("x", [2, 4], "FP32")
+    i.set_data_from_numpy(x)
+    result = client.infer("two", [i], outputs=[httpclient.InferRequestedOutput("neg", binary_data=False)])
+    names = [o["name"] for o in result.get_response()["outputs"]]
+    assert names == ["neg"]
+    np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+    assert result.as_numpy("same") is None
+
+
+def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
+    assert not client.is_model_ready("mlp", "9")
+    md = client.get_model_metadata("mlp", "1")
+    assert md["name"] == "mlp" and md["versions"] == ["1"] and md["platform"] == "onnxruntime_onnx"
+    assert md["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": [-1, 16], "dim_names": ["batch", None]}
+    i = httpclient.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    assert client.infer("mlp", [i], model_version="1").as_numpy("y").shape == (1, 4)
+    server_md = client.get_server_metadata()
+    assert server_md["name"] == "polystack"
+    assert server_md["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+def test_model_config_is_triton_shaped(client: httpclient.InferenceServerClient) -> None:
+    config = client.get_model_config("mlp")
+    assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert client.get_model_config("strid")["input"][0]["data_type"] == "TYPE_STRING"
+
+
+def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("ident64")["model_stats"][0]
+    i = httpclient.InferInput("a", [2, 4], "INT64")
+    i.set_data_from_numpy(np.zeros((2, 4), np.int64))
+    for _ in range(3):
+        client.infer("ident64", [i])
+    after = client.get_inference_statistics("ident64")["model_stats"][0]
+    assert after["name"] == "ident64" and after["version"] == "1"
+    s0, s1 = before["inference_stats"]["success"], after["inference_stats"]["success"]
+    assert s1["count"] == s0["count"] + 3 and s1["ns"] > s0["ns"]
+    assert after["inference_count"] == before["inference_count"] + 6
+    everything = client.get_inference_statistics()["model_stats"]
+    assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
+
+
+def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> None:
+    raw.infer_ok()
+    status, headers, body = raw.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'polystack_inference_request_success_total{model="mlp",version="1"}' in text
+    assert "polystack_inference_request_duration_seconds_bucket" in text
+    assert "polystack_models_loaded 5.0" in text
+
+
+def test_asyncio_client_works_too(server: ServerThread) -> None:
+    async def main() -> tuple[np.ndarray, bool, dict]:
+        client = aiohttpclient.InferenceServerClient(server.http_url)
+        try:
+            ready = await client.is_server_ready()
+            config = await client.get_model_config("notb")
+            x = np.array([[True, True, False]])
+            i = aiohttpclient.InferInput("p", [1, 3], "BOOL")
+            i.set_data_from_numpy(x)
+            results = await asyncio.gather(*(client.infer("notb", [i]) for _ in range(8)))
+            return results[-1].as_numpy("q"), ready, config
+        finally:
+            await client.close()
+
+    q, ready, config = asyncio.run(main())
+    assert ready and config["name"] == "notb"
+    np.testing.assert_array_equal(q, [[False, False, True]])

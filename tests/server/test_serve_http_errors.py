@@ -1,0 +1,253 @@
+"""Every bad HTTP request gets a clear 4xx with {"error": ...}, and the server keeps serving."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import struct
+import time
+
+import pytest
+from conftest import MAX_BODY, Raw
+
+from polystack.server.app import ServerThread
+
+INFER = "/v2/models/mlp/infer"
+
+
+def good_input(**over: object) -> dict:
+    return {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16, **over}
+
+
+def check_error(raw: Raw, status: int, doc: object, want_status: int, *words: str) -> None:
+    assert status == want_status, doc
+    assert isinstance(doc, dict) and set(doc) == {"error"}, doc
+    for w in words:
+        assert w in doc["error"], doc["error"]
+    raw.infer_ok()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{not json", ["not valid JSON"]),
+        (b"[" * 10_000 + b"]" * 10_000, ["not valid JSON"]),
+        (b'{"inputs": ' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_001, ["not valid JSON"]),
+        (b"[1, 2]", ["JSON object"]),
+        (b'{"inputs": []}', ["non-empty 'inputs'"]),
+        (b"", ["not valid JSON"]),
+    ],
+    ids=["invalid", "nested-10000-lists", "nested-10000-objects", "not-an-object", "no-inputs", "empty"],
+)
+def test_malformed_json_is_400(raw: Raw, body: bytes, words: list[str]) -> None:
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})
+    check_error(raw, status, json.loads(data), 400, *words)
+
+
+def test_unknown_model_and_version_are_404(raw: Raw) -> None:
+    status, doc = raw.json("POST", "/v2/models/nope/infer", {"inputs": [good_input()]})
+    check_error(raw, status, doc, 404, "nope")
+    status, doc = raw.json("POST", "/v2/models/mlp/versions/9/infer", {"inputs": [good_input()]})
+    check_error(raw, status, doc, 404, "version")
+    status, doc = raw.json("GET", "/v2/models/mlp/versions/abc")
+    check_error(raw, status, doc, 404, "version")
+    status, doc = raw.json("GET", "/v2/models/nope/config")
+    check_error(raw, status, doc, 404)
+    status, doc = raw.json("GET", "/v2/nowhere")
+    check_error(raw, status, doc, 404, "no route")
+
+
+def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(name="z")]})
+    check_error(raw, status, doc, 400, "missing input 'x'")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input(name="z")]})
+    check_error(raw, status, doc, 400, "unexpected input 'z'")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input()]})
+    check_error(raw, status, doc, 400, "twice")
+
+
+def test_wrong_datatype_is_400(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="INT64", data=[0] * 16)]})
+    check_error(raw, status, doc, 400, "INT64", "FP32")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="FLOAT128")]})
+    check_error(raw, status, doc, 400, "unknown datatype")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=["a"] * 16)]})
+    check_error(raw, status, doc, 400, "does not fit")
+
+
+def test_shape_times_dtype_not_matching_data_is_400(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=[0.0] * 15)]})
+    check_error(raw, status, doc, 400, "16 elements", "15")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[1, 8])]})
+    check_error(raw, status, doc, 400, "8 elements")
+    # binary: 60 bytes for [1, 16] FP32 (64 needed)
+    head = json.dumps({"inputs": [good_input(data=None, parameters={"binary_data_size": 60})]}).encode()
+    status, _, data = raw.request(
+        "POST", INFER, head + b"\0" * 60, {"Inference-Header-Content-Length": str(len(head))}
+    )
+    check_error(raw, status, json.loads(data), 400, "64 bytes", "60")
+    # binary section longer than the sizes add up to
+    head = json.dumps({"inputs": [{**good_input(), "parameters": {"binary_data_size": 64}}]}).encode()
+    head = json.dumps({"inputs": [{k: v for k, v in json.loads(head)["inputs"][0].items() if k != "data"}]}).encode()
+    status, _, data = raw.request(
+        "POST", INFER, head + b"\0" * 72, {"Inference-Header-Content-Length": str(len(head))}
+    )
+    check_error(raw, status, json.loads(data), 400, "add up to")
+
+
+@pytest.mark.parametrize(
+    ("shape", "words"),
+    [([1, -16], "negative"), ([2**62, 2**62], "over the limit"), ([10**30], "integers"), ([1, "16"], "integers")],
+    ids=["negative", "huge", "huger", "not-int"],
+)
+def test_negative_or_huge_dims_are_400(raw: Raw, shape: list, words: str) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=shape)]})
+    check_error(raw, status, doc, 400, words)
+
+
+def test_huge_dims_in_binary_are_400(raw: Raw) -> None:
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**31, 16], "parameters": {"binary_data_size": 8}}]}
+    ).encode()
+    status, _, data = raw.request("POST", INFER, head + b"\0" * 8, {"Inference-Header-Content-Length": str(len(head))})
+    check_error(raw, status, json.loads(data), 400, "over the limit")
+
+
+def test_batch_over_the_maximum_is_400(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[65, 16], data=[0.0] * 65 * 16)]})
+    check_error(raw, status, doc, 400, "batch size 65", "64")
+
+
+def test_binary_header_length_larger_than_body_is_400(raw: Raw) -> None:
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": str(len(body) + 100)})
+    check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length")
+    status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": "lots"})
+    check_error(raw, status, json.loads(data), 400, "integer")
+
+
+def test_binary_size_past_the_end_is_400(raw: Raw) -> None:
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "parameters": {"binary_data_size": 64}}]}
+    ).encode()
+    status, _, data = raw.request("POST", INFER, head + b"\0" * 10, {"Inference-Header-Content-Length": str(len(head))})
+    check_error(raw, status, json.loads(data), 400, "past the end")
+
+
+def _read_response(sock: socket.socket, limit_s: float = 5.0) -> bytes:
+    sock.settimeout(limit_s)
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def test_oversized_body_is_413_before_it_is_read(server: ServerThread, raw: Raw) -> None:
+    size = MAX_BODY * 100
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+            + b"{" * 1000
+        )
+        started = time.monotonic()
+        answer = _read_response(sock)
+        assert time.monotonic() - started < 5
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in head.lower()
+    assert "exceeds the server's limit" in json.loads(body)["error"]
+    raw.infer_ok()
+
+
+def test_oversized_chunked_body_is_413(server: ServerThread, raw: Raw) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"a" * 65536
+        try:
+            for _ in range(MAX_BODY // len(chunk) + 2):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    raw.infer_ok()
+
+
+def test_unsupported_content_type_is_415(raw: Raw) -> None:
+    body = json.dumps({"inputs": [good_input()]})
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "text/xml"})
+    check_error(raw, status, json.loads(data), 415, "text/xml")
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "br"})
+    check_error(raw, status, json.loads(data), 415, "br")
+
+
+def test_gzip_body_is_accepted(raw: Raw) -> None:
+    body = gzip.compress(json.dumps({"inputs": [good_input()]}).encode())
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200, data
+
+
+def test_gzip_bomb_is_413(raw: Raw) -> None:
+    body = gzip.compress(b" " * (MAX_BODY * 4))
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    check_error(raw, status, json.loads(data), 413)
+
+
+def test_wrong_method_is_405(raw: Raw) -> None:
+    status, headers, data = raw.request("GET", INFER)
+    assert status == 405 and headers["allow"] == "POST"
+    raw.infer_ok()
+
+
+def test_client_disconnecting_mid_request_leaves_the_server_serving(server: ServerThread, raw: Raw) -> None:
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    for cut in (5, len(body) // 2, len(body) - 1):
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+            sock.sendall(
+                f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:cut]
+            )
+    # half a request line, then gone
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(b"POST /v2/mod")
+    # a complete request whose client leaves before the answer
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    raw.infer_ok()
+
+
+def test_garbage_instead_of_http_is_400(server: ServerThread, raw: Raw) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n")
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    raw.infer_ok()
+
+
+def test_pipelined_requests_are_answered_in_order(server: ServerThread) -> None:
+    one = json.dumps({"id": "A", "inputs": [good_input()]}).encode()
+    two = json.dumps({"id": "B", "inputs": [good_input()]}).encode()
+    req = b""
+    for b in (one, two):
+        req += f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(b)}\r\n\r\n".encode() + b
+    req += b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(req)
+        answer = _read_response(sock)
+    assert answer.count(b"HTTP/1.1 200") == 3
+    assert answer.index(b'"id":"A"') < answer.index(b'"id":"B"') < answer.index(b'"ready":true')
+
+
+def test_repository_extension_is_off_by_default(raw: Raw) -> None:
+    status, doc = raw.json("POST", "/v2/repository/index", {})
+    check_error(raw, status, doc, 403, "--allow-model-control")
+    status, doc = raw.json("POST", "/v2/repository/models/mlp/unload", {})
+    check_error(raw, status, doc, 403)
