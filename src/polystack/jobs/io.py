@@ -242,11 +242,8 @@ def parse_jsonl(lines: Sequence[bytes | str], columns: Sequence[str] | None = No
                         reasons[i] = f"column {name!r}: a {k} where the other rows hold a {keep}"
             try:
                 arr = pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
-                for i, v in enumerate(values):
-                    if v is not None and reasons[i] is None:
-                        reasons[i] = f"column {name!r}: value cannot be read: {e}"
-                arr = pa.nulls(len(values))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                arr = _per_value(name, values, reasons)
         arrays.append(arr)
         fields.append(name)
     if any(r is not None for r in reasons):
@@ -255,6 +252,48 @@ def parse_jsonl(lines: Sequence[bytes | str], columns: Sequence[str] | None = No
     if not fields:
         return pa.RecordBatch.from_pydict({REASON_COLUMN: pa.array(reasons, pa.string())})
     return pa.RecordBatch.from_arrays(arrays, names=fields)
+
+
+def _per_value(name: str, values: list[Any], reasons: list[str | None]) -> pa.Array:
+    """Slow path for a column that still will not convert: the type of the first value that
+    converts alone wins; values that do not fit it become nulls with a reason."""
+    target: pa.DataType | None = None
+    for v in values:
+        if v is None:
+            continue
+        try:
+            target = pa.array([v]).type
+            break
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            continue
+    if target is None or pa.types.is_null(target):
+        return pa.nulls(len(values))
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            pa.array([v], type=target)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            values[i] = None
+            if reasons[i] is None:
+                odd = _odd_element(v)
+                shown = f"list element {odd!r}" if odd is not None else f"value {str(v)[:40]}"
+                reasons[i] = f"column {name!r}: {shown} does not fit {target}"
+    return pa.array(values, type=target)
+
+
+def _odd_element(v: Any) -> Any:
+    """The first element of a (nested) list that is not a number, or None."""
+    if not isinstance(v, list):
+        return None
+    for e in v:
+        if isinstance(e, list):
+            odd = _odd_element(e)
+            if odd is not None:
+                return odd
+        elif e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))):
+            return e
+    return None
 
 
 def _kind(v: Any) -> str:
@@ -295,7 +334,7 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, columns: list[str] | None
     arrays, names = [], []
     for name in columns:
         col = batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows)
-        if name in schema.names and col.type != schema.field(name).type and pa.types.is_null(col.type):
+        if name in schema.names and pa.types.is_null(col.type):
             col = pa.nulls(batch.num_rows, schema.field(name).type)
         arrays.append(col)
         names.append(name)

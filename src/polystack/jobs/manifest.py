@@ -28,7 +28,7 @@ import pyarrow as pa
 from polystack.errors import Conflict, InvalidRequest
 
 MANIFEST = "_manifest.json"
-ERRORS = "errors.jsonl"
+ERRORS = "_errors.jsonl"  # leading "_": Arrow and Spark skip it when reading the folder as a dataset
 LOCK = ".polystack-batch.lock"
 SUMMARY = "_summary.json"
 FORMAT_VERSION = 1

@@ -149,6 +149,10 @@ def _bind_one(
         k = len(b.columns)
         return np.stack(parts, axis=1).reshape(-1), np.repeat(rows, k), np.full((n, 1), k, dtype=np.int64)
     arr = _column(batch, b.columns[0])
+    if pa.types.is_null(arr.type):  # every value null (e.g. a JSONL batch without the field)
+        for row in rows:
+            bad.setdefault(int(row), f"input {spec.name!r}: null value")
+        return np.zeros(0, dtype=spec.dtype.numpy), np.zeros(0, dtype=np.int64), np.zeros((n, len(dims)), dtype=np.int64)
     if _is_tensor_ext(arr.type):
         nd = np.asarray(arr.to_numpy())
         owner = np.repeat(rows, int(np.prod(nd.shape[1:], dtype=np.int64)))

@@ -1,0 +1,162 @@
+"""Resumable jobs: SIGKILL at any moment, run again, every input row exactly once; finished jobs stay put."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from jobdata import FEATURES
+
+from polystack.errors import Conflict
+from polystack.jobs import BatchOptions, run_batch
+from polystack.jobs.manifest import MANIFEST, JobOutput, read_manifest
+from polystack.store import ModelRecord, Store
+
+ROWS = 60_000
+BAD_EVERY = 997  # rows with a null x: they must land in the errors file exactly once too
+
+
+def _input(path: Path) -> Path:
+    x = np.random.default_rng(1).standard_normal((ROWS, FEATURES)).astype(np.float32)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), FEATURES)
+    mask = np.zeros(ROWS, dtype=bool)
+    mask[::BAD_EVERY] = True
+    col = pa.FixedSizeListArray.from_arrays(col.values, FEATURES, mask=pa.array(mask))
+    pq.write_table(pa.table({"id": np.arange(ROWS), "x": col}), path, row_group_size=5000)
+    return path
+
+
+def _cli(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "POLYSTACK_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "polystack", "batch", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _parts(out: Path) -> int:
+    try:
+        m = read_manifest(out)
+    except Exception:  # read mid-replace: try again
+        return 0
+    return len(m.parts) if m else 0
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_row_exactly_once(home: Path, mlp: ModelRecord, tmp_path: Path) -> None:
+    src = _input(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    args = [
+        "mlp",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--key",
+        "id",
+        "--batch-size",
+        "100",
+        "--part-rows",
+        "700",
+    ]
+    args += ["--no-progress"]
+    killed_mid_run = 0
+    # kill once soon after the first part, once later and a little after a commit, once at a fixed delay
+    for after_parts, extra_s in ((1, 0.0), (12, 0.003), (30, 0.011)):
+        proc = _cli(home, *args)
+        deadline = time.monotonic() + 60
+        while _parts(out) < after_parts and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(extra_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        m = read_manifest(out)
+        assert m is not None
+        killed_mid_run += m.status == "running"
+    assert killed_mid_run >= 2, "the job finished before it could be killed: make it longer"
+
+    done = _cli(home, *args, "--json")
+    stdout, stderr = done.communicate(timeout=120)
+    assert done.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["resumed_from"] > 0 and summary["status"] == "done"
+
+    written = pq.read_table(out).column("id").to_numpy()
+    errors = [json.loads(line)["key"]["id"] for line in (out / "_errors.jsonl").read_text().splitlines()]
+    bad = list(range(0, ROWS, BAD_EVERY))
+    assert sorted(errors) == bad  # every bad row reported once
+    assert len(written) == len(set(written.tolist())) == ROWS - len(bad)  # no good row twice...
+    assert set(written.tolist()) | set(errors) == set(range(ROWS))  # ...and none missing
+    m = read_manifest(out)
+    assert m is not None and m.status == "done"
+    assert sorted(p.name for p in out.glob("part-*")) == [p.file for p in m.parts]  # no stray parts
+    assert not list(out.glob("*.tmp"))
+    starts = [p.first_row for p in m.parts]
+    assert starts == sorted(starts) and all(
+        a.first_row + a.rows_in == b.first_row for a, b in zip(m.parts, m.parts[1:], strict=False)
+    )
+
+
+def test_uncommitted_leftovers_are_removed_before_resuming(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    schema = pa.schema([("k", pa.int64())])
+    job = JobOutput(out, {"job": 1})
+    part = job.new_part(schema)
+    part.write(pa.table({"k": [1, 2]}), 3, [b'{"row": 2}\n'])
+    part.commit(0.1)
+    job.close()
+    # what a kill between the steps of the next commit can leave behind
+    (out / "part-00001.parquet").write_bytes(b"half")
+    (out / "part-00002.parquet.tmp").write_bytes(b"half")
+    with open(out / "_errors.jsonl", "ab") as f:
+        f.write(b'{"row": 5}\n')
+    again = JobOutput(out, {"job": 1})
+    assert again.resumed and again.manifest.next_row == 3
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "_errors.jsonl",
+        MANIFEST,
+        "part-00000.parquet",
+    ]
+    assert (out / "_errors.jsonl").read_bytes() == b'{"row": 2}\n'
+    again.close()
+
+
+def test_finished_job_is_left_alone_unless_restarted(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    pq.write_table(pa.table({"id": np.arange(300), "x": features.tolist()}), tmp_path / "in.parquet")
+    opts = BatchOptions(model="mlp", input=tmp_path / "in.parquet", output=tmp_path / "out", keys=["id"], part_rows=100)
+    assert run_batch(store, opts).status == "done"
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = run_batch(store, opts)
+    assert again.status == "already done" and again.rows_total == 300 and again.rows_this_run == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+
+    other = BatchOptions(model="mlp", input=tmp_path / "in.parquet", output=tmp_path / "out", keys=[], part_rows=1000)
+    with pytest.raises(Conflict, match=r"different job.*keys.*--restart"):
+        run_batch(store, other)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+
+    other.restart = True
+    s = run_batch(store, other)
+    assert (s.status, s.parts) == ("done", 1)
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "out").schema.names == ["_row", "y"]
+
+
+def test_output_folder_with_foreign_files_is_refused(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "in.npy", features)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    with pytest.raises(Conflict, match="not a polystack batch job"):
+        run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.npy", output=tmp_path / "out"))
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
