@@ -75,5 +75,5 @@ test_spec_for.__test__ = False  # type: ignore[attr-defined]  # not a test, desp
 
 def start(store: Store, **config: Any) -> ServerThread:
     hooks = {k: config.pop(k) for k in ("policy_for",) if k in config}
-    cfg = ServeConfig(http_port=0, grpc_port=0, drain_timeout_s=10.0, **config)
+    cfg = ServeConfig(**{"http_port": 0, "grpc_port": 0, "drain_timeout_s": 10.0, **config})
     return ServerThread(Engine(store), cfg, spec_for=test_spec_for, **hooks).start()

@@ -202,7 +202,7 @@ def test_gzip_bomb_is_413(raw: Raw) -> None:
 
 
 def test_wrong_method_is_405(raw: Raw) -> None:
-    status, headers, data = raw.request("GET", INFER)
+    status, headers, _ = raw.request("GET", INFER)
     assert status == 405 and headers["allow"] == "POST"
     raw.infer_ok()
 

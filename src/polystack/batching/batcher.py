@@ -127,22 +127,29 @@ class DynamicBatcher:
     ) -> dict[str, np.ndarray]:
         pending = self._submit(inputs, outputs, timeout_s)
         wrapped = asyncio.wrap_future(pending.future)
-        if pending.deadline is None:
-            return await wrapped
         try:
+            if pending.deadline is None:
+                return await asyncio.shield(wrapped)
             return await asyncio.wait_for(asyncio.shield(wrapped), max(0.0, pending.deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            self._expire(pending)  # the caller went away (a client disconnected): free its place in the queue
+            raise
         except asyncio.TimeoutError:
-            self._expire(pending)
+            if not self._expire(pending):
+                return await wrapped  # it left the queue in time and is running now: let it finish
             raise DeadlineExceeded(
                 f"the request waited past its deadline in model {self.entry.name!r}'s queue; "
                 "retry with a longer timeout or a lighter load"
             ) from None
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: _Pending) -> bool:
+        """Take a request out of the queue unless a worker already took it; True if it was removed."""
         with self._cond:
-            if not pending.taken:
-                self._queue.remove(pending)
-                pending.taken = True
+            if pending.taken:
+                return False
+            self._queue.remove(pending)
+            pending.taken = True
+            return True
 
     @property
     def depth(self) -> int:

@@ -280,6 +280,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
         self.app.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:

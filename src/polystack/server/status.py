@@ -7,6 +7,8 @@ that is not a PolystackError is an internal error (500 / INTERNAL) and its messa
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from polystack import errors as E
@@ -52,4 +54,6 @@ def message(exc: BaseException) -> str:
 
 def reason(exc: BaseException) -> str:
     """A short label for metrics: the error's class name (``QueueFull``), or ``Internal``."""
-    return type(exc).__name__ if isinstance(exc, E.PolystackError) else "Internal"
+    if isinstance(exc, E.PolystackError):
+        return type(exc).__name__
+    return "Cancelled" if isinstance(exc, asyncio.CancelledError) else "Internal"

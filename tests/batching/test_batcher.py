@@ -1,0 +1,193 @@
+"""DynamicBatcher around a model: merging, preferred sizes, a full queue, deadlines, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from polystack.backends.base import CheckedModel
+from polystack.backends.null import NullModel
+from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, QueueFull
+from polystack.stats import ModelStats
+from polystack.types import DType, Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4)),),
+    outputs=(TensorSpec("y", DType.FP32, (-1, 4)), TensorSpec("z", DType.FP32, (-1, 4))),
+)
+
+
+class Recording:
+    """Doubles its input into y, negates into z, after a delay; fails on any NaN; records batch sizes."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.signature = SIG
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        with self.lock:
+            self.batches.append(x.shape[0])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if np.isnan(x).any():
+            raise BackendError("the runtime choked on a NaN")
+        return {"y": x * 2, "z": -x}
+
+    def close(self) -> None:
+        pass
+
+
+def entry_for(model: Any) -> SimpleNamespace:
+    return SimpleNamespace(name="m", model=CheckedModel(model), signature=model.signature, stats=ModelStats())
+
+
+@pytest.fixture
+def make() -> Iterator[Any]:
+    made: list[DynamicBatcher] = []
+
+    def factory(model: Any, **policy: Any) -> DynamicBatcher:
+        b = DynamicBatcher(entry_for(model), BatchPolicy(**policy))
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        b.close(drain=False, timeout_s=5)
+
+
+def rows(n: int, value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 4), value, np.float32)}
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows(make: Any) -> None:
+    model = Recording(delay_s=0.02)
+    b = make(model, max_batch_size=16, max_queue_delay_ms=50)
+    futures = [b.submit(rows(2, float(i))) for i in range(6)]
+    results = [f.result(timeout=5) for f in futures]
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r["y"], np.full((2, 4), 2.0 * i, np.float32))
+    assert sum(model.batches) == 12 and len(model.batches) < 6
+    assert b.entry.stats.to_dict()["inference_stats"]["success"]["count"] == 6
+
+
+def test_batch_never_exceeds_max_batch_size(make: Any) -> None:
+    model = Recording(delay_s=0.01)
+    b = make(model, max_batch_size=5, max_queue_delay_ms=30)
+    futures = [b.submit(rows(2)) for _ in range(10)]
+    for f in futures:
+        f.result(timeout=5)
+    assert max(model.batches) <= 5 and sum(model.batches) == 20
+
+
+def test_preferred_size_dispatches_without_waiting_out_the_delay(make: Any) -> None:
+    model = Recording()
+    b = make(model, max_batch_size=32, max_queue_delay_ms=5_000, preferred_batch_sizes=(4,))
+    started = time.monotonic()
+    futures = [b.submit(rows(1)) for _ in range(4)]
+    for f in futures:
+        f.result(timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert model.batches == [4]
+
+
+def test_full_queue_refuses_at_once(make: Any) -> None:
+    model = Recording(delay_s=0.2)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
+    first = b.submit(rows(1))
+    time.sleep(0.05)  # the worker is busy with the first one
+    queued = [b.submit(rows(1)), b.submit(rows(1))]
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        b.submit(rows(1))
+    assert time.monotonic() - started < 0.05
+    for f in [first, *queued]:
+        f.result(timeout=5)
+
+
+def test_expired_request_is_rejected_and_never_run(make: Any) -> None:
+    model = Recording(delay_s=0.2)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0)
+    first = b.submit(rows(1))
+    time.sleep(0.05)
+    late = b.submit(rows(1, 7.0), timeout_s=0.05)
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=5)
+    first.result(timeout=5)
+    assert model.batches == [1]  # the expired one never reached the model
+
+
+def test_async_deadline_answers_on_time(make: Any) -> None:
+    model = Recording(delay_s=0.3)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, timeout_s=0.05)
+
+    async def main() -> float:
+        blocker = asyncio.ensure_future(b.infer_async(rows(1)))
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await b.infer_async(rows(1))
+        took = time.monotonic() - started
+        await blocker
+        return took
+
+    assert asyncio.run(main()) < 0.2
+
+
+def test_a_failing_request_fails_alone(make: Any) -> None:
+    model = Recording(delay_s=0.01)
+    b = make(model, max_batch_size=16, max_queue_delay_ms=50)
+    good1, bad, good2 = b.submit(rows(1, 1.0)), b.submit(rows(1, float("nan"))), b.submit(rows(2, 3.0))
+    with pytest.raises(BackendError):
+        bad.result(timeout=5)
+    np.testing.assert_array_equal(good1.result(timeout=5)["y"], np.full((1, 4), 2.0, np.float32))
+    np.testing.assert_array_equal(good2.result(timeout=5)["y"], np.full((2, 4), 6.0, np.float32))
+    stats = b.entry.stats.to_dict()["inference_stats"]
+    assert stats["fail"]["count"] == 1 and stats["success"]["count"] == 2
+
+
+def test_invalid_request_is_refused_before_queueing(make: Any) -> None:
+    b = make(Recording(), max_batch_size=4)
+    with pytest.raises(InvalidTensor, match="batch size 5"):
+        b.submit(rows(5))
+    with pytest.raises(InvalidTensor, match="FP32"):
+        b.submit({"x": np.zeros((1, 4), np.int64)})
+    with pytest.raises(InvalidTensor, match="unknown output"):
+        b.submit(rows(1), ["nope"])
+    assert b.depth == 0
+
+
+def test_requested_outputs_are_split_per_request(make: Any) -> None:
+    model = Recording(delay_s=0.01)
+    b = make(model, max_batch_size=8, max_queue_delay_ms=50)
+    only_z, both = b.submit(rows(1, 2.0), ["z"]), b.submit(rows(1, 3.0))
+    assert set(only_z.result(timeout=5)) == {"z"}
+    assert set(both.result(timeout=5)) == {"y", "z"}
+
+
+def test_different_trailing_shapes_are_not_merged(make: Any) -> None:
+    sig = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 4)),))
+    model = NullModel(sig, delay_ms=10)
+    b = make(model, max_batch_size=8, max_queue_delay_ms=30)
+    a = b.submit({"x": np.zeros((1, 3), np.float32)})
+    c = b.submit({"x": np.zeros((1, 5), np.float32)})
+    assert a.result(timeout=5)["y"].shape == (1, 4) and c.result(timeout=5)["y"].shape == (1, 4)
+
+
+def test_policy_is_validated() -> None:
+    with pytest.raises(InvalidRequest):
+        BatchPolicy(max_batch_size=0)
+    with pytest.raises(InvalidRequest):
+        BatchPolicy(max_batch_size=4, preferred_batch_sizes=(8,))
+    p = BatchPolicy(max_batch_size=8, preferred_batch_sizes=(2, 4), timeout_s=1.5)
+    assert BatchPolicy.from_dict(p.to_dict()) == p

@@ -1,0 +1,92 @@
+"""The HTTP body codec: JSON and binary tensors in both directions, and clear errors for bad bodies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.protocol import http_codec
+from polystack.protocol.wire import InferResponse, decode_bytes, encode_bytes, from_raw
+from polystack.types import DType
+
+
+def binary_body(inputs: list[tuple[str, str, list[int], bytes]], **extra: object) -> tuple[bytes, int]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}}
+                for n, d, s, b in inputs
+            ],
+            **extra,
+        }
+    ).encode()
+    return head + b"".join(b for *_, b in inputs), len(head)
+
+
+def test_binary_and_json_inputs_mix() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    s = np.array([b"a", b"", b"xyz"], dtype=object)
+    body, n = binary_body([("x", "FP32", [2, 3], x.tobytes()), ("s", "BYTES", [3], encode_bytes(s))], id="7")
+    req = http_codec.decode_infer_request(body, n)
+    np.testing.assert_array_equal(req.inputs["x"], x)
+    np.testing.assert_array_equal(req.inputs["s"], s)
+    assert req.id == "7" and req.outputs is None
+    req = http_codec.decode_infer_request(
+        json.dumps({"inputs": [{"name": "b", "datatype": "BOOL", "shape": [2], "data": [True, False]}]}).encode()
+    )
+    assert req.inputs["b"].dtype == np.bool_ and req.inputs["b"].tolist() == [True, False]
+
+
+def test_nested_json_data_is_row_major() -> None:
+    req = http_codec.decode_infer_request(
+        json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}).encode()
+    )
+    assert req.inputs["x"].tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"\x05\x00\x00\x00abc", "claims 5 bytes"),
+        (b"\x01\x00", "length prefix"),
+        (b"\x01\x00\x00\x00a", "needs 2"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00b\x01\x00\x00\x00c", "more"),
+    ],
+)
+def test_bad_bytes_tensors_are_refused(raw: bytes, words: str) -> None:
+    with pytest.raises(InvalidTensor, match=words):
+        decode_bytes("s", (2,), raw)
+
+
+def test_raw_tensor_must_match_shape_times_itemsize() -> None:
+    with pytest.raises(InvalidTensor, match="needs 24 bytes"):
+        from_raw("x", DType.FP64, (3,), b"\0" * 16)
+    assert from_raw("x", DType.FP16, (2,), b"\0" * 4).dtype == np.float16
+
+
+def test_bool_data_must_be_booleans() -> None:
+    body = json.dumps({"inputs": [{"name": "b", "datatype": "BOOL", "shape": [2], "data": [1, 0]}]}).encode()
+    with pytest.raises(InvalidTensor, match="true/false"):
+        http_codec.decode_infer_request(body)
+
+
+def test_binary_size_without_binary_section_is_refused() -> None:
+    body, _ = binary_body([("x", "FP32", [1], b"\0" * 4)])
+    with pytest.raises(InvalidRequest, match="no Inference-Header-Content-Length"):
+        http_codec.decode_infer_request(body[: body.index(b"}]}") + 3])
+
+
+def test_response_binary_and_json() -> None:
+    out = {"y": np.array([[1.5, 2.5]], np.float32), "s": np.array([b"hi", "ü".encode()], dtype=object)}
+    resp = InferResponse("m", "1", out, id="r")
+    body, n = http_codec.encode_infer_response(resp, {"y": True}, default_binary=False)
+    assert n is not None
+    head = json.loads(body[:n])
+    assert head["id"] == "r" and head["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert head["outputs"][1]["data"] == ["hi", "ü"]
+    assert np.frombuffer(body[n:], np.float32).tolist() == [1.5, 2.5]
+    body, n = http_codec.encode_infer_response(resp, {}, default_binary=False)
+    assert n is None and json.loads(body)["outputs"][0]["data"] == [1.5, 2.5]

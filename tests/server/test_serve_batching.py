@@ -1,0 +1,125 @@
+"""Dynamic batching through the server: merged batches, a full queue (503 / UNAVAILABLE), deadlines (504)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import start
+from tritonclient.utils import InferenceServerException
+
+from polystack.batching import BatchPolicy
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+
+POLICY = BatchPolicy(max_batch_size=4, max_queue_delay_ms=20, max_queue_size=2)
+
+
+@pytest.fixture(scope="module")
+def batching(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    store, _ = model_store
+    st = start(store, models=["slow", "mlp"], policy_for=lambda *_: POLICY)
+    yield st
+    st.stop()
+
+
+def slow_input(n: int = 1) -> httpclient.InferInput:
+    i = httpclient.InferInput("x", [n, 16], "FP32")
+    i.set_data_from_numpy(np.ones((n, 16), np.float32))
+    return i
+
+
+def test_config_shows_dynamic_batching(batching: ServerThread) -> None:
+    config = httpclient.InferenceServerClient(batching.http_url).get_model_config("slow")
+    assert config["max_batch_size"] == 4
+    assert config["dynamic_batching"] == {
+        "preferred_batch_size": [],
+        "max_queue_delay_microseconds": 20000,
+        "default_queue_policy": {"max_queue_size": 2},
+    }
+
+
+def test_concurrent_requests_are_merged(batching: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(batching.http_url, concurrency=4)
+    # fill a batch: 1 running + up to 2 queued; send 3 at once and read the batch statistics
+    before = client.get_inference_statistics("mlp")["model_stats"][0]["execution_count"]
+    x = np.ones((1, 16), np.float32)
+    i = httpclient.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(x)
+    pending = [client.async_infer("mlp", [i]) for _ in range(2)]
+    results = [p.get_result() for p in pending]
+    assert all(r.as_numpy("y").shape == (1, 4) for r in results)
+    stats = client.get_inference_statistics("mlp")["model_stats"][0]
+    assert stats["execution_count"] - before <= 2
+    assert stats["inference_stats"]["queue"]["count"] >= 2
+
+
+def test_full_queue_is_503_at_once_and_server_keeps_serving(batching: ServerThread) -> None:
+    raw = Raw(batching.http_port)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 16], "data": [0.0] * 64}]})
+
+    def one(_: int) -> tuple[int, str]:
+        status, _, data = raw.request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})
+        return status, data.decode()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    statuses = sorted(s for s, _ in answers)
+    assert 200 in statuses and 503 in statuses, answers
+    assert all("queued" in d for s, d in answers if s == 503)
+    assert one(0)[0] == 200
+    metrics = raw.request("GET", "/metrics")[2].decode()
+    assert 'polystack_inference_request_failure_total{model="slow",reason="QueueFull",version="1"}' in metrics
+    assert "polystack_inference_batch_size_bucket" in metrics
+
+
+def test_full_queue_is_unavailable_over_grpc(batching: ServerThread) -> None:
+    client = grpcclient.InferenceServerClient(batching.grpc_url)
+    i = grpcclient.InferInput("x", [4, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((4, 16), np.float32))
+    codes: list[str] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        try:
+            client.infer("slow", [i])
+            code = "OK"
+        except InferenceServerException as e:
+            code = str(e.status())
+        with lock:
+            codes.append(code)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(8)))
+    assert "OK" in codes and any("UNAVAILABLE" in c for c in codes), codes
+    client.infer("slow", [i])
+
+
+def test_request_past_its_deadline_is_504(batching: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(batching.http_url, concurrency=2)
+    blocker = client.async_infer("slow", [slow_input(4)])
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("slow", [slow_input(4)], timeout=5_000)  # 5 ms, in microseconds as Triton takes it
+    assert e.value.status() == "504" or "deadline" in str(e.value)
+    blocker.get_result()
+    client.infer("slow", [slow_input(1)])
+
+
+def test_client_leaving_during_inference_does_not_hurt(batching: ServerThread) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]}).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", batching.http_port), timeout=5) as sock:
+            sock.sendall(
+                f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+    client = httpclient.InferenceServerClient(batching.http_url)
+    # the abandoned requests left the queue (or finish within one 50 ms batch): the next one is served
+    assert client.infer("slow", [slow_input(2)]).as_numpy("y").shape == (2, 4)

@@ -1,0 +1,155 @@
+"""tritonclient's gRPC clients (sync and asyncio) against a real server, and gRPC error codes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpcclient
+from conftest import Raw
+from tritonclient.utils import InferenceServerException
+
+from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+from polystack.server.app import ServerThread
+
+CASES = [
+    ("ident64", "a", "b", "INT64", np.array([[1, -2, 3, 2**40]], dtype=np.int64)),
+    ("notb", "p", "q", "BOOL", np.array([[True, False, True]])),
+    ("strid", "s", "t", "BYTES", np.array([[b"hello", "ünï".encode()], [b"", b"x"]], dtype=object)),
+    ("mlp", "x", "y", "FP32", np.full((2, 16), 0.25, np.float32)),
+]
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@pytest.mark.parametrize(("model", "inp", "out", "dtype", "arr"), CASES, ids=[c[0] for c in CASES])
+def test_infer_every_datatype(
+    client: grpcclient.InferenceServerClient, server: ServerThread, model: str, inp: str, out: str, dtype: str, arr: np.ndarray
+) -> None:
+    i = grpcclient.InferInput(inp, list(arr.shape), dtype)
+    i.set_data_from_numpy(arr)
+    result = client.infer(model, [i], outputs=[grpcclient.InferRequestedOutput(out)], request_id="g-1")
+    got = result.as_numpy(out)
+    assert result.get_response().id == "g-1"
+    if model == "notb":
+        np.testing.assert_array_equal(got, ~arr)
+    elif model == "mlp":
+        np.testing.assert_allclose(got, server.server.engine.infer("mlp", {"x": arr})["y"], rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, arr)
+
+
+def test_requested_outputs(client: grpcclient.InferenceServerClient) -> None:
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    i = grpcclient.InferInput("x", [1, 4], "FP32")
+    i.set_data_from_numpy(x)
+    both = client.infer("two", [i])
+    assert {o.name for o in both.get_response().outputs} == {"same", "neg"}
+    one = client.infer("two", [i], outputs=[grpcclient.InferRequestedOutput("neg")])
+    assert [o.name for o in one.get_response().outputs] == ["neg"]
+    np.testing.assert_array_equal(one.as_numpy("neg"), -x)
+
+
+def test_health_metadata_config_statistics(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1") and not client.is_model_ready("nope")
+    md = client.get_model_metadata("mlp", as_json=True)
+    assert md["name"] == "mlp" and md["platform"] == "onnxruntime_onnx"
+    assert md["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "16"]}]
+    config = client.get_model_config("mlp", as_json=True)["config"]
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": ["16"]}]
+    server_md = client.get_server_metadata(as_json=True)
+    assert server_md["name"] == "polystack" and "binary_tensor_data" in server_md["extensions"]
+    i = grpcclient.InferInput("p", [1, 3], "BOOL")
+    i.set_data_from_numpy(np.zeros((1, 3), bool))
+    client.infer("notb", [i])
+    stats = client.get_inference_statistics("notb", as_json=True)["model_stats"][0]
+    assert stats["name"] == "notb" and int(stats["inference_stats"]["success"]["count"]) >= 1
+
+
+def test_typed_contents_are_accepted(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64")
+        t = req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        t.contents.int64_contents.extend([5, 6, 7, 8])
+        resp = stub.ModelInfer(req)
+        assert np.frombuffer(resp.raw_output_contents[0], "<i8").tolist() == [5, 6, 7, 8]
+        req = pb.ModelInferRequest(model_name="ident64")
+        t = req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        t.contents.int64_contents.extend([5, 6, 7])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "4 elements" in err.value.details()
+
+
+def _status(exc: InferenceServerException) -> str:
+    return str(exc.status())
+
+
+def test_errors_map_to_grpc_codes_and_server_keeps_serving(client: grpcclient.InferenceServerClient, raw: Raw) -> None:
+    i = grpcclient.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("nope", [i])
+    assert "NOT_FOUND" in _status(e.value)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [i], model_version="7")
+    assert "NOT_FOUND" in _status(e.value)
+    wrong = grpcclient.InferInput("x", [1, 16], "INT64")
+    wrong.set_data_from_numpy(np.zeros((1, 16), np.int64))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [wrong])
+    assert "INVALID_ARGUMENT" in _status(e.value) and "FP32" in e.value.message()
+    big = grpcclient.InferInput("x", [65, 16], "FP32")
+    big.set_data_from_numpy(np.zeros((65, 16), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [big])
+    assert "INVALID_ARGUMENT" in _status(e.value) and "65" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_repository_index()
+    assert "PERMISSION_DENIED" in _status(e.value)
+    assert client.infer("mlp", [i]).as_numpy("y").shape == (1, 4)
+    raw.infer_ok()
+
+
+def test_raw_contents_not_matching_shape_is_invalid_argument(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for shape, raw_bytes, words in [
+            ([1, 16], b"\0" * 60, "64 bytes"),
+            ([-1, 16], b"\0" * 64, "negative"),
+            ([2**40, 2**40], b"\0" * 64, "over the limit"),
+        ]:
+            req = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[raw_bytes])
+            req.inputs.add(name="x", datatype="FP32", shape=shape)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(req)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert words in err.value.details()
+        assert stub.ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_asyncio_client(server: ServerThread) -> None:
+    async def main() -> list[np.ndarray]:
+        client = aiogrpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            assert await client.is_server_ready()
+            x = np.array([[b"a", b"bc"]], dtype=object)
+            i = aiogrpcclient.InferInput("s", [1, 2], "BYTES")
+            i.set_data_from_numpy(x)
+            results = await asyncio.gather(*(client.infer("strid", [i]) for _ in range(8)))
+            return [r.as_numpy("t") for r in results]
+        finally:
+            await client.close()
+
+    for got in asyncio.run(main()):
+        np.testing.assert_array_equal(got, np.array([[b"a", b"bc"]], dtype=object))

@@ -1,0 +1,129 @@
+"""Lifecycle: graceful drain, SIGTERM exit 0 from `polystack serve`, and the model repository extension."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import start
+from tritonclient.utils import InferenceServerException
+
+from polystack.store import ModelRecord, Store
+
+
+def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["slow"], drain_timeout_s=5.0)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
+    watcher = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
+    watcher.request("GET", "/v2/health/ready")
+    first = watcher.getresponse()
+    assert first.status == 200 and json.loads(first.read()) == {"ready": True}
+    results: dict[str, object] = {}
+
+    def slow_call() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
+        conn.request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        results["status"] = resp.status
+        results["body"] = json.loads(resp.read())
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.02)  # the request is in the 50 ms model now
+    stopper = threading.Thread(target=st.stop)
+    stopper.start()
+    time.sleep(0.01)
+    watcher.request("GET", "/v2/health/ready")
+    during = watcher.getresponse()
+    assert during.status == 400 and json.loads(during.read()) == {"ready": False}
+    caller.join(10)
+    stopper.join(10)
+    assert results["status"] == 200, results
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", st.http_port), timeout=1).close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
+    store, _ = model_store
+    http_port, grpc_port = _free_port(), _free_port()
+    cmd = [
+        sys.executable, "-m", "polystack", "--home", str(store.home), "serve", "mlp",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--drain-timeout-s", "5",
+    ]  # fmt: skip
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        assert client.infer("mlp", [i]).as_numpy("y").shape == (1, 4)
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert g.is_model_ready("mlp")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if line.startswith("{")]
+    assert any(line["msg"] == "serving" for line in lines) and any(line["msg"] == "stopped" for line in lines)
+
+
+def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp", "notb"], allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert "model_repository" in client.get_server_metadata()["extensions"]
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert index["mlp"]["state"] == "READY" and index["ident64"]["state"] == "UNAVAILABLE"
+        client.unload_model("notb")
+        assert not client.is_model_ready("notb")
+        raw = Raw(st.http_port)
+        status, doc = raw.json(
+            "POST", "/v2/models/notb/infer", {"inputs": [{"name": "p", "datatype": "BOOL", "shape": [1, 3], "data": [True] * 3}]}
+        )
+        assert status == 503 and "not loaded" in doc["error"]
+        g = grpcclient.InferenceServerClient(st.grpc_url)
+        g.load_model("notb")
+        assert client.is_model_ready("notb")
+        assert {m.name for m in g.get_model_repository_index().models} >= {"mlp", "notb", "ident64"}
+        with pytest.raises(InferenceServerException) as e:
+            g.load_model("does-not-exist")
+        assert "NOT_FOUND" in str(e.value.status())
+        raw.infer_ok()
+    finally:
+        st.stop()
