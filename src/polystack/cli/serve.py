@@ -35,6 +35,10 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     trace: bool = typer.Option(False, "--trace", help="OpenTelemetry spans (needs opentelemetry installed)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Serve deployments)."),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help="Ray: fixed number of replicas."),
+    autoscale: str | None = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="Ray: autoscale replicas."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: join this cluster (default: local)."),
 ) -> None:
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
     from polystack.batching import BatchPolicy
@@ -70,6 +74,15 @@ def serve(
         trace=True if trace else None,
         models=list(models or []),
     )
+    if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
+        from polystack.cli.app import store_settings
+        from polystack.server.ray_serve import parse_autoscale, run_ray_serve
+
+        scale = parse_autoscale(autoscale) if autoscale else None
+        home = store_settings().home
+        raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))
+    if engine != "local" or replicas is not None or autoscale is not None:
+        raise InvalidRequest("--replicas and --autoscale need --engine ray; --engine is local or ray")
     store = open_store()
     try:
         code = run(Engine(store), config)

@@ -1,0 +1,78 @@
+"""Ray Serve runs the same OIP v2 HTTP routes: tritonclient infers against it unchanged.
+
+Marked ``ray``: `make test` runs it inside a loopback-only network namespace.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from jobdata import FEATURES, reference, register_mlp
+
+from polystack.config import StoreSettings
+from polystack.store import Store
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from polystack.server.app import ServeConfig
+    from polystack.server.ray_serve import build_app
+
+    work = tmp_path_factory.mktemp("serve")
+    store = Store(StoreSettings(home=work / "home"))
+    register_mlp(store, work)
+    store.close()
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None)
+    serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")
+    yield f"127.0.0.1:{port}", work / "mlp.onnx"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_tritonclient_infers_against_ray_serve(served: tuple[str, Path]) -> None:
+    import tritonclient.http as httpclient
+
+    url, model_path = served
+    client = httpclient.InferenceServerClient(url=url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    meta = client.get_model_metadata("mlp")
+    assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["shape"] == [-1, FEATURES]
+    x = np.random.default_rng(3).standard_normal((5, FEATURES)).astype(np.float32)
+    for binary in (True, False):  # the binary tensor extension (tritonclient's default) and JSON
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("y", binary_data=binary)
+        result = client.infer("mlp", [inp], outputs=[out])
+        np.testing.assert_allclose(result.as_numpy("y"), reference(model_path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_ray_serve_answers_errors_like_the_server(served: tuple[str, Path]) -> None:
+    import httpx
+
+    url, _ = served
+    bad_shape = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    r = httpx.post(f"http://{url}/v2/models/mlp/infer", json=bad_shape, timeout=30)
+    assert r.status_code == 400 and "[1, 3]" in r.json()["error"]
+    r = httpx.get(f"http://{url}/v2/models/nope", timeout=30)
+    assert r.status_code == 404 and "error" in r.json()
+    # and it keeps serving
+    assert httpx.get(f"http://{url}/v2/health/ready", timeout=30).status_code == 200
