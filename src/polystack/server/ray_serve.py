@@ -151,12 +151,15 @@ def run_ray_serve(
             ray.init(include_dashboard=False, **kwargs)
     stop = threading.Event()
     try:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # replaces ray.init's handler (sys.exit)
+            signal.signal(sig, lambda *_: stop.set())
         serve.start(http_options={"host": config.host, "port": config.http_port})
         serve.run(app, name="polystack", route_prefix="/", blocking=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         print(f"serving on Ray Serve at http://{config.host}:{config.http_port}/v2", flush=True)
-        while not stop.wait(1.0):
+        try:
+            while not stop.wait(1.0):
+                pass
+        except (SystemExit, KeyboardInterrupt):  # Ray's own SIGTERM handler exits; stop cleanly instead
             pass
         serve.shutdown()
     finally:
