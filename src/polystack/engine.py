@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from polystack.backends import registry
 from polystack.backends.base import CheckedModel
-from polystack.errors import BackendUnavailable, ModelNotFound, ModelNotReady, PolystackError
+from polystack.errors import BackendUnavailable, Conflict, ModelNotFound, ModelNotReady, PolystackError
 from polystack.stats import ModelStats
-from polystack.store import ModelRecord, ModelRef, Store
+from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature
 
 
@@ -84,7 +84,40 @@ def default_spec(store: Store, record: ModelRecord, backend: str | None = None, 
                 "install one, e.g. pip install 'polystack[all]', and check `polystack doctor`"
             )
         backend = candidates[0].name
-    return LoadSpec(artifact=store.artifact_path(record), format=record.format, backend=backend, device=device)
+    return LoadSpec(
+        artifact=store.artifact_path(record),
+        format=record.format,
+        backend=backend,
+        device=device,
+        options=source_options(record, backend),
+    )
+
+
+def source_options(record: ModelRecord, backend: str) -> dict[str, Any]:
+    """Options a backend needs to load the source artifact as registered (skops: the trusted types)."""
+    if backend == "sklearn" and record.settings.get("trusted_types"):
+        return {"trusted": list(record.settings["trusted_types"])}
+    return {}
+
+
+def spec_for_variant(store: Store, variant: VariantRecord | str) -> LoadSpec:
+    """What to load for a variant; only a variant the gate verified is ever served."""
+    if isinstance(variant, str):
+        variant = store.variants.get(variant)
+    if variant.status != "verified" or variant.digest is None:
+        why = f": {variant.error}" if variant.error else ""
+        raise Conflict(
+            f"variant {variant.id} ({variant.backend}/{variant.device}/{variant.precision}) is {variant.status}{why}; "
+            "only verified variants are served: `polystack variants NAME` lists them"
+        )
+    return LoadSpec(
+        artifact=store.blobs.path(variant.digest),
+        format=variant.format,
+        backend=variant.backend,
+        device=variant.device,
+        options=dict(variant.options),
+        variant_id=variant.id,
+    )
 
 
 class Engine:
@@ -99,6 +132,11 @@ class Engine:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         spec = spec or default_spec(self.store, record)
+        if spec.variant_id is not None:  # the gate's verdict is re-read: a variant rejected since is refused
+            variant = self.store.variants.get(spec.variant_id)
+            if variant.model_id != record.id:
+                raise Conflict(f"variant {variant.id} belongs to another model than {record.name}:{record.version}")
+            spec_for_variant(self.store, variant)
         backend = registry.require(spec.backend)
         if not backend.accepts(spec.format):
             raise BackendUnavailable(

@@ -103,10 +103,40 @@ def save_torch_export(model: Any, example: tuple[Any, ...], path: Path, dynamic:
     return path
 
 
-def mlp_pt2(path: Path, sizes: tuple[int, ...] = (16, 64, 64, 4), seed: int = 0) -> Path:
+def classification_data(
+    n_features: int, n_classes: int, rows: int = 512, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs, one per class: features an MLP learns to separate in a few hundred steps."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_classes, n_features)).astype(np.float32) * 2.0
+    y = rng.integers(0, n_classes, rows)
+    x = (centers[y] + rng.standard_normal((rows, n_features))).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+def train_mlp(model: Any, x: np.ndarray, y: np.ndarray, steps: int = 200) -> Any:
+    """A few hundred full-batch Adam steps: enough for decisive logits (as a trained model has)."""
     import torch
 
-    return save_torch_export(torch_mlp(sizes, seed), (torch.randn(2, sizes[0]),), path)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def mlp_pt2(path: Path, sizes: tuple[int, ...] = (16, 64, 64, 4), seed: int = 0, train: bool = False) -> Path:
+    """The MLP saved with torch.export.save; ``train`` fits it to ``classification_data`` first."""
+    import torch
+
+    model = torch_mlp(sizes, seed)
+    if train:
+        train_mlp(model, *classification_data(sizes[0], sizes[-1], seed=seed))
+    return save_torch_export(model, (torch.randn(2, sizes[0]),), path)
 
 
 def cnn_pt2(path: Path, size: int = 32, seed: int = 0) -> Path:

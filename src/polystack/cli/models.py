@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from polystack.cli.app import app, console, open_store, print_json
+from polystack.cli.app import app, console, err_console, open_store, print_json
 from polystack.errors import InvalidRequest
 from polystack.formats import import_model
 
@@ -36,12 +36,31 @@ def register(
     tag: list[str] = typer.Option([], "--tag", "-t", help="KEY=VALUE, repeatable."),
     format: str | None = typer.Option(None, "--format", "-f", help="Force a format instead of detecting it."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    samples: Path | None = typer.Option(
+        None, "--samples", help="Sample inputs (.npz by input name, .npy, .parquet) for verification and calibration."
+    ),
+    trust: list[str] = typer.Option([], "--trust", help="A type a skops file may load beyond skops' defaults (repeatable)."),
+    tolerance: list[str] = typer.Option(
+        [], "--tolerance", help="Gate tolerance KEY=VALUE (repeatable), e.g. int8_min_cosine=0.95."
+    ),
 ) -> None:
     """Register a model file; the same bytes under the same name register once."""
+    from polystack import samples as samples_mod
+    from polystack.verify import Tolerance
+
     tags = parse_tags(tag)
     store = open_store()
     with tempfile.TemporaryDirectory(prefix="polystack-import-") as tmp:
-        imported = import_model(path, Path(tmp), format=format)
+        imported = import_model(path, Path(tmp), format=format, trusted=trust)
+        settings = dict(imported.settings)
+        if tolerance:
+            settings["tolerance"] = Tolerance.parse(tolerance).model_dump(exclude_defaults=True)
+        if samples is not None:
+            data = samples_mod.read(samples, imported.signature)
+        else:
+            data = samples_mod.synthesize(imported.signature)
+            settings["samples_synthesized"] = True
+        samples_file = samples_mod.to_npz(data, Path(tmp) / "samples.npz")
         record, created = store.register(
             imported.artifact,
             name=name or path.stem,
@@ -49,8 +68,11 @@ def register(
             signature=imported.signature,
             tags=tags,
             source_filename=path.name,
-            settings=imported.settings,
+            settings=settings,
+            samples=samples_file,
         )
+    if samples is None and record.settings.get("samples_synthesized"):
+        err_console.print(f"[yellow]warning:[/] {samples_mod.SYNTHETIC_WARNING}")
     if as_json:
         print_json({**record.to_dict(), "created": created})
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from polystack.cli.app import app, console, open_store
-from polystack.engine import Engine, default_spec
+from polystack.engine import Engine, default_spec, spec_for_variant
 from polystack.store import ModelRef
 from polystack.tensorfile import read_inputs, to_jsonable, write_outputs
 
@@ -20,6 +20,9 @@ def predict(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write outputs to .npy/.npz/.json."),
     backend: str | None = typer.Option(None, "--backend", help="Run on this backend instead of the default."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda:0, ... as the backend offers."),
+    variant: str | None = typer.Option(
+        None, "--variant", help="Run this verified variant (an id from `polystack variants NAME`)."
+    ),
 ) -> None:
     """Run a registered model once on inputs from a file; print or save the outputs."""
     store = open_store()
@@ -28,7 +31,8 @@ def predict(
     inputs = read_inputs(input, record.signature)
     engine = Engine(store)
     try:
-        entry = engine.load(record.ref, default_spec(store, record, backend, device))
+        spec = spec_for_variant(store, variant) if variant else default_spec(store, record, backend, device)
+        entry = engine.load(record.ref, spec)
         outputs = engine.infer(record.name, inputs, version=record.version)
     finally:
         engine.close()

@@ -82,7 +82,8 @@ def load_program(path: Path) -> Any:
     import torch
 
     try:
-        return torch.export.load(str(path))
+        with open(path, "rb") as f:  # a file object: torch wants a .pt2 suffix on paths, blobs have none
+            return torch.export.load(f)
     except Exception as e:
         raise InvalidModelFile(
             f"{path.name} is not a readable torch.export archive ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

@@ -1,0 +1,81 @@
+"""polystack variants: build what is missing for a model and list every variant with the gate's figures."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from polystack.cli.app import app, console, err_console, open_store, print_json
+from polystack.samples import SYNTHETIC_WARNING
+from polystack.store import VariantRecord
+from polystack.variants import build
+from polystack.verify import summary
+
+_STYLE = {"verified": "green", "rejected": "yellow", "failed": "red", "pending": "dim"}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def variants_table(variants: list[VariantRecord], title: str | None = None) -> Table:
+    table = Table(
+        "id", "backend", "device", "precision", "options / recipe", "status", "figures", "size", "build", title=title
+    )
+    for v in variants:
+        opts = ", ".join(f"{k}={val}" for k, val in sorted(v.options.items()) if k != "trusted")
+        how = "; ".join(x for x in (opts, f"via {v.recipe}" if v.recipe else "source") if x)
+        figures = "\n".join(x for x in (summary(v.metrics), v.error or "") if x)
+        table.add_row(
+            v.id,
+            v.backend,
+            v.device,
+            v.precision,
+            escape(how),
+            f"[{_STYLE.get(v.status, '')}]{v.status}[/]",
+            escape(figures),
+            _size(v.size_bytes),
+            f"{v.build_time_s:.2f} s" if v.build_time_s is not None else "-",
+        )
+    return table
+
+
+@app.command()
+def variants(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build and verify every variant again."),
+    no_build: bool = typer.Option(False, "--no-build", help="Only list what is stored."),
+    skip_compile: bool = typer.Option(False, "--skip-compile", help="Leave out torch.compile (slow to compile)."),
+) -> None:
+    """Build the variants a model is missing here, verify each against its source, and list them all."""
+    store = open_store()
+    record = store.get(ref)
+    if no_build:
+        found = store.variants.for_model(record)
+    else:
+        say = (lambda _m: None) if as_json else (lambda m: err_console.print(f"  {m}", markup=False, highlight=False))
+        report = build(
+            store,
+            record,
+            rebuild=rebuild,
+            include=(lambda r: not r.options.get("compile")) if skip_compile else None,
+            log=say,
+        )
+        if report.samples_synthesized and not as_json:
+            err_console.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}")
+        record, found = report.model, report.variants
+    if as_json:
+        print_json({"model": f"{record.name}:{record.version}", "variants": [v.to_dict() for v in found]})
+        return
+    if not found:
+        console.print(f"{record.name}:{record.version} has no variants; run without --no-build to build them")
+        return
+    console.print(variants_table(found, title=f"{record.name}:{record.version} ({record.format})"))
