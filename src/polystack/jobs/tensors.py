@@ -152,7 +152,11 @@ def _bind_one(
     if pa.types.is_null(arr.type):  # every value null (e.g. a JSONL batch without the field)
         for row in rows:
             bad.setdefault(int(row), f"input {spec.name!r}: null value")
-        return np.zeros(0, dtype=spec.dtype.numpy), np.zeros(0, dtype=np.int64), np.zeros((n, len(dims)), dtype=np.int64)
+        return (
+            np.zeros(0, dtype=spec.dtype.numpy),
+            np.zeros(0, dtype=np.int64),
+            np.zeros((n, len(dims)), dtype=np.int64),
+        )
     if _is_tensor_ext(arr.type):
         nd = np.asarray(arr.to_numpy())
         owner = np.repeat(rows, int(np.prod(nd.shape[1:], dtype=np.int64)))
@@ -213,8 +217,8 @@ def to_tensors(batch: pa.RecordBatch | pa.Table, bindings: Sequence[Binding]) ->
             for row in np.flatnonzero(((shapes != fixed) & ~dynamic).any(axis=1)):
                 bad.setdefault(
                     int(row),
-                    f"input {b.spec.name!r} has shape {[int(s) for s in shapes[row]]} in this row but the model "
-                    f"expects {list(dims)} a row (-1 = any size)",
+                    f"input {b.spec.name!r} has shape {[int(s) for s in shapes[row]]} but the model expects "
+                    f"{list(dims)} per row (-1 = any size)",
                 )
     out = Converted(bad=bad)
     good = np.setdiff1d(np.arange(n), np.fromiter(bad, dtype=np.int64, count=len(bad))) if bad else np.arange(n)
