@@ -17,6 +17,7 @@ class BatchPolicy:
     max_queue_size: int = 1024  # waiting requests; one more is refused with QueueFull
     timeout_s: float | None = None  # default per-request deadline (a client's own may be shorter)
     instances: int = 1  # worker threads sharing the one loaded model (runtimes that allow it)
+    idle_gap_ms: float = 0.2  # leave early when no request arrived for this long (0: wait out the delay)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -29,6 +30,8 @@ class BatchPolicy:
             raise InvalidRequest(f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size})")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise InvalidRequest("timeout_s must be > 0")
+        if self.idle_gap_ms < 0:
+            raise InvalidRequest("idle_gap_ms must be >= 0")
         if self.instances < 1:
             raise InvalidRequest("instances must be >= 1")
 

@@ -1,0 +1,502 @@
+"""Serving benchmark: polystack vs MLServer on the same ONNX models, driven by the same client.
+
+    .venv/bin/python bench/serving.py            # full run (about 4 minutes)
+    .venv/bin/python bench/serving.py --quick    # 1 s per cell, for a smoke check
+
+What it does, all on 127.0.0.1:
+- builds two ONNX models: the MLP 256-1024-1024-10 of FACTS.md and a small CNN (3x32x32 -> 10);
+- serves each with `polystack serve` (a subprocess) and with MLServer 1.7.1 (its own venv, created on
+  first use under ~/.cache/polystack/bench-mlserver-venv with `uvloop<0.22`, see FACTS.md) running a
+  minimal onnxruntime MLModel in the server process (`parallel_workers: 0`, its fastest setting);
+  both use ONNX Runtime's default thread settings;
+- batching off and on (polystack: --batching --max-batch-size 32 --max-queue-delay-ms 2; MLServer:
+  adaptive batching max_batch_size 32, max_batch_time 2 ms);
+- drives both with the same client: batch-1 JSON requests (MLServer rejects binary tensors) over
+  keep-alive HTTP/1.1; concurrency 1 is a blocking socket loop (the lightest client), 8 and 32 are
+  asyncio connections; p50/p99 latency and requests/s per cell;
+- adds polystack through tritonclient (binary tensors) at concurrency 1, and the in-process floor:
+  polystack's Engine.infer latency at batch 1 and its Offline throughput at batch 32.
+
+Results go to bench/results/serving.json and a table into BENCHMARKS.md (between serving markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "serving.json"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+MLSERVER_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polystack" / "bench-mlserver-venv"
+MLSERVER_PINS = ["mlserver==1.7.1", "uvloop<0.22", "httptools", "onnxruntime", "numpy"]
+START, END = "<!-- serving:start -->", "<!-- serving:end -->"
+
+RUNTIME_PY = '''
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        self.session = ort.InferenceSession(self.settings.parameters.uri, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        ys = self.session.run(self.output_names, {self.input_name: x})
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output(n, y) for n, y in zip(self.output_names, ys)],
+        )
+'''
+
+
+# -- models ------------------------------------------------------------------------------------
+def cnn_onnx(path: Path, seed: int = 0) -> Path:
+    """A small CNN: 3 conv blocks (16, 32, 64 channels) on 3x32x32, global pooling, a 10-way head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev, cin = "x", 3
+    for i, cout in enumerate((16, 32, 64)):
+        w = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
+        b = np.zeros(cout, np.float32)
+        inits += [numpy_helper.from_array(w, f"cw{i}"), numpy_helper.from_array(b, f"cb{i}")]
+        nodes.append(helper.make_node("Conv", [prev, f"cw{i}", f"cb{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        if i < 2:
+            nodes.append(helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
+            prev = f"p{i}"
+        else:
+            prev = f"r{i}"
+        cin = cout
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
+    w = (rng.standard_normal((64, 10)) / 8).astype(np.float32)
+    inits += [numpy_helper.from_array(w, "fw"), numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fw", "fb"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="polystack-bench")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def build_models(work: Path) -> dict[str, tuple[Path, list[int]]]:
+    from polystack.examples import mlp_onnx
+
+    return {
+        "mlp": (mlp_onnx(work / "mlp.onnx", sizes=(256, 1024, 1024, 10)), [1, 256]),
+        "cnn": (cnn_onnx(work / "cnn.onnx"), [1, 3, 32, 32]),
+    }
+
+
+# -- servers -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_polystack(home: Path, model: str, batching: bool, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "serve", model,
+        "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
+    ]  # fmt: skip
+    cmd += ["--batching", "--max-batch-size", "32", "--max-queue-delay-ms", "2"] if batching else ["--no-batching"]
+    log = work / f"polystack-{model}-{batching}.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_ready(port, f"/v2/models/{model}/ready", proc, log)
+    return proc, port
+
+
+def ensure_mlserver_venv() -> Path:
+    python = MLSERVER_VENV / "bin" / "python"
+    if not (MLSERVER_VENV / "bin" / "mlserver").exists():
+        print(f"creating MLServer venv at {MLSERVER_VENV} ({' '.join(MLSERVER_PINS)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER_PINS], check=True)
+    return MLSERVER_VENV
+
+
+def start_mlserver(
+    venv: Path, model: str, artifact: Path, batching: bool, work: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    folder = work / f"mlserver-{model}-{batching}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / model).mkdir(parents=True)
+    (folder / "runtime.py").write_text(RUNTIME_PY)
+    port = free_port()
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": 0,
+        "debug": False,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model_settings: dict[str, Any] = {
+        "name": model,
+        "implementation": "runtime.OnnxModel",
+        "parameters": {"uri": str(artifact)},
+    }
+    if batching:
+        model_settings |= {"max_batch_size": 32, "max_batch_time": 0.002}
+    (folder / model / "model-settings.json").write_text(json.dumps(model_settings))
+    log = work / f"mlserver-{model}-{batching}.log"
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "mlserver"), "start", str(folder)],
+        cwd=folder,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
+    wait_ready(port, f"/v2/models/{model}/ready", proc, log)
+    return proc, port
+
+
+# -- the client ----------------------------------------------------------------------------------
+_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+
+
+def request_bytes(model: str, shape: list[int], port: int) -> bytes:
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": x.ravel().tolist()}]})
+    return (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    m = _LENGTH.search(buf, 0, end)
+    length = int(m.group(1)) if m else 0
+    while len(buf) < end + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    response = bytes(buf[: end + length])
+    del buf[: end + length]
+    if not response.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"request failed: {response[:300]!r}")
+    return response
+
+
+def run_sequential(port: int, req: bytes, warmup_s: float, duration_s: float) -> dict[str, float]:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        lat: list[float] = []
+        end_warm = time.perf_counter() + warmup_s
+        while time.perf_counter() < end_warm:
+            sock.sendall(req)
+            _read_response(sock, buf)
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration_s:
+            t0 = time.perf_counter()
+            sock.sendall(req)
+            _read_response(sock, buf)
+            lat.append(time.perf_counter() - t0)
+        return summarize(lat, time.perf_counter() - started)
+
+
+async def _worker(port: int, req: bytes, warm_until: float, stop_at: float, lat: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            m = _LENGTH.search(head)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"request failed: {head[:200]!r}")
+            if t0 >= warm_until:
+                lat.append(time.perf_counter() - t0)
+    finally:
+        writer.close()
+
+
+def run_concurrent(port: int, req: bytes, concurrency: int, warmup_s: float, duration_s: float) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        lat: list[float] = []
+        now = time.perf_counter()
+        warm_until, stop_at = now + warmup_s, now + warmup_s + duration_s
+        await asyncio.gather(*(_worker(port, req, warm_until, stop_at, lat) for _ in range(concurrency)))
+        return summarize(lat, duration_s)
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+
+
+def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, duration_s: float) -> dict[str, float]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    i = httpclient.InferInput("x", shape, "FP32")
+    i.set_data_from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    end_warm = time.perf_counter() + warmup_s
+    while time.perf_counter() < end_warm:
+        client.infer(model, [i])
+    lat: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        t0 = time.perf_counter()
+        client.infer(model, [i])
+        lat.append(time.perf_counter() - t0)
+    return summarize(lat, time.perf_counter() - started)
+
+
+def summarize(lat: list[float], elapsed_s: float) -> dict[str, float]:
+    lat.sort()
+    return {
+        "requests": len(lat),
+        "p50_ms": round(lat[len(lat) // 2] * 1000, 3),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 3),
+        "rps": round(len(lat) / elapsed_s, 1),
+    }
+
+
+# -- in-process floor ----------------------------------------------------------------------------
+def in_process(home: Path, model: str, shape: list[int], duration_s: float) -> dict[str, float]:
+    from polystack.engine import Engine
+    from polystack.store import Store
+
+    store = Store.at(home)
+    engine = Engine(store)
+    try:
+        engine.load(model)
+        x1 = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        x32 = np.repeat(x1, 32, axis=0)
+        for _ in range(200):
+            engine.infer(model, {"x": x1})
+        lat: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration_s:
+            t0 = time.perf_counter()
+            engine.infer(model, {"x": x1})
+            lat.append(time.perf_counter() - t0)
+        n = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration_s:
+            engine.infer(model, {"x": x32})
+            n += 32
+        offline = n / (time.perf_counter() - started)
+    finally:
+        engine.close()
+        store.close()
+    lat.sort()
+    return {"p50_ms": round(lat[len(lat) // 2] * 1000, 4), "offline_items_per_s_b32": round(offline, 1)}
+
+
+# -- the run -------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 s per cell")
+    ap.add_argument("--duration-s", type=float, default=4.0)
+    ap.add_argument("--warmup-s", type=float, default=1.0)
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--skip-mlserver", action="store_true")
+    args = ap.parse_args()
+    duration, warmup = (1.0, 0.3) if args.quick else (args.duration_s, args.warmup_s)
+    concurrencies = (1, 8, 32)
+    work = Path(tempfile.mkdtemp(prefix="polystack-bench-serving-"))
+    home = work / "home"
+    models = {k: v for k, v in build_models(work).items() if k in args.models.split(",")}
+    for name, (path, _) in models.items():
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "register", str(path), "--name", name],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    venv = None if args.skip_mlserver else ensure_mlserver_venv()
+    rows: list[dict[str, Any]] = []
+    floors: dict[str, Any] = {}
+    for name, (path, shape) in models.items():
+        floors[name] = in_process(home, name, shape, duration)
+        print(f"{name} in-process: {floors[name]}", flush=True)
+        for batching in (False, True):
+            servers = [("polystack", lambda n=name, b=batching: start_polystack(home, n, b, work))]
+            if venv is not None:
+                servers.append(("mlserver", lambda n=name, p=path, b=batching: start_mlserver(venv, n, p, b, work)))
+            for server, starter in servers:
+                proc, port = starter()
+                try:
+                    req = request_bytes(name, shape, port)
+                    for c in concurrencies:
+                        if c == 1:
+                            r = run_sequential(port, req, warmup, duration)
+                        else:
+                            r = run_concurrent(port, req, c, warmup, duration)
+                        row = {"model": name, "server": server, "batching": batching, "concurrency": c,
+                               "client": "raw-http-json", **r}  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                    if server == "polystack" and not batching:
+                        r = run_tritonclient(port, name, shape, warmup, duration)
+                        row = {"model": name, "server": server, "batching": batching, "concurrency": 1,
+                               "client": "tritonclient-binary", **r}  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                finally:
+                    stop(proc)
+    result = {
+        "benchmark": "serving",
+        "command": " ".join(["python", "bench/serving.py", *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "duration_s": duration,
+        "in_process": floors,
+        "rows": rows,
+        "ratios": ratios(rows, floors),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result)
+    print(f"wrote {RESULTS} and {BENCHMARKS}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _cell(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in where.items()):
+            return r
+    return None
+
+
+def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in floors:
+        ps1 = _cell(rows, model=model, server="polystack", batching=False, concurrency=1, client="raw-http-json")
+        ms1 = _cell(rows, model=model, server="mlserver", batching=False, concurrency=1)
+        entry: dict[str, Any] = {}
+        if ps1 and ms1:
+            entry["p50_c1_polystack_over_mlserver"] = round(ps1["p50_ms"] / ms1["p50_ms"], 3)
+        for batching in (False, True):
+            ps = _cell(rows, model=model, server="polystack", batching=batching, concurrency=32)
+            ms = _cell(rows, model=model, server="mlserver", batching=batching, concurrency=32)
+            if ps and ms:
+                entry[f"rps_c32_{'batching' if batching else 'nobatch'}_polystack_over_mlserver"] = round(
+                    ps["rps"] / ms["rps"], 2
+                )
+        best = max(
+            (r["rps"] for r in rows if r["model"] == model and r["server"] == "polystack" and r["batching"]),
+            default=None,
+        )
+        if best is not None:
+            entry["batching_rps_over_offline_b32"] = round(best / floors[model]["offline_items_per_s_b32"], 3)
+        out[model] = entry
+    return out
+
+
+def write_markdown(result: dict[str, Any]) -> None:
+    lines = [
+        START,
+        "## Serving (`bench/serving.py`)",
+        "",
+        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs; client, server and "
+        f"runtime share them), {result['duration_s']:g} s per cell. Command: `.venv/bin/{result['command']}`.",
+        "Batch-1 JSON requests over keep-alive HTTP/1.1 from 127.0.0.1 (concurrency 1: a blocking socket loop;",
+        "8 and 32: asyncio connections); `tritonclient` rows use binary tensors. MLServer 1.7.1 runs a minimal",
+        "onnxruntime MLModel in-process (`parallel_workers: 0`); both use ONNX Runtime's default threads.",
+        "Batching on: polystack `--batching --max-batch-size 32 --max-queue-delay-ms 2`; MLServer adaptive",
+        "batching 32 / 2 ms.",
+        "",
+        "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['server']} | {'on' if r['batching'] else 'off'} | {r['client']} | "
+            f"{r['concurrency']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:,.0f} |"
+        )
+    lines += ["", "In-process floor (polystack `Engine.infer`, no transport):", ""]
+    lines += ["| model | p50 ms at batch 1 | Offline items/s at batch 32 |", "|---|---|---|"]
+    for model, f in result["in_process"].items():
+        lines.append(f"| {model} | {f['p50_ms']:.4f} | {f['offline_items_per_s_b32']:,.0f} |")
+    lines += ["", "Ratios (targets: p50 at c=1 <= 0.5x MLServer; req/s at c=32 >= 2x MLServer; batching >= 0.85x Offline):", ""]
+    for model, entry in result["ratios"].items():
+        lines.append(f"- {model}: " + ", ".join(f"{k} = {v}" for k, v in entry.items()))
+    lines.append(END)
+    block = "\n".join(lines) + "\n"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block.rstrip("\n") + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    BENCHMARKS.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
