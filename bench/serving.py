@@ -370,6 +370,7 @@ def main() -> int:
     args = ap.parse_args()
     duration, warmup = (1.0, 0.3) if args.quick else (args.duration_s, args.warmup_s)
     concurrencies = (1, 8, 32)
+    load_start = round(os.getloadavg()[0], 2)  # other work on the same cores skews every number
     work = Path(tempfile.mkdtemp(prefix="polystack-bench-serving-"))
     home = work / "home"
     models = {k: v for k, v in build_models(work).items() if k in args.models.split(",")}
@@ -419,6 +420,7 @@ def main() -> int:
         "rows": rows,
         "ratios": ratios(rows, floors),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -467,6 +469,8 @@ def write_markdown(result: dict[str, Any]) -> None:
         "",
         f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs; client, server and "
         f"runtime share them), {result['duration_s']:g} s per cell. Command: `.venv/bin/{result['command']}`.",
+        f"1-minute load average at start / end: {result.get('load_average_1m', {}).get('start', '?')} / "
+        f"{result.get('load_average_1m', {}).get('end', '?')} (above ~1, other processes shared the 2 cores).",
         "Batch-1 JSON requests over keep-alive HTTP/1.1 from 127.0.0.1 (concurrency 1: a blocking socket loop;",
         "8 and 32: asyncio connections); `tritonclient` rows use binary tensors. MLServer 1.7.1 runs a minimal",
         "onnxruntime MLModel in-process (`parallel_workers: 0`); both use ONNX Runtime's default threads.",
