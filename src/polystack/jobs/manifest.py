@@ -31,6 +31,8 @@ MANIFEST = "_manifest.json"
 ERRORS = "_errors.jsonl"  # leading "_": Arrow and Spark skip it when reading the folder as a dataset
 LOCK = ".polystack-batch.lock"
 SUMMARY = "_summary.json"
+ROW_GROUP_ROWS = 65_536  # Parquet row groups: at most this many rows...
+ROW_GROUP_BYTES = 32 << 20  # ...or this many bytes of Arrow data, whichever comes first
 FORMAT_VERSION = 1
 
 
@@ -219,17 +221,30 @@ class PartWriter:
         self.rows_in = 0
         self.rows_out = 0
         self.error_lines: list[bytes] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
         self._tmp = out.folder / (self.name + ".tmp")
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
 
     def write(self, batch: pa.RecordBatch | pa.Table, rows_in: int, error_lines: Sequence[bytes]) -> None:
-        if batch.num_rows:
-            self._writer.write(batch)
+        if batch.num_rows:  # buffered into row groups of a useful size (one per batch is slow to read back)
+            self._pending.append(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+            self._pending_rows += batch.num_rows
+            self._pending_bytes += batch.nbytes
+            if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
+                self._flush()
         self.rows_in += rows_in
         self.rows_out += batch.num_rows
         self.error_lines.extend(error_lines)
 
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self._pending_rows)
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
     def commit(self, seconds: float) -> Part:
+        self._flush()
         self._writer.close()
         with open(self._tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -25,12 +25,20 @@ def batch_spec(
         if plans:
             try:
                 from polystack.fleet.doctor import fingerprint, report
-                from polystack.tuning.candidates import THREAD_OPTIONS, spec_for_variant
+                from polystack.tuning.candidates import THREAD_OPTIONS
 
                 here = fingerprint(report())
                 plan = next((p for p in reversed(plans) if p.fingerprint == here), None)
-                if plan is not None and plan.variant_id:
-                    spec = spec_for_variant(store, record, store.variants.get(plan.variant_id))
+                variant = store.variants.get(plan.variant_id) if plan is not None and plan.variant_id else None
+                if plan is not None and variant is not None and variant.digest is not None:
+                    spec = LoadSpec(
+                        artifact=store.blobs.path(variant.digest),
+                        format=variant.format,
+                        backend=variant.backend,
+                        device=variant.device,
+                        options=dict(variant.options),
+                        variant_id=variant.id,
+                    )
                     threads = plan.settings.get("threads")
                     if isinstance(threads, int):
                         key = next((k for k in THREAD_OPTIONS if k in spec.options), THREAD_OPTIONS[0])

@@ -1,0 +1,31 @@
+"""A batch job runs the model's `batch` plan for this machine when one exists, else the default spec."""
+
+from __future__ import annotations
+
+import pytest
+
+import polystack.fleet.doctor as doctor
+from polystack.jobs.spec import batch_spec
+from polystack.store import ModelRecord, Store
+
+
+def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(
+    store: Store, mlp: ModelRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, source, batch = batch_spec(store, mlp)
+    assert (source, batch, spec.backend, spec.variant_id) == ("default", None, "onnxruntime", None)
+
+    monkeypatch.setattr(doctor, "report", lambda *a, **k: None)
+    monkeypatch.setattr(doctor, "fingerprint", lambda rep: "here")
+    variant = store.variants.upsert(
+        mlp, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
+        digest=mlp.digest, size_bytes=mlp.size_bytes, status="verified",
+    )  # fmt: skip
+    common = {"variant_id": variant.id, "measurements": [], "explanation": "", "machine": {}}
+    store.plans.put(mlp, profile="batch", fingerprint="elsewhere", settings={"threads": 7}, **common)
+    assert batch_spec(store, mlp)[1] == "default"  # a plan from another machine does not apply here
+    store.plans.put(mlp, profile="batch", fingerprint="here", settings={"threads": 1, "batch_size": 256}, **common)
+    spec, source, batch = batch_spec(store, mlp)
+    assert source.startswith("batch plan") and batch == 256
+    assert spec.variant_id == variant.id and spec.options["intra_op_threads"] == 1
+    assert batch_spec(store, mlp, backend="onnxruntime")[1] == "default"  # an explicit --backend wins
