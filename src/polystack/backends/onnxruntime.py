@@ -38,9 +38,15 @@ class OnnxRuntimeOptions(BaseModel):
     )
 
 
-def _to_runtime_input(arr: np.ndarray) -> np.ndarray:
+def _to_runtime_input(name: str, arr: np.ndarray) -> np.ndarray:
     if arr.dtype == object:  # BYTES: ONNX Runtime takes str for STRING tensors
-        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[object])(arr)
+        try:
+            return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[object])(arr)
+        except UnicodeDecodeError as e:
+            raise InvalidTensor(
+                f"input {name!r} holds bytes that are not UTF-8 ({e.reason} at byte {e.start}); "
+                "ONNX string tensors carry UTF-8 text"
+            ) from e
     return arr
 
 
@@ -60,7 +66,7 @@ class OnnxRuntimeModel:
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
-        feed = {name: _to_runtime_input(arr) for name, arr in inputs.items()}
+        feed = {name: _to_runtime_input(name, arr) for name, arr in inputs.items()}
         try:
             results = self.session.run(self._outputs, feed)
         except InvalidArgument as e:

@@ -74,7 +74,13 @@ def predict(ctx: DemoContext) -> None:
     ctx.console.print(f"y[0] = {np.array2string(y[0], precision=4)}", markup=False)
 
 
-STEPS: list[Callable[[DemoContext], None]] = [register_models, predict]
+def _serve(ctx: DemoContext) -> None:
+    from polystack.server.demo import demo_step
+
+    demo_step(ctx)
+
+
+STEPS: list[Callable[[DemoContext], None]] = [register_models, predict, _serve]
 
 
 @app.command()
