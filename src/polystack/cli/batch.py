@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 
 from polystack.cli.app import app, console, err_console, open_store, print_json
-from polystack.jobs import BatchOptions, run_batch
-from polystack.jobs.job import DEFAULT_PART_ROWS
-from polystack.jobs.progress import summary_table
+
+DEFAULT_PART_ROWS = 100_000  # == polystack.jobs.job.DEFAULT_PART_ROWS (jobs imports pyarrow: loaded on use)
 
 
 @app.command()
@@ -51,6 +50,9 @@ def batch(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run a model over every row of a file; resume where a killed run stopped."""
+    from polystack.jobs import BatchOptions, run_batch
+    from polystack.jobs.progress import summary_table
+
     store = open_store()
     options = BatchOptions(
         model=ref,

@@ -9,6 +9,7 @@ The engines share everything but the loop: ``job.prepare`` (bindings, schema, Lo
 
 from __future__ import annotations
 
+import pyarrow as pa
 from rich.console import Console
 
 from polystack.engine import Engine
@@ -46,6 +47,13 @@ def run_batch(store: Store, options: BatchOptions, console: Console | None = Non
     """Run (or resume, or report as finished) one batch job; progress drawn on ``console``."""
     if options.engine not in ENGINES:
         raise InvalidRequest(f"unknown --engine {options.engine!r}; use one of {', '.join(ENGINES)}")
+    try:
+        return _run(store, options, console)
+    except pa.ArrowException as e:  # a file Arrow cannot read or write: one line, not a traceback
+        raise InvalidRequest(f"batch job failed reading or writing data: {e}") from e
+
+
+def _run(store: Store, options: BatchOptions, console: Console | None) -> Summary:
     job = prepare(store, options)
     out = JobOutput(options.output, job.identity, restart=options.restart)
     try:

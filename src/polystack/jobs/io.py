@@ -164,7 +164,9 @@ def _parquet_batches(
     import pyarrow.parquet as pq
 
     for f in input_files(src.path):
-        pf = pq.ParquetFile(f)
+        # a buffered stream reads pages as needed, not whole column chunks: memory stays bounded
+        # even for files written as one huge row group
+        pf = pq.ParquetFile(f, buffer_size=8 << 20, pre_buffer=False)
         groups = []
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
