@@ -1,0 +1,105 @@
+"""What tuning may choose from: verified variants, or the source model when none exist.
+
+A ``Candidate`` is one variant with the LoadSpec that loads it; ``with_threads`` sets the
+backend's intra-op thread option, whatever that backend calls it. Variants that were not verified
+are kept aside as ``Rejected`` with the gate's reason, so plans and reports can say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from polystack.backends import registry
+from polystack.engine import LoadSpec, default_spec, spec_for_variant
+from polystack.errors import PolystackError
+from polystack.store import ModelRecord, Store, VariantRecord
+
+# Option names backends use for "threads inside one operator", most specific first.
+THREAD_OPTIONS = ("intra_op_threads", "num_threads", "inference_num_threads", "threads", "nthread", "n_jobs")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str  # the variant id, or "source" for the fallback
+    label: str  # "onnxruntime fp32", "openvino bf16"
+    backend: str
+    precision: str
+    spec: LoadSpec
+    size_bytes: int
+    variant: VariantRecord | None = None
+
+    @property
+    def thread_option(self) -> str | None:
+        try:
+            fields = registry.get(self.backend).Options.model_fields
+        except PolystackError:
+            return None
+        return next((k for k in THREAD_OPTIONS if k in fields), None)
+
+    def with_threads(self, threads: int | None) -> LoadSpec:
+        key = self.thread_option
+        if threads is None or key is None:
+            return self.spec
+        return dataclasses.replace(self.spec, options={**self.spec.options, key: threads})
+
+
+@dataclass(frozen=True)
+class Rejected:
+    id: str
+    label: str
+    status: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant_id": self.id, "label": self.label, "status": self.status, "reason": self.reason}
+
+
+def label_of(v: VariantRecord) -> str:
+    extra = ""
+    if v.device != "cpu":
+        extra = f" on {v.device}"
+    mode = v.options.get("mode") or v.options.get("compile")
+    if isinstance(mode, str) and mode:
+        extra += f" {mode}"
+    return f"{v.backend} {v.precision}{extra}"
+
+
+def _reason(v: VariantRecord) -> str:
+    if v.error:
+        return v.error
+    shown = {k: val for k, val in v.metrics.items() if isinstance(val, (int, float, str))}
+    return (
+        ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}" for k, val in shown.items()) or v.status
+    )
+
+
+def gather(store: Store, record: ModelRecord) -> tuple[list[Candidate], list[Rejected], str | None]:
+    """(candidates, rejected, note): verified variants, those refused, and a note on any fallback."""
+    variants = store.variants.for_model(record)
+    rejected = [Rejected(v.id, label_of(v), v.status, _reason(v)) for v in variants if v.status != "verified"]
+    candidates: list[Candidate] = []
+    for v in variants:
+        if v.status != "verified":
+            continue
+        try:
+            backend = registry.get(v.backend)
+            if not backend.available():
+                raise PolystackError(f"backend {v.backend!r} is not installed here")
+            spec = spec_for_variant(store, v)
+        except PolystackError as e:
+            rejected.append(Rejected(v.id, label_of(v), "unavailable", e.message))
+            continue
+        candidates.append(Candidate(v.id, label_of(v), v.backend, v.precision, spec, v.size_bytes or 0, v))
+    note = None
+    if not candidates:
+        spec = default_spec(store, record)
+        candidates.append(
+            Candidate("source", f"{spec.backend} (source)", spec.backend, "fp32", spec, record.size_bytes)
+        )
+        note = (
+            f"no verified variants of {record.name}:{record.version}; measured the source model on "
+            f"{spec.backend} only (`polystack variants NAME` builds and verifies variants to compare runtimes)"
+        )
+    return candidates, rejected, note

@@ -1,0 +1,143 @@
+"""Plans: what tuning chose for a model and a profile on this machine, and how to use it.
+
+``spec_for_profile(store, record, profile)`` is what serving and batch jobs call: the LoadSpec of
+the chosen variant (its thread option set) and the ``PlanSettings`` (threads, instances, batch
+policy), or None when no plan was made on this machine. A plan made on another machine (another
+fingerprint: CPU, cores, accelerators, runtime versions) is *stale*: kept and shown, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any
+
+from polystack.engine import LoadSpec, default_spec, spec_for_variant
+from polystack.errors import PolystackError
+from polystack.fleet import doctor
+from polystack.store import ModelRecord, PlanRecord, Store
+
+# runtime name (as `polystack doctor` reports it) -> distributions that carry it
+_DISTRIBUTIONS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "openvino": ("openvino",),
+    "torch": ("torch",),
+    "jax": ("jax",),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+    "lightgbm": ("lightgbm",),
+    "sklearn": ("scikit-learn",),
+    "litert": ("ai-edge-litert",),
+}
+
+
+def _version(dists: tuple[str, ...]) -> str | None:
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.cache
+def machine() -> tuple[str, dict[str, Any]]:
+    """(fingerprint, facts) of this machine, as `polystack doctor` computes them, without importing runtimes."""
+    rep = doctor.report(probe_runtimes=False)
+    for name in doctor.RUNTIMES:
+        version = _version(_DISTRIBUTIONS.get(name, (name,)))
+        if version is not None:
+            rep.runtimes.append(doctor.Runtime(name, True, version))
+    facts = {
+        "cpu": rep.cpu_model,
+        "isa": rep.isa,
+        "cores": rep.logical_cores,
+        "memory_bytes": rep.memory_bytes,
+        "accelerators": rep.accelerators,
+        "runtimes": {r.name: r.version for r in rep.runtimes},
+        "python": rep.python,
+    }
+    return doctor.fingerprint(rep), facts
+
+
+def fingerprint() -> str:
+    return machine()[0]
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How to run the chosen variant: what a server or batch job applies."""
+
+    profile: str
+    threads: int | None = None  # intra-op threads per instance; None: the runtime's default
+    instances: int = 1  # model instances run side by side
+    dynamic_batching: bool = False
+    max_batch_size: int = 1  # Server: the batcher's limit; Offline: the batch size
+    max_delay_ms: float = 0.0  # Server: how long the batcher waits to fill a batch
+    slo_ms: float | None = None
+    backend: str = ""
+    precision: str = ""
+    label: str = ""
+    thread_option: str | None = None  # the backend option that carries ``threads``
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def describe(self) -> str:
+        parts = [self.label or self.backend]
+        parts.append(f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "default threads")
+        if self.instances > 1:
+            parts.append(f"{self.instances} instances")
+        if self.dynamic_batching:
+            parts.append(f"dynamic batching <= {self.max_batch_size}, {self.max_delay_ms:g} ms")
+        elif self.max_batch_size > 1:
+            parts.append(f"batch {self.max_batch_size}")
+        return ", ".join(parts)
+
+
+def plan_status(plan: PlanRecord, current: str | None = None) -> str:
+    """'fresh' when measured on this machine, else 'stale'."""
+    return "fresh" if plan.fingerprint == (current or fingerprint()) else "stale"
+
+
+def current_plan(store: Store, record: ModelRecord, profile: str) -> PlanRecord | None:
+    return store.plans.get(record, profile, fingerprint())
+
+
+def _with_threads(spec: LoadSpec, settings: PlanSettings) -> LoadSpec:
+    key = settings.thread_option
+    if settings.threads is None or key is None:
+        return spec
+    return dataclasses.replace(spec, options={**spec.options, key: settings.threads})
+
+
+def spec_for_profile(store: Store, record: ModelRecord, profile: str) -> tuple[LoadSpec, PlanSettings] | None:
+    """The plan's LoadSpec and settings for ``profile`` on this machine; None when there is no fresh plan.
+
+    None also when the plan's variant is gone or no longer verified (rebuild, then re-tune).
+    """
+    plan = current_plan(store, record, profile)
+    if plan is None:
+        return None
+    settings = PlanSettings.from_dict(plan.settings)
+    if plan.variant_id is None:
+        try:
+            spec = default_spec(store, record, backend=settings.backend or None)
+        except PolystackError:
+            return None
+    else:
+        try:
+            variant = store.variants.get(plan.variant_id)
+        except PolystackError:
+            return None
+        if variant.status != "verified" or variant.model_id != record.id:
+            return None
+        spec = spec_for_variant(store, variant)
+    return _with_threads(spec, settings), settings

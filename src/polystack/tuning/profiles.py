@@ -1,0 +1,328 @@
+"""Deployment profiles: which scenario measures a configuration, what is better, what is allowed.
+
+- ``realtime``: SingleStream, lowest p99 latency (batch 1, one instance; threads searched).
+- ``server``: Server scenario with dynamic batching, highest QPS whose p99 <= SLO.
+- ``batch``: Offline, highest throughput (batch size, threads and instances searched).
+- ``edge``: SingleStream, least memory plus artifact size among configurations with p99 <= SLO.
+
+Scores are tuples, higher better (a tie on the first element falls to the second); ``None`` marks
+a configuration that does not qualify, with its reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from polystack.errors import InvalidRequest
+from polystack.tuning import scenarios
+from polystack.tuning.measure import CandidateFacts, Config, Measurer, Point, Trial
+
+DEFAULT_SLO_MS = {"server": 50.0, "edge": 100.0}
+
+
+@dataclass(frozen=True)
+class Space:
+    """The knobs a profile searches (before calibration prunes what cannot fit)."""
+
+    threads: Sequence[int | None]
+    batch_sizes: Sequence[int] = (1,)
+    delays_ms: Sequence[float] = (0.0,)
+    instances: bool = False  # search instances with threads x instances <= cores
+
+
+def thread_choices(cores: int | None = None) -> list[int]:
+    cores = cores or os.cpu_count() or 1
+    out = [1]
+    while out[-1] * 2 <= cores:
+        out.append(out[-1] * 2)
+    if out[-1] != cores:
+        out.append(cores)
+    return out
+
+
+def powers_of_two(limit: int) -> list[int]:
+    out = [1]
+    while out[-1] * 2 <= limit:
+        out.append(out[-1] * 2)
+    return out
+
+
+class Profile(abc.ABC):
+    name: ClassVar[str]
+    scenario: ClassVar[str]
+    summary: ClassVar[str]
+    needs_slo: ClassVar[bool] = False
+
+    def __init__(self, slo_ms: float | None = None) -> None:
+        self.slo_ms = slo_ms if slo_ms is not None else DEFAULT_SLO_MS.get(self.name)
+        if self.slo_ms is not None and self.slo_ms <= 0:
+            raise InvalidRequest(f"--slo-ms must be positive, got {self.slo_ms}")
+
+    # -- the space -----------------------------------------------------------------------------
+    def configs(
+        self,
+        m: Measurer,
+        candidate: str,
+        threads: Sequence[int | None],
+        cores: int,
+        max_batch_size: int,
+    ) -> list[Config]:
+        return [Config(candidate, t) for t in threads]
+
+    def proxy(self, m: Measurer, c: Config) -> float:
+        """A cheap estimate of the score's first element from calibration (orders the search)."""
+        return -m.calibration(c.candidate, c.threads).t(1)
+
+    # -- measuring -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        """Measure one configuration at a fidelity; ``hint`` is its result at the previous rung."""
+
+    def cost_s(self, duration_ms: int, final: bool) -> float:
+        return duration_ms / 1000 + 0.06
+
+    # -- words ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def headline(self, t: Trial) -> str: ...
+
+    @abc.abstractmethod
+    def compare(self, win: Trial, other: Trial, other_label: str) -> str: ...
+
+    def plot_axes(self) -> tuple[str, str]:
+        return "throughput (samples/s)", "p99 latency (ms)"
+
+
+def _ss(m: Measurer, c: Config, duration_ms: int, rung: int) -> tuple[Trial, scenarios.ScenarioResult]:
+    model = m.model(c.candidate, c.threads)
+    t1 = m.calibration(c.candidate, c.threads).t(1)
+    r = scenarios.single_stream(model, m.pool, m.run(duration_ms), expected_latency_s=max(1e-5, t1 * 0.5))
+    metrics = {
+        "p50_ms": r.p50_ms,
+        "p90_ms": r.p90_ms,
+        "p99_ms": r.p99_ms,
+        "mean_ms": r.mean_ms,
+        "throughput": r.throughput,
+        "queries": r.queries,
+        "early_stop_p90_ms": r.early_stop_p90_ms,
+        "loadgen_valid": r.valid,
+    }
+    trial = Trial(c, rung, duration_ms, metrics, None, [Point(r.throughput, r.p99_ms)], r.error)
+    return trial, r
+
+
+class Realtime(Profile):
+    name = "realtime"
+    scenario = "SingleStream"
+    summary = "lowest p99 latency, one request at a time (SingleStream)"
+
+    def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        trial, r = _ss(m, c, duration_ms, rung)
+        trial.score = None if r.errors else (-r.p99_ms, -r.p50_ms)
+        trial.reason = "inference failed" if r.errors else None
+        return trial
+
+    def headline(self, t: Trial) -> str:
+        return f"p99 {t.metrics['p99_ms']:.3g} ms (p50 {t.metrics['p50_ms']:.3g} ms)"
+
+    def compare(self, win: Trial, other: Trial, other_label: str) -> str:
+        ratio = other.metrics["p99_ms"] / max(win.metrics["p99_ms"], 1e-9)
+        return f"p99 {ratio:.1f}x lower than {other_label}" if ratio >= 1 else f"p99 {1 / ratio:.2f}x of {other_label}"
+
+
+class Edge(Profile):
+    name = "edge"
+    scenario = "SingleStream"
+    summary = "least memory plus artifact size with p99 within the SLO (SingleStream)"
+    needs_slo = True
+
+    def __init__(self, slo_ms: float | None = None, facts: dict[str, CandidateFacts] | None = None) -> None:
+        super().__init__(slo_ms)
+        self.facts = facts or {}
+
+    def footprint(self, candidate: str) -> int:
+        f = self.facts.get(candidate)
+        return (f.memory_bytes or 0) + f.size_bytes if f else 0
+
+    def proxy(self, m: Measurer, c: Config) -> float:
+        return -float(self.footprint(c.candidate)) - m.calibration(c.candidate, c.threads).t(1)
+
+    def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        trial, r = _ss(m, c, duration_ms, rung)
+        fp = self.footprint(c.candidate)
+        trial.metrics["footprint_bytes"] = fp
+        assert self.slo_ms is not None
+        if r.errors:
+            trial.reason = "inference failed"
+        elif r.p99_ms > self.slo_ms:
+            trial.reason = f"p99 {r.p99_ms:.3g} ms > SLO {self.slo_ms:g} ms"
+        else:
+            trial.score = (-float(fp), -r.p99_ms)
+        return trial
+
+    def headline(self, t: Trial) -> str:
+        return f"{t.metrics['footprint_bytes'] / 1e6:.1f} MB memory+artifact, p99 {t.metrics['p99_ms']:.3g} ms"
+
+    def compare(self, win: Trial, other: Trial, other_label: str) -> str:
+        ratio = other.metrics["footprint_bytes"] / max(win.metrics["footprint_bytes"], 1)
+        return (
+            f"{ratio:.1f}x smaller than {other_label}" if ratio >= 1 else f"{1 / ratio:.2f}x the size of {other_label}"
+        )
+
+
+class Batch(Profile):
+    name = "batch"
+    scenario = "Offline"
+    summary = "highest throughput over a whole dataset (Offline)"
+
+    def configs(
+        self, m: Measurer, candidate: str, threads: Sequence[int | None], cores: int, max_batch_size: int
+    ) -> list[Config]:
+        sizes = powers_of_two(max_batch_size) if m.signature.batched else [1]
+        out = []
+        for t in threads:
+            cal = m.calibrate(candidate, t, sizes)
+            fits = [b for b in sizes if b in cal.seconds]
+            for inst in _instance_choices(t, cores):
+                out += [Config(candidate, t, inst, b) for b in fits]
+        return out
+
+    def proxy(self, m: Measurer, c: Config) -> float:
+        t = m.calibration(c.candidate, c.threads).t(c.max_batch_size)
+        return c.instances * c.max_batch_size / max(t, 1e-9) / (1.2 if c.instances > 1 else 1.0)
+
+    def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        model = m.model(c.candidate, c.threads)
+        expected = hint.metrics["throughput"] if hint and hint.metrics.get("throughput") else self.proxy(m, c) * 0.5
+        r = scenarios.offline(
+            model, m.pool, c.max_batch_size, m.run(duration_ms), expected_qps=expected, instances=c.instances
+        )
+        metrics = {
+            "throughput": r.throughput,
+            "batch_p99_ms": r.batch_p99_ms,
+            "mean_batch_size": r.mean_batch_size,
+            "samples": round(r.throughput * r.mean_ms / 1000) if r.throughput else None,
+            "loadgen_valid": r.valid,
+        }
+        lat = r.batch_p99_ms if r.batch_p99_ms is not None else r.mean_ms
+        trial = Trial(c, rung, duration_ms, metrics, None, [Point(r.throughput, lat)], r.error)
+        trial.score = None if r.errors or not r.throughput else (r.throughput, -(r.batch_p99_ms or 0.0))
+        trial.reason = "inference failed" if r.errors else None
+        return trial
+
+    def headline(self, t: Trial) -> str:
+        return f"{t.metrics['throughput']:,.0f} samples/s"
+
+    def compare(self, win: Trial, other: Trial, other_label: str) -> str:
+        ratio = win.metrics["throughput"] / max(other.metrics["throughput"], 1e-9)
+        return f"{ratio:.1f}x the throughput of {other_label}"
+
+    def plot_axes(self) -> tuple[str, str]:
+        return "throughput (samples/s)", "p99 compute time of one batch (ms)"
+
+
+class Server(Profile):
+    name = "server"
+    scenario = "Server"
+    summary = "highest QPS with p99 within the SLO (Server, Poisson arrivals, dynamic batching)"
+    needs_slo = True
+    delays_ms: ClassVar[tuple[float, ...]] = (0.0, 1.0, 4.0)
+    max_batch: ClassVar[int] = 32
+
+    def configs(
+        self, m: Measurer, candidate: str, threads: Sequence[int | None], cores: int, max_batch_size: int
+    ) -> list[Config]:
+        assert self.slo_ms is not None
+        sizes = powers_of_two(min(max_batch_size, self.max_batch)) if m.signature.batched else [1]
+        out = []
+        for t in threads:
+            cal = m.calibrate(candidate, t, sizes)
+            # a batch whose compute alone takes more than half the SLO cannot meet it under load
+            fits = [b for b in sizes if b in cal.seconds and (b == 1 or cal.seconds[b] * 1000 <= self.slo_ms / 2)]
+            delays = [d for d in self.delays_ms if d <= self.slo_ms / 4]
+            for inst in _instance_choices(t, cores):
+                for b in fits:
+                    out += [Config(candidate, t, inst, b, d) for d in (delays if b > 1 else [0.0])]
+        return out
+
+    def capacity(self, m: Measurer, c: Config) -> float:
+        t = m.calibration(c.candidate, c.threads).t(c.max_batch_size)
+        return c.instances * c.max_batch_size / max(t, 1e-9)
+
+    def proxy(self, m: Measurer, c: Config) -> float:
+        # larger batches only help once there is a queue; a delay only costs latency: order by
+        # capacity, then prefer short delays
+        return self.capacity(m, c) * (1.0 - c.max_delay_ms / (10 * (self.slo_ms or 1.0)))
+
+    def steps(self, final: bool, hint: Trial | None) -> int:
+        return 5 if hint is None else (4 if final else 3)
+
+    def cost_s(self, duration_ms: int, final: bool) -> float:
+        return (duration_ms / 1000 + 0.06) * (5 if final else 4)
+
+    def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        assert self.slo_ms is not None
+        slo = self.slo_ms
+        model = m.model(c.candidate, c.threads)
+
+        def run_at(q: float) -> scenarios.ScenarioResult:
+            return scenarios.server(
+                model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, m.run(duration_ms), instances=c.instances
+            )
+
+        prev = hint.metrics.get("qps") if hint else None
+        if prev:
+            found = scenarios.find_max_qps(run_at, slo, prev * 1.2, self.steps(final, hint), start_qps=prev)
+        else:
+            found = scenarios.find_max_qps(run_at, slo, min(self.capacity(m, c), 200_000.0), self.steps(final, hint))
+        points = [Point(r.target_qps or 0.0, r.p99_ms, scenarios.meets_slo(r, slo)) for r in found.tries]
+        best = found.best
+        error = next((r.error for r in found.tries if r.error), None)
+        metrics = {
+            "qps": found.qps,
+            "throughput": best.throughput if best else None,
+            "p50_ms": best.p50_ms if best else None,
+            "p99_ms": best.p99_ms if best else None,
+            "mean_batch_size": best.mean_batch_size if best else None,
+            "early_stopping_met": best.early_stopping_met if best else None,
+            "qps_tries": len(found.tries),
+        }
+        trial = Trial(c, rung, duration_ms, metrics, None, points, error)
+        if best is None:
+            low = min(found.tries, key=lambda r: r.target_qps or 0.0)
+            trial.reason = error or f"p99 {low.p99_ms:.3g} ms > SLO {slo:g} ms even at {low.target_qps or 0:.0f} QPS"
+        else:
+            trial.score = (found.qps, -best.p99_ms)
+        return trial
+
+    def headline(self, t: Trial) -> str:
+        return f"{t.metrics['qps']:,.0f} QPS at p99 {t.metrics['p99_ms']:.3g} ms (SLO {self.slo_ms:g} ms)"
+
+    def compare(self, win: Trial, other: Trial, other_label: str) -> str:
+        ratio = win.metrics["qps"] / max(other.metrics["qps"], 1e-9)
+        return f"{ratio:.1f}x the QPS of {other_label}"
+
+    def plot_axes(self) -> tuple[str, str]:
+        return "offered load (QPS, Poisson)", "p99 latency (ms)"
+
+
+def _instance_choices(threads: int | None, cores: int) -> list[int]:
+    if threads is None:
+        return [1]
+    out = [1]
+    while threads * out[-1] * 2 <= cores:
+        out.append(out[-1] * 2)
+    return out
+
+
+PROFILES: dict[str, type[Profile]] = {p.name: p for p in (Realtime, Server, Batch, Edge)}
+
+
+def make(name: str, slo_ms: float | None = None) -> Profile:
+    try:
+        return PROFILES[name](slo_ms)
+    except KeyError:
+        raise InvalidRequest(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,357 @@
+"""MLPerf LoadGen scenarios over loaded models, in-process.
+
+- ``single_stream``: one query at a time, run inline in LoadGen's issue thread; p50/p90/p99 and
+  LoadGen's early-stopping estimate of the 90th percentile.
+- ``offline``: every sample in one query, cut into batches and run by one worker per instance;
+  samples per second.
+- ``server``: Poisson arrivals at a target QPS, one request per sample, through the serving
+  engineer's ``DynamicBatcher`` (the very batcher ``polystack serve`` runs); ``find_max_qps``
+  searches the highest QPS whose p99 stays within the SLO.
+
+LoadGen writes its logs into a temporary folder per run (never the cwd); results are read back
+from the ``:::MLLOG`` lines of ``mlperf_log_detail.txt``. The durations are short by default
+(laptop budget): LoadGen then calls most runs INVALID by MLPerf's submission rules (minimum
+query counts); ``valid`` records its verdict, the figures are what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polystack.backends.base import CheckedModel, LoadedModel
+from polystack.stats import ModelStats
+from polystack.tuning.batcher import Item, MeasureBatcher
+from polystack.tuning.inputs import InputPool
+from polystack.types import Signature
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How long each LoadGen run lasts; short by default, settable."""
+
+    min_duration_ms: int = 300
+    max_duration_ms: int = 5000
+    min_query_count: int = 16
+    seed: int = 0
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str  # SingleStream, Offline, Server
+    throughput: float  # completed samples per second
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    queries: int
+    valid: bool  # LoadGen's own verdict under MLPerf rules
+    early_stopping_met: bool | None = None
+    early_stop_p90_ms: float | None = None  # SingleStream: LoadGen's early-stopping p90 estimate
+    target_qps: float | None = None  # Server: the scheduled (Poisson) rate
+    errors: int = 0
+    error: str | None = None
+    batch_p99_ms: float | None = None  # Offline / Server: compute time of one batch, p99
+    mean_batch_size: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+
+def _lg() -> Any:
+    import mlperf_loadgen
+
+    return mlperf_loadgen
+
+
+def _read_log(outdir: Path) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    path = outdir / "mlperf_log_detail.txt"
+    if not path.exists():
+        return found
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith(":::MLLOG "):
+            continue
+        try:
+            entry = json.loads(line[len(":::MLLOG ") :])
+        except ValueError:
+            continue
+        found[entry.get("key", "")] = entry.get("value")
+    return found
+
+
+def _ms(ns: Any) -> float:
+    try:
+        return float(ns) / 1e6
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+_RUN_LOCK = threading.Lock()  # LoadGen keeps global state: one test at a time per process
+
+
+def _start(settings: Any, issue: Callable[[Any], None], flush: Callable[[], None], pool: InputPool) -> dict[str, Any]:
+    lg = _lg()
+    outdir = Path(tempfile.mkdtemp(prefix="polystack-loadgen-"))
+    try:
+        out = lg.LogOutputSettings()
+        out.outdir = str(outdir)
+        out.copy_summary_to_stdout = False
+        out.copy_detail_to_stdout = False
+        log = lg.LogSettings()
+        log.log_output = out
+        log.enable_trace = False
+        n = pool.size
+        with _RUN_LOCK:
+            sut = lg.ConstructSUT(issue, flush)
+            qsl = lg.ConstructQSL(n, n, lambda idx: None, lambda idx: None)
+            try:
+                lg.StartTestWithLogSettings(sut, qsl, settings, log)
+            finally:
+                lg.DestroyQSL(qsl)
+                lg.DestroySUT(sut)
+        return _read_log(outdir)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _test_settings(scenario: str, run: RunSettings) -> Any:
+    lg = _lg()
+    ts = lg.TestSettings()
+    ts.scenario = getattr(lg.TestScenario, scenario)
+    ts.mode = lg.TestMode.PerformanceOnly
+    ts.min_duration_ms = run.min_duration_ms
+    ts.max_duration_ms = max(run.max_duration_ms, run.min_duration_ms)
+    ts.min_query_count = run.min_query_count
+    ts.qsl_rng_seed = run.seed
+    ts.sample_index_rng_seed = run.seed
+    ts.schedule_rng_seed = run.seed
+    return ts
+
+
+def _result(scenario: str, log: dict[str, Any], throughput_key: str, errors: list[str]) -> ScenarioResult:
+    return ScenarioResult(
+        scenario=scenario,
+        throughput=float(log.get(throughput_key) or 0.0),
+        p50_ms=_ms(log.get("result_50.00_percentile_latency_ns")),
+        p90_ms=_ms(log.get("result_90.00_percentile_latency_ns")),
+        p99_ms=_ms(log.get("result_99.00_percentile_latency_ns")),
+        mean_ms=_ms(log.get("result_mean_latency_ns")),
+        queries=int(log.get("result_query_count") or 0),
+        valid=log.get("result_validity") == "VALID",
+        early_stopping_met=log.get("early_stopping_met"),
+        errors=len(errors),
+        error=errors[0] if errors else None,
+    )
+
+
+def _responses(items: Sequence[Item]) -> list[Any]:
+    lg = _lg()
+    return [lg.QuerySampleResponse(tag, 0, 0) for tag, _ in items]
+
+
+def single_stream(
+    model: LoadedModel, pool: InputPool, run: RunSettings = RunSettings(), expected_latency_s: float = 1e-3
+) -> ScenarioResult:
+    """One sample at a time, inferred inline in LoadGen's issue thread (no hand-off cost)."""
+    lg = _lg()
+    errors: list[str] = []
+
+    def issue(samples: Any) -> None:
+        for s in samples:
+            try:
+                model.infer(pool.batch([s.index]))
+            except Exception as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0)])
+
+    ts = _test_settings("SingleStream", run)
+    ts.single_stream_expected_latency_ns = max(1000, int(expected_latency_s * 1e9))
+    log = _start(ts, issue, lambda: None, pool)
+    res = _result("SingleStream", log, "result_qps_without_loadgen_overhead", errors)
+    ss = log.get("early_stopping_latency_ss")
+    res.early_stop_p90_ms = _ms(ss) if ss else None
+    return res
+
+
+def _batched(
+    scenario: str,
+    instances: Sequence[LoadedModel],
+    pool: InputPool,
+    ts: Any,
+    max_batch_size: int,
+    max_delay_ms: float,
+    throughput_key: str,
+) -> ScenarioResult:
+    lg = _lg()
+    errors: list[str] = []
+
+    def run_batch(model: LoadedModel, indices: Sequence[int]) -> None:
+        model.infer(pool.batch(indices))
+
+    def done(items: list[Item], error: BaseException | None) -> None:
+        if error is not None:
+            errors.append(f"{type(error).__name__}: {error}")
+        lg.QuerySamplesComplete(_responses(items))
+
+    batcher = MeasureBatcher(instances, run_batch, done, max_batch_size, max_delay_ms)
+    try:
+        log = _start(ts, lambda samples: batcher.submit_many([(s.id, s.index) for s in samples]), lambda: None, pool)
+    finally:
+        batcher.close()
+    res = _result(scenario, log, throughput_key, errors)
+    if batcher.batch_ns:
+        res.batch_p99_ms = float(np.percentile(batcher.batch_ns, 99)) / 1e6
+        res.mean_batch_size = float(np.mean(batcher.batch_sizes))
+    return res
+
+
+def offline(
+    model: LoadedModel,
+    pool: InputPool,
+    batch_size: int,
+    run: RunSettings = RunSettings(),
+    expected_qps: float = 1000.0,
+    instances: int = 1,
+) -> ScenarioResult:
+    """Every sample in one query; batches of ``batch_size`` run by ``instances`` worker threads sharing the model."""
+    ts = _test_settings("Offline", run)
+    ts.min_query_count = 1
+    ts.offline_expected_qps = max(1.0, expected_qps)
+    return _batched("Offline", [model] * max(1, instances), pool, ts, batch_size, 0.0, "result_samples_per_second")
+
+
+@dataclass
+class _Entry:
+    """What ``DynamicBatcher`` needs of a LoadedEntry, for a model loaded outside the engine."""
+
+    name: str
+    model: CheckedModel
+    signature: Signature
+    stats: ModelStats = field(default_factory=ModelStats)
+
+
+def server(
+    model: LoadedModel,
+    pool: InputPool,
+    target_qps: float,
+    slo_ms: float,
+    max_batch_size: int = 1,
+    max_delay_ms: float = 0.0,
+    run: RunSettings = RunSettings(),
+    instances: int = 1,
+) -> ScenarioResult:
+    """Poisson arrivals at ``target_qps`` through the serving ``DynamicBatcher`` (as ``polystack serve`` runs it).
+
+    Each LoadGen sample is one request of batch 1, validated and queued as a client's would be;
+    ``instances`` worker threads share the one loaded model, as in serving.
+    """
+    from polystack.batching import BatchPolicy, DynamicBatcher
+
+    lg = _lg()
+    checked = model if isinstance(model, CheckedModel) else CheckedModel(model)
+    entry = _Entry("tuning", checked, checked.signature)
+    policy = BatchPolicy(
+        max_batch_size=max(1, max_batch_size),
+        max_queue_delay_ms=max(0.0, max_delay_ms),
+        max_queue_size=1 << 22,
+        instances=max(1, instances),
+    )
+    errors: list[str] = []
+    sizes: list[int] = []
+    compute_s: list[float] = []
+
+    def on_batch(items: int, requests: int, seconds: float) -> None:
+        sizes.append(items)
+        compute_s.append(seconds)
+
+    batcher = DynamicBatcher(entry, policy, on_batch=on_batch)
+
+    def complete(tag: int) -> Callable[[Future[Any]], None]:
+        def done(f: Future[Any]) -> None:
+            if f.exception() is not None:
+                errors.append(f"{type(f.exception()).__name__}: {f.exception()}")
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(tag, 0, 0)])
+
+        return done
+
+    def issue(samples: Any) -> None:
+        for s in samples:
+            try:
+                batcher.submit(pool.batch([s.index])).add_done_callback(complete(s.id))
+            except Exception as e:  # refused at the door (QueueFull, ...): still completes
+                errors.append(f"{type(e).__name__}: {e}")
+                lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0)])
+
+    ts = _test_settings("Server", run)
+    ts.server_target_qps = max(0.1, target_qps)
+    ts.server_target_latency_ns = int(slo_ms * 1e6)
+    ts.server_max_async_queries = 0
+    try:
+        log = _start(ts, issue, lambda: None, pool)
+    finally:
+        batcher.close()
+    res = _result("Server", log, "result_completed_samples_per_sec", errors)
+    res.target_qps = target_qps
+    if compute_s:
+        res.batch_p99_ms = float(np.percentile(compute_s, 99)) * 1000
+        res.mean_batch_size = float(np.mean(sizes))
+    return res
+
+
+def meets_slo(r: ScenarioResult, slo_ms: float) -> bool:
+    """p99 within the SLO, no errors, and the system kept up with the arrivals (>= 90% completed rate)."""
+    keeps_up = r.target_qps is None or r.throughput >= 0.9 * r.target_qps
+    return r.errors == 0 and math.isfinite(r.p99_ms) and r.p99_ms <= slo_ms and keeps_up
+
+
+@dataclass
+class QpsSearch:
+    best: ScenarioResult | None  # the highest passing run
+    tries: list[ScenarioResult]
+
+    @property
+    def qps(self) -> float:
+        return (self.best.target_qps or 0.0) if self.best else 0.0
+
+
+def find_max_qps(
+    run_at: Callable[[float], ScenarioResult],
+    slo_ms: float,
+    upper_qps: float,
+    steps: int = 5,
+    start_qps: float | None = None,
+) -> QpsSearch:
+    """The highest target QPS meeting the SLO, by bisection below an upper bound estimate.
+
+    The first try is ``start_qps`` (default 0.6x the bound); a pass moves the lower end up, a
+    miss the upper end down; while nothing has passed each miss halves the rate.
+    """
+    lo, hi = 0.0, max(upper_qps, 1.0) * 1.25
+    q = start_qps if start_qps else max(upper_qps, 1.0) * 0.6
+    best: ScenarioResult | None = None
+    tries: list[ScenarioResult] = []
+    for _ in range(max(1, steps)):
+        r = run_at(q)
+        tries.append(r)
+        if r.error and r.errors and not r.throughput:  # the model fails outright: no point going on
+            break
+        if meets_slo(r, slo_ms):
+            lo = q
+            if best is None or q > (best.target_qps or 0):
+                best = r
+        else:
+            hi = q
+        q = (lo + hi) / 2 if lo > 0 else hi * 0.5
+    return QpsSearch(best, tries)
