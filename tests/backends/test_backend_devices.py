@@ -1,0 +1,89 @@
+"""Backend specifics: device names from each runtime's own discovery, options that matter, trust."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polystack import zoo
+from polystack.backends import registry
+from polystack.errors import UnsafeModel
+from polystack.formats import import_model
+
+
+def test_openvino_device_names_round_trip() -> None:
+    from polystack.backends.openvino import from_ov_device, to_ov_device
+
+    listed = ["CPU", "GPU.0", "GPU.1", "NPU"]
+    for name in listed:
+        assert to_ov_device(from_ov_device(name), listed) == name
+    assert from_ov_device("GPU.1") == "gpu:1" and from_ov_device("CPU") == "cpu"
+
+
+def test_openvino_devices_and_lower_precision_come_from_openvino() -> None:
+    import openvino as ov
+
+    backend = registry.get("openvino")
+    assert len(backend.devices()) == len(ov.Core().available_devices)
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    expected = "bf16" if "BF16" in caps else None
+    assert backend.lower_precision("cpu") == expected  # type: ignore[attr-defined]
+
+
+def test_torch_devices_are_the_ones_torch_offers() -> None:
+    import torch
+
+    devices = registry.get("torch").devices()
+    assert devices[0] == "cpu"
+    assert sum(d.startswith("cuda:") for d in devices) == (
+        torch.cuda.device_count() if torch.cuda.is_available() else 0
+    )
+
+
+def test_jax_devices_are_the_ones_jax_lists() -> None:
+    import jax
+
+    devices = registry.get("jax").devices()
+    assert "cpu" in devices
+    assert len([d for d in devices if not d.startswith("cpu")]) == len(
+        [d for d in jax.devices() if d.platform != "cpu"]
+    )
+
+
+def test_torch_bf16_option_runs_in_bf16_and_returns_fp32(tmp_path: Path) -> None:
+    path = zoo.mlp_pt2(tmp_path / "m.pt2", sizes=(8, 16, 3))
+    sig = import_model(path, tmp_path).signature
+    backend = registry.get("torch")
+    x = {"input": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}
+    fp32 = backend.load(path, sig, backend.parse_options({}), "cpu").infer(x)["output_0"]
+    bf16 = backend.load(path, sig, backend.parse_options({"dtype": "bf16"}), "cpu").infer(x)["output_0"]
+    assert bf16.dtype == np.float32
+    assert 0 < np.abs(fp32 - bf16).max() < 0.05
+
+
+def test_the_sklearn_backend_trusts_only_what_it_is_told(tmp_path: Path) -> None:
+    path = zoo.sklearn_forest_skops(tmp_path / "forest.skops")
+    sig = import_model(path, tmp_path, trusted=["sklearn.tree._tree.Tree"]).signature
+    backend = registry.get("sklearn")
+    with pytest.raises(UnsafeModel, match="--trust"):
+        backend.load(path, sig, backend.parse_options({}), "cpu")
+    model = backend.load(path, sig, backend.parse_options({"trusted": ["sklearn.tree._tree.Tree"]}), "cpu")
+    out = model.infer({"input": np.zeros((2, 6), np.float32)})
+    assert out["probabilities"].shape == (2, 2) and out["label"].dtype == np.int64
+
+
+def test_importing_backend_modules_imports_no_runtime() -> None:
+    import subprocess
+
+    code = (
+        "import sys; import polystack.backends.torch, polystack.backends.jax, polystack.backends.openvino, "
+        "polystack.backends.xgboost, polystack.backends.lightgbm, polystack.backends.sklearn, "
+        "polystack.backends.litert, polystack.variants, polystack.verify, polystack.convert; "
+        "print(','.join(m for m in ('torch','jax','openvino','xgboost','lightgbm','sklearn','ai_edge_litert') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

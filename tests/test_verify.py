@@ -1,0 +1,97 @@
+"""The equivalence gate: the per-precision tolerances exactly as specified, and their overrides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polystack.errors import InvalidRequest
+from polystack.types import DType, Signature, TensorSpec
+from polystack.verify import Tolerance, compare
+
+SIG = Signature(
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4)),),
+    outputs=(TensorSpec("logits", DType.FP32, (-1, 10)),),
+)
+EMB = Signature(
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4)),),
+    outputs=(TensorSpec("embedding", DType.FP32, (-1, 32)),),
+)
+
+
+def ref(shape: tuple[int, ...] = (100, 10), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_fp32_passes_within_1e_4_of_the_largest_reference_value_and_fails_beyond() -> None:
+    r = ref()
+    bound = 1e-4 * np.abs(r).max() + 1e-6
+    ok = r.copy()
+    ok[0, 0] += bound * 0.9
+    bad = r.copy()
+    bad[0, 0] += bound * 1.5
+    assert compare({"logits": r}, {"logits": ok}, SIG, "fp32").passed
+    verdict = compare({"logits": r}, {"logits": bad}, SIG, "fp32")
+    assert not verdict.passed and "fp32 bound" in (verdict.reason or "")
+    assert verdict.metrics["outputs"]["logits"]["max_abs_err"] == pytest.approx(bound * 1.5, rel=1e-2)
+
+
+def test_bf16_needs_2e_2_relative_error_and_cosine_0_999() -> None:
+    r = ref()
+    noisy = r + np.random.default_rng(1).standard_normal(r.shape).astype(np.float32) * 0.003
+    assert compare({"logits": r}, {"logits": noisy}, SIG, "bf16").passed
+    far = r.copy()
+    far[3, 3] += 0.05 * np.abs(r).max()
+    v = compare({"logits": r}, {"logits": far}, SIG, "bf16")
+    assert not v.passed and "half-precision bound" in (v.reason or "")
+
+
+def test_int8_needs_every_row_cosine_0_99_and_top1_agreement_for_class_scores() -> None:
+    r = ref()
+    slightly = r + np.random.default_rng(2).standard_normal(r.shape).astype(np.float32) * 0.01
+    assert compare({"logits": r}, {"logits": slightly}, SIG, "int8").passed
+    one_row_off = slightly.copy()
+    one_row_off[7] = np.random.default_rng(3).standard_normal(10)
+    v = compare({"logits": r}, {"logits": one_row_off}, SIG, "int8")
+    assert not v.passed and "min row cosine" in (v.reason or "")
+    # two rows whose top-1 flips by swapping the top two (cosine stays high): 98% < 99%
+    flipped = r.copy()
+    for i in (1, 2):
+        top2 = np.argsort(r[i])[-2:]
+        flipped[i, top2] = r[i, top2[::-1]]
+    v = compare({"logits": r}, {"logits": flipped}, SIG, "int8", Tolerance(int8_min_cosine=0.5))
+    assert not v.passed and v.metrics["outputs"]["logits"]["top1_agreement"] == pytest.approx(0.98)
+
+
+def test_embeddings_are_not_class_scores() -> None:
+    r = ref((20, 32))
+    shuffled_argmax = r + 0.001  # cosine ~1, argmax unchanged anyway
+    v = compare({"embedding": r}, {"embedding": shuffled_argmax}, EMB, "int8")
+    assert v.passed and "top1_agreement" not in v.metrics["outputs"]["embedding"]
+
+
+def test_integer_labels_must_agree_exactly_at_fp32() -> None:
+    sig = Signature(inputs=SIG.inputs, outputs=(TensorSpec("label", DType.INT64, (-1,)),))
+    labels = np.arange(100) % 3
+    changed = labels.copy()
+    changed[5] = 9
+    assert compare({"label": labels}, {"label": labels.copy()}, sig, "fp32").passed
+    v = compare({"label": labels}, {"label": changed}, sig, "fp32")
+    assert not v.passed and v.metrics["outputs"]["label"]["agreement"] == pytest.approx(0.99)
+
+
+def test_shape_mismatch_and_nan_are_rejected_with_a_reason() -> None:
+    r = ref()
+    assert "shape" in (compare({"logits": r}, {"logits": r[:5]}, SIG, "fp32").reason or "")
+    nan = r.copy()
+    nan[0, 0] = np.nan
+    assert "NaN" in (compare({"logits": r}, {"logits": nan}, SIG, "bf16").reason or "")
+
+
+def test_tolerances_are_overridden_per_model_by_key_value() -> None:
+    tol = Tolerance.parse(["int8_min_cosine=0.9", "class_outputs=logits,probs", "fp32.rtol=1e-3"])
+    assert (tol.int8_min_cosine, tol.class_outputs, tol.fp32_rtol) == (0.9, ["logits", "probs"], 1e-3)
+    with pytest.raises(InvalidRequest, match="KEY=VALUE"):
+        Tolerance.parse(["cosine=0.9"])
+    with pytest.raises(InvalidRequest, match="invalid tolerance"):
+        Tolerance.parse(["int8_min_cosine=lots"])
