@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -11,6 +14,9 @@ from polystack.samples import SYNTHETIC_WARNING
 from polystack.store import VariantRecord
 from polystack.variants import build
 from polystack.verify import summary
+
+if TYPE_CHECKING:
+    from polystack.cli.demo import DemoContext
 
 _STYLE = {"verified": "green", "rejected": "yellow", "failed": "red", "pending": "dim"}
 
@@ -79,3 +85,57 @@ def variants(
         console.print(f"{record.name}:{record.version} has no variants; run without --no-build to build them")
         return
     console.print(variants_table(found, title=f"{record.name}:{record.version} ({record.format})"))
+
+
+def demo_step(ctx: DemoContext) -> None:
+    """Demo: models from three frameworks (torch.export, skops, ONNX) and their verified variants."""
+    from polystack import samples as samples_mod
+    from polystack import zoo
+    from polystack.formats import import_model
+
+    ctx.step("specialize: register models from three frameworks, build and verify their variants")
+    work = ctx.workdir / "specialize"
+    work.mkdir(parents=True, exist_ok=True)
+    x, _ = zoo.classification_data(16, 4, rows=128, seed=1)
+    sources = [
+        ("demo-torch-mlp", zoo.mlp_pt2(work / "mlp.pt2", train=True), x, "torch.export.save"),
+        ("demo-sklearn", zoo.sklearn_pipeline_skops(work / "pipeline.skops"), None, "skops.io.dump"),
+    ]
+    records = []
+    for name, path, data, how in sources:
+        imported = import_model(path, work)
+        given = samples_mod.check({"input": data}, imported.signature) if data is not None else None
+        rows = given if given is not None else samples_mod.synthesize(imported.signature)
+        record, _ = ctx.store.register(
+            imported.artifact,
+            name=name,
+            format=imported.format,
+            signature=imported.signature,
+            tags={"source": "demo"},
+            source_filename=path.name,
+            settings=imported.settings,
+            samples=samples_mod.to_npz(rows, work / f"{name}.npz"),
+        )
+        ctx.models[name] = record
+        ctx.console.print(f"{name}:{record.version} registered from {path.name} ({how}, format {record.format})")
+        records.append(record)
+    if "demo-mlp" in ctx.models:
+        records.append(ctx.models["demo-mlp"])
+    for record in records:
+        started = time.perf_counter()
+        report = build(ctx.store, record, include=lambda r: not r.options.get("compile"))
+        ctx.models[record.name] = report.model
+        took = time.perf_counter() - started
+        verified = sum(v.status == "verified" for v in report.variants)
+        ctx.console.print(
+            variants_table(
+                report.variants,
+                title=f"{record.name} ({record.format}): {verified}/{len(report.variants)} verified, built in {took:.1f} s",
+            )
+        )
+        if report.samples_synthesized:
+            ctx.console.print(f"[yellow]note:[/] {record.name} has no real samples; {SYNTHETIC_WARNING}")
+    ctx.console.print(
+        "rejected variants keep the figures that rejected them and are never served; "
+        "torch.compile variants are left out here (7-17 s of compilation each): `polystack variants NAME` builds them"
+    )
