@@ -57,13 +57,15 @@ class Rejected:
 
 
 def label_of(v: VariantRecord) -> str:
-    extra = ""
+    """Words for a variant: "onnxruntime int8 static", "torch fp32 compiled", "openvino bf16 on gpu"."""
+    words = [v.backend, v.precision]
+    steps = str(getattr(v, "recipe", "") or "").split("+")
+    words += [s.split("-", 1)[1] for s in steps if s.startswith("int8-")]  # int8-dynamic -> dynamic
+    if v.backend == "torch":
+        words.append("compiled" if v.options.get("compile") else "eager")
     if v.device != "cpu":
-        extra = f" on {v.device}"
-    mode = v.options.get("mode") or v.options.get("compile")
-    if isinstance(mode, str) and mode:
-        extra += f" {mode}"
-    return f"{v.backend} {v.precision}{extra}"
+        words.append(f"on {v.device}")
+    return " ".join(words)
 
 
 def _reason(v: VariantRecord) -> str:

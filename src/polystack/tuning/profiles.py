@@ -22,6 +22,11 @@ from polystack.tuning import scenarios
 from polystack.tuning.measure import CandidateFacts, Config, Measurer, Point, Trial
 
 DEFAULT_SLO_MS = {"server": 50.0, "edge": 100.0}
+# In-process requests through the DynamicBatcher cost tens of microseconds each in Python: the
+# Server search starts below this ceiling however fast the model computes.
+HARNESS_QPS = 40_000.0
+# A p99 from a run shorter than this rests on too few requests to rank Server configurations.
+SERVER_MIN_RUN_MS = 150
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,7 @@ class Server(Profile):
         return 5 if hint is None else (4 if final else 3)
 
     def cost_s(self, duration_ms: int, final: bool) -> float:
-        return (duration_ms / 1000 + 0.06) * (5 if final else 4)
+        return (max(duration_ms, SERVER_MIN_RUN_MS) / 1000 + 0.08) * (4 if final else 3.5)
 
     def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
         assert self.slo_ms is not None
@@ -273,11 +278,13 @@ class Server(Profile):
                 model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, m.run(duration_ms), instances=c.instances
             )
 
+        duration_ms = max(duration_ms, SERVER_MIN_RUN_MS)
         prev = hint.metrics.get("qps") if hint else None
         if prev:
             found = scenarios.find_max_qps(run_at, slo, prev * 1.2, self.steps(final, hint), start_qps=prev)
         else:
-            found = scenarios.find_max_qps(run_at, slo, min(self.capacity(m, c), 200_000.0), self.steps(final, hint))
+            upper = min(self.capacity(m, c), HARNESS_QPS)
+            found = scenarios.find_max_qps(run_at, slo, upper, self.steps(final, hint))
         points = [Point(r.target_qps or 0.0, r.p99_ms, scenarios.meets_slo(r, slo)) for r in found.tries]
         best = found.best
         error = next((r.error for r in found.tries if r.error), None)

@@ -333,10 +333,12 @@ def find_max_qps(
     steps: int = 5,
     start_qps: float | None = None,
 ) -> QpsSearch:
-    """The highest target QPS meeting the SLO, by bisection below an upper bound estimate.
+    """The highest target QPS meeting the SLO: bracket, then bisect.
 
-    The first try is ``start_qps`` (default 0.6x the bound); a pass moves the lower end up, a
-    miss the upper end down; while nothing has passed each miss halves the rate.
+    The first try is ``start_qps`` (default 0.6x the bound). A pass raises the lower end (and
+    doubles the upper one when the pass was at it); a miss lowers the upper end. While nothing has
+    passed, the next try is below what the overloaded run actually completed per second (its
+    capacity) or half the rate, whichever is lower; afterwards, the midpoint.
     """
     lo, hi = 0.0, max(upper_qps, 1.0) * 1.25
     q = start_qps if start_qps else max(upper_qps, 1.0) * 0.6
@@ -351,7 +353,14 @@ def find_max_qps(
             lo = q
             if best is None or q > (best.target_qps or 0):
                 best = r
+            if q >= 0.95 * hi:
+                hi = q * 2
         else:
             hi = q
-        q = (lo + hi) / 2 if lo > 0 else hi * 0.5
+        if lo > 0:
+            q = (lo + hi) / 2
+        elif 0 < r.throughput < 0.9 * q:
+            q = min(hi * 0.5, 0.8 * r.throughput)
+        else:
+            q = hi * 0.5
     return QpsSearch(best, tries)
