@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from polystack.cli import batch, demo, doctor, models, predict, serve, variants  # noqa: F401  (registers the commands)
+from polystack.cli import batch, demo, doctor, models, predict, serve, tune, variants  # noqa: F401  (registers the commands)
 from polystack.cli.app import app, err_console
 from polystack.errors import PolystackError
 
