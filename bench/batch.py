@@ -106,13 +106,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--ray-rows", type=int, default=200_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args()
     work = ROOT / "bench" / "results" / "tmp" / "batch"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    load_start = os.getloadavg()[0]
     home, model, src = make_data(work, args.rows)
     bs = str(args.batch_size)
     hand, poly = [], []
@@ -150,13 +151,20 @@ def main() -> None:
             "local_seconds": local["seconds"],
             "ray_seconds": ray["seconds"],
             "overhead_seconds": ray["seconds"] - local["seconds"],
+            "local_peak_rss_bytes": local["peak_rss_bytes"],
+            "ray_driver_peak_rss_bytes": ray["peak_rss_bytes"],
             "ratio": ray["seconds"] / local["seconds"],
         }
+    result["load_average_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     out = ROOT / "bench" / "results" / "batch.json"
     out.write_text(json.dumps(result, indent=1))
     write_markdown(result, " ".join(["bench/batch.py", *sys.argv[1:]]))
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: v for k, v in result.items() if k not in ("hand", "polystack")}, indent=1))
+
+
+def secs(side: dict) -> str:
+    return ", ".join(f"{run['seconds']:.2f}" for run in side["runs"])
 
 
 def write_markdown(r: dict, command: str) -> None:
@@ -171,12 +179,21 @@ def write_markdown(r: dict, command: str) -> None:
         f"batches of {r['batch_size']}; output Parquet (key + output as a fixed-size list). Each run is a fresh process;",
         "medians of the runs. The hand loop reads, infers and writes serially with the same runtime;",
         "polystack overlaps the three and adds bad-row checks, numbered parts and an atomic manifest.",
+        f"1-minute load average at start / end: {r['load_average_start_end'][0]} / {r['load_average_start_end'][1]}"
+        " (above ~1: other processes shared the 2 cores, and single runs vary accordingly).",
         "",
-        "| runner | rows/s | vs hand loop | peak RSS MiB |",
-        "|---|---|---|---|",
-        f"| hand-written loop (pyarrow + onnxruntime) | {h['rows_per_s']:,.0f} | 1.00x | {h['peak_rss_bytes'] / mib:,.0f} |",
-        f"| `polystack batch` (local engine) | {p['rows_per_s']:,.0f} | {r['ratio']:.2f}x | {p['peak_rss_bytes'] / mib:,.0f} |",
+        "| runner | rows/s (median) | vs hand loop | peak RSS MiB | each run, s |",
+        "|---|---|---|---|---|",
+        f"| hand-written loop (pyarrow + onnxruntime) | {h['rows_per_s']:,.0f} | 1.00x | {h['peak_rss_bytes'] / mib:,.0f} | {secs(h)} |",
+        f"| `polystack batch` (local engine) | {p['rows_per_s']:,.0f} | {r['ratio']:.2f}x | {p['peak_rss_bytes'] / mib:,.0f} | {secs(p)} |",
     ]
+    if "ray" in r:
+        small = r["ray"]
+        lines += [
+            "",
+            f"Bounded memory: `polystack batch` peaks at {p['peak_rss_bytes'] / mib:,.0f} MiB on {r['rows']:,} rows and "
+            f"{small['local_peak_rss_bytes'] / mib:,.0f} MiB on {small['rows']:,} rows (the process, runtime and libraries included).",
+        ]
     if "ray" in r:
         ray = r["ray"]
         lines += [
