@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
 err_console = Console(stderr=True)
 
 _state: dict[str, Path | None] = {"home": None}

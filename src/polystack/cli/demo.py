@@ -74,13 +74,26 @@ def predict(ctx: DemoContext) -> None:
     ctx.console.print(f"y[0] = {np.array2string(y[0], precision=4)}", markup=False)
 
 
+def _variants(ctx: DemoContext) -> None:
+    from polystack.cli.variants import demo_step
+
+    demo_step(ctx)
+
+
 def _serve(ctx: DemoContext) -> None:
     from polystack.server.demo import demo_step
 
     demo_step(ctx)
 
 
-STEPS: list[Callable[[DemoContext], None]] = [register_models, predict, _serve]
+def _batch(ctx: DemoContext) -> None:
+    from polystack.jobs.demo import demo_step
+
+    demo_step(ctx)
+
+
+# Feature steps import lazily: `polystack --help` must not pay for them.
+STEPS: list[Callable[[DemoContext], None]] = [register_models, _variants, predict, _serve, _batch]
 
 
 @app.command()
