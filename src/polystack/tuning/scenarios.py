@@ -335,12 +335,11 @@ def find_max_qps(
 ) -> QpsSearch:
     """The highest target QPS meeting the SLO: bracket, then bisect.
 
-    The first try is ``start_qps`` (default 0.6x the bound). A pass raises the lower end (and
-    doubles the upper one when the pass was at it); a miss lowers the upper end. While nothing has
-    passed, the next try is below what the overloaded run actually completed per second (its
-    capacity) or half the rate, whichever is lower; afterwards, the midpoint.
+    The first try is ``start_qps`` (default 0.6x the bound). Until a try misses, the rate doubles;
+    until one passes, the next try is below what the overloaded run actually completed per second
+    (its capacity) or half the rate, whichever is lower; once both ends are known, the midpoint.
     """
-    lo, hi = 0.0, max(upper_qps, 1.0) * 1.25
+    lo, hi = 0.0, math.inf
     q = start_qps if start_qps else max(upper_qps, 1.0) * 0.6
     best: ScenarioResult | None = None
     tries: list[ScenarioResult] = []
@@ -353,13 +352,13 @@ def find_max_qps(
             lo = q
             if best is None or q > (best.target_qps or 0):
                 best = r
-            if q >= 0.95 * hi:
-                hi = q * 2
         else:
             hi = q
-        if lo > 0:
+        if hi == math.inf:  # nothing missed yet: grow
+            q = 2 * q
+        elif lo > 0:
             q = (lo + hi) / 2
-        elif 0 < r.throughput < 0.9 * q:
+        elif 0 < r.throughput < 0.9 * q:  # overloaded: go below what it managed
             q = min(hi * 0.5, 0.8 * r.throughput)
         else:
             q = hi * 0.5

@@ -1,0 +1,95 @@
+"""polystack tune and polystack plan show, as a user runs them (subprocesses, a temp store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from polystack.formats import import_model
+from polystack.store import Store
+
+
+def run(home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "POLYSTACK_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "polystack", *args], capture_output=True, text=True, env=env, timeout=180, cwd=cwd
+    )
+
+
+def test_tune_then_plan_show_json_and_report(home: Path, mlp_path: Path, tmp_path: Path, add_variant) -> None:  # type: ignore[no-untyped-def]
+    store = Store.at(home)
+    imported = import_model(mlp_path, tmp_path)
+    record, _ = store.register(imported.artifact, name="mlp", format=imported.format, signature=imported.signature)
+    add_variant(store, record, delay_ms=0.2)
+    add_variant(store, record, status="rejected", precision="int8")
+    store.close()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    out = run(
+        home,
+        work,
+        "tune",
+        "mlp",
+        "--profile",
+        "realtime",
+        "--budget-s",
+        "5",
+        "--duration-ms",
+        "100",
+        "--threads",
+        "1",
+        "--no-memory",
+        "--json",
+        "--report",
+        str(tmp_path / "r.html"),
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["profile"] == "realtime" and data["chosen"] and data["settings"]["backend"] == "null"
+    assert "rejected by the gate" in data["explanation"]
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    assert list(work.iterdir()) == []  # no LoadGen logs left in the cwd
+
+    human = run(
+        home,
+        work,
+        "tune",
+        "mlp",
+        "--profile",
+        "edge",
+        "--slo-ms",
+        "50",
+        "--budget-s",
+        "5",
+        "--duration-ms",
+        "100",
+        "--threads",
+        "1",
+        "--no-memory",
+    )
+    assert human.returncode == 0, human.stderr
+    assert "plan mlp:1 edge" in human.stdout and "measured" in human.stdout
+
+    plans = json.loads(run(home, work, "plan", "show", "mlp", "--json").stdout)
+    assert sorted(p["profile"] for p in plans) == ["edge", "realtime"]
+    assert all(p["status"] == "fresh" for p in plans)
+    shown = run(home, work, "plan", "show", "mlp", "--profile", "realtime", "--report", str(tmp_path / "p.html"))
+    assert shown.returncode == 0 and "fresh" in shown.stdout
+    assert "Pareto" in (tmp_path / "p.html").read_text()
+
+
+def test_bad_arguments_exit_2_with_one_line(home: Path, mlp_path: Path, tmp_path: Path) -> None:
+    out = run(home, tmp_path, "register", str(mlp_path), "--name", "mlp")
+    assert out.returncode == 0
+    for args, fragment in (
+        (("tune", "mlp", "--profile", "fastest"), "unknown profile"),
+        (("tune", "nope", "--profile", "realtime"), "no model named"),
+        (("tune", "mlp", "--profile", "server", "--slo-ms", "-3"), "slo"),
+    ):
+        bad = run(home, tmp_path, *args)
+        assert bad.returncode == 2, bad.stderr
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0].lower(), bad.stderr

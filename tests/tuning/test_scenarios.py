@@ -1,0 +1,86 @@
+"""LoadGen scenarios over a model: short runs, figures read back, no log files left in the cwd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from polystack.backends.null import NullModel
+from polystack.tuning import scenarios
+from polystack.tuning.inputs import synthetic
+from polystack.types import DType, Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4)),),
+    outputs=(TensorSpec("y", DType.FP32, (-1, 2)),),
+)
+RUN = scenarios.RunSettings(min_duration_ms=150, min_query_count=8)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path) -> None:
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield
+    assert list(tmp_path.iterdir()) == [], "LoadGen wrote into the cwd"
+    os.chdir(old)
+
+
+def test_single_stream_reports_percentiles_and_early_stopping_estimate() -> None:
+    r = scenarios.single_stream(NullModel(SIG, delay_ms=1.0), synthetic(SIG, n=8), RUN, expected_latency_s=1e-3)
+    assert r.scenario == "SingleStream" and r.errors == 0
+    assert r.queries >= 8
+    assert 1.0 <= r.p50_ms <= r.p90_ms <= r.p99_ms
+    assert r.throughput > 0
+    assert r.early_stop_p90_ms is None or r.early_stop_p90_ms >= r.p50_ms
+
+
+def test_offline_runs_batches_of_the_asked_size() -> None:
+    model = NullModel(SIG, delay_ms=0.5)
+    r = scenarios.offline(model, synthetic(SIG, n=16), batch_size=8, run=RUN, expected_qps=4000)
+    assert r.errors == 0 and r.throughput > 0
+    assert r.mean_batch_size is not None and r.mean_batch_size > 6
+    assert r.batch_p99_ms is not None and r.batch_p99_ms >= 0.5
+
+
+def test_server_batches_poisson_arrivals_within_the_slo() -> None:
+    r = scenarios.server(NullModel(SIG, delay_ms=0.5), synthetic(SIG, n=16), 300, 50.0, 8, 1.0, RUN)
+    assert r.errors == 0
+    assert r.target_qps == 300 and r.throughput > 200
+    assert scenarios.meets_slo(r, 50.0)
+    assert not scenarios.meets_slo(r, r.p99_ms / 2)
+
+
+def test_failing_model_is_reported_and_the_run_still_ends() -> None:
+    class Broken(NullModel):
+        def infer(self, inputs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    r = scenarios.server(Broken(SIG, 0), synthetic(SIG, n=8), 200, 50.0, 4, 0.0, RUN)
+    assert r.errors > 0 and "boom" in (r.error or "")
+    assert not scenarios.meets_slo(r, 50.0)
+
+
+def fake_run(capacity: float):  # type: ignore[no-untyped-def]
+    """A system that meets the SLO below ``capacity`` QPS and is overloaded above it."""
+
+    def run_at(q: float) -> scenarios.ScenarioResult:
+        ok = q <= capacity
+        done = q if ok else capacity
+        return scenarios.ScenarioResult("Server", done, 1, 2, 3 if ok else 500, 1, 10, False, target_qps=q)
+
+    return run_at
+
+
+@pytest.mark.parametrize("capacity", [50.0, 900.0, 30_000.0])
+def test_qps_search_lands_near_the_capacity_from_a_rough_bound(capacity: float) -> None:
+    found = scenarios.find_max_qps(fake_run(capacity), slo_ms=10, upper_qps=5000, steps=8)
+    assert found.best is not None
+    assert 0.8 * capacity <= found.qps <= capacity
+
+
+def test_qps_search_reports_nothing_when_even_low_rates_miss() -> None:
+    found = scenarios.find_max_qps(fake_run(0.0), slo_ms=10, upper_qps=1000, steps=4)
+    assert found.best is None and found.qps == 0.0 and len(found.tries) == 4
