@@ -10,7 +10,9 @@ hands loaded instances to the profiles, which run the LoadGen scenarios.
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -125,6 +127,20 @@ class CandidateFacts:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+# Backends whose thread setting is process-wide (torch.set_num_threads): re-applied before every
+# use, so a model loaded with 1 thread does not run with the 2 another load set, and "default"
+# means the runtime's own default again.
+PROCESS_WIDE_THREADS = {"torch"}
+
+
+def _process_threads(backend: str, threads: int | None) -> None:
+    if backend not in PROCESS_WIDE_THREADS or "torch" not in sys.modules:
+        return
+    import torch
+
+    torch.set_num_threads(threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
 class Measurer:
     def __init__(
         self,
@@ -167,6 +183,7 @@ class Measurer:
         model = self._cache.pop(key, None)
         if model is None:
             model = self._load(self.candidates[candidate], threads)
+        _process_threads(self.candidates[candidate].backend, threads)
         self._cache[key] = model
         while len(self._cache) > self.cache_models:
             _, old = self._cache.popitem(last=False)
