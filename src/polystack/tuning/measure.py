@@ -211,6 +211,9 @@ class Measurer:
             started = time.perf_counter()
             model.infer(x)  # warm-up (first-call allocations, lazy compilation)
             first = time.perf_counter() - started
+            if first > max(2.0, 4 * self.max_call_s):  # compiles per new shape (torch.compile): stop here
+                cal.seconds[b] = first
+                break
             reps = max(2, min(25, math.ceil(0.03 / max(first, 1e-6))))
             times = []
             for _ in range(reps):
