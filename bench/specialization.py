@@ -226,18 +226,21 @@ def side_by_side(
         profile.facts = facts
     found, _, _ = cands.gather(store, record)
     m = Measurer(record.signature, pool_for(store, record), found)
-    runs: dict[str, list[Any]] = {k: [] for k in configs}
+    # identical configurations (the tuned plan *is* the oracle's) are measured once and shared
+    unique = {cfg.key: cfg for cfg in configs.values()}
+    by_cfg: dict[str, list[Any]] = {k: [] for k in unique}
     hints: dict[str, Any] = {}
     try:
         for c in {c.candidate for c in configs.values()}:  # warm up every model before timing any
             m.calibrate(c, None)
         for _ in range(repeats):
-            for key, cfg in configs.items():
-                t = profile.measure(m, cfg, final_ms, 9, True, hints.get(key))
-                hints[key] = t
-                runs[key].append(t)
+            for ckey, cfg in unique.items():
+                t = profile.measure(m, cfg, final_ms, 9, True, hints.get(ckey))
+                hints[ckey] = t
+                by_cfg[ckey].append(t)
     finally:
         m.close()
+    runs = {key: by_cfg[cfg.key] for key, cfg in configs.items()}
     metric, _ = PRIMARY[profile_name]
     out: dict[str, dict[str, Any]] = {}
     for key, trials in runs.items():
@@ -305,7 +308,6 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             else {}
         )
         metric, _ = PRIMARY[profile]
-        val = {k: (v.get(metric) or 0.0) for k, v in h2h.items()}
         row = {
             "model": name,
             "title": title,
@@ -319,15 +321,9 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             "oracle_s": round(oracle_s, 1),
             "explanation": tuned.explanation,
             "head_to_head": h2h,
-            "tuned_vs_oracle": better(profile, val.get("tuned", 0), val.get("oracle", 0)) if "oracle" in val else None,
-            "tuned_vs_default": better(profile, val.get("tuned", 0), val.get("default", 0))
-            if "default" in val
-            else None,
-            "oracle_vs_default": better(profile, val.get("oracle", 0), val.get("default", 0))
-            if "default" in val
-            else None,
             "rejected": [r.to_dict() for r in tuned.rejected],
         }
+        row.update(ratios(row))
         print(
             f"    tuned {row['tuned_s']} s ({row['tuned_strategy']}), oracle {row['oracle_s']} s; "
             f"tuned/oracle {row['tuned_vs_oracle']}, tuned/default {row['tuned_vs_default']}",
@@ -338,6 +334,24 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
         rows.append(row)
     store.close()
     return rows
+
+
+def ratios(row: dict[str, Any]) -> dict[str, Any]:
+    """tuned/oracle, tuned/default, oracle/default; the same configuration compares as exactly 1."""
+    h, profile, metric = row["head_to_head"], row["profile"], row["metric"]
+
+    def ratio(a: str, b: str) -> float | None:
+        if a not in h or b not in h:
+            return None
+        if h[a]["config"] == h[b]["config"]:
+            return 1.0
+        return better(profile, h[a].get(metric) or 0.0, h[b].get(metric) or 0.0)
+
+    return {
+        "tuned_vs_oracle": ratio("tuned", "oracle"),
+        "tuned_vs_default": ratio("tuned", "default"),
+        "oracle_vs_default": ratio("oracle", "default"),
+    }
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -417,7 +431,14 @@ def main() -> None:
     ap.add_argument("--duration-ms", type=int, default=300, help="LoadGen run length (tuned and oracle)")
     ap.add_argument("--final-ms", type=int, default=1000, help="run length of the side-by-side re-measurement")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--render", type=Path, help="only rewrite BENCHMARKS.md from this results JSON")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        rows = [{**r, **ratios(r)} for r in saved["rows"]]
+        write(rows, saved["meta"])
+        print(f"wrote {RESULTS} and {BENCHMARKS} from {args.render}")
+        return
     from polystack.tuning.plan import machine
 
     fp, facts = machine()
