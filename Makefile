@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install only when the dependency list changes; a second run is fast.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | sha256sum | cut -c1-16)
 EXTRAS := all,ray,dev
 
 .PHONY: demo test lint typecheck unit bench clean setup
@@ -15,7 +15,9 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: a bare `torch` requirement would pull the CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	# constraints.txt pins the versions we test with: fast, reproducible resolution (an open
+	# resolve of this many packages can backtrack for many minutes and give up).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
