@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
-
-import polystack.fleet.doctor as doctor
 from polystack.jobs.spec import batch_spec
 from polystack.store import ModelRecord, Store
+from polystack.tuning.plan import fingerprint
 
 
-def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(
-    store: Store, mlp: ModelRecord, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(store: Store, mlp: ModelRecord) -> None:
     spec, source, batch = batch_spec(store, mlp)
     assert (source, batch, spec.backend, spec.variant_id) == ("default", None, "onnxruntime", None)
 
-    monkeypatch.setattr(doctor, "report", lambda *a, **k: None)
-    monkeypatch.setattr(doctor, "fingerprint", lambda rep: "here")
+    here = fingerprint()
     variant = store.variants.upsert(
         mlp, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
         digest=mlp.digest, size_bytes=mlp.size_bytes, status="verified",
     )  # fmt: skip
     common = {"variant_id": variant.id, "measurements": [], "explanation": "", "machine": {}}
-    store.plans.put(mlp, profile="batch", fingerprint="elsewhere", settings={"threads": 7}, **common)
+    settings = {"profile": "batch", "threads": 1, "thread_option": "intra_op_threads", "max_batch_size": 256}
+    store.plans.put(mlp, profile="batch", fingerprint="elsewhere", settings={**settings, "threads": 7}, **common)
     assert batch_spec(store, mlp)[1] == "default"  # a plan from another machine does not apply here
-    store.plans.put(mlp, profile="batch", fingerprint="here", settings={"threads": 1, "batch_size": 256}, **common)
+    store.plans.put(mlp, profile="batch", fingerprint=here, settings=settings, **common)
     spec, source, batch = batch_spec(store, mlp)
     assert source.startswith("batch plan") and batch == 256
     assert spec.variant_id == variant.id and spec.options["intra_op_threads"] == 1

@@ -80,6 +80,12 @@ def _variants(ctx: DemoContext) -> None:
     demo_step(ctx)
 
 
+def _tune(ctx: DemoContext) -> None:
+    from polystack.tuning.demo import demo_step
+
+    demo_step(ctx)
+
+
 def _serve(ctx: DemoContext) -> None:
     from polystack.server.demo import demo_step
 
@@ -93,7 +99,7 @@ def _batch(ctx: DemoContext) -> None:
 
 
 # Feature steps import lazily: `polystack --help` must not pay for them.
-STEPS: list[Callable[[DemoContext], None]] = [register_models, _variants, predict, _serve, _batch]
+STEPS: list[Callable[[DemoContext], None]] = [register_models, _variants, _tune, predict, _serve, _batch]
 
 
 @app.command()

@@ -33,20 +33,30 @@ PROFILES = ("realtime", "server", "batch", "edge")
 
 
 def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
-    """What to load for ``record`` when serving ``profile``.
+    """What to load for ``record`` when serving ``profile``: the tuned plan's variant and threads
+    when a fresh plan exists for this machine (``polystack tune``), else the source artifact on
+    the preferred installed backend."""
+    from polystack.tuning.plan import spec_for_profile
 
-    TODO(tuning): when ``store.plans`` holds a plan for (record, profile, this machine's
-    fingerprint), return the LoadSpec of its variant with its settings (threads, device).
-    Until then: the source artifact on the preferred installed backend.
-    """
-    return default_spec(store, record)
+    planned = spec_for_profile(store, record, profile)
+    return planned[0] if planned is not None else default_spec(store, record)
 
 
 def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
-    """How to batch ``record`` under ``profile``: the ``server`` profile batches, the others do not.
+    """How to batch ``record`` under ``profile``: the plan's batch policy when one was tuned here;
+    otherwise the ``server`` profile batches with defaults and the others do not."""
+    from polystack.tuning.plan import spec_for_profile
 
-    TODO(tuning): a plan's ``settings["batch_policy"]`` (a BatchPolicy.to_dict()) wins when present.
-    """
+    planned = spec_for_profile(store, record, profile)
+    if planned is not None:
+        settings = planned[1]
+        if not settings.dynamic_batching:
+            return None
+        return BatchPolicy(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_delay_ms,
+            instances=settings.instances,
+        )
     return BatchPolicy() if profile == "server" else None
 
 

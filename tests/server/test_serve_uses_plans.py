@@ -1,0 +1,45 @@
+"""`polystack serve --profile P` loads the tuned plan's variant, threads and batch policy when one exists here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from polystack.formats import import_model
+from polystack.server.app import policy_for, spec_for
+from polystack.store import Store
+from polystack.tuning.plan import fingerprint
+
+
+def test_serve_follows_a_fresh_plan_and_ignores_a_stale_one(store: Store, mlp_path: Path) -> None:
+    imported = import_model(mlp_path, mlp_path.parent)
+    record, _ = store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)
+    assert spec_for(store, record, "server").variant_id is None  # no plan: the default spec
+    assert policy_for(store, record, "server") is not None and policy_for(store, record, "realtime") is None
+
+    variant = store.variants.upsert(
+        record, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
+        digest=record.digest, size_bytes=record.size_bytes, status="verified",
+    )  # fmt: skip
+    settings = {
+        "profile": "server", "threads": 1, "thread_option": "intra_op_threads", "instances": 2,
+        "dynamic_batching": True, "max_batch_size": 16, "max_delay_ms": 0.5,
+    }  # fmt: skip
+    common = {"variant_id": variant.id, "measurements": [], "explanation": "", "machine": {}}
+    store.plans.put(record, profile="server", fingerprint="another-machine", settings=settings, **common)
+    assert spec_for(store, record, "server").variant_id is None  # stale: measured elsewhere
+
+    store.plans.put(record, profile="server", fingerprint=fingerprint(), settings=settings, **common)
+    spec = spec_for(store, record, "server")
+    assert spec.variant_id == variant.id and spec.options == {"intra_op_threads": 1}
+    policy = policy_for(store, record, "server")
+    assert policy is not None
+    assert (policy.max_batch_size, policy.max_queue_delay_ms, policy.instances) == (16, 0.5, 2)
+
+    store.plans.put(
+        record,
+        profile="realtime",
+        fingerprint=fingerprint(),
+        settings={**settings, "dynamic_batching": False},
+        **common,
+    )
+    assert policy_for(store, record, "realtime") is None
