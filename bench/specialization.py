@@ -384,7 +384,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Measured {meta['when']} on this machine ({meta['cpu']}, {meta['cores']} cores). Command: `{meta['command']}`.",
         f"1-minute load average at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f} "
-        "(other engineers' tests and benchmarks shared the 2 cores; short runs are noisy).",
+        "(the benchmark itself keeps about one core busy; above ~1.5 something else shared the cores).",
         f"Tuned: `polystack tune` with a {meta['budget_s']:g} s budget, {meta['duration_ms']} ms LoadGen runs. Oracle: every "
         "configuration at the same duration. Default: the framework's own runtime (PyTorch eager / XGBoost) with its "
         "default threads, batch 1 (Offline: batch 32; Server: no batching). The three chosen configurations re-measured "
