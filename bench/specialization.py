@@ -391,7 +391,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f'side by side, alternating, {meta["repeats"]} x {meta["final_ms"]} ms, medians. Ratios are "times better" in '
         "the profile's metric (p99 for realtime; QPS with p99 <= SLO for server; samples/s for batch; memory (subprocess "
         "peak RSS delta) + artifact for edge). Target: tuned/oracle >= 0.95. Where tune and the oracle chose the same "
-        "configuration the ratio is 1.00 by construction (runs before that rule landed show two measurements of it).",
+        "configuration the ratio is 1.00 by construction.",
         "",
         "| model | profile | metric | tuned plan | tuned | oracle | default | tuned/oracle | tuned/default | tune time |",
         "|---|---|---|---|---|---|---|---|---|---|",
