@@ -104,6 +104,9 @@ def test_doctor_describes_this_machine(home: Path) -> None:
     assert ort["installed"] and "CPUExecutionProvider" in ort["devices"]
     assert {b["backend"] for b in report["backends"]} >= {"null", "onnxruntime"}
     assert report["memory_bytes"] > 2**30
+    from polystack.tuning.plan import fingerprint
+
+    assert report["fingerprint"] == fingerprint()  # the identity plans are stored under
     text = run(home, "doctor").stdout
     assert "onnxruntime" in text and "fingerprint" in text
 

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from polystack.cli.app import app, console, print_json
-from polystack.fleet.doctor import backends_table, fingerprint, report
+from polystack.fleet.doctor import backends_table, machine, report
 
 
 @app.command()
@@ -15,7 +15,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     rep = report()
     backends = backends_table()
     if as_json:
-        print_json({**rep.to_dict(), "fingerprint": fingerprint(rep), "backends": backends})
+        print_json({**rep.to_dict(), "fingerprint": machine()[0], "backends": backends})
         return
     console.print(f"[bold]python[/]        {rep.python} on {rep.platform}")
     console.print(
@@ -25,7 +25,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     console.print(f"[bold]isa[/]           {', '.join(rep.isa) or 'none detected'}")
     console.print(f"[bold]memory[/]        {rep.memory_bytes / 2**30:.1f} GiB")
     console.print(f"[bold]accelerators[/]  {', '.join(rep.accelerators) or 'none'}")
-    console.print(f"[bold]fingerprint[/]   {fingerprint(rep)}")
+    console.print(f"[bold]fingerprint[/]   {machine()[0]}")
     table = Table("runtime", "version", "devices / execution providers", title="runtimes")
     for r in rep.runtimes:
         version = r.version or ("installed" if r.installed else "[dim]not installed[/]")

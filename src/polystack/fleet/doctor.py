@@ -5,7 +5,9 @@ Runtimes are probed by importing them, so this is slow-ish (seconds) and only ru
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -205,6 +207,52 @@ def fingerprint(rep: MachineReport) -> str:
         "runtimes": {r.name: r.version for r in rep.runtimes if r.installed},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# runtime name (as `polystack doctor` reports it) -> distributions that carry it
+_DISTRIBUTIONS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "openvino": ("openvino",),
+    "torch": ("torch",),
+    "jax": ("jax",),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+    "lightgbm": ("lightgbm",),
+    "sklearn": ("scikit-learn",),
+    "litert": ("ai-edge-litert",),
+}
+
+
+def _installed_version(dists: tuple[str, ...]) -> str | None:
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.cache
+def machine() -> tuple[str, dict[str, Any]]:
+    """(fingerprint, facts) of this machine: the one identity plans are stored under.
+
+    Runtime versions come from package metadata, so this imports no runtime and gives the same
+    answer in `polystack doctor`, `polystack tune` and a server deciding whether a plan is fresh.
+    """
+    rep = report(probe_runtimes=False)
+    for name in RUNTIMES:
+        version = _installed_version(_DISTRIBUTIONS.get(name, (name,)))
+        if version is not None:
+            rep.runtimes.append(Runtime(name, True, version))
+    facts = {
+        "cpu": rep.cpu_model,
+        "isa": rep.isa,
+        "cores": rep.logical_cores,
+        "memory_bytes": rep.memory_bytes,
+        "accelerators": rep.accelerators,
+        "runtimes": {r.name: r.version for r in rep.runtimes},
+        "python": rep.python,
+    }
+    return fingerprint(rep), facts
 
 
 def backends_table() -> list[dict[str, Any]]:

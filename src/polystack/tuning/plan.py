@@ -9,56 +9,13 @@ fingerprint: CPU, cores, accelerators, runtime versions) is *stale*: kept and sh
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any
 
 from polystack.engine import LoadSpec, default_spec, spec_for_variant
 from polystack.errors import PolystackError
-from polystack.fleet import doctor
+from polystack.fleet.doctor import machine
 from polystack.store import ModelRecord, PlanRecord, Store
-
-# runtime name (as `polystack doctor` reports it) -> distributions that carry it
-_DISTRIBUTIONS = {
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "openvino": ("openvino",),
-    "torch": ("torch",),
-    "jax": ("jax",),
-    "xgboost": ("xgboost", "xgboost-cpu"),
-    "lightgbm": ("lightgbm",),
-    "sklearn": ("scikit-learn",),
-    "litert": ("ai-edge-litert",),
-}
-
-
-def _version(dists: tuple[str, ...]) -> str | None:
-    for d in dists:
-        try:
-            return importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-@functools.cache
-def machine() -> tuple[str, dict[str, Any]]:
-    """(fingerprint, facts) of this machine, as `polystack doctor` computes them, without importing runtimes."""
-    rep = doctor.report(probe_runtimes=False)
-    for name in doctor.RUNTIMES:
-        version = _version(_DISTRIBUTIONS.get(name, (name,)))
-        if version is not None:
-            rep.runtimes.append(doctor.Runtime(name, True, version))
-    facts = {
-        "cpu": rep.cpu_model,
-        "isa": rep.isa,
-        "cores": rep.logical_cores,
-        "memory_bytes": rep.memory_bytes,
-        "accelerators": rep.accelerators,
-        "runtimes": {r.name: r.version for r in rep.runtimes},
-        "python": rep.python,
-    }
-    return doctor.fingerprint(rep), facts
 
 
 def fingerprint() -> str:
