@@ -180,7 +180,7 @@ def write_markdown(r: dict, command: str) -> None:
         "medians of the runs. The hand loop reads, infers and writes serially with the same runtime;",
         "polystack overlaps the three and adds bad-row checks, numbered parts and an atomic manifest.",
         f"1-minute load average at start / end: {r['load_average_start_end'][0]} / {r['load_average_start_end'][1]}"
-        " (above ~1: other processes shared the 2 cores, and single runs vary accordingly).",
+        " (the end figure includes the benchmark's own runs; a start above ~1 means something else shared the 2 cores).",
         "",
         "| runner | rows/s (median) | vs hand loop | peak RSS MiB | each run, s |",
         "|---|---|---|---|---|",
