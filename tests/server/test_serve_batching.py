@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
+from prometheus_client.parser import text_string_to_metric_families
 from servekit import start
 from tritonclient.utils import InferenceServerException
 
@@ -113,13 +115,33 @@ def test_request_past_its_deadline_is_504(batching: ServerThread) -> None:
     client.infer("slow", [slow_input(1)])
 
 
+def _metric(port: int, name: str, **labels: str) -> float:
+    text = Raw(port).request("GET", "/metrics")[2].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
 def test_client_leaving_during_inference_does_not_hurt(batching: ServerThread) -> None:
+    port = batching.http_port
+    cancelled = {"model": "slow", "version": "1", "reason": "Cancelled"}
+    before = _metric(port, "polystack_inference_request_failure_total", **cancelled)
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]}).encode()
-    for _ in range(3):
-        with socket.create_connection(("127.0.0.1", batching.http_port), timeout=5) as sock:
+    for _ in range(POLICY.max_queue_size):  # as many as the queue holds: each is accepted, then abandoned
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(
                 f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
             )
+    # the server notices each client that left (bounded wait: it learns of a closed socket asynchronously)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _metric(port, "polystack_inference_request_failure_total", **cancelled) >= before + POLICY.max_queue_size:
+            break
+        time.sleep(0.01)
+    assert _metric(port, "polystack_inference_request_failure_total", **cancelled) == before + POLICY.max_queue_size
+    # their places in the queue are free again, so the next request is served
+    assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
     client = httpclient.InferenceServerClient(batching.http_url)
-    # the abandoned requests left the queue (or finish within one 50 ms batch): the next one is served
     assert client.infer("slow", [slow_input(2)]).as_numpy("y").shape == (2, 4)

@@ -154,7 +154,10 @@ class DynamicBatcher:
                 return False
             self._queue.remove(pending)
             pending.taken = True
-            return True
+            depth = len(self._queue)
+        if self._on_depth:
+            self._on_depth(depth)
+        return True
 
     @property
     def depth(self) -> int:
