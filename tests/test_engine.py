@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from polystack.engine import Engine, LoadSpec, default_spec
+from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency
 from polystack.errors import BackendUnavailable, InvalidTensor, ModelNotFound, ModelNotReady
 from polystack.formats import import_model
 from polystack.store import ModelRecord, Store
@@ -98,3 +98,18 @@ def test_a_device_the_runtime_does_not_offer_is_refused_with_what_it_offers(stor
         pytest.skip("this machine has CUDA; the refusal path is for machines without it")
     with pytest.raises(BackendUnavailable, match="it offers"):
         engine.load("mlp", spec)
+
+
+def test_concurrency_sets_threads_and_streams_only_where_the_runtime_needs_them(tmp_path: Path) -> None:
+    ort_spec = LoadSpec(tmp_path / "m.onnx", "onnx", "onnxruntime")
+    # onnxruntime runs concurrent calls on one session: only the per-call threads are set
+    assert with_concurrency(ort_spec, 1, instances=2).options == {"intra_op_threads": 1}
+    assert with_concurrency(ort_spec, None) is ort_spec
+    # OpenVINO runs one call per stream: two instances get two streams and the threads of both
+    ov_spec = LoadSpec(tmp_path / "m.tar", "openvino", "openvino", options={"inference_precision": "f32"})
+    assert with_concurrency(ov_spec, 1, instances=2).options == {
+        "inference_precision": "f32",
+        "num_streams": 2,
+        "inference_num_threads": 2,
+    }
+    assert with_concurrency(ov_spec, 2).options == {"inference_precision": "f32", "inference_num_threads": 2}

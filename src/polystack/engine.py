@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,43 @@ class LoadSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     variant_id: str | None = None
     max_batch_size: int | None = None
+
+
+# Option names backends use for "threads inside one operator", most specific first.
+THREAD_OPTIONS = ("intra_op_threads", "num_threads", "inference_num_threads", "threads", "nthread", "n_jobs")
+
+
+def thread_option(backend: str) -> str | None:
+    """The option through which ``backend`` takes a thread count, or None if it has none."""
+    try:
+        fields = registry.get(backend).Options.model_fields
+    except PolystackError:
+        return None
+    return next((k for k in THREAD_OPTIONS if k in fields), None)
+
+
+def with_concurrency(spec: LoadSpec, threads: int | None, instances: int = 1) -> LoadSpec:
+    """``spec`` set up for ``instances`` concurrent callers of ``threads`` threads each.
+
+    Most runtimes run concurrent calls on one loaded model side by side and only need the thread
+    count. A runtime that would queue them (OpenVINO: one stream) gets a stream per instance and
+    the threads of all streams, so "1 thread x 2 instances" really runs two calls at once.
+    """
+    key = thread_option(spec.backend)
+    options = dict(spec.options)
+    try:
+        streams = registry.get(spec.backend).streams_option
+    except PolystackError:
+        streams = None
+    if instances > 1 and streams is not None:
+        options[streams] = instances
+        if threads is not None and key is not None:
+            options[key] = threads * instances
+    elif threads is not None and key is not None:
+        options[key] = threads
+    if options == dict(spec.options):
+        return spec
+    return replace(spec, options=options)
 
 
 @dataclass

@@ -7,6 +7,7 @@ A backend whose runtime is not installed is skipped with the reason (and must sa
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,23 @@ def test_infer_returns_every_output_with_declared_dtype_and_batch(
         again = model.infer(x)
         for name in out:
             np.testing.assert_array_equal(out[name], again[name])  # deterministic
+    finally:
+        model.close()
+
+
+def test_concurrent_callers_each_get_their_own_answer(case: tuple[Backend, Path, Signature]) -> None:
+    """Serving instances and batch workers share one loaded model across threads."""
+    backend, artifact, signature = case
+    options = {backend.streams_option: 2} if backend.streams_option else {}
+    model = CheckedModel(backend.load(artifact, signature, backend.parse_options(options), "cpu"))
+    try:
+        inputs = [_inputs(signature, b) for b in range(1, 9)]
+        expected = [model.infer(x) for x in inputs]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(model.infer, inputs * 5))
+        for i, out in enumerate(got):
+            for name, arr in expected[i % len(inputs)].items():
+                np.testing.assert_allclose(out[name], arr, rtol=1e-5, atol=1e-6)
     finally:
         model.close()
 

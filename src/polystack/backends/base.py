@@ -42,6 +42,9 @@ class Backend(abc.ABC):
     formats: ClassVar[frozenset[str]]  # source/artifact formats it loads; "*" loads any
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the runtime needs
     distribution: ClassVar[str | None] = None  # pip distribution whose version is reported
+    # The option that lets N calls run at once on one loaded model, for runtimes that otherwise run
+    # them one after another (OpenVINO's NUM_STREAMS); its thread option then counts all streams' threads.
+    streams_option: ClassVar[str | None] = None
 
     def available(self) -> bool:
         """True when the runtime is importable here (checked without importing it)."""

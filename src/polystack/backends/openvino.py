@@ -8,8 +8,8 @@ The IR (``model.xml`` + ``model.bin``) is stored as one uncompressed tar and rea
 
 from __future__ import annotations
 
+import queue
 import tarfile
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -76,11 +76,14 @@ def read_ir(core: Any, artifact: Path) -> Any:
 
 
 class OpenVinoModel:
+    """A compiled model and a pool of InferRequests: concurrent callers each take their own request, so
+    calls overlap up to the model's streams (``num_streams``) instead of queueing on one request."""
+
     def __init__(self, compiled: Any, signature: Signature) -> None:
         self.compiled = compiled
         self.signature = signature
-        self.request = compiled.create_infer_request()
-        self._lock = threading.Lock()  # one InferRequest: calls must not overlap
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle.put(compiled.create_infer_request())  # the first is made now: a failure shows at load
         ports = list(compiled.outputs)
         wanted = signature.output_names
         self._ports: list[tuple[str, Any]] = []
@@ -90,18 +93,32 @@ class OpenVinoModel:
                 raise InvalidModelFile(f"OpenVINO model has no output {name!r}")
             self._ports.append((name, port))
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _take(self) -> Any:
         try:
-            with self._lock:
-                result = self.request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
-                return {name: np.array(result[port], copy=True) for name, port in self._ports}
+            return self._idle.get_nowait()
+        except queue.Empty:
+            if self.compiled is None:
+                raise BackendError("the OpenVINO model was closed; load it again") from None
+            return self.compiled.create_infer_request()
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self._take()
+        try:
+            result = request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            return {name: np.array(result[port], copy=True) for name, port in self._ports}
         except (TypeError, ValueError) as e:
             raise InvalidTensor(f"OpenVINO refused the inputs: {e}") from e
         except Exception as e:
             raise BackendError(f"OpenVINO failed: {type(e).__name__}: {e}") from e
+        finally:
+            self._idle.put(request)
 
     def close(self) -> None:
-        self.request = None
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
         self.compiled = None
 
 
@@ -111,6 +128,7 @@ class OpenVinoBackend(Backend):
     formats = frozenset({"onnx", "openvino"})
     requires = ("openvino",)
     distribution = "openvino"
+    streams_option = "num_streams"  # one stream runs one call at a time; instances need a stream each
 
     def devices(self) -> list[str]:
         import openvino as ov

@@ -39,7 +39,9 @@ def register(
     samples: Path | None = typer.Option(
         None, "--samples", help="Sample inputs (.npz by input name, .npy, .parquet) for verification and calibration."
     ),
-    trust: list[str] = typer.Option([], "--trust", help="A type a skops file may load beyond skops' defaults (repeatable)."),
+    trust: list[str] = typer.Option(
+        [], "--trust", help="A type a skops file may load beyond skops' defaults (repeatable)."
+    ),
     tolerance: list[str] = typer.Option(
         [], "--tolerance", help="Gate tolerance KEY=VALUE (repeatable), e.g. int8_min_cosine=0.95."
     ),

@@ -1,23 +1,19 @@
 """What tuning may choose from: verified variants, or the source model when none exist.
 
 A ``Candidate`` is one variant with the LoadSpec that loads it; ``with_threads`` sets the
-backend's intra-op thread option, whatever that backend calls it. Variants that were not verified
+backend's thread option, whatever that backend calls it (``engine.with_concurrency``). Variants that were not verified
 are kept aside as ``Rejected`` with the gate's reason, so plans and reports can say why.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from polystack.backends import registry
-from polystack.engine import LoadSpec, default_spec, spec_for_variant
+from polystack.engine import LoadSpec, default_spec, spec_for_variant, thread_option, with_concurrency
 from polystack.errors import PolystackError
 from polystack.store import ModelRecord, Store, VariantRecord
-
-# Option names backends use for "threads inside one operator", most specific first.
-THREAD_OPTIONS = ("intra_op_threads", "num_threads", "inference_num_threads", "threads", "nthread", "n_jobs")
 
 
 @dataclass(frozen=True)
@@ -32,17 +28,10 @@ class Candidate:
 
     @property
     def thread_option(self) -> str | None:
-        try:
-            fields = registry.get(self.backend).Options.model_fields
-        except PolystackError:
-            return None
-        return next((k for k in THREAD_OPTIONS if k in fields), None)
+        return thread_option(self.backend)
 
-    def with_threads(self, threads: int | None) -> LoadSpec:
-        key = self.thread_option
-        if threads is None or key is None:
-            return self.spec
-        return dataclasses.replace(self.spec, options={**self.spec.options, key: threads})
+    def with_threads(self, threads: int | None, instances: int = 1) -> LoadSpec:
+        return with_concurrency(self.spec, threads, instances)
 
 
 @dataclass(frozen=True)

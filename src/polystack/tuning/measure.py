@@ -156,13 +156,13 @@ class Measurer:
         self.candidates = {c.id: c for c in candidates}
         self.max_call_s = max_call_s
         self.cache_models = cache_models
-        self._cache: OrderedDict[tuple[str, int | None], LoadedModel] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int | None, int], LoadedModel] = OrderedDict()
         self._calib: dict[tuple[str, int | None], Calibration] = {}
         self.facts: dict[str, CandidateFacts] = {c.id: CandidateFacts(size_bytes=c.size_bytes) for c in candidates}
 
     # -- loading -------------------------------------------------------------------------------
-    def _load(self, cand: Candidate, threads: int | None) -> LoadedModel:
-        spec = cand.with_threads(threads)
+    def _load(self, cand: Candidate, threads: int | None, instances: int) -> LoadedModel:
+        spec = cand.with_threads(threads, instances)
         backend = registry.require(spec.backend)
         options = backend.parse_options(spec.options)
         rss0 = psutil.Process().memory_info().rss
@@ -177,12 +177,17 @@ class Measurer:
                 facts.memory_method = "in-process psutil RSS delta at first load"
         return model
 
-    def model(self, candidate: str, threads: int | None) -> LoadedModel:
-        """The candidate loaded with ``threads`` (cached; the least recently used are closed)."""
-        key = (candidate, threads)
+    def model(self, candidate: str, threads: int | None, instances: int = 1) -> LoadedModel:
+        """The candidate loaded for ``instances`` callers of ``threads`` threads each (cached; the least
+        recently used are closed). One load serves any number of callers unless the runtime needs
+        streams set at load time for calls to overlap (``Backend.streams_option``)."""
+        cand = self.candidates[candidate]
+        if instances > 1 and registry.require(cand.backend).streams_option is None:
+            instances = 1
+        key = (candidate, threads, instances)
         model = self._cache.pop(key, None)
         if model is None:
-            model = self._load(self.candidates[candidate], threads)
+            model = self._load(cand, threads, instances)
         _process_threads(self.candidates[candidate].backend, threads)
         self._cache[key] = model
         while len(self._cache) > self.cache_models:

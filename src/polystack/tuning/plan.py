@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from polystack.engine import LoadSpec, default_spec, spec_for_variant
+from polystack.engine import LoadSpec, default_spec, spec_for_variant, with_concurrency
 from polystack.errors import PolystackError
 from polystack.fleet.doctor import machine
 from polystack.store import ModelRecord, PlanRecord, Store
@@ -36,7 +36,9 @@ class PlanSettings:
     backend: str = ""
     precision: str = ""
     label: str = ""
-    thread_option: str | None = None  # the backend option that carries ``threads``
+    thread_option: str | None = (
+        None  # the backend option that carries ``threads`` (for readers; loading asks the backend)
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,13 +70,6 @@ def current_plan(store: Store, record: ModelRecord, profile: str) -> PlanRecord 
     return store.plans.get(record, profile, fingerprint())
 
 
-def _with_threads(spec: LoadSpec, settings: PlanSettings) -> LoadSpec:
-    key = settings.thread_option
-    if settings.threads is None or key is None:
-        return spec
-    return dataclasses.replace(spec, options={**spec.options, key: settings.threads})
-
-
 def spec_for_profile(store: Store, record: ModelRecord, profile: str) -> tuple[LoadSpec, PlanSettings] | None:
     """The plan's LoadSpec and settings for ``profile`` on this machine; None when there is no fresh plan.
 
@@ -97,4 +92,4 @@ def spec_for_profile(store: Store, record: ModelRecord, profile: str) -> tuple[L
         if variant.status != "verified" or variant.model_id != record.id:
             return None
         spec = spec_for_variant(store, variant)
-    return _with_threads(spec, settings), settings
+    return with_concurrency(spec, settings.threads, settings.instances), settings

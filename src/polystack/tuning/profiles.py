@@ -200,7 +200,7 @@ class Batch(Profile):
         return c.instances * c.max_batch_size / max(t, 1e-9) / (1.2 if c.instances > 1 else 1.0)
 
     def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
-        model = m.model(c.candidate, c.threads)
+        model = m.model(c.candidate, c.threads, c.instances)
         expected = hint.metrics["throughput"] if hint and hint.metrics.get("throughput") else self.proxy(m, c) * 0.5
         r = scenarios.offline(
             model, m.pool, c.max_batch_size, m.run(duration_ms), expected_qps=expected, instances=c.instances
@@ -271,7 +271,7 @@ class Server(Profile):
     def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
         assert self.slo_ms is not None
         slo = self.slo_ms
-        model = m.model(c.candidate, c.threads)
+        model = m.model(c.candidate, c.threads, c.instances)
 
         def run_at(q: float) -> scenarios.ScenarioResult:
             return scenarios.server(
