@@ -97,6 +97,45 @@ def test_an_old_schema_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> N
     assert cat.query_one("SELECT name, settings FROM models")[:] == ("old", "{}")
 
 
+OPEN_NEW = """
+import os, sys, time
+from pathlib import Path
+from polystack.store.catalog import Catalog
+
+folder, n, peers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    (folder / f"ready-{i}-{os.getpid()}").touch()
+    deadline = time.monotonic() + 5
+    while len(list(folder.glob(f"ready-{i}-*"))) < peers and time.monotonic() < deadline:
+        if (folder / "failed").exists():
+            sys.exit("a peer failed")
+        # spin: start each open at the same moment as the other processes
+    try:
+        Catalog(folder / f"{i}.db").close()
+    except Exception:
+        (folder / "failed").touch()
+        raise
+"""
+
+
+def test_processes_opening_new_catalogs_together_all_succeed(tmp_path: Path) -> None:
+    # SQLite refuses the switch to WAL at once ("database is locked") while another process makes
+    # the same switch; three processes opening the same 100 new files together hit that window (without
+    # the retry in catalog._switch_to_wal this test failed in about half its runs here)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPEN_NEW, str(tmp_path), "100", "3"], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for p in procs:
+            p.kill()  # never leave a spinning process behind
+    assert all(Catalog(tmp_path / f"{i}.db").schema_version() == SCHEMA_VERSION for i in range(100))
+
+
 def test_a_catalog_newer_than_this_code_is_refused(tmp_path: Path) -> None:
     from polystack.errors import StoreError
 
