@@ -59,12 +59,12 @@ def with_concurrency(spec: LoadSpec, threads: int | None, instances: int = 1) ->
     count. A runtime that would queue them (OpenVINO: one stream) gets a stream per instance and
     the threads of all streams, so "1 thread x 2 instances" really runs two calls at once.
     """
-    key = thread_option(spec.backend)
-    options = dict(spec.options)
     try:
         streams = registry.get(spec.backend).streams_option
     except PolystackError:
-        streams = None
+        return spec  # an unknown backend: Engine.load says so when it is loaded
+    key = thread_option(spec.backend)
+    options = dict(spec.options)
     if instances > 1 and streams is not None:
         options[streams] = instances
         if threads is not None and key is not None:
