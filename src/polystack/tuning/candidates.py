@@ -1,8 +1,9 @@
 """What tuning may choose from: verified variants, or the source model when none exist.
 
 A ``Candidate`` is one variant with the LoadSpec that loads it; ``with_threads`` sets the
-backend's thread option, whatever that backend calls it (``engine.with_concurrency``). Variants that were not verified
-are kept aside as ``Rejected`` with the gate's reason, so plans and reports can say why.
+backend's thread option, whatever that backend calls it, and streams where the runtime needs them
+(``engine.with_concurrency``). Variants that were not verified are kept aside as ``Rejected`` with
+the gate's reason, so plans and reports can say why.
 """
 
 from __future__ import annotations
