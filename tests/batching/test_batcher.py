@@ -204,3 +204,43 @@ def test_policy_is_validated() -> None:
         BatchPolicy(max_batch_size=4, preferred_batch_sizes=(8,))
     p = BatchPolicy(max_batch_size=8, preferred_batch_sizes=(2, 4), timeout_s=1.5)
     assert BatchPolicy.from_dict(p.to_dict()) == p
+
+
+def test_async_requests_of_one_batch_wake_their_loop_once(make: Any) -> None:
+    model = Recording(delay_s=0.05)
+    b = make(model, max_batch_size=8, max_queue_delay_ms=20)
+    wakeups: list[int] = []
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                wakeups.append(1)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        return await asyncio.gather(*(b.infer_async(rows(1, float(i))) for i in range(8)))
+
+    results = asyncio.run(main())
+    assert model.batches == [8]
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(8)]
+    assert len(wakeups) == 1
+
+
+def test_an_async_caller_leaving_mid_batch_does_not_hurt_the_others(make: Any) -> None:
+    model = Recording(delay_s=0.1)
+    b = make(model, max_batch_size=4, max_queue_delay_ms=20)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(b.infer_async(rows(1, float(i)))) for i in range(4)]
+        await asyncio.sleep(0.05)  # the batch of 4 is running now
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [float(results[i]["y"][0, 0]) for i in (0, 2, 3)] == [0.0, 4.0, 6.0]
+    assert model.batches == [4]
+    assert b.infer(rows(1, 5.0))["y"][0, 0] == 10.0  # the worker is still serving

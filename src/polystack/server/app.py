@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -190,6 +191,11 @@ def run(engine: Engine, config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code)."""
     server = Server(engine, config)
     server.load_models()
+    # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
+    # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
+    # gc at ~4% of the event loop's time under load).
+    gc.collect()
+    gc.freeze()
 
     async def main() -> None:
         await server.start()

@@ -271,6 +271,7 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: collections.deque[Request] = collections.deque()
         self._paused = False
         self._task: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()  # once a connection: each lookup costs a getpid() system call
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -352,7 +353,7 @@ class HttpProtocol(asyncio.Protocol):
             self._send(req, result)
             return
         self._busy = True
-        self._task = asyncio.ensure_future(self._finish(req, result))
+        self._task = self._loop.create_task(self._finish(req, result))
 
     async def _finish(self, req: Request, pending: Awaitable[Response]) -> None:
         try:
