@@ -1,6 +1,6 @@
 """Serving benchmark: polystack vs MLServer on the same ONNX models, driven by the same client.
 
-    .venv/bin/python bench/serving.py            # full run (about 4 minutes)
+    .venv/bin/python bench/serving.py            # full run (about 6 minutes)
     .venv/bin/python bench/serving.py --quick    # 1 s per cell, for a smoke check
 
 What it does, all on 127.0.0.1:
@@ -16,9 +16,12 @@ What it does, all on 127.0.0.1:
   asyncio connections; p50/p99 latency and requests/s per cell;
 - adds polystack through tritonclient (binary tensors) at concurrency 1, and the in-process floor:
   polystack's Engine.infer latency at batch 1 and its Offline throughput at batch 32;
-- with batching on, one more polystack cell: 8-item requests with binary tensors at concurrency 8, whose
-  items/s set against the Offline figure show how much of the runtime's batch-32 throughput the
-  server keeps once per-request cost is shared by several items.
+- with batching on, two more polystack cells with binary tensors: 8-item requests at concurrency 8 (the
+  batcher merges four into a batch of 32) and 32-item requests at concurrency 4 (already at that size);
+  their items/s set against the Offline figure show how much of the runtime's batch-32 throughput the
+  server keeps once per-request cost is shared by several items;
+- both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
+  default 2, medians reported), so drift on the shared cores hits both sides of a ratio alike.
 
 Results go to bench/results/serving.json and a table into BENCHMARKS.md (between serving markers).
 """
@@ -49,9 +52,9 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 MLSERVER_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polystack" / "bench-mlserver-venv"
 MLSERVER_PINS = ["mlserver==1.7.1", "uvloop<0.22", "httptools", "onnxruntime", "numpy"]
 START, END = "<!-- serving:start -->", "<!-- serving:end -->"
-BINARY_ITEMS, BINARY_CONCURRENCY = 8, 8  # the batching-efficiency cell: 8 requests of 8 items in flight
+BINARY_CELLS = ((8, 8), (32, 4))  # batching efficiency: (items per request, requests in flight)
 
-RUNTIME_PY = '''
+RUNTIME_PY = """
 import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
@@ -72,7 +75,7 @@ class OnnxModel(MLModel):
             model_name=self.name,
             outputs=[NumpyCodec.encode_output(n, y) for n, y in zip(self.output_names, ys)],
         )
-'''
+"""
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -235,9 +238,13 @@ def request_bytes(model: str, shape: list[int], port: int, binary: bool = False)
         }
     ).encode()
     return (
-        f"{head}Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
-        f"Content-Length: {len(header) + len(raw)}\r\n\r\n"
-    ).encode() + header + raw
+        (
+            f"{head}Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(header) + len(raw)}\r\n\r\n"
+        ).encode()
+        + header
+        + raw
+    )
 
 
 def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
@@ -332,6 +339,12 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
     return summarize(lat, time.perf_counter() - started)
 
 
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over repeated runs of one cell (requests: their total)."""
+    out = {k: float(np.median([r[k] for r in runs])) for k in ("p50_ms", "p99_ms", "rps")}
+    return {"requests": sum(r["requests"] for r in runs), **out}
+
+
 def summarize(lat: list[float], elapsed_s: float) -> dict[str, float]:
     lat.sort()
     return {
@@ -382,8 +395,10 @@ def main() -> int:
     ap.add_argument("--warmup-s", type=float, default=1.0)
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--skip-mlserver", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per cell (medians reported)")
     args = ap.parse_args()
     duration, warmup = (1.0, 0.3) if args.quick else (args.duration_s, args.warmup_s)
+    repeats = 1 if args.quick else max(1, args.repeats)
     concurrencies = (1, 8, 32)
     load_start = round(os.getloadavg()[0], 2)  # other work on the same cores skews every number
     work = Path(tempfile.mkdtemp(prefix="polystack-bench-serving-"))
@@ -402,45 +417,55 @@ def main() -> int:
         floors[name] = in_process(home, name, shape, duration)
         print(f"{name} in-process: {floors[name]}", flush=True)
         for batching in (False, True):
-            servers = [("polystack", lambda n=name, b=batching: start_polystack(home, n, b, work))]
-            if venv is not None:
-                servers.append(("mlserver", lambda n=name, p=path, b=batching: start_mlserver(venv, n, p, b, work)))
-            for server, starter in servers:
-                proc, port = starter()
-                try:
-                    req = request_bytes(name, shape, port)
-                    for c in concurrencies:
-                        if c == 1:
-                            r = run_sequential(port, req, warmup, duration)
-                        else:
-                            r = run_concurrent(port, req, c, warmup, duration)
+            # both servers up at once and their cells interleaved (order flipped each repeat): drift on
+            # the shared cores then hits both sides of every ratio alike
+            procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+            try:
+                procs["polystack"] = start_polystack(home, name, batching, work)
+                if venv is not None:
+                    procs["mlserver"] = start_mlserver(venv, name, path, batching, work)
+                for c in concurrencies:
+                    runs: dict[str, list[dict[str, float]]] = {server: [] for server in procs}
+                    for rep in range(repeats):
+                        order = list(procs) if rep % 2 == 0 else list(reversed(procs))
+                        for server in order:
+                            port = procs[server][1]
+                            req = request_bytes(name, shape, port)
+                            if c == 1:
+                                runs[server].append(run_sequential(port, req, warmup, duration))
+                            else:
+                                runs[server].append(run_concurrent(port, req, c, warmup, duration))
+                    for server, results in runs.items():
                         row = {"model": name, "server": server, "batching": batching, "concurrency": c,
-                               "client": "raw-http-json", **r}  # fmt: skip
+                               "client": "raw-http-json", **median_of(results)}  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                    if server == "polystack" and batching:
-                        # requests of 8 items, binary tensors: the batcher merges 4 into the batch of 32 the
-                        # in-process Offline figure uses, so items/s compare like for like
-                        items = BINARY_ITEMS
+                port = procs["polystack"][1]
+                if batching:
+                    # multi-item binary requests: 8-item ones the batcher merges 4 to a batch of 32, and
+                    # 32-item ones already at the batch size of the in-process Offline figure
+                    for items, conc in BINARY_CELLS:
                         req = request_bytes(name, [items, *shape[1:]], port, binary=True)
-                        r = run_concurrent(port, req, BINARY_CONCURRENCY, warmup, duration)
-                        row = {"model": name, "server": server, "batching": batching, "concurrency": BINARY_CONCURRENCY,
+                        r = median_of([run_concurrent(port, req, conc, warmup, duration) for _ in range(repeats)])
+                        row = {"model": name, "server": "polystack", "batching": batching, "concurrency": conc,
                                "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                    if server == "polystack" and not batching:
-                        r = run_tritonclient(port, name, shape, warmup, duration)
-                        row = {"model": name, "server": server, "batching": batching, "concurrency": 1,
-                               "client": "tritonclient-binary", **r}  # fmt: skip
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                finally:
+                else:
+                    r = median_of([run_tritonclient(port, name, shape, warmup, duration) for _ in range(repeats)])
+                    row = {"model": name, "server": "polystack", "batching": batching, "concurrency": 1,
+                           "client": "tritonclient-binary", **r}  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                for proc, _ in procs.values():
                     stop(proc)
     result = {
         "benchmark": "serving",
         "command": " ".join(["python", "bench/serving.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "duration_s": duration,
+        "repeats": repeats,
         "in_process": floors,
         "rows": rows,
         "ratios": ratios(rows, floors),
@@ -481,8 +506,7 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
         single = _cell(rows, model=model, server="polystack", batching=True, concurrency=32, client="raw-http-json")
         if single is not None:
             entry["batching_items_over_offline_b32_batch1_json"] = round(single["rps"] / offline, 3)
-        multi = next((r for r in rows if r["model"] == model and r.get("items_per_request", 1) > 1), None)
-        if multi is not None:
+        for multi in (r for r in rows if r["model"] == model and r.get("items_per_request", 1) > 1):
             items_s = multi["rps"] * multi["items_per_request"]
             entry[f"batching_items_over_offline_b32_{multi['client'].removeprefix('raw-http-')}"] = round(
                 items_s / offline, 3
@@ -501,11 +525,12 @@ def write_markdown(result: dict[str, Any]) -> None:
         f"1-minute load average at start / end: {result.get('load_average_1m', {}).get('start', '?')} / "
         f"{result.get('load_average_1m', {}).get('end', '?')} (above ~1, other processes shared the 2 cores).",
         "Batch-1 JSON requests over keep-alive HTTP/1.1 from 127.0.0.1 (concurrency 1: a blocking socket loop;",
-        "8 and 32: asyncio connections); `tritonclient` and `raw-http-binary-b8` rows use binary tensors (the",
-        "latter 8 items per request). MLServer 1.7.1 runs a minimal",
+        "8 and 32: asyncio connections); `tritonclient` and `raw-http-binary-bN` rows use binary tensors (the",
+        "latter N items per request). MLServer 1.7.1 runs a minimal",
         "onnxruntime MLModel in-process (`parallel_workers: 0`); both use ONNX Runtime's default threads.",
         "Batching on: polystack `--batching --max-batch-size 32 --max-queue-delay-ms 2`; MLServer adaptive",
-        "batching 32 / 2 ms.",
+        "batching 32 / 2 ms. Both servers run at once and their cells alternate (order flipped each repeat);",
+        f"each figure is the median of {result.get('repeats', 1)} runs of the cell.",
         "",
         "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s | items/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -524,8 +549,9 @@ def write_markdown(result: dict[str, Any]) -> None:
         "",
         "Ratios (targets: p50 at c=1 <= 0.5x MLServer; req/s at c=32 >= 2x MLServer; batching >= 0.85x Offline).",
         "Batching efficiency is items/s through the server over in-process Offline items/s at batch 32, for",
-        f"batch-1 JSON requests at concurrency 32 and for {BINARY_ITEMS}-item binary requests at concurrency",
-        f"{BINARY_CONCURRENCY} (the batcher merges them into batches of 32):",
+        "batch-1 JSON requests at concurrency 32 and for binary requests of "
+        + " and ".join(f"{i} items at concurrency {c}" for i, c in BINARY_CELLS)
+        + " (the batcher merges the smaller ones into batches of 32):",
         "",
     ]
     for model, entry in result["ratios"].items():
