@@ -19,7 +19,8 @@ What it does, all on 127.0.0.1:
 - with batching on, two more polystack cells with binary tensors: 8-item requests at concurrency 8 (the
   batcher merges four into a batch of 32) and 32-item requests at concurrency 4 (already at that size);
   their items/s set against the Offline figure show how much of the runtime's batch-32 throughput the
-  server keeps once per-request cost is shared by several items;
+  server keeps once per-request cost is shared by several items; the same two cells again on a server
+  started with `--instances 2 --threads 1`, against the better of the two in-process set-ups;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
   default 2, medians reported), so drift on the shared cores hits both sides of a ratio alike.
 
@@ -40,7 +41,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ MLSERVER_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 MLSERVER_PINS = ["mlserver==1.7.1", "uvloop<0.22", "httptools", "onnxruntime", "numpy"]
 START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 BINARY_CELLS = ((8, 8), (32, 4))  # batching efficiency: (items per request, requests in flight)
+SPLIT = ("--instances", "2", "--threads", "1")  # two batch workers of one runtime thread each
 
 RUNTIME_PY = """
 import onnxruntime as ort
@@ -160,14 +164,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def start_polystack(home: Path, model: str, batching: bool, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_polystack(
+    home: Path, model: str, batching: bool, work: Path, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cmd = [
         str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "serve", model,
         "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
     ]  # fmt: skip
     cmd += ["--batching", "--max-batch-size", "32", "--max-queue-delay-ms", "2"] if batching else ["--no-batching"]
-    log = work / f"polystack-{model}-{batching}.log"
+    cmd += extra
+    log = work / f"polystack-{model}-{batching}{'-'.join(['', *extra])}.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     wait_ready(port, f"/v2/models/{model}/ready", proc, log)
     return proc, port
@@ -384,7 +391,43 @@ def in_process(home: Path, model: str, shape: list[int], duration_s: float) -> d
         engine.close()
         store.close()
     lat.sort()
-    return {"p50_ms": round(lat[len(lat) // 2] * 1000, 4), "offline_items_per_s_b32": round(offline, 1)}
+    return {
+        "p50_ms": round(lat[len(lat) // 2] * 1000, 4),
+        "offline_items_per_s_b32": round(offline, 1),
+        "offline_items_per_s_b32_2x1": round(offline_split(home, model, x32, duration_s), 1),
+    }
+
+
+def offline_split(home: Path, model: str, x32: np.ndarray, duration_s: float) -> float:
+    """Offline items/s at batch 32 from two threads on one model set up for 2 instances x 1 thread."""
+    from polystack.engine import Engine, default_spec, with_concurrency
+    from polystack.store import Store
+
+    store = Store.at(home)
+    engine = Engine(store)
+    try:
+        record = store.get(model)
+        engine.load(model, with_concurrency(default_spec(store, record), 1, 2))
+        for _ in range(50):
+            engine.infer(model, {"x": x32})
+        counts = [0, 0]
+        stop_at = time.perf_counter() + duration_s
+
+        def work(i: int) -> None:
+            while time.perf_counter() < stop_at:
+                engine.infer(model, {"x": x32})
+                counts[i] += 32
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - started)
+    finally:
+        engine.close()
+        store.close()
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -451,6 +494,17 @@ def main() -> int:
                                "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+                    # the same with the runtime split into two instances of one thread (what `tune --profile
+                    # server` picks for some models): a worker never waits on the other's runtime threads
+                    split, split_port = start_polystack(home, name, batching, work, SPLIT)
+                    procs["polystack 2x1"] = (split, split_port)
+                    for items, conc in BINARY_CELLS:
+                        req = request_bytes(name, [items, *shape[1:]], split_port, binary=True)
+                        r = median_of([run_concurrent(split_port, req, conc, warmup, duration) for _ in range(repeats)])
+                        row = {"model": name, "server": "polystack 2x1", "batching": batching, "concurrency": conc,
+                               "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
                 else:
                     r = median_of([run_tritonclient(port, name, shape, warmup, duration) for _ in range(repeats)])
                     row = {"model": name, "server": "polystack", "batching": batching, "concurrency": 1,
@@ -502,15 +556,15 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
                 entry[f"rps_c32_{'batching' if batching else 'nobatch'}_polystack_over_mlserver"] = round(
                     ps["rps"] / ms["rps"], 2
                 )
-        offline = floors[model]["offline_items_per_s_b32"]
+        # the better of the two in-process set-ups is the reference for every batching ratio
+        offline = max(floors[model]["offline_items_per_s_b32"], floors[model].get("offline_items_per_s_b32_2x1", 0))
         single = _cell(rows, model=model, server="polystack", batching=True, concurrency=32, client="raw-http-json")
         if single is not None:
             entry["batching_items_over_offline_b32_batch1_json"] = round(single["rps"] / offline, 3)
         for multi in (r for r in rows if r["model"] == model and r.get("items_per_request", 1) > 1):
             items_s = multi["rps"] * multi["items_per_request"]
-            entry[f"batching_items_over_offline_b32_{multi['client'].removeprefix('raw-http-')}"] = round(
-                items_s / offline, 3
-            )
+            tag = multi["client"].removeprefix("raw-http-") + ("_2x1" if multi["server"].endswith("2x1") else "")
+            entry[f"batching_items_over_offline_b32_{tag}"] = round(items_s / offline, 3)
         out[model] = entry
     return out
 
@@ -542,16 +596,24 @@ def write_markdown(result: dict[str, Any]) -> None:
             f"{r['rps'] * r.get('items_per_request', 1):,.0f} |"
         )
     lines += ["", "In-process floor (polystack `Engine.infer`, no transport):", ""]
-    lines += ["| model | p50 ms at batch 1 | Offline items/s at batch 32 |", "|---|---|---|"]
+    lines += [
+        "| model | p50 ms at batch 1 | Offline items/s at batch 32 | the same, 2 instances x 1 thread |",
+        "|---|---|---|---|",
+    ]
     for model, f in result["in_process"].items():
-        lines.append(f"| {model} | {f['p50_ms']:.4f} | {f['offline_items_per_s_b32']:,.0f} |")
+        split = f.get("offline_items_per_s_b32_2x1")
+        lines.append(
+            f"| {model} | {f['p50_ms']:.4f} | {f['offline_items_per_s_b32']:,.0f} | "
+            f"{'-' if split is None else f'{split:,.0f}'} |"
+        )
     lines += [
         "",
         "Ratios (targets: p50 at c=1 <= 0.5x MLServer; req/s at c=32 >= 2x MLServer; batching >= 0.85x Offline).",
-        "Batching efficiency is items/s through the server over in-process Offline items/s at batch 32, for",
+        "Batching efficiency is items/s through the server over the better in-process Offline items/s at batch 32, for",
         "batch-1 JSON requests at concurrency 32 and for binary requests of "
         + " and ".join(f"{i} items at concurrency {c}" for i, c in BINARY_CELLS)
-        + " (the batcher merges the smaller ones into batches of 32):",
+        + " (the batcher merges the smaller ones into batches of 32); `polystack 2x1` rows and `_2x1` ratios"
+        " are a server started with `--instances 2 --threads 1`:",
         "",
     ]
     for model, entry in result["ratios"].items():

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import tritonclient.http as httpclient
+from servekit import start
+
+from polystack.batching import BatchPolicy
 from polystack.formats import import_model
 from polystack.server.app import policy_for, spec_for
-from polystack.store import Store
+from polystack.store import ModelRecord, Store
 from polystack.tuning.plan import fingerprint
 
 
@@ -43,3 +48,19 @@ def test_serve_follows_a_fresh_plan_and_ignores_a_stale_one(store: Store, mlp_pa
         **common,
     )
     assert policy_for(store, record, "realtime") is None
+
+
+def test_threads_and_instances_from_the_command_line_set_the_runtime_up(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp"], batching=BatchPolicy(max_batch_size=8, instances=2), threads=1)
+    try:
+        (entry,) = [e for e in st.server.plane.engine.loaded() if e.name == "mlp"]
+        assert entry.spec.backend == "onnxruntime" and entry.spec.options["intra_op_threads"] == 1
+        client = httpclient.InferenceServerClient(st.http_url)
+        x = httpclient.InferInput("x", [3, 16], "FP32")
+        x.set_data_from_numpy(np.ones((3, 16), np.float32))
+        assert client.infer("mlp", [x]).as_numpy("y").shape[0] == 3
+    finally:
+        st.stop()

@@ -28,6 +28,9 @@ def serve(
     max_queue_size: int = typer.Option(1024, "--max-queue-size", help="Batching: queued requests before 503."),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="Batching: default per-request deadline."),
     instances: int = typer.Option(1, "--instances", help="Batching: worker threads sharing one model."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Runtime threads per instance (default: the plan's, else the runtime's)."
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Inference threads without batching (default: CPUs)."),
     inline_max_ms: float = typer.Option(
         0.2, "--inline-max-ms", help="Run models this fast on the event loop when idle (0: always use threads)."
@@ -69,6 +72,7 @@ def serve(
         workers=workers,
         inline_max_ms=inline_max_ms,
         batching=policy,
+        threads=threads,
         no_batching=batching is False,
         access_log=access_log,
         trace=True if trace else None,

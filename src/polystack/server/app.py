@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polystack.batching import BatchPolicy
-from polystack.engine import Engine, LoadSpec, default_spec
+from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
@@ -73,6 +73,7 @@ class ServeConfig:
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
     batching: BatchPolicy | None = None  # overrides policy_for for every model
+    threads: int | None = None  # runtime threads per model instance; None: the plan's, else the runtime's
     no_batching: bool = False
     access_log: bool = False
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -98,10 +99,19 @@ class Server:
                 return None
             return config.batching or choose_policy(store, record, profile)
 
+        choose_spec = spec_for
+
+        def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
+            chosen = choose_spec(store, record, profile)
+            instances = config.batching.instances if config.batching and not config.no_batching else 1
+            if config.threads is None and instances == 1:
+                return chosen  # the plan's concurrency (already in its spec), or the runtime's default
+            return with_concurrency(chosen, config.threads, instances)
+
         self.plane = DataPlane(
             engine,
             profile=config.profile,
-            spec_for=spec_for,
+            spec_for=spec,
             policy_for=policy,
             allow_model_control=config.allow_model_control,
             workers=config.workers,
