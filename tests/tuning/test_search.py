@@ -104,3 +104,16 @@ def test_finalists_are_not_confirmed_past_the_budget() -> None:
     assert profile.runs[a] == profile.runs[b] == 1  # a second round would end past the budget
     assert outcome.best is not None and outcome.best.config == b
     assert not any("median" in n for n in outcome.notes)
+
+
+def test_an_unconfirmed_runner_up_never_beats_the_confirmed_finalists() -> None:
+    a, b, c = (Config("v", t, 1, 1, 0.0) for t in (1, 2, 4))
+
+    def script(cfg: Config, run: int) -> float:
+        # a and b lead the first runs and then measure worse; c's one run sits between
+        return {a: 100.0 if run == 0 else 40.0, b: 90.0 if run == 0 else 45.0, c: 80.0}[cfg]
+
+    profile = Scripted(script, proxy=lambda cfg: 0.0)
+    outcome = search(profile, MEASURER, [a, b, c], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
+    assert profile.runs[c] == 1
+    assert outcome.best is not None and outcome.best.config == b

@@ -231,8 +231,11 @@ def search(
     total = done
     progress("done", total, total)
     best: Trial | None = None
-    if runs:
-        winner = max(runs, key=lambda c: _median_key(runs[c]))
+    # after confirmation only the finalists compete: the others lost to them run for run, and a
+    # single unconfirmed run must not beat a median that extra runs have pulled down
+    pool = [c for c in finalists if c in runs] if rounds else list(runs)
+    if pool:
+        winner = max(pool, key=lambda c: _median_key(runs[c]))
         mid = _median_key(runs[winner])
         best = next((t for t in runs[winner] if _key(t) == mid and t.score is not None), None)
     strategy_words = "exhaustive" if use == "exhaustive" else f"successive halving ({rungs_run} rungs)"
