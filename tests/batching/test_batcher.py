@@ -244,3 +244,14 @@ def test_an_async_caller_leaving_mid_batch_does_not_hurt_the_others(make: Any) -
     assert [float(results[i]["y"][0, 0]) for i in (0, 2, 3)] == [0.0, 4.0, 6.0]
     assert model.batches == [4]
     assert b.infer(rows(1, 5.0))["y"][0, 0] == 10.0  # the worker is still serving
+
+
+def test_a_future_its_caller_cancelled_is_skipped_and_the_worker_goes_on(make: Any) -> None:
+    model = Recording(delay_s=0.1)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0)
+    running = b.submit(rows(1, 1.0))
+    time.sleep(0.03)  # the first request is in the model; the next two wait in the queue
+    cancelled, kept = b.submit(rows(1, 2.0)), b.submit(rows(1, 3.0))
+    assert cancelled.cancel()
+    assert running.result(timeout=5)["y"][0, 0] == 2.0
+    assert kept.result(timeout=5)["y"][0, 0] == 6.0

@@ -64,7 +64,7 @@ def _deliver(outcomes: list[_Outcome]) -> None:
         p, result, error = outcome
         if p.waiter is not None:
             by_loop.setdefault(p.waiter.get_loop(), []).append(outcome)
-        elif p.future is not None:
+        elif p.future is not None and not p.future.done():  # done: its caller cancelled it
             if error is not None:
                 p.future.set_exception(error)
             else:

@@ -103,10 +103,10 @@ class Server:
 
         def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
             chosen = choose_spec(store, record, profile)
-            instances = config.batching.instances if config.batching and not config.no_batching else 1
-            if config.threads is None and instances == 1:
+            if config.threads is None and config.batching is None:
                 return chosen  # the plan's concurrency (already in its spec), or the runtime's default
-            return with_concurrency(chosen, config.threads, instances)
+            batch_policy = policy(store, record, profile)
+            return with_concurrency(chosen, config.threads, batch_policy.instances if batch_policy else 1)
 
         self.plane = DataPlane(
             engine,
