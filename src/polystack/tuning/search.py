@@ -150,6 +150,23 @@ def search(
     # survivors are kept best first: by calibration estimate before any run, then by measured score
     survivors = _diverse_order(configs, lambda c: profile.proxy(m, c))
     measured: set[Config] = set()
+
+    def run(c: Config, dur: int, final: bool, message: str, total: int) -> Trial:
+        """Measure one configuration and record it (a configuration that cannot run is recorded, never fatal)."""
+        nonlocal done
+        progress(f"{message}{m.candidates[c.candidate].label}, {c.describe(profile.scenario)} ({dur} ms)", done, total)
+        t0 = time.perf_counter()
+        try:
+            t = profile.measure(m, c, dur, rungs_run, final, hints.get(c))
+        except Exception as e:
+            t = Trial(c, rungs_run, dur, {}, None, error=f"{type(e).__name__}: {e}", reason="could not run")
+        learnt.observe(dur, final, time.perf_counter() - t0)
+        trials.append(t)
+        hints[c] = t
+        measured.add(c)
+        done += 1
+        return t
+
     while survivors:
         remaining = budget_s - (time.perf_counter() - started)
         if use == "exhaustive":
@@ -170,19 +187,7 @@ def search(
         total = done + sum(k for k, _ in plan)
         this_rung: list[Trial] = []
         for c in sorted(survivors[:size], key=by_load):
-            cand = m.candidates[c.candidate]
-            progress(f"{cand.label}, {c.describe(profile.scenario)} ({dur} ms)", done, total)
-            t0 = time.perf_counter()
-            try:
-                t = profile.measure(m, c, dur, rungs_run, final, hints.get(c))
-            except Exception as e:  # a configuration that cannot run is recorded, never fatal
-                t = Trial(c, rungs_run, dur, {}, None, error=f"{type(e).__name__}: {e}", reason="could not run")
-            learnt.observe(dur, final, time.perf_counter() - t0)
-            trials.append(t)
-            this_rung.append(t)
-            hints[c] = t
-            measured.add(c)
-            done += 1
+            this_rung.append(run(c, dur, final, "", total))
             if use != "exhaustive" and not final and time.perf_counter() - started > budget_s * 1.5:
                 notes.append(f"stopped early in rung {rungs_run}: the {budget_s:g} s budget ran out")
                 break
@@ -194,8 +199,7 @@ def search(
     final_ms = last_rung[0].duration_ms if last_rung else duration_ms
     runs: dict[Config, list[Trial]] = {}
     for t in last_rung:
-        if t.duration_ms >= final_ms:
-            runs.setdefault(t.config, []).append(t)
+        runs.setdefault(t.config, []).append(t)
     ranked = sorted(runs, key=lambda c: _median_key(runs[c]), reverse=True)
     finalists = [c for c in ranked[:2] if _median_key(runs[c])[0]]
     if finalists:
@@ -208,19 +212,7 @@ def search(
             break
         order = finalists if rounds % 2 == 0 else finalists[::-1]
         for c in sorted(fresh, key=by_load) + [c for c in order if c not in fresh]:
-            cand = m.candidates[c.candidate]
-            progress(f"confirming {cand.label}, {c.describe(profile.scenario)} ({final_ms} ms)", done, done + 1)
-            t0 = time.perf_counter()
-            try:
-                t = profile.measure(m, c, final_ms, rungs_run, True, hints.get(c))
-            except Exception as e:
-                t = Trial(c, rungs_run, final_ms, {}, None, error=f"{type(e).__name__}: {e}", reason="could not run")
-            learnt.observe(final_ms, True, time.perf_counter() - t0)
-            trials.append(t)
-            hints[c] = t
-            runs.setdefault(c, []).append(t)
-            measured.add(c)
-            done += 1
+            runs.setdefault(c, []).append(run(c, final_ms, True, "confirming ", done + 1))
         rounds += 1
     if rounds:
         counts = sorted({len(runs[c]) for c in finalists})
