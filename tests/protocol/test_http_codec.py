@@ -90,3 +90,57 @@ def test_response_binary_and_json() -> None:
     assert np.frombuffer(body[n:], np.float32).tolist() == [1.5, 2.5]
     body, n = http_codec.encode_infer_response(resp, {}, default_binary=False)
     assert n is None and json.loads(body)["outputs"][0]["data"] == [1.5, 2.5]
+
+
+def json_body(datatype: str, shape: list[int], data: object) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "want"),
+    [
+        ("FP32", [[1, 2.5], [-3e-3, 4]], np.array([[1, 2.5], [-3e-3, 4]], np.float32)),
+        ("FP64", [0.1, 1e300], np.array([0.1, 1e300])),
+        ("INT64", [2**62 + 1, -(2**63)], np.array([2**62 + 1, -(2**63)], np.int64)),
+        ("UINT64", [2**64 - 1, 0], np.array([2**64 - 1, 0], np.uint64)),
+        ("INT8", [-128, 127], np.array([-128, 127], np.int8)),
+        ("FP16", [0.5, 2], np.array([0.5, 2], np.float16)),
+    ],
+)
+def test_json_numbers_keep_their_exact_values(datatype: str, data: list, want: np.ndarray) -> None:
+    got = http_codec.decode_infer_request(json_body(datatype, list(want.shape), data)).inputs["x"]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "words"),
+    [
+        ("INT8", [1, 300], "outside -128..127"),
+        ("UINT8", [-1, 2], "does not fit datatype UINT8"),
+        ("INT32", [1.5, 2], "INT32 data must hold integers only, not 1.5"),
+        ("FP32", [1, "2"], "FP32 data must hold numbers only, not '2'"),
+        ("FP32", [1, None], "numbers only, not None"),
+        ("FP64", [True, 1.0], "numbers only, not True"),
+    ],
+)
+def test_json_numbers_of_the_wrong_kind_are_refused(datatype: str, data: list, words: str) -> None:
+    with pytest.raises(InvalidTensor, match=words):
+        http_codec.decode_infer_request(json_body(datatype, [2], data))
+
+
+def test_json_integers_over_64_bits_still_parse_and_are_checked() -> None:
+    # simdjson refuses them; the body falls back to orjson, which reads them.
+    req = http_codec.decode_infer_request(json_body("FP64", [1], [10**30]))
+    assert req.inputs["x"].tolist() == [1e30]
+    with pytest.raises(InvalidTensor, match="INT64"):
+        http_codec.decode_infer_request(json_body("INT64", [1], [10**30]))
+
+
+def test_a_large_body_and_then_a_small_one_both_decode() -> None:
+    big = np.arange(300_000, dtype=np.float32)  # over 1 MiB of JSON: a parser of its own
+    req = http_codec.decode_infer_request(json_body("FP32", [300_000], big.tolist()))
+    np.testing.assert_array_equal(req.inputs["x"], big)
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        http_codec.decode_infer_request(b'{"inputs": [')
+    assert http_codec.decode_infer_request(json_body("FP32", [1], [7])).inputs["x"].tolist() == [7.0]

@@ -73,7 +73,7 @@ def test_wrong_datatype_is_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="FLOAT128")]})
     check_error(raw, status, doc, 400, "unknown datatype")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=["a"] * 16)]})
-    check_error(raw, status, doc, 400, "does not fit")
+    check_error(raw, status, doc, 400, "numbers only")
 
 
 def test_shape_times_dtype_not_matching_data_is_400(raw: Raw) -> None:

@@ -4,17 +4,27 @@ A request body is a JSON header, optionally followed by raw tensors; ``Inference
 says where the JSON ends. An input whose ``parameters.binary_data_size`` is set takes that many bytes
 from the binary section, in input order; the sizes must add up to the section exactly. Outputs go
 back binary when the output's ``parameters.binary_data`` (or the request's ``binary_data_output``)
-asks for it. orjson parses and writes the JSON (it refuses nesting deeper than 1,024 levels, so a
-hostile 10,000-deep document is a clean 400) and serialises numpy arrays without a Python list.
+asks for it.
+
+simdjson parses inference requests: a tensor's numbers go from the JSON text into a numpy buffer in
+C (``as_buffer``), without a Python float per element. That is 4x faster than orjson plus
+``np.asarray`` on a 3x32x32 image (36 vs 140 us here), and the same within 2 us on small inputs.
+Data that is not homogeneous numbers of the tensor's kind falls back to a Python list and the
+general checks below, which say what is wrong. Both parsers refuse nesting deeper than 1,024
+levels, so a hostile 10,000-deep document is a clean 400; a body simdjson refuses goes to orjson,
+which reads it (integers over 64 bits) or names the error. orjson parses the other JSON bodies and
+writes every response (it serialises numpy arrays without a Python list).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import threading
+from typing import Any, Literal
 
 import numpy as np
 import orjson
+import simdjson
 
 from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol.wire import (
@@ -29,6 +39,18 @@ from polystack.protocol.wire import (
 from polystack.types import DType
 
 HEADER_LENGTH = "inference-header-content-length"
+
+# simdjson's as_buffer kinds: "d" reads any JSON number as float64, "i"/"u" only integers that fit
+# int64/uint64. Narrower integer tensors are range-checked after the buffer is read.
+_BUFFER_KIND: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
+    **{t: ("d", np.float64) for t in ("FP16", "FP32", "FP64")},
+    **{t: ("i", np.int64) for t in ("INT8", "INT16", "INT32", "INT64")},
+    **{t: ("u", np.uint64) for t in ("UINT8", "UINT16", "UINT32", "UINT64")},
+}
+# A parser keeps buffers sized to the largest document it has read: bodies above this get a parser
+# of their own, so one huge request does not pin its size in memory for the life of the thread.
+_KEEP_PARSER_BELOW = 1 << 20
+_parsers = threading.local()
 
 
 def loads(body: bytes | memoryview) -> Any:
@@ -51,7 +73,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         binary = view[header_length:]
     else:
         head = body
-    doc = loads(head)
+    doc = _request_doc(head)
     if not isinstance(doc, dict):
         raise InvalidRequest("an inference request must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
@@ -115,18 +137,85 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     return InferRequest(inputs=inputs, id=rid, outputs=outputs, parameters=request_params)
 
 
+def _request_doc(head: bytes | memoryview) -> Any:
+    """The request as Python values; each input's numeric ``data`` already a flat numpy array.
+
+    simdjson's documents are views into their parser: everything is copied out here, so no view
+    outlives the call and the thread's parser can take the next request.
+    """
+    big = len(head) >= _KEEP_PARSER_BELOW
+    parser: simdjson.Parser | None = None if big else getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = simdjson.Parser()
+        if not big:
+            _parsers.parser = parser
+    try:
+        doc = parser.parse(head)
+    except (ValueError, RuntimeError):
+        # Not valid JSON, too deep, or valid JSON simdjson does not take (integers over 64 bits):
+        # orjson either reads it or says what is wrong, as for every other body.
+        return loads(head)
+    if not isinstance(doc, simdjson.Object):
+        return _plain(doc)
+    out: dict[str, Any] = {}
+    for key in doc:
+        value = doc[key]
+        if key == "inputs" and isinstance(value, simdjson.Array):
+            out[key] = [_input_item(item) for item in value]
+        else:
+            out[key] = _plain(value)
+    return out
+
+
+def _input_item(item: Any) -> Any:
+    if not isinstance(item, simdjson.Object):
+        return _plain(item)
+    out = {key: _plain(item[key]) for key in item if key != "data"}
+    data = item.get("data")
+    if data is not None or "data" in item:
+        out["data"] = _numbers(data, out.get("datatype")) if isinstance(data, simdjson.Array) else _plain(data)
+    return out
+
+
+def _numbers(data: simdjson.Array, datatype: Any) -> Any:
+    """Numeric data as a flat array read in C, or a list when it is not numbers of that kind."""
+    kind = _BUFFER_KIND.get(datatype) if isinstance(datatype, str) else None
+    if kind is not None:
+        try:
+            return np.frombuffer(data.as_buffer(of_type=kind[0]), dtype=kind[1])
+        except (TypeError, ValueError):
+            pass  # mixed, non-numeric or out of range: the list path below reports it
+    return data.as_list()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
 def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """A tensor from JSON data (flat or nested lists, row-major), checked against its shape."""
+    """A tensor from JSON data (flat or nested lists, row-major), checked against its shape.
+
+    ``data`` may also be the flat float64/int64/uint64 array `_numbers` read from the request.
+    """
     count = math.prod(shape)
     try:
-        if dtype is DType.BYTES:
+        if isinstance(data, np.ndarray):
+            arr = _cast_numbers(name, dtype, data)
+        elif dtype is DType.BYTES:
             flat = _flatten(data)
             arr = np.empty(len(flat), dtype=object)
             arr[:] = [v.encode("utf-8") if isinstance(v, str) else _bytes_item(name, v) for v in flat]
-        else:
-            arr = np.asarray(data, dtype=dtype.numpy)
-            if dtype is DType.BOOL and not _all_bools(data):
+        elif dtype is DType.BOOL:
+            if not _all_bools(data):
                 raise InvalidTensor(f"input {name!r}: BOOL data must hold true/false values only")
+            arr = np.asarray(data, dtype=dtype.numpy)
+        else:
+            _check_numbers(name, dtype, data)
+            arr = np.asarray(data, dtype=dtype.numpy)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidTensor(
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
@@ -136,6 +225,29 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             f"input {name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
         )
     return arr.reshape(shape)
+
+
+def _cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
+    target = np.dtype(dtype.numpy)
+    if target.kind in "iu" and data.size and target.itemsize < 8:
+        info = np.iinfo(target)
+        low, high = data.min(), data.max()
+        if low < info.min or high > info.max:
+            raise InvalidTensor(
+                f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
+                f"outside {info.min}..{info.max}"
+            )
+    return data.astype(target, copy=False)
+
+
+def _check_numbers(name: str, dtype: DType, data: Any) -> None:
+    """Refuse what numpy would quietly convert: strings, null, true/false, fractions for integers."""
+    integers = np.dtype(dtype.numpy).kind in "iu"
+    for v in _flatten(data):
+        if type(v) is int or (type(v) is float and not integers):
+            continue
+        what = "integers" if integers else "numbers"
+        raise InvalidTensor(f"input {name!r}: {dtype.value} data must hold {what} only, not {v!r}")
 
 
 def _bytes_item(name: str, v: Any) -> bytes:
