@@ -1,4 +1,4 @@
-"""The search's choice among finalists: confirmed by repeated runs and the leader's neighbours.
+"""The search's choice among finalists: confirmed by repeated runs, with the leader's neighbours and another set-up.
 
 The profile here is scripted: run-to-run noise cannot be produced on demand with a real runtime, and
 what is under test is how the search decides from the scores it is given. The real runtimes and
@@ -107,13 +107,65 @@ def test_finalists_are_not_confirmed_past_the_budget() -> None:
 
 
 def test_an_unconfirmed_runner_up_never_beats_the_confirmed_finalists() -> None:
-    a, b, c = (Config("v", t, 1, 1, 0.0) for t in (1, 2, 4))
+    a, b, c, d = (Config("v", t, 1, 1, 0.0) for t in (1, 2, 4, 8))
 
     def script(cfg: Config, run: int) -> float:
-        # a and b lead the first runs and then measure worse; c's one run sits between
-        return {a: 100.0 if run == 0 else 40.0, b: 90.0 if run == 0 else 45.0, c: 80.0}[cfg]
+        # a and b lead the first runs and then measure worse; c (the other set-up that joins them) too;
+        # d's one run sits between their first runs and their medians
+        first, later = {a: (100.0, 40.0), b: (90.0, 45.0), c: (80.0, 30.0), d: (79.0, 79.0)}[cfg]
+        return first if run == 0 else later
 
     profile = Scripted(script, proxy=lambda cfg: 0.0)
-    outcome = search(profile, MEASURER, [a, b, c], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert profile.runs[c] == 1
+    outcome = search(profile, MEASURER, [a, b, c, d], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
+    assert profile.runs[c] == 3 and profile.runs[d] == 1
     assert outcome.best is not None and outcome.best.config == b
+
+
+def test_a_measured_neighbour_under_rated_by_its_one_run_is_confirmed_and_wins() -> None:
+    configs = space(batches=(8, 16, 32, 64), delays=(0.0,))
+    b64 = Config("v", 2, 1, 64, 0.0)
+
+    def script(c: Config, run: int) -> float:
+        if c == b64:
+            return 500.0 if run == 0 else 2000.0  # ranked last by its one exhaustive run
+        return 1000.0 - 10 * abs(c.max_batch_size - 32)  # batch 32 leads, 16 second
+
+    profile = Scripted(script, proxy=lambda c: 0.0)
+    outcome = search(profile, MEASURER, configs, budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
+    assert profile.runs[b64] == 3 and profile.runs[Config("v", 2, 1, 8, 0.0)] == 1
+    assert outcome.best is not None and outcome.best.config == b64
+
+
+def test_the_best_of_another_set_up_joins_the_finalists_and_can_win() -> None:
+    one_thread = Config("v", 1, 2, 4, 0.0)
+    configs = [*space(batches=(4, 8, 16, 32), delays=(0.0,)), one_thread]
+
+    def script(c: Config, run: int) -> float:
+        if c == one_thread:
+            return 400.0 if run == 0 else 3000.0  # one unlucky run puts it below every 2-thread one
+        return 1000.0 + c.max_batch_size
+
+    profile = Scripted(script, proxy=lambda c: 0.0)
+    outcome = search(profile, MEASURER, configs, budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
+    assert profile.runs[one_thread] == 3
+    assert outcome.best is not None and outcome.best.config == one_thread
+
+
+def test_finalists_that_do_not_fit_the_budget_are_dropped_the_best_two_last() -> None:
+    configs = space(batches=(8, 16, 32, 64), delays=(0.0,))
+    b8, b16, b32, b64 = configs
+
+    class Slow(Scripted):
+        def measure(self, m: Any, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+            time.sleep(0.2)
+            return super().measure(m, c, duration_ms, rung, final, hint)
+
+        def cost_s(self, duration_ms: int, final: bool) -> float:
+            return 0.2
+
+    # batch 32 leads, 16 second, 64 its neighbour: three finalists. After four runs (0.8 s) a round
+    # of three (0.6 s) would end past the 1.3 s budget and a round of two (0.4 s) does not
+    profile = Slow(lambda c, run: {8: 760.0, 16: 840.0, 32: 1000.0, 64: 680.0}[c.max_batch_size], proxy=lambda c: 0.0)
+    outcome = search(profile, MEASURER, configs, budget_s=1.3, strategy="exhaustive")  # type: ignore[arg-type]
+    assert (profile.runs[b32], profile.runs[b16], profile.runs[b64], profile.runs[b8]) == (2, 2, 1, 1)
+    assert outcome.best is not None and outcome.best.config == b32
