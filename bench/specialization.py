@@ -298,6 +298,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             "metric": metric,
             "tuned_strategy": tuned.outcome.strategy,
             "tuned_configs_measured": tuned.outcome.configs_measured,
+            "tuned_notes": tuned.notes,
             "configs_total": tuned.outcome.configs_total,
             "tuned_s": round(tuned_s, 1),
             "oracle_s": round(oracle_s, 1),

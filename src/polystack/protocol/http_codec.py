@@ -7,8 +7,8 @@ back binary when the output's ``parameters.binary_data`` (or the request's ``bin
 asks for it.
 
 simdjson parses inference requests: a tensor's numbers go from the JSON text into a numpy buffer in
-C (``as_buffer``), without a Python float per element. That is 4x faster than orjson plus
-``np.asarray`` on a 3x32x32 image (36 vs 140 us here), and the same within 2 us on small inputs.
+C (``as_buffer``), without a Python float per element. Decoding a 3x32x32 FP32 image's request
+takes 61 us that way against 181 us with orjson plus ``np.asarray``; a 64-float one is 3 us slower.
 Data that is not homogeneous numbers of the tensor's kind falls back to a Python list and the
 general checks below, which say what is wrong. Both parsers refuse nesting deeper than 1,024
 levels, so a hostile 10,000-deep document is a clean 400; a body simdjson refuses goes to orjson,
@@ -152,8 +152,9 @@ def _request_doc(head: bytes | memoryview) -> Any:
     try:
         doc = parser.parse(head)
     except (ValueError, RuntimeError):
-        # Not valid JSON, too deep, or valid JSON simdjson does not take (integers over 64 bits):
-        # orjson either reads it or says what is wrong, as for every other body.
+        # Not valid JSON, too deep, or valid JSON simdjson does not take (integers over 64 bits),
+        # or this thread's parser still held by a document an exception kept alive: orjson either
+        # reads the body or says what is wrong, as for every other body.
         return loads(head)
     if not isinstance(doc, simdjson.Object):
         return _plain(doc)
