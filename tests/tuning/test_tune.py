@@ -10,6 +10,7 @@ from polystack.engine import LoadSpec
 from polystack.store import ModelRecord, Store, VariantRecord
 from polystack.tuning import TuneOptions, plan_status, spec_for_profile, tune
 from polystack.tuning.plan import PlanSettings, fingerprint
+from polystack.tuning.profiles import SS_MIN_QUERIES
 
 AddVariant = Callable[..., VariantRecord]
 FAST = TuneOptions(budget_s=20, duration_ms=120, min_duration_ms=40, memory=False, threads=[1])
@@ -29,6 +30,8 @@ def test_realtime_chooses_the_lowest_latency_variant_and_stores_the_plan(
     assert kinds == {"trial", "variant"}
     ids = {m["variant_id"] for m in result.plan.measurements if m["kind"] == "trial"}
     assert ids == {slow.id, fast.id}
+    # a p99 from a 120 ms run of a 3 ms variant would be the slowest of 40 queries: runs go on to 200
+    assert all(t.metrics["queries"] >= SS_MIN_QUERIES for t in result.outcome.trials)
 
     got = spec_for_profile(store, mlp, "realtime")
     assert got is not None
