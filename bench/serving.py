@@ -21,6 +21,8 @@ What it does, all on 127.0.0.1:
   their items/s set against the Offline figure show how much of the runtime's batch-32 throughput the
   server keeps once per-request cost is shared by several items; the same two cells again on a server
   started with `--instances 2 --threads 1`, against the better of the two in-process set-ups;
+- each cell records the cores the client and the server used (CPU seconds per second, all threads):
+  on 2 shared cores, what the client and the transport take is what the runtime cannot have;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
   default 2, medians reported), so drift on the shared cores hits both sides of a ratio alike.
 
@@ -275,7 +277,32 @@ def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
     return response
 
 
-def run_sequential(port: int, req: bytes, warmup_s: float, duration_s: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """Cores the client (this process) and the server used over a run: where the 2 cores went."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pid = server_pid
+        self.wall, self.client = time.perf_counter(), time.process_time()
+        self.server = cpu_seconds(server_pid) if server_pid else 0.0
+
+    def done(self, result: dict[str, float]) -> dict[str, float]:
+        wall = time.perf_counter() - self.wall
+        result["client_cores"] = round((time.process_time() - self.client) / wall, 2)
+        if self.pid:
+            result["server_cores"] = round((cpu_seconds(self.pid) - self.server) / wall, 2)
+        return result
+
+
+def run_sequential(
+    port: int, req: bytes, warmup_s: float, duration_s: float, server_pid: int | None = None
+) -> dict[str, float]:
+    share = CpuShare(server_pid)
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
@@ -290,7 +317,7 @@ def run_sequential(port: int, req: bytes, warmup_s: float, duration_s: float) ->
             sock.sendall(req)
             _read_response(sock, buf)
             lat.append(time.perf_counter() - t0)
-        return summarize(lat, time.perf_counter() - started)
+        return share.done(summarize(lat, time.perf_counter() - started))
 
 
 async def _worker(port: int, req: bytes, warm_until: float, stop_at: float, lat: list[float]) -> None:
@@ -312,7 +339,11 @@ async def _worker(port: int, req: bytes, warm_until: float, stop_at: float, lat:
         writer.close()
 
 
-def run_concurrent(port: int, req: bytes, concurrency: int, warmup_s: float, duration_s: float) -> dict[str, float]:
+def run_concurrent(
+    port: int, req: bytes, concurrency: int, warmup_s: float, duration_s: float, server_pid: int | None = None
+) -> dict[str, float]:
+    share = CpuShare(server_pid)
+
     async def main() -> dict[str, float]:
         lat: list[float] = []
         now = time.perf_counter()
@@ -323,9 +354,9 @@ def run_concurrent(port: int, req: bytes, concurrency: int, warmup_s: float, dur
     try:
         import uvloop
 
-        return uvloop.run(main())
+        return share.done(uvloop.run(main()))
     except ImportError:
-        return asyncio.run(main())
+        return share.done(asyncio.run(main()))
 
 
 def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, duration_s: float) -> dict[str, float]:
@@ -348,7 +379,8 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over repeated runs of one cell (requests: their total)."""
-    out = {k: float(np.median([r[k] for r in runs])) for k in ("p50_ms", "p99_ms", "rps")}
+    keys = [k for k in ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores") if all(k in r for r in runs)]
+    out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     return {"requests": sum(r["requests"] for r in runs), **out}
 
 
@@ -472,24 +504,26 @@ def main() -> int:
                     for rep in range(repeats):
                         order = list(procs) if rep % 2 == 0 else list(reversed(procs))
                         for server in order:
-                            port = procs[server][1]
+                            proc, port = procs[server]
                             req = request_bytes(name, shape, port)
                             if c == 1:
-                                runs[server].append(run_sequential(port, req, warmup, duration))
+                                runs[server].append(run_sequential(port, req, warmup, duration, proc.pid))
                             else:
-                                runs[server].append(run_concurrent(port, req, c, warmup, duration))
+                                runs[server].append(run_concurrent(port, req, c, warmup, duration, proc.pid))
                     for server, results in runs.items():
                         row = {"model": name, "server": server, "batching": batching, "concurrency": c,
                                "client": "raw-http-json", **median_of(results)}  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                port = procs["polystack"][1]
+                main_proc, port = procs["polystack"]
                 if batching:
                     # multi-item binary requests: 8-item ones the batcher merges 4 to a batch of 32, and
                     # 32-item ones already at the batch size of the in-process Offline figure
                     for items, conc in BINARY_CELLS:
                         req = request_bytes(name, [items, *shape[1:]], port, binary=True)
-                        r = median_of([run_concurrent(port, req, conc, warmup, duration) for _ in range(repeats)])
+                        r = median_of(
+                            [run_concurrent(port, req, conc, warmup, duration, main_proc.pid) for _ in range(repeats)]
+                        )
                         row = {"model": name, "server": "polystack", "batching": batching, "concurrency": conc,
                                "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
                         rows.append(row)
@@ -500,7 +534,9 @@ def main() -> int:
                     procs["polystack 2x1"] = (split, split_port)
                     for items, conc in BINARY_CELLS:
                         req = request_bytes(name, [items, *shape[1:]], split_port, binary=True)
-                        r = median_of([run_concurrent(split_port, req, conc, warmup, duration) for _ in range(repeats)])
+                        r = median_of(
+                            [run_concurrent(split_port, req, conc, warmup, duration, split.pid) for _ in range(repeats)]
+                        )
                         row = {"model": name, "server": "polystack 2x1", "batching": batching, "concurrency": conc,
                                "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
                         rows.append(row)
@@ -584,16 +620,20 @@ def write_markdown(result: dict[str, Any]) -> None:
         "onnxruntime MLModel in-process (`parallel_workers: 0`); both use ONNX Runtime's default threads.",
         "Batching on: polystack `--batching --max-batch-size 32 --max-queue-delay-ms 2`; MLServer adaptive",
         "batching 32 / 2 ms. Both servers run at once and their cells alternate (order flipped each repeat);",
-        f"each figure is the median of {result.get('repeats', 1)} runs of the cell.",
+        f"each figure is the median of {result.get('repeats', 1)} runs of the cell. Cores: CPU seconds per second of",
+        "the run (warm-up included) used by the client process and by the server process, all threads.",
         "",
-        "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s | items/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s | items/s | cores: client / server |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        cores = (
+            f"{r['client_cores']:.2f} / {r['server_cores']:.2f}" if "client_cores" in r and "server_cores" in r else "-"
+        )
         lines.append(
             f"| {r['model']} | {r['server']} | {'on' if r['batching'] else 'off'} | {r['client']} | "
             f"{r['concurrency']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:,.0f} | "
-            f"{r['rps'] * r.get('items_per_request', 1):,.0f} |"
+            f"{r['rps'] * r.get('items_per_request', 1):,.0f} | {cores} |"
         )
     lines += ["", "In-process floor (polystack `Engine.infer`, no transport):", ""]
     lines += [
