@@ -12,10 +12,9 @@ a configuration that does not qualify, with its reason.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from polystack.errors import InvalidRequest
@@ -109,7 +108,7 @@ class Profile(abc.ABC):
 def _ss(m: Measurer, c: Config, duration_ms: int, rung: int) -> tuple[Trial, scenarios.ScenarioResult]:
     model = m.model(c.candidate, c.threads)
     t1 = m.calibration(c.candidate, c.threads).t(1)
-    run = dataclasses.replace(m.run(duration_ms), min_query_count=SS_MIN_QUERIES)
+    run = replace(m.run(duration_ms), min_query_count=SS_MIN_QUERIES)
     r = scenarios.single_stream(model, m.pool, run, expected_latency_s=max(1e-5, t1 * 0.5))
     metrics = {
         "p50_ms": r.p50_ms,
