@@ -49,6 +49,17 @@ class Scripted(Profile):
         return "better"
 
 
+class Slow(Scripted):
+    """Every run takes 0.2 s, and the profile says so."""
+
+    def measure(self, m: Any, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
+        time.sleep(0.2)
+        return super().measure(m, c, duration_ms, rung, final, hint)
+
+    def cost_s(self, duration_ms: int, final: bool) -> float:
+        return 0.2
+
+
 def space(batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), delays: tuple[float, ...] = (0.0, 1.0)) -> list[Config]:
     return [Config("v", 2, 1, b, d) for b in batches for d in delays]
 
@@ -90,14 +101,6 @@ def test_the_leaders_untried_neighbour_joins_the_finalists_and_can_win() -> None
 
 def test_finalists_are_not_confirmed_past_the_budget() -> None:
     a, b = Config("v", 2, 1, 8, 0.0), Config("v", 2, 1, 16, 0.0)
-
-    class Slow(Scripted):
-        def measure(self, m: Any, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
-            time.sleep(0.2)
-            return super().measure(m, c, duration_ms, rung, final, hint)
-
-        def cost_s(self, duration_ms: int, final: bool) -> float:
-            return 0.2
 
     profile = Slow(lambda c, run: float(c.max_batch_size), proxy=lambda c: 0.0)
     outcome = search(profile, MEASURER, [a, b], budget_s=0.6, strategy="exhaustive")  # type: ignore[arg-type]
@@ -154,14 +157,6 @@ def test_the_best_of_another_set_up_joins_the_finalists_and_can_win() -> None:
 def test_finalists_that_do_not_fit_the_budget_are_dropped_the_best_two_last() -> None:
     configs = space(batches=(8, 16, 32, 64), delays=(0.0,))
     b8, b16, b32, b64 = configs
-
-    class Slow(Scripted):
-        def measure(self, m: Any, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
-            time.sleep(0.2)
-            return super().measure(m, c, duration_ms, rung, final, hint)
-
-        def cost_s(self, duration_ms: int, final: bool) -> float:
-            return 0.2
 
     # batch 32 leads, 16 second, 64 its neighbour: three finalists. After four runs (0.8 s) a round
     # of three (0.6 s) would end past the 1.3 s budget and a round of two (0.4 s) does not
