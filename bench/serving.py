@@ -515,33 +515,25 @@ def main() -> int:
                                "client": "raw-http-json", **median_of(results)}  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                main_proc, port = procs["polystack"]
                 if batching:
                     # multi-item binary requests: 8-item ones the batcher merges 4 to a batch of 32, and
-                    # 32-item ones already at the batch size of the in-process Offline figure
-                    for items, conc in BINARY_CELLS:
-                        req = request_bytes(name, [items, *shape[1:]], port, binary=True)
-                        r = median_of(
-                            [run_concurrent(port, req, conc, warmup, duration, main_proc.pid) for _ in range(repeats)]
-                        )
-                        row = {"model": name, "server": "polystack", "batching": batching, "concurrency": conc,
-                               "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                    # the same with the runtime split into two instances of one thread (what `tune --profile
-                    # server` picks for some models): a worker never waits on the other's runtime threads
-                    split, split_port = start_polystack(home, name, batching, work, SPLIT)
-                    procs["polystack 2x1"] = (split, split_port)
-                    for items, conc in BINARY_CELLS:
-                        req = request_bytes(name, [items, *shape[1:]], split_port, binary=True)
-                        r = median_of(
-                            [run_concurrent(split_port, req, conc, warmup, duration, split.pid) for _ in range(repeats)]
-                        )
-                        row = {"model": name, "server": "polystack 2x1", "batching": batching, "concurrency": conc,
-                               "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
+                    # 32-item ones already at the batch size of the in-process Offline figure; the same again
+                    # with the runtime split into two instances of one thread (what `tune --profile server`
+                    # picks for some models): a worker never waits on the other's runtime threads
+                    procs["polystack 2x1"] = start_polystack(home, name, batching, work, SPLIT)
+                    for server in ("polystack", "polystack 2x1"):
+                        proc, port = procs[server]
+                        for items, conc in BINARY_CELLS:
+                            req = request_bytes(name, [items, *shape[1:]], port, binary=True)
+                            r = median_of(
+                                [run_concurrent(port, req, conc, warmup, duration, proc.pid) for _ in range(repeats)]
+                            )
+                            row = {"model": name, "server": server, "batching": batching, "concurrency": conc,
+                                   "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
                 else:
+                    port = procs["polystack"][1]
                     r = median_of([run_tritonclient(port, name, shape, warmup, duration) for _ in range(repeats)])
                     row = {"model": name, "server": "polystack", "batching": batching, "concurrency": 1,
                            "client": "tritonclient-binary", **r}  # fmt: skip
