@@ -172,8 +172,8 @@ def _input_item(item: Any) -> Any:
     if not isinstance(item, simdjson.Object):
         return _plain(item)
     out = {key: _plain(item[key]) for key in item if key != "data"}
-    data = item.get("data")
-    if data is not None or "data" in item:
+    if "data" in item:
+        data = item["data"]
         out["data"] = _numbers(data, out.get("datatype")) if isinstance(data, simdjson.Array) else _plain(data)
     return out
 

@@ -92,17 +92,13 @@ class Server:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
-        choose_policy = policy_for
-
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
             if config.no_batching:
                 return None
-            return config.batching or choose_policy(store, record, profile)
-
-        choose_spec = spec_for
+            return config.batching or policy_for(store, record, profile)
 
         def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
-            chosen = choose_spec(store, record, profile)
+            chosen = spec_for(store, record, profile)
             if config.threads is None and config.batching is None:
                 return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             batch_policy = policy(store, record, profile)

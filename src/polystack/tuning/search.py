@@ -191,7 +191,7 @@ def search(
         return t
 
     while survivors:
-        remaining = budget_s - (time.perf_counter() - started)
+        remaining = budget_s - elapsed()
         if use == "exhaustive":
             plan = [(len(survivors), duration_ms)]
         else:
@@ -211,7 +211,7 @@ def search(
         this_rung: list[Trial] = []
         for c in sorted(survivors[:size], key=by_load):
             this_rung.append(run(c, dur, final, "", total))
-            if use != "exhaustive" and not final and time.perf_counter() - started > budget_s * 1.5:
+            if use != "exhaustive" and not final and elapsed() > budget_s * 1.5:
                 notes.append(f"stopped early in rung {rungs_run}: the {budget_s:g} s budget ran out")
                 break
         last_rung = this_rung
@@ -225,14 +225,13 @@ def search(
         runs.setdefault(t.config, []).append(t)
     ranked = sorted(runs, key=lambda c: _median_key(runs[c]), reverse=True)
     finalists = _finalists([c for c in ranked if _median_key(runs[c])[0]], configs)
+    fits = lambda n: elapsed() + learnt.estimate([(n, final_ms)]) <= budget_s  # noqa: E731  (a round of n)
     # what does not fit the budget goes, the other set-up first, then the neighbours (never the best two)
-    while len(finalists) > 2 and elapsed() + learnt.estimate([(len(finalists), final_ms)]) > budget_s:
+    while len(finalists) > 2 and not fits(len(finalists)):
         finalists.pop()
     rounds = 0
-    while len(finalists) > 1 and rounds < CONFIRM_ROUNDS:
+    while len(finalists) > 1 and rounds < CONFIRM_ROUNDS and fits(len(finalists)):
         fresh = [c for c in finalists if c not in runs]
-        if elapsed() + learnt.estimate([(len(finalists), final_ms)]) > budget_s:
-            break
         order = finalists if rounds % 2 == 0 else finalists[::-1]
         for c in sorted(fresh, key=by_load) + [c for c in order if c not in fresh]:
             runs.setdefault(c, []).append(run(c, final_ms, True, "confirming ", done + 1))
