@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,48 @@ def test_qps_search_lands_near_the_capacity_from_a_rough_bound(capacity: float) 
     assert 0.8 * capacity <= found.qps <= capacity
 
 
+def test_a_rate_that_passed_before_and_now_just_misses_is_not_halved() -> None:
+    # re-measuring from the previous run's rate: a near miss steps down a little, then bisects
+    found = scenarios.find_max_qps(fake_run(920.0), slo_ms=10, upper_qps=1200, steps=3, start_qps=1000)
+    assert [round(r.target_qps or 0) for r in found.tries][:2] == [1000, 800]
+    assert found.qps >= 0.85 * 920
+
+
 def test_qps_search_reports_nothing_when_even_low_rates_miss() -> None:
     found = scenarios.find_max_qps(fake_run(0.0), slo_ms=10, upper_qps=1000, steps=4)
     assert found.best is None and found.qps == 0.0 and len(found.tries) == 4
+
+
+class SlowFirstCalls(NullModel):
+    """A model whose first calls are slow, as a freshly loaded runtime's are (allocations, compilation)."""
+
+    def __init__(self, slow: int) -> None:
+        super().__init__(SIG, delay_ms=0.2)
+        self.slow = slow
+
+    def infer(self, inputs):  # type: ignore[no-untyped-def]
+        if self.slow > 0:
+            self.slow -= 1
+            time.sleep(0.05)
+        return super().infer(inputs)
+
+
+def test_a_fresh_models_slow_first_calls_stay_out_of_the_timed_run() -> None:
+    # 16 queries: a p99 is the slowest, so one 50 ms first call would be the p99
+    r = scenarios.single_stream(SlowFirstCalls(slow=2), synthetic(SIG, n=8), RUN, expected_latency_s=2e-4)
+    assert r.queries >= 8 and r.errors == 0
+    assert r.p99_ms < 25
+
+    cold = scenarios.single_stream(
+        SlowFirstCalls(slow=2), synthetic(SIG, n=8), replace(RUN, warmup_calls=0), expected_latency_s=2e-4
+    )
+    assert cold.p99_ms >= 50  # the same run without warm-up: what the tuner used to rank
+
+
+def test_offline_and_server_runs_warm_their_batch_shapes_first() -> None:
+    model = SlowFirstCalls(slow=3)
+    scenarios.offline(model, synthetic(SIG, n=16), batch_size=8, run=RUN, expected_qps=4000)
+    assert model.slow == 0
+    model = SlowFirstCalls(slow=3)
+    r = scenarios.server(model, synthetic(SIG, n=16), 300, 20.0, 8, 1.0, RUN)
+    assert model.slow == 0 and r.p99_ms < 20

@@ -31,6 +31,9 @@ SERVER_MIN_RUN_MS = 150
 # p99 is then the 2nd-3rd slowest, not the slowest. At 300 ms a 10 ms model ran 30 queries, so one
 # hiccup decided, and tune chose ONNX Runtime at 22 ms p99 over OpenVINO at 15 ms for MiniLM.
 SS_MIN_QUERIES = 200
+# ... and may run this long to get them (a 40 ms model needs 8 s): capped at 3 s, a tune of MiniLM
+# ended its 1-thread runs at 80-160 queries, where a p99 is the slowest query or next to it
+SS_MAX_RUN_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,13 @@ class Profile(abc.ABC):
 def _ss(m: Measurer, c: Config, duration_ms: int, rung: int) -> tuple[Trial, scenarios.ScenarioResult]:
     model = m.model(c.candidate, c.threads)
     t1 = m.calibration(c.candidate, c.threads).t(1)
-    run = replace(m.run(duration_ms), min_query_count=SS_MIN_QUERIES)
+    run = m.run(duration_ms)
+    enough_ms = int(SS_MIN_QUERIES * t1 * 1000 * 1.2)
+    run = replace(
+        run,
+        min_query_count=SS_MIN_QUERIES,
+        max_duration_ms=max(run.max_duration_ms, min(SS_MAX_RUN_MS, enough_ms)),
+    )
     r = scenarios.single_stream(model, m.pool, run, expected_latency_s=max(1e-5, t1 * 0.5))
     metrics = {
         "p50_ms": r.p50_ms,
