@@ -83,11 +83,15 @@ def test_qps_search_lands_near_the_capacity_from_a_rough_bound(capacity: float) 
     assert 0.8 * capacity <= found.qps <= capacity
 
 
-def test_a_rate_that_passed_before_and_now_just_misses_is_not_halved() -> None:
+def test_a_rate_that_passed_before_is_re_measured_in_small_steps() -> None:
     # re-measuring from the previous run's rate: a near miss steps down a little, then bisects
     found = scenarios.find_max_qps(fake_run(920.0), slo_ms=10, upper_qps=1200, steps=3, start_qps=1000)
     assert [round(r.target_qps or 0) for r in found.tries][:2] == [1000, 800]
     assert found.qps >= 0.85 * 920
+    # and a pass grows by a quarter, not twice over: three tries end within 10% of the capacity
+    found = scenarios.find_max_qps(fake_run(1300.0), slo_ms=10, upper_qps=1200, steps=3, start_qps=1000)
+    assert [round(r.target_qps or 0) for r in found.tries][:2] == [1000, 1250]
+    assert found.qps >= 0.9 * 1300
 
 
 def test_qps_search_reports_nothing_when_even_low_rates_miss() -> None:
