@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
+
+_NO_SPAN = contextlib.nullcontext()  # reusable: entering it does nothing and keeps no state
 
 
 class Tracer:
@@ -29,10 +30,10 @@ class Tracer:
     def enabled(self) -> bool:
         return self._tracer is not None
 
-    @contextlib.contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[None]:
+    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+        """A span around a block; with tracing off, one shared no-op context (no generator per request)."""
         if self._tracer is None:
-            yield
-            return
-        with self._tracer.start_as_current_span(name, attributes=attributes):
-            yield
+            return _NO_SPAN
+        return cast(
+            contextlib.AbstractContextManager[Any], self._tracer.start_as_current_span(name, attributes=attributes)
+        )
