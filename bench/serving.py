@@ -1,6 +1,6 @@
 """Serving benchmark: polystack vs MLServer on the same ONNX models, driven by the same client.
 
-    .venv/bin/python bench/serving.py            # full run (about 6 minutes)
+    .venv/bin/python bench/serving.py            # full run (about 11 minutes)
     .venv/bin/python bench/serving.py --quick    # 1 s per cell, for a smoke check
 
 What it does, all on 127.0.0.1:
@@ -16,11 +16,12 @@ What it does, all on 127.0.0.1:
   asyncio connections; p50/p99 latency and requests/s per cell;
 - adds polystack through tritonclient (binary tensors) at concurrency 1, and the in-process floor:
   polystack's Engine.infer latency at batch 1 and its Offline throughput at batch 32;
-- with batching on, two more polystack cells with binary tensors: 8-item requests at concurrency 8 (the
-  batcher merges four into a batch of 32) and 32-item requests at concurrency 4 (already at that size);
-  their items/s set against the Offline figure show how much of the runtime's batch-32 throughput the
-  server keeps once per-request cost is shared by several items; the same two cells again on a server
-  started with `--instances 2 --threads 1`, against the better of the two in-process set-ups;
+- with batching on, more polystack cells with binary tensors: 8-item requests (the batcher merges four
+  into a batch of 32) and 32-item requests (already at that size), each at a low concurrency (8 and 4)
+  and at one that saturates the server (32 and 8); their items/s set against the Offline figure show
+  how much of the runtime's batch-32 throughput the server keeps once per-request cost is shared by
+  several items; the same cells again on a server started with `--instances 2 --threads 1`, against
+  the better of the two in-process set-ups;
 - each cell records the cores the client and the server used (CPU seconds per second, all threads):
   on 2 shared cores, what the client and the transport take is what the runtime cannot have;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
@@ -57,7 +58,10 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 MLSERVER_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polystack" / "bench-mlserver-venv"
 MLSERVER_PINS = ["mlserver==1.7.1", "uvloop<0.22", "httptools", "onnxruntime", "numpy"]
 START, END = "<!-- serving:start -->", "<!-- serving:end -->"
-BINARY_CELLS = ((8, 8), (32, 4))  # batching efficiency: (items per request, requests in flight)
+# batching efficiency: (items per request, requests in flight). The first two keep 64 and 128 items in
+# flight, too few to keep two batch workers busy while the next requests are parsed (the 2x1 server
+# used 1.3-1.75 of the 2 cores there); the last two hold enough to saturate the server
+BINARY_CELLS = ((8, 8), (32, 4), (8, 32), (32, 8))
 SPLIT = ("--instances", "2", "--threads", "1")  # two batch workers of one runtime thread each
 
 RUNTIME_PY = """
@@ -591,7 +595,11 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
             entry["batching_items_over_offline_b32_batch1_json"] = round(single["rps"] / offline, 3)
         for multi in (r for r in rows if r["model"] == model and r.get("items_per_request", 1) > 1):
             items_s = multi["rps"] * multi["items_per_request"]
-            tag = multi["client"].removeprefix("raw-http-") + ("_2x1" if multi["server"].endswith("2x1") else "")
+            tag = (
+                multi["client"].removeprefix("raw-http-")
+                + f"_c{multi['concurrency']}"
+                + ("_2x1" if multi["server"].endswith("2x1") else "")
+            )
             entry[f"batching_items_over_offline_b32_{tag}"] = round(items_s / offline, 3)
         out[model] = entry
     return out
