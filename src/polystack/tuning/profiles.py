@@ -27,10 +27,6 @@ DEFAULT_SLO_MS = {"server": 50.0, "edge": 100.0}
 HARNESS_QPS = 40_000.0
 # A p99 from a run shorter than this rests on too few requests to rank Server configurations.
 SERVER_MIN_RUN_MS = 150
-# ... and each Server run goes on until it holds this many queries (within its maximum duration): a
-# 300 ms run of MiniLM at 80 QPS held 24, so its p99 was its slowest query, and single runs of one
-# configuration ranked it anywhere between 71 and 116 QPS
-SERVER_MIN_QUERIES = 100
 # SingleStream runs last until they hold this many queries (within the run's maximum duration): a
 # p99 is then the 2nd-3rd slowest, not the slowest. At 300 ms a 10 ms model ran 30 queries, so one
 # hiccup decided, and tune chose ONNX Runtime at 22 ms p99 over OpenVINO at 15 ms for MiniLM.
@@ -293,14 +289,7 @@ class Server(Profile):
 
         def run_at(q: float) -> scenarios.ScenarioResult:
             return scenarios.server(
-                model,
-                m.pool,
-                q,
-                slo,
-                c.max_batch_size,
-                c.max_delay_ms,
-                replace(m.run(duration_ms), min_query_count=SERVER_MIN_QUERIES),
-                instances=c.instances,
+                model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, m.run(duration_ms), instances=c.instances
             )
 
         duration_ms = max(duration_ms, SERVER_MIN_RUN_MS)
@@ -321,7 +310,6 @@ class Server(Profile):
             "mean_batch_size": best.mean_batch_size if best else None,
             "early_stopping_met": best.early_stopping_met if best else None,
             "qps_tries": len(found.tries),
-            "queries": best.queries if best else None,
         }
         trial = Trial(c, rung, duration_ms, metrics, None, points, error)
         if best is None:
