@@ -29,12 +29,16 @@ def spans() -> Iterator[object]:
     provider.shutdown()
 
 
-def _infer(port: int) -> None:
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-    x = httpclient.InferInput("x", [2, 16], "FP32")
-    x.set_data_from_numpy(np.ones((2, 16), np.float32))
-    client.infer("mlp", [x], request_id="req-7")
-    client.close()
+def _serve_one_request(store: Store, trace: bool) -> None:
+    st = start(store, models=["mlp"], trace=trace)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        x = httpclient.InferInput("x", [2, 16], "FP32")
+        x.set_data_from_numpy(np.ones((2, 16), np.float32))
+        client.infer("mlp", [x], request_id="req-7")
+        client.close()
+    finally:
+        st.stop()
 
 
 def test_a_traced_server_records_one_span_per_inference_with_its_model_and_id(
@@ -42,11 +46,7 @@ def test_a_traced_server_records_one_span_per_inference_with_its_model_and_id(
 ) -> None:
     store, records = model_store
     spans.clear()  # type: ignore[attr-defined]
-    st = start(store, models=["mlp"], trace=True)
-    try:
-        _infer(st.http_port)
-    finally:
-        st.stop()
+    _serve_one_request(store, trace=True)
     (span,) = [s for s in spans.get_finished_spans() if s.name == "polystack.infer"]  # type: ignore[attr-defined]
     assert span.attributes["model"] == "mlp"
     assert span.attributes["version"] == records["mlp"].version
@@ -56,10 +56,6 @@ def test_a_traced_server_records_one_span_per_inference_with_its_model_and_id(
 def test_an_untraced_server_records_no_span(model_store: tuple[Store, dict[str, ModelRecord]], spans: object) -> None:
     store, _ = model_store
     spans.clear()  # type: ignore[attr-defined]
-    st = start(store, models=["mlp"], trace=False)
-    try:
-        _infer(st.http_port)
-    finally:
-        st.stop()
+    _serve_one_request(store, trace=False)
     assert spans.get_finished_spans() == ()  # type: ignore[attr-defined]
     assert not Tracer(enabled=False).enabled
