@@ -162,6 +162,8 @@ class Engine:
         self.store = store
         self._models: dict[tuple[str, int], LoadedEntry] = {}
         self._lock = threading.RLock()
+        # bumped on every load and unload: a caller may cache what ``get`` answered until it changes
+        self.generation = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self, ref: ModelRef | str, spec: LoadSpec | None = None) -> LoadedEntry:
@@ -192,6 +194,7 @@ class Engine:
         with self._lock:
             old = self._models.get((record.name, record.version))
             self._models[(record.name, record.version)] = entry
+            self.generation += 1
         if old is not None:
             old.model.close()
         return entry
@@ -204,6 +207,7 @@ class Engine:
             if not keys:
                 raise ModelNotFound(f"model {ref} is not loaded")
             gone = [self._models.pop(k) for k in keys]
+            self.generation += 1
         for entry in gone:
             entry.model.close()
         return gone
@@ -212,6 +216,7 @@ class Engine:
         with self._lock:
             entries = list(self._models.values())
             self._models.clear()
+            self.generation += 1
         for e in entries:
             e.model.close()
 

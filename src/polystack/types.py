@@ -201,13 +201,14 @@ class Signature:
 
     def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
         """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
-        expected = ", ".join(t.describe() for t in self.inputs)
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
-            raise InvalidTensor(f"missing input {', '.join(map(repr, missing))}; the model expects {expected}")
+            raise InvalidTensor(f"missing input {', '.join(map(repr, missing))}; the model expects {self._expected()}")
         unexpected = [n for n in inputs if n not in self._by_name]
         if unexpected:
-            raise InvalidTensor(f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {expected}")
+            raise InvalidTensor(
+                f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {self._expected()}"
+            )
         batch: int | None = None
         for spec in self.inputs:
             arr = inputs[spec.name]
@@ -234,6 +235,10 @@ class Signature:
             raise InvalidTensor(
                 f"batch size {batch} exceeds the model's maximum of {max_batch_size}; split the request"
             )
+
+    def _expected(self) -> str:
+        # built only for an error message: every valid request used to pay for it (py-spy, serving)
+        return ", ".join(t.describe() for t in self.inputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}

@@ -21,6 +21,7 @@ from conftest import Raw
 from servekit import start
 from tritonclient.utils import InferenceServerException
 
+from polystack.examples import mlp_onnx
 from polystack.store import ModelRecord, Store
 
 
@@ -125,5 +126,38 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
             g.load_model("does-not-exist")
         assert "NOT_FOUND" in str(e.value.status())
         raw.infer_ok()
+    finally:
+        st.stop()
+
+
+def test_unversioned_requests_follow_versions_loaded_and_unloaded_behind_the_server(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """The data plane remembers which entry answers a name; a load or unload in the engine itself
+    (not through the server) must still change which version an unversioned request reaches."""
+    store, records = model_store
+    mlp = records["mlp"]
+    for seed in (1, 2):  # two artifacts (the same one twice would be one version)
+        artifact = mlp_onnx(tmp_path / f"mlpv{seed}.onnx", sizes=(16, 32, 4), seed=seed)
+        store.register(artifact, name="mlpv", format="onnx", signature=mlp.signature)
+    assert [r.version for r in store.models.list() if r.name == "mlpv"] == [1, 2]
+    inp = mlp.signature.inputs[0]
+    x = httpclient.InferInput(inp.name, [1, *inp.shape[1:]], "FP32")
+    x.set_data_from_numpy(np.zeros((1, *inp.shape[1:]), np.float32))
+    st = start(store, models=["mlpv:1"], no_batching=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+
+        def answering_version() -> str:
+            return str(client.infer("mlpv", [x]).get_response()["model_version"])
+
+        assert answering_version() == "1"
+        st.server.engine.load("mlpv:2")
+        assert answering_version() == "2"
+        st.server.engine.unload("mlpv:2")
+        assert answering_version() == "1"
+        st.server.engine.unload("mlpv:1")
+        with pytest.raises(InferenceServerException, match="not loaded"):
+            client.infer("mlpv", [x])
     finally:
         st.stop()

@@ -109,6 +109,7 @@ class HttpApp:
         self.access_log = access_log
         self.connections: set[HttpProtocol] = set()
         self.closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop its connections run on (set by them)
 
     # -- routing -------------------------------------------------------------------------------
     def route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
@@ -219,7 +220,7 @@ class HttpApp:
                 raise InvalidRequest("Inference-Header-Content-Length must be an integer") from None
         body = _decoded_body(req, self.max_body_bytes)
         request = http_codec.decode_infer_request(body, header_length)
-        result = await self.plane.infer(args[0], args[1], request)
+        result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
         payload, hlen = http_codec.encode_infer_response(result, binary, default_binary)
@@ -272,6 +273,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused = False
         self._task: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()  # once a connection: each lookup costs a getpid() system call
+        app.loop = self._loop
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
