@@ -99,7 +99,8 @@ class DataPlane:
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
-        self._routes: dict[tuple[str, str | None], tuple[int, _Served]] = {}
+        self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
+        self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
         self.inline_max_s = inline_max_ms / 1000.0
         self._typical_s: dict[tuple[str, int], float] = {}
         self.draining = False
@@ -127,6 +128,7 @@ class DataPlane:
 
             batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_depth=m.depth.set, on_queue=m.queue.observe)
         self._served[key] = _Served(entry, batcher)
+        self._generation += 1
         if old is not None and old.batcher is not None:
             old.batcher.close(drain=True)
         self.metrics.models_loaded.set(len(self._served))
@@ -139,6 +141,7 @@ class DataPlane:
             raise ModelNotFound(f"model {name!r} is not loaded")
         for k in gone:
             served = self._served.pop(k)
+            self._generation += 1
             if served.batcher is not None:
                 served.batcher.close(drain=True)
         self.engine.unload(ModelRef(name))
@@ -150,17 +153,20 @@ class DataPlane:
             if served.batcher is not None:
                 served.batcher.close(drain=True)
         self._served.clear()
+        self._generation += 1
         self.executor.shutdown(wait=True)
 
     def _get(self, name: str, version: str | None) -> _Served:
-        generation = self.engine.generation
-        hit = self._routes.get((name, version))
-        if hit is not None and hit[0] == generation:
-            return hit[1]
+        # both generations are read before resolving: a load or unload in between (another thread)
+        # leaves this answer under a generation that is already stale, never a fresh one
+        key = ((self.engine.generation, self._generation), name, version)
+        served = self._routes.get(key)
+        if served is not None:
+            return served
         served = self._resolve(name, version)
         if len(self._routes) >= _MAX_ROUTES:  # "1", "01", "001", ... all name version 1: stay bounded
             self._routes.clear()
-        self._routes[(name, version)] = (generation, served)
+        self._routes[key] = served
         return served
 
     def _resolve(self, name: str, version: str | None) -> _Served:
