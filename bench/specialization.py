@@ -17,7 +17,8 @@ The three chosen configurations are then re-measured side by side, in an order r
 times at ``--final-ms``, and the medians compared: ``tuned / oracle`` (target >= 0.95) and
 ``tuned / default``, both as "how many times better" in the profile's own metric (p99 for
 realtime, QPS under the SLO for server, samples/s for batch, memory + artifact size for edge).
-Results: bench/results/specialization.json and a table in BENCHMARKS.md (between markers).
+Results: bench/results/specialization.json and a table in BENCHMARKS.md (between markers); a run of
+some profiles only (``--profiles server``) writes specialization-server.json and a section of its own.
 """
 
 from __future__ import annotations
@@ -385,12 +386,34 @@ def _ratio(v: Any) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.2f}x"
 
 
+def scope(rows: list[dict[str, Any]]) -> str:
+    """'' for a run of every profile; '-server' (say) for a run of some: its own file and section."""
+    profiles = sorted({r["profile"] for r in rows})
+    return "" if set(profiles) >= set(PROFILES) else "-" + "-".join(profiles)
+
+
+def markers(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    tag = scope(rows)
+    return START.replace("specialization", "specialization" + tag), END.replace(
+        "specialization", "specialization" + tag
+    )
+
+
+def _spread(h: dict[str, Any], key: str) -> str:
+    runs = [v for v in h.get(key, {}).get("runs", []) if v]  # a run that met no SLO at all counts as none
+    fmt = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}"  # noqa: E731
+    return f"{fmt(min(runs))}-{fmt(max(runs))}" if runs else "-"
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    start, end = markers(rows)
+    only = scope(rows).lstrip("-")
     lines = [
-        START,
-        "## Specialization and tuning (`bench/specialization.py`)",
+        start,
+        "## Specialization and tuning (`bench/specialization.py`)" + (f": {only} profile only" if only else ""),
         "",
-        f"Measured {meta['when']} on this machine ({meta['cpu']}, {meta['cores']} cores). Command: `{meta['command']}`.",
+        f"Measured {meta['when']} on this machine ({meta['cpu']}, {meta['cores']} cores). Command: `{meta['command']}`"
+        + (f" at commit {meta['commit']}." if meta.get("commit") else "."),
         f"1-minute load average at start / end: {meta['load_start']:.2f} / {meta['load_end']:.2f} "
         "(the benchmark itself keeps about one core busy; above ~1.5 something else shared the cores).",
         f"Tuned: `polystack tune` with a {meta['budget_s']:g} s budget, {meta['duration_ms']} ms LoadGen runs. Oracle: every "
@@ -401,8 +424,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "peak RSS delta) + artifact for edge). Target: tuned/oracle >= 0.95. Where tune and the oracle chose the same "
         "configuration the ratio is 1.00 by construction.",
         "",
-        "| model | profile | metric | tuned plan | tuned | oracle | default | tuned/oracle | tuned/default | tune time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Spread: the lowest and highest of the side-by-side runs of the tuned and the oracle configuration (Server "
+        "re-measurements last until they hold 300 queries at the rate found before, up to 5 s).",
+        "",
+        "| model | profile | metric | tuned plan | tuned | oracle | default | tuned/oracle | spread tuned / oracle "
+        "| tuned/default | tune time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         h = r["head_to_head"]
@@ -413,23 +440,42 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {t.get('label', '-')}: {t.get('settings', '-')} "
             f"| {_cell(h, 'tuned', metric)} | {_cell(h, 'oracle', metric)} "
             f"| {_cell(h, 'default', metric)} | {_ratio(r['tuned_vs_oracle'])} "
+            f"| {_spread(h, 'tuned')} / {_spread(h, 'oracle')} "
             f"| {_ratio(r['tuned_vs_default'])} | {r['tuned_s']:.0f} s ({r['tuned_configs_measured']}/{r['configs_total']}) |"
         )
-    lines += ["", "Models: " + "; ".join(sorted({f"{r['model']} = {r['title']}" for r in rows})) + ".", END, ""]
+    lines += ["", "Models: " + "; ".join(sorted({f"{r['model']} = {r['title']}" for r in rows})) + ".", end, ""]
     return "\n".join(lines)
 
 
+def results_path(rows: list[dict[str, Any]]) -> Path:
+    return RESULTS.with_name(f"specialization{scope(rows)}.json")
+
+
 def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    """Into ``specialization.json`` and its section for a run of every profile; a run of some
+    (``--profiles server``) goes to a file and section of its own and leaves the full run's alone."""
+    out = results_path(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
     section = markdown(rows, meta)
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    start, end = markers(rows)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     BENCHMARKS.write_text(text)
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def main() -> None:
@@ -446,7 +492,7 @@ def main() -> None:
         saved = json.loads(args.render.read_text())
         rows = [{**r, **ratios(r)} for r in saved["rows"]]
         write(rows, saved["meta"])
-        print(f"wrote {RESULTS} and {BENCHMARKS} from {args.render}")
+        print(f"wrote {results_path(rows)} and {BENCHMARKS} from {args.render}")
         return
     from polystack.tuning.plan import machine
 
@@ -462,6 +508,7 @@ def main() -> None:
         "final_ms": args.final_ms,
         "repeats": args.repeats,
         "load_start": os.getloadavg()[0],
+        "commit": _commit(),
     }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="polystack-bench-spec-") as tmp:
@@ -472,7 +519,7 @@ def main() -> None:
             rows += bench_model(name, args, work)
             meta["load_end"] = os.getloadavg()[0]
             write(rows, meta)  # keep what is done if a later model fails or the run is stopped
-    print(f"wrote {RESULTS} and {BENCHMARKS}")
+    print(f"wrote {results_path(rows)} and {BENCHMARKS}")
 
 
 if __name__ == "__main__":
