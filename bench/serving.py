@@ -281,25 +281,33 @@ def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
     return response
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads, or of one thread (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuShare:
-    """Cores the client (this process) and the server used over a run: where the 2 cores went."""
+    """Cores the client (this process) and the server used over a run: where the 2 cores went.
+
+    ``server_loop_cores`` is the server's main thread alone: for polystack, the event loop (HTTP
+    parsing, the OIP codec, queueing, writing responses), which is what the runtime's threads cannot
+    have on a machine this small.
+    """
 
     def __init__(self, server_pid: int | None) -> None:
         self.pid = server_pid
         self.wall, self.client = time.perf_counter(), time.process_time()
         self.server = cpu_seconds(server_pid) if server_pid else 0.0
+        self.loop = cpu_seconds(server_pid, server_pid) if server_pid else 0.0
 
     def done(self, result: dict[str, float]) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
         result["client_cores"] = round((time.process_time() - self.client) / wall, 2)
         if self.pid:
             result["server_cores"] = round((cpu_seconds(self.pid) - self.server) / wall, 2)
+            result["server_loop_cores"] = round((cpu_seconds(self.pid, self.pid) - self.loop) / wall, 2)
         return result
 
 
@@ -383,7 +391,8 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over repeated runs of one cell (requests: their total)."""
-    keys = [k for k in ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores") if all(k in r for r in runs)]
+    figures = ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores", "server_loop_cores")
+    keys = [k for k in figures if all(k in r for r in runs)]
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     return {"requests": sum(r["requests"] for r in runs), **out}
 
@@ -601,6 +610,12 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
                 + ("_2x1" if multi["server"].endswith("2x1") else "")
             )
             entry[f"batching_items_over_offline_b32_{tag}"] = round(items_s / offline, 3)
+            if "server_loop_cores" in multi:
+                # the most of Offline the server could keep if its runtime threads ran at in-process
+                # speed on every cycle the client and the event loop left them
+                cpus = os.cpu_count() or 1
+                left = (cpus - multi["client_cores"] - multi["server_loop_cores"]) / cpus
+                entry[f"batching_ceiling_{tag}"] = round(left, 3)
         out[model] = entry
     return out
 
@@ -621,15 +636,18 @@ def write_markdown(result: dict[str, Any]) -> None:
         "Batching on: polystack `--batching --max-batch-size 32 --max-queue-delay-ms 2`; MLServer adaptive",
         "batching 32 / 2 ms. Both servers run at once and their cells alternate (order flipped each repeat);",
         f"each figure is the median of {result.get('repeats', 1)} runs of the cell. Cores: CPU seconds per second of",
-        "the run (warm-up included) used by the client process and by the server process, all threads.",
+        "the run (warm-up included) used by the client process and by the server process, all threads; in brackets,",
+        "polystack's event loop thread alone.",
         "",
-        "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s | items/s | cores: client / server |",
+        "| model | server | batching | client | concurrency | p50 ms | p99 ms | req/s | items/s | cores: client / server (loop) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         cores = (
             f"{r['client_cores']:.2f} / {r['server_cores']:.2f}" if "client_cores" in r and "server_cores" in r else "-"
         )
+        if "server_loop_cores" in r and r["server"].startswith("polystack"):
+            cores += f" ({r['server_loop_cores']:.2f})"
         lines.append(
             f"| {r['model']} | {r['server']} | {'on' if r['batching'] else 'off'} | {r['client']} | "
             f"{r['concurrency']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:,.0f} | "
@@ -653,7 +671,9 @@ def write_markdown(result: dict[str, Any]) -> None:
         "batch-1 JSON requests at concurrency 32 and for binary requests of "
         + " and ".join(f"{i} items at concurrency {c}" for i, c in BINARY_CELLS)
         + " (the batcher merges the smaller ones into batches of 32); `polystack 2x1` rows and `_2x1` ratios"
-        " are a server started with `--instances 2 --threads 1`:",
+        " are a server started with `--instances 2 --threads 1`. `batching_ceiling_*` is the share of the"
+        " CPUs the client and the event loop left to the runtime in that cell: what the ratio could reach"
+        " if the runtime's threads ran at in-process speed on every cycle left:",
         "",
     ]
     for model, entry in result["ratios"].items():
