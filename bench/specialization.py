@@ -358,9 +358,26 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "tuned_vs_oracle": ratio("tuned", "oracle"),
+        "tuned_vs_oracle_90ci": interval(row, "tuned", "oracle"),
         "tuned_vs_default": ratio("tuned", "default"),
         "oracle_vs_default": ratio("oracle", "default"),
     }
+
+
+def interval(row: dict[str, Any], a: str, b: str, resamples: int = 2000) -> list[float] | None:
+    """A 90% bootstrap interval of the ratio of medians from each side's runs (None: same config, too
+    few runs, or Server). A ratio whose interval spans 1 is not told apart from a tie by these runs."""
+    h, profile = row["head_to_head"], row["profile"]
+    if profile == "server" or a not in h or b not in h or h[a]["config"] == h[b]["config"]:
+        return None  # server: each re-measurement starts from the last one's rate, so its runs are not independent
+    runs_a, runs_b = ([v for v in h[k].get("runs", []) if v] for k in (a, b))
+    if len(runs_a) < 3 or len(runs_b) < 3:
+        return None
+    rng = np.random.default_rng(0)
+    med_a = np.median(rng.choice(runs_a, (resamples, len(runs_a))), axis=1)
+    med_b = np.median(rng.choice(runs_b, (resamples, len(runs_b))), axis=1)
+    r = med_b / med_a if PRIMARY[profile][1] == "lower" else med_a / med_b
+    return [round(float(np.percentile(r, 5)), 2), round(float(np.percentile(r, 95)), 2)]
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -399,10 +416,16 @@ def markers(rows: list[dict[str, Any]]) -> tuple[str, str]:
     )
 
 
-def _spread(h: dict[str, Any], key: str) -> str:
+def _ci(ci: list[float] | None) -> str:
+    return f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
+
+
+def _spread(h: dict[str, Any], key: str, metric: str) -> str:
     runs = [v for v in h.get(key, {}).get("runs", []) if v]  # a run that met no SLO at all counts as none
-    fmt = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}"  # noqa: E731
-    return f"{fmt(min(runs))}-{fmt(max(runs))}" if runs else "-"
+    if not runs or metric == "footprint_bytes":  # a footprint is one figure, not a run
+        return "-"
+    lo, hi = _num(min(runs), metric), _num(max(runs), metric)
+    return lo if lo == hi else f"{lo.removesuffix(' ms').removesuffix('/s')}-{hi}"
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -424,8 +447,17 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "peak RSS delta) + artifact for edge). Target: tuned/oracle >= 0.95. Where tune and the oracle chose the same "
         "configuration the ratio is 1.00 by construction.",
         "",
-        "Spread: the lowest and highest of the side-by-side runs of the tuned and the oracle configuration (Server "
-        "re-measurements last until they hold 300 queries at the rate found before, up to 5 s).",
+        "Spread: the lowest and highest of the side-by-side runs of the tuned and the oracle configuration"
+        + (
+            f" (Server re-measurements last until they hold {meta['server_final_queries']} queries at the rate found "
+            f"before, up to {meta['server_max_ms'] / 1000:g} s)."
+            if meta.get("server_final_queries")
+            else "."
+        )
+        + " In brackets after "
+        "tuned/oracle: a 90% bootstrap interval of that ratio from those runs; one that spans 1 does not tell the two "
+        "configurations apart. None for Server: each re-measurement starts its QPS search from the previous one's "
+        "rate, so those runs are not independent (the spread still shows how far they wander).",
         "",
         "| model | profile | metric | tuned plan | tuned | oracle | default | tuned/oracle | spread tuned / oracle "
         "| tuned/default | tune time |",
@@ -439,8 +471,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {r['model']} | {r['profile']}{' (SLO ' + format(r['slo_ms'], 'g') + ' ms)' if r['slo_ms'] else ''} | {metric} "
             f"| {t.get('label', '-')}: {t.get('settings', '-')} "
             f"| {_cell(h, 'tuned', metric)} | {_cell(h, 'oracle', metric)} "
-            f"| {_cell(h, 'default', metric)} | {_ratio(r['tuned_vs_oracle'])} "
-            f"| {_spread(h, 'tuned')} / {_spread(h, 'oracle')} "
+            f"| {_cell(h, 'default', metric)} | {_ratio(r['tuned_vs_oracle'])}{_ci(r.get('tuned_vs_oracle_90ci'))} "
+            f"| {_spread(h, 'tuned', metric)} / {_spread(h, 'oracle', metric)} "
             f"| {_ratio(r['tuned_vs_default'])} | {r['tuned_s']:.0f} s ({r['tuned_configs_measured']}/{r['configs_total']}) |"
         )
     lines += ["", "Models: " + "; ".join(sorted({f"{r['model']} = {r['title']}" for r in rows})) + ".", end, ""]
@@ -509,6 +541,8 @@ def main() -> None:
         "repeats": args.repeats,
         "load_start": os.getloadavg()[0],
         "commit": _commit(),
+        "server_final_queries": SERVER_FINAL_QUERIES,
+        "server_max_ms": SERVER_MAX_MS,
     }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="polystack-bench-spec-") as tmp:
