@@ -65,7 +65,10 @@ class ScenarioResult:
     valid: bool  # LoadGen's own verdict under MLPerf rules
     early_stopping_met: bool | None = None
     early_stop_p90_ms: float | None = None  # SingleStream: LoadGen's early-stopping p90 estimate
-    target_qps: float | None = None  # Server: the scheduled (Poisson) rate
+    target_qps: float | None = None  # Server: the rate asked of LoadGen
+    # Server: the rate LoadGen actually scheduled. Poisson arrivals make it wander from the target:
+    # with an instant model at 74 QPS, 16-query runs scheduled 44-90 QPS over six seeds
+    scheduled_qps: float | None = None
     errors: int = 0
     error: str | None = None
     batch_p99_ms: float | None = None  # Offline / Server: compute time of one batch, p99
@@ -324,16 +327,32 @@ def server(
         batcher.close()
     res = _result("Server", log, "result_completed_samples_per_sec", errors)
     res.target_qps = target_qps
+    scheduled = log.get("result_scheduled_samples_per_sec")
+    res.scheduled_qps = float(scheduled) if scheduled else None
     if compute_s:
         res.batch_p99_ms = float(np.percentile(compute_s, 99)) * 1000
         res.mean_batch_size = float(np.mean(sizes))
     return res
 
 
+def kept_up(r: ScenarioResult) -> bool:
+    """The system completed at least 90% of the rate that arrived (Server; other runs always keep up).
+
+    Judged against the rate LoadGen scheduled, not the target: a run of a slow model holds a few dozen
+    Poisson arrivals, whose rate misses the target by 25% either way, and against the target an
+    instant model "fell behind" in half its runs. LoadGen's schedule is seeded, so each (target,
+    duration) pair drew the same arrivals every time: some targets failed for every configuration
+    (74 QPS for MiniLM, at p99 55-67 ms under a 200 ms SLO) and decided the search.
+    """
+    if r.target_qps is None:
+        return True
+    arrived = r.scheduled_qps or r.target_qps
+    return r.throughput >= 0.9 * arrived
+
+
 def meets_slo(r: ScenarioResult, slo_ms: float) -> bool:
-    """p99 within the SLO, no errors, and the system kept up with the arrivals (>= 90% completed rate)."""
-    keeps_up = r.target_qps is None or r.throughput >= 0.9 * r.target_qps
-    return r.errors == 0 and math.isfinite(r.p99_ms) and r.p99_ms <= slo_ms and keeps_up
+    """p99 within the SLO, no errors, and the system kept up with the arrivals."""
+    return r.errors == 0 and math.isfinite(r.p99_ms) and r.p99_ms <= slo_ms and kept_up(r)
 
 
 @dataclass
@@ -385,7 +404,7 @@ def find_max_qps(
             q = grow * q
         elif lo > 0:
             q = (lo + hi) / 2
-        elif 0 < r.throughput < 0.9 * q:  # overloaded: go below what it managed
+        elif r.throughput > 0 and not kept_up(r):  # overloaded: go below what it managed
             q = min(hi * back_off, 0.8 * r.throughput)
         else:
             q = hi * back_off
