@@ -404,9 +404,12 @@ def _ratio(v: Any) -> str:
 
 
 def scope(rows: list[dict[str, Any]]) -> str:
-    """'' for a run of every profile; '-server' (say) for a run of some: its own file and section."""
+    """'' for a run of every model and profile; '-server' or '-server-cnn-minilm' (say) for a run of
+    some: its own file and section."""
     profiles = sorted({r["profile"] for r in rows})
-    return "" if set(profiles) >= set(PROFILES) else "-" + "-".join(profiles)
+    models = sorted({r["model"] for r in rows})
+    tag = "" if set(profiles) >= set(PROFILES) else "-" + "-".join(profiles)
+    return tag if set(models) >= set(BUILDERS) else tag + "-" + "-".join(models)
 
 
 def markers(rows: list[dict[str, Any]]) -> tuple[str, str]:
@@ -433,7 +436,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     only = scope(rows).lstrip("-")
     lines = [
         start,
-        "## Specialization and tuning (`bench/specialization.py`)" + (f": {only} profile only" if only else ""),
+        "## Specialization and tuning (`bench/specialization.py`)"
+        + (f": {only.replace('-', ' ')} only" if only else ""),
         "",
         f"Measured {meta['when']} on this machine ({meta['cpu']}, {meta['cores']} cores). Command: `{meta['command']}`"
         + (f" at commit {meta['commit']}." if meta.get("commit") else "."),
