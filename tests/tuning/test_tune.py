@@ -10,7 +10,7 @@ from polystack.engine import LoadSpec
 from polystack.store import ModelRecord, Store, VariantRecord
 from polystack.tuning import TuneOptions, plan_status, spec_for_profile, tune
 from polystack.tuning.plan import PlanSettings, fingerprint
-from polystack.tuning.profiles import SS_MIN_QUERIES
+from polystack.tuning.profiles import SERVER_MIN_QUERIES, SS_MIN_QUERIES
 
 AddVariant = Callable[..., VariantRecord]
 FAST = TuneOptions(budget_s=20, duration_ms=120, min_duration_ms=40, memory=False, threads=[1])
@@ -94,6 +94,7 @@ def test_server_profile_finds_a_qps_under_the_slo_with_dynamic_batching(
     assert result.settings.dynamic_batching and result.settings.slo_ms == 40.0
     assert result.chosen.metrics["qps"] > 500  # one call at a time tops out at 500/s: batching won
     assert result.chosen.metrics["p99_ms"] <= 40.0
+    assert result.chosen.metrics["queries"] >= SERVER_MIN_QUERIES  # its p99 is not its slowest query
     assert "QPS" in result.explanation
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -27,6 +28,16 @@ DEFAULT_SLO_MS = {"server": 50.0, "edge": 100.0}
 HARNESS_QPS = 40_000.0
 # A p99 from a run shorter than this rests on too few requests to rank Server configurations.
 SERVER_MIN_RUN_MS = 150
+# ... and a Server run goes on until it holds this many queries at its target rate and lasts this many
+# SLOs (up to SERVER_MAX_RUN_MS). At 150-300 ms a MiniLM run at 60 QPS held 9-18 queries, its p99 was
+# its slowest one, and the completed rate, which runs to the last completion, lost the last query's
+# own 40 ms latency: a stable run "fell behind". A tune's rungs then ranked MiniLM's configurations at
+# random (34-70 QPS for set-ups that 600-query runs told apart at once: 1 thread x 2 instances kept
+# p99 <= 200 ms at 100 QPS where 2 threads missed at 80). Over 4 SLOs, a last query within the SLO
+# costs the completed rate under 10%, while a 10% overload leaves a backlog that fails the run.
+SERVER_MIN_QUERIES = 100
+SERVER_MIN_SLOS = 4
+SERVER_MAX_RUN_MS = 3000
 # SingleStream runs last until they hold this many queries (within the run's maximum duration): a
 # p99 is then the 2nd-3rd slowest, not the slowest. At 300 ms a 10 ms model ran 30 queries, so one
 # hiccup decided, and tune chose ONNX Runtime at 22 ms p99 over OpenVINO at 15 ms for MiniLM.
@@ -251,6 +262,10 @@ class Server(Profile):
     delays_ms: ClassVar[tuple[float, ...]] = (0.0, 1.0, 4.0)
     max_batch: ClassVar[int] = 32
 
+    def __init__(self, slo_ms: float | None = None) -> None:
+        super().__init__(slo_ms)
+        self._run_ms: list[float] = []  # each configuration's likely run length (the search's cost estimates)
+
     def configs(
         self, m: Measurer, candidate: str, threads: Sequence[int | None], cores: int, max_batch_size: int
     ) -> list[Config]:
@@ -261,11 +276,32 @@ class Server(Profile):
             cal = m.calibrate(candidate, t, sizes)
             # a batch whose compute alone takes more than half the SLO cannot meet it under load
             fits = [b for b in sizes if b in cal.seconds and (b == 1 or cal.seconds[b] * 1000 <= self.slo_ms / 2)]
-            delays = [d for d in self.delays_ms if d <= self.slo_ms / 4]
+            delays = self.useful_delays(cal.t(1))
             for inst in _instance_choices(t, cores):
                 for b in fits:
                     out += [Config(candidate, t, inst, b, d) for d in (delays if b > 1 else [0.0])]
+                    capacity = inst * b / max(cal.t(b), 1e-9)
+                    self._run_ms += [self.run_ms(0.8 * capacity)] * (len(delays) if b > 1 else 1)
         return out
+
+    def useful_delays(self, t1_s: float) -> list[float]:
+        """The queueing delays worth measuring for a model whose batch-1 call takes ``t1_s``.
+
+        A delay shorter than half a batch-1 call changes nothing measurable: under load, requests
+        already queue behind the running batch and fill the next one, and a tune that measured them
+        spent its budget on configurations that differed only by noise (MiniLM: 12-20 ms a call, with
+        1 and 4 ms delays tripling the Server space). Delays beyond a quarter of the SLO cost too much
+        latency to try.
+        """
+        assert self.slo_ms is not None
+        return [d for d in self.delays_ms if d == 0 or (d <= self.slo_ms / 4 and d / 1000 >= t1_s / 2)]
+
+    def run_ms(self, qps: float, duration_ms: int = SERVER_MIN_RUN_MS) -> int:
+        """How long a run at ``qps`` lasts: ``duration_ms``, ``SERVER_MIN_SLOS`` SLOs and ``SERVER_MIN_QUERIES``
+        queries at least, ``SERVER_MAX_RUN_MS`` at most (unless ``duration_ms`` asks for more)."""
+        assert self.slo_ms is not None
+        enough = max(SERVER_MIN_SLOS * self.slo_ms, 1000 * SERVER_MIN_QUERIES / max(min(qps, HARNESS_QPS), 1e-3))
+        return int(max(duration_ms, SERVER_MIN_RUN_MS, min(SERVER_MAX_RUN_MS, enough)))
 
     def capacity(self, m: Measurer, c: Config) -> float:
         t = m.calibration(c.candidate, c.threads).t(c.max_batch_size)
@@ -280,7 +316,9 @@ class Server(Profile):
         return 5 if hint is None else (4 if final else 3)
 
     def cost_s(self, duration_ms: int, final: bool) -> float:
-        return (max(duration_ms, SERVER_MIN_RUN_MS) / 1000 + 0.08) * (4 if final else 3.5)
+        # runs last long enough for their queries and SLOs: start from the configurations' median length
+        floor = statistics.median(self._run_ms) if self._run_ms else SERVER_MIN_RUN_MS
+        return (max(duration_ms, floor) / 1000 + 0.08) * (4 if final else 3.5)
 
     def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
         assert self.slo_ms is not None
@@ -288,11 +326,12 @@ class Server(Profile):
         model = m.model(c.candidate, c.threads, c.instances)
 
         def run_at(q: float) -> scenarios.ScenarioResult:
-            return scenarios.server(
-                model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, m.run(duration_ms), instances=c.instances
+            length = self.run_ms(q, duration_ms)
+            run = replace(
+                m.run(length), min_query_count=SERVER_MIN_QUERIES, max_duration_ms=max(length, SERVER_MAX_RUN_MS)
             )
+            return scenarios.server(model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, run, instances=c.instances)
 
-        duration_ms = max(duration_ms, SERVER_MIN_RUN_MS)
         prev = hint.metrics.get("qps") if hint else None
         if prev:
             found = scenarios.find_max_qps(run_at, slo, prev * 1.2, self.steps(final, hint), start_qps=prev)
@@ -309,6 +348,7 @@ class Server(Profile):
             "p99_ms": best.p99_ms if best else None,
             "mean_batch_size": best.mean_batch_size if best else None,
             "early_stopping_met": best.early_stopping_met if best else None,
+            "queries": best.queries if best else None,
             "qps_tries": len(found.tries),
         }
         trial = Trial(c, rung, duration_ms, metrics, None, points, error)
