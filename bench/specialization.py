@@ -215,8 +215,7 @@ def side_by_side(
     # identical configurations (the tuned plan *is* the oracle's) are measured once and shared
     unique = {cfg.key: cfg for cfg in configs.values()}
     by_cfg: dict[str, list[Any]] = {k: [] for k in unique}
-    # the tune's own result for a configuration starts its QPS search (Server) near the answer
-    hints: dict[str, Any] = {configs[k].key: t for k, t in (seeds or {}).items() if k in configs}
+    hints = server_starts(configs, seeds or {}) if profile_name == "server" else {}
     try:
         for c in {c.candidate for c in configs.values()}:  # warm up every model before timing any
             m.calibrate(c, None)
@@ -225,8 +224,10 @@ def side_by_side(
             # rotate the order each repeat: no configuration always runs right after another's (torch's
             # OpenMP threads spin on after a call) or always first
             for ckey, cfg in order[i % len(order) :] + order[: i % len(order)]:
-                t = profile.measure(m, cfg, run_ms(profile_name, final_ms, hints.get(ckey)), 9, True, hints.get(ckey))
-                hints[ckey] = t
+                hint = hints.get(ckey)
+                t = profile.measure(m, cfg, run_ms(profile_name, final_ms, hint), 9, True, hint)
+                if hint is None and profile_name == "server":
+                    hints[ckey] = start_at(t.metrics.get("qps") or 0.0)  # its later runs start where the first ended
                 by_cfg[ckey].append(t)
     finally:
         m.close()
@@ -252,6 +253,23 @@ def side_by_side(
             ),
         }
     return out
+
+
+def start_at(qps: float) -> Any:
+    """A stand-in trial whose only use is to start a Server QPS search at ``qps`` (fine 1.25x / 0.8x steps)."""
+    from polystack.tuning.measure import Config, Trial
+
+    return Trial(Config("-", None), 0, 0, {"qps": qps}, None) if qps > 0 else None
+
+
+def server_starts(configs: dict[str, Any], seeds: dict[str, Any]) -> dict[str, Any]:
+    """Where each repeat's QPS search starts for Server: the tuned and the oracle configuration both at the
+    higher of the two rates their tunes found, so that every re-measurement is independent of the others and
+    neither side inherits its own tune's luck (searching in small steps from a rate pulls the answer towards
+    it); the default from its own first re-measurement."""
+    found = [t.metrics.get("qps") or 0.0 for k, t in seeds.items() if k in configs and t is not None]
+    common = start_at(max(found, default=0.0))
+    return {configs[k].key: common for k in ("tuned", "oracle") if k in configs and common is not None}
 
 
 def run_ms(profile: str, final_ms: int, hint: Any) -> int:
@@ -330,6 +348,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             "oracle_s": round(oracle_s, 1),
             "explanation": tuned.explanation,
             "head_to_head": h2h,
+            "independent_server_runs": True,
             "rejected": [r.to_dict() for r in tuned.rejected],
         }
         row.update(ratios(row))
@@ -365,11 +384,13 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def interval(row: dict[str, Any], a: str, b: str, resamples: int = 2000) -> list[float] | None:
-    """A 90% bootstrap interval of the ratio of medians from each side's runs (None: same config, too
-    few runs, or Server). A ratio whose interval spans 1 is not told apart from a tie by these runs."""
+    """A 90% bootstrap interval of the ratio of medians from each side's runs (None: same config or too
+    few runs). A ratio whose interval spans 1 is not told apart from a tie by these runs."""
     h, profile = row["head_to_head"], row["profile"]
-    if profile == "server" or a not in h or b not in h or h[a]["config"] == h[b]["config"]:
-        return None  # server: each re-measurement starts from the last one's rate, so its runs are not independent
+    if a not in h or b not in h or h[a]["config"] == h[b]["config"]:
+        return None
+    if profile == "server" and not row.get("independent_server_runs"):
+        return None  # runs of an older version chained their QPS searches: not independent
     runs_a, runs_b = ([v for v in h[k].get("runs", []) if v] for k in (a, b))
     if len(runs_a) < 3 or len(runs_b) < 3:
         return None
@@ -460,8 +481,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         )
         + " In brackets after "
         "tuned/oracle: a 90% bootstrap interval of that ratio from those runs; one that spans 1 does not tell the two "
-        "configurations apart. None for Server: each re-measurement starts its QPS search from the previous one's "
-        "rate, so those runs are not independent (the spread still shows how far they wander).",
+        "configurations apart."
+        + (
+            " Server: each re-measurement is a QPS search of its own, the tuned and the oracle configuration both "
+            "starting at the higher of the rates their tunes found, so the runs are independent and neither side "
+            "inherits its tune's luck."
+            if meta.get("independent_server_runs")
+            else " None for Server: each re-measurement starts its QPS search from the previous one's "
+            "rate, so those runs are not independent (the spread still shows how far they wander)."
+        ),
         "",
         "| model | profile | metric | tuned plan | tuned | oracle | default | tuned/oracle | spread tuned / oracle "
         "| tuned/default | tune time |",
@@ -546,6 +574,7 @@ def main() -> None:
         "load_start": os.getloadavg()[0],
         "commit": _commit(),
         "server_final_queries": SERVER_FINAL_QUERIES,
+        "independent_server_runs": True,
         "server_max_ms": SERVER_MAX_MS,
     }
     rows: list[dict[str, Any]] = []
