@@ -424,17 +424,19 @@ def _ratio(v: Any) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.2f}x"
 
 
-def scope(rows: list[dict[str, Any]]) -> str:
+def scope(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """'' for a run of every model and profile; '-server' or '-server-cnn-minilm' (say) for a run of
-    some: its own file and section."""
-    profiles = sorted({r["profile"] for r in rows})
-    models = sorted({r["model"] for r in rows})
+    some: its own file and section. What the run was asked for decides (``meta``), so the results of a
+    run stopped half-way, written after each model, land where the whole run's would."""
+    meta = meta or {}
+    profiles = sorted(meta.get("profiles") or {r["profile"] for r in rows})
+    models = sorted(meta.get("models") or {r["model"] for r in rows})
     tag = "" if set(profiles) >= set(PROFILES) else "-" + "-".join(profiles)
     return tag if set(models) >= set(BUILDERS) else tag + "-" + "-".join(models)
 
 
-def markers(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    tag = scope(rows)
+def markers(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> tuple[str, str]:
+    tag = scope(rows, meta)
     return START.replace("specialization", "specialization" + tag), END.replace(
         "specialization", "specialization" + tag
     )
@@ -453,8 +455,8 @@ def _spread(h: dict[str, Any], key: str, metric: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    start, end = markers(rows)
-    only = scope(rows).lstrip("-")
+    start, end = markers(rows, meta)
+    only = scope(rows, meta).lstrip("-")
     lines = [
         start,
         "## Specialization and tuning (`bench/specialization.py`)"
@@ -511,19 +513,19 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def results_path(rows: list[dict[str, Any]]) -> Path:
-    return RESULTS.with_name(f"specialization{scope(rows)}.json")
+def results_path(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
+    return RESULTS.with_name(f"specialization{scope(rows, meta)}.json")
 
 
 def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Into ``specialization.json`` and its section for a run of every profile; a run of some
     (``--profiles server``) goes to a file and section of its own and leaves the full run's alone."""
-    out = results_path(rows)
+    out = results_path(rows, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
     section = markdown(rows, meta)
-    start, end = markers(rows)
+    start, end = markers(rows, meta)
     if start in text and end in text:
         head, rest = text.split(start, 1)
         text = head + section.rstrip("\n") + rest.split(end, 1)[1]
@@ -556,7 +558,7 @@ def main() -> None:
         saved = json.loads(args.render.read_text())
         rows = [{**r, **ratios(r)} for r in saved["rows"]]
         write(rows, saved["meta"])
-        print(f"wrote {results_path(rows)} and {BENCHMARKS} from {args.render}")
+        print(f"wrote {results_path(rows, saved['meta'])} and {BENCHMARKS} from {args.render}")
         return
     from polystack.tuning.plan import machine
 
@@ -576,6 +578,8 @@ def main() -> None:
         "server_final_queries": SERVER_FINAL_QUERIES,
         "independent_server_runs": True,
         "server_max_ms": SERVER_MAX_MS,
+        "models": args.models,
+        "profiles": args.profiles,
     }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="polystack-bench-spec-") as tmp:
@@ -586,7 +590,7 @@ def main() -> None:
             rows += bench_model(name, args, work)
             meta["load_end"] = os.getloadavg()[0]
             write(rows, meta)  # keep what is done if a later model fails or the run is stopped
-    print(f"wrote {results_path(rows)} and {BENCHMARKS}")
+    print(f"wrote {results_path(rows, meta)} and {BENCHMARKS}")
 
 
 if __name__ == "__main__":
