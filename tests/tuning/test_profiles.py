@@ -9,8 +9,15 @@ import pytest
 from polystack.store import ModelRecord, Store, VariantRecord
 from polystack.tuning import candidates as cands
 from polystack.tuning.inputs import pool_for
-from polystack.tuning.measure import Measurer
-from polystack.tuning.profiles import SERVER_MAX_RUN_MS, SERVER_MIN_QUERIES, SERVER_MIN_SLOS, Server
+from polystack.tuning.measure import Config, Measurer
+from polystack.tuning.profiles import (
+    OFFLINE_MIN_ROUNDS,
+    SERVER_MAX_RUN_MS,
+    SERVER_MIN_QUERIES,
+    SERVER_MIN_SLOS,
+    Batch,
+    Server,
+)
 
 AddVariant = Callable[..., VariantRecord]
 
@@ -52,3 +59,19 @@ def test_server_delays_beyond_a_quarter_of_the_slo_are_not_tried() -> None:
 def test_server_runs_hold_enough_queries_and_slos(slo_ms: float, qps: float, expected_ms: float) -> None:
     assert Server(slo_ms=slo_ms).run_ms(qps) == int(expected_ms)
     assert Server(slo_ms=slo_ms).run_ms(qps, duration_ms=9000) == 9000  # a longer run asked for is kept
+
+
+@pytest.mark.parametrize(
+    ("instances", "batch", "qps", "expected"),
+    [
+        (2, 32, 80.0, OFFLINE_MIN_ROUNDS * 64),  # a slow model: 300 ms would hold less than one round
+        (1, 8, 1000.0, 336),  # a fast one: 300 ms at 1000/s (330 with LoadGen's margin), in whole batches
+        (2, 4, 1000.0, 336),
+    ],
+)
+def test_offline_runs_hold_whole_rounds_and_enough_of_them(
+    instances: int, batch: int, qps: float, expected: int
+) -> None:
+    samples = Batch.samples(Config("v", 1, instances, batch), qps, duration_ms=300)
+    assert samples == expected
+    assert samples % (instances * batch) == 0

@@ -47,6 +47,21 @@ def test_offline_runs_batches_of_the_asked_size() -> None:
     assert r.batch_p99_ms is not None and r.batch_p99_ms >= 0.5
 
 
+def test_offline_runs_the_asked_samples_in_whole_batches_on_every_instance() -> None:
+    # three rounds of two 8-sample batches, though 150 ms at 4000/s would ask for 660 samples
+    model = NullModel(SIG, delay_ms=2.0)
+    r = scenarios.offline(
+        model, synthetic(SIG, n=16), batch_size=8, run=RUN, expected_qps=4000, instances=2, samples=48
+    )
+    assert r.errors == 0 and r.samples == 48
+    assert r.mean_batch_size == 8  # no part-filled batch, first or last
+
+
+def test_offline_without_a_sample_count_runs_the_duration_at_the_expected_rate() -> None:
+    r = scenarios.offline(NullModel(SIG, delay_ms=0.0), synthetic(SIG, n=16), batch_size=8, run=RUN, expected_qps=400)
+    assert r.samples == 66  # LoadGen's 1.1 x 400/s x 150 ms
+
+
 def test_server_batches_poisson_arrivals_within_the_slo() -> None:
     r = scenarios.server(NullModel(SIG, delay_ms=0.5), synthetic(SIG, n=16), 300, 50.0, 8, 1.0, RUN)
     assert r.errors == 0

@@ -1,10 +1,11 @@
-"""A minimal thread-based batcher for the Offline scenario.
+"""The Offline scenario's batch runner: one worker thread per instance, whole batches only.
 
 The Server scenario runs through ``polystack.batching.DynamicBatcher``, exactly as serving does.
-Offline hands LoadGen's one big query to workers that take batches of sample *indices* straight
-from the input pool (one fancy-index per input, no per-request validation or concatenation), as a
-batch job reads rows. A worker takes the oldest item, then up to ``max_batch_size`` (waiting up to
-``max_delay_ms``; with delay 0 it takes whatever is already queued).
+Offline cuts LoadGen's one big query into batches of sample *indices* as it arrives, as a batch job
+reads rows, and each worker takes the next whole batch and runs it (one fancy-index per input, no
+per-request validation or concatenation). The batches are cut before any worker sees them: workers
+that collected samples while LoadGen was still queueing them started on part-filled batches, and
+every batch after those was shifted, so the last round ran part-filled too.
 """
 
 from __future__ import annotations
@@ -21,19 +22,11 @@ Done = Callable[[list[Item], BaseException | None], None]
 
 
 class MeasureBatcher:
-    def __init__(
-        self,
-        instances: Sequence[Any],
-        run_batch: RunBatch,
-        done: Done,
-        max_batch_size: int = 1,
-        max_delay_ms: float = 0.0,
-    ) -> None:
-        self._q: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+    def __init__(self, instances: Sequence[Any], run_batch: RunBatch, done: Done, batch_size: int = 1) -> None:
+        self._q: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
         self._run = run_batch
         self._done = done
-        self.max_batch_size = max(1, max_batch_size)
-        self.max_delay_s = max(0.0, max_delay_ms) / 1000.0
+        self.batch_size = max(1, batch_size)
         self.batch_ns: list[int] = []  # compute time of every batch (all workers)
         self.batch_sizes: list[int] = []
         self._lock = threading.Lock()
@@ -44,36 +37,17 @@ class MeasureBatcher:
         for t in self._threads:
             t.start()
 
-    def submit(self, tag: Any, index: int) -> None:
-        self._q.put((tag, index))
-
     def submit_many(self, items: Sequence[Item]) -> None:
-        for it in items:
-            self._q.put(it)
-
-    def _collect(self, first: Item) -> list[Item] | None:
-        items = [first]
-        deadline = time.perf_counter() + self.max_delay_s
-        while len(items) < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            try:
-                nxt = self._q.get_nowait() if remaining <= 0 else self._q.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if nxt is None:  # stop signal: put it back for the other workers, finish this batch
-                self._q.put(None)
-                break
-            items.append(nxt)
-        return items
+        """Queue ``items`` as whole batches (the last one holds what is left)."""
+        for i in range(0, len(items), self.batch_size):
+            self._q.put(list(items[i : i + self.batch_size]))
 
     def _worker(self, instance: Any) -> None:
         while True:
-            first = self._q.get()
-            if first is None:
+            items = self._q.get()
+            if items is None:  # stop signal: put it back for the other workers
                 self._q.put(None)
                 return
-            items = self._collect(first)
-            assert items is not None
             started = time.perf_counter_ns()
             error: BaseException | None = None
             try:

@@ -73,6 +73,7 @@ class ScenarioResult:
     error: str | None = None
     batch_p99_ms: float | None = None  # Offline / Server: compute time of one batch, p99
     mean_batch_size: float | None = None
+    samples: int | None = None  # Offline: samples run
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,8 +212,7 @@ def _batched(
     instances: Sequence[LoadedModel],
     pool: InputPool,
     ts: Any,
-    max_batch_size: int,
-    max_delay_ms: float,
+    batch_size: int,
     throughput_key: str,
 ) -> ScenarioResult:
     lg = _lg()
@@ -226,7 +226,7 @@ def _batched(
             errors.append(f"{type(error).__name__}: {error}")
         lg.QuerySamplesComplete(_responses(items))
 
-    batcher = MeasureBatcher(instances, run_batch, done, max_batch_size, max_delay_ms)
+    batcher = MeasureBatcher(instances, run_batch, done, batch_size)
     try:
         log = _start(ts, lambda samples: batcher.submit_many([(s.id, s.index) for s in samples]), lambda: None, pool)
     finally:
@@ -235,6 +235,7 @@ def _batched(
     if batcher.batch_ns:
         res.batch_p99_ms = float(np.percentile(batcher.batch_ns, 99)) / 1e6
         res.mean_batch_size = float(np.mean(batcher.batch_sizes))
+        res.samples = int(np.sum(batcher.batch_sizes))
     return res
 
 
@@ -245,13 +246,21 @@ def offline(
     run: RunSettings = RunSettings(),
     expected_qps: float = 1000.0,
     instances: int = 1,
+    samples: int | None = None,
 ) -> ScenarioResult:
-    """Every sample in one query; batches of ``batch_size`` run by ``instances`` worker threads sharing the model."""
+    """Every sample in one query; batches of ``batch_size`` run by ``instances`` worker threads sharing the model.
+
+    LoadGen issues ``1.1 x expected_qps x min_duration`` samples, or ``samples`` where that is more.
+    """
     ts = _test_settings("Offline", run)
-    ts.min_query_count = 1
     ts.offline_expected_qps = max(1.0, expected_qps)
+    ts.min_query_count = 1  # Offline: LoadGen reads it as the least number of samples
+    if samples is not None:
+        ts.min_query_count = samples
+        # LoadGen's own count must not exceed ``samples`` by rounding
+        ts.offline_expected_qps = max(1e-3, min(expected_qps, 0.99 * samples / (1.1 * run.min_duration_ms / 1000)))
     _warm_up(model, pool, [batch_size], run.warmup_calls)
-    return _batched("Offline", [model] * max(1, instances), pool, ts, batch_size, 0.0, "result_samples_per_second")
+    return _batched("Offline", [model] * max(1, instances), pool, ts, batch_size, "result_samples_per_second")
 
 
 @dataclass
