@@ -250,7 +250,7 @@ def offline(
 ) -> ScenarioResult:
     """Every sample in one query; batches of ``batch_size`` run by ``instances`` worker threads sharing the model.
 
-    LoadGen issues ``1.1 x expected_qps x min_duration`` samples, or ``samples`` where that is more.
+    LoadGen issues ``1.1 x expected_qps x min_duration`` samples; ``samples``, where given, is the count.
     """
     ts = _test_settings("Offline", run)
     ts.offline_expected_qps = max(1.0, expected_qps)
