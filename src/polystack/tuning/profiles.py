@@ -91,6 +91,9 @@ class Profile(abc.ABC):
         self.slo_ms = slo_ms if slo_ms is not None else DEFAULT_SLO_MS.get(self.name)
         if self.slo_ms is not None and self.slo_ms <= 0:
             raise InvalidRequest(f"--slo-ms must be positive, got {self.slo_ms}")
+        # each configuration's least run length, where its queries or batches set one (filled by
+        # ``configs``; the search's cost estimates start from it)
+        self._run_ms: list[float] = []
 
     # -- the space -----------------------------------------------------------------------------
     def configs(
@@ -215,10 +218,6 @@ class Batch(Profile):
     scenario = "Offline"
     summary = "highest throughput over a whole dataset (Offline)"
 
-    def __init__(self, slo_ms: float | None = None) -> None:
-        super().__init__(slo_ms)
-        self._min_run_ms: list[float] = []  # each configuration's least run length (the search's cost estimates)
-
     def configs(
         self, m: Measurer, candidate: str, threads: Sequence[int | None], cores: int, max_batch_size: int
     ) -> list[Config]:
@@ -230,7 +229,7 @@ class Batch(Profile):
             for inst in _instance_choices(t, cores):
                 new = [Config(candidate, t, inst, b) for b in fits]
                 out += new
-                self._min_run_ms += [
+                self._run_ms += [
                     1000 * OFFLINE_MIN_ROUNDS * c.instances * c.max_batch_size / self.proxy(m, c) for c in new
                 ]
         return out
@@ -244,9 +243,9 @@ class Batch(Profile):
         return math.ceil(wanted / per_round) * per_round
 
     def cost_s(self, duration_ms: int, final: bool) -> float:
-        if not self._min_run_ms:
+        if not self._run_ms:
             return super().cost_s(duration_ms, final)
-        return statistics.fmean(max(duration_ms, f) for f in self._min_run_ms) / 1000 + 0.06
+        return statistics.fmean(max(duration_ms, f) for f in self._run_ms) / 1000 + 0.06
 
     def proxy(self, m: Measurer, c: Config) -> float:
         t = m.calibration(c.candidate, c.threads).t(c.max_batch_size)
@@ -296,10 +295,6 @@ class Server(Profile):
     delays_ms: ClassVar[tuple[float, ...]] = (0.0, 1.0, 4.0)
     max_batch: ClassVar[int] = 32
 
-    def __init__(self, slo_ms: float | None = None) -> None:
-        super().__init__(slo_ms)
-        self._run_ms: list[float] = []  # each configuration's likely run length (the search's cost estimates)
-
     def configs(
         self, m: Measurer, candidate: str, threads: Sequence[int | None], cores: int, max_batch_size: int
     ) -> list[Config]:
@@ -313,9 +308,9 @@ class Server(Profile):
             delays = self.useful_delays(cal.t(1))
             for inst in _instance_choices(t, cores):
                 for b in fits:
-                    out += [Config(candidate, t, inst, b, d) for d in (delays if b > 1 else [0.0])]
-                    capacity = inst * b / max(cal.t(b), 1e-9)
-                    self._run_ms += [self.run_ms(0.8 * capacity)] * (len(delays) if b > 1 else 1)
+                    new = [Config(candidate, t, inst, b, d) for d in (delays if b > 1 else [0.0])]
+                    out += new
+                    self._run_ms += [self.run_ms(0.8 * self.capacity(m, new[0]))] * len(new)
         return out
 
     def useful_delays(self, t1_s: float) -> list[float]:

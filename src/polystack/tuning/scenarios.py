@@ -258,7 +258,9 @@ def offline(
     if samples is not None:
         ts.min_query_count = samples
         # LoadGen's own count must not exceed ``samples`` by rounding
-        ts.offline_expected_qps = max(1e-3, min(expected_qps, 0.99 * samples / (1.1 * run.min_duration_ms / 1000)))
+        ts.offline_expected_qps = max(
+            1e-3, min(expected_qps, 0.99 * samples / (1.1 * max(run.min_duration_ms, 1) / 1000))
+        )
     _warm_up(model, pool, [batch_size], run.warmup_calls)
     return _batched("Offline", [model] * max(1, instances), pool, ts, batch_size, "result_samples_per_second")
 
