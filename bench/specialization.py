@@ -280,6 +280,54 @@ def run_ms(profile: str, final_ms: int, hint: Any) -> int:
     return max(final_ms, min(SERVER_MAX_MS, int(1000 * SERVER_FINAL_QUERIES / qps)))
 
 
+def paired_server(
+    store: Any,
+    record: Any,
+    slo: float,
+    configs: dict[str, Any],
+    seeds: dict[str, Any],
+    runs: int,
+    run_ms: int,
+) -> dict[str, Any] | None:
+    """The tuned and the oracle Server configuration on one QPS ladder (``polystack.tuning.ladder``): the same
+    rates, interleaved, ``runs`` times each; capacity where the pass rate falls through one half. None when the
+    two are the same configuration or neither tune found a passing rate to centre the ladder on."""
+    from polystack.tuning import candidates as cands
+    from polystack.tuning import ladder, profiles, scenarios
+    from polystack.tuning.inputs import pool_for
+    from polystack.tuning.measure import Measurer
+
+    if "tuned" not in configs or "oracle" not in configs or configs["tuned"].key == configs["oracle"].key:
+        return None
+    center = max((t.metrics.get("qps") or 0.0 for t in seeds.values() if t is not None), default=0.0)
+    if center <= 0:
+        return None
+    profile = profiles.make("server", slo)
+    assert isinstance(profile, profiles.Server)
+    found, _, _ = cands.gather(store, record)
+    m = Measurer(record.signature, pool_for(store, record), found)
+    keys = ("tuned", "oracle")
+
+    def run_at(key: str, qps: float) -> tuple[bool, float]:
+        r = profile.run_at(m, configs[key], qps, run_ms)
+        return scenarios.meets_slo(r, slo), r.p99_ms
+
+    try:
+        for c in {configs[k].candidate for k in keys}:  # warm up both before timing either
+            m.calibrate(c, None)
+        lad = ladder.run(
+            run_at, keys, ladder.rates_around(center), runs, progress=lambda s: print(f"      ladder {s}", flush=True)
+        )
+    finally:
+        m.close()
+    doc = lad.to_dict(keys)
+    doc["runs_per_rung"] = runs
+    doc["run_ms"] = run_ms
+    doc["tuned_vs_oracle"] = round(lad.ratio("tuned", "oracle"), 3)
+    doc["tuned_vs_oracle_90ci"] = lad.interval("tuned", "oracle")
+    return doc
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     from polystack.store import Store
     from polystack.tuning import TuneOptions, tune
@@ -318,6 +366,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
         default = default_config(tuned, profile)
         if default is not None:
             configs["default"] = default
+        seeds = {"tuned": tuned.chosen, "oracle": oracle.chosen}
         h2h = (
             side_by_side(
                 store,
@@ -328,10 +377,15 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
                 tuned.facts,
                 args.final_ms,
                 args.repeats,
-                {"tuned": tuned.chosen, "oracle": oracle.chosen},
+                seeds,
             )
             if configs
             else {}
+        )
+        paired = (
+            paired_server(store, record, slo, configs, seeds, args.ladder_runs, args.final_ms)
+            if profile == "server" and slo is not None and args.ladder_runs > 0
+            else None
         )
         metric, _ = PRIMARY[profile]
         row = {
@@ -349,6 +403,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             "explanation": tuned.explanation,
             "head_to_head": h2h,
             "independent_server_runs": True,
+            "paired_server": paired,
             "rejected": [r.to_dict() for r in tuned.rejected],
         }
         row.update(ratios(row))
@@ -375,9 +430,16 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
             return 1.0
         return better(profile, h[a].get(metric) or 0.0, h[b].get(metric) or 0.0)
 
+    paired = row.get("paired_server")
+    if paired:
+        # the ladder compares both at the same rates, interleaved: it resolves what independent searches cannot
+        vs_oracle, vs_oracle_ci = paired["tuned_vs_oracle"], paired["tuned_vs_oracle_90ci"]
+    else:
+        vs_oracle, vs_oracle_ci = ratio("tuned", "oracle"), interval(row, "tuned", "oracle")
     return {
-        "tuned_vs_oracle": ratio("tuned", "oracle"),
-        "tuned_vs_oracle_90ci": interval(row, "tuned", "oracle"),
+        "tuned_vs_oracle": vs_oracle,
+        "tuned_vs_oracle_90ci": vs_oracle_ci,
+        "tuned_vs_oracle_independent": ratio("tuned", "oracle"),
         "tuned_vs_default": ratio("tuned", "default"),
         "oracle_vs_default": ratio("oracle", "default"),
     }
@@ -509,8 +571,45 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {_spread(h, 'tuned', metric)} / {_spread(h, 'oracle', metric)} "
             f"| {_ratio(r['tuned_vs_default'])} | {r['tuned_s']:.0f} s ({r['tuned_configs_measured']}/{r['configs_total']}) |"
         )
+    lines += _ladder_lines(rows)
     lines += ["", "Models: " + "; ".join(sorted({f"{r['model']} = {r['title']}" for r in rows})) + ".", end, ""]
     return "\n".join(lines)
+
+
+def _ladder_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The Server cells' paired ladders: where tuned/oracle for Server comes from when tune and the oracle differ."""
+    laddered = [r for r in rows if r.get("paired_server")]
+    if not laddered:
+        return []
+    first = laddered[0]["paired_server"]
+    lines = [
+        "",
+        "Server, paired ladder (where tune and the oracle chose different configurations, this is the tuned/oracle "
+        "above): both configurations at the same rates (0.5x to 1.4x the higher rate their tunes found, in 1.15x "
+        f"steps, widened while either has not crossed, then twice a rate half-way between the two where either "
+        f"crosses), {first['runs_per_rung']} runs each per rate of at least "
+        f"{first['run_ms']} ms, alternating which goes first. A run passes when p99 <= SLO, with no errors and the "
+        "arrivals kept up with. Capacity: the rate where the monotone fit of the pass rate falls through one half "
+        "(`polystack.tuning.ladder`); interval: 90% bootstrap over each rate's runs. Passes per rate, low to high:",
+        "",
+        "| model | rates (QPS) | tuned passes | oracle passes | tuned capacity | oracle capacity | tuned/oracle |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in laddered:
+        p = r["paired_server"]
+        rates = p["rates"]
+
+        lines.append(
+            f"| {r['model']} | {rates[0]:,.0f}-{rates[-1]:,.0f} ({len(rates)}) "
+            f"| {' '.join(map(str, p['tuned']['passes']))} | {' '.join(map(str, p['oracle']['passes']))} "
+            f"| {_capacity(p['tuned'])} | {_capacity(p['oracle'])} | {_ratio(p['tuned_vs_oracle'])}{_ci(p['tuned_vs_oracle_90ci'])} |"
+        )
+    return lines
+
+
+def _capacity(side: dict[str, Any]) -> str:
+    bound = {"below": "< ", "above": "> "}.get(side["capacity_where"], "")
+    return f"{bound}{side['capacity_qps']:,.0f}/s"
 
 
 def results_path(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
@@ -552,6 +651,12 @@ def main() -> None:
     ap.add_argument("--duration-ms", type=int, default=300, help="LoadGen run length (tuned and oracle)")
     ap.add_argument("--final-ms", type=int, default=1000, help="run length of the side-by-side re-measurement")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--ladder-runs",
+        type=int,
+        default=4,
+        help="Server: runs per rate of the paired QPS ladder of the tuned and the oracle configuration (0: none)",
+    )
     ap.add_argument("--render", type=Path, help="only rewrite BENCHMARKS.md from this results JSON")
     args = ap.parse_args()
     if args.render:
@@ -578,6 +683,7 @@ def main() -> None:
         "server_final_queries": SERVER_FINAL_QUERIES,
         "independent_server_runs": True,
         "server_max_ms": SERVER_MAX_MS,
+        "ladder_runs": args.ladder_runs,
         "models": args.models,
         "profiles": args.profiles,
     }

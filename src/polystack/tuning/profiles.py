@@ -349,17 +349,22 @@ class Server(Profile):
         floor = statistics.median(self._run_ms) if self._run_ms else SERVER_MIN_RUN_MS
         return (max(duration_ms, floor) / 1000 + 0.08) * (4 if final else 3.5)
 
+    def run_at(self, m: Measurer, c: Config, qps: float, duration_ms: int) -> scenarios.ScenarioResult:
+        """One Server run of ``c`` at ``qps`` (Poisson arrivals), as long as ``run_ms`` says."""
+        assert self.slo_ms is not None
+        length = self.run_ms(qps, duration_ms)
+        run = replace(m.run(length), min_query_count=SERVER_MIN_QUERIES, max_duration_ms=max(length, SERVER_MAX_RUN_MS))
+        model = m.model(c.candidate, c.threads, c.instances)
+        return scenarios.server(
+            model, m.pool, qps, self.slo_ms, c.max_batch_size, c.max_delay_ms, run, instances=c.instances
+        )
+
     def measure(self, m: Measurer, c: Config, duration_ms: int, rung: int, final: bool, hint: Trial | None) -> Trial:
         assert self.slo_ms is not None
         slo = self.slo_ms
-        model = m.model(c.candidate, c.threads, c.instances)
 
         def run_at(q: float) -> scenarios.ScenarioResult:
-            length = self.run_ms(q, duration_ms)
-            run = replace(
-                m.run(length), min_query_count=SERVER_MIN_QUERIES, max_duration_ms=max(length, SERVER_MAX_RUN_MS)
-            )
-            return scenarios.server(model, m.pool, q, slo, c.max_batch_size, c.max_delay_ms, run, instances=c.instances)
+            return self.run_at(m, c, q, duration_ms)
 
         prev = hint.metrics.get("qps") if hint else None
         if prev:
