@@ -586,7 +586,7 @@ def _ladder_lines(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Server, paired ladder (where tune and the oracle chose different configurations, this is the tuned/oracle "
         "above): both configurations at the same rates (0.5x to 1.4x the higher rate their tunes found, in 1.15x "
-        f"steps, widened while either has not crossed, then twice a rate half-way between the two where either "
+        "steps, widened while either has not crossed, then twice a rate half-way between the two where either "
         f"crosses), {first['runs_per_rung']} runs each per rate of at least "
         f"{first['run_ms']} ms, alternating which goes first. A run passes when p99 <= SLO, with no errors and the "
         "arrivals kept up with. Capacity: the rate where the monotone fit of the pass rate falls through one half "
@@ -598,7 +598,6 @@ def _ladder_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in laddered:
         p = r["paired_server"]
         rates = p["rates"]
-
         lines.append(
             f"| {r['model']} | {rates[0]:,.0f}-{rates[-1]:,.0f} ({len(rates)}) "
             f"| {' '.join(map(str, p['tuned']['passes']))} | {' '.join(map(str, p['oracle']['passes']))} "

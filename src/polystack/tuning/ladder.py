@@ -9,8 +9,9 @@ fails (p99 within the SLO, no errors, the arrivals kept up with). A configuratio
 rate at which its pass rate falls through one half, read off a non-increasing fit of its pass rates
 (pool-adjacent-violators, weighted by runs: a higher rate should not pass more often, and a
 run-to-run flip should not make two crossings). A bootstrap over each rung's runs gives an interval
-of the ratio of two capacities. Written here because no library we use fits a monotone pass-rate
-curve to censored rungs; the fit is a dozen lines.
+of the ratio of two capacities. The fit is written here: scikit-learn's IsotonicRegression does the
+same, but scikit-learn is an optional extra (``trees``) and tuning runs without it; the
+pool-adjacent-violators loop is a dozen lines.
 
 Capacities outside the ladder are censored: below its lowest rate or above its highest, the
 capacity is reported as that rate and flagged, and ``run`` first widens the ladder (up to
