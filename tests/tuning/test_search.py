@@ -15,7 +15,7 @@ from typing import Any
 
 from polystack.tuning.measure import Config, Trial
 from polystack.tuning.profiles import Profile
-from polystack.tuning.search import search
+from polystack.tuning.search import CONFIRM_MAX_ROUNDS, CONFIRM_ROUNDS, search
 
 
 class Scripted(Profile):
@@ -78,7 +78,7 @@ def test_a_finalist_that_won_one_lucky_run_loses_to_the_steady_one() -> None:
     profile = Scripted(script, proxy=lambda c: {lucky: 2.0, steady: 1.0}.get(c, 0.0))
     outcome = search(profile, MEASURER, [lucky, steady], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
     assert outcome.best is not None and outcome.best.config == steady
-    assert profile.runs[lucky] == profile.runs[steady] == 3
+    assert profile.runs[lucky] == profile.runs[steady] == 1 + CONFIRM_MAX_ROUNDS  # free runs: every round
     assert any("median" in n for n in outcome.notes)
 
 
@@ -109,6 +109,16 @@ def test_finalists_are_not_confirmed_past_the_budget() -> None:
     assert not any("median" in n for n in outcome.notes)
 
 
+def test_rounds_past_the_first_two_are_run_only_while_they_end_within_half_the_budget() -> None:
+    a, b = Config("v", 2, 1, 8, 0.0), Config("v", 2, 1, 16, 0.0)
+    # 0.2 s a run: the first runs take 0.4 s, each round 0.4 s more; a third round would end at 1.6 s,
+    # past half of the 3 s budget, though the budget itself would still hold it
+    profile = Slow(lambda c, run: float(c.max_batch_size), proxy=lambda c: 0.0)
+    outcome = search(profile, MEASURER, [a, b], budget_s=3.0, strategy="exhaustive")  # type: ignore[arg-type]
+    assert profile.runs[a] == profile.runs[b] == 1 + CONFIRM_ROUNDS
+    assert outcome.best is not None and outcome.best.config == b
+
+
 def test_an_unconfirmed_runner_up_never_beats_the_confirmed_finalists() -> None:
     a, b, c, d = (Config("v", t, 1, 1, 0.0) for t in (1, 2, 4, 8))
 
@@ -120,7 +130,7 @@ def test_an_unconfirmed_runner_up_never_beats_the_confirmed_finalists() -> None:
 
     profile = Scripted(script, proxy=lambda cfg: 0.0)
     outcome = search(profile, MEASURER, [a, b, c, d], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert profile.runs[c] == 3 and profile.runs[d] == 1
+    assert profile.runs[c] == 1 + CONFIRM_MAX_ROUNDS and profile.runs[d] == 1
     assert outcome.best is not None and outcome.best.config == b
 
 
@@ -135,7 +145,7 @@ def test_a_measured_neighbour_under_rated_by_its_one_run_is_confirmed_and_wins()
 
     profile = Scripted(script, proxy=lambda c: 0.0)
     outcome = search(profile, MEASURER, configs, budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert profile.runs[b64] == 3 and profile.runs[Config("v", 2, 1, 8, 0.0)] == 1
+    assert profile.runs[b64] == 1 + CONFIRM_MAX_ROUNDS and profile.runs[Config("v", 2, 1, 8, 0.0)] == 1
     assert outcome.best is not None and outcome.best.config == b64
 
 
@@ -150,7 +160,7 @@ def test_the_best_of_another_set_up_joins_the_finalists_and_can_win() -> None:
 
     profile = Scripted(script, proxy=lambda c: 0.0)
     outcome = search(profile, MEASURER, configs, budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert profile.runs[one_thread] == 3
+    assert profile.runs[one_thread] == 1 + CONFIRM_MAX_ROUNDS
     assert outcome.best is not None and outcome.best.config == one_thread
 
 
