@@ -302,8 +302,7 @@ def paired_server(
     center = max((t.metrics.get("qps") or 0.0 for t in seeds.values() if t is not None), default=0.0)
     if center <= 0:
         return None
-    profile = profiles.make("server", slo)
-    assert isinstance(profile, profiles.Server)
+    profile = profiles.Server(slo)
     found, _, _ = cands.gather(store, record)
     m = Measurer(record.signature, pool_for(store, record), found)
     keys = ("tuned", "oracle")

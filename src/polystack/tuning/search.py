@@ -12,8 +12,8 @@ batch size or delay either side, same runtime and threads, measured already or n
 another set-up are measured again at the full duration, order flipped each round, with what is left
 of the budget (``CONFIRM_SHARE`` of it is kept for this; finalists that do not fit are dropped, the
 best two last): ``CONFIRM_ROUNDS`` rounds, and more, up to ``CONFIRM_MAX_ROUNDS``, while they end
-within half the budget, so that a tune of cheap runs decides on more of them. The winner has the best median score. One run decides
-badly on a shared machine: single Server runs here vary by up to 2x, and the benchmark saw halving
+within half the budget, so that a tune of cheap runs decides on more of them. The winner has the
+best median score. One run decides badly on a shared machine: single Server runs here vary by up to 2x, and the benchmark saw halving
 keep batch <= 16 over <= 32 on one lucky run (0.90x the exhaustive best).
 """
 
@@ -230,7 +230,11 @@ def search(
         runs.setdefault(t.config, []).append(t)
     ranked = sorted(runs, key=lambda c: _median_key(runs[c]), reverse=True)
     finalists = _finalists([c for c in ranked if _median_key(runs[c])[0]], configs)
-    fits = lambda n: elapsed() + learnt.estimate([(n, final_ms)]) <= budget_s  # noqa: E731  (a round of n)
+
+    def fits(n: int, share: float = 1.0) -> bool:
+        """Whether a round of ``n`` finalists would end within ``share`` of the budget."""
+        return elapsed() + learnt.estimate([(n, final_ms)]) <= budget_s * share
+
     # what does not fit the budget goes, the other set-up first, then the neighbours (never the best two)
     while len(finalists) > 2 and not fits(len(finalists)):
         finalists.pop()
@@ -240,7 +244,7 @@ def search(
         n = len(finalists)
         if n < 2 or rounds >= CONFIRM_MAX_ROUNDS or not fits(n):
             return False
-        return rounds < CONFIRM_ROUNDS or elapsed() + learnt.estimate([(n, final_ms)]) <= budget_s / 2
+        return rounds < CONFIRM_ROUNDS or fits(n, share=0.5)
 
     while another_round():
         fresh = [c for c in finalists if c not in runs]
