@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -241,6 +242,7 @@ def side_by_side(
             for t in trials
             if t.metrics.get(metric) and (t.score is not None or profile_name == "edge")
         ]
+        p99s = [t.metrics["p99_ms"] for t in trials if t.metrics.get("p99_ms")]
         out[key] = {
             "config": configs[key].key,
             "label": m.candidates[configs[key].candidate].label,
@@ -248,9 +250,7 @@ def side_by_side(
             metric: statistics.median(values) if values else None,
             "runs": [t.metrics.get(metric) for t in trials],
             "feasible_runs": sum(t.score is not None for t in trials),
-            "p99_ms": statistics.median(
-                [t.metrics["p99_ms"] for t in trials if t.metrics.get("p99_ms")] or [float("nan")]
-            ),
+            "p99_ms": statistics.median(p99s) if p99s else None,
         }
     return out
 
@@ -614,12 +614,24 @@ def results_path(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None)
     return RESULTS.with_name(f"specialization{scope(rows, meta)}.json")
 
 
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities as null: Python writes them as bare NaN, which jq and JSON.parse reject."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Into ``specialization.json`` and its section for a run of every profile; a run of some
     (``--profiles server``) goes to a file and section of its own and leaves the full run's alone."""
     out = results_path(rows, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    doc = _strict_json({"meta": meta, "rows": rows})
+    out.write_text(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
     section = markdown(rows, meta)
     start, end = markers(rows, meta)
