@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "specialization.json"
@@ -614,24 +614,16 @@ def results_path(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None)
     return RESULTS.with_name(f"specialization{scope(rows, meta)}.json")
 
 
-def _strict_json(value: Any) -> Any:
-    """NaN and infinities as null: Python writes them as bare NaN, which jq and JSON.parse reject."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
-
-
 def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Into ``specialization.json`` and its section for a run of every profile; a run of some
     (``--profiles server``) goes to a file and section of its own and leaves the full run's alone."""
     out = results_path(rows, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = _strict_json({"meta": meta, "rows": rows})
-    out.write_text(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+    # orjson writes NaN and infinities as null (json.dumps writes a bare NaN, which jq and JSON.parse reject)
+    doc = orjson.dumps(
+        {"meta": meta, "rows": rows}, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+    )
+    out.write_bytes(doc + b"\n")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
     section = markdown(rows, meta)
     start, end = markers(rows, meta)

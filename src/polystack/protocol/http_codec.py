@@ -151,8 +151,7 @@ def _request_doc(head: bytes | memoryview) -> Any:
     if len(head) < _SNIFF_BELOW:
         text = head if isinstance(head, bytes) else head.tobytes()
         if b'"data"' not in text:
-            # no JSON tensor data (binary tensors, as tritonclient sends them): nothing for simdjson's
-            # buffers to speed up, and orjson reads such a header in 1 us against simdjson's 9 us
+            # no JSON tensor data: orjson is the faster parser (see the module docstring)
             return loads(text)
     big = len(head) >= _KEEP_PARSER_BELOW
     parser: simdjson.Parser | None = None if big else getattr(_parsers, "parser", None)
