@@ -40,6 +40,8 @@ class ModelStats:
             d = self.durations["compute_infer"]
             d.count += requests
             d.ns += infer_ns * requests
+            if batch_size < 1:
+                return  # an empty request (dimension 0 is 0) ran, but there is no batch size to report it under
             per = self.batch_stats.setdefault(batch_size, {"compute_infer": Duration()})["compute_infer"]
             per.count += 1
             per.ns += infer_ns

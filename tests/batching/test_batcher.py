@@ -126,6 +126,8 @@ def test_full_queue_refuses_at_once(make: Any) -> None:
     assert time.monotonic() - started < 0.05
     for f in [first, *queued]:
         f.result(timeout=5)
+    stats = b.entry.stats.to_dict()["inference_stats"]
+    assert stats["fail"]["count"] == 1 and stats["success"]["count"] == 3
 
 
 def test_expired_request_is_rejected_and_never_run(make: Any) -> None:
@@ -138,6 +140,7 @@ def test_expired_request_is_rejected_and_never_run(make: Any) -> None:
         late.result(timeout=5)
     first.result(timeout=5)
     assert model.batches == [1]  # the expired one never reached the model
+    assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 1
 
 
 def test_async_deadline_answers_on_time(make: Any) -> None:
@@ -178,6 +181,7 @@ def test_invalid_request_is_refused_before_queueing(make: Any) -> None:
     with pytest.raises(InvalidTensor, match="unknown output"):
         b.submit(rows(1), ["nope"])
     assert b.depth == 0
+    assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 3  # Triton counts them as failures
 
 
 def test_requested_outputs_are_split_per_request(make: Any) -> None:

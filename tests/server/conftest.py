@@ -15,7 +15,7 @@ from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
 MAX_BODY = 1 << 20
-ONNX_MODELS = ["mlp", "ident64", "notb", "strid", "two"]
+ONNX_MODELS = ["mlp", "ident64", "ident8", "notb", "strid", "two"]
 
 
 @pytest.fixture(scope="module")

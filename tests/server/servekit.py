@@ -39,6 +39,7 @@ def build_models(work: Path) -> dict[str, Path]:
     return {
         "mlp": mlp_onnx(work / "mlp.onnx", sizes=(16, 32, 4)),
         "ident64": _single_op(work / "ident64.onnx", "Identity", TensorProto.INT64, 4, "a", [("b", "Identity")]),
+        "ident8": _single_op(work / "ident8.onnx", "Identity", TensorProto.INT8, 2, "a", [("b", "Identity")]),
         "notb": _single_op(work / "notb.onnx", "Not", TensorProto.BOOL, 3, "p", [("q", "Not")]),
         "strid": _single_op(work / "strid.onnx", "Identity", TensorProto.STRING, 2, "s", [("t", "Identity")]),
         "two": _single_op(work / "two.onnx", "", TensorProto.FLOAT, 4, "x", [("same", "Identity"), ("neg", "Neg")]),

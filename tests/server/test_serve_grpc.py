@@ -121,6 +121,56 @@ def test_errors_map_to_grpc_codes_and_server_keeps_serving(client: grpcclient.In
     raw.infer_ok()
 
 
+def _refused(stub: pb_grpc.GRPCInferenceServiceStub, req: pb.ModelInferRequest, *words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    for w in words:
+        assert w in err.value.details(), err.value.details()
+
+
+def test_typed_integers_that_do_not_fit_the_datatype_are_refused_not_wrapped(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident8")
+        req.inputs.add(name="a", datatype="INT8", shape=[1, 2]).contents.int_contents.extend([200, -129])
+        _refused(stub, req, "INT8", "-129", "200")
+        req = pb.ModelInferRequest(model_name="ident8")
+        req.inputs.add(name="a", datatype="INT8", shape=[1, 2]).contents.int_contents.extend([127, -128])
+        assert np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.int8).tolist() == [127, -128]
+
+
+def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[np.arange(4, dtype="<i8").tobytes()])
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4]).contents.int64_contents.extend([9, 9, 9, 9])
+        _refused(stub, req, "both raw_input_contents and typed contents")
+
+
+def test_shared_memory_tensors_are_refused_with_a_clear_error(server: ServerThread) -> None:
+    i = grpcclient.InferInput("x", [1, 16], "FP32")
+    i.set_shared_memory("region0", 64)
+    with pytest.raises(InferenceServerException) as e:
+        grpcclient.InferenceServerClient(server.grpc_url).infer("mlp", [i])
+    assert "INVALID_ARGUMENT" in _status(e.value) and "shared memory" in e.value.message()
+
+
+def test_raw_bool_bytes_other_than_one_are_true(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="notb", raw_input_contents=[b"\x00\x02\xff"])
+        req.inputs.add(name="p", datatype="BOOL", shape=[1, 3])
+        assert list(stub.ModelInfer(req).raw_output_contents[0]) == [1, 0, 0]
+
+
+def test_huge_version_numbers_are_not_found(client: grpcclient.InferenceServerClient) -> None:
+    assert not client.is_model_ready("mlp", "99999999999999999999999")
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("mlp", "99999999999999999999999")
+    assert "NOT_FOUND" in _status(e.value) and "no version" in e.value.message()
+
+
 def test_raw_contents_not_matching_shape_is_invalid_argument(server: ServerThread) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -128,6 +178,7 @@ def test_raw_contents_not_matching_shape_is_invalid_argument(server: ServerThrea
             ([1, 16], b"\0" * 60, "64 bytes"),
             ([-1, 16], b"\0" * 64, "negative"),
             ([2**40, 2**40], b"\0" * 64, "over the limit"),
+            ([0, 2**62], b"", "over the limit"),
         ]:
             req = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[raw_bytes])
             req.inputs.add(name="x", datatype="FP32", shape=shape)

@@ -135,7 +135,7 @@ def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> No
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'polystack_inference_request_success_total{model="mlp",version="1"}' in text
     assert "polystack_inference_request_duration_seconds_bucket" in text
-    assert "polystack_models_loaded 5.0" in text
+    assert "polystack_models_loaded 6.0" in text
 
 
 def test_asyncio_client_works_too(server: ServerThread) -> None:

@@ -56,6 +56,9 @@ def test_unknown_model_and_version_are_404(raw: Raw) -> None:
     check_error(raw, status, doc, 404)
     status, doc = raw.json("GET", "/v2/nowhere")
     check_error(raw, status, doc, 404, "no route")
+    for path in ("/v2/models/mlp/versions/99999999999999999999999", "/v2/models/mlp/versions/9223372036854775808/config"):
+        status, doc = raw.json("GET", path)
+        check_error(raw, status, doc, 404, "no version")
 
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
@@ -98,8 +101,14 @@ def test_shape_times_dtype_not_matching_data_is_400(raw: Raw) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "words"),
-    [([1, -16], "negative"), ([2**62, 2**62], "over the limit"), ([10**30], "integers"), ([1, "16"], "integers")],
-    ids=["negative", "huge", "huger", "not-int"],
+    [
+        ([1, -16], "negative"),
+        ([2**62, 2**62], "over the limit"),
+        ([0, 2**62], "over the limit"),
+        ([10**30], "integers"),
+        ([1, "16"], "integers"),
+    ],
+    ids=["negative", "huge", "huge-times-zero", "huger", "not-int"],
 )
 def test_negative_or_huge_dims_are_400(raw: Raw, shape: list, words: str) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=shape)]})
@@ -251,3 +260,41 @@ def test_repository_extension_is_off_by_default(raw: Raw) -> None:
     check_error(raw, status, doc, 403, "--allow-model-control")
     status, doc = raw.json("POST", "/v2/repository/models/mlp/unload", {})
     check_error(raw, status, doc, 403)
+
+
+def test_unsupported_request_features_are_refused_not_ignored(raw: Raw) -> None:
+    shm = {"shared_memory_region": "r0", "shared_memory_byte_size": 64}
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=None, parameters=shm)]})
+    check_error(raw, status, doc, 400, "shared memory")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input()], "outputs": [{"name": "y", "parameters": shm}]})
+    check_error(raw, status, doc, 400, "shared memory")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input()], "parameters": {"sequence_id": 7}})
+    check_error(raw, status, doc, 400, "sequence")
+    head = json.dumps({"inputs": [good_input(parameters={"binary_data_size": 64})]}).encode()
+    status, _, data = raw.request("POST", INFER, head + b"\0" * 64, {"Inference-Header-Content-Length": str(len(head))})
+    check_error(raw, status, json.loads(data), 400, "both 'data' and a binary_data_size")
+
+
+def _failures(raw: Raw) -> dict[str, float]:
+    text = raw.request("GET", "/metrics")[2].decode()
+    return {
+        line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("polystack_inference_request_failure_total{")
+    }
+
+
+def test_failures_are_counted_without_growing_metrics_from_client_strings(raw: Raw) -> None:
+    before = _failures(raw)
+    for i in range(5):
+        raw.json("POST", f"/v2/models/made-up-{i}/infer", {"inputs": [good_input()]})
+        raw.json("POST", f"/v2/models/mlp/versions/{i + 50}/infer", {"inputs": [good_input()]})
+    raw.request("POST", INFER, b"{not json", {"Content-Type": "application/json"})
+    after = _failures(raw)
+    assert not [k for k in after if "made-up" in k or 'version="5' in k], after
+    unknown = 'model="",reason="ModelNotFound",version=""'
+    assert after[unknown] - before.get(unknown, 0) == 5
+    bad_version = 'model="mlp",reason="VersionNotFound",version=""'
+    assert after[bad_version] - before.get(bad_version, 0) == 5
+    undecoded = 'model="mlp",reason="InvalidRequest",version=""'
+    assert after[undecoded] - before.get(undecoded, 0) == 1

@@ -47,6 +47,8 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
     caller = threading.Thread(target=slow_call)
     caller.start()
     time.sleep(0.02)  # the request is in the 50 ms model now
+    watcher.request("GET", "/metrics")
+    assert "polystack_requests_in_flight 1.0" in watcher.getresponse().read().decode()
     stopper = threading.Thread(target=st.stop)
     stopper.start()
     time.sleep(0.01)
@@ -125,6 +127,13 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         with pytest.raises(InferenceServerException) as e:
             g.load_model("does-not-exist")
         assert "NOT_FOUND" in str(e.value.status())
+        # overriding the config or the files on load is refused, never silently ignored
+        with pytest.raises(InferenceServerException) as e:
+            g.load_model("mlp", config='{"max_batch_size": 2}')
+        assert "INVALID_ARGUMENT" in str(e.value.status()) and "'config'" in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("mlp", files={"file:1/model.onnx": b"garbage"})
+        assert "400" in str(e.value.status()) and "'file:1/model.onnx'" in e.value.message()
         raw.infer_ok()
     finally:
         st.stop()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.policy import BatchPolicy
-from polystack.errors import DeadlineExceeded, InvalidTensor, QueueFull, Unavailable
+from polystack.errors import DeadlineExceeded, InvalidTensor, PolystackError, QueueFull, Unavailable
 
 BatchObserver = Callable[[int, int, float], None]  # (items, requests, compute seconds) per runtime call
 DepthObserver = Callable[[int], None]  # queue depth after each change
@@ -137,6 +137,20 @@ class DynamicBatcher:
         future: Future[dict[str, np.ndarray]] | None = None,
         waiter: asyncio.Future[dict[str, np.ndarray]] | None = None,
     ) -> _Pending:
+        try:
+            return self._enqueue(inputs, outputs, timeout_s, future, waiter)
+        except PolystackError:
+            self.entry.stats.add("fail", 0)  # refused before it queued: a failed request, as Triton counts it
+            raise
+
+    def _enqueue(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        timeout_s: float | None,
+        future: Future[dict[str, np.ndarray]] | None,
+        waiter: asyncio.Future[dict[str, np.ndarray]] | None,
+    ) -> _Pending:
         self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
         if outputs:
             unknown = [o for o in outputs if o not in self.signature.output_names]
@@ -196,6 +210,7 @@ class DynamicBatcher:
         except asyncio.TimeoutError:
             if not self._expire(pending):
                 return await waiter  # it left the queue in time and is running now: let it finish
+            self.entry.stats.add("fail", int((time.monotonic() - pending.enqueued) * 1e9))
             raise DeadlineExceeded(
                 f"the request waited past its deadline in model {self.entry.name!r}'s queue; "
                 "retry with a longer timeout or a lighter load"
@@ -266,6 +281,7 @@ class DynamicBatcher:
                     "queue, past its deadline; it was not run"
                 )
                 late.append((p, None, error))
+                self.entry.stats.add("fail", int((now - p.enqueued) * 1e9))
             else:
                 live.append(p)
         if late:

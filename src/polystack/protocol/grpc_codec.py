@@ -14,7 +14,16 @@ import numpy as np
 
 from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol.grpc_gen import inference_pb2 as pb
-from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, from_raw, parse_shape, to_raw
+from polystack.protocol.wire import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    cast_numbers,
+    from_raw,
+    parse_shape,
+    refuse_shared_memory,
+    to_raw,
+)
 from polystack.types import DType
 
 # datatype -> the typed-contents field that carries it
@@ -34,6 +43,10 @@ _CONTENTS_FIELD = {
 }
 
 
+# the integer fields, at the width protobuf holds them
+_WIDE = {"uint_contents": np.uint64, "uint64_contents": np.uint64, "int_contents": np.int64, "int64_contents": np.int64}
+
+
 def param_value(p: Any) -> Any:
     """The Python value of an InferParameter / ModelRepositoryParameter."""
     which = p.WhichOneof("parameter_choice")
@@ -48,6 +61,10 @@ def decode_infer_request(req: pb.ModelInferRequest) -> InferRequest:
     if not req.inputs:
         raise InvalidRequest("an inference request needs at least one input")
     raw = req.raw_input_contents
+    if raw and any(t.HasField("contents") for t in req.inputs):
+        raise InvalidRequest(
+            "the request has both raw_input_contents and typed contents; send every input one way or the other"
+        )
     if raw and len(raw) != len(req.inputs):
         raise InvalidRequest(
             f"the request has {len(req.inputs)} inputs but {len(raw)} raw_input_contents; send one per input"
@@ -57,12 +74,15 @@ def decode_infer_request(req: pb.ModelInferRequest) -> InferRequest:
         name = t.name
         if name in inputs:
             raise InvalidTensor(f"input {name!r} appears twice in the request")
+        refuse_shared_memory(t.parameters, f"input {name!r}")
         dtype = DType.parse(t.datatype)
         shape = parse_shape(list(t.shape), name)
         if raw:
             inputs[name] = from_raw(name, dtype, shape, raw[i])
         else:
             inputs[name] = _from_contents(name, dtype, shape, t.contents)
+    for o in req.outputs:
+        refuse_shared_memory(o.parameters, f"output {o.name!r}")
     outputs = [RequestedOutput(o.name, True) for o in req.outputs] or None
     return InferRequest(inputs=inputs, id=req.id or None, outputs=outputs, parameters=params_dict(req.parameters))
 
@@ -81,10 +101,10 @@ def _from_contents(name: str, dtype: DType, shape: tuple[int, ...], contents: An
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    try:
-        return np.asarray(values, dtype=dtype.numpy).reshape(shape)
-    except (ValueError, OverflowError) as e:
-        raise InvalidTensor(f"input {name!r}: contents do not fit {dtype.value}: {e}") from None
+    wide = _WIDE.get(field)
+    if wide is not None:  # read at the field's own width, then range-checked: numpy would wrap 300 to 44 in UINT8
+        return cast_numbers(name, dtype, np.fromiter(values, dtype=wide, count=count)).reshape(shape)
+    return np.asarray(values, dtype=dtype.numpy).reshape(shape)
 
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:

@@ -33,9 +33,11 @@ from polystack.protocol.wire import (
     InferRequest,
     InferResponse,
     RequestedOutput,
+    cast_numbers,
     from_raw,
     parse_dtype,
     parse_shape,
+    refuse_shared_memory,
     to_raw,
 )
 from polystack.types import DType
@@ -96,7 +98,12 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         shape = parse_shape(item.get("shape"), name)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
+        refuse_shared_memory(params if isinstance(params, dict) else None, f"input {name!r}")
         if size is not None:
+            if item.get("data") is not None:
+                raise InvalidTensor(
+                    f"input {name!r} has both 'data' and a binary_data_size parameter; send its data one way"
+                )
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidTensor(f"input {name!r}: binary_data_size must be a non-negative integer")
             if binary is None:
@@ -133,6 +140,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidRequest("each entry of 'outputs' must be an object with a string 'name'")
             oparams = o.get("parameters") or {}
+            refuse_shared_memory(oparams if isinstance(oparams, dict) else None, f"output {o['name']!r}")
             flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
             outputs.append(RequestedOutput(o["name"], default_binary if flag is None else bool(flag)))
         outputs = outputs or None
@@ -215,7 +223,7 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
     count = math.prod(shape)
     try:
         if isinstance(data, np.ndarray):
-            arr = _cast_numbers(name, dtype, data)
+            arr = cast_numbers(name, dtype, data)
         elif dtype is DType.BYTES:
             flat = _flatten(data)
             arr = np.empty(len(flat), dtype=object)
@@ -236,19 +244,6 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             f"input {name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
         )
     return arr.reshape(shape)
-
-
-def _cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
-    target = np.dtype(dtype.numpy)
-    if target.kind in "iu" and data.size and target.itemsize < 8:
-        info = np.iinfo(target)
-        low, high = data.min(), data.max()
-        if low < info.min or high > info.max:
-            raise InvalidTensor(
-                f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
-                f"outside {info.min}..{info.max}"
-            )
-    return data.astype(target, copy=False)
 
 
 def _check_numbers(name: str, dtype: DType, data: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from polystack.errors import InvalidTensor
+from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.types import DType
 
 # The largest tensor polystack accepts in one request, in elements; a shape whose product exceeds
@@ -65,6 +65,10 @@ def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
             raise InvalidTensor(f"input {name!r}: shape {list(raw)} must hold integers only")
         if d < 0:
             raise InvalidTensor(f"input {name!r}: shape {list(raw)} has a negative dimension; sizes are >= 0")
+        if d > MAX_ELEMENTS:  # with a 0 elsewhere the product is 0, but numpy still cannot make the array
+            raise InvalidTensor(
+                f"input {name!r}: shape {list(raw)} has a dimension over the limit of {MAX_ELEMENTS:,}; split the request"
+            )
         shape.append(d)
     if math.prod(shape) > MAX_ELEMENTS:
         raise InvalidTensor(
@@ -72,6 +76,15 @@ def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
             f"{MAX_ELEMENTS:,}; split the request"
         )
     return tuple(shape)
+
+
+def refuse_shared_memory(params: Any, what: str) -> None:
+    """Shared-memory tensors (Triton's shared memory extensions) are not implemented: say so, never ignore them."""
+    if params and any(str(k).startswith("shared_memory_") for k in params):
+        raise InvalidRequest(
+            f"{what} refers to a shared memory region; polystack does not implement the shared memory "
+            "extensions, so send the tensor's data in the request"
+        )
 
 
 def parse_dtype(raw: Any, name: str) -> DType:
@@ -93,8 +106,24 @@ def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memor
     if dtype is DType.BYTES:
         return decode_bytes(name, shape, raw)
     check_length(name, dtype, shape, len(raw))
+    if dtype is DType.BOOL:  # one byte each, and any non-zero byte is true (numpy would keep 2 as a "true" 2)
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
     np_dtype = dtype.numpy.newbyteorder("<") if dtype.itemsize > 1 else dtype.numpy
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
+
+
+def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
+    """Numbers read wide (int64, uint64, float64) in the tensor's datatype, refusing integers that do not fit."""
+    target = np.dtype(dtype.numpy)
+    if target.kind in "iu" and data.size and (target.itemsize < data.dtype.itemsize or target.kind != data.dtype.kind):
+        info = np.iinfo(target)
+        low, high = data.min(), data.max()
+        if low < info.min or high > info.max:
+            raise InvalidTensor(
+                f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
+                f"outside {info.min}..{info.max}"
+            )
+    return data.astype(target, copy=False)
 
 
 def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:

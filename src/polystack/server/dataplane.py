@@ -56,12 +56,25 @@ class _Served:
     batcher: DynamicBatcher | None
 
 
+_MAX_VERSION = (1 << 63) - 1  # the store's versions are SQLite integers
+
+
 def parse_version(name: str, version: str | None) -> int | None:
     if not version:
         return None
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= _MAX_VERSION:
         raise VersionNotFound(f"model {name!r} has no version {version!r}; versions are positive integers")
     return int(version)
+
+
+def _refuse_sequences(parameters: dict[str, Any]) -> None:
+    """Sequence (stateful) requests need sequence batching, which polystack does not have: refuse, never ignore."""
+    for key in ("sequence_id", "sequence_start", "sequence_end"):
+        if parameters.get(key):
+            raise InvalidRequest(
+                f"the request sets {key!r}, but polystack has no sequence batching (stateful models); "
+                "send each request on its own, without sequence parameters"
+            )
 
 
 def _timed_infer(entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None) -> Any:
@@ -107,6 +120,7 @@ class DataPlane:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time: nothing per request
 
     # -- model lifecycle -------------------------------------------------------------------------
     def load(self, ref: ModelRef | str) -> LoadedEntry:
@@ -268,8 +282,10 @@ class DataPlane:
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
-        model_label = (name, version or "")
+        model_label: tuple[str, str] | None = None
         try:
+            if request.parameters:
+                _refuse_sequences(request.parameters)
             served = self._get(name, version)
             entry = served.entry
             model_label = (entry.name, str(entry.version))
@@ -293,16 +309,26 @@ class DataPlane:
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))
         except BaseException as e:
-            self.metrics.failed(model_label[0], model_label[1], status.reason(e))
+            self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+        assert model_label is not None
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(model_name=entry.name, model_version=str(entry.version), outputs=result, id=request.id)
+
+    def count_failure(self, name: str, exc: BaseException) -> None:
+        """Count a request the transport refused before it reached ``infer`` (it did not decode)."""
+        self.metrics.failed(*self._failure_label(name), status.reason(exc))
+
+    def _failure_label(self, name: str) -> tuple[str, str]:
+        """Labels for a request that failed before its model was resolved: never the client's raw strings,
+        which would let any client grow /metrics without bound; a served model's name, or empty."""
+        return (name, "") if any(k[0] == name for k in self._served) else ("", "")
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -332,10 +358,17 @@ class DataPlane:
             out.append(item)
         return out
 
-    async def repository_load(self, name: str) -> None:
+    async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
+        overrides = sorted(k for k in parameters or {} if k == "config" or k.startswith("file:"))
+        if overrides:
+            raise InvalidRequest(
+                f"load parameters {', '.join(map(repr, overrides))} are not supported: polystack loads models from "
+                "its store with the plan for the server's profile; register the new file with `polystack register` "
+                "(or tune a new plan), then load it by name"
+            )
         await asyncio.get_running_loop().run_in_executor(self.executor, self.load, name)
 
     async def repository_unload(self, name: str) -> None:

@@ -50,7 +50,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.plane.ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
+        ready = await self._sync(context, lambda: self.plane.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         md = self.plane.server_metadata()
@@ -76,7 +77,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         async def run() -> pb.ModelInferResponse:
-            decoded = grpc_codec.decode_infer_request(request)
+            try:
+                decoded = grpc_codec.decode_infer_request(request)
+            except PolystackError as e:
+                self.plane.count_failure(request.model_name, e)
+                raise
             result = await self.plane.infer(request.model_name, request.model_version, decoded)
             return grpc_codec.encode_infer_response(result)
 
@@ -92,7 +97,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await self._call(context, lambda: self.plane.repository_load(request.model_name))
+        params = grpc_codec.params_dict(request.parameters)
+        await self._call(context, lambda: self.plane.repository_load(request.model_name, params))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

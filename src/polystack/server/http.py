@@ -201,8 +201,10 @@ class HttpApp:
         return json_response(200, self.plane.repository_index(bool(doc.get("ready", False))))
 
     async def repository_load(self, req: Request, args: list[str]) -> Response:
-        self._json_body(req)
-        await self.plane.repository_load(args[0])
+        params = self._json_body(req).get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("'parameters' must be an object")
+        await self.plane.repository_load(args[0], params)
         return json_response(200, {})
 
     async def repository_unload(self, req: Request, args: list[str]) -> Response:
@@ -211,15 +213,13 @@ class HttpApp:
         return json_response(200, {})
 
     async def infer(self, req: Request, args: list[str]) -> Response:
-        raw_len = req.headers.get(b"inference-header-content-length")
-        header_length: int | None = None
-        if raw_len is not None:
-            try:
-                header_length = int(raw_len)
-            except ValueError:
-                raise InvalidRequest("Inference-Header-Content-Length must be an integer") from None
-        body = _decoded_body(req, self.max_body_bytes)
-        request = http_codec.decode_infer_request(body, header_length)
+        try:
+            request = http_codec.decode_infer_request(
+                _decoded_body(req, self.max_body_bytes), _header_length(req.headers)
+            )
+        except PolystackError as e:
+            self.plane.count_failure(args[0], e)  # it never reaches the data plane's own counting
+            raise
         result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
@@ -232,6 +232,16 @@ class HttpApp:
             b"application/octet-stream",
             [(b"inference-header-content-length", str(hlen).encode())],
         )
+
+
+def _header_length(headers: dict[bytes, bytes]) -> int | None:
+    raw = headers.get(b"inference-header-content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest("Inference-Header-Content-Length must be an integer") from None
 
 
 def _decoded_body(req: Request, limit: int) -> bytes:
