@@ -20,6 +20,9 @@ def serve(
     ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger bodies (413)."),
+    idle_timeout_s: float = typer.Option(
+        120.0, "--idle-timeout-s", help="Close HTTP connections idle (or stalled mid-request) this long (0: never)."
+    ),
     batching: bool | None = typer.Option(
         None, "--batching/--no-batching", help="Force dynamic batching on or off (default: by profile)."
     ),
@@ -69,6 +72,7 @@ def serve(
         allow_model_control=allow_model_control,
         drain_timeout_s=drain_timeout_s,
         max_body_bytes=max_body_bytes,
+        idle_timeout_s=idle_timeout_s,
         workers=workers,
         inline_max_ms=inline_max_ms,
         batching=policy,

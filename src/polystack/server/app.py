@@ -70,6 +70,7 @@ class ServeConfig:
     allow_model_control: bool = False
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
     batching: BatchPolicy | None = None  # overrides policy_for for every model
@@ -115,12 +116,18 @@ class Server:
             tracer=Tracer(config.trace),
             inline_max_ms=config.inline_max_ms,
         )
-        self.http = HttpApp(self.plane, max_body_bytes=config.max_body_bytes, access_log=config.access_log)
+        self.http = HttpApp(
+            self.plane,
+            max_body_bytes=config.max_body_bytes,
+            access_log=config.access_log,
+            idle_timeout_s=config.idle_timeout_s,
+        )
         self.http_port = 0
         self.grpc_port: int | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self._grpc_server: Any = None
         self._stop: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def load_models(self) -> None:
         refs = list(self.config.models)
@@ -140,6 +147,7 @@ class Server:
             lambda: HttpProtocol(self.http), self.config.host, self.config.http_port, backlog=1024
         )
         self.http_port = self._http_server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self.http.close_idle_connections())
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
                 self.plane, self.config.host, self.config.grpc_port, self.config.max_body_bytes
@@ -170,6 +178,8 @@ class Server:
         self.http.closing = True
         if self._http_server is not None:
             self._http_server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         grace = self.config.drain_timeout_s
         grpc_stop = self._grpc_server.stop(grace) if self._grpc_server is not None else None
         drained = await self.plane.wait_idle(grace)

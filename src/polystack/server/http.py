@@ -45,7 +45,9 @@ _REASONS = {
     405: b"Method Not Allowed",
     409: b"Conflict",
     413: b"Payload Too Large",
+    414: b"URI Too Long",
     415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -63,6 +65,14 @@ _ACCEPTED_TYPES = frozenset(
     }
 )
 _MAX_PIPELINED = 32
+_MAX_URL_BYTES = 64 * 1024  # longer: 414 (a 50 MB URL was otherwise read, kept and echoed in the 404)
+_MAX_HEADER_BYTES = 64 * 1024  # all header names and values of one request together; more: 431
+# After an error that ends the connection (413, malformed HTTP), the answer goes out with a FIN and
+# what the client is still sending is read and dropped, for at most this long or until it pauses this
+# long: closing with unread bytes makes the kernel send a reset that destroys the answer before a
+# client that writes its whole body first (tritonclient, urllib) reads it.
+_LINGER_S = 30.0
+_LINGER_QUIET_S = 2.0
 _ids = itertools.count(1)
 
 
@@ -103,13 +113,29 @@ Handler = Callable[[Request, list[str]], Response | Awaitable[Response]]
 class HttpApp:
     """Routes and handlers; one per server, shared by its connections."""
 
-    def __init__(self, plane: DataPlane, *, max_body_bytes: int, access_log: bool = False) -> None:
+    def __init__(
+        self, plane: DataPlane, *, max_body_bytes: int, access_log: bool = False, idle_timeout_s: float = 0.0
+    ) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
         self.connections: set[HttpProtocol] = set()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop its connections run on (set by them)
+        self.idle_timeout_s = idle_timeout_s
+
+    async def close_idle_connections(self) -> None:
+        """Close connections with nothing in flight that have been quiet for ``idle_timeout_s``: idle
+        keep-alive connections and clients stalled mid-request (each holds a socket and a parser)."""
+        if self.idle_timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
+            now = loop.time()
+            for conn in list(self.connections):
+                if not conn.busy and now - conn.last_active >= self.idle_timeout_s and conn.transport is not None:
+                    conn.transport.close()
 
     # -- routing -------------------------------------------------------------------------------
     def route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
@@ -277,12 +303,18 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
-        self._refused = False
+        self._header_bytes = 0
+        self._refused = False  # an error ends this connection: what the client still sends is dropped
+        self._final: Response | None = None  # that error's answer, held until the requests before it are answered
         self._busy = False
         self._queue: collections.deque[Request] = collections.deque()
         self._paused = False
         self._task: asyncio.Future[None] | None = None
+        self._upgrading: Request | None = None  # a request with an Upgrade header, answered as plain HTTP/1.1
+        self._upgrade_body: tuple[Request, int, list[bytes]] | None = None  # (it, bytes still due, parts)
         self._loop = asyncio.get_running_loop()  # once a connection: each lookup costs a getpid() system call
+        self._linger_until = 0.0
+        self.last_active = self._loop.time()
         app.loop = self._loop
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -297,16 +329,60 @@ class HttpProtocol(asyncio.Protocol):
             self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
         self.app.connections.discard(self)
 
+    @property
+    def busy(self) -> bool:
+        """A request of this connection is being answered or waits its turn."""
+        return self._busy or bool(self._queue)
+
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
         if self._refused:
             return
+        if self._upgrade_body is not None:
+            data = self._take_upgrade_body(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as e:
+            self._ignore_upgrade(data[e.args[0] :] if e.args else b"")
         except httptools.HttpParserError as e:
             if not self._refused:
                 self._fail(400, f"malformed HTTP request: {e}")
+
+    def _ignore_upgrade(self, rest: bytes) -> None:
+        """Answer a request that asked to switch protocols (curl --http2 sends ``Upgrade: h2c``) as plain
+        HTTP/1.1, as RFC 9110 lets a server do. httptools stops at its headers, before any body, so the
+        body (by Content-Length) is read here and the parser starts afresh after it."""
+        req, self._upgrading = self._upgrading, None
+        self.parser = httptools.HttpRequestParser(self)
+        if req is None:
+            return
+        if b"transfer-encoding" in req.headers:
+            self._fail(400, "a chunked body with an Upgrade header is not supported; send it without Upgrade")
+            return
+        length = int(req.headers.get(b"content-length", b"0") or b"0")  # httptools checked it is a number
+        if length:
+            self._upgrade_body = (req, length, [])
+            rest = self._take_upgrade_body(rest)
+        else:
+            self._complete(req)
+        if rest:
+            self.data_received(rest)
+
+    def _take_upgrade_body(self, data: bytes) -> bytes:
+        """Feed an Upgrade request its body; what is left of ``data`` belongs to the next request."""
+        assert self._upgrade_body is not None
+        req, due, parts = self._upgrade_body
+        parts.append(data[:due])
+        due -= len(parts[-1])
+        if due:
+            self._upgrade_body = (req, due, parts)
+            return b""
+        self._upgrade_body = None
+        req.body = b"".join(parts)
+        self._complete(req)
+        return data[len(parts[-1]) :]
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -314,17 +390,34 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._size = 0
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > _MAX_URL_BYTES and not self._refused:
+            self._fail(414, f"the URL is longer than {_MAX_URL_BYTES:,} bytes; OIP paths are short")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
         self._headers[name.lower()] = value
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > _MAX_HEADER_BYTES and not self._refused:
+            self._fail(431, f"the request headers exceed {_MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
             self._refuse_too_large(int(length))
+        elif (
+            self._headers.get(b"expect", b"").lower() == b"100-continue"
+            and not self.busy
+            and self.transport is not None
+        ):
+            # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -340,7 +433,13 @@ class HttpProtocol(asyncio.Protocol):
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         path = self._url.split(b"?", 1)[0].decode("latin-1")
-        req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
+        if b"upgrade" in self._headers and self.parser.should_upgrade():
+            keep = b"close" not in self._headers.get(b"connection", b"").lower()
+            self._upgrading = Request(self.parser.get_method(), path, self._headers, body, keep)
+            return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
+        self._complete(Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive()))
+
+    def _complete(self, req: Request) -> None:
         if self._busy:
             self._queue.append(req)
             if len(self._queue) >= _MAX_PIPELINED and self.transport is not None and not self._paused:
@@ -376,7 +475,10 @@ class HttpProtocol(asyncio.Protocol):
         self._send(req, response)
         while self._queue and not self._busy and self.transport is not None:
             self._dispatch(self._queue.popleft())
-        if self._paused and not self._queue and self.transport is not None:
+        if self._final is not None and not self.busy:
+            final, self._final = self._final, None
+            self._end_with(final)
+        elif self._paused and not self._queue and self.transport is not None:
             self.transport.resume_reading()
             self._paused = False
 
@@ -425,15 +527,44 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
 
     def _fail(self, code: int, message: str) -> None:
-        self._refused = True
-        if self.transport is None:
+        """End the connection with an error, after the answers to the requests before it."""
+        if self._refused:
             return
-        body = orjson.dumps({"error": message})
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (code, _REASONS.get(code, b"Error"), len(body), body)
+        self._refused = True
+        self.last_active = self._loop.time()
+        response = Response(code, orjson.dumps({"error": message}))
+        if self.busy:
+            self._final = response
+            if self._paused and self.transport is not None:
+                self.transport.resume_reading()  # keep draining the client while the others finish
+                self._paused = False
+        else:
+            self._end_with(response)
+
+    def _end_with(self, resp: Response) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, len(resp.body), resp.body)
         )
-        self.transport.close()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the answer, then a FIN; the client's remaining bytes are read and dropped
+        self._linger_until = self._loop.time() + _LINGER_S
+        self._linger()
+
+    def _linger(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        now = self._loop.time()
+        if now >= self._linger_until or now - self.last_active >= _LINGER_QUIET_S:
+            transport.close()
+        else:
+            self._loop.call_later(_LINGER_QUIET_S / 4, self._linger)
 
     def _refuse_too_large(self, size: int) -> None:
         self._fail(
