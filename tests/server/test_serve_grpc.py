@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 
 import grpc
 import numpy as np
@@ -204,3 +205,66 @@ def test_asyncio_client(server: ServerThread) -> None:
 
     for got in asyncio.run(main()):
         np.testing.assert_array_equal(got, np.array([[b"a", b"bc"]], dtype=object))
+
+
+def test_streaming_answers_every_request_and_errors_do_not_end_the_stream(server: ServerThread) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        good = grpcclient.InferInput("x", [2, 16], "FP32")
+        good.set_data_from_numpy(np.full((2, 16), 0.5, np.float32))
+        wrong = grpcclient.InferInput("x", [1, 16], "INT64")
+        wrong.set_data_from_numpy(np.zeros((1, 16), np.int64))
+        for k in range(6):
+            client.async_stream_infer("mlp", [good], request_id=f"r{k}")
+        client.async_stream_infer("mlp", [wrong], request_id="wrong")
+        client.async_stream_infer("nope", [good], request_id="nope")
+        client.async_stream_infer("mlp", [good], request_id="after")
+        got = [answers.get(timeout=10) for _ in range(9)]
+    finally:
+        client.stop_stream()
+    ids = sorted(r.get_response().id for r, e in got if e is None)  # type: ignore[attr-defined]
+    assert ids == sorted([f"r{k}" for k in range(6)] + ["after"])
+    for r, e in got:
+        if e is None:
+            assert r.as_numpy("y").shape == (2, 4)  # type: ignore[attr-defined]
+    errors = sorted(str(e) for r, e in got if e is not None)
+    assert len(errors) == 2 and "INT64" in errors[0] and "no model named 'nope'" in errors[1]
+
+
+def test_asyncio_streaming(server: ServerThread) -> None:
+    async def main() -> list[str]:
+        client = aiogrpcclient.InferenceServerClient(server.grpc_url)
+        i = aiogrpcclient.InferInput("s", [1, 2], "BYTES")
+        i.set_data_from_numpy(np.array([[b"a", b"bc"]], dtype=object))
+
+        async def requests():  # type: ignore[no-untyped-def]
+            for k in range(4):
+                yield {"model_name": "strid", "inputs": [i], "request_id": str(k)}
+
+        try:
+            out = []
+            async for result, error in client.stream_infer(requests()):
+                assert error is None, error
+                out.append(result.get_response().id)
+                if len(out) == 4:
+                    break
+            return out
+        finally:
+            await client.close()
+
+    assert sorted(asyncio.run(main())) == ["0", "1", "2", "3"]
+
+
+def test_shared_memory_and_settings_rpcs_say_they_are_not_implemented(client: grpcclient.InferenceServerClient) -> None:
+    for call in (
+        lambda: client.register_system_shared_memory("region", "/key", 64),
+        lambda: client.get_cuda_shared_memory_status(),
+        lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
+        lambda: client.get_log_settings(),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert "UNIMPLEMENTED" in _status(e.value) and "polystack does not implement" in e.value.message()
+    assert client.is_server_live()

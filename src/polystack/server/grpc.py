@@ -1,12 +1,17 @@
 """The gRPC transport: ``inference.GRPCInferenceService`` on grpc.aio, each RPC a call into the data plane.
 
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
+``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
+of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
+together. Triton's RPCs that polystack does not implement (shared memory, trace and log settings)
+answer UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +26,7 @@ from polystack.server.dataplane import DataPlane
 
 log = logging.getLogger("polystack.server.grpc")
 T = TypeVar("T")
+STREAM_IN_FLIGHT = 64  # requests of one stream being answered at once; the next is read when one finishes
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -75,17 +81,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        async def run() -> pb.ModelInferResponse:
-            try:
-                decoded = grpc_codec.decode_infer_request(request)
-            except PolystackError as e:
-                self.plane.count_failure(request.model_name, e)
-                raise
-            result = await self.plane.infer(request.model_name, request.model_version, decoded)
-            return grpc_codec.encode_infer_response(result)
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        try:
+            decoded = grpc_codec.decode_infer_request(request)
+        except PolystackError as e:
+            self.plane.count_failure(request.model_name, e)  # it never reaches the data plane's own counting
+            raise
+        result = await self.plane.infer(request.model_name, request.model_version, decoded)
+        return grpc_codec.encode_infer_response(result)
 
-        return await self._call(context, run)
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._call(context, lambda: self._infer(request))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except PolystackError as e:
+                msg = pb.ModelStreamInferResponse(error_message=e.message)
+            except Exception:
+                log.exception("unexpected error in a gRPC stream")
+                msg = pb.ModelStreamInferResponse(error_message=status.INTERNAL_MESSAGE)
+            finally:
+                slots.release()
+            answers.put_nowait(msg)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                answers.put_nowait(None)  # the client closed its side and every answer is out (or it went away)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (msg := await answers.get()) is not None:
+                yield msg
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         models = await self._sync(context, lambda: self.plane.repository_index(request.ready))
@@ -108,6 +154,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+class _NotImplemented(grpc.GenericRpcHandler):
+    """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
+
+    SERVICE = "/inference.GRPCInferenceService/"
+    WHAT = {
+        **dict.fromkeys(
+            ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister"),
+            "the system shared memory extension; send tensors in the request (raw_input_contents)",
+        ),
+        **dict.fromkeys(
+            ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
+            "the CUDA shared memory extension; send tensors in the request (raw_input_contents)",
+        ),
+        "TraceSetting": "trace settings over gRPC; start the server with --trace and the OTEL_* variables",
+        "LogSettings": "log settings over gRPC; start the server with --log-level and --access-log",
+    }
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        what = self.WHAT.get(method[len(self.SERVICE) :]) if method.startswith(self.SERVICE) else None
+        if what is None:
+            return None
+
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"polystack does not implement {what}")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 def create_server(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started); (server, port)."""
     server = grpc.aio.server(
@@ -118,6 +193,7 @@ def create_server(plane: DataPlane, host: str, port: int, max_message_bytes: int
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    server.add_generic_rpc_handlers([_NotImplemented()])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
