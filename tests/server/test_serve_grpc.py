@@ -268,3 +268,4 @@ def test_shared_memory_and_settings_rpcs_say_they_are_not_implemented(client: gr
             call()
         assert "UNIMPLEMENTED" in _status(e.value) and "polystack does not implement" in e.value.message()
     assert client.is_server_live()
+

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.protocol import classification
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.wire import (
     InferRequest,
@@ -81,10 +82,14 @@ def decode_infer_request(req: pb.ModelInferRequest) -> InferRequest:
             inputs[name] = from_raw(name, dtype, shape, raw[i])
         else:
             inputs[name] = _from_contents(name, dtype, shape, t.contents)
+    outputs: list[RequestedOutput] = []
     for o in req.outputs:
         refuse_shared_memory(o.parameters, f"output {o.name!r}")
-    outputs = [RequestedOutput(o.name, True) for o in req.outputs] or None
-    return InferRequest(inputs=inputs, id=req.id or None, outputs=outputs, parameters=params_dict(req.parameters))
+        k = param_value(o.parameters["classification"]) if "classification" in o.parameters else None
+        outputs.append(RequestedOutput(o.name, True, 0 if k is None else classification.parse_count(k, o.name)))
+    return InferRequest(
+        inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=params_dict(req.parameters)
+    )
 
 
 def _from_contents(name: str, dtype: DType, shape: tuple[int, ...], contents: Any) -> np.ndarray:

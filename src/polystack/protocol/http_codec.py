@@ -29,6 +29,7 @@ import orjson
 import simdjson
 
 from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.protocol import classification
 from polystack.protocol.wire import (
     InferRequest,
     InferResponse,
@@ -142,7 +143,14 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
             oparams = o.get("parameters") or {}
             refuse_shared_memory(oparams if isinstance(oparams, dict) else None, f"output {o['name']!r}")
             flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
-            outputs.append(RequestedOutput(o["name"], default_binary if flag is None else bool(flag)))
+            k = oparams.get("classification") if isinstance(oparams, dict) else None
+            outputs.append(
+                RequestedOutput(
+                    o["name"],
+                    default_binary if flag is None else bool(flag),
+                    0 if k is None else classification.parse_count(k, o["name"]),
+                )
+            )
         outputs = outputs or None
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):

@@ -25,6 +25,7 @@ MAX_ELEMENTS = 1 << 31
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request-level default
+    classification: int = 0  # k > 0: return the top-k classes (Triton's classification extension)
 
 
 @dataclass
@@ -37,6 +38,11 @@ class InferRequest:
     @property
     def output_names(self) -> list[str] | None:
         return [o.name for o in self.outputs] if self.outputs else None
+
+    @property
+    def classifications(self) -> dict[str, int]:
+        """Outputs asked for as top-k classes: name -> k."""
+        return {o.name: o.classification for o in self.outputs or () if o.classification}
 
     @property
     def timeout_s(self) -> float | None:

@@ -37,6 +37,7 @@ from polystack.errors import (
     VersionNotFound,
 )
 from polystack.metrics import ModelMetrics, ServerMetrics
+from polystack.protocol.classification import top_classes
 from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import status
 from polystack.server.tracing import Tracer
@@ -200,7 +201,7 @@ class DataPlane:
         return not self.draining
 
     def extensions(self) -> list[str]:
-        ext = ["binary_tensor_data", "model_configuration", "statistics"]
+        ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
         if self.allow_model_control:
             ext.append("model_repository")
         return ext
@@ -308,6 +309,8 @@ class DataPlane:
                     m = self.metrics.model(*model_label)
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))
+            if request.outputs is not None and (classes := request.classifications):
+                result = _classified(result, classes, entry.signature.batched)
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
@@ -374,6 +377,13 @@ class DataPlane:
     async def repository_unload(self, name: str) -> None:
         self._check_control()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.unload, name)
+
+
+def _classified(result: dict[str, np.ndarray], classes: dict[str, int], batched: bool) -> dict[str, np.ndarray]:
+    return {
+        name: top_classes(name, arr, classes[name], batched) if name in classes else arr
+        for name, arr in result.items()
+    }
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:

@@ -1,0 +1,40 @@
+"""Triton's classification extension: an output returned as its top-k classes instead of its values.
+
+A requested output with the ``classification`` parameter set to k (tritonclient's ``class_count``)
+comes back as a BYTES tensor of shape [batch, k] (or [k] for a model without a batch dimension):
+for each item, the k highest values of the output, highest first, each as ``"<value>:<index>"``,
+the value formatted as Triton formats it (``std::to_string``: six decimals for floats). Triton
+appends ``:<label>`` from the model's label file; polystack has no label files, so there is none.
+Equal values keep index order. k larger than the number of classes returns them all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polystack.errors import InvalidRequest
+
+
+def parse_count(raw: object, output: str) -> int:
+    """The classification parameter's class count: a positive integer, or InvalidRequest."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise InvalidRequest(f"output {output!r}: 'classification' must be a positive integer (the class count)")
+    return raw
+
+
+def top_classes(name: str, values: np.ndarray, count: int, batched: bool) -> np.ndarray:
+    """``values`` (one output of a request) as its top ``count`` classes per item, as Triton returns them."""
+    if values.dtype.kind not in "iuf":
+        raise InvalidRequest(
+            f"output {name!r} holds {values.dtype} values; classification needs a numeric output"
+        )
+    rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 0 else values.reshape(1, -1)
+    n = rows.shape[1]
+    k = min(count, n)
+    # highest first, equal values in index order: a stable ascending sort of each row reversed, read backwards
+    order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :k]
+    floats = values.dtype.kind == "f"
+    out = np.empty((rows.shape[0], k), dtype=object)
+    for i, (row, idx) in enumerate(zip(rows, order, strict=True)):
+        out[i] = [(f"{row[j]:f}:{j}" if floats else f"{int(row[j])}:{j}").encode() for j in idx]
+    return out if batched else out.reshape(k)

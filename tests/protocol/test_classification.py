@@ -1,0 +1,42 @@
+"""Triton's classification extension: top-k classes as "value:index" strings, as Triton formats them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polystack.errors import InvalidRequest
+from polystack.protocol.classification import parse_count, top_classes
+
+
+def test_each_item_gets_its_top_classes_highest_first() -> None:
+    values = np.array([[0.1, 0.7, 0.2], [0.5, -1.0, 3.25]], np.float32)
+    got = top_classes("y", values, 2, batched=True)
+    assert got.shape == (2, 2) and got.dtype == object
+    assert got.tolist() == [[b"0.700000:1", b"0.200000:2"], [b"3.250000:2", b"0.500000:0"]]
+
+
+def test_equal_values_keep_index_order_and_k_past_the_classes_returns_them_all() -> None:
+    got = top_classes("y", np.array([[1, 5, 5, 0]], np.int64), 10, batched=True)
+    assert got.tolist() == [[b"5:1", b"5:2", b"1:0", b"0:3"]]
+
+
+def test_a_model_without_a_batch_dimension_classifies_the_whole_output() -> None:
+    got = top_classes("y", np.array([[1.0, 4.0], [3.0, 2.0]]), 3, batched=False)
+    assert got.shape == (3,) and got.tolist() == [b"4.000000:1", b"3.000000:2", b"2.000000:3"]
+
+
+def test_unsigned_and_extreme_integers_order_correctly() -> None:
+    got = top_classes("y", np.array([[0, 255, 7]], np.uint8), 2, batched=True)
+    assert got.tolist() == [[b"255:1", b"7:2"]]
+    got = top_classes("y", np.array([[-128, 127, 0]], np.int8), 1, batched=True)
+    assert got.tolist() == [[b"127:1"]]
+
+
+def test_non_numeric_outputs_and_bad_counts_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="numeric"):
+        top_classes("t", np.array([[b"a"]], dtype=object), 1, batched=True)
+    for bad in (0, -2, True, "3", 1.5):
+        with pytest.raises(InvalidRequest, match="positive integer"):
+            parse_count(bad, "y")
+    assert parse_count(3, "y") == 3

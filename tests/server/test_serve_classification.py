@@ -1,0 +1,33 @@
+"""Triton's classification extension through tritonclient's class_count, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from polystack.server.app import ServerThread
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_classification_returns_top_classes_through_tritonclient(server: ServerThread, transport: str) -> None:
+    mod: Any = httpclient if transport == "http" else grpcclient
+    client = mod.InferenceServerClient(server.http_url if transport == "http" else server.grpc_url)
+    x = np.random.default_rng(3).standard_normal((3, 16)).astype(np.float32)
+    i = mod.InferInput("x", [3, 16], "FP32")
+    i.set_data_from_numpy(x)
+    full = client.infer("mlp", [i]).as_numpy("y")
+    got = client.infer("mlp", [i], outputs=[mod.InferRequestedOutput("y", class_count=2)]).as_numpy("y")
+    assert got.shape == (3, 2)
+    for row, classes in zip(full, got, strict=True):
+        best = np.argsort(-row, kind="stable")[:2]
+        assert [c.decode() for c in classes] == [f"{row[j]:f}:{j}" for j in best]
+    s = mod.InferInput("s", [1, 2], "BYTES")
+    s.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("strid", [s], outputs=[mod.InferRequestedOutput("t", class_count=1)])
+    assert "numeric" in e.value.message()
