@@ -68,6 +68,17 @@ def test_infer_every_datatype_binary_and_json(
         np.testing.assert_array_equal(got, want)
 
 
+def test_non_finite_floats_round_trip_as_json(client: httpclient.InferenceServerClient) -> None:
+    """tritonclient writes NaN / Infinity in JSON tensors (Python's json does), and reads them back."""
+    x = np.array([[np.nan, np.inf, -np.inf, 1.5]], np.float32)
+    i = httpclient.InferInput("x", [1, 4], "FP32")
+    i.set_data_from_numpy(x, binary_data=False)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("same", "neg")]
+    result = client.infer("two", [i], outputs=outputs)
+    np.testing.assert_array_equal(result.as_numpy("same"), x)
+    np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+
+
 def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClient) -> None:
     x = np.ones((2, 4), np.float32)
     i = httpclient.InferInput("x", [2, 4], "FP32")

@@ -220,6 +220,27 @@ def test_gzip_body_is_accepted(raw: Raw) -> None:
     assert status == 200, data
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (gzip.compress(json.dumps({"inputs": [good_input()]}).encode())[:-12], "truncated"),
+        (gzip.compress(json.dumps({"inputs": [good_input()]}).encode()) + b"junk", "after its end"),
+        (gzip.compress(b"{}")[:10] + b"\xff" * 20, "does not decompress"),
+    ],
+    ids=["truncated", "trailing-bytes", "corrupt"],
+)
+def test_broken_gzip_bodies_are_400_saying_why(raw: Raw, body: bytes, words: str) -> None:
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    check_error(raw, status, json.loads(data), 400, words)
+
+
+def test_gzip_body_of_several_members_is_read_whole(raw: Raw) -> None:
+    text = json.dumps({"id": "multi", "inputs": [good_input()]}).encode()
+    body = gzip.compress(text[:20]) + gzip.compress(text[20:])
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200 and json.loads(data)["id"] == "multi", data
+
+
 def test_gzip_bomb_is_413(raw: Raw) -> None:
     body = gzip.compress(b" " * (MAX_BODY * 4))
     status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})

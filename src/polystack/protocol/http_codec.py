@@ -20,6 +20,7 @@ writes every response (it serialises numpy arrays without a Python list).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from typing import Any, Literal
@@ -65,7 +66,16 @@ def loads(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidRequest(f"the request body is not valid JSON ({e}); send a JSON object") from None
+        error = e
+    # NaN, Infinity and -Infinity are not JSON, but Python's json (and so tritonclient) writes them for
+    # non-finite floats: the standard library reads them, on this rare path only
+    text = body if isinstance(body, bytes) else body.tobytes()
+    if b"NaN" in text or b"Infinity" in text:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            pass
+    raise InvalidRequest(f"the request body is not valid JSON ({error}); send a JSON object") from None
 
 
 def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
@@ -289,6 +299,7 @@ def encode_infer_response(
     """The response body and, when some output is binary, the JSON header's length."""
     outs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    nonfinite = False
     for name, arr in resp.outputs.items():
         dtype = DType.from_numpy(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dtype.value, "shape": list(arr.shape)}
@@ -298,11 +309,20 @@ def encode_infer_response(
             blobs.append(raw)
         else:
             entry["data"] = json_data(arr, dtype)
+            nonfinite = nonfinite or (arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()))
         outs.append(entry)
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id
-    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if nonfinite:
+        # orjson writes NaN and infinities as null, which a client reads back as NaN (+inf lost); Python's
+        # json writes NaN / Infinity / -Infinity, which tritonclient (json.loads) reads back exactly
+        for entry in outs:
+            if isinstance(entry.get("data"), np.ndarray):
+                entry["data"] = entry["data"].tolist()
+        head = json.dumps(doc, separators=(",", ":")).encode()
+    else:
+        head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if blobs:
         return b"".join([head, *blobs]), len(head)
     return head, None

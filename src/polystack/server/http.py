@@ -281,15 +281,31 @@ def _decoded_body(req: Request, limit: int) -> bytes:
     if encoding in (b"identity", b""):
         return req.body
     if encoding in (b"gzip", b"deflate"):
-        d = zlib.decompressobj(wbits=31 if encoding == b"gzip" else 15)
+        return _decompressed(req.body, encoding.decode(), limit)
+    raise UnsupportedMediaType(f"content encoding {encoding.decode('latin-1')!r} is not supported; use gzip or deflate")
+
+
+def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip (every member, as RFC 1952 allows several) or deflate body, refused when it is truncated,
+    followed by other bytes, or larger than ``limit`` once decompressed."""
+    out = bytearray()
+    data = body
+    while True:
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
         try:
-            out = d.decompress(req.body, limit + 1)
+            out += d.decompress(data, limit + 1 - len(out))
         except zlib.error as e:
-            raise InvalidRequest(f"the {encoding.decode()} body does not decompress: {e}") from None
+            raise InvalidRequest(f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped") from None
         if len(out) > limit:
             raise PayloadTooLarge(f"the decompressed body exceeds the server's limit of {limit:,} bytes")
-        return out
-    raise UnsupportedMediaType(f"content encoding {encoding.decode('latin-1')!r} is not supported; use gzip or deflate")
+        if not d.eof:
+            raise InvalidRequest(f"the {encoding} body is truncated; send the whole compressed stream")
+        data = d.unused_data
+        if not data or encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
+            break
+    if data:
+        raise InvalidRequest(f"the {encoding} body has {len(data):,} bytes after its end; send only the compressed stream")
+    return bytes(out)
 
 
 class HttpProtocol(asyncio.Protocol):
