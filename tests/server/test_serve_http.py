@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
+import zlib
 
 import numpy as np
 import pytest
@@ -166,3 +169,35 @@ def test_asyncio_client_works_too(server: ServerThread) -> None:
     q, ready, config = asyncio.run(main())
     assert ready and config["name"] == "notb"
     np.testing.assert_array_equal(q, [[False, False, True]])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_responses_come_back_compressed_when_the_client_asks(
+    client: httpclient.InferenceServerClient, server: ServerThread, algorithm: str
+) -> None:
+    x = np.arange(512 * 4, dtype=np.float32).reshape(512, 4)
+    i = httpclient.InferInput("x", [512, 4], "FP32")
+    i.set_data_from_numpy(x)
+    for binary in (True, False):
+        outputs = [httpclient.InferRequestedOutput("neg", binary_data=binary)]
+        result = client.infer("two", [i], outputs=outputs, response_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [512, 4], "data": x.ravel().tolist()}]})
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        for accept, want in ((f"{algorithm};q=0.5", algorithm), (f"{algorithm};q=0", None), ("br", None)):
+            conn.request("POST", "/v2/models/two/infer", body, {"Accept-Encoding": accept})
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200 and resp.getheader("content-encoding") == want, accept
+            if want is not None:
+                data = zlib.decompress(data, 31 if want == "gzip" else 15)
+            assert json.loads(data)["outputs"][0]["shape"] == [512, 4]
+        # a small answer is not worth compressing
+        small = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+        conn.request("POST", "/v2/models/two/infer", small, {"Accept-Encoding": algorithm})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("content-encoding") is None
+    finally:
+        conn.close()

@@ -71,6 +71,10 @@ _MAX_HEADER_BYTES = 64 * 1024  # all header names and values of one request toge
 # what the client is still sending is read and dropped, for at most this long or until it pauses this
 # long: closing with unread bytes makes the kernel send a reset that destroys the answer before a
 # client that writes its whole body first (tritonclient, urllib) reads it.
+# Responses the client accepts compressed (Accept-Encoding, tritonclient's response_compression_algorithm)
+# are compressed from this size (below it the header costs more than it saves), on the loop below the next.
+_COMPRESS_FROM_BYTES = 1024
+_COMPRESS_INLINE_BELOW = 256 * 1024
 _LINGER_S = 30.0
 _LINGER_QUIET_S = 2.0
 _ids = itertools.count(1)
@@ -250,14 +254,47 @@ class HttpApp:
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
         payload, hlen = http_codec.encode_infer_response(result, binary, default_binary)
-        if hlen is None:
-            return Response(200, payload)
-        return Response(
-            200,
-            payload,
-            b"application/octet-stream",
-            [(b"inference-header-content-length", str(hlen).encode())],
-        )
+        headers: list[tuple[bytes, bytes]] = []
+        if hlen is not None:  # the JSON header's length before any compression, as Triton sends it
+            headers.append((b"inference-header-content-length", str(hlen).encode()))
+        encoding = _response_encoding(req.headers) if len(payload) >= _COMPRESS_FROM_BYTES else None
+        if encoding is not None:
+            if len(payload) < _COMPRESS_INLINE_BELOW:
+                payload = _compress(payload, encoding)
+            else:  # a large body would hold the event loop for milliseconds
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self.plane.executor, _compress, payload, encoding
+                )
+            headers.append((b"content-encoding", encoding.encode()))
+        return Response(200, payload, JSON if hlen is None else b"application/octet-stream", headers)
+
+
+def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
+    """gzip or deflate when the client's Accept-Encoding takes it (q > 0), preferring gzip; else None."""
+    raw = headers.get(b"accept-encoding")
+    if not raw:
+        return None
+    weights: dict[bytes, float] = {}
+    for part in raw.lower().split(b","):
+        token, _, params = part.partition(b";")
+        q = 1.0
+        params = params.strip()
+        if params.startswith(b"q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                q = 0.0
+        weights[token.strip()] = q
+    for encoding in (b"gzip", b"deflate"):
+        if weights.get(encoding, weights.get(b"*", 0.0)) > 0:
+            return encoding.decode()
+    return None
+
+
+def _compress(body: bytes, encoding: str) -> bytes:
+    """gzip, or HTTP's deflate (zlib-wrapped, RFC 9110); level 1: the point is the wire, not the ratio."""
+    c = zlib.compressobj(1, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+    return c.compress(body) + c.flush()
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
