@@ -28,6 +28,11 @@ def test_classification_returns_top_classes_through_tritonclient(server: ServerT
         assert [c.decode() for c in classes] == [f"{row[j]:f}:{j}" for j in best]
     s = mod.InferInput("s", [1, 2], "BYTES")
     s.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+    stats = client.get_inference_statistics("strid", as_json=True) if transport == "grpc" else None
+    before = (stats or client.get_inference_statistics("strid"))["model_stats"][0]["inference_stats"]
     with pytest.raises(InferenceServerException) as e:
         client.infer("strid", [s], outputs=[mod.InferRequestedOutput("t", class_count=1)])
     assert "numeric" in e.value.message()
+    stats = client.get_inference_statistics("strid", as_json=True) if transport == "grpc" else None
+    after = (stats or client.get_inference_statistics("strid"))["model_stats"][0]["inference_stats"]
+    assert after.get("success", {}).get("count") == before.get("success", {}).get("count")  # refused before it ran

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -269,3 +270,44 @@ def test_shared_memory_and_settings_rpcs_say_they_are_not_implemented(client: gr
         assert "UNIMPLEMENTED" in _status(e.value) and "polystack does not implement" in e.value.message()
     assert client.is_server_live()
 
+
+
+def _stream_requests(count: int, rows: int, bad_every: int = 0) -> Iterator[pb.ModelInferRequest]:
+    raw = np.zeros((rows, 4), "<i8").tobytes()
+    for k in range(count):
+        req = pb.ModelInferRequest(model_name="ident64", id=f"r{k}", raw_input_contents=[raw])
+        bad = bad_every and k % bad_every == 0
+        req.inputs.add(name="a", datatype="INT32" if bad else "INT64", shape=[rows, 4])
+        yield req
+
+
+def test_a_stream_whose_client_stops_reading_stops_being_read(server: ServerThread) -> None:
+    """Answers wait in the server for a slow reader only up to the stream's in-flight limit."""
+
+    async def main() -> tuple[int, int]:
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stats = pb.ModelStatisticsRequest(name="ident64")
+            before = (await stub.ModelStatistics(stats)).model_stats[0].inference_stats.success.count
+            call = stub.ModelStreamInfer(_stream_requests(300, 8192))  # answers of 256 KiB each
+            await asyncio.sleep(2)  # not reading
+            computed = (await stub.ModelStatistics(stats)).model_stats[0].inference_stats.success.count - before
+            read = 0
+            async for _ in call:
+                read += 1
+                if read == 300:
+                    break
+            return computed, read
+
+    computed, read = asyncio.run(main())
+    assert read == 300
+    assert computed <= 150, computed  # the in-flight limit (64) plus what grpc's own windows hold; not all 300
+
+
+def test_stream_errors_say_which_request_failed(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = list(stub.ModelStreamInfer(_stream_requests(6, 2, bad_every=3)))
+    failed = sorted(a.infer_response.id for a in answers if a.error_message)
+    assert failed == ["r0", "r3"] and all("INT32" in a.error_message for a in answers if a.error_message)
+    assert sorted(a.infer_response.id for a in answers if not a.error_message) == ["r1", "r2", "r4", "r5"]

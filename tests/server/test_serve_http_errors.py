@@ -310,6 +310,10 @@ def test_unsupported_request_features_are_refused_not_ignored(raw: Raw) -> None:
     head = json.dumps({"inputs": [good_input(parameters={"binary_data_size": 64})]}).encode()
     status, _, data = raw.request("POST", INFER, head + b"\0" * 64, {"Inference-Header-Content-Length": str(len(head))})
     check_error(raw, status, json.loads(data), 400, "both 'data' and a binary_data_size")
+    # the NaN-tolerant reading path refuses what orjson refuses besides NaN: a lone surrogate escape
+    body = b'{"id": "\\ud800", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [NaN' + b", 0" * 15 + b"]}]}"
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})
+    check_error(raw, status, json.loads(data), 400, "not valid JSON")
 
 
 def _failures(raw: Raw) -> dict[str, float]:
@@ -339,6 +343,28 @@ def test_failures_are_counted_without_growing_metrics_from_client_strings(raw: R
 
 def _request(body: bytes, path: str = INFER, extra: str = "") -> bytes:
     return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_expect_100_continue_behind_a_request_in_flight_is_answered_after_it(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    st = start(model_store[0], models=["mlp", "slow"])
+    try:
+        body = json.dumps({"inputs": [good_input()]}).encode()
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as sock:
+            waiting = _request(b"", extra="Expect: 100-continue\r\n").replace(b"Length: 0", b"Length: %d" % len(body))
+            sock.sendall(_request(body, "/v2/models/slow/infer") + waiting)
+            sock.settimeout(5)
+            got = b""
+            while b"100 Continue" not in got:
+                chunk = sock.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"HTTP/1.1 100 Continue\r\n\r\n"), got[-200:]
+            sock.sendall(body)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        st.stop()
 
 
 def test_expect_100_continue_is_answered_before_the_body(server: ServerThread) -> None:
@@ -374,6 +400,31 @@ def test_requests_before_a_malformed_one_are_answered_first(server: ServerThread
     assert b"HTTP/1.1 400" in answer and answer.index(b'"id":"first"') < answer.index(b"HTTP/1.1 400")
 
 
+def test_a_header_that_never_ends_is_refused_before_it_grows(server: ServerThread, raw: Raw) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(40):  # 2.5 MB at most, in reads of 64 KB, never a line end
+                sock.sendall(b"b" * 65536)
+                time.sleep(0.005)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    raw.infer_ok()
+
+
+def test_many_pipelined_upgrade_and_connect_requests_are_all_answered(server: ServerThread) -> None:
+    one = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    connect = b"CONNECT a:80 HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(one * 800 + connect + last)
+        answer = _read_response(sock, limit_s=10)
+    assert answer.count(b'"live":true') == 800, answer.count(b'"live":true')
+    assert answer.count(b"HTTP/1.1 ") == 802 and answer.endswith(b'{"ready":true}'), answer[-300:]
+
+
 def test_huge_urls_and_headers_are_refused(server: ServerThread, raw: Raw) -> None:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
         sock.sendall(b"GET /v2/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -387,9 +438,22 @@ def test_huge_urls_and_headers_are_refused(server: ServerThread, raw: Raw) -> No
 
 
 def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
-    store, _ = model_store
-    st = start(store, models=["mlp"], idle_timeout_s=0.3)
+    store, records = model_store
+    mlp = records["mlp"]
+    store.register(
+        store.artifact_path(mlp), name="slow600", format="onnx", signature=mlp.signature, tags={"delay_ms": "600"}
+    )
+    st = start(store, models=["mlp", "slow600"], idle_timeout_s=0.4)
     try:
+        # idle time counts from the last answer: a request longer than the timeout keeps its connection
+        body = json.dumps({"inputs": [good_input()]}).encode()
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as sock:
+            sock.sendall(_request(body, "/v2/models/slow600/infer"))
+            sock.settimeout(5)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.25)
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
         with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as stalled:
             stalled.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
             started = time.monotonic()

@@ -72,8 +72,10 @@ def loads(body: bytes | memoryview) -> Any:
     text = body if isinstance(body, bytes) else body.tobytes()
     if b"NaN" in text or b"Infinity" in text:
         try:
-            return json.loads(text)
-        except (ValueError, RecursionError):
+            doc = json.loads(text)
+            orjson.dumps(doc)  # what orjson refuses besides the literals (a lone surrogate escape) stays refused
+            return doc
+        except (ValueError, RecursionError, orjson.JSONEncodeError):
             pass
     raise InvalidRequest(f"the request body is not valid JSON ({error}); send a JSON object") from None
 

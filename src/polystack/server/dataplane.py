@@ -291,6 +291,9 @@ class DataPlane:
             entry = served.entry
             model_label = (entry.name, str(entry.version))
             outputs = request.output_names
+            classes = request.classifications if request.outputs is not None else None
+            if classes:
+                _check_classifiable(entry, classes)  # before the model runs, not after
             with self.tracer.span("polystack.infer", model=entry.name, version=entry.version, id=request.id or ""):
                 if served.batcher is not None:
                     result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop)
@@ -309,7 +312,7 @@ class DataPlane:
                     m = self.metrics.model(*model_label)
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))
-            if request.outputs is not None and (classes := request.classifications):
+            if classes:
                 result = _classified(result, classes, entry.signature.batched)
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
@@ -377,6 +380,14 @@ class DataPlane:
     async def repository_unload(self, name: str) -> None:
         self._check_control()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.unload, name)
+
+
+def _check_classifiable(entry: LoadedEntry, classes: dict[str, int]) -> None:
+    for spec in entry.signature.outputs:
+        if spec.name in classes and spec.dtype in (DType.BYTES, DType.BOOL):
+            raise InvalidRequest(
+                f"output {spec.name!r} is {spec.dtype.value}; classification needs a numeric output"
+            )
 
 
 def _classified(result: dict[str, np.ndarray], classes: dict[str, int], batched: bool) -> dict[str, np.ndarray]:

@@ -97,19 +97,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # a slot is held from reading a request until its answer is handed to grpc: computed and
+        # unsent answers together stay within STREAM_IN_FLIGHT, and a client that stops reading
+        # stops the reading of its requests (HTTP/2 flow control does the rest)
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
                 msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except PolystackError as e:
-                msg = pb.ModelStreamInferResponse(error_message=e.message)
-            except Exception:
-                log.exception("unexpected error in a gRPC stream")
-                msg = pb.ModelStreamInferResponse(error_message=status.INTERNAL_MESSAGE)
-            finally:
-                slots.release()
+            except Exception as e:
+                if not isinstance(e, PolystackError):
+                    log.exception("unexpected error in a gRPC stream")
+                # answers come back in the order they finish: the id says which request failed
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                msg = pb.ModelStreamInferResponse(error_message=status.message(e), infer_response=failed)
             answers.put_nowait(msg)
 
         async def read() -> None:
@@ -128,6 +132,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (msg := await answers.get()) is not None:
                 yield msg
+                slots.release()
         finally:
             reader.cancel()
             for task in list(running):

@@ -357,6 +357,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._header_bytes = 0
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_bytes = 0
+        self._expecting = False  # an Expect: 100-continue waits for its interim answer
         self._refused = False  # an error ends this connection: what the client still sends is dropped
         self._final: Response | None = None  # that error's answer, held until the requests before it are answered
         self._busy = False
@@ -389,39 +392,45 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
-        if self._refused:
-            return
-        if self._upgrade_body is not None:
-            data = self._take_upgrade_body(data)
-            if not data:
+        while data and not self._refused:  # a loop, not recursion: one read may hold many Upgrade requests
+            if self._upgrade_body is not None:
+                data = self._take_upgrade_body(data)
+                continue
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as e:
+                data = self._ignore_upgrade(data[e.args[0] :] if e.args else b"")
+                continue
+            except httptools.HttpParserError as e:
+                if not self._refused:
+                    self._fail(400, f"malformed HTTP request: {e}")
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self._ignore_upgrade(data[e.args[0] :] if e.args else b"")
-        except httptools.HttpParserError as e:
-            if not self._refused:
-                self._fail(400, f"malformed HTTP request: {e}")
+            if self._in_head:
+                # httptools hands a header over only when its line ends: a header that never ends is
+                # counted here, read by read, so it cannot grow without bound
+                self._head_bytes += len(data)
+                if self._head_bytes > _MAX_URL_BYTES + _MAX_HEADER_BYTES and not self._refused:
+                    self._fail(431, f"the request head exceeds {_MAX_URL_BYTES + _MAX_HEADER_BYTES:,} bytes")
+            return
 
-    def _ignore_upgrade(self, rest: bytes) -> None:
+    def _ignore_upgrade(self, rest: bytes) -> bytes:
         """Answer a request that asked to switch protocols (curl --http2 sends ``Upgrade: h2c``) as plain
         HTTP/1.1, as RFC 9110 lets a server do. httptools stops at its headers, before any body, so the
-        body (by Content-Length) is read here and the parser starts afresh after it."""
+        body (by Content-Length) is read here and the parser starts afresh after it (also after a
+        CONNECT, which httptools treats the same way). Returns the bytes that follow, to parse next."""
         req, self._upgrading = self._upgrading, None
         self.parser = httptools.HttpRequestParser(self)
         if req is None:
-            return
+            return rest
         if b"transfer-encoding" in req.headers:
             self._fail(400, "a chunked body with an Upgrade header is not supported; send it without Upgrade")
-            return
+            return b""
         length = int(req.headers.get(b"content-length", b"0") or b"0")  # httptools checked it is a number
         if length:
             self._upgrade_body = (req, length, [])
-            rest = self._take_upgrade_body(rest)
-        else:
-            self._complete(req)
-        if rest:
-            self.data_received(rest)
+            return rest
+        self._complete(req)
+        return rest
 
     def _take_upgrade_body(self, data: bytes) -> bytes:
         """Feed an Upgrade request its body; what is left of ``data`` belongs to the next request."""
@@ -444,6 +453,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._header_bytes = 0
+        self._in_head = True
+        self._head_bytes = 0
+        self._expecting = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -459,17 +471,21 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(431, f"the request headers exceed {_MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._refused:
             return
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
             self._refuse_too_large(int(length))
-        elif (
-            self._headers.get(b"expect", b"").lower() == b"100-continue"
-            and not self.busy
-            and self.transport is not None
-        ):
-            # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer
+        elif self._headers.get(b"expect", b"").lower() == b"100-continue":
+            # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer; it
+            # goes out now, or once the answers to the requests before this one have
+            self._expecting = True
+            self._continue_if_due()
+
+    def _continue_if_due(self) -> None:
+        if self._expecting and not self.busy and self.transport is not None:
+            self._expecting = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -482,6 +498,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._expecting = False  # the body came: no interim answer is due any more
         if self._refused:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -531,9 +548,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._final is not None and not self.busy:
             final, self._final = self._final, None
             self._end_with(final)
-        elif self._paused and not self._queue and self.transport is not None:
+            return
+        if self._paused and not self._queue and self.transport is not None:
             self.transport.resume_reading()
             self._paused = False
+        self._continue_if_due()
 
     def _error(self, req: Request, exc: BaseException) -> Response:
         if isinstance(exc, PolystackError):
@@ -549,6 +568,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # the client went away; nothing to answer
+        self.last_active = self._loop.time()  # idle time counts from the last answer, not the last request
         keep_alive = req.keep_alive and not self.app.closing
         parts = [
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
