@@ -84,6 +84,13 @@ def test_wrong_datatype_is_400(raw: Raw) -> None:
     check_error(raw, status, doc, 400, "numbers only")
 
 
+def test_ragged_nested_data_is_400_even_when_the_count_matches(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[2, 16], data=[[0.0] * 15, [0.0] * 17])]})
+    check_error(raw, status, doc, 400, "does not fit")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[2, 16], data=[[0.5] * 16, [0.25] * 16])]})
+    assert status == 200 and doc["outputs"][0]["shape"] == [2, 4], doc
+
+
 def test_shape_times_dtype_not_matching_data_is_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=[0.0] * 15)]})
     check_error(raw, status, doc, 400, "16 elements", "15")

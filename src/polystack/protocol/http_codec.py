@@ -219,6 +219,8 @@ def _input_item(item: Any) -> Any:
 def _numbers(data: simdjson.Array, datatype: Any) -> Any:
     """Numeric data as a flat array read in C, or a list when it is not numbers of that kind."""
     kind = _BUFFER_KIND.get(datatype) if isinstance(datatype, str) else None
+    if kind is not None and len(data) and isinstance(data[0], simdjson.Array):
+        kind = None  # nested rows: as_buffer would flatten ragged ones too; numpy refuses those below
     if kind is not None:
         try:
             return np.frombuffer(data.as_buffer(of_type=kind[0]), dtype=kind[1])
