@@ -170,6 +170,17 @@ def _read_response(sock: socket.socket, limit_s: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
+def _send_until_answered(sock: socket.socket, chunk: bytes, times: int, pause_s: float = 0.0) -> bytes:
+    """Send ``chunk`` up to ``times`` times, stopping when the server stops reading; then its answer."""
+    try:
+        for _ in range(times):
+            sock.sendall(chunk)
+            time.sleep(pause_s)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return _read_response(sock)
+
+
 def test_oversized_body_is_413_before_it_is_read(server: ServerThread, raw: Raw) -> None:
     size = MAX_BODY * 100
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
@@ -203,12 +214,7 @@ def test_oversized_chunked_body_is_413(server: ServerThread, raw: Raw) -> None:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
         sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
         chunk = b"a" * 65536
-        try:
-            for _ in range(MAX_BODY // len(chunk) + 2):
-                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = _read_response(sock)
+        answer = _send_until_answered(sock, b"%x\r\n%s\r\n" % (len(chunk), chunk), MAX_BODY // len(chunk) + 2)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     raw.infer_ok()
 
@@ -410,13 +416,7 @@ def test_requests_before_a_malformed_one_are_answered_first(server: ServerThread
 def test_a_header_that_never_ends_is_refused_before_it_grows(server: ServerThread, raw: Raw) -> None:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
         sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        try:
-            for _ in range(40):  # 2.5 MB at most, in reads of 64 KB, never a line end
-                sock.sendall(b"b" * 65536)
-                time.sleep(0.005)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = _read_response(sock)
+        answer = _send_until_answered(sock, b"b" * 65536, 40, pause_s=0.005)  # 2.5 MB at most, never a line end
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     raw.infer_ok()
 

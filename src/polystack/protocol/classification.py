@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from polystack.errors import InvalidRequest
+from polystack.types import DType, Signature
 
 
 def parse_count(raw: object, output: str) -> int:
@@ -20,6 +21,21 @@ def parse_count(raw: object, output: str) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         raise InvalidRequest(f"output {output!r}: 'classification' must be a positive integer (the class count)")
     return raw
+
+
+def check_outputs(signature: Signature, classes: dict[str, int]) -> None:
+    """Refuse, before the model runs, classification of an output that is not numeric (BYTES, BOOL)."""
+    for spec in signature.outputs:
+        if spec.name in classes and spec.dtype in (DType.BYTES, DType.BOOL):
+            raise InvalidRequest(f"output {spec.name!r} is {spec.dtype.value}; classification needs a numeric output")
+
+
+def classify(result: dict[str, np.ndarray], classes: dict[str, int], batched: bool) -> dict[str, np.ndarray]:
+    """A request's outputs with those named in ``classes`` (name -> k) replaced by their top-k classes."""
+    return {
+        name: top_classes(name, arr, classes[name], batched) if name in classes else arr
+        for name, arr in result.items()
+    }
 
 
 def top_classes(name: str, values: np.ndarray, count: int, batched: bool) -> np.ndarray:

@@ -37,7 +37,7 @@ from polystack.errors import (
     VersionNotFound,
 )
 from polystack.metrics import ModelMetrics, ServerMetrics
-from polystack.protocol.classification import top_classes
+from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import status
 from polystack.server.tracing import Tracer
@@ -293,7 +293,7 @@ class DataPlane:
             outputs = request.output_names
             classes = request.classifications if request.outputs is not None else None
             if classes:
-                _check_classifiable(entry, classes)  # before the model runs, not after
+                classification.check_outputs(entry.signature, classes)  # before the model runs, not after
             with self.tracer.span("polystack.infer", model=entry.name, version=entry.version, id=request.id or ""):
                 if served.batcher is not None:
                     result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop)
@@ -313,7 +313,7 @@ class DataPlane:
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))
             if classes:
-                result = _classified(result, classes, entry.signature.batched)
+                result = classification.classify(result, classes, entry.signature.batched)
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
@@ -327,9 +327,14 @@ class DataPlane:
         m.request.observe(time.perf_counter() - started)
         return InferResponse(model_name=entry.name, model_version=str(entry.version), outputs=result, id=request.id)
 
-    def count_failure(self, name: str, exc: BaseException) -> None:
-        """Count a request the transport refused before it reached ``infer`` (it did not decode)."""
-        self.metrics.failed(*self._failure_label(name), status.reason(exc))
+    def decode(self, name: str, decode: Callable[[], InferRequest]) -> InferRequest:
+        """A transport's decoding of a request for model ``name``; one that does not decode is counted
+        as a failure here, since it never reaches ``infer``."""
+        try:
+            return decode()
+        except PolystackError as e:
+            self.metrics.failed(*self._failure_label(name), status.reason(e))
+            raise
 
     def _failure_label(self, name: str) -> tuple[str, str]:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
@@ -380,21 +385,6 @@ class DataPlane:
     async def repository_unload(self, name: str) -> None:
         self._check_control()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.unload, name)
-
-
-def _check_classifiable(entry: LoadedEntry, classes: dict[str, int]) -> None:
-    for spec in entry.signature.outputs:
-        if spec.name in classes and spec.dtype in (DType.BYTES, DType.BOOL):
-            raise InvalidRequest(
-                f"output {spec.name!r} is {spec.dtype.value}; classification needs a numeric output"
-            )
-
-
-def _classified(result: dict[str, np.ndarray], classes: dict[str, int], batched: bool) -> dict[str, np.ndarray]:
-    return {
-        name: top_classes(name, arr, classes[name], batched) if name in classes else arr
-        for name, arr in result.items()
-    }
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:

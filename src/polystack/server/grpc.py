@@ -82,11 +82,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        try:
-            decoded = grpc_codec.decode_infer_request(request)
-        except PolystackError as e:
-            self.plane.count_failure(request.model_name, e)  # it never reaches the data plane's own counting
-            raise
+        decoded = self.plane.decode(request.model_name, lambda: grpc_codec.decode_infer_request(request))
         result = await self.plane.infer(request.model_name, request.model_version, decoded)
         return grpc_codec.encode_infer_response(result)
 

@@ -67,14 +67,14 @@ _ACCEPTED_TYPES = frozenset(
 _MAX_PIPELINED = 32
 _MAX_URL_BYTES = 64 * 1024  # longer: 414 (a 50 MB URL was otherwise read, kept and echoed in the 404)
 _MAX_HEADER_BYTES = 64 * 1024  # all header names and values of one request together; more: 431
-# After an error that ends the connection (413, malformed HTTP), the answer goes out with a FIN and
-# what the client is still sending is read and dropped, for at most this long or until it pauses this
-# long: closing with unread bytes makes the kernel send a reset that destroys the answer before a
-# client that writes its whole body first (tritonclient, urllib) reads it.
 # Responses the client accepts compressed (Accept-Encoding, tritonclient's response_compression_algorithm)
 # are compressed from this size (below it the header costs more than it saves), on the loop below the next.
 _COMPRESS_FROM_BYTES = 1024
 _COMPRESS_INLINE_BELOW = 256 * 1024
+# After an error that ends the connection (413, malformed HTTP), the answer goes out with a FIN and
+# what the client is still sending is read and dropped, for at most this long or until it pauses this
+# long: closing with unread bytes makes the kernel send a reset that destroys the answer before a
+# client that writes its whole body first (tritonclient, urllib) reads it.
 _LINGER_S = 30.0
 _LINGER_QUIET_S = 2.0
 _ids = itertools.count(1)
@@ -243,13 +243,10 @@ class HttpApp:
         return json_response(200, {})
 
     async def infer(self, req: Request, args: list[str]) -> Response:
-        try:
-            request = http_codec.decode_infer_request(
-                _decoded_body(req, self.max_body_bytes), _header_length(req.headers)
-            )
-        except PolystackError as e:
-            self.plane.count_failure(args[0], e)  # it never reaches the data plane's own counting
-            raise
+        request = self.plane.decode(
+            args[0],
+            lambda: http_codec.decode_infer_request(_decoded_body(req, self.max_body_bytes), _header_length(req.headers)),
+        )
         result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
@@ -402,14 +399,13 @@ class HttpProtocol(asyncio.Protocol):
                 data = self._ignore_upgrade(data[e.args[0] :] if e.args else b"")
                 continue
             except httptools.HttpParserError as e:
-                if not self._refused:
-                    self._fail(400, f"malformed HTTP request: {e}")
+                self._fail(400, f"malformed HTTP request: {e}")
                 return
             if self._in_head:
                 # httptools hands a header over only when its line ends: a header that never ends is
                 # counted here, read by read, so it cannot grow without bound
                 self._head_bytes += len(data)
-                if self._head_bytes > _MAX_URL_BYTES + _MAX_HEADER_BYTES and not self._refused:
+                if self._head_bytes > _MAX_URL_BYTES + _MAX_HEADER_BYTES:
                     self._fail(431, f"the request head exceeds {_MAX_URL_BYTES + _MAX_HEADER_BYTES:,} bytes")
             return
 
@@ -427,9 +423,9 @@ class HttpProtocol(asyncio.Protocol):
             return b""
         length = int(req.headers.get(b"content-length", b"0") or b"0")  # httptools checked it is a number
         if length:
-            self._upgrade_body = (req, length, [])
-            return rest
-        self._complete(req)
+            self._upgrade_body = (req, length, [])  # data_received feeds it the next bytes
+        else:
+            self._complete(req)
         return rest
 
     def _take_upgrade_body(self, data: bytes) -> bytes:
@@ -459,7 +455,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > _MAX_URL_BYTES and not self._refused:
+        if len(self._url) > _MAX_URL_BYTES:
             self._fail(414, f"the URL is longer than {_MAX_URL_BYTES:,} bytes; OIP paths are short")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -467,7 +463,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._headers[name.lower()] = value
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > _MAX_HEADER_BYTES and not self._refused:
+        if self._header_bytes > _MAX_HEADER_BYTES:
             self._fail(431, f"the request headers exceed {_MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
 
     def on_headers_complete(self) -> None:
