@@ -38,6 +38,20 @@ def serve(
     inline_max_ms: float = typer.Option(
         0.2, "--inline-max-ms", help="Run models this fast on the event loop when idle (0: always use threads)."
     ),
+    frontend_cpus: str | None = typer.Option(
+        None,
+        "--frontend-cpus",
+        metavar="LIST",
+        help="Pin the event loop (HTTP, gRPC) to these cores, e.g. 0 or 0-1 (Linux; default: the cores "
+        "--runtime-cpus leaves).",
+    ),
+    runtime_cpus: str | None = typer.Option(
+        None,
+        "--runtime-cpus",
+        metavar="LIST",
+        help="Pin the model runtimes and batch workers to these cores, e.g. 1-3; their threads default to "
+        "one per core (Linux; default: the cores --frontend-cpus leaves).",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     trace: bool = typer.Option(False, "--trace", help="OpenTelemetry spans (needs opentelemetry installed)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
@@ -51,10 +65,12 @@ def serve(
     from polystack.engine import Engine
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
+    from polystack.server.placement import CpuPlacement
 
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     logs.configure(log_level)
+    cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
     policy = None
     if batching:
         policy = BatchPolicy(
@@ -81,7 +97,13 @@ def serve(
         access_log=access_log,
         trace=True if trace else None,
         models=list(models or []),
+        cpus=cpus,
     )
+    if engine == "ray" and cpus is not None:
+        raise InvalidRequest(
+            "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
+            "Ray places its replicas itself: drop them, or serve with --engine local"
+        )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import parse_autoscale, run_ray_serve

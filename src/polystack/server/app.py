@@ -25,6 +25,7 @@ from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
 from polystack.server.http import HttpApp, HttpProtocol
+from polystack.server.placement import CpuPlacement
 from polystack.server.tracing import Tracer
 from polystack.store import ModelRecord, Store
 
@@ -79,6 +80,7 @@ class ServeConfig:
     access_log: bool = False
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
+    cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
 
 
 class Server:
@@ -100,18 +102,25 @@ class Server:
 
         def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
             chosen = spec_for(store, record, profile)
-            if config.threads is None and config.batching is None:
+            if config.threads is None and config.batching is None and config.cpus is None:
                 return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             batch_policy = policy(store, record, profile)
-            return with_concurrency(chosen, config.threads, batch_policy.instances if batch_policy else 1)
+            instances = batch_policy.instances if batch_policy else 1
+            threads = config.threads
+            if threads is None and config.cpus is not None:
+                # a plan's or runtime's default thread count was sized for the whole machine
+                threads = config.cpus.threads_per_instance(instances)
+            return with_concurrency(chosen, threads, instances)
 
+        cpus = config.cpus
         self.plane = DataPlane(
             engine,
             profile=config.profile,
             spec_for=spec,
             policy_for=policy,
             allow_model_control=config.allow_model_control,
-            workers=config.workers,
+            workers=config.workers or (len(cpus.runtime) if cpus else None),
+            thread_initializer=cpus.pin_runtime if cpus else None,
             metrics=self.metrics,
             tracer=Tracer(config.trace),
             inline_max_ms=config.inline_max_ms,
@@ -136,12 +145,16 @@ class Server:
             for r in self.engine.store.models.list():
                 latest[r.name] = max(latest.get(r.name, 0), r.version)
             refs = [f"{n}:{v}" for n, v in sorted(latest.items())]
-        for ref in refs:
-            self.plane.load(ref)
+        # runtimes and batch workers start their threads here: on the runtime cores they inherit them
+        with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
+            for ref in refs:
+                self.plane.load(ref)
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""
         loop = asyncio.get_running_loop()
+        if self.config.cpus is not None:
+            self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()
         self._http_server = await loop.create_server(
             lambda: HttpProtocol(self.http), self.config.host, self.config.http_port, backlog=1024
@@ -160,6 +173,7 @@ class Server:
                 "http_port": self.http_port,
                 "grpc_port": self.grpc_port,
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
+                **(self.config.cpus.describe() if self.config.cpus else {}),
             },
         )
 
@@ -206,6 +220,8 @@ class Server:
 def run(engine: Engine, config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code)."""
     server = Server(engine, config)
+    if config.cpus is not None:
+        config.cpus.pin_process()  # this process only serves: library pools started at import go too
     server.load_models()
     # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
     # full collections, triggered by per-request garbage, from walking them all again (py-spy showed

@@ -96,6 +96,7 @@ class DataPlane:
         policy_for: PolicyFor,
         allow_model_control: bool = False,
         workers: int | None = None,
+        thread_initializer: Callable[[], None] | None = None,
         metrics: ServerMetrics | None = None,
         tracer: Tracer | None = None,
         inline_max_ms: float = 0.2,
@@ -108,7 +109,10 @@ class DataPlane:
         self.allow_model_control = allow_model_control
         self.metrics = metrics or ServerMetrics()
         self.tracer = tracer or Tracer(enabled=False)
-        self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer")
+        # inference (and model loading) threads; ``thread_initializer`` pins them (server.placement)
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer", initializer=thread_initializer
+        )
         self._served: dict[tuple[str, int], _Served] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the

@@ -1,0 +1,189 @@
+"""CPU placement: the event loop on the front-end cores, every thread that runs a model on the runtime cores.
+
+The threads are real (a real server, a real ONNX Runtime session) and their affinity is read back from
+the kernel. The server tests need two cores a process may use; with fewer they are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servekit import start
+
+from polystack.batching import BatchPolicy
+from polystack.errors import InvalidRequest
+from polystack.server.placement import CpuPlacement, format_cpu_list, parse_cpu_list
+from polystack.store import ModelRecord, Store
+
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+two_cores = pytest.mark.skipif(len(CPUS) < 2, reason="placement needs two cores this process may use")
+
+
+def test_cpu_lists_read_and_write_as_taskset_does() -> None:
+    assert parse_cpu_list("0") == {0}
+    assert parse_cpu_list("0-2,5") == {0, 1, 2, 5}
+    assert parse_cpu_list(" 4, 1-2 ") == {1, 2, 4}
+    assert format_cpu_list(frozenset({0, 1, 2, 5, 7, 8})) == "0-2,5,7-8"
+    for bad, fragment in (("", "not a CPU list"), ("a", "not a CPU list"), ("-1", "not a CPU list"),
+                          ("3-1", "runs backwards"), ("1,,2", "not a CPU list")):  # fmt: skip
+        with pytest.raises(InvalidRequest, match=fragment):
+            parse_cpu_list(bad)
+
+
+def test_no_options_no_placement() -> None:
+    assert CpuPlacement.resolve(None, None) is None
+
+
+@two_cores
+def test_one_side_given_the_other_gets_the_remaining_cores() -> None:
+    first, rest = CPUS[0], frozenset(CPUS[1:])
+    assert CpuPlacement.resolve(str(first), None) == CpuPlacement(frozenset({first}), rest)
+    assert CpuPlacement.resolve(None, str(first)) == CpuPlacement(rest, frozenset({first}))
+    both = format_cpu_list(frozenset(CPUS))
+    assert CpuPlacement.resolve(both, both) == CpuPlacement(frozenset(CPUS), frozenset(CPUS))  # overlap: asked for
+
+
+def test_cores_the_process_cannot_use_or_an_empty_side_are_refused() -> None:
+    outside = max(CPUS, default=0) + 1000
+    with pytest.raises(InvalidRequest, match=f"cores {outside} this process cannot use"):
+        CpuPlacement.resolve(None, str(outside))
+    with pytest.raises(InvalidRequest, match="leaves no core for the other side"):
+        CpuPlacement.resolve(format_cpu_list(frozenset(CPUS)), None)
+
+
+def test_threads_per_instance_fill_the_runtime_cores() -> None:
+    placement = CpuPlacement(frozenset({0}), frozenset({1, 2, 3, 4}))
+    assert [placement.threads_per_instance(n) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
+
+
+def _native_threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def _affinity(tid: int) -> set[int]:
+    return set(os.sched_getaffinity(tid))
+
+
+@two_cores
+def test_batching_server_pins_loop_batchers_and_runtime_pools(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    front, back = CPUS[0], CPUS[1]
+    mine = _affinity(0)
+    before = _native_threads()
+    placement = CpuPlacement(frozenset({front}), frozenset({back}))
+    # two runtime threads on one core: ONNX Runtime starts an intra-op pool thread of its own
+    st = start(store, models=["mlp"], grpc_port=None, cpus=placement, threads=2, batching=BatchPolicy(max_batch_size=8))
+    try:
+        started = _native_threads() - before  # before any client starts threads of its own (gevent's DNS pool)
+        assert _affinity(0) == mine  # the caller's thread went back after loading
+        client = httpclient.InferenceServerClient(st.http_url)
+        i = httpclient.InferInput("x", [3, 16], "FP32")
+        i.set_data_from_numpy(np.ones((3, 16), np.float32))
+        assert client.infer("mlp", [i]).as_numpy("y").shape == (3, 4)
+
+        loop_tid = st._thread.native_id
+        assert loop_tid is not None and _affinity(loop_tid) == {front}
+        python = {t.native_id: t.name for t in threading.enumerate()}
+        batchers = [tid for tid, name in python.items() if name.startswith("batcher-mlp")]
+        assert batchers and all(_affinity(tid) == {back} for tid in batchers)
+        runtime_pool = [tid for tid in started if tid not in python]
+        assert runtime_pool, "ONNX Runtime started no thread of its own with 2 intra-op threads"
+        assert {tid: _affinity(tid) for tid in runtime_pool} == {tid: {back} for tid in runtime_pool}
+    finally:
+        st.stop()
+
+
+@two_cores
+def test_inference_pool_without_batching_runs_on_the_runtime_cores(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    front, back = CPUS[0], CPUS[1]
+    placement = CpuPlacement(frozenset({front}), frozenset({back}))
+    st = start(store, models=["mlp"], grpc_port=None, cpus=placement, no_batching=True, inline_max_ms=0)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        for _ in range(3):
+            client.infer("mlp", [i])
+        pool = [t.native_id for t in threading.enumerate() if t.name.startswith("infer")]
+        assert pool and all(tid is not None and _affinity(tid) == {back} for tid in pool)
+        assert st.server.plane.executor._max_workers == 1  # one inference thread per runtime core
+        entry = st.server.engine.loaded()[0]
+        assert entry.spec.options.get("intra_op_threads") == 1  # sized to the runtime cores, not the machine
+    finally:
+        st.stop()
+
+
+def test_serve_refuses_a_bad_cpu_list_with_one_line(tmp_path: Path) -> None:
+    for args, fragment in (
+        (["--runtime-cpus", "1-x"], "not a CPU list"),
+        (["--frontend-cpus", "4096"], "cannot use"),
+        (["--frontend-cpus", str(CPUS[0]), "--runtime-cpus", str(CPUS[0]), "--engine", "ray"], "Ray places"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], out.stderr
+
+
+@two_cores
+def test_polystack_serve_leaves_no_thread_unpinned(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """The CLI's process serves only: threads libraries started at import move to the runtime cores too."""
+    store, _ = model_store
+    front, back = CPUS[0], CPUS[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [
+        sys.executable, "-m", "polystack", "--home", str(store.home), "serve", "mlp", "--profile", "server",
+        "--http-port", str(port), "--grpc-port", "-1", "--frontend-cpus", str(front), "--runtime-cpus", str(back),
+    ]  # fmt: skip
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                if client.is_model_ready("mlp"):
+                    break
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        i = httpclient.InferInput("x", [2, 16], "FP32")
+        i.set_data_from_numpy(np.ones((2, 16), np.float32))
+        assert client.infer("mlp", [i]).as_numpy("y").shape == (2, 4)
+        threads = {int(t): set(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{proc.pid}/task")}
+        assert threads.pop(proc.pid) == {front}  # the main thread runs the event loop
+        assert {back} in threads.values()  # the batch worker
+        assert all(cpus in ({front}, {back}) for cpus in threads.values()), threads
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    serving = [json.loads(line) for line in log_path.read_text().splitlines() if '"serving"' in line]
+    assert serving and serving[0]["frontend_cpus"] == str(front) and serving[0]["runtime_cpus"] == str(back)
