@@ -63,6 +63,19 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 # used 1.3-1.75 of the 2 cores there); the last two hold enough to saturate the server
 BINARY_CELLS = ((8, 8), (32, 4), (8, 32), (32, 8))
 SPLIT = ("--instances", "2", "--threads", "1")  # two batch workers of one runtime thread each
+# the pinned server's cells (items per request, requests in flight, binary): the binary ones above, and
+# batch-1 JSON requests at concurrency 32
+PINNED_CELLS = (*((items, conc, True) for items, conc in BINARY_CELLS), (1, 32, False))
+
+
+def placement() -> tuple[frozenset[int], frozenset[int]] | None:
+    """(front-end cores, runtime cores) for the pinned rows: the first core this process may use for the
+    event loop (and the client), the others for the runtime; None with fewer than 2 cores or no Linux."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (frozenset(cpus[:1]), frozenset(cpus[1:])) if len(cpus) >= 2 else None
+
 
 RUNTIME_PY = """
 import onnxruntime as ort
@@ -436,11 +449,15 @@ def in_process(home: Path, model: str, shape: list[int], duration_s: float) -> d
         engine.close()
         store.close()
     lat.sort()
-    return {
+    floor = {
         "p50_ms": round(lat[len(lat) // 2] * 1000, 4),
         "offline_items_per_s_b32": round(offline, 1),
         "offline_items_per_s_b32_2x1": round(offline_split(home, model, x32, duration_s), 1),
     }
+    cores = placement()
+    if cores is not None:
+        floor["offline_items_per_s_b32_pinned"] = round(offline_pinned(home, model, x32, duration_s, cores[1]), 1)
+    return floor
 
 
 def offline_split(home: Path, model: str, x32: np.ndarray, duration_s: float) -> float:
@@ -473,6 +490,61 @@ def offline_split(home: Path, model: str, x32: np.ndarray, duration_s: float) ->
     finally:
         engine.close()
         store.close()
+
+
+def offline_pinned(home: Path, model: str, x32: np.ndarray, duration_s: float, cpus: frozenset[int]) -> float:
+    """Offline items/s at batch 32 on the runtime cores alone, one thread per core: what a server started
+    with ``--runtime-cpus`` gives its runtime (the same thread count: one per runtime core)."""
+    from polystack.engine import Engine, default_spec, with_concurrency
+    from polystack.store import Store
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)  # the runtime's threads start on (and inherit) these cores
+    store = Store.at(home)
+    engine = Engine(store)
+    try:
+        engine.load(model, with_concurrency(default_spec(store, store.get(model)), len(cpus), 1))
+        for _ in range(50):
+            engine.infer(model, {"x": x32})
+        n = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration_s:
+            engine.infer(model, {"x": x32})
+            n += 32
+        return n / (time.perf_counter() - started)
+    finally:
+        engine.close()
+        store.close()
+        os.sched_setaffinity(0, before)
+
+
+def run_pinned_cells(
+    home: Path, name: str, shape: list[int], work: Path, cores: tuple[frozenset[int], frozenset[int]],
+    warmup: float, duration: float, repeats: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The server started with --frontend-cpus/--runtime-cpus, the client on the front-end cores: the
+    runtime keeps its cores to itself, as it would with the clients on other machines."""
+    from polystack.server.placement import format_cpu_list
+
+    front, runtime = cores
+    extra = ("--frontend-cpus", format_cpu_list(front), "--runtime-cpus", format_cpu_list(runtime))
+    rows: list[dict[str, Any]] = []
+    proc, port = start_polystack(home, name, True, work, extra)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, front)
+    try:
+        for items, conc, binary in PINNED_CELLS:
+            req = request_bytes(name, [items, *shape[1:]], port, binary=binary)
+            r = median_of([run_concurrent(port, req, conc, warmup, duration, proc.pid) for _ in range(repeats)])
+            client = f"raw-http-binary-b{items}" if binary else "raw-http-json"
+            row = {"model": name, "server": "polystack pinned", "batching": True, "concurrency": conc,
+                   "client": client, "items_per_request": items, **r}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        os.sched_setaffinity(0, before)
+        stop(proc)
+    return rows
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -545,6 +617,10 @@ def main() -> int:
                                    "client": f"raw-http-binary-b{items}", "items_per_request": items, **r}  # fmt: skip
                             rows.append(row)
                             print(json.dumps(row), flush=True)
+                    cores = placement()
+                    if cores is not None:
+                        stop(procs.pop("polystack 2x1")[0])
+                        rows += run_pinned_cells(home, name, shape, work, cores, warmup, duration, repeats)
                 else:
                     port = procs["polystack"][1]
                     r = median_of([run_tritonclient(port, name, shape, warmup, duration) for _ in range(repeats)])
@@ -602,7 +678,8 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
         single = _cell(rows, model=model, server="polystack", batching=True, concurrency=32, client="raw-http-json")
         if single is not None:
             entry["batching_items_over_offline_b32_batch1_json"] = round(single["rps"] / offline, 3)
-        for multi in (r for r in rows if r["model"] == model and r.get("items_per_request", 1) > 1):
+        shared = (r for r in rows if r["model"] == model and r["server"] != "polystack pinned")
+        for multi in (r for r in shared if r.get("items_per_request", 1) > 1):
             items_s = multi["rps"] * multi["items_per_request"]
             tag = (
                 multi["client"].removeprefix("raw-http-")
@@ -616,6 +693,14 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
                 cpus = os.cpu_count() or 1
                 left = (cpus - multi["client_cores"] - multi["server_loop_cores"]) / cpus
                 entry[f"batching_ceiling_{tag}"] = round(left, 3)
+        pinned_offline = floors[model].get("offline_items_per_s_b32_pinned")
+        for r in (r for r in rows if r["model"] == model and r["server"] == "polystack pinned"):
+            tag = f"{r['client'].removeprefix('raw-http-')}_c{r['concurrency']}"
+            if r["client"] == "raw-http-json":
+                tag = f"batch1_json_c{r['concurrency']}"
+            entry[f"pinned_items_over_offline_b32_pinned_{tag}"] = round(
+                r["rps"] * r["items_per_request"] / pinned_offline, 3
+            )
         out[model] = entry
     return out
 
@@ -655,14 +740,16 @@ def write_markdown(result: dict[str, Any]) -> None:
         )
     lines += ["", "In-process floor (polystack `Engine.infer`, no transport):", ""]
     lines += [
-        "| model | p50 ms at batch 1 | Offline items/s at batch 32 | the same, 2 instances x 1 thread |",
-        "|---|---|---|---|",
+        "| model | p50 ms at batch 1 | Offline items/s at batch 32 | the same, 2 instances x 1 thread |"
+        " the same, on the runtime cores of the pinned server |",
+        "|---|---|---|---|---|",
     ]
     for model, f in result["in_process"].items():
         split = f.get("offline_items_per_s_b32_2x1")
+        pinned = f.get("offline_items_per_s_b32_pinned")
         lines.append(
             f"| {model} | {f['p50_ms']:.4f} | {f['offline_items_per_s_b32']:,.0f} | "
-            f"{'-' if split is None else f'{split:,.0f}'} |"
+            f"{'-' if split is None else f'{split:,.0f}'} | {'-' if pinned is None else f'{pinned:,.0f}'} |"
         )
     lines += [
         "",
@@ -673,7 +760,13 @@ def write_markdown(result: dict[str, Any]) -> None:
         + " (the batcher merges the smaller ones into batches of 32); `polystack 2x1` rows and `_2x1` ratios"
         " are a server started with `--instances 2 --threads 1`. `batching_ceiling_*` is the share of the"
         " CPUs the client and the event loop left to the runtime in that cell: what the ratio could reach"
-        " if the runtime's threads ran at in-process speed on every cycle left:",
+        " if the runtime's threads ran at in-process speed on every cycle left.",
+        "",
+        "`polystack pinned` rows are a server started with `--frontend-cpus 0 --runtime-cpus 1` (the first core"
+        " for the event loop, the others for the runtime, one thread per core) and the client pinned to the"
+        " front-end core, so the runtime keeps its core as it would with clients on other machines;"
+        " `pinned_items_over_offline_b32_pinned_*` divides their items/s by in-process Offline items/s at batch 32"
+        " on the same runtime cores with the same threads (the last in-process column):",
         "",
     ]
     for model, entry in result["ratios"].items():
