@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+# Triton's full set; cache_hit and cache_miss stay at zero because polystack has no response cache
+DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
 
 
 @dataclass
@@ -31,20 +33,33 @@ class ModelStats:
             d.count += count
             d.ns += ns
 
-    def executed(self, batch_size: int, infer_ns: int, requests: int = 1) -> None:
-        """One runtime execution of ``batch_size`` items serving ``requests`` requests."""
+    def executed(
+        self, batch_size: int, infer_ns: int, requests: int = 1, input_ns: int = 0, output_ns: int = 0
+    ) -> None:
+        """One runtime execution of ``batch_size`` items serving ``requests`` requests.
+
+        ``input_ns`` is what assembling the runtime's inputs took (merging a batch's requests),
+        ``output_ns`` what handing each request its share of the outputs took: 0 for a lone request,
+        whose tensors go to the runtime and back as they are. Each phase counts once per request, with
+        the whole execution's time, as Triton counts them.
+        """
+        phases = (("compute_input", input_ns), ("compute_infer", infer_ns), ("compute_output", output_ns))
         with self._lock:
             self.execution_count += 1
             self.inference_count += batch_size
             self.last_inference_ms = int(time.time() * 1000)
-            d = self.durations["compute_infer"]
-            d.count += requests
-            d.ns += infer_ns * requests
+            for kind, ns in phases:
+                d = self.durations[kind]
+                d.count += requests
+                d.ns += ns * requests
             if batch_size < 1:
                 return  # an empty request (dimension 0 is 0) ran, but there is no batch size to report it under
-            per = self.batch_stats.setdefault(batch_size, {"compute_infer": Duration()})["compute_infer"]
-            per.count += 1
-            per.ns += infer_ns
+            per = self.batch_stats.get(batch_size)
+            if per is None:
+                per = self.batch_stats[batch_size] = {k: Duration() for k in BATCH_DURATIONS}
+            for kind, ns in phases:
+                per[kind].count += 1
+                per[kind].ns += ns
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -54,10 +69,7 @@ class ModelStats:
                 "last_inference": self.last_inference_ms,
                 "inference_stats": {k: {"count": d.count, "ns": d.ns} for k, d in self.durations.items()},
                 "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_infer": {"count": v["compute_infer"].count, "ns": v["compute_infer"].ns},
-                    }
+                    {"batch_size": size, **{k: {"count": d.count, "ns": d.ns} for k, d in v.items()}}
                     for size, v in sorted(self.batch_stats.items())
                 ],
             }

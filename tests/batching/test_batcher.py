@@ -79,7 +79,18 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(make: Any) ->
     for i, r in enumerate(results):
         np.testing.assert_array_equal(r["y"], np.full((2, 4), 2.0 * i, np.float32))
     assert sum(model.batches) == 12 and len(model.batches) < 6
-    assert b.entry.stats.to_dict()["inference_stats"]["success"]["count"] == 6
+    stats = b.entry.stats.to_dict()
+    phases = stats["inference_stats"]
+    assert phases["success"]["count"] == 6
+    # each phase counts every request once; merging and splitting take time, unlike the lone-request path
+    assert all(phases[k]["count"] == 6 for k in ("compute_input", "compute_infer", "compute_output"))
+    assert phases["compute_input"]["ns"] > 0 and phases["compute_output"]["ns"] > 0
+    assert phases["compute_infer"]["ns"] >= 6 * 20_000_000  # the model's delay, charged to each request
+    assert phases["cache_hit"] == phases["cache_miss"] == {"count": 0, "ns": 0}  # no response cache
+    assert sum(row["batch_size"] * row["compute_infer"]["count"] for row in stats["batch_stats"]) == 12
+    for row in stats["batch_stats"]:
+        assert set(row) == {"batch_size", "compute_input", "compute_infer", "compute_output"}
+        assert row["compute_input"]["count"] == row["compute_infer"]["count"] == row["compute_output"]["count"]
 
 
 def test_batch_never_exceeds_max_batch_size(make: Any) -> None:

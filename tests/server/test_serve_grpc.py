@@ -75,6 +75,9 @@ def test_health_metadata_config_statistics(client: grpcclient.InferenceServerCli
     client.infer("notb", [i])
     stats = client.get_inference_statistics("notb", as_json=True)["model_stats"][0]
     assert stats["name"] == "notb" and int(stats["inference_stats"]["success"]["count"]) >= 1
+    phases = client.get_inference_statistics("notb").model_stats[0].inference_stats
+    assert phases.compute_input.count == phases.compute_infer.count == phases.compute_output.count >= 1
+    assert phases.cache_hit.count == phases.cache_miss.count == 0
 
 
 def test_typed_contents_are_accepted(server: ServerThread) -> None:

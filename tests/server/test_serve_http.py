@@ -138,6 +138,16 @@ def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> 
     s0, s1 = before["inference_stats"]["success"], after["inference_stats"]["success"]
     assert s1["count"] == s0["count"] + 3 and s1["ns"] > s0["ns"]
     assert after["inference_count"] == before["inference_count"] + 6
+    # every duration Triton reports is there, so code written against Triton's statistics reads them all
+    assert set(after["inference_stats"]) == {
+        "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss",
+    }  # fmt: skip
+    infer0, infer1 = before["inference_stats"]["compute_infer"], after["inference_stats"]["compute_infer"]
+    assert infer1["count"] == infer0["count"] + 3
+    assert after["inference_stats"]["compute_input"]["count"] == after["inference_stats"]["compute_infer"]["count"]
+    assert any(row["batch_size"] == 2 for row in after["batch_stats"])
+    assert all(set(row) == {"batch_size", "compute_input", "compute_infer", "compute_output"}
+               for row in after["batch_stats"])  # fmt: skip
     everything = client.get_inference_statistics()["model_stats"]
     assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
 

@@ -327,6 +327,7 @@ class DynamicBatcher:
         if len(batch) == 1:
             _deliver([self._run_one(batch[0])])
             return
+        t_input = time.perf_counter_ns()
         names = [i.name for i in self.signature.inputs]
         merged = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
         wanted = _union_outputs(batch)
@@ -336,16 +337,18 @@ class DynamicBatcher:
         except Exception:
             _deliver([self._run_one(p) for p in batch])  # find the culprit: only it fails
             return
-        took = time.perf_counter_ns() - t0
-        items = sum(p.items for p in batch)
-        stats.executed(items, took, requests=len(batch))
-        if self._on_batch:
-            self._on_batch(items, len(batch), took / 1e9)
+        t1 = time.perf_counter_ns()
         offset = 0
-        outcomes: list[_Outcome] = []
+        parts: list[dict[str, np.ndarray]] = []
         for p in batch:
-            part = {k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs}
+            parts.append({k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs})
             offset += p.items
+        took = t1 - t0
+        stats.executed(offset, took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
+        if self._on_batch:
+            self._on_batch(offset, len(batch), took / 1e9)
+        outcomes: list[_Outcome] = []
+        for p, part in zip(batch, parts, strict=True):
             stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
             outcomes.append((p, part, None))
         _deliver(outcomes)
