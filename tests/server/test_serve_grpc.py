@@ -145,6 +145,14 @@ def test_typed_integers_that_do_not_fit_the_datatype_are_refused_not_wrapped(ser
         assert np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.int8).tolist() == [127, -128]
 
 
+def test_a_datatype_spelled_in_lower_case_is_refused(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[np.arange(4, dtype="<i8").tobytes()])
+        req.inputs.add(name="a", datatype="int64", shape=[1, 4])
+        _refused(stub, req, "'int64' is spelled 'INT64'")
+
+
 def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

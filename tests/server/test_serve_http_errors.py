@@ -82,6 +82,18 @@ def test_wrong_datatype_is_400(raw: Raw) -> None:
     check_error(raw, status, doc, 400, "unknown datatype")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=["a"] * 16)]})
     check_error(raw, status, doc, 400, "numbers only")
+    # the protocol spells datatypes in upper case, and Triton refuses any other spelling
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="fp32")]})
+    check_error(raw, status, doc, 400, "'fp32' is spelled 'FP32'")
+
+
+def test_numbers_out_of_a_float_datatypes_range_are_400(raw: Raw) -> None:
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=[0.0] * 15 + [-1e39])]})
+    check_error(raw, status, doc, 400, "-1e+39 does not fit datatype FP32")
+    # infinities sent as such are values, not overflow (tritonclient writes them as Infinity)
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [Infinity' + b", 1e38" * 15 + b"]}]}"
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})
+    assert status == 200, data
 
 
 def test_ragged_nested_data_is_400_even_when_the_count_matches(raw: Raw) -> None:

@@ -21,6 +21,7 @@ from polystack.protocol.wire import (
     RequestedOutput,
     cast_numbers,
     from_raw,
+    parse_dtype,
     parse_shape,
     refuse_shared_memory,
     to_raw,
@@ -76,7 +77,7 @@ def decode_infer_request(req: pb.ModelInferRequest) -> InferRequest:
         if name in inputs:
             raise InvalidTensor(f"input {name!r} appears twice in the request")
         refuse_shared_memory(t.parameters, f"input {name!r}")
-        dtype = DType.parse(t.datatype)
+        dtype = parse_dtype(t.datatype, name)
         shape = parse_shape(list(t.shape), name)
         if raw:
             inputs[name] = from_raw(name, dtype, shape, raw[i])

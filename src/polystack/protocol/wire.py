@@ -94,9 +94,13 @@ def refuse_shared_memory(params: Any, what: str) -> None:
 
 
 def parse_dtype(raw: Any, name: str) -> DType:
+    """A tensor's datatype as the protocol spells it: upper case, exactly (Triton refuses "fp32" too)."""
     if not isinstance(raw, str):
         raise InvalidTensor(f"input {name!r}: 'datatype' must be a string such as \"FP32\"")
-    return DType.parse(raw)
+    dtype = DType.parse(raw)
+    if dtype.value != raw:
+        raise InvalidTensor(f"input {name!r}: datatype {raw!r} is spelled {dtype.value!r} in the protocol; send that")
+    return dtype
 
 
 def check_length(name: str, dtype: DType, shape: tuple[int, ...], nbytes: int) -> None:
@@ -119,7 +123,7 @@ def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memor
 
 
 def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
-    """Numbers read wide (int64, uint64, float64) in the tensor's datatype, refusing integers that do not fit."""
+    """Numbers read wide (int64, uint64, float64) in the tensor's datatype, refusing values that do not fit."""
     target = np.dtype(dtype.numpy)
     if target.kind in "iu" and data.size and (target.itemsize < data.dtype.itemsize or target.kind != data.dtype.kind):
         info = np.iinfo(target)
@@ -129,6 +133,17 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
                 f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
                 f"outside {info.min}..{info.max}"
             )
+    if target.kind == "f" and target.itemsize < data.dtype.itemsize:
+        try:
+            with np.errstate(over="raise"):  # NaN and infinities sent as such pass; only finite overflow raises
+                return data.astype(target, copy=False)
+        except FloatingPointError:
+            big = data[np.isfinite(data)]
+            worst = big[np.argmax(np.abs(big))]
+            raise InvalidTensor(
+                f"input {name!r}: value {worst:g} does not fit datatype {dtype.value} (largest magnitude "
+                f"{float(np.finfo(target).max):g}); send it as FP64, or scale it"
+            ) from None
     return data.astype(target, copy=False)
 
 
