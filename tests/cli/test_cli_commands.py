@@ -115,3 +115,15 @@ def test_doctor_describes_this_machine(home: Path) -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = run(tmp_path / "unused", "demo", "--demo-home", str(tmp_path / "demo"))
     assert "demo finished" in out.stdout
+
+
+def test_register_keeps_class_labels_and_refuses_files_that_do_not_fit(
+    home: Path, mlp_path: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nfish\n")
+    out = run(home, "register", str(mlp_path), "--name", "mlp", "--labels", f"y={labels}", "--json")
+    assert json.loads(out.stdout)["settings"]["labels"] == {"y": ["cat", "dog", "fish"]}
+    labels.write_text("cat\ndog\n")
+    fails_with(run(home, "register", str(mlp_path), "--labels", str(labels), check=False), "3 classes")
+    fails_with(run(home, "register", str(mlp_path), "--labels", f"z={labels}", check=False), "no output 'z'")

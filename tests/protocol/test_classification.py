@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from polystack.errors import InvalidRequest
-from polystack.protocol.classification import parse_count, top_classes
+from polystack.protocol.classification import classify, parse_count, top_classes
 
 
 def test_each_item_gets_its_top_classes_highest_first() -> None:
@@ -40,3 +40,12 @@ def test_non_numeric_outputs_and_bad_counts_are_refused() -> None:
         with pytest.raises(InvalidRequest, match="positive integer"):
             parse_count(bad, "y")
     assert parse_count(3, "y") == 3
+
+
+def test_labels_follow_the_index_where_the_model_has_one() -> None:
+    values = np.array([[0.1, 0.7, 0.2, 0.9]], np.float32)
+    got = top_classes("y", values, 3, batched=True, labels=["cat", "dog", "fish"])  # none for class 3
+    assert got.tolist() == [[b"0.900000:3", b"0.700000:1:dog", b"0.200000:2:fish"]]
+    both = classify({"y": values, "z": values}, {"y": 1}, batched=True, labels={"z": ["a", "b", "c", "d"]})
+    assert both["y"].tolist() == [[b"0.900000:3"]]  # labels of another output do not apply
+    assert both["z"] is values  # not classified: returned as it was

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from servekit import start
 from tritonclient.utils import InferenceServerException
 
 from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -40,3 +42,31 @@ def _successes(client: Any, model: str) -> int:
     grpc = isinstance(client, grpcclient.InferenceServerClient)
     stats = client.get_inference_statistics(model, **({"as_json": True} if grpc else {}))
     return int(stats["model_stats"][0]["inference_stats"].get("success", {}).get("count", 0))
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_classification_appends_the_models_labels(
+    model_store: tuple[Store, dict[str, ModelRecord]], transport: str
+) -> None:
+    store, records = model_store
+    mlp = records["mlp"]
+    labels = {"y": ["cat", "dog", "fish"]}  # none for class 3: Triton then leaves the label off
+    store.register(
+        store.artifact_path(mlp), name="labeled", format="onnx", signature=mlp.signature, settings={"labels": labels}
+    )
+    st = start(store, models=["labeled"])
+    try:
+        mod: Any = httpclient if transport == "http" else grpcclient
+        client = mod.InferenceServerClient(st.http_url if transport == "http" else st.grpc_url)
+        x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+        i = mod.InferInput("x", [4, 16], "FP32")
+        i.set_data_from_numpy(x)
+        full = client.infer("labeled", [i]).as_numpy("y")
+        got = client.infer("labeled", [i], outputs=[mod.InferRequestedOutput("y", class_count=4)]).as_numpy("y")
+        for row, classes in zip(full, got, strict=True):
+            want = [
+                f"{row[j]:f}:{j}" + (f":{labels['y'][j]}" if j < 3 else "") for j in np.argsort(-row, kind="stable")
+            ]
+            assert [c.decode() for c in classes] == want
+    finally:
+        st.stop()

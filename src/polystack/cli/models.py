@@ -45,9 +45,17 @@ def register(
     tolerance: list[str] = typer.Option(
         [], "--tolerance", help="Gate tolerance KEY=VALUE (repeatable), e.g. int8_min_cosine=0.95."
     ),
+    labels: list[str] = typer.Option(
+        [],
+        "--labels",
+        metavar="OUTPUT=FILE",
+        help="Class labels of an output, one per line (Triton's label file), for classification results "
+        "(repeatable; FILE alone for a model with one output).",
+    ),
 ) -> None:
     """Register a model file; the same bytes under the same name register once."""
     from polystack import samples as samples_mod
+    from polystack.labels import parse_label_options
     from polystack.verify import Tolerance
 
     tags = parse_tags(tag)
@@ -55,6 +63,8 @@ def register(
     with tempfile.TemporaryDirectory(prefix="polystack-import-") as tmp:
         imported = import_model(path, Path(tmp), format=format, trusted=trust)
         settings = dict(imported.settings)
+        if labels:
+            settings["labels"] = parse_label_options(labels, imported.signature)
         if tolerance:
             settings["tolerance"] = Tolerance.parse(tolerance).model_dump(exclude_defaults=True)
         if samples is not None:

@@ -3,12 +3,14 @@
 A requested output with the ``classification`` parameter set to k (tritonclient's ``class_count``)
 comes back as a BYTES tensor of shape [batch, k] (or [k] for a model without a batch dimension):
 for each item, the k highest values of the output, highest first, each as ``"<value>:<index>"``,
-the value formatted as Triton formats it (``std::to_string``: six decimals for floats). Triton
-appends ``:<label>`` from the model's label file; polystack has no label files, so there is none.
-Equal values keep index order. k larger than the number of classes returns them all.
+the value formatted as Triton formats it (``std::to_string``: six decimals for floats), then
+``:<label>`` when the model has labels for that output (``polystack register --labels``) and one for
+that index. Equal values keep index order. k larger than the number of classes returns them all.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,27 +32,35 @@ def check_outputs(signature: Signature, classes: dict[str, int]) -> None:
             raise InvalidRequest(f"output {spec.name!r} is {spec.dtype.value}; classification needs a numeric output")
 
 
-def classify(result: dict[str, np.ndarray], classes: dict[str, int], batched: bool) -> dict[str, np.ndarray]:
+def classify(
+    result: dict[str, np.ndarray],
+    classes: dict[str, int],
+    batched: bool,
+    labels: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, np.ndarray]:
     """A request's outputs with those named in ``classes`` (name -> k) replaced by their top-k classes."""
+    labels = labels or {}
     return {
-        name: top_classes(name, arr, classes[name], batched) if name in classes else arr
+        name: top_classes(name, arr, classes[name], batched, labels.get(name)) if name in classes else arr
         for name, arr in result.items()
     }
 
 
-def top_classes(name: str, values: np.ndarray, count: int, batched: bool) -> np.ndarray:
+def top_classes(
+    name: str, values: np.ndarray, count: int, batched: bool, labels: Sequence[str] | None = None
+) -> np.ndarray:
     """``values`` (one output of a request) as its top ``count`` classes per item, as Triton returns them."""
     if values.dtype.kind not in "iuf":
-        raise InvalidRequest(
-            f"output {name!r} holds {values.dtype} values; classification needs a numeric output"
-        )
+        raise InvalidRequest(f"output {name!r} holds {values.dtype} values; classification needs a numeric output")
     rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 0 else values.reshape(1, -1)
     n = rows.shape[1]
     k = min(count, n)
     # highest first, equal values in index order: a stable ascending sort of each row reversed, read backwards
     order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :k]
     floats = values.dtype.kind == "f"
+    names = labels or ()
     out = np.empty((rows.shape[0], k), dtype=object)
     for i, (row, idx) in enumerate(zip(rows, order, strict=True)):
-        out[i] = [(f"{row[j]:f}:{j}" if floats else f"{int(row[j])}:{j}").encode() for j in idx]
+        texts = [f"{row[j]:f}:{j}" if floats else f"{int(row[j])}:{j}" for j in idx]
+        out[i] = [(f"{t}:{names[j]}" if j < len(names) else t).encode() for t, j in zip(texts, idx, strict=True)]
     return out if batched else out.reshape(k)

@@ -36,6 +36,7 @@ from polystack.errors import (
     PolystackError,
     VersionNotFound,
 )
+from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse
@@ -317,7 +318,9 @@ class DataPlane:
                     m.compute.observe(took)
                     m.batch.observe(_batch_of(entry, request.inputs))
             if classes:
-                result = classification.classify(result, classes, entry.signature.batched)
+                result = classification.classify(
+                    result, classes, entry.signature.batched, labels_of(entry.record.settings)
+                )
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise

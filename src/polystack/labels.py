@@ -1,0 +1,85 @@
+"""Class labels of a model's outputs: what the classification extension appends to ``value:index``.
+
+A label file is Triton's: one label per line, line i naming class i. ``polystack register --labels
+OUTPUT=FILE`` reads it once, checks it against the output's class count where the signature fixes it,
+and keeps the labels in the model record's settings (``settings["labels"]``: output -> labels), so a
+served model needs no file beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidRequest
+from polystack.types import DType, Signature
+
+MAX_LABEL_FILE_BYTES = 16 * 1024 * 1024  # labels live in the catalog's settings column
+
+
+def read_label_file(path: Path) -> list[str]:
+    """One label per line (trailing whitespace dropped, a final newline optional)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_LABEL_FILE_BYTES:
+            raise InvalidRequest(
+                f"label file {path} holds {size:,} bytes, over the {MAX_LABEL_FILE_BYTES:,} polystack keeps per output"
+            )
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"label file {path} does not exist; pass --labels OUTPUT=FILE with a file that does"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InvalidRequest(f"label file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InvalidRequest(f"label file {path} cannot be read: {e.strerror}") from None
+    labels = [line.rstrip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()  # blank lines at the end name no class
+    if not labels:
+        raise InvalidRequest(f"label file {path} is empty; write one label per line, line i for class i")
+    return labels
+
+
+def class_count(signature: Signature, output: str) -> int | None:
+    """How many classes ``output`` scores per item, when its shape fixes it (else None)."""
+    spec = next(t for t in signature.outputs if t.name == output)
+    dims = spec.shape[1:] if spec.batched else spec.shape
+    return None if any(d == -1 for d in dims) else math.prod(dims)
+
+
+def parse_label_options(options: Sequence[str], signature: Signature) -> dict[str, list[str]]:
+    """``--labels`` values (``OUTPUT=FILE``, or ``FILE`` for a model with one output) as output -> labels."""
+    outputs = [t.name for t in signature.outputs]
+    found: dict[str, list[str]] = {}
+    for option in options:
+        name, sep, file = option.partition("=")
+        if not sep:
+            if len(outputs) != 1:
+                raise InvalidRequest(
+                    f"--labels {option}: the model has outputs {', '.join(outputs)}; say which, as OUTPUT=FILE"
+                )
+            name, file = outputs[0], option
+        if name not in outputs:
+            raise InvalidRequest(f"--labels {option}: the model has no output {name!r}; it has {', '.join(outputs)}")
+        spec = next(t for t in signature.outputs if t.name == name)
+        if spec.dtype in (DType.BYTES, DType.BOOL):
+            raise InvalidRequest(
+                f"--labels {option}: output {name!r} is {spec.dtype.value}; labels name classes of scores"
+            )
+        labels = read_label_file(Path(file))
+        count = class_count(signature, name)
+        if count is not None and count != len(labels):
+            raise InvalidRequest(
+                f"--labels {option}: output {name!r} scores {count:,} classes but the file has {len(labels):,} labels"
+            )
+        found[name] = labels
+    return found
+
+
+def labels_of(settings: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The labels a model record keeps, by output (empty when it has none)."""
+    return dict(settings.get("labels") or {})
