@@ -187,3 +187,23 @@ def test_polystack_serve_leaves_no_thread_unpinned(
             proc.wait()
     serving = [json.loads(line) for line in log_path.read_text().splitlines() if '"serving"' in line]
     assert serving and serving[0]["frontend_cpus"] == str(front) and serving[0]["runtime_cpus"] == str(back)
+
+
+@two_cores
+def test_a_serving_process_moves_every_thread_and_shortens_the_gil_switch_interval() -> None:
+    front, back = CPUS[0], CPUS[1]
+    script = f"""
+import os, sys, threading
+import numpy  # starts OpenBLAS's pool at import
+from polystack.server.placement import SWITCH_INTERVAL_S, CpuPlacement
+event = threading.Event()
+helper = threading.Thread(target=event.wait)
+helper.start()
+CpuPlacement(frozenset({{{front}}}), frozenset({{{back}}})).apply_to_process()
+tids = os.listdir("/proc/self/task")
+print(len(tids), all(os.sched_getaffinity(int(t)) == {{{back}}} for t in tids), abs(sys.getswitchinterval() - SWITCH_INTERVAL_S) < 1e-9)
+event.set()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    count, pinned, interval = out.stdout.split()
+    assert int(count) >= 2 and pinned == "True" and interval == "True", out

@@ -221,7 +221,7 @@ def run(engine: Engine, config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code)."""
     server = Server(engine, config)
     if config.cpus is not None:
-        config.cpus.pin_process()  # this process only serves: library pools started at import go too
+        config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
     server.load_models()
     # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
     # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
