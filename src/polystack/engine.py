@@ -76,6 +76,17 @@ def with_concurrency(spec: LoadSpec, threads: int | None, instances: int = 1) ->
     return replace(spec, options=options)
 
 
+def without_runtime_pinning(spec: LoadSpec) -> LoadSpec:
+    """``spec`` with the runtime's own CPU pinning off, for a caller that pins the runtime's threads itself."""
+    try:
+        key = registry.get(spec.backend).pinning_option
+    except PolystackError:
+        return spec  # an unknown backend: Engine.load says so when it is loaded
+    if key is None or spec.options.get(key) is False:
+        return spec
+    return replace(spec, options={**spec.options, key: False})
+
+
 @dataclass
 class LoadedEntry:
     record: ModelRecord

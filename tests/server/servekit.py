@@ -62,9 +62,8 @@ def test_spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     """The default spec, with the MLP capped at MLP_MAX_BATCH items and `slow*` models on the null backend."""
     if record.name.startswith("slow"):
         delay = float(record.tags.get("delay_ms", "50"))
-        return LoadSpec(
-            artifact=store.artifact_path(record), format=record.format, backend="null", options={"delay_ms": delay}
-        )
+        options = {"delay_ms": delay, "load_delay_ms": float(record.tags.get("load_delay_ms", "0"))}
+        return LoadSpec(artifact=store.artifact_path(record), format=record.format, backend="null", options=options)
     spec = default_spec(store, record)
     if record.name == "mlp":
         spec = dataclasses.replace(spec, max_batch_size=MLP_MAX_BATCH)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,9 @@ import tritonclient.http as httpclient
 from servekit import start
 
 from polystack.batching import BatchPolicy
+from polystack.engine import Engine, LoadSpec, default_spec
 from polystack.errors import InvalidRequest
+from polystack.server.app import ServeConfig, ServerThread
 from polystack.server.placement import CpuPlacement, format_cpu_list, parse_cpu_list
 from polystack.store import ModelRecord, Store
 
@@ -37,7 +40,8 @@ def test_cpu_lists_read_and_write_as_taskset_does() -> None:
     assert parse_cpu_list(" 4, 1-2 ") == {1, 2, 4}
     assert format_cpu_list(frozenset({0, 1, 2, 5, 7, 8})) == "0-2,5,7-8"
     for bad, fragment in (("", "not a CPU list"), ("a", "not a CPU list"), ("-1", "not a CPU list"),
-                          ("3-1", "runs backwards"), ("1,,2", "not a CPU list")):  # fmt: skip
+                          ("3-1", "runs backwards"), ("1,,2", "not a CPU list"), ("\uff10", "not a CPU list"),
+                          ("0-99999999999", "past any machine's cores")):  # fmt: skip
         with pytest.raises(InvalidRequest, match=fragment):
             parse_cpu_list(bad)
 
@@ -114,22 +118,62 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
     store, _ = model_store
     front, back = CPUS[0], CPUS[1]
     placement = CpuPlacement(frozenset({front}), frozenset({back}))
-    st = start(store, models=["mlp"], grpc_port=None, cpus=placement, no_batching=True, inline_max_ms=0)
+    st = start(store, models=["mlp"], grpc_port=None, cpus=placement, no_batching=True)  # inline on by default
     try:
+        entry = st.server.engine.loaded()[0]
+        ran_on: list[int] = []
+        infer = entry.model.infer
+
+        def spy(*args: Any, **kwargs: Any) -> Any:  # records the thread, runs the real model
+            ran_on.append(threading.get_native_id())
+            return infer(*args, **kwargs)
+
+        entry.model.infer = spy  # type: ignore[method-assign]
         client = httpclient.InferenceServerClient(st.http_url)
         i = httpclient.InferInput("x", [1, 16], "FP32")
         i.set_data_from_numpy(np.ones((1, 16), np.float32))
-        for _ in range(3):
+        for _ in range(20):  # one at a time: unpinned, a model this fast would run on the event loop
             client.infer("mlp", [i])
-        pool = [t.native_id for t in threading.enumerate() if t.name.startswith("infer")]
-        assert pool and all(tid is not None and _affinity(tid) == {back} for tid in pool)
+        assert len(ran_on) == 20 and {tid: _affinity(tid) for tid in ran_on} == {tid: {back} for tid in ran_on}
         assert st.server.plane.executor._max_workers == 1  # one inference thread per runtime core
-        entry = st.server.engine.loaded()[0]
         assert entry.spec.options.get("intra_op_threads") == 1  # sized to the runtime cores, not the machine
     finally:
         st.stop()
 
 
+@two_cores
+def test_a_repository_load_does_not_hold_the_inference_thread(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, records = model_store
+    mlp = records["mlp"]
+    store.register(
+        store.artifact_path(mlp), name="slowload", format="onnx", signature=mlp.signature,
+        tags={"delay_ms": "0", "load_delay_ms": "1500"},
+    )  # fmt: skip
+    placement = CpuPlacement(frozenset({CPUS[0]}), frozenset({CPUS[1]}))  # one inference thread
+    st = start(store, models=["mlp"], cpus=placement, no_batching=True, allow_model_control=True)
+    try:
+        def load() -> None:  # tritonclient.http runs on gevent: a client per thread
+            httpclient.InferenceServerClient(st.http_url).load_model("slowload")
+
+        loading = threading.Thread(target=load)
+        loading.start()
+        time.sleep(0.2)  # the load is under way
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        started = time.monotonic()
+        httpclient.InferenceServerClient(st.http_url).infer("mlp", [i])
+        assert time.monotonic() - started < 1.0  # not after the load's 1.5 s
+        loading.join(10)
+        assert httpclient.InferenceServerClient(st.http_url).is_model_ready("slowload")
+        load_threads = [t.native_id for t in threading.enumerate() if t.name.startswith("load")]
+        assert load_threads and all(tid is not None and _affinity(tid) == {CPUS[1]} for tid in load_threads)
+    finally:
+        st.stop()
+
+
+@pytest.mark.skipif(not CPUS, reason="CPU placement needs Linux")
 def test_serve_refuses_a_bad_cpu_list_with_one_line(tmp_path: Path) -> None:
     for args, fragment in (
         (["--runtime-cpus", "1-x"], "not a CPU list"),
@@ -207,3 +251,33 @@ event.set()
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     count, pinned, interval = out.stdout.split()
     assert int(count) >= 2 and pinned == "True" and interval == "True", out
+
+
+@two_cores
+def test_openvino_leaves_the_pinning_to_the_server(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """OpenVINO's own CPU pinning resets the calling thread's affinity on its first call: a pinned server
+    turns it off, so the batch worker stays on the runtime cores."""
+    pytest.importorskip("openvino")
+    store, _ = model_store
+    front, back = CPUS[0], CPUS[1]
+
+    def on_openvino(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
+        return default_spec(store, record, backend="openvino")
+
+    config = ServeConfig(
+        http_port=0, grpc_port=None, models=["mlp"], batching=BatchPolicy(max_batch_size=8),
+        cpus=CpuPlacement(frozenset({front}), frozenset({back})),
+    )  # fmt: skip
+    st = ServerThread(Engine(store), config, spec_for=on_openvino).start()
+    try:
+        entry = st.server.engine.loaded()[0]
+        assert entry.spec.backend == "openvino" and entry.spec.options["cpu_pinning"] is False
+        client = httpclient.InferenceServerClient(st.http_url)
+        i = httpclient.InferInput("x", [2, 16], "FP32")
+        i.set_data_from_numpy(np.ones((2, 16), np.float32))
+        for _ in range(10):
+            client.infer("mlp", [i])
+        workers = [t.native_id for t in threading.enumerate() if t.name.startswith("batcher-mlp")]
+        assert workers and all(tid is not None and _affinity(tid) == {back} for tid in workers)
+    finally:
+        st.stop()

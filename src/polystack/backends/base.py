@@ -45,6 +45,10 @@ class Backend(abc.ABC):
     # The option that lets N calls run at once on one loaded model, for runtimes that otherwise run
     # them one after another (OpenVINO's NUM_STREAMS); its thread option then counts all streams' threads.
     streams_option: ClassVar[str | None] = None
+    # The option that stops the runtime from setting thread affinity itself (OpenVINO's
+    # ENABLE_CPU_PINNING resets the calling thread's affinity on its first call), set to False when a
+    # server pins the runtime to its cores (``polystack serve --runtime-cpus``)
+    pinning_option: ClassVar[str | None] = None
 
     def available(self) -> bool:
         """True when the runtime is importable here (checked without importing it)."""

@@ -20,6 +20,7 @@ from polystack.types import DType, Signature
 class NullOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay_ms: float = Field(default=0.0, ge=0, description="sleep this long per infer call (simulated compute)")
+    load_delay_ms: float = Field(default=0.0, ge=0, description="sleep this long in load (a large model)")
 
 
 class NullModel:
@@ -53,4 +54,6 @@ class NullBackend(Backend):
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
         assert isinstance(options, NullOptions)
+        if options.load_delay_ms:
+            time.sleep(options.load_delay_ms / 1000.0)
         return NullModel(signature, options.delay_ms)

@@ -34,6 +34,7 @@ class OpenVinoOptions(BaseModel):
     performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] | None = None
     num_streams: int | None = Field(default=None, ge=1)
     inference_num_threads: int | None = Field(default=None, ge=1)
+    cpu_pinning: bool | None = Field(default=None, description="ENABLE_CPU_PINNING; None lets OpenVINO choose")
 
 
 def to_ov_device(device: str, available: list[str] | None = None) -> str:
@@ -129,6 +130,7 @@ class OpenVinoBackend(Backend):
     requires = ("openvino",)
     distribution = "openvino"
     streams_option = "num_streams"  # one stream runs one call at a time; instances need a stream each
+    pinning_option = "cpu_pinning"
 
     def devices(self) -> list[str]:
         import openvino as ov
@@ -174,6 +176,8 @@ class OpenVinoBackend(Backend):
             config["NUM_STREAMS"] = options.num_streams
         if options.inference_num_threads:
             config["INFERENCE_NUM_THREADS"] = options.inference_num_threads
+        if options.cpu_pinning is not None:
+            config["ENABLE_CPU_PINNING"] = options.cpu_pinning
         try:
             compiled = core.compile_model(model, to_ov_device(device, core.available_devices), config)
         except Exception as e:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polystack.batching import BatchPolicy
-from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency
+from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
@@ -110,7 +110,8 @@ class Server:
             if threads is None and config.cpus is not None:
                 # a plan's or runtime's default thread count was sized for the whole machine
                 threads = config.cpus.threads_per_instance(instances)
-            return with_concurrency(chosen, threads, instances)
+            spec = with_concurrency(chosen, threads, instances)
+            return spec if config.cpus is None else without_runtime_pinning(spec)
 
         cpus = config.cpus
         self.plane = DataPlane(
@@ -123,7 +124,7 @@ class Server:
             thread_initializer=cpus.pin_runtime if cpus else None,
             metrics=self.metrics,
             tracer=Tracer(config.trace),
-            inline_max_ms=config.inline_max_ms,
+            inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
         )
         self.http = HttpApp(
             self.plane,

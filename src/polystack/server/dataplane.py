@@ -110,10 +110,12 @@ class DataPlane:
         self.allow_model_control = allow_model_control
         self.metrics = metrics or ServerMetrics()
         self.tracer = tracer or Tracer(enabled=False)
-        # inference (and model loading) threads; ``thread_initializer`` pins them (server.placement)
+        # inference threads, and one for repository loads and unloads, so that a load never holds an
+        # inference thread; ``thread_initializer`` pins both (server.placement)
         self.executor = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer", initializer=thread_initializer
         )
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
         self._served: dict[tuple[str, int], _Served] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
@@ -169,6 +171,7 @@ class DataPlane:
         log.info("model unloaded", extra={"model": name})
 
     def close(self) -> None:
+        self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
         for served in self._served.values():
             if served.batcher is not None:
                 served.batcher.close(drain=True)
@@ -387,11 +390,11 @@ class DataPlane:
                 "its store with the plan for the server's profile; register the new file with `polystack register` "
                 "(or tune a new plan), then load it by name"
             )
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.load, name)
+        await asyncio.get_running_loop().run_in_executor(self._loader, self.load, name)
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.unload, name)
+        await asyncio.get_running_loop().run_in_executor(self._loader, self.unload, name)
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:

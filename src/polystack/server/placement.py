@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 from polystack.errors import InvalidRequest
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")
+MAX_CPU = 65535  # above any machine's core numbers (Linux's NR_CPUS tops out at 8192): refused before expanding
 SWITCH_INTERVAL_S = 0.0002  # the GIL switch interval of a pinned server (``apply_to_process``)
 
 
@@ -43,6 +44,8 @@ def parse_cpu_list(text: str) -> frozenset[int]:
         if m is None:
             raise InvalidRequest(f"{text!r} is not a CPU list; write cores as 0, 0-3 or 0,2,4-7")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if last > MAX_CPU:
+            raise InvalidRequest(f"CPU {last} in {text!r} is past any machine's cores; see `nproc` or taskset -p")
         if last < first:
             raise InvalidRequest(f"CPU range {part!r} runs backwards; write it as {last}-{first}")
         cpus.update(range(first, last + 1))
