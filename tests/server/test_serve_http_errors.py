@@ -90,6 +90,12 @@ def test_wrong_datatype_is_400(raw: Raw) -> None:
 def test_numbers_out_of_a_float_datatypes_range_are_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=[0.0] * 15 + [-1e39])]})
     check_error(raw, status, doc, 400, "-1e+39 does not fit datatype FP32")
+    # nested rows, and bodies holding NaN (read by the standard library), take another path: the same check
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[2, 16], data=[[0.0] * 16, [1e39] * 16])]})
+    check_error(raw, status, doc, 400, "1e+39 does not fit datatype FP32")
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [NaN, 1e39' + b", 0" * 14 + b"]}]}"
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})
+    check_error(raw, status, json.loads(data), 400, "1e+39 does not fit datatype FP32")
     # infinities sent as such are values, not overflow (tritonclient writes them as Infinity)
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [Infinity' + b", 1e38" * 15 + b"]}]}"
     status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})

@@ -256,7 +256,10 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             arr = np.asarray(data, dtype=dtype.numpy)
         else:
             _check_numbers(name, dtype, data)
-            arr = np.asarray(data, dtype=dtype.numpy)
+            if np.dtype(dtype.numpy).kind == "f":  # read wide, so that a value out of FP32's range is refused
+                arr = cast_numbers(name, dtype, np.asarray(data, dtype=np.float64))
+            else:
+                arr = np.asarray(data, dtype=dtype.numpy)  # integers out of range raise OverflowError
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidTensor(
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
