@@ -28,6 +28,8 @@ def write(tmp_path: Path, text: str | bytes, name: str = "labels.txt") -> Path:
 
 def test_one_label_per_line_trailing_space_and_blank_lines_at_the_end_dropped(tmp_path: Path) -> None:
     assert read_label_file(write(tmp_path, "cat \r\ndog\n\nfish\n\n\n")) == ["cat", "dog", "", "fish"]
+    # lines end at "\n" only, as in Triton: a form feed or a Unicode line separator is part of a label
+    assert read_label_file(write(tmp_path, "a\x0cb\nc\u2028d\n")) == ["a\x0cb", "c\u2028d"]
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,9 @@ def test_labels_are_checked_against_the_output_they_name(tmp_path: Path) -> None
 def test_a_model_with_one_output_takes_the_file_alone(tmp_path: Path) -> None:
     one = Signature(inputs=SIG.inputs, outputs=SIG.outputs[:1])
     assert parse_label_options([str(write(tmp_path, "a\nb\nc"))], one) == {"scores": ["a", "b", "c"]}
+    (tmp_path / "v=2").mkdir()
+    odd = write(tmp_path, "x\ny\nz", "v=2/labels.txt")  # a path with "=" in it, not OUTPUT=FILE
+    assert parse_label_options([str(odd)], one) == {"scores": ["x", "y", "z"]}
 
 
 def test_a_record_without_labels_has_none() -> None:

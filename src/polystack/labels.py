@@ -36,7 +36,7 @@ def read_label_file(path: Path) -> list[str]:
         raise InvalidRequest(f"label file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise InvalidRequest(f"label file {path} cannot be read: {e.strerror}") from None
-    labels = [line.rstrip() for line in text.splitlines()]
+    labels = [line.rstrip() for line in text.split("\n")]  # "\n" only, as Triton: not str.splitlines' \f, \x1c...
     while labels and not labels[-1]:
         labels.pop()  # blank lines at the end name no class
     if not labels:
@@ -57,7 +57,7 @@ def parse_label_options(options: Sequence[str], signature: Signature) -> dict[st
     found: dict[str, list[str]] = {}
     for option in options:
         name, sep, file = option.partition("=")
-        if not sep:
+        if not sep or (len(outputs) == 1 and name not in outputs and Path(option).is_file()):  # a path with "="
             if len(outputs) != 1:
                 raise InvalidRequest(
                     f"--labels {option}: the model has outputs {', '.join(outputs)}; say which, as OUTPUT=FILE"

@@ -46,6 +46,8 @@ def test_labels_follow_the_index_where_the_model_has_one() -> None:
     values = np.array([[0.1, 0.7, 0.2, 0.9]], np.float32)
     got = top_classes("y", values, 3, batched=True, labels=["cat", "dog", "fish"])  # none for class 3
     assert got.tolist() == [[b"0.900000:3", b"0.700000:1:dog", b"0.200000:2:fish"]]
+    blank = top_classes("y", values, 2, batched=True, labels=["cat", "dog", "fish", ""])  # a blank line: none
+    assert blank.tolist() == [[b"0.900000:3", b"0.700000:1:dog"]]
     both = classify({"y": values, "z": values}, {"y": 1}, batched=True, labels={"z": ["a", "b", "c", "d"]})
     assert both["y"].tolist() == [[b"0.900000:3"]]  # labels of another output do not apply
     assert both["z"] is values  # not classified: returned as it was

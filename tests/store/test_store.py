@@ -36,6 +36,13 @@ def test_registering_the_same_bytes_twice_is_idempotent(store: Store, mlp_path: 
     assert len(store.models.list("mlp")) == 1
 
 
+def test_settings_given_again_update_mappings_key_by_key(store: Store, mlp_path: Path) -> None:
+    register(store, mlp_path, settings={"labels": {"y": ["a"]}, "tolerance": {"min_cosine": 0.9}, "flag": 1})
+    again, created = register(store, mlp_path, settings={"labels": {"z": ["b"]}, "tolerance": {"min_cosine": 0.99}})
+    assert not created
+    assert again.settings == {"labels": {"y": ["a"], "z": ["b"]}, "tolerance": {"min_cosine": 0.99}, "flag": 1}
+
+
 def test_new_bytes_make_a_new_version_and_identical_blobs_are_stored_once(store: Store, tmp_path: Path) -> None:
     from polystack.examples import mlp_onnx
 

@@ -50,7 +50,8 @@ def register(
         "--labels",
         metavar="OUTPUT=FILE",
         help="Class labels of an output, one per line (Triton's label file), for classification results "
-        "(repeatable; FILE alone for a model with one output).",
+        "(repeatable; FILE alone for a model with one output; registering again replaces the named outputs' "
+        "labels and keeps the others).",
     ),
 ) -> None:
     """Register a model file; the same bytes under the same name register once."""

@@ -62,5 +62,8 @@ def top_classes(
     out = np.empty((rows.shape[0], k), dtype=object)
     for i, (row, idx) in enumerate(zip(rows, order, strict=True)):
         texts = [f"{row[j]:f}:{j}" if floats else f"{int(row[j])}:{j}" for j in idx]
-        out[i] = [(f"{t}:{names[j]}" if j < len(names) else t).encode() for t, j in zip(texts, idx, strict=True)]
+        # Triton leaves the label off for an index past the file or a blank line
+        out[i] = [
+            (f"{t}:{names[j]}" if j < len(names) and names[j] else t).encode() for t, j in zip(texts, idx, strict=True)
+        ]
     return out if batched else out.reshape(k)

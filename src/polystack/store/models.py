@@ -104,7 +104,7 @@ class ModelTable:
                 if samples_digest and row["samples_digest"] is None:
                     updates["samples_digest"] = samples_digest
                 if settings:
-                    updates["settings"] = json.dumps({**json.loads(row["settings"]), **settings})
+                    updates["settings"] = json.dumps(_merge_settings(json.loads(row["settings"]), settings))
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
                 row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
@@ -189,3 +189,13 @@ def digests_in_use(conn: sqlite3.Connection) -> set[str]:
         " UNION SELECT digest FROM variants WHERE digest IS NOT NULL"
     ).fetchall()
     return {r[0] for r in rows}
+
+
+def _merge_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given again update the old ones; a mapping (labels by output, tolerances by name) is
+    updated key by key, so labels given for one output keep those of the others."""
+    merged = dict(old)
+    for key, value in new.items():
+        before = merged.get(key)
+        merged[key] = {**before, **value} if isinstance(before, dict) and isinstance(value, dict) else value
+    return merged
