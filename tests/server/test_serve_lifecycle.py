@@ -28,8 +28,13 @@ from polystack.store import ModelRecord, Store
 def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
-    store, _ = model_store
-    st = start(store, models=["slow"], drain_timeout_s=5.0)
+    store, records = model_store
+    mlp = records["mlp"]
+    # a model slow enough (400 ms) that the checks below see the request in flight on a loaded machine
+    store.register(
+        store.artifact_path(mlp), name="slowdrain", format="onnx", signature=mlp.signature, tags={"delay_ms": "400"}
+    )
+    st = start(store, models=["slowdrain"], drain_timeout_s=5.0)
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
     watcher = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
     watcher.request("GET", "/v2/health/ready")
@@ -39,16 +44,20 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
 
     def slow_call() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
-        conn.request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})
+        conn.request("POST", "/v2/models/slowdrain/infer", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         results["status"] = resp.status
         results["body"] = json.loads(resp.read())
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.02)  # the request is in the 50 ms model now
-    watcher.request("GET", "/metrics")
-    assert "polystack_requests_in_flight 1.0" in watcher.getresponse().read().decode()
+    deadline = time.monotonic() + 0.3  # the request reaches the model, where it stays 400 ms
+    while True:
+        watcher.request("GET", "/metrics")
+        if "polystack_requests_in_flight 1.0" in watcher.getresponse().read().decode():
+            break
+        assert time.monotonic() < deadline, "the request never showed as in flight"
+        time.sleep(0.01)
     stopper = threading.Thread(target=st.stop)
     stopper.start()
     time.sleep(0.01)
