@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servekit import register_all, start
+from servekit import register_all, register_like, start
 
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
@@ -24,11 +24,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stor
     store = Store.at(work / "home")
     records = register_all(store, work / "models")
     # a model on the null backend (zeros after a delay) for batching, queueing and draining
-    mlp = records["mlp"]
-    slow, _ = store.register(
-        store.artifact_path(mlp), name="slow", format="onnx", signature=mlp.signature, tags={"delay_ms": "50"}
-    )
-    records["slow"] = slow
+    records["slow"] = register_like(store, records["mlp"], "slow", tags={"delay_ms": "50"})
     yield store, records
     store.close()
 

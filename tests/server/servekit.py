@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import tritonclient.http as httpclient
 
 from polystack.engine import Engine, LoadSpec, default_spec
 from polystack.examples import mlp_onnx
@@ -58,6 +67,15 @@ def register_all(store: Store, work: Path) -> dict[str, ModelRecord]:
 MLP_MAX_BATCH = 64
 
 
+def register_like(store: Store, record: ModelRecord, name: str, **kw: Any) -> ModelRecord:
+    """``record``'s artifact under another name; its tags (``slow*``: the null backend's delays) or
+    settings (labels) make it a different model to serve."""
+    copy, _ = store.register(
+        store.artifact_path(record), name=name, format=record.format, signature=record.signature, **kw
+    )
+    return copy
+
+
 def test_spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     """The default spec, with the MLP capped at MLP_MAX_BATCH items and `slow*` models on the null backend."""
     if record.name.startswith("slow"):
@@ -77,3 +95,33 @@ def start(store: Store, **config: Any) -> ServerThread:
     hooks = {k: config.pop(k) for k in ("policy_for",) if k in config}
     cfg = ServeConfig(**{"http_port": 0, "grpc_port": 0, "drain_timeout_s": 10.0, **config})
     return ServerThread(Engine(store), cfg, spec_for=test_spec_for, **hooks).start()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def cli_server(home: Path, args: list[str], http_port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``polystack serve ARGS`` as a user runs it, in its own process, ready when this yields; killed if
+    the test leaves it running. Its JSON log goes to ``log_path``."""
+    cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", *args, "--http-port", str(http_port)]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                if client.is_server_ready():
+                    break
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

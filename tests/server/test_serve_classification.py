@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import start
+from servekit import register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.server.app import ServerThread
@@ -49,11 +49,8 @@ def test_classification_appends_the_models_labels(
     model_store: tuple[Store, dict[str, ModelRecord]], transport: str
 ) -> None:
     store, records = model_store
-    mlp = records["mlp"]
     labels = {"y": ["cat", "dog", "fish"]}  # none for class 3: Triton then leaves the label off
-    store.register(
-        store.artifact_path(mlp), name="labeled", format="onnx", signature=mlp.signature, settings={"labels": labels}
-    )
+    register_like(store, records["mlp"], "labeled", settings={"labels": labels})
     st = start(store, models=["labeled"])
     try:
         mod: Any = httpclient if transport == "http" else grpcclient

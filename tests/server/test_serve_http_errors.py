@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from conftest import MAX_BODY, Raw
-from servekit import start
+from servekit import register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.server.app import ServerThread
@@ -464,10 +464,7 @@ def test_huge_urls_and_headers_are_refused(server: ServerThread, raw: Raw) -> No
 
 def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     store, records = model_store
-    mlp = records["mlp"]
-    store.register(
-        store.artifact_path(mlp), name="slow600", format="onnx", signature=mlp.signature, tags={"delay_ms": "600"}
-    )
+    register_like(store, records["mlp"], "slow600", tags={"delay_ms": "600"})
     st = start(store, models=["mlp", "slow600"], idle_timeout_s=0.4)
     try:
         # idle time counts from the last answer: a request longer than the timeout keeps its connection

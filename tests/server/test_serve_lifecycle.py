@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import start
+from servekit import cli_server, free_port, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -29,11 +26,8 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
     store, records = model_store
-    mlp = records["mlp"]
     # a model slow enough (400 ms) that the checks below see the request in flight on a loaded machine
-    store.register(
-        store.artifact_path(mlp), name="slowdrain", format="onnx", signature=mlp.signature, tags={"delay_ms": "400"}
-    )
+    register_like(store, records["mlp"], "slowdrain", tags={"delay_ms": "400"})
     st = start(store, models=["slowdrain"], drain_timeout_s=5.0)
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
     watcher = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
@@ -71,33 +65,12 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         socket.create_connection(("127.0.0.1", st.http_port), timeout=1).close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
     store, _ = model_store
-    http_port, grpc_port = _free_port(), _free_port()
-    cmd = [
-        sys.executable, "-m", "polystack", "--home", str(store.home), "serve", "mlp",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--drain-timeout-s", "5",
-    ]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    http_port, grpc_port = free_port(), free_port()
+    args = ["mlp", "--grpc-port", str(grpc_port), "--drain-timeout-s", "5"]
+    with cli_server(store.home, args, http_port, tmp_path / "serve.log") as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
         i = httpclient.InferInput("x", [1, 16], "FP32")
         i.set_data_from_numpy(np.zeros((1, 16), np.float32))
         assert client.infer("mlp", [i]).as_numpy("y").shape == (1, 4)
@@ -105,11 +78,6 @@ def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, Model
         assert g.is_model_ready("mlp")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "serving" for line in lines) and any(line["msg"] == "stopped" for line in lines)
 

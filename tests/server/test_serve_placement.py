@@ -6,11 +6,9 @@ the kernel. The server tests need two cores a process may use; with fewer they a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import start
+from servekit import cli_server, free_port, register_like, start
 
 from polystack.batching import BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec
@@ -146,14 +144,11 @@ def test_a_repository_load_does_not_hold_the_inference_thread(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
     store, records = model_store
-    mlp = records["mlp"]
-    store.register(
-        store.artifact_path(mlp), name="slowload", format="onnx", signature=mlp.signature,
-        tags={"delay_ms": "0", "load_delay_ms": "1500"},
-    )  # fmt: skip
+    register_like(store, records["mlp"], "slowload", tags={"delay_ms": "0", "load_delay_ms": "1500"})
     placement = CpuPlacement(frozenset({CPUS[0]}), frozenset({CPUS[1]}))  # one inference thread
     st = start(store, models=["mlp"], cpus=placement, no_batching=True, allow_model_control=True)
     try:
+
         def load() -> None:  # tritonclient.http runs on gevent: a client per thread
             httpclient.InferenceServerClient(st.http_url).load_model("slowload")
 
@@ -196,26 +191,20 @@ def test_polystack_serve_leaves_no_thread_unpinned(
     """The CLI's process serves only: threads libraries started at import move to the runtime cores too."""
     store, _ = model_store
     front, back = CPUS[0], CPUS[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = [
-        sys.executable, "-m", "polystack", "--home", str(store.home), "serve", "mlp", "--profile", "server",
-        "--http-port", str(port), "--grpc-port", "-1", "--frontend-cpus", str(front), "--runtime-cpus", str(back),
-    ]  # fmt: skip
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    port, log_path = free_port(), tmp_path / "serve.log"
+    args = [
+        "mlp",
+        "--profile",
+        "server",
+        "--grpc-port",
+        "-1",
+        "--frontend-cpus",
+        str(front),
+        "--runtime-cpus",
+        str(back),
+    ]
+    with cli_server(store.home, args, port, log_path) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(Exception):
-                if client.is_model_ready("mlp"):
-                    break
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
         i = httpclient.InferInput("x", [2, 16], "FP32")
         i.set_data_from_numpy(np.ones((2, 16), np.float32))
         assert client.infer("mlp", [i]).as_numpy("y").shape == (2, 4)
@@ -225,10 +214,6 @@ def test_polystack_serve_leaves_no_thread_unpinned(
         assert all(cpus in ({front}, {back}) for cpus in threads.values()), threads
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     serving = [json.loads(line) for line in log_path.read_text().splitlines() if '"serving"' in line]
     assert serving and serving[0]["frontend_cpus"] == str(front) and serving[0]["runtime_cpus"] == str(back)
 
