@@ -439,12 +439,7 @@ def in_process(home: Path, model: str, shape: list[int], duration_s: float) -> d
             t0 = time.perf_counter()
             engine.infer(model, {"x": x1})
             lat.append(time.perf_counter() - t0)
-        n = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < duration_s:
-            engine.infer(model, {"x": x32})
-            n += 32
-        offline = n / (time.perf_counter() - started)
+        offline = offline_rate(engine, model, x32, duration_s)
     finally:
         engine.close()
         store.close()
@@ -458,6 +453,16 @@ def in_process(home: Path, model: str, shape: list[int], duration_s: float) -> d
     if cores is not None:
         floor["offline_items_per_s_b32_pinned"] = round(offline_pinned(home, model, x32, duration_s, cores[1]), 1)
     return floor
+
+
+def offline_rate(engine: Any, model: str, batch: np.ndarray, duration_s: float) -> float:
+    """Items/s of back-to-back ``engine.infer`` calls on ``batch`` from this thread for ``duration_s``."""
+    n = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        engine.infer(model, {"x": batch})
+        n += len(batch)
+    return n / (time.perf_counter() - started)
 
 
 def offline_split(home: Path, model: str, x32: np.ndarray, duration_s: float) -> float:
@@ -506,12 +511,7 @@ def offline_pinned(home: Path, model: str, x32: np.ndarray, duration_s: float, c
         engine.load(model, with_concurrency(default_spec(store, store.get(model)), len(cpus), 1))
         for _ in range(50):
             engine.infer(model, {"x": x32})
-        n = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < duration_s:
-            engine.infer(model, {"x": x32})
-            n += 32
-        return n / (time.perf_counter() - started)
+        return offline_rate(engine, model, x32, duration_s)
     finally:
         engine.close()
         store.close()

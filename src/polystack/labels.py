@@ -80,6 +80,6 @@ def parse_label_options(options: Sequence[str], signature: Signature) -> dict[st
     return found
 
 
-def labels_of(settings: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The labels a model record keeps, by output (empty when it has none)."""
-    return dict(settings.get("labels") or {})
+def labels_of(settings: Mapping[str, Any]) -> Mapping[str, list[str]]:
+    """The labels a model record keeps, by output (empty when it has none); read on every classified request."""
+    return settings.get("labels") or {}

@@ -242,7 +242,6 @@ event.set()
 def test_openvino_leaves_the_pinning_to_the_server(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     """OpenVINO's own CPU pinning resets the calling thread's affinity on its first call: a pinned server
     turns it off, so the batch worker stays on the runtime cores."""
-    pytest.importorskip("openvino")
     store, _ = model_store
     front, back = CPUS[0], CPUS[1]
 

@@ -100,20 +100,21 @@ class Server:
                 return None
             return config.batching or policy_for(store, record, profile)
 
+        cpus = config.cpus
+
         def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
             chosen = spec_for(store, record, profile)
-            if config.threads is None and config.batching is None and config.cpus is None:
+            if config.threads is None and config.batching is None and cpus is None:
                 return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             batch_policy = policy(store, record, profile)
             instances = batch_policy.instances if batch_policy else 1
             threads = config.threads
-            if threads is None and config.cpus is not None:
+            if threads is None and cpus is not None:
                 # a plan's or runtime's default thread count was sized for the whole machine
-                threads = config.cpus.threads_per_instance(instances)
+                threads = cpus.threads_per_instance(instances)
             spec = with_concurrency(chosen, threads, instances)
-            return spec if config.cpus is None else without_runtime_pinning(spec)
+            return spec if cpus is None else without_runtime_pinning(spec)
 
-        cpus = config.cpus
         self.plane = DataPlane(
             engine,
             profile=config.profile,
