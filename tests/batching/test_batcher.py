@@ -270,3 +270,82 @@ def test_a_future_its_caller_cancelled_is_skipped_and_the_worker_goes_on(make: A
     assert cancelled.cancel()
     assert running.result(timeout=5)["y"][0, 0] == 2.0
     assert kept.result(timeout=5)["y"][0, 0] == 6.0
+
+
+class Echo:
+    """Returns its input as it got it, after a delay: what the batcher merged, row for row."""
+
+    def __init__(self, dtype: DType, delay_s: float = 0.02) -> None:
+        self.signature = Signature(
+            inputs=(TensorSpec("x", dtype, (-1, 3)),), outputs=(TensorSpec("y", dtype, (-1, 3)),)
+        )
+        self.delay_s = delay_s
+        self.batches: list[np.ndarray] = []
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(self.delay_s)
+        self.batches.append(inputs["x"])
+        return {"y": inputs["x"]}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("dtype", "make_rows"),
+    [
+        (DType.FP32, lambda n, i: np.full((n, 3), i, np.float32)),
+        (DType.FP16, lambda n, i: np.full((n, 3), i / 3, np.float16)),
+        (DType.INT64, lambda n, i: np.full((n, 3), 2**40 + i, np.int64)),
+        (DType.BOOL, lambda n, i: np.full((n, 3), i % 2 == 1)),
+        (DType.BYTES, lambda n, i: np.full((n, 3), f"r{i}".encode(), object)),
+        (DType.FP32, lambda n, i: np.full((n, 6), i, np.float32)[:, ::2]),  # strided views
+    ],
+)
+def test_merged_requests_reach_the_model_as_one_batch_in_order(make: Any, dtype: DType, make_rows: Any) -> None:
+    model = Echo(dtype)
+    b = make(model, max_batch_size=16, max_queue_delay_ms=200, preferred_batch_sizes=[10])
+    sizes = (1, 4, 2, 3)
+    parts = [make_rows(n, i) for i, n in enumerate(sizes)]
+    futures = [b.submit({"x": p}) for p in parts]
+    results = [f.result(timeout=5)["y"] for f in futures]
+    assert len(model.batches) == 1
+    merged = model.batches[0]
+    assert merged.dtype == parts[0].dtype and merged.shape == (10, 3) and merged.flags.c_contiguous
+    np.testing.assert_array_equal(merged, np.concatenate(parts))
+    for got, sent in zip(results, parts, strict=True):
+        np.testing.assert_array_equal(got, sent)
+
+
+def test_merging_a_batch_keeps_the_gil() -> None:
+    """A worker that lets go of the GIL while it merges waits for a busy event loop to give it back;
+    merging must copy with the GIL held (numpy's concatenate drops it for each large part)."""
+    import sys
+
+    from polystack.batching.batcher import _concat_rows
+
+    parts = [np.ones((8, 3, 32, 32), np.float32) for _ in range(4)]  # four 8-item CNN requests, 384 KiB
+    ticks = [0]
+    stop = threading.Event()
+
+    def busy() -> None:  # a thread that runs Python whenever it holds the GIL, like a loaded event loop
+        while not stop.is_set():
+            ticks[0] += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.5)  # no forced switch while merging: only a voluntary release lets `busy` run
+    spinner = threading.Thread(target=busy, daemon=True)
+    try:
+        spinner.start()
+        time.sleep(0.01)  # `busy` holds the GIL now; taking it back costs this thread one switch interval
+        ran_during = []
+        for _ in range(3):
+            before = ticks[0]
+            merged = _concat_rows(parts)
+            ran_during.append(ticks[0] - before)
+        assert ran_during == [0, 0, 0]
+        np.testing.assert_array_equal(merged, np.concatenate(parts))
+    finally:
+        stop.set()
+        sys.setswitchinterval(old)
+        spinner.join(5)
