@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from polystack.errors import InvalidRequest
-from polystack.labels import labels_of, parse_label_options, read_label_file
+from polystack.labels import LabelFile, label_files_of, label_settings, labels_of, parse_label_options, read_label_file
 from polystack.types import DType, Signature, TensorSpec
 
 SIG = Signature(
@@ -45,9 +45,15 @@ def test_unusable_label_files_are_refused(tmp_path: Path, content: str | bytes, 
 
 def test_labels_are_checked_against_the_output_they_name(tmp_path: Path) -> None:
     three = write(tmp_path, "a\nb\nc\n")
-    assert parse_label_options([f"scores={three}", f"free={three}"], SIG) == {
-        "scores": ["a", "b", "c"],
-        "free": ["a", "b", "c"],  # a dynamic class dimension takes any count
+    found = parse_label_options([f"scores={three}", f"free={three}"], SIG)
+    assert found == {
+        "scores": LabelFile("labels.txt", ["a", "b", "c"]),
+        "free": LabelFile("labels.txt", ["a", "b", "c"]),  # a dynamic class dimension takes any count
+    }
+    # the record keeps the labels, and the files' names for the model config's label_filename
+    assert label_settings(found) == {
+        "labels": {"scores": ["a", "b", "c"], "free": ["a", "b", "c"]},
+        "label_files": {"scores": "labels.txt", "free": "labels.txt"},
     }
     two = write(tmp_path, "a\nb\n", "two.txt")
     with pytest.raises(InvalidRequest, match="scores 3 classes but the file has 2 labels"):
@@ -62,11 +68,12 @@ def test_labels_are_checked_against_the_output_they_name(tmp_path: Path) -> None
 
 def test_a_model_with_one_output_takes_the_file_alone(tmp_path: Path) -> None:
     one = Signature(inputs=SIG.inputs, outputs=SIG.outputs[:1])
-    assert parse_label_options([str(write(tmp_path, "a\nb\nc"))], one) == {"scores": ["a", "b", "c"]}
+    assert parse_label_options([str(write(tmp_path, "a\nb\nc"))], one) == {"scores": LabelFile("labels.txt", ["a", "b", "c"])}
     (tmp_path / "v=2").mkdir()
     odd = write(tmp_path, "x\ny\nz", "v=2/labels.txt")  # a path with "=" in it, not OUTPUT=FILE
-    assert parse_label_options([str(odd)], one) == {"scores": ["x", "y", "z"]}
+    assert parse_label_options([str(odd)], one) == {"scores": LabelFile("labels.txt", ["x", "y", "z"])}
 
 
 def test_a_record_without_labels_has_none() -> None:
     assert labels_of({}) == {} and labels_of({"labels": {"y": ["a"]}}) == {"y": ["a"]}
+    assert label_files_of({}) == {} and label_files_of({"label_files": {"y": "a.txt"}}) == {"y": "a.txt"}

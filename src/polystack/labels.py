@@ -3,7 +3,8 @@
 A label file is Triton's: one label per line, line i naming class i. ``polystack register --labels
 OUTPUT=FILE`` reads it once, checks it against the output's class count where the signature fixes it,
 and keeps the labels in the model record's settings (``settings["labels"]``: output -> labels), so a
-served model needs no file beside it.
+served model needs no file beside it. The file's name is kept too (``settings["label_files"]``) for the
+model configuration's ``label_filename``, which tells a Triton client that an output has labels.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from polystack.errors import InvalidRequest
 from polystack.types import DType, Signature
@@ -51,10 +52,17 @@ def class_count(signature: Signature, output: str) -> int | None:
     return None if any(d == -1 for d in dims) else math.prod(dims)
 
 
-def parse_label_options(options: Sequence[str], signature: Signature) -> dict[str, list[str]]:
-    """``--labels`` values (``OUTPUT=FILE``, or ``FILE`` for a model with one output) as output -> labels."""
+class LabelFile(NamedTuple):
+    """One ``--labels`` option, read: the file's name (Triton's ``label_filename``) and its labels."""
+
+    name: str
+    labels: list[str]
+
+
+def parse_label_options(options: Sequence[str], signature: Signature) -> dict[str, LabelFile]:
+    """``--labels`` values (``OUTPUT=FILE``, or ``FILE`` for a model with one output), by output."""
     outputs = [t.name for t in signature.outputs]
-    found: dict[str, list[str]] = {}
+    found: dict[str, LabelFile] = {}
     for option in options:
         name, sep, file = option.partition("=")
         if not sep or (len(outputs) == 1 and name not in outputs and Path(option).is_file()):  # a path with "="
@@ -76,10 +84,23 @@ def parse_label_options(options: Sequence[str], signature: Signature) -> dict[st
             raise InvalidRequest(
                 f"--labels {option}: output {name!r} scores {count:,} classes but the file has {len(labels):,} labels"
             )
-        found[name] = labels
+        found[name] = LabelFile(Path(file).name, labels)
     return found
+
+
+def label_settings(found: Mapping[str, LabelFile]) -> dict[str, dict[str, Any]]:
+    """What a model record keeps of ``parse_label_options``: the labels, and the files' names."""
+    return {
+        "labels": {output: f.labels for output, f in found.items()},
+        "label_files": {output: f.name for output, f in found.items()},
+    }
 
 
 def labels_of(settings: Mapping[str, Any]) -> Mapping[str, list[str]]:
     """The labels a model record keeps, by output (empty when it has none); read on every classified request."""
     return settings.get("labels") or {}
+
+
+def label_files_of(settings: Mapping[str, Any]) -> Mapping[str, str]:
+    """The label files' names a model record keeps, by output: the model config's ``label_filename``."""
+    return settings.get("label_files") or {}

@@ -123,7 +123,8 @@ def test_register_keeps_class_labels_and_refuses_files_that_do_not_fit(
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nfish\n")
     out = run(home, "register", str(mlp_path), "--name", "mlp", "--labels", f"y={labels}", "--json")
-    assert json.loads(out.stdout)["settings"]["labels"] == {"y": ["cat", "dog", "fish"]}
+    settings = json.loads(out.stdout)["settings"]
+    assert settings["labels"] == {"y": ["cat", "dog", "fish"]} and settings["label_files"] == {"y": "labels.txt"}
     labels.write_text("cat\ndog\n")
     fails_with(run(home, "register", str(mlp_path), "--labels", str(labels), check=False), "3 classes")
     fails_with(run(home, "register", str(mlp_path), "--labels", f"z={labels}", check=False), "no output 'z'")

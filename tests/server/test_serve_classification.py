@@ -50,11 +50,19 @@ def test_classification_appends_the_models_labels(
 ) -> None:
     store, records = model_store
     labels = {"y": ["cat", "dog", "fish"]}  # none for class 3: Triton then leaves the label off
-    register_like(store, records["mlp"], "labeled", settings={"labels": labels})
-    st = start(store, models=["labeled"])
+    files = {"y": "animals.txt"}
+    register_like(store, records["mlp"], "labeled", settings={"labels": labels, "label_files": files})
+    st = start(store, models=["labeled", "mlp"])
     try:
         mod: Any = httpclient if transport == "http" else grpcclient
         client = mod.InferenceServerClient(st.http_url if transport == "http" else st.grpc_url)
+        # the config names the label file, as Triton's does: an output without labels has ""
+        if transport == "http":
+            assert [o["label_filename"] for o in client.get_model_config("labeled")["output"]] == ["animals.txt"]
+            assert [o["label_filename"] for o in client.get_model_config("mlp")["output"]] == [""]
+        else:
+            assert [o.label_filename for o in client.get_model_config("labeled").config.output] == ["animals.txt"]
+            assert [o.label_filename for o in client.get_model_config("mlp").config.output] == [""]
         x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
         i = mod.InferInput("x", [4, 16], "FP32")
         i.set_data_from_numpy(x)

@@ -56,7 +56,7 @@ def register(
 ) -> None:
     """Register a model file; the same bytes under the same name register once."""
     from polystack import samples as samples_mod
-    from polystack.labels import parse_label_options
+    from polystack.labels import label_settings, parse_label_options
     from polystack.verify import Tolerance
 
     tags = parse_tags(tag)
@@ -65,7 +65,7 @@ def register(
         imported = import_model(path, Path(tmp), format=format, trusted=trust)
         settings = dict(imported.settings)
         if labels:
-            settings["labels"] = parse_label_options(labels, imported.signature)
+            settings.update(label_settings(parse_label_options(labels, imported.signature)))
         if tolerance:
             settings["tolerance"] = Tolerance.parse(tolerance).model_dump(exclude_defaults=True)
         if samples is not None:

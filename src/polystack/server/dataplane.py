@@ -36,7 +36,7 @@ from polystack.errors import (
     PolystackError,
     VersionNotFound,
 )
-from polystack.labels import labels_of
+from polystack.labels import label_files_of, labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse
@@ -247,13 +247,15 @@ class DataPlane:
             dt = "TYPE_STRING" if t.dtype is DType.BYTES else f"TYPE_{t.dtype.value}"
             return {"name": t.name, "data_type": dt, "dims": dims}
 
+        label_files = label_files_of(entry.record.settings)
+        outputs = [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs]
         config: dict[str, Any] = {
             "name": entry.name,
             "platform": f"{entry.spec.backend}_{entry.spec.format}".replace(".", "_"),
             "backend": entry.spec.backend,
             "max_batch_size": max_batch,
             "input": [tensor(t) for t in sig.inputs],
-            "output": [tensor(t) for t in sig.outputs],
+            "output": outputs,
             "instance_group": [
                 {
                     "name": f"{entry.name}_0",
