@@ -140,6 +140,38 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
 
 
 @two_cores
+def test_large_responses_are_compressed_on_the_front_end_cores(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polystack.server import http
+
+    store, _ = model_store
+    front, back = CPUS[0], CPUS[1]
+    compressed_on: list[int] = []
+    compress = http._compress
+
+    def spy(body: bytes, encoding: str) -> bytes:  # records the thread, compresses for real
+        compressed_on.append(threading.get_native_id())
+        return compress(body, encoding)
+
+    monkeypatch.setattr(http, "_compress", spy)
+    placement = CpuPlacement(frozenset({front}), frozenset({back}))
+    st = start(store, models=["ident64"], grpc_port=None, cpus=placement, no_batching=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        x = np.arange(40_000, dtype=np.int64).reshape(10_000, 4)  # 312 KiB out: past the inline limit
+        i = httpclient.InferInput("a", list(x.shape), "INT64")
+        i.set_data_from_numpy(x)
+        got = client.infer("ident64", [i], response_compression_algorithm="gzip").as_numpy("b")
+        np.testing.assert_array_equal(got, x)
+        loop_tid = st._thread.native_id
+        assert len(compressed_on) == 1 and compressed_on[0] != loop_tid  # off the loop, in a thread of its own
+        assert _affinity(compressed_on[0]) == {front}  # on the front end's cores, not the runtime's
+    finally:
+        st.stop()
+
+
+@two_cores
 def test_a_repository_load_does_not_hold_the_inference_thread(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:

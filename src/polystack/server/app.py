@@ -132,6 +132,7 @@ class Server:
             max_body_bytes=config.max_body_bytes,
             access_log=config.access_log,
             idle_timeout_s=config.idle_timeout_s,
+            thread_initializer=cpus.pin_frontend if cpus else None,
         )
         self.http_port = 0
         self.grpc_port: int | None = None
@@ -216,6 +217,7 @@ class Server:
         )
 
     def close(self) -> None:
+        self.http.close()
         self.plane.close()
 
 

@@ -19,9 +19,11 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote
@@ -118,7 +120,13 @@ class HttpApp:
     """Routes and handlers; one per server, shared by its connections."""
 
     def __init__(
-        self, plane: DataPlane, *, max_body_bytes: int, access_log: bool = False, idle_timeout_s: float = 0.0
+        self,
+        plane: DataPlane,
+        *,
+        max_body_bytes: int,
+        access_log: bool = False,
+        idle_timeout_s: float = 0.0,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
@@ -127,6 +135,14 @@ class HttpApp:
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop its connections run on (set by them)
         self.idle_timeout_s = idle_timeout_s
+        # compressing a large response is front-end work: its own threads (started as needed), on the
+        # front-end cores of a pinned server (``thread_initializer``), never the runtime's inference pool
+        self.codec_pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="codec", initializer=thread_initializer
+        )
+
+    def close(self) -> None:
+        self.codec_pool.shutdown(wait=True)
 
     async def close_idle_connections(self) -> None:
         """Close connections with nothing in flight that have been quiet for ``idle_timeout_s``: idle
@@ -259,9 +275,7 @@ class HttpApp:
             if len(payload) < _COMPRESS_INLINE_BELOW:
                 payload = _compress(payload, encoding)
             else:  # a large body would hold the event loop for milliseconds
-                payload = await asyncio.get_running_loop().run_in_executor(
-                    self.plane.executor, _compress, payload, encoding
-                )
+                payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
             headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, JSON if hlen is None else b"application/octet-stream", headers)
 
