@@ -369,8 +369,6 @@ class HttpProtocol(asyncio.Protocol):
         self._size = 0
         self._header_bytes = 0
         self._in_head = False  # between a request's first byte and the end of its headers
-        self._in_message = False  # between a request's first byte and its last: a FIN there is a client leaving
-        self._eof = False  # the client half-closed after whole requests: answer them, then close
         self._head_bytes = 0
         self._expecting = False  # an Expect: 100-continue waits for its interim answer
         self._refused = False  # an error ends this connection: what the client still sends is dropped
@@ -397,16 +395,6 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
         self.app.connections.discard(self)
-
-    def eof_received(self) -> bool | None:
-        """The client sent a FIN. After whole requests (``nc -N``, scripts that shut down their sending
-        side) it has only finished sending: its answers still go out, then the connection closes.
-        Mid-request, or with nothing left to answer, it has left: the connection closes now, and a
-        request it had queued leaves its model's queue (``connection_lost``)."""
-        if self._in_message or self._upgrade_body is not None or self._upgrading is not None or not self.busy:
-            return None  # asyncio closes the transport
-        self._eof = True
-        return True  # keep it open for writing
 
     @property
     def busy(self) -> bool:
@@ -470,7 +458,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._in_message = True
         self._url = b""
         self._headers = {}
         self._body = []
@@ -521,7 +508,6 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._in_message = False
         self._expecting = False  # the body came: no interim answer is due any more
         if self._refused:
             return
@@ -573,9 +559,6 @@ class HttpProtocol(asyncio.Protocol):
             final, self._final = self._final, None
             self._end_with(final)
             return
-        if self._eof and not self.busy and self.transport is not None:
-            self.transport.close()  # the half-closed client has every answer (close flushes them first)
-            return
         if self._paused and not self._queue and self.transport is not None:
             self.transport.resume_reading()
             self._paused = False
@@ -596,7 +579,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return  # the client went away; nothing to answer
         self.last_active = self._loop.time()  # idle time counts from the last answer, not the last request
-        keep_alive = req.keep_alive and not self.app.closing and not (self._eof and not self._queue)
+        keep_alive = req.keep_alive and not self.app.closing
         parts = [
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
             % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, len(resp.body))
@@ -649,8 +632,8 @@ class HttpProtocol(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, len(resp.body), resp.body)
         )
-        if self._eof or not transport.can_write_eof():
-            transport.close()  # (a half-closed client sends nothing more to drop)
+        if not transport.can_write_eof():
+            transport.close()
             return
         transport.write_eof()  # the answer, then a FIN; the client's remaining bytes are read and dropped
         self._linger_until = self._loop.time() + _LINGER_S
