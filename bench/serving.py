@@ -301,19 +301,34 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_ticks(cores: frozenset[int]) -> tuple[int, int]:
+    """(idle + iowait, all) clock ticks of these cores since boot (Linux /proc/stat)."""
+    idle = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            idle += ticks[3] + ticks[4]
+            total += sum(ticks)
+    return idle, total
+
+
 class CpuShare:
     """Cores the client (this process) and the server used over a run: where the 2 cores went.
 
     ``server_loop_cores`` is the server's main thread alone: for polystack, the event loop (HTTP
     parsing, the OIP codec, queueing, writing responses), which is what the runtime's threads cannot
-    have on a machine this small.
+    have on a machine this small. ``runtime_idle`` (with ``watch``, a pinned server's runtime cores)
+    is the share of those cores' time nothing ran: the runtime waiting for work or for the GIL.
     """
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, watch: frozenset[int] | None = None) -> None:
         self.pid = server_pid
         self.wall, self.client = time.perf_counter(), time.process_time()
         self.server = cpu_seconds(server_pid) if server_pid else 0.0
         self.loop = cpu_seconds(server_pid, server_pid) if server_pid else 0.0
+        self.watch = watch
+        self.ticks = idle_ticks(watch) if watch else (0, 0)
 
     def done(self, result: dict[str, float]) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
@@ -321,6 +336,9 @@ class CpuShare:
         if self.pid:
             result["server_cores"] = round((cpu_seconds(self.pid) - self.server) / wall, 2)
             result["server_loop_cores"] = round((cpu_seconds(self.pid, self.pid) - self.loop) / wall, 2)
+        if self.watch:
+            idle, total = idle_ticks(self.watch)
+            result["runtime_idle"] = round((idle - self.ticks[0]) / max(1, total - self.ticks[1]), 3)
         return result
 
 
@@ -365,9 +383,15 @@ async def _worker(port: int, req: bytes, warm_until: float, stop_at: float, lat:
 
 
 def run_concurrent(
-    port: int, req: bytes, concurrency: int, warmup_s: float, duration_s: float, server_pid: int | None = None
+    port: int,
+    req: bytes,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    server_pid: int | None = None,
+    watch: frozenset[int] | None = None,
 ) -> dict[str, float]:
-    share = CpuShare(server_pid)
+    share = CpuShare(server_pid, watch)
 
     async def main() -> dict[str, float]:
         lat: list[float] = []
@@ -404,7 +428,7 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over repeated runs of one cell (requests: their total)."""
-    figures = ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores", "server_loop_cores")
+    figures = ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores", "server_loop_cores", "runtime_idle")
     keys = [k for k in figures if all(k in r for r in runs)]
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     return {"requests": sum(r["requests"] for r in runs), **out}
@@ -535,7 +559,9 @@ def run_pinned_cells(
     try:
         for items, conc, binary in PINNED_CELLS:
             req = request_bytes(name, [items, *shape[1:]], port, binary=binary)
-            r = median_of([run_concurrent(port, req, conc, warmup, duration, proc.pid) for _ in range(repeats)])
+            r = median_of(
+                [run_concurrent(port, req, conc, warmup, duration, proc.pid, runtime) for _ in range(repeats)]
+            )
             client = f"raw-http-binary-b{items}" if binary else "raw-http-json"
             row = {"model": name, "server": "polystack pinned", "batching": True, "concurrency": conc,
                    "client": client, "items_per_request": items, **r}  # fmt: skip
@@ -733,6 +759,8 @@ def write_markdown(result: dict[str, Any]) -> None:
         )
         if "server_loop_cores" in r and r["server"].startswith("polystack"):
             cores += f" ({r['server_loop_cores']:.2f})"
+        if "runtime_idle" in r:
+            cores += f", runtime idle {r['runtime_idle']:.1%}"
         lines.append(
             f"| {r['model']} | {r['server']} | {'on' if r['batching'] else 'off'} | {r['client']} | "
             f"{r['concurrency']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:,.0f} | "
@@ -766,7 +794,9 @@ def write_markdown(result: dict[str, Any]) -> None:
         " for the event loop, the others for the runtime, one thread per core) and the client pinned to the"
         " front-end core, so the runtime keeps its core as it would with clients on other machines;"
         " `pinned_items_over_offline_b32_pinned_*` divides their items/s by in-process Offline items/s at batch 32"
-        " on the same runtime cores with the same threads (the last in-process column):",
+        " on the same runtime cores with the same threads (the last in-process column). Their `runtime idle` is"
+        " the share of the runtime cores' time (from /proc/stat, warm-up included) in which nothing ran: the"
+        " batch worker waiting for requests, or for the event loop to hand it the GIL:",
         "",
     ]
     for model, entry in result["ratios"].items():
