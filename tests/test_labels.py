@@ -76,4 +76,10 @@ def test_a_model_with_one_output_takes_the_file_alone(tmp_path: Path) -> None:
 
 def test_a_record_without_labels_has_none() -> None:
     assert labels_of({}) == {} and labels_of({"labels": {"y": ["a"]}}) == {"y": ["a"]}
-    assert label_files_of({}) == {} and label_files_of({"label_files": {"y": "a.txt"}}) == {"y": "a.txt"}
+    assert label_files_of({}) == {}
+    assert label_files_of({"labels": {"y": ["a"]}, "label_files": {"y": "a.txt"}}) == {"y": "a.txt"}
+    # a record registered before the files' names were kept still shows which outputs have labels
+    assert label_files_of({"labels": {"y": ["a"], "z": ["b"]}, "label_files": {"z": "b.txt"}}) == {
+        "y": "y_labels.txt",
+        "z": "b.txt",
+    }

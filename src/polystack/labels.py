@@ -102,5 +102,9 @@ def labels_of(settings: Mapping[str, Any]) -> Mapping[str, list[str]]:
 
 
 def label_files_of(settings: Mapping[str, Any]) -> Mapping[str, str]:
-    """The label files' names a model record keeps, by output: the model config's ``label_filename``."""
-    return settings.get("label_files") or {}
+    """The label files' names a model record keeps, by output: the model config's ``label_filename``.
+
+    A record registered before the names were kept has labels but no names; its labelled outputs get
+    ``<output>_labels.txt``, so a client reading the config still sees which outputs have labels."""
+    names = settings.get("label_files") or {}
+    return {output: names.get(output) or f"{output}_labels.txt" for output in labels_of(settings)}

@@ -16,7 +16,8 @@ run, and a new Linux thread starts with its creator's affinity:
 - batch workers start during the load, so they are pinned too;
 - inference pool threads pin themselves when they start (``pin_runtime``);
 - the event loop thread pins itself to the front-end cores once it runs (``pin_frontend``), and so
-  do the HTTP codec pool's threads (compressing large responses) when they start.
+  do the HTTP codec pool's threads (compressing large responses) when they start: started from the
+  loop they would inherit its cores anyway; pinning keeps that true whichever thread starts them.
 Thread affinity is a Linux call (``sched_setaffinity`` on the calling thread), so a placement on
 another OS is refused at start-up rather than ignored.
 """
