@@ -78,24 +78,33 @@ def _affinity(tid: int) -> set[int]:
     return set(os.sched_getaffinity(tid))
 
 
+def _split() -> tuple[int, int, CpuPlacement]:
+    """The first core for the front end, the second for the runtime, and that placement."""
+    front, back = CPUS[0], CPUS[1]
+    return front, back, CpuPlacement(frozenset({front}), frozenset({back}))
+
+
+def _mlp_input(rows: int) -> httpclient.InferInput:
+    i = httpclient.InferInput("x", [rows, 16], "FP32")
+    i.set_data_from_numpy(np.ones((rows, 16), np.float32))
+    return i
+
+
 @two_cores
 def test_batching_server_pins_loop_batchers_and_runtime_pools(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
     store, _ = model_store
-    front, back = CPUS[0], CPUS[1]
+    front, back, placement = _split()
     mine = _affinity(0)
     before = _native_threads()
-    placement = CpuPlacement(frozenset({front}), frozenset({back}))
     # two runtime threads on one core: ONNX Runtime starts an intra-op pool thread of its own
     st = start(store, models=["mlp"], grpc_port=None, cpus=placement, threads=2, batching=BatchPolicy(max_batch_size=8))
     try:
         started = _native_threads() - before  # before any client starts threads of its own (gevent's DNS pool)
         assert _affinity(0) == mine  # the caller's thread went back after loading
         client = httpclient.InferenceServerClient(st.http_url)
-        i = httpclient.InferInput("x", [3, 16], "FP32")
-        i.set_data_from_numpy(np.ones((3, 16), np.float32))
-        assert client.infer("mlp", [i]).as_numpy("y").shape == (3, 4)
+        assert client.infer("mlp", [_mlp_input(3)]).as_numpy("y").shape == (3, 4)
 
         loop_tid = st._thread.native_id
         assert loop_tid is not None and _affinity(loop_tid) == {front}
@@ -114,8 +123,7 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
     store, _ = model_store
-    front, back = CPUS[0], CPUS[1]
-    placement = CpuPlacement(frozenset({front}), frozenset({back}))
+    _, back, placement = _split()
     st = start(store, models=["mlp"], grpc_port=None, cpus=placement, no_batching=True)  # inline on by default
     try:
         entry = st.server.engine.loaded()[0]
@@ -128,10 +136,8 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
 
         entry.model.infer = spy  # type: ignore[method-assign]
         client = httpclient.InferenceServerClient(st.http_url)
-        i = httpclient.InferInput("x", [1, 16], "FP32")
-        i.set_data_from_numpy(np.ones((1, 16), np.float32))
         for _ in range(20):  # one at a time: unpinned, a model this fast would run on the event loop
-            client.infer("mlp", [i])
+            client.infer("mlp", [_mlp_input(1)])
         assert len(ran_on) == 20 and {tid: _affinity(tid) for tid in ran_on} == {tid: {back} for tid in ran_on}
         assert st.server.plane.executor._max_workers == 1  # one inference thread per runtime core
         assert entry.spec.options.get("intra_op_threads") == 1  # sized to the runtime cores, not the machine
@@ -146,7 +152,7 @@ def test_large_responses_are_compressed_on_the_front_end_cores(
     from polystack.server import http
 
     store, _ = model_store
-    front, back = CPUS[0], CPUS[1]
+    front, _, placement = _split()
     compressed_on: list[int] = []
     compress = http._compress
 
@@ -155,7 +161,6 @@ def test_large_responses_are_compressed_on_the_front_end_cores(
         return compress(body, encoding)
 
     monkeypatch.setattr(http, "_compress", spy)
-    placement = CpuPlacement(frozenset({front}), frozenset({back}))
     st = start(store, models=["ident64"], grpc_port=None, cpus=placement, no_batching=True)
     try:
         client = httpclient.InferenceServerClient(st.http_url)
@@ -177,7 +182,7 @@ def test_a_repository_load_does_not_hold_the_inference_thread(
 ) -> None:
     store, records = model_store
     register_like(store, records["mlp"], "slowload", tags={"delay_ms": "0", "load_delay_ms": "1500"})
-    placement = CpuPlacement(frozenset({CPUS[0]}), frozenset({CPUS[1]}))  # one inference thread
+    _, back, placement = _split()  # one inference thread
     st = start(store, models=["mlp"], cpus=placement, no_batching=True, allow_model_control=True)
     try:
 
@@ -187,15 +192,13 @@ def test_a_repository_load_does_not_hold_the_inference_thread(
         loading = threading.Thread(target=load)
         loading.start()
         time.sleep(0.2)  # the load is under way
-        i = httpclient.InferInput("x", [1, 16], "FP32")
-        i.set_data_from_numpy(np.ones((1, 16), np.float32))
         started = time.monotonic()
-        httpclient.InferenceServerClient(st.http_url).infer("mlp", [i])
+        httpclient.InferenceServerClient(st.http_url).infer("mlp", [_mlp_input(1)])
         assert time.monotonic() - started < 1.0  # not after the load's 1.5 s
         loading.join(10)
         assert httpclient.InferenceServerClient(st.http_url).is_model_ready("slowload")
         load_threads = [t.native_id for t in threading.enumerate() if t.name.startswith("load")]
-        assert load_threads and all(tid is not None and _affinity(tid) == {CPUS[1]} for tid in load_threads)
+        assert load_threads and all(tid is not None and _affinity(tid) == {back} for tid in load_threads)
     finally:
         st.stop()
 
@@ -237,9 +240,7 @@ def test_polystack_serve_leaves_no_thread_unpinned(
     ]
     with cli_server(store.home, args, port, log_path) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        i = httpclient.InferInput("x", [2, 16], "FP32")
-        i.set_data_from_numpy(np.ones((2, 16), np.float32))
-        assert client.infer("mlp", [i]).as_numpy("y").shape == (2, 4)
+        assert client.infer("mlp", [_mlp_input(2)]).as_numpy("y").shape == (2, 4)
         threads = {int(t): set(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{proc.pid}/task")}
         assert threads.pop(proc.pid) == {front}  # the main thread runs the event loop
         assert {back} in threads.values()  # the batch worker
@@ -275,24 +276,22 @@ def test_openvino_leaves_the_pinning_to_the_server(model_store: tuple[Store, dic
     """OpenVINO's own CPU pinning resets the calling thread's affinity on its first call: a pinned server
     turns it off, so the batch worker stays on the runtime cores."""
     store, _ = model_store
-    front, back = CPUS[0], CPUS[1]
+    _, back, placement = _split()
 
     def on_openvino(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
         return default_spec(store, record, backend="openvino")
 
     config = ServeConfig(
         http_port=0, grpc_port=None, models=["mlp"], batching=BatchPolicy(max_batch_size=8),
-        cpus=CpuPlacement(frozenset({front}), frozenset({back})),
+        cpus=placement,
     )  # fmt: skip
     st = ServerThread(Engine(store), config, spec_for=on_openvino).start()
     try:
         entry = st.server.engine.loaded()[0]
         assert entry.spec.backend == "openvino" and entry.spec.options["cpu_pinning"] is False
         client = httpclient.InferenceServerClient(st.http_url)
-        i = httpclient.InferInput("x", [2, 16], "FP32")
-        i.set_data_from_numpy(np.ones((2, 16), np.float32))
         for _ in range(10):
-            client.infer("mlp", [i])
+            client.infer("mlp", [_mlp_input(2)])
         workers = [t.native_id for t in threading.enumerate() if t.name.startswith("batcher-mlp")]
         assert workers and all(tid is not None and _affinity(tid) == {back} for tid in workers)
     finally:
