@@ -9,7 +9,7 @@ import pytest
 
 from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol import http_codec
-from polystack.protocol.wire import InferResponse, decode_bytes, encode_bytes, from_raw
+from polystack.protocol.wire import InferResponse, ShmRef, decode_bytes, encode_bytes, from_raw
 from polystack.types import DType
 
 
@@ -161,3 +161,53 @@ def test_headers_without_a_literal_data_key_decode_the_same() -> None:
         http_codec.decode_infer_request(escaped.replace(b"INT32", b"INT8").replace(b"[1, 2]", b"[1, 999]"))
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         http_codec.decode_infer_request(b'{"inputs": [{"name": "x"')
+
+
+class _Regions:
+    """A RegionReader over one in-memory region, recording what was read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads: list[ShmRef] = []
+
+    def read(self, ref: ShmRef, what: str) -> bytes:
+        self.reads.append(ref)
+        return self.data[ref.offset : ref.offset + ref.byte_size]
+
+
+def test_shared_memory_parameters_name_where_a_tensor_lies() -> None:
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    regions = _Regions(b"\0" * 8 + x.tobytes())
+    shm = {"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": 8}
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": shm}],
+         "outputs": [{"name": "y", "parameters": {"shared_memory_region": "o", "shared_memory_byte_size": 64}}]}
+    ).encode()  # fmt: skip
+    req = http_codec.decode_infer_request(body, None, regions)
+    np.testing.assert_array_equal(req.inputs["x"], x)
+    assert regions.reads == [ShmRef("r", 16, 8)]
+    assert req.outputs is not None and req.outputs[0].shm == ShmRef("o", 64, 0)
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"shared_memory_region": "r"}, "needs both"),
+        ({"shared_memory_byte_size": 16}, "needs both"),
+        ({"shared_memory_region": "", "shared_memory_byte_size": 16}, "non-empty name"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": -1}, "non-negative"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": True}, "non-negative"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "binary_data_size": 16}, "one way"),
+    ],
+)
+def test_bad_shared_memory_parameters_say_what_is_wrong(params: dict[str, object], says: str) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": params}]})
+    with pytest.raises(InvalidRequest, match=says):
+        http_codec.decode_infer_request(body.encode(), None, _Regions(b"\0" * 16))
+
+
+def test_shared_memory_tensors_are_refused_without_regions() -> None:
+    shm = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": shm}]})
+    with pytest.raises(InvalidRequest, match="--allow-shared-memory"):
+        http_codec.decode_infer_request(body.encode())

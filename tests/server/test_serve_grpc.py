@@ -269,9 +269,10 @@ def test_asyncio_streaming(server: ServerThread) -> None:
     assert sorted(asyncio.run(main())) == ["0", "1", "2", "3"]
 
 
-def test_shared_memory_and_settings_rpcs_say_they_are_not_implemented(client: grpcclient.InferenceServerClient) -> None:
+def test_cuda_shared_memory_and_settings_rpcs_say_they_are_not_implemented(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     for call in (
-        lambda: client.register_system_shared_memory("region", "/key", 64),
         lambda: client.get_cuda_shared_memory_status(),
         lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
         lambda: client.get_log_settings(),

@@ -18,6 +18,12 @@ def serve(
     allow_model_control: bool = typer.Option(
         False, "--allow-model-control", help="Enable the repository extension (index, load, unload)."
     ),
+    allow_shared_memory: bool = typer.Option(
+        False,
+        "--allow-shared-memory",
+        help="Enable the system shared memory extension: clients on this host pass tensors in /dev/shm "
+        "(Triton's --allow-client-shm).",
+    ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger bodies (413)."),
     idle_timeout_s: float = typer.Option(
@@ -86,6 +92,7 @@ def serve(
         grpc_port=None if grpc_port < 0 else grpc_port,
         profile=profile,
         allow_model_control=allow_model_control,
+        allow_shared_memory=allow_shared_memory,
         drain_timeout_s=drain_timeout_s,
         max_body_bytes=max_body_bytes,
         idle_timeout_s=idle_timeout_s,
@@ -103,6 +110,11 @@ def serve(
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
             "Ray places its replicas itself: drop them, or serve with --engine local"
+        )
+    if engine == "ray" and allow_shared_memory:
+        raise InvalidRequest(
+            "--allow-shared-memory needs the client and the one server process on the same host; Ray Serve "
+            "spreads requests over replicas, each with its own regions: serve with --engine local"
         )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings

@@ -34,12 +34,14 @@ from polystack.protocol import classification
 from polystack.protocol.wire import (
     InferRequest,
     InferResponse,
+    RegionReader,
     RequestedOutput,
     cast_numbers,
     from_raw,
+    no_shared_memory,
     parse_dtype,
     parse_shape,
-    refuse_shared_memory,
+    shared_memory_ref,
     to_raw,
 )
 from polystack.types import DType
@@ -80,8 +82,12 @@ def loads(body: bytes | memoryview) -> Any:
     raise InvalidRequest(f"the request body is not valid JSON ({error}); send a JSON object") from None
 
 
-def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an inference request body; raise InvalidRequest/InvalidTensor saying what is wrong."""
+def decode_infer_request(
+    body: bytes, header_length: int | None = None, regions: RegionReader | None = None
+) -> InferRequest:
+    """Parse an inference request body; raise InvalidRequest/InvalidTensor saying what is wrong.
+
+    ``regions``: the registered shared memory regions inputs may be read from (None: refused)."""
     binary: memoryview | None = None
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -111,8 +117,16 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         shape = parse_shape(item.get("shape"), name)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
-        refuse_shared_memory(params if isinstance(params, dict) else None, f"input {name!r}")
-        if size is not None:
+        shm = shared_memory_ref(params, f"input {name!r}") if params and isinstance(params, dict) else None
+        if shm is not None:
+            if item.get("data") is not None or size is not None:
+                raise InvalidTensor(
+                    f"input {name!r} has shared memory parameters and data in the request; send its data one way"
+                )
+            if regions is None:
+                raise no_shared_memory(f"input {name!r}")
+            inputs[name] = from_raw(name, dtype, shape, regions.read(shm, f"input {name!r}"))
+        elif size is not None:
             if item.get("data") is not None:
                 raise InvalidTensor(
                     f"input {name!r} has both 'data' and a binary_data_size parameter; send its data one way"
@@ -153,7 +167,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidRequest("each entry of 'outputs' must be an object with a string 'name'")
             oparams = o.get("parameters") or {}
-            refuse_shared_memory(oparams if isinstance(oparams, dict) else None, f"output {o['name']!r}")
+            shm = shared_memory_ref(oparams, f"output {o['name']!r}") if oparams and isinstance(oparams, dict) else None
+            if shm is not None and regions is None:
+                raise no_shared_memory(f"output {o['name']!r}")
             flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
             k = oparams.get("classification") if isinstance(oparams, dict) else None
             outputs.append(
@@ -161,6 +177,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
                     o["name"],
                     default_binary if flag is None else bool(flag),
                     0 if k is None else classification.parse_count(k, o["name"]),
+                    shm,
                 )
             )
         outputs = outputs or None
@@ -316,6 +333,15 @@ def encode_infer_response(
         else:
             entry["data"] = json_data(arr, dtype)
         outs.append(entry)
+    for name, shared in resp.in_shared_memory.items():  # the data is in the client's region already
+        outs.append(
+            {
+                "name": name,
+                "datatype": shared.datatype.value,
+                "shape": list(shared.shape),
+                "parameters": shared.parameters(),
+            }
+        )
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id

@@ -8,8 +8,9 @@ microseconds for a request with tensors) is a visible part of a 0.3 ms request.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,11 +22,27 @@ from polystack.types import DType
 MAX_ELEMENTS = 1 << 31
 
 
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a tensor lies in a registered shared memory region (Triton's shared memory extension)."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+class RegionReader(Protocol):
+    """What decoding needs of the registered shared memory regions."""
+
+    def read(self, ref: ShmRef, what: str) -> bytes: ...
+
+
 @dataclass
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request-level default
     classification: int = 0  # k > 0: return the top-k classes (Triton's classification extension)
+    shm: ShmRef | None = None  # write it into this shared memory region instead of the response
 
 
 @dataclass
@@ -59,6 +76,23 @@ class InferResponse:
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+    # outputs already written into shared memory: name -> (datatype, shape, where, bytes written)
+    in_shared_memory: dict[str, SharedOutput] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SharedOutput:
+    datatype: DType
+    shape: tuple[int, ...]
+    ref: ShmRef
+    written: int
+
+    def parameters(self) -> dict[str, Any]:
+        """The output's parameters in a response: where its data went, as Triton reports it."""
+        params: dict[str, Any] = {"shared_memory_region": self.ref.region, "shared_memory_byte_size": self.written}
+        if self.ref.offset:
+            params["shared_memory_offset"] = self.ref.offset
+        return params
 
 
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -84,13 +118,37 @@ def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def refuse_shared_memory(params: Any, what: str) -> None:
-    """Shared-memory tensors (Triton's shared memory extensions) are not implemented: say so, never ignore them."""
-    if params and any(str(k).startswith("shared_memory_") for k in params):
+_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def shared_memory_ref(params: Mapping[str, Any] | None, what: str) -> ShmRef | None:
+    """A tensor's ``shared_memory_region`` / ``_byte_size`` / ``_offset`` parameters; None without them.
+
+    Region and byte size go together (Triton refuses one without the other); the offset defaults to 0.
+    """
+    if not params or not any(k in params for k in _SHM_KEYS):
+        return None
+    region = params.get("shared_memory_region")
+    size = params.get("shared_memory_byte_size")
+    offset = params.get("shared_memory_offset", 0)
+    if region is None or size is None:
         raise InvalidRequest(
-            f"{what} refers to a shared memory region; polystack does not implement the shared memory "
-            "extensions, so send the tensor's data in the request"
+            f"{what} needs both shared_memory_region and shared_memory_byte_size (shared_memory_offset is optional)"
         )
+    if not isinstance(region, str) or not region:
+        raise InvalidRequest(f"{what}: shared_memory_region must be the non-empty name of a registered region")
+    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequest(f"{what}: {key} must be a non-negative integer")
+    return ShmRef(region, size, offset)
+
+
+def no_shared_memory(what: str) -> InvalidRequest:
+    """The error for a shared memory tensor sent to a server that does not take them."""
+    return InvalidRequest(
+        f"{what} refers to a shared memory region, but this server does not take shared memory tensors; "
+        "start it with --allow-shared-memory, or send the tensor's data in the request"
+    )
 
 
 def parse_dtype(raw: Any, name: str) -> DType:

@@ -69,6 +69,7 @@ class ServeConfig:
     grpc_port: int | None = 8001  # None: no gRPC
     profile: str = "realtime"
     allow_model_control: bool = False
+    allow_shared_memory: bool = False  # the system shared memory extension (clients on this host)
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
     idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
@@ -95,6 +96,7 @@ class Server:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
+
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
             if config.no_batching:
                 return None
@@ -121,6 +123,7 @@ class Server:
             spec_for=spec,
             policy_for=policy,
             allow_model_control=config.allow_model_control,
+            allow_shared_memory=config.allow_shared_memory,
             workers=config.workers or (len(cpus.runtime) if cpus else None),
             thread_initializer=cpus.pin_runtime if cpus else None,
             metrics=self.metrics,

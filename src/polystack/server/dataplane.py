@@ -39,8 +39,9 @@ from polystack.errors import (
 from polystack.labels import label_files_of, labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
-from polystack.protocol.wire import InferRequest, InferResponse
+from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, to_raw
 from polystack.server import status
+from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.server.tracing import Tracer
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
@@ -96,6 +97,7 @@ class DataPlane:
         spec_for: SpecFor,
         policy_for: PolicyFor,
         allow_model_control: bool = False,
+        allow_shared_memory: bool = False,
         workers: int | None = None,
         thread_initializer: Callable[[], None] | None = None,
         metrics: ServerMetrics | None = None,
@@ -108,6 +110,8 @@ class DataPlane:
         self.spec_for = spec_for
         self.policy_for = policy_for
         self.allow_model_control = allow_model_control
+        # the system shared memory extension's regions; None: off (tensors there are refused)
+        self.shared_memory = SharedMemoryRegions() if allow_shared_memory else None
         self.metrics = metrics or ServerMetrics()
         self.tracer = tracer or Tracer(enabled=False)
         # inference threads, and one for repository loads and unloads, so that a load never holds an
@@ -178,6 +182,8 @@ class DataPlane:
         self._served.clear()
         self._generation += 1
         self.executor.shutdown(wait=True)
+        if self.shared_memory is not None:
+            self.shared_memory.close()
 
     def _get(self, name: str, version: str | None) -> _Served:
         # both generations are read before resolving: a load or unload in between (another thread)
@@ -212,6 +218,8 @@ class DataPlane:
         ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
         if self.allow_model_control:
             ext.append("model_repository")
+        if self.shared_memory is not None:
+            ext.append("system_shared_memory")
         return ext
 
     def server_metadata(self) -> dict[str, Any]:
@@ -334,10 +342,36 @@ class DataPlane:
             if self.in_flight == 0:
                 self._idle.set()
         assert model_label is not None
+        shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
+        in_shared_memory = self._to_shared_memory(result, shared, model_label) if shared else {}
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
-        return InferResponse(model_name=entry.name, model_version=str(entry.version), outputs=result, id=request.id)
+        return InferResponse(
+            model_name=entry.name,
+            model_version=str(entry.version),
+            outputs=result,
+            id=request.id,
+            in_shared_memory=in_shared_memory,
+        )
+
+    def _to_shared_memory(
+        self, result: dict[str, np.ndarray], shared: dict[str, ShmRef], model_label: tuple[str, str]
+    ) -> dict[str, SharedOutput]:
+        """Write the outputs the client asked for in shared memory there, taking them out of ``result``."""
+        if self.shared_memory is None:  # the codecs refuse such requests first; a direct caller may not
+            raise InvalidRequest("this server does not take shared memory tensors; start it with --allow-shared-memory")
+        out: dict[str, SharedOutput] = {}
+        try:
+            for name, ref in shared.items():
+                arr = result.pop(name)
+                raw = to_raw(arr)
+                self.shared_memory.write(ref, raw, f"output {name!r}")
+                out[name] = SharedOutput(DType.from_numpy(arr.dtype), tuple(arr.shape), ref, len(raw))
+        except BaseException as e:
+            self.metrics.failed(*model_label, status.reason(e))
+            raise
+        return out
 
     def decode(self, name: str, decode: Callable[[], InferRequest]) -> InferRequest:
         """A transport's decoding of a request for model ``name``; one that does not decode is counted
@@ -359,6 +393,14 @@ class DataPlane:
         except asyncio.TimeoutError:
             return False
         return True
+
+    # -- system shared memory extension ---------------------------------------------------------
+    def regions(self) -> SharedMemoryRegions:
+        if self.shared_memory is None:
+            raise PermissionDenied(
+                "the system shared memory extension is off; start the server with --allow-shared-memory to use it"
+            )
+        return self.shared_memory
 
     # -- model repository extension ----------------------------------------------------------------
     def _check_control(self) -> None:

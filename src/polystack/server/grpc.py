@@ -3,7 +3,7 @@
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
 of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
-together. Triton's RPCs that polystack does not implement (shared memory, trace and log settings)
+together. Triton's RPCs that polystack does not implement (CUDA shared memory, trace and log settings)
 answer UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
 """
 
@@ -82,7 +82,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        decoded = self.plane.decode(request.model_name, lambda: grpc_codec.decode_infer_request(request))
+        decoded = self.plane.decode(
+            request.model_name, lambda: grpc_codec.decode_infer_request(request, self.plane.shared_memory)
+        )
         result = await self.plane.infer(request.model_name, request.model_version, decoded)
         return grpc_codec.encode_infer_response(result)
 
@@ -154,6 +156,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._call(context, lambda: self.plane.repository_unload(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        regions = await self._sync(context, lambda: self.plane.regions().status(request.name or None))
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            resp.regions[r["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
+        return resp
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self._sync(
+            context,
+            lambda: self.plane.regions().register(request.name, request.key, request.offset, request.byte_size),
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self._sync(context, lambda: self.plane.regions().unregister(request.name or None))
+        return pb.SystemSharedMemoryUnregisterResponse()
+
 
 class _NotImplemented(grpc.GenericRpcHandler):
     """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
@@ -161,12 +187,9 @@ class _NotImplemented(grpc.GenericRpcHandler):
     SERVICE = "/inference.GRPCInferenceService/"
     WHAT = {
         **dict.fromkeys(
-            ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister"),
-            "the system shared memory extension; send tensors in the request (raw_input_contents)",
-        ),
-        **dict.fromkeys(
             ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
-            "the CUDA shared memory extension; send tensors in the request (raw_input_contents)",
+            "the CUDA shared memory extension; use system shared memory (start the server with "
+            "--allow-shared-memory) or send tensors in the request (raw_input_contents)",
         ),
         "TraceSetting": "trace settings over gRPC; start the server with --trace and the OTEL_* variables",
         "LogSettings": "log settings over gRPC; start the server with --log-level and --access-log",

@@ -192,6 +192,26 @@ class HttpApp:
                         return self._only(method, b"GET", self.config, args)
                     if action == "stats":
                         return self._only(method, b"GET", self.stats, args)
+        if head == "systemsharedmemory":
+            if rest == ["systemsharedmemory", "status"]:
+                return self._only(method, b"GET", self.shm_status, [""])
+            if rest == ["systemsharedmemory", "unregister"]:
+                return self._only(method, b"POST", self.shm_unregister, [""])
+            if len(rest) == 4 and rest[1] == "region" and rest[2]:
+                action = rest[3]
+                if action == "status":
+                    return self._only(method, b"GET", self.shm_status, [rest[2]])
+                if action == "register":
+                    return self._only(method, b"POST", self.shm_register, [rest[2]])
+                if action == "unregister":
+                    return self._only(method, b"POST", self.shm_unregister, [rest[2]])
+        if head == "cudasharedmemory":
+            return error_response(
+                NotFound(
+                    "polystack does not implement the CUDA shared memory extension; use system shared memory "
+                    "(start the server with --allow-shared-memory) or send tensors in the request"
+                )
+            )
         if head == "repository":
             if rest == ["repository", "index"]:
                 return self._only(method, b"POST", self.repository_index, [])
@@ -246,6 +266,19 @@ class HttpApp:
         doc = self._json_body(req)
         return json_response(200, self.plane.repository_index(bool(doc.get("ready", False))))
 
+    def shm_status(self, req: Request, args: list[str]) -> Response:
+        return json_response(200, self.plane.regions().status(args[0] or None))
+
+    def shm_register(self, req: Request, args: list[str]) -> Response:
+        regions = self.plane.regions()
+        doc = self._json_body(req)
+        regions.register(args[0], doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return json_response(200, {})
+
+    def shm_unregister(self, req: Request, args: list[str]) -> Response:
+        self.plane.regions().unregister(args[0] or None)
+        return json_response(200, {})
+
     async def repository_load(self, req: Request, args: list[str]) -> Response:
         params = self._json_body(req).get("parameters") or {}
         if not isinstance(params, dict):
@@ -261,7 +294,9 @@ class HttpApp:
     async def infer(self, req: Request, args: list[str]) -> Response:
         request = self.plane.decode(
             args[0],
-            lambda: http_codec.decode_infer_request(_decoded_body(req, self.max_body_bytes), _header_length(req.headers)),
+            lambda: http_codec.decode_infer_request(
+                _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
+            ),
         )
         result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}

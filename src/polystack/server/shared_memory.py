@@ -1,0 +1,166 @@
+"""System shared memory regions: Triton's shared memory extension, for clients on the server's host.
+
+A client creates a POSIX shared memory object (``tritonclient.utils.shared_memory``), registers a
+region of it under a name, and then names that region in place of a tensor's data: the server reads
+inputs from it and writes outputs into it, and only the tensors' metadata crosses the socket.
+
+Regions map ``/dev/shm/<key>``, which is where Linux keeps POSIX shared memory (``shm_open``). A key
+is one POSIX shared memory name, ``/name`` with no other slash: it cannot reach other files. Inputs
+are copied out of the region as they are decoded, so a client may reuse its region as soon as the
+answer arrives, and a request waiting in a batch queue never sees the region change under it.
+
+Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
+any client that can reach the server could otherwise make it map, and write into, the host's shared
+memory objects. Each access checks that the object still holds the region, since touching a mapping
+past the end of a shrunk object kills the process (SIGBUS); a client that shrinks its object in the
+instant between that check and the copy can still do so, so turn it on for trusted local clients
+only, as with Triton. CUDA shared memory needs a GPU runtime polystack does not drive, and stays
+refused.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidRequest, InvalidTensor, NotFound
+from polystack.protocol.wire import ShmRef
+
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass
+class _Region:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    mapped: mmap.mmap
+    fd: int  # kept open: each access checks the object still holds the region (see _checked)
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+
+class SharedMemoryRegions:
+    """The regions clients registered, by name; safe to use from several threads."""
+
+    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+        self._dir = shm_dir
+        self._regions: dict[str, _Region] = {}
+        self._lock = threading.Lock()
+
+    # -- registration ----------------------------------------------------------------------------
+    def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
+        """Map ``byte_size`` bytes at ``offset`` of the shared memory object ``key`` as region ``name``."""
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("a shared memory region needs a non-empty name")
+        path = self._path(key)
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidRequest(f"shared memory region {name!r}: {field} must be a non-negative integer")
+        if byte_size == 0:
+            raise InvalidRequest(f"shared memory region {name!r}: byte_size must be above 0")
+        with self._lock:
+            if name in self._regions:
+                raise InvalidRequest(
+                    f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
+                )
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                raise InvalidRequest(
+                    f"no shared memory object {key!r} exists on the server's host; create it "
+                    "(tritonclient.utils.shared_memory.create_shared_memory_region) before registering it"
+                ) from None
+            except OSError as e:
+                raise InvalidRequest(f"cannot open shared memory object {key!r}: {e.strerror}") from None
+            try:
+                size = os.fstat(fd).st_size
+                if offset + byte_size > size:
+                    raise InvalidRequest(
+                        f"shared memory region {name!r}: offset {offset:,} + byte_size {byte_size:,} runs past the "
+                        f"end of {key!r}, which holds {size:,} bytes"
+                    )
+                mapped = mmap.mmap(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._regions[name] = _Region(name, key, offset, byte_size, mapped, fd)
+
+    def unregister(self, name: str | None = None) -> None:
+        """Forget region ``name`` (every region when None); a name that is not registered is no error."""
+        with self._lock:
+            gone = list(self._regions.values()) if name is None else [r for r in [self._regions.get(name)] if r]
+            for region in gone:
+                del self._regions[region.name]
+                region.mapped.close()
+                os.close(region.fd)
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every region's name, key, offset and byte size, or region ``name``'s alone."""
+        with self._lock:
+            if name is None:
+                return [r.status() for r in self._regions.values()]
+            region = self._regions.get(name)
+            if region is None:
+                raise NotFound(f"no shared memory region {name!r} is registered")
+            return [region.status()]
+
+    def close(self) -> None:
+        self.unregister(None)
+
+    # -- tensors -------------------------------------------------------------------------------
+    def read(self, ref: ShmRef, what: str) -> bytes:
+        """A copy of the bytes ``ref`` names: a request keeps its inputs whatever the client does next."""
+        with self._lock:
+            start = self._checked(ref, what)
+            return self._regions[ref.region].mapped[start : start + ref.byte_size]
+
+    def write(self, ref: ShmRef, data: bytes, what: str) -> None:
+        """Put ``data`` where ``ref`` points; refused when it does not fit the byte size the client gave."""
+        if len(data) > ref.byte_size:
+            raise InvalidTensor(
+                f"{what} holds {len(data):,} bytes but its shared_memory_byte_size is {ref.byte_size:,}; "
+                "give it a larger region"
+            )
+        with self._lock:
+            start = self._checked(ref, what)
+            self._regions[ref.region].mapped[start : start + len(data)] = data
+
+    def _checked(self, ref: ShmRef, what: str) -> int:
+        """Where ``ref`` starts in its object's mapping, once it is known to lie within the region and
+        within the object as it is now: a client that shrank the object since registering it would
+        otherwise have the server touch pages past its end (SIGBUS, the whole server gone)."""
+        region = self._regions.get(ref.region)
+        if region is None:
+            raise InvalidRequest(
+                f"{what} refers to shared memory region {ref.region!r}, which is not registered; register it first"
+            )
+        if ref.offset + ref.byte_size > region.byte_size:
+            raise InvalidRequest(
+                f"{what}: shared_memory_offset {ref.offset:,} + shared_memory_byte_size {ref.byte_size:,} runs past "
+                f"the end of region {ref.region!r} ({region.byte_size:,} bytes)"
+            )
+        start = region.offset + ref.offset
+        if start + ref.byte_size > min(len(region.mapped), os.fstat(region.fd).st_size):
+            raise InvalidRequest(
+                f"{what}: shared memory object {region.key!r} shrank below region {ref.region!r} since it was "
+                "registered; unregister the region and register it again"
+            )
+        return start
+
+    def _path(self, key: Any) -> Path:
+        """The file of POSIX shared memory object ``key`` (``/name``: one name, no other slash)."""
+        if not isinstance(key, str):
+            raise InvalidRequest('a shared memory region\'s key must be a string such as "/my_region"')
+        name = key[1:] if key.startswith("/") else key
+        if not name or "/" in name or "\0" in name or name in (".", "..") or len(name) > 255:
+            raise InvalidRequest(
+                f'shared memory key {key!r} is not a POSIX shared memory name; use "/name" with no other slash'
+            )
+        return self._dir / name

@@ -1,0 +1,395 @@
+"""The system shared memory extension through the real tritonclient, over HTTP and gRPC.
+
+The shared memory objects are made with Python's ``multiprocessing.shared_memory`` (POSIX
+``shm_open``, as ``tritonclient.utils.shared_memory`` does): that tritonclient module needs
+``pkg_resources``, which the setuptools we install no longer ships. Registering, naming regions in
+requests and reading answers all go through tritonclient's own HTTP and gRPC clients.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import cli_server, free_port, start
+from tritonclient.utils import InferenceServerException
+
+from polystack.batching import BatchPolicy
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+
+X = np.arange(32, dtype=np.float32).reshape(2, 16) / 10
+
+
+@pytest.fixture(autouse=True)
+def _collect_here() -> Iterator[None]:
+    """tritonclient's HTTP client sits in a reference cycle once a call of it failed; collected on
+    another thread (the server's), it complains of being closed from the wrong one. Collect on this one."""
+    gc.collect()
+    yield
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def shm_server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    store, _ = model_store
+    st = start(store, allow_shared_memory=True, models=["mlp", "two", "strid"])
+    yield st
+    st.stop()
+
+
+class Objects:
+    """POSIX shared memory objects made for one test, unlinked after it."""
+
+    def __init__(self) -> None:
+        self.made: list[shared_memory.SharedMemory] = []
+
+    def make(self, size: int) -> tuple[str, shared_memory.SharedMemory]:
+        name = f"polystack-test-{os.getpid()}-{len(self.made)}"
+        obj = shared_memory.SharedMemory(name=name, create=True, size=size)
+        self.made.append(obj)
+        return "/" + name, obj
+
+    def close(self) -> None:
+        for obj in self.made:
+            obj.close()
+            obj.unlink()
+
+
+@pytest.fixture
+def objects() -> Iterator[Objects]:
+    o = Objects()
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def http(shm_server: ServerThread) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(shm_server.http_url)
+    yield client
+    client.unregister_system_shared_memory()
+    client.close()
+
+
+@pytest.fixture
+def grpc(shm_server: ServerThread) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(shm_server.grpc_url)
+    yield client
+    client.unregister_system_shared_memory()
+    client.close()
+
+
+def _refusal(call: Callable[[], object]) -> str:
+    """The message of the error ``call`` must raise."""
+    try:
+        call()
+    except InferenceServerException as e:
+        return str(e.message())
+    raise AssertionError("the call was not refused")
+
+
+def _expected(client: httpclient.InferenceServerClient | grpcclient.InferenceServerClient, module: object) -> np.ndarray:
+    """The mlp's answer for X sent in the request: what the shared memory path must reproduce."""
+    i = module.InferInput("x", list(X.shape), "FP32")  # type: ignore[attr-defined]
+    i.set_data_from_numpy(X)
+    out = client.infer("mlp", [i]).as_numpy("y")
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_inputs_and_outputs_pass_through_registered_regions(
+    transport: str, request: pytest.FixtureRequest, objects: Objects
+) -> None:
+    client = request.getfixturevalue(transport)
+    module = httpclient if transport == "http" else grpcclient
+    in_key, in_obj = objects.make(X.nbytes)
+    out_key, out_obj = objects.make(2 * 4 * 4)
+    np.ndarray(X.shape, np.float32, in_obj.buf)[:] = X
+    client.register_system_shared_memory("in", in_key, X.nbytes)
+    client.register_system_shared_memory("out", out_key, 32)
+
+    x = module.InferInput("x", list(X.shape), "FP32")
+    x.set_shared_memory("in", X.nbytes)
+    y = module.InferRequestedOutput("y")
+    y.set_shared_memory("out", 32)
+    result = client.infer("mlp", [x], outputs=[y])
+
+    got = np.ndarray((2, 4), np.float32, out_obj.buf).copy()
+    np.testing.assert_allclose(got, _expected(client, module), rtol=1e-6)
+    out = result.get_output("y")
+    if transport == "http":
+        assert out["shape"] == [2, 4] and out["datatype"] == "FP32"
+        assert out["parameters"] == {"shared_memory_region": "out", "shared_memory_byte_size": 32}
+    else:
+        assert list(out.shape) == [2, 4] and out.parameters["shared_memory_region"].string_param == "out"
+        assert out.parameters["shared_memory_byte_size"].int64_param == 32
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_region_at_an_offset_of_its_object_and_a_tensor_at_an_offset_of_its_region(
+    transport: str, request: pytest.FixtureRequest, objects: Objects
+) -> None:
+    client = request.getfixturevalue(transport)
+    module = httpclient if transport == "http" else grpcclient
+    key, obj = objects.make(4096)
+    # region "r" is bytes 1024..3072 of the object; the input lies 256 bytes into it, the output 1024
+    np.ndarray(X.shape, np.float32, obj.buf, offset=1024 + 256)[:] = X
+    client.register_system_shared_memory("r", key, 2048, offset=1024)
+    x = module.InferInput("x", list(X.shape), "FP32")
+    x.set_shared_memory("r", X.nbytes, offset=256)
+    y = module.InferRequestedOutput("y")
+    y.set_shared_memory("r", 32, offset=1024)
+    client.infer("mlp", [x], outputs=[y])
+    got = np.ndarray((2, 4), np.float32, obj.buf, offset=2048).copy()
+    np.testing.assert_allclose(got, _expected(client, module), rtol=1e-6)
+
+
+def test_grpc_outputs_in_the_response_keep_their_places_beside_one_in_shared_memory(
+    grpc: grpcclient.InferenceServerClient, objects: Objects
+) -> None:
+    """tritonclient pairs raw_output_contents with outputs by position: the shared memory one goes last."""
+    v = np.array([[1.5, -2.0, 3.0, 0.25]], np.float32)
+    key, obj = objects.make(16)
+    grpc.register_system_shared_memory("same", key, 16)
+    x = grpcclient.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(v)
+    same = grpcclient.InferRequestedOutput("same")
+    same.set_shared_memory("same", 16)
+    result = grpc.infer("two", [x], outputs=[same, grpcclient.InferRequestedOutput("neg")])
+    np.testing.assert_array_equal(result.as_numpy("neg"), -v)
+    np.testing.assert_array_equal(np.ndarray((1, 4), np.float32, obj.buf), v)
+
+
+def test_bytes_tensors_travel_length_prefixed(http: httpclient.InferenceServerClient, objects: Objects) -> None:
+    words = [b"shared", b"memory"]
+    raw = b"".join(len(w).to_bytes(4, "little") + w for w in words)
+    key, obj = objects.make(64)
+    obj.buf[: len(raw)] = raw
+    http.register_system_shared_memory("s", key, 64)
+    s = httpclient.InferInput("s", [1, 2], "BYTES")
+    s.set_shared_memory("s", len(raw))
+    t = httpclient.InferRequestedOutput("t")
+    t.set_shared_memory("s", 64 - len(raw), offset=len(raw))
+    result = http.infer("strid", [s], outputs=[t])
+    assert result.get_output("t")["parameters"]["shared_memory_byte_size"] == len(raw)
+    assert bytes(obj.buf[len(raw) : 2 * len(raw)]) == raw
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_status_lists_regions_and_unregister_forgets_them(
+    transport: str, request: pytest.FixtureRequest, objects: Objects
+) -> None:
+    client = request.getfixturevalue(transport)
+    key, _ = objects.make(256)
+    client.register_system_shared_memory("a", key, 128)
+    client.register_system_shared_memory("b", key, 64, offset=128)
+    status = client.get_system_shared_memory_status()
+    if transport == "http":
+        assert sorted(status, key=lambda r: r["name"]) == [
+            {"name": "a", "key": key, "offset": 0, "byte_size": 128},
+            {"name": "b", "key": key, "offset": 128, "byte_size": 64},
+        ]
+        assert client.get_system_shared_memory_status("b") == [{"name": "b", "key": key, "offset": 128, "byte_size": 64}]
+    else:
+        assert sorted(status.regions) == ["a", "b"]
+        assert (status.regions["b"].key, status.regions["b"].offset, status.regions["b"].byte_size) == (key, 128, 64)
+        assert list(client.get_system_shared_memory_status("b").regions) == ["b"]
+    client.unregister_system_shared_memory("a")
+    client.unregister_system_shared_memory("a")  # forgetting a name that is not registered is no error
+    assert "no shared memory region 'a'" in _refusal(lambda: client.get_system_shared_memory_status("a"))
+    client.unregister_system_shared_memory()
+    left = client.get_system_shared_memory_status()
+    assert (left if transport == "http" else list(left.regions)) == []
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_bad_registrations_are_refused_with_what_to_do(
+    transport: str, request: pytest.FixtureRequest, objects: Objects
+) -> None:
+    client = request.getfixturevalue(transport)
+    key, _ = objects.make(64)
+    cases = [
+        (lambda: client.register_system_shared_memory("r", "/polystack-no-such-object", 64), "create it"),
+        (lambda: client.register_system_shared_memory("r", "/../etc/passwd", 64), "not a POSIX shared memory name"),
+        (lambda: client.register_system_shared_memory("r", key, 65), "runs past the end"),
+        (lambda: client.register_system_shared_memory("r", key, 0), "above 0"),
+    ]
+    for call, says in cases:
+        message = _refusal(call)
+        assert says in message, message
+    client.register_system_shared_memory("r", key, 64)
+    assert "already registered" in _refusal(lambda: client.register_system_shared_memory("r", key, 32))
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
+    transport: str, request: pytest.FixtureRequest, objects: Objects
+) -> None:
+    client = request.getfixturevalue(transport)
+    module = httpclient if transport == "http" else grpcclient
+    key, obj = objects.make(128)
+    np.ndarray(X.shape, np.float32, obj.buf)[:] = X
+    client.register_system_shared_memory("in", key, 128)
+
+    def infer(region: str, size: int, offset: int = 0, out_size: int | None = None) -> str:
+        x = module.InferInput("x", list(X.shape), "FP32")
+        x.set_shared_memory(region, size, offset=offset)
+        outputs = None
+        if out_size is not None:
+            y = module.InferRequestedOutput("y")
+            y.set_shared_memory("in", out_size)
+            outputs = [y]
+        return _refusal(lambda: client.infer("mlp", [x], outputs=outputs))
+
+    assert "'nope', which is not registered" in infer("nope", X.nbytes)
+    assert "runs past the end of region 'in'" in infer("in", X.nbytes, offset=100)
+    assert "needs 128 bytes but 64 were sent" in infer("in", 64)
+    assert "holds 32 bytes but its shared_memory_byte_size is 16" in infer("in", X.nbytes, out_size=16)
+    np.testing.assert_allclose(_expected(client, module).shape, (2, 4))  # still serving
+
+
+def test_an_object_shrunk_after_registering_is_refused_not_a_crash(
+    http: httpclient.InferenceServerClient, objects: Objects
+) -> None:
+    key, _ = objects.make(16384)
+    http.register_system_shared_memory("r", key, 16384)
+    os.truncate(f"/dev/shm{key}", 16)  # the client shrinks it: its pages past the first are gone
+    x = httpclient.InferInput("x", list(X.shape), "FP32")
+    x.set_shared_memory("r", X.nbytes, offset=8192)  # reading there unchecked: SIGBUS, this process gone
+    assert "shrank below region 'r'" in _refusal(lambda: http.infer("mlp", [x]))
+    assert http.is_server_live()
+
+
+def test_a_batching_server_writes_each_answer_into_its_own_region(
+    model_store: tuple[Store, dict[str, ModelRecord]], objects: Objects
+) -> None:
+    store, _ = model_store
+    st = start(
+        store, allow_shared_memory=True, models=["mlp"], batching=BatchPolicy(max_queue_delay_ms=100, idle_gap_ms=0)
+    )
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=8)
+        rows = [np.full((1, 16), k, np.float32) for k in range(8)]
+        outs = []
+        for k, row in enumerate(rows):
+            key, obj = objects.make(64 + 16)
+            np.ndarray((1, 16), np.float32, obj.buf)[:] = row
+            client.register_system_shared_memory(f"r{k}", key, 80)
+            outs.append(obj)
+        pending = []
+        for k in range(8):
+            x = httpclient.InferInput("x", [1, 16], "FP32")
+            x.set_shared_memory(f"r{k}", 64)
+            y = httpclient.InferRequestedOutput("y")
+            y.set_shared_memory(f"r{k}", 16, offset=64)
+            pending.append(client.async_infer("mlp", [x], outputs=[y]))
+        for p in pending:
+            p.get_result()
+        batches = client.get_inference_statistics("mlp")["model_stats"][0]["batch_stats"]
+        assert any(b["batch_size"] > 1 for b in batches), batches  # requests were merged
+        plain = httpclient.InferInput("x", [8, 16], "FP32")
+        plain.set_data_from_numpy(np.concatenate(rows))
+        want = client.infer("mlp", [plain]).as_numpy("y")
+        got = np.concatenate([np.ndarray((1, 4), np.float32, o.buf, offset=64) for o in outs])
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        client.unregister_system_shared_memory()
+        client.close()
+    finally:
+        st.stop()
+
+
+def test_the_extension_is_off_unless_asked_for(raw: Raw, server: ServerThread) -> None:
+    """The module-wide server of the other tests runs without --allow-shared-memory."""
+    status, doc = raw.json("GET", "/v2")
+    assert "system_shared_memory" not in doc["extensions"]
+    status, doc = raw.json("POST", "/v2/systemsharedmemory/region/r/register", {"key": "/k", "byte_size": 8})
+    assert status == 403 and "--allow-shared-memory" in doc["error"]
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert "--allow-shared-memory" in _refusal(client.get_system_shared_memory_status)
+
+
+def test_the_extension_is_listed_when_on_and_cuda_shared_memory_says_what_to_use(
+    http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient
+) -> None:
+    assert "system_shared_memory" in http.get_server_metadata()["extensions"]
+    assert "system_shared_memory" in grpc.get_server_metadata().extensions
+    for call in (http.get_cuda_shared_memory_status, grpc.get_cuda_shared_memory_status):
+        message = _refusal(call)
+        assert "CUDA shared memory" in message and "--allow-shared-memory" in message
+
+
+def test_concurrent_registrations_and_requests_do_not_trip_each_other(
+    http: httpclient.InferenceServerClient, shm_server: ServerThread, objects: Objects
+) -> None:
+    key, obj = objects.make(X.nbytes)
+    np.ndarray(X.shape, np.float32, obj.buf)[:] = X
+    http.register_system_shared_memory("fixed", key, X.nbytes)
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        c = httpclient.InferenceServerClient(shm_server.http_url)
+        try:
+            for k in range(20):
+                c.register_system_shared_memory(f"churn{k}", key, X.nbytes)
+                c.unregister_system_shared_memory(f"churn{k}")
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=churn)
+    t.start()
+    for _ in range(20):
+        x = httpclient.InferInput("x", list(X.shape), "FP32")
+        x.set_shared_memory("fixed", X.nbytes)
+        assert http.infer("mlp", [x]).as_numpy("y").shape == (2, 4)
+    t.join(30)
+    assert not errors
+
+
+def test_polystack_serve_takes_shared_memory_when_told(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, objects: Objects
+) -> None:
+    """The command a user runs: ``polystack serve --allow-shared-memory``, in its own process."""
+    store, _ = model_store
+    port = free_port()
+    args = ["mlp", "--grpc-port", "-1", "--allow-shared-memory"]
+    with cli_server(store.home, args, port, tmp_path / "serve.log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        key, obj = objects.make(X.nbytes + 32)
+        np.ndarray(X.shape, np.float32, obj.buf)[:] = X
+        client.register_system_shared_memory("r", key, X.nbytes + 32)
+        x = httpclient.InferInput("x", list(X.shape), "FP32")
+        x.set_shared_memory("r", X.nbytes)
+        y = httpclient.InferRequestedOutput("y")
+        y.set_shared_memory("r", 32, offset=X.nbytes)
+        client.infer("mlp", [x], outputs=[y])
+        got = np.ndarray((2, 4), np.float32, obj.buf, offset=X.nbytes).copy()
+        np.testing.assert_allclose(got, _expected(client, httpclient), rtol=1e-6)
+        client.unregister_system_shared_memory()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_shared_memory_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--allow-shared-memory",
+         "--engine", "ray"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--engine local" in lines[0], out.stderr
