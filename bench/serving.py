@@ -22,6 +22,10 @@ What it does, all on 127.0.0.1:
   how much of the runtime's batch-32 throughput the server keeps once per-request cost is shared by
   several items; the same cells again on a server started with `--instances 2 --threads 1`, against
   the better of the two in-process set-ups;
+- with batching on and at least 2 cores, the same cells on a pinned server (`--frontend-cpus` the first
+  core, `--runtime-cpus` the rest, the client on the first core), batch-1 JSON at concurrency 32 and
+  128, and those batch-1 cells against a bare uvloop + httptools server answering polystack's own
+  answer, canned, on the same core: the ceiling of any server built that way beside this client;
 - each cell records the cores the client and the server used (CPU seconds per second, all threads):
   on 2 shared cores, what the client and the transport take is what the runtime cannot have;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
@@ -64,8 +68,9 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 BINARY_CELLS = ((8, 8), (32, 4), (8, 32), (32, 8))
 SPLIT = ("--instances", "2", "--threads", "1")  # two batch workers of one runtime thread each
 # the pinned server's cells (items per request, requests in flight, binary): the binary ones above, and
-# batch-1 JSON requests at concurrency 32
-PINNED_CELLS = (*((items, conc, True) for items, conc in BINARY_CELLS), (1, 32, False))
+# batch-1 JSON requests at concurrency 32 and at 128 (32 in flight fill one batch at most, so the front
+# end and the runtime take turns; 128 lets the next batches' requests be read while one runs)
+PINNED_CELLS = (*((items, conc, True) for items, conc in BINARY_CELLS), (1, 32, False), (1, 128, False))
 
 
 def placement() -> tuple[frozenset[int], frozenset[int]] | None:
@@ -99,6 +104,59 @@ class OnnxModel(MLModel):
             outputs=[NumpyCodec.encode_output(n, y) for n, y in zip(self.output_names, ys)],
         )
 """
+
+
+# A server with nothing behind it: uvloop + httptools (what polystack's HTTP front end is built on)
+# answering every request with the same bytes, pinned to the given cores. Run beside the client on the
+# pinned server's front-end core, it is the most any server written on them could answer there: the
+# client, the kernel's loopback TCP and one parse and write per request, and no decoding, validation,
+# batching or encoding.
+BARE_SERVER_PY = """
+import asyncio, os, sys
+import httptools, uvloop
+
+port, cores, answer = int(sys.argv[1]), {int(c) for c in sys.argv[2].split(",")}, open(sys.argv[3], "rb").read()
+os.sched_setaffinity(0, cores)
+response = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n" % len(answer) + answer
+
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser = transport, httptools.HttpRequestParser(self)
+
+    def data_received(self, data):
+        self.parser.feed_data(data)
+
+    def on_message_complete(self):
+        self.transport.write(response)
+
+    def on_url(self, url):  # httptools calls it; readiness checks GET any path
+        pass
+
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", port)
+    await server.serve_forever()
+
+
+uvloop.run(main())
+"""
+
+
+def start_bare_server(answer: bytes, cores: frozenset[int], work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    script, body = work / "bare_server.py", work / "bare_answer.json"
+    script.write_text(BARE_SERVER_PY)
+    body.write_bytes(answer)
+    port = free_port()
+    log = work / "bare-server.log"
+    cpus = ",".join(map(str, sorted(cores)))
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), str(script), str(port), cpus, str(body)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_ready(port, "/", proc, log)
+    return proc, port
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -567,6 +625,24 @@ def run_pinned_cells(
                    "client": client, "items_per_request": items, **r}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
+        # the same batch-1 cells against a server that only answers (polystack's own answer, canned) on the
+        # same front-end core: the ceiling the client and the transport leave any server written this way
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(request_bytes(name, shape, port))
+            answer = _read_response(s, bytearray()).split(b"\r\n\r\n", 1)[1]
+        bare, bare_port = start_bare_server(answer, front, work)
+        try:
+            for items, conc, binary in PINNED_CELLS:
+                if binary:
+                    continue
+                req = request_bytes(name, shape, bare_port)
+                r = median_of([run_concurrent(bare_port, req, conc, warmup, duration, bare.pid) for _ in range(repeats)])
+                row = {"model": name, "server": "bare (canned answer)", "batching": True, "concurrency": conc,
+                       "client": "raw-http-json", "items_per_request": items, **r}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            stop(bare)
     finally:
         os.sched_setaffinity(0, before)
         stop(proc)
@@ -727,6 +803,11 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
             entry[f"pinned_items_over_offline_b32_pinned_{tag}"] = round(
                 r["rps"] * r["items_per_request"] / pinned_offline, 3
             )
+        for r in (r for r in rows if r["model"] == model and r["server"] == "bare (canned answer)"):
+            # what a server that does nothing but answer reaches on the front-end core, against the same Offline
+            entry[f"bare_server_over_offline_b32_pinned_batch1_json_c{r['concurrency']}"] = round(
+                r["rps"] / pinned_offline, 3
+            )
         out[model] = entry
     return out
 
@@ -796,7 +877,12 @@ def write_markdown(result: dict[str, Any]) -> None:
         " `pinned_items_over_offline_b32_pinned_*` divides their items/s by in-process Offline items/s at batch 32"
         " on the same runtime cores with the same threads (the last in-process column). Their `runtime idle` is"
         " the share of the runtime cores' time (from /proc/stat, warm-up included) in which nothing ran: the"
-        " batch worker waiting for requests, or for the event loop to hand it the GIL:",
+        " batch worker waiting for requests, or for the event loop to hand it the GIL. `bare (canned answer)`"
+        " rows are a uvloop + httptools server (what polystack's HTTP front end is built on) that answers every"
+        " request with polystack's own answer to it, pinned to the front-end core beside the client: the most"
+        " any server built that way could answer there, with no decoding, validation, batching or encoding"
+        " (`bare_server_over_offline_*`). Its loop cores per request against the pinned polystack's are what"
+        " polystack's own per-request work costs:",
         "",
     ]
     for model, entry in result["ratios"].items():
