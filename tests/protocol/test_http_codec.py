@@ -211,3 +211,20 @@ def test_shared_memory_tensors_are_refused_without_regions() -> None:
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": shm}]})
     with pytest.raises(InvalidRequest, match="--allow-shared-memory"):
         http_codec.decode_infer_request(body.encode())
+
+
+@pytest.mark.parametrize(
+    ("outputs", "says"),
+    [
+        ([{"name": "y"}, {"name": "y", "parameters": {"binary_data": True}}], "asked for twice"),
+        (
+            [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "o",
+                                          "shared_memory_byte_size": 64}}],
+            "classification into shared memory",
+        ),
+    ],
+)  # fmt: skip
+def test_requested_outputs_that_cannot_all_be_answered_are_refused(outputs: list[object], says: str) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
+    with pytest.raises(InvalidRequest, match=says):
+        http_codec.decode_infer_request(body.encode(), None, _Regions(b""))

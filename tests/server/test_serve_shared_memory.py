@@ -8,6 +8,7 @@ requests and reading answers all go through tritonclient's own HTTP and gRPC cli
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -27,7 +28,10 @@ from servekit import cli_server, free_port, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
+from polystack.errors import InvalidRequest
+from polystack.protocol.wire import ShmRef
 from polystack.server.app import ServerThread
+from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.store import ModelRecord, Store
 
 X = np.arange(32, dtype=np.float32).reshape(2, 16) / 10
@@ -217,12 +221,18 @@ def test_status_lists_regions_and_unregister_forgets_them(
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_bad_registrations_are_refused_with_what_to_do(
-    transport: str, request: pytest.FixtureRequest, objects: Objects
+    transport: str, request: pytest.FixtureRequest, objects: Objects, tmp_path: Path
 ) -> None:
     client = request.getfixturevalue(transport)
     key, _ = objects.make(64)
+    link = f"/dev/shm/polystack-test-link-{os.getpid()}-{transport}"
+    secret = tmp_path / "not-shared-memory.bin"
+    secret.write_bytes(b"x" * 64)
+    os.symlink(secret, link)  # a link in /dev/shm to a file elsewhere: never mapped, never written
+    request.addfinalizer(lambda: os.unlink(link))
     cases = [
         (lambda: client.register_system_shared_memory("r", "/polystack-no-such-object", 64), "create it"),
+        (lambda: client.register_system_shared_memory("r", "/" + os.path.basename(link), 8), "symbolic link"),
         (lambda: client.register_system_shared_memory("r", "/../etc/passwd", 64), "not a POSIX shared memory name"),
         (lambda: client.register_system_shared_memory("r", key, 65), "runs past the end"),
         (lambda: client.register_system_shared_memory("r", key, 0), "above 0"),
@@ -268,8 +278,8 @@ def test_an_object_shrunk_after_registering_is_refused_not_a_crash(
     http.register_system_shared_memory("r", key, 16384)
     os.truncate(f"/dev/shm{key}", 16)  # the client shrinks it: its pages past the first are gone
     x = httpclient.InferInput("x", list(X.shape), "FP32")
-    x.set_shared_memory("r", X.nbytes, offset=8192)  # reading there unchecked: SIGBUS, this process gone
-    assert "shrank below region 'r'" in _refusal(lambda: http.infer("mlp", [x]))
+    x.set_shared_memory("r", X.nbytes, offset=8192)  # through a mapping of the old size: SIGBUS, all gone
+    assert "ends before region 'r' does" in _refusal(lambda: http.infer("mlp", [x]))
     assert http.is_server_live()
 
 
@@ -331,33 +341,64 @@ def test_the_extension_is_listed_when_on_and_cuda_shared_memory_says_what_to_use
         assert "CUDA shared memory" in message and "--allow-shared-memory" in message
 
 
-def test_concurrent_registrations_and_requests_do_not_trip_each_other(
-    http: httpclient.InferenceServerClient, shm_server: ServerThread, objects: Objects
-) -> None:
+def test_the_registry_serves_reads_while_other_threads_register_and_unregister(objects: Objects) -> None:
+    """Both transports call it from the event loop; the lock is for any other caller (a thread pool)."""
+    regions = SharedMemoryRegions()
     key, obj = objects.make(X.nbytes)
     np.ndarray(X.shape, np.float32, obj.buf)[:] = X
-    http.register_system_shared_memory("fixed", key, X.nbytes)
+    ours = _fds_on(key)  # this test's own (the object, and its mapping's copy)
+    regions.register("fixed", key, 0, X.nbytes)
+    assert _fds_on(key) == ours + 1
     errors: list[BaseException] = []
 
-    def churn() -> None:
-        c = httpclient.InferenceServerClient(shm_server.http_url)
+    def churn(k: int) -> None:
         try:
-            for k in range(20):
-                c.register_system_shared_memory(f"churn{k}", key, X.nbytes)
-                c.unregister_system_shared_memory(f"churn{k}")
+            for i in range(200):
+                regions.register(f"churn{k}-{i}", key, 0, X.nbytes)
+                regions.unregister(f"churn{k}-{i}")
         except BaseException as e:
             errors.append(e)
-        finally:
-            c.close()
 
-    t = threading.Thread(target=churn)
-    t.start()
-    for _ in range(20):
-        x = httpclient.InferInput("x", list(X.shape), "FP32")
-        x.set_shared_memory("fixed", X.nbytes)
-        assert http.infer("mlp", [x]).as_numpy("y").shape == (2, 4)
-    t.join(30)
-    assert not errors
+    threads = [threading.Thread(target=churn, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(500):
+        assert regions.read(ShmRef("fixed", X.nbytes), "input 'x'") == X.tobytes()
+    for t in threads:
+        t.join(30)
+    assert not errors and [r["name"] for r in regions.status()] == ["fixed"]
+    regions.close()
+    assert _fds_on(key) == ours  # every registration's descriptor was closed
+
+
+def _fds_on(key: str) -> int:
+    """This process's open descriptors on shared memory object ``key``."""
+    target = f"/dev/shm{key}"
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+    return count
+
+
+def test_a_write_into_a_full_tmpfs_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """Objects are sparse: a write may need pages /dev/shm no longer has. Through a mapping, that is a
+    SIGBUS that kills the server; a write system call fails with ENOSPC, reported here."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount as root) to fill")
+    try:
+        (mount / "filler").write_bytes(b"\1" * (200 << 10))
+        with open(mount / "sparse", "wb") as f:
+            f.truncate(1 << 20)  # 1 MiB claimed, nothing allocated: what shm_open + ftruncate makes
+        regions = SharedMemoryRegions(shm_dir=mount)
+        regions.register("big", "/sparse", 0, 1 << 20)
+        with pytest.raises(InvalidRequest, match="free some of /dev/shm"):
+            regions.write(ShmRef("big", 1 << 20), b"\2" * (512 << 10), "output 'y'")
+        regions.close()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_polystack_serve_takes_shared_memory_when_told(

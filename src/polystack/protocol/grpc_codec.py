@@ -21,6 +21,7 @@ from polystack.protocol.wire import (
     RegionReader,
     RequestedOutput,
     cast_numbers,
+    check_requested_outputs,
     from_raw,
     no_shared_memory,
     parse_dtype,
@@ -111,6 +112,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
             raise no_shared_memory(f"output {o.name!r}")
         k = oparams.get("classification")
         outputs.append(RequestedOutput(o.name, True, 0 if k is None else classification.parse_count(k, o.name), shm))
+    check_requested_outputs(outputs)
     return InferRequest(
         inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=params_dict(req.parameters)
     )

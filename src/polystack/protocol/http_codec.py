@@ -37,6 +37,7 @@ from polystack.protocol.wire import (
     RegionReader,
     RequestedOutput,
     cast_numbers,
+    check_requested_outputs,
     from_raw,
     no_shared_memory,
     parse_dtype,
@@ -180,6 +181,7 @@ def decode_infer_request(
                     shm,
                 )
             )
+        check_requested_outputs(outputs)
         outputs = outputs or None
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):

@@ -143,6 +143,19 @@ def shared_memory_ref(params: Mapping[str, Any] | None, what: str) -> ShmRef | N
     return ShmRef(region, size, offset)
 
 
+def check_requested_outputs(outputs: list[RequestedOutput]) -> None:
+    """Each output asked for once, and no top-k classes in shared memory (tritonclient refuses that too)."""
+    seen: set[str] = set()
+    for o in outputs:
+        if o.name in seen:
+            raise InvalidRequest(f"output {o.name!r} is asked for twice; ask for each output once")
+        seen.add(o.name)
+        if o.shm is not None and o.classification:
+            raise InvalidRequest(
+                f"output {o.name!r} asks for classification into shared memory; classes come back in the response"
+            )
+
+
 def no_shared_memory(what: str) -> InvalidRequest:
     """The error for a shared memory tensor sent to a server that does not take them."""
     return InvalidRequest(

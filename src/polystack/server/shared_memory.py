@@ -4,24 +4,25 @@ A client creates a POSIX shared memory object (``tritonclient.utils.shared_memor
 region of it under a name, and then names that region in place of a tensor's data: the server reads
 inputs from it and writes outputs into it, and only the tensors' metadata crosses the socket.
 
-Regions map ``/dev/shm/<key>``, which is where Linux keeps POSIX shared memory (``shm_open``). A key
-is one POSIX shared memory name, ``/name`` with no other slash: it cannot reach other files. Inputs
-are copied out of the region as they are decoded, so a client may reuse its region as soon as the
-answer arrives, and a request waiting in a batch queue never sees the region change under it.
+Regions are files under ``/dev/shm``, which is where Linux keeps POSIX shared memory (``shm_open``).
+A key is one POSIX shared memory name, ``/name`` with no other slash, opened without following
+symbolic links and only if it is a regular file: it cannot reach other files. Data moves with
+``pread``/``pwrite`` on the object's descriptor, not through a mapping: touching a mapped page the
+object no longer has (a client shrank it) or cannot get (a sparse object on a full tmpfs) is a
+SIGBUS that kills the whole server, where a system call fails with an error this module reports.
+Inputs are copied out as they are decoded, so a client may reuse its region as soon as the answer
+arrives, and a request waiting in a batch queue never sees the region change under it.
 
 Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
-any client that can reach the server could otherwise make it map, and write into, the host's shared
-memory objects. Each access checks that the object still holds the region, since touching a mapping
-past the end of a shrunk object kills the process (SIGBUS); a client that shrinks its object in the
-instant between that check and the copy can still do so, so turn it on for trusted local clients
-only, as with Triton. CUDA shared memory needs a GPU runtime polystack does not drive, and stays
-refused.
+any client that can reach the server could otherwise make it read and write the host's shared
+memory objects. CUDA shared memory needs a GPU runtime polystack does not drive, and stays refused.
 """
 
 from __future__ import annotations
 
-import mmap
+import errno
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,7 @@ class _Region:
     key: str
     offset: int
     byte_size: int
-    mapped: mmap.mmap
-    fd: int  # kept open: each access checks the object still holds the region (see _checked)
+    fd: int
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -71,26 +71,29 @@ class SharedMemoryRegions:
                     f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
                 )
             try:
-                fd = os.open(path, os.O_RDWR)
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise InvalidRequest(
                     f"no shared memory object {key!r} exists on the server's host; create it "
                     "(tritonclient.utils.shared_memory.create_shared_memory_region) before registering it"
                 ) from None
             except OSError as e:
-                raise InvalidRequest(f"cannot open shared memory object {key!r}: {e.strerror}") from None
+                why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+                raise InvalidRequest(f"cannot open shared memory object {key!r}: {why}") from None
             try:
-                size = os.fstat(fd).st_size
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InvalidRequest(f"{key!r} is not a shared memory object (not a regular file)")
+                size = info.st_size
                 if offset + byte_size > size:
                     raise InvalidRequest(
                         f"shared memory region {name!r}: offset {offset:,} + byte_size {byte_size:,} runs past the "
                         f"end of {key!r}, which holds {size:,} bytes"
                     )
-                mapped = mmap.mmap(fd, size)
             except BaseException:
                 os.close(fd)
                 raise
-            self._regions[name] = _Region(name, key, offset, byte_size, mapped, fd)
+            self._regions[name] = _Region(name, key, offset, byte_size, fd)
 
     def unregister(self, name: str | None = None) -> None:
         """Forget region ``name`` (every region when None); a name that is not registered is no error."""
@@ -98,7 +101,6 @@ class SharedMemoryRegions:
             gone = list(self._regions.values()) if name is None else [r for r in [self._regions.get(name)] if r]
             for region in gone:
                 del self._regions[region.name]
-                region.mapped.close()
                 os.close(region.fd)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -118,8 +120,20 @@ class SharedMemoryRegions:
     def read(self, ref: ShmRef, what: str) -> bytes:
         """A copy of the bytes ``ref`` names: a request keeps its inputs whatever the client does next."""
         with self._lock:
-            start = self._checked(ref, what)
-            return self._regions[ref.region].mapped[start : start + ref.byte_size]
+            region = self._region(ref, what)
+            start = region.offset + ref.offset
+            parts: list[bytes] = []
+            got = 0
+            while got < ref.byte_size:  # one call reads at most ~2 GiB
+                part = os.pread(region.fd, ref.byte_size - got, start + got)
+                if not part:
+                    raise InvalidRequest(
+                        f"{what}: shared memory object {region.key!r} ends before region {ref.region!r} does (it "
+                        "shrank since it was registered); unregister the region and register it again"
+                    )
+                parts.append(part)
+                got += len(part)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, ref: ShmRef, data: bytes, what: str) -> None:
         """Put ``data`` where ``ref`` points; refused when it does not fit the byte size the client gave."""
@@ -129,13 +143,20 @@ class SharedMemoryRegions:
                 "give it a larger region"
             )
         with self._lock:
-            start = self._checked(ref, what)
-            self._regions[ref.region].mapped[start : start + len(data)] = data
+            region = self._region(ref, what)
+            start = region.offset + ref.offset
+            view = memoryview(data)
+            done = 0
+            try:
+                while done < len(view):
+                    done += os.pwrite(region.fd, view[done:], start + done)
+            except OSError as e:
+                hint = "check the object" if e.errno != errno.ENOSPC else "free some of /dev/shm, it is full"
+                raise InvalidRequest(
+                    f"{what}: cannot write into shared memory object {region.key!r}: {e.strerror}; {hint}"
+                ) from None
 
-    def _checked(self, ref: ShmRef, what: str) -> int:
-        """Where ``ref`` starts in its object's mapping, once it is known to lie within the region and
-        within the object as it is now: a client that shrank the object since registering it would
-        otherwise have the server touch pages past its end (SIGBUS, the whole server gone)."""
+    def _region(self, ref: ShmRef, what: str) -> _Region:
         region = self._regions.get(ref.region)
         if region is None:
             raise InvalidRequest(
@@ -146,13 +167,7 @@ class SharedMemoryRegions:
                 f"{what}: shared_memory_offset {ref.offset:,} + shared_memory_byte_size {ref.byte_size:,} runs past "
                 f"the end of region {ref.region!r} ({region.byte_size:,} bytes)"
             )
-        start = region.offset + ref.offset
-        if start + ref.byte_size > min(len(region.mapped), os.fstat(region.fd).st_size):
-            raise InvalidRequest(
-                f"{what}: shared memory object {region.key!r} shrank below region {ref.region!r} since it was "
-                "registered; unregister the region and register it again"
-            )
-        return start
+        return region
 
     def _path(self, key: Any) -> Path:
         """The file of POSIX shared memory object ``key`` (``/name``: one name, no other slash)."""
