@@ -842,8 +842,9 @@ def write_markdown(result: dict[str, Any]) -> None:
             cores += f" ({r['server_loop_cores']:.2f})"
         if "runtime_idle" in r:
             cores += f", runtime idle {r['runtime_idle']:.1%}"
+        batching = "-" if r["server"].startswith("bare") else "on" if r["batching"] else "off"  # bare: no model
         lines.append(
-            f"| {r['model']} | {r['server']} | {'on' if r['batching'] else 'off'} | {r['client']} | "
+            f"| {r['model']} | {r['server']} | {batching} | {r['client']} | "
             f"{r['concurrency']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:,.0f} | "
             f"{r['rps'] * r.get('items_per_request', 1):,.0f} | {cores} |"
         )

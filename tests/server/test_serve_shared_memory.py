@@ -35,6 +35,7 @@ from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.store import ModelRecord, Store
 
 X = np.arange(32, dtype=np.float32).reshape(2, 16) / 10
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory lives in /dev/shm (Linux)")
 
 
 @pytest.fixture(autouse=True)
