@@ -56,7 +56,7 @@ class SharedMemoryRegions:
 
     # -- registration ----------------------------------------------------------------------------
     def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
-        """Map ``byte_size`` bytes at ``offset`` of the shared memory object ``key`` as region ``name``."""
+        """Register ``byte_size`` bytes at ``offset`` of the shared memory object ``key`` as region ``name``."""
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a shared memory region needs a non-empty name")
         path = self._path(key)
