@@ -253,6 +253,14 @@ def encode_bytes(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def raw_view(arr: np.ndarray) -> bytes | memoryview:
+    """``to_raw(arr)``, without copying an array that already is its wire form (C-ordered, little-endian
+    numbers): a view of its own bytes, for writing straight into shared memory."""
+    if arr.size and arr.dtype.kind in "biuf" and arr.dtype.byteorder != ">" and arr.flags.c_contiguous:
+        return arr.data.cast("B")
+    return to_raw(arr)
+
+
 def to_raw(arr: np.ndarray) -> bytes:
     """The raw little-endian wire form of a tensor."""
     if arr.dtype == object or arr.dtype.kind in ("S", "U"):

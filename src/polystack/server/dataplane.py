@@ -39,7 +39,7 @@ from polystack.errors import (
 from polystack.labels import label_files_of, labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
-from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, to_raw
+from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import status
 from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.server.tracing import Tracer
@@ -365,7 +365,7 @@ class DataPlane:
         try:
             for name, ref in shared.items():
                 arr = result.pop(name)
-                raw = to_raw(arr)
+                raw = raw_view(arr)  # no copy on the way: pwrite takes the array's own bytes
                 self.shared_memory.write(ref, raw, f"output {name!r}")
                 out[name] = SharedOutput(DType.from_numpy(arr.dtype), tuple(arr.shape), ref, len(raw))
         except BaseException as e:

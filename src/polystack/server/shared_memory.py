@@ -135,7 +135,7 @@ class SharedMemoryRegions:
                 got += len(part)
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def write(self, ref: ShmRef, data: bytes, what: str) -> None:
+    def write(self, ref: ShmRef, data: bytes | memoryview, what: str) -> None:
         """Put ``data`` where ``ref`` points; refused when it does not fit the byte size the client gave."""
         if len(data) > ref.byte_size:
             raise InvalidTensor(

@@ -1,0 +1,29 @@
+"""Wire forms shared by both transports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polystack.protocol.wire import raw_view, to_raw
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.arange(3, dtype=np.float16),
+        np.arange(5, dtype=np.uint8),
+        np.arange(4, dtype=np.int64).reshape(1, 4),
+        np.array([[True, False, True]]),
+        np.arange(4, dtype=">i4"),  # big-endian: swapped, so copied
+        np.arange(6, dtype=np.float64).reshape(2, 3)[:, ::2],  # strided: copied
+        np.array([[b"ab", b"c"]], dtype=object),  # BYTES: length-prefixed, so copied
+        np.zeros((0, 4), np.float32),
+    ],
+)
+def test_raw_view_is_the_wire_form_without_a_copy_where_it_can(arr: np.ndarray) -> None:
+    view = raw_view(arr)
+    assert bytes(view) == to_raw(arr)
+    if isinstance(view, memoryview):
+        assert np.shares_memory(np.frombuffer(view, np.uint8), arr)  # the array's own bytes
