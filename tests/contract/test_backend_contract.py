@@ -119,6 +119,22 @@ def test_infer_returns_every_output_with_declared_dtype_and_batch(
         model.close()
 
 
+def test_outputs_stay_the_callers_after_the_next_call(case: tuple[Backend, Path, Signature]) -> None:
+    """Servers write output arrays to the socket as they are, while the next batch runs: a backend must
+    not reuse them (OpenVINO's infer requests do when asked to share their outputs: this test then fails)."""
+    backend, artifact, signature = case
+    model = CheckedModel(backend.load(artifact, signature, backend.parse_options({}), "cpu"))
+    try:
+        first = model.infer(_inputs(signature, 3))
+        kept = {name: arr.copy() for name, arr in first.items()}
+        for b in (3, 2, 5):
+            model.infer(_inputs(signature, b))
+        for name, arr in first.items():
+            np.testing.assert_array_equal(arr, kept[name])
+    finally:
+        model.close()
+
+
 def test_concurrent_callers_each_get_their_own_answer(case: tuple[Backend, Path, Signature]) -> None:
     """Serving instances and batch workers share one loaded model across threads."""
     backend, artifact, signature = case

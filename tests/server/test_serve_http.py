@@ -92,6 +92,48 @@ def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClie
     assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
 
 
+def test_large_binary_outputs_reach_a_slow_reader_whole(server: ServerThread) -> None:
+    """Binary outputs go to the socket as views of the arrays, not copies: a client that reads late
+    (the kernel takes part, the rest waits in the transport) still gets every byte, in order, along
+    with the next answer on the same connection."""
+    import socket
+    import time
+
+    x = np.random.default_rng(3).standard_normal((60000, 4)).astype(np.float32)  # 0.9 MiB, under MAX_BODY
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                     "parameters": {"binary_data_size": x.nbytes}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + x.nbytes)
+    ) + head + x.tobytes()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # far less than the 3.6 MiB of answers
+        sock.sendall(request * 6)  # six answers of 1.8 MiB each queue up behind a reader that sleeps
+        time.sleep(0.5)
+        # more than the kernel took waits in the server's transport, as views of the output arrays
+        assert sum(c.transport.get_write_buffer_size() for c in list(server.server.http.connections) if c.transport)
+        data = bytearray()
+        for _ in range(6):
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(1 << 20)
+            top, _, rest = bytes(data).partition(b"\r\n\r\n")
+            fields = dict(line.split(b": ", 1) for line in top.split(b"\r\n")[1:])
+            length, header_length = int(fields[b"content-length"]), int(fields[b"inference-header-content-length"])
+            while len(rest) < length:
+                rest += sock.recv(1 << 20)
+            body, data = rest[:length], bytearray(rest[length:])
+            doc = json.loads(body[:header_length])
+            same, neg = doc["outputs"][0], doc["outputs"][1]
+            blob = memoryview(body)[header_length:]
+            n = same["parameters"]["binary_data_size"]
+            assert n == x.nbytes and neg["parameters"]["binary_data_size"] == x.nbytes and len(blob) == 2 * n
+            np.testing.assert_array_equal(np.frombuffer(blob[:n], np.float32).reshape(x.shape), x)
+            np.testing.assert_array_equal(np.frombuffer(blob[n:], np.float32).reshape(x.shape), -x)
+
+
 def test_requested_outputs_return_only_those(client: httpclient.InferenceServerClient) -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     i = httpclient.InferInput("x", [2, 4], "FP32")

@@ -30,7 +30,12 @@ class LoadedModel(Protocol):
     signature: Signature
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once; inputs carry the batch on dim 0 where the signature says so."""
+        """Run once; inputs carry the batch on dim 0 where the signature says so.
+
+        The returned arrays are the caller's from then on: the backend never writes into them again
+        (servers hand them to the socket as they are, and a slow client reads them later). A runtime
+        that reuses its output buffers (OpenVINO's infer requests do when asked to share their
+        outputs) copies them out first."""
         ...
 
     def close(self) -> None: ...

@@ -42,8 +42,8 @@ from polystack.protocol.wire import (
     no_shared_memory,
     parse_dtype,
     parse_shape,
+    raw_view,
     shared_memory_ref,
-    to_raw,
 )
 from polystack.types import DType
 
@@ -323,13 +323,25 @@ def encode_infer_response(
     resp: InferResponse, binary: dict[str, bool], default_binary: bool
 ) -> tuple[bytes, int | None]:
     """The response body and, when some output is binary, the JSON header's length."""
+    head, blobs = encode_infer_response_parts(resp, binary, default_binary)
+    if blobs:
+        return b"".join([head, *blobs]), len(head)
+    return head, None
+
+
+def encode_infer_response_parts(
+    resp: InferResponse, binary: dict[str, bool], default_binary: bool
+) -> tuple[bytes, list[bytes | memoryview]]:
+    """The response's JSON header and its binary outputs' data, in order, uncopied where the arrays
+    already are their wire form: a transport can write them out as they are (a 1 MiB output was copied
+    three times on the event loop on its way to the socket, ~40% of the loop's time at 1 MiB)."""
     outs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[bytes | memoryview] = []
     for name, arr in resp.outputs.items():
         dtype = DType.from_numpy(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dtype.value, "shape": list(arr.shape)}
         if binary.get(name, default_binary):
-            raw = to_raw(arr)
+            raw = raw_view(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -356,9 +368,7 @@ def encode_infer_response(
             if isinstance(entry.get("data"), np.ndarray):
                 entry["data"] = entry["data"].tolist()
         head = json.dumps(doc, separators=(",", ":")).encode()
-    if blobs:
-        return b"".join([head, *blobs]), len(head)
-    return head, None
+    return head, blobs
 
 
 def _nonfinite(outs: list[dict[str, Any]]) -> bool:

@@ -103,6 +103,15 @@ class Response:
     body: bytes
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    tail: list[bytes | memoryview] = field(default_factory=list)  # more body after ``body``, written uncopied
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(len(t) for t in self.tail)
+
+    def whole(self) -> bytes:
+        """The body in one piece (for transports that take no list of parts)."""
+        return b"".join([self.body, *self.tail]) if self.tail else self.body
 
 
 def json_response(status_code: int, doc: Any) -> Response:
@@ -301,18 +310,22 @@ class HttpApp:
         result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
-        payload, hlen = http_codec.encode_infer_response(result, binary, default_binary)
+        head, blobs = http_codec.encode_infer_response_parts(result, binary, default_binary)
         headers: list[tuple[bytes, bytes]] = []
-        if hlen is not None:  # the JSON header's length before any compression, as Triton sends it
-            headers.append((b"inference-header-content-length", str(hlen).encode()))
-        encoding = _response_encoding(req.headers) if len(payload) >= _COMPRESS_FROM_BYTES else None
-        if encoding is not None:
-            if len(payload) < _COMPRESS_INLINE_BELOW:
-                payload = _compress(payload, encoding)
-            else:  # a large body would hold the event loop for milliseconds
-                payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
-            headers.append((b"content-encoding", encoding.encode()))
-        return Response(200, payload, JSON if hlen is None else b"application/octet-stream", headers)
+        if blobs:  # the JSON header's length before any compression, as Triton sends it
+            headers.append((b"inference-header-content-length", str(len(head)).encode()))
+        content_type = b"application/octet-stream" if blobs else JSON
+        size = len(head) + sum(len(b) for b in blobs)
+        encoding = _response_encoding(req.headers) if size >= _COMPRESS_FROM_BYTES else None
+        if encoding is None:
+            return Response(200, head, content_type, headers, blobs)
+        payload = b"".join([head, *blobs]) if blobs else head
+        if len(payload) < _COMPRESS_INLINE_BELOW:
+            payload = _compress(payload, encoding)
+        else:  # a large body would hold the event loop for milliseconds
+            payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
+        headers.append((b"content-encoding", encoding.encode()))
+        return Response(200, payload, content_type, headers)
 
 
 def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
@@ -617,7 +630,7 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = req.keep_alive and not self.app.closing
         parts = [
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-            % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, len(resp.body))
+            % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, resp.length)
         ]
         for k, v in resp.headers:
             parts.append(b"%s: %s\r\n" % (k, v))
@@ -629,7 +642,11 @@ class HttpProtocol(asyncio.Protocol):
         parts.append(b"\r\n")
         if req.method != b"HEAD":
             parts.append(resp.body)
-        transport.write(b"".join(parts))
+            if resp.tail:  # binary tensor data: handed to the socket as it is, header and all in one writev
+                transport.writelines([b"".join(parts), *resp.tail])
+                parts = []
+        if parts:
+            transport.write(b"".join(parts))
         if self.app.access_log:
             log.info(
                 "request",
@@ -665,7 +682,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, len(resp.body), resp.body)
+            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, resp.length, resp.whole())
         )
         if not transport.can_write_eof():
             transport.close()

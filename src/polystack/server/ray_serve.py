@@ -71,7 +71,7 @@ class OipReplica:
                 resp = error_response(e)
         out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
         return StarletteResponse(
-            content=resp.body if req.method != b"HEAD" else b"",
+            content=resp.whole() if req.method != b"HEAD" else b"",
             status_code=resp.status,
             media_type=resp.content_type.decode("latin-1"),
             headers=out_headers,
