@@ -111,12 +111,20 @@ def test_large_binary_outputs_reach_a_slow_reader_whole(server: ServerThread) ->
     ) + head + x.tobytes()
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # far less than the 3.6 MiB of answers
-        sock.sendall(request * 6)  # six answers of 1.8 MiB each queue up behind a reader that sleeps
+        # enough answers of 1.8 MiB to overflow the server's socket buffer (tcp_wmem's maximum) and this
+        # one's, so that the rest must wait in the server's transport while this reader sleeps
+        try:
+            with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+                kernel_max = int(f.read().split()[2])
+        except OSError:
+            kernel_max = 4 << 20  # Linux's default
+        count = max(6, -(-(kernel_max + (4 << 20)) // (2 * x.nbytes)))
+        sock.sendall(request * count)
         time.sleep(0.5)
         # more than the kernel took waits in the server's transport, as views of the output arrays
         assert sum(c.transport.get_write_buffer_size() for c in list(server.server.http.connections) if c.transport)
         data = bytearray()
-        for _ in range(6):
+        for _ in range(count):
             while b"\r\n\r\n" not in data:
                 data += sock.recv(1 << 20)
             top, _, rest = bytes(data).partition(b"\r\n\r\n")
