@@ -889,10 +889,16 @@ def write_markdown(result: dict[str, Any]) -> None:
     for model, entry in result["ratios"].items():
         lines.append(f"- {model}: " + ", ".join(f"{k} = {v}" for k, v in entry.items()))
     lines.append(END)
+    put_section(START, END, lines)
+
+
+def put_section(start: str, end: str, lines: list[str]) -> None:
+    """Replace BENCHMARKS.md's section between ``start`` and ``end`` with ``lines`` (markers included),
+    or append it when the file has none."""
     block = "\n".join(lines) + "\n"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block.rstrip("\n") + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + block.rstrip("\n") + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     BENCHMARKS.write_text(text)

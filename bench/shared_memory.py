@@ -217,13 +217,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         + ".",
         END,
     ]
-    block = "\n".join(lines) + "\n"
-    text = serving.BENCHMARKS.read_text() if serving.BENCHMARKS.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block.rstrip("\n") + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    serving.BENCHMARKS.write_text(text)
+    serving.put_section(START, END, lines)
 
 
 if __name__ == "__main__":
