@@ -27,3 +27,11 @@ def test_raw_view_is_the_wire_form_without_a_copy_where_it_can(arr: np.ndarray) 
     assert bytes(view) == to_raw(arr)
     if isinstance(view, memoryview):
         assert np.shares_memory(np.frombuffer(view, np.uint8), arr)  # the array's own bytes
+
+
+def test_a_small_slice_of_a_large_array_is_copied_not_kept() -> None:
+    """One request's rows of a merged batch: a view would hold the whole batch until its client reads."""
+    batch = np.arange(32 * 256, dtype=np.float32).reshape(32, 256)
+    assert isinstance(raw_view(batch[3:4]), bytes)
+    assert bytes(raw_view(batch[3:4])) == batch[3:4].tobytes()
+    assert isinstance(raw_view(batch), memoryview) and isinstance(raw_view(batch[:20]), memoryview)

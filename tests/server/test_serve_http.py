@@ -92,39 +92,46 @@ def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClie
     assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
 
 
-def test_large_binary_outputs_reach_a_slow_reader_whole(server: ServerThread) -> None:
-    """Binary outputs go to the socket as views of the arrays, not copies: a client that reads late
-    (the kernel takes part, the rest waits in the transport) still gets every byte, in order, along
-    with the next answer on the same connection."""
+def test_a_client_that_reads_late_holds_back_its_own_requests_and_gets_every_byte(server: ServerThread) -> None:
+    """Binary outputs go to the socket as views of the arrays, not copies. A client that pipelines and
+    reads late gets every answer whole and in order; meanwhile the server stops reading its requests
+    once its answers back up (pause_writing), so it holds at most about one answer beyond the kernel's
+    buffers instead of all of them."""
     import socket
+    import threading
     import time
 
-    x = np.random.default_rng(3).standard_normal((60000, 4)).astype(np.float32)  # 0.9 MiB, under MAX_BODY
+    shape = (60000, 4)  # 0.9 MiB in, two outputs of as much back; under MAX_BODY
+    nbytes = 4 * shape[0] * shape[1]
+    answer = 2 * nbytes
     head = json.dumps(
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                     "parameters": {"binary_data_size": x.nbytes}}],
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(shape), "parameters": {"binary_data_size": nbytes}}],
          "parameters": {"binary_data_output": True}}
     ).encode()  # fmt: skip
-    request = (
+    prefix = (
         b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + x.nbytes)
-    ) + head + x.tobytes()
-    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # far less than the 3.6 MiB of answers
-        # enough answers of 1.8 MiB to overflow the server's socket buffer (tcp_wmem's maximum) and this
-        # one's, so that the rest must wait in the server's transport while this reader sleeps
-        try:
-            with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-                kernel_max = int(f.read().split()[2])
-        except OSError:
-            kernel_max = 4 << 20  # Linux's default
-        count = max(6, -(-(kernel_max + (4 << 20)) // (2 * x.nbytes)))
-        sock.sendall(request * count)
-        time.sleep(0.5)
-        # more than the kernel took waits in the server's transport, as views of the output arrays
-        assert sum(c.transport.get_write_buffer_size() for c in list(server.server.http.connections) if c.transport)
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + nbytes)
+    ) + head
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            kernel_max = int(f.read().split()[2])
+    except OSError:
+        kernel_max = 4 << 20  # Linux's default
+    # more answers than the kernel's buffers hold, and four more: without flow control the server would
+    # keep at least those four waiting in its transport
+    count = -(-(kernel_max + (4 << 20)) // answer) + 4
+    # each request its own data: an answer overwritten by a later one cannot pass for itself
+    xs = [np.random.default_rng(k).standard_normal(shape).astype(np.float32) for k in range(count)]
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=60) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        # the requests go from another thread: once the server stops reading them, sendall waits
+        sender = threading.Thread(target=sock.sendall, args=(b"".join(prefix + x.tobytes() for x in xs),))
+        sender.start()
+        time.sleep(1.0)
+        held = max(c.transport.get_write_buffer_size() for c in list(server.server.http.connections) if c.transport)
+        assert 0 < held <= 2 * answer, held  # some answers wait in the transport, as views; not all of them
         data = bytearray()
-        for _ in range(count):
+        for x in xs:
             while b"\r\n\r\n" not in data:
                 data += sock.recv(1 << 20)
             top, _, rest = bytes(data).partition(b"\r\n\r\n")
@@ -140,6 +147,8 @@ def test_large_binary_outputs_reach_a_slow_reader_whole(server: ServerThread) ->
             assert n == x.nbytes and neg["parameters"]["binary_data_size"] == x.nbytes and len(blob) == 2 * n
             np.testing.assert_array_equal(np.frombuffer(blob[:n], np.float32).reshape(x.shape), x)
             np.testing.assert_array_equal(np.frombuffer(blob[n:], np.float32).reshape(x.shape), -x)
+        sender.join(30)
+        assert not sender.is_alive()
 
 
 def test_requested_outputs_return_only_those(client: httpclient.InferenceServerClient) -> None:

@@ -255,16 +255,44 @@ def encode_bytes(arr: np.ndarray) -> bytes:
 
 def raw_view(arr: np.ndarray) -> bytes | memoryview:
     """``to_raw(arr)``, without copying an array that already is its wire form (C-ordered, little-endian
-    numbers): a view of its own bytes, for writing straight into shared memory."""
-    if arr.size and arr.dtype.kind in "biuf" and arr.dtype.byteorder != ">" and arr.flags.c_contiguous:
+    numbers) and is most of the memory it lives in: a view of its own bytes, to hand to a socket or a
+    shared memory region as they are.
+
+    A small slice of a larger array is copied instead: one request's rows of a merged batch's output
+    would otherwise keep the whole batch alive for as long as its client takes to read them (a 1 MiB
+    answer cut from a 32-item batch held 32 MiB)."""
+    if (
+        arr.size
+        and arr.dtype.kind in "biuf"
+        and _little_endian(arr.dtype)
+        and arr.flags.c_contiguous
+        and _backing_bytes(arr) <= 2 * arr.nbytes
+    ):
         return arr.data.cast("B")
     return to_raw(arr)
+
+
+def _little_endian(dtype: np.dtype[Any]) -> bool:
+    return dtype == dtype.newbyteorder("<")
+
+
+def _backing_bytes(arr: np.ndarray) -> int:
+    """The size of the memory ``arr`` keeps alive: its own, or that of the object it is a view of."""
+    owner: Any = arr
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    if isinstance(owner, np.ndarray):
+        return int(owner.nbytes)
+    try:
+        return memoryview(owner).nbytes
+    except TypeError:
+        return 1 << 62  # an owner that is not a buffer: assume the worst, and copy
 
 
 def to_raw(arr: np.ndarray) -> bytes:
     """The raw little-endian wire form of a tensor."""
     if arr.dtype == object or arr.dtype.kind in ("S", "U"):
         return encode_bytes(arr)
-    if arr.dtype.byteorder == ">":
+    if not _little_endian(arr.dtype):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return np.ascontiguousarray(arr).tobytes()

@@ -310,7 +310,7 @@ class ServerThread:
             await self.server.wait_stopped()
             await self.server.shutdown()
 
-        asyncio.run(main())
+        _run_loop(main())  # the loop `polystack serve` runs on (uvloop when installed), so tests see the same
 
     def stop(self, timeout_s: float = 60.0) -> None:
         if self._loop is not None and self._thread.is_alive():

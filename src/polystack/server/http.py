@@ -107,7 +107,7 @@ class Response:
 
     @property
     def length(self) -> int:
-        return len(self.body) + sum(len(t) for t in self.tail)
+        return len(self.body) + sum(memoryview(t).nbytes for t in self.tail)
 
     def whole(self) -> bytes:
         """The body in one piece (for transports that take no list of parts)."""
@@ -423,7 +423,8 @@ class HttpProtocol(asyncio.Protocol):
         self._final: Response | None = None  # that error's answer, held until the requests before it are answered
         self._busy = False
         self._queue: collections.deque[Request] = collections.deque()
-        self._paused = False
+        self._paused = False  # reading paused: too many requests queued, or the client is not reading
+        self._write_paused = False  # the transport holds more than its high-water mark of our answers
         self._task: asyncio.Future[None] | None = None
         self._upgrading: Request | None = None  # a request with an Upgrade header, answered as plain HTTP/1.1
         self._upgrade_body: tuple[Request, int, list[bytes]] | None = None  # (it, bytes still due, parts)
@@ -443,6 +444,17 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
         self.app.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we answer: start nothing new for it until it catches up. Without
+        this a client that pipelines and never reads made the server hold every answer (and with binary
+        outputs written uncopied, the arrays behind them)."""
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._advance()
 
     @property
     def busy(self) -> bool:
@@ -568,13 +580,25 @@ class HttpProtocol(asyncio.Protocol):
         self._complete(Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive()))
 
     def _complete(self, req: Request) -> None:
-        if self._busy:
+        if self._busy or self._write_paused or self._queue:
             self._queue.append(req)
-            if len(self._queue) >= _MAX_PIPELINED and self.transport is not None and not self._paused:
-                self.transport.pause_reading()
-                self._paused = True
+            self._update_reading()
             return
         self._dispatch(req)
+
+    def _update_reading(self) -> None:
+        """Read while there is room: pause with ``_MAX_PIPELINED`` requests queued, or while the client
+        is not reading its answers; resume when both clear. A connection being refused keeps reading (and
+        dropping) what the client still sends."""
+        if self.transport is None:
+            return
+        hold = not self._refused and (len(self._queue) >= _MAX_PIPELINED or self._write_paused)
+        if hold and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+        elif not hold and self._paused:
+            self.transport.resume_reading()
+            self._paused = False
 
     # -- handling ------------------------------------------------------------------------------
     def _dispatch(self, req: Request) -> None:
@@ -601,15 +625,17 @@ class HttpProtocol(asyncio.Protocol):
             response = self._error(req, e)
         self._busy = False
         self._send(req, response)
-        while self._queue and not self._busy and self.transport is not None:
+        self._advance()
+
+    def _advance(self) -> None:
+        """After an answer (or the client catching up): the next queued requests, then what is due."""
+        while self._queue and not self._busy and not self._write_paused and self.transport is not None:
             self._dispatch(self._queue.popleft())
         if self._final is not None and not self.busy:
             final, self._final = self._final, None
             self._end_with(final)
             return
-        if self._paused and not self._queue and self.transport is not None:
-            self.transport.resume_reading()
-            self._paused = False
+        self._update_reading()
         self._continue_if_due()
 
     def _error(self, req: Request, exc: BaseException) -> Response:
@@ -670,9 +696,7 @@ class HttpProtocol(asyncio.Protocol):
         response = Response(code, orjson.dumps({"error": message}))
         if self.busy:
             self._final = response
-            if self._paused and self.transport is not None:
-                self.transport.resume_reading()  # keep draining the client while the others finish
-                self._paused = False
+            self._update_reading()  # keep draining the client while the others finish
         else:
             self._end_with(response)
 
