@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
 import struct
+import threading
 import time
 
 import numpy as np
@@ -462,10 +464,15 @@ def test_huge_urls_and_headers_are_refused(server: ServerThread, raw: Raw) -> No
     raw.infer_ok()
 
 
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server closes the connection mid-send
+        sock.sendall(data)
+
+
 def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     store, records = model_store
     register_like(store, records["mlp"], "slow600", tags={"delay_ms": "600"})
-    st = start(store, models=["mlp", "slow600"], idle_timeout_s=0.4)
+    st = start(store, models=["mlp", "slow600", "two"], idle_timeout_s=0.4)
     try:
         # idle time counts from the last answer: a request longer than the timeout keeps its connection
         body = json.dumps({"inputs": [good_input()]}).encode()
@@ -481,6 +488,29 @@ def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[
             started = time.monotonic()
             assert _read_response(stalled) == b""  # closed without an answer
             assert time.monotonic() - started < 3
+        # a client that pipelines requests and never reads their answers is stalled too, though requests
+        # of it still wait (flow control holds them back, so the connection is busy): closed as well
+        x = np.zeros((60000, 4), np.float32)  # answers of 1.8 MiB: a few fill the kernel's buffers
+        head = json.dumps(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [60000, 4], "parameters": {"binary_data_size": x.nbytes}}],
+             "parameters": {"binary_data_output": True}}
+        ).encode()  # fmt: skip
+        ask = (
+            b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + x.nbytes)
+        ) + head + x.tobytes()
+        before = set(st.server.http.connections)
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sender = threading.Thread(target=_send_quietly, args=(reader, ask * 12))
+            sender.start()
+            mine = None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (mine is None or mine.transport is not None):
+                mine = mine or next(iter(set(st.server.http.connections) - before), None)
+                time.sleep(0.05)
+            assert mine is not None and mine.transport is None and mine.busy is False  # closed by the server
+            sender.join(10)
         Raw(st.http_port).infer_ok()
     finally:
         st.stop()

@@ -163,7 +163,11 @@ class HttpApp:
             await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
             now = loop.time()
             for conn in list(self.connections):
-                if not conn.busy and now - conn.last_active >= self.idle_timeout_s and conn.transport is not None:
+                if conn.transport is None or now - conn.last_active < self.idle_timeout_s:
+                    continue
+                if conn.waiting_on_client:  # not reading its answers: close() would wait for them forever
+                    conn.transport.abort()
+                elif not conn.busy:
                     conn.transport.close()
 
     # -- routing -------------------------------------------------------------------------------
@@ -455,6 +459,11 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._advance()
+
+    @property
+    def waiting_on_client(self) -> bool:
+        """Answers are backed up because the client is not reading them (``pause_writing``)."""
+        return self._write_paused
 
     @property
     def busy(self) -> bool:
