@@ -130,9 +130,6 @@ class Answer(asyncio.Protocol):
     def on_message_complete(self):
         self.transport.write(response)
 
-    def on_url(self, url):  # httptools calls it; readiness checks GET any path
-        pass
-
 
 async def main():
     server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", port)

@@ -82,14 +82,19 @@ def test_binary_size_without_binary_section_is_refused() -> None:
 def test_response_binary_and_json() -> None:
     out = {"y": np.array([[1.5, 2.5]], np.float32), "s": np.array([b"hi", "ü".encode()], dtype=object)}
     resp = InferResponse("m", "1", out, id="r")
-    body, n = http_codec.encode_infer_response(resp, {"y": True}, default_binary=False)
+    body, n = _joined(*http_codec.encode_infer_response(resp, {"y": True}, default_binary=False))
     assert n is not None
     head = json.loads(body[:n])
     assert head["id"] == "r" and head["outputs"][0]["parameters"] == {"binary_data_size": 8}
     assert head["outputs"][1]["data"] == ["hi", "ü"]
     assert np.frombuffer(body[n:], np.float32).tolist() == [1.5, 2.5]
-    body, n = http_codec.encode_infer_response(resp, {}, default_binary=False)
+    body, n = _joined(*http_codec.encode_infer_response(resp, {}, default_binary=False))
     assert n is None and json.loads(body)["outputs"][0]["data"] == [1.5, 2.5]
+
+
+def _joined(head: bytes, blobs: list[bytes | memoryview]) -> tuple[bytes, int | None]:
+    """The body as sent, and the JSON header's length when binary outputs follow it."""
+    return b"".join([head, *blobs]), (len(head) if blobs else None)
 
 
 def json_body(datatype: str, shape: list[int], data: object) -> bytes:

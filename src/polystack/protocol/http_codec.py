@@ -321,20 +321,11 @@ def _all_bools(data: Any) -> bool:
 
 def encode_infer_response(
     resp: InferResponse, binary: dict[str, bool], default_binary: bool
-) -> tuple[bytes, int | None]:
-    """The response body and, when some output is binary, the JSON header's length."""
-    head, blobs = encode_infer_response_parts(resp, binary, default_binary)
-    if blobs:
-        return b"".join([head, *blobs]), len(head)
-    return head, None
-
-
-def encode_infer_response_parts(
-    resp: InferResponse, binary: dict[str, bool], default_binary: bool
 ) -> tuple[bytes, list[bytes | memoryview]]:
     """The response's JSON header and its binary outputs' data, in order, uncopied where the arrays
-    already are their wire form: a transport can write them out as they are (a 1 MiB output was copied
-    three times on the event loop on its way to the socket, ~40% of the loop's time at 1 MiB)."""
+    already are their wire form: a transport can write them out as they are. A 1 MiB output used to be
+    copied three times on the event loop on its way out (py-spy: ``tobytes`` 14% and the body join 18%
+    of the loop's samples, and a third join inside the 31% of sending)."""
     outs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, arr in resp.outputs.items():

@@ -314,22 +314,21 @@ class HttpApp:
         result = await self.plane.infer(args[0], args[1], request, self.loop)
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
-        head, blobs = http_codec.encode_infer_response_parts(result, binary, default_binary)
+        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
         headers: list[tuple[bytes, bytes]] = []
         if blobs:  # the JSON header's length before any compression, as Triton sends it
             headers.append((b"inference-header-content-length", str(len(head)).encode()))
-        content_type = b"application/octet-stream" if blobs else JSON
-        size = len(head) + sum(len(b) for b in blobs)
-        encoding = _response_encoding(req.headers) if size >= _COMPRESS_FROM_BYTES else None
+        resp = Response(200, head, b"application/octet-stream" if blobs else JSON, headers, blobs)
+        encoding = _response_encoding(req.headers) if resp.length >= _COMPRESS_FROM_BYTES else None
         if encoding is None:
-            return Response(200, head, content_type, headers, blobs)
-        payload = b"".join([head, *blobs]) if blobs else head
+            return resp
+        payload = resp.whole()
         if len(payload) < _COMPRESS_INLINE_BELOW:
             payload = _compress(payload, encoding)
         else:  # a large body would hold the event loop for milliseconds
             payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
         headers.append((b"content-encoding", encoding.encode()))
-        return Response(200, payload, content_type, headers)
+        return Response(200, payload, resp.content_type, headers)
 
 
 def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
