@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from polystack.cli.app import app, open_store
@@ -58,6 +60,22 @@ def serve(
         help="Pin the model runtimes and batch workers to these cores, e.g. 1-3; their threads default to "
         "one per core (Linux; default: the cores --frontend-cpus leaves).",
     ),
+    tls_cert: Path | None = typer.Option(
+        None,
+        "--tls-cert",
+        metavar="PEM",
+        help="Serve HTTPS and gRPC over TLS with this certificate chain (Triton: --grpc-server-cert).",
+    ),
+    tls_key: Path | None = typer.Option(
+        None, "--tls-key", metavar="PEM", help="The certificate's private key, unencrypted (Triton: --grpc-server-key)."
+    ),
+    tls_client_ca: Path | None = typer.Option(
+        None,
+        "--tls-client-ca",
+        metavar="PEM",
+        help="Mutual TLS: clients must present a certificate issued by these CAs (Triton: --grpc-root-cert with "
+        "--grpc-use-ssl-mutual).",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     trace: bool = typer.Option(False, "--trace", help="OpenTelemetry spans (needs opentelemetry installed)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
@@ -72,11 +90,13 @@ def serve(
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.placement import CpuPlacement
+    from polystack.server.tls import TlsConfig
 
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     logs.configure(log_level)
     cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
+    tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
     policy = None
     if batching:
         policy = BatchPolicy(
@@ -105,6 +125,7 @@ def serve(
         trace=True if trace else None,
         models=list(models or []),
         cpus=cpus,
+        tls=tls,
     )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
@@ -115,6 +136,11 @@ def serve(
         raise InvalidRequest(
             "--allow-shared-memory needs the client and the one server process on the same host; Ray Serve "
             "spreads requests over replicas, each with its own regions: serve with --engine local"
+        )
+    if engine == "ray" and tls is not None and tls.mutual:
+        raise InvalidRequest(
+            "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
+            "drop it, or serve with --engine local"
         )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings

@@ -26,6 +26,7 @@ from polystack.server import grpc as grpc_transport
 from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.placement import CpuPlacement
+from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracer
 from polystack.store import ModelRecord, Store
 
@@ -82,6 +83,7 @@ class ServeConfig:
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
+    tls: TlsConfig | None = None  # HTTPS and gRPC over TLS (mutual when it names a client CA)
 
 
 class Server:
@@ -162,14 +164,20 @@ class Server:
         if self.config.cpus is not None:
             self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()
+        tls = self.config.tls
         self._http_server = await loop.create_server(
-            lambda: HttpProtocol(self.http), self.config.host, self.config.http_port, backlog=1024
+            lambda: HttpProtocol(self.http),
+            self.config.host,
+            self.config.http_port,
+            backlog=1024,
+            ssl=tls.ssl_context() if tls else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
         )
         self.http_port = self._http_server.sockets[0].getsockname()[1]
         self._sweeper = loop.create_task(self.http.close_idle_connections())
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
-                self.plane, self.config.host, self.config.grpc_port, self.config.max_body_bytes
+                self.plane, self.config.host, self.config.grpc_port, self.config.max_body_bytes, tls
             )
             await self._grpc_server.start()
         log.info(
@@ -180,6 +188,7 @@ class Server:
                 "grpc_port": self.grpc_port,
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
                 **(self.config.cpus.describe() if self.config.cpus else {}),
+                **(tls.describe() if tls else {}),
             },
         )
 

@@ -23,6 +23,7 @@ from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server import status
 from polystack.server.dataplane import DataPlane
+from polystack.server.tls import TlsConfig
 
 log = logging.getLogger("polystack.server.grpc")
 T = TypeVar("T")
@@ -207,8 +208,11 @@ class _NotImplemented(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def create_server(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the servicer added and the port bound (not started); (server, port)."""
+def create_server(
+    plane: DataPlane, host: str, port: int, max_message_bytes: int, tls: TlsConfig | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
+    ``tls`` is given; (server, port)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -218,7 +222,8 @@ def create_server(plane: DataPlane, host: str, port: int, max_message_bytes: int
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     server.add_generic_rpc_handlers([_NotImplemented()])
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     return server, bound

@@ -37,6 +37,15 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def proxy_options(config: Any) -> dict[str, Any]:
+    """Ray Serve's ``http_options`` for ``config``: its address, and TLS with the server's files (Ray Serve's
+    proxy terminates it; it cannot require client certificates, so mutual TLS is refused before this)."""
+    options: dict[str, Any] = {"host": config.host, "port": config.http_port}
+    if config.tls is not None:
+        options.update(ssl_certfile=str(config.tls.cert), ssl_keyfile=str(config.tls.key))
+    return options
+
+
 class OipReplica:
     """One Ray Serve replica: a polystack Server's HTTP handlers behind Ray Serve's proxy."""
 
@@ -153,9 +162,10 @@ def run_ray_serve(
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):  # replaces ray.init's handler (sys.exit)
             signal.signal(sig, lambda *_: stop.set())
-        serve.start(http_options={"host": config.host, "port": config.http_port})
+        serve.start(http_options=proxy_options(config))
         serve.run(app, name="polystack", route_prefix="/", blocking=False)
-        print(f"serving on Ray Serve at http://{config.host}:{config.http_port}/v2", flush=True)
+        scheme = "https" if config.tls is not None else "http"
+        print(f"serving on Ray Serve at {scheme}://{config.host}:{config.http_port}/v2", flush=True)
         try:
             while not stop.wait(1.0):
                 pass
