@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -12,11 +14,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from conftest import Raw
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servekit import start
 from tritonclient.utils import InferenceServerException
 
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
 
 CASES = [
     ("ident64", "a", "b", "INT64", np.array([[1, -2, 3, 2**40]], dtype=np.int64)),
@@ -283,7 +288,6 @@ def test_cuda_shared_memory_and_settings_rpcs_say_they_are_not_implemented(
     assert client.is_server_live()
 
 
-
 def _stream_requests(count: int, rows: int, bad_every: int = 0) -> Iterator[pb.ModelInferRequest]:
     raw = np.zeros((rows, 4), "<i8").tobytes()
     for k in range(count):
@@ -323,3 +327,39 @@ def test_stream_errors_say_which_request_failed(server: ServerThread) -> None:
     failed = sorted(a.infer_response.id for a in answers if a.error_message)
     assert failed == ["r0", "r3"] and all("INT32" in a.error_message for a in answers if a.error_message)
     assert sorted(a.infer_response.id for a in answers if not a.error_message) == ["r1", "r2", "r4", "r5"]
+
+
+def test_standard_health_service_answers_probes(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):  # what Kubernetes' gRPC probes ask
+            got = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert got.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="mlp"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "inference.GRPCInferenceService" in err.value.details()
+        unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN  # the call stays open
+        unknown.cancel()
+
+
+def test_health_watch_sees_the_drain_and_does_not_hold_the_shutdown(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp"], drain_timeout_s=20.0)
+    stopped = threading.Thread(target=st.stop)
+    try:
+        with grpc.insecure_channel(st.grpc_url) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            began = time.monotonic()
+            stopped.start()
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(StopIteration):  # the stream ends: the shutdown need not wait for it
+                next(watch)
+            stopped.join(20)
+            assert not stopped.is_alive() and time.monotonic() - began < 10
+    finally:
+        if stopped.ident is None:  # failed before it began stopping
+            st.stop()

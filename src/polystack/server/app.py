@@ -203,7 +203,7 @@ class Server:
     async def shutdown(self) -> None:
         """Readiness false, stop accepting, let in-flight requests finish (drain timeout), close."""
         started = time.monotonic()
-        self.plane.draining = True
+        self.plane.start_draining()
         self.http.closing = True
         if self._http_server is not None:
             self._http_server.close()

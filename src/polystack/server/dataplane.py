@@ -129,6 +129,7 @@ class DataPlane:
         self.inline_max_s = inline_max_ms / 1000.0
         self._typical_s: dict[tuple[str, int], float] = {}
         self.draining = False
+        self._drain_started = asyncio.Event()
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -213,6 +214,14 @@ class DataPlane:
 
     def ready(self) -> bool:
         return not self.draining
+
+    def start_draining(self) -> None:
+        """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on."""
+        self.draining = True
+        self._drain_started.set()
+
+    async def wait_draining(self) -> None:
+        await self._drain_started.wait()
 
     def extensions(self) -> list[str]:
         ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]

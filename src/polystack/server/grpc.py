@@ -5,6 +5,11 @@ Runs on the same event loop as the HTTP server. Errors map through ``server.stat
 of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
 together. Triton's RPCs that polystack does not implement (CUDA shared memory, trace and log settings)
 answer UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
+
+The standard health service (``grpc.health.v1.Health``, as Triton has it) answers Kubernetes'
+gRPC probes, ``grpc_health_probe`` and clients' own health checking: ``""`` (the server) and
+``inference.GRPCInferenceService`` are SERVING while the server is ready and NOT_SERVING once it
+drains; ``Watch`` streams say so as it happens and then end, so they do not hold the shutdown up.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from polystack.errors import PolystackError
 from polystack.protocol import grpc_codec
@@ -208,6 +214,41 @@ class _NotImplemented(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health`` over the data plane's readiness."""
+
+    SERVICES = ("", pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name)
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def _status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        if service not in self.SERVICES:
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        return (
+            health_pb2.HealthCheckResponse.SERVING if self.plane.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown service {request.service!r}; ask for '' (the server) or {self.SERVICES[1]!r}",
+            )
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        # The status now (SERVICE_UNKNOWN for a name not served, with the call kept open, as the
+        # protocol asks); then, when the server drains, the final status, and the stream ends.
+        yield health_pb2.HealthCheckResponse(status=self._status(request.service))
+        if self.plane.ready():
+            await self.plane.wait_draining()
+            yield health_pb2.HealthCheckResponse(status=self._status(request.service))
+
+
 def create_server(
     plane: DataPlane, host: str, port: int, max_message_bytes: int, tls: TlsConfig | None = None
 ) -> tuple[grpc.aio.Server, int]:
@@ -221,6 +262,7 @@ def create_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
     server.add_generic_rpc_handlers([_NotImplemented()])
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
