@@ -58,3 +58,16 @@ def test_invalid_inputs_say_what_was_expected(inputs: dict, message: str) -> Non
 def test_batch_over_the_maximum_is_refused() -> None:
     with pytest.raises(InvalidTensor, match="exceeds the model's maximum of 2"):
         SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}, max_batch_size=2)
+
+
+def test_a_signature_is_batched_only_when_outputs_can_hold_one_row_per_input_row() -> None:
+    x = TensorSpec("x", DType.FP32, (-1, 3))
+
+    def sig(*outputs: tuple[int, ...]) -> Signature:
+        return Signature(inputs=(x,), outputs=tuple(TensorSpec(f"o{i}", DType.FP32, s) for i, s in enumerate(outputs)))
+
+    assert sig((-1, 4)).batched
+    assert sig((-1,), ()).batched  # no declared rank (ONNX could not infer it) does not decide
+    assert not sig((1, 3)).batched  # a fixed first dimension: it reduces over the batch
+    assert not sig((-1, 4), (2,)).batched
+    assert not Signature(inputs=(TensorSpec("x", DType.FP32, (2, 3)),), outputs=(x,)).batched

@@ -196,8 +196,14 @@ class Signature:
 
     @property
     def batched(self) -> bool:
-        """True when every input takes a batch on its first dimension."""
-        return bool(self.inputs) and all(t.batched for t in self.inputs)
+        """True when every input takes a batch on its first dimension and no output declares a fixed
+        first dimension, which could not hold one row per input row (Triton's max_batch_size > 0).
+        An output of unknown or no rank does not decide it: ONNX leaves both without dimensions."""
+        return (
+            bool(self.inputs)
+            and all(t.batched for t in self.inputs)
+            and all(t.batched or not t.shape for t in self.outputs)
+        )
 
     def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
         """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""

@@ -349,3 +349,59 @@ def test_merging_a_batch_keeps_the_gil() -> None:
         stop.set()
         sys.setswitchinterval(old)
         spinner.join(5)
+
+
+class Reducing:
+    """Sums over the batch (a statistic, not one row per row) after a delay, with an output of no declared rank,
+    as ONNX leaves an output whose shape it could not infer."""
+
+    def __init__(self, keepdims: bool) -> None:
+        self.signature = Signature(
+            inputs=(TensorSpec("x", DType.FP32, (-1, 3)),), outputs=(TensorSpec("s", DType.FP32, ()),)
+        )
+        self.keepdims = keepdims
+        self.batches: list[int] = []
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(len(inputs["x"]))
+        time.sleep(0.01)
+        x = inputs["x"]
+        return {"s": x.sum(axis=0, keepdims=True) if self.keepdims else np.asarray(x.sum())}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("keepdims", [False, True], ids=["scalar", "one-row"])
+def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_request_alone(
+    make: Any, keepdims: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = Reducing(keepdims)
+    b = make(model, max_batch_size=8, max_queue_delay_ms=100)
+    xs = [np.full((1, 3), i + 1, np.float32) for i in range(3)]
+    with caplog.at_level("WARNING", logger="polystack.batching"):
+        results = [f.result(timeout=5) for f in [b.submit({"x": x}) for x in xs]]
+    for x, r in zip(xs, results, strict=True):  # each its own sum, as the model gives it alone
+        np.testing.assert_array_equal(r["s"], Reducing(keepdims).infer({"x": x})["s"])
+    assert 3 in model.batches and not b.batchable
+    assert "do not follow the batch" in caplog.text and "--no-batching" in caplog.text
+    model.batches.clear()
+    [f.result(timeout=5) for f in [b.submit({"x": x}) for x in xs]]
+    assert model.batches == [1, 1, 1]  # not merged again
+
+
+def test_the_worker_survives_an_error_it_did_not_expect() -> None:
+    calls: list[int] = []
+
+    def on_batch(items: int, requests: int, seconds: float) -> None:
+        calls.append(items)
+        if len(calls) == 1:
+            raise RuntimeError("an observer that broke")
+
+    b = DynamicBatcher(entry_for(Recording()), BatchPolicy(max_batch_size=4, max_queue_delay_ms=1), on_batch=on_batch)
+    try:
+        with pytest.raises(BackendError, match="batch worker"):
+            b.submit(rows(1)).result(timeout=5)
+        np.testing.assert_array_equal(b.submit(rows(2, 3.0)).result(timeout=5)["y"], np.full((2, 4), 6.0, np.float32))
+    finally:
+        b.close(drain=False, timeout_s=5)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,52 @@ def test_client_leaving_during_inference_does_not_hurt(batching: ServerThread) -
     assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
     client = httpclient.InferenceServerClient(batching.http_url)
     assert client.infer("slow", [slow_input(2)]).as_numpy("y").shape == (2, 4)
+
+
+def _reducing_onnx(path: Path, keepdims: int) -> Path:
+    """ReduceSum over the batch: to a scalar (keepdims 0), or to one row, shape [1, 3] (keepdims 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0]) if keepdims else None
+    node = helper.make_node("ReduceSum", ["x", "axes"] if axes else ["x"], ["s"], keepdims=keepdims)
+    graph = helper.make_graph(
+        [node], path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 3] if keepdims else [])],
+        initializer=[axes] if axes else [],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_models_whose_outputs_do_not_follow_the_batch_answer_every_request_alone(tmp_path: Path) -> None:
+    from polystack.formats import import_model
+
+    store = Store.at(tmp_path / "home")
+    for name, keepdims in (("rsum", 0), ("rsum0", 1)):
+        imported = import_model(_reducing_onnx(tmp_path / f"{name}.onnx", keepdims), tmp_path / f"import-{name}")
+        store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=50)
+    st = start(store, models=["rsum", "rsum0"], policy_for=lambda *_: policy)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=4)
+        # rsum0 declares its output [1, 3]: no batch there, so it is served unbatched, and says so
+        assert client.get_model_config("rsum0")["max_batch_size"] == 0
+        for name in ("rsum", "rsum0"):
+            inputs = []
+            for k in range(4):
+                i = httpclient.InferInput("x", [1, 3], "FP32")
+                i.set_data_from_numpy(np.full((1, 3), k + 1, np.float32))
+                inputs.append(i)
+            pending = [client.async_infer(name, [i]) for i in inputs]  # sent together, as a batch would form
+            for k, p in enumerate(pending):
+                got = p.get_result(timeout=10).as_numpy("s")
+                x = np.full((1, 3), k + 1, np.float32)
+                want = x.sum(axis=0, keepdims=True) if name == "rsum0" else x.sum()
+                np.testing.assert_array_equal(got, want)
+        assert client.is_model_ready("rsum") and client.is_server_live()  # and the model still answers
+    finally:
+        st.stop()
+        store.close()

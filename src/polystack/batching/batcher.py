@@ -9,7 +9,10 @@ request has arrived for ``idle_gap_ms`` (a lone client, measured: 3 ms p50 at co
 2 ms delay, 0.3 ms with the gap; under load arrivals are microseconds apart and batches still fill).
 A request past its deadline is rejected with ``DeadlineExceeded`` and never run late; a full queue
 refuses at once with ``QueueFull``. If a merged batch fails, its requests are retried one by one so
-that only the request that caused the failure fails.
+that only the request that caused the failure fails. A model whose outputs turn out not to follow
+the batch (a scalar, or fewer rows than the batch had: it reduces over the batch) has that batch's
+requests run one by one, and is not merged again. The worker threads never die of an error: one
+they did not expect fails the requests of the batch at hand, with a logged traceback.
 
 ``submit`` returns a ``concurrent.futures.Future``. ``infer_async`` waits on an asyncio future of the
 caller's loop instead, and a finished batch wakes each loop once (one ``call_soon_threadsafe`` for
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.policy import BatchPolicy
-from polystack.errors import DeadlineExceeded, InvalidTensor, PolystackError, QueueFull, Unavailable
+from polystack.errors import BackendError, DeadlineExceeded, InvalidTensor, PolystackError, QueueFull, Unavailable
+
+log = logging.getLogger("polystack.batching")
 
 BatchObserver = Callable[[int, int, float], None]  # (items, requests, compute seconds) per runtime call
 DepthObserver = Callable[[int], None]  # queue depth after each change
@@ -240,7 +246,15 @@ class DynamicBatcher:
             if batch is None:
                 return
             if batch:
-                self._execute(batch)
+                try:
+                    self._execute(batch)
+                except BaseException as e:  # never let the worker die: the queue would wait forever
+                    log.exception("batch worker error", extra={"model": self.entry.name})
+                    error = BackendError(
+                        f"model {self.entry.name!r} failed in its batch worker ({type(e).__name__}: {e}); "
+                        "the server log has the traceback"
+                    )
+                    _deliver([(p, None, error) for p in batch])
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
@@ -338,6 +352,12 @@ class DynamicBatcher:
             _deliver([self._run_one(p) for p in batch])  # find the culprit: only it fails
             return
         t1 = time.perf_counter_ns()
+        rows = sum(p.items for p in batch)
+        odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
+        if odd is not None:
+            self._stop_merging(odd, np.shape(result[odd]), rows)
+            _deliver([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
+            return
         offset = 0
         parts: list[dict[str, np.ndarray]] = []
         for p in batch:
@@ -352,6 +372,18 @@ class DynamicBatcher:
             stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
             outcomes.append((p, part, None))
         _deliver(outcomes)
+
+    def _stop_merging(self, output: str, shape: tuple[int, ...], rows: int) -> None:
+        with self._cond:
+            if not self.batchable:
+                return
+            self.batchable = False
+        log.warning(
+            f"model {self.entry.name!r} returned output {output!r} with shape {list(shape)} for a batch of "
+            f"{rows} rows, so its outputs do not follow the batch; its requests now run one at a time. "
+            "Export it with the batch on the first dimension of every output, or serve it with --no-batching",
+            extra={"model": self.entry.name},
+        )
 
     def _run_one(self, p: _Pending) -> _Outcome:
         t0 = time.perf_counter_ns()

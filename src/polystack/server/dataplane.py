@@ -252,7 +252,7 @@ class DataPlane:
         entry = served.entry
         sig = entry.signature
         batcher = served.batcher
-        if batcher is not None:
+        if batcher is not None and batcher.batchable:
             max_batch = batcher.max_batch_size
         elif sig.batched and entry.spec.max_batch_size:
             max_batch = entry.spec.max_batch_size
