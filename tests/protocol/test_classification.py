@@ -51,3 +51,8 @@ def test_labels_follow_the_index_where_the_model_has_one() -> None:
     both = classify({"y": values, "z": values}, {"y": 1}, batched=True, labels={"z": ["a", "b", "c", "d"]})
     assert both["y"].tolist() == [[b"0.900000:3"]]  # labels of another output do not apply
     assert both["z"] is values  # not classified: returned as it was
+
+
+def test_an_empty_batch_gets_an_empty_answer() -> None:
+    got = top_classes("y", np.zeros((0, 4), np.float32), 2, batched=True)
+    assert got.shape == (0, 2) and got.dtype == object

@@ -75,3 +75,13 @@ def test_classification_appends_the_models_labels(
             assert [c.decode() for c in classes] == want
     finally:
         st.stop()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_classification_of_an_empty_batch_is_an_empty_answer(server: ServerThread, transport: str) -> None:
+    mod: Any = httpclient if transport == "http" else grpcclient
+    client = mod.InferenceServerClient(server.http_url if transport == "http" else server.grpc_url)
+    i = mod.InferInput("x", [0, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((0, 16), np.float32))
+    result = client.infer("mlp", [i], outputs=[mod.InferRequestedOutput("y", class_count=2)])
+    assert result.as_numpy("y").shape == (0, 2)  # was a 500: numpy cannot reshape (0, -1)

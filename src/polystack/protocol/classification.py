@@ -10,6 +10,7 @@ that index. Equal values keep index order. k larger than the number of classes r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,7 +53,8 @@ def top_classes(
     """``values`` (one output of a request) as its top ``count`` classes per item, as Triton returns them."""
     if values.dtype.kind not in "iuf":
         raise InvalidRequest(f"output {name!r} holds {values.dtype} values; classification needs a numeric output")
-    rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 0 else values.reshape(1, -1)
+    # the per-item size spelled out: numpy cannot infer a -1 next to an empty batch
+    rows = values.reshape(values.shape[0], math.prod(values.shape[1:])) if batched and values.ndim > 0 else values.reshape(1, -1)
     n = rows.shape[1]
     k = min(count, n)
     # highest first, equal values in index order: a stable ascending sort of each row reversed, read backwards
