@@ -52,6 +52,32 @@ def test_malformed_json_is_400(raw: Raw, body: bytes, words: list[str]) -> None:
     check_error(raw, status, json.loads(data), 400, *words)
 
 
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({"inputs": [good_input(parameters=[1, 2])]}, ["input 'x'", "'parameters' must be an object"]),
+        ({"inputs": [good_input(parameters="x")]}, ["'parameters' must be an object"]),
+        ({"inputs": [good_input()], "outputs": [{"name": "y", "parameters": "abc"}]}, ["output 'y'", "object"]),
+        ({"inputs": [good_input()], "parameters": {"binary_data_output": "false"}}, ["binary_data_output", "'false'"]),
+        ({"inputs": [good_input()], "outputs": [{"name": "y", "parameters": {"binary_data": "false"}}]},
+         ["binary_data", "true or false"]),
+        ({"inputs": [good_input()], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, ["binary_data"]),
+        ({"inputs": [good_input()], "parameters": {"timeout": "soon"}}, ["timeout", "microseconds"]),
+        ({"inputs": [good_input()], "parameters": {"timeout": -5}}, ["timeout"]),
+    ],
+)  # fmt: skip
+def test_parameters_of_the_wrong_type_are_400_not_ignored_or_misread(raw: Raw, doc: dict, words: list[str]) -> None:
+    # "false" was read as true (binary answers to a client asking for JSON); non-objects were ignored
+    status, got = raw.json("POST", INFER, doc)
+    check_error(raw, status, got, 400, *words)
+
+
+def test_a_nan_timeout_is_400_not_an_expired_deadline(raw: Raw) -> None:
+    body = json.dumps({"inputs": [good_input()], "parameters": {"timeout": float("nan")}})  # the NaN token
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json"})
+    check_error(raw, status, json.loads(data), 400, "timeout")
+
+
 def test_unknown_model_and_version_are_404(raw: Raw) -> None:
     status, doc = raw.json("POST", "/v2/models/nope/infer", {"inputs": [good_input()]})
     check_error(raw, status, doc, 404, "nope")
@@ -486,7 +512,7 @@ def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[
         with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as stalled:
             stalled.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
             started = time.monotonic()
-            assert _read_response(stalled) == b""  # closed without an answer
+            assert _read_response(stalled).startswith(b"HTTP/1.1 408")  # told why, then closed
             assert time.monotonic() - started < 3
         # a client that pipelines requests and never reads their answers is stalled too, though requests
         # of it still wait (flow control holds them back, so the connection is busy): closed as well
@@ -511,6 +537,46 @@ def test_idle_and_stalled_connections_are_closed(model_store: tuple[Store, dict[
                 time.sleep(0.05)
             assert mine is not None and mine.transport is None and mine.busy is False  # closed by the server
             sender.join(10)
+        Raw(st.http_port).infer_ok()
+    finally:
+        st.stop()
+
+
+@pytest.mark.parametrize("where", ["head", "body", "upgrade-body"])
+def test_a_client_trickling_a_request_gets_408_when_its_time_is_up(
+    model_store: tuple[Store, dict[str, ModelRecord]], where: str
+) -> None:
+    # every byte resets the idle clock: without a deadline for the whole request, one byte a tenth of a
+    # second kept a connection open for ever (slowloris)
+    store, _ = model_store
+    st = start(store, models=["mlp"], grpc_port=None, idle_timeout_s=0.4)
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+    if where == "upgrade-body":
+        head += b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+    sent_at_once = b"" if where == "head" else head + b"\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as sock:
+            sock.sendall(sent_at_once)
+            started = time.monotonic()
+            stop = threading.Event()
+
+            def trickle() -> None:
+                for byte in (head if where == "head" else b"x" * 1000)[:60]:
+                    if stop.wait(0.1):
+                        return
+                    with contextlib.suppress(OSError):
+                        sock.send(bytes([byte]))
+
+            sender = threading.Thread(target=trickle)
+            sender.start()
+            try:
+                answer = _read_response(sock)
+            finally:
+                stop.set()
+                sender.join(10)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b'"error"' in answer and b"--idle-timeout-s" in answer
+            assert time.monotonic() - started < 3  # 0.4 s and 1 s per 500 bytes, not the 6 s of trickling
         Raw(st.http_port).infer_ok()
     finally:
         st.stop()

@@ -29,7 +29,10 @@ def serve(
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger bodies (413)."),
     idle_timeout_s: float = typer.Option(
-        120.0, "--idle-timeout-s", help="Close HTTP connections idle (or stalled mid-request) this long (0: never)."
+        120.0,
+        "--idle-timeout-s",
+        help="Close HTTP connections idle (or stalled mid-request) this long, and answer 408 to a request "
+        "not whole this long after its first byte, plus 1 s per 500 bytes (0: never).",
     ),
     batching: bool | None = typer.Option(
         None, "--batching/--no-batching", help="Force dynamic batching on or off (default: by profile)."

@@ -117,8 +117,10 @@ def decode_infer_request(
         dtype = parse_dtype(item.get("datatype"), name)
         shape = parse_shape(item.get("shape"), name)
         params = item.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        shm = shared_memory_ref(params, f"input {name!r}") if params and isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise InvalidTensor(f"input {name!r}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        shm = shared_memory_ref(params, f"input {name!r}") if params else None
         if shm is not None:
             if item.get("data") is not None or size is not None:
                 raise InvalidTensor(
@@ -157,7 +159,7 @@ def decode_infer_request(
     request_params = doc.get("parameters") or {}
     if not isinstance(request_params, dict):
         raise InvalidRequest("'parameters' must be an object")
-    default_binary = bool(request_params.get("binary_data_output", False))
+    default_binary = _flag(request_params, "binary_data_output", "the request")
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
@@ -168,15 +170,21 @@ def decode_infer_request(
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidRequest("each entry of 'outputs' must be an object with a string 'name'")
             oparams = o.get("parameters") or {}
-            shm = shared_memory_ref(oparams, f"output {o['name']!r}") if oparams and isinstance(oparams, dict) else None
+            if not isinstance(oparams, dict):
+                raise InvalidRequest(f"output {o['name']!r}: 'parameters' must be an object")
+            shm = shared_memory_ref(oparams, f"output {o['name']!r}") if oparams else None
             if shm is not None and regions is None:
                 raise no_shared_memory(f"output {o['name']!r}")
-            flag = oparams.get("binary_data") if isinstance(oparams, dict) else None
-            k = oparams.get("classification") if isinstance(oparams, dict) else None
+            flag = (
+                _flag(oparams, "binary_data", f"output {o['name']!r}")
+                if oparams.get("binary_data") is not None
+                else None
+            )
+            k = oparams.get("classification")
             outputs.append(
                 RequestedOutput(
                     o["name"],
-                    default_binary if flag is None else bool(flag),
+                    default_binary if flag is None else flag,
                     0 if k is None else classification.parse_count(k, o["name"]),
                     shm,
                 )
@@ -187,6 +195,16 @@ def decode_infer_request(
     if rid is not None and not isinstance(rid, str):
         raise InvalidRequest("'id' must be a string")
     return InferRequest(inputs=inputs, id=rid, outputs=outputs, parameters=request_params)
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    """A boolean parameter (absent or null: false); a string such as "false" is refused, not read as true."""
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{where}: parameter {key!r} must be true or false, not {value!r}")
+    return value
 
 
 def _request_doc(head: bytes | memoryview) -> Any:

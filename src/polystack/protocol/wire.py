@@ -61,11 +61,18 @@ class InferRequest:
         """Outputs asked for as top-k classes: name -> k."""
         return {o.name: o.classification for o in self.outputs or () if o.classification}
 
+    def __post_init__(self) -> None:
+        raw = self.parameters.get("timeout") if self.parameters else None
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0):
+            raise InvalidRequest(
+                f"parameter 'timeout' is {raw!r}; give the request's deadline in microseconds, a number >= 0 (0: none)"
+            )
+
     @property
     def timeout_s(self) -> float | None:
-        """The client's own deadline: Triton's ``timeout`` parameter, in microseconds."""
-        raw = self.parameters.get("timeout")
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        """The client's own deadline: Triton's ``timeout`` parameter, in microseconds (0: none)."""
+        raw = self.parameters.get("timeout") if self.parameters else None
+        if not raw:
             return None
         return float(raw) / 1e6
 

@@ -45,6 +45,7 @@ _REASONS = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     409: b"Conflict",
     413: b"Payload Too Large",
     414: b"URI Too Long",
@@ -69,6 +70,10 @@ _ACCEPTED_TYPES = frozenset(
 _MAX_PIPELINED = 32
 _MAX_URL_BYTES = 64 * 1024  # longer: 414 (a 50 MB URL was otherwise read, kept and echoed in the 404)
 _MAX_HEADER_BYTES = 64 * 1024  # all header names and values of one request together; more: 431
+# A request must arrive whole within the idle timeout of its first byte, plus a second for each this
+# many bytes received (Apache mod_reqtimeout's MinRate): a client trickling a byte at a time resets the
+# idle clock with every byte, and held its connection (and a file descriptor) for as long as it liked.
+_MIN_REQUEST_RATE = 500
 # Responses the client accepts compressed (Accept-Encoding, tritonclient's response_compression_algorithm)
 # are compressed from this size (below it the header costs more than it saves), on the loop below the next.
 _COMPRESS_FROM_BYTES = 1024
@@ -163,7 +168,12 @@ class HttpApp:
             await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
             now = loop.time()
             for conn in list(self.connections):
-                if conn.transport is None or now - conn.last_active < self.idle_timeout_s:
+                if conn.transport is None:
+                    continue
+                if conn.request_overdue(now, self.idle_timeout_s):
+                    conn.time_out_request(self.idle_timeout_s)
+                    continue
+                if now - conn.last_active < self.idle_timeout_s:
                     continue
                 if conn.waiting_on_client:  # not reading its answers: close() would wait for them forever
                     conn.transport.abort()
@@ -277,7 +287,10 @@ class HttpApp:
 
     def repository_index(self, req: Request, args: list[str]) -> Response:
         doc = self._json_body(req)
-        return json_response(200, self.plane.repository_index(bool(doc.get("ready", False))))
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidRequest(f"'ready' must be true or false, not {ready!r}")
+        return json_response(200, self.plane.repository_index(ready))
 
     def shm_status(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.regions().status(args[0] or None))
@@ -420,6 +433,7 @@ class HttpProtocol(asyncio.Protocol):
         self._size = 0
         self._header_bytes = 0
         self._in_head = False  # between a request's first byte and the end of its headers
+        self._receiving_since: float | None = None  # loop time of the first byte of a request not yet whole
         self._head_bytes = 0
         self._expecting = False  # an Expect: 100-continue waits for its interim answer
         self._refused = False  # an error ends this connection: what the client still sends is dropped
@@ -506,6 +520,8 @@ class HttpProtocol(asyncio.Protocol):
         length = int(req.headers.get(b"content-length", b"0") or b"0")  # httptools checked it is a number
         if length:
             self._upgrade_body = (req, length, [])  # data_received feeds it the next bytes
+            self._receiving_since = self.last_active  # still arriving: the same deadline as any request
+            self._size = 0
         else:
             self._complete(req)
         return rest
@@ -516,10 +532,12 @@ class HttpProtocol(asyncio.Protocol):
         req, due, parts = self._upgrade_body
         parts.append(data[:due])
         due -= len(parts[-1])
+        self._size += len(parts[-1])
         if due:
             self._upgrade_body = (req, due, parts)
             return b""
         self._upgrade_body = None
+        self._receiving_since = None
         req.body = b"".join(parts)
         self._complete(req)
         return data[len(parts[-1]) :]
@@ -534,6 +552,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._expecting = False
+        self._receiving_since = self.last_active  # data_received set it just now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -577,6 +596,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._expecting = False  # the body came: no interim answer is due any more
+        self._receiving_since = None
         if self._refused:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -738,6 +758,21 @@ class HttpProtocol(asyncio.Protocol):
             413,
             f"the request body ({size:,} bytes) exceeds the server's limit of {self.app.max_body_bytes:,} bytes; "
             "send smaller batches or raise --max-body-bytes",
+        )
+
+    def request_overdue(self, now: float, idle_timeout_s: float) -> bool:
+        """A request has been arriving for longer than the idle timeout plus a second per _MIN_REQUEST_RATE bytes."""
+        since = self._receiving_since
+        if since is None or self._refused:
+            return False
+        return now - since > idle_timeout_s + (self._head_bytes + self._size) / _MIN_REQUEST_RATE
+
+    def time_out_request(self, idle_timeout_s: float) -> None:
+        self._receiving_since = None
+        self._fail(
+            408,
+            f"the request did not arrive whole within {idle_timeout_s:g} s of its first byte (plus 1 s per "
+            f"{_MIN_REQUEST_RATE} bytes received); send requests at once, or raise --idle-timeout-s",
         )
 
     def close_if_idle(self) -> None:
