@@ -363,3 +363,48 @@ def test_health_watch_sees_the_drain_and_does_not_hold_the_shutdown(
     finally:
         if stopped.ident is None:  # failed before it began stopping
             st.stop()
+
+
+def test_bytes_that_are_not_protobuf_are_invalid_argument_and_a_stream_goes_on(server: ServerThread) -> None:
+    garbage = b"\xff\xff\xff\x0f garbage"
+
+    def good(i: int) -> bytes:
+        r = pb.ModelInferRequest(model_name="mlp", id=f"g{i}", raw_input_contents=[np.zeros(16, np.float32).tobytes()])
+        r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        return r.SerializeToString()
+
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        for method in ("inference.GRPCInferenceService/ModelInfer", "inference.GRPCInferenceService/ServerLive"):
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(f"/{method}")(garbage, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid protobuf" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            next(channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage, timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+            iter([good(1), garbage, good(2), good(3)]), timeout=10
+        )
+        answers = [pb.ModelStreamInferResponse.FromString(m) for m in call]
+        assert call.code() == grpc.StatusCode.OK
+        assert sorted(a.infer_response.id for a in answers if not a.error_message) == ["g1", "g2", "g3"]
+        (bad,) = [a for a in answers if a.error_message]  # was: the stream ended at it, g2 and g3 unanswered
+        assert "not a valid protobuf" in bad.error_message
+
+
+def test_an_error_echoing_a_huge_model_name_still_reaches_the_client(client: grpcclient.InferenceServerClient) -> None:
+    # the NOT_FOUND message repeats the name: 20,000 characters would break the trailers' 16 KiB limit
+    for name in ("m" * 20_000, "é" * 20_000):
+        with pytest.raises(InferenceServerException) as err:
+            client.get_model_metadata(name)
+        assert "NOT_FOUND" in str(err.value.status()) and "cut" in err.value.message()
+
+
+def test_a_timeout_that_is_not_a_number_of_microseconds_is_invalid_argument(server: ServerThread) -> None:
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    for value in (float("nan"), -1.0):
+        r = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[np.zeros(16, np.float32).tobytes()])
+        r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        r.parameters["timeout"].double_param = value
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(r, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout" in err.value.details()

@@ -10,6 +10,11 @@ The standard health service (``grpc.health.v1.Health``, as Triton has it) answer
 gRPC probes, ``grpc_health_probe`` and clients' own health checking: ``""`` (the server) and
 ``inference.GRPCInferenceService`` are SERVING while the server is ready and NOT_SERVING once it
 drains; ``Watch`` streams say so as it happens and then end, so they do not hold the shutdown up.
+
+Both services are registered with lenient deserializers: bytes that are not the method's protobuf
+become an ``Undecodable`` stand-in, answered INVALID_ARGUMENT (grpc's own handling answers a unary
+call UNKNOWN, and ends a stream with OK, dropping the requests after the bad one unanswered); in a
+``ModelStreamInfer`` stream the bad message gets its error answer and the stream goes on.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import PolystackError
+from polystack.errors import InvalidRequest, PolystackError
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -36,6 +43,24 @@ T = TypeVar("T")
 STREAM_IN_FLIGHT = 64  # requests of one stream being answered at once; the next is read when one finishes
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What a lenient deserializer hands on in place of bytes that are not the method's protobuf. The
+    ``ModelInferRequest`` fields a stream's error answer echoes are empty."""
+
+    method: str
+    reason: str
+    model_name: str = ""
+    model_version: str = ""
+    id: str = ""
+
+    def error(self) -> InvalidRequest:
+        return InvalidRequest(
+            f"the {self.method} request is not a valid protobuf message ({self.reason}); "
+            "send it serialized from the service's .proto (tritonclient does)"
+        )
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -44,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await fn()
         except PolystackError as e:
-            await context.abort(status.grpc_code(e), e.message)
+            await context.abort(status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
             await context.abort(grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE)
@@ -89,6 +114,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
+            raise request.error()
         decoded = self.plane.decode(
             request.model_name, lambda: grpc_codec.decode_infer_request(request, self.plane.shared_memory)
         )
@@ -234,7 +261,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown service {request.service!r}; ask for '' (the server) or {self.SERVICES[1]!r}",
+                status.grpc_details(
+                    f"unknown service {request.service!r}; ask for '' (the server) or {self.SERVICES[1]!r}"
+                ),
             )
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -261,11 +290,66 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
+    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane), server)
+    _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server)
     server.add_generic_rpc_handlers([_NotImplemented()])
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     return server, bound
+
+
+class _Handlers:
+    """Stands in for the server in a generated ``add_*Servicer_to_server``, to take its method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, methods: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.methods = service, methods
+
+
+def _add_service(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register a generated service as its ``add_*Servicer_to_server`` would, with lenient deserializers."""
+    taken = _Handlers()
+    add_to_server(servicer, taken)
+    methods = {name: _lenient(f"{taken.service}/{name}", h) for name, h in taken.methods.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
+    server.add_registered_method_handlers(taken.service, methods)
+
+
+def _lenient(method: str, handler: Any) -> Any:
+    parse = handler.request_deserializer
+
+    def parse_or_flag(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return Undecodable(method, str(e) or "malformed")
+
+    handler = handler._replace(request_deserializer=parse_or_flag)
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+            return await unary(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        streaming = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+            async for answer in streaming(request, context):
+                yield answer
+
+        return handler._replace(unary_stream=unary_stream)
+    return handler  # streamed requests: the servicer answers an Undecodable one in the stream

@@ -52,6 +52,19 @@ def message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, E.PolystackError) else INTERNAL_MESSAGE
 
 
+GRPC_DETAILS_BYTES = 1024
+
+
+def grpc_details(text: str) -> str:
+    """``text`` cut to fit a gRPC status: grpc-message travels percent-encoded in the trailers, whose
+    hard limit (16 KiB) a message echoing a 20,000-character model name would break, and the client
+    would then see RESOURCE_EXHAUSTED "Stream removed" instead of the error."""
+    raw = text.encode()
+    if len(raw) <= GRPC_DETAILS_BYTES:
+        return text
+    return raw[: GRPC_DETAILS_BYTES - 40].decode(errors="ignore") + f" ... ({len(raw):,} bytes, cut)"
+
+
 def reason(exc: BaseException) -> str:
     """A short label for metrics: the error's class name (``QueueFull``), or ``Internal``."""
     if isinstance(exc, E.PolystackError):
