@@ -257,15 +257,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         )
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
-        status = self._status(request.service)
-        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+        serving = self._status(request.service)
+        if serving == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 status.grpc_details(
                     f"unknown service {request.service!r}; ask for '' (the server) or {self.SERVICES[1]!r}"
                 ),
             )
-        return health_pb2.HealthCheckResponse(status=status)
+        return health_pb2.HealthCheckResponse(status=serving)
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: Any
