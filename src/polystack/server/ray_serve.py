@@ -126,7 +126,8 @@ def build_app(
     else:
         options["num_replicas"] = replicas or 1
     deployment = serve.deployment(**options)(OipReplica)
-    return deployment.bind(str(store_home), config)
+    # replicas bind no socket; the proxy terminates TLS, so the private key stays out of Ray's object store
+    return deployment.bind(str(store_home), dataclasses.replace(config, tls=None))
 
 
 def run_ray_serve(
