@@ -386,8 +386,10 @@ def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_request_alon
     assert 3 in model.batches and not b.batchable
     assert "do not follow the batch" in caplog.text and "--no-batching" in caplog.text
     model.batches.clear()
-    [f.result(timeout=5) for f in [b.submit({"x": x}) for x in xs]]
-    assert model.batches == [1, 1, 1]  # not merged again
+    before = b.entry.stats.inference_count
+    [f.result(timeout=5) for f in [b.submit({"x": np.repeat(x, 2, axis=0)}) for x in xs]]
+    assert model.batches == [2, 2, 2]  # not merged again
+    assert b.entry.stats.inference_count - before == 6  # rows, as before the switch and without batching
 
 
 def test_the_worker_survives_an_error_it_did_not_expect() -> None:

@@ -173,7 +173,7 @@ def test_models_whose_outputs_do_not_follow_the_batch_answer_every_request_alone
     for name, keepdims in (("rsum", 0), ("rsum0", 1)):
         imported = import_model(_reducing_onnx(tmp_path / f"{name}.onnx", keepdims), tmp_path / f"import-{name}")
         store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
-    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=50)
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=200, idle_gap_ms=0)  # the four requests merge
     st = start(store, models=["rsum", "rsum0"], policy_for=lambda *_: policy)
     try:
         client = httpclient.InferenceServerClient(st.http_url, concurrency=4)
@@ -192,6 +192,9 @@ def test_models_whose_outputs_do_not_follow_the_batch_answer_every_request_alone
                 want = x.sum(axis=0, keepdims=True) if name == "rsum0" else x.sum()
                 np.testing.assert_array_equal(got, want)
         assert client.is_model_ready("rsum") and client.is_server_live()  # and the model still answers
+        config = client.get_model_config("rsum")  # no longer merged: a config Triton would accept for that
+        assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+        assert config["input"][0]["dims"] == [-1, 3]
     finally:
         st.stop()
         store.close()

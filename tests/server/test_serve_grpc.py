@@ -351,13 +351,18 @@ def test_health_watch_sees_the_drain_and_does_not_hold_the_shutdown(
     stopped = threading.Thread(target=st.stop)
     try:
         with grpc.insecure_channel(st.grpc_url) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=30)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
             began = time.monotonic()
             stopped.start()
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(StopIteration):  # the stream ends: the shutdown need not wait for it
                 next(watch)
+            with pytest.raises(StopIteration):  # no second SERVICE_UNKNOWN: messages are for changes
+                next(unknown)
             stopped.join(20)
             assert not stopped.is_alive() and time.monotonic() - began < 10
     finally:

@@ -580,3 +580,44 @@ def test_a_client_trickling_a_request_gets_408_when_its_time_is_up(
         Raw(st.http_port).infer_ok()
     finally:
         st.stop()
+
+
+def test_the_request_clock_stops_while_the_server_holds_the_client_back(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # a client waiting for its 100 Continue behind a slow request, and requests left unread while 32 are
+    # queued, are held back by the server: they got 408 once their first byte was older than the timeout
+    store, records = model_store
+    register_like(store, records["mlp"], "slow1500", tags={"delay_ms": "1500"})
+    register_like(store, records["mlp"], "slow60", tags={"delay_ms": "60"})
+    st = start(store, models=["slow1500", "slow60"], grpc_port=None, idle_timeout_s=0.4)
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=10) as sock:
+            sock.sendall(_request(body, "/v2/models/slow1500/infer"))
+            sock.sendall(
+                b"POST /v2/models/slow1500/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            sock.settimeout(10)
+            seen = b""
+            while b"100 Continue" not in seen:  # the first answer, then the interim one, before any body
+                chunk = sock.recv(65536)
+                assert chunk, seen
+                seen += chunk
+            assert seen.startswith(b"HTTP/1.1 200") and b"408" not in seen
+            sock.sendall(body + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            rest = _read_response(sock, 10)
+            assert rest.count(b"HTTP/1.1 200") == 2 and b"408" not in rest, rest
+        get = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = _request(body, "/v2/models/slow60/infer", "Connection: close\r\n")
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=10) as sock:
+            sock.sendall(_request(body, "/v2/models/slow1500/infer") + get * 31)  # one answering, 31 queued
+            time.sleep(0.1)
+            sock.sendall(get + last[:10])  # 32 queued: reading pauses, and the 34th has begun
+            time.sleep(0.02)
+            sock.sendall(last[10:])  # unread until the slow answer is out, past the 34th's first deadline
+            answers = _read_response(sock, 15)
+            assert answers.count(b"HTTP/1.1 200") == 34 and b"408" not in answers, answers[-300:]
+    finally:
+        st.stop()

@@ -167,11 +167,12 @@ class DynamicBatcher:
                 )
         now = time.monotonic()
         timeouts = [t for t in (self.policy.timeout_s, timeout_s) if t is not None]
+        # rows, as the statistics count them, also once a model stopped being merged (_stop_merging)
+        items = int(inputs[self.signature.inputs[0].name].shape[0]) if self.signature.batched else 1
         if self.batchable:
-            items = int(inputs[self.signature.inputs[0].name].shape[0])
             key: tuple[Any, ...] = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         else:
-            items, key = 1, (id(inputs),)  # never merged
+            key = (id(inputs),)  # never merged
         deadline = now + min(timeouts) if timeouts else None
         pending = _Pending(inputs, outputs, items, key, deadline, now, future, waiter)
         with self._cond:

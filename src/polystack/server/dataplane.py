@@ -252,8 +252,8 @@ class DataPlane:
         entry = served.entry
         sig = entry.signature
         batcher = served.batcher
-        if batcher is not None and batcher.batchable:
-            max_batch = batcher.max_batch_size
+        if batcher is not None:  # one that stopped merging (outputs not following the batch) takes none
+            max_batch = batcher.max_batch_size if batcher.batchable else 0
         elif sig.batched and entry.spec.max_batch_size:
             max_batch = entry.spec.max_batch_size
         else:
@@ -282,7 +282,7 @@ class DataPlane:
             ],
             "parameters": {"polystack_device": {"string_value": entry.spec.device}},
         }
-        if batcher is not None:
+        if batcher is not None and batcher.batchable:  # a batcher that stopped merging runs requests as they come
             p = batcher.policy
             queue: dict[str, Any] = {"max_queue_size": p.max_queue_size}
             if p.timeout_s is not None:

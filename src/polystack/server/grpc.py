@@ -272,10 +272,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         # The status now (SERVICE_UNKNOWN for a name not served, with the call kept open, as the
         # protocol asks); then, when the server drains, the final status, and the stream ends.
-        yield health_pb2.HealthCheckResponse(status=self._status(request.service))
+        now = self._status(request.service)
+        yield health_pb2.HealthCheckResponse(status=now)
         if self.plane.ready():
             await self.plane.wait_draining()
-            yield health_pb2.HealthCheckResponse(status=self._status(request.service))
+            if self._status(request.service) != now:  # a new message only for a change, as the protocol says
+                yield health_pb2.HealthCheckResponse(status=self._status(request.service))
 
 
 def create_server(

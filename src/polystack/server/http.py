@@ -584,6 +584,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._expecting and not self.busy and self.transport is not None:
             self._expecting = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._restart_request_clock()  # the client waited for this before sending the body
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -627,6 +628,7 @@ class HttpProtocol(asyncio.Protocol):
         elif not hold and self._paused:
             self.transport.resume_reading()
             self._paused = False
+            self._restart_request_clock()  # the rest of a request waited on us, not on the client
 
     # -- handling ------------------------------------------------------------------------------
     def _dispatch(self, req: Request) -> None:
@@ -761,11 +763,17 @@ class HttpProtocol(asyncio.Protocol):
         )
 
     def request_overdue(self, now: float, idle_timeout_s: float) -> bool:
-        """A request has been arriving for longer than the idle timeout plus a second per _MIN_REQUEST_RATE bytes."""
+        """A request has been arriving for longer than the idle timeout plus a second per _MIN_REQUEST_RATE
+        bytes. Its clock stops while the server holds the client back: reading paused, or a 100 Continue
+        not sent yet because the requests before it are still being answered."""
         since = self._receiving_since
-        if since is None or self._refused:
+        if since is None or self._refused or self._paused or self._expecting:
             return False
         return now - since > idle_timeout_s + (self._head_bytes + self._size) / _MIN_REQUEST_RATE
+
+    def _restart_request_clock(self) -> None:
+        if self._receiving_since is not None:
+            self._receiving_since = self._loop.time()
 
     def time_out_request(self, idle_timeout_s: float) -> None:
         self._receiving_since = None
