@@ -1,5 +1,6 @@
 """The engine on real runtimes: load, infer, validation, metadata, unload."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,29 @@ def test_concurrency_sets_threads_and_streams_only_where_the_runtime_needs_them(
         "inference_num_threads": 2,
     }
     assert with_concurrency(ov_spec, 2).options == {"inference_precision": "f32", "inference_num_threads": 2}
+
+
+def test_a_model_unloaded_or_replaced_mid_call_closes_when_the_call_returns(store: Store, record: ModelRecord) -> None:
+    import threading
+
+    from polystack.errors import Unavailable
+
+    engine = Engine(store)
+    spec = LoadSpec(artifact=store.artifact_path(record), format=record.format, backend="null", options={"delay_ms": 200})
+    old = engine.load(record.ref, spec)
+    x = {"x": np.zeros((1, 8), np.float32)}
+    answers: list[dict[str, np.ndarray]] = []
+    running = threading.Thread(target=lambda: answers.append(old.model.infer(x)))
+    running.start()
+    time.sleep(0.05)
+    new, replaced = engine.swap(record.ref, spec)
+    assert replaced is old and engine.get(record.name) is new
+    old.model.close()  # while the call runs
+    assert not old.model.inner.closed
+    running.join(5)
+    assert answers and old.model.inner.closed  # the call finished, then the runtime closed
+    with pytest.raises(Unavailable, match="send it again"):
+        old.model.infer(x)  # routed to it just before: refused, never run on a closed runtime
+    (gone,) = engine.unload(record.name)
+    assert gone is new and new.model.inner.closed
+    engine.close()

@@ -178,7 +178,16 @@ class Engine:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self, ref: ModelRef | str, spec: LoadSpec | None = None) -> LoadedEntry:
-        """Load (or reload) one model version; the old instance, if any, is closed after the swap."""
+        """Load (or reload) one model version; the old instance, if any, is closed after the swap (once
+        the calls running on it return)."""
+        entry, old = self.swap(ref, spec)
+        if old is not None:
+            old.model.close()
+        return entry
+
+    def swap(self, ref: ModelRef | str, spec: LoadSpec | None = None) -> tuple[LoadedEntry, LoadedEntry | None]:
+        """Load one model version and route to it; (the new entry, the one it replaced, left open for
+        the caller to close when what it queued for it has run)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         spec = spec or default_spec(self.store, record)
@@ -206,12 +215,18 @@ class Engine:
             old = self._models.get((record.name, record.version))
             self._models[(record.name, record.version)] = entry
             self.generation += 1
-        if old is not None:
-            old.model.close()
-        return entry
+        return entry, old
 
     def unload(self, ref: ModelRef | str) -> list[LoadedEntry]:
-        """Unload one version, or every loaded version of a name; return what was unloaded."""
+        """Unload one version, or every loaded version of a name; return what was unloaded (each closed
+        once the calls running on it return)."""
+        gone = self.detach(ref)
+        for entry in gone:
+            entry.model.close()
+        return gone
+
+    def detach(self, ref: ModelRef | str) -> list[LoadedEntry]:
+        """Stop routing to one version, or every loaded version of a name, without closing them; return them."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         with self._lock:
             keys = [k for k in self._models if k[0] == ref.name and (ref.version is None or k[1] == ref.version)]
@@ -219,8 +234,6 @@ class Engine:
                 raise ModelNotFound(f"model {ref} is not loaded")
             gone = [self._models.pop(k) for k in keys]
             self.generation += 1
-        for entry in gone:
-            entry.model.close()
         return gone
 
     def close(self) -> None:

@@ -33,6 +33,15 @@ class ModelStats:
             d.count += count
             d.ns += ns
 
+    def undelivered(self, ns: int) -> None:
+        """A request already counted as a success whose answer could not be handed over (its shared
+        memory output region was unregistered while it ran): one success fewer, one failure more, as
+        the client saw it. The success total keeps its duration (durations are not kept per request)."""
+        with self._lock:
+            self.durations["success"].count -= 1
+            self.durations["fail"].count += 1
+            self.durations["fail"].ns += ns
+
     def executed(
         self, batch_size: int, infer_ns: int, requests: int = 1, input_ns: int = 0, output_ns: int = 0
     ) -> None:

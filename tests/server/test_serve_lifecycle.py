@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import gzip
 import http.client
 import json
 import signal
@@ -9,6 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from conftest import Raw
 from servekit import cli_server, free_port, register_like, start
 from tritonclient.utils import InferenceServerException
 
+from polystack.batching import BatchPolicy
 from polystack.examples import mlp_onnx
 from polystack.store import ModelRecord, Store
 
@@ -149,3 +153,150 @@ def test_unversioned_requests_follow_versions_loaded_and_unloaded_behind_the_ser
             client.infer("mlpv", [x])
     finally:
         st.stop()
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
+def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
+    model_store: tuple[Store, dict[str, ModelRecord]], batching: bool
+) -> None:
+    # a reload closed the old instance while its batcher still held queued requests, and an unload left a
+    # window in which requests ran unbatched on an instance closed under them: 500s from the runtime
+    store, records = model_store
+    register_like(store, records["mlp"], "slow30", tags={"delay_ms": "30"})
+    policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=5) if batching else None
+    st = start(store, models=["slow30"], allow_model_control=True, policy_for=lambda *_: policy)
+    outcomes: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        c = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        for _ in range(500):
+            if stop.is_set():
+                return
+            try:
+                assert c.infer("slow30", [i]).as_numpy("y").shape == (1, 4)
+                outcomes["ok"] += 1
+            except InferenceServerException as e:
+                outcomes[f"{e.status()} {e.message()}"] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for t in clients:
+            t.start()
+        control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
+        time.sleep(0.3)
+        for _ in range(3):
+            control.load_model("slow30")  # a reload: same version, new instance
+            time.sleep(0.1)
+        control.unload_model("slow30")
+        time.sleep(0.1)
+        control.load_model("slow30")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+        st.stop()
+    assert outcomes["ok"] > 50, outcomes
+    failed = {k: v for k, v in outcomes.items() if k != "ok"}
+    assert all(k.startswith("503") for k in failed), failed  # not loaded, or unloaded as it arrived: retry
+
+
+def _mlp_input(module: Any) -> Any:
+    i = module.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    return i
+
+
+def test_sigterm_stops_grpc_at_once_and_the_whole_drain_takes_one_timeout(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # gRPC's stop was a coroutine awaited only after HTTP's drain: new gRPC calls were served while
+    # draining, and a shutdown took up to twice --drain-timeout-s
+    store, records = model_store
+    register_like(store, records["mlp"], "slow2000", tags={"delay_ms": "2000"})
+    st = start(store, models=["slow2000", "mlp"], drain_timeout_s=1.0)
+    g = grpcclient.InferenceServerClient(st.grpc_url)
+    assert g.is_server_live()  # the channel is up before the drain
+    stopper = threading.Thread(target=st.stop)
+    try:
+        g.async_infer("slow2000", [_mlp_input(grpcclient)], callback=lambda *_: None)  # longer than the drain
+        time.sleep(0.3)
+        began = time.monotonic()
+        stopper.start()
+        time.sleep(0.2)
+        with pytest.raises(InferenceServerException):
+            g.infer("mlp", [_mlp_input(grpcclient)], client_timeout=5)  # refused: the server is stopping
+        stopper.join(15)
+        assert not stopper.is_alive() and time.monotonic() - began < 1.8
+    finally:
+        if stopper.ident is None:
+            st.stop()
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_large_answer_in_flight_at_sigterm_arrives_whole(
+    model_store: tuple[Store, dict[str, ModelRecord]], encoding: str
+) -> None:
+    # the drain counted a request done when the model returned: a response still compressing off the loop,
+    # or still in the transport's buffer, was cut off when the server closed its connections
+    store, _ = model_store
+    st = start(store, models=["two"], grpc_port=None, drain_timeout_s=10.0)
+    x = np.random.default_rng(1).standard_normal((1 << 19, 4)).astype(np.float32)  # 8 MiB; 16 MiB back
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "parameters": {"binary_data_size": x.nbytes}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Accept-Encoding: %s\r\nInference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n"
+        % (encoding.encode(), len(head), len(head) + x.nbytes)
+    ) + head + x.tobytes()
+    stopper = threading.Thread(target=st.stop)
+    try:
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=15) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(request)
+            time.sleep(0.05)
+            stopper.start()  # SIGTERM while the answer is being made or waits in the server's buffer
+            time.sleep(0.3)
+            conn = http.client.HTTPResponse(sock)
+            conn.begin()
+            body = conn.read()  # raises IncompleteRead if the answer was cut off
+        assert conn.status == 200 and len(body) == int(conn.getheader("content-length"))
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        header = int(conn.getheader("inference-header-content-length"))
+        outputs = np.frombuffer(body[header:], np.float32).reshape(2, *x.shape)
+        np.testing.assert_array_equal(outputs[0], x)
+        np.testing.assert_array_equal(outputs[1], -x)
+        stopper.join(15)
+    finally:
+        if stopper.ident is None:
+            st.stop()
+
+
+def test_a_load_in_progress_at_sigterm_is_answered_within_the_drain(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, records = model_store
+    register_like(store, records["mlp"], "slowload2", tags={"delay_ms": "0", "load_delay_ms": "1500"})
+    st = start(store, models=["mlp"], allow_model_control=True, drain_timeout_s=5.0)
+    outcome: list[str] = []
+
+    def load() -> None:
+        try:
+            httpclient.InferenceServerClient(st.http_url, network_timeout=30).load_model("slowload2")
+            outcome.append("loaded")
+        except Exception as e:  # the connection closed under it: what happened before
+            outcome.append(f"{type(e).__name__}: {e}")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    st.stop()
+    loader.join(10)
+    assert outcome == ["loaded"] and time.monotonic() - began < 5

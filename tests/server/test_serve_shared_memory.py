@@ -435,3 +435,40 @@ def test_shared_memory_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "--engine local" in lines[0], out.stderr
+
+
+def test_an_output_region_gone_before_or_while_the_model_runs_is_a_failure_everywhere(
+    model_store: tuple[Store, dict[str, ModelRecord]], objects: Objects
+) -> None:
+    # the region unregistered while the request ran: the client got a 400 while the statistics
+    # extension counted a success; unregistered before: the model ran for an answer nobody could take
+    from servekit import register_like
+
+    store, records = model_store
+    register_like(store, records["mlp"], "slow300", tags={"delay_ms": "300"})
+    st = start(store, allow_shared_memory=True, models=["slow300"], grpc_port=None)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        out_key, _ = objects.make(64)
+        x = httpclient.InferInput("x", list(X.shape), "FP32")
+        x.set_data_from_numpy(X)
+        y = httpclient.InferRequestedOutput("y")
+        y.set_shared_memory("out", 32)
+
+        def counts() -> tuple[int, int, int]:
+            s = client.get_inference_statistics("slow300")["model_stats"][0]
+            return s["inference_stats"]["success"]["count"], s["inference_stats"]["fail"]["count"], s["execution_count"]
+
+        assert "not registered" in _refusal(lambda: client.infer("slow300", [x], outputs=[y]))
+        assert counts() == (0, 0, 0)  # refused before the model ran
+        client.register_system_shared_memory("out", out_key, 64)
+        client.infer("slow300", [x], outputs=[y])
+        assert counts() == (1, 0, 1)
+        # on its own connection (tritonclient's waits for the infer), while the model runs
+        timer = threading.Timer(0.1, Raw(st.http_port).request, ("POST", "/v2/systemsharedmemory/region/out/unregister"))
+        timer.start()
+        assert "not registered" in _refusal(lambda: client.infer("slow300", [x], outputs=[y]))
+        timer.join(5)
+        assert counts() == (1, 1, 2)  # ran, but its answer never reached the client: a failure, as /metrics says
+    finally:
+        st.stop()

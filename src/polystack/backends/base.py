@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import importlib.metadata
 import importlib.util
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.errors import InvalidRequest, InvalidTensor, Unavailable
 from polystack.types import Signature
 
 
@@ -92,12 +93,22 @@ class Backend(abc.ABC):
 
 
 class CheckedModel:
-    """A LoadedModel behind input validation and output selection (composition, not patching)."""
+    """A LoadedModel behind input validation and output selection (composition, not patching).
+
+    ``close`` waits for no one and never cuts a call short: a model unloaded or replaced while calls
+    run closes when the last of them returns, and a call that starts after ``close`` is refused with
+    ``Unavailable`` (a request that was routed to it just before the unload), never run on a closed
+    runtime.
+    """
 
     def __init__(self, inner: LoadedModel, max_batch_size: int | None = None) -> None:
         self.inner = inner
         self.signature = inner.signature
         self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()
+        self._running = 0
+        self._closing = False
+        self._closed = False
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         self.signature.validate_inputs(inputs, self.max_batch_size)
@@ -108,10 +119,27 @@ class CheckedModel:
                     f"unknown output {', '.join(map(repr, unknown))}; the model returns "
                     f"{', '.join(self.signature.output_names)}"
                 )
-        result = self.inner.infer(inputs)
+        with self._lock:
+            if self._closing:
+                raise Unavailable("the model was unloaded or replaced as this request reached it; send it again")
+            self._running += 1
+        try:
+            result = self.inner.infer(inputs)
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._closing and not self._running and not self._closed
+                self._closed = self._closed or last
+            if last:
+                self.inner.close()
         if outputs:
             return {name: result[name] for name in outputs}
         return result
 
     def close(self) -> None:
-        self.inner.close()
+        with self._lock:
+            self._closing = True
+            now = not self._running and not self._closed
+            self._closed = self._closed or now
+        if now:
+            self.inner.close()

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
+from polystack.errors import BackendError
 from polystack.types import DType, Signature
 
 
@@ -28,11 +29,14 @@ class NullModel:
         self.signature = signature
         self.delay_s = delay_ms / 1000.0
         self.calls = 0
+        self.closed = False
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.closed:  # as a real runtime fails once its session is gone (and did, under a reload)
+            raise BackendError("the null model was closed while this call ran, or before it")
         batch = next((inputs[t.name].shape[0] for t in self.signature.inputs if t.batched), 1)
         out: dict[str, np.ndarray] = {}
         for spec in self.signature.outputs:
@@ -44,7 +48,7 @@ class NullModel:
         return out
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 class NullBackend(Backend):

@@ -210,15 +210,24 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         grace = self.config.drain_timeout_s
-        grpc_stop = self._grpc_server.stop(grace) if self._grpc_server is not None else None
+        deadline = started + grace
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        # gRPC refuses new calls from now on, as HTTP does, and its calls in flight share the one grace
+        grpc_stop = asyncio.ensure_future(self._grpc_server.stop(grace)) if self._grpc_server is not None else None
         drained = await self.plane.wait_idle(grace)
+        # answers still being encoded (a large one compresses off the loop) or sent are not cut off
+        drained = await self.http.wait_answered(left()) and drained
         for conn in list(self.http.connections):
             conn.close_if_idle()
         if grpc_stop is not None:
             await grpc_stop
         for conn in list(self.http.connections):
             if conn.transport is not None:
-                conn.transport.close()
+                conn.transport.close()  # after what it still holds is written
+        drained = await self.http.wait_closed(left()) and drained
         log.info(
             "stopped",
             extra={

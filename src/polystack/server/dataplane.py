@@ -34,6 +34,7 @@ from polystack.errors import (
     ModelNotFound,
     PermissionDenied,
     PolystackError,
+    Unavailable,
     VersionNotFound,
 )
 from polystack.labels import label_files_of, labels_of
@@ -142,7 +143,7 @@ class DataPlane:
         record = self.store.get(ref)
         spec = self.spec_for(self.store, record, self.profile)
         policy = self.policy_for(self.store, record, self.profile)
-        entry = self.engine.load(record.ref, spec)
+        entry, replaced = self.engine.swap(record.ref, spec)
         key = (entry.name, entry.version)
         old = self._served.get(key)
         batcher = None
@@ -157,7 +158,9 @@ class DataPlane:
         self._served[key] = _Served(entry, batcher)
         self._generation += 1
         if old is not None and old.batcher is not None:
-            old.batcher.close(drain=True)
+            old.batcher.close(drain=True)  # what it queued runs on the old instance, still open
+        if replaced is not None:
+            replaced.model.close()  # once the calls running on it (unbatched) return
         self.metrics.models_loaded.set(len(self._served))
         log.info("model loaded", extra={"model": entry.name, "version": entry.version, "backend": spec.backend})
         return entry
@@ -166,12 +169,15 @@ class DataPlane:
         gone = [k for k in self._served if k[0] == name]
         if not gone:
             raise ModelNotFound(f"model {name!r} is not loaded")
+        # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
+        entries = self.engine.detach(ModelRef(name))
         for k in gone:
             served = self._served.pop(k)
             self._generation += 1
             if served.batcher is not None:
-                served.batcher.close(drain=True)
-        self.engine.unload(ModelRef(name))
+                served.batcher.close(drain=True)  # what it queued runs before the model closes
+        for entry in entries:
+            entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
         log.info("model unloaded", extra={"model": name})
 
@@ -321,6 +327,10 @@ class DataPlane:
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
+            if request.outputs and self.shared_memory is not None:
+                for o in request.outputs:
+                    if o.shm is not None:  # a region that is gone is refused before the model runs for it
+                        self.shared_memory.check(o.shm, f"output {o.name!r}")
             with self.tracer.span("polystack.infer", model=entry.name, version=entry.version, id=request.id or ""):
                 if served.batcher is not None:
                     result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop)
@@ -352,7 +362,11 @@ class DataPlane:
                 self._idle.set()
         assert model_label is not None
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
-        in_shared_memory = self._to_shared_memory(result, shared, model_label) if shared else {}
+        try:
+            in_shared_memory = self._to_shared_memory(result, shared, model_label) if shared else {}
+        except PolystackError:  # its region went away while the model ran: the client gets a failure
+            entry.stats.undelivered(int((time.perf_counter() - started) * 1e9))
+            raise
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
@@ -443,11 +457,25 @@ class DataPlane:
                 "its store with the plan for the server's profile; register the new file with `polystack register` "
                 "(or tune a new plan), then load it by name"
             )
-        await asyncio.get_running_loop().run_in_executor(self._loader, self.load, name)
+        await self._control(self.load, name)
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()
-        await asyncio.get_running_loop().run_in_executor(self._loader, self.unload, name)
+        await self._control(self.unload, name)
+
+    async def _control(self, change: Callable[[str], Any], name: str) -> None:
+        """A load or unload on the loader thread, in flight like a request: a drain waits for it (within
+        its timeout) and its client gets the answer; none starts once the drain has begun."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; send the load or unload to another replica")
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._loader, change, name)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:

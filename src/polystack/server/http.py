@@ -158,6 +158,30 @@ class HttpApp:
     def close(self) -> None:
         self.codec_pool.shutdown(wait=True)
 
+    async def wait_answered(self, timeout_s: float) -> bool:
+        """Until no connection is answering a request or holding unsent bytes of an answer (a drain)."""
+        return await self._wait(timeout_s, lambda: not any(c.busy or c.unsent() for c in self.connections))
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Until every connection being closed has handed its last bytes to the kernel, which still sends
+        them; then the sockets are released. A TLS connection would otherwise wait for the client's own
+        close_notify, which HTTP clients do not send, for the whole drain timeout."""
+        done = await self._wait(timeout_s, lambda: not any(c.unsent() for c in self.connections))
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        return done
+
+    @staticmethod
+    async def _wait(timeout_s: float, ready: Callable[[], bool]) -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while not ready():
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.01)  # shutdown only: a poll keeps every connection free of hooks
+        return True
+
     async def close_idle_connections(self) -> None:
         """Close connections with nothing in flight that have been quiet for ``idle_timeout_s``: idle
         keep-alive connections and clients stalled mid-request (each holds a socket and a parser)."""
@@ -782,6 +806,10 @@ class HttpProtocol(asyncio.Protocol):
             f"the request did not arrive whole within {idle_timeout_s:g} s of its first byte (plus 1 s per "
             f"{_MIN_REQUEST_RATE} bytes received); send requests at once, or raise --idle-timeout-s",
         )
+
+    def unsent(self) -> int:
+        """Bytes of answers the transport still holds (the client has not read them yet)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def close_if_idle(self) -> None:
         if self.transport is not None and not self._busy and not self._queue:

@@ -135,6 +135,11 @@ class SharedMemoryRegions:
                 got += len(part)
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def check(self, ref: ShmRef, what: str) -> None:
+        """Refuse ``ref`` now if its region is not registered or too small, before a model runs for it."""
+        with self._lock:
+            self._region(ref, what)
+
     def write(self, ref: ShmRef, data: bytes | memoryview, what: str) -> None:
         """Put ``data`` where ``ref`` points; refused when it does not fit the byte size the client gave."""
         if len(data) > ref.byte_size:
