@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import ssl
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import free_port, start
+from servekit import cli_server, free_port, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.server import app as server_app
@@ -292,28 +291,12 @@ def test_polystack_serve_with_tls_answers_tritonclient_and_drains_on_sigterm(
     store, records = model_store
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "polystack", "--home", str(store.settings.home), "serve", "mlp",
-           "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-           "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        http = _https_client(f"127.0.0.1:{http_port}", pki)
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(Exception):
-                if http.is_server_ready():
-                    break
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    args = ["mlp", "--grpc-port", str(grpc_port), "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+    http = _https_client(f"127.0.0.1:{http_port}", pki)
+    with cli_server(store.settings.home, args, http_port, log, client=http) as proc:
         x = _rows(4, seed=3)
         for y in _infer_both(http, _grpcs_client(f"127.0.0.1:{grpc_port}", pki), x):
             np.testing.assert_allclose(y, _reference(store, records["mlp"], x), rtol=1e-5, atol=1e-6)
         assert '"tls":true' in log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -170,7 +170,7 @@ class Server:
             self.config.host,
             self.config.http_port,
             backlog=1024,
-            ssl=tls.ssl_context() if tls else None,
+            ssl=tls.context if tls else None,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
         )
         self.http_port = self._http_server.sockets[0].getsockname()[1]

@@ -13,7 +13,7 @@ file with no certificate in it stops ``polystack serve`` with exit 2 and what to
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class TlsConfig:
     cert_pem: bytes = b""
     key_pem: bytes = b""
     client_ca_pem: bytes | None = None
+    # the HTTP server's context, built (and so checked) once in ``resolve``
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsConfig | None:
@@ -51,48 +53,19 @@ class TlsConfig:
             raise InvalidRequest(
                 "TLS needs both --tls-cert (the server's certificate chain, PEM) and --tls-key (its private key)"
             )
-        config = cls(
+        return cls(
             cert=cert,
             key=key,
             client_ca=client_ca,
             cert_pem=_read(cert, "--tls-cert"),
             key_pem=_read(key, "--tls-key"),
             client_ca_pem=None if client_ca is None else _read(client_ca, "--tls-client-ca"),
+            context=_server_context(cert, key, client_ca),  # every problem with the files shows here
         )
-        config.ssl_context()  # every problem with the files shows here, before anything binds
-        return config
 
     @property
     def mutual(self) -> bool:
         return self.client_ca is not None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """The HTTP server's context: TLS 1.2 or later, HTTP/1.1, client certificates required when mutual."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(self.cert, self.key, password=_no_password)
-        except _EncryptedKey:
-            raise InvalidRequest(
-                f"--tls-key {self.key} is encrypted; give the server an unencrypted key "
-                f"(openssl pkey -in {self.key} -out server.key) kept readable by its user only"
-            ) from None
-        except (ssl.SSLError, OSError) as e:
-            raise InvalidRequest(
-                f"--tls-cert {self.cert} and --tls-key {self.key} do not make a certificate chain and its key "
-                f"({_reason(e)}); both must be PEM, the key the one the certificate was issued for"
-            ) from None
-        if self.client_ca is not None:
-            try:
-                ctx.load_verify_locations(cafile=self.client_ca)
-            except (ssl.SSLError, OSError) as e:
-                raise InvalidRequest(
-                    f"--tls-client-ca {self.client_ca} holds no usable CA certificate ({_reason(e)}); "
-                    "give the PEM certificates of the CAs that issue client certificates"
-                ) from None
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.set_alpn_protocols(["http/1.1"])
-        return ctx
 
     def grpc_credentials(self) -> Any:
         """The gRPC server's credentials from the same files (``grpc.ServerCredentials``)."""
@@ -122,3 +95,32 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError) and e.reason:
         return str(e.reason).lower().replace("_", " ")
     return str(e)
+
+
+def _server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The HTTP server's context: TLS 1.2 or later, HTTP/1.1, client certificates required when mutual."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        raise InvalidRequest(
+            f"--tls-key {key} is encrypted; give the server an unencrypted key "
+            f"(openssl pkey -in {key} -out server.key) kept readable by its user only"
+        ) from None
+    except (ssl.SSLError, OSError) as e:
+        raise InvalidRequest(
+            f"--tls-cert {cert} and --tls-key {key} do not make a certificate chain and its key "
+            f"({_reason(e)}); both must be PEM, the key the one the certificate was issued for"
+        ) from None
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise InvalidRequest(
+                f"--tls-client-ca {client_ca} holds no usable CA certificate ({_reason(e)}); "
+                "give the PEM certificates of the CAs that issue client certificates"
+            ) from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
