@@ -105,13 +105,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def cli_server(
-    home: Path, args: list[str], http_port: int, log_path: Path, client: Any = None
+    home: Path,
+    args: list[str],
+    http_port: int,
+    log_path: Path,
+    client: Any = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``polystack serve ARGS`` as a user runs it, in its own process, ready when this yields (as ``client``
-    asks it: plain HTTP unless given); killed if the test leaves it running. Its JSON log goes to ``log_path``."""
+    """``polystack serve ARGS`` as a user runs it, in its own process (with ``env`` added to this one's),
+    ready when this yields (as ``client`` asks it: plain HTTP unless given); killed if the test leaves it
+    running. Its JSON log goes to ``log_path``."""
     cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", *args, "--http-port", str(http_port)]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         client = client or httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
         deadline = time.monotonic() + 60

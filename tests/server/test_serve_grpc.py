@@ -274,13 +274,10 @@ def test_asyncio_streaming(server: ServerThread) -> None:
     assert sorted(asyncio.run(main())) == ["0", "1", "2", "3"]
 
 
-def test_cuda_shared_memory_and_settings_rpcs_say_they_are_not_implemented(
-    client: grpcclient.InferenceServerClient,
-) -> None:
+def test_cuda_shared_memory_rpcs_say_they_are_not_implemented(client: grpcclient.InferenceServerClient) -> None:
     for call in (
         lambda: client.get_cuda_shared_memory_status(),
-        lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
-        lambda: client.get_log_settings(),
+        lambda: client.unregister_cuda_shared_memory(),
     ):
         with pytest.raises(InferenceServerException) as e:
             call()

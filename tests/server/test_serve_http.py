@@ -174,7 +174,14 @@ def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) 
     assert client.infer("mlp", [i], model_version="1").as_numpy("y").shape == (1, 4)
     server_md = client.get_server_metadata()
     assert server_md["name"] == "polystack"
-    assert server_md["extensions"] == ["binary_tensor_data", "classification", "model_configuration", "statistics"]
+    assert server_md["extensions"] == [
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+        "statistics",
+        "logging",
+        "trace",
+    ]
 
 
 def test_model_config_is_triton_shaped(client: httpclient.InferenceServerClient) -> None:

@@ -1,24 +1,40 @@
-"""OpenTelemetry tracing: a span per inference when configured, none (and no cost) when not."""
+"""OpenTelemetry tracing: a span per sampled inference, the caller's trace context carried over, and
+Triton's trace extension (global and per-model settings) through the real tritonclient.
+
+The spans are caught by an in-memory exporter on this process's tracer provider, which can be set once
+per process: every test here that turns tracing on runs in this module, after the fixture set it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
+from conftest import Raw
 from servekit import start
+from tritonclient.utils import InferenceServerException
 
-from polystack.server.tracing import Tracer
+from polystack.errors import InvalidRequest
+from polystack.server.app import ServerThread
+from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, Store
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 export = pytest.importorskip("opentelemetry.sdk.trace.export")
 in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+OFF = {"trace_level": ["OFF"], "trace_rate": "1", "trace_count": "-1", "trace_mode": "opentelemetry"}
+
 
 @pytest.fixture(scope="module")
-def spans() -> Iterator[object]:
+def spans() -> Iterator[Any]:
     from opentelemetry import trace
 
     exporter = in_memory.InMemorySpanExporter()
@@ -29,33 +45,212 @@ def spans() -> Iterator[object]:
     provider.shutdown()
 
 
-def _serve_one_request(store: Store, trace: bool) -> None:
-    st = start(store, models=["mlp"], trace=trace)
-    try:
-        client = httpclient.InferenceServerClient(st.http_url)
+@pytest.fixture
+def untraced(model_store: tuple[Store, dict[str, ModelRecord]], spans: Any) -> Iterator[ServerThread]:
+    """A server started without tracing: its settings are the extension's to change. Fresh for each test."""
+    st = start(model_store[0], models=["mlp", "ident64"], trace=False)
+    spans.clear()
+    yield st
+    st.stop()
+
+
+def _infer_http(client: httpclient.InferenceServerClient, model: str = "mlp", **kw: Any) -> None:
+    if model == "mlp":
         x = httpclient.InferInput("x", [2, 16], "FP32")
         x.set_data_from_numpy(np.ones((2, 16), np.float32))
-        client.infer("mlp", [x], request_id="req-7")
-        client.close()
-    finally:
-        st.stop()
+    else:
+        x = httpclient.InferInput("a", [1, 4], "INT64")
+        x.set_data_from_numpy(np.ones((1, 4), np.int64))
+    client.infer(model, [x], **kw)
+
+
+def _infer_grpc(client: grpcclient.InferenceServerClient, **kw: Any) -> None:
+    x = grpcclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    client.infer("mlp", [x], **kw)
+
+
+def _finished(spans: Any) -> list[Any]:
+    return [s for s in spans.get_finished_spans() if s.name == "polystack.infer"]
 
 
 def test_a_traced_server_records_one_span_per_inference_with_its_model_and_id(
-    model_store: tuple[Store, dict[str, ModelRecord]], spans: object
+    model_store: tuple[Store, dict[str, ModelRecord]], spans: Any
 ) -> None:
     store, records = model_store
-    spans.clear()  # type: ignore[attr-defined]
-    _serve_one_request(store, trace=True)
-    (span,) = [s for s in spans.get_finished_spans() if s.name == "polystack.infer"]  # type: ignore[attr-defined]
+    st = start(store, models=["mlp"], trace=True)
+    spans.clear()
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        _infer_http(client, request_id="req-7")
+        client.close()
+    finally:
+        st.stop()
+    (span,) = _finished(spans)
+    from opentelemetry.trace import SpanKind
+
+    assert span.kind == SpanKind.SERVER
     assert span.attributes["model"] == "mlp"
     assert span.attributes["version"] == records["mlp"].version
     assert span.attributes["id"] == "req-7"
+    assert span.parent is None  # the request carried no trace context: a root span
 
 
-def test_an_untraced_server_records_no_span(model_store: tuple[Store, dict[str, ModelRecord]], spans: object) -> None:
-    store, _ = model_store
-    spans.clear()  # type: ignore[attr-defined]
-    _serve_one_request(store, trace=False)
-    assert spans.get_finished_spans() == ()  # type: ignore[attr-defined]
-    assert not Tracer(enabled=False).enabled
+def test_an_untraced_server_records_no_span(untraced: ServerThread, spans: Any) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    _infer_http(client)
+    assert client.get_trace_settings() == OFF
+    assert _finished(spans) == []
+    assert not Tracing(enabled=False).active
+
+
+def test_a_span_continues_the_callers_trace_over_http_and_grpc(
+    model_store: tuple[Store, dict[str, ModelRecord]], spans: Any
+) -> None:
+    st = start(model_store[0], models=["mlp"], trace=True)
+    spans.clear()
+    try:
+        http = httpclient.InferenceServerClient(st.http_url)
+        _infer_http(http, headers={"traceparent": TRACEPARENT})
+        grpc = grpcclient.InferenceServerClient(st.grpc_url)
+        _infer_grpc(grpc, headers={"traceparent": TRACEPARENT})
+        _infer_grpc(grpc)  # no context: a trace of its own
+    finally:
+        st.stop()
+    first, second, third = _finished(spans)
+    for span in (first, second):
+        assert format(span.context.trace_id, "032x") == TRACE_ID
+        assert format(span.parent.span_id, "016x") == PARENT_ID and span.parent.is_remote
+    assert format(third.context.trace_id, "032x") != TRACE_ID and third.parent is None
+
+
+def test_the_trace_extension_turns_tracing_on_with_a_rate_and_a_count(untraced: ServerThread, spans: Any) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    assert "trace" in client.get_server_metadata()["extensions"]
+    got = client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "2"})
+    assert got == {**OFF, "trace_level": ["TIMESTAMPS"], "trace_rate": "2"}
+    for _ in range(6):
+        _infer_http(client)
+    assert len(_finished(spans)) == 3  # one request in two
+    assert client.update_trace_settings(settings={"trace_rate": "1", "trace_count": "2"})["trace_count"] == "2"
+    for _ in range(5):
+        _infer_http(client)
+    assert len(_finished(spans)) == 5  # two more, then the count is spent
+    assert client.get_trace_settings()["trace_count"] == "0"
+    # null puts a global setting back to its value at start
+    assert client.update_trace_settings(settings={"trace_level": None, "trace_count": None}) == OFF
+    _infer_http(client)
+    assert len(_finished(spans)) == 5
+
+
+def test_model_settings_override_the_global_ones_and_follow_them_where_unset(
+    untraced: ServerThread, spans: Any
+) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    got = client.update_trace_settings("mlp", {"trace_level": ["TIMESTAMPS"]})
+    assert got == {**OFF, "trace_level": ["TIMESTAMPS"]}
+    assert client.get_trace_settings() == OFF  # the global settings are untouched
+    _infer_http(client, "mlp")
+    _infer_http(client, "ident64")
+    assert [s.attributes["model"] for s in _finished(spans)] == ["mlp"]
+    # a global change reaches the model's settings it does not set itself
+    client.update_trace_settings(settings={"trace_rate": "3"})
+    assert client.get_trace_settings("mlp")["trace_rate"] == "3"
+    # and null gives a model's setting back to the global one
+    assert client.update_trace_settings("mlp", {"trace_level": None})["trace_level"] == ["OFF"]
+    spans.clear()
+    for _ in range(3):
+        _infer_http(client, "mlp")
+    assert _finished(spans) == []
+
+
+def test_grpc_trace_settings_sync_and_asyncio(untraced: ServerThread, spans: Any) -> None:
+    import asyncio
+
+    client = grpcclient.InferenceServerClient(untraced.grpc_url)
+    got = client.update_trace_settings("mlp", {"trace_level": ["TIMESTAMPS"], "trace_count": "1"}, as_json=True)
+    assert got["settings"]["trace_level"]["value"] == ["TIMESTAMPS"]
+    assert got["settings"]["trace_count"]["value"] == ["1"]
+    _infer_grpc(client)
+    _infer_grpc(client)
+    assert len(_finished(spans)) == 1
+    read = client.get_trace_settings("mlp", as_json=True)["settings"]
+    assert {k: v["value"] for k, v in read.items()} == {**OFF, "trace_level": ["TIMESTAMPS"], "trace_count": ["0"]} | {
+        "trace_rate": ["1"],
+        "trace_mode": ["opentelemetry"],
+    }
+
+    async def main() -> dict[str, Any]:
+        aio = aiogrpcclient.InferenceServerClient(untraced.grpc_url)
+        try:
+            # an empty value list (None in tritonclient) clears a setting
+            return await aio.update_trace_settings("mlp", {"trace_level": None, "trace_count": None}, as_json=True)
+        finally:
+            await aio.close()
+
+    cleared = asyncio.run(main())["settings"]
+    assert cleared["trace_level"]["value"] == ["OFF"] and cleared["trace_count"]["value"] == ["-1"]
+    assert httpclient.InferenceServerClient(untraced.http_url).get_trace_settings("mlp") == OFF
+
+
+BAD_SETTINGS = [
+    ({"trace_level": ["TENSORS"]}, "not tensors"),
+    ({"trace_level": ["OFF", "TIMESTAMPS"]}, "OFF alone"),
+    ({"trace_level": "LOUD"}, "trace_level must be"),
+    ({"trace_level": []}, "trace_level must be"),
+    ({"trace_rate": "0"}, "between 1 and"),
+    ({"trace_rate": "ten"}, "whole number"),
+    ({"trace_rate": "99999999999999999999999"}, "whole number"),
+    ({"trace_count": "-2"}, "-1 (no limit)"),
+    ({"trace_count": True}, "whole number"),
+    ({"trace_file": "/tmp/trace.json"}, "Triton's trace files"),
+    ({"log_frequency": "10"}, "Triton's trace files"),
+    ({"trace_mode": "triton"}, "can not be changed"),
+    ({"trace_ratee": "2"}, "unknown trace setting"),
+]
+
+
+@pytest.mark.parametrize(("settings", "says"), BAD_SETTINGS, ids=[str(s) for s, _ in BAD_SETTINGS])
+def test_a_bad_trace_setting_is_a_400_that_changes_nothing(
+    untraced: ServerThread, settings: dict[str, Any], says: str
+) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    with pytest.raises(InferenceServerException) as e:
+        client.update_trace_settings(settings={"trace_rate": "7", **settings})  # the good one is not applied either
+    assert e.value.status() == "400" and says in e.value.message()
+    # the same over gRPC, where every value is a list of strings (an empty one clears a setting)
+    sendable = {k: v for k, v in settings.items() if isinstance(v, str) or (isinstance(v, list) and v)}
+    if sendable:
+        grpc = grpcclient.InferenceServerClient(untraced.grpc_url)
+        with pytest.raises(InferenceServerException) as g:
+            grpc.update_trace_settings(settings={"trace_rate": "7", **sendable})
+        assert "INVALID_ARGUMENT" in str(g.value.status()) and says in g.value.message()
+    assert client.get_trace_settings() == OFF
+
+
+def test_trace_settings_of_an_unknown_model_and_bad_requests_are_clear_errors(untraced: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    with pytest.raises(InferenceServerException) as e:
+        client.get_trace_settings("nope")
+    assert e.value.status() == "404" and "nope" in e.value.message()
+    grpc = grpcclient.InferenceServerClient(untraced.grpc_url)
+    with pytest.raises(InferenceServerException) as g:
+        grpc.update_trace_settings("nope", {"trace_rate": "2"})
+    assert "NOT_FOUND" in str(g.value.status())
+    raw = Raw(untraced.http_port)
+    status, doc = raw.json("POST", "/v2/trace/setting", [1, 2])
+    assert status == 400 and "JSON object" in doc["error"]
+    status, _, body = raw.request("POST", "/v2/trace/setting", b"{not json", {"Content-Type": "application/json"})
+    assert status == 400 and b"error" in body
+    status, doc = raw.json("PUT", "/v2/trace/setting", {})
+    assert status == 405 and "GET or POST" in doc["error"]
+    status, doc = raw.json("POST", "/v2/models/mlp/versions/1/trace/setting", {})
+    assert status == 404
+    assert client.is_server_ready() and client.get_trace_settings() == OFF
+
+
+def test_bad_start_up_settings_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="between 1 and"):
+        Tracing(enabled=False, rate=0)
+    with pytest.raises(InvalidRequest, match="-1"):
+        Tracing(enabled=False, count=-5)

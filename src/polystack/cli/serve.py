@@ -80,7 +80,16 @@ def serve(
         "--grpc-use-ssl-mutual).",
     ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
-    trace: bool = typer.Option(False, "--trace", help="OpenTelemetry spans (needs opentelemetry installed)."),
+    trace: bool = typer.Option(
+        False,
+        "--trace",
+        help="OpenTelemetry spans, exported as the OTEL_* variables say (default: OTLP/HTTP to localhost:4318); "
+        "on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set. The trace extension changes this at run time.",
+    ),
+    trace_rate: int = typer.Option(1, "--trace-rate", metavar="N", help="Trace one request in N (Triton: rate)."),
+    trace_count: int = typer.Option(
+        -1, "--trace-count", metavar="N", help="Take N traces, then stop (-1: no limit; Triton: count)."
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Serve deployments)."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="Ray: fixed number of replicas."),
@@ -126,6 +135,8 @@ def serve(
         no_batching=batching is False,
         access_log=access_log,
         trace=True if trace else None,
+        trace_rate=trace_rate,
+        trace_count=trace_count,
         models=list(models or []),
         cpus=cpus,
         tls=tls,

@@ -23,11 +23,12 @@ from polystack.batching import BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
+from polystack.server import logs
 from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.placement import CpuPlacement
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
-from polystack.server.tracing import Tracer
+from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, Store
 
 log = logging.getLogger("polystack.server")
@@ -81,6 +82,9 @@ class ServeConfig:
     no_batching: bool = False
     access_log: bool = False
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
+    trace_count: int = -1  # traces to take, then stop (-1: no limit)
+    runtime_settings: bool = True  # the trace and logging extensions (off in Ray Serve replicas)
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
     tls: TlsConfig | None = None  # HTTPS and gRPC over TLS (mutual when it names a client CA)
@@ -129,7 +133,8 @@ class Server:
             workers=config.workers or (len(cpus.runtime) if cpus else None),
             thread_initializer=cpus.pin_runtime if cpus else None,
             metrics=self.metrics,
-            tracer=Tracer(config.trace),
+            tracing=Tracing(config.trace, rate=config.trace_rate, count=config.trace_count),
+            log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
         )
         self.http = HttpApp(
@@ -240,6 +245,7 @@ class Server:
     def close(self) -> None:
         self.http.close()
         self.plane.close()
+        self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
 
 
 def run(engine: Engine, config: ServeConfig) -> int:

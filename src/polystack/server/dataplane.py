@@ -32,6 +32,7 @@ from polystack.engine import Engine, LoadedEntry, LoadSpec
 from polystack.errors import (
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     PermissionDenied,
     PolystackError,
     Unavailable,
@@ -42,8 +43,9 @@ from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import status
+from polystack.server.logs import LogSettings
 from polystack.server.shared_memory import SharedMemoryRegions
-from polystack.server.tracing import Tracer
+from polystack.server.tracing import Carrier, Tracing
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
 
@@ -102,7 +104,8 @@ class DataPlane:
         workers: int | None = None,
         thread_initializer: Callable[[], None] | None = None,
         metrics: ServerMetrics | None = None,
-        tracer: Tracer | None = None,
+        tracing: Tracing | None = None,
+        log_settings: LogSettings | None = None,
         inline_max_ms: float = 0.2,
     ) -> None:
         self.engine = engine
@@ -114,7 +117,10 @@ class DataPlane:
         # the system shared memory extension's regions; None: off (tensors there are refused)
         self.shared_memory = SharedMemoryRegions() if allow_shared_memory else None
         self.metrics = metrics or ServerMetrics()
-        self.tracer = tracer or Tracer(enabled=False)
+        self.tracing = tracing or Tracing(enabled=False)
+        # the trace and logging extensions' settings can be changed (None: a Ray Serve replica, one of
+        # several with settings of their own, where a change would reach whichever replica got it)
+        self.log_settings = log_settings
         # inference threads, and one for repository loads and unloads, so that a load never holds an
         # inference thread; ``thread_initializer`` pins both (server.placement)
         self.executor = ThreadPoolExecutor(
@@ -231,11 +237,46 @@ class DataPlane:
 
     def extensions(self) -> list[str]:
         ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
+        if self.log_settings is not None:
+            ext += ["logging", "trace"]
         if self.allow_model_control:
             ext.append("model_repository")
         if self.shared_memory is not None:
             ext.append("system_shared_memory")
         return ext
+
+    # -- the trace and logging extensions ----------------------------------------------------------
+    def trace_settings(self, model: str, changes: dict[str, Any] | None) -> dict[str, Any]:
+        """The trace settings of ``model`` ("": the global ones), after applying ``changes`` if given."""
+        self._settings_here("trace")
+        if model:
+            self._get(model, None)  # a model that is not loaded: 404
+        before = self.tracing.settings(model or None)
+        if changes is None:
+            return before
+        result = self.tracing.update(model or None, changes)
+        if result != before:
+            log.info("trace settings changed", extra={"model": model or None, "before": before, "settings": result})
+        return result
+
+    def log_settings_of(self, changes: dict[str, Any] | None) -> dict[str, Any]:
+        """The log settings, after applying ``changes`` if given."""
+        settings = self._settings_here("logging")
+        if changes is None:
+            return settings.settings()
+        before = settings.settings()
+        result = settings.update(changes)
+        if result != before:  # said at warning, which the change cannot have switched off unless it asked to
+            log.warning("log settings changed", extra={"before": before, "settings": result})
+        return result
+
+    def _settings_here(self, extension: str) -> LogSettings:
+        if self.log_settings is None:
+            raise NotFound(
+                f"the {extension} extension is off on Ray Serve: each replica has settings of its own, and a "
+                "change would reach only the replica that got it; set them when starting (--trace, --log-level)"
+            )
+        return self.log_settings
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "polystack", "version": __version__, "extensions": self.extensions()}
@@ -311,8 +352,10 @@ class DataPlane:
         version: str | None,
         request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
+        carrier: Carrier | None = None,
     ) -> InferResponse:
-        """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup)."""
+        """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
+        ``carrier`` gives the request's headers or metadata, read for trace context when it is traced."""
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
@@ -331,7 +374,7 @@ class DataPlane:
                 for o in request.outputs:
                     if o.shm is not None:  # a region that is gone is refused before the model runs for it
                         self.shared_memory.check(o.shm, f"output {o.name!r}")
-            with self.tracer.span("polystack.infer", model=entry.name, version=entry.version, id=request.id or ""):
+            with self.tracing.span(entry.name, entry.version, request.id or "", carrier):
                 if served.batcher is not None:
                     result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop)
                 else:

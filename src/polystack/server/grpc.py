@@ -3,8 +3,10 @@
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
 of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
-together. Triton's RPCs that polystack does not implement (CUDA shared memory, trace and log settings)
-answer UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
+together. ``TraceSetting`` and ``LogSettings`` are Triton's trace and logging extensions (see
+``server.tracing`` and ``server.logs``); a ``traceparent`` in a call's metadata makes its span a child
+of the caller's. Triton's RPCs that polystack does not implement (CUDA shared memory) answer
+UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
 
 The standard health service (``grpc.health.v1.Health``, as Triton has it) answers Kubernetes'
 gRPC probes, ``grpc_health_probe`` and clients' own health checking: ``""`` (the server) and
@@ -113,17 +115,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
         decoded = self.plane.decode(
             request.model_name, lambda: grpc_codec.decode_infer_request(request, self.plane.shared_memory)
         )
-        result = await self.plane.infer(request.model_name, request.model_version, decoded)
+        result = await self.plane.infer(
+            request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
+        )
         return grpc_codec.encode_infer_response(result)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._call(context, lambda: self._infer(request))
+        return await self._call(context, lambda: self._infer(request, context))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -137,7 +141,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except Exception as e:
                 if not isinstance(e, PolystackError):
                     log.exception("unexpected error in a gRPC stream")
@@ -214,6 +218,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._sync(context, lambda: self.plane.regions().unregister(request.name or None))
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        # no settings is a read (tritonclient's get_trace_settings); an empty value list clears one
+        changes = {k: list(v.value) or None for k, v in request.settings.items()} if request.settings else None
+        settings = await self._sync(context, lambda: self.plane.trace_settings(request.model_name, changes))
+        resp = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            resp.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return resp
+
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        changes = {k: _log_value(v) for k, v in request.settings.items()} if request.settings else None
+        settings = await self._sync(context, lambda: self.plane.log_settings_of(changes))
+        resp = pb.LogSettingsResponse()
+        for key, value in settings.items():
+            field = (
+                "bool_param"
+                if isinstance(value, bool)
+                else "uint32_param"
+                if isinstance(value, int)
+                else "string_param"
+            )
+            setattr(resp.settings[key], field, value)
+        return resp
+
+
+def _metadata(context: Any) -> dict[str, Any]:
+    """A call's metadata, for trace context propagation (only for a request traced)."""
+    return {key: value for key, value in context.invocation_metadata() or ()}
+
+
+def _log_value(value: pb.LogSettingsRequest.SettingValue) -> Any:
+    which = value.WhichOneof("parameter_choice")
+    return None if which is None else getattr(value, which)
+
 
 class _NotImplemented(grpc.GenericRpcHandler):
     """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
@@ -225,8 +263,6 @@ class _NotImplemented(grpc.GenericRpcHandler):
             "the CUDA shared memory extension; use system shared memory (start the server with "
             "--allow-shared-memory) or send tensors in the request (raw_input_contents)",
         ),
-        "TraceSetting": "trace settings over gRPC; start the server with --trace and the OTEL_* variables",
-        "LogSettings": "log settings over gRPC; start the server with --log-level and --access-log",
     }
 
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:

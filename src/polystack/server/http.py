@@ -145,6 +145,8 @@ class HttpApp:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
+        # the logging extension's log_verbose_level >= 1 logs every request too (at debug), as Triton's verbose log
+        self.log_settings = plane.log_settings
         self.connections: set[HttpProtocol] = set()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop its connections run on (set by them)
@@ -239,6 +241,12 @@ class HttpApp:
                         return self._only(method, b"GET", self.config, args)
                     if action == "stats":
                         return self._only(method, b"GET", self.stats, args)
+                if tail == ["trace", "setting"] and not version:
+                    return self._get_or_post(method, self.trace_setting, [name])
+        if rest == ["trace", "setting"]:
+            return self._get_or_post(method, self.trace_setting, [""])
+        if rest == ["logging"]:
+            return self._get_or_post(method, self.logging, [])
         if head == "systemsharedmemory":
             if rest == ["systemsharedmemory", "status"]:
                 return self._only(method, b"GET", self.shm_status, [""])
@@ -272,6 +280,12 @@ class HttpApp:
         if method == want or (want == b"GET" and method == b"HEAD"):
             return handler, args
         return Response(405, orjson.dumps({"error": f"use {want.decode()} here"}), headers=[(b"allow", want)])
+
+    @staticmethod
+    def _get_or_post(method: bytes, handler: Handler, args: list[str]) -> tuple[Handler, list[str]] | Response:
+        if method in (b"GET", b"HEAD", b"POST"):
+            return handler, args
+        return Response(405, orjson.dumps({"error": "use GET or POST here"}), headers=[(b"allow", b"GET, POST")])
 
     # -- handlers ------------------------------------------------------------------------------
     def live(self, req: Request, args: list[str]) -> Response:
@@ -308,6 +322,14 @@ class HttpApp:
         if not isinstance(doc, dict):
             raise InvalidRequest("the request body must be a JSON object")
         return doc
+
+    def trace_setting(self, req: Request, args: list[str]) -> Response:
+        changes = self._json_body(req) if req.method == b"POST" else None
+        return json_response(200, self.plane.trace_settings(args[0], changes))
+
+    def logging(self, req: Request, args: list[str]) -> Response:
+        changes = self._json_body(req) if req.method == b"POST" else None
+        return json_response(200, self.plane.log_settings_of(changes))
 
     def repository_index(self, req: Request, args: list[str]) -> Response:
         doc = self._json_body(req)
@@ -348,7 +370,7 @@ class HttpApp:
                 _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
             ),
         )
-        result = await self.plane.infer(args[0], args[1], request, self.loop)
+        result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
         head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
@@ -366,6 +388,11 @@ class HttpApp:
             payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
+
+
+def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+    """The request's headers as text, for trace context propagation (only for a request traced)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
 
 
 def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
@@ -431,7 +458,9 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
         try:
             out += d.decompress(data, limit + 1 - len(out))
         except zlib.error as e:
-            raise InvalidRequest(f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped") from None
+            raise InvalidRequest(
+                f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped"
+            ) from None
         if len(out) > limit:
             raise PayloadTooLarge(f"the decompressed body exceeds the server's limit of {limit:,} bytes")
         if not d.eof:
@@ -440,7 +469,9 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
         if not data or encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
             break
     if data:
-        raise InvalidRequest(f"the {encoding} body has {len(data):,} bytes after its end; send only the compressed stream")
+        raise InvalidRequest(
+            f"the {encoding} body has {len(data):,} bytes after its end; send only the compressed stream"
+        )
     return bytes(out)
 
 
@@ -727,8 +758,10 @@ class HttpProtocol(asyncio.Protocol):
                 parts = []
         if parts:
             transport.write(b"".join(parts))
-        if self.app.access_log:
-            log.info(
+        verbose = self.app.log_settings is not None and self.app.log_settings.verbose > 0
+        if self.app.access_log or verbose:
+            log.log(
+                logging.INFO if self.app.access_log else logging.DEBUG,
                 "request",
                 extra={
                     "request_id": req.request_id,

@@ -1,13 +1,25 @@
-"""JSON log lines (one object a line) carrying request ids and whatever ``extra`` a call adds."""
+"""JSON log lines (one object a line) carrying request ids and whatever ``extra`` a call adds, and
+Triton's logging extension over them (``GET``/``POST /v2/logging``, gRPC ``LogSettings``).
+
+The extension's settings are switches, one per level, as Triton has them: ``log_info``,
+``log_warning``, ``log_error`` (true or false) and ``log_verbose_level`` (0: no debug lines; 1 or
+more: polystack's debug lines, one level of them, among them a line for every HTTP request, as
+``--access-log`` writes at info). ``log_file`` is ``""`` (stderr) and
+``log_format`` is ``"default"`` (JSON lines); neither can be changed over the protocol (Triton
+refuses ``log_file`` too). Logging is the process's, so there is one ``SETTINGS``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from polystack.errors import InvalidRequest
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -28,13 +40,102 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+_SWITCHES = ("log_info", "log_warning", "log_error")
+_MAX_VERBOSE = 2**32 - 1  # a uint32, as in Triton's LogSettings message
+
+
+class LogSettings(logging.Filter):
+    """Which of polystack's log lines are written: a filter on its handler, and the logger's level
+    set to the lowest level written, so that a line nobody writes costs one comparison."""
+
+    FILE = ""  # stderr
+    FORMAT = "default"  # JSON lines
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.switches = dict.fromkeys(_SWITCHES, True)
+        self.verbose = 0
+
+    def set_level(self, level: str) -> None:
+        """Start-up's ``--log-level`` as switches: debug, info, warning or error and above."""
+        order = ["debug", "info", "warning", "error"]
+        if level.lower() not in order:
+            raise InvalidRequest(f"--log-level {level!r} is not one of {', '.join(order)}")
+        at = order.index(level.lower())
+        self.verbose = 1 if at == 0 else 0
+        self.switches = {"log_info": at <= 1, "log_warning": at <= 2, "log_error": True}
+        self._apply()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        n = record.levelno
+        if n >= logging.ERROR:
+            return self.switches["log_error"]
+        if n >= logging.WARNING:
+            return self.switches["log_warning"]
+        if n >= logging.INFO:
+            return self.switches["log_info"]
+        return self.verbose > 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"log_file": self.FILE, **self.switches, "log_verbose_level": self.verbose, "log_format": self.FORMAT}
+
+    def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``changes`` (all or none: each is checked first; null leaves a setting as it is, as in
+        Triton) and return every setting."""
+        switches = dict(self.switches)
+        verbose = self.verbose
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key in switches:
+                if not isinstance(value, bool):
+                    raise InvalidRequest(f"{key} must be true or false, not {value!r}")
+                switches[key] = value
+            elif key == "log_verbose_level":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VERBOSE:
+                    raise InvalidRequest(f"log_verbose_level must be a whole number from 0 (off) up, not {value!r}")
+                verbose = value
+            elif key == "log_file":
+                if value != self.FILE:
+                    raise InvalidRequest(
+                        "the log file can not be changed over the protocol: polystack logs to stderr; "
+                        "redirect it when starting the server"
+                    )
+            elif key == "log_format":
+                if value != self.FORMAT:
+                    raise InvalidRequest(
+                        f"polystack writes one format, JSON lines with ISO 8601 times (log_format "
+                        f"{self.FORMAT!r}), not {value!r}"
+                    )
+            else:
+                known = ", ".join(["log_file", *_SWITCHES, "log_verbose_level", "log_format"])
+                raise InvalidRequest(f"unknown log setting {key!r}; polystack has {known}")
+        self.switches, self.verbose = switches, verbose
+        self._apply()
+        return self.settings()
+
+    def _apply(self) -> None:
+        levels = [(self.verbose > 0, logging.DEBUG)] + [
+            (self.switches[k], lv)
+            for k, lv in zip(_SWITCHES, (logging.INFO, logging.WARNING, logging.ERROR), strict=True)
+        ]
+        logger = logging.getLogger("polystack")
+        logger.setLevel(next((lv for on, lv in levels if on), logging.CRITICAL + 1))
+        for handler in logger.handlers:
+            if self not in handler.filters:
+                handler.addFilter(self)
+
+
+SETTINGS = LogSettings()
+
+
 def configure(level: str = "info") -> None:
     """Send polystack's logs to stderr as JSON lines (idempotent)."""
     root = logging.getLogger("polystack")
-    root.setLevel(level.upper())
     if not any(getattr(h, "_polystack_json", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         handler._polystack_json = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False
+    SETTINGS.set_level(level)

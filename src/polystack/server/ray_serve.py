@@ -56,7 +56,8 @@ class OipReplica:
 
         self.store = Store.at(store_home)
         self.engine = Engine(self.store)
-        self.server = Server(self.engine, dataclasses.replace(config, grpc_port=None))
+        # settings changed over the protocol would reach one replica of several: off here
+        self.server = Server(self.engine, dataclasses.replace(config, grpc_port=None, runtime_settings=False))
         self.server.load_models()
         self.http = self.server.http
 

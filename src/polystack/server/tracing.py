@@ -1,39 +1,299 @@
-"""OpenTelemetry tracing, only when configured: ``--trace`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+"""OpenTelemetry spans for inference requests, and Triton's trace extension over them.
 
-opentelemetry is an optional import; without it, or unconfigured, ``span`` is a no-op context.
-The SDK and exporter are the application's to configure (``opentelemetry-instrument`` or
-environment variables); polystack only asks the global tracer provider for a tracer.
+Off unless turned on: ``polystack serve --trace``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` set at start, or
+the trace extension at run time (``POST /v2/trace/setting {"trace_level": ["TIMESTAMPS"]}``, which
+is tritonclient's ``update_trace_settings``). Off, a request costs one attribute read.
+
+**Spans.** One ``polystack.infer`` span (kind SERVER) per sampled request, with the model, version
+and request id. When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
+metadata, or whatever ``OTEL_PROPAGATORS`` names), the span is a child of the caller's.
+
+**Export.** When the process has no tracer provider of its own (``opentelemetry-instrument`` and
+tests set one), the first use sets up the SDK with a batch span processor and the exporter that
+``OTEL_TRACES_EXPORTER`` names, as the OpenTelemetry specification has it: ``otlp`` (the default:
+OTLP over HTTP/protobuf to ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+else http://localhost:4318; ``grpc`` protocol when its exporter package is installed), ``console``
+(stdout) or ``none``. The service is called ``polystack`` unless ``OTEL_SERVICE_NAME`` or
+``OTEL_RESOURCE_ATTRIBUTES`` names it. Spans still queued at shutdown are flushed, within a bound.
+
+**Settings** (Triton's trace extension in its ``opentelemetry`` mode): ``trace_level`` (``["OFF"]``
+or ``["TIMESTAMPS"]``), ``trace_rate`` (trace one request in N), ``trace_count`` (traces left to
+take, ``-1`` for no limit; it counts down as they are taken), ``trace_mode`` (``opentelemetry``,
+read only). Global, and per model: a model's setting left unset follows the global one, and ``null``
+clears a setting (a model's back to the global one, a global one back to its value at start).
+``trace_file`` and ``log_frequency`` belong to Triton's own trace files and are refused, as Triton
+refuses ``trace_file``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
+from polystack import __version__
+from polystack.errors import BackendUnavailable, InvalidRequest
+
+log = logging.getLogger("polystack.server.tracing")
+
 _NO_SPAN = contextlib.nullcontext()  # reusable: entering it does nothing and keeps no state
+MODE = "opentelemetry"
+SETTINGS = ("trace_level", "trace_rate", "trace_count", "trace_mode")
+_MAX_RATE = 2**32 - 1  # Triton's ranges: rate a uint32, count an int32 of at least -1
+_MAX_COUNT = 2**31 - 1
+Carrier = Callable[[], Mapping[str, Any]]  # the request's headers or metadata, read only when a span is made
 
 
-class Tracer:
-    def __init__(self, enabled: bool | None = None) -> None:
+@dataclass
+class _Scope:
+    """Settings of one scope, None where a model follows the global one, and its sampling state."""
+
+    level: bool | None = None  # True: TIMESTAMPS, False: OFF
+    rate: int | None = None
+    count: int | None = None  # traces left to take; -1: no limit
+    seen: int = 0  # requests since the last one traced
+
+    def empty(self) -> bool:
+        return self.level is None and self.rate is None and self.count is None
+
+
+class Tracing:
+    def __init__(self, enabled: bool | None = None, *, rate: int = 1, count: int = -1) -> None:
+        """``enabled`` None: on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. ``rate`` and ``count`` are the
+        global settings at start (``--trace-rate``, ``--trace-count``)."""
         if enabled is None:
             enabled = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        self._start = _Scope(level=enabled, rate=_rate(rate), count=_count(count))
+        self._global = replace(self._start)
+        self._models: dict[str, _Scope] = {}
         self._tracer: Any = None
+        self._owned: Any = None  # the SDK provider set up here, flushed at shutdown
+        self.active = False  # some scope traces: the one thing a request reads while tracing is off
         if enabled:
-            try:
-                from opentelemetry import trace
-            except ImportError:
-                return
-            self._tracer = trace.get_tracer("polystack.server")
+            self.setup()
+        self._refresh()
 
     @property
     def enabled(self) -> bool:
-        return self._tracer is not None
+        return self.active
 
-    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-        """A span around a block; with tracing off, one shared no-op context (no generator per request)."""
-        if self._tracer is None:
+    def setup(self) -> None:
+        """Get a tracer, setting up export from the ``OTEL_*`` variables if nothing else has; raises
+        ``BackendUnavailable`` / ``InvalidRequest`` with what to install or set."""
+        if self._tracer is not None:
+            return
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            raise BackendUnavailable(
+                "tracing needs OpenTelemetry: pip install 'polystack[serve]' (opentelemetry-sdk and its OTLP exporter)"
+            ) from None
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):  # nobody configured one: ours, from OTEL_*
+            provider = _sdk_provider()
+            trace.set_tracer_provider(provider)
+            self._owned = provider
+        self._tracer = provider.get_tracer("polystack.server", __version__)
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Export the spans still queued (within ``timeout_s``) and stop the provider set up here."""
+        provider, self._owned = self._owned, None
+        if provider is not None:
+            provider.force_flush(int(timeout_s * 1000))
+            provider.shutdown()
+
+    # -- per request -------------------------------------------------------------------------------
+    def span(
+        self, model: str, version: int, request_id: str, carrier: Carrier | None = None
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A span around one request of ``model`` when its settings sample it, else a shared no-op."""
+        if not self.active or not self._sample(model):
             return _NO_SPAN
-        return cast(
-            contextlib.AbstractContextManager[Any], self._tracer.start_as_current_span(name, attributes=attributes)
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind
+
+        parent = extract(carrier()) if carrier is not None else None
+        span = self._tracer.start_as_current_span(
+            "polystack.infer",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"model": model, "version": version, "id": request_id},
         )
+        return cast(contextlib.AbstractContextManager[Any], span)
+
+    def _sample(self, model: str) -> bool:
+        scope = self._models.get(model)
+        g = self._global
+        level = g.level if scope is None or scope.level is None else scope.level
+        if not level:
+            return False
+        counter = scope or g  # a model with settings of its own counts its own requests
+        rate = g.rate if scope is None or scope.rate is None else scope.rate
+        counter.seen += 1
+        if counter.seen < (rate or 1):
+            return False
+        counter.seen = 0
+        budget = scope if scope is not None and scope.count is not None else g
+        if budget.count == 0:
+            return False
+        if budget.count is not None and budget.count > 0:
+            budget.count -= 1
+        return True
+
+    # -- the trace extension -----------------------------------------------------------------------
+    def settings(self, model: str | None = None) -> dict[str, Any]:
+        """The settings in effect for ``model`` (None: the global ones), as Triton's extension spells them."""
+        scope = self._models.get(model) if model else None
+        g = self._global
+        level = g.level if scope is None or scope.level is None else scope.level
+        rate = g.rate if scope is None or scope.rate is None else scope.rate
+        count = g.count if scope is None or scope.count is None else scope.count
+        return {
+            "trace_level": ["TIMESTAMPS"] if level else ["OFF"],
+            "trace_rate": str(rate),
+            "trace_count": str(count),
+            "trace_mode": MODE,
+        }
+
+    def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``changes`` (all or none: each is checked first) and return the settings in effect."""
+        parsed = {key: _parse(key, value) for key, value in changes.items()}
+        parsed.pop("trace_mode", None)  # checked: it can only name the mode in use
+        if parsed.get("trace_level"):
+            self.setup()  # turning tracing on without an exporter: set it up now, or refuse
+        if model:
+            scope = self._models.setdefault(model, _Scope())
+            for key, value in parsed.items():
+                setattr(scope, key.removeprefix("trace_"), value)
+            if scope.empty():
+                del self._models[model]
+        else:
+            for key, value in parsed.items():
+                field = key.removeprefix("trace_")
+                setattr(self._global, field, getattr(self._start, field) if value is None else value)
+        self._refresh()
+        return self.settings(model)
+
+    def _refresh(self) -> None:
+        self.active = self._tracer is not None and (
+            bool(self._global.level) or any(s.level for s in self._models.values())
+        )
+
+
+def _parse(key: str, value: Any) -> Any:
+    """One setting's new value (None: clear it), or InvalidRequest saying what it takes."""
+    if key == "trace_file" or key == "log_frequency":
+        if value is None:
+            return None
+        raise InvalidRequest(
+            f"{key!r} belongs to Triton's trace files; polystack exports spans through OpenTelemetry "
+            "(set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server)"
+        )
+    if value is None:
+        return None
+    if key == "trace_level":
+        levels = [value] if isinstance(value, str) else value
+        if not isinstance(levels, list) or not levels or not all(isinstance(v, str) for v in levels):
+            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {value!r}')
+        if "TENSORS" in levels:
+            raise InvalidRequest('polystack traces timestamps (spans), not tensors: use ["TIMESTAMPS"]')
+        if levels == ["OFF"]:
+            return False
+        if set(levels) == {"TIMESTAMPS"}:
+            return True
+        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {value!r}')
+    if key == "trace_rate":
+        return _rate(_integer(key, value))
+    if key == "trace_count":
+        return _count(_integer(key, value))
+    if key == "trace_mode":
+        if _single(key, value) != MODE:
+            raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {value!r}")
+        return MODE
+    raise InvalidRequest(f"unknown trace setting {key!r}; polystack has {', '.join(SETTINGS)}")
+
+
+def _single(key: str, value: Any) -> Any:
+    if isinstance(value, list):  # gRPC sends every setting as a list of strings
+        if len(value) != 1:
+            raise InvalidRequest(f"{key} takes one value, not {value!r}")
+        return value[0]
+    return value
+
+
+def _integer(key: str, value: Any) -> int:
+    value = _single(key, value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    if text.lstrip("-").isdigit() and text.isascii() and len(text) <= 20:
+        return int(text)
+    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {value!r}')
+
+
+def _rate(rate: int) -> int:
+    if not 1 <= rate <= _MAX_RATE:
+        raise InvalidRequest(
+            f"trace_rate must be between 1 and {_MAX_RATE} (trace one request in that many), not {rate}; "
+            'set trace_level ["OFF"] to stop tracing'
+        )
+    return rate
+
+
+def _count(count: int) -> int:
+    if not -1 <= count <= _MAX_COUNT:
+        raise InvalidRequest(f"trace_count must be -1 (no limit) or between 0 and {_MAX_COUNT}, not {count}")
+    return count
+
+
+def _sdk_provider() -> Any:
+    """An SDK tracer provider exporting as the ``OTEL_*`` variables say (see the module's docstring)."""
+    try:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        raise BackendUnavailable("tracing needs the OpenTelemetry SDK: pip install 'polystack[serve]'") from None
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "polystack"}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # flushed by shutdown(), bounded
+    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    for name in names:
+        if name == "none":
+            continue
+        if name == "console":
+            exporter: Any = ConsoleSpanExporter()
+        elif name == "otlp":
+            exporter = _otlp_exporter()
+        else:
+            raise InvalidRequest(f"OTEL_TRACES_EXPORTER names {name!r}; polystack exports with otlp, console or none")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _otlp_exporter() -> Any:
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    ) or "http/protobuf"
+    if protocol == "http/protobuf":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise BackendUnavailable(
+                "OTLP export needs opentelemetry-exporter-otlp-proto-http: pip install 'polystack[serve]'"
+            ) from None
+        return OTLPSpanExporter()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        except ImportError:
+            raise BackendUnavailable(
+                "OTLP over gRPC needs opentelemetry-exporter-otlp-proto-grpc (pip install it), "
+                "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+            ) from None
+        return GrpcExporter()
+    raise InvalidRequest(f"the OTLP protocol {protocol!r} is not one polystack exports with: http/protobuf or grpc")

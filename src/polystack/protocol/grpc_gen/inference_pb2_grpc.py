@@ -91,6 +91,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
                 response_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
                 _registered_method=True)
+        self.TraceSetting = channel.unary_unary(
+                '/inference.GRPCInferenceService/TraceSetting',
+                request_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingRequest.SerializeToString,
+                response_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingResponse.FromString,
+                _registered_method=True)
+        self.LogSettings = channel.unary_unary(
+                '/inference.GRPCInferenceService/LogSettings',
+                request_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsRequest.SerializeToString,
+                response_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -186,6 +196,18 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceSetting(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +285,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.SystemSharedMemoryUnregister,
                     request_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.FromString,
                     response_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
+            ),
+            'TraceSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceSetting,
+                    request_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingRequest.FromString,
+                    response_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingResponse.SerializeToString,
+            ),
+            'LogSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogSettings,
+                    request_deserializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsRequest.FromString,
+                    response_serializer=polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +702,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
             polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
             polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/TraceSetting',
+            polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingRequest.SerializeToString,
+            polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.TraceSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/LogSettings',
+            polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsRequest.SerializeToString,
+            polystack_dot_protocol_dot_grpc__gen_dot_inference__pb2.LogSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

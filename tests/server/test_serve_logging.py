@@ -1,0 +1,163 @@
+"""Triton's logging extension: read and change the log settings over HTTP and gRPC with tritonclient,
+and see the change in what ``polystack serve`` writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import cli_server, free_port, start
+from tritonclient.utils import InferenceServerException
+
+from polystack.server import logs
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+
+DEFAULT = {
+    "log_file": "",
+    "log_info": True,
+    "log_warning": True,
+    "log_error": True,
+    "log_verbose_level": 0,
+    "log_format": "default",
+}
+
+
+@pytest.fixture
+def served(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    """A server in this process, whose log settings (the process's) are put back afterwards."""
+    before = logs.SETTINGS.settings()
+    st = start(model_store[0], models=["mlp"])
+    yield st
+    st.stop()
+    logs.SETTINGS.update(before)
+
+
+def test_log_settings_read_and_change_over_http_and_grpc(served: ServerThread) -> None:
+    http = httpclient.InferenceServerClient(served.http_url)
+    grpc = grpcclient.InferenceServerClient(served.grpc_url)
+    logs.SETTINGS.set_level("info")
+    assert "logging" in http.get_server_metadata()["extensions"]
+    assert http.get_log_settings() == DEFAULT
+    # Triton answers with every setting, not only the ones changed
+    assert http.update_log_settings({"log_info": False, "log_verbose_level": 2}) == {
+        **DEFAULT,
+        "log_info": False,
+        "log_verbose_level": 2,
+    }
+    assert grpc.get_log_settings(as_json=True)["settings"]["log_info"] == {"bool_param": False}
+    got = grpc.update_log_settings({"log_info": True, "log_warning": False, "log_verbose_level": 0}, as_json=True)
+    assert got["settings"]["log_warning"] == {"bool_param": False}
+    assert got["settings"]["log_format"] == {"string_param": "default"}
+    assert http.get_log_settings() == {**DEFAULT, "log_warning": False}
+
+    async def main() -> Any:
+        aio = aiogrpcclient.InferenceServerClient(served.grpc_url)
+        try:
+            return await aio.update_log_settings({"log_warning": True}, as_json=True)
+        finally:
+            await aio.close()
+
+    assert asyncio.run(main())["settings"]["log_warning"] == {"bool_param": True}
+    assert http.get_log_settings() == DEFAULT
+
+
+BAD = [
+    ({"log_file": "/tmp/polystack.log"}, "can not be changed over the protocol"),
+    ({"log_format": "ISO8601"}, "JSON lines"),
+    ({"log_info": "yes"}, "true or false"),
+    ({"log_verbose_level": -1}, "whole number"),
+    ({"log_verbose_level": True}, "whole number"),
+    ({"log_verbose_level": 1.5}, "whole number"),
+    ({"log_colour": True}, "unknown log setting"),
+]
+
+
+@pytest.mark.parametrize(("settings", "says"), BAD, ids=[str(s) for s, _ in BAD])
+def test_a_bad_log_setting_is_a_400_that_changes_nothing(
+    served: ServerThread, settings: dict[str, Any], says: str
+) -> None:
+    http = httpclient.InferenceServerClient(served.http_url)
+    before = http.get_log_settings()
+    with pytest.raises(InferenceServerException) as e:
+        http.update_log_settings({"log_info": not before["log_info"], **settings})  # not applied either
+    assert e.value.status() == "400" and says in e.value.message()
+    assert http.get_log_settings() == before
+
+
+def test_bad_log_settings_over_grpc_are_invalid_argument(served: ServerThread) -> None:
+    grpc = grpcclient.InferenceServerClient(served.grpc_url)
+    for settings in ({"log_file": "x.log"}, {"log_format": "ISO8601"}, {"log_colour": True}):
+        with pytest.raises(InferenceServerException) as e:
+            grpc.update_log_settings(settings)
+        assert "INVALID_ARGUMENT" in str(e.value.status())
+    # tritonclient sends the switches as bool_param: a number there is the wrong type
+    import grpc as grpclib
+
+    from polystack.protocol.grpc_gen import inference_pb2 as pb
+    from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+
+    with grpclib.insecure_channel(served.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.LogSettingsRequest()
+        request.settings["log_info"].uint32_param = 1
+        with pytest.raises(grpclib.RpcError) as r:
+            stub.LogSettings(request)
+        assert r.value.code() == grpclib.StatusCode.INVALID_ARGUMENT and "true or false" in r.value.details()
+    assert grpc.is_server_ready()
+
+
+def test_the_logging_and_trace_extensions_are_off_where_settings_cannot_be_shared(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    st = start(model_store[0], models=["mlp"], runtime_settings=False)  # as in a Ray Serve replica
+    try:
+        http = httpclient.InferenceServerClient(st.http_url)
+        extensions = http.get_server_metadata()["extensions"]
+        assert "logging" not in extensions and "trace" not in extensions
+        for path in ("/v2/logging", "/v2/trace/setting", "/v2/models/mlp/trace/setting"):
+            status, doc = Raw(st.http_port).json("POST", path, {})
+            assert status == 404 and "each replica has settings of its own" in doc["error"]
+    finally:
+        st.stop()
+
+
+def _request_lines(log: Path) -> list[dict[str, Any]]:
+    lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+    return [d for d in lines if d.get("msg") == "request" and d.get("path", "").endswith("/infer")]
+
+
+def test_changes_take_effect_in_the_servers_log(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    http_port = free_port()
+    log = tmp_path / "serve.log"
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, log) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        client.infer("mlp", [x], headers={"X-Request-ID": "quiet"})
+        # verbose: every request is logged, at debug, as Triton's verbose log does
+        client.update_log_settings({"log_verbose_level": 1})
+        client.infer("mlp", [x], headers={"X-Request-ID": "loud"})
+        # info off: the line saying the server stopped (info) is not written either
+        client.update_log_settings({"log_verbose_level": 0, "log_info": False})
+        client.infer("mlp", [x], headers={"X-Request-ID": "quiet-again"})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    text = log.read_text()
+    assert [(d["request_id"], d["level"]) for d in _request_lines(log)] == [("loud", "debug")], text
+    messages = [json.loads(ln)["msg"] for ln in text.splitlines() if ln.startswith("{")]
+    assert "serving" in messages and "stopped" not in messages
+    assert messages.count("log settings changed") == 2  # said at warning, which stayed on

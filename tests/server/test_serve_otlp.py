@@ -1,0 +1,122 @@
+"""``polystack serve`` exporting its spans over OTLP/HTTP as the OTEL_* variables say, to a collector
+stand-in on 127.0.0.1 that decodes what it receives with OpenTelemetry's own protobuf messages."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port
+
+from polystack.store import ModelRecord, Store
+
+trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+class Collector(http.server.ThreadingHTTPServer):
+    """Takes OTLP/HTTP trace exports (POST /v1/traces, protobuf) and keeps them."""
+
+    def __init__(self) -> None:
+        self.exports: list[Any] = []
+        self.paths: list[str] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.paths.append(self.path)
+                collector.exports.append(trace_service.ExportTraceServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def spans(self) -> list[tuple[dict[str, Any], Any]]:
+        """(resource attributes, span) for every span received."""
+        out = []
+        for export in self.exports:
+            for rs in export.resource_spans:
+                resource = {a.key: a.value.string_value for a in rs.resource.attributes}
+                out.extend((resource, span) for ss in rs.scope_spans for span in ss.spans)
+        return out
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    thread = threading.Thread(target=c.serve_forever, daemon=True)
+    thread.start()
+    yield c
+    c.shutdown()
+    c.server_close()
+
+
+def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at_shutdown(
+    model_store: tuple[Store, dict[str, ModelRecord]], collector: Collector, tmp_path: Path
+) -> None:
+    store, records = model_store
+    http_port = free_port()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+    # OTEL_EXPORTER_OTLP_ENDPOINT alone turns tracing on; spans wait in the batch processor (5 s by
+    # default), so only the flush at shutdown can have sent them by the time the process exits
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": "otlp"}
+    env.pop("OTEL_SERVICE_NAME", None)
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, tmp_path / "log", env=env) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        client.infer("mlp", [x], request_id="r-1", headers={"traceparent": TRACEPARENT})
+        client.infer("mlp", [x], request_id="r-2")
+        assert client.get_trace_settings()["trace_level"] == ["TIMESTAMPS"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+    assert set(collector.paths) == {"/v1/traces"}
+    got = collector.spans()
+    assert [s.name for _, s in got] == ["polystack.infer", "polystack.infer"]
+    (resource, first), (_, second) = got
+    assert resource["service.name"] == "polystack"
+    assert first.trace_id.hex() == TRACE_ID and first.parent_span_id.hex() == "b7ad6b7169203331"
+    attributes = {a.key: a.value for a in first.attributes}
+    assert attributes["model"].string_value == "mlp" and attributes["id"].string_value == "r-1"
+    assert attributes["version"].int_value == records["mlp"].version
+    assert second.trace_id.hex() != TRACE_ID and not second.parent_span_id
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--trace"], {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER names 'zipkin'"),
+        (["--trace"], {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/protobuf or grpc"),
+        (["--trace", "--trace-rate", "0"], {}, "trace_rate must be between 1 and"),
+        (["--trace-count", "-3"], {}, "trace_count must be -1"),
+    ],
+)
+def test_bad_tracing_configuration_exits_2_with_one_line(
+    model_store: tuple[Store, dict[str, ModelRecord]], args: list[str], env: dict[str, str], says: str
+) -> None:
+    store, _ = model_store
+    cmd = [sys.executable, "-m", "polystack", "--home", str(store.settings.home), "serve", "mlp", *args]
+    cmd += ["--http-port", str(free_port()), "--grpc-port", "-1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and says in lines[0], done.stderr
