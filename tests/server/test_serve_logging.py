@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import Raw
 from servekit import cli_server, free_port, start
 from tritonclient.utils import InferenceServerException
 
+from polystack.errors import InvalidRequest
 from polystack.server import logs
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
@@ -80,6 +82,8 @@ BAD = [
     ({"log_verbose_level": True}, "whole number"),
     ({"log_verbose_level": 1.5}, "whole number"),
     ({"log_colour": True}, "unknown log setting"),
+    ({"log_colour": None}, "unknown log setting"),
+    ({"log_info": "y" * 100_000}, "..."),  # the error quotes the value cut short
 ]
 
 
@@ -135,6 +139,43 @@ def test_the_logging_and_trace_extensions_are_off_where_settings_cannot_be_share
 def _request_lines(log: Path) -> list[dict[str, Any]]:
     lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
     return [d for d in lines if d.get("msg") == "request" and d.get("path", "").endswith("/infer")]
+
+
+def test_start_up_log_levels_map_to_the_switches() -> None:
+    before = logs.SETTINGS.settings()
+    try:
+        for level, expected, lowest in [
+            ("debug", (True, True, True, 1), logging.DEBUG),
+            ("INFO", (True, True, True, 0), logging.INFO),
+            ("warn", (False, True, True, 0), logging.WARNING),
+            ("critical", (False, False, True, 0), logging.ERROR),
+        ]:
+            logs.SETTINGS.set_level(level)
+            got = logs.SETTINGS.settings()
+            assert (got["log_info"], got["log_warning"], got["log_error"], got["log_verbose_level"]) == expected
+            assert logging.getLogger("polystack").level == lowest  # a line nobody writes costs one comparison
+        with pytest.raises(InvalidRequest, match="not one of"):
+            logs.SETTINGS.set_level("loud")
+    finally:
+        logs.SETTINGS.update(before)
+
+
+def test_verbose_logs_requests_at_debug_even_with_the_access_log_and_info_off(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    http_port = free_port()
+    log = tmp_path / "serve.log"
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--access-log"], http_port, log) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        client.infer("mlp", [x], headers={"X-Request-ID": "access"})
+        client.update_log_settings({"log_info": False, "log_verbose_level": 1})
+        client.infer("mlp", [x], headers={"X-Request-ID": "verbose"})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert [(d["request_id"], d["level"]) for d in _request_lines(log)] == [("access", "info"), ("verbose", "debug")]
 
 
 def test_changes_take_effect_in_the_servers_log(

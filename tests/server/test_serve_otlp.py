@@ -4,11 +4,13 @@ stand-in on 127.0.0.1 that decodes what it receives with OpenTelemetry's own pro
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,8 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
     endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
     # OTEL_EXPORTER_OTLP_ENDPOINT alone turns tracing on; spans wait in the batch processor (5 s by
     # default), so only the flush at shutdown can have sent them by the time the process exits
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": "otlp"}
+    # (an empty OTEL_TRACES_EXPORTER is unset, as the specification has it: otlp)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": ""}
     env.pop("OTEL_SERVICE_NAME", None)
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, tmp_path / "log", env=env) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
@@ -108,6 +111,7 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
         (["--trace"], {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/protobuf or grpc"),
         (["--trace", "--trace-rate", "0"], {}, "trace_rate must be between 1 and"),
         (["--trace-count", "-3"], {}, "trace_count must be -1"),
+        (["--trace"], {"OTEL_PROPAGATORS": "tracecontext,nosuch"}, "OTEL_PROPAGATORS"),
     ],
 )
 def test_bad_tracing_configuration_exits_2_with_one_line(
@@ -120,3 +124,52 @@ def test_bad_tracing_configuration_exits_2_with_one_line(
     assert done.returncode == 2, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and says in lines[0], done.stderr
+
+
+def test_a_collector_that_is_down_holds_the_exit_at_most_5_s_and_otel_says_so_in_json(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    http_port = free_port()
+    log = tmp_path / "serve.log"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, log, env=env) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        for _ in range(50):
+            client.infer("mlp", [x])
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        took = time.monotonic() - stopped
+    lines = log.read_text().splitlines()
+    assert took < 9, f"the exit took {took:.1f} s"
+    assert all(ln.startswith("{") for ln in lines), [ln for ln in lines if not ln.startswith("{")]
+    assert any(json.loads(ln)["msg"].startswith("spans still queued were not exported") for ln in lines)
+
+
+def test_two_traced_servers_in_one_process_both_export(
+    model_store: tuple[Store, dict[str, ModelRecord]], collector: Collector
+) -> None:
+    """Embedded use (``ServerThread``): the process's provider outlives the first server."""
+    store, _ = model_store
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np, tritonclient.http as httpclient
+from servekit import start
+from polystack.store import Store
+store = Store.at({str(store.settings.home)!r})
+for k in range(2):
+    st = start(store, models=["mlp"], trace=True, grpc_port=None)
+    x = httpclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    httpclient.InferenceServerClient(st.http_url).infer("mlp", [x], request_id=f"server-{{k}}")
+    st.stop()
+"""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    ids = [{a.key: a.value.string_value for a in s.attributes}["id"] for _, s in collector.spans()]
+    assert ids == ["server-0", "server-1"]

@@ -200,6 +200,8 @@ BAD_SETTINGS = [
     ({"trace_level": []}, "trace_level must be"),
     ({"trace_rate": "0"}, "between 1 and"),
     ({"trace_rate": "ten"}, "whole number"),
+    ({"trace_rate": "--5"}, "whole number"),
+    ({"trace_count": "--1"}, "whole number"),
     ({"trace_rate": "99999999999999999999999"}, "whole number"),
     ({"trace_count": "-2"}, "-1 (no limit)"),
     ({"trace_count": True}, "whole number"),
@@ -207,6 +209,8 @@ BAD_SETTINGS = [
     ({"log_frequency": "10"}, "Triton's trace files"),
     ({"trace_mode": "triton"}, "can not be changed"),
     ({"trace_ratee": "2"}, "unknown trace setting"),
+    ({"trace_ratee": None}, "unknown trace setting"),
+    ({"trace_rate": "x" * 100_000}, "..."),  # the error quotes the value cut short
 ]
 
 
@@ -226,6 +230,25 @@ def test_a_bad_trace_setting_is_a_400_that_changes_nothing(
             grpc.update_trace_settings(settings={"trace_rate": "7", **sendable})
         assert "INVALID_ARGUMENT" in str(g.value.status()) and says in g.value.message()
     assert client.get_trace_settings() == OFF
+
+
+def test_null_for_tritons_trace_file_settings_changes_nothing_else(untraced: ServerThread) -> None:
+    http = httpclient.InferenceServerClient(untraced.http_url)
+    assert http.update_trace_settings(settings={"trace_rate": "7", "trace_file": None})["trace_rate"] == "7"
+    assert http.update_trace_settings("mlp", {"log_frequency": None, "trace_count": "3"})["trace_count"] == "3"
+    grpc = grpcclient.InferenceServerClient(untraced.grpc_url)  # tritonclient sends None as an empty list
+    got = grpc.update_trace_settings(settings={"trace_rate": "9", "trace_file": None}, as_json=True)
+    assert got["settings"]["trace_rate"]["value"] == ["9"] and "trace_file" not in got["settings"]
+    assert http.get_trace_settings("mlp") == {**OFF, "trace_rate": "9", "trace_count": "3"}
+
+
+def test_a_caller_trace_not_sampled_gets_no_span_and_spends_no_count(untraced: ServerThread, spans: Any) -> None:
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_count": "1"})
+    _infer_http(client, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})  # flags 00: not sampled
+    assert _finished(spans) == [] and client.get_trace_settings()["trace_count"] == "1"
+    _infer_http(client)
+    assert len(_finished(spans)) == 1 and client.get_trace_settings()["trace_count"] == "0"
 
 
 def test_trace_settings_of_an_unknown_model_and_bad_requests_are_clear_errors(untraced: ServerThread) -> None:
@@ -254,3 +277,27 @@ def test_bad_start_up_settings_are_refused() -> None:
         Tracing(enabled=False, rate=0)
     with pytest.raises(InvalidRequest, match="-1"):
         Tracing(enabled=False, count=-5)
+
+
+def _events(span: Any) -> dict[str, int]:
+    return {e.name: e.timestamp for e in span.events}
+
+
+def test_spans_carry_tritons_timestamps_with_batching_and_without(
+    model_store: tuple[Store, dict[str, ModelRecord]], spans: Any
+) -> None:
+    from polystack.batching import BatchPolicy
+
+    for batching in (None, BatchPolicy(max_batch_size=8, max_queue_delay_ms=2)):
+        st = start(model_store[0], models=["mlp"], trace=True, batching=batching, no_batching=batching is None)
+        spans.clear()
+        try:
+            _infer_http(httpclient.InferenceServerClient(st.http_url))
+        finally:
+            st.stop()
+        (span,) = _finished(spans)
+        events = _events(span)
+        expected = ["QUEUE_START", "COMPUTE_START", "COMPUTE_END"] if batching else ["COMPUTE_START", "COMPUTE_END"]
+        assert list(events) == expected, batching
+        stamps = list(events.values())
+        assert span.start_time <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= span.end_time

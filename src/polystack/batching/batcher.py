@@ -57,6 +57,8 @@ class _Pending:
     future: Future[dict[str, np.ndarray]] | None = None
     waiter: asyncio.Future[dict[str, np.ndarray]] | None = None
     taken: bool = False
+    # when asked for (a traced request): the model call's start and end, time.perf_counter_ns()
+    timings: list[int] | None = None
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -142,9 +144,10 @@ class DynamicBatcher:
         *,
         future: Future[dict[str, np.ndarray]] | None = None,
         waiter: asyncio.Future[dict[str, np.ndarray]] | None = None,
+        timings: list[int] | None = None,
     ) -> _Pending:
         try:
-            return self._enqueue(inputs, outputs, timeout_s, future, waiter)
+            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings)
         except PolystackError:
             self.entry.stats.add("fail", 0)  # refused before it queued: a failed request, as Triton counts it
             raise
@@ -156,6 +159,7 @@ class DynamicBatcher:
         timeout_s: float | None,
         future: Future[dict[str, np.ndarray]] | None,
         waiter: asyncio.Future[dict[str, np.ndarray]] | None,
+        timings: list[int] | None = None,
     ) -> _Pending:
         self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
         if outputs:
@@ -174,7 +178,7 @@ class DynamicBatcher:
         else:
             key = (id(inputs),)  # never merged
         deadline = now + min(timeouts) if timeouts else None
-        pending = _Pending(inputs, outputs, items, key, deadline, now, future, waiter)
+        pending = _Pending(inputs, outputs, items, key, deadline, now, future, waiter, timings=timings)
         with self._cond:
             if self._closed:
                 raise Unavailable(f"model {self.entry.name!r} is shutting down; retry on another replica")
@@ -201,12 +205,15 @@ class DynamicBatcher:
         outputs: Sequence[str] | None = None,
         timeout_s: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        timings: list[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Wait for the result on ``loop`` (the running loop; a caller holding it saves a lookup,
-        which in Python 3.11 costs a ``getpid()`` system call, ~2.4% of the loop's time under load)."""
+        which in Python 3.11 costs a ``getpid()`` system call, ~2.4% of the loop's time under load).
+        ``timings``, when given, receives the start and end of the model call that answered it
+        (``time.perf_counter_ns()``; for a traced request's span)."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        pending = self._submit(inputs, outputs, timeout_s, waiter=waiter)
+        pending = self._submit(inputs, outputs, timeout_s, waiter=waiter, timings=timings)
         try:
             if pending.deadline is None:
                 return await waiter  # cancelling the caller cancels the waiter; _settle then skips it
@@ -362,7 +369,9 @@ class DynamicBatcher:
         offset = 0
         parts: list[dict[str, np.ndarray]] = []
         for p in batch:
-            parts.append({k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs})
+            parts.append(
+                {k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs}
+            )
             offset += p.items
         took = t1 - t0
         stats.executed(offset, took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
@@ -371,6 +380,8 @@ class DynamicBatcher:
         outcomes: list[_Outcome] = []
         for p, part in zip(batch, parts, strict=True):
             stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
+            if p.timings is not None:
+                p.timings += (t0, t1)
             outcomes.append((p, part, None))
         _deliver(outcomes)
 
@@ -394,6 +405,8 @@ class DynamicBatcher:
             self.entry.stats.add("fail", int((time.monotonic() - p.enqueued) * 1e9))
             return (p, None, e)
         took = time.perf_counter_ns() - t0
+        if p.timings is not None:
+            p.timings += (t0, t0 + took)
         self.entry.stats.executed(p.items, took)
         if self._on_batch:
             self._on_batch(p.items, 1, took / 1e9)

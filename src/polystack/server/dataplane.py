@@ -84,11 +84,12 @@ def _refuse_sequences(parameters: dict[str, Any]) -> None:
 
 
 def _timed_infer(entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None) -> Any:
+    """The result, and the call's start and end (``time.perf_counter_ns()``)."""
     from polystack.engine import infer_entry
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter_ns()
     result = infer_entry(entry, inputs, outputs)
-    return result, time.perf_counter() - t0
+    return result, t0, time.perf_counter_ns()
 
 
 class DataPlane:
@@ -374,19 +375,26 @@ class DataPlane:
                 for o in request.outputs:
                     if o.shm is not None:  # a region that is gone is refused before the model runs for it
                         self.shared_memory.check(o.shm, f"output {o.name!r}")
-            with self.tracing.span(entry.name, entry.version, request.id or "", carrier):
+            with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
                 if served.batcher is not None:
-                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop)
+                    queued = time.perf_counter_ns() if span is not None else 0
+                    timings: list[int] | None = [] if span is not None else None
+                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop, timings)
+                    if timings:
+                        self.tracing.stages(span, queued, *timings)
                 else:
                     key = (entry.name, entry.version)
                     typical = self._typical_s.get(key)
                     if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
-                        result, took = _timed_infer(entry, request.inputs, outputs)
+                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs)
                     else:
                         loop = loop or asyncio.get_running_loop()
-                        result, took = await loop.run_in_executor(
+                        result, t0, t1 = await loop.run_in_executor(
                             self.executor, _timed_infer, entry, request.inputs, outputs
                         )
+                    if span is not None:
+                        self.tracing.stages(span, None, t0, t1)
+                    took = (t1 - t0) / 1e9
                     # a slow-moving average of the compute time decides the inline fast path
                     self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
                     m = self.metrics.model(*model_label)

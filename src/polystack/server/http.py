@@ -241,7 +241,7 @@ class HttpApp:
                         return self._only(method, b"GET", self.config, args)
                     if action == "stats":
                         return self._only(method, b"GET", self.stats, args)
-                if tail == ["trace", "setting"] and not version:
+                if tail == ["trace", "setting"] and name and not version:
                     return self._get_or_post(method, self.trace_setting, [name])
         if rest == ["trace", "setting"]:
             return self._get_or_post(method, self.trace_setting, [""])
@@ -758,10 +758,13 @@ class HttpProtocol(asyncio.Protocol):
                 parts = []
         if parts:
             transport.write(b"".join(parts))
-        verbose = self.app.log_settings is not None and self.app.log_settings.verbose > 0
+        settings = self.app.log_settings
+        verbose = settings is not None and settings.verbose > 0
         if self.app.access_log or verbose:
+            # --access-log writes at info; with info switched off, verbose still writes it at debug
+            at_info = self.app.access_log and (settings is None or settings.switches["log_info"])
             log.log(
-                logging.INFO if self.app.access_log else logging.DEBUG,
+                logging.INFO if at_info else logging.DEBUG,
                 "request",
                 extra={
                     "request_id": req.request_id,

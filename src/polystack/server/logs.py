@@ -6,7 +6,8 @@ The extension's settings are switches, one per level, as Triton has them: ``log_
 more: polystack's debug lines, one level of them, among them a line for every HTTP request, as
 ``--access-log`` writes at info). ``log_file`` is ``""`` (stderr) and
 ``log_format`` is ``"default"`` (JSON lines); neither can be changed over the protocol (Triton
-refuses ``log_file`` too). Logging is the process's, so there is one ``SETTINGS``.
+refuses ``log_file`` too). Logging is the process's, so there is one ``SETTINGS``. OpenTelemetry's
+own lines (an exporter that cannot reach its collector) go through the same JSON handler and switches.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class LogSettings(logging.Filter):
     def set_level(self, level: str) -> None:
         """Start-up's ``--log-level`` as switches: debug, info, warning or error and above."""
         order = ["debug", "info", "warning", "error"]
-        if level.lower() not in order:
+        name = {"warn": "warning", "critical": "error", "fatal": "error"}.get(level.lower(), level.lower())
+        if name not in order:
             raise InvalidRequest(f"--log-level {level!r} is not one of {', '.join(order)}")
-        at = order.index(level.lower())
+        at = order.index(name)
         self.verbose = 1 if at == 0 else 0
         self.switches = {"log_info": at <= 1, "log_warning": at <= 2, "log_error": True}
         self._apply()
@@ -84,16 +86,21 @@ class LogSettings(logging.Filter):
         Triton) and return every setting."""
         switches = dict(self.switches)
         verbose = self.verbose
+        known = ["log_file", *_SWITCHES, "log_verbose_level", "log_format"]
         for key, value in changes.items():
+            if key not in known:
+                raise InvalidRequest(f"unknown log setting {_show(key)}; polystack has {', '.join(known)}")
             if value is None:
                 continue
             if key in switches:
                 if not isinstance(value, bool):
-                    raise InvalidRequest(f"{key} must be true or false, not {value!r}")
+                    raise InvalidRequest(f"{key} must be true or false, not {_show(value)}")
                 switches[key] = value
             elif key == "log_verbose_level":
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VERBOSE:
-                    raise InvalidRequest(f"log_verbose_level must be a whole number from 0 (off) up, not {value!r}")
+                    raise InvalidRequest(
+                        f"log_verbose_level must be a whole number from 0 (off) up, not {_show(value)}"
+                    )
                 verbose = value
             elif key == "log_file":
                 if value != self.FILE:
@@ -101,15 +108,11 @@ class LogSettings(logging.Filter):
                         "the log file can not be changed over the protocol: polystack logs to stderr; "
                         "redirect it when starting the server"
                     )
-            elif key == "log_format":
-                if value != self.FORMAT:
-                    raise InvalidRequest(
-                        f"polystack writes one format, JSON lines with ISO 8601 times (log_format "
-                        f"{self.FORMAT!r}), not {value!r}"
-                    )
-            else:
-                known = ", ".join(["log_file", *_SWITCHES, "log_verbose_level", "log_format"])
-                raise InvalidRequest(f"unknown log setting {key!r}; polystack has {known}")
+            elif key == "log_format" and value != self.FORMAT:
+                raise InvalidRequest(
+                    f"polystack writes one format, JSON lines with ISO 8601 times (log_format "
+                    f"{self.FORMAT!r}), not {_show(value)}"
+                )
         self.switches, self.verbose = switches, verbose
         self._apply()
         return self.settings()
@@ -121,21 +124,31 @@ class LogSettings(logging.Filter):
         ]
         logger = logging.getLogger("polystack")
         logger.setLevel(next((lv for on, lv in levels if on), logging.CRITICAL + 1))
-        for handler in logger.handlers:
+        for handler in logger.handlers + logging.getLogger("opentelemetry").handlers:
             if self not in handler.filters:
                 handler.addFilter(self)
+
+
+def _show(value: Any) -> str:
+    """``value`` as an error message quotes it: cut short, since it comes from the client."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 SETTINGS = LogSettings()
 
 
 def configure(level: str = "info") -> None:
-    """Send polystack's logs to stderr as JSON lines (idempotent)."""
-    root = logging.getLogger("polystack")
-    if not any(getattr(h, "_polystack_json", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._polystack_json = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.propagate = False
+    """Send polystack's logs, and OpenTelemetry's (warnings and up), to stderr as JSON lines (idempotent)."""
+    handler: logging.Handler | None = None
+    for name in ("polystack", "opentelemetry"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_polystack_json", False) for h in logger.handlers):
+            if handler is None:
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(JsonFormatter())
+                handler._polystack_json = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("opentelemetry").setLevel(logging.WARNING)
     SETTINGS.set_level(level)

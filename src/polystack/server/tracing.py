@@ -5,7 +5,9 @@ the trace extension at run time (``POST /v2/trace/setting {"trace_level": ["TIME
 is tritonclient's ``update_trace_settings``). Off, a request costs one attribute read.
 
 **Spans.** One ``polystack.infer`` span (kind SERVER) per sampled request, with the model, version
-and request id. When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
+and request id, and Triton's timestamps as events: ``QUEUE_START`` (batched models),
+``COMPUTE_START`` and ``COMPUTE_END`` (the model call that answered it; with batching, the merged
+batch's). When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
 metadata, or whatever ``OTEL_PROPAGATORS`` names), the span is a child of the caller's.
 
 **Export.** When the process has no tracer provider of its own (``opentelemetry-instrument`` and
@@ -14,7 +16,9 @@ tests set one), the first use sets up the SDK with a batch span processor and th
 OTLP over HTTP/protobuf to ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``,
 else http://localhost:4318; ``grpc`` protocol when its exporter package is installed), ``console``
 (stdout) or ``none``. The service is called ``polystack`` unless ``OTEL_SERVICE_NAME`` or
-``OTEL_RESOURCE_ATTRIBUTES`` names it. Spans still queued at shutdown are flushed, within a bound.
+``OTEL_RESOURCE_ATTRIBUTES`` names it. Spans still queued at shutdown are flushed, for at most 5 s
+(a collector that is down must not hold the exit past an orchestrator's grace period). A caller's
+trace whose flags say it is not sampled gets no span, and takes nothing from ``trace_count``.
 
 **Settings** (Triton's trace extension in its ``opentelemetry`` mode): ``trace_level`` (``["OFF"]``
 or ``["TIMESTAMPS"]``), ``trace_rate`` (trace one request in N), ``trace_count`` (traces left to
@@ -22,7 +26,7 @@ take, ``-1`` for no limit; it counts down as they are taken), ``trace_mode`` (``
 read only). Global, and per model: a model's setting left unset follows the global one, and ``null``
 clears a setting (a model's back to the global one, a global one back to its value at start).
 ``trace_file`` and ``log_frequency`` belong to Triton's own trace files and are refused, as Triton
-refuses ``trace_file``.
+refuses ``trace_file`` (``null`` for them changes nothing).
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from polystack import __version__
-from polystack.errors import BackendUnavailable, InvalidRequest
+from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable
 
 log = logging.getLogger("polystack.server.tracing")
 
@@ -45,6 +52,8 @@ SETTINGS = ("trace_level", "trace_rate", "trace_count", "trace_mode")
 _MAX_RATE = 2**32 - 1  # Triton's ranges: rate a uint32, count an int32 of at least -1
 _MAX_COUNT = 2**31 - 1
 Carrier = Callable[[], Mapping[str, Any]]  # the request's headers or metadata, read only when a span is made
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+_PROVIDER: Any = None  # the SDK provider set up here, once per process (the global one can be set once)
 
 
 @dataclass
@@ -70,7 +79,9 @@ class Tracing:
         self._global = replace(self._start)
         self._models: dict[str, _Scope] = {}
         self._tracer: Any = None
-        self._owned: Any = None  # the SDK provider set up here, flushed at shutdown
+        self._extract: Any = None  # opentelemetry's propagate.extract, and use_span and the SERVER kind
+        self._use_span: Any = None
+        self._kind: Any = None
         self.active = False  # some scope traces: the one thing a request reads while tracing is off
         if enabled:
             self.setup()
@@ -82,7 +93,9 @@ class Tracing:
 
     def setup(self) -> None:
         """Get a tracer, setting up export from the ``OTEL_*`` variables if nothing else has; raises
-        ``BackendUnavailable`` / ``InvalidRequest`` with what to install or set."""
+        ``BackendUnavailable`` / ``Unavailable`` (503 to a client of the extension, exit 2 at start) with
+        what to install or set."""
+        global _PROVIDER
         if self._tracer is not None:
             return
         try:
@@ -91,57 +104,86 @@ class Tracing:
             raise BackendUnavailable(
                 "tracing needs OpenTelemetry: pip install 'polystack[serve]' (opentelemetry-sdk and its OTLP exporter)"
             ) from None
+        try:  # builds the propagators OTEL_PROPAGATORS names, and fails on one not installed
+            from opentelemetry import propagate
+        except Exception as e:
+            raise Unavailable(
+                f"tracing cannot start: {e} (OTEL_PROPAGATORS; the default is tracecontext,baggage)"
+            ) from None
         provider = trace.get_tracer_provider()
         if isinstance(provider, trace.ProxyTracerProvider):  # nobody configured one: ours, from OTEL_*
             provider = _sdk_provider()
             trace.set_tracer_provider(provider)
-            self._owned = provider
+            _PROVIDER = provider
+        self._extract, self._use_span, self._kind = propagate.extract, trace.use_span, trace.SpanKind.SERVER
         self._tracer = provider.get_tracer("polystack.server", __version__)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Export the spans still queued (within ``timeout_s``) and stop the provider set up here."""
-        provider, self._owned = self._owned, None
-        if provider is not None:
-            provider.force_flush(int(timeout_s * 1000))
-            provider.shutdown()
+        """Export the spans still queued, waiting at most ``timeout_s``, when polystack set up the export.
+
+        The provider is flushed, not shut down: it is the process's for good (a second server in the
+        process uses it too), and its threads are daemons. The SDK's flush ignores its own timeout, and an
+        export to a collector that is down retries for ~10 s, so the flush runs in a thread of its own."""
+        provider = _PROVIDER
+        if self._tracer is None or provider is None:
+            return
+        flush = threading.Thread(target=provider.force_flush, name="trace-flush", daemon=True)
+        flush.start()
+        flush.join(timeout_s)
+        if flush.is_alive():
+            log.warning(
+                "spans still queued were not exported in time; is the collector up?",
+                extra={"waited_s": timeout_s, "endpoint": os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")},
+            )
 
     # -- per request -------------------------------------------------------------------------------
     def span(
         self, model: str, version: int, request_id: str, carrier: Carrier | None = None
     ) -> contextlib.AbstractContextManager[Any]:
         """A span around one request of ``model`` when its settings sample it, else a shared no-op."""
-        if not self.active or not self._sample(model):
+        if not self.active:
             return _NO_SPAN
-        from opentelemetry.propagate import extract
-        from opentelemetry.trace import SpanKind
-
-        parent = extract(carrier()) if carrier is not None else None
-        span = self._tracer.start_as_current_span(
+        budget = self._sample(model)
+        if budget is None:
+            return _NO_SPAN
+        parent = self._extract(carrier()) if carrier is not None else None
+        span = self._tracer.start_span(
             "polystack.infer",
             context=parent,
-            kind=SpanKind.SERVER,
+            kind=self._kind,
             attributes={"model": model, "version": version, "id": request_id},
         )
-        return cast(contextlib.AbstractContextManager[Any], span)
+        if not span.is_recording():  # the caller's trace is not sampled: nothing to record or count
+            return _NO_SPAN
+        if budget.count is not None and budget.count > 0:
+            budget.count -= 1
+        return cast(contextlib.AbstractContextManager[Any], self._use_span(span, end_on_exit=True))
 
-    def _sample(self, model: str) -> bool:
+    @staticmethod
+    def stages(span: Any, queued: int | None, compute_start: int, compute_end: int) -> None:
+        """Triton's TIMESTAMPS events on ``span``, from ``time.perf_counter_ns()`` readings."""
+        epoch = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero, on the clock spans use
+        if queued is not None:
+            span.add_event("QUEUE_START", timestamp=epoch + queued)
+        span.add_event("COMPUTE_START", timestamp=epoch + compute_start)
+        span.add_event("COMPUTE_END", timestamp=epoch + compute_end)
+
+    def _sample(self, model: str) -> _Scope | None:
+        """Whether this request of ``model`` is one to trace: the scope whose ``trace_count`` it takes
+        from if so, else None."""
         scope = self._models.get(model)
         g = self._global
         level = g.level if scope is None or scope.level is None else scope.level
         if not level:
-            return False
+            return None
         counter = scope or g  # a model with settings of its own counts its own requests
         rate = g.rate if scope is None or scope.rate is None else scope.rate
         counter.seen += 1
         if counter.seen < (rate or 1):
-            return False
+            return None
         counter.seen = 0
         budget = scope if scope is not None and scope.count is not None else g
-        if budget.count == 0:
-            return False
-        if budget.count is not None and budget.count > 0:
-            budget.count -= 1
-        return True
+        return None if budget.count == 0 else budget
 
     # -- the trace extension -----------------------------------------------------------------------
     def settings(self, model: str | None = None) -> dict[str, Any]:
@@ -161,7 +203,8 @@ class Tracing:
     def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first) and return the settings in effect."""
         parsed = {key: _parse(key, value) for key, value in changes.items()}
-        parsed.pop("trace_mode", None)  # checked: it can only name the mode in use
+        for key in ("trace_mode", "trace_file", "log_frequency"):  # checked: nothing they can change
+            parsed.pop(key, None)
         if parsed.get("trace_level"):
             self.setup()  # turning tracing on without an exporter: set it up now, or refuse
         if model:
@@ -185,6 +228,8 @@ class Tracing:
 
 def _parse(key: str, value: Any) -> Any:
     """One setting's new value (None: clear it), or InvalidRequest saying what it takes."""
+    if key not in SETTINGS and key not in ("trace_file", "log_frequency"):
+        raise InvalidRequest(f"unknown trace setting {_show(key)}; polystack has {', '.join(SETTINGS)}")
     if key == "trace_file" or key == "log_frequency":
         if value is None:
             return None
@@ -197,29 +242,33 @@ def _parse(key: str, value: Any) -> Any:
     if key == "trace_level":
         levels = [value] if isinstance(value, str) else value
         if not isinstance(levels, list) or not levels or not all(isinstance(v, str) for v in levels):
-            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {value!r}')
+            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {_show(value)}')
         if "TENSORS" in levels:
             raise InvalidRequest('polystack traces timestamps (spans), not tensors: use ["TIMESTAMPS"]')
         if levels == ["OFF"]:
             return False
         if set(levels) == {"TIMESTAMPS"}:
             return True
-        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {value!r}')
+        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {_show(value)}')
     if key == "trace_rate":
         return _rate(_integer(key, value))
     if key == "trace_count":
         return _count(_integer(key, value))
-    if key == "trace_mode":
-        if _single(key, value) != MODE:
-            raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {value!r}")
-        return MODE
-    raise InvalidRequest(f"unknown trace setting {key!r}; polystack has {', '.join(SETTINGS)}")
+    if key == "trace_mode" and _single(key, value) != MODE:
+        raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {_show(value)}")
+    return MODE
+
+
+def _show(value: Any) -> str:
+    """``value`` as an error message quotes it: cut short, since it comes from the client."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _single(key: str, value: Any) -> Any:
     if isinstance(value, list):  # gRPC sends every setting as a list of strings
         if len(value) != 1:
-            raise InvalidRequest(f"{key} takes one value, not {value!r}")
+            raise InvalidRequest(f"{key} takes one value, not {_show(value)}")
         return value[0]
     return value
 
@@ -228,10 +277,9 @@ def _integer(key: str, value: Any) -> int:
     value = _single(key, value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    text = value.strip() if isinstance(value, str) else ""
-    if text.lstrip("-").isdigit() and text.isascii() and len(text) <= 20:
-        return int(text)
-    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {value!r}')
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {_show(value)}')
 
 
 def _rate(rate: int) -> int:
@@ -261,7 +309,8 @@ def _sdk_provider() -> Any:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "polystack"}))
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # flushed by shutdown(), bounded
-    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    # empty is unset, as the specification has it (a templated ``OTEL_TRACES_EXPORTER=${X}``)
+    names = [n.strip().lower() for n in (os.environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",") if n.strip()]
     for name in names:
         if name == "none":
             continue
@@ -270,7 +319,7 @@ def _sdk_provider() -> Any:
         elif name == "otlp":
             exporter = _otlp_exporter()
         else:
-            raise InvalidRequest(f"OTEL_TRACES_EXPORTER names {name!r}; polystack exports with otlp, console or none")
+            raise Unavailable(f"OTEL_TRACES_EXPORTER names {name!r}; polystack exports with otlp, console or none")
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
@@ -296,4 +345,4 @@ def _otlp_exporter() -> Any:
                 "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
             ) from None
         return GrpcExporter()
-    raise InvalidRequest(f"the OTLP protocol {protocol!r} is not one polystack exports with: http/protobuf or grpc")
+    raise Unavailable(f"the OTLP protocol {protocol!r} is not one polystack exports with: http/protobuf or grpc")
