@@ -120,3 +120,9 @@ class BackendError(PolystackError):
 
 class StoreError(BackendError):
     pass
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """``value`` as an error message quotes it: its repr, cut short, since it may come from a client."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

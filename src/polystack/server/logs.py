@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, quote
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -89,17 +89,17 @@ class LogSettings(logging.Filter):
         known = ["log_file", *_SWITCHES, "log_verbose_level", "log_format"]
         for key, value in changes.items():
             if key not in known:
-                raise InvalidRequest(f"unknown log setting {_show(key)}; polystack has {', '.join(known)}")
+                raise InvalidRequest(f"unknown log setting {quote(key)}; polystack has {', '.join(known)}")
             if value is None:
                 continue
             if key in switches:
                 if not isinstance(value, bool):
-                    raise InvalidRequest(f"{key} must be true or false, not {_show(value)}")
+                    raise InvalidRequest(f"{key} must be true or false, not {quote(value)}")
                 switches[key] = value
             elif key == "log_verbose_level":
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VERBOSE:
                     raise InvalidRequest(
-                        f"log_verbose_level must be a whole number from 0 (off) up, not {_show(value)}"
+                        f"log_verbose_level must be a whole number from 0 (off) up, not {quote(value)}"
                     )
                 verbose = value
             elif key == "log_file":
@@ -111,7 +111,7 @@ class LogSettings(logging.Filter):
             elif key == "log_format" and value != self.FORMAT:
                 raise InvalidRequest(
                     f"polystack writes one format, JSON lines with ISO 8601 times (log_format "
-                    f"{self.FORMAT!r}), not {_show(value)}"
+                    f"{self.FORMAT!r}), not {quote(value)}"
                 )
         self.switches, self.verbose = switches, verbose
         self._apply()
@@ -127,12 +127,6 @@ class LogSettings(logging.Filter):
         for handler in logger.handlers + logging.getLogger("opentelemetry").handlers:
             if self not in handler.filters:
                 handler.addFilter(self)
-
-
-def _show(value: Any) -> str:
-    """``value`` as an error message quotes it: cut short, since it comes from the client."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 SETTINGS = LogSettings()

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from polystack import __version__
-from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable
+from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable, quote
 
 log = logging.getLogger("polystack.server.tracing")
 
@@ -229,7 +229,7 @@ class Tracing:
 def _parse(key: str, value: Any) -> Any:
     """One setting's new value (None: clear it), or InvalidRequest saying what it takes."""
     if key not in SETTINGS and key not in ("trace_file", "log_frequency"):
-        raise InvalidRequest(f"unknown trace setting {_show(key)}; polystack has {', '.join(SETTINGS)}")
+        raise InvalidRequest(f"unknown trace setting {quote(key)}; polystack has {', '.join(SETTINGS)}")
     if key == "trace_file" or key == "log_frequency":
         if value is None:
             return None
@@ -242,33 +242,27 @@ def _parse(key: str, value: Any) -> Any:
     if key == "trace_level":
         levels = [value] if isinstance(value, str) else value
         if not isinstance(levels, list) or not levels or not all(isinstance(v, str) for v in levels):
-            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {_show(value)}')
+            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {quote(value)}')
         if "TENSORS" in levels:
             raise InvalidRequest('polystack traces timestamps (spans), not tensors: use ["TIMESTAMPS"]')
         if levels == ["OFF"]:
             return False
         if set(levels) == {"TIMESTAMPS"}:
             return True
-        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {_show(value)}')
+        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {quote(value)}')
     if key == "trace_rate":
         return _rate(_integer(key, value))
     if key == "trace_count":
         return _count(_integer(key, value))
     if key == "trace_mode" and _single(key, value) != MODE:
-        raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {_show(value)}")
+        raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {quote(value)}")
     return MODE
-
-
-def _show(value: Any) -> str:
-    """``value`` as an error message quotes it: cut short, since it comes from the client."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _single(key: str, value: Any) -> Any:
     if isinstance(value, list):  # gRPC sends every setting as a list of strings
         if len(value) != 1:
-            raise InvalidRequest(f"{key} takes one value, not {_show(value)}")
+            raise InvalidRequest(f"{key} takes one value, not {quote(value)}")
         return value[0]
     return value
 
@@ -279,7 +273,7 @@ def _integer(key: str, value: Any) -> int:
         return value
     if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)
-    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {_show(value)}')
+    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {quote(value)}')
 
 
 def _rate(rate: int) -> int:
