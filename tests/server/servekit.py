@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tritonclient.http as httpclient
 
 from polystack.engine import Engine, LoadSpec, default_spec
@@ -95,6 +96,13 @@ def start(store: Store, **config: Any) -> ServerThread:
     hooks = {k: config.pop(k) for k in ("policy_for",) if k in config}
     cfg = ServeConfig(**{"http_port": 0, "grpc_port": 0, "drain_timeout_s": 10.0, **config})
     return ServerThread(Engine(store), cfg, spec_for=test_spec_for, **hooks).start()
+
+
+def mlp_ones(rows: int = 1, client: Any = httpclient) -> Any:
+    """The test MLP's input ``x``, ``rows`` rows of ones, for ``client`` (tritonclient.http or .grpc)."""
+    x = client.InferInput("x", [rows, 16], "FP32")
+    x.set_data_from_numpy(np.ones((rows, 16), np.float32))
+    return x
 
 
 def free_port() -> int:

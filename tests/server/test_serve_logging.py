@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, start
+from servekit import cli_server, free_port, mlp_ones, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -168,8 +167,7 @@ def test_verbose_logs_requests_at_debug_even_with_the_access_log_and_info_off(
     log = tmp_path / "serve.log"
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--access-log"], http_port, log) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-        x = httpclient.InferInput("x", [1, 16], "FP32")
-        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        x = mlp_ones()
         client.infer("mlp", [x], headers={"X-Request-ID": "access"})
         client.update_log_settings({"log_info": False, "log_verbose_level": 1})
         client.infer("mlp", [x], headers={"X-Request-ID": "verbose"})
@@ -186,8 +184,7 @@ def test_changes_take_effect_in_the_servers_log(
     log = tmp_path / "serve.log"
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, log) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-        x = httpclient.InferInput("x", [1, 16], "FP32")
-        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        x = mlp_ones()
         client.infer("mlp", [x], headers={"X-Request-ID": "quiet"})
         # verbose: every request is logged, at debug, as Triton's verbose log does
         client.update_log_settings({"log_verbose_level": 1})

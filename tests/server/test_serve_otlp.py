@@ -15,15 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_service
+from servekit import cli_server, free_port, mlp_ones
 
 from polystack.store import ModelRecord, Store
-
-trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
-pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
@@ -85,8 +82,7 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
     env.pop("OTEL_SERVICE_NAME", None)
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, tmp_path / "log", env=env) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-        x = httpclient.InferInput("x", [1, 16], "FP32")
-        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        x = mlp_ones()
         client.infer("mlp", [x], request_id="r-1", headers={"traceparent": TRACEPARENT})
         client.infer("mlp", [x], request_id="r-2")
         assert client.get_trace_settings()["trace_level"] == ["TIMESTAMPS"]
@@ -135,8 +131,7 @@ def test_a_collector_that_is_down_holds_the_exit_at_most_5_s_and_otel_says_so_in
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], http_port, log, env=env) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-        x = httpclient.InferInput("x", [1, 16], "FP32")
-        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        x = mlp_ones()
         for _ in range(50):
             client.infer("mlp", [x])
         stopped = time.monotonic()
@@ -157,15 +152,13 @@ def test_two_traced_servers_in_one_process_both_export(
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-import numpy as np, tritonclient.http as httpclient
-from servekit import start
+import tritonclient.http as httpclient
+from servekit import mlp_ones, start
 from polystack.store import Store
 store = Store.at({str(store.settings.home)!r})
 for k in range(2):
     st = start(store, models=["mlp"], trace=True, grpc_port=None)
-    x = httpclient.InferInput("x", [1, 16], "FP32")
-    x.set_data_from_numpy(np.ones((1, 16), np.float32))
-    httpclient.InferenceServerClient(st.http_url).infer("mlp", [x], request_id=f"server-{{k}}")
+    httpclient.InferenceServerClient(st.http_url).infer("mlp", [mlp_ones()], request_id=f"server-{{k}}")
     st.stop()
 """
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}"}

@@ -15,17 +15,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import start
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servekit import mlp_ones, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
 from polystack.server.app import ServerThread
 from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, Store
-
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
-export = pytest.importorskip("opentelemetry.sdk.trace.export")
-in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -37,9 +36,9 @@ OFF = {"trace_level": ["OFF"], "trace_rate": "1", "trace_count": "-1", "trace_mo
 def spans() -> Iterator[Any]:
     from opentelemetry import trace
 
-    exporter = in_memory.InMemorySpanExporter()
-    provider = sdk_trace.TracerProvider()
-    provider.add_span_processor(export.SimpleSpanProcessor(exporter))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # the global provider can be set once per process
     yield exporter
     provider.shutdown()
@@ -56,8 +55,7 @@ def untraced(model_store: tuple[Store, dict[str, ModelRecord]], spans: Any) -> I
 
 def _infer_http(client: httpclient.InferenceServerClient, model: str = "mlp", **kw: Any) -> None:
     if model == "mlp":
-        x = httpclient.InferInput("x", [2, 16], "FP32")
-        x.set_data_from_numpy(np.ones((2, 16), np.float32))
+        x = mlp_ones(2)
     else:
         x = httpclient.InferInput("a", [1, 4], "INT64")
         x.set_data_from_numpy(np.ones((1, 4), np.int64))
@@ -65,9 +63,7 @@ def _infer_http(client: httpclient.InferenceServerClient, model: str = "mlp", **
 
 
 def _infer_grpc(client: grpcclient.InferenceServerClient, **kw: Any) -> None:
-    x = grpcclient.InferInput("x", [1, 16], "FP32")
-    x.set_data_from_numpy(np.ones((1, 16), np.float32))
-    client.infer("mlp", [x], **kw)
+    client.infer("mlp", [mlp_ones(1, grpcclient)], **kw)
 
 
 def _finished(spans: Any) -> list[Any]:

@@ -87,10 +87,6 @@ class Tracing:
             self.setup()
         self._refresh()
 
-    @property
-    def enabled(self) -> bool:
-        return self.active
-
     def setup(self) -> None:
         """Get a tracer, setting up export from the ``OTEL_*`` variables if nothing else has; raises
         ``BackendUnavailable`` / ``Unavailable`` (503 to a client of the extension, exit 2 at start) with
