@@ -141,6 +141,27 @@ def test_full_queue_refuses_at_once(make: Any) -> None:
     assert stats["fail"]["count"] == 1 and stats["success"]["count"] == 3
 
 
+def test_queue_of_size_zero_has_no_limit(make: Any) -> None:
+    """Triton's max_queue_size 0: no limit (a config loaded through the repository extension says so)."""
+    model = Recording(delay_s=0.1)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=0)
+    futures = [b.submit(rows(1)) for _ in range(20)]
+    for f in futures:
+        f.result(timeout=10)
+    assert len(model.batches) == 20
+
+
+def test_client_deadline_is_ignored_when_the_policy_says_so(make: Any) -> None:
+    """Triton's allow_timeout_override false: the client's own deadline does not apply, the policy's does."""
+    model = Recording(delay_s=0.2)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, client_timeouts=False)
+    first = b.submit(rows(1))
+    time.sleep(0.05)
+    patient = b.submit(rows(1, 7.0), timeout_s=0.05)
+    assert patient.result(timeout=5)["y"][0, 0] == 14.0  # ran, after waiting longer than its own deadline
+    first.result(timeout=5)
+
+
 def test_expired_request_is_rejected_and_never_run(make: Any) -> None:
     model = Recording(delay_s=0.2)
     b = make(model, max_batch_size=1, max_queue_delay_ms=0)

@@ -170,6 +170,8 @@ class DynamicBatcher:
                     f"{', '.join(self.signature.output_names)}"
                 )
         now = time.monotonic()
+        if not self.policy.client_timeouts:
+            timeout_s = None
         timeouts = [t for t in (self.policy.timeout_s, timeout_s) if t is not None]
         # rows, as the statistics count them, also once a model stopped being merged (_stop_merging)
         items = int(inputs[self.signature.inputs[0].name].shape[0]) if self.signature.batched else 1
@@ -182,7 +184,7 @@ class DynamicBatcher:
         with self._cond:
             if self._closed:
                 raise Unavailable(f"model {self.entry.name!r} is shutting down; retry on another replica")
-            if len(self._queue) >= self.policy.max_queue_size:
+            if len(self._queue) >= self.policy.max_queue_size > 0:
                 raise QueueFull(
                     f"model {self.entry.name!r} has {len(self._queue)} requests queued (the maximum); retry later"
                 )

@@ -14,8 +14,9 @@ class BatchPolicy:
     max_batch_size: int = 32  # items (dim 0) per runtime call
     max_queue_delay_ms: float = 2.0  # how long the oldest request may wait for others
     preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when the queue holds one of these
-    max_queue_size: int = 1024  # waiting requests; one more is refused with QueueFull
-    timeout_s: float | None = None  # default per-request deadline (a client's own may be shorter)
+    max_queue_size: int = 1024  # waiting requests; one more is refused with QueueFull (0: no limit, as in Triton)
+    timeout_s: float | None = None  # default per-request deadline
+    client_timeouts: bool = True  # a client's own deadline applies when shorter (False: Triton's "no override")
     instances: int = 1  # worker threads sharing the one loaded model (runtimes that allow it)
     idle_gap_ms: float = 0.2  # leave early when no request arrived for this long (0: wait out the delay)
 
@@ -24,8 +25,8 @@ class BatchPolicy:
             raise InvalidRequest("max_batch_size must be >= 1")
         if self.max_queue_delay_ms < 0:
             raise InvalidRequest("max_queue_delay_ms must be >= 0")
-        if self.max_queue_size < 1:
-            raise InvalidRequest("max_queue_size must be >= 1")
+        if self.max_queue_size < 0:
+            raise InvalidRequest("max_queue_size must be >= 0 (0: no limit)")
         if any(p < 1 or p > self.max_batch_size for p in self.preferred_batch_sizes):
             raise InvalidRequest(f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size})")
         if self.timeout_s is not None and self.timeout_s <= 0:

@@ -39,7 +39,7 @@ def serve(
     ),
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Batching: items per runtime call."),
     max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Batching: longest wait to fill."),
-    max_queue_size: int = typer.Option(1024, "--max-queue-size", help="Batching: queued requests before 503."),
+    max_queue_size: int = typer.Option(1024, "--max-queue-size", help="Batching: queued requests before 503 (0: no limit)."),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="Batching: default per-request deadline."),
     instances: int = typer.Option(1, "--instances", help="Batching: worker threads sharing one model."),
     threads: int | None = typer.Option(
