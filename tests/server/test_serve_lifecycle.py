@@ -8,6 +8,8 @@ import http.client
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -300,3 +302,15 @@ def test_a_load_in_progress_at_sigterm_is_answered_within_the_drain(
     st.stop()
     loader.join(10)
     assert outcome == ["loaded"] and time.monotonic() - began < 5
+
+
+def test_model_control_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
+    """A load or unload would reach whichever Ray Serve replica got it, leaving the others as they were."""
+    out = subprocess.run(
+        [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--allow-model-control",
+         "--engine", "ray"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--engine local" in lines[0], out.stderr

@@ -151,6 +151,12 @@ def serve(
             "--allow-shared-memory needs the client and the one server process on the same host; Ray Serve "
             "spreads requests over replicas, each with its own regions: serve with --engine local"
         )
+    if engine == "ray" and allow_model_control:
+        raise InvalidRequest(
+            "--allow-model-control would load or unload a model in whichever Ray Serve replica a request reaches, "
+            "leaving the others as they were: name the models to serve instead (polystack serve NAME ... --engine "
+            "ray), or serve with --engine local"
+        )
     if engine == "ray" and tls is not None and tls.mutual:
         raise InvalidRequest(
             "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
