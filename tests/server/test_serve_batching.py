@@ -46,7 +46,7 @@ def test_config_shows_dynamic_batching(batching: ServerThread) -> None:
     assert config["dynamic_batching"] == {
         "preferred_batch_size": [],
         "max_queue_delay_microseconds": 20000,
-        "default_queue_policy": {"max_queue_size": 2},
+        "default_queue_policy": {"max_queue_size": 2, "allow_timeout_override": True},
     }
 
 

@@ -110,10 +110,7 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         with pytest.raises(InferenceServerException) as e:
             g.load_model("does-not-exist")
         assert "NOT_FOUND" in str(e.value.status())
-        # overriding the config or the files on load is refused, never silently ignored
-        with pytest.raises(InferenceServerException) as e:
-            g.load_model("mlp", config='{"max_batch_size": 2}')
-        assert "INVALID_ARGUMENT" in str(e.value.status()) and "'config'" in e.value.message()
+        # overriding the files on load is refused, never silently ignored (a config: test_serve_load_config.py)
         with pytest.raises(InferenceServerException) as e:
             client.load_model("mlp", files={"file:1/model.onnx": b"garbage"})
         assert "400" in str(e.value.status()) and "'file:1/model.onnx'" in e.value.message()

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, w
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
-from polystack.server.dataplane import DataPlane, PolicyFor, SpecFor
+from polystack.server.dataplane import DataPlane, PolicyFor
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.placement import CpuPlacement
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
@@ -96,7 +96,7 @@ class Server:
         engine: Engine,
         config: ServeConfig,
         *,
-        spec_for: SpecFor = spec_for,
+        spec_for: Callable[[Store, ModelRecord, str], LoadSpec] = spec_for,
         policy_for: PolicyFor = policy_for,
     ) -> None:
         self.engine = engine
@@ -110,12 +110,13 @@ class Server:
 
         cpus = config.cpus
 
-        def spec(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
+        def spec(store: Store, record: ModelRecord, profile: str, batch_policy: BatchPolicy | None) -> LoadSpec:
             chosen = spec_for(store, record, profile)
-            if config.threads is None and config.batching is None and cpus is None:
-                return chosen  # the plan's concurrency (already in its spec), or the runtime's default
-            batch_policy = policy(store, record, profile)
             instances = batch_policy.instances if batch_policy else 1
+            if config.threads is None and config.batching is None and cpus is None:
+                planned = policy(store, record, profile)
+                if instances == (planned.instances if planned else 1):
+                    return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             threads = config.threads
             if threads is None and cpus is not None:
                 # a plan's or runtime's default thread count was sized for the whole machine

@@ -16,6 +16,7 @@ slower model, goes to the thread pool as before.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -37,12 +38,13 @@ from polystack.errors import (
     PolystackError,
     Unavailable,
     VersionNotFound,
+    quote,
 )
-from polystack.labels import label_files_of, labels_of
+from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
-from polystack.server import status
+from polystack.server import model_config, status
 from polystack.server.logs import LogSettings
 from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
@@ -52,7 +54,8 @@ from polystack.types import DType
 log = logging.getLogger("polystack.server")
 
 _MAX_ROUTES = 1024
-SpecFor = Callable[[Store, ModelRecord, str], LoadSpec]
+# what to load for a model under a profile, given how it will be batched (instances share the runtime)
+SpecFor = Callable[[Store, ModelRecord, str, BatchPolicy | None], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
 
 
@@ -144,12 +147,20 @@ class DataPlane:
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time: nothing per request
 
     # -- model lifecycle -------------------------------------------------------------------------
-    def load(self, ref: ModelRef | str) -> LoadedEntry:
-        """Load one model (latest version unless given) with the spec and batch policy for the profile."""
+    def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
+        """Load one model (latest version unless given) with the spec and batch policy for the profile,
+        or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
-        spec = self.spec_for(self.store, record, self.profile)
         policy = self.policy_for(self.store, record, self.profile)
+        spec = self.spec_for(self.store, record, self.profile, policy)
+        if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
+            chosen = model_config.read(config, record, spec, policy)
+            if chosen.batching != policy:
+                policy = chosen.batching
+                spec = self.spec_for(self.store, record, self.profile, policy)
+            if chosen.max_batch_size is not None:
+                spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
         entry, replaced = self.engine.swap(record.ref, spec)
         key = (entry.name, entry.version)
         old = self._served.get(key)
@@ -169,7 +180,10 @@ class DataPlane:
         if replaced is not None:
             replaced.model.close()  # once the calls running on it (unbatched) return
         self.metrics.models_loaded.set(len(self._served))
-        log.info("model loaded", extra={"model": entry.name, "version": entry.version, "backend": spec.backend})
+        extra = {"model": entry.name, "version": entry.version, "backend": spec.backend}
+        if config is not None:
+            extra["config"] = model_config.render(entry, batcher)  # what the load's config made of it
+        log.info("model loaded", extra=extra)
         return entry
 
     def unload(self, name: str) -> None:
@@ -297,50 +311,7 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
-        entry = served.entry
-        sig = entry.signature
-        batcher = served.batcher
-        if batcher is not None:  # one that stopped merging (outputs not following the batch) takes none
-            max_batch = batcher.max_batch_size if batcher.batchable else 0
-        elif sig.batched and entry.spec.max_batch_size:
-            max_batch = entry.spec.max_batch_size
-        else:
-            max_batch = 0
-
-        def tensor(t: Any) -> dict[str, Any]:
-            dims = list(t.shape[1:] if max_batch > 0 else t.shape)
-            dt = "TYPE_STRING" if t.dtype is DType.BYTES else f"TYPE_{t.dtype.value}"
-            return {"name": t.name, "data_type": dt, "dims": dims}
-
-        label_files = label_files_of(entry.record.settings)
-        outputs = [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs]
-        config: dict[str, Any] = {
-            "name": entry.name,
-            "platform": f"{entry.spec.backend}_{entry.spec.format}".replace(".", "_"),
-            "backend": entry.spec.backend,
-            "max_batch_size": max_batch,
-            "input": [tensor(t) for t in sig.inputs],
-            "output": outputs,
-            "instance_group": [
-                {
-                    "name": f"{entry.name}_0",
-                    "kind": "KIND_GPU" if entry.spec.device.startswith("cuda") else "KIND_CPU",
-                    "count": batcher.policy.instances if batcher else 1,
-                }
-            ],
-            "parameters": {"polystack_device": {"string_value": entry.spec.device}},
-        }
-        if batcher is not None and batcher.batchable:  # a batcher that stopped merging runs requests as they come
-            p = batcher.policy
-            queue: dict[str, Any] = {"max_queue_size": p.max_queue_size}
-            if p.timeout_s is not None:
-                queue["default_timeout_microseconds"] = int(p.timeout_s * 1e6)
-            config["dynamic_batching"] = {
-                "preferred_batch_size": list(p.preferred_batch_sizes),
-                "max_queue_delay_microseconds": int(p.max_queue_delay_ms * 1000),
-                "default_queue_policy": queue,
-            }
-        return config
+        return model_config.render(served.entry, served.batcher)
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         entries = [self._get(name, version).entry] if name else self.engine.loaded()
@@ -501,14 +472,14 @@ class DataPlane:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
-        overrides = sorted(k for k in parameters or {} if k == "config" or k.startswith("file:"))
-        if overrides:
+        files = sorted(k for k in parameters or {} if k.startswith("file:"))
+        if files:
             raise InvalidRequest(
-                f"load parameters {', '.join(map(repr, overrides))} are not supported: polystack loads models from "
-                "its store with the plan for the server's profile; register the new file with `polystack register` "
-                "(or tune a new plan), then load it by name"
+                f"load parameters {', '.join(map(quote, files))} are not supported: polystack loads models from its "
+                "store; register the new file with `polystack register` (or tune a new plan), then load it by name"
             )
-        await self._control(self.load, name)
+        config = (parameters or {}).get("config")
+        await self._control(lambda n: self.load(n, config), name)
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()

@@ -1,0 +1,432 @@
+"""Triton's model configuration, both ways: rendered from a loaded model (the model_configuration
+extension) and read from a repository load's ``config`` parameter (the model repository extension).
+
+A load's config replaces polystack's own choice of *scheduling* for that load, as Triton's replaces
+config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and ``instance_group``.
+What it leaves out means what it means to Triton (protobuf's zero: no queue delay, no queue limit, no
+default timeout), except ``max_batch_size`` and the instance count, which polystack fills with its
+own choice for the model, as Triton's auto-complete fills them from the model.
+What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
+store) the config may repeat but not change: a different value is refused, never ignored. Fields
+Triton-only features would read (sequence batching, ensembles, warm-up, ...) are accepted at their
+defaults, so that a config copied from a Triton server loads, and refused otherwise. Both field
+spellings of protobuf's JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers
+as numbers or strings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.engine import LoadedEntry, LoadSpec
+from polystack.errors import InvalidRequest, quote
+from polystack.labels import label_files_of
+from polystack.protocol import http_codec
+from polystack.store import ModelRecord
+from polystack.types import DType, TensorSpec
+
+_INT32_MAX = (1 << 31) - 1
+_UINT64_MAX = (1 << 64) - 1
+_MAX_INSTANCES = 256  # worker threads for one model
+
+# what the config may say, by message; the rest of Triton's ModelConfig is accepted at its defaults only
+_READ = {
+    "config": {
+        "name",
+        "platform",
+        "backend",
+        "max_batch_size",
+        "input",
+        "output",
+        "instance_group",
+        "dynamic_batching",
+        "parameters",
+    },
+    "dynamic_batching": {
+        "preferred_batch_size",
+        "max_queue_delay_microseconds",
+        "preserve_ordering",
+        "default_queue_policy",
+    },
+    "default_queue_policy": {
+        "timeout_action",
+        "default_timeout_microseconds",
+        "allow_timeout_override",
+        "max_queue_size",
+    },
+    "instance_group": {"name", "kind", "count", "gpus"},
+    "input": {"name", "data_type", "dims"},
+    "output": {"name", "data_type", "dims", "label_filename"},
+}
+# Triton's defaults that are not empty values (a config Triton printed carries them)
+_DEFAULTS: dict[str, Any] = {
+    "version_policy": {"latest": {"num_versions": 1}},
+    "optimization.input_pinned_memory": {"enable": True},
+    "optimization.output_pinned_memory": {"enable": True},
+    "optimization.priority": "PRIORITY_DEFAULT",
+    "input.format": "FORMAT_NONE",
+    "output.format": "FORMAT_NONE",
+}
+# oneof choices whose mere presence, even empty, asks for something
+_PRESENCE = {"sequence_batching", "ensemble_scheduling", "version_policy"}
+# fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
+_FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
+_UNSUPPORTED = {
+    "sequence_batching": "polystack has no sequence batching (stateful models)",
+    "ensemble_scheduling": "polystack has no ensembles; chain models in the client",
+    "model_warmup": "polystack does not run warm-up requests from the config",
+    "response_cache": "polystack has no response cache",
+    "model_transaction_policy": "polystack has no decoupled models",
+    "batch_input": "polystack has no ragged batching",
+    "batch_output": "polystack has no ragged batching",
+    "version_policy": "a load loads one version: the latest, or NAME:VERSION",
+    "optimization": "polystack's runtimes take their settings from its plan (`polystack tune`)",
+}
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What a load's config decides for that load: how to batch (None: not batched) and, without
+    batching, the most rows a request may hold (None: as the variant allows)."""
+
+    batching: BatchPolicy | None
+    max_batch_size: int | None
+
+
+def render(entry: LoadedEntry, batcher: DynamicBatcher | None) -> dict[str, Any]:
+    """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one."""
+    sig = entry.signature
+    merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
+    if merging:
+        assert batcher is not None
+        max_batch = batcher.max_batch_size
+    elif batcher is None and sig.batched and entry.spec.max_batch_size:
+        max_batch = entry.spec.max_batch_size
+    else:
+        max_batch = 0
+
+    def tensor(t: TensorSpec) -> dict[str, Any]:
+        return {"name": t.name, "data_type": _data_type(t.dtype), "dims": _dims(t, max_batch)}
+
+    label_files = label_files_of(entry.record.settings)
+    config: dict[str, Any] = {
+        "name": entry.name,
+        "platform": platform_of(entry.spec),
+        "backend": entry.spec.backend,
+        "max_batch_size": max_batch,
+        "input": [tensor(t) for t in sig.inputs],
+        "output": [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs],
+        "instance_group": [
+            {
+                "name": f"{entry.name}_0",
+                "kind": _kind(entry.spec.device),
+                "count": batcher.policy.instances if batcher else 1,
+            }
+        ],
+        "parameters": {"polystack_device": {"string_value": entry.spec.device}},
+    }
+    if merging:
+        assert batcher is not None
+        p = batcher.policy
+        queue: dict[str, Any] = {"max_queue_size": p.max_queue_size, "allow_timeout_override": p.client_timeouts}
+        if p.timeout_s is not None:
+            queue["default_timeout_microseconds"] = round(p.timeout_s * 1e6)
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(p.preferred_batch_sizes),
+            "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
+            "default_queue_policy": queue,
+        }
+    return config
+
+
+def platform_of(spec: LoadSpec) -> str:
+    return f"{spec.backend}_{spec.format}".replace(".", "_")
+
+
+def read(text: Any, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
+    """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
+    is the batch policy polystack would have chosen, whose values fill what the config leaves out."""
+    if not isinstance(text, str):
+        raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
+    try:
+        doc = http_codec.loads(text.encode())
+    except InvalidRequest as e:
+        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}") from None
+    config = _message(doc, "config", "config")
+    name = _string(config, "name", "config")
+    if name and name != record.name:
+        raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
+    for key, ours in (("platform", platform_of(spec)), ("backend", spec.backend)):
+        theirs = _string(config, key, "config")
+        if theirs and theirs != ours:
+            raise InvalidRequest(
+                f"the config asks for {key} {quote(theirs)}, but polystack runs {record.name!r} as {ours!r} (its plan "
+                "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
+                "chooses another runtime (`polystack tune`)"
+            )
+    _parameters(config.get("parameters"), spec)
+    batched = record.signature.batched
+    limit = spec.max_batch_size  # the variant's own, if it has one
+    given = "max_batch_size" in config
+    max_batch = _int(config, "max_batch_size", "config", 0, _INT32_MAX) if given else None
+    if max_batch and not batched:
+        raise InvalidRequest(
+            f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input; "
+            "set max_batch_size 0"
+        )
+    if max_batch and limit and max_batch > limit:
+        raise InvalidRequest(
+            f"the config sets max_batch_size {max_batch}, but the variant polystack serves {record.name!r} with takes "
+            f"at most {limit} rows; set max_batch_size to {limit} or less"
+        )
+    groups = config.get("instance_group")
+    instances = _instances(groups, spec) if groups is not None else None
+    dynamic = config.get("dynamic_batching")
+    if dynamic is None:
+        if instances not in (None, 1):
+            raise InvalidRequest(
+                f"the config asks for {instances} instances without dynamic_batching: without batching, requests "
+                "already run side by side on the server's inference threads (--workers); add dynamic_batching to "
+                "have instances merge and run batches, or set count 1"
+            )
+        result = LoadConfig(None, max_batch or None)
+    else:
+        if not batched:
+            raise InvalidRequest(
+                f"the config asks for dynamic_batching, but {record.name!r} takes no batch dimension on every input; "
+                "leave dynamic_batching out"
+            )
+        if max_batch == 0:
+            raise InvalidRequest("dynamic_batching needs max_batch_size of 1 or more; set it, or leave it out")
+        if max_batch is None:
+            max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
+            max_batch = min(max_batch, limit) if limit else max_batch
+        if instances is None:
+            instances = default.instances if default else 1
+        result = LoadConfig(_batching(dynamic, max_batch, instances, default), None)
+    _tensors(config, record, max_batch if max_batch is not None else 0)
+    return result
+
+
+def _batching(value: Any, max_batch: int, instances: int, default: BatchPolicy | None) -> BatchPolicy:
+    where = "dynamic_batching"
+    d = _message(value, where, where)
+    preferred = d.get("preferred_batch_size", [])
+    if not isinstance(preferred, list):
+        raise InvalidRequest(f"{where}.preferred_batch_size must be a list of batch sizes")
+    sizes = [_whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
+    delay_us = _int(d, "max_queue_delay_microseconds", where, 0, _UINT64_MAX)
+    if _bool(d, "preserve_ordering", where):
+        raise InvalidRequest(
+            f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
+            "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
+        )
+    queue = _message(d.get("default_queue_policy", {}), f"{where}.default_queue_policy", "default_queue_policy")
+    qwhere = f"{where}.default_queue_policy"
+    action = _string(queue, "timeout_action", qwhere) or "REJECT"
+    if action != "REJECT":
+        raise InvalidRequest(
+            f"{qwhere}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
+            "passed, never runs it late; use REJECT"
+        )
+    timeout_us = _int(queue, "default_timeout_microseconds", qwhere, 0, _UINT64_MAX)
+    return BatchPolicy(
+        max_batch_size=max_batch,
+        max_queue_delay_ms=delay_us / 1000.0,
+        preferred_batch_sizes=tuple(sorted(set(sizes))),
+        max_queue_size=_int(queue, "max_queue_size", qwhere, 0, _INT32_MAX * 2 + 1),
+        timeout_s=timeout_us / 1e6 if timeout_us else None,
+        client_timeouts=_bool(queue, "allow_timeout_override", qwhere),
+        instances=instances,
+        idle_gap_ms=(default or BatchPolicy()).idle_gap_ms,
+    )
+
+
+def _instances(value: Any, spec: LoadSpec) -> int:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("instance_group must be a list of at least one group")
+    ours = _kind(spec.device)
+    total = 0
+    for i, item in enumerate(value):
+        where = f"instance_group[{i}]"
+        group = _message(item, where, "instance_group")
+        _string(group, "name", where)
+        kind = _string(group, "kind", where) or "KIND_AUTO"
+        if kind not in ("KIND_AUTO", ours):
+            raise InvalidRequest(
+                f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
+                f"use {ours} or KIND_AUTO, or serve a variant built for that device"
+            )
+        gpus = group.get("gpus", [])
+        index = int(spec.device.partition(":")[2] or 0) if ours == "KIND_GPU" else None
+        if not isinstance(gpus, list) or any(g != index for g in gpus):
+            raise InvalidRequest(
+                f"{where}.gpus {quote(gpus)} does not match the device polystack runs this model on ({spec.device}); "
+                "leave gpus out"
+            )
+        count = _int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
+        total += count or 1  # Triton reads 0 as 1
+    if total > _MAX_INSTANCES:
+        raise InvalidRequest(
+            f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
+        )
+    return total
+
+
+def _parameters(value: Any, spec: LoadSpec) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
+    for key, item in value.items():
+        given = item.get("string_value", item.get("stringValue")) if isinstance(item, dict) else None
+        if key != "polystack_device":
+            raise InvalidRequest(
+                f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
+                "from the plan (`polystack tune`); leave it out"
+            )
+        if given != spec.device:
+            raise InvalidRequest(
+                f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
+                "leave it out, or serve a variant built for that device"
+            )
+
+
+def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> None:
+    """Inputs and outputs the config lists must be the model's own, with the same type and dims."""
+    sig = record.signature
+    for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        items = config.get(key, [])
+        if not isinstance(items, list):
+            raise InvalidRequest(f"{key} must be a list of tensors")
+        by_name = {t.name: t for t in specs}
+        label_files = label_files_of(record.settings)
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]"
+            d = _message(item, where, key)
+            name = _string(d, "name", where)
+            t = by_name.get(name)
+            if t is None:
+                raise InvalidRequest(
+                    f"{where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s are "
+                    f"{', '.join(by_name)}"
+                )
+            want = _data_type(t.dtype)
+            got = _string(d, "data_type", where)
+            if got and got != want:
+                raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
+            dims = d.get("dims")
+            if dims is not None:
+                got_dims = _int_list(dims, f"{where}.dims")
+                if got_dims != _dims(t, max_batch):
+                    raise InvalidRequest(
+                        f"{where} ({name}) has dims {got_dims}, but the model's are {_dims(t, max_batch)} with "
+                        f"max_batch_size {max_batch} (-1: any size); polystack checks requests against the model's "
+                        "own dims"
+                    )
+            label = _string(d, "label_filename", where)
+            if label and label != label_files.get(name, ""):
+                raise InvalidRequest(
+                    f"{where} ({name}) names labels {quote(label)}, which are not the labels registered with the "
+                    "model; register the model with its labels (`polystack register --labels`) and leave "
+                    "label_filename out"
+                )
+
+
+# -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
+    """``value`` as a message of ``kind`` with snake_case keys; fields outside ``_READ[kind]`` must be
+    Triton's defaults."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be a JSON object")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        snake = _snake(key)
+        if snake in out:
+            raise InvalidRequest(f"{where} sets {snake} twice")
+        if snake in _READ[kind]:
+            out[snake] = v
+            continue
+        path = snake if kind == "config" else f"{kind}.{snake}"
+        if path in _FILE_NAMES or _is_default(v, path):
+            continue
+        why = _UNSUPPORTED.get(path)
+        if why:
+            raise InvalidRequest(f"the config sets {path}, which polystack cannot honour: {why}; leave it out")
+        raise InvalidRequest(
+            f"{where} sets {quote(key)}, which polystack does not read (it reads {', '.join(sorted(_READ[kind]))}); "
+            "leave it out, or set it to Triton's default"
+        )
+    return out
+
+
+def _snake(key: str) -> str:
+    return _CAMEL.sub(r"_\1", key).lower()
+
+
+def _snake_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_snake(k): _snake_keys(v) for k, v in value.items()}
+    return value
+
+
+def _is_default(value: Any, path: str) -> bool:
+    if path in _DEFAULTS and _snake_keys(value) == _DEFAULTS[path]:
+        return True
+    if path in _PRESENCE:  # even empty, these choose something: Triton's sequence batcher, all versions, ...
+        return value is None
+    if isinstance(value, dict):
+        return all(_is_default(v, f"{path}.{_snake(k)}") for k, v in value.items())
+    if isinstance(value, str) and value.isdigit():
+        return int(value) == 0  # a 64-bit integer, as protobuf's JSON writes it
+    return value in (None, False, 0, "", [])
+
+
+def _string(d: dict[str, Any], key: str, where: str) -> str:
+    v = d.get(key, "")
+    if not isinstance(v, str):
+        raise InvalidRequest(f"{where}.{key} must be a string, not {quote(v)}")
+    return v
+
+
+def _bool(d: dict[str, Any], key: str, where: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise InvalidRequest(f"{where}.{key} must be true or false, not {quote(v)}")
+    return v
+
+
+def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
+    return _whole(d.get(key, 0), f"{where}.{key}", lo, hi)
+
+
+def _whole(v: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, str) and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
+        v = int(v)  # protobuf's JSON writes 64-bit integers as strings
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InvalidRequest(f"{what}: {quote(v)} is not a whole number from {lo} to {hi}")
+    return v
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list of whole numbers")
+    return [_whole(v, where, -1, (1 << 63) - 1) for v in value]
+
+
+def _dims(t: TensorSpec, max_batch: int) -> list[int]:
+    return list(t.shape[1:] if max_batch > 0 else t.shape)
+
+
+def _data_type(dtype: DType) -> str:
+    return "TYPE_STRING" if dtype is DType.BYTES else f"TYPE_{dtype.value}"
+
+
+def _kind(device: str) -> str:
+    return "KIND_GPU" if device.startswith("cuda") else "KIND_CPU"

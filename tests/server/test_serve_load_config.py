@@ -1,0 +1,269 @@
+"""A repository load with Triton's ``config`` parameter: it sets batching, limits and instances for that
+load, a config copied from Triton loads, and every config polystack cannot honour is refused whole,
+leaving the model served as it was."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import mlp_ones, register_like, start
+from tritonclient.utils import InferenceServerException
+
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+from polystack.types import DType, Signature, TensorSpec
+
+
+@pytest.fixture(scope="module")
+def server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    store, records = model_store
+    register_like(store, records["mlp"], "slow500", tags={"delay_ms": "500"})
+    # the MLP's file under a signature with a fixed first dimension: a model that takes no batch
+    fixed = Signature(inputs=(TensorSpec("x", DType.FP32, (2, 16)),), outputs=(TensorSpec("y", DType.FP32, (2, 4)),))
+    store.register(store.artifact_path(records["mlp"]), name="fixed2", format=records["mlp"].format, signature=fixed)
+    st = start(store, models=["mlp", "slow500", "fixed2"], allow_model_control=True)
+    yield st
+    st.stop()
+
+
+def config_of(st: ServerThread, name: str) -> dict[str, Any]:
+    return httpclient.InferenceServerClient(st.http_url).get_model_config(name)
+
+
+def test_a_load_config_sets_batching_limits_and_instances_for_that_load(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    before = config_of(server, "mlp")
+    assert before["max_batch_size"] == 64 and "dynamic_batching" not in before  # the test variant's limit
+    edited = copy.deepcopy(before)  # what a Triton user does: read the config, change it, load it
+    edited["max_batch_size"] = 16
+    edited["instance_group"][0]["count"] = 2
+    edited["dynamic_batching"] = {
+        "preferred_batch_size": [8],
+        "max_queue_delay_microseconds": 3000,
+        "default_queue_policy": {"max_queue_size": 100, "default_timeout_microseconds": 2000000},
+    }
+    grpcclient.InferenceServerClient(server.grpc_url).load_model("mlp", config=json.dumps(edited))
+    after = config_of(server, "mlp")
+    assert after["max_batch_size"] == 16 and after["instance_group"][0]["count"] == 2
+    assert after["dynamic_batching"] == {
+        "preferred_batch_size": [8],
+        "max_queue_delay_microseconds": 3000,
+        "default_queue_policy": {
+            "max_queue_size": 100,
+            "allow_timeout_override": False,
+            "default_timeout_microseconds": 2000000,
+        },
+    }
+    assert client.infer("mlp", [mlp_ones(16)]).as_numpy("y").shape == (16, 4)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [mlp_ones(17)])  # over the config's max_batch_size, under the variant's 64
+    assert "400" in str(e.value.status()) and "16" in e.value.message()
+    # the next load without a config goes back to polystack's own choice
+    client.load_model("mlp")
+    assert config_of(server, "mlp") == before
+    assert client.infer("mlp", [mlp_ones(17)]).as_numpy("y").shape == (17, 4)
+
+
+def test_max_batch_size_without_dynamic_batching_limits_requests(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("mlp", config=json.dumps({"max_batch_size": 4}))
+        config = config_of(server, "mlp")
+        assert config["max_batch_size"] == 4 and "dynamic_batching" not in config
+        assert config["input"][0]["dims"] == [16]
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("mlp", [mlp_ones(5)])
+        assert "400" in str(e.value.status())
+        assert client.infer("mlp", [mlp_ones(4)]).as_numpy("y").shape == (4, 4)
+    finally:
+        client.load_model("mlp")
+
+
+def test_a_config_copied_from_triton_loads(server: ServerThread) -> None:
+    """Triton prints its defaults for features polystack lacks, and protobuf's JSON may spell fields in
+    lowerCamelCase with 64-bit integers as strings: all of that loads."""
+    triton_style = {
+        "name": "mlp",
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "versionPolicy": {"latest": {"numVersions": 1}},
+        "maxBatchSize": 8,
+        "input": [
+            {
+                "name": "x",
+                "dataType": "TYPE_FP32",
+                "format": "FORMAT_NONE",
+                "dims": ["16"],
+                "isShapeTensor": False,
+                "allowRaggedBatch": False,
+                "optional": False,
+            }
+        ],
+        "output": [
+            {"name": "y", "data_type": "TYPE_FP32", "dims": [4], "label_filename": "", "is_shape_tensor": False}
+        ],
+        "batch_input": [],
+        "batch_output": [],
+        "optimization": {
+            "priority": "PRIORITY_DEFAULT",
+            "input_pinned_memory": {"enable": True},
+            "output_pinned_memory": {"enable": True},
+            "gather_kernel_buffer_threshold": 0,
+            "eager_batching": False,
+        },
+        "dynamic_batching": {
+            "preferred_batch_size": [],
+            "max_queue_delay_microseconds": "500",
+            "preserve_ordering": False,
+            "priority_levels": "0",
+            "default_priority_level": "0",
+            "priority_queue_policy": {},
+            "default_queue_policy": {"timeout_action": "REJECT", "allow_timeout_override": True, "max_queue_size": 0},
+        },
+        "instance_group": [
+            {
+                "name": "mlp",
+                "kind": "KIND_CPU",
+                "count": 1,
+                "gpus": [],
+                "secondary_devices": [],
+                "profile": [],
+                "passive": False,
+                "host_policy": "",
+            }
+        ],
+        "default_model_filename": "model.onnx",
+        "cc_model_filenames": {},
+        "metric_tags": {},
+        "parameters": {},
+        "model_warmup": [],
+        "response_cache": {"enable": False},
+    }
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("mlp", config=json.dumps(triton_style))
+        config = config_of(server, "mlp")
+        assert config["max_batch_size"] == 8
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+        assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 0  # no limit, as in Triton
+        assert config["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"] is True
+        assert client.infer("mlp", [mlp_ones(3)]).as_numpy("y").shape == (3, 4)
+    finally:
+        client.load_model("mlp")
+
+
+def test_a_config_with_a_small_queue_refuses_what_does_not_fit(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = {"max_batch_size": 1, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
+    try:
+        client.load_model("slow500", config=json.dumps(config))
+
+        def one(_: int) -> str:
+            c = httpclient.InferenceServerClient(server.http_url)
+            try:
+                c.infer("slow500", [mlp_ones(1)])
+                return "ok"
+            except InferenceServerException as e:
+                return str(e.status())
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = sorted(pool.map(one, range(4)))
+        assert answers.count("503") >= 1 and answers.count("ok") >= 2  # one running, one queued, the rest refused
+    finally:
+        client.load_model("slow500")
+
+
+REFUSED = [
+    ("not json", "not JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ("[" * 10_000 + "]" * 10_000, "not JSON"),
+    (json.dumps({"sequence_batching": {"max_sequence_idle_microseconds": 100}}), "sequence batching"),
+    (json.dumps({"sequence_batching": {}}), "sequence batching"),  # present, even empty, it turns it on
+    (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),
+    (json.dumps({"version_policy": {"all": {}}}), "one version"),
+    (json.dumps({"model_warmup": [{"name": "w"}]}), "warm-up"),
+    (
+        json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}}),
+        "plan",
+    ),
+    (json.dumps({"frobnicate": 1}), "'frobnicate'"),
+    (json.dumps({"name": "other"}), "'other'"),
+    (json.dumps({"platform": "tensorrt_plan"}), "tensorrt_plan"),
+    (json.dumps({"backend": "python"}), "'python'"),
+    (json.dumps({"max_batch_size": 65}), "at most 64"),
+    (json.dumps({"max_batch_size": -1}), "max_batch_size"),
+    (json.dumps({"max_batch_size": "lots"}), "max_batch_size"),
+    (json.dumps({"max_batch_size": 0, "dynamic_batching": {}}), "1 or more"),
+    (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP16", "dims": [16]}]}), "TYPE_FP32"),
+    (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [8]}]}), "dims"),
+    (json.dumps({"input": [{"name": "x", "dims": [16]}]}), "dims"),  # max_batch_size 0: dims include the batch
+    (json.dumps({"input": [{"name": "nope", "dims": [16]}]}), "'nope'"),
+    (json.dumps({"input": [{"name": "x", "reshape": {"shape": [4, 4]}}]}), "'reshape'"),
+    (json.dumps({"output": [{"name": "y", "label_filename": "labels.txt"}]}), "labels"),
+    (json.dumps({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}), "KIND_GPU"),
+    (json.dumps({"instance_group": [{"kind": "KIND_CPU", "gpus": [0]}]}), "gpus"),
+    (json.dumps({"instance_group": [{"count": 2}]}), "dynamic_batching"),
+    (json.dumps({"instance_group": [{"count": 2000}], "dynamic_batching": {}}), "count"),
+    (json.dumps({"instance_group": []}), "at least one"),
+    (json.dumps({"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [16]}}), "from 1 to"),
+    (json.dumps({"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [0]}}), "from 1 to"),
+    (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": -5}}), "max_queue_delay_microseconds"),
+    (json.dumps({"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY"}}}), "never runs it late"),
+    (json.dumps({"dynamic_batching": {"priority_levels": 2}}), "priority_levels"),
+    (json.dumps({"dynamic_batching": {"preserve_ordering": True}}), "preserve_ordering"),
+    (json.dumps({"dynamic_batching": {"default_queue_policy": {"max_queue_size": "many"}}}), "max_queue_size"),
+    (json.dumps({"parameters": {"intra_op_thread_count": {"string_value": "2"}}}), "intra_op_thread_count"),
+    (json.dumps({"parameters": {"polystack_device": {"string_value": "cuda:0"}}}), "cuda:0"),
+    (json.dumps({"max_batch_size": 4, "maxBatchSize": 4}), "twice"),
+]
+
+
+@pytest.mark.parametrize("config,says", REFUSED, ids=[f"refused{i}" for i in range(len(REFUSED))])
+def test_a_config_polystack_cannot_honour_is_refused_and_changes_nothing(
+    server: ServerThread, config: str, says: str
+) -> None:
+    before = config_of(server, "mlp")
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as e:
+        g.load_model("mlp", config=config)
+    assert "INVALID_ARGUMENT" in str(e.value.status()) and says in e.value.message(), e.value.message()
+    assert config_of(server, "mlp") == before
+    assert httpclient.InferenceServerClient(server.http_url).infer("mlp", [mlp_ones(2)]).as_numpy("y").shape == (2, 4)
+
+
+def test_a_config_for_a_model_without_a_batch_dimension(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    for config, says in (
+        ({"max_batch_size": 2}, "max_batch_size 0"),
+        ({"dynamic_batching": {}}, "leave dynamic_batching out"),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("fixed2", config=json.dumps(config))
+        assert "400" in str(e.value.status()) and says in e.value.message()
+    client.load_model("fixed2", config=json.dumps({"max_batch_size": 0, "input": [{"name": "x", "dims": [2, 16]}]}))
+    x = httpclient.InferInput("x", [2, 16], "FP32")
+    x.set_data_from_numpy(np.ones((2, 16), np.float32))
+    assert client.infer("fixed2", [x]).as_numpy("y").shape == (2, 4)
+
+
+def test_the_config_parameter_must_be_a_string_and_files_stay_refused(server: ServerThread) -> None:
+    raw = Raw(server.http_port)
+    status, doc = raw.json("POST", "/v2/repository/models/mlp/load", {"parameters": {"config": {"max_batch_size": 2}}})
+    assert status == 400 and "must be a string" in doc["error"]
+    status, doc = raw.json("POST", "/v2/repository/models/nope/load", {"parameters": {"config": "{}"}})
+    assert status == 404
+    with pytest.raises(InferenceServerException) as e:
+        httpclient.InferenceServerClient(server.http_url).load_model(
+            "mlp", config="{}", files={"file:1/model.onnx": b"garbage"}
+        )
+    assert "400" in str(e.value.status()) and "'file:1/model.onnx'" in e.value.message()
+    raw.infer_ok()
