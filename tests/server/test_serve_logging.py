@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,76 @@ def test_changes_take_effect_in_the_servers_log(
     messages = [json.loads(ln)["msg"] for ln in text.splitlines() if ln.startswith("{")]
     assert "serving" in messages and "stopped" not in messages
     assert messages.count("log settings changed") == 2  # said at warning, which stayed on
+
+
+def test_grpc_calls_are_logged_like_http_requests(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """A line per call (unary, and per request of a stream) with its request id and status: from the
+    call's x-request-id metadata, else the inference request's id."""
+    store, _ = model_store
+    http_port, grpc_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    args = ["mlp", "--grpc-port", str(grpc_port), "--access-log"]
+    with cli_server(store.settings.home, args, http_port, log) as proc:
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        x = mlp_ones(1, grpcclient)
+        g.infer("mlp", [x], headers={"x-request-id": "by-metadata"})
+        with pytest.raises(InferenceServerException):
+            g.infer("nope", [x], request_id="by-id")
+        answers: list[Any] = []
+        g.start_stream(callback=lambda result, error: answers.append(error or result))
+        g.async_stream_infer("mlp", [x], request_id="streamed")
+        deadline = time.monotonic() + 10
+        while not answers:
+            assert time.monotonic() < deadline, "the stream was not answered"
+            time.sleep(0.05)
+        g.stop_stream()
+        g.update_log_settings({"log_info": False, "log_verbose_level": 1})
+        g.infer("mlp", [x], request_id="verbose")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+    calls = [(d["request_id"], d["rpc"].rsplit("/", 1)[1], d["status"], d["level"]) for d in lines if "rpc" in d]
+    infers = [c for c in calls if c[1] in ("ModelInfer", "ModelStreamInfer")]
+    assert infers == [
+        ("by-metadata", "ModelInfer", "OK", "info"),
+        ("by-id", "ModelInfer", "NOT_FOUND", "info"),
+        ("streamed", "ModelStreamInfer", "OK", "info"),
+        ("verbose", "ModelInfer", "OK", "debug"),
+    ], calls
+    assert any(c[1] == "ServerReady" or c[1] == "LogSettings" for c in calls)  # every call, not only inference
+
+
+def test_grpc_failures_on_the_servers_side_are_logged(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """As the HTTP transport logs its 5xx answers: here a full queue, RESOURCE_EXHAUSTED or UNAVAILABLE."""
+    from polystack.batching import BatchPolicy
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("polystack.server.grpc")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    policy = BatchPolicy(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=1)
+    st = start(model_store[0], models=["slow"], policy_for=lambda *_: policy)
+    try:
+
+        async def burst() -> list[Any]:
+            client = aiogrpcclient.InferenceServerClient(st.grpc_url)
+            x = mlp_ones(1, aiogrpcclient)
+            calls = [client.infer("slow", [x]) for _ in range(6)]
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            await client.close()
+            return done
+
+        done = asyncio.run(burst())
+        refused = [d for d in done if isinstance(d, InferenceServerException)]
+        assert refused, done
+    finally:
+        st.stop()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    warned = [r for r in records if r.getMessage() == "request failed"]
+    assert len(warned) == len(refused) and "queued" in warned[0].__dict__["error"]

@@ -183,7 +183,12 @@ class Server:
         self._sweeper = loop.create_task(self.http.close_idle_connections())
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
-                self.plane, self.config.host, self.config.grpc_port, self.config.max_body_bytes, tls
+                self.plane,
+                self.config.host,
+                self.config.grpc_port,
+                self.config.max_body_bytes,
+                tls,
+                self.config.access_log,
             )
             await self._grpc_server.start()
         log.info(

@@ -22,7 +22,9 @@ call UNKNOWN, and ends a stream with OK, dropping the requests after the bad one
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,10 +40,12 @@ from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server import status
 from polystack.server.dataplane import DataPlane
+from polystack.server.logs import request_level
 from polystack.server.tls import TlsConfig
 
 log = logging.getLogger("polystack.server.grpc")
 T = TypeVar("T")
+STREAM_RPC = "/inference.GRPCInferenceService/ModelStreamInfer"
 STREAM_IN_FLIGHT = 64  # requests of one stream being answered at once; the next is read when one finishes
 
 
@@ -63,14 +67,60 @@ class Undecodable:
         )
 
 
+class _Calls:
+    """A log line per call, as the HTTP transport writes one per request (``logs.request_level``: with
+    ``--access-log`` at info, with the logging extension's ``log_verbose_level`` >= 1 at debug)."""
+
+    def __init__(self, plane: DataPlane, access_log: bool) -> None:
+        self.settings = plane.log_settings
+        self.access_log = access_log
+
+    def level(self) -> int | None:
+        return request_level(self.settings, self.access_log)
+
+    def write(
+        self, level: int, rpc: str, context: Any, request: Any, code: grpc.StatusCode | None, started: float
+    ) -> None:
+        log.log(
+            level,
+            "request",
+            extra={
+                "request_id": _request_id(context, request),
+                "rpc": rpc,
+                "status": (code or grpc.StatusCode.OK).name,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+
+_ids = itertools.count(1)
+
+
+def _request_id(context: Any, request: Any) -> str:
+    """The call's ``x-request-id`` metadata, else the inference request's id, else one made up here."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return str(value)
+    rid = getattr(request, "id", "")
+    return rid if isinstance(rid, str) and rid else f"g{next(_ids)}"
+
+
+def _failed_here(e: PolystackError) -> None:
+    """A failure on the server's side (an HTTP 5xx) is logged, as the HTTP transport logs it."""
+    if status.http_status(e) >= 500:
+        log.warning("request failed", extra={"status": status.grpc_code(e).name, "error": e.message})
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, calls: _Calls | None = None) -> None:
         self.plane = plane
+        self.calls = calls or _Calls(plane, access_log=False)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
         except PolystackError as e:
+            _failed_here(e)
             await context.abort(status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
@@ -140,10 +190,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         running: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            started = time.perf_counter()
+            code = None
             try:
                 msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except Exception as e:
-                if not isinstance(e, PolystackError):
+                code = status.grpc_code(e)
+                if isinstance(e, PolystackError):
+                    _failed_here(e)
+                else:
                     log.exception("unexpected error in a gRPC stream")
                 # answers come back in the order they finish: the id says which request failed
                 failed = pb.ModelInferResponse(
@@ -151,6 +206,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
                 msg = pb.ModelStreamInferResponse(error_message=status.message(e), infer_response=failed)
             answers.put_nowait(msg)
+            level = self.calls.level()
+            if level is not None:  # a line per request of the stream, as for a unary call
+                self.calls.write(level, STREAM_RPC, context, request, code, started)
 
         async def read() -> None:
             try:
@@ -317,10 +375,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 
 def create_server(
-    plane: DataPlane, host: str, port: int, max_message_bytes: int, tls: TlsConfig | None = None
+    plane: DataPlane,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    tls: TlsConfig | None = None,
+    access_log: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
-    ``tls`` is given; (server, port)."""
+    ``tls`` is given, logging every call with ``access_log``; (server, port)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -328,8 +391,9 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane), server)
-    _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server)
+    calls = _Calls(plane, access_log)
+    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, calls), server, calls)
+    _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
     server.add_generic_rpc_handlers([_NotImplemented()])
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
@@ -352,17 +416,21 @@ class _Handlers:
         self.service, self.methods = service, methods
 
 
-def _add_service(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
-    """Register a generated service as its ``add_*Servicer_to_server`` would, with lenient deserializers."""
+def _add_service(
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server, calls: _Calls
+) -> None:
+    """Register a generated service as its ``add_*Servicer_to_server`` would, with lenient deserializers
+    and a log line per unary call."""
     taken = _Handlers()
     add_to_server(servicer, taken)
-    methods = {name: _lenient(f"{taken.service}/{name}", h) for name, h in taken.methods.items()}
+    methods = {name: _lenient(f"{taken.service}/{name}", h, calls) for name, h in taken.methods.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
     server.add_registered_method_handlers(taken.service, methods)
 
 
-def _lenient(method: str, handler: Any) -> Any:
+def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
     parse = handler.request_deserializer
+    rpc = f"/{method}"
 
     def parse_or_flag(data: bytes) -> Any:
         try:
@@ -375,9 +443,15 @@ def _lenient(method: str, handler: Any) -> Any:
         unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
-            return await unary(request, context)
+            started = time.perf_counter()
+            try:
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+                return await unary(request, context)
+            finally:
+                level = calls.level()
+                if level is not None:
+                    calls.write(level, rpc, context, request, context.code(), started)
 
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:

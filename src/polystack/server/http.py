@@ -36,6 +36,7 @@ from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
 from polystack.server import status
 from polystack.server.dataplane import DataPlane
+from polystack.server.logs import request_level
 
 log = logging.getLogger("polystack.server.http")
 
@@ -758,13 +759,10 @@ class HttpProtocol(asyncio.Protocol):
                 parts = []
         if parts:
             transport.write(b"".join(parts))
-        settings = self.app.log_settings
-        verbose = settings is not None and settings.verbose > 0
-        if self.app.access_log or verbose:
-            # --access-log writes at info; with info switched off, verbose still writes it at debug
-            at_info = self.app.access_log and (settings is None or settings.switches["log_info"])
+        level = request_level(self.app.log_settings, self.app.access_log)
+        if level is not None:
             log.log(
-                logging.INFO if at_info else logging.DEBUG,
+                level,
                 "request",
                 extra={
                     "request_id": req.request_id,

@@ -132,6 +132,17 @@ class LogSettings(logging.Filter):
 SETTINGS = LogSettings()
 
 
+def request_level(settings: LogSettings | None, access_log: bool) -> int | None:
+    """The level of a transport's one line per request, or None for no line: ``--access-log`` writes it
+    at info; the logging extension's ``log_verbose_level`` >= 1 writes it at debug, also when info is
+    switched off (``settings`` None: a Ray Serve replica, without the extension)."""
+    verbose = settings is not None and settings.verbose > 0
+    if not (access_log or verbose):
+        return None
+    at_info = access_log and (settings is None or settings.switches["log_info"])
+    return logging.INFO if at_info else logging.DEBUG
+
+
 def configure(level: str = "info") -> None:
     """Send polystack's logs, and OpenTelemetry's (warnings and up), to stderr as JSON lines (idempotent)."""
     handler: logging.Handler | None = None
