@@ -102,6 +102,10 @@ class ModelNotReady(Unavailable):
     pass
 
 
+class ModelClosed(Unavailable):
+    """A request reached a model instance after it was unloaded or replaced (its batcher or runtime closed)."""
+
+
 class QueueFull(Unavailable):
     pass
 

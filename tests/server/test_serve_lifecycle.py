@@ -203,6 +203,47 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
     assert all(k.startswith("503") for k in failed), failed  # not loaded, or unloaded as it arrived: retry
 
 
+@pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
+def test_a_reload_under_load_fails_no_request(model_store: tuple[Store, dict[str, ModelRecord]], batching: bool) -> None:
+    """Requests routed to the old instance just before a reload (waiting for an inference thread, or
+    handed to its closing batcher) run on the new one: a reload, unlike an unload, loses nothing, also
+    when a load's config turns batching on or off."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow20", tags={"delay_ms": "20"})
+    policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=5) if batching else None
+    st = start(store, models=["slow20"], allow_model_control=True, policy_for=lambda *_: policy)
+    outcomes: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        c = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        for _ in range(200):
+            if stop.is_set():
+                return
+            try:
+                assert c.infer("slow20", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
+                outcomes["ok"] += 1
+            except InferenceServerException as e:
+                outcomes[f"{e.status()} {e.message()}"] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    configs = [None, json.dumps({"max_batch_size": 4, "dynamic_batching": {}}), json.dumps({"max_batch_size": 4})]
+    try:
+        for t in clients:
+            t.start()
+        control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
+        time.sleep(0.2)
+        for i in range(9):
+            control.load_model("slow20", config=configs[i % 3])
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+        st.stop()
+    assert outcomes["ok"] > 30 and set(outcomes) == {"ok"}, outcomes
+
+
 def _mlp_input(module: Any) -> Any:
     i = module.InferInput("x", [1, 16], "FP32")
     i.set_data_from_numpy(np.zeros((1, 16), np.float32))

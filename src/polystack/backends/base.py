@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.errors import InvalidRequest, InvalidTensor, Unavailable
+from polystack.errors import InvalidRequest, InvalidTensor, ModelClosed
 from polystack.types import Signature
 
 
@@ -121,7 +121,7 @@ class CheckedModel:
                 )
         with self._lock:
             if self._closing:
-                raise Unavailable("the model was unloaded or replaced as this request reached it; send it again")
+                raise ModelClosed("the model was unloaded or replaced as this request reached it; send it again")
             self._running += 1
         try:
             result = self.inner.infer(inputs)

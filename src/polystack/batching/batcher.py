@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.policy import BatchPolicy
-from polystack.errors import BackendError, DeadlineExceeded, InvalidTensor, PolystackError, QueueFull, Unavailable
+from polystack.errors import (
+    BackendError,
+    DeadlineExceeded,
+    InvalidTensor,
+    ModelClosed,
+    PolystackError,
+    QueueFull,
+    Unavailable,
+)
 
 log = logging.getLogger("polystack.batching")
 
@@ -183,7 +191,7 @@ class DynamicBatcher:
         pending = _Pending(inputs, outputs, items, key, deadline, now, future, waiter, timings=timings)
         with self._cond:
             if self._closed:
-                raise Unavailable(f"model {self.entry.name!r} is shutting down; retry on another replica")
+                raise ModelClosed(f"model {self.entry.name!r} is shutting down; retry on another replica")
             if len(self._queue) >= self.policy.max_queue_size > 0:
                 raise QueueFull(
                     f"model {self.entry.name!r} has {len(self._queue)} requests queued (the maximum); retry later"

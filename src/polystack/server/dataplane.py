@@ -32,6 +32,7 @@ from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.engine import Engine, LoadedEntry, LoadSpec
 from polystack.errors import (
     InvalidRequest,
+    ModelClosed,
     ModelNotFound,
     NotFound,
     PermissionDenied,
@@ -325,10 +326,16 @@ class DataPlane:
         request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
         carrier: Carrier | None = None,
+        rerouted: bool = False,
     ) -> InferResponse:
         """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
-        ``carrier`` gives the request's headers or metadata, read for trace context when it is traced."""
+        ``carrier`` gives the request's headers or metadata, read for trace context when it is traced.
+
+        A request that reached a model instance just as a reload replaced it (it was waiting for an
+        inference thread, or was handed to the closing batcher) runs again, once, on the instance that
+        serves the model now (``rerouted``); after an unload it fails."""
         started = time.perf_counter()
+        again = False
         self.in_flight += 1
         self._idle.clear()
         model_label: tuple[str, str] | None = None
@@ -375,6 +382,12 @@ class DataPlane:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
                 )
+        except ModelClosed as e:
+            if rerouted or not self._replaced(name, version, entry):
+                self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
+                raise
+            again = True
+            self.in_flight += 1  # still in flight until the second run ends: a drain waits for it
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
@@ -382,6 +395,13 @@ class DataPlane:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+        if again:
+            try:
+                return await self.infer(name, version, request, loop, carrier, rerouted=True)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self._idle.set()
         assert model_label is not None
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
         try:
@@ -399,6 +419,13 @@ class DataPlane:
             id=request.id,
             in_shared_memory=in_shared_memory,
         )
+
+    def _replaced(self, name: str, version: str | None, entry: LoadedEntry) -> bool:
+        """Whether another instance than ``entry`` serves the model now (a reload, not an unload)."""
+        try:
+            return self._get(name, version).entry is not entry
+        except PolystackError:
+            return False
 
     def _to_shared_memory(
         self, result: dict[str, np.ndarray], shared: dict[str, ShmRef], model_label: tuple[str, str]
