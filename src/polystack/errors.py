@@ -128,5 +128,8 @@ class StoreError(BackendError):
 
 def quote(value: object, limit: int = 80) -> str:
     """``value`` as an error message quotes it: its repr, cut short, since it may come from a client."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # JSON nested deeper than repr goes
+        return f"<a {type(value).__name__} nested too deep to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -25,7 +25,7 @@ def test_what_the_config_leaves_out_means_what_it_means_to_triton_but_size_and_i
     chosen = model_config.read('{"dynamic_batching": {}}', RECORD, SPEC, PLAN)
     # max_batch_size and instances from the plan; the rest as Triton reads an empty dynamic_batching
     assert chosen.batching == BatchPolicy(
-        max_batch_size=24, max_queue_delay_ms=0, instances=2, idle_gap_ms=0.1, max_queue_size=0, client_timeouts=False
+        max_batch_size=24, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from polystack.types import DType, Signature, TensorSpec
 def server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
     store, records = model_store
     register_like(store, records["mlp"], "slow500", tags={"delay_ms": "500"})
+    register_like(store, records["mlp"], "mlpfree")
     # the MLP's file under a signature with a fixed first dimension: a model that takes no batch
     fixed = Signature(inputs=(TensorSpec("x", DType.FP32, (2, 16)),), outputs=(TensorSpec("y", DType.FP32, (2, 4)),))
     store.register(store.artifact_path(records["mlp"]), name="fixed2", format=records["mlp"].format, signature=fixed)
@@ -161,6 +163,59 @@ def test_a_config_copied_from_triton_loads(server: ServerThread) -> None:
         client.load_model("mlp")
 
 
+def test_a_config_triton_prints_for_an_unbatched_cpu_model_loads(server: ServerThread) -> None:
+    """Triton gives an ONNX model on CPU two instances, batched or not (densenet_onnx in its quickstart);
+    without batching, polystack's requests run side by side on its inference threads anyway."""
+    printed = {
+        "name": "mlp",
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "runtime": "",
+        "version_policy": {"latest": {"num_versions": "1"}},
+        "max_batch_size": 0,
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [-1, 16],
+                   "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False,
+                   "is_non_linear_format_io": False}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": ["-1", "4"], "label_filename": "",
+                    "is_shape_tensor": False, "is_non_linear_format_io": False}],
+        "instance_group": [{"name": "mlp", "kind": "KIND_CPU", "count": 2.0, "gpus": [], "secondary_devices": [],
+                            "profile": [], "passive": False, "host_policy": ""}],
+        "default_model_filename": "model.onnx",
+        "cc_model_filenames": {},
+        "metric_tags": {},
+        "parameters": {},
+        "model_warmup": [],
+        "model_transaction_policy": {"decoupled": False},
+        "model_repository_agents": {"agents": []},
+        "response_cache": {"enable": False},
+    }  # fmt: skip
+    unlimited = "mlpfree"  # the test variant caps "mlp" at 64 rows; this one has no cap
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.load_model(unlimited, config=json.dumps({**printed, "name": unlimited}))
+    config = config_of(server, unlimited)
+    assert config["max_batch_size"] == 0 and config["input"][0]["dims"] == [-1, 16] and "dynamic_batching" not in config
+    assert client.infer(unlimited, [mlp_ones(3)]).as_numpy("y").shape == (3, 4)
+
+
+def test_the_queue_delay_holds_a_batch_for_its_preferred_size(server: ServerThread) -> None:
+    """As in Triton: requests trickling in are held up to max_queue_delay_microseconds to fill a
+    preferred batch, not sent on as soon as the queue falls quiet."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = {"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [4], "max_queue_delay_microseconds": 2000000}}
+    try:
+        client.load_model("mlp", config=json.dumps(config))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = []
+            for _ in range(4):
+                futures.append(pool.submit(httpclient.InferenceServerClient(server.http_url).infer, "mlp", [mlp_ones(1)]))
+                time.sleep(0.02)
+            assert all(f.result(timeout=10).as_numpy("y").shape == (1, 4) for f in futures)
+        stats = client.get_inference_statistics("mlp")["model_stats"][0]
+        assert stats["inference_count"] == 4 and stats["execution_count"] == 1, stats
+    finally:
+        client.load_model("mlp")
+
+
 def test_a_config_with_a_small_queue_refuses_what_does_not_fit(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     config = {"max_batch_size": 1, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
@@ -196,22 +251,32 @@ REFUSED = [
         "plan",
     ),
     (json.dumps({"frobnicate": 1}), "'frobnicate'"),
+    (json.dumps({"dynamic_batching": {"frobnicate": 0}}), "not a field"),  # even at zero: not Triton's
+    (json.dumps({"default_model_filename": 5}), "file names"),
+    (json.dumps({"metric_tags": {"team": "a"}}), "metric"),
+    (json.dumps({"dynamic_batching": {"priority_queue_policy": {"1": {}}}}), "priority_queue_policy"),
+    (json.dumps({"optimization": json.loads('{"x": ' * 450 + "0" + "}" * 450)}), "nests deeper"),
+    (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 18446744073709551615}}), "from 0 to"),
+    (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 10**13}}}), "from 0 to"),
+    (json.dumps({"max_batch_size": 1.5}), "1.5"),
+    (json.dumps({"parameters": {"polystack_device": "cpu"}}), "'cpu'"),
     (json.dumps({"name": "other"}), "'other'"),
     (json.dumps({"platform": "tensorrt_plan"}), "tensorrt_plan"),
     (json.dumps({"backend": "python"}), "'python'"),
-    (json.dumps({"max_batch_size": 65}), "at most 64"),
+    (json.dumps({"max_batch_size": 65}), "from 1 to 64"),
+    (json.dumps({"max_batch_size": 0}), "from 1 to 64"),  # 0 would say "no limit" where the variant has one
     (json.dumps({"max_batch_size": -1}), "max_batch_size"),
     (json.dumps({"max_batch_size": "lots"}), "max_batch_size"),
-    (json.dumps({"max_batch_size": 0, "dynamic_batching": {}}), "1 or more"),
     (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP16", "dims": [16]}]}), "TYPE_FP32"),
     (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [8]}]}), "dims"),
-    (json.dumps({"input": [{"name": "x", "dims": [16]}]}), "dims"),  # max_batch_size 0: dims include the batch
+    (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "dims": [-1, 16]}]}), "dims"),  # the batch is not a dim
+    (json.dumps({"input": [{"name": "x", "dims": [16]}, {"name": "x", "dims": [16]}]}), "second time"),
     (json.dumps({"input": [{"name": "nope", "dims": [16]}]}), "'nope'"),
     (json.dumps({"input": [{"name": "x", "reshape": {"shape": [4, 4]}}]}), "'reshape'"),
     (json.dumps({"output": [{"name": "y", "label_filename": "labels.txt"}]}), "labels"),
     (json.dumps({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}), "KIND_GPU"),
     (json.dumps({"instance_group": [{"kind": "KIND_CPU", "gpus": [0]}]}), "gpus"),
-    (json.dumps({"instance_group": [{"count": 2}]}), "dynamic_batching"),
+    (json.dumps({"instance_group": [{"gpus": [None]}]}), "gpus"),
     (json.dumps({"instance_group": [{"count": 2000}], "dynamic_batching": {}}), "count"),
     (json.dumps({"instance_group": []}), "at least one"),
     (json.dumps({"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [16]}}), "from 1 to"),
@@ -257,8 +322,9 @@ def test_a_config_for_a_model_without_a_batch_dimension(server: ServerThread) ->
 
 def test_the_config_parameter_must_be_a_string_and_files_stay_refused(server: ServerThread) -> None:
     raw = Raw(server.http_port)
-    status, doc = raw.json("POST", "/v2/repository/models/mlp/load", {"parameters": {"config": {"max_batch_size": 2}}})
-    assert status == 400 and "must be a string" in doc["error"]
+    for value in ({"max_batch_size": 2}, None, 5):
+        status, doc = raw.json("POST", "/v2/repository/models/mlp/load", {"parameters": {"config": value}})
+        assert status == 400 and "must be a string" in doc["error"]
     status, doc = raw.json("POST", "/v2/repository/models/nope/load", {"parameters": {"config": "{}"}})
     assert status == 404
     with pytest.raises(InferenceServerException) as e:

@@ -296,7 +296,7 @@ class DynamicBatcher:
                         if quiet_for >= self.gap_s:
                             break
                         remaining = min(remaining, self.gap_s - quiet_for)
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
                     if not self._queue or self._queue[0] is not first:
                         return []  # another worker took it; start over
             batch = self._take(first)

@@ -499,13 +499,16 @@ class DataPlane:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
-        files = sorted(k for k in parameters or {} if k.startswith("file:"))
+        parameters = parameters or {}
+        files = sorted(k for k in parameters if k.startswith("file:"))
         if files:
             raise InvalidRequest(
                 f"load parameters {', '.join(map(quote, files))} are not supported: polystack loads models from its "
                 "store; register the new file with `polystack register` (or tune a new plan), then load it by name"
             )
-        config = (parameters or {}).get("config")
+        config = parameters.get("config")
+        if "config" in parameters and not isinstance(config, str):
+            raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
         await self._control(lambda n: self.load(n, config), name)
 
     async def repository_unload(self, name: str) -> None:

@@ -29,38 +29,46 @@ from polystack.store import ModelRecord
 from polystack.types import DType, TensorSpec
 
 _INT32_MAX = (1 << 31) - 1
-_UINT64_MAX = (1 << 64) - 1
+_UINT32_MAX = (1 << 32) - 1
+_MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
 _MAX_INSTANCES = 256  # worker threads for one model
+_MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 
-# what the config may say, by message; the rest of Triton's ModelConfig is accepted at its defaults only
-_READ = {
+# Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
+# these is refused as not Triton's
+_TRITON = {
     "config": {
-        "name",
-        "platform",
-        "backend",
-        "max_batch_size",
-        "input",
-        "output",
-        "instance_group",
-        "dynamic_batching",
-        "parameters",
+        "name", "platform", "backend", "runtime", "version_policy", "max_batch_size", "input", "output",
+        "batch_input", "batch_output", "optimization", "dynamic_batching", "sequence_batching",
+        "ensemble_scheduling", "instance_group", "default_model_filename", "cc_model_filenames", "metric_tags",
+        "parameters", "model_warmup", "model_operations", "model_transaction_policy", "model_repository_agents",
+        "response_cache",
     },
     "dynamic_batching": {
-        "preferred_batch_size",
-        "max_queue_delay_microseconds",
-        "preserve_ordering",
-        "default_queue_policy",
+        "preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering", "priority_levels",
+        "default_priority_level", "default_queue_policy", "priority_queue_policy",
     },
-    "default_queue_policy": {
-        "timeout_action",
-        "default_timeout_microseconds",
-        "allow_timeout_override",
-        "max_queue_size",
+    "default_queue_policy": {"timeout_action", "default_timeout_microseconds", "allow_timeout_override", "max_queue_size"},
+    "instance_group": {
+        "name", "kind", "count", "rate_limiter", "gpus", "secondary_devices", "profile", "passive", "host_policy",
     },
+    "input": {
+        "name", "data_type", "format", "dims", "reshape", "is_shape_tensor", "allow_ragged_batch", "optional",
+        "is_non_linear_format_io",
+    },
+    "output": {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor", "is_non_linear_format_io"},
+}  # fmt: skip
+# what polystack reads of them; the others are accepted at Triton's defaults only
+_READ = {
+    "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
+               "dynamic_batching", "parameters"},
+    "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
+                         "default_queue_policy"},
+    "default_queue_policy": _TRITON["default_queue_policy"],
     "instance_group": {"name", "kind", "count", "gpus"},
     "input": {"name", "data_type", "dims"},
     "output": {"name", "data_type", "dims", "label_filename"},
-}
+}  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
     "version_policy": {"latest": {"num_versions": 1}},
@@ -68,10 +76,11 @@ _DEFAULTS: dict[str, Any] = {
     "optimization.output_pinned_memory": {"enable": True},
     "optimization.priority": "PRIORITY_DEFAULT",
     "input.format": "FORMAT_NONE",
-    "output.format": "FORMAT_NONE",
 }
 # oneof choices whose mere presence, even empty, asks for something
-_PRESENCE = {"sequence_batching", "ensemble_scheduling", "version_policy"}
+_CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy"}
+# maps, whose keys (with empty values) ask for something
+_MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 # fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 _UNSUPPORTED = {
@@ -84,6 +93,7 @@ _UNSUPPORTED = {
     "batch_output": "polystack has no ragged batching",
     "version_policy": "a load loads one version: the latest, or NAME:VERSION",
     "optimization": "polystack's runtimes take their settings from its plan (`polystack tune`)",
+    "metric_tags": "polystack's metrics are labelled by model and version only",
 }
 
 
@@ -146,11 +156,10 @@ def platform_of(spec: LoadSpec) -> str:
     return f"{spec.backend}_{spec.format}".replace(".", "_")
 
 
-def read(text: Any, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
+def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
-    is the batch policy polystack would have chosen, whose values fill what the config leaves out."""
-    if not isinstance(text, str):
-        raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
+    is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
+    count where the config leaves them out."""
     try:
         doc = http_codec.loads(text.encode())
     except InvalidRequest as e:
@@ -170,28 +179,25 @@ def read(text: Any, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
     _parameters(config.get("parameters"), spec)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
-    given = "max_batch_size" in config
-    max_batch = _int(config, "max_batch_size", "config", 0, _INT32_MAX) if given else None
+    max_batch = _int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
     if max_batch and not batched:
         raise InvalidRequest(
             f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input; "
             "set max_batch_size 0"
         )
-    if max_batch and limit and max_batch > limit:
+    if limit and batched and max_batch is not None and not 1 <= max_batch <= limit:
         raise InvalidRequest(
             f"the config sets max_batch_size {max_batch}, but the variant polystack serves {record.name!r} with takes "
-            f"at most {limit} rows; set max_batch_size to {limit} or less"
+            f"from 1 to {limit} rows; set max_batch_size from 1 to {limit}"
         )
     groups = config.get("instance_group")
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
     if dynamic is None:
-        if instances not in (None, 1):
-            raise InvalidRequest(
-                f"the config asks for {instances} instances without dynamic_batching: without batching, requests "
-                "already run side by side on the server's inference threads (--workers); add dynamic_batching to "
-                "have instances merge and run batches, or set count 1"
-            )
+        # without batching, requests run side by side on the server's inference threads (--workers),
+        # whatever the count: Triton's instances of an unbatched model do the same
+        if max_batch is None:  # polystack's own: the variant's limit
+            max_batch = limit if batched and limit else 0
         result = LoadConfig(None, max_batch or None)
     else:
         if not batched:
@@ -201,47 +207,47 @@ def read(text: Any, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
             )
         if max_batch == 0:
             raise InvalidRequest("dynamic_batching needs max_batch_size of 1 or more; set it, or leave it out")
-        if max_batch is None:
+        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
             max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
             max_batch = min(max_batch, limit) if limit else max_batch
         if instances is None:
             instances = default.instances if default else 1
-        result = LoadConfig(_batching(dynamic, max_batch, instances, default), None)
-    _tensors(config, record, max_batch if max_batch is not None else 0)
+        result = LoadConfig(_batching(dynamic, max_batch, instances), None)
+    _tensors(config, record, max_batch)
     return result
 
 
-def _batching(value: Any, max_batch: int, instances: int, default: BatchPolicy | None) -> BatchPolicy:
+def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
     where = "dynamic_batching"
     d = _message(value, where, where)
     preferred = d.get("preferred_batch_size", [])
     if not isinstance(preferred, list):
         raise InvalidRequest(f"{where}.preferred_batch_size must be a list of batch sizes")
     sizes = [_whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
-    delay_us = _int(d, "max_queue_delay_microseconds", where, 0, _UINT64_MAX)
+    delay_us = _int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
     if _bool(d, "preserve_ordering", where):
         raise InvalidRequest(
             f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
             "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
         )
-    queue = _message(d.get("default_queue_policy", {}), f"{where}.default_queue_policy", "default_queue_policy")
     qwhere = f"{where}.default_queue_policy"
+    queue = _message(d.get("default_queue_policy", {}), qwhere, "default_queue_policy")
     action = _string(queue, "timeout_action", qwhere) or "REJECT"
     if action != "REJECT":
         raise InvalidRequest(
             f"{qwhere}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
             "passed, never runs it late; use REJECT"
         )
-    timeout_us = _int(queue, "default_timeout_microseconds", qwhere, 0, _UINT64_MAX)
+    timeout_us = _int(queue, "default_timeout_microseconds", qwhere, 0, _MAX_MICROSECONDS)
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(sizes))),
-        max_queue_size=_int(queue, "max_queue_size", qwhere, 0, _INT32_MAX * 2 + 1),
+        max_queue_size=_int(queue, "max_queue_size", qwhere, 0, _UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
         client_timeouts=_bool(queue, "allow_timeout_override", qwhere),
         instances=instances,
-        idle_gap_ms=(default or BatchPolicy()).idle_gap_ms,
+        idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
     )
 
 
@@ -249,6 +255,7 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("instance_group must be a list of at least one group")
     ours = _kind(spec.device)
+    index = int(spec.device.partition(":")[2] or 0) if ours == "KIND_GPU" else None
     total = 0
     for i, item in enumerate(value):
         where = f"instance_group[{i}]"
@@ -260,15 +267,14 @@ def _instances(value: Any, spec: LoadSpec) -> int:
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
                 f"use {ours} or KIND_AUTO, or serve a variant built for that device"
             )
-        gpus = group.get("gpus", [])
-        index = int(spec.device.partition(":")[2] or 0) if ours == "KIND_GPU" else None
-        if not isinstance(gpus, list) or any(g != index for g in gpus):
+        gpus = _int_list(group.get("gpus", []), f"{where}.gpus", 0)
+        if any(g != index for g in gpus):
             raise InvalidRequest(
-                f"{where}.gpus {quote(gpus)} does not match the device polystack runs this model on ({spec.device}); "
+                f"{where}.gpus {gpus} does not match the device polystack runs this model on ({spec.device}); "
                 "leave gpus out"
             )
         count = _int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
-        total += count or 1  # Triton reads 0 as 1
+        total += count or 1  # 0 is unset: one instance
     if total > _MAX_INSTANCES:
         raise InvalidRequest(
             f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
@@ -282,12 +288,14 @@ def _parameters(value: Any, spec: LoadSpec) -> None:
     if not isinstance(value, dict):
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
     for key, item in value.items():
-        given = item.get("string_value", item.get("stringValue")) if isinstance(item, dict) else None
         if key != "polystack_device":
             raise InvalidRequest(
                 f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
                 "from the plan (`polystack tune`); leave it out"
             )
+        given = _normal(item).get("string_value") if isinstance(item, dict) else None
+        if not isinstance(given, str):
+            raise InvalidRequest(f'parameter polystack_device must be {{"string_value": DEVICE}}, not {quote(item)}')
         if given != spec.device:
             raise InvalidRequest(
                 f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
@@ -304,10 +312,14 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> Non
             raise InvalidRequest(f"{key} must be a list of tensors")
         by_name = {t.name: t for t in specs}
         label_files = label_files_of(record.settings)
+        seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"{key}[{i}]"
             d = _message(item, where, key)
             name = _string(d, "name", where)
+            if name in seen:
+                raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
+            seen.add(name)
             t = by_name.get(name)
             if t is None:
                 raise InvalidRequest(
@@ -341,20 +353,30 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
 def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
-    """``value`` as a message of ``kind`` with snake_case keys; fields outside ``_READ[kind]`` must be
-    Triton's defaults."""
+    """``value`` as a message of ``kind`` with snake_case keys; Triton's fields outside ``_READ[kind]``
+    must be at their defaults, and names that are not Triton's are refused."""
     if not isinstance(value, dict):
         raise InvalidRequest(f"{where} must be a JSON object")
     out: dict[str, Any] = {}
+    seen: set[str] = set()
     for key, v in value.items():
         snake = _snake(key)
-        if snake in out:
+        if snake in seen:
             raise InvalidRequest(f"{where} sets {snake} twice")
+        seen.add(snake)
+        if snake not in _TRITON[kind]:
+            raise InvalidRequest(
+                f"{where} sets {quote(key)}, which is not a field of Triton's model configuration there; "
+                f"polystack reads {', '.join(sorted(_READ[kind]))}"
+            )
         if snake in _READ[kind]:
             out[snake] = v
             continue
         path = snake if kind == "config" else f"{kind}.{snake}"
-        if path in _FILE_NAMES or _is_default(v, path):
+        if path in _FILE_NAMES:
+            _file_names(v, path)
+            continue
+        if _is_default(v, path, 0):
             continue
         why = _UNSUPPORTED.get(path)
         if why:
@@ -370,22 +392,43 @@ def _snake(key: str) -> str:
     return _CAMEL.sub(r"_\1", key).lower()
 
 
-def _snake_keys(value: Any) -> Any:
+def _is_default(value: Any, path: str, depth: int) -> bool:
+    """Whether ``value`` is what Triton has at ``path`` when the config does not set it."""
+    if depth > _MAX_DEPTH:
+        raise InvalidRequest(f"the config nests deeper than {_MAX_DEPTH} levels at {path}")
+    if path in _DEFAULTS and _normal(value) == _DEFAULTS[path]:
+        return True
+    if path in _CHOICES:  # even empty, these choose something: Triton's sequence batcher, all versions, ...
+        return value is None
+    if path in _MAPS:
+        return value is None or value == {}
     if isinstance(value, dict):
-        return {_snake(k): _snake_keys(v) for k, v in value.items()}
+        return all(_is_default(v, f"{path}.{_snake(k)}", depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return not value
+    return _normal(value) in (None, False, 0, "")
+
+
+def _normal(value: Any, depth: int = 0) -> Any:
+    """``value`` with snake_case keys and whole numbers as ints, however protobuf's JSON wrote them."""
+    if depth > _MAX_DEPTH:
+        raise InvalidRequest(f"the config nests deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        return {_snake(k): _normal(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v, depth + 1) for v in value]
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
-def _is_default(value: Any, path: str) -> bool:
-    if path in _DEFAULTS and _snake_keys(value) == _DEFAULTS[path]:
-        return True
-    if path in _PRESENCE:  # even empty, these choose something: Triton's sequence batcher, all versions, ...
-        return value is None
-    if isinstance(value, dict):
-        return all(_is_default(v, f"{path}.{_snake(k)}") for k, v in value.items())
-    if isinstance(value, str) and value.isdigit():
-        return int(value) == 0  # a 64-bit integer, as protobuf's JSON writes it
-    return value in (None, False, 0, "", [])
+def _file_names(value: Any, path: str) -> None:
+    """Triton's file names: polystack loads its stored artifact whatever they say, but they must be names."""
+    names = value.values() if isinstance(value, dict) else [value]
+    if not all(isinstance(n, str) for n in names):
+        raise InvalidRequest(f"{path} must hold file names (strings), not {quote(value)}")
 
 
 def _string(d: dict[str, Any], key: str, where: str) -> str:
@@ -409,15 +452,17 @@ def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
 def _whole(v: Any, what: str, lo: int, hi: int) -> int:
     if isinstance(v, str) and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
         v = int(v)  # protobuf's JSON writes 64-bit integers as strings
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)  # and its parsers take 1.0 for 1
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise InvalidRequest(f"{what}: {quote(v)} is not a whole number from {lo} to {hi}")
     return v
 
 
-def _int_list(value: Any, where: str) -> list[int]:
+def _int_list(value: Any, where: str, lo: int = -1) -> list[int]:
     if not isinstance(value, list):
         raise InvalidRequest(f"{where} must be a list of whole numbers")
-    return [_whole(v, where, -1, (1 << 63) - 1) for v in value]
+    return [_whole(v, where, lo, (1 << 63) - 1) for v in value]
 
 
 def _dims(t: TensorSpec, max_batch: int) -> list[int]:
