@@ -105,6 +105,16 @@ def mlp_ones(rows: int = 1, client: Any = httpclient) -> Any:
     return x
 
 
+def refused_at_start(tmp_path: Path, args: list[str]) -> str:
+    """``polystack serve ARGS`` exiting 2 at start with one line on stderr, which this returns."""
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

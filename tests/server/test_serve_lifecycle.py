@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import http.client
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, register_like, start
+from servekit import cli_server, free_port, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
 from polystack.examples import mlp_onnx
+from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
 
@@ -154,6 +155,36 @@ def test_unversioned_requests_follow_versions_loaded_and_unloaded_behind_the_ser
         st.stop()
 
 
+@contextlib.contextmanager
+def _under_load(st: ServerThread, model: str, clients: int, requests: int) -> Iterator[collections.Counter[str]]:
+    """``clients`` threads sending one-row requests to ``model`` (``requests`` each at most) while the
+    body runs; their outcomes ("ok", or "STATUS message"), once they stopped."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        c = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        for _ in range(requests):
+            if stop.is_set():
+                return
+            try:
+                assert c.infer(model, [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
+                outcomes["ok"] += 1
+            except InferenceServerException as e:
+                outcomes[f"{e.status()} {e.message()}"] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        yield outcomes
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        st.stop()
+
+
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
 def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
     model_store: tuple[Store, dict[str, ModelRecord]], batching: bool
@@ -164,26 +195,7 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
     register_like(store, records["mlp"], "slow30", tags={"delay_ms": "30"})
     policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=5) if batching else None
     st = start(store, models=["slow30"], allow_model_control=True, policy_for=lambda *_: policy)
-    outcomes: collections.Counter[str] = collections.Counter()
-    stop = threading.Event()
-
-    def client() -> None:
-        c = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
-        i = httpclient.InferInput("x", [1, 16], "FP32")
-        i.set_data_from_numpy(np.ones((1, 16), np.float32))
-        for _ in range(500):
-            if stop.is_set():
-                return
-            try:
-                assert c.infer("slow30", [i]).as_numpy("y").shape == (1, 4)
-                outcomes["ok"] += 1
-            except InferenceServerException as e:
-                outcomes[f"{e.status()} {e.message()}"] += 1
-
-    clients = [threading.Thread(target=client) for _ in range(8)]
-    try:
-        for t in clients:
-            t.start()
+    with _under_load(st, "slow30", clients=8, requests=500) as outcomes:
         control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
         time.sleep(0.3)
         for _ in range(3):
@@ -193,11 +205,6 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
         time.sleep(0.1)
         control.load_model("slow30")
         time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in clients:
-            t.join(30)
-        st.stop()
     assert outcomes["ok"] > 50, outcomes
     failed = {k: v for k, v in outcomes.items() if k != "ok"}
     assert all(k.startswith("503") for k in failed), failed  # not loaded, or unloaded as it arrived: retry
@@ -212,35 +219,13 @@ def test_a_reload_under_load_fails_no_request(model_store: tuple[Store, dict[str
     register_like(store, records["mlp"], "slow20", tags={"delay_ms": "20"})
     policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=5) if batching else None
     st = start(store, models=["slow20"], allow_model_control=True, policy_for=lambda *_: policy)
-    outcomes: collections.Counter[str] = collections.Counter()
-    stop = threading.Event()
-
-    def client() -> None:
-        c = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
-        for _ in range(200):
-            if stop.is_set():
-                return
-            try:
-                assert c.infer("slow20", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
-                outcomes["ok"] += 1
-            except InferenceServerException as e:
-                outcomes[f"{e.status()} {e.message()}"] += 1
-
-    clients = [threading.Thread(target=client) for _ in range(6)]
     configs = [None, json.dumps({"max_batch_size": 4, "dynamic_batching": {}}), json.dumps({"max_batch_size": 4})]
-    try:
-        for t in clients:
-            t.start()
+    with _under_load(st, "slow20", clients=6, requests=200) as outcomes:
         control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
         time.sleep(0.2)
         for i in range(9):
             control.load_model("slow20", config=configs[i % 3])
             time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in clients:
-            t.join(30)
-        st.stop()
     assert outcomes["ok"] > 30 and set(outcomes) == {"ok"}, outcomes
 
 
@@ -344,11 +329,5 @@ def test_a_load_in_progress_at_sigterm_is_answered_within_the_drain(
 
 def test_model_control_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     """A load or unload would reach whichever Ray Serve replica got it, leaving the others as they were."""
-    out = subprocess.run(
-        [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--allow-model-control",
-         "--engine", "ray"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--engine local" in lines[0], out.stderr
+    line = refused_at_start(tmp_path, ["--allow-model-control", "--engine", "ray"])
+    assert "--engine local" in line

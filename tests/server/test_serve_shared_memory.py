@@ -13,7 +13,6 @@ import gc
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
@@ -24,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, start
+from servekit import cli_server, free_port, refused_at_start, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
@@ -427,14 +426,7 @@ def test_polystack_serve_takes_shared_memory_when_told(
 
 
 def test_shared_memory_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--allow-shared-memory",
-         "--engine", "ray"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--engine local" in lines[0], out.stderr
+    assert "--engine local" in refused_at_start(tmp_path, ["--allow-shared-memory", "--engine", "ray"])
 
 
 def test_an_output_region_gone_before_or_while_the_model_runs_is_a_failure_everywhere(
