@@ -158,7 +158,8 @@ def test_unversioned_requests_follow_versions_loaded_and_unloaded_behind_the_ser
 @contextlib.contextmanager
 def _under_load(st: ServerThread, model: str, clients: int, requests: int) -> Iterator[collections.Counter[str]]:
     """``clients`` threads sending one-row requests to ``model`` (``requests`` each at most) while the
-    body runs; their outcomes ("ok", or "STATUS message"), once they stopped."""
+    body runs; their outcomes ("ok", or "STATUS message"), complete once the block ends, with the
+    clients joined and the server stopped."""
     outcomes: collections.Counter[str] = collections.Counter()
     stop = threading.Event()
 
