@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import gzip
 import http.client
@@ -228,6 +229,38 @@ def test_a_reload_under_load_fails_no_request(model_store: tuple[Store, dict[str
             control.load_model("slow20", config=configs[i % 3])
             time.sleep(0.05)
     assert outcomes["ok"] > 30 and set(outcomes) == {"ok"}, outcomes
+
+
+def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """One inference thread and a 200 ms model: requests wait behind each other while two reloads replace
+    the model one after the other; each runs on the newest instance, and its duration counts from its
+    arrival, not from its last reroute."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
+    st = start(store, models=["slow200"], allow_model_control=True, workers=1, inline_max_ms=0)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = []
+            for _ in range(4):
+                client = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+                futures.append(pool.submit(client.infer, "slow200", [_mlp_input(httpclient)]))
+                time.sleep(0.02)
+            control = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+            time.sleep(0.05)
+            control.load_model("slow200")
+            time.sleep(0.25)
+            control.load_model("slow200")
+            answers = [f.result(timeout=30).as_numpy("y").shape for f in futures]
+        assert answers == [(1, 4)] * 4
+        metrics = Raw(st.http_port).request("GET", "/metrics")[2].decode()
+    finally:
+        st.stop()
+    total = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("polystack_inference_request_duration_seconds_sum") and 'model="slow200"' in line
+    )
+    assert total > 0.2 * (1 + 2 + 3 + 4) * 0.9  # each waited for those before it: 0.2 + 0.4 + 0.6 + 0.8 s
 
 
 def _mlp_input(module: Any) -> Any:

@@ -18,7 +18,7 @@ from conftest import Raw
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from servekit import mlp_ones, start
+from servekit import mlp_ones, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -297,3 +297,36 @@ def test_spans_carry_tritons_timestamps_with_batching_and_without(
         assert list(events) == expected, batching
         stamps = list(events.values())
         assert span.start_time <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= span.end_time
+
+
+def test_a_request_rerouted_by_a_reload_is_one_span(
+    model_store: tuple[Store, dict[str, ModelRecord]], spans: Any
+) -> None:
+    """A request waiting for the only inference thread while a reload replaces its model runs on the new
+    instance inside its one span, which ends OK; the trace count is spent once."""
+    import concurrent.futures
+    import time
+
+    store, records = model_store
+    register_like(store, records["mlp"], "slow150", tags={"delay_ms": "150"})
+    st = start(
+        store, models=["slow150"], allow_model_control=True, workers=1, inline_max_ms=0, trace=True, trace_count=2
+    )
+    spans.clear()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(
+                httpclient.InferenceServerClient(st.http_url).infer, "slow150", [mlp_ones()], request_id="a"
+            )
+            time.sleep(0.03)
+            second = pool.submit(
+                httpclient.InferenceServerClient(st.http_url).infer, "slow150", [mlp_ones()], request_id="b"
+            )
+            time.sleep(0.03)
+            httpclient.InferenceServerClient(st.http_url).load_model("slow150")
+            first.result(timeout=10), second.result(timeout=10)
+    finally:
+        st.stop()
+    done = _finished(spans)
+    assert sorted(s.attributes["id"] for s in done) == ["a", "b"], done
+    assert all(s.status.is_ok for s in done)

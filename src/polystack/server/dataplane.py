@@ -55,6 +55,7 @@ from polystack.types import DType
 log = logging.getLogger("polystack.server")
 
 _MAX_ROUTES = 1024
+_MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
 # what to load for a model under a profile, given how it will be batched (instances share the runtime)
 SpecFor = Callable[[Store, ModelRecord, str, BatchPolicy | None], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
@@ -326,16 +327,14 @@ class DataPlane:
         request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
         carrier: Carrier | None = None,
-        rerouted: bool = False,
     ) -> InferResponse:
         """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
         ``carrier`` gives the request's headers or metadata, read for trace context when it is traced.
 
         A request that reached a model instance just as a reload replaced it (it was waiting for an
-        inference thread, or was handed to the closing batcher) runs again, once, on the instance that
-        serves the model now (``rerouted``); after an unload it fails."""
+        inference thread, or was handed to the closing batcher) runs on the instance that serves the
+        model now, within the same span and timing; after an unload it fails."""
         started = time.perf_counter()
-        again = False
         self.in_flight += 1
         self._idle.clear()
         model_label: tuple[str, str] | None = None
@@ -354,40 +353,45 @@ class DataPlane:
                     if o.shm is not None:  # a region that is gone is refused before the model runs for it
                         self.shared_memory.check(o.shm, f"output {o.name!r}")
             with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
-                if served.batcher is not None:
-                    queued = time.perf_counter_ns() if span is not None else 0
-                    timings: list[int] | None = [] if span is not None else None
-                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop, timings)
-                    if timings:
-                        self.tracing.stages(span, queued, *timings)
-                else:
-                    key = (entry.name, entry.version)
-                    typical = self._typical_s.get(key)
-                    if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
-                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs)
-                    else:
-                        loop = loop or asyncio.get_running_loop()
-                        result, t0, t1 = await loop.run_in_executor(
-                            self.executor, _timed_infer, entry, request.inputs, outputs
-                        )
-                    if span is not None:
-                        self.tracing.stages(span, None, t0, t1)
-                    took = (t1 - t0) / 1e9
-                    # a slow-moving average of the compute time decides the inline fast path
-                    self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
-                    m = self.metrics.model(*model_label)
-                    m.compute.observe(took)
-                    m.batch.observe(_batch_of(entry, request.inputs))
+                for reroutes in range(_MAX_REROUTES + 1):
+                    try:
+                        if served.batcher is not None:
+                            queued = time.perf_counter_ns() if span is not None else 0
+                            timings: list[int] | None = [] if span is not None else None
+                            result = await served.batcher.infer_async(
+                                request.inputs, outputs, request.timeout_s, loop, timings
+                            )
+                            if timings:
+                                self.tracing.stages(span, queued, *timings)
+                        else:
+                            key = (entry.name, entry.version)
+                            typical = self._typical_s.get(key)
+                            if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
+                                result, t0, t1 = _timed_infer(entry, request.inputs, outputs)
+                            else:
+                                loop = loop or asyncio.get_running_loop()
+                                result, t0, t1 = await loop.run_in_executor(
+                                    self.executor, _timed_infer, entry, request.inputs, outputs
+                                )
+                            if span is not None:
+                                self.tracing.stages(span, None, t0, t1)
+                            took = (t1 - t0) / 1e9
+                            # a slow-moving average of the compute time decides the inline fast path
+                            self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
+                            m = self.metrics.model(*model_label)
+                            m.compute.observe(took)
+                            m.batch.observe(_batch_of(entry, request.inputs))
+                        break
+                    except ModelClosed:
+                        # replaced by a reload as it reached it: the instance serving the model now runs it
+                        fresh = self._replacement(name, version, entry)
+                        if fresh is None or reroutes == _MAX_REROUTES:
+                            raise
+                        served, entry = fresh, fresh.entry
             if classes:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
                 )
-        except ModelClosed as e:
-            if rerouted or not self._replaced(name, version, entry):
-                self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
-                raise
-            again = True
-            self.in_flight += 1  # still in flight until the second run ends: a drain waits for it
         except BaseException as e:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
@@ -395,13 +399,6 @@ class DataPlane:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
-        if again:
-            try:
-                return await self.infer(name, version, request, loop, carrier, rerouted=True)
-            finally:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self._idle.set()
         assert model_label is not None
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
         try:
@@ -420,12 +417,13 @@ class DataPlane:
             in_shared_memory=in_shared_memory,
         )
 
-    def _replaced(self, name: str, version: str | None, entry: LoadedEntry) -> bool:
-        """Whether another instance than ``entry`` serves the model now (a reload, not an unload)."""
+    def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
+        """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""
         try:
-            return self._get(name, version).entry is not entry
+            served = self._get(name, version)
         except PolystackError:
-            return False
+            return None
+        return served if served.entry is not entry else None
 
     def _to_shared_memory(
         self, result: dict[str, np.ndarray], shared: dict[str, ShmRef], model_label: tuple[str, str]
