@@ -241,17 +241,35 @@ def test_grpc_calls_are_logged_like_http_requests(
     assert any(c[1] == "ServerReady" or c[1] == "LogSettings" for c in calls)  # every call, not only inference
 
 
-def test_grpc_failures_on_the_servers_side_are_logged(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
-    """As the HTTP transport logs its 5xx answers: here a full queue, RESOURCE_EXHAUSTED or UNAVAILABLE."""
-    from polystack.batching import BatchPolicy
-
+@pytest.fixture
+def grpc_log() -> Iterator[list[logging.LogRecord]]:
+    """What the gRPC transport logs, debug and up, caught in this process."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("polystack.server.grpc")
     logger.addHandler(handler)
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _lines(records: list[logging.LogRecord]) -> list[tuple[str, str, str]]:
+    return [
+        (r.__dict__["request_id"], r.__dict__["rpc"].rsplit("/", 1)[1], r.__dict__["status"])
+        for r in records
+        if r.getMessage() == "request"
+    ]
+
+
+def test_grpc_failures_on_the_servers_side_are_logged(
+    model_store: tuple[Store, dict[str, ModelRecord]], grpc_log: list[logging.LogRecord]
+) -> None:
+    """As the HTTP transport logs its 5xx answers, with the request's id: here a full queue (UNAVAILABLE)."""
+    from polystack.batching import BatchPolicy
+
     policy = BatchPolicy(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=1)
     st = start(model_store[0], models=["slow"], policy_for=lambda *_: policy)
     try:
@@ -259,7 +277,7 @@ def test_grpc_failures_on_the_servers_side_are_logged(model_store: tuple[Store, 
         async def burst() -> list[Any]:
             client = aiogrpcclient.InferenceServerClient(st.grpc_url)
             x = mlp_ones(1, aiogrpcclient)
-            calls = [client.infer("slow", [x]) for _ in range(6)]
+            calls = [client.infer("slow", [x], request_id=f"q{i}") for i in range(6)]
             done = await asyncio.gather(*calls, return_exceptions=True)
             await client.close()
             return done
@@ -269,7 +287,43 @@ def test_grpc_failures_on_the_servers_side_are_logged(model_store: tuple[Store, 
         assert refused, done
     finally:
         st.stop()
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    warned = [r for r in records if r.getMessage() == "request failed"]
-    assert len(warned) == len(refused) and "queued" in warned[0].__dict__["error"]
+    warned = [r.__dict__ for r in grpc_log if r.getMessage() == "request failed"]
+    assert len(warned) == len(refused) and all("queued" in w["error"] for w in warned), warned
+    assert {w["request_id"] for w in warned} <= {f"q{i}" for i in range(6)}
+    assert {w["rpc"] for w in warned} == {"/inference.GRPCInferenceService/ModelInfer"}
+    assert not [r for r in grpc_log if r.getMessage() == "request"]  # no access log asked for
+
+
+def test_grpc_calls_cut_short_are_logged_as_such(
+    model_store: tuple[Store, dict[str, ModelRecord]], grpc_log: list[logging.LogRecord]
+) -> None:
+    """A client's deadline or cancellation is the call's status in its line (not OK), and no server-side
+    failure; each request of a stream is logged under its own id, the stream's metadata id after it."""
+    st = start(model_store[0], models=["slow", "mlp"], access_log=True)
+    try:
+        g = grpcclient.InferenceServerClient(st.grpc_url)
+        x = mlp_ones(1, grpcclient)
+        with pytest.raises(InferenceServerException):
+            g.infer("slow", [x], request_id="late", client_timeout=0.01)
+        answers: list[Any] = []
+        g.start_stream(callback=lambda result, error: answers.append(error or result), headers={"x-request-id": "md"})
+        g.async_stream_infer("mlp", [x], request_id="s1")
+        g.async_stream_infer("mlp", [x])
+        deadline = time.monotonic() + 10
+        while len(answers) < 2:
+            assert time.monotonic() < deadline, "the stream was not answered"
+            time.sleep(0.02)
+        g.async_stream_infer("slow", [x], request_id="dropped")
+        time.sleep(0.01)
+        g.stop_stream(cancel_requests=True)
+        deadline = time.monotonic() + 10
+        while not any(line[0] == "dropped" for line in _lines(grpc_log)):
+            assert time.monotonic() < deadline, _lines(grpc_log)
+            time.sleep(0.02)
+    finally:
+        st.stop()
+    lines = _lines(grpc_log)
+    assert ("late", "ModelInfer", "DEADLINE_EXCEEDED") in lines, lines
+    assert ("s1", "ModelStreamInfer", "OK") in lines and ("md", "ModelStreamInfer", "OK") in lines, lines
+    assert ("dropped", "ModelStreamInfer", "CANCELLED") in lines, lines
+    assert not [r for r in grpc_log if r.getMessage() == "request failed"]

@@ -68,47 +68,69 @@ class Undecodable:
 
 
 class _Calls:
-    """A log line per call, as the HTTP transport writes one per request (``logs.request_level``: with
-    ``--access-log`` at info, with the logging extension's ``log_verbose_level`` >= 1 at debug)."""
+    """What a call leaves in the log, as an HTTP request does: a line per call (``logs.request_level``:
+    with ``--access-log`` at info, with the logging extension's ``log_verbose_level`` >= 1 at debug),
+    and a warning for one that failed on the server's side (an HTTP 5xx)."""
 
     def __init__(self, plane: DataPlane, access_log: bool) -> None:
         self.settings = plane.log_settings
         self.access_log = access_log
 
-    def level(self) -> int | None:
-        return request_level(self.settings, self.access_log)
-
-    def write(
-        self, level: int, rpc: str, context: Any, request: Any, code: grpc.StatusCode | None, started: float
+    def ended(
+        self,
+        rpc: str,
+        context: Any,
+        request_id: Callable[[], str],
+        code: grpc.StatusCode | None,
+        started: float,
+        failure: str | None = None,
     ) -> None:
-        log.log(
-            level,
-            "request",
-            extra={
-                "request_id": _request_id(context, request),
-                "rpc": rpc,
-                "status": (code or grpc.StatusCode.OK).name,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
+        """Log a call (or a request of a stream) that ended with ``code`` (None: OK); ``failure``: the
+        error the server failed it with (an HTTP 5xx; not an unexpected error, which is logged with its
+        traceback where it happened)."""
+        level = request_level(self.settings, self.access_log)
+        if level is None and failure is None:
+            return
+        rid = request_id()
+        status_name = (code or grpc.StatusCode.OK).name
+        if failure is not None:
+            log.warning(
+                "request failed", extra={"request_id": rid, "rpc": rpc, "status": status_name, "error": failure}
+            )
+        if level is not None:
+            log.log(
+                level,
+                "request",
+                extra={
+                    "request_id": rid,
+                    "rpc": rpc,
+                    "status": status_name,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
 
 
+# the codes of the errors the HTTP transport answers with a 5xx
+_SERVER_SIDE = frozenset(code for http, code in status.TABLE.values() if http >= 500)
 _ids = itertools.count(1)
 
 
-def _request_id(context: Any, request: Any) -> str:
-    """The call's ``x-request-id`` metadata, else the inference request's id, else one made up here."""
+def _request_id(context: Any, request: Any, own_first: bool = False) -> str:
+    """The call's ``x-request-id`` metadata, else the inference request's id, else one made up here;
+    ``own_first``: the request's id first (each request of a stream has its own, the metadata is the stream's)."""
+    own = getattr(request, "id", "")
+    if own_first and isinstance(own, str) and own:
+        return own
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             return str(value)
-    rid = getattr(request, "id", "")
-    return rid if isinstance(rid, str) and rid else f"g{next(_ids)}"
+    return own if isinstance(own, str) and own else f"g{next(_ids)}"
 
 
-def _failed_here(e: PolystackError) -> None:
-    """A failure on the server's side (an HTTP 5xx) is logged, as the HTTP transport logs it."""
-    if status.http_status(e) >= 500:
-        log.warning("request failed", extra={"status": status.grpc_code(e).name, "error": e.message})
+def _cut_short(context: Any) -> grpc.StatusCode:
+    """Why a call's handler was cancelled: its deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -120,7 +142,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await fn()
         except PolystackError as e:
-            _failed_here(e)
             await context.abort(status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
@@ -192,23 +213,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def answer(request: pb.ModelInferRequest) -> None:
             started = time.perf_counter()
             code = None
+            failure = None
             try:
-                msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
-            except Exception as e:
-                code = status.grpc_code(e)
-                if isinstance(e, PolystackError):
-                    _failed_here(e)
-                else:
-                    log.exception("unexpected error in a gRPC stream")
-                # answers come back in the order they finish: the id says which request failed
-                failed = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                )
-                msg = pb.ModelStreamInferResponse(error_message=status.message(e), infer_response=failed)
-            answers.put_nowait(msg)
-            level = self.calls.level()
-            if level is not None:  # a line per request of the stream, as for a unary call
-                self.calls.write(level, STREAM_RPC, context, request, code, started)
+                try:
+                    msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+                except Exception as e:
+                    code = status.grpc_code(e)
+                    if isinstance(e, PolystackError) and code in _SERVER_SIDE:
+                        failure = e.message
+                    if not isinstance(e, PolystackError):
+                        log.exception("unexpected error in a gRPC stream")
+                    # answers come back in the order they finish: the id says which request failed
+                    failed = pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    )
+                    msg = pb.ModelStreamInferResponse(error_message=status.message(e), infer_response=failed)
+                answers.put_nowait(msg)
+            except asyncio.CancelledError:
+                code = _cut_short(context)
+                raise
+            finally:  # a line per request of the stream, as for a unary call
+                rid = lambda: _request_id(context, request, True)  # noqa: E731
+                self.calls.ended(STREAM_RPC, context, rid, code, started, failure)
 
         async def read() -> None:
             try:
@@ -315,6 +341,10 @@ class _NotImplemented(grpc.GenericRpcHandler):
     """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
 
     SERVICE = "/inference.GRPCInferenceService/"
+
+    def __init__(self, calls: _Calls) -> None:
+        self.calls = calls
+
     WHAT = {
         **dict.fromkeys(
             ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
@@ -330,7 +360,11 @@ class _NotImplemented(grpc.GenericRpcHandler):
             return None
 
         async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"polystack does not implement {what}")
+            started = time.perf_counter()
+            try:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"polystack does not implement {what}")
+            finally:
+                self.calls.ended(method, context, lambda: _request_id(context, None), context.code(), started)
 
         return grpc.unary_unary_rpc_method_handler(refuse)
 
@@ -394,7 +428,7 @@ def create_server(
     calls = _Calls(plane, access_log)
     _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, calls), server, calls)
     _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
-    server.add_generic_rpc_handlers([_NotImplemented()])
+    server.add_generic_rpc_handlers([_NotImplemented(calls)])
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
@@ -444,14 +478,20 @@ def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            cut: grpc.StatusCode | None = None
             try:
                 if isinstance(request, Undecodable):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
                 return await unary(request, context)
+            except asyncio.CancelledError:
+                cut = _cut_short(context)
+                raise
             finally:
-                level = calls.level()
-                if level is not None:
-                    calls.write(level, rpc, context, request, context.code(), started)
+                code = cut or context.code()
+                # a server-side failure, unless an unexpected error (already logged with its traceback)
+                details = context.details() if cut is None and code in _SERVER_SIDE else None
+                failure = details if details != status.INTERNAL_MESSAGE else None
+                calls.ended(rpc, context, lambda: _request_id(context, request), code, started, failure)
 
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:
