@@ -216,6 +216,19 @@ def test_the_queue_delay_holds_a_batch_for_its_preferred_size(server: ServerThre
         client.load_model("mlp")
 
 
+def test_null_is_a_fields_default_as_protobuf_reads_it(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    nulls = {"input": None, "instance_group": [{"count": None}], "max_batch_size": None,
+             "dynamic_batching": {"default_queue_policy": None, "max_queue_delay_microseconds": None}}  # fmt: skip
+    try:
+        client.load_model("mlp", config=json.dumps(nulls))
+        config = config_of(server, "mlp")
+        assert config["max_batch_size"] == 32 and config["instance_group"][0]["count"] == 1  # polystack's own
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    finally:
+        client.load_model("mlp")
+
+
 def test_a_config_with_a_small_queue_refuses_what_does_not_fit(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     config = {"max_batch_size": 1, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
@@ -272,7 +285,11 @@ REFUSED = [
     (json.dumps({"max_batch_size": 4, "input": [{"name": "x", "dims": [-1, 16]}]}), "dims"),  # the batch is not a dim
     (json.dumps({"input": [{"name": "x", "dims": [16]}, {"name": "x", "dims": [16]}]}), "second time"),
     (json.dumps({"input": [{"name": "nope", "dims": [16]}]}), "'nope'"),
-    (json.dumps({"input": [{"name": "x", "reshape": {"shape": [4, 4]}}]}), "'reshape'"),
+    (json.dumps({"input": [{"name": "x", "reshape": {"shape": [4, 4]}}]}), "reshape"),
+    (json.dumps({"input": [{"name": "x", "reshape": {"shape": []}}]}), "reshape"),  # present, even empty: a reshape
+    ('{"max_batch_size": "' + "9" * 5000 + '"}', "max_batch_size"),
+    ('{"version_policy": {"latest": {"num_versions": "' + "1" * 5000 + '"}}}', "version_policy"),
+    (json.dumps({"frobnicate": None}), "'frobnicate'"),
     (json.dumps({"output": [{"name": "y", "label_filename": "labels.txt"}]}), "labels"),
     (json.dumps({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}), "KIND_GPU"),
     (json.dumps({"instance_group": [{"kind": "KIND_CPU", "gpus": [0]}]}), "gpus"),

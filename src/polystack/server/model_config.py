@@ -78,7 +78,7 @@ _DEFAULTS: dict[str, Any] = {
     "input.format": "FORMAT_NONE",
 }
 # oneof choices whose mere presence, even empty, asks for something
-_CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy"}
+_CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy", "input.reshape", "output.reshape"}
 # maps, whose keys (with empty values) ask for something
 _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 # fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
@@ -369,6 +369,8 @@ def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
                 f"{where} sets {quote(key)}, which is not a field of Triton's model configuration there; "
                 f"polystack reads {', '.join(sorted(_READ[kind]))}"
             )
+        if v is None:
+            continue  # protobuf's JSON: null is the field's default
         if snake in _READ[kind]:
             out[snake] = v
             continue
@@ -417,7 +419,7 @@ def _normal(value: Any, depth: int = 0) -> Any:
         return {_snake(k): _normal(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_normal(v, depth + 1) for v in value]
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and len(value) <= 20 and value.isascii() and value.isdigit():
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -450,7 +452,7 @@ def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
 
 
 def _whole(v: Any, what: str, lo: int, hi: int) -> int:
-    if isinstance(v, str) and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
+    if isinstance(v, str) and len(v) <= 21 and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
         v = int(v)  # protobuf's JSON writes 64-bit integers as strings
     elif isinstance(v, float) and v.is_integer():
         v = int(v)  # and its parsers take 1.0 for 1
