@@ -6,7 +6,8 @@ of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests 
 together. ``TraceSetting`` and ``LogSettings`` are Triton's trace and logging extensions (see
 ``server.tracing`` and ``server.logs``); a ``traceparent`` in a call's metadata makes its span a child
 of the caller's. Triton's RPCs that polystack does not implement (CUDA shared memory) answer
-UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!".
+UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!". Every
+call, and every request of a stream, leaves a log line as an HTTP request does (``_Calls``).
 
 The standard health service (``grpc.health.v1.Health``, as Triton has it) answers Kubernetes'
 gRPC probes, ``grpc_health_probe`` and clients' own health checking: ``""`` (the server) and
@@ -219,10 +220,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
                 except Exception as e:
                     code = status.grpc_code(e)
-                    if isinstance(e, PolystackError) and code in _SERVER_SIDE:
-                        failure = e.message
                     if not isinstance(e, PolystackError):
                         log.exception("unexpected error in a gRPC stream")
+                    elif code in _SERVER_SIDE:
+                        failure = e.message
                     # answers come back in the order they finish: the id says which request failed
                     failed = pb.ModelInferResponse(
                         model_name=request.model_name, model_version=request.model_version, id=request.id
@@ -341,10 +342,6 @@ class _NotImplemented(grpc.GenericRpcHandler):
     """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
 
     SERVICE = "/inference.GRPCInferenceService/"
-
-    def __init__(self, calls: _Calls) -> None:
-        self.calls = calls
-
     WHAT = {
         **dict.fromkeys(
             ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
@@ -352,6 +349,9 @@ class _NotImplemented(grpc.GenericRpcHandler):
             "--allow-shared-memory) or send tensors in the request (raw_input_contents)",
         ),
     }
+
+    def __init__(self, calls: _Calls) -> None:
+        self.calls = calls
 
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
