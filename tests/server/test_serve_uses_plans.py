@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
-from servekit import start
+from servekit import cli_server, free_port, refused_at_start, start
 
-from polystack.batching import BatchPolicy
+from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.formats import import_model
 from polystack.server.app import policy_for, spec_for
 from polystack.store import ModelRecord, Store
@@ -64,3 +67,70 @@ def test_threads_and_instances_from_the_command_line_set_the_runtime_up(
         assert client.infer("mlp", [x]).as_numpy("y").shape[0] == 3
     finally:
         st.stop()
+
+
+PLANNED = BatchPolicy(max_batch_size=16, max_queue_delay_ms=4, instances=2)
+
+
+def _config(st: Any, model: str = "mlp") -> dict[str, Any]:
+    return httpclient.InferenceServerClient(st.http_url).get_model_config(model)
+
+
+def test_batching_settings_replace_only_what_they_name_in_the_plans_policy(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """`serve --profile server --max-batch-size 8` batched with the plan's 16, silently; with --batching it
+    lost the plan's instances and delay to the flags' defaults."""
+    store, _ = model_store
+    st = start(store, models=["mlp"], policy_for=lambda *_: PLANNED, batch_overrides=BatchOverrides(max_batch_size=8))
+    try:
+        config = _config(st)
+        assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 4000
+    finally:
+        st.stop()
+
+
+def test_batching_settings_on_a_model_the_profile_does_not_batch_warn_unless_batching_is_forced(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    overrides = BatchOverrides(max_queue_delay_ms=1, instances=2)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("polystack.server").addHandler(handler)
+    try:
+        st = start(store, models=["mlp"], batch_overrides=overrides)
+        try:
+            assert "dynamic_batching" not in _config(st)
+        finally:
+            st.stop()
+        assert any("do not apply" in r.getMessage() for r in records)
+        st = start(store, models=["mlp"], batch_overrides=overrides, force_batching=True)
+        try:
+            config = _config(st)
+            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+            assert config["instance_group"][0]["count"] == 2 and config["max_batch_size"] == 32
+        finally:
+            st.stop()
+    finally:
+        logging.getLogger("polystack.server").removeHandler(handler)
+
+
+def test_batching_settings_with_no_batching_or_out_of_range_exit_2(tmp_path: Path) -> None:
+    assert "--no-batching" in refused_at_start(tmp_path, ["--no-batching", "--max-batch-size", "8"])
+    assert "max_batch_size" in refused_at_start(tmp_path, ["--max-batch-size", "0"])
+
+
+def test_serve_cli_applies_batching_settings_to_the_profiles_policy(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    http_port = free_port()
+    args = ["mlp", "--profile", "server", "--grpc-port", "-1", "--max-batch-size", "8", "--max-queue-size", "0"]
+    with cli_server(store.settings.home, args, http_port, tmp_path / "log") as proc:
+        config = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_model_config("mlp")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert config["max_batch_size"] == 8 and config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 0

@@ -1,6 +1,6 @@
 """Dynamic batching, composed around a loaded model."""
 
 from polystack.batching.batcher import DynamicBatcher
-from polystack.batching.policy import BatchPolicy
+from polystack.batching.policy import BatchOverrides, BatchPolicy
 
-__all__ = ["BatchPolicy", "DynamicBatcher"]
+__all__ = ["BatchOverrides", "BatchPolicy", "DynamicBatcher"]

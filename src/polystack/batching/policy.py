@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from polystack.errors import InvalidRequest
@@ -47,3 +47,27 @@ class BatchPolicy:
         if "preferred_batch_sizes" in known:
             known["preferred_batch_sizes"] = tuple(known["preferred_batch_sizes"])
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class BatchOverrides:
+    """Batch settings given on their own (``serve --max-batch-size 8``): each set one replaces that setting
+    in whatever policy a model is batched under (its plan's, or the default), the others stay."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    max_queue_size: int | None = None
+    timeout_s: float | None = None
+    instances: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, policy: BatchPolicy) -> BatchPolicy:
+        given = self.given()
+        if "max_batch_size" in given and "preferred_batch_sizes" not in given:
+            # the policy's preferred sizes beyond a smaller maximum could never be reached
+            given["preferred_batch_sizes"] = tuple(
+                p for p in policy.preferred_batch_sizes if p <= given["max_batch_size"]
+            )
+        return replace(policy, **given)

@@ -37,11 +37,19 @@ def serve(
     batching: bool | None = typer.Option(
         None, "--batching/--no-batching", help="Force dynamic batching on or off (default: by profile)."
     ),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Batching: items per runtime call."),
-    max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Batching: longest wait to fill."),
-    max_queue_size: int = typer.Option(1024, "--max-queue-size", help="Batching: queued requests before 503 (0: no limit)."),
+    max_batch_size: int | None = typer.Option(
+        None, "--max-batch-size", help="Batching: items per runtime call (default: the plan's, else 32)."
+    ),
+    max_queue_delay_ms: float | None = typer.Option(
+        None, "--max-queue-delay-ms", help="Batching: longest wait to fill (default: the plan's, else 2)."
+    ),
+    max_queue_size: int | None = typer.Option(
+        None, "--max-queue-size", help="Batching: queued requests before 503 (0: no limit; default 1024)."
+    ),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="Batching: default per-request deadline."),
-    instances: int = typer.Option(1, "--instances", help="Batching: worker threads sharing one model."),
+    instances: int | None = typer.Option(
+        None, "--instances", help="Batching: worker threads sharing one model (default: the plan's, else 1)."
+    ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Runtime threads per instance (default: the plan's, else the runtime's)."
     ),
@@ -97,7 +105,7 @@ def serve(
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: join this cluster (default: local)."),
 ) -> None:
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
-    from polystack.batching import BatchPolicy
+    from polystack.batching import BatchOverrides, BatchPolicy
     from polystack.engine import Engine
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
@@ -109,15 +117,11 @@ def serve(
     logs.configure(log_level)
     cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
     tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
-    policy = None
-    if batching:
-        policy = BatchPolicy(
-            max_batch_size=max_batch_size,
-            max_queue_delay_ms=max_queue_delay_ms,
-            max_queue_size=max_queue_size,
-            timeout_s=timeout_s,
-            instances=instances,
-        )
+    overrides = BatchOverrides(max_batch_size, max_queue_delay_ms, max_queue_size, timeout_s, instances)
+    if overrides.given():
+        if batching is False:
+            raise InvalidRequest("batching settings (--max-batch-size, ...) contradict --no-batching: drop one")
+        overrides.apply(BatchPolicy())  # checked here, once: a bad value exits 2 before anything loads
     config = ServeConfig(
         host=host,
         http_port=http_port,
@@ -130,7 +134,8 @@ def serve(
         idle_timeout_s=idle_timeout_s,
         workers=workers,
         inline_max_ms=inline_max_ms,
-        batching=policy,
+        batch_overrides=overrides if overrides.given() else None,
+        force_batching=batching is True,
         threads=threads,
         no_batching=batching is False,
         access_log=access_log,

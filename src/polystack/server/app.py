@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polystack.batching import BatchPolicy
+from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
@@ -77,7 +77,9 @@ class ServeConfig:
     idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
-    batching: BatchPolicy | None = None  # overrides policy_for for every model
+    batching: BatchPolicy | None = None  # replaces policy_for's for every model
+    batch_overrides: BatchOverrides | None = None  # settings replaced in each batched model's policy
+    force_batching: bool = False  # batch every model that can be, with the default policy where none is planned
     threads: int | None = None  # runtime threads per model instance; None: the plan's, else the runtime's
     no_batching: bool = False
     access_log: bool = False
@@ -106,7 +108,19 @@ class Server:
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
             if config.no_batching:
                 return None
-            return config.batching or policy_for(store, record, profile)
+            chosen = config.batching or policy_for(store, record, profile)
+            if chosen is None and config.force_batching:
+                chosen = BatchPolicy()
+            overrides = config.batch_overrides
+            if overrides is not None:
+                if chosen is None:
+                    log.warning(
+                        "batching settings do not apply: the profile does not batch this model; add --batching",
+                        extra={"model": record.name, "profile": profile, "settings": overrides.given()},
+                    )
+                else:
+                    chosen = overrides.apply(chosen)
+            return chosen
 
         cpus = config.cpus
 
@@ -114,7 +128,7 @@ class Server:
             chosen = spec_for(store, record, profile)
             instances = batch_policy.instances if batch_policy else 1
             if config.threads is None and config.batching is None and cpus is None:
-                planned = policy(store, record, profile)
+                planned = policy_for(store, record, profile)  # the plan's spec was made for its instances
                 if instances == (planned.instances if planned else 1):
                     return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             threads = config.threads
