@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import subprocess
@@ -103,6 +104,23 @@ def mlp_ones(rows: int = 1, client: Any = httpclient) -> Any:
     x = client.InferInput("x", [rows, 16], "FP32")
     x.set_data_from_numpy(np.ones((rows, 16), np.float32))
     return x
+
+
+@contextlib.contextmanager
+def caught_logs(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """What logger ``name`` writes at ``level`` and up while the block runs, caught in this process."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def refused_at_start(tmp_path: Path, args: list[str]) -> str:

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, mlp_ones, start
+from servekit import caught_logs, cli_server, free_port, mlp_ones, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -244,16 +244,8 @@ def test_grpc_calls_are_logged_like_http_requests(
 @pytest.fixture
 def grpc_log() -> Iterator[list[logging.LogRecord]]:
     """What the gRPC transport logs, debug and up, caught in this process."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("polystack.server.grpc")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with caught_logs("polystack.server.grpc") as records:
+        yield records
 
 
 def _lines(records: list[logging.LogRecord]) -> list[tuple[str, str, str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, start
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.formats import import_model
@@ -82,13 +82,19 @@ def test_batching_settings_replace_only_what_they_name_in_the_plans_policy(
     """`serve --profile server --max-batch-size 8` batched with the plan's 16, silently; with --batching it
     lost the plan's instances and delay to the flags' defaults."""
     store, _ = model_store
-    st = start(store, models=["mlp"], policy_for=lambda *_: PLANNED, batch_overrides=BatchOverrides(max_batch_size=8))
-    try:
-        config = _config(st)
-        assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
-        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 4000
-    finally:
-        st.stop()
+    overrides = BatchOverrides(max_batch_size=8)
+    with caught_logs("polystack.server", logging.INFO) as records:
+        st = start(store, models=["mlp"], policy_for=lambda *_: PLANNED, batch_overrides=overrides)
+        try:
+            config = _config(st)
+            assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
+            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 4000
+        finally:
+            st.stop()
+    # the log says what was loaded and how it is batched
+    (loaded,) = [r.__dict__ for r in records if r.getMessage() == "model loaded"]
+    assert loaded["backend"] == "onnxruntime" and loaded["variant"] is None and loaded["device"] == "cpu"
+    assert loaded["batching"]["max_batch_size"] == 8 and loaded["batching"]["instances"] == 2
 
 
 def test_batching_settings_on_a_model_the_profile_does_not_batch_warn_unless_batching_is_forced(
@@ -96,26 +102,20 @@ def test_batching_settings_on_a_model_the_profile_does_not_batch_warn_unless_bat
 ) -> None:
     store, _ = model_store
     overrides = BatchOverrides(max_queue_delay_ms=1, instances=2)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("polystack.server").addHandler(handler)
-    try:
+    with caught_logs("polystack.server") as records:
         st = start(store, models=["mlp"], batch_overrides=overrides)
         try:
             assert "dynamic_batching" not in _config(st)
         finally:
             st.stop()
-        assert any("do not apply" in r.getMessage() for r in records)
-        st = start(store, models=["mlp"], batch_overrides=overrides, force_batching=True)
-        try:
-            config = _config(st)
-            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
-            assert config["instance_group"][0]["count"] == 2 and config["max_batch_size"] == 32
-        finally:
-            st.stop()
+    assert any("do not apply" in r.getMessage() for r in records)
+    st = start(store, models=["mlp"], batch_overrides=overrides, force_batching=True)
+    try:
+        config = _config(st)
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+        assert config["instance_group"][0]["count"] == 2 and config["max_batch_size"] == 32
     finally:
-        logging.getLogger("polystack.server").removeHandler(handler)
+        st.stop()
 
 
 def test_batching_settings_with_no_batching_or_out_of_range_exit_2(tmp_path: Path) -> None:
@@ -134,3 +134,23 @@ def test_serve_cli_applies_batching_settings_to_the_profiles_policy(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 0
+
+
+def test_a_plan_whose_variant_was_rejected_since_is_said_to_be_unusable(store: Store, mlp_path: Path) -> None:
+    """It was skipped in silence: the server served the source, unbatched, and nothing said why."""
+    imported = import_model(mlp_path, mlp_path.parent)
+    record, _ = store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)
+    variant_kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
+        "digest": record.digest, "size_bytes": record.size_bytes,
+    }  # fmt: skip
+    variant = store.variants.upsert(record, status="verified", **variant_kw)
+    settings = {"profile": "edge", "threads": 1, "thread_option": "intra_op_threads", "instances": 1}
+    store.plans.put(
+        record, profile="edge", fingerprint=fingerprint(), settings=settings, variant_id=variant.id,
+        measurements=[], explanation="", machine={},
+    )  # fmt: skip
+    store.variants.upsert(record, status="rejected", **variant_kw)
+    with caught_logs("polystack.server") as records:
+        assert spec_for(store, record, "edge").variant_id is None
+    assert any("cannot be used" in r.getMessage() for r in records)

@@ -40,10 +40,18 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     """What to load for ``record`` when serving ``profile``: the tuned plan's variant and threads
     when a fresh plan exists for this machine (``polystack tune``), else the source artifact on
     the preferred installed backend."""
-    from polystack.tuning.plan import spec_for_profile
+    from polystack.tuning.plan import current_plan, spec_for_profile
 
     planned = spec_for_profile(store, record, profile)
-    return planned[0] if planned is not None else default_spec(store, record)
+    if planned is not None:
+        return planned[0]
+    if current_plan(store, record, profile) is not None:  # fresh, but its variant is gone or no longer verified
+        log.warning(
+            "the plan for this model and profile cannot be used: its variant is gone or no longer verified; "
+            "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)",
+            extra={"model": record.name, "version": record.version, "profile": profile},
+        )
+    return default_spec(store, record)
 
 
 def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:

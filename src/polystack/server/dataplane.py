@@ -182,7 +182,15 @@ class DataPlane:
         if replaced is not None:
             replaced.model.close()  # once the calls running on it (unbatched) return
         self.metrics.models_loaded.set(len(self._served))
-        extra = {"model": entry.name, "version": entry.version, "backend": spec.backend}
+        extra: dict[str, Any] = {
+            "model": entry.name,
+            "version": entry.version,
+            "backend": spec.backend,
+            "device": spec.device,
+            "variant": spec.variant_id,  # None: the registered artifact itself
+            "options": dict(spec.options),
+            "batching": policy.to_dict() if batcher is not None and policy is not None else None,
+        }
         if config is not None:
             extra["config"] = model_config.render(entry, batcher)  # what the load's config made of it
         log.info("model loaded", extra=extra)
