@@ -16,7 +16,9 @@ def serve(
     profile: str = typer.Option("realtime", "--profile", help="realtime, server (batching on), batch or edge."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
     http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port (0: any free port)."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: any free port, -1: no gRPC)."),
+    grpc_port: int | None = typer.Option(
+        None, "--grpc-port", help="gRPC port (default 8001; 0: any free port, -1: no gRPC; not with --engine ray)."
+    ),
     allow_model_control: bool = typer.Option(
         False, "--allow-model-control", help="Enable the repository extension (index, load, unload)."
     ),
@@ -125,7 +127,7 @@ def serve(
     config = ServeConfig(
         host=host,
         http_port=http_port,
-        grpc_port=None if grpc_port < 0 else grpc_port,
+        grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,
         profile=profile,
         allow_model_control=allow_model_control,
         allow_shared_memory=allow_shared_memory,
@@ -139,6 +141,7 @@ def serve(
         threads=threads,
         no_batching=batching is False,
         access_log=access_log,
+        log_level=log_level,
         trace=True if trace else None,
         trace_rate=trace_rate,
         trace_count=trace_count,
@@ -169,10 +172,20 @@ def serve(
         )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
-        from polystack.server.ray_serve import parse_autoscale, run_ray_serve
+        from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
 
+        if grpc_port is not None and grpc_port >= 0:
+            raise InvalidRequest(
+                "--engine ray serves HTTP only (Ray Serve's gRPC proxy needs stubs of its own): drop --grpc-port, "
+                "or serve with --engine local"
+            )
         scale = parse_autoscale(autoscale) if autoscale else None
         home = store_settings().home
+        store = open_store()
+        try:
+            check_before_ray(store, config)  # what would otherwise fail deep inside Ray, with its traceback
+        finally:
+            store.close()
         raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))
     if engine != "local" or replicas is not None or autoscale is not None:
         raise InvalidRequest("--replicas and --autoscale need --engine ray; --engine is local or ray")

@@ -91,6 +91,7 @@ class ServeConfig:
     threads: int | None = None  # runtime threads per model instance; None: the plan's, else the runtime's
     no_batching: bool = False
     access_log: bool = False
+    log_level: str = "info"  # what `logs.configure` was given (Ray Serve replicas configure their own with it)
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
     trace_count: int = -1  # traces to take, then stop (-1: no limit)

@@ -476,6 +476,34 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
     return bytes(out)
 
 
+def failed(req: Request, exc: BaseException) -> Response:
+    """The answer to a request that raised ``exc``, logged as the server's failure when it is one (a 5xx
+    as a warning, an unexpected error with its traceback)."""
+    if isinstance(exc, PolystackError):
+        if status.http_status(exc) >= 500:
+            log.warning("request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message})
+    else:
+        log.exception("unexpected error", extra={"request_id": req.request_id, "path": req.path})
+    return error_response(exc)
+
+
+def log_request(app: HttpApp, req: Request, status_code: int) -> None:
+    """The request's line in the log, when ``--access-log`` or the logging extension asks for one."""
+    level = request_level(app.log_settings, app.access_log)
+    if level is not None:
+        log.log(
+            level,
+            "request",
+            extra={
+                "request_id": req.request_id,
+                "method": req.method.decode(),
+                "path": req.path,
+                "status": status_code,
+                "duration_ms": round((time.perf_counter() - req.started) * 1000, 3),
+            },
+        )
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parse with httptools, answer requests in order."""
 
@@ -725,14 +753,7 @@ class HttpProtocol(asyncio.Protocol):
         self._continue_if_due()
 
     def _error(self, req: Request, exc: BaseException) -> Response:
-        if isinstance(exc, PolystackError):
-            if status.http_status(exc) >= 500:
-                log.warning(
-                    "request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message}
-                )
-        else:
-            log.exception("unexpected error", extra={"request_id": req.request_id, "path": req.path})
-        return error_response(exc)
+        return failed(req, exc)
 
     def _send(self, req: Request, resp: Response) -> None:
         transport = self.transport
@@ -759,19 +780,7 @@ class HttpProtocol(asyncio.Protocol):
                 parts = []
         if parts:
             transport.write(b"".join(parts))
-        level = request_level(self.app.log_settings, self.app.access_log)
-        if level is not None:
-            log.log(
-                level,
-                "request",
-                extra={
-                    "request_id": req.request_id,
-                    "method": req.method.decode(),
-                    "path": req.path,
-                    "status": resp.status,
-                    "duration_ms": round((time.perf_counter() - req.started) * 1000, 3),
-                },
-            )
+        log_request(self.app, req, resp.status)
         if not keep_alive:
             transport.close()
 

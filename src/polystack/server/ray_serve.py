@@ -13,7 +13,10 @@ Replicas open the store by path, so on a cluster the store folder must be visibl
 node (a shared file system). Only HTTP is exposed (Ray Serve's gRPC proxy needs its own stubs).
 Metrics and statistics are per replica. Ray Serve admits at most ``max_ongoing_requests`` per
 replica (default 5 in Ray); it is raised here to 64, since at 5 the router's back-off collapsed
-throughput under 32 concurrent clients on this machine.
+throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
+(``ServeConfig.log_level``) and logs requests and failures as the local server does. SIGTERM shuts
+Serve down without a drain. ``check_before_ray`` refuses, before Ray starts, what would otherwise
+fail deep inside it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,26 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def check_before_ray(store: Any, config: Any) -> None:
+    """Refuse, with one line, what would fail only once Ray is up: an unknown model (a deployment that never
+    becomes healthy), an HTTP port already taken or left to chance (Ray Serve's proxy needs one it can bind)."""
+    from polystack.store import ModelRef
+
+    for ref in config.models:
+        store.get(ModelRef.parse(ref))  # NotFound, with what to do
+    if config.http_port == 0:
+        raise InvalidRequest("--engine ray needs a fixed --http-port: Ray Serve's proxy cannot report one it chose")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((config.host, config.http_port))
+        except OSError as e:
+            raise InvalidRequest(
+                f"cannot listen on {config.host}:{config.http_port} ({e.strerror}); stop what uses it, or choose "
+                "another --http-port"
+            ) from None
+
+
 def proxy_options(config: Any) -> dict[str, Any]:
     """Ray Serve's ``http_options`` for ``config``: its address, and TLS with the server's files (Ray Serve's
     proxy terminates it; it cannot require client certificates, so mutual TLS is refused before this)."""
@@ -51,9 +75,11 @@ class OipReplica:
 
     def __init__(self, store_home: str, config: Any) -> None:
         from polystack.engine import Engine
+        from polystack.server import logs
         from polystack.server.app import Server
         from polystack.store import Store
 
+        logs.configure(config.log_level)  # a replica is a process of its own: JSON lines on its stderr
         self.store = Store.at(store_home)
         self.engine = Engine(self.store)
         # settings changed over the protocol would reach one replica of several: off here
@@ -64,28 +90,52 @@ class OipReplica:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import Response as StarletteResponse
 
-        from polystack.server.http import Request, Response, error_response
+        from polystack.server.http import Request, Response, failed, log_request
 
-        body = await request.body()
         headers = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
-        req = Request(request.method.encode(), request.url.path, headers, body, True)
-        routed = self.http.route(req.method, req.path)
-        if isinstance(routed, Response):
-            resp = routed
-        else:
-            handler, args = routed
-            try:
+        req = Request(request.method.encode(), request.url.path, headers, b"", True)
+        try:
+            req.body = await self._body(request, headers)
+            routed = self.http.route(req.method, req.path)
+            if isinstance(routed, Response):
+                resp = routed
+            else:
+                handler, args = routed
                 result = handler(req, args)
                 resp = await result if inspect.isawaitable(result) else result
-            except Exception as e:  # a PolystackError maps to its 4xx/5xx; anything else is a 500
-                resp = error_response(e)
+        except Exception as e:  # a PolystackError maps to its 4xx/5xx; anything else is a 500, logged
+            resp = failed(req, e)
+        log_request(self.http, req, resp.status)
         out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
+        if req.method == b"HEAD":  # the length a GET would have had, as the local server says it
+            out_headers["content-length"] = str(resp.length)
         return StarletteResponse(
             content=resp.whole() if req.method != b"HEAD" else b"",
             status_code=resp.status,
             media_type=resp.content_type.decode("latin-1"),
             headers=out_headers,
         )
+
+    async def _body(self, request: Any, headers: dict[bytes, bytes]) -> bytes:
+        """The request body, refused (413) past ``--max-body-bytes`` as soon as its length says so, or as
+        soon as that much has arrived."""
+        from polystack.errors import PayloadTooLarge
+
+        limit = self.http.max_body_bytes
+        length = headers.get(b"content-length", b"")
+        too_large = PayloadTooLarge(
+            f"the request body exceeds the server's limit of {limit:,} bytes; send smaller batches or raise "
+            "--max-body-bytes"
+        )
+        if length.isdigit() and int(length) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def __del__(self) -> None:
         try:
@@ -161,19 +211,28 @@ def run_ray_serve(
         else:
             ray.init(include_dashboard=False, **kwargs)
     stop = threading.Event()
+    serving = False
+
+    def on_signal(*_: Any) -> None:
+        stop.set()
+        if not serving:  # serve.run waits for replicas that may never come up (too few CPUs): stop waiting
+            raise KeyboardInterrupt
+
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):  # replaces ray.init's handler (sys.exit)
-            signal.signal(sig, lambda *_: stop.set())
-        serve.start(http_options=proxy_options(config))
-        serve.run(app, name="polystack", route_prefix="/", blocking=False)
-        scheme = "https" if config.tls is not None else "http"
-        print(f"serving on Ray Serve at {scheme}://{config.host}:{config.http_port}/v2", flush=True)
+            signal.signal(sig, on_signal)
         try:
+            serve.start(http_options=proxy_options(config))
+            serve.run(app, name="polystack", route_prefix="/", blocking=False)
+            serving = True
+            scheme = "https" if config.tls is not None else "http"
+            print(f"serving on Ray Serve at {scheme}://{config.host}:{config.http_port}/v2 (HTTP only)", flush=True)
             while not stop.wait(1.0):
                 pass
-        except (SystemExit, KeyboardInterrupt):  # Ray's own SIGTERM handler exits; stop cleanly instead
+        except (SystemExit, KeyboardInterrupt):  # a signal, or Ray's own SIGTERM handler exiting: stop cleanly
             pass
-        serve.shutdown()
+        finally:
+            serve.shutdown()
     finally:
         if started_here:
             ray.shutdown()
