@@ -14,8 +14,9 @@ node (a shared file system). Only HTTP is exposed (Ray Serve's gRPC proxy needs 
 Metrics and statistics are per replica. Ray Serve admits at most ``max_ongoing_requests`` per
 replica (default 5 in Ray); it is raised here to 64, since at 5 the router's back-off collapsed
 throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
-(``ServeConfig.log_level``) and logs requests and failures as the local server does. SIGTERM shuts
-Serve down without a drain. ``check_before_ray`` refuses, before Ray starts, what would otherwise
+(``ServeConfig.log_level``) and logs requests and failures as the local server does. On SIGTERM the
+application is deleted first, so replicas finish the requests they hold (within the drain timeout)
+while Ray Serve's proxy answers new ones 404; then Serve shuts down. ``check_before_ray`` refuses, before Ray starts, what would otherwise
 fail deep inside it.
 """
 
@@ -166,6 +167,9 @@ def build_app(
         "name": "polystack",
         "max_ongoing_requests": max_ongoing_requests,
         "ray_actor_options": {"num_cpus": num_cpus},
+        # a replica being stopped finishes the requests it holds, for up to the drain timeout
+        "graceful_shutdown_timeout_s": config.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
     }
     if autoscale is not None:
         options["autoscaling_config"] = {
@@ -232,6 +236,8 @@ def run_ray_serve(
         except (SystemExit, KeyboardInterrupt):  # a signal, or Ray's own SIGTERM handler exiting: stop cleanly
             pass
         finally:
+            if serving:  # the proxy stays up while the replicas finish what they hold; then everything stops
+                serve.delete("polystack", _blocking=True)
             serve.shutdown()
     finally:
         if started_here:
