@@ -339,3 +339,18 @@ def test_torch_compile_variant_is_built_and_verified(store: Store, tmp_path: Pat
     compiled = next(v for v in report.variants if v.options.get("compile"))
     assert compiled.status == "verified", compiled.error
     assert compiled.build_time_s is not None and compiled.build_time_s > 0
+
+
+def test_a_second_model_with_the_same_bytes_builds_and_keeps_its_own_variants(store: Store, tmp_path: Path) -> None:
+    from polystack.examples import mlp_onnx
+
+    imported = import_model(mlp_onnx(tmp_path / "m.onnx", sizes=(4, 8, 2)), tmp_path)
+    only_fp32 = lambda r: r.backend == "onnxruntime" and r.precision == "fp32"  # noqa: E731
+    reports = {}
+    for name in ("a", "b"):
+        record, _ = store.register(imported.artifact, name=name, format="onnx", signature=imported.signature)
+        reports[name] = build(store, record, include=only_fp32)
+    a, b = (reports[n].variants for n in ("a", "b"))
+    assert a and b and {v.id for v in a}.isdisjoint(v.id for v in b)
+    assert all(v.status == "verified" for v in b)
+    assert build(store, reports["b"].model, include=only_fp32).built == []  # found again: not rebuilt

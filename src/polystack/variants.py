@@ -26,7 +26,7 @@ from polystack.backends import registry
 from polystack.convert import TO_ONNX, ConvertContext, step
 from polystack.errors import BackendUnavailable, PolystackError
 from polystack.store import ModelRecord, Store, VariantRecord
-from polystack.store.variants import Status, variant_id
+from polystack.store.variants import Status, build_key
 from polystack.verify import Tolerance, Verdict, compare, run
 
 # The runtime that runs each source format as its own framework does: the gate's reference.
@@ -56,8 +56,9 @@ class Recipe:
     def recipe(self) -> str:
         return "+".join(self.steps)
 
-    def id_for(self, record: ModelRecord) -> str:
-        return variant_id(record.digest, self.backend, self.device, self.precision, self.options, self.recipe)
+    @property
+    def build_key(self) -> str:
+        return build_key(self.backend, self.device, self.precision, self.options, self.recipe)
 
     def describe(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()) if k != "trusted")
@@ -173,9 +174,9 @@ def build(
         work = Path(tmp)
         record, samples, synthesized = samples_mod.ensure(store, record, work)
         report = BuildReport(model=record, samples_synthesized=synthesized)
-        existing = {v.id: v for v in store.variants.for_model(record)}
+        existing = {v.build_key for v in store.variants.for_model(record)}
         recipes = [r for r in plan(record) if include is None or include(r)]
-        todo = [r for r in recipes if rebuild or r.id_for(record) not in existing]
+        todo = [r for r in recipes if rebuild or r.build_key not in existing]
         if todo:
             _build_all(store, record, todo, samples, work, report, say)
         report.variants = store.variants.for_model(record)

@@ -3,6 +3,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,20 @@ def test_concurrent_registrations_from_two_processes_are_safe(tmp_path: Path) ->
     assert len(store.models.list()) == 3 + 12
     assert store.catalog.integrity_check() == "ok"
     assert all(store.blobs.has(r.digest) for r in store.models.list())
+
+
+def test_two_models_with_the_same_bytes_each_get_their_own_variants(store: Store, mlp_path: Path) -> None:
+    """Variant ids hash the source's bytes: a second model with the same bytes had its variant rows taken
+    by the first, and `polystack variants b` built and then found none."""
+    a, _ = register(store, mlp_path, name="a")
+    b, _ = register(store, mlp_path, name="b")
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
+        "digest": a.digest, "size_bytes": a.size_bytes,
+    }  # fmt: skip
+    va = store.variants.upsert(a, status="verified", **kw)
+    vb = store.variants.upsert(b, status="pending", **kw)
+    assert va.id != vb.id and va.model_id == a.id and vb.model_id == b.id
+    assert store.variants.upsert(b, status="verified", **kw).id == vb.id  # the same row, updated
+    assert [v.id for v in store.variants.for_model(b)] == [vb.id] and store.variants.get(vb.id).status == "verified"
+    assert [v.id for v in store.variants.for_model(a)] == [va.id] and store.variants.get(va.id).status == "verified"

@@ -22,13 +22,28 @@ Status = Literal["verified", "rejected", "failed", "pending"]
 
 
 def variant_id(
-    model_digest: str, backend: str, device: str, precision: str, options: Mapping[str, Any], recipe: str = ""
+    model_digest: str,
+    backend: str,
+    device: str,
+    precision: str,
+    options: Mapping[str, Any],
+    recipe: str = "",
+    model_id: int | None = None,
 ) -> str:
+    """A variant's id: its source's bytes and how it is built; ``model_id`` for a model whose bytes another
+    registered model has too, whose variant of the same build holds the plain id."""
     parts: list[Any] = [model_digest, backend, device, precision, dict(options)]
     if recipe:  # "" (the source artifact itself) keeps the ids variants had before recipes existed
         parts.append(recipe)
+    if model_id is not None:
+        parts.append(model_id)
     key = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def build_key(backend: str, device: str, precision: str, options: Mapping[str, Any], recipe: str) -> str:
+    """How a variant is built, whatever its id: what a model's variant for one recipe is found by."""
+    return json.dumps([backend, device, precision, dict(options), recipe], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class VariantRecord:
     build_time_s: float | None = None
     created_at: float = 0.0
     recipe: str = ""  # converter steps from the source ("" = the source artifact itself)
+
+    @property
+    def build_key(self) -> str:
+        return build_key(self.backend, self.device, self.precision, self.options, self.recipe)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +129,11 @@ class VariantTable:
     ) -> VariantRecord:
         vid = variant_id(model.digest, backend, device, precision, options, recipe)
         with self.catalog.write() as conn:
+            owner = conn.execute("SELECT model_id FROM variants WHERE id = ?", (vid,)).fetchone()
+            if owner is not None and owner[0] != model.id:
+                # the same bytes registered as another model: this model's variant is its own row (the
+                # upsert kept the first model's, and `variants` of the second found none)
+                vid = variant_id(model.digest, backend, device, precision, options, recipe, model_id=model.id)
             conn.execute(
                 "INSERT INTO variants (id, model_id, backend, device, precision, options, format, digest,"
                 " size_bytes, status, metrics, error, build_time_s, created_at, recipe)"
