@@ -100,12 +100,43 @@ def test_ray_start_up_mistakes_exit_2_before_ray_starts(tmp_path: Path, args: li
     assert says in line
 
 
-def test_ray_start_up_with_the_port_taken_exits_2(tmp_path: Path) -> None:
+def test_a_port_already_taken_is_refused_before_ray_starts(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """Called directly: through the CLI, a check that let it through would start a Ray outside a namespace."""
     import socket
+
+    from polystack.errors import InvalidRequest
+    from polystack.server.ray_serve import check_before_ray
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = refused_at_start(tmp_path, ["--engine", "ray", "--http-port", str(port), "--ray-address", "127.0.0.1:1"])
-    assert f"127.0.0.1:{port}" in line and "--http-port" in line
+        config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, models=["mlp"])
+        with pytest.raises(InvalidRequest, match=f"127.0.0.1 port {port}.*--http-port"):
+            check_before_ray(model_store[0], config)
+
+
+def test_the_port_check_follows_the_hosts_address_family_and_skips_a_cluster(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """It bound an IPv4 socket whatever the host (--host ::1 was refused as if the port were taken), and
+    checked this machine's port for a cluster whose proxy runs on its own nodes."""
+    import socket
+
+    from polystack.server.ray_serve import check_before_ray
+
+    store, _ = model_store
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, models=["mlp"])
+        check_before_ray(store, config, ray_address="10.9.9.9:6379")  # a cluster's port is not ours to try
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+                free6 = probe.getsockname()[1]
+        except OSError:
+            return  # no IPv6 loopback here
+        check_before_ray(store, ServeConfig(host="::1", http_port=free6, grpc_port=None, models=["mlp"]))

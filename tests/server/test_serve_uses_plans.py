@@ -120,7 +120,8 @@ def test_batching_settings_on_a_model_the_profile_does_not_batch_warn_unless_bat
 
 def test_batching_settings_with_no_batching_or_out_of_range_exit_2(tmp_path: Path) -> None:
     assert "--no-batching" in refused_at_start(tmp_path, ["--no-batching", "--max-batch-size", "8"])
-    assert "max_batch_size" in refused_at_start(tmp_path, ["--max-batch-size", "0"])
+    assert "--max-batch-size must be" in refused_at_start(tmp_path, ["--max-batch-size", "0"])  # the flag, by name
+    assert "--timeout-s must be" in refused_at_start(tmp_path, ["--timeout-s", "0"])
 
 
 def test_serve_cli_applies_batching_settings_to_the_profiles_policy(

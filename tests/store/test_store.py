@@ -218,3 +218,19 @@ def test_two_models_with_the_same_bytes_each_get_their_own_variants(store: Store
     assert store.variants.upsert(b, status="verified", **kw).id == vb.id  # the same row, updated
     assert [v.id for v in store.variants.for_model(b)] == [vb.id] and store.variants.get(vb.id).status == "verified"
     assert [v.id for v in store.variants.for_model(a)] == [va.id] and store.variants.get(va.id).status == "verified"
+
+
+def test_a_models_variant_keeps_its_row_when_the_plain_id_frees_up(store: Store, mlp_path: Path) -> None:
+    """Once the model that held the plain id was removed, a rebuild of the other one added a second row
+    for each build under the freed id."""
+    a, _ = register(store, mlp_path, name="a")
+    b, _ = register(store, mlp_path, name="b")
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {"threads": 1}, "format": "onnx",
+        "digest": a.digest, "size_bytes": a.size_bytes,
+    }  # fmt: skip
+    store.variants.upsert(a, status="verified", **kw)
+    vb = store.variants.upsert(b, status="verified", **kw)
+    store.remove(a.ref)
+    again = store.variants.upsert(b, status="rejected", **kw)
+    assert again.id == vb.id and [(v.id, v.status) for v in store.variants.for_model(b)] == [(vb.id, "rejected")]

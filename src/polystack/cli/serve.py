@@ -123,7 +123,13 @@ def serve(
     if overrides.given():
         if batching is False:
             raise InvalidRequest("batching settings (--max-batch-size, ...) contradict --no-batching: drop one")
-        overrides.apply(BatchPolicy())  # checked here, once: a bad value exits 2 before anything loads
+        try:  # checked here, once: a bad value exits 2 before anything loads, naming the flag
+            overrides.apply(BatchPolicy())
+        except InvalidRequest as e:
+            message = e.message
+            for field in overrides.given():
+                message = message.replace(field, "--" + field.replace("_", "-"))
+            raise InvalidRequest(message) from None
     config = ServeConfig(
         host=host,
         http_port=http_port,
@@ -183,7 +189,7 @@ def serve(
         home = store_settings().home
         store = open_store()
         try:
-            check_before_ray(store, config)  # what would otherwise fail deep inside Ray, with its traceback
+            check_before_ray(store, config, ray_address)  # what would otherwise fail deep inside Ray
         finally:
             store.close()
         raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))

@@ -42,24 +42,30 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def check_before_ray(store: Any, config: Any) -> None:
+def check_before_ray(store: Any, config: Any, ray_address: str | None = None) -> None:
     """Refuse, with one line, what would fail only once Ray is up: an unknown model (a deployment that never
-    becomes healthy), an HTTP port already taken or left to chance (Ray Serve's proxy needs one it can bind)."""
+    becomes healthy), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a Ray
+    started here (no ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
     from polystack.store import ModelRef
 
     for ref in config.models:
         store.get(ModelRef.parse(ref))  # NotFound, with what to do
     if config.http_port == 0:
         raise InvalidRequest("--engine ray needs a fixed --http-port: Ray Serve's proxy cannot report one it chose")
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((config.host, config.http_port))
-        except OSError as e:
-            raise InvalidRequest(
-                f"cannot listen on {config.host}:{config.http_port} ({e.strerror}); stop what uses it, or choose "
-                "another --http-port"
-            ) from None
+    if ray_address:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            config.host, config.http_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        raise InvalidRequest(
+            f"cannot listen on {config.host} port {config.http_port} ({e.strerror}); stop what uses it, or choose "
+            "another --host or --http-port"
+        ) from None
 
 
 def proxy_options(config: Any) -> dict[str, Any]:

@@ -127,12 +127,19 @@ class VariantTable:
         build_time_s: float | None = None,
         recipe: str = "",
     ) -> VariantRecord:
-        vid = variant_id(model.digest, backend, device, precision, options, recipe)
+        opts = json.dumps(dict(options), sort_keys=True)
         with self.catalog.write() as conn:
+            # this model's row for this build, whatever its id; else a new one, under the plain id unless
+            # the same bytes registered as another model hold it (the upsert then kept that model's row,
+            # and `variants` of the second found none)
+            mine = conn.execute(
+                "SELECT id FROM variants WHERE model_id = ? AND backend = ? AND device = ? AND precision = ?"
+                " AND options = ? AND recipe = ?",
+                (model.id, backend, device, precision, opts, recipe),
+            ).fetchone()
+            vid = mine[0] if mine is not None else variant_id(model.digest, backend, device, precision, options, recipe)
             owner = conn.execute("SELECT model_id FROM variants WHERE id = ?", (vid,)).fetchone()
             if owner is not None and owner[0] != model.id:
-                # the same bytes registered as another model: this model's variant is its own row (the
-                # upsert kept the first model's, and `variants` of the second found none)
                 vid = variant_id(model.digest, backend, device, precision, options, recipe, model_id=model.id)
             conn.execute(
                 "INSERT INTO variants (id, model_id, backend, device, precision, options, format, digest,"
@@ -147,7 +154,7 @@ class VariantTable:
                     backend,
                     device,
                     precision,
-                    json.dumps(dict(options), sort_keys=True),
+                    opts,
                     format,
                     digest,
                     size_bytes,
