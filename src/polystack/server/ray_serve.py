@@ -16,8 +16,8 @@ replica (default 5 in Ray); it is raised here to 64, since at 5 the router's bac
 throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
 (``ServeConfig.log_level``) and logs requests and failures as the local server does. On SIGTERM the
 application is deleted first, so replicas finish the requests they hold (within the drain timeout)
-while Ray Serve's proxy answers new ones 404; then Serve shuts down. ``check_before_ray`` refuses, before Ray starts, what would otherwise
-fail deep inside it.
+while Ray Serve's proxy answers new ones 404; then Serve shuts down. ``check_before_ray`` refuses,
+before Ray starts, what would otherwise fail deep inside it.
 """
 
 from __future__ import annotations
