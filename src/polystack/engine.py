@@ -38,6 +38,11 @@ class LoadSpec:
     variant_id: str | None = None
     max_batch_size: int | None = None
 
+    @property
+    def platform(self) -> str:
+        """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``."""
+        return f"{self.backend}_{self.format}".replace(".", "_")
+
 
 # Option names backends use for "threads inside one operator", most specific first.
 THREAD_OPTIONS = ("intra_op_threads", "num_threads", "inference_num_threads", "threads", "nthread", "n_jobs")
@@ -278,7 +283,7 @@ class Engine:
         return ModelMetadata(
             name=entry.name,
             versions=versions if version is None else [str(entry.version)],
-            platform=f"{entry.spec.backend}_{entry.spec.format}".replace(".", "_"),
+            platform=entry.spec.platform,
             signature=entry.signature,
         )
 

@@ -135,9 +135,9 @@ def _cut_short(context: Any) -> grpc.StatusCode:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, calls: _Calls | None = None) -> None:
+    def __init__(self, plane: DataPlane, calls: _Calls) -> None:
         self.plane = plane
-        self.calls = calls or _Calls(plane, access_log=False)
+        self.calls = calls
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
         try:

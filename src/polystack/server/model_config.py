@@ -124,7 +124,7 @@ def render(entry: LoadedEntry, batcher: DynamicBatcher | None) -> dict[str, Any]
     label_files = label_files_of(entry.record.settings)
     config: dict[str, Any] = {
         "name": entry.name,
-        "platform": platform_of(entry.spec),
+        "platform": entry.spec.platform,
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
         "input": [tensor(t) for t in sig.inputs],
@@ -152,10 +152,6 @@ def render(entry: LoadedEntry, batcher: DynamicBatcher | None) -> dict[str, Any]
     return config
 
 
-def platform_of(spec: LoadSpec) -> str:
-    return f"{spec.backend}_{spec.format}".replace(".", "_")
-
-
 def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
@@ -168,7 +164,7 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
     name = _string(config, "name", "config")
     if name and name != record.name:
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
-    for key, ours in (("platform", platform_of(spec)), ("backend", spec.backend)):
+    for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = _string(config, key, "config")
         if theirs and theirs != ours:
             raise InvalidRequest(
