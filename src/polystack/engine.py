@@ -302,17 +302,26 @@ class Engine:
 
 
 def infer_entry(
-    entry: LoadedEntry, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    entry: LoadedEntry,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    *,
+    queued_ns: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run one request on a loaded entry, recording success/failure and compute time."""
+    """Run one request on a loaded entry, recording success/failure and compute time; ``queued_ns``
+    (``time.perf_counter_ns()``) is when a server handed it over to run: the wait since is its queue
+    time, and its success or failure duration counts from then."""
     started = time.perf_counter_ns()
+    since = started if queued_ns is None else queued_ns
     try:
         result = entry.model.infer(inputs, outputs)
     except PolystackError:
-        entry.stats.add("fail", time.perf_counter_ns() - started)
+        entry.stats.add("fail", time.perf_counter_ns() - since)
         raise
-    took = time.perf_counter_ns() - started
+    ended = time.perf_counter_ns()
     batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1)
-    entry.stats.executed(batch, took)
-    entry.stats.add("success", took)
+    if queued_ns is not None:
+        entry.stats.add("queue", started - queued_ns)
+    entry.stats.executed(batch, ended - started)
+    entry.stats.add("success", ended - since)
     return result

@@ -34,6 +34,11 @@ def test_without_dynamic_batching_the_plans_instances_are_not_asked_for() -> Non
     assert model_config.read("{}", RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)
 
 
+def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -> None:
+    text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'  # a group without a count is one instance
+    assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 4)
+
+
 def test_numbers_may_be_strings_as_protobuf_writes_64_bit_ones() -> None:
     text = (
         '{"maxBatchSize": "8", "dynamicBatching": {"preferredBatchSize": ["4", 8], "maxQueueDelayMicroseconds": "250"}}'

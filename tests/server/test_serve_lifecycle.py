@@ -215,18 +215,24 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
 def test_a_reload_under_load_fails_no_request(model_store: tuple[Store, dict[str, ModelRecord]], batching: bool) -> None:
     """Requests routed to the old instance just before a reload (waiting for an inference thread, or
-    handed to its closing batcher) run on the new one: a reload, unlike an unload, loses nothing, also
-    when a load's config turns batching on or off."""
+    handed to its closing batcher or to its own instances' threads) run on the new one: a reload, unlike
+    an unload, loses nothing, also when a load's config turns batching on or off or gives the model
+    instances of its own."""
     store, records = model_store
     register_like(store, records["mlp"], "slow20", tags={"delay_ms": "20"})
     policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=5) if batching else None
     st = start(store, models=["slow20"], allow_model_control=True, policy_for=lambda *_: policy)
-    configs = [None, json.dumps({"max_batch_size": 4, "dynamic_batching": {}}), json.dumps({"max_batch_size": 4})]
+    configs = [
+        None,
+        json.dumps({"max_batch_size": 4, "dynamic_batching": {}}),
+        json.dumps({"max_batch_size": 4}),
+        json.dumps({"instance_group": [{"count": 1}]}),  # one request at a time: the others queue for it
+    ]
     with _under_load(st, "slow20", clients=6, requests=200) as outcomes:
         control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
         time.sleep(0.2)
-        for i in range(9):
-            control.load_model("slow20", config=configs[i % 3])
+        for i in range(12):
+            control.load_model("slow20", config=configs[i % len(configs)])
             time.sleep(0.05)
     assert outcomes["ok"] > 30 and set(outcomes) == {"ok"}, outcomes
 

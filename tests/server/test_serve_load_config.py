@@ -164,8 +164,8 @@ def test_a_config_copied_from_triton_loads(server: ServerThread) -> None:
 
 
 def test_a_config_triton_prints_for_an_unbatched_cpu_model_loads(server: ServerThread) -> None:
-    """Triton gives an ONNX model on CPU two instances, batched or not (densenet_onnx in its quickstart);
-    without batching, polystack's requests run side by side on its inference threads anyway."""
+    """Triton gives an ONNX model on CPU two instances, batched or not (densenet_onnx in its quickstart):
+    without batching, two of its requests run at once."""
     printed = {
         "name": "mlp",
         "platform": "onnxruntime_onnx",
@@ -194,7 +194,41 @@ def test_a_config_triton_prints_for_an_unbatched_cpu_model_loads(server: ServerT
     client.load_model(unlimited, config=json.dumps({**printed, "name": unlimited}))
     config = config_of(server, unlimited)
     assert config["max_batch_size"] == 0 and config["input"][0]["dims"] == [-1, 16] and "dynamic_batching" not in config
+    assert config["instance_group"][0]["count"] == 2
     assert client.infer(unlimited, [mlp_ones(3)]).as_numpy("y").shape == (3, 4)
+
+
+def test_an_instance_count_without_batching_bounds_the_requests_running_at_once(server: ServerThread) -> None:
+    """As Triton's default scheduler does: an unbatched model's instance count is how many of its
+    requests run at once; the others wait their turn, and that wait is their queue time."""
+    client = httpclient.InferenceServerClient(server.http_url)
+
+    def two_at_once() -> float:
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            clients = [httpclient.InferenceServerClient(server.http_url) for _ in range(2)]
+            futures = [pool.submit(c.infer, "slow500", [mlp_ones(1)]) for c in clients]
+            assert all(f.result(timeout=30).as_numpy("y").shape == (1, 4) for f in futures)
+        return time.perf_counter() - started
+
+    def queued_ns() -> int:
+        return int(client.get_inference_statistics("slow500")["model_stats"][0]["inference_stats"]["queue"]["ns"])
+
+    workers = server.server.plane.workers
+    assert config_of(server, "slow500")["instance_group"][0]["count"] == workers  # the shared inference threads
+    try:
+        client.load_model("slow500", config=json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 1}]}))
+        config = config_of(server, "slow500")
+        assert config["instance_group"][0]["count"] == 1 and "dynamic_batching" not in config
+        before = queued_ns()
+        assert two_at_once() >= 1.0  # 500 ms each, one after the other
+        assert queued_ns() - before >= 400_000_000  # the second waited for the first
+        client.load_model("slow500", config=json.dumps({"instance_group": [{"count": 2}]}))
+        assert config_of(server, "slow500")["instance_group"][0]["count"] == 2
+        assert two_at_once() < 1.0  # side by side
+    finally:
+        client.load_model("slow500")
+    assert config_of(server, "slow500")["instance_group"][0]["count"] == workers
 
 
 def test_the_queue_delay_holds_a_batch_for_its_preferred_size(server: ServerThread) -> None:

@@ -133,9 +133,8 @@ class Server:
 
         cpus = config.cpus
 
-        def spec(store: Store, record: ModelRecord, profile: str, batch_policy: BatchPolicy | None) -> LoadSpec:
+        def spec(store: Store, record: ModelRecord, profile: str, instances: int) -> LoadSpec:
             chosen = spec_for(store, record, profile)
-            instances = batch_policy.instances if batch_policy else 1
             if config.threads is None and config.batching is None and cpus is None:
                 planned = policy_for(store, record, profile)  # the plan's spec was made for its instances
                 if instances == (planned.instances if planned else 1):

@@ -2,8 +2,10 @@
 
 HTTP and gRPC handlers decode, call one method here, and encode; they hold no logic of their own.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
-model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: without
-batching in a small thread pool, with batching in the batcher's worker threads.
+model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
+the batcher's worker threads (its instances); without, in a small thread pool all such models share,
+or in threads of the model's own when a load's config gives it an instance count (Triton's default
+scheduler: each instance runs one request at a time, the others wait their turn).
 
 One measured exception, the inline fast path: handing a call to a thread and back costs 40-50 us
 here (two context switches and a loop wake-up), and through tritonclient it added ~0.17 ms to a
@@ -56,8 +58,8 @@ log = logging.getLogger("polystack.server")
 
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
-# what to load for a model under a profile, given how it will be batched (instances share the runtime)
-SpecFor = Callable[[Store, ModelRecord, str, BatchPolicy | None], LoadSpec]
+# what to load for a model under a profile, given how many of its calls run at once (they share the runtime)
+SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
 
 
@@ -65,6 +67,16 @@ PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
 class _Served:
     entry: LoadedEntry
     batcher: DynamicBatcher | None
+    # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
+    instances: int | None = None
+    executor: ThreadPoolExecutor | None = None
+
+    def close(self, wait: bool) -> None:
+        """Stop taking work; what was handed over still runs, on this instance."""
+        if self.batcher is not None:
+            self.batcher.close(drain=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=wait)
 
 
 _MAX_VERSION = (1 << 63) - 1  # the store's versions are SQLite integers
@@ -88,12 +100,15 @@ def _refuse_sequences(parameters: dict[str, Any]) -> None:
             )
 
 
-def _timed_infer(entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None) -> Any:
-    """The result, and the call's start and end (``time.perf_counter_ns()``)."""
+def _timed_infer(
+    entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None, queued_ns: int
+) -> Any:
+    """The result, and the call's start and end (``time.perf_counter_ns()``); ``queued_ns`` is when it
+    was handed over, so that the wait for a thread counts as the request's queue time."""
     from polystack.engine import infer_entry
 
     t0 = time.perf_counter_ns()
-    result = infer_entry(entry, inputs, outputs)
+    result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns)
     return result, t0, time.perf_counter_ns()
 
 
@@ -129,8 +144,10 @@ class DataPlane:
         self.log_settings = log_settings
         # inference threads, and one for repository loads and unloads, so that a load never holds an
         # inference thread; ``thread_initializer`` pins both (server.placement)
+        self.workers = workers or os.cpu_count() or 2
+        self.thread_initializer = thread_initializer
         self.executor = ThreadPoolExecutor(
-            max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer", initializer=thread_initializer
+            max_workers=self.workers, thread_name_prefix="infer", initializer=thread_initializer
         )
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
         self._served: dict[tuple[str, int], _Served] = {}
@@ -155,18 +172,21 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         policy = self.policy_for(self.store, record, self.profile)
-        spec = self.spec_for(self.store, record, self.profile, policy)
+        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
+        instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             chosen = model_config.read(config, record, spec, policy)
-            if chosen.batching != policy:
-                policy = chosen.batching
-                spec = self.spec_for(self.store, record, self.profile, policy)
+            if chosen.batching != policy or chosen.instances is not None:
+                policy, instances = chosen.batching, chosen.instances
+                calls = policy.instances if policy else instances or 1
+                spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
         entry, replaced = self.engine.swap(record.ref, spec)
         key = (entry.name, entry.version)
         old = self._served.get(key)
         batcher = None
+        executor = None
         if policy is not None and entry.signature.batched:
             m = self.metrics.model(entry.name, str(entry.version))
 
@@ -175,10 +195,14 @@ class DataPlane:
                 m.compute.observe(seconds)
 
             batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_depth=m.depth.set, on_queue=m.queue.observe)
-        self._served[key] = _Served(entry, batcher)
+        elif instances is not None:
+            executor = ThreadPoolExecutor(
+                max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
+            )
+        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor)
         self._generation += 1
-        if old is not None and old.batcher is not None:
-            old.batcher.close(drain=True)  # what it queued runs on the old instance, still open
+        if old is not None:
+            old.close(wait=False)  # what it queued runs on the old instance, still open
         if replaced is not None:
             replaced.model.close()  # once the calls running on it (unbatched) return
         self.metrics.models_loaded.set(len(self._served))
@@ -190,9 +214,10 @@ class DataPlane:
             "variant": spec.variant_id,  # None: the registered artifact itself
             "options": dict(spec.options),
             "batching": policy.to_dict() if batcher is not None and policy is not None else None,
+            "instances": self._instances(served),
         }
         if config is not None:
-            extra["config"] = model_config.render(entry, batcher)  # what the load's config made of it
+            extra["config"] = model_config.render(entry, batcher, self._instances(served))  # what the config made of it
         log.info("model loaded", extra=extra)
         return entry
 
@@ -205,8 +230,7 @@ class DataPlane:
         for k in gone:
             served = self._served.pop(k)
             self._generation += 1
-            if served.batcher is not None:
-                served.batcher.close(drain=True)  # what it queued runs before the model closes
+            served.close(wait=False)  # what it queued runs before the model closes
         for entry in entries:
             entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
@@ -215,8 +239,7 @@ class DataPlane:
     def close(self) -> None:
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
         for served in self._served.values():
-            if served.batcher is not None:
-                served.batcher.close(drain=True)
+            served.close(wait=True)
         self._served.clear()
         self._generation += 1
         self.executor.shutdown(wait=True)
@@ -321,7 +344,13 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
-        return model_config.render(served.entry, served.batcher)
+        return model_config.render(served.entry, served.batcher, self._instances(served))
+
+    def _instances(self, served: _Served) -> int:
+        """How many of a model's requests (or batches) run at once."""
+        if served.batcher is not None:
+            return served.batcher.policy.instances
+        return served.instances or self.workers
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         entries = [self._get(name, version).entry] if name else self.engine.loaded()
@@ -374,12 +403,13 @@ class DataPlane:
                         else:
                             key = (entry.name, entry.version)
                             typical = self._typical_s.get(key)
+                            queued = time.perf_counter_ns()
                             if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
-                                result, t0, t1 = _timed_infer(entry, request.inputs, outputs)
+                                result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued)
                             else:
                                 loop = loop or asyncio.get_running_loop()
                                 result, t0, t1 = await loop.run_in_executor(
-                                    self.executor, _timed_infer, entry, request.inputs, outputs
+                                    served.executor or self.executor, _timed_infer, entry, request.inputs, outputs, queued
                                 )
                             if span is not None:
                                 self.tracing.stages(span, None, t0, t1)

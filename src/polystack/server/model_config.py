@@ -100,14 +100,17 @@ _UNSUPPORTED = {
 @dataclass(frozen=True)
 class LoadConfig:
     """What a load's config decides for that load: how to batch (None: not batched) and, without
-    batching, the most rows a request may hold (None: as the variant allows)."""
+    batching, the most rows a request may hold (None: as the variant allows) and how many requests
+    run at once (its instance count; None: as many as the server's shared inference threads)."""
 
     batching: BatchPolicy | None
     max_batch_size: int | None
+    instances: int | None = None
 
 
-def render(entry: LoadedEntry, batcher: DynamicBatcher | None) -> dict[str, Any]:
-    """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one."""
+def render(entry: LoadedEntry, batcher: DynamicBatcher | None, instances: int) -> dict[str, Any]:
+    """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
+    with ``instances`` of its requests (or batches) running at once."""
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
     if merging:
@@ -133,7 +136,7 @@ def render(entry: LoadedEntry, batcher: DynamicBatcher | None) -> dict[str, Any]
             {
                 "name": f"{entry.name}_0",
                 "kind": _kind(entry.spec.device),
-                "count": batcher.policy.instances if batcher else 1,
+                "count": instances,
             }
         ],
         "parameters": {"polystack_device": {"string_value": entry.spec.device}},
@@ -190,11 +193,10 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
     if dynamic is None:
-        # without batching, requests run side by side on the server's inference threads (--workers),
-        # whatever the count: Triton's instances of an unbatched model do the same
+        # Triton's default scheduler: each instance runs one request at a time, the others queue
         if max_batch is None:  # polystack's own: the variant's limit
             max_batch = limit if batched and limit else 0
-        result = LoadConfig(None, max_batch or None)
+        result = LoadConfig(None, max_batch or None, instances)
     else:
         if not batched:
             raise InvalidRequest(
