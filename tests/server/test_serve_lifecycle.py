@@ -112,10 +112,10 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         with pytest.raises(InferenceServerException) as e:
             g.load_model("does-not-exist")
         assert "NOT_FOUND" in str(e.value.status())
-        # overriding the files on load is refused, never silently ignored (a config: test_serve_load_config.py)
+        # files without their config are refused, as Triton refuses them (files: test_serve_model_files.py)
         with pytest.raises(InferenceServerException) as e:
             client.load_model("mlp", files={"file:1/model.onnx": b"garbage"})
-        assert "400" in str(e.value.status()) and "'file:1/model.onnx'" in e.value.message()
+        assert "400" in str(e.value.status()) and "'config' parameter" in e.value.message()
         status, doc = raw.json("POST", "/v2/repository/index", {"ready": "yes"})  # was read as true
         assert status == 400 and "true or false" in doc["error"]
         raw.infer_ok()

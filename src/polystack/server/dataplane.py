@@ -41,13 +41,12 @@ from polystack.errors import (
     PolystackError,
     Unavailable,
     VersionNotFound,
-    quote,
 )
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
-from polystack.server import model_config, status
+from polystack.server import model_config, model_files, status
 from polystack.server.logs import LogSettings
 from polystack.server.shared_memory import SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
@@ -536,16 +535,30 @@ class DataPlane:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
         parameters = parameters or {}
-        files = sorted(k for k in parameters if k.startswith("file:"))
-        if files:
-            raise InvalidRequest(
-                f"load parameters {', '.join(map(quote, files))} are not supported: polystack loads models from its "
-                "store; register the new file with `polystack register` (or tune a new plan), then load it by name"
-            )
         config = parameters.get("config")
         if "config" in parameters and not isinstance(config, str):
             raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
+        if model_files.given(parameters):
+            files = model_files.read(parameters)
+            if config is None:
+                raise InvalidRequest(
+                    "a load with file: parameters needs the 'config' parameter too, as in Triton: the model "
+                    "configuration of those files"
+                )
+            await self._control(lambda n: self._load_files(n, files, config), name)
+            return
         await self._control(lambda n: self.load(n, config), name)
+
+    def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry:
+        """Register a load's model file as a version of ``name`` and load that version with ``config``;
+        a version registered here for a load that fails is removed again."""
+        record, created = model_files.register(self.store, name, files, config)
+        try:
+            return self.load(record.ref, config)
+        except BaseException:
+            if created:
+                self.store.remove(record.ref)
+            raise
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()

@@ -16,6 +16,8 @@ a client that disconnects mid-request only loses its own connection.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import itertools
 import logging
@@ -34,7 +36,7 @@ import orjson
 from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
-from polystack.server import status
+from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane
 from polystack.server.logs import request_level
 
@@ -356,7 +358,8 @@ class HttpApp:
         params = self._json_body(req).get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidRequest("'parameters' must be an object")
-        await self.plane.repository_load(args[0], params)
+        files = {k: _file_bytes(k, v) for k, v in params.items() if k.startswith(model_files.PREFIX)}
+        await self.plane.repository_load(args[0], {**params, **files})
         return json_response(200, {})
 
     async def repository_unload(self, req: Request, args: list[str]) -> Response:
@@ -422,6 +425,16 @@ def _compress(body: bytes, encoding: str) -> bytes:
     """gzip, or HTTP's deflate (zlib-wrapped, RFC 9110); level 1: the point is the wire, not the ratio."""
     c = zlib.compressobj(1, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
     return c.compress(body) + c.flush()
+
+
+def _file_bytes(key: str, value: object) -> bytes:
+    """A ``file:`` load parameter's contents: base64 text in JSON, as tritonclient sends them."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise InvalidRequest(f"load parameter {key!r} must be the file's contents in base64")
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:

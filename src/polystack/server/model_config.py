@@ -159,11 +159,7 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
     count where the config leaves them out."""
-    try:
-        doc = http_codec.loads(text.encode())
-    except InvalidRequest as e:
-        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}") from None
-    config = _message(doc, "config", "config")
+    config = _config(text)
     name = _string(config, "name", "config")
     if name and name != record.name:
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
@@ -213,6 +209,30 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
         result = LoadConfig(_batching(dynamic, max_batch, instances), None)
     _tensors(config, record, max_batch)
     return result
+
+
+def label_files(text: str) -> dict[str, str]:
+    """The label files the outputs of config ``text`` name (``label_filename``), by output: what a load
+    with model files must carry beside the model."""
+    outputs = _config(text).get("output", [])
+    if not isinstance(outputs, list):
+        raise InvalidRequest("output must be a list of tensors")
+    found: dict[str, str] = {}
+    for i, item in enumerate(outputs):
+        where = f"output[{i}]"
+        d = _message(item, where, "output")
+        label = _string(d, "label_filename", where)
+        if label:
+            found[_string(d, "name", where)] = label
+    return found
+
+
+def _config(text: str) -> dict[str, Any]:
+    try:
+        doc = http_codec.loads(text.encode())
+    except InvalidRequest as e:
+        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}") from None
+    return _message(doc, "config", "config")
 
 
 def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:

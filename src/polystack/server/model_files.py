@@ -1,0 +1,134 @@
+"""Triton's model file overrides on a repository load: ``file:`` load parameters that carry a model's
+file (``file:1/model.onnx``) and its label files (``file:labels.txt``), so that a client can hand the
+server a model it has (tritonclient's ``load_model(name, config=..., files=...)``).
+
+Triton loads such a model from a temporary directory made of the files. polystack serves from its
+store, so the file is imported and registered as ``polystack register`` does it (the same bytes under
+the same name register once; new bytes become the name's next version) and then loaded, with the
+load's config, as that version. The version directory's number is checked, not kept: the store numbers
+versions. Label files are those the config's outputs name as ``label_filename``. Everything is read
+and checked before the store changes, and a version registered for a load that then fails is removed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
+from polystack.formats import IMPORTERS, import_model
+from polystack.labels import label_settings, parse_label_options
+from polystack.server import model_config
+from polystack.store import ModelRecord, Store
+
+PREFIX = "file:"
+_WHERE = "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name>"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files of a load: its one model file (path in the override directory, and bytes) and its
+    label files (name -> bytes)."""
+
+    model_path: str
+    model: bytes
+    labels: dict[str, bytes]
+
+    @property
+    def model_name(self) -> str:
+        return self.model_path.partition("/")[2]
+
+
+def given(parameters: Mapping[str, Any]) -> bool:
+    return any(isinstance(k, str) and k.startswith(PREFIX) for k in parameters)
+
+
+def read(parameters: Mapping[str, Any]) -> ModelFiles:
+    """The files among a load's parameters, their contents as bytes (the HTTP adapter decodes base64)."""
+    models: list[tuple[str, bytes]] = []
+    labels: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if not key.startswith(PREFIX):
+            continue
+        if not isinstance(value, bytes):
+            raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
+        path = key[len(PREFIX) :]
+        parts = path.split("/")
+        if len(parts) == 1 and _plain(parts[0]):
+            labels[parts[0]] = value
+        elif len(parts) == 2 and _plain(parts[1]):
+            version = parts[0]
+            if not (version.isascii() and version.isdigit() and len(version) <= 18 and int(version) >= 1):
+                raise InvalidRequest(
+                    f"load parameter {quote(key)} is not in a version directory (a number from 1); polystack takes "
+                    f"{_WHERE}"
+                )
+            models.append((path, value))
+        else:
+            raise InvalidRequest(f"load parameter {quote(key)} is not a file polystack takes; it takes {_WHERE}")
+    if len(models) != 1:
+        found = f"{len(models)} model files ({', '.join(quote(PREFIX + p) for p, _ in models)})" if models else "none"
+        raise InvalidRequest(
+            f"polystack takes one model file per load, in a version directory, and the load carries {found}; "
+            f"send {_WHERE}"
+        )
+    [(model_path, model)] = models
+    return ModelFiles(model_path, model, labels)
+
+
+def _plain(name: str) -> bool:
+    """A file name of its own: not empty, no directory parts, nothing a file system reads specially."""
+    return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
+
+
+def register(store: Store, name: str, files: ModelFiles, config: str) -> tuple[ModelRecord, bool]:
+    """Import and register the model file of a load with ``config`` (label files as its outputs name
+    them) under ``name``; (record, created)."""
+    named = model_config.label_files(config)
+    stray = sorted(set(files.labels) - set(named.values()))
+    if stray:
+        raise InvalidRequest(
+            f"{', '.join(quote(PREFIX + s) for s in stray)} is not a label file any output of the config names "
+            "(label_filename); name it there, or leave it out"
+        )
+    for output, label in named.items():
+        if label not in files.labels:
+            raise InvalidRequest(
+                f"the config's output {quote(output)} names label file {quote(label)}, which the load does not "
+                f"carry; add it as {quote(PREFIX + label)}, or leave label_filename out"
+            )
+    with tempfile.TemporaryDirectory(prefix="polystack-load-") as tmp:
+        where = Path(tmp)
+        path = where / files.model_name
+        path.write_bytes(files.model)
+        try:
+            imported = import_model(path, where / "import")
+        except UnsupportedFormat:
+            raise InvalidRequest(
+                f"{quote(PREFIX + files.model_path)} is not a model format polystack recognises ({', '.join(IMPORTERS)})"
+            ) from None
+        except PolystackError as e:
+            message = e.message.replace(str(path), PREFIX + files.model_path)
+            raise InvalidRequest(f"{quote(PREFIX + files.model_path)}: {message}") from None
+        settings = dict(imported.settings)
+        if named:
+            (where / "labels").mkdir()
+            options = []
+            for output, label in named.items():
+                (where / "labels" / label).write_bytes(files.labels[label])
+                options.append(f"{output}={where / 'labels' / label}")
+            try:
+                settings.update(label_settings(parse_label_options(options, imported.signature)))
+            except PolystackError as e:
+                raise InvalidRequest(e.message.replace(f"{where / 'labels'}/", PREFIX)) from None
+        return store.register(
+            imported.artifact,
+            name=name,
+            format=imported.format,
+            signature=imported.signature,
+            source_filename=files.model_name,
+            settings=settings,
+        )

@@ -1,0 +1,191 @@
+"""Triton's model file overrides on a repository load (``load_model(name, config=..., files=...)``): the
+file is registered in the store as a version of the model and served with the load's config; a load
+that fails for any reason leaves the store and the served models as they were."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import Raw
+from servekit import mlp_ones, start
+from tritonclient.utils import InferenceServerException
+
+from polystack.examples import mlp_onnx
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+
+Client = Any  # tritonclient.http or tritonclient.grpc InferenceServerClient
+
+
+def _config(name: str, **extra: Any) -> str:
+    """A config as a Triton user writes one for an ONNX MLP 16 -> 4 with a batch dimension."""
+    return json.dumps(
+        {
+            "name": name,
+            "platform": "onnxruntime_onnx",
+            "max_batch_size": 8,
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}],
+            "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [4], **extra}],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    work = tmp_path_factory.mktemp("uploads")
+    return {f"seed{seed}": mlp_onnx(work / f"seed{seed}.onnx", seed=seed).read_bytes() for seed in (1, 2, 3, 4)}
+
+
+@pytest.fixture(scope="module")
+def server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    store, _ = model_store
+    st = start(store, models=["mlp"], allow_model_control=True)
+    yield st
+    st.stop()
+
+
+def _expected(model: bytes, tmp_path: Path) -> np.ndarray:
+    path = tmp_path / "expected.onnx"
+    path.write_bytes(model)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": np.ones((2, 16), np.float32)})[0]
+
+
+def _clients(server: ServerThread) -> dict[str, Client]:
+    return {
+        "http": httpclient.InferenceServerClient(server.http_url),
+        "grpc": grpcclient.InferenceServerClient(server.grpc_url),
+    }
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_uploaded_model_is_registered_and_served_with_its_config(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],
+    transport: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    store, _ = model_store
+    name = f"fresh-{transport}"
+    client = _clients(server)[transport]
+    model = uploads["seed1"] if transport == "http" else uploads["seed2"]
+    client.load_model(name, config=_config(name), files={"file:1/model.onnx": model})
+    try:
+        record = store.get(name)
+        assert record.version == 1 and record.format == "onnx" and record.source_filename == "model.onnx"
+        answer = client.infer(name, [mlp_ones(2, grpcclient if transport == "grpc" else httpclient)])
+        np.testing.assert_allclose(answer.as_numpy("y"), _expected(model, tmp_path), rtol=1e-5, atol=1e-6)
+        config = client.get_model_config(name, as_json=True)["config"] if transport == "grpc" else client.get_model_config(name)
+        assert int(config.get("max_batch_size", config.get("maxBatchSize", 0))) == 8 and config["name"] == name
+        # the same files again: the same version, not a new one
+        client.load_model(name, config=_config(name), files={"file:1/model.onnx": model})
+        assert [r.version for r in store.models.list() if r.name == name] == [1]
+    finally:
+        client.unload_model(name)
+        store.remove(name)
+
+
+def test_new_bytes_for_a_served_name_become_its_next_version(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed3"]})
+    try:
+        client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed4"]})
+        assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 2]
+        latest = client.infer("mlp2", [mlp_ones(2)]).as_numpy("y")
+        np.testing.assert_allclose(latest, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)
+        assert client.get_model_metadata("mlp2")["versions"] == ["1", "2"]
+    finally:
+        client.unload_model("mlp2")
+        store.remove("mlp2")
+
+
+def test_label_files_named_by_the_config_label_the_outputs(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
+) -> None:
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    files = {"file:1/model.onnx": uploads["seed1"], "file:classes.txt": b"cat\ndog\nemu\nfox\n"}
+    client.load_model("labelled", config=_config("labelled", label_filename="classes.txt"), files=files)
+    try:
+        assert client.get_model_config("labelled")["output"][0]["label_filename"] == "classes.txt"
+        out = httpclient.InferRequestedOutput("y", class_count=4)
+        answer = client.infer("labelled", [mlp_ones(1)], outputs=[out]).as_numpy("y")
+        assert sorted(item.decode().split(":")[2] for item in answer[0]) == ["cat", "dog", "emu", "fox"]
+    finally:
+        client.unload_model("labelled")
+        store.remove("labelled")
+
+
+REFUSED = [
+    ("no-config", None, {"file:1/model.onnx": "seed1"}, "config"),
+    ("two-models", "ok", {"file:1/model.onnx": "seed1", "file:2/model.onnx": "seed2"}, "one model file"),
+    ("no-model", "ok", {"file:classes.txt": b"a\n"}, "one model file"),
+    ("no-version", "ok", {"file:model.onnx": "seed1"}, "version"),
+    ("version-zero", "ok", {"file:0/model.onnx": "seed1"}, "version"),
+    ("deeper", "ok", {"file:1/sub/model.onnx": "seed1"}, "file:1/sub/model.onnx"),
+    ("dot-dot", "ok", {"file:../model.onnx": "seed1"}, "file:../model.onnx"),
+    ("absolute", "ok", {"file:/1/model.onnx": "seed1"}, "file:/1/model.onnx"),
+    ("garbage", "ok", {"file:1/model.onnx": b"not a model at all"}, "file:1/model.onnx"),
+    ("empty", "ok", {"file:1/model.onnx": b""}, "file:1/model.onnx"),
+    ("pickle", "ok", {"file:1/model.pkl": b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01."}, "pickle"),
+    ("stray-file", "ok", {"file:1/model.onnx": "seed1", "file:notes.txt": b"x"}, "notes.txt"),
+    ("label-missing", "labels", {"file:1/model.onnx": "seed1"}, "classes.txt"),
+    ("config-refused", "sequence", {"file:1/model.onnx": "seed1"}, "sequence_batching"),
+    ("signature-differs", "wide", {"file:1/model.onnx": "seed1"}, "dims"),
+]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+@pytest.mark.parametrize(("case", "config", "files", "says"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_a_load_whose_files_cannot_be_served_is_refused_and_changes_nothing(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],
+    transport: str, case: str, config: str | None, files: dict[str, Any], says: str,
+) -> None:  # fmt: skip
+    store, _ = model_store
+    configs = {
+        "ok": _config("up"),
+        "labels": _config("up", label_filename="classes.txt"),
+        "sequence": json.dumps({**json.loads(_config("up")), "sequence_batching": {"max_sequence_idle_microseconds": 5}}),
+        "wide": json.dumps({**json.loads(_config("up")), "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [32]}]}),
+    }  # fmt: skip
+    before = [(r.name, r.version) for r in store.models.list()]
+    client = _clients(server)[transport]
+    content = {k: (uploads[v] if isinstance(v, str) else v) for k, v in files.items()}
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("up", config=configs[config] if config else None, files=content)
+    assert says in str(err.value), str(err.value)
+    assert (err.value.status() == "400") if transport == "http" else (err.value.status() == "StatusCode.INVALID_ARGUMENT")
+    assert [(r.name, r.version) for r in store.models.list()] == before  # nothing registered, nothing lost
+    assert not client.is_model_ready("up")
+    assert client.infer("mlp", [mlp_ones(1, grpcclient if transport == "grpc" else httpclient)]).as_numpy("y").shape == (1, 4)
+
+
+def test_file_contents_must_be_base64_over_http(server: ServerThread) -> None:
+    raw = Raw(server.http_port)
+    body = {"parameters": {"config": _config("up"), "file:1/model.onnx": "%%% not base64 %%%"}}
+    status, doc = raw.json("POST", "/v2/repository/models/up/load", body)
+    assert status == 400 and "base64" in doc["error"]
+    status, doc = raw.json("POST", "/v2/repository/models/up/load", {"parameters": {"config": _config("up"), "file:1/model.onnx": 5}})
+    assert status == 400 and "base64" in doc["error"]
+
+
+def test_files_need_model_control(model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp"])
+    try:
+        with pytest.raises(InferenceServerException, match="allow-model-control"):
+            httpclient.InferenceServerClient(st.http_url).load_model(
+                "up", config=_config("up"), files={"file:1/model.onnx": uploads["seed1"]}
+            )
+    finally:
+        st.stop()
