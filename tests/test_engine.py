@@ -1,5 +1,6 @@
 """The engine on real runtimes: load, infer, validation, metadata, unload."""
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def test_infer_matches_onnxruntime_called_directly(store: Store, record: ModelRe
     want = ort.InferenceSession(str(mlp_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     stats = entry.stats.to_dict()
-    assert stats["inference_count"] == 5 and stats["execution_count"] == 1
+    # no row limit: its model configuration says max_batch_size 0, under which Triton counts the request
+    assert stats["inference_count"] == 1 and stats["execution_count"] == 1
     assert stats["inference_stats"]["success"]["count"] == 1
+    limited = engine.load("mlp", dataclasses.replace(entry.spec, max_batch_size=8))
+    engine.infer("mlp", {"x": x})
+    assert limited.stats.to_dict()["inference_count"] == 5  # a row limit: rows are inferences
 
 
 def test_bad_inputs_are_refused_before_the_runtime_and_counted_as_failures(store: Store, record: ModelRecord) -> None:

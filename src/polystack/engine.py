@@ -319,7 +319,10 @@ def infer_entry(
         entry.stats.add("fail", time.perf_counter_ns() - since)
         raise
     ended = time.perf_counter_ns()
-    batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1)
+    # the inferences of one execution are its rows when the model has a row limit, which the model
+    # configuration shows as max_batch_size; without one (max_batch_size 0) Triton counts the request
+    batched = entry.signature.batched and entry.spec.max_batch_size
+    batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1) if batched else 1
     if queued_ns is not None:
         entry.stats.add("queue", started - queued_ns)
     entry.stats.executed(batch, ended - started)

@@ -6,14 +6,20 @@ import asyncio
 import http.client
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from conftest import Raw
+from servekit import mlp_ones, register_like, start
 
+from polystack.examples import mlp_onnx
+from polystack.formats import import_model
 from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
 
 CASES = [
     ("mlp", "x", "y", "FP32", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)),
@@ -194,28 +200,70 @@ def test_model_config_is_triton_shaped(client: httpclient.InferenceServerClient)
 
 
 def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("mlp")["model_stats"][0]
+    for _ in range(3):
+        client.infer("mlp", [mlp_rows(2)])
+    after = client.get_inference_statistics("mlp")["model_stats"][0]
+    assert after["name"] == "mlp" and after["version"] == "1"
+    s0, s1 = before["inference_stats"]["success"], after["inference_stats"]["success"]
+    assert s1["count"] == s0["count"] + 3 and s1["ns"] > s0["ns"]
+    assert after["inference_count"] == before["inference_count"] + 6  # max_batch_size 64: rows are inferences
+    assert after["execution_count"] == before["execution_count"] + 3
+    # every duration Triton reports is there, so code written against Triton's statistics reads them all
+    assert set(after["inference_stats"]) == {
+        "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss",
+    }  # fmt: skip
+    for phase in ("queue", "compute_input", "compute_infer"):  # each request counts once in each, as in Triton
+        assert after["inference_stats"][phase]["count"] == before["inference_stats"][phase]["count"] + 3, phase
+    # a request's success time covers its queue time and its compute time
+    spent = {k: after["inference_stats"][k]["ns"] - before["inference_stats"][k]["ns"] for k in after["inference_stats"]}
+    assert spent["success"] >= spent["queue"] + spent["compute_infer"]
+    assert any(row["batch_size"] == 2 for row in after["batch_stats"])
+    assert all(set(row) == {"batch_size", "compute_input", "compute_infer", "compute_output"}
+               for row in after["batch_stats"])  # fmt: skip
+    everything = client.get_inference_statistics()["model_stats"]
+    assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
+
+
+def test_a_model_without_max_batch_size_counts_one_inference_a_request(client: httpclient.InferenceServerClient) -> None:
+    """As Triton counts a model whose config says max_batch_size 0: its first dimension is not a batch."""
+    assert client.get_model_config("ident64")["max_batch_size"] == 0
     before = client.get_inference_statistics("ident64")["model_stats"][0]
     i = httpclient.InferInput("a", [2, 4], "INT64")
     i.set_data_from_numpy(np.zeros((2, 4), np.int64))
     for _ in range(3):
         client.infer("ident64", [i])
     after = client.get_inference_statistics("ident64")["model_stats"][0]
-    assert after["name"] == "ident64" and after["version"] == "1"
-    s0, s1 = before["inference_stats"]["success"], after["inference_stats"]["success"]
-    assert s1["count"] == s0["count"] + 3 and s1["ns"] > s0["ns"]
-    assert after["inference_count"] == before["inference_count"] + 6
-    # every duration Triton reports is there, so code written against Triton's statistics reads them all
-    assert set(after["inference_stats"]) == {
-        "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss",
-    }  # fmt: skip
-    infer0, infer1 = before["inference_stats"]["compute_infer"], after["inference_stats"]["compute_infer"]
-    assert infer1["count"] == infer0["count"] + 3
-    assert after["inference_stats"]["compute_input"]["count"] == after["inference_stats"]["compute_infer"]["count"]
-    assert any(row["batch_size"] == 2 for row in after["batch_stats"])
-    assert all(set(row) == {"batch_size", "compute_input", "compute_infer", "compute_output"}
-               for row in after["batch_stats"])  # fmt: skip
-    everything = client.get_inference_statistics()["model_stats"]
-    assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
+    assert after["inference_count"] == before["inference_count"] + 3
+    assert after["execution_count"] == before["execution_count"] + 3
+    assert [row["batch_size"] for row in after["batch_stats"]] == [1]
+
+
+def test_statistics_of_a_model_without_a_version_cover_every_loaded_version(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """As Triton's statistics extension says: no version, all versions."""
+    store, records = model_store
+    register_like(store, records["mlp"], "vv")
+    other = import_model(mlp_onnx(tmp_path / "seed1.onnx", seed=1), tmp_path / "import")
+    store.register(other.artifact, name="vv", format=other.format, signature=other.signature)
+    st = start(store, models=["vv:1", "vv:2"])
+    try:
+        for url, module in ((st.http_url, httpclient), (st.grpc_url, grpcclient)):
+            c = module.InferenceServerClient(url)
+            c.infer("vv", [mlp_ones(1, module)], model_version="1")
+            stats = c.get_inference_statistics("vv", as_json=True) if module is grpcclient else c.get_inference_statistics("vv")
+            assert [(m["name"], m["version"]) for m in stats["model_stats"]] == [("vv", "1"), ("vv", "2")]
+            one = c.get_inference_statistics("vv", "2", as_json=True) if module is grpcclient else c.get_inference_statistics("vv", "2")
+            assert [m["version"] for m in one["model_stats"]] == ["2"]
+    finally:
+        st.stop()
+
+
+def mlp_rows(rows: int) -> httpclient.InferInput:
+    x = httpclient.InferInput("x", [rows, 16], "FP32")
+    x.set_data_from_numpy(np.ones((rows, 16), np.float32))
+    return x
 
 
 def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> None:

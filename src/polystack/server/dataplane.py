@@ -352,7 +352,14 @@ class DataPlane:
         return served.instances or self.workers
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
-        entries = [self._get(name, version).entry] if name else self.engine.loaded()
+        """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
+        if name and version:
+            entries = [self._get(name, version).entry]
+        elif name:
+            self._get(name, None)  # not loaded: 404 or 503, as for its other endpoints
+            entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
+        else:
+            entries = self.engine.loaded()
         return {"model_stats": [{"name": e.name, "version": str(e.version), **e.stats.to_dict()} for e in entries]}
 
     # -- inference -------------------------------------------------------------------------------
