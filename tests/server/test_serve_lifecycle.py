@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
 from polystack.examples import mlp_onnx
+from polystack.formats import import_model
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
@@ -235,6 +236,29 @@ def test_a_reload_under_load_fails_no_request(model_store: tuple[Store, dict[str
             control.load_model("slow20", config=configs[i % len(configs)])
             time.sleep(0.05)
     assert outcomes["ok"] > 30 and set(outcomes) == {"ok"}, outcomes
+
+
+def test_a_repository_load_leaves_one_version_served_as_tritons_default_policy_does(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """Triton's default version policy is the latest version: after a load, the version it loaded is the
+    only one of its name served, so that loads (and uploads of new bytes) never pile up old versions."""
+    store, records = model_store
+    register_like(store, records["mlp"], "ver")
+    other = import_model(mlp_onnx(tmp_path / "seed1.onnx", seed=1), tmp_path / "import")
+    store.register(other.artifact, name="ver", format=other.format, signature=other.signature)
+    st = start(store, models=["ver:1", "ver:2"], allow_model_control=True)  # both, as asked
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert client.is_model_ready("ver", "1") and client.is_model_ready("ver", "2")
+        client.load_model("ver")
+        assert client.is_model_ready("ver", "2") and not client.is_model_ready("ver", "1")
+        index = {(m["name"], m["version"]): m["state"] for m in client.get_model_repository_index()}
+        assert index[("ver", "1")] == "UNAVAILABLE" and index[("ver", "2")] == "READY"
+        assert [m["version"] for m in client.get_inference_statistics("ver")["model_stats"]] == ["2"]
+        assert client.infer("ver", [_mlp_input(httpclient)]).get_response()["model_version"] == "2"
+    finally:
+        st.stop()
 
 
 def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:

@@ -103,7 +103,8 @@ def test_new_bytes_for_a_served_name_become_its_next_version(
         assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 2]
         latest = client.infer("mlp2", [mlp_ones(2)]).as_numpy("y")
         np.testing.assert_allclose(latest, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)
-        assert client.get_model_metadata("mlp2")["versions"] == ["1", "2"]
+        # Triton's default version policy, the latest one: the version before is no longer served
+        assert client.get_model_metadata("mlp2")["versions"] == ["2"] and not client.is_model_ready("mlp2", "1")
     finally:
         client.unload_model("mlp2")
         store.remove("mlp2")

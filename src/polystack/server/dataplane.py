@@ -221,19 +221,33 @@ class DataPlane:
         return entry
 
     def unload(self, name: str) -> None:
-        gone = [k for k in self._served if k[0] == name]
-        if not gone:
+        if not any(k[0] == name for k in self._served):
             raise ModelNotFound(f"model {name!r} is not loaded")
+        self._unload_versions(name)
+        log.info("model unloaded", extra={"model": name})
+
+    def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
+        """A repository load: the version it loads is the only one of its name served afterwards, as
+        under Triton's default version policy (the latest version), so loads never pile up old ones."""
+        entry = self.load(ref, config)
+        retired = self._unload_versions(entry.name, keep=entry.version)
+        if retired:
+            log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": entry.version})
+        return entry
+
+    def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
+        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first."""
+        versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
-        entries = self.engine.detach(ModelRef(name))
-        for k in gone:
-            served = self._served.pop(k)
+        entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
+        for key in [k for k in self._served if k[0] == name and k[1] != keep]:
+            served = self._served.pop(key)
             self._generation += 1
             served.close(wait=False)  # what it queued runs before the model closes
         for entry in entries:
             entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
-        log.info("model unloaded", extra={"model": name})
+        return versions
 
     def close(self) -> None:
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
@@ -554,14 +568,14 @@ class DataPlane:
                 )
             await self._control(lambda n: self._load_files(n, files, config), name)
             return
-        await self._control(lambda n: self.load(n, config), name)
+        await self._control(lambda n: self._load_only(n, config), name)
 
     def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry:
         """Register a load's model file as a version of ``name`` and load that version with ``config``;
         a version registered here for a load that fails is removed again."""
         record, created = model_files.register(self.store, name, files, config)
         try:
-            return self.load(record.ref, config)
+            return self._load_only(record.ref, config)
         except BaseException:
             if created:
                 self.store.remove(record.ref)
