@@ -261,6 +261,26 @@ def test_a_repository_load_leaves_one_version_served_as_tritons_default_policy_d
         st.stop()
 
 
+def test_an_unload_runs_what_a_models_own_instances_queued(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """As the batcher's queue is drained on an unload, so are the requests waiting for a model's own
+    instance (a load config's count without dynamic batching): none fails."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
+    st = start(store, models=["slow200"], allow_model_control=True)
+    try:
+        control = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        control.load_model("slow200", config=json.dumps({"instance_group": [{"count": 1}]}))
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            clients = [httpclient.InferenceServerClient(st.http_url, network_timeout=30) for _ in range(5)]
+            futures = [pool.submit(c.infer, "slow200", [_mlp_input(httpclient)]) for c in clients]
+            time.sleep(0.3)  # one has run, one runs, three wait for the instance
+            control.unload_model("slow200")
+            assert [f.result(timeout=30).as_numpy("y").shape for f in futures] == [(1, 4)] * 5
+        assert not control.is_model_ready("slow200")
+    finally:
+        st.stop()
+
+
 def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     """One inference thread and a 200 ms model: requests wait behind each other while two reloads replace
     the model one after the other; each runs on the newest instance, and its duration counts from its

@@ -127,6 +127,30 @@ def test_label_files_named_by_the_config_label_the_outputs(
         store.remove("labelled")
 
 
+def test_a_failed_load_leaves_the_labels_of_the_same_bytes_as_they_were(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
+) -> None:
+    """The same bytes again are the version that holds them, whose labels the load's replace; a load that
+    then fails puts the labels back."""
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = _config("relabel", label_filename="classes.txt")
+    model = {"file:1/model.onnx": uploads["seed2"]}
+    client.load_model("relabel", config=config, files={**model, "file:classes.txt": b"a\nb\nc\nd\n"})
+    try:
+        wide = json.dumps({**json.loads(config), "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [17]}]})
+        with pytest.raises(InferenceServerException, match="dims"):
+            client.load_model("relabel", config=wide, files={**model, "file:classes.txt": b"W\nX\nY\nZ\n"})
+        assert store.get("relabel").settings["labels"] == {"y": ["a", "b", "c", "d"]}
+        client.load_model("relabel")
+        out = httpclient.InferRequestedOutput("y", class_count=4)
+        answer = client.infer("relabel", [mlp_ones(1)], outputs=[out]).as_numpy("y")
+        assert sorted(item.decode().split(":")[2] for item in answer[0]) == ["a", "b", "c", "d"]
+    finally:
+        client.unload_model("relabel")
+        store.remove("relabel")
+
+
 REFUSED = [
     ("no-config", None, {"file:1/model.onnx": "seed1"}, "config"),
     ("two-models", "ok", {"file:1/model.onnx": "seed1", "file:2/model.onnx": "seed2"}, "one model file"),

@@ -236,14 +236,15 @@ class DataPlane:
         return entry
 
     def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
-        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first."""
+        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first (their
+        batchers and own instances finish it before this returns)."""
         versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         for key in [k for k in self._served if k[0] == name and k[1] != keep]:
             served = self._served.pop(key)
             self._generation += 1
-            served.close(wait=False)  # what it queued runs before the model closes
+            served.close(wait=True)  # what it queued runs before the model closes
         for entry in entries:
             entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
@@ -572,13 +573,12 @@ class DataPlane:
 
     def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry:
         """Register a load's model file as a version of ``name`` and load that version with ``config``;
-        a version registered here for a load that fails is removed again."""
-        record, created = model_files.register(self.store, name, files, config)
+        what registering changed in the store is undone when the load fails."""
+        registered = model_files.register(self.store, name, files, config)
         try:
-            return self._load_only(record.ref, config)
+            return self._load_only(registered.record.ref, config)
         except BaseException:
-            if created:
-                self.store.remove(record.ref)
+            registered.undo(self.store)
             raise
 
     async def repository_unload(self, name: str) -> None:

@@ -12,6 +12,7 @@ and checked before the store changes, and a version registered for a load that t
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,22 @@ class ModelFiles:
     @property
     def model_name(self) -> str:
         return self.model_path.partition("/")[2]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What registering a load's files did to the store, so that a load that fails can undo it: a new
+    version (``created``), or new settings (labels) on the version that already held the bytes."""
+
+    record: ModelRecord
+    created: bool
+    settings_before: dict[str, Any] | None  # that version's settings before (None: the same, or a new version)
+
+    def undo(self, store: Store) -> None:
+        if self.created:
+            store.remove(self.record.ref)
+        elif self.settings_before is not None:  # update_settings adds to the record's: give it none to add to
+            store.models.update_settings(dataclasses.replace(self.record, settings={}), self.settings_before)
 
 
 def given(parameters: Mapping[str, Any]) -> bool:
@@ -84,9 +101,9 @@ def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
 
 
-def register(store: Store, name: str, files: ModelFiles, config: str) -> tuple[ModelRecord, bool]:
+def register(store: Store, name: str, files: ModelFiles, config: str) -> Registered:
     """Import and register the model file of a load with ``config`` (label files as its outputs name
-    them) under ``name``; (record, created)."""
+    them) under ``name``."""
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
@@ -124,7 +141,8 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> tuple[M
                 settings.update(label_settings(parse_label_options(options, imported.signature)))
             except PolystackError as e:
                 raise InvalidRequest(e.message.replace(f"{where / 'labels'}/", PREFIX)) from None
-        return store.register(
+        before = {r.id: r.settings for r in store.models.list(name)}
+        record, created = store.register(
             imported.artifact,
             name=name,
             format=imported.format,
@@ -132,3 +150,5 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> tuple[M
             source_filename=files.model_name,
             settings=settings,
         )
+    changed = not created and before.get(record.id, record.settings) != record.settings
+    return Registered(record, created, before[record.id] if changed else None)
