@@ -261,15 +261,19 @@ def test_a_repository_load_leaves_one_version_served_as_tritons_default_policy_d
         st.stop()
 
 
-def test_an_unload_runs_what_a_models_own_instances_queued(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
-    """As the batcher's queue is drained on an unload, so are the requests waiting for a model's own
-    instance (a load config's count without dynamic batching): none fails."""
+@pytest.mark.parametrize("own", [True, False], ids=["own-instance", "shared-threads"])
+def test_an_unload_runs_what_was_queued_for_an_unbatched_model(
+    model_store: tuple[Store, dict[str, ModelRecord]], own: bool
+) -> None:
+    """As the batcher's queue is drained on an unload, so are the requests waiting for an unbatched
+    model's own instance (a load config's count) or for the server's shared inference thread: none fails."""
     store, records = model_store
     register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
-    st = start(store, models=["slow200"], allow_model_control=True)
+    st = start(store, models=["slow200"], allow_model_control=True, workers=1, inline_max_ms=0)
     try:
         control = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
-        control.load_model("slow200", config=json.dumps({"instance_group": [{"count": 1}]}))
+        if own:
+            control.load_model("slow200", config=json.dumps({"instance_group": [{"count": 1}]}))
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
             clients = [httpclient.InferenceServerClient(st.http_url, network_timeout=30) for _ in range(5)]
             futures = [pool.submit(c.infer, "slow200", [_mlp_input(httpclient)]) for c in clients]

@@ -57,6 +57,7 @@ log = logging.getLogger("polystack.server")
 
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
+_UNLOAD_DRAIN_S = 30.0  # how long an unload waits for an unbatched model's queued requests (the batcher's too)
 # what to load for a model under a profile, given how many of its calls run at once (they share the runtime)
 SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
@@ -69,6 +70,7 @@ class _Served:
     # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
     instances: int | None = None
     executor: ThreadPoolExecutor | None = None
+    pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
 
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance."""
@@ -241,10 +243,13 @@ class DataPlane:
         versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
-        for key in [k for k in self._served if k[0] == name and k[1] != keep]:
-            served = self._served.pop(key)
-            self._generation += 1
+        retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] != keep]
+        self._generation += 1
+        deadline = time.monotonic() + _UNLOAD_DRAIN_S
+        for served in retired:
             served.close(wait=True)  # what it queued runs before the model closes
+            while served.pending and time.monotonic() < deadline:  # and what waits for a shared thread
+                time.sleep(0.005)
         for entry in entries:
             entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
@@ -391,7 +396,8 @@ class DataPlane:
 
         A request that reached a model instance just as a reload replaced it (it was waiting for an
         inference thread, or was handed to the closing batcher) runs on the instance that serves the
-        model now, within the same span and timing; after an unload it fails."""
+        model now, within the same span and timing. An unload runs what was queued before it closes the
+        model; a request that reached the model as it closed (rare: between routing and queueing) fails."""
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
@@ -429,9 +435,18 @@ class DataPlane:
                                 result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued)
                             else:
                                 loop = loop or asyncio.get_running_loop()
-                                result, t0, t1 = await loop.run_in_executor(
-                                    served.executor or self.executor, _timed_infer, entry, request.inputs, outputs, queued
-                                )
+                                served.pending += 1
+                                try:
+                                    result, t0, t1 = await loop.run_in_executor(
+                                        served.executor or self.executor,
+                                        _timed_infer,
+                                        entry,
+                                        request.inputs,
+                                        outputs,
+                                        queued,
+                                    )
+                                finally:
+                                    served.pending -= 1
                             if span is not None:
                                 self.tracing.stages(span, None, t0, t1)
                             took = (t1 - t0) / 1e9
