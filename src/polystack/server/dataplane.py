@@ -238,8 +238,8 @@ class DataPlane:
         return entry
 
     def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
-        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first (their
-        batchers and own instances finish it before this returns)."""
+        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first (up to
+        30 s), on their batchers, their own instances or the shared threads."""
         versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
@@ -247,8 +247,8 @@ class DataPlane:
         self._generation += 1
         deadline = time.monotonic() + _UNLOAD_DRAIN_S
         for served in retired:
-            served.close(wait=True)  # what it queued runs before the model closes
-            while served.pending and time.monotonic() < deadline:  # and what waits for a shared thread
+            served.close(wait=False)  # what it queued runs before the model closes (a batcher: within 30 s)
+            while served.pending and time.monotonic() < deadline:  # and what waits for a thread, as long
                 time.sleep(0.005)
         for entry in entries:
             entry.model.close()  # once the calls running on it return
