@@ -5,6 +5,7 @@ that fails for any reason leaves the store and the served models as they were.""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import mlp_ones, start
+from servekit import caught_logs, mlp_ones, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -99,7 +100,10 @@ def test_new_bytes_for_a_served_name_become_its_next_version(
     client = httpclient.InferenceServerClient(server.http_url)
     client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed3"]})
     try:
-        client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed4"]})
+        with caught_logs("polystack.server", logging.INFO) as logs:
+            client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed4"]})
+        registered = [r for r in logs if r.getMessage() == "model registered from a load's files"]
+        assert [(r.model, r.version, r.new_version) for r in registered] == [("mlp2", 2, True)]  # type: ignore[attr-defined]
         assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 2]
         latest = client.infer("mlp2", [mlp_ones(2)]).as_numpy("y")
         np.testing.assert_allclose(latest, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)

@@ -590,11 +590,17 @@ class DataPlane:
         """Register a load's model file as a version of ``name`` and load that version with ``config``;
         what registering changed in the store is undone when the load fails."""
         registered = model_files.register(self.store, name, files, config)
+        record = registered.record
+        facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
         try:
-            return self._load_only(registered.record.ref, config)
+            entry = self._load_only(record.ref, config)
         except BaseException:
             registered.undo(self.store)
+            log.warning("a load's model file was not served; the store is as it was", extra=facts)
             raise
+        if registered.created or registered.settings_before is not None:  # the store changed: say so
+            log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
+        return entry
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()
