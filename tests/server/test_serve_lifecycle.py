@@ -285,6 +285,38 @@ def test_an_unload_runs_what_was_queued_for_an_unbatched_model(
         st.stop()
 
 
+def test_an_unload_returns_once_routing_stops_and_drains_on_its_own(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """As Triton's: an unload answers once the model stops taking requests, while what it queued runs on,
+    so that one model's drain never holds up a load or unload of another; unloading a model that is not
+    loaded succeeds and changes nothing, and a name the store does not know is a 404."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow500", tags={"delay_ms": "500"})
+    st = start(store, models=["slow500", "mlp"], allow_model_control=True, workers=1, inline_max_ms=0)
+    try:
+        control = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            clients = [httpclient.InferenceServerClient(st.http_url, network_timeout=30) for _ in range(4)]
+            futures = [pool.submit(c.infer, "slow500", [_mlp_input(httpclient)]) for c in clients]
+            time.sleep(0.2)  # one runs, three wait for the one inference thread: 1.5 s of work
+            began = time.monotonic()
+            control.unload_model("slow500")
+            assert not control.is_model_ready("slow500")
+            grpcclient.InferenceServerClient(st.grpc_url).unload_model("mlp")  # another model's unload
+            took = time.monotonic() - began
+            assert [f.result(timeout=30).as_numpy("y").shape for f in futures] == [(1, 4)] * 4
+        assert took < 0.9, took  # neither waited for slow500's queue
+        control.unload_model("slow500")  # not loaded: nothing to do
+        grpcclient.InferenceServerClient(st.grpc_url).unload_model("mlp")
+        with pytest.raises(InferenceServerException, match="404"):
+            control.unload_model("no-such-model")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            grpcclient.InferenceServerClient(st.grpc_url).unload_model("no-such-model")
+    finally:
+        st.stop()
+
+
 def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     """One inference thread and a 200 ms model: requests wait behind each other while two reloads replace
     the model one after the other; each runs on the newest instance, and its duration counts from its

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,6 @@ from polystack.engine import Engine, LoadedEntry, LoadSpec
 from polystack.errors import (
     InvalidRequest,
     ModelClosed,
-    ModelNotFound,
     NotFound,
     PermissionDenied,
     PolystackError,
@@ -151,6 +151,8 @@ class DataPlane:
             max_workers=self.workers, thread_name_prefix="infer", initializer=thread_initializer
         )
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
+        self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
+        self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
@@ -202,10 +204,8 @@ class DataPlane:
             )
         served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor)
         self._generation += 1
-        if old is not None:
-            old.close(wait=False)  # what it queued runs on the old instance, still open
-        if replaced is not None:
-            replaced.model.close()  # once the calls running on it (unbatched) return
+        # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
+        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
         self.metrics.models_loaded.set(len(self._served))
         extra: dict[str, Any] = {
             "model": entry.name,
@@ -223,8 +223,12 @@ class DataPlane:
         return entry
 
     def unload(self, name: str) -> None:
-        if not any(k[0] == name for k in self._served):
-            raise ModelNotFound(f"model {name!r} is not loaded")
+        """Stop serving every version of ``name``; a model that is not loaded is left as it is, as Triton
+        does, and a name the store does not know is NotFound."""
+        if not any(k[0] == name for k in self._served) and not any(e.name == name for e in self.engine.loaded()):
+            if not self.store.models.list(name):
+                self.store.get(ModelRef(name))  # unknown to the store: NotFound, saying what there is
+            return
         self._unload_versions(name)
         log.info("model unloaded", extra={"model": name})
 
@@ -238,25 +242,47 @@ class DataPlane:
         return entry
 
     def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
-        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs first (up to
-        30 s), on their batchers, their own instances or the shared threads."""
+        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs on (``_retire``)."""
         versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] != keep]
         self._generation += 1
-        deadline = time.monotonic() + _UNLOAD_DRAIN_S
-        for served in retired:
-            served.close(wait=False)  # what it queued runs before the model closes (a batcher: within 30 s)
-            while served.pending and time.monotonic() < deadline:  # and what waits for a thread, as long
-                time.sleep(0.005)
-        for entry in entries:
-            entry.model.close()  # once the calls running on it return
         self.metrics.models_loaded.set(len(self._served))
+        self._retire(retired, entries)
         return versions
+
+    def _retire(self, served: list[_Served], entries: list[LoadedEntry]) -> None:
+        """Close what stopped being served once what it holds has run (its batcher's queue, its own
+        instances' and the shared threads' requests; up to 30 s), on a thread of its own: a load or unload
+        answers once routing has changed, as Triton's do, and one model's drain never holds up another's."""
+        if not served and not entries:
+            return
+
+        def run() -> None:
+            deadline = time.monotonic() + _UNLOAD_DRAIN_S
+            try:
+                for s in served:
+                    s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
+                    while s.pending and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                for entry in entries:
+                    entry.model.close()  # once the calls running on it return; later ones are refused
+            finally:
+                with self._retiring_lock:
+                    self._retiring.discard(thread)
+
+        thread = threading.Thread(target=run, name="retire", daemon=True)
+        with self._retiring_lock:
+            self._retiring.add(thread)
+        thread.start()
 
     def close(self) -> None:
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
+        with self._retiring_lock:
+            retiring = list(self._retiring)
+        for thread in retiring:  # what unloads and reloads left running finishes first
+            thread.join(_UNLOAD_DRAIN_S)
         for served in self._served.values():
             served.close(wait=True)
         self._served.clear()
