@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import http.client
 import json
+import logging
 import signal
 import socket
 import threading
@@ -21,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, refused_at_start, register_like, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
@@ -313,6 +314,33 @@ def test_an_unload_returns_once_routing_stops_and_drains_on_its_own(
             control.unload_model("no-such-model")
         with pytest.raises(InferenceServerException, match="NOT_FOUND"):
             grpcclient.InferenceServerClient(st.grpc_url).unload_model("no-such-model")
+    finally:
+        st.stop()
+
+
+def test_a_model_that_fails_to_close_is_logged_and_the_server_goes_on(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp"], allow_model_control=True)
+    try:
+        entry = st.server.engine.get("mlp")
+
+        def fail() -> None:  # no runtime here fails to close on demand: this one is told to
+            raise RuntimeError("the runtime would not let go")
+
+        entry.model.close = fail  # type: ignore[method-assign]
+        client = httpclient.InferenceServerClient(st.http_url)
+        with caught_logs("polystack.server", logging.ERROR) as logs:
+            client.load_model("mlp")  # replaces the instance that fails to close
+            deadline = time.monotonic() + 10
+            while not logs and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert [r.getMessage() for r in logs] == ["closing a model that stopped being served failed"]
+        assert client.infer("mlp", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
+        while st.server.plane._retiring and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not st.server.plane._retiring  # the retire thread is done and forgotten
     finally:
         st.stop()
 

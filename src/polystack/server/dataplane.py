@@ -18,12 +18,13 @@ slower model, goes to the thread pool as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -263,11 +264,13 @@ class DataPlane:
             deadline = time.monotonic() + _UNLOAD_DRAIN_S
             try:
                 for s in served:
-                    s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
+                    with _logged(s.entry):
+                        s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
                         time.sleep(0.005)
                 for entry in entries:
-                    entry.model.close()  # once the calls running on it return; later ones are refused
+                    with _logged(entry):
+                        entry.model.close()  # once the calls running on it return; later ones are refused
             finally:
                 with self._retiring_lock:
                     self._retiring.discard(thread)
@@ -645,6 +648,15 @@ class DataPlane:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+
+
+@contextlib.contextmanager
+def _logged(entry: LoadedEntry) -> Iterator[None]:
+    """Closing what stopped being served: a failure is logged, and the server goes on serving what replaced it."""
+    try:
+        yield
+    except Exception:
+        log.exception("closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version})
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:
