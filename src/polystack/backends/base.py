@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import importlib.metadata
 import importlib.util
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from polystack.errors import InvalidRequest, InvalidTensor, ModelClosed
 from polystack.types import Signature
+
+log = logging.getLogger("polystack.engine")
 
 
 class NoOptions(BaseModel):
@@ -130,8 +133,11 @@ class CheckedModel:
                 self._running -= 1
                 last = self._closing and not self._running and not self._closed
                 self._closed = self._closed or last
-            if last:
-                self.inner.close()
+            if last:  # closed while this call ran: it closes here, and its failure is not this call's
+                try:
+                    self.inner.close()
+                except Exception:
+                    log.exception("closing a model after its last call failed")
         if outputs:
             return {name: result[name] for name in outputs}
         return result
