@@ -7,6 +7,7 @@ hot path pays one lock and one add per observation, not a label lookup.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,72 +32,121 @@ class ModelMetrics:
     depth: Gauge
 
 
+@dataclass(frozen=True)
+class _Families:
+    """The metric families labelled by model version (``registry`` None: counted nowhere, a sink)."""
+
+    success: Counter
+    failure: Counter
+    request: Histogram
+    queue: Histogram
+    compute: Histogram
+    batch: Histogram
+    depth: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None) -> _Families:
+        labels = ("model", "version")
+        return cls(
+            success=Counter(
+                "polystack_inference_request_success", "Inference requests that succeeded", labels, registry=registry
+            ),
+            failure=Counter(
+                "polystack_inference_request_failure",
+                "Inference requests that failed, by reason (the error class)",
+                (*labels, "reason"),
+                registry=registry,
+            ),
+            request=Histogram(
+                "polystack_inference_request_duration_seconds",
+                "Time from a request's arrival to its response, per model",
+                labels,
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            queue=Histogram(
+                "polystack_inference_queue_duration_seconds",
+                "Time a request waited in the dynamic batcher's queue",
+                labels,
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            compute=Histogram(
+                "polystack_inference_compute_duration_seconds",
+                "Time in the runtime per execution (a batch counts once)",
+                labels,
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            batch=Histogram(
+                "polystack_inference_batch_size", "Items per runtime execution", labels, buckets=BATCH_BUCKETS,
+                registry=registry,
+            ),
+            depth=Gauge(
+                "polystack_inference_queue_depth", "Requests waiting in the batcher's queue", labels, registry=registry
+            ),
+        )
+
+    def bind(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(
+            success=self.success.labels(name, version),
+            request=self.request.labels(name, version),
+            queue=self.queue.labels(name, version),
+            compute=self.compute.labels(name, version),
+            batch=self.batch.labels(name, version),
+            depth=self.depth.labels(name, version),
+        )
+
+    def remove(self, name: str, version: str, reasons: set[str]) -> None:
+        for family in (self.success, self.request, self.queue, self.compute, self.batch, self.depth):
+            with contextlib.suppress(KeyError):
+                family.remove(name, version)
+        for reason in reasons:
+            with contextlib.suppress(KeyError):
+                self.failure.remove(name, version, reason)
+
+
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        labels = ("model", "version")
-        self.success = Counter(
-            "polystack_inference_request_success", "Inference requests that succeeded", labels, registry=r
-        )
-        self.failure = Counter(
-            "polystack_inference_request_failure",
-            "Inference requests that failed, by reason (the error class)",
-            (*labels, "reason"),
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "polystack_inference_request_duration_seconds",
-            "Time from a request's arrival to its response, per model",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_duration = Histogram(
-            "polystack_inference_queue_duration_seconds",
-            "Time a request waited in the dynamic batcher's queue",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.compute_duration = Histogram(
-            "polystack_inference_compute_duration_seconds",
-            "Time in the runtime per execution (a batch counts once)",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "polystack_inference_batch_size",
-            "Items per runtime execution",
-            labels,
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "polystack_inference_queue_depth", "Requests waiting in the batcher's queue", labels, registry=r
-        )
+        self._families = _Families.create(r)
+        self._sink = _Families.create(None)  # what requests of a retired version still record
         self.models_loaded = Gauge("polystack_models_loaded", "Model versions loaded and serving", registry=r)
         self.in_flight = Gauge("polystack_requests_in_flight", "Requests being handled now", registry=r)
         self._models: dict[tuple[str, str], ModelMetrics] = {}
+        self._reasons: dict[tuple[str, str], set[str]] = {}  # failure reasons seen, by version: to remove them
+        self._retired: set[tuple[str, str]] = set()
 
     def model(self, name: str, version: str) -> ModelMetrics:
         key = (name, version)
         m = self._models.get(key)
         if m is None:
-            m = ModelMetrics(
-                success=self.success.labels(name, version),
-                request=self.request_duration.labels(name, version),
-                queue=self.queue_duration.labels(name, version),
-                compute=self.compute_duration.labels(name, version),
-                batch=self.batch_size.labels(name, version),
-                depth=self.queue_depth.labels(name, version),
-            )
+            m = (self._sink if key in self._retired else self._families).bind(name, version)
             self._models[key] = m
         return m
 
     def failed(self, name: str, version: str, reason: str) -> None:
-        self.failure.labels(name, version, reason).inc()
+        key = (name, version)
+        if key in self._retired:
+            return
+        self._reasons.setdefault(key, set()).add(reason)
+        self._families.failure.labels(name, version, reason).inc()
+
+    def serving(self, name: str, version: str) -> None:
+        """A version is loaded: it is counted on /metrics (again, if it was retired)."""
+        key = (name, version)
+        if key in self._retired:
+            self._retired.discard(key)
+            self._models.pop(key, None)
+
+    def retire(self, name: str, version: str) -> None:
+        """A version is no longer served: its series leave /metrics, where each version ever served would
+        otherwise stay for the life of the process, and what its last requests record goes nowhere."""
+        key = (name, version)
+        self._retired.add(key)
+        self._models.pop(key, None)
+        self._families.remove(name, version, self._reasons.pop(key, set()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -345,6 +345,48 @@ def test_a_model_that_fails_to_close_is_logged_and_the_server_goes_on(
         st.stop()
 
 
+def test_a_version_no_longer_served_leaves_metrics(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """Series of a version that was replaced or unloaded leave /metrics once it has drained (each upload of
+    new bytes would otherwise add a set for the life of the process); a reload keeps them."""
+    store, records = model_store
+    register_like(store, records["mlp"], "vm")
+    st = start(store, models=["vm"], allow_model_control=True)
+    raw = Raw(st.http_port)
+
+    def settled_metrics() -> str:
+        deadline = time.monotonic() + 10
+        while st.server.plane._retiring and time.monotonic() < deadline:
+            time.sleep(0.01)
+        st.server.plane._loader.submit(lambda: None).result(10)  # what the retire thread left to the loader
+        return raw.request("GET", "/metrics")[2].decode()
+
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        client.infer("vm", [_mlp_input(httpclient)])
+        bad = httpclient.InferInput("x", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        with pytest.raises(InferenceServerException):
+            client.infer("vm", [bad])
+        v1 = 'model="vm",version="1"'
+        text = settled_metrics()
+        assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in text and "InvalidTensor" in text
+        client.load_model("vm")  # a reload of the same version keeps its series
+        assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in settled_metrics()
+        other = import_model(mlp_onnx(tmp_path / "seed1.onnx", seed=1), tmp_path / "import")
+        store.register(other.artifact, name="vm", format=other.format, signature=other.signature)
+        client.load_model("vm")  # version 2 replaces version 1
+        client.infer("vm", [_mlp_input(httpclient)])
+        text = settled_metrics()
+        assert v1 not in text and 'polystack_inference_request_success_total{model="vm",version="2"} 1.0' in text
+        st.server.plane._loader.submit(lambda: st.server.plane.load("vm:1")).result(10)  # as `serve vm:1` would
+        client.infer("vm", [_mlp_input(httpclient)], model_version="1")
+        assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in settled_metrics()  # counted afresh
+    finally:
+        st.stop()
+
+
 def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     """One inference thread and a 200 ms model: requests wait behind each other while two reloads replace
     the model one after the other; each runs on the newest instance, and its duration counts from its

@@ -188,6 +188,7 @@ class DataPlane:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
         entry, replaced = self.engine.swap(record.ref, spec)
         key = (entry.name, entry.version)
+        self.metrics.serving(entry.name, str(entry.version))
         old = self._served.get(key)
         batcher = None
         executor = None
@@ -271,6 +272,7 @@ class DataPlane:
                 for entry in entries:
                     with _logged(entry):
                         entry.model.close()  # once the calls running on it return; later ones are refused
+                self._forget_metrics(entries)
             finally:
                 with self._retiring_lock:
                     self._retiring.discard(thread)
@@ -279,6 +281,18 @@ class DataPlane:
         with self._retiring_lock:
             self._retiring.add(thread)
         thread.start()
+
+    def _forget_metrics(self, entries: list[LoadedEntry]) -> None:
+        """Take versions no longer served off /metrics; on the loader thread, where loads run, so that a
+        version loaded again meanwhile keeps its series."""
+
+        def forget() -> None:
+            for e in entries:
+                if (e.name, e.version) not in self._served:
+                    self.metrics.retire(e.name, str(e.version))
+
+        with contextlib.suppress(RuntimeError):  # the server is stopping: /metrics goes with it
+            self._loader.submit(forget)
 
     def close(self) -> None:
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
