@@ -58,7 +58,7 @@ log = logging.getLogger("polystack.server")
 
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
-_UNLOAD_DRAIN_S = 30.0  # how long an unload waits for an unbatched model's queued requests (the batcher's too)
+_UNLOAD_DRAIN_S = 30.0  # how long what a load or unload replaced may run what it holds (as a batcher's close)
 # what to load for a model under a profile, given how many of its calls run at once (they share the runtime)
 SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
