@@ -6,8 +6,9 @@ Triton loads such a model from a temporary directory made of the files. polystac
 store, so the file is imported and registered as ``polystack register`` does it (the same bytes under
 the same name register once; new bytes become the name's next version) and then loaded, with the
 load's config, as that version. The version directory's number is checked, not kept: the store numbers
-versions. Label files are those the config's outputs name as ``label_filename``. Everything is read
-and checked before the store changes, and a version registered for a load that then fails is removed.
+versions. Label files are those the config's outputs name as ``label_filename``. The files are read and
+checked, and the model imported, before the store changes; a load that fails after that (a config the
+model does not match, a runtime that cannot load it) undoes what registering changed (``Registered``).
 """
 
 from __future__ import annotations
