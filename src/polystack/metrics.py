@@ -8,6 +8,7 @@ hot path pays one lock and one add per observation, not a label lookup.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -117,36 +118,49 @@ class ServerMetrics:
         self._models: dict[tuple[str, str], ModelMetrics] = {}
         self._reasons: dict[tuple[str, str], set[str]] = {}  # failure reasons seen, by version: to remove them
         self._retired: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def model(self, name: str, version: str) -> ModelMetrics:
-        key = (name, version)
-        m = self._models.get(key)
-        if m is None:
-            m = (self._sink if key in self._retired else self._families).bind(name, version)
-            self._models[key] = m
-        return m
+        m = self._models.get((name, version))  # the hot path: bound once, read without the lock
+        if m is not None:
+            return m
+        with self._lock:  # retire runs on another thread: a series it removed is never bound again
+            key = (name, version)
+            if key in self._retired:
+                return self._sink.bind(name, version)  # a late request of a retired version: counted nowhere
+            m = self._models.get(key)
+            if m is None:
+                m = self._models[key] = self._families.bind(name, version)
+            return m
 
     def failed(self, name: str, version: str, reason: str) -> None:
-        key = (name, version)
-        if key in self._retired:
-            return
-        self._reasons.setdefault(key, set()).add(reason)
-        self._families.failure.labels(name, version, reason).inc()
+        with self._lock:
+            key = (name, version)
+            if key in self._retired:
+                return
+            self._reasons.setdefault(key, set()).add(reason)
+            self._families.failure.labels(name, version, reason).inc()
 
     def serving(self, name: str, version: str) -> None:
         """A version is loaded: it is counted on /metrics (again, if it was retired)."""
-        key = (name, version)
-        if key in self._retired:
-            self._retired.discard(key)
-            self._models.pop(key, None)
+        with self._lock:
+            self._retired.discard((name, version))
 
     def retire(self, name: str, version: str) -> None:
         """A version is no longer served: its series leave /metrics, where each version ever served would
         otherwise stay for the life of the process, and what its last requests record goes nowhere."""
-        key = (name, version)
-        self._retired.add(key)
-        self._models.pop(key, None)
-        self._families.remove(name, version, self._reasons.pop(key, set()))
+        with self._lock:
+            key = (name, version)
+            self._retired.add(key)
+            self._models.pop(key, None)
+            self._families.remove(name, version, self._reasons.pop(key, set()))
+
+    def forget_name(self, name: str) -> None:
+        """No version of ``name`` is served: its failures without a version (a version it never had) go too."""
+        with self._lock:
+            for reason in self._reasons.pop((name, ""), set()):
+                with contextlib.suppress(KeyError):
+                    self._families.failure.remove(name, "", reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

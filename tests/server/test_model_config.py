@@ -60,3 +60,10 @@ def test_a_gpu_instance_group_matches_a_cuda_device() -> None:
         model_config.read('{"instance_group": [{"kind": "KIND_GPU", "gpus": [0]}]}', RECORD, cuda, None)
     with pytest.raises(InvalidRequest, match="KIND_CPU"):
         model_config.read('{"instance_group": [{"kind": "KIND_CPU"}]}', RECORD, cuda, None)
+
+
+def test_label_files_are_named_by_output() -> None:
+    text = '{"output": [{"name": "y", "label_filename": "classes.txt"}, {"name": "z", "label_filename": ""}]}'
+    assert model_config.label_files(text) == {"y": "classes.txt"}
+    with pytest.raises(InvalidRequest, match="no output"):
+        model_config.label_files('{"output": [{"label_filename": "classes.txt"}]}')

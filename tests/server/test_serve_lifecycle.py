@@ -338,9 +338,7 @@ def test_a_model_that_fails_to_close_is_logged_and_the_server_goes_on(
                 time.sleep(0.01)
         assert [r.getMessage() for r in logs] == ["closing a model that stopped being served failed"]
         assert client.infer("mlp", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
-        while st.server.plane._retiring and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not st.server.plane._retiring  # the retire thread is done and forgotten
+        assert st.server.plane.wait_retired(10) and not st.server.plane._retiring  # done, and forgotten
     finally:
         st.stop()
 
@@ -356,10 +354,7 @@ def test_a_version_no_longer_served_leaves_metrics(
     raw = Raw(st.http_port)
 
     def settled_metrics() -> str:
-        deadline = time.monotonic() + 10
-        while st.server.plane._retiring and time.monotonic() < deadline:
-            time.sleep(0.01)
-        st.server.plane._loader.submit(lambda: None).result(10)  # what the retire thread left to the loader
+        assert st.server.plane.wait_retired(10)
         return raw.request("GET", "/metrics")[2].decode()
 
     try:
@@ -380,7 +375,7 @@ def test_a_version_no_longer_served_leaves_metrics(
         client.infer("vm", [_mlp_input(httpclient)])
         text = settled_metrics()
         assert v1 not in text and 'polystack_inference_request_success_total{model="vm",version="2"} 1.0' in text
-        st.server.plane._loader.submit(lambda: st.server.plane.load("vm:1")).result(10)  # as `serve vm:1` would
+        st.server.plane.load("vm:1")  # beside version 2, as `serve vm:1 vm:2` would
         client.infer("vm", [_mlp_input(httpclient)], model_version="1")
         assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in settled_metrics()  # counted afresh
     finally:

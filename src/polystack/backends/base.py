@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from polystack.errors import InvalidRequest, InvalidTensor, ModelClosed
 from polystack.types import Signature
 
-log = logging.getLogger("polystack.engine")
+log = logging.getLogger("polystack.backends")
 
 
 class NoOptions(BaseModel):
@@ -137,7 +137,7 @@ class CheckedModel:
                 try:
                     self.inner.close()
                 except Exception:
-                    log.exception("closing a model after its last call failed")
+                    log.exception("closing a runtime failed (it closed once the last call on it returned)")
         if outputs:
             return {name: result[name] for name in outputs}
         return result

@@ -227,9 +227,8 @@ class DataPlane:
     def unload(self, name: str) -> None:
         """Stop serving every version of ``name``; a model that is not loaded is left as it is, as Triton
         does, and a name the store does not know is NotFound."""
-        if not any(k[0] == name for k in self._served) and not any(e.name == name for e in self.engine.loaded()):
-            if not self.store.models.list(name):
-                self.store.get(ModelRef(name))  # unknown to the store: NotFound, saying what there is
+        if not any(e.name == name for e in self.engine.loaded()):
+            self.store.get(ModelRef(name))  # a name the store does not know: NotFound, saying where to look
             return
         self._unload_versions(name)
         log.info("model unloaded", extra={"model": name})
@@ -290,16 +289,26 @@ class DataPlane:
             for e in entries:
                 if (e.name, e.version) not in self._served:
                     self.metrics.retire(e.name, str(e.version))
+                if not any(k[0] == e.name for k in self._served):
+                    self.metrics.forget_name(e.name)
 
         with contextlib.suppress(RuntimeError):  # the server is stopping: /metrics goes with it
             self._loader.submit(forget)
 
-    def close(self) -> None:
-        self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
+    def wait_retired(self, timeout_s: float = _UNLOAD_DRAIN_S) -> bool:
+        """Wait until what loads and unloads replaced has closed (and left /metrics); whether it has."""
+        deadline = time.monotonic() + timeout_s
         with self._retiring_lock:
             retiring = list(self._retiring)
-        for thread in retiring:  # what unloads and reloads left running finishes first
-            thread.join(_UNLOAD_DRAIN_S)
+        for thread in retiring:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(RuntimeError, TimeoutError):  # stopping, or a load still runs there
+            self._loader.submit(lambda: None).result(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in retiring)
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
+        self.wait_retired()  # what unloads and reloads left running finishes first
         for served in self._served.values():
             served.close(wait=True)
         self._served.clear()
@@ -572,7 +581,8 @@ class DataPlane:
     def _failure_label(self, name: str) -> tuple[str, str]:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
         which would let any client grow /metrics without bound; a served model's name, or empty."""
-        return (name, "") if any(k[0] == name for k in self._served) else ("", "")
+        served = list(self._served)  # one step (the loader thread changes it): never iterated while it changes
+        return (name, "") if any(k[0] == name for k in served) else ("", "")
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:

@@ -223,7 +223,10 @@ def label_files(text: str) -> dict[str, str]:
         d = _message(item, where, "output")
         label = _string(d, "label_filename", where)
         if label:
-            found[_string(d, "name", where)] = label
+            name = _string(d, "name", where)
+            if not name:
+                raise InvalidRequest(f"{where} names label file {quote(label)} but no output; give the output's name")
+            found[name] = label
     return found
 
 

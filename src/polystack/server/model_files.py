@@ -151,5 +151,5 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             source_filename=files.model_name,
             settings=settings,
         )
-    changed = not created and before.get(record.id, record.settings) != record.settings
-    return Registered(record, created, before[record.id] if changed else None)
+    prior = None if created else before.get(record.id)  # None too if another writer registered it just now
+    return Registered(record, created, prior if prior is not None and prior != record.settings else None)
