@@ -282,13 +282,14 @@ class DataPlane:
         thread.start()
 
     def _forget_metrics(self, entries: list[LoadedEntry]) -> None:
-        """Take versions no longer served off /metrics; on the loader thread, where loads run, so that a
-        version loaded again meanwhile keeps its series."""
+        """Take versions no longer served off /metrics (and forget their typical compute time); on the
+        loader thread, where loads run, so that a version loaded again meanwhile keeps its series."""
 
         def forget() -> None:
             for e in entries:
                 if (e.name, e.version) not in self._served:
                     self.metrics.retire(e.name, str(e.version))
+                    self._typical_s.pop((e.name, e.version), None)
                 if not any(k[0] == e.name for k in self._served):
                     self.metrics.forget_name(e.name)
 
