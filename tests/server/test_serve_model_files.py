@@ -76,16 +76,17 @@ def test_an_uploaded_model_is_registered_and_served_with_its_config(
     name = f"fresh-{transport}"
     client = _clients(server)[transport]
     model = uploads["seed1"] if transport == "http" else uploads["seed2"]
-    client.load_model(name, config=_config(name), files={"file:1/model.onnx": model})
+    filename = "model.onnx" if transport == "http" else "model"
+    client.load_model(name, config=_config(name), files={f"file:1/{filename}": model})
     try:
         record = store.get(name)
-        assert record.version == 1 and record.format == "onnx" and record.source_filename == "model.onnx"
+        assert record.version == 1 and record.format == "onnx" and record.source_filename == filename
         answer = client.infer(name, [mlp_ones(2, grpcclient if transport == "grpc" else httpclient)])
         np.testing.assert_allclose(answer.as_numpy("y"), _expected(model, tmp_path), rtol=1e-5, atol=1e-6)
         config = client.get_model_config(name, as_json=True)["config"] if transport == "grpc" else client.get_model_config(name)
         assert int(config.get("max_batch_size", config.get("maxBatchSize", 0))) == 8 and config["name"] == name
         # the same files again: the same version, not a new one
-        client.load_model(name, config=_config(name), files={"file:1/model.onnx": model})
+        client.load_model(name, config=_config(name), files={f"file:1/{filename}": model})
         assert [r.version for r in store.models.list() if r.name == name] == [1]
     finally:
         client.unload_model(name)
@@ -119,7 +120,8 @@ def test_label_files_named_by_the_config_label_the_outputs(
 ) -> None:
     store, _ = model_store
     client = httpclient.InferenceServerClient(server.http_url)
-    files = {"file:1/model.onnx": uploads["seed1"], "file:classes.txt": b"cat\ndog\nemu\nfox\n"}
+    # a model file may have any name, even that of a folder the import uses
+    files = {"file:1/labels": uploads["seed1"], "file:classes.txt": b"cat\ndog\nemu\nfox\n"}
     client.load_model("labelled", config=_config("labelled", label_filename="classes.txt"), files=files)
     try:
         assert client.get_model_config("labelled")["output"][0]["label_filename"] == "classes.txt"

@@ -120,7 +120,8 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             )
     with tempfile.TemporaryDirectory(prefix="polystack-load-") as tmp:
         where = Path(tmp)
-        path = where / files.model_name
+        (where / "model").mkdir()
+        path = where / "model" / files.model_name  # its own folder: a file named "import" or "labels" is fine
         path.write_bytes(files.model)
         try:
             imported = import_model(path, where / "import")
