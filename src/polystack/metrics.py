@@ -2,7 +2,9 @@
 
 Each server owns its own ``CollectorRegistry`` (two servers in one process, as in the tests, never
 collide), exposed at ``/metrics`` on the HTTP port. Label children are bound once per model so the
-hot path pays one lock and one add per observation, not a label lookup.
+hot path pays one lock and one add per observation, not a label lookup. A version no longer served
+leaves ``/metrics`` (``retire``), so that a long-running server with many uploads does not keep a set
+of series for every version it ever served.
 """
 
 from __future__ import annotations
