@@ -125,9 +125,7 @@ def test_label_files_named_by_the_config_label_the_outputs(
     client.load_model("labelled", config=_config("labelled", label_filename="classes.txt"), files=files)
     try:
         assert client.get_model_config("labelled")["output"][0]["label_filename"] == "classes.txt"
-        out = httpclient.InferRequestedOutput("y", class_count=4)
-        answer = client.infer("labelled", [mlp_ones(1)], outputs=[out]).as_numpy("y")
-        assert sorted(item.decode().split(":")[2] for item in answer[0]) == ["cat", "dog", "emu", "fox"]
+        assert _labels_answered(client, "labelled") == ["cat", "dog", "emu", "fox"]
     finally:
         client.unload_model("labelled")
         store.remove("labelled")
@@ -149,12 +147,17 @@ def test_a_failed_load_leaves_the_labels_of_the_same_bytes_as_they_were(
             client.load_model("relabel", config=wide, files={**model, "file:classes.txt": b"W\nX\nY\nZ\n"})
         assert store.get("relabel").settings["labels"] == {"y": ["a", "b", "c", "d"]}
         client.load_model("relabel")
-        out = httpclient.InferRequestedOutput("y", class_count=4)
-        answer = client.infer("relabel", [mlp_ones(1)], outputs=[out]).as_numpy("y")
-        assert sorted(item.decode().split(":")[2] for item in answer[0]) == ["a", "b", "c", "d"]
+        assert _labels_answered(client, "relabel") == ["a", "b", "c", "d"]
     finally:
         client.unload_model("relabel")
         store.remove("relabel")
+
+
+def _labels_answered(client: httpclient.InferenceServerClient, name: str) -> list[str]:
+    """The labels of all four classes of one item, as classification answers them ("score:index:label")."""
+    out = httpclient.InferRequestedOutput("y", class_count=4)
+    answer = client.infer(name, [mlp_ones(1)], outputs=[out]).as_numpy("y")
+    return sorted(item.decode().split(":")[2] for item in answer[0])
 
 
 REFUSED = [
