@@ -321,7 +321,7 @@ def infer_entry(
     ended = time.perf_counter_ns()
     # the inferences of one execution are its rows when the model has a row limit, which the model
     # configuration shows as max_batch_size; without one (max_batch_size 0) Triton counts the request
-    batched = entry.signature.batched and entry.spec.max_batch_size
+    batched = entry.spec.max_batch_size and entry.signature.batched  # the attribute first: no limit, no walk
     batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1) if batched else 1
     if queued_ns is not None:
         entry.stats.add("queue", started - queued_ns)

@@ -61,7 +61,7 @@ class Registered:
 
 
 def given(parameters: Mapping[str, Any]) -> bool:
-    return any(isinstance(k, str) and k.startswith(PREFIX) for k in parameters)
+    return any(k.startswith(PREFIX) for k in parameters)
 
 
 def read(parameters: Mapping[str, Any]) -> ModelFiles:
