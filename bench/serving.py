@@ -25,7 +25,9 @@ What it does, all on 127.0.0.1:
 - with batching on and at least 2 cores, the same cells on a pinned server (`--frontend-cpus` the first
   core, `--runtime-cpus` the rest, the client on the first core), batch-1 JSON at concurrency 32 and
   128, and those batch-1 cells against a bare uvloop + httptools server answering polystack's own
-  answer, canned, on the same core: the ceiling of any server built that way beside this client;
+  answer, canned, on the same core: the ceiling of any server built that way beside this client; and
+  against a minimal Python batching server (the same front end, simdjson decoding, one batch worker running
+  onnxruntime, orjson answers, nothing else): the ceiling of a front end written in Python;
 - each cell records the cores the client and the server used (CPU seconds per second, all threads):
   on 2 shared cores, what the client and the transport take is what the runtime cannot have;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
@@ -138,6 +140,113 @@ async def main():
 
 uvloop.run(main())
 """
+
+
+# The least a Python server must do per request to batch: the same uvloop + httptools front end, the
+# request's tensor read from its JSON in C (simdjson, as polystack does), queued to one batch worker (up
+# to 32 items or 2 ms, as the polystack server here) that runs onnxruntime on the runtime cores, and each
+# row's answer written with orjson. No validation beyond the input's name and type, no metrics, statistics,
+# timeouts, tracing or logging. Against the same client on the same front-end core, it is the most a
+# batching server written in Python reaches here: polystack's distance from it is its own per-request
+# work; its distance from Offline is what only a front end that is not Python per request could close.
+MINIMAL_SERVER_PY = """
+import asyncio, os, sys, threading
+import httptools, numpy as np, onnxruntime as ort, orjson, simdjson, uvloop
+
+port, model = int(sys.argv[1]), sys.argv[4]
+front, runtime = ({int(c) for c in arg.split(",")} for arg in sys.argv[2:4])
+os.sched_setaffinity(0, runtime)  # the runtime's threads start here and keep these cores
+options = ort.SessionOptions()
+options.intra_op_num_threads, options.inter_op_num_threads = len(runtime), 1
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+name, outputs = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
+os.sched_setaffinity(0, front)
+HEAD = b"HTTP/1.1 %d %s\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n"
+queue, cond, parser, loop = [], threading.Condition(), simdjson.Parser(), None
+
+
+def answer(transport, status, body):
+    transport.write(HEAD % (status, b"OK" if status == 200 else b"Bad Request", len(body)) + body)
+
+
+def deliver(batch, results):
+    offset = 0
+    for transport, x in batch:
+        rows = len(x)
+        doc = {"model_name": "m", "model_version": "1", "outputs": [
+            {"name": n, "datatype": "FP32", "shape": list(y[offset : offset + rows].shape), "data": y[offset : offset + rows]}
+            for n, y in zip(outputs, results)]}
+        answer(transport, 200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+        offset += rows
+
+
+def worker():
+    os.sched_setaffinity(0, runtime)
+    while True:
+        with cond:
+            while not queue:
+                cond.wait()
+            if len(queue) < 32:
+                cond.wait(0.002)
+            batch, queue[:32] = queue[:32], []
+        results = session.run(outputs, {name: np.concatenate([x for _, x in batch])})
+        loop.call_soon_threadsafe(deliver, batch, results)
+
+
+class Minimal(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser, self.body = transport, httptools.HttpRequestParser(self), []
+
+    def data_received(self, data):
+        self.parser.feed_data(data)
+
+    def on_body(self, body):
+        self.body.append(body)
+
+    def on_message_complete(self):
+        body, self.body = b"".join(self.body), []
+        if not body:  # the readiness probe
+            return answer(self.transport, 200, b"{}")
+        doc = parser.parse(body)
+        item = doc["inputs"][0]
+        if item["name"] != name or item["datatype"] != "FP32":
+            del item, doc
+            return answer(self.transport, 400, b'{"error": "unexpected input"}')
+        shape = item["shape"].as_list()
+        x = np.frombuffer(item["data"].as_buffer(of_type="d"), dtype=np.float64).astype(np.float32).reshape(shape)
+        del item, doc  # simdjson's views into its parser go before the next request
+        with cond:
+            queue.append((self.transport, x))
+            cond.notify()
+
+
+async def main():
+    global loop
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=worker, daemon=True).start()
+    server = await loop.create_server(Minimal, "127.0.0.1", port)
+    await server.serve_forever()
+
+
+uvloop.run(main())
+"""
+
+
+def start_minimal_server(
+    model: Path, cores: tuple[frozenset[int], frozenset[int]], work: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    script = work / "minimal_server.py"
+    script.write_text(MINIMAL_SERVER_PY)
+    port = free_port()
+    log = work / "minimal-server.log"
+    front, runtime = (",".join(map(str, sorted(side))) for side in cores)
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), str(script), str(port), front, runtime, str(model)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_ready(port, "/", proc, log)
+    return proc, port
 
 
 def start_bare_server(answer: bytes, cores: frozenset[int], work: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -598,11 +707,12 @@ def offline_pinned(home: Path, model: str, x32: np.ndarray, duration_s: float, c
 
 
 def run_pinned_cells(
-    home: Path, name: str, shape: list[int], work: Path, cores: tuple[frozenset[int], frozenset[int]],
+    home: Path, name: str, model: Path, shape: list[int], work: Path, cores: tuple[frozenset[int], frozenset[int]],
     warmup: float, duration: float, repeats: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The server started with --frontend-cpus/--runtime-cpus, the client on the front-end cores: the
-    runtime keeps its cores to itself, as it would with the clients on other machines."""
+    runtime keeps its cores to itself, as it would with the clients on other machines. Then the batch-1
+    cells against two reference servers on the same cores: one that only answers, one that only batches."""
     from polystack.server.placement import format_cpu_list
 
     front, runtime = cores
@@ -640,6 +750,31 @@ def run_pinned_cells(
                 print(json.dumps(row), flush=True)
         finally:
             stop(bare)
+        minimal, minimal_port = start_minimal_server(model, cores, work)
+        try:
+            with socket.create_connection(("127.0.0.1", minimal_port)) as s:
+                s.sendall(request_bytes(name, shape, minimal_port))
+                mine = _read_response(s, bytearray()).split(b"\r\n\r\n", 1)[1]
+            # the same numbers as polystack's answer, or it is not doing the same work
+            got, want = (np.asarray(json.loads(a)["outputs"][0]["data"]) for a in (mine, answer))
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(f"the minimal server's answer differs from polystack's: {mine[:200]!r}")
+            for items, conc, binary in PINNED_CELLS:
+                if binary:
+                    continue
+                req = request_bytes(name, shape, minimal_port)
+                r = median_of(
+                    [
+                        run_concurrent(minimal_port, req, conc, warmup, duration, minimal.pid, runtime)
+                        for _ in range(repeats)
+                    ]
+                )
+                row = {"model": name, "server": "minimal (python, batching)", "batching": True, "concurrency": conc,
+                       "client": "raw-http-json", "items_per_request": items, **r}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            stop(minimal)
     finally:
         os.sched_setaffinity(0, before)
         stop(proc)
@@ -719,7 +854,7 @@ def main() -> int:
                     cores = placement()
                     if cores is not None:
                         stop(procs.pop("polystack 2x1")[0])
-                        rows += run_pinned_cells(home, name, shape, work, cores, warmup, duration, repeats)
+                        rows += run_pinned_cells(home, name, path, shape, work, cores, warmup, duration, repeats)
                 else:
                     port = procs["polystack"][1]
                     r = median_of([run_tritonclient(port, name, shape, warmup, duration) for _ in range(repeats)])
@@ -805,6 +940,11 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
             entry[f"bare_server_over_offline_b32_pinned_batch1_json_c{r['concurrency']}"] = round(
                 r["rps"] / pinned_offline, 3
             )
+        for r in (r for r in rows if r["model"] == model and r["server"].startswith("minimal")):
+            # what a server that does nothing but batch reaches there: the ceiling of a front end in Python
+            entry[f"minimal_server_over_offline_b32_pinned_batch1_json_c{r['concurrency']}"] = round(
+                r["rps"] / pinned_offline, 3
+            )
         out[model] = entry
     return out
 
@@ -835,7 +975,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         cores = (
             f"{r['client_cores']:.2f} / {r['server_cores']:.2f}" if "client_cores" in r and "server_cores" in r else "-"
         )
-        if "server_loop_cores" in r and r["server"].startswith("polystack"):
+        if "server_loop_cores" in r and not r["server"].startswith(("bare", "mlserver")):
             cores += f" ({r['server_loop_cores']:.2f})"
         if "runtime_idle" in r:
             cores += f", runtime idle {r['runtime_idle']:.1%}"
@@ -879,8 +1019,14 @@ def write_markdown(result: dict[str, Any]) -> None:
         " rows are a uvloop + httptools server (what polystack's HTTP front end is built on) that answers every"
         " request with polystack's own answer to it, pinned to the front-end core beside the client: the most"
         " any server built that way could answer there, with no decoding, validation, batching or encoding"
-        " (`bare_server_over_offline_*`). Its loop cores per request against the pinned polystack's are what"
-        " polystack's own per-request work costs:",
+        " (`bare_server_over_offline_*`). `minimal (python, batching)` rows are the same front end doing the"
+        " least a batching server must: each request's tensor read from its JSON in C (simdjson), queued to one"
+        " batch worker (32 items or 2 ms) running onnxruntime on the runtime core, each answer written with"
+        " orjson, and nothing else (no validation past the input's name and type, no metrics, statistics,"
+        " timeouts or logging); its answer is checked against polystack's. `minimal_server_over_offline_*` is"
+        " the most a front end written in Python reaches beside this client; the rest of the way to Offline"
+        " needs one that is not Python per request. Loop cores per request against the pinned polystack's"
+        " are what polystack's own per-request work costs:",
         "",
     ]
     for model, entry in result["ratios"].items():
