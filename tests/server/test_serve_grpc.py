@@ -274,14 +274,16 @@ def test_asyncio_streaming(server: ServerThread) -> None:
     assert sorted(asyncio.run(main())) == ["0", "1", "2", "3"]
 
 
-def test_cuda_shared_memory_rpcs_say_they_are_not_implemented(client: grpcclient.InferenceServerClient) -> None:
-    for call in (
-        lambda: client.get_cuda_shared_memory_status(),
-        lambda: client.unregister_cuda_shared_memory(),
-    ):
-        with pytest.raises(InferenceServerException) as e:
-            call()
-        assert "UNIMPLEMENTED" in _status(e.value) and "polystack does not implement" in e.value.message()
+def test_cuda_shared_memory_rpcs_answer_as_a_server_without_gpus_does(client: grpcclient.InferenceServerClient) -> None:
+    """Also without --allow-shared-memory: there is nothing to protect when nothing can be registered."""
+    client.unregister_cuda_shared_memory()
+    assert len(client.get_cuda_shared_memory_status().regions) == 0
+    with pytest.raises(InferenceServerException) as e:
+        client.register_cuda_shared_memory("r", b"\0" * 64, 0, 64)
+    assert "INVALID_ARGUMENT" in _status(e.value) and "system shared memory" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        client.get_cuda_shared_memory_status("r")
+    assert "NOT_FOUND" in _status(e.value)
     assert client.is_server_live()
 
 

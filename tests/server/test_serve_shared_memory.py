@@ -331,14 +331,45 @@ def test_the_extension_is_off_unless_asked_for(raw: Raw, server: ServerThread) -
         assert "--allow-shared-memory" in _refusal(client.get_system_shared_memory_status)
 
 
-def test_the_extension_is_listed_when_on_and_cuda_shared_memory_says_what_to_use(
+def test_the_extension_is_listed_when_on(
     http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient
 ) -> None:
     assert "system_shared_memory" in http.get_server_metadata()["extensions"]
     assert "system_shared_memory" in grpc.get_server_metadata().extensions
-    for call in (http.get_cuda_shared_memory_status, grpc.get_cuda_shared_memory_status):
+    assert "cuda_shared_memory" not in http.get_server_metadata()["extensions"]
+
+
+def test_cuda_shared_memory_answers_as_a_server_without_gpus_does(
+    http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient, shm_server: ServerThread
+) -> None:
+    """Triton's own shared memory examples unregister every CUDA region before they start, as a Triton
+    built without GPUs allows: that succeeds, and none is ever registered. Registering one is refused,
+    saying what to use instead."""
+    for client in (http, grpc):
+        client.unregister_cuda_shared_memory()
+        client.unregister_cuda_shared_memory("never")
+    assert http.get_cuda_shared_memory_status() == []
+    assert len(grpc.get_cuda_shared_memory_status().regions) == 0
+    for call in (
+        lambda: http.get_cuda_shared_memory_status("never"),
+        lambda: grpc.get_cuda_shared_memory_status("never"),
+    ):
+        assert "no CUDA shared memory region 'never' is registered" in _refusal(call)
+    for call in (
+        lambda: http.register_cuda_shared_memory("r", "AAAA", 0, 64),
+        lambda: grpc.register_cuda_shared_memory("r", b"\0" * 64, 0, 64),
+    ):
         message = _refusal(call)
-        assert "CUDA shared memory" in message and "--allow-shared-memory" in message
+        assert message.startswith("failed to register CUDA shared memory region: 'r'")
+        assert "--allow-shared-memory" in message
+    raw = Raw(shm_server.http_port)
+    status, doc = raw.json("POST", "/v2/cudasharedmemory/region/r/register", {"raw_handle": {"b64": "AAAA"}})
+    assert status == 400 and doc["error"].startswith("failed to register")
+    assert raw.json("GET", "/v2/cudasharedmemory/region/never/status")[0] == 404
+    assert raw.json("POST", "/v2/cudasharedmemory/unregister") == (200, {})
+    assert raw.json("GET", "/v2/cudasharedmemory/status") == (200, [])
+    assert raw.json("GET", "/v2/cudasharedmemory/region/r")[0] == 404  # not a route
+    assert raw.json("DELETE", "/v2/cudasharedmemory/unregister")[0] == 405
 
 
 def test_the_registry_serves_reads_while_other_threads_register_and_unregister(objects: Objects) -> None:

@@ -49,7 +49,7 @@ from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import model_config, model_files, status
 from polystack.server.logs import LogSettings
-from polystack.server.shared_memory import SharedMemoryRegions
+from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
@@ -139,6 +139,7 @@ class DataPlane:
         self.allow_model_control = allow_model_control
         # the system shared memory extension's regions; None: off (tensors there are refused)
         self.shared_memory = SharedMemoryRegions() if allow_shared_memory else None
+        self.cuda_shared_memory = CudaRegions()  # always answered: nothing to protect, none registered
         self.metrics = metrics or ServerMetrics()
         self.tracing = tracing or Tracing(enabled=False)
         # the trace and logging extensions' settings can be changed (None: a Ray Serve replica, one of

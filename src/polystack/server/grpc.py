@@ -303,6 +303,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._sync(context, lambda: self.plane.regions().unregister(request.name or None))
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        await self._sync(context, lambda: self.plane.cuda_shared_memory.status(request.name or None))
+        return pb.CudaSharedMemoryStatusResponse()  # none is ever registered
+
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        await self._sync(context, lambda: self.plane.cuda_shared_memory.register(request.name))
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        await self._sync(context, lambda: self.plane.cuda_shared_memory.unregister(request.name or None))
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
         # no settings is a read (tritonclient's get_trace_settings); an empty value list clears one
         changes = {k: list(v.value) or None for k, v in request.settings.items()} if request.settings else None
@@ -336,37 +354,6 @@ def _metadata(context: Any) -> dict[str, Any]:
 def _log_value(value: pb.LogSettingsRequest.SettingValue) -> Any:
     which = value.WhichOneof("parameter_choice")
     return None if which is None else getattr(value, which)
-
-
-class _NotImplemented(grpc.GenericRpcHandler):
-    """Triton RPCs outside polystack: UNIMPLEMENTED, with what to do instead."""
-
-    SERVICE = "/inference.GRPCInferenceService/"
-    WHAT = {
-        **dict.fromkeys(
-            ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
-            "the CUDA shared memory extension; use system shared memory (start the server with "
-            "--allow-shared-memory) or send tensors in the request (raw_input_contents)",
-        ),
-    }
-
-    def __init__(self, calls: _Calls) -> None:
-        self.calls = calls
-
-    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method
-        what = self.WHAT.get(method[len(self.SERVICE) :]) if method.startswith(self.SERVICE) else None
-        if what is None:
-            return None
-
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
-            started = time.perf_counter()
-            try:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"polystack does not implement {what}")
-            finally:
-                self.calls.ended(method, context, lambda: _request_id(context, None), context.code(), started)
-
-        return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -428,7 +415,6 @@ def create_server(
     calls = _Calls(plane, access_log)
     _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, calls), server, calls)
     _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
-    server.add_generic_rpc_handlers([_NotImplemented(calls)])
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:

@@ -264,12 +264,18 @@ class HttpApp:
                 if action == "unregister":
                     return self._only(method, b"POST", self.shm_unregister, [rest[2]])
         if head == "cudasharedmemory":
-            return error_response(
-                NotFound(
-                    "polystack does not implement the CUDA shared memory extension; use system shared memory "
-                    "(start the server with --allow-shared-memory) or send tensors in the request"
-                )
-            )
+            if rest == ["cudasharedmemory", "status"]:
+                return self._only(method, b"GET", self.cuda_status, [""])
+            if rest == ["cudasharedmemory", "unregister"]:
+                return self._only(method, b"POST", self.cuda_unregister, [""])
+            if len(rest) == 4 and rest[1] == "region" and rest[2]:
+                action = rest[3]
+                if action == "status":
+                    return self._only(method, b"GET", self.cuda_status, [rest[2]])
+                if action == "register":
+                    return self._only(method, b"POST", self.cuda_register, [rest[2]])
+                if action == "unregister":
+                    return self._only(method, b"POST", self.cuda_unregister, [rest[2]])
         if head == "repository":
             if rest == ["repository", "index"]:
                 return self._only(method, b"POST", self.repository_index, [])
@@ -352,6 +358,17 @@ class HttpApp:
 
     def shm_unregister(self, req: Request, args: list[str]) -> Response:
         self.plane.regions().unregister(args[0] or None)
+        return json_response(200, {})
+
+    def cuda_status(self, req: Request, args: list[str]) -> Response:
+        return json_response(200, self.plane.cuda_shared_memory.status(args[0] or None))
+
+    def cuda_register(self, req: Request, args: list[str]) -> Response:
+        self.plane.cuda_shared_memory.register(args[0])
+        return json_response(200, {})
+
+    def cuda_unregister(self, req: Request, args: list[str]) -> Response:
+        self.plane.cuda_shared_memory.unregister(args[0] or None)
         return json_response(200, {})
 
     async def repository_load(self, req: Request, args: list[str]) -> Response:

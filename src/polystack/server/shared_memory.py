@@ -15,7 +15,8 @@ arrives, and a request waiting in a batch queue never sees the region change und
 
 Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
 any client that can reach the server could otherwise make it read and write the host's shared
-memory objects. CUDA shared memory needs a GPU runtime polystack does not drive, and stays refused.
+memory objects. CUDA shared memory needs a GPU runtime polystack does not drive: `CudaRegions`
+answers its extension as a Triton built without GPUs does (nothing registered, registering refused).
 """
 
 from __future__ import annotations
@@ -184,3 +185,27 @@ class SharedMemoryRegions:
                 f'shared memory key {key!r} is not a POSIX shared memory name; use "/name" with no other slash'
             )
         return self._dir / name
+
+
+class CudaRegions:
+    """Triton's CUDA shared memory extension, as a Triton built without GPUs answers it: no region is
+    ever registered, so the status is empty and unregistering (all, or one by name) succeeds, while
+    registering one is refused. Triton's own shared memory examples unregister every CUDA region before
+    they start; answering that with an error failed them before they reached system shared memory."""
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name:
+            raise NotFound(
+                f"no CUDA shared memory region {name!r} is registered; polystack takes system shared memory only"
+            )
+        return []
+
+    def register(self, name: str) -> None:
+        raise InvalidRequest(
+            f"failed to register CUDA shared memory region: {name!r}, polystack does not take CUDA shared "
+            "memory; use system shared memory (start the server with --allow-shared-memory) or send tensors "
+            "in the request"
+        )
+
+    def unregister(self, name: str | None = None) -> None:
+        """Nothing to forget: none is ever registered."""
