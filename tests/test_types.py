@@ -11,6 +11,25 @@ def test_every_oip_datatype_maps_to_numpy_and_back(dtype: DType) -> None:
     assert dtype.itemsize == dtype.numpy.itemsize
 
 
+@pytest.mark.parametrize("dtype", list(DType))
+def test_parse_takes_the_protocols_spelling_and_any_case(dtype: DType) -> None:
+    assert DType.parse(dtype.value) is dtype
+    assert DType.parse(dtype.value.lower()) is dtype
+    assert DType.parse(dtype.value.title()) is dtype
+
+
+def test_parse_refuses_an_unknown_datatype_naming_the_known_ones() -> None:
+    with pytest.raises(InvalidTensor, match=r"unknown datatype 'FP8'; expected one of BOOL, .*BYTES"):
+        DType.parse("FP8")
+
+
+def test_numpy_dtypes_are_the_same_each_time() -> None:
+    assert DType.FP32.numpy is DType.FP32.numpy  # built once, not per request
+    assert DType.FP32.numpy == np.dtype(np.float32)
+    assert DType.BF16.numpy.name == "bfloat16"
+    assert DType.BYTES.numpy == np.dtype(object)
+
+
 def test_bytes_maps_to_object_arrays() -> None:
     assert DType.from_numpy(np.array([b"a"], dtype=object).dtype) is DType.BYTES
     assert DType.BYTES.itemsize == 0

@@ -43,6 +43,9 @@ class DType(str, enum.Enum):
     @property
     def numpy(self) -> np.dtype[Any]:
         """The numpy dtype that holds this type (BYTES: object arrays of ``bytes``)."""
+        found = _NUMPY.get(self)  # built once: np.dtype() from a name costs microseconds on the request path
+        if found is not None:
+            return found
         if self is DType.BF16:
             return _bfloat16()
         return np.dtype(_TO_NUMPY[self])
@@ -81,6 +84,9 @@ class DType(str, enum.Enum):
 
     @classmethod
     def parse(cls, name: str) -> DType:
+        found = _BY_VALUE.get(name)  # the protocol's own spelling, as every client sends it
+        if found is not None:
+            return found
         try:
             return cls(name.upper())
         except ValueError:
@@ -104,6 +110,8 @@ _TO_NUMPY: dict[DType, str] = {
     DType.FP64: "float64",
     DType.BYTES: "object",
 }
+_NUMPY: dict[DType, np.dtype[Any]] = {k: np.dtype(v) for k, v in _TO_NUMPY.items()}
+_BY_VALUE: dict[str, DType] = {d.value: d for d in DType}
 _FROM_NUMPY: dict[np.dtype[Any], DType] = {np.dtype(v): k for k, v in _TO_NUMPY.items() if k is not DType.BYTES}
 # onnx.TensorProto.DataType values, written out so that this module needs no onnx import.
 _FROM_ONNX: dict[int, DType] = {

@@ -202,7 +202,7 @@ def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memor
 
 def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
     """Numbers read wide (int64, uint64, float64) in the tensor's datatype, refusing values that do not fit."""
-    target = np.dtype(dtype.numpy)
+    target = dtype.numpy
     if target.kind in "iu" and data.size and (target.itemsize < data.dtype.itemsize or target.kind != data.dtype.kind):
         info = np.iinfo(target)
         low, high = data.min(), data.max()
