@@ -79,19 +79,26 @@ def test_a_nan_timeout_is_400_not_an_expired_deadline(raw: Raw) -> None:
 
 
 def test_unknown_model_and_version_are_404(raw: Raw) -> None:
+    # in Triton's words, which its client examples look for, then what to do
     status, doc = raw.json("POST", "/v2/models/nope/infer", {"inputs": [good_input()]})
     check_error(raw, status, doc, 404, "nope")
+    assert doc["error"].startswith("Request for unknown model: 'nope' is not found; "), doc
     status, doc = raw.json("POST", "/v2/models/mlp/versions/9/infer", {"inputs": [good_input()]})
     check_error(raw, status, doc, 404, "version")
+    assert doc["error"].startswith("Request for unknown model: 'mlp' version 9 is not found; "), doc
+    status, doc = raw.json("GET", "/v2/models/nope")
+    assert status == 404 and doc["error"].startswith("Request for unknown model: 'nope'")
+    # a version that is not a number is the request's fault, as in Triton
     status, doc = raw.json("GET", "/v2/models/mlp/versions/abc")
-    check_error(raw, status, doc, 404, "version")
+    check_error(raw, status, doc, 400, "version")
+    assert doc["error"].startswith("failed to get model version from specified version string 'abc'"), doc
     status, doc = raw.json("GET", "/v2/models/nope/config")
     check_error(raw, status, doc, 404)
     status, doc = raw.json("GET", "/v2/nowhere")
     check_error(raw, status, doc, 404, "no route")
     for path in ("/v2/models/mlp/versions/99999999999999999999999", "/v2/models/mlp/versions/9223372036854775808/config"):
         status, doc = raw.json("GET", path)
-        check_error(raw, status, doc, 404, "no version")
+        check_error(raw, status, doc, 404, "version", "is not found")
 
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:

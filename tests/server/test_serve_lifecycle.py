@@ -111,13 +111,17 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         g.load_model("notb")
         assert client.is_model_ready("notb")
         assert {m.name for m in g.get_model_repository_index().models} >= {"mlp", "notb", "ident64"}
-        with pytest.raises(InferenceServerException) as e:
-            g.load_model("does-not-exist")
-        assert "NOT_FOUND" in str(e.value.status())
+        # Triton's words, which its model control examples look for: "failed to load"
+        for c in (g, client):
+            with pytest.raises(InferenceServerException) as e:
+                c.load_model("does-not-exist")
+            assert e.value.message().startswith("failed to load 'does-not-exist': "), e.value.message()
+            assert "NOT_FOUND" in str(e.value.status()) or "404" in str(e.value.status())
         # files without their config are refused, as Triton refuses them (files: test_serve_model_files.py)
         with pytest.raises(InferenceServerException) as e:
             client.load_model("mlp", files={"file:1/model.onnx": b"garbage"})
         assert "400" in str(e.value.status()) and "'config' parameter" in e.value.message()
+        assert e.value.message().startswith("failed to load 'mlp': ")
         status, doc = raw.json("POST", "/v2/repository/index", {"ready": "yes"})  # was read as true
         assert status == 400 and "true or false" in doc["error"]
         raw.infer_ok()

@@ -67,9 +67,11 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     if not req.inputs:
         raise InvalidRequest("an inference request needs at least one input")
     raw = req.raw_input_contents
-    if raw and any(t.HasField("contents") for t in req.inputs):
+    typed = next((t.name for t in req.inputs if t.HasField("contents")), None) if raw else None
+    if typed is not None:  # Triton's words (its explicit-content example looks for them), then what to do
         raise InvalidRequest(
-            "the request has both raw_input_contents and typed contents; send every input one way or the other"
+            f"contents field must not be specified when using raw_input_contents for {typed!r} for model "
+            f"{req.model_name!r}; send every input one way or the other"
         )
     # parameters read only when a tensor has some: an empty protobuf map cost ~1 us a tensor to convert
     shared = [

@@ -37,6 +37,7 @@ from polystack.engine import Engine, LoadedEntry, LoadSpec
 from polystack.errors import (
     InvalidRequest,
     ModelClosed,
+    ModelNotFound,
     NotFound,
     PermissionDenied,
     PolystackError,
@@ -85,11 +86,27 @@ _MAX_VERSION = (1 << 63) - 1  # the store's versions are SQLite integers
 
 
 def parse_version(name: str, version: str | None) -> int | None:
+    """A request's version string as a number (None: the latest). Not a number is the request's fault, in
+    Triton's words (its client examples look for them); a number no version has is not found."""
     if not version:
         return None
-    if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= _MAX_VERSION:
-        raise VersionNotFound(f"model {name!r} has no version {version!r}; versions are positive integers")
+    if not (version.isascii() and version.isdigit()):
+        raise InvalidRequest(
+            f"failed to get model version from specified version string {version!r}: a version is an "
+            f"integer > 0; model {name!r}'s versions are listed by GET /v2/models/{name}"
+        )
+    if not 1 <= int(version) <= _MAX_VERSION:
+        raise VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; versions are 1 and up")
     return int(version)
+
+
+def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
+    """A request's model or version the store does not have, in Triton's words, then what to do."""
+    if isinstance(e, ModelNotFound):
+        return ModelNotFound(
+            f"Request for unknown model: {name!r} is not found; `polystack models` lists the registered ones"
+        )
+    return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
 def _refuse_sequences(parameters: dict[str, Any]) -> None:
@@ -334,7 +351,10 @@ class DataPlane:
 
     def _resolve(self, name: str, version: str | None) -> _Served:
         v = parse_version(name, version)
-        entry = self.engine.get(name, v)
+        try:
+            entry = self.engine.get(name, v)
+        except (ModelNotFound, VersionNotFound) as e:
+            raise _unknown(name, v, e) from None
         served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
             # Loaded through the engine directly (not through this plane): serve it unbatched.
@@ -626,7 +646,12 @@ class DataPlane:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
-        parameters = parameters or {}
+        try:
+            await self._repository_load(name, parameters or {})
+        except PolystackError as e:  # Triton's words first (its model control examples look for them)
+            raise type(e)(f"failed to load {name!r}: {e.message}") from e
+
+    async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")
         if "config" in parameters and not isinstance(config, str):
             raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
