@@ -78,9 +78,12 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
 def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
     store, _ = model_store
     http_port, grpc_port = free_port(), free_port()
-    args = ["mlp", "--grpc-port", str(grpc_port), "--drain-timeout-s", "5"]
+    # --server-name: what server metadata reports (Triton's client examples check for "triton")
+    args = ["mlp", "--grpc-port", str(grpc_port), "--drain-timeout-s", "5", "--server-name", "triton"]
     with cli_server(store.home, args, http_port, tmp_path / "serve.log") as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        assert client.get_server_metadata()["name"] == "triton"
+        assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").get_server_metadata().name == "triton"
         i = httpclient.InferInput("x", [1, 16], "FP32")
         i.set_data_from_numpy(np.zeros((1, 16), np.float32))
         assert client.infer("mlp", [i]).as_numpy("y").shape == (1, 4)
@@ -127,6 +130,10 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         raw.infer_ok()
     finally:
         st.stop()
+
+
+def test_an_empty_server_name_is_refused_at_start(tmp_path: Path) -> None:
+    assert "--server-name" in refused_at_start(tmp_path, ["--server-name", " "])
 
 
 def test_unversioned_requests_follow_versions_loaded_and_unloaded_behind_the_server(

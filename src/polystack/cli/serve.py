@@ -90,6 +90,12 @@ def serve(
         "--grpc-use-ssl-mutual).",
     ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
+    server_name: str = typer.Option(
+        "polystack",
+        "--server-name",
+        help="The name server metadata reports (GET /v2, ServerMetadata); client code that checks for Triton "
+        "(Triton's own examples do) runs with --server-name triton.",
+    ),
     trace: bool = typer.Option(
         False,
         "--trace",
@@ -114,6 +120,8 @@ def serve(
     from polystack.server.placement import CpuPlacement
     from polystack.server.tls import TlsConfig
 
+    if not server_name.strip():
+        raise InvalidRequest("--server-name must not be empty; leave it out for the default, polystack")
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     logs.configure(log_level)
@@ -147,6 +155,7 @@ def serve(
         threads=threads,
         no_batching=batching is False,
         access_log=access_log,
+        server_name=server_name,
         log_level=log_level,
         trace=True if trace else None,
         trace_rate=trace_rate,

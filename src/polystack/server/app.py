@@ -91,6 +91,7 @@ class ServeConfig:
     threads: int | None = None  # runtime threads per model instance; None: the plan's, else the runtime's
     no_batching: bool = False
     access_log: bool = False
+    server_name: str = "polystack"  # what server metadata reports (GET /v2, ServerMetadata)
     log_level: str = "info"  # what `logs.configure` was given (Ray Serve replicas configure their own with it)
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
@@ -159,6 +160,7 @@ class Server:
             tracing=Tracing(config.trace, rate=config.trace_rate, count=config.trace_count),
             log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
+            server_name=config.server_name,
         )
         self.http = HttpApp(
             self.plane,

@@ -147,6 +147,7 @@ class DataPlane:
         tracing: Tracing | None = None,
         log_settings: LogSettings | None = None,
         inline_max_ms: float = 0.2,
+        server_name: str = "polystack",
     ) -> None:
         self.engine = engine
         self.store = engine.store
@@ -162,6 +163,7 @@ class DataPlane:
         # the trace and logging extensions' settings can be changed (None: a Ray Serve replica, one of
         # several with settings of their own, where a change would reach whichever replica got it)
         self.log_settings = log_settings
+        self.server_name = server_name
         # inference threads, and one for repository loads and unloads, so that a load never holds an
         # inference thread; ``thread_initializer`` pins both (server.placement)
         self.workers = workers or os.cpu_count() or 2
@@ -420,7 +422,7 @@ class DataPlane:
         return self.log_settings
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "polystack", "version": __version__, "extensions": self.extensions()}
+        return {"name": self.server_name, "version": __version__, "extensions": self.extensions()}
 
     def model_ready(self, name: str, version: str | None) -> bool:
         if self.draining:
