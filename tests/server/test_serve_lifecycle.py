@@ -213,8 +213,11 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
     with _under_load(st, "slow30", clients=8, requests=500) as outcomes:
         control = httpclient.InferenceServerClient(st.http_url, network_timeout=60)
         time.sleep(0.3)
+        # a config makes it a reload: same version, same settings, new instance (without one, a load of a
+        # model served as it asks changes nothing)
+        same = json.dumps({"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 5000}})
         for _ in range(3):
-            control.load_model("slow30")  # a reload: same version, new instance
+            control.load_model("slow30", config=same if batching else "{}")
             time.sleep(0.1)
         control.unload_model("slow30")
         time.sleep(0.1)
@@ -343,13 +346,40 @@ def test_a_model_that_fails_to_close_is_logged_and_the_server_goes_on(
         entry.model.close = fail  # type: ignore[method-assign]
         client = httpclient.InferenceServerClient(st.http_url)
         with caught_logs("polystack.server", logging.ERROR) as logs:
-            client.load_model("mlp")  # replaces the instance that fails to close
+            client.load_model("mlp", config="{}")  # replaces the instance that fails to close
             deadline = time.monotonic() + 10
             while not logs and time.monotonic() < deadline:
                 time.sleep(0.01)
         assert [r.getMessage() for r in logs] == ["closing a model that stopped being served failed"]
         assert client.infer("mlp", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
         assert st.server.plane.wait_retired(10) and not st.server.plane._retiring  # done, and forgotten
+    finally:
+        st.stop()
+
+
+def test_a_load_of_a_model_served_as_it_asks_changes_nothing(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """As in Triton: loading a model already served as that load would serve it does nothing (deploy
+    scripts load every model they need, loaded or not); the instance keeps serving and counting. A load
+    with a config, or of a newer version, replaces it."""
+    store, records = model_store
+    register_like(store, records["mlp"], "idem")
+    st = start(store, models=["idem"], allow_model_control=True)
+
+    def successes() -> int:
+        assert st.server.plane.wait_retired(10)
+        return int(client.get_inference_statistics("idem")["model_stats"][0]["inference_stats"]["success"]["count"])
+
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        client.infer("idem", [_mlp_input(httpclient)])
+        with caught_logs("polystack.server") as logs:
+            client.load_model("idem")
+            client.load_model("idem")
+        assert successes() == 1
+        assert [r.getMessage() for r in logs if r.getMessage().startswith("model")] == ["model served as asked"] * 2
+        client.load_model("idem", config="{}")  # a config: loaded again, counting afresh
+        assert successes() == 0
+        assert client.is_model_ready("idem")
     finally:
         st.stop()
 
@@ -378,7 +408,7 @@ def test_a_version_no_longer_served_leaves_metrics(
         v1 = 'model="vm",version="1"'
         text = settled_metrics()
         assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in text and "InvalidTensor" in text
-        client.load_model("vm")  # a reload of the same version keeps its series
+        client.load_model("vm", config="{}")  # a reload of the same version keeps its series
         assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in settled_metrics()
         other = import_model(mlp_onnx(tmp_path / "seed1.onnx", seed=1), tmp_path / "import")
         store.register(other.artifact, name="vm", format=other.format, signature=other.signature)
@@ -409,9 +439,9 @@ def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[st
                 time.sleep(0.02)
             control = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
             time.sleep(0.05)
-            control.load_model("slow200")
+            control.load_model("slow200", config="{}")  # a config: replaced even though nothing changed
             time.sleep(0.25)
-            control.load_model("slow200")
+            control.load_model("slow200", config="{}")
             answers = [f.result(timeout=30).as_numpy("y").shape for f in futures]
         assert answers == [(1, 4)] * 4
         metrics = Raw(st.http_port).request("GET", "/metrics")[2].decode()

@@ -323,7 +323,7 @@ def test_a_request_rerouted_by_a_reload_is_one_span(
                 httpclient.InferenceServerClient(st.http_url).infer, "slow150", [mlp_ones()], request_id="b"
             )
             time.sleep(0.03)
-            httpclient.InferenceServerClient(st.http_url).load_model("slow150")
+            httpclient.InferenceServerClient(st.http_url).load_model("slow150", config="{}")  # a reload
             first.result(timeout=10), second.result(timeout=10)
     finally:
         st.stop()

@@ -255,12 +255,30 @@ class DataPlane:
 
     def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """A repository load: the version it loads is the only one of its name served afterwards, as
-        under Triton's default version policy (the latest version), so loads never pile up old ones."""
-        entry = self.load(ref, config)
+        under Triton's default version policy (the latest version), so loads never pile up old ones.
+        A load without a config of a version already served as it would serve it changes nothing."""
+        entry = (self._served_as_asked(ref) if config is None else None) or self.load(ref, config)
         retired = self._unload_versions(entry.name, keep=entry.version)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": entry.version})
         return entry
+
+    def _served_as_asked(self, ref: ModelRef | str) -> LoadedEntry | None:
+        """The entry a plain load of ``ref`` would replace with one just like it (the same record, spec,
+        batching and instances), or None. Triton does nothing for a load of a model without changes:
+        its instance keeps serving and its statistics keep counting."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        record = self.store.get(ref)
+        served = self._served.get((record.name, record.version))
+        if served is None or served.instances is not None or served.entry.record != record:
+            return None
+        policy = self.policy_for(self.store, record, self.profile)
+        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
+        batching = policy if policy is not None and served.entry.signature.batched else None
+        if served.entry.spec != spec or (served.batcher.policy if served.batcher else None) != batching:
+            return None
+        log.info("model served as asked", extra={"model": record.name, "version": record.version})
+        return served.entry
 
     def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
         """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs on (``_retire``)."""
