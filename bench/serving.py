@@ -718,6 +718,19 @@ def run_pinned_cells(
     front, runtime = cores
     extra = ("--frontend-cpus", format_cpu_list(front), "--runtime-cpus", format_cpu_list(runtime))
     rows: list[dict[str, Any]] = []
+
+    def batch1_rows(server: str, port: int, pid: int, watch: frozenset[int] | None) -> None:
+        """The batch-1 JSON cells against a reference server on the same cores."""
+        for items, conc, binary in PINNED_CELLS:
+            if binary:
+                continue
+            req = request_bytes(name, shape, port)
+            r = median_of([run_concurrent(port, req, conc, warmup, duration, pid, watch) for _ in range(repeats)])
+            row = {"model": name, "server": server, "batching": True, "concurrency": conc,
+                   "client": "raw-http-json", "items_per_request": items, **r}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
     proc, port = start_polystack(home, name, True, work, extra)
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, front)
@@ -739,15 +752,7 @@ def run_pinned_cells(
             answer = _read_response(s, bytearray()).split(b"\r\n\r\n", 1)[1]
         bare, bare_port = start_bare_server(answer, front, work)
         try:
-            for items, conc, binary in PINNED_CELLS:
-                if binary:
-                    continue
-                req = request_bytes(name, shape, bare_port)
-                r = median_of([run_concurrent(bare_port, req, conc, warmup, duration, bare.pid) for _ in range(repeats)])
-                row = {"model": name, "server": "bare (canned answer)", "batching": True, "concurrency": conc,
-                       "client": "raw-http-json", "items_per_request": items, **r}  # fmt: skip
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            batch1_rows("bare (canned answer)", bare_port, bare.pid, None)
         finally:
             stop(bare)
         minimal, minimal_port = start_minimal_server(model, cores, work)
@@ -759,20 +764,7 @@ def run_pinned_cells(
             got, want = (np.asarray(json.loads(a)["outputs"][0]["data"]) for a in (mine, answer))
             if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
                 raise RuntimeError(f"the minimal server's answer differs from polystack's: {mine[:200]!r}")
-            for items, conc, binary in PINNED_CELLS:
-                if binary:
-                    continue
-                req = request_bytes(name, shape, minimal_port)
-                r = median_of(
-                    [
-                        run_concurrent(minimal_port, req, conc, warmup, duration, minimal.pid, runtime)
-                        for _ in range(repeats)
-                    ]
-                )
-                row = {"model": name, "server": "minimal (python, batching)", "batching": True, "concurrency": conc,
-                       "client": "raw-http-json", "items_per_request": items, **r}  # fmt: skip
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            batch1_rows("minimal (python, batching)", minimal_port, minimal.pid, runtime)
         finally:
             stop(minimal)
     finally:

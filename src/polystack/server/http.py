@@ -251,31 +251,13 @@ class HttpApp:
         if rest == ["logging"]:
             return self._get_or_post(method, self.logging, [])
         if head == "systemsharedmemory":
-            if rest == ["systemsharedmemory", "status"]:
-                return self._only(method, b"GET", self.shm_status, [""])
-            if rest == ["systemsharedmemory", "unregister"]:
-                return self._only(method, b"POST", self.shm_unregister, [""])
-            if len(rest) == 4 and rest[1] == "region" and rest[2]:
-                action = rest[3]
-                if action == "status":
-                    return self._only(method, b"GET", self.shm_status, [rest[2]])
-                if action == "register":
-                    return self._only(method, b"POST", self.shm_register, [rest[2]])
-                if action == "unregister":
-                    return self._only(method, b"POST", self.shm_unregister, [rest[2]])
+            routed = self._shared_memory(method, rest[1:], self.shm_status, self.shm_register, self.shm_unregister)
+            if routed is not None:
+                return routed
         if head == "cudasharedmemory":
-            if rest == ["cudasharedmemory", "status"]:
-                return self._only(method, b"GET", self.cuda_status, [""])
-            if rest == ["cudasharedmemory", "unregister"]:
-                return self._only(method, b"POST", self.cuda_unregister, [""])
-            if len(rest) == 4 and rest[1] == "region" and rest[2]:
-                action = rest[3]
-                if action == "status":
-                    return self._only(method, b"GET", self.cuda_status, [rest[2]])
-                if action == "register":
-                    return self._only(method, b"POST", self.cuda_register, [rest[2]])
-                if action == "unregister":
-                    return self._only(method, b"POST", self.cuda_unregister, [rest[2]])
+            routed = self._shared_memory(method, rest[1:], self.cuda_status, self.cuda_register, self.cuda_unregister)
+            if routed is not None:
+                return routed
         if head == "repository":
             if rest == ["repository", "index"]:
                 return self._only(method, b"POST", self.repository_index, [])
@@ -283,6 +265,20 @@ class HttpApp:
                 handler = self.repository_load if rest[3] == "load" else self.repository_unload
                 return self._only(method, b"POST", handler, [rest[2]])
         return error_response(NotFound(f"no route {path!r}; see GET /v2 and the Open Inference Protocol v2"))
+
+    def _shared_memory(
+        self, method: bytes, rest: list[str], status: Handler, register: Handler, unregister: Handler
+    ) -> tuple[Handler, list[str]] | Response | None:
+        """The paths both shared memory extensions share, after ``/v2/{system,cuda}sharedmemory/``."""
+        if rest == ["status"]:
+            return self._only(method, b"GET", status, [""])
+        if rest == ["unregister"]:
+            return self._only(method, b"POST", unregister, [""])
+        if len(rest) == 3 and rest[0] == "region" and rest[1]:
+            handler = {"status": status, "register": register, "unregister": unregister}.get(rest[2])
+            if handler is not None:
+                return self._only(method, b"GET" if handler is status else b"POST", handler, [rest[1]])
+        return None
 
     @staticmethod
     def _only(method: bytes, want: bytes, handler: Handler, args: list[str]) -> tuple[Handler, list[str]] | Response:
