@@ -96,9 +96,14 @@ def test_unknown_model_and_version_are_404(raw: Raw) -> None:
     check_error(raw, status, doc, 404)
     status, doc = raw.json("GET", "/v2/nowhere")
     check_error(raw, status, doc, 404, "no route")
-    for path in ("/v2/models/mlp/versions/99999999999999999999999", "/v2/models/mlp/versions/9223372036854775808/config"):
+    for path in (
+        "/v2/models/mlp/versions/99999999999999999999999",
+        "/v2/models/mlp/versions/9223372036854775808/config",
+        "/v2/models/mlp/versions/" + "9" * 5000,  # past Python's 4,300 digits for int(): was a 500
+    ):
         status, doc = raw.json("GET", path)
         check_error(raw, status, doc, 404, "version", "is not found")
+    assert raw.json("GET", "/v2/models/mlp/versions/" + "0" * 5000 + "1")[0] == 200  # leading zeros: version 1
 
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:

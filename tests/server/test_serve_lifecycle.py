@@ -384,6 +384,28 @@ def test_a_load_of_a_model_served_as_it_asks_changes_nothing(model_store: tuple[
         st.stop()
 
 
+def test_a_plain_load_replaces_a_model_the_engine_reloaded_behind_the_server(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """An entry the engine no longer routes to (code sharing the engine reloaded the model, or a load
+    failed after the engine swapped) is not "served as asked": a plain load puts the server's own
+    instance, batcher and all, back in front."""
+    store, records = model_store
+    register_like(store, records["mlp"], "behind")
+    policy = BatchPolicy(max_batch_size=4, max_queue_delay_ms=1)
+    st = start(store, models=["behind"], allow_model_control=True, policy_for=lambda *_: policy)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert "dynamic_batching" in client.get_model_config("behind")
+        st.server.engine.load("behind")  # behind the server's back: served unbatched from now on
+        assert "dynamic_batching" not in client.get_model_config("behind")
+        client.load_model("behind")
+        assert "dynamic_batching" in client.get_model_config("behind")
+        assert client.infer("behind", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
+    finally:
+        st.stop()
+
+
 def test_a_version_no_longer_served_leaves_metrics(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
 ) -> None:

@@ -95,9 +95,14 @@ def parse_version(name: str, version: str | None) -> int | None:
             f"failed to get model version from specified version string {version!r}: a version is an "
             f"integer > 0; model {name!r}'s versions are listed by GET /v2/models/{name}"
         )
-    if not 1 <= int(version) <= _MAX_VERSION:
-        raise VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; versions are 1 and up")
-    return int(version)
+    digits = version.lstrip("0")
+    # the length first: int() refuses strings of over 4,300 digits with a ValueError (a 500)
+    if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
+        raise VersionNotFound(
+            f"Request for unknown model: {name!r} version {version[:40]}{'...' if len(version) > 40 else ''} "
+            "is not found; versions are 1 and up"
+        )
+    return int(digits)
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
@@ -271,6 +276,11 @@ class DataPlane:
         record = self.store.get(ref)
         served = self._served.get((record.name, record.version))
         if served is None or served.instances is not None or served.entry.record != record:
+            return None
+        try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
+            if self.engine.get(record.name, record.version) is not served.entry:
+                return None
+        except PolystackError:
             return None
         policy = self.policy_for(self.store, record, self.profile)
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
@@ -669,7 +679,8 @@ class DataPlane:
         try:
             await self._repository_load(name, parameters or {})
         except PolystackError as e:  # Triton's words first (its model control examples look for them)
-            raise type(e)(f"failed to load {name!r}: {e.message}") from e
+            e.args = (f"failed to load {name!r}: {e.message}", *e.args[1:])  # the same error, whatever its type
+            raise
 
     async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")
