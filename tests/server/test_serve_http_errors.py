@@ -104,6 +104,9 @@ def test_unknown_model_and_version_are_404(raw: Raw) -> None:
         status, doc = raw.json("GET", path)
         check_error(raw, status, doc, 404, "version", "is not found")
     assert raw.json("GET", "/v2/models/mlp/versions/" + "0" * 5000 + "1")[0] == 200  # leading zeros: version 1
+    status, doc = raw.json("GET", "/v2/models/mlp/versions/" + "x" * 5000)
+    check_error(raw, status, doc, 400, "'" + "x" * 40 + "...'")
+    assert len(doc["error"]) < 300  # not the whole string back
 
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:

@@ -90,18 +90,16 @@ def parse_version(name: str, version: str | None) -> int | None:
     Triton's words (its client examples look for them); a number no version has is not found."""
     if not version:
         return None
+    shown = version if len(version) <= 40 else version[:40] + "..."  # a URL may be 64 KiB: not all echoed back
     if not (version.isascii() and version.isdigit()):
         raise InvalidRequest(
-            f"failed to get model version from specified version string {version!r}: a version is an "
+            f"failed to get model version from specified version string {shown!r}: a version is an "
             f"integer > 0; model {name!r}'s versions are listed by GET /v2/models/{name}"
         )
     digits = version.lstrip("0")
     # the length first: int() refuses strings of over 4,300 digits with a ValueError (a 500)
     if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
-        raise VersionNotFound(
-            f"Request for unknown model: {name!r} version {version[:40]}{'...' if len(version) > 40 else ''} "
-            "is not found; versions are 1 and up"
-        )
+        raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
 
 
