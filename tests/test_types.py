@@ -23,8 +23,8 @@ def test_parse_refuses_an_unknown_datatype_naming_the_known_ones() -> None:
         DType.parse("FP8")
 
 
-def test_numpy_dtypes_are_the_same_each_time() -> None:
-    assert DType.FP32.numpy is DType.FP32.numpy  # built once, not per request
+def test_numpy_dtypes_are_numpys_own() -> None:
+    assert DType.FP32.numpy is DType.FP32.numpy
     assert DType.FP32.numpy == np.dtype(np.float32)
     assert DType.BF16.numpy.name == "bfloat16"
     assert DType.BYTES.numpy == np.dtype(object)

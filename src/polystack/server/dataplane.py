@@ -65,6 +65,16 @@ SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a load would serve (``DataPlane._plan``)."""
+
+    record: ModelRecord
+    spec: LoadSpec
+    policy: BatchPolicy | None
+    instances: int | None  # an unbatched model's own threads (None: the shared pool)
+
+
 @dataclass
 class _Served:
     entry: LoadedEntry
@@ -196,6 +206,10 @@ class DataPlane:
     def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """Load one model (latest version unless given) with the spec and batch policy for the profile,
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
+        return self._apply(self._plan(ref, config), config)
+
+    def _plan(self, ref: ModelRef | str, config: str | None) -> _Plan:
+        """What a load of ``ref`` would serve: its record, spec, batch policy and own instances."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         policy = self.policy_for(self.store, record, self.profile)
@@ -209,6 +223,11 @@ class DataPlane:
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
+        return _Plan(record, spec, policy, instances)
+
+    def _apply(self, plan: _Plan, config: str | None) -> LoadedEntry:
+        """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
+        record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
         entry, replaced = self.engine.swap(record.ref, spec)
         key = (entry.name, entry.version)
         self.metrics.serving(entry.name, str(entry.version))
@@ -260,30 +279,28 @@ class DataPlane:
         """A repository load: the version it loads is the only one of its name served afterwards, as
         under Triton's default version policy (the latest version), so loads never pile up old ones.
         A load without a config of a version already served as it would serve it changes nothing."""
-        entry = (self._served_as_asked(ref) if config is None else None) or self.load(ref, config)
+        plan = self._plan(ref, config)
+        entry = (self._served_as(plan) if config is None else None) or self._apply(plan, config)
         retired = self._unload_versions(entry.name, keep=entry.version)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": entry.version})
         return entry
 
-    def _served_as_asked(self, ref: ModelRef | str) -> LoadedEntry | None:
-        """The entry a plain load of ``ref`` would replace with one just like it (the same record, spec,
+    def _served_as(self, plan: _Plan) -> LoadedEntry | None:
+        """The entry a plain load with ``plan`` would replace with one just like it (the same record, spec,
         batching and instances), or None. Triton does nothing for a load of a model without changes:
         its instance keeps serving and its statistics keep counting."""
-        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        record = self.store.get(ref)
+        record = plan.record
         served = self._served.get((record.name, record.version))
-        if served is None or served.instances is not None or served.entry.record != record:
+        if served is None or served.instances != plan.instances or served.entry.record != record:
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
                 return None
         except PolystackError:
             return None
-        policy = self.policy_for(self.store, record, self.profile)
-        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
-        batching = policy if policy is not None and served.entry.signature.batched else None
-        if served.entry.spec != spec or (served.batcher.policy if served.batcher else None) != batching:
+        batching = plan.policy if plan.policy is not None and served.entry.signature.batched else None
+        if served.entry.spec != plan.spec or (served.batcher.policy if served.batcher else None) != batching:
             return None
         log.info("model served as asked", extra={"model": record.name, "version": record.version})
         return served.entry
