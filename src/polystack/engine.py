@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,9 +190,15 @@ class Engine:
             old.model.close()
         return entry
 
-    def swap(self, ref: ModelRef | str, spec: LoadSpec | None = None) -> tuple[LoadedEntry, LoadedEntry | None]:
+    def swap(
+        self,
+        ref: ModelRef | str,
+        spec: LoadSpec | None = None,
+        prepare: Callable[[LoadedEntry], None] | None = None,
+    ) -> tuple[LoadedEntry, LoadedEntry | None]:
         """Load one model version and route to it; (the new entry, the one it replaced, left open for
-        the caller to close when what it queued for it has run)."""
+        the caller to close when what it queued for it has run). ``prepare`` runs on the new entry before
+        anything is routed to it (a warm-up); if it raises, the entry closes and routing stays as it was."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         spec = spec or default_spec(self.store, record)
@@ -216,6 +222,12 @@ class Engine:
             options=options,
             load_time_s=time.perf_counter() - started,
         )
+        if prepare is not None:
+            try:
+                prepare(entry)
+            except BaseException:
+                entry.model.close()
+                raise
         with self._lock:
             old = self._models.get((record.name, record.version))
             self._models[(record.name, record.version)] = entry

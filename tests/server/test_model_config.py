@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from polystack.batching import BatchPolicy
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
 from polystack.server import model_config
+from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
 
@@ -67,3 +71,35 @@ def test_label_files_are_named_by_output() -> None:
     assert model_config.label_files(text) == {"y": "classes.txt"}
     with pytest.raises(InvalidRequest, match="no output"):
         model_config.label_files('{"output": [{"label_filename": "classes.txt"}]}')
+
+
+def test_warmup_samples_are_read_with_the_batch_left_out_of_their_dims() -> None:
+    def config(dims: list[int], **more: object) -> str:
+        inputs = {"x": {"data_type": "TYPE_FP32", "dims": dims, "random_data": True}}
+        return json.dumps({**more, "model_warmup": [{"name": "w", "batch_size": 8, "count": 2, "inputs": inputs}]})
+
+    batched = model_config.read(config([4], dynamic_batching={}), RECORD, SPEC, PLAN).warmup
+    assert batched == (WarmupSample("w", 8, 2, (WarmupInput("x", DType.FP32, (4,), True),), batched=True),)
+    assert batched[0].calls == 2  # one batch of 8 rows, twice
+    # max_batch_size 0 (Triton's: no batching): the dims hold the whole shape, in samples of batch size 1
+    unbatched = model_config.read(config([8, 4], max_batch_size=0).replace('"batch_size": 8', '"batch_size": 1'),
+                                  RECORD, SPEC, PLAN).warmup  # fmt: skip
+    assert unbatched[0].calls == 2 and unbatched[0].arrays(np.random.default_rng(0))["x"].shape == (8, 4)
+
+
+def test_a_warmup_inputs_data_is_the_field_it_sets_whatever_its_value() -> None:
+    """Triton's oneof: ``"zero_data": false`` still asks for zeros ("the value ... will not be checked")."""
+    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": False}}
+    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
+    (chosen,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    assert chosen.inputs[0].random is False and chosen.name == "sample 0"
+
+
+def test_a_warmup_sample_too_large_to_allocate_is_refused() -> None:
+    """Within every dimension the model takes, a sample can still ask for gigabytes: it is refused."""
+    wide = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
+    record = dataclasses.replace(RECORD, signature=wide)
+    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [1 << 26], "zero_data": True}}
+    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 2, "inputs": inputs}]})
+    with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
+        model_config.read(text, record, SPEC, PLAN)

@@ -292,7 +292,8 @@ REFUSED = [
     (json.dumps({"sequence_batching": {}}), "sequence batching"),  # present, even empty, it turns it on
     (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),
     (json.dumps({"version_policy": {"all": {}}}), "one version"),
-    (json.dumps({"model_warmup": [{"name": "w"}]}), "warm-up"),
+    (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),
+    (json.dumps({"model_warmup": {"name": "w"}}), "list of warm-up samples"),
     (
         json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}}),
         "plan",

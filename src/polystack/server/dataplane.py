@@ -48,10 +48,11 @@ from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
-from polystack.server import model_config, model_files, status
+from polystack.server import model_config, model_files, status, warmup
 from polystack.server.logs import LogSettings
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
+from polystack.server.warmup import WarmupSample
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
 
@@ -73,6 +74,7 @@ class _Plan:
     spec: LoadSpec
     policy: BatchPolicy | None
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
+    warmup: tuple[WarmupSample, ...] = ()  # run before it is routed to (a config's model_warmup)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class _Served:
     # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
     instances: int | None = None
     executor: ThreadPoolExecutor | None = None
+    warmup: tuple[WarmupSample, ...] = ()
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
 
     def close(self, wait: bool) -> None:
@@ -215,6 +218,7 @@ class DataPlane:
         policy = self.policy_for(self.store, record, self.profile)
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
+        samples: tuple[WarmupSample, ...] = ()
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             chosen = model_config.read(config, record, spec, policy)
             if chosen.batching != policy or chosen.instances is not None:
@@ -223,12 +227,17 @@ class DataPlane:
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
-        return _Plan(record, spec, policy, instances)
+            samples = chosen.warmup
+        return _Plan(record, spec, policy, instances, samples)
 
     def _apply(self, plan: _Plan, config: str | None) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
         record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
-        entry, replaced = self.engine.swap(record.ref, spec)
+
+        def warm_up(entry: LoadedEntry) -> None:
+            warmup.run(entry.model, plan.warmup, f"{record.name}:{record.version}")
+
+        entry, replaced = self.engine.swap(record.ref, spec, warm_up if plan.warmup else None)
         key = (entry.name, entry.version)
         self.metrics.serving(entry.name, str(entry.version))
         old = self._served.get(key)
@@ -246,7 +255,7 @@ class DataPlane:
             executor = ThreadPoolExecutor(
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
-        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor)
+        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor, plan.warmup)
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
@@ -262,7 +271,8 @@ class DataPlane:
             "instances": self._instances(served),
         }
         if config is not None:
-            extra["config"] = model_config.render(entry, batcher, self._instances(served))  # what the config made of it
+            # what the config made of it
+            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.warmup)
         log.info("model loaded", extra=extra)
         return entry
 
@@ -293,6 +303,8 @@ class DataPlane:
         record = plan.record
         served = self._served.get((record.name, record.version))
         if served is None or served.instances != plan.instances or served.entry.record != record:
+            return None
+        if served.warmup != plan.warmup:  # GET config would show warm-up samples the plan no longer has
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
@@ -482,7 +494,7 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
-        return model_config.render(served.entry, served.batcher, self._instances(served))
+        return model_config.render(served.entry, served.batcher, self._instances(served), served.warmup)
 
     def _instances(self, served: _Served) -> int:
         """How many of a model's requests (or batches) run at once."""

@@ -2,13 +2,14 @@
 extension) and read from a repository load's ``config`` parameter (the model repository extension).
 
 A load's config replaces polystack's own choice of *scheduling* for that load, as Triton's replaces
-config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and ``instance_group``.
+config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and ``instance_group``;
+its ``model_warmup`` samples (``warmup.py``) run before the load routes to the new instance.
 What it leaves out means what it means to Triton (protobuf's zero: no queue delay, no queue limit, no
 default timeout), except ``max_batch_size`` and the instance count, which polystack fills with its
 own choice for the model, as Triton's auto-complete fills them from the model.
 What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
-Triton-only features would read (sequence batching, ensembles, warm-up, ...) are accepted at their
+Triton-only features would read (sequence batching, ensembles, ...) are accepted at their
 defaults, so that a config copied from a Triton server loads, and refused otherwise. Both field
 spellings of protobuf's JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers
 as numbers or strings.
@@ -25,6 +26,7 @@ from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec
+from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, TensorSpec
 
@@ -33,6 +35,7 @@ _UINT32_MAX = (1 << 32) - 1
 _MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
 _MAX_INSTANCES = 256  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
+_MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
 # these is refused as not Triton's
@@ -57,17 +60,21 @@ _TRITON = {
         "is_non_linear_format_io",
     },
     "output": {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor", "is_non_linear_format_io"},
+    "model_warmup": {"name", "batch_size", "inputs", "count"},
+    "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
 }  # fmt: skip
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
-               "dynamic_batching", "parameters"},
+               "dynamic_batching", "parameters", "model_warmup"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
     "instance_group": {"name", "kind", "count", "gpus"},
     "input": {"name", "data_type", "dims"},
     "output": {"name", "data_type", "dims", "label_filename"},
+    "model_warmup": _TRITON["model_warmup"],
+    "model_warmup.input": _TRITON["model_warmup.input"],
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -86,7 +93,6 @@ _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 _UNSUPPORTED = {
     "sequence_batching": "polystack has no sequence batching (stateful models)",
     "ensemble_scheduling": "polystack has no ensembles; chain models in the client",
-    "model_warmup": "polystack does not run warm-up requests from the config",
     "response_cache": "polystack has no response cache",
     "model_transaction_policy": "polystack has no decoupled models",
     "batch_input": "polystack has no ragged batching",
@@ -106,11 +112,14 @@ class LoadConfig:
     batching: BatchPolicy | None
     max_batch_size: int | None
     instances: int | None = None
+    warmup: tuple[WarmupSample, ...] = ()  # run once loaded, before it is routed to (Triton's model_warmup)
 
 
-def render(entry: LoadedEntry, batcher: DynamicBatcher | None, instances: int) -> dict[str, Any]:
+def render(
+    entry: LoadedEntry, batcher: DynamicBatcher | None, instances: int, warmup: tuple[WarmupSample, ...] = ()
+) -> dict[str, Any]:
     """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
-    with ``instances`` of its requests (or batches) running at once."""
+    with ``instances`` of its requests (or batches) running at once, warmed up with ``warmup``."""
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
     if merging:
@@ -152,7 +161,21 @@ def render(entry: LoadedEntry, batcher: DynamicBatcher | None, instances: int) -
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
             "default_queue_policy": queue,
         }
+    if warmup:
+        config["model_warmup"] = [_render_warmup(w) for w in warmup]
     return config
+
+
+def _render_warmup(sample: WarmupSample) -> dict[str, Any]:
+    inputs = {
+        i.name: {
+            "data_type": _data_type(i.dtype),
+            "dims": list(i.dims),
+            "random_data" if i.random else "zero_data": True,
+        }
+        for i in sample.inputs
+    }
+    return {"name": sample.name, "batch_size": sample.batch_size, "inputs": inputs, "count": sample.count}
 
 
 def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
@@ -188,11 +211,13 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
     groups = config.get("instance_group")
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
+    batching: BatchPolicy | None = None
+    rows: int | None = None  # unbatched: the most rows a request may hold
     if dynamic is None:
         # Triton's default scheduler: each instance runs one request at a time, the others queue
         if max_batch is None:  # polystack's own: the variant's limit
             max_batch = limit if batched and limit else 0
-        result = LoadConfig(None, max_batch or None, instances)
+        rows = max_batch or None
     else:
         if not batched:
             raise InvalidRequest(
@@ -206,9 +231,9 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
             max_batch = min(max_batch, limit) if limit else max_batch
         if instances is None:
             instances = default.instances if default else 1
-        result = LoadConfig(_batching(dynamic, max_batch, instances), None)
+        batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     _tensors(config, record, max_batch)
-    return result
+    return LoadConfig(batching, rows, instances, _warmups(config.get("model_warmup"), record, max_batch))
 
 
 def label_files(text: str) -> dict[str, str]:
@@ -270,6 +295,83 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         instances=instances,
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
     )
+
+
+def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSample, ...]:
+    """The config's ``model_warmup`` samples, checked against the model: every input named once with the
+    model's type and dims, zeros or random values, and a batch that fits ``max_batch`` (0: unbatched)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("model_warmup must be a list of warm-up samples")
+    samples = []
+    for i, item in enumerate(value):
+        where = f"model_warmup[{i}]"
+        d = _message(item, where, "model_warmup")
+        name = _string(d, "name", where) or f"sample {i}"
+        batch_size = _int(d, "batch_size", where, 0, _UINT32_MAX)
+        if batch_size > max(1, max_batch):
+            raise InvalidRequest(
+                f"{where} ({name}) has batch_size {batch_size}, over the model's max_batch_size {max_batch}; "
+                + (f"use 1 to {max_batch}" if max_batch else "a model without batching takes samples of batch_size 1")
+            )
+        count = _int(d, "count", where, 0, _UINT32_MAX)
+        inputs = d.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise InvalidRequest(f"{where}.inputs must be an object of {{input name: warm-up input}}")
+        sig = record.signature
+        unknown = [k for k in inputs if k not in sig.input_names]
+        if unknown:
+            raise InvalidRequest(
+                f"{where} ({name}) names input {quote(unknown[0])}, which {record.name!r} does not take; its inputs "
+                f"are {', '.join(sig.input_names)}"
+            )
+        missing = [n for n in sig.input_names if n not in inputs]
+        if missing and batch_size:
+            raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
+        parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch) for t in sig.inputs
+                       if t.name in inputs)  # fmt: skip
+        size = sum(batch_size * _elements(w.dims) * max(w.dtype.itemsize, 4) for w in parsed)
+        if size > _MAX_WARMUP_BYTES:
+            raise InvalidRequest(
+                f"{where} ({name}) would take {size:,} bytes of inputs; polystack runs warm-up samples of at most "
+                f"{_MAX_WARMUP_BYTES:,} bytes: use smaller dims or batch_size"
+            )
+        samples.append(WarmupSample(name, batch_size, count, parsed, batched=max_batch > 0))
+    return tuple(samples)
+
+
+def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> WarmupInput:
+    d = _message(value, where, "model_warmup.input")
+    want = _data_type(t.dtype)
+    got = _string(d, "data_type", where)
+    if got != want:
+        raise InvalidRequest(f"{where} has data_type {quote(got or None)}, but the model's input is {want}")
+    dims = _int_list(d.get("dims", []), f"{where}.dims", 0)  # Triton: every variable-size dimension given
+    model_dims = _dims(t, max_batch)
+    if len(dims) != len(model_dims) or any(m not in (-1, g) for m, g in zip(model_dims, dims, strict=True)):
+        raise InvalidRequest(
+            f"{where} has dims {dims}, which the model's {model_dims} (max_batch_size {max_batch}) do not take; "
+            "give every dimension, with a size for each -1"
+        )
+    if d.get("input_data_file"):
+        raise InvalidRequest(
+            f"{where} reads input_data_file {quote(d['input_data_file'])}, but polystack has no model directory "
+            "to read it from; use zero_data or random_data"
+        )
+    # a oneof: the field set chooses, whatever its value (Triton: "the value ... will not be checked")
+    chosen = [k for k in ("zero_data", "random_data") if k in d]
+    if len(chosen) != 1:
+        raise InvalidRequest(f"{where} must set one of zero_data or random_data, not {' and '.join(chosen) or 'neither'}")
+    _bool(d, chosen[0], where)
+    return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
+
+
+def _elements(dims: tuple[int, ...]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:

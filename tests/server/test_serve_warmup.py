@@ -1,0 +1,197 @@
+"""Warm-up samples in a load's config (Triton's ``model_warmup``): they run on the new instance before
+anything is routed to it, every type can be warmed, they count in no statistics, and a sample the
+model fails fails the load while the instance it would have replaced keeps serving."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import caught_logs, mlp_ones, register_like, start
+from tritonclient.utils import InferenceServerException
+
+from polystack.formats import import_model
+from polystack.server.app import ServerThread
+from polystack.store import ModelRecord, Store
+
+
+def _embedding_onnx(path: Path) -> Path:
+    """ids INT64 [batch, 3] -> rows of a 10 x 4 table: any id outside 0..9 fails in the runtime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["emb"])],
+        "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", 3, 4])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    store, records = model_store
+    register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
+    work = tmp_path_factory.mktemp("warmup")
+    imported = import_model(_embedding_onnx(work / "embed.onnx"), work / "import")
+    store.register(imported.artifact, name="embed", format=imported.format, signature=imported.signature)
+    st = start(
+        store, models=["mlp", "slow200", "embed", "ident64", "ident8", "notb", "strid"], allow_model_control=True
+    )
+    yield st
+    st.stop()
+
+
+def sample(inputs: dict[str, Any], batch_size: int = 1, count: int = 0, name: str = "w") -> dict[str, Any]:
+    return {"name": name, "batch_size": batch_size, "inputs": inputs, "count": count}
+
+
+def warmup_config(*samples: dict[str, Any], **config: Any) -> str:
+    return json.dumps({**config, "model_warmup": list(samples)})
+
+
+def test_a_load_runs_its_samples_before_routing_and_config_shows_them(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=4, count=3)
+    began = time.monotonic()
+    with caught_logs("polystack.server") as logs:
+        client.load_model("slow200", config=warmup_config(w, max_batch_size=8))
+    took = time.monotonic() - began
+    assert took >= 0.6  # three calls of 200 ms, one batch of 4 rows each, before the load answered
+    assert [r.samples for r in logs if r.getMessage() == "model warmed up"] == [["w"]]  # type: ignore[attr-defined]
+    config = client.get_model_config("slow200")
+    assert config["model_warmup"] == [w]  # as given, so that reading the config and loading it keeps them
+    stats = client.get_inference_statistics("slow200")["model_stats"][0]
+    assert stats["inference_count"] == 0 and stats["execution_count"] == 0  # warm-up calls are not requests
+    assert client.infer("slow200", [mlp_ones(2)]).as_numpy("y").shape == (2, 4)
+    # read, loaded back unchanged: warmed again; a plain load goes back to the plan, which has none
+    client.load_model("slow200", config=json.dumps(config))
+    assert client.get_model_config("slow200")["model_warmup"] == [w]
+    client.load_model("slow200")
+    assert "model_warmup" not in client.get_model_config("slow200")
+
+
+def test_a_model_without_batching_is_warmed_with_requests_of_its_whole_shape(server: ServerThread) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [3, 16], "zero_data": True}}, count=3)
+    began = time.monotonic()
+    client.load_model("slow200", config=warmup_config(w, max_batch_size=0))  # the dims then hold the batch too
+    assert time.monotonic() - began >= 0.6  # three requests of [3, 16], one after the other
+    try:
+        rendered = client.get_model_config("slow200", as_json=True)["config"]["model_warmup"]
+        assert rendered == [
+            {
+                "name": "w",
+                "batch_size": 1,
+                "count": 3,  # protobuf's JSON: 64-bit ints as strings
+                "inputs": {"x": {"data_type": "TYPE_FP32", "dims": ["3", "16"], "zero_data": True}},
+            }
+        ]
+    finally:
+        client.load_model("slow200")
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "data_type", "dims"),
+    [
+        ("ident64", "a", "TYPE_INT64", [4]),
+        ("ident8", "a", "TYPE_INT8", [2]),
+        ("notb", "p", "TYPE_BOOL", [3]),
+        ("strid", "s", "TYPE_STRING", [2]),  # empty strings, random or not, as Triton's
+        ("mlp", "x", "TYPE_FP32", [16]),
+    ],
+)
+@pytest.mark.parametrize("data", ["zero_data", "random_data"])
+def test_every_type_can_be_warmed_with_zeros_or_random_values(
+    server: ServerThread, model: str, name: str, data_type: str, dims: list[int], data: str
+) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    w = sample({name: {"data_type": data_type, "dims": dims, data: True}}, batch_size=2, count=2)
+    client.load_model(model, config=warmup_config(w, max_batch_size=8))
+    try:
+        assert client.get_model_config(model)["model_warmup"] == [w]
+    finally:
+        client.load_model(model)
+
+
+def test_a_sample_the_model_fails_fails_the_load_and_the_model_keeps_serving(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    zeros = sample({"ids": {"data_type": "TYPE_INT64", "dims": [3], "zero_data": True}}, name="zeros")
+    client.load_model("embed", config=warmup_config(zeros, max_batch_size=4))
+    random = sample({"ids": {"data_type": "TYPE_INT64", "dims": [3], "random_data": True}}, name="ids")
+    with pytest.raises(InferenceServerException) as e:  # random ids fall outside the 10-row table
+        client.load_model("embed", config=warmup_config(zeros, random, max_batch_size=4))
+    assert e.value.status() == "400"
+    assert e.value.message().startswith("failed to load 'embed': failed to run warmup sample 'ids': ")
+    assert client.is_model_ready("embed")  # the instance the load would have replaced serves on
+    assert client.get_model_config("embed")["model_warmup"] == [zeros]
+    ids = httpclient.InferInput("ids", [1, 3], "INT64")
+    ids.set_data_from_numpy(np.array([[0, 1, 9]], np.int64))
+    assert client.infer("embed", [ids]).as_numpy("emb")[0, 2].tolist() == [36.0, 37.0, 38.0, 39.0]
+    client.load_model("embed")
+
+
+def test_a_sample_of_batch_size_0_is_skipped_as_triton_skips_it(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    skipped = sample({}, batch_size=0, name="nothing")  # no inputs either: it never runs
+    began = time.monotonic()
+    client.load_model("slow200", config=warmup_config(skipped, max_batch_size=8))
+    try:
+        assert time.monotonic() - began < 0.2
+    finally:
+        client.load_model("slow200")
+
+
+REFUSED: list[tuple[dict[str, Any], int, str]] = [
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16], "input_data_file": "x.bin"}}, 1, "no model directory"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16]}}, 1, "one of zero_data or random_data, not neither"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True, "random_data": True}}, 1, "not zero_data and"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": "yes"}}, 1, "true or false"),
+    ({"x": {"data_type": "TYPE_INT64", "dims": [16], "zero_data": True}}, 1, "TYPE_FP32"),
+    ({"x": {"dims": [16], "zero_data": True}}, 1, "data_type None"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [8], "zero_data": True}}, 1, "dims [8]"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [-1], "zero_data": True}}, 1, "from 0 to"),  # sizes, not -1
+    ({"x": {"data_type": "TYPE_FP32", "dims": [1, 16], "zero_data": True}}, 1, "dims [1, 16]"),  # no batch dim
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, 65, "over the model's max_batch_size 64"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [1 << 30], "zero_data": True}}, 1, "dims"),
+    ({"nope": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, 1, "'nope'"),
+    ({}, 1, "no data for input 'x'"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True, "frobnicate": 1}}, 1, "frobnicate"),
+    ({"x": [1, 2]}, 1, "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("inputs", "batch_size", "why"), REFUSED)
+def test_a_sample_that_does_not_fit_the_model_is_refused_before_anything_loads(
+    server: ServerThread, inputs: dict[str, Any], batch_size: int, why: str
+) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    before = client.get_model_config("mlp")
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("mlp", config=warmup_config(sample(inputs, batch_size=batch_size)))
+    assert e.value.status() == "400" and why in e.value.message(), e.value.message()
+    assert e.value.message().startswith("failed to load 'mlp': model_warmup[0]")
+    assert client.get_model_config("mlp") == before
+
+
+def test_a_model_without_batching_takes_samples_of_batch_size_1(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [2, 16], "zero_data": True}}, batch_size=2)
+    with pytest.raises(InferenceServerException, match="batch_size 1"):
+        client.load_model("slow200", config=warmup_config(w, max_batch_size=0))
