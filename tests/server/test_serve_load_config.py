@@ -380,3 +380,21 @@ def test_the_config_parameter_must_be_a_string(server: ServerThread) -> None:
     status, doc = raw.json("POST", "/v2/repository/models/nope/load", {"parameters": {"config": "{}"}})
     assert status == 404
     raw.infer_ok()
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"parameters": [1]}', "'parameters' must be an object"),
+        (b'{"parameters": {"config": "{}", "file:1/model.onnx": 5}}', "base64"),
+    ],
+)
+def test_a_load_the_http_adapter_refuses_says_failed_to_load_first_as_every_refused_load(
+    server: ServerThread, body: bytes, why: str
+) -> None:
+    # the data plane put Triton's "failed to load 'm': " before its refusals, but not before those of the
+    # HTTP body, read before it: client code looking for Triton's words missed them
+    status, _, data = Raw(server.http_port).request("POST", "/v2/repository/models/mlp/load", body)
+    error = json.loads(data)["error"]
+    assert status == 400 and error.startswith("failed to load 'mlp': ") and why in error, error

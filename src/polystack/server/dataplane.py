@@ -43,6 +43,7 @@ from polystack.errors import (
     PolystackError,
     Unavailable,
     VersionNotFound,
+    quote,
 )
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
@@ -114,6 +115,13 @@ def parse_version(name: str, version: str | None) -> int | None:
     if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
         raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
+
+
+def load_failed(name: str, e: PolystackError) -> PolystackError:
+    """``e``, a refused repository load of model ``name``, with Triton's words first (its model control
+    examples look for them): the same error, whatever its type, wherever it was raised."""
+    e.args = (f"failed to load {quote(name)}: {e.message}", *e.args[1:])  # a URL's name may be 64 KiB
+    return e
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
@@ -705,9 +713,8 @@ class DataPlane:
             raise InvalidRequest("a model name is required")
         try:
             await self._repository_load(name, parameters or {})
-        except PolystackError as e:  # Triton's words first (its model control examples look for them)
-            e.args = (f"failed to load {name!r}: {e.message}", *e.args[1:])  # the same error, whatever its type
-            raise
+        except PolystackError as e:
+            raise load_failed(name, e) from None
 
     async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")

@@ -37,7 +37,7 @@ from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, Polystac
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
 from polystack.server import model_files, status
-from polystack.server.dataplane import DataPlane
+from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
 
 log = logging.getLogger("polystack.server.http")
@@ -368,10 +368,13 @@ class HttpApp:
         return json_response(200, {})
 
     async def repository_load(self, req: Request, args: list[str]) -> Response:
-        params = self._json_body(req).get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InvalidRequest("'parameters' must be an object")
-        files = {k: _file_bytes(k, v) for k, v in params.items() if k.startswith(model_files.PREFIX)}
+        try:
+            params = self._json_body(req).get("parameters") or {}
+            if not isinstance(params, dict):
+                raise InvalidRequest("'parameters' must be an object")
+            files = {k: _file_bytes(k, v) for k, v in params.items() if k.startswith(model_files.PREFIX)}
+        except InvalidRequest as e:  # refused as the data plane refuses a load
+            raise load_failed(args[0], e) from None
         await self.plane.repository_load(args[0], {**params, **files})
         return json_response(200, {})
 
