@@ -1,7 +1,7 @@
 """Warm-up samples (Triton's ``model_warmup``): synthetic requests a model runs once it is loaded and
 before anything is routed to it, so that its first clients do not pay for first-call allocations or
-compilation (a JAX or torch.export model compiles per shape on its first call; OpenVINO's first call
-took 3-5 ms here against 0.2-0.4 ms warm).
+compilation (a JAX model, jitted, or a torch one under torch.compile compiles per shape on its first
+call; OpenVINO's first call took 3-5 ms here against 0.2-0.4 ms warm).
 
 As in Triton, a sample runs as one batch of ``batch_size`` rows of its ``dims`` when the model is
 batched (``max_batch_size`` > 0), and as one request of its ``dims`` otherwise (batch size 1); it runs
