@@ -92,7 +92,7 @@ def test_a_warmup_inputs_data_is_the_field_it_sets_whatever_its_value() -> None:
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": False}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
     (chosen,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
-    assert chosen.inputs[0].random is False and chosen.name == "sample 0"
+    assert chosen.inputs[0].random is False and chosen.name == ""  # kept as given: rendered back the same
 
 
 def test_a_warmup_sample_too_large_to_allocate_is_refused() -> None:
@@ -103,3 +103,25 @@ def test_a_warmup_sample_too_large_to_allocate_is_refused() -> None:
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 2, "inputs": inputs}]})
     with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
         model_config.read(text, record, SPEC, PLAN)
+
+
+def test_a_warmup_sample_of_bytes_counts_what_its_objects_cost() -> None:
+    """A BYTES element is a Python object and then a std::string in the runtime, not 4 bytes."""
+    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, -1)),), outputs=(TensorSpec("t", DType.BYTES, (-1, -1)),))
+    record = dataclasses.replace(RECORD, signature=strings)
+    inputs = {"s": {"data_type": "TYPE_STRING", "dims": [5_000_000], "zero_data": True}}
+    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
+    with pytest.raises(InvalidRequest, match="320,000,000 bytes"):
+        model_config.read(text, record, SPEC, PLAN)
+
+
+def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims() -> None:
+    """A batcher that stopped merging shows max_batch_size 0: its samples must load back as shown."""
+    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
+    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 3, "inputs": inputs, "count": 2}]})
+    (batched,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    shown = model_config._render_warmup(batched, 0)
+    assert shown == {"name": "", "batch_size": 1, "count": 2,
+                     "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3, 4], "zero_data": True}}}  # fmt: skip
+    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
+    assert back.arrays(np.random.default_rng(0))["x"].shape == batched.arrays(np.random.default_rng(0))["x"].shape

@@ -382,6 +382,13 @@ def test_the_config_parameter_must_be_a_string(server: ServerThread) -> None:
     raw.infer_ok()
 
 
+def test_a_refused_load_names_a_128_character_model_whole(server: ServerThread) -> None:
+    name = "m" * 128  # the longest name the store takes
+    with pytest.raises(InferenceServerException) as e:
+        httpclient.InferenceServerClient(server.http_url).load_model(name)
+    assert e.value.message().startswith(f"failed to load {name!r}: ")
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [

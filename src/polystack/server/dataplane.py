@@ -120,7 +120,8 @@ def parse_version(name: str, version: str | None) -> int | None:
 def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused repository load of model ``name``, with Triton's words first (its model control
     examples look for them): the same error, whatever its type, wherever it was raised."""
-    e.args = (f"failed to load {quote(name)}: {e.message}", *e.args[1:])  # a URL's name may be 64 KiB
+    # a URL's name may be 64 KiB; the store's are 128 characters at most, quoted whole
+    e.args = (f"failed to load {quote(name, 140)}: {e.message}", *e.args[1:])
     return e
 
 
@@ -243,7 +244,7 @@ class DataPlane:
         record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
 
         def warm_up(entry: LoadedEntry) -> None:
-            warmup.run(entry.model, plan.warmup, f"{record.name}:{record.version}")
+            warmup.run(entry.model, plan.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
         entry, replaced = self.engine.swap(record.ref, spec, warm_up if plan.warmup else None)
         key = (entry.name, entry.version)

@@ -36,6 +36,8 @@ _MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused
 _MAX_INSTANCES = 256  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 _MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
+_MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold the loader (other loads, a shutdown)
+_BYTES_ELEMENT = 64  # what a BYTES element costs the runtime (a Python bytes object, then a std::string)
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
 # these is refused as not Triton's
@@ -162,20 +164,25 @@ def render(
             "default_queue_policy": queue,
         }
     if warmup:
-        config["model_warmup"] = [_render_warmup(w) for w in warmup]
+        config["model_warmup"] = [_render_warmup(w, max_batch) for w in warmup]
     return config
 
 
-def _render_warmup(sample: WarmupSample) -> dict[str, Any]:
+def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
+    """``sample`` as the config shows it; a batched sample of a model now shown without batching (its
+    batcher stopped merging) has its batch in its dims, so that the config read back loads."""
+    batch_size, lead = sample.batch_size, tuple[int, ...]()
+    if sample.batched and not max_batch and batch_size:
+        batch_size, lead = 1, (sample.batch_size,)
     inputs = {
         i.name: {
             "data_type": _data_type(i.dtype),
-            "dims": list(i.dims),
+            "dims": [*lead, *i.dims],
             "random_data" if i.random else "zero_data": True,
         }
         for i in sample.inputs
     }
-    return {"name": sample.name, "batch_size": sample.batch_size, "inputs": inputs, "count": sample.count}
+    return {"name": sample.name, "batch_size": batch_size, "inputs": inputs, "count": sample.count}
 
 
 def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
@@ -305,10 +312,12 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
     if not isinstance(value, list):
         raise InvalidRequest("model_warmup must be a list of warm-up samples")
     samples = []
+    calls = 0
     for i, item in enumerate(value):
         where = f"model_warmup[{i}]"
         d = _message(item, where, "model_warmup")
-        name = _string(d, "name", where) or f"sample {i}"
+        given = _string(d, "name", where)  # kept as given: the config read back is the config loaded
+        name = given or f"sample {i}"
         batch_size = _int(d, "batch_size", where, 0, _UINT32_MAX)
         if batch_size > max(1, max_batch):
             raise InvalidRequest(
@@ -331,13 +340,21 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
             raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
         parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch) for t in sig.inputs
                        if t.name in inputs)  # fmt: skip
-        size = sum(batch_size * _elements(w.dims) * max(w.dtype.itemsize, 4) for w in parsed)
+        # random values are drawn wider (int64, float64) before the cast; BYTES are objects
+        size = sum(batch_size * _elements(w.dims) * (max(w.dtype.itemsize, 8) if w.dtype.itemsize else _BYTES_ELEMENT)
+                   for w in parsed)  # fmt: skip
         if size > _MAX_WARMUP_BYTES:
             raise InvalidRequest(
                 f"{where} ({name}) would take {size:,} bytes of inputs; polystack runs warm-up samples of at most "
                 f"{_MAX_WARMUP_BYTES:,} bytes: use smaller dims or batch_size"
             )
-        samples.append(WarmupSample(name, batch_size, count, parsed, batched=max_batch > 0))
+        calls += max(1, count) if batch_size else 0
+        if calls > _MAX_WARMUP_CALLS:
+            raise InvalidRequest(
+                f"{where} ({name}) brings the warm-up to {calls:,} runtime calls; polystack runs at most "
+                f"{_MAX_WARMUP_CALLS:,} for a load (its loads, unloads and shutdown wait for them): lower count"
+            )
+        samples.append(WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0))
     return tuple(samples)
 
 
@@ -354,7 +371,7 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> Warm
             f"{where} has dims {dims}, which the model's {model_dims} (max_batch_size {max_batch}) do not take; "
             "give every dimension, with a size for each -1"
         )
-    if d.get("input_data_file"):
+    if "input_data_file" in d:  # present, even empty: the oneof's third choice
         raise InvalidRequest(
             f"{where} reads input_data_file {quote(d['input_data_file'])}, but polystack has no model directory "
             "to read it from; use zero_data or random_data"

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from polystack.backends.base import CheckedModel
-from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.errors import InvalidRequest, PolystackError, Unavailable, quote
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server")
@@ -39,7 +40,7 @@ class WarmupInput:
 
 @dataclass(frozen=True)
 class WarmupSample:
-    name: str
+    name: str  # as the config gave it, maybe empty
     batch_size: int
     count: int  # as the config gave it: 0 runs the sample once
     inputs: tuple[WarmupInput, ...]
@@ -73,27 +74,30 @@ class WarmupSample:
         return max(1, self.count)
 
 
-def run(model: CheckedModel, samples: tuple[WarmupSample, ...], label: str) -> None:
+def run(
+    model: CheckedModel, samples: tuple[WarmupSample, ...], label: str, stopping: Callable[[], bool] = lambda: False
+) -> None:
     """Run ``samples`` on ``model`` (of model ``label``), in order; the first that fails raises, in
-    Triton's words, with the runtime's reason."""
-    if not samples:
-        return
+    Triton's words, with the runtime's reason. A shutdown (``stopping``) ends it between two calls: the
+    load fails, and the drain does not wait out the rest."""
     started = time.perf_counter()
     rng = np.random.default_rng(0)
-    for sample in samples:
+    ran = []
+    for n, sample in enumerate(samples):
         if sample.batch_size == 0:
             continue  # Triton skips these
+        name = sample.name or f"sample {n}"
         inputs = sample.arrays(rng)
-        try:
-            for _ in range(sample.calls):
+        for _ in range(sample.calls):
+            if stopping():
+                raise Unavailable("the server is shutting down; the warm-up stopped, and the model was not loaded")
+            try:
                 model.infer(inputs)
-        except PolystackError as e:
-            raise InvalidRequest(f"failed to run warmup sample {quote(sample.name)}: {e.message}") from None
-    log.info(
-        "model warmed up",
-        extra={
-            "model": label,
-            "samples": [s.name for s in samples],
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-    )
+            except PolystackError as e:
+                raise InvalidRequest(f"failed to run warmup sample {quote(name)}: {e.message}") from None
+        ran.append(name)
+    if ran:
+        log.info(
+            "model warmed up",
+            extra={"model": label, "samples": ran, "seconds": round(time.perf_counter() - started, 3)},
+        )
