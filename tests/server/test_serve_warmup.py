@@ -5,6 +5,8 @@ model fails fails the load while the instance it would have replaced keeps servi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -258,3 +260,57 @@ def test_a_model_without_batching_takes_samples_of_batch_size_1(server: ServerTh
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [2, 16], "zero_data": True}}, batch_size=2)
     with pytest.raises(InferenceServerException, match="batch_size 1"):
         client.load_model("slow200", config=warmup_config(w, max_batch_size=0))
+
+
+# -- a config at start: `serve --model-config NAME=FILE`, as Triton reads config.pbtxt ----------------
+def test_a_config_given_at_start_warms_the_model_before_the_server_is_ready(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, records = model_store
+    register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, count=3)
+    text = warmup_config(w, max_batch_size=8, dynamic_batching={"max_queue_delay_microseconds": 500})
+    with caught_logs("polystack.server") as logs:
+        st = start(store, models=["slow200"], allow_model_control=True, model_configs={"slow200": text})
+    try:
+        assert [r.getMessage() for r in logs].index("model warmed up") < [r.getMessage() for r in logs].index("serving")
+        client = httpclient.InferenceServerClient(st.http_url)
+        config = client.get_model_config("slow200")
+        assert config["model_warmup"] == [w] and config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+        # a plain load of a model served as its start config says changes nothing (Triton re-reads
+        # config.pbtxt), and a load with another config still replaces it
+        with caught_logs("polystack.server") as logs:
+            client.load_model("slow200")
+        assert "model served as asked" in [r.getMessage() for r in logs]
+        client.load_model("slow200", config="{}")
+        assert "model_warmup" not in client.get_model_config("slow200")
+        client.load_model("slow200")  # back to the start config, warmed again
+        assert client.get_model_config("slow200")["model_warmup"] == [w]
+    finally:
+        st.stop()
+
+
+def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_path: Path) -> None:
+    from servekit import refused_at_start
+
+    from polystack.examples import mlp_onnx
+
+    home = tmp_path / "home"
+    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4))
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
+                   check=True, capture_output=True)  # fmt: skip
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"nope": {}}}]}))
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    cases = [
+        (["--model-config", "m"], "NAME=FILE"),
+        (["--model-config", f"m={tmp_path / 'missing.json'}"], "missing.json"),
+        (["--model-config", f"other={good}"], "'other'"),
+        (["m", "--model-config", f"m={good}", "--model-config", f"m={good}"], "twice"),
+        (["--model-config", f"m={bad}"], "--model-config m: failed to load 'm': model_warmup[0]"),
+        (["--model-config", f"m={good}", "--engine", "ray"], "--engine local"),
+    ]
+    for args, says in cases:
+        line = refused_at_start(tmp_path, [*args, "--http-port", "0", "--grpc-port", "-1"])
+        assert says in line, line

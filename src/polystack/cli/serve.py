@@ -89,6 +89,14 @@ def serve(
         help="Mutual TLS: clients must present a certificate issued by these CAs (Triton: --grpc-root-cert with "
         "--grpc-use-ssl-mutual).",
     ),
+    model_config: list[str] = typer.Option(
+        None,
+        "--model-config",
+        metavar="NAME=FILE",
+        help="Serve model NAME as this Triton model configuration (JSON, as GET config returns it) says: "
+        "batching, instances, warm-up; loads without a config of their own use it too (Triton's config.pbtxt). "
+        "Repeat for more models.",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     server_name: str = typer.Option(
         "polystack",
@@ -163,12 +171,15 @@ def serve(
         models=list(models or []),
         cpus=cpus,
         tls=tls,
+        model_configs=_model_configs(model_config or []),
     )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
             "Ray places its replicas itself: drop them, or serve with --engine local"
         )
+    if engine == "ray" and config.model_configs:
+        raise InvalidRequest("--model-config needs --engine local; drop it, or serve with --engine local")
     if engine == "ray" and allow_shared_memory:
         raise InvalidRequest(
             "--allow-shared-memory needs the client and the one server process on the same host; Ray Serve "
@@ -210,3 +221,23 @@ def serve(
     finally:
         store.close()
     raise typer.Exit(code)
+
+
+def _model_configs(items: list[str]) -> dict[str, str]:
+    """``--model-config NAME=FILE`` options as {name: the file's text}; a model's config is checked against
+    the model when it loads, at start."""
+    configs: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise InvalidRequest(
+                f"--model-config takes NAME=FILE (a model and its Triton config as JSON), not {item!r}"
+            )
+        if name in configs:
+            raise InvalidRequest(f"--model-config names model {name!r} twice; give one file per model")
+        try:
+            configs[name] = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise InvalidRequest(f"--model-config {name}: cannot read {path}: {reason}") from None
+    return configs

@@ -15,12 +15,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
+from polystack.errors import InvalidRequest, PolystackError
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
@@ -29,7 +30,7 @@ from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.placement import CpuPlacement
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
-from polystack.store import ModelRecord, Store
+from polystack.store import ModelRecord, ModelRef, Store
 
 log = logging.getLogger("polystack.server")
 
@@ -100,6 +101,9 @@ class ServeConfig:
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
     tls: TlsConfig | None = None  # HTTPS and gRPC over TLS (mutual when it names a client CA)
+    # Triton model configs (JSON text) by model name: how a model is served at start and by a load without
+    # a config of its own (serve --model-config NAME=FILE, as Triton reads config.pbtxt)
+    model_configs: Mapping[str, str] = field(default_factory=dict)
 
 
 class Server:
@@ -161,6 +165,7 @@ class Server:
             log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
             server_name=config.server_name,
+            model_configs=config.model_configs,
         )
         self.http = HttpApp(
             self.plane,
@@ -183,10 +188,23 @@ class Server:
             for r in self.engine.store.models.list():
                 latest[r.name] = max(latest.get(r.name, 0), r.version)
             refs = [f"{n}:{v}" for n, v in sorted(latest.items())]
+        names = {ModelRef.parse(ref).name for ref in refs}
+        for name in self.config.model_configs:
+            if name not in names:
+                raise InvalidRequest(
+                    f"--model-config names model {name!r}, which this server does not serve; name a model it "
+                    "serves (`polystack models` lists the registered ones), or serve that one too"
+                )
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
             for ref in refs:
-                self.plane.load(ref)
+                name = ModelRef.parse(ref).name
+                try:
+                    self.plane.load(ref)
+                except PolystackError as e:
+                    if name in self.config.model_configs:  # which file the reason is about
+                        e.args = (f"--model-config {name}: failed to load {name!r}: {e.message}", *e.args[1:])
+                    raise
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +76,7 @@ class _Plan:
     policy: BatchPolicy | None
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
     warmup: tuple[WarmupSample, ...] = ()  # run before it is routed to (a config's model_warmup)
+    config: str | None = None  # the Triton config it follows: the load's, else the one given at start
 
 
 @dataclass
@@ -173,8 +174,12 @@ class DataPlane:
         log_settings: LogSettings | None = None,
         inline_max_ms: float = 0.2,
         server_name: str = "polystack",
+        model_configs: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
+        # Triton model configs (JSON text) by model name, given at start: what a load without a config
+        # of its own uses, as Triton's reads the repository's config.pbtxt (serve --model-config)
+        self.model_configs = dict(model_configs or {})
         self.store = engine.store
         self.profile = profile
         self.spec_for = spec_for
@@ -218,7 +223,7 @@ class DataPlane:
     def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """Load one model (latest version unless given) with the spec and batch policy for the profile,
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
-        return self._apply(self._plan(ref, config), config)
+        return self._apply(self._plan(ref, config))
 
     def _plan(self, ref: ModelRef | str, config: str | None) -> _Plan:
         """What a load of ``ref`` would serve: its record, spec, batch policy and own instances."""
@@ -228,6 +233,7 @@ class DataPlane:
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         samples: tuple[WarmupSample, ...] = ()
+        config = config if config is not None else self.model_configs.get(record.name)
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             chosen = model_config.read(config, record, spec, policy)
             if chosen.batching != policy or chosen.instances is not None:
@@ -237,9 +243,9 @@ class DataPlane:
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             samples = chosen.warmup
-        return _Plan(record, spec, policy, instances, samples)
+        return _Plan(record, spec, policy, instances, samples, config)
 
-    def _apply(self, plan: _Plan, config: str | None) -> LoadedEntry:
+    def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
         record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
 
@@ -279,7 +285,7 @@ class DataPlane:
             "batching": policy.to_dict() if batcher is not None and policy is not None else None,
             "instances": self._instances(served),
         }
-        if config is not None:
+        if plan.config is not None:
             # what the config made of it
             extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.warmup)
         log.info("model loaded", extra=extra)
@@ -299,7 +305,7 @@ class DataPlane:
         under Triton's default version policy (the latest version), so loads never pile up old ones.
         A load without a config of a version already served as it would serve it changes nothing."""
         plan = self._plan(ref, config)
-        entry = (self._served_as(plan) if config is None else None) or self._apply(plan, config)
+        entry = (self._served_as(plan) if config is None else None) or self._apply(plan)
         retired = self._unload_versions(entry.name, keep=entry.version)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": entry.version})
