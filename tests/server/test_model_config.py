@@ -125,3 +125,14 @@ def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims()
                      "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3, 4], "zero_data": True}}}  # fmt: skip
     (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
     assert back.arrays(np.random.default_rng(0))["x"].shape == batched.arrays(np.random.default_rng(0))["x"].shape
+
+
+
+def test_a_skipped_batched_sample_shown_without_batching_loads_back_skipped() -> None:
+    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
+    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 0, "inputs": inputs}]})
+    (skipped,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    shown = model_config._render_warmup(skipped, 0)
+    assert shown["batch_size"] == 0 and shown["inputs"]["x"]["dims"] == [0, 4]
+    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
+    assert back.batch_size == 0  # still skipped

@@ -308,9 +308,51 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
         (["--model-config", f"m={tmp_path / 'missing.json'}"], "missing.json"),
         (["--model-config", f"other={good}"], "'other'"),
         (["m", "--model-config", f"m={good}", "--model-config", f"m={good}"], "twice"),
-        (["--model-config", f"m={bad}"], "--model-config m: failed to load 'm': model_warmup[0]"),
+        (
+            ["--model-config", f"m={bad}"],
+            "failed to load 'm:1': the config from serve --model-config m: model_warmup[0]",
+        ),
+        (["m:1", "--model-config", f"m:1={good}"], "without a version"),
         (["--model-config", f"m={good}", "--engine", "ray"], "--engine local"),
     ]
     for args, says in cases:
         line = refused_at_start(tmp_path, [*args, "--http-port", "0", "--grpc-port", "-1"])
         assert says in line, line
+
+
+def test_a_start_config_decides_its_models_batching_whatever_the_batching_flags_say(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    text = json.dumps({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 700}})
+    with caught_logs("polystack.server") as logs:
+        st = start(store, models=["mlp", "ident64"], no_batching=True, model_configs={"mlp": text})
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert client.get_model_config("mlp")["dynamic_batching"]["max_queue_delay_microseconds"] == 700
+        assert "dynamic_batching" not in client.get_model_config("ident64")  # the flag still holds for the others
+        warned = [r for r in logs if r.getMessage().startswith("batching settings do not apply")]
+        assert [r.model for r in warned] == ["mlp"]  # type: ignore[attr-defined]
+    finally:
+        st.stop()
+
+
+def test_a_plain_load_refused_by_the_start_config_says_where_the_config_came_from(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    from polystack.examples import mlp_onnx
+
+    store, records = model_store
+    register_like(store, records["mlp"], "cfgm")
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}})
+    st = start(
+        store, models=["cfgm"], allow_model_control=True, model_configs={"cfgm": warmup_config(w, max_batch_size=8)}
+    )
+    try:
+        wider = import_model(mlp_onnx(tmp_path / "wide.onnx", sizes=(32, 8, 4)), tmp_path / "import")
+        store.register(wider.artifact, name="cfgm", format=wider.format, signature=wider.signature)  # version 2
+        with pytest.raises(InferenceServerException) as e:  # the client sent no config: the file's is refused
+            httpclient.InferenceServerClient(st.http_url).load_model("cfgm")
+        assert e.value.message().startswith("failed to load 'cfgm': the config from serve --model-config cfgm: ")
+    finally:
+        st.stop()

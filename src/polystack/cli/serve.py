@@ -233,6 +233,11 @@ def _model_configs(items: list[str]) -> dict[str, str]:
             raise InvalidRequest(
                 f"--model-config takes NAME=FILE (a model and its Triton config as JSON), not {item!r}"
             )
+        if ":" in name:
+            raise InvalidRequest(
+                f"--model-config takes a model name without a version, not {name!r}: a config applies to every "
+                "version served"
+            )
         if name in configs:
             raise InvalidRequest(f"--model-config names model {name!r} twice; give one file per model")
         try:

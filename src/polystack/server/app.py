@@ -120,6 +120,8 @@ class Server:
         self.metrics = ServerMetrics()
 
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
+            if record.name in config.model_configs:  # its config decides; the plan's fills what it leaves out
+                return policy_for(store, record, profile)
             if config.no_batching:
                 return None
             chosen = config.batching or policy_for(store, record, profile)
@@ -189,21 +191,26 @@ class Server:
                 latest[r.name] = max(latest.get(r.name, 0), r.version)
             refs = [f"{n}:{v}" for n, v in sorted(latest.items())]
         names = {ModelRef.parse(ref).name for ref in refs}
-        for name in self.config.model_configs:
+        cfg = self.config
+        flags = cfg.no_batching or cfg.force_batching or cfg.batching is not None or cfg.batch_overrides is not None
+        for name in cfg.model_configs:
             if name not in names:
                 raise InvalidRequest(
                     f"--model-config names model {name!r}, which this server does not serve; name a model it "
                     "serves (`polystack models` lists the registered ones), or serve that one too"
                 )
+            if flags:
+                log.warning(
+                    "batching settings do not apply: --model-config decides this model's batching",
+                    extra={"model": name},
+                )
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
             for ref in refs:
-                name = ModelRef.parse(ref).name
                 try:
                     self.plane.load(ref)
                 except PolystackError as e:
-                    if name in self.config.model_configs:  # which file the reason is about
-                        e.args = (f"--model-config {name}: failed to load {name!r}: {e.message}", *e.args[1:])
+                    e.args = (f"failed to load {ref!r}: {e.message}", *e.args[1:])  # which of the models
                     raise
 
     async def start(self) -> None:

@@ -233,9 +233,15 @@ class DataPlane:
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         samples: tuple[WarmupSample, ...] = ()
+        given = config
         config = config if config is not None else self.model_configs.get(record.name)
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
-            chosen = model_config.read(config, record, spec, policy)
+            try:
+                chosen = model_config.read(config, record, spec, policy)
+            except InvalidRequest as e:
+                if given is None:  # the client sent none: say which one it was
+                    e.args = (f"the config from serve --model-config {record.name}: {e.message}", *e.args[1:])
+                raise
             if chosen.batching != policy or chosen.instances is not None:
                 policy, instances = chosen.batching, chosen.instances
                 calls = policy.instances if policy else instances or 1

@@ -172,8 +172,8 @@ def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
     """``sample`` as the config shows it; a batched sample of a model now shown without batching (its
     batcher stopped merging) has its batch in its dims, so that the config read back loads."""
     batch_size, lead = sample.batch_size, tuple[int, ...]()
-    if sample.batched and not max_batch and batch_size:
-        batch_size, lead = 1, (sample.batch_size,)
+    if sample.batched and not max_batch:
+        batch_size, lead = min(batch_size, 1), (sample.batch_size,)  # 0 stays 0: a sample Triton skips
     inputs = {
         i.name: {
             "data_type": _data_type(i.dtype),
@@ -340,9 +340,7 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
             raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
         parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch) for t in sig.inputs
                        if t.name in inputs)  # fmt: skip
-        # random values are drawn wider (int64, float64) before the cast; BYTES are objects
-        size = sum(batch_size * _elements(w.dims) * (max(w.dtype.itemsize, 8) if w.dtype.itemsize else _BYTES_ELEMENT)
-                   for w in parsed)  # fmt: skip
+        size = sum(batch_size * _elements(w.dims) * _element_cost(w) for w in parsed)
         if size > _MAX_WARMUP_BYTES:
             raise InvalidRequest(
                 f"{where} ({name}) would take {size:,} bytes of inputs; polystack runs warm-up samples of at most "
@@ -382,6 +380,15 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> Warm
         raise InvalidRequest(f"{where} must set one of zero_data or random_data, not {' and '.join(chosen) or 'neither'}")
     _bool(d, chosen[0], where)
     return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
+
+
+def _element_cost(w: WarmupInput) -> int:
+    """Bytes one element of a warm-up input takes to build: BYTES are objects; random floats and bools are
+    drawn as float64 or int64, then cast."""
+    if not w.dtype.itemsize:
+        return _BYTES_ELEMENT
+    drawn_wider = w.random and w.dtype.numpy.kind not in "iu"
+    return w.dtype.itemsize + (8 if drawn_wider else 0)
 
 
 def _elements(dims: tuple[int, ...]) -> int:
