@@ -1,6 +1,8 @@
 """Warm-up samples in a load's config (Triton's ``model_warmup``): they run on the new instance before
 anything is routed to it, every type can be warmed, they count in no statistics, and a sample the
-model fails fails the load while the instance it would have replaced keeps serving."""
+model fails fails the load while the instance it would have replaced keeps serving. The same config
+given at start (``serve --model-config NAME=FILE``) serves the model from the start and every load
+without a config of its own."""
 
 from __future__ import annotations
 
