@@ -37,6 +37,12 @@ class PolystackError(Exception):
     def message(self) -> str:
         return str(self.args[0]) if self.args else self.__class__.__name__
 
+    def prefixed(self, context: str) -> PolystackError:
+        """This error, its message led by ``context`` (what was being done): the same error, whatever its
+        type, so that it keeps its status on every transport."""
+        self.args = (f"{context}: {self.message}", *self.args[1:])
+        return self
+
 
 class InvalidRequest(PolystackError):
     pass

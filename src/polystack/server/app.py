@@ -25,7 +25,7 @@ from polystack.errors import InvalidRequest, PolystackError
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
-from polystack.server.dataplane import DataPlane, PolicyFor
+from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.placement import CpuPlacement
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
@@ -210,8 +210,7 @@ class Server:
                 try:
                     self.plane.load(ref)
                 except PolystackError as e:
-                    e.args = (f"failed to load {ref!r}: {e.message}", *e.args[1:])  # which of the models
-                    raise
+                    raise load_failed(ref, e) from None  # which of the models
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""

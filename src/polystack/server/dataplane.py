@@ -121,9 +121,7 @@ def parse_version(name: str, version: str | None) -> int | None:
 def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused repository load of model ``name``, with Triton's words first (its model control
     examples look for them): the same error, whatever its type, wherever it was raised."""
-    # a URL's name may be 64 KiB; the store's are 128 characters at most, quoted whole
-    e.args = (f"failed to load {quote(name, 140)}: {e.message}", *e.args[1:])
-    return e
+    return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
@@ -240,7 +238,7 @@ class DataPlane:
                 chosen = model_config.read(config, record, spec, policy)
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
-                    e.args = (f"the config from serve --model-config {record.name}: {e.message}", *e.args[1:])
+                    raise e.prefixed(f"the config from serve --model-config {record.name}") from None
                 raise
             if chosen.batching != policy or chosen.instances is not None:
                 policy, instances = chosen.batching, chosen.instances

@@ -37,7 +37,6 @@ _MAX_INSTANCES = 256  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 _MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
 _MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold the loader (other loads, a shutdown)
-_BYTES_ELEMENT = 64  # what a BYTES element costs the runtime (a Python bytes object, then a std::string)
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
 # these is refused as not Triton's
@@ -340,19 +339,19 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
             raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
         parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch) for t in sig.inputs
                        if t.name in inputs)  # fmt: skip
-        size = sum(batch_size * _elements(w.dims) * _element_cost(w) for w in parsed)
-        if size > _MAX_WARMUP_BYTES:
+        sample = WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0)
+        if sample.input_bytes > _MAX_WARMUP_BYTES:
             raise InvalidRequest(
-                f"{where} ({name}) would take {size:,} bytes of inputs; polystack runs warm-up samples of at most "
-                f"{_MAX_WARMUP_BYTES:,} bytes: use smaller dims or batch_size"
+                f"{where} ({name}) would take {sample.input_bytes:,} bytes of inputs; polystack runs warm-up samples "
+                f"of at most {_MAX_WARMUP_BYTES:,} bytes: use smaller dims or batch_size"
             )
-        calls += max(1, count) if batch_size else 0
+        calls += sample.calls
         if calls > _MAX_WARMUP_CALLS:
             raise InvalidRequest(
                 f"{where} ({name}) brings the warm-up to {calls:,} runtime calls; polystack runs at most "
                 f"{_MAX_WARMUP_CALLS:,} for a load (its loads, unloads and shutdown wait for them): lower count"
             )
-        samples.append(WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0))
+        samples.append(sample)
     return tuple(samples)
 
 
@@ -377,25 +376,11 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> Warm
     # a oneof: the field set chooses, whatever its value (Triton: "the value ... will not be checked")
     chosen = [k for k in ("zero_data", "random_data") if k in d]
     if len(chosen) != 1:
-        raise InvalidRequest(f"{where} must set one of zero_data or random_data, not {' and '.join(chosen) or 'neither'}")
+        raise InvalidRequest(
+            f"{where} must set one of zero_data or random_data, not {' and '.join(chosen) or 'neither'}"
+        )
     _bool(d, chosen[0], where)
     return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
-
-
-def _element_cost(w: WarmupInput) -> int:
-    """Bytes one element of a warm-up input takes to build: BYTES are objects; random floats and bools are
-    drawn as float64 or int64, then cast."""
-    if not w.dtype.itemsize:
-        return _BYTES_ELEMENT
-    drawn_wider = w.random and w.dtype.numpy.kind not in "iu"
-    return w.dtype.itemsize + (8 if drawn_wider else 0)
-
-
-def _elements(dims: tuple[int, ...]) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:

@@ -14,6 +14,7 @@ requests: they count in neither statistics nor metrics.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from polystack.errors import InvalidRequest, PolystackError, Unavailable, quote
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server")
+_BYTES_ELEMENT = 64  # what a BYTES element costs the runtime (a Python bytes object, then a std::string)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,15 @@ class WarmupInput:
     dtype: DType
     dims: tuple[int, ...]
     random: bool
+
+    @property
+    def element_bytes(self) -> int:
+        """What one element takes to build (``WarmupSample.arrays``): BYTES are objects; random floats and
+        bools are drawn as float64 or int64, then cast."""
+        if not self.dtype.itemsize:
+            return _BYTES_ELEMENT
+        drawn_wider = self.random and self.dtype.numpy.kind not in "iu"
+        return self.dtype.itemsize + (8 if drawn_wider else 0)
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,13 @@ class WarmupSample:
 
     @property
     def calls(self) -> int:
-        """Runtime calls the sample makes: ``count``, and at least one."""
-        return max(1, self.count)
+        """Runtime calls the sample makes: ``count``, at least one; none at batch size 0 (skipped)."""
+        return max(1, self.count) if self.batch_size else 0
+
+    @property
+    def input_bytes(self) -> int:
+        """What building the sample's inputs for one call takes."""
+        return sum(self.batch_size * math.prod(i.dims) * i.element_bytes for i in self.inputs)
 
 
 def run(
@@ -84,8 +100,8 @@ def run(
     rng = np.random.default_rng(0)
     ran = []
     for n, sample in enumerate(samples):
-        if sample.batch_size == 0:
-            continue  # Triton skips these
+        if not sample.calls:
+            continue  # batch size 0: Triton skips these
         name = sample.name or f"sample {n}"
         inputs = sample.arrays(rng)
         for _ in range(sample.calls):
