@@ -136,3 +136,77 @@ def test_a_skipped_batched_sample_shown_without_batching_loads_back_skipped() ->
     assert shown["batch_size"] == 0 and shown["inputs"]["x"]["dims"] == [0, 4]
     (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
     assert back.batch_size == 0  # still skipped
+
+
+# Triton's config.pbtxt as a model repository holds it: comments, lists both ways, 64-bit numbers, enums
+PBTXT = """
+# the MLP, as Triton serves it
+name: "m"
+max_batch_size: 16
+version_policy: { latest { num_versions: 1 } }
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 2 ]
+  }
+]
+instance_group [ { count: 3 kind: KIND_CPU } ]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 250
+  default_queue_policy { max_queue_size: 64 }
+}
+model_warmup [
+  {
+    name: "zeros"
+    batch_size: 2
+    inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }
+  }
+]
+"""
+SAME_AS_JSON = {
+    "name": "m",
+    "max_batch_size": 16,
+    "version_policy": {"latest": {"num_versions": 1}},
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
+    "instance_group": [{"count": 3, "kind": "KIND_CPU"}],
+    "dynamic_batching": {
+        "preferred_batch_size": [4, 8],
+        "max_queue_delay_microseconds": 250,
+        "default_queue_policy": {"max_queue_size": 64},
+    },
+    "model_warmup": [
+        {"name": "zeros", "batch_size": 2, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}}
+    ],
+}
+
+
+def test_a_triton_config_pbtxt_reads_as_the_same_config_in_json() -> None:
+    from_pbtxt = model_config.read(model_config.as_json(PBTXT), RECORD, SPEC, PLAN)
+    assert from_pbtxt == model_config.read(json.dumps(SAME_AS_JSON), RECORD, SPEC, PLAN)
+    assert from_pbtxt.batching is not None
+    assert from_pbtxt.batching.preferred_batch_sizes == (4, 8) and from_pbtxt.batching.instances == 3
+    assert from_pbtxt.batching.max_queue_size == 64 and [w.name for w in from_pbtxt.warmup] == ["zeros"]
+
+
+def test_json_config_files_are_taken_as_they_are() -> None:
+    text = ' \n{"max_batch_size": 4}'
+    assert model_config.as_json(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('name: "m"\nmax_batch_sise: 4', 'line 2, column 1: Message type "inference.ModelConfig" has no field named'),
+        ("max_batch_size: 99999999999", "line 1, column 17: Value out of range: 99999999999"),
+        ('input [ { name: "x" data_type: FP32 } ]', 'line 1, column 32: Enum type "inference.DataType" has no value'),
+        ("max_batch_size: 4 }", "line 1, column 19"),
+    ],
+)
+def test_a_config_pbtxt_triton_would_not_read_is_refused_at_its_line(text: str, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt") as e:
+        model_config.as_json(text)
+    assert says in str(e.value) and str(e.value).endswith("or give the JSON GET config returns")

@@ -305,6 +305,8 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
     bad.write_text(json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"nope": {}}}]}))
     good = tmp_path / "good.json"
     good.write_text("{}")
+    typo = tmp_path / "config.pbtxt"
+    typo.write_text('name: "m"\nmax_batch_sise: 8\n')
     cases = [
         (["--model-config", "m"], "NAME=FILE"),
         (["--model-config", f"m={tmp_path / 'missing.json'}"], "missing.json"),
@@ -315,11 +317,51 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
             "failed to load 'm:1': the config from serve --model-config m: model_warmup[0]",
         ),
         (["m:1", "--model-config", f"m:1={good}"], "without a version"),
+        (
+            ["--model-config", f"m={typo}"],
+            f"--model-config m: {typo}: not a Triton config.pbtxt (protobuf text format): line 2, column 1: ",
+        ),
         (["--model-config", f"m={good}", "--engine", "ray"], "--engine local"),
     ]
     for args, says in cases:
         line = refused_at_start(tmp_path, [*args, "--http-port", "0", "--grpc-port", "-1"])
         assert says in line, line
+
+
+def test_a_triton_config_pbtxt_serves_its_model_as_it_says_through_the_cli(tmp_path: Path) -> None:
+    """A model repository's config.pbtxt, as it is, through ``polystack serve --model-config``."""
+    from servekit import cli_server, free_port
+
+    from polystack.examples import mlp_onnx
+
+    home = tmp_path / "home"
+    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4))
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
+                   check=True, capture_output=True)  # fmt: skip
+    pbtxt = tmp_path / "config.pbtxt"
+    pbtxt.write_text(
+        '''# as Triton's model repository holds it
+name: "m"
+max_batch_size: 8
+version_policy: { latest { num_versions: 1 } }
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 16 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 300 }
+model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } } ]
+'''
+    )
+    port, log = free_port(), tmp_path / "serve.log"
+    with cli_server(home, ["m", "--model-config", f"m={pbtxt}", "--grpc-port", "-1"], port, log):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = client.get_model_config("m")
+        assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
+        assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 300
+        assert [w["name"] for w in config["model_warmup"]] == ["ones"]
+        result = client.infer("m", [mlp_ones(rows=3)])
+        assert result.as_numpy("y").shape == (3, 4)
+    messages = [json.loads(line).get("msg") for line in log.read_text().splitlines() if line.startswith("{")]
+    assert messages.index("model warmed up") < messages.index("serving")
 
 
 def test_a_start_config_decides_its_models_batching_whatever_the_batching_flags_say(

@@ -93,7 +93,7 @@ def serve(
         None,
         "--model-config",
         metavar="NAME=FILE",
-        help="Serve model NAME as this Triton model configuration (JSON, as GET config returns it) says: "
+        help="Serve model NAME as this Triton model configuration (config.pbtxt, or the JSON GET config returns) says: "
         "batching, instances, warm-up; loads without a config of their own use it too (Triton's config.pbtxt). "
         "Repeat for more models.",
     ),
@@ -224,14 +224,16 @@ def serve(
 
 
 def _model_configs(items: list[str]) -> dict[str, str]:
-    """``--model-config NAME=FILE`` options as {name: the file's text}; a model's config is checked against
-    the model when it loads, at start."""
+    """``--model-config NAME=FILE`` options as {name: the file's config, as JSON}; the file is JSON or
+    Triton's config.pbtxt. A model's config is checked against the model when it loads, at start."""
+    from polystack.server import model_config
+
     configs: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not (sep and name and path):
             raise InvalidRequest(
-                f"--model-config takes NAME=FILE (a model and its Triton config as JSON), not {item!r}"
+                f"--model-config takes NAME=FILE (a model and its Triton config: config.pbtxt or JSON), not {item!r}"
             )
         if ":" in name:
             raise InvalidRequest(
@@ -241,8 +243,12 @@ def _model_configs(items: list[str]) -> dict[str, str]:
         if name in configs:
             raise InvalidRequest(f"--model-config names model {name!r} twice; give one file per model")
         try:
-            configs[name] = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise InvalidRequest(f"--model-config {name}: cannot read {path}: {reason}") from None
+        try:
+            configs[name] = model_config.as_json(text)
+        except InvalidRequest as e:
+            raise e.prefixed(f"--model-config {name}: {path}") from None
     return configs

@@ -1,5 +1,6 @@
 """Triton's model configuration, both ways: rendered from a loaded model (the model_configuration
-extension) and read from a repository load's ``config`` parameter (the model repository extension).
+extension) and read from a repository load's ``config`` parameter (the model repository extension)
+or from ``serve --model-config`` (JSON, or Triton's config.pbtxt: ``as_json``).
 
 A load's config replaces polystack's own choice of *scheduling* for that load, as Triton's replaces
 config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and ``instance_group``;
@@ -17,6 +18,7 @@ as numbers or strings.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -240,6 +242,33 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     _tensors(config, record, max_batch)
     return LoadConfig(batching, rows, instances, _warmups(config.get("model_warmup"), record, max_batch))
+
+
+def as_json(text: str) -> str:
+    """A model configuration file's ``text`` as the JSON ``read`` takes: JSON as it is (what GET config
+    returns), anything else read as Triton's config.pbtxt (protobuf text format, against the
+    ModelConfig message tritonclient ships), so that a Triton model repository's files serve as they
+    are. Text that is neither is refused, with the line and column where the text format stopped."""
+    if text.lstrip().startswith("{"):
+        return text
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
+
+    try:
+        message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise InvalidRequest(
+            f"not a Triton config.pbtxt (protobuf text format): line {e.GetLine()}, column {e.GetColumn()}: "
+            f"{_parse_reason(e)}; fix that line, or give the JSON GET config returns"
+        ) from None
+    # as Triton's own JSON: field names as in the .proto, 64-bit integers as strings (read takes both)
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _parse_reason(e: Exception) -> str:
+    """protobuf's message without its "line:column : " and the quoted line it repeats."""
+    reason = str(e).split(" : ", 1)[-1]
+    return re.sub(r"^'.*?': ", "", reason, count=1, flags=re.S)
 
 
 def label_files(text: str) -> dict[str, str]:
