@@ -7,6 +7,7 @@ without a config of its own."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -201,14 +202,26 @@ def test_a_shutdown_stops_a_warmup_between_two_calls(model_store: tuple[Store, d
         except InferenceServerException as e:
             errors.append(e.message())
 
-    loader = threading.Thread(target=load)
+    def load_queued() -> None:  # behind the warm-up on the one loader thread when the drain begins
+        try:
+            httpclient.InferenceServerClient(st.http_url, network_timeout=60).load_model("ident64")
+        except InferenceServerException as e:
+            errors.append(e.message())
+
+    loader, queued = threading.Thread(target=load), threading.Thread(target=load_queued)
     loader.start()
     time.sleep(0.5)
+    queued.start()
+    time.sleep(0.2)
     began = time.monotonic()
-    st.stop()
+    with caught_logs("polystack.server") as logs:
+        st.stop()
     loader.join(30)
+    queued.join(30)
     assert time.monotonic() - began < 10  # not the 20 s the warm-up would have taken
-    assert len(errors) == 1 and "shutting down" in errors[0], errors
+    assert len(errors) == 2 and all("shutting down" in e for e in errors), errors
+    # the queued load did not load its runtime only to close it
+    assert not [r for r in logs if r.getMessage() == "model loaded" and getattr(r, "model", "") == "ident64"]
 
 
 REFUSED: list[tuple[dict[str, Any], int, str]] = [
@@ -362,6 +375,42 @@ model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type
         assert result.as_numpy("y").shape == (3, 4)
     messages = [json.loads(line).get("msg") for line in log.read_text().splitlines() if line.startswith("{")]
     assert messages.index("model warmed up") < messages.index("serving")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: Path, sig: signal.Signals) -> None:
+    """Before, the signal handlers came with the event loop, after the models loaded: a SIGTERM killed
+    the process (143) and a Ctrl-C printed a traceback."""
+    from polystack.examples import mlp_onnx
+
+    home = tmp_path / "home"
+    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 2048, 4))  # ~ms a call at batch 64: 1,000 calls take seconds
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
+                   check=True, capture_output=True)  # fmt: skip
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=64, count=1000)
+    config = tmp_path / "config.json"
+    config.write_text(warmup_config(w, max_batch_size=64))
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", "m", "--model-config", f"m={config}",
+           "--http-port", "0", "--grpc-port", "-1"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "warming up model" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # JSON lines only: no traceback
+    messages = [r["msg"] for r in records]
+    assert "model warmed up" not in messages and "serving" not in messages, messages
+    assert records[-1]["msg"] == "stopped" and records[-1]["before_serving"] is True and records[-1]["models"] == []
 
 
 def test_a_start_config_decides_its_models_batching_whatever_the_batching_flags_say(

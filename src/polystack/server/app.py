@@ -21,7 +21,7 @@ from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
-from polystack.errors import InvalidRequest, PolystackError
+from polystack.errors import InvalidRequest, PolystackError, Unavailable
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
@@ -207,6 +207,8 @@ class Server:
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
             for ref in refs:
+                if self.plane.draining:  # stopped while starting (run's signal handlers): load no more
+                    raise Unavailable("the server is shutting down")
                 try:
                     self.plane.load(ref)
                 except PolystackError as e:
@@ -307,7 +309,26 @@ def run(engine: Engine, config: ServeConfig) -> int:
     server = Server(engine, config)
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
-    server.load_models()
+    # A SIGTERM or Ctrl-C while models load (a large one, a long warm-up) stops the start: a warm-up
+    # stops between two calls, no further model loads, and the process exits 0, as after a drain.
+    stopped_early = threading.Event()
+
+    def stop_while_starting(signum: int, frame: object) -> None:
+        stopped_early.set()
+        server.plane.start_draining()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_while_starting)
+    try:
+        server.load_models()
+    except PolystackError:
+        if not stopped_early.is_set():
+            raise
+    if stopped_early.is_set():
+        log.info("stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]})
+        server.close()
+        engine.close()
+        return 0
     # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
     # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
     # gc at ~4% of the event loop's time under load).
@@ -320,6 +341,8 @@ def run(engine: Engine, config: ServeConfig) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, server.request_stop)
+        if stopped_early.is_set():  # a signal after the models loaded, before the loop took the signals
+            server.request_stop()
         await server.wait_stopped()
         await server.shutdown()
 

@@ -762,15 +762,24 @@ class DataPlane:
         self._check_control()
         await self._control(self.unload, name)
 
-    async def _control(self, change: Callable[[str], Any], name: str) -> None:
-        """A load or unload on the loader thread, in flight like a request: a drain waits for it (within
-        its timeout) and its client gets the answer; none starts once the drain has begun."""
+    def _refuse_when_draining(self) -> None:
         if self.draining:
             raise Unavailable("the server is shutting down; send the load or unload to another replica")
+
+    async def _control(self, change: Callable[[str], Any], name: str) -> None:
+        """A load or unload on the loader thread, in flight like a request: a drain waits for it (within
+        its timeout) and its client gets the answer; none starts once the drain has begun, not even one
+        queued on the loader before it began."""
+        self._refuse_when_draining()
         self.in_flight += 1
         self._idle.clear()
+
+        def unless_draining(name: str) -> Any:  # queued behind another load when the drain began: not started
+            self._refuse_when_draining()
+            return change(name)
+
         try:
-            await asyncio.get_running_loop().run_in_executor(self._loader, change, name)
+            await asyncio.get_running_loop().run_in_executor(self._loader, unless_draining, name)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

@@ -97,6 +97,8 @@ def run(
     Triton's words, with the runtime's reason. A shutdown (``stopping``) ends it between two calls: the
     load fails, and the drain does not wait out the rest."""
     started = time.perf_counter()
+    if any(sample.calls for sample in samples):  # a long one says what holds the load
+        log.info("warming up model", extra={"model": label, "calls": sum(sample.calls for sample in samples)})
     rng = np.random.default_rng(0)
     ran = []
     for n, sample in enumerate(samples):
