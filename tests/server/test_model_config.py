@@ -210,3 +210,54 @@ def test_a_config_pbtxt_triton_would_not_read_is_refused_at_its_line(text: str, 
     with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt") as e:
         model_config.as_json(text)
     assert says in str(e.value) and str(e.value).endswith("or give the JSON GET config returns")
+
+
+def _file_config(inputs: dict[str, object], batch_size: int = 3) -> str:
+    return json.dumps({"dynamic_batching": {}, "model_warmup": [{"name": "f", "batch_size": batch_size, "inputs": inputs}]})
+
+
+def test_a_warmup_input_from_a_file_repeats_its_row_in_every_row_of_the_batch(tmp_path: Path) -> None:
+    """Triton's input_data_file: raw row-major bytes in the model directory's warmup/ folder."""
+    (tmp_path / "warmup").mkdir()
+    row = np.array([1.5, -2, 3, 4], np.float32)
+    (tmp_path / "warmup" / "x.bin").write_bytes(row.tobytes() + b"ignored past one row, as Triton")
+    text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}})
+    (sample,) = model_config.read(text, RECORD, SPEC, PLAN, tmp_path).warmup
+    arrays = sample.arrays(np.random.default_rng(0))
+    np.testing.assert_array_equal(arrays["x"], np.stack([row] * 3))
+    rendered = model_config._render_warmup(sample, 8)["inputs"]["x"]
+    assert rendered == {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}
+
+
+def test_a_bytes_warmup_file_holds_length_prefixed_elements(tmp_path: Path) -> None:
+    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, 2)),), outputs=(TensorSpec("t", DType.BYTES, (-1, 2)),))
+    record = dataclasses.replace(RECORD, signature=strings)
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi\x05\x00\x00\x00there")
+    text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [2], "input_data_file": "s.bin"}}, batch_size=2)
+    (sample,) = model_config.read(text, record, SPEC, PLAN, tmp_path).warmup
+    assert sample.arrays(np.random.default_rng(0))["s"].tolist() == [[b"hi", b"there"], [b"hi", b"there"]]
+    (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi")
+    with pytest.raises(InvalidRequest, match=r"does not hold one row of dims \[2\]: .*needs 2 BYTES elements"):
+        model_config.read(text, record, SPEC, PLAN, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "model_dir", "says"),
+    [
+        ("x.bin", b"\0" * 12, True, "warmup setting expects 16 bytes, but the data provided from"),
+        ("missing.bin", None, True, "missing.bin is not a file; put it there"),
+        ("", None, True, "is not a file"),
+        ("x.bin", b"\0" * 16, False, "a load's config has no model directory"),
+    ],
+)
+def test_a_warmup_file_that_cannot_give_a_row_is_refused(
+    tmp_path: Path, file: str, content: bytes | None, model_dir: bool, says: str
+) -> None:
+    (tmp_path / "warmup").mkdir()
+    if content is not None:
+        (tmp_path / "warmup" / file).write_bytes(content)
+    text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": file}})
+    with pytest.raises(InvalidRequest, match=r"input_data_file|warmup setting") as e:
+        model_config.read(text, RECORD, SPEC, PLAN, tmp_path if model_dir else None)
+    assert says in str(e.value)

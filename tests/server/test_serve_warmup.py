@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.formats import import_model
 from polystack.server.app import ServerThread
+from polystack.server.model_config import ConfigFile
 from polystack.store import ModelRecord, Store
 
 
@@ -229,9 +230,9 @@ REFUSED: list[tuple[dict[str, Any], int, str]] = [
     (
         {"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True, "input_data_file": ""}},
         1,
-        "no model directory",
+        "not zero_data and input_data_file",
     ),
-    ({"x": {"data_type": "TYPE_FP32", "dims": [16]}}, 1, "one of zero_data or random_data, not neither"),
+    ({"x": {"data_type": "TYPE_FP32", "dims": [16]}}, 1, "zero_data, random_data or input_data_file, not none"),
     ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True, "random_data": True}}, 1, "not zero_data and"),
     ({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": "yes"}}, 1, "true or false"),
     ({"x": {"data_type": "TYPE_INT64", "dims": [16], "zero_data": True}}, 1, "TYPE_FP32"),
@@ -286,7 +287,7 @@ def test_a_config_given_at_start_warms_the_model_before_the_server_is_ready(
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, count=3)
     text = warmup_config(w, max_batch_size=8, dynamic_batching={"max_queue_delay_microseconds": 500})
     with caught_logs("polystack.server") as logs:
-        st = start(store, models=["slow200"], allow_model_control=True, model_configs={"slow200": text})
+        st = start(store, models=["slow200"], allow_model_control=True, model_configs={"slow200": ConfigFile(text)})
     try:
         assert [r.getMessage() for r in logs].index("model warmed up") < [r.getMessage() for r in logs].index("serving")
         client = httpclient.InferenceServerClient(st.http_url)
@@ -301,6 +302,38 @@ def test_a_config_given_at_start_warms_the_model_before_the_server_is_ready(
         assert "model_warmup" not in client.get_model_config("slow200")
         client.load_model("slow200")  # back to the start config, warmed again
         assert client.get_model_config("slow200")["model_warmup"] == [w]
+    finally:
+        st.stop()
+
+
+def test_a_start_config_warms_with_input_data_files_from_its_model_directory(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """Triton's input_data_file, for a model that random values fail (ids): the file's row runs, and a
+    load re-reads the file, as Triton re-reads the model directory."""
+    store, _ = model_store
+    imported = import_model(_embedding_onnx(tmp_path / "embed.onnx"), tmp_path / "import")
+    store.register(imported.artifact, name="embed", format=imported.format, signature=imported.signature)
+    (tmp_path / "embed" / "warmup").mkdir(parents=True)
+    ids = tmp_path / "embed" / "warmup" / "ids.bin"
+    ids.write_bytes(np.array([1, 2, 9], np.int64).tobytes())
+    w = sample({"ids": {"data_type": "TYPE_INT64", "dims": [3], "input_data_file": "ids.bin"}}, batch_size=4)
+    start_config = ConfigFile(warmup_config(w, max_batch_size=4), tmp_path / "embed")
+    with caught_logs("polystack.server") as logs:
+        st = start(store, models=["embed"], allow_model_control=True, model_configs={"embed": start_config})
+    try:
+        assert "model warmed up" in [r.getMessage() for r in logs]
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert client.get_model_config("embed")["model_warmup"] == [w]
+        shown = grpcclient.InferenceServerClient(st.grpc_url).get_model_config("embed", as_json=True)["config"]
+        assert shown["model_warmup"][0]["inputs"]["ids"]["input_data_file"] == "ids.bin"
+        ids.write_bytes(np.array([1, 2, 12], np.int64).tobytes())  # 12: outside the table
+        with pytest.raises(InferenceServerException, match="failed to run warmup sample 'w'") as e:
+            client.load_model("embed")
+        assert "12" in e.value.message()  # the runtime's own words: the file's row reached the model
+        assert client.is_model_ready("embed")  # the instance the load would have replaced serves on
+        with pytest.raises(InferenceServerException, match="no model directory"):  # a config sent has none
+            client.load_model("embed", config=warmup_config(w, max_batch_size=4))
     finally:
         st.stop()
 
@@ -360,9 +393,11 @@ version_policy: { latest { num_versions: 1 } }
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 16 ] } ]
 instance_group [ { count: 2 kind: KIND_CPU } ]
 dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 300 }
-model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } } ]
+model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 16 ] input_data_file: "ones.bin" } } } ]
 '''
     )
+    (tmp_path / "warmup").mkdir()  # Triton's layout: the warm-up files beside config.pbtxt, in warmup/
+    (tmp_path / "warmup" / "ones.bin").write_bytes(np.ones(16, np.float32).tobytes())
     port, log = free_port(), tmp_path / "serve.log"
     with cli_server(home, ["m", "--model-config", f"m={pbtxt}", "--grpc-port", "-1"], port, log):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -419,7 +454,7 @@ def test_a_start_config_decides_its_models_batching_whatever_the_batching_flags_
     store, _ = model_store
     text = json.dumps({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 700}})
     with caught_logs("polystack.server") as logs:
-        st = start(store, models=["mlp", "ident64"], no_batching=True, model_configs={"mlp": text})
+        st = start(store, models=["mlp", "ident64"], no_batching=True, model_configs={"mlp": ConfigFile(text)})
     try:
         client = httpclient.InferenceServerClient(st.http_url)
         assert client.get_model_config("mlp")["dynamic_batching"]["max_queue_delay_microseconds"] == 700
@@ -439,7 +474,7 @@ def test_a_plain_load_refused_by_the_start_config_says_where_the_config_came_fro
     register_like(store, records["mlp"], "cfgm")
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}})
     st = start(
-        store, models=["cfgm"], allow_model_control=True, model_configs={"cfgm": warmup_config(w, max_batch_size=8)}
+        store, models=["cfgm"], allow_model_control=True, model_configs={"cfgm": ConfigFile(warmup_config(w, max_batch_size=8))}
     )
     try:
         wider = import_model(mlp_onnx(tmp_path / "wide.onnx", sizes=(32, 8, 4)), tmp_path / "import")

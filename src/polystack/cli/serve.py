@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from polystack.cli.app import app, open_store
 from polystack.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from polystack.server.model_config import ConfigFile
 
 
 @app.command()
@@ -223,12 +227,13 @@ def serve(
     raise typer.Exit(code)
 
 
-def _model_configs(items: list[str]) -> dict[str, str]:
-    """``--model-config NAME=FILE`` options as {name: the file's config, as JSON}; the file is JSON or
-    Triton's config.pbtxt. A model's config is checked against the model when it loads, at start."""
+def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
+    """``--model-config NAME=FILE`` options as {name: the file's config, as JSON, and its directory}; the
+    file is JSON or Triton's config.pbtxt. A model's config is checked against the model when it loads, at
+    start."""
     from polystack.server import model_config
 
-    configs: dict[str, str] = {}
+    configs: dict[str, model_config.ConfigFile] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not (sep and name and path):
@@ -248,7 +253,7 @@ def _model_configs(items: list[str]) -> dict[str, str]:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise InvalidRequest(f"--model-config {name}: cannot read {path}: {reason}") from None
         try:
-            configs[name] = model_config.as_json(text)
+            configs[name] = model_config.ConfigFile(model_config.as_json(text), Path(path).parent)
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {path}") from None
     return configs

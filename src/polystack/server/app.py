@@ -27,6 +27,7 @@ from polystack.server import grpc as grpc_transport
 from polystack.server import logs
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.http import HttpApp, HttpProtocol
+from polystack.server.model_config import ConfigFile
 from polystack.server.placement import CpuPlacement
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
@@ -101,9 +102,9 @@ class ServeConfig:
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
     tls: TlsConfig | None = None  # HTTPS and gRPC over TLS (mutual when it names a client CA)
-    # Triton model configs (JSON text) by model name: how a model is served at start and by a load without
-    # a config of its own (serve --model-config NAME=FILE, as Triton reads config.pbtxt)
-    model_configs: Mapping[str, str] = field(default_factory=dict)
+    # Triton model configs by model name: how a model is served at start and by a load without a config
+    # of its own (serve --model-config NAME=FILE, as Triton reads config.pbtxt)
+    model_configs: Mapping[str, ConfigFile] = field(default_factory=dict)
 
 
 class Server:

@@ -172,11 +172,11 @@ class DataPlane:
         log_settings: LogSettings | None = None,
         inline_max_ms: float = 0.2,
         server_name: str = "polystack",
-        model_configs: Mapping[str, str] | None = None,
+        model_configs: Mapping[str, model_config.ConfigFile] | None = None,
     ) -> None:
         self.engine = engine
-        # Triton model configs (JSON text) by model name, given at start: what a load without a config
-        # of its own uses, as Triton's reads the repository's config.pbtxt (serve --model-config)
+        # Triton model configs by model name, given at start: what a load without a config of its own
+        # uses, as Triton's reads the repository's config.pbtxt (serve --model-config)
         self.model_configs = dict(model_configs or {})
         self.store = engine.store
         self.profile = profile
@@ -232,10 +232,12 @@ class DataPlane:
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         samples: tuple[WarmupSample, ...] = ()
         given = config
-        config = config if config is not None else self.model_configs.get(record.name)
+        model_dir = None  # where warm-up files lie: only a config given at start has a directory
+        if config is None and record.name in self.model_configs:
+            config, model_dir = self.model_configs[record.name].text, self.model_configs[record.name].directory
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
-                chosen = model_config.read(config, record, spec, policy)
+                chosen = model_config.read(config, record, spec, policy, model_dir)
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
                     raise e.prefixed(f"the config from serve --model-config {record.name}") from None

@@ -19,15 +19,17 @@ as numbers or strings.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
-from polystack.protocol import http_codec
+from polystack.protocol import http_codec, wire
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, TensorSpec
@@ -179,17 +181,30 @@ def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
         i.name: {
             "data_type": _data_type(i.dtype),
             "dims": [*lead, *i.dims],
-            "random_data" if i.random else "zero_data": True,
+            **({"input_data_file": i.data_file} if i.data is not None else {"random_data" if i.random else "zero_data": True}),
         }
         for i in sample.inputs
     }
     return {"name": sample.name, "batch_size": batch_size, "inputs": inputs, "count": sample.count}
 
 
-def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None) -> LoadConfig:
+@dataclass(frozen=True)
+class ConfigFile:
+    """A model's config given at start (``serve --model-config NAME=FILE``): its ``text`` as JSON, and
+    the ``directory`` it came from, the model directory of Triton's layout: warm-up samples read their
+    ``input_data_file`` from its ``warmup/`` folder."""
+
+    text: str
+    directory: Path | None = None
+
+
+def read(
+    text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None, model_dir: Path | None = None
+) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
-    count where the config leaves them out."""
+    count where the config leaves them out. ``model_dir`` is the directory warm-up files are read from
+    (``warmup/`` in it); a load's config sent over the network has none."""
     config = _config(text)
     name = _string(config, "name", "config")
     if name and name != record.name:
@@ -241,7 +256,7 @@ def read(text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | 
             instances = default.instances if default else 1
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     _tensors(config, record, max_batch)
-    return LoadConfig(batching, rows, instances, _warmups(config.get("model_warmup"), record, max_batch))
+    return LoadConfig(batching, rows, instances, _warmups(config.get("model_warmup"), record, max_batch, model_dir))
 
 
 def as_json(text: str) -> str:
@@ -332,7 +347,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
     )
 
 
-def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSample, ...]:
+def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | None) -> tuple[WarmupSample, ...]:
     """The config's ``model_warmup`` samples, checked against the model: every input named once with the
     model's type and dims, zeros or random values, and a batch that fits ``max_batch`` (0: unbatched)."""
     if value is None:
@@ -366,8 +381,8 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
         missing = [n for n in sig.input_names if n not in inputs]
         if missing and batch_size:
             raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
-        parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch) for t in sig.inputs
-                       if t.name in inputs)  # fmt: skip
+        parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch, model_dir)
+                       for t in sig.inputs if t.name in inputs)  # fmt: skip
         sample = WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0)
         if sample.input_bytes > _MAX_WARMUP_BYTES:
             raise InvalidRequest(
@@ -384,7 +399,7 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int) -> tuple[WarmupSam
     return tuple(samples)
 
 
-def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> WarmupInput:
+def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_dir: Path | None) -> WarmupInput:
     d = _message(value, where, "model_warmup.input")
     want = _data_type(t.dtype)
     got = _string(d, "data_type", where)
@@ -397,19 +412,59 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int) -> Warm
             f"{where} has dims {dims}, which the model's {model_dims} (max_batch_size {max_batch}) do not take; "
             "give every dimension, with a size for each -1"
         )
-    if "input_data_file" in d:  # present, even empty: the oneof's third choice
-        raise InvalidRequest(
-            f"{where} reads input_data_file {quote(d['input_data_file'])}, but polystack has no model directory "
-            "to read it from; use zero_data or random_data"
-        )
-    # a oneof: the field set chooses, whatever its value (Triton: "the value ... will not be checked")
-    chosen = [k for k in ("zero_data", "random_data") if k in d]
+    # a oneof: the field set chooses, whatever its value (Triton: "the value ... will not be checked"),
+    # input_data_file even when empty
+    chosen = [k for k in ("zero_data", "random_data", "input_data_file") if k in d]
     if len(chosen) != 1:
         raise InvalidRequest(
-            f"{where} must set one of zero_data or random_data, not {' and '.join(chosen) or 'neither'}"
+            f"{where} must set one of zero_data, random_data or input_data_file, not "
+            f"{' and '.join(chosen) or 'none of them'}"
         )
+    if chosen[0] == "input_data_file":
+        name = _string(d, "input_data_file", where)
+        data = _warmup_file(name, where, model_dir, t.dtype, tuple(dims))
+        return WarmupInput(t.name, t.dtype, tuple(dims), data_file=name, data=data)
     _bool(d, chosen[0], where)
     return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
+
+
+def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, dims: tuple[int, ...]) -> bytes:
+    """The bytes of one row of a warm-up input, read as Triton reads ``input_data_file``: from the model
+    directory's ``warmup/`` folder, raw and row-major, a fixed-size type's file at least one row long
+    (the rest unread), a BYTES one holding the row's elements, each a 4-byte little-endian length and
+    its bytes."""
+    if model_dir is None:
+        raise InvalidRequest(
+            f"{where} reads input_data_file {quote(name)}, but a load's config has no model directory to read it "
+            "from; give the config at start (serve --model-config NAME=DIR/config.pbtxt, the file in DIR/warmup/), "
+            "or use zero_data or random_data"
+        )
+    path = model_dir / "warmup" / name
+    try:
+        if not name or not path.is_file():
+            raise InvalidRequest(f"{where} reads input_data_file {quote(name)}, but {path} is not a file; put it there")
+        size = path.stat().st_size
+        if size > _MAX_WARMUP_BYTES:
+            raise InvalidRequest(
+                f"{where} reads input_data_file {path} of {size:,} bytes; polystack reads warm-up files of at most "
+                f"{_MAX_WARMUP_BYTES:,} bytes"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise InvalidRequest(f"{where} cannot read input_data_file {path}: {e.strerror}") from None
+    if dtype.itemsize:
+        need = math.prod(dims) * dtype.itemsize
+        if len(data) < need:  # Triton's check, in its words
+            raise InvalidRequest(
+                f"{where}: warmup setting expects {need:,} bytes, but the data provided from {path} only has "
+                f"{len(data):,} bytes"
+            )
+        data = data[:need]
+    try:
+        wire.from_raw(name, dtype, dims, data)
+    except InvalidRequest as e:
+        raise InvalidRequest(f"{where}: {path} does not hold one row of dims {list(dims)}: {e.message}") from None
+    return data
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:

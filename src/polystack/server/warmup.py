@@ -17,12 +17,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from polystack.backends.base import CheckedModel
 from polystack.errors import InvalidRequest, PolystackError, Unavailable, quote
+from polystack.protocol import wire
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server")
@@ -32,12 +33,21 @@ _BYTES_ELEMENT = 64  # what a BYTES element costs the runtime (a Python bytes ob
 @dataclass(frozen=True)
 class WarmupInput:
     """One input of a sample: its name, type and dims (without the batch dimension of a batched model),
-    all zeros or random values (Triton's ``zero_data`` / ``random_data``)."""
+    all zeros or random values (Triton's ``zero_data`` / ``random_data``), or one row read from a file
+    (``input_data_file``: ``data`` holds its raw little-endian bytes, BYTES elements 4-byte
+    length-prefixed, repeated for every row of the batch)."""
 
     name: str
     dtype: DType
     dims: tuple[int, ...]
-    random: bool
+    random: bool = False
+    data_file: str = ""  # the file's name, as the config gave it
+    data: bytes | None = field(default=None, repr=False)
+
+    def row(self) -> np.ndarray:
+        """The file's row, as the runtime takes it."""
+        assert self.data is not None
+        return wire.from_raw(self.name, self.dtype, self.dims, self.data)
 
     @property
     def element_bytes(self) -> int:
@@ -58,14 +68,16 @@ class WarmupSample:
     batched: bool  # the model takes a batch dimension (max_batch_size > 0): calls of batch_size rows
 
     def arrays(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """The sample's inputs for one call: Triton's zeros (empty strings for BYTES), or random values
+        """The sample's inputs for one call: Triton's zeros (empty strings for BYTES), random values
         (uniform in [0, 1) for floats, where Triton's random bytes could be NaN; any value of the type for
-        integers, as Triton's; empty strings for BYTES, as Triton's)."""
+        integers, as Triton's; empty strings for BYTES, as Triton's), or the file's row in every row."""
         out: dict[str, np.ndarray] = {}
         for i in self.inputs:
             shape = (self.batch_size, *i.dims) if self.batched else i.dims
             dtype = i.dtype.numpy
-            if i.dtype is DType.BYTES:
+            if i.data is not None:
+                arr = np.broadcast_to(i.row(), shape).copy() if self.batched else i.row()
+            elif i.dtype is DType.BYTES:
                 arr = np.full(shape, b"", dtype=object)
             elif not i.random:
                 arr = np.zeros(shape, dtype)
