@@ -30,7 +30,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     ray = pytest.importorskip("ray")
     from ray import serve
 
+    from polystack.server import model_config
     from polystack.server.app import ServeConfig
+    from polystack.server.model_config import ConfigFile
     from polystack.server.ray_serve import build_app
 
     work = tmp_path_factory.mktemp("serve")
@@ -40,7 +42,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None)
+    # a start config (serve --model-config mlp=DIR/config.pbtxt), warm-up file and all, in each replica
+    (work / "mlp" / "warmup").mkdir(parents=True)
+    (work / "mlp" / "warmup" / "x.bin").write_bytes(np.ones(FEATURES, np.float32).tobytes())
+    pbtxt = f"""max_batch_size: 16
+dynamic_batching {{ max_queue_delay_microseconds: 400 }}
+model_warmup [ {{ name: "file" batch_size: 4 inputs {{ key: "x" value: {{ data_type: TYPE_FP32 dims: [ {FEATURES} ] input_data_file: "x.bin" }} }} }} ]
+"""
+    start_config = ConfigFile(model_config.as_json(pbtxt), work / "mlp")
+    config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, model_configs={"mlp": start_config})
     serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")
     yield f"127.0.0.1:{port}", work / "mlp.onnx"
     serve.shutdown()
@@ -63,6 +73,14 @@ def test_tritonclient_infers_against_ray_serve(served: tuple[str, Path]) -> None
         out = httpclient.InferRequestedOutput("y", binary_data=binary)
         result = client.infer("mlp", [inp], outputs=[out])
         np.testing.assert_allclose(result.as_numpy("y"), reference(model_path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_ray_serve_replicas_serve_a_model_as_its_start_config_says(served: tuple[str, Path]) -> None:
+    import tritonclient.http as httpclient
+
+    config = httpclient.InferenceServerClient(url=served[0]).get_model_config("mlp")
+    assert config["max_batch_size"] == 16 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 400
+    assert config["model_warmup"][0]["inputs"]["x"]["input_data_file"] == "x.bin"
 
 
 def test_ray_serve_answers_errors_like_the_server(served: tuple[str, Path]) -> None:

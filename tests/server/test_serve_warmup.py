@@ -367,7 +367,10 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
             ["--model-config", f"m={typo}"],
             f"--model-config m: {typo}: not a Triton config.pbtxt (protobuf text format): line 2, column 1: ",
         ),
-        (["--model-config", f"m={good}", "--engine", "ray"], "--engine local"),
+        (  # checked before Ray starts, as each replica will read it
+            ["--model-config", f"m={bad}", "--engine", "ray"],
+            "failed to load 'm:1': the config from serve --model-config m: model_warmup[0]",
+        ),
     ]
     for args, says in cases:
         line = refused_at_start(tmp_path, [*args, "--http-port", "0", "--grpc-port", "-1"])

@@ -182,8 +182,6 @@ def serve(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
             "Ray places its replicas itself: drop them, or serve with --engine local"
         )
-    if engine == "ray" and config.model_configs:
-        raise InvalidRequest("--model-config needs --engine local; drop it, or serve with --engine local")
     if engine == "ray" and allow_shared_memory:
         raise InvalidRequest(
             "--allow-shared-memory needs the client and the one server process on the same host; Ray Serve "

@@ -184,7 +184,8 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    def load_models(self) -> None:
+    def _refs(self) -> list[str]:
+        """The models to serve, as refs; every model a start config names among them."""
         refs = list(self.config.models)
         if not refs:
             latest: dict[str, int] = {}
@@ -192,14 +193,30 @@ class Server:
                 latest[r.name] = max(latest.get(r.name, 0), r.version)
             refs = [f"{n}:{v}" for n, v in sorted(latest.items())]
         names = {ModelRef.parse(ref).name for ref in refs}
-        cfg = self.config
-        flags = cfg.no_batching or cfg.force_batching or cfg.batching is not None or cfg.batch_overrides is not None
-        for name in cfg.model_configs:
+        for name in self.config.model_configs:
             if name not in names:
                 raise InvalidRequest(
                     f"--model-config names model {name!r}, which this server does not serve; name a model it "
                     "serves (`polystack models` lists the registered ones), or serve that one too"
                 )
+        return refs
+
+    def check_model_configs(self) -> None:
+        """Refuse what ``load_models`` would refuse in the start configs (``--model-config``), loading
+        nothing: for servers whose models load elsewhere (Ray Serve replicas), so that the mistake is
+        told before they start."""
+        for ref in self._refs():
+            if ModelRef.parse(ref).name in self.config.model_configs:
+                try:
+                    self.plane.check_load(ref)
+                except PolystackError as e:
+                    raise load_failed(ref, e) from None
+
+    def load_models(self) -> None:
+        refs = self._refs()
+        cfg = self.config
+        flags = cfg.no_batching or cfg.force_batching or cfg.batching is not None or cfg.batch_overrides is not None
+        for name in cfg.model_configs:
             if flags:
                 log.warning(
                     "batching settings do not apply: --model-config decides this model's batching",

@@ -10,7 +10,8 @@ KServe clients see the same server whether it runs on one machine or on Ray.
     polystack serve --engine ray --ray-address auto      # join a running cluster
 
 Replicas open the store by path, so on a cluster the store folder must be visible to every
-node (a shared file system). Only HTTP is exposed (Ray Serve's gRPC proxy needs its own stubs).
+node (a shared file system), as must the folders of ``--model-config`` files whose warm-up samples
+read files (``warmup/``): each replica serves its models as those configs say. Only HTTP is exposed (Ray Serve's gRPC proxy needs its own stubs).
 Metrics and statistics are per replica. Ray Serve admits at most ``max_ongoing_requests`` per
 replica (default 5 in Ray); it is raised here to 64, since at 5 the router's back-off collapsed
 throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
@@ -43,13 +44,24 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 
 
 def check_before_ray(store: Any, config: Any, ray_address: str | None = None) -> None:
-    """Refuse, with one line, what would fail only once Ray is up: an unknown model (a deployment that never
-    becomes healthy), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a Ray
-    started here (no ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
+    """Refuse, with one line, what would fail only once Ray is up: an unknown model or a start config
+    (``--model-config``) the model cannot take (a deployment that never becomes healthy), an HTTP port
+    left to chance (Ray Serve's proxy cannot report one), and, for a Ray started here (no
+    ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
+    from polystack.engine import Engine
+    from polystack.server.app import Server
     from polystack.store import ModelRef
 
     for ref in config.models:
         store.get(ModelRef.parse(ref))  # NotFound, with what to do
+    if config.model_configs:  # read here as each replica will, warm-up files included
+        engine = Engine(store)
+        server = Server(engine, config)
+        try:
+            server.check_model_configs()
+        finally:
+            server.close()
+            engine.close()
     if config.http_port == 0:
         raise InvalidRequest("--engine ray needs a fixed --http-port: Ray Serve's proxy cannot report one it chose")
     if ray_address:
