@@ -194,7 +194,7 @@ def test_model_config_is_triton_shaped(client: httpclient.InferenceServerClient)
     config = client.get_model_config("mlp")
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == 64
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16], "format": "FORMAT_NONE"}]
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4], "label_filename": ""}]
     assert client.get_model_config("strid")["input"][0]["data_type"] == "TYPE_STRING"
 

@@ -405,3 +405,54 @@ def test_a_load_the_http_adapter_refuses_says_failed_to_load_first_as_every_refu
     status, _, data = Raw(server.http_port).request("POST", "/v2/repository/models/mlp/load", body)
     error = json.loads(data)["error"]
     assert status == 400 and error.startswith("failed to load 'mlp': ") and why in error, error
+
+
+def test_an_image_inputs_layout_from_a_config_is_shown_as_triton_image_clients_read_it(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Triton's image_client picks its preprocessing from the input's ``format`` in GET config: a config
+    may give it (FORMAT_NCHW or FORMAT_NHWC, on inputs of three dims besides the batch), and every
+    input shows one (FORMAT_NONE unless given), over HTTP and gRPC."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from polystack.formats import import_model
+
+    work = tmp_path_factory.mktemp("image")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["same"])],
+        "image",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(work / "image.onnx"))
+    store, _ = model_store
+    imported = import_model(work / "image.onnx", work / "import")
+    store.register(imported.artifact, name="image", format=imported.format, signature=imported.signature)
+    st = start(store, models=["image"], allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert client.get_model_config("image")["input"][0]["format"] == "FORMAT_NONE"
+        image = {"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 4, 4]}
+        nchw = {"max_batch_size": 8, "input": [image]}
+        client.load_model("image", config=json.dumps(nchw))
+        assert client.get_model_config("image")["input"][0]["format"] == "FORMAT_NCHW"
+        g = grpcclient.InferenceServerClient(st.grpc_url).get_model_config("image").config
+        assert grpcclient.model_config_pb2.ModelInput.Format.Name(g.input[0].format) == "FORMAT_NCHW"
+        for layout, why in (("FORMAT_NCWH", "Triton's are FORMAT_NONE"), ("FORMAT_NHWC", None)):
+            config = {"max_batch_size": 8, "input": [{"name": "image", "format": layout}]}
+            if why is None:
+                client.load_model("image", config=json.dumps(config))
+                continue
+            with pytest.raises(InferenceServerException, match=why):
+                client.load_model("image", config=json.dumps(config))
+        assert client.get_model_config("image")["input"][0]["format"] == "FORMAT_NHWC"
+        client.load_model("image")  # back to the plan's: no layout
+        assert client.get_model_config("image")["input"][0]["format"] == "FORMAT_NONE"
+        # a layout needs three dims besides the batch: the MLP's [16] has one
+        with pytest.raises(InferenceServerException, match=r"FORMAT_NCHW, which needs 3 dims besides the batch"):
+            client.load_model("mlp", config=json.dumps({"max_batch_size": 8, "input": [{"name": "x", "format": "FORMAT_NCHW"}]}))
+    finally:
+        st.stop()

@@ -76,6 +76,7 @@ class _Plan:
     policy: BatchPolicy | None
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
     warmup: tuple[WarmupSample, ...] = ()  # run before it is routed to (a config's model_warmup)
+    formats: tuple[tuple[str, str], ...] = ()  # inputs' layouts, as the config gave them (shown in GET config)
     config: str | None = None  # the Triton config it follows: the load's, else the one given at start
 
 
@@ -87,6 +88,7 @@ class _Served:
     instances: int | None = None
     executor: ThreadPoolExecutor | None = None
     warmup: tuple[WarmupSample, ...] = ()
+    formats: tuple[tuple[str, str], ...] = ()
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
 
     def close(self, wait: bool) -> None:
@@ -236,6 +238,7 @@ class DataPlane:
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         samples: tuple[WarmupSample, ...] = ()
+        formats: tuple[tuple[str, str], ...] = ()
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
         if config is None and record.name in self.model_configs:
@@ -253,8 +256,8 @@ class DataPlane:
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
-            samples = chosen.warmup
-        return _Plan(record, spec, policy, instances, samples, config)
+            samples, formats = chosen.warmup, chosen.formats
+        return _Plan(record, spec, policy, instances, samples, formats, config)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
@@ -281,7 +284,9 @@ class DataPlane:
             executor = ThreadPoolExecutor(
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
-        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor, plan.warmup)
+        served = self._served[key] = _Served(
+            entry, batcher, instances if executor else None, executor, plan.warmup, plan.formats
+        )
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
@@ -298,7 +303,7 @@ class DataPlane:
         }
         if plan.config is not None:
             # what the config made of it
-            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.warmup)
+            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.warmup, plan.formats)
         log.info("model loaded", extra=extra)
         return entry
 
@@ -330,7 +335,7 @@ class DataPlane:
         served = self._served.get((record.name, record.version))
         if served is None or served.instances != plan.instances or served.entry.record != record:
             return None
-        if served.warmup != plan.warmup:  # GET config would show warm-up samples the plan no longer has
+        if (served.warmup, served.formats) != (plan.warmup, plan.formats):  # GET config would show the old ones
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
@@ -520,7 +525,9 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
-        return model_config.render(served.entry, served.batcher, self._instances(served), served.warmup)
+        return model_config.render(
+            served.entry, served.batcher, self._instances(served), served.warmup, served.formats
+        )
 
     def _instances(self, served: _Served) -> int:
         """How many of a model's requests (or batches) run at once."""

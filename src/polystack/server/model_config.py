@@ -76,7 +76,7 @@ _READ = {
                          "default_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
     "instance_group": {"name", "kind", "count", "gpus"},
-    "input": {"name", "data_type", "dims"},
+    "input": {"name", "data_type", "dims", "format"},
     "output": {"name", "data_type", "dims", "label_filename"},
     "model_warmup": _TRITON["model_warmup"],
     "model_warmup.input": _TRITON["model_warmup.input"],
@@ -87,8 +87,8 @@ _DEFAULTS: dict[str, Any] = {
     "optimization.input_pinned_memory": {"enable": True},
     "optimization.output_pinned_memory": {"enable": True},
     "optimization.priority": "PRIORITY_DEFAULT",
-    "input.format": "FORMAT_NONE",
 }
+_FORMATS = ("FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW")  # an input's layout, for clients (Triton's image_client)
 # oneof choices whose mere presence, even empty, asks for something
 _CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy", "input.reshape", "output.reshape"}
 # maps, whose keys (with empty values) ask for something
@@ -118,13 +118,19 @@ class LoadConfig:
     max_batch_size: int | None
     instances: int | None = None
     warmup: tuple[WarmupSample, ...] = ()  # run once loaded, before it is routed to (Triton's model_warmup)
+    formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW): shown, for clients
 
 
 def render(
-    entry: LoadedEntry, batcher: DynamicBatcher | None, instances: int, warmup: tuple[WarmupSample, ...] = ()
+    entry: LoadedEntry,
+    batcher: DynamicBatcher | None,
+    instances: int,
+    warmup: tuple[WarmupSample, ...] = (),
+    formats: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
-    with ``instances`` of its requests (or batches) running at once, warmed up with ``warmup``."""
+    with ``instances`` of its requests (or batches) running at once, warmed up with ``warmup``, its
+    inputs in the layouts ``formats`` names (Triton's default, FORMAT_NONE, for the others)."""
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
     if merging:
@@ -144,7 +150,7 @@ def render(
         "platform": entry.spec.platform,
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
-        "input": [tensor(t) for t in sig.inputs],
+        "input": [{**tensor(t), "format": dict(formats).get(t.name, "FORMAT_NONE")} for t in sig.inputs],
         "output": [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs],
         "instance_group": [
             {
@@ -255,8 +261,9 @@ def read(
         if instances is None:
             instances = default.instances if default else 1
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-    _tensors(config, record, max_batch)
-    return LoadConfig(batching, rows, instances, _warmups(config.get("model_warmup"), record, max_batch, model_dir))
+    formats = _tensors(config, record, max_batch)
+    warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
+    return LoadConfig(batching, rows, instances, warmup, formats)
 
 
 def as_json(text: str) -> str:
@@ -519,9 +526,12 @@ def _parameters(value: Any, spec: LoadSpec) -> None:
             )
 
 
-def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> None:
-    """Inputs and outputs the config lists must be the model's own, with the same type and dims."""
+def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tuple[tuple[str, str], ...]:
+    """Inputs and outputs the config lists must be the model's own, with the same type and dims; the
+    layouts (``format``) it gives inputs, as Triton checks them (NHWC and NCHW: three dims besides the
+    batch)."""
     sig = record.signature
+    formats: list[tuple[str, str]] = []
     for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
         items = config.get(key, [])
         if not isinstance(items, list):
@@ -555,6 +565,16 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> Non
                         f"max_batch_size {max_batch} (-1: any size); polystack checks requests against the model's "
                         "own dims"
                     )
+            layout = (_string(d, "format", where) if key == "input" else "") or "FORMAT_NONE"
+            if layout not in _FORMATS:
+                raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
+            if layout != "FORMAT_NONE":
+                if len(_dims(t, max_batch)) != 3:
+                    raise InvalidRequest(
+                        f"{where} ({name}) has format {layout}, which needs 3 dims besides the batch, but the model's "
+                        f"are {_dims(t, max_batch)} (max_batch_size {max_batch}); leave format out"
+                    )
+                formats.append((name, layout))
             label = _string(d, "label_filename", where)
             if label and label != label_files.get(name, ""):
                 raise InvalidRequest(
@@ -562,6 +582,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> Non
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
+    return tuple(formats)
 
 
 # -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------
