@@ -338,15 +338,21 @@ def test_a_start_config_warms_with_input_data_files_from_its_model_directory(
         st.stop()
 
 
-def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_path: Path) -> None:
-    from servekit import refused_at_start
-
+def registered_mlp(tmp_path: Path, hidden: int = 8) -> Path:
+    """A store home in ``tmp_path`` with an MLP (16 -> ``hidden`` -> 4) registered as ``m`` through the CLI."""
     from polystack.examples import mlp_onnx
 
     home = tmp_path / "home"
-    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4))
+    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, hidden, 4))
     subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
                    check=True, capture_output=True)  # fmt: skip
+    return home
+
+
+def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_path: Path) -> None:
+    from servekit import refused_at_start
+
+    registered_mlp(tmp_path)  # as refused_at_start finds it: tmp_path / "home"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"nope": {}}}]}))
     good = tmp_path / "good.json"
@@ -381,12 +387,7 @@ def test_a_triton_config_pbtxt_serves_its_model_as_it_says_through_the_cli(tmp_p
     """A model repository's config.pbtxt, as it is, through ``polystack serve --model-config``."""
     from servekit import cli_server, free_port
 
-    from polystack.examples import mlp_onnx
-
-    home = tmp_path / "home"
-    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4))
-    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
-                   check=True, capture_output=True)  # fmt: skip
+    home = registered_mlp(tmp_path)
     pbtxt = tmp_path / "config.pbtxt"
     pbtxt.write_text(
         '''# as Triton's model repository holds it
@@ -419,12 +420,7 @@ model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type
 def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: Path, sig: signal.Signals) -> None:
     """Before, the signal handlers came with the event loop, after the models loaded: a SIGTERM killed
     the process (143) and a Ctrl-C printed a traceback."""
-    from polystack.examples import mlp_onnx
-
-    home = tmp_path / "home"
-    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 2048, 4))  # ~ms a call at batch 64: 1,000 calls take seconds
-    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
-                   check=True, capture_output=True)  # fmt: skip
+    home = registered_mlp(tmp_path, hidden=2048)  # ~ms a call at batch 64: 1,000 calls take seconds
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=64, count=1000)
     config = tmp_path / "config.json"
     config.write_text(warmup_config(w, max_batch_size=64))
