@@ -261,3 +261,43 @@ def test_a_warmup_file_that_cannot_give_a_row_is_refused(
     with pytest.raises(InvalidRequest, match=r"input_data_file|warmup setting") as e:
         model_config.read(text, RECORD, SPEC, PLAN, tmp_path if model_dir else None)
     assert says in str(e.value)
+
+
+def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_lets_polystack_choose() -> None:
+    """protobuf drops zeros: the text itself says whether the file set it."""
+    assert json.loads(model_config.as_json("max_batch_size: 0 # no batching"))["max_batch_size"] == 0
+    assert "max_batch_size" not in json.loads(model_config.as_json('name: "max_batch_size" # max_batch_size: 0'))
+    with pytest.raises(InvalidRequest, match="dynamic_batching needs max_batch_size of 1 or more"):
+        model_config.read(model_config.as_json("max_batch_size: 0\ndynamic_batching { }"), RECORD, SPEC, PLAN)
+    chosen = model_config.read(model_config.as_json("dynamic_batching { }"), RECORD, SPEC, PLAN)
+    assert chosen.batching is not None and chosen.batching.max_batch_size == PLAN.max_batch_size
+
+
+def test_config_files_are_checked_when_read_whatever_their_form() -> None:
+    assert json.loads(model_config.as_json('\ufeff{"max_batch_size": 4}')) == {"max_batch_size": 4}  # a BOM
+    assert json.loads(model_config.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
+    with pytest.raises(InvalidRequest, match=r"^not JSON: .*; fix it, or give Triton's config\.pbtxt$"):
+        model_config.as_json('{"max_batch_size": 4,}')
+    # a field of Triton releases newer than the installed tritonclient's ModelConfig
+    with pytest.raises(InvalidRequest, match="is_non_linear_format_io is a field of newer Triton releases"):
+        model_config.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')
+
+
+def test_a_warmup_file_named_outside_the_warmup_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "x.bin").write_bytes(b"\0" * 16)
+    for name in ("../x.bin", str(tmp_path / "x.bin")):
+        text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": name}})
+        with pytest.raises(InvalidRequest, match="inside the model directory's warmup/ folder"):
+            model_config.read(text, RECORD, SPEC, PLAN, tmp_path)
+
+
+def test_a_bytes_warmup_file_counts_its_size_in_every_row(tmp_path: Path) -> None:
+    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, 1)),), outputs=(TensorSpec("t", DType.BYTES, (-1, 1)),))
+    record = dataclasses.replace(RECORD, signature=strings)
+    (tmp_path / "warmup").mkdir()
+    big = 8 << 20  # one 8 MiB string: 64 rows of it are 512 MiB
+    (tmp_path / "warmup" / "s.bin").write_bytes(big.to_bytes(4, "little") + b"a" * big)
+    text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [1], "input_data_file": "s.bin"}}, batch_size=64)
+    with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
+        model_config.read(text, record, SPEC, dataclasses.replace(PLAN, max_batch_size=64), tmp_path)

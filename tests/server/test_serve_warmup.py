@@ -6,6 +6,7 @@ without a config of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -369,6 +370,7 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
             "failed to load 'm:1': the config from serve --model-config m: model_warmup[0]",
         ),
         (["m:1", "--model-config", f"m:1={good}"], "without a version"),
+        (["--model-config", f"m={tmp_path}"], f"is a folder; name the file in it (Triton's: {tmp_path}/config.pbtxt)"),
         (
             ["--model-config", f"m={typo}"],
             f"--model-config m: {typo}: not a Triton config.pbtxt (protobuf text format): line 2, column 1: ",
@@ -445,6 +447,78 @@ def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: P
     messages = [r["msg"] for r in records]
     assert "model warmed up" not in messages and "serving" not in messages, messages
     assert records[-1]["msg"] == "stopped" and records[-1]["before_serving"] is True and records[-1]["models"] == []
+
+
+def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_path: Path) -> None:
+    """The first signal asks the warm-up to stop between two calls; a second does not wait for the call."""
+    home = registered_mlp(tmp_path, hidden=512)
+    rows = 300_000  # one call of this batch takes about a second here
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, batch_size=rows, count=100)
+    config = tmp_path / "config.json"
+    config.write_text(warmup_config(w, max_batch_size=rows))
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", "m", "--model-config", f"m={config}",
+           "--http-port", "0", "--grpc-port", "-1"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "warming up model" not in log.read_text():  # logged just before the first call
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "a second signal stops at once" not in log.read_text():  # taken at once, mid-call
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_signal_stops_a_server_whose_event_loop_takes_no_signal_handlers(tmp_path: Path) -> None:
+    """Windows' loops have no add_signal_handler; none can be had on Linux, so this test's process
+    patches in a loop without them (a stand-in for the real one, which cannot run here)."""
+    home = registered_mlp(tmp_path)
+    script = (
+        "import asyncio, sys\n"
+        "from polystack.server import app\n"
+        "class NoSignals(asyncio.SelectorEventLoop):\n"
+        "    def add_signal_handler(self, *args):\n"
+        "        raise NotImplementedError\n"
+        "def run_loop(coro):\n"
+        "    with asyncio.Runner(loop_factory=NoSignals) as runner:\n"
+        "        runner.run(coro)\n"
+        "app._run_loop = run_loop\n"
+        "sys.argv[0] = 'polystack'\n"
+        "from polystack.cli import main\n"
+        "main()\n"
+    )
+    from servekit import free_port
+
+    port = free_port()
+    args = ["m", "--grpc-port", "-1", "--http-port", str(port)]
+    cmd = [sys.executable, "-c", script, "--home", str(home), "serve", *args]
+    with (tmp_path / "serve.log").open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                if client.is_server_ready():
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_start_config_decides_its_models_batching_whatever_the_batching_flags_say(

@@ -245,6 +245,10 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
             )
         if name in configs:
             raise InvalidRequest(f"--model-config names model {name!r} twice; give one file per model")
+        if Path(path).is_dir():
+            raise InvalidRequest(
+                f"--model-config {name}: {path} is a folder; name the file in it (Triton's: {Path(path) / 'config.pbtxt'})"
+            )
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

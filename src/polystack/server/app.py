@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -328,20 +329,36 @@ def run(engine: Engine, config: ServeConfig) -> int:
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
     # A SIGTERM or Ctrl-C while models load (a large one, a long warm-up) stops the start: a warm-up
-    # stops between two calls, no further model loads, and the process exits 0, as after a drain.
+    # stops between two calls, no further model loads, and the process exits 0, as after a drain. The
+    # models load on a thread of their own, so that the main thread takes the signal at once, even in
+    # the middle of a runtime's call; a second signal ends the process there and then.
     stopped_early = threading.Event()
 
     def stop_while_starting(signum: int, frame: object) -> None:
+        if stopped_early.is_set():  # a second signal: stop now, whatever runs (a hung runtime call)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         stopped_early.set()
         server.plane.start_draining()
+        log.info("stopping: the models still loading stop at the next chance; a second signal stops at once")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_while_starting)
-    try:
-        server.load_models()
-    except PolystackError:
-        if not stopped_early.is_set():
-            raise
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            server.load_models()
+        except BaseException as e:  # raised again below, on the main thread
+            failed.append(e)
+
+    loader = threading.Thread(target=load, name="polystack-start")
+    loader.start()
+    while loader.is_alive():
+        loader.join(0.5)  # returns for the signal handlers to run
+    if failed and not (stopped_early.is_set() and isinstance(failed[0], PolystackError)):
+        raise failed[0]
     if stopped_early.is_set():
         log.info("stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]})
         server.close()
@@ -357,8 +374,10 @@ def run(engine: Engine, config: ServeConfig) -> int:
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            try:
                 loop.add_signal_handler(sig, server.request_stop)
+            except (NotImplementedError, RuntimeError):  # a loop without them (Windows): Python's own handler
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(server.request_stop))
         if stopped_early.is_set():  # a signal after the models loaded, before the loop took the signals
             server.request_stop()
         await server.wait_stopped()

@@ -18,6 +18,7 @@ as numbers or strings.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import re
@@ -270,8 +271,13 @@ def as_json(text: str) -> str:
     """A model configuration file's ``text`` as the JSON ``read`` takes: JSON as it is (what GET config
     returns), anything else read as Triton's config.pbtxt (protobuf text format, against the
     ModelConfig message tritonclient ships), so that a Triton model repository's files serve as they
-    are. Text that is neither is refused, with the line and column where the text format stopped."""
+    are. Text that is neither is refused, with the line and column where it stopped."""
+    text = text.removeprefix("\ufeff")  # the byte-order mark some editors write
     if text.lstrip().startswith("{"):
+        try:
+            http_codec.loads(text.encode())
+        except InvalidRequest as e:
+            raise InvalidRequest(f"not JSON: {e.message}; fix it, or give Triton's config.pbtxt") from None
         return text
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
@@ -279,18 +285,49 @@ def as_json(text: str) -> str:
     try:
         message = text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
+        where, reason = f"line {e.GetLine()}, column {e.GetColumn()}", _parse_reason(e)
+        newer = re.search(r'has no field named "(\w+)"', reason)
+        if newer and any(newer[1] in fields for fields in _TRITON.values()):
+            raise InvalidRequest(
+                f"{where}: {newer[1]} is a field of newer Triton releases than the tritonclient "
+                f"{importlib.metadata.version('tritonclient')} whose ModelConfig reads config.pbtxt here; leave it "
+                "out, or give the config as JSON (the form GET config returns)"
+            ) from None
         raise InvalidRequest(
-            f"not a Triton config.pbtxt (protobuf text format): line {e.GetLine()}, column {e.GetColumn()}: "
-            f"{_parse_reason(e)}; fix that line, or give the JSON GET config returns"
+            f"not a Triton config.pbtxt (protobuf text format): {where}: {reason}; fix that line, or give the JSON "
+            "GET config returns"
         ) from None
     # as Triton's own JSON: field names as in the .proto, 64-bit integers as strings (read takes both)
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    config = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if "max_batch_size" not in config and "max_batch_size" in _top_level_fields(text):
+        # protobuf drops a zero, but the file said it: 0 is no batching, where leaving it out lets polystack
+        # choose (as Triton's auto-complete would)
+        config["max_batch_size"] = 0
+    return json.dumps(config)
 
 
 def _parse_reason(e: Exception) -> str:
     """protobuf's message without its "line:column : " and the quoted line it repeats."""
     reason = str(e).split(" : ", 1)[-1]
     return re.sub(r"^'.*?': ", "", reason, count=1, flags=re.S)
+
+
+def _top_level_fields(text: str) -> set[str]:
+    """The fields protobuf text ``text`` sets at its top level (comments and strings skipped)."""
+    from google.protobuf import text_format
+
+    tokens = text_format.Tokenizer(text.splitlines())
+    depth, names = 0, set()
+    while not tokens.AtEnd():
+        token = tokens.token
+        if token in ("{", "<", "["):
+            depth += 1
+        elif token in ("}", ">", "]"):
+            depth -= 1
+        elif depth == 0 and (token[:1].isalpha() or token[:1] == "_"):
+            names.add(token)
+        tokens.NextToken()
+    return names
 
 
 def label_files(text: str) -> dict[str, str]:
@@ -445,6 +482,11 @@ def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, di
             f"{where} reads input_data_file {quote(name)}, but a load's config has no model directory to read it "
             "from; give the config at start (serve --model-config NAME=DIR/config.pbtxt, the file in DIR/warmup/), "
             "or use zero_data or random_data"
+        )
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InvalidRequest(
+            f"{where} reads input_data_file {quote(name)}; name a file inside the model directory's warmup/ folder "
+            f"({model_dir / 'warmup'}), relative to it"
         )
     path = model_dir / "warmup" / name
     try:

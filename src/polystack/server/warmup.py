@@ -98,8 +98,11 @@ class WarmupSample:
 
     @property
     def input_bytes(self) -> int:
-        """What building the sample's inputs for one call takes."""
-        return sum(self.batch_size * math.prod(i.dims) * i.element_bytes for i in self.inputs)
+        """What building the sample's inputs for one call takes (a file's BYTES elements at their size)."""
+        return sum(
+            self.batch_size * (math.prod(i.dims) * i.element_bytes + (len(i.data) if i.data is not None else 0))
+            for i in self.inputs
+        )
 
 
 def run(
