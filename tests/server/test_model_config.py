@@ -276,11 +276,15 @@ def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_
 def test_config_files_are_checked_when_read_whatever_their_form() -> None:
     assert json.loads(model_config.as_json('\ufeff{"max_batch_size": 4}')) == {"max_batch_size": 4}  # a BOM
     assert json.loads(model_config.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
-    with pytest.raises(InvalidRequest, match=r"^not JSON: .*; fix it, or give Triton's config\.pbtxt$"):
+    with pytest.raises(InvalidRequest, match=r"^not JSON: Expecting property name .*line 1 column 22.*; fix it there$"):
         model_config.as_json('{"max_batch_size": 4,}')
     # a field of Triton releases newer than the installed tritonclient's ModelConfig
     with pytest.raises(InvalidRequest, match="is_non_linear_format_io is a field of newer Triton releases"):
         model_config.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')
+    # a field of Triton's in the wrong message is a plain mistake
+    for text in ("dynamic_batching { max_batch_size: 8 }", 'input [ { name: "x" label_filename: "l.txt" } ]'):
+        with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt .* has no field named"):
+            model_config.as_json(text)
 
 
 def test_a_warmup_file_named_outside_the_warmup_folder_is_refused(tmp_path: Path) -> None:
@@ -301,3 +305,9 @@ def test_a_bytes_warmup_file_counts_its_size_in_every_row(tmp_path: Path) -> Non
     text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [1], "input_data_file": "s.bin"}}, batch_size=64)
     with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
         model_config.read(text, record, SPEC, dataclasses.replace(PLAN, max_batch_size=64), tmp_path)
+    # a fixed-size file row counts as the zeros it stands for, once
+    wide = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
+    (tmp_path / "warmup" / "x.bin").write_bytes(b"\0" * (8 << 20))
+    for data in ({"zero_data": True}, {"input_data_file": "x.bin"}):
+        text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [2 << 20], **data}}, batch_size=24)  # 192 MiB
+        model_config.read(text, dataclasses.replace(RECORD, signature=wide), SPEC, PLAN, tmp_path)

@@ -339,12 +339,12 @@ def test_a_start_config_warms_with_input_data_files_from_its_model_directory(
         st.stop()
 
 
-def registered_mlp(tmp_path: Path, hidden: int = 8) -> Path:
-    """A store home in ``tmp_path`` with an MLP (16 -> ``hidden`` -> 4) registered as ``m`` through the CLI."""
+def registered_mlp(tmp_path: Path, sizes: tuple[int, ...] = (16, 8, 4)) -> Path:
+    """A store home in ``tmp_path`` with an MLP of layer ``sizes`` registered as ``m`` through the CLI."""
     from polystack.examples import mlp_onnx
 
     home = tmp_path / "home"
-    path = mlp_onnx(tmp_path / "m.onnx", sizes=(16, hidden, 4))
+    path = mlp_onnx(tmp_path / "m.onnx", sizes=sizes)
     subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(path), "--name", "m"],
                    check=True, capture_output=True)  # fmt: skip
     return home
@@ -370,7 +370,7 @@ def test_model_config_at_start_exits_2_with_one_line_when_it_cannot_be_used(tmp_
             "failed to load 'm:1': the config from serve --model-config m: model_warmup[0]",
         ),
         (["m:1", "--model-config", f"m:1={good}"], "without a version"),
-        (["--model-config", f"m={tmp_path}"], f"is a folder; name the file in it (Triton's: {tmp_path}/config.pbtxt)"),
+        (["--model-config", f"m={tmp_path / 'home'}"], f"cannot read {tmp_path}/home/config.pbtxt: No such file"),
         (
             ["--model-config", f"m={typo}"],
             f"--model-config m: {typo}: not a Triton config.pbtxt (protobuf text format): line 2, column 1: ",
@@ -405,7 +405,7 @@ model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type
     (tmp_path / "warmup").mkdir()  # Triton's layout: the warm-up files beside config.pbtxt, in warmup/
     (tmp_path / "warmup" / "ones.bin").write_bytes(np.ones(16, np.float32).tobytes())
     port, log = free_port(), tmp_path / "serve.log"
-    with cli_server(home, ["m", "--model-config", f"m={pbtxt}", "--grpc-port", "-1"], port, log):
+    with cli_server(home, ["m", "--model-config", f"m={tmp_path}", "--grpc-port", "-1"], port, log):  # its folder
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         config = client.get_model_config("m")
         assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
@@ -422,7 +422,7 @@ model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type
 def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: Path, sig: signal.Signals) -> None:
     """Before, the signal handlers came with the event loop, after the models loaded: a SIGTERM killed
     the process (143) and a Ctrl-C printed a traceback."""
-    home = registered_mlp(tmp_path, hidden=2048)  # ~ms a call at batch 64: 1,000 calls take seconds
+    home = registered_mlp(tmp_path, (16, 2048, 4))  # ~ms a call at batch 64: 1,000 calls take seconds
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=64, count=1000)
     config = tmp_path / "config.json"
     config.write_text(warmup_config(w, max_batch_size=64))
@@ -451,8 +451,8 @@ def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: P
 
 def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_path: Path) -> None:
     """The first signal asks the warm-up to stop between two calls; a second does not wait for the call."""
-    home = registered_mlp(tmp_path, hidden=512)
-    rows = 300_000  # one call of this batch takes about a second here
+    home = registered_mlp(tmp_path, (16, 2048, 2048, 2048, 2048, 4))
+    rows = 60_000  # one call of this batch takes about 15 s here (750 GMAC): long on any CPU
     w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, batch_size=rows, count=100)
     config = tmp_path / "config.json"
     config.write_text(warmup_config(w, max_batch_size=rows))
@@ -466,11 +466,15 @@ def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_
         while "warming up model" not in log.read_text():  # logged just before the first call
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
+        time.sleep(0.5)  # into the first call
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while "a second signal stops at once" not in log.read_text():  # taken at once, mid-call
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # sent with the first (a wrapper forwarding it): not a second one
+        time.sleep(1.2)
+        assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == -signal.SIGTERM, log.read_text()
     finally:

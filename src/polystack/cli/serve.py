@@ -96,9 +96,10 @@ def serve(
     model_config: list[str] = typer.Option(
         None,
         "--model-config",
-        metavar="NAME=FILE",
+        metavar="NAME=FILE|DIR",
         help="Serve model NAME as this Triton model configuration (config.pbtxt, or the JSON GET config returns) says: "
-        "batching, instances, warm-up; loads without a config of their own use it too (Triton's config.pbtxt). "
+        "batching, instances, warm-up; loads without a config of their own use it too (Triton's config.pbtxt; a "
+        "model directory means its config.pbtxt, and its warmup/ folder holds the warm-up files). "
         "Repeat for more models.",
     ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
@@ -245,17 +246,16 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
             )
         if name in configs:
             raise InvalidRequest(f"--model-config names model {name!r} twice; give one file per model")
-        if Path(path).is_dir():
-            raise InvalidRequest(
-                f"--model-config {name}: {path} is a folder; name the file in it (Triton's: {Path(path) / 'config.pbtxt'})"
-            )
+        file = Path(path).resolve()  # replicas on Ray read its warmup/ folder from their own working directory
+        if file.is_dir():  # a Triton model directory
+            file = file / "config.pbtxt"
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise InvalidRequest(f"--model-config {name}: cannot read {path}: {reason}") from None
+            raise InvalidRequest(f"--model-config {name}: cannot read {file}: {reason}") from None
         try:
-            configs[name] = model_config.ConfigFile(model_config.as_json(text), Path(path).parent)
+            configs[name] = model_config.ConfigFile(model_config.as_json(text), file.parent)
         except InvalidRequest as e:
-            raise e.prefixed(f"--model-config {name}: {path}") from None
+            raise e.prefixed(f"--model-config {name}: {file}") from None
     return configs

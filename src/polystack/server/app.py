@@ -333,12 +333,17 @@ def run(engine: Engine, config: ServeConfig) -> int:
     # models load on a thread of their own, so that the main thread takes the signal at once, even in
     # the middle of a runtime's call; a second signal ends the process there and then.
     stopped_early = threading.Event()
+    first_signal = [0.0]
 
     def stop_while_starting(signum: int, frame: object) -> None:
-        if stopped_early.is_set():  # a second signal: stop now, whatever runs (a hung runtime call)
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if stopped_early.is_set():
+            # a second signal: stop now, whatever runs (a hung runtime call); not one sent with the first
+            # (a wrapper forwarding Ctrl-C to its process group, which has it already)
+            if time.monotonic() - first_signal[0] > 1.0:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             return
+        first_signal[0] = time.monotonic()
         stopped_early.set()
         server.plane.start_draining()
         log.info("stopping: the models still loading stop at the next chance; a second signal stops at once")

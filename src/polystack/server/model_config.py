@@ -275,9 +275,9 @@ def as_json(text: str) -> str:
     text = text.removeprefix("\ufeff")  # the byte-order mark some editors write
     if text.lstrip().startswith("{"):
         try:
-            http_codec.loads(text.encode())
-        except InvalidRequest as e:
-            raise InvalidRequest(f"not JSON: {e.message}; fix it, or give Triton's config.pbtxt") from None
+            json.loads(text)
+        except ValueError as e:
+            raise InvalidRequest(f"not JSON: {e}; fix it there") from None
         return text
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
@@ -286,10 +286,10 @@ def as_json(text: str) -> str:
         message = text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
         where, reason = f"line {e.GetLine()}, column {e.GetColumn()}", _parse_reason(e)
-        newer = re.search(r'has no field named "(\w+)"', reason)
-        if newer and any(newer[1] in fields for fields in _TRITON.values()):
+        newer = re.search(r'Message type "inference\.([\w.]+)" has no field named "(\w+)"', reason)
+        if newer and newer[2] in _TRITON.get(_KINDS.get(newer[1], ""), ()):
             raise InvalidRequest(
-                f"{where}: {newer[1]} is a field of newer Triton releases than the tritonclient "
+                f"{where}: {newer[2]} is a field of newer Triton releases than the tritonclient "
                 f"{importlib.metadata.version('tritonclient')} whose ModelConfig reads config.pbtxt here; leave it "
                 "out, or give the config as JSON (the form GET config returns)"
             ) from None
@@ -304,6 +304,19 @@ def as_json(text: str) -> str:
         # choose (as Triton's auto-complete would)
         config["max_batch_size"] = 0
     return json.dumps(config)
+
+
+# the model_config.proto messages _TRITON knows the fields of, by the name protobuf's errors give them
+_KINDS = {
+    "ModelConfig": "config",
+    "ModelInput": "input",
+    "ModelOutput": "output",
+    "ModelInstanceGroup": "instance_group",
+    "ModelDynamicBatching": "dynamic_batching",
+    "ModelQueuePolicy": "default_queue_policy",
+    "ModelWarmup": "model_warmup",
+    "ModelWarmup.Input": "model_warmup.input",
+}
 
 
 def _parse_reason(e: Exception) -> str:
@@ -615,6 +628,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                     raise InvalidRequest(
                         f"{where} ({name}) has format {layout}, which needs 3 dims besides the batch, but the model's "
                         f"are {_dims(t, max_batch)} (max_batch_size {max_batch}); leave format out"
+                        + ("" if max_batch or not t.batched else ", or set max_batch_size 1 or more")
                     )
                 formats.append((name, layout))
             label = _string(d, "label_filename", where)

@@ -100,7 +100,8 @@ class WarmupSample:
     def input_bytes(self) -> int:
         """What building the sample's inputs for one call takes (a file's BYTES elements at their size)."""
         return sum(
-            self.batch_size * (math.prod(i.dims) * i.element_bytes + (len(i.data) if i.data is not None else 0))
+            self.batch_size
+            * (math.prod(i.dims) * i.element_bytes + (len(i.data) if i.data is not None and not i.dtype.itemsize else 0))
             for i in self.inputs
         )
 
