@@ -278,6 +278,8 @@ def test_config_files_are_checked_when_read_whatever_their_form() -> None:
     assert json.loads(model_config.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
     with pytest.raises(InvalidRequest, match=r"^not JSON: Expecting property name .*line 1 column 22.*; fix it there$"):
         model_config.as_json('{"max_batch_size": 4,}')
+    with pytest.raises(InvalidRequest, match=r"^not JSON: "):  # valid, but nested past the parser's recursion limit
+        model_config.as_json('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}")
     # a field of Triton releases newer than the installed tritonclient's ModelConfig
     with pytest.raises(InvalidRequest, match="is_non_linear_format_io is a field of newer Triton releases"):
         model_config.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')

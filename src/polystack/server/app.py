@@ -328,10 +328,45 @@ def run(engine: Engine, config: ServeConfig) -> int:
     server = Server(engine, config)
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
-    # A SIGTERM or Ctrl-C while models load (a large one, a long warm-up) stops the start: a warm-up
-    # stops between two calls, no further model loads, and the process exits 0, as after a drain. The
-    # models load on a thread of their own, so that the main thread takes the signal at once, even in
-    # the middle of a runtime's call; a second signal ends the process there and then.
+    stopped_early = _load_until_signalled(server)
+    if stopped_early.is_set():
+        log.info("stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]})
+        server.close()
+        engine.close()
+        return 0
+    # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
+    # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
+    # gc at ~4% of the event loop's time under load).
+    gc.collect()
+    gc.freeze()
+
+    async def main() -> None:
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, server.request_stop)
+            except (NotImplementedError, RuntimeError):  # a loop without them (Windows): Python's own handler
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(server.request_stop))
+        if stopped_early.is_set():  # a signal after the models loaded, before the loop took the signals
+            server.request_stop()
+        await server.wait_stopped()
+        await server.shutdown()
+
+    try:
+        _run_loop(main())
+    finally:
+        server.close()
+        engine.close()
+    return 0
+
+
+def _load_until_signalled(server: Server) -> threading.Event:
+    """``server.load_models()``, stopped by a SIGTERM or Ctrl-C: a warm-up stops between two calls, no
+    further model loads, and the event returned is set (``run`` then exits 0, as after a drain). The
+    models load on a thread of their own, so that the main thread takes the signal at once, even in the
+    middle of a runtime's call; a second signal ends the process there and then. A failure to load is
+    raised here, unless the signal caused it."""
     stopped_early = threading.Event()
     first_signal = [0.0]
 
@@ -364,36 +399,7 @@ def run(engine: Engine, config: ServeConfig) -> int:
         loader.join(0.5)  # returns for the signal handlers to run
     if failed and not (stopped_early.is_set() and isinstance(failed[0], PolystackError)):
         raise failed[0]
-    if stopped_early.is_set():
-        log.info("stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]})
-        server.close()
-        engine.close()
-        return 0
-    # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
-    # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
-    # gc at ~4% of the event loop's time under load).
-    gc.collect()
-    gc.freeze()
-
-    async def main() -> None:
-        await server.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, server.request_stop)
-            except (NotImplementedError, RuntimeError):  # a loop without them (Windows): Python's own handler
-                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(server.request_stop))
-        if stopped_early.is_set():  # a signal after the models loaded, before the loop took the signals
-            server.request_stop()
-        await server.wait_stopped()
-        await server.shutdown()
-
-    try:
-        _run_loop(main())
-    finally:
-        server.close()
-        engine.close()
-    return 0
+    return stopped_early
 
 
 def _run_loop(coro: Any) -> None:

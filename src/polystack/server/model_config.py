@@ -276,8 +276,8 @@ def as_json(text: str) -> str:
     if text.lstrip().startswith("{"):
         try:
             json.loads(text)
-        except ValueError as e:
-            raise InvalidRequest(f"not JSON: {e}; fix it there") from None
+        except (ValueError, RecursionError) as e:
+            raise InvalidRequest(f"not JSON: {e or 'nested too deep'}; fix it there") from None
         return text
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
@@ -406,7 +406,8 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
 
 def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | None) -> tuple[WarmupSample, ...]:
     """The config's ``model_warmup`` samples, checked against the model: every input named once with the
-    model's type and dims, zeros or random values, and a batch that fits ``max_batch`` (0: unbatched)."""
+    model's type and dims, zeros, random values or a row from a file in ``model_dir``'s ``warmup/``, and a
+    batch that fits ``max_batch`` (0: unbatched)."""
     if value is None:
         return ()
     if not isinstance(value, list):

@@ -11,7 +11,8 @@ KServe clients see the same server whether it runs on one machine or on Ray.
 
 Replicas open the store by path, so on a cluster the store folder must be visible to every
 node (a shared file system), as must the folders of ``--model-config`` files whose warm-up samples
-read files (``warmup/``): each replica serves its models as those configs say. Only HTTP is exposed (Ray Serve's gRPC proxy needs its own stubs).
+read files (``warmup/``): each replica serves its models as those configs say. Only HTTP is exposed
+(Ray Serve's gRPC proxy needs its own stubs).
 Metrics and statistics are per replica. Ray Serve admits at most ``max_ongoing_requests`` per
 replica (default 5 in Ray); it is raised here to 64, since at 5 the router's back-off collapsed
 throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
