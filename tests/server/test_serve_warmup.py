@@ -418,44 +418,13 @@ model_warmup [ { name: "ones" batch_size: 8 inputs { key: "x" value: { data_type
     assert messages.index("model warmed up") < messages.index("serving")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: Path, sig: signal.Signals) -> None:
-    """Before, the signal handlers came with the event loop, after the models loaded: a SIGTERM killed
-    the process (143) and a Ctrl-C printed a traceback."""
-    home = registered_mlp(tmp_path, (16, 2048, 4))  # ~ms a call at batch 64: 1,000 calls take seconds
-    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=64, count=1000)
+@contextlib.contextmanager
+def warming_at_start(tmp_path: Path, sizes: tuple[int, ...], w: dict[str, Any]) -> Iterator[subprocess.Popen[bytes]]:
+    """``polystack serve m`` in its own process, an MLP of layer ``sizes`` warmed at start with sample
+    ``w``, once its warm-up has begun (its log is ``tmp_path / "serve.log"``); killed if left running."""
+    home = registered_mlp(tmp_path, sizes)
     config = tmp_path / "config.json"
-    config.write_text(warmup_config(w, max_batch_size=64))
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", "m", "--model-config", f"m={config}",
-           "--http-port", "0", "--grpc-port", "-1"]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while "warming up model" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    lines = log.read_text().splitlines()
-    records = [json.loads(line) for line in lines]  # JSON lines only: no traceback
-    messages = [r["msg"] for r in records]
-    assert "model warmed up" not in messages and "serving" not in messages, messages
-    assert records[-1]["msg"] == "stopped" and records[-1]["before_serving"] is True and records[-1]["models"] == []
-
-
-def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_path: Path) -> None:
-    """The first signal asks the warm-up to stop between two calls; a second does not wait for the call."""
-    home = registered_mlp(tmp_path, (16, 2048, 2048, 2048, 2048, 4))
-    rows = 60_000  # one call of this batch takes about 15 s here (750 GMAC): long on any CPU
-    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, batch_size=rows, count=100)
-    config = tmp_path / "config.json"
-    config.write_text(warmup_config(w, max_batch_size=rows))
+    config.write_text(warmup_config(w, max_batch_size=max(64, w["batch_size"])))
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", "m", "--model-config", f"m={config}",
            "--http-port", "0", "--grpc-port", "-1"]  # fmt: skip
@@ -466,6 +435,34 @@ def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_
         while "warming up model" not in log.read_text():  # logged just before the first call
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_start_time_warmup_stops_it_and_exits_zero(tmp_path: Path, sig: signal.Signals) -> None:
+    """Before, the signal handlers came with the event loop, after the models loaded: a SIGTERM killed
+    the process (143) and a Ctrl-C printed a traceback."""
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "random_data": True}}, batch_size=64, count=1000)
+    log = tmp_path / "serve.log"
+    with warming_at_start(tmp_path, (16, 2048, 4), w) as proc:  # ~ms a call: 1,000 calls take seconds
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # JSON lines only: no traceback
+    messages = [r["msg"] for r in records]
+    assert "model warmed up" not in messages and "serving" not in messages, messages
+    assert records[-1]["msg"] == "stopped" and records[-1]["before_serving"] is True and records[-1]["models"] == []
+
+
+def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_path: Path) -> None:
+    """The first signal asks the warm-up to stop between two calls; a second does not wait for the call."""
+    rows = 60_000  # one call of this batch takes about 15 s here (750 GMAC): long on any CPU
+    w = sample({"x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}, batch_size=rows, count=100)
+    log = tmp_path / "serve.log"
+    with warming_at_start(tmp_path, (16, 2048, 2048, 2048, 2048, 4), w) as proc:
         time.sleep(0.5)  # into the first call
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -477,10 +474,6 @@ def test_a_second_signal_stops_the_start_at_once_even_inside_a_runtime_call(tmp_
         assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == -signal.SIGTERM, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_signal_stops_a_server_whose_event_loop_takes_no_signal_handlers(tmp_path: Path) -> None:
