@@ -313,3 +313,24 @@ def test_a_bytes_warmup_file_counts_its_size_in_every_row(tmp_path: Path) -> Non
     for data in ({"zero_data": True}, {"input_data_file": "x.bin"}):
         text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [2 << 20], **data}}, batch_size=24)  # 192 MiB
         model_config.read(text, dataclasses.replace(RECORD, signature=wide), SPEC, PLAN, tmp_path)
+
+
+def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
+    """Triton's onnxruntime backend reads thread counts and the execution mode from ``parameters``;
+    polystack's onnxruntime backend takes the same as options ("0": the plan's choice)."""
+
+    def parameters(**given: str) -> str:
+        return json.dumps({"parameters": {k: {"string_value": v} for k, v in given.items()}})
+
+    chosen = model_config.read(parameters(intra_op_thread_count="3", execution_mode="1"), RECORD, SPEC, PLAN)
+    assert chosen.options == {"intra_op_threads": 3, "execution_mode": "parallel"}
+    assert model_config.read(parameters(inter_op_thread_count="0"), RECORD, SPEC, PLAN).options == {}
+    with pytest.raises(InvalidRequest, match=r"is not a whole number from 0 to 1024"):
+        model_config.read(parameters(intra_op_thread_count="many"), RECORD, SPEC, PLAN)
+    with pytest.raises(InvalidRequest, match="Triton's are 0 \\(sequential\\) and 1"):
+        model_config.read(parameters(execution_mode="2"), RECORD, SPEC, PLAN)
+    with pytest.raises(InvalidRequest, match="parameter 'enable_mem_arena', which polystack does not read"):
+        model_config.read(parameters(enable_mem_arena="1"), RECORD, SPEC, PLAN)
+    ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
+    with pytest.raises(InvalidRequest, match="of Triton's onnxruntime backend, but polystack serves this model with"):
+        model_config.read(parameters(intra_op_thread_count="2"), RECORD, ov, PLAN)

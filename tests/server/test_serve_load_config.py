@@ -338,7 +338,7 @@ REFUSED = [
     (json.dumps({"dynamic_batching": {"priority_levels": 2}}), "priority_levels"),
     (json.dumps({"dynamic_batching": {"preserve_ordering": True}}), "preserve_ordering"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"max_queue_size": "many"}}}), "max_queue_size"),
-    (json.dumps({"parameters": {"intra_op_thread_count": {"string_value": "2"}}}), "intra_op_thread_count"),
+    (json.dumps({"parameters": {"enable_mem_arena": {"string_value": "1"}}}), "enable_mem_arena"),
     (json.dumps({"parameters": {"polystack_device": {"string_value": "cuda:0"}}}), "cuda:0"),
     (json.dumps({"max_batch_size": 4, "maxBatchSize": 4}), "twice"),
 ]
@@ -456,3 +456,16 @@ def test_an_image_inputs_layout_from_a_config_is_shown_as_triton_image_clients_r
             client.load_model("mlp", config=json.dumps({"max_batch_size": 8, "input": [{"name": "x", "format": "FORMAT_NCHW"}]}))
     finally:
         st.stop()
+
+
+def test_triton_onnxruntime_parameters_reach_the_runtime_and_show_in_the_config(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    threads = {"intra_op_thread_count": {"string_value": "1"}, "execution_mode": {"string_value": "1"}}
+    client.load_model("mlpfree", config=json.dumps({"parameters": threads}))
+    entry = server.server.engine.get("mlpfree", None)
+    assert entry.spec.options["intra_op_threads"] == 1 and entry.spec.options["execution_mode"] == "parallel"
+    shown = client.get_model_config("mlpfree")["parameters"]
+    assert shown["intra_op_thread_count"] == {"string_value": "1"} and shown["execution_mode"] == {"string_value": "1"}
+    assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
+    client.load_model("mlpfree", config=json.dumps(client.get_model_config("mlpfree")))  # read back, loads again
+    assert server.server.engine.get("mlpfree", None).spec.options["intra_op_threads"] == 1

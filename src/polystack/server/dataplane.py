@@ -256,6 +256,8 @@ class DataPlane:
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
+            if chosen.options:  # the runtime's own parameters, over the plan's (Triton's backend parameters)
+                spec = dataclasses.replace(spec, options={**spec.options, **chosen.options})
             samples, formats = chosen.warmup, chosen.formats
         return _Plan(record, spec, policy, instances, samples, formats, config)
 

@@ -22,7 +22,7 @@ import importlib.metadata
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ class LoadConfig:
     instances: int | None = None
     warmup: tuple[WarmupSample, ...] = ()  # run once loaded, before it is routed to (Triton's model_warmup)
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW): shown, for clients
+    options: dict[str, Any] = field(default_factory=dict)  # the runtime's, from Triton's backend parameters
 
 
 def render(
@@ -160,7 +161,7 @@ def render(
                 "count": instances,
             }
         ],
-        "parameters": {"polystack_device": {"string_value": entry.spec.device}},
+        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(entry.spec)},
     }
     if merging:
         assert batcher is not None
@@ -176,6 +177,16 @@ def render(
     if warmup:
         config["model_warmup"] = [_render_warmup(w, max_batch) for w in warmup]
     return config
+
+
+def _ort_parameters(spec: LoadSpec) -> dict[str, Any]:
+    """The thread counts and mode an onnxruntime model runs with, as Triton's backend names them."""
+    if spec.backend != "onnxruntime":
+        return {}
+    shown = {key: spec.options.get(option) for key, option in _ORT_PARAMETERS.items()}
+    if spec.options.get("execution_mode") == "parallel":
+        shown["execution_mode"] = "1"
+    return {key: {"string_value": str(v)} for key, v in shown.items() if v is not None}
 
 
 def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
@@ -224,7 +235,7 @@ def read(
                 "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
                 "chooses another runtime (`polystack tune`)"
             )
-    _parameters(config.get("parameters"), spec)
+    options = _parameters(config.get("parameters"), spec)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = _int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
@@ -264,7 +275,7 @@ def read(
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
-    return LoadConfig(batching, rows, instances, warmup, formats)
+    return LoadConfig(batching, rows, instances, warmup, formats, options)
 
 
 def as_json(text: str) -> str:
@@ -561,25 +572,51 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     return total
 
 
-def _parameters(value: Any, spec: LoadSpec) -> None:
+# Triton's onnxruntime backend parameters polystack's onnxruntime backend takes too, as its options:
+# thread counts ("0": the runtime's own choice) and the execution mode ("0" sequential, "1" parallel)
+_ORT_PARAMETERS = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
+_ORT_MODES = {"0": "sequential", "1": "parallel"}
+
+
+def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
+    """The runtime options the config's ``parameters`` set (Triton's onnxruntime backend's, for a model
+    polystack serves with onnxruntime); ``polystack_device`` must name the device it runs on."""
     if value is None:
-        return
+        return {}
     if not isinstance(value, dict):
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
+    options: dict[str, Any] = {}
     for key, item in value.items():
-        if key != "polystack_device":
+        given = {_snake(k): v for k, v in item.items()}.get("string_value") if isinstance(item, dict) else None
+        if not isinstance(given, str):
+            raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
+        if key == "polystack_device":
+            if given != spec.device:
+                raise InvalidRequest(
+                    f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
+                    "leave it out, or serve a variant built for that device"
+                )
+            continue
+        if key not in (*_ORT_PARAMETERS, "execution_mode"):
             raise InvalidRequest(
                 f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
-                "from the plan (`polystack tune`); leave it out"
+                "from the plan (`polystack tune`), or for onnxruntime from intra_op_thread_count, "
+                "inter_op_thread_count and execution_mode; leave it out"
             )
-        given = _normal(item).get("string_value") if isinstance(item, dict) else None
-        if not isinstance(given, str):
-            raise InvalidRequest(f'parameter polystack_device must be {{"string_value": DEVICE}}, not {quote(item)}')
-        if given != spec.device:
+        if spec.backend != "onnxruntime":
             raise InvalidRequest(
-                f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
-                "leave it out, or serve a variant built for that device"
+                f"the config sets parameter {quote(key)} of Triton's onnxruntime backend, but polystack serves this "
+                f"model with {spec.backend!r} (its plan, or the default variant); leave it out"
             )
+        if key == "execution_mode":
+            if given not in _ORT_MODES:
+                raise InvalidRequest(f"parameter execution_mode is {quote(given)}; Triton's are 0 (sequential) and 1")
+            options["execution_mode"] = _ORT_MODES[given]
+            continue
+        threads = _whole(given, f"parameter {key}", 0, 1024)
+        if threads:  # 0: the runtime's own choice, which polystack's plan makes
+            options[_ORT_PARAMETERS[key]] = threads
+    return options
 
 
 def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tuple[tuple[str, str], ...]:
