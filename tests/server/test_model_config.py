@@ -325,8 +325,17 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     chosen = model_config.read(parameters(intra_op_thread_count="3", execution_mode="1"), RECORD, SPEC, PLAN)
     assert chosen.options == {"intra_op_threads": 3, "execution_mode": "parallel"}
     assert model_config.read(parameters(inter_op_thread_count="0"), RECORD, SPEC, PLAN).options == {}
-    with pytest.raises(InvalidRequest, match=r"is not a whole number from 0 to 1024"):
-        model_config.read(parameters(intra_op_thread_count="many"), RECORD, SPEC, PLAN)
+    # read as Triton's backend reads them (std::stoi): spaces, a sign, leading zeros; 0 or less: the default
+    assert model_config.read(parameters(intra_op_thread_count=" 02"), RECORD, SPEC, PLAN).options == {
+        "intra_op_threads": 2
+    }
+    assert model_config.read(parameters(intra_op_thread_count="-1"), RECORD, SPEC, PLAN).options == {}
+    for bad, says in (("many", "not a whole number"), ("1025", "at most 1024 threads")):
+        with pytest.raises(InvalidRequest, match=says):
+            model_config.read(parameters(intra_op_thread_count=bad), RECORD, SPEC, PLAN)
+    for item in ({"string_value": "2", "stringValue": "3"}, {"string_value": "2", "bool_value": True}):
+        with pytest.raises(InvalidRequest, match="parameter 'intra_op_thread_count' sets"):
+            model_config.read(json.dumps({"parameters": {"intra_op_thread_count": item}}), RECORD, SPEC, PLAN)
     with pytest.raises(InvalidRequest, match="Triton's are 0 \\(sequential\\) and 1"):
         model_config.read(parameters(execution_mode="2"), RECORD, SPEC, PLAN)
     with pytest.raises(InvalidRequest, match="parameter 'enable_mem_arena', which polystack does not read"):

@@ -469,3 +469,6 @@ def test_triton_onnxruntime_parameters_reach_the_runtime_and_show_in_the_config(
     assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
     client.load_model("mlpfree", config=json.dumps(client.get_model_config("mlpfree")))  # read back, loads again
     assert server.server.engine.get("mlpfree", None).spec.options["intra_op_threads"] == 1
+    # only what a config set is shown: what polystack chose is chosen again at the next load
+    client.load_model("mlpfree")
+    assert set(client.get_model_config("mlpfree")["parameters"]) == {"polystack_device"}

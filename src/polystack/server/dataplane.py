@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,7 @@ class _Plan:
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
     warmup: tuple[WarmupSample, ...] = ()  # run before it is routed to (a config's model_warmup)
     formats: tuple[tuple[str, str], ...] = ()  # inputs' layouts, as the config gave them (shown in GET config)
+    options: dict[str, Any] = field(default_factory=dict)  # runtime options its parameters set (shown too)
     config: str | None = None  # the Triton config it follows: the load's, else the one given at start
 
 
@@ -89,6 +90,7 @@ class _Served:
     executor: ThreadPoolExecutor | None = None
     warmup: tuple[WarmupSample, ...] = ()
     formats: tuple[tuple[str, str], ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
 
     def close(self, wait: bool) -> None:
@@ -239,6 +241,7 @@ class DataPlane:
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
         samples: tuple[WarmupSample, ...] = ()
         formats: tuple[tuple[str, str], ...] = ()
+        options: dict[str, Any] = {}
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
         if config is None and record.name in self.model_configs:
@@ -258,8 +261,8 @@ class DataPlane:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             if chosen.options:  # the runtime's own parameters, over the plan's (Triton's backend parameters)
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.options})
-            samples, formats = chosen.warmup, chosen.formats
-        return _Plan(record, spec, policy, instances, samples, formats, config)
+            samples, formats, options = chosen.warmup, chosen.formats, chosen.options
+        return _Plan(record, spec, policy, instances, samples, formats, options, config)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
@@ -287,7 +290,7 @@ class DataPlane:
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
         served = self._served[key] = _Served(
-            entry, batcher, instances if executor else None, executor, plan.warmup, plan.formats
+            entry, batcher, instances if executor else None, executor, plan.warmup, plan.formats, plan.options
         )
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
@@ -305,7 +308,9 @@ class DataPlane:
         }
         if plan.config is not None:
             # what the config made of it
-            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.warmup, plan.formats)
+            extra["config"] = model_config.render(
+                entry, batcher, self._instances(served), plan.warmup, plan.formats, plan.options
+            )
         log.info("model loaded", extra=extra)
         return entry
 
@@ -337,7 +342,8 @@ class DataPlane:
         served = self._served.get((record.name, record.version))
         if served is None or served.instances != plan.instances or served.entry.record != record:
             return None
-        if (served.warmup, served.formats) != (plan.warmup, plan.formats):  # GET config would show the old ones
+        if (served.warmup, served.formats, served.options) != (plan.warmup, plan.formats, plan.options):
+            # GET config would show the old ones
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
@@ -528,7 +534,7 @@ class DataPlane:
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
         return model_config.render(
-            served.entry, served.batcher, self._instances(served), served.warmup, served.formats
+            served.entry, served.batcher, self._instances(served), served.warmup, served.formats, served.options
         )
 
     def _instances(self, served: _Served) -> int:

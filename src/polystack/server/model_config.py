@@ -68,6 +68,7 @@ _TRITON = {
     "output": {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor", "is_non_linear_format_io"},
     "model_warmup": {"name", "batch_size", "inputs", "count"},
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
+    "parameters.value": {"string_value"},
 }  # fmt: skip
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
@@ -81,6 +82,7 @@ _READ = {
     "output": {"name", "data_type", "dims", "label_filename"},
     "model_warmup": _TRITON["model_warmup"],
     "model_warmup.input": _TRITON["model_warmup.input"],
+    "parameters.value": _TRITON["parameters.value"],
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -129,10 +131,12 @@ def render(
     instances: int,
     warmup: tuple[WarmupSample, ...] = (),
     formats: tuple[tuple[str, str], ...] = (),
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
     with ``instances`` of its requests (or batches) running at once, warmed up with ``warmup``, its
-    inputs in the layouts ``formats`` names (Triton's default, FORMAT_NONE, for the others)."""
+    inputs in the layouts ``formats`` names (Triton's default, FORMAT_NONE, for the others), and the
+    runtime ``options`` its config's parameters set."""
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
     if merging:
@@ -161,7 +165,7 @@ def render(
                 "count": instances,
             }
         ],
-        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(entry.spec)},
+        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(options or {})},
     }
     if merging:
         assert batcher is not None
@@ -179,13 +183,12 @@ def render(
     return config
 
 
-def _ort_parameters(spec: LoadSpec) -> dict[str, Any]:
-    """The thread counts and mode an onnxruntime model runs with, as Triton's backend names them."""
-    if spec.backend != "onnxruntime":
-        return {}
-    shown = {key: spec.options.get(option) for key, option in _ORT_PARAMETERS.items()}
-    if spec.options.get("execution_mode") == "parallel":
-        shown["execution_mode"] = "1"
+def _ort_parameters(options: dict[str, Any]) -> dict[str, Any]:
+    """The runtime options a config set (``_parameters``), as Triton's onnxruntime backend names them:
+    only those, so that what polystack chose (the plan's, the pinning's) is chosen again at each load."""
+    shown = {key: options.get(option) for key, option in _ORT_PARAMETERS.items()}
+    if "execution_mode" in options:
+        shown["execution_mode"] = next(k for k, v in _ORT_MODES.items() if v == options["execution_mode"])
     return {key: {"string_value": str(v)} for key, v in shown.items() if v is not None}
 
 
@@ -587,7 +590,8 @@ def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
     options: dict[str, Any] = {}
     for key, item in value.items():
-        given = {_snake(k): v for k, v in item.items()}.get("string_value") if isinstance(item, dict) else None
+        fields = _message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
+        given = fields.get("string_value")
         if not isinstance(given, str):
             raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
         if key == "polystack_device":
@@ -613,8 +617,13 @@ def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
                 raise InvalidRequest(f"parameter execution_mode is {quote(given)}; Triton's are 0 (sequential) and 1")
             options["execution_mode"] = _ORT_MODES[given]
             continue
-        threads = _whole(given, f"parameter {key}", 0, 1024)
-        if threads:  # 0: the runtime's own choice, which polystack's plan makes
+        try:  # as Triton's backend reads it (std::stoi): spaces and a sign allowed
+            threads = int(given.strip())
+        except ValueError:
+            raise InvalidRequest(f"parameter {key} is {quote(given)}, not a whole number") from None
+        if threads > 1024:
+            raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most 1024 threads")
+        if threads > 0:  # 0 or less: the runtime's own choice, which polystack's plan makes
             options[_ORT_PARAMETERS[key]] = threads
     return options
 
