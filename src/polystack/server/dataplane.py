@@ -53,7 +53,6 @@ from polystack.server import model_config, model_files, status, warmup
 from polystack.server.logs import LogSettings
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
-from polystack.server.warmup import WarmupSample
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
 
@@ -75,9 +74,7 @@ class _Plan:
     spec: LoadSpec
     policy: BatchPolicy | None
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
-    warmup: tuple[WarmupSample, ...] = ()  # run before it is routed to (a config's model_warmup)
-    formats: tuple[tuple[str, str], ...] = ()  # inputs' layouts, as the config gave them (shown in GET config)
-    options: dict[str, Any] = field(default_factory=dict)  # runtime options its parameters set (shown too)
+    additions: model_config.Additions = field(default_factory=model_config.Additions)  # what its config adds
     config: str | None = None  # the Triton config it follows: the load's, else the one given at start
 
 
@@ -88,9 +85,7 @@ class _Served:
     # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
     instances: int | None = None
     executor: ThreadPoolExecutor | None = None
-    warmup: tuple[WarmupSample, ...] = ()
-    formats: tuple[tuple[str, str], ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
+    additions: model_config.Additions = field(default_factory=model_config.Additions)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
 
     def close(self, wait: bool) -> None:
@@ -239,9 +234,7 @@ class DataPlane:
         policy = self.policy_for(self.store, record, self.profile)
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
         instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
-        samples: tuple[WarmupSample, ...] = ()
-        formats: tuple[tuple[str, str], ...] = ()
-        options: dict[str, Any] = {}
+        additions = model_config.Additions()
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
         if config is None and record.name in self.model_configs:
@@ -261,17 +254,17 @@ class DataPlane:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             if chosen.options:  # the runtime's own parameters, over the plan's (Triton's backend parameters)
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.options})
-            samples, formats, options = chosen.warmup, chosen.formats, chosen.options
-        return _Plan(record, spec, policy, instances, samples, formats, options, config)
+            additions = chosen.additions
+        return _Plan(record, spec, policy, instances, additions, config)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
         record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
 
         def warm_up(entry: LoadedEntry) -> None:
-            warmup.run(entry.model, plan.warmup, f"{record.name}:{record.version}", lambda: self.draining)
+            warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
-        entry, replaced = self.engine.swap(record.ref, spec, warm_up if plan.warmup else None)
+        entry, replaced = self.engine.swap(record.ref, spec, warm_up if plan.additions.warmup else None)
         key = (entry.name, entry.version)
         self.metrics.serving(entry.name, str(entry.version))
         old = self._served.get(key)
@@ -290,7 +283,7 @@ class DataPlane:
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
         served = self._served[key] = _Served(
-            entry, batcher, instances if executor else None, executor, plan.warmup, plan.formats, plan.options
+            entry, batcher, instances if executor else None, executor, plan.additions
         )
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
@@ -308,9 +301,7 @@ class DataPlane:
         }
         if plan.config is not None:
             # what the config made of it
-            extra["config"] = model_config.render(
-                entry, batcher, self._instances(served), plan.warmup, plan.formats, plan.options
-            )
+            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.additions)
         log.info("model loaded", extra=extra)
         return entry
 
@@ -342,8 +333,7 @@ class DataPlane:
         served = self._served.get((record.name, record.version))
         if served is None or served.instances != plan.instances or served.entry.record != record:
             return None
-        if (served.warmup, served.formats, served.options) != (plan.warmup, plan.formats, plan.options):
-            # GET config would show the old ones
+        if served.additions != plan.additions:  # GET config would show the old ones
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
@@ -533,9 +523,7 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         served = self._get(name, version)
-        return model_config.render(
-            served.entry, served.batcher, self._instances(served), served.warmup, served.formats, served.options
-        )
+        return model_config.render(served.entry, served.batcher, self._instances(served), served.additions)
 
     def _instances(self, served: _Served) -> int:
         """How many of a model's requests (or batches) run at once."""

@@ -112,6 +112,17 @@ _UNSUPPORTED = {
 
 
 @dataclass(frozen=True)
+class Additions:
+    """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
+    config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), and the
+    runtime options Triton's backend parameters set."""
+
+    warmup: tuple[WarmupSample, ...] = ()
+    formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LoadConfig:
     """What a load's config decides for that load: how to batch (None: not batched) and, without
     batching, the most rows a request may hold (None: as the variant allows) and how many requests
@@ -124,19 +135,21 @@ class LoadConfig:
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW): shown, for clients
     options: dict[str, Any] = field(default_factory=dict)  # the runtime's, from Triton's backend parameters
 
+    @property
+    def additions(self) -> Additions:
+        return Additions(self.warmup, self.formats, self.options)
+
 
 def render(
     entry: LoadedEntry,
     batcher: DynamicBatcher | None,
     instances: int,
-    warmup: tuple[WarmupSample, ...] = (),
-    formats: tuple[tuple[str, str], ...] = (),
-    options: dict[str, Any] | None = None,
+    additions: Additions | None = None,
 ) -> dict[str, Any]:
     """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
-    with ``instances`` of its requests (or batches) running at once, warmed up with ``warmup``, its
-    inputs in the layouts ``formats`` names (Triton's default, FORMAT_NONE, for the others), and the
-    runtime ``options`` its config's parameters set."""
+    with ``instances`` of its requests (or batches) running at once, and what its config added (inputs
+    without a layout there show Triton's default, FORMAT_NONE)."""
+    added = additions or Additions()
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
     if merging:
@@ -156,7 +169,7 @@ def render(
         "platform": entry.spec.platform,
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
-        "input": [{**tensor(t), "format": dict(formats).get(t.name, "FORMAT_NONE")} for t in sig.inputs],
+        "input": [{**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE")} for t in sig.inputs],
         "output": [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs],
         "instance_group": [
             {
@@ -165,7 +178,7 @@ def render(
                 "count": instances,
             }
         ],
-        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(options or {})},
+        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(added.options)},
     }
     if merging:
         assert batcher is not None
@@ -178,8 +191,8 @@ def render(
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
             "default_queue_policy": queue,
         }
-    if warmup:
-        config["model_warmup"] = [_render_warmup(w, max_batch) for w in warmup]
+    if added.warmup:
+        config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     return config
 
 
