@@ -78,12 +78,12 @@ def test_warmup_samples_are_read_with_the_batch_left_out_of_their_dims() -> None
         inputs = {"x": {"data_type": "TYPE_FP32", "dims": dims, "random_data": True}}
         return json.dumps({**more, "model_warmup": [{"name": "w", "batch_size": 8, "count": 2, "inputs": inputs}]})
 
-    batched = model_config.read(config([4], dynamic_batching={}), RECORD, SPEC, PLAN).warmup
+    batched = model_config.read(config([4], dynamic_batching={}), RECORD, SPEC, PLAN).additions.warmup
     assert batched == (WarmupSample("w", 8, 2, (WarmupInput("x", DType.FP32, (4,), True),), batched=True),)
     assert batched[0].calls == 2  # one batch of 8 rows, twice
     # max_batch_size 0 (Triton's: no batching): the dims hold the whole shape, in samples of batch size 1
     unbatched = model_config.read(config([8, 4], max_batch_size=0).replace('"batch_size": 8', '"batch_size": 1'),
-                                  RECORD, SPEC, PLAN).warmup  # fmt: skip
+                                  RECORD, SPEC, PLAN).additions.warmup  # fmt: skip
     assert unbatched[0].calls == 2 and unbatched[0].arrays(np.random.default_rng(0))["x"].shape == (8, 4)
 
 
@@ -91,7 +91,7 @@ def test_a_warmup_inputs_data_is_the_field_it_sets_whatever_its_value() -> None:
     """Triton's oneof: ``"zero_data": false`` still asks for zeros ("the value ... will not be checked")."""
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": False}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
-    (chosen,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    (chosen,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
     assert chosen.inputs[0].random is False and chosen.name == ""  # kept as given: rendered back the same
 
 
@@ -119,11 +119,11 @@ def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims()
     """A batcher that stopped merging shows max_batch_size 0: its samples must load back as shown."""
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 3, "inputs": inputs, "count": 2}]})
-    (batched,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    (batched,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
     shown = model_config._render_warmup(batched, 0)
     assert shown == {"name": "", "batch_size": 1, "count": 2,
                      "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3, 4], "zero_data": True}}}  # fmt: skip
-    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
+    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
     assert back.arrays(np.random.default_rng(0))["x"].shape == batched.arrays(np.random.default_rng(0))["x"].shape
 
 
@@ -131,10 +131,10 @@ def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims()
 def test_a_skipped_batched_sample_shown_without_batching_loads_back_skipped() -> None:
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 0, "inputs": inputs}]})
-    (skipped,) = model_config.read(text, RECORD, SPEC, PLAN).warmup
+    (skipped,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
     shown = model_config._render_warmup(skipped, 0)
     assert shown["batch_size"] == 0 and shown["inputs"]["x"]["dims"] == [0, 4]
-    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).warmup
+    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
     assert back.batch_size == 0  # still skipped
 
 
@@ -189,7 +189,7 @@ def test_a_triton_config_pbtxt_reads_as_the_same_config_in_json() -> None:
     assert from_pbtxt == model_config.read(json.dumps(SAME_AS_JSON), RECORD, SPEC, PLAN)
     assert from_pbtxt.batching is not None
     assert from_pbtxt.batching.preferred_batch_sizes == (4, 8) and from_pbtxt.batching.instances == 3
-    assert from_pbtxt.batching.max_queue_size == 64 and [w.name for w in from_pbtxt.warmup] == ["zeros"]
+    assert from_pbtxt.batching.max_queue_size == 64 and [w.name for w in from_pbtxt.additions.warmup] == ["zeros"]
 
 
 def test_json_config_files_are_taken_as_they_are() -> None:
@@ -222,7 +222,7 @@ def test_a_warmup_input_from_a_file_repeats_its_row_in_every_row_of_the_batch(tm
     row = np.array([1.5, -2, 3, 4], np.float32)
     (tmp_path / "warmup" / "x.bin").write_bytes(row.tobytes() + b"ignored past one row, as Triton")
     text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}})
-    (sample,) = model_config.read(text, RECORD, SPEC, PLAN, tmp_path).warmup
+    (sample,) = model_config.read(text, RECORD, SPEC, PLAN, tmp_path).additions.warmup
     arrays = sample.arrays(np.random.default_rng(0))
     np.testing.assert_array_equal(arrays["x"], np.stack([row] * 3))
     rendered = model_config._render_warmup(sample, 8)["inputs"]["x"]
@@ -235,7 +235,7 @@ def test_a_bytes_warmup_file_holds_length_prefixed_elements(tmp_path: Path) -> N
     (tmp_path / "warmup").mkdir()
     (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi\x05\x00\x00\x00there")
     text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [2], "input_data_file": "s.bin"}}, batch_size=2)
-    (sample,) = model_config.read(text, record, SPEC, PLAN, tmp_path).warmup
+    (sample,) = model_config.read(text, record, SPEC, PLAN, tmp_path).additions.warmup
     assert sample.arrays(np.random.default_rng(0))["s"].tolist() == [[b"hi", b"there"], [b"hi", b"there"]]
     (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi")
     with pytest.raises(InvalidRequest, match=r"does not hold one row of dims \[2\]: .*needs 2 BYTES elements"):
@@ -323,13 +323,13 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
         return json.dumps({"parameters": {k: {"string_value": v} for k, v in given.items()}})
 
     chosen = model_config.read(parameters(intra_op_thread_count="3", execution_mode="1"), RECORD, SPEC, PLAN)
-    assert chosen.options == {"intra_op_threads": 3, "execution_mode": "parallel"}
-    assert model_config.read(parameters(inter_op_thread_count="0"), RECORD, SPEC, PLAN).options == {}
+    assert chosen.additions.options == {"intra_op_threads": 3, "execution_mode": "parallel"}
+    assert model_config.read(parameters(inter_op_thread_count="0"), RECORD, SPEC, PLAN).additions.options == {}
     # read as Triton's backend reads them (std::stoi): spaces, a sign, leading zeros; 0 or less: the default
-    assert model_config.read(parameters(intra_op_thread_count=" 02"), RECORD, SPEC, PLAN).options == {
+    assert model_config.read(parameters(intra_op_thread_count=" 02"), RECORD, SPEC, PLAN).additions.options == {
         "intra_op_threads": 2
     }
-    assert model_config.read(parameters(intra_op_thread_count="-1"), RECORD, SPEC, PLAN).options == {}
+    assert model_config.read(parameters(intra_op_thread_count="-1"), RECORD, SPEC, PLAN).additions.options == {}
     for bad, says in (("many", "not a whole number"), ("1025", "at most 1024 threads")):
         with pytest.raises(InvalidRequest, match=says):
             model_config.read(parameters(intra_op_thread_count=bad), RECORD, SPEC, PLAN)

@@ -237,8 +237,9 @@ class DataPlane:
         additions = model_config.Additions()
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
-        if config is None and record.name in self.model_configs:
-            config, model_dir = self.model_configs[record.name].text, self.model_configs[record.name].directory
+        start = self.model_configs.get(record.name)
+        if config is None and start is not None:
+            config, model_dir = start.text, start.directory
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
                 chosen = model_config.read(config, record, spec, policy, model_dir)
@@ -252,8 +253,8 @@ class DataPlane:
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
-            if chosen.options:  # the runtime's own parameters, over the plan's (Triton's backend parameters)
-                spec = dataclasses.replace(spec, options={**spec.options, **chosen.options})
+            if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)
+                spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
             additions = chosen.additions
         return _Plan(record, spec, policy, instances, additions, config)
 

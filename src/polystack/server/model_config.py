@@ -131,13 +131,7 @@ class LoadConfig:
     batching: BatchPolicy | None
     max_batch_size: int | None
     instances: int | None = None
-    warmup: tuple[WarmupSample, ...] = ()  # run once loaded, before it is routed to (Triton's model_warmup)
-    formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW): shown, for clients
-    options: dict[str, Any] = field(default_factory=dict)  # the runtime's, from Triton's backend parameters
-
-    @property
-    def additions(self) -> Additions:
-        return Additions(self.warmup, self.formats, self.options)
+    additions: Additions = field(default_factory=Additions)  # warm-up, input layouts, runtime options
 
 
 def render(
@@ -291,7 +285,7 @@ def read(
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
-    return LoadConfig(batching, rows, instances, warmup, formats, options)
+    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options))
 
 
 def as_json(text: str) -> str:

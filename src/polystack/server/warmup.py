@@ -58,6 +58,12 @@ class WarmupInput:
         drawn_wider = self.random and self.dtype.numpy.kind not in "iu"
         return self.dtype.itemsize + (8 if drawn_wider else 0)
 
+    @property
+    def row_bytes(self) -> int:
+        """What one row takes to build: its elements, and a BYTES file's row at its size."""
+        from_file = len(self.data) if self.data is not None and not self.dtype.itemsize else 0
+        return math.prod(self.dims) * self.element_bytes + from_file
+
 
 @dataclass(frozen=True)
 class WarmupSample:
@@ -99,11 +105,7 @@ class WarmupSample:
     @property
     def input_bytes(self) -> int:
         """What building the sample's inputs for one call takes (a file's BYTES elements at their size)."""
-        return sum(
-            self.batch_size
-            * (math.prod(i.dims) * i.element_bytes + (len(i.data) if i.data is not None and not i.dtype.itemsize else 0))
-            for i in self.inputs
-        )
+        return self.batch_size * sum(i.row_bytes for i in self.inputs)
 
 
 def run(
@@ -113,8 +115,9 @@ def run(
     Triton's words, with the runtime's reason. A shutdown (``stopping``) ends it between two calls: the
     load fails, and the drain does not wait out the rest."""
     started = time.perf_counter()
-    if any(sample.calls for sample in samples):  # a long one says what holds the load
-        log.info("warming up model", extra={"model": label, "calls": sum(sample.calls for sample in samples)})
+    calls = sum(sample.calls for sample in samples)
+    if calls:  # a long one says what holds the load
+        log.info("warming up model", extra={"model": label, "calls": calls})
     rng = np.random.default_rng(0)
     ran = []
     for n, sample in enumerate(samples):
