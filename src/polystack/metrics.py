@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +21,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 # Seconds, from 100 us to 10 s: serving latencies on CPU span that range.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+if TYPE_CHECKING:
+    from polystack.server.response_cache import ResponseCache
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -33,6 +38,8 @@ class ModelMetrics:
     compute: Histogram
     batch: Histogram
     depth: Gauge
+    cache_hits: Counter
+    cache_misses: Counter
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class _Families:
     compute: Histogram
     batch: Histogram
     depth: Gauge
+    cache_hits: Counter
+    cache_misses: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> _Families:
@@ -88,7 +97,16 @@ class _Families:
             depth=Gauge(
                 "polystack_inference_queue_depth", "Requests waiting in the batcher's queue", labels, registry=registry
             ),
-        )
+            cache_hits=Counter(
+                "polystack_cache_hits", "Requests answered from the response cache (Triton: nv_cache_num_hits_per_model)",
+                labels, registry=registry,
+            ),
+            cache_misses=Counter(
+                "polystack_cache_misses",
+                "Requests the response cache did not have, that ran the model (Triton: nv_cache_num_misses_per_model)",
+                labels, registry=registry,
+            ),
+        )  # fmt: skip
 
     def bind(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(
@@ -98,10 +116,15 @@ class _Families:
             compute=self.compute.labels(name, version),
             batch=self.batch.labels(name, version),
             depth=self.depth.labels(name, version),
+            cache_hits=self.cache_hits.labels(name, version),
+            cache_misses=self.cache_misses.labels(name, version),
         )
 
     def remove(self, name: str, version: str, reasons: set[str]) -> None:
-        for family in (self.success, self.request, self.queue, self.compute, self.batch, self.depth):
+        for family in (
+            self.success, self.request, self.queue, self.compute, self.batch, self.depth, self.cache_hits,
+            self.cache_misses,
+        ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 family.remove(name, version)
         for reason in reasons:
@@ -163,6 +186,21 @@ class ServerMetrics:
             for reason in self._reasons.pop((name, ""), set()):
                 with contextlib.suppress(KeyError):
                     self._families.failure.remove(name, "", reason)
+
+    def watch_cache(self, cache: ResponseCache) -> Callable[[int], None]:
+        """Gauges of the server's response cache, read at scrape time; returns what counts its evictions."""
+        r = self.registry
+        Gauge("polystack_cache_entries", "Answers the response cache holds", registry=r).set_function(
+            lambda: cache.entries
+        )
+        Gauge("polystack_cache_bytes", "Bytes the response cache's answers count for", registry=r).set_function(
+            lambda: cache.used
+        )
+        Gauge("polystack_cache_size_bytes", "The response cache's size (--cache-config)", registry=r).set(cache.size)
+        evictions = Counter(
+            "polystack_cache_evictions", "Answers the response cache dropped to make room for newer ones", registry=r
+        )
+        return evictions.inc
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

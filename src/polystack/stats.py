@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# Triton's full set; cache_hit and cache_miss stay at zero because polystack has no response cache
+# Triton's full set; cache_hit and cache_miss count only models whose config enables the response cache
 DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
 
@@ -32,6 +32,17 @@ class ModelStats:
             d = self.durations[kind]
             d.count += count
             d.ns += ns
+
+    def cache_hit(self, items: int, lookup_ns: int, request_ns: int) -> None:
+        """A request of ``items`` answered from the response cache: a success and an inference for each item
+        (the model did not run, so no execution, queue or compute time), as Triton counts a hit."""
+        with self._lock:
+            self.inference_count += items
+            self.last_inference_ms = int(time.time() * 1000)
+            for kind, ns in (("cache_hit", lookup_ns), ("success", request_ns)):
+                d = self.durations[kind]
+                d.count += 1
+                d.ns += ns
 
     def undelivered(self, ns: int) -> None:
         """A request already counted as a success whose answer could not be handed over (its shared

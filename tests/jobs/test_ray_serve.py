@@ -34,6 +34,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
     from polystack.server.ray_serve import build_app
+    from polystack.server.response_cache import CacheConfig
 
     work = tmp_path_factory.mktemp("serve")
     store = Store(StoreSettings(home=work / "home"))
@@ -48,9 +49,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     pbtxt = f"""max_batch_size: 16
 dynamic_batching {{ max_queue_delay_microseconds: 400 }}
 model_warmup [ {{ name: "file" batch_size: 4 inputs {{ key: "x" value: {{ data_type: TYPE_FP32 dims: [ {FEATURES} ] input_data_file: "x.bin" }} }} }} ]
+response_cache {{ enable: true }}
 """
     start_config = ConfigFile(model_config.as_json(pbtxt), work / "mlp")
-    config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, model_configs={"mlp": start_config})
+    config = ServeConfig(
+        host="127.0.0.1",
+        http_port=port,
+        grpc_port=None,
+        model_configs={"mlp": start_config},
+        response_cache=CacheConfig(1 << 20),  # serve --cache-config local,size=1048576: one in each replica
+    )
     serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")
     yield f"127.0.0.1:{port}", work / "mlp.onnx"
     serve.shutdown()
@@ -78,9 +86,21 @@ def test_tritonclient_infers_against_ray_serve(served: tuple[str, Path]) -> None
 def test_ray_serve_replicas_serve_a_model_as_its_start_config_says(served: tuple[str, Path]) -> None:
     import tritonclient.http as httpclient
 
-    config = httpclient.InferenceServerClient(url=served[0]).get_model_config("mlp")
+    client = httpclient.InferenceServerClient(url=served[0])
+    config = client.get_model_config("mlp")
     assert config["max_batch_size"] == 16 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 400
     assert config["model_warmup"][0]["inputs"]["x"]["input_data_file"] == "x.bin"
+    assert config["response_cache"] == {"enable": True}
+
+    def hits() -> int:
+        return int(client.get_inference_statistics("mlp")["model_stats"][0]["inference_stats"]["cache_hit"]["count"])
+
+    before = hits()
+    x = httpclient.InferInput("x", [2, FEATURES], "FP32")
+    x.set_data_from_numpy(np.full((2, FEATURES), 0.25, np.float32))
+    first, again = (client.infer("mlp", [x]).as_numpy("y") for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert hits() == before + 1  # the replica's cache answered the second
 
 
 def test_ray_serve_answers_errors_like_the_server(served: tuple[str, Path]) -> None:

@@ -343,3 +343,26 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
     with pytest.raises(InvalidRequest, match="of Triton's onnxruntime backend, but polystack serves this model with"):
         model_config.read(parameters(intra_op_thread_count="2"), RECORD, ov, PLAN)
+
+
+def test_response_cache_is_read_in_both_spellings_and_from_config_pbtxt() -> None:
+    def cached(text: str) -> bool:
+        return model_config.read(text, RECORD, SPEC, PLAN).additions.response_cache
+
+    assert cached('{"response_cache": {"enable": true}}') and cached('{"responseCache": {"enable": true}}')
+    assert not cached("{}") and not cached('{"response_cache": {}}') and not cached('{"response_cache": null}')
+    assert cached(model_config.as_json("response_cache { enable: true }"))
+    assert not cached(model_config.as_json("response_cache { enable: false }"))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"response_cache": true}', "response_cache must be a JSON object"),
+        ('{"response_cache": {"enable": "yes"}}', "response_cache.enable must be true or false"),
+        ('{"response_cache": {"enable": true, "size": 5}}', "not a field of Triton's model configuration"),
+    ],
+)
+def test_a_response_cache_setting_triton_would_not_read_is_refused(text: str, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        model_config.read(text, RECORD, SPEC, PLAN)

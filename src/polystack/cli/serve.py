@@ -102,6 +102,13 @@ def serve(
         "model directory means its config.pbtxt, and its warmup/ folder holds the warm-up files). "
         "Repeat for more models.",
     ),
+    cache_config: list[str] = typer.Option(
+        None,
+        "--cache-config",
+        metavar="local,size=BYTES",
+        help="A response cache of this many bytes, in this process's memory (Triton's flag): models whose config "
+        "enables response_cache answer repeated requests (the same inputs and requested outputs) from it.",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     server_name: str = typer.Option(
         "polystack",
@@ -131,6 +138,7 @@ def serve(
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.placement import CpuPlacement
+    from polystack.server.response_cache import CacheConfig
     from polystack.server.tls import TlsConfig
 
     if not server_name.strip():
@@ -177,6 +185,7 @@ def serve(
         cpus=cpus,
         tls=tls,
         model_configs=_model_configs(model_config or []),
+        response_cache=CacheConfig.parse(cache_config or []),
     )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(

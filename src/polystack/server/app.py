@@ -30,6 +30,7 @@ from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import ConfigFile
 from polystack.server.placement import CpuPlacement
+from polystack.server.response_cache import CacheConfig, ResponseCache
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, ModelRef, Store
@@ -106,6 +107,8 @@ class ServeConfig:
     # Triton model configs by model name: how a model is served at start and by a load without a config
     # of its own (serve --model-config NAME=FILE, as Triton reads config.pbtxt)
     model_configs: Mapping[str, ConfigFile] = field(default_factory=dict)
+    # the response cache models whose config enables response_cache answer from (--cache-config); None: none
+    response_cache: CacheConfig | None = None
 
 
 class Server:
@@ -155,6 +158,10 @@ class Server:
             spec = with_concurrency(chosen, threads, instances)
             return spec if cpus is None else without_runtime_pinning(spec)
 
+        cache = None
+        if config.response_cache is not None:
+            cache = ResponseCache(config.response_cache.size)
+            cache.on_evict = self.metrics.watch_cache(cache)
         self.plane = DataPlane(
             engine,
             profile=config.profile,
@@ -170,6 +177,7 @@ class Server:
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
             server_name=config.server_name,
             model_configs=config.model_configs,
+            response_cache=cache,
         )
         self.http = HttpApp(
             self.plane,
@@ -330,7 +338,9 @@ def run(engine: Engine, config: ServeConfig) -> int:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
     stopped_early = _load_until_signalled(server)
     if stopped_early.is_set():
-        log.info("stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]})
+        log.info(
+            "stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]}
+        )
         server.close()
         engine.close()
         return 0

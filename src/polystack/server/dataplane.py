@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -51,6 +52,7 @@ from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import model_config, model_files, status, warmup
 from polystack.server.logs import LogSettings
+from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
 from polystack.store import ModelRecord, ModelRef, Store
@@ -61,6 +63,8 @@ log = logging.getLogger("polystack.server")
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
 _UNLOAD_DRAIN_S = 30.0  # how long what a load or unload replaced may run what it holds (as a batcher's close)
+_HASH_INLINE_BELOW = 256 << 10  # input bytes a response cache key is hashed from on the loop; more: on a thread
+_loads = itertools.count(1)  # numbers each model load, whose answers the response cache keeps apart
 # what to load for a model under a profile, given how many of its calls run at once (they share the runtime)
 SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
@@ -87,6 +91,7 @@ class _Served:
     executor: ThreadPoolExecutor | None = None
     additions: model_config.Additions = field(default_factory=model_config.Additions)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
+    load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
 
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance."""
@@ -113,7 +118,9 @@ def parse_version(name: str, version: str | None) -> int | None:
     digits = version.lstrip("0")
     # the length first: int() refuses strings of over 4,300 digits with a ValueError (a 500)
     if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
-        raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
+        raise VersionNotFound(
+            f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up"
+        )
     return int(digits)
 
 
@@ -172,8 +179,11 @@ class DataPlane:
         inline_max_ms: float = 0.2,
         server_name: str = "polystack",
         model_configs: Mapping[str, model_config.ConfigFile] | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.engine = engine
+        # the server's response cache (serve --cache-config): models whose config enables it answer from it
+        self.response_cache = response_cache
         # Triton model configs by model name, given at start: what a load without a config of its own
         # uses, as Triton's reads the repository's config.pbtxt (serve --model-config)
         self.model_configs = dict(model_configs or {})
@@ -283,9 +293,7 @@ class DataPlane:
             executor = ThreadPoolExecutor(
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
-        served = self._served[key] = _Served(
-            entry, batcher, instances if executor else None, executor, plan.additions
-        )
+        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor, plan.additions)
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
@@ -304,6 +312,12 @@ class DataPlane:
             # what the config made of it
             extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.additions)
         log.info("model loaded", extra=extra)
+        if plan.additions.response_cache and self.response_cache is None:
+            log.warning(
+                "the model's config enables response_cache, but this server has no response cache, so every "
+                "request runs the model; start the server with --cache-config local,size=BYTES",
+                extra={"model": entry.name, "version": entry.version},
+            )
         return entry
 
     def unload(self, name: str) -> None:
@@ -373,6 +387,8 @@ class DataPlane:
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
                         time.sleep(0.005)
+                    if self.response_cache is not None:  # nothing routes to it: its answers only take room now
+                        self.response_cache.forget(s.load)
                 for entry in entries:
                     with _logged(entry):
                         entry.model.close()  # once the calls running on it return; later ones are refused
@@ -569,7 +585,6 @@ class DataPlane:
             served = self._get(name, version)
             entry = served.entry
             model_label = (entry.name, str(entry.version))
-            outputs = request.output_names
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
@@ -578,51 +593,12 @@ class DataPlane:
                     if o.shm is not None:  # a region that is gone is refused before the model runs for it
                         self.shared_memory.check(o.shm, f"output {o.name!r}")
             with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
-                for reroutes in range(_MAX_REROUTES + 1):
-                    try:
-                        if served.batcher is not None:
-                            queued = time.perf_counter_ns() if span is not None else 0
-                            timings: list[int] | None = [] if span is not None else None
-                            result = await served.batcher.infer_async(
-                                request.inputs, outputs, request.timeout_s, loop, timings
-                            )
-                            if timings:
-                                self.tracing.stages(span, queued, *timings)
-                        else:
-                            key = (entry.name, entry.version)
-                            typical = self._typical_s.get(key)
-                            queued = time.perf_counter_ns()
-                            if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
-                                result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued)
-                            else:
-                                loop = loop or asyncio.get_running_loop()
-                                served.pending += 1
-                                try:
-                                    result, t0, t1 = await loop.run_in_executor(
-                                        served.executor or self.executor,
-                                        _timed_infer,
-                                        entry,
-                                        request.inputs,
-                                        outputs,
-                                        queued,
-                                    )
-                                finally:
-                                    served.pending -= 1
-                            if span is not None:
-                                self.tracing.stages(span, None, t0, t1)
-                            took = (t1 - t0) / 1e9
-                            # a slow-moving average of the compute time decides the inline fast path
-                            self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
-                            m = self.metrics.model(*model_label)
-                            m.compute.observe(took)
-                            m.batch.observe(_batch_of(entry, request.inputs))
-                        break
-                    except ModelClosed:
-                        # replaced by a reload as it reached it: the instance serving the model now runs it
-                        fresh = self._replacement(name, version, entry)
-                        if fresh is None or reroutes == _MAX_REROUTES:
-                            raise
-                        served, entry = fresh, fresh.entry
+                if served.additions.response_cache and self.response_cache is not None:
+                    result, entry = await self._cached(
+                        self.response_cache, served, request, name, version, loop, span, started
+                    )
+                else:
+                    result, entry = await self._run(served, request, name, version, loop, span)
             if classes:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
@@ -651,6 +627,104 @@ class DataPlane:
             id=request.id,
             in_shared_memory=in_shared_memory,
         )
+
+    async def _run(
+        self,
+        served: _Served,
+        request: InferRequest,
+        name: str,
+        version: str | None,
+        loop: asyncio.AbstractEventLoop | None,
+        span: Any,
+    ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
+        """Run ``request`` on ``served`` (its batcher, or a thread), following reloads that replace it as it
+        reaches it (to what serves ``name`` and ``version`` as asked then); the result, and the entry that
+        answered."""
+        entry, outputs = served.entry, request.output_names
+        model_label = (entry.name, str(entry.version))
+        for reroutes in range(_MAX_REROUTES + 1):
+            try:
+                if served.batcher is not None:
+                    queued = time.perf_counter_ns() if span is not None else 0
+                    timings: list[int] | None = [] if span is not None else None
+                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop, timings)
+                    if timings:
+                        self.tracing.stages(span, queued, *timings)
+                else:
+                    key = (entry.name, entry.version)
+                    typical = self._typical_s.get(key)
+                    queued = time.perf_counter_ns()
+                    if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
+                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued)
+                    else:
+                        loop = loop or asyncio.get_running_loop()
+                        served.pending += 1
+                        try:
+                            result, t0, t1 = await loop.run_in_executor(
+                                served.executor or self.executor,
+                                _timed_infer,
+                                entry,
+                                request.inputs,
+                                outputs,
+                                queued,
+                            )
+                        finally:
+                            served.pending -= 1
+                    if span is not None:
+                        self.tracing.stages(span, None, t0, t1)
+                    took = (t1 - t0) / 1e9
+                    # a slow-moving average of the compute time decides the inline fast path
+                    self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
+                    m = self.metrics.model(*model_label)
+                    m.compute.observe(took)
+                    m.batch.observe(_batch_of(entry, request.inputs))
+                break
+            except ModelClosed:
+                # replaced by a reload as it reached it: the instance serving the model now runs it
+                fresh = self._replacement(name, version, entry)
+                if fresh is None or reroutes == _MAX_REROUTES:
+                    raise
+                served, entry = fresh, fresh.entry
+        return result, entry
+
+    async def _cached(
+        self,
+        cache: ResponseCache,
+        served: _Served,
+        request: InferRequest,
+        name: str,
+        version: str | None,
+        loop: asyncio.AbstractEventLoop | None,
+        span: Any,
+        started: float,
+    ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
+        """``_run`` for a model whose config enables ``response_cache``: the answer the cache keeps for the
+        same inputs and requested outputs, else the model's, which the cache then keeps. Statistics count a
+        hit (no queue or compute) or a miss, with their times, as Triton's do."""
+        t0 = time.perf_counter_ns()
+        if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
+            key = cache.key(served.load, request.inputs, request.output_names)
+        else:  # hashlib lets go of the GIL: the loop serves others meanwhile
+            loop = loop or asyncio.get_running_loop()
+            key = await loop.run_in_executor(
+                self.executor, cache.key, served.load, request.inputs, request.output_names
+            )
+        found = cache.get(key)
+        looked = time.perf_counter_ns() - t0
+        entry = served.entry
+        m = self.metrics.model(entry.name, str(entry.version))
+        if found is not None:
+            entry.stats.cache_hit(_batch_of(entry, request.inputs), looked, int((time.perf_counter() - started) * 1e9))
+            m.cache_hits.inc()
+            return found, entry
+        result, entry = await self._run(served, request, name, version, loop, span)
+        t1 = time.perf_counter_ns()
+        # kept only for the load that computed it and still serves (not one a reload or unload replaced)
+        if entry is served.entry and self._served.get((entry.name, entry.version)) is served:
+            cache.put(key, served.load, result)
+        entry.stats.add("cache_miss", looked + time.perf_counter_ns() - t1)
+        m.cache_misses.inc()
+        return result, entry
 
     def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
         """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""
@@ -803,7 +877,9 @@ def _logged(entry: LoadedEntry) -> Iterator[None]:
     try:
         yield
     except Exception:
-        log.exception("closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version})
+        log.exception(
+            "closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version}
+        )
 
 
 def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:

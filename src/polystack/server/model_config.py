@@ -69,11 +69,12 @@ _TRITON = {
     "model_warmup": {"name", "batch_size", "inputs", "count"},
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
     "parameters.value": {"string_value"},
+    "response_cache": {"enable"},
 }  # fmt: skip
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
-               "dynamic_batching", "parameters", "model_warmup"},
+               "dynamic_batching", "parameters", "model_warmup", "response_cache"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
@@ -83,6 +84,7 @@ _READ = {
     "model_warmup": _TRITON["model_warmup"],
     "model_warmup.input": _TRITON["model_warmup.input"],
     "parameters.value": _TRITON["parameters.value"],
+    "response_cache": _TRITON["response_cache"],
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -101,7 +103,6 @@ _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 _UNSUPPORTED = {
     "sequence_batching": "polystack has no sequence batching (stateful models)",
     "ensemble_scheduling": "polystack has no ensembles; chain models in the client",
-    "response_cache": "polystack has no response cache",
     "model_transaction_policy": "polystack has no decoupled models",
     "batch_input": "polystack has no ragged batching",
     "batch_output": "polystack has no ragged batching",
@@ -114,12 +115,14 @@ _UNSUPPORTED = {
 @dataclass(frozen=True)
 class Additions:
     """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
-    config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), and the
-    runtime options Triton's backend parameters set."""
+    config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), the
+    runtime options Triton's backend parameters set, and whether its answers go through the server's
+    response cache (``response_cache.py``)."""
 
     warmup: tuple[WarmupSample, ...] = ()
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
     options: dict[str, Any] = field(default_factory=dict)
+    response_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ def render(
             }
         ],
         "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(added.options)},
+        "response_cache": {"enable": added.response_cache},
     }
     if merging:
         assert batcher is not None
@@ -209,7 +213,11 @@ def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
         i.name: {
             "data_type": _data_type(i.dtype),
             "dims": [*lead, *i.dims],
-            **({"input_data_file": i.data_file} if i.data is not None else {"random_data" if i.random else "zero_data": True}),
+            **(
+                {"input_data_file": i.data_file}
+                if i.data is not None
+                else {"random_data" if i.random else "zero_data": True}
+            ),
         }
         for i in sample.inputs
     }
@@ -285,7 +293,9 @@ def read(
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
-    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options))
+    cache = _message(config.get("response_cache", {}), "response_cache", "response_cache")
+    cached = _bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
+    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached))
 
 
 def as_json(text: str) -> str:
@@ -337,6 +347,7 @@ _KINDS = {
     "ModelQueuePolicy": "default_queue_policy",
     "ModelWarmup": "model_warmup",
     "ModelWarmup.Input": "model_warmup.input",
+    "ModelResponseCache": "response_cache",
 }
 
 

@@ -1,0 +1,182 @@
+"""Triton's response cache: the answers of earlier requests, found again by a hash of what decides them.
+
+A model whose config enables ``response_cache`` answers a request whose inputs (names, datatypes,
+shapes and bytes) and requested outputs match an earlier successful one from here, without running
+the model, as Triton's does. Like Triton's local cache it is one per server
+(``serve --cache-config local,size=BYTES``), shared by every model, and keeps the most recently used
+answers within its size: tensor bytes plus a fixed overhead per entry; an answer larger than the
+whole cache is not kept.
+
+What differs from Triton's, on purpose: keys are 128-bit BLAKE2b digests (Triton's are 64-bit hashes,
+where a collision hands one request another's answer), and the requested outputs are part of the key
+(a request for one output never gets an answer cut to another's). Entries belong to one load of a
+model: a reload (new files, another config) never answers from what the instance before it computed,
+and an unload frees them.
+
+Written here rather than taken from a library: what it needs (a byte budget with tensors' sizes,
+entries dropped by owner, a lock for the loops and threads that share it) is an OrderedDict's work;
+``cachetools`` would add a dependency for its LRU alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from polystack.errors import InvalidRequest
+
+ENTRY_OVERHEAD = 256  # bytes counted per entry besides its tensors: its key, dicts and array headers
+_MAX_SIZE = 1 << 50  # 1 PiB: a size past it is a typo
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The server's response cache, as ``--cache-config`` gives it (Triton's flag): its size in bytes."""
+
+    size: int
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> CacheConfig | None:
+        """``--cache-config`` values (``local,size=BYTES``, repeatable as Triton's) as a config; None for none."""
+        if not items:
+            return None
+        settings: dict[str, str] = {}
+        for item in items:
+            name, _, rest = item.partition(",")
+            if name != "local":
+                raise InvalidRequest(
+                    f"--cache-config {item!r}: polystack has one cache implementation, local (in this process's "
+                    "memory); give --cache-config local,size=BYTES"
+                )
+            key, eq, value = rest.partition("=")
+            if not (key and eq):
+                raise InvalidRequest(f"--cache-config {item!r}: give the local cache's setting as local,size=BYTES")
+            if key != "size":
+                raise InvalidRequest(f"--cache-config {item!r}: the local cache takes size=BYTES only, not {key!r}")
+            settings[key] = value
+        raw = settings.get("size", "")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 16) or not 1 <= int(raw) <= _MAX_SIZE:
+            raise InvalidRequest(
+                f"--cache-config local,size={raw}: the size is a whole number of bytes from 1 to {_MAX_SIZE:,}, "
+                "e.g. size=268435456 for 256 MiB"
+            )
+        return cls(int(raw))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    owner: int
+    outputs: dict[str, np.ndarray]  # read-only copies
+    size: int
+
+
+class ResponseCache:
+    """Answers by key, least recently used first out, within ``size`` bytes; safe across threads."""
+
+    def __init__(self, size: int, on_evict: Callable[[int], None] | None = None) -> None:
+        self.size = size
+        self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+        self.on_evict = on_evict  # told how many answers each insert evicted (a metric)
+
+    @staticmethod
+    def key(owner: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> bytes:
+        """The digest of a request to the model load ``owner``: every input's name, datatype, shape and
+        bytes, and the outputs it asked for (None: all). Every field is length-prefixed, so no two
+        requests write the same bytes into the hash. hashlib lets go of the GIL over large inputs."""
+        h = hashlib.blake2b(digest_size=16)
+
+        def field(data: bytes | memoryview) -> None:
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+
+        field(str(owner).encode())
+        for name in sorted(inputs):
+            a = inputs[name]
+            field(name.encode("utf-8", "surrogatepass"))
+            field(a.dtype.str.encode())
+            field(repr(a.shape).encode())
+            if a.dtype.hasobject:  # BYTES: each element's length and bytes
+                for v in a.reshape(-1):
+                    field(_element(v))
+            else:
+                field(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+        field(b"*" if outputs is None else "\0".join(sorted(outputs)).encode("utf-8", "surrogatepass"))
+        return h.digest()
+
+    def get(self, key: bytes) -> dict[str, np.ndarray] | None:
+        """The answer kept under ``key`` (a dict of its own; the arrays are shared and read-only), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return dict(entry.outputs)
+
+    def put(self, key: bytes, owner: int, outputs: Mapping[str, np.ndarray]) -> bool:
+        """Keep a copy of ``outputs`` under ``key``, evicting the least recently used answers to make room;
+        False when the answer alone is larger than the cache (it is not kept)."""
+        size = ENTRY_OVERHEAD + sum(nbytes(a) for a in outputs.values())
+        if size > self.size:
+            return False
+        kept = {name: _frozen(a) for name, a in outputs.items()}
+        evicted = 0
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._used -= old.size
+            while self._entries and self._used + size > self.size:
+                _, out = self._entries.popitem(last=False)
+                self._used -= out.size
+                evicted += 1
+            self._entries[key] = _Entry(owner, kept, size)
+            self._used += size
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
+        return True
+
+    def forget(self, owner: int) -> int:
+        """Drop every answer of the model load ``owner`` (it was unloaded or replaced); how many there were."""
+        with self._lock:
+            gone = [k for k, e in self._entries.items() if e.owner == owner]
+            for k in gone:
+                self._used -= self._entries.pop(k).size
+        return len(gone)
+
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    @property
+    def used(self) -> int:
+        """Bytes the kept answers count for (tensors and each entry's overhead)."""
+        return self._used
+
+
+def _element(v: object) -> bytes:
+    """A BYTES element's bytes (the codecs give bytes; text and anything else are told apart by type)."""
+    if isinstance(v, bytes):
+        return b"b" + v
+    if isinstance(v, str):
+        return b"s" + v.encode("utf-8", "surrogatepass")
+    return b"r" + repr(v).encode()
+
+
+def nbytes(a: np.ndarray) -> int:
+    """What ``a`` holds, in bytes (BYTES elements: their own bytes, not numpy's pointers to them)."""
+    if a.dtype.hasobject:  # BYTES: the elements' own bytes, and a pointer and length each
+        return sum(len(v) + 16 if isinstance(v, (bytes, str)) else 64 for v in a.reshape(-1))
+    return int(a.nbytes)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of ``a`` that owns its memory (a batch's output share is a view into the whole)."""
+    copy = np.array(a, copy=True)
+    copy.flags.writeable = False
+    return copy

@@ -1,0 +1,101 @@
+"""The response cache on its own: what its keys tell apart, how it stays within its size, and the
+``--cache-config`` values it takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polystack.errors import InvalidRequest
+from polystack.server.response_cache import ENTRY_OVERHEAD, CacheConfig, ResponseCache
+
+X = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+
+def key(inputs: dict[str, np.ndarray], outputs: list[str] | None = None, load: int = 1) -> bytes:
+    return ResponseCache.key(load, inputs, outputs)
+
+
+def test_keys_tell_apart_every_part_of_a_request() -> None:
+    base = key(X)
+    assert key({"x": X["x"].copy()}) == base  # the same request, another array
+    assert key({"x": np.asfortranarray(X["x"])}) == base  # the same values in another memory order
+    different = [
+        key(X, load=2),  # another load of the model
+        key({"y": X["x"]}),  # another input name
+        key({"x": X["x"].reshape(3, 2)}),  # another shape, the same bytes
+        key({"x": X["x"].view(np.int32)}),  # another datatype, the same bytes
+        key({"x": X["x"] + 1}),  # other values
+        key(X, ["y"]),  # one output asked for
+        key(X, ["y", "z"]),
+        key({**X, "w": np.zeros(0, np.float32)}),  # one more input, even empty
+    ]
+    assert len({base, *different}) == len(different) + 1
+    assert key(X, ["z", "y"]) == key(X, ["y", "z"])  # the order outputs are asked in does not matter
+
+
+def test_bytes_keys_count_each_elements_boundaries() -> None:
+    def strings(*values: bytes) -> dict[str, np.ndarray]:
+        a = np.empty(len(values), dtype=object)
+        a[:] = list(values)
+        return {"s": a}
+
+    assert key(strings(b"ab", b"c")) != key(strings(b"a", b"bc"))
+    assert key(strings(b"ab", b"c")) == key(strings(b"ab", b"c"))
+    assert key(strings(b"ab")) != key(strings("ab"))  # type: ignore[arg-type]  # text is not its bytes
+
+
+def test_the_cache_keeps_the_most_recently_used_answers_within_its_size() -> None:
+    answer = {"y": np.zeros(100, np.float32)}  # 400 bytes
+    evicted: list[int] = []
+    cache = ResponseCache(2 * (ENTRY_OVERHEAD + 400), on_evict=evicted.append)
+    assert cache.put(b"a", 1, answer) and cache.put(b"b", 1, answer)
+    assert cache.get(b"a") is not None  # a is now the most recent
+    assert cache.put(b"c", 1, answer)
+    assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"c") is not None
+    assert evicted == [1] and cache.entries == 2 and cache.used == 2 * (ENTRY_OVERHEAD + 400)
+    assert not cache.put(b"big", 1, {"y": np.zeros(1000, np.float32)})  # larger than the whole cache
+    assert cache.get(b"big") is None and cache.entries == 2
+
+
+def test_kept_answers_are_read_only_copies_handed_out_in_dicts_of_their_own() -> None:
+    batch = np.arange(8, dtype=np.float32)
+    cache = ResponseCache(1 << 20)
+    cache.put(b"k", 1, {"y": batch[:4]})  # a request's share of a batch's output: a view
+    batch[:] = -1  # the batch's array is reused
+    first = cache.get(b"k")
+    assert first is not None
+    assert first["y"].tolist() == [0, 1, 2, 3] and not first["y"].flags.writeable
+    first.pop("y")  # what writing an output to shared memory does to a result
+    second = cache.get(b"k")
+    assert second is not None and "y" in second
+
+
+def test_forget_drops_one_loads_answers_only() -> None:
+    cache = ResponseCache(1 << 20)
+    cache.put(b"a", 1, {"y": np.zeros(4)})
+    cache.put(b"b", 2, {"y": np.zeros(4)})
+    assert cache.forget(1) == 1
+    assert cache.get(b"a") is None and cache.get(b"b") is not None and cache.used == ENTRY_OVERHEAD + 32
+
+
+def test_cache_config_reads_tritons_flag() -> None:
+    assert CacheConfig.parse([]) is None
+    assert CacheConfig.parse(["local,size=1048576"]) == CacheConfig(1048576)
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        (["redis,host=localhost"], "one cache implementation, local"),
+        (["local"], "local,size=BYTES"),
+        (["local,size=0"], "from 1 to"),
+        (["local,size=1MB"], "whole number of bytes"),
+        (["local,size=-5"], "whole number of bytes"),
+        (["local,size=99999999999999999999"], "whole number of bytes"),
+        (["local,capacity=5"], "size=BYTES only"),
+    ],
+)
+def test_cache_config_refuses_what_it_cannot_use(items: list[str], says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        CacheConfig.parse(items)

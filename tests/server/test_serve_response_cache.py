@@ -1,0 +1,210 @@
+"""Triton's response cache through a real server: a model whose config enables ``response_cache`` answers
+a repeated request from the server's cache (``--cache-config``) over HTTP and gRPC, counted in the
+statistics and metrics as Triton counts it; a reload or unload drops its answers."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import caught_logs, mlp_ones, refused_at_start, register_like, start
+
+from polystack.server.app import ServerThread
+from polystack.server.model_config import ConfigFile
+from polystack.server.response_cache import CacheConfig
+from polystack.store import ModelRecord, Store
+
+CACHED = ConfigFile(json.dumps({"response_cache": {"enable": True}}))
+BATCHED_CACHED = ConfigFile(
+    json.dumps({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 2000}, "response_cache": {"enable": True}})
+)
+
+
+@pytest.fixture(scope="module")
+def server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    store, records = model_store
+    register_like(store, records["mlp"], "mlpb")  # the MLP again, batched
+    st = start(
+        store,
+        models=["mlp", "mlpb", "two", "strid", "ident64"],
+        allow_model_control=True,
+        model_configs={"mlp": CACHED, "mlpb": BATCHED_CACHED, "two": CACHED, "strid": CACHED},
+        response_cache=CacheConfig(1 << 20),
+    )
+    yield st
+    st.stop()
+
+
+def stats(st: ServerThread, name: str) -> dict[str, Any]:
+    s = httpclient.InferenceServerClient(st.http_url).get_inference_statistics(name)["model_stats"][0]
+    return {
+        "inference_count": s["inference_count"],
+        "execution_count": s["execution_count"],
+        **{k: s["inference_stats"][k]["count"] for k in ("success", "queue", "cache_hit", "cache_miss")},
+    }
+
+
+def rows(values: list[list[float]], client: Any = httpclient) -> Any:
+    x = client.InferInput("x", [len(values), 16], "FP32")
+    x.set_data_from_numpy(np.array(values, np.float32).repeat(16 // len(values[0]), axis=1))
+    return x
+
+
+def metric(st: ServerThread, name: str, **labels: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{st.http_url}/metrics").read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    m = re.search(rf"^{name}{{{wanted}}} (\S+)$", text, re.M) if labels else re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, f"{name} {labels} not in /metrics"
+    return float(m.group(1))
+
+
+def test_a_repeated_request_is_answered_from_the_cache_and_counted_as_triton_counts_it(server: ServerThread) -> None:
+    http = httpclient.InferenceServerClient(server.http_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    assert http.get_model_config("mlp")["response_cache"] == {"enable": True}
+    assert http.get_model_config("ident64")["response_cache"] == {"enable": False}  # Triton's default, shown
+    before = stats(server, "mlp")
+    first = http.infer("mlp", [rows([[1.0], [2.0]])]).as_numpy("y")
+    again = http.infer("mlp", [rows([[1.0], [2.0]])]).as_numpy("y")
+    over_grpc = grpc.infer("mlp", [rows([[1.0], [2.0]], grpcclient)]).as_numpy("y")  # one cache for both
+    other = http.infer("mlp", [rows([[3.0], [2.0]])]).as_numpy("y")
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, over_grpc)
+    assert not np.array_equal(first[0], other[0]) and np.array_equal(first[1], other[1])
+    after = stats(server, "mlp")
+    change = {k: after[k] - before[k] for k in after}
+    # two hits: successes and inferences, but no execution, queue or compute of their own
+    assert change == {
+        "inference_count": 8,
+        "execution_count": 2,
+        "success": 4,
+        "queue": 2,
+        "cache_hit": 2,
+        "cache_miss": 2,
+    }
+    assert metric(server, "polystack_cache_hits_total", model="mlp", version="1") >= 2
+    assert metric(server, "polystack_cache_misses_total", model="mlp", version="1") >= 2
+    assert metric(server, "polystack_cache_entries") >= 2
+    assert metric(server, "polystack_cache_size_bytes") == 1 << 20
+
+
+def test_the_outputs_asked_for_are_part_of_the_key(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = httpclient.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[1, 2, 3, 4]], np.float32))
+    before = stats(server, "two")
+    same = client.infer("two", [x], outputs=[httpclient.InferRequestedOutput("same")])
+    neg = client.infer("two", [x], outputs=[httpclient.InferRequestedOutput("neg")])
+    both = client.infer("two", [x])
+    assert same.as_numpy("neg") is None and neg.as_numpy("same") is None
+    assert neg.as_numpy("neg").tolist() == [[-1, -2, -3, -4]]
+    assert both.as_numpy("same").tolist() == [[1, 2, 3, 4]] and both.as_numpy("neg").tolist() == [[-1, -2, -3, -4]]
+    again = client.infer("two", [x], outputs=[httpclient.InferRequestedOutput("neg")])
+    assert again.as_numpy("neg").tolist() == [[-1, -2, -3, -4]] and again.as_numpy("same") is None
+    after = stats(server, "two")
+    assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (3, 1)
+
+
+def test_bytes_tensors_are_cached_by_their_elements(server: ServerThread) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def ask(*values: bytes) -> list[bytes]:
+        s = grpcclient.InferInput("s", [1, 2], "BYTES")
+        s.set_data_from_numpy(np.array([list(values)], dtype=object))
+        return list(client.infer("strid", [s]).as_numpy("t").reshape(-1))
+
+    before = stats(server, "strid")
+    assert ask(b"ab", b"c") == [b"ab", b"c"]
+    assert ask(b"a", b"bc") == [b"a", b"bc"]  # the same bytes joined: another request
+    assert ask(b"ab", b"c") == [b"ab", b"c"]
+    after = stats(server, "strid")
+    assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (2, 1)
+
+
+def test_a_batched_model_answers_hits_without_queueing_them(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    assert client.get_model_config("mlpb")["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    expected = client.infer("mlp", [rows([[5.0]])]).as_numpy("y")
+    before = stats(server, "mlpb")
+    answers = [client.infer("mlpb", [rows([[5.0]])]).as_numpy("y") for _ in range(3)]
+    for a in answers:
+        np.testing.assert_allclose(a, expected, rtol=1e-6)
+    after = stats(server, "mlpb")
+    change = {k: after[k] - before[k] for k in after}
+    assert change["cache_miss"] == 1 and change["cache_hit"] == 2 and change["queue"] == 1
+    assert change["execution_count"] == 1 and change["success"] == 3
+
+
+def test_a_reload_never_answers_from_what_the_instance_before_it_computed(server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.infer("mlp", [rows([[7.0]])])
+    client.infer("mlp", [rows([[7.0]])])
+    entries = metric(server, "polystack_cache_entries")
+    # a load with a config of its own replaces the instance, even with the same config
+    client.load_model("mlp", config=json.dumps({"response_cache": {"enable": True}}))
+    server.server.plane.wait_retired()
+    assert metric(server, "polystack_cache_entries") < entries  # the old instance's answers are gone
+    before = stats(server, "mlp")  # a new instance: its statistics start again
+    assert before["cache_hit"] == 0
+    client.infer("mlp", [rows([[7.0]])])
+    assert stats(server, "mlp")["cache_miss"] == 1
+    # a load that turns the cache off: every request runs the model
+    client.load_model("mlp", config=json.dumps({"response_cache": {"enable": False}}))
+    assert client.get_model_config("mlp")["response_cache"] == {"enable": False}
+    client.infer("mlp", [rows([[7.0]])])
+    client.infer("mlp", [rows([[7.0]])])
+    s = stats(server, "mlp")
+    assert (s["cache_hit"], s["cache_miss"], s["execution_count"]) == (0, 0, 2)
+    client.load_model("mlp", config=json.dumps({"response_cache": {"enable": True}}))
+
+
+def test_a_config_enabling_the_cache_on_a_server_without_one_runs_every_request(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    with caught_logs("polystack.server") as logs:
+        st = start(store, models=["mlp"], model_configs={"mlp": CACHED})
+    try:
+        warned = [r for r in logs if "no response cache" in r.getMessage()]
+        assert warned and "--cache-config local,size=BYTES" in warned[0].getMessage()
+        client = httpclient.InferenceServerClient(st.http_url)
+        assert client.get_model_config("mlp")["response_cache"] == {"enable": True}  # as its config says
+        for _ in range(2):
+            client.infer("mlp", [mlp_ones(1)])
+        s = stats(st, "mlp")
+        assert (s["cache_hit"], s["cache_miss"], s["execution_count"]) == (0, 0, 2)
+    finally:
+        st.stop()
+
+
+def test_a_config_pbtxt_enables_the_cache(tmp_path: Path, model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    from polystack.server import model_config
+
+    store, _ = model_store
+    text = model_config.as_json("response_cache {\n  enable: true\n}\n")
+    st = start(store, models=["mlp"], model_configs={"mlp": ConfigFile(text)}, response_cache=CacheConfig(4096))
+    try:
+        client = grpcclient.InferenceServerClient(st.grpc_url)
+        assert client.get_model_config("mlp", as_json=True)["config"]["response_cache"] == {"enable": True}
+        for _ in range(2):
+            client.infer("mlp", [mlp_ones(1, grpcclient)])
+        assert stats(st, "mlp")["cache_hit"] == 1
+    finally:
+        st.stop()
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [("redis,host=localhost", "one cache implementation, local"), ("local,size=1GB", "whole number of bytes")],
+)
+def test_a_cache_config_polystack_cannot_use_exits_2_at_start(tmp_path: Path, flag: str, says: str) -> None:
+    assert says in refused_at_start(tmp_path, ["--cache-config", flag])
