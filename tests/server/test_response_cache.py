@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from typing import Any
+
 import numpy as np
 import pytest
 
 from polystack.errors import InvalidRequest
-from polystack.server.response_cache import ENTRY_OVERHEAD, CacheConfig, ResponseCache
+from polystack.server.response_cache import ENTRY_OVERHEAD, OUTPUT_OVERHEAD, CacheConfig, ResponseCache
 
 X = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
 
@@ -47,13 +50,14 @@ def test_bytes_keys_count_each_elements_boundaries() -> None:
 
 def test_the_cache_keeps_the_most_recently_used_answers_within_its_size() -> None:
     answer = {"y": np.zeros(100, np.float32)}  # 400 bytes
+    one = ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 400
     evicted: list[int] = []
-    cache = ResponseCache(2 * (ENTRY_OVERHEAD + 400), on_evict=evicted.append)
+    cache = ResponseCache(2 * one, on_evict=evicted.append)
     assert cache.put(b"a", 1, answer) and cache.put(b"b", 1, answer)
     assert cache.get(b"a") is not None  # a is now the most recent
     assert cache.put(b"c", 1, answer)
     assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"c") is not None
-    assert evicted == [1] and cache.entries == 2 and cache.used == 2 * (ENTRY_OVERHEAD + 400)
+    assert evicted == [1] and cache.entries == 2 and cache.used == 2 * one
     assert not cache.put(b"big", 1, {"y": np.zeros(1000, np.float32)})  # larger than the whole cache
     assert cache.get(b"big") is None and cache.entries == 2
 
@@ -76,7 +80,7 @@ def test_forget_drops_one_loads_answers_only() -> None:
     cache.put(b"a", 1, {"y": np.zeros(4)})
     cache.put(b"b", 2, {"y": np.zeros(4)})
     assert cache.forget(1) == 1
-    assert cache.get(b"a") is None and cache.get(b"b") is not None and cache.used == ENTRY_OVERHEAD + 32
+    assert cache.get(b"a") is None and cache.get(b"b") is not None and cache.used == ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 32
 
 
 def test_cache_config_reads_tritons_flag() -> None:
@@ -99,3 +103,41 @@ def test_cache_config_reads_tritons_flag() -> None:
 def test_cache_config_refuses_what_it_cannot_use(items: list[str], says: str) -> None:
     with pytest.raises(InvalidRequest, match=says):
         CacheConfig.parse(items)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda i: {"y": np.full((1, 4), i, np.float32)},
+        lambda i: {"a": np.full((1, 1), i, np.float32), "b": np.zeros((1, 1), np.int64), "c": np.ones(1, bool)},
+        lambda i: {"y": np.full((8, 1000), i, np.float32)},
+        lambda i: {"t": np.array([b"%d" % (i * 1000 + k) for k in range(50)], dtype=object)},
+    ],
+    ids=["small", "three-outputs", "large", "bytes"],
+)
+def test_what_the_cache_counts_is_the_memory_its_answers_take(answer: Any) -> None:
+    """Within a quarter of what tracemalloc sees it take, so that a cache of N bytes takes about N bytes."""
+    cache = ResponseCache(1 << 40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        answers = [answer(i) for i in range(2000)]  # the model's answers, then the cache's copies of them
+        for i, a in enumerate(answers):
+            cache.put(i.to_bytes(16, "little"), 1, a)
+        del answers  # the cache's copies (and the BYTES elements they share) are all that is left
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 < cache.used / taken < 1.25, (cache.used, taken)
+
+
+def test_forgetting_a_load_drops_all_its_answers_batch_by_batch_and_no_others() -> None:
+    cache = ResponseCache(1 << 30)
+    for i in range(5000):  # several of forget's batches
+        cache.put(b"a%d" % i, 1, {"y": np.zeros(2, np.float32)})
+    cache.put(b"b", 2, {"y": np.zeros(2, np.float32)})
+    assert cache.forget(3) == 0  # a load with no answers
+    assert cache.forget(1) == 5000 and cache.entries == 1 and cache.get(b"b") is not None
+    assert cache.forget(1) == 0
+    cache.put(b"b", 3, {"y": np.zeros(2, np.float32)})  # the same key under another load
+    assert cache.forget(2) == 0 and cache.get(b"b") is not None

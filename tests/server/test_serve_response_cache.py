@@ -4,8 +4,10 @@ statistics and metrics as Triton counts it; a reload or unload drops its answers
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,13 @@ from polystack.store import ModelRecord, Store
 
 CACHED = ConfigFile(json.dumps({"response_cache": {"enable": True}}))
 BATCHED_CACHED = ConfigFile(
-    json.dumps({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 2000}, "response_cache": {"enable": True}})
+    json.dumps(
+        {
+            "max_batch_size": 8,
+            "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+            "response_cache": {"enable": True},
+        }
+    )
 )
 
 
@@ -110,8 +118,15 @@ def test_the_outputs_asked_for_are_part_of_the_key(server: ServerThread) -> None
     assert both.as_numpy("same").tolist() == [[1, 2, 3, 4]] and both.as_numpy("neg").tolist() == [[-1, -2, -3, -4]]
     again = client.infer("two", [x], outputs=[httpclient.InferRequestedOutput("neg")])
     assert again.as_numpy("neg").tolist() == [[-1, -2, -3, -4]] and again.as_numpy("same") is None
+
+    def order(*names: str) -> list[str]:
+        asked = [httpclient.InferRequestedOutput(n) for n in names]
+        return [o["name"] for o in client.infer("two", [x], outputs=asked).get_response()["outputs"]]
+
+    # a hit answers in the order its request asks for, as the model does, whatever order the miss asked in
+    assert order("neg", "same") == ["neg", "same"] and order("same", "neg") == ["same", "neg"]
     after = stats(server, "two")
-    assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (3, 1)
+    assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (4, 2)
 
 
 def test_bytes_tensors_are_cached_by_their_elements(server: ServerThread) -> None:
@@ -208,3 +223,37 @@ def test_a_config_pbtxt_enables_the_cache(tmp_path: Path, model_store: tuple[Sto
 )
 def test_a_cache_config_polystack_cannot_use_exits_2_at_start(tmp_path: Path, flag: str, says: str) -> None:
     assert says in refused_at_start(tmp_path, ["--cache-config", flag])
+
+
+def test_a_hit_with_a_large_input_never_waits_for_the_inference_threads(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Its key is hashed off the event loop, on threads of the cache's own: with the one inference thread
+    running a slow model for another request, the hit still answers at once. (Ordered, not timed: the
+    hit must come back while the other request is still running.)"""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow1000", tags={"delay_ms": "1000"})
+    st = start(
+        store, models=["slow1000"], workers=1, model_configs={"slow1000": CACHED}, response_cache=CacheConfig(8 << 20)
+    )
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        big = np.arange(8192 * 16, dtype=np.float32).reshape(8192, 16)  # 512 KiB: hashed off the loop
+        x = httpclient.InferInput("x", list(big.shape), "FP32")
+        x.set_data_from_numpy(big)
+        client.infer("slow1000", [x])  # a miss: kept
+
+        def other() -> None:  # holds the only inference thread for 1 s
+            httpclient.InferenceServerClient(st.http_url).infer("slow1000", [mlp_ones(1)])
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(other)
+            deadline = time.monotonic() + 10
+            while st.server.plane.in_flight < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            client.infer("slow1000", [x])
+            assert not running.done()  # the hit came back while the other request still ran
+            running.result()
+        assert stats(st, "slow1000")["cache_hit"] == 1
+    finally:
+        st.stop()

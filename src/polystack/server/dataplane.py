@@ -209,6 +209,12 @@ class DataPlane:
             max_workers=self.workers, thread_name_prefix="infer", initializer=thread_initializer
         )
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
+        # response cache keys of large inputs are hashed here, never behind model runs in the inference threads
+        self._hasher = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-key", initializer=thread_initializer)
+            if response_cache is not None
+            else None
+        )
         self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
@@ -436,6 +442,8 @@ class DataPlane:
         self._served.clear()
         self._generation += 1
         self.executor.shutdown(wait=True)
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
 
@@ -702,13 +710,12 @@ class DataPlane:
         same inputs and requested outputs, else the model's, which the cache then keeps. Statistics count a
         hit (no queue or compute) or a miss, with their times, as Triton's do."""
         t0 = time.perf_counter_ns()
-        if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
-            key = cache.key(served.load, request.inputs, request.output_names)
+        asked = request.output_names
+        if self._hasher is None or sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
+            key = cache.key(served.load, request.inputs, asked)
         else:  # hashlib lets go of the GIL: the loop serves others meanwhile
             loop = loop or asyncio.get_running_loop()
-            key = await loop.run_in_executor(
-                self.executor, cache.key, served.load, request.inputs, request.output_names
-            )
+            key = await loop.run_in_executor(self._hasher, cache.key, served.load, request.inputs, asked)
         found = cache.get(key)
         looked = time.perf_counter_ns() - t0
         entry = served.entry
@@ -716,6 +723,8 @@ class DataPlane:
         if found is not None:
             entry.stats.cache_hit(_batch_of(entry, request.inputs), looked, int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
+            if asked:  # in the order this request asked for them, as the model would have answered it
+                found = {name: found[name] for name in asked}
             return found, entry
         result, entry = await self._run(served, request, name, version, loop, span)
         t1 = time.perf_counter_ns()
