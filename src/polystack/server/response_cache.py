@@ -35,6 +35,7 @@ from polystack.errors import InvalidRequest
 # entry, dict and place in the LRU order; per output its array object and place in the dict
 ENTRY_OVERHEAD = 440
 OUTPUT_OVERHEAD = 136
+_BYTES_HEADER = sys.getsizeof(b"")  # a bytes object's size besides its bytes (33 on 64-bit CPython)
 _FORGET_BATCH = 1024  # answers dropped per hold of the lock when a load goes
 _MAX_SIZE = 1 << 50  # 1 PiB: a size past it is a typo
 
@@ -200,9 +201,13 @@ def _element(v: object) -> bytes:
 
 def nbytes(a: np.ndarray) -> int:
     """The memory ``a``'s data takes: BYTES elements are Python objects, each with its header and pointer."""
-    if a.dtype.hasobject:
-        return sum(map(sys.getsizeof, a.reshape(-1).tolist())) + 8 * a.size
-    return int(a.nbytes)
+    if not a.dtype.hasobject:
+        return int(a.nbytes)
+    flat = a.reshape(-1).tolist()
+    try:  # bytes (and text) as the codecs give them: a 33-byte header and a pointer each, counted in C
+        return sum(map(len, flat)) + (_BYTES_HEADER + 8) * len(flat)
+    except TypeError:
+        return sum(map(sys.getsizeof, flat)) + 8 * len(flat)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
