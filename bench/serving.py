@@ -348,18 +348,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def start_polystack(
-    home: Path, model: str, batching: bool, work: Path, extra: Sequence[str] = ()
+    home: Path, model: str | Sequence[str], batching: bool, work: Path, extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """``polystack serve`` of ``model`` (or several), ready when this returns (the first model's readiness)."""
     port = free_port()
+    models = [model] if isinstance(model, str) else list(model)
     cmd = [
-        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "serve", model,
+        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "serve", *models,
         "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
     ]  # fmt: skip
     cmd += ["--batching", "--max-batch-size", "32", "--max-queue-delay-ms", "2"] if batching else ["--no-batching"]
     cmd += extra
-    log = work / f"polystack-{model}-{batching}{'-'.join(['', *extra])}.log"
+    log = work / f"polystack-{models[0]}-{batching}{'-'.join(['', *extra]).replace('/', '_')[:120]}.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    wait_ready(port, f"/v2/models/{model}/ready", proc, log)
+    wait_ready(port, f"/v2/models/{models[0]}/ready", proc, log)
     return proc, port
 
 
