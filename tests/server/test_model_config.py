@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -366,3 +368,39 @@ def test_response_cache_is_read_in_both_spellings_and_from_config_pbtxt() -> Non
 def test_a_response_cache_setting_triton_would_not_read_is_refused(text: str, says: str) -> None:
     with pytest.raises(InvalidRequest, match=says):
         model_config.read(text, RECORD, SPEC, PLAN)
+
+
+def test_enum_fields_may_be_numbers_as_protobufs_json_reads_them() -> None:
+    """Triton reads configs with protobuf's JSON parser, which takes an enum's number (or its digits) for
+    its name: a config written that way reads as the same config with names."""
+    named = {
+        "max_batch_size": 8,
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
+        "instance_group": [{"kind": "KIND_CPU", "count": 1}],
+        "dynamic_batching": {"default_queue_policy": {"timeout_action": "REJECT"}},
+    }
+    numbered = copy.deepcopy(named)
+    numbered["input"][0]["data_type"] = 11
+    numbered["output"][0]["data_type"] = "11"
+    numbered["instance_group"][0]["kind"] = 2
+    numbered["dynamic_batching"]["default_queue_policy"]["timeout_action"] = 0
+    assert model_config.read(json.dumps(numbered), RECORD, SPEC, PLAN) == model_config.read(
+        json.dumps(named), RECORD, SPEC, PLAN
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"instance_group": [{"kind": 7}]}, r"instance_group\[0\].kind 7 is not a value of Triton's"),
+        ({"instance_group": [{"kind": 1}]}, "kind 'KIND_GPU' does not match"),
+        ({"input": [{"name": "x", "data_type": 8}]}, "has data_type 'TYPE_INT32', but the model's is TYPE_FP32"),
+        ({"input": [{"name": "x", "format": 2}]}, "has format FORMAT_NCHW, which needs 3 dims"),
+        ({"input": [{"name": "x", "data_type": [11]}]}, "must be a name such as those GET config shows"),
+        ({"dynamic_batching": {"default_queue_policy": {"timeout_action": 1}}}, "timeout_action 'DELAY'"),
+    ],
+)
+def test_an_enum_number_is_checked_as_its_name_would_be(change: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        model_config.read(json.dumps(change), RECORD, SPEC, PLAN)

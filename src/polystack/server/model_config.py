@@ -417,7 +417,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         )
     qwhere = f"{where}.default_queue_policy"
     queue = _message(d.get("default_queue_policy", {}), qwhere, "default_queue_policy")
-    action = _string(queue, "timeout_action", qwhere) or "REJECT"
+    action = _enum(queue, "timeout_action", qwhere, "ModelQueuePolicy.TimeoutAction") or "REJECT"
     if action != "REJECT":
         raise InvalidRequest(
             f"{qwhere}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
@@ -492,7 +492,7 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
 def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_dir: Path | None) -> WarmupInput:
     d = _message(value, where, "model_warmup.input")
     want = _data_type(t.dtype)
-    got = _string(d, "data_type", where)
+    got = _enum(d, "data_type", where, "DataType")
     if got != want:
         raise InvalidRequest(f"{where} has data_type {quote(got or None)}, but the model's input is {want}")
     dims = _int_list(d.get("dims", []), f"{where}.dims", 0)  # Triton: every variable-size dimension given
@@ -572,7 +572,7 @@ def _instances(value: Any, spec: LoadSpec) -> int:
         where = f"instance_group[{i}]"
         group = _message(item, where, "instance_group")
         _string(group, "name", where)
-        kind = _string(group, "kind", where) or "KIND_AUTO"
+        kind = _enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
         if kind not in ("KIND_AUTO", ours):
             raise InvalidRequest(
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
@@ -673,7 +673,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                     f"{', '.join(by_name)}"
                 )
             want = _data_type(t.dtype)
-            got = _string(d, "data_type", where)
+            got = _enum(d, "data_type", where, "DataType")
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
             dims = d.get("dims")
@@ -685,7 +685,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                         f"max_batch_size {max_batch} (-1: any size); polystack checks requests against the model's "
                         "own dims"
                     )
-            layout = (_string(d, "format", where) if key == "input" else "") or "FORMAT_NONE"
+            layout = (_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
             if layout not in _FORMATS:
                 raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
             if layout != "FORMAT_NONE":
@@ -796,6 +796,34 @@ def _string(d: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(v, str):
         raise InvalidRequest(f"{where}.{key} must be a string, not {quote(v)}")
     return v
+
+
+def _enum(d: dict[str, Any], key: str, where: str, enum: str) -> str:
+    """An enum field's value name ("": unset, as its number 0 is); protobuf's JSON, which Triton reads
+    configs with, gives the name or the number (a number, or digits in a string). The caller checks names."""
+    v = d.get(key, "")
+    if isinstance(v, str) and not (v.isascii() and v.lstrip("-").isdigit()):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise InvalidRequest(
+            f"{where}.{key} must be a name such as those GET config shows, or its number, not {quote(v)}"
+        )
+    from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
+
+    values = model_config_pb2.DESCRIPTOR.enum_types_by_name.get(enum) or _nested_enum(model_config_pb2, enum)
+    number = _whole(v, f"{where}.{key}", -(1 << 31), (1 << 31) - 1)
+    if number not in values.values_by_number:
+        raise InvalidRequest(
+            f"{where}.{key} {number} is not a value of Triton's {enum}; its values are "
+            f"{', '.join(f'{n.number} ({n.name})' for n in values.values)}"
+        )
+    return "" if number == 0 else str(values.values_by_number[number].name)
+
+
+def _nested_enum(module: Any, path: str) -> Any:
+    """The descriptor of enum ``Message.Enum`` in ``module``."""
+    message, _, name = path.partition(".")
+    return module.DESCRIPTOR.message_types_by_name[message].enum_types_by_name[name]
 
 
 def _bool(d: dict[str, Any], key: str, where: str) -> bool:
