@@ -257,3 +257,19 @@ def test_a_hit_with_a_large_input_never_waits_for_the_inference_threads(
         assert stats(st, "slow1000")["cache_hit"] == 1
     finally:
         st.stop()
+
+
+def test_a_hit_counts_its_inferences_as_the_models_run_would(server: ServerThread) -> None:
+    """Without a batch dimension in the config (max_batch_size 0), Triton counts a request as one
+    inference whatever its first dimension, cached or not."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    client.load_model("ident64", config=json.dumps({"max_batch_size": 0, "response_cache": {"enable": True}}))
+    try:
+        a = httpclient.InferInput("a", [3, 4], "INT64")
+        a.set_data_from_numpy(np.arange(12, dtype=np.int64).reshape(3, 4))
+        for _ in range(2):
+            assert client.infer("ident64", [a]).as_numpy("b").tolist() == np.arange(12).reshape(3, 4).tolist()
+        s = stats(server, "ident64")
+        assert (s["cache_miss"], s["cache_hit"], s["inference_count"]) == (1, 1, 2)
+    finally:
+        client.load_model("ident64")

@@ -118,9 +118,7 @@ def parse_version(name: str, version: str | None) -> int | None:
     digits = version.lstrip("0")
     # the length first: int() refuses strings of over 4,300 digits with a ValueError (a 500)
     if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
-        raise VersionNotFound(
-            f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up"
-        )
+        raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
 
 
@@ -299,7 +297,9 @@ class DataPlane:
             executor = ThreadPoolExecutor(
                 max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
             )
-        served = self._served[key] = _Served(entry, batcher, instances if executor else None, executor, plan.additions)
+        served = self._served[key] = _Served(
+            entry, batcher, instances if executor else None, executor, plan.additions
+        )
         self._generation += 1
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
@@ -721,10 +721,13 @@ class DataPlane:
         entry = served.entry
         m = self.metrics.model(entry.name, str(entry.version))
         if found is not None:
-            entry.stats.cache_hit(_batch_of(entry, request.inputs), looked, int((time.perf_counter() - started) * 1e9))
+            # its inferences as the model's run would count them: rows when the model batches, else one
+            rows = served.batcher is not None or bool(entry.spec.max_batch_size and entry.signature.batched)
+            items = _batch_of(entry, request.inputs) if rows else 1
+            entry.stats.cache_hit(items, looked, int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
             if asked:  # in the order this request asked for them, as the model would have answered it
-                found = {name: found[name] for name in asked}
+                found = {output: found[output] for output in asked}
             return found, entry
         result, entry = await self._run(served, request, name, version, loop, span)
         t1 = time.perf_counter_ns()
