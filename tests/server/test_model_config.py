@@ -388,6 +388,11 @@ def test_enum_fields_may_be_numbers_as_protobufs_json_reads_them() -> None:
     assert model_config.read(json.dumps(numbered), RECORD, SPEC, PLAN) == model_config.read(
         json.dumps(named), RECORD, SPEC, PLAN
     )
+    for spelled in ("+2", " 2 ", "02", 2.0):  # as protobuf reads a number: a sign, spaces, leading zeros
+        numbered["instance_group"][0]["kind"] = spelled
+        assert model_config.read(json.dumps(numbered), RECORD, SPEC, PLAN) == model_config.read(
+            json.dumps(named), RECORD, SPEC, PLAN
+        )
 
 
 @pytest.mark.parametrize(

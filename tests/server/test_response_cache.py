@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 from typing import Any
 
@@ -35,6 +36,16 @@ def test_keys_tell_apart_every_part_of_a_request() -> None:
     ]
     assert len({base, *different}) == len(different) + 1
     assert key(X, ["z", "y"]) == key(X, ["y", "z"])  # the order outputs are asked in does not matter
+    assert key(X) != key(X, ["*"]) and key(X, ["a", "b"]) != key(X, ["a\0b"])  # names are not joined
+
+
+def test_object_tensors_other_than_bytes_and_text_are_not_cached() -> None:
+    """Only a caller in this process can send them (the codecs give bytes); their bytes do not say what they are."""
+    numbers = np.empty(2, dtype=object)
+    numbers[:] = [np.int64(1), np.int64(2)]
+    arrays = np.empty(1, dtype=object)
+    arrays[0] = np.arange(3)
+    assert key({"s": numbers}) is None and key({"s": arrays}) is None
 
 
 def test_bytes_keys_count_each_elements_boundaries() -> None:
@@ -46,6 +57,7 @@ def test_bytes_keys_count_each_elements_boundaries() -> None:
     assert key(strings(b"ab", b"c")) != key(strings(b"a", b"bc"))
     assert key(strings(b"ab", b"c")) == key(strings(b"ab", b"c"))
     assert key(strings(b"ab")) != key(strings("ab"))  # type: ignore[arg-type]  # text is not its bytes
+    assert key(strings(b"ab", "c")) != key(strings(b"a", "bc"))  # type: ignore[arg-type]  # mixed, too
 
 
 def test_the_cache_keeps_the_most_recently_used_answers_within_its_size() -> None:
@@ -112,8 +124,9 @@ def test_cache_config_refuses_what_it_cannot_use(items: list[str], says: str) ->
         lambda i: {"a": np.full((1, 1), i, np.float32), "b": np.zeros((1, 1), np.int64), "c": np.ones(1, bool)},
         lambda i: {"y": np.full((8, 1000), i, np.float32)},
         lambda i: {"t": np.array([b"%d" % (i * 1000 + k) for k in range(50)], dtype=object)},
+        lambda i: {"t": np.array([f"\u00e9t\u00e9 {i * 1000 + k} \U0001f600" for k in range(50)], dtype=object)},
     ],
-    ids=["small", "three-outputs", "large", "bytes"],
+    ids=["small", "three-outputs", "large", "bytes", "text"],
 )
 def test_what_the_cache_counts_is_the_memory_its_answers_take(answer: Any) -> None:
     """Within a quarter of what tracemalloc sees it take, so that a cache of N bytes takes about N bytes."""
@@ -141,3 +154,34 @@ def test_forgetting_a_load_drops_all_its_answers_batch_by_batch_and_no_others() 
     assert cache.forget(1) == 0
     cache.put(b"b", 3, {"y": np.zeros(2, np.float32)})  # the same key under another load
     assert cache.forget(2) == 0 and cache.get(b"b") is not None
+
+
+def test_a_put_that_evicts_a_load_being_forgotten_keeps_the_cache_whole() -> None:
+    """forget lets the lock go between its batches: a put in between may evict (or replace) one of the
+    answers it is dropping, and neither may fail."""
+    answer = {"y": np.zeros(100, np.float32)}
+    one = ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 400
+    cache = ResponseCache(3 * one)
+    for k in (b"a", b"b", b"c"):
+        cache.put(k, 1, answer)
+
+    class Gap:  # the cache's lock, running puts just after forget first lets it go
+        def __init__(self) -> None:
+            self.lock, self.held = threading.Lock(), 0
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+            self.held += 1
+            if self.held == 1:
+                assert cache.put(b"d", 2, answer)  # evicts a, an answer of load 1
+                assert cache.put(b"b", 2, answer)  # replaces b under load 2
+
+    cache._lock = Gap()  # type: ignore[assignment]
+    assert cache.forget(1) == 3
+    assert cache.get(b"b") is not None and cache.get(b"d") is not None
+    assert cache.get(b"a") is None and cache.get(b"c") is None
+    assert cache.entries == 2 and cache.used == 2 * one
+    assert cache.forget(2) == 2 and cache.entries == 0 and cache.used == 0

@@ -74,6 +74,11 @@ def _native_threads() -> set[int]:
     return {int(t) for t in os.listdir("/proc/self/task")}
 
 
+def _name(tid: int) -> str:
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return f.read().strip()
+
+
 def _affinity(tid: int) -> set[int]:
     return set(os.sched_getaffinity(tid))
 
@@ -111,7 +116,8 @@ def test_batching_server_pins_loop_batchers_and_runtime_pools(
         python = {t.native_id: t.name for t in threading.enumerate()}
         batchers = [tid for tid, name in python.items() if name.startswith("batcher-mlp")]
         assert batchers and all(_affinity(tid) == {back} for tid in batchers)
-        runtime_pool = [tid for tid in started if tid not in python]
+        # not Python's, nor libuv's pool (uvloop starts it on first use in a process, with the loop's cores)
+        runtime_pool = [tid for tid in started if tid not in python and _name(tid) != "libuv-worker"]
         assert runtime_pool, "ONNX Runtime started no thread of its own with 2 intra-op threads"
         assert {tid: _affinity(tid) for tid in runtime_pool} == {tid: {back} for tid in runtime_pool}
     finally:
@@ -172,6 +178,41 @@ def test_large_responses_are_compressed_on_the_front_end_cores(
         loop_tid = st._thread.native_id
         assert len(compressed_on) == 1 and compressed_on[0] != loop_tid  # off the loop, in a thread of its own
         assert _affinity(compressed_on[0]) == {front}  # on the front end's cores, not the runtime's
+    finally:
+        st.stop()
+
+
+@two_cores
+def test_response_cache_keys_of_large_inputs_are_hashed_on_the_front_end_cores(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polystack.server.model_config import ConfigFile
+    from polystack.server.response_cache import CacheConfig, ResponseCache
+
+    store, _ = model_store
+    front, _, placement = _split()
+    hashed_on: list[int] = []
+    key = ResponseCache.key
+
+    def spy(*args: Any) -> Any:  # records the thread, hashes for real
+        hashed_on.append(threading.get_native_id())
+        return key(*args)
+
+    monkeypatch.setattr(ResponseCache, "key", staticmethod(spy))
+    cached = ConfigFile('{"response_cache": {"enable": true}}')
+    st = start(
+        store, models=["ident64"], grpc_port=None, cpus=placement, no_batching=True,
+        model_configs={"ident64": cached}, response_cache=CacheConfig(8 << 20),
+    )  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        x = np.arange(40_000, dtype=np.int64).reshape(10_000, 4)  # 312 KiB in: past the inline limit
+        i = httpclient.InferInput("a", list(x.shape), "INT64")
+        i.set_data_from_numpy(x)
+        for _ in range(2):
+            np.testing.assert_array_equal(client.infer("ident64", [i]).as_numpy("b"), x)
+        assert len(hashed_on) == 2 and st._thread.native_id not in hashed_on  # off the loop
+        assert all(_affinity(tid) == {front} for tid in hashed_on)  # front-end work: not on the runtime's cores
     finally:
         st.stop()
 

@@ -171,6 +171,7 @@ class Server:
             allow_shared_memory=config.allow_shared_memory,
             workers=config.workers or (len(cpus.runtime) if cpus else None),
             thread_initializer=cpus.pin_runtime if cpus else None,
+            frontend_initializer=cpus.pin_frontend if cpus else None,
             metrics=self.metrics,
             tracing=Tracing(config.trace, rate=config.trace_rate, count=config.trace_count),
             log_settings=logs.SETTINGS if config.runtime_settings else None,

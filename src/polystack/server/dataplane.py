@@ -178,6 +178,7 @@ class DataPlane:
         server_name: str = "polystack",
         model_configs: Mapping[str, model_config.ConfigFile] | None = None,
         response_cache: ResponseCache | None = None,
+        frontend_initializer: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         # the server's response cache (serve --cache-config): models whose config enables it answer from it
@@ -207,9 +208,10 @@ class DataPlane:
             max_workers=self.workers, thread_name_prefix="infer", initializer=thread_initializer
         )
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
-        # response cache keys of large inputs are hashed here, never behind model runs in the inference threads
+        # response cache keys of large inputs are hashed here, never behind model runs in the inference threads:
+        # front-end work, on the front end's cores when the server is pinned (``frontend_initializer``)
         self._hasher = (
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-key", initializer=thread_initializer)
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-key", initializer=frontend_initializer)
             if response_cache is not None
             else None
         )
@@ -716,6 +718,8 @@ class DataPlane:
         else:  # hashlib lets go of the GIL: the loop serves others meanwhile
             loop = loop or asyncio.get_running_loop()
             key = await loop.run_in_executor(self._hasher, cache.key, served.load, request.inputs, asked)
+        if key is None:  # inputs the cache cannot tell apart by their bytes: not cached
+            return await self._run(served, request, name, version, loop, span)
         found = cache.get(key)
         looked = time.perf_counter_ns() - t0
         entry = served.entry

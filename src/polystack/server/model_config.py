@@ -708,6 +708,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
 
 # -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+_ENUM_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # an enum's number given as a string ("2", " 2", "+2")
 
 
 def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
@@ -802,8 +803,11 @@ def _enum(d: dict[str, Any], key: str, where: str, enum: str) -> str:
     """An enum field's value name ("": unset, as its number 0 is); protobuf's JSON, which Triton reads
     configs with, gives the name or the number (a number, or digits in a string). The caller checks names."""
     v = d.get(key, "")
-    if isinstance(v, str) and not (v.isascii() and v.lstrip("-").isdigit()):
-        return v
+    if isinstance(v, str):
+        if not _ENUM_NUMBER.fullmatch(v):
+            return v
+        if len(v) <= 24:  # digits past it are refused by _whole, as not a whole number in range
+            v = int(v)  # as protobuf reads them: spaces around, a sign
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise InvalidRequest(
             f"{where}.{key} must be a name such as those GET config shows, or its number, not {quote(v)}"

@@ -93,10 +93,12 @@ class ResponseCache:
         self.on_evict = on_evict  # told how many answers each insert evicted (a metric)
 
     @staticmethod
-    def key(owner: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> bytes:
+    def key(owner: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> bytes | None:
         """The digest of a request to the model load ``owner``: every input's name, datatype, shape and
         bytes, and the outputs it asked for (None: all). Every field is length-prefixed, so no two
-        requests write the same bytes into the hash. hashlib lets go of the GIL over large inputs."""
+        requests write the same bytes into the hash. hashlib lets go of the GIL over large inputs.
+        None for a request that cannot be told apart by its bytes (an object tensor holding other than
+        bytes or text, which only a caller in this process can send): it is not cached."""
         h = hashlib.blake2b(digest_size=16)
 
         def field(data: bytes | memoryview) -> None:
@@ -113,17 +115,23 @@ class ResponseCache:
                 field(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
                 continue
             flat = a.reshape(-1).tolist()
-            try:  # BYTES as the codecs give them, all bytes: their lengths, then their bytes joined, in C
-                joined = b"".join(flat)
-            except TypeError:  # text or anything else among them: element by element, each tagged with its type
-                field(b"elements")
-                for v in flat:
-                    field(_element(v))
-            else:
+            types = set(map(type, flat))
+            if types <= {bytes}:  # BYTES as the codecs give them: their lengths, then their bytes joined, in C
                 field(b"joined")
                 field(np.fromiter(map(len, flat), np.int64, len(flat)).data)
-                field(joined)
-        field(b"*" if outputs is None else "\0".join(sorted(outputs)).encode("utf-8", "surrogatepass"))
+                field(b"".join(flat))
+            elif types <= {bytes, str}:  # text among them: element by element, each tagged with its type
+                field(b"elements")
+                for v in flat:
+                    field(b"b" + v if type(v) is bytes else b"s" + v.encode("utf-8", "surrogatepass"))
+            else:
+                return None
+        if outputs is None:
+            field(b"all outputs")
+        else:
+            field(b"outputs")
+            for output in sorted(outputs):
+                field(output.encode("utf-8", "surrogatepass"))
         return h.digest()
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
@@ -161,23 +169,24 @@ class ResponseCache:
         if entry is None:
             return
         self._used -= entry.size
-        keys = self._by_owner[entry.owner]
-        keys.discard(key)
-        if not keys:
-            del self._by_owner[entry.owner]
+        keys = self._by_owner.get(entry.owner)  # None: its load is being forgotten (``forget``)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_owner[entry.owner]
 
     def forget(self, owner: int) -> int:
         """Drop every answer of the model load ``owner`` (it was unloaded or replaced); how many there were.
         The lock is let go between batches, so that a large cache never holds up requests for long."""
         with self._lock:
-            keys = list(self._by_owner.pop(owner, ()))
+            taken = self._by_owner.pop(owner, set())  # puts and evictions meanwhile find no set, and skip it
+        keys = list(taken)  # copied outside the lock: nothing else holds the set now
         for start in range(0, len(keys), _FORGET_BATCH):
             with self._lock:
                 for k in keys[start : start + _FORGET_BATCH]:
                     entry = self._entries.get(k)
                     if entry is not None and entry.owner == owner:
-                        del self._entries[k]
-                        self._used -= entry.size
+                        self._drop(k)
         return len(keys)
 
     @property
@@ -190,24 +199,14 @@ class ResponseCache:
         return self._used
 
 
-def _element(v: object) -> bytes:
-    """A BYTES element's bytes, tagged with its type (text and anything else are told apart from bytes)."""
-    if isinstance(v, bytes):
-        return b"b" + v
-    if isinstance(v, str):
-        return b"s" + v.encode("utf-8", "surrogatepass")
-    return b"r" + repr(v).encode()
-
-
 def nbytes(a: np.ndarray) -> int:
     """The memory ``a``'s data takes: BYTES elements are Python objects, each with its header and pointer."""
     if not a.dtype.hasobject:
         return int(a.nbytes)
     flat = a.reshape(-1).tolist()
-    try:  # bytes (and text) as the codecs give them: a 33-byte header and a pointer each, counted in C
+    if set(map(type, flat)) <= {bytes}:  # as the codecs give them: a 33-byte header and a pointer each, in C
         return sum(map(len, flat)) + (_BYTES_HEADER + 8) * len(flat)
-    except TypeError:
-        return sum(map(sys.getsizeof, flat)) + 8 * len(flat)
+    return sum(map(sys.getsizeof, flat)) + 8 * len(flat)  # text takes 1, 2 or 4 bytes a character
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
