@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -127,7 +126,6 @@ def main() -> int:
     result = {
         "benchmark": "response_cache",
         "command": " ".join(["python", "bench/response_cache.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "requests_per_cell": count,
         "repeats": repeats,
         "rows": rows,
@@ -139,13 +137,9 @@ def main() -> int:
             }
             for name in built
         },
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        **serving.run_facts(load_start),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result)
-    print(f"wrote {RESULTS} and {serving.BENCHMARKS}")
+    serving.save(RESULTS, result, write_markdown)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -166,10 +160,9 @@ def write_markdown(result: dict[str, Any]) -> None:
         START,
         "## Response cache (`bench/response_cache.py`)",
         "",
-        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs, client and server"
-        f" sharing them), {result['requests_per_cell']:,} requests per cell, median of {result['repeats']} runs."
-        f" Command: `.venv/bin/{result['command']}`. 1-minute load average at start / end:"
-        f" {result['load_average_1m']['start']} / {result['load_average_1m']['end']}.",
+        serving.measured(
+            result, f"{result['requests_per_cell']:,} requests per cell, median of {result['repeats']} runs"
+        ),
         "`polystack serve --cache-config local,size=268435456 --no-batching`; each model served twice: with a"
         " config enabling `response_cache`, and as `NAME_plain` without. One connection from 127.0.0.1 sends"
         " binary-tensor requests one at a time: `plain`, a new input each time to the uncached model; `miss`, a"

@@ -52,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -862,19 +862,14 @@ def main() -> int:
     result = {
         "benchmark": "serving",
         "command": " ".join(["python", "bench/serving.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "duration_s": duration,
         "repeats": repeats,
         "in_process": floors,
         "rows": rows,
         "ratios": ratios(rows, floors),
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        **run_facts(load_start),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result)
-    print(f"wrote {RESULTS} and {BENCHMARKS}")
+    save(RESULTS, result, write_markdown)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -1027,6 +1022,32 @@ def write_markdown(result: dict[str, Any]) -> None:
         lines.append(f"- {model}: " + ", ".join(f"{k} = {v}" for k, v in entry.items()))
     lines.append(END)
     put_section(START, END, lines)
+
+
+def run_facts(load_start: float) -> dict[str, Any]:
+    """What a result records of its run: the machine, when it ended, the 1-minute load average at start and end."""
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+    }
+
+
+def measured(result: dict[str, Any], cells: str) -> str:
+    """The sentence that opens a section: when, where, how (``cells``), the command and the load around it."""
+    return (
+        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs, client and server"
+        f" sharing them), {cells}. Command: `.venv/bin/{result['command']}`. 1-minute load average at start / end:"
+        f" {result['load_average_1m']['start']} / {result['load_average_1m']['end']}."
+    )
+
+
+def save(path: Path, result: dict[str, Any], write_markdown: Callable[[dict[str, Any]], None]) -> None:
+    """Write a result's JSON to ``path`` and its section into BENCHMARKS.md."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result)
+    print(f"wrote {path} and {BENCHMARKS}")
 
 
 def put_section(start: str, end: str, lines: list[str]) -> None:

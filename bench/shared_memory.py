@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -165,20 +164,15 @@ def main() -> int:
     result = {
         "benchmark": "shared_memory",
         "command": " ".join(["python", "bench/shared_memory.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "duration_s": duration,
         "repeats": repeats,
         "rows": rows,
         "shm_over_binary_rps": {
             str(size): round(_rps(rows, size, "shm") / _rps(rows, size, "binary"), 2) for size in SIZES
         },
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        **serving.run_facts(load_start),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result)
-    print(f"wrote {RESULTS} and {serving.BENCHMARKS}")
+    serving.save(RESULTS, result, write_markdown)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -192,10 +186,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         START,
         "## Shared memory (`bench/shared_memory.py`)",
         "",
-        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs, client and server"
-        f" sharing them), {result['duration_s']:g} s per cell, median of {result['repeats']} runs."
-        f" Command: `.venv/bin/{result['command']}`. 1-minute load average at start / end:"
-        f" {result['load_average_1m']['start']} / {result['load_average_1m']['end']}.",
+        serving.measured(result, f"{result['duration_s']:g} s per cell, median of {result['repeats']} runs"),
         "An ONNX Identity model on FP32 [1, N] served by `polystack serve --allow-shared-memory --no-batching`;"
         f" {CONCURRENCY} asyncio connections from 127.0.0.1 send each tensor with the binary tensor extension"
         " (input in the request body, output in the response body) or through the system shared memory extension"
