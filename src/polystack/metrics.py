@@ -40,6 +40,8 @@ class ModelMetrics:
     depth: Gauge
     cache_hits: Counter
     cache_misses: Counter
+    cache_hit_seconds: Counter
+    cache_miss_seconds: Counter
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class _Families:
     depth: Gauge
     cache_hits: Counter
     cache_misses: Counter
+    cache_hit_seconds: Counter
+    cache_miss_seconds: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> _Families:
@@ -106,6 +110,16 @@ class _Families:
                 "Requests the response cache did not have, that ran the model (Triton: nv_cache_num_misses_per_model)",
                 labels, registry=registry,
             ),
+            cache_hit_seconds=Counter(
+                "polystack_cache_hit_duration_seconds",
+                "Time hits spent hashing and finding their answer (Triton: nv_cache_hit_duration_per_model)",
+                labels, registry=registry,
+            ),
+            cache_miss_seconds=Counter(
+                "polystack_cache_miss_duration_seconds",
+                "Time misses spent hashing, looking up and keeping the answer (Triton: nv_cache_miss_duration_per_model)",
+                labels, registry=registry,
+            ),
         )  # fmt: skip
 
     def bind(self, name: str, version: str) -> ModelMetrics:
@@ -118,12 +132,14 @@ class _Families:
             depth=self.depth.labels(name, version),
             cache_hits=self.cache_hits.labels(name, version),
             cache_misses=self.cache_misses.labels(name, version),
+            cache_hit_seconds=self.cache_hit_seconds.labels(name, version),
+            cache_miss_seconds=self.cache_miss_seconds.labels(name, version),
         )
 
     def remove(self, name: str, version: str, reasons: set[str]) -> None:
         for family in (
             self.success, self.request, self.queue, self.compute, self.batch, self.depth, self.cache_hits,
-            self.cache_misses,
+            self.cache_misses, self.cache_hit_seconds, self.cache_miss_seconds,
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 family.remove(name, version)

@@ -101,6 +101,8 @@ def test_a_repeated_request_is_answered_from_the_cache_and_counted_as_triton_cou
     }
     assert metric(server, "polystack_cache_hits_total", model="mlp", version="1") >= 2
     assert metric(server, "polystack_cache_misses_total", model="mlp", version="1") >= 2
+    for way in ("hit", "miss"):  # the time spent in the cache, cumulative, as Triton's *_duration_per_model
+        assert metric(server, f"polystack_cache_{way}_duration_seconds_total", model="mlp", version="1") > 0
     assert metric(server, "polystack_cache_entries") >= 2
     assert metric(server, "polystack_cache_size_bytes") == 1 << 20
 

@@ -730,6 +730,7 @@ class DataPlane:
             items = _batch_of(entry, request.inputs) if rows else 1
             entry.stats.cache_hit(items, looked, int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
+            m.cache_hit_seconds.inc(looked / 1e9)
             if asked:  # in the order this request asked for them, as the model would have answered it
                 found = {output: found[output] for output in asked}
             return found, entry
@@ -738,8 +739,10 @@ class DataPlane:
         # kept only for the load that computed it and still serves (not one a reload or unload replaced)
         if entry is served.entry and self._served.get((entry.name, entry.version)) is served:
             cache.put(key, served.load, result)
-        entry.stats.add("cache_miss", looked + time.perf_counter_ns() - t1)
+        missed = looked + time.perf_counter_ns() - t1
+        entry.stats.add("cache_miss", missed)
         m.cache_misses.inc()
+        m.cache_miss_seconds.inc(missed / 1e9)
         return result, entry
 
     def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
