@@ -313,6 +313,18 @@ class Engine:
         return infer_entry(entry, inputs, outputs)
 
 
+def rows(entry: LoadedEntry, inputs: Mapping[str, np.ndarray]) -> int:
+    """The rows of a request: its first batched input's first dimension (1 when none is batched)."""
+    return next((int(inputs[t.name].shape[0]) for t in entry.signature.inputs if t.batched), 1)
+
+
+def inferences(entry: LoadedEntry, inputs: Mapping[str, np.ndarray]) -> int:
+    """What one unbatched request counts in the statistics: its rows when the model has a row limit,
+    which the model configuration shows as max_batch_size; without one (max_batch_size 0) Triton counts
+    the request once."""
+    return rows(entry, inputs) if entry.spec.max_batch_size and entry.signature.batched else 1
+
+
 def infer_entry(
     entry: LoadedEntry,
     inputs: Mapping[str, np.ndarray],
@@ -331,12 +343,8 @@ def infer_entry(
         entry.stats.add("fail", time.perf_counter_ns() - since)
         raise
     ended = time.perf_counter_ns()
-    # the inferences of one execution are its rows when the model has a row limit, which the model
-    # configuration shows as max_batch_size; without one (max_batch_size 0) Triton counts the request
-    batched = entry.spec.max_batch_size and entry.signature.batched  # the attribute first: no limit, no walk
-    batch = next((inputs[t.name].shape[0] for t in entry.signature.inputs if t.batched), 1) if batched else 1
     if queued_ns is not None:
         entry.stats.add("queue", started - queued_ns)
-    entry.stats.executed(batch, ended - started)
+    entry.stats.executed(inferences(entry, inputs), ended - started)
     entry.stats.add("success", ended - since)
     return result

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,16 @@ def _affinity(tid: int) -> set[int]:
     return set(os.sched_getaffinity(tid))
 
 
+def _recording(fn: Callable[..., Any], threads: list[int]) -> Callable[..., Any]:
+    """``fn``, which also appends the native id of each thread it runs on to ``threads``."""
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_native_id())
+        return fn(*args, **kwargs)
+
+    return spy
+
+
 def _split() -> tuple[int, int, CpuPlacement]:
     """The first core for the front end, the second for the runtime, and that placement."""
     front, back = CPUS[0], CPUS[1]
@@ -134,13 +145,7 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
     try:
         entry = st.server.engine.loaded()[0]
         ran_on: list[int] = []
-        infer = entry.model.infer
-
-        def spy(*args: Any, **kwargs: Any) -> Any:  # records the thread, runs the real model
-            ran_on.append(threading.get_native_id())
-            return infer(*args, **kwargs)
-
-        entry.model.infer = spy  # type: ignore[method-assign]
+        entry.model.infer = _recording(entry.model.infer, ran_on)  # type: ignore[method-assign]
         client = httpclient.InferenceServerClient(st.http_url)
         for _ in range(20):  # one at a time: unpinned, a model this fast would run on the event loop
             client.infer("mlp", [_mlp_input(1)])
@@ -160,13 +165,7 @@ def test_large_responses_are_compressed_on_the_front_end_cores(
     store, _ = model_store
     front, _, placement = _split()
     compressed_on: list[int] = []
-    compress = http._compress
-
-    def spy(body: bytes, encoding: str) -> bytes:  # records the thread, compresses for real
-        compressed_on.append(threading.get_native_id())
-        return compress(body, encoding)
-
-    monkeypatch.setattr(http, "_compress", spy)
+    monkeypatch.setattr(http, "_compress", _recording(http._compress, compressed_on))
     st = start(store, models=["ident64"], grpc_port=None, cpus=placement, no_batching=True)
     try:
         client = httpclient.InferenceServerClient(st.http_url)
@@ -192,13 +191,7 @@ def test_response_cache_keys_of_large_inputs_are_hashed_on_the_front_end_cores(
     store, _ = model_store
     front, _, placement = _split()
     hashed_on: list[int] = []
-    key = ResponseCache.key
-
-    def spy(*args: Any) -> Any:  # records the thread, hashes for real
-        hashed_on.append(threading.get_native_id())
-        return key(*args)
-
-    monkeypatch.setattr(ResponseCache, "key", staticmethod(spy))
+    monkeypatch.setattr(ResponseCache, "key", staticmethod(_recording(ResponseCache.key, hashed_on)))
     cached = ConfigFile('{"response_cache": {"enable": true}}')
     st = start(
         store, models=["ident64"], grpc_port=None, cpus=placement, no_batching=True,

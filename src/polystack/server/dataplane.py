@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 
 from polystack import __version__
 from polystack.batching import BatchPolicy, DynamicBatcher
-from polystack.engine import Engine, LoadedEntry, LoadSpec
+from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
 from polystack.errors import (
     InvalidRequest,
     ModelClosed,
@@ -604,9 +604,11 @@ class DataPlane:
                         self.shared_memory.check(o.shm, f"output {o.name!r}")
             with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
                 if served.additions.response_cache and self.response_cache is not None:
-                    result, entry = await self._cached(
-                        self.response_cache, served, request, name, version, loop, span, started
-                    )
+
+                    def run() -> Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]:
+                        return self._run(served, request, name, version, loop, span)
+
+                    result, entry = await self._cached(self.response_cache, served, request, run, loop, started)
                 else:
                     result, entry = await self._run(served, request, name, version, loop, span)
             if classes:
@@ -687,7 +689,7 @@ class DataPlane:
                     self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
                     m = self.metrics.model(*model_label)
                     m.compute.observe(took)
-                    m.batch.observe(_batch_of(entry, request.inputs))
+                    m.batch.observe(rows(entry, request.inputs))
                 break
             except ModelClosed:
                 # replaced by a reload as it reached it: the instance serving the model now runs it
@@ -702,39 +704,37 @@ class DataPlane:
         cache: ResponseCache,
         served: _Served,
         request: InferRequest,
-        name: str,
-        version: str | None,
+        run: Callable[[], Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]],
         loop: asyncio.AbstractEventLoop | None,
-        span: Any,
         started: float,
     ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
-        """``_run`` for a model whose config enables ``response_cache``: the answer the cache keeps for the
-        same inputs and requested outputs, else the model's, which the cache then keeps. Statistics count a
-        hit (no queue or compute) or a miss, with their times, as Triton's do."""
+        """``run()`` (the request's ``_run``) for a model whose config enables ``response_cache``: the answer
+        the cache keeps for the same inputs and requested outputs, else ``run()``'s, which the cache then
+        keeps. Statistics count a hit (no queue or compute) or a miss, with their times, as Triton's do."""
         t0 = time.perf_counter_ns()
         asked = request.output_names
-        if self._hasher is None or sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
+        assert self._hasher is not None  # made with the cache
+        if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
             key = cache.key(served.load, request.inputs, asked)
         else:  # hashlib lets go of the GIL: the loop serves others meanwhile
             loop = loop or asyncio.get_running_loop()
             key = await loop.run_in_executor(self._hasher, cache.key, served.load, request.inputs, asked)
         if key is None:  # inputs the cache cannot tell apart by their bytes: not cached
-            return await self._run(served, request, name, version, loop, span)
+            return await run()
         found = cache.get(key)
         looked = time.perf_counter_ns() - t0
         entry = served.entry
         m = self.metrics.model(entry.name, str(entry.version))
         if found is not None:
-            # its inferences as the model's run would count them: rows when the model batches, else one
-            rows = served.batcher is not None or bool(entry.spec.max_batch_size and entry.signature.batched)
-            items = _batch_of(entry, request.inputs) if rows else 1
+            # its inferences as the model's run would count them (a batcher counts rows)
+            items = rows(entry, request.inputs) if served.batcher is not None else inferences(entry, request.inputs)
             entry.stats.cache_hit(items, looked, int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
             m.cache_hit_seconds.inc(looked / 1e9)
             if asked:  # in the order this request asked for them, as the model would have answered it
                 found = {output: found[output] for output in asked}
             return found, entry
-        result, entry = await self._run(served, request, name, version, loop, span)
+        result, entry = await run()
         t1 = time.perf_counter_ns()
         # kept only for the load that computed it and still serves (not one a reload or unload replaced)
         if entry is served.entry and self._served.get((entry.name, entry.version)) is served:
@@ -899,10 +899,3 @@ def _logged(entry: LoadedEntry) -> Iterator[None]:
         log.exception(
             "closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version}
         )
-
-
-def _batch_of(entry: LoadedEntry, inputs: dict[str, np.ndarray]) -> int:
-    for t in entry.signature.inputs:
-        if t.batched:
-            return int(inputs[t.name].shape[0])
-    return 1
