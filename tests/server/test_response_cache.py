@@ -100,6 +100,29 @@ def test_cache_config_reads_tritons_flag() -> None:
     assert CacheConfig.parse(["local,size=1048576"]) == CacheConfig(1048576)
 
 
+def test_tritons_deprecated_byte_size_flag_gives_a_local_cache_of_that_size_and_0_none() -> None:
+    assert CacheConfig.from_flags([], "1048576") == CacheConfig(1048576)
+    assert CacheConfig.from_flags([], "0") is None  # Triton's default: no cache
+    assert CacheConfig.from_flags(["local,size=4096"], None) == CacheConfig(4096)
+    assert CacheConfig.from_flags([], None) is None
+
+
+@pytest.mark.parametrize(
+    ("items", "byte_size", "says"),
+    [
+        (["local,size=4096"], "4096", "give it once"),
+        ([], "1MB", "whole number of bytes"),
+        ([], "-1", "whole number of bytes"),
+        ([], "99999999999999999999", "whole number of bytes"),
+    ],
+)
+def test_the_deprecated_flag_refuses_a_bad_size_and_the_new_flag_beside_it(
+    items: list[str], byte_size: str, says: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        CacheConfig.from_flags(items, byte_size)
+
+
 @pytest.mark.parametrize(
     ("items", "says"),
     [

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import caught_logs, mlp_ones, refused_at_start, register_like, start
+from servekit import caught_logs, cli_server, free_port, mlp_ones, refused_at_start, register_like, start
 
 from polystack.server.app import ServerThread
 from polystack.server.model_config import ConfigFile
@@ -225,6 +225,30 @@ def test_a_config_pbtxt_enables_the_cache(tmp_path: Path, model_store: tuple[Sto
 )
 def test_a_cache_config_polystack_cannot_use_exits_2_at_start(tmp_path: Path, flag: str, says: str) -> None:
     assert says in refused_at_start(tmp_path, ["--cache-config", flag])
+
+
+def test_both_cache_flags_at_once_exit_2_at_start(tmp_path: Path) -> None:
+    args = ["--cache-config", "local,size=4096", "--response-cache-byte-size", "4096"]
+    assert "give it once, as --cache-config local,size=BYTES" in refused_at_start(tmp_path, args)
+
+
+def test_tritons_deprecated_byte_size_flag_serves_a_cache_and_warns(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """``serve --response-cache-byte-size BYTES``, as launch scripts written for older Tritons pass it, is
+    ``--cache-config local,size=BYTES``: a repeated request is a hit; the log says which flag to use."""
+    store, _ = model_store
+    config = tmp_path / "mlp.json"
+    config.write_text(CACHED.text)
+    port, log = free_port(), tmp_path / "serve.log"
+    args = ["mlp", "--grpc-port", "-1", "--model-config", f"mlp={config}", "--response-cache-byte-size", "1048576"]
+    with cli_server(store.settings.home, args, port, log):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(2):
+            client.infer("mlp", [mlp_ones(1, httpclient)])
+        counts = client.get_inference_statistics("mlp")["model_stats"][0]["inference_stats"]
+        assert (counts["cache_hit"]["count"], counts["cache_miss"]["count"]) == (1, 1)
+    assert "give --cache-config local,size=BYTES instead" in log.read_text()
 
 
 def test_a_hit_with_a_large_input_never_waits_for_the_inference_threads(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,12 @@ def serve(
         help="A response cache of this many bytes, in this process's memory (Triton's flag): models whose config "
         "enables response_cache answer repeated requests (the same inputs and requested outputs) from it.",
     ),
+    response_cache_byte_size: str | None = typer.Option(
+        None,
+        "--response-cache-byte-size",
+        metavar="BYTES",
+        help="Triton's deprecated flag for the response cache: --cache-config local,size=BYTES (0: no cache).",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (JSON, with request ids)."),
     server_name: str = typer.Option(
         "polystack",
@@ -146,6 +153,12 @@ def serve(
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     logs.configure(log_level)
+    response_cache = CacheConfig.from_flags(cache_config or [], response_cache_byte_size)
+    if response_cache_byte_size is not None:
+        logging.getLogger("polystack.server").warning(
+            "--response-cache-byte-size is deprecated, as in Triton; give --cache-config local,size=BYTES instead",
+            extra={"response_cache_byte_size": response_cache_byte_size},
+        )
     cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
     tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
     overrides = BatchOverrides(max_batch_size, max_queue_delay_ms, max_queue_size, timeout_s, instances)
@@ -185,7 +198,7 @@ def serve(
         cpus=cpus,
         tls=tls,
         model_configs=_model_configs(model_config or []),
-        response_cache=CacheConfig.parse(cache_config or []),
+        response_cache=response_cache,
     )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(

@@ -66,12 +66,36 @@ class CacheConfig:
                 raise InvalidRequest(f"--cache-config {item!r}: the local cache takes size=BYTES only, not {key!r}")
             settings[key] = value
         raw = settings.get("size", "")
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 16) or not 1 <= int(raw) <= _MAX_SIZE:
+        if not _whole(raw) or not 1 <= int(raw) <= _MAX_SIZE:
             raise InvalidRequest(
                 f"--cache-config local,size={raw}: the size is a whole number of bytes from 1 to {_MAX_SIZE:,}, "
                 "e.g. size=268435456 for 256 MiB"
             )
         return cls(int(raw))
+
+    @classmethod
+    def from_flags(cls, items: Sequence[str], byte_size: str | None) -> CacheConfig | None:
+        """``--cache-config`` values, or Triton's deprecated ``--response-cache-byte-size BYTES`` (a local
+        cache of that size; 0, its default, for none), never both, as Triton takes them."""
+        if byte_size is None:
+            return cls.parse(items)
+        if items:
+            raise InvalidRequest(
+                "--response-cache-byte-size and --cache-config both give the response cache; give it once, "
+                "as --cache-config local,size=BYTES"
+            )
+        raw = byte_size.strip()
+        if not _whole(raw) or int(raw) > _MAX_SIZE:
+            raise InvalidRequest(
+                f"--response-cache-byte-size {byte_size}: the size is a whole number of bytes up to {_MAX_SIZE:,} "
+                "(0: no cache), e.g. 268435456 for 256 MiB"
+            )
+        return cls(int(raw)) if int(raw) else None
+
+
+def _whole(raw: str) -> bool:
+    """A size as the flags take it: ASCII digits, at most 16 of them."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 16
 
 
 @dataclass(frozen=True)
