@@ -276,6 +276,33 @@ def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> No
     assert "polystack_models_loaded 6.0" in text
 
 
+def test_metrics_port_serves_the_metrics_alone_as_tritons_8002_does(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """``--metrics-port``: scrape configs written for Triton name a port of the metrics' own. It serves GET
+    /metrics (the same series as the HTTP port's) and refuses the rest with a 404 that says where it is;
+    it closes with the server."""
+    store, _ = model_store
+    st = start(store, models=["mlp"], metrics_port=0)
+    try:
+        assert st.metrics_port not in (None, st.http_port, st.grpc_port)
+        Raw(st.http_port).infer_ok()
+        metrics = Raw(st.metrics_port)  # type: ignore[arg-type]
+        status, headers, body = metrics.request("GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        assert 'polystack_inference_request_success_total{model="mlp",version="1"} 1.0' in body.decode()
+        assert Raw(st.http_port).request("GET", "/metrics")[0] == 200  # still on the HTTP port too
+        status, _, body = metrics.request("GET", "/v2/health/ready")
+        assert status == 404 and "metrics port" in json.loads(body)["error"]
+        status, _, body = metrics.request("POST", "/v2/models/mlp/infer", "{}")
+        assert status == 404 and "error" in json.loads(body)
+        assert metrics.request("POST", "/metrics", "")[0] == 405
+    finally:
+        st.stop()
+    with pytest.raises(OSError):
+        http.client.HTTPConnection("127.0.0.1", st.metrics_port, timeout=2).request("GET", "/metrics")  # type: ignore[arg-type]
+
+
 def test_asyncio_client_works_too(server: ServerThread) -> None:
     async def main() -> tuple[np.ndarray, bool, dict]:
         client = aiohttpclient.InferenceServerClient(server.http_url)

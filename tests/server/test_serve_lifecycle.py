@@ -75,6 +75,19 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         socket.create_connection(("127.0.0.1", st.http_port), timeout=1).close()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--http-port", "8123", "--metrics-port", "8123"], "give the metrics a port of their own"),
+        (["--grpc-port", "8124", "--metrics-port", "8124"], "give the metrics a port of their own"),
+        (["--metrics-port", "70000"], "from 0 (any free one) to 65535"),
+        (["--engine", "ray", "--grpc-port", "-1", "--metrics-port", "8125"], "--metrics-port needs --engine local"),
+    ],
+)
+def test_a_metrics_port_the_server_cannot_use_exits_2_at_start(tmp_path: Path, args: list[str], says: str) -> None:
+    assert says in refused_at_start(tmp_path, args)
+
+
 def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
     store, _ = model_store
     http_port, grpc_port = free_port(), free_port()

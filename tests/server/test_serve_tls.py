@@ -196,6 +196,30 @@ def test_plain_http_on_the_tls_port_is_dropped_and_the_server_keeps_serving(tls_
     assert _https_client(tls_server.http_url, pki).is_server_live()
 
 
+def test_the_metrics_port_speaks_tls_when_the_server_does(
+    model_store: tuple[Store, dict[str, ModelRecord]], pki: Pki
+) -> None:
+    """One security policy: ``--metrics-port`` on a TLS server is not a plaintext side door."""
+    import http.client
+
+    store, _ = model_store
+    st = start(store, models=["mlp"], tls=TlsConfig.resolve(pki.cert, pki.key, None), metrics_port=0)
+    try:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", st.metrics_port, timeout=10, context=ssl.create_default_context(cafile=str(pki.ca))
+        )
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and b"polystack_models_loaded 1.0" in resp.read()
+        conn.close()
+        with socket.create_connection(("127.0.0.1", st.metrics_port), timeout=5) as raw:  # type: ignore[arg-type]
+            raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert not raw.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        st.stop()
+
+
 def test_a_connection_that_never_finishes_its_handshake_is_dropped(
     model_store: tuple[Store, dict[str, ModelRecord]], pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,12 @@ def serve(
     grpc_port: int | None = typer.Option(
         None, "--grpc-port", help="gRPC port (default 8001; 0: any free port, -1: no gRPC; not with --engine ray)."
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="Serve GET /metrics on this port too, alone, as Triton does (its default is 8002; 0: any free port). "
+        "Default: /metrics on the HTTP port only.",
+    ),
     allow_model_control: bool = typer.Option(
         False, "--allow-model-control", help="Enable the repository extension (index, load, unload)."
     ),
@@ -176,6 +182,7 @@ def serve(
         host=host,
         http_port=http_port,
         grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,
+        metrics_port=metrics_port,
         profile=profile,
         allow_model_control=allow_model_control,
         allow_shared_memory=allow_shared_memory,
@@ -200,6 +207,17 @@ def serve(
         model_configs=_model_configs(model_config or []),
         response_cache=response_cache,
     )
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
+    if metrics_port is not None and metrics_port != 0 and metrics_port in (http_port, grpc_port or 8001):
+        raise InvalidRequest(
+            f"--metrics-port {metrics_port} is the HTTP or gRPC port too; give the metrics a port of their own"
+        )
+    if engine == "ray" and metrics_port is not None:
+        raise InvalidRequest(
+            "--metrics-port needs --engine local: Ray Serve's proxy is the one HTTP port (a GET /metrics there "
+            "reaches one replica); drop it, or serve with --engine local"
+        )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "

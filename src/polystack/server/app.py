@@ -81,6 +81,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int | None = 8001  # None: no gRPC
+    metrics_port: int | None = None  # a port of its own for GET /metrics, as Triton's 8002 (None: the HTTP port's only)
     profile: str = "realtime"
     allow_model_control: bool = False
     allow_shared_memory: bool = False  # the system shared memory extension (clients on this host)
@@ -187,12 +188,25 @@ class Server:
             idle_timeout_s=config.idle_timeout_s,
             thread_initializer=cpus.pin_frontend if cpus else None,
         )
+        # Triton serves its metrics on a port of their own (--metrics-port, 8002), which scrape configs name
+        self.metrics_http = (
+            HttpApp(
+                self.plane,
+                max_body_bytes=config.max_body_bytes,
+                idle_timeout_s=config.idle_timeout_s,
+                only_metrics=True,
+            )
+            if config.metrics_port is not None
+            else None
+        )
         self.http_port = 0
         self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
         self._http_server: asyncio.AbstractServer | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
         self._grpc_server: Any = None
         self._stop: asyncio.Event | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweepers: list[asyncio.Task[None]] = []
 
     def _refs(self) -> list[str]:
         """The models to serve, as refs; every model a start config names among them."""
@@ -258,7 +272,18 @@ class Server:
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
         )
         self.http_port = self._http_server.sockets[0].getsockname()[1]
-        self._sweeper = loop.create_task(self.http.close_idle_connections())
+        self._sweepers.append(loop.create_task(self.http.close_idle_connections()))
+        if self.metrics_http is not None:
+            metrics_http = self.metrics_http
+            self._metrics_server = await loop.create_server(
+                lambda: HttpProtocol(metrics_http),
+                self.config.host,
+                self.config.metrics_port,
+                ssl=tls.context if tls else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+            )
+            self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
+            self._sweepers.append(loop.create_task(metrics_http.close_idle_connections()))
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
                 self.plane,
@@ -275,6 +300,7 @@ class Server:
                 "host": self.config.host,
                 "http_port": self.http_port,
                 "grpc_port": self.grpc_port,
+                **({"metrics_port": self.metrics_port} if self.metrics_port is not None else {}),
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
                 **(self.config.cpus.describe() if self.config.cpus else {}),
                 **(tls.describe() if tls else {}),
@@ -296,8 +322,8 @@ class Server:
         self.http.closing = True
         if self._http_server is not None:
             self._http_server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for sweeper in self._sweepers:
+            sweeper.cancel()
         grace = self.config.drain_timeout_s
         deadline = started + grace
 
@@ -317,6 +343,13 @@ class Server:
             if conn.transport is not None:
                 conn.transport.close()  # after what it still holds is written
         drained = await self.http.wait_closed(left()) and drained
+        if self._metrics_server is not None and self.metrics_http is not None:
+            # scraped until the drain ends, as the metrics show it; then closed with what it is answering sent
+            self._metrics_server.close()
+            self.metrics_http.closing = True
+            for conn in list(self.metrics_http.connections):
+                conn.close_if_idle()
+            await self.metrics_http.wait_closed(min(left(), 1.0))
         log.info(
             "stopped",
             extra={
@@ -328,6 +361,8 @@ class Server:
 
     def close(self) -> None:
         self.http.close()
+        if self.metrics_http is not None:
+            self.metrics_http.close()
         self.plane.close()
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
 
@@ -439,6 +474,10 @@ class ServerThread:
     @property
     def grpc_port(self) -> int | None:
         return self.server.grpc_port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
 
     @property
     def http_url(self) -> str:

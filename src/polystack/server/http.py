@@ -144,8 +144,10 @@ class HttpApp:
         access_log: bool = False,
         idle_timeout_s: float = 0.0,
         thread_initializer: Callable[[], None] | None = None,
+        only_metrics: bool = False,
     ) -> None:
         self.plane = plane
+        self.only_metrics = only_metrics  # the metrics port: GET /metrics and nothing else, as Triton's
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
         # the logging extension's log_verbose_level >= 1 logs every request too (at debug), as Triton's verbose log
@@ -214,6 +216,13 @@ class HttpApp:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts == ["metrics"]:
             return self._only(method, b"GET", self.metrics, [])
+        if self.only_metrics:
+            return error_response(
+                NotFound(
+                    f"no route {path!r}: this is the metrics port, serving GET /metrics only; the Open Inference "
+                    "Protocol endpoints are on the HTTP port"
+                )
+            )
         if not parts or parts[0] != "v2":
             return error_response(NotFound(f"no route {path!r}; the OIP v2 endpoints live under /v2"))
         rest = parts[1:]
