@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from conftest import Raw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servekit import start
+from servekit import register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.protocol.grpc_gen import inference_pb2 as pb
@@ -381,6 +381,48 @@ def test_health_watch_sees_the_drain_and_does_not_hold_the_shutdown(
             assert not stopped.is_alive() and time.monotonic() - began < 10
     finally:
         if stopped.ident is None:  # failed before it began stopping
+            st.stop()
+
+
+def test_a_stream_open_at_the_drain_answers_what_runs_then_ends_unavailable(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """A ModelStreamInfer stream stops taking requests when the drain begins: the request it is running
+    is answered, then the stream ends with UNAVAILABLE (what was sent after is not run), and the server
+    stops at once rather than after the whole drain timeout."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slowstream", tags={"delay_ms": "300"})
+    st = start(store, models=["slowstream"], drain_timeout_s=20.0)
+    stopped = threading.Thread(target=st.stop)
+    sent: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+
+    def request(rid: str) -> pb.ModelInferRequest:
+        req = pb.ModelInferRequest(model_name="slowstream", id=rid, raw_input_contents=[bytes(64)])
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        return req
+
+    try:
+        with grpc.insecure_channel(st.grpc_url) as channel:
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent.get, None), timeout=30)
+            sent.put(request("first"))
+            raw = Raw(st.http_port)
+            deadline = time.monotonic() + 10
+            while b"polystack_requests_in_flight 1.0" not in raw.request("GET", "/metrics")[2]:
+                assert time.monotonic() < deadline, "the stream's request never showed as in flight"
+                time.sleep(0.01)
+            began = time.monotonic()
+            stopped.start()
+            first = next(call)
+            assert first.infer_response.id == "first" and not first.error_message
+            sent.put(request("late"))
+            with pytest.raises(grpc.RpcError) as ended:
+                next(call)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.value.details()
+            stopped.join(20)
+            assert not stopped.is_alive() and time.monotonic() - began < 10
+    finally:
+        sent.put(None)
+        if stopped.ident is None:
             st.stop()
 
 

@@ -3,7 +3,7 @@
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
 of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
-together. ``TraceSetting`` and ``LogSettings`` are Triton's trace and logging extensions (see
+together; when the server drains, a stream stops reading, answers what it runs, and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are Triton's trace and logging extensions (see
 ``server.tracing`` and ``server.logs``); a ``traceparent`` in a call's metadata makes its span a child
 of the caller's. Triton's RPCs that polystack does not implement (CUDA shared memory) answer
 UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!". Every
@@ -237,13 +237,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 rid = lambda: _request_id(context, request, True)  # noqa: E731
                 self.calls.ended(STREAM_RPC, context, rid, code, started, failure)
 
+        async def take() -> None:
+            async for request in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        drained = False
+
         async def read() -> None:
+            nonlocal drained
             try:
-                async for request in request_iterator:
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                # the drain stops the reading (an open stream would otherwise take requests, and hold the
+                # shutdown, for the whole drain timeout); what runs already is answered
+                taking = asyncio.ensure_future(take())
+                drain = asyncio.ensure_future(self.plane.wait_draining())
+                try:
+                    await asyncio.wait((taking, drain), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    drain.cancel()
+                    if not taking.done():
+                        drained = True
+                        taking.cancel()  # between requests: one read and not yet started is not run
+                if not drained:
+                    taking.result()  # a read that failed ends the stream as it did
                 while running:
                     await asyncio.wait(set(running))
             finally:
@@ -258,6 +276,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             for task in list(running):
                 task.cancel()
+        if drained:  # what the client sent and got no answer to was not run: it should go elsewhere
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down; the requests of this stream that got no answer were not run: "
+                "send them to another replica",
+            )
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         models = await self._sync(context, lambda: self.plane.repository_index(request.ready))
