@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from polystack.backends import registry
 from polystack.backends.base import CheckedModel
-from polystack.errors import BackendUnavailable, Conflict, ModelNotFound, ModelNotReady, PolystackError
-from polystack.stats import ModelStats
+from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
+from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature
 
@@ -331,20 +331,25 @@ def infer_entry(
     outputs: Sequence[str] | None = None,
     *,
     queued_ns: int | None = None,
+    outcome: Outcome | None = None,
 ) -> dict[str, np.ndarray]:
     """Run one request on a loaded entry, recording success/failure and compute time; ``queued_ns``
     (``time.perf_counter_ns()``) is when a server handed it over to run: the wait since is its queue
-    time, and its success or failure duration counts from then."""
+    time, and its success or failure duration counts from then. ``outcome`` is the request's place in
+    the statistics when its caller keeps it (a server, whose client may go away meanwhile)."""
     started = time.perf_counter_ns()
     since = started if queued_ns is None else queued_ns
+    outcome = outcome or Outcome(entry.stats)
     try:
         result = entry.model.infer(inputs, outputs)
+    except ModelClosed:
+        raise  # not counted here: a server reroutes it to the instance that replaced this one
     except PolystackError:
-        entry.stats.add("fail", time.perf_counter_ns() - since)
+        outcome.settle("fail", time.perf_counter_ns() - since)
         raise
     ended = time.perf_counter_ns()
     if queued_ns is not None:
         entry.stats.add("queue", started - queued_ns)
     entry.stats.executed(inferences(entry, inputs), ended - started)
-    entry.stats.add("success", ended - since)
+    outcome.settle("success", ended - since)
     return result

@@ -33,25 +33,36 @@ class ModelStats:
             d.count += count
             d.ns += ns
 
-    def cache_hit(self, items: int, lookup_ns: int, request_ns: int) -> None:
-        """A request of ``items`` answered from the response cache: a success and an inference for each item
-        (the model did not run, so no execution, queue or compute time), as Triton counts a hit."""
+    def cache_hit(self, items: int, lookup_ns: int) -> None:
+        """A request of ``items`` answered from the response cache: an inference for each item and its
+        lookup time (the model did not run, so no execution, queue or compute time), as Triton counts a
+        hit. Its success is its ``Outcome``'s."""
         with self._lock:
             self.inference_count += items
             self.last_inference_ms = int(time.time() * 1000)
-            for kind, ns in (("cache_hit", lookup_ns), ("success", request_ns)):
-                d = self.durations[kind]
-                d.count += 1
-                d.ns += ns
+            d = self.durations["cache_hit"]
+            d.count += 1
+            d.ns += lookup_ns
 
-    def undelivered(self, ns: int) -> None:
-        """A request already counted as a success whose answer could not be handed over (its shared
-        memory output region was unregistered while it ran): one success fewer, one failure more, as
-        the client saw it. The success total keeps its duration (durations are not kept per request)."""
+    def _settle(self, outcome: Outcome, kind: str, ns: int) -> None:
         with self._lock:
-            self.durations["success"].count -= 1
-            self.durations["fail"].count += 1
-            self.durations["fail"].ns += ns
+            if outcome.state is not None:
+                return  # counted already (its caller went away first)
+            outcome.state = kind
+            d = self.durations[kind]
+            d.count += 1
+            d.ns += ns
+
+    def _abandon(self, outcome: Outcome, ns: int) -> None:
+        with self._lock:
+            if outcome.state == "fail":
+                return
+            if outcome.state == "success":  # the success total keeps its duration: they are not kept per request
+                self.durations["success"].count -= 1
+            outcome.state = "fail"
+            d = self.durations["fail"]
+            d.count += 1
+            d.ns += ns
 
     def executed(
         self, batch_size: int, infer_ns: int, requests: int = 1, input_ns: int = 0, output_ns: int = 0
@@ -93,3 +104,28 @@ class ModelStats:
                     for size, v in sorted(self.batch_stats.items())
                 ],
             }
+
+
+class Outcome:
+    """One request's success or failure in its model's statistics: counted once, as its caller saw it.
+
+    Whoever runs the request settles it (``settle``). A caller that goes away before the answer (an HTTP
+    client that disconnected, a gRPC call cancelled or past its deadline), or that cannot be handed the
+    answer (its shared memory region went away), abandons it (``abandon``): a failure, whether the model
+    runs it after or not (its executions and compute count all the same), and a success counted already
+    becomes one. Without this the statistics counted a success where /metrics counted the failure the
+    caller saw."""
+
+    __slots__ = ("state", "stats")
+
+    def __init__(self, stats: ModelStats) -> None:
+        self.stats = stats  # a request rerouted to the instance that replaced its model's counts there
+        self.state: str | None = None  # "success" or "fail" once counted
+
+    def settle(self, kind: str, ns: int) -> None:
+        """Count the request as ``kind`` (success or fail) with its duration, unless it is counted already."""
+        self.stats._settle(self, kind, ns)
+
+    def abandon(self, ns: int) -> None:
+        """Count the request as a failure: its caller does not get the answer."""
+        self.stats._abandon(self, ns)

@@ -45,6 +45,7 @@ from polystack.errors import (
     QueueFull,
     Unavailable,
 )
+from polystack.stats import Outcome
 
 log = logging.getLogger("polystack.batching")
 
@@ -60,6 +61,7 @@ class _Pending:
     items: int
     key: tuple[Any, ...]
     deadline: float | None
+    outcome: Outcome  # its success or failure in the statistics, counted once
     enqueued: float = field(default_factory=time.monotonic)
     # exactly one of the two receives the outcome: a thread's future, or an asyncio future of its loop
     future: Future[dict[str, np.ndarray]] | None = None
@@ -153,11 +155,15 @@ class DynamicBatcher:
         future: Future[dict[str, np.ndarray]] | None = None,
         waiter: asyncio.Future[dict[str, np.ndarray]] | None = None,
         timings: list[int] | None = None,
+        outcome: Outcome | None = None,
     ) -> _Pending:
+        outcome = outcome or Outcome(self.entry.stats)
         try:
-            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings)
+            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome)
+        except ModelClosed:
+            raise  # not counted here: a server reroutes it to the instance that replaced this one
         except PolystackError:
-            self.entry.stats.add("fail", 0)  # refused before it queued: a failed request, as Triton counts it
+            outcome.settle("fail", 0)  # refused before it queued: a failed request, as Triton counts it
             raise
 
     def _enqueue(
@@ -167,7 +173,8 @@ class DynamicBatcher:
         timeout_s: float | None,
         future: Future[dict[str, np.ndarray]] | None,
         waiter: asyncio.Future[dict[str, np.ndarray]] | None,
-        timings: list[int] | None = None,
+        timings: list[int] | None,
+        outcome: Outcome,
     ) -> _Pending:
         self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
         if outputs:
@@ -188,7 +195,7 @@ class DynamicBatcher:
         else:
             key = (id(inputs),)  # never merged
         deadline = now + min(timeouts) if timeouts else None
-        pending = _Pending(inputs, outputs, items, key, deadline, now, future, waiter, timings=timings)
+        pending = _Pending(inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings)
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {self.entry.name!r} is shutting down; retry on another replica")
@@ -216,25 +223,30 @@ class DynamicBatcher:
         timeout_s: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         timings: list[int] | None = None,
+        outcome: Outcome | None = None,
     ) -> dict[str, np.ndarray]:
         """Wait for the result on ``loop`` (the running loop; a caller holding it saves a lookup,
         which in Python 3.11 costs a ``getpid()`` system call, ~2.4% of the loop's time under load).
         ``timings``, when given, receives the start and end of the model call that answered it
-        (``time.perf_counter_ns()``; for a traced request's span)."""
+        (``time.perf_counter_ns()``; for a traced request's span). ``outcome`` is the request's place
+        in the statistics (a caller counting it on its own side too passes its own)."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        pending = self._submit(inputs, outputs, timeout_s, waiter=waiter, timings=timings)
+        pending = self._submit(inputs, outputs, timeout_s, waiter=waiter, timings=timings, outcome=outcome)
         try:
             if pending.deadline is None:
                 return await waiter  # cancelling the caller cancels the waiter; _settle then skips it
             return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, pending.deadline - time.monotonic()))
         except asyncio.CancelledError:
-            self._expire(pending)  # the caller went away (a client disconnected): free its place in the queue
+            # the caller went away (a client disconnected): its place in the queue is freed, and it counts
+            # as the failure it is to the caller, queued or running
+            self._expire(pending)
+            pending.outcome.abandon(int((time.monotonic() - pending.enqueued) * 1e9))
             raise
         except asyncio.TimeoutError:
             if not self._expire(pending):
                 return await waiter  # it left the queue in time and is running now: let it finish
-            self.entry.stats.add("fail", int((time.monotonic() - pending.enqueued) * 1e9))
+            pending.outcome.settle("fail", int((time.monotonic() - pending.enqueued) * 1e9))
             raise DeadlineExceeded(
                 f"the request waited past its deadline in model {self.entry.name!r}'s queue; "
                 "retry with a longer timeout or a lighter load"
@@ -272,6 +284,8 @@ class DynamicBatcher:
                         f"model {self.entry.name!r} failed in its batch worker ({type(e).__name__}: {e}); "
                         "the server log has the traceback"
                     )
+                    for p in batch:
+                        p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
                     _deliver([(p, None, error) for p in batch])
 
     def _next_batch(self) -> list[_Pending] | None:
@@ -313,7 +327,7 @@ class DynamicBatcher:
                     "queue, past its deadline; it was not run"
                 )
                 late.append((p, None, error))
-                self.entry.stats.add("fail", int((now - p.enqueued) * 1e9))
+                p.outcome.settle("fail", int((now - p.enqueued) * 1e9))
             else:
                 live.append(p)
         if late:
@@ -389,7 +403,7 @@ class DynamicBatcher:
             self._on_batch(offset, len(batch), took / 1e9)
         outcomes: list[_Outcome] = []
         for p, part in zip(batch, parts, strict=True):
-            stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
+            p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
             if p.timings is not None:
                 p.timings += (t0, t1)
             outcomes.append((p, part, None))
@@ -412,7 +426,8 @@ class DynamicBatcher:
         try:
             result = self.model.infer(p.inputs, p.outputs)
         except BaseException as e:
-            self.entry.stats.add("fail", int((time.monotonic() - p.enqueued) * 1e9))
+            if not isinstance(e, ModelClosed):  # that one a server reroutes, and counts where it runs
+                p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
             return (p, None, e)
         took = time.perf_counter_ns() - t0
         if p.timings is not None:
@@ -420,7 +435,7 @@ class DynamicBatcher:
         self.entry.stats.executed(p.items, took)
         if self._on_batch:
             self._on_batch(p.items, 1, took / 1e9)
-        self.entry.stats.add("success", int((time.monotonic() - p.enqueued) * 1e9))
+        p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
         return (p, result, None)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -433,6 +448,7 @@ class DynamicBatcher:
                 while self._queue:
                     p = self._queue.popleft()
                     p.taken = True
+                    p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
                     dropped.append(
                         (p, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
                     )

@@ -55,6 +55,7 @@ from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
+from polystack.stats import Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.types import DType
 
@@ -148,14 +149,14 @@ def _refuse_sequences(parameters: dict[str, Any]) -> None:
 
 
 def _timed_infer(
-    entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None, queued_ns: int
+    entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None, queued_ns: int, outcome: Outcome
 ) -> Any:
     """The result, and the call's start and end (``time.perf_counter_ns()``); ``queued_ns`` is when it
     was handed over, so that the wait for a thread counts as the request's queue time."""
     from polystack.engine import infer_entry
 
     t0 = time.perf_counter_ns()
-    result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns)
+    result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns, outcome=outcome)
     return result, t0, time.perf_counter_ns()
 
 
@@ -589,12 +590,14 @@ class DataPlane:
         self.in_flight += 1
         self._idle.clear()
         model_label: tuple[str, str] | None = None
+        outcome: Outcome | None = None  # the request's success or failure in its model's statistics
         try:
             if request.parameters:
                 _refuse_sequences(request.parameters)
             served = self._get(name, version)
             entry = served.entry
             model_label = (entry.name, str(entry.version))
+            outcome = Outcome(entry.stats)
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
@@ -606,28 +609,32 @@ class DataPlane:
                 if served.additions.response_cache and self.response_cache is not None:
 
                     def run() -> Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]:
-                        return self._run(served, request, name, version, loop, span)
+                        return self._run(served, request, name, version, loop, span, outcome)
 
-                    result, entry = await self._cached(self.response_cache, served, request, run, loop, started)
+                    result, entry = await self._cached(
+                        self.response_cache, served, request, run, loop, started, outcome
+                    )
                 else:
-                    result, entry = await self._run(served, request, name, version, loop, span)
+                    result, entry = await self._run(served, request, name, version, loop, span, outcome)
             if classes:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
                 )
         except BaseException as e:
+            if outcome is not None:  # a failure to the caller, whatever the model's run counted (it may be running)
+                outcome.abandon(int((time.perf_counter() - started) * 1e9))
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
-        assert model_label is not None
+        assert model_label is not None and outcome is not None
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
         try:
             in_shared_memory = self._to_shared_memory(result, shared, model_label) if shared else {}
         except PolystackError:  # its region went away while the model ran: the client gets a failure
-            entry.stats.undelivered(int((time.perf_counter() - started) * 1e9))
+            outcome.abandon(int((time.perf_counter() - started) * 1e9))
             raise
         m = self.metrics.model(*model_label)
         m.success.inc()
@@ -648,6 +655,7 @@ class DataPlane:
         version: str | None,
         loop: asyncio.AbstractEventLoop | None,
         span: Any,
+        outcome: Outcome,
     ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
         """Run ``request`` on ``served`` (its batcher, or a thread), following reloads that replace it as it
         reaches it (to what serves ``name`` and ``version`` as asked then); the result, and the entry that
@@ -659,7 +667,9 @@ class DataPlane:
                 if served.batcher is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings: list[int] | None = [] if span is not None else None
-                    result = await served.batcher.infer_async(request.inputs, outputs, request.timeout_s, loop, timings)
+                    result = await served.batcher.infer_async(
+                        request.inputs, outputs, request.timeout_s, loop, timings, outcome
+                    )
                     if timings:
                         self.tracing.stages(span, queued, *timings)
                 else:
@@ -667,7 +677,7 @@ class DataPlane:
                     typical = self._typical_s.get(key)
                     queued = time.perf_counter_ns()
                     if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
-                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued)
+                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome)
                     else:
                         loop = loop or asyncio.get_running_loop()
                         served.pending += 1
@@ -679,6 +689,7 @@ class DataPlane:
                                 request.inputs,
                                 outputs,
                                 queued,
+                                outcome,
                             )
                         finally:
                             served.pending -= 1
@@ -697,6 +708,7 @@ class DataPlane:
                 if fresh is None or reroutes == _MAX_REROUTES:
                     raise
                 served, entry = fresh, fresh.entry
+                outcome.stats = entry.stats  # counted where it runs now
         return result, entry
 
     async def _cached(
@@ -707,6 +719,7 @@ class DataPlane:
         run: Callable[[], Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]],
         loop: asyncio.AbstractEventLoop | None,
         started: float,
+        outcome: Outcome,
     ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
         """``run()`` (the request's ``_run``) for a model whose config enables ``response_cache``: the answer
         the cache keeps for the same inputs and requested outputs, else ``run()``'s, which the cache then
@@ -728,7 +741,8 @@ class DataPlane:
         if found is not None:
             # its inferences as the model's run would count them (a batcher counts rows)
             items = rows(entry, request.inputs) if served.batcher is not None else inferences(entry, request.inputs)
-            entry.stats.cache_hit(items, looked, int((time.perf_counter() - started) * 1e9))
+            entry.stats.cache_hit(items, looked)
+            outcome.settle("success", int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
             m.cache_hit_seconds.inc(looked / 1e9)
             if asked:  # in the order this request asked for them, as the model would have answered it
