@@ -303,6 +303,29 @@ def test_metrics_port_serves_the_metrics_alone_as_tritons_8002_does(
         http.client.HTTPConnection("127.0.0.1", st.metrics_port, timeout=2).request("GET", "/metrics")  # type: ignore[arg-type]
 
 
+def test_a_large_body_is_decoded_off_the_event_loop(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a large body (JSON, gzip, BYTES elements) takes long enough to hold every other client up;
+    from 256 KiB it runs on the front end's codec threads, and smaller ones on the loop as before."""
+    import threading
+
+    from polystack.protocol import http_codec
+
+    seen: list[str] = []
+    decode = http_codec.decode_infer_request
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.append(threading.current_thread().name)
+        return decode(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http_codec, "decode_infer_request", spy)
+    raw = Raw(server.http_port)
+    doc = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
+    for padding in (0, 256 * 1024):  # JSON may end in any amount of white space
+        status, _, body = raw.request("POST", "/v2/models/mlp/infer", doc + " " * padding)
+        assert status == 200, body
+    assert seen[0] == "polystack-server" and seen[1].startswith("codec"), seen
+
+
 def test_asyncio_client_works_too(server: ServerThread) -> None:
     async def main() -> tuple[np.ndarray, bool, dict]:
         client = aiohttpclient.InferenceServerClient(server.http_url)

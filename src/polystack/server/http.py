@@ -36,6 +36,7 @@ import orjson
 from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
+from polystack.protocol.wire import InferRequest
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
@@ -81,6 +82,10 @@ _MIN_REQUEST_RATE = 500
 # are compressed from this size (below it the header costs more than it saves), on the loop below the next.
 _COMPRESS_FROM_BYTES = 1024
 _COMPRESS_INLINE_BELOW = 256 * 1024
+# Request bodies from this size are read (inflated, parsed) on the codec threads, not the loop
+_DECODE_INLINE_BELOW = 256 * 1024
+_MAX_GZIP_MEMBERS = 64  # a body compressed in one go has one; concatenated pieces a few
+_INFLATE_SLICE = 64 * 1024
 # After an error that ends the connection (413, malformed HTTP), the answer goes out with a FIN and
 # what the client is still sending is read and dropped, for at most this long or until it pauses this
 # long: closing with unread bytes makes the kernel send a reset that destroys the answer before a
@@ -156,8 +161,9 @@ class HttpApp:
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop its connections run on (set by them)
         self.idle_timeout_s = idle_timeout_s
-        # compressing a large response is front-end work: its own threads (started as needed), on the
-        # front-end cores of a pinned server (``thread_initializer``), never the runtime's inference pool
+        # compressing a large response, and reading a large request, is front-end work: its own threads
+        # (started as needed), on the front-end cores of a pinned server (``thread_initializer``), never the
+        # runtime's inference pool
         self.codec_pool = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="codec", initializer=thread_initializer
         )
@@ -393,12 +399,16 @@ class HttpApp:
         return json_response(200, {})
 
     async def infer(self, req: Request, args: list[str]) -> Response:
-        request = self.plane.decode(
-            args[0],
-            lambda: http_codec.decode_infer_request(
+        def decode() -> InferRequest:
+            return http_codec.decode_infer_request(
                 _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
-            ),
-        )
+            )
+
+        if len(req.body) < _DECODE_INLINE_BELOW:
+            request = self.plane.decode(args[0], decode)
+        else:  # reading it (inflating, parsing, BYTES elements) would hold every other client up meanwhile
+            loop = asyncio.get_running_loop()
+            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], decode)
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
@@ -488,28 +498,40 @@ def _decoded_body(req: Request, limit: int) -> bytes:
 
 
 def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip (every member, as RFC 1952 allows several) or deflate body, refused when it is truncated,
-    followed by other bytes, or larger than ``limit`` once decompressed."""
+    """A gzip (every member, as RFC 1952 allows several, up to ``_MAX_GZIP_MEMBERS``) or deflate body,
+    refused when it is truncated, followed by other bytes, or larger than ``limit`` once decompressed.
+
+    The body is fed to zlib in slices of ``_INFLATE_SLICE``: what zlib leaves of its input after a
+    member's end comes back as a copy (``unused_data``), and the whole rest of the body at every member
+    made a body of many tiny members cost time quadratic in its size."""
     out = bytearray()
-    data = body
+    view = memoryview(body)
+    at = members = 0
     while True:
-        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-        try:
-            out += d.decompress(data, limit + 1 - len(out))
-        except zlib.error as e:
+        members += 1
+        if members > _MAX_GZIP_MEMBERS:
             raise InvalidRequest(
-                f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped"
-            ) from None
-        if len(out) > limit:
-            raise PayloadTooLarge(f"the decompressed body exceeds the server's limit of {limit:,} bytes")
+                f"the gzip body has more than {_MAX_GZIP_MEMBERS} gzip members; compress the request as one stream"
+            )
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        while not d.eof and at < len(view):
+            piece = view[at : at + _INFLATE_SLICE]
+            try:
+                out += d.decompress(piece, limit + 1 - len(out))
+            except zlib.error as e:
+                raise InvalidRequest(
+                    f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped"
+                ) from None
+            if len(out) > limit:
+                raise PayloadTooLarge(f"the decompressed body exceeds the server's limit of {limit:,} bytes")
+            at += len(piece) - len(d.unused_data)
         if not d.eof:
             raise InvalidRequest(f"the {encoding} body is truncated; send the whole compressed stream")
-        data = d.unused_data
-        if not data or encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
+        if at == len(view) or encoding != "gzip" or view[at : at + 2] != b"\x1f\x8b":
             break
-    if data:
+    if at < len(view):
         raise InvalidRequest(
-            f"the {encoding} body has {len(data):,} bytes after its end; send only the compressed stream"
+            f"the {encoding} body has {len(view) - at:,} bytes after its end; send only the compressed stream"
         )
     return bytes(out)
 
