@@ -326,6 +326,26 @@ def test_a_large_body_is_decoded_off_the_event_loop(server: ServerThread, monkey
     assert seen[0] == "polystack-server" and seen[1].startswith("codec"), seen
 
 
+def test_only_bodies_slow_to_read_leave_the_loop() -> None:
+    from polystack.server.http import Request, _slow_to_read
+
+    big = 256 * 1024
+    head = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,65536],"parameters":{"binary_data_size":262144}}]}'
+
+    def req(body: bytes, **headers: str) -> Request:
+        return Request(b"POST", "/", {k.replace("_", "-").encode(): v.encode() for k, v in headers.items()}, body, True)
+
+    ihcl = str(len(head))
+    assert not _slow_to_read(req(b" " * (big - 1)))  # small: on the loop
+    assert _slow_to_read(req(b" " * big))  # JSON to parse
+    assert _slow_to_read(req(b"x" * big, content_encoding="gzip"))  # to inflate
+    assert not _slow_to_read(req(head + bytes(big), inference_header_content_length=ihcl))  # numbers, in place
+    with_bytes = head.replace(b"FP32", b"BYTES")
+    assert _slow_to_read(req(with_bytes + bytes(big), inference_header_content_length=str(len(with_bytes))))
+    assert _slow_to_read(req(b" " * big + bytes(8), inference_header_content_length=str(big)))  # a large header
+    assert not _slow_to_read(req(bytes(big), inference_header_content_length="x"))  # refused at once
+
+
 def test_asyncio_client_works_too(server: ServerThread) -> None:
     async def main() -> tuple[np.ndarray, bool, dict]:
         client = aiohttpclient.InferenceServerClient(server.http_url)

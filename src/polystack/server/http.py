@@ -82,7 +82,7 @@ _MIN_REQUEST_RATE = 500
 # are compressed from this size (below it the header costs more than it saves), on the loop below the next.
 _COMPRESS_FROM_BYTES = 1024
 _COMPRESS_INLINE_BELOW = 256 * 1024
-# Request bodies from this size are read (inflated, parsed) on the codec threads, not the loop
+# Request bodies from this size are read (inflated, parsed) on the codec threads, not the loop (_slow_to_read)
 _DECODE_INLINE_BELOW = 256 * 1024
 _MAX_GZIP_MEMBERS = 64  # a body compressed in one go has one; concatenated pieces a few
 _INFLATE_SLICE = 64 * 1024
@@ -404,9 +404,9 @@ class HttpApp:
                 _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
             )
 
-        if len(req.body) < _DECODE_INLINE_BELOW:
+        if not _slow_to_read(req):
             request = self.plane.decode(args[0], decode)
-        else:  # reading it (inflating, parsing, BYTES elements) would hold every other client up meanwhile
+        else:  # reading it on the loop would hold every other client up meanwhile
             loop = asyncio.get_running_loop()
             request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], decode)
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
@@ -427,6 +427,23 @@ class HttpApp:
             payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
+
+
+def _slow_to_read(req: Request) -> bool:
+    """A body that takes long to read: from ``_DECODE_INLINE_BELOW`` bytes, one to inflate, JSON to parse,
+    or a binary section that may hold BYTES elements (read one by one). Binary numbers of any size are
+    read in place, at once: the hop to a thread would cost them more than it saves."""
+    if len(req.body) < _DECODE_INLINE_BELOW:
+        return False
+    if req.headers.get(b"content-encoding", b"identity").strip().lower() not in (b"identity", b""):
+        return True
+    try:
+        json_bytes = _header_length(req.headers)
+    except InvalidRequest:
+        return False  # refused at once, on the loop
+    if json_bytes is None or not 0 <= json_bytes <= len(req.body):
+        return json_bytes is None
+    return json_bytes >= _DECODE_INLINE_BELOW or b'"BYTES"' in req.body[:json_bytes]
 
 
 def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
