@@ -372,6 +372,25 @@ def test_cuda_shared_memory_answers_as_a_server_without_gpus_does(
     assert raw.json("DELETE", "/v2/cudasharedmemory/unregister")[0] == 405
 
 
+def test_regions_are_limited_to_a_share_of_the_open_file_limit(objects: Objects) -> None:
+    """Each region holds a descriptor: 20,000 registrations took every descriptor the server had, and it
+    stopped accepting connections. Past the limit a registration is refused, saying what to do."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert SharedMemoryRegions().max_regions == max(16, (65536 if soft == resource.RLIM_INFINITY else soft) // 4)
+    regions = SharedMemoryRegions(max_regions=3)
+    key, _ = objects.make(64)
+    for i in range(3):
+        regions.register(f"r{i}", key, 0, 64)
+    with pytest.raises(InvalidRequest, match="3 system shared memory regions are registered, the most"):
+        regions.register("r3", key, 0, 64)
+    assert _fds_on(key) >= 3 and len(regions.status()) == 3
+    regions.unregister("r0")
+    regions.register("r3", key, 0, 64)  # room again
+    regions.close()
+
+
 def test_the_registry_serves_reads_while_other_threads_register_and_unregister(objects: Objects) -> None:
     """Both transports call it from the event loop; the lock is for any other caller (a thread pool)."""
     regions = SharedMemoryRegions()

@@ -47,13 +47,23 @@ class _Region:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
 
 
+def _default_max_regions() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, (65536 if soft == resource.RLIM_INFINITY else soft) // 4)
+
+
 class SharedMemoryRegions:
     """The regions clients registered, by name; safe to use from several threads."""
 
-    def __init__(self, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(self, shm_dir: Path = SHM_DIR, max_regions: int | None = None) -> None:
         self._dir = shm_dir
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
+        # each region holds a descriptor: unbounded, one client could take them all (then no connection is
+        # accepted); a quarter of the process's open-file limit leaves the rest to connections and models
+        self.max_regions = max_regions if max_regions is not None else _default_max_regions()
 
     # -- registration ----------------------------------------------------------------------------
     def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
@@ -70,6 +80,12 @@ class SharedMemoryRegions:
             if name in self._regions:
                 raise InvalidRequest(
                     f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
+                )
+            if len(self._regions) >= self.max_regions:
+                raise InvalidRequest(
+                    f"{len(self._regions):,} system shared memory regions are registered, the most this server takes "
+                    "(a quarter of its open-file limit, ulimit -n); unregister regions no longer in use, or register "
+                    "one region and name parts of it by offset"
                 )
             try:
                 fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
