@@ -352,6 +352,63 @@ def test_client_disconnecting_mid_request_leaves_the_server_serving(server: Serv
     raw.infer_ok()
 
 
+class _Transport:
+    """Enough of an asyncio transport for HttpProtocol, on the server's own loop."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written.append(b"".join(parts))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def test_a_connection_lost_before_its_request_started_leaves_no_coroutine_unawaited(server: ServerThread) -> None:
+    """The handler's coroutine was made before its task ran: a connection lost in between dropped it unawaited,
+    and Python wrote a RuntimeWarning, not a JSON line, to the log."""
+    import asyncio
+    import gc
+    import warnings
+
+    from polystack.server.http import HttpProtocol
+
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    request = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    async def lose_it() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            conn = HttpProtocol(server.server.http)
+            conn.connection_made(_Transport())  # type: ignore[arg-type]
+            conn.data_received(request)  # dispatched: its task made, not yet run
+            assert conn._task is not None and not conn._task.done()
+            conn.connection_lost(ConnectionResetError())
+            for _ in range(3):
+                await asyncio.sleep(0)
+            del conn  # what still held the request's coroutine
+            gc.collect()
+        return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+    assert server._loop is not None
+    assert asyncio.run_coroutine_threadsafe(lose_it(), server._loop).result(10) == []
+    Raw(server.http_port).infer_ok()
+
+
 def test_garbage_instead_of_http_is_400(server: ServerThread, raw: Raw) -> None:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
         sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n")

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import inspect
 import itertools
 import logging
 import os
@@ -604,6 +605,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused = False  # reading paused: too many requests queued, or the client is not reading
         self._write_paused = False  # the transport holds more than its high-water mark of our answers
         self._task: asyncio.Future[None] | None = None
+        self._pending: Awaitable[Response] | None = None  # what the task awaits: the handler's coroutine
         self._upgrading: Request | None = None  # a request with an Upgrade header, answered as plain HTTP/1.1
         self._upgrade_body: tuple[Request, int, list[bytes]] | None = None  # (it, bytes still due, parts)
         self._loop = asyncio.get_running_loop()  # once a connection: each lookup costs a getpid() system call
@@ -621,6 +623,10 @@ class HttpProtocol(asyncio.Protocol):
         self._queue.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
+            pending = self._pending
+            if inspect.iscoroutine(pending) and inspect.getcoroutinestate(pending) == inspect.CORO_CREATED:
+                pending.close()  # its task never ran: left unawaited, Python writes a warning (not a JSON line)
+        self._pending = None
         self.app.connections.discard(self)
 
     def pause_writing(self) -> None:
@@ -807,6 +813,7 @@ class HttpProtocol(asyncio.Protocol):
             self._send(req, result)
             return
         self._busy = True
+        self._pending = result
         self._task = self._loop.create_task(self._finish(req, result))
 
     async def _finish(self, req: Request, pending: Awaitable[Response]) -> None:
