@@ -319,3 +319,29 @@ def test_grpc_calls_cut_short_are_logged_as_such(
     assert ("s1", "ModelStreamInfer", "OK") in lines and ("md", "ModelStreamInfer", "OK") in lines, lines
     assert ("dropped", "ModelStreamInfer", "CANCELLED") in lines, lines
     assert not [r for r in grpc_log if r.getMessage() == "request failed"]
+
+
+def test_the_access_log_names_a_request_by_its_inference_id_without_a_header(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """As the README says: the X-Request-ID header, else the inference request's ``id``, else one made up
+    once, so that every line about one request carries the same id."""
+    store, _ = model_store
+    st = start(store, models=["mlp"], access_log=True)
+    try:
+        doc = {"id": "my-req-7", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]}
+        with caught_logs("polystack.server.http", logging.INFO) as records:
+            assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", doc)[0] == 200
+            assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", doc, **{"X-Request-ID": "hdr"})[0] == 200
+            assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", {"inputs": doc["inputs"]})[0] == 200
+        ids = [r.__dict__["request_id"] for r in records if r.getMessage() == "request"]
+        assert ids[:2] == ["my-req-7", "hdr"] and ids[2].startswith("r"), ids
+    finally:
+        st.stop()
+
+
+def test_a_request_made_up_id_is_made_once() -> None:
+    from polystack.server.http import Request
+
+    req = Request(b"GET", "/v2", {}, b"", True)
+    assert req.request_id == req.request_id

@@ -104,11 +104,17 @@ class Request:
     body: bytes
     keep_alive: bool
     started: float = field(default_factory=time.perf_counter)
+    inference_id: str | None = None  # an inference request's own ``id``, once its body is read
+    _id: str | None = field(default=None, repr=False)
 
     @property
     def request_id(self) -> str:
-        rid = self.headers.get(b"x-request-id")
-        return rid.decode("latin-1") if rid else f"r{next(_ids)}"
+        """The X-Request-ID header, else the inference request's ``id``, else one made up (once: every line
+        about the request carries the same)."""
+        if self._id is None:
+            rid = self.headers.get(b"x-request-id")
+            self._id = rid.decode("latin-1") if rid else self.inference_id or f"r{next(_ids)}"
+        return self._id
 
 
 @dataclass
@@ -410,6 +416,7 @@ class HttpApp:
         else:  # reading it on the loop would hold every other client up meanwhile
             loop = asyncio.get_running_loop()
             request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], decode)
+        req.inference_id = request.id
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
