@@ -108,6 +108,24 @@ def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, Model
     assert any(line["msg"] == "serving" for line in lines) and any(line["msg"] == "stopped" for line in lines)
 
 
+def test_an_unload_names_a_model_as_a_load_does(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """An unload takes a model's name: a version (``mlp:1``), an empty or unsafe name is a 400 / INVALID_ARGUMENT
+    saying so, as a load's is, where it was a 404 pointing at `polystack models`."""
+    store, _ = model_store
+    st = start(store, models=["mlp"], allow_model_control=True)
+    try:
+        g = grpcclient.InferenceServerClient(st.grpc_url)
+        for name, says in (("mlp:1", "not a version"), ("", "a model name is required"), ("../etc", "not allowed")):
+            with pytest.raises(InferenceServerException) as e:
+                g.unload_model(name)
+            assert "INVALID_ARGUMENT" in str(e.value.status()) and says in e.value.message(), (name, e.value)
+        status, doc = Raw(st.http_port).json("POST", "/v2/repository/models/mlp:1/unload")
+        assert status == 400 and "not a version" in doc["error"]
+        assert g.is_model_ready("mlp")  # nothing was unloaded
+    finally:
+        st.stop()
+
+
 def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     store, _ = model_store
     st = start(store, models=["mlp", "notb"], allow_model_control=True)

@@ -878,6 +878,14 @@ class DataPlane:
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("a model name is required")
+        ref = ModelRef.parse(name)  # an unsafe name is refused as a load's is
+        if ref.version is not None:
+            raise InvalidRequest(
+                f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
+                "being served, as in Triton)"
+            )
         await self._control(self.unload, name)
 
     def _refuse_when_draining(self) -> None:
