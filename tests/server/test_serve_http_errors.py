@@ -701,3 +701,51 @@ def test_the_request_clock_stops_while_the_server_holds_the_client_back(
             assert answers.count(b"HTTP/1.1 200") == 34 and b"408" not in answers, answers[-300:]
     finally:
         st.stop()
+
+
+def test_binary_tensors_without_their_header_length_are_400_naming_the_header(raw: Raw) -> None:
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
+                                   "parameters": {"binary_data_size": 64}}]}).encode()  # fmt: skip
+    status, _, data = raw.request("POST", INFER, head + bytes(64), {"Content-Type": "application/octet-stream"})
+    check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length")
+
+
+@pytest.mark.parametrize("value", ["1_0", "+10", " 1 0", "\u0661\u0660", "9" * 5000])
+def test_a_header_length_that_is_not_plain_digits_is_400(raw: Raw, value: str) -> None:
+    head = json.dumps({"inputs": [good_input()]}).encode()
+    status, _, data = raw.request("POST", INFER, head, {"Inference-Header-Content-Length": value.encode()})  # type: ignore[dict-item]
+    check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length must be")
+
+
+def test_a_request_in_absolute_form_is_routed_by_its_path(server: ServerThread) -> None:
+    """RFC 9112: a server must accept a request target in absolute form (what a client sends to a proxy)."""
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(
+            f"POST http://127.0.0.1:{server.http_port}{INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode() + body
+        )
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_an_http_1_0_client_asking_to_keep_alive_is_told_it_is_kept(server: ServerThread) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        sock.settimeout(5)
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200") and b"\r\nconnection: keep-alive\r\n" in head.lower(), head
+        sock.sendall(b"GET /v2/health/live HTTP/1.0\r\n\r\n")  # the same connection, then closed (1.0's default)
+        rest = _read_response(sock)
+    assert rest.startswith(b"HTTP/1.1 200") and b"connection: close" in rest.lower(), rest
+
+
+def test_a_transfer_coding_other_than_chunked_is_501(server: ServerThread, raw: Raw) -> None:
+    body = gzip.compress(json.dumps({"inputs": [good_input()]}).encode())
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".encode() + chunked)
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 501"), answer[:200]
+    assert b"Content-Encoding" in answer
+    raw.infer_ok()

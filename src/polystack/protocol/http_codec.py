@@ -100,7 +100,15 @@ def decode_infer_request(
         binary = view[header_length:]
     else:
         head = body
-    doc = _request_doc(head)
+    try:
+        doc = _request_doc(head)
+    except InvalidRequest:
+        if header_length is None and b'"binary_data_size"' in body[:65536]:
+            raise InvalidRequest(
+                "the body is not JSON alone: its inputs give binary_data_size, so binary tensor data follows the "
+                "JSON; send the Inference-Header-Content-Length header with the JSON part's length in bytes"
+            ) from None
+        raise
     if not isinstance(doc, dict):
         raise InvalidRequest("an inference request must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")

@@ -57,6 +57,7 @@ _REASONS = {
     415: b"Unsupported Media Type",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
@@ -105,6 +106,7 @@ class Request:
     keep_alive: bool
     started: float = field(default_factory=time.perf_counter)
     inference_id: str | None = None  # an inference request's own ``id``, once its body is read
+    http10: bool = False  # an HTTP/1.0 request that asked to be kept alive
     _id: str | None = field(default=None, repr=False)
 
     @property
@@ -454,6 +456,16 @@ def _slow_to_read(req: Request) -> bool:
     return json_bytes >= _DECODE_INLINE_BELOW or b'"BYTES"' in req.body[:json_bytes]
 
 
+def _origin_form(target: str) -> str:
+    """The path of a request target in absolute form (``http://host:port/v2/...``, what a client sends to a
+    proxy, which RFC 9112 has servers accept); any other target as it is (it matches no route)."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target
+    slash = rest.find("/")
+    return "/" if slash < 0 else rest[slash:]
+
+
 def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
     """The request's headers as text, for trace context propagation (only for a request traced)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
@@ -501,10 +513,12 @@ def _header_length(headers: dict[bytes, bytes]) -> int | None:
     raw = headers.get(b"inference-header-content-length")
     if raw is None:
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidRequest("Inference-Header-Content-Length must be an integer") from None
+    value = raw.strip()
+    if not (value.isdigit() and len(value) <= 18):  # bytes.isdigit: ASCII digits only, no sign, no "_"
+        raise InvalidRequest(
+            "Inference-Header-Content-Length must be an integer: the length in bytes of the body's JSON part"
+        )
+    return int(value)
 
 
 def _decoded_body(req: Request, limit: int) -> bytes:
@@ -745,6 +759,14 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         if self._refused:
             return
+        coding = self._headers.get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            self._fail(
+                501,
+                f"Transfer-Encoding {coding.decode('latin-1')!r} is not supported; send the body as it is, or "
+                "chunked, and compress it with Content-Encoding: gzip",
+            )
+            return
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
             self._refuse_too_large(int(length))
@@ -776,11 +798,16 @@ class HttpProtocol(asyncio.Protocol):
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         path = self._url.split(b"?", 1)[0].decode("latin-1")
+        if not path.startswith("/"):
+            path = _origin_form(path)
         if b"upgrade" in self._headers and self.parser.should_upgrade():
             keep = b"close" not in self._headers.get(b"connection", b"").lower()
             self._upgrading = Request(self.parser.get_method(), path, self._headers, body, keep)
             return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
-        self._complete(Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive()))
+        req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
+        if req.keep_alive and self.parser.get_http_version() == "1.0":
+            req.http10 = True  # kept open only because it asked: the answer says it is (HTTP/1.0's rule)
+        self._complete(req)
 
     def _complete(self, req: Request) -> None:
         if self._busy or self._write_paused or self._queue:
@@ -863,6 +890,8 @@ class HttpProtocol(asyncio.Protocol):
             parts.append(b"x-request-id: %s\r\n" % rid)
         if not keep_alive:
             parts.append(b"connection: close\r\n")
+        elif req.http10:
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if req.method != b"HEAD":
             parts.append(resp.body)
