@@ -63,6 +63,7 @@ def test_valid_inputs_pass() -> None:
     ("inputs", "message"),
     [
         ({"x": np.zeros((3, 4), np.float32)}, "missing input 'm'"),
+        ({"x": np.zeros((3, 4), np.float32), "q": np.zeros(3, np.int64)}, "missing input 'm' .the request has 'q' instead"),
         ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64), "z": np.zeros(1)}, "unexpected input 'z'"),
         ({"x": np.zeros((3, 4), np.float64), "m": np.zeros(3, np.int64)}, "datatype FP64 but the model expects FP32"),
         ({"x": np.zeros((3, 5), np.float32), "m": np.zeros(3, np.int64)}, r"shape \[3, 5\] but the model expects"),

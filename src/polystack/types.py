@@ -213,9 +213,12 @@ class Signature:
     def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
         """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
         missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise InvalidTensor(f"missing input {', '.join(map(repr, missing))}; the model expects {self._expected()}")
         unexpected = [n for n in inputs if n not in self._by_name]
+        if missing:
+            instead = f" (the request has {', '.join(map(repr, unexpected))} instead)" if unexpected else ""
+            raise InvalidTensor(
+                f"missing input {', '.join(map(repr, missing))}{instead}; the model expects {self._expected()}"
+            )
         if unexpected:
             raise InvalidTensor(
                 f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {self._expected()}"
