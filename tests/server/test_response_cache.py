@@ -167,6 +167,17 @@ def test_what_the_cache_counts_is_the_memory_its_answers_take(answer: Any) -> No
     assert 0.75 < cache.used / taken < 1.25, (cache.used, taken)
 
 
+def test_an_answer_put_after_its_load_was_forgotten_is_not_kept() -> None:
+    """A request that ran on a load being retired finishes after its answers were dropped: its put keeps
+    nothing (no key can reach it, and it held cache room until the LRU evicted it)."""
+    cache = ResponseCache(1 << 20)
+    assert cache.put(b"a", 1, {"y": np.ones(4, np.float32)})
+    assert cache.forget(1) == 1
+    assert not cache.put(b"b", 1, {"y": np.ones(4, np.float32)})
+    assert cache.get(b"b") is None and cache.used == 0
+    assert cache.put(b"b", 2, {"y": np.ones(4, np.float32)})  # the load that replaced it caches as before
+
+
 def test_forgetting_a_load_drops_all_its_answers_batch_by_batch_and_no_others() -> None:
     cache = ResponseCache(1 << 30)
     for i in range(5000):  # several of forget's batches
@@ -175,7 +186,7 @@ def test_forgetting_a_load_drops_all_its_answers_batch_by_batch_and_no_others() 
     assert cache.forget(3) == 0  # a load with no answers
     assert cache.forget(1) == 5000 and cache.entries == 1 and cache.get(b"b") is not None
     assert cache.forget(1) == 0
-    cache.put(b"b", 3, {"y": np.zeros(2, np.float32)})  # the same key under another load
+    cache.put(b"b", 4, {"y": np.zeros(2, np.float32)})  # the same key under another load (3 was forgotten)
     assert cache.forget(2) == 0 and cache.get(b"b") is not None
 
 

@@ -112,6 +112,7 @@ class ResponseCache:
         self.size = size
         self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
         self._by_owner: dict[int, set[bytes]] = {}  # each load's keys, so that forgetting one never scans all
+        self._forgotten: set[int] = set()  # loads retired: an answer of theirs that comes late is not kept
         self._used = 0
         self._lock = threading.Lock()
         self.on_evict = on_evict  # told how many answers each insert evicted (a metric)
@@ -169,13 +170,16 @@ class ResponseCache:
 
     def put(self, key: bytes, owner: int, outputs: Mapping[str, np.ndarray]) -> bool:
         """Keep a copy of ``outputs`` under ``key``, evicting the least recently used answers to make room;
-        False when the answer alone is larger than the cache (it is not kept)."""
+        False when it is not kept: the answer alone is larger than the cache, or its load ``owner`` was
+        forgotten (a request that ran on it as it was retired)."""
         size = ENTRY_OVERHEAD + sum(OUTPUT_OVERHEAD + nbytes(a) for a in outputs.values())
         if size > self.size:
             return False
         kept = {name: _frozen(a) for name, a in outputs.items()}
         evicted = 0
         with self._lock:
+            if owner in self._forgotten:
+                return False
             self._drop(key)
             while self._entries and self._used + size > self.size:
                 self._drop(next(iter(self._entries)))
@@ -203,7 +207,8 @@ class ResponseCache:
         """Drop every answer of the model load ``owner`` (it was unloaded or replaced); how many there were.
         The lock is let go between batches, so that a large cache never holds up requests for long."""
         with self._lock:
-            taken = self._by_owner.pop(owner, set())  # puts and evictions meanwhile find no set, and skip it
+            self._forgotten.add(owner)  # an int a retired load: puts of its answers from now on keep nothing
+            taken = self._by_owner.pop(owner, set())  # evictions meanwhile find no set, and skip it
         keys = list(taken)  # copied outside the lock: nothing else holds the set now
         for start in range(0, len(keys), _FORGET_BATCH):
             with self._lock:
