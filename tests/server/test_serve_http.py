@@ -339,6 +339,7 @@ def test_only_bodies_slow_to_read_leave_the_loop() -> None:
     assert not _slow_to_read(req(b" " * (big - 1)))  # small: on the loop
     assert _slow_to_read(req(b" " * big))  # JSON to parse
     assert _slow_to_read(req(b"x" * big, content_encoding="gzip"))  # to inflate
+    assert _slow_to_read(req(b"x" * 100, content_encoding="gzip"))  # small, but it may inflate to the limit
     assert not _slow_to_read(req(head + bytes(big), inference_header_content_length=ihcl))  # numbers, in place
     with_bytes = head.replace(b"FP32", b"BYTES")
     assert _slow_to_read(req(with_bytes + bytes(big), inference_header_content_length=str(len(with_bytes))))

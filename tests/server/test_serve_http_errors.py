@@ -740,11 +740,12 @@ def test_an_http_1_0_client_asking_to_keep_alive_is_told_it_is_kept(server: Serv
     assert rest.startswith(b"HTTP/1.1 200") and b"connection: close" in rest.lower(), rest
 
 
-def test_a_transfer_coding_other_than_chunked_is_501(server: ServerThread, raw: Raw) -> None:
+@pytest.mark.parametrize("codings", ["Transfer-Encoding: gzip, chunked", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"])
+def test_a_transfer_coding_other_than_chunked_is_501(server: ServerThread, raw: Raw, codings: str) -> None:
     body = gzip.compress(json.dumps({"inputs": [good_input()]}).encode())
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
-        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".encode() + chunked)
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\n{codings}\r\n\r\n".encode() + chunked)
         answer = _read_response(sock)
     assert answer.startswith(b"HTTP/1.1 501"), answer[:200]
     assert b"Content-Encoding" in answer

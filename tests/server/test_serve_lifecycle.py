@@ -81,11 +81,25 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         (["--http-port", "8123", "--metrics-port", "8123"], "give the metrics a port of their own"),
         (["--grpc-port", "8124", "--metrics-port", "8124"], "give the metrics a port of their own"),
         (["--metrics-port", "70000"], "from 0 (any free one) to 65535"),
+        (["--metrics-port", "8001"], "give the metrics a port of their own"),  # gRPC's default
         (["--engine", "ray", "--grpc-port", "-1", "--metrics-port", "8125"], "--metrics-port needs --engine local"),
     ],
 )
 def test_a_metrics_port_the_server_cannot_use_exits_2_at_start(tmp_path: Path, args: list[str], says: str) -> None:
     assert says in refused_at_start(tmp_path, args)
+
+
+def test_a_metrics_port_beside_grpc_on_any_free_port_is_taken(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """``--grpc-port 0`` binds any free port, so it clashes with no metrics port (8001 included)."""
+    store, _ = model_store
+    http_port, metrics_port = free_port(), free_port()
+    args = ["mlp", "--grpc-port", "0", "--metrics-port", str(metrics_port)]
+    with cli_server(store.home, args, http_port, tmp_path / "serve.log") as proc:
+        assert Raw(metrics_port).request("GET", "/metrics")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_sigterm_drains_and_exits_zero(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:

@@ -209,7 +209,8 @@ def serve(
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
-    if metrics_port is not None and metrics_port != 0 and metrics_port in (http_port, grpc_port or 8001):
+    fixed = {http_port, 8001 if grpc_port is None else grpc_port} - {0}  # 0: any free port, never a clash
+    if metrics_port is not None and metrics_port in fixed:
         raise InvalidRequest(
             f"--metrics-port {metrics_port} is the HTTP or gRPC port too; give the metrics a port of their own"
         )

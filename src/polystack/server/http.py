@@ -84,7 +84,7 @@ _MIN_REQUEST_RATE = 500
 # are compressed from this size (below it the header costs more than it saves), on the loop below the next.
 _COMPRESS_FROM_BYTES = 1024
 _COMPRESS_INLINE_BELOW = 256 * 1024
-# Request bodies from this size are read (inflated, parsed) on the codec threads, not the loop (_slow_to_read)
+# JSON and BYTES bodies from this size, and compressed ones, are read on the codec threads (_slow_to_read)
 _DECODE_INLINE_BELOW = 256 * 1024
 _MAX_GZIP_MEMBERS = 64  # a body compressed in one go has one; concatenated pieces a few
 _INFLATE_SLICE = 64 * 1024
@@ -440,13 +440,14 @@ class HttpApp:
 
 
 def _slow_to_read(req: Request) -> bool:
-    """A body that takes long to read: from ``_DECODE_INLINE_BELOW`` bytes, one to inflate, JSON to parse,
-    or a binary section that may hold BYTES elements (read one by one). Binary numbers of any size are
-    read in place, at once: the hop to a thread would cost them more than it saves."""
-    if len(req.body) < _DECODE_INLINE_BELOW:
-        return False
+    """A body that may take long to read: a compressed one whatever its size (60 KB of gzip inflate to
+    64 MB), and from ``_DECODE_INLINE_BELOW`` bytes JSON to parse or a binary section that may hold BYTES
+    elements (read one by one). Binary numbers of any size are read in place, at once: the hop to a thread
+    would cost them more than it saves."""
     if req.headers.get(b"content-encoding", b"identity").strip().lower() not in (b"identity", b""):
         return True
+    if len(req.body) < _DECODE_INLINE_BELOW:
+        return False
     try:
         json_bytes = _header_length(req.headers)
     except InvalidRequest:
@@ -750,7 +751,10 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._refused:
             return
-        self._headers[name.lower()] = value
+        key = name.lower()
+        if key == b"transfer-encoding" and key in self._headers:  # codings over several lines are one list
+            value = self._headers[key] + b", " + value
+        self._headers[key] = value
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > _MAX_HEADER_BYTES:
             self._fail(431, f"the request headers exceed {_MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
