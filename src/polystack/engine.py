@@ -343,7 +343,9 @@ def infer_entry(
     try:
         result = entry.model.infer(inputs, outputs)
     except ModelClosed:
-        raise  # not counted here: a server reroutes it to the instance that replaced this one
+        if not outcome.rerouted:  # else counted where its caller sends it next
+            outcome.settle("fail", time.perf_counter_ns() - since)
+        raise
     except PolystackError:
         outcome.settle("fail", time.perf_counter_ns() - since)
         raise

@@ -116,11 +116,14 @@ class Outcome:
     becomes one. Without this the statistics counted a success where /metrics counted the failure the
     caller saw."""
 
-    __slots__ = ("state", "stats")
+    __slots__ = ("rerouted", "state", "stats")
 
-    def __init__(self, stats: ModelStats) -> None:
+    def __init__(self, stats: ModelStats, rerouted: bool = False) -> None:
         self.stats = stats  # a request rerouted to the instance that replaced its model's counts there
         self.state: str | None = None  # "success" or "fail" once counted
+        # its caller sends it on to what replaced a model that closed as it reached it (a server does), so
+        # that refusal (ModelClosed) is not counted where it happened; other callers count it a failure
+        self.rerouted = rerouted
 
     def settle(self, kind: str, ns: int) -> None:
         """Count the request as ``kind`` (success or fail) with its duration, unless it is counted already."""

@@ -15,7 +15,7 @@ import pytest
 from polystack.backends.base import CheckedModel
 from polystack.backends.null import NullModel
 from polystack.batching import BatchPolicy, DynamicBatcher
-from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, QueueFull
+from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed, QueueFull
 from polystack.stats import ModelStats
 from polystack.types import DType, Signature, TensorSpec
 
@@ -214,6 +214,20 @@ def test_invalid_request_is_refused_before_queueing(make: Any) -> None:
         b.submit(rows(1), ["nope"])
     assert b.depth == 0
     assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 3  # Triton counts them as failures
+
+
+def test_a_request_to_a_closed_batcher_is_a_failure_unless_its_caller_sends_it_on(make: Any) -> None:
+    """A server reroutes a request that reaches a model as it closes, and counts it where it runs then;
+    any other caller gets ModelClosed, counted here as the failure it is."""
+    from polystack.stats import Outcome
+
+    b = make(Recording(), max_batch_size=4)
+    b.close()
+    with pytest.raises(ModelClosed):
+        b.submit(rows(1))
+    with pytest.raises(ModelClosed):
+        asyncio.run(b.infer_async(rows(1), outcome=Outcome(b.entry.stats, rerouted=True)))
+    assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 1
 
 
 def test_requested_outputs_are_split_per_request(make: Any) -> None:

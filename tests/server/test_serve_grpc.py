@@ -426,6 +426,39 @@ def test_a_stream_open_at_the_drain_answers_what_runs_then_ends_unavailable(
             st.stop()
 
 
+def test_a_stream_request_read_but_not_started_at_the_drain_is_answered_not_run(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the stream's in-flight slots taken, a request it read waits for one; at the drain it gets an
+    answer saying it was not run, rather than none."""
+    from polystack.server import grpc as grpc_transport
+
+    monkeypatch.setattr(grpc_transport, "STREAM_IN_FLIGHT", 1)
+    store, records = model_store
+    register_like(store, records["mlp"], "slowstream", tags={"delay_ms": "300"})
+    st = start(store, models=["slowstream"], drain_timeout_s=20.0)
+    sent: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+    try:
+        with grpc.insecure_channel(st.grpc_url) as channel:
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent.get, None), timeout=30)
+            for rid in ("first", "second"):
+                req = pb.ModelInferRequest(model_name="slowstream", id=rid, raw_input_contents=[bytes(64)])
+                req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+                sent.put(req)
+            time.sleep(0.15)  # the first runs (300 ms); the second is read and waits for the one slot
+            stopper = threading.Thread(target=st.stop)
+            stopper.start()
+            answers = {}
+            with pytest.raises(grpc.RpcError) as ended:
+                for a in call:
+                    answers[a.infer_response.id] = a.error_message
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert answers["first"] == "" and "did not run this request" in answers["second"], answers
+            stopper.join(20)
+    finally:
+        sent.put(None)
+
+
 def test_bytes_that_are_not_protobuf_are_invalid_argument_and_a_stream_goes_on(server: ServerThread) -> None:
     garbage = b"\xff\xff\xff\x0f garbage"
 

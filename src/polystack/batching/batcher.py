@@ -161,7 +161,9 @@ class DynamicBatcher:
         try:
             return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome)
         except ModelClosed:
-            raise  # not counted here: a server reroutes it to the instance that replaced this one
+            if not outcome.rerouted:  # else counted where its caller sends it next
+                outcome.settle("fail", 0)
+            raise
         except PolystackError:
             outcome.settle("fail", 0)  # refused before it queued: a failed request, as Triton counts it
             raise
@@ -426,7 +428,7 @@ class DynamicBatcher:
         try:
             result = self.model.infer(p.inputs, p.outputs)
         except BaseException as e:
-            if not isinstance(e, ModelClosed):  # that one a server reroutes, and counts where it runs
+            if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
                 p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
             return (p, None, e)
         took = time.perf_counter_ns() - t0

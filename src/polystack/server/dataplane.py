@@ -597,7 +597,7 @@ class DataPlane:
             served = self._get(name, version)
             entry = served.entry
             model_label = (entry.name, str(entry.version))
-            outcome = Outcome(entry.stats)
+            outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after

@@ -128,6 +128,16 @@ def _request_id(context: Any, request: Any, own_first: bool = False) -> str:
     return own if isinstance(own, str) and own else f"g{next(_ids)}"
 
 
+def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    """The answer to a stream's request read as the server began to drain, which it does not run."""
+    return pb.ModelStreamInferResponse(
+        error_message="the server is shutting down and did not run this request; send it to another replica",
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
 def _cut_short(context: Any) -> grpc.StatusCode:
     """Why a call's handler was cancelled: its deadline passed, or the client went away."""
     remaining = context.time_remaining()
@@ -239,7 +249,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def take() -> None:
             async for request in request_iterator:
-                await slots.acquire()
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:  # read as the drain began: answered, not run
+                    answers.put_nowait(_not_run(request))
+                    raise
                 task = asyncio.create_task(answer(request))
                 running.add(task)
                 task.add_done_callback(running.discard)
