@@ -3,11 +3,13 @@
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
 of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
-together; when the server drains, a stream stops reading, answers what it runs, and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are Triton's trace and logging extensions (see
-``server.tracing`` and ``server.logs``); a ``traceparent`` in a call's metadata makes its span a child
-of the caller's. Triton's RPCs that polystack does not implement (CUDA shared memory) answer
-UNIMPLEMENTED with a line saying what to use instead, not grpc's bare "Method not found!". Every
-call, and every request of a stream, leaves a log line as an HTTP request does (``_Calls``).
+together; when the server drains, a stream stops reading, answers what it runs (and, saying it was not
+run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
+Triton's trace and logging extensions (see ``server.tracing`` and ``server.logs``); a ``traceparent``
+in a call's metadata makes its span a child of the caller's. Triton's RPCs that polystack does not
+implement (CUDA shared memory) answer UNIMPLEMENTED with a line saying what to use instead, not grpc's
+bare "Method not found!". Every call, and every request of a stream, leaves a log line as an HTTP
+request does (``_Calls``).
 
 The standard health service (``grpc.health.v1.Health``, as Triton has it) answers Kubernetes'
 gRPC probes, ``grpc_health_probe`` and clients' own health checking: ``""`` (the server) and
@@ -273,7 +275,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     drain.cancel()
                     if not taking.done():
                         drained = True
-                        taking.cancel()  # between requests: one read and not yet started is not run
+                        taking.cancel()  # a request read and waiting for a slot is answered as not run
                 if not drained:
                     taking.result()  # a read that failed ends the stream as it did
                 while running:
