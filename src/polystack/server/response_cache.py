@@ -76,7 +76,7 @@ class CacheConfig:
     @classmethod
     def from_flags(cls, items: Sequence[str], byte_size: str | None) -> CacheConfig | None:
         """``--cache-config`` values, or Triton's deprecated ``--response-cache-byte-size BYTES`` (a local
-        cache of that size; 0, its default, for none), never both, as Triton takes them."""
+        cache of that size; 0, its default, for none); never both, which would say the size twice."""
         if byte_size is None:
             return cls.parse(items)
         if items:
