@@ -4,13 +4,13 @@ whether it was still queued (then it never runs) or already running (its executi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import struct
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -58,6 +58,25 @@ def in_flight(st: ServerThread) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+@contextlib.contextmanager
+def slow_server(
+    model_store: tuple[Store, dict[str, ModelRecord]], policy: BatchPolicy | None
+) -> Iterator[tuple[ServerThread, dict[str, float]]]:
+    """A server of a 300 ms model (batched by ``policy``, else on threads), and its counts before the test."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slowc", tags={"delay_ms": "300"})
+    st = start(store, models=["slowc"], batching=policy, inline_max_ms=0.0)
+    try:
+        yield st, counts(st, "slowc")
+    finally:
+        st.stop()
+
+
+def changed(st: ServerThread, before: dict[str, float]) -> dict[str, float]:
+    after = counts(st, "slowc")
+    return {k: after[k] - before[k] for k in after}
+
+
 def send_and_reset(st: ServerThread) -> socket.socket:
     """An HTTP infer request whose connection is then reset (the client gone), once the caller says so."""
     sock = socket.create_connection(("127.0.0.1", st.http_port), timeout=5)
@@ -71,38 +90,23 @@ def send_and_reset(st: ServerThread) -> socket.socket:
 def test_a_client_gone_while_its_request_runs_is_one_failure_in_stats_and_metrics(
     model_store: tuple[Store, dict[str, ModelRecord]], batching: bool
 ) -> None:
-    store, records = model_store
-    register_like(store, records["mlp"], "slowc", tags={"delay_ms": "300"})
     policy = BatchPolicy(max_batch_size=4, max_queue_delay_ms=1) if batching else None
-    st = start(store, models=["slowc"], batching=policy, inline_max_ms=0.0)
-    try:
-        before = counts(st, "slowc")
+    with slow_server(model_store, policy) as (st, before):
         sock = send_and_reset(st)
         wait_for(lambda: in_flight(st) == 1, "the request never showed as in flight")
         sock.close()
         wait_for(lambda: in_flight(st) == 0, "the abandoned request never left")
         wait_for(lambda: counts(st, "slowc")["executions"] == before["executions"] + 1, "the model never ran it")
         time.sleep(0.1)  # the worker's own counting, after the run, would land now
-        after = counts(st, "slowc")
-        assert {k: after[k] - before[k] for k in after} == {
-            "success": 0,
-            "fail": 1,
-            "executions": 1,
-            "metric_success": 0,
-            "metric_cancelled": 1,
-        }
-    finally:
-        st.stop()
+        assert changed(st, before) == {
+            "success": 0, "fail": 1, "executions": 1, "metric_success": 0, "metric_cancelled": 1
+        }  # fmt: skip
 
 
 def test_a_client_gone_while_its_request_waits_in_the_queue_is_never_run(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
-    store, records = model_store
-    register_like(store, records["mlp"], "slowc", tags={"delay_ms": "300"})
-    st = start(store, models=["slowc"], batching=BatchPolicy(max_batch_size=1, max_queue_delay_ms=0))
-    try:
-        before = counts(st, "slowc")
+    with slow_server(model_store, BatchPolicy(max_batch_size=1, max_queue_delay_ms=0)) as (st, before):
         first = send_and_reset(st)  # runs; its client stays
         wait_for(lambda: in_flight(st) == 1, "the first request never showed as in flight")
         second = send_and_reset(st)  # waits behind it in the queue
@@ -112,26 +116,15 @@ def test_a_client_gone_while_its_request_waits_in_the_queue_is_never_run(
         assert first.recv(65536).startswith(b"HTTP/1.1 200")
         first.close()
         time.sleep(0.4)  # a run of the second, had it not left the queue, would have ended now
-        after = counts(st, "slowc")
-        assert {k: after[k] - before[k] for k in after} == {
-            "success": 1,
-            "fail": 1,
-            "executions": 1,
-            "metric_success": 1,
-            "metric_cancelled": 1,
-        }
-    finally:
-        st.stop()
+        assert changed(st, before) == {
+            "success": 1, "fail": 1, "executions": 1, "metric_success": 1, "metric_cancelled": 1
+        }  # fmt: skip
 
 
 def test_a_grpc_call_past_its_deadline_while_running_is_one_failure_in_stats_and_metrics(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
-    store, records = model_store
-    register_like(store, records["mlp"], "slowc", tags={"delay_ms": "300"})
-    st = start(store, models=["slowc"], batching=BatchPolicy(max_batch_size=4, max_queue_delay_ms=1))
-    try:
-        before = counts(st, "slowc")
+    with slow_server(model_store, BatchPolicy(max_batch_size=4, max_queue_delay_ms=1)) as (st, before):
         request = pb.ModelInferRequest(model_name="slowc", raw_input_contents=[np.zeros(16, "<f4").tobytes()])
         request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
         with grpc.insecure_channel(st.grpc_url) as channel, pytest.raises(grpc.RpcError) as e:
@@ -139,8 +132,6 @@ def test_a_grpc_call_past_its_deadline_while_running_is_one_failure_in_stats_and
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(lambda: counts(st, "slowc")["executions"] == before["executions"] + 1, "the model never ran it")
         time.sleep(0.1)
-        after: dict[str, Any] = counts(st, "slowc")
-        assert (after["success"] - before["success"], after["fail"] - before["fail"]) == (0, 1)
-        assert (after["metric_success"] - before["metric_success"], after["metric_cancelled"] - before["metric_cancelled"]) == (0, 1)
-    finally:
-        st.stop()
+        assert changed(st, before) == {
+            "success": 0, "fail": 1, "executions": 1, "metric_success": 0, "metric_cancelled": 1
+        }  # fmt: skip
