@@ -459,6 +459,33 @@ def test_a_stream_request_read_but_not_started_at_the_drain_is_answered_not_run(
         sent.put(None)
 
 
+def test_a_grpc_request_slow_to_read_is_decoded_off_the_event_loop(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BYTES elements and typed contents are read element by element: from 256 KiB such a request is read
+    on the front end's codec threads, not the loop (4M BYTES elements held every client 6 s there);
+    binary numbers, read in place, stay on the loop."""
+    from polystack.protocol import grpc_codec
+
+    seen: list[str] = []
+    decode = grpc_codec.decode_infer_request
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.append(threading.current_thread().name)
+        return decode(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(grpc_codec, "decode_infer_request", spy)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for rows, width in ((2, 2), (2, 70_000)):  # a few bytes, then 2 x 2 x 70,000 B = 280 KB of BYTES
+        s = grpcclient.InferInput("s", [rows, 2], "BYTES")
+        s.set_data_from_numpy(np.full((rows, 2), b"x" * width, dtype=object))
+        assert client.infer("strid", [s]).as_numpy("t").shape == (rows, 2)
+    x = grpcclient.InferInput("x", [64, 16], "FP32")  # 4 KB of numbers, raw: on the loop
+    x.set_data_from_numpy(np.ones((64, 16), np.float32))
+    client.infer("mlp", [x])
+    assert seen[0] == seen[2] == "polystack-server" and seen[1].startswith("codec"), seen
+
+
 def test_bytes_that_are_not_protobuf_are_invalid_argument_and_a_stream_goes_on(server: ServerThread) -> None:
     garbage = b"\xff\xff\xff\x0f garbage"
 

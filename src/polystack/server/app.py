@@ -292,6 +292,7 @@ class Server:
                 self.config.max_body_bytes,
                 tls,
                 self.config.access_log,
+                self.http.codec_pool,
             )
             await self._grpc_server.start()
         log.info(

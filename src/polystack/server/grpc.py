@@ -29,6 +29,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,8 +42,10 @@ from polystack.errors import InvalidRequest, PolystackError
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+from polystack.protocol.wire import InferRequest
 from polystack.server import status
 from polystack.server.dataplane import DataPlane
+from polystack.server.http import DECODE_INLINE_BELOW
 from polystack.server.logs import request_level
 from polystack.server.tls import TlsConfig
 
@@ -130,6 +133,14 @@ def _request_id(context: Any, request: Any, own_first: bool = False) -> str:
     return own if isinstance(own, str) and own else f"g{next(_ids)}"
 
 
+def _slow_to_read(request: pb.ModelInferRequest) -> bool:
+    """A request whose tensors are read element by element (BYTES, or typed contents) and that holds
+    ``DECODE_INLINE_BELOW`` bytes or more; raw numbers are read in place at once, whatever their size."""
+    if not any(t.datatype == "BYTES" or t.HasField("contents") for t in request.inputs):
+        return False
+    return request.ByteSize() >= DECODE_INLINE_BELOW
+
+
 def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
     """The answer to a stream's request read as the server began to drain, which it does not run."""
     return pb.ModelStreamInferResponse(
@@ -147,9 +158,10 @@ def _cut_short(context: Any) -> grpc.StatusCode:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, calls: _Calls) -> None:
+    def __init__(self, plane: DataPlane, calls: _Calls, codec_pool: Executor | None = None) -> None:
         self.plane = plane
         self.calls = calls
+        self.codec_pool = codec_pool  # the front end's threads for requests slow to read (None: the loop)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -202,9 +214,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
-        decoded = self.plane.decode(
-            request.model_name, lambda: grpc_codec.decode_infer_request(request, self.plane.shared_memory)
-        )
+        def decode() -> InferRequest:
+            return grpc_codec.decode_infer_request(request, self.plane.shared_memory)
+
+        if self.codec_pool is None or not _slow_to_read(request):
+            decoded = self.plane.decode(request.model_name, decode)
+        else:  # reading it on the loop would hold every other client up meanwhile
+            loop = asyncio.get_running_loop()
+            decoded = await loop.run_in_executor(self.codec_pool, self.plane.decode, request.model_name, decode)
         result = await self.plane.infer(
             request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
         )
@@ -442,9 +459,11 @@ def create_server(
     max_message_bytes: int,
     tls: TlsConfig | None = None,
     access_log: bool = False,
+    codec_pool: Executor | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
-    ``tls`` is given, logging every call with ``access_log``; (server, port)."""
+    ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
+    ``codec_pool`` (the HTTP front end's); (server, port)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -453,7 +472,8 @@ def create_server(
         ]
     )
     calls = _Calls(plane, access_log)
-    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, calls), server, calls)
+    servicer = InferenceServicer(plane, calls, codec_pool)
+    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server, calls)
     _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)

@@ -85,7 +85,7 @@ _MIN_REQUEST_RATE = 500
 _COMPRESS_FROM_BYTES = 1024
 _COMPRESS_INLINE_BELOW = 256 * 1024
 # JSON and BYTES bodies from this size, and compressed ones, are read on the codec threads (_slow_to_read)
-_DECODE_INLINE_BELOW = 256 * 1024
+DECODE_INLINE_BELOW = 256 * 1024
 _MAX_GZIP_MEMBERS = 64  # a body compressed in one go has one; concatenated pieces a few
 _INFLATE_SLICE = 64 * 1024
 # After an error that ends the connection (413, malformed HTTP), the answer goes out with a FIN and
@@ -441,12 +441,12 @@ class HttpApp:
 
 def _slow_to_read(req: Request) -> bool:
     """A body that may take long to read: a compressed one whatever its size (60 KB of gzip inflate to
-    64 MB), and from ``_DECODE_INLINE_BELOW`` bytes JSON to parse or a binary section that may hold BYTES
+    64 MB), and from ``DECODE_INLINE_BELOW`` bytes JSON to parse or a binary section that may hold BYTES
     elements (read one by one). Binary numbers of any size are read in place, at once: the hop to a thread
     would cost them more than it saves."""
     if req.headers.get(b"content-encoding", b"identity").strip().lower() not in (b"identity", b""):
         return True
-    if len(req.body) < _DECODE_INLINE_BELOW:
+    if len(req.body) < DECODE_INLINE_BELOW:
         return False
     try:
         json_bytes = _header_length(req.headers)
@@ -454,7 +454,7 @@ def _slow_to_read(req: Request) -> bool:
         return False  # refused at once, on the loop
     if json_bytes is None or not 0 <= json_bytes <= len(req.body):
         return json_bytes is None
-    return json_bytes >= _DECODE_INLINE_BELOW or b'"BYTES"' in req.body[:json_bytes]
+    return json_bytes >= DECODE_INLINE_BELOW or b'"BYTES"' in req.body[:json_bytes]
 
 
 def _origin_form(target: str) -> str:
