@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,20 @@ def start(store: Store, **config: Any) -> ServerThread:
     hooks = {k: config.pop(k) for k in ("policy_for",) if k in config}
     cfg = ServeConfig(**{"http_port": 0, "grpc_port": 0, "drain_timeout_s": 10.0, **config})
     return ServerThread(Engine(store), cfg, spec_for=test_spec_for, **hooks).start()
+
+
+def threads_calling(monkeypatch: Any, module: Any, name: str) -> list[str]:
+    """Replace ``module.name`` (a function) with one that also records the name of each thread that calls
+    it, in the list returned (for the tests of what runs off the event loop)."""
+    seen: list[str] = []
+    fn = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
 
 
 def mlp_ones(rows: int = 1, client: Any = httpclient) -> Any:

@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from conftest import Raw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servekit import register_like, start
+from servekit import register_like, start, threads_calling
 from tritonclient.utils import InferenceServerException
 
 from polystack.protocol.grpc_gen import inference_pb2 as pb
@@ -467,14 +467,7 @@ def test_a_grpc_request_slow_to_read_is_decoded_off_the_event_loop(
     binary numbers, read in place, stay on the loop."""
     from polystack.protocol import grpc_codec
 
-    seen: list[str] = []
-    decode = grpc_codec.decode_infer_request
-
-    def spy(*args: object, **kw: object) -> object:
-        seen.append(threading.current_thread().name)
-        return decode(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(grpc_codec, "decode_infer_request", spy)
+    seen = threads_calling(monkeypatch, grpc_codec, "decode_infer_request")
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for rows, width in ((2, 2), (2, 70_000)):  # a few bytes, then 2 x 2 x 70,000 B = 280 KB of BYTES
         s = grpcclient.InferInput("s", [rows, 2], "BYTES")

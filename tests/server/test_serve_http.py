@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from conftest import Raw
-from servekit import mlp_ones, register_like, start
+from servekit import mlp_ones, register_like, start, threads_calling
 
 from polystack.examples import mlp_onnx
 from polystack.formats import import_model
@@ -306,18 +306,9 @@ def test_metrics_port_serves_the_metrics_alone_as_tritons_8002_does(
 def test_a_large_body_is_decoded_off_the_event_loop(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading a large body (JSON, gzip, BYTES elements) takes long enough to hold every other client up;
     from 256 KiB it runs on the front end's codec threads, and smaller ones on the loop as before."""
-    import threading
-
     from polystack.protocol import http_codec
 
-    seen: list[str] = []
-    decode = http_codec.decode_infer_request
-
-    def spy(*args: object, **kw: object) -> object:
-        seen.append(threading.current_thread().name)
-        return decode(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(http_codec, "decode_infer_request", spy)
+    seen = threads_calling(monkeypatch, http_codec, "decode_infer_request")
     raw = Raw(server.http_port)
     doc = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
     for padding in (0, 256 * 1024):  # JSON may end in any amount of white space
