@@ -180,6 +180,19 @@ def test_unknown_models_and_malformed_versions_say_so_in_tritons_words(server: S
         assert e.value.message().startswith("Request for unknown model: 'wrong_model_name' is not found")
 
 
+def test_a_request_for_an_unknown_model_is_not_found_whatever_its_tensors(server: ServerThread) -> None:
+    # Triton looks the model up before it reads the inputs
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for name, version, words in (("nope", "", "'nope' is not found"), ("mlp", "9", "version 9")):
+            req = pb.ModelInferRequest(model_name=name, model_version=version, raw_input_contents=[b"\0" * 5])
+            req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(req)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+            assert words in err.value.details()
+
+
 def test_shared_memory_tensors_are_refused_with_a_clear_error(server: ServerThread) -> None:
     i = grpcclient.InferInput("x", [1, 16], "FP32")
     i.set_shared_memory("region0", 64)

@@ -109,6 +109,20 @@ def test_unknown_model_and_version_are_404(raw: Raw) -> None:
     assert len(doc["error"]) < 300  # not the whole string back
 
 
+def test_a_request_for_an_unknown_model_is_404_whatever_its_body(raw: Raw) -> None:
+    # Triton looks the model up before it reads the body: a client probing for a model learns it is not
+    # there, not that its test tensor was malformed
+    for path, words in (("/v2/models/nope/infer", "'nope' is not found"), ("/v2/models/mlp/versions/9/infer", "version 9")):
+        for body, headers in (
+            (b"{not json", {"Content-Type": "application/json"}),
+            (json.dumps({"inputs": [good_input(shape=[1, 3])]}).encode(), {}),
+            (b"\x1f\x8b broken gzip", {"Content-Encoding": "gzip"}),
+            (b"<xml/>", {"Content-Type": "text/xml"}),
+        ):
+            status, _, payload = raw.request("POST", path, body, headers)
+            check_error(raw, status, json.loads(payload), 404, words)
+
+
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(name="z")]})
     check_error(raw, status, doc, 400, "missing input 'x'")

@@ -785,10 +785,12 @@ class DataPlane:
             raise
         return out
 
-    def decode(self, name: str, decode: Callable[[], InferRequest]) -> InferRequest:
-        """A transport's decoding of a request for model ``name``; one that does not decode is counted
-        as a failure here, since it never reaches ``infer``."""
+    def decode(self, name: str, version: str | None, decode: Callable[[], InferRequest]) -> InferRequest:
+        """A transport's decoding of a request for model ``name`` (``version``), once the model is found
+        there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
+        body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""
         try:
+            self._get(name, version)
             return decode()
         except PolystackError as e:
             self.metrics.failed(*self._failure_label(name), status.reason(e))

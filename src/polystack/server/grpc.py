@@ -218,10 +218,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return grpc_codec.decode_infer_request(request, self.plane.shared_memory)
 
         if self.codec_pool is None or not _slow_to_read(request):
-            decoded = self.plane.decode(request.model_name, decode)
+            decoded = self.plane.decode(request.model_name, request.model_version, decode)
         else:  # reading it on the loop would hold every other client up meanwhile
             loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(self.codec_pool, self.plane.decode, request.model_name, decode)
+            decoded = await loop.run_in_executor(
+                self.codec_pool, self.plane.decode, request.model_name, request.model_version, decode
+            )
         result = await self.plane.infer(
             request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
         )

@@ -414,10 +414,10 @@ class HttpApp:
             )
 
         if not _slow_to_read(req):
-            request = self.plane.decode(args[0], decode)
+            request = self.plane.decode(args[0], args[1], decode)
         else:  # reading it on the loop would hold every other client up meanwhile
             loop = asyncio.get_running_loop()
-            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], decode)
+            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], args[1], decode)
         req.inference_id = request.id
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
