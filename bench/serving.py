@@ -29,7 +29,10 @@ What it does, all on 127.0.0.1:
   against a minimal Python batching server (the same front end, simdjson decoding, one batch worker running
   onnxruntime, orjson answers, nothing else): the ceiling of a front end written in Python;
 - each cell records the cores the client and the server used (CPU seconds per second, all threads):
-  on 2 shared cores, what the client and the transport take is what the runtime cannot have;
+  on 2 shared cores, what the client and the transport take is what the runtime cannot have; the pinned
+  server's cells also record, from its batch statistics, the share of the time its runtime spent in model
+  calls, the items/s of those calls alone (the runtime's own speed beside a busy front end) and the items
+  each call ran;
 - both servers of a cell run at once and their cells alternate, order flipped each repeat (--repeats,
   default 2, medians reported), so drift on the shared cores hits both sides of a ratio alike.
 
@@ -53,6 +56,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -574,6 +578,31 @@ def run_concurrent(
         return share.done(asyncio.run(main()))
 
 
+def model_totals(port: int, model: str) -> tuple[int, int, int]:
+    """(items, runtime calls, nanoseconds in runtime calls) a polystack server has run for ``model`` so
+    far, from its statistics extension: the batch statistics count each call's compute once, where the
+    request totals count it once per request the call served."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET /v2/models/{model}/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        stats = json.loads(_read_response(s, bytearray()).split(b"\r\n\r\n", 1)[1])["model_stats"][0]
+    ns = sum(int(b["compute_infer"]["ns"]) for b in stats["batch_stats"])
+    return int(stats["inference_count"]), int(stats["execution_count"]), ns
+
+
+def run_computing(port: int, model: str, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run`` (a cell's load on a polystack server), plus what its runtime did meanwhile: the share of the
+    run's time it spent in model calls (``runtime_computing``), the items/s of those calls alone
+    (``compute_items_per_s``: the runtime's own speed inside the server) and the items per call."""
+    before, started = model_totals(port, model), time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - started
+    items, calls, ns = (a - b for a, b in zip(model_totals(port, model), before, strict=True))
+    result["runtime_computing"] = round(ns / 1e9 / wall, 3)
+    result["compute_items_per_s"] = round(items / (ns / 1e9), 1) if ns else 0.0
+    result["items_per_batch"] = round(items / calls, 1) if calls else 0.0
+    return result
+
+
 def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, duration_s: float) -> dict[str, float]:
     import tritonclient.http as httpclient
 
@@ -594,7 +623,10 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over repeated runs of one cell (requests: their total)."""
-    figures = ("p50_ms", "p99_ms", "rps", "client_cores", "server_cores", "server_loop_cores", "runtime_idle")
+    figures = (
+        "p50_ms", "p99_ms", "rps", "client_cores", "server_cores", "server_loop_cores", "runtime_idle",
+        "runtime_computing", "compute_items_per_s", "items_per_batch",
+    )  # fmt: skip
     keys = [k for k in figures if all(k in r for r in runs)]
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     return {"requests": sum(r["requests"] for r in runs), **out}
@@ -740,7 +772,10 @@ def run_pinned_cells(
         for items, conc, binary in PINNED_CELLS:
             req = request_bytes(name, [items, *shape[1:]], port, binary=binary)
             r = median_of(
-                [run_concurrent(port, req, conc, warmup, duration, proc.pid, runtime) for _ in range(repeats)]
+                [
+                    run_computing(port, name, partial(run_concurrent, port, req, conc, warmup, duration, proc.pid, runtime))
+                    for _ in range(repeats)
+                ]
             )
             client = f"raw-http-binary-b{items}" if binary else "raw-http-json"
             row = {"model": name, "server": "polystack pinned", "batching": True, "concurrency": conc,
@@ -924,6 +959,11 @@ def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]
             entry[f"pinned_items_over_offline_b32_pinned_{tag}"] = round(
                 r["rps"] * r["items_per_request"] / pinned_offline, 3
             )
+            if r.get("compute_items_per_s"):
+                # the ratio's two factors: the runtime's own speed in the server against in-process (the
+                # front end's work on its neighbour core slows it), and the share of the time it computed
+                entry[f"pinned_compute_speed_over_offline_{tag}"] = round(r["compute_items_per_s"] / pinned_offline, 3)
+                entry[f"pinned_runtime_computing_{tag}"] = round(r["runtime_computing"], 3)
         for r in (r for r in rows if r["model"] == model and r["server"] == "bare (canned answer)"):
             # what a server that does nothing but answer reaches on the front-end core, against the same Offline
             entry[f"bare_server_over_offline_b32_pinned_batch1_json_c{r['concurrency']}"] = round(
@@ -968,6 +1008,8 @@ def write_markdown(result: dict[str, Any]) -> None:
             cores += f" ({r['server_loop_cores']:.2f})"
         if "runtime_idle" in r:
             cores += f", runtime idle {r['runtime_idle']:.1%}"
+        if r.get("compute_items_per_s"):
+            cores += f", computing {r['runtime_computing']:.1%}, {r['items_per_batch']:.1f} items/call"
         batching = "-" if r["server"].startswith("bare") else "on" if r["batching"] else "off"  # bare: no model
         lines.append(
             f"| {r['model']} | {r['server']} | {batching} | {r['client']} | "
@@ -1004,7 +1046,12 @@ def write_markdown(result: dict[str, Any]) -> None:
         " `pinned_items_over_offline_b32_pinned_*` divides their items/s by in-process Offline items/s at batch 32"
         " on the same runtime cores with the same threads (the last in-process column). Their `runtime idle` is"
         " the share of the runtime cores' time (from /proc/stat, warm-up included) in which nothing ran: the"
-        " batch worker waiting for requests, or for the event loop to hand it the GIL. `bare (canned answer)`"
+        " batch worker waiting for requests, or for the event loop to hand it the GIL; `computing` the share of"
+        " the run's time the runtime spent in model calls, and `items/call` the items each call ran (both from"
+        " the server's batch statistics). `pinned_compute_speed_over_offline_*` is the items/s of those calls"
+        " alone over the same Offline figure: the runtime's own speed inside the server, beside a busy front-end"
+        " core; times `pinned_runtime_computing_*`, it gives about the pinned ratio (the statistics count the"
+        " warm-up too). `bare (canned answer)`"
         " rows are a uvloop + httptools server (what polystack's HTTP front end is built on) that answers every"
         " request with polystack's own answer to it, pinned to the front-end core beside the client: the most"
         " any server built that way could answer there, with no decoding, validation, batching or encoding"
