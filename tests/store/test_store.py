@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from polystack.errors import InvalidName, ModelNotFound, VersionNotFound
+from polystack.errors import Conflict, InvalidName, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.formats import import_model
 from polystack.store import ModelRecord, Store
 from polystack.store.catalog import SCHEMA_VERSION, Catalog
@@ -55,6 +55,24 @@ def test_new_bytes_make_a_new_version_and_identical_blobs_are_stored_once(store:
     blobs = [p for p in (store.home / "blobs" / "sha256").iterdir() if not p.name.startswith(".")]
     assert len(blobs) == 2
     assert store.get("mlp").version == 2
+
+
+def test_a_version_given_is_the_version_kept_and_other_bytes_there_are_refused(store: Store, tmp_path: Path) -> None:
+    from polystack.examples import mlp_onnx
+
+    a = mlp_onnx(tmp_path / "a.onnx", seed=1)
+    b = mlp_onnx(tmp_path / "b.onnx", seed=2)
+    record, created = register(store, a, version=3)
+    assert created and record.version == 3 and store.get("mlp").version == 3
+    again, created = register(store, a, version=3)
+    assert not created and again.id == record.id
+    with pytest.raises(Conflict, match=r"mlp:3 is already in the store with other bytes.*polystack remove mlp:3"):
+        register(store, b, version=3)
+    assert register(store, a, version=1)[0].version == 1  # the same bytes at a version of their own
+    assert register(store, b)[0].version == 4  # without a version: the next one, as before
+    assert [r.version for r in store.models.list("mlp")] == [1, 3, 4]
+    with pytest.raises(InvalidRequest, match="from 1"):
+        register(store, b, version=0)
 
 
 def test_unknown_model_and_version_say_what_exists(store: Store, mlp_path: Path) -> None:

@@ -50,8 +50,10 @@ class Store:
         source_filename: str = "",
         samples: Path | None = None,
         settings: Mapping[str, Any] | None = None,
+        version: int | None = None,
     ) -> tuple[ModelRecord, bool]:
-        """Store an imported artifact (and its samples) under ``name``; (record, created)."""
+        """Store an imported artifact (and its samples) under ``name``; (record, created). ``version``: the
+        version it must have (``ModelTable.add``), else the bytes' existing version or the next one."""
         validate_name(name)
         for _ in range(5):
             digest, size = self.blobs.put_file(artifact)
@@ -68,6 +70,7 @@ class Store:
                 samples_digest=samples_digest,
                 settings=settings,
                 blobs_present=lambda wanted=wanted: all(self.blobs.has(d) for d in wanted),  # type: ignore[misc]
+                version=version,
             )
             if result is not None:
                 return result

@@ -10,10 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from polystack.errors import ModelNotFound, VersionNotFound
+from polystack.errors import Conflict, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.store.catalog import Catalog
 from polystack.store.refs import ModelRef, validate_name
 from polystack.types import Signature
+
+_MAX_VERSION = (1 << 63) - 1  # a SQLite integer
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,35 @@ class ModelTable:
         samples_digest: str | None = None,
         settings: Mapping[str, Any] | None = None,
         blobs_present: Callable[[], bool] = lambda: True,
+        version: int | None = None,
     ) -> tuple[ModelRecord, bool] | None:
         """Insert a new version, or return the existing one holding the same bytes (idempotent).
+
+        ``version``, when given, is the version the bytes must have (a Triton model repository's version
+        directory): the row there if it holds them, a new row there if the name has no such version (even if
+        another version holds the same bytes), and ``Conflict`` if it holds other bytes.
 
         Returns (record, created), or None when ``blobs_present()`` says, inside the transaction,
         that a concurrent removal took the blobs away (the caller writes them again and retries).
         """
         validate_name(name)
+        if version is not None and not 1 <= version <= _MAX_VERSION:
+            raise InvalidRequest(f"version {version} of {name!r} is out of range; versions run from 1 to {_MAX_VERSION}")
         with self.catalog.write() as conn:
             if not blobs_present():
                 return None
-            row = conn.execute(
-                "SELECT * FROM models WHERE name = ? AND digest = ? ORDER BY version LIMIT 1", (name, digest)
-            ).fetchone()
+            if version is None:
+                row = conn.execute(
+                    "SELECT * FROM models WHERE name = ? AND digest = ? ORDER BY version LIMIT 1", (name, digest)
+                ).fetchone()
+            else:
+                row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+                if row is not None and row["digest"] != digest:
+                    raise Conflict(
+                        f"{name}:{version} is already in the store with other bytes ({row['source_filename'] or 'a model'},"
+                        f" sha256 {row['digest'][:12]}...); remove it (`polystack remove {name}:{version}`) to put these"
+                        " in its place, or give the model another name or version"
+                    )
             if row is not None:
                 merged = {**json.loads(row["tags"]), **tags}
                 updates: dict[str, Any] = {"tags": json.dumps(merged, sort_keys=True)}
@@ -109,9 +127,10 @@ class ModelTable:
                 conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
                 row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
                 return ModelRecord.from_row(row), False
-            version = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (name,)
-            ).fetchone()[0]
+            if version is None:
+                version = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (name,)
+                ).fetchone()[0]
             cur = conn.execute(
                 "INSERT INTO models (name, version, format, signature, digest, size_bytes, created_at, tags,"
                 " source_filename, samples_digest, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
