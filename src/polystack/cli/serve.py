@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from polystack.cli.app import app, open_store
 from polystack.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
 
 
@@ -108,6 +110,15 @@ def serve(
         "batching, instances, warm-up; loads without a config of their own use it too (Triton's config.pbtxt; a "
         "model directory means its config.pbtxt, and its warmup/ folder holds the warm-up files). "
         "Repeat for more models.",
+    ),
+    model_repository: list[Path] = typer.Option(
+        None,
+        "--model-repository",
+        metavar="DIR",
+        help="Serve the models of a Triton model repository as it is (DIR/<model>/[config.pbtxt] and "
+        "<version>/model.onnx): the versions each config's version_policy picks (default: the latest) are "
+        "registered in the store under their folder's name and number and served with that config. Repeatable; "
+        "with it, models named on the command line are served as well, not instead.",
     ),
     cache_config: list[str] = typer.Option(
         None,
@@ -240,6 +251,8 @@ def serve(
             "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
             "drop it, or serve with --engine local"
         )
+    if model_repository:  # registered once the flags are known good, before anything loads
+        config = _with_repositories(config, model_repository)
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
@@ -265,6 +278,43 @@ def serve(
     finally:
         store.close()
     raise typer.Exit(code)
+
+
+def _with_repositories(config: ServeConfig, roots: list[Path]) -> ServeConfig:
+    """``config`` serving the models of these Triton model repositories too (``model_repository.py``), their
+    versions registered in the store first."""
+    from polystack.server import model_repository
+    from polystack.store import ModelRef
+
+    models, configs = list(config.models), dict(config.model_configs)
+    named = {ModelRef.parse(m).name for m in models}
+    found: dict[str, Path] = {}
+    for root in roots:  # each model served one way, checked before the store changes
+        for folder in model_repository.model_folders(root.resolve()):
+            name = folder.name
+            if name in found:
+                raise InvalidRequest(f"model {name!r} is in --model-repository {found[name]} and in {root}; keep it in one")
+            if name in named:
+                raise InvalidRequest(
+                    f"model {name!r} is in --model-repository {root} and named on the command line too; serve it one "
+                    "way (drop the name)"
+                )
+            if name in configs:
+                raise InvalidRequest(
+                    f"--model-config {name}: model {name!r} comes from --model-repository {root}, whose "
+                    f"{model_repository.CONFIG} is its config; drop --model-config {name}"
+                )
+            found[name] = root
+    store = open_store()
+    try:
+        for root in roots:
+            for m in model_repository.register(store, root.resolve()):
+                models += m.refs
+                if m.config is not None:
+                    configs[m.name] = m.config
+    finally:
+        store.close()
+    return dataclasses.replace(config, models=models, model_configs=configs)
 
 
 def _model_configs(items: list[str]) -> dict[str, ConfigFile]:

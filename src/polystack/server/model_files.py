@@ -102,9 +102,13 @@ def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
 
 
-def register(store: Store, name: str, files: ModelFiles, config: str) -> Registered:
+def register(
+    store: Store, name: str, files: ModelFiles, config: str, version: int | None = None, shown: str | None = None
+) -> Registered:
     """Import and register the model file of a load with ``config`` (label files as its outputs name
-    them) under ``name``."""
+    them) under ``name``: as ``version`` when given (a model repository's, ``model_repository.py``), else as
+    the store numbers it. Errors name the file as ``shown`` (default: its load parameter)."""
+    shown = shown or PREFIX + files.model_path
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
@@ -127,11 +131,11 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             imported = import_model(path, where / "import")
         except UnsupportedFormat:
             raise InvalidRequest(
-                f"{quote(PREFIX + files.model_path)} is not a model format polystack recognises ({', '.join(IMPORTERS)})"
+                f"{quote(shown)} is not a model format polystack recognises ({', '.join(IMPORTERS)})"
             ) from None
         except PolystackError as e:
-            message = e.message.replace(str(path), PREFIX + files.model_path)
-            raise InvalidRequest(f"{quote(PREFIX + files.model_path)}: {message}") from None
+            message = e.message.replace(str(path), shown)
+            raise InvalidRequest(f"{quote(shown)}: {message}") from None
         settings = dict(imported.settings)
         if named:
             (where / "labels").mkdir()
@@ -151,6 +155,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             signature=imported.signature,
             source_filename=files.model_name,
             settings=settings,
+            version=version,
         )
     prior = None if created else before.get(record.id)  # None too if another writer registered it just now
     return Registered(record, created, prior if prior is not None and prior != record.settings else None)

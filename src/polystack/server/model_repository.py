@@ -1,0 +1,235 @@
+"""Triton's model repository: ``serve --model-repository DIR`` serves the models of a folder laid out as
+Triton reads one (``tritonserver --model-repository DIR``), so that a deployment written for Triton serves
+as it is::
+
+    DIR/
+      <model>/
+        config.pbtxt          (optional: without one, polystack chooses, as Triton's auto-complete would)
+        <labels file>         (the files the config's outputs name as label_filename)
+        <version>/            (1, 2, ...: a number from 1, with no leading zero; other folders are ignored)
+          model.onnx          (or the config's default_model_filename)
+
+Each version the model's ``version_policy`` picks (Triton's default: the latest one) is registered in the
+store under the model's folder name and its version number, as ``polystack register`` would (the same bytes
+register once), and served with the folder's config as ``serve --model-config`` gives it. A version the store
+already holds with other bytes is refused, with how to free it: nothing in the store is replaced.
+
+What a config says of the file (``platform``, ``backend``, ``default_model_filename``) chooses the file and
+is then left out of the config the server applies, since polystack chooses the runtime (its plan, or the
+default variant); the version policy is the repository's, and the server loads what it picked. A model
+folder polystack cannot serve (another framework's files, an ensemble, no version folder) stops the start
+with one line naming it. The folder is read once, at start: Triton's polling and explicit model control
+over the repository are not offered (``--allow-model-control`` loads what the store holds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.server import model_config, model_files
+from polystack.store import Store, validate_name
+
+log = logging.getLogger("polystack.server")
+
+CONFIG = "config.pbtxt"
+# Triton's default file name by platform or backend, for those polystack reads (ONNX); the others are named
+# in the refusal
+_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx"}
+_OTHER_FILES = {
+    "model.plan": "TensorRT",
+    "model.pt": "PyTorch (TorchScript)",
+    "model.savedmodel": "TensorFlow SavedModel",
+    "model.graphdef": "TensorFlow GraphDef",
+    "model.py": "Python backend",
+    "model.xml": "OpenVINO IR",
+}
+_MAX_VERSION_DIGITS = 18  # within the store's 64-bit versions
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One model of a repository as served: its name, the versions its policy picked (registered in the
+    store), and its config (None: the folder has no config.pbtxt)."""
+
+    name: str
+    versions: tuple[int, ...]
+    config: model_config.ConfigFile | None
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{self.name}:{v}" for v in self.versions]
+
+
+def model_folders(root: Path) -> list[Path]:
+    """The model folders of the repository at ``root``, in name order (hidden ones left out, as Triton does)."""
+    if not root.is_dir():
+        raise InvalidRequest(f"--model-repository {root}: not a folder; give the folder that holds the model folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InvalidRequest(
+            f"--model-repository {root} holds no model folders; each model is a folder with its versions in "
+            "numbered folders (mlp/1/model.onnx)"
+        )
+    return folders
+
+
+def register(store: Store, root: Path) -> list[RepositoryModel]:
+    """Register the models of the repository at ``root`` (the versions their policies pick) and return them,
+    in name order. ``InvalidRequest`` names the first model folder that cannot be served and why."""
+    models = []
+    for folder in model_folders(root):
+        try:
+            models.append(_register_model(store, folder))
+        except PolystackError as e:
+            raise e.prefixed(f"--model-repository {root}: model {folder.name!r}") from None
+    return models
+
+
+def _register_model(store: Store, folder: Path) -> RepositoryModel:
+    name = folder.name
+    validate_name(name)
+    config_path = folder / CONFIG
+    doc: dict[str, Any] = {}
+    text = None
+    if config_path.is_file():
+        try:
+            raw = config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidRequest(f"cannot read {CONFIG}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
+        text = model_config.as_json(raw)
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise InvalidRequest(f"{CONFIG} must hold one model configuration (protobuf text, or a JSON object)")
+        given = doc.get("name")
+        if given and given != name:
+            raise InvalidRequest(f"its {CONFIG} names model {quote(given)}; as in Triton, it must be the folder's name")
+    platform = str(doc.get("platform") or doc.get("backend") or "")
+    if platform == "ensemble" or "ensemble_scheduling" in doc or "ensembleScheduling" in doc:
+        raise InvalidRequest("it is an ensemble, and polystack has no ensembles; chain its models in the client")
+    versions = _versions(folder)
+    if not versions:
+        raise InvalidRequest(
+            "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
+        )
+    served = _policy(doc.get("version_policy", doc.get("versionPolicy")), versions)
+    filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
+    if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
+        raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
+    if platform and platform not in _DEFAULT_FILES and not filename:
+        raise InvalidRequest(
+            f"its config asks for {quote(platform)}, which polystack does not run from a repository; export the "
+            "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime)"
+        )
+    served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
+    labels = _label_files(folder, served_text)
+    for version in served:
+        path = folder / str(version) / (filename or _DEFAULT_FILES.get(platform, "") or _guess(folder / str(version)))
+        if path.is_dir():
+            raise InvalidRequest(
+                f"{path} is a folder (an ONNX model with its weights beside it); polystack reads a model from one "
+                "file: save it with its weights inside"
+            )
+        if not path.is_file():
+            raise InvalidRequest(_missing(path))
+        files = model_files.ModelFiles(f"{version}/{path.name}", path.read_bytes(), labels)
+        shown = str(path)
+        registered = model_files.register(store, name, files, served_text or "{}", version=version, shown=shown)
+        if registered.created:
+            log.info("registered from the model repository", extra={"model": name, "version": version, "file": shown})
+    config = None if served_text is None else model_config.ConfigFile(served_text, folder)
+    return RepositoryModel(name, served, config)
+
+
+def _versions(folder: Path) -> list[int]:
+    """The version folders, as Triton counts them: names of digits without a leading zero."""
+    found = []
+    for p in folder.iterdir():
+        n = p.name
+        if p.is_dir() and n.isascii() and n.isdigit() and not n.startswith("0") and len(n) <= _MAX_VERSION_DIGITS:
+            found.append(int(n))
+    return sorted(found)
+
+
+def _policy(value: Any, versions: list[int]) -> tuple[int, ...]:
+    """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one)."""
+    if value is None:
+        return (versions[-1],)
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise InvalidRequest("version_policy must be one of latest, all or specific")
+    [(kind, body)] = value.items()
+    body = body or {}
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(f"version_policy {kind} must be a message")
+    if kind == "all":
+        return tuple(versions)
+    if kind == "latest":
+        count = body.get("num_versions", body.get("numVersions", 0))
+        try:
+            n = int(count)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"version_policy latest num_versions must be a number, not {quote(count)}") from None
+        if n < 1:
+            raise InvalidRequest("version_policy latest needs num_versions of 1 or more")
+        return tuple(versions[-n:])
+    if kind == "specific":
+        wanted = body.get("versions") or []
+        try:
+            picked = sorted({int(v) for v in wanted})
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"version_policy specific versions must be numbers, not {quote(wanted)}") from None
+        missing = [v for v in picked if v not in versions]
+        if not picked or missing:
+            raise InvalidRequest(
+                f"version_policy specific asks for versions {picked}, but the version folders are {versions}; "
+                "name versions that have a folder"
+            )
+        return tuple(picked)
+    raise InvalidRequest(f"version_policy {quote(kind)} is not latest, all or specific")
+
+
+def _guess(version_dir: Path) -> str:
+    """The model file of a version folder without a config that names it: model.onnx, or its one file."""
+    if (version_dir / "model.onnx").exists():
+        return "model.onnx"
+    files = [p.name for p in version_dir.iterdir() if not p.name.startswith(".") and p.name not in _OTHER_FILES]
+    return files[0] if len(files) == 1 and (version_dir / files[0]).is_file() else "model.onnx"
+
+
+def _missing(path: Path) -> str:
+    other = [f"{n} ({what})" for n, what in _OTHER_FILES.items() if (path.parent / n).exists()]
+    if other:
+        return (
+            f"{path.parent} holds {', '.join(other)}, which polystack does not serve; export the model to ONNX "
+            "(model.onnx), or register it in a format polystack reads (`polystack register`)"
+        )
+    return f"{path} is not there; put the model file there, or name it with default_model_filename in {CONFIG}"
+
+
+def _label_files(folder: Path, text: str | None) -> dict[str, bytes]:
+    """The label files the config's outputs name, read from the model folder (as Triton reads them)."""
+    if text is None:
+        return {}
+    labels = {}
+    for output, label in model_config.label_files(text).items():
+        path = folder / label
+        if not path.is_file() or path.parent != folder:
+            raise InvalidRequest(
+                f"its output {quote(output)} names label file {quote(label)}, which is not in {folder}; put it there, "
+                "or leave label_filename out"
+            )
+        labels[label] = path.read_bytes()
+    return labels
+
+
+def _served_config(doc: dict[str, Any]) -> str:
+    """The config the server applies: without what chose the file and the versions (done here)."""
+    skip = {
+        "platform", "backend", "default_model_filename", "defaultModelFilename", "version_policy", "versionPolicy",
+    }  # fmt: skip
+    return json.dumps({k: v for k, v in doc.items() if k not in skip})

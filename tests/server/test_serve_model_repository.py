@@ -1,0 +1,185 @@
+"""`polystack serve --model-repository DIR`: a Triton model repository served as it is, by a real server
+process and tritonclient; and the repositories it cannot serve, refused at start with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+
+from polystack.errors import InvalidRequest
+from polystack.examples import mlp_onnx
+from polystack.server import model_repository
+from polystack.store import Store
+
+MLP_CONFIG = """
+name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy: { all { } }
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]
+output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ], label_filename: "labels.txt" } ]
+dynamic_batching { max_queue_delay_microseconds: 100 }
+"""
+
+
+def repository(root: Path) -> Path:
+    """A Triton repository: ``mlp`` (config.pbtxt, labels, versions 1 and 3, all served, beside folders
+    Triton ignores) and ``plain`` (no config; versions 2 and 5, the latest served)."""
+    mlp = root / "mlp"
+    for version, seed in ((1, 1), (3, 3)):
+        (mlp / str(version)).mkdir(parents=True)
+        mlp_onnx(mlp / str(version) / "model.onnx", seed=seed)
+    (mlp / "0").mkdir()  # a leading zero: not a version
+    (mlp / "notes").mkdir()
+    (mlp / "config.pbtxt").write_text(MLP_CONFIG)
+    (mlp / "labels.txt").write_text("north\neast\nsouth\nwest\n")
+    for version, seed in ((2, 2), (5, 5)):
+        (root / "plain" / str(version)).mkdir(parents=True)
+        mlp_onnx(root / "plain" / str(version) / "model.onnx", seed=seed)
+    return root
+
+
+def expected(model: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+
+
+def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "models")
+    home, port = tmp_path / "home", free_port()
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    args = ["--model-repository", str(repo), "--grpc-port", "-1"]
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        # the versions each policy picked, by the numbers of their folders
+        assert client.is_model_ready("mlp", "1") and client.is_model_ready("mlp", "3")
+        assert client.is_model_ready("plain", "5") and not client.is_model_ready("plain", "2")
+        assert not client.is_model_ready("mlp", "0")
+        for version in ("1", "3"):
+            i = httpclient.InferInput("x", [2, 16], "FP32")
+            i.set_data_from_numpy(x)
+            got = client.infer("mlp", [i], model_version=version).as_numpy("y")
+            np.testing.assert_allclose(got, expected(repo / "mlp" / version / "model.onnx", x), rtol=1e-5, atol=1e-6)
+        i = httpclient.InferInput("x", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+        got = client.infer("plain", [i]).as_numpy("y")
+        np.testing.assert_allclose(got, expected(repo / "plain" / "5" / "model.onnx", x), rtol=1e-5, atol=1e-6)
+        # the folder's config.pbtxt is the model's config: batching, and labels from the model folder
+        config = client.get_model_config("mlp", "3")
+        assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+        assert config["output"][0]["label_filename"] == "labels.txt"
+        out = httpclient.InferRequestedOutput("y", class_count=1)
+        top = client.infer("mlp", [i], model_version="1", outputs=[out]).as_numpy("y")
+        best = int(np.argmax(expected(repo / "mlp" / "1" / "model.onnx", x)[0]))
+        assert top[0][0].decode().endswith(":" + ["north", "east", "south", "west"][best])
+    store = Store.at(home)
+    try:
+        assert [(r.name, r.version) for r in store.models.list()] == [("mlp", 1), ("mlp", 3), ("plain", 5)]
+    finally:
+        store.close()
+    # served again from the same repository: the same bytes are not registered twice
+    with cli_server(home, args, port, tmp_path / "serve2.log"):
+        pass
+    store = Store.at(home)
+    try:
+        assert len(store.models.list()) == 3
+    finally:
+        store.close()
+
+
+def _model(root: Path, name: str, version: str = "1", config: str | None = None, file: str = "model.onnx") -> Path:
+    folder = root / name
+    (folder / version).mkdir(parents=True, exist_ok=True)
+    if file == "model.onnx":
+        mlp_onnx(folder / version / file)
+    else:
+        (folder / version / file).write_bytes(b"not onnx")
+    if config is not None:
+        (folder / "config.pbtxt").write_text(config)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda r: r / "missing", "not a folder"),
+        (lambda r: r, "holds no model folders"),
+        (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
+        (lambda r: _model(r, "m", file="model.pt"), "model.pt (PyTorch (TorchScript)), which polystack does not serve"),
+        (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': it is an ensemble"),
+        (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
+        (
+            lambda r: _model(r, "m", config="version_policy: { specific { versions: [ 7 ] } }"),
+            "asks for versions [7], but the version folders are [1]",
+        ),
+        (
+            lambda r: _model(r, "m", config='output [ { name: "y", label_filename: "labels.txt" } ]'),
+            "names label file 'labels.txt', which is not in",
+        ),
+        (lambda r: _model(r, "m", config="max_batch_sise: 8"), "not a Triton config.pbtxt"),
+        (lambda r: _model(r, "bad:name"), "model name 'bad:name' is not allowed"),
+        (lambda r: _model(r, "m", config='name: "other"'), "names model 'other'; as in Triton"),
+        (
+            lambda r: _model(r, "m", config='default_model_filename: "../m.onnx"'),
+            "must name a file in the version folder",
+        ),
+    ],
+    ids=[
+        "not-a-folder", "empty", "no-version", "torchscript", "ensemble", "other-platform", "policy-version",
+        "labels-missing", "config-typo", "bad-name", "other-name", "file-outside",
+    ],
+)
+def test_a_repository_polystack_cannot_serve_is_refused_naming_the_model(
+    tmp_path: Path, make: Callable[[Path], Path], words: str
+) -> None:
+    (tmp_path / "models").mkdir()
+    root = make(tmp_path / "models")
+    store = Store.at(tmp_path / "home")
+    try:
+        with pytest.raises(InvalidRequest) as e:
+            model_repository.register(store, root)
+        assert e.value.message.startswith(f"--model-repository {root}") and words in e.value.message, e.value.message
+        assert store.models.list() == []  # refused before anything was registered
+    finally:
+        store.close()
+
+
+def test_a_repository_that_cannot_be_served_exits_2_with_one_line(tmp_path: Path) -> None:
+    root = _model(tmp_path / "models", "m", file="model.pt")
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert f"--model-repository {root}: model 'm': " in line and "PyTorch (TorchScript)" in line, line
+
+
+def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    other = mlp_onnx(tmp_path / "other.onnx", seed=9)
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(other), "--name", "m"],
+                   check=True, capture_output=True)  # fmt: skip
+    root = _model(tmp_path / "models", "m")
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert "m:1 is already in the store with other bytes" in line and "polystack remove m:1" in line, line
+    store = Store.at(home)
+    try:
+        assert [r.source_filename for r in store.models.list("m")] == ["other.onnx"]  # left as it was
+    finally:
+        store.close()
+
+
+def test_a_repository_model_is_served_one_way(tmp_path: Path) -> None:
+    root = _model(tmp_path / "models", "m")
+    twin = _model(tmp_path / "more", "m")
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    for args, words in (
+        (["--model-repository", str(root), "--model-repository", str(twin)], "keep it in one"),
+        (["m", "--model-repository", str(root)], "named on the command line too"),
+        (["--model-repository", str(root), "--model-config", f"m={good}"], "drop --model-config m"),
+    ):
+        assert words in refused_at_start(tmp_path, args)
