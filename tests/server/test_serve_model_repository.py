@@ -157,6 +157,12 @@ def test_a_repository_that_cannot_be_served_exits_2_with_one_line(tmp_path: Path
     assert f"--model-repository {root}: model 'm': " in line and "PyTorch (TorchScript)" in line, line
 
 
+def test_a_folder_config_the_model_does_not_fit_is_named_as_the_repository_file(tmp_path: Path) -> None:
+    root = _model(tmp_path / "models", "m", config='input [ { name: "x", data_type: TYPE_FP32, dims: [ 8 ] } ]')
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert line.startswith(f"error: failed to load 'm:1': the config from --model-repository {root}/m/config.pbtxt: "), line
+
+
 def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_path: Path) -> None:
     home = tmp_path / "home"
     other = mlp_onnx(tmp_path / "other.onnx", seed=9)

@@ -240,10 +240,10 @@ class Server:
         refs = self._refs()
         cfg = self.config
         flags = cfg.no_batching or cfg.force_batching or cfg.batching is not None or cfg.batch_overrides is not None
-        for name in cfg.model_configs:
+        for name, start in cfg.model_configs.items():
             if flags:
                 log.warning(
-                    "batching settings do not apply: --model-config decides this model's batching",
+                    f"batching settings do not apply: {start.source or '--model-config'} decides this model's batching",
                     extra={"model": name},
                 )
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them

@@ -262,7 +262,8 @@ class DataPlane:
                 chosen = model_config.read(config, record, spec, policy, model_dir)
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
-                    raise e.prefixed(f"the config from serve --model-config {record.name}") from None
+                    source = (start.source if start else "") or f"serve --model-config {record.name}"
+                    raise e.prefixed(f"the config from {source}") from None
                 raise
             if chosen.batching != policy or chosen.instances is not None:
                 policy, instances = chosen.batching, chosen.instances

@@ -226,12 +226,14 @@ def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """A model's config given at start (``serve --model-config NAME=FILE``): its ``text`` as JSON, and
-    the ``directory`` it came from, the model directory of Triton's layout: warm-up samples read their
-    ``input_data_file`` from its ``warmup/`` folder."""
+    """A model's config given at start (``serve --model-config NAME=FILE``, or a model folder of
+    ``--model-repository``): its ``text`` as JSON, and the ``directory`` it came from, the model directory
+    of Triton's layout: warm-up samples read their ``input_data_file`` from its ``warmup/`` folder.
+    ``source`` says where it came from in errors (default: ``serve --model-config NAME``)."""
 
     text: str
     directory: Path | None = None
+    source: str = ""
 
 
 def read(

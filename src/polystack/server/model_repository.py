@@ -67,10 +67,13 @@ class RepositoryModel:
 
 
 def model_folders(root: Path) -> list[Path]:
-    """The model folders of the repository at ``root``, in name order (hidden ones left out, as Triton does)."""
+    """The model folders of the repository at ``root``, in name order (hidden ones, named from '.', left out)."""
     if not root.is_dir():
         raise InvalidRequest(f"--model-repository {root}: not a folder; give the folder that holds the model folders")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise InvalidRequest(f"--model-repository {root}: cannot read it: {e.strerror}") from None
     if not folders:
         raise InvalidRequest(
             f"--model-repository {root} holds no model folders; each model is a folder with its versions in "
@@ -88,6 +91,10 @@ def register(store: Store, root: Path) -> list[RepositoryModel]:
             models.append(_register_model(store, folder))
         except PolystackError as e:
             raise e.prefixed(f"--model-repository {root}: model {folder.name!r}") from None
+        except OSError as e:  # a file or folder this process may not read
+            raise InvalidRequest(
+                f"--model-repository {root}: model {folder.name!r}: cannot read {e.filename or folder}: {e.strerror}"
+            ) from None
     return models
 
 
@@ -141,8 +148,9 @@ def _register_model(store: Store, folder: Path) -> RepositoryModel:
         shown = str(path)
         registered = model_files.register(store, name, files, served_text or "{}", version=version, shown=shown)
         if registered.created:
-            log.info("registered from the model repository", extra={"model": name, "version": version, "file": shown})
-    config = None if served_text is None else model_config.ConfigFile(served_text, folder)
+            log.debug("registered from the model repository", extra={"model": name, "version": version, "file": shown})
+    source = f"--model-repository {folder / CONFIG}"
+    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source)
     return RepositoryModel(name, served, config)
 
 
