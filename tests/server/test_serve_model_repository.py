@@ -55,7 +55,7 @@ def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
     repo = repository(tmp_path / "models")
     home, port = tmp_path / "home", free_port()
     x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
-    args = ["--model-repository", str(repo), "--grpc-port", "-1"]
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
     with cli_server(home, args, port, tmp_path / "serve.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         # the versions each policy picked, by the numbers of their folders
@@ -79,6 +79,13 @@ def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
         top = client.infer("mlp", [i], model_version="1", outputs=[out]).as_numpy("y")
         best = int(np.argmax(expected(repo / "mlp" / "1" / "model.onnx", x)[0]))
         assert top[0][0].decode().endswith(":" + ["north", "east", "south", "west"][best])
+        # a load by name loads what the folder's version policy picked, as Triton reloads it
+        client.unload_model("mlp")
+        assert not client.is_model_ready("mlp", "1")
+        client.load_model("mlp")
+        assert client.is_model_ready("mlp", "1") and client.is_model_ready("mlp", "3")
+        client.load_model("mlp")  # loaded as served: both stay
+        assert client.is_model_ready("mlp", "1") and client.is_model_ready("mlp", "3")
     store = Store.at(home)
     try:
         assert [(r.name, r.version) for r in store.models.list()] == [("mlp", 1), ("mlp", 3), ("plain", 5)]
@@ -127,13 +134,23 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         (lambda r: _model(r, "bad:name"), "model name 'bad:name' is not allowed"),
         (lambda r: _model(r, "m", config='name: "other"'), "names model 'other'; as in Triton"),
         (
+            lambda r: _model(r, "m", config='{"version_policy": {"latest": {"num_versions": 1e400}}}'),
+            "num_versions must be whole numbers",
+        ),
+        (
+            lambda r: _model(r, "m", config='{"version_policy": {"specific": {"versions": [1.5]}}}'),
+            "specific versions must be whole numbers",
+        ),
+        (lambda r: (_model(r, "m"), (r / "m" / "config.pbtxt").mkdir())[0], "its config.pbtxt is not a file"),
+        (
             lambda r: _model(r, "m", config='default_model_filename: "../m.onnx"'),
             "must name a file in the version folder",
         ),
     ],
     ids=[
         "not-a-folder", "empty", "no-version", "torchscript", "ensemble", "other-platform", "policy-version",
-        "labels-missing", "config-typo", "bad-name", "other-name", "file-outside",
+        "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
+        "file-outside",
     ],
 )
 def test_a_repository_polystack_cannot_serve_is_refused_naming_the_model(
@@ -144,7 +161,7 @@ def test_a_repository_polystack_cannot_serve_is_refused_naming_the_model(
     store = Store.at(tmp_path / "home")
     try:
         with pytest.raises(InvalidRequest) as e:
-            model_repository.register(store, root)
+            model_repository.register(store, root, [])
         assert e.value.message.startswith(f"--model-repository {root}") and words in e.value.message, e.value.message
         assert store.models.list() == []  # refused before anything was registered
     finally:
@@ -161,6 +178,11 @@ def test_a_folder_config_the_model_does_not_fit_is_named_as_the_repository_file(
     root = _model(tmp_path / "models", "m", config='input [ { name: "x", data_type: TYPE_FP32, dims: [ 8 ] } ]')
     line = refused_at_start(tmp_path, ["--model-repository", str(root)])
     assert line.startswith(f"error: failed to load 'm:1': the config from --model-repository {root}/m/config.pbtxt: "), line
+    store = Store.at(tmp_path / "home")
+    try:
+        assert store.models.list() == []  # a start that failed takes back what it registered
+    finally:
+        store.close()
 
 
 def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_path: Path) -> None:
@@ -168,7 +190,8 @@ def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_
     other = mlp_onnx(tmp_path / "other.onnx", seed=9)
     subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(other), "--name", "m"],
                    check=True, capture_output=True)  # fmt: skip
-    root = _model(tmp_path / "models", "m")
+    root = _model(tmp_path / "models", "m", version="2", config="version_policy: { all { } }")
+    _model(root, "m", version="1")
     line = refused_at_start(tmp_path, ["--model-repository", str(root)])
     assert "m:1 is already in the store with other bytes" in line and "polystack remove m:1" in line, line
     store = Store.at(home)
@@ -189,3 +212,35 @@ def test_a_repository_model_is_served_one_way(tmp_path: Path) -> None:
         (["--model-repository", str(root), "--model-config", f"m={good}"], "drop --model-config m"),
     ):
         assert words in refused_at_start(tmp_path, args)
+
+
+def test_the_folders_label_files_are_the_labels_even_for_bytes_registered_before(tmp_path: Path) -> None:
+    root = repository(tmp_path / "models")
+    store = Store.at(tmp_path / "home")
+    try:
+        model_repository.register(store, root, [])
+        assert store.get("mlp:3").settings["labels"] == {"y": ["north", "east", "south", "west"]}
+        (root / "mlp" / "config.pbtxt").write_text(MLP_CONFIG.replace(', label_filename: "labels.txt"', ""))
+        model_repository.register(store, root, [])  # the same bytes, the label file no longer named
+        assert not store.get("mlp:3").settings["labels"]
+    finally:
+        store.close()
+
+
+def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path: Path) -> None:
+    import onnx
+
+    root = tmp_path / "models"
+    big = root / "big" / "1000000000000000000"  # 19 digits: still a version
+    big.mkdir(parents=True)
+    model = onnx.load(str(mlp_onnx(tmp_path / "m.onnx")))
+    onnx.save_model(model, str(big / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (big / "weights.bin").stat().st_size > 0
+    _model(root, "some", version="1", config="version_policy: { specific { versions: [ 1, 2 ] } }")
+    store = Store.at(tmp_path / "home")
+    try:
+        served = {m.name: m.versions for m in model_repository.register(store, root, [])}
+        assert served == {"big": (10**18,), "some": (1,)}  # version 2 has no folder: the others are served
+        assert store.get(f"big:{10**18}").format == "onnx"
+    finally:
+        store.close()

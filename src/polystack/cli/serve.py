@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from polystack.cli.app import app, open_store
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, PolystackError
 
 if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
+    from polystack.server.model_files import Registered
 
 
 @app.command()
@@ -251,8 +252,9 @@ def serve(
             "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
             "drop it, or serve with --engine local"
         )
+    registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
-        config = _with_repositories(config, model_repository)
+        config = _with_repositories(config, model_repository, registered)
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
@@ -267,6 +269,11 @@ def serve(
         store = open_store()
         try:
             check_before_ray(store, config, ray_address)  # what would otherwise fail deep inside Ray
+        except PolystackError:
+            from polystack.server.model_repository import undo
+
+            undo(store, registered)
+            raise
         finally:
             store.close()
         raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))
@@ -275,14 +282,21 @@ def serve(
     store = open_store()
     try:
         code = run(Engine(store), config)
+    except (PolystackError, OSError):  # the start failed (a model that would not load, a port taken)
+        if registered:
+            from polystack.server.model_repository import undo
+
+            undo(store, registered)
+        raise
     finally:
         store.close()
     raise typer.Exit(code)
 
 
-def _with_repositories(config: ServeConfig, roots: list[Path]) -> ServeConfig:
+def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[Registered]) -> ServeConfig:
     """``config`` serving the models of these Triton model repositories too (``model_repository.py``), their
-    versions registered in the store first."""
+    versions registered in the store first; what registering did is added to ``registered``, and taken back
+    if a repository cannot be served."""
     from polystack.server import model_repository
     from polystack.store import ModelRef
 
@@ -308,10 +322,13 @@ def _with_repositories(config: ServeConfig, roots: list[Path]) -> ServeConfig:
     store = open_store()
     try:
         for root in roots:
-            for m in model_repository.register(store, root.resolve()):
+            for m in model_repository.register(store, root.resolve(), registered):
                 models += m.refs
                 if m.config is not None:
                     configs[m.name] = m.config
+    except BaseException:
+        model_repository.undo(store, registered)
+        raise
     finally:
         store.close()
     return dataclasses.replace(config, models=models, model_configs=configs)

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,14 +341,24 @@ class DataPlane:
 
     def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """A repository load: the version it loads is the only one of its name served afterwards, as
-        under Triton's default version policy (the latest version), so loads never pile up old ones.
-        A load without a config of a version already served as it would serve it changes nothing."""
-        plan = self._plan(ref, config)
-        entry = (self._served_as(plan) if config is None else None) or self._apply(plan)
-        retired = self._unload_versions(entry.name, keep=entry.version)
+        under Triton's default version policy (the latest version), so loads never pile up old ones. A
+        model of a ``--model-repository`` loaded by name loads the versions its folder's version policy
+        picked, as Triton reloads them. A load without a config of a version already served as it would
+        serve it changes nothing."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        start = self.model_configs.get(ref.name)
+        versions = start.versions if start is not None and ref.version is None else ()
+        entries = [self._load_one(v, config) for v in ([ModelRef(ref.name, v) for v in versions] or [ref])]
+        entry = entries[-1]
+        serving = {e.version for e in entries}
+        retired = self._unload_versions(entry.name, keep=serving)
         if retired:
-            log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": entry.version})
+            log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": sorted(serving)})
         return entry
+
+    def _load_one(self, ref: ModelRef, config: str | None) -> LoadedEntry:
+        plan = self._plan(ref, config)
+        return (self._served_as(plan) if config is None else None) or self._apply(plan)
 
     def _served_as(self, plan: _Plan) -> LoadedEntry | None:
         """The entry a plain load with ``plan`` would replace with one just like it (the same record, spec,
@@ -371,12 +381,13 @@ class DataPlane:
         log.info("model served as asked", extra={"model": record.name, "version": record.version})
         return served.entry
 
-    def _unload_versions(self, name: str, keep: int | None = None) -> list[int]:
-        """Stop serving every loaded version of ``name`` but ``keep``; what they queued runs on (``_retire``)."""
-        versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version != keep})
+    def _unload_versions(self, name: str, keep: Collection[int] = ()) -> list[int]:
+        """Stop serving every loaded version of ``name`` but those in ``keep``; what they queued runs on
+        (``_retire``)."""
+        versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version not in keep})
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
-        retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] != keep]
+        retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
         self._generation += 1
         self.metrics.models_loaded.set(len(self._served))
         self._retire(retired, entries)

@@ -229,11 +229,13 @@ class ConfigFile:
     """A model's config given at start (``serve --model-config NAME=FILE``, or a model folder of
     ``--model-repository``): its ``text`` as JSON, and the ``directory`` it came from, the model directory
     of Triton's layout: warm-up samples read their ``input_data_file`` from its ``warmup/`` folder.
-    ``source`` says where it came from in errors (default: ``serve --model-config NAME``)."""
+    ``source`` says where it came from in errors (default: ``serve --model-config NAME``); ``versions`` are
+    those a repository's version policy picked, which a load by name loads again (empty: the latest)."""
 
     text: str
     directory: Path | None = None
     source: str = ""
+    versions: tuple[int, ...] = ()
 
 
 def read(

@@ -102,13 +102,9 @@ def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
 
 
-def register(
-    store: Store, name: str, files: ModelFiles, config: str, version: int | None = None, shown: str | None = None
-) -> Registered:
+def register(store: Store, name: str, files: ModelFiles, config: str) -> Registered:
     """Import and register the model file of a load with ``config`` (label files as its outputs name
-    them) under ``name``: as ``version`` when given (a model repository's, ``model_repository.py``), else as
-    the store numbers it. Errors name the file as ``shown`` (default: its load parameter)."""
-    shown = shown or PREFIX + files.model_path
+    them) under ``name``."""
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
@@ -127,35 +123,70 @@ def register(
         (where / "model").mkdir()
         path = where / "model" / files.model_name  # its own folder: a file named "import" or "labels" is fine
         path.write_bytes(files.model)
-        try:
-            imported = import_model(path, where / "import")
-        except UnsupportedFormat:
-            raise InvalidRequest(
-                f"{quote(shown)} is not a model format polystack recognises ({', '.join(IMPORTERS)})"
-            ) from None
-        except PolystackError as e:
-            message = e.message.replace(str(path), shown)
-            raise InvalidRequest(f"{quote(shown)}: {message}") from None
-        settings = dict(imported.settings)
+        labels: dict[str, Path] = {}
         if named:
             (where / "labels").mkdir()
-            options = []
             for output, label in named.items():
-                (where / "labels" / label).write_bytes(files.labels[label])
-                options.append(f"{output}={where / 'labels' / label}")
-            try:
-                settings.update(label_settings(parse_label_options(options, imported.signature)))
-            except PolystackError as e:
-                raise InvalidRequest(e.message.replace(f"{where / 'labels'}/", PREFIX)) from None
-        before = {r.id: r.settings for r in store.models.list(name)}
-        record, created = store.register(
-            imported.artifact,
-            name=name,
-            format=imported.format,
-            signature=imported.signature,
-            source_filename=files.model_name,
-            settings=settings,
-            version=version,
-        )
+                labels[output] = where / "labels" / label
+                labels[output].write_bytes(files.labels[label])
+        shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.name for p in labels.values()}}
+        return register_file(store, name, path, labels, where / "import", shown)
+
+
+def register_file(
+    store: Store,
+    name: str,
+    path: Path,
+    labels: Mapping[str, Path],
+    work: Path,
+    shown: Mapping[Path, str],
+    version: int | None = None,
+    exact_labels: bool = False,
+) -> Registered:
+    """Import the model file at ``path`` (in place: an ONNX model's external data beside it is read there)
+    and register it under ``name`` with the label files ``labels`` (by output), as ``version`` when given
+    (a model repository's, ``model_repository.py``), else as the store numbers it. ``work`` is a folder of
+    its own for the import; errors name the files as ``shown`` says. With ``exact_labels`` the record's
+    labels become these (none: none) even when the store already held the bytes, whose settings a
+    registration otherwise adds to (a repository's label files are the truth)."""
+    model_shown = shown.get(path, str(path))
+    try:
+        imported = import_model(path, work)
+    except UnsupportedFormat:
+        raise InvalidRequest(
+            f"{quote(model_shown)} is not a model format polystack recognises ({', '.join(IMPORTERS)})"
+        ) from None
+    except PolystackError as e:
+        message = e.message.replace(str(path), model_shown).replace(", or pass --format", "")
+        raise InvalidRequest(f"{quote(model_shown)}: {message}") from None
+    settings = dict(imported.settings)
+    found: dict[str, Any] = {}
+    for output, file in labels.items():  # one at a time: an error names the config's output and its file
+        try:
+            found.update(parse_label_options([f"{output}={file}"], imported.signature))
+        except PolystackError as e:
+            message = e.message.removeprefix(f"--labels {output}={file}: ")
+            for p, text in shown.items():
+                message = message.replace(str(p), text)
+            raise InvalidRequest(
+                f"label file {quote(shown.get(file, str(file)))} of the config's output {quote(output)}: {message}"
+            ) from None
+    if found or exact_labels:
+        settings.update(label_settings(found))
+    before = {r.id: r.settings for r in store.models.list(name)}
+    record, created = store.register(
+        imported.artifact,
+        name=name,
+        format=imported.format,
+        signature=imported.signature,
+        source_filename=path.name,
+        settings=settings,
+        version=version,
+    )
     prior = None if created else before.get(record.id)  # None too if another writer registered it just now
+    if exact_labels and not created:
+        # settings given again are added to the record's, key by key: labels an output lost stay unless replaced
+        exact = {**record.settings, **label_settings(found)}
+        if exact != record.settings:
+            record = store.models.update_settings(dataclasses.replace(record, settings={}), exact)
     return Registered(record, created, prior if prior is not None and prior != record.settings else None)

@@ -4,15 +4,17 @@ as it is::
 
     DIR/
       <model>/
-        config.pbtxt          (optional: without one, polystack chooses, as Triton's auto-complete would)
+        config.pbtxt          (optional: without one, polystack chooses, by its plan or profile)
         <labels file>         (the files the config's outputs name as label_filename)
         <version>/            (1, 2, ...: a number from 1, with no leading zero; other folders are ignored)
           model.onnx          (or the config's default_model_filename)
 
 Each version the model's ``version_policy`` picks (Triton's default: the latest one) is registered in the
 store under the model's folder name and its version number, as ``polystack register`` would (the same bytes
-register once), and served with the folder's config as ``serve --model-config`` gives it. A version the store
-already holds with other bytes is refused, with how to free it: nothing in the store is replaced.
+register once; the labels are the folder's label files, even for bytes registered before), and served with
+the folder's config as ``serve --model-config`` gives it; a load of the model by name loads those versions
+again. A version the store already holds with other bytes is refused, with how to free it: nothing in the
+store is replaced, and a start that fails removes the versions it registered.
 
 What a config says of the file (``platform``, ``backend``, ``default_model_filename``) chooses the file and
 is then left out of the config the server applies, since polystack chooses the runtime (its plan, or the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,8 @@ _OTHER_FILES = {
     "model.py": "Python backend",
     "model.xml": "OpenVINO IR",
 }
-_MAX_VERSION_DIGITS = 18  # within the store's 64-bit versions
+_MAX_VERSION_DIGITS = 19  # the store's versions are 64-bit signed integers
+_MAX_VERSION = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,14 @@ def model_folders(root: Path) -> list[Path]:
     return folders
 
 
-def register(store: Store, root: Path) -> list[RepositoryModel]:
+def register(store: Store, root: Path, done: list[model_files.Registered]) -> list[RepositoryModel]:
     """Register the models of the repository at ``root`` (the versions their policies pick) and return them,
-    in name order. ``InvalidRequest`` names the first model folder that cannot be served and why."""
+    in name order; what each registration did is appended to ``done``, for ``undo`` if the start fails.
+    ``InvalidRequest`` names the first model folder that cannot be served and why."""
     models = []
     for folder in model_folders(root):
         try:
-            models.append(_register_model(store, folder))
+            models.append(_register_model(store, folder, done))
         except PolystackError as e:
             raise e.prefixed(f"--model-repository {root}: model {folder.name!r}") from None
         except OSError as e:  # a file or folder this process may not read
@@ -98,12 +103,22 @@ def register(store: Store, root: Path) -> list[RepositoryModel]:
     return models
 
 
-def _register_model(store: Store, folder: Path) -> RepositoryModel:
+def undo(store: Store, done: list[model_files.Registered]) -> None:
+    """Take back what registering a repository did (a start that failed): the versions it added, the labels
+    it changed."""
+    for registered in reversed(done):
+        registered.undo(store)
+    done.clear()
+
+
+def _register_model(store: Store, folder: Path, done: list[model_files.Registered]) -> RepositoryModel:
     name = folder.name
     validate_name(name)
     config_path = folder / CONFIG
     doc: dict[str, Any] = {}
     text = None
+    if config_path.exists() and not config_path.is_file():
+        raise InvalidRequest(f"its {CONFIG} is not a file")
     if config_path.is_file():
         try:
             raw = config_path.read_text(encoding="utf-8")
@@ -135,33 +150,44 @@ def _register_model(store: Store, folder: Path) -> RepositoryModel:
         )
     served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
     labels = _label_files(folder, served_text)
-    for version in served:
+    paths = []
+    for version in served:  # every file found before anything is registered
         path = folder / str(version) / (filename or _DEFAULT_FILES.get(platform, "") or _guess(folder / str(version)))
         if path.is_dir():
-            raise InvalidRequest(
-                f"{path} is a folder (an ONNX model with its weights beside it); polystack reads a model from one "
-                "file: save it with its weights inside"
-            )
+            raise InvalidRequest(f"{path} is a folder; polystack reads a model from one file (its weights beside it)")
         if not path.is_file():
             raise InvalidRequest(_missing(path))
-        files = model_files.ModelFiles(f"{version}/{path.name}", path.read_bytes(), labels)
-        shown = str(path)
-        registered = model_files.register(store, name, files, served_text or "{}", version=version, shown=shown)
+        paths.append((version, path))
+    for version, path in paths:
+        with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
+            registered = model_files.register_file(
+                store, name, path, labels, Path(work), {}, version=version, exact_labels=True
+            )
+        done.append(registered)
         if registered.created:
-            log.debug("registered from the model repository", extra={"model": name, "version": version, "file": shown})
+            log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
     source = f"--model-repository {folder / CONFIG}"
-    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source)
+    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served)
     return RepositoryModel(name, served, config)
 
 
 def _versions(folder: Path) -> list[int]:
-    """The version folders, as Triton counts them: names of digits without a leading zero."""
+    """The version folders, as Triton counts them: names of digits without a leading zero (within the
+    store's 64-bit versions)."""
     found = []
     for p in folder.iterdir():
         n = p.name
-        if p.is_dir() and n.isascii() and n.isdigit() and not n.startswith("0") and len(n) <= _MAX_VERSION_DIGITS:
+        digits = n.isascii() and n.isdigit() and not n.startswith("0") and len(n) <= _MAX_VERSION_DIGITS
+        if digits and p.is_dir() and int(n) <= _MAX_VERSION:
             found.append(int(n))
     return sorted(found)
+
+
+def _count(value: Any, what: str) -> int:
+    """A whole number from a config (protobuf's JSON writes 64-bit ones as strings); no fractions."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().lstrip("+-").isdigit():
+        raise InvalidRequest(f"{what} must be whole numbers, not {quote(value)}")
+    return int(str(value).strip())
 
 
 def _policy(value: Any, versions: list[int]) -> tuple[int, ...]:
@@ -177,27 +203,27 @@ def _policy(value: Any, versions: list[int]) -> tuple[int, ...]:
     if kind == "all":
         return tuple(versions)
     if kind == "latest":
-        count = body.get("num_versions", body.get("numVersions", 0))
-        try:
-            n = int(count)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"version_policy latest num_versions must be a number, not {quote(count)}") from None
+        n = _count(body.get("num_versions", body.get("numVersions", 0)), "version_policy latest num_versions")
         if n < 1:
             raise InvalidRequest("version_policy latest needs num_versions of 1 or more")
         return tuple(versions[-n:])
     if kind == "specific":
         wanted = body.get("versions") or []
-        try:
-            picked = sorted({int(v) for v in wanted})
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"version_policy specific versions must be numbers, not {quote(wanted)}") from None
-        missing = [v for v in picked if v not in versions]
-        if not picked or missing:
+        if not isinstance(wanted, list):
+            raise InvalidRequest("version_policy specific versions must be a list of version numbers")
+        picked = sorted({_count(v, "version_policy specific versions") for v in wanted})
+        there = tuple(v for v in picked if v in versions)
+        if not there:
             raise InvalidRequest(
                 f"version_policy specific asks for versions {picked}, but the version folders are {versions}; "
                 "name versions that have a folder"
             )
-        return tuple(picked)
+        if len(there) < len(picked):  # Triton serves the others, and says so
+            log.warning(
+                "version_policy names versions without a folder; serving the others",
+                extra={"missing": [v for v in picked if v not in versions], "serving": list(there)},
+            )
+        return there
     raise InvalidRequest(f"version_policy {quote(kind)} is not latest, all or specific")
 
 
@@ -219,8 +245,8 @@ def _missing(path: Path) -> str:
     return f"{path} is not there; put the model file there, or name it with default_model_filename in {CONFIG}"
 
 
-def _label_files(folder: Path, text: str | None) -> dict[str, bytes]:
-    """The label files the config's outputs name, read from the model folder (as Triton reads them)."""
+def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
+    """The label files the config's outputs name, by output, in the model folder (where Triton reads them)."""
     if text is None:
         return {}
     labels = {}
@@ -231,7 +257,7 @@ def _label_files(folder: Path, text: str | None) -> dict[str, bytes]:
                 f"its output {quote(output)} names label file {quote(label)}, which is not in {folder}; put it there, "
                 "or leave label_filename out"
             )
-        labels[label] = path.read_bytes()
+        labels[output] = path
     return labels
 
 
