@@ -57,6 +57,7 @@ from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
 from polystack.stats import Outcome
 from polystack.store import ModelRecord, ModelRef, Store
+from polystack.store.refs import MAX_VERSION
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server")
@@ -102,7 +103,6 @@ class _Served:
             self.executor.shutdown(wait=wait)
 
 
-_MAX_VERSION = (1 << 63) - 1  # the store's versions are SQLite integers
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -118,7 +118,7 @@ def parse_version(name: str, version: str | None) -> int | None:
         )
     digits = version.lstrip("0")
     # the length first: int() refuses strings of over 4,300 digits with a ValueError (a 500)
-    if not digits or len(digits) > len(str(_MAX_VERSION)) or int(digits) > _MAX_VERSION:
+    if not digits or len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
 

@@ -37,6 +37,7 @@ from typing import Any
 from polystack.errors import InvalidRequest, PolystackError, quote
 from polystack.server import model_config, model_files
 from polystack.store import Store, validate_name
+from polystack.store.refs import MAX_VERSION
 
 log = logging.getLogger("polystack.server")
 
@@ -52,8 +53,6 @@ _OTHER_FILES = {
     "model.py": "Python backend",
     "model.xml": "OpenVINO IR",
 }
-_MAX_VERSION_DIGITS = 19  # the store's versions are 64-bit signed integers
-_MAX_VERSION = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -177,8 +176,8 @@ def _versions(folder: Path) -> list[int]:
     found = []
     for p in folder.iterdir():
         n = p.name
-        digits = n.isascii() and n.isdigit() and not n.startswith("0") and len(n) <= _MAX_VERSION_DIGITS
-        if digits and p.is_dir() and int(n) <= _MAX_VERSION:
+        digits = n.isascii() and n.isdigit() and not n.startswith("0") and len(n) <= len(str(MAX_VERSION))
+        if digits and p.is_dir() and int(n) <= MAX_VERSION:
             found.append(int(n))
     return sorted(found)
 

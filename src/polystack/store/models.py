@@ -12,10 +12,8 @@ from typing import Any
 
 from polystack.errors import Conflict, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.store.catalog import Catalog
-from polystack.store.refs import ModelRef, validate_name
+from polystack.store.refs import MAX_VERSION, ModelRef, validate_name
 from polystack.types import Signature
-
-_MAX_VERSION = (1 << 63) - 1  # a SQLite integer
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,8 @@ class ModelTable:
         that a concurrent removal took the blobs away (the caller writes them again and retries).
         """
         validate_name(name)
-        if version is not None and not 1 <= version <= _MAX_VERSION:
-            raise InvalidRequest(f"version {version} of {name!r} is out of range; versions run from 1 to {_MAX_VERSION}")
+        if version is not None and not 1 <= version <= MAX_VERSION:
+            raise InvalidRequest(f"version {version} of {name!r} is out of range; versions run from 1 to {MAX_VERSION}")
         with self.catalog.write() as conn:
             if not blobs_present():
                 return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from polystack.errors import InvalidName
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_VERSION = (1 << 63) - 1  # versions are SQLite integers, from 1
 
 
 def validate_name(name: str) -> str:
