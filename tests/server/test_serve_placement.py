@@ -150,7 +150,7 @@ def test_inference_pool_without_batching_runs_on_the_runtime_cores(
         for _ in range(20):  # one at a time: unpinned, a model this fast would run on the event loop
             client.infer("mlp", [_mlp_input(1)])
         assert len(ran_on) == 20 and {tid: _affinity(tid) for tid in ran_on} == {tid: {back} for tid in ran_on}
-        assert st.server.plane.executor._max_workers == 1  # one inference thread per runtime core
+        assert st.server.plane.executor.workers == 1  # one inference thread per runtime core
         assert entry.spec.options.get("intra_op_threads") == 1  # sized to the runtime cores, not the machine
     finally:
         st.stop()

@@ -51,6 +51,7 @@ from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import model_config, model_files, status, warmup
+from polystack.server.inference_threads import InferenceThreads
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
@@ -90,7 +91,7 @@ class _Served:
     batcher: DynamicBatcher | None
     # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
     instances: int | None = None
-    executor: ThreadPoolExecutor | None = None
+    executor: InferenceThreads | None = None
     additions: model_config.Additions = field(default_factory=model_config.Additions)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
     load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
@@ -205,9 +206,7 @@ class DataPlane:
         # inference thread; ``thread_initializer`` pins both (server.placement)
         self.workers = workers or os.cpu_count() or 2
         self.thread_initializer = thread_initializer
-        self.executor = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="infer", initializer=thread_initializer
-        )
+        self.executor = InferenceThreads(self.workers, "infer", thread_initializer)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
         # response cache keys of large inputs are hashed here, never behind model runs in the inference threads:
         # front-end work, on the front end's cores when the server is pinned (``frontend_initializer``)
@@ -298,9 +297,7 @@ class DataPlane:
 
             batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_depth=m.depth.set, on_queue=m.queue.observe)
         elif instances is not None:
-            executor = ThreadPoolExecutor(
-                max_workers=instances, thread_name_prefix=f"infer-{entry.name}", initializer=self.thread_initializer
-            )
+            executor = InferenceThreads(instances, f"infer-{entry.name}", self.thread_initializer)
         served = self._served[key] = _Served(
             entry, batcher, instances if executor else None, executor, plan.additions
         )
@@ -694,8 +691,8 @@ class DataPlane:
                         loop = loop or asyncio.get_running_loop()
                         served.pending += 1
                         try:
-                            result, t0, t1 = await loop.run_in_executor(
-                                served.executor or self.executor,
+                            result, t0, t1 = await (served.executor or self.executor).run(
+                                loop,
                                 _timed_infer,
                                 entry,
                                 request.inputs,
