@@ -216,6 +216,38 @@ def test_invalid_request_is_refused_before_queueing(make: Any) -> None:
     assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 3  # Triton counts them as failures
 
 
+def test_a_layout_once_accepted_does_not_let_other_layouts_through(make: Any) -> None:
+    """Validation is remembered per input layout (names, datatypes, shapes): a good request's layout is
+    checked once, and every other layout still is, however often it comes."""
+    b = make(Recording(), max_batch_size=4)
+    for _ in range(2):
+        assert b.submit(rows(2)).result(timeout=5)["y"].shape == (2, 4)
+        with pytest.raises(InvalidTensor, match="FP32"):
+            b.submit({"x": np.zeros((2, 4), np.float64)})
+        with pytest.raises(InvalidTensor, match="batch size 5"):
+            b.submit(rows(5))
+        with pytest.raises(InvalidTensor, match="shape"):
+            b.submit({"x": np.zeros((2, 5), np.float32)})
+        with pytest.raises(InvalidTensor, match="unexpected input"):
+            b.submit({**rows(2), "extra": np.zeros((2, 4), np.float32)})
+    assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 8
+
+
+def test_many_layouts_keep_being_checked_and_merged_by_their_trailing_shape() -> None:
+    model = Recording()
+    sig = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, -1)),))
+    model.signature = sig
+    b = DynamicBatcher(entry_for(model), BatchPolicy(max_batch_size=4, max_queue_delay_ms=0))
+    try:
+        for width in range(1, 600):  # more layouts than the batcher remembers
+            x = np.full((1, width), width, np.float32)
+            assert np.array_equal(b.submit({"x": x}).result(timeout=5)["y"], x * 2)
+        with pytest.raises(InvalidTensor, match="batch size 5"):
+            b.submit({"x": np.zeros((5, 3), np.float32)})
+    finally:
+        b.close(drain=False, timeout_s=5)
+
+
 def test_a_request_to_a_closed_batcher_is_a_failure_unless_its_caller_sends_it_on(make: Any) -> None:
     """A server reroutes a request that reaches a model as it closes, and counts it where it runs then;
     any other caller gets ModelClosed, counted here as the failure it is."""

@@ -106,6 +106,24 @@ def test_full_queue_is_unavailable_over_grpc(batching: ServerThread) -> None:
     client.infer("slow", [i])
 
 
+def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
+    port = batching.http_port
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 16], "data": [0.0] * 64}]})
+
+    def one(_: int) -> int:
+        return Raw(port).request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
+
+    seen: list[float] = []
+    with ThreadPoolExecutor(3) as pool:  # one runs, two wait: 50 ms a call
+        answers = pool.map(one, range(3))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and max(seen, default=0) < 2:
+            seen.append(_metric(port, "polystack_inference_queue_depth", model="slow", version="1"))
+        assert list(answers) == [200, 200, 200]
+    assert max(seen) >= 1, seen
+    assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
+
+
 def test_request_past_its_deadline_is_504(batching: ServerThread) -> None:
     client = httpclient.InferenceServerClient(batching.http_url, concurrency=2)
     blocker = client.async_infer("slow", [slow_input(4)])

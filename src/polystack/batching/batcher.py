@@ -50,7 +50,6 @@ from polystack.stats import Outcome
 log = logging.getLogger("polystack.batching")
 
 BatchObserver = Callable[[int, int, float], None]  # (items, requests, compute seconds) per runtime call
-DepthObserver = Callable[[int], None]  # queue depth after each change
 QueueObserver = Callable[[float], None]  # seconds one request waited in the queue
 
 
@@ -110,7 +109,6 @@ class DynamicBatcher:
         policy: BatchPolicy,
         *,
         on_batch: BatchObserver | None = None,
-        on_depth: DepthObserver | None = None,
         on_queue: QueueObserver | None = None,
     ) -> None:
         self.entry = entry
@@ -125,10 +123,11 @@ class DynamicBatcher:
         self.preferred = frozenset(policy.preferred_batch_sizes)
         self.batchable = self.signature.batched
         self._queue: collections.deque[_Pending] = collections.deque()
+        # (name, dtype, shape) of each input, as requests give them -> (rows, merge key): validated once
+        self._layouts: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._on_batch = on_batch
-        self._on_depth = on_depth
         self._on_queue = on_queue
         self._threads = [
             threading.Thread(target=self._run, name=f"batcher-{entry.name}-{i}", daemon=True)
@@ -178,7 +177,17 @@ class DynamicBatcher:
         timings: list[int] | None,
         outcome: Outcome,
     ) -> _Pending:
-        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
+        # the names, datatypes and shapes decide validity, rows and merge key: worked out once per layout
+        layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
+        known = self._layouts.get(layout)
+        if known is None:
+            known = self._check_layout(inputs)
+            if len(self._layouts) >= _MAX_LAYOUTS:  # shapes a client varies without end: stay bounded
+                self._layouts.clear()
+            self._layouts[layout] = known
+        items, key = known
+        if not self.batchable:
+            key = (id(inputs),)  # never merged
         if outputs:
             unknown = [o for o in outputs if o not in self.signature.output_names]
             if unknown:
@@ -187,16 +196,10 @@ class DynamicBatcher:
                     f"{', '.join(self.signature.output_names)}"
                 )
         now = time.monotonic()
-        if not self.policy.client_timeouts:
-            timeout_s = None
-        timeouts = [t for t in (self.policy.timeout_s, timeout_s) if t is not None]
-        # rows, as the statistics count them, also once a model stopped being merged (_stop_merging)
-        items = int(inputs[self.signature.inputs[0].name].shape[0]) if self.signature.batched else 1
-        if self.batchable:
-            key: tuple[Any, ...] = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
-        else:
-            key = (id(inputs),)  # never merged
-        deadline = now + min(timeouts) if timeouts else None
+        timeout = self.policy.timeout_s
+        if timeout_s is not None and self.policy.client_timeouts and (timeout is None or timeout_s < timeout):
+            timeout = timeout_s
+        deadline = None if timeout is None else now + timeout
         pending = _Pending(inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings)
         with self._cond:
             if self._closed:
@@ -207,11 +210,15 @@ class DynamicBatcher:
                 )
             self._queue.append(pending)
             self._last_arrival = now
-            depth = len(self._queue)
             self._cond.notify()
-        if self._on_depth:
-            self._on_depth(depth)
         return pending
+
+    def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
+        """Raise InvalidTensor unless ``inputs`` fit the model; else their rows (as the statistics count them,
+        also once a model stopped being merged) and the key of the requests they may merge with."""
+        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
+        items = int(inputs[self.signature.inputs[0].name].shape[0]) if self.signature.batched else 1
+        return items, tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
@@ -261,15 +268,12 @@ class DynamicBatcher:
                 return False
             self._queue.remove(pending)
             pending.taken = True
-            depth = len(self._queue)
-        if self._on_depth:
-            self._on_depth(depth)
         return True
 
     @property
     def depth(self) -> int:
-        with self._cond:
-            return len(self._queue)
+        """Requests waiting in the queue (read when asked, as /metrics does: nothing counts per request)."""
+        return len(self._queue)
 
     # -- the worker ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -316,9 +320,6 @@ class DynamicBatcher:
                     if not self._queue or self._queue[0] is not first:
                         return []  # another worker took it; start over
             batch = self._take(first)
-            depth = len(self._queue)
-        if self._on_depth:
-            self._on_depth(depth)
         now = time.monotonic()
         live: list[_Pending] = []
         late: list[_Outcome] = []
@@ -461,6 +462,7 @@ class DynamicBatcher:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
+_MAX_LAYOUTS = 256  # input layouts a batcher remembers as validated
 _HOLD_GIL_BELOW = 4 << 20  # bytes: _concat_rows copies smaller batches with the GIL held
 
 

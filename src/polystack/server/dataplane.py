@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -295,7 +296,13 @@ class DataPlane:
                 m.batch.observe(items)
                 m.compute.observe(seconds)
 
-            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_depth=m.depth.set, on_queue=m.queue.observe)
+            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe)
+
+            def queued(ref: weakref.ref[DynamicBatcher] = weakref.ref(batcher)) -> int:
+                b = ref()  # a batcher a reload replaced is not kept alive by the gauge
+                return 0 if b is None else b.depth
+
+            m.depth.set_function(queued)  # read at scrape time: nothing per request
         elif instances is not None:
             executor = InferenceThreads(instances, f"infer-{entry.name}", self.thread_initializer)
         served = self._served[key] = _Served(
