@@ -3,16 +3,17 @@
 HTTP and gRPC handlers decode, call one method here, and encode; they hold no logic of their own.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
 model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
-the batcher's worker threads (its instances); without, in a small thread pool all such models share,
-or in threads of the model's own when a load's config gives it an instance count (Triton's default
-scheduler: each instance runs one request at a time, the others wait their turn).
+the batcher's worker threads (its instances); without, in inference threads all such models share
+(``InferenceThreads``, lighter on the loop than an executor), or in threads of the model's own when a
+load's config gives it an instance count (Triton's default scheduler: each instance runs one request at
+a time, the others wait their turn).
 
 One measured exception, the inline fast path: handing a call to a thread and back costs 40-50 us
 here (two context switches and a loop wake-up), and through tritonclient it added ~0.17 ms to a
 0.4 ms request. So when a model's typical compute time is at most ``inline_max_ms`` (0.2 ms by
 default, 0 turns it off) *and* it is the only request in flight, it runs on the loop: the loop
 has nothing else to do, and the call is shorter than the handoff it saves. Any concurrency, or a
-slower model, goes to the thread pool as before.
+slower model, goes to the threads as before.
 """
 
 from __future__ import annotations
