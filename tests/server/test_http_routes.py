@@ -38,3 +38,16 @@ def test_errors_are_answered_each_time_and_never_stand_for_a_route() -> None:
         assert handler == http.infer
     finally:
         http.close()
+
+
+def test_long_paths_are_routed_but_not_kept() -> None:
+    http = app()
+    try:
+        name = "m" * 60_000
+        for _ in range(2):
+            handler, args = http.route(b"GET", f"/v2/models/{name}/ready")  # type: ignore[misc]
+            assert handler == http.model_ready and args == [name, ""]
+        http.route(b"GET", "/v2/models/short/ready")
+        assert sum(len(path) for _, path in http._routes) < 1_000  # the long path took no room
+    finally:
+        http.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -127,12 +129,13 @@ def test_shutdown_runs_the_calls_given_before_it_and_refuses_later_ones() -> Non
     assert set(done[3:]) <= {99}  # calls given before shutdown marked it closed ran too
 
 
-def test_each_thread_runs_the_initializer_and_a_failing_one_leaves_the_thread_serving() -> None:
+@pytest.mark.parametrize("error", [OSError("cannot pin"), SystemExit("cannot pin")])
+def test_each_thread_runs_the_initializer_and_a_failing_one_leaves_the_thread_serving(error: BaseException) -> None:
     names: list[str] = []
 
     def initializer() -> None:
         names.append(threading.current_thread().name)
-        raise OSError("cannot pin")
+        raise error
 
     threads = InferenceThreads(2, "pinned", initializer)
 
@@ -145,3 +148,57 @@ def test_each_thread_runs_the_initializer_and_a_failing_one_leaves_the_thread_se
     finally:
         threads.shutdown()
     assert sorted(names) == ["pinned_0", "pinned_1"]
+
+
+class _Tensor:
+    """Stands for a request's arrays: weakly referenceable, so that a test sees when it is freed."""
+
+
+def _freed(ref: weakref.ref[_Tensor], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while ref() is not None and time.monotonic() < deadline:  # the thread lets go once it is back waiting
+        time.sleep(0.001)
+    return ref() is None
+
+
+def test_an_idle_thread_keeps_nothing_of_the_calls_it_ran() -> None:
+    threads = InferenceThreads(1, "t")
+    refs: dict[str, weakref.ref[_Tensor]] = {}
+
+    def model(x: _Tensor) -> _Tensor:
+        out = _Tensor()
+        refs["out"] = weakref.ref(out)
+        return out
+
+    async def main() -> None:
+        x = _Tensor()
+        refs["in"] = weakref.ref(x)
+        await threads.run(asyncio.get_running_loop(), model, x)
+
+    try:
+        asyncio.run(main())
+        assert _freed(refs["in"]) and _freed(refs["out"])
+    finally:
+        threads.shutdown()
+
+
+def test_a_failed_calls_inputs_are_freed_without_waiting_for_the_garbage_collector() -> None:
+    threads = InferenceThreads(1, "t")
+    refs: dict[str, weakref.ref[_Tensor]] = {}
+
+    def model(x: _Tensor) -> None:
+        raise ValueError("the runtime refused it")
+
+    async def main() -> None:
+        x = _Tensor()
+        refs["in"] = weakref.ref(x)
+        with pytest.raises(ValueError):
+            await threads.run(asyncio.get_running_loop(), model, x)
+
+    gc.disable()
+    try:
+        asyncio.run(main())
+        assert _freed(refs["in"])
+    finally:
+        gc.enable()
+        threads.shutdown()

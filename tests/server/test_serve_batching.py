@@ -114,12 +114,14 @@ def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
         return Raw(port).request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
 
     seen: list[float] = []
-    with ThreadPoolExecutor(3) as pool:  # one runs, two wait: 50 ms a call
-        answers = pool.map(one, range(3))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and max(seen, default=0) < 2:
+    with ThreadPoolExecutor(3) as pool:  # one runs while the others wait: 50 ms a call
+        answers = [pool.submit(one, i) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(a.done() for a in answers):
             seen.append(_metric(port, "polystack_inference_queue_depth", model="slow", version="1"))
-        assert list(answers) == [200, 200, 200]
+        statuses = [a.result() for a in answers]
+    # the queue holds 2: when all three arrive before the first runs, the third finds it full
+    assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, statuses
     assert max(seen) >= 1, seen
     assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
 

@@ -96,6 +96,7 @@ _LINGER_S = 30.0
 _LINGER_QUIET_S = 2.0
 _ids = itertools.count(1)
 _MAX_ROUTES = 1024  # (method, path) pairs whose route is kept
+_MAX_ROUTE_CHARS = 256  # the longest path whose route is kept: at most ~0.5 MiB in all
 
 
 @dataclass
@@ -237,7 +238,8 @@ class HttpApp:
         if found is not None:
             return found
         routed = self._route(method, path)
-        if not isinstance(routed, Response):  # errors are rare, and their paths are the client's own
+        # errors are rare, and a long path (URLs may have 64 KiB) would let a client fill the memory it keeps
+        if not isinstance(routed, Response) and len(path) <= _MAX_ROUTE_CHARS:
             if len(self._routes) >= _MAX_ROUTES:  # paths without end (model names, versions): stay bounded
                 self._routes.clear()
             self._routes[key] = routed

@@ -45,11 +45,14 @@ def _answer(
     try:
         result = fn(*args)
     except BaseException as e:  # as an executor hands back any exception the call raised
-        answer: tuple[Callable[[asyncio.Future[Any], Any], None], Any] = (_set_exception, e)
-    else:
-        answer = (_set_result, result)
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for the answer
-        loop.call_soon_threadsafe(answer[0], future, answer[1])
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for the answer
+            loop.call_soon_threadsafe(_set_exception, future, e)
+        # the exception's traceback holds this frame: it keeps neither the future (a cycle through the
+        # exception, left to the GC) nor the call's inputs
+        del future, fn, args
+        return
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_result, future, result)
 
 
 class InferenceThreads:
@@ -86,13 +89,14 @@ class InferenceThreads:
         if self._initializer is not None:
             try:
                 self._initializer()
-            except Exception:  # a thread that cannot be placed still serves: calls must not wait forever
+            except BaseException:  # a thread that cannot be placed still serves: calls must not wait forever
                 log.exception("an inference thread's initializer failed; the thread runs where it is")
         while True:
             call = self._calls.get()
             if call is None:
                 return
-            _answer(*call)  # in a call of its own: nothing of it stays referenced while this thread waits
+            _answer(*call)
+            del call  # its inputs and answer are not kept while this thread waits for the next
 
     def shutdown(self, wait: bool = True) -> None:
         """Take no more calls; those already given run. With ``wait``, return once they have."""
