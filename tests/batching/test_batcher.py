@@ -102,6 +102,36 @@ def test_batch_never_exceeds_max_batch_size(make: Any) -> None:
     assert max(model.batches) <= 5 and sum(model.batches) == 20
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_a_full_batch_of_several_rows_a_request_dispatches_without_waiting_out_the_delay(
+    make: Any, instances: int
+) -> None:
+    """A batch is full by its rows, not its requests: two of 4 rows fill 8 and leave at once."""
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000, instances=instances)
+    started = time.monotonic()
+    futures = [b.submit(rows(4)) for _ in range(2)]
+    for f in futures:
+        f.result(timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert model.batches == [8]
+
+
+def test_the_rows_left_after_a_full_batch_wait_for_their_own_batch(make: Any) -> None:
+    model = Recording(delay_s=0.05)
+    b = make(model, max_batch_size=4, max_queue_delay_ms=5_000)
+    first = [b.submit(rows(1)) for _ in range(4)]  # a full batch: runs at once (50 ms)
+    time.sleep(0.01)
+    rest = [b.submit(rows(1)) for _ in range(6)]  # one more full batch, then 2 rows that wait for the delay
+    started = time.monotonic()
+    for f in first + rest[:4]:
+        f.result(timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert model.batches[:2] == [4, 4]
+    assert all(not f.done() for f in rest[4:])  # half a batch: waits out the 5 s delay for others to join
+    b.close(drain=False, timeout_s=5)
+
+
 def test_preferred_size_dispatches_without_waiting_out_the_delay(make: Any) -> None:
     model = Recording()
     b = make(model, max_batch_size=32, max_queue_delay_ms=5_000, preferred_batch_sizes=(4,))
