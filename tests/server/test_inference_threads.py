@@ -202,3 +202,19 @@ def test_a_failed_calls_inputs_are_freed_without_waiting_for_the_garbage_collect
     finally:
         gc.enable()
         threads.shutdown()
+
+
+def test_a_call_raising_stop_iteration_fails_instead_of_hanging() -> None:
+    threads = InferenceThreads(1, "t")
+
+    def model() -> None:
+        raise StopIteration("a generator ran dry inside the model")
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(threads.run(asyncio.get_running_loop(), model), 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        threads.shutdown()

@@ -34,6 +34,8 @@ def _set_result(future: asyncio.Future[Any], result: Any) -> None:
 
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
+        if isinstance(exc, StopIteration):  # an asyncio future refuses it: its waiter would wait forever
+            exc = RuntimeError(f"the call raised StopIteration({exc})")
         future.set_exception(exc)
 
 
@@ -47,8 +49,8 @@ def _answer(
     except BaseException as e:  # as an executor hands back any exception the call raised
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for the answer
             loop.call_soon_threadsafe(_set_exception, future, e)
-        # the exception's traceback holds this frame: it keeps neither the future (a cycle through the
-        # exception, left to the GC) nor the call's inputs
+        # the exception's traceback holds this frame, which must then hold neither the future (a cycle
+        # through the exception, freed only by the GC) nor the call's inputs
         del future, fn, args
         return
     with contextlib.suppress(RuntimeError):
