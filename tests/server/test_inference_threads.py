@@ -116,7 +116,7 @@ def test_shutdown_runs_the_calls_given_before_it_and_refuses_later_ones() -> Non
         stopper = threading.Thread(target=threads.shutdown)  # waits for the calls, as the plane's close does
         stopper.start()
         with pytest.raises(RuntimeError, match="shut down"):
-            while True:  # until shutdown has marked the threads closed
+            for _ in range(5_000):  # until shutdown has marked the threads closed (a few ms; bounded)
                 threads.run(loop, done.append, 99)
                 await asyncio.sleep(0.001)
         release.set()
