@@ -25,6 +25,7 @@ Results go to bench/results/loop_cost.json and a table into BENCHMARKS.md (betwe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -37,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving  # the serving benchmark's models, request bodies and result helpers
+from wakeup import FakeTransport  # polystack's HTTP front end in process, with no socket
 
 RESULTS = serving.ROOT / "bench" / "results" / "loop_cost.json"
 START, END = "<!-- loop-cost:start -->", "<!-- loop-cost:end -->"
@@ -72,40 +74,17 @@ def measure(
     total = warmup + requests
     state: dict[str, Any] = {"done": 0}
 
-    class Transport:
-        """What HttpProtocol writes to: counts answers and feeds the connection its next request."""
-
-        def __init__(self, proto: HttpProtocol, loop: asyncio.AbstractEventLoop, end: asyncio.Event) -> None:
-            self.proto, self.loop, self.end = proto, loop, end
-
-        def write(self, data: bytes) -> None:
-            if not data.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"the request failed: {bytes(data[:300])!r}")
-            state["done"] += 1
-            if state["done"] == warmup:
-                state["start"] = (time.thread_time(), time.perf_counter())
-            if state["done"] + CONCURRENCY <= total:
-                self.loop.call_soon(self.proto.data_received, req)
-            if state["done"] == total:
-                self.end.set()
-
-        def writelines(self, parts: list[bytes]) -> None:
-            self.write(b"".join(parts))
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return ("127.0.0.1", 1) if name == "peername" else default
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
+    def answered(head: bytes, proto: HttpProtocol, loop: asyncio.AbstractEventLoop, end: asyncio.Event) -> None:
+        """An answer written: counted, and the connection sends its next request."""
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"the request failed: {bytes(head[:300])!r}")
+        state["done"] += 1
+        if state["done"] == warmup:
+            state["start"] = (time.thread_time(), time.perf_counter())
+        if state["done"] + CONCURRENCY <= total:
+            loop.call_soon(proto.data_received, req)
+        if state["done"] == total:
+            end.set()
 
     async def main() -> dict[str, float]:
         loop = asyncio.get_running_loop()
@@ -113,7 +92,8 @@ def measure(
         connections = []
         for _ in range(CONCURRENCY):
             proto = HttpProtocol(server.http)
-            proto.connection_made(Transport(proto, loop, end))  # type: ignore[arg-type]
+            transport = FakeTransport(functools.partial(answered, proto=proto, loop=loop, end=end))
+            proto.connection_made(transport)  # type: ignore[arg-type]
             connections.append(proto)
         for proto in connections:
             proto.data_received(req)

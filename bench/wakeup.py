@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,38 @@ def python_cpu_per_event(gap_s: float, events: int) -> float:
     return uvloop.run(main())
 
 
+class FakeTransport:
+    """What ``HttpProtocol`` writes its answers to in process, with no socket: each answer's first part (its
+    head: the status line) goes to ``answered``, which may feed the connection its next request."""
+
+    def __init__(self, answered: Callable[[bytes], None]) -> None:
+        self.answered = answered
+
+    def write(self, data: bytes) -> None:
+        self.answered(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.answered(parts[0])
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 def front_end_cpu_per_request(store: Any, request: bytes, gap_ms: float, requests: int) -> float:
     """Loop-thread CPU microseconds per request through ``HttpProtocol`` with a fake transport."""
     import uvloop
@@ -88,34 +121,6 @@ def front_end_cpu_per_request(store: Any, request: bytes, gap_ms: float, request
     from polystack.server.http import HttpProtocol
 
     server = null_server(store, gap_ms)
-
-    class Transport:
-        def __init__(self, answered: Any) -> None:
-            self.answered = answered
-
-        def write(self, data: bytes) -> None:
-            self.answered()
-
-        def writelines(self, parts: Any) -> None:
-            self.answered()
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, *args: Any, **kw: Any) -> None:
-            return None
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def abort(self) -> None:
-            pass
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
@@ -125,7 +130,7 @@ def front_end_cpu_per_request(store: Any, request: bytes, gap_ms: float, request
         for _ in range(8):
             conn = HttpProtocol(server.http)
 
-            def answered(conn: HttpProtocol = conn) -> None:
+            def answered(head: bytes, conn: HttpProtocol = conn) -> None:
                 left[0] -= 1
                 if left[0] <= 0:
                     if not done.done():
@@ -133,7 +138,7 @@ def front_end_cpu_per_request(store: Any, request: bytes, gap_ms: float, request
                     return
                 loop.call_soon(conn.data_received, request)
 
-            conn.connection_made(Transport(answered))  # type: ignore[arg-type]
+            conn.connection_made(FakeTransport(answered))  # type: ignore[arg-type]
             connections.append(conn)
         started = time.thread_time()
         for conn in connections:
