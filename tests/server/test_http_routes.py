@@ -34,6 +34,7 @@ def test_errors_are_answered_each_time_and_never_stand_for_a_route() -> None:
             assert isinstance(wrong, Response) and wrong.status == 405
             missing: Any = http.route(b"GET", "/v3/nothing")
             assert isinstance(missing, Response) and missing.status == 404
+        assert http._routes == {}  # an error is not kept: each comes from routing afresh
         handler, _ = http.route(b"POST", "/v2/models/m/infer")  # type: ignore[misc]
         assert handler == http.infer
     finally:
