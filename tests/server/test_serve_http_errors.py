@@ -64,12 +64,28 @@ def test_malformed_json_is_400(raw: Raw, body: bytes, words: list[str]) -> None:
         ({"inputs": [good_input()], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, ["binary_data"]),
         ({"inputs": [good_input()], "parameters": {"timeout": "soon"}}, ["timeout", "microseconds"]),
         ({"inputs": [good_input()], "parameters": {"timeout": -5}}, ["timeout"]),
+        ({"inputs": [good_input()], "parameters": {"timeout": 1500.5}}, ["Unable to parse 'timeout'", "integer"]),
+        ({"inputs": [good_input()], "parameters": {"timeout": 1e6}}, ["Unable to parse 'timeout'", "integer"]),
+        ({"inputs": [good_input()], "parameters": {"timeout": 2**64}}, ["Unable to parse 'timeout'"]),
+        ({"inputs": [good_input()], "parameters": {"priority": "high"}}, ["Unable to parse 'priority'", "integer"]),
+        ({"inputs": [good_input()], "parameters": {"priority": -1}}, ["Unable to parse 'priority'"]),
+        ({"inputs": [good_input()], "parameters": {"priority": 1.0}}, ["Unable to parse 'priority'"]),
+        ({"inputs": [good_input()], "parameters": {"priority": True}}, ["Unable to parse 'priority'"]),
     ],
 )  # fmt: skip
 def test_parameters_of_the_wrong_type_are_400_not_ignored_or_misread(raw: Raw, doc: dict, words: list[str]) -> None:
     # "false" was read as true (binary answers to a client asking for JSON); non-objects were ignored
     status, got = raw.json("POST", INFER, doc)
     check_error(raw, status, got, 400, *words)
+
+
+def test_integer_priority_and_timeout_are_served_as_tritonclient_sends_them(server: ServerThread) -> None:
+    # Triton reads both as unsigned integers; without priority levels a request's priority changes nothing
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        for kwargs in ({"priority": 3}, {"timeout": 10_000_000}, {"priority": 2**63, "timeout": 0}):
+            assert client.infer("mlp", [x], **kwargs).get_response()["outputs"][0]["shape"] == [1, 4]
 
 
 def test_a_nan_timeout_is_400_not_an_expired_deadline(raw: Raw) -> None:

@@ -45,6 +45,13 @@ class RequestedOutput:
     shm: ShmRef | None = None  # write it into this shared memory region instead of the response
 
 
+# request parameters Triton reads as unsigned integers -> what to give instead
+_UNSIGNED_PARAMETERS = {
+    "timeout": "the request's deadline in whole microseconds (0: none)",
+    "priority": "the priority level as a whole number (polystack has no priority levels: every level is served alike)",
+}
+
+
 @dataclass
 class InferRequest:
     inputs: dict[str, np.ndarray]
@@ -62,11 +69,12 @@ class InferRequest:
         return {o.name: o.classification for o in self.outputs or () if o.classification}
 
     def __post_init__(self) -> None:
-        raw = self.parameters.get("timeout") if self.parameters else None
-        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0):
-            raise InvalidRequest(
-                f"parameter 'timeout' is {raw!r}; give the request's deadline in microseconds, a number >= 0 (0: none)"
-            )
+        if self.parameters:
+            for key, what in _UNSIGNED_PARAMETERS.items():
+                raw = self.parameters.get(key)
+                # Triton reads both as unsigned integers (HTTP) or int64_param (gRPC): 1500.0 or "5" is refused
+                if raw is not None and (type(raw) is not int or not 0 <= raw < 1 << 64):
+                    raise InvalidRequest(f"Unable to parse {key!r}: {raw!r} is not an integer >= 0; give {what}")
 
     @property
     def timeout_s(self) -> float | None:
