@@ -21,6 +21,18 @@ def test_equal_values_keep_index_order_and_k_past_the_classes_returns_them_all()
     assert got.tolist() == [[b"5:1", b"5:2", b"1:0", b"0:3"]]
 
 
+def test_nan_ranks_below_every_number_and_equal_floats_keep_index_order() -> None:
+    # a NaN score is no class at all: it ranked first before (an ascending sort puts NaN last, read backwards)
+    nan, inf = float("nan"), float("inf")
+    values = np.array([[nan, 0.5, -inf, nan, 0.0, -0.0, 0.5], [nan, nan, nan, 1.0, nan, nan, nan]], np.float32)
+    got = top_classes("y", values, 7, batched=True)
+    assert got.tolist() == [
+        [b"0.500000:1", b"0.500000:6", b"0.000000:4", b"-0.000000:5", b"-inf:2", b"nan:0", b"nan:3"],
+        [b"1.000000:3", b"nan:0", b"nan:1", b"nan:2", b"nan:4", b"nan:5", b"nan:6"],
+    ]
+    assert top_classes("y", values, 1, batched=True).tolist() == [[b"0.500000:1"], [b"1.000000:3"]]
+
+
 def test_a_model_without_a_batch_dimension_classifies_the_whole_output() -> None:
     got = top_classes("y", np.array([[1.0, 4.0], [3.0, 2.0]]), 3, batched=False)
     assert got.shape == (3,) and got.tolist() == [b"4.000000:1", b"3.000000:2", b"2.000000:3"]

@@ -5,7 +5,8 @@ comes back as a BYTES tensor of shape [batch, k] (or [k] for a model without a b
 for each item, the k highest values of the output, highest first, each as ``"<value>:<index>"``,
 the value formatted as Triton formats it (``std::to_string``: six decimals for floats), then
 ``:<label>`` when the model has labels for that output (``polystack register --labels``) and one for
-that index. Equal values keep index order. k larger than the number of classes returns them all.
+that index. Equal values keep index order; NaN ranks below every number. k larger than the number of
+classes returns them all.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def top_classes(
     rows = values.reshape(values.shape[0], math.prod(values.shape[1:])) if batched and values.ndim > 0 else values.reshape(1, -1)
     n = rows.shape[1]
     k = min(count, n)
-    # highest first, equal values in index order: a stable ascending sort of each row reversed, read backwards
-    order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :k]
     floats = values.dtype.kind == "f"
+    if floats:  # highest first, NaN (no score at all) last, equal values in index order (lexsort is stable)
+        order = np.lexsort((-rows, np.isnan(rows)), axis=1)[:, :k]
+    else:  # integers cannot be negated (unsigned, the minimum): a stable ascending sort of each row reversed, read backwards
+        order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :k]
     names = labels or ()
     out = np.empty((rows.shape[0], k), dtype=object)
     for i, (row, idx) in enumerate(zip(rows, order, strict=True)):
