@@ -168,6 +168,20 @@ def test_headers_without_a_literal_data_key_decode_the_same() -> None:
         http_codec.decode_infer_request(b'{"inputs": [{"name": "x"')
 
 
+def test_a_key_given_twice_takes_its_last_value_whichever_parser_reads_the_body() -> None:
+    # simdjson's lookup took the first value and orjson the last: the same body meant two requests
+    body = (
+        b'{"id": "first", "inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}], '
+        b'"id": "second", "inputs": [{"name": "x", "datatype": "INT8", "datatype": "INT32", "shape": [1], '
+        b'"shape": [3], "data": [9], "data": [3, 4, 5]}], "parameters": {"timeout": "x"}, "parameters": {}}'
+    )
+    escaped = body.replace(b'"data"', b'"\\u0064ata"')  # no literal "data" key: orjson reads it
+    for text in (body, escaped):
+        req = http_codec.decode_infer_request(text)
+        assert req.id == "second" and req.parameters == {}
+        assert req.inputs["x"].dtype == np.int32 and req.inputs["x"].tolist() == [3, 4, 5]
+
+
 class _Regions:
     """A RegionReader over one in-memory region, recording what was read."""
 

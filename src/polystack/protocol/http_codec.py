@@ -242,13 +242,24 @@ def _request_doc(head: bytes | memoryview) -> Any:
     if not isinstance(doc, simdjson.Object):
         return _plain(doc)
     out: dict[str, Any] = {}
-    for key in doc:
-        value = doc[key]
-        if key == "inputs" and isinstance(value, simdjson.Array):
-            out[key] = [_input_item(item) for item in value]
-        else:
-            out[key] = _plain(value)
+    try:
+        for key in doc:
+            value = doc[key]
+            if key == "inputs" and isinstance(value, simdjson.Array):
+                out[key] = [_input_item(item) for item in value]
+            else:
+                out[key] = _plain(value)
+    except _KeyTwice:
+        return loads(head)
+    if len(out) != len(doc):
+        return loads(head)  # a key given twice (see _KeyTwice)
     return out
+
+
+class _KeyTwice(Exception):
+    """An object of the request gives a key twice. simdjson's lookup reads the first value, orjson (as
+    Python's json) the last: such a body goes to orjson, so that it means one request whichever parser
+    would have read it."""
 
 
 def _input_item(item: Any) -> Any:
@@ -258,6 +269,8 @@ def _input_item(item: Any) -> Any:
     if "data" in item:
         data = item["data"]
         out["data"] = _numbers(data, out.get("datatype")) if isinstance(data, simdjson.Array) else _plain(data)
+    if len(out) != len(item):
+        raise _KeyTwice
     return out
 
 
