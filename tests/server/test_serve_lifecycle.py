@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -28,6 +29,8 @@ from tritonclient.utils import InferenceServerException
 from polystack.batching import BatchPolicy
 from polystack.examples import mlp_onnx
 from polystack.formats import import_model
+from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
@@ -552,6 +555,59 @@ def test_sigterm_stops_grpc_at_once_and_the_whole_drain_takes_one_timeout(
     finally:
         if stopper.ident is None:
             st.stop()
+
+
+def test_grpc_calls_arriving_as_the_drain_begins_are_refused_unavailable_not_cancelled(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # grpc's shutdown ran at the drain's start and answered CANCELLED (which clients and proxies do not retry)
+    # to calls it had received but not yet handed to a handler: 1-5 of them at each SIGTERM under this load
+    store, records = model_store
+    register_like(store, records["mlp"], "slow500", tags={"delay_ms": "500"})
+    for _ in range(3):
+        st = start(store, models=["slow500", "mlp"], drain_timeout_s=5.0)
+        with caught_logs("polystack.server.grpc") as records_logged:
+            codes = _grpc_calls_through_a_drain(st, clients=8)
+        assert collections.Counter(c for c in codes if c != "OK") == {"UNAVAILABLE": 8}, collections.Counter(codes)
+        assert not [r for r in records_logged if r.levelno >= logging.WARNING]  # refusing is what a drain does
+
+
+def _grpc_calls_through_a_drain(st: ServerThread, clients: int) -> list[str]:
+    """Each client calls until its first refusal (as one with other replicas would: it goes elsewhere) while
+    the server stops, a slow call keeping the drain going; the codes the calls ended with."""
+    channel = grpc.insecure_channel(st.grpc_url)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    codes: list[str] = []
+
+    def call(model: str) -> str:
+        r = pb.ModelInferRequest(model_name=model, raw_input_contents=[np.zeros(16, np.float32).tobytes()])
+        r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        try:
+            stub.ModelInfer(r, timeout=10)
+            return "OK"
+        except grpc.RpcError as e:
+            return str(e.code().name)
+
+    def client() -> None:
+        for _ in range(20_000):
+            codes.append(call("mlp"))
+            if codes[-1] != "OK":
+                return
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(call, "slow500")
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            st.stop()
+            for t in threads:
+                t.join(30)
+            assert slow.result(30) == "OK"
+    finally:
+        channel.close()
+    return codes
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])

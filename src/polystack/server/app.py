@@ -331,15 +331,15 @@ class Server:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        # gRPC refuses new calls from now on, as HTTP does, and its calls in flight share the one grace
-        grpc_stop = asyncio.ensure_future(self._grpc_server.stop(grace)) if self._grpc_server is not None else None
+        # gRPC refuses new calls from now on (UNAVAILABLE, in its handlers), as HTTP does, and its calls in
+        # flight share the one grace; its server stops after them
         drained = await self.plane.wait_idle(grace)
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
         drained = await self.http.wait_answered(left()) and drained
         for conn in list(self.http.connections):
             conn.close_if_idle()
-        if grpc_stop is not None:
-            await grpc_stop
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(left())
         for conn in list(self.http.connections):
             if conn.transport is not None:
                 conn.transport.close()  # after what it still holds is written

@@ -38,7 +38,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import InvalidRequest, PolystackError
+from polystack.errors import InvalidRequest, PolystackError, Unavailable
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -118,6 +118,9 @@ class _Calls:
 
 # the codes of the errors the HTTP transport answers with a 5xx
 _SERVER_SIDE = frozenset(code for http, code in status.TABLE.values() if http >= 500)
+# A call refused because the server drains: what the drain is for, so not logged as a failure (a client
+# still sending through a drain would otherwise log a warning a call)
+_DRAINING = "the server is shutting down; send the request to another replica (it was not run)"
 _ids = itertools.count(1)
 
 
@@ -238,7 +241,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.encode_infer_response(result)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._call(context, lambda: self._infer(request, context))
+        return await self._call(context, lambda: self._infer_unless_draining(request, context))
+
+    async def _infer_unless_draining(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        # The gRPC server stops only once the drain is over: a call arriving meanwhile is refused here, where
+        # grpc's own shutdown would answer it CANCELLED, a code clients and proxies do not retry.
+        if self.plane.draining:
+            raise Unavailable(_DRAINING)
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -546,7 +556,7 @@ def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
                 code = cut or context.code()
                 # a server-side failure, unless an unexpected error (already logged with its traceback)
                 details = context.details() if cut is None and code in _SERVER_SIDE else None
-                failure = details if details != status.INTERNAL_MESSAGE else None
+                failure = details if details not in (status.INTERNAL_MESSAGE, _DRAINING) else None
                 calls.ended(rpc, context, lambda: _request_id(context, request), code, started, failure)
 
         return handler._replace(unary_unary=unary_unary)
