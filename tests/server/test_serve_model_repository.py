@@ -3,8 +3,10 @@ process and tritonclient; and the repositories it cannot serve, refused at start
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 from servekit import cli_server, free_port, refused_at_start
+from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
 from polystack.examples import mlp_onnx
@@ -244,3 +247,115 @@ def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path:
         assert store.get(f"big:{10**18}").format == "onnx"
     finally:
         store.close()
+
+
+def _ready(client: httpclient.InferenceServerClient, model: str, version: str = "") -> bool:
+    return bool(client.is_model_ready(model, version))
+
+
+def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
+    """Whether ``check`` holds within ``within_s`` (asked every 0.1 s): a poll takes a while to notice."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def _infer(client: httpclient.InferenceServerClient, model: str, version: str = "") -> np.ndarray:
+    i = httpclient.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(np.ones((1, 16), np.float32))
+    return client.infer(model, [i], model_version=version).as_numpy("y")
+
+
+def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control_does(tmp_path: Path) -> None:
+    # the folder was read once, at start: a new version folder, a new config or a new model folder took a restart
+    repo = repository(tmp_path / "models")
+    home, port = tmp_path / "home", free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        (repo / "mlp" / "4").mkdir()
+        mlp_onnx(repo / "mlp" / "4" / "model.onnx", seed=4)
+        (repo / "mlp" / "config.pbtxt").write_text(MLP_CONFIG.replace("max_batch_size: 8", "max_batch_size: 4"))
+        assert not _ready(client, "mlp", "4")  # nothing changes until the load
+        client.load_model("mlp")
+        assert all(_ready(client, "mlp", v) for v in ("1", "3", "4"))
+        np.testing.assert_allclose(
+            _infer(client, "mlp", "4"), expected(repo / "mlp" / "4" / "model.onnx", np.ones((1, 16), np.float32)),
+            rtol=1e-5, atol=1e-6,
+        )  # fmt: skip
+        assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
+        # a model folder that was not there at start
+        _model(repo, "fresh", version="2")
+        client.load_model("fresh")
+        assert _ready(client, "fresh", "2") and _infer(client, "fresh").shape == (1, 4)
+        # a version that cannot be served fails the load; what was served serves on, and the store takes it back
+        (repo / "mlp" / "6").mkdir()
+        (repo / "mlp" / "6" / "model.onnx").write_bytes(b"not onnx")
+        with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
+            client.load_model("mlp")
+        assert all(_ready(client, "mlp", v) for v in ("1", "3", "4")) and not _ready(client, "mlp", "6")
+        assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
+        # a folder gone: its load fails, saying so; what was served serves on until unloaded
+        shutil.rmtree(repo / "fresh")
+        with pytest.raises(InferenceServerException, match="has no folder"):
+            client.load_model("fresh")
+        assert _ready(client, "fresh", "2")
+    store = Store.at(home)
+    try:
+        versions = [(r.name, r.version) for r in store.models.list()]
+        assert versions == [("fresh", 2), ("mlp", 1), ("mlp", 3), ("mlp", 4), ("plain", 5)], versions
+    finally:
+        store.close()
+
+
+def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "models")
+    home, port = tmp_path / "home", free_port()
+    log = tmp_path / "serve.log"
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--repository-poll-secs", "0.2"]
+    with cli_server(home, args, port, log):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        # a new version of a model whose policy serves the latest: it replaces the one served
+        (repo / "plain" / "7").mkdir()
+        mlp_onnx(repo / "plain" / "7" / "model.onnx", seed=7)
+        assert _until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
+        # a new model folder is loaded; one removed is unloaded
+        _model(repo, "fresh")
+        assert _until(lambda: _ready(client, "fresh", "1"))
+        shutil.rmtree(repo / "fresh")
+        assert _until(lambda: not _ready(client, "fresh"))
+        # a change that cannot be served is logged; what was served serves on
+        (repo / "plain" / "8").mkdir()
+        (repo / "plain" / "8" / "model.onnx").write_bytes(b"not onnx")
+        assert _until(lambda: "failed to load 'plain' from the model repository" in log.read_text())
+        assert _ready(client, "plain", "7") and _infer(client, "plain").shape == (1, 4)
+        # a new folder that fails, then goes: polling goes on
+        _model(repo, "broken", file="model.pt")
+        assert _until(lambda: "failed to load 'broken' from the model repository" in log.read_text())
+        shutil.rmtree(repo / "broken")
+        _model(repo, "later")
+        assert _until(lambda: _ready(client, "later", "1"))
+        assert "polling the model repository failed" not in log.read_text()  # each folder on its own
+        # poll mode has no model control, as in Triton
+        with pytest.raises(InferenceServerException, match="--allow-model-control"):
+            client.load_model("plain")
+        assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")  # untouched all along
+    store = Store.at(home)
+    try:
+        assert ("plain", 8) not in [(r.name, r.version) for r in store.models.list()]
+    finally:
+        store.close()
+
+
+def test_repository_polling_flags_that_cannot_work_exit_2(tmp_path: Path) -> None:
+    root = _model(tmp_path / "models", "m")
+    for args, words in (
+        (["--repository-poll-secs", "5"], "give one"),
+        (["--model-repository", str(root), "--repository-poll-secs", "0"], "seconds > 0"),
+        (["--model-repository", str(root), "--repository-poll-secs", "5", "--allow-model-control"], "choose one"),
+        (["--model-repository", str(root), "--repository-poll-secs", "5", "--engine", "ray"], "--engine local"),
+    ):
+        assert words in refused_at_start(tmp_path, args)

@@ -119,7 +119,16 @@ def serve(
         help="Serve the models of a Triton model repository as it is (DIR/<model>/[config.pbtxt] and "
         "<version>/model.onnx): the versions each config's version_policy picks (default: the latest) are "
         "registered in the store under their folder's name and number and served with that config. Repeatable; "
-        "with it, models named on the command line are served as well, not instead.",
+        "with it, models named on the command line are served as well, not instead. A load by name "
+        "(--allow-model-control) reads the model's folder again, as Triton's explicit model control does.",
+    ),
+    repository_poll_secs: float | None = typer.Option(
+        None,
+        "--repository-poll-secs",
+        metavar="SECONDS",
+        help="Poll the --model-repository folders this often (Triton's poll mode): a model folder whose files "
+        "changed is read again and reloaded (what was served serves on if that fails), a new one loaded, one "
+        "gone unloaded. Not with --allow-model-control, as in Triton.",
     ),
     cache_config: list[str] = typer.Option(
         None,
@@ -252,6 +261,22 @@ def serve(
             "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
             "drop it, or serve with --engine local"
         )
+    if repository_poll_secs is not None:
+        if not model_repository:
+            raise InvalidRequest("--repository-poll-secs polls the --model-repository folders: give one, or drop it")
+        if not repository_poll_secs > 0:
+            raise InvalidRequest(f"--repository-poll-secs {repository_poll_secs}: give how often to poll, in seconds > 0")
+        if allow_model_control:
+            raise InvalidRequest(
+                "--repository-poll-secs and --allow-model-control are Triton's poll and explicit model control "
+                "modes: choose one (a load or unload by hand would be undone by the next change a poll finds)"
+            )
+        if engine == "ray":
+            raise InvalidRequest(
+                "--repository-poll-secs would reload a model in each Ray Serve replica on its own; serve with "
+                "--engine local, or restart the Ray application when the repository changes"
+            )
+        config = dataclasses.replace(config, repository_poll_s=repository_poll_secs)
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
         config = _with_repositories(config, model_repository, registered)
@@ -331,7 +356,13 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
         raise
     finally:
         store.close()
-    return dataclasses.replace(config, models=models, model_configs=configs)
+    return dataclasses.replace(
+        config,
+        models=models,
+        model_configs=configs,
+        model_repositories=[root.resolve() for root in roots],
+        repository_models=sorted(found),
+    )
 
 
 def _model_configs(items: list[str]) -> dict[str, ConfigFile]:

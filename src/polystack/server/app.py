@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
@@ -29,6 +30,7 @@ from polystack.server import logs
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import ConfigFile
+from polystack.server.model_repository import ModelRepository
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
@@ -110,6 +112,11 @@ class ServeConfig:
     model_configs: Mapping[str, ConfigFile] = field(default_factory=dict)
     # the response cache models whose config enables response_cache answer from (--cache-config); None: none
     response_cache: CacheConfig | None = None
+    # Triton model repositories served (--model-repository; their models are among ``models`` already), the
+    # names of the models they hold at start, and how often to poll them for changes (0: never)
+    model_repositories: Sequence[Path] = ()
+    repository_models: Sequence[str] = ()
+    repository_poll_s: float = 0.0
 
 
 class Server:
@@ -163,6 +170,12 @@ class Server:
         if config.response_cache is not None:
             cache = ResponseCache(config.response_cache.size)
             cache.on_evict = self.metrics.watch_cache(cache)
+        repository = None
+        if config.model_repositories:
+            served = {ModelRef.parse(m).name for m in config.models} | set(config.model_configs)
+            repository = ModelRepository(
+                config.model_repositories, config.repository_models, served - set(config.repository_models)
+            )
         self.plane = DataPlane(
             engine,
             profile=config.profile,
@@ -180,6 +193,7 @@ class Server:
             server_name=config.server_name,
             model_configs=config.model_configs,
             response_cache=cache,
+            repository=repository,
         )
         self.http = HttpApp(
             self.plane,
@@ -207,6 +221,7 @@ class Server:
         self._grpc_server: Any = None
         self._stop: asyncio.Event | None = None
         self._sweepers: list[asyncio.Task[None]] = []
+        self._poller: asyncio.Task[None] | None = None
 
     def _refs(self) -> list[str]:
         """The models to serve, as refs; every model a start config names among them."""
@@ -295,6 +310,8 @@ class Server:
                 self.http.codec_pool,
             )
             await self._grpc_server.start()
+        if self.config.repository_poll_s > 0 and self.plane.repository is not None:
+            self._poller = loop.create_task(self._poll_repository(self.config.repository_poll_s))
         log.info(
             "serving",
             extra={
@@ -307,6 +324,22 @@ class Server:
                 **(tls.describe() if tls else {}),
             },
         )
+
+    async def _poll_repository(self, every_s: float) -> None:
+        """Triton's poll mode: read the model repositories for changes every ``every_s`` until the drain begins
+        (a poll in progress then finishes within it, as a load does)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.plane.wait_draining(), every_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.plane.poll_repository()
+            except Unavailable:  # the drain began
+                return
+            except Exception:
+                log.exception("polling the model repository failed; polling goes on")
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -344,6 +377,8 @@ class Server:
             if conn.transport is not None:
                 conn.transport.close()  # after what it still holds is written
         drained = await self.http.wait_closed(left()) and drained
+        if self._poller is not None:
+            self._poller.cancel()  # done at the drain's start, or past its timeout
         if self._metrics_server is not None and self.metrics_http is not None:
             # scraped until the drain ends, as the metrics show it; then closed with what it is answering sent
             self._metrics_server.close()

@@ -52,7 +52,7 @@ from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
-from polystack.server import model_config, model_files, status, warmup
+from polystack.server import model_config, model_files, model_repository, status, warmup
 from polystack.server.inference_threads import InferenceThreads
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
@@ -183,8 +183,11 @@ class DataPlane:
         model_configs: Mapping[str, model_config.ConfigFile] | None = None,
         response_cache: ResponseCache | None = None,
         frontend_initializer: Callable[[], None] | None = None,
+        repository: model_repository.ModelRepository | None = None,
     ) -> None:
         self.engine = engine
+        # the Triton model repositories served (serve --model-repository), read again by a load by name and a poll
+        self.repository = repository
         # the server's response cache (serve --cache-config): models whose config enables it answer from it
         self.response_cache = response_cache
         # Triton model configs by model name, given at start: what a load without a config of its own
@@ -351,9 +354,37 @@ class DataPlane:
         picked, as Triton reloads them. A load without a config of a version already served as it would
         serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
+            return self._load_from_repository(ref.name, config)
         start = self.model_configs.get(ref.name)
         versions = start.versions if start is not None and ref.version is None else ()
-        entries = [self._load_one(v, config) for v in ([ModelRef(ref.name, v) for v in versions] or [ref])]
+        return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
+
+    def _load_from_repository(self, name: str, config: str | None) -> LoadedEntry:
+        """Read the model's repository folder again and serve what it holds now (Triton's explicit load
+        reads the repository): its versions and its config, which later loads without one use too. A load
+        that fails leaves the start config as it was and takes back what reading the folder registered."""
+        assert self.repository is not None
+        model, registered = self.repository.read(self.store, name)
+        before = self.model_configs.get(name)
+        if model.config is not None:
+            self.model_configs[name] = model.config
+        else:
+            self.model_configs.pop(name, None)
+        try:
+            return self._serve_only([ModelRef(name, v) for v in model.versions], config)
+        except BaseException:
+            if before is not None:
+                self.model_configs[name] = before
+            else:
+                self.model_configs.pop(name, None)
+            served = {e.version for e in self.engine.loaded() if e.name == name}  # a version loaded before the failure stays
+            model_repository.undo(self.store, [r for r in registered if r.record.version not in served])
+            raise
+
+    def _serve_only(self, refs: list[ModelRef], config: str | None) -> LoadedEntry:
+        """Serve these versions of one model, and no other version of it."""
+        entries = [self._load_one(r, config) for r in refs]
         entry = entries[-1]
         serving = {e.version for e in entries}
         retired = self._unload_versions(entry.name, keep=serving)
@@ -894,6 +925,41 @@ class DataPlane:
         if registered.created or registered.settings_before is not None:  # the store changed: say so
             log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
         return entry
+
+    async def poll_repository(self) -> None:
+        """Load, reload or unload the repository models whose folders changed since the last poll (Triton's
+        poll mode), on the loader thread and in flight like a load; Unavailable once the drain has begun."""
+        await self._control(lambda _: self._poll(), "")
+
+    def _poll(self) -> None:
+        repository = self.repository
+        assert repository is not None
+        now = {name: model_repository.fingerprint(folder) for name, folder in repository.folders().items()}
+        for name in sorted(now.keys() | repository.seen.keys()):
+            before, after = repository.seen.get(name), now.get(name)
+            if after == before:
+                continue
+            if self.draining:  # the rest waits for the next start
+                return
+            if after is None:  # its folder is gone
+                repository.seen.pop(name, None)
+                if any(e.name == name for e in self.engine.loaded()):
+                    self.unload(name)
+                continue
+            repository.seen[name] = after  # a folder that fails is read again once it changes again
+            try:
+                entry = self._load_from_repository(name, None)
+            except PolystackError as e:
+                log.error(
+                    f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
+                    "folder is read again once it changes",
+                    extra={"model": name, "error": e.message},
+                )
+            except Exception:
+                log.exception("failed to load a model from the model repository", extra={"model": name})
+            else:
+                served = sorted(e.version for e in self.engine.loaded() if e.name == name)
+                log.info("model folder read again", extra={"model": name, "serving": served, "latest": entry.version})
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()

@@ -12,29 +12,37 @@ as it is::
 Each version the model's ``version_policy`` picks (Triton's default: the latest one) is registered in the
 store under the model's folder name and its version number, as ``polystack register`` would (the same bytes
 register once; the labels are the folder's label files, even for bytes registered before), and served with
-the folder's config as ``serve --model-config`` gives it; a load of the model by name loads those versions
-again. A version the store already holds with other bytes is refused, with how to free it: nothing in the
-store is replaced, and a start that fails removes the versions it registered.
+the folder's config as ``serve --model-config`` gives it. A version the store already holds with other bytes
+is refused, with how to free it: nothing in the store is replaced, and a start that fails removes the versions
+it registered.
+
+While serving, ``ModelRepository`` reads a model's folder again, as Triton's explicit model control does: a
+load of the model by name (``--allow-model-control``) registers the versions its folder holds now and serves
+those its policy picks, with the config it has now, and a load of a name that only has a folder now serves
+that new model. With ``--repository-poll-secs`` the server polls the folders instead (Triton's poll mode): a
+folder whose files changed (a new version folder, a new config) is read again and reloaded, a new folder
+loaded, a folder gone unloaded. A reload that fails leaves what was served serving, and takes back what it
+registered.
 
 What a config says of the file (``platform``, ``backend``, ``default_model_filename``) chooses the file and
 is then left out of the config the server applies, since polystack chooses the runtime (its plan, or the
 default variant); the version policy is the repository's, and the server loads what it picked. A model
 folder polystack cannot serve (another framework's files, an ensemble, no version folder) stops the start
-with one line naming it. The folder is read once, at start: Triton's polling and explicit model control
-over the repository are not offered (``--allow-model-control`` loads what the store holds).
+with one line naming it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.errors import InvalidRequest, NotFound, PolystackError, quote
 from polystack.server import model_config, model_files
 from polystack.store import Store, validate_name
 from polystack.store.refs import MAX_VERSION
@@ -89,17 +97,109 @@ def register(store: Store, root: Path, done: list[model_files.Registered]) -> li
     """Register the models of the repository at ``root`` (the versions their policies pick) and return them,
     in name order; what each registration did is appended to ``done``, for ``undo`` if the start fails.
     ``InvalidRequest`` names the first model folder that cannot be served and why."""
-    models = []
-    for folder in model_folders(root):
+    return [_register_folder(store, folder, done) for folder in model_folders(root)]
+
+
+def _register_folder(store: Store, folder: Path, done: list[model_files.Registered]) -> RepositoryModel:
+    try:
+        return _register_model(store, folder, done)
+    except PolystackError as e:
+        raise e.prefixed(f"--model-repository {folder.parent}: model {folder.name!r}") from None
+    except OSError as e:  # a file or folder this process may not read
+        raise InvalidRequest(
+            f"--model-repository {folder.parent}: model {folder.name!r}: cannot read {e.filename or folder}: "
+            f"{e.strerror}"
+        ) from None
+
+
+# A poll stats at most this many files and folders of one model folder: a folder holding more (a mistake:
+# a data set copied into the repository) still counts as changed when any of them does, but costs no more.
+MAX_FINGERPRINT_ENTRIES = 10_000
+
+
+def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """What a poll compares of a model folder: the path, size and modification time of what it holds, the
+    folder included (as Triton compares modification times); None when the folder is gone."""
+    entries: list[tuple[str, int, int]] = []
+    try:
+        top = folder.stat()
+        entries.append((".", 0, top.st_mtime_ns))
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for name in sorted(filenames) + dirnames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:  # gone since the listing (a copy in progress): changed, read again next time
+                    st = None
+                rel = os.path.relpath(path, folder)
+                entries.append((rel, st.st_size if st else -1, st.st_mtime_ns if st else -1))
+                if len(entries) >= MAX_FINGERPRINT_ENTRIES:
+                    return tuple(entries)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # unreadable: a state of its own, so that reading it again is tried once it changes
+        return ((f"unreadable: {e.strerror}", -1, -1),)
+    return tuple(entries)
+
+
+class ModelRepository:
+    """The repositories a server serves (``serve --model-repository``), read again while it serves: for a
+    load of one of their models by name, and by a poll. ``models`` are the names they served at start;
+    ``others`` the names the server serves another way (named, or with ``--model-config``), which a folder
+    of that name never replaces."""
+
+    def __init__(self, roots: Sequence[Path], models: Collection[str], others: Collection[str] = ()) -> None:
+        self.roots = [Path(r).resolve() for r in roots]
+        self.models = set(models)
+        self.others = frozenset(others)
+        # what the last poll saw of each model folder (taken now: the start read the folders just before)
+        self.seen = {name: fingerprint(folder) for name, folder in self.folders().items()}
+
+    def folder(self, name: str) -> Path | None:
+        """The model's folder now: in the first repository that has one (None: none has)."""
+        if name.startswith(".") or name in self.others:
+            return None
+        for root in self.roots:
+            if (root / name).is_dir():
+                return root / name
+        return None
+
+    def owns(self, name: str) -> bool:
+        """Whether a load of ``name`` by name reads a repository: a model it served, or one with a folder now."""
+        return name not in self.others and (name in self.models or self.folder(name) is not None)
+
+    def folders(self) -> dict[str, Path]:
+        """Every model folder now, by name; a repository that cannot be read is logged and left out."""
+        found: dict[str, Path] = {}
+        for root in self.roots:
+            try:
+                names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError as e:
+                log.warning("cannot read the model repository", extra={"repository": str(root), "error": e.strerror})
+                continue
+            for name in names:
+                if name not in self.others:
+                    found.setdefault(name, root / name)
+        return found
+
+    def read(self, store: Store, name: str) -> tuple[RepositoryModel, list[model_files.Registered]]:
+        """Read the model's folder again, registering the versions its policy picks now; the model, and what
+        registering did (for ``undo`` if its load fails)."""
+        folder = self.folder(name)
+        if folder is None:
+            raise NotFound(
+                f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "
+                "it back (or unload the model)"
+            )
+        done: list[model_files.Registered] = []
         try:
-            models.append(_register_model(store, folder, done))
-        except PolystackError as e:
-            raise e.prefixed(f"--model-repository {root}: model {folder.name!r}") from None
-        except OSError as e:  # a file or folder this process may not read
-            raise InvalidRequest(
-                f"--model-repository {root}: model {folder.name!r}: cannot read {e.filename or folder}: {e.strerror}"
-            ) from None
-    return models
+            model = _register_folder(store, folder, done)
+        except BaseException:
+            undo(store, done)
+            raise
+        self.models.add(name)
+        return model, done
 
 
 def undo(store: Store, done: list[model_files.Registered]) -> None:
