@@ -16,10 +16,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import start
+from servekit import caught_logs, start
 from tritonclient.utils import InferenceServerException
 
-from polystack.batching import BatchPolicy
+from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
@@ -218,3 +218,48 @@ def test_models_whose_outputs_do_not_follow_the_batch_answer_every_request_alone
     finally:
         st.stop()
         store.close()
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_instances_bound_an_unbatched_models_requests_as_triton_instance_count_does(
+    model_store: tuple[Store, dict[str, ModelRecord]], instances: int
+) -> None:
+    # --instances applied only to batched models: an unbatched one shared the server's inference threads,
+    # and the setting was logged as not applying
+    store, _ = model_store
+    with caught_logs("polystack.server") as logged:
+        st = start(
+            store, models=["slow"], batch_overrides=BatchOverrides(instances=instances), workers=4, allow_model_control=True
+        )
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        config = client.get_model_config("slow")
+        assert config["instance_group"][0]["count"] == instances and "dynamic_batching" not in config
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            clients = [httpclient.InferenceServerClient(st.http_url) for _ in range(4)]
+            futures = [pool.submit(c.infer, "slow", [slow_input()]) for c in clients]
+            assert all(f.result(timeout=30).as_numpy("y").shape == (1, 4) for f in futures)
+        took = time.perf_counter() - started
+        assert 4 / instances * 0.05 * 0.9 <= took, took  # 50 ms each, `instances` at a time
+        # a config that leaves the count out keeps polystack's choice; one that gives it decides
+        client.load_model("slow", config="{}")
+        assert client.get_model_config("slow")["instance_group"][0]["count"] == instances
+        client.load_model("slow", config=json.dumps({"instance_group": [{"count": 3}]}))
+        assert client.get_model_config("slow")["instance_group"][0]["count"] == 3
+        client.load_model("slow")
+        assert client.get_model_config("slow")["instance_group"][0]["count"] == instances
+    finally:
+        st.stop()
+    assert not [r for r in logged if "do not apply" in r.getMessage()]
+
+
+def test_batch_settings_other_than_instances_still_say_they_do_not_apply_to_an_unbatched_model(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    with caught_logs("polystack.server") as logged:
+        st = start(store, models=["slow"], batch_overrides=BatchOverrides(max_batch_size=8, instances=2))
+    st.stop()
+    [warning] = [r for r in logged if "do not apply" in r.getMessage()]
+    assert warning.settings == {"max_batch_size": 8}  # type: ignore[attr-defined]

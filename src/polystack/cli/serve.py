@@ -64,7 +64,11 @@ def serve(
     ),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="Batching: default per-request deadline."),
     instances: int | None = typer.Option(
-        None, "--instances", help="Batching: worker threads sharing one model (default: the plan's, else 1)."
+        None,
+        "--instances",
+        help="How many of a model's batches (batched) or requests (not batched) run at once, on threads of its own "
+        "sharing one loaded model, as Triton's instance count (default: the plan's, else 1 when batched; "
+        "unbatched models share the --workers threads).",
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Runtime threads per instance (default: the plan's, else the runtime's)."
@@ -190,7 +194,7 @@ def serve(
     tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
     overrides = BatchOverrides(max_batch_size, max_queue_delay_ms, max_queue_size, timeout_s, instances)
     if overrides.given():
-        if batching is False:
+        if batching is False and set(overrides.given()) - {"instances"}:
             raise InvalidRequest("batching settings (--max-batch-size, ...) contradict --no-batching: drop one")
         try:  # checked here, once: a bad value exits 2 before anything loads, naming the flag
             overrides.apply(BatchPolicy())

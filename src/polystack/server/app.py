@@ -143,10 +143,12 @@ class Server:
             overrides = config.batch_overrides
             if overrides is not None:
                 if chosen is None:
-                    log.warning(
-                        "batching settings do not apply: the profile does not batch this model; add --batching",
-                        extra={"model": record.name, "profile": profile, "settings": overrides.given()},
-                    )
+                    settings = {k: v for k, v in overrides.given().items() if k != "instances"}  # unbatched: theirs
+                    if settings:
+                        log.warning(
+                            "batching settings do not apply: the profile does not batch this model; add --batching",
+                            extra={"model": record.name, "profile": profile, "settings": settings},
+                        )
                 else:
                     chosen = overrides.apply(chosen)
             return chosen
@@ -194,6 +196,7 @@ class Server:
             model_configs=config.model_configs,
             response_cache=cache,
             repository=repository,
+            unbatched_instances=config.batch_overrides.instances if config.batch_overrides else None,
         )
         self.http = HttpApp(
             self.plane,

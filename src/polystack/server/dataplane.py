@@ -184,10 +184,15 @@ class DataPlane:
         response_cache: ResponseCache | None = None,
         frontend_initializer: Callable[[], None] | None = None,
         repository: model_repository.ModelRepository | None = None,
+        unbatched_instances: int | None = None,
     ) -> None:
         self.engine = engine
         # the Triton model repositories served (serve --model-repository), read again by a load by name and a poll
         self.repository = repository
+        # serve --instances for a model served without batching and without a config: how many of its requests
+        # run at once, on threads of its own (Triton's instance count without dynamic batching); None: the
+        # shared inference threads
+        self.unbatched_instances = unbatched_instances
         # the server's response cache (serve --cache-config): models whose config enables it answer from it
         self.response_cache = response_cache
         # Triton model configs by model name, given at start: what a load without a config of its own
@@ -253,12 +258,15 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         policy = self.policy_for(self.store, record, self.profile)
-        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else 1)
-        instances = None  # unbatched: how many of its requests run at once (None: the shared pool decides)
+        start = self.model_configs.get(record.name)
+        # unbatched: how many of its requests run at once (None: the shared pool decides); --instances is
+        # polystack's choice for models without a start config, whose file decides
+        default_instances = self.unbatched_instances if start is None else None
+        instances = default_instances if policy is None else None
+        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
         additions = model_config.Additions()
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
-        start = self.model_configs.get(record.name)
         if config is None and start is not None:
             config, model_dir = start.text, start.directory
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
@@ -271,6 +279,8 @@ class DataPlane:
                 raise
             if chosen.batching != policy or chosen.instances is not None:
                 policy, instances = chosen.batching, chosen.instances
+                if policy is None and instances is None:
+                    instances = default_instances  # a count left out keeps polystack's choice
                 calls = policy.instances if policy else instances or 1
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
