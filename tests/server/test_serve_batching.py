@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +18,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import caught_logs, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchOverrides, BatchPolicy
+from polystack.examples import mlp_onnx
 from polystack.server.app import ServerThread
 from polystack.store import ModelRecord, Store
 
@@ -263,3 +266,15 @@ def test_batch_settings_other_than_instances_still_say_they_do_not_apply_to_an_u
     st.stop()
     [warning] = [r for r in logged if "do not apply" in r.getMessage()]
     assert warning.settings == {"max_batch_size": 8}  # type: ignore[attr-defined]
+
+
+def test_no_batching_takes_instances_but_refuses_the_other_batching_flags(tmp_path: Path) -> None:
+    assert "contradict --no-batching" in refused_at_start(tmp_path, ["--no-batching", "--max-batch-size", "8"])
+    home, port = tmp_path / "home", free_port()
+    model = mlp_onnx(tmp_path / "m.onnx")
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(model), "--name", "m"],
+                   check=True, capture_output=True)  # fmt: skip
+    args = ["m", "--no-batching", "--instances", "2", "--grpc-port", "-1"]
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        config = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_config("m")
+        assert config["instance_group"][0]["count"] == 2 and "dynamic_batching" not in config
