@@ -287,8 +287,10 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
             rtol=1e-5, atol=1e-6,
         )  # fmt: skip
         assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
-        # a model folder that was not there at start
+        # a model folder that was not there at start: listed by the index, as Triton lists what it could load
         _model(repo, "fresh", version="2")
+        index = client.get_model_repository_index()
+        assert {"name": "fresh", "state": "UNAVAILABLE", "reason": "not loaded"} in index, index
         client.load_model("fresh")
         assert _ready(client, "fresh", "2") and _infer(client, "fresh").shape == (1, 4)
         # a version that cannot be served fails the load; what was served serves on, and the store takes it back

@@ -894,6 +894,13 @@ class DataPlane:
             if state != "READY":
                 item["reason"] = "not loaded"
             out.append(item)
+        if self.repository is not None and not ready_only:  # folders a load would read, not yet in the store
+            known = {r["name"] for r in out}
+            out += [
+                {"name": name, "state": "UNAVAILABLE", "reason": "not loaded"}
+                for name in self.repository.folders()
+                if name not in known
+            ]
         return out
 
     async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
