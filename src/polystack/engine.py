@@ -199,6 +199,17 @@ class Engine:
         """Load one model version and route to it; (the new entry, the one it replaced, left open for
         the caller to close when what it queued for it has run). ``prepare`` runs on the new entry before
         anything is routed to it (a warm-up); if it raises, the entry closes and routing stays as it was."""
+        entry = self.build(ref, spec, prepare)
+        return entry, self.install(entry)
+
+    def build(
+        self,
+        ref: ModelRef | str,
+        spec: LoadSpec | None = None,
+        prepare: Callable[[LoadedEntry], None] | None = None,
+    ) -> LoadedEntry:
+        """Load one model version without routing to it (``install`` does), so that several versions can load
+        before any is served; ``prepare`` as for ``swap``. The caller closes an entry it does not install."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         spec = spec or default_spec(self.store, record)
@@ -228,11 +239,16 @@ class Engine:
             except BaseException:
                 entry.model.close()
                 raise
+        return entry
+
+    def install(self, entry: LoadedEntry) -> LoadedEntry | None:
+        """Route to an entry ``build`` made; the one it replaced, left open (as ``swap`` leaves it)."""
+        key = (entry.record.name, entry.record.version)
         with self._lock:
-            old = self._models.get((record.name, record.version))
-            self._models[(record.name, record.version)] = entry
+            old = self._models.get(key)
+            self._models[key] = entry
             self.generation += 1
-        return entry, old
+        return old
 
     def unload(self, ref: ModelRef | str) -> list[LoadedEntry]:
         """Unload one version, or every loaded version of a name; return what was unloaded (each closed

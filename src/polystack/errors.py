@@ -18,6 +18,7 @@
     ├── Unavailable                     try again later                            (HTTP 503, UNAVAILABLE)
     │   ├── ModelNotReady
     │   ├── QueueFull
+    │   ├── ShuttingDown                refused because the server drains (not logged as its failure)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
     ├── DeadlineExceeded                a request waited past its timeout          (HTTP 504, DEADLINE_EXCEEDED)
     └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
@@ -114,6 +115,10 @@ class ModelClosed(Unavailable):
 
 class QueueFull(Unavailable):
     pass
+
+
+class ShuttingDown(Unavailable):
+    """Refused because the server drains: what a drain is for, so not logged as a failure of the server."""
 
 
 class BackendUnavailable(Unavailable):

@@ -572,6 +572,41 @@ def test_grpc_calls_arriving_as_the_drain_begins_are_refused_unavailable_not_can
         assert not [r for r in records_logged if r.levelno >= logging.WARNING]  # refusing is what a drain does
 
 
+def test_loads_refused_during_the_drain_are_not_logged_as_failures(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # a refusal is what a drain is for: only the inference refusal over gRPC was spared the warning
+    store, records = model_store
+    register_like(store, records["mlp"], "slow400", tags={"delay_ms": "400"})
+    st = start(store, models=["slow400", "mlp"], drain_timeout_s=5.0, allow_model_control=True)
+    channel = grpc.insecure_channel(st.grpc_url)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    conn = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)
+    conn.request("GET", "/v2/health/live")  # a connection open before the drain, kept alive
+    conn.getresponse().read()
+    stopper = threading.Thread(target=st.stop)
+    try:
+        with caught_logs("polystack") as logged, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpclient.InferenceServerClient(st.http_url).infer, "slow400", [_mlp_input(httpclient)])
+            time.sleep(0.1)
+            stopper.start()
+            time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            conn.request("POST", "/v2/repository/models/mlp/load", body=b"{}")
+            answer = conn.getresponse()
+            assert answer.status == 503 and b"shutting down" in answer.read()
+            assert slow.result(30).as_numpy("y").shape == (1, 4)
+            stopper.join(30)
+        assert not [r.getMessage() for r in logged if r.levelno >= logging.WARNING]
+    finally:
+        channel.close()
+        conn.close()
+        if stopper.ident is None:
+            st.stop()
+
+
 def _grpc_calls_through_a_drain(st: ServerThread, clients: int) -> list[str]:
     """Each client calls until its first refusal (as one with other replicas would: it goes elsewhere) while
     the server stops, a slow call keeping the drain going; the codes the calls ended with."""

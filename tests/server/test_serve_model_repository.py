@@ -341,9 +341,13 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         _model(repo, "later")
         assert _until(lambda: _ready(client, "later", "1"))
         assert "polling the model repository failed" not in log.read_text()  # each folder on its own
-        # poll mode has no model control, as in Triton
-        with pytest.raises(InferenceServerException, match="--allow-model-control"):
+        # poll mode has the index but no model control, as in Triton
+        assert {"name": "later", "version": "1", "state": "READY"} in client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match="not allowed if polling is enabled"):
             client.load_model("plain")
+        with pytest.raises(InferenceServerException, match="not allowed if polling is enabled"):
+            client.unload_model("plain")
+        assert "model_repository" in client.get_server_metadata()["extensions"]
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")  # untouched all along
     store = Store.at(home)
     try:
@@ -361,3 +365,72 @@ def test_repository_polling_flags_that_cannot_work_exit_2(tmp_path: Path) -> Non
         (["--model-repository", str(root), "--repository-poll-secs", "5", "--engine", "ray"], "--engine local"),
     ):
         assert words in refused_at_start(tmp_path, args)
+
+
+def test_a_poll_that_cannot_read_a_repository_unloads_nothing_and_a_linked_root_follows_its_link(
+    tmp_path: Path,
+) -> None:
+    # an unreadable root (renamed away, a network file system's hiccup) read as "every folder gone", and a root
+    # given as a link was resolved at start, so switching the link (current -> releases/b) was never seen
+    releases = tmp_path / "releases"
+    repository(releases / "a")
+    shutil.copytree(releases / "a", releases / "b")
+    (releases / "b" / "plain" / "7").mkdir()
+    mlp_onnx(releases / "b" / "plain" / "7" / "model.onnx", seed=7)
+    current = tmp_path / "current"
+    current.symlink_to(releases / "a", target_is_directory=True)
+    home, port, log = tmp_path / "home", free_port(), tmp_path / "serve.log"
+    args = ["--model-repository", str(current), "--grpc-port", "-1", "--repository-poll-secs", "0.2"]
+    with cli_server(home, args, port, log):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        (releases / "a").rename(releases / "away")
+        assert _until(lambda: log.read_text().count("cannot read the model repository") >= 3)
+        assert _ready(client, "mlp", "1") and _ready(client, "plain", "5")
+        (releases / "away").rename(releases / "a")
+        switch = tmp_path / "switch"
+        switch.symlink_to(releases / "b", target_is_directory=True)
+        switch.replace(current)  # as a release switch does: the link moves at once
+        assert _until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
+        assert "model unloaded" not in log.read_text().split("cannot read the model repository")[0]
+
+
+def test_a_failed_reload_of_several_versions_serves_none_of_it(tmp_path: Path) -> None:
+    # versions were reloaded one by one: when one failed, those before it served the new config, a new good
+    # version stayed served, and the store kept the new labels of versions still serving the old ones
+    repo = repository(tmp_path / "models")
+    home, port = tmp_path / "home", free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        (repo / "mlp" / "2").mkdir()
+        mlp_onnx(repo / "mlp" / "2" / "model.onnx", seed=2)
+        (repo / "mlp" / "6").mkdir()
+        mlp_onnx(repo / "mlp" / "6" / "model.onnx", sizes=(17, 32, 4), seed=6)  # does not fit the config's dims
+        (repo / "mlp" / "config.pbtxt").write_text(MLP_CONFIG.replace("max_batch_size: 8", "max_batch_size: 4"))
+        (repo / "mlp" / "labels.txt").write_text("A\nB\nC\nD\n")
+        with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
+            client.load_model("mlp")
+        assert [_ready(client, "mlp", v) for v in ("1", "2", "3", "6")] == [True, False, True, False]
+        assert client.get_model_config("mlp", "1")["max_batch_size"] == 8
+    store = Store.at(home)
+    try:
+        assert [r.version for r in store.models.list("mlp")] == [1, 3]
+        assert all(r.settings["labels"]["y"] == ["north", "east", "south", "west"] for r in store.models.list("mlp"))
+    finally:
+        store.close()
+
+
+def test_a_folder_that_comes_with_a_config_is_served_as_its_config_says_not_as_the_flags_do(tmp_path: Path) -> None:
+    # a model with a config.pbtxt at start is batched as it says; one that came later took the server's flags
+    repo = repository(tmp_path / "models")
+    home, port = tmp_path / "home", free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--repository-poll-secs", "0.2", "--batching",
+            "--instances", "3"]  # fmt: skip
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        shutil.copytree(repo / "mlp", repo / "fresh")
+        (repo / "fresh" / "config.pbtxt").write_text(MLP_CONFIG.replace('name: "mlp"', 'name: "fresh"'))
+        assert _until(lambda: _ready(client, "fresh", "3"))
+        group = client.get_model_config("fresh", "3")["instance_group"][0]["count"]
+        assert group == client.get_model_config("mlp", "3")["instance_group"][0]["count"] == 1
+        assert client.get_model_config("plain")["instance_group"][0]["count"] == 3  # no config: the flags

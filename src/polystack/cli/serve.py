@@ -332,9 +332,11 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
     models, configs = list(config.models), dict(config.model_configs)
     named = {ModelRef.parse(m).name for m in models}
     found: dict[str, Path] = {}
+    seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
     for root in roots:  # each model served one way, checked before the store changes
         for folder in model_repository.model_folders(root.resolve()):
             name = folder.name
+            seen[name] = model_repository.fingerprint(folder)
             if name in found:
                 raise InvalidRequest(f"model {name!r} is in --model-repository {found[name]} and in {root}; keep it in one")
             if name in named:
@@ -364,8 +366,9 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
         config,
         models=models,
         model_configs=configs,
-        model_repositories=[root.resolve() for root in roots],
+        model_repositories=[root.absolute() for root in roots],
         repository_models=sorted(found),
+        repository_seen=seen,
     )
 
 

@@ -23,14 +23,14 @@ from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
-from polystack.errors import InvalidRequest, PolystackError, Unavailable
+from polystack.errors import InvalidRequest, PolystackError, ShuttingDown, Unavailable
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import ConfigFile
-from polystack.server.model_repository import ModelRepository
+from polystack.server.model_repository import Fingerprint, ModelRepository
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
@@ -117,6 +117,7 @@ class ServeConfig:
     model_repositories: Sequence[Path] = ()
     repository_models: Sequence[str] = ()
     repository_poll_s: float = 0.0
+    repository_seen: Mapping[str, Fingerprint] | None = None  # their folders as they were before the start read them
 
 
 class Server:
@@ -133,7 +134,9 @@ class Server:
         self.metrics = ServerMetrics()
 
         def policy(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
-            if record.name in config.model_configs:  # its config decides; the plan's fills what it leaves out
+            # its config decides (the one it has now: a repository folder's may come or go); the plan's fills
+            # what it leaves out
+            if record.name in self.plane.model_configs:
                 return policy_for(store, record, profile)
             if config.no_batching:
                 return None
@@ -176,7 +179,11 @@ class Server:
         if config.model_repositories:
             served = {ModelRef.parse(m).name for m in config.models} | set(config.model_configs)
             repository = ModelRepository(
-                config.model_repositories, config.repository_models, served - set(config.repository_models)
+                config.model_repositories,
+                config.repository_models,
+                served - set(config.repository_models),
+                config.repository_seen,
+                polled=config.repository_poll_s > 0,
             )
         self.plane = DataPlane(
             engine,
@@ -268,7 +275,7 @@ class Server:
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
             for ref in refs:
                 if self.plane.draining:  # stopped while starting (run's signal handlers): load no more
-                    raise Unavailable("the server is shutting down")
+                    raise ShuttingDown("the server is shutting down")
                 try:
                     self.plane.load(ref)
                 except PolystackError as e:

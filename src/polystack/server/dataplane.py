@@ -44,7 +44,7 @@ from polystack.errors import (
     NotFound,
     PermissionDenied,
     PolystackError,
-    Unavailable,
+    ShuttingDown,
     VersionNotFound,
     quote,
 )
@@ -292,12 +292,21 @@ class DataPlane:
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
-        record, spec, policy, instances = plan.record, plan.spec, plan.policy, plan.instances
+        return self._install(plan, self._build(plan))
+
+    def _build(self, plan: _Plan) -> LoadedEntry:
+        """Load (and warm up) what ``plan`` says, routing nothing to it yet."""
+        record = plan.record
 
         def warm_up(entry: LoadedEntry) -> None:
             warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
-        entry, replaced = self.engine.swap(record.ref, spec, warm_up if plan.additions.warmup else None)
+        return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+
+    def _install(self, plan: _Plan, entry: LoadedEntry) -> LoadedEntry:
+        """Route to ``entry``, built for ``plan``, with its batcher or threads; what it replaces drains and closes."""
+        spec, policy, instances = plan.spec, plan.policy, plan.instances
+        replaced = self.engine.install(entry)
         key = (entry.name, entry.version)
         self.metrics.serving(entry.name, str(entry.version))
         old = self._served.get(key)
@@ -382,29 +391,41 @@ class DataPlane:
         else:
             self.model_configs.pop(name, None)
         try:
-            return self._serve_only([ModelRef(name, v) for v in model.versions], config)
+            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config)
+            self.repository.models.add(name)
+            return entry
         except BaseException:
             if before is not None:
                 self.model_configs[name] = before
             else:
                 self.model_configs.pop(name, None)
-            served = {e.version for e in self.engine.loaded() if e.name == name}  # a version loaded before the failure stays
-            model_repository.undo(self.store, [r for r in registered if r.record.version not in served])
+            served = [e.record for e in self.engine.loaded() if e.name == name]  # as they were: all or none loaded
+            model_repository.undo(self.store, [r for r in registered if r.record not in served])
             raise
 
     def _serve_only(self, refs: list[ModelRef], config: str | None) -> LoadedEntry:
-        """Serve these versions of one model, and no other version of it."""
-        entries = [self._load_one(r, config) for r in refs]
+        """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
+        model's versions. Every version is planned (its config checked) and loaded before any is routed to;
+        if one fails, those loaded close and what was served serves on."""
+        plans = [self._plan(r, config) for r in refs]
+        kept = [self._served_as(p) if config is None else None for p in plans]
+        built: list[LoadedEntry] = []
+        try:
+            for plan, same in zip(plans, kept, strict=True):
+                if same is None:
+                    built.append(self._build(plan))
+        except BaseException:
+            for loaded in built:
+                loaded.model.close()
+            raise
+        fresh = iter(built)
+        entries = [same or self._install(plan, next(fresh)) for plan, same in zip(plans, kept, strict=True)]
         entry = entries[-1]
         serving = {e.version for e in entries}
         retired = self._unload_versions(entry.name, keep=serving)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": sorted(serving)})
         return entry
-
-    def _load_one(self, ref: ModelRef, config: str | None) -> LoadedEntry:
-        plan = self._plan(ref, config)
-        return (self._served_as(plan) if config is None else None) or self._apply(plan)
 
     def _served_as(self, plan: _Plan) -> LoadedEntry | None:
         """The entry a plain load with ``plan`` would replace with one just like it (the same record, spec,
@@ -552,7 +573,7 @@ class DataPlane:
         ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
         if self.log_settings is not None:
             ext += ["logging", "trace"]
-        if self.allow_model_control:
+        if self.allow_model_control or (self.repository is not None and self.repository.polled):
             ext.append("model_repository")
         if self.shared_memory is not None:
             ext.append("system_shared_memory")
@@ -876,14 +897,21 @@ class DataPlane:
         return self.shared_memory
 
     # -- model repository extension ----------------------------------------------------------------
-    def _check_control(self) -> None:
+    def _check_control(self, index: bool = False) -> None:
+        if self.repository is not None and self.repository.polled:  # Triton's poll mode: the index, no control
+            if index:
+                return
+            raise PermissionDenied(
+                "explicit model load / unload is not allowed if polling is enabled; change the model's folder in "
+                "the repository, and the next poll loads what changed (serve --repository-poll-secs)"
+            )
         if not self.allow_model_control:
             raise PermissionDenied(
                 "the model repository extension is off; start the server with --allow-model-control to use it"
             )
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        self._check_control()
+        self._check_control(index=True)
         loaded = {(e.name, e.version) for e in self.engine.loaded()}
         out = []
         for r in self.store.models.list():
@@ -898,7 +926,7 @@ class DataPlane:
             known = {r["name"] for r in out}
             out += [
                 {"name": name, "state": "UNAVAILABLE", "reason": "not loaded"}
-                for name in self.repository.folders()
+                for name in self.repository.folders()[0]
                 if name not in known
             ]
         return out
@@ -945,16 +973,17 @@ class DataPlane:
 
     async def poll_repository(self) -> None:
         """Load, reload or unload the repository models whose folders changed since the last poll (Triton's
-        poll mode), on the loader thread and in flight like a load; Unavailable once the drain has begun."""
+        poll mode), on the loader thread and in flight like a load; ShuttingDown once the drain has begun."""
         await self._control(lambda _: self._poll(), "")
 
     def _poll(self) -> None:
         repository = self.repository
         assert repository is not None
-        now = {name: model_repository.fingerprint(folder) for name, folder in repository.folders().items()}
+        folders, complete = repository.folders()
+        now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
-            if after == before:
+            if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
                 continue
             if self.draining:  # the rest waits for the next start
                 return
@@ -992,7 +1021,7 @@ class DataPlane:
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
-            raise Unavailable("the server is shutting down; send the load or unload to another replica")
+            raise ShuttingDown("the server is shutting down; send the load or unload to another replica")
 
     async def _control(self, change: Callable[[str], Any], name: str) -> None:
         """A load or unload on the loader thread, in flight like a request: a drain waits for it (within

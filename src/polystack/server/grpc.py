@@ -38,7 +38,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import InvalidRequest, PolystackError, Unavailable
+from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -81,6 +81,8 @@ class _Calls:
     def __init__(self, plane: DataPlane, access_log: bool) -> None:
         self.settings = plane.log_settings
         self.access_log = access_log
+        # ids of the calls in progress refused because the server drains (ShuttingDown): not failures
+        self.drain_refused: set[int] = set()
 
     def ended(
         self,
@@ -118,9 +120,7 @@ class _Calls:
 
 # the codes of the errors the HTTP transport answers with a 5xx
 _SERVER_SIDE = frozenset(code for http, code in status.TABLE.values() if http >= 500)
-# A call refused because the server drains: what the drain is for, so not logged as a failure (a client
-# still sending through a drain would otherwise log a warning a call)
-_DRAINING = "the server is shutting down; send the request to another replica (it was not run)"
+
 _ids = itertools.count(1)
 
 
@@ -178,6 +178,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await fn()
         except PolystackError as e:
+            if isinstance(e, ShuttingDown):  # what the drain is for: not logged as the server's failure
+                self.calls.drain_refused.add(id(context))
             await context.abort(status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
@@ -247,7 +249,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # The gRPC server stops only once the drain is over: a call arriving meanwhile is refused here, where
         # grpc's own shutdown would answer it CANCELLED, a code clients and proxies do not retry.
         if self.plane.draining:
-            raise Unavailable(_DRAINING)
+            raise ShuttingDown("the server is shutting down; send the request to another replica (it was not run)")
         return await self._infer(request, context)
 
     async def ModelStreamInfer(
@@ -556,7 +558,9 @@ def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
                 code = cut or context.code()
                 # a server-side failure, unless an unexpected error (already logged with its traceback)
                 details = context.details() if cut is None and code in _SERVER_SIDE else None
-                failure = details if details not in (status.INTERNAL_MESSAGE, _DRAINING) else None
+                refused = id(context) in calls.drain_refused
+                calls.drain_refused.discard(id(context))
+                failure = details if details != status.INTERNAL_MESSAGE and not refused else None
                 calls.ended(rpc, context, lambda: _request_id(context, request), code, started, failure)
 
         return handler._replace(unary_unary=unary_unary)

@@ -34,7 +34,14 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType
+from polystack.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PolystackError,
+    ShuttingDown,
+    UnsupportedMediaType,
+)
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
 from polystack.protocol.wire import InferRequest
@@ -598,7 +605,7 @@ def failed(req: Request, exc: BaseException) -> Response:
     """The answer to a request that raised ``exc``, logged as the server's failure when it is one (a 5xx
     as a warning, an unexpected error with its traceback)."""
     if isinstance(exc, PolystackError):
-        if status.http_status(exc) >= 500:
+        if status.http_status(exc) >= 500 and not isinstance(exc, ShuttingDown):
             log.warning("request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message})
     else:
         log.exception("unexpected error", extra={"request_id": req.request_id, "path": req.path})

@@ -112,12 +112,16 @@ def _register_folder(store: Store, folder: Path, done: list[model_files.Register
         ) from None
 
 
-# A poll stats at most this many files and folders of one model folder: a folder holding more (a mistake:
-# a data set copied into the repository) still counts as changed when any of them does, but costs no more.
+# A poll stats at most this many files and folders of one model folder (in name order, depth first): a
+# folder holding more (a mistake: a data set copied into the repository) costs no more, and a change past
+# them is not seen.
 MAX_FINGERPRINT_ENTRIES = 10_000
 
 
-def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
+Fingerprint = tuple[tuple[str, int, int], ...] | None
+
+
+def fingerprint(folder: Path) -> Fingerprint:
     """What a poll compares of a model folder: the path, size and modification time of what it holds, the
     folder included (as Triton compares modification times); None when the folder is gone."""
     entries: list[tuple[str, int, int]] = []
@@ -149,12 +153,24 @@ class ModelRepository:
     ``others`` the names the server serves another way (named, or with ``--model-config``), which a folder
     of that name never replaces."""
 
-    def __init__(self, roots: Sequence[Path], models: Collection[str], others: Collection[str] = ()) -> None:
-        self.roots = [Path(r).resolve() for r in roots]
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        models: Collection[str],
+        others: Collection[str] = (),
+        seen: Mapping[str, Fingerprint] | None = None,
+        polled: bool = False,
+    ) -> None:
+        self.polled = polled  # Triton's poll mode: the server reads the folders for changes by itself
+        # as given, not resolved: a root that is a link (current -> releases/b) follows the link when it moves
+        self.roots = [Path(r).absolute() for r in roots]
         self.models = set(models)
         self.others = frozenset(others)
-        # what the last poll saw of each model folder (taken now: the start read the folders just before)
-        self.seen = {name: fingerprint(folder) for name, folder in self.folders().items()}
+        self._twice: set[str] = set()
+        # what the last poll saw of each model folder: at start, what the start saw before reading it
+        self.seen: dict[str, Fingerprint] = (
+            dict(seen) if seen is not None else {name: fingerprint(f) for name, f in self.folders()[0].items()}
+        )
 
     def folder(self, name: str) -> Path | None:
         """The model's folder now: in the first repository that has one (None: none has)."""
@@ -169,19 +185,31 @@ class ModelRepository:
         """Whether a load of ``name`` by name reads a repository: a model it served, or one with a folder now."""
         return name not in self.others and (name in self.models or self.folder(name) is not None)
 
-    def folders(self) -> dict[str, Path]:
-        """Every model folder now, by name; a repository that cannot be read is logged and left out."""
+    def folders(self) -> tuple[dict[str, Path], bool]:
+        """Every model folder now, by name, and whether every repository could be read (one that cannot is
+        logged and left out: what it held is not gone, only unseen)."""
         found: dict[str, Path] = {}
+        complete = True
         for root in self.roots:
             try:
                 names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             except OSError as e:
                 log.warning("cannot read the model repository", extra={"repository": str(root), "error": e.strerror})
+                complete = False
                 continue
             for name in names:
-                if name not in self.others:
-                    found.setdefault(name, root / name)
-        return found
+                if name in self.others:
+                    continue
+                if name in found:
+                    if name not in self._twice:  # said once, not at every poll
+                        self._twice.add(name)
+                        log.warning(
+                            "a model folder is in two repositories; the first one's is read",
+                            extra={"model": name, "read": str(found[name]), "ignored": str(root / name)},
+                        )
+                    continue
+                found[name] = root / name
+        return found, complete
 
     def read(self, store: Store, name: str) -> tuple[RepositoryModel, list[model_files.Registered]]:
         """Read the model's folder again, registering the versions its policy picks now; the model, and what
@@ -198,7 +226,6 @@ class ModelRepository:
         except BaseException:
             undo(store, done)
             raise
-        self.models.add(name)
         return model, done
 
 

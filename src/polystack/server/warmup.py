@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polystack.backends.base import CheckedModel
-from polystack.errors import InvalidRequest, PolystackError, Unavailable, quote
+from polystack.errors import InvalidRequest, PolystackError, ShuttingDown, quote
 from polystack.protocol import wire
 from polystack.types import DType
 
@@ -127,7 +127,7 @@ def run(
         inputs = sample.arrays(rng)
         for _ in range(sample.calls):
             if stopping():
-                raise Unavailable("the server is shutting down; the warm-up stopped, and the model was not loaded")
+                raise ShuttingDown("the server is shutting down; the warm-up stopped, and the model was not loaded")
             try:
                 model.infer(inputs)
             except PolystackError as e:
