@@ -434,3 +434,27 @@ def test_a_folder_that_comes_with_a_config_is_served_as_its_config_says_not_as_t
         group = client.get_model_config("fresh", "3")["instance_group"][0]["count"]
         assert group == client.get_model_config("mlp", "3")["instance_group"][0]["count"] == 1
         assert client.get_model_config("plain")["instance_group"][0]["count"] == 3  # no config: the flags
+
+
+def test_a_change_made_while_the_start_reads_the_repository_is_left_for_the_first_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the folders were fingerprinted after the start had read them: a change meanwhile (large models take
+    # minutes to read) counted as seen, and was never loaded until the folder changed again
+    from polystack.cli import serve as serve_cli
+    from polystack.server.app import ServeConfig
+
+    repo = repository(tmp_path / "models")
+    monkeypatch.setenv("POLYSTACK_HOME", str(tmp_path / "home"))
+    read = model_repository.register
+
+    def read_then_change(store: Store, root: Path, done: list) -> list:
+        models = read(store, root, done)
+        (repo / "plain" / "7").mkdir()  # lands after the start read the folder, before the server starts
+        return models
+
+    monkeypatch.setattr(model_repository, "register", read_then_change)
+    config = serve_cli._with_repositories(ServeConfig(), [repo], [])
+    assert config.repository_seen is not None
+    assert config.repository_seen["plain"] != model_repository.fingerprint(repo / "plain")
+    assert config.repository_seen["mlp"] == model_repository.fingerprint(repo / "mlp")
