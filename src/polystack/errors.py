@@ -19,6 +19,7 @@
     │   ├── ModelNotReady
     │   ├── QueueFull
     │   ├── ShuttingDown                refused because the server drains (not logged as its failure)
+    │   ├── PollingOnly                 a load or unload while the server polls its repository (nor this)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
     ├── DeadlineExceeded                a request waited past its timeout          (HTTP 504, DEADLINE_EXCEEDED)
     └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
@@ -30,9 +31,15 @@ Messages say what was wrong and what to do next.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class PolystackError(Exception):
     """Base of every error polystack raises on purpose."""
+
+    # False: a refusal that is the server working as it was set up (a drain, poll mode), which a 5xx status
+    # alone would have logged as the server's failure
+    server_failure: ClassVar[bool] = True
 
     @property
     def message(self) -> str:
@@ -119,6 +126,15 @@ class QueueFull(Unavailable):
 
 class ShuttingDown(Unavailable):
     """Refused because the server drains: what a drain is for, so not logged as a failure of the server."""
+
+    server_failure = False
+
+
+class PollingOnly(Unavailable):
+    """A load or unload refused because the server polls its model repository (Triton's poll mode answers
+    UNAVAILABLE): how it was started, not its failure."""
+
+    server_failure = False
 
 
 class BackendUnavailable(Unavailable):

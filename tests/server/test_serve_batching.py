@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -23,8 +24,11 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.examples import mlp_onnx
+from polystack.protocol.wire import InferRequest
 from polystack.server.app import ServerThread
+from polystack.stats import Outcome
 from polystack.store import ModelRecord, Store
+from polystack.types import DType, Signature, TensorSpec
 
 POLICY = BatchPolicy(max_batch_size=4, max_queue_delay_ms=20, max_queue_size=2)
 
@@ -278,3 +282,44 @@ def test_no_batching_takes_instances_but_refuses_the_other_batching_flags(tmp_pa
     with cli_server(home, args, port, tmp_path / "serve.log"):
         config = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_config("m")
         assert config["instance_group"][0]["count"] == 2 and "dynamic_batching" not in config
+
+
+def test_instances_apply_to_a_model_without_a_batch_dimension_whatever_batches(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # under --batching such a model ran unbatched on the shared threads, and --instances did nothing, unsaid
+    store, records = model_store
+    fixed = Signature(inputs=(TensorSpec("x", DType.FP32, (2, 16)),), outputs=(TensorSpec("y", DType.FP32, (2, 4)),))
+    store.register(store.artifact_path(records["mlp"]), name="fixedrows", format=records["mlp"].format, signature=fixed)
+    st = start(store, models=["fixedrows"], batching=BatchPolicy(), batch_overrides=BatchOverrides(instances=3), workers=2)
+    try:
+        config = httpclient.InferenceServerClient(st.http_url).get_model_config("fixedrows")
+        assert config["instance_group"][0]["count"] == 3 and "dynamic_batching" not in config
+    finally:
+        st.stop()
+
+
+def test_a_request_reaching_a_models_own_threads_as_a_reload_closes_them_runs_on_the_new_ones(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    # it was a 500 (the threads' RuntimeError): only a closed batcher or runtime sent a request on to the
+    # instance that replaced it. The interleaving is made here: resolve, reload, then run.
+    store, _ = model_store
+    st = start(store, models=["mlp"], no_batching=True, batch_overrides=BatchOverrides(instances=2))
+    try:
+        plane = st.server.plane
+        plane.inline_max_s = 0  # never run on the loop, as under load
+
+        async def resolve_reload_run() -> np.ndarray:
+            served = plane._get("mlp", None)
+            await plane._control(lambda n: plane._load_only(n, json.dumps({"max_batch_size": 8})), "mlp")
+            assert plane.wait_retired(10)  # the threads the request resolved are shut down
+            request = InferRequest(inputs={"x": np.ones((1, 16), np.float32)})
+            result, _ = await plane._run(served, request, "mlp", None, None, None, Outcome(served.entry.stats))
+            return result["y"]
+
+        assert st._loop is not None
+        answer = asyncio.run_coroutine_threadsafe(resolve_reload_run(), st._loop).result(30)
+        assert answer.shape == (1, 4)
+    finally:
+        st.stop()

@@ -9,6 +9,7 @@ import copy
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,12 @@ from conftest import Raw
 from servekit import mlp_ones, register_like, start
 from tritonclient.utils import InferenceServerException
 
+from polystack.batching import DynamicBatcher
+from polystack.examples import mlp_onnx
+from polystack.formats import import_model
+from polystack.server import dataplane
 from polystack.server.app import ServerThread
+from polystack.server.model_config import ConfigFile
 from polystack.store import ModelRecord, Store
 from polystack.types import DType, Signature, TensorSpec
 
@@ -472,3 +478,38 @@ def test_triton_onnxruntime_parameters_reach_the_runtime_and_show_in_the_config(
     # only what a config set is shown: what polystack chose is chosen again at the next load
     client.load_model("mlpfree")
     assert set(client.get_model_config("mlpfree")["parameters"]) == {"polystack_device"}
+
+
+def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batcher was started after its version was routed to: when the second version's could not start,
+    # the first served the new config, the second ran unbatched, and the old second was never closed.
+    # A thread that cannot start cannot be made to happen here: the batcher's constructor is made to fail.
+    store, _ = model_store
+    for seed in (1, 2):
+        imported = import_model(mlp_onnx(tmp_path / f"m{seed}.onnx", seed=seed), tmp_path / f"imported{seed}")
+        store.register(imported.artifact, name="twov", format=imported.format, signature=imported.signature)
+    start_config = ConfigFile("{}", None, "", (1, 2))  # as a repository folder serving versions 1 and 2
+    st = start(store, models=["twov:1", "twov:2"], model_configs={"twov": start_config}, allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        before = [client.infer("twov", [mlp_ones()], model_version=v).as_numpy("y") for v in ("1", "2")]
+        made = [0]
+
+        def second_fails(*args: Any, **kwargs: Any) -> DynamicBatcher:
+            made[0] += 1
+            if made[0] == 2:
+                raise RuntimeError("can't start new thread")
+            return DynamicBatcher(*args, **kwargs)
+
+        monkeypatch.setattr(dataplane, "DynamicBatcher", second_fails)
+        with pytest.raises(InferenceServerException):
+            client.load_model("twov", config=json.dumps({"max_batch_size": 8, "dynamic_batching": {}}))
+        monkeypatch.undo()
+        for v, y in zip(("1", "2"), before, strict=True):
+            config = client.get_model_config("twov", v)
+            assert "dynamic_batching" not in config, config  # neither version took the failed load's config
+            np.testing.assert_array_equal(client.infer("twov", [mlp_ones()], model_version=v).as_numpy("y"), y)
+    finally:
+        st.stop()

@@ -3,6 +3,7 @@ process and tritonclient; and the repositories it cannot serve, refused at start
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -343,8 +344,9 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         assert "polling the model repository failed" not in log.read_text()  # each folder on its own
         # poll mode has the index but no model control, as in Triton
         assert {"name": "later", "version": "1", "state": "READY"} in client.get_model_repository_index()
-        with pytest.raises(InferenceServerException, match="not allowed if polling is enabled"):
+        with pytest.raises(InferenceServerException, match="not allowed if polling is enabled") as refused:
             client.load_model("plain")
+        assert refused.value.status() == "503"  # Triton's UNAVAILABLE
         with pytest.raises(InferenceServerException, match="not allowed if polling is enabled"):
             client.unload_model("plain")
         assert "model_repository" in client.get_server_metadata()["extensions"]
@@ -458,3 +460,27 @@ def test_a_change_made_while_the_start_reads_the_repository_is_left_for_the_firs
     assert config.repository_seen is not None
     assert config.repository_seen["plain"] != model_repository.fingerprint(repo / "plain")
     assert config.repository_seen["mlp"] == model_repository.fingerprint(repo / "mlp")
+
+
+def test_a_reload_the_drain_stops_is_not_logged_as_a_failed_load(tmp_path: Path) -> None:
+    # the warm-up's refusal (the server is shutting down) was logged as an error of the poll's reload
+    root = tmp_path / "repo"
+    (root / "slowm" / "1").mkdir(parents=True)  # slow*: the test runtime answers after 50 ms
+    mlp_onnx(root / "slowm" / "1" / "model.onnx")
+    store = Store.at(tmp_path / "home")
+    seen = {f.name: model_repository.fingerprint(f) for f in model_repository.model_folders(root)}
+    models = model_repository.register(store, root, [])
+    st = start(store, models=[r for m in models for r in m.refs], model_repositories=[root],
+               repository_models=["slowm"], repository_poll_s=0.2, repository_seen=seen, drain_timeout_s=5.0)  # fmt: skip
+    try:
+        with caught_logs("polystack") as logged:
+            (root / "slowm" / "config.pbtxt").write_text(
+                'max_batch_size: 8\nmodel_warmup [{ name: "w" batch_size: 1 count: 200 inputs { key: "x" value: { data_type: TYPE_FP32 '
+                "dims: [16] zero_data: true } } }]\n"
+            )  # 200 calls of 50 ms: the poll's reload is warming up when the server stops
+            assert _until(lambda: any(r.getMessage() == "warming up model" for r in logged), within_s=10)
+            st.stop()
+        assert not [(r.getMessage(), getattr(r, "error", "")) for r in logged if r.levelno >= logging.WARNING]
+    finally:
+        st.stop()
+        store.close()

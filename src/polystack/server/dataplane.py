@@ -43,6 +43,7 @@ from polystack.errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
+    PollingOnly,
     PolystackError,
     ShuttingDown,
     VersionNotFound,
@@ -53,7 +54,7 @@ from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
 from polystack.server import model_config, model_files, model_repository, status, warmup
-from polystack.server.inference_threads import InferenceThreads
+from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
@@ -233,6 +234,7 @@ class DataPlane:
         # event loop's time under load (py-spy)
         self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
+        self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
         self._typical_s: dict[tuple[str, int], float] = {}
         self.draining = False
@@ -258,6 +260,8 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         policy = self.policy_for(self.store, record, self.profile)
+        if policy is not None and not record.signature.batched:
+            policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it
         start = self.model_configs.get(record.name)
         # unbatched: how many of its requests run at once (None: the shared pool decides); --instances is
         # polystack's choice for models without a start config, whose file decides
@@ -292,7 +296,13 @@ class DataPlane:
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
-        return self._install(plan, self._build(plan))
+        entry = self._build(plan)
+        try:
+            served = self._serving(plan, entry)
+        except BaseException:
+            entry.model.close()
+            raise
+        return self._route(plan, served)
 
     def _build(self, plan: _Plan) -> LoadedEntry:
         """Load (and warm up) what ``plan`` says, routing nothing to it yet."""
@@ -303,15 +313,10 @@ class DataPlane:
 
         return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
 
-    def _install(self, plan: _Plan, entry: LoadedEntry) -> LoadedEntry:
-        """Route to ``entry``, built for ``plan``, with its batcher or threads; what it replaces drains and closes."""
-        spec, policy, instances = plan.spec, plan.policy, plan.instances
-        replaced = self.engine.install(entry)
-        key = (entry.name, entry.version)
-        self.metrics.serving(entry.name, str(entry.version))
-        old = self._served.get(key)
-        batcher = None
-        executor = None
+    def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
+        """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
+        before anything routes to it. The caller closes both if it does not route to them."""
+        policy, instances = plan.policy, plan.instances
         if policy is not None and entry.signature.batched:
             m = self.metrics.model(entry.name, str(entry.version))
 
@@ -320,18 +325,30 @@ class DataPlane:
                 m.compute.observe(seconds)
 
             batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe)
+            return _Served(entry, batcher, None, None, plan.additions)
+        if instances is not None:
+            executor = InferenceThreads(instances, f"infer-{entry.name}", self.thread_initializer)
+            return _Served(entry, None, instances, executor, plan.additions)
+        return _Served(entry, None, None, None, plan.additions)
+
+    def _route(self, plan: _Plan, served: _Served) -> LoadedEntry:
+        """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
+        entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
+        key = (entry.name, entry.version)
+        with self._routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
+            replaced = self.engine.install(entry)
+            old = self._served.get(key)
+            self._served[key] = served
+            self._generation += 1
+        self.metrics.serving(entry.name, str(entry.version))
+        if batcher is not None:
 
             def queued(ref: weakref.ref[DynamicBatcher] = weakref.ref(batcher)) -> int:
                 b = ref()  # a batcher a reload replaced is not kept alive by the gauge
                 return 0 if b is None else b.depth
 
-            m.depth.set_function(queued)  # read at scrape time: nothing per request
-        elif instances is not None:
-            executor = InferenceThreads(instances, f"infer-{entry.name}", self.thread_initializer)
-        served = self._served[key] = _Served(
-            entry, batcher, instances if executor else None, executor, plan.additions
-        )
-        self._generation += 1
+            # read at scrape time: nothing per request
+            self.metrics.model(entry.name, str(entry.version)).depth.set_function(queued)
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
         self.metrics.models_loaded.set(len(self._served))
@@ -409,17 +426,25 @@ class DataPlane:
         if one fails, those loaded close and what was served serves on."""
         plans = [self._plan(r, config) for r in refs]
         kept = [self._served_as(p) if config is None else None for p in plans]
+        changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
+        ready: list[_Served] = []
         try:
-            for plan, same in zip(plans, kept, strict=True):
-                if same is None:
-                    built.append(self._build(plan))
+            for plan in changed:
+                built.append(self._build(plan))
+            for plan, loaded in zip(changed, built, strict=True):
+                ready.append(self._serving(plan, loaded))
         except BaseException:
+            for served in ready:
+                served.close(wait=False)
             for loaded in built:
                 loaded.model.close()
             raise
-        fresh = iter(built)
-        entries = [same or self._install(plan, next(fresh)) for plan, same in zip(plans, kept, strict=True)]
+        fresh = iter(zip(changed, ready, strict=True))
+        entries = [same or self._route(*next(fresh)) for same in kept]
+        for same in kept:
+            if same is not None:  # Triton does nothing for a load of a model without changes
+                log.info("model served as asked", extra={"model": same.name, "version": same.version})
         entry = entries[-1]
         serving = {e.version for e in entries}
         retired = self._unload_versions(entry.name, keep=serving)
@@ -445,7 +470,6 @@ class DataPlane:
         batching = plan.policy if plan.policy is not None and served.entry.signature.batched else None
         if served.entry.spec != plan.spec or (served.batcher.policy if served.batcher else None) != batching:
             return None
-        log.info("model served as asked", extra={"model": record.name, "version": record.version})
         return served.entry
 
     def _unload_versions(self, name: str, keep: Collection[int] = ()) -> list[int]:
@@ -544,11 +568,12 @@ class DataPlane:
 
     def _resolve(self, name: str, version: str | None) -> _Served:
         v = parse_version(name, version)
-        try:
-            entry = self.engine.get(name, v)
-        except (ModelNotFound, VersionNotFound) as e:
-            raise _unknown(name, v, e) from None
-        served = self._served.get((entry.name, entry.version))
+        with self._routing:
+            try:
+                entry = self.engine.get(name, v)
+            except (ModelNotFound, VersionNotFound) as e:
+                raise _unknown(name, v, e) from None
+            served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
             # Loaded through the engine directly (not through this plane): serve it unbatched.
             served = _Served(entry, None)
@@ -770,6 +795,14 @@ class DataPlane:
                                 queued,
                                 outcome,
                             )
+                        except ThreadsClosed:
+                            if served.executor is None:  # the server's own threads: it is closing
+                                raise
+                            # the model's own threads, closed by a reload or unload as the request reached them
+                            raise ModelClosed(
+                                f"model {entry.name}:{entry.version} was unloaded or replaced as this request reached "
+                                "it; send it again"
+                            ) from None
                         finally:
                             served.pending -= 1
                     if span is not None:
@@ -901,7 +934,7 @@ class DataPlane:
         if self.repository is not None and self.repository.polled:  # Triton's poll mode: the index, no control
             if index:
                 return
-            raise PermissionDenied(
+            raise PollingOnly(
                 "explicit model load / unload is not allowed if polling is enabled; change the model's folder in "
                 "the repository, and the next poll loads what changed (serve --repository-poll-secs)"
             )
@@ -995,6 +1028,8 @@ class DataPlane:
             repository.seen[name] = after  # a folder that fails is read again once it changes again
             try:
                 entry = self._load_from_repository(name, None)
+            except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
+                return
             except PolystackError as e:
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "

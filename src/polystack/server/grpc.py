@@ -81,8 +81,8 @@ class _Calls:
     def __init__(self, plane: DataPlane, access_log: bool) -> None:
         self.settings = plane.log_settings
         self.access_log = access_log
-        # ids of the calls in progress refused because the server drains (ShuttingDown): not failures
-        self.drain_refused: set[int] = set()
+        # ids of the calls in progress refused by an error that is no failure of the server (a drain's)
+        self.not_failures: set[int] = set()
 
     def ended(
         self,
@@ -178,8 +178,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await fn()
         except PolystackError as e:
-            if isinstance(e, ShuttingDown):  # what the drain is for: not logged as the server's failure
-                self.calls.drain_refused.add(id(context))
+            if not e.server_failure:  # a drain's refusal, say: not logged as the server's failure
+                self.calls.not_failures.add(id(context))
             await context.abort(status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
@@ -558,8 +558,8 @@ def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
                 code = cut or context.code()
                 # a server-side failure, unless an unexpected error (already logged with its traceback)
                 details = context.details() if cut is None and code in _SERVER_SIDE else None
-                refused = id(context) in calls.drain_refused
-                calls.drain_refused.discard(id(context))
+                refused = id(context) in calls.not_failures
+                calls.not_failures.discard(id(context))
                 failure = details if details != status.INTERNAL_MESSAGE and not refused else None
                 calls.ended(rpc, context, lambda: _request_id(context, request), code, started, failure)
 

@@ -39,7 +39,6 @@ from polystack.errors import (
     NotFound,
     PayloadTooLarge,
     PolystackError,
-    ShuttingDown,
     UnsupportedMediaType,
 )
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -605,7 +604,7 @@ def failed(req: Request, exc: BaseException) -> Response:
     """The answer to a request that raised ``exc``, logged as the server's failure when it is one (a 5xx
     as a warning, an unexpected error with its traceback)."""
     if isinstance(exc, PolystackError):
-        if status.http_status(exc) >= 500 and not isinstance(exc, ShuttingDown):
+        if status.http_status(exc) >= 500 and exc.server_failure:
             log.warning("request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message})
     else:
         log.exception("unexpected error", extra={"request_id": req.request_id, "path": req.path})

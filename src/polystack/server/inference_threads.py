@@ -57,6 +57,10 @@ def _answer(
         loop.call_soon_threadsafe(_set_result, future, result)
 
 
+class ThreadsClosed(RuntimeError):
+    """A call given to threads already shut down (``InferenceThreads.shutdown``)."""
+
+
 class InferenceThreads:
     """``workers`` threads, started at the first call, each running ``initializer`` first (placement pins them)."""
 
@@ -76,7 +80,7 @@ class InferenceThreads:
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:  # never behind shutdown's end markers, where no thread would take it
             if self._closed:
-                raise RuntimeError(f"the {self._name} threads are shut down; they take no new calls")
+                raise ThreadsClosed(f"the {self._name} threads are shut down; they take no new calls")
             if not self._threads:
                 self._threads = [
                     threading.Thread(target=self._work, name=f"{self._name}_{i}", daemon=True)
