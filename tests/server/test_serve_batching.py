@@ -274,6 +274,7 @@ def test_batch_settings_other_than_instances_still_say_they_do_not_apply_to_an_u
 
 def test_no_batching_takes_instances_but_refuses_the_other_batching_flags(tmp_path: Path) -> None:
     assert "contradict --no-batching" in refused_at_start(tmp_path, ["--no-batching", "--max-batch-size", "8"])
+    assert "--instances must be from 1 to 256" in refused_at_start(tmp_path, ["--no-batching", "--instances", "257"])
     home, port = tmp_path / "home", free_port()
     model = mlp_onnx(tmp_path / "m.onnx")
     subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(model), "--name", "m"],

@@ -8,6 +8,8 @@ from typing import Any
 
 from polystack.errors import InvalidRequest
 
+MAX_INSTANCES = 256  # worker threads sharing one model: each holds a thread and its runtime's buffers
+
 
 @dataclass(frozen=True)
 class BatchPolicy:
@@ -33,8 +35,8 @@ class BatchPolicy:
             raise InvalidRequest("timeout_s must be > 0")
         if self.idle_gap_ms < 0:
             raise InvalidRequest("idle_gap_ms must be >= 0")
-        if self.instances < 1:
-            raise InvalidRequest("instances must be >= 1")
+        if not 1 <= self.instances <= MAX_INSTANCES:
+            raise InvalidRequest(f"instances must be from 1 to {MAX_INSTANCES}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.batching.policy import MAX_INSTANCES
 from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
@@ -38,7 +39,7 @@ from polystack.types import DType, TensorSpec
 _INT32_MAX = (1 << 31) - 1
 _UINT32_MAX = (1 << 32) - 1
 _MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
-_MAX_INSTANCES = 256  # worker threads for one model
+_MAX_INSTANCES = MAX_INSTANCES  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 _MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
 _MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold the loader (other loads, a shutdown)
