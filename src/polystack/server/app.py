@@ -23,7 +23,7 @@ from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
-from polystack.errors import InvalidRequest, PolystackError, ShuttingDown, Unavailable
+from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
@@ -346,7 +346,7 @@ class Server:
                 pass
             try:
                 await self.plane.poll_repository()
-            except Unavailable:  # the drain began
+            except ShuttingDown:  # the drain began
                 return
             except Exception:
                 log.exception("polling the model repository failed; polling goes on")

@@ -120,7 +120,6 @@ class _Calls:
 
 # the codes of the errors the HTTP transport answers with a 5xx
 _SERVER_SIDE = frozenset(code for http, code in status.TABLE.values() if http >= 500)
-
 _ids = itertools.count(1)
 
 

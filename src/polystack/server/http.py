@@ -34,13 +34,7 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from polystack.errors import (
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    PolystackError,
-    UnsupportedMediaType,
-)
+from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
 from polystack.protocol.wire import InferRequest
