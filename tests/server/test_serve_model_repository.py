@@ -3,12 +3,13 @@ process and tritonclient; and the repositories it cannot serve, refused at start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,16 @@ def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path:
         store.close()
 
 
+@contextlib.contextmanager
+def _served_repository(tmp_path: Path, *flags: str) -> Iterator[tuple[Path, httpclient.InferenceServerClient]]:
+    """``polystack serve --model-repository`` of ``repository(tmp_path / "models")`` with ``flags``, as a user
+    runs it (store in tmp_path / "home", log in tmp_path / "serve.log"); the repository and a client."""
+    repo, port = repository(tmp_path / "models"), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", *flags]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        yield repo, httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+
 def _ready(client: httpclient.InferenceServerClient, model: str, version: str = "") -> bool:
     return bool(client.is_model_ready(model, version))
 
@@ -272,11 +283,8 @@ def _infer(client: httpclient.InferenceServerClient, model: str, version: str = 
 
 def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control_does(tmp_path: Path) -> None:
     # the folder was read once, at start: a new version folder, a new config or a new model folder took a restart
-    repo = repository(tmp_path / "models")
-    home, port = tmp_path / "home", free_port()
-    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
-    with cli_server(home, args, port, tmp_path / "serve.log"):
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    home = tmp_path / "home"
+    with _served_repository(tmp_path, "--allow-model-control") as (repo, client):
         (repo / "mlp" / "4").mkdir()
         mlp_onnx(repo / "mlp" / "4" / "model.onnx", seed=4)
         (repo / "mlp" / "config.pbtxt").write_text(MLP_CONFIG.replace("max_batch_size: 8", "max_batch_size: 4"))
@@ -315,12 +323,8 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
 
 
 def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Path) -> None:
-    repo = repository(tmp_path / "models")
-    home, port = tmp_path / "home", free_port()
-    log = tmp_path / "serve.log"
-    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--repository-poll-secs", "0.2"]
-    with cli_server(home, args, port, log):
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    home, log = tmp_path / "home", tmp_path / "serve.log"
+    with _served_repository(tmp_path, "--repository-poll-secs", "0.2") as (repo, client):
         # a new version of a model whose policy serves the latest: it replaces the one served
         (repo / "plain" / "7").mkdir()
         mlp_onnx(repo / "plain" / "7" / "model.onnx", seed=7)
@@ -399,11 +403,8 @@ def test_a_poll_that_cannot_read_a_repository_unloads_nothing_and_a_linked_root_
 def test_a_failed_reload_of_several_versions_serves_none_of_it(tmp_path: Path) -> None:
     # versions were reloaded one by one: when one failed, those before it served the new config, a new good
     # version stayed served, and the store kept the new labels of versions still serving the old ones
-    repo = repository(tmp_path / "models")
-    home, port = tmp_path / "home", free_port()
-    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
-    with cli_server(home, args, port, tmp_path / "serve.log"):
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    home = tmp_path / "home"
+    with _served_repository(tmp_path, "--allow-model-control") as (repo, client):
         (repo / "mlp" / "2").mkdir()
         mlp_onnx(repo / "mlp" / "2" / "model.onnx", seed=2)
         (repo / "mlp" / "6").mkdir()
@@ -424,12 +425,7 @@ def test_a_failed_reload_of_several_versions_serves_none_of_it(tmp_path: Path) -
 
 def test_a_folder_that_comes_with_a_config_is_served_as_its_config_says_not_as_the_flags_do(tmp_path: Path) -> None:
     # a model with a config.pbtxt at start is batched as it says; one that came later took the server's flags
-    repo = repository(tmp_path / "models")
-    home, port = tmp_path / "home", free_port()
-    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--repository-poll-secs", "0.2", "--batching",
-            "--instances", "3"]  # fmt: skip
-    with cli_server(home, args, port, tmp_path / "serve.log"):
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with _served_repository(tmp_path, "--repository-poll-secs", "0.2", "--batching", "--instances", "3") as (repo, client):
         shutil.copytree(repo / "mlp", repo / "fresh")
         (repo / "fresh" / "config.pbtxt").write_text(MLP_CONFIG.replace('name: "mlp"', 'name: "fresh"'))
         assert _until(lambda: _ready(client, "fresh", "3"))

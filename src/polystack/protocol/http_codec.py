@@ -249,10 +249,10 @@ def _request_doc(head: bytes | memoryview) -> Any:
                 out[key] = [_input_item(item) for item in value]
             else:
                 out[key] = _plain(value)
+        if len(out) != len(doc):
+            raise _KeyTwice
     except _KeyTwice:
         return loads(head)
-    if len(out) != len(doc):
-        return loads(head)  # a key given twice (see _KeyTwice)
     return out
 
 

@@ -386,9 +386,9 @@ class DataPlane:
     def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """A repository load: the version it loads is the only one of its name served afterwards, as
         under Triton's default version policy (the latest version), so loads never pile up old ones. A
-        model of a ``--model-repository`` loaded by name loads the versions its folder's version policy
-        picked, as Triton reloads them. A load without a config of a version already served as it would
-        serve it changes nothing."""
+        model of a ``--model-repository`` loaded by name reads its folder again and loads the versions its
+        version policy picks now (``_load_from_repository``). A load without a config of a version already
+        served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
             return self._load_from_repository(ref.name, config)
