@@ -125,7 +125,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         (lambda r: r, "holds no model folders"),
         (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
         (lambda r: _model(r, "m", file="model.pt"), "model.pt (PyTorch (TorchScript)), which polystack does not serve"),
-        (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': it is an ensemble"),
+        (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
         (
             lambda r: _model(r, "m", config="version_policy: { specific { versions: [ 7 ] } }"),

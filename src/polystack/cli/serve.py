@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -284,6 +285,15 @@ def serve(
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
         config = _with_repositories(config, model_repository, registered)
+    if engine == "ray" and config.ensembles:
+        from polystack.server.model_repository import undo
+
+        with contextlib.closing(open_store()) as store:
+            undo(store, registered)
+        raise InvalidRequest(
+            f"--engine ray does not serve ensembles (--model-repository holds {', '.join(sorted(config.ensembles))}): "
+            "serve with --engine local, or chain the models in the client"
+        )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
@@ -330,6 +340,7 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
     from polystack.store import ModelRef
 
     models, configs = list(config.models), dict(config.model_configs)
+    ensembles = dict(config.ensembles)
     named = {ModelRef.parse(m).name for m in models}
     found: dict[str, Path] = {}
     seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
@@ -354,6 +365,9 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
     try:
         for root in roots:
             for m in model_repository.register(store, root.resolve(), registered):
+                if m.ensemble is not None:  # served once the models it runs are loaded: nothing to register
+                    ensembles[m.name] = m.ensemble
+                    continue
                 models += m.refs
                 if m.config is not None:
                     configs[m.name] = m.config
@@ -366,6 +380,7 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
         config,
         models=models,
         model_configs=configs,
+        ensembles=ensembles,
         model_repositories=[root.absolute() for root in roots],
         repository_models=sorted(found),
         repository_seen=seen,

@@ -28,6 +28,7 @@ from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
+from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import ConfigFile
 from polystack.server.model_repository import Fingerprint, ModelRepository
@@ -118,6 +119,8 @@ class ServeConfig:
     repository_models: Sequence[str] = ()
     repository_poll_s: float = 0.0
     repository_seen: Mapping[str, Fingerprint] | None = None  # their folders as they were before the start read them
+    # the ensembles those repositories declare, by name: served after the models, once these are loaded
+    ensembles: Mapping[str, Ensemble] = field(default_factory=dict)
 
 
 class Server:
@@ -280,6 +283,11 @@ class Server:
                     self.plane.load(ref)
                 except PolystackError as e:
                     raise load_failed(ref, e) from None  # which of the models
+            for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
+                try:
+                    self.plane.load_ensemble(self.config.ensembles[name])
+                except PolystackError as e:
+                    raise load_failed(name, e) from None
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""

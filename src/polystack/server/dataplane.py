@@ -39,6 +39,7 @@ from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
 from polystack.errors import (
     InvalidRequest,
+    InvalidTensor,
     ModelClosed,
     ModelNotFound,
     NotFound,
@@ -46,20 +47,21 @@ from polystack.errors import (
     PollingOnly,
     PolystackError,
     ShuttingDown,
+    Unavailable,
     VersionNotFound,
     quote,
 )
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
-from polystack.protocol.wire import InferRequest, InferResponse, SharedOutput, ShmRef, raw_view
-from polystack.server import model_config, model_files, model_repository, status, warmup
+from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, SharedOutput, ShmRef, raw_view
+from polystack.server import ensemble, model_config, model_files, model_repository, status, warmup
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
-from polystack.stats import Outcome
+from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.store.refs import MAX_VERSION
 from polystack.types import DType
@@ -107,6 +109,15 @@ class _Served:
             self.executor.shutdown(wait=wait)
 
 
+
+
+@dataclass
+class _ServedEnsemble:
+    """An ensemble served (``ensemble.py``): its steps run on the models served, each a request of their own;
+    its statistics count its own requests, with its steps' compute times summed, as Triton's do."""
+
+    ensemble: ensemble.Ensemble
+    stats: ModelStats = field(default_factory=ModelStats)
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -229,6 +240,7 @@ class DataPlane:
         self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
+        self._ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
@@ -351,7 +363,7 @@ class DataPlane:
             self.metrics.model(entry.name, str(entry.version)).depth.set_function(queued)
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
-        self.metrics.models_loaded.set(len(self._served))
+        self._count_loaded()
         extra: dict[str, Any] = {
             "model": entry.name,
             "version": entry.version,
@@ -376,14 +388,121 @@ class DataPlane:
 
     def unload(self, name: str) -> None:
         """Stop serving every version of ``name``; a model that is not loaded is left as it is, as Triton
-        does, and a name the store does not know is NotFound."""
+        does, and a name the store does not know is NotFound. The ensembles whose steps run it stop too, as
+        Triton unloads an ensemble whose model is gone."""
+        if name in self._ensembles:
+            self._unload_ensemble(name, "unloaded")
+            return
         if not any(e.name == name for e in self.engine.loaded()):
             self.store.get(ModelRef(name))  # a name the store does not know: NotFound, saying where to look
             return
         self._unload_versions(name)
         log.info("model unloaded", extra={"model": name})
+        self._check_ensembles_of(name)
 
-    def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
+    # -- ensembles (ensemble.py) -------------------------------------------------------------------
+    def load_ensemble(self, pipeline: ensemble.Ensemble) -> None:
+        """Serve ``pipeline`` in place of what served its name, once it checks against the models it runs as
+        they are served now (which must all be loaded); an ensemble loaded again as it was changes nothing."""
+        name = pipeline.name
+        if any(e.name == name for e in self.engine.loaded()):
+            raise InvalidRequest(
+                f"model {name!r} is served already, and is not an ensemble; give the ensemble a name of its own"
+            )
+        self._check_ensemble(pipeline)
+        with self._routing:
+            old = self._ensembles.get(name)
+            if old is not None and old.ensemble == pipeline:
+                log.info("model served as asked", extra={"model": name, "version": pipeline.version})
+                return
+            self._ensembles[name] = _ServedEnsemble(pipeline)
+            self._generation += 1
+        self.metrics.serving(name, str(pipeline.version))
+        if old is not None and old.ensemble.version != pipeline.version:
+            self.metrics.retire(name, str(old.ensemble.version))
+        self._count_loaded()
+        log.info(
+            "model loaded",
+            extra={"model": name, "version": pipeline.version, "ensemble": [f"{s.model}" for s in pipeline.steps]},
+        )
+
+    def _check_ensemble(self, pipeline: ensemble.Ensemble) -> None:
+        """``ensemble.check`` against the models served now, and no ensemble reached again through its steps."""
+        self._refuse_cycle(pipeline.name, pipeline, [pipeline.name])
+
+        def served(step: ensemble.Step) -> ensemble.Served:
+            nested = self._ensembles.get(step.model)
+            if nested is not None and step.model != pipeline.name:
+                inner = nested.ensemble
+                if step.version is not None and step.version != inner.version:
+                    raise InvalidRequest(f"ensemble {step.model!r} has version {inner.version}, not {step.version}")
+                return ensemble.Served(inner.signature, inner.max_batch_size > 0, inner.max_batch_size)
+            try:
+                entry = self._get(step.model, None if step.version is None else str(step.version))
+            except NotFound as e:
+                raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
+            return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
+
+        ensemble.check(pipeline, served)
+
+    def _refuse_cycle(self, name: str, pipeline: ensemble.Ensemble, path: list[str]) -> None:
+        for model in sorted(pipeline.models):
+            if model == name:
+                raise InvalidRequest(f"circular dependency between ensembles: {' -> '.join([*path, model])}")
+            nested = self._ensembles.get(model)
+            if nested is not None and len(path) <= ensemble.MAX_DEPTH:
+                self._refuse_cycle(name, nested.ensemble, [*path, model])
+            elif nested is not None:
+                raise InvalidRequest(f"ensembles nest deeper than {ensemble.MAX_DEPTH}: {' -> '.join(path)}")
+
+    def _unload_ensemble(self, name: str, why: str) -> None:
+        with self._routing:
+            served = self._ensembles.pop(name, None)
+            self._generation += 1
+        if served is None:
+            return
+        version = str(served.ensemble.version)
+        self._count_loaded()
+
+        def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
+            if name not in self._ensembles:
+                self.metrics.retire(name, version)
+                self.metrics.forget_name(name)
+
+        with contextlib.suppress(RuntimeError):
+            self._loader.submit(forget)
+        log.info("model unloaded", extra={"model": name, "version": served.ensemble.version, "reason": why})
+        self._check_ensembles_of(name)
+
+    def _check_ensembles_of(self, name: str) -> None:
+        """After ``name`` was loaded again or unloaded: the ensembles whose steps run it are checked against it
+        again, and those it no longer fits are unloaded (Triton unloads them too), saying why."""
+        for other, served in list(self._ensembles.items()):
+            if name not in served.ensemble.models:
+                continue
+            try:
+                self._check_ensemble(served.ensemble)
+            except PolystackError as e:
+                log.warning(
+                    "an ensemble's model changed or is gone, and it no longer fits: the ensemble is unloaded; load "
+                    "it again once its models fit",
+                    extra={"model": other, "changed": name, "error": e.message},
+                )
+                self._unload_ensemble(other, f"{name!r} changed")
+
+    def _count_loaded(self) -> None:
+        self.metrics.models_loaded.set(len(self._served) + len(self._ensembles))  # each version, each ensemble
+
+    def _max_batch(self, served: _Served) -> int:
+        """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
+        batcher, entry = served.batcher, served.entry
+        if batcher is not None and batcher.batchable:
+            return batcher.max_batch_size
+        if batcher is None and entry.signature.batched and entry.spec.max_batch_size:
+            return entry.spec.max_batch_size
+        return 0
+
+    def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry | ensemble.Ensemble:
         """A repository load: the version it loads is the only one of its name served afterwards, as
         under Triton's default version policy (the latest version), so loads never pile up old ones. A
         model of a ``--model-repository`` loaded by name reads its folder again and loads the versions its
@@ -392,16 +511,36 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
             return self._load_from_repository(ref.name, config)
+        if ref.name in self._ensembles:
+            raise InvalidRequest(
+                f"{ref.name!r} is an ensemble; load it by name from the model repository that holds its folder"
+            )
         start = self.model_configs.get(ref.name)
         versions = start.versions if start is not None and ref.version is None else ()
         return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
 
-    def _load_from_repository(self, name: str, config: str | None) -> LoadedEntry:
+    def _load_from_repository(
+        self, name: str, config: str | None, loading: frozenset[str] = frozenset()
+    ) -> LoadedEntry | ensemble.Ensemble:
         """Read the model's repository folder again and serve what it holds now (Triton's explicit load
         reads the repository): its versions and its config, which later loads without one use too. A load
-        that fails leaves the start config as it was and takes back what reading the folder registered."""
+        that fails leaves the start config as it was and takes back what reading the folder registered.
+        An ensemble's folder loads the ensemble (with ``config`` in place of its own, when given), once the
+        models it runs that are not served yet are loaded from their folders, as Triton loads them."""
         assert self.repository is not None
         model, registered = self.repository.read(self.store, name)
+        if model.ensemble is not None:
+            pipeline = model.ensemble
+            if config is not None:
+                pipeline = ensemble.read(config, name, pipeline.version)
+            for other in sorted(pipeline.models - loading - {name}):
+                if not self.model_ready(other, None) and self.repository.owns(other):
+                    try:
+                        self._load_from_repository(other, None, loading | {name})
+                    except PolystackError as e:
+                        raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
+            self.load_ensemble(pipeline)
+            return pipeline
         before = self.model_configs.get(name)
         if model.config is not None:
             self.model_configs[name] = model.config
@@ -410,6 +549,8 @@ class DataPlane:
         try:
             entry = self._serve_only([ModelRef(name, v) for v in model.versions], config)
             self.repository.models.add(name)
+            if name in self._ensembles:  # the folder was an ensemble's: the model serves in its place
+                self._unload_ensemble(name, "its folder holds a model now")
             return entry
         except BaseException:
             if before is not None:
@@ -450,6 +591,8 @@ class DataPlane:
         retired = self._unload_versions(entry.name, keep=serving)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": sorted(serving)})
+        if changed or retired:
+            self._check_ensembles_of(entry.name)
         return entry
 
     def _served_as(self, plan: _Plan) -> LoadedEntry | None:
@@ -480,7 +623,7 @@ class DataPlane:
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
         self._generation += 1
-        self.metrics.models_loaded.set(len(self._served))
+        self._count_loaded()
         self._retire(retired, entries)
         return versions
 
@@ -566,6 +709,18 @@ class DataPlane:
         self._routes[key] = served
         return served
 
+    def _ensemble(self, name: str, version: str | None) -> _ServedEnsemble | None:
+        """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound)."""
+        served = self._ensembles.get(name)
+        if served is not None and version:
+            v = parse_version(name, version)
+            if v != served.ensemble.version:
+                raise VersionNotFound(
+                    f"Request for unknown model: {name!r} version {v} is not found; the ensemble serves version "
+                    f"{served.ensemble.version}"
+                )
+        return served
+
     def _resolve(self, name: str, version: str | None) -> _Served:
         v = parse_version(name, version)
         with self._routing:
@@ -608,7 +763,7 @@ class DataPlane:
     def trace_settings(self, model: str, changes: dict[str, Any] | None) -> dict[str, Any]:
         """The trace settings of ``model`` ("": the global ones), after applying ``changes`` if given."""
         self._settings_here("trace")
-        if model:
+        if model and self._ensemble(model, None) is None:
             self._get(model, None)  # a model that is not loaded: 404
         before = self.tracing.settings(model or None)
         if changes is None:
@@ -644,16 +799,29 @@ class DataPlane:
         if self.draining:
             return False
         try:
+            pipeline = self._ensemble(name, version)
+            if pipeline is not None:  # every model it runs is served (each step's version, or one of them)
+                for step in pipeline.ensemble.steps:
+                    if not self.model_ready(step.model, None if step.version is None else str(step.version)):
+                        return False
+                return True
             self._get(name, version)
         except PolystackError:
             return False
         return True
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        pipeline = self._ensemble(name, version)
+        if pipeline is not None:
+            e = pipeline.ensemble
+            return {"name": name, "versions": [str(e.version)], "platform": ensemble.PLATFORM, **e.signature.to_dict()}
         self._get(name, version)
         return self.engine.metadata(name, parse_version(name, version)).to_dict()
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        pipeline = self._ensemble(name, version)
+        if pipeline is not None:
+            return ensemble.render(pipeline.ensemble)
         served = self._get(name, version)
         return model_config.render(served.entry, served.batcher, self._instances(served), served.additions)
 
@@ -665,14 +833,25 @@ class DataPlane:
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
-        if name and version:
+        pipelines = list(self._ensembles.values())
+        if name:
+            pipeline = self._ensemble(name, version)
+            pipelines = [pipeline] if pipeline is not None else []
+        if pipelines and name:
+            entries = []
+        elif name and version:
             entries = [self._get(name, version).entry]
         elif name:
             self._get(name, None)  # not loaded: 404 or 503, as for its other endpoints
             entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
         else:
             entries = self.engine.loaded()
-        return {"model_stats": [{"name": e.name, "version": str(e.version), **e.stats.to_dict()} for e in entries]}
+        stats = [{"name": e.name, "version": str(e.version), **e.stats.to_dict()} for e in entries]
+        stats += [
+            {"name": p.ensemble.name, "version": str(p.ensemble.version), **p.stats.to_dict()}
+            for p in sorted(pipelines, key=lambda p: p.ensemble.name)
+        ]
+        return {"model_stats": stats}
 
     # -- inference -------------------------------------------------------------------------------
     async def infer(
@@ -682,14 +861,18 @@ class DataPlane:
         request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
         carrier: Carrier | None = None,
+        compute: list[int] | None = None,
     ) -> InferResponse:
         """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
-        ``carrier`` gives the request's headers or metadata, read for trace context when it is traced.
+        ``carrier`` gives the request's headers or metadata, read for trace context when it is traced;
+        ``compute``, when given, receives how long the model computed (ns; an ensemble's step sums them).
 
         A request that reached a model instance just as a reload replaced it (it was waiting for an
         inference thread, or was handed to the closing batcher) runs on the instance that serves the
         model now, within the same span and timing. An unload runs what was queued before it closes the
         model; a request that reached the model as it closed (rare: between routing and queueing) fails."""
+        if self._ensembles and name in self._ensembles:
+            return await self._infer_ensemble(name, version, request, loop, carrier, compute)
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
@@ -713,13 +896,13 @@ class DataPlane:
                 if served.additions.response_cache and self.response_cache is not None:
 
                     def run() -> Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]:
-                        return self._run(served, request, name, version, loop, span, outcome)
+                        return self._run(served, request, name, version, loop, span, outcome, compute)
 
                     result, entry = await self._cached(
                         self.response_cache, served, request, run, loop, started, outcome
                     )
                 else:
-                    result, entry = await self._run(served, request, name, version, loop, span, outcome)
+                    result, entry = await self._run(served, request, name, version, loop, span, outcome, compute)
             if classes:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
@@ -751,6 +934,90 @@ class DataPlane:
             in_shared_memory=in_shared_memory,
         )
 
+    async def _infer_ensemble(
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        loop: asyncio.AbstractEventLoop | None,
+        carrier: Carrier | None,
+        compute: list[int] | None,
+    ) -> InferResponse:
+        """Run one request of an ensemble: its steps, each a request of the model it runs (``ensemble.run``)
+        carrying this one's id and parameters (its timeout and priority), counted in the ensemble's statistics
+        with the steps' compute times summed, as Triton counts an ensemble's."""
+        started = time.perf_counter()
+        self.in_flight += 1
+        self._idle.clear()
+        label = (name, "")
+        outcome: Outcome | None = None
+        try:
+            served = self._ensemble(name, version)
+            if served is None:  # unloaded since infer() looked
+                raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+            pipeline = served.ensemble
+            label = (name, str(pipeline.version))
+            outcome = Outcome(served.stats)
+            if request.parameters:
+                _refuse_sequences(request.parameters)
+            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None)
+            asked = request.output_names or pipeline.signature.output_names
+            unknown = [o for o in asked if o not in pipeline.signature.output_names]
+            if unknown:
+                raise InvalidTensor(
+                    f"unexpected output {', '.join(map(repr, unknown))}; ensemble {name!r} gives "
+                    f"{', '.join(pipeline.signature.output_names)}"
+                )
+            classes = request.classifications if request.outputs is not None else None
+            if classes:
+                classification.check_outputs(pipeline.signature, classes)
+            if request.outputs and self.shared_memory is not None:
+                for o in request.outputs:
+                    if o.shm is not None:  # a region that is gone is refused before the steps run for it
+                        self.shared_memory.check(o.shm, f"output {o.name!r}")
+            steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
+
+            async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                sub = InferRequest(
+                    given, request.id, [RequestedOutput(model) for model, _ in step.outputs], request.parameters
+                )
+                try:
+                    answer = await self.infer(
+                        step.model, None if step.version is None else str(step.version), sub, loop, None, steps
+                    )
+                except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
+                    raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
+                return answer.outputs
+
+            with self.tracing.span(name, pipeline.version, request.id or "", carrier):
+                result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+            if classes:
+                result = classification.classify(result, classes, pipeline.max_batch_size > 0)
+            items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
+            served.stats.executed(items, sum(steps))
+            outcome.settle("success", int((time.perf_counter() - started) * 1e9))
+            if compute is not None:
+                compute.extend(steps)
+        except BaseException as e:
+            if outcome is not None:
+                outcome.abandon(int((time.perf_counter() - started) * 1e9))
+            self.metrics.failed(*label, status.reason(e))
+            raise
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
+        try:
+            in_shared_memory = self._to_shared_memory(result, shared, label) if shared else {}
+        except PolystackError:  # its region went away while the steps ran: the client gets a failure
+            outcome.abandon(int((time.perf_counter() - started) * 1e9))
+            raise
+        m = self.metrics.model(*label)
+        m.success.inc()
+        m.request.observe(time.perf_counter() - started)
+        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+
     async def _run(
         self,
         served: _Served,
@@ -760,22 +1027,26 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop | None,
         span: Any,
         outcome: Outcome,
+        compute: list[int] | None = None,
     ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
         """Run ``request`` on ``served`` (its batcher, or a thread), following reloads that replace it as it
         reaches it (to what serves ``name`` and ``version`` as asked then); the result, and the entry that
-        answered."""
+        answered. The model's compute time is appended to ``compute`` when given."""
         entry, outputs = served.entry, request.output_names
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             try:
                 if served.batcher is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
-                    timings: list[int] | None = [] if span is not None else None
+                    timings: list[int] | None = [] if span is not None or compute is not None else None
                     result = await served.batcher.infer_async(
                         request.inputs, outputs, request.timeout_s, loop, timings, outcome
                     )
                     if timings:
-                        self.tracing.stages(span, queued, *timings)
+                        if span is not None:
+                            self.tracing.stages(span, queued, *timings)
+                        if compute is not None:
+                            compute.append(timings[-1] - timings[-2])
                 else:
                     key = (entry.name, entry.version)
                     typical = self._typical_s.get(key)
@@ -807,6 +1078,8 @@ class DataPlane:
                             served.pending -= 1
                     if span is not None:
                         self.tracing.stages(span, None, t0, t1)
+                    if compute is not None:
+                        compute.append(t1 - t0)
                     took = (t1 - t0) / 1e9
                     # a slow-moving average of the compute time decides the inline fast path
                     self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
@@ -902,7 +1175,8 @@ class DataPlane:
         there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
         body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""
         try:
-            self._get(name, version)
+            if self._ensemble(name, version) is None:
+                self._get(name, version)
             return decode()
         except PolystackError as e:
             self.metrics.failed(*self._failure_label(name), status.reason(e))
@@ -912,7 +1186,7 @@ class DataPlane:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
         which would let any client grow /metrics without bound; a served model's name, or empty."""
         served = list(self._served)  # one step (the loader thread changes it): never iterated while it changes
-        return (name, "") if any(k[0] == name for k in served) else ("", "")
+        return (name, "") if name in self._ensembles or any(k[0] == name for k in served) else ("", "")
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -955,6 +1229,10 @@ class DataPlane:
             if state != "READY":
                 item["reason"] = "not loaded"
             out.append(item)
+        out += [
+            {"name": name, "version": str(p.ensemble.version), "state": "READY"}
+            for name, p in sorted(self._ensembles.items())
+        ]
         if self.repository is not None and not ready_only:  # folders a load would read, not yet in the store
             known = {r["name"] for r in out}
             out += [
@@ -988,9 +1266,11 @@ class DataPlane:
             return
         await self._control(lambda n: self._load_only(n, config), name)
 
-    def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry:
+    def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry | ensemble.Ensemble:
         """Register a load's model file as a version of ``name`` and load that version with ``config``;
         what registering changed in the store is undone when the load fails."""
+        if name in self._ensembles:
+            raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
@@ -1022,12 +1302,12 @@ class DataPlane:
                 return
             if after is None:  # its folder is gone
                 repository.seen.pop(name, None)
-                if any(e.name == name for e in self.engine.loaded()):
+                if name in self._ensembles or any(e.name == name for e in self.engine.loaded()):
                     self.unload(name)
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
             try:
-                entry = self._load_from_repository(name, None)
+                loaded = self._load_from_repository(name, None)
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
             except PolystackError as e:
@@ -1039,8 +1319,8 @@ class DataPlane:
             except Exception:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:
-                served = sorted(e.version for e in self.engine.loaded() if e.name == name)
-                log.info("model folder read again", extra={"model": name, "serving": served, "latest": entry.version})
+                served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
+                log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
 
     async def repository_unload(self, name: str) -> None:
         self._check_control()

@@ -10,10 +10,10 @@ default timeout), except ``max_batch_size`` and the instance count, which polyst
 own choice for the model, as Triton's auto-complete fills them from the model.
 What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
-Triton-only features would read (sequence batching, ensembles, ...) are accepted at their
-defaults, so that a config copied from a Triton server loads, and refused otherwise. Both field
-spellings of protobuf's JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers
-as numbers or strings.
+Triton-only features would read (sequence batching, ...) are accepted at their defaults, so that a
+config copied from a Triton server loads, and refused otherwise. Both field spellings of protobuf's
+JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers as numbers or strings.
+An ensemble's config is read by ``ensemble.py``, with the readers here (``read_message``, ...).
 """
 
 from __future__ import annotations
@@ -71,7 +71,10 @@ _TRITON = {
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
     "parameters.value": {"string_value"},
     "response_cache": {"enable"},
+    "ensemble_scheduling": {"step"},
+    "step": {"model_name", "model_version", "input_map", "output_map", "model_namespace"},
 }  # fmt: skip
+_TRITON["ensemble"] = _TRITON["config"]  # an ensemble's config (ensemble.py), read as a model's is
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
@@ -86,6 +89,10 @@ _READ = {
     "model_warmup.input": _TRITON["model_warmup.input"],
     "parameters.value": _TRITON["parameters.value"],
     "response_cache": _TRITON["response_cache"],
+    # an ensemble's (ensemble.py); the rest of its config at Triton's defaults, as for a model
+    "ensemble": {"name", "platform", "backend", "max_batch_size", "input", "output", "ensemble_scheduling"},
+    "ensemble_scheduling": {"step"},
+    "step": {"model_name", "model_version", "input_map", "output_map"},
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -103,7 +110,10 @@ _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 _UNSUPPORTED = {
     "sequence_batching": "polystack has no sequence batching (stateful models)",
-    "ensemble_scheduling": "polystack has no ensembles; chain models in the client",
+    "ensemble_scheduling": (
+        "a model's config cannot make it an ensemble: ensembles are folders of their own in a --model-repository "
+        '(platform "ensemble" and an empty version folder), served beside the models they run'
+    ),
     "model_transaction_policy": "polystack has no decoupled models",
     "batch_input": "polystack has no ragged batching",
     "batch_output": "polystack has no ragged batching",
@@ -159,7 +169,7 @@ def render(
         max_batch = 0
 
     def tensor(t: TensorSpec) -> dict[str, Any]:
-        return {"name": t.name, "data_type": _data_type(t.dtype), "dims": _dims(t, max_batch)}
+        return {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
 
     label_files = label_files_of(entry.record.settings)
     config: dict[str, Any] = {
@@ -212,7 +222,7 @@ def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
         batch_size, lead = min(batch_size, 1), (sample.batch_size,)  # 0 stays 0: a sample Triton skips
     inputs = {
         i.name: {
-            "data_type": _data_type(i.dtype),
+            "data_type": type_name(i.dtype),
             "dims": [*lead, *i.dims],
             **(
                 {"input_data_file": i.data_file}
@@ -246,12 +256,12 @@ def read(
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
     count where the config leaves them out. ``model_dir`` is the directory warm-up files are read from
     (``warmup/`` in it); a load's config sent over the network has none."""
-    config = _config(text)
-    name = _string(config, "name", "config")
+    config = parse_config(text)
+    name = read_string(config, "name", "config")
     if name and name != record.name:
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
-        theirs = _string(config, key, "config")
+        theirs = read_string(config, key, "config")
         if theirs and theirs != ours:
             raise InvalidRequest(
                 f"the config asks for {key} {quote(theirs)}, but polystack runs {record.name!r} as {ours!r} (its plan "
@@ -261,7 +271,7 @@ def read(
     options = _parameters(config.get("parameters"), spec)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
-    max_batch = _int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
+    max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
     if max_batch and not batched:
         raise InvalidRequest(
             f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input; "
@@ -298,7 +308,7 @@ def read(
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
-    cache = _message(config.get("response_cache", {}), "response_cache", "response_cache")
+    cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = _bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
     return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached))
 
@@ -383,57 +393,58 @@ def _top_level_fields(text: str) -> set[str]:
 def label_files(text: str) -> dict[str, str]:
     """The label files the outputs of config ``text`` name (``label_filename``), by output: what a load
     with model files must carry beside the model."""
-    outputs = _config(text).get("output", [])
+    outputs = parse_config(text).get("output", [])
     if not isinstance(outputs, list):
         raise InvalidRequest("output must be a list of tensors")
     found: dict[str, str] = {}
     for i, item in enumerate(outputs):
         where = f"output[{i}]"
-        d = _message(item, where, "output")
-        label = _string(d, "label_filename", where)
+        d = read_message(item, where, "output")
+        label = read_string(d, "label_filename", where)
         if label:
-            name = _string(d, "name", where)
+            name = read_string(d, "name", where)
             if not name:
                 raise InvalidRequest(f"{where} names label file {quote(label)} but no output; give the output's name")
             found[name] = label
     return found
 
 
-def _config(text: str) -> dict[str, Any]:
+def parse_config(text: str, kind: str = "config") -> dict[str, Any]:
+    """A config's JSON ``text`` as a message of ``kind`` (a model's config, or an ensemble's)."""
     try:
         doc = http_codec.loads(text.encode())
     except InvalidRequest as e:
         raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}") from None
-    return _message(doc, "config", "config")
+    return read_message(doc, "config", kind)
 
 
 def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
     where = "dynamic_batching"
-    d = _message(value, where, where)
+    d = read_message(value, where, where)
     preferred = d.get("preferred_batch_size", [])
     if not isinstance(preferred, list):
         raise InvalidRequest(f"{where}.preferred_batch_size must be a list of batch sizes")
     sizes = [_whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
-    delay_us = _int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
+    delay_us = read_int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
     if _bool(d, "preserve_ordering", where):
         raise InvalidRequest(
             f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
             "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
         )
     qwhere = f"{where}.default_queue_policy"
-    queue = _message(d.get("default_queue_policy", {}), qwhere, "default_queue_policy")
-    action = _enum(queue, "timeout_action", qwhere, "ModelQueuePolicy.TimeoutAction") or "REJECT"
+    queue = read_message(d.get("default_queue_policy", {}), qwhere, "default_queue_policy")
+    action = read_enum(queue, "timeout_action", qwhere, "ModelQueuePolicy.TimeoutAction") or "REJECT"
     if action != "REJECT":
         raise InvalidRequest(
             f"{qwhere}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
             "passed, never runs it late; use REJECT"
         )
-    timeout_us = _int(queue, "default_timeout_microseconds", qwhere, 0, _MAX_MICROSECONDS)
+    timeout_us = read_int(queue, "default_timeout_microseconds", qwhere, 0, _MAX_MICROSECONDS)
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(sizes))),
-        max_queue_size=_int(queue, "max_queue_size", qwhere, 0, _UINT32_MAX),
+        max_queue_size=read_int(queue, "max_queue_size", qwhere, 0, _UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
         client_timeouts=_bool(queue, "allow_timeout_override", qwhere),
         instances=instances,
@@ -453,16 +464,16 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
     calls = 0
     for i, item in enumerate(value):
         where = f"model_warmup[{i}]"
-        d = _message(item, where, "model_warmup")
-        given = _string(d, "name", where)  # kept as given: the config read back is the config loaded
+        d = read_message(item, where, "model_warmup")
+        given = read_string(d, "name", where)  # kept as given: the config read back is the config loaded
         name = given or f"sample {i}"
-        batch_size = _int(d, "batch_size", where, 0, _UINT32_MAX)
+        batch_size = read_int(d, "batch_size", where, 0, _UINT32_MAX)
         if batch_size > max(1, max_batch):
             raise InvalidRequest(
                 f"{where} ({name}) has batch_size {batch_size}, over the model's max_batch_size {max_batch}; "
                 + (f"use 1 to {max_batch}" if max_batch else "a model without batching takes samples of batch_size 1")
             )
-        count = _int(d, "count", where, 0, _UINT32_MAX)
+        count = read_int(d, "count", where, 0, _UINT32_MAX)
         inputs = d.get("inputs", {})
         if not isinstance(inputs, dict):
             raise InvalidRequest(f"{where}.inputs must be an object of {{input name: warm-up input}}")
@@ -495,12 +506,12 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
 
 
 def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_dir: Path | None) -> WarmupInput:
-    d = _message(value, where, "model_warmup.input")
-    want = _data_type(t.dtype)
-    got = _enum(d, "data_type", where, "DataType")
+    d = read_message(value, where, "model_warmup.input")
+    want = type_name(t.dtype)
+    got = read_enum(d, "data_type", where, "DataType")
     if got != want:
         raise InvalidRequest(f"{where} has data_type {quote(got or None)}, but the model's input is {want}")
-    dims = _int_list(d.get("dims", []), f"{where}.dims", 0)  # Triton: every variable-size dimension given
+    dims = read_int_list(d.get("dims", []), f"{where}.dims", 0)  # Triton: every variable-size dimension given
     model_dims = _dims(t, max_batch)
     if len(dims) != len(model_dims) or any(m not in (-1, g) for m, g in zip(model_dims, dims, strict=True)):
         raise InvalidRequest(
@@ -516,7 +527,7 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_d
             f"{' and '.join(chosen) or 'none of them'}"
         )
     if chosen[0] == "input_data_file":
-        name = _string(d, "input_data_file", where)
+        name = read_string(d, "input_data_file", where)
         data = _warmup_file(name, where, model_dir, t.dtype, tuple(dims))
         return WarmupInput(t.name, t.dtype, tuple(dims), data_file=name, data=data)
     _bool(d, chosen[0], where)
@@ -575,21 +586,21 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     total = 0
     for i, item in enumerate(value):
         where = f"instance_group[{i}]"
-        group = _message(item, where, "instance_group")
-        _string(group, "name", where)
-        kind = _enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
+        group = read_message(item, where, "instance_group")
+        read_string(group, "name", where)
+        kind = read_enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
         if kind not in ("KIND_AUTO", ours):
             raise InvalidRequest(
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
                 f"use {ours} or KIND_AUTO, or serve a variant built for that device"
             )
-        gpus = _int_list(group.get("gpus", []), f"{where}.gpus", 0)
+        gpus = read_int_list(group.get("gpus", []), f"{where}.gpus", 0)
         if any(g != index for g in gpus):
             raise InvalidRequest(
                 f"{where}.gpus {gpus} does not match the device polystack runs this model on ({spec.device}); "
                 "leave gpus out"
             )
-        count = _int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
+        count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
         total += count or 1  # 0 is unset: one instance
     if total > _MAX_INSTANCES:
         raise InvalidRequest(
@@ -613,7 +624,7 @@ def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
     options: dict[str, Any] = {}
     for key, item in value.items():
-        fields = _message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
+        fields = read_message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
         given = fields.get("string_value")
         if not isinstance(given, str):
             raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
@@ -666,8 +677,8 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"{key}[{i}]"
-            d = _message(item, where, key)
-            name = _string(d, "name", where)
+            d = read_message(item, where, key)
+            name = read_string(d, "name", where)
             if name in seen:
                 raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
             seen.add(name)
@@ -677,20 +688,20 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                     f"{where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s are "
                     f"{', '.join(by_name)}"
                 )
-            want = _data_type(t.dtype)
-            got = _enum(d, "data_type", where, "DataType")
+            want = type_name(t.dtype)
+            got = read_enum(d, "data_type", where, "DataType")
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
             dims = d.get("dims")
             if dims is not None:
-                got_dims = _int_list(dims, f"{where}.dims")
+                got_dims = read_int_list(dims, f"{where}.dims")
                 if got_dims != _dims(t, max_batch):
                     raise InvalidRequest(
                         f"{where} ({name}) has dims {got_dims}, but the model's are {_dims(t, max_batch)} with "
                         f"max_batch_size {max_batch} (-1: any size); polystack checks requests against the model's "
                         "own dims"
                     )
-            layout = (_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
+            layout = (read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
             if layout not in _FORMATS:
                 raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
             if layout != "FORMAT_NONE":
@@ -701,7 +712,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                         + ("" if max_batch or not t.batched else ", or set max_batch_size 1 or more")
                     )
                 formats.append((name, layout))
-            label = _string(d, "label_filename", where)
+            label = read_string(d, "label_filename", where)
             if label and label != label_files.get(name, ""):
                 raise InvalidRequest(
                     f"{where} ({name}) names labels {quote(label)}, which are not the labels registered with the "
@@ -716,7 +727,7 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 _ENUM_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # an enum's number given as a string ("2", " 2", "+2")
 
 
-def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
+def read_message(value: Any, where: str, kind: str) -> dict[str, Any]:
     """``value`` as a message of ``kind`` with snake_case keys; Triton's fields outside ``_READ[kind]``
     must be at their defaults, and names that are not Triton's are refused."""
     if not isinstance(value, dict):
@@ -738,7 +749,7 @@ def _message(value: Any, where: str, kind: str) -> dict[str, Any]:
         if snake in _READ[kind]:
             out[snake] = v
             continue
-        path = snake if kind == "config" else f"{kind}.{snake}"
+        path = snake if kind in ("config", "ensemble") else f"{kind}.{snake}"
         if path in _FILE_NAMES:
             _file_names(v, path)
             continue
@@ -797,14 +808,14 @@ def _file_names(value: Any, path: str) -> None:
         raise InvalidRequest(f"{path} must hold file names (strings), not {quote(value)}")
 
 
-def _string(d: dict[str, Any], key: str, where: str) -> str:
+def read_string(d: dict[str, Any], key: str, where: str) -> str:
     v = d.get(key, "")
     if not isinstance(v, str):
         raise InvalidRequest(f"{where}.{key} must be a string, not {quote(v)}")
     return v
 
 
-def _enum(d: dict[str, Any], key: str, where: str, enum: str) -> str:
+def read_enum(d: dict[str, Any], key: str, where: str, enum: str) -> str:
     """An enum field's value name ("": unset, as its number 0 is); protobuf's JSON, which Triton reads
     configs with, gives the name or the number (a number, or digits in a string). The caller checks names."""
     v = d.get(key, "")
@@ -842,7 +853,7 @@ def _bool(d: dict[str, Any], key: str, where: str) -> bool:
     return v
 
 
-def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
+def read_int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
     return _whole(d.get(key, 0), f"{where}.{key}", lo, hi)
 
 
@@ -856,7 +867,7 @@ def _whole(v: Any, what: str, lo: int, hi: int) -> int:
     return v
 
 
-def _int_list(value: Any, where: str, lo: int = -1) -> list[int]:
+def read_int_list(value: Any, where: str, lo: int = -1) -> list[int]:
     if not isinstance(value, list):
         raise InvalidRequest(f"{where} must be a list of whole numbers")
     return [_whole(v, where, lo, (1 << 63) - 1) for v in value]
@@ -866,8 +877,19 @@ def _dims(t: TensorSpec, max_batch: int) -> list[int]:
     return list(t.shape[1:] if max_batch > 0 else t.shape)
 
 
-def _data_type(dtype: DType) -> str:
+def type_name(dtype: DType) -> str:
     return "TYPE_STRING" if dtype is DType.BYTES else f"TYPE_{dtype.value}"
+
+
+def dtype_of(name: str, where: str) -> DType:
+    """The datatype a config's ``data_type`` (``read_enum``: TYPE_FP32, ...) names."""
+    found = {type_name(d): d for d in DType}.get(name)
+    if found is None:
+        raise InvalidRequest(
+            f"{where}.data_type {quote(name or None)} is not a type polystack serves; give one of "
+            f"{', '.join(type_name(d) for d in DType)}"
+        )
+    return found
 
 
 def _kind(device: str) -> str:

@@ -26,8 +26,10 @@ registered.
 
 What a config says of the file (``platform``, ``backend``, ``default_model_filename``) chooses the file and
 is then left out of the config the server applies, since polystack chooses the runtime (its plan, or the
-default variant); the version policy is the repository's, and the server loads what it picked. A model
-folder polystack cannot serve (another framework's files, an ensemble, no version folder) stops the start
+default variant); the version policy is the repository's, and the server loads what it picked. A folder whose
+config declares an ensemble (``platform: "ensemble"``, ``ensemble.py``) holds no model file: its version
+folder is empty, nothing of it goes in the store, and the server serves it once the models it runs are
+loaded. A model folder polystack cannot serve (another framework's files, no version folder) stops the start
 with one line naming it.
 """
 
@@ -44,6 +46,8 @@ from typing import Any
 
 from polystack.errors import InvalidRequest, NotFound, PolystackError, quote
 from polystack.server import model_config, model_files
+from polystack.server.ensemble import Ensemble, is_ensemble
+from polystack.server.ensemble import read as read_ensemble
 from polystack.store import Store, validate_name
 from polystack.store.refs import MAX_VERSION
 
@@ -71,6 +75,7 @@ class RepositoryModel:
     name: str
     versions: tuple[int, ...]
     config: model_config.ConfigFile | None
+    ensemble: Ensemble | None = None  # an ensemble's folder: served as this, nothing registered (versions: its one)
 
     @property
     def refs(self) -> list[str]:
@@ -258,14 +263,23 @@ def _register_model(store: Store, folder: Path, done: list[model_files.Registere
         if given and given != name:
             raise InvalidRequest(f"its {CONFIG} names model {quote(given)}; as in Triton, it must be the folder's name")
     platform = str(doc.get("platform") or doc.get("backend") or "")
-    if platform == "ensemble" or "ensemble_scheduling" in doc or "ensembleScheduling" in doc:
-        raise InvalidRequest("it is an ensemble, and polystack has no ensembles; chain its models in the client")
     versions = _versions(folder)
     if not versions:
         raise InvalidRequest(
             "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
+            + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
     served = _policy(doc.get("version_policy", doc.get("versionPolicy")), versions)
+    if is_ensemble(doc):
+        if len(served) > 1:
+            raise InvalidRequest(
+                f"its version_policy picks versions {list(served)}, but an ensemble serves one version; pick one"
+            )
+        policy = {"version_policy", "versionPolicy"}
+        text = json.dumps({k: v for k, v in doc.items() if k not in policy})
+        source = f"--model-repository {folder / CONFIG}"
+        pipeline = read_ensemble(text, name, served[0])
+        return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")

@@ -1,0 +1,379 @@
+"""Triton's ensembles: a model that is a pipeline of served models, declared by its config alone
+(``platform: "ensemble"`` and ``ensemble_scheduling``), as a Triton model repository declares one::
+
+    DIR/pipeline/config.pbtxt   (platform "ensemble", its inputs, outputs and steps)
+    DIR/pipeline/1/             (an empty version folder, as Triton needs)
+
+Each step names a served model (``model_name``; ``model_version`` -1 for its latest) and maps the ensemble's
+tensors to it: ``input_map`` from the step model's input to the ensemble tensor it takes, ``output_map``
+from the step model's output to the ensemble tensor it gives. A request runs each step as soon as the
+tensors it takes are there (steps that do not depend on one another run at once), each step as a request
+of its own to its model: through that model's batcher, counted in that model's statistics and metrics.
+
+``read`` checks what the config alone decides (each tensor given once, every ensemble input taken, every
+ensemble output given, no step waiting on a tensor nothing gives, so no cycle); ``check`` checks it against
+the models it names as they are served (their inputs all given, types and shapes agreeing along the way,
+batch sizes within theirs). An ensemble holds no weights, so nothing of it goes in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.server import model_config
+from polystack.types import DType, Signature, TensorSpec
+
+PLATFORM = "ensemble"
+MAX_STEPS = 256  # a pipeline of more is a mistake (a generated config gone wrong), and each runs per request
+MAX_DEPTH = 8  # ensembles whose steps name ensembles, nested this deep at most
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: the model it runs (``version`` None: its latest) and the tensors it takes and gives."""
+
+    model: str
+    version: int | None
+    inputs: tuple[tuple[str, str], ...]  # (the step model's input, the ensemble tensor it takes)
+    outputs: tuple[tuple[str, str], ...]  # (the step model's output, the ensemble tensor it gives)
+
+    def describe(self, index: int) -> str:
+        return f"step {index} ({self.model}{'' if self.version is None else f':{self.version}'})"
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """An ensemble as its config declares it: its name and version, the batch size its requests may carry
+    (0: no batch dimension), its inputs and outputs as requests see them, and its steps in config order."""
+
+    name: str
+    version: int
+    max_batch_size: int
+    signature: Signature
+    steps: tuple[Step, ...]
+
+    @property
+    def models(self) -> set[str]:
+        """The models its steps name."""
+        return {s.model for s in self.steps}
+
+
+def is_ensemble(doc: Mapping[str, Any]) -> bool:
+    """Whether a parsed config declares an ensemble."""
+    platform = doc.get("platform") or doc.get("backend") or ""
+    return platform == PLATFORM or "ensemble_scheduling" in doc or "ensembleScheduling" in doc
+
+
+def read(text: str, name: str, version: int) -> Ensemble:
+    """The ensemble config ``text`` (JSON, as ``model_config.as_json`` gives it) declares, checked as far as
+    the config alone decides; ``InvalidRequest`` says what is wrong and where."""
+    config = model_config.parse_config(text, "ensemble")
+    platform = model_config.read_string(config, "platform", "config")
+    backend = model_config.read_string(config, "backend", "config")
+    if platform != PLATFORM or backend:
+        raise InvalidRequest(
+            f"an ensemble's config sets platform {PLATFORM!r} and no backend (it has platform {quote(platform)}, "
+            f"backend {quote(backend)})"
+        )
+    given = model_config.read_string(config, "name", "config")
+    if given and given != name:
+        raise InvalidRequest(f"the config names model {quote(given)}, but it is loaded as {name!r}")
+    max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
+    inputs = _tensors(config, "input", max_batch)
+    outputs = _tensors(config, "output", max_batch)
+    scheduling = model_config.read_message(config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling")
+    raw_steps = scheduling.get("step", [])
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise InvalidRequest("ensemble_scheduling must list one or more steps (step [ { model_name: ... } ])")
+    if len(raw_steps) > MAX_STEPS:
+        raise InvalidRequest(f"ensemble_scheduling lists {len(raw_steps)} steps; an ensemble runs at most {MAX_STEPS}")
+    steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
+    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs), steps)
+    _check_flow(ensemble)
+    return ensemble
+
+
+def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[TensorSpec, ...]:
+    items = config.get(key, [])
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(f"an ensemble's config lists its {key}s ({key} [ {{ name, data_type, dims }} ])")
+    found: dict[str, TensorSpec] = {}
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        d = model_config.read_message(item, where, key)
+        name = model_config.read_string(d, "name", where)
+        if not name:
+            raise InvalidRequest(f"{where} has no name")
+        if name in found:
+            raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
+        dtype = model_config.dtype_of(model_config.read_enum(d, "data_type", where, "DataType"), where)
+        if "dims" not in d:
+            raise InvalidRequest(f"{where} ({name}) has no dims; give its shape without the batch dimension (-1: any size)")
+        dims = model_config.read_int_list(d["dims"], f"{where}.dims")
+        if max_batch == 0 and not dims:
+            raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
+        layout = (model_config.read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
+        if layout != "FORMAT_NONE":
+            raise InvalidRequest(f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out")
+        if model_config.read_string(d, "label_filename", where):
+            raise InvalidRequest(
+                f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"
+            )
+        found[name] = TensorSpec(name, dtype, ((-1,) if max_batch else ()) + tuple(dims))
+    return tuple(found.values())
+
+
+def _step(item: Any, index: int) -> Step:
+    where = f"ensemble_scheduling.step[{index}]"
+    d = model_config.read_message(item, where, "step")
+    model = model_config.read_string(d, "model_name", where)
+    if not model:
+        raise InvalidRequest(f"{where} has no model_name; name the served model it runs")
+    raw_version = model_config.read_int(d, "model_version", where, -1, (1 << 63) - 1) if "model_version" in d else -1
+    if raw_version == 0:
+        raise InvalidRequest(f"{where} ({model}) asks for model_version 0; give a version from 1, or -1 for the latest")
+    maps = []
+    for key in ("input_map", "output_map"):
+        value = d.get(key, {})
+        if not isinstance(value, dict) or not value:
+            raise InvalidRequest(f"{where} ({model}) has no {key}; map each of the model's tensors to an ensemble tensor")
+        if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+            raise InvalidRequest(f"{where}.{key} maps tensor names (strings) to tensor names (strings)")
+        maps.append(tuple(value.items()))
+    return Step(model, None if raw_version == -1 else raw_version, maps[0], maps[1])
+
+
+def _check_flow(ensemble: Ensemble) -> None:
+    """What the config alone decides: each tensor given once, every step's tensors given by the request or
+    an earlier step (so no cycle), every ensemble input taken and every ensemble output given."""
+    sig = ensemble.signature
+    given: dict[str, str] = {t: "the request" for t in sig.input_names}
+    for i, step in enumerate(ensemble.steps):
+        for _, tensor in step.outputs:
+            if tensor in given:
+                raise InvalidRequest(
+                    f"ensemble tensor {quote(tensor)} is given by {step.describe(i)} and by {given[tensor]}; "
+                    "each tensor is given once (rename one in its output_map)"
+                )
+            given[tensor] = step.describe(i)
+    taken = {tensor for step in ensemble.steps for _, tensor in step.inputs}
+    for name in sig.input_names:
+        if name not in taken:
+            raise InvalidRequest(f"ensemble input {quote(name)} is taken by no step; map it in a step's input_map, or drop it")
+    for tensor, giver in given.items():
+        if tensor not in taken and tensor not in sig.output_names and giver != "the request":
+            raise InvalidRequest(
+                f"ensemble tensor {quote(tensor)}, given by {giver}, is taken by no step and is not an ensemble "
+                "output; drop it from the output_map (a step model's outputs need not all be mapped)"
+            )
+    for name in sig.output_names:
+        if name not in given or given[name] == "the request":
+            raise InvalidRequest(
+                f"ensemble output {quote(name)} is given by no step; map a step model's output to it in an output_map"
+            )
+    for i, step in enumerate(ensemble.steps):
+        missing = [tensor for _, tensor in step.inputs if tensor not in given]
+        if missing:
+            raise InvalidRequest(
+                f"{step.describe(i)} takes {', '.join(map(quote, missing))}, which no step gives and the request does "
+                "not carry; give it in another step's output_map, or list it as an ensemble input"
+            )
+    order(ensemble)  # a cycle: refused there
+
+
+def order(ensemble: Ensemble) -> list[list[int]]:
+    """The steps in waves: each wave's steps take only tensors the request or earlier waves give."""
+    have = set(ensemble.signature.input_names)
+    left = list(range(len(ensemble.steps)))
+    waves: list[list[int]] = []
+    while left:
+        wave = [i for i in left if all(t in have for _, t in ensemble.steps[i].inputs)]
+        if not wave:
+            stuck = ", ".join(ensemble.steps[i].describe(i) for i in left)
+            raise InvalidRequest(
+                f"the steps {stuck} wait on one another's tensors (a cycle); each step must take only what the "
+                "request or other steps give"
+            )
+        waves.append(wave)
+        for i in wave:
+            have.update(t for _, t in ensemble.steps[i].outputs)
+        left = [i for i in left if i not in wave]
+    return waves
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a step model serves, as an ensemble sees it: its signature (its tensors' full shapes, the batch
+    dimension included), whether it takes a batch, and the most rows a request may carry (0: no limit)."""
+
+    signature: Signature
+    batched: bool
+    max_batch_size: int
+
+
+def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
+    """Check ``ensemble`` against the models its steps run as ``served`` gives them (which raises for one
+    not served): every input of each step model given, outputs its own, types and shapes agreeing, and
+    batch sizes the ensemble's requests may carry within theirs."""
+    types: dict[str, tuple[DType, tuple[int, ...], str]] = {
+        t.name: (t.dtype, t.shape, "the ensemble's input") for t in ensemble.signature.inputs
+    }
+    wanted = {t.name: t for t in ensemble.signature.outputs}
+    for i in [i for wave in order(ensemble) for i in wave]:
+        step = ensemble.steps[i]
+        where = step.describe(i)
+        try:
+            model = served(step)
+        except PolystackError as e:
+            raise e.prefixed(where) from None
+        inputs = {t.name: t for t in model.signature.inputs}
+        outputs = {t.name: t for t in model.signature.outputs}
+        for kind, mapping, own in (("input", step.inputs, inputs), ("output", step.outputs, outputs)):
+            for tensor, _ in mapping:
+                if tensor not in own:
+                    raise InvalidRequest(
+                        f"{where}: its {kind}_map names {quote(tensor)}, which is not an {kind} of {step.model!r}; its "
+                        f"{kind}s are {', '.join(own)}"
+                    )
+        unmapped = [n for n in inputs if n not in dict(step.inputs)]
+        if unmapped:
+            raise InvalidRequest(f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it")
+        if ensemble.max_batch_size:
+            if not model.batched:
+                raise InvalidRequest(
+                    f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes no "
+                    "batch; set the ensemble's max_batch_size to 0 and give its dims whole"
+                )
+            if model.max_batch_size and model.max_batch_size < ensemble.max_batch_size:
+                raise InvalidRequest(
+                    f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
+                    f"most {model.max_batch_size}; lower the ensemble's"
+                )
+        for model_tensor, tensor in step.inputs:
+            dtype, shape, source = types[tensor]
+            _agree(where, tensor, f"{step.model!r}'s input {model_tensor!r}", inputs[model_tensor], dtype, shape, source)
+        for model_tensor, tensor in step.outputs:
+            spec = outputs[model_tensor]
+            if tensor in wanted:
+                out = wanted[tensor]
+                _agree(where, tensor, f"{step.model!r}'s output {model_tensor!r}", spec, out.dtype, out.shape,
+                       "the ensemble's output")  # fmt: skip
+            types[tensor] = (spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}")
+
+
+def _agree(where: str, tensor: str, what: str, spec: TensorSpec, dtype: DType, shape: tuple[int, ...], source: str) -> None:
+    if spec.dtype is not dtype:
+        raise InvalidRequest(
+            f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
+        )
+    # ranks of 0 are left alone: ONNX may leave an output's shape unknown
+    if spec.shape and shape and not _compatible(spec.shape, shape):
+        raise InvalidRequest(
+            f"{where}: ensemble tensor {quote(tensor)} has shape {list(shape)} as {source}, but {what} has "
+            f"{list(spec.shape)} (-1: any size)"
+        )
+
+
+def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
+
+
+def render(ensemble: Ensemble) -> dict[str, Any]:
+    """Its Triton-shaped configuration (the model_configuration extension)."""
+
+    def tensor(t: TensorSpec) -> dict[str, Any]:
+        dims = list(t.shape[1:] if ensemble.max_batch_size else t.shape)
+        return {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims}
+
+    return {
+        "name": ensemble.name,
+        "platform": PLATFORM,
+        "max_batch_size": ensemble.max_batch_size,
+        "input": [{**tensor(t), "format": "FORMAT_NONE"} for t in ensemble.signature.inputs],
+        "output": [tensor(t) for t in ensemble.signature.outputs],
+        "ensemble_scheduling": {
+            "step": [
+                {
+                    "model_name": s.model,
+                    "model_version": -1 if s.version is None else s.version,
+                    "input_map": dict(s.inputs),
+                    "output_map": dict(s.outputs),
+                }
+                for s in ensemble.steps
+            ]
+        },
+    }
+
+
+StepRun = Callable[[int, Step, dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]]]
+
+
+def needed(ensemble: Ensemble, outputs: Collection[str]) -> list[int]:
+    """The steps that lead to ``outputs`` (Triton runs only those for a request that asks for some)."""
+    giver = {tensor: i for i, step in enumerate(ensemble.steps) for _, tensor in step.outputs}
+    wanted, steps = list(outputs), set()
+    while wanted:
+        i = giver.get(wanted.pop())
+        if i is not None and i not in steps:
+            steps.add(i)
+            wanted += [tensor for _, tensor in ensemble.steps[i].inputs]
+    return sorted(steps)
+
+
+async def run(
+    ensemble: Ensemble, inputs: Mapping[str, np.ndarray], outputs: Collection[str], step_run: StepRun
+) -> dict[str, np.ndarray]:
+    """Run the steps of ``ensemble`` that lead to ``outputs`` on ``inputs`` (checked against its signature by
+    the caller), each as soon as the tensors it takes are there, by ``step_run(index, step, its inputs by
+    the step model's names)``, which returns the step model's outputs; those ``outputs``, by name. The first
+    step that fails fails it (its error led by where it happened), and the steps still running are
+    cancelled."""
+    tensors: dict[str, np.ndarray] = dict(inputs)
+    waiting = needed(ensemble, outputs)
+    running: dict[asyncio.Future[Mapping[str, np.ndarray]], int] = {}
+    try:
+        while waiting or running:
+            for i in [i for i in waiting if all(t in tensors for _, t in ensemble.steps[i].inputs)]:
+                waiting.remove(i)
+                step = ensemble.steps[i]
+                given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs}
+                running[asyncio.ensure_future(step_run(i, step, given))] = i
+            if not running:  # read() refuses such configs
+                raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                step = ensemble.steps[i]
+                try:
+                    result = future.result()
+                except PolystackError as e:  # Triton's words first, and the step's
+                    raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
+                for model_tensor, tensor in step.outputs:
+                    tensors[tensor] = result[model_tensor]
+    finally:
+        for future in running:
+            future.cancel()
+    return {name: tensors[name] for name in outputs}
+
+
+def load_order(ensembles: Mapping[str, Ensemble]) -> list[str]:
+    """The names of ``ensembles`` with each after those its steps run (a cycle: in name order, for the load to
+    refuse)."""
+    done: list[str] = []
+
+    def visit(name: str, path: frozenset[str]) -> None:
+        if name in done or name in path or name not in ensembles:
+            return
+        for model in sorted(ensembles[name].models):
+            visit(model, path | {name})
+        done.append(name)
+
+    for name in sorted(ensembles):
+        visit(name, frozenset())
+    return done

@@ -1,0 +1,325 @@
+"""Triton's ensembles: a repository folder whose config.pbtxt declares a pipeline of served models, served by
+a real server process to the real tritonclient (HTTP and gRPC); and the ensemble configs refused, each
+with what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+from tritonclient.utils import InferenceServerException
+
+from polystack.errors import InvalidRequest, ModelClosed
+from polystack.examples import mlp_onnx
+from polystack.server import ensemble, model_config
+
+# mlp: x FP32[16] -> y FP32[4]; head: h FP32[4] -> z FP32[3]; pipe runs mlp, then head and neg at once
+PIPE = """
+name: "pipe"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]
+output [
+  { name: "OUT", data_type: TYPE_FP32, dims: [ 3 ] },
+  { name: "NEG", data_type: TYPE_FP32, dims: [ 4 ] }
+]
+ensemble_scheduling {
+  step [
+    { model_name: "mlp", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "MID" } },
+    { model_name: "head", model_version: -1, input_map { key: "h" value: "MID" }, output_map { key: "z" value: "OUT" } },
+    { model_name: "neg", model_version: 1, input_map { key: "a" value: "MID" }, output_map { key: "b" value: "NEG" } }
+  ]
+}
+"""
+
+
+def _neg_onnx(path: Path) -> Path:
+    """a FP32[batch, 4] -> b = -a."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["a"], ["b"])],
+        "neg",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+def pipeline_repository(root: Path) -> Path:
+    """mlp (batched by its config), head and neg (no config), and the ensemble pipe with an empty version folder."""
+    for name, make in (
+        ("mlp", lambda p: mlp_onnx(p, sizes=(16, 32, 4), seed=1)),
+        ("head", lambda p: mlp_onnx(p, sizes=(4, 3), seed=2, input_name="h", output_name="z")),
+        ("neg", _neg_onnx),
+    ):
+        (root / name / "1").mkdir(parents=True)
+        make(root / name / "1" / "model.onnx")
+    (root / "mlp" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    )
+    (root / "pipe" / "1").mkdir(parents=True)
+    (root / "pipe" / "config.pbtxt").write_text(PIPE)
+    return root
+
+
+def _expected(repo: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(name: str, inp: str, out: str, value: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run([out], {inp: value})[0])
+
+    mid = run("mlp", "x", "y", x)
+    return run("head", "h", "z", mid), -mid
+
+
+@contextlib.contextmanager
+def _served(tmp_path: Path, *flags: str) -> Iterator[tuple[Path, int, int]]:
+    repo, port, grpc_port = pipeline_repository(tmp_path / "models"), free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), *flags]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        yield repo, port, grpc_port
+
+
+def _stats(client: httpclient.InferenceServerClient, model: str) -> dict[str, int]:
+    [s] = client.get_inference_statistics(model)["model_stats"]
+    return {"inference_count": s["inference_count"], "execution_count": s["execution_count"],
+            "success": s["inference_stats"]["success"]["count"], "fail": s["inference_stats"]["fail"]["count"],
+            "compute_infer_ns": s["inference_stats"]["compute_infer"]["ns"]}  # fmt: skip
+
+
+def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    with _served(tmp_path, "--allow-model-control") as (repo, port, grpc_port):
+        out, neg = _expected(repo, x)
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert http.is_model_ready("pipe") and http.is_model_ready("pipe", "1") and not http.is_model_ready("pipe", "2")
+        for client in (httpclient, grpcclient):
+            i = client.InferInput("IN", [3, 16], "FP32")
+            i.set_data_from_numpy(x)
+            answer = (http if client is httpclient else grpc).infer("pipe", [i])
+            np.testing.assert_allclose(answer.as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(answer.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
+            response = answer.get_response()
+            assert (response["model_name"] if client is httpclient else response.model_name) == "pipe"
+        # metadata and config as Triton shows an ensemble's
+        meta = http.get_model_metadata("pipe")
+        assert meta["platform"] == "ensemble" and meta["versions"] == ["1"]
+        assert meta["inputs"] == [{"name": "IN", "datatype": "FP32", "shape": [-1, 16]}]
+        config = grpc.get_model_config("pipe", as_json=True)["config"]
+        assert config["platform"] == "ensemble" and config["max_batch_size"] == 8
+        steps = config["ensemble_scheduling"]["step"]
+        assert [(s["model_name"], s["model_version"]) for s in steps] == [("mlp", "-1"), ("head", "-1"), ("neg", "1")]
+        assert steps[1]["input_map"] == {"h": "MID"} and steps[1]["output_map"] == {"z": "OUT"}
+        # the ensemble counts its requests, the models count their steps
+        pipe, head, mlp = _stats(http, "pipe"), _stats(http, "head"), _stats(http, "mlp")
+        assert (pipe["success"], pipe["inference_count"], pipe["execution_count"]) == (2, 6, 2)
+        assert pipe["compute_infer_ns"] > 0 and head["success"] == 2 and mlp["inference_count"] == 6
+        # asked for NEG only: the step that gives OUT alone does not run
+        i = httpclient.InferInput("IN", [3, 16], "FP32")
+        i.set_data_from_numpy(x)
+        answer = http.infer("pipe", [i], outputs=[httpclient.InferRequestedOutput("NEG", binary_data=False)])
+        assert answer.as_numpy("OUT") is None
+        np.testing.assert_allclose(answer.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
+        assert _stats(http, "head")["success"] == 2 and _stats(http, "neg")["success"] == 3
+        # what the ensemble refuses is the client's fault, answered while it serves on
+        for inputs, outputs, words in (
+            ({"IN": np.ones((3, 16), np.int32)}, None, "input 'IN' has datatype INT32"),
+            ({"IN": np.ones((9, 16), np.float32)}, None, "batch size 9 exceeds the model's maximum of 8"),
+            ({"IN": np.ones((3, 15), np.float32)}, None, "input 'IN' has shape [3, 15]"),
+            ({"IN": np.ones((3, 16), np.float32), "MID": np.ones((3, 4), np.float32)}, None, "unexpected input 'MID'"),
+            ({"IN": np.ones((3, 16), np.float32)}, "MID", "unexpected output 'MID'"),
+        ):
+            tensors = []
+            for name, value in inputs.items():
+                tensors.append(httpclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT32"))
+                tensors[-1].set_data_from_numpy(value)
+            asked = [httpclient.InferRequestedOutput(outputs)] if outputs else None
+            with pytest.raises(InferenceServerException, match=re.escape(words)) as e:
+                http.infer("pipe", tensors, outputs=asked)
+            assert e.value.status() == "400"
+        with pytest.raises(InferenceServerException) as e:
+            http.infer("pipe", [i], model_version="2")
+        assert e.value.status() == "404"
+        assert _stats(http, "pipe")["fail"] == 5  # the one for a version it does not have is not its own
+        # the index lists it; unloading a model it runs unloads it, as in Triton; loading it loads that model
+        index = {m["name"]: m for m in http.get_model_repository_index()}
+        assert index["pipe"]["state"] == "READY" and index["pipe"]["version"] == "1"
+        http.unload_model("head")
+        assert not http.is_model_ready("pipe")
+        with pytest.raises(InferenceServerException, match="Request for unknown model: 'pipe'"):
+            http.infer("pipe", [i])
+        http.load_model("pipe")
+        assert http.is_model_ready("pipe") and http.is_model_ready("head")
+        np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
+        # its folder's config changed: a load reads it again; one that no longer fits is refused, the old serves on
+        (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('model_name: "neg"', 'model_name: "nope"'))
+        with pytest.raises(InferenceServerException, match=r"failed to load 'pipe'.*'nope'"):
+            http.load_model("pipe")
+        assert http.is_model_ready("pipe")
+        http.unload_model("pipe")
+        assert not http.is_model_ready("pipe") and http.is_model_ready("mlp")
+    log = (tmp_path / "serve.log").read_text()
+    assert '"ensemble"' in log and "Traceback" not in log
+
+
+def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path: Path) -> None:
+    with _served(tmp_path, "--repository-poll-secs", "0.2") as (repo, port, _):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert http.is_model_ready("pipe")
+        (repo / "chain" / "1").mkdir(parents=True)  # an ensemble that runs the ensemble pipe
+        (repo / "chain" / "config.pbtxt").write_text(
+            'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "A", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+            'output [ { name: "B", data_type: TYPE_FP32, dims: [ 3 ] } ]\nensemble_scheduling { step [ {\n'
+            '  model_name: "pipe", input_map { key: "IN" value: "A" }, output_map { key: "OUT" value: "B" } } ] }\n'
+        )
+        assert _until(lambda: http.is_model_ready("chain"))
+        x = np.ones((2, 16), np.float32)
+        i = httpclient.InferInput("A", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_allclose(http.infer("chain", [i]).as_numpy("B"), _expected(repo, x)[0], rtol=1e-5, atol=1e-6)
+        for name in ("chain", "pipe"):
+            (repo / name / "config.pbtxt").unlink()
+            (repo / name / "1").rmdir()
+            (repo / name).rmdir()
+        assert _until(lambda: not http.is_model_ready("chain") and not http.is_model_ready("pipe"))
+        assert http.is_model_ready("mlp")
+
+
+def _until(check: object, within_s: float = 30.0) -> bool:
+    import time
+
+    assert callable(check)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
+def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:
+    repo = pipeline_repository(tmp_path / "models")
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('value: "IN"', 'value: "IN2"'))
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1"])
+    assert "model 'pipe': ensemble input 'IN' is taken by no step" in line
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('key: "h"', 'key: "hh"'))
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository", str(repo)]
+    out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2  # once the models it runs loaded (their log lines), with one line saying why
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == "error: failed to load 'pipe': step 1 (head): its input_map names 'hh', which is not an input of 'head'; its inputs are h"
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--engine", "ray"])
+    assert "--engine ray does not serve ensembles" in line
+
+
+def _config(steps: list[dict[str, object]], **top: object) -> str:
+    doc = {
+        "name": "e",
+        "platform": "ensemble",
+        "max_batch_size": 4,
+        "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [4]}],
+        "ensemble_scheduling": {"step": steps},
+        **top,
+    }
+    return json.dumps(doc)
+
+
+def _tensor(name: str) -> dict[str, object]:
+    return {"name": name, "data_type": "TYPE_FP32", "dims": [4]}
+
+
+def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], version: int = -1) -> dict[str, object]:
+    return {"model_name": model, "model_version": version, "input_map": dict(inputs), "output_map": dict(outputs)}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (_config([]), "must list one or more steps"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"), "sets platform 'ensemble'"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN"}, {"y": "OUT"})]), "given by step 1 (n) and by step 0 (m)"),
+        (_config([_step("m", {"x": "IN"}, {"y": "IN"})]), "'IN' is given by step 0 (m) and by the request"),
+        (_config([_step("m", {"x": "MID"}, {"y": "OUT"})]), "ensemble input 'IN' is taken by no step"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OTHER"})]), "'OTHER', given by step 0 (m), is taken by no step"),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "B"})], output=[_tensor("OUT"), _tensor("B")]),
+            "ensemble output 'OUT' is given by no step",
+        ),
+        (
+            _config([_step("m", {"x": "IN", "z": "B"}, {"y": "A"}), _step("n", {"x": "A"}, {"y": "B", "w": "OUT"})]),
+            "wait on one another's tensors (a cycle)",
+        ),
+        (_config([_step("m", {"x": "IN", "z": "C"}, {"y": "OUT"})]), "takes 'C', which no step gives"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"}, version=0)]), "model_version 0"),
+        (_config([_step("", {"x": "IN"}, {"y": "OUT"})]), "has no model_name"),
+        (_config([_step("m", {}, {"y": "OUT"})]), "has no input_map"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], dynamic_batching={"max_queue_delay_microseconds": 100}), "polystack does not read"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_FP32"}]), "has no dims"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_BOGUS", "dims": [1]}]), "not a type polystack serves"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], name="other"), "names model 'other'"),
+    ],
+)
+def test_an_ensemble_config_that_cannot_run_is_refused_saying_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(words)):
+        ensemble.read(text, "e", 1)
+
+
+def test_an_ensemble_config_from_config_pbtxt_reads_as_json_does() -> None:
+    read = ensemble.read(model_config.as_json(PIPE), "pipe", 1)
+    assert [s.model for s in read.steps] == ["mlp", "head", "neg"] and read.steps[2].version == 1
+    assert ensemble.order(read) == [[0], [1, 2]]
+    assert ensemble.needed(read, ["NEG"]) == [0, 2]
+    assert ensemble.read(json.dumps(ensemble.render(read)), "pipe", 1) == read  # what GET config shows loads back
+
+
+def test_ensembles_load_after_the_ensembles_they_run() -> None:
+    def one(name: str, runs: str) -> ensemble.Ensemble:
+        return ensemble.read(_config([_step(runs, {"x": "IN"}, {"y": "OUT"})], name=name), name, 1)
+
+    pipelines = {"a": one("a", "c"), "b": one("b", "m"), "c": one("c", "b")}
+    assert ensemble.load_order(pipelines) == ["b", "c", "a"]
+
+
+def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
+    read = ensemble.read(model_config.as_json(PIPE), "pipe", 1)
+    cancelled: list[int] = []
+
+    async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if index == 0:
+            return {"y": given["x"][:, :4]}
+        if index == 1:
+            raise ModelClosed("model head:1 was unloaded")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(index)
+            raise
+        return {}
+
+    async def main() -> None:
+        with pytest.raises(ModelClosed, match=r"in ensemble 'pipe', step 1 \(head\): model head:1 was unloaded"):
+            await ensemble.run(read, {"IN": np.ones((1, 16), np.float32)}, ["OUT", "NEG"], step_run)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert cancelled == [2]
