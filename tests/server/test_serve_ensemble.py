@@ -149,7 +149,9 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         ):
             tensors = []
             for name, value in inputs.items():
-                tensors.append(httpclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT32"))
+                tensors.append(
+                    httpclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT32")
+                )
                 tensors[-1].set_data_from_numpy(value)
             asked = [httpclient.InferRequestedOutput(outputs)] if outputs else None
             with pytest.raises(InferenceServerException, match=re.escape(words)) as e:
@@ -221,11 +223,23 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1"])
     assert "model 'pipe': ensemble input 'IN' is taken by no step" in line
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('key: "h"', 'key: "hh"'))
-    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository", str(repo)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "polystack",
+        "--home",
+        str(tmp_path / "home"),
+        "serve",
+        "--model-repository",
+        str(repo),
+    ]
     out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2  # once the models it runs loaded (their log lines), with one line saying why
     last = out.stderr.strip().splitlines()[-1]
-    assert last == "error: failed to load 'pipe': step 1 (head): its input_map names 'hh', which is not an input of 'head'; its inputs are h"
+    assert (
+        last
+        == "error: failed to load 'pipe': step 1 (head): its input_map names 'hh', which is not an input of 'head'; its inputs are h"
+    )
     (repo / "pipe" / "config.pbtxt").write_text(PIPE)
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--engine", "ray"])
     assert "--engine ray does not serve ensembles" in line
@@ -257,7 +271,10 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
     [
         (_config([]), "must list one or more steps"),
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"), "sets platform 'ensemble'"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN"}, {"y": "OUT"})]), "given by step 1 (n) and by step 0 (m)"),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN"}, {"y": "OUT"})]),
+            "given by step 1 (n) and by step 0 (m)",
+        ),
         (_config([_step("m", {"x": "IN"}, {"y": "IN"})]), "'IN' is given by step 0 (m) and by the request"),
         (_config([_step("m", {"x": "MID"}, {"y": "OUT"})]), "ensemble input 'IN' is taken by no step"),
         (_config([_step("m", {"x": "IN"}, {"y": "OTHER"})]), "'OTHER', given by step 0 (m), is taken by no step"),
@@ -273,9 +290,20 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"}, version=0)]), "model_version 0"),
         (_config([_step("", {"x": "IN"}, {"y": "OUT"})]), "has no model_name"),
         (_config([_step("m", {}, {"y": "OUT"})]), "has no input_map"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], dynamic_batching={"max_queue_delay_microseconds": 100}), "polystack does not read"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_FP32"}]), "has no dims"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_BOGUS", "dims": [1]}]), "not a type polystack serves"),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], dynamic_batching={"max_queue_delay_microseconds": 100}),
+            "polystack does not read",
+        ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_FP32"}]),
+            "has no dims",
+        ),
+        (
+            _config(
+                [_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{"name": "IN", "data_type": "TYPE_BOGUS", "dims": [1]}]
+            ),
+            "not a type polystack serves",
+        ),
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], name="other"), "names model 'other'"),
     ],
 )

@@ -11,9 +11,9 @@ a time, the others wait their turn).
 One measured exception, the inline fast path: handing a call to a thread and back costs 40-50 us
 here (two context switches and a loop wake-up), and through tritonclient it added ~0.17 ms to a
 0.4 ms request. So when a model's typical compute time is at most ``inline_max_ms`` (0.2 ms by
-default, 0 turns it off) *and* it is the only request in flight, it runs on the loop: the loop
-has nothing else to do, and the call is shorter than the handoff it saves. Any concurrency, or a
-slower model, goes to the threads as before.
+default, 0 turns it off) *and* it is the only request in flight (or the one step running of the one
+ensemble request in flight), it runs on the loop: the loop has nothing else to do, and the call is
+shorter than the handoff it saves. Any concurrency, or a slower model, goes to the threads as before.
 """
 
 from __future__ import annotations
@@ -252,6 +252,8 @@ class DataPlane:
         self.draining = False
         self._drain_started = asyncio.Event()
         self.in_flight = 0
+        # ensemble requests among them: one whose step is the only other request in flight lets it run inline
+        self._pipelines = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time: nothing per request
@@ -948,6 +950,7 @@ class DataPlane:
         with the steps' compute times summed, as Triton counts an ensemble's."""
         started = time.perf_counter()
         self.in_flight += 1
+        self._pipelines += 1
         self._idle.clear()
         label = (name, "")
         outcome: Outcome | None = None
@@ -1005,6 +1008,7 @@ class DataPlane:
             raise
         finally:
             self.in_flight -= 1
+            self._pipelines -= 1
             if self.in_flight == 0:
                 self._idle.set()
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
@@ -1051,7 +1055,8 @@ class DataPlane:
                     key = (entry.name, entry.version)
                     typical = self._typical_s.get(key)
                     queued = time.perf_counter_ns()
-                    if self.in_flight == 1 and typical is not None and typical <= self.inline_max_s:
+                    alone = self.in_flight == 1 or (self._pipelines == 1 and self.in_flight == 2)
+                    if alone and typical is not None and typical <= self.inline_max_s:
                         result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome)
                     else:
                         loop = loop or asyncio.get_running_loop()

@@ -87,7 +87,9 @@ def read(text: str, name: str, version: int) -> Ensemble:
     max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
     inputs = _tensors(config, "input", max_batch)
     outputs = _tensors(config, "output", max_batch)
-    scheduling = model_config.read_message(config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling")
+    scheduling = model_config.read_message(
+        config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
+    )
     raw_steps = scheduling.get("step", [])
     if not isinstance(raw_steps, list) or not raw_steps:
         raise InvalidRequest("ensemble_scheduling must list one or more steps (step [ { model_name: ... } ])")
@@ -114,13 +116,19 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[TensorSp
             raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
         dtype = model_config.dtype_of(model_config.read_enum(d, "data_type", where, "DataType"), where)
         if "dims" not in d:
-            raise InvalidRequest(f"{where} ({name}) has no dims; give its shape without the batch dimension (-1: any size)")
+            raise InvalidRequest(
+                f"{where} ({name}) has no dims; give its shape without the batch dimension (-1: any size)"
+            )
         dims = model_config.read_int_list(d["dims"], f"{where}.dims")
         if max_batch == 0 and not dims:
             raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
-        layout = (model_config.read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
+        layout = (
+            model_config.read_enum(d, "format", where, "ModelInput.Format") if key == "input" else ""
+        ) or "FORMAT_NONE"
         if layout != "FORMAT_NONE":
-            raise InvalidRequest(f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out")
+            raise InvalidRequest(
+                f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out"
+            )
         if model_config.read_string(d, "label_filename", where):
             raise InvalidRequest(
                 f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"
@@ -142,7 +150,9 @@ def _step(item: Any, index: int) -> Step:
     for key in ("input_map", "output_map"):
         value = d.get(key, {})
         if not isinstance(value, dict) or not value:
-            raise InvalidRequest(f"{where} ({model}) has no {key}; map each of the model's tensors to an ensemble tensor")
+            raise InvalidRequest(
+                f"{where} ({model}) has no {key}; map each of the model's tensors to an ensemble tensor"
+            )
         if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
             raise InvalidRequest(f"{where}.{key} maps tensor names (strings) to tensor names (strings)")
         maps.append(tuple(value.items()))
@@ -165,7 +175,9 @@ def _check_flow(ensemble: Ensemble) -> None:
     taken = {tensor for step in ensemble.steps for _, tensor in step.inputs}
     for name in sig.input_names:
         if name not in taken:
-            raise InvalidRequest(f"ensemble input {quote(name)} is taken by no step; map it in a step's input_map, or drop it")
+            raise InvalidRequest(
+                f"ensemble input {quote(name)} is taken by no step; map it in a step's input_map, or drop it"
+            )
     for tensor, giver in given.items():
         if tensor not in taken and tensor not in sig.output_names and giver != "the request":
             raise InvalidRequest(
@@ -243,7 +255,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                     )
         unmapped = [n for n in inputs if n not in dict(step.inputs)]
         if unmapped:
-            raise InvalidRequest(f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it")
+            raise InvalidRequest(
+                f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"
+            )
         if ensemble.max_batch_size:
             if not model.batched:
                 raise InvalidRequest(
@@ -257,7 +271,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                 )
         for model_tensor, tensor in step.inputs:
             dtype, shape, source = types[tensor]
-            _agree(where, tensor, f"{step.model!r}'s input {model_tensor!r}", inputs[model_tensor], dtype, shape, source)
+            _agree(
+                where, tensor, f"{step.model!r}'s input {model_tensor!r}", inputs[model_tensor], dtype, shape, source
+            )
         for model_tensor, tensor in step.outputs:
             spec = outputs[model_tensor]
             if tensor in wanted:
@@ -267,7 +283,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
             types[tensor] = (spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}")
 
 
-def _agree(where: str, tensor: str, what: str, spec: TensorSpec, dtype: DType, shape: tuple[int, ...], source: str) -> None:
+def _agree(
+    where: str, tensor: str, what: str, spec: TensorSpec, dtype: DType, shape: tuple[int, ...], source: str
+) -> None:
     if spec.dtype is not dtype:
         raise InvalidRequest(
             f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
