@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def pipeline_repository(root: Path) -> Path:
         'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
         "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     )
+    (root / "head" / "config.pbtxt").write_text('output [ { name: "z", label_filename: "labels.txt" } ]\n')
+    (root / "head" / "labels.txt").write_text("cat\ndog\nbird\n")
     (root / "pipe" / "1").mkdir(parents=True)
     (root / "pipe" / "config.pbtxt").write_text(PIPE)
     return root
@@ -139,6 +142,12 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert answer.as_numpy("OUT") is None
         np.testing.assert_allclose(answer.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
         assert _stats(http, "head")["success"] == 2 and _stats(http, "neg")["success"] == 3
+        # its outputs' classes carry the labels of the model output that gives them
+        top = http.infer("pipe", [i], outputs=[httpclient.InferRequestedOutput("OUT", class_count=1)]).as_numpy("OUT")
+        best = int(np.argmax(out[0]))
+        assert top[0][0].decode().endswith(f":{best}:{['cat', 'dog', 'bird'][best]}")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert re.search(r'polystack_inference_compute_duration_seconds_count\{model="pipe",version="1"\} 4', metrics)
         # what the ensemble refuses is the client's fault, answered while it serves on
         for inputs, outputs, words in (
             ({"IN": np.ones((3, 16), np.int32)}, None, "input 'IN' has datatype INT32"),
@@ -178,6 +187,34 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert http.is_model_ready("pipe")
         http.unload_model("pipe")
         assert not http.is_model_ready("pipe") and http.is_model_ready("mlp")
+        http.unload_model("pipe")  # not loaded: left as it is, as a model is
+        # unload_dependents: the models it runs go too (those no other ensemble runs)
+        (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+        http.load_model("pipe")
+        http.unload_model("pipe", unload_dependents=True)
+        assert not any(http.is_model_ready(m) for m in ("pipe", "mlp", "head", "neg"))
+        http.load_model("pipe")  # loads them again
+        assert all(http.is_model_ready(m) for m in ("pipe", "mlp", "head", "neg"))
+        # a model's folder that holds an ensemble now: a load serves the ensemble in the model's place
+        (repo / "sw" / "1").mkdir(parents=True)
+        mlp_onnx(repo / "sw" / "1" / "model.onnx", sizes=(16, 4))
+        http.load_model("sw")
+        assert http.get_model_metadata("sw")["platform"] == "onnxruntime_onnx"
+        (repo / "sw" / "2").mkdir()
+        (repo / "sw" / "config.pbtxt").write_text(
+            'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+            'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ {\n'
+            '  model_name: "mlp", input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+        )
+        http.load_model("sw")
+        assert http.get_model_metadata("sw") == {
+            "name": "sw", "versions": ["2"], "platform": "ensemble",
+            "inputs": [{"name": "IN", "datatype": "FP32", "shape": [-1, 16]}],
+            "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [-1, 4]}],
+        }  # fmt: skip
+        index = http.get_model_repository_index()
+        assert [m["name"] for m in index] == sorted(m["name"] for m in index)
+        assert [(m.get("version"), m["state"]) for m in index if m["name"] == "sw"] == [("2", "READY")]
     log = (tmp_path / "serve.log").read_text()
     assert '"ensemble"' in log and "Traceback" not in log
 
@@ -196,6 +233,12 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         x = np.ones((2, 16), np.float32)
         i = httpclient.InferInput("A", [2, 16], "FP32")
         i.set_data_from_numpy(x)
+        np.testing.assert_allclose(http.infer("chain", [i]).as_numpy("B"), _expected(repo, x)[0], rtol=1e-5, atol=1e-6)
+        # a model it runs goes: the ensembles go; it comes back: they come back, as Triton's poll reloads them
+        (repo / "head").rename(tmp_path / "head")
+        assert _until(lambda: not http.is_model_ready("pipe") and not http.is_model_ready("chain"))
+        (tmp_path / "head").rename(repo / "head")
+        assert _until(lambda: http.is_model_ready("chain") and http.is_model_ready("pipe"))
         np.testing.assert_allclose(http.infer("chain", [i]).as_numpy("B"), _expected(repo, x)[0], rtol=1e-5, atol=1e-6)
         for name in ("chain", "pipe"):
             (repo / name / "config.pbtxt").unlink()

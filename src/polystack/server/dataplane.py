@@ -241,6 +241,9 @@ class DataPlane:
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
         self._ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
+        # repository ensembles not served for want of their models as they are: a poll that changes models
+        # loads them again (Triton's poll mode reloads an ensemble's dependents)
+        self._unmet: set[str] = set()
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
@@ -388,14 +391,23 @@ class DataPlane:
             )
         return entry
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, dependents: bool = False) -> None:
         """Stop serving every version of ``name``; a model that is not loaded is left as it is, as Triton
-        does, and a name the store does not know is NotFound. The ensembles whose steps run it stop too, as
-        Triton unloads an ensemble whose model is gone."""
+        does, and a name neither the store nor a repository knows is NotFound. The ensembles whose steps run
+        it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
+        ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
+        ensemble runs."""
         if name in self._ensembles:
+            models = self._ensembles[name].ensemble.models
             self._unload_ensemble(name, "unloaded")
+            for model in sorted(models) if dependents else ():
+                used = any(model in p.ensemble.models for p in self._ensembles.values())
+                if not used and (model in self._ensembles or any(e.name == model for e in self.engine.loaded())):
+                    self.unload(model, dependents)
             return
         if not any(e.name == name for e in self.engine.loaded()):
+            if self.repository is not None and self.repository.owns(name):
+                return  # a repository model not loaded (an ensemble is not in the store)
             self.store.get(ModelRef(name))  # a name the store does not know: NotFound, saying where to look
             return
         self._unload_versions(name)
@@ -403,15 +415,21 @@ class DataPlane:
         self._check_ensembles_of(name)
 
     # -- ensembles (ensemble.py) -------------------------------------------------------------------
-    def load_ensemble(self, pipeline: ensemble.Ensemble) -> None:
+    def load_ensemble(self, pipeline: ensemble.Ensemble, replace_model: bool = False) -> None:
         """Serve ``pipeline`` in place of what served its name, once it checks against the models it runs as
-        they are served now (which must all be loaded); an ensemble loaded again as it was changes nothing."""
+        they are served now (which must all be loaded); an ensemble loaded again as it was changes nothing.
+        A model served under its name is refused, or unloaded once the ensemble checks (``replace_model``: its
+        repository folder holds the ensemble now)."""
         name = pipeline.name
-        if any(e.name == name for e in self.engine.loaded()):
+        model = any(e.name == name for e in self.engine.loaded())
+        if model and not replace_model:
             raise InvalidRequest(
                 f"model {name!r} is served already, and is not an ensemble; give the ensemble a name of its own"
             )
         self._check_ensemble(pipeline)
+        if model:  # its folder holds an ensemble now: the model's versions stop, the ensemble serves
+            self._unload_versions(name)
+            log.info("model unloaded", extra={"model": name, "reason": "its folder holds an ensemble now"})
         with self._routing:
             old = self._ensembles.get(name)
             if old is not None and old.ensemble == pipeline:
@@ -491,6 +509,8 @@ class DataPlane:
                     extra={"model": other, "changed": name, "error": e.message},
                 )
                 self._unload_ensemble(other, f"{name!r} changed")
+                if self.repository is not None and self.repository.owns(other):
+                    self._unmet.add(other)
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(len(self._served) + len(self._ensembles))  # each version, each ensemble
@@ -535,13 +555,18 @@ class DataPlane:
             pipeline = model.ensemble
             if config is not None:
                 pipeline = ensemble.read(config, name, pipeline.version)
-            for other in sorted(pipeline.models - loading - {name}):
-                if not self.model_ready(other, None) and self.repository.owns(other):
-                    try:
-                        self._load_from_repository(other, None, loading | {name})
-                    except PolystackError as e:
-                        raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
-            self.load_ensemble(pipeline)
+            try:
+                for other in sorted(pipeline.models - loading - {name}):
+                    if not self.model_ready(other, None) and self.repository.owns(other):
+                        try:
+                            self._load_from_repository(other, None, loading | {name})
+                        except PolystackError as e:
+                            raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
+                self.load_ensemble(pipeline, replace_model=True)
+            except PolystackError:
+                self._unmet.add(name)  # a poll that changes models tries it again
+                raise
+            self._unmet.discard(name)
             return pipeline
         before = self.model_configs.get(name)
         if model.config is not None:
@@ -995,9 +1020,10 @@ class DataPlane:
             with self.tracing.span(name, pipeline.version, request.id or "", carrier):
                 result = await ensemble.run(pipeline, request.inputs, asked, step_run)
             if classes:
-                result = classification.classify(result, classes, pipeline.max_batch_size > 0)
+                result = classification.classify(result, classes, pipeline.max_batch_size > 0, self._labels(pipeline))
             items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
             served.stats.executed(items, sum(steps))
+            self.metrics.model(*label).compute.observe(sum(steps) / 1e9)
             outcome.settle("success", int((time.perf_counter() - started) * 1e9))
             if compute is not None:
                 compute.extend(steps)
@@ -1021,6 +1047,20 @@ class DataPlane:
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+
+    def _labels(self, pipeline: ensemble.Ensemble) -> dict[str, Sequence[str]]:
+        """The labels of the ensemble's outputs: those of the step model's output that gives each."""
+        found: dict[str, Sequence[str]] = {}
+        for step in pipeline.steps:
+            for model_tensor, tensor in step.outputs:
+                if tensor not in pipeline.signature.output_names:
+                    continue
+                with contextlib.suppress(PolystackError):  # a nested ensemble's, or a model gone: none
+                    entry = self._get(step.model, None if step.version is None else str(step.version)).entry
+                    labels = labels_of(entry.record.settings).get(model_tensor)
+                    if labels:
+                        found[tensor] = labels
+        return found
 
     async def _run(
         self,
@@ -1227,6 +1267,8 @@ class DataPlane:
         loaded = {(e.name, e.version) for e in self.engine.loaded()}
         out = []
         for r in self.store.models.list():
+            if r.name in self._ensembles:  # its folder held a model before: the ensemble is what the name serves
+                continue
             state = "READY" if (r.name, r.version) in loaded else "UNAVAILABLE"
             if ready_only and state != "READY":
                 continue
@@ -1245,7 +1287,7 @@ class DataPlane:
                 for name in self.repository.folders()[0]
                 if name not in known
             ]
-        return out
+        return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
 
     async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_control()
@@ -1299,6 +1341,7 @@ class DataPlane:
         assert repository is not None
         folders, complete = repository.folders()
         now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
+        changed = False
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
@@ -1307,8 +1350,10 @@ class DataPlane:
                 return
             if after is None:  # its folder is gone
                 repository.seen.pop(name, None)
+                self._unmet.discard(name)
                 if name in self._ensembles or any(e.name == name for e in self.engine.loaded()):
                     self.unload(name)
+                    changed = True
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
             try:
@@ -1318,26 +1363,54 @@ class DataPlane:
             except PolystackError as e:
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
-                    "folder is read again once it changes",
+                    "folder is read again once it changes"
+                    + (" or the models it runs do" if name in self._unmet else ""),
                     extra={"model": name, "error": e.message},
                 )
             except Exception:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:
+                changed = True
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
+        if changed:
+            self._load_unmet()
 
-    async def repository_unload(self, name: str) -> None:
+    def _load_unmet(self) -> None:
+        """Load again the repository ensembles not served for want of their models as they were, now that a poll
+        changed models (Triton's poll mode reloads an ensemble's dependents): as long as one more loads."""
+        progress = True
+        while progress and self._unmet and not self.draining:
+            progress = False
+            for name in sorted(self._unmet):
+                assert self.repository is not None  # only repository ensembles are unmet
+                if name in self._ensembles or self.repository.folder(name) is None:  # served, or its folder gone
+                    self._unmet.discard(name)
+                    continue
+                try:
+                    self._load_from_repository(name, None)
+                except ShuttingDown:
+                    return
+                except PolystackError as e:
+                    log.info("an ensemble still does not fit its models", extra={"model": name, "error": e.message})
+                else:
+                    progress = True
+                    log.info("ensemble loaded again: its models fit it now", extra={"model": name})
+
+    async def repository_unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
+        dependents = (parameters or {}).get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise InvalidRequest(f"the 'unload_dependents' unload parameter must be true or false, not {quote(dependents)}")
         ref = ModelRef.parse(name)  # an unsafe name is refused as a load's is
         if ref.version is not None:
             raise InvalidRequest(
                 f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
                 "being served, as in Triton)"
             )
-        await self._control(self.unload, name)
+        await self._control(lambda n: self.unload(n, dependents), name)
 
     def _refuse_when_draining(self) -> None:
         if self.draining:

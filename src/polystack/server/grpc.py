@@ -354,7 +354,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._call(context, lambda: self.plane.repository_unload(request.model_name))
+        params = grpc_codec.params_dict(request.parameters)
+        await self._call(context, lambda: self.plane.repository_unload(request.model_name, params))
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(

@@ -421,8 +421,10 @@ class HttpApp:
         return json_response(200, {})
 
     async def repository_unload(self, req: Request, args: list[str]) -> Response:
-        self._json_body(req)
-        await self.plane.repository_unload(args[0])
+        params = self._json_body(req).get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("'parameters' must be an object")
+        await self.plane.repository_unload(args[0], params)
         return json_response(200, {})
 
     async def infer(self, req: Request, args: list[str]) -> Response:
