@@ -30,7 +30,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from polystack.server import model_config
+    from polystack.server import ensemble, model_config
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
     from polystack.server.ray_serve import build_app
@@ -52,11 +52,19 @@ model_warmup [ {{ name: "file" batch_size: 4 inputs {{ key: "x" value: {{ data_t
 response_cache {{ enable: true }}
 """
     start_config = ConfigFile(model_config.as_json(pbtxt), work / "mlp")
+    # an ensemble of a repository (serve --model-repository): IN -> mlp -> OUT, run in each replica
+    pipe = f"""platform: "ensemble"
+max_batch_size: 8
+input [ {{ name: "IN", data_type: TYPE_FP32, dims: [ {FEATURES} ] }} ]
+output [ {{ name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+ensemble_scheduling {{ step [ {{ model_name: "mlp", input_map {{ key: "x" value: "IN" }}, output_map {{ key: "y" value: "OUT" }} }} ] }}
+"""
     config = ServeConfig(
         host="127.0.0.1",
         http_port=port,
         grpc_port=None,
         model_configs={"mlp": start_config},
+        ensembles={"pipe": ensemble.read(model_config.as_json(pipe), "pipe", 1)},
         response_cache=CacheConfig(1 << 20),  # serve --cache-config local,size=1048576: one in each replica
     )
     serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")
@@ -114,3 +122,15 @@ def test_ray_serve_answers_errors_like_the_server(served: tuple[str, Path]) -> N
     assert r.status_code == 404 and "error" in r.json()
     # and it keeps serving
     assert httpx.get(f"http://{url}/v2/health/ready", timeout=30).status_code == 200
+
+
+def test_an_ensemble_runs_in_each_replica(served: tuple[str, Path]) -> None:
+    import tritonclient.http as httpclient
+
+    url, model_path = served
+    client = httpclient.InferenceServerClient(url=url)
+    assert client.is_model_ready("pipe") and client.get_model_metadata("pipe")["platform"] == "ensemble"
+    x = np.random.default_rng(5).standard_normal((3, FEATURES)).astype(np.float32)
+    inp = httpclient.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("pipe", [inp]).as_numpy("OUT"), reference(model_path, x), rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ loopback-only network namespace)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from servekit import caught_logs, refused_at_start
 from starlette.requests import Request
 
+from polystack.server import ensemble
 from polystack.server.app import ServeConfig
 from polystack.server.ray_serve import OipReplica
 from polystack.store import ModelRecord, Store
@@ -23,22 +25,30 @@ from polystack.store import ModelRecord, Store
 MLP_ROW = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}).encode()
 
 
-@pytest.fixture
-def replica(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[OipReplica]:
+@contextlib.contextmanager
+def built(store: Store, config: ServeConfig) -> Iterator[OipReplica]:
     """A replica as Ray Serve builds one; the process's logging put back afterwards (a replica sets it up)."""
     saved = {
         n: (lg.handlers[:], lg.propagate, lg.level)
         for n in ("polystack", "opentelemetry")
         for lg in [logging.getLogger(n)]
     }
+    r = OipReplica(str(store.settings.home), config)
+    try:
+        yield r
+    finally:
+        r.server.close()
+        for name, (handlers, propagate, level) in saved.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+@pytest.fixture
+def replica(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[OipReplica]:
     config = ServeConfig(http_port=0, grpc_port=None, models=["mlp"], max_body_bytes=4096, access_log=True)
-    r = OipReplica(str(model_store[0].settings.home), config)
-    yield r
-    r.server.close()
-    for name, (handlers, propagate, level) in saved.items():
-        lg = logging.getLogger(name)
-        lg.handlers[:], lg.propagate = handlers, propagate
-        lg.setLevel(level)
+    with built(model_store[0], config) as r:
+        yield r
 
 
 def call(replica: OipReplica, method: str, path: str, body: bytes = b"", chunks: int = 1, **headers: str) -> Any:
@@ -76,6 +86,33 @@ def test_a_replica_refuses_a_body_over_the_limit_before_reading_it_all(replica: 
     streamed = call(replica, "POST", "/v2/models/mlp/infer", big, chunks=8)  # no length: counted as it comes
     assert streamed.status_code == 413
     assert call(replica, "POST", "/v2/models/mlp/infer", MLP_ROW).status_code == 200
+
+
+def test_a_replica_serves_the_ensembles_its_config_gives(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """Each replica runs an ensemble's steps on its own models, as the local server does."""
+    pipe = ensemble.read(
+        json.dumps(
+            {
+                "platform": "ensemble",
+                "max_batch_size": 8,
+                "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [16]}],
+                "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [4]}],
+                "ensemble_scheduling": {
+                    "step": [{"model_name": "mlp", "input_map": {"x": "IN"}, "output_map": {"y": "OUT"}}]
+                },
+            }
+        ),
+        "pipe",
+        1,
+    )
+    config = ServeConfig(http_port=0, grpc_port=None, models=["mlp"], ensembles={"pipe": pipe})
+    with built(model_store[0], config) as r:
+        body = MLP_ROW.replace(b'"x"', b'"IN"')
+        got, direct = call(r, "POST", "/v2/models/pipe/infer", body), call(r, "POST", "/v2/models/mlp/infer", MLP_ROW)
+        assert got.status_code == 200 and direct.status_code == 200
+        [out], [y] = json.loads(got.body)["outputs"], json.loads(direct.body)["outputs"]
+        assert out["name"] == "OUT" and np.allclose(out["data"], y["data"])
+        assert json.loads(call(r, "GET", "/v2/models/pipe").body)["platform"] == "ensemble"
 
 
 def test_a_head_answer_says_the_length_a_get_would_have(replica: OipReplica) -> None:

@@ -283,9 +283,17 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
         last
         == "error: failed to load 'pipe': step 1 (head): its input_map names 'hh', which is not an input of 'head'; its inputs are h"
     )
-    (repo / "pipe" / "config.pbtxt").write_text(PIPE)
-    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--engine", "ray"])
-    assert "--engine ray does not serve ensembles" in line
+    # with --engine ray, before Ray starts (a bogus --ray-address keeps one from starting should it get through)
+    ray = ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123", "--ray-address", "127.0.0.1:1"]
+    line = refused_at_start(tmp_path, ray)
+    assert line == (
+        "error: failed to load 'pipe': step 1 (head): its input_map names 'hh', which is not an input of 'head'; its "
+        "inputs are h"
+    )
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace("max_batch_size: 8", "max_batch_size: 16"))
+    (repo / "mlp" / "config.pbtxt").write_text('max_batch_size: 4\ndynamic_batching { }\n')
+    line = refused_at_start(tmp_path, ray)
+    assert "step 0 (mlp): the ensemble has max_batch_size 16, but 'mlp' takes at most 4" in line
 
 
 def _config(steps: list[dict[str, object]], **top: object) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -285,15 +284,6 @@ def serve(
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
         config = _with_repositories(config, model_repository, registered)
-    if engine == "ray" and config.ensembles:
-        from polystack.server.model_repository import undo
-
-        with contextlib.closing(open_store()) as store:
-            undo(store, registered)
-        raise InvalidRequest(
-            f"--engine ray does not serve ensembles (--model-repository holds {', '.join(sorted(config.ensembles))}): "
-            "serve with --engine local, or chain the models in the client"
-        )
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve

@@ -264,6 +264,11 @@ class Server:
                 except PolystackError as e:
                     raise load_failed(ref, e) from None
 
+    def check_ensembles(self) -> None:
+        """Refuse what ``load_models`` would refuse of the ensembles, loading nothing (Ray Serve replicas)."""
+        if self.config.ensembles:
+            self.plane.check_ensembles(self.config.ensembles, self._refs())
+
     def load_models(self) -> None:
         refs = self._refs()
         cfg = self.config

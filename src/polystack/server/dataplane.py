@@ -465,13 +465,56 @@ class DataPlane:
 
         ensemble.check(pipeline, served)
 
-    def _refuse_cycle(self, name: str, pipeline: ensemble.Ensemble, path: list[str]) -> None:
+    def check_ensembles(self, pipelines: Mapping[str, ensemble.Ensemble], refs: Sequence[str]) -> None:
+        """Refuse what loading ``pipelines`` would refuse once ``refs`` are loaded as planned, loading nothing:
+        for servers whose models load elsewhere (Ray Serve replicas), so that the mistake is told before they
+        start. The batch size a model takes is the one its plan gives it."""
+        versions: dict[str, list[int]] = {}
+        for ref in map(ModelRef.parse, refs):
+            versions.setdefault(ref.name, []).append(ref.version or self.store.get(ref).version)
+        for name in ensemble.load_order(pipelines):
+            pipeline = pipelines[name]
+
+            def served(step: ensemble.Step, pipeline: ensemble.Ensemble = pipeline) -> ensemble.Served:
+                nested = pipelines.get(step.model)
+                if nested is not None and step.model != pipeline.name:
+                    return ensemble.Served(nested.signature, nested.max_batch_size > 0, nested.max_batch_size)
+                served_versions = versions.get(step.model, [])
+                version = step.version if step.version is not None else max(served_versions, default=None)
+                if version is None or version not in served_versions:
+                    raise InvalidRequest(
+                        f"the ensemble runs {step.model}{'' if step.version is None else f':{step.version}'}, which "
+                        "this server does not serve; serve it too"
+                    )
+                plan = self._plan(ModelRef(step.model, version), None)
+                sig, spec = plan.record.signature, plan.spec
+                limit = spec.max_batch_size or 0
+                if plan.policy is not None and sig.batched:
+                    limit = min(plan.policy.max_batch_size, limit) if limit else plan.policy.max_batch_size
+                return ensemble.Served(sig, sig.batched, limit if sig.batched else 0)
+
+            try:
+                self._refuse_cycle(name, pipeline, [name], pipelines)
+                ensemble.check(pipeline, served)
+            except PolystackError as e:
+                raise load_failed(name, e) from None
+
+    def _refuse_cycle(
+        self,
+        name: str,
+        pipeline: ensemble.Ensemble,
+        path: list[str],
+        pipelines: Mapping[str, ensemble.Ensemble] | None = None,
+    ) -> None:
+        """No ensemble reached again through the steps of ``pipeline`` (those served, or ``pipelines``)."""
         for model in sorted(pipeline.models):
             if model == name:
                 raise InvalidRequest(f"circular dependency between ensembles: {' -> '.join([*path, model])}")
-            nested = self._ensembles.get(model)
+            nested = pipelines.get(model) if pipelines is not None else None
+            if nested is None and model in self._ensembles:
+                nested = self._ensembles[model].ensemble
             if nested is not None and len(path) <= ensemble.MAX_DEPTH:
-                self._refuse_cycle(name, nested.ensemble, [*path, model])
+                self._refuse_cycle(name, nested, [*path, model], pipelines)
             elif nested is not None:
                 raise InvalidRequest(f"ensembles nest deeper than {ensemble.MAX_DEPTH}: {' -> '.join(path)}")
 

@@ -45,21 +45,22 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 
 
 def check_before_ray(store: Any, config: Any, ray_address: str | None = None) -> None:
-    """Refuse, with one line, what would fail only once Ray is up: an unknown model or a start config
-    (``--model-config``) the model cannot take (a deployment that never becomes healthy), an HTTP port
-    left to chance (Ray Serve's proxy cannot report one), and, for a Ray started here (no
-    ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
+    """Refuse, with one line, what would fail only once Ray is up: an unknown model, a start config
+    (``--model-config``) the model cannot take or an ensemble its models do not fit (a deployment that
+    never becomes healthy), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a
+    Ray started here (no ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
     from polystack.engine import Engine
     from polystack.server.app import Server
     from polystack.store import ModelRef
 
     for ref in config.models:
         store.get(ModelRef.parse(ref))  # NotFound, with what to do
-    if config.model_configs:  # read here as each replica will, warm-up files included
+    if config.model_configs or config.ensembles:  # read here as each replica will, warm-up files included
         engine = Engine(store)
         server = Server(engine, config)
         try:
             server.check_model_configs()
+            server.check_ensembles()  # against the models as planned: the replicas load them
         finally:
             server.close()
             engine.close()
