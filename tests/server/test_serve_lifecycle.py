@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start, threads_calling
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
@@ -32,6 +32,7 @@ from polystack.formats import import_model
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server.app import ServerThread
+from polystack.server.dataplane import DataPlane
 from polystack.store import ModelRecord, Store
 
 
@@ -715,3 +716,18 @@ def test_model_control_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     """A load or unload would reach whichever Ray Serve replica got it, leaving the others as they were."""
     line = refused_at_start(tmp_path, ["--allow-model-control", "--engine", "ray"])
     assert "--engine local" in line
+
+
+def test_the_repository_index_is_read_off_the_event_loop(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It lists the store and the repositories' folders, which a network file system may be slow to answer:
+    the loop serves others meanwhile."""
+    seen = threads_calling(monkeypatch, DataPlane, "_index")
+    st = start(model_store[0], models=["mlp"], allow_model_control=True)
+    try:
+        assert httpclient.InferenceServerClient(st.http_url).get_model_repository_index()
+        assert grpcclient.InferenceServerClient(st.grpc_url).get_model_repository_index().models
+    finally:
+        st.stop()
+    assert len(seen) == 2 and "polystack-server" not in seen, seen

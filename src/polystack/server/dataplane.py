@@ -1305,8 +1305,13 @@ class DataPlane:
                 "the model repository extension is off; start the server with --allow-model-control to use it"
             )
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """The repository index, read on a thread: it lists the store, and the repositories' folders (a network
+        file system may be slow to answer), which the event loop must not wait for."""
         self._check_control(index=True)
+        return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
+
+    def _index(self, ready_only: bool) -> list[dict[str, Any]]:
         loaded = {(e.name, e.version) for e in self.engine.loaded()}
         out = []
         for r in self.store.models.list():

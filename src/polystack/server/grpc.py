@@ -338,7 +338,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        models = await self._sync(context, lambda: self.plane.repository_index(request.ready))
+        models = await self._call(context, lambda: self.plane.repository_index(request.ready))
         resp = pb.RepositoryIndexResponse()
         for m in models:
             resp.models.add(**m)

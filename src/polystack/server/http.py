@@ -378,12 +378,12 @@ class HttpApp:
         changes = self._json_body(req) if req.method == b"POST" else None
         return json_response(200, self.plane.log_settings_of(changes))
 
-    def repository_index(self, req: Request, args: list[str]) -> Response:
+    async def repository_index(self, req: Request, args: list[str]) -> Response:
         doc = self._json_body(req)
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequest(f"'ready' must be true or false, not {ready!r}")
-        return json_response(200, self.plane.repository_index(ready))
+        return json_response(200, await self.plane.repository_index(ready))
 
     def shm_status(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.regions().status(args[0] or None))
