@@ -291,7 +291,7 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
         "inputs are h"
     )
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace("max_batch_size: 8", "max_batch_size: 16"))
-    (repo / "mlp" / "config.pbtxt").write_text('max_batch_size: 4\ndynamic_batching { }\n')
+    (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 4\ndynamic_batching { }\n")
     line = refused_at_start(tmp_path, ray)
     assert "step 0 (mlp): the ensemble has max_batch_size 16, but 'mlp' takes at most 4" in line
 
@@ -402,3 +402,35 @@ def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
 
     asyncio.run(main())
     assert cancelled == [2]
+
+
+def test_an_ensemble_answers_from_the_response_cache_until_a_model_it_runs_is_loaded_again(tmp_path: Path) -> None:
+    repo, port = pipeline_repository(tmp_path / "models"), free_port()
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE + "response_cache { enable: true }\n")
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", [*args, "--cache-config", "local,size=1048576"], port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert http.get_model_config("pipe")["response_cache"] == {"enable": True}
+        x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+        i = httpclient.InferInput("IN", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+
+        def cache() -> tuple[int, int, int]:
+            [s] = http.get_inference_statistics("pipe")["model_stats"]
+            [head] = http.get_inference_statistics("head")["model_stats"]
+            stats = s["inference_stats"]
+            return (
+                stats["cache_hit"]["count"],
+                stats["cache_miss"]["count"],
+                head["inference_stats"]["success"]["count"],
+            )
+
+        first = http.infer("pipe", [i]).as_numpy("OUT")
+        assert cache() == (0, 1, 1)
+        np.testing.assert_array_equal(http.infer("pipe", [i]).as_numpy("OUT"), first)
+        assert cache() == (1, 1, 1)  # answered from the cache: head did not run
+        http.load_model("head", config=json.dumps({"max_batch_size": 8}))  # loaded again: the answers may change
+        np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), first, rtol=1e-6)
+        assert cache() == (1, 2, 1)  # a miss, and the new head ran it
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert re.search(r'polystack_cache_hits_total\{model="pipe",version="1"\} 1\.0', metrics), metrics

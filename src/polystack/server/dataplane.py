@@ -118,6 +118,8 @@ class _ServedEnsemble:
 
     ensemble: ensemble.Ensemble
     stats: ModelStats = field(default_factory=ModelStats)
+    # its answers in the response cache: a new number when a model it runs is loaded again (they may change)
+    load: int = field(default_factory=lambda: next(_loads))
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -437,6 +439,8 @@ class DataPlane:
                 return
             self._ensembles[name] = _ServedEnsemble(pipeline)
             self._generation += 1
+        if old is not None and self.response_cache is not None:
+            self.response_cache.forget(old.load)
         self.metrics.serving(name, str(pipeline.version))
         if old is not None and old.ensemble.version != pipeline.version:
             self.metrics.retire(name, str(old.ensemble.version))
@@ -445,6 +449,12 @@ class DataPlane:
             "model loaded",
             extra={"model": name, "version": pipeline.version, "ensemble": [f"{s.model}" for s in pipeline.steps]},
         )
+        if pipeline.response_cache and self.response_cache is None:
+            log.warning(
+                "the ensemble's config enables response_cache, but this server has no response cache, so every "
+                "request runs its steps; start the server with --cache-config local,size=BYTES",
+                extra={"model": name, "version": pipeline.version},
+            )
 
     def _check_ensemble(self, pipeline: ensemble.Ensemble) -> None:
         """``ensemble.check`` against the models served now, and no ensemble reached again through its steps."""
@@ -524,6 +534,8 @@ class DataPlane:
             self._generation += 1
         if served is None:
             return
+        if self.response_cache is not None:
+            self.response_cache.forget(served.load)
         version = str(served.ensemble.version)
         self._count_loaded()
 
@@ -539,12 +551,17 @@ class DataPlane:
 
     def _check_ensembles_of(self, name: str) -> None:
         """After ``name`` was loaded again or unloaded: the ensembles whose steps run it are checked against it
-        again, and those it no longer fits are unloaded (Triton unloads them too), saying why."""
+        again, and those it no longer fits are unloaded (Triton unloads them too), saying why. The answers those
+        it still fits keep in the response cache are dropped: the model may answer otherwise now."""
         for other, served in list(self._ensembles.items()):
             if name not in served.ensemble.models:
                 continue
             try:
                 self._check_ensemble(served.ensemble)
+                if served.ensemble.response_cache and self.response_cache is not None:
+                    old, served.load = served.load, next(_loads)
+                    self.response_cache.forget(old)
+                    self._check_ensembles_of(other)  # those that run this one: their answers too
             except PolystackError as e:
                 log.warning(
                     "an ensemble's model changed or is gone, and it no longer fits: the ensemble is unloaded; load "
@@ -1060,13 +1077,33 @@ class DataPlane:
                     raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
                 return answer.outputs
 
-            with self.tracing.span(name, pipeline.version, request.id or "", carrier):
-                result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+            items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
+            m = self.metrics.model(*label)
+            cache = self.response_cache if pipeline.response_cache else None
+            t0 = time.perf_counter_ns()
+            key = await self._cache_key(cache, served.load, request, loop) if cache is not None else None
+            found = cache.get(key) if cache is not None and key is not None else None
+            looked = time.perf_counter_ns() - t0
+            if found is not None:  # as Triton counts a hit: an inference for each row, no execution
+                served.stats.cache_hit(items, looked)
+                m.cache_hits.inc()
+                m.cache_hit_seconds.inc(looked / 1e9)
+                result = {output: found[output] for output in asked}
+            else:
+                with self.tracing.span(name, pipeline.version, request.id or "", carrier):
+                    result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+                if cache is not None and key is not None:
+                    t1 = time.perf_counter_ns()
+                    if self._ensembles.get(name) is served:  # kept for what serves the name still
+                        cache.put(key, served.load, result)
+                    missed = looked + time.perf_counter_ns() - t1
+                    served.stats.add("cache_miss", missed)
+                    m.cache_misses.inc()
+                    m.cache_miss_seconds.inc(missed / 1e9)
+                served.stats.executed(items, sum(steps))
+                m.compute.observe(sum(steps) / 1e9)
             if classes:
                 result = classification.classify(result, classes, pipeline.max_batch_size > 0, self._labels(pipeline))
-            items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
-            served.stats.executed(items, sum(steps))
-            self.metrics.model(*label).compute.observe(sum(steps) / 1e9)
             outcome.settle("success", int((time.perf_counter() - started) * 1e9))
             if compute is not None:
                 compute.extend(steps)
@@ -1086,7 +1123,6 @@ class DataPlane:
         except PolystackError:  # its region went away while the steps ran: the client gets a failure
             outcome.abandon(int((time.perf_counter() - started) * 1e9))
             raise
-        m = self.metrics.model(*label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
@@ -1199,12 +1235,7 @@ class DataPlane:
         keeps. Statistics count a hit (no queue or compute) or a miss, with their times, as Triton's do."""
         t0 = time.perf_counter_ns()
         asked = request.output_names
-        assert self._hasher is not None  # made with the cache
-        if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
-            key = cache.key(served.load, request.inputs, asked)
-        else:  # hashlib lets go of the GIL: the loop serves others meanwhile
-            loop = loop or asyncio.get_running_loop()
-            key = await loop.run_in_executor(self._hasher, cache.key, served.load, request.inputs, asked)
+        key = await self._cache_key(cache, served.load, request, loop)
         if key is None:  # inputs the cache cannot tell apart by their bytes: not cached
             return await run()
         found = cache.get(key)
@@ -1231,6 +1262,18 @@ class DataPlane:
         m.cache_misses.inc()
         m.cache_miss_seconds.inc(missed / 1e9)
         return result, entry
+
+    async def _cache_key(
+        self, cache: ResponseCache, owner: int, request: InferRequest, loop: asyncio.AbstractEventLoop | None
+    ) -> bytes | None:
+        """The response cache's key of ``request`` to the load ``owner`` (None: not cached), hashed on the loop
+        when small, else on the hashing threads."""
+        asked = request.output_names
+        assert self._hasher is not None  # made with the cache
+        if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
+            return cache.key(owner, request.inputs, asked)
+        loop = loop or asyncio.get_running_loop()  # hashlib lets go of the GIL: the loop serves others meanwhile
+        return await loop.run_in_executor(self._hasher, cache.key, owner, request.inputs, asked)
 
     def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
         """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""

@@ -57,6 +57,7 @@ class Ensemble:
     max_batch_size: int
     signature: Signature
     steps: tuple[Step, ...]
+    response_cache: bool = False  # its answers are kept in the server's response cache (--cache-config)
 
     @property
     def models(self) -> set[str]:
@@ -96,7 +97,9 @@ def read(text: str, name: str, version: int) -> Ensemble:
     if len(raw_steps) > MAX_STEPS:
         raise InvalidRequest(f"ensemble_scheduling lists {len(raw_steps)} steps; an ensemble runs at most {MAX_STEPS}")
     steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
-    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs), steps)
+    cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
+    cached = model_config.read_bool(cache, "enable", "response_cache")
+    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs), steps, cached)
     _check_flow(ensemble)
     return ensemble
 
@@ -326,6 +329,7 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
                 for s in ensemble.steps
             ]
         },
+        "response_cache": {"enable": ensemble.response_cache},
     }
 
 

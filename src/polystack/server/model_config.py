@@ -90,7 +90,9 @@ _READ = {
     "parameters.value": _TRITON["parameters.value"],
     "response_cache": _TRITON["response_cache"],
     # an ensemble's (ensemble.py); the rest of its config at Triton's defaults, as for a model
-    "ensemble": {"name", "platform", "backend", "max_batch_size", "input", "output", "ensemble_scheduling"},
+    "ensemble": {
+        "name", "platform", "backend", "max_batch_size", "input", "output", "ensemble_scheduling", "response_cache",
+    },
     "ensemble_scheduling": {"step"},
     "step": {"model_name", "model_version", "input_map", "output_map"},
 }  # fmt: skip
@@ -309,7 +311,7 @@ def read(
     formats = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
     cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
-    cached = _bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
+    cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
     return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached))
 
 
@@ -426,7 +428,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         raise InvalidRequest(f"{where}.preferred_batch_size must be a list of batch sizes")
     sizes = [_whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
     delay_us = read_int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
-    if _bool(d, "preserve_ordering", where):
+    if read_bool(d, "preserve_ordering", where):
         raise InvalidRequest(
             f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
             "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
@@ -446,7 +448,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         preferred_batch_sizes=tuple(sorted(set(sizes))),
         max_queue_size=read_int(queue, "max_queue_size", qwhere, 0, _UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
-        client_timeouts=_bool(queue, "allow_timeout_override", qwhere),
+        client_timeouts=read_bool(queue, "allow_timeout_override", qwhere),
         instances=instances,
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
     )
@@ -530,7 +532,7 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_d
         name = read_string(d, "input_data_file", where)
         data = _warmup_file(name, where, model_dir, t.dtype, tuple(dims))
         return WarmupInput(t.name, t.dtype, tuple(dims), data_file=name, data=data)
-    _bool(d, chosen[0], where)
+    read_bool(d, chosen[0], where)
     return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
 
 
@@ -846,7 +848,7 @@ def _nested_enum(module: Any, path: str) -> Any:
     return module.DESCRIPTOR.message_types_by_name[message].enum_types_by_name[name]
 
 
-def _bool(d: dict[str, Any], key: str, where: str) -> bool:
+def read_bool(d: dict[str, Any], key: str, where: str) -> bool:
     v = d.get(key, False)
     if not isinstance(v, bool):
         raise InvalidRequest(f"{where}.{key} must be true or false, not {quote(v)}")
