@@ -10,8 +10,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -195,23 +196,38 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert not any(http.is_model_ready(m) for m in ("pipe", "mlp", "head", "neg"))
         http.load_model("pipe")  # loads them again
         assert all(http.is_model_ready(m) for m in ("pipe", "mlp", "head", "neg"))
-        # a model's folder that holds an ensemble now: a load serves the ensemble in the model's place
+        # a model's folder that holds an ensemble now, and back: a load serves what the folder holds, and the
+        # ensembles that run it (outer) are checked against what it is now
         (repo / "sw" / "1").mkdir(parents=True)
         mlp_onnx(repo / "sw" / "1" / "model.onnx", sizes=(16, 4))
         http.load_model("sw")
         assert http.get_model_metadata("sw")["platform"] == "onnxruntime_onnx"
+        (repo / "outer" / "1").mkdir(parents=True)
+        (repo / "outer" / "config.pbtxt").write_text(_one_step("sw", "x", "y", "A", "B"))
+        http.load_model("outer")
+        sw_model = (repo / "sw" / "1" / "model.onnx").read_bytes()
+        (repo / "sw" / "1" / "model.onnx").unlink()
+        (repo / "sw" / "1").rmdir()
         (repo / "sw" / "2").mkdir()
-        (repo / "sw" / "config.pbtxt").write_text(
-            'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
-            'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ {\n'
-            '  model_name: "mlp", input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
-        )
+        (repo / "sw" / "config.pbtxt").write_text(_one_step("mlp", "x", "y", "x", "y"))  # the model's tensors
         http.load_model("sw")
+        assert http.get_model_metadata("sw")["platform"] == "ensemble" and http.is_model_ready("outer")
+        a = httpclient.InferInput("A", [1, 16], "FP32")
+        a.set_data_from_numpy(np.ones((1, 16), np.float32))
+        assert http.infer("outer", [a]).as_numpy("B").shape == (1, 4)
+        (repo / "sw" / "config.pbtxt").unlink()
+        (repo / "sw" / "2" / "model.onnx").write_bytes(sw_model)  # a model again: outer still fits
+        http.load_model("sw")
+        assert http.get_model_metadata("sw")["platform"] == "onnxruntime_onnx" and http.is_model_ready("outer")
+        (repo / "sw" / "2" / "model.onnx").unlink()
+        (repo / "sw" / "config.pbtxt").write_text(_one_step("mlp", "x", "y", "IN", "OUT"))
+        http.load_model("sw")  # an ensemble of other tensors: outer no longer fits it, and goes
         assert http.get_model_metadata("sw") == {
             "name": "sw", "versions": ["2"], "platform": "ensemble",
             "inputs": [{"name": "IN", "datatype": "FP32", "shape": [-1, 16]}],
             "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [-1, 4]}],
         }  # fmt: skip
+        assert not http.is_model_ready("outer")
         index = http.get_model_repository_index()
         assert [m["name"] for m in index] == sorted(m["name"] for m in index)
         assert [(m.get("version"), m["state"]) for m in index if m["name"] == "sw"] == [("2", "READY")]
@@ -224,16 +240,34 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert http.is_model_ready("pipe")
         (repo / "chain" / "1").mkdir(parents=True)  # an ensemble that runs the ensemble pipe
-        (repo / "chain" / "config.pbtxt").write_text(
-            'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "A", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
-            'output [ { name: "B", data_type: TYPE_FP32, dims: [ 3 ] } ]\nensemble_scheduling { step [ {\n'
-            '  model_name: "pipe", input_map { key: "IN" value: "A" }, output_map { key: "OUT" value: "B" } } ] }\n'
-        )
+        (repo / "chain" / "config.pbtxt").write_text(_one_step("pipe", "IN", "OUT", "A", "B", dims=3))
         assert _until(lambda: http.is_model_ready("chain"))
         x = np.ones((2, 16), np.float32)
         i = httpclient.InferInput("A", [2, 16], "FP32")
         i.set_data_from_numpy(x)
         np.testing.assert_allclose(http.infer("chain", [i]).as_numpy("B"), _expected(repo, x)[0], rtol=1e-5, atol=1e-6)
+        top = http.infer("chain", [i], outputs=[httpclient.InferRequestedOutput("B", class_count=1)]).as_numpy("B")
+        assert top[0][0].decode().split(":")[-1] in ("cat", "dog", "bird")  # head's labels, through pipe
+        # a new config that does not fit yet: the old one serves on, and loads once the models it runs fit it
+        (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace("model_version: 1", "model_version: 2"))
+        time.sleep(1.0)  # polls that read it and refuse it
+        assert http.get_model_config("pipe")["ensemble_scheduling"]["step"][2]["model_version"] == 1
+        (repo / "neg" / "2").mkdir()
+        _neg_onnx(repo / "neg" / "2" / "model.onnx")
+        assert _until(lambda: http.get_model_config("pipe")["ensemble_scheduling"]["step"][2]["model_version"] == 2)
+        assert _until(lambda: http.is_model_ready("chain"))
+        # a broken ensemble folder that becomes a model: served as one, and polling goes on
+        (repo / "bad" / "1").mkdir(parents=True)
+        (repo / "bad" / "config.pbtxt").write_text(_one_step("mlp", "xx", "y", "IN", "OUT"))
+        time.sleep(1.0)
+        assert not http.is_model_ready("bad")
+        (repo / "bad" / "config.pbtxt").unlink()
+        mlp_onnx(repo / "bad" / "1" / "model.onnx")
+        (repo / "mlp" / "1" / "touched").write_text("")  # a model changes in the same poll: ensembles are retried
+        assert _until(lambda: http.is_model_ready("bad"))
+        (repo / "later" / "1").mkdir(parents=True)
+        mlp_onnx(repo / "later" / "1" / "model.onnx")
+        assert _until(lambda: http.is_model_ready("later"))
         # a model it runs goes: the ensembles go; it comes back: they come back, as Triton's poll reloads them
         (repo / "head").rename(tmp_path / "head")
         assert _until(lambda: not http.is_model_ready("pipe") and not http.is_model_ready("chain"))
@@ -248,16 +282,31 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         assert http.is_model_ready("mlp")
 
 
-def _until(check: object, within_s: float = 30.0) -> bool:
-    import time
+def _one_step(model: str, takes: str, gives: str, inp: str, out: str, version: int = -1, dims: int = 4) -> str:
+    """An ensemble's config.pbtxt: ``inp`` [16] -> ``model`` (``takes`` -> ``gives``) -> ``out`` [dims]."""
+    return (
+        f'platform: "ensemble"\nmax_batch_size: 4\ninput [ {{ name: "{inp}", data_type: TYPE_FP32, dims: [ 16 ] }} ]\n'
+        f'output [ {{ name: "{out}", data_type: TYPE_FP32, dims: [ {dims} ] }} ]\nensemble_scheduling {{ step [ {{\n'
+        f'  model_name: "{model}", model_version: {version}, input_map {{ key: "{takes}" value: "{inp}" }},\n'
+        f'  output_map {{ key: "{gives}" value: "{out}" }} }} ] }}\n'
+    )
 
-    assert callable(check)
+
+def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
+    """Whether ``check`` holds within ``within_s``; a poll's reload may leave a model unserved for a moment,
+    which a check asking it meanwhile sees as a failure."""
+
+    def holds() -> bool:
+        with contextlib.suppress(InferenceServerException):
+            return bool(check())
+        return False
+
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        if check():
+        if holds():
             return True
         time.sleep(0.1)
-    return bool(check())
+    return holds()
 
 
 def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:
@@ -294,6 +343,21 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 4\ndynamic_batching { }\n")
     line = refused_at_start(tmp_path, ray)
     assert "step 0 (mlp): the ensemble has max_batch_size 16, but 'mlp' takes at most 4" in line
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+    (repo / "mlp" / "config.pbtxt").unlink()
+    (repo / "chain" / "1").mkdir(parents=True)  # runs pipe:3, which is version 1
+    (repo / "chain" / "config.pbtxt").write_text(_one_step("pipe", "IN", "OUT", "A", "B", version=3, dims=3))
+    assert refused_at_start(tmp_path, ray).endswith("step 0 (pipe:3): ensemble 'pipe' has version 1, not 3")
+    # two ensembles that run each other: said as such, at a local start too
+    (repo / "chain" / "config.pbtxt").write_text(_one_step("loop", "A", "B", "A", "B", dims=3))
+    (repo / "loop" / "1").mkdir(parents=True)
+    (repo / "loop" / "config.pbtxt").write_text(_one_step("chain", "A", "B", "A", "B", dims=3))
+    for args in (ray, ["--model-repository", str(repo), "--grpc-port", "-1", "--http-port", "0"]):
+        out = subprocess.run([*cmd[:5], "serve", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines()[-1] == (
+            "error: failed to load 'loop': circular dependency between ensembles: loop -> chain -> loop"
+        )
 
 
 def _config(steps: list[dict[str, object]], **top: object) -> str:

@@ -290,6 +290,7 @@ class Server:
                     raise load_failed(ref, e) from None  # which of the models
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
+                    self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
                     raise load_failed(name, e) from None

@@ -455,14 +455,17 @@ class DataPlane:
                 "request runs its steps; start the server with --cache-config local,size=BYTES",
                 extra={"model": name, "version": pipeline.version},
             )
+        self._check_ensembles_of(name)  # the ensembles that run it: checked against what it is now
 
     def _check_ensemble(self, pipeline: ensemble.Ensemble) -> None:
         """``ensemble.check`` against the models served now, and no ensemble reached again through its steps."""
-        self._refuse_cycle(pipeline.name, pipeline, [pipeline.name])
+        self.refuse_cycle(pipeline.name, pipeline, [pipeline.name])
 
         def served(step: ensemble.Step) -> ensemble.Served:
             nested = self._ensembles.get(step.model)
-            if nested is not None and step.model != pipeline.name:
+            # a model served under the name first: the ensemble it replaces (its folder's) goes right after
+            model = any(e.name == step.model for e in self.engine.loaded())
+            if nested is not None and step.model != pipeline.name and not model:
                 inner = nested.ensemble
                 if step.version is not None and step.version != inner.version:
                     raise InvalidRequest(f"ensemble {step.model!r} has version {inner.version}, not {step.version}")
@@ -488,6 +491,8 @@ class DataPlane:
             def served(step: ensemble.Step, pipeline: ensemble.Ensemble = pipeline) -> ensemble.Served:
                 nested = pipelines.get(step.model)
                 if nested is not None and step.model != pipeline.name:
+                    if step.version is not None and step.version != nested.version:
+                        raise InvalidRequest(f"ensemble {step.model!r} has version {nested.version}, not {step.version}")
                     return ensemble.Served(nested.signature, nested.max_batch_size > 0, nested.max_batch_size)
                 served_versions = versions.get(step.model, [])
                 version = step.version if step.version is not None else max(served_versions, default=None)
@@ -504,12 +509,12 @@ class DataPlane:
                 return ensemble.Served(sig, sig.batched, limit if sig.batched else 0)
 
             try:
-                self._refuse_cycle(name, pipeline, [name], pipelines)
+                self.refuse_cycle(name, pipeline, [name], pipelines)
                 ensemble.check(pipeline, served)
             except PolystackError as e:
                 raise load_failed(name, e) from None
 
-    def _refuse_cycle(
+    def refuse_cycle(
         self,
         name: str,
         pipeline: ensemble.Ensemble,
@@ -524,7 +529,7 @@ class DataPlane:
             if nested is None and model in self._ensembles:
                 nested = self._ensembles[model].ensemble
             if nested is not None and len(path) <= ensemble.MAX_DEPTH:
-                self._refuse_cycle(name, nested, [*path, model], pipelines)
+                self.refuse_cycle(name, nested, [*path, model], pipelines)
             elif nested is not None:
                 raise InvalidRequest(f"ensembles nest deeper than {ensemble.MAX_DEPTH}: {' -> '.join(path)}")
 
@@ -636,6 +641,7 @@ class DataPlane:
         try:
             entry = self._serve_only([ModelRef(name, v) for v in model.versions], config)
             self.repository.models.add(name)
+            self._unmet.discard(name)
             if name in self._ensembles:  # the folder was an ensemble's: the model serves in its place
                 self._unload_ensemble(name, "its folder holds a model now")
             return entry
@@ -1134,11 +1140,15 @@ class DataPlane:
             for model_tensor, tensor in step.outputs:
                 if tensor not in pipeline.signature.output_names:
                     continue
-                with contextlib.suppress(PolystackError):  # a nested ensemble's, or a model gone: none
-                    entry = self._get(step.model, None if step.version is None else str(step.version)).entry
-                    labels = labels_of(entry.record.settings).get(model_tensor)
-                    if labels:
-                        found[tensor] = labels
+                nested, labels = self._ensembles.get(step.model), None
+                if nested is not None:  # an ensemble's step: the labels of what gives that output in it
+                    labels = self._labels(nested.ensemble).get(model_tensor)
+                else:
+                    with contextlib.suppress(PolystackError):  # a model gone: none
+                        entry = self._get(step.model, None if step.version is None else str(step.version)).entry
+                        labels = labels_of(entry.record.settings).get(model_tensor)
+                if labels:
+                    found[tensor] = labels
         return found
 
     async def _run(
@@ -1433,6 +1443,7 @@ class DataPlane:
         folders, complete = repository.folders()
         now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
         changed = False
+        deferred: dict[str, str] = {}  # ensembles whose load failed: tried again once the poll's other loads ran
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
@@ -1452,10 +1463,12 @@ class DataPlane:
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
             except PolystackError as e:
+                if name in self._unmet:  # an ensemble: a model it runs may load later in this poll
+                    deferred[name] = e.message
+                    continue
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
-                    "folder is read again once it changes"
-                    + (" or the models it runs do" if name in self._unmet else ""),
+                    "folder is read again once it changes",
                     extra={"model": name, "error": e.message},
                 )
             except Exception:
@@ -1464,29 +1477,46 @@ class DataPlane:
                 changed = True
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
-        if changed:
-            self._load_unmet()
+        failed = self._load_unmet(quiet=deferred.keys()) if changed or deferred else {}
+        for name, message in deferred.items():
+            if name in self._unmet:  # still failing once the poll's models loaded
+                log.error(
+                    f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
+                    "and it is read again once its folder changes or a poll changes models",
+                    extra={"model": name, "error": failed.get(name, message)},
+                )
 
-    def _load_unmet(self) -> None:
-        """Load again the repository ensembles not served for want of their models as they were, now that a poll
-        changed models (Triton's poll mode reloads an ensemble's dependents): as long as one more loads."""
-        progress = True
-        while progress and self._unmet and not self.draining:
+    def _load_unmet(self, quiet: Collection[str] = ()) -> dict[str, str]:
+        """Load again the repository ensembles not served as their folders say for want of their models as they
+        were, now that a poll changed models (Triton's poll mode reloads an ensemble's dependents): pass after
+        pass while one more loads. Those that still fail, with why (logged, but for those in ``quiet``)."""
+        failed: dict[str, str] = {}
+        for _ in range(len(self._unmet)):  # each pass loads one more of them, or it is the last
             progress = False
             for name in sorted(self._unmet):
                 assert self.repository is not None  # only repository ensembles are unmet
-                if name in self._ensembles or self.repository.folder(name) is None:  # served, or its folder gone
+                if self.draining:
+                    return failed
+                if self.repository.folder(name) is None:  # its folder is gone
                     self._unmet.discard(name)
                     continue
                 try:
                     self._load_from_repository(name, None)
                 except ShuttingDown:
-                    return
+                    return failed
                 except PolystackError as e:
-                    log.info("an ensemble still does not fit its models", extra={"model": name, "error": e.message})
+                    failed[name] = e.message
                 else:
+                    self._unmet.discard(name)  # served as its folder says (an ensemble, or a model now)
+                    failed.pop(name, None)
                     progress = True
-                    log.info("ensemble loaded again: its models fit it now", extra={"model": name})
+                    log.info("model folder read again: what it runs fits it now", extra={"model": name})
+            if not progress:
+                break
+        for name, message in failed.items():
+            if name not in quiet:
+                log.info("an ensemble still does not fit its models", extra={"model": name, "error": message})
+        return failed
 
     async def repository_unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_control()
