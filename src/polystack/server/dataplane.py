@@ -559,7 +559,7 @@ class DataPlane:
         again, and those it no longer fits are unloaded (Triton unloads them too), saying why. The answers those
         it still fits keep in the response cache are dropped: the model may answer otherwise now."""
         for other, served in list(self._ensembles.items()):
-            if name not in served.ensemble.models:
+            if name not in served.ensemble.models or self._ensembles.get(other) is not served:  # gone meanwhile
                 continue
             try:
                 self._check_ensemble(served.ensemble)
