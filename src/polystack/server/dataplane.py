@@ -1010,12 +1010,7 @@ class DataPlane:
             if self.in_flight == 0:
                 self._idle.set()
         assert model_label is not None and outcome is not None
-        shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
-        try:
-            in_shared_memory = self._to_shared_memory(result, shared, model_label) if shared else {}
-        except PolystackError:  # its region went away while the model ran: the client gets a failure
-            outcome.abandon(int((time.perf_counter() - started) * 1e9))
-            raise
+        in_shared_memory = self._write_shared(result, request, model_label, outcome, started)
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
@@ -1123,12 +1118,7 @@ class DataPlane:
             self._pipelines -= 1
             if self.in_flight == 0:
                 self._idle.set()
-        shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
-        try:
-            in_shared_memory = self._to_shared_memory(result, shared, label) if shared else {}
-        except PolystackError:  # its region went away while the steps ran: the client gets a failure
-            outcome.abandon(int((time.perf_counter() - started) * 1e9))
-            raise
+        in_shared_memory = self._write_shared(result, request, label, outcome, started)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
@@ -1292,6 +1282,25 @@ class DataPlane:
         except PolystackError:
             return None
         return served if served.entry is not entry else None
+
+    def _write_shared(
+        self,
+        result: dict[str, np.ndarray],
+        request: InferRequest,
+        label: tuple[str, str],
+        outcome: Outcome,
+        started: float,
+    ) -> dict[str, SharedOutput]:
+        """The outputs ``request`` asked for in shared memory, written there (``_to_shared_memory``); a region
+        that went away while the request ran fails it, and its statistics say so."""
+        shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
+        if not shared:
+            return {}
+        try:
+            return self._to_shared_memory(result, shared, label)
+        except PolystackError:  # the client gets a failure
+            outcome.abandon(int((time.perf_counter() - started) * 1e9))
+            raise
 
     def _to_shared_memory(
         self, result: dict[str, np.ndarray], shared: dict[str, ShmRef], model_label: tuple[str, str]
