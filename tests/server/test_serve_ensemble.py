@@ -84,6 +84,11 @@ def pipeline_repository(root: Path) -> Path:
     return root
 
 
+def _run(model: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
 def _expected(repo: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     def run(name: str, inp: str, out: str, value: np.ndarray) -> np.ndarray:
         session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -471,6 +476,12 @@ def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
 def test_an_ensemble_answers_from_the_response_cache_until_a_model_it_runs_is_loaded_again(tmp_path: Path) -> None:
     repo, port = pipeline_repository(tmp_path / "models"), free_port()
     (repo / "pipe" / "config.pbtxt").write_text(PIPE + "response_cache { enable: true }\n")
+    for name, config in (  # outer (cached) runs inner (not cached), which runs mlp
+        ("inner", _one_step("mlp", "x", "y", "A", "B")),
+        ("outer", _one_step("inner", "A", "B", "C", "D") + "response_cache { enable: true }\n"),
+    ):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(config)
     args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
     with cli_server(tmp_path / "home", [*args, "--cache-config", "local,size=1048576"], port, tmp_path / "serve.log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -496,5 +507,16 @@ def test_an_ensemble_answers_from_the_response_cache_until_a_model_it_runs_is_lo
         http.load_model("head", config=json.dumps({"max_batch_size": 8}))  # loaded again: the answers may change
         np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), first, rtol=1e-6)
         assert cache() == (1, 2, 1)  # a miss, and the new head ran it
+        c = httpclient.InferInput("C", [2, 16], "FP32")
+        c.set_data_from_numpy(x)
+        before = http.infer("outer", [c]).as_numpy("D")
+        np.testing.assert_array_equal(http.infer("outer", [c]).as_numpy("D"), before)
+        (repo / "mlp" / "2").mkdir()
+        mlp_onnx(repo / "mlp" / "2" / "model.onnx", sizes=(16, 32, 4), seed=9)
+        http.load_model("mlp")  # new weights: outer's kept answers go, though inner between them keeps none
+        after = http.infer("outer", [c]).as_numpy("D")
+        np.testing.assert_allclose(after, _run(repo / "mlp" / "2" / "model.onnx", x), rtol=1e-5, atol=1e-6)
+        [o] = http.get_inference_statistics("outer")["model_stats"]
+        assert (o["inference_stats"]["cache_hit"]["count"], o["inference_stats"]["cache_miss"]["count"]) == (1, 2)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert re.search(r'polystack_cache_hits_total\{model="pipe",version="1"\} 1\.0', metrics), metrics

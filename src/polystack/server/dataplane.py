@@ -563,10 +563,11 @@ class DataPlane:
                 continue
             try:
                 self._check_ensemble(served.ensemble)
-                if served.ensemble.response_cache and self.response_cache is not None:
-                    old, served.load = served.load, next(_loads)
-                    self.response_cache.forget(old)
-                    self._check_ensembles_of(other)  # those that run this one: their answers too
+                if self.response_cache is not None:
+                    if served.ensemble.response_cache:
+                        old, served.load = served.load, next(_loads)
+                        self.response_cache.forget(old)
+                    self._check_ensembles_of(other)  # those that run this one: their answers too, cached or not
             except PolystackError as e:
                 log.warning(
                     "an ensemble's model changed or is gone, and it no longer fits: the ensemble is unloaded; load "
@@ -607,32 +608,47 @@ class DataPlane:
         return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
 
     def _load_from_repository(
-        self, name: str, config: str | None, loading: frozenset[str] = frozenset()
+        self,
+        name: str,
+        config: str | None,
+        loading: frozenset[str] = frozenset(),
+        failed: set[str] | None = None,
     ) -> LoadedEntry | ensemble.Ensemble:
         """Read the model's repository folder again and serve what it holds now (Triton's explicit load
         reads the repository): its versions and its config, which later loads without one use too. A load
         that fails leaves the start config as it was and takes back what reading the folder registered.
         An ensemble's folder loads the ensemble (with ``config`` in place of its own, when given), once the
-        models it runs that are not served yet are loaded from their folders, as Triton loads them."""
+        models it runs that are not served yet are loaded from their folders, as Triton loads them; those in
+        ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
         assert self.repository is not None
-        model, registered = self.repository.read(self.store, name)
+        try:
+            model, registered = self.repository.read(self.store, name)
+        except PolystackError:
+            if failed is not None:
+                failed.add(name)
+            raise
         if model.ensemble is not None:
             pipeline = model.ensemble
             if config is not None:
                 pipeline = ensemble.read(config, name, pipeline.version)
             try:
                 for other in sorted(pipeline.models - loading - {name}):
+                    if failed is not None and other in failed:  # tried in this poll: the check says it is missing
+                        continue
                     if not self.model_ready(other, None) and self.repository.owns(other):
                         try:
-                            self._load_from_repository(other, None, loading | {name})
+                            self._load_from_repository(other, None, loading | {name}, failed)
                         except PolystackError as e:
                             raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                 self.load_ensemble(pipeline, replace_model=True)
             except PolystackError:
                 self._unmet.add(name)  # a poll that changes models tries it again
+                if failed is not None:
+                    failed.add(name)
                 raise
             self._unmet.discard(name)
             return pipeline
+        self._unmet.discard(name)  # its folder holds a model now: not an ensemble waiting for its models
         before = self.model_configs.get(name)
         if model.config is not None:
             self.model_configs[name] = model.config
@@ -646,6 +662,8 @@ class DataPlane:
                 self._unload_ensemble(name, "its folder holds a model now")
             return entry
         except BaseException:
+            if failed is not None:
+                failed.add(name)
             if before is not None:
                 self.model_configs[name] = before
             else:
@@ -1082,7 +1100,8 @@ class DataPlane:
             m = self.metrics.model(*label)
             cache = self.response_cache if pipeline.response_cache else None
             t0 = time.perf_counter_ns()
-            key = await self._cache_key(cache, served.load, request, loop) if cache is not None else None
+            owner = served.load  # a reload of a model it runs changes it meanwhile: what runs now is kept under this
+            key = await self._cache_key(cache, owner, request, loop) if cache is not None else None
             found = cache.get(key) if cache is not None and key is not None else None
             looked = time.perf_counter_ns() - t0
             if found is not None:  # as Triton counts a hit: an inference for each row, no execution
@@ -1096,7 +1115,7 @@ class DataPlane:
                 if cache is not None and key is not None:
                     t1 = time.perf_counter_ns()
                     if self._ensembles.get(name) is served:  # kept for what serves the name still
-                        cache.put(key, served.load, result)
+                        cache.put(key, owner, result)
                     missed = looked + time.perf_counter_ns() - t1
                     served.stats.add("cache_miss", missed)
                     m.cache_misses.inc()
@@ -1453,6 +1472,7 @@ class DataPlane:
         now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
         changed = False
         deferred: dict[str, str] = {}  # ensembles whose load failed: tried again once the poll's other loads ran
+        failed: set[str] = set()  # folders that failed to load in this poll: not tried again within it
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
@@ -1467,8 +1487,10 @@ class DataPlane:
                     changed = True
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
+            if name in failed:  # an ensemble's model that failed in this poll, a moment ago
+                continue
             try:
-                loaded = self._load_from_repository(name, None)
+                loaded = self._load_from_repository(name, None, failed=failed)
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
             except PolystackError as e:
@@ -1486,31 +1508,35 @@ class DataPlane:
                 changed = True
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
-        failed = self._load_unmet(quiet=deferred.keys()) if changed or deferred else {}
+        still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
         for name, message in deferred.items():
             if name in self._unmet:  # still failing once the poll's models loaded
                 log.error(
                     f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
                     "and it is read again once its folder changes or a poll changes models",
-                    extra={"model": name, "error": failed.get(name, message)},
+                    extra={"model": name, "error": still.get(name, message)},
                 )
 
-    def _load_unmet(self, quiet: Collection[str] = ()) -> dict[str, str]:
+    def _load_unmet(self, quiet: Collection[str] = (), tried: set[str] | None = None) -> dict[str, str]:
         """Load again the repository ensembles not served as their folders say for want of their models as they
         were, now that a poll changed models (Triton's poll mode reloads an ensemble's dependents): pass after
-        pass while one more loads. Those that still fail, with why (logged, but for those in ``quiet``)."""
+        pass while one more loads. Those that still fail, with why (logged, but for those in ``quiet``). The models
+        in ``tried`` (the poll's failures) are not read again for them; a pass that loads one tries them anew."""
         failed: dict[str, str] = {}
         for _ in range(len(self._unmet)):  # each pass loads one more of them, or it is the last
             progress = False
+            tried_now = set(tried or ())  # what fails in this pass is read once in it
             for name in sorted(self._unmet):
                 assert self.repository is not None  # only repository ensembles are unmet
                 if self.draining:
                     return failed
+                if name not in self._unmet:  # loaded meanwhile, as a model another one runs
+                    continue
                 if self.repository.folder(name) is None:  # its folder is gone
                     self._unmet.discard(name)
                     continue
                 try:
-                    self._load_from_repository(name, None)
+                    self._load_from_repository(name, None, failed=tried_now)
                 except ShuttingDown:
                     return failed
                 except PolystackError as e:
