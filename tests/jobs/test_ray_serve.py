@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,18 +31,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     ray = pytest.importorskip("ray")
     from ray import serve
 
+    work = tmp_path_factory.mktemp("serve")
+    store = Store(StoreSettings(home=work / "home"))
+    register_mlp(store, work)
+    store.close()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield from _serving(work, serve)
+    finally:  # a start that failed too: the next module's Ray would find this one
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _serving(work: Path, serve: Any) -> Iterator[tuple[str, Path]]:
     from polystack.server import ensemble, model_config
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
     from polystack.server.ray_serve import build_app
     from polystack.server.response_cache import CacheConfig
 
-    work = tmp_path_factory.mktemp("serve")
-    store = Store(StoreSettings(home=work / "home"))
-    register_mlp(store, work)
-    store.close()
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    port = _free_port()  # once Ray's own processes hold their ports: one of them took a port chosen before
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # a start config (serve --model-config mlp=DIR/config.pbtxt), warm-up file and all, in each replica
     (work / "mlp" / "warmup").mkdir(parents=True)
@@ -69,8 +78,6 @@ ensemble_scheduling {{ step [ {{ model_name: "mlp", input_map {{ key: "x" value:
     )
     serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")
     yield f"127.0.0.1:{port}", work / "mlp.onnx"
-    serve.shutdown()
-    ray.shutdown()
 
 
 def test_tritonclient_infers_against_ray_serve(served: tuple[str, Path]) -> None:
@@ -133,4 +140,6 @@ def test_an_ensemble_runs_in_each_replica(served: tuple[str, Path]) -> None:
     x = np.random.default_rng(5).standard_normal((3, FEATURES)).astype(np.float32)
     inp = httpclient.InferInput("IN", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    np.testing.assert_allclose(client.infer("pipe", [inp]).as_numpy("OUT"), reference(model_path, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        client.infer("pipe", [inp]).as_numpy("OUT"), reference(model_path, x), rtol=1e-5, atol=1e-6
+    )

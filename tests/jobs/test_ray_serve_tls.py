@@ -38,13 +38,13 @@ def test_tritonclient_infers_over_https_against_ray_serve(tmp_path: Path) -> Non
     store = Store(StoreSettings(home=tmp_path / "home"))
     register_mlp(store, tmp_path)
     store.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    tls = TlsConfig.resolve(tmp_path / "server.pem", tmp_path / "server.key", None)
-    config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, tls=tls)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
+        with socket.socket() as s:  # once Ray's own processes hold their ports: one of them took one chosen before
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        tls = TlsConfig.resolve(tmp_path / "server.pem", tmp_path / "server.key", None)
+        config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, tls=tls)
         serve.start(http_options=proxy_options(config))
         app = build_app(tmp_path / "home", config, replicas=1)
         # the proxy terminates TLS: replicas get no key to carry through Ray's object store
