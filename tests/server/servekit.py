@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from polystack.server.app import ServeConfig, ServerThread
 from polystack.store import ModelRecord, Store
 
 
-def _single_op(path: Path, op: str, elem: int, width: int, inp: str, outs: list[tuple[str, str]]) -> Path:
+def single_op(path: Path, op: str, elem: int, width: int, inp: str, outs: list[tuple[str, str]]) -> Path:
     """A model applying ``op`` (one node per output) to one input of shape [batch, width]."""
     import onnx
     from onnx import helper
@@ -50,11 +50,11 @@ def build_models(work: Path) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     return {
         "mlp": mlp_onnx(work / "mlp.onnx", sizes=(16, 32, 4)),
-        "ident64": _single_op(work / "ident64.onnx", "Identity", TensorProto.INT64, 4, "a", [("b", "Identity")]),
-        "ident8": _single_op(work / "ident8.onnx", "Identity", TensorProto.INT8, 2, "a", [("b", "Identity")]),
-        "notb": _single_op(work / "notb.onnx", "Not", TensorProto.BOOL, 3, "p", [("q", "Not")]),
-        "strid": _single_op(work / "strid.onnx", "Identity", TensorProto.STRING, 2, "s", [("t", "Identity")]),
-        "two": _single_op(work / "two.onnx", "", TensorProto.FLOAT, 4, "x", [("same", "Identity"), ("neg", "Neg")]),
+        "ident64": single_op(work / "ident64.onnx", "Identity", TensorProto.INT64, 4, "a", [("b", "Identity")]),
+        "ident8": single_op(work / "ident8.onnx", "Identity", TensorProto.INT8, 2, "a", [("b", "Identity")]),
+        "notb": single_op(work / "notb.onnx", "Not", TensorProto.BOOL, 3, "p", [("q", "Not")]),
+        "strid": single_op(work / "strid.onnx", "Identity", TensorProto.STRING, 2, "s", [("t", "Identity")]),
+        "two": single_op(work / "two.onnx", "", TensorProto.FLOAT, 4, "x", [("same", "Identity"), ("neg", "Neg")]),
     }
 
 
@@ -146,6 +146,24 @@ def refused_at_start(tmp_path: Path, args: list[str]) -> str:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     return lines[0]
+
+
+def until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
+    """Whether ``check`` holds within ``within_s`` (asked every 0.1 s): a poll takes a while to notice, and a
+    reload may leave a model unserved for a moment, which a check asking meanwhile sees as an error."""
+    from tritonclient.utils import InferenceServerException
+
+    def holds() -> bool:
+        with contextlib.suppress(InferenceServerException):
+            return bool(check())
+        return False
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if holds():
+            return True
+        time.sleep(0.1)
+    return holds()
 
 
 def free_port() -> int:

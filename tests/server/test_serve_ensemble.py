@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start
+from servekit import cli_server, free_port, refused_at_start, single_op, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest, ModelClosed
@@ -49,19 +49,9 @@ ensemble_scheduling {
 
 def _neg_onnx(path: Path) -> Path:
     """a FP32[batch, 4] -> b = -a."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    graph = helper.make_graph(
-        [helper.make_node("Neg", ["a"], ["b"])],
-        "neg",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
+    return single_op(path, "Neg", TensorProto.FLOAT, 4, "a", [("b", "Neg")])
 
 
 def pipeline_repository(root: Path) -> Path:
@@ -90,12 +80,9 @@ def _run(model: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _expected(repo: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    def run(name: str, inp: str, out: str, value: np.ndarray) -> np.ndarray:
-        session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-        return np.asarray(session.run([out], {inp: value})[0])
-
-    mid = run("mlp", "x", "y", x)
-    return run("head", "h", "z", mid), -mid
+    """pipe's OUT and NEG for ``x``, from its models run straight with ONNX Runtime."""
+    mid = _run(repo / "mlp" / "1" / "model.onnx", x)
+    return _run(repo / "head" / "1" / "model.onnx", mid), -mid
 
 
 @contextlib.contextmanager
@@ -246,7 +233,7 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         assert http.is_model_ready("pipe")
         (repo / "chain" / "1").mkdir(parents=True)  # an ensemble that runs the ensemble pipe
         (repo / "chain" / "config.pbtxt").write_text(_one_step("pipe", "IN", "OUT", "A", "B", dims=3))
-        assert _until(lambda: http.is_model_ready("chain"))
+        assert until(lambda: http.is_model_ready("chain"))
         x = np.ones((2, 16), np.float32)
         i = httpclient.InferInput("A", [2, 16], "FP32")
         i.set_data_from_numpy(x)
@@ -259,8 +246,8 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         assert http.get_model_config("pipe")["ensemble_scheduling"]["step"][2]["model_version"] == 1
         (repo / "neg" / "2").mkdir()
         _neg_onnx(repo / "neg" / "2" / "model.onnx")
-        assert _until(lambda: http.get_model_config("pipe")["ensemble_scheduling"]["step"][2]["model_version"] == 2)
-        assert _until(lambda: http.is_model_ready("chain"))
+        assert until(lambda: http.get_model_config("pipe")["ensemble_scheduling"]["step"][2]["model_version"] == 2)
+        assert until(lambda: http.is_model_ready("chain"))
         # a broken ensemble folder that becomes a model: served as one, and polling goes on
         (repo / "bad" / "1").mkdir(parents=True)
         (repo / "bad" / "config.pbtxt").write_text(_one_step("mlp", "xx", "y", "IN", "OUT"))
@@ -269,21 +256,21 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         (repo / "bad" / "config.pbtxt").unlink()
         mlp_onnx(repo / "bad" / "1" / "model.onnx")
         (repo / "mlp" / "1" / "touched").write_text("")  # a model changes in the same poll: ensembles are retried
-        assert _until(lambda: http.is_model_ready("bad"))
+        assert until(lambda: http.is_model_ready("bad"))
         (repo / "later" / "1").mkdir(parents=True)
         mlp_onnx(repo / "later" / "1" / "model.onnx")
-        assert _until(lambda: http.is_model_ready("later"))
+        assert until(lambda: http.is_model_ready("later"))
         # a model it runs goes: the ensembles go; it comes back: they come back, as Triton's poll reloads them
         (repo / "head").rename(tmp_path / "head")
-        assert _until(lambda: not http.is_model_ready("pipe") and not http.is_model_ready("chain"))
+        assert until(lambda: not http.is_model_ready("pipe") and not http.is_model_ready("chain"))
         (tmp_path / "head").rename(repo / "head")
-        assert _until(lambda: http.is_model_ready("chain") and http.is_model_ready("pipe"))
+        assert until(lambda: http.is_model_ready("chain") and http.is_model_ready("pipe"))
         np.testing.assert_allclose(http.infer("chain", [i]).as_numpy("B"), _expected(repo, x)[0], rtol=1e-5, atol=1e-6)
         for name in ("chain", "pipe"):
             (repo / name / "config.pbtxt").unlink()
             (repo / name / "1").rmdir()
             (repo / name).rmdir()
-        assert _until(lambda: not http.is_model_ready("chain") and not http.is_model_ready("pipe"))
+        assert until(lambda: not http.is_model_ready("chain") and not http.is_model_ready("pipe"))
         assert http.is_model_ready("mlp")
 
 
@@ -295,23 +282,6 @@ def _one_step(model: str, takes: str, gives: str, inp: str, out: str, version: i
         f'  model_name: "{model}", model_version: {version}, input_map {{ key: "{takes}" value: "{inp}" }},\n'
         f'  output_map {{ key: "{gives}" value: "{out}" }} }} ] }}\n'
     )
-
-
-def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
-    """Whether ``check`` holds within ``within_s``; a poll's reload may leave a model unserved for a moment,
-    which a check asking it meanwhile sees as a failure."""
-
-    def holds() -> bool:
-        with contextlib.suppress(InferenceServerException):
-            return bool(check())
-        return False
-
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if holds():
-            return True
-        time.sleep(0.1)
-    return holds()
 
 
 def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
-from servekit import caught_logs, cli_server, free_port, refused_at_start, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -265,16 +264,6 @@ def _ready(client: httpclient.InferenceServerClient, model: str, version: str = 
     return bool(client.is_model_ready(model, version))
 
 
-def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
-    """Whether ``check`` holds within ``within_s`` (asked every 0.1 s): a poll takes a while to notice."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def _infer(client: httpclient.InferenceServerClient, model: str, version: str = "") -> np.ndarray:
     i = httpclient.InferInput("x", [1, 16], "FP32")
     i.set_data_from_numpy(np.ones((1, 16), np.float32))
@@ -328,23 +317,23 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         # a new version of a model whose policy serves the latest: it replaces the one served
         (repo / "plain" / "7").mkdir()
         mlp_onnx(repo / "plain" / "7" / "model.onnx", seed=7)
-        assert _until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
+        assert until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
         # a new model folder is loaded; one removed is unloaded
         _model(repo, "fresh")
-        assert _until(lambda: _ready(client, "fresh", "1"))
+        assert until(lambda: _ready(client, "fresh", "1"))
         shutil.rmtree(repo / "fresh")
-        assert _until(lambda: not _ready(client, "fresh"))
+        assert until(lambda: not _ready(client, "fresh"))
         # a change that cannot be served is logged; what was served serves on
         (repo / "plain" / "8").mkdir()
         (repo / "plain" / "8" / "model.onnx").write_bytes(b"not onnx")
-        assert _until(lambda: "failed to load 'plain' from the model repository" in log.read_text())
+        assert until(lambda: "failed to load 'plain' from the model repository" in log.read_text())
         assert _ready(client, "plain", "7") and _infer(client, "plain").shape == (1, 4)
         # a new folder that fails, then goes: polling goes on
         _model(repo, "broken", file="model.pt")
-        assert _until(lambda: "failed to load 'broken' from the model repository" in log.read_text())
+        assert until(lambda: "failed to load 'broken' from the model repository" in log.read_text())
         shutil.rmtree(repo / "broken")
         _model(repo, "later")
-        assert _until(lambda: _ready(client, "later", "1"))
+        assert until(lambda: _ready(client, "later", "1"))
         assert "polling the model repository failed" not in log.read_text()  # each folder on its own
         # poll mode has the index but no model control, as in Triton
         assert {"name": "later", "version": "1", "state": "READY"} in client.get_model_repository_index()
@@ -390,14 +379,14 @@ def test_a_poll_that_cannot_read_a_repository_unloads_nothing_and_a_linked_root_
     with cli_server(home, args, port, log):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         (releases / "a").rename(releases / "away")
-        assert _until(lambda: log.read_text().count("cannot read the model repository") >= 3)
+        assert until(lambda: log.read_text().count("cannot read the model repository") >= 3)
         assert _ready(client, "mlp", "1") and _ready(client, "plain", "5")
         assert "model unloaded" not in log.read_text()
         (releases / "away").rename(releases / "a")
         switch = tmp_path / "switch"
         switch.symlink_to(releases / "b", target_is_directory=True)
         switch.replace(current)  # as a release switch does: the link moves at once
-        assert _until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
+        assert until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
 
 
 def test_a_failed_reload_of_several_versions_serves_none_of_it(tmp_path: Path) -> None:
@@ -428,7 +417,7 @@ def test_a_folder_that_comes_with_a_config_is_served_as_its_config_says_not_as_t
     with _served_repository(tmp_path, "--repository-poll-secs", "0.2", "--batching", "--instances", "3") as (repo, client):
         shutil.copytree(repo / "mlp", repo / "fresh")
         (repo / "fresh" / "config.pbtxt").write_text(MLP_CONFIG.replace('name: "mlp"', 'name: "fresh"'))
-        assert _until(lambda: _ready(client, "fresh", "3"))
+        assert until(lambda: _ready(client, "fresh", "3"))
         group = client.get_model_config("fresh", "3")["instance_group"][0]["count"]
         assert group == client.get_model_config("mlp", "3")["instance_group"][0]["count"] == 1
         assert client.get_model_config("plain")["instance_group"][0]["count"] == 3  # no config: the flags
@@ -474,7 +463,7 @@ def test_a_reload_the_drain_stops_is_not_logged_as_a_failed_load(tmp_path: Path)
                 'max_batch_size: 8\nmodel_warmup [{ name: "w" batch_size: 1 count: 200 inputs { key: "x" value: { data_type: TYPE_FP32 '
                 "dims: [16] zero_data: true } } }]\n"
             )  # 200 calls of 50 ms: the poll's reload is warming up when the server stops
-            assert _until(lambda: any(r.getMessage() == "warming up model" for r in logged), within_s=10)
+            assert until(lambda: any(r.getMessage() == "warming up model" for r in logged), within_s=10)
             st.stop()
         assert not [(r.getMessage(), getattr(r, "error", "")) for r in logged if r.levelno >= logging.WARNING]
     finally:

@@ -404,10 +404,10 @@ class DataPlane:
             self._unload_ensemble(name, "unloaded")
             for model in sorted(models) if dependents else ():
                 used = any(model in p.ensemble.models for p in self._ensembles.values())
-                if not used and (model in self._ensembles or any(e.name == model for e in self.engine.loaded())):
+                if not used and (model in self._ensembles or self._serves_model(model)):
                     self.unload(model, dependents)
             return
-        if not any(e.name == name for e in self.engine.loaded()):
+        if not self._serves_model(name):
             if self.repository is not None and self.repository.owns(name):
                 return  # a repository model not loaded (an ensemble is not in the store)
             self.store.get(ModelRef(name))  # a name the store does not know: NotFound, saying where to look
@@ -423,7 +423,7 @@ class DataPlane:
         A model served under its name is refused, or unloaded once the ensemble checks (``replace_model``: its
         repository folder holds the ensemble now)."""
         name = pipeline.name
-        model = any(e.name == name for e in self.engine.loaded())
+        model = self._serves_model(name)
         if model and not replace_model:
             raise InvalidRequest(
                 f"model {name!r} is served already, and is not an ensemble; give the ensemble a name of its own"
@@ -464,12 +464,9 @@ class DataPlane:
         def served(step: ensemble.Step) -> ensemble.Served:
             nested = self._ensembles.get(step.model)
             # a model served under the name first: the ensemble it replaces (its folder's) goes right after
-            model = any(e.name == step.model for e in self.engine.loaded())
+            model = self._serves_model(step.model)
             if nested is not None and step.model != pipeline.name and not model:
-                inner = nested.ensemble
-                if step.version is not None and step.version != inner.version:
-                    raise InvalidRequest(f"ensemble {step.model!r} has version {inner.version}, not {step.version}")
-                return ensemble.Served(inner.signature, inner.max_batch_size > 0, inner.max_batch_size)
+                return ensemble.as_step(nested.ensemble, step)
             try:
                 entry = self._get(step.model, None if step.version is None else str(step.version))
             except NotFound as e:
@@ -491,9 +488,7 @@ class DataPlane:
             def served(step: ensemble.Step, pipeline: ensemble.Ensemble = pipeline) -> ensemble.Served:
                 nested = pipelines.get(step.model)
                 if nested is not None and step.model != pipeline.name:
-                    if step.version is not None and step.version != nested.version:
-                        raise InvalidRequest(f"ensemble {step.model!r} has version {nested.version}, not {step.version}")
-                    return ensemble.Served(nested.signature, nested.max_batch_size > 0, nested.max_batch_size)
+                    return ensemble.as_step(nested, step)
                 served_versions = versions.get(step.model, [])
                 version = step.version if step.version is not None else max(served_versions, default=None)
                 if version is None or version not in served_versions:
@@ -577,6 +572,10 @@ class DataPlane:
                 self._unload_ensemble(other, f"{name!r} changed")
                 if self.repository is not None and self.repository.owns(other):
                     self._unmet.add(other)
+
+    def _serves_model(self, name: str) -> bool:
+        """Whether a version of model ``name`` (not an ensemble) is loaded."""
+        return any(e.name == name for e in self.engine.loaded())
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(len(self._served) + len(self._ensembles))  # each version, each ensemble
@@ -1482,7 +1481,7 @@ class DataPlane:
             if after is None:  # its folder is gone
                 repository.seen.pop(name, None)
                 self._unmet.discard(name)
-                if name in self._ensembles or any(e.name == name for e in self.engine.loaded()):
+                if name in self._ensembles or self._serves_model(name):
                     self.unload(name)
                     changed = True
                 continue

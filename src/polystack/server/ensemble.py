@@ -232,6 +232,13 @@ class Served:
     max_batch_size: int
 
 
+def as_step(inner: Ensemble, step: Step) -> Served:
+    """What ensemble ``inner`` serves as ``step`` of another, which must ask for its version or the latest."""
+    if step.version is not None and step.version != inner.version:
+        raise InvalidRequest(f"ensemble {inner.name!r} has version {inner.version}, not {step.version}")
+    return Served(inner.signature, inner.max_batch_size > 0, inner.max_batch_size)
+
+
 def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
     """Check ``ensemble`` against the models its steps run as ``served`` gives them (which raises for one
     not served): every input of each step model given, outputs its own, types and shapes agreeing, and
