@@ -101,6 +101,9 @@ class LoadedEntry:
     stats: ModelStats = field(default_factory=ModelStats)
     loaded_at: float = field(default_factory=time.time)
     load_time_s: float = 0.0
+    # what clients send and get, where the server sets some of the model's inputs and keeps some of its
+    # outputs (a sequence model's control and state tensors); None: the model's own
+    shown: Signature | None = None
 
     @property
     def name(self) -> str:
@@ -112,7 +115,7 @@ class LoadedEntry:
 
     @property
     def signature(self) -> Signature:
-        return self.model.signature
+        return self.shown or self.model.signature
 
 
 @dataclass(frozen=True)

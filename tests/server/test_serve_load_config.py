@@ -294,8 +294,9 @@ REFUSED = [
     ("not json", "not JSON"),
     ("[1, 2]", "must be a JSON object"),
     ("[" * 10_000 + "]" * 10_000, "not JSON"),
-    (json.dumps({"sequence_batching": {"max_sequence_idle_microseconds": 100}}), "sequence batching"),
-    (json.dumps({"sequence_batching": {}}), "sequence batching"),  # present, even empty, it turns it on
+    (json.dumps({"sequence_batching": {"iterative_sequence": True}}), "no iterative sequences"),
+    (json.dumps({"sequence_batching": {}, "dynamic_batching": {}}), "both dynamic_batching and sequence_batching"),
+    (json.dumps({"sequence_batching": {"state": [{"input_name": "x", "output_name": "y"}]}}), "data_type"),
     (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),
     (json.dumps({"version_policy": {"all": {}}}), "one version"),
     (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),

@@ -189,7 +189,8 @@ def test_a_load_whose_files_cannot_be_served_is_refused_and_changes_nothing(
     configs = {
         "ok": _config("up"),
         "labels": _config("up", label_filename="classes.txt"),
-        "sequence": json.dumps({**json.loads(_config("up")), "sequence_batching": {"max_sequence_idle_microseconds": 5}}),
+        "sequence": json.dumps({**json.loads(_config("up")), "sequence_batching": {"control_input": [
+            {"name": "START", "control": [{"int32_false_true": [0, 1]}]}]}}),  # the model has no input START
         "wide": json.dumps({**json.loads(_config("up")), "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [32]}]}),
     }  # fmt: skip
     before = [(r.name, r.version) for r in store.models.list()]

@@ -36,6 +36,7 @@ import numpy as np
 
 from polystack import __version__
 from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
 from polystack.errors import (
     InvalidRequest,
@@ -88,6 +89,7 @@ class _Plan:
     instances: int | None  # an unbatched model's own threads (None: the shared pool)
     additions: model_config.Additions = field(default_factory=model_config.Additions)  # what its config adds
     config: str | None = None  # the Triton config it follows: the load's, else the one given at start
+    sequence: SequencePolicy | None = None  # its config's sequence_batching (a stateful model)
 
 
 @dataclass
@@ -100,11 +102,14 @@ class _Served:
     additions: model_config.Additions = field(default_factory=model_config.Additions)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
     load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
+    sequencer: SequenceBatcher | None = None  # a sequence model's (its config's sequence_batching)
 
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance."""
         if self.batcher is not None:
             self.batcher.close(drain=True)
+        if self.sequencer is not None:
+            self.sequencer.close(drain=True)
         if self.executor is not None:
             self.executor.shutdown(wait=wait)
 
@@ -155,14 +160,23 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound)
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
-def _refuse_sequences(parameters: dict[str, Any]) -> None:
-    """Sequence (stateful) requests need sequence batching, which polystack does not have: refuse, never ignore."""
+def _refuse_sequences(name: str, parameters: dict[str, Any]) -> None:
+    """Sequence requests to a model without sequence batching: refused, where Triton ignores them (the client
+    means a state the model would not keep)."""
     for key in ("sequence_id", "sequence_start", "sequence_end"):
         if parameters.get(key):
             raise InvalidRequest(
-                f"the request sets {key!r}, but polystack has no sequence batching (stateful models); "
-                "send each request on its own, without sequence parameters"
+                f"the request sets {key!r}, but model {name!r} has no sequence_batching in its config, so it keeps "
+                "no state between requests; send the request without sequence parameters, or load the model with a "
+                "config that sets sequence_batching"
             )
+
+
+def _sequence_step(model: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"the ensemble runs {model!r}, a sequence model (its config sets sequence_batching); polystack's ensembles "
+        "do not carry correlation IDs to their steps: send its requests to it directly"
+    )
 
 
 def _timed_infer(
@@ -300,17 +314,19 @@ class DataPlane:
                     source = (start.source if start else "") or f"serve --model-config {record.name}"
                     raise e.prefixed(f"the config from {source}") from None
                 raise
-            if chosen.batching != policy or chosen.instances is not None:
+            sequence = chosen.sequence
+            if chosen.batching != policy or chosen.instances is not None or sequence is not None:
                 policy, instances = chosen.batching, chosen.instances
-                if policy is None and instances is None:
+                if policy is None and instances is None and sequence is None:
                     instances = default_instances  # a count left out keeps polystack's choice
-                calls = policy.instances if policy else instances or 1
+                calls = policy.instances if policy else sequence.instances if sequence else instances or 1
                 spec = self.spec_for(self.store, record, self.profile, calls)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
             additions = chosen.additions
+            return _Plan(record, spec, policy, instances, additions, config, sequence)
         return _Plan(record, spec, policy, instances, additions, config)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
@@ -336,6 +352,16 @@ class DataPlane:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
         before anything routes to it. The caller closes both if it does not route to them."""
         policy, instances = plan.policy, plan.instances
+        if plan.sequence is not None:  # clients see the model without its control and state tensors
+            entry = dataclasses.replace(entry, shown=plan.sequence.shown(entry.model.signature))
+            m = self.metrics.model(entry.name, str(entry.version))
+
+            def on_rows(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:
+                m.batch.observe(items)
+                m.compute.observe(seconds)
+
+            sequencer = SequenceBatcher(entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe)
+            return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
         if policy is not None and entry.signature.batched:
             m = self.metrics.model(entry.name, str(entry.version))
 
@@ -360,9 +386,10 @@ class DataPlane:
             self._served[key] = served
             self._generation += 1
         self.metrics.serving(entry.name, str(entry.version))
-        if batcher is not None:
+        queue = batcher or served.sequencer
+        if queue is not None:
 
-            def queued(ref: weakref.ref[DynamicBatcher] = weakref.ref(batcher)) -> int:
+            def queued(ref: weakref.ref[DynamicBatcher | SequenceBatcher] = weakref.ref(queue)) -> int:
                 b = ref()  # a batcher a reload replaced is not kept alive by the gauge
                 return 0 if b is None else b.depth
 
@@ -379,11 +406,14 @@ class DataPlane:
             "variant": spec.variant_id,  # None: the registered artifact itself
             "options": dict(spec.options),
             "batching": policy.to_dict() if batcher is not None and policy is not None else None,
+            "sequence_batching": plan.sequence.strategy if plan.sequence is not None else None,
             "instances": self._instances(served),
         }
         if plan.config is not None:
             # what the config made of it
-            extra["config"] = model_config.render(entry, batcher, self._instances(served), plan.additions)
+            extra["config"] = model_config.render(
+                entry, batcher, self._instances(served), plan.additions, plan.sequence
+            )
         log.info("model loaded", extra=extra)
         if plan.additions.response_cache and self.response_cache is None:
             log.warning(
@@ -471,6 +501,8 @@ class DataPlane:
                 entry = self._get(step.model, None if step.version is None else str(step.version))
             except NotFound as e:
                 raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
+            if entry.sequencer is not None:
+                raise _sequence_step(step.model)
             return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
@@ -497,6 +529,8 @@ class DataPlane:
                         "this server does not serve; serve it too"
                     )
                 plan = self._plan(ModelRef(step.model, version), None)
+                if plan.sequence is not None:
+                    raise _sequence_step(step.model)
                 sig, spec = plan.record.signature, plan.spec
                 limit = spec.max_batch_size or 0
                 if plan.policy is not None and sig.batched:
@@ -583,6 +617,8 @@ class DataPlane:
     def _max_batch(self, served: _Served) -> int:
         """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
         batcher, entry = served.batcher, served.entry
+        if served.sequencer is not None:
+            return served.sequencer.policy.max_batch_size
         if batcher is not None and batcher.batchable:
             return batcher.max_batch_size
         if batcher is None and entry.signature.batched and entry.spec.max_batch_size:
@@ -714,6 +750,8 @@ class DataPlane:
         if served is None or served.instances != plan.instances or served.entry.record != record:
             return None
         if served.additions != plan.additions:  # GET config would show the old ones
+            return None
+        if (served.sequencer.policy if served.sequencer else None) != plan.sequence:
             return None
         try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
             if self.engine.get(record.name, record.version) is not served.entry:
@@ -933,12 +971,15 @@ class DataPlane:
         if pipeline is not None:
             return ensemble.render(pipeline.ensemble)
         served = self._get(name, version)
-        return model_config.render(served.entry, served.batcher, self._instances(served), served.additions)
+        sequence = served.sequencer.policy if served.sequencer is not None else None
+        return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
 
     def _instances(self, served: _Served) -> int:
         """How many of a model's requests (or batches) run at once."""
         if served.batcher is not None:
             return served.batcher.policy.instances
+        if served.sequencer is not None:
+            return served.sequencer.policy.instances
         return served.instances or self.workers
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
@@ -989,10 +1030,10 @@ class DataPlane:
         model_label: tuple[str, str] | None = None
         outcome: Outcome | None = None  # the request's success or failure in its model's statistics
         try:
-            if request.parameters:
-                _refuse_sequences(request.parameters)
             served = self._get(name, version)
             entry = served.entry
+            if request.parameters and served.sequencer is None:
+                _refuse_sequences(name, request.parameters)
             model_label = (entry.name, str(entry.version))
             outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
             classes = request.classifications if request.outputs is not None else None
@@ -1065,7 +1106,7 @@ class DataPlane:
             label = (name, str(pipeline.version))
             outcome = Outcome(served.stats)
             if request.parameters:
-                _refuse_sequences(request.parameters)
+                _refuse_sequences(name, request.parameters)
             pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None)
             asked = request.output_names or pipeline.signature.output_names
             unknown = [o for o in asked if o not in pipeline.signature.output_names]
@@ -1177,9 +1218,21 @@ class DataPlane:
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             try:
-                if served.batcher is not None:
+                if served.sequencer is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings: list[int] | None = [] if span is not None or compute is not None else None
+                    flags = flags_of(request.parameters)
+                    result = await served.sequencer.infer_async(
+                        request.inputs, outputs, flags, request.timeout_s, loop, timings, outcome
+                    )
+                    if timings:
+                        if span is not None:
+                            self.tracing.stages(span, queued, *timings)
+                        if compute is not None:
+                            compute.append(timings[-1] - timings[-2])
+                elif served.batcher is not None:
+                    queued = time.perf_counter_ns() if span is not None else 0
+                    timings = [] if span is not None or compute is not None else None
                     result = await served.batcher.infer_async(
                         request.inputs, outputs, request.timeout_s, loop, timings, outcome
                     )

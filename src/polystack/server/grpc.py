@@ -137,7 +137,10 @@ def _request_id(context: Any, request: Any, own_first: bool = False) -> str:
 
 def _slow_to_read(request: pb.ModelInferRequest) -> bool:
     """A request whose tensors are read element by element (BYTES, or typed contents) and that holds
-    ``DECODE_INLINE_BELOW`` bytes or more; raw numbers are read in place at once, whatever their size."""
+    ``DECODE_INLINE_BELOW`` bytes or more; raw numbers are read in place at once, whatever their size. A
+    sequence's requests are read on the loop: they reach their sequence in the order the stream sent them."""
+    if "sequence_id" in request.parameters:
+        return False
     if not any(t.datatype == "BYTES" or t.HasField("contents") for t in request.inputs):
         return False
     return request.ByteSize() >= DECODE_INLINE_BELOW

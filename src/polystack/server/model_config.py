@@ -28,6 +28,7 @@ from typing import Any
 
 from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.batching.policy import MAX_INSTANCES
+from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
@@ -73,12 +74,24 @@ _TRITON = {
     "response_cache": {"enable"},
     "ensemble_scheduling": {"step"},
     "step": {"model_name", "model_version", "input_map", "output_map", "model_namespace"},
+    "sequence_batching": {
+        "direct", "oldest", "max_sequence_idle_microseconds", "control_input", "state", "iterative_sequence",
+    },
+    "direct": {"max_queue_delay_microseconds", "minimum_slot_utilization"},
+    "oldest": {"max_candidate_sequences", "preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering"},
+    "control_input": {"name", "control"},
+    "control": {"kind", "int32_false_true", "fp32_false_true", "bool_false_true", "data_type"},
+    "state": {
+        "input_name", "output_name", "data_type", "dims", "initial_state", "use_same_buffer_for_input_output",
+        "use_growable_memory",
+    },
+    "initial_state": {"data_type", "dims", "zero_data", "data_file", "name"},
 }  # fmt: skip
 _TRITON["ensemble"] = _TRITON["config"]  # an ensemble's config (ensemble.py), read as a model's is
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
-               "dynamic_batching", "parameters", "model_warmup", "response_cache"},
+               "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
@@ -95,6 +108,15 @@ _READ = {
     },
     "ensemble_scheduling": {"step"},
     "step": {"model_name", "model_version", "input_map", "output_map"},
+    # a sequence model's (sequence.py); use_same_buffer_for_input_output asks Triton's backends to save a copy,
+    # which polystack's state (numpy arrays handed from one call to the next) never makes: read, changes nothing
+    "sequence_batching": {"direct", "oldest", "max_sequence_idle_microseconds", "control_input", "state"},
+    "direct": _TRITON["direct"],
+    "oldest": _TRITON["oldest"],
+    "control_input": _TRITON["control_input"],
+    "control": _TRITON["control"],
+    "state": {"input_name", "output_name", "data_type", "dims", "initial_state", "use_same_buffer_for_input_output"},
+    "initial_state": _TRITON["initial_state"],
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -111,7 +133,8 @@ _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 # fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 _UNSUPPORTED = {
-    "sequence_batching": "polystack has no sequence batching (stateful models)",
+    "sequence_batching.iterative_sequence": "polystack has no iterative sequences (a request without a correlation ID)",
+    "state.use_growable_memory": "polystack keeps sequence state in host memory, which needs no growable buffers",
     "ensemble_scheduling": (
         "a model's config cannot make it an ensemble: ensembles are folders of their own in a --model-repository "
         '(platform "ensemble" and an empty version folder), served beside the models they run'
@@ -148,6 +171,7 @@ class LoadConfig:
     max_batch_size: int | None
     instances: int | None = None
     additions: Additions = field(default_factory=Additions)  # warm-up, input layouts, runtime options
+    sequence: SequencePolicy | None = None  # sequence_batching: a stateful model's (then batching is None)
 
 
 def render(
@@ -155,14 +179,19 @@ def render(
     batcher: DynamicBatcher | None,
     instances: int,
     additions: Additions | None = None,
+    sequence: SequencePolicy | None = None,
 ) -> dict[str, Any]:
-    """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one,
-    with ``instances`` of its requests (or batches) running at once, and what its config added (inputs
-    without a layout there show Triton's default, FORMAT_NONE)."""
+    """The Triton-shaped configuration of a loaded model, served through ``batcher`` if it has one (or
+    through a sequence batcher with ``sequence``), with ``instances`` of its requests (or batches) running
+    at once, and what its config added (inputs without a layout there show Triton's default, FORMAT_NONE).
+    A sequence model's inputs are those clients send: its control and state tensors show under
+    ``sequence_batching``, as in the config it was loaded with."""
     added = additions or Additions()
     sig = entry.signature
     merging = batcher is not None and batcher.batchable  # one that stopped merging runs requests as they come
-    if merging:
+    if sequence is not None:
+        max_batch = sequence.max_batch_size
+    elif merging:
         assert batcher is not None
         max_batch = batcher.max_batch_size
     elif batcher is None and sig.batched and entry.spec.max_batch_size:
@@ -204,7 +233,52 @@ def render(
         }
     if added.warmup:
         config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
+    if sequence is not None:
+        config["sequence_batching"] = _render_sequence(sequence)
     return config
+
+
+def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
+    """``p`` as Triton's ``sequence_batching``: what reads back (``_sequence``) as ``p``."""
+    strategy: dict[str, Any] = {"max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000)}
+    if p.strategy == "oldest":
+        strategy.update(
+            max_candidate_sequences=p.max_candidate_sequences,
+            preferred_batch_size=list(p.preferred_batch_sizes),
+            preserve_ordering=p.preserve_ordering,
+        )
+    else:
+        strategy["minimum_slot_utilization"] = p.minimum_slot_utilization
+    kinds = {v: k or "CONTROL_SEQUENCE_START" for k, v in _CONTROL_KINDS.items()}
+    keys = {dtype: key for key, dtype in _CONTROL_VALUES}
+    controls = []
+    for c in p.controls:
+        control: dict[str, Any] = {"kind": kinds[c.kind]}
+        if c.kind == "corrid":
+            control["data_type"] = type_name(c.dtype)
+        else:
+            control[keys[c.dtype]] = [c.false, c.true]
+        controls.append({"name": c.input, "control": [control]})
+    states = []
+    for st in p.states:
+        state: dict[str, Any] = {
+            "input_name": st.input,
+            "output_name": st.output,
+            "data_type": type_name(st.dtype),
+            "dims": list(st.dims),
+        }
+        if st.initial_name:
+            data = {"data_file": st.initial_file} if st.initial_file else {"zero_data": True}
+            state["initial_state"] = [
+                {"data_type": type_name(st.dtype), "dims": list(st.dims), "name": st.initial_name, **data}
+            ]
+        states.append(state)
+    return {
+        p.strategy: strategy,
+        "max_sequence_idle_microseconds": round(p.idle_s * 1e6),
+        "control_input": controls,
+        "state": states,
+    }
 
 
 def _ort_parameters(options: dict[str, Any]) -> dict[str, Any]:
@@ -287,9 +361,21 @@ def read(
     groups = config.get("instance_group")
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
+    sequence: SequencePolicy | None = None
     batching: BatchPolicy | None = None
     rows: int | None = None  # unbatched: the most rows a request may hold
-    if dynamic is None:
+    if config.get("sequence_batching") is not None:
+        if dynamic is not None:
+            raise InvalidRequest(
+                "the config sets both dynamic_batching and sequence_batching, which Triton's model configuration "
+                "holds one of (scheduling_choice); keep sequence_batching for a stateful model"
+            )
+        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
+            max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
+            max_batch = min(max_batch, limit) if limit and max_batch else max_batch
+        sequence = _sequence(config["sequence_batching"], record, max_batch, instances or 1, model_dir, config)
+        rows, instances = max_batch or None, None  # the policy holds them
+    elif dynamic is None:
         # Triton's default scheduler: each instance runs one request at a time, the others queue
         if max_batch is None:  # polystack's own: the variant's limit
             max_batch = limit if batched and limit else 0
@@ -312,7 +398,285 @@ def read(
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
     cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
-    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached))
+    if sequence is not None and cached:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
+            "Please disable the response cache (its answers depend on the sequence's state)"
+        )
+    if sequence is not None and warmup:
+        raise InvalidRequest(
+            "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
+            "samples hold no control or state inputs): leave model_warmup out"
+        )
+    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached), sequence)
+
+
+# Triton's control kinds (ModelSequenceBatching.Control.Kind; "" is 0, START) -> sequence.py's
+_CONTROL_KINDS = {"": "start", "CONTROL_SEQUENCE_START": "start", "CONTROL_SEQUENCE_READY": "ready",
+                  "CONTROL_SEQUENCE_END": "end", "CONTROL_SEQUENCE_CORRID": "corrid"}  # fmt: skip
+_CONTROL_VALUES = (("int32_false_true", DType.INT32), ("fp32_false_true", DType.FP32), ("bool_false_true", DType.BOOL))
+_CORRID_TYPES = ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING")
+_MAX_STATE_BYTES = 64 << 20  # one sequence's state: a typo in its dims must not take the memory
+
+
+def _sequence(
+    value: Any, record: ModelRecord, max_batch: int, instances: int, model_dir: Path | None, config: dict[str, Any]
+) -> SequencePolicy:
+    """The ``sequence_batching`` of a config, checked as Triton checks it (its words first) and against the
+    model: every control and state names a model input (and state output) of its type and shape."""
+    where = "sequence_batching"
+    d = read_message(value, where, "sequence_batching")
+    if "direct" in d and "oldest" in d:
+        raise InvalidRequest(f"{where} sets both direct and oldest; Triton's strategy is one of them (default: direct)")
+    strategy = "oldest" if "oldest" in d else "direct"
+    s = read_message(d.get(strategy, {}), f"{where}.{strategy}", strategy)
+    delay_us = read_int(s, "max_queue_delay_microseconds", f"{where}.{strategy}", 0, _MAX_MICROSECONDS)
+    idle_us = read_int(d, "max_sequence_idle_microseconds", where, 0, _MAX_MICROSECONDS) or 1_000_000
+    extra: dict[str, Any] = {}
+    if strategy == "oldest":
+        preferred = read_int_list(s.get("preferred_batch_size", []), f"{where}.oldest.preferred_batch_size", 1)
+        if any(p > max(max_batch, 1) for p in preferred):
+            raise InvalidRequest(
+                f"sequence batching preferred batch size must be <= max batch size for {record.name!r}: "
+                f"{where}.oldest.preferred_batch_size {preferred} against max_batch_size {max_batch}"
+            )
+        extra = {
+            "preferred_batch_sizes": tuple(preferred),
+            "max_candidate_sequences": read_int(s, "max_candidate_sequences", f"{where}.oldest", 0, 1 << 20),
+            "preserve_ordering": read_bool(s, "preserve_ordering", f"{where}.oldest"),
+        }
+    else:
+        share = s.get("minimum_slot_utilization", 0)
+        if isinstance(share, str):
+            share = _float(share)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise InvalidRequest(
+                f"sequence batching minimum slot utilization must be in range (0.0, 1.0] for {record.name!r}, not "
+                f"{quote(share)}"
+            )
+        extra = {"minimum_slot_utilization": float(share)}
+    sig = record.signature
+    listed = {read_string(t, "name", "input") for t in config.get("input", []) if isinstance(t, dict)}
+    shown = {t.get("name") for t in config.get("output", []) if isinstance(t, dict)}
+    controls = _controls(d.get("control_input", []), record, max_batch, listed)
+    states = _states(d.get("state", []), record, max_batch, listed, shown, model_dir)
+    names = [c.input for c in controls] + [s.input for s in states]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise InvalidRequest(f"{where} sets model input {quote(twice)} twice (as a control and a state, or two states)")
+    if len(names) == len(sig.inputs):
+        raise InvalidRequest(
+            f"{where} sets every input of {record.name!r}, leaving clients none to send; a request needs one"
+        )
+    return SequencePolicy(
+        strategy, max_batch, delay_us / 1000, idle_us / 1e6, tuple(controls), tuple(states), instances, **extra
+    )
+
+
+def _float(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _model_tensor(record: ModelRecord, name: str, key: str, where: str) -> TensorSpec:
+    specs = record.signature.inputs if key == "input" else record.signature.outputs
+    found = next((t for t in specs if t.name == name), None)
+    if found is None:
+        raise InvalidRequest(
+            f"{where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s are "
+            f"{', '.join(t.name for t in specs)}"
+        )
+    return found
+
+
+def _fits(t: TensorSpec, dtype: DType, dims: tuple[int, ...], max_batch: int, where: str) -> None:
+    """Model tensor ``t`` takes ``dtype`` and one request's ``dims`` (with a batch of one when batched)."""
+    shape = ((1,) if max_batch else ()) + dims
+    if t.dtype is not dtype:
+        raise InvalidRequest(f"{where}: model tensor {t.name!r} is {t.dtype.value}, but the config gives {dtype.value}")
+    if not t.accepts(shape) or (max_batch and not t.batched):
+        raise InvalidRequest(
+            f"{where}: model tensor {t.name!r} has shape {list(t.shape)}, which does not take {list(dims)}"
+            + (f" with a batch dimension (max_batch_size {max_batch})" if max_batch else " (max_batch_size 0)")
+            + "; fix the config's dims or max_batch_size"
+        )
+
+
+def _controls(value: Any, record: ModelRecord, max_batch: int, listed: set[str]) -> list[Control]:
+    """Triton's checks of ``control_input``, in its words, then against the model's inputs."""
+    if not isinstance(value, list):
+        raise InvalidRequest("sequence_batching.control_input must be a list")
+    m = repr(record.name)
+    controls: list[Control] = []
+    for i, item in enumerate(value):
+        where = f"sequence_batching.control_input[{i}]"
+        ci = read_message(item, where, "control_input")
+        name = read_string(ci, "name", where)
+        if not name:
+            raise InvalidRequest(f"sequence batching control tensor must have a name for {m} ({where})")
+        items = ci.get("control", [])
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest(f"{where} ({name}) must list one control")
+        if len(items) > 1 or any(c.input == name for c in controls):
+            raise InvalidRequest(f"sequence batching control tensor {name!r} is specified for multiple control kinds for {m}")
+        c = read_message(items[0], f"{where}.control[0]", "control")
+        kind_name = read_enum(c, "kind", f"{where}.control[0]", "ModelSequenceBatching.Control.Kind")
+        kind = _CONTROL_KINDS.get(kind_name)
+        if kind is None:
+            raise InvalidRequest(
+                f"{where}.control[0].kind {quote(kind_name)} is not one of Triton's: "
+                f"{', '.join(k for k in _CONTROL_KINDS if k)}"
+            )
+        shown_kind = kind_name or "CONTROL_SEQUENCE_START"
+        if any(other.kind == kind for other in controls):
+            raise InvalidRequest(f"sequence batching specifies multiple {shown_kind} tensors for {m}")
+        given = [(key, dtype) for key, dtype in _CONTROL_VALUES if c.get(key)]
+        if kind == "corrid":
+            if given:
+                raise InvalidRequest(
+                    "sequence batching must not specify either 'int32_false_true', 'fp32_false_true' or "
+                    f"'bool_false_true' for CONTROL_SEQUENCE_CORRID for {m}"
+                )
+            type_ = read_enum(c, "data_type", f"{where}.control[0]", "DataType")
+            if type_ not in _CORRID_TYPES:
+                raise InvalidRequest(
+                    f"unexpected data type for control CONTROL_SEQUENCE_CORRID for {m}. Allowed data types are "
+                    "TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 and TYPE_STRING"
+                )
+            dtype = dtype_of(type_, f"{where}.control[0]")
+            false: Any = 0
+            true: Any = 0
+        else:
+            if not given:
+                raise InvalidRequest(
+                    "sequence batching must specify either 'int32_false_true', 'fp32_false_true' or "
+                    f"'bool_false_true' for {shown_kind} for {m}"
+                )
+            if len(given) > 1:
+                raise InvalidRequest(
+                    "sequence batching specifies more than one from 'int32_false_true', 'fp32_false_true' and "
+                    f"'bool_false_true' for {shown_kind} for {m}"
+                )
+            key, dtype = given[0]
+            values = c[key]
+            if not isinstance(values, list) or len(values) != 2:
+                raise InvalidRequest(
+                    f"sequence batching control {key!r} must have exactly 2 entries for {shown_kind} for {m}"
+                )
+            false, true = (_control_value(v, dtype, f"{where}.control[0].{key}") for v in values)
+        if name in listed:
+            raise InvalidRequest(f"{where} sets input {name!r}, which the config lists among its inputs too; the server "
+                                 "sets a control input on every request: take it out of input")
+        _fits(_model_tensor(record, name, "input", where), dtype, (1,), max_batch, where)
+        controls.append(Control(kind, name, dtype, false, true))
+    return controls
+
+
+def _control_value(v: Any, dtype: DType, where: str) -> Any:
+    if dtype is DType.BOOL:
+        if not isinstance(v, bool):
+            raise InvalidRequest(f"{where} must hold true or false, not {quote(v)}")
+        return v
+    if dtype is DType.INT32:
+        return _whole(v, where, -(1 << 31), (1 << 31) - 1)
+    if isinstance(v, str):
+        v = _float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidRequest(f"{where} must hold numbers, not {quote(v)}")
+    return float(v)
+
+
+def _states(
+    value: Any,
+    record: ModelRecord,
+    max_batch: int,
+    listed: set[str],
+    shown: set[Any],
+    model_dir: Path | None,
+) -> list[State]:
+    """``state``: each an input and an output of the model, of its type and fixed dims; its initial state
+    as Triton reads it (zero_data, or data_file in the model's initial_state/ folder)."""
+    if not isinstance(value, list):
+        raise InvalidRequest("sequence_batching.state must be a list")
+    states: list[State] = []
+    for i, item in enumerate(value):
+        where = f"sequence_batching.state[{i}]"
+        st = read_message(item, where, "state")
+        names = [read_string(st, key, where) for key in ("input_name", "output_name")]
+        if not all(names):
+            raise InvalidRequest(f"{where} must set input_name and output_name: the model's state input and output")
+        dtype = dtype_of(read_enum(st, "data_type", where, "DataType"), where)
+        dims = tuple(read_int_list(st.get("dims", []), f"{where}.dims"))
+        if any(d < 1 for d in dims):
+            raise InvalidRequest(
+                f"{where}.dims {list(dims)}: polystack keeps states of fixed dims (each 1 or more); give the state's size"
+            )
+        if dtype is DType.BYTES:
+            raise InvalidRequest(f"{where}: polystack keeps numeric states only, not TYPE_STRING")
+        if math.prod(dims) * dtype.itemsize > _MAX_STATE_BYTES:
+            raise InvalidRequest(f"{where}.dims {list(dims)} is over {_MAX_STATE_BYTES >> 20} MiB a sequence; check them")
+        if names[0] in listed:
+            raise InvalidRequest(f"{where} sets input {names[0]!r}, which the config lists among its inputs too; the "
+                                 "server sets a state input on every request: take it out of input")
+        read_bool(st, "use_same_buffer_for_input_output", where)
+        _fits(_model_tensor(record, names[0], "input", where), dtype, dims, max_batch, where)
+        _fits(_model_tensor(record, names[1], "output", where), dtype, dims, max_batch, where)
+        initial, initial_name, initial_file = _initial_state(st.get("initial_state", []), names[0], dtype, dims,
+                                                             where, model_dir)
+        states.append(State(names[0], names[1], dtype, dims, initial, initial_name, initial_file, names[1] in shown))
+    return states
+
+
+def _initial_state(
+    value: Any, name: str, dtype: DType, dims: tuple[int, ...], where: str, model_dir: Path | None
+) -> tuple[bytes | None, str, str]:
+    """A state's ``initial_state`` (Triton's checks, in its words): its bytes (None: zeros), name and file."""
+    if not isinstance(value, list) or len(value) > 1:
+        count = len(value) if isinstance(value, list) else "not a list of"
+        raise InvalidRequest(
+            f"initial_state field for state input {name!r} must contain exactly one or zero element. Found "
+            f"'{count}' elements."
+        )
+    if not value:
+        return None, "", ""
+    at = f"{where}.initial_state[0]"
+    init = read_message(value[0], at, "initial_state")
+    if read_enum(init, "data_type", at, "DataType") != type_name(dtype):
+        raise InvalidRequest(
+            f"The data type used for 'initial_state' field of state {name!r} does not match the state data type."
+        )
+    label = read_string(init, "name", at)
+    if not label:
+        raise InvalidRequest(f"Field 'name' must be set when using initial_state for state input {name!r}.")
+    got = tuple(read_int_list(init.get("dims", []), f"{at}.dims"))
+    if got != dims:
+        raise InvalidRequest(f"{at}.dims {list(got)} do not match the dims of state {name!r}, {list(dims)}")
+    zero = read_bool(init, "zero_data", at)
+    file = read_string(init, "data_file", at)
+    if zero == bool(file):
+        raise InvalidRequest(f"initial_state setting expects state {name!r} to have state_data set (zero_data or data_file)")
+    if zero:
+        return None, label, ""
+    if model_dir is None:
+        raise InvalidRequest(
+            f"{at} reads data_file {file!r}, but this config came without a model directory; give the config in the "
+            "model's repository folder (initial_state/ beside config.pbtxt), or use zero_data"
+        )
+    path = model_dir / "initial_state" / file
+    if not path.resolve().is_relative_to((model_dir / "initial_state").resolve()):
+        raise InvalidRequest(f"{at} data_file {file!r} must name a file inside the model's initial_state/ folder")
+    need = math.prod(dims) * dtype.itemsize
+    try:
+        data = path.read_bytes() if path.stat().st_size <= need else path.open("rb").read(need)
+    except OSError as e:
+        raise InvalidRequest(f"{at} cannot read data_file {path}: {e.strerror}") from None
+    if len(data) < need:
+        raise InvalidRequest(
+            f"{at}: state {name!r} expects {need:,} bytes, but the data provided from {path} only has {len(data):,} bytes"
+        )
+    return data, label, file
 
 
 def as_json(text: str) -> str:
@@ -843,9 +1207,12 @@ def read_enum(d: dict[str, Any], key: str, where: str, enum: str) -> str:
 
 
 def _nested_enum(module: Any, path: str) -> Any:
-    """The descriptor of enum ``Message.Enum`` in ``module``."""
-    message, _, name = path.partition(".")
-    return module.DESCRIPTOR.message_types_by_name[message].enum_types_by_name[name]
+    """The descriptor of enum ``Message.Enum`` (or ``Message.Nested.Enum``) in ``module``."""
+    *messages, name = path.split(".")
+    found = module.DESCRIPTOR.message_types_by_name[messages[0]]
+    for nested in messages[1:]:
+        found = found.nested_types_by_name[nested]
+    return found.enum_types_by_name[name]
 
 
 def read_bool(d: dict[str, Any], key: str, where: str) -> bool:

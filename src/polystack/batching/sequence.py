@@ -1,0 +1,627 @@
+"""SequenceBatcher: Triton's sequence batcher, around a loaded model, for stateful models.
+
+A sequence is the requests a client sends under one correlation ID (``sequence_id``), the first flagged
+``sequence_start`` and the last ``sequence_end``. Its requests run one at a time and in the order they
+came, on the state the sequence has kept so far: the model's *implicit state* (Triton's
+``sequence_batching.state``: an output of each request fed back as an input of the next, kept here, never
+seen by the client) and the *control inputs* the server sets on each request (START, END, READY,
+CORRID). Requests of different sequences run together, one row each, in a batch of up to
+``max_batch_size`` (with 0, one request per call and no batch dimension).
+
+Which rows a batch holds follows Triton's two strategies, for runtimes that keep no state of their own
+(polystack's: each call's state comes in through its inputs): ``direct`` lets at most ``slots``
+sequences (``max_batch_size`` x instances) hold a place at once, and ``oldest`` at most
+``max_candidate_sequences``; the others wait, with their requests, until a sequence ends or goes idle
+(no request for ``idle_s``: Triton's ``max_sequence_idle_microseconds``). A batch runs the ready
+sequences' oldest requests, at once, or after ``max_queue_delay_ms`` when fewer than a full (or
+preferred) batch are ready. Rows are never padded: a direct batch holds the sequences that have a request
+ready, each with READY true.
+
+As in ``DynamicBatcher``, requests are validated alone before they queue, the model runs on worker
+threads, a failing merged batch runs again one request at a time so that only the culprit fails (its
+sequence keeps the state it had), and each loop is woken once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
+from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed, Unavailable
+from polystack.stats import Outcome
+from polystack.types import DType, Signature
+
+log = logging.getLogger("polystack.batching")
+
+KINDS = ("start", "end", "ready", "corrid")  # Triton's CONTROL_SEQUENCE_START, _END, _READY, _CORRID
+STRATEGIES = ("direct", "oldest")
+SequenceId = int | str
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control input: the server sets model input ``input`` on every request to ``true`` or ``false``
+    (``kind`` start, end, ready: whether the request starts or ends its sequence, and that its row holds a
+    request) or to the sequence's correlation ID (corrid)."""
+
+    kind: str
+    input: str
+    dtype: DType
+    false: Any = 0
+    true: Any = 1
+
+
+@dataclass(frozen=True)
+class State:
+    """Implicit state: model output ``output`` of each request of a sequence is its input ``input`` on the
+    next; the first takes ``initial`` (one sequence's state, raw row-major bytes; None: zeros)."""
+
+    input: str
+    output: str
+    dtype: DType
+    dims: tuple[int, ...]
+    initial: bytes | None = None
+    initial_name: str = ""  # Triton's initial_state name, shown again by GET config
+    initial_file: str = ""  # the data_file it came from ("": zero_data)
+    shown: bool = False  # the config lists ``output`` among its outputs: clients may ask for it
+
+    def first(self, batched: bool) -> np.ndarray:
+        shape = ((1,) if batched else ()) + self.dims
+        if self.initial is None:
+            return np.zeros(shape, self.dtype.numpy)
+        return np.frombuffer(self.initial, self.dtype.numpy).reshape(shape).copy()
+
+
+@dataclass(frozen=True)
+class SequencePolicy:
+    strategy: str = "direct"
+    max_batch_size: int = 0  # rows per call, one per sequence (0: one request per call, no batch dimension)
+    max_queue_delay_ms: float = 0.0
+    idle_s: float = 1.0  # a sequence without a request for this long is ended (Triton's default: 1 s)
+    controls: tuple[Control, ...] = ()
+    states: tuple[State, ...] = ()
+    instances: int = 1  # worker threads sharing the one loaded model
+    preferred_batch_sizes: tuple[int, ...] = ()  # oldest: a batch leaves at once at these sizes
+    max_candidate_sequences: int = 0  # oldest: sequences holding a place at once per instance (0: its rows)
+    minimum_slot_utilization: float = 0.0  # direct: the share of slots ready before a batch leaves early
+    preserve_ordering: bool = False  # oldest: shown again by GET config (answers go out as they finish)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InvalidRequest(f"sequence batching strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.max_batch_size < 0 or self.max_queue_delay_ms < 0 or self.idle_s <= 0:
+            raise InvalidRequest("sequence batching needs max_batch_size >= 0, a queue delay >= 0 and an idle time > 0")
+        if any(not 1 <= p <= max(self.max_batch_size, 1) for p in self.preferred_batch_sizes):
+            raise InvalidRequest(f"preferred_batch_size must lie in 1..max_batch_size ({self.max_batch_size})")
+
+    @property
+    def rows(self) -> int:
+        """Requests per call."""
+        return max(self.max_batch_size, 1)
+
+    @property
+    def slots(self) -> int:
+        """Sequences that may hold a place at once: per instance, a batch's rows, or for oldest the
+        candidate sequences when given (as Triton counts its sequence slots)."""
+        per = self.max_candidate_sequences if self.strategy == "oldest" and self.max_candidate_sequences else self.rows
+        return per * self.instances
+
+    def control(self, kind: str) -> Control | None:
+        return next((c for c in self.controls if c.kind == kind), None)
+
+    def hidden(self) -> tuple[set[str], set[str]]:
+        """The model inputs and outputs the server sets and keeps, which clients neither send nor see."""
+        return (
+            {c.input for c in self.controls} | {s.input for s in self.states},
+            {s.output for s in self.states if not s.shown},
+        )
+
+    def shown(self, signature: Signature) -> Signature:
+        """``signature`` as clients see it: without the control and state tensors."""
+        inputs, outputs = self.hidden()
+        return Signature(
+            tuple(t for t in signature.inputs if t.name not in inputs),
+            tuple(t for t in signature.outputs if t.name not in outputs),
+        )
+
+
+@dataclass(frozen=True)
+class Flags:
+    """A request's place in its sequence: its correlation ID, and whether it starts or ends the sequence."""
+
+    id: SequenceId
+    start: bool = False
+    end: bool = False
+
+
+def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
+    """The sequence parameters of a request (Triton's ``sequence_id``, ``sequence_start``, ``sequence_end``);
+    None when it has no correlation ID (0 and "" are none, as tritonclient sends them)."""
+    sid = parameters.get("sequence_id")
+    for key in ("sequence_start", "sequence_end"):
+        value = parameters.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"the request's {key!r} parameter is {value!r}; give true or false")
+    if isinstance(sid, bool) or not isinstance(sid, (int, str, type(None))):
+        raise InvalidRequest(f"the request's 'sequence_id' parameter is {sid!r}; give a whole number or a string")
+    if isinstance(sid, int) and not 0 <= sid < 1 << 64:
+        raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
+    if isinstance(sid, str) and len(sid) > 1024:
+        raise InvalidRequest("the request's 'sequence_id' string is over 1,024 characters; give a shorter one")
+    if sid is None or sid == 0 or sid == "":
+        return None
+    return Flags(sid, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))
+
+
+@dataclass(eq=False)
+class _Request(_Pending):
+    flags: Flags = field(default_factory=lambda: Flags(0))
+
+
+@dataclass(eq=False)
+class _Sequence:
+    id: SequenceId
+    requests: collections.deque[_Request] = field(default_factory=collections.deque)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    placed: bool = False  # holds a slot (its requests may run); else waits in the backlog
+    busy: bool = False  # one of its requests is running
+    ended: bool = False  # its END request came: a later request without START is refused
+    last: float = field(default_factory=time.monotonic)  # when its last request came or finished
+
+
+_SWEEP_EVERY_S = 0.05  # how often the workers look for idle sequences while others wait for a slot
+
+
+class SequenceBatcher:
+    def __init__(
+        self,
+        entry: Any,  # polystack.engine.LoadedEntry, whose signature is the one clients see (``policy.shown``)
+        policy: SequencePolicy,
+        *,
+        on_batch: BatchObserver | None = None,
+        on_queue: QueueObserver | None = None,
+    ) -> None:
+        self.entry = entry
+        self.model = entry.model  # validates the whole inputs, control and state tensors included
+        self.signature = entry.signature
+        self.policy = policy
+        self.batched = policy.max_batch_size > 0
+        self.delay_s = policy.max_queue_delay_ms / 1000.0
+        self._hidden_outputs = policy.hidden()[1]
+        corrid = policy.control("corrid")
+        self._corrid_string = corrid is not None and corrid.dtype is DType.BYTES
+        self._corrid_numeric = corrid is not None and not self._corrid_string
+        self._sequences: dict[SequenceId, _Sequence] = {}  # by ID: the one its next request joins
+        self._ready: dict[_Sequence, None] = {}  # placed, not busy, a request queued (insertion-ordered)
+        self._backlog: collections.deque[_Sequence] = collections.deque()
+        self._placed = 0
+        self._queued = 0
+        self._swept = time.monotonic()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._on_batch = on_batch
+        self._on_queue = on_queue
+        self._threads = [
+            threading.Thread(target=self._run, name=f"sequences-{entry.name}-{i}", daemon=True)
+            for i in range(policy.instances)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- submitting ----------------------------------------------------------------------------
+    async def infer_async(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        flags: Flags | None,
+        timeout_s: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        timings: list[int] | None = None,
+        outcome: Outcome | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Queue one request of sequence ``flags`` and wait for its answer (see ``DynamicBatcher.infer_async``).
+        A request past ``timeout_s`` when its turn comes fails and is not run; its sequence goes on."""
+        loop = loop or asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        outcome = outcome or Outcome(self.entry.stats)
+        try:
+            request = self._enqueue(inputs, outputs, flags, timeout_s, waiter, timings, outcome)
+        except ModelClosed:
+            if not outcome.rerouted:
+                outcome.settle("fail", 0)
+            raise
+        except InvalidRequest:
+            outcome.settle("fail", 0)
+            raise
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # the caller went away: a request not taken yet leaves its sequence
+            with self._cond:
+                if not request.taken:
+                    request.taken = True
+                    self._queued -= 1
+                    sequence = self._sequences.get(request.flags.id)
+                    if sequence is not None and request in sequence.requests:
+                        sequence.requests.remove(request)
+                        if not sequence.requests:
+                            self._ready.pop(sequence, None)
+            request.outcome.abandon(int((time.monotonic() - request.enqueued) * 1e9))
+            raise
+
+    def _enqueue(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        flags: Flags | None,
+        timeout_s: float | None,
+        waiter: asyncio.Future[dict[str, np.ndarray]],
+        timings: list[int] | None,
+        outcome: Outcome,
+    ) -> _Request:
+        name = self.entry.name
+        if flags is None:  # Triton's words, then what to do
+            raise InvalidRequest(
+                f"inference request to model {name!r} must specify a non-zero or non-empty correlation ID; "
+                "send the sequence's ID as the 'sequence_id' parameter (tritonclient: sequence_id=)"
+            )
+        if self._corrid_numeric and isinstance(flags.id, str):
+            raise InvalidRequest(
+                f"model {name!r} takes whole-number correlation IDs (its CORRID control is numeric), not the string "
+                f"{flags.id[:64]!r}; send a whole number as 'sequence_id'"
+            )
+        if self._corrid_string and isinstance(flags.id, int):
+            raise InvalidRequest(
+                f"model {name!r} takes string correlation IDs (its CORRID control is TYPE_STRING), not {flags.id}; "
+                "send a string as 'sequence_id'"
+            )
+        if self._corrid_numeric and isinstance(flags.id, int):
+            corrid = self.policy.control("corrid")
+            assert corrid is not None
+            limits = np.iinfo(corrid.dtype.numpy)
+            if not limits.min <= flags.id <= limits.max:
+                raise InvalidRequest(
+                    f"sequence ID {flags.id} does not fit model {name!r}'s CORRID control ({corrid.dtype.value}); "
+                    f"send one from 1 to {limits.max}"
+                )
+        self.signature.validate_inputs(inputs)  # its rows next: Triton says why only one
+        if self.batched:
+            rows = next((int(a.shape[0]) for a in inputs.values()), 1)
+            if rows != 1:
+                raise InvalidTensor(
+                    f"inference request to model {name!r} must specify batch-size 1 due to requirements of sequence "
+                    f"batcher, not {rows}; send each row of a sequence as a request of its own"
+                )
+        if outputs:
+            unknown = [o for o in outputs if o not in self.signature.output_names]
+            if unknown:
+                raise InvalidTensor(
+                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
+                    f"{', '.join(self.signature.output_names)}"
+                )
+        now = time.monotonic()
+        deadline = None if timeout_s is None else now + timeout_s
+        request = _Request(inputs, outputs, 1, (), deadline, outcome, now, None, waiter, timings=timings, flags=flags)
+        with self._cond:
+            if self._closed:
+                raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
+            sequence = self._sequences.get(flags.id)
+            if sequence is not None and self._idle(sequence, now):
+                self._release(sequence)
+                sequence = None
+            if flags.start:
+                if sequence is not None and not sequence.busy and not sequence.requests:
+                    self._release(sequence)  # nothing of it is left to run
+                elif sequence is not None and not sequence.ended:
+                    log.warning(
+                        f"sequence {flags.id!r} of model {name!r} started again before it ended: the requests it "
+                        "has queued run, then it ends, and a new sequence starts under its ID",
+                        extra={"model": name},
+                    )
+                sequence = _Sequence(flags.id)
+                self._sequences[flags.id] = sequence
+                self._place(sequence)
+            elif sequence is None or sequence.ended:
+                raise InvalidRequest(
+                    f"inference request for sequence {flags.id!r} to model {name!r} must specify the START flag on "
+                    "the first request of the sequence; a sequence ends with its END request, or after "
+                    f"{self.policy.idle_s * 1000:g} ms without one (max_sequence_idle_microseconds): start it again"
+                )
+            sequence.ended = flags.end
+            sequence.last = now
+            sequence.requests.append(request)
+            self._queued += 1
+            if sequence.placed and not sequence.busy and len(sequence.requests) == 1:
+                self._ready[sequence] = None
+                self._cond.notify()
+        return request
+
+    # -- sequences (under the condition's lock) ---------------------------------------------------
+    def _idle(self, sequence: _Sequence, now: float) -> bool:
+        return not sequence.busy and not sequence.requests and now - sequence.last >= self.policy.idle_s
+
+    def _place(self, sequence: _Sequence) -> None:
+        """Give ``sequence`` a slot when one is free (with its first state), else a place in the backlog."""
+        slots = self.policy.slots
+        if slots and self._placed >= slots:
+            self._backlog.append(sequence)
+            return
+        self._placed += 1
+        sequence.placed = True
+        sequence.state = {s.input: s.first(self.batched) for s in self.policy.states}
+        if sequence.requests and not sequence.busy:
+            self._ready[sequence] = None
+
+    def _release(self, sequence: _Sequence) -> None:
+        """End ``sequence``: its slot goes to the oldest sequence waiting for one."""
+        if self._sequences.get(sequence.id) is sequence:
+            del self._sequences[sequence.id]
+        self._ready.pop(sequence, None)
+        if not sequence.placed:
+            with contextlib.suppress(ValueError):
+                self._backlog.remove(sequence)
+            return
+        sequence.placed = False
+        sequence.state = {}
+        self._placed -= 1
+        while self._backlog and (not self.policy.slots or self._placed < self.policy.slots):
+            waiting = self._backlog.popleft()
+            if waiting.requests or self._sequences.get(waiting.id) is waiting:  # else: nothing left of it
+                self._place(waiting)
+        self._cond.notify_all()
+
+    def _sweep(self, now: float) -> None:
+        """End the sequences idle for ``idle_s``: their slots go to those waiting, their state is dropped."""
+        self._swept = now
+        for sequence in [s for s in self._sequences.values() if self._idle(s, now)]:
+            log.debug(
+                "sequence ended: no request for max_sequence_idle_microseconds",
+                extra={"model": self.entry.name, "sequence_id": sequence.id},
+            )
+            self._release(sequence)
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting to run (read when asked, as /metrics does)."""
+        return self._queued
+
+    @property
+    def active(self) -> int:
+        """Sequences started and not ended (those waiting for a slot included)."""
+        return len(self._sequences)
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._execute(batch)
+            except BaseException as e:  # never let the worker die: the sequences would wait forever
+                log.exception("sequence batch worker error", extra={"model": self.entry.name})
+                error = BackendError(
+                    f"model {self.entry.name!r} failed in its sequence batch worker ({type(e).__name__}: {e}); "
+                    "the server log has the traceback"
+                )
+                for r, _ in batch:
+                    r.outcome.settle("fail", int((time.monotonic() - r.enqueued) * 1e9))
+                _deliver([(r, None, error) for r, _ in batch])
+                self._finish([(r, s, None) for r, s in batch])
+
+    def _next_batch(self) -> list[tuple[_Request, _Sequence]] | None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._sequences and now - self._swept >= self._sweep_every():
+                    self._sweep(now)
+                wait: float | None = None
+                if self._ready:
+                    heads = sorted(self._ready, key=lambda s: s.requests[0].enqueued)
+                    wait = self._wait_for_more(len(heads), heads[0].requests[0].enqueued, now)
+                    if wait <= 0 or self._closed:
+                        break
+                elif self._closed and self._backlog:  # no slot will free for them: they fail
+                    self._drop_backlog()
+                    continue
+                elif self._closed and not self._queued:
+                    return None
+                if self._sequences:  # idle ones end on time even when no request comes
+                    wait = min(wait if wait is not None else math.inf, self._sweep_every())
+                self._cond.wait(wait)
+            chosen = heads[: self.policy.rows]
+            batch: list[tuple[_Request, _Sequence]] = []
+            for sequence in chosen:
+                request = sequence.requests.popleft()
+                request.taken = True
+                self._queued -= 1
+                sequence.busy = True
+                del self._ready[sequence]
+                batch.append((request, sequence))
+        late: list[_Outcome] = []
+        live: list[tuple[_Request, _Sequence]] = []
+        for request, sequence in batch:
+            if request.deadline is not None and now > request.deadline:
+                error = DeadlineExceeded(
+                    f"the request waited {(now - request.enqueued) * 1000:.1f} ms in model {self.entry.name!r}'s "
+                    "sequence queue, past its deadline; it was not run, and its sequence goes on without it"
+                )
+                request.outcome.settle("fail", int((now - request.enqueued) * 1e9))
+                late.append((request, None, error))
+                self._finish([(request, sequence, None)])
+            else:
+                live.append((request, sequence))
+        if late:
+            _deliver(late)
+        return live
+
+    def _wait_for_more(self, ready: int, oldest: float, now: float) -> float:
+        """How long to wait for more sequences to have a request ready (<= 0: run now)."""
+        p = self.policy
+        if ready >= p.rows or ready in p.preferred_batch_sizes or not self.delay_s:
+            return 0.0
+        if p.minimum_slot_utilization and ready >= math.ceil(p.minimum_slot_utilization * p.rows):
+            return 0.0
+        return oldest + self.delay_s - now
+
+    def _sweep_every(self) -> float:
+        """Seconds between looks for idle sequences: often while others wait for a slot."""
+        return _SWEEP_EVERY_S if self._backlog else min(max(self.policy.idle_s / 2, _SWEEP_EVERY_S), 5.0)
+
+    def _drop_backlog(self) -> None:
+        dropped: list[_Outcome] = []
+        for sequence in list(self._backlog):
+            for request in sequence.requests:
+                request.taken = True
+                request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+                dropped.append(
+                    (request, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
+                )
+            self._queued -= len(sequence.requests)
+            sequence.requests.clear()
+            self._release(sequence)
+        _deliver(dropped)
+
+    def _inputs(self, request: _Request, sequence: _Sequence) -> dict[str, np.ndarray]:
+        """One request's whole inputs: its own, the control inputs and its sequence's state."""
+        shape = (1, 1) if self.batched else (1,)
+        full = dict(request.inputs)
+        for c in self.policy.controls:
+            if c.kind == "corrid":
+                value: Any = sequence.id if c.dtype is not DType.BYTES else str(sequence.id).encode()
+                full[c.input] = np.full(shape, value, dtype=c.dtype.numpy)
+            else:
+                on = {"start": request.flags.start, "end": request.flags.end, "ready": True}[c.kind]
+                full[c.input] = np.full(shape, c.true if on else c.false, dtype=c.dtype.numpy)
+        full.update(sequence.state)
+        return full
+
+    def _execute(self, batch: list[tuple[_Request, _Sequence]]) -> None:
+        started = time.monotonic()
+        stats = self.entry.stats
+        for request, _ in batch:
+            waited = started - request.enqueued
+            stats.add("queue", int(waited * 1e9))
+            if self._on_queue:
+                self._on_queue(waited)
+        t_input = time.perf_counter_ns()
+        parts = [self._inputs(r, s) for r, s in batch]
+        merged = parts[0] if len(batch) == 1 else {n: _concat_rows([p[n] for p in parts]) for n in parts[0]}
+        wanted = self._wanted([r for r, _ in batch])
+        t0 = time.perf_counter_ns()
+        try:
+            result = self.model.infer(merged, wanted)
+            t1 = time.perf_counter_ns()
+            split = self._split(result, len(batch))
+        except Exception as e:
+            if len(batch) == 1:
+                request, sequence = batch[0]
+                if not (isinstance(e, ModelClosed) and request.outcome.rerouted):  # else counted where it goes next
+                    request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+                _deliver([(request, None, e)])
+                self._finish([(request, sequence, None)])
+                return
+            for one in batch:  # find the culprit: only it fails, and its sequence keeps the state it had
+                self._execute([one])
+            return
+        took = t1 - t0
+        stats.executed(len(batch), took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
+        if self._on_batch:
+            self._on_batch(len(batch), len(batch), took / 1e9)
+        outcomes: list[_Outcome] = []
+        for (request, _), row in zip(batch, split, strict=True):
+            answer = {k: v for k, v in row.items() if k not in self._hidden_outputs}
+            if request.outputs:
+                answer = {k: answer[k] for k in request.outputs}
+            request.outcome.settle("success", int((time.monotonic() - request.enqueued) * 1e9))
+            if request.timings is not None:
+                request.timings += (t0, t1)
+            outcomes.append((request, answer, None))
+        self._finish([(r, s, row) for (r, s), row in zip(batch, split, strict=True)])
+        _deliver(outcomes)
+
+    def _wanted(self, requests: list[_Request]) -> list[str] | None:
+        """The outputs to compute: those asked for and the states (None: every output)."""
+        if any(not r.outputs for r in requests):
+            return None
+        seen = dict.fromkeys(o for r in requests for o in r.outputs or ())
+        seen.update(dict.fromkeys(s.output for s in self.policy.states))
+        return list(seen)
+
+    def _split(self, result: dict[str, np.ndarray], rows: int) -> list[dict[str, np.ndarray]]:
+        """Each row's outputs; the state outputs must have the state's shape, or the call failed."""
+        for s in self.policy.states:
+            state = result.get(s.output)
+            got = np.shape(state) if state is not None else ()
+            want = ((rows,) if self.batched else ()) + s.dims
+            if state is None or got != want or state.dtype != s.dtype.numpy:
+                raise BackendError(
+                    f"model {self.entry.name!r} returned state output {s.output!r} with shape {list(got)}, but its "
+                    f"state {s.input!r} is {s.dtype.value} {list(want)}; fix the model or its sequence_batching.state"
+                )
+        if not self.batched:
+            return [result]
+        odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
+        if odd is not None:
+            raise BackendError(
+                f"model {self.entry.name!r} returned output {odd!r} with shape {list(np.shape(result[odd]))} for a "
+                f"batch of {rows} sequences; export it with the batch on the first dimension of every output"
+            )
+        return [{k: v[i : i + 1] for k, v in result.items()} for i in range(rows)]
+
+    def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]]) -> None:
+        """After its requests ran: each sequence takes its new state (None: it failed, the state stays),
+        ends with its END request, or is ready again with its next request."""
+        with self._cond:
+            now = time.monotonic()
+            for request, sequence, row in done:
+                if row is not None:
+                    for s in self.policy.states:
+                        sequence.state[s.input] = np.array(row[s.output], copy=True)  # not a view of the batch
+                sequence.busy = False
+                sequence.last = now
+                if request.flags.end:
+                    self._release(sequence)
+                elif sequence.requests and sequence.placed:
+                    self._ready[sequence] = None
+                    self._cond.notify()
+                elif not sequence.requests and self._sequences.get(sequence.id) is not sequence:
+                    self._release(sequence)  # started again under its ID meanwhile: this one is over
+            if self._closed:
+                self._cond.notify_all()  # a worker waiting for the last requests to finish stops
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+        """Stop taking requests; run the queued ones (drain) or fail them, then stop the workers. The
+        sequences end: a model loaded again starts them anew."""
+        with self._cond:
+            self._closed = True
+            dropped: list[_Outcome] = []
+            if not drain:
+                for sequence in list(self._sequences.values()) + list(self._backlog):
+                    for request in sequence.requests:
+                        request.taken = True
+                        request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+                        dropped.append(
+                            (request, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
+                        )
+                    self._queued -= len(sequence.requests)
+                    sequence.requests.clear()
+                    self._ready.pop(sequence, None)
+            self._cond.notify_all()
+        _deliver(dropped)
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,425 @@
+"""Triton's sequence batching: a stateful model (an accumulator whose running sum is its implicit state)
+served from a repository folder whose config.pbtxt sets sequence_batching, by a real server process to the
+real tritonclient (HTTP, gRPC and the gRPC stream); the sequence batcher on its own (batches of several
+sequences, slots, idle sequences); and the configs refused, each with what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port
+from tritonclient.utils import InferenceServerException
+
+from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
+from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
+from polystack.errors import InvalidRequest
+from polystack.formats import import_model
+from polystack.server import model_config
+from polystack.store import ModelRecord, Store
+from polystack.types import DType
+
+
+def accumulator_onnx(path: Path, corrid: int | None = None) -> Path:
+    """INPUT FP32[batch, 1] -> OUTPUT = (START ? 0 : STATE_IN) + INPUT, fed back as STATE_OUT; ENDED echoes
+    END and ID the correlation ID (a ``corrid`` element type input CORRID, cast to FP32), so tests see what
+    the server set."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    row = ["batch", 1]
+    inputs = [
+        helper.make_tensor_value_info(n, t, row)
+        for n, t in (("INPUT", TensorProto.FLOAT), ("START", TensorProto.INT32), ("END", TensorProto.INT32),
+                     ("READY", TensorProto.INT32), ("STATE_IN", TensorProto.FLOAT))
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["START"], ["s"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "s"], ["keep"]),
+        helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
+        helper.make_node("Add", ["kept", "INPUT"], ["OUTPUT"]),
+        helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
+        helper.make_node("Mul", ["END", "READY"], ["ENDED"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, t, row)
+        for n, t in (("OUTPUT", TensorProto.FLOAT), ("STATE_OUT", TensorProto.FLOAT), ("ENDED", TensorProto.INT32))
+    ]
+    if corrid is not None:
+        inputs.append(helper.make_tensor_value_info("CORRID", corrid, row))
+        nodes.append(helper.make_node("Cast", ["CORRID"], ["ID"], to=TensorProto.FLOAT))
+        outputs.append(helper.make_tensor_value_info("ID", TensorProto.FLOAT, row))
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph(nodes, "accumulator", inputs, outputs, initializer=[one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="polystack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+ACC = """
+max_batch_size: 4
+input [ { name: "INPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+sequence_batching {
+  max_sequence_idle_microseconds: %(idle)d
+  control_input [
+    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+}
+"""
+
+
+def sequence_repository(root: Path, idle_us: int = 1_000_000) -> Path:
+    from onnx import TensorProto
+
+    (root / "acc" / "1").mkdir(parents=True)
+    accumulator_onnx(root / "acc" / "1" / "model.onnx", TensorProto.UINT64)
+    (root / "acc" / "config.pbtxt").write_text(ACC % {"idle": idle_us})
+    return root
+
+
+@contextmanager
+def _served(tmp_path: Path, idle_us: int = 1_000_000, *flags: str) -> Iterator[tuple[Path, int, int]]:
+    repo, port, grpc_port = sequence_repository(tmp_path / "models", idle_us), free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), *flags]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        yield repo, port, grpc_port
+
+
+def _input(client: Any, value: float) -> Any:
+    i = client.InferInput("INPUT", [1, 1], "FP32")
+    i.set_data_from_numpy(np.array([[value]], np.float32))
+    return i
+
+
+def _sums(answer: Any) -> tuple[float, int, float]:
+    return float(answer.as_numpy("OUTPUT")[0, 0]), int(answer.as_numpy("ENDED")[0, 0]), float(answer.as_numpy("ID")[0, 0])
+
+
+def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path: Path) -> None:
+    with _served(tmp_path) as (_, port, grpc_port):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        # two sequences interleaved, one per transport: each sums its own values
+        h = [http.infer("acc", [_input(httpclient, 1.0)], sequence_id=7, sequence_start=True)]
+        g = [grpc.infer("acc", [_input(grpcclient, 10.0)], sequence_id=9, sequence_start=True)]
+        h.append(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=7))
+        g.append(grpc.infer("acc", [_input(grpcclient, 20.0)], sequence_id=9))
+        h.append(http.infer("acc", [_input(httpclient, 3.0)], sequence_id=7, sequence_end=True))
+        g.append(grpc.infer("acc", [_input(grpcclient, 30.0)], sequence_id=9, sequence_end=True))
+        assert [_sums(a) for a in h] == [(1.0, 0, 7.0), (3.0, 0, 7.0), (6.0, 1, 7.0)]
+        assert [_sums(a) for a in g] == [(10.0, 0, 9.0), (30.0, 0, 9.0), (60.0, 1, 9.0)]
+        # the state output is the server's: clients neither see it nor may ask for it
+        assert h[0].as_numpy("STATE_OUT") is None
+        with pytest.raises(InferenceServerException, match="unknown output 'STATE_OUT'"):
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id=3, sequence_start=True,
+                       outputs=[httpclient.InferRequestedOutput("STATE_OUT")])  # fmt: skip
+        # a sequence that ended starts again from nothing
+        assert _sums(http.infer("acc", [_input(httpclient, 5.0)], sequence_id=7, sequence_start=True))[0] == 5.0
+        # metadata and config show what clients send; the control and state tensors under sequence_batching
+        meta = http.get_model_metadata("acc")
+        assert [i["name"] for i in meta["inputs"]] == ["INPUT"]
+        assert [o["name"] for o in meta["outputs"]] == ["OUTPUT", "ENDED", "ID"]
+        config = grpc.get_model_config("acc", as_json=True)["config"]
+        assert config["max_batch_size"] == 4 and [i["name"] for i in config["input"]] == ["INPUT"]
+        seq = config["sequence_batching"]
+        assert seq["max_sequence_idle_microseconds"] == "1000000" and "direct" in seq
+        # protobuf's JSON leaves out enum value 0, START, as Triton's gRPC answer does
+        assert [(c["name"], c["control"][0].get("kind", "START")) for c in seq["control_input"]] == [
+            ("START", "START"), ("END", "CONTROL_SEQUENCE_END"), ("READY", "CONTROL_SEQUENCE_READY"),
+            ("CORRID", "CONTROL_SEQUENCE_CORRID"),
+        ]  # fmt: skip
+        assert seq["state"] == [{"input_name": "STATE_IN", "output_name": "STATE_OUT", "data_type": "TYPE_FP32",
+                                 "dims": ["1"]}]  # fmt: skip
+        # statistics count each request, as Triton's do
+        [stats] = http.get_inference_statistics("acc")["model_stats"]
+        assert stats["inference_stats"]["success"]["count"] == 7 and stats["inference_stats"]["fail"]["count"] == 1
+
+
+def test_the_requests_of_a_sequence_refused_each_say_what_to_do(tmp_path: Path) -> None:
+    with _served(tmp_path, 300_000) as (_, port, grpc_port):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        for client, c in ((http, httpclient), (grpc, grpcclient)):
+            with pytest.raises(InferenceServerException, match="must specify a non-zero or non-empty correlation ID"):
+                client.infer("acc", [_input(c, 1.0)])
+            with pytest.raises(InferenceServerException, match="must specify the START flag on the first request"):
+                client.infer("acc", [_input(c, 1.0)], sequence_id=41)
+            with pytest.raises(InferenceServerException, match="takes whole-number correlation IDs"):
+                client.infer("acc", [_input(c, 1.0)], sequence_id="abc", sequence_start=True)
+            two = c.InferInput("INPUT", [2, 1], "FP32")
+            two.set_data_from_numpy(np.ones((2, 1), np.float32))
+            with pytest.raises(InferenceServerException, match="must specify batch-size 1 due to requirements"):
+                client.infer("acc", [two], sequence_id=42, sequence_start=True)
+        # after its END, and after max_sequence_idle_microseconds (0.3 s) without a request, a sequence is over
+        http.infer("acc", [_input(httpclient, 1.0)], sequence_id=5, sequence_start=True, sequence_end=True)
+        with pytest.raises(InferenceServerException, match="START flag"):
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id=5)
+        assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=6, sequence_start=True))[0] == 1.0
+        assert _sums(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=6))[0] == 3.0
+        time.sleep(0.5)
+        with pytest.raises(InferenceServerException, match="START flag"):
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id=6)
+        # a parameter of the wrong type, over raw HTTP
+        body = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}],
+                           "parameters": {"sequence_id": 8, "sequence_start": "yes"}}).encode()  # fmt: skip
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/acc/infer", body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400 and "'sequence_start' parameter is 'yes'" in json.load(refused.value)["error"]
+        assert http.is_server_live() and http.is_model_ready("acc")
+
+
+def test_a_grpc_stream_runs_many_sequences_at_once_each_in_order(tmp_path: Path) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    with _served(tmp_path) as (_, _port, grpc_port):
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for step in range(5):  # 6 sequences, their requests sent back to back without waiting
+                for sid in range(1, 7):
+                    grpc.async_stream_infer(
+                        "acc", [_input(grpcclient, float(sid))], request_id=f"{sid}-{step}", sequence_id=sid,
+                        sequence_start=step == 0, sequence_end=step == 4,
+                    )  # fmt: skip
+            got: dict[str, float] = {}
+            for _ in range(30):
+                result, error = answers.get(timeout=30)
+                assert error is None, error
+                got[result.get_response().id] = float(result.as_numpy("OUTPUT")[0, 0])
+        finally:
+            grpc.stop_stream()
+    assert got == {f"{sid}-{step}": float(sid * (step + 1)) for sid in range(1, 7) for step in range(5)}
+
+
+def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: Path) -> None:
+    repo = sequence_repository(tmp_path / "models")
+    (repo / "plain" / "1").mkdir(parents=True)
+    from polystack.examples import mlp_onnx
+
+    mlp_onnx(repo / "plain" / "1" / "model.onnx", sizes=(1, 2))
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo)], port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), np.float32))
+        with pytest.raises(InferenceServerException, match="has no sequence_batching in its config"):
+            http.infer("plain", [x], sequence_id=1, sequence_start=True)
+        assert http.infer("plain", [x]).as_numpy("y").shape == (1, 2)
+
+
+# -- the sequence batcher on its own ------------------------------------------------------------------
+def _register(tmp_path: Path) -> tuple[Store, ModelRecord]:
+    """The accumulator, registered in a real store."""
+    from onnx import TensorProto
+
+    store = Store.at(tmp_path / "home")
+    imported = import_model(accumulator_onnx(tmp_path / "acc.onnx", TensorProto.UINT64), tmp_path / "import")
+    record, _ = store.register(imported.artifact, name="acc", format=imported.format, signature=imported.signature)
+    return store, record
+
+
+@pytest.fixture
+def acc_entry(tmp_path: Path) -> Iterator[LoadedEntry]:
+    """The accumulator loaded by the engine (ONNX Runtime)."""
+    store, record = _register(tmp_path)
+    entry = Engine(store).build(record.ref)
+    yield entry
+    entry.model.close()
+
+
+def _policy(**kw: Any) -> SequencePolicy:
+    controls = (
+        Control("start", "START", DType.INT32), Control("end", "END", DType.INT32),
+        Control("ready", "READY", DType.INT32), Control("corrid", "CORRID", DType.UINT64),
+    )  # fmt: skip
+    state = State("STATE_IN", "STATE_OUT", DType.FP32, (1,))
+    return SequencePolicy(controls=controls, states=(state,), **{"max_batch_size": 4, **kw})
+
+
+def _batcher(entry: LoadedEntry, policy: SequencePolicy) -> SequenceBatcher:
+    import dataclasses
+
+    return SequenceBatcher(dataclasses.replace(entry, shown=policy.shown(entry.model.signature)), policy)
+
+
+def _x(value: float) -> dict[str, np.ndarray]:
+    return {"INPUT": np.array([[value]], np.float32)}
+
+
+def test_requests_of_several_sequences_run_together_one_row_each(acc_entry: LoadedEntry) -> None:
+    batcher = _batcher(acc_entry, _policy(strategy="oldest", max_queue_delay_ms=200.0))
+
+    async def main() -> list[list[float]]:
+        async def sequence(sid: int) -> list[float]:
+            sums = []
+            for step in range(3):
+                flags = Flags(sid, start=step == 0, end=step == 2)
+                out = await batcher.infer_async(_x(float(sid)), None, flags)
+                sums.append(float(out["OUTPUT"][0, 0]))
+            return sums
+
+        return await asyncio.gather(*(sequence(sid) for sid in (1, 2, 3, 4)))
+
+    try:
+        assert asyncio.run(main()) == [[s, 2 * s, 3 * s] for s in (1.0, 2.0, 3.0, 4.0)]
+        stats = acc_entry.stats.to_dict()
+        # 4 sequences of 3 requests, each batch one request of each: 3 runs of 4 rows
+        assert stats["inference_count"] == 12 and stats["execution_count"] == 3
+        assert [b["batch_size"] for b in stats["batch_stats"]] == [4]
+        assert batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_sequences_past_the_slots_wait_until_one_ends_or_goes_idle(acc_entry: LoadedEntry) -> None:
+    # direct: max_batch_size 1 x 1 instance = one slot; the second sequence waits for the first to end
+    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=0.2))
+
+    async def main() -> None:
+        first = await batcher.infer_async(_x(1.0), None, Flags(1, start=True))
+        assert float(first["OUTPUT"][0, 0]) == 1.0
+        waiting = asyncio.ensure_future(batcher.infer_async(_x(5.0), None, Flags(2, start=True)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # sequence 1 holds the slot
+        await batcher.infer_async(_x(2.0), None, Flags(1, end=True))  # it ends: sequence 2 runs
+        assert float((await asyncio.wait_for(waiting, 5))["OUTPUT"][0, 0]) == 5.0
+        third = asyncio.ensure_future(batcher.infer_async(_x(7.0), None, Flags(3, start=True)))
+        started = time.monotonic()
+        out = await asyncio.wait_for(third, 5)  # sequence 2 goes idle after 0.2 s: its slot is freed
+        assert float(out["OUTPUT"][0, 0]) == 7.0 and time.monotonic() - started >= 0.15
+        with pytest.raises(InvalidRequest, match="START flag"):
+            await batcher.infer_async(_x(1.0), None, Flags(2))
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+
+
+def test_a_start_on_a_running_sequence_starts_it_again(acc_entry: LoadedEntry) -> None:
+    batcher = _batcher(acc_entry, _policy())
+
+    async def main() -> list[float]:
+        sums = []
+        for value, flags in ((1.0, Flags(3, start=True)), (2.0, Flags(3)), (4.0, Flags(3, start=True)),
+                             (8.0, Flags(3, end=True))):  # fmt: skip
+            sums.append(float((await batcher.infer_async(_x(value), None, flags))["OUTPUT"][0, 0]))
+        with pytest.raises(InvalidRequest, match="takes whole-number correlation IDs"):
+            await batcher.infer_async(_x(1.0), None, Flags("a", start=True))
+        return sums
+
+    try:
+        assert asyncio.run(main()) == [1.0, 3.0, 4.0, 12.0]
+        assert batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_flags_of_reads_tritonclients_parameters() -> None:
+    assert flags_of({}) is None and flags_of({"sequence_id": 0, "sequence_start": False}) is None
+    assert flags_of({"sequence_id": "", "sequence_start": False, "sequence_end": False}) is None
+    assert flags_of({"sequence_id": 5, "sequence_start": True, "sequence_end": False}) == Flags(5, True, False)
+    assert flags_of({"sequence_id": "s-1", "sequence_end": True}) == Flags("s-1", False, True)
+    for bad, match in (({"sequence_id": 1.5}, "whole number or a string"), ({"sequence_id": -1}, "unsigned 64-bit"),
+                       ({"sequence_id": 1, "sequence_end": 1}, "true or false"),
+                       ({"sequence_id": True}, "whole number or a string")):  # fmt: skip
+        with pytest.raises(InvalidRequest, match=match):
+            flags_of(bad)
+
+
+# -- configs refused ------------------------------------------------------------------------------------
+@pytest.fixture
+def acc(tmp_path: Path) -> tuple[ModelRecord, LoadSpec]:
+    store, record = _register(tmp_path)
+    return record, default_spec(store, record)
+
+
+def _read(acc: tuple[ModelRecord, LoadSpec], text: str, model_dir: Path | None = None) -> model_config.LoadConfig:
+    return model_config.read(model_config.as_json(text), *acc, None, model_dir)
+
+
+_CONTROLS = ACC.split("sequence_batching {")[1].split("state [")[0].split("\n", 2)[2]
+
+
+@pytest.mark.parametrize(
+    ("sequence", "match"),
+    [
+        ("direct {} oldest {}", "sets both direct and oldest|oneof"),
+        ('control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START } ] } ]',
+         "must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START"),
+        ('control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 1 ] } ] } ]',
+         "'int32_false_true' must have exactly 2 entries"),
+        ('control_input [ { name: "START", control [ { int32_false_true: [0, 1], fp32_false_true: [0, 1] } ] } ]',
+         "specifies more than one from"),
+        ('control_input [ { name: "START", control [ { int32_false_true: [0, 1] } ] },'
+         ' { name: "END", control [ { int32_false_true: [0, 1] } ] } ]',
+         "specifies multiple CONTROL_SEQUENCE_START tensors"),
+        ('control_input [ { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ]',
+         "unexpected data type for control CONTROL_SEQUENCE_CORRID"),
+        ('control_input [ { control [ { int32_false_true: [0, 1] } ] } ]', "control tensor must have a name"),
+        ('control_input [ { name: "START", control [ { fp32_false_true: [0, 1] } ] } ]',
+         "model tensor 'START' is INT32, but the config gives FP32"),
+        ('control_input [ { name: "NOPE", control [ { int32_false_true: [0, 1] } ] } ]', "not an input of 'acc'"),
+        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 2 ] } ]',
+         "does not take \\[2\\]"),
+        ('state [ { input_name: "STATE_IN", output_name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] } ]',
+         "fixed dims"),
+        ('state [ { input_name: "STATE_IN", data_type: TYPE_FP32, dims: [ 1 ] } ]', "must set input_name and output_name"),
+        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
+         ' initial_state [ { data_type: TYPE_FP32, dims: [ 1 ], zero_data: true } ] } ]', "Field 'name' must be set"),
+        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
+         ' initial_state [ { data_type: TYPE_INT32, dims: [ 1 ], zero_data: true, name: "z" } ] } ]',
+         "does not match the state data type"),
+        ("iterative_sequence: true", "no iterative sequences"),
+        ("direct { minimum_slot_utilization: 1.5 }", "minimum slot utilization must be in range"),
+        ("oldest { preferred_batch_size: [ 8 ] }", "preferred batch size must be <= max batch size"),
+    ],
+)
+def test_sequence_configs_refused_say_what_is_wrong(acc: tuple[ModelRecord, LoadSpec], sequence: str, match: str) -> None:
+    with pytest.raises(InvalidRequest, match=match):
+        _read(acc, f"max_batch_size: 4\nsequence_batching {{ {sequence} }}\n")
+
+
+def test_sequence_batching_refused_beside_dynamic_batching_a_cache_or_warm_up(acc: tuple[ModelRecord, LoadSpec]) -> None:
+    body = ACC % {"idle": 1000}
+    with pytest.raises(InvalidRequest, match="both dynamic_batching and sequence_batching"):
+        model_config.read(
+            json.dumps({**json.loads(model_config.as_json(body)), "dynamic_batching": {}}),
+            *acc, None,
+        )  # fmt: skip
+    with pytest.raises(InvalidRequest, match="Response Cache does not currently support model 'acc'"):
+        _read(acc, body + "response_cache { enable: true }\n")
+
+
+def test_a_sequence_config_reads_back_from_get_config(acc: tuple[ModelRecord, LoadSpec], tmp_path: Path) -> None:
+    (tmp_path / "initial_state").mkdir()
+    (tmp_path / "initial_state" / "start.bin").write_bytes(np.array([100.0], np.float32).tobytes())
+    text = (ACC % {"idle": 5000}).replace(
+        "dims: [ 1 ] } ]\n}",
+        'dims: [ 1 ], initial_state [ { data_type: TYPE_FP32, dims: [ 1 ], name: "s", data_file: "start.bin" } ] } ]'
+        "\n  oldest { max_candidate_sequences: 3, preferred_batch_size: [ 2 ], max_queue_delay_microseconds: 100 }\n}",
+    )
+    first = _read(acc, text, tmp_path)
+    assert first.sequence is not None and first.sequence.strategy == "oldest" and first.sequence.slots == 3
+    assert first.sequence.states[0].first(True).tolist() == [[100.0]]
+    assert first.sequence.idle_s == 0.005 and first.sequence.max_queue_delay_ms == 0.1
+    rendered = model_config._render_sequence(first.sequence)
+    again = model_config.read(json.dumps({"max_batch_size": 4, "sequence_batching": rendered}), *acc, None, tmp_path)
+    assert again.sequence == first.sequence
