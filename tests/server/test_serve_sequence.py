@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port
+from servekit import cli_server, free_port, refused_at_start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
@@ -31,14 +33,14 @@ from polystack.store import ModelRecord, Store
 from polystack.types import DType
 
 
-def accumulator_onnx(path: Path, corrid: int | None = None) -> Path:
+def accumulator_onnx(path: Path, corrid: int | None = None, batched: bool = True) -> Path:
     """INPUT FP32[batch, 1] -> OUTPUT = (START ? 0 : STATE_IN) + INPUT, fed back as STATE_OUT; ENDED echoes
     END and ID the correlation ID (a ``corrid`` element type input CORRID, cast to FP32), so tests see what
-    the server set."""
+    the server set. Not ``batched``: every tensor is [1]."""
     import onnx
     from onnx import TensorProto, helper
 
-    row = ["batch", 1]
+    row: list[Any] = ["batch", 1] if batched else [1]
     inputs = [
         helper.make_tensor_value_info(n, t, row)
         for n, t in (("INPUT", TensorProto.FLOAT), ("START", TensorProto.INT32), ("END", TensorProto.INT32),
@@ -224,6 +226,39 @@ def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: P
         assert http.infer("plain", [x]).as_numpy("y").shape == (1, 2)
 
 
+def test_a_reload_ends_the_sequences_and_ray_and_ensembles_refuse_sequence_models(tmp_path: Path) -> None:
+    with _served(tmp_path, 1_000_000, "--allow-model-control") as (repo, port, _):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True))[0] == 1.0
+        (repo / "acc" / "config.pbtxt").write_text(ACC % {"idle": 2_000_000})
+        http.load_model("acc")  # a new config: a new instance, which knows none of the old one's sequences
+        config = http.get_model_config("acc")
+        assert config["sequence_batching"]["max_sequence_idle_microseconds"] == 2_000_000
+        with pytest.raises(InferenceServerException, match="START flag"):
+            http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1)
+        assert _sums(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1, sequence_start=True))[0] == 2.0
+    # an ensemble whose step is a sequence model cannot carry its correlation IDs
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "A", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "B", data_type: TYPE_FP32, dims: [ 1 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"acc", model_version: -1, input_map { key: "INPUT" value: "A" }, output_map { key: "OUTPUT" value: "B" } '
+        "} ] }\n"
+    )
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository", str(repo)]
+    out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2  # once acc loaded (its log line), with one line saying why
+    last = out.stderr.strip().splitlines()[-1]
+    assert "'acc', a sequence model" in last and "send its requests to it directly" in last
+    (repo / "pipe" / "config.pbtxt").unlink()
+    (repo / "pipe" / "1").rmdir()
+    (repo / "pipe").rmdir()
+    # Ray Serve would spread a sequence's requests over replicas, each with its own sequences: refused before Ray
+    ray = ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123", "--ray-address", "127.0.0.1:1"]
+    line = refused_at_start(tmp_path, ray)
+    assert "model 'acc:1' is a sequence model" in line and "--engine local" in line
+
+
 # -- the sequence batcher on its own ------------------------------------------------------------------
 def _register(tmp_path: Path) -> tuple[Store, ModelRecord]:
     """The accumulator, registered in a real store."""
@@ -330,6 +365,40 @@ def test_a_start_on_a_running_sequence_starts_it_again(acc_entry: LoadedEntry) -
         assert batcher.active == 0
     finally:
         batcher.close()
+
+
+def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_path: Path) -> None:
+    store = Store.at(tmp_path / "home")
+    imported = import_model(accumulator_onnx(tmp_path / "acc0.onnx", batched=False), tmp_path / "import")
+    record, _ = store.register(imported.artifact, name="acc0", format=imported.format, signature=imported.signature)
+    text = (
+        'max_batch_size: 0\nsequence_batching { control_input [ { name: "START", control [ { kind: '
+        "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] }, { name: \"END\", control [ { kind: "
+        'CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] }, { name: "READY", control [ { kind: '
+        "CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] } ]\n state [ { input_name: \"STATE_IN\", "
+        'output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ], initial_state [ { data_type: TYPE_FP32, '
+        'dims: [ 1 ], name: "zero", zero_data: true } ] } ] }\n'
+    )
+    policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+    assert policy is not None and policy.max_batch_size == 0 and policy.slots == 1
+    entry = Engine(store).build(record.ref)
+    batcher = _batcher(entry, policy)
+
+    async def main() -> list[float]:
+        async def one(sid: int) -> list[float]:
+            return [
+                float((await batcher.infer_async({"INPUT": np.array([float(sid)], np.float32)}, None, flags))["OUTPUT"][0])
+                for flags in (Flags(sid, start=True), Flags(sid), Flags(sid, end=True))
+            ]
+
+        return await asyncio.gather(one(1), one(2))
+
+    try:
+        assert asyncio.run(main()) == [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]  # one slot: sequence 2 waited for 1
+        assert entry.stats.to_dict()["execution_count"] == 6
+    finally:
+        batcher.close()
+        entry.model.close()
 
 
 def test_flags_of_reads_tritonclients_parameters() -> None:

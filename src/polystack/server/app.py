@@ -253,16 +253,19 @@ class Server:
                 )
         return refs
 
-    def check_model_configs(self) -> None:
+    def check_model_configs(self) -> list[str]:
         """Refuse what ``load_models`` would refuse in the start configs (``--model-config``), loading
         nothing: for servers whose models load elsewhere (Ray Serve replicas), so that the mistake is
-        told before they start."""
+        told before they start. The models whose configs set sequence batching (stateful)."""
+        stateful = []
         for ref in self._refs():
             if ModelRef.parse(ref).name in self.config.model_configs:
                 try:
-                    self.plane.check_load(ref)
+                    if self.plane.check_load(ref) is not None:
+                        stateful.append(ref)
                 except PolystackError as e:
                     raise load_failed(ref, e) from None
+        return stateful
 
     def check_ensembles(self) -> None:
         """Refuse what ``load_models`` would refuse of the ensembles, loading nothing (Ray Serve replicas)."""

@@ -283,10 +283,10 @@ class DataPlane:
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
         return self._apply(self._plan(ref, config))
 
-    def check_load(self, ref: ModelRef | str) -> None:
+    def check_load(self, ref: ModelRef | str) -> SequencePolicy | None:
         """Refuse what a load of ``ref`` without a config of its own would refuse (its start config),
-        loading nothing."""
-        self._plan(ref, None)
+        loading nothing; its sequence batching, if its config sets it."""
+        return self._plan(ref, None).sequence
 
     def _plan(self, ref: ModelRef | str, config: str | None) -> _Plan:
         """What a load of ``ref`` would serve: its record, spec, batch policy and own instances."""

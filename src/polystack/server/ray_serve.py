@@ -47,7 +47,7 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 def check_before_ray(store: Any, config: Any, ray_address: str | None = None) -> None:
     """Refuse, with one line, what would fail only once Ray is up: an unknown model, a start config
     (``--model-config``) the model cannot take or an ensemble its models do not fit (a deployment that
-    never becomes healthy), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a
+    never becomes healthy), a sequence model (whose sequences would be spread over replicas), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a
     Ray started here (no ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
     from polystack.engine import Engine
     from polystack.server.app import Server
@@ -59,7 +59,13 @@ def check_before_ray(store: Any, config: Any, ray_address: str | None = None) ->
         engine = Engine(store)
         server = Server(engine, config)
         try:
-            server.check_model_configs()
+            stateful = server.check_model_configs()
+            if stateful:
+                raise InvalidRequest(
+                    f"model {stateful[0]!r} is a sequence model (its config sets sequence_batching): each replica "
+                    "would keep its own sequences, and Ray Serve sends a sequence's requests to any replica; serve it "
+                    "with --engine local"
+                )
             server.check_ensembles()  # against the models as planned: the replicas load them
         finally:
             server.close()
