@@ -184,6 +184,7 @@ def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) 
         "binary_tensor_data",
         "classification",
         "model_configuration",
+        "sequence",
         "statistics",
         "logging",
         "trace",

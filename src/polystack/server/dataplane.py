@@ -898,7 +898,8 @@ class DataPlane:
         await self._drain_started.wait()
 
     def extensions(self) -> list[str]:
-        ext = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
+        # "sequence": Triton's sequence extension (sequence_id, sequence_start, sequence_end; sequence.py)
+        ext = ["binary_tensor_data", "classification", "model_configuration", "sequence", "statistics"]
         if self.log_settings is not None:
             ext += ["logging", "trace"]
         if self.allow_model_control or (self.repository is not None and self.repository.polled):

@@ -10,8 +10,9 @@ default timeout), except ``max_batch_size`` and the instance count, which polyst
 own choice for the model, as Triton's auto-complete fills them from the model.
 What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
-Triton-only features would read (sequence batching, ...) are accepted at their defaults, so that a
-config copied from a Triton server loads, and refused otherwise. Both field spellings of protobuf's
+Triton-only features would read (iterative sequences, ...) are accepted at their defaults, so that a
+config copied from a Triton server loads, and refused otherwise. ``sequence_batching`` is read into a
+``SequencePolicy`` (``batching/sequence.py``), checked as Triton checks it and against the model. Both field spellings of protobuf's
 JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers as numbers or strings.
 An ensemble's config is read by ``ensemble.py``, with the readers here (``read_message``, ...).
 """
