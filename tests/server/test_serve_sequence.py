@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
-from polystack.errors import InvalidRequest
+from polystack.errors import DeadlineExceeded, InvalidRequest
 from polystack.formats import import_model
 from polystack.server import model_config
 from polystack.store import ModelRecord, Store
@@ -111,7 +111,11 @@ def _input(client: Any, value: float) -> Any:
 
 
 def _sums(answer: Any) -> tuple[float, int, float]:
-    return float(answer.as_numpy("OUTPUT")[0, 0]), int(answer.as_numpy("ENDED")[0, 0]), float(answer.as_numpy("ID")[0, 0])
+    return (
+        float(answer.as_numpy("OUTPUT")[0, 0]),
+        int(answer.as_numpy("ENDED")[0, 0]),
+        float(answer.as_numpy("ID")[0, 0]),
+    )
 
 
 def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path: Path) -> None:
@@ -245,7 +249,16 @@ def test_a_reload_ends_the_sequences_and_ray_and_ensembles_refuse_sequence_model
         '"acc", model_version: -1, input_map { key: "INPUT" value: "A" }, output_map { key: "OUTPUT" value: "B" } '
         "} ] }\n"
     )
-    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository", str(repo)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "polystack",
+        "--home",
+        str(tmp_path / "home"),
+        "serve",
+        "--model-repository",
+        str(repo),
+    ]
     out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2  # once acc loaded (its log line), with one line saying why
     last = out.stderr.strip().splitlines()[-1]
@@ -373,9 +386,9 @@ def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_
     record, _ = store.register(imported.artifact, name="acc0", format=imported.format, signature=imported.signature)
     text = (
         'max_batch_size: 0\nsequence_batching { control_input [ { name: "START", control [ { kind: '
-        "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] }, { name: \"END\", control [ { kind: "
+        'CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] }, { name: "END", control [ { kind: '
         'CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] }, { name: "READY", control [ { kind: '
-        "CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] } ]\n state [ { input_name: \"STATE_IN\", "
+        'CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] } ]\n state [ { input_name: "STATE_IN", '
         'output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ], initial_state [ { data_type: TYPE_FP32, '
         'dims: [ 1 ], name: "zero", zero_data: true } ] } ] }\n'
     )
@@ -387,7 +400,9 @@ def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_
     async def main() -> list[float]:
         async def one(sid: int) -> list[float]:
             return [
-                float((await batcher.infer_async({"INPUT": np.array([float(sid)], np.float32)}, None, flags))["OUTPUT"][0])
+                float(
+                    (await batcher.infer_async({"INPUT": np.array([float(sid)], np.float32)}, None, flags))["OUTPUT"][0]
+                )
                 for flags in (Flags(sid, start=True), Flags(sid), Flags(sid, end=True))
             ]
 
@@ -399,6 +414,150 @@ def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_
     finally:
         batcher.close()
         entry.model.close()
+
+
+def _summing(tmp_path: Path, corrid: int | None = None) -> LoadedEntry:
+    """INPUT FP32[batch, -1] -> OUTPUT = (START ? 0 : STATE_IN) + the sum of INPUT's row (STATE_OUT the same);
+    with ``corrid``, ID = CORRID cast to FP32 (a string that is not a number fails the call)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [
+        helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", "n"]),
+        helper.make_tensor_value_info("START", TensorProto.INT32, ["batch", 1]),
+        helper.make_tensor_value_info("STATE_IN", TensorProto.FLOAT, ["batch", 1]),
+    ]
+    nodes = [
+        helper.make_node("ReduceSum", ["INPUT", "axes"], ["total"], keepdims=1),
+        helper.make_node("Cast", ["START"], ["s"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "s"], ["keep"]),
+        helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
+        helper.make_node("Add", ["kept", "total"], ["OUTPUT"]),
+        helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1]) for n in ("OUTPUT", "STATE_OUT")]
+    if corrid is not None:
+        inputs.append(helper.make_tensor_value_info("CORRID", corrid, ["batch", 1]))
+        nodes.append(helper.make_node("Cast", ["CORRID"], ["ID"], to=TensorProto.FLOAT))
+        outputs.append(helper.make_tensor_value_info("ID", TensorProto.FLOAT, ["batch", 1]))
+    initial = [
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(nodes, "summing", inputs, outputs, initializer=initial)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="polystack-tests")
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "sum.onnx"))
+    store = Store.at(tmp_path / "home")
+    imported = import_model(tmp_path / "sum.onnx", tmp_path / "import")
+    record, _ = store.register(imported.artifact, name="sum", format=imported.format, signature=imported.signature)
+    return Engine(store).build(record.ref)
+
+
+def _summing_policy(corrid: DType | None = None, **kw: Any) -> SequencePolicy:
+    controls = [Control("start", "START", DType.INT32)] + ([Control("corrid", "CORRID", corrid)] if corrid else [])
+    state = State("STATE_IN", "STATE_OUT", DType.FP32, (1,))
+    return SequencePolicy(controls=tuple(controls), states=(state,), **{"max_batch_size": 4, **kw})
+
+
+def test_requests_of_different_shapes_run_in_calls_of_their_own(tmp_path: Path) -> None:
+    entry = _summing(tmp_path)
+    batcher = _batcher(entry, _summing_policy(strategy="oldest", max_queue_delay_ms=100.0))
+
+    async def main() -> list[float]:
+        calls = [
+            batcher.infer_async({"INPUT": np.ones((1, n), np.float32) * n}, None, Flags(n, start=True, end=True))
+            for n in (2, 1, 3, 2)
+        ]
+        return [float(out["OUTPUT"][0, 0]) for out in await asyncio.gather(*calls)]
+
+    try:
+        assert asyncio.run(main()) == [4.0, 1.0, 9.0, 4.0]  # each its own row's sum, never another's
+        stats = entry.stats.to_dict()
+        assert stats["execution_count"] == 3 and {b["batch_size"] for b in stats["batch_stats"]} == {1, 2}
+    finally:
+        batcher.close()
+        entry.model.close()
+
+
+def test_a_failing_row_fails_alone_and_queue_times_count_once(tmp_path: Path) -> None:
+    from onnx import TensorProto
+
+    entry = _summing(tmp_path, TensorProto.STRING)
+    batcher = _batcher(entry, _summing_policy(DType.BYTES, strategy="oldest", max_queue_delay_ms=100.0))
+
+    async def main() -> list[Any]:
+        calls = [
+            batcher.infer_async({"INPUT": np.ones((1, 1), np.float32)}, None, Flags(sid, start=True, end=True))
+            for sid in ("7", "abc", "9")
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        good, bad, other = asyncio.run(main())
+        assert float(good["ID"][0, 0]) == 7.0 and float(other["ID"][0, 0]) == 9.0
+        assert isinstance(bad, Exception) and "Cast" in str(bad)  # the runtime's own words
+        durations = entry.stats.to_dict()["inference_stats"]
+        assert durations["queue"]["count"] == 3 and durations["success"]["count"] == 2
+        assert durations["fail"]["count"] == 1 and batcher.active == 0
+    finally:
+        batcher.close()
+        entry.model.close()
+
+
+def test_a_cancelled_request_leaves_its_sequence_and_a_timeout_ends_a_wait_for_a_slot(acc_entry: LoadedEntry) -> None:
+    batcher = _batcher(acc_entry, _policy(strategy="oldest", max_queue_delay_ms=300.0, idle_s=5.0))
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(1, start=True)))
+        await asyncio.sleep(0.01)
+        again = asyncio.ensure_future(batcher.infer_async(_x(5.0), None, Flags(1, start=True)))  # a conflict
+        await asyncio.sleep(0.01)
+        first.cancel()  # its client went away before it ran: it leaves the sequence, which goes on
+        assert float((await asyncio.wait_for(again, 5))["OUTPUT"][0, 0]) == 5.0
+        assert batcher.depth == 0
+        assert float((await batcher.infer_async(_x(2.0), None, Flags(1, end=True)))["OUTPUT"][0, 0]) == 7.0
+
+    try:
+        asyncio.run(main())
+        assert batcher.depth == 0 and batcher.active == 0
+    finally:
+        batcher.close()
+    # one slot (direct, a batch of 1): sequence 2 waits for it, and its timeout ends the wait, not the idle time
+    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=5.0))
+
+    async def waiting() -> None:
+        await batcher.infer_async(_x(1.0), None, Flags(1, start=True))
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="past its deadline"):
+            await batcher.infer_async(_x(1.0), None, Flags(2, start=True), timeout_s=0.1)
+        assert time.monotonic() - started < 2.0 and batcher.depth == 0
+
+    try:
+        asyncio.run(waiting())
+        started = time.monotonic()
+        batcher.close()  # sequence 1 holds the slot with nothing queued: it ends at once, nothing waits 5 s
+        assert time.monotonic() - started < 2.0
+    finally:
+        batcher.close()
+
+
+def test_closing_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry) -> None:
+    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
+
+    async def main() -> float:
+        await batcher.infer_async(_x(1.0), None, Flags(1, start=True))  # holds the one slot, idle
+        waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        loop = asyncio.get_running_loop()
+        closing = loop.run_in_executor(None, batcher.close)
+        out = await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(closing, 5)
+        return float(out["OUTPUT"][0, 0])
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == 3.0 and time.monotonic() - started < 5.0
 
 
 def test_flags_of_reads_tritonclients_parameters() -> None:
@@ -431,42 +590,70 @@ _CONTROLS = ACC.split("sequence_batching {")[1].split("state [")[0].split("\n", 
     ("sequence", "match"),
     [
         ("direct {} oldest {}", "sets both direct and oldest|oneof"),
-        ('control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START } ] } ]',
-         "must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START"),
-        ('control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 1 ] } ] } ]',
-         "'int32_false_true' must have exactly 2 entries"),
-        ('control_input [ { name: "START", control [ { int32_false_true: [0, 1], fp32_false_true: [0, 1] } ] } ]',
-         "specifies more than one from"),
-        ('control_input [ { name: "START", control [ { int32_false_true: [0, 1] } ] },'
-         ' { name: "END", control [ { int32_false_true: [0, 1] } ] } ]',
-         "specifies multiple CONTROL_SEQUENCE_START tensors"),
-        ('control_input [ { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ]',
-         "unexpected data type for control CONTROL_SEQUENCE_CORRID"),
-        ('control_input [ { control [ { int32_false_true: [0, 1] } ] } ]', "control tensor must have a name"),
-        ('control_input [ { name: "START", control [ { fp32_false_true: [0, 1] } ] } ]',
-         "model tensor 'START' is INT32, but the config gives FP32"),
+        (
+            'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START } ] } ]',
+            "must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START",
+        ),
+        (
+            'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 1 ] } ] } ]',
+            "'int32_false_true' must have exactly 2 entries",
+        ),
+        (
+            'control_input [ { name: "START", control [ { int32_false_true: [0, 1], fp32_false_true: [0, 1] } ] } ]',
+            "specifies more than one from",
+        ),
+        (
+            'control_input [ { name: "START", control [ { int32_false_true: [0, 1] } ] },'
+            ' { name: "END", control [ { int32_false_true: [0, 1] } ] } ]',
+            "specifies multiple CONTROL_SEQUENCE_START tensors",
+        ),
+        (
+            'control_input [ { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ]',
+            "unexpected data type for control CONTROL_SEQUENCE_CORRID",
+        ),
+        ("control_input [ { control [ { int32_false_true: [0, 1] } ] } ]", "control tensor must have a name"),
+        (
+            'control_input [ { name: "START", control [ { fp32_false_true: [0, 1] } ] } ]',
+            "model tensor 'START' is INT32, but the config gives FP32",
+        ),
         ('control_input [ { name: "NOPE", control [ { int32_false_true: [0, 1] } ] } ]', "not an input of 'acc'"),
-        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 2 ] } ]',
-         "does not take \\[2\\]"),
-        ('state [ { input_name: "STATE_IN", output_name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] } ]',
-         "fixed dims"),
-        ('state [ { input_name: "STATE_IN", data_type: TYPE_FP32, dims: [ 1 ] } ]', "must set input_name and output_name"),
-        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
-         ' initial_state [ { data_type: TYPE_FP32, dims: [ 1 ], zero_data: true } ] } ]', "Field 'name' must be set"),
-        ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
-         ' initial_state [ { data_type: TYPE_INT32, dims: [ 1 ], zero_data: true, name: "z" } ] } ]',
-         "does not match the state data type"),
+        (
+            'state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 2 ] } ]',
+            "does not take \\[2\\]",
+        ),
+        (
+            'state [ { input_name: "STATE_IN", output_name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] } ]',
+            "fixed dims",
+        ),
+        (
+            'state [ { input_name: "STATE_IN", data_type: TYPE_FP32, dims: [ 1 ] } ]',
+            "must set input_name and output_name",
+        ),
+        (
+            'state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
+            " initial_state [ { data_type: TYPE_FP32, dims: [ 1 ], zero_data: true } ] } ]",
+            "Field 'name' must be set",
+        ),
+        (
+            'state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ],'
+            ' initial_state [ { data_type: TYPE_INT32, dims: [ 1 ], zero_data: true, name: "z" } ] } ]',
+            "does not match the state data type",
+        ),
         ("iterative_sequence: true", "no iterative sequences"),
         ("direct { minimum_slot_utilization: 1.5 }", "minimum slot utilization must be in range"),
         ("oldest { preferred_batch_size: [ 8 ] }", "preferred batch size must be <= max batch size"),
     ],
 )
-def test_sequence_configs_refused_say_what_is_wrong(acc: tuple[ModelRecord, LoadSpec], sequence: str, match: str) -> None:
+def test_sequence_configs_refused_say_what_is_wrong(
+    acc: tuple[ModelRecord, LoadSpec], sequence: str, match: str
+) -> None:
     with pytest.raises(InvalidRequest, match=match):
         _read(acc, f"max_batch_size: 4\nsequence_batching {{ {sequence} }}\n")
 
 
-def test_sequence_batching_refused_beside_dynamic_batching_a_cache_or_warm_up(acc: tuple[ModelRecord, LoadSpec]) -> None:
+def test_sequence_batching_refused_beside_dynamic_batching_a_cache_or_warm_up(
+    acc: tuple[ModelRecord, LoadSpec],
+) -> None:
     body = ACC % {"idle": 1000}
     with pytest.raises(InvalidRequest, match="both dynamic_batching and sequence_batching"):
         model_config.read(

@@ -13,9 +13,14 @@ Which rows a batch holds follows Triton's two strategies, for runtimes that keep
 sequences (``max_batch_size`` x instances) hold a place at once, and ``oldest`` at most
 ``max_candidate_sequences``; the others wait, with their requests, until a sequence ends or goes idle
 (no request for ``idle_s``: Triton's ``max_sequence_idle_microseconds``). A batch runs the ready
-sequences' oldest requests, at once, or after ``max_queue_delay_ms`` when fewer than a full (or
-preferred) batch are ready. Rows are never padded: a direct batch holds the sequences that have a request
-ready, each with READY true.
+sequences' oldest requests (those of one layout: rows must stack), at once, or after ``max_queue_delay_ms``
+when fewer than a full (or preferred) batch are ready (direct waits only with a ``minimum_slot_utilization``,
+as Triton's). Rows are never padded: a direct batch holds the sequences that have a request ready, each with
+READY true. A START for a sequence that has not ended runs after what it queued, on the initial state (as
+Triton's, which warns of the conflict); after its END is queued, a START begins a sequence of its own. A
+request's timeout ends its wait in the queue (it is not run; its sequence goes on); a cancelled request
+leaves its sequence. A closing batcher ends the sequences with nothing queued at once, so that those
+waiting for a slot run before it stops.
 
 As in ``DynamicBatcher``, requests are validated alone before they queue, the model runs on worker
 threads, a failing merged batch runs again one request at a time so that only the culprit fails (its
@@ -167,6 +172,7 @@ def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
 @dataclass(eq=False)
 class _Request(_Pending):
     flags: Flags = field(default_factory=lambda: Flags(0))
+    sequence: _Sequence | None = None  # the one it queued in (its ID may start another meanwhile)
 
 
 @dataclass(eq=False)
@@ -197,7 +203,10 @@ class SequenceBatcher:
         self.signature = entry.signature
         self.policy = policy
         self.batched = policy.max_batch_size > 0
-        self.delay_s = policy.max_queue_delay_ms / 1000.0
+        self._initial = {s.input: s.first(self.batched) for s in policy.states}  # what a START request runs on
+        # direct waits for more only with a minimum_slot_utilization, as Triton's: its delay is ignored otherwise
+        waits = policy.strategy == "oldest" or policy.minimum_slot_utilization > 0
+        self.delay_s = policy.max_queue_delay_ms / 1000.0 if waits else 0.0
         self._hidden_outputs = policy.hidden()[1]
         corrid = policy.control("corrid")
         self._corrid_string = corrid is not None and corrid.dtype is DType.BYTES
@@ -208,6 +217,7 @@ class SequenceBatcher:
         self._placed = 0
         self._queued = 0
         self._swept = time.monotonic()
+        self._layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (name, dtype, shape) of each input -> key
         self._cond = threading.Condition()
         self._closed = False
         self._on_batch = on_batch
@@ -231,7 +241,7 @@ class SequenceBatcher:
         outcome: Outcome | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request of sequence ``flags`` and wait for its answer (see ``DynamicBatcher.infer_async``).
-        A request past ``timeout_s`` when its turn comes fails and is not run; its sequence goes on."""
+        A request still queued at ``timeout_s`` fails then and is not run; its sequence goes on."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         outcome = outcome or Outcome(self.entry.stats)
@@ -245,19 +255,38 @@ class SequenceBatcher:
             outcome.settle("fail", 0)
             raise
         try:
-            return await waiter
+            if request.deadline is None:
+                return await waiter
+            return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, request.deadline - time.monotonic()))
         except asyncio.CancelledError:  # the caller went away: a request not taken yet leaves its sequence
-            with self._cond:
-                if not request.taken:
-                    request.taken = True
-                    self._queued -= 1
-                    sequence = self._sequences.get(request.flags.id)
-                    if sequence is not None and request in sequence.requests:
-                        sequence.requests.remove(request)
-                        if not sequence.requests:
-                            self._ready.pop(sequence, None)
+            self._withdraw(request)
             request.outcome.abandon(int((time.monotonic() - request.enqueued) * 1e9))
             raise
+        except asyncio.TimeoutError:
+            if not self._withdraw(request):
+                return await waiter  # it left the queue in time and runs now: let it finish
+            request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+            raise DeadlineExceeded(
+                f"the request waited past its deadline in model {self.entry.name!r}'s sequence queue; it was not run, "
+                "and its sequence goes on without it: retry with a longer timeout or a lighter load"
+            ) from None
+
+    def _withdraw(self, request: _Request) -> bool:
+        """Take a request out of its sequence unless a worker took it; True if it was taken out. A sequence
+        left with nothing to run that its ID no longer names ends (else nothing would free its slot)."""
+        with self._cond:
+            if request.taken:
+                return False
+            request.taken = True
+            self._queued -= 1
+            sequence = request.sequence
+            assert sequence is not None
+            sequence.requests.remove(request)
+            if not sequence.requests:
+                self._ready.pop(sequence, None)
+                if not sequence.busy and self._sequences.get(sequence.id) is not sequence:
+                    self._release(sequence)
+        return True
 
     def _enqueue(
         self,
@@ -294,14 +323,13 @@ class SequenceBatcher:
                     f"sequence ID {flags.id} does not fit model {name!r}'s CORRID control ({corrid.dtype.value}); "
                     f"send one from 1 to {limits.max}"
                 )
-        self.signature.validate_inputs(inputs)  # its rows next: Triton says why only one
-        if self.batched:
-            rows = next((int(a.shape[0]) for a in inputs.values()), 1)
-            if rows != 1:
-                raise InvalidTensor(
-                    f"inference request to model {name!r} must specify batch-size 1 due to requirements of sequence "
-                    f"batcher, not {rows}; send each row of a sequence as a request of its own"
-                )
+        layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
+        key = self._layouts.get(layout)
+        if key is None:  # validated once per layout, as DynamicBatcher does
+            key = self._check_layout(inputs)
+            if len(self._layouts) >= 256:  # shapes a client varies without end: stay bounded
+                self._layouts.clear()
+            self._layouts[layout] = key
         if outputs:
             unknown = [o for o in outputs if o not in self.signature.output_names]
             if unknown:
@@ -311,7 +339,7 @@ class SequenceBatcher:
                 )
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
-        request = _Request(inputs, outputs, 1, (), deadline, outcome, now, None, waiter, timings=timings, flags=flags)
+        request = _Request(inputs, outputs, 1, key, deadline, outcome, now, None, waiter, timings=timings, flags=flags)
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
@@ -319,26 +347,26 @@ class SequenceBatcher:
             if sequence is not None and self._idle(sequence, now):
                 self._release(sequence)
                 sequence = None
-            if flags.start:
-                if sequence is not None and not sequence.busy and not sequence.requests:
-                    self._release(sequence)  # nothing of it is left to run
-                elif sequence is not None and not sequence.ended:
-                    log.warning(
-                        f"sequence {flags.id!r} of model {name!r} started again before it ended: the requests it "
-                        "has queued run, then it ends, and a new sequence starts under its ID",
-                        extra={"model": name},
-                    )
-                sequence = _Sequence(flags.id)
+            if flags.start and (sequence is None or sequence.ended):
+                sequence = _Sequence(flags.id)  # an ID whose END is queued: a sequence of its own, after it
                 self._sequences[flags.id] = sequence
                 self._place(sequence)
+            elif flags.start:  # Triton's words: its queued requests run first, in its slot, then this one anew
+                log.warning(
+                    f"sequence {flags.id!r} for model {name!r} has a conflict. The previous sequence did not end "
+                    "before this sequence start. Previous sequence will be terminated early.",
+                    extra={"model": name},
+                )
             elif sequence is None or sequence.ended:
                 raise InvalidRequest(
                     f"inference request for sequence {flags.id!r} to model {name!r} must specify the START flag on "
                     "the first request of the sequence; a sequence ends with its END request, or after "
                     f"{self.policy.idle_s * 1000:g} ms without one (max_sequence_idle_microseconds): start it again"
                 )
+            assert sequence is not None
             sequence.ended = flags.end
             sequence.last = now
+            request.sequence = sequence
             sequence.requests.append(request)
             self._queued += 1
             if sequence.placed and not sequence.busy and len(sequence.requests) == 1:
@@ -346,9 +374,25 @@ class SequenceBatcher:
                 self._cond.notify()
         return request
 
+    def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+        """Raise unless ``inputs`` fit the model as one row; else the key of the requests they may run with (the
+        same trailing shapes and datatypes: rows of one batch must stack)."""
+        self.signature.validate_inputs(inputs)  # its rows next: Triton says why only one
+        if self.batched:
+            rows = next((int(a.shape[0]) for a in inputs.values()), 1)
+            if rows != 1:
+                raise InvalidTensor(
+                    f"inference request to model {self.entry.name!r} must specify batch-size 1 due to requirements "
+                    f"of sequence batcher, not {rows}; send each row of a sequence as a request of its own"
+                )
+        return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+
     # -- sequences (under the condition's lock) ---------------------------------------------------
     def _idle(self, sequence: _Sequence, now: float) -> bool:
-        return not sequence.busy and not sequence.requests and now - sequence.last >= self.policy.idle_s
+        """Nothing of it runs or waits, and for ``idle_s`` nothing came (closed: no request will come)."""
+        if sequence.busy or sequence.requests:
+            return False
+        return self._closed or now - sequence.last >= self.policy.idle_s
 
     def _place(self, sequence: _Sequence) -> None:
         """Give ``sequence`` a slot when one is free (with its first state), else a place in the backlog."""
@@ -358,7 +402,7 @@ class SequenceBatcher:
             return
         self._placed += 1
         sequence.placed = True
-        sequence.state = {s.input: s.first(self.batched) for s in self.policy.states}
+        sequence.state = dict(self._initial)  # its START request runs on these; its state is its own after
         if sequence.requests and not sequence.busy:
             self._ready[sequence] = None
 
@@ -425,12 +469,14 @@ class SequenceBatcher:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._sequences and now - self._swept >= self._sweep_every():
+                if self._sequences and (self._closed or now - self._swept >= self._sweep_every()):
                     self._sweep(now)
                 wait: float | None = None
                 if self._ready:
                     heads = sorted(self._ready, key=lambda s: s.requests[0].enqueued)
-                    wait = self._wait_for_more(len(heads), heads[0].requests[0].enqueued, now)
+                    first = heads[0].requests[0].key
+                    ready = sum(1 for s in heads if s.requests[0].key == first)
+                    wait = self._wait_for_more(ready, heads[0].requests[0].enqueued, now)
                     if wait <= 0 or self._closed:
                         break
                 elif self._closed and self._backlog:  # no slot will free for them: they fail
@@ -441,7 +487,8 @@ class SequenceBatcher:
                 if self._sequences:  # idle ones end on time even when no request comes
                     wait = min(wait if wait is not None else math.inf, self._sweep_every())
                 self._cond.wait(wait)
-            chosen = heads[: self.policy.rows]
+            key = heads[0].requests[0].key  # rows of one batch must stack: the oldest request's layout
+            chosen = [s for s in heads if s.requests[0].key == key][: self.policy.rows]
             batch: list[tuple[_Request, _Sequence]] = []
             for sequence in chosen:
                 request = sequence.requests.popleft()
@@ -505,13 +552,14 @@ class SequenceBatcher:
             else:
                 on = {"start": request.flags.start, "end": request.flags.end, "ready": True}[c.kind]
                 full[c.input] = np.full(shape, c.true if on else c.false, dtype=c.dtype.numpy)
-        full.update(sequence.state)
+        full.update(self._initial if request.flags.start else sequence.state)
         return full
 
-    def _execute(self, batch: list[tuple[_Request, _Sequence]]) -> None:
+    def _execute(self, batch: list[tuple[_Request, _Sequence]], counted: bool = False) -> None:
+        """Run ``batch``; ``counted``: its queue times are counted already (a merged batch run again one by one)."""
         started = time.monotonic()
         stats = self.entry.stats
-        for request, _ in batch:
+        for request, _ in batch if not counted else ():
             waited = started - request.enqueued
             stats.add("queue", int(waited * 1e9))
             if self._on_queue:
@@ -534,7 +582,7 @@ class SequenceBatcher:
                 self._finish([(request, sequence, None)])
                 return
             for one in batch:  # find the culprit: only it fails, and its sequence keeps the state it had
-                self._execute([one])
+                self._execute([one], counted=True)
             return
         took = t1 - t0
         stats.executed(len(batch), took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
@@ -582,14 +630,16 @@ class SequenceBatcher:
         return [{k: v[i : i + 1] for k, v in result.items()} for i in range(rows)]
 
     def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]]) -> None:
-        """After its requests ran: each sequence takes its new state (None: it failed, the state stays),
-        ends with its END request, or is ready again with its next request."""
+        """After its requests ran: each sequence takes its new state (None: it failed, and the state stays, or is
+        the initial one after a START), ends with its END request, or is ready again with its next request."""
         with self._cond:
             now = time.monotonic()
             for request, sequence, row in done:
                 if row is not None:
                     for s in self.policy.states:
                         sequence.state[s.input] = np.array(row[s.output], copy=True)  # not a view of the batch
+                elif request.flags.start:
+                    sequence.state = dict(self._initial)  # it started anew, whatever it failed on
                 sequence.busy = False
                 sequence.last = now
                 if request.flags.end:
@@ -615,7 +665,11 @@ class SequenceBatcher:
                         request.taken = True
                         request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
                         dropped.append(
-                            (request, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
+                            (
+                                request,
+                                None,
+                                Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"),
+                            )
                         )
                     self._queued -= len(sequence.requests)
                     sequence.requests.clear()

@@ -12,8 +12,9 @@ What polystack decides elsewhere (which runtime and variant, from the plan; the 
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
 Triton-only features would read (iterative sequences, ...) are accepted at their defaults, so that a
 config copied from a Triton server loads, and refused otherwise. ``sequence_batching`` is read into a
-``SequencePolicy`` (``batching/sequence.py``), checked as Triton checks it and against the model. Both field spellings of protobuf's
-JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers as numbers or strings.
+``SequencePolicy`` (``batching/sequence.py``), checked as Triton checks it and against the model. Both
+field spellings of protobuf's JSON (``max_batch_size`` and ``maxBatchSize``) are read, and 64-bit integers
+as numbers or strings.
 An ensemble's config is read by ``ensemble.py``, with the readers here (``read_message``, ...).
 """
 
