@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start
+from servekit import cli_server, free_port, refused_at_start, single_op
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
@@ -230,7 +228,7 @@ def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: P
         assert http.infer("plain", [x]).as_numpy("y").shape == (1, 2)
 
 
-def test_a_reload_ends_the_sequences_and_ray_and_ensembles_refuse_sequence_models(tmp_path: Path) -> None:
+def test_a_reload_ends_the_sequences_and_ray_refuses_sequence_models(tmp_path: Path) -> None:
     with _served(tmp_path, 1_000_000, "--allow-model-control") as (repo, port, _):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True))[0] == 1.0
@@ -241,35 +239,54 @@ def test_a_reload_ends_the_sequences_and_ray_and_ensembles_refuse_sequence_model
         with pytest.raises(InferenceServerException, match="START flag"):
             http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1)
         assert _sums(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1, sequence_start=True))[0] == 2.0
-    # an ensemble whose step is a sequence model cannot carry its correlation IDs
-    (repo / "pipe" / "1").mkdir(parents=True)
-    (repo / "pipe" / "config.pbtxt").write_text(
-        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "A", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-        'output [ { name: "B", data_type: TYPE_FP32, dims: [ 1 ] } ]\nensemble_scheduling { step [ { model_name: '
-        '"acc", model_version: -1, input_map { key: "INPUT" value: "A" }, output_map { key: "OUTPUT" value: "B" } '
-        "} ] }\n"
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "polystack",
-        "--home",
-        str(tmp_path / "home"),
-        "serve",
-        "--model-repository",
-        str(repo),
-    ]
-    out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2  # once acc loaded (its log line), with one line saying why
-    last = out.stderr.strip().splitlines()[-1]
-    assert "'acc', a sequence model" in last and "send its requests to it directly" in last
-    (repo / "pipe" / "config.pbtxt").unlink()
-    (repo / "pipe" / "1").rmdir()
-    (repo / "pipe").rmdir()
     # Ray Serve would spread a sequence's requests over replicas, each with its own sequences: refused before Ray
     ray = ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123", "--ray-address", "127.0.0.1:1"]
     line = refused_at_start(tmp_path, ray)
     assert "model 'acc:1' is a sequence model" in line and "--engine local" in line
+
+
+PIPE = """
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "A", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "B", data_type: TYPE_FP32, dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "acc", input_map { key: "INPUT" value: "A" }, output_map { key: "OUTPUT" value: "SUM" } },
+  { model_name: "neg", input_map { key: "a" value: "SUM" }, output_map { key: "b" value: "B" } }
+] }
+"""
+
+
+def test_an_ensemble_carries_a_sequence_to_its_sequence_model_steps(tmp_path: Path) -> None:
+    """As Triton's ensembles do: the request's correlation ID and flags reach the steps running sequence models;
+    the other steps run as for any request."""
+    from onnx import TensorProto
+
+    repo = sequence_repository(tmp_path / "models")
+    (repo / "neg" / "1").mkdir(parents=True)
+    single_op(repo / "neg" / "1" / "model.onnx", "Neg", TensorProto.FLOAT, 1, "a", [("b", "Neg")])
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        sums = []
+        for step, (client, c) in enumerate(((http, httpclient), (grpc, grpcclient), (http, httpclient))):
+            a = c.InferInput("A", [1, 1], "FP32")
+            a.set_data_from_numpy(np.array([[float(step + 1)]], np.float32))
+            answer = client.infer("pipe", [a], sequence_id=11, sequence_start=step == 0, sequence_end=step == 2)
+            sums.append(float(answer.as_numpy("B")[0, 0]))
+        assert sums == [-1.0, -3.0, -6.0]
+        a = httpclient.InferInput("A", [1, 1], "FP32")
+        a.set_data_from_numpy(np.ones((1, 1), np.float32))
+        with pytest.raises(InferenceServerException, match=r"in ensemble 'pipe', step 0 \(acc\): .*correlation ID"):
+            http.infer("pipe", [a])
+        with pytest.raises(InferenceServerException, match="START flag"):  # sequence 11 ended with its END
+            http.infer("pipe", [a], sequence_id=11)
+        [neg] = http.get_inference_statistics("neg")["model_stats"]
+        assert neg["inference_stats"]["success"]["count"] == 3
 
 
 # -- the sequence batcher on its own ------------------------------------------------------------------

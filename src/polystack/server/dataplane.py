@@ -172,11 +172,7 @@ def _refuse_sequences(name: str, parameters: dict[str, Any]) -> None:
             )
 
 
-def _sequence_step(model: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"the ensemble runs {model!r}, a sequence model (its config sets sequence_batching); polystack's ensembles "
-        "do not carry correlation IDs to their steps: send its requests to it directly"
-    )
+_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
 
 
 def _timed_infer(
@@ -501,8 +497,6 @@ class DataPlane:
                 entry = self._get(step.model, None if step.version is None else str(step.version))
             except NotFound as e:
                 raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
-            if entry.sequencer is not None:
-                raise _sequence_step(step.model)
             return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
@@ -529,8 +523,6 @@ class DataPlane:
                         "this server does not serve; serve it too"
                     )
                 plan = self._plan(ModelRef(step.model, version), None)
-                if plan.sequence is not None:
-                    raise _sequence_step(step.model)
                 sig, spec = plan.record.signature, plan.spec
                 limit = spec.max_batch_size or 0
                 if plan.policy is not None and sig.batched:
@@ -1106,8 +1098,10 @@ class DataPlane:
             pipeline = served.ensemble
             label = (name, str(pipeline.version))
             outcome = Outcome(served.stats)
-            if request.parameters:
+            stateful = self._stateful(pipeline)  # its steps running sequence models take the sequence's parameters
+            if request.parameters and not stateful:
                 _refuse_sequences(name, request.parameters)
+            plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
             pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None)
             asked = request.output_names or pipeline.signature.output_names
             unknown = [o for o in asked if o not in pipeline.signature.output_names]
@@ -1126,9 +1120,10 @@ class DataPlane:
             steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
 
             async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                sub = InferRequest(
-                    given, request.id, [RequestedOutput(model) for model, _ in step.outputs], request.parameters
-                )
+                parameters = request.parameters
+                if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
+                    parameters = plain
+                sub = InferRequest(given, request.id, [RequestedOutput(model) for model, _ in step.outputs], parameters)
                 try:
                     answer = await self.infer(
                         step.model, None if step.version is None else str(step.version), sub, loop, None, steps
@@ -1182,6 +1177,23 @@ class DataPlane:
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+
+    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0) -> set[str]:
+        """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence
+        parameters, as Triton's ensembles pass a correlation ID and its flags to their steps."""
+        found: set[str] = set()
+        for step in pipeline.steps:
+            nested = self._ensembles.get(step.model)
+            if nested is not None and depth < ensemble.MAX_DEPTH:
+                if self._stateful(nested.ensemble, depth + 1):
+                    found.add(step.model)
+                continue
+            try:
+                if self._get(step.model, None if step.version is None else str(step.version)).sequencer is not None:
+                    found.add(step.model)
+            except PolystackError:
+                continue  # not served: the step fails with what to do when it runs
+        return found
 
     def _labels(self, pipeline: ensemble.Ensemble) -> dict[str, Sequence[str]]:
         """The labels of the ensemble's outputs: those of the step model's output that gives each."""
