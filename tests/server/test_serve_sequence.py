@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -287,6 +289,32 @@ def test_an_ensemble_carries_a_sequence_to_its_sequence_model_steps(tmp_path: Pa
             http.infer("pipe", [a], sequence_id=11)
         [neg] = http.get_inference_statistics("neg")["model_stats"]
         assert neg["inference_stats"]["success"]["count"] == 3
+
+
+def test_an_ensemble_running_a_sequence_model_keeps_no_answers(tmp_path: Path) -> None:
+    """Its answers depend on the sequences' state: a response cache on it is refused, as on the model."""
+    from onnx import TensorProto
+
+    repo = sequence_repository(tmp_path / "models")
+    (repo / "neg" / "1").mkdir(parents=True)
+    single_op(repo / "neg" / "1" / "model.onnx", "Neg", TensorProto.FLOAT, 1, "a", [("b", "Neg")])
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE + "response_cache { enable: true }\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "polystack",
+        "--home",
+        str(tmp_path / "home"),
+        "serve",
+        "--model-repository",
+        str(repo),
+    ]
+    cmd += ["--grpc-port", "-1", "--http-port", "0", "--cache-config", "local,size=1000000"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr  # once its models loaded (their log lines), with one line saying why
+    last = out.stderr.strip().splitlines()[-1]
+    assert "Response Cache does not currently support model 'pipe'" in last and "'acc'" in last, last
 
 
 # -- the sequence batcher on its own ------------------------------------------------------------------

@@ -500,6 +500,14 @@ class DataPlane:
             return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
+        if pipeline.response_cache:
+            stateful = self._stateful(pipeline)
+            if stateful:  # its answers depend on the sequences' state: a kept one would be wrong (Triton's rule)
+                raise InvalidRequest(
+                    f"Response Cache does not currently support model {pipeline.name!r} with sequence batching "
+                    f"scheduler: its steps run {', '.join(map(repr, sorted(stateful)))}, whose answers depend on "
+                    "their sequences' state. Please disable the response cache"
+                )
 
     def check_ensembles(self, pipelines: Mapping[str, ensemble.Ensemble], refs: Sequence[str]) -> None:
         """Refuse what loading ``pipelines`` would refuse once ``refs`` are loaded as planned, loading nothing:
