@@ -6,6 +6,7 @@ sequences, slots, idle sequences); and the configs refused, each with what is wr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import queue
 import subprocess
@@ -315,6 +316,12 @@ def test_an_ensemble_running_a_sequence_model_keeps_no_answers(tmp_path: Path) -
     assert out.returncode == 2, out.stderr  # once its models loaded (their log lines), with one line saying why
     last = out.stderr.strip().splitlines()[-1]
     assert "Response Cache does not currently support model 'pipe'" in last and "'acc'" in last, last
+    # a sequence model in two steps: they would share its one sequence
+    twice = PIPE.replace('model_name: "neg", input_map { key: "a"', 'model_name: "acc", input_map { key: "INPUT"')
+    (repo / "pipe" / "config.pbtxt").write_text(twice.replace('key: "b" value: "B"', 'key: "OUTPUT" value: "B"'))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "runs sequence model 'acc' in two steps" in out.stderr.strip().splitlines()[-1]
 
 
 # -- the sequence batcher on its own ------------------------------------------------------------------
@@ -347,8 +354,6 @@ def _policy(**kw: Any) -> SequencePolicy:
 
 
 def _batcher(entry: LoadedEntry, policy: SequencePolicy) -> SequenceBatcher:
-    import dataclasses
-
     return SequenceBatcher(dataclasses.replace(entry, shown=policy.shown(entry.model.signature)), policy)
 
 
@@ -583,6 +588,55 @@ def test_a_cancelled_request_leaves_its_sequence_and_a_timeout_ends_a_wait_for_a
         started = time.monotonic()
         batcher.close()  # sequence 1 holds the slot with nothing queued: it ends at once, nothing waits 5 s
         assert time.monotonic() - started < 2.0
+    finally:
+        batcher.close()
+
+
+def test_a_request_not_run_is_as_if_never_sent_and_its_slot_goes_on(acc_entry: LoadedEntry) -> None:
+    # one slot (one candidate sequence), two rows a call: a lone ready request waits 0.3 s for another
+    policy = _policy(strategy="oldest", max_batch_size=2, max_candidate_sequences=1, max_queue_delay_ms=300.0)
+    batcher = _batcher(acc_entry, dataclasses.replace(policy, idle_s=30.0))
+
+    async def main() -> list[float]:
+        first = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(1, start=True)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded):  # its END waits behind its START, past its timeout: not run
+            await batcher.infer_async(_x(100.0), None, Flags(1, end=True), timeout_s=0.1)
+        sums = [float((await first)["OUTPUT"][0, 0])]
+        # the sequence is open still, with its state: its END again ends it, and its slot goes to sequence 2
+        sums.append(float((await batcher.infer_async(_x(2.0), None, Flags(1, end=True)))["OUTPUT"][0, 0]))
+        other = await asyncio.wait_for(batcher.infer_async(_x(7.0), None, Flags(2, start=True, end=True)), 5)
+        sums.append(float(other["OUTPUT"][0, 0]))
+        # an END not run, then a START: the sequence starts again in its slot, and ends with the next END
+        await batcher.infer_async(_x(1.0), None, Flags(3, start=True))
+        with pytest.raises(DeadlineExceeded):
+            await batcher.infer_async(_x(100.0), None, Flags(3, end=True), timeout_s=0.0)
+        await batcher.infer_async(_x(4.0), None, Flags(3, start=True))
+        sums.append(float((await batcher.infer_async(_x(5.0), None, Flags(3, end=True)))["OUTPUT"][0, 0]))
+        last = await asyncio.wait_for(batcher.infer_async(_x(8.0), None, Flags(4, start=True, end=True)), 5)
+        sums.append(float(last["OUTPUT"][0, 0]))
+        return sums
+
+    try:
+        assert asyncio.run(main()) == [1.0, 3.0, 7.0, 9.0, 8.0]
+        assert batcher.depth == 0 and batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_a_drain_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry) -> None:
+    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
+
+    async def main() -> float:
+        await batcher.infer_async(_x(1.0), None, Flags(1, start=True))  # holds the one slot, idle
+        waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        batcher.drain()  # the server drains: no request will come to sequence 1
+        return float((await asyncio.wait_for(waiting, 5))["OUTPUT"][0, 0])
+
+    try:
+        assert asyncio.run(main()) == 3.0
     finally:
         batcher.close()
 

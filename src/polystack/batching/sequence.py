@@ -19,8 +19,9 @@ as Triton's). Rows are never padded: a direct batch holds the sequences that hav
 READY true. A START for a sequence that has not ended runs after what it queued, on the initial state (as
 Triton's, which warns of the conflict); after its END is queued, a START begins a sequence of its own. A
 request's timeout ends its wait in the queue (it is not run; its sequence goes on); a cancelled request
-leaves its sequence. A closing batcher ends the sequences with nothing queued at once, so that those
-waiting for a slot run before it stops.
+leaves its sequence. A request not run is as if never sent: an END leaves its sequence open (send it again),
+a START leaves the state as it was. A draining or closing batcher ends the sequences with nothing queued at
+once (no request will come to them), so that those waiting for a slot run before it stops.
 
 As in ``DynamicBatcher``, requests are validated alone before they queue, the model runs on worker
 threads, a failing merged batch runs again one request at a time so that only the culprit fails (its
@@ -183,6 +184,7 @@ class _Sequence:
     placed: bool = False  # holds a slot (its requests may run); else waits in the backlog
     busy: bool = False  # one of its requests is running
     ended: bool = False  # its END request came: a later request without START is refused
+    ran: bool = False  # one of its requests ran (a START that never ran leaves nothing of the sequence)
     last: float = field(default_factory=time.monotonic)  # when its last request came or finished
 
 
@@ -216,6 +218,8 @@ class SequenceBatcher:
         self._backlog: collections.deque[_Sequence] = collections.deque()
         self._placed = 0
         self._queued = 0
+        self._running = 0  # requests taken by the workers and not finished
+        self._draining = False  # no request will come: sequences with nothing queued end
         self._swept = time.monotonic()
         self._layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (name, dtype, shape) of each input -> key
         self._cond = threading.Condition()
@@ -284,9 +288,18 @@ class SequenceBatcher:
             sequence.requests.remove(request)
             if not sequence.requests:
                 self._ready.pop(sequence, None)
-                if not sequence.busy and self._sequences.get(sequence.id) is not sequence:
-                    self._release(sequence)
+            self._not_run(request, sequence)
         return True
+
+    def _not_run(self, request: _Request, sequence: _Sequence) -> None:
+        """A request that timed out or was cancelled before it ran is as if never sent: an END leaves its
+        sequence open (the client may send it again), a START leaves the state as it was, and a sequence with
+        nothing left that will run ends (its ID names another now, or its first START never ran)."""
+        current = self._sequences.get(sequence.id) is sequence
+        if request.flags.end and current:
+            sequence.ended = False
+        if not sequence.requests and not sequence.busy and (not current or (request.flags.start and not sequence.ran)):
+            self._release(sequence)
 
     def _enqueue(
         self,
@@ -348,6 +361,8 @@ class SequenceBatcher:
                 self._release(sequence)
                 sequence = None
             if flags.start and (sequence is None or sequence.ended):
+                if sequence is not None and not sequence.busy and not sequence.requests:
+                    self._release(sequence)  # nothing of it is left to run
                 sequence = _Sequence(flags.id)  # an ID whose END is queued: a sequence of its own, after it
                 self._sequences[flags.id] = sequence
                 self._place(sequence)
@@ -392,7 +407,7 @@ class SequenceBatcher:
         """Nothing of it runs or waits, and for ``idle_s`` nothing came (closed: no request will come)."""
         if sequence.busy or sequence.requests:
             return False
-        return self._closed or now - sequence.last >= self.policy.idle_s
+        return self._closed or self._draining or now - sequence.last >= self.policy.idle_s
 
     def _place(self, sequence: _Sequence) -> None:
         """Give ``sequence`` a slot when one is free (with its first state), else a place in the backlog."""
@@ -469,7 +484,7 @@ class SequenceBatcher:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._sequences and (self._closed or now - self._swept >= self._sweep_every()):
+                if self._sequences and (self._closed or self._draining or now - self._swept >= self._sweep_every()):
                     self._sweep(now)
                 wait: float | None = None
                 if self._ready:
@@ -479,7 +494,7 @@ class SequenceBatcher:
                     wait = self._wait_for_more(ready, heads[0].requests[0].enqueued, now)
                     if wait <= 0 or self._closed:
                         break
-                elif self._closed and self._backlog:  # no slot will free for them: they fail
+                elif self._closed and self._backlog and not self._running:  # no slot will free: they fail
                     self._drop_backlog()
                     continue
                 elif self._closed and not self._queued:
@@ -495,6 +510,7 @@ class SequenceBatcher:
                 request.taken = True
                 self._queued -= 1
                 sequence.busy = True
+                self._running += 1
                 del self._ready[sequence]
                 batch.append((request, sequence))
         late: list[_Outcome] = []
@@ -507,7 +523,7 @@ class SequenceBatcher:
                 )
                 request.outcome.settle("fail", int((now - request.enqueued) * 1e9))
                 late.append((request, None, error))
-                self._finish([(request, sequence, None)])
+                self._finish([(request, sequence, None)], ran=False)
             else:
                 live.append((request, sequence))
         if late:
@@ -629,19 +645,28 @@ class SequenceBatcher:
             )
         return [{k: v[i : i + 1] for k, v in result.items()} for i in range(rows)]
 
-    def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]]) -> None:
+    def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]], ran: bool = True) -> None:
         """After its requests ran: each sequence takes its new state (None: it failed, and the state stays, or is
-        the initial one after a START), ends with its END request, or is ready again with its next request."""
+        the initial one after a START), ends with its END request, or is ready again with its next request.
+        Not ``ran``: they were taken past their deadline and not run (``_not_run``)."""
         with self._cond:
             now = time.monotonic()
             for request, sequence, row in done:
+                self._running -= 1
+                sequence.busy = False
+                sequence.last = now
+                if not ran:
+                    self._not_run(request, sequence)
+                    if sequence.requests and sequence.placed and self._sequences.get(sequence.id) is sequence:
+                        self._ready[sequence] = None
+                        self._cond.notify()
+                    continue
+                sequence.ran = True
                 if row is not None:
                     for s in self.policy.states:
                         sequence.state[s.input] = np.array(row[s.output], copy=True)  # not a view of the batch
                 elif request.flags.start:
                     sequence.state = dict(self._initial)  # it started anew, whatever it failed on
-                sequence.busy = False
-                sequence.last = now
                 if request.flags.end:
                     self._release(sequence)
                 elif sequence.requests and sequence.placed:
@@ -653,6 +678,13 @@ class SequenceBatcher:
                 self._cond.notify_all()  # a worker waiting for the last requests to finish stops
 
     # -- lifecycle -----------------------------------------------------------------------------
+    def drain(self) -> None:
+        """No request will come (the server drains): sequences with nothing queued end now, so that those
+        waiting for a slot run within the drain rather than after each holder's idle time."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
     def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop taking requests; run the queued ones (drain) or fail them, then stop the workers. The
         sequences end: a model loaded again starts them anew."""

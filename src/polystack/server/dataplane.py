@@ -500,14 +500,19 @@ class DataPlane:
             return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
-        if pipeline.response_cache:
-            stateful = self._stateful(pipeline)
-            if stateful:  # its answers depend on the sequences' state: a kept one would be wrong (Triton's rule)
-                raise InvalidRequest(
-                    f"Response Cache does not currently support model {pipeline.name!r} with sequence batching "
-                    f"scheduler: its steps run {', '.join(map(repr, sorted(stateful)))}, whose answers depend on "
-                    "their sequences' state. Please disable the response cache"
-                )
+        stateful = self._stateful(pipeline)
+        twice = sorted(m for m in stateful if sum(step.model == m for step in pipeline.steps) > 1)
+        if twice:
+            raise InvalidRequest(
+                f"ensemble {pipeline.name!r} runs sequence model {twice[0]!r} in two steps, which would share one "
+                "sequence (the second step's START resets the first's state); run it in one step"
+            )
+        if pipeline.response_cache and stateful:  # its answers depend on the sequences' state (Triton's rule)
+            raise InvalidRequest(
+                f"Response Cache does not currently support model {pipeline.name!r} with sequence batching "
+                f"scheduler: its steps run {', '.join(map(repr, sorted(stateful)))}, whose answers depend on "
+                "their sequences' state. Please disable the response cache"
+            )
 
     def check_ensembles(self, pipelines: Mapping[str, ensemble.Ensemble], refs: Sequence[str]) -> None:
         """Refuse what loading ``pipelines`` would refuse once ``refs`` are loaded as planned, loading nothing:
@@ -890,9 +895,13 @@ class DataPlane:
         return not self.draining
 
     def start_draining(self) -> None:
-        """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on."""
+        """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. No request
+        will come to a sequence: those with nothing queued end, so that those waiting for a slot run now."""
         self.draining = True
         self._drain_started.set()
+        for served in list(self._served.values()):
+            if served.sequencer is not None:
+                served.sequencer.drain()
 
     async def wait_draining(self) -> None:
         await self._drain_started.wait()
