@@ -210,6 +210,14 @@ class Signature:
             and all(t.batched or not t.shape for t in self.outputs)
         )
 
+    def check_outputs(self, outputs: Sequence[str]) -> None:
+        """Raise InvalidTensor unless every output asked for is the model's."""
+        unknown = [o for o in outputs if o not in self.output_names]
+        if unknown:
+            raise InvalidTensor(
+                f"unknown output {', '.join(map(repr, unknown))}; the model returns {', '.join(self.output_names)}"
+            )
+
     def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
         """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
         missing = [n for n in self.input_names if n not in inputs]

@@ -148,6 +148,15 @@ def refused_at_start(tmp_path: Path, args: list[str]) -> str:
     return lines[0]
 
 
+def refused_after_loads(tmp_path: Path, args: list[str]) -> str:
+    """``polystack serve ARGS`` exiting 2 once some models loaded (their log lines), with one line saying why
+    last on stderr, which this returns."""
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", *args]
+    out = subprocess.run([*cmd, "--grpc-port", "-1", "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    return out.stderr.strip().splitlines()[-1]
+
+
 def until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
     """Whether ``check`` holds within ``within_s`` (asked every 0.1 s): a poll takes a while to notice, and a
     reload may leave a model unserved for a moment, which a check asking meanwhile sees as an error."""

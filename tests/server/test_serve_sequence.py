@@ -9,8 +9,6 @@ import asyncio
 import dataclasses
 import json
 import queue
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start, single_op
+from servekit import cli_server, free_port, refused_after_loads, refused_at_start, single_op
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
@@ -301,27 +299,13 @@ def test_an_ensemble_running_a_sequence_model_keeps_no_answers(tmp_path: Path) -
     single_op(repo / "neg" / "1" / "model.onnx", "Neg", TensorProto.FLOAT, 1, "a", [("b", "Neg")])
     (repo / "pipe" / "1").mkdir(parents=True)
     (repo / "pipe" / "config.pbtxt").write_text(PIPE + "response_cache { enable: true }\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "polystack",
-        "--home",
-        str(tmp_path / "home"),
-        "serve",
-        "--model-repository",
-        str(repo),
-    ]
-    cmd += ["--grpc-port", "-1", "--http-port", "0", "--cache-config", "local,size=1000000"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stderr  # once its models loaded (their log lines), with one line saying why
-    last = out.stderr.strip().splitlines()[-1]
+    args = ["--model-repository", str(repo), "--cache-config", "local,size=1000000"]
+    last = refused_after_loads(tmp_path, args)  # once its models loaded
     assert "Response Cache does not currently support model 'pipe'" in last and "'acc'" in last, last
     # a sequence model in two steps: they would share its one sequence
     twice = PIPE.replace('model_name: "neg", input_map { key: "a"', 'model_name: "acc", input_map { key: "INPUT"')
     (repo / "pipe" / "config.pbtxt").write_text(twice.replace('key: "b" value: "B"', 'key: "OUTPUT" value: "B"'))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stderr
-    assert "runs sequence model 'acc' in two steps" in out.stderr.strip().splitlines()[-1]
+    assert "runs sequence model 'acc' in two steps" in refused_after_loads(tmp_path, args)
 
 
 # -- the sequence batcher on its own ------------------------------------------------------------------
@@ -624,7 +608,8 @@ def test_a_request_not_run_is_as_if_never_sent_and_its_slot_goes_on(acc_entry: L
         batcher.close()
 
 
-def test_a_drain_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry) -> None:
+@pytest.mark.parametrize("how", ["drain", "close"])
+def test_a_drain_or_close_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry, how: str) -> None:
     batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
 
     async def main() -> float:
@@ -632,31 +617,16 @@ def test_a_drain_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: 
         waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        batcher.drain()  # the server drains: no request will come to sequence 1
-        return float((await asyncio.wait_for(waiting, 5))["OUTPUT"][0, 0])
+        # no request will come to sequence 1: the server drains (SIGTERM), or the model closes (unload)
+        stopping = asyncio.get_running_loop().run_in_executor(None, getattr(batcher, how))
+        out = await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(stopping, 5)
+        return float(out["OUTPUT"][0, 0])
 
     try:
         assert asyncio.run(main()) == 3.0
     finally:
         batcher.close()
-
-
-def test_closing_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry) -> None:
-    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
-
-    async def main() -> float:
-        await batcher.infer_async(_x(1.0), None, Flags(1, start=True))  # holds the one slot, idle
-        waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        loop = asyncio.get_running_loop()
-        closing = loop.run_in_executor(None, batcher.close)
-        out = await asyncio.wait_for(waiting, 5)
-        await asyncio.wait_for(closing, 5)
-        return float(out["OUTPUT"][0, 0])
-
-    started = time.monotonic()
-    assert asyncio.run(main()) == 3.0 and time.monotonic() - started < 5.0
 
 
 def test_flags_of_reads_tritonclients_parameters() -> None:

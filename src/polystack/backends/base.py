@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.errors import InvalidRequest, InvalidTensor, ModelClosed
+from polystack.errors import InvalidRequest, ModelClosed
 from polystack.types import Signature
 
 log = logging.getLogger("polystack.backends")
@@ -116,12 +116,7 @@ class CheckedModel:
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         self.signature.validate_inputs(inputs, self.max_batch_size)
         if outputs:
-            unknown = [o for o in outputs if o not in self.signature.output_names]
-            if unknown:
-                raise InvalidTensor(
-                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
-                    f"{', '.join(self.signature.output_names)}"
-                )
+            self.signature.check_outputs(outputs)
         with self._lock:
             if self._closing:
                 raise ModelClosed("the model was unloaded or replaced as this request reached it; send it again")

@@ -39,7 +39,6 @@ from polystack.batching.policy import BatchPolicy
 from polystack.errors import (
     BackendError,
     DeadlineExceeded,
-    InvalidTensor,
     ModelClosed,
     PolystackError,
     QueueFull,
@@ -189,12 +188,7 @@ class DynamicBatcher:
         if not self.batchable:
             key = (id(inputs),)  # never merged
         if outputs:
-            unknown = [o for o in outputs if o not in self.signature.output_names]
-            if unknown:
-                raise InvalidTensor(
-                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
-                    f"{', '.join(self.signature.output_names)}"
-                )
+            self.signature.check_outputs(outputs)
         now = time.monotonic()
         timeout = self.policy.timeout_s
         if timeout_s is not None and self.policy.client_timeouts and (timeout is None or timeout_s < timeout):

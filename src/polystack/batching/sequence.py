@@ -344,12 +344,7 @@ class SequenceBatcher:
                 self._layouts.clear()
             self._layouts[layout] = key
         if outputs:
-            unknown = [o for o in outputs if o not in self.signature.output_names]
-            if unknown:
-                raise InvalidTensor(
-                    f"unknown output {', '.join(map(repr, unknown))}; the model returns "
-                    f"{', '.join(self.signature.output_names)}"
-                )
+            self.signature.check_outputs(outputs)
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
         request = _Request(inputs, outputs, 1, key, deadline, outcome, now, None, waiter, timings=timings, flags=flags)
