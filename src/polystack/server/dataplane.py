@@ -160,19 +160,19 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound)
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
+_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
+
+
 def _refuse_sequences(name: str, parameters: dict[str, Any]) -> None:
     """Sequence requests to a model without sequence batching: refused, where Triton ignores them (the client
     means a state the model would not keep)."""
-    for key in ("sequence_id", "sequence_start", "sequence_end"):
+    for key in _SEQUENCE_KEYS:
         if parameters.get(key):
             raise InvalidRequest(
                 f"the request sets {key!r}, but model {name!r} has no sequence_batching in its config, so it keeps "
                 "no state between requests; send the request without sequence parameters, or load the model with a "
                 "config that sets sequence_batching"
             )
-
-
-_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
 
 
 def _timed_infer(
@@ -298,6 +298,7 @@ class DataPlane:
         instances = default_instances if policy is None else None
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
         additions = model_config.Additions()
+        sequence: SequencePolicy | None = None
         given = config
         model_dir = None  # where warm-up files lie: only a config given at start has a directory
         if config is None and start is not None:
@@ -322,8 +323,7 @@ class DataPlane:
             if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
             additions = chosen.additions
-            return _Plan(record, spec, policy, instances, additions, config, sequence)
-        return _Plan(record, spec, policy, instances, additions, config)
+        return _Plan(record, spec, policy, instances, additions, config, sequence)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
