@@ -34,6 +34,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     work = tmp_path_factory.mktemp("serve")
     store = Store(StoreSettings(home=work / "home"))
     register_mlp(store, work)
+    _register_accumulator(store, work)
     store.close()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
@@ -41,6 +42,27 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     finally:  # a start that failed too: the next module's Ray would find this one
         serve.shutdown()
         ray.shutdown()
+
+
+def _register_accumulator(store: Store, work: Path) -> None:
+    """A stateful model (polystack.examples.accumulator_onnx), served with sequence batching."""
+    from polystack.examples import accumulator_onnx
+    from polystack.formats import import_model
+
+    imported = import_model(accumulator_onnx(work / "acc.onnx"), work / "acc-import")
+    store.register(imported.artifact, name="acc", format=imported.format, signature=imported.signature)
+
+
+ACC = """max_batch_size: 4
+sequence_batching {
+  control_input [
+    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] }
+  ]
+  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+}
+"""
 
 
 def _serving(work: Path, serve: Any) -> Iterator[tuple[str, Path]]:
@@ -72,7 +94,8 @@ ensemble_scheduling {{ step [ {{ model_name: "mlp", input_map {{ key: "x" value:
         host="127.0.0.1",
         http_port=port,
         grpc_port=None,
-        model_configs={"mlp": start_config},
+        # a sequence model: its one replica keeps its sequences (more replicas are refused before Ray starts)
+        model_configs={"mlp": start_config, "acc": ConfigFile(model_config.as_json(ACC))},
         ensembles={"pipe": ensemble.read(model_config.as_json(pipe), "pipe", 1)},
         response_cache=CacheConfig(1 << 20),  # serve --cache-config local,size=1048576: one in each replica
     )
@@ -143,3 +166,17 @@ def test_an_ensemble_runs_in_each_replica(served: tuple[str, Path]) -> None:
     np.testing.assert_allclose(
         client.infer("pipe", [inp]).as_numpy("OUT"), reference(model_path, x), rtol=1e-5, atol=1e-6
     )
+
+
+def test_one_replica_keeps_the_sequences_of_a_sequence_model(served: tuple[str, Path]) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=served[0])
+    assert [i["name"] for i in client.get_model_metadata("acc")["inputs"]] == ["INPUT"]
+    sums = []
+    for step, value in enumerate((1.0, 2.0, 3.0)):
+        x = httpclient.InferInput("INPUT", [1, 1], "FP32")
+        x.set_data_from_numpy(np.array([[value]], np.float32))
+        answer = client.infer("acc", [x], sequence_id=5, sequence_start=step == 0, sequence_end=step == 2)
+        sums.append(float(answer.as_numpy("OUTPUT")[0, 0]))
+    assert sums == [1.0, 3.0, 6.0]

@@ -26,49 +26,11 @@ from tritonclient.utils import InferenceServerException
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
 from polystack.errors import DeadlineExceeded, InvalidRequest
+from polystack.examples import accumulator_onnx
 from polystack.formats import import_model
 from polystack.server import model_config
 from polystack.store import ModelRecord, Store
 from polystack.types import DType
-
-
-def accumulator_onnx(path: Path, corrid: int | None = None, batched: bool = True) -> Path:
-    """INPUT FP32[batch, 1] -> OUTPUT = (START ? 0 : STATE_IN) + INPUT, fed back as STATE_OUT; ENDED echoes
-    END and ID the correlation ID (a ``corrid`` element type input CORRID, cast to FP32), so tests see what
-    the server set. Not ``batched``: every tensor is [1]."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    row: list[Any] = ["batch", 1] if batched else [1]
-    inputs = [
-        helper.make_tensor_value_info(n, t, row)
-        for n, t in (("INPUT", TensorProto.FLOAT), ("START", TensorProto.INT32), ("END", TensorProto.INT32),
-                     ("READY", TensorProto.INT32), ("STATE_IN", TensorProto.FLOAT))
-    ]  # fmt: skip
-    nodes = [
-        helper.make_node("Cast", ["START"], ["s"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["one", "s"], ["keep"]),
-        helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
-        helper.make_node("Add", ["kept", "INPUT"], ["OUTPUT"]),
-        helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
-        helper.make_node("Mul", ["END", "READY"], ["ENDED"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info(n, t, row)
-        for n, t in (("OUTPUT", TensorProto.FLOAT), ("STATE_OUT", TensorProto.FLOAT), ("ENDED", TensorProto.INT32))
-    ]
-    if corrid is not None:
-        inputs.append(helper.make_tensor_value_info("CORRID", corrid, row))
-        nodes.append(helper.make_node("Cast", ["CORRID"], ["ID"], to=TensorProto.FLOAT))
-        outputs.append(helper.make_tensor_value_info("ID", TensorProto.FLOAT, row))
-    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    graph = helper.make_graph(nodes, "accumulator", inputs, outputs, initializer=[one])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="polystack-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(path))
-    return path
-
 
 ACC = """
 max_batch_size: 4
@@ -241,9 +203,24 @@ def test_a_reload_ends_the_sequences_and_ray_refuses_sequence_models(tmp_path: P
             http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1)
         assert _sums(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1, sequence_start=True))[0] == 2.0
     # Ray Serve would spread a sequence's requests over replicas, each with its own sequences: refused before Ray
+    # (one replica serves them: tests/jobs/test_ray_serve.py)
     ray = ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123", "--ray-address", "127.0.0.1:1"]
-    line = refused_at_start(tmp_path, ray)
-    assert "model 'acc:1' is a sequence model" in line and "--engine local" in line
+    for scale in (["--replicas", "2"], ["--autoscale", "1:3"]):
+        line = refused_at_start(tmp_path, [*ray, *scale])
+        assert "model 'acc:1' is a sequence model" in line and "--replicas 1" in line and "--engine local" in line
+
+
+def test_ray_serves_a_sequence_model_with_one_replica_only(tmp_path: Path) -> None:
+    """What the CLI checks before Ray starts, with the most replicas the deployment may have."""
+    from polystack.server.app import ServeConfig
+    from polystack.server.model_config import ConfigFile
+    from polystack.server.ray_serve import check_before_ray
+
+    store, _ = _register(tmp_path)
+    config = ServeConfig(http_port=8123, model_configs={"acc": ConfigFile(model_config.as_json(ACC % {"idle": 1000}))})
+    check_before_ray(store, config, "127.0.0.1:1", most_replicas=1)  # a cluster's address: no port is tried here
+    with pytest.raises(InvalidRequest, match="each of the 2 replicas would keep its own sequences"):
+        check_before_ray(store, config, "127.0.0.1:1", most_replicas=2)
 
 
 PIPE = """

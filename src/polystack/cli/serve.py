@@ -297,7 +297,8 @@ def serve(
         home = store_settings().home
         store = open_store()
         try:
-            check_before_ray(store, config, ray_address)  # what would otherwise fail deep inside Ray
+            most = scale[1] if scale else replicas or 1  # the most replicas the deployment may have
+            check_before_ray(store, config, ray_address, most)  # what would otherwise fail deep inside Ray
         except PolystackError:
             from polystack.server.model_repository import undo
 

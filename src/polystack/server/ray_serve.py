@@ -44,10 +44,11 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def check_before_ray(store: Any, config: Any, ray_address: str | None = None) -> None:
+def check_before_ray(store: Any, config: Any, ray_address: str | None = None, most_replicas: int = 1) -> None:
     """Refuse, with one line, what would fail only once Ray is up: an unknown model, a start config
     (``--model-config``) the model cannot take or an ensemble its models do not fit (a deployment that
-    never becomes healthy), a sequence model (whose sequences would be spread over replicas), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a
+    never becomes healthy), a sequence model in a deployment of more than one replica (``most_replicas``: its
+    sequences would be spread over them), an HTTP port left to chance (Ray Serve's proxy cannot report one), and, for a
     Ray started here (no ``ray_address``: on a cluster the proxy runs on its nodes), a port already taken."""
     from polystack.engine import Engine
     from polystack.server.app import Server
@@ -60,11 +61,11 @@ def check_before_ray(store: Any, config: Any, ray_address: str | None = None) ->
         server = Server(engine, config)
         try:
             stateful = server.check_model_configs()
-            if stateful:
+            if stateful and most_replicas > 1:
                 raise InvalidRequest(
-                    f"model {stateful[0]!r} is a sequence model (its config sets sequence_batching): each replica "
-                    "would keep its own sequences, and Ray Serve sends a sequence's requests to any replica; serve it "
-                    "with --engine local"
+                    f"model {stateful[0]!r} is a sequence model (its config sets sequence_batching): each of the "
+                    f"{most_replicas} replicas would keep its own sequences, and Ray Serve sends a sequence's requests "
+                    "to any replica; serve it with one replica (--replicas 1, the default), or with --engine local"
                 )
             server.check_ensembles()  # against the models as planned: the replicas load them
         finally:
