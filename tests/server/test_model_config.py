@@ -250,7 +250,7 @@ def test_a_bytes_warmup_file_holds_length_prefixed_elements(tmp_path: Path) -> N
         ("x.bin", b"\0" * 12, True, "warmup setting expects 16 bytes, but the data provided from"),
         ("missing.bin", None, True, "missing.bin is not a file; put it there"),
         ("", None, True, "is not a file"),
-        ("x.bin", b"\0" * 16, False, "a load's config has no model directory"),
+        ("x.bin", b"\0" * 16, False, "the model has no model directory"),
     ],
 )
 def test_a_warmup_file_that_cannot_give_a_row_is_refused(

@@ -191,6 +191,34 @@ def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: P
         assert http.infer("plain", [x]).as_numpy("y").shape == (1, 2)
 
 
+def test_a_load_with_get_configs_answer_reads_the_initial_state_from_the_models_folder(tmp_path: Path) -> None:
+    """Triton reads a load's config against the model's repository folder: its initial_state/ data file too. (START
+    reaches the model as 0 here, so that it adds to the initial state instead of starting from 0.)"""
+    repo = sequence_repository(tmp_path / "models")
+    (repo / "acc" / "initial_state").mkdir()
+    (repo / "acc" / "initial_state" / "s.bin").write_bytes(np.array([100.0], np.float32).tobytes())
+    initial = 'initial_state [ { data_type: TYPE_FP32, dims: [ 1 ], name: "s", data_file: "s.bin" } ] } ]'
+    (repo / "acc" / "config.pbtxt").write_text(
+        (ACC % {"idle": 1_000_000})
+        .replace("dims: [ 1 ] } ]\n}", f"dims: [ 1 ], {initial}\n}}")
+        .replace(
+            "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ]", "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 0 ]"
+        )
+    )
+    port = free_port()
+    with cli_server(
+        tmp_path / "home", ["--model-repository", str(repo), "--allow-model-control"], port, tmp_path / "log"
+    ):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True))[0] == 101.0
+        config = http.get_model_config("acc")
+        assert config["sequence_batching"]["state"][0]["initial_state"][0]["data_file"] == "s.bin"
+        (repo / "acc" / "initial_state" / "s.bin").write_bytes(np.array([200.0], np.float32).tobytes())
+        http.load_model("acc", config=json.dumps({**config, "sequence_batching": {**config["sequence_batching"],
+                                                   "max_sequence_idle_microseconds": 2_000_000}}))  # fmt: skip
+        assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True))[0] == 201.0
+
+
 def test_a_reload_ends_the_sequences_and_ray_refuses_sequence_models(tmp_path: Path) -> None:
     with _served(tmp_path, 1_000_000, "--allow-model-control") as (repo, port, _):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -613,7 +641,8 @@ def test_flags_of_reads_tritonclients_parameters() -> None:
     assert flags_of({"sequence_id": "s-1", "sequence_end": True}) == Flags("s-1", False, True)
     for bad, match in (({"sequence_id": 1.5}, "whole number or a string"), ({"sequence_id": -1}, "unsigned 64-bit"),
                        ({"sequence_id": 1, "sequence_end": 1}, "true or false"),
-                       ({"sequence_id": True}, "whole number or a string")):  # fmt: skip
+                       ({"sequence_id": True}, "whole number or a string"),
+                       ({"sequence_id": float(1 << 64)}, "18446744073709551616 is not an unsigned 64-bit")):  # fmt: skip
         with pytest.raises(InvalidRequest, match=match):
             flags_of(bad)
 

@@ -311,7 +311,7 @@ def test_a_start_config_warms_with_input_data_files_from_its_model_directory(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
 ) -> None:
     """Triton's input_data_file, for a model that random values fail (ids): the file's row runs, and a
-    load re-reads the file, as Triton re-reads the model directory."""
+    load re-reads the file, as Triton re-reads the model directory, with a config of its own too."""
     store, _ = model_store
     imported = import_model(_embedding_onnx(tmp_path / "embed.onnx"), tmp_path / "import")
     store.register(imported.artifact, name="embed", format=imported.format, signature=imported.signature)
@@ -333,8 +333,12 @@ def test_a_start_config_warms_with_input_data_files_from_its_model_directory(
             client.load_model("embed")
         assert "12" in e.value.message()  # the runtime's own words: the file's row reached the model
         assert client.is_model_ready("embed")  # the instance the load would have replaced serves on
-        with pytest.raises(InferenceServerException, match="no model directory"):  # a config sent has none
+        # a load's own config reads the model's directory too, as Triton reads the repository folder
+        with pytest.raises(InferenceServerException, match="failed to run warmup sample 'w'"):
             client.load_model("embed", config=warmup_config(w, max_batch_size=4))
+        ids.write_bytes(np.array([1, 2, 9], np.int64).tobytes())
+        client.load_model("embed", config=warmup_config(w, max_batch_size=8))
+        assert client.get_model_config("embed")["max_batch_size"] == 8
     finally:
         st.stop()
 

@@ -159,6 +159,10 @@ def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
         value = parameters.get(key, False)
         if not isinstance(value, bool):
             raise InvalidRequest(f"the request's {key!r} parameter is {value!r}; give true or false")
+    if isinstance(sid, float) and sid.is_integer() and abs(sid) >= 1 << 63:  # JSON's reader: too large for 64 bits
+        raise InvalidRequest(
+            f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
+        )
     if isinstance(sid, bool) or not isinstance(sid, (int, str, type(None))):
         raise InvalidRequest(f"the request's 'sequence_id' parameter is {sid!r}; give a whole number or a string")
     if isinstance(sid, int) and not 0 <= sid < 1 << 64:

@@ -300,9 +300,11 @@ class DataPlane:
         additions = model_config.Additions()
         sequence: SequencePolicy | None = None
         given = config
-        model_dir = None  # where warm-up files lie: only a config given at start has a directory
+        # where the files a config names lie (warm-up, initial state): the model's folder, as Triton reads a load's
+        # config against the model's repository folder too; a model without a start config has none
+        model_dir = start.directory if start is not None else None
         if config is None and start is not None:
-            config, model_dir = start.text, start.directory
+            config = start.text
         if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
                 chosen = model_config.read(config, record, spec, policy, model_dir)

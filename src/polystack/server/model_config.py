@@ -663,8 +663,9 @@ def _initial_state(
         return None, label, ""
     if model_dir is None:
         raise InvalidRequest(
-            f"{at} reads data_file {file!r}, but this config came without a model directory; give the config in the "
-            "model's repository folder (initial_state/ beside config.pbtxt), or use zero_data"
+            f"{at} reads data_file {file!r}, but the model has no model directory to read it from (no repository "
+            "folder or --model-config file); give its config there (initial_state/ beside config.pbtxt), or use "
+            "zero_data"
         )
     path = model_dir / "initial_state" / file
     if not path.resolve().is_relative_to((model_dir / "initial_state").resolve()):
@@ -909,9 +910,9 @@ def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, di
     its bytes."""
     if model_dir is None:
         raise InvalidRequest(
-            f"{where} reads input_data_file {quote(name)}, but a load's config has no model directory to read it "
-            "from; give the config at start (serve --model-config NAME=DIR/config.pbtxt, the file in DIR/warmup/), "
-            "or use zero_data or random_data"
+            f"{where} reads input_data_file {quote(name)}, but the model has no model directory to read it from "
+            "(no repository folder or --model-config file); give its config at start (serve --model-config "
+            "NAME=DIR/config.pbtxt, the file in DIR/warmup/), or use zero_data or random_data"
         )
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise InvalidRequest(
