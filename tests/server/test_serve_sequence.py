@@ -754,3 +754,26 @@ def test_a_sequence_config_reads_back_from_get_config(acc: tuple[ModelRecord, Lo
     rendered = model_config._render_sequence(first.sequence)
     again = model_config.read(json.dumps({"max_batch_size": 4, "sequence_batching": rendered}), *acc, None, tmp_path)
     assert again.sequence == first.sequence
+
+
+def test_a_state_output_the_config_lists_is_shown_to_clients(acc: tuple[ModelRecord, LoadSpec], tmp_path: Path) -> None:
+    """As Triton's: a client may read the output state when the config lists it under output."""
+    listed = _read(acc, ACC % {"idle": 1000} + 'output [ { name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')
+    hidden = _read(acc, ACC % {"idle": 1000})
+    assert listed.sequence is not None and hidden.sequence is not None
+    signature = acc[0].signature
+    assert "STATE_OUT" in listed.sequence.shown(signature).output_names
+    assert "STATE_OUT" not in hidden.sequence.shown(signature).output_names
+    store = Store.at(tmp_path / "home")
+    entry = Engine(store).build(acc[0].ref)
+    batcher = _batcher(entry, listed.sequence)
+
+    async def main() -> dict[str, np.ndarray]:
+        return await batcher.infer_async(_x(2.0), ["OUTPUT", "STATE_OUT"], Flags(1, start=True, end=True))
+
+    try:
+        out = asyncio.run(main())
+        assert out["OUTPUT"].tolist() == out["STATE_OUT"].tolist() == [[2.0]]
+    finally:
+        batcher.close()
+        entry.model.close()
