@@ -410,8 +410,7 @@ class SequenceBatcher:
 
     def _place(self, sequence: _Sequence) -> None:
         """Give ``sequence`` a slot when one is free (with its first state), else a place in the backlog."""
-        slots = self.policy.slots
-        if slots and self._placed >= slots:
+        if self._placed >= self.policy.slots:
             self._backlog.append(sequence)
             return
         self._placed += 1
@@ -432,7 +431,7 @@ class SequenceBatcher:
         sequence.placed = False
         sequence.state = {}
         self._placed -= 1
-        while self._backlog and (not self.policy.slots or self._placed < self.policy.slots):
+        while self._backlog and self._placed < self.policy.slots:
             waiting = self._backlog.popleft()
             if waiting.requests or self._sequences.get(waiting.id) is waiting:  # else: nothing left of it
                 self._place(waiting)
@@ -545,16 +544,22 @@ class SequenceBatcher:
     def _drop_backlog(self) -> None:
         dropped: list[_Outcome] = []
         for sequence in list(self._backlog):
-            for request in sequence.requests:
-                request.taken = True
-                request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
-                dropped.append(
-                    (request, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
-                )
-            self._queued -= len(sequence.requests)
-            sequence.requests.clear()
+            dropped += self._fail_queued(sequence)
             self._release(sequence)
         _deliver(dropped)
+
+    def _fail_queued(self, sequence: _Sequence) -> list[_Outcome]:
+        """Take the queued requests of ``sequence`` out, failed: the model is unloaded before they run."""
+        failed: list[_Outcome] = []
+        for request in sequence.requests:
+            request.taken = True
+            request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+            error = Unavailable(f"model {self.entry.name!r} was unloaded before the request ran")
+            failed.append((request, None, error))
+        self._queued -= len(sequence.requests)
+        sequence.requests.clear()
+        self._ready.pop(sequence, None)
+        return failed
 
     def _inputs(self, request: _Request, sequence: _Sequence) -> dict[str, np.ndarray]:
         """One request's whole inputs: its own, the control inputs and its sequence's state."""
@@ -692,19 +697,7 @@ class SequenceBatcher:
             dropped: list[_Outcome] = []
             if not drain:
                 for sequence in list(self._sequences.values()) + list(self._backlog):
-                    for request in sequence.requests:
-                        request.taken = True
-                        request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
-                        dropped.append(
-                            (
-                                request,
-                                None,
-                                Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"),
-                            )
-                        )
-                    self._queued -= len(sequence.requests)
-                    sequence.requests.clear()
-                    self._ready.pop(sequence, None)
+                    dropped += self._fail_queued(sequence)
             self._cond.notify_all()
         _deliver(dropped)
         deadline = time.monotonic() + timeout_s

@@ -1117,7 +1117,8 @@ class DataPlane:
             pipeline = served.ensemble
             label = (name, str(pipeline.version))
             outcome = Outcome(served.stats)
-            stateful = self._stateful(pipeline)  # its steps running sequence models take the sequence's parameters
+            # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
+            stateful = self._stateful(pipeline) if request.parameters else set()
             if request.parameters and not stateful:
                 _refuse_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None

@@ -45,6 +45,7 @@ _MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused
 _MAX_INSTANCES = MAX_INSTANCES  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 _MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
+_MAX_FILE_BYTES = 256 << 20  # a file a config names (warm-up input, initial state)
 _MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold the loader (other loads, a shutdown)
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
@@ -661,25 +662,13 @@ def _initial_state(
         raise InvalidRequest(f"initial_state setting expects state {name!r} to have state_data set (zero_data or data_file)")
     if zero:
         return None, label, ""
-    if model_dir is None:
-        raise InvalidRequest(
-            f"{at} reads data_file {file!r}, but the model has no model directory to read it from (no repository "
-            "folder or --model-config file); give its config there (initial_state/ beside config.pbtxt), or use "
-            "zero_data"
-        )
-    path = model_dir / "initial_state" / file
-    if not path.resolve().is_relative_to((model_dir / "initial_state").resolve()):
-        raise InvalidRequest(f"{at} data_file {file!r} must name a file inside the model's initial_state/ folder")
+    path, data = _model_file(model_dir, "initial_state", file, "data_file", at, "zero_data")
     need = math.prod(dims) * dtype.itemsize
-    try:
-        data = path.read_bytes() if path.stat().st_size <= need else path.open("rb").read(need)
-    except OSError as e:
-        raise InvalidRequest(f"{at} cannot read data_file {path}: {e.strerror}") from None
     if len(data) < need:
         raise InvalidRequest(
             f"{at}: state {name!r} expects {need:,} bytes, but the data provided from {path} only has {len(data):,} bytes"
         )
-    return data, label, file
+    return data[:need], label, file
 
 
 def as_json(text: str) -> str:
@@ -903,35 +892,44 @@ def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_d
     return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
 
 
+def _model_file(
+    model_dir: Path | None, folder: str, name: str, field: str, where: str, instead: str
+) -> tuple[Path, bytes]:
+    """The path and bytes of the file a config's ``field`` names, in the model directory's ``folder`` (Triton's
+    ``warmup/``, ``initial_state/``): named relative to it and staying inside it, at most 256 MiB."""
+    if model_dir is None:
+        raise InvalidRequest(
+            f"{where} reads {field} {quote(name)}, but the model has no model directory to read it from (no "
+            "repository folder or --model-config file); give its config at start (serve --model-config "
+            f"NAME=DIR/config.pbtxt, the file in DIR/{folder}/), or use {instead}"
+        )
+    inside = (model_dir / folder).resolve()
+    path = model_dir / folder / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(inside):
+        raise InvalidRequest(
+            f"{where} reads {field} {quote(name)}; name a file inside the model directory's {folder}/ folder "
+            f"({model_dir / folder}), relative to it"
+        )
+    try:
+        if not name or not path.is_file():
+            raise InvalidRequest(f"{where} reads {field} {quote(name)}, but {path} is not a file; put it there")
+        size = path.stat().st_size
+        if size > _MAX_FILE_BYTES:
+            raise InvalidRequest(
+                f"{where} reads {field} {path} of {size:,} bytes; polystack reads model files of at most "
+                f"{_MAX_FILE_BYTES:,} bytes"
+            )
+        return path, path.read_bytes()
+    except OSError as e:
+        raise InvalidRequest(f"{where} cannot read {field} {path}: {e.strerror}") from None
+
+
 def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, dims: tuple[int, ...]) -> bytes:
     """The bytes of one row of a warm-up input, read as Triton reads ``input_data_file``: from the model
     directory's ``warmup/`` folder, raw and row-major, a fixed-size type's file at least one row long
     (the rest unread), a BYTES one holding the row's elements, each a 4-byte little-endian length and
     its bytes."""
-    if model_dir is None:
-        raise InvalidRequest(
-            f"{where} reads input_data_file {quote(name)}, but the model has no model directory to read it from "
-            "(no repository folder or --model-config file); give its config at start (serve --model-config "
-            "NAME=DIR/config.pbtxt, the file in DIR/warmup/), or use zero_data or random_data"
-        )
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise InvalidRequest(
-            f"{where} reads input_data_file {quote(name)}; name a file inside the model directory's warmup/ folder "
-            f"({model_dir / 'warmup'}), relative to it"
-        )
-    path = model_dir / "warmup" / name
-    try:
-        if not name or not path.is_file():
-            raise InvalidRequest(f"{where} reads input_data_file {quote(name)}, but {path} is not a file; put it there")
-        size = path.stat().st_size
-        if size > _MAX_WARMUP_BYTES:
-            raise InvalidRequest(
-                f"{where} reads input_data_file {path} of {size:,} bytes; polystack reads warm-up files of at most "
-                f"{_MAX_WARMUP_BYTES:,} bytes"
-            )
-        data = path.read_bytes()
-    except OSError as e:
-        raise InvalidRequest(f"{where} cannot read input_data_file {path}: {e.strerror}") from None
+    path, data = _model_file(model_dir, "warmup", name, "input_data_file", where, "zero_data or random_data")
     if dtype.itemsize:
         need = math.prod(dims) * dtype.itemsize
         if len(data) < need:  # Triton's check, in its words
