@@ -14,7 +14,7 @@ import pytest
 
 from polystack.backends.base import CheckedModel
 from polystack.backends.null import NullModel
-from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed, QueueFull
 from polystack.stats import ModelStats
 from polystack.types import DType, Signature, TensorSpec
@@ -32,12 +32,14 @@ class Recording:
         self.signature = SIG
         self.delay_s = delay_s
         self.batches: list[int] = []
+        self.seen: list[list[float]] = []  # each call's rows, by the first value of each
         self.lock = threading.Lock()
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["x"]
         with self.lock:
             self.batches.append(x.shape[0])
+            self.seen.append([float(v) for v in x[:, 0]])
         if self.delay_s:
             time.sleep(self.delay_s)
         if np.isnan(x).any():
@@ -504,3 +506,81 @@ def test_the_worker_survives_an_error_it_did_not_expect() -> None:
         np.testing.assert_array_equal(b.submit(rows(2, 3.0)).result(timeout=5)["y"], np.full((2, 4), 6.0, np.float32))
     finally:
         b.close(drain=False, timeout_s=5)
+
+
+def test_higher_priority_requests_run_first_and_in_order_within_a_level(make: Any) -> None:
+    """Triton's priority levels: 1 is the highest; 0, or a level past priority_levels, is the default level."""
+    model = Recording(delay_s=0.05)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, priority_levels=3, default_priority_level=2)
+    blocker = b.submit(rows(1, 0.0))
+    time.sleep(0.02)  # the worker is busy with it: the others queue
+    levels = {1.0: 3, 2.0: 0, 3.0: 1, 4.0: 2, 5.0: 99, 6.0: 1}
+    futures = [b.submit(rows(1, value), priority=level) for value, level in levels.items()]
+    for f in [blocker, *futures]:
+        f.result(timeout=5)
+    assert model.seen == [[0.0], [3.0], [6.0], [2.0], [4.0], [5.0], [1.0]]
+
+
+def test_a_batch_takes_the_highest_priority_requests_first(make: Any) -> None:
+    model = Recording(delay_s=0.05)
+    b = make(model, max_batch_size=4, max_queue_delay_ms=0, priority_levels=2, default_priority_level=2)
+    blocker = b.submit(rows(1, 0.0))
+    time.sleep(0.02)
+    futures = [b.submit(rows(1, float(v)), priority=p) for v, p in [(1, 2), (2, 2), (3, 1), (4, 2), (5, 1), (6, 2)]]
+    for f in [blocker, *futures]:
+        f.result(timeout=5)
+    assert model.seen == [[0.0], [3.0, 5.0, 1.0, 2.0], [4.0, 6.0]]
+
+
+def test_without_priority_levels_a_requests_priority_changes_nothing(make: Any) -> None:
+    model = Recording(delay_s=0.05)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0)
+    blocker = b.submit(rows(1, 0.0))
+    time.sleep(0.02)
+    futures = [b.submit(rows(1, float(v)), priority=p) for v, p in [(1, 5), (2, 1), (3, 0)]]
+    for f in [blocker, *futures]:
+        f.result(timeout=5)
+    assert model.seen == [[0.0], [1.0], [2.0], [3.0]]
+
+
+def test_each_priority_level_has_its_own_queue_limit_and_timeout(make: Any) -> None:
+    """A level's priority_queue_policy over the default_queue_policy, as Triton's: the limit counts that
+    level's queue only, and its timeout applies to its requests."""
+    model = Recording(delay_s=0.2)
+    low = QueuePolicy(max_queue_size=1, timeout_s=0.05, client_timeouts=False)
+    b = make(
+        model,
+        max_batch_size=1,
+        max_queue_delay_ms=0,
+        max_queue_size=0,
+        priority_levels=2,
+        default_priority_level=1,
+        priority_queues=((2, low),),
+    )
+    blocker = b.submit(rows(1, 0.0))
+    time.sleep(0.05)
+    late = b.submit(rows(1, 1.0), priority=2, timeout_s=10)  # the level allows no override: 50 ms it is
+    with pytest.raises(QueueFull, match="priority level 2"):
+        b.submit(rows(1, 2.0), priority=2)
+    urgent = [b.submit(rows(1, 3.0 + i)) for i in range(3)]  # level 1 (the default): no limit
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=5)
+    for f in [blocker, *urgent]:
+        f.result(timeout=5)
+    assert model.seen == [[0.0], [3.0], [4.0], [5.0]]
+    assert b.depth == 0
+
+
+def test_priority_levels_are_validated_as_triton_validates_them() -> None:
+    with pytest.raises(InvalidRequest, match=r"default priority level must be in range \[1, 2\]"):
+        BatchPolicy(priority_levels=2)
+    with pytest.raises(InvalidRequest, match=r"default priority level must be in range \[1, 2\]"):
+        BatchPolicy(priority_levels=2, default_priority_level=3)
+    with pytest.raises(InvalidRequest, match=r"priority queue policy must have priority level in range \[1, 2\]"):
+        BatchPolicy(priority_levels=2, default_priority_level=1, priority_queues=((3, QueuePolicy()),))
+    with pytest.raises(InvalidRequest, match="max_queue_size"):
+        BatchPolicy(priority_levels=2, default_priority_level=1, priority_queues=((2, QueuePolicy(max_queue_size=-1)),))
+    p = BatchPolicy(priority_levels=2, default_priority_level=1, priority_queues=((2, QueuePolicy(5, 0.5, False)),))
+    assert BatchPolicy.from_dict(p.to_dict()) == p
+    assert p.queue_policy(2) == QueuePolicy(5, 0.5, False)
+    assert p.queue_policy(1) == QueuePolicy(p.max_queue_size, p.timeout_s, p.client_timeouts)

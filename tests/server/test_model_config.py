@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polystack.batching import BatchPolicy
+from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
 from polystack.server import model_config
@@ -409,3 +409,38 @@ def test_enum_fields_may_be_numbers_as_protobufs_json_reads_them() -> None:
 def test_an_enum_number_is_checked_as_its_name_would_be(change: dict[str, Any], says: str) -> None:
     with pytest.raises(InvalidRequest, match=says):
         model_config.read(json.dumps(change), RECORD, SPEC, PLAN)
+
+
+def test_priority_levels_read_from_a_config_pbtxt_as_from_json() -> None:
+    """Triton's priority_queue_policy is a map from level to queue policy: entries with key and value in
+    the protobuf text format, an object keyed by the level's digits in JSON."""
+    pbtxt = """
+    dynamic_batching {
+      priority_levels: 3
+      default_priority_level: 2
+      default_queue_policy { max_queue_size: 8 }
+      priority_queue_policy [
+        { key: 3 value: { max_queue_size: 2 default_timeout_microseconds: 1500 allow_timeout_override: true } },
+        { key: 1 value: { } }
+      ]
+    }
+    """
+    chosen = model_config.read(model_config.as_json(pbtxt), RECORD, SPEC, PLAN)
+    same = {
+        "dynamic_batching": {
+            "priority_levels": "3",
+            "default_priority_level": 2,
+            "default_queue_policy": {"max_queue_size": 8},
+            "priority_queue_policy": {
+                "1": {},
+                "3": {"max_queue_size": 2, "default_timeout_microseconds": "1500", "allow_timeout_override": True},
+            },
+        }
+    }
+    assert chosen == model_config.read(json.dumps(same), RECORD, SPEC, PLAN)
+    policy = chosen.batching
+    assert policy is not None and (policy.priority_levels, policy.default_priority_level) == (3, 2)
+    assert policy.queue_policy(3) == QueuePolicy(max_queue_size=2, timeout_s=0.0015, client_timeouts=True)
+    assert policy.queue_policy(1) == QueuePolicy(max_queue_size=0, timeout_s=None, client_timeouts=False)
+    assert policy.queue_policy(2) == QueuePolicy(max_queue_size=8, timeout_s=None, client_timeouts=False)
+    assert [policy.level_of(p) for p in (0, 1, 2, 3, 4, 1 << 63)] == [2, 1, 2, 3, 2, 2]

@@ -8,7 +8,9 @@ it is full, reaches a preferred size, its oldest request has waited ``max_queue_
 request has arrived for ``idle_gap_ms`` (a lone client, measured: 3 ms p50 at concurrency 1 with a
 2 ms delay, 0.3 ms with the gap; under load arrivals are microseconds apart and batches still fill).
 A request past its deadline is rejected with ``DeadlineExceeded`` and never run late; a full queue
-refuses at once with ``QueueFull``. If a merged batch fails, its requests are retried one by one so
+refuses at once with ``QueueFull``. With Triton's priority levels, each level has a queue of its own (its
+limit and deadline from its queue policy) and a batch takes requests highest level first (1 is the highest),
+in the order they came within a level; the delay counts from the oldest request waiting. If a merged batch fails, its requests are retried one by one so
 that only the request that caused the failure fails. A model whose outputs turn out not to follow
 the batch (a scalar, or fewer rows than the batch had: it reduces over the batch) has that batch's
 requests run one by one, and is not merged again. The worker threads never die of an error: one
@@ -23,12 +25,14 @@ about as much as parsing the request did (measured with py-spy on a 32-client lo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +71,7 @@ class _Pending:
     taken: bool = False
     # when asked for (a traced request): the model call's start and end, time.perf_counter_ns()
     timings: list[int] | None = None
+    level: int = 0  # its priority level's queue (0 without priority levels)
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -121,7 +126,12 @@ class DynamicBatcher:
         self._last_arrival = 0.0
         self.preferred = frozenset(policy.preferred_batch_sizes)
         self.batchable = self.signature.batched
-        self._queue: collections.deque[_Pending] = collections.deque()
+        # the queue of each priority level holding requests (0 without levels), and those levels, highest first
+        self._queues: dict[int, collections.deque[_Pending]] = {}
+        self._order: list[int] = []
+        self._queued = 0
+        self._own_queues = dict(policy.priority_queues if policy.priority_levels else ())
+        self._default_queue = policy.queue_policy(0)
         # (name, dtype, shape) of each input, as requests give them -> (rows, merge key): validated once
         self._layouts: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
         self._cond = threading.Condition()
@@ -137,11 +147,15 @@ class DynamicBatcher:
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Future[dict[str, np.ndarray]]:
         """Validate and enqueue one request; raise QueueFull at once when the queue is full."""
         future: Future[dict[str, np.ndarray]] = Future()
-        self._submit(inputs, outputs, timeout_s, future=future)
+        self._submit(inputs, outputs, timeout_s, future=future, priority=priority)
         return future
 
     def _submit(
@@ -154,10 +168,11 @@ class DynamicBatcher:
         waiter: asyncio.Future[dict[str, np.ndarray]] | None = None,
         timings: list[int] | None = None,
         outcome: Outcome | None = None,
+        priority: int = 0,
     ) -> _Pending:
         outcome = outcome or Outcome(self.entry.stats)
         try:
-            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome)
+            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome, priority)
         except ModelClosed:
             if not outcome.rerouted:  # else counted where its caller sends it next
                 outcome.settle("fail", 0)
@@ -175,6 +190,7 @@ class DynamicBatcher:
         waiter: asyncio.Future[dict[str, np.ndarray]] | None,
         timings: list[int] | None,
         outcome: Outcome,
+        priority: int,
     ) -> _Pending:
         # the names, datatypes and shapes decide validity, rows and merge key: worked out once per layout
         layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
@@ -190,19 +206,29 @@ class DynamicBatcher:
         if outputs:
             self.signature.check_outputs(outputs)
         now = time.monotonic()
-        timeout = self.policy.timeout_s
-        if timeout_s is not None and self.policy.client_timeouts and (timeout is None or timeout_s < timeout):
+        level = self.policy.level_of(priority)
+        rules = self._own_queues.get(level, self._default_queue)
+        timeout = rules.timeout_s
+        if timeout_s is not None and rules.client_timeouts and (timeout is None or timeout_s < timeout):
             timeout = timeout_s
         deadline = None if timeout is None else now + timeout
-        pending = _Pending(inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings)
+        pending = _Pending(
+            inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings, level=level
+        )
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {self.entry.name!r} is shutting down; retry on another replica")
-            if len(self._queue) >= self.policy.max_queue_size > 0:
+            queue = self._queues.get(level)
+            if queue is None:
+                queue = self._queues[level] = collections.deque()
+                bisect.insort(self._order, level)
+            if len(queue) >= rules.max_queue_size > 0:
+                at = f" at priority level {level}" if level else ""
                 raise QueueFull(
-                    f"model {self.entry.name!r} has {len(self._queue)} requests queued (the maximum); retry later"
+                    f"model {self.entry.name!r} has {len(queue)} requests queued{at} (the maximum); retry later"
                 )
-            self._queue.append(pending)
+            queue.append(pending)
+            self._queued += 1
             self._last_arrival = now
             self._cond.notify()
         return pending
@@ -227,15 +253,19 @@ class DynamicBatcher:
         loop: asyncio.AbstractEventLoop | None = None,
         timings: list[int] | None = None,
         outcome: Outcome | None = None,
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
         """Wait for the result on ``loop`` (the running loop; a caller holding it saves a lookup,
         which in Python 3.11 costs a ``getpid()`` system call, ~2.4% of the loop's time under load).
         ``timings``, when given, receives the start and end of the model call that answered it
         (``time.perf_counter_ns()``; for a traced request's span). ``outcome`` is the request's place
-        in the statistics (a caller counting it on its own side too passes its own)."""
+        in the statistics (a caller counting it on its own side too passes its own). ``priority`` is Triton's
+        request priority (0: the default level)."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        pending = self._submit(inputs, outputs, timeout_s, waiter=waiter, timings=timings, outcome=outcome)
+        pending = self._submit(
+            inputs, outputs, timeout_s, waiter=waiter, timings=timings, outcome=outcome, priority=priority
+        )
         try:
             if pending.deadline is None:
                 return await waiter  # cancelling the caller cancels the waiter; _settle then skips it
@@ -260,14 +290,33 @@ class DynamicBatcher:
         with self._cond:
             if pending.taken:
                 return False
-            self._queue.remove(pending)
-            pending.taken = True
+            self._remove(pending)
         return True
+
+    def _remove(self, pending: _Pending) -> None:
+        """Take ``pending`` out of its level's queue (the condition's lock held)."""
+        queue = self._queues[pending.level]
+        queue.remove(pending)
+        pending.taken = True
+        self._queued -= 1
+        if not queue:
+            del self._queues[pending.level]
+            self._order.remove(pending.level)
+
+    def _head(self) -> _Pending:
+        """The first request of the highest level holding any (the lock held, the queues not empty)."""
+        return self._queues[self._order[0]][0]
+
+    def _waiting(self) -> Iterable[_Pending]:
+        """The queued requests in the order batches take them: highest level first, then as they came."""
+        if len(self._order) == 1:
+            return self._queues[self._order[0]]
+        return itertools.chain.from_iterable(self._queues[level] for level in self._order)
 
     @property
     def depth(self) -> int:
         """Requests waiting in the queue (read when asked, as /metrics does: nothing counts per request)."""
-        return len(self._queue)
+        return self._queued
 
     # -- the worker ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -290,13 +339,15 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._queue:
+            while not self._queued:
                 if self._closed:
                     return None
                 self._cond.wait()
-            first = self._queue[0]
+            first = self._head()
             if self.batchable:
-                dispatch_at = first.enqueued + self.delay_s
+                # the delay counts from the oldest request waiting, whatever its level
+                oldest = min(self._queues[level][0].enqueued for level in self._order)
+                dispatch_at = oldest + self.delay_s
                 while not self._closed:
                     ready = self._compatible_items(first)
                     if ready >= self.max_batch_size or ready in self.preferred:
@@ -311,8 +362,8 @@ class DynamicBatcher:
                             break
                         remaining = min(remaining, self.gap_s - quiet_for)
                     self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
-                    if not self._queue or self._queue[0] is not first:
-                        return []  # another worker took it; start over
+                    if not self._queued or self._head() is not first:
+                        return []  # another worker took it, or a request of a higher level came: start over
             batch = self._take(first)
         now = time.monotonic()
         live: list[_Pending] = []
@@ -333,7 +384,7 @@ class DynamicBatcher:
 
     def _compatible_items(self, first: _Pending) -> int:
         total = 0
-        for p in self._queue:
+        for p in self._waiting():
             if p.key == first.key:
                 if total + p.items > self.max_batch_size:
                     break
@@ -342,12 +393,11 @@ class DynamicBatcher:
 
     def _take(self, first: _Pending) -> list[_Pending]:
         if not self.batchable:
-            self._queue.popleft()
-            first.taken = True
+            self._remove(first)
             return [first]
         taken: list[_Pending] = []
         total = 0
-        for p in list(self._queue):
+        for p in list(self._waiting()):
             if p.key != first.key:
                 continue
             if total + p.items > self.max_batch_size:
@@ -355,8 +405,7 @@ class DynamicBatcher:
             taken.append(p)
             total += p.items
         for p in taken:
-            self._queue.remove(p)
-            p.taken = True
+            self._remove(p)
         return taken
 
     def _execute(self, batch: list[_Pending]) -> None:
@@ -442,9 +491,8 @@ class DynamicBatcher:
             self._closed = True
             dropped: list[_Outcome] = []
             if not drain:
-                while self._queue:
-                    p = self._queue.popleft()
-                    p.taken = True
+                for p in list(self._waiting()):
+                    self._remove(p)
                     p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
                     dropped.append(
                         (p, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))

@@ -1,4 +1,5 @@
-"""BatchPolicy: how a DynamicBatcher groups requests, bounds its queue and times requests out."""
+"""BatchPolicy: how a DynamicBatcher groups requests, bounds its queue and times requests out, and in what
+order of priority it takes them (Triton's priority levels, each with its own queue policy)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ MAX_INSTANCES = 256  # worker threads sharing one model: each holds a thread and
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    """How one priority level's queue is bounded and timed out (Triton's ``ModelQueuePolicy``)."""
+
+    max_queue_size: int = 1024  # waiting requests of the level (0: no limit)
+    timeout_s: float | None = None  # default per-request deadline
+    client_timeouts: bool = True  # a client's own deadline applies when shorter
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0:
+            raise InvalidRequest("max_queue_size must be >= 0 (0: no limit)")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise InvalidRequest("timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int = 32  # items (dim 0) per runtime call
     max_queue_delay_ms: float = 2.0  # how long the oldest request may wait for others
@@ -21,26 +37,53 @@ class BatchPolicy:
     client_timeouts: bool = True  # a client's own deadline applies when shorter (False: Triton's "no override")
     instances: int = 1  # worker threads sharing the one loaded model (runtimes that allow it)
     idle_gap_ms: float = 0.2  # leave early when no request arrived for this long (0: wait out the delay)
+    # Triton's priority levels: 1 is the highest; 0 levels: a request's priority changes nothing
+    priority_levels: int = 0
+    default_priority_level: int = 0  # a request's level when it gives none (0) or one past the levels
+    # (level, its queue policy) for levels whose queue is not the default's (the three fields above)
+    priority_queues: tuple[tuple[int, QueuePolicy], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise InvalidRequest("max_batch_size must be >= 1")
         if self.max_queue_delay_ms < 0:
             raise InvalidRequest("max_queue_delay_ms must be >= 0")
-        if self.max_queue_size < 0:
-            raise InvalidRequest("max_queue_size must be >= 0 (0: no limit)")
         if any(p < 1 or p > self.max_batch_size for p in self.preferred_batch_sizes):
             raise InvalidRequest(f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size})")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise InvalidRequest("timeout_s must be > 0")
         if self.idle_gap_ms < 0:
             raise InvalidRequest("idle_gap_ms must be >= 0")
         if not 1 <= self.instances <= MAX_INSTANCES:
             raise InvalidRequest(f"instances must be from 1 to {MAX_INSTANCES}")
+        QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts)  # the default queue's, checked
+        levels = self.priority_levels
+        if levels < 0:
+            raise InvalidRequest("priority_levels must be >= 0 (0: no priority levels)")
+        if levels:  # Triton's checks, in its words; without levels it ignores both fields
+            if not 1 <= self.default_priority_level <= levels:
+                raise InvalidRequest(f"default priority level must be in range [1, {levels}]")
+            if any(not 1 <= level <= levels for level, _ in self.priority_queues):
+                raise InvalidRequest(f"priority queue policy must have priority level in range [1, {levels}]")
+        if len({level for level, _ in self.priority_queues}) != len(self.priority_queues):
+            raise InvalidRequest("priority_queues gives a level's queue policy twice")
+
+    def queue_policy(self, level: int) -> QueuePolicy:
+        """The queue policy of priority ``level``: its own, or the default queue's."""
+        for given, policy in self.priority_queues if self.priority_levels else ():
+            if given == level:
+                return policy
+        return QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts)
+
+    def level_of(self, priority: int) -> int:
+        """The level a request of ``priority`` queues at (0 without priority levels), as Triton's
+        ``SetPriority``: 0, or a priority past the levels, is the default level."""
+        if not self.priority_levels:
+            return 0
+        return priority if 0 < priority <= self.priority_levels else self.default_priority_level
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        d["priority_queues"] = [[level, asdict(q)] for level, q in self.priority_queues]
         return d
 
     @classmethod
@@ -48,6 +91,8 @@ class BatchPolicy:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "preferred_batch_sizes" in known:
             known["preferred_batch_sizes"] = tuple(known["preferred_batch_sizes"])
+        if "priority_queues" in known:
+            known["priority_queues"] = tuple((int(lv), QueuePolicy(**q)) for lv, q in known["priority_queues"])
         return cls(**known)
 
 

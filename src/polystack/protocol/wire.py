@@ -48,7 +48,7 @@ class RequestedOutput:
 # request parameters Triton reads as unsigned integers -> what to give instead
 _UNSIGNED_PARAMETERS = {
     "timeout": "the request's deadline in whole microseconds (0: none)",
-    "priority": "the priority level as a whole number (polystack has no priority levels: every level is served alike)",
+    "priority": "the priority level as a whole number (1 is the highest; 0: the model's default level)",
 }
 
 
@@ -75,6 +75,11 @@ class InferRequest:
                 # Triton reads both as unsigned integers (HTTP) or int64_param (gRPC): 1500.0 or "5" is refused
                 if raw is not None and (type(raw) is not int or not 0 <= raw < 1 << 64):
                     raise InvalidRequest(f"Unable to parse {key!r}: {raw!r} is not an integer >= 0; give {what}")
+
+    @property
+    def priority(self) -> int:
+        """Triton's ``priority`` parameter: the request's priority level (0: the model's default)."""
+        return int(self.parameters.get("priority") or 0) if self.parameters else 0
 
     @property
     def timeout_s(self) -> float | None:

@@ -1267,7 +1267,7 @@ class DataPlane:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings = [] if span is not None or compute is not None else None
                     result = await served.batcher.infer_async(
-                        request.inputs, outputs, request.timeout_s, loop, timings, outcome
+                        request.inputs, outputs, request.timeout_s, loop, timings, outcome, request.priority
                     )
                     if timings:
                         if span is not None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import LoadedEntry, LoadSpec
@@ -41,6 +41,7 @@ from polystack.types import DType, TensorSpec
 
 _INT32_MAX = (1 << 31) - 1
 _UINT32_MAX = (1 << 32) - 1
+_UINT64_MAX = (1 << 64) - 1
 _MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
 _MAX_INSTANCES = MAX_INSTANCES  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
@@ -96,7 +97,7 @@ _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
                "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
-                         "default_queue_policy"},
+                         "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
     "instance_group": {"name", "kind", "count", "gpus"},
     "input": {"name", "data_type", "dims", "format"},
@@ -226,19 +227,30 @@ def render(
     if merging:
         assert batcher is not None
         p = batcher.policy
-        queue: dict[str, Any] = {"max_queue_size": p.max_queue_size, "allow_timeout_override": p.client_timeouts}
-        if p.timeout_s is not None:
-            queue["default_timeout_microseconds"] = round(p.timeout_s * 1e6)
         config["dynamic_batching"] = {
             "preferred_batch_size": list(p.preferred_batch_sizes),
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
-            "default_queue_policy": queue,
+            "default_queue_policy": _render_queue(p.queue_policy(0)),
         }
+        if p.priority_levels:
+            config["dynamic_batching"].update(
+                priority_levels=p.priority_levels,
+                default_priority_level=p.default_priority_level,
+                priority_queue_policy={str(level): _render_queue(q) for level, q in p.priority_queues},
+            )
     if added.warmup:
         config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     if sequence is not None:
         config["sequence_batching"] = _render_sequence(sequence)
     return config
+
+
+def _render_queue(q: QueuePolicy) -> dict[str, Any]:
+    """``q`` as Triton's ``ModelQueuePolicy``: what reads back (``_queue_policy``) as ``q``."""
+    queue: dict[str, Any] = {"max_queue_size": q.max_queue_size, "allow_timeout_override": q.client_timeouts}
+    if q.timeout_s is not None:
+        queue["default_timeout_microseconds"] = round(q.timeout_s * 1e6)
+    return queue
 
 
 def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
@@ -789,24 +801,52 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
             f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
             "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
         )
-    qwhere = f"{where}.default_queue_policy"
-    queue = read_message(d.get("default_queue_policy", {}), qwhere, "default_queue_policy")
-    action = read_enum(queue, "timeout_action", qwhere, "ModelQueuePolicy.TimeoutAction") or "REJECT"
-    if action != "REJECT":
+    queue = _queue_policy(d.get("default_queue_policy", {}), f"{where}.default_queue_policy")
+    levels = read_int(d, "priority_levels", where, 0, _UINT64_MAX)
+    default_level = read_int(d, "default_priority_level", where, 0, _UINT64_MAX)
+    by_level = d.get("priority_queue_policy", {})
+    if not isinstance(by_level, dict):
+        raise InvalidRequest(f"{where}.priority_queue_policy must map priority levels to queue policies")
+    if not levels and (default_level or by_level):
+        given = "default_priority_level" if default_level else "priority_queue_policy"
         raise InvalidRequest(
-            f"{qwhere}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
-            "passed, never runs it late; use REJECT"
+            f"{where} sets {given} without priority_levels, so it would change nothing (Triton ignores it); "
+            "set priority_levels, or leave it out"
         )
-    timeout_us = read_int(queue, "default_timeout_microseconds", qwhere, 0, _MAX_MICROSECONDS)
+    queues = [
+        (_whole(level, f"{where}.priority_queue_policy's level", 0, _UINT64_MAX),
+         _queue_policy(policy, f"{where}.priority_queue_policy[{level}]"))
+        for level, policy in by_level.items()
+    ]  # fmt: skip
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(sizes))),
-        max_queue_size=read_int(queue, "max_queue_size", qwhere, 0, _UINT32_MAX),
-        timeout_s=timeout_us / 1e6 if timeout_us else None,
-        client_timeouts=read_bool(queue, "allow_timeout_override", qwhere),
+        max_queue_size=queue.max_queue_size,
+        timeout_s=queue.timeout_s,
+        client_timeouts=queue.client_timeouts,
         instances=instances,
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
+        priority_levels=levels,
+        default_priority_level=default_level,
+        priority_queues=tuple(sorted(queues, key=lambda q: q[0])),
+    )
+
+
+def _queue_policy(value: Any, where: str) -> QueuePolicy:
+    """Triton's ``ModelQueuePolicy`` (the default queue's, or a priority level's)."""
+    queue = read_message(value, where, "default_queue_policy")
+    action = read_enum(queue, "timeout_action", where, "ModelQueuePolicy.TimeoutAction") or "REJECT"
+    if action != "REJECT":
+        raise InvalidRequest(
+            f"{where}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
+            "passed, never runs it late; use REJECT"
+        )
+    timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, _MAX_MICROSECONDS)
+    return QueuePolicy(
+        max_queue_size=read_int(queue, "max_queue_size", where, 0, _UINT32_MAX),
+        timeout_s=timeout_us / 1e6 if timeout_us else None,
+        client_timeouts=read_bool(queue, "allow_timeout_override", where),
     )
 
 
