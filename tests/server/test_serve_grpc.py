@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -354,6 +355,55 @@ def test_stream_errors_say_which_request_failed(server: ServerThread) -> None:
     failed = sorted(a.infer_response.id for a in answers if a.error_message)
     assert failed == ["r0", "r3"] and all("INT32" in a.error_message for a in answers if a.error_message)
     assert sorted(a.infer_response.id for a in answers if not a.error_message) == ["r1", "r2", "r4", "r5"]
+
+
+def test_a_stream_answers_in_the_order_it_sent_each_answer_final_as_tritons(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Triton writes a stream's answers to a model that is not decoupled in the order of its requests (a
+    slow request holds back the faster ones sent after it), failures included, each with the parameter
+    triton_final_response true: tritonclient drops a failed answer's id, so its place is what tells a
+    client which request failed, and stream clients read answers until that parameter says the last came."""
+    store, _ = model_store
+    st = start(store, models=["mlp", "slow"])
+    try:
+        x = np.zeros((1, 16), np.float32).tobytes()
+
+        def req(model: str, rid: str) -> pb.ModelInferRequest:
+            r = pb.ModelInferRequest(model_name=model, id=rid, raw_input_contents=[x])
+            r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+            return r
+
+        sent = [req("slow", "s0"), req("mlp", "f0"), req("nope", "bad"), req("mlp", "f1"), req("slow", "s1")]
+        sent.append(req("mlp", "f2"))
+        with grpc.insecure_channel(st.grpc_url) as channel:
+            answers = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent), timeout=30))
+        assert [a.infer_response.id for a in answers] == ["s0", "f0", "bad", "f1", "s1", "f2"]
+        assert [bool(a.error_message) for a in answers] == [False, False, True, False, False, False]
+        assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers)
+
+        client = grpcclient.InferenceServerClient(st.grpc_url)
+        got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        client.start_stream(callback=lambda result, error: got.put((result, error)))
+        try:
+            inp = grpcclient.InferInput("x", [1, 16], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+            for model, rid in [("slow", "a"), ("nope", "b"), ("mlp", "c")]:
+                client.async_stream_infer(model, [inp], request_id=rid, enable_empty_final_response=True)
+            order = []
+            for _ in range(3):
+                result, error = got.get(timeout=10)
+                if error is not None:
+                    order.append("error")
+                    continue
+                response = result.get_response()
+                assert response.parameters["triton_final_response"].bool_param  # the usual loop's end
+                order.append(response.id)
+        finally:
+            client.stop_stream()
+        assert order == ["a", "error", "c"]  # the failure in its place, which tritonclient leaves as its only mark
+    finally:
+        st.stop()
 
 
 def test_standard_health_service_answers_probes(server: ServerThread) -> None:

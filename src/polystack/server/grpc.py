@@ -1,9 +1,10 @@
 """The gRPC transport: ``inference.GRPCInferenceService`` on grpc.aio, each RPC a call into the data plane.
 
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
-``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) answers each request
-of a stream as it finishes, up to ``STREAM_IN_FLIGHT`` at once, so the requests of one stream batch
-together; when the server drains, a stream stops reading, answers what it runs (and, saying it was not
+``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) runs the requests of a
+stream at once, up to ``STREAM_IN_FLIGHT``, so that they batch together, and writes their answers in the
+order the requests came, failures included, each with Triton's ``triton_final_response`` parameter (true:
+no model is decoupled), as Triton answers a stream; when the server drains, a stream stops reading, answers what it runs (and, saying it was not
 run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
 Triton's trace and logging extensions (see ``server.tracing`` and ``server.logs``); a ``traceparent``
 in a call's metadata makes its span a child of the caller's. Triton's RPCs that polystack does not
@@ -148,12 +149,20 @@ def _slow_to_read(request: pb.ModelInferRequest) -> bool:
 
 def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
     """The answer to a stream's request read as the server began to drain, which it does not run."""
-    return pb.ModelStreamInferResponse(
-        error_message="the server is shutting down and did not run this request; send it to another replica",
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
-    )
+    return _failed(request, "the server is shutting down and did not run this request; send it to another replica")
+
+
+def _failed(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    """A stream's answer to ``request`` that failed with ``message``, naming the request as Triton's does."""
+    failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    return _final(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+
+
+def _final(msg: pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
+    """``msg`` marked as its request's last answer (Triton's ``triton_final_response``, on every answer of a
+    stream: stream clients read until it says so)."""
+    msg.infer_response.parameters["triton_final_response"].bool_param = True
+    return msg
 
 
 # A client whose deadline passes cancels the call itself, and its cancel can reach the server before the
@@ -257,47 +266,51 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # each request's answer to come, in the order the requests came (None: the last was read); the answers
+        # are written in that order, as Triton writes a stream's answers to a model that is not decoupled
+        answers: asyncio.Queue[asyncio.Future[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
         # a slot is held from reading a request until its answer is handed to grpc: computed and
         # unsent answers together stay within STREAM_IN_FLIGHT, and a client that stops reading
         # stops the reading of its requests (HTTP/2 flow control does the rest)
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(request: pb.ModelInferRequest, answered: asyncio.Future[pb.ModelStreamInferResponse]) -> None:
             started = time.perf_counter()
             code = None
             failure = None
             try:
                 try:
-                    msg = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+                    msg = _final(pb.ModelStreamInferResponse(infer_response=await self._infer(request, context)))
                 except Exception as e:
                     code = status.grpc_code(e)
                     if not isinstance(e, PolystackError):
                         log.exception("unexpected error in a gRPC stream")
                     elif code in _SERVER_SIDE:
                         failure = e.message
-                    # answers come back in the order they finish: the id says which request failed
-                    failed = pb.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id
-                    )
-                    msg = pb.ModelStreamInferResponse(error_message=status.message(e), infer_response=failed)
-                answers.put_nowait(msg)
+                    msg = _failed(request, status.message(e))
+                answered.set_result(msg)
             except asyncio.CancelledError:
                 code = _cut_short(context)
                 raise
             finally:  # a line per request of the stream, as for a unary call
+                if not answered.done():  # cancelled: the answers after it are not held up by it
+                    answered.set_result(_not_run(request))
                 rid = lambda: _request_id(context, request, True)  # noqa: E731
                 self.calls.ended(STREAM_RPC, context, rid, code, started, failure)
 
         async def take() -> None:
             async for request in request_iterator:
+                answered: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
                 try:
                     await slots.acquire()
                 except asyncio.CancelledError:  # read as the drain began: answered, not run
-                    answers.put_nowait(_not_run(request))
+                    answered.set_result(_not_run(request))
+                    answers.put_nowait(answered)
                     raise
-                task = asyncio.create_task(answer(request))
+                answers.put_nowait(answered)
+                task = asyncio.create_task(answer(request, answered))
                 running.add(task)
                 task.add_done_callback(running.discard)
 
@@ -326,8 +339,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.create_task(read())
         try:
-            while (msg := await answers.get()) is not None:
-                yield msg
+            while (answered := await answers.get()) is not None:
+                yield await answered
                 slots.release()
         finally:
             reader.cancel()

@@ -798,8 +798,9 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
     delay_us = read_int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
     if read_bool(d, "preserve_ordering", where):
         raise InvalidRequest(
-            f"{where}.preserve_ordering is not supported: polystack answers each request of a gRPC stream as it "
-            "finishes; leave it out, or keep the order in the client (each answer carries its request's id)"
+            f"{where}.preserve_ordering is not supported: polystack answers the requests of one gRPC stream, or "
+            "of one HTTP connection, in the order they came, and those of different clients as they finish; "
+            "leave it out"
         )
     queue = _queue_policy(d.get("default_queue_policy", {}), f"{where}.default_queue_policy")
     levels = read_int(d, "priority_levels", where, 0, _UINT64_MAX)
