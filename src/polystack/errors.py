@@ -21,7 +21,7 @@
     │   ├── ShuttingDown                refused because the server drains (not logged as its failure)
     │   ├── PollingOnly                 a load or unload while the server polls its repository (nor this)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
-    ├── DeadlineExceeded                a request waited past its timeout          (HTTP 504, DEADLINE_EXCEEDED)
+    ├── DeadlineExceeded                a request waited past its timeout          (HTTP 503, UNAVAILABLE: Triton's)
     └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
         └── StoreError                  the model store is damaged or unwritable
 

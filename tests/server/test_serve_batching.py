@@ -1,4 +1,5 @@
-"""Dynamic batching through the server: merged batches, a full queue (503 / UNAVAILABLE), deadlines (504)."""
+"""Dynamic batching through the server: merged batches, a full queue (503 / UNAVAILABLE), deadlines (503 /
+UNAVAILABLE, Triton's "Request timeout expired")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,8 +43,8 @@ def batching(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[Serv
     st.stop()
 
 
-def slow_input(n: int = 1) -> httpclient.InferInput:
-    i = httpclient.InferInput("x", [n, 16], "FP32")
+def slow_input(n: int = 1, client: Any = httpclient) -> Any:
+    i = client.InferInput("x", [n, 16], "FP32")
     i.set_data_from_numpy(np.ones((n, 16), np.float32))
     return i
 
@@ -50,10 +52,14 @@ def slow_input(n: int = 1) -> httpclient.InferInput:
 def test_config_shows_dynamic_batching(batching: ServerThread) -> None:
     config = httpclient.InferenceServerClient(batching.http_url).get_model_config("slow")
     assert config["max_batch_size"] == 4
-    assert config["dynamic_batching"] == {
+    assert config["dynamic_batching"] == {  # every field, as Triton shows them: clients index them
         "preferred_batch_size": [],
         "max_queue_delay_microseconds": 20000,
+        "preserve_ordering": False,
+        "priority_levels": 0,
+        "default_priority_level": 0,
         "default_queue_policy": {"max_queue_size": 2, "allow_timeout_override": True},
+        "priority_queue_policy": {},
     }
 
 
@@ -133,14 +139,25 @@ def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
     assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
 
 
-def test_request_past_its_deadline_is_504(batching: ServerThread) -> None:
+def test_request_past_its_deadline_is_unavailable_in_tritons_words(batching: ServerThread) -> None:
+    """Triton answers a request whose queue timeout passed UNAVAILABLE, "Request timeout expired" (its QA
+    checks both): clients' retry logic keys on it."""
     client = httpclient.InferenceServerClient(batching.http_url, concurrency=2)
-    blocker = client.async_infer("slow", [slow_input(4)])
-    with pytest.raises(InferenceServerException) as e:
-        client.infer("slow", [slow_input(4)], timeout=5_000)  # 5 ms, in microseconds as Triton takes it
-    assert e.value.status() == "504" or "deadline" in str(e.value)
-    blocker.get_result()
-    client.infer("slow", [slow_input(1)])
+    g = grpcclient.InferenceServerClient(batching.grpc_url)
+    try:
+        for c, unavailable in ((client, "503"), (g, "StatusCode.UNAVAILABLE")):
+            blocker = client.async_infer("slow", [slow_input(4)])
+            time.sleep(0.01)
+            x = slow_input(4) if c is client else slow_input(4, grpcclient)
+            with pytest.raises(InferenceServerException) as e:
+                c.infer("slow", [x], timeout=5_000)  # 5 ms, in microseconds as Triton takes it
+            assert e.value.status() == unavailable, e.value
+            assert e.value.message().startswith("Request timeout expired"), e.value
+            blocker.get_result()
+        client.infer("slow", [slow_input(1)])
+    finally:
+        client.close()
+        g.close()
 
 
 def _metric(port: int, name: str, **labels: str) -> float:

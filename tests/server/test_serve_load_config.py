@@ -65,11 +65,15 @@ def test_a_load_config_sets_batching_limits_and_instances_for_that_load(server: 
     assert after["dynamic_batching"] == {
         "preferred_batch_size": [8],
         "max_queue_delay_microseconds": 3000,
+        "preserve_ordering": False,
+        "priority_levels": 0,
+        "default_priority_level": 0,
         "default_queue_policy": {
             "max_queue_size": 100,
             "allow_timeout_override": False,
             "default_timeout_microseconds": 2000000,
         },
+        "priority_queue_policy": {},
     }
     assert client.infer("mlp", [mlp_ones(16)]).as_numpy("y").shape == (16, 4)
     with pytest.raises(InferenceServerException) as e:
@@ -319,6 +323,8 @@ REFUSED = [
      "'x' is not a whole number"),
     (json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": [1]}}),
      "must map priority levels"),
+    (json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 1,
+                                      "priority_queue_policy": {"1": {}, "01": {}}}}), "gives level 1 twice"),
     (json.dumps({"optimization": json.loads('{"x": ' * 450 + "0" + "}" * 450)}), "nests deeper"),
     (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 18446744073709551615}}), "from 0 to"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 10**13}}}), "from 0 to"),

@@ -224,8 +224,9 @@ class DynamicBatcher:
                 bisect.insort(self._order, level)
             if len(queue) >= rules.max_queue_size > 0:
                 at = f" at priority level {level}" if level else ""
-                raise QueueFull(
-                    f"model {self.entry.name!r} has {len(queue)} requests queued{at} (the maximum); retry later"
+                raise QueueFull(  # Triton's words first: clients look for them
+                    f"Exceeds maximum queue size: model {self.entry.name!r} has {len(queue)} requests queued{at}, "
+                    "the most it queues; retry later"
                 )
             queue.append(pending)
             self._queued += 1
@@ -281,8 +282,8 @@ class DynamicBatcher:
                 return await waiter  # it left the queue in time and is running now: let it finish
             pending.outcome.settle("fail", int((time.monotonic() - pending.enqueued) * 1e9))
             raise DeadlineExceeded(
-                f"the request waited past its deadline in model {self.entry.name!r}'s queue; "
-                "retry with a longer timeout or a lighter load"
+                f"Request timeout expired: the request waited past its deadline in model {self.entry.name!r}'s "
+                "queue and was not run; retry with a longer timeout or a lighter load"
             ) from None
 
     def _expire(self, pending: _Pending) -> bool:
@@ -371,8 +372,9 @@ class DynamicBatcher:
         for p in batch:
             if p.deadline is not None and now > p.deadline:
                 error = DeadlineExceeded(
-                    f"the request waited {(now - p.enqueued) * 1000:.1f} ms in model {self.entry.name!r}'s "
-                    "queue, past its deadline; it was not run"
+                    f"Request timeout expired: the request waited {(now - p.enqueued) * 1000:.1f} ms in model "
+                    f"{self.entry.name!r}'s queue, past its deadline, and was not run; retry with a longer timeout "
+                    "or a lighter load"
                 )
                 late.append((p, None, error))
                 p.outcome.settle("fail", int((now - p.enqueued) * 1e9))

@@ -275,8 +275,9 @@ class SequenceBatcher:
                 return await waiter  # it left the queue in time and runs now: let it finish
             request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
             raise DeadlineExceeded(
-                f"the request waited past its deadline in model {self.entry.name!r}'s sequence queue; it was not run, "
-                "and its sequence goes on without it: retry with a longer timeout or a lighter load"
+                f"Request timeout expired: the request waited past its deadline in model {self.entry.name!r}'s "
+                "sequence queue; it was not run, and its sequence goes on without it: retry with a longer timeout "
+                "or a lighter load"
             ) from None
 
     def _withdraw(self, request: _Request) -> bool:
@@ -516,8 +517,9 @@ class SequenceBatcher:
         for request, sequence in batch:
             if request.deadline is not None and now > request.deadline:
                 error = DeadlineExceeded(
-                    f"the request waited {(now - request.enqueued) * 1000:.1f} ms in model {self.entry.name!r}'s "
-                    "sequence queue, past its deadline; it was not run, and its sequence goes on without it"
+                    f"Request timeout expired: the request waited {(now - request.enqueued) * 1000:.1f} ms in model "
+                    f"{self.entry.name!r}'s sequence queue, past its deadline; it was not run, and its sequence goes "
+                    "on without it"
                 )
                 request.outcome.settle("fail", int((now - request.enqueued) * 1e9))
                 late.append((request, None, error))

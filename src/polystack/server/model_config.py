@@ -227,17 +227,15 @@ def render(
     if merging:
         assert batcher is not None
         p = batcher.policy
-        config["dynamic_batching"] = {
+        config["dynamic_batching"] = {  # every field, as Triton shows them (clients index them)
             "preferred_batch_size": list(p.preferred_batch_sizes),
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
+            "preserve_ordering": False,
+            "priority_levels": p.priority_levels,
+            "default_priority_level": p.default_priority_level,
             "default_queue_policy": _render_queue(p.queue_policy(0)),
+            "priority_queue_policy": {str(level): _render_queue(q) for level, q in p.priority_queues},
         }
-        if p.priority_levels:
-            config["dynamic_batching"].update(
-                priority_levels=p.priority_levels,
-                default_priority_level=p.default_priority_level,
-                priority_queue_policy={str(level): _render_queue(q) for level, q in p.priority_queues},
-            )
     if added.warmup:
         config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     if sequence is not None:
@@ -814,11 +812,12 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
             f"{where} sets {given} without priority_levels, so it would change nothing (Triton ignores it); "
             "set priority_levels, or leave it out"
         )
-    queues = [
-        (_whole(level, f"{where}.priority_queue_policy's level", 0, _UINT64_MAX),
-         _queue_policy(policy, f"{where}.priority_queue_policy[{level}]"))
-        for level, policy in by_level.items()
-    ]  # fmt: skip
+    queues: dict[int, QueuePolicy] = {}
+    for key, policy in by_level.items():
+        level = _whole(key, f"{where}.priority_queue_policy's level", 0, _UINT64_MAX)
+        if level in queues:
+            raise InvalidRequest(f"{where}.priority_queue_policy gives level {level} twice ({quote(key)} is {level})")
+        queues[level] = _queue_policy(policy, f"{where}.priority_queue_policy[{key}]")
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
@@ -830,7 +829,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
         priority_levels=levels,
         default_priority_level=default_level,
-        priority_queues=tuple(sorted(queues, key=lambda q: q[0])),
+        priority_queues=tuple(sorted(queues.items())),
     )
 
 

@@ -21,7 +21,8 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     E.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
     E.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
-    E.DeadlineExceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    # Triton's words and code for a request whose queue timeout passed ("Request timeout expired")
+    E.DeadlineExceeded: (503, grpc.StatusCode.UNAVAILABLE),
     E.BackendError: (500, grpc.StatusCode.INTERNAL),
     E.PolystackError: (500, grpc.StatusCode.INTERNAL),
 }
