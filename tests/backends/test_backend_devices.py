@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,3 +88,41 @@ def test_importing_backend_modules_imports_no_runtime() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_onnxruntime_refuses_a_model_with_bfloat16_inputs_or_outputs_at_load(tmp_path: Path) -> None:
+    """ONNX Runtime's Python API cannot hand a bfloat16 tensor to numpy: such a model loaded, showed ready and
+    failed every request with a 500. Triton's ONNX Runtime backend refuses it at load; so does polystack, saying
+    what to change. A model that keeps bfloat16 inside (Casts at its edges) loads and runs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from polystack.errors import InvalidModelFile
+    from polystack.formats.onnx import signature_of
+
+    backend = registry.get("onnxruntime")
+
+    def model(name: str, io: int, nodes: list[Any]) -> tuple[Path, Any]:
+        graph = helper.make_graph(
+            nodes,
+            name,
+            [helper.make_tensor_value_info("a", io, ["n", 2])],
+            [helper.make_tensor_value_info("b", io, ["n", 2])],
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        path = tmp_path / f"{name}.onnx"
+        onnx.save_model(m, str(path))
+        return path, signature_of(m)
+
+    path, sig = model("bf16", TensorProto.BFLOAT16, [helper.make_node("Identity", ["a"], ["b"])])
+    with pytest.raises(InvalidModelFile, match=r"bfloat16.*'a'.*'b'.*FP32"):
+        backend.load(path, sig, backend.parse_options({}), "cpu")
+    inside = [
+        helper.make_node("Cast", ["a"], ["h"], to=TensorProto.BFLOAT16),
+        helper.make_node("Cast", ["h"], ["b"], to=TensorProto.FLOAT),
+    ]
+    path, sig = model("inside", TensorProto.FLOAT, inside)
+    loaded = backend.load(path, sig, backend.parse_options({}), "cpu")
+    out = loaded.infer({"a": np.array([[1.5, -2.0]], np.float32)})
+    np.testing.assert_array_equal(out["b"], np.array([[1.5, -2.0]], np.float32))

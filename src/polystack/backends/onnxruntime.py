@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor
-from polystack.types import Signature
+from polystack.types import DType, Signature
 
 # device prefix -> execution provider that runs it
 _DEVICE_PROVIDERS = {
@@ -141,6 +141,12 @@ class OnnxRuntimeBackend(Backend):
             ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.log_severity_level = 3
+        bf16 = [t.name for t in (*signature.inputs, *signature.outputs) if t.dtype is DType.BF16]
+        if bf16:  # numpy has no bfloat16 for it: refused here, as Triton's ONNX Runtime backend refuses it
+            raise InvalidModelFile(
+                f"ONNX Runtime's Python API takes and gives no bfloat16 tensors, and {', '.join(map(repr, bf16))} "
+                "are BF16: export the model with FP32 (or FP16) inputs and outputs, with Casts to bfloat16 inside it"
+            )
         providers = self._providers_for(device, options)
         try:
             session = ort.InferenceSession(str(artifact), sess_options=so, providers=providers)
