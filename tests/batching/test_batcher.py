@@ -584,3 +584,51 @@ def test_priority_levels_are_validated_as_triton_validates_them() -> None:
     assert BatchPolicy.from_dict(p.to_dict()) == p
     assert p.queue_policy(2) == QueuePolicy(5, 0.5, False)
     assert p.queue_policy(1) == QueuePolicy(p.max_queue_size, p.timeout_s, p.client_timeouts)
+
+
+class SlowOnes(Recording):
+    """A request whose first value is 1.0 takes 0.3 s, the others 0.02 s."""
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.delay_s = 0.3 if float(inputs["x"][0, 0]) == 1.0 else 0.02
+        return super().infer(inputs)
+
+
+@pytest.mark.parametrize("preserve", [False, True])
+def test_preserve_ordering_answers_in_the_order_requests_came(make: Any, preserve: bool) -> None:
+    """Triton's preserve_ordering: with two instances a fast request sent after a slow one finishes first, and
+    its answer waits for the slow one's; without it, answers go out as they finish."""
+    b = make(SlowOnes(), max_batch_size=1, max_queue_delay_ms=0, instances=2, preserve_ordering=preserve)
+    answered: list[float] = []
+    slow = b.submit(rows(1, 1.0))
+    time.sleep(0.02)
+    fast = b.submit(rows(1, 2.0))
+    for f, value in ((slow, 1.0), (fast, 2.0)):
+        f.add_done_callback(lambda _, v=value: answered.append(v))
+    fast.result(timeout=5)
+    slow.result(timeout=5)
+    assert answered == ([1.0, 2.0] if preserve else [2.0, 1.0])
+
+
+def test_preserve_ordering_does_not_wait_for_a_request_that_left_the_queue(make: Any) -> None:
+    """A request whose deadline passed in the queue (its caller answered at once) holds no later answer back."""
+    b = make(Recording(delay_s=0.2), max_batch_size=1, max_queue_delay_ms=0, preserve_ordering=True)
+
+    async def main() -> list[float]:
+        blocker = asyncio.ensure_future(b.infer_async(rows(1, 0.0)))
+        await asyncio.sleep(0.02)
+        late = asyncio.ensure_future(b.infer_async(rows(1, 1.0), None, 0.05))
+        await asyncio.sleep(0.01)
+        after = asyncio.ensure_future(b.infer_async(rows(1, 2.0)))
+        with pytest.raises(DeadlineExceeded):
+            await late
+        done = await asyncio.wait_for(asyncio.gather(blocker, after), 5)
+        return [float(r["y"][0, 0]) for r in done]
+
+    assert asyncio.run(main()) == [0.0, 4.0]
+
+
+def test_preserve_ordering_allows_one_priority_level_as_in_triton() -> None:
+    with pytest.raises(InvalidRequest, match="Only one priority level is allowed when 'preserve_ordering' is true"):
+        BatchPolicy(preserve_ordering=True, priority_levels=2, default_priority_level=1)
+    assert BatchPolicy(preserve_ordering=True, priority_levels=1, default_priority_level=1).preserve_ordering

@@ -47,6 +47,25 @@ def config_of(st: ServerThread, name: str) -> dict[str, Any]:
     return httpclient.InferenceServerClient(st.http_url).get_model_config(name)
 
 
+def test_a_load_config_may_preserve_ordering_as_tritons(server: ServerThread) -> None:
+    """Once refused: a config with preserve_ordering loads, its answers keep the requests' order (the batcher's
+    tests show it with two instances), and GET config shows it, loading back as it was."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    edited = copy.deepcopy(config_of(server, "mlp"))
+    edited["instance_group"][0]["count"] = 2
+    edited["dynamic_batching"] = {"preserve_ordering": True, "max_queue_delay_microseconds": 100}
+    client.load_model("mlp", config=json.dumps(edited))
+    try:
+        shown = config_of(server, "mlp")
+        assert shown["dynamic_batching"]["preserve_ordering"] is True
+        answers = [client.async_infer("mlp", [mlp_ones(1)]) for _ in range(8)]
+        assert all(a.get_result().as_numpy("y").shape == (1, 4) for a in answers)
+        client.load_model("mlp", config=json.dumps(shown))
+        assert config_of(server, "mlp") == shown
+    finally:
+        client.load_model("mlp", config="{}")  # Triton's default scheduler again, as the other tests expect
+
+
 def test_a_load_config_sets_batching_limits_and_instances_for_that_load(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     before = config_of(server, "mlp")
@@ -358,7 +377,8 @@ REFUSED = [
     (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": -5}}), "max_queue_delay_microseconds"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY"}}}), "never runs it late"),
     (json.dumps({"dynamic_batching": {"priority_levels": 2}}), r"default priority level must be in range [1, 2]"),
-    (json.dumps({"dynamic_batching": {"preserve_ordering": True}}), "preserve_ordering"),
+    (json.dumps({"dynamic_batching": {"preserve_ordering": True, "priority_levels": 2, "default_priority_level": 1}}),
+     "Only one priority level is allowed when 'preserve_ordering' is true"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"max_queue_size": "many"}}}), "max_queue_size"),
     (json.dumps({"parameters": {"enable_mem_arena": {"string_value": "1"}}}), "enable_mem_arena"),
     (json.dumps({"parameters": {"polystack_device": {"string_value": "cuda:0"}}}), "cuda:0"),

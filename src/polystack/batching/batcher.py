@@ -10,7 +10,9 @@ request has arrived for ``idle_gap_ms`` (a lone client, measured: 3 ms p50 at co
 A request past its deadline is rejected with ``DeadlineExceeded`` and never run late; a full queue
 refuses at once with ``QueueFull``. With Triton's priority levels, each level has a queue of its own (its
 limit and deadline from its queue policy) and a batch takes requests highest level first (1 is the highest),
-in the order they came within a level; the delay counts from the oldest request waiting. If a merged batch fails, its requests are retried one by one so
+in the order they came within a level; the delay counts from the oldest request waiting. With Triton's
+``preserve_ordering``, answers are handed back in the order the requests came (an answer that finished first
+waits for those before it; a request that left the queue unanswered holds none back). If a merged batch fails, its requests are retried one by one so
 that only the request that caused the failure fails. A model whose outputs turn out not to follow
 the batch (a scalar, or fewer rows than the batch had: it reduces over the batch) has that batch's
 requests run one by one, and is not merged again. The worker threads never die of an error: one
@@ -72,6 +74,7 @@ class _Pending:
     # when asked for (a traced request): the model call's start and end, time.perf_counter_ns()
     timings: list[int] | None = None
     level: int = 0  # its priority level's queue (0 without priority levels)
+    seq: int = 0  # its place in the order of arrival (with preserve_ordering)
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -132,6 +135,11 @@ class DynamicBatcher:
         self._queued = 0
         self._own_queues = dict(policy.priority_queues if policy.priority_levels else ())
         self._default_queue = policy.queue_policy(0)
+        # preserve_ordering: each request's place as it queues, and the outcomes held for those before them
+        self._arrivals = itertools.count()
+        self._next_out = 0
+        self._held: dict[int, _Outcome | None] = {}
+        self._order_lock = threading.Lock()
         # (name, dtype, shape) of each input, as requests give them -> (rows, merge key): validated once
         self._layouts: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
         self._cond = threading.Condition()
@@ -228,6 +236,8 @@ class DynamicBatcher:
                     f"Exceeds maximum queue size: model {self.entry.name!r} has {len(queue)} requests queued{at}, "
                     "the most it queues; retry later"
                 )
+            if self.policy.preserve_ordering:
+                pending.seq = next(self._arrivals)
             queue.append(pending)
             self._queued += 1
             self._last_arrival = now
@@ -292,7 +302,28 @@ class DynamicBatcher:
             if pending.taken:
                 return False
             self._remove(pending)
+        if self.policy.preserve_ordering:  # its caller answers it: it holds no later answer back
+            self._hand([], skipped=pending)
         return True
+
+    def _hand(self, outcomes: list[_Outcome], skipped: _Pending | None = None) -> None:
+        """Deliver ``outcomes``; with preserve_ordering, in the order their requests came, holding back those
+        whose predecessors are not done (``skipped``: a request that will have no outcome here)."""
+        if not self.policy.preserve_ordering:
+            _deliver(outcomes)
+            return
+        with self._order_lock:  # delivered under it: the loop's wake-ups are scheduled in order too
+            for outcome in outcomes:
+                self._held[outcome[0].seq] = outcome
+            if skipped is not None:
+                self._held[skipped.seq] = None
+            ready: list[_Outcome] = []
+            while self._next_out in self._held:
+                held = self._held.pop(self._next_out)
+                self._next_out += 1
+                if held is not None:
+                    ready.append(held)
+            _deliver(ready)
 
     def _remove(self, pending: _Pending) -> None:
         """Take ``pending`` out of its level's queue (the condition's lock held)."""
@@ -336,7 +367,7 @@ class DynamicBatcher:
                     )
                     for p in batch:
                         p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
-                    _deliver([(p, None, error) for p in batch])
+                    self._hand([(p, None, error) for p in batch])
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
@@ -381,7 +412,7 @@ class DynamicBatcher:
             else:
                 live.append(p)
         if late:
-            _deliver(late)
+            self._hand(late)
         return live
 
     def _compatible_items(self, first: _Pending) -> int:
@@ -419,7 +450,7 @@ class DynamicBatcher:
             if self._on_queue:
                 self._on_queue(waited)
         if len(batch) == 1:
-            _deliver([self._run_one(batch[0])])
+            self._hand([self._run_one(batch[0])])
             return
         t_input = time.perf_counter_ns()
         names = [i.name for i in self.signature.inputs]
@@ -429,14 +460,14 @@ class DynamicBatcher:
         try:
             result = self.model.infer(merged, wanted)
         except Exception:
-            _deliver([self._run_one(p) for p in batch])  # find the culprit: only it fails
+            self._hand([self._run_one(p) for p in batch])  # find the culprit: only it fails
             return
         t1 = time.perf_counter_ns()
         rows = sum(p.items for p in batch)
         odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
         if odd is not None:
             self._stop_merging(odd, np.shape(result[odd]), rows)
-            _deliver([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
+            self._hand([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
             return
         offset = 0
         parts: list[dict[str, np.ndarray]] = []
@@ -455,7 +486,7 @@ class DynamicBatcher:
             if p.timings is not None:
                 p.timings += (t0, t1)
             outcomes.append((p, part, None))
-        _deliver(outcomes)
+        self._hand(outcomes)
 
     def _stop_merging(self, output: str, shape: tuple[int, ...], rows: int) -> None:
         with self._cond:
@@ -500,7 +531,7 @@ class DynamicBatcher:
                         (p, None, Unavailable(f"model {self.entry.name!r} was unloaded before the request ran"))
                     )
             self._cond.notify_all()
-        _deliver(dropped)
+        self._hand(dropped)
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -42,6 +42,7 @@ class BatchPolicy:
     default_priority_level: int = 0  # a request's level when it gives none (0) or one past the levels
     # (level, its queue policy) for levels whose queue is not the default's (the three fields above)
     priority_queues: tuple[tuple[int, QueuePolicy], ...] = ()
+    preserve_ordering: bool = False  # answers go out in the order the requests came (Triton's)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -63,6 +64,8 @@ class BatchPolicy:
                 raise InvalidRequest(f"default priority level must be in range [1, {levels}]")
             if any(not 1 <= level <= levels for level, _ in self.priority_queues):
                 raise InvalidRequest(f"priority queue policy must have priority level in range [1, {levels}]")
+        if self.preserve_ordering and levels > 1:  # Triton's rule, in its words
+            raise InvalidRequest("Only one priority level is allowed when 'preserve_ordering' is true")
         if len({level for level, _ in self.priority_queues}) != len(self.priority_queues):
             raise InvalidRequest("priority_queues gives a level's queue policy twice")
 

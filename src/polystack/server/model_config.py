@@ -230,7 +230,7 @@ def render(
         config["dynamic_batching"] = {  # every field, as Triton shows them (clients index them)
             "preferred_batch_size": list(p.preferred_batch_sizes),
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
-            "preserve_ordering": False,
+            "preserve_ordering": p.preserve_ordering,
             "priority_levels": p.priority_levels,
             "default_priority_level": p.default_priority_level,
             "default_queue_policy": _render_queue(p.queue_policy(0)),
@@ -794,12 +794,6 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         raise InvalidRequest(f"{where}.preferred_batch_size must be a list of batch sizes")
     sizes = [_whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
     delay_us = read_int(d, "max_queue_delay_microseconds", where, 0, _MAX_MICROSECONDS)
-    if read_bool(d, "preserve_ordering", where):
-        raise InvalidRequest(
-            f"{where}.preserve_ordering is not supported: polystack answers the requests of one gRPC stream, or "
-            "of one HTTP connection, in the order they came, and those of different clients as they finish; "
-            "leave it out"
-        )
     queue = _queue_policy(d.get("default_queue_policy", {}), f"{where}.default_queue_policy")
     levels = read_int(d, "priority_levels", where, 0, _UINT64_MAX)
     default_level = read_int(d, "default_priority_level", where, 0, _UINT64_MAX)
@@ -830,6 +824,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         priority_levels=levels,
         default_priority_level=default_level,
         priority_queues=tuple(sorted(queues.items())),
+        preserve_ordering=read_bool(d, "preserve_ordering", where),
     )
 
 
