@@ -632,3 +632,52 @@ def test_preserve_ordering_allows_one_priority_level_as_in_triton() -> None:
     with pytest.raises(InvalidRequest, match="Only one priority level is allowed when 'preserve_ordering' is true"):
         BatchPolicy(preserve_ordering=True, priority_levels=2, default_priority_level=1)
     assert BatchPolicy(preserve_ordering=True, priority_levels=1, default_priority_level=1).preserve_ordering
+
+
+def test_a_delayed_request_runs_after_those_not_past_their_timeout(make: Any) -> None:
+    """Triton's timeout_action DELAY: a request past its queue timeout is not refused; it waits until the
+    requests of its level not past theirs have run (and its caller gets its answer, however late)."""
+    model = Recording(delay_s=0.5)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, timeout_s=0.35, client_timeouts=False, delay=True)
+
+    async def main() -> list[float]:
+        blocker = asyncio.ensure_future(b.infer_async(rows(1, 0.0)))
+        await asyncio.sleep(0.02)
+        delayed = asyncio.ensure_future(b.infer_async(rows(1, 1.0)))  # past its 350 ms when the worker is free
+        await asyncio.sleep(0.38)
+        fresh = asyncio.ensure_future(b.infer_async(rows(1, 2.0)))  # within its 350 ms then
+        done = await asyncio.wait_for(asyncio.gather(blocker, delayed, fresh), 10)
+        return [float(r["y"][0, 0]) for r in done]
+
+    assert asyncio.run(main()) == [0.0, 2.0, 4.0]
+    assert model.seen == [[0.0], [2.0], [1.0]]
+    assert b.entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 0
+
+
+def test_delayed_requests_of_a_level_still_go_before_lower_levels(make: Any) -> None:
+    model = Recording(delay_s=0.5)
+    urgent = QueuePolicy(max_queue_size=0, timeout_s=0.2, client_timeouts=False, delay=True)
+    b = make(
+        model,
+        max_batch_size=1,
+        max_queue_delay_ms=0,
+        priority_levels=2,
+        default_priority_level=2,
+        priority_queues=((1, urgent),),
+    )
+    blocker = b.submit(rows(1, 0.0))
+    time.sleep(0.02)
+    late_urgent = b.submit(rows(1, 1.0), priority=1)  # past its 200 ms when the worker is free: delayed
+    low = b.submit(rows(1, 2.0), priority=2)
+    for f in (blocker, late_urgent, low):
+        f.result(timeout=10)
+    assert model.seen == [[0.0], [1.0], [2.0]]
+
+
+def test_delay_is_refused_with_preserve_ordering_as_in_triton() -> None:
+    with pytest.raises(InvalidRequest, match="can not have DELAY as timeout action when 'preserve_ordering' is true"):
+        BatchPolicy(preserve_ordering=True, timeout_s=1.0, delay=True)
+    with pytest.raises(InvalidRequest, match="can not have DELAY"):
+        BatchPolicy(preserve_ordering=True, priority_levels=1, default_priority_level=1,
+                    priority_queues=((1, QueuePolicy(timeout_s=1.0, delay=True)),))  # fmt: skip
+    assert BatchPolicy(preserve_ordering=True, delay=True).delay  # no timeout: nothing is ever delayed

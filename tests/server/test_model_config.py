@@ -403,7 +403,7 @@ def test_enum_fields_may_be_numbers_as_protobufs_json_reads_them() -> None:
         ({"input": [{"name": "x", "data_type": 8}]}, "has data_type 'TYPE_INT32', but the model's is TYPE_FP32"),
         ({"input": [{"name": "x", "format": 2}]}, "has format FORMAT_NCHW, which needs 3 dims"),
         ({"input": [{"name": "x", "data_type": [11]}]}, "must be a name such as those GET config shows"),
-        ({"dynamic_batching": {"default_queue_policy": {"timeout_action": 1}}}, "timeout_action 'DELAY'"),
+        ({"dynamic_batching": {"default_queue_policy": {"timeout_action": 2}}}, "timeout_action 2 is not a value"),
     ],
 )
 def test_an_enum_number_is_checked_as_its_name_would_be(change: dict[str, Any], says: str) -> None:
@@ -444,3 +444,19 @@ def test_priority_levels_read_from_a_config_pbtxt_as_from_json() -> None:
     assert policy.queue_policy(1) == QueuePolicy(max_queue_size=0, timeout_s=None, client_timeouts=False)
     assert policy.queue_policy(2) == QueuePolicy(max_queue_size=8, timeout_s=None, client_timeouts=False)
     assert [policy.level_of(p) for p in (0, 1, 2, 3, 4, 1 << 63)] == [2, 1, 2, 3, 2, 2]
+
+
+def test_timeout_action_delay_reads_by_name_or_number_and_per_level() -> None:
+    """Triton's DELAY: a request past its queue timeout runs after its level's others instead of failing."""
+    named = {"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY", "default_timeout_microseconds": 5000}}}
+    chosen = model_config.read(json.dumps(named), RECORD, SPEC, PLAN)
+    assert chosen.batching is not None and chosen.batching.queue_policy(0).delay
+    assert chosen.batching.queue_policy(0).timeout_s == 0.005
+    numbered = {"dynamic_batching": {"default_queue_policy": {"timeout_action": 1, "default_timeout_microseconds": 5000}}}
+    assert model_config.read(json.dumps(numbered), RECORD, SPEC, PLAN) == chosen
+    levels = model_config.as_json(
+        "dynamic_batching { priority_levels: 2 default_priority_level: 2 "
+        "priority_queue_policy { key: 1 value: { timeout_action: DELAY default_timeout_microseconds: 100 } } }"
+    )
+    policy = model_config.read(levels, RECORD, SPEC, PLAN).batching
+    assert policy is not None and policy.queue_policy(1).delay and not policy.queue_policy(2).delay

@@ -120,14 +120,18 @@ def test_get_config_shows_the_priority_levels_and_a_load_of_it_keeps_them(tmp_pa
             assert over_grpc.priority_levels == 2 and over_grpc.priority_queue_policy[2].max_queue_size == 1
             g.load_model("neg", config=json.dumps(config))  # what GET config showed loads as the same config
             assert h.get_model_config("neg") == config
-            lower = {**config, "dynamic_batching": {**batching, "priority_queue_policy": {}}}
-            h.load_model("neg", config=json.dumps(lower))  # level 2 now has the default queue: no limit
-            assert h.get_model_config("neg")["dynamic_batching"]["priority_queue_policy"] == {}
+            delayed = {"2": {"timeout_action": "DELAY", "default_timeout_microseconds": 1000}}
+            lower = {**config, "dynamic_batching": {**batching, "priority_queue_policy": delayed}}
+            h.load_model("neg", config=json.dumps(lower))  # level 2's late requests now run after the others
+            shown = h.get_model_config("neg")["dynamic_batching"]["priority_queue_policy"]
+            assert shown == {"2": {**delayed["2"], "max_queue_size": 0, "allow_timeout_override": False}}
+            late = h.infer("neg", _x(h, 5.0), priority=2)  # past its 1 ms in the 1 s delay: run all the same
+            np.testing.assert_array_equal(late.as_numpy("y"), np.full((1, 4), -5.0, np.float32))
             with pytest.raises(InferenceServerException, match=r"default priority level must be in range \[1, 2\]"):
                 h.load_model(
                     "neg", config=json.dumps({**config, "dynamic_batching": {**batching, "default_priority_level": 3}})
                 )
-            assert h.get_model_config("neg")["dynamic_batching"]["priority_queue_policy"] == {}  # as it was
+            assert h.get_model_config("neg")["dynamic_batching"]["priority_queue_policy"] == shown  # as it was
         finally:
             h.close()
             g.close()

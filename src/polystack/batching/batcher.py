@@ -12,7 +12,9 @@ refuses at once with ``QueueFull``. With Triton's priority levels, each level ha
 limit and deadline from its queue policy) and a batch takes requests highest level first (1 is the highest),
 in the order they came within a level; the delay counts from the oldest request waiting. With Triton's
 ``preserve_ordering``, answers are handed back in the order the requests came (an answer that finished first
-waits for those before it; a request that left the queue unanswered holds none back). If a merged batch fails, its requests are retried one by one so
+waits for those before it; a request that left the queue unanswered holds none back). A queue policy with
+Triton's ``timeout_action: DELAY`` refuses no request for its deadline: one past it waits behind its level's
+requests that are not (and still before lower levels'). If a merged batch fails, its requests are retried one by one so
 that only the request that caused the failure fails. A model whose outputs turn out not to follow
 the batch (a scalar, or fewer rows than the batch had: it reduces over the batch) has that batch's
 requests run one by one, and is not merged again. The worker threads never die of an error: one
@@ -75,6 +77,8 @@ class _Pending:
     timings: list[int] | None = None
     level: int = 0  # its priority level's queue (0 without priority levels)
     seq: int = 0  # its place in the order of arrival (with preserve_ordering)
+    delay_at: float | None = None  # with DELAY: when it goes behind its level's others (its deadline is None)
+    slot: int = 0  # its queue: 2 x its level, + 1 once delayed (slots sort as batches take them)
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -129,12 +133,14 @@ class DynamicBatcher:
         self._last_arrival = 0.0
         self.preferred = frozenset(policy.preferred_batch_sizes)
         self.batchable = self.signature.batched
-        # the queue of each priority level holding requests (0 without levels), and those levels, highest first
+        # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
+        # requests), and those slots in the order batches take from them
         self._queues: dict[int, collections.deque[_Pending]] = {}
         self._order: list[int] = []
         self._queued = 0
         self._own_queues = dict(policy.priority_queues if policy.priority_levels else ())
         self._default_queue = policy.queue_policy(0)
+        self._delaying = any(q.delay for q in (self._default_queue, *self._own_queues.values()))
         # preserve_ordering: each request's place as it queues, and the outcomes held for those before them
         self._arrivals = itertools.count()
         self._next_out = 0
@@ -223,22 +229,24 @@ class DynamicBatcher:
         pending = _Pending(
             inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings, level=level
         )
+        pending.slot = 2 * level
+        if rules.delay:  # past its deadline it waits behind the others, never refused for it
+            pending.delay_at, pending.deadline = deadline, None
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {self.entry.name!r} is shutting down; retry on another replica")
-            queue = self._queues.get(level)
-            if queue is None:
-                queue = self._queues[level] = collections.deque()
-                bisect.insort(self._order, level)
-            if len(queue) >= rules.max_queue_size > 0:
+            queued = len(self._queues.get(pending.slot, ()))
+            if rules.delay:
+                queued += len(self._queues.get(pending.slot + 1, ()))
+            if queued >= rules.max_queue_size > 0:
                 at = f" at priority level {level}" if level else ""
                 raise QueueFull(  # Triton's words first: clients look for them
-                    f"Exceeds maximum queue size: model {self.entry.name!r} has {len(queue)} requests queued{at}, "
+                    f"Exceeds maximum queue size: model {self.entry.name!r} has {queued} requests queued{at}, "
                     "the most it queues; retry later"
                 )
             if self.policy.preserve_ordering:
                 pending.seq = next(self._arrivals)
-            queue.append(pending)
+            self._link(pending)
             self._queued += 1
             self._last_arrival = now
             self._cond.notify()
@@ -326,24 +334,45 @@ class DynamicBatcher:
             _deliver(ready)
 
     def _remove(self, pending: _Pending) -> None:
-        """Take ``pending`` out of its level's queue (the condition's lock held)."""
-        queue = self._queues[pending.level]
-        queue.remove(pending)
+        """Take ``pending`` out of the queues (the condition's lock held)."""
+        self._unlink(pending)
         pending.taken = True
         self._queued -= 1
+
+    def _link(self, pending: _Pending) -> None:
+        """Append ``pending`` to its slot's queue (made when it is the first)."""
+        queue = self._queues.get(pending.slot)
+        if queue is None:
+            queue = self._queues[pending.slot] = collections.deque()
+            bisect.insort(self._order, pending.slot)
+        queue.append(pending)
+
+    def _unlink(self, pending: _Pending) -> None:
+        """Take ``pending`` out of its slot's queue (dropped once empty)."""
+        queue = self._queues[pending.slot]
+        queue.remove(pending)
         if not queue:
-            del self._queues[pending.level]
-            self._order.remove(pending.level)
+            del self._queues[pending.slot]
+            self._order.remove(pending.slot)
+
+    def _delay_due(self, now: float) -> None:
+        """Move the requests whose DELAY deadline passed behind their level's others (the lock held)."""
+        for slot in [s for s in self._order if not s & 1]:
+            for p in [p for p in self._queues[slot] if p.delay_at is not None and p.delay_at <= now]:
+                self._unlink(p)
+                p.slot, p.delay_at = slot + 1, None
+                self._link(p)
 
     def _head(self) -> _Pending:
-        """The first request of the highest level holding any (the lock held, the queues not empty)."""
+        """The first request batches would take (the lock held, the queues not empty)."""
         return self._queues[self._order[0]][0]
 
     def _waiting(self) -> Iterable[_Pending]:
-        """The queued requests in the order batches take them: highest level first, then as they came."""
+        """The queued requests in the order batches take them: highest level first, then as they came (a
+        level's delayed requests after its others)."""
         if len(self._order) == 1:
             return self._queues[self._order[0]]
-        return itertools.chain.from_iterable(self._queues[level] for level in self._order)
+        return itertools.chain.from_iterable(self._queues[slot] for slot in self._order)
 
     @property
     def depth(self) -> int:
@@ -375,10 +404,12 @@ class DynamicBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if self._delaying:
+                self._delay_due(time.monotonic())
             first = self._head()
             if self.batchable:
                 # the delay counts from the oldest request waiting, whatever its level
-                oldest = min(self._queues[level][0].enqueued for level in self._order)
+                oldest = min(self._queues[slot][0].enqueued for slot in self._order)
                 dispatch_at = oldest + self.delay_s
                 while not self._closed:
                     ready = self._compatible_items(first)
@@ -394,6 +425,8 @@ class DynamicBatcher:
                             break
                         remaining = min(remaining, self.gap_s - quiet_for)
                     self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
+                    if self._delaying and self._queued:
+                        self._delay_due(time.monotonic())
                     if not self._queued or self._head() is not first:
                         return []  # another worker took it, or a request of a higher level came: start over
             batch = self._take(first)

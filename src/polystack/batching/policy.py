@@ -19,6 +19,8 @@ class QueuePolicy:
     max_queue_size: int = 1024  # waiting requests of the level (0: no limit)
     timeout_s: float | None = None  # default per-request deadline
     client_timeouts: bool = True  # a client's own deadline applies when shorter
+    # Triton's timeout_action DELAY: a request past its deadline is not refused, it waits behind its level's others
+    delay: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queue_size < 0:
@@ -43,6 +45,7 @@ class BatchPolicy:
     # (level, its queue policy) for levels whose queue is not the default's (the three fields above)
     priority_queues: tuple[tuple[int, QueuePolicy], ...] = ()
     preserve_ordering: bool = False  # answers go out in the order the requests came (Triton's)
+    delay: bool = False  # the default queue's timeout_action DELAY (``QueuePolicy.delay``)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -55,7 +58,7 @@ class BatchPolicy:
             raise InvalidRequest("idle_gap_ms must be >= 0")
         if not 1 <= self.instances <= MAX_INSTANCES:
             raise InvalidRequest(f"instances must be from 1 to {MAX_INSTANCES}")
-        QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts)  # the default queue's, checked
+        QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts, self.delay)  # the default's, checked
         levels = self.priority_levels
         if levels < 0:
             raise InvalidRequest("priority_levels must be >= 0 (0: no priority levels)")
@@ -64,8 +67,11 @@ class BatchPolicy:
                 raise InvalidRequest(f"default priority level must be in range [1, {levels}]")
             if any(not 1 <= level <= levels for level, _ in self.priority_queues):
                 raise InvalidRequest(f"priority queue policy must have priority level in range [1, {levels}]")
-        if self.preserve_ordering and levels > 1:  # Triton's rule, in its words
+        if self.preserve_ordering and levels > 1:  # Triton's rules, in its words
             raise InvalidRequest("Only one priority level is allowed when 'preserve_ordering' is true")
+        queues = [self.queue_policy(0), *(q for _, q in self.priority_queues)]
+        if self.preserve_ordering and any(q.delay and q.timeout_s for q in queues):
+            raise InvalidRequest("Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true")
         if len({level for level, _ in self.priority_queues}) != len(self.priority_queues):
             raise InvalidRequest("priority_queues gives a level's queue policy twice")
 
@@ -74,7 +80,7 @@ class BatchPolicy:
         for given, policy in self.priority_queues if self.priority_levels else ():
             if given == level:
                 return policy
-        return QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts)
+        return QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts, self.delay)
 
     def level_of(self, priority: int) -> int:
         """The level a request of ``priority`` queues at (0 without priority levels), as Triton's

@@ -246,6 +246,8 @@ def render(
 def _render_queue(q: QueuePolicy) -> dict[str, Any]:
     """``q`` as Triton's ``ModelQueuePolicy``: what reads back (``_queue_policy``) as ``q``."""
     queue: dict[str, Any] = {"max_queue_size": q.max_queue_size, "allow_timeout_override": q.client_timeouts}
+    if q.delay:
+        queue["timeout_action"] = "DELAY"
     if q.timeout_s is not None:
         queue["default_timeout_microseconds"] = round(q.timeout_s * 1e6)
     return queue
@@ -819,6 +821,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         max_queue_size=queue.max_queue_size,
         timeout_s=queue.timeout_s,
         client_timeouts=queue.client_timeouts,
+        delay=queue.delay,
         instances=instances,
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
         priority_levels=levels,
@@ -832,16 +835,17 @@ def _queue_policy(value: Any, where: str) -> QueuePolicy:
     """Triton's ``ModelQueuePolicy`` (the default queue's, or a priority level's)."""
     queue = read_message(value, where, "default_queue_policy")
     action = read_enum(queue, "timeout_action", where, "ModelQueuePolicy.TimeoutAction") or "REJECT"
-    if action != "REJECT":
+    if action not in ("REJECT", "DELAY"):
         raise InvalidRequest(
-            f"{where}.timeout_action {quote(action)} is not supported: polystack rejects a request whose deadline "
-            "passed, never runs it late; use REJECT"
+            f"{where}.timeout_action {quote(action)} is not a value of Triton's ModelQueuePolicy.TimeoutAction; "
+            "give REJECT (refuse a request past its timeout) or DELAY (run it after the others)"
         )
     timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, _MAX_MICROSECONDS)
     return QueuePolicy(
         max_queue_size=read_int(queue, "max_queue_size", where, 0, _UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
         client_timeouts=read_bool(queue, "allow_timeout_override", where),
+        delay=action == "DELAY",
     )
 
 
