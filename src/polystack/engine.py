@@ -360,6 +360,8 @@ def infer_entry(
     since = started if queued_ns is None else queued_ns
     outcome = outcome or Outcome(entry.stats)
     try:
+        if entry.shown is not None:  # the dims a config fixed: the model itself would take more
+            entry.shown.validate_inputs(inputs)
         result = entry.model.infer(inputs, outputs)
     except ModelClosed:
         if not outcome.rerouted:  # else counted where its caller sends it next

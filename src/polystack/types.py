@@ -6,6 +6,7 @@ nowhere else. Dynamic dimensions are -1; a symbolic dimension name (``"batch"``)
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,14 @@ class Signature:
 
     def input(self, name: str) -> TensorSpec:
         return self._by_name[name]
+
+    def with_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> Signature:
+        """This signature with the tensors ``shapes`` names given those shapes (a config's fixed dims)."""
+
+        def shaped(t: TensorSpec) -> TensorSpec:
+            return dataclasses.replace(t, shape=shapes[t.name]) if t.name in shapes else t
+
+        return Signature(tuple(map(shaped, self.inputs)), tuple(map(shaped, self.outputs)))
 
     @property
     def input_names(self) -> list[str]:

@@ -460,3 +460,16 @@ def test_timeout_action_delay_reads_by_name_or_number_and_per_level() -> None:
     )
     policy = model_config.read(levels, RECORD, SPEC, PLAN).batching
     assert policy is not None and policy.queue_policy(1).delay and not policy.queue_policy(2).delay
+
+
+def test_config_dims_may_fix_a_dynamic_dim_but_not_change_a_fixed_one() -> None:
+    """Triton's ONNX Runtime backend compares dims so: a -1 of the model's matches any size the config gives."""
+    dynamic = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1, 4)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
+    record = dataclasses.replace(RECORD, signature=dynamic)
+    fixed = model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": [5, 4]}]}), record, SPEC, PLAN)
+    assert fixed.additions.shapes == (("x", (-1, 5, 4)),)
+    same = model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": [-1, 4]}]}), record, SPEC, PLAN)
+    assert same.additions.shapes == ()
+    for dims in ([5, -1], [5, 3], [5], [0, 4]):
+        with pytest.raises(InvalidRequest, match="may fix a dim the model leaves -1"):
+            model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": dims}]}), record, SPEC, PLAN)

@@ -352,6 +352,9 @@ class DataPlane:
         policy, instances = plan.policy, plan.instances
         if plan.sequence is not None:  # clients see the model without its control and state tensors
             entry = dataclasses.replace(entry, shown=plan.sequence.shown(entry.model.signature))
+        if plan.additions.shapes:  # and with the dims its config fixed, which requests are checked against
+            entry = dataclasses.replace(entry, shown=entry.signature.with_shapes(dict(plan.additions.shapes)))
+        if plan.sequence is not None:
             m = self.metrics.model(entry.name, str(entry.version))
 
             def on_rows(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:

@@ -156,13 +156,15 @@ _UNSUPPORTED = {
 class Additions:
     """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
     config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), the
-    runtime options Triton's backend parameters set, and whether its answers go through the server's
-    response cache (``response_cache.py``)."""
+    runtime options Triton's backend parameters set, whether its answers go through the server's
+    response cache (``response_cache.py``), and the shapes its dims fix where the model's are dynamic."""
 
     warmup: tuple[WarmupSample, ...] = ()
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
     options: dict[str, Any] = field(default_factory=dict)
     response_cache: bool = False
+    # (tensor, its whole shape) where the config's dims fix a -1 of the model's: clients see and send these
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -409,7 +411,7 @@ def read(
         if instances is None:
             instances = default.instances if default else 1
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-    formats = _tensors(config, record, max_batch)
+    formats, shapes = _tensors(config, record, max_batch)
     warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
     cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
@@ -423,7 +425,7 @@ def read(
             "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
             "samples hold no control or state inputs): leave model_warmup out"
         )
-    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached), sequence)
+    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached, shapes), sequence)
 
 
 # Triton's control kinds (ModelSequenceBatching.Control.Kind; "" is 0, START) -> sequence.py's
@@ -1068,12 +1070,16 @@ def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
     return options
 
 
-def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tuple[tuple[str, str], ...]:
-    """Inputs and outputs the config lists must be the model's own, with the same type and dims; the
+def _tensors(
+    config: dict[str, Any], record: ModelRecord, max_batch: int
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...]]:
+    """Inputs and outputs the config lists must be the model's own, with the same type and dims, but that
+    the config's dims may fix a dim the model leaves -1, as Triton's ONNX Runtime backend allows; the
     layouts (``format``) it gives inputs, as Triton checks them (NHWC and NCHW: three dims besides the
-    batch)."""
+    batch), and the whole shapes of the tensors whose dims it fixed."""
     sig = record.signature
     formats: list[tuple[str, str]] = []
+    shapes: list[tuple[str, tuple[int, ...]]] = []
     for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
         items = config.get(key, [])
         if not isinstance(items, list):
@@ -1101,12 +1107,18 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
             dims = d.get("dims")
             if dims is not None:
                 got_dims = read_int_list(dims, f"{where}.dims")
-                if got_dims != _dims(t, max_batch):
+                model_dims = _dims(t, max_batch)
+                if len(got_dims) != len(model_dims) or any(
+                    g != m and (m != -1 or g < 1) for g, m in zip(got_dims, model_dims, strict=False)
+                ):
                     raise InvalidRequest(
-                        f"{where} ({name}) has dims {got_dims}, but the model's are {_dims(t, max_batch)} with "
-                        f"max_batch_size {max_batch} (-1: any size); polystack checks requests against the model's "
-                        "own dims"
+                        f"{where} ({name}) has dims {got_dims}, but the model's are {model_dims} with "
+                        f"max_batch_size {max_batch} (-1: any size); the config's dims may fix a dim the model "
+                        "leaves -1, and must match the others"
                     )
+                if got_dims != model_dims:
+                    lead = tuple(t.shape[: len(t.shape) - len(model_dims)])  # the batch dim, when batched
+                    shapes.append((name, lead + tuple(got_dims)))
             layout = (read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
             if layout not in _FORMATS:
                 raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
@@ -1125,7 +1137,7 @@ def _tensors(config: dict[str, Any], record: ModelRecord, max_batch: int) -> tup
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
-    return tuple(formats)
+    return tuple(formats), tuple(shapes)
 
 
 # -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------
