@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -681,3 +682,20 @@ def test_delay_is_refused_with_preserve_ordering_as_in_triton() -> None:
         BatchPolicy(preserve_ordering=True, priority_levels=1, default_priority_level=1,
                     priority_queues=((1, QueuePolicy(timeout_s=1.0, delay=True)),))  # fmt: skip
     assert BatchPolicy(preserve_ordering=True, delay=True).delay  # no timeout: nothing is ever delayed
+
+
+def test_a_future_cancelled_as_its_answer_is_set_does_not_cost_the_others_theirs() -> None:
+    """A caller may cancel its future between the batcher's check and its set_result (helper-51's review: the
+    InvalidStateError lost the answers after it in the batch, and with preserve_ordering every later one)."""
+    from polystack.batching.batcher import _deliver
+
+    class CancelledUnseen(Future[dict[str, np.ndarray]]):
+        def done(self) -> bool:
+            return False  # as it was at the check, just before its caller cancelled it
+
+    racing: Future[dict[str, np.ndarray]] = CancelledUnseen()
+    racing.cancel()
+    other: Future[dict[str, np.ndarray]] = Future()
+    answer = {"y": np.zeros((1, 4), np.float32)}
+    _deliver([(SimpleNamespace(waiter=None, future=f), answer, None) for f in (racing, other)])  # type: ignore[misc]
+    assert other.result(timeout=0) is answer

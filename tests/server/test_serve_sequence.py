@@ -175,6 +175,42 @@ def test_a_grpc_stream_runs_many_sequences_at_once_each_in_order(tmp_path: Path)
     assert got == {f"{sid}-{step}": float(sid * (step + 1)) for sid in range(1, 7) for step in range(5)}
 
 
+def test_a_stream_reads_on_while_its_next_answer_waits_for_requests_behind_it(tmp_path: Path) -> None:
+    """Answers go out in request order, so a request waiting for a sequence slot holds back the answers of
+    those after it; the stream must read on (up to its limit of unsent answers), or the END that frees the
+    slot, sent behind them, is never read (helper-51's review: the stream stalled until the sequences went
+    idle, then failed their later requests)."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with _served(tmp_path, 20_000_000) as (_, _port, grpc_port):  # 20 s idle: a stall shows as one
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+        sent: list[str] = []
+
+        def send(sid: int, rid: str, start: bool = False, end: bool = False) -> None:
+            grpc.async_stream_infer(
+                "acc", [_input(grpcclient, 1.0)], request_id=rid, sequence_id=sid, sequence_start=start,
+                sequence_end=end,
+            )  # fmt: skip
+            sent.append(rid)
+
+        try:
+            for sid in range(1, 5):  # the model's 4 slots taken
+                send(sid, f"{sid}-start", start=True)
+            send(9, "waits", start=True, end=True)  # in the backlog until a sequence ends
+            for k in range(80):
+                send(1, f"1-{k}")
+            for sid in range(1, 5):
+                send(sid, f"{sid}-end", end=True)
+            got = []
+            for _ in sent:
+                result, error = answers.get(timeout=10)
+                assert error is None, error
+                got.append(result.get_response().id)
+        finally:
+            grpc.stop_stream()
+    assert got == sent
+
+
 def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: Path) -> None:
     repo = sequence_repository(tmp_path / "models")
     (repo / "plain" / "1").mkdir(parents=True)

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +93,12 @@ def _deliver(outcomes: list[_Outcome]) -> None:
         if p.waiter is not None:
             by_loop.setdefault(p.waiter.get_loop(), []).append(outcome)
         elif p.future is not None and not p.future.done():  # done: its caller cancelled it
-            if error is not None:
-                p.future.set_exception(error)
-            else:
-                p.future.set_result(result)  # type: ignore[arg-type]
+            # ... or cancels it now, between the check and the set: the others still get theirs
+            with contextlib.suppress(InvalidStateError):
+                if error is not None:
+                    p.future.set_exception(error)
+                else:
+                    p.future.set_result(result)  # type: ignore[arg-type]
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             loop.call_soon_threadsafe(_settle, items)

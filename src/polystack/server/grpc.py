@@ -4,8 +4,9 @@ Runs on the same event loop as the HTTP server. Errors map through ``server.stat
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) runs the requests of a
 stream at once, up to ``STREAM_IN_FLIGHT``, so that they batch together, and writes their answers in the
 order the requests came, failures included, each with Triton's ``triton_final_response`` parameter (true:
-no model is decoupled), as Triton answers a stream; when the server drains, a stream stops reading, answers what it runs (and, saying it was not
-run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
+no model is decoupled), as Triton answers a stream; it reads on while answers wait for earlier ones, up to
+``STREAM_UNSENT`` answers not yet sent. When the server drains, a stream stops reading, answers what it runs
+(and, saying it was not run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
 Triton's trace and logging extensions (see ``server.tracing`` and ``server.logs``); a ``traceparent``
 in a call's metadata makes its span a child of the caller's. Triton's RPCs that polystack does not
 implement (CUDA shared memory) answer UNIMPLEMENTED with a line saying what to use instead, not grpc's
@@ -54,6 +55,9 @@ log = logging.getLogger("polystack.server.grpc")
 T = TypeVar("T")
 STREAM_RPC = "/inference.GRPCInferenceService/ModelStreamInfer"
 STREAM_IN_FLIGHT = 64  # requests of one stream being answered at once; the next is read when one finishes
+# answers of one stream read and not yet handed to grpc (running, or done and waiting for those before them to
+# go out): a client that stops reading stops the reading of its requests at this many
+STREAM_UNSENT = 2 * STREAM_IN_FLIGHT
 
 
 @dataclass(frozen=True)
@@ -270,10 +274,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # are written in that order, as Triton writes a stream's answers to a model that is not decoupled
         answers: asyncio.Queue[asyncio.Future[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        # a slot is held from reading a request until its answer is handed to grpc: computed and
-        # unsent answers together stay within STREAM_IN_FLIGHT, and a client that stops reading
-        # stops the reading of its requests (HTTP/2 flow control does the rest)
+        # a slot is held while a request runs (STREAM_IN_FLIGHT at once); a place among the unsent answers from
+        # reading it until its answer is handed to grpc (STREAM_UNSENT), so a client that stops reading stops
+        # the reading of its requests (HTTP/2 flow control does the rest), while answers that wait for an
+        # earlier one free their slots: the stream reads on, up to STREAM_UNSENT, and the request that the
+        # earlier one waits for (a sequence's END freeing its slot) can still come
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        unsent = asyncio.Semaphore(STREAM_UNSENT)
         running: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest, answered: asyncio.Future[pb.ModelStreamInferResponse]) -> None:
@@ -295,6 +302,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 code = _cut_short(context)
                 raise
             finally:  # a line per request of the stream, as for a unary call
+                slots.release()
                 if not answered.done():  # cancelled: the answers after it are not held up by it
                     answered.set_result(_not_run(request))
                 rid = lambda: _request_id(context, request, True)  # noqa: E731
@@ -304,8 +312,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             async for request in request_iterator:
                 answered: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
                 try:
-                    await slots.acquire()
+                    await unsent.acquire()
                 except asyncio.CancelledError:  # read as the drain began: answered, not run
+                    answered.set_result(_not_run(request))
+                    answers.put_nowait(answered)
+                    raise
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:
                     answered.set_result(_not_run(request))
                     answers.put_nowait(answered)
                     raise
@@ -341,7 +355,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (answered := await answers.get()) is not None:
                 yield await answered
-                slots.release()
+                unsent.release()
         finally:
             reader.cancel()
             for task in list(running):
