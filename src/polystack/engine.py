@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from polystack.backends import registry
 from polystack.backends.base import CheckedModel
+from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
@@ -37,6 +38,8 @@ class LoadSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     variant_id: str | None = None
     max_batch_size: int | None = None
+    # tensors clients send or get in other shapes than the model's (a Triton config's reshape)
+    reshape: tuple[Reshape, ...] = ()
 
     @property
     def platform(self) -> str:
@@ -229,6 +232,8 @@ class Engine:
         options = backend.parse_options(spec.options)
         started = time.perf_counter()
         loaded = backend.load(spec.artifact, record.signature, options, spec.device)
+        if spec.reshape:
+            loaded = Reshaped(loaded, spec.reshape)
         entry = LoadedEntry(
             record=record,
             spec=spec,

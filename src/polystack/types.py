@@ -196,7 +196,13 @@ class Signature:
         """This signature with the tensors ``shapes`` names given those shapes (a config's fixed dims)."""
 
         def shaped(t: TensorSpec) -> TensorSpec:
-            return dataclasses.replace(t, shape=shapes[t.name]) if t.name in shapes else t
+            if t.name not in shapes:
+                return t
+            shape = shapes[t.name]  # a dim fixed loses its symbolic name; other dims, or a reshape, lose them all
+            if len(shape) != len(t.dim_names):
+                return dataclasses.replace(t, shape=shape, dim_names=())
+            names = tuple(n if d == -1 else None for n, d in zip(t.dim_names, shape, strict=True))
+            return dataclasses.replace(t, shape=shape, dim_names=names)
 
         return Signature(tuple(map(shaped, self.inputs)), tuple(map(shaped, self.outputs)))
 

@@ -473,3 +473,18 @@ def test_config_dims_may_fix_a_dynamic_dim_but_not_change_a_fixed_one() -> None:
     for dims in ([5, -1], [5, 3], [5], [0, 4]):
         with pytest.raises(InvalidRequest, match="may fix a dim the model leaves -1"):
             model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": dims}]}), record, SPEC, PLAN)
+
+
+def test_warmup_samples_are_checked_against_the_dims_clients_see() -> None:
+    """Triton normalizes a warm-up request as a client's: against the config's dims (helper-52's review: a
+    sample of the model's wider dims loaded and warmed a shape no client may send)."""
+    dynamic = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, -1)),))
+    record = dataclasses.replace(RECORD, signature=dynamic)
+
+    def config(dims: list[int]) -> str:
+        sample = {"name": "w", "batch_size": 1, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": dims, "zero_data": True}}}
+        return json.dumps({"max_batch_size": 4, "input": [{"name": "x", "dims": [3]}], "model_warmup": [sample]})
+
+    assert model_config.read(config([3]), record, SPEC, PLAN).additions.warmup[0].name == "w"
+    with pytest.raises(InvalidRequest, match="dims"):
+        model_config.read(config([5]), record, SPEC, PLAN)

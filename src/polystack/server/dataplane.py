@@ -324,6 +324,8 @@ class DataPlane:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
+            if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
+                spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             additions = chosen.additions
         return _Plan(record, spec, policy, instances, additions, config, sequence)
 

@@ -24,10 +24,11 @@ import importlib.metadata
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
 from polystack.batching.sequence import Control, SequencePolicy, State
@@ -72,6 +73,7 @@ _TRITON = {
         "is_non_linear_format_io",
     },
     "output": {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor", "is_non_linear_format_io"},
+    "reshape": {"shape"},
     "model_warmup": {"name", "batch_size", "inputs", "count"},
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
     "parameters.value": {"string_value"},
@@ -100,8 +102,9 @@ _READ = {
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
     "instance_group": {"name", "kind", "count", "gpus"},
-    "input": {"name", "data_type", "dims", "format"},
-    "output": {"name", "data_type", "dims", "label_filename"},
+    "input": {"name", "data_type", "dims", "format", "reshape"},
+    "output": {"name", "data_type", "dims", "label_filename", "reshape"},
+    "reshape": {"shape"},
     "model_warmup": _TRITON["model_warmup"],
     "model_warmup.input": _TRITON["model_warmup.input"],
     "parameters.value": _TRITON["parameters.value"],
@@ -165,6 +168,7 @@ class Additions:
     response_cache: bool = False
     # (tensor, its whole shape) where the config's dims fix a -1 of the model's: clients see and send these
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    reshape: tuple[Reshape, ...] = ()  # tensors the config reshapes: the load's spec carries them to the runtime
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,16 @@ def render(
     else:
         max_batch = 0
 
+    reshaped = {r.name: r for r in entry.spec.reshape}
+
     def tensor(t: TensorSpec) -> dict[str, Any]:
-        return {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
+        shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
+        r = reshaped.get(t.name)
+        if r is not None:  # clients' dims, and the model's own as Triton's reshape
+            shown["reshape"] = {"shape": list(r.model)}
+            if r.batched and not max_batch:  # shown without batching (its batcher stopped merging): reads back
+                shown["reshape"] = {"shape": [-1, *r.model]}
+        return shown
 
     label_files = label_files_of(entry.record.settings)
     config: dict[str, Any] = {
@@ -411,8 +423,11 @@ def read(
         if instances is None:
             instances = default.instances if default else 1
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-    formats, shapes = _tensors(config, record, max_batch)
-    warmup = _warmups(config.get("model_warmup"), record, max_batch, model_dir)
+    formats, shapes, reshapes = _tensors(config, record, max_batch)
+    # warm-up samples are in the shapes clients send
+    seen = dict(shapes) | {r.name: r.full(r.client) for r in reshapes}
+    shown = replace(record, signature=record.signature.with_shapes(seen)) if seen else record
+    warmup = _warmups(config.get("model_warmup"), shown, max_batch, model_dir)
     cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
     if sequence is not None and cached:  # Triton's words, then what to do
@@ -425,7 +440,8 @@ def read(
             "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
             "samples hold no control or state inputs): leave model_warmup out"
         )
-    return LoadConfig(batching, rows, instances, Additions(warmup, formats, options, cached, shapes), sequence)
+    additions = Additions(warmup, formats, options, cached, shapes, reshapes)
+    return LoadConfig(batching, rows, instances, additions, sequence)
 
 
 # Triton's control kinds (ModelSequenceBatching.Control.Kind; "" is 0, START) -> sequence.py's
@@ -1072,14 +1088,16 @@ def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
 
 def _tensors(
     config: dict[str, Any], record: ModelRecord, max_batch: int
-) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...]]:
-    """Inputs and outputs the config lists must be the model's own, with the same type and dims, but that
-    the config's dims may fix a dim the model leaves -1, as Triton's ONNX Runtime backend allows; the
-    layouts (``format``) it gives inputs, as Triton checks them (NHWC and NCHW: three dims besides the
-    batch), and the whole shapes of the tensors whose dims it fixed."""
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...], tuple[Reshape, ...]]:
+    """Inputs and outputs the config lists must be the model's own, with the same type and dims (or, with a
+    ``reshape``, dims of as many elements and a reshape that fits the model), but that the config's dims may
+    fix a dim the model leaves -1, as Triton's ONNX Runtime backend allows; the layouts (``format``) it gives
+    inputs, as Triton checks them (NHWC and NCHW: three dims besides the batch), the whole shapes of the
+    tensors whose dims it fixed, and the tensors it reshapes."""
     sig = record.signature
     formats: list[tuple[str, str]] = []
     shapes: list[tuple[str, tuple[int, ...]]] = []
+    reshapes: list[Reshape] = []
     for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
         items = config.get(key, [])
         if not isinstance(items, list):
@@ -1105,7 +1123,10 @@ def _tensors(
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
             dims = d.get("dims")
-            if dims is not None:
+            reshape = _reshape(d, where, name, t, max_batch)
+            if reshape is not None:
+                reshapes.append(reshape)
+            elif dims is not None:
                 got_dims = read_int_list(dims, f"{where}.dims")
                 model_dims = _dims(t, max_batch)
                 if len(got_dims) != len(model_dims) or any(
@@ -1137,7 +1158,44 @@ def _tensors(
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
-    return tuple(formats), tuple(shapes)
+    return tuple(formats), tuple(shapes), tuple(reshapes)
+
+
+def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch: int) -> Reshape | None:
+    """A config tensor's ``reshape``, checked as Triton checks one: its shape fits the model's dims (a -1 of
+    the model's takes any size), and the config's dims, which clients see, hold as many elements."""
+    if d.get("reshape") is None:
+        return None
+    r = read_message(d["reshape"], f"{where}.reshape", "reshape")
+    shape = tuple(read_int_list(r.get("shape", []), f"{where}.reshape.shape"))
+    if d.get("dims") is None:
+        raise InvalidRequest(f"{where} ({name}) has a reshape but no dims: a reshape needs the dims clients see; give them")
+    dims = tuple(read_int_list(d["dims"], f"{where}.dims"))
+    model_dims = tuple(_dims(t, max_batch))
+    if len(shape) != len(model_dims) or any(
+        g != m and (m != -1 or g < 1) for g, m in zip(shape, model_dims, strict=False)
+    ):
+        raise InvalidRequest(
+            f"{where} ({name}) has reshape {list(shape)}, but the model's are {list(model_dims)} with max_batch_size "
+            f"{max_batch} (-1: any size); the reshape is the shape the model takes or gives"
+        )
+    if any(v < 1 and v != -1 for v in dims) or dims.count(-1) > 1 or shape.count(-1) > 1:
+        raise InvalidRequest(
+            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: each a size of 1 or more, with at "
+            "most one -1 (any size) in each"
+        )
+    if (-1 in dims) != (-1 in shape):
+        raise InvalidRequest(
+            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: a -1 (any size) in one needs a -1 in "
+            "the other, so that they keep holding as many elements"
+        )
+    held, reshaped = math.prod(v for v in dims if v != -1), math.prod(v for v in shape if v != -1)
+    if held != reshaped:  # with a -1 in each, the -1s then stand for as many elements too
+        raise InvalidRequest(
+            f"{where} ({name}) dims {list(dims)} holds {held} elements, but its reshape {list(shape)} holds "
+            f"{reshaped} elements (a -1 aside); they must hold as many"
+        )
+    return Reshape(name, max_batch > 0, dims, shape)
 
 
 # -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------

@@ -1,0 +1,120 @@
+"""Triton's reshape: a config's input or output `dims` are what clients send and get, and its `reshape` the
+shape the model takes or gives (a model of a batch of scalars served as [batch, 1]). A real server process
+serving repository folders, the real tritonclient; and the configs refused, each saying what is wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from onnx import TensorProto, helper
+from servekit import cli_server, free_port
+from tritonclient.utils import InferenceServerException
+
+# the model: x FP32 [batch] -> y FP32 [batch, 2, 3] (y[i] = x[i] everywhere)
+SCALARS = """
+max_batch_size: 4
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ], reshape: { shape: [ ] } } ]
+output [ { name: "y", data_type: TYPE_FP32, dims: [ 6 ], reshape: { shape: [ 2, 3 ] } } ]
+dynamic_batching { }
+"""
+
+
+def scalar_model(path: Path) -> Path:
+    import onnx
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 1, 1])
+    ones = helper.make_tensor("ones", TensorProto.FLOAT, [1, 2, 3], [1.0] * 6)
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["x3"]),
+        helper.make_node("Mul", ["x3", "ones"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scalars",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 3])],
+        [shape, ones],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+@contextmanager
+def _served(tmp_path: Path, config: str = SCALARS, *flags: str) -> Iterator[tuple[int, int]]:
+    (tmp_path / "models" / "sc" / "1").mkdir(parents=True)
+    scalar_model(tmp_path / "models" / "sc" / "1" / "model.onnx")
+    (tmp_path / "models" / "sc" / "config.pbtxt").write_text(config)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", str(grpc_port), *flags]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        yield port, grpc_port
+
+
+def _x(module: Any, values: list[float]) -> list[Any]:
+    x = module.InferInput("x", [len(values), 1], "FP32")
+    x.set_data_from_numpy(np.array(values, np.float32).reshape(-1, 1))
+    return [x]
+
+
+def test_clients_send_and_get_the_configs_dims_and_the_model_its_own(tmp_path: Path) -> None:
+    with _served(tmp_path, SCALARS, "--allow-model-control") as (port, grpc_port):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=4)
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            meta = h.get_model_metadata("sc")
+            assert meta["inputs"][0]["shape"] == [-1, 1] and meta["outputs"][0]["shape"] == [-1, 6]
+            config = h.get_model_config("sc")
+            assert config["input"][0]["dims"] == [1] and config["input"][0]["reshape"] == {"shape": []}
+            assert config["output"][0]["dims"] == [6] and config["output"][0]["reshape"] == {"shape": [2, 3]}
+            for client, module in ((h, httpclient), (g, grpcclient)):
+                y = client.infer("sc", _x(module, [1.0, 2.0])).as_numpy("y")
+                np.testing.assert_array_equal(y, np.repeat(np.array([[1.0], [2.0]], np.float32), 6, axis=1))
+                with pytest.raises(InferenceServerException, match=r"has shape \[2\] but the model expects \[-1, 1\]"):
+                    x = module.InferInput("x", [2], "FP32")  # the model's own shape: not what the config shows
+                    x.set_data_from_numpy(np.ones(2, np.float32))
+                    client.infer("sc", [x])
+            # requests batched together are reshaped as one batch, each answer its own rows
+            pending = [h.async_infer("sc", _x(httpclient, [float(i)])) for i in range(4)]
+            for i, p in enumerate(pending):
+                np.testing.assert_array_equal(p.get_result().as_numpy("y"), np.full((1, 6), float(i), np.float32))
+            g.load_model("sc", config=json.dumps(config))  # what GET config shows loads back unchanged
+            assert h.get_model_config("sc") == config
+        finally:
+            h.close()
+            g.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"input": [{"name": "x", "dims": [2], "reshape": {"shape": []}}]}, "holds 2 elements"),
+        ({"input": [{"name": "x", "dims": [1], "reshape": {"shape": [3]}}]}, "the model's are []"),
+        ({"input": [{"name": "x", "reshape": {"shape": []}}]}, "reshape needs the dims"),
+        ({"output": [{"name": "y", "dims": [5], "reshape": {"shape": [2, 3]}}]}, "holds 6 elements"),
+        ({"output": [{"name": "y", "dims": [-1, 2], "reshape": {"shape": [2, 3]}}]}, "-1"),
+    ],
+)
+def test_a_reshape_that_does_not_fit_is_refused(tmp_path: Path, change: dict[str, Any], says: str) -> None:
+    from polystack.engine import LoadSpec
+    from polystack.errors import InvalidRequest
+    from polystack.server import model_config
+    from polystack.store import ModelRecord
+    from polystack.types import DType, Signature, TensorSpec
+
+    sig = Signature(inputs=(TensorSpec("x", DType.FP32, (-1,)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2, 3)),))
+    record = ModelRecord(
+        id=1, name="sc", version=1, format="onnx", signature=sig, digest="0" * 64, size_bytes=1, created_at=0.0
+    )
+    spec = LoadSpec(artifact=Path("m.onnx"), format="onnx", backend="onnxruntime")
+    with pytest.raises(InvalidRequest, match=says.replace("[", r"\[").replace("]", r"\]")):
+        model_config.read(json.dumps({"max_batch_size": 4, **change}), record, spec, None)
