@@ -410,8 +410,12 @@ class DynamicBatcher:
                 self._delay_due(time.monotonic())
             first = self._head()
             if self.batchable:
-                # the delay counts from the oldest request waiting, whatever its level
-                oldest = min(self._queues[slot][0].enqueued for slot in self._order)
+                # the delay counts from the oldest request waiting, whatever its level (a queue of delayed
+                # requests holds them in the order their timeouts passed: its first need not be its oldest)
+                oldest = min(
+                    min(p.enqueued for p in self._queues[slot]) if slot & 1 else self._queues[slot][0].enqueued
+                    for slot in self._order
+                )
                 dispatch_at = oldest + self.delay_s
                 while not self._closed:
                     ready = self._compatible_items(first)
