@@ -69,15 +69,7 @@ def repository(root: Path) -> Path:
 
 def start(work: Path, repo: Path) -> tuple[subprocess.Popen[bytes], int]:
     """``polystack serve`` of the repository, ready when this returns (the ensemble's readiness)."""
-    port = serving.free_port()
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve", "--model-repository",
-        str(repo), "--no-batching", "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
-    ]  # fmt: skip
-    log = work / "polystack.log"
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    serving.wait_ready(port, "/v2/models/pipe/ready", proc, log)
-    return proc, port
+    return serving.start_repository(work, repo, "pipe", ["--no-batching"])
 
 
 def request(model: str, tensor: str, raw: bytes, rows: int, port: int) -> bytes:

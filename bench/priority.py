@@ -59,15 +59,7 @@ def repository(root: Path) -> Path:
 
 
 def start(work: Path, repo: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = serving.free_port()
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve", "--model-repository",
-        str(repo), "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
-    ]  # fmt: skip
-    log = work / "polystack.log"
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    serving.wait_ready(port, "/v2/models/cnn_prio/ready", proc, log)
-    return proc, port
+    return serving.start_repository(work, repo, "cnn_prio")
 
 
 def request(model: str, items: int, priority: int, port: int) -> bytes:

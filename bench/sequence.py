@@ -115,15 +115,7 @@ def repository(root: Path) -> Path:
 
 
 def start(work: Path, repo: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = serving.free_port()
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve", "--model-repository",
-        str(repo), "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
-    ]  # fmt: skip
-    log = work / "polystack.log"
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    serving.wait_ready(port, "/v2/models/cell_seq/ready", proc, log)
-    return proc, port
+    return serving.start_repository(work, repo, "cell_seq")
 
 
 def request(model: str, tensors: dict[str, bytes], parameters: dict[str, Any], port: int) -> bytes:

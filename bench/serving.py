@@ -369,6 +369,21 @@ def start_polystack(
     return proc, port
 
 
+def start_repository(
+    work: Path, repo: Path, ready: str, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``polystack serve --model-repository repo`` (HTTP only), ready when model ``ready`` is."""
+    port = free_port()
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve", "--model-repository",
+        str(repo), *extra, "--http-port", str(port), "--grpc-port", "-1", "--log-level", "warning",
+    ]  # fmt: skip
+    log = work / "polystack.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_ready(port, f"/v2/models/{ready}/ready", proc, log)
+    return proc, port
+
+
 def ensure_mlserver_venv() -> Path:
     python = MLSERVER_VENV / "bin" / "python"
     if not (MLSERVER_VENV / "bin" / "mlserver").exists():
