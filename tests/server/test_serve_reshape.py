@@ -18,6 +18,8 @@ from onnx import TensorProto, helper
 from servekit import cli_server, free_port
 from tritonclient.utils import InferenceServerException
 
+from polystack.server import model_config
+
 # the model: x FP32 [batch] -> y FP32 [batch, 2, 3] (y[i] = x[i] everywhere)
 SCALARS = """
 max_batch_size: 4
@@ -102,8 +104,10 @@ def test_clients_send_and_get_the_configs_dims_and_the_model_its_own(tmp_path: P
         ({"input": [{"name": "x", "reshape": {"shape": []}}]}, "reshape needs the dims"),
         ({"output": [{"name": "y", "dims": [5], "reshape": {"shape": [2, 3]}}]}, "holds 6 elements"),
         ({"output": [{"name": "y", "dims": [-1, 2], "reshape": {"shape": [2, 3]}}]}, "-1"),
+        ({"max_batch_size": 0, "input": [{"name": "x", "dims": [1], "reshape": {"shape": []}}]},
+         "cannot have empty reshape for non-batching model"),  # Triton's words (helper-53's review)
     ],
-)
+)  # fmt: skip
 def test_a_reshape_that_does_not_fit_is_refused(tmp_path: Path, change: dict[str, Any], says: str) -> None:
     from polystack.engine import LoadSpec
     from polystack.errors import InvalidRequest
@@ -118,3 +122,76 @@ def test_a_reshape_that_does_not_fit_is_refused(tmp_path: Path, change: dict[str
     spec = LoadSpec(artifact=Path("m.onnx"), format="onnx", backend="onnxruntime")
     with pytest.raises(InvalidRequest, match=says.replace("[", r"\[").replace("]", r"\]")):
         model_config.read(json.dumps({"max_batch_size": 4, **change}), record, spec, None)
+
+
+def test_reshapes_with_several_dynamic_dims_load_and_run_even_on_empty_batches() -> None:
+    """Triton's rule: as many -1s, the sizes between them matching (helper-53's review: the config GET config
+    shows once a batcher stopped merging has two -1s and was refused; a batch of 0 rows failed with a 500,
+    numpy inferring a -1 of an empty array)."""
+    from polystack.backends.reshaped import Reshape, Reshaped
+    from polystack.engine import LoadSpec
+    from polystack.errors import InvalidRequest
+    from polystack.store import ModelRecord
+    from polystack.types import DType, Signature, TensorSpec
+
+    sig = Signature(
+        inputs=(TensorSpec("x", DType.FP32, (-1, -1, 2)),), outputs=(TensorSpec("y", DType.FP32, (-1, -1, 2)),)
+    )
+    flat = Signature(
+        inputs=(TensorSpec("x", DType.FP32, (-1, -1, 2, 2)),), outputs=(TensorSpec("y", DType.FP32, (-1, -1, 2, 2)),)
+    )
+    record = ModelRecord(
+        id=1, name="dyn", version=1, format="onnx", signature=sig, digest="0" * 64, size_bytes=1, created_at=0.0
+    )
+    spec = LoadSpec(artifact=Path("m.onnx"), format="onnx", backend="onnxruntime")
+    unbatched = {"max_batch_size": 0, "input": [{"name": "x", "dims": [-1, -1, 2], "reshape": {"shape": [-1, -1, 2]}}]}
+    chosen = model_config.read(json.dumps(unbatched), record, spec, None)
+    assert chosen.additions.reshape == (Reshape("x", False, (-1, -1, 2), (-1, -1, 2)),)
+    swapped = {"max_batch_size": 4, "input": [{"name": "x", "dims": [2, -1], "reshape": {"shape": [-1, 2]}}]}
+    with pytest.raises(InvalidRequest, match=r"holds 2 elements.*holds 2 elements.*as many"):  # [2, 1] against [1, 2]
+        model_config.read(json.dumps(swapped), record, spec, None)
+
+    class Flat:  # the model takes [batch, n, 2, 2] and gives it back
+        signature = flat
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {"y": inputs["x"]}
+
+        def close(self) -> None:
+            pass
+
+    model = Reshaped(Flat(), (Reshape("x", True, (-1, 4), (-1, 2, 2)), Reshape("y", True, (-1, 4), (-1, 2, 2))))
+    assert model.signature.inputs[0].shape == (-1, -1, 4)
+    for rows in (0, 3):
+        x = np.arange(rows * 5 * 4, dtype=np.float32).reshape(rows, 5, 4)
+        y = model.infer({"x": x})["y"]
+        assert y.shape == (rows, 5, 4)
+        np.testing.assert_array_equal(y, x)
+
+
+def test_the_engine_ray_check_compares_ensembles_with_the_reshaped_shapes(tmp_path: Path) -> None:
+    """--engine ray checks ensembles against their models before Ray starts: against the shapes clients of a
+    reshaped model see, as a local server does (helper-53's review: a valid ensemble was refused)."""
+    from polystack.config import StoreSettings
+    from polystack.formats import import_model
+    from polystack.server import ensemble
+    from polystack.server.app import ServeConfig
+    from polystack.server.model_config import ConfigFile
+    from polystack.server.ray_serve import check_before_ray
+    from polystack.store import Store
+
+    store = Store(StoreSettings(home=tmp_path / "home"))
+    imported = import_model(scalar_model(tmp_path / "sc.onnx"), tmp_path / "imported")
+    store.register(imported.artifact, name="sc", format=imported.format, signature=imported.signature)
+    pipe = {
+        "platform": "ensemble", "max_batch_size": 4,
+        "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [1]}],
+        "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [6]}],
+        "ensemble_scheduling": {"step": [{"model_name": "sc", "input_map": {"x": "X"}, "output_map": {"y": "Y"}}]},
+    }  # fmt: skip
+    config = ServeConfig(
+        http_port=18999, grpc_port=None, models=["sc"], model_configs={"sc": ConfigFile(model_config.as_json(SCALARS))},
+        ensembles={"pipe": ensemble.read(json.dumps(pipe), "pipe", 1)},
+    )  # fmt: skip
+    check_before_ray(store, config, ray_address="10.9.9.9:6379")  # no Ray started: the address is never dialled
+    store.close()

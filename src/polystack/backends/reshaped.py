@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from polystack.backends.base import LoadedModel
+from polystack.errors import BackendError
 
 
 @dataclass(frozen=True)
 class Reshape:
     """One tensor's two shapes, past the batch dimension when ``batched``: ``client`` what clients send or get,
-    ``model`` what the model takes or gives (each with at most one -1)."""
+    ``model`` what the model takes or gives. Each -1 (any size) of one stands for the same size as the -1 at
+    the same place among the other's -1s (the config reader checks that the sizes between them match)."""
 
     name: str
     batched: bool
@@ -31,6 +33,20 @@ class Reshape:
     def full(self, dims: tuple[int, ...]) -> tuple[int, ...]:
         return ((-1,) if self.batched else ()) + dims
 
+    def target(self, shape: tuple[int, ...], to_model: bool) -> tuple[int, ...]:
+        """The shape an array of ``shape`` takes on the other side: the other's dims, each -1 the size of the
+        array's dim at the same place among its -1s (numpy could not infer a -1 of an empty array)."""
+        lead = shape[:1] if self.batched else ()
+        here, there = (self.client, self.model) if to_model else (self.model, self.client)
+        rest = shape[len(lead) :]
+        if len(rest) != len(here):
+            raise BackendError(
+                f"{'input' if to_model else 'output'} {self.name!r} has shape {list(shape)}, which the config's "
+                f"reshape does not take ({list(self.full(here))})"
+            )
+        sizes = iter([size for size, dim in zip(rest, here, strict=True) if dim == -1])
+        return lead + tuple(next(sizes) if dim == -1 else dim for dim in there)
+
 
 class Reshaped:
     def __init__(self, inner: LoadedModel, reshapes: tuple[Reshape, ...]) -> None:
@@ -39,8 +55,7 @@ class Reshaped:
         self.signature = inner.signature.with_shapes({r.name: r.full(r.client) for r in reshapes})
 
     def _reshaped(self, arr: np.ndarray, r: Reshape, to_model: bool) -> np.ndarray:
-        lead = arr.shape[:1] if r.batched else ()
-        return arr.reshape(lead + (r.model if to_model else r.client))
+        return arr.reshape(r.target(arr.shape, to_model))
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         by_name = self._by_name

@@ -543,7 +543,7 @@ class DataPlane:
                         "this server does not serve; serve it too"
                     )
                 plan = self._plan(ModelRef(step.model, version), None)
-                sig, spec = plan.record.signature, plan.spec
+                sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
                 limit = spec.max_batch_size or 0
                 if plan.policy is not None and sig.batched:
                     limit = min(plan.policy.max_batch_size, limit) if limit else plan.policy.max_batch_size

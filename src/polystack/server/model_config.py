@@ -38,7 +38,7 @@ from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
-from polystack.types import DType, TensorSpec
+from polystack.types import DType, Signature, TensorSpec
 
 _INT32_MAX = (1 << 31) - 1
 _UINT32_MAX = (1 << 32) - 1
@@ -169,6 +169,11 @@ class Additions:
     # (tensor, its whole shape) where the config's dims fix a -1 of the model's: clients see and send these
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     reshape: tuple[Reshape, ...] = ()  # tensors the config reshapes: the load's spec carries them to the runtime
+
+    def seen(self, signature: Signature) -> Signature:
+        """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
+        shapes = dict(self.shapes) | {r.name: r.full(r.client) for r in self.reshape}
+        return signature.with_shapes(shapes) if shapes else signature
 
 
 @dataclass(frozen=True)
@@ -425,9 +430,8 @@ def read(
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats, shapes, reshapes = _tensors(config, record, max_batch)
     # warm-up samples are in the shapes clients send
-    seen = dict(shapes) | {r.name: r.full(r.client) for r in reshapes}
-    shown = replace(record, signature=record.signature.with_shapes(seen)) if seen else record
-    warmup = _warmups(config.get("model_warmup"), shown, max_batch, model_dir)
+    seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
+    warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
     cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
     if sequence is not None and cached:  # Triton's words, then what to do
@@ -1168,6 +1172,11 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
         return None
     r = read_message(d["reshape"], f"{where}.reshape", "reshape")
     shape = tuple(read_int_list(r.get("shape", []), f"{where}.reshape.shape"))
+    if not max_batch and not shape:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"{where} ({name}) cannot have empty reshape for non-batching model; give the reshape's shape, or "
+            "set max_batch_size"
+        )
     if d.get("dims") is None:
         raise InvalidRequest(f"{where} ({name}) has a reshape but no dims: a reshape needs the dims clients see; give them")
     dims = tuple(read_int_list(d["dims"], f"{where}.dims"))
@@ -1179,23 +1188,33 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
             f"{where} ({name}) has reshape {list(shape)}, but the model's are {list(model_dims)} with max_batch_size "
             f"{max_batch} (-1: any size); the reshape is the shape the model takes or gives"
         )
-    if any(v < 1 and v != -1 for v in dims) or dims.count(-1) > 1 or shape.count(-1) > 1:
+    if any(v < 1 and v != -1 for v in dims + shape):
+        raise InvalidRequest(f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: sizes are 1 or more, or -1")
+    # as Triton's ValidateIOShape: as many -1s, and the elements between them (and around) as many too
+    held, reshaped = _segments(dims), _segments(shape)
+    if len(held) != len(reshaped):
         raise InvalidRequest(
-            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: each a size of 1 or more, with at "
-            "most one -1 (any size) in each"
-        )
-    if (-1 in dims) != (-1 in shape):
-        raise InvalidRequest(
-            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: a -1 (any size) in one needs a -1 in "
+            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: each needs as many -1s (any size) as "
             "the other, so that they keep holding as many elements"
         )
-    held, reshaped = math.prod(v for v in dims if v != -1), math.prod(v for v in shape if v != -1)
-    if held != reshaped:  # with a -1 in each, the -1s then stand for as many elements too
+    if held != reshaped:
         raise InvalidRequest(
-            f"{where} ({name}) dims {list(dims)} holds {held} elements, but its reshape {list(shape)} holds "
-            f"{reshaped} elements (a -1 aside); they must hold as many"
+            f"{where} ({name}) dims {list(dims)} holds {math.prod(held)} elements, but its reshape {list(shape)} "
+            f"holds {math.prod(reshaped)} elements (-1s aside: {held} between them against {reshaped}); they "
+            "must hold as many"
         )
     return Reshape(name, max_batch > 0, dims, shape)
+
+
+def _segments(shape: tuple[int, ...]) -> list[int]:
+    """The elements ``shape`` holds before, between and after its -1s."""
+    out = [1]
+    for v in shape:
+        if v == -1:
+            out.append(1)
+        else:
+            out[-1] *= v
+    return out
 
 
 # -- reading protobuf JSON by hand: the fields polystack reads, with their types -----------------------
