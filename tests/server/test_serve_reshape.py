@@ -106,6 +106,7 @@ def test_clients_send_and_get_the_configs_dims_and_the_model_its_own(tmp_path: P
         ({"output": [{"name": "y", "dims": [-1, 2], "reshape": {"shape": [2, 3]}}]}, "-1"),
         ({"max_batch_size": 0, "input": [{"name": "x", "dims": [1], "reshape": {"shape": []}}]},
          "cannot have empty reshape for non-batching model"),  # Triton's words (helper-53's review)
+        ({"input": [{"name": "x", "dims": [], "reshape": {"shape": []}}]}, "must specify 'dims'"),  # (helper-54)
     ],
 )  # fmt: skip
 def test_a_reshape_that_does_not_fit_is_refused(tmp_path: Path, change: dict[str, Any], says: str) -> None:
@@ -130,7 +131,7 @@ def test_reshapes_with_several_dynamic_dims_load_and_run_even_on_empty_batches()
     numpy inferring a -1 of an empty array)."""
     from polystack.backends.reshaped import Reshape, Reshaped
     from polystack.engine import LoadSpec
-    from polystack.errors import InvalidRequest
+    from polystack.errors import BackendError, InvalidRequest
     from polystack.store import ModelRecord
     from polystack.types import DType, Signature, TensorSpec
 
@@ -167,6 +168,10 @@ def test_reshapes_with_several_dynamic_dims_load_and_run_even_on_empty_batches()
         y = model.infer({"x": x})["y"]
         assert y.shape == (rows, 5, 4)
         np.testing.assert_array_equal(y, x)
+    # a model giving another shape than its config's reshape says: a clear error, not numpy's (helper-54)
+    fixed = Reshaped(Flat(), (Reshape("y", True, (12,), (3, 2, 2)),))
+    with pytest.raises(BackendError, match=r"output 'y' has shape \[1, 5, 2, 2\], which its config's reshape do not"):
+        fixed.infer({"x": np.zeros((1, 5, 2, 2), np.float32)})
 
 
 def test_the_engine_ray_check_compares_ensembles_with_the_reshaped_shapes(tmp_path: Path) -> None:

@@ -39,10 +39,11 @@ class Reshape:
         lead = shape[:1] if self.batched else ()
         here, there = (self.client, self.model) if to_model else (self.model, self.client)
         rest = shape[len(lead) :]
-        if len(rest) != len(here):
-            raise BackendError(
-                f"{'input' if to_model else 'output'} {self.name!r} has shape {list(shape)}, which the config's "
-                f"reshape does not take ({list(self.full(here))})"
+        if len(rest) != len(here) or any(dim not in (-1, size) for size, dim in zip(rest, here, strict=False)):
+            raise BackendError(  # an output of another shape than its config says (inputs are checked before)
+                f"{'input' if to_model else 'output'} {self.name!r} has shape {list(shape)}, which its config's "
+                f"{'dims' if to_model else 'reshape'} do not take ({list(self.full(here))}); fix the config's dims "
+                "and reshape to the shapes the model takes and gives"
             )
         sizes = iter([size for size, dim in zip(rest, here, strict=True) if dim == -1])
         return lead + tuple(next(sizes) if dim == -1 else dim for dim in there)

@@ -64,14 +64,26 @@ class BatchPolicy:
             raise InvalidRequest("priority_levels must be >= 0 (0: no priority levels)")
         if levels:  # Triton's checks, in its words; without levels it ignores both fields
             if not 1 <= self.default_priority_level <= levels:
-                raise InvalidRequest(f"default priority level must be in range [1, {levels}]")
+                raise InvalidRequest(
+                    f"default priority level must be in range [1, {levels}]; set dynamic_batching."
+                    f"default_priority_level to a level from 1 (the highest) to {levels}"
+                )
             if any(not 1 <= level <= levels for level, _ in self.priority_queues):
-                raise InvalidRequest(f"priority queue policy must have priority level in range [1, {levels}]")
+                raise InvalidRequest(
+                    f"priority queue policy must have priority level in range [1, {levels}]; key dynamic_batching."
+                    f"priority_queue_policy by levels from 1 to {levels}"
+                )
         if self.preserve_ordering and levels > 1:  # Triton's rules, in its words
-            raise InvalidRequest("Only one priority level is allowed when 'preserve_ordering' is true")
+            raise InvalidRequest(
+                "Only one priority level is allowed when 'preserve_ordering' is true; set dynamic_batching."
+                "priority_levels to 0 or 1, or preserve_ordering to false"
+            )
         queues = [self.queue_policy(0), *(q for _, q in self.priority_queues)]
         if self.preserve_ordering and any(q.delay and q.timeout_s for q in queues):
-            raise InvalidRequest("Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true")
+            raise InvalidRequest(
+                "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true; use REJECT, "
+                "leave out default_timeout_microseconds, or set preserve_ordering to false"
+            )
         if len({level for level, _ in self.priority_queues}) != len(self.priority_queues):
             raise InvalidRequest("priority_queues gives a level's queue policy twice")
 

@@ -352,10 +352,13 @@ class DataPlane:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
         before anything routes to it. The caller closes both if it does not route to them."""
         policy, instances = plan.policy, plan.instances
-        if plan.sequence is not None:  # clients see the model without its control and state tensors
-            entry = dataclasses.replace(entry, shown=plan.sequence.shown(entry.model.signature))
-        if plan.additions.shapes:  # and with the dims its config fixed, which requests are checked against
-            entry = dataclasses.replace(entry, shown=entry.signature.with_shapes(dict(plan.additions.shapes)))
+        # what clients see: a sequence model without its control and state tensors, and the dims its config
+        # fixed, which requests are then checked against
+        shown = plan.sequence.shown(entry.model.signature) if plan.sequence is not None else None
+        if plan.additions.shapes:
+            shown = plan.additions.seen(shown or entry.signature)
+        if shown is not None:
+            entry = dataclasses.replace(entry, shown=shown)
         if plan.sequence is not None:
             m = self.metrics.model(entry.name, str(entry.version))
 

@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1133,9 +1134,7 @@ def _tensors(
             elif dims is not None:
                 got_dims = read_int_list(dims, f"{where}.dims")
                 model_dims = _dims(t, max_batch)
-                if len(got_dims) != len(model_dims) or any(
-                    g != m and (m != -1 or g < 1) for g, m in zip(got_dims, model_dims, strict=False)
-                ):
+                if not _within(got_dims, model_dims):
                     raise InvalidRequest(
                         f"{where} ({name}) has dims {got_dims}, but the model's are {model_dims} with "
                         f"max_batch_size {max_batch} (-1: any size); the config's dims may fix a dim the model "
@@ -1180,10 +1179,13 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
     if d.get("dims") is None:
         raise InvalidRequest(f"{where} ({name}) has a reshape but no dims: a reshape needs the dims clients see; give them")
     dims = tuple(read_int_list(d["dims"], f"{where}.dims"))
+    if not dims:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"{where} ({name}) must specify 'dims': a reshape needs the dims clients see; a batch of scalars is "
+            "dims: [ 1 ] with reshape: { shape: [ ] }"
+        )
     model_dims = tuple(_dims(t, max_batch))
-    if len(shape) != len(model_dims) or any(
-        g != m and (m != -1 or g < 1) for g, m in zip(shape, model_dims, strict=False)
-    ):
+    if not _within(shape, model_dims):
         raise InvalidRequest(
             f"{where} ({name}) has reshape {list(shape)}, but the model's are {list(model_dims)} with max_batch_size "
             f"{max_batch} (-1: any size); the reshape is the shape the model takes or gives"
@@ -1204,6 +1206,12 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
             "must hold as many"
         )
     return Reshape(name, max_batch > 0, dims, shape)
+
+
+def _within(given: Sequence[int], model: Sequence[int]) -> bool:
+    """Whether a config's ``given`` dims fit the model's: the same, but that a -1 of the model's takes any size,
+    as Triton's ONNX Runtime backend compares them."""
+    return len(given) == len(model) and all(g == m or (m == -1 and g >= 1) for g, m in zip(given, model, strict=True))
 
 
 def _segments(shape: tuple[int, ...]) -> list[int]:
