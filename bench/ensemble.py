@@ -169,11 +169,11 @@ def main() -> int:
         got = answers(port, x)
         np.testing.assert_allclose(got["chain"], got["ensemble"], rtol=1e-6)
         for concurrency in CONCURRENCY:
-            runs: dict[str, list[dict[str, float]]] = {w: [] for w in WAYS}
-            for rep in range(repeats):
-                for name in WAYS if rep % 2 == 0 else tuple(reversed(WAYS)):
-                    way = ways(port, x)[name]
-                    runs[name].append(run_cell(port, way, concurrency, warmup_s, duration_s, proc.pid))
+
+            def one(name: str, _: int, c: int = concurrency) -> dict[str, float]:
+                return run_cell(port, ways(port, x)[name], c, warmup_s, duration_s, proc.pid)
+
+            runs = serving.alternating(WAYS, repeats, one)
             for name, results in runs.items():
                 row = {"way": name, "concurrency": concurrency, **serving.median_of(results)}
                 rows.append(row)
@@ -189,9 +189,15 @@ def main() -> int:
         "ratios": {
             f"c{c}": {
                 "p50_ensemble_over_chain": round(
-                    _cell(rows, "ensemble", c)["p50_ms"] / _cell(rows, "chain", c)["p50_ms"], 2
+                    serving.cell_of(rows, way="ensemble", concurrency=c)["p50_ms"]
+                    / serving.cell_of(rows, way="chain", concurrency=c)["p50_ms"],
+                    2,
                 ),
-                "rps_ensemble_over_chain": round(_cell(rows, "ensemble", c)["rps"] / _cell(rows, "chain", c)["rps"], 2),
+                "rps_ensemble_over_chain": round(
+                    serving.cell_of(rows, way="ensemble", concurrency=c)["rps"]
+                    / serving.cell_of(rows, way="chain", concurrency=c)["rps"],
+                    2,
+                ),
             }
             for c in CONCURRENCY
         },
@@ -200,10 +206,6 @@ def main() -> int:
     serving.save(RESULTS, result, write_markdown)
     shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _cell(rows: list[dict[str, Any]], way: str, concurrency: int) -> dict[str, Any]:
-    return next(r for r in rows if r["way"] == way and r["concurrency"] == concurrency)
 
 
 def write_markdown(result: dict[str, Any]) -> None:

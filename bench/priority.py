@@ -153,10 +153,7 @@ def main() -> int:
     proc, port = start(work, repository(work / "models"))
     rows: list[dict[str, Any]] = []
     try:
-        runs: dict[str, list[dict[str, float]]] = {c: [] for c in CELLS}
-        for rep in range(repeats):
-            for cell in CELLS if rep % 2 == 0 else tuple(reversed(CELLS)):
-                runs[cell].append(run_cell(port, cell, warmup_s, duration_s, proc.pid))
+        runs = serving.alternating(CELLS, repeats, lambda cell, _: run_cell(port, cell, warmup_s, duration_s, proc.pid))
         for cell, results in runs.items():
             row = {"cell": cell, "model": MODEL[cell], **serving.median_of(results)}
             row["bulk_items_per_s"] = float(np.median([r["bulk_items_per_s"] for r in results]))

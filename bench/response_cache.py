@@ -109,12 +109,13 @@ def main() -> int:
         for name, (_, shape) in built.items():
             for warm in (f"{name}_plain", name):  # the runtimes warm; these inputs are never sent again
                 run_cell(port, requests(warm, shape, port, 100, 10**6), proc.pid, limit_s)
-            runs: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
-            for rep in range(repeats):
-                for way in WAYS if rep % 2 == 0 else tuple(reversed(WAYS)):
-                    target = f"{name}_plain" if way == "plain" else name
-                    reqs = requests(target, shape, port, count, -1 if way == "hit" else rep * count)
-                    runs[way].append(run_cell(port, reqs, proc.pid, limit_s))
+
+            def one(way: str, rep: int, name: str = name, shape: list[int] = shape) -> dict[str, float]:
+                target = f"{name}_plain" if way == "plain" else name
+                reqs = requests(target, shape, port, count, -1 if way == "hit" else rep * count)
+                return run_cell(port, reqs, proc.pid, limit_s)
+
+            runs = serving.alternating(WAYS, repeats, one)
             for way, results in runs.items():
                 row = {"model": name, "way": way, **serving.median_of(results)}
                 rows.append(row)

@@ -232,10 +232,11 @@ def main() -> int:
         got = answers(port, xs)
         np.testing.assert_allclose(got["client state"], got["sequence batching"], rtol=1e-4, atol=1e-5)
         for concurrency in CONCURRENCY:
-            runs: dict[str, list[dict[str, float]]] = {w: [] for w in WAYS}
-            for rep in range(repeats):
-                for way in WAYS if rep % 2 == 0 else tuple(reversed(WAYS)):
-                    runs[way].append(run_cell(port, way, concurrency, warmup_s, duration_s, proc.pid, xs))
+
+            def one(way: str, _: int, c: int = concurrency) -> dict[str, float]:
+                return run_cell(port, way, c, warmup_s, duration_s, proc.pid, xs)
+
+            runs = serving.alternating(WAYS, repeats, one)
             for way, results in runs.items():
                 row = {"way": way, "concurrency": concurrency, **serving.median_of(results)}
                 rows.append(row)
@@ -256,10 +257,14 @@ def main() -> int:
         "ratios": {
             f"c{c}": {
                 "p50_sequence_over_client_state": round(
-                    _cell(rows, "sequence batching", c)["p50_ms"] / _cell(rows, "client state", c)["p50_ms"], 2
+                    serving.cell_of(rows, way="sequence batching", concurrency=c)["p50_ms"]
+                    / serving.cell_of(rows, way="client state", concurrency=c)["p50_ms"],
+                    2,
                 ),
                 "steps_per_s_sequence_over_client_state": round(
-                    _cell(rows, "sequence batching", c)["rps"] / _cell(rows, "client state", c)["rps"], 2
+                    serving.cell_of(rows, way="sequence batching", concurrency=c)["rps"]
+                    / serving.cell_of(rows, way="client state", concurrency=c)["rps"],
+                    2,
                 ),
             }
             for c in CONCURRENCY
@@ -269,10 +274,6 @@ def main() -> int:
     serving.save(RESULTS, result, write_markdown)
     shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _cell(rows: list[dict[str, Any]], way: str, concurrency: int) -> dict[str, Any]:
-    return next(r for r in rows if r["way"] == way and r["concurrency"] == concurrency)
 
 
 def write_markdown(result: dict[str, Any]) -> None:

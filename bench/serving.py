@@ -636,6 +636,18 @@ def run_tritonclient(port: int, model: str, shape: list[int], warmup_s: float, d
     return summarize(lat, time.perf_counter() - started)
 
 
+def alternating(
+    names: Sequence[str], repeats: int, run: Callable[[str, int], dict[str, float]]
+) -> dict[str, list[dict[str, float]]]:
+    """Each of ``names`` run ``repeats`` times side by side (``run(name, repeat)``), the order flipped each
+    repeat so that neither always goes first; each name's runs, for ``median_of``."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for rep in range(repeats):
+        for name in names if rep % 2 == 0 else list(reversed(names)):
+            runs[name].append(run(name, rep))
+    return runs
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over repeated runs of one cell (requests: their total)."""
     figures = (
@@ -929,6 +941,14 @@ def _cell(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
         if all(r.get(k) == v for k, v in where.items()):
             return r
     return None
+
+
+def cell_of(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any]:
+    """The row measured ``where`` (``way="chain", concurrency=8``): there must be one."""
+    row = _cell(rows, **where)
+    if row is None:
+        raise KeyError(f"no row measured where {where}")
+    return row
 
 
 def ratios(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]:

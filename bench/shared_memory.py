@@ -80,7 +80,9 @@ def shm_requests(port: int, size: int, objects: list[shared_memory.SharedMemory]
         objects.append(obj)
         obj.buf[:size] = x.tobytes()
         region = f"r{size}-{k}"
-        http_post(port, f"/v2/systemsharedmemory/region/{region}/register", {"key": "/" + obj.name, "byte_size": 2 * size})
+        http_post(
+            port, f"/v2/systemsharedmemory/region/{region}/register", {"key": "/" + obj.name, "byte_size": 2 * size}
+        )
         body = json.dumps(
             {
                 "inputs": [
@@ -146,10 +148,11 @@ def main() -> int:
         for size in SIZES:
             binary = [serving.request_bytes("identity", [1, size // 4], port, binary=True)] * CONCURRENCY
             ways = {"binary": binary, "shm": shm_requests(port, size, objects)}
-            runs: dict[str, list[dict[str, float]]] = {way: [] for way in ways}
-            for rep in range(repeats):
-                for way in list(ways) if rep % 2 == 0 else list(reversed(ways)):
-                    runs[way].append(run_cell(port, ways[way], warmup, duration, proc.pid))
+
+            def one(way: str, _: int, ways: dict[str, Any] = ways) -> dict[str, float]:
+                return run_cell(port, ways[way], warmup, duration, proc.pid)
+
+            runs = serving.alternating(list(ways), repeats, one)
             for way, results in runs.items():
                 r = serving.median_of(results)
                 row = {"bytes": size, "way": way, "concurrency": CONCURRENCY, **r,
