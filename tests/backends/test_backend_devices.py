@@ -126,3 +126,72 @@ def test_onnxruntime_refuses_a_model_with_bfloat16_inputs_or_outputs_at_load(tmp
     loaded = backend.load(path, sig, backend.parse_options({}), "cpu")
     out = loaded.infer({"a": np.array([[1.5, -2.0]], np.float32)})
     np.testing.assert_array_equal(out["b"], np.array([[1.5, -2.0]], np.float32))
+
+
+def test_onnxruntime_session_options_from_a_triton_config_reach_the_session(tmp_path: Path) -> None:
+    """The memory arena, memory pattern, a session entry and the graph level a Triton config sets are the
+    session's own; answers do not change."""
+    from polystack.examples import mlp_onnx
+    from polystack.formats.onnx import signature_of
+
+    backend = registry.get("onnxruntime")
+    path = mlp_onnx(tmp_path / "mlp.onnx")
+    import onnx
+
+    sig = signature_of(onnx.load(str(path)))
+    x = {sig.inputs[0].name: np.ones((2, *sig.inputs[0].shape[1:]), np.float32)}
+    plain = backend.load(path, sig, backend.parse_options({}), "cpu")
+    options = {
+        "enable_cpu_mem_arena": False,
+        "enable_mem_pattern": False,
+        "session_config": {"session.use_device_allocator_for_initializers": "1"},
+        "graph_optimization_level": "disable",
+    }
+    tuned = backend.load(path, sig, backend.parse_options(options), "cpu")
+    so = tuned.session.get_session_options()  # type: ignore[attr-defined]
+    assert not so.enable_cpu_mem_arena and not so.enable_mem_pattern
+    assert so.get_session_config_entry("session.use_device_allocator_for_initializers") == "1"
+    assert str(so.graph_optimization_level).endswith("ORT_DISABLE_ALL")
+    defaults = plain.session.get_session_options()  # type: ignore[attr-defined]
+    assert defaults.enable_cpu_mem_arena and defaults.enable_mem_pattern
+    name = sig.outputs[0].name
+    np.testing.assert_allclose(tuned.infer(x)[name], plain.infer(x)[name], rtol=1e-6)
+
+
+def test_onnxruntime_accelerators_go_ahead_of_the_devices_provider_and_must_be_present(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An execution accelerator of a Triton config is required: this onnxruntime (no OpenVINO provider) refuses
+    it, saying which build has it. No GPU or OpenVINO provider here: the order and options given to ONNX
+    Runtime with them are checked against a provider list that claims them."""
+    from polystack.errors import BackendUnavailable
+
+    backend = registry.get("onnxruntime")
+    openvino = backend.parse_options(
+        {
+            "accelerators": ["OpenVINOExecutionProvider"],
+            "provider_options": {"OpenVINOExecutionProvider": {"device_type": "CPU"}},
+        }
+    )
+    with pytest.raises(BackendUnavailable, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino"):
+        backend._providers_for("cpu", openvino)  # type: ignore[attr-defined]
+    claimed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(type(backend), "providers", lambda self: claimed)
+    assert backend._providers_for("cpu", openvino) == [  # type: ignore[attr-defined]
+        ("OpenVINOExecutionProvider", {"device_type": "CPU"}),
+        "CPUExecutionProvider",
+    ]
+    gpu = backend.parse_options(
+        {
+            "accelerators": ["TensorrtExecutionProvider"],
+            "provider_options": {
+                "TensorrtExecutionProvider": {"trt_fp16_enable": "1"},
+                "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
+            },
+        }
+    )
+    assert backend._providers_for("cuda:1", gpu) == [  # type: ignore[attr-defined]
+        ("TensorrtExecutionProvider", {"device_id": 1, "trt_fp16_enable": "1"}),
+        ("CUDAExecutionProvider", {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}),
+        "CPUExecutionProvider",
+    ]

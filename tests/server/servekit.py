@@ -175,6 +175,17 @@ def until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
     return holds()
 
 
+def same_config_both_ways(http: Any, grpc: Any, name: str) -> dict[str, Any]:
+    """GET config of ``name`` over HTTP, having checked that gRPC's says the same: both read as Triton's
+    ModelConfig message (a field the server's proto lacked was dropped from gRPC's answer)."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    shown = http.get_model_config(name)
+    assert grpc.get_model_config(name).config == json_format.ParseDict(shown, model_config_pb2.ModelConfig())
+    return dict(shown)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -340,11 +341,159 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
             model_config.read(json.dumps({"parameters": {"intra_op_thread_count": item}}), RECORD, SPEC, PLAN)
     with pytest.raises(InvalidRequest, match="Triton's are 0 \\(sequential\\) and 1"):
         model_config.read(parameters(execution_mode="2"), RECORD, SPEC, PLAN)
-    with pytest.raises(InvalidRequest, match="parameter 'enable_mem_arena', which polystack does not read"):
-        model_config.read(parameters(enable_mem_arena="1"), RECORD, SPEC, PLAN)
+    with pytest.raises(InvalidRequest, match="parameter 'frobnicate', which polystack does not read"):
+        model_config.read(parameters(frobnicate="1"), RECORD, SPEC, PLAN)
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
-    with pytest.raises(InvalidRequest, match="of Triton's onnxruntime backend, but polystack serves this model with"):
+    with pytest.raises(InvalidRequest, match="of Triton's ONNX Runtime backend, but polystack serves this model with"):
         model_config.read(parameters(intra_op_thread_count="2"), RECORD, ov, PLAN)
+
+
+def test_triton_onnxruntime_memory_and_session_parameters_set_the_runtimes_options() -> None:
+    """The rest of what Triton's ONNX Runtime backend reads from ``parameters``: the CPU memory arena and pattern
+    (booleans as its ParseBoolValue reads them), a session entry, and CUDA provider settings, which apply on a
+    GPU only (Triton reads them for GPU instances); the config's own text is kept to show."""
+
+    def read(spec: LoadSpec = SPEC, **given: str) -> model_config.Additions:
+        text = json.dumps({"parameters": {k: {"string_value": v} for k, v in given.items()}})
+        return model_config.read(text, RECORD, spec, PLAN).additions
+
+    chosen = read(
+        enable_mem_arena="OFF", enable_mem_pattern="true", **{"session.use_device_allocator_for_initializers": "1"}
+    )
+    assert chosen.options == {
+        "enable_cpu_mem_arena": False,
+        "enable_mem_pattern": True,
+        "session_config": {"session.use_device_allocator_for_initializers": "1"},
+    }
+    assert chosen.parameters == (
+        ("enable_mem_arena", "OFF"),
+        ("enable_mem_pattern", "true"),
+        ("session.use_device_allocator_for_initializers", "1"),
+    )
+    with pytest.raises(InvalidRequest, match="failed to convert 'maybe' to boolean"):
+        read(enable_mem_arena="maybe")
+    cuda = dict(cudnn_conv_algo_search="1", arena_extend_strategy="1", gpu_mem_limit="1024", do_copy_in_default_stream="0")
+    assert read(**cuda).options == {}  # on a CPU: read, not applied
+    # No GPU here: what a GPU spec would be given is checked, not run
+    gpu = dataclasses.replace(SPEC, device="cuda:0")
+    assert read(gpu, **cuda).options == {
+        "provider_options": {
+            "CUDAExecutionProvider": {
+                "cudnn_conv_algo_search": "HEURISTIC",
+                "arena_extend_strategy": "kSameAsRequested",
+                "gpu_mem_limit": "1024",
+                "do_copy_in_default_stream": "0",
+            }
+        }
+    }
+    with pytest.raises(InvalidRequest, match="unsupported cudnn_conv_algo_search value '3' is requested"):
+        read(cudnn_conv_algo_search="3")
+
+
+def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -> None:
+    def read(optimization: dict[str, Any], spec: LoadSpec = SPEC) -> model_config.Additions:
+        return model_config.read(json.dumps({"optimization": optimization}), RECORD, spec, PLAN).additions
+
+    # Triton's levels: -1 basic, 1 extended, 2 none, any other every optimization (ORT's default)
+    for level, ours in ((-1, "basic"), (1, "extended"), (2, "disable"), (0, "all"), (7, "all")):
+        assert read({"graph": {"level": level}}).options == {"graph_optimization_level": ours}
+    openvino = {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
+    assert read(openvino).options == {
+        "accelerators": ["OpenVINOExecutionProvider"],
+        "provider_options": {"OpenVINOExecutionProvider": {"device_type": "CPU"}},
+    }
+    tensorrt = {
+        "name": "tensorrt",
+        "parameters": {"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824", "trt_engine_cache_enable": "true"},
+    }
+    cuda = {"name": "cuda", "parameters": {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"}}
+    gpu_eas = {"execution_accelerators": {"gpu_execution_accelerator": [tensorrt, cuda]}}
+    assert read(gpu_eas).options == {}  # on a CPU: checked, not applied, as Triton's KIND_CPU instances
+    # No GPU here: what a GPU spec would be given is checked, not run
+    assert read(gpu_eas, dataclasses.replace(SPEC, device="cuda:1")).options == {
+        "accelerators": ["TensorrtExecutionProvider"],
+        "provider_options": {
+            "TensorrtExecutionProvider": {
+                "trt_fp16_enable": "1",
+                "trt_max_workspace_size": "1073741824",
+                "trt_engine_cache_enable": "1",
+            },
+            "CUDAExecutionProvider": {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"},
+        },
+    }
+    # Triton's TensorRT backend's fields, which its other backends ignore; pinned memory changes no copy here
+    ignored = {
+        "cuda": {"graphs": True, "busy_wait_events": True},
+        "gather_kernel_buffer_threshold": 4,
+        "eager_batching": True,
+        "input_pinned_memory": {"enable": False},
+        "output_pinned_memory": {},
+        "priority": "PRIORITY_DEFAULT",
+    }
+    chosen = read(ignored)
+    assert chosen.options == {}
+    assert not chosen.optimization.input_pinned_memory and not chosen.optimization.output_pinned_memory
+    for bad, says in (
+        ({"graph": {"level": "high"}}, "'high' is not a whole number"),
+        ({"priority": "PRIORITY_MAX"}, "one scheduling priority"),
+        ({"priority": 7}, "not a value of Triton's"),
+        ({"execution_accelerators": {"cpu_execution_accelerator": [{"name": "tensorrt"}]}},
+         "unknown Execution Accelerator 'tensorrt' is requested; Triton's ONNX Runtime backend takes openvino"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "openvino"}]}},
+         "unknown Execution Accelerator 'openvino' is requested"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"x": "1"}}]}},
+         "unknown parameter 'x' is provided for TensorRT Execution Accelerator"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"precision_mode": "FP8"}}]}},
+         "unsupported precision mode 'FP8' is requested"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"trt_dla_core": "one"}}]}},
+         "'one', not a whole number"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"parameters": {}}]}}, "needs a name"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "cuda", "parameters": {"a": 1}}]}}, "map names to strings"),
+        ({"execution_accelerators": {"cpu_execution_accelerator": {"name": "openvino"}}}, "must be a list"),
+        ({"cuda": {"graph": True}}, "'graph', which is not a field"),
+        ({"graphs": True}, "'graphs', which is not a field"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidRequest, match=re.escape(says)):
+            read(bad)
+    ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
+    for given in ({"graph": {"level": 1}}, openvino):
+        with pytest.raises(InvalidRequest, match=r"optimization.* of Triton's ONNX Runtime backend, but polystack serves"):
+            read(given, ov)
+    assert read(ignored, ov).options == {}  # the rest is any runtime's
+
+
+def test_optimization_reads_from_config_pbtxt_and_shows_as_triton_shows_it() -> None:
+    text = model_config.as_json(
+        """
+        optimization { execution_accelerators {
+          gpu_execution_accelerator : [ {
+            name : "tensorrt"
+            parameters { key: "precision_mode" value: "FP16" }
+            parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ]
+          cpu_execution_accelerator : [ { name : "openvino" } ]
+        }
+        graph : { level : 1 }
+        input_pinned_memory { enable: false } }
+        """
+    )
+    optimization = model_config.read(text, RECORD, SPEC, PLAN).additions.optimization
+    assert optimization.render() == {
+        "priority": "PRIORITY_DEFAULT",
+        "input_pinned_memory": {"enable": False},
+        "output_pinned_memory": {"enable": True},
+        "gather_kernel_buffer_threshold": 0,
+        "eager_batching": False,
+        "graph": {"level": 1},
+        "execution_accelerators": {
+            "gpu_execution_accelerator": [
+                {"name": "tensorrt", "parameters": {"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824"}}
+            ],
+            "cpu_execution_accelerator": [{"name": "openvino", "parameters": {}}],
+        },
+    }
+    # shown, it reads back to what it was
+    again = model_config.read(json.dumps({"optimization": optimization.render()}), RECORD, SPEC, PLAN)
+    assert again.additions.optimization == optimization
 
 
 def test_response_cache_is_read_in_both_spellings_and_from_config_pbtxt() -> None:

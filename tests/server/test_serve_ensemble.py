@@ -18,7 +18,15 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_after_loads, refused_at_start, single_op, until
+from servekit import (
+    cli_server,
+    free_port,
+    refused_after_loads,
+    refused_at_start,
+    same_config_both_ways,
+    single_op,
+    until,
+)
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest, ModelClosed
@@ -119,6 +127,8 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert meta["inputs"] == [{"name": "IN", "datatype": "FP32", "shape": [-1, 16]}]
         config = grpc.get_model_config("pipe", as_json=True)["config"]
         assert config["platform"] == "ensemble" and config["max_batch_size"] == 8
+        for name in ("pipe", "mlp", "head", "neg"):  # gRPC shows every field HTTP shows
+            same_config_both_ways(http, grpc, name)
         steps = config["ensemble_scheduling"]["step"]
         assert [(s["model_name"], s["model_version"]) for s in steps] == [("mlp", "-1"), ("head", "-1"), ("neg", "1")]
         assert steps[1]["input_map"] == {"h": "MID"} and steps[1]["output_map"] == {"z": "OUT"}

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import mlp_ones, register_like, start
+from servekit import mlp_ones, register_like, same_config_both_ways, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import DynamicBatcher
@@ -325,9 +325,10 @@ REFUSED = [
     (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),
     (json.dumps({"model_warmup": {"name": "w"}}), "list of warm-up samples"),
     (
-        json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}}),
-        "plan",
+        json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "dnnl"}]}}}),
+        "unknown Execution Accelerator 'dnnl' is requested",
     ),
+    (json.dumps({"optimization": {"priority": "PRIORITY_MIN"}}), "one scheduling priority"),
     (json.dumps({"frobnicate": 1}), "'frobnicate'"),
     (json.dumps({"dynamic_batching": {"frobnicate": 0}}), "not a field"),  # even at zero: not Triton's
     (json.dumps({"default_model_filename": 5}), "file names"),
@@ -344,7 +345,7 @@ REFUSED = [
      "must map priority levels"),
     (json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 1,
                                       "priority_queue_policy": {"1": {}, "01": {}}}}), "gives level 1 twice"),
-    (json.dumps({"optimization": json.loads('{"x": ' * 450 + "0" + "}" * 450)}), "nests deeper"),
+    (json.dumps({"model_operations": json.loads('{"x": ' * 450 + "0" + "}" * 450)}), "nests deeper"),
     (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 18446744073709551615}}), "from 0 to"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 10**13}}}), "from 0 to"),
     (json.dumps({"max_batch_size": 1.5}), "1.5"),
@@ -382,7 +383,7 @@ REFUSED = [
     (json.dumps({"dynamic_batching": {"preserve_ordering": True, "priority_levels": 2, "default_priority_level": 1}}),
      "Only one priority level is allowed when 'preserve_ordering' is true"),
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"max_queue_size": "many"}}}), "max_queue_size"),
-    (json.dumps({"parameters": {"enable_mem_arena": {"string_value": "1"}}}), "enable_mem_arena"),
+    (json.dumps({"parameters": {"enable_mem_arena": {"string_value": "2"}}}), "failed to convert '2' to boolean"),
     (json.dumps({"parameters": {"polystack_device": {"string_value": "cuda:0"}}}), "cuda:0"),
     (json.dumps({"max_batch_size": 4, "maxBatchSize": 4}), "twice"),
 ]
@@ -516,6 +517,38 @@ def test_triton_onnxruntime_parameters_reach_the_runtime_and_show_in_the_config(
     # only what a config set is shown: what polystack chose is chosen again at the next load
     client.load_model("mlpfree")
     assert set(client.get_model_config("mlpfree")["parameters"]) == {"polystack_device"}
+
+
+def test_triton_optimization_reaches_the_runtime_and_shows_in_the_config(server: ServerThread) -> None:
+    """A Triton config's graph level and memory parameters set the runtime's session; GET config shows them as
+    Triton does (over gRPC too), and reads back; an execution accelerator this onnxruntime lacks is refused at
+    load, saying which build has it, and the model serves on as it was."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = {
+        "parameters": {"enable_mem_arena": {"string_value": "0"}},
+        "optimization": {"graph": {"level": 2}, "input_pinned_memory": {"enable": False}, "cuda": {"graphs": True}},
+    }
+    client.load_model("mlpfree", config=json.dumps(config))
+    try:
+        entry = server.server.engine.get("mlpfree", None)
+        assert entry.spec.options["graph_optimization_level"] == "disable"
+        so = entry.model.inner.session.get_session_options()  # the runtime's own session, under the check
+        assert str(so.graph_optimization_level).endswith("ORT_DISABLE_ALL") and not so.enable_cpu_mem_arena
+        shown = same_config_both_ways(client, grpcclient.InferenceServerClient(server.grpc_url), "mlpfree")
+        assert shown["optimization"]["graph"] == {"level": 2}
+        assert shown["optimization"]["input_pinned_memory"] == {"enable": False}
+        assert shown["parameters"]["enable_mem_arena"] == {"string_value": "0"}
+        assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
+        client.load_model("mlpfree", config=json.dumps(shown))  # read back, loads again
+        assert server.server.engine.get("mlpfree", None).spec.options["enable_cpu_mem_arena"] is False
+        openvino = {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
+        with pytest.raises(InferenceServerException, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino"):
+            client.load_model("mlpfree", config=json.dumps({"optimization": openvino}))
+        assert client.get_model_config("mlpfree")["optimization"]["graph"] == {"level": 2}
+        assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
+    finally:
+        client.load_model("mlpfree")
+    assert "graph" not in client.get_model_config("mlpfree")["optimization"]
 
 
 def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(

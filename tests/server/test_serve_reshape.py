@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
-from servekit import cli_server, free_port
+from servekit import cli_server, free_port, same_config_both_ways
 from tritonclient.utils import InferenceServerException
 
 from polystack.server import model_config
@@ -75,7 +75,7 @@ def test_clients_send_and_get_the_configs_dims_and_the_model_its_own(tmp_path: P
         try:
             meta = h.get_model_metadata("sc")
             assert meta["inputs"][0]["shape"] == [-1, 1] and meta["outputs"][0]["shape"] == [-1, 6]
-            config = h.get_model_config("sc")
+            config = same_config_both_ways(h, g, "sc")  # over gRPC too (its proto lacked reshape)
             assert config["input"][0]["dims"] == [1] and config["input"][0]["reshape"] == {"shape": []}
             assert config["output"][0]["dims"] == [6] and config["output"][0]["reshape"] == {"shape": [2, 3]}
             for client, module in ((h, httpclient), (g, grpcclient)):

@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_after_loads, refused_at_start, single_op
+from servekit import (
+    cli_server,
+    free_port,
+    refused_after_loads,
+    refused_at_start,
+    same_config_both_ways,
+    single_op,
+)
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
@@ -103,6 +110,7 @@ def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path
         meta = http.get_model_metadata("acc")
         assert [i["name"] for i in meta["inputs"]] == ["INPUT"]
         assert [o["name"] for o in meta["outputs"]] == ["OUTPUT", "ENDED", "ID"]
+        same_config_both_ways(http, grpc, "acc")  # gRPC shows every field HTTP shows
         config = grpc.get_model_config("acc", as_json=True)["config"]
         assert config["max_batch_size"] == 4 and [i["name"] for i in config["input"]] == ["INPUT"]
         seq = config["sequence_batching"]

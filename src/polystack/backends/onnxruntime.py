@@ -36,6 +36,18 @@ class OnnxRuntimeOptions(BaseModel):
         default=None,
         description="providers in preference order; those absent here are skipped (CPU always last)",
     )
+    accelerators: list[str] = Field(
+        default_factory=list,
+        description="providers put ahead of the device's own, in this order; a load fails where one is absent",
+    )
+    provider_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="each provider's options, by provider name (device_id: the device's)"
+    )
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    session_config: dict[str, str] = Field(
+        default_factory=dict, description="session configuration entries (SessionOptions.add_session_config_entry)"
+    )
 
 
 def _to_runtime_input(name: str, arr: np.ndarray) -> np.ndarray:
@@ -55,6 +67,21 @@ def _from_runtime_output(arr: Any) -> np.ndarray:
     if arr.dtype.kind in ("U", "O"):
         return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else v, otypes=[object])(arr)
     return arr
+
+
+_OPENVINO = "OpenVINOExecutionProvider"  # takes a device_type, not a device_id
+
+
+def _name(provider: Any) -> str:
+    return provider if isinstance(provider, str) else str(provider[0])
+
+
+def _with_options(provider: Any, given: dict[str, str]) -> Any:
+    """``provider`` (a name, or a name and its options) with ``given`` options over its own."""
+    if not given:
+        return provider
+    own = {} if isinstance(provider, str) else dict(provider[1])
+    return (_name(provider), {**own, **given})
 
 
 class OnnxRuntimeModel:
@@ -118,9 +145,22 @@ class OnnxRuntimeBackend(Backend):
             if provider is None or provider not in present:
                 raise BackendUnavailable(f"onnxruntime cannot use device {device!r} here; it offers {self.devices()}")
             chosen = [(provider, {"device_id": int(index or 0)})]
+        missing = [p for p in options.accelerators if p not in present]
+        if missing:
+            raise BackendUnavailable(
+                f"this onnxruntime has no {', '.join(missing)} (it offers {present}); install the onnxruntime build "
+                "that has it (onnxruntime-openvino for OpenVINO, onnxruntime-gpu for CUDA and TensorRT) in place of "
+                "onnxruntime, or leave the execution accelerator out"
+            )
+        _, _, index = device.partition(":")
+        ahead: list[Any] = [
+            (p, {"device_id": int(index)}) if index and p in _DEVICE_PROVIDERS.values() and p != _OPENVINO else p
+            for p in options.accelerators
+        ]
+        chosen = [*ahead, *(c for c in chosen if _name(c) not in options.accelerators)]
         if "CPUExecutionProvider" not in chosen:
             chosen.append("CPUExecutionProvider")
-        return chosen
+        return [_with_options(c, options.provider_options.get(_name(c), {})) for c in chosen]
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
         import onnxruntime as ort
@@ -141,6 +181,10 @@ class OnnxRuntimeBackend(Backend):
             ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.log_severity_level = 3
+        so.enable_cpu_mem_arena = options.enable_cpu_mem_arena
+        so.enable_mem_pattern = options.enable_mem_pattern
+        for key, value in options.session_config.items():
+            so.add_session_config_entry(key, value)
         bf16 = [t.name for t in (*signature.inputs, *signature.outputs) if t.dtype is DType.BF16]
         if bf16:  # numpy has no bfloat16 for it: refused here, as Triton's ONNX Runtime backend refuses it
             raise InvalidModelFile(

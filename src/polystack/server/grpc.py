@@ -231,9 +231,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         config = await self._sync(context, lambda: self.plane.model_config(request.name, request.version))
-        return pb.ModelConfigResponse(
-            config=json_format.ParseDict(config, pb.ModelConfig(), ignore_unknown_fields=True)
-        )
+        # every field GET config shows is in the proto: a client sees over gRPC what it sees over HTTP
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))

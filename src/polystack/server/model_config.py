@@ -37,6 +37,8 @@ from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
+from polystack.server import onnxruntime_config
+from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
@@ -93,12 +95,21 @@ _TRITON = {
         "use_growable_memory",
     },
     "initial_state": {"data_type", "dims", "zero_data", "data_file", "name"},
+    "optimization": {
+        "graph", "priority", "cuda", "execution_accelerators", "input_pinned_memory", "output_pinned_memory",
+        "gather_kernel_buffer_threshold", "eager_batching",
+    },
+    "graph": {"level"},
+    "cuda": {"graphs", "busy_wait_events", "graph_spec", "output_copy_stream"},
+    "execution_accelerators": {"gpu_execution_accelerator", "cpu_execution_accelerator"},
+    "accelerator": {"name", "parameters"},
+    "pinned_memory": {"enable"},
 }  # fmt: skip
 _TRITON["ensemble"] = _TRITON["config"]  # an ensemble's config (ensemble.py), read as a model's is
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
-               "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache"},
+               "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache", "optimization"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
@@ -125,6 +136,14 @@ _READ = {
     "control": _TRITON["control"],
     "state": {"input_name", "output_name", "data_type", "dims", "initial_state", "use_same_buffer_for_input_output"},
     "initial_state": _TRITON["initial_state"],
+    # read whole (onnxruntime_config.py); cuda, gather_kernel_buffer_threshold and eager_batching are read by
+    # Triton's TensorRT backend only: for other models Triton accepts and ignores them, and so does polystack
+    "optimization": _TRITON["optimization"],
+    "graph": _TRITON["graph"],
+    "cuda": _TRITON["cuda"],
+    "execution_accelerators": _TRITON["execution_accelerators"],
+    "accelerator": _TRITON["accelerator"],
+    "pinned_memory": _TRITON["pinned_memory"],
 }  # fmt: skip
 # Triton's defaults that are not empty values (a config Triton printed carries them)
 _DEFAULTS: dict[str, Any] = {
@@ -151,7 +170,6 @@ _UNSUPPORTED = {
     "batch_input": "polystack has no ragged batching",
     "batch_output": "polystack has no ragged batching",
     "version_policy": "a load loads one version: the latest, or NAME:VERSION",
-    "optimization": "polystack's runtimes take their settings from its plan (`polystack tune`)",
     "metric_tags": "polystack's metrics are labelled by model and version only",
 }
 
@@ -160,8 +178,9 @@ _UNSUPPORTED = {
 class Additions:
     """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
     config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), the
-    runtime options Triton's backend parameters set, whether its answers go through the server's
-    response cache (``response_cache.py``), and the shapes its dims fix where the model's are dynamic."""
+    runtime options Triton's backend parameters and optimization set (with both as the config gave them, to
+    show), whether its answers go through the server's response cache (``response_cache.py``), and the shapes
+    its dims fix where the model's are dynamic."""
 
     warmup: tuple[WarmupSample, ...] = ()
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
@@ -170,6 +189,8 @@ class Additions:
     # (tensor, its whole shape) where the config's dims fix a -1 of the model's: clients see and send these
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     reshape: tuple[Reshape, ...] = ()  # tensors the config reshapes: the load's spec carries them to the runtime
+    parameters: tuple[tuple[str, str], ...] = ()  # Triton's backend parameters (name, string value) it set
+    optimization: Optimization = field(default_factory=Optimization)
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
@@ -241,7 +262,11 @@ def render(
                 "count": instances,
             }
         ],
-        "parameters": {"polystack_device": {"string_value": entry.spec.device}, **_ort_parameters(added.options)},
+        "parameters": {
+            "polystack_device": {"string_value": entry.spec.device},
+            **{key: {"string_value": value} for key, value in added.parameters},  # only a config's: chosen again
+        },
+        "optimization": added.optimization.render(),
         "response_cache": {"enable": added.response_cache},
     }
     if merging:
@@ -316,15 +341,6 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
     }
 
 
-def _ort_parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """The runtime options a config set (``_parameters``), as Triton's onnxruntime backend names them:
-    only those, so that what polystack chose (the plan's, the pinning's) is chosen again at each load."""
-    shown = {key: options.get(option) for key, option in _ORT_PARAMETERS.items()}
-    if "execution_mode" in options:
-        shown["execution_mode"] = next(k for k, v in _ORT_MODES.items() if v == options["execution_mode"])
-    return {key: {"string_value": str(v)} for key, v in shown.items() if v is not None}
-
-
 def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
     """``sample`` as the config shows it; a batched sample of a model now shown without batching (its
     batcher stopped merging) has its batch in its dims, so that the config read back loads."""
@@ -379,7 +395,9 @@ def read(
                 "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
                 "chooses another runtime (`polystack tune`)"
             )
-    options = _parameters(config.get("parameters"), spec)
+    parameters = _parameters(config.get("parameters"), spec)
+    optimization = _optimization(config.get("optimization"))
+    options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
@@ -445,7 +463,7 @@ def read(
             "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
             "samples hold no control or state inputs): leave model_warmup out"
         )
-    additions = Additions(warmup, formats, options, cached, shapes, reshapes)
+    additions = Additions(warmup, formats, options, cached, shapes, reshapes, parameters, optimization)
     return LoadConfig(batching, rows, instances, additions, sequence)
 
 
@@ -1038,57 +1056,90 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     return total
 
 
-# Triton's onnxruntime backend parameters polystack's onnxruntime backend takes too, as its options:
-# thread counts ("0": the runtime's own choice) and the execution mode ("0" sequential, "1" parallel)
-_ORT_PARAMETERS = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
-_ORT_MODES = {"0": "sequential", "1": "parallel"}
-
-
-def _parameters(value: Any, spec: LoadSpec) -> dict[str, Any]:
-    """The runtime options the config's ``parameters`` set (Triton's onnxruntime backend's, for a model
-    polystack serves with onnxruntime); ``polystack_device`` must name the device it runs on."""
+def _parameters(value: Any, spec: LoadSpec) -> tuple[tuple[str, str], ...]:
+    """The config's ``parameters`` as (name, string value), but ``polystack_device``, which must name the device
+    polystack runs the model on; ``onnxruntime_config`` reads what they ask of the runtime."""
     if value is None:
-        return {}
+        return ()
     if not isinstance(value, dict):
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
-    options: dict[str, Any] = {}
+    out: list[tuple[str, str]] = []
     for key, item in value.items():
         fields = read_message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
         given = fields.get("string_value")
         if not isinstance(given, str):
             raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
-        if key == "polystack_device":
-            if given != spec.device:
-                raise InvalidRequest(
-                    f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
-                    "leave it out, or serve a variant built for that device"
-                )
-            continue
-        if key not in (*_ORT_PARAMETERS, "execution_mode"):
+        if key != "polystack_device":
+            out.append((key, given))
+        elif given != spec.device:
             raise InvalidRequest(
-                f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
-                "from the plan (`polystack tune`), or for onnxruntime from intra_op_thread_count, "
-                "inter_op_thread_count and execution_mode; leave it out"
+                f"parameter polystack_device is {quote(given)}, but polystack runs this model on {spec.device!r}; "
+                "leave it out, or serve a variant built for that device"
             )
-        if spec.backend != "onnxruntime":
-            raise InvalidRequest(
-                f"the config sets parameter {quote(key)} of Triton's onnxruntime backend, but polystack serves this "
-                f"model with {spec.backend!r} (its plan, or the default variant); leave it out"
-            )
-        if key == "execution_mode":
-            if given not in _ORT_MODES:
-                raise InvalidRequest(f"parameter execution_mode is {quote(given)}; Triton's are 0 (sequential) and 1")
-            options["execution_mode"] = _ORT_MODES[given]
-            continue
-        try:  # as Triton's backend reads it (std::stoi): spaces and a sign allowed
-            threads = int(given.strip())
-        except ValueError:
-            raise InvalidRequest(f"parameter {key} is {quote(given)}, not a whole number") from None
-        if threads > 1024:
-            raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most 1024 threads")
-        if threads > 0:  # 0 or less: the runtime's own choice, which polystack's plan makes
-            options[_ORT_PARAMETERS[key]] = threads
-    return options
+    return tuple(out)
+
+
+# Triton's model priorities (optimization.priority) set the nice level of its scheduler threads
+_PRIORITIES = ("", "PRIORITY_DEFAULT", "PRIORITY_MAX", "PRIORITY_MIN")
+
+
+def _optimization(value: Any) -> Optimization:
+    """The config's ``optimization``, read whole: what it asks of the runtime (``onnxruntime_config``), and
+    Triton's TensorRT-only fields, which Triton's other backends ignore, as polystack does."""
+    if value is None:
+        return Optimization()
+    where = "optimization"
+    d = read_message(value, where, where)
+    level: int | None = None
+    if d.get("graph") is not None:
+        graph = read_message(d["graph"], f"{where}.graph", "graph")
+        level = read_int(graph, "level", f"{where}.graph", -(1 << 31), _INT32_MAX)
+    priority = read_enum(d, "priority", where, "ModelOptimizationPolicy.ModelPriority")
+    if priority not in _PRIORITIES:
+        raise InvalidRequest(f"{where}.priority {quote(priority)} is not Triton's: {', '.join(_PRIORITIES[1:])}")
+    if priority in ("PRIORITY_MAX", "PRIORITY_MIN"):
+        raise InvalidRequest(
+            f"the config sets {where}.priority {priority}, which polystack cannot honour: it runs every model's "
+            "threads at one scheduling priority (dynamic_batching's priority_levels order requests within a model); "
+            "leave it out"
+        )
+    if d.get("cuda") is not None:
+        read_message(d["cuda"], f"{where}.cuda", "cuda")  # Triton's TensorRT backend's: names checked, ignored
+    read_int(d, "gather_kernel_buffer_threshold", where, 0, _UINT32_MAX)
+    read_bool(d, "eager_batching", where)
+    pinned = []  # Triton's default: on (an empty message turns it off)
+    for key in ("input_pinned_memory", "output_pinned_memory"):
+        buffer = {"enable": True} if d.get(key) is None else read_message(d[key], f"{where}.{key}", "pinned_memory")
+        pinned.append(read_bool(buffer, "enable", f"{where}.{key}"))
+    cpu: tuple[Accelerator, ...] = ()
+    gpu: tuple[Accelerator, ...] = ()
+    if d.get("execution_accelerators") is not None:
+        kind = "execution_accelerators"
+        accelerators = read_message(d[kind], f"{where}.{kind}", kind)
+        gpu, cpu = (
+            _accelerators(accelerators.get(key), f"{where}.execution_accelerators.{key}")
+            for key in ("gpu_execution_accelerator", "cpu_execution_accelerator")
+        )
+    return Optimization(level, cpu, gpu, *pinned)
+
+
+def _accelerators(value: Any, where: str) -> tuple[Accelerator, ...]:
+    """A list of Triton's execution accelerators: each a name, with a map of string parameters."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest(f'{where} must be a list of {{"name": ..., "parameters": {{...}}}}')
+    out = []
+    for i, item in enumerate(value):
+        a = read_message(item, f"{where}[{i}]", "accelerator")
+        name = read_string(a, "name", f"{where}[{i}]")
+        if not name:
+            raise InvalidRequest(f"{where}[{i}] needs a name (openvino for CPU; tensorrt or cuda for GPU)")
+        parameters = a.get("parameters") or {}
+        if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+            raise InvalidRequest(f"{where}[{i}].parameters must map names to strings, not {quote(parameters)}")
+        out.append(Accelerator(name, tuple(parameters.items())))
+    return tuple(out)
 
 
 def _tensors(
