@@ -44,6 +44,32 @@ def single_op(path: Path, op: str, elem: int, width: int, inp: str, outs: list[t
     return path
 
 
+def batch_of_scalars(path: Path) -> Path:
+    """A model of a batch of scalars: x FP32[n] -> y FP32[n] (x * 2) and z FP32[n, 2] (x twice)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "x"], ["y"]),
+            helper.make_node("Unsqueeze", ["x", "axis"], ["col"]),
+            helper.make_node("Concat", ["col", "col"], ["z"], axis=1),
+        ],
+        "scalars",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 2]),
+        ],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
 def build_models(work: Path) -> dict[str, Path]:
     from onnx import TensorProto
 

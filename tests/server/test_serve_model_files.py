@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, mlp_ones, start
+from servekit import batch_of_scalars, caught_logs, mlp_ones, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -65,6 +65,27 @@ def _clients(server: ServerThread) -> dict[str, Client]:
         "http": httpclient.InferenceServerClient(server.http_url),
         "grpc": grpcclient.InferenceServerClient(server.grpc_url),
     }
+
+
+def test_an_uploaded_batch_of_scalars_shows_as_triton_auto_completes_it(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """As from a repository: a config that lists no outputs gets Triton's auto-completed ones, a batch of
+    scalars shown as dims [1] (reshaped to the model's []), so that clients get [batch, 1] as from Triton."""
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    model = batch_of_scalars(tmp_path / "scalars.onnx").read_bytes()
+    config = {"max_batch_size": 8, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1], "reshape": {"shape": []}}]}
+    client.load_model("scal", config=json.dumps(config), files={"file:1/model.onnx": model})
+    try:
+        outputs = client.get_model_metadata("scal")["outputs"]
+        assert [(o["name"], o["shape"]) for o in outputs] == [("y", [-1, 1]), ("z", [-1, 2])]
+        x = httpclient.InferInput("x", [2, 1], "FP32")
+        x.set_data_from_numpy(np.array([[1.0], [4.0]], np.float32))
+        np.testing.assert_array_equal(client.infer("scal", [x]).as_numpy("y"), np.array([[2.0], [8.0]], np.float32))
+    finally:
+        client.unload_model("scal")
+        store.remove("scal")
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

@@ -4,6 +4,7 @@ process and tritonclient; and the repositories it cannot serve, refused at start
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
-from servekit import caught_logs, cli_server, free_port, refused_at_start, start, until
+from servekit import batch_of_scalars, caught_logs, cli_server, free_port, refused_at_start, start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -469,3 +470,48 @@ def test_a_reload_the_drain_stops_is_not_logged_as_a_failed_load(tmp_path: Path)
     finally:
         st.stop()
         store.close()
+
+
+def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) -> None:
+    """Triton's ONNX Runtime backend auto-completes a batched model's config where it lists no inputs (or no
+    outputs): a tensor with no dims besides the batch shows dims [1], reshaped to the model's [] (its
+    AutoCompleteIO), so that Triton's clients send and get [batch, 1]. A repository model showed [batch], and
+    Triton clients' [batch, 1] requests were refused."""
+    repo = tmp_path / "models"
+    batch_of_scalars(repo / "auto" / "1" / "model.onnx")
+    batch_of_scalars(repo / "inputs" / "1" / "model.onnx")  # its config lists its input as Triton needs it: outputs auto
+    (repo / "inputs" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ], reshape: { shape: [ ] } } ]\n'
+        "dynamic_batching { }\n"
+    )
+    batch_of_scalars(repo / "unbatched" / "1" / "model.onnx")  # no batching: dims [-1, 1], reshaped to the model's [-1]
+    (repo / "unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
+    grpc_port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control"]
+    port = free_port()
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        import tritonclient.grpc as grpcclient
+        from servekit import same_config_both_ways
+
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        x = np.array([[1.0], [2.5], [-3.0]], np.float32)
+        for name in ("auto", "inputs", "unbatched"):  # auto: served as polystack chooses (here without batching)
+            meta = h.get_model_metadata(name)
+            assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [[-1, 1], [-1, 1], [-1, 2]]
+            config = same_config_both_ways(h, g, name)
+            scalar = ([1], {"shape": []}) if config["max_batch_size"] else ([-1, 1], {"shape": [-1]})
+            assert (config["input"][0]["dims"], config["input"][0]["reshape"]) == scalar
+            shown = {o["name"]: (o["dims"], o.get("reshape")) for o in config["output"]}
+            assert shown == {"y": scalar, "z": ([2] if config["max_batch_size"] else [-1, 2], None)}
+            for client, module in ((h, httpclient), (g, grpcclient)):
+                i = module.InferInput("x", [3, 1], "FP32")
+                i.set_data_from_numpy(x)
+                answer = client.infer(name, [i])
+                np.testing.assert_array_equal(answer.as_numpy("y"), x * 2)  # [3, 1], as from Triton
+                np.testing.assert_array_equal(answer.as_numpy("z"), np.concatenate([x, x], axis=1))
+            h.load_model(name, config=json.dumps(config))  # what GET config shows loads back unchanged
+            assert h.get_model_config(name) == config
+        assert h.get_model_config("inputs")["max_batch_size"] == 8 and h.get_model_config("unbatched")["max_batch_size"] == 0
+        h.close()
+        g.close()

@@ -198,6 +198,29 @@ class Additions:
         return signature.with_shapes(shapes) if shapes else signature
 
 
+# a model record's setting: registered from a Triton model repository (or a load's model files), whose inputs and
+# outputs show as Triton's auto-complete shows a config's (``autocomplete``)
+TRITON_IO = "triton_io"
+
+
+def autocomplete(additions: Additions, signature: Signature, config: str | None, batched: bool) -> Additions:
+    """``additions`` with what Triton's ONNX Runtime backend's auto-complete adds to a config (``AutoCompleteIO``)
+    where it lists no inputs (or no outputs): a tensor of a batch of scalars (the model's ``[-1]``) shows
+    ``dims: [1]`` reshaped to the model's ``[]``, so that clients send and get ``[batch, 1]`` as from Triton
+    (whose auto-complete batches every model that can be). Served without batching (``batched`` false), it
+    shows ``dims: [-1, 1]`` reshaped to ``[-1]``: clients send and get the same."""
+    listed = parse_config(config) if config is not None else {}
+    client, model = ((1,), ()) if batched else ((-1, 1), (-1,))
+    added = tuple(
+        Reshape(t.name, batched, client, model)
+        for key, tensors in (("input", signature.inputs), ("output", signature.outputs))
+        if not listed.get(key)
+        for t in tensors
+        if t.shape == (-1,)
+    )
+    return replace(additions, reshape=additions.reshape + added) if added else additions
+
+
 @dataclass(frozen=True)
 class LoadConfig:
     """What a load's config decides for that load: how to batch (None: not batched) and, without

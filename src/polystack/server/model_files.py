@@ -130,7 +130,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
                 labels[output] = where / "labels" / label
                 labels[output].write_bytes(files.labels[label])
         shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.name for p in labels.values()}}
-        return register_file(store, name, path, labels, where / "import", shown)
+        return register_file(store, name, path, labels, where / "import", shown, triton_io=True)
 
 
 def register_file(
@@ -142,13 +142,15 @@ def register_file(
     shown: Mapping[Path, str],
     version: int | None = None,
     exact_labels: bool = False,
+    triton_io: bool = False,
 ) -> Registered:
     """Import the model file at ``path`` (in place: an ONNX model's external data beside it is read there)
     and register it under ``name`` with the label files ``labels`` (by output), as ``version`` when given
     (a model repository's, ``model_repository.py``), else as the store numbers it. ``work`` is a folder of
     its own for the import; errors name the files as ``shown`` says. With ``exact_labels`` the record's
     labels become these (none: none) even when the store already held the bytes, whose settings a
-    registration otherwise adds to (a repository's label files are the truth)."""
+    registration otherwise adds to (a repository's label files are the truth). With ``triton_io`` the record
+    shows its inputs and outputs as Triton auto-completes a config's (``model_config.TRITON_IO``)."""
     model_shown = shown.get(path, str(path))
     try:
         imported = import_model(path, work)
@@ -173,6 +175,8 @@ def register_file(
             ) from None
     if found or exact_labels:
         settings.update(label_settings(found))
+    if triton_io:
+        settings[model_config.TRITON_IO] = True
     before = {r.id: r.settings for r in store.models.list(name)}
     record, created = store.register(
         imported.artifact,
@@ -184,9 +188,11 @@ def register_file(
         version=version,
     )
     prior = None if created else before.get(record.id)  # None too if another writer registered it just now
-    if exact_labels and not created:
+    if (exact_labels or triton_io) and not created:
         # settings given again are added to the record's, key by key: labels an output lost stay unless replaced
-        exact = {**record.settings, **label_settings(found)}
+        exact = {**record.settings, **(label_settings(found) if exact_labels else {})}
+        if triton_io:
+            exact[model_config.TRITON_IO] = True
         if exact != record.settings:
             record = store.models.update_settings(dataclasses.replace(record, settings={}), exact)
     return Registered(record, created, prior if prior is not None and prior != record.settings else None)

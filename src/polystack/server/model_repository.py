@@ -301,7 +301,7 @@ def _register_model(store: Store, folder: Path, done: list[model_files.Registere
     for version, path in paths:
         with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
             registered = model_files.register_file(
-                store, name, path, labels, Path(work), {}, version=version, exact_labels=True
+                store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True
             )
         done.append(registered)
         if registered.created:
