@@ -158,40 +158,62 @@ def test_onnxruntime_session_options_from_a_triton_config_reach_the_session(tmp_
     np.testing.assert_allclose(tuned.infer(x)[name], plain.infer(x)[name], rtol=1e-6)
 
 
-def test_onnxruntime_accelerators_go_ahead_of_the_devices_provider_and_must_be_present(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_onnxruntime_accelerators_go_where_triton_puts_them_and_must_be_present(monkeypatch: pytest.MonkeyPatch) -> None:
     """An execution accelerator of a Triton config is required: this onnxruntime (no OpenVINO provider) refuses
-    it, saying which build has it. No GPU or OpenVINO provider here: the order and options given to ONNX
-    Runtime with them are checked against a provider list that claims them."""
-    from polystack.errors import BackendUnavailable
+    it, saying which build has it. As Triton appends them: TensorRT, the device's own (CUDA), OpenVINO, then
+    the CPU; the model's device is each provider's device_id, whatever a config's options say. No GPU or
+    OpenVINO provider here: the providers given to ONNX Runtime are checked against a list that claims them."""
+    from polystack.errors import InvalidRequest
 
     backend = registry.get("onnxruntime")
-    openvino = backend.parse_options(
-        {
-            "accelerators": ["OpenVINOExecutionProvider"],
-            "provider_options": {"OpenVINOExecutionProvider": {"device_type": "CPU"}},
-        }
-    )
-    with pytest.raises(BackendUnavailable, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino"):
-        backend._providers_for("cpu", openvino)  # type: ignore[attr-defined]
+    openvino = {
+        "cpu_accelerators": ["OpenVINOExecutionProvider"],
+        "provider_options": {"OpenVINOExecutionProvider": {"device_type": "CPU"}},
+    }
+    with pytest.raises(InvalidRequest, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino"):
+        backend._providers_for("cpu", backend.parse_options(openvino))  # type: ignore[attr-defined]
     claimed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(type(backend), "providers", lambda self: claimed)
-    assert backend._providers_for("cpu", openvino) == [  # type: ignore[attr-defined]
+    assert backend._providers_for("cpu", backend.parse_options(openvino)) == [  # type: ignore[attr-defined]
         ("OpenVINOExecutionProvider", {"device_type": "CPU"}),
         "CPUExecutionProvider",
     ]
     gpu = backend.parse_options(
         {
             "accelerators": ["TensorrtExecutionProvider"],
+            "cpu_accelerators": ["OpenVINOExecutionProvider"],
             "provider_options": {
-                "TensorrtExecutionProvider": {"trt_fp16_enable": "1"},
-                "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
+                "TensorrtExecutionProvider": {"trt_fp16_enable": "1", "device_id": "3"},
+                "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "3"},
+                "OpenVINOExecutionProvider": {"device_type": "CPU"},
             },
         }
     )
     assert backend._providers_for("cuda:1", gpu) == [  # type: ignore[attr-defined]
         ("TensorrtExecutionProvider", {"device_id": 1, "trt_fp16_enable": "1"}),
         ("CUDAExecutionProvider", {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}),
+        ("OpenVINOExecutionProvider", {"device_type": "CPU"}),
         "CPUExecutionProvider",
     ]
+    # a TensorRT device: what TensorRT cannot run goes to CUDA on the same GPU
+    assert backend._providers_for("tensorrt:0", backend.parse_options({})) == [  # type: ignore[attr-defined]
+        ("TensorrtExecutionProvider", {"device_id": 0}),
+        ("CUDAExecutionProvider", {"device_id": 0}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_onnxruntime_run_options_from_a_triton_config_reach_every_run(tmp_path: Path) -> None:
+    import onnx
+
+    from polystack.examples import mlp_onnx
+    from polystack.formats.onnx import signature_of
+
+    backend = registry.get("onnxruntime")
+    path = mlp_onnx(tmp_path / "mlp.onnx")
+    sig = signature_of(onnx.load(str(path)))
+    options = backend.parse_options({"run_config": {"memory.enable_memory_arena_shrinkage": "cpu:0"}})
+    loaded = backend.load(path, sig, options, "cpu")
+    assert loaded._run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"  # type: ignore[attr-defined]
+    x = {sig.inputs[0].name: np.ones((2, *sig.inputs[0].shape[1:]), np.float32)}
+    assert loaded.infer(x)[sig.outputs[0].name].shape[0] == 2

@@ -339,8 +339,12 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     for item in ({"string_value": "2", "stringValue": "3"}, {"string_value": "2", "bool_value": True}):
         with pytest.raises(InvalidRequest, match="parameter 'intra_op_thread_count' sets"):
             model_config.read(json.dumps({"parameters": {"intra_op_thread_count": item}}), RECORD, SPEC, PLAN)
-    with pytest.raises(InvalidRequest, match="Triton's are 0 \\(sequential\\) and 1"):
+    with pytest.raises(InvalidRequest, match="Expected values for execution_mode are 0 or 1 but got 2"):
         model_config.read(parameters(execution_mode="2"), RECORD, SPEC, PLAN)
+    # read as Triton reads it (std::stoi)
+    assert model_config.read(parameters(execution_mode=" +1"), RECORD, SPEC, PLAN).additions.options == {
+        "execution_mode": "parallel"
+    }
     with pytest.raises(InvalidRequest, match="parameter 'frobnicate', which polystack does not read"):
         model_config.read(parameters(frobnicate="1"), RECORD, SPEC, PLAN)
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
@@ -358,22 +362,24 @@ def test_triton_onnxruntime_memory_and_session_parameters_set_the_runtimes_optio
         return model_config.read(text, RECORD, spec, PLAN).additions
 
     chosen = read(
-        enable_mem_arena="OFF", enable_mem_pattern="true", **{"session.use_device_allocator_for_initializers": "1"}
+        enable_mem_arena="OFF",
+        enable_mem_pattern="true",
+        share_session_between_instances="true",  # polystack's instances share one session anyway
+        **{"session.use_device_allocator_for_initializers": "1", "memory.enable_memory_arena_shrinkage": "cpu:0"},
     )
     assert chosen.options == {
         "enable_cpu_mem_arena": False,
         "enable_mem_pattern": True,
         "session_config": {"session.use_device_allocator_for_initializers": "1"},
+        "run_config": {"memory.enable_memory_arena_shrinkage": "cpu:0"},
     }
-    assert chosen.parameters == (
-        ("enable_mem_arena", "OFF"),
-        ("enable_mem_pattern", "true"),
-        ("session.use_device_allocator_for_initializers", "1"),
-    )
-    with pytest.raises(InvalidRequest, match="failed to convert 'maybe' to boolean"):
-        read(enable_mem_arena="maybe")
+    assert chosen.parameters[:2] == (("enable_mem_arena", "OFF"), ("enable_mem_pattern", "true"))
+    for bad in ({"enable_mem_arena": "maybe"}, {"share_session_between_instances": "maybe"}):
+        with pytest.raises(InvalidRequest, match="failed to convert 'maybe' to boolean"):
+            read(**bad)
     cuda = dict(cudnn_conv_algo_search="1", arena_extend_strategy="1", gpu_mem_limit="1024", do_copy_in_default_stream="0")
-    assert read(**cuda).options == {}  # on a CPU: read, not applied
+    # on a CPU: neither checked nor applied, as Triton reads them for GPU instances only
+    assert read(**cuda).options == {} and read(cudnn_conv_algo_search="3").options == {}
     # No GPU here: what a GPU spec would be given is checked, not run
     gpu = dataclasses.replace(SPEC, device="cuda:0")
     assert read(gpu, **cuda).options == {
@@ -387,7 +393,7 @@ def test_triton_onnxruntime_memory_and_session_parameters_set_the_runtimes_optio
         }
     }
     with pytest.raises(InvalidRequest, match="unsupported cudnn_conv_algo_search value '3' is requested"):
-        read(cudnn_conv_algo_search="3")
+        read(gpu, cudnn_conv_algo_search="3")
 
 
 def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -> None:
@@ -399,7 +405,7 @@ def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -
         assert read({"graph": {"level": level}}).options == {"graph_optimization_level": ours}
     openvino = {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
     assert read(openvino).options == {
-        "accelerators": ["OpenVINOExecutionProvider"],
+        "cpu_accelerators": ["OpenVINOExecutionProvider"],
         "provider_options": {"OpenVINOExecutionProvider": {"device_type": "CPU"}},
     }
     tensorrt = {
@@ -408,9 +414,12 @@ def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -
     }
     cuda = {"name": "cuda", "parameters": {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"}}
     gpu_eas = {"execution_accelerators": {"gpu_execution_accelerator": [tensorrt, cuda]}}
-    assert read(gpu_eas).options == {}  # on a CPU: checked, not applied, as Triton's KIND_CPU instances
+    assert read(gpu_eas).options == {}  # on a CPU: ignored, as by Triton's KIND_CPU instances
+    unknown = {"execution_accelerators": {"gpu_execution_accelerator": [{"name": "auto_mixed_precision"}]}}
+    assert read(unknown).options == {}  # TensorFlow's, copied over: Triton does not look at it on a CPU either
     # No GPU here: what a GPU spec would be given is checked, not run
-    assert read(gpu_eas, dataclasses.replace(SPEC, device="cuda:1")).options == {
+    gpu = dataclasses.replace(SPEC, device="cuda:1")
+    assert read(gpu_eas, gpu).options == {
         "accelerators": ["TensorrtExecutionProvider"],
         "provider_options": {
             "TensorrtExecutionProvider": {
@@ -421,21 +430,33 @@ def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -
             "CUDAExecutionProvider": {"cudnn_conv_use_max_workspace": "0", "use_ep_level_unified_stream": "1"},
         },
     }
+    bf16 = {"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"precision_mode": "BF16"}}]}}
+    assert read(bf16, gpu).options["provider_options"]["TensorrtExecutionProvider"] == {"trt_bf16_enable": "1"}
+    # the deprecated CUDA parameters win over the cuda accelerator's, as in Triton
+    both = {"optimization": {"execution_accelerators": {"gpu_execution_accelerator": [
+        {"name": "cuda", "parameters": {"cudnn_conv_algo_search": "DEFAULT"}}]}},
+        "parameters": {"cudnn_conv_algo_search": {"string_value": "1"}}}  # fmt: skip
+    chosen = model_config.read(json.dumps(both), RECORD, gpu, PLAN).additions.options
+    assert chosen["provider_options"]["CUDAExecutionProvider"] == {"cudnn_conv_algo_search": "HEURISTIC"}
     # Triton's TensorRT backend's fields, which its other backends ignore; pinned memory changes no copy here
     ignored = {
-        "cuda": {"graphs": True, "busy_wait_events": True},
+        "cuda": {"graphs": True, "busyWaitEvents": True},
         "gather_kernel_buffer_threshold": 4,
         "eager_batching": True,
         "input_pinned_memory": {"enable": False},
         "output_pinned_memory": {},
-        "priority": "PRIORITY_DEFAULT",
+        "priority": "PRIORITY_MAX",  # every polystack thread runs at the highest priority a user process may set
     }
     chosen = read(ignored)
     assert chosen.options == {}
-    assert not chosen.optimization.input_pinned_memory and not chosen.optimization.output_pinned_memory
+    shown = chosen.optimization.render()  # as given, to show, as Triton shows them
+    assert shown["cuda"] == {"graphs": True, "busy_wait_events": True} and shown["priority"] == "PRIORITY_MAX"
+    assert shown["gather_kernel_buffer_threshold"] == 4 and shown["eager_batching"] is True
+    assert shown["input_pinned_memory"] == shown["output_pinned_memory"] == {"enable": False}
+    gpu = dataclasses.replace(SPEC, device="cuda:0")
     for bad, says in (
         ({"graph": {"level": "high"}}, "'high' is not a whole number"),
-        ({"priority": "PRIORITY_MAX"}, "one scheduling priority"),
+        ({"priority": "PRIORITY_MIN"}, "one scheduling priority"),
         ({"priority": 7}, "not a value of Triton's"),
         ({"execution_accelerators": {"cpu_execution_accelerator": [{"name": "tensorrt"}]}},
          "unknown Execution Accelerator 'tensorrt' is requested; Triton's ONNX Runtime backend takes openvino"),
@@ -451,10 +472,13 @@ def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -
         ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "cuda", "parameters": {"a": 1}}]}}, "map names to strings"),
         ({"execution_accelerators": {"cpu_execution_accelerator": {"name": "openvino"}}}, "must be a list"),
         ({"cuda": {"graph": True}}, "'graph', which is not a field"),
+        ({"cuda": {"graphs": "abc"}}, "is not Triton's ModelOptimizationPolicy.Cuda"),
+        ({"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"trt_dla_core": "99999999999"}}]}},
+         "out of range"),
         ({"graphs": True}, "'graphs', which is not a field"),
     ):  # fmt: skip
         with pytest.raises(InvalidRequest, match=re.escape(says)):
-            read(bad)
+            read(bad, gpu if "gpu_execution_accelerator" in json.dumps(bad) else SPEC)
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
     for given in ({"graph": {"level": 1}}, openvino):
         with pytest.raises(InvalidRequest, match=r"optimization.* of Triton's ONNX Runtime backend, but polystack serves"):

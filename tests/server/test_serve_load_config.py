@@ -329,6 +329,8 @@ REFUSED = [
         "unknown Execution Accelerator 'dnnl' is requested",
     ),
     (json.dumps({"optimization": {"priority": "PRIORITY_MIN"}}), "one scheduling priority"),
+    (json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}}),
+     "no OpenVINOExecutionProvider"),
     (json.dumps({"frobnicate": 1}), "'frobnicate'"),
     (json.dumps({"dynamic_batching": {"frobnicate": 0}}), "not a field"),  # even at zero: not Triton's
     (json.dumps({"default_model_filename": 5}), "file names"),
@@ -542,9 +544,14 @@ def test_triton_optimization_reaches_the_runtime_and_shows_in_the_config(server:
         client.load_model("mlpfree", config=json.dumps(shown))  # read back, loads again
         assert server.server.engine.get("mlpfree", None).spec.options["enable_cpu_mem_arena"] is False
         openvino = {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
-        with pytest.raises(InferenceServerException, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino"):
+        with pytest.raises(InferenceServerException, match=r"no OpenVINOExecutionProvider.*onnxruntime-openvino") as e:
             client.load_model("mlpfree", config=json.dumps({"optimization": openvino}))
+        assert e.value.status() == "400"  # as Triton refuses an accelerator its build lacks: not worth a retry
         assert client.get_model_config("mlpfree")["optimization"]["graph"] == {"level": 2}
+        assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
+        client.load_model("mlpfree", config=json.dumps({"parameters": {"memory.enable_memory_arena_shrinkage": {"string_value": "cpu:0"}}}))
+        run = server.server.engine.get("mlpfree", None).model.inner._run_options
+        assert run.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
         assert client.infer("mlpfree", [mlp_ones()]).as_numpy("y").shape == (1, 4)
     finally:
         client.load_model("mlpfree")

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor
+from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidRequest, InvalidTensor
 from polystack.types import DType, Signature
 
 # device prefix -> execution provider that runs it
@@ -40,6 +40,10 @@ class OnnxRuntimeOptions(BaseModel):
         default_factory=list,
         description="providers put ahead of the device's own, in this order; a load fails where one is absent",
     )
+    cpu_accelerators: list[str] = Field(
+        default_factory=list,
+        description="providers put after the device's own and before the CPU's; a load fails where one is absent",
+    )
     provider_options: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="each provider's options, by provider name (device_id: the device's)"
     )
@@ -47,6 +51,9 @@ class OnnxRuntimeOptions(BaseModel):
     enable_mem_pattern: bool = True
     session_config: dict[str, str] = Field(
         default_factory=dict, description="session configuration entries (SessionOptions.add_session_config_entry)"
+    )
+    run_config: dict[str, str] = Field(
+        default_factory=dict, description="configuration entries of every run (RunOptions.add_run_config_entry)"
     )
 
 
@@ -69,7 +76,7 @@ def _from_runtime_output(arr: Any) -> np.ndarray:
     return arr
 
 
-_OPENVINO = "OpenVINOExecutionProvider"  # takes a device_type, not a device_id
+_CUDA = "CUDAExecutionProvider"
 
 
 def _name(provider: Any) -> str:
@@ -77,25 +84,27 @@ def _name(provider: Any) -> str:
 
 
 def _with_options(provider: Any, given: dict[str, str]) -> Any:
-    """``provider`` (a name, or a name and its options) with ``given`` options over its own."""
+    """``provider`` (a name, or a name and its options) with ``given`` options over its own, but the device it
+    runs on (``device_id``), which is the model's device, as Triton sets the instance's GPU over a config's."""
     if not given:
         return provider
     own = {} if isinstance(provider, str) else dict(provider[1])
-    return (_name(provider), {**own, **given})
+    return (_name(provider), {**own, **given, **({"device_id": own["device_id"]} if "device_id" in own else {})})
 
 
 class OnnxRuntimeModel:
-    def __init__(self, session: Any, signature: Signature) -> None:
+    def __init__(self, session: Any, signature: Signature, run_options: Any = None) -> None:
         self.session = session
         self.signature = signature
         self._outputs = signature.output_names
+        self._run_options = run_options
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
         feed = {name: _to_runtime_input(name, arr) for name, arr in inputs.items()}
         try:
-            results = self.session.run(self._outputs, feed)
+            results = self.session.run(self._outputs, feed, self._run_options)
         except InvalidArgument as e:
             raise InvalidTensor(f"ONNX Runtime refused the inputs: {e}") from e
         except Fail as e:
@@ -145,21 +154,21 @@ class OnnxRuntimeBackend(Backend):
             if provider is None or provider not in present:
                 raise BackendUnavailable(f"onnxruntime cannot use device {device!r} here; it offers {self.devices()}")
             chosen = [(provider, {"device_id": int(index or 0)})]
-        missing = [p for p in options.accelerators if p not in present]
-        if missing:
-            raise BackendUnavailable(
+            if prefix == "tensorrt" and _CUDA in present:  # what TensorRT cannot run, on the same GPU
+                chosen.append((_CUDA, {"device_id": int(index or 0)}))
+        missing = [p for p in (*options.accelerators, *options.cpu_accelerators) if p not in present]
+        if missing:  # asked for by a config: refused as Triton refuses an accelerator its build lacks
+            raise InvalidRequest(
                 f"this onnxruntime has no {', '.join(missing)} (it offers {present}); install the onnxruntime build "
                 "that has it (onnxruntime-openvino for OpenVINO, onnxruntime-gpu for CUDA and TensorRT) in place of "
                 "onnxruntime, or leave the execution accelerator out"
             )
         _, _, index = device.partition(":")
-        ahead: list[Any] = [
-            (p, {"device_id": int(index)}) if index and p in _DEVICE_PROVIDERS.values() and p != _OPENVINO else p
-            for p in options.accelerators
-        ]
-        chosen = [*ahead, *(c for c in chosen if _name(c) not in options.accelerators)]
-        if "CPUExecutionProvider" not in chosen:
-            chosen.append("CPUExecutionProvider")
+        ahead: list[Any] = [(p, {"device_id": int(index)}) if index else p for p in options.accelerators]
+        extra = {*options.accelerators, *options.cpu_accelerators}
+        extra.add("CPUExecutionProvider")  # always last
+        chosen = [*ahead, *(c for c in chosen if _name(c) not in extra), *options.cpu_accelerators]
+        chosen.append("CPUExecutionProvider")
         return [_with_options(c, options.provider_options.get(_name(c), {})) for c in chosen]
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
@@ -185,6 +194,11 @@ class OnnxRuntimeBackend(Backend):
         so.enable_mem_pattern = options.enable_mem_pattern
         for key, value in options.session_config.items():
             so.add_session_config_entry(key, value)
+        run_options = None
+        if options.run_config:
+            run_options = ort.RunOptions()
+            for key, value in options.run_config.items():
+                run_options.add_run_config_entry(key, value)
         bf16 = [t.name for t in (*signature.inputs, *signature.outputs) if t.dtype is DType.BF16]
         if bf16:  # numpy has no bfloat16 for it: refused here, as Triton's ONNX Runtime backend refuses it
             raise InvalidModelFile(
@@ -193,7 +207,9 @@ class OnnxRuntimeBackend(Backend):
             )
         providers = self._providers_for(device, options)
         try:
-            session = ort.InferenceSession(str(artifact), sess_options=so, providers=providers)
+            # no fallback: ONNX Runtime would otherwise retry a session its providers refuse (or a run they fail)
+            # on the CPU, or on GPU 0, while the server says the model runs where it was asked to
+            session = ort.InferenceSession(str(artifact), sess_options=so, providers=providers, enable_fallback=0)
         except Exception as e:
             raise InvalidModelFile(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0]}") from e
-        return OnnxRuntimeModel(session, signature)
+        return OnnxRuntimeModel(session, signature, run_options)

@@ -1120,16 +1120,17 @@ def _optimization(value: Any) -> Optimization:
     priority = read_enum(d, "priority", where, "ModelOptimizationPolicy.ModelPriority")
     if priority not in _PRIORITIES:
         raise InvalidRequest(f"{where}.priority {quote(priority)} is not Triton's: {', '.join(_PRIORITIES[1:])}")
-    if priority in ("PRIORITY_MAX", "PRIORITY_MIN"):
+    if priority == "PRIORITY_MIN":  # Triton: nice 19 for its scheduler threads; polystack's all run at nice 0
         raise InvalidRequest(
             f"the config sets {where}.priority {priority}, which polystack cannot honour: it runs every model's "
-            "threads at one scheduling priority (dynamic_batching's priority_levels order requests within a model); "
-            "leave it out"
+            "threads at one scheduling priority, the highest a user process may set (PRIORITY_MAX's); "
+            "dynamic_batching's priority_levels order requests within a model; leave it out"
         )
-    if d.get("cuda") is not None:
-        read_message(d["cuda"], f"{where}.cuda", "cuda")  # Triton's TensorRT backend's: names checked, ignored
-    read_int(d, "gather_kernel_buffer_threshold", where, 0, _UINT32_MAX)
-    read_bool(d, "eager_batching", where)
+    # Triton's TensorRT backend's (its other backends ignore them, as polystack does): checked as Triton's
+    # protobuf reader checks them, and kept to show
+    cuda = _cuda(d["cuda"], f"{where}.cuda") if d.get("cuda") is not None else ""
+    gather = read_int(d, "gather_kernel_buffer_threshold", where, 0, _UINT32_MAX)
+    eager = read_bool(d, "eager_batching", where)
     pinned = []  # Triton's default: on (an empty message turns it off)
     for key in ("input_pinned_memory", "output_pinned_memory"):
         buffer = {"enable": True} if d.get(key) is None else read_message(d[key], f"{where}.{key}", "pinned_memory")
@@ -1143,7 +1144,22 @@ def _optimization(value: Any) -> Optimization:
             _accelerators(accelerators.get(key), f"{where}.execution_accelerators.{key}")
             for key in ("gpu_execution_accelerator", "cpu_execution_accelerator")
         )
-    return Optimization(level, cpu, gpu, *pinned)
+    return Optimization(
+        level, cpu, gpu, pinned[0], pinned[1], priority or "PRIORITY_DEFAULT", cuda, gather, eager
+    )
+
+
+def _cuda(value: Any, where: str) -> str:
+    """``optimization.cuda`` read against Triton's message (tritonclient ships it), as JSON to show."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    read_message(value, where, "cuda")  # its field names, in either spelling
+    try:
+        message = json_format.ParseDict(value, model_config_pb2.ModelOptimizationPolicy.Cuda())
+    except json_format.ParseError as e:
+        raise InvalidRequest(f"{where} is not Triton's ModelOptimizationPolicy.Cuda: {e}") from None
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True)
 
 
 def _accelerators(value: Any, where: str) -> tuple[Accelerator, ...]:

@@ -11,6 +11,7 @@ the messages; this module decides what they mean for ONNX Runtime.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ _CPU_PROVIDERS = {"openvino": "OpenVINOExecutionProvider"}  # Triton's cpu_execu
 _TENSORRT = "TensorrtExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 _NVIDIA_DEVICES = ("cuda", "tensorrt")  # polystack's device prefixes that run ONNX Runtime's CUDA provider
+_INT32 = (-(1 << 31), (1 << 31) - 1)  # std::stoi's range
+_UINT64 = (0, (1 << 64) - 1)  # std::stoull's
 _WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
@@ -41,20 +44,28 @@ class Optimization:
     graph_level: int | None = None
     cpu_accelerators: tuple[Accelerator, ...] = ()
     gpu_accelerators: tuple[Accelerator, ...] = ()
-    input_pinned_memory: bool = True  # staging buffers for device copies: polystack's runtimes copy themselves
+    # staging buffers for device copies (polystack's runtimes copy to a device themselves), and what only Triton's
+    # TensorRT backend reads: kept to show, as Triton shows them; ``cuda`` as JSON (its message, normalised)
+    input_pinned_memory: bool = True
     output_pinned_memory: bool = True
+    priority: str = "PRIORITY_DEFAULT"
+    cuda: str = ""
+    gather_kernel_buffer_threshold: int = 0
+    eager_batching: bool = False
 
     def render(self) -> dict[str, Any]:
         """As Triton shows it in GET config: every field at its value or default."""
         shown: dict[str, Any] = {
-            "priority": "PRIORITY_DEFAULT",
+            "priority": self.priority,
             "input_pinned_memory": {"enable": self.input_pinned_memory},
             "output_pinned_memory": {"enable": self.output_pinned_memory},
-            "gather_kernel_buffer_threshold": 0,
-            "eager_batching": False,
+            "gather_kernel_buffer_threshold": self.gather_kernel_buffer_threshold,
+            "eager_batching": self.eager_batching,
         }
         if self.graph_level is not None:
             shown["graph"] = {"level": self.graph_level}
+        if self.cuda:
+            shown["cuda"] = json.loads(self.cuda)
         if self.cpu_accelerators or self.gpu_accelerators:
             shown["execution_accelerators"] = {
                 "gpu_execution_accelerator": [_render(a) for a in self.gpu_accelerators],
@@ -72,16 +83,22 @@ _GRAPH_LEVELS = {-1: "basic", 1: "extended", 2: "disable"}
 
 # the parameters Triton's ONNX Runtime backend reads, and what they set
 _THREADS = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
-_MODES = {"0": "sequential", "1": "parallel"}
+_MODES = {0: "sequential", 1: "parallel"}
 _SWITCHES = {"enable_mem_arena": "enable_cpu_mem_arena", "enable_mem_pattern": "enable_mem_pattern"}
 _SESSION_ENTRIES = {"session.use_device_allocator_for_initializers"}
+_RUN_ENTRIES = {"memory.enable_memory_arena_shrinkage"}  # set on each run (Triton's RunOptions)
+# polystack's instances of a model always share one session, whatever this says (Triton's default: one each)
+_SHARED_SESSION = "share_session_between_instances"
 # its deprecated CUDA provider parameters: read on a GPU only, as Triton reads them for GPU instances
 _CUDA_CHOICES = {
     "cudnn_conv_algo_search": {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"},
     "arena_extend_strategy": {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"},
 }
 _CUDA_TEXT = {"gpu_mem_limit", "do_copy_in_default_stream"}
-PARAMETERS = frozenset({*_THREADS, "execution_mode", *_SWITCHES, *_SESSION_ENTRIES, *_CUDA_CHOICES, *_CUDA_TEXT})
+PARAMETERS = frozenset(
+    {*_THREADS, "execution_mode", *_SWITCHES, *_SESSION_ENTRIES, *_RUN_ENTRIES, _SHARED_SESSION, *_CUDA_CHOICES}
+    | _CUDA_TEXT
+)
 
 # TensorRT accelerator parameters -> (ONNX Runtime's TensorRT provider option, kind of value), as Triton maps them
 _TENSORRT_PARAMETERS: dict[str, tuple[str, str]] = {
@@ -112,8 +129,8 @@ def options(
 ) -> dict[str, Any]:
     """The options of polystack's onnxruntime backend that do what Triton's ONNX Runtime backend does with
     these ``parameters`` (name, string value) and ``optimization``, for a model served by ``backend`` on
-    ``device``. GPU settings apply on an NVIDIA device only, as Triton applies them to GPU instances only;
-    they are checked on every device."""
+    ``device``. GPU settings (``gpu_execution_accelerator``, the CUDA parameters) are read on an NVIDIA device
+    only, as Triton reads them for GPU instances only: elsewhere they are neither checked nor applied."""
     onnx_only = [f"parameter {quote(k)}" for k, _ in parameters]
     if optimization.graph_level is not None:
         onnx_only.append("optimization.graph")
@@ -127,7 +144,8 @@ def options(
     gpu = device.partition(":")[0] in _NVIDIA_DEVICES
     out: dict[str, Any] = {}
     session: dict[str, str] = {}
-    cuda: dict[str, str] = {}
+    run: dict[str, str] = {}
+    cuda: dict[str, str] = {}  # the deprecated parameters': they win over the cuda accelerator's, as in Triton
     for key, given in parameters:
         if key not in PARAMETERS:
             raise InvalidRequest(
@@ -136,21 +154,31 @@ def options(
                 f"({', '.join(sorted(PARAMETERS))}); leave it out"
             )
         if key == "execution_mode":
-            if given not in _MODES:
-                raise InvalidRequest(f"parameter execution_mode is {quote(given)}; Triton's are 0 (sequential) and 1")
-            out["execution_mode"] = _MODES[given]
+            mode = _int(given, "parameter execution_mode", _INT32)
+            if mode not in _MODES:  # Triton's words
+                raise InvalidRequest(
+                    f"Invalid configuration value provided. Expected values for execution_mode are 0 or 1 but got "
+                    f"{mode}: 0 runs operators one after another, 1 in parallel"
+                )
+            out["execution_mode"] = _MODES[mode]
         elif key in _THREADS:
-            threads = _int(given, f"parameter {key}")
+            threads = _int(given, f"parameter {key}", _INT32)
             if threads > 1024:
                 raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most 1024 threads")
             if threads > 0:  # 0 or less: the runtime's own choice, which polystack's plan makes
                 out[_THREADS[key]] = threads
         elif key in _SWITCHES:
             out[_SWITCHES[key]] = _bool(given)
+        elif key == _SHARED_SESSION:
+            _bool(given)  # either way one session: polystack's instances share it
         elif key in _SESSION_ENTRIES:
             session[key] = given
+        elif key in _RUN_ENTRIES:
+            run[key] = given
+        elif not gpu:
+            continue  # a CUDA parameter: Triton reads them for GPU instances only
         elif key in _CUDA_CHOICES:
-            number = str(_int(given, f"parameter {key}"))
+            number = str(_int(given, f"parameter {key}", _INT32))
             if number not in _CUDA_CHOICES[key]:
                 raise InvalidRequest(f"unsupported {key} value '{number}' is requested")  # Triton's words
             cuda[key] = _CUDA_CHOICES[key][number]
@@ -158,33 +186,37 @@ def options(
             cuda[key] = given
     if session:
         out["session_config"] = session
+    if run:
+        out["run_config"] = run
     if optimization.graph_level is not None:
         out["graph_optimization_level"] = _GRAPH_LEVELS.get(optimization.graph_level, "all")
     providers: dict[str, dict[str, str]] = {}
-    ahead: list[str] = []
+    ahead: list[str] = []  # before the device's own provider (a GPU's: TensorRT before CUDA)
+    behind: list[str] = []  # after it, before ONNX Runtime's CPU provider (OpenVINO), as Triton appends them
     for a in optimization.cpu_accelerators:
         provider = _CPU_PROVIDERS.get(a.name)
         if provider is None:
             raise _unknown(a.name, "cpu_execution_accelerator", "openvino")
-        ahead.append(provider)  # its parameters: none read, as Triton reads none
+        behind.append(provider)  # its parameters: none read, as Triton reads none
         providers[provider] = {"device_type": "CPU"}
-    for a in optimization.gpu_accelerators:
+    accelerated: dict[str, str] = {}  # the cuda accelerator's parameters
+    for a in optimization.gpu_accelerators if gpu else ():
         if a.name == "tensorrt":
-            trt = dict(_tensorrt(a.parameters))
-            if gpu:
-                ahead.insert(0, _TENSORRT)  # ahead of CPU accelerators, as Triton appends GPU ones first
-                providers[_TENSORRT] = trt
+            ahead.append(_TENSORRT)
+            providers[_TENSORRT] = dict(_tensorrt(a.parameters))
         elif a.name == "cuda":
             for key, given in a.parameters:
                 if key in _CUDA_SWITCHES:
                     _bool(given)
-                cuda[key] = given
+                accelerated[key] = given
         else:
             raise _unknown(a.name, "gpu_execution_accelerator", "tensorrt and cuda")
-    if gpu and cuda:
-        providers[_CUDA] = cuda
+    if accelerated or cuda:
+        providers[_CUDA] = {**accelerated, **cuda}
     if ahead:
         out["accelerators"] = list(dict.fromkeys(ahead))
+    if behind:
+        out["cpu_accelerators"] = list(dict.fromkeys(behind))
     if providers:
         out["provider_options"] = providers
     return out
@@ -195,10 +227,12 @@ def _tensorrt(parameters: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key, given in parameters:
         if key == "precision_mode":
-            if given in ("FP16", "INT8"):
+            if given in ("FP16", "BF16", "INT8"):
                 out.append((f"trt_{given.lower()}_enable", "1"))
             elif given != "FP32":
-                raise InvalidRequest(f"unsupported precision mode '{given}' is requested; give FP32, FP16 or INT8")
+                raise InvalidRequest(
+                    f"unsupported precision mode '{given}' is requested; give FP32, FP16, BF16 or INT8"
+                )
             continue
         option = _TENSORRT_PARAMETERS.get(key)
         if option is None:
@@ -210,10 +244,7 @@ def _tensorrt(parameters: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         if kind == "bool":
             value = "1" if _bool(given) else "0"
         elif kind in ("int", "count"):
-            number = _int(given, f"TensorRT parameter {key}")
-            if kind == "count" and number < 0:
-                raise InvalidRequest(f"TensorRT parameter {key} is {number}; it counts bytes, 0 or more")
-            value = str(number)
+            value = str(_int(given, f"TensorRT parameter {key}", _UINT64 if kind == "count" else _INT32))
         else:
             value = given
         if value:
@@ -237,8 +268,12 @@ def _bool(given: str) -> bool:
     raise InvalidRequest(f"failed to convert {quote(given)} to boolean; give true or false (or on/off, 1/0)")
 
 
-def _int(given: str, what: str) -> int:
-    """A whole number as Triton's backend reads one (std::stoi: spaces and a sign allowed), but whole."""
-    if not _WHOLE.fullmatch(given) or len(given) > 24:
+def _int(given: str, what: str, within: tuple[int, int]) -> int:
+    """A whole number as Triton's backend reads one (std::stoi, std::stoull: spaces and a sign allowed), in
+    the range those take."""
+    if not _WHOLE.fullmatch(given) or len(given) > 32:
         raise InvalidRequest(f"{what} is {quote(given)}, not a whole number")
-    return int(given)
+    number = int(given)
+    if not within[0] <= number <= within[1]:
+        raise InvalidRequest(f"{what} is {number}, out of range: from {within[0]} to {within[1]}")
+    return number
