@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,7 +322,8 @@ REFUSED = [
     (json.dumps({"sequence_batching": {}, "dynamic_batching": {}}), "both dynamic_batching and sequence_batching"),
     (json.dumps({"sequence_batching": {"state": [{"input_name": "x", "output_name": "y"}]}}), "data_type"),
     (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),
-    (json.dumps({"version_policy": {"all": {}}}), "one version"),
+    (json.dumps({"version_policy": {"specific": {"versions": [7]}}}), "asks for versions [7]"),
+    (json.dumps({"version_policy": {"all": {}}, "versionPolicy": {"all": {}}}), "version_policy twice"),
     (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),
     (json.dumps({"model_warmup": {"name": "w"}}), "list of warm-up samples"),
     (
@@ -556,6 +558,37 @@ def test_triton_optimization_reaches_the_runtime_and_shows_in_the_config(server:
     finally:
         client.load_model("mlpfree")
     assert "graph" not in client.get_model_config("mlpfree")["optimization"]
+
+
+def test_a_loads_version_policy_picks_among_the_versions_the_store_holds(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    for seed in (1, 2, 3):
+        imported = import_model(mlp_onnx(tmp_path / f"m{seed}.onnx", seed=seed), tmp_path / f"imported{seed}")
+        store.register(imported.artifact, name="threev", format=imported.format, signature=imported.signature)
+    st = start(store, models=["threev"], allow_model_control=True)
+    try:
+        for transport, client in (
+            ("http", httpclient.InferenceServerClient(st.http_url)),
+            ("grpc", grpcclient.InferenceServerClient(st.grpc_url)),
+        ):
+
+            def ready(client: Any = client) -> list[str]:
+                return [v for v in ("1", "2", "3") if client.is_model_ready("threev", v)]
+
+            assert ready() == ["3"], transport
+            client.load_model("threev", config=json.dumps({"version_policy": {"latest": {"num_versions": 2}}}))
+            assert ready() == ["2", "3"]
+            client.load_model("threev", config=json.dumps({"version_policy": {"specific": {"versions": ["1", 3]}}}))
+            assert ready() == ["1", "3"]
+            with pytest.raises(InferenceServerException, match=re.escape("but the model's versions are [1, 2, 3]")):
+                client.load_model("threev", config=json.dumps({"version_policy": {"specific": {"versions": [4]}}}))
+            assert ready() == ["1", "3"]
+            client.load_model("threev")  # Triton's default: the latest
+            assert ready() == ["3"]
+    finally:
+        st.stop()
 
 
 def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
         (
             lambda r: _model(r, "m", config="version_policy: { specific { versions: [ 7 ] } }"),
-            "asks for versions [7], but the version folders are [1]",
+            "asks for versions [7], but the model's versions are [1]",
         ),
         (
             lambda r: _model(r, "m", config='output [ { name: "y", label_filename: "labels.txt" } ]'),
@@ -310,6 +311,31 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
         assert versions == [("fresh", 2), ("mlp", 1), ("mlp", 3), ("mlp", 4), ("plain", 5)], versions
     finally:
         store.close()
+
+
+def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp_path: Path) -> None:
+    """A load's config is the model's config for that load, its version_policy too: once refused ("a load
+    loads one version"). Without one, the folder's policy picks, so that GET config (which shows none) loads
+    back as it was."""
+    with _served_repository(tmp_path, "--allow-model-control") as (_, client):
+        assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")  # the folder's policy: all
+        config = client.get_model_config("mlp", "3")
+        client.load_model("mlp", config=json.dumps({**config, "version_policy": {"latest": {"num_versions": 1}}}))
+        assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
+        client.load_model("plain", config=json.dumps({"versionPolicy": {"all": {}}}))  # both spellings
+        assert _ready(client, "plain", "2") and _ready(client, "plain", "5")
+        client.load_model("plain", config=json.dumps({"version_policy": {"specific": {"versions": [2]}}}))
+        assert _ready(client, "plain", "2") and not _ready(client, "plain", "5")
+        for bad, says in (
+            ({"specific": {"versions": [9]}}, "asks for versions [9], but the model's versions are [2, 5]"),
+            ({"newest": {}}, "is not latest, all or specific"),
+            ({"latest": {"num_versions": 0}}, "num_versions of 1 or more"),
+        ):
+            with pytest.raises(InferenceServerException, match=re.escape(says)):
+                client.load_model("plain", config=json.dumps({"version_policy": bad}))
+        assert _ready(client, "plain", "2") and not _ready(client, "plain", "5")  # as it was
+        client.load_model("mlp", config=json.dumps(config))  # no policy: the folder's, all
+        assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")
 
 
 def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Path) -> None:

@@ -651,14 +651,24 @@ class DataPlane:
         version policy picks now (``_load_from_repository``). A load without a config of a version already
         served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        # a config's version_policy picks the versions the load serves, as Triton's does
+        policy, config = model_config.version_policy_of(config) if config is not None else (None, None)
+        if policy is not None and ref.version is not None:
+            raise InvalidRequest(
+                f"the config sets version_policy, but the load names version {ref.version} of {ref.name!r}; load "
+                "the model by name, or leave version_policy out"
+            )
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
-            return self._load_from_repository(ref.name, config)
+            return self._load_from_repository(ref.name, config, policy=policy)
         if ref.name in self._ensembles:
             raise InvalidRequest(
                 f"{ref.name!r} is an ensemble; load it by name from the model repository that holds its folder"
             )
         start = self.model_configs.get(ref.name)
         versions = start.versions if start is not None and ref.version is None else ()
+        known = sorted(r.version for r in self.store.models.list(ref.name))
+        if policy is not None and known:  # among the versions the store holds
+            versions = model_repository.pick_versions(policy, known)
         return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
 
     def _load_from_repository(
@@ -667,6 +677,7 @@ class DataPlane:
         config: str | None,
         loading: frozenset[str] = frozenset(),
         failed: set[str] | None = None,
+        policy: Any = None,
     ) -> LoadedEntry | ensemble.Ensemble:
         """Read the model's repository folder again and serve what it holds now (Triton's explicit load
         reads the repository): its versions and its config, which later loads without one use too. A load
@@ -676,7 +687,7 @@ class DataPlane:
         ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
         assert self.repository is not None
         try:
-            model, registered = self.repository.read(self.store, name)
+            model, registered = self.repository.read(self.store, name, policy)
         except PolystackError:
             if failed is not None:
                 failed.add(name)

@@ -169,7 +169,10 @@ _UNSUPPORTED = {
     "model_transaction_policy": "polystack has no decoupled models",
     "batch_input": "polystack has no ragged batching",
     "batch_output": "polystack has no ragged batching",
-    "version_policy": "a load loads one version: the latest, or NAME:VERSION",
+    "version_policy": (
+        "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
+        "config, or a load's config"
+    ),
     "metric_tags": "polystack's metrics are labelled by model and version only",
 }
 
@@ -196,6 +199,22 @@ class Additions:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
         shapes = dict(self.shapes) | {r.name: r.full(r.client) for r in self.reshape}
         return signature.with_shapes(shapes) if shapes else signature
+
+
+def version_policy_of(text: str) -> tuple[Any, str]:
+    """A load's config ``text`` split into its ``version_policy`` (None: not given), which picks the versions
+    the load serves (``dataplane``), and the rest, which each of them is served with. Text that is not a JSON
+    object is left whole, for ``read`` to refuse."""
+    try:
+        doc = http_codec.loads(text.encode())
+    except InvalidRequest:
+        return None, text
+    given = {"version_policy", "versionPolicy"} & doc.keys() if isinstance(doc, dict) else set()
+    if len(given) > 1:
+        raise InvalidRequest("config sets version_policy twice")
+    if not given:
+        return None, text
+    return doc.pop(given.pop()), json.dumps(doc)
 
 
 # a model record's setting: registered from a Triton model repository (or a load's model files), whose inputs and

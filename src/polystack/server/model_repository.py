@@ -105,9 +105,11 @@ def register(store: Store, root: Path, done: list[model_files.Registered]) -> li
     return [_register_folder(store, folder, done) for folder in model_folders(root)]
 
 
-def _register_folder(store: Store, folder: Path, done: list[model_files.Registered]) -> RepositoryModel:
+def _register_folder(
+    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None
+) -> RepositoryModel:
     try:
-        return _register_model(store, folder, done)
+        return _register_model(store, folder, done, policy)
     except PolystackError as e:
         raise e.prefixed(f"--model-repository {folder.parent}: model {folder.name!r}") from None
     except OSError as e:  # a file or folder this process may not read
@@ -216,9 +218,12 @@ class ModelRepository:
                 found[name] = root / name
         return found, complete
 
-    def read(self, store: Store, name: str) -> tuple[RepositoryModel, list[model_files.Registered]]:
-        """Read the model's folder again, registering the versions its policy picks now; the model, and what
-        registering did (for ``undo`` if its load fails)."""
+    def read(
+        self, store: Store, name: str, policy: Any = None
+    ) -> tuple[RepositoryModel, list[model_files.Registered]]:
+        """Read the model's folder again, registering the versions its policy picks now (or ``policy``, a
+        load's ``version_policy``, picks); the model, and what registering did (for ``undo`` if its load
+        fails)."""
         folder = self.folder(name)
         if folder is None:
             raise NotFound(
@@ -227,7 +232,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = _register_folder(store, folder, done)
+            model = _register_folder(store, folder, done, policy)
         except BaseException:
             undo(store, done)
             raise
@@ -242,7 +247,9 @@ def undo(store: Store, done: list[model_files.Registered]) -> None:
     done.clear()
 
 
-def _register_model(store: Store, folder: Path, done: list[model_files.Registered]) -> RepositoryModel:
+def _register_model(
+    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None
+) -> RepositoryModel:
     name = folder.name
     validate_name(name)
     config_path = folder / CONFIG
@@ -269,7 +276,7 @@ def _register_model(store: Store, folder: Path, done: list[model_files.Registere
             "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
             + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
-    served = _policy(doc.get("version_policy", doc.get("versionPolicy")), versions)
+    served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
     if is_ensemble(doc):
         if len(served) > 1:
             raise InvalidRequest(
@@ -325,12 +332,15 @@ def _versions(folder: Path) -> list[int]:
 
 def _count(value: Any, what: str) -> int:
     """A whole number from a config (protobuf's JSON writes 64-bit ones as strings); no fractions."""
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().lstrip("+-").isdigit():
-        raise InvalidRequest(f"{what} must be whole numbers, not {quote(value)}")
-    return int(str(value).strip())
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 64:
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    if not text.lstrip("+-").isdigit() or not text.isascii() or len(text) > 20:  # a uint64's digits at most
+        raise InvalidRequest(f"{what} must be whole numbers (of at most 20 digits), not {quote(value)}")
+    return int(text)
 
 
-def _policy(value: Any, versions: list[int]) -> tuple[int, ...]:
+def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
     """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one)."""
     if value is None:
         return (versions[-1],)
@@ -355,8 +365,8 @@ def _policy(value: Any, versions: list[int]) -> tuple[int, ...]:
         there = tuple(v for v in picked if v in versions)
         if not there:
             raise InvalidRequest(
-                f"version_policy specific asks for versions {picked}, but the version folders are {versions}; "
-                "name versions that have a folder"
+                f"version_policy specific asks for versions {picked}, but the model's versions are {versions}; "
+                "name versions it has"
             )
         if len(there) < len(picked):  # Triton serves the others, and says so
             log.warning(
