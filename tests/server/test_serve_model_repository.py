@@ -498,6 +498,23 @@ def test_a_reload_the_drain_stops_is_not_logged_as_a_failed_load(tmp_path: Path)
         store.close()
 
 
+def _fixed_beside(path: Path) -> None:
+    """x FP32[n] -> y (x + x), and w FP32[3] -> v: a model whose inputs do not all take a batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"]), helper.make_node("Identity", ["w"], ["v"])],
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]), helper.make_tensor_value_info("v", TensorProto.FLOAT, [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    onnx.save_model(model, str(path))
+
+
 def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) -> None:
     """Triton's ONNX Runtime backend auto-completes a batched model's config where it lists no inputs (or no
     outputs): a tensor with no dims besides the batch shows dims [1], reshaped to the model's [] (its
@@ -510,6 +527,12 @@ def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) ->
         'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ], reshape: { shape: [ ] } } ]\n'
         "dynamic_batching { }\n"
     )
+    batch_of_scalars(repo / "warm" / "1" / "model.onnx")  # warm-up samples in the shapes clients send
+    (repo / "warm" / "config.pbtxt").write_text(
+        "max_batch_size: 8\ndynamic_batching { }\nmodel_warmup [ { name: \"s\" batch_size: 2 inputs { key: \"x\" "
+        "value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]\n"
+    )
+    _fixed_beside(repo / "mixed" / "1" / "model.onnx")  # a model Triton cannot batch keeps its dims
     batch_of_scalars(repo / "unbatched" / "1" / "model.onnx")  # no batching: dims [-1, 1], reshaped to the model's [-1]
     (repo / "unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
     grpc_port = free_port()
@@ -522,7 +545,8 @@ def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) ->
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         x = np.array([[1.0], [2.5], [-3.0]], np.float32)
-        for name in ("auto", "inputs", "unbatched"):  # auto: served as polystack chooses (here without batching)
+        assert [t["shape"] for t in h.get_model_metadata("mixed")["inputs"]] == [[-1], [3]]
+        for name in ("auto", "inputs", "unbatched", "warm"):  # auto: served as polystack chooses (no batching)
             meta = h.get_model_metadata(name)
             assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [[-1, 1], [-1, 1], [-1, 2]]
             config = same_config_both_ways(h, g, name)

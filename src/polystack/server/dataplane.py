@@ -327,10 +327,12 @@ class DataPlane:
             if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             additions = chosen.additions
-        if record.settings.get(model_config.TRITON_IO) and sequence is None:  # its tensors as Triton shows them
+        if config is None and record.settings.get(model_config.TRITON_IO):  # as Triton shows its tensors (a
+            # config's reading adds the same)
             batched = policy is not None or bool(record.signature.batched and spec.max_batch_size)
-            additions = model_config.autocomplete(additions, record.signature, config, batched)
-            spec = dataclasses.replace(spec, reshape=additions.reshape)
+            reshape = model_config.autocomplete(record.signature, {}, batched)
+            additions = dataclasses.replace(additions, reshape=reshape)
+            spec = dataclasses.replace(spec, reshape=reshape)
         return _Plan(record, spec, policy, instances, additions, config, sequence)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:

@@ -222,22 +222,23 @@ def version_policy_of(text: str) -> tuple[Any, str]:
 TRITON_IO = "triton_io"
 
 
-def autocomplete(additions: Additions, signature: Signature, config: str | None, batched: bool) -> Additions:
-    """``additions`` with what Triton's ONNX Runtime backend's auto-complete adds to a config (``AutoCompleteIO``)
-    where it lists no inputs (or no outputs): a tensor of a batch of scalars (the model's ``[-1]``) shows
-    ``dims: [1]`` reshaped to the model's ``[]``, so that clients send and get ``[batch, 1]`` as from Triton
-    (whose auto-complete batches every model that can be). Served without batching (``batched`` false), it
-    shows ``dims: [-1, 1]`` reshaped to ``[-1]``: clients send and get the same."""
-    listed = parse_config(config) if config is not None else {}
+def autocomplete(signature: Signature, config: dict[str, Any], batched: bool) -> tuple[Reshape, ...]:
+    """The reshapes Triton's ONNX Runtime backend's auto-complete adds to a ``config`` (read) that lists no
+    inputs (or no outputs), for a model it can batch (``AutoCompleteMaxBatch``: every input and output has a
+    first dim of -1): a tensor of a batch of scalars (the model's ``[-1]``) shows ``dims: [1]`` reshaped to
+    the model's ``[]`` (``AutoCompleteIO``), so that clients send and get ``[batch, 1]`` as from Triton, whose
+    auto-complete batches such a model. Served without batching (``batched`` false), it shows ``dims: [-1,
+    1]`` reshaped to ``[-1]``: clients send and get the same. A model Triton cannot batch keeps its dims."""
+    if not all(t.shape[:1] == (-1,) for t in (*signature.inputs, *signature.outputs)):
+        return ()
     client, model = ((1,), ()) if batched else ((-1, 1), (-1,))
-    added = tuple(
+    return tuple(
         Reshape(t.name, batched, client, model)
         for key, tensors in (("input", signature.inputs), ("output", signature.outputs))
-        if not listed.get(key)
+        if not config.get(key)
         for t in tensors
         if t.shape == (-1,)
     )
-    return replace(additions, reshape=additions.reshape + added) if added else additions
 
 
 @dataclass(frozen=True)
@@ -490,6 +491,8 @@ def read(
             instances = default.instances if default else 1
         batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
     formats, shapes, reshapes = _tensors(config, record, max_batch)
+    if record.settings.get(TRITON_IO) and sequence is None:  # its unlisted tensors as Triton shows them
+        reshapes += autocomplete(record.signature, config, max_batch > 0)
     # warm-up samples are in the shapes clients send
     seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
     warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
