@@ -324,6 +324,8 @@ REFUSED = [
     (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),
     (json.dumps({"version_policy": {"specific": {"versions": [7]}}}), "asks for versions [7]"),
     (json.dumps({"version_policy": {"all": {}}, "versionPolicy": {"all": {}}}), "version_policy twice"),
+    (json.dumps({"version_policy": {"latest": {"num_versions": "--2"}}}), "must be whole numbers"),  # was a 500
+    ('{"version_policy": {"all": {}}, "x": ' + "[" * 1010 + "]" * 1010 + "}", "nests deeper"),  # was a 500
     (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),
     (json.dumps({"model_warmup": {"name": "w"}}), "list of warm-up samples"),
     (

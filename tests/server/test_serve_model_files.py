@@ -88,6 +88,26 @@ def test_an_uploaded_batch_of_scalars_shows_as_triton_auto_completes_it(
         store.remove("scal")
 
 
+def test_an_uploaded_models_version_policy_reads_its_version_directory(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
+) -> None:
+    """As Triton reads a load's files as a model folder: the config's version_policy picks among its version
+    directories (here one)."""
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    files = {"file:1/model.onnx": uploads["seed1"]}
+    config = json.loads(_config("pol"))
+    with pytest.raises(InferenceServerException, match=r"asks for versions \[2\], but the model's versions are \[1\]"):
+        client.load_model("pol", config=json.dumps({**config, "version_policy": {"specific": {"versions": [2]}}}), files=files)
+    assert not store.models.list("pol")  # nothing registered
+    client.load_model("pol", config=json.dumps({**config, "version_policy": {"all": {}}}), files=files)
+    try:
+        assert client.is_model_ready("pol", "1") and client.infer("pol", [mlp_ones(2)]).as_numpy("y").shape == (2, 4)
+    finally:
+        client.unload_model("pol")
+        store.remove("pol")
+
+
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_an_uploaded_model_is_registered_and_served_with_its_config(
     server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],

@@ -324,12 +324,16 @@ def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp
         assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
         client.load_model("plain", config=json.dumps({"versionPolicy": {"all": {}}}))  # both spellings
         assert _ready(client, "plain", "2") and _ready(client, "plain", "5")
+        client.load_model("plain", config=json.dumps({"version_policy": {"latest": {"num_versions": 1.0}}}))
+        assert not _ready(client, "plain", "2") and _ready(client, "plain", "5")
+        client.load_model("plain", config=json.dumps({"version_policy": {}}))  # an empty one: Triton loads all
+        assert _ready(client, "plain", "2") and _ready(client, "plain", "5")
         client.load_model("plain", config=json.dumps({"version_policy": {"specific": {"versions": [2]}}}))
         assert _ready(client, "plain", "2") and not _ready(client, "plain", "5")
         for bad, says in (
             ({"specific": {"versions": [9]}}, "asks for versions [9], but the model's versions are [2, 5]"),
             ({"newest": {}}, "is not latest, all or specific"),
-            ({"latest": {"num_versions": 0}}, "num_versions of 1 or more"),
+            ({"latest": {"num_versions": 0}}, "num_versions from 1 to 4294967295, not 0"),
         ):
             with pytest.raises(InferenceServerException, match=re.escape(says)):
                 client.load_model("plain", config=json.dumps({"version_policy": bad}))

@@ -1557,6 +1557,9 @@ class DataPlane:
         what registering changed in the store is undone when the load fails."""
         if name in self._ensembles:
             raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
+        policy, config = model_config.version_policy_of(config)
+        if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
+            model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
@@ -214,7 +216,11 @@ def version_policy_of(text: str) -> tuple[Any, str]:
         raise InvalidRequest("config sets version_policy twice")
     if not given:
         return None, text
-    return doc.pop(given.pop()), json.dumps(doc)
+    policy = doc.pop(given.pop())
+    try:
+        return policy, orjson.dumps(doc).decode()
+    except (TypeError, RecursionError):  # deeper than a writer goes: far past what read takes
+        raise InvalidRequest(f"the config nests deeper than {_MAX_DEPTH} levels") from None
 
 
 # a model record's setting: registered from a Triton model repository (or a load's model files), whose inputs and

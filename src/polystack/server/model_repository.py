@@ -332,10 +332,13 @@ def _versions(folder: Path) -> list[int]:
 
 def _count(value: Any, what: str) -> int:
     """A whole number from a config (protobuf's JSON writes 64-bit ones as strings); no fractions."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**64:
+        value = int(value)  # protobuf's JSON takes 2.0 for 2
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 64:
         return value
     text = value.strip() if isinstance(value, str) else ""
-    if not text.lstrip("+-").isdigit() or not text.isascii() or len(text) > 20:  # a uint64's digits at most
+    digits = text[1:] if text[:1] in ("+", "-") else text  # one sign at most
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 20:  # a uint64's digits at most
         raise InvalidRequest(f"{what} must be whole numbers (of at most 20 digits), not {quote(value)}")
     return int(text)
 
@@ -344,6 +347,8 @@ def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
     """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one)."""
     if value is None:
         return (versions[-1],)
+    if isinstance(value, Mapping) and not value:
+        return tuple(versions)  # an empty message: Triton's version manager then loads every version
     if not isinstance(value, Mapping) or len(value) != 1:
         raise InvalidRequest("version_policy must be one of latest, all or specific")
     [(kind, body)] = value.items()
@@ -354,8 +359,8 @@ def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
         return tuple(versions)
     if kind == "latest":
         n = _count(body.get("num_versions", body.get("numVersions", 0)), "version_policy latest num_versions")
-        if n < 1:
-            raise InvalidRequest("version_policy latest needs num_versions of 1 or more")
+        if not 1 <= n <= (1 << 32) - 1:  # a uint32
+            raise InvalidRequest(f"version_policy latest needs num_versions from 1 to 4294967295, not {n}")
         return tuple(versions[-n:])
     if kind == "specific":
         wanted = body.get("versions") or []
@@ -370,7 +375,7 @@ def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
             )
         if len(there) < len(picked):  # Triton serves the others, and says so
             log.warning(
-                "version_policy names versions without a folder; serving the others",
+                "version_policy names versions the model does not have; serving the others",
                 extra={"missing": [v for v in picked if v not in versions], "serving": list(there)},
             )
         return there
