@@ -131,6 +131,13 @@ def options(
     these ``parameters`` (name, string value) and ``optimization``, for a model served by ``backend`` on
     ``device``. GPU settings (``gpu_execution_accelerator``, the CUDA parameters) are read on an NVIDIA device
     only, as Triton reads them for GPU instances only: elsewhere they are neither checked nor applied."""
+    for key, _ in parameters:
+        if key not in PARAMETERS:
+            raise InvalidRequest(
+                f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
+                "from the plan (`polystack tune`), or from the parameters of Triton's ONNX Runtime backend "
+                f"({', '.join(sorted(PARAMETERS))}); leave it out"
+            )
     onnx_only = [f"parameter {quote(k)}" for k, _ in parameters]
     if optimization.graph_level is not None:
         onnx_only.append("optimization.graph")
@@ -147,12 +154,6 @@ def options(
     run: dict[str, str] = {}
     cuda: dict[str, str] = {}  # the deprecated parameters': they win over the cuda accelerator's, as in Triton
     for key, given in parameters:
-        if key not in PARAMETERS:
-            raise InvalidRequest(
-                f"the config sets parameter {quote(key)}, which polystack does not read; its runtime settings come "
-                "from the plan (`polystack tune`), or from the parameters of Triton's ONNX Runtime backend "
-                f"({', '.join(sorted(PARAMETERS))}); leave it out"
-            )
         if key == "execution_mode":
             mode = _int(given, "parameter execution_mode", _INT32)
             if mode not in _MODES:  # Triton's words
