@@ -668,8 +668,8 @@ class DataPlane:
             )
         start = self.model_configs.get(ref.name)
         versions = start.versions if start is not None and ref.version is None else ()
-        known = sorted(r.version for r in self.store.models.list(ref.name))
-        if policy is not None and known:  # among the versions the store holds
+        known = sorted(r.version for r in self.store.models.list(ref.name)) if policy is not None else []
+        if known:  # a policy picks among the versions the store holds (none: the load says the model is unknown)
             versions = model_repository.pick_versions(policy, known)
         return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
 
