@@ -661,3 +661,48 @@ def test_warmup_samples_are_checked_against_the_dims_clients_see() -> None:
     assert model_config.read(config([3]), record, SPEC, PLAN).additions.warmup[0].name == "w"
     with pytest.raises(InvalidRequest, match="dims"):
         model_config.read(config([5]), record, SPEC, PLAN)
+
+
+TRITON_RECORD = dataclasses.replace(RECORD, settings={model_config.TRITON_IO: True})  # from a model repository
+
+
+def test_a_repository_models_config_without_its_tensors_is_auto_completed_as_triton_does() -> None:
+    """Triton's ONNX Runtime backend completes a config that lists no inputs or no outputs (AutoCompleteMaxBatch):
+    a model that can batch gets default-max-batch-size (4) where max_batch_size is 0 or left out, and dynamic
+    batching (Triton's defaults) where that is over 1, unless the config schedules it itself."""
+    triton = BatchPolicy(
+        max_batch_size=4, max_queue_delay_ms=0, instances=1, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
+    )
+    assert model_config.read("{}", TRITON_RECORD, SPEC, None).batching == triton
+    for text in ('{"max_batch_size": 0}', '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}'):
+        assert model_config.read(text, TRITON_RECORD, SPEC, PLAN).batching.max_batch_size == 4  # type: ignore[union-attr]
+    # a size the config gives is kept, and batched; a delay it gives too
+    chosen = model_config.read('{"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 500}}',
+                               TRITON_RECORD, SPEC, None)
+    assert chosen.batching is not None and (chosen.batching.max_batch_size, chosen.batching.max_queue_delay_ms) == (8, 0.5)
+    assert model_config.read('{"max_batch_size": 8}', TRITON_RECORD, SPEC, None).batching is not None
+    # the server's default-max-batch-size: 0 is no batching, 1 a batch of one without a batcher
+    assert model_config.read("{}", TRITON_RECORD, SPEC, None, default_max_batch_size=0) == model_config.LoadConfig(None, None)
+    assert model_config.read("{}", TRITON_RECORD, SPEC, None, default_max_batch_size=1) == model_config.LoadConfig(None, 1)
+    # a variant that takes fewer rows caps it
+    small = dataclasses.replace(SPEC, max_batch_size=2)
+    assert model_config.read("{}", TRITON_RECORD, small, None).batching.max_batch_size == 2  # type: ignore[union-attr]
+    # a sequence model gets the size but keeps its own scheduler
+    sequence = '{"sequence_batching": {"max_sequence_idle_microseconds": 1000000}}'
+    chosen = model_config.read(sequence, TRITON_RECORD, SPEC, None)
+    assert chosen.batching is None and chosen.sequence is not None and chosen.sequence.max_batch_size == 4
+
+
+def test_a_config_that_lists_its_tensors_or_a_model_polystack_registered_is_not_auto_completed() -> None:
+    both = (
+        '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}], '
+        '"output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [-1, 2]}]}'
+    )
+    assert model_config.read(both, TRITON_RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)
+    assert model_config.read("{}", RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)  # polystack's own
+    # a model Triton cannot batch (an output of no batch dim) keeps max_batch_size 0; a size given is refused
+    scalar_out = Signature(inputs=SIG.inputs, outputs=(TensorSpec("y", DType.FP32, ()),))
+    record = dataclasses.replace(TRITON_RECORD, signature=scalar_out)
+    assert model_config.read("{}", record, SPEC, None) == model_config.LoadConfig(None, None)
+    with pytest.raises(InvalidRequest, match="autofill failed for model 'm': model does not support batching"):
+        model_config.read('{"max_batch_size": 8}', record, SPEC, None)

@@ -25,7 +25,8 @@ dynamic_batching { }
 UNBATCHED = """
 max_batch_size: 0
 input [ { name: "x", data_type: TYPE_FP32, dims: [ 2, 3 ] } ]
-"""
+output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 3 ] } ]
+"""  # outputs listed too: else Triton's auto-complete would batch the model (max_batch_size 4)
 
 
 @contextmanager

@@ -61,7 +61,8 @@ def _neg_onnx(path: Path) -> Path:
 
 
 def pipeline_repository(root: Path) -> Path:
-    """mlp (batched by its config), head and neg (no config), and the ensemble pipe with an empty version folder."""
+    """mlp (batched by its config), head and neg (configs that list no inputs: batched as Triton's auto-complete
+    batches them, up to the ensemble's 8), and the ensemble pipe with an empty version folder."""
     for name, make in (
         ("mlp", lambda p: mlp_onnx(p, sizes=(16, 32, 4), seed=1)),
         ("head", lambda p: mlp_onnx(p, sizes=(4, 3), seed=2, input_name="h", output_name="z")),
@@ -73,7 +74,8 @@ def pipeline_repository(root: Path) -> Path:
         'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
         "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     )
-    (root / "head" / "config.pbtxt").write_text('output [ { name: "z", label_filename: "labels.txt" } ]\n')
+    (root / "head" / "config.pbtxt").write_text('max_batch_size: 8\noutput [ { name: "z", label_filename: "labels.txt" } ]\n')
+    (root / "neg" / "config.pbtxt").write_text("max_batch_size: 8\n")
     (root / "head" / "labels.txt").write_text("cat\ndog\nbird\n")
     (root / "pipe" / "1").mkdir(parents=True)
     (root / "pipe" / "config.pbtxt").write_text(PIPE)
@@ -315,7 +317,7 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     line = refused_at_start(tmp_path, ray)
     assert "step 0 (mlp): the ensemble has max_batch_size 16, but 'mlp' takes at most 4" in line
     (repo / "pipe" / "config.pbtxt").write_text(PIPE)
-    (repo / "mlp" / "config.pbtxt").unlink()
+    (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
     (repo / "chain" / "1").mkdir(parents=True)  # runs pipe:3, which is version 1
     (repo / "chain" / "config.pbtxt").write_text(_one_step("pipe", "IN", "OUT", "A", "B", version=3, dims=3))
     assert refused_at_start(tmp_path, ray).endswith("step 0 (pipe:3): ensemble 'pipe' has version 1, not 3")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -537,8 +538,6 @@ def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) ->
         "value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]\n"
     )
     _fixed_beside(repo / "mixed" / "1" / "model.onnx")  # a model Triton cannot batch keeps its dims
-    batch_of_scalars(repo / "unbatched" / "1" / "model.onnx")  # no batching: dims [-1, 1], reshaped to the model's [-1]
-    (repo / "unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
     grpc_port = free_port()
     args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control"]
     port = free_port()
@@ -550,7 +549,7 @@ def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) ->
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         x = np.array([[1.0], [2.5], [-3.0]], np.float32)
         assert [t["shape"] for t in h.get_model_metadata("mixed")["inputs"]] == [[-1], [3]]
-        for name in ("auto", "inputs", "unbatched", "warm"):  # auto: served as polystack chooses (no batching)
+        for name in ("auto", "inputs", "warm"):  # auto: batched as Triton's auto-complete batches it
             meta = h.get_model_metadata(name)
             assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [[-1, 1], [-1, 1], [-1, 2]]
             config = same_config_both_ways(h, g, name)
@@ -566,6 +565,100 @@ def test_a_batch_of_scalars_shows_as_triton_auto_completes_it(tmp_path: Path) ->
                 np.testing.assert_array_equal(answer.as_numpy("z"), np.concatenate([x, x], axis=1))
             h.load_model(name, config=json.dumps(config))  # what GET config shows loads back unchanged
             assert h.get_model_config(name) == config
-        assert h.get_model_config("inputs")["max_batch_size"] == 8 and h.get_model_config("unbatched")["max_batch_size"] == 0
+        assert h.get_model_config("inputs")["max_batch_size"] == 8 and h.get_model_config("auto")["max_batch_size"] == 4
         h.close()
         g.close()
+
+
+def _batching(config: dict[str, Any]) -> tuple[int, int | None]:
+    """A GET config's max_batch_size and dynamic batching's queue delay (None: not batched)."""
+    dynamic = config.get("dynamic_batching")
+    return config["max_batch_size"], dynamic["max_queue_delay_microseconds"] if dynamic else None
+
+
+def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it(tmp_path: Path) -> None:
+    """Triton's ONNX Runtime backend completes a config that lists no inputs or no outputs: a model that can batch
+    gets max_batch_size 4 (--backend-config default-max-batch-size) where the config gives none (or 0), and
+    dynamic batching where it schedules nothing itself. Triton clients read max_batch_size to shape their
+    requests: a repository model without a config showed 0 (and dims [-1, 16]), and took any batch."""
+    import tritonclient.grpc as grpcclient
+    from servekit import same_config_both_ways
+
+    repo = tmp_path / "models"
+    for name in ("plain", "inputs", "sized", "listed"):
+        mlp_onnx(repo / name / "1" / "model.onnx")
+    listed_input = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+    (repo / "inputs" / "config.pbtxt").write_text(listed_input + "dynamic_batching { max_queue_delay_microseconds: 500 }\n")
+    (repo / "sized" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    (repo / "listed" / "config.pbtxt").write_text(  # inputs and outputs listed: Triton completes nothing
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 4 ] } ]\n'
+    )
+    grpc_port, port = free_port(), free_port()
+    # another backend's setting is not the ONNX Runtime backend's: ignored, as in Triton
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control",
+            "--backend-config", "tensorflow,default-max-batch-size=16"]  # fmt: skip
+    rows = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        shown = {name: same_config_both_ways(h, g, name) for name in ("plain", "inputs", "sized", "listed")}
+        assert {name: _batching(c) for name, c in shown.items()} == {
+            "plain": (4, 0), "inputs": (4, 500), "sized": (8, 0), "listed": (0, None),
+        }  # fmt: skip
+        assert [t["dims"] for t in (*shown["plain"]["input"], *shown["plain"]["output"])] == [[16], [4]]
+        assert [t["dims"] for t in (*shown["listed"]["input"], *shown["listed"]["output"])] == [[-1, 16], [-1, 4]]
+        for client, module in ((h, httpclient), (g, grpcclient)):
+            i = module.InferInput("x", [4, 16], "FP32")
+            i.set_data_from_numpy(rows[:4])
+            got = client.infer("plain", [i]).as_numpy("y")
+            np.testing.assert_allclose(got, expected(repo / "plain" / "1" / "model.onnx", rows[:4]), rtol=1e-5, atol=1e-6)
+            i = module.InferInput("x", [5, 16], "FP32")
+            i.set_data_from_numpy(rows)
+            with pytest.raises(InferenceServerException, match="batch size 5 exceeds the model's maximum of 4"):
+                client.infer("plain", [i])
+        assert h.is_server_live() and g.is_server_live()  # the refusals left it serving
+        h.load_model("plain", config=json.dumps(shown["plain"]))  # what GET config shows loads back unchanged
+        assert h.get_model_config("plain") == shown["plain"]
+        h.close()
+        g.close()
+    warned = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "autofilled" in line]
+    assert {(w["model"], w["max_batch_size"]) for w in warned} == {("plain", 4), ("inputs", 4)}
+
+
+def test_the_default_max_batch_size_is_tritons_backend_config(tmp_path: Path) -> None:
+    """--backend-config onnxruntime,default-max-batch-size=N (Triton's flag; the backend's own wins over every
+    backend's): 0 serves such a model without batching, its batch of scalars as [-1, 1] reshaped to [-1]."""
+    repo = tmp_path / "models"
+    mlp_onnx(repo / "plain" / "1" / "model.onnx")
+    batch_of_scalars(repo / "scalars" / "1" / "model.onnx")
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--backend-config", "onnxruntime,default-max-batch-size=0",
+            "--backend-config", "default-max-batch-size=16", "--instances", "3"]  # fmt: skip
+    port = free_port()
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        plain, scalars = h.get_model_config("plain"), h.get_model_config("scalars")
+        assert _batching(plain) == (0, None) and plain["instance_group"][0]["count"] == 3
+        assert (scalars["input"][0]["dims"], scalars["input"][0]["reshape"]) == ([-1, 1], {"shape": [-1]})
+        x = np.array([[1.0], [2.5], [-3.0]], np.float32)
+        i = httpclient.InferInput("x", [3, 1], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_array_equal(h.infer("scalars", [i]).as_numpy("y"), x * 2)
+        h.close()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--backend-config", "default-max-batch-size=16",
+            "--instances", "2", "--max-queue-delay-ms", "0.5"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve2.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        plain = h.get_model_config("plain")
+        # batched as auto-complete says, with the batch settings given on their own
+        assert _batching(plain) == (16, 500) and plain["instance_group"][0]["count"] == 2
+        h.close()
+    assert "do not apply" not in (tmp_path / "serve2.log").read_text()
+
+
+def test_a_backend_config_polystack_cannot_read_exits_2_with_one_line(tmp_path: Path) -> None:
+    repo = _model(tmp_path / "models", "m")
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "onnxruntime,intra_op_thread_count=2"])
+    assert "polystack reads default-max-batch-size only" in line
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "default-max-batch-size=8", "--no-batching"])
+    assert "drop one" in line

@@ -134,6 +134,14 @@ def serve(
         "changed is read again and reloaded (what was served serves on if that fails), a new one loaded, one "
         "gone unloaded. Not with --allow-model-control, as in Triton.",
     ),
+    backend_config: list[str] = typer.Option(
+        None,
+        "--backend-config",
+        metavar="[onnxruntime,]default-max-batch-size=N",
+        help="Triton's flag: the max_batch_size its auto-complete gives a --model-repository model (or a load's "
+        "model files) whose config leaves it out, where the model can batch (default 4; 0: no batching). "
+        "Settings for other backends are ignored, as Triton's ONNX Runtime backend ignores them.",
+    ),
     cache_config: list[str] = typer.Option(
         None,
         "--cache-config",
@@ -175,6 +183,8 @@ def serve(
     from polystack.engine import Engine
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
+    from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
+    from polystack.server.onnxruntime_config import default_max_batch_size
     from polystack.server.placement import CpuPlacement
     from polystack.server.response_cache import CacheConfig
     from polystack.server.tls import TlsConfig
@@ -185,6 +195,12 @@ def serve(
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     logs.configure(log_level)
     response_cache = CacheConfig.from_flags(cache_config or [], response_cache_byte_size)
+    max_batch_default = default_max_batch_size(backend_config or [])
+    if max_batch_default is not None and batching is False:
+        raise InvalidRequest(
+            "--backend-config default-max-batch-size batches repository models as Triton's auto-complete does; "
+            "--no-batching batches none: drop one"
+        )
     if response_cache_byte_size is not None:
         logging.getLogger("polystack.server").warning(
             "--response-cache-byte-size is deprecated, as in Triton; give --cache-config local,size=BYTES instead",
@@ -231,6 +247,7 @@ def serve(
         tls=tls,
         model_configs=_model_configs(model_config or []),
         response_cache=response_cache,
+        default_max_batch_size=DEFAULT_MAX_BATCH_SIZE if max_batch_default is None else max_batch_default,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")

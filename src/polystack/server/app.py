@@ -26,11 +26,11 @@ from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, w
 from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
-from polystack.server import logs
+from polystack.server import logs, model_config
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
-from polystack.server.model_config import ConfigFile
+from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE, ConfigFile
 from polystack.server.model_repository import Fingerprint, ModelRepository
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
@@ -119,6 +119,9 @@ class ServeConfig:
     repository_models: Sequence[str] = ()
     repository_poll_s: float = 0.0
     repository_seen: Mapping[str, Fingerprint] | None = None  # their folders as they were before the start read them
+    # the max_batch_size Triton's auto-complete gives their models that can batch where a config leaves it out
+    # (--backend-config default-max-batch-size; Triton's default, 4)
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     # the ensembles those repositories declare, by name: served after the models, once these are loaded
     ensembles: Mapping[str, Ensemble] = field(default_factory=dict)
 
@@ -148,15 +151,16 @@ class Server:
                 chosen = BatchPolicy()
             overrides = config.batch_overrides
             if overrides is not None:
-                if chosen is None:
+                if chosen is not None:
+                    chosen = overrides.apply(chosen)
+                elif not model_config.auto_batched(record, config.default_max_batch_size):  # (what Triton's
+                    # auto-complete batches takes them in DataPlane._plan)
                     settings = {k: v for k, v in overrides.given().items() if k != "instances"}  # unbatched: theirs
                     if settings:
                         log.warning(
                             "batching settings do not apply: the profile does not batch this model; add --batching",
                             extra={"model": record.name, "profile": profile, "settings": settings},
                         )
-                else:
-                    chosen = overrides.apply(chosen)
             return chosen
 
         cpus = config.cpus
@@ -207,6 +211,8 @@ class Server:
             response_cache=cache,
             repository=repository,
             unbatched_instances=config.batch_overrides.instances if config.batch_overrides else None,
+            default_max_batch_size=0 if config.no_batching else config.default_max_batch_size,
+            batch_overrides=config.batch_overrides,
         )
         self.http = HttpApp(
             self.plane,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from polystack import __version__
-from polystack.batching import BatchPolicy, DynamicBatcher
+from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
 from polystack.errors import (
@@ -209,8 +209,15 @@ class DataPlane:
         frontend_initializer: Callable[[], None] | None = None,
         repository: model_repository.ModelRepository | None = None,
         unbatched_instances: int | None = None,
+        default_max_batch_size: int = model_config.DEFAULT_MAX_BATCH_SIZE,
+        batch_overrides: BatchOverrides | None = None,
     ) -> None:
         self.engine = engine
+        # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
+        # leaves it out (serve --backend-config default-max-batch-size), and the batch settings given on their
+        # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
+        self.default_max_batch_size = default_max_batch_size
+        self.batch_overrides = batch_overrides
         # the Triton model repositories served (serve --model-repository), read again by a load by name and a poll
         self.repository = repository
         # serve --instances for a model served without batching and without a config: how many of its requests
@@ -305,14 +312,22 @@ class DataPlane:
         model_dir = start.directory if start is not None else None
         if config is None and start is not None:
             config = start.text
-        if config is not None:  # checked whole before anything changes: a refused config leaves the model as it was
+        # a Triton repository's model without a config (nor a plan or flags that batch it): served as Triton's
+        # auto-complete completes an empty one (its batch size and batching)
+        auto = config is None and policy is None and bool(record.settings.get(model_config.TRITON_IO))
+        if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
-                chosen = model_config.read(config, record, spec, policy, model_dir)
+                chosen = model_config.read(
+                    config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size
+                )
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
                     source = (start.source if start else "") or f"serve --model-config {record.name}"
                     raise e.prefixed(f"the config from {source}") from None
                 raise
+            if auto and chosen.batching is not None and self.batch_overrides is not None:  # the flags' settings, as
+                # for a policy they batch
+                chosen = dataclasses.replace(chosen, batching=self.batch_overrides.apply(chosen.batching))
             sequence = chosen.sequence
             if chosen.batching != policy or chosen.instances is not None or sequence is not None:
                 policy, instances = chosen.batching, chosen.instances
@@ -327,8 +342,8 @@ class DataPlane:
             if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             additions = chosen.additions
-        if config is None and record.settings.get(model_config.TRITON_IO):  # as Triton shows its tensors (a
-            # config's reading adds the same)
+        if config is None and not auto and record.settings.get(model_config.TRITON_IO):  # batched as polystack's
+            # plan or flags say: its tensors as Triton shows them (a config's reading adds the same)
             batched = policy is not None or bool(record.signature.batched and spec.max_batch_size)
             reshape = model_config.autocomplete(record.signature, {}, batched)
             additions = dataclasses.replace(additions, reshape=reshape)

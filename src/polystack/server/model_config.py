@@ -7,7 +7,10 @@ config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and
 its ``model_warmup`` samples (``warmup.py``) run before the load routes to the new instance.
 What it leaves out means what it means to Triton (protobuf's zero: no queue delay, no queue limit, no
 default timeout), except ``max_batch_size`` and the instance count, which polystack fills with its
-own choice for the model, as Triton's auto-complete fills them from the model.
+own choice for the model. A model registered from a Triton repository (or a load's files: ``TRITON_IO``)
+whose config lists no inputs or no outputs gets what Triton's auto-complete gives it instead: a
+``max_batch_size`` of ``default_max_batch_size`` (Triton's ``--backend-config default-max-batch-size``, 4)
+where the model can batch, dynamic batching where that is over 1, and its tensors' dims (``autocomplete``).
 What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
 Triton-only features would read (iterative sequences, ...) are accepted at their defaults, so that a
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -44,6 +48,8 @@ from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
+
+log = logging.getLogger("polystack.server")
 
 _INT32_MAX = (1 << 31) - 1
 _UINT32_MAX = (1 << 32) - 1
@@ -226,6 +232,20 @@ def version_policy_of(text: str) -> tuple[Any, str]:
 # a model record's setting: registered from a Triton model repository (or a load's model files), whose inputs and
 # outputs show as Triton's auto-complete shows a config's (``autocomplete``)
 TRITON_IO = "triton_io"
+# Triton's default-max-batch-size (--backend-config): the max_batch_size its auto-complete gives a model that
+# can batch and whose config leaves it out (or 0)
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def triton_batchable(signature: Signature) -> bool:
+    """Whether Triton's ONNX Runtime backend's auto-complete would batch a model of ``signature``
+    (``AutoCompleteMaxBatch``): it has inputs, and every input and output has a first dim of -1."""
+    return bool(signature.inputs) and all(t.shape[:1] == (-1,) for t in (*signature.inputs, *signature.outputs))
+
+
+def auto_batched(record: ModelRecord, default_max_batch_size: int) -> bool:
+    """Whether Triton's auto-complete batches ``record`` where no config says otherwise (``read``)."""
+    return bool(record.settings.get(TRITON_IO)) and triton_batchable(record.signature) and default_max_batch_size > 1
 
 
 def autocomplete(signature: Signature, config: dict[str, Any], batched: bool) -> tuple[Reshape, ...]:
@@ -235,7 +255,7 @@ def autocomplete(signature: Signature, config: dict[str, Any], batched: bool) ->
     the model's ``[]`` (``AutoCompleteIO``), so that clients send and get ``[batch, 1]`` as from Triton, whose
     auto-complete batches such a model. Served without batching (``batched`` false), it shows ``dims: [-1,
     1]`` reshaped to ``[-1]``: clients send and get the same. A model Triton cannot batch keeps its dims."""
-    if not all(t.shape[:1] == (-1,) for t in (*signature.inputs, *signature.outputs)):
+    if not triton_batchable(signature):
         return ()
     client, model = ((1,), ()) if batched else ((-1, 1), (-1,))
     return tuple(
@@ -426,12 +446,18 @@ class ConfigFile:
 
 
 def read(
-    text: str, record: ModelRecord, spec: LoadSpec, default: BatchPolicy | None, model_dir: Path | None = None
+    text: str,
+    record: ModelRecord,
+    spec: LoadSpec,
+    default: BatchPolicy | None,
+    model_dir: Path | None = None,
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
     count where the config leaves them out. ``model_dir`` is the directory warm-up files are read from
-    (``warmup/`` in it); a load's config sent over the network has none."""
+    (``warmup/`` in it); a load's config sent over the network has none. A ``TRITON_IO`` model's config that
+    lists no inputs or no outputs is auto-completed as Triton does it, with ``default_max_batch_size``."""
     config = parse_config(text)
     name = read_string(config, "name", "config")
     if name and name != record.name:
@@ -463,6 +489,22 @@ def read(
     groups = config.get("instance_group")
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
+    autofilled: int | None = None
+    if record.settings.get(TRITON_IO) and not (config.get("input") and config.get("output")):
+        # Triton's auto-complete of a config that leaves the model's inputs or outputs to it
+        # (AutoCompleteMaxBatch): the batch size and batching it would give, what Triton's clients read
+        if not triton_batchable(record.signature):
+            if max_batch:
+                raise InvalidRequest(
+                    f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
+                    "max_batch_size is specified (Triton's words: the model's inputs and outputs do not all take "
+                    "a batch on their first dim); set max_batch_size 0, or leave it out"
+                )
+        else:
+            if not max_batch:
+                max_batch = autofilled = min(default_max_batch_size, limit) if limit else default_max_batch_size
+            if max_batch > 1 and dynamic is None and config.get("sequence_batching") is None:
+                dynamic = {}  # Triton turns dynamic batching on for a model it can batch
     sequence: SequencePolicy | None = None
     batching: BatchPolicy | None = None
     rows: int | None = None  # unbatched: the most rows a request may hold
@@ -515,6 +557,13 @@ def read(
             "samples hold no control or state inputs): leave model_warmup out"
         )
     additions = Additions(warmup, formats, options, cached, shapes, reshapes, parameters, optimization)
+    if autofilled is not None:  # Triton's warning, with what to do
+        log.warning(
+            "autofilled max_batch_size, as Triton's auto-complete does: the model can batch and its config gives "
+            "none; set max_batch_size in its config (or serve --backend-config onnxruntime,default-max-batch-size=N) "
+            "for larger batches",
+            extra={"model": record.name, "max_batch_size": autofilled},
+        )
     return LoadConfig(batching, rows, instances, additions, sequence)
 
 

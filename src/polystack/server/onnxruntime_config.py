@@ -6,7 +6,8 @@ Triton's ONNX Runtime backend (onnxruntime_backend, ``src/onnxruntime.cc``) read
 CUDA settings on GPU). This module reads the same names and values, refuses what that backend refuses in its
 words, and gives the options of polystack's onnxruntime backend (``backends/onnxruntime.py``) that do the
 same, so that an ONNX model's config from a Triton model repository loads unchanged. ``model_config`` reads
-the messages; this module decides what they mean for ONNX Runtime.
+the messages; this module decides what they mean for ONNX Runtime. It also reads the one server-wide
+setting of that backend polystack has, ``serve --backend-config``'s ``default-max-batch-size``.
 """
 
 from __future__ import annotations
@@ -278,3 +279,50 @@ def _int(given: str, what: str, within: tuple[int, int]) -> int:
     if not within[0] <= number <= within[1]:
         raise InvalidRequest(f"{what} is {number}, out of range: from {within[0]} to {within[1]}")
     return number
+
+
+_BACKEND = "onnxruntime"  # the one Triton backend polystack stands in for (a repository's ONNX models)
+_BACKEND_SETTINGS = ("default-max-batch-size",)
+
+
+def default_max_batch_size(items: Sequence[str]) -> int | None:
+    """The ``default-max-batch-size`` that Triton's ``--backend-config`` values ``items`` give the ONNX
+    Runtime backend (None: none does): ``[BACKEND,]SETTING=VALUE``, in Triton's format, where a
+    setting without a backend is every backend's and one for ``onnxruntime`` wins over it (the last given
+    wins among equals). A setting for another backend is ignored, as Triton's ONNX Runtime backend ignores
+    it: polystack serves a repository's ONNX models only. Other settings of this backend are refused, naming
+    the one polystack reads."""
+    general: int | None = None
+    own: int | None = None
+    for item in items:
+        backend, sep, rest = item.partition(",")
+        if not sep:
+            backend, rest = "", item
+        elif not backend:  # Triton's words, then what to do
+            raise InvalidRequest(
+                f"--backend-config {item}: No backend specified. --backend-config option format is "
+                "<backend name>,<setting>=<value> or <setting>=<value>"
+            )
+        setting, eq, value = rest.partition("=")
+        if not eq or not setting or not value:
+            raise InvalidRequest(
+                f"--backend-config {item}: the option format is '<backend name>,<setting>=<value>' or "
+                "'<setting>=<value>', e.g. onnxruntime,default-max-batch-size=8"
+            )
+        if backend and backend != _BACKEND:
+            continue
+        if setting not in _BACKEND_SETTINGS:
+            raise InvalidRequest(
+                f"--backend-config {item}: polystack reads {', '.join(_BACKEND_SETTINGS)} only (the size Triton's "
+                "auto-complete gives a repository model's max_batch_size); drop this setting"
+            )
+        if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= _INT32[1]):
+            raise InvalidRequest(
+                f"--backend-config {item}: default-max-batch-size is a whole number from 0 (no batching) to "
+                f"{_INT32[1]}, e.g. 8"
+            )
+        if backend:
+            own = int(value)
+        else:
+            general = int(value)
+    return own if own is not None else general
