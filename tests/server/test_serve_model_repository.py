@@ -628,7 +628,8 @@ def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it
 
 def test_the_default_max_batch_size_is_tritons_backend_config(tmp_path: Path) -> None:
     """--backend-config onnxruntime,default-max-batch-size=N (Triton's flag; the backend's own wins over every
-    backend's): 0 serves such a model without batching, its batch of scalars as [-1, 1] reshaped to [-1]."""
+    backend's): 0 serves such a model without batching, with its own dims (a batch of scalars: [-1]), as
+    Triton's AutoCompleteIO gives them with max_batch_size 0."""
     repo = tmp_path / "models"
     mlp_onnx(repo / "plain" / "1" / "model.onnx")
     batch_of_scalars(repo / "scalars" / "1" / "model.onnx")
@@ -639,9 +640,11 @@ def test_the_default_max_batch_size_is_tritons_backend_config(tmp_path: Path) ->
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         plain, scalars = h.get_model_config("plain"), h.get_model_config("scalars")
         assert _batching(plain) == (0, None) and plain["instance_group"][0]["count"] == 3
-        assert (scalars["input"][0]["dims"], scalars["input"][0]["reshape"]) == ([-1, 1], {"shape": [-1]})
-        x = np.array([[1.0], [2.5], [-3.0]], np.float32)
-        i = httpclient.InferInput("x", [3, 1], "FP32")
+        assert [(t["dims"], "reshape" in t) for t in (*scalars["input"], *scalars["output"])] == [
+            ([-1], False), ([-1], False), ([-1, 2], False),
+        ]  # fmt: skip
+        x = np.array([1.0, 2.5, -3.0], np.float32)
+        i = httpclient.InferInput("x", [3], "FP32")
         i.set_data_from_numpy(x)
         np.testing.assert_array_equal(h.infer("scalars", [i]).as_numpy("y"), x * 2)
         h.close()

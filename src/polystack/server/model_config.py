@@ -250,16 +250,15 @@ def auto_batched(record: ModelRecord, default_max_batch_size: int) -> bool:
 
 def autocomplete(signature: Signature, config: dict[str, Any], batched: bool) -> tuple[Reshape, ...]:
     """The reshapes Triton's ONNX Runtime backend's auto-complete adds to a ``config`` (read) that lists no
-    inputs (or no outputs), for a model it can batch (``AutoCompleteMaxBatch``: every input and output has a
-    first dim of -1): a tensor of a batch of scalars (the model's ``[-1]``) shows ``dims: [1]`` reshaped to
-    the model's ``[]`` (``AutoCompleteIO``), so that clients send and get ``[batch, 1]`` as from Triton, whose
-    auto-complete batches such a model. Served without batching (``batched`` false), it shows ``dims: [-1,
-    1]`` reshaped to ``[-1]``: clients send and get the same. A model Triton cannot batch keeps its dims."""
-    if not triton_batchable(signature):
+    inputs (or no outputs), for a model it batches (``batched``; it can only batch one whose inputs and
+    outputs all have a first dim of -1, ``triton_batchable``): a tensor of a batch of scalars (the model's
+    ``[-1]``) shows ``dims: [1]`` reshaped to the model's ``[]`` (``AutoCompleteIO``), so that clients send and
+    get ``[batch, 1]`` as from Triton. With ``max_batch_size`` 0 it shows the model's dims as they are, as
+    ``AutoCompleteIO`` does (``[-1]``: clients send and get ``[n]``)."""
+    if not batched or not triton_batchable(signature):
         return ()
-    client, model = ((1,), ()) if batched else ((-1, 1), (-1,))
     return tuple(
-        Reshape(t.name, batched, client, model)
+        Reshape(t.name, True, (1,), ())
         for key, tensors in (("input", signature.inputs), ("output", signature.outputs))
         if not config.get(key)
         for t in tensors
