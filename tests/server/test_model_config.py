@@ -706,3 +706,18 @@ def test_a_config_that_lists_its_tensors_or_a_model_polystack_registered_is_not_
     assert model_config.read("{}", record, SPEC, None) == model_config.LoadConfig(None, None)
     with pytest.raises(InvalidRequest, match="autofill failed for model 'm': model does not support batching"):
         model_config.read('{"max_batch_size": 8}', record, SPEC, None)
+
+
+def test_a_refusal_of_an_auto_completed_size_says_where_the_size_came_from() -> None:
+    """The user wrote max_batch_size 0 (or none), listed the inputs with their batch dim and left the outputs to
+    auto-complete, which gives 4 (as Triton's does, which refuses it too): the refusal says the 4 came from it."""
+    text = '{"max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]}'
+    with pytest.raises(InvalidRequest) as e:
+        model_config.read(text, TRITON_RECORD, SPEC, None)
+    assert e.value.message.startswith(
+        "max_batch_size 4 is what Triton's auto-complete gives this model, whose config lists no outputs"
+    )
+    assert "input[0] (x) has dims [-1, 4], but the model's are [4] with max_batch_size 4" in e.value.message
+    with pytest.raises(InvalidRequest) as e:  # a size the user wrote: the refusal alone
+        model_config.read(text.replace('"max_batch_size": 0', '"max_batch_size": 4'), TRITON_RECORD, SPEC, None)
+    assert e.value.message.startswith("input[0] (x) has dims [-1, 4]")

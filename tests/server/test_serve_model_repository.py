@@ -659,6 +659,26 @@ def test_the_default_max_batch_size_is_tritons_backend_config(tmp_path: Path) ->
     assert "do not apply" not in (tmp_path / "serve2.log").read_text()
 
 
+def test_no_batching_leaves_a_folders_config_to_tritons_auto_complete(tmp_path: Path) -> None:
+    """--no-batching serves a folder without a config unbatched; one with a config is served as the config and
+    Triton's auto-complete say, as the other batching flags leave it (an empty config, or one that asks for
+    dynamic batching alone, gets max_batch_size 4: it was refused, 'dynamic_batching needs max_batch_size')."""
+    repo = tmp_path / "models"
+    for name in ("plain", "empty", "dyn"):
+        mlp_onnx(repo / name / "1" / "model.onnx")
+    (repo / "empty" / "config.pbtxt").write_text("")
+    (repo / "dyn" / "config.pbtxt").write_text("dynamic_batching { }\n")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--no-batching"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        shown = {name: _batching(h.get_model_config(name)) for name in ("plain", "empty", "dyn")}
+        assert shown == {"plain": (0, None), "empty": (4, 0), "dyn": (4, 0)}
+        h.close()
+    warned = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "autofilled" in line]
+    assert sorted(w["model"] for w in warned) == ["dyn", "empty"]
+
+
 def test_a_backend_config_polystack_cannot_read_exits_2_with_one_line(tmp_path: Path) -> None:
     repo = _model(tmp_path / "models", "m")
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "onnxruntime,intra_op_thread_count=2"])

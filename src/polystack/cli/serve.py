@@ -198,8 +198,8 @@ def serve(
     max_batch_default = default_max_batch_size(backend_config or [])
     if max_batch_default is not None and batching is False:
         raise InvalidRequest(
-            "--backend-config default-max-batch-size batches repository models as Triton's auto-complete does; "
-            "--no-batching batches none: drop one"
+            "--backend-config default-max-batch-size sizes the batches of repository models without a config, which "
+            "--no-batching serves unbatched: drop one"
         )
     if response_cache_byte_size is not None:
         logging.getLogger("polystack.server").warning(

@@ -157,8 +157,14 @@ class Server:
                     # auto-complete batches takes them in DataPlane._plan)
                     settings = {k: v for k, v in overrides.given().items() if k != "instances"}  # unbatched: theirs
                     if settings:
+                        why = (
+                            "Triton's auto-complete gives this repository model max_batch_size "
+                            f"{config.default_max_batch_size} (--backend-config default-max-batch-size)"
+                            if record.settings.get(model_config.TRITON_IO) and model_config.triton_batchable(record.signature)
+                            else "the profile does not batch this model"
+                        )
                         log.warning(
-                            "batching settings do not apply: the profile does not batch this model; add --batching",
+                            f"batching settings do not apply: {why}; add --batching",
                             extra={"model": record.name, "profile": profile, "settings": settings},
                         )
             return chosen
@@ -211,8 +217,9 @@ class Server:
             response_cache=cache,
             repository=repository,
             unbatched_instances=config.batch_overrides.instances if config.batch_overrides else None,
-            default_max_batch_size=0 if config.no_batching else config.default_max_batch_size,
+            default_max_batch_size=config.default_max_batch_size,
             batch_overrides=config.batch_overrides,
+            no_batching=config.no_batching,
         )
         self.http = HttpApp(
             self.plane,

@@ -211,6 +211,7 @@ class DataPlane:
         unbatched_instances: int | None = None,
         default_max_batch_size: int = model_config.DEFAULT_MAX_BATCH_SIZE,
         batch_overrides: BatchOverrides | None = None,
+        no_batching: bool = False,
     ) -> None:
         self.engine = engine
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
@@ -218,6 +219,7 @@ class DataPlane:
         # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
         self.default_max_batch_size = default_max_batch_size
         self.batch_overrides = batch_overrides
+        self.no_batching = no_batching  # serve --no-batching: such a model without a config is not batched either
         # the Triton model repositories served (serve --model-repository), read again by a load by name and a poll
         self.repository = repository
         # serve --instances for a model served without batching and without a config: how many of its requests
@@ -312,9 +314,9 @@ class DataPlane:
         model_dir = start.directory if start is not None else None
         if config is None and start is not None:
             config = start.text
-        # a Triton repository's model without a config (nor a plan or flags that batch it): served as Triton's
-        # auto-complete completes an empty one (its batch size and batching)
-        auto = config is None and policy is None and bool(record.settings.get(model_config.TRITON_IO))
+        # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
+        # as Triton's auto-complete completes an empty one (its batch size and batching)
+        auto = config is None and policy is None and not self.no_batching and bool(record.settings.get(model_config.TRITON_IO))
         if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
                 chosen = model_config.read(

@@ -277,7 +277,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
             if model.max_batch_size and model.max_batch_size < ensemble.max_batch_size:
                 raise InvalidRequest(
                     f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
-                    f"most {model.max_batch_size}; lower the ensemble's"
+                    f"most {model.max_batch_size}; lower the ensemble's, or raise the model's (its config's "
+                    "max_batch_size; for a config that lists no inputs or outputs, serve --backend-config "
+                    "default-max-batch-size sets the size Triton's auto-complete gives it)"
                 )
         for model_tensor, tensor in step.inputs:
             dtype, shape, source = types[tensor]

@@ -23,12 +23,13 @@ An ensemble's config is read by ``ensemble.py``, with the readers here (``read_m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -490,71 +491,59 @@ def read(
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO) and not (config.get("input") and config.get("output")):
-        # Triton's auto-complete of a config that leaves the model's inputs or outputs to it
-        # (AutoCompleteMaxBatch): the batch size and batching it would give, what Triton's clients read
-        if not triton_batchable(record.signature):
-            if max_batch:
+        max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
+    with _autofill_said(autofilled, config):
+        sequence: SequencePolicy | None = None
+        batching: BatchPolicy | None = None
+        rows: int | None = None  # unbatched: the most rows a request may hold
+        if config.get("sequence_batching") is not None:
+            if dynamic is not None:
                 raise InvalidRequest(
-                    f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
-                    "max_batch_size is specified (Triton's words: the model's inputs and outputs do not all take "
-                    "a batch on their first dim); set max_batch_size 0, or leave it out"
+                    "the config sets both dynamic_batching and sequence_batching, which Triton's model configuration "
+                    "holds one of (scheduling_choice); keep sequence_batching for a stateful model"
                 )
+            if max_batch is None:  # polystack's own: the policy's, within the variant's limit
+                max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
+                max_batch = min(max_batch, limit) if limit and max_batch else max_batch
+            sequence = _sequence(config["sequence_batching"], record, max_batch, instances or 1, model_dir, config)
+            rows, instances = max_batch or None, None  # the policy holds them
+        elif dynamic is None:
+            # Triton's default scheduler: each instance runs one request at a time, the others queue
+            if max_batch is None:  # polystack's own: the variant's limit
+                max_batch = limit if batched and limit else 0
+            rows = max_batch or None
         else:
-            if not max_batch:
-                max_batch = autofilled = min(default_max_batch_size, limit) if limit else default_max_batch_size
-            if max_batch > 1 and dynamic is None and config.get("sequence_batching") is None:
-                dynamic = {}  # Triton turns dynamic batching on for a model it can batch
-    sequence: SequencePolicy | None = None
-    batching: BatchPolicy | None = None
-    rows: int | None = None  # unbatched: the most rows a request may hold
-    if config.get("sequence_batching") is not None:
-        if dynamic is not None:
+            if not batched:
+                raise InvalidRequest(
+                    f"the config asks for dynamic_batching, but {record.name!r} takes no batch dimension on every input; "
+                    "leave dynamic_batching out"
+                )
+            if max_batch == 0:
+                raise InvalidRequest("dynamic_batching needs max_batch_size of 1 or more; set it, or leave it out")
+            if max_batch is None:  # polystack's own: the policy's, within the variant's limit
+                max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
+                max_batch = min(max_batch, limit) if limit else max_batch
+            if instances is None:
+                instances = default.instances if default else 1
+            batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
+        formats, shapes, reshapes = _tensors(config, record, max_batch)
+        if record.settings.get(TRITON_IO) and sequence is None:  # its unlisted tensors as Triton shows them
+            reshapes += autocomplete(record.signature, config, max_batch > 0)
+        # warm-up samples are in the shapes clients send
+        seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
+        warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
+        cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
+        cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
+        if sequence is not None and cached:  # Triton's words, then what to do
             raise InvalidRequest(
-                "the config sets both dynamic_batching and sequence_batching, which Triton's model configuration "
-                "holds one of (scheduling_choice); keep sequence_batching for a stateful model"
+                f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
+                "Please disable the response cache (its answers depend on the sequence's state)"
             )
-        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
-            max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
-            max_batch = min(max_batch, limit) if limit and max_batch else max_batch
-        sequence = _sequence(config["sequence_batching"], record, max_batch, instances or 1, model_dir, config)
-        rows, instances = max_batch or None, None  # the policy holds them
-    elif dynamic is None:
-        # Triton's default scheduler: each instance runs one request at a time, the others queue
-        if max_batch is None:  # polystack's own: the variant's limit
-            max_batch = limit if batched and limit else 0
-        rows = max_batch or None
-    else:
-        if not batched:
+        if sequence is not None and warmup:
             raise InvalidRequest(
-                f"the config asks for dynamic_batching, but {record.name!r} takes no batch dimension on every input; "
-                "leave dynamic_batching out"
+                "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
+                "samples hold no control or state inputs): leave model_warmup out"
             )
-        if max_batch == 0:
-            raise InvalidRequest("dynamic_batching needs max_batch_size of 1 or more; set it, or leave it out")
-        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
-            max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
-            max_batch = min(max_batch, limit) if limit else max_batch
-        if instances is None:
-            instances = default.instances if default else 1
-        batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-    formats, shapes, reshapes = _tensors(config, record, max_batch)
-    if record.settings.get(TRITON_IO) and sequence is None:  # its unlisted tensors as Triton shows them
-        reshapes += autocomplete(record.signature, config, max_batch > 0)
-    # warm-up samples are in the shapes clients send
-    seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
-    warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
-    cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
-    cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
-    if sequence is not None and cached:  # Triton's words, then what to do
-        raise InvalidRequest(
-            f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
-            "Please disable the response cache (its answers depend on the sequence's state)"
-        )
-    if sequence is not None and warmup:
-        raise InvalidRequest(
-            "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
-            "samples hold no control or state inputs): leave model_warmup out"
-        )
     additions = Additions(warmup, formats, options, cached, shapes, reshapes, parameters, optimization)
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -564,6 +553,45 @@ def read(
             extra={"model": record.name, "max_batch_size": autofilled},
         )
     return LoadConfig(batching, rows, instances, additions, sequence)
+
+
+def _autofill(
+    record: ModelRecord, max_batch: int | None, dynamic: Any, config: dict[str, Any], limit: int | None, default: int
+) -> tuple[int | None, Any, int | None]:
+    """Triton's auto-complete of a config that leaves the model's inputs or outputs to it (AutoCompleteMaxBatch):
+    the max_batch_size and dynamic batching it gives ``record`` (what Triton's clients read), and the size it
+    filled in (None: the config gave one)."""
+    autofilled = None
+    if not triton_batchable(record.signature):
+        if max_batch:
+            raise InvalidRequest(
+                f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
+                "max_batch_size is specified (Triton's words: the model's inputs and outputs do not all take "
+                "a batch on their first dim); set max_batch_size 0, or leave it out"
+            )
+        return max_batch, dynamic, None
+    if not max_batch:
+        max_batch = autofilled = min(default, limit) if limit else default
+    if max_batch > 1 and dynamic is None and config.get("sequence_batching") is None:
+        dynamic = {}  # Triton turns dynamic batching on for a model it can batch
+    return max_batch, dynamic, autofilled
+
+
+@contextlib.contextmanager
+def _autofill_said(autofilled: int | None, config: dict[str, Any]) -> Iterator[None]:
+    """A refusal of a config whose max_batch_size Triton's auto-complete filled in (``autofilled``; None: it
+    did not) says so first: the size it refuses was not written by the user."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if autofilled is None:
+            raise
+        missing = "inputs" if not config.get("input") else "outputs"
+        raise e.prefixed(
+            f"max_batch_size {autofilled} is what Triton's auto-complete gives this model, whose config lists no "
+            f"{missing} and no max_batch_size (serve --backend-config default-max-batch-size); set max_batch_size, "
+            "or list its inputs and outputs"
+        ) from None
 
 
 # Triton's control kinds (ModelSequenceBatching.Control.Kind; "" is 0, START) -> sequence.py's
