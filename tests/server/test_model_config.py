@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
@@ -700,10 +701,13 @@ def test_a_config_that_lists_its_tensors_or_a_model_polystack_registered_is_not_
     )
     assert model_config.read(both, TRITON_RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)
     assert model_config.read("{}", RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)  # polystack's own
-    # a model Triton cannot batch (an output of no batch dim) keeps max_batch_size 0; a size given is refused
+    # a model Triton cannot batch (a scalar output) keeps max_batch_size 0, its scalar shown as dims [1]; a size
+    # given is refused
     scalar_out = Signature(inputs=SIG.inputs, outputs=(TensorSpec("y", DType.FP32, ()),))
     record = dataclasses.replace(TRITON_RECORD, signature=scalar_out)
-    assert model_config.read("{}", record, SPEC, None) == model_config.LoadConfig(None, None)
+    chosen = model_config.read("{}", record, SPEC, None)
+    assert (chosen.batching, chosen.max_batch_size) == (None, None)
+    assert chosen.additions.reshape == (Reshape("y", False, (1,), ()),)
     with pytest.raises(InvalidRequest, match="autofill failed for model 'm': model does not support batching"):
         model_config.read('{"max_batch_size": 8}', record, SPEC, None)
 

@@ -685,3 +685,73 @@ def test_a_backend_config_polystack_cannot_read_exits_2_with_one_line(tmp_path: 
     assert "polystack reads default-max-batch-size only" in line
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "default-max-batch-size=8", "--no-batching"])
     assert "drop one" in line
+
+
+def _scaled(path: Path) -> Path:
+    """x FP32[n, 4] and a scalar t FP32[] -> y = x * t FP32[n, 4] and the scalar s = sum(x) FP32[]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "t"], ["y"]), helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)],
+        "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]), helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]), helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_a_scalar_shows_as_dims_1_as_tritons_auto_complete_shows_it(tmp_path: Path) -> None:
+    """Triton's ONNX Runtime backend shows a scalar tensor (the model's []) as dims [1], without a reshape (a model
+    with one cannot batch), and takes and gives it as [1]; a config may list it with dims of 1s only. Triton
+    clients sent [1] and were refused, and got [] back."""
+    import tritonclient.grpc as grpcclient
+    from servekit import same_config_both_ways
+
+    repo = tmp_path / "models"
+    _scaled(repo / "auto" / "1" / "model.onnx")
+    _scaled(repo / "listed" / "1" / "model.onnx")
+    (repo / "listed" / "config.pbtxt").write_text(
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 4 ] }, { name: "t", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 4 ] }, { name: "s", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )
+    grpc_port, port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control"]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        config = same_config_both_ways(h, g, "auto")
+        assert config["max_batch_size"] == 0 and "dynamic_batching" not in config  # a scalar: Triton cannot batch it
+        shown = [(t["name"], t["dims"], "reshape" in t) for t in (*config["input"], *config["output"])]
+        assert shown == [("x", [-1, 4], False), ("t", [1], False), ("y", [-1, 4], False), ("s", [1], False)]
+        for name, t_shape in (("auto", [1]), ("listed", [1, 1])):
+            meta = h.get_model_metadata(name)
+            assert {t["name"]: t["shape"] for t in (*meta["inputs"], *meta["outputs"])}["t"] == t_shape
+            for client, module in ((h, httpclient), (g, grpcclient)):
+                xi, ti = module.InferInput("x", [2, 4], "FP32"), module.InferInput("t", t_shape, "FP32")
+                xi.set_data_from_numpy(x)
+                ti.set_data_from_numpy(np.full(t_shape, 0.5, np.float32))
+                answer = client.infer(name, [xi, ti])
+                np.testing.assert_array_equal(answer.as_numpy("y"), x * 0.5)
+                np.testing.assert_array_equal(answer.as_numpy("s"), np.array([28.0], np.float32))  # [1], as Triton's
+                ti = module.InferInput("t", [], "FP32")  # the model's own shape: not what the config says
+                ti.set_data_from_numpy(np.array(0.5, np.float32))
+                with pytest.raises(InferenceServerException, match="has shape"):
+                    client.infer(name, [xi, ti])
+        h.load_model("auto", config=json.dumps(config))  # what GET config shows loads back unchanged
+        assert h.get_model_config("auto") == config
+        bad = json.loads(json.dumps(config))
+        bad["input"][1]["dims"] = [2]
+        with pytest.raises(InferenceServerException, match="scalar tensor 't', should only provide 1 in the model configuration"):
+            h.load_model("auto", config=json.dumps(bad))
+        bad["input"][1]["dims"], bad["input"][1]["reshape"] = [1], {"shape": []}
+        with pytest.raises(InferenceServerException, match="cannot have empty reshape for non-batching model"):
+            h.load_model("auto", config=json.dumps(bad))
+        assert h.get_model_config("auto") == config  # the refusals left it as it was
+        h.close()
+        g.close()

@@ -251,20 +251,20 @@ def auto_batched(record: ModelRecord, default_max_batch_size: int) -> bool:
 
 def autocomplete(signature: Signature, config: dict[str, Any], batched: bool) -> tuple[Reshape, ...]:
     """The reshapes Triton's ONNX Runtime backend's auto-complete adds to a ``config`` (read) that lists no
-    inputs (or no outputs), for a model it batches (``batched``; it can only batch one whose inputs and
-    outputs all have a first dim of -1, ``triton_batchable``): a tensor of a batch of scalars (the model's
-    ``[-1]``) shows ``dims: [1]`` reshaped to the model's ``[]`` (``AutoCompleteIO``), so that clients send and
-    get ``[batch, 1]`` as from Triton. With ``max_batch_size`` 0 it shows the model's dims as they are, as
-    ``AutoCompleteIO`` does (``[-1]``: clients send and get ``[n]``)."""
-    if not batched or not triton_batchable(signature):
+    inputs (or no outputs), as ``AutoCompleteIO`` shows the tensors it adds. For a model it batches
+    (``batched``; it can only batch one whose inputs and outputs all have a first dim of -1,
+    ``triton_batchable``), a tensor of a batch of scalars (the model's ``[-1]``) shows ``dims: [1]`` reshaped to
+    the model's ``[]``, so that clients send and get ``[batch, 1]`` as from Triton. With ``max_batch_size`` 0 it
+    shows the model's dims as they are (``[-1]``: clients send and get ``[n]``), but a scalar's (the model's
+    ``[]``; such a model cannot batch), which shows as ``dims: [1]`` (no reshape, which Triton refuses
+    without batching): clients send and get ``[1]``."""
+    unlisted = [t for key, tensors in (("input", signature.inputs), ("output", signature.outputs))
+                if not config.get(key) for t in tensors]  # fmt: skip
+    if not batched:
+        return tuple(Reshape(t.name, False, (1,), ()) for t in unlisted if t.shape == ())
+    if not triton_batchable(signature):
         return ()
-    return tuple(
-        Reshape(t.name, True, (1,), ())
-        for key, tensors in (("input", signature.inputs), ("output", signature.outputs))
-        if not config.get(key)
-        for t in tensors
-        if t.shape == (-1,)
-    )
+    return tuple(Reshape(t.name, True, (1,), ()) for t in unlisted if t.shape == (-1,))
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,8 @@ def render(
     def tensor(t: TensorSpec) -> dict[str, Any]:
         shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
         r = reshaped.get(t.name)
-        if r is not None:  # clients' dims, and the model's own as Triton's reshape
+        if r is not None and (r.model or r.batched):  # clients' dims, and the model's own as Triton's reshape (a
+            # scalar's dims of 1s alone: Triton refuses an empty reshape without batching)
             shown["reshape"] = {"shape": list(r.model)}
             if r.batched and not max_batch:  # shown without batching (its batcher stopped merging): reads back
                 shown["reshape"] = {"shape": [-1, *r.model]}
@@ -1328,13 +1329,21 @@ def _tensors(
             elif dims is not None:
                 got_dims = read_int_list(dims, f"{where}.dims")
                 model_dims = _dims(t, max_batch)
-                if not _within(got_dims, model_dims):
+                if not t.shape and not max_batch and got_dims:  # a scalar of the model's: Triton takes dims of 1s
+                    if any(d != 1 for d in got_dims):  # Triton's words, then what to do
+                        raise InvalidRequest(
+                            f"unable to load model {record.name!r}, scalar tensor {name!r}, should only provide 1 in "
+                            "the model configuration when the model doesn't support batching. Model configuration "
+                            f"provided: {got_dims}; give it dims [1]"
+                        )
+                    reshapes.append(Reshape(name, False, tuple(got_dims), ()))  # clients send and get those dims
+                elif not _within(got_dims, model_dims):
                     raise InvalidRequest(
                         f"{where} ({name}) has dims {got_dims}, but the model's are {model_dims} with "
                         f"max_batch_size {max_batch} (-1: any size); the config's dims may fix a dim the model "
                         "leaves -1, and must match the others"
                     )
-                if got_dims != model_dims:
+                elif got_dims != model_dims:
                     lead = tuple(t.shape[: len(t.shape) - len(model_dims)])  # the batch dim, when batched
                     shapes.append((name, lead + tuple(got_dims)))
             layout = (read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
