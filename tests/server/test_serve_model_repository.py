@@ -755,3 +755,52 @@ def test_a_scalar_shows_as_dims_1_as_tritons_auto_complete_shows_it(tmp_path: Pa
         assert h.get_model_config("auto") == config  # the refusals left it as it was
         h.close()
         g.close()
+
+
+def _checksummed(md5: str, path: str = "1/model.onnx") -> str:
+    agent = f'{{ name: "checksum", parameters {{ key: "MD5:{path}" value: "{md5}" }} }}'
+    return f"model_repository_agents {{ agents [ {agent} ] }}\n"
+
+
+def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_load(tmp_path: Path) -> None:
+    """Triton's checksum repository agent (model_repository_agents): a folder whose files match the MD5s its
+    config.pbtxt gives is served; one that does not is refused, at start, on a load by name and on a load that
+    carries the files, leaving the store and what is served as they were. polystack refused the field whole."""
+    import hashlib
+
+    repo = tmp_path / "models"
+    model = mlp_onnx(repo / "good" / "1" / "model.onnx")
+    md5 = hashlib.md5(model.read_bytes()).hexdigest()
+    (repo / "good" / "config.pbtxt").write_text(_checksummed(md5))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert h.is_model_ready("good")
+        assert "model_repository_agents" not in h.get_model_config("good")  # run at load, not served
+        (repo / "good" / "config.pbtxt").write_text(_checksummed("0" * 32))
+        with pytest.raises(InferenceServerException, match=f"Mismatched MD5 hash for file 1/model.onnx, expect: {'0' * 32}, got: {md5}"):
+            h.load_model("good")
+        assert h.is_model_ready("good", "1")  # what was served serves on
+        # a load that carries the files runs the agent on them
+        data = model.read_bytes()
+        config = {"model_repository_agents": {"agents": [{"name": "checksum", "parameters": {"MD5:1/model.onnx": md5}}]}}
+        h.load_model("up", config=json.dumps(config), files={"file:1/model.onnx": data})
+        assert h.is_model_ready("up")
+        config["model_repository_agents"]["agents"][0]["parameters"] = {"MD5:1/model.onnx": "f" * 32}
+        with pytest.raises(InferenceServerException, match=r"Mismatched MD5 hash for file 1/model\.onnx"):
+            h.load_model("other", config=json.dumps(config), files={"file:1/model.onnx": data})
+        # a load's config runs its own agents on the folder, in place of the folder's config's
+        config["model_repository_agents"]["agents"][0]["parameters"] = {"MD5:1/model.onnx": md5}
+        h.load_model("good", config=json.dumps(config))
+        assert h.is_model_ready("good")
+        with pytest.raises(InferenceServerException, match="repository agents run on a model's files"):
+            h.load_model("up", config=json.dumps(config))  # not a repository model: no files to check
+        h.close()
+    store = Store.at(tmp_path / "home")
+    try:
+        assert sorted({r.name for r in store.models.list()}) == ["good", "up"]  # the refused load registered nothing
+    finally:
+        store.close()
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
+    assert "model 'good'" in line and "Mismatched MD5 hash for file 1/model.onnx" in line

@@ -56,7 +56,7 @@ from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, SharedOutput, ShmRef, raw_view
-from polystack.server import ensemble, model_config, model_files, model_repository, status, warmup
+from polystack.server import ensemble, model_config, model_files, model_repository, repository_agents, status, warmup
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
@@ -671,7 +671,7 @@ class DataPlane:
         served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         # a config's version_policy picks the versions the load serves, as Triton's does
-        policy, config = model_config.version_policy_of(config) if config is not None else (None, None)
+        policy, config = model_config.split_field(config, "version_policy") if config is not None else (None, None)
         if policy is not None and ref.version is not None:
             raise InvalidRequest(
                 f"the config sets version_policy, but the load names version {ref.version} of {ref.name!r}; load "
@@ -705,8 +705,11 @@ class DataPlane:
         models it runs that are not served yet are loaded from their folders, as Triton loads them; those in
         ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
         assert self.repository is not None
+        agents = model_repository.FOLDER_AGENTS  # a load's config names its own, run on the folder in its place
+        if config is not None:
+            agents, config = model_config.split_field(config, "model_repository_agents")
         try:
-            model, registered = self.repository.read(self.store, name, policy)
+            model, registered = self.repository.read(self.store, name, policy, agents)
         except PolystackError:
             if failed is not None:
                 failed.add(name)
@@ -1574,9 +1577,11 @@ class DataPlane:
         what registering changed in the store is undone when the load fails."""
         if name in self._ensembles:
             raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
-        policy, config = model_config.version_policy_of(config)
+        policy, config = model_config.split_field(config, "version_policy")
         if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
             model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
+        agents, config = model_config.split_field(config, "model_repository_agents")  # run on the files, as Triton
+        repository_agents.verify(agents, files.open)  # runs them on the folder it makes of them
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}

@@ -183,6 +183,10 @@ _UNSUPPORTED = {
         "config, or a load's config"
     ),
     "metric_tags": "polystack's metrics are labelled by model and version only",
+    "model_repository_agents": (
+        "repository agents run on a model's files: polystack runs Triton's checksum agent from a repository "
+        "folder's config.pbtxt, or from a load's config that carries the model's files (load_model(..., files=...))"
+    ),
 }
 
 
@@ -210,22 +214,24 @@ class Additions:
         return signature.with_shapes(shapes) if shapes else signature
 
 
-def version_policy_of(text: str) -> tuple[Any, str]:
-    """A load's config ``text`` split into its ``version_policy`` (None: not given), which picks the versions
-    the load serves (``dataplane``), and the rest, which each of them is served with. Text that is not a JSON
-    object is left whole, for ``read`` to refuse."""
+def split_field(text: str, name: str) -> tuple[Any, str]:
+    """A load's config ``text`` split into its field ``name`` (either spelling; None: not given), which the
+    load acts on before the config is read (``version_policy`` picks the versions it serves,
+    ``model_repository_agents`` check its files), and the rest, which each version is served with. Text that
+    is not a JSON object is left whole, for ``read`` to refuse."""
     try:
         doc = http_codec.loads(text.encode())
     except InvalidRequest:
         return None, text
-    given = {"version_policy", "versionPolicy"} & doc.keys() if isinstance(doc, dict) else set()
+    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    given = {name, camel} & doc.keys() if isinstance(doc, dict) else set()
     if len(given) > 1:
-        raise InvalidRequest("config sets version_policy twice")
+        raise InvalidRequest(f"config sets {name} twice")
     if not given:
         return None, text
-    policy = doc.pop(given.pop())
+    value = doc.pop(given.pop())
     try:
-        return policy, orjson.dumps(doc).decode()
+        return value, orjson.dumps(doc).decode()
     except (TypeError, RecursionError):  # deeper than a writer goes: far past what read takes
         raise InvalidRequest(f"the config nests deeper than {_MAX_DEPTH} levels") from None
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidRequest, NotFound, PolystackError, quote
-from polystack.server import model_config, model_files
+from polystack.server import model_config, model_files, repository_agents
 from polystack.server.ensemble import Ensemble, is_ensemble
 from polystack.server.ensemble import read as read_ensemble
 from polystack.store import Store, validate_name
@@ -105,11 +105,15 @@ def register(store: Store, root: Path, done: list[model_files.Registered]) -> li
     return [_register_folder(store, folder, done) for folder in model_folders(root)]
 
 
+# a read of a folder runs the repository agents its own config names (a load with a config runs the config's)
+FOLDER_AGENTS: Any = object()
+
+
 def _register_folder(
-    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None
+    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None, agents: Any = FOLDER_AGENTS
 ) -> RepositoryModel:
     try:
-        return _register_model(store, folder, done, policy)
+        return _register_model(store, folder, done, policy, agents)
     except PolystackError as e:
         raise e.prefixed(f"--model-repository {folder.parent}: model {folder.name!r}") from None
     except OSError as e:  # a file or folder this process may not read
@@ -219,11 +223,12 @@ class ModelRepository:
         return found, complete
 
     def read(
-        self, store: Store, name: str, policy: Any = None
+        self, store: Store, name: str, policy: Any = None, agents: Any = FOLDER_AGENTS
     ) -> tuple[RepositoryModel, list[model_files.Registered]]:
         """Read the model's folder again, registering the versions its policy picks now (or ``policy``, a
-        load's ``version_policy``, picks); the model, and what registering did (for ``undo`` if its load
-        fails)."""
+        load's ``version_policy``, picks) once the repository agents its config names (or ``agents``, those a
+        load's config names, in its place) passed its files; the model, and what registering did (for
+        ``undo`` if its load fails)."""
         folder = self.folder(name)
         if folder is None:
             raise NotFound(
@@ -232,7 +237,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = _register_folder(store, folder, done, policy)
+            model = _register_folder(store, folder, done, policy, agents)
         except BaseException:
             undo(store, done)
             raise
@@ -248,7 +253,7 @@ def undo(store: Store, done: list[model_files.Registered]) -> None:
 
 
 def _register_model(
-    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None
+    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None, agents: Any = FOLDER_AGENTS
 ) -> RepositoryModel:
     name = folder.name
     validate_name(name)
@@ -276,6 +281,8 @@ def _register_model(
             "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
             + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
+    own, doc = repository_agents.split(doc)  # run on the folder's files before anything is registered
+    repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
     served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
     if is_ensemble(doc):
         if len(served) > 1:
