@@ -725,3 +725,9 @@ def test_a_refusal_of_an_auto_completed_size_says_where_the_size_came_from() -> 
     with pytest.raises(InvalidRequest) as e:  # a size the user wrote: the refusal alone
         model_config.read(text.replace('"max_batch_size": 0', '"max_batch_size": 4'), TRITON_RECORD, SPEC, None)
     assert e.value.message.startswith("input[0] (x) has dims [-1, 4]")
+
+
+def test_a_refusal_the_auto_completed_size_does_not_decide_is_not_put_down_to_it() -> None:
+    with pytest.raises(InvalidRequest) as e:
+        model_config.read('{"response_cache": {"enable": "maybe"}}', TRITON_RECORD, SPEC, None)
+    assert "auto-complete" not in e.value.message

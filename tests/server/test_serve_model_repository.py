@@ -804,3 +804,59 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
         store.close()
     line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
     assert "model 'good'" in line and "Mismatched MD5 hash for file 1/model.onnx" in line
+
+
+def _scalar_out(path: Path, sequence: bool = False) -> Path:
+    """x FP32[n] -> y = x FP32[n] and s = sum(x) FP32[]; as a sequence model, x FP32[] and START INT32[1] -> y
+    = x FP32[] (a scalar output)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if sequence:
+        nodes = [helper.make_node("Identity", ["x"], ["y"])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, []),
+                  helper.make_tensor_value_info("START", TensorProto.INT32, [1])]  # fmt: skip
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])]
+    else:
+        nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+                   helper.make_tensor_value_info("s", TensorProto.FLOAT, [])]  # fmt: skip
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_a_scalar_output_shows_as_dims_1_whatever_batches_and_in_a_sequence_model(tmp_path: Path) -> None:
+    """A model with a scalar output cannot batch in Triton, so --batching (or a profile that batches) leaves it
+    unbatched, its scalar [1]; a sequence model's scalar output left to auto-complete shows and answers [1] too.
+    Both answered [] (and the first showed max_batch_size 32 with dims [])."""
+    repo = tmp_path / "models"
+    _scalar_out(repo / "sumout" / "1" / "model.onnx")
+    _scalar_out(repo / "seq" / "1" / "model.onnx", sequence=True)
+    (repo / "seq" / "config.pbtxt").write_text(
+        'max_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        "sequence_batching { control_input [ { name: \"START\", control [ { kind: CONTROL_SEQUENCE_START, "
+        "int32_false_true: [ 0, 1 ] } ] } ] }\n"
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--batching", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = h.get_model_config("sumout")
+        assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+        assert {t["name"]: t["dims"] for t in config["output"]} == {"y": [-1], "s": [1]}
+        i = httpclient.InferInput("x", [3], "FP32")
+        i.set_data_from_numpy(np.array([1.0, 2.0, 3.5], np.float32))
+        np.testing.assert_array_equal(h.infer("sumout", [i]).as_numpy("s"), np.array([6.5], np.float32))
+        config = h.get_model_config("seq")
+        assert [(t["name"], t["dims"], "reshape" in t) for t in config["output"]] == [("y", [1], False)]
+        i = httpclient.InferInput("x", [1], "FP32")
+        i.set_data_from_numpy(np.array([2.5], np.float32))
+        answer = h.infer("seq", [i], sequence_id=7, sequence_start=True, sequence_end=True)
+        np.testing.assert_array_equal(answer.as_numpy("y"), np.array([2.5], np.float32))
+        h.load_model("seq", config=json.dumps(config))  # what GET config shows loads back unchanged
+        assert h.get_model_config("seq") == config
+        h.close()

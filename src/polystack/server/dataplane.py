@@ -315,8 +315,11 @@ class DataPlane:
         if config is None and start is not None:
             config = start.text
         # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
-        # as Triton's auto-complete completes an empty one (its batch size and batching)
-        auto = config is None and policy is None and not self.no_batching and bool(record.settings.get(model_config.TRITON_IO))
+        # as Triton's auto-complete completes an empty one (its batch size and batching; one Triton cannot batch,
+        # a scalar output's say, whatever batches)
+        triton_io = bool(record.settings.get(model_config.TRITON_IO))  # (one Triton cannot batch: not batched either)
+        auto = config is None and triton_io and not self.no_batching
+        auto = auto and (policy is None or not model_config.triton_batchable(record.signature))
         if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
                 chosen = model_config.read(
@@ -344,7 +347,7 @@ class DataPlane:
             if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             additions = chosen.additions
-        if config is None and not auto and record.settings.get(model_config.TRITON_IO):  # batched as polystack's
+        if config is None and not auto and triton_io:  # batched as polystack's
             # plan or flags say: its tensors as Triton shows them (a config's reading adds the same)
             batched = policy is not None or bool(record.signature.batched and spec.max_batch_size)
             reshape = model_config.autocomplete(record.signature, {}, batched)

@@ -534,8 +534,12 @@ def read(
                 instances = default.instances if default else 1
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
         formats, shapes, reshapes = _tensors(config, record, max_batch)
-        if record.settings.get(TRITON_IO) and sequence is None:  # its unlisted tensors as Triton shows them
-            reshapes += autocomplete(record.signature, config, max_batch > 0)
+        if record.settings.get(TRITON_IO):  # its unlisted tensors as Triton shows them
+            if sequence is None:
+                reshapes += autocomplete(record.signature, config, max_batch > 0)
+            else:  # a sequence model's scalar outputs (its inputs and state pass its sequence batcher as they are)
+                kept = {t.name for t in record.signature.inputs} | {s.output for s in sequence.states}
+                reshapes += tuple(r for r in autocomplete(record.signature, config, False) if r.name not in kept)
         # warm-up samples are in the shapes clients send
         seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
         warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
@@ -591,13 +595,13 @@ def _autofill_said(autofilled: int | None, config: dict[str, Any]) -> Iterator[N
     try:
         yield
     except InvalidRequest as e:
-        if autofilled is None:
+        if autofilled is None or "max_batch_size" not in e.message:  # a refusal the size does not decide
             raise
         missing = "inputs" if not config.get("input") else "outputs"
         raise e.prefixed(
             f"max_batch_size {autofilled} is what Triton's auto-complete gives this model, whose config lists no "
-            f"{missing} and no max_batch_size (serve --backend-config default-max-batch-size); set max_batch_size, "
-            "or list its inputs and outputs"
+            f"{missing} and leaves max_batch_size 0 (serve --backend-config default-max-batch-size); set "
+            "max_batch_size, or list its inputs and outputs"
         ) from None
 
 
