@@ -1584,7 +1584,8 @@ class DataPlane:
         if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
             model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
         agents, config = model_config.split_field(config, "model_repository_agents")  # run on the files, as Triton
-        repository_agents.verify(agents, files.open)  # runs them on the folder it makes of them
+        repository_agents.verify(agents, repository_agents.of_files(files.by_path()))  # runs them on the folder it
+        # makes of them
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}

@@ -14,12 +14,11 @@ model does not match, a runtime that cannot load it) undoes what registering cha
 from __future__ import annotations
 
 import dataclasses
-import io
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
 from polystack.formats import IMPORTERS, import_model
@@ -44,12 +43,9 @@ class ModelFiles:
     def model_name(self) -> str:
         return self.model_path.partition("/")[2]
 
-    def open(self, path: str) -> IO[bytes]:
-        """One of the files by its path in the folder Triton makes of them (``1/model.onnx``, ``labels.txt``)."""
-        held = {self.model_path: self.model, **self.labels}.get(path)
-        if held is None:
-            raise FileNotFoundError(2, "No such file or directory (not among the load's files)")
-        return io.BytesIO(held)
+    def by_path(self) -> dict[str, bytes]:
+        """The files by their path in the folder Triton makes of them (``1/model.onnx``, ``labels.txt``)."""
+        return {self.model_path: self.model, **self.labels}
 
 
 @dataclass(frozen=True)

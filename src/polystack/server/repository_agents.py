@@ -7,14 +7,21 @@ file that does not match (or is not there) fails the load in that agent's words,
 Other agents (relocation, decryption, ...) are refused by name, since polystack cannot do what they would
 do. A repository folder's config.pbtxt runs them on the folder (``model_repository``); a load that carries
 the model's files runs them on those (``model_files``). Written by hand: it is a loop over hashlib.
+
+Paths are read as Triton's agent reads them, in the model's folder (links in it are followed, as a version
+folder linked to shared storage needs), but a path that climbs out of the folder (``..``, absolute) is
+refused, only regular files are read (a FIFO or a device would hold the loader forever), and each file is
+hashed once per load, however many keys name it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from polystack.errors import InvalidRequest, quote
 
@@ -23,6 +30,10 @@ _AGENT = "checksum"
 _MAX_AGENTS = 64
 _MAX_FILES = 4096
 _CHUNK = 1 << 20
+
+# a model's files, by their path in its folder: the MD5 (hex) of one (OSError or InvalidRequest when it cannot
+# be read)
+Digest = Callable[[str], str]
 
 
 def split(doc: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -35,59 +46,62 @@ def split(doc: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     return (doc[given[0]] if given else None), rest
 
 
-def verify(agents: Any, open_file: Callable[[str], IO[bytes]]) -> None:
-    """Run the ``agents`` a config names (its ``model_repository_agents`` message) on a model's files, which
-    ``open_file`` opens by their path in the model's folder (``1/model.onnx``; InvalidRequest, or OSError,
-    when it cannot); InvalidRequest, saying which file and what to do, when one is not what they vouch for."""
+def verify(agents: Any, digest: Digest) -> None:
+    """Run the ``agents`` a config names (its ``model_repository_agents`` message; None: none) on a model's
+    files, whose MD5s ``digest`` gives by their path in the model's folder (``1/model.onnx``);
+    InvalidRequest, saying which file and what to do, when one is not what they vouch for."""
     if agents is None:
         return
     if not isinstance(agents, dict) or set(agents) - {"agents"}:
         raise InvalidRequest("model_repository_agents must be a message holding 'agents', a list of agents")
-    listed = agents.get("agents") or []
-    if not isinstance(listed, list) or len(listed) > _MAX_AGENTS:
-        raise InvalidRequest(f"model_repository_agents.agents must be a list of at most {_MAX_AGENTS} agents")
+    listed = agents.get("agents")
+    listed = [] if listed is None else listed  # protobuf JSON's null: the default, none
+    if not isinstance(listed, list):
+        raise InvalidRequest("model_repository_agents.agents must be a list of agents ({name, parameters})")
+    if len(listed) > _MAX_AGENTS:
+        raise InvalidRequest(f"model_repository_agents.agents lists {len(listed)} agents; give at most {_MAX_AGENTS}")
     for i, agent in enumerate(listed):
         where = f"model_repository_agents.agents[{i}]"
         if not isinstance(agent, dict) or set(agent) - {"name", "parameters"}:
             raise InvalidRequest(f"{where} must be a message of 'name' and 'parameters'")
         name = agent.get("name")
         if name != _AGENT:
+            named = f"repository agent {quote(name)}" if isinstance(name, str) and name else "no repository agent"
             raise InvalidRequest(
-                f"{where} names repository agent {quote(name)}, which polystack does not run; it runs Triton's "
-                f"{_AGENT!r} agent only (MD5:<file> parameters): leave the agent out, or do its work before serving"
+                f"{where} names {named}, which polystack does not run; it runs Triton's {_AGENT!r} agent only "
+                "(MD5:<file> parameters): name it, leave the agent out, or do its work before serving"
             )
-        parameters = agent.get("parameters") or {}
-        if not isinstance(parameters, dict) or len(parameters) > _MAX_FILES:
-            raise InvalidRequest(f"{where}.parameters must map at most {_MAX_FILES} 'MD5:<file>' keys to hashes")
+        parameters = agent.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(f"{where}.parameters must map 'MD5:<file>' keys to the files' MD5s")
+        if len(parameters) > _MAX_FILES:
+            raise InvalidRequest(f"{where}.parameters names {len(parameters)} files; give at most {_MAX_FILES}")
         for key, expected in parameters.items():
-            _check(str(key), expected, open_file)
+            _check(str(key), expected, digest)
 
 
-def _check(key: str, expected: Any, open_file: Callable[[str], IO[bytes]]) -> None:
+def _check(key: str, expected: Any, digest: Digest) -> None:
     """One checksum parameter, in the checksum agent's words and order (ParseAlgorithmAndFile, ReadFile)."""
     algorithm, colon, relative = key.partition(":")
     if not colon:
-        raise InvalidRequest(f"failed to parse key: {key}; name a file as MD5:<path in the model's folder>")
+        raise InvalidRequest(f"failed to parse key: {quote(key)}; name a file as MD5:<path in the model's folder>")
     if algorithm.lower() != "md5":
         raise InvalidRequest(
-            f"Unsupported checksum algorithm: {algorithm}; the checksum agent checks MD5 (MD5:<path in the model's "
-            "folder>)"
+            f"Unsupported checksum algorithm: {quote(algorithm)}; the checksum agent checks MD5 (MD5:<path in the "
+            "model's folder>)"
         )
     if not isinstance(expected, str):
-        raise InvalidRequest(f"the checksum of {relative} must be a string (the file's MD5, in lowercase hex)")
+        raise InvalidRequest(f"the checksum of {quote(relative)} must be a string (the file's MD5, in lowercase hex)")
     path = PurePosixPath(relative)
-    if not relative or path.is_absolute() or ".." in path.parts or "\\" in relative:
+    if not relative.isprintable() or "\\" in relative or path.is_absolute() or ".." in path.parts or not path.parts:
         raise InvalidRequest(f"checksum key {quote(key)} must name a file in the model's folder (1/model.onnx, ...)")
     try:
-        with open_file(relative) as f:
-            digest = hashlib.md5(usedforsecurity=False)
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
+        got = digest(str(path))  # normalised: 1/./model.onnx and 1//model.onnx are 1/model.onnx
     except OSError as e:
         raise InvalidRequest(
             f"failed to open text file for read {relative}: {e.strerror or e}; name a file of the model's folder"
         ) from None
-    got = digest.hexdigest()
     if got != expected:
         raise InvalidRequest(
             f"Mismatched MD5 hash for file {relative}, expect: {expected}, got: {got}; the file is not the one the "
@@ -95,13 +109,53 @@ def _check(key: str, expected: Any, open_file: Callable[[str], IO[bytes]]) -> No
         )
 
 
-def in_folder(folder: Path) -> Callable[[str], IO[bytes]]:
-    """Opens a model folder's files by their path in it (the checksum agent reads model_dir/path)."""
+def md5_of(chunks: Any) -> str:
+    """The MD5 (lowercase hex) of the bytes ``chunks`` (an iterable of bytes) hold."""
+    h = hashlib.md5(usedforsecurity=False)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
 
-    def open_file(relative: str) -> IO[bytes]:
-        path = folder / relative
-        if path.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
-        return path.open("rb")
 
-    return open_file
+def in_folder(folder: Path) -> Digest:
+    """The MD5s of a model folder's regular files by their path in it (the checksum agent reads
+    model_dir/path), each file read once however many paths (links, aliases) reach it."""
+    seen: dict[str, str] = {}
+
+    def digest(relative: str) -> str:
+        real = os.path.realpath(folder / relative)
+        if real in seen:
+            return seen[real]
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, and is refused below
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+                raise InvalidRequest(
+                    f"failed to open text file for read {relative}: it is {what}; the checksum agent checks files"
+                )
+            os.set_blocking(fd, True)
+            f = os.fdopen(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            seen[real] = md5_of(iter(lambda: f.read(_CHUNK), b""))
+        return seen[real]
+
+    return digest
+
+
+def of_files(files: Mapping[str, bytes]) -> Digest:
+    """The MD5s of a load's files (``file:`` parameters) by their path in the folder Triton makes of them,
+    each hashed once."""
+    seen: dict[str, str] = {}
+
+    def digest(relative: str) -> str:
+        if relative not in files:
+            raise FileNotFoundError(2, "No such file or directory (not among the load's files)")
+        if relative not in seen:
+            seen[relative] = md5_of([files[relative]])
+        return seen[relative]
+
+    return digest
