@@ -315,9 +315,9 @@ class DataPlane:
         if config is None and start is not None:
             config = start.text
         # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
-        # as Triton's auto-complete completes an empty one (its batch size and batching; one Triton cannot batch,
-        # a scalar output's say, whatever batches)
-        triton_io = bool(record.settings.get(model_config.TRITON_IO))  # (one Triton cannot batch: not batched either)
+        # as Triton's auto-complete completes an empty one (its batch size and batching); one Triton cannot batch (a
+        # scalar output's, say) so whatever batches
+        triton_io = bool(record.settings.get(model_config.TRITON_IO))
         auto = config is None and triton_io and not self.no_batching
         auto = auto and (policy is None or not model_config.triton_batchable(record.signature))
         if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
@@ -347,8 +347,8 @@ class DataPlane:
             if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             additions = chosen.additions
-        if config is None and not auto and triton_io:  # batched as polystack's
-            # plan or flags say: its tensors as Triton shows them (a config's reading adds the same)
+        if config is None and not auto and triton_io:  # batched as polystack's plan or flags say: its tensors as
+            # Triton shows them (a config's reading adds the same)
             batched = policy is not None or bool(record.signature.batched and spec.max_batch_size)
             reshape = model_config.autocomplete(record.signature, {}, batched)
             additions = dataclasses.replace(additions, reshape=reshape)
@@ -1583,9 +1583,9 @@ class DataPlane:
         policy, config = model_config.split_field(config, "version_policy")
         if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
             model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
-        agents, config = model_config.split_field(config, "model_repository_agents")  # run on the files, as Triton
-        repository_agents.verify(agents, repository_agents.of_files(files.by_path()))  # runs them on the folder it
-        # makes of them
+        # run on the files before they are registered, as Triton runs them on the folder it makes of them
+        agents, config = model_config.split_field(config, "model_repository_agents")
+        repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
