@@ -731,3 +731,27 @@ def test_a_refusal_the_auto_completed_size_does_not_decide_is_not_put_down_to_it
     with pytest.raises(InvalidRequest) as e:
         model_config.read('{"response_cache": {"enable": "maybe"}}', TRITON_RECORD, SPEC, None)
     assert "auto-complete" not in e.value.message
+
+
+def test_an_instance_groups_rate_limiter_is_checked_and_ignored_as_triton_without_rate_limit_does() -> None:
+    """Triton schedules by rate_limiter only when started with --rate-limit (off by default): a config copied
+    from a Triton repository that sets one loads, and it was refused."""
+    group = {"count": 2, "kind": "KIND_CPU",
+             "rate_limiter": {"resources": [{"name": "R1", "count": 4}, {"name": "R3", "global": True, "count": 2}],
+                              "priority": 2}}  # fmt: skip
+    chosen = model_config.read(json.dumps({"instance_group": [group]}), RECORD, SPEC, PLAN)
+    assert chosen.instances == 2
+    pbtxt = model_config.as_json(
+        'instance_group [ { count: 2 kind: KIND_CPU rate_limiter { resources [ { name: "R1" global: true count: 4 } ] '
+        "priority: 1 } } ]"
+    )
+    assert model_config.read(pbtxt, RECORD, SPEC, PLAN).instances == 2
+    for bad, says in (
+        ({"resources": [{"name": "R1", "count": 4, "size": 1}]}, "not a field of Triton's model configuration"),
+        ({"resources": [{"count": 4}]}, "must give the resource's name"),
+        ({"resources": [{"name": "R1", "count": -1}]}, "is not a whole number from 0"),
+        ({"priority": "high"}, "is not a whole number from 0"),
+        ({"resources": {"name": "R1"}}, "must be a list of resources"),
+    ):
+        with pytest.raises(InvalidRequest, match=says):
+            model_config.read(json.dumps({"instance_group": [{**group, "rate_limiter": bad}]}), RECORD, SPEC, PLAN)

@@ -77,6 +77,8 @@ _TRITON = {
         "default_priority_level", "default_queue_policy", "priority_queue_policy",
     },
     "default_queue_policy": {"timeout_action", "default_timeout_microseconds", "allow_timeout_override", "max_queue_size"},
+    "rate_limiter": {"resources", "priority"},
+    "resource": {"name", "global", "count"},
     "instance_group": {
         "name", "kind", "count", "rate_limiter", "gpus", "secondary_devices", "profile", "passive", "host_policy",
     },
@@ -122,7 +124,10 @@ _READ = {
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
-    "instance_group": {"name", "kind", "count", "gpus"},
+    "instance_group": {"name", "kind", "count", "gpus", "rate_limiter"},
+    # Triton's rate limiter reads it only when started with --rate-limit (off by default): checked, then ignored
+    "rate_limiter": _TRITON["rate_limiter"],
+    "resource": _TRITON["resource"],
     "input": {"name", "data_type", "dims", "format", "reshape"},
     "output": {"name", "data_type", "dims", "label_filename", "reshape"},
     "reshape": {"shape"},
@@ -1187,11 +1192,30 @@ def _instances(value: Any, spec: LoadSpec) -> int:
             )
         count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
         total += count or 1  # 0 is unset: one instance
+        if "rate_limiter" in group:
+            _rate_limiter(group["rate_limiter"], f"{where}.rate_limiter")
     if total > _MAX_INSTANCES:
         raise InvalidRequest(
             f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
         )
     return total
+
+
+def _rate_limiter(value: Any, where: str) -> None:
+    """An instance group's ``rate_limiter``, checked as Triton's message and then ignored: Triton schedules by it
+    only when started with ``--rate-limit`` (off by default), which polystack has no counterpart of."""
+    limiter = read_message(value, where, "rate_limiter")
+    read_int(limiter, "priority", where, 0, _UINT32_MAX)
+    resources = limiter.get("resources", [])
+    if not isinstance(resources, list):
+        raise InvalidRequest(f"{where}.resources must be a list of resources ({{name, count, global}})")
+    for i, item in enumerate(resources):
+        at = f"{where}.resources[{i}]"
+        resource = read_message(item, at, "resource")
+        if not read_string(resource, "name", at):
+            raise InvalidRequest(f"{at} must give the resource's name")
+        read_int(resource, "count", at, 0, _UINT32_MAX)
+        read_bool(resource, "global", at)
 
 
 def _parameters(value: Any, spec: LoadSpec) -> tuple[tuple[str, str], ...]:
