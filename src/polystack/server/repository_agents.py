@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -109,7 +109,7 @@ def _check(key: str, expected: Any, digest: Digest) -> None:
         )
 
 
-def md5_of(chunks: Any) -> str:
+def md5_of(chunks: Iterable[bytes]) -> str:
     """The MD5 (lowercase hex) of the bytes ``chunks`` (an iterable of bytes) hold."""
     h = hashlib.md5(usedforsecurity=False)
     for chunk in chunks:
