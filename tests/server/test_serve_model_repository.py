@@ -860,3 +860,60 @@ def test_a_scalar_output_shows_as_dims_1_whatever_batches_and_in_a_sequence_mode
         h.load_model("seq", config=json.dumps(config))  # what GET config shows loads back unchanged
         assert h.get_model_config("seq") == config
         h.close()
+
+
+def _digests(home: Path, name: str) -> dict[int, str]:
+    store = Store.at(home)
+    try:
+        return {r.version: r.digest for r in store.models.list(name)}
+    finally:
+        store.close()
+
+
+def test_a_version_file_rewritten_in_place_is_served_anew_as_triton_reloads_it(tmp_path: Path) -> None:
+    # new weights written over 1/model.onnx (the usual way to ship a retrained model under the same version)
+    # were refused: "already in the store with other bytes", at a load, at a poll and at every later start
+    home, ones = tmp_path / "home", np.ones((1, 16), np.float32)
+    with _served_repository(tmp_path, "--allow-model-control") as (repo, client):
+        before = _digests(home, "plain")
+        mlp_onnx(repo / "plain" / "5" / "model.onnx", seed=55)
+        client.load_model("plain")
+        got = _infer(client, "plain", "5")
+        np.testing.assert_allclose(got, expected(repo / "plain" / "5" / "model.onnx", ones), rtol=1e-5, atol=1e-6)
+        after = _digests(home, "plain")
+        assert list(after) == [5] and after[5] != before[5]
+        # new bytes that cannot be served fail the load: the old ones serve on, and the store holds them again
+        mlp_onnx(repo / "plain" / "5" / "model.onnx", sizes=(17, 32, 4), seed=56)
+        (repo / "plain" / "config.pbtxt").write_text('input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]')
+        with pytest.raises(InferenceServerException, match="failed to load 'plain'"):
+            client.load_model("plain")
+        np.testing.assert_array_equal(_infer(client, "plain", "5"), got)
+        assert _digests(home, "plain") == after
+        (repo / "plain" / "config.pbtxt").unlink()
+    # a start reads the folder as it is now
+    mlp_onnx(tmp_path / "models" / "plain" / "5" / "model.onnx", seed=57)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", "-1"]
+    with cli_server(home, args, port, tmp_path / "serve2.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        want = expected(tmp_path / "models" / "plain" / "5" / "model.onnx", ones)
+        np.testing.assert_allclose(_infer(client, "plain"), want, rtol=1e-5, atol=1e-6)
+    store = Store.at(home)
+    try:
+        [record] = store.models.list("plain")
+        # the bytes it replaced are gone from the store's blobs; the ones served are there
+        assert store.blobs.has(record.digest) and not store.blobs.has(after[5]) and not store.blobs.has(before[5])
+    finally:
+        store.close()
+
+
+def test_a_polled_version_file_rewritten_in_place_is_reloaded(tmp_path: Path) -> None:
+    ones = np.ones((1, 16), np.float32)
+    with _served_repository(tmp_path, "--repository-poll-secs", "0.2") as (repo, client):
+        old = _infer(client, "mlp", "1")
+        mlp_onnx(repo / "mlp" / "1" / "model.onnx", seed=11)
+        want = expected(repo / "mlp" / "1" / "model.onnx", ones)
+        assert until(lambda: np.allclose(_infer(client, "mlp", "1"), want, rtol=1e-5, atol=1e-6))
+        assert not np.allclose(old, want)
+        assert _ready(client, "mlp", "3")
+    assert "failed to load" not in (tmp_path / "serve.log").read_text()

@@ -9,7 +9,7 @@ import pytest
 
 from polystack.errors import Conflict, InvalidName, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.formats import import_model
-from polystack.store import ModelRecord, Store
+from polystack.store import ModelRecord, Replaced, Store
 from polystack.store.catalog import SCHEMA_VERSION, Catalog
 
 
@@ -73,6 +73,69 @@ def test_a_version_given_is_the_version_kept_and_other_bytes_there_are_refused(s
     assert [r.version for r in store.models.list("mlp")] == [1, 3, 4]
     with pytest.raises(InvalidRequest, match="from 1"):
         register(store, b, version=0)
+
+
+def _add(store: Store, path: Path, version: int, replaceable: Any) -> Any:
+    imported = import_model(path, path.parent)
+    return store.add(
+        imported.artifact, name="mlp", format=imported.format, signature=imported.signature, version=version,
+        replaceable=replaceable,
+    )  # fmt: skip
+
+
+def test_a_version_the_caller_may_replace_takes_new_bytes_and_can_be_put_back(store: Store, tmp_path: Path) -> None:
+    """A Triton repository's version file rewritten in place is that version anew: the row is replaced, its
+    variants with it; a load that fails puts it back; one that serves removes the old bytes."""
+    from polystack.examples import mlp_onnx
+
+    a = mlp_onnx(tmp_path / "a.onnx", seed=1)
+    b = mlp_onnx(tmp_path / "b.onnx", seed=2)
+    old, _ = register(store, a, version=3, settings={"from": "repository"})
+    built = store.blobs.put_bytes(b"a variant's bytes")[0]
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
+        "digest": built, "size_bytes": 17,
+    }  # fmt: skip
+    store.variants.upsert(old, status="verified", **kw)
+    asked: list[ModelRecord] = []
+    with pytest.raises(Conflict, match="already in the store with other bytes"):
+        _add(store, b, 3, lambda r: asked.append(r) or False)  # type: ignore[func-returns-value]
+    assert asked == [old] and store.get("mlp:3") == old
+    added = _add(store, b, 3, lambda r: r.settings.get("from") == "repository")
+    assert added.created and added.record.version == 3 and added.record.digest != old.digest
+    assert added.replaced.record == old and added.replaced.unnamed == {old.digest, built}
+    assert store.variants.for_model(old) == [] and store.get("mlp:3") == added.record
+    assert store.blobs.has(old.digest) and store.blobs.has(built)  # kept until released, for a restore
+    # the load failed: its registration taken back, the old row put back (its id too); its variants stay gone
+    store.remove(added.record.ref)
+    assert store.restore(added.replaced)
+    assert store.get("mlp:3") == old and store.blobs.has(old.digest) and not store.blobs.has(built)
+    # replaced again, and served: the old bytes go once released
+    added = _add(store, b, 3, lambda r: True)
+    store.release_unnamed(added.replaced.unnamed)
+    assert not store.blobs.has(old.digest) and store.blobs.has(added.record.digest)
+    # bytes another row names are kept
+    again = _add(store, a, 3, lambda r: True)
+    register(store, b, name="other")
+    store.release_unnamed(again.replaced.unnamed)
+    assert store.blobs.has(added.record.digest)
+
+
+def test_a_replaced_version_whose_bytes_are_gone_is_not_put_back(store: Store, tmp_path: Path) -> None:
+    from polystack.examples import mlp_onnx
+
+    a = mlp_onnx(tmp_path / "a.onnx", seed=1)
+    old, _ = register(store, a, version=1)
+    added = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)
+    store.remove(added.record.ref)
+    store.blobs.remove(old.digest)  # `polystack gc` meanwhile: no row named them
+    assert not store.restore(added.replaced)
+    assert store.models.list("mlp") == []
+    # nor over a version taken again meanwhile
+    register(store, a, name="keep")  # its bytes are there again
+    added = _add(store, mlp_onnx(tmp_path / "c.onnx", seed=3), 1, lambda r: True)
+    assert added.replaced is None and not store.restore(Replaced(old, frozenset()))
+    assert store.get("mlp:1") == added.record
 
 
 def test_unknown_model_and_version_say_what_exists(store: Store, mlp_path: Path) -> None:

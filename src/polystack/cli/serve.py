@@ -298,6 +298,8 @@ def serve(
                 "--engine local, or restart the Ray application when the repository changes"
             )
         config = dataclasses.replace(config, repository_poll_s=repository_poll_secs)
+    from polystack.server.model_repository import settle, undo
+
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
         config = _with_repositories(config, model_repository, registered)
@@ -317,10 +319,10 @@ def serve(
             most = scale[1] if scale else replicas or 1  # the most replicas the deployment may have
             check_before_ray(store, config, ray_address, most)  # what would otherwise fail deep inside Ray
         except PolystackError:
-            from polystack.server.model_repository import undo
-
             undo(store, registered)
             raise
+        else:
+            settle(store, registered)  # replicas load what the store holds now
         finally:
             store.close()
         raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))
@@ -328,12 +330,9 @@ def serve(
         raise InvalidRequest("--replicas and --autoscale need --engine ray; --engine is local or ray")
     store = open_store()
     try:
-        code = run(Engine(store), config)
+        code = run(Engine(store), config, serving=lambda: settle(store, registered))
     except (PolystackError, OSError):  # the start failed (a model that would not load, a port taken)
-        if registered:
-            from polystack.server.model_repository import undo
-
-            undo(store, registered)
+        undo(store, registered)
         raise
     finally:
         store.close()

@@ -443,8 +443,9 @@ class Server:
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
 
 
-def run(engine: Engine, config: ServeConfig) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code)."""
+def run(engine: Engine, config: ServeConfig, serving: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code); ``serving`` is called
+    once the models loaded and the ports listen."""
     server = Server(engine, config)
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
@@ -464,6 +465,8 @@ def run(engine: Engine, config: ServeConfig) -> int:
 
     async def main() -> None:
         await server.start()
+        if serving is not None:
+            serving()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -746,6 +746,7 @@ class DataPlane:
             self.model_configs.pop(name, None)
         try:
             entry = self._serve_only([ModelRef(name, v) for v in model.versions], config)
+            model_repository.settle(self.store, registered)
             self.repository.models.add(name)
             self._unmet.discard(name)
             if name in self._ensembles:  # the folder was an ensemble's: the model serves in its place

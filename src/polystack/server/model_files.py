@@ -14,6 +14,7 @@ model does not match, a runtime that cannot load it) undoes what registering cha
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, 
 from polystack.formats import IMPORTERS, import_model
 from polystack.labels import label_settings, parse_label_options
 from polystack.server import model_config
-from polystack.store import ModelRecord, Store
+from polystack.store import ModelRecord, Replaced, Store
+
+log = logging.getLogger("polystack.server")
 
 PREFIX = "file:"
 _WHERE = "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name>"
@@ -51,17 +54,29 @@ class ModelFiles:
 @dataclass(frozen=True)
 class Registered:
     """What registering a load's files did to the store, so that a load that fails can undo it: a new
-    version (``created``), or new settings (labels) on the version that already held the bytes."""
+    version (``created``), in place of one that held other bytes (``replaced``), or new settings (labels)
+    on the version that already held the bytes. Once the load serves, ``settle`` removes the bytes it
+    replaced."""
 
     record: ModelRecord
     created: bool
     settings_before: dict[str, Any] | None  # that version's settings before (None: the same, or a new version)
+    replaced: Replaced | None = None
 
     def undo(self, store: Store) -> None:
         if self.created:
             store.remove(self.record.ref)
         elif self.settings_before is not None:  # update_settings adds to the record's: give it none to add to
             store.models.update_settings(dataclasses.replace(self.record, settings={}), self.settings_before)
+        if self.replaced is not None and not store.restore(self.replaced):
+            log.warning(
+                "the version a failed load replaced could not be put back in the store (its bytes were removed)",
+                extra={"model": f"{self.record.name}:{self.record.version}"},
+            )
+
+    def settle(self, store: Store) -> None:
+        if self.replaced is not None:
+            store.release_unnamed(self.replaced.unnamed)
 
 
 def given(parameters: Mapping[str, Any]) -> bool:
@@ -182,7 +197,7 @@ def register_file(
     if triton_io:
         settings[model_config.TRITON_IO] = True
     before = {r.id: r.settings for r in store.models.list(name)}
-    record, created = store.register(
+    record, created, replaced = store.add(
         imported.artifact,
         name=name,
         format=imported.format,
@@ -190,6 +205,9 @@ def register_file(
         source_filename=path.name,
         settings=settings,
         version=version,
+        # a version folder's file rewritten in place is the version anew, as Triton reloads it; a version the
+        # store holds another way (`polystack register`) is not the repository's to replace
+        replaceable=_from_triton_files if version is not None else None,
     )
     prior = None if created else before.get(record.id)  # None too if another writer registered it just now
     if (exact_labels or triton_io) and not created:
@@ -199,4 +217,9 @@ def register_file(
             exact[model_config.TRITON_IO] = True
         if exact != record.settings:
             record = store.models.update_settings(dataclasses.replace(record, settings={}), exact)
-    return Registered(record, created, prior if prior is not None and prior != record.settings else None)
+    return Registered(record, created, prior if prior is not None and prior != record.settings else None, replaced)
+
+
+def _from_triton_files(record: ModelRecord) -> bool:
+    """Whether a version came from a Triton model repository or a load's files (not ``polystack register``)."""
+    return bool(record.settings.get(model_config.TRITON_IO))

@@ -12,15 +12,17 @@ as it is::
 Each version the model's ``version_policy`` picks (Triton's default: the latest one) is registered in the
 store under the model's folder name and its version number, as ``polystack register`` would (the same bytes
 register once; the labels are the folder's label files, even for bytes registered before), and served with
-the folder's config as ``serve --model-config`` gives it. A version the store already holds with other bytes
-is refused, with how to free it: nothing in the store is replaced, and a start that fails removes the versions
-it registered.
+the folder's config as ``serve --model-config`` gives it. A version whose file was rewritten in place is that
+version anew, as Triton serves what the folder holds: the store's row for it, registered from a repository or
+a load's files before, is replaced (``settle`` removes the old bytes once the new ones serve, ``undo`` puts
+them back); a version the store holds another way (``polystack register``) with other bytes is refused,
+with how to free it. A start that fails takes back what it registered.
 
 While serving, ``ModelRepository`` reads a model's folder again, as Triton's explicit model control does: a
 load of the model by name (``--allow-model-control``) registers the versions its folder holds now and serves
 those its policy picks, with the config it has now, and a load of a name that only has a folder now serves
 that new model. With ``--repository-poll-secs`` the server polls the folders instead (Triton's poll mode): a
-folder whose files changed (a new version folder, a new config) is read again and reloaded, a new folder
+folder whose files changed (a new version folder, a new config, a file rewritten) is read again and reloaded, a new folder
 loaded, a folder gone unloaded. A reload that fails leaves what was served serving, and takes back what it
 registered.
 
@@ -246,9 +248,17 @@ class ModelRepository:
 
 def undo(store: Store, done: list[model_files.Registered]) -> None:
     """Take back what registering a repository did (a start that failed): the versions it added, the labels
-    it changed."""
+    it changed, the versions whose bytes it replaced."""
     for registered in reversed(done):
         registered.undo(store)
+    done.clear()
+
+
+def settle(store: Store, done: list[model_files.Registered]) -> None:
+    """What registering a repository did serves: remove the bytes of the versions it replaced (a version
+    file rewritten in place), which ``undo`` needed."""
+    for registered in done:
+        registered.settle(store)
     done.clear()
 
 

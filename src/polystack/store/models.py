@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from polystack.errors import Conflict, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.store.catalog import Catalog
@@ -68,6 +68,20 @@ class ModelRecord:
         )
 
 
+class Replaced(NamedTuple):
+    """A version whose bytes a registration replaced (``ModelTable.add``): its row as it was, and the blobs
+    no row named once it was gone (its own, its samples', its variants'), kept until released."""
+
+    record: ModelRecord
+    unnamed: frozenset[str]
+
+
+class Added(NamedTuple):
+    record: ModelRecord
+    created: bool
+    replaced: Replaced | None = None
+
+
 class ModelTable:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -86,15 +100,20 @@ class ModelTable:
         settings: Mapping[str, Any] | None = None,
         blobs_present: Callable[[], bool] = lambda: True,
         version: int | None = None,
-    ) -> tuple[ModelRecord, bool] | None:
+        replaceable: Callable[[ModelRecord], bool] | None = None,
+    ) -> Added | None:
         """Insert a new version, or return the existing one holding the same bytes (idempotent).
 
         ``version``, when given, is the version the bytes must have (a Triton model repository's version
         directory): the row there if it holds them, a new row there if the name has no such version (even if
-        another version holds the same bytes), and ``Conflict`` if it holds other bytes.
+        another version holds the same bytes), and ``Conflict`` if it holds other bytes, unless
+        ``replaceable`` says that row may be replaced: then it is deleted (its variants and plans with it,
+        built from bytes that are no longer the version's) and the new row takes its version; the blobs
+        that leaves unnamed stay, for ``restore`` or ``release_unnamed``.
 
-        Returns (record, created), or None when ``blobs_present()`` says, inside the transaction,
-        that a concurrent removal took the blobs away (the caller writes them again and retries).
+        Returns the record and whether it was created (and what it replaced), or None when
+        ``blobs_present()`` says, inside the transaction, that a concurrent removal took the blobs away
+        (the caller writes them again and retries).
         """
         validate_name(name)
         if version is not None and not 1 <= version <= MAX_VERSION:
@@ -102,12 +121,20 @@ class ModelTable:
         with self.catalog.write() as conn:
             if not blobs_present():
                 return None
+            replaced = None
             if version is None:
                 row = conn.execute(
                     "SELECT * FROM models WHERE name = ? AND digest = ? ORDER BY version LIMIT 1", (name, digest)
                 ).fetchone()
             else:
                 row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+                if row is not None and row["digest"] != digest and replaceable is not None:
+                    old = ModelRecord.from_row(row)
+                    if replaceable(old):
+                        before = digests_in_use(conn)
+                        conn.execute("DELETE FROM models WHERE id = ?", (old.id,))
+                        replaced = Replaced(old, frozenset(before - digests_in_use(conn) - {digest, samples_digest}))
+                        row = None
                 if row is not None and row["digest"] != digest:
                     raise Conflict(
                         f"{name}:{version} is already in the store with other bytes ({row['source_filename'] or 'a model'},"
@@ -124,7 +151,7 @@ class ModelTable:
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
                 row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
-                return ModelRecord.from_row(row), False
+                return Added(ModelRecord.from_row(row), False)
             if version is None:
                 version = conn.execute(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (name,)
@@ -147,7 +174,39 @@ class ModelTable:
                 ),
             )
             row = conn.execute("SELECT * FROM models WHERE id = ?", (cur.lastrowid,)).fetchone()
-            return ModelRecord.from_row(row), True
+            return Added(ModelRecord.from_row(row), True, replaced)
+
+    def restore(self, record: ModelRecord, blobs_present: Callable[[], bool]) -> bool:
+        """Put back a row ``add`` replaced (its id too), once the row that replaced it is gone; False when
+        its version is taken again or ``blobs_present()`` says, inside the transaction, that its blobs are
+        gone (removed meanwhile)."""
+        with self.catalog.write() as conn:
+            if not blobs_present():
+                return False
+            taken = conn.execute(
+                "SELECT 1 FROM models WHERE id = ? OR (name = ? AND version = ?)", (record.id, record.name, record.version)
+            ).fetchone()
+            if taken is not None:
+                return False
+            conn.execute(
+                "INSERT INTO models (id, name, version, format, signature, digest, size_bytes, created_at, tags,"
+                " source_filename, samples_digest, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    record.version,
+                    record.format,
+                    json.dumps(record.signature.to_dict()),
+                    record.digest,
+                    record.size_bytes,
+                    record.created_at,
+                    json.dumps(record.tags, sort_keys=True),
+                    record.source_filename,
+                    record.samples_digest,
+                    json.dumps(record.settings),
+                ),
+            )
+        return True
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
         if name is None:
