@@ -772,12 +772,27 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
     model = mlp_onnx(repo / "good" / "1" / "model.onnx")
     md5 = hashlib.md5(model.read_bytes()).hexdigest()
     (repo / "good" / "config.pbtxt").write_text(_checksummed(md5))
-    port = free_port()
-    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control"]
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        import tritonclient.grpc as grpcclient
+        from servekit import same_config_both_ways
+
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert h.is_model_ready("good")
-        assert "model_repository_agents" not in h.get_model_config("good")  # run at load, not served
+        # GET config shows them, as Triton's does, over HTTP and gRPC: a client that loads it back runs them again
+        # (one that got none loaded the model unchecked)
+        ran = {"agents": [{"name": "checksum", "parameters": {"MD5:1/model.onnx": md5}}]}
+        shown = same_config_both_ways(h, grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), "good")
+        assert shown["model_repository_agents"] == ran
+        h.load_model("good", config=json.dumps(shown))
+        assert h.get_model_config("good")["model_repository_agents"] == ran
+        with pytest.raises(InferenceServerException, match=r"Mismatched MD5 hash for file 1/model\.onnx"):
+            h.load_model("good", config=json.dumps(_with_md5(shown, "e" * 32)))
+        h.load_model("good", config=json.dumps({k: v for k, v in shown.items() if k != "model_repository_agents"}))
+        assert "model_repository_agents" not in h.get_model_config("good")  # a load's config replaces the folder's
+        h.load_model("good")  # none: the folder's config, its agents run and shown
+        assert h.get_model_config("good")["model_repository_agents"] == ran
         (repo / "good" / "config.pbtxt").write_text(_checksummed("0" * 32))
         with pytest.raises(InferenceServerException, match=f"Mismatched MD5 hash for file 1/model.onnx, expect: {'0' * 32}, got: {md5}"):
             h.load_model("good")
@@ -787,6 +802,7 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
         config = {"model_repository_agents": {"agents": [{"name": "checksum", "parameters": {"MD5:1/model.onnx": md5}}]}}
         h.load_model("up", config=json.dumps(config), files={"file:1/model.onnx": data})
         assert h.is_model_ready("up")
+        assert h.get_model_config("up")["model_repository_agents"] == ran
         config["model_repository_agents"]["agents"][0]["parameters"] = {"MD5:1/model.onnx": "f" * 32}
         with pytest.raises(InferenceServerException, match=r"Mismatched MD5 hash for file 1/model\.onnx"):
             h.load_model("other", config=json.dumps(config), files={"file:1/model.onnx": data})
@@ -804,6 +820,14 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
         store.close()
     line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
     assert "model 'good'" in line and "Mismatched MD5 hash for file 1/model.onnx" in line
+    # a config given another way names files polystack does not serve from: refused, not shown unrun
+    line = refused_at_start(tmp_path, ["up", "--model-config", f"up={repo / 'good' / 'config.pbtxt'}"])
+    assert "model_repository_agents" in line and "repository agents run on a model's files" in line, line
+
+
+def _with_md5(config: dict[str, Any], md5: str) -> dict[str, Any]:
+    agents = {"agents": [{"name": "checksum", "parameters": {"MD5:1/model.onnx": md5}}]}
+    return {**config, "model_repository_agents": agents}
 
 
 def _scalar_out(path: Path, sequence: bool = False) -> Path:

@@ -293,8 +293,9 @@ class DataPlane:
         loading nothing; its sequence batching, if its config sets it."""
         return self._plan(ref, None).sequence
 
-    def _plan(self, ref: ModelRef | str, config: str | None) -> _Plan:
-        """What a load of ``ref`` would serve: its record, spec, batch policy and own instances."""
+    def _plan(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> _Plan:
+        """What a load of ``ref`` would serve: its record, spec, batch policy and own instances; ``agents``
+        are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         policy = self.policy_for(self.store, record, self.profile)
@@ -313,7 +314,7 @@ class DataPlane:
         # config against the model's repository folder too; a model without a start config has none
         model_dir = start.directory if start is not None else None
         if config is None and start is not None:
-            config = start.text
+            config, agents = start.text, start.agents
         # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
         # as Triton's auto-complete completes an empty one (its batch size and batching); one Triton cannot batch (a
         # scalar output's, say) so whatever batches
@@ -353,6 +354,8 @@ class DataPlane:
             reshape = model_config.autocomplete(record.signature, {}, batched)
             additions = dataclasses.replace(additions, reshape=reshape)
             spec = dataclasses.replace(spec, reshape=reshape)
+        if agents:
+            additions = dataclasses.replace(additions, agents=agents)
         return _Plan(record, spec, policy, instances, additions, config, sequence)
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
@@ -666,7 +669,9 @@ class DataPlane:
             return entry.spec.max_batch_size
         return 0
 
-    def _load_only(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry | ensemble.Ensemble:
+    def _load_only(
+        self, ref: ModelRef | str, config: str | None = None, agents: repository_agents.Agents = ()
+    ) -> LoadedEntry | ensemble.Ensemble:
         """A repository load: the version it loads is the only one of its name served afterwards, as
         under Triton's default version policy (the latest version), so loads never pile up old ones. A
         model of a ``--model-repository`` loaded by name reads its folder again and loads the versions its
@@ -691,7 +696,7 @@ class DataPlane:
         known = sorted(r.version for r in self.store.models.list(ref.name)) if policy is not None else []
         if known:  # a policy picks among the versions the store holds (none: the load says the model is unknown)
             versions = model_repository.pick_versions(policy, known)
-        return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config)
+        return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config, agents)
 
     def _load_from_repository(
         self,
@@ -745,7 +750,8 @@ class DataPlane:
         else:
             self.model_configs.pop(name, None)
         try:
-            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config)
+            ran = repository_agents.read(agents) if config is not None else ()  # the load's own, if it has a config
+            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran)
             model_repository.settle(self.store, registered)
             self.repository.models.add(name)
             self._unmet.discard(name)
@@ -763,11 +769,13 @@ class DataPlane:
             model_repository.undo(self.store, [r for r in registered if r.record not in served])
             raise
 
-    def _serve_only(self, refs: list[ModelRef], config: str | None) -> LoadedEntry:
+    def _serve_only(
+        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents = ()
+    ) -> LoadedEntry:
         """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on."""
-        plans = [self._plan(r, config) for r in refs]
+        plans = [self._plan(r, config, agents) for r in refs]
         kept = [self._served_as(p) if config is None else None for p in plans]
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
@@ -1586,12 +1594,12 @@ class DataPlane:
             model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
         # run on the files before they are registered, as Triton runs them on the folder it makes of them
         agents, config = model_config.split_field(config, "model_repository_agents")
-        repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
+        ran = repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
         registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
         try:
-            entry = self._load_only(record.ref, config)
+            entry = self._load_only(record.ref, config, ran)
         except BaseException:
             registered.undo(self.store)
             log.warning("a load's model file was not served; the store is as it was", extra=facts)

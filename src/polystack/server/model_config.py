@@ -44,7 +44,7 @@ from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
-from polystack.server import onnxruntime_config
+from polystack.server import onnxruntime_config, repository_agents
 from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
@@ -188,10 +188,7 @@ _UNSUPPORTED = {
         "config, or a load's config"
     ),
     "metric_tags": "polystack's metrics are labelled by model and version only",
-    "model_repository_agents": (
-        "repository agents run on a model's files: polystack runs Triton's checksum agent from a repository "
-        "folder's config.pbtxt, or from a load's config that carries the model's files (load_model(..., files=...))"
-    ),
+    "model_repository_agents": repository_agents.WHERE,
 }
 
 
@@ -200,8 +197,8 @@ class Additions:
     """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
     config: warm-up samples (run before the load routes to it), its inputs' layouts (``format``), the
     runtime options Triton's backend parameters and optimization set (with both as the config gave them, to
-    show), whether its answers go through the server's response cache (``response_cache.py``), and the shapes
-    its dims fix where the model's are dynamic."""
+    show), whether its answers go through the server's response cache (``response_cache.py``), the shapes
+    its dims fix where the model's are dynamic, and the repository agents that ran on its files."""
 
     warmup: tuple[WarmupSample, ...] = ()
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
@@ -212,6 +209,7 @@ class Additions:
     reshape: tuple[Reshape, ...] = ()  # tensors the config reshapes: the load's spec carries them to the runtime
     parameters: tuple[tuple[str, str], ...] = ()  # Triton's backend parameters (name, string value) it set
     optimization: Optimization = field(default_factory=Optimization)
+    agents: repository_agents.Agents = ()  # the repository agents that ran on its files (model_repository_agents)
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
@@ -366,6 +364,8 @@ def render(
         config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     if sequence is not None:
         config["sequence_batching"] = _render_sequence(sequence)
+    if added.agents:
+        config["model_repository_agents"] = repository_agents.render(added.agents)
     return config
 
 
@@ -455,6 +455,8 @@ class ConfigFile:
     directory: Path | None = None
     source: str = ""
     versions: tuple[int, ...] = ()
+    # a repository folder's model_repository_agents, run on its files each time they are read, shown in GET config
+    agents: repository_agents.Agents = ()
 
 
 def read(

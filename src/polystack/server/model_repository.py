@@ -292,6 +292,7 @@ def _register_model(
             + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
     own, doc = repository_agents.split(doc)  # run on the folder's files before anything is registered
+    shown = repository_agents.read(own)  # the config's, shown in GET config when it serves
     repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
     served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
     if is_ensemble(doc):
@@ -331,7 +332,7 @@ def _register_model(
         if registered.created:
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
     source = f"--model-repository {folder / CONFIG}"
-    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served)
+    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, shown)
     return RepositoryModel(name, served, config)
 
 

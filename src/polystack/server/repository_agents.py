@@ -25,6 +25,11 @@ from typing import Any
 
 from polystack.errors import InvalidRequest, quote
 
+# where agents can run: a config given without the model's files (serve --model-config, a load by version) is refused
+WHERE = (
+    "repository agents run on a model's files: polystack runs Triton's checksum agent from a repository folder's "
+    "config.pbtxt, or from a load's config that carries the model's files (load_model(..., files=...))"
+)
 KEYS = ("model_repository_agents", "modelRepositoryAgents")  # the config field, in protobuf JSON's two spellings
 _AGENT = "checksum"
 _MAX_AGENTS = 64
@@ -46,12 +51,16 @@ def split(doc: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     return (doc[given[0]] if given else None), rest
 
 
-def verify(agents: Any, digest: Digest) -> None:
-    """Run the ``agents`` a config names (its ``model_repository_agents`` message; None: none) on a model's
-    files, whose MD5s ``digest`` gives by their path in the model's folder (``1/model.onnx``);
-    InvalidRequest, saying which file and what to do, when one is not what they vouch for."""
+# a config's agents, read: (agent name, its parameters as (key, value), in the config's order), in order
+Agents = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+
+def read(agents: Any) -> Agents:
+    """The ``agents`` a config names (its ``model_repository_agents`` message; None: none), checked as far as
+    can be without the model's files: InvalidRequest, saying what to do, for an agent polystack does not run
+    or a parameter the checksum agent would refuse."""
     if agents is None:
-        return
+        return ()
     if not isinstance(agents, dict) or set(agents) - {"agents"}:
         raise InvalidRequest("model_repository_agents must be a message holding 'agents', a list of agents")
     listed = agents.get("agents")
@@ -60,6 +69,7 @@ def verify(agents: Any, digest: Digest) -> None:
         raise InvalidRequest("model_repository_agents.agents must be a list of agents ({name, parameters})")
     if len(listed) > _MAX_AGENTS:
         raise InvalidRequest(f"model_repository_agents.agents lists {len(listed)} agents; give at most {_MAX_AGENTS}")
+    out = []
     for i, agent in enumerate(listed):
         where = f"model_repository_agents.agents[{i}]"
         if not isinstance(agent, dict) or set(agent) - {"name", "parameters"}:
@@ -77,12 +87,28 @@ def verify(agents: Any, digest: Digest) -> None:
             raise InvalidRequest(f"{where}.parameters must map 'MD5:<file>' keys to the files' MD5s")
         if len(parameters) > _MAX_FILES:
             raise InvalidRequest(f"{where}.parameters names {len(parameters)} files; give at most {_MAX_FILES}")
-        for key, expected in parameters.items():
-            _check(str(key), expected, digest)
+        out.append((name, tuple((str(key), _checked(str(key), value)) for key, value in parameters.items())))
+    return tuple(out)
 
 
-def _check(key: str, expected: Any, digest: Digest) -> None:
-    """One checksum parameter, in the checksum agent's words and order (ParseAlgorithmAndFile, ReadFile)."""
+def verify(agents: Any, digest: Digest) -> Agents:
+    """Run the ``agents`` a config names (``read``) on a model's files, whose MD5s ``digest`` gives by their
+    path in the model's folder (``1/model.onnx``); InvalidRequest, saying which file and what to do, when
+    one is not what they vouch for. What ran, read."""
+    ran = read(agents)
+    for _, parameters in ran:
+        for key, expected in parameters:
+            _check(key, expected, digest)
+    return ran
+
+
+def render(agents: Agents) -> dict[str, Any]:
+    """``agents`` as Triton's ``ModelRepositoryAgents`` message, as a config gives it and GET config shows it."""
+    return {"agents": [{"name": name, "parameters": dict(parameters)} for name, parameters in agents]}
+
+
+def _checked(key: str, expected: Any) -> str:
+    """One checksum parameter's value, its key checked, in the checksum agent's words (ParseAlgorithmAndFile)."""
     algorithm, colon, relative = key.partition(":")
     if not colon:
         raise InvalidRequest(f"failed to parse key: {quote(key)}; name a file as MD5:<path in the model's folder>")
@@ -96,8 +122,14 @@ def _check(key: str, expected: Any, digest: Digest) -> None:
     path = PurePosixPath(relative)
     if not relative.isprintable() or "\\" in relative or path.is_absolute() or ".." in path.parts or not path.parts:
         raise InvalidRequest(f"checksum key {quote(key)} must name a file in the model's folder (1/model.onnx, ...)")
+    return expected
+
+
+def _check(key: str, expected: str, digest: Digest) -> None:
+    """One checksum parameter (``_checked``) against the file it names, in the checksum agent's words (ReadFile)."""
+    relative = key.partition(":")[2]
     try:
-        got = digest(str(path))  # normalised: 1/./model.onnx and 1//model.onnx are 1/model.onnx
+        got = digest(str(PurePosixPath(relative)))  # normalised: 1/./model.onnx and 1//model.onnx are 1/model.onnx
     except OSError as e:
         raise InvalidRequest(
             f"failed to open text file for read {relative}: {e.strerror or e}; name a file of the model's folder"
