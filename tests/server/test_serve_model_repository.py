@@ -931,6 +931,26 @@ def test_a_version_file_rewritten_in_place_is_served_anew_as_triton_reloads_it(t
         store.close()
 
 
+def test_a_version_registered_another_way_first_is_not_replaced_by_a_rewritten_file(tmp_path: Path) -> None:
+    # a repository serving the bytes `polystack register` had put there marked the row as its own, and a rewrite
+    # then replaced the user's row (its tags, its samples, its bytes)
+    home = tmp_path / "home"
+    root = _model(tmp_path / "models", "m")
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(root / "m" / "1" / "model.onnx"),
+                    "--name", "m", "--tag", "owner=alice"], check=True, capture_output=True)  # fmt: skip
+    with cli_server(home, ["--model-repository", str(root), "--grpc-port", "-1"], free_port(), tmp_path / "serve.log"):
+        pass  # the same bytes: served as the user's row
+    mlp_onnx(root / "m" / "1" / "model.onnx", seed=5)
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert "m:1 is already in the store with other bytes" in line, line
+    store = Store.at(home)
+    try:
+        [record] = store.models.list("m")
+        assert record.tags == {"owner": "alice"} and store.blobs.has(record.digest)
+    finally:
+        store.close()
+
+
 def test_a_polled_version_file_rewritten_in_place_is_reloaded(tmp_path: Path) -> None:
     ones = np.ones((1, 16), np.float32)
     with _served_repository(tmp_path, "--repository-poll-secs", "0.2") as (repo, client):

@@ -9,7 +9,7 @@ import pytest
 
 from polystack.errors import Conflict, InvalidName, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.formats import import_model
-from polystack.store import ModelRecord, Replaced, Store
+from polystack.store import ModelRecord, Store
 from polystack.store.catalog import SCHEMA_VERSION, Catalog
 
 
@@ -75,67 +75,85 @@ def test_a_version_given_is_the_version_kept_and_other_bytes_there_are_refused(s
         register(store, b, version=0)
 
 
-def _add(store: Store, path: Path, version: int, replaceable: Any) -> Any:
+def _add(store: Store, path: Path, version: int, replaceable: Any, name: str = "mlp") -> Any:
     imported = import_model(path, path.parent)
     return store.add(
-        imported.artifact, name="mlp", format=imported.format, signature=imported.signature, version=version,
-        replaceable=replaceable,
+        imported.artifact, name=name, format=imported.format, signature=imported.signature, version=version,
+        replaceable=replaceable, settings_if_new={"new": True},
     )  # fmt: skip
 
 
+def _built(store: Store, record: ModelRecord) -> Any:
+    """A verified variant of ``record`` with bytes of its own, and a plan that picks it."""
+    digest = store.blobs.put_bytes(f"a variant of {record.digest}".encode())[0]
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
+        "digest": digest, "size_bytes": 17,
+    }  # fmt: skip
+    variant = store.variants.upsert(record, status="verified", **kw)
+    store.plans.put(
+        record, profile="realtime", fingerprint="f", variant_id=variant.id, settings={}, measurements=[],
+        explanation="", machine={},
+    )  # fmt: skip
+    return variant
+
+
 def test_a_version_the_caller_may_replace_takes_new_bytes_and_can_be_put_back(store: Store, tmp_path: Path) -> None:
-    """A Triton repository's version file rewritten in place is that version anew: the row is replaced, its
-    variants with it; a load that fails puts it back; one that serves removes the old bytes."""
+    """A Triton repository's version file rewritten in place is that version anew: the row is set aside with its
+    variants and plans; a load that fails puts it all back; one that serves drops it and the bytes only it used."""
     from polystack.examples import mlp_onnx
 
     a = mlp_onnx(tmp_path / "a.onnx", seed=1)
     b = mlp_onnx(tmp_path / "b.onnx", seed=2)
     old, _ = register(store, a, version=3, settings={"from": "repository"})
-    built = store.blobs.put_bytes(b"a variant's bytes")[0]
-    kw: dict[str, Any] = {
-        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
-        "digest": built, "size_bytes": 17,
-    }  # fmt: skip
-    store.variants.upsert(old, status="verified", **kw)
+    variant = _built(store, old)
     asked: list[ModelRecord] = []
     with pytest.raises(Conflict, match="already in the store with other bytes"):
         _add(store, b, 3, lambda r: asked.append(r) or False)  # type: ignore[func-returns-value]
     assert asked == [old] and store.get("mlp:3") == old
     added = _add(store, b, 3, lambda r: r.settings.get("from") == "repository")
     assert added.created and added.record.version == 3 and added.record.digest != old.digest
-    assert added.replaced.record == old and added.replaced.unnamed == {old.digest, built}
-    assert store.variants.for_model(old) == [] and store.get("mlp:3") == added.record
-    assert store.blobs.has(old.digest) and store.blobs.has(built)  # kept until released, for a restore
-    # the load failed: its registration taken back, the old row put back (its id too); its variants stay gone
+    assert added.replaced == old and added.record.settings == {"new": True}
+    # the new row has an id of its own: what a build that read the old record writes stays the old one's
+    assert added.record.id > old.id and store.variants.for_model(added.record) == []
+    assert store.get("mlp:3") == added.record and [r.version for r in store.models.list("mlp")] == [3]
+    assert store.get("mlp") == added.record
+    assert register(store, b)[0].version == 3  # the same bytes again: that version, not the one set aside
+    assert register(store, mlp_onnx(tmp_path / "c.onnx", seed=3))[0].version == 4  # the next one after those shown
+    store.remove("mlp:4")
+    # the load failed: its registration taken back, the old row put back with its variant and plan
     store.remove(added.record.ref)
     assert store.restore(added.replaced)
-    assert store.get("mlp:3") == old and store.blobs.has(old.digest) and not store.blobs.has(built)
-    # replaced again, and served: the old bytes go once released
+    assert store.get("mlp:3") == old and store.blobs.has(old.digest) and store.blobs.has(variant.digest)
+    assert [v.id for v in store.variants.for_model(old)] == [variant.id] and len(store.plans.for_model(old)) == 1
+    assert not store.restore(added.replaced)  # once
+    # replaced again, and served: the old row, its variant and the bytes only they used go
     added = _add(store, b, 3, lambda r: True)
-    store.release_unnamed(added.replaced.unnamed)
-    assert not store.blobs.has(old.digest) and store.blobs.has(added.record.digest)
+    store.drop(added.replaced)
+    assert not store.blobs.has(old.digest) and not store.blobs.has(variant.digest)
+    assert store.blobs.has(added.record.digest) and store.get("mlp:3") == added.record
     # bytes another row names are kept
-    again = _add(store, a, 3, lambda r: True)
     register(store, b, name="other")
-    store.release_unnamed(again.replaced.unnamed)
+    again = _add(store, a, 3, lambda r: True)
+    store.drop(again.replaced)
     assert store.blobs.has(added.record.digest)
 
 
-def test_a_replaced_version_whose_bytes_are_gone_is_not_put_back(store: Store, tmp_path: Path) -> None:
+def test_a_row_set_aside_is_not_put_back_over_a_version_taken_again_and_a_removal_takes_it(
+    store: Store, tmp_path: Path
+) -> None:
     from polystack.examples import mlp_onnx
 
     a = mlp_onnx(tmp_path / "a.onnx", seed=1)
     old, _ = register(store, a, version=1)
     added = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)
     store.remove(added.record.ref)
-    store.blobs.remove(old.digest)  # `polystack gc` meanwhile: no row named them
+    register(store, mlp_onnx(tmp_path / "c.onnx", seed=3), version=1)  # another writer took the version meanwhile
     assert not store.restore(added.replaced)
-    assert store.models.list("mlp") == []
-    # nor over a version taken again meanwhile
-    register(store, a, name="keep")  # its bytes are there again
-    added = _add(store, mlp_onnx(tmp_path / "c.onnx", seed=3), 1, lambda r: True)
-    assert added.replaced is None and not store.restore(Replaced(old, frozenset()))
-    assert store.get("mlp:1") == added.record
+    # a server killed between setting a row aside and dropping it leaves it: removing the model takes it too
+    store.remove("mlp")
+    assert not store.blobs.has(old.digest) and store.models.list("mlp") == []
+    assert not store.restore(added.replaced)
 
 
 def test_unknown_model_and_version_say_what_exists(store: Store, mlp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from polystack.cli.app import app, open_store
-from polystack.errors import InvalidRequest, PolystackError
+from polystack.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
@@ -318,23 +318,22 @@ def serve(
         try:
             most = scale[1] if scale else replicas or 1  # the most replicas the deployment may have
             check_before_ray(store, config, ray_address, most)  # what would otherwise fail deep inside Ray
-        except PolystackError:
+            code = run_ray_serve(
+                home, config, replicas=replicas, autoscale=scale, ray_address=ray_address,
+                on_serving=lambda: settle(store, registered),
+            )  # fmt: skip
+        finally:  # the replicas never came up (or the start failed): what it replaced is put back
             undo(store, registered)
-            raise
-        else:
-            settle(store, registered)  # replicas load what the store holds now
-        finally:
             store.close()
-        raise typer.Exit(run_ray_serve(home, config, replicas=replicas, autoscale=scale, ray_address=ray_address))
+        raise typer.Exit(code)
     if engine != "local" or replicas is not None or autoscale is not None:
         raise InvalidRequest("--replicas and --autoscale need --engine ray; --engine is local or ray")
     store = open_store()
     try:
-        code = run(Engine(store), config, serving=lambda: settle(store, registered))
-    except (PolystackError, OSError):  # the start failed (a model that would not load, a port taken)
+        code = run(Engine(store), config, on_serving=lambda: settle(store, registered))
+    finally:  # the start failed (a model that would not load, a port taken) or stopped before serving: what it
+        # registered is taken back, what it replaced put back (once it served, settle left nothing to undo)
         undo(store, registered)
-        raise
-    finally:
         store.close()
     raise typer.Exit(code)
 

@@ -443,8 +443,8 @@ class Server:
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
 
 
-def run(engine: Engine, config: ServeConfig, serving: Callable[[], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code); ``serving`` is called
+def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code); ``on_serving`` is called
     once the models loaded and the ports listen."""
     server = Server(engine, config)
     if config.cpus is not None:
@@ -465,8 +465,8 @@ def run(engine: Engine, config: ServeConfig, serving: Callable[[], None] | None 
 
     async def main() -> None:
         await server.start()
-        if serving is not None:
-            serving()
+        if on_serving is not None:
+            on_serving()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -25,11 +25,14 @@ from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, 
 from polystack.formats import IMPORTERS, import_model
 from polystack.labels import label_settings, parse_label_options
 from polystack.server import model_config
-from polystack.store import ModelRecord, Replaced, Store
+from polystack.store import ModelRecord, Store
 
 log = logging.getLogger("polystack.server")
 
 PREFIX = "file:"
+# a model record's setting: created from a Triton model repository's files or a load's, so a repository may replace
+# its bytes (a version file rewritten in place); a row registered another way first never gets it
+FROM_FILES = "from_triton_files"
 _WHERE = "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name>"
 
 
@@ -61,7 +64,7 @@ class Registered:
     record: ModelRecord
     created: bool
     settings_before: dict[str, Any] | None  # that version's settings before (None: the same, or a new version)
-    replaced: Replaced | None = None
+    replaced: ModelRecord | None = None  # the row whose version it took, set aside until ``settle``
 
     def undo(self, store: Store) -> None:
         if self.created:
@@ -69,14 +72,14 @@ class Registered:
         elif self.settings_before is not None:  # update_settings adds to the record's: give it none to add to
             store.models.update_settings(dataclasses.replace(self.record, settings={}), self.settings_before)
         if self.replaced is not None and not store.restore(self.replaced):
-            log.warning(
-                "the version a failed load replaced could not be put back in the store (its bytes were removed)",
+            log.warning(  # taken by another writer meanwhile (a second server on the same store)
+                "the version a failed load replaced could not be put back in the store: its version is taken",
                 extra={"model": f"{self.record.name}:{self.record.version}"},
             )
 
     def settle(self, store: Store) -> None:
         if self.replaced is not None:
-            store.release_unnamed(self.replaced.unnamed)
+            store.drop(self.replaced)
 
 
 def given(parameters: Mapping[str, Any]) -> bool:
@@ -208,6 +211,7 @@ def register_file(
         # a version folder's file rewritten in place is the version anew, as Triton reloads it; a version the
         # store holds another way (`polystack register`) is not the repository's to replace
         replaceable=_from_triton_files if version is not None else None,
+        settings_if_new={FROM_FILES: True} if triton_io else None,
     )
     prior = None if created else before.get(record.id)  # None too if another writer registered it just now
     if (exact_labels or triton_io) and not created:
@@ -221,5 +225,6 @@ def register_file(
 
 
 def _from_triton_files(record: ModelRecord) -> bool:
-    """Whether a version came from a Triton model repository or a load's files (not ``polystack register``)."""
-    return bool(record.settings.get(model_config.TRITON_IO))
+    """Whether a version was created from a Triton model repository's files or a load's (not registered
+    another way first, as ``polystack register``, whose row a repository's same bytes then serve)."""
+    return bool(record.settings.get(FROM_FILES))

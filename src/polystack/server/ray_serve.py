@@ -29,6 +29,7 @@ import inspect
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +221,10 @@ def run_ray_serve(
     autoscale: tuple[int, int] | None = None,
     ray_address: str | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING,
+    on_serving: Callable[[], None] | None = None,
 ) -> int:
-    """Serve on Ray until SIGTERM/SIGINT, then shut Serve down; the process exit code.
+    """Serve on Ray until SIGTERM/SIGINT, then shut Serve down; the process exit code. ``on_serving`` is
+    called once the replicas are up.
 
     Starts a local Ray when no ``ray_address`` is given (on machines whose traffic must stay on
     loopback, run it in a loopback-only network namespace).
@@ -256,6 +259,8 @@ def run_ray_serve(
             serve.start(http_options=proxy_options(config))
             serve.run(app, name="polystack", route_prefix="/", blocking=False)
             serving = True
+            if on_serving is not None:
+                on_serving()
             scheme = "https" if config.tls is not None else "http"
             print(f"serving on Ray Serve at {scheme}://{config.host}:{config.http_port}/v2 (HTTP only)", flush=True)
             while not stop.wait(1.0):

@@ -7,7 +7,7 @@ without its blob.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ from polystack.config import StoreSettings
 from polystack.errors import StoreError
 from polystack.store.blobs import BlobStore
 from polystack.store.catalog import Catalog
-from polystack.store.models import Added, ModelRecord, ModelTable, Replaced, digests_in_use
+from polystack.store.models import Added, ModelRecord, ModelTable, digests_in_use
 from polystack.store.plans import PlanRecord, PlanTable
 from polystack.store.refs import ModelRef, validate_name
 from polystack.store.variants import VariantRecord, VariantTable
 from polystack.types import Signature
 
-__all__ = ["Added", "ModelRecord", "ModelRef", "PlanRecord", "Replaced", "Store", "VariantRecord", "validate_name"]
+__all__ = ["Added", "ModelRecord", "ModelRef", "PlanRecord", "Store", "VariantRecord", "validate_name"]
 
 
 class Store:
@@ -73,10 +73,11 @@ class Store:
         settings: Mapping[str, Any] | None = None,
         version: int | None = None,
         replaceable: Callable[[ModelRecord], bool] | None = None,
+        settings_if_new: Mapping[str, Any] | None = None,
     ) -> Added:
-        """``register``, which may replace the bytes of ``version`` where ``replaceable`` says the row holding
-        others may go (``ModelTable.add``); what it replaced is then restored with ``restore``, or its blobs
-        removed with ``release_unnamed`` once the new bytes serve."""
+        """``register``, which may take ``version`` from a row holding other bytes where ``replaceable`` says
+        it may go (``ModelTable.add``): that row is set aside, for ``restore`` if what replaced it is taken
+        back, else for ``drop``."""
         validate_name(name)
         for _ in range(5):
             digest, size = self.blobs.put_file(artifact)
@@ -95,6 +96,7 @@ class Store:
                 blobs_present=lambda wanted=wanted: all(self.blobs.has(d) for d in wanted),  # type: ignore[misc]
                 version=version,
                 replaceable=replaceable,
+                settings_if_new=settings_if_new,
             )
             if result is not None:
                 return result
@@ -107,28 +109,19 @@ class Store:
         return self.blobs.path(record.digest)
 
     def remove(self, ref: ModelRef | str) -> list[ModelRecord]:
-        def release(digests: set[str]) -> None:
-            for d in digests:
-                self.blobs.remove(d)
+        return self.models.delete(ModelRef.parse(ref) if isinstance(ref, str) else ref, self._release)
 
-        return self.models.delete(ModelRef.parse(ref) if isinstance(ref, str) else ref, release)
+    def restore(self, replaced: ModelRecord) -> bool:
+        """Put back the row a registration set aside (``add``), its registration taken back first."""
+        return self.models.restore(replaced)
 
-    def restore(self, replaced: Replaced) -> bool:
-        """Put back the row a registration replaced (``add``), its registration taken back first; its
-        variants and plans stay gone. False (and the row stays gone) when its blobs are gone."""
-        record = replaced.record
-        wanted = [d for d in (record.digest, record.samples_digest) if d]
-        restored = self.models.restore(record, lambda: all(self.blobs.has(d) for d in wanted))
-        self.release_unnamed(replaced.unnamed - set(wanted) if restored else replaced.unnamed)
-        return restored
+    def drop(self, replaced: ModelRecord) -> None:
+        """Delete the row a registration set aside (``add``), with the blobs nothing else uses."""
+        self.models.drop(replaced, self._release)
 
-    def release_unnamed(self, digests: Collection[str]) -> None:
-        """Remove those of these blobs that no row names (what a replaced row left)."""
-        if not digests:
-            return
-        with self.catalog.write() as conn:
-            for digest in set(digests) - digests_in_use(conn):
-                self.blobs.remove(digest)
+    def _release(self, digests: set[str]) -> None:
+        for d in digests:
+            self.blobs.remove(d)
 
     def gc(self, older_than_s: float = 3600.0) -> int:
         """Remove blobs no row names (left by killed writers) and stale temp files; return how many.

@@ -68,18 +68,10 @@ class ModelRecord:
         )
 
 
-class Replaced(NamedTuple):
-    """A version whose bytes a registration replaced (``ModelTable.add``): its row as it was, and the blobs
-    no row named once it was gone (its own, its samples', its variants'), kept until released."""
-
-    record: ModelRecord
-    unnamed: frozenset[str]
-
-
 class Added(NamedTuple):
     record: ModelRecord
     created: bool
-    replaced: Replaced | None = None
+    replaced: ModelRecord | None = None  # the row whose version it took, set aside (``ModelTable.add``)
 
 
 class ModelTable:
@@ -101,17 +93,18 @@ class ModelTable:
         blobs_present: Callable[[], bool] = lambda: True,
         version: int | None = None,
         replaceable: Callable[[ModelRecord], bool] | None = None,
+        settings_if_new: Mapping[str, Any] | None = None,
     ) -> Added | None:
         """Insert a new version, or return the existing one holding the same bytes (idempotent).
 
         ``version``, when given, is the version the bytes must have (a Triton model repository's version
         directory): the row there if it holds them, a new row there if the name has no such version (even if
         another version holds the same bytes), and ``Conflict`` if it holds other bytes, unless
-        ``replaceable`` says that row may be replaced: then it is deleted (its variants and plans with it,
-        built from bytes that are no longer the version's) and the new row takes its version; the blobs
-        that leaves unnamed stay, for ``restore`` or ``release_unnamed``.
+        ``replaceable`` says that row may be replaced: then it is set aside, with its variants and plans
+        (``restore`` puts it back, ``drop`` deletes it), and the new row takes its version.
+        ``settings_if_new`` are settings a new row gets and an existing one does not.
 
-        Returns the record and whether it was created (and what it replaced), or None when
+        Returns the record and whether it was created (and the row it set aside), or None when
         ``blobs_present()`` says, inside the transaction, that a concurrent removal took the blobs away
         (the caller writes them again and retries).
         """
@@ -124,17 +117,16 @@ class ModelTable:
             replaced = None
             if version is None:
                 row = conn.execute(
-                    "SELECT * FROM models WHERE name = ? AND digest = ? ORDER BY version LIMIT 1", (name, digest)
+                    "SELECT * FROM models WHERE name = ? AND digest = ? AND version > 0 ORDER BY version LIMIT 1",
+                    (name, digest),
                 ).fetchone()
             else:
                 row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
                 if row is not None and row["digest"] != digest and replaceable is not None:
                     old = ModelRecord.from_row(row)
-                    if replaceable(old):
-                        before = digests_in_use(conn)
-                        conn.execute("DELETE FROM models WHERE id = ?", (old.id,))
-                        replaced = Replaced(old, frozenset(before - digests_in_use(conn) - {digest, samples_digest}))
-                        row = None
+                    if replaceable(old):  # set aside under a version no one asks for: -id, unique
+                        conn.execute("UPDATE models SET version = ? WHERE id = ?", (-old.id, old.id))
+                        replaced, row = old, None
                 if row is not None and row["digest"] != digest:
                     raise Conflict(
                         f"{name}:{version} is already in the store with other bytes ({row['source_filename'] or 'a model'},"
@@ -154,7 +146,7 @@ class ModelTable:
                 return Added(ModelRecord.from_row(row), False)
             if version is None:
                 version = conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (name,)
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ? AND version > 0", (name,)
                 ).fetchone()[0]
             cur = conn.execute(
                 "INSERT INTO models (name, version, format, signature, digest, size_bytes, created_at, tags,"
@@ -170,55 +162,43 @@ class ModelTable:
                     json.dumps(dict(tags), sort_keys=True),
                     source_filename,
                     samples_digest,
-                    json.dumps(dict(settings or {})),
+                    json.dumps({**(settings or {}), **(settings_if_new or {})}),
                 ),
             )
             row = conn.execute("SELECT * FROM models WHERE id = ?", (cur.lastrowid,)).fetchone()
             return Added(ModelRecord.from_row(row), True, replaced)
 
-    def restore(self, record: ModelRecord, blobs_present: Callable[[], bool]) -> bool:
-        """Put back a row ``add`` replaced (its id too), once the row that replaced it is gone; False when
-        its version is taken again or ``blobs_present()`` says, inside the transaction, that its blobs are
-        gone (removed meanwhile)."""
+    def restore(self, record: ModelRecord) -> bool:
+        """Put back a row ``add`` set aside (with its variants and plans), once the row that took its version
+        is gone; False when it is not set aside any more or its version is taken again."""
         with self.catalog.write() as conn:
-            if not blobs_present():
+            taken = conn.execute("SELECT 1 FROM models WHERE name = ? AND version = ?", (record.name, record.version))
+            if taken.fetchone() is not None:
                 return False
-            taken = conn.execute(
-                "SELECT 1 FROM models WHERE id = ? OR (name = ? AND version = ?)", (record.id, record.name, record.version)
-            ).fetchone()
-            if taken is not None:
-                return False
-            conn.execute(
-                "INSERT INTO models (id, name, version, format, signature, digest, size_bytes, created_at, tags,"
-                " source_filename, samples_digest, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.name,
-                    record.version,
-                    record.format,
-                    json.dumps(record.signature.to_dict()),
-                    record.digest,
-                    record.size_bytes,
-                    record.created_at,
-                    json.dumps(record.tags, sort_keys=True),
-                    record.source_filename,
-                    record.samples_digest,
-                    json.dumps(record.settings),
-                ),
+            cur = conn.execute(
+                "UPDATE models SET version = ? WHERE id = ? AND version = ?", (record.version, record.id, -record.id)
             )
-        return True
+            return cur.rowcount == 1
+
+    def drop(self, record: ModelRecord, release: Callable[[set[str]], None]) -> None:
+        """Delete a row ``add`` set aside (its variants and plans with it); ``release`` receives the blob
+        digests no row names any more, inside the same transaction."""
+        with self.catalog.write() as conn:
+            before = digests_in_use(conn)
+            conn.execute("DELETE FROM models WHERE id = ? AND version = ?", (record.id, -record.id))
+            release(before - digests_in_use(conn))
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
         if name is None:
-            rows = self.catalog.query("SELECT * FROM models ORDER BY name, version")
+            rows = self.catalog.query("SELECT * FROM models WHERE version > 0 ORDER BY name, version")
         else:
-            rows = self.catalog.query("SELECT * FROM models WHERE name = ? ORDER BY version", (name,))
+            rows = self.catalog.query("SELECT * FROM models WHERE name = ? AND version > 0 ORDER BY version", (name,))
         return [ModelRecord.from_row(r) for r in rows]
 
     def get(self, ref: ModelRef) -> ModelRecord:
         if ref.version is None:
             row = self.catalog.query_one(
-                "SELECT * FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", (ref.name,)
+                "SELECT * FROM models WHERE name = ? AND version > 0 ORDER BY version DESC LIMIT 1", (ref.name,)
             )
         else:
             row = self.catalog.query_one("SELECT * FROM models WHERE name = ? AND version = ?", (ref.name, ref.version))
@@ -255,6 +235,8 @@ class ModelTable:
         with self.catalog.write() as conn:
             before = digests_in_use(conn)
             conn.executemany("DELETE FROM models WHERE id = ?", [(r.id,) for r in doomed])
+            if ref.version is None:  # rows of the name set aside by a load that never finished (a killed server)
+                conn.execute("DELETE FROM models WHERE name = ? AND version < 0", (ref.name,))
             release(before - digests_in_use(conn))
         return doomed
 
