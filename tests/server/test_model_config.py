@@ -755,3 +755,14 @@ def test_an_instance_groups_rate_limiter_is_checked_and_ignored_as_triton_withou
     ):
         with pytest.raises(InvalidRequest, match=says):
             model_config.read(json.dumps({"instance_group": [{**group, "rate_limiter": bad}]}), RECORD, SPEC, PLAN)
+
+
+def test_model_metrics_is_a_field_of_tritons_config_taken_at_its_default_and_refused_otherwise() -> None:
+    """Triton's per-model histogram buckets (``model_metrics``, Triton 24.09 and later): a config copying Triton's
+    printed defaults loads; one that sets buckets says why polystack cannot honour them. Both were refused as
+    not a field of Triton's model configuration."""
+    model_config.read('{"model_metrics": {"metric_control": []}}', RECORD, SPEC, PLAN)
+    buckets = {"metric_control": [{"metric_identifier": {"family": "nv_inference_first_response_histogram_ms"},
+                                   "histogram_options": {"buckets": [1, 10, 100]}}]}  # fmt: skip
+    with pytest.raises(InvalidRequest, match="sets model_metrics, which polystack cannot honour: polystack's histograms"):
+        model_config.read(json.dumps({"model_metrics": buckets}), RECORD, SPEC, PLAN)

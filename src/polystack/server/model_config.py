@@ -70,7 +70,7 @@ _TRITON = {
         "batch_input", "batch_output", "optimization", "dynamic_batching", "sequence_batching",
         "ensemble_scheduling", "instance_group", "default_model_filename", "cc_model_filenames", "metric_tags",
         "parameters", "model_warmup", "model_operations", "model_transaction_policy", "model_repository_agents",
-        "response_cache",
+        "response_cache", "model_metrics",
     },
     "dynamic_batching": {
         "preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering", "priority_levels",
@@ -188,6 +188,10 @@ _UNSUPPORTED = {
         "config, or a load's config"
     ),
     "metric_tags": "polystack's metrics are labelled by model and version only",
+    "model_metrics": (
+        "polystack's histograms (request, queue and compute durations, batch sizes) have the same buckets for every "
+        "model"
+    ),
     "model_repository_agents": repository_agents.WHERE,
 }
 
