@@ -825,6 +825,47 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
     assert "model_repository_agents" in line and "repository agents run on a model's files" in line, line
 
 
+def test_get_config_shows_the_agents_that_ran_for_what_is_served_ensembles_too(tmp_path: Path) -> None:
+    """A load's config replaces the folder's: the folder's agents neither run, nor are refused, nor show later
+    (a load by version showed agents vouching for a file the served bytes no longer were). An ensemble's
+    agents show too, so that its config read back runs them again."""
+    import hashlib
+
+    repo = tmp_path / "models"
+    mlp_onnx(repo / "mlp" / "1" / "model.onnx")
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "notes.txt").write_text("hello")
+    md5 = hashlib.md5(b"hello").hexdigest()
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"mlp", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+        + _checksummed(md5, "notes.txt")
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        shown = h.get_model_config("pipe")
+        assert shown["model_repository_agents"] == {
+            "agents": [{"name": "checksum", "parameters": {"MD5:notes.txt": md5}}]
+        }
+        (repo / "pipe" / "notes.txt").write_text("changed")
+        with pytest.raises(InferenceServerException, match="Mismatched MD5 hash for file notes.txt"):
+            h.load_model("pipe", config=json.dumps(shown))  # read back: they run again
+        # a folder whose config names agents polystack cannot run, loaded with a config of the load's own
+        mlp_onnx(repo / "later" / "1" / "model.onnx")
+        for agent in ('{ name: "relocation" }', '{ name: "checksum", parameters { key: "SHA1:1/model.onnx" value: "x" } }'):
+            (repo / "later" / "config.pbtxt").write_text(f"model_repository_agents {{ agents [ {agent} ] }}\n")
+            h.load_model("later", config=json.dumps({"max_batch_size": 0}))
+            assert h.is_model_ready("later")
+        (repo / "later" / "config.pbtxt").write_text(_checksummed("0" * 32))
+        h.load_model("later", config=json.dumps({"max_batch_size": 0}))
+        assert "model_repository_agents" not in h.get_model_config("later")
+        h.load_model("later:1")  # a load by version runs none: it shows none, not the folder's that never ran
+        assert "model_repository_agents" not in h.get_model_config("later")
+
+
 def _with_md5(config: dict[str, Any], md5: str) -> dict[str, Any]:
     agents = {"agents": [{"name": "checksum", "parameters": {"MD5:1/model.onnx": md5}}]}
     return {**config, "model_repository_agents": agents}

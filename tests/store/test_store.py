@@ -122,7 +122,7 @@ def test_a_version_the_caller_may_replace_takes_new_bytes_and_can_be_put_back(st
     assert register(store, mlp_onnx(tmp_path / "c.onnx", seed=3))[0].version == 4  # the next one after those shown
     store.remove("mlp:4")
     # the load failed: its registration taken back, the old row put back with its variant and plan
-    store.remove(added.record.ref)
+    assert store.take_back(added.record)
     assert store.restore(added.replaced)
     assert store.get("mlp:3") == old and store.blobs.has(old.digest) and store.blobs.has(variant.digest)
     assert [v.id for v in store.variants.for_model(old)] == [variant.id] and len(store.plans.for_model(old)) == 1
@@ -139,6 +139,52 @@ def test_a_version_the_caller_may_replace_takes_new_bytes_and_can_be_put_back(st
     assert store.blobs.has(added.record.digest)
 
 
+def test_taking_back_a_registration_leaves_a_row_another_writer_made_and_the_old_row_still_comes_back(
+    store: Store, tmp_path: Path
+) -> None:
+    """A failed load's undo removed its row by name and version: once another writer had removed it, undo raised
+    (in place of the load's own error) and never put the old row back; had another writer put a row at that
+    version, undo removed that one."""
+    from polystack.examples import mlp_onnx
+
+    old, _ = register(store, mlp_onnx(tmp_path / "a.onnx", seed=1), version=1, settings={"k": 1})
+    added = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)
+    store.models.delete_row(added.record, lambda digests: None)  # gone meanwhile (another writer's undo)
+    assert not store.take_back(added.record)
+    assert store.restore(added.replaced) and store.get("mlp:1") == old  # its settings as they were
+    added = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)
+    store.remove("mlp:1")  # `polystack remove mlp:1` meanwhile: the row set aside from it goes too
+    other, _ = register(store, mlp_onnx(tmp_path / "c.onnx", seed=3), version=1)
+    assert not store.take_back(added.record) and not store.restore(added.replaced)
+    assert store.models.list("mlp") == [other]
+
+
+def test_rows_a_killed_server_left_set_aside_go_with_the_next_replacement_or_a_removal(
+    store: Store, tmp_path: Path
+) -> None:
+    from polystack.examples import mlp_onnx
+
+    a = mlp_onnx(tmp_path / "a.onnx", seed=1)
+    old, _ = register(store, a, version=1)
+    _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)  # killed before serving or undoing
+    assert store.blobs.has(old.digest)  # still named by the row set aside, hidden from every listing
+    added = _add(store, mlp_onnx(tmp_path / "c.onnx", seed=3), 1, lambda r: True)  # the next start
+    store.drop(added.replaced)
+    assert not store.blobs.has(old.digest) and store.models.list("mlp") == [added.record]
+    # left again, and the version removed by hand: the rows set aside from it go too
+    _add(store, a, 1, lambda r: True)
+    store.remove("mlp:1")
+    assert not store.blobs.has(added.record.digest) and store.models.list("mlp") == []
+    # left, with nothing else of the name: `polystack remove mlp` takes them (it said "no model named")
+    register(store, a, version=2)
+    b = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 2, lambda r: True)
+    store.models.delete_row(b.record, lambda digests: None)  # only the row set aside is left
+    assert store.models.list("mlp") == [] and store.blobs.has(old.digest)
+    assert store.remove("mlp") == [] and not store.blobs.has(old.digest)
+    with pytest.raises(ModelNotFound):
+        store.remove("mlp")
+
+
 def test_a_row_set_aside_is_not_put_back_over_a_version_taken_again_and_a_removal_takes_it(
     store: Store, tmp_path: Path
 ) -> None:
@@ -147,7 +193,7 @@ def test_a_row_set_aside_is_not_put_back_over_a_version_taken_again_and_a_remova
     a = mlp_onnx(tmp_path / "a.onnx", seed=1)
     old, _ = register(store, a, version=1)
     added = _add(store, mlp_onnx(tmp_path / "b.onnx", seed=2), 1, lambda r: True)
-    store.remove(added.record.ref)
+    assert store.take_back(added.record)
     register(store, mlp_onnx(tmp_path / "c.onnx", seed=3), version=1)  # another writer took the version meanwhile
     assert not store.restore(added.replaced)
     # a server killed between setting a row aside and dropping it leaves it: removing the model takes it too

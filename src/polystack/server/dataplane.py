@@ -724,8 +724,10 @@ class DataPlane:
             raise
         if model.ensemble is not None:
             pipeline = model.ensemble
-            if config is not None:
-                pipeline = ensemble.read(config, name, pipeline.version)
+            if config is not None:  # the load's own agents ran on the folder in place of its config's
+                pipeline = dataclasses.replace(
+                    ensemble.read(config, name, pipeline.version), agents=repository_agents.read(agents)
+                )
             try:
                 for other in sorted(pipeline.models - loading - {name}):
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing

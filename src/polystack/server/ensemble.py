@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from polystack.errors import InvalidRequest, PolystackError, quote
-from polystack.server import model_config
+from polystack.server import model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
 
 PLATFORM = "ensemble"
@@ -58,6 +58,7 @@ class Ensemble:
     signature: Signature
     steps: tuple[Step, ...]
     response_cache: bool = False  # its answers are kept in the server's response cache (--cache-config)
+    agents: repository_agents.Agents = ()  # the repository agents that ran on its folder (model_repository_agents)
 
     @property
     def models(self) -> set[str]:
@@ -321,7 +322,7 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         dims = list(t.shape[1:] if ensemble.max_batch_size else t.shape)
         return {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims}
 
-    return {
+    config: dict[str, Any] = {
         "name": ensemble.name,
         "platform": PLATFORM,
         "max_batch_size": ensemble.max_batch_size,
@@ -340,6 +341,9 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         },
         "response_cache": {"enable": ensemble.response_cache},
     }
+    if ensemble.agents:
+        config["model_repository_agents"] = repository_agents.render(ensemble.agents)
+    return config
 
 
 StepRun = Callable[[int, Step, dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]]]

@@ -68,12 +68,13 @@ class Registered:
 
     def undo(self, store: Store) -> None:
         if self.created:
-            store.remove(self.record.ref)
+            store.take_back(self.record)  # by id: gone already, or another writer's row at its version, is left
         elif self.settings_before is not None:  # update_settings adds to the record's: give it none to add to
             store.models.update_settings(dataclasses.replace(self.record, settings={}), self.settings_before)
         if self.replaced is not None and not store.restore(self.replaced):
-            log.warning(  # taken by another writer meanwhile (a second server on the same store)
-                "the version a failed load replaced could not be put back in the store: its version is taken",
+            log.warning(  # taken by another writer meanwhile (a second server on the same store), or removed
+                "the version a failed load replaced could not be put back in the store: its version is taken, or "
+                "it was removed",
                 extra={"model": f"{self.record.name}:{self.record.version}"},
             )
 

@@ -37,6 +37,7 @@ with one line naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -292,8 +293,8 @@ def _register_model(
             + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
     own, doc = repository_agents.split(doc)  # run on the folder's files before anything is registered
-    shown = repository_agents.read(own)  # the config's, shown in GET config when it serves
-    repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
+    ran = repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
+    shown = ran if agents is FOLDER_AGENTS else ()  # the folder's, when they ran: GET config shows them with it
     served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
     if is_ensemble(doc):
         if len(served) > 1:
@@ -303,7 +304,7 @@ def _register_model(
         policy = {"version_policy", "versionPolicy"}
         text = json.dumps({k: v for k, v in doc.items() if k not in policy})
         source = f"--model-repository {folder / CONFIG}"
-        pipeline = read_ensemble(text, name, served[0])
+        pipeline = dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown)
         return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):

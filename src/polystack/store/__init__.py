@@ -111,6 +111,11 @@ class Store:
     def remove(self, ref: ModelRef | str) -> list[ModelRecord]:
         return self.models.delete(ModelRef.parse(ref) if isinstance(ref, str) else ref, self._release)
 
+    def take_back(self, record: ModelRecord) -> bool:
+        """Delete the row a registration created, if it is still there as it was (``ModelTable.delete_row``),
+        with the blobs nothing else uses."""
+        return self.models.delete_row(record, self._release)
+
     def restore(self, replaced: ModelRecord) -> bool:
         """Put back the row a registration set aside (``add``), its registration taken back first."""
         return self.models.restore(replaced)

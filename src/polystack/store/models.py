@@ -124,8 +124,9 @@ class ModelTable:
                 row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
                 if row is not None and row["digest"] != digest and replaceable is not None:
                     old = ModelRecord.from_row(row)
-                    if replaceable(old):  # set aside under a version no one asks for: -id, unique
-                        conn.execute("UPDATE models SET version = ? WHERE id = ?", (-old.id, old.id))
+                    if replaceable(old):  # set aside under a version no one asks for (-id, unique), saying whence
+                        aside = json.dumps({**old.settings, SET_ASIDE_FROM: version})
+                        conn.execute("UPDATE models SET version = ?, settings = ? WHERE id = ?", (-old.id, aside, old.id))
                         replaced, row = old, None
                 if row is not None and row["digest"] != digest:
                     raise Conflict(
@@ -176,17 +177,31 @@ class ModelTable:
             if taken.fetchone() is not None:
                 return False
             cur = conn.execute(
-                "UPDATE models SET version = ? WHERE id = ? AND version = ?", (record.version, record.id, -record.id)
+                "UPDATE models SET version = ?, settings = ? WHERE id = ? AND version = ?",
+                (record.version, json.dumps(record.settings), record.id, -record.id),
             )
             return cur.rowcount == 1
 
     def drop(self, record: ModelRecord, release: Callable[[set[str]], None]) -> None:
-        """Delete a row ``add`` set aside (its variants and plans with it); ``release`` receives the blob
-        digests no row names any more, inside the same transaction."""
+        """Delete a row ``add`` set aside (its variants and plans with it), and any other row of its version
+        a load that never finished set aside (a killed server); ``release`` receives the blob digests no row
+        names any more, inside the same transaction."""
         with self.catalog.write() as conn:
             before = digests_in_use(conn)
             conn.execute("DELETE FROM models WHERE id = ? AND version = ?", (record.id, -record.id))
+            _delete_set_aside(conn, record.name, record.version)
             release(before - digests_in_use(conn))
+
+    def delete_row(self, record: ModelRecord, release: Callable[[set[str]], None]) -> bool:
+        """Delete the row ``record`` is, if it is still there as it was (not a row another writer put at its
+        version since); ``release`` as for ``drop``. Whether it was there."""
+        with self.catalog.write() as conn:
+            before = digests_in_use(conn)
+            cur = conn.execute(
+                "DELETE FROM models WHERE id = ? AND version = ? AND digest = ?", (record.id, record.version, record.digest)
+            )
+            release(before - digests_in_use(conn))
+            return cur.rowcount == 1
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
         if name is None:
@@ -229,16 +244,29 @@ class ModelTable:
         ``release`` receives the blob digests no row names any more, inside the same transaction, so
         a concurrent registration of the same bytes either sees them gone or keeps them.
         """
-        doomed = [self.get(ref)] if ref.version is not None else self.list(ref.name)
-        if not doomed:
-            self.get(ref)  # raises ModelNotFound
+        # none: only rows set aside from it (a killed server's) may be left, removed below
+        doomed = [r for r in self.list(ref.name) if ref.version is None or r.version == ref.version]
         with self.catalog.write() as conn:
             before = digests_in_use(conn)
             conn.executemany("DELETE FROM models WHERE id = ?", [(r.id,) for r in doomed])
-            if ref.version is None:  # rows of the name set aside by a load that never finished (a killed server)
-                conn.execute("DELETE FROM models WHERE name = ? AND version < 0", (ref.name,))
+            # rows of that version (or name) a load that never finished set aside (a killed server)
+            left = _delete_set_aside(conn, ref.name, ref.version)
             release(before - digests_in_use(conn))
+        if not doomed and not left:
+            self.get(ref)  # raises ModelNotFound or VersionNotFound, saying what there is
         return doomed
+
+
+# a model record's setting while it is set aside (``ModelTable.add``): the version it was
+SET_ASIDE_FROM = "set_aside_from"
+
+
+def _delete_set_aside(conn: sqlite3.Connection, name: str, version: int | None) -> int:
+    """Delete the rows of ``name`` set aside from ``version`` (None: any); how many."""
+    rows = conn.execute("SELECT id, settings FROM models WHERE name = ? AND version < 0", (name,)).fetchall()
+    ids = [r["id"] for r in rows if version is None or json.loads(r["settings"]).get(SET_ASIDE_FROM) == version]
+    conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in ids])
+    return len(ids)
 
 
 def digests_in_use(conn: sqlite3.Connection) -> set[str]:
