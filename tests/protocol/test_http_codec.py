@@ -225,6 +225,16 @@ def test_bad_shared_memory_parameters_say_what_is_wrong(params: dict[str, object
         http_codec.decode_infer_request(body.encode(), None, _Regions(b"\0" * 16))
 
 
+def test_a_shared_memory_input_whose_byte_size_does_not_fit_its_shape_is_refused_before_it_is_read() -> None:
+    # the whole byte size was read first: a sparse object of a gigabyte named for a 16-byte tensor took the memory
+    regions = _Regions(b"")
+    shm = {"shared_memory_region": "r", "shared_memory_byte_size": 1 << 30}
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": shm}]})
+    with pytest.raises(InvalidTensor, match="needs 16 bytes but 1,073,741,824 were sent"):
+        http_codec.decode_infer_request(body.encode(), None, regions)
+    assert regions.reads == []
+
+
 def test_shared_memory_tensors_are_refused_without_regions() -> None:
     shm = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": shm}]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from polystack.errors import InvalidTensor
 from polystack.protocol.wire import raw_view, to_raw
 
 
@@ -35,3 +36,11 @@ def test_a_small_slice_of_a_large_array_is_copied_not_kept() -> None:
     assert isinstance(raw_view(batch[3:4]), bytes)
     assert bytes(raw_view(batch[3:4])) == batch[3:4].tobytes()
     assert isinstance(raw_view(batch), memoryview) and isinstance(raw_view(batch[:20]), memoryview)
+
+
+def test_a_shape_of_more_dimensions_than_a_tensor_has_is_refused_before_numpy_sees_it() -> None:
+    from polystack.protocol.wire import MAX_DIMS, parse_shape
+
+    assert parse_shape([1] * MAX_DIMS, "x") == (1,) * MAX_DIMS
+    with pytest.raises(InvalidTensor, match="shape has 65 dimensions; a tensor has at most 32"):
+        parse_shape([1] * 65, "x")  # numpy's limit is 64: it raised ValueError later, a 500

@@ -218,6 +218,46 @@ def test_negative_or_huge_dims_are_400(raw: Raw, shape: list, words: str) -> Non
     check_error(raw, status, doc, 400, words)
 
 
+DEEP = "[" * 1000 + "1" + "]" * 1000  # within the JSON readers' depth, past Python's recursion
+GOOD = json.dumps(good_input())
+
+
+def _body(inputs: str, rest: str = "") -> str:
+    return '{"inputs": [' + inputs + "]" + rest + "}"
+
+
+def _x(datatype: str = "FP32", shape: str = "[1, 16]", data: str = "[0]") -> str:
+    return '{"name": "x", "datatype": "' + datatype + '", "shape": ' + shape + ', "data": ' + data + "}"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (_body(GOOD, ', "parameters": {"binary_data_output": ' + DEEP + "}"), ["binary_data_output", "nested too deep"]),
+        (_body(GOOD, ', "parameters": {"priority": ' + DEEP + "}"), ["Unable to parse 'priority'"]),
+        (_body(GOOD, ', "outputs": [{"name": "y", "parameters": {"binary_data": ' + DEEP + "}}]"), ["binary_data"]),
+        (_body(_x(shape=DEEP)), ["integers only"]),
+        (_body(_x(data="[" + ", ".join([DEEP] * 16) + "]")), ["data does not fit"]),
+        (_body(_x(datatype="BOOL", data=DEEP)), ["BOOL data"]),
+        (_body(_x(data='[{"a": ' + DEEP + "}]")), ["numbers only"]),
+        (_body(_x(shape=str([1] * 65))), ["65 dimensions", "at most 32"]),
+        (_body(GOOD, ', "parameters": {"binary_data_output": "' + "t" * 1_000_000 + '"}'), ["binary_data_output", "..."]),
+    ],
+    ids=[
+        "binary-data-output", "priority", "output-binary-data", "shape", "data", "bool-data", "data-object", "65-dims",
+        "long-value",
+    ],
+)  # fmt: skip
+def test_values_nested_past_pythons_recursion_or_too_long_are_400_with_short_words(
+    raw: Raw, body: str, words: list[str]
+) -> None:
+    """Nesting the JSON readers take but Python's recursion does not (data, a parameter, a shape), and a tensor of
+    65 dimensions (numpy's limit is 64), were 500s; a 1 MB value came back whole in the error."""
+    status, _, data = raw.request("POST", INFER, body.encode(), {"Content-Type": "application/json"})
+    check_error(raw, status, json.loads(data), 400, *words)
+    assert len(data) < 2000
+
+
 def test_huge_dims_in_binary_are_400(raw: Raw) -> None:
     head = json.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**31, 16], "parameters": {"binary_data_size": 8}}]}

@@ -851,7 +851,7 @@ def test_get_config_shows_the_agents_that_ran_for_what_is_served_ensembles_too(t
             "agents": [{"name": "checksum", "parameters": {"MD5:notes.txt": md5}}]
         }
         (repo / "pipe" / "notes.txt").write_text("changed")
-        with pytest.raises(InferenceServerException, match="Mismatched MD5 hash for file notes.txt"):
+        with pytest.raises(InferenceServerException, match=r"Mismatched MD5 hash for file notes\.txt"):
             h.load_model("pipe", config=json.dumps(shown))  # read back: they run again
         # a folder whose config names agents polystack cannot run, loaded with a config of the load's own
         mlp_onnx(repo / "later" / "1" / "model.onnx")

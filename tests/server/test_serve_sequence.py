@@ -689,6 +689,12 @@ def test_flags_of_reads_tritonclients_parameters() -> None:
                        ({"sequence_id": float(1 << 64)}, "18446744073709551616 is not an unsigned 64-bit")):  # fmt: skip
         with pytest.raises(InvalidRequest, match=match):
             flags_of(bad)
+    deep: list = []
+    for _ in range(5000):  # nested past Python's recursion (the JSON readers take 1,000 levels): repr raised
+        deep = [deep]
+    for key in ("sequence_id", "sequence_start"):
+        with pytest.raises(InvalidRequest, match="nested too deep to show"):
+            flags_of({"sequence_id": 1, key: deep})
 
 
 # -- configs refused ------------------------------------------------------------------------------------

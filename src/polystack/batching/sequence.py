@@ -44,7 +44,15 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
-from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed, Unavailable
+from polystack.errors import (
+    BackendError,
+    DeadlineExceeded,
+    InvalidRequest,
+    InvalidTensor,
+    ModelClosed,
+    Unavailable,
+    quote,
+)
 from polystack.stats import Outcome
 from polystack.types import DType, Signature
 
@@ -158,13 +166,13 @@ def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
     for key in ("sequence_start", "sequence_end"):
         value = parameters.get(key, False)
         if not isinstance(value, bool):
-            raise InvalidRequest(f"the request's {key!r} parameter is {value!r}; give true or false")
+            raise InvalidRequest(f"the request's {key!r} parameter is {quote(value)}; give true or false")
     if isinstance(sid, float) and sid.is_integer() and abs(sid) >= 1 << 63:  # JSON's reader: too large for 64 bits
         raise InvalidRequest(
             f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
         )
     if isinstance(sid, bool) or not isinstance(sid, (int, str, type(None))):
-        raise InvalidRequest(f"the request's 'sequence_id' parameter is {sid!r}; give a whole number or a string")
+        raise InvalidRequest(f"the request's 'sequence_id' parameter is {quote(sid)}; give a whole number or a string")
     if isinstance(sid, int) and not 0 <= sid < 1 << 64:
         raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
     if isinstance(sid, str) and len(sid) > 1024:
@@ -368,13 +376,13 @@ class SequenceBatcher:
                 self._place(sequence)
             elif flags.start:  # Triton's words: its queued requests run first, in its slot, then this one anew
                 log.warning(
-                    f"sequence {flags.id!r} for model {name!r} has a conflict. The previous sequence did not end "
+                    f"sequence {quote(flags.id)} for model {name!r} has a conflict. The previous sequence did not end "
                     "before this sequence start. Previous sequence will be terminated early.",
                     extra={"model": name},
                 )
             elif sequence is None or sequence.ended:
                 raise InvalidRequest(
-                    f"inference request for sequence {flags.id!r} to model {name!r} must specify the START flag on "
+                    f"inference request for sequence {quote(flags.id)} to model {name!r} must specify the START flag on "
                     "the first request of the sequence; a sequence ends with its END request, or after "
                     f"{self.policy.idle_s * 1000:g} ms without one (max_sequence_idle_microseconds): start it again"
                 )

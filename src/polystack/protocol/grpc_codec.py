@@ -23,6 +23,7 @@ from polystack.protocol.wire import (
     cast_numbers,
     check_requested_outputs,
     from_raw,
+    from_shared_memory,
     no_shared_memory,
     parse_dtype,
     parse_shape,
@@ -100,7 +101,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
                 )
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
-            inputs[name] = from_raw(name, dtype, shape, regions.read(shm, f"input {name!r}"))
+            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm)
         elif raw:
             inputs[name] = from_raw(name, dtype, shape, raw[next_raw])
             next_raw += 1

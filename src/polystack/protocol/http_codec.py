@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.errors import InvalidRequest, InvalidTensor, quote
 from polystack.protocol import classification
 from polystack.protocol.wire import (
     InferRequest,
@@ -39,6 +39,7 @@ from polystack.protocol.wire import (
     cast_numbers,
     check_requested_outputs,
     from_raw,
+    from_shared_memory,
     no_shared_memory,
     parse_dtype,
     parse_shape,
@@ -136,7 +137,7 @@ def decode_infer_request(
                 )
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
-            inputs[name] = from_raw(name, dtype, shape, regions.read(shm, f"input {name!r}"))
+            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm)
         elif size is not None:
             if item.get("data") is not None:
                 raise InvalidTensor(
@@ -211,7 +212,7 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise InvalidRequest(f"{where}: parameter {key!r} must be true or false, not {value!r}")
+        raise InvalidRequest(f"{where}: parameter {key!r} must be true or false, not {quote(value)}")
     return value
 
 
@@ -336,7 +337,7 @@ def _check_numbers(name: str, dtype: DType, data: Any) -> None:
         if type(v) is int or (type(v) is float and not integers):
             continue
         what = "integers" if integers else "numbers"
-        raise InvalidTensor(f"input {name!r}: {dtype.value} data must hold {what} only, not {v!r}")
+        raise InvalidTensor(f"input {name!r}: {dtype.value} data must hold {what} only, not {quote(v)}")
 
 
 def _bytes_item(name: str, v: Any) -> bytes:
@@ -344,13 +345,22 @@ def _bytes_item(name: str, v: Any) -> bytes:
 
 
 def _flatten(data: Any) -> list[Any]:
+    """The leaves of nested lists, in order; a loop, not recursion: the JSON parser takes nesting deeper than
+    Python's recursion goes."""
     if not isinstance(data, list):
         return [data]
     if not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
-    for v in data:
-        out.extend(_flatten(v))
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
     return out
 
 

@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from polystack.errors import InvalidRequest, InvalidTensor
+from polystack.errors import InvalidRequest, InvalidTensor, quote
 from polystack.types import DType
 
 # The largest tensor polystack accepts in one request, in elements; a shape whose product exceeds
 # it is refused before any allocation (an "astronomically large" shape is a 400, never a MemoryError).
 MAX_ELEMENTS = 1 << 31
+# dimensions a tensor may have: numpy makes arrays of at most 64, and no model takes more than a handful
+MAX_DIMS = 32
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class InferRequest:
                 raw = self.parameters.get(key)
                 # Triton reads both as unsigned integers (HTTP) or int64_param (gRPC): 1500.0 or "5" is refused
                 if raw is not None and (type(raw) is not int or not 0 <= raw < 1 << 64):
-                    raise InvalidRequest(f"Unable to parse {key!r}: {raw!r} is not an integer >= 0; give {what}")
+                    raise InvalidRequest(f"Unable to parse {key!r}: {quote(raw)} is not an integer >= 0; give {what}")
 
     @property
     def priority(self) -> int:
@@ -119,15 +121,18 @@ def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
     """A list of non-negative ints whose product is within MAX_ELEMENTS, or InvalidTensor."""
     if not isinstance(raw, list | tuple):
         raise InvalidTensor(f"input {name!r}: 'shape' must be a list of integers, got {type(raw).__name__}")
+    if len(raw) > MAX_DIMS:
+        raise InvalidTensor(f"input {name!r}: shape has {len(raw):,} dimensions; a tensor has at most {MAX_DIMS}")
     shape: list[int] = []
     for d in raw:
         if isinstance(d, bool) or not isinstance(d, int):
-            raise InvalidTensor(f"input {name!r}: shape {list(raw)} must hold integers only")
+            raise InvalidTensor(f"input {name!r}: shape {quote(list(raw))} must hold integers only")
         if d < 0:
-            raise InvalidTensor(f"input {name!r}: shape {list(raw)} has a negative dimension; sizes are >= 0")
+            raise InvalidTensor(f"input {name!r}: shape {quote(list(raw))} has a negative dimension; sizes are >= 0")
         if d > MAX_ELEMENTS:  # with a 0 elsewhere the product is 0, but numpy still cannot make the array
             raise InvalidTensor(
-                f"input {name!r}: shape {list(raw)} has a dimension over the limit of {MAX_ELEMENTS:,}; split the request"
+                f"input {name!r}: shape {quote(list(raw))} has a dimension over the limit of {MAX_ELEMENTS:,}; split "
+                "the request"
             )
         shape.append(d)
     if math.prod(shape) > MAX_ELEMENTS:
@@ -190,7 +195,9 @@ def parse_dtype(raw: Any, name: str) -> DType:
         raise InvalidTensor(f"input {name!r}: 'datatype' must be a string such as \"FP32\"")
     dtype = DType.parse(raw)
     if dtype.value != raw:
-        raise InvalidTensor(f"input {name!r}: datatype {raw!r} is spelled {dtype.value!r} in the protocol; send that")
+        raise InvalidTensor(
+            f"input {name!r}: datatype {quote(raw)} is spelled {dtype.value!r} in the protocol; send that"
+        )
     return dtype
 
 
@@ -200,6 +207,16 @@ def check_length(name: str, dtype: DType, shape: tuple[int, ...], nbytes: int) -
         raise InvalidTensor(
             f"input {name!r}: shape {list(shape)} of {dtype.value} needs {want:,} bytes but {nbytes:,} were sent"
         )
+
+
+def from_shared_memory(
+    name: str, dtype: DType, shape: tuple[int, ...], regions: RegionReader, ref: ShmRef
+) -> np.ndarray:
+    """A tensor from the shared memory ``ref`` names; its byte size is checked against its shape before a byte
+    is read (a sparse object of gigabytes, named for a 16-byte tensor, was read whole first)."""
+    if dtype is not DType.BYTES:
+        check_length(name, dtype, shape, ref.byte_size)
+    return from_raw(name, dtype, shape, regions.read(ref, f"input {name!r}"))
 
 
 def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:

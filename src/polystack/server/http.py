@@ -34,7 +34,7 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType
+from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType, quote
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import http_codec
 from polystack.protocol.wire import InferRequest
@@ -382,7 +382,7 @@ class HttpApp:
         doc = self._json_body(req)
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
-            raise InvalidRequest(f"'ready' must be true or false, not {ready!r}")
+            raise InvalidRequest(f"'ready' must be true or false, not {quote(ready)}")
         return json_response(200, await self.plane.repository_index(ready))
 
     def shm_status(self, req: Request, args: list[str]) -> Response:
