@@ -44,3 +44,15 @@ def test_a_shape_of_more_dimensions_than_a_tensor_has_is_refused_before_numpy_se
     assert parse_shape([1] * MAX_DIMS, "x") == (1,) * MAX_DIMS
     with pytest.raises(InvalidTensor, match="shape has 65 dimensions; a tensor has at most 32"):
         parse_shape([1] * 65, "x")  # numpy's limit is 64: it raised ValueError later, a 500
+
+
+def test_a_tensor_name_longer_than_any_models_is_refused_over_grpc_too() -> None:
+    from polystack.protocol import grpc_codec
+    from polystack.protocol.grpc_gen import inference_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="m")
+    t = req.inputs.add(name="x" * 5000, datatype="FP32", shape=[1])
+    t.contents.fp32_contents.append(1.0)
+    with pytest.raises(InvalidTensor, match="an input is named with 5,000 characters") as e:
+        grpc_codec.decode_infer_request(req)
+    assert len(e.value.message) < 400  # the name is quoted short, not echoed whole

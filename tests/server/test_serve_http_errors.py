@@ -242,10 +242,12 @@ def _x(datatype: str = "FP32", shape: str = "[1, 16]", data: str = "[0]") -> str
         (_body(_x(data='[{"a": ' + DEEP + "}]")), ["numbers only"]),
         (_body(_x(shape=str([1] * 65))), ["65 dimensions", "at most 32"]),
         (_body(GOOD, ', "parameters": {"binary_data_output": "' + "t" * 1_000_000 + '"}'), ["binary_data_output", "..."]),
+        (_body(json.dumps(good_input(name="n" * 1_000_000))), ["1,000,000 characters", "at most 1,024"]),
+        (_body(GOOD, ', "outputs": [{"name": "' + "o" * 1_000_000 + '"}]'), ["an output is named", "at most 1,024"]),
     ],
     ids=[
         "binary-data-output", "priority", "output-binary-data", "shape", "data", "bool-data", "data-object", "65-dims",
-        "long-value",
+        "long-value", "long-input-name", "long-output-name",
     ],
 )  # fmt: skip
 def test_values_nested_past_pythons_recursion_or_too_long_are_400_with_short_words(

@@ -21,6 +21,7 @@ from polystack.protocol.wire import (
     RegionReader,
     RequestedOutput,
     cast_numbers,
+    check_name,
     check_requested_outputs,
     from_raw,
     from_shared_memory,
@@ -89,7 +90,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     inputs: dict[str, np.ndarray] = {}
     next_raw = 0
     for t, shm in zip(req.inputs, shared, strict=True):
-        name = t.name
+        name = check_name(t.name, "input")
         if name in inputs:
             raise InvalidTensor(f"input {name!r} appears twice in the request")
         dtype = parse_dtype(t.datatype, name)
@@ -109,6 +110,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
             inputs[name] = _from_contents(name, dtype, shape, t.contents)
     outputs: list[RequestedOutput] = []
     for o in req.outputs:
+        check_name(o.name, "output")
         oparams = params_dict(o.parameters) if o.parameters else {}
         shm = shared_memory_ref(oparams, f"output {o.name!r}") if oparams else None
         if shm is not None and regions is None:

@@ -37,6 +37,7 @@ from polystack.protocol.wire import (
     RegionReader,
     RequestedOutput,
     cast_numbers,
+    check_name,
     check_requested_outputs,
     from_raw,
     from_shared_memory,
@@ -120,7 +121,7 @@ def decode_infer_request(
     for item in raw_inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidRequest("each entry of 'inputs' must be an object with a string 'name'")
-        name: str = item["name"]
+        name: str = check_name(item["name"], "input")
         if name in inputs:
             raise InvalidTensor(f"input {name!r} appears twice in the request")
         dtype = parse_dtype(item.get("datatype"), name)
@@ -178,6 +179,7 @@ def decode_infer_request(
         for o in raw_outputs:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidRequest("each entry of 'outputs' must be an object with a string 'name'")
+            check_name(o["name"], "output")
             oparams = o.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise InvalidRequest(f"output {o['name']!r}: 'parameters' must be an object")

@@ -22,6 +22,18 @@ from polystack.types import DType
 MAX_ELEMENTS = 1 << 31
 # dimensions a tensor may have: numpy makes arrays of at most 64, and no model takes more than a handful
 MAX_DIMS = 32
+# characters a tensor's name may have: errors quote names back, and no model's run this long
+MAX_NAME = 1024
+
+
+def check_name(name: str, kind: str) -> str:
+    """A request's tensor name (``kind``: input or output), refused when longer than any model's."""
+    if len(name) > MAX_NAME:
+        raise InvalidTensor(
+            f"an {kind} is named with {len(name):,} characters ({quote(name)}); tensor names have at most "
+            f"{MAX_NAME:,}: name one of the model's {kind}s (GET /v2/models/<model> lists them)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
