@@ -62,8 +62,11 @@ def test_requested_outputs_are_selected(store: Store, record: ModelRecord) -> No
 def test_ready_metadata_and_unload(store: Store, record: ModelRecord) -> None:
     engine = Engine(store)
     assert not engine.ready("mlp")
-    with pytest.raises(ModelNotReady, match="registered but not loaded"):
+    # Triton's words and codes: no version loaded is an unknown model (NOT_FOUND), a version not loaded is not ready
+    with pytest.raises(ModelNotFound, match="Request for unknown model: 'mlp' has no available versions"):
         engine.infer("mlp", {"x": np.zeros((1, 8), np.float32)})
+    with pytest.raises(ModelNotReady, match="'mlp' version 1 is not at ready state"):
+        engine.get("mlp", 1)
     with pytest.raises(ModelNotFound):
         engine.get("ghost")
     engine.load("mlp:1")

@@ -301,9 +301,19 @@ class Engine:
                 versions = sorted(v for (n, v) in self._models if n == name)
                 if versions:
                     return self._models[(name, versions[-1])]
-        # Not loaded: say whether it exists at all, so the caller can tell 404 from 503.
+        # Not loaded: in Triton's words and codes (a name with no version loaded is unknown, NOT_FOUND, as a client
+        # that loads a model on NOT_FOUND expects; a version that is not loaded is not ready, UNAVAILABLE), with
+        # whether it exists at all
         record = self.store.get(ModelRef(name, version))
-        raise ModelNotReady(f"model {record.name}:{record.version} is registered but not loaded; load it first")
+        if version is None:
+            raise ModelNotFound(
+                f"Request for unknown model: {name!r} has no available versions (it is registered, version "
+                f"{record.version} the latest, but not loaded); load it first"
+            )
+        raise ModelNotReady(
+            f"Request for unknown model: {name!r} version {version} is not at ready state (it is registered but not "
+            "loaded); load it first"
+        )
 
     def ready(self, name: str, version: int | None = None) -> bool:
         try:

@@ -158,8 +158,14 @@ def test_repository_extension_index_unload_load(model_store: tuple[Store, dict[s
         status, doc = raw.json(
             "POST", "/v2/models/notb/infer", {"inputs": [{"name": "p", "datatype": "BOOL", "shape": [1, 3], "data": [True] * 3}]}
         )
-        assert status == 503 and "not loaded" in doc["error"]
+        assert status == 404 and "has no available versions" in doc["error"]  # Triton's NOT_FOUND (was 503)
         g = grpcclient.InferenceServerClient(st.grpc_url)
+        with pytest.raises(InferenceServerException) as e:
+            g.infer("notb", [grpcclient.InferInput("p", [1, 3], "BOOL")])
+        assert "NOT_FOUND" in str(e.value.status()), e.value
+        for c in (g, client):  # as Triton: unloading what is not loaded, or unknown, succeeds (cleanup code does it)
+            c.unload_model("does-not-exist")
+            c.unload_model("notb")
         g.load_model("notb")
         assert client.is_model_ready("notb")
         assert {m.name for m in g.get_model_repository_index().models} >= {"mlp", "notb", "ident64"}
@@ -274,7 +280,8 @@ def test_reload_and_unload_under_load_never_run_a_request_on_a_closed_model(
         time.sleep(0.2)
     assert outcomes["ok"] > 50, outcomes
     failed = {k: v for k, v in outcomes.items() if k != "ok"}
-    assert all(k.startswith("503") for k in failed), failed  # not loaded, or unloaded as it arrived: retry
+    # unloaded as it arrived (503: retry), or after (404, Triton's unknown model: no versions available)
+    assert all(k.startswith(("503", "404")) for k in failed), failed
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
@@ -354,7 +361,7 @@ def test_an_unload_returns_once_routing_stops_and_drains_on_its_own(
 ) -> None:
     """As Triton's: an unload answers once the model stops taking requests, while what it queued runs on,
     so that one model's drain never holds up a load or unload of another; unloading a model that is not
-    loaded succeeds and changes nothing, and a name the store does not know is a 404."""
+    loaded, or a name the store does not know, succeeds and changes nothing (it was a 404)."""
     store, records = model_store
     register_like(store, records["mlp"], "slow500", tags={"delay_ms": "500"})
     st = start(store, models=["slow500", "mlp"], allow_model_control=True, workers=1, inline_max_ms=0)
@@ -373,10 +380,8 @@ def test_an_unload_returns_once_routing_stops_and_drains_on_its_own(
         assert took < 0.9, took  # neither waited for slow500's queue
         control.unload_model("slow500")  # not loaded: nothing to do
         grpcclient.InferenceServerClient(st.grpc_url).unload_model("mlp")
-        with pytest.raises(InferenceServerException, match="404"):
-            control.unload_model("no-such-model")
-        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
-            grpcclient.InferenceServerClient(st.grpc_url).unload_model("no-such-model")
+        control.unload_model("no-such-model")  # as Triton's (L0_lifecycle): a success that changes nothing
+        grpcclient.InferenceServerClient(st.grpc_url).unload_model("no-such-model")
     finally:
         st.stop()
 

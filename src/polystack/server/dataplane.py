@@ -152,7 +152,10 @@ def load_failed(name: str, e: PolystackError) -> PolystackError:
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
-    """A request's model or version the store does not have, in Triton's words, then what to do."""
+    """A request's model or version the store does not have, in Triton's words, then what to do (the
+    engine's words already, for a model none of whose versions is loaded)."""
+    if e.message.startswith("Request for unknown model"):
+        return e
     if isinstance(e, ModelNotFound):
         return ModelNotFound(
             f"Request for unknown model: {name!r} is not found; `polystack models` lists the registered ones"
@@ -459,8 +462,8 @@ class DataPlane:
         return entry
 
     def unload(self, name: str, dependents: bool = False) -> None:
-        """Stop serving every version of ``name``; a model that is not loaded is left as it is, as Triton
-        does, and a name neither the store nor a repository knows is NotFound. The ensembles whose steps run
+        """Stop serving every version of ``name``; a model that is not loaded, or a name nothing knows, is left
+        as it is, as Triton does (its clients unload to clean up, whatever is loaded). The ensembles whose steps run
         it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
         ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
         ensemble runs."""
@@ -473,9 +476,7 @@ class DataPlane:
                     self.unload(model, dependents)
             return
         if not self._serves_model(name):
-            if self.repository is not None and self.repository.owns(name):
-                return  # a repository model not loaded (an ensemble is not in the store)
-            self.store.get(ModelRef(name))  # a name the store does not know: NotFound, saying where to look
+            log.info("unload of a model that is not loaded: nothing to do", extra={"model": name})
             return
         self._unload_versions(name)
         log.info("model unloaded", extra={"model": name})
