@@ -146,6 +146,34 @@ def test_preferred_size_dispatches_without_waiting_out_the_delay(make: Any) -> N
     assert model.batches == [4]
 
 
+def test_batches_leave_as_tritons_dynamic_batcher_sends_them(make: Any) -> None:
+    """Triton's GetDynamicBatch: requests that make a preferred size leave at once, without those after them;
+    a batch the next request cannot join leaves at once; one at the largest preferred size leaves at once. All
+    three waited out the whole delay (polystack counted every request that fit, and sent only full or
+    preferred totals)."""
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000, preferred_batch_sizes=(4,))
+    started = time.monotonic()
+    two = [b.submit(rows(2)) for _ in range(3)]  # 2 + 2 make 4: they leave; the third waits for company
+    for f in two[:2]:
+        f.result(timeout=5)
+    assert time.monotonic() - started < 2.0 and model.batches == [4] and not two[2].done()
+    b.close(drain=False, timeout_s=5)
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000, preferred_batch_sizes=(4,))
+    started = time.monotonic()
+    b.submit(rows(6)).result(timeout=5)  # past the largest preferred size: it cannot do better
+    assert time.monotonic() - started < 2.0 and model.batches == [6]
+    b.close(drain=False, timeout_s=5)
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000)
+    started = time.monotonic()
+    five, four = b.submit(rows(5)), b.submit(rows(4))  # 5 + 4 pass 8: the 5 leaves, the 4 waits for company
+    five.result(timeout=5)
+    assert time.monotonic() - started < 2.0 and model.batches == [5] and not four.done()
+    b.close(drain=False, timeout_s=5)
+
+
 def test_a_lone_request_leaves_after_the_idle_gap_not_the_delay(make: Any) -> None:
     model = Recording()
     b = make(model, max_batch_size=32, max_queue_delay_ms=5_000, idle_gap_ms=1)
