@@ -174,6 +174,18 @@ def test_batches_leave_as_tritons_dynamic_batcher_sends_them(make: Any) -> None:
     b.close(drain=False, timeout_s=5)
 
 
+def test_each_answer_holds_its_outputs_in_the_order_its_request_asked_whatever_its_batch_mates_asked(
+    make: Any,
+) -> None:
+    """Outputs came in the first request's order for the whole batch: a client reading them by position got
+    another tensor when batched than alone."""
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000, preferred_batch_sizes=(2,))
+    zy, yz = b.submit(rows(1), ["z", "y"]), b.submit(rows(1), ["y", "z"])
+    assert list(zy.result(timeout=5)) == ["z", "y"] and list(yz.result(timeout=5)) == ["y", "z"]
+    assert model.batches == [2]
+
+
 def test_a_lone_request_leaves_after_the_idle_gap_not_the_delay(make: Any) -> None:
     model = Recording()
     b = make(model, max_batch_size=32, max_queue_delay_ms=5_000, idle_gap_ms=1)
@@ -263,6 +275,7 @@ def test_a_failing_request_fails_alone(make: Any) -> None:
     np.testing.assert_array_equal(good2.result(timeout=5)["y"], np.full((2, 4), 6.0, np.float32))
     stats = b.entry.stats.to_dict()["inference_stats"]
     assert stats["fail"]["count"] == 1 and stats["success"]["count"] == 2
+    assert stats["queue"]["count"] == 2  # as Triton's: queue (and compute) counts are the successes' (it was 3)
 
 
 def test_invalid_request_is_refused_before_queueing(make: Any) -> None:

@@ -81,6 +81,7 @@ class _Pending:
     seq: int = 0  # its place in the order of arrival (with preserve_ordering)
     delay_at: float | None = None  # with DELAY: when it goes behind its level's others (its deadline is None)
     slot: int = 0  # its queue: 2 x its level, + 1 once delayed (slots sort as batches take them)
+    waited: float = 0.0  # seconds in the queue, until its batch began (counted once it succeeds, as Triton counts)
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -502,10 +503,7 @@ class DynamicBatcher:
         started = time.monotonic()
         stats = self.entry.stats
         for p in batch:
-            waited = started - p.enqueued
-            stats.add("queue", int(waited * 1e9))
-            if self._on_queue:
-                self._on_queue(waited)
+            p.waited = started - p.enqueued
         if len(batch) == 1:
             self._hand([self._run_one(batch[0])])
             return
@@ -529,9 +527,8 @@ class DynamicBatcher:
         offset = 0
         parts: list[dict[str, np.ndarray]] = []
         for p in batch:
-            parts.append(
-                {k: v[offset : offset + p.items] for k, v in result.items() if not p.outputs or k in p.outputs}
-            )
+            # in the order the request asked for them, as alone (not its batch-mates' order, nor the union's)
+            parts.append({k: result[k][offset : offset + p.items] for k in (p.outputs or result)})
             offset += p.items
         took = t1 - t0
         stats.executed(offset, took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
@@ -539,6 +536,7 @@ class DynamicBatcher:
             self._on_batch(offset, len(batch), took / 1e9)
         outcomes: list[_Outcome] = []
         for p, part in zip(batch, parts, strict=True):
+            self._queued_for(p)
             p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
             if p.timings is not None:
                 p.timings += (t0, t1)
@@ -571,8 +569,16 @@ class DynamicBatcher:
         self.entry.stats.executed(p.items, took)
         if self._on_batch:
             self._on_batch(p.items, 1, took / 1e9)
+        self._queued_for(p)
         p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
         return (p, result, None)
+
+    def _queued_for(self, p: _Pending) -> None:
+        """Count a request's queue time, once it succeeded: as in Triton's statistics, queue and compute
+        counts are those of successes (a failure's time is in its ``fail`` duration)."""
+        self.entry.stats.add("queue", int(p.waited * 1e9))
+        if self._on_queue:
+            self._on_queue(p.waited)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
