@@ -736,3 +736,101 @@ def test_the_repository_index_is_read_off_the_event_loop(
     finally:
         st.stop()
     assert len(seen) == 2 and "polystack-server" not in seen, seen
+
+
+def _endless_onnx(path: Path) -> Path:
+    """x FP32[batch, 16] -> y = x[:, :4], after x[0, 0] products of a 64 x 64 matrix (a Loop): a runtime call that
+    a client makes as long as it likes, past any drain."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = 64
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["s_in", "W"], ["s_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [n, n])],
+    )  # fmt: skip
+    arrays = {"W": np.eye(n, dtype=np.float32) * 0.5, "S0": np.eye(n, dtype=np.float32), "T": np.array(True),
+              "s0": np.array([0]), "s1": np.array([1]), "s4": np.array([4]), "zero": np.array(0.0, np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("Slice", ["x", "s0", "s1", "s1"], ["c0"]),
+        helper.make_node("ReduceMax", ["c0"], ["mx"], keepdims=0),
+        helper.make_node("Cast", ["mx"], ["M"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["M", "T", "S0"], ["sf"], body=body),
+        helper.make_node("ReduceSum", ["sf"], ["t"], keepdims=0),
+        helper.make_node("Mul", ["t", "zero"], ["tz"]),
+        helper.make_node("Slice", ["x", "s0", "s4", "s1"], ["xs"]),
+        helper.make_node("Add", ["xs", "tz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "endless", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(a, k) for k, a in arrays.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_a_drain_past_its_timeout_exits_without_waiting_for_a_runtime_call_that_does_not_end(tmp_path: Path) -> None:
+    """As Triton exits once its exit timeout passes: the close waited for every runtime call still running (an
+    inference thread's join had no timeout), so a call of 4.4 s held a server with --drain-timeout-s 1 for
+    5.5 s, and a hung one held it for ever."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    model = _endless_onnx(tmp_path / "endless.onnx")
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(model), "--name", "endless"],
+                   check=True, capture_output=True)  # fmt: skip
+    port, log = free_port(), tmp_path / "serve.log"
+    args = ["endless", "--grpc-port", "-1", "--no-batching", "--inline-max-ms", "0", "--drain-timeout-s", "0.5"]
+    with cli_server(home, args, port, log) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=30)
+        quick = np.zeros((1, 16), np.float32)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(quick)
+        assert client.infer("endless", [i]).as_numpy("y").shape == (1, 4)
+        endless = httpclient.InferInput("x", [1, 16], "FP32")
+        endless.set_data_from_numpy(np.full((1, 16), 1e12, np.float32))  # hours of products
+        def call() -> None:
+            with contextlib.suppress(InferenceServerException, OSError):  # cut off by the exit
+                httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=30).infer("endless", [endless])
+
+        threading.Thread(target=call, daemon=True).start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - began < 8, time.monotonic() - began  # the drain's 0.5 s and the close's 2 s
+    assert "exiting past the drain timeout" in log.read_text()
+
+
+def test_a_batch_waiting_out_its_queue_delay_leaves_when_the_drain_begins(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """No request can come during a drain, yet a batch waited out its delay for company: a request under a 5 s
+    delay and a 2 s drain was cut off unanswered."""
+    store, _ = model_store
+    port, config = free_port(), tmp_path / "config.pbtxt"
+    config.write_text("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 5000000 }\n")
+    args = ["mlp", "--grpc-port", "-1", "--model-config", f"mlp={config}", "--drain-timeout-s", "2"]
+    with cli_server(store.home, args, port, tmp_path / "serve.log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=30)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.infer, "mlp", [i])
+            time.sleep(0.5)
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert answer.result(timeout=10).as_numpy("y").shape == (1, 4)
+            assert time.monotonic() - began < 1.5
+        assert proc.wait(timeout=20) == 0
+    stopped = [json.loads(x) for x in (tmp_path / "serve.log").read_text().splitlines() if '"stopped"' in x]
+    assert stopped and stopped[-1]["drained"] is True

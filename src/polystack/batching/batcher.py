@@ -136,6 +136,7 @@ class DynamicBatcher:
         self.delay_s = policy.max_queue_delay_ms / 1000.0
         self.gap_s = policy.idle_gap_ms / 1000.0
         self._last_arrival = 0.0
+        self._flushing = False  # no request will come (a drain): batches leave without waiting out the delay
         self.preferred = frozenset(policy.preferred_batch_sizes)
         self.batchable = self.signature.batched
         # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
@@ -421,7 +422,7 @@ class DynamicBatcher:
                     for slot in self._order
                 )
                 dispatch_at = oldest + self.delay_s
-                while not self._closed:
+                while not self._closed and not self._flushing:
                     now = time.monotonic()
                     remaining = dispatch_at - now
                     if remaining <= 0:
@@ -581,6 +582,13 @@ class DynamicBatcher:
             self._on_queue(p.waited)
 
     # -- lifecycle -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """No request will come (the server drains): what is queued leaves without waiting out the delay for
+        company that cannot come."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+
     def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop taking requests; finish the queued ones (drain) or fail them, then stop the workers."""
         with self._cond:

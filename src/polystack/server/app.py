@@ -247,6 +247,7 @@ class Server:
         self._grpc_server: Any = None
         self._stop: asyncio.Event | None = None
         self._sweepers: list[asyncio.Task[None]] = []
+        self.drained: bool | None = None  # whether the last shutdown finished every request in time
         self._poller: asyncio.Task[None] | None = None
 
     def _refs(self) -> list[str]:
@@ -426,6 +427,7 @@ class Server:
             for conn in list(self.metrics_http.connections):
                 conn.close_if_idle()
             await self.metrics_http.wait_closed(min(left(), 1.0))
+        self.drained = drained
         log.info(
             "stopped",
             extra={
@@ -481,9 +483,40 @@ def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | No
     try:
         _run_loop(main())
     finally:
+        _close(server, engine, bounded=server.drained is False)
+    return 0
+
+
+# seconds the close after a drain that timed out may take before the process exits without it
+EXIT_GRACE_S = 2.0
+
+
+def _close(server: Server, engine: Engine, bounded: bool) -> None:
+    """Close the server and its models. ``bounded`` (the drain timed out with requests still running, as a
+    hung runtime call can be): the process exits once what closes has had ``EXIT_GRACE_S``, as Triton exits
+    once its exit timeout passes; a runtime call cannot be stopped, and the interpreter would wait at exit for
+    the thread that runs it (a 4.4 s call held a server drained with --drain-timeout-s 1 for 5.5 s)."""
+    if not bounded:
         server.close()
         engine.close()
-    return 0
+        return
+    done = threading.Event()
+
+    def close() -> None:
+        try:
+            server.close()
+            engine.close()
+        finally:
+            done.set()
+
+    threading.Thread(target=close, name="polystack-close", daemon=True).start()
+    done.wait(EXIT_GRACE_S)
+    log.warning(
+        "exiting past the drain timeout: runtime calls still running are not waited for",
+        extra={"closed": done.is_set()},
+    )
+    logging.shutdown()  # what the log handlers hold goes out first
+    os._exit(0)
 
 
 def _load_until_signalled(server: Server) -> threading.Event:

@@ -958,12 +958,15 @@ class DataPlane:
 
     def start_draining(self) -> None:
         """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. No request
-        will come to a sequence: those with nothing queued end, so that those waiting for a slot run now."""
+        will come: a sequence with nothing queued ends, so that those waiting for a slot run now, and a batch
+        waiting out its queue delay leaves now."""
         self.draining = True
         self._drain_started.set()
         for served in list(self._served.values()):
             if served.sequencer is not None:
                 served.sequencer.drain()
+            if served.batcher is not None:  # what waits for the queue delay leaves now: no company can come
+                served.batcher.flush()
 
     async def wait_draining(self) -> None:
         await self._drain_started.wait()
