@@ -606,3 +606,39 @@ def test_priority_and_timeout_other_than_integers_are_invalid_argument(server: S
         r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
         setattr(r.parameters[key], field, value)
         assert len(stub.ModelInfer(r, timeout=10).raw_output_contents) == 1
+
+
+def test_a_grpc_message_may_be_larger_than_an_http_body_as_in_triton(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """Triton caps HTTP bodies (64 MiB) but not gRPC messages (INT32_MAX): --max-body-bytes capped both, so an
+    image batch too large for one HTTP body failed over gRPC too (RESOURCE_EXHAUSTED in gRPC's words alone)."""
+    import tritonclient.http as httpclient
+
+    store, _ = model_store
+    x = np.ones((64, 16), np.float32)  # 4 KiB of data
+    for limit, grpc_ok in ((None, True), (2048, False)):
+        extra = {} if limit is None else {"grpc_max_message_bytes": limit}
+        st = start(store, models=["mlp"], max_body_bytes=2048, **extra)
+        try:
+            h = httpclient.InferenceServerClient(st.http_url)
+            i = httpclient.InferInput("x", list(x.shape), "FP32")
+            i.set_data_from_numpy(x)
+            with pytest.raises(InferenceServerException, match="413"):
+                h.infer("mlp", [i])
+            g = grpcclient.InferenceServerClient(st.grpc_url)
+            gi = grpcclient.InferInput("x", list(x.shape), "FP32")
+            gi.set_data_from_numpy(x)
+            if grpc_ok:
+                assert g.infer("mlp", [gi]).as_numpy("y").shape == (64, 4)
+            else:
+                with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
+                    g.infer("mlp", [gi])
+        finally:
+            st.stop()
+
+
+def test_a_grpc_message_limit_grpc_cannot_take_exits_2(tmp_path: Any) -> None:
+    from servekit import refused_at_start
+
+    assert "--grpc-max-message-bytes takes 1 to 2147483647" in refused_at_start(
+        tmp_path, ["--grpc-max-message-bytes", "4294967296"]
+    )

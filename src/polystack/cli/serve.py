@@ -43,7 +43,15 @@ def serve(
         "(Triton's --allow-client-shm).",
     ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
-    max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger bodies (413)."),
+    max_body_bytes: int = typer.Option(
+        64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default."
+    ),
+    grpc_max_message_bytes: int = typer.Option(
+        (1 << 31) - 1,
+        "--grpc-max-message-bytes",
+        help="Refuse larger gRPC messages (RESOURCE_EXHAUSTED); Triton's 2 GiB by default, so that image batches "
+        "too large for one HTTP body go over gRPC as they do to Triton.",
+    ),
     idle_timeout_s: float = typer.Option(
         120.0,
         "--idle-timeout-s",
@@ -219,6 +227,10 @@ def serve(
             for field in overrides.given():
                 message = message.replace(field, "--" + field.replace("_", "-"))
             raise InvalidRequest(message) from None
+    if not 1 <= grpc_max_message_bytes <= (1 << 31) - 1:
+        raise InvalidRequest(
+            f"--grpc-max-message-bytes takes 1 to 2147483647 (gRPC's own limit), not {grpc_max_message_bytes}"
+        )
     config = ServeConfig(
         host=host,
         http_port=http_port,
@@ -229,6 +241,7 @@ def serve(
         allow_shared_memory=allow_shared_memory,
         drain_timeout_s=drain_timeout_s,
         max_body_bytes=max_body_bytes,
+        grpc_max_message_bytes=grpc_max_message_bytes,
         idle_timeout_s=idle_timeout_s,
         workers=workers,
         inline_max_ms=inline_max_ms,

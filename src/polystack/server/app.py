@@ -89,7 +89,8 @@ class ServeConfig:
     allow_model_control: bool = False
     allow_shared_memory: bool = False  # the system shared memory extension (clients on this host)
     drain_timeout_s: float = 30.0
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # an HTTP body's limit, Triton's (413 past it)
+    grpc_max_message_bytes: int = (1 << 31) - 1  # a gRPC message's, Triton's (INT32_MAX; RESOURCE_EXHAUSTED past it)
     idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
@@ -345,7 +346,7 @@ class Server:
                 self.plane,
                 self.config.host,
                 self.config.grpc_port,
-                self.config.max_body_bytes,
+                self.config.grpc_max_message_bytes,
                 tls,
                 self.config.access_log,
                 self.http.codec_pool,
