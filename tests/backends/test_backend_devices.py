@@ -65,6 +65,28 @@ def test_torch_bf16_option_runs_in_bf16_and_returns_fp32(tmp_path: Path) -> None
     assert 0 < np.abs(fp32 - bf16).max() < 0.05
 
 
+def test_a_torch_export_model_of_bfloat16_tensors_takes_and_gives_them(tmp_path: Path) -> None:
+    """A model whose inputs and outputs are bfloat16 registered and loaded, then failed every request:
+    torch.from_numpy and Tensor.numpy do not know ml_dtypes' bfloat16, the protocol's BF16."""
+    import torch
+
+    from polystack.types import DType
+    from polystack.zoo import save_torch_export
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    path = save_torch_export(Double(), (torch.ones(2, 4, dtype=torch.bfloat16),), tmp_path / "bf16.pt2")
+    sig = import_model(path, tmp_path).signature
+    assert [t.dtype for t in (*sig.inputs, *sig.outputs)] == [DType.BF16, DType.BF16]
+    backend = registry.get("torch")
+    x = np.array([[1.5, -2.0, 3.25, 0.0]], np.float32).astype(DType.BF16.numpy)
+    out = backend.load(path, sig, backend.parse_options({}), "cpu").infer({sig.inputs[0].name: x})
+    [y] = out.values()
+    assert y.dtype == DType.BF16.numpy and y.astype(np.float32).tolist() == [[3.0, -4.0, 6.5, 0.0]]
+
+
 def test_the_sklearn_backend_trusts_only_what_it_is_told(tmp_path: Path) -> None:
     path = zoo.sklearn_forest_skops(tmp_path / "forest.skops")
     sig = import_model(path, tmp_path, trusted=["sklearn.tree._tree.Tree"]).signature

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, PolystackError
-from polystack.types import Signature
+from polystack.types import DType, Signature
 
 
 class TorchOptions(BaseModel):
@@ -31,6 +31,7 @@ class TorchOptions(BaseModel):
 
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_FLOATS = {DType.BF16: "bfloat16", DType.FP16: "float16", DType.FP32: "float32", DType.FP64: "float64"}
 
 
 class TorchModel:
@@ -49,8 +50,8 @@ class TorchModel:
         try:
             leaves = []
             for spec in self.signature.inputs:
-                t = torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(self.device)
-                if t.is_floating_point() and t.dtype != self.dtype:
+                t = _to_torch(torch, np.ascontiguousarray(inputs[spec.name])).to(self.device)
+                if t.is_floating_point() and t.dtype != self.dtype and spec.dtype is DType.FP32:  # the dtype option
                     t = t.to(self.dtype)
                 leaves.append(t)
             args, kwargs = _pytree.tree_unflatten(leaves, self.in_spec)
@@ -60,9 +61,10 @@ class TorchModel:
             out: dict[str, np.ndarray] = {}
             for spec, value in zip(self.signature.outputs, flat, strict=True):
                 value = value.detach().to("cpu")
-                if value.is_floating_point() and value.dtype != torch.float32 and spec.dtype.value == "FP32":
-                    value = value.float()
-                out[spec.name] = value.numpy()
+                want = _FLOATS.get(spec.dtype)
+                if value.is_floating_point() and want is not None and value.dtype != getattr(torch, want):
+                    value = value.to(getattr(torch, want))  # as the signature says (the dtype option ran it in another)
+                out[spec.name] = _to_numpy(torch, value)
             return out
         except PolystackError:
             raise
@@ -116,3 +118,17 @@ class TorchBackend(Backend):
         except Exception as e:
             raise InvalidModelFile(f"torch could not prepare the program for {device}: {type(e).__name__}: {e}") from e
         return TorchModel(module, ep.call_spec.in_spec, signature, torch.device(device), dtype)
+
+
+def _to_torch(torch: Any, array: np.ndarray) -> Any:
+    """``array`` as a tensor; bfloat16 (ml_dtypes', which torch.from_numpy does not know) through its bits."""
+    if array.dtype == DType.BF16.numpy:
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _to_numpy(torch: Any, tensor: Any) -> np.ndarray:
+    """``tensor`` (on the CPU) as an array; bfloat16 (which Tensor.numpy refuses) as ml_dtypes' through its bits."""
+    if tensor.dtype == torch.bfloat16:
+        return np.asarray(tensor.view(torch.uint16).numpy()).view(DType.BF16.numpy)
+    return np.asarray(tensor.numpy())
