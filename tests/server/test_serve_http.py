@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -275,6 +276,9 @@ def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> No
     assert 'polystack_inference_request_success_total{model="mlp",version="1"}' in text
     assert "polystack_inference_request_duration_seconds_bucket" in text
     assert "polystack_models_loaded 6.0" in text
+    # an unbatched model's wait for a thread is its queue time here as in its statistics (it was counted there only)
+    queued = re.search(r'polystack_inference_queue_duration_seconds_count\{model="mlp",version="1"\} (\S+)', text)
+    assert queued is not None and float(queued.group(1)) >= 1, text
 
 
 def test_metrics_port_serves_the_metrics_alone_as_tritons_8002_does(

@@ -1375,6 +1375,7 @@ class DataPlane:
                     # a slow-moving average of the compute time decides the inline fast path
                     self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
                     m = self.metrics.model(*model_label)
+                    m.queue.observe((t0 - queued) / 1e9)  # the wait for a thread, as the statistics count it
                     m.compute.observe(took)
                     m.batch.observe(rows(entry, request.inputs))
                 break
