@@ -322,6 +322,27 @@ def test_a_large_body_is_decoded_off_the_event_loop(server: ServerThread, monkey
     assert seen[0] == "polystack-server" and seen[1].startswith("codec"), seen
 
 
+def test_a_request_larger_than_a_fast_models_usual_ones_runs_off_the_event_loop(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone request to an unbatched model that answers fast runs on the event loop; one of many more rows ran
+    there too (the model's usual time, not this request's, decided), holding every other client for all of it."""
+    from polystack.server import dataplane
+
+    store, _ = model_store
+    st = start(store, models=["mlp"], inline_max_ms=50)  # however loaded the machine: 1-row calls count as fast
+    try:
+        seen = threads_calling(monkeypatch, dataplane, "_timed_infer")
+        raw = Raw(st.http_port)
+        for rows in [1] * 30 + [64]:
+            doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 16], "data": [0.5] * 16 * rows}]}
+            status, _ = raw.json("POST", "/v2/models/mlp/infer", doc)
+            assert status == 200
+    finally:
+        st.stop()
+    assert seen[-2] == "polystack-server" and seen[-1] != "polystack-server", seen[-3:]
+
+
 def test_only_bodies_slow_to_read_leave_the_loop() -> None:
     from polystack.server.http import Request, _slow_to_read
 

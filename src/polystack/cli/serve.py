@@ -83,7 +83,10 @@ def serve(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Inference threads without batching (default: CPUs)."),
     inline_max_ms: float = typer.Option(
-        0.2, "--inline-max-ms", help="Run models this fast on the event loop when idle (0: always use threads)."
+        0.2,
+        "--inline-max-ms",
+        help="Run an unbatched model's lone request on the event loop when the model answers such requests this "
+        "fast (on average) and the request is no larger than they are (0: always use threads).",
     ),
     frontend_cpus: str | None = typer.Option(
         None,

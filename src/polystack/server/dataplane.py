@@ -275,7 +275,8 @@ class DataPlane:
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
         self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
-        self._typical_s: dict[tuple[str, int], float] = {}
+        # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
+        self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
         self._drain_started = asyncio.Event()
         self.in_flight = 0
@@ -1342,7 +1343,10 @@ class DataPlane:
                     typical = self._typical_s.get(key)
                     queued = time.perf_counter_ns()
                     alone = self.in_flight == 1 or (self._pipelines == 1 and self.in_flight == 2)
-                    if alone and typical is not None and typical <= self.inline_max_s:
+                    size = sum(a.nbytes for a in request.inputs.values())
+                    # inline: a request alone, to a model that answers such requests fast, no larger than they are
+                    # (one of many rows to a fast model would hold the loop for all of them)
+                    if alone and typical is not None and typical[0] <= self.inline_max_s and size <= 2 * typical[1]:
                         result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome)
                     else:
                         loop = loop or asyncio.get_running_loop()
@@ -1372,8 +1376,11 @@ class DataPlane:
                     if compute is not None:
                         compute.append(t1 - t0)
                     took = (t1 - t0) / 1e9
-                    # a slow-moving average of the compute time decides the inline fast path
-                    self._typical_s[key] = took if typical is None else typical + 0.05 * (took - typical)
+                    # slow-moving averages of the compute time and the request's size decide the inline fast path
+                    self._typical_s[key] = (
+                        (took, size) if typical is None
+                        else (typical[0] + 0.05 * (took - typical[0]), typical[1] + 0.05 * (size - typical[1]))
+                    )  # fmt: skip
                     m = self.metrics.model(*model_label)
                     m.queue.observe((t0 - queued) / 1e9)  # the wait for a thread, as the statistics count it
                     m.compute.observe(took)
