@@ -586,14 +586,11 @@ class SequenceBatcher:
         return full
 
     def _execute(self, batch: list[tuple[_Request, _Sequence]], counted: bool = False) -> None:
-        """Run ``batch``; ``counted``: its queue times are counted already (a merged batch run again one by one)."""
+        """Run ``batch``; ``counted``: its queue times are taken already (a merged batch run again one by one)."""
         started = time.monotonic()
         stats = self.entry.stats
         for request, _ in batch if not counted else ():
-            waited = started - request.enqueued
-            stats.add("queue", int(waited * 1e9))
-            if self._on_queue:
-                self._on_queue(waited)
+            request.waited = started - request.enqueued  # counted once it succeeds, as Triton's statistics count it
         t_input = time.perf_counter_ns()
         parts = [self._inputs(r, s) for r, s in batch]
         merged = parts[0] if len(batch) == 1 else {n: _concat_rows([p[n] for p in parts]) for n in parts[0]}
@@ -623,6 +620,9 @@ class SequenceBatcher:
             answer = {k: v for k, v in row.items() if k not in self._hidden_outputs}
             if request.outputs:
                 answer = {k: answer[k] for k in request.outputs}
+            stats.add("queue", int(request.waited * 1e9))
+            if self._on_queue:
+                self._on_queue(request.waited)
             request.outcome.settle("success", int((time.monotonic() - request.enqueued) * 1e9))
             if request.timings is not None:
                 request.timings += (t0, t1)
