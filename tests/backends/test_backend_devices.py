@@ -87,6 +87,25 @@ def test_a_torch_export_model_of_bfloat16_tensors_takes_and_gives_them(tmp_path:
     assert y.dtype == DType.BF16.numpy and y.astype(np.float32).tolist() == [[3.0, -4.0, 6.5, 0.0]]
 
 
+@pytest.mark.parametrize("weights", ["float64", "float16"])
+@pytest.mark.parametrize("option", ["fp32", "fp16", "bf16"])
+def test_a_torch_model_of_any_float_dtype_runs_under_every_dtype_option(tmp_path: Path, weights: str, option: str) -> None:
+    """The dtype option converts the module's weights: its inputs go with them, whatever the signature's dtype,
+    and each output comes back in the signature's (FP64 and FP16 models failed under an option, or without)."""
+    import torch
+
+    from polystack.zoo import save_torch_export
+
+    torch.manual_seed(0)
+    dtype = getattr(torch, weights)
+    path = save_torch_export(torch.nn.Linear(4, 3).to(dtype), (torch.ones(2, 4, dtype=dtype),), tmp_path / "m.pt2")
+    sig = import_model(path, tmp_path).signature
+    backend = registry.get("torch")
+    x = np.linspace(-1, 1, 8).reshape(2, 4).astype(sig.inputs[0].dtype.numpy)
+    [y] = backend.load(path, sig, backend.parse_options({"dtype": option}), "cpu").infer({sig.inputs[0].name: x}).values()
+    assert y.dtype == sig.outputs[0].dtype.numpy and y.shape == (2, 3) and np.isfinite(y.astype(np.float64)).all()
+
+
 def test_the_sklearn_backend_trusts_only_what_it_is_told(tmp_path: Path) -> None:
     path = zoo.sklearn_forest_skops(tmp_path / "forest.skops")
     sig = import_model(path, tmp_path, trusted=["sklearn.tree._tree.Tree"]).signature

@@ -172,6 +172,28 @@ def test_batches_leave_as_tritons_dynamic_batcher_sends_them(make: Any) -> None:
     five.result(timeout=5)
     assert time.monotonic() - started < 2.0 and model.batches == [5] and not four.done()
     b.close(drain=False, timeout_s=5)
+    model = Recording()
+    b = make(model, max_batch_size=16, max_queue_delay_ms=5_000, preferred_batch_sizes=(4,))
+    started = time.monotonic()
+    three, more = b.submit(rows(3)), b.submit(rows(3))  # 3 + 3 pass the largest preferred size: the first 3 leave
+    three.result(timeout=5)
+    assert time.monotonic() - started < 2.0 and model.batches == [3] and not more.done()
+    b.close(drain=False, timeout_s=5)
+
+
+def test_a_batch_full_at_the_models_own_limit_leaves_though_a_preferred_size_is_larger() -> None:
+    """The largest preferred size (8) over the model's own row limit (4): four rows waited out the delay."""
+    model = Recording()
+    entry = SimpleNamespace(name="m", model=CheckedModel(model, 4), signature=model.signature, stats=ModelStats())
+    policy = BatchPolicy(max_batch_size=16, preferred_batch_sizes=(8,), max_queue_delay_ms=5_000, idle_gap_ms=0)
+    b = DynamicBatcher(entry, policy)
+    try:
+        started = time.monotonic()
+        for f in [b.submit(rows(1)) for _ in range(4)]:
+            f.result(timeout=5)
+        assert time.monotonic() - started < 2.0 and model.batches == [4]
+    finally:
+        b.close(drain=False, timeout_s=5)
 
 
 def test_each_answer_holds_its_outputs_in_the_order_its_request_asked_whatever_its_batch_mates_asked(

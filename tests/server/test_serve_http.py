@@ -343,6 +343,15 @@ def test_a_request_larger_than_a_fast_models_usual_ones_runs_off_the_event_loop(
     assert seen[-2] == "polystack-server" and seen[-1] != "polystack-server", seen[-3:]
 
 
+def test_a_requests_size_counts_the_bytes_of_its_strings() -> None:
+    """What the inline check compares: an array of strings' nbytes is 8 per element, however long they are, so
+    a 50 MB string to a fast BYTES model still ran on the event loop."""
+    from polystack.server.dataplane import _size
+
+    assert _size(np.array([b"x" * 1000, b"yz"], dtype=object)) == 1002
+    assert _size(np.zeros((2, 16), np.float32)) == 128
+
+
 def test_only_bodies_slow_to_read_leave_the_loop() -> None:
     from polystack.server.http import Request, _slow_to_read
 

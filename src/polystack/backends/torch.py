@@ -51,8 +51,8 @@ class TorchModel:
             leaves = []
             for spec in self.signature.inputs:
                 t = _to_torch(torch, np.ascontiguousarray(inputs[spec.name])).to(self.device)
-                if t.is_floating_point() and t.dtype != self.dtype and spec.dtype is DType.FP32:  # the dtype option
-                    t = t.to(self.dtype)
+                if t.is_floating_point() and t.dtype != self.dtype and self.dtype != torch.float32:  # the dtype
+                    t = t.to(self.dtype)  # option converted the module's weights: its inputs go with them
                 leaves.append(t)
             args, kwargs = _pytree.tree_unflatten(leaves, self.in_spec)
             with self._lock, torch.inference_mode():

@@ -463,24 +463,23 @@ class DynamicBatcher:
     def _send_now(self, first: _Pending) -> int:
         """The items of the batch to send before the delay runs out (0: wait), as Triton's dynamic batcher forms
         one (``GetDynamicBatch``), over the requests that can join ``first``'s, in the order batches take them:
-        the largest preferred size some of them add up to; else all of them, when the next would pass
-        ``max_batch_size`` (they cannot grow) or they reach the largest preferred size (or ``max_batch_size``
-        without preferred sizes). The preferred size counts whole requests: 2 + 2 of 2 + 2 + 2 make 4."""
+        the largest preferred size some of them add up to, or else those that stay within the largest preferred
+        size once more would pass it; else all of them, when the next would pass ``max_batch_size`` (they
+        cannot grow) or they reach the largest preferred size (``max_batch_size`` without preferred sizes).
+        Sizes count whole requests: of 2 + 2 + 2 rows with a preferred 4, 2 + 2 leave; of 3 + 3, 3."""
+        top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
         total = best = 0
-        cut = False
         for p in self._waiting():
             if p.key != first.key:
                 continue
+            if total and not best and total + p.items > top:
+                best = total  # what the largest preferred size allows (Triton marks its cursor there)
             if total + p.items > self.max_batch_size:
-                cut = True
-                break
+                return best or total
             total += p.items
             if total in self.preferred:
                 best = total
-        if best:
-            return best
-        cap = max(self.preferred) if self.preferred else self.max_batch_size
-        return total if cut or total >= cap else 0
+        return best or (total if total >= top else 0)
 
     def _take(self, first: _Pending, limit: int) -> list[_Pending]:
         """The requests of the batch ``first`` starts, of at most ``limit`` items, in the order they wait."""

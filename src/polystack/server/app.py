@@ -501,6 +501,8 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
         server.close()
         engine.close()
         return
+    # the spans of what the drain answered go out first, whatever the close then waits for
+    server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
     done = threading.Event()
 
     def close() -> None:

@@ -178,6 +178,11 @@ def _refuse_sequences(name: str, parameters: dict[str, Any]) -> None:
             )
 
 
+def _size(array: np.ndarray) -> int:
+    """The bytes ``array`` holds: an array of strings' (BYTES) its strings' lengths, not 8 bytes each."""
+    return sum(map(len, array.flat)) if array.dtype == object else array.nbytes
+
+
 def _timed_infer(
     entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None, queued_ns: int, outcome: Outcome
 ) -> Any:
@@ -1343,7 +1348,7 @@ class DataPlane:
                     typical = self._typical_s.get(key)
                     queued = time.perf_counter_ns()
                     alone = self.in_flight == 1 or (self._pipelines == 1 and self.in_flight == 2)
-                    size = sum(a.nbytes for a in request.inputs.values())
+                    size = sum(_size(a) for a in request.inputs.values())
                     # inline: a request alone, to a model that answers such requests fast, no larger than they are
                     # (one of many rows to a fast model would hold the loop for all of them)
                     if alone and typical is not None and typical[0] <= self.inline_max_s and size <= 2 * typical[1]:
