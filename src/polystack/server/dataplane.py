@@ -732,9 +732,7 @@ class DataPlane:
         if model.ensemble is not None:
             pipeline = model.ensemble
             if config is not None:  # the load's own agents ran on the folder in place of its config's
-                pipeline = dataclasses.replace(
-                    ensemble.read(config, name, pipeline.version), agents=repository_agents.read(agents)
-                )
+                pipeline = dataclasses.replace(ensemble.read(config, name, pipeline.version), agents=model.ran)
             try:
                 for other in sorted(pipeline.models - loading - {name}):
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing
@@ -759,7 +757,8 @@ class DataPlane:
         else:
             self.model_configs.pop(name, None)
         try:
-            ran = repository_agents.read(agents) if config is not None else ()  # the load's own, if it has a config
+            # the load's own agents with its config; without one, the folder's config carries its own
+            ran = model.ran if config is not None else ()
             entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran)
             model_repository.settle(self.store, registered)
             self.repository.models.add(name)

@@ -79,6 +79,7 @@ class RepositoryModel:
     versions: tuple[int, ...]
     config: model_config.ConfigFile | None
     ensemble: Ensemble | None = None  # an ensemble's folder: served as this, nothing registered (versions: its one)
+    ran: repository_agents.Agents = ()  # the repository agents that ran on its files (the folder's, or a load's)
 
     @property
     def refs(self) -> list[str]:
@@ -305,7 +306,7 @@ def _register_model(
         text = json.dumps({k: v for k, v in doc.items() if k not in policy})
         source = f"--model-repository {folder / CONFIG}"
         pipeline = dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown)
-        return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline)
+        return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline, ran)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
@@ -334,7 +335,7 @@ def _register_model(
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
     source = f"--model-repository {folder / CONFIG}"
     config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, shown)
-    return RepositoryModel(name, served, config)
+    return RepositoryModel(name, served, config, ran=ran)
 
 
 def _versions(folder: Path) -> list[int]:
