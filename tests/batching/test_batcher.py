@@ -375,6 +375,23 @@ def test_different_trailing_shapes_are_not_merged(make: Any) -> None:
     assert a.result(timeout=5)["y"].shape == (1, 4) and c.result(timeout=5)["y"].shape == (1, 4)
 
 
+def test_a_request_of_another_shape_sends_the_batch_before_it_as_triton_does(make: Any) -> None:
+    """Triton's GetDynamicBatch sends the pending batch at once when the next request's shapes differ (its
+    inputs of variable dimensions must be equal within a batch), and never lets a later request of the
+    batch's shape pass the one that differs. polystack held the 3-wide request for the whole delay, merged
+    it with the last one, and answered the 5-wide one first."""
+    sig = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 4)),))
+    model = NullModel(sig, delay_ms=0)
+    b = make(model, max_batch_size=8, max_queue_delay_ms=5_000)
+    started = time.monotonic()
+    three = b.submit({"x": np.zeros((1, 3), np.float32)})
+    five = b.submit({"x": np.zeros((2, 5), np.float32)})
+    last = b.submit({"x": np.zeros((1, 3), np.float32)})
+    assert three.result(timeout=5)["y"].shape == (1, 4) and five.result(timeout=5)["y"].shape == (2, 4)
+    assert time.monotonic() - started < 2.0 and not last.done()
+    assert b.depth == 1
+
+
 def test_policy_is_validated() -> None:
     with pytest.raises(InvalidRequest):
         BatchPolicy(max_batch_size=0)

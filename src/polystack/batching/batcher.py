@@ -3,7 +3,8 @@
 Composition, not patching: it holds a ``LoadedEntry`` (whose ``CheckedModel`` validates) and calls
 it from its own worker threads, so inference never runs on an event loop. Each request is
 validated alone before it joins the queue, so a bad request fails alone. Requests whose trailing
-shapes and datatypes match are concatenated on dim 0 up to ``max_batch_size``; a batch leaves when
+shapes and datatypes match are concatenated on dim 0 up to ``max_batch_size`` (one of other shapes ends the
+batch, which leaves at once, as in Triton); a batch leaves when
 it is full or cannot grow (the next request would pass ``max_batch_size``), some of its requests make a
 preferred size (then just those, as Triton's dynamic batcher sends them) or the largest one, its oldest
 request has waited ``max_queue_delay_ms``, or no
@@ -466,12 +467,14 @@ class DynamicBatcher:
         the largest preferred size some of them add up to, or else those that stay within the largest preferred
         size once more would pass it; else all of them, when the next would pass ``max_batch_size`` (they
         cannot grow) or they reach the largest preferred size (``max_batch_size`` without preferred sizes).
-        Sizes count whole requests: of 2 + 2 + 2 rows with a preferred 4, 2 + 2 leave; of 3 + 3, 3."""
+        Sizes count whole requests: of 2 + 2 + 2 rows with a preferred 4, 2 + 2 leave; of 3 + 3, 3. A request
+        of other shapes ends the batch, which leaves at once (Triton's ``HasEqualInputs``: inputs of variable
+        dimensions must be equal within a batch, and no request passes one of another shape)."""
         top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
         total = best = 0
         for p in self._waiting():
             if p.key != first.key:
-                continue
+                return best or total
             if total and not best and total + p.items > top:
                 best = total  # what the largest preferred size allows (Triton marks its cursor there)
             if total + p.items > self.max_batch_size:
@@ -482,16 +485,15 @@ class DynamicBatcher:
         return best or (total if total >= top else 0)
 
     def _take(self, first: _Pending, limit: int) -> list[_Pending]:
-        """The requests of the batch ``first`` starts, of at most ``limit`` items, in the order they wait."""
+        """The requests of the batch ``first`` starts, of at most ``limit`` items, in the order they wait, up to
+        the first of other shapes."""
         if not self.batchable:
             self._remove(first)
             return [first]
         taken: list[_Pending] = []
         total = 0
         for p in list(self._waiting()):
-            if p.key != first.key:
-                continue
-            if total + p.items > limit:
+            if p.key != first.key or total + p.items > limit:
                 break
             taken.append(p)
             total += p.items
