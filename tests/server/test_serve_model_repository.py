@@ -291,7 +291,7 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
         # a model folder that was not there at start: listed by the index, as Triton lists what it could load
         _model(repo, "fresh", version="2")
         index = client.get_model_repository_index()
-        assert {"name": "fresh", "state": "UNAVAILABLE", "reason": "not loaded"} in index, index
+        assert {"name": "fresh"} in index, index  # by its name alone, as Triton lists a model never loaded
         client.load_model("fresh")
         assert _ready(client, "fresh", "2") and _infer(client, "fresh").shape == (1, 4)
         # a version that cannot be served fails the load; what was served serves on, and the store takes it back
@@ -300,6 +300,14 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
         with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
             client.load_model("mlp")
         assert all(_ready(client, "mlp", v) for v in ("1", "3", "4")) and not _ready(client, "mlp", "6")
+        # a folder whose first load failed: listed with why, as Triton lists it
+        (repo / "broken" / "1").mkdir(parents=True)
+        (repo / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
+        with pytest.raises(InferenceServerException, match="failed to load 'broken'"):
+            client.load_model("broken")
+        [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
+        assert broken["state"] == "UNAVAILABLE" and broken["reason"].startswith("failed to load 'broken': "), broken
+        shutil.rmtree(repo / "broken")
         assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
         # a folder gone: its load fails, saying so; what was served serves on until unloaded
         shutil.rmtree(repo / "fresh")

@@ -273,6 +273,10 @@ class DataPlane:
         # repository ensembles not served for want of their models as they are: a poll that changes models
         # loads them again (Triton's poll mode reloads an ensemble's dependents)
         self._unmet: set[str] = set()
+        # what the repository index says of models not served now, as Triton's does: the versions this server
+        # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
+        self._stopped: set[tuple[str, int]] = set()
+        self._load_failures: dict[str, str] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
@@ -622,6 +626,7 @@ class DataPlane:
         if self.response_cache is not None:
             self.response_cache.forget(served.load)
         version = str(served.ensemble.version)
+        self._stopped.add((name, served.ensemble.version))
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
@@ -842,6 +847,7 @@ class DataPlane:
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
+        self._stopped.update((name, v) for v in versions)
         self._generation += 1
         self._count_loaded()
         self._retire(retired, entries)
@@ -1553,29 +1559,27 @@ class DataPlane:
         return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
 
     def _index(self, ready_only: bool) -> list[dict[str, Any]]:
-        loaded = {(e.name, e.version) for e in self.engine.loaded()}
-        out = []
-        for r in self.store.models.list():
-            if r.name in self._ensembles:  # its folder held a model before: the ensemble is what the name serves
-                continue
-            state = "READY" if (r.name, r.version) in loaded else "UNAVAILABLE"
-            if ready_only and state != "READY":
-                continue
-            item = {"name": r.name, "version": str(r.version), "state": state}
-            if state != "READY":
-                item["reason"] = "not loaded"
-            out.append(item)
-        out += [
-            {"name": name, "version": str(p.ensemble.version), "state": "READY"}
-            for name, p in sorted(self._ensembles.items())
-        ]
-        if self.repository is not None and not ready_only:  # folders a load would read, not yet in the store
-            known = {r["name"] for r in out}
+        """As Triton's index lists models: each version served, ``READY``; each version this server stopped
+        serving, ``UNAVAILABLE`` with the reason ``unloaded``; a name whose last load failed and that nothing
+        else lists, ``UNAVAILABLE`` with the failure; every other name a load could serve (the store's, the
+        repository's folders), by its name alone."""
+        ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
+        ready |= {(name, p.ensemble.version) for name, p in self._ensembles.items()}
+        out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
+        if not ready_only:
+            gone = self._stopped - ready
+            out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
+            listed = {n for n, _ in ready | gone}
             out += [
-                {"name": name, "state": "UNAVAILABLE", "reason": "not loaded"}
-                for name in self.repository.folders()[0]
-                if name not in known
+                {"name": n, "state": "UNAVAILABLE", "reason": why}
+                for n, why in self._load_failures.items()
+                if n not in listed
             ]
+            listed |= self._load_failures.keys()
+            names = {r.name for r in self.store.models.list()}
+            if self.repository is not None:  # folders a load would read, not yet in the store
+                names |= self.repository.folders()[0].keys()
+            out += [{"name": n} for n in names - listed]
         return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
 
     async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
@@ -1585,7 +1589,12 @@ class DataPlane:
         try:
             await self._repository_load(name, parameters or {})
         except PolystackError as e:
-            raise load_failed(name, e) from None
+            failed = load_failed(name, e)
+            if isinstance(failed, NotFound):  # nothing of that name to load: Triton's 400, not a 404
+                raise InvalidRequest(failed.message) from None
+            self._load_failures[name] = failed.message
+            raise failed from None
+        self._load_failures.pop(name, None)
 
     async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")
@@ -1663,6 +1672,7 @@ class DataPlane:
                 if name in self._unmet:  # an ensemble: a model it runs may load later in this poll
                     deferred[name] = e.message
                     continue
+                self._load_failures[name] = f"failed to load {quote(name, 140)}: {e.message}"
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
                     "folder is read again once it changes",
@@ -1672,11 +1682,13 @@ class DataPlane:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:
                 changed = True
+                self._load_failures.pop(name, None)
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
         still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
         for name, message in deferred.items():
             if name in self._unmet:  # still failing once the poll's models loaded
+                self._load_failures[name] = f"failed to load {quote(name, 140)}: {still.get(name, message)}"
                 log.error(
                     f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
                     "and it is read again once its folder changes or a poll changes models",
