@@ -103,6 +103,10 @@ class ModelStats:
                     {"batch_size": size, **{k: {"count": d.count, "ns": d.ns} for k, d in v.items()}}
                     for size, v in sorted(self.batch_stats.items())
                 ],
+                # Triton's always-present fields for what polystack does not count: responses of decoupled
+                # models (it serves none), and memory a backend reports (ONNX Runtime's backend reports none)
+                "response_stats": {},
+                "memory_usage": [],
             }
 
 

@@ -223,6 +223,11 @@ def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> 
     assert any(row["batch_size"] == 2 for row in after["batch_stats"])
     assert all(set(row) == {"batch_size", "compute_input", "compute_infer", "compute_output"}
                for row in after["batch_stats"])  # fmt: skip
+    # every field Triton 24.x gives a model's statistics (response_stats, memory_usage were missing)
+    assert set(after) == {
+        "name", "version", "last_inference", "inference_count", "execution_count", "inference_stats",
+        "response_stats", "batch_stats", "memory_usage",
+    }  # fmt: skip
     everything = client.get_inference_statistics()["model_stats"]
     assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
 
