@@ -503,6 +503,40 @@ def test_pipelined_requests_are_answered_in_order(server: ServerThread) -> None:
     assert answer.index(b'"id":"A"') < answer.index(b'"id":"B"') < answer.index(b'"ready":true')
 
 
+def test_pipelined_requests_behind_a_slow_one_are_held_to_about_one_body_of_memory(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Requests a client pipelines behind one the server is still answering wait, read, in the connection's
+    queue. The queue held up to 32 of them whatever their size: 32 bodies of --max-body-bytes each, per
+    connection (2 GiB at the 64 MiB default). Now reading stops once the queued bodies reach one
+    --max-body-bytes, and resumes as they are answered."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow2s", tags={"delay_ms": "2000"})
+    st = start(store, max_body_bytes=MAX_BODY, models=["slow2s"])
+    try:
+        slow = json.dumps({"inputs": [good_input()]}).encode()
+        big = b"x" * (MAX_BODY - 1000)  # each under the limit; refused 404 at once once read
+        req = b"POST /v2/models/slow2s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(slow) + slow
+        req += (b"POST /v2/models/nosuch/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big) * 30
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=30) as sock:
+            sender = threading.Thread(target=sock.sendall, args=(req,), daemon=True)
+            sender.start()
+            time.sleep(1.0)  # the slow request runs for 2 s: what the client sent meanwhile waits
+            [conn] = [c for c in list(st.server.http.connections) if c.transport]
+            queued = sum(len(r.body) for r in list(conn._queue))
+            assert 0 < queued <= 2 * MAX_BODY, queued
+            sock.settimeout(30)
+            answers = b""
+            while answers.count(b"HTTP/1.1 ") < 31:
+                chunk = sock.recv(1 << 16)
+                assert chunk, answers[-300:]
+                answers += chunk
+            sender.join(10)
+        assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 404") == 30
+    finally:
+        st.stop()
+
+
 def test_repository_extension_is_off_by_default(raw: Raw) -> None:
     status, doc = raw.json("POST", "/v2/repository/index", {})
     check_error(raw, status, doc, 403, "--allow-model-control")

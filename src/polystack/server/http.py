@@ -644,6 +644,7 @@ class HttpProtocol(asyncio.Protocol):
         self._final: Response | None = None  # that error's answer, held until the requests before it are answered
         self._busy = False
         self._queue: collections.deque[Request] = collections.deque()
+        self._queued_bytes = 0  # the bodies in ``_queue``: reading pauses at one --max-body-bytes of them
         self._paused = False  # reading paused: too many requests queued, or the client is not reading
         self._write_paused = False  # the transport holds more than its high-water mark of our answers
         self._task: asyncio.Future[None] | None = None
@@ -663,6 +664,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._queue.clear()
+        self._queued_bytes = 0
         if self._task is not None and not self._task.done():
             self._task.cancel()  # nobody is waiting for the answer; a queued request leaves the queue
             pending = self._pending
@@ -836,17 +838,20 @@ class HttpProtocol(asyncio.Protocol):
     def _complete(self, req: Request) -> None:
         if self._busy or self._write_paused or self._queue:
             self._queue.append(req)
+            self._queued_bytes += len(req.body)
             self._update_reading()
             return
         self._dispatch(req)
 
     def _update_reading(self) -> None:
-        """Read while there is room: pause with ``_MAX_PIPELINED`` requests queued, or while the client
-        is not reading its answers; resume when both clear. A connection being refused keeps reading (and
-        dropping) what the client still sends."""
+        """Read while there is room: pause with ``_MAX_PIPELINED`` requests queued or their bodies at
+        ``--max-body-bytes`` (32 of the largest were held per connection), or while the client is not reading its
+        answers; resume when all clear. A connection being refused keeps reading (and dropping) what the client
+        still sends."""
         if self.transport is None:
             return
-        hold = not self._refused and (len(self._queue) >= _MAX_PIPELINED or self._write_paused)
+        full = len(self._queue) >= _MAX_PIPELINED or self._queued_bytes >= self.app.max_body_bytes
+        hold = not self._refused and (full or self._write_paused)
         if hold and not self._paused:
             self.transport.pause_reading()
             self._paused = True
@@ -886,7 +891,9 @@ class HttpProtocol(asyncio.Protocol):
     def _advance(self) -> None:
         """After an answer (or the client catching up): the next queued requests, then what is due."""
         while self._queue and not self._busy and not self._write_paused and self.transport is not None:
-            self._dispatch(self._queue.popleft())
+            req = self._queue.popleft()
+            self._queued_bytes -= len(req.body)
+            self._dispatch(req)
         if self._final is not None and not self.busy:
             final, self._final = self._final, None
             self._end_with(final)
