@@ -196,8 +196,20 @@ def test_model_config_is_triton_shaped(client: httpclient.InferenceServerClient)
     config = client.get_model_config("mlp")
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == 64
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16], "format": "FORMAT_NONE"}]
-    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4], "label_filename": ""}]
+    # with the fields Triton prints at their defaults (code written against Triton indexes them; were missing)
+    assert config["input"] == [{
+        "name": "x", "data_type": "TYPE_FP32", "dims": [16], "format": "FORMAT_NONE", "is_shape_tensor": False,
+        "allow_ragged_batch": False, "optional": False,
+    }]  # fmt: skip
+    assert config["output"] == [
+        {"name": "y", "data_type": "TYPE_FP32", "dims": [4], "label_filename": "", "is_shape_tensor": False}
+    ]
+    assert config["batch_input"] == [] and config["batch_output"] == [] and config["model_warmup"] == []
+    assert config["default_model_filename"] == "model.onnx" and config["metric_tags"] == {}
+    assert config["cc_model_filenames"] == {}
+    [group] = config["instance_group"]
+    assert group["kind"] == "KIND_CPU" and group["gpus"] == [] and group["secondary_devices"] == []
+    assert group["profile"] == [] and group["passive"] is False and group["host_policy"] == ""
     assert client.get_model_config("strid")["input"][0]["data_type"] == "TYPE_STRING"
 
 

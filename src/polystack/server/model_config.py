@@ -331,20 +331,41 @@ def render(
         return shown
 
     label_files = label_files_of(entry.record.settings)
+    # the fields Triton prints at their defaults are printed too (clients index them): none of them is read
+    # (not Triton 24.x's runtime and is_non_linear_format_io: tritonclient's proto, which clients parse a config
+    # with, has neither)
+    flags = {"is_shape_tensor": False}
+    inputs = [
+        {**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE"), **flags,
+         "allow_ragged_batch": False, "optional": False}
+        for t in sig.inputs
+    ]  # fmt: skip
+    device = entry.spec.device
     config: dict[str, Any] = {
         "name": entry.name,
         "platform": entry.spec.platform,
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
-        "input": [{**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE")} for t in sig.inputs],
-        "output": [{**tensor(t), "label_filename": label_files.get(t.name, "")} for t in sig.outputs],
+        "input": inputs,
+        "output": [{**tensor(t), "label_filename": label_files.get(t.name, ""), **flags} for t in sig.outputs],
+        "batch_input": [],
+        "batch_output": [],
         "instance_group": [
             {
                 "name": f"{entry.name}_0",
-                "kind": _kind(entry.spec.device),
+                "kind": _kind(device),
                 "count": instances,
+                "gpus": [int(device.partition(":")[2] or 0)] if _kind(device) == "KIND_GPU" else [],
+                "secondary_devices": [],
+                "profile": [],
+                "passive": False,
+                "host_policy": "",
             }
         ],
+        # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
+        "default_model_filename": "model.onnx" if entry.spec.platform == "onnxruntime_onnx" else "",
+        "cc_model_filenames": {},
+        "metric_tags": {},
         "parameters": {
             "polystack_device": {"string_value": entry.spec.device},
             **{key: {"string_value": value} for key, value in added.parameters},  # only a config's: chosen again
@@ -364,8 +385,7 @@ def render(
             "default_queue_policy": _render_queue(p.queue_policy(0)),
             "priority_queue_policy": {str(level): _render_queue(q) for level, q in p.priority_queues},
         }
-    if added.warmup:
-        config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
+    config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     if sequence is not None:
         config["sequence_batching"] = _render_sequence(sequence)
     if added.agents:
