@@ -479,11 +479,14 @@ def test_shared_memory_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     assert "--engine local" in refused_at_start(tmp_path, ["--allow-shared-memory", "--engine", "ray"])
 
 
-def test_an_output_region_gone_before_or_while_the_model_runs_is_a_failure_everywhere(
+def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregistered_while_it_runs_is_held(
     model_store: tuple[Store, dict[str, ModelRecord]], objects: Objects
 ) -> None:
-    # the region unregistered while the request ran: the client got a 400 while the statistics
-    # extension counted a success; unregistered before: the model ran for an answer nobody could take
+    """Unregistered before: refused before the model runs (it ran for an answer nobody could take). While the
+    model runs, the request holds its output region, as Triton's does: the unregister succeeds, the name stays
+    taken until the answer is written, and the answer lands in the memory registered when the request came.
+    polystack looked the region up by name once the model was done: the request failed, or, with another object
+    registered meanwhile under the name (by any client), its answer went there and reported success."""
     from servekit import register_like
 
     store, records = model_store
@@ -491,7 +494,10 @@ def test_an_output_region_gone_before_or_while_the_model_runs_is_a_failure_every
     st = start(store, allow_shared_memory=True, models=["slow300"], grpc_port=None)
     try:
         client = httpclient.InferenceServerClient(st.http_url)
-        out_key, _ = objects.make(64)
+        out_key, out = objects.make(64)
+        other_key, other = objects.make(64)
+        out.buf[:64] = b"\xff" * 64
+        other.buf[:64] = b"\xee" * 64
         x = httpclient.InferInput("x", list(X.shape), "FP32")
         x.set_data_from_numpy(X)
         y = httpclient.InferRequestedOutput("y")
@@ -504,13 +510,28 @@ def test_an_output_region_gone_before_or_while_the_model_runs_is_a_failure_every
         assert "not registered" in _refusal(lambda: client.infer("slow300", [x], outputs=[y]))
         assert counts() == (0, 1, 0)  # refused before the model ran: a failure, as /metrics counts it, and no run
         client.register_system_shared_memory("out", out_key, 64)
-        client.infer("slow300", [x], outputs=[y])
-        assert counts() == (1, 1, 1)
-        # on its own connection (tritonclient's waits for the infer), while the model runs
-        timer = threading.Timer(0.1, Raw(st.http_port).request, ("POST", "/v2/systemsharedmemory/region/out/unregister"))
+        # on connections of their own (tritonclient's waits for the infer), while the model runs
+        raw, seen = Raw(st.http_port), {}
+
+        def meanwhile() -> None:
+            seen["unregister"] = raw.request("POST", "/v2/systemsharedmemory/region/out/unregister")[0]
+            seen["register"] = raw.json(
+                "POST", "/v2/systemsharedmemory/region/out/register", {"key": other_key, "offset": 0, "byte_size": 64}
+            )
+            seen["status"] = raw.json("GET", "/v2/systemsharedmemory/status")
+
+        timer = threading.Timer(0.1, meanwhile)
         timer.start()
-        assert "not registered" in _refusal(lambda: client.infer("slow300", [x], outputs=[y]))
+        answer = client.infer("slow300", [x], outputs=[y])
         timer.join(5)
-        assert counts() == (1, 2, 2)  # ran, but its answer never reached the client: a failure, as /metrics says
+        assert answer.get_output("y")["parameters"]["shared_memory_region"] == "out"
+        assert seen["unregister"] == 200 and seen["status"] == (200, [])
+        status, doc = seen["register"]
+        assert status == 400 and "in flight" in doc["error"], doc
+        assert bytes(out.buf[:32]) == bytes(32) and bytes(out.buf[32:64]) == b"\xff" * 32  # the null model's zeros
+        assert bytes(other.buf[:64]) == b"\xee" * 64
+        assert counts() == (1, 1, 1)
+        client.register_system_shared_memory("out", other_key, 64)  # its name is free once the answer is written
+        assert [r["key"] for r in client.get_system_shared_memory_status()] == [other_key]
     finally:
         st.stop()

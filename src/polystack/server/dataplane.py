@@ -60,7 +60,7 @@ from polystack.server import ensemble, model_config, model_files, model_reposito
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
-from polystack.server.shared_memory import CudaRegions, SharedMemoryRegions
+from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Tracing
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
@@ -1115,6 +1115,7 @@ class DataPlane:
         self._idle.clear()
         model_label: tuple[str, str] | None = None
         outcome: Outcome | None = None  # the request's success or failure in its model's statistics
+        held: dict[str, Region] = {}  # its outputs' shared memory regions, held until they are written
         try:
             served = self._get(name, version)
             entry = served.entry
@@ -1126,9 +1127,7 @@ class DataPlane:
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
             if request.outputs and self.shared_memory is not None:
-                for o in request.outputs:
-                    if o.shm is not None:  # a region that is gone is refused before the model runs for it
-                        self.shared_memory.check(o.shm, f"output {o.name!r}")
+                held = self._hold(request)  # a region that is gone is refused before the model runs for it
             with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
                 if served.additions.response_cache and self.response_cache is not None:
 
@@ -1145,6 +1144,7 @@ class DataPlane:
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
                 )
         except BaseException as e:
+            self._release(held)
             if outcome is not None:  # a failure to the caller, whatever the model's run counted (it may be running)
                 outcome.abandon(int((time.perf_counter() - started) * 1e9))
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
@@ -1154,7 +1154,7 @@ class DataPlane:
             if self.in_flight == 0:
                 self._idle.set()
         assert model_label is not None and outcome is not None
-        in_shared_memory = self._write_shared(result, request, model_label, outcome, started)
+        in_shared_memory = self._write_shared(result, request, model_label, outcome, started, held)
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
@@ -1184,6 +1184,7 @@ class DataPlane:
         self._idle.clear()
         label = (name, "")
         outcome: Outcome | None = None
+        held: dict[str, Region] = {}
         try:
             served = self._ensemble(name, version)
             if served is None:  # unloaded since infer() looked
@@ -1208,9 +1209,7 @@ class DataPlane:
             if classes:
                 classification.check_outputs(pipeline.signature, classes)
             if request.outputs and self.shared_memory is not None:
-                for o in request.outputs:
-                    if o.shm is not None:  # a region that is gone is refused before the steps run for it
-                        self.shared_memory.check(o.shm, f"output {o.name!r}")
+                held = self._hold(request)  # a region that is gone is refused before the steps run for it
             steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
 
             async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -1258,6 +1257,7 @@ class DataPlane:
             if compute is not None:
                 compute.extend(steps)
         except BaseException as e:
+            self._release(held)
             if outcome is not None:
                 outcome.abandon(int((time.perf_counter() - started) * 1e9))
             self.metrics.failed(*label, status.reason(e))
@@ -1267,7 +1267,7 @@ class DataPlane:
             self._pipelines -= 1
             if self.in_flight == 0:
                 self._idle.set()
-        in_shared_memory = self._write_shared(result, request, label, outcome, started)
+        in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
@@ -1475,20 +1475,45 @@ class DataPlane:
         label: tuple[str, str],
         outcome: Outcome,
         started: float,
+        held: dict[str, Region],
     ) -> dict[str, SharedOutput]:
-        """The outputs ``request`` asked for in shared memory, written there (``_to_shared_memory``); a region
-        that went away while the request ran fails it, and its statistics say so."""
+        """The outputs ``request`` asked for in shared memory, written into the regions ``held`` for them
+        (``_to_shared_memory``), which are then let go; a failed write fails the request, and its statistics say so."""
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
         if not shared:
             return {}
         try:
-            return self._to_shared_memory(result, shared, label)
+            return self._to_shared_memory(result, shared, label, held)
         except PolystackError:  # the client gets a failure
             outcome.abandon(int((time.perf_counter() - started) * 1e9))
             raise
+        finally:
+            self._release(held)
+
+    def _hold(self, request: InferRequest) -> dict[str, Region]:
+        """The shared memory regions of ``request``'s outputs, by output, held until ``_release``."""
+        assert self.shared_memory is not None
+        held: dict[str, Region] = {}
+        try:
+            for o in request.outputs or ():
+                if o.shm is not None:
+                    held[o.name] = self.shared_memory.hold(o.shm, f"output {o.name!r}")
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    def _release(self, held: dict[str, Region]) -> None:
+        if held and self.shared_memory is not None:
+            self.shared_memory.release(list(held.values()))
+            held.clear()  # let go once, whichever path gets here first
 
     def _to_shared_memory(
-        self, result: dict[str, np.ndarray], shared: dict[str, ShmRef], model_label: tuple[str, str]
+        self,
+        result: dict[str, np.ndarray],
+        shared: dict[str, ShmRef],
+        model_label: tuple[str, str],
+        held: dict[str, Region],
     ) -> dict[str, SharedOutput]:
         """Write the outputs the client asked for in shared memory there, taking them out of ``result``."""
         if self.shared_memory is None:  # the codecs refuse such requests first; a direct caller may not
@@ -1498,7 +1523,7 @@ class DataPlane:
             for name, ref in shared.items():
                 arr = result.pop(name)
                 raw = raw_view(arr)  # no copy on the way: pwrite takes the array's own bytes
-                self.shared_memory.write(ref, raw, f"output {name!r}")
+                self.shared_memory.write(ref, raw, f"output {name!r}", held.get(name))
                 out[name] = SharedOutput(DType.from_numpy(arr.dtype), tuple(arr.shape), ref, len(raw))
         except BaseException as e:
             self.metrics.failed(*model_label, status.reason(e))

@@ -11,7 +11,10 @@ symbolic links and only if it is a regular file: it cannot reach other files. Da
 object no longer has (a client shrank it) or cannot get (a sparse object on a full tmpfs) is a
 SIGBUS that kills the whole server, where a system call fails with an error this module reports.
 Inputs are copied out as they are decoded, so a client may reuse its region as soon as the answer
-arrives, and a request waiting in a batch queue never sees the region change under it.
+arrives, and a request waiting in a batch queue never sees the region change under it. An output's region
+is held from the moment its request is taken until its answer is written (``hold`` / ``release``), as
+Triton holds it: unregistering it meanwhile succeeds, but the region stays open, and its name taken, until
+the requests holding it are answered, so an answer never lands in memory registered since under that name.
 
 Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
 any client that can reach the server could otherwise make it read and write the host's shared
@@ -36,12 +39,14 @@ SHM_DIR = Path("/dev/shm")
 
 
 @dataclass
-class _Region:
+class Region:
     name: str
     key: str
     offset: int
     byte_size: int
     fd: int
+    users: int = 0  # requests holding it for their outputs
+    unregistered: bool = False  # closed once no request holds it
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -59,7 +64,9 @@ class SharedMemoryRegions:
 
     def __init__(self, shm_dir: Path = SHM_DIR, max_regions: int | None = None) -> None:
         self._dir = shm_dir
-        self._regions: dict[str, _Region] = {}
+        self._regions: dict[str, Region] = {}
+        # regions unregistered while requests held them: open, and their names taken, until released
+        self._leaving: dict[str, Region] = {}
         self._lock = threading.Lock()
         # each region holds a descriptor: unbounded, one client could take them all (then no connection is
         # accepted); a quarter of the process's open-file limit leaves the rest to connections and models
@@ -81,9 +88,14 @@ class SharedMemoryRegions:
                 raise InvalidRequest(
                     f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
                 )
-            if len(self._regions) >= self.max_regions:
+            if name in self._leaving:
                 raise InvalidRequest(
-                    f"{len(self._regions):,} system shared memory regions are registered, the most this server takes "
+                    f"shared memory region {name!r} was unregistered, but requests in flight still write their "
+                    "outputs into it; register it again once they are answered, or pick another name"
+                )
+            if len(self._regions) + len(self._leaving) >= self.max_regions:
+                raise InvalidRequest(
+                    f"{len(self._regions) + len(self._leaving):,} system shared memory regions are registered, the most this server takes "
                     "(a quarter of its open-file limit, ulimit -n); unregister regions no longer in use, or register "
                     "one region and name parts of it by offset"
                 )
@@ -110,7 +122,7 @@ class SharedMemoryRegions:
             except BaseException:
                 os.close(fd)
                 raise
-            self._regions[name] = _Region(name, key, offset, byte_size, fd)
+            self._regions[name] = Region(name, key, offset, byte_size, fd)
 
     def unregister(self, name: str | None = None) -> None:
         """Forget region ``name`` (every region when None); a name that is not registered is no error."""
@@ -118,7 +130,11 @@ class SharedMemoryRegions:
             gone = list(self._regions.values()) if name is None else [r for r in [self._regions.get(name)] if r]
             for region in gone:
                 del self._regions[region.name]
-                os.close(region.fd)
+                if region.users:  # closed once the requests holding it are answered (``release``)
+                    region.unregistered = True
+                    self._leaving[region.name] = region
+                else:
+                    os.close(region.fd)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every region's name, key, offset and byte size, or region ``name``'s alone."""
@@ -152,20 +168,34 @@ class SharedMemoryRegions:
                 got += len(part)
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def check(self, ref: ShmRef, what: str) -> None:
-        """Refuse ``ref`` now if its region is not registered or too small, before a model runs for it."""
+    def hold(self, ref: ShmRef, what: str) -> Region:
+        """The region of output ``ref``, held for its request until ``release``: refused now if it is not
+        registered or too small, before a model runs for it."""
         with self._lock:
-            self._region(ref, what)
+            region = self._region(ref, what)
+            region.users += 1
+            return region
 
-    def write(self, ref: ShmRef, data: bytes | memoryview, what: str) -> None:
-        """Put ``data`` where ``ref`` points; refused when it does not fit the byte size the client gave."""
+    def release(self, regions: list[Region]) -> None:
+        """Let go of regions ``hold`` gave; one unregistered meanwhile closes with its last holder."""
+        with self._lock:
+            for region in regions:
+                region.users -= 1
+                if region.unregistered and region.users == 0:
+                    del self._leaving[region.name]
+                    os.close(region.fd)
+
+    def write(self, ref: ShmRef, data: bytes | memoryview, what: str, region: Region | None = None) -> None:
+        """Put ``data`` where ``ref`` points (in ``region``, held for it, else the region registered now under
+        its name); refused when it does not fit the byte size the client gave."""
         if len(data) > ref.byte_size:
             raise InvalidTensor(
                 f"{what} holds {len(data):,} bytes but its shared_memory_byte_size is {ref.byte_size:,}; "
                 "give it a larger region"
             )
         with self._lock:
-            region = self._region(ref, what)
+            if region is None:
+                region = self._region(ref, what)
             start = region.offset + ref.offset
             view = memoryview(data)
             done = 0
@@ -178,7 +208,7 @@ class SharedMemoryRegions:
                     f"{what}: cannot write into shared memory object {region.key!r}: {e.strerror}; {hint}"
                 ) from None
 
-    def _region(self, ref: ShmRef, what: str) -> _Region:
+    def _region(self, ref: ShmRef, what: str) -> Region:
         region = self._regions.get(ref.region)
         if region is None:
             raise InvalidRequest(
