@@ -642,3 +642,47 @@ def test_a_grpc_message_limit_grpc_cannot_take_exits_2(tmp_path: Any) -> None:
     assert "--grpc-max-message-bytes takes 1 to 2147483647" in refused_at_start(
         tmp_path, ["--grpc-max-message-bytes", "4294967296"]
     )
+
+
+def test_keepalive_settings_let_clients_ping_idle_connections_as_tritons_flags_do(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Triton's --grpc-keepalive-* and --grpc-http2-* flags: a client pinging every second with no call in
+    flight gets GOAWAY too_many_pings at gRPC's defaults (its channel drops to IDLE), and keeps its connection
+    once the server permits it. polystack had no such settings: such clients lost their connection every few
+    seconds, whatever the operator wanted."""
+    from polystack.server.grpc import Keepalive
+
+    store, _ = model_store
+    relaxed = Keepalive(permit_without_calls=True, min_recv_ping_interval_without_data_ms=500, max_ping_strikes=0)
+    for keepalive, kept in ((Keepalive(), False), (relaxed, True)):
+        st = start(store, models=["mlp"], grpc_keepalive=keepalive)
+        states: list[grpc.ChannelConnectivity] = []
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{st.grpc_port}",
+            options=[
+                ("grpc.keepalive_time_ms", 1000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
+        )
+        try:
+            channel.subscribe(states.append, try_to_connect=True)
+            deadline = time.monotonic() + 8  # three pings a second apart are two strikes: GOAWAY in about 4 s
+            while time.monotonic() < deadline and states[-1:] != [grpc.ChannelConnectivity.READY]:
+                time.sleep(0.05)
+            assert states[-1] == grpc.ChannelConnectivity.READY, states
+            while time.monotonic() < deadline and states[-1] == grpc.ChannelConnectivity.READY:
+                time.sleep(0.1)
+            assert (states[-1] == grpc.ChannelConnectivity.READY) is kept, states
+        finally:
+            channel.close()
+            st.stop()
+
+
+def test_a_keepalive_setting_grpc_cannot_take_exits_2(tmp_path: Any) -> None:
+    from servekit import refused_at_start
+
+    assert "--grpc-http2-max-ping-strikes takes 0 to 2147483647" in refused_at_start(
+        tmp_path, ["--grpc-http2-max-ping-strikes", "-1"]
+    )

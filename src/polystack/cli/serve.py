@@ -52,6 +52,28 @@ def serve(
         help="Refuse larger gRPC messages (RESOURCE_EXHAUSTED); Triton's 2 GiB by default, so that image batches "
         "too large for one HTTP body go over gRPC as they do to Triton.",
     ),
+    grpc_keepalive_time: int = typer.Option(
+        7_200_000, "--grpc-keepalive-time", help="Ping gRPC connections idle this long, in ms (Triton's flag)."
+    ),
+    grpc_keepalive_timeout: int = typer.Option(
+        20_000, "--grpc-keepalive-timeout", help="Close a connection whose ping is not answered within this, in ms."
+    ),
+    grpc_keepalive_permit_without_calls: bool = typer.Option(
+        False,
+        "--grpc-keepalive-permit-without-calls",
+        help="Take clients' keepalive pings on gRPC connections with no call in flight (Triton's flag).",
+    ),
+    grpc_http2_max_pings_without_data: int = typer.Option(
+        2, "--grpc-http2-max-pings-without-data", help="Pings the server sends without data between (0: no limit)."
+    ),
+    grpc_http2_min_recv_ping_interval_without_data: int = typer.Option(
+        300_000,
+        "--grpc-http2-min-recv-ping-interval-without-data",
+        help="A client's pings closer than this (ms) count as strikes; past the strikes, GOAWAY too_many_pings.",
+    ),
+    grpc_http2_max_ping_strikes: int = typer.Option(
+        2, "--grpc-http2-max-ping-strikes", help="Strikes before a connection is closed (0: no limit)."
+    ),
     idle_timeout_s: float = typer.Option(
         120.0,
         "--idle-timeout-s",
@@ -194,6 +216,7 @@ def serve(
     from polystack.engine import Engine
     from polystack.server import logs
     from polystack.server.app import PROFILES, ServeConfig, run
+    from polystack.server.grpc import Keepalive
     from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
     from polystack.server.onnxruntime_config import default_max_batch_size
     from polystack.server.placement import CpuPlacement
@@ -234,6 +257,14 @@ def serve(
         raise InvalidRequest(
             f"--grpc-max-message-bytes takes 1 to 2147483647 (gRPC's own limit), not {grpc_max_message_bytes}"
         )
+    keepalive = Keepalive(
+        grpc_keepalive_time,
+        grpc_keepalive_timeout,
+        grpc_keepalive_permit_without_calls,
+        grpc_http2_max_pings_without_data,
+        grpc_http2_min_recv_ping_interval_without_data,
+        grpc_http2_max_ping_strikes,
+    )  # checked here: a bad value exits 2, naming the flag
     config = ServeConfig(
         host=host,
         http_port=http_port,
@@ -245,6 +276,7 @@ def serve(
         drain_timeout_s=drain_timeout_s,
         max_body_bytes=max_body_bytes,
         grpc_max_message_bytes=grpc_max_message_bytes,
+        grpc_keepalive=keepalive,
         idle_timeout_s=idle_timeout_s,
         workers=workers,
         inline_max_ms=inline_max_ms,

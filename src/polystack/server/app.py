@@ -91,6 +91,7 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024  # an HTTP body's limit, Triton's (413 past it)
     grpc_max_message_bytes: int = (1 << 31) - 1  # a gRPC message's, Triton's (INT32_MAX; RESOURCE_EXHAUSTED past it)
+    grpc_keepalive: grpc_transport.Keepalive = field(default_factory=grpc_transport.Keepalive)  # Triton's defaults
     idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
@@ -350,6 +351,7 @@ class Server:
                 tls,
                 self.config.access_log,
                 self.http.codec_pool,
+                self.config.grpc_keepalive,
             )
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:

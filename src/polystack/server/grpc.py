@@ -27,6 +27,7 @@ call UNKNOWN, and ends a stream with OK, dropping the requests after the bad one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -503,6 +504,48 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 yield health_pb2.HealthCheckResponse(status=self._status(request.service))
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """The server's HTTP/2 keepalive settings, Triton's ``--grpc-keepalive-*`` and ``--grpc-http2-*`` (its
+    defaults, which are gRPC's own): its pings to idle clients, and how often clients may ping it before it
+    closes their connection (GOAWAY ``too_many_pings``)."""
+
+    time_ms: int = 7_200_000  # ping a connection idle this long
+    timeout_ms: int = 20_000  # and close it when the answer takes longer
+    permit_without_calls: bool = False  # take clients' pings on connections with no call in flight
+    max_pings_without_data: int = 2  # pings the server sends without data between (0: no limit)
+    min_recv_ping_interval_without_data_ms: int = 300_000  # a client's pings closer than this are strikes
+    max_ping_strikes: int = 2  # strikes before GOAWAY (0: no limit)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, bool) and not 0 <= value <= _MAX_INT32:
+                flag = _KEEPALIVE_FLAGS[f.name]
+                raise InvalidRequest(f"{flag} takes 0 to {_MAX_INT32}, not {value}")
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", self.max_pings_without_data),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.min_recv_ping_interval_without_data_ms),
+            ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+        ]
+
+
+_MAX_INT32 = (1 << 31) - 1
+_KEEPALIVE_FLAGS = {  # the serve flags, named as Triton names them
+    "time_ms": "--grpc-keepalive-time",
+    "timeout_ms": "--grpc-keepalive-timeout",
+    "permit_without_calls": "--grpc-keepalive-permit-without-calls",
+    "max_pings_without_data": "--grpc-http2-max-pings-without-data",
+    "min_recv_ping_interval_without_data_ms": "--grpc-http2-min-recv-ping-interval-without-data",
+    "max_ping_strikes": "--grpc-http2-max-ping-strikes",
+}
+
+
 def create_server(
     plane: DataPlane,
     host: str,
@@ -511,15 +554,17 @@ def create_server(
     tls: TlsConfig | None = None,
     access_log: bool = False,
     codec_pool: Executor | None = None,
+    keepalive: Keepalive = Keepalive(),
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
     ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
-    ``codec_pool`` (the HTTP front end's); (server, port)."""
+    ``codec_pool`` (the HTTP front end's), with ``keepalive``'s settings; (server, port)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            *keepalive.options(),
         ]
     )
     calls = _Calls(plane, access_log)

@@ -580,7 +580,7 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
                 out += d.decompress(piece, limit + 1 - len(out))
             except zlib.error as e:
                 raise InvalidRequest(
-                    f"the {encoding} body does not decompress ({e}); send it whole and {encoding}ped"
+                    f"the {encoding} body does not decompress ({e}); send it whole, compressed with {encoding}"
                 ) from None
             if len(out) > limit:
                 raise PayloadTooLarge(f"the decompressed body exceeds the server's limit of {limit:,} bytes")
