@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -277,6 +278,34 @@ def test_streaming_answers_every_request_and_errors_do_not_end_the_stream(server
     errors = sorted(str(e) for r, e in got if e is not None)
     assert len(errors) == 2
     assert any("INT64" in e for e in errors) and any("Request for unknown model: 'nope'" in e for e in errors)
+
+
+def test_a_stream_asking_for_grpc_errors_ends_with_the_first_failures_status_as_tritons(server: ServerThread) -> None:
+    """Triton's triton_grpc_error stream header: the first failure ends the stream with its gRPC status, which
+    the client's callback gets (``status()``), and nothing after it is answered. polystack ignored the header:
+    the failure came as an answer without a status, and the stream went on."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers={"triton_grpc_error": "true"})
+    try:
+        good = grpcclient.InferInput("x", [2, 16], "FP32")
+        good.set_data_from_numpy(np.full((2, 16), 0.5, np.float32))
+        wrong = grpcclient.InferInput("x", [1, 16], "INT64")
+        wrong.set_data_from_numpy(np.zeros((1, 16), np.int64))
+        client.async_stream_infer("mlp", [good], request_id="first")
+        first, error = answers.get(timeout=10)
+        assert error is None and first.get_response().id == "first"  # type: ignore[attr-defined]
+        client.async_stream_infer("mlp", [wrong], request_id="wrong")
+        _, error = answers.get(timeout=10)
+        assert isinstance(error, InferenceServerException), error
+        assert error.status() == "StatusCode.INVALID_ARGUMENT" and "INT64" in error.message(), error
+        with contextlib.suppress(Exception):  # the stream is over: tritonclient may refuse to send
+            client.async_stream_infer("mlp", [good], request_id="after")
+        with pytest.raises(queue.Empty):
+            answers.get(timeout=1)
+    finally:
+        client.stop_stream()
+    assert client.is_server_live()
 
 
 def test_asyncio_streaming(server: ServerThread) -> None:

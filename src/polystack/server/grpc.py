@@ -282,6 +282,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         unsent = asyncio.Semaphore(STREAM_UNSENT)
         running: set[asyncio.Task[None]] = set()
+        # Triton's triton_grpc_error header: the first failure ends the stream with its gRPC status, where
+        # failures are otherwise answers (error_message) and the stream goes on
+        status_on_error = _header(context, "triton_grpc_error") == "true"
+        codes: dict[asyncio.Future[pb.ModelStreamInferResponse], grpc.StatusCode] = {}  # of the failed answers
 
         async def answer(request: pb.ModelInferRequest, answered: asyncio.Future[pb.ModelStreamInferResponse]) -> None:
             started = time.perf_counter()
@@ -297,6 +301,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     elif code in _SERVER_SIDE:
                         failure = e.message
                     msg = _failed(request, status.message(e))
+                    if status_on_error:
+                        codes[answered] = code
                 answered.set_result(msg)
             except asyncio.CancelledError:
                 code = _cut_short(context)
@@ -354,7 +360,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (answered := await answers.get()) is not None:
-                yield await answered
+                msg = await answered
+                code = codes.pop(answered, None)
+                if code is not None:  # the answers after it are not sent, as Triton's are not
+                    await context.abort(code, status.grpc_details(msg.error_message))
+                yield msg
                 unsent.release()
         finally:
             reader.cancel()
@@ -453,6 +463,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             setattr(resp.settings[key], field, value)
         return resp
+
+
+def _header(context: Any, name: str) -> str | None:
+    """The value of a call's metadata ``name`` (its first), or None."""
+    return next((str(value) for key, value in context.invocation_metadata() or () if key == name), None)
 
 
 def _metadata(context: Any) -> dict[str, Any]:
