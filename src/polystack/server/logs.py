@@ -4,9 +4,9 @@ Triton's logging extension over them (``GET``/``POST /v2/logging``, gRPC ``LogSe
 The extension's settings are switches, one per level, as Triton has them: ``log_info``,
 ``log_warning``, ``log_error`` (true or false) and ``log_verbose_level`` (0: no debug lines; 1 or
 more: polystack's debug lines, one level of them, among them a line for every HTTP request, as
-``--access-log`` writes at info). ``log_file`` is ``""`` (stderr) and
-``log_format`` is ``"default"`` (JSON lines); neither can be changed over the protocol (Triton
-refuses ``log_file`` too). Logging is the process's, so there is one ``SETTINGS``. OpenTelemetry's
+``--access-log`` writes at info). ``log_file`` is ``""`` (stderr), and can not be changed over the
+protocol (Triton refuses it too). ``log_format`` takes Triton's two, ``"default"`` and ``"ISO8601"``,
+which differ in Triton by the lines' times; polystack's lines are JSON with ISO 8601 times either way. Logging is the process's, so there is one ``SETTINGS``. OpenTelemetry's
 own lines (an exporter that cannot reach its collector) go through the same JSON handler and switches.
 """
 
@@ -50,12 +50,13 @@ class LogSettings(logging.Filter):
     set to the lowest level written, so that a line nobody writes costs one comparison."""
 
     FILE = ""  # stderr
-    FORMAT = "default"  # JSON lines
+    FORMATS = ("default", "ISO8601")  # Triton's; JSON lines with ISO 8601 times, both
 
     def __init__(self) -> None:
         super().__init__()
         self.switches = dict.fromkeys(_SWITCHES, True)
         self.verbose = 0
+        self.format = "default"
 
     def set_level(self, level: str) -> None:
         """Start-up's ``--log-level`` as switches: debug, info, warning or error and above."""
@@ -79,13 +80,14 @@ class LogSettings(logging.Filter):
         return self.verbose > 0
 
     def settings(self) -> dict[str, Any]:
-        return {"log_file": self.FILE, **self.switches, "log_verbose_level": self.verbose, "log_format": self.FORMAT}
+        return {"log_file": self.FILE, **self.switches, "log_verbose_level": self.verbose, "log_format": self.format}
 
     def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first; null leaves a setting as it is, as in
         Triton) and return every setting."""
         switches = dict(self.switches)
         verbose = self.verbose
+        form = self.format
         known = ["log_file", *_SWITCHES, "log_verbose_level", "log_format"]
         for key, value in changes.items():
             if key not in known:
@@ -108,12 +110,14 @@ class LogSettings(logging.Filter):
                         "the log file can not be changed over the protocol: polystack logs to stderr; "
                         "redirect it when starting the server"
                     )
-            elif key == "log_format" and value != self.FORMAT:
-                raise InvalidRequest(
-                    f"polystack writes one format, JSON lines with ISO 8601 times (log_format "
-                    f"{self.FORMAT!r}), not {quote(value)}"
-                )
-        self.switches, self.verbose = switches, verbose
+            elif key == "log_format":
+                if value not in self.FORMATS:
+                    raise InvalidRequest(
+                        f"log_format must be one of Triton's, {' or '.join(map(repr, self.FORMATS))} (polystack writes "
+                        f"JSON lines with ISO 8601 times for both), not {quote(value)}"
+                    )
+                form = value
+        self.switches, self.verbose, self.format = switches, verbose, form
         self._apply()
         return self.settings()
 
