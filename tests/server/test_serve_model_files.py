@@ -134,23 +134,36 @@ def test_an_uploaded_model_is_registered_and_served_with_its_config(
         store.remove(name)
 
 
-def test_new_bytes_for_a_served_name_become_its_next_version(
+def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
     server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    store, _ = model_store
+    """Triton serves a load's files as a model folder: file:1/model.onnx is version 1 whatever was there, and
+    file:5/model.onnx version 5. polystack numbered them as the store's next version (new bytes at file:1
+    became version 2, and a client asking for version 1 got the old bytes or a 404). Bytes replaced leave the
+    store once the load serves; a version `polystack register` made is refused, saying how to go on."""
+    store, records = model_store
     client = httpclient.InferenceServerClient(server.http_url)
     client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed3"]})
     try:
         with caught_logs("polystack.server", logging.INFO) as logs:
             client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed4"]})
         registered = [r for r in logs if r.getMessage() == "model registered from a load's files"]
-        assert [(r.model, r.version, r.new_version) for r in registered] == [("mlp2", 2, True)]  # type: ignore[attr-defined]
-        assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 2]
-        latest = client.infer("mlp2", [mlp_ones(2)]).as_numpy("y")
-        np.testing.assert_allclose(latest, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)
+        assert [(r.model, r.version, r.new_version) for r in registered] == [("mlp2", 1, True)]  # type: ignore[attr-defined]
+        assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1]
+        assert [r.digest for r in store.models.list() if r.name == "mlp2"] != [records["mlp"].digest]
+        answer = client.infer("mlp2", [mlp_ones(2)], model_version="1").as_numpy("y")
+        np.testing.assert_allclose(answer, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)
+        client.load_model("mlp2", config=_config("mlp2"), files={"file:5/model.onnx": uploads["seed3"]})
+        answer = client.infer("mlp2", [mlp_ones(2)], model_version="5").as_numpy("y")
+        np.testing.assert_allclose(answer, _expected(uploads["seed3"], tmp_path), rtol=1e-5, atol=1e-6)
         # Triton's default version policy, the latest one: the version before is no longer served
-        assert client.get_model_metadata("mlp2")["versions"] == ["2"] and not client.is_model_ready("mlp2", "1")
+        assert client.get_model_metadata("mlp2")["versions"] == ["5"] and not client.is_model_ready("mlp2", "1")
+        assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 5]
+        # a version registered another way is not a load's to replace
+        with pytest.raises(InferenceServerException, match=r"mlp:1 is already in the store with other bytes"):
+            client.load_model("mlp", config=_config("mlp"), files={"file:1/model.onnx": uploads["seed4"]})
+        assert store.get("mlp:1").digest == records["mlp"].digest
     finally:
         client.unload_model("mlp2")
         store.remove("mlp2")

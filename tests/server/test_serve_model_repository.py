@@ -244,11 +244,23 @@ def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path:
     onnx.save_model(model, str(big / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
     assert (big / "weights.bin").stat().st_size > 0
     _model(root, "some", version="1", config="version_policy: { specific { versions: [ 1, 2 ] } }")
+    # Triton's folder form of an ONNX model: 1/model.onnx/ holding model.onnx and its external data (was
+    # refused, "is a folder", and with it the whole start); without model.onnx in it, refused saying so
+    (root / "folded" / "1" / "model.onnx").mkdir(parents=True)
+    onnx.save_model(
+        onnx.load(str(tmp_path / "m.onnx")), str(root / "folded" / "1" / "model.onnx" / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin", size_threshold=0,
+    )  # fmt: skip
     store = Store.at(tmp_path / "home")
     try:
         served = {m.name: m.versions for m in model_repository.register(store, root, [])}
-        assert served == {"big": (10**18,), "some": (1,)}  # version 2 has no folder: the others are served
-        assert store.get(f"big:{10**18}").format == "onnx"
+        assert served == {"big": (10**18,), "folded": (1,), "some": (1,)}  # version 2 has no folder: the others are
+        assert store.get(f"big:{10**18}").format == "onnx" and store.get("folded:1").format == "onnx"
+        assert store.get("folded:1").signature == store.get(f"big:{10**18}").signature
+        (root / "folded" / "1" / "model.onnx" / "model.onnx").rename(root / "folded" / "1" / "model.onnx" / "m.onnx")
+        with pytest.raises(InvalidRequest, match="without a model.onnx file in it"):
+            model_repository.register(store, root, [])
     finally:
         store.close()
 

@@ -1656,6 +1656,7 @@ class DataPlane:
             registered.undo(self.store)
             log.warning("a load's model file was not served; the store is as it was", extra=facts)
             raise
+        registered.settle(self.store)  # the bytes it replaced, no longer served
         if registered.created or registered.settings_before is not None:  # the store changed: say so
             log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
         return entry

@@ -49,6 +49,11 @@ class ModelFiles:
     def model_name(self) -> str:
         return self.model_path.partition("/")[2]
 
+    @property
+    def version(self) -> int:
+        """The number of its version directory, the version it serves as (Triton's folder of the files)."""
+        return int(self.model_path.partition("/")[0])
+
     def by_path(self) -> dict[str, bytes]:
         """The files by their path in the folder Triton makes of them (``1/model.onnx``, ``labels.txt``)."""
         return {self.model_path: self.model, **self.labels}
@@ -127,7 +132,9 @@ def _plain(name: str) -> bool:
 
 def register(store: Store, name: str, files: ModelFiles, config: str) -> Registered:
     """Import and register the model file of a load with ``config`` (label files as its outputs name
-    them) under ``name``."""
+    them) under ``name``, as the version its directory names, as Triton serves a load's files: other bytes
+    there replace the version's (set aside until the load serves, ``Registered``) when files made it, and are
+    refused when ``polystack register`` did."""
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
@@ -153,7 +160,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
                 labels[output] = where / "labels" / label
                 labels[output].write_bytes(files.labels[label])
         shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.name for p in labels.values()}}
-        return register_file(store, name, path, labels, where / "import", shown, triton_io=True)
+        return register_file(store, name, path, labels, where / "import", shown, files.version, triton_io=True)
 
 
 def register_file(

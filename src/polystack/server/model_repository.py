@@ -320,8 +320,13 @@ def _register_model(
     paths = []
     for version in served:  # every file found before anything is registered
         path = folder / str(version) / (filename or _DEFAULT_FILES.get(platform, "") or _guess(folder / str(version)))
-        if path.is_dir():
-            raise InvalidRequest(f"{path} is a folder; polystack reads a model from one file (its weights beside it)")
+        if path.is_dir():  # Triton's folder form of an ONNX model: model.onnx inside, its external data beside it
+            if not (path / "model.onnx").is_file():
+                raise InvalidRequest(
+                    f"{path} is a folder without a model.onnx file in it; an ONNX model given as a folder (Triton's "
+                    "form for models with external data) keeps its main file there as model.onnx"
+                )
+            path = path / "model.onnx"
         if not path.is_file():
             raise InvalidRequest(_missing(path))
         paths.append((version, path))
