@@ -43,8 +43,11 @@ def test_without_dynamic_batching_the_plans_instances_are_not_asked_for() -> Non
 
 
 def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -> None:
-    text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'  # a group without a count is one instance
-    assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 4)
+    # a group without a count has Triton's default count: 2 for its ONNX Runtime backend on CPU (was 1)
+    text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'
+    assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5)
+    other = dataclasses.replace(SPEC, backend="openvino")  # 1 for the others
+    assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4)
 
 
 def test_numbers_may_be_strings_as_protobuf_writes_64_bit_ones() -> None:

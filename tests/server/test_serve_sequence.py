@@ -476,7 +476,8 @@ def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_
         'dims: [ 1 ], name: "zero", zero_data: true } ] } ] }\n'
     )
     policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
-    assert policy is not None and policy.max_batch_size == 0 and policy.slots == 1
+    # Triton's two CPU instances where the config gives none: a slot each
+    assert policy is not None and policy.max_batch_size == 0 and policy.slots == 2
     entry = Engine(store).build(record.ref)
     batcher = _batcher(entry, policy)
 
@@ -709,6 +710,20 @@ def _read(acc: tuple[ModelRecord, LoadSpec], text: str, model_dir: Path | None =
     return model_config.read(model_config.as_json(text), *acc, None, model_dir)
 
 
+def test_a_sequence_model_without_instance_group_has_tritons_two_instances_on_cpu(
+    acc: tuple[ModelRecord, LoadSpec],
+) -> None:
+    """Triton gives its ONNX Runtime backend's models 2 CPU instances where a config gives none
+    (SetDefaultInstanceCount), and the direct strategy a slot per batch row per instance: 8 sequences at once
+    here. polystack gave 1 instance, 4 slots: a fifth sequence waited for one to end."""
+    policy = _read(acc, ACC % {"idle": 1000}).sequence
+    assert policy is not None and (policy.instances, policy.slots) == (2, 8)
+    one = _read(acc, ACC % {"idle": 1000} + "instance_group [ { count: 1 } ]\n").sequence
+    assert one is not None and (one.instances, one.slots) == (1, 4)
+    unset = _read(acc, ACC % {"idle": 1000} + "instance_group [ { kind: KIND_CPU } ]\n").sequence  # count 0: unset
+    assert unset is not None and unset.instances == 2
+
+
 _CONTROLS = ACC.split("sequence_batching {")[1].split("state [")[0].split("\n", 2)[2]
 
 
@@ -799,7 +814,8 @@ def test_a_sequence_config_reads_back_from_get_config(acc: tuple[ModelRecord, Lo
         "\n  oldest { max_candidate_sequences: 3, preferred_batch_size: [ 2 ], max_queue_delay_microseconds: 100 }\n}",
     )
     first = _read(acc, text, tmp_path)
-    assert first.sequence is not None and first.sequence.strategy == "oldest" and first.sequence.slots == 3
+    # max_candidate_sequences per instance, of Triton's two CPU instances
+    assert first.sequence is not None and first.sequence.strategy == "oldest" and first.sequence.slots == 6
     assert first.sequence.states[0].first(True).tolist() == [[100.0]]
     assert first.sequence.idle_s == 0.005 and first.sequence.max_queue_delay_ms == 0.1
     rendered = model_config._render_sequence(first.sequence)

@@ -543,7 +543,9 @@ def read(
             if max_batch is None:  # polystack's own: the policy's, within the variant's limit
                 max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
                 max_batch = min(max_batch, limit) if limit and max_batch else max_batch
-            sequence = _sequence(config["sequence_batching"], record, max_batch, instances or 1, model_dir, config)
+            # Triton's instance count where the config gives none (its slots: max_batch_size per instance)
+            count = instances or _default_count(spec) or 1
+            sequence = _sequence(config["sequence_batching"], record, max_batch, count, model_dir, config)
             rows, instances = max_batch or None, None  # the policy holds them
         elif dynamic is None:
             # Triton's default scheduler: each instance runs one request at a time, the others queue
@@ -1216,8 +1218,8 @@ def _instances(value: Any, spec: LoadSpec) -> int:
                 f"{where}.gpus {gpus} does not match the device polystack runs this model on ({spec.device}); "
                 "leave gpus out"
             )
-        count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 1
-        total += count or 1  # 0 is unset: one instance
+        count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 0
+        total += count or _default_count(spec) or 1  # 0 is unset: Triton's default count
         if "rate_limiter" in group:
             _rate_limiter(group["rate_limiter"], f"{where}.rate_limiter")
     if total > _MAX_INSTANCES:
@@ -1225,6 +1227,14 @@ def _instances(value: Any, spec: LoadSpec) -> int:
             f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
         )
     return total
+
+
+def _default_count(spec: LoadSpec) -> int | None:
+    """Triton's instance count where a config gives none (``SetDefaultInstanceCount``): 2 for its ONNX Runtime
+    backend on CPU, else 1; None: polystack's own (a model polystack runs with another runtime)."""
+    if spec.backend == "onnxruntime":
+        return 2 if _kind(spec.device) == "KIND_CPU" else 1
+    return None
 
 
 def _rate_limiter(value: Any, where: str) -> None:
