@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from servekit import caught_logs
 
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, QueuePolicy
@@ -349,9 +351,14 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     assert model_config.read(parameters(execution_mode=" +1"), RECORD, SPEC, PLAN).additions.options == {
         "execution_mode": "parallel"
     }
-    with pytest.raises(InvalidRequest, match="parameter 'frobnicate', which polystack does not read"):
-        model_config.read(parameters(frobnicate="1"), RECORD, SPEC, PLAN)
+    # a parameter Triton's backend does not read is ignored, as Triton ignores it (was refused), and said;
+    # GET config still shows it, as Triton's does
+    with caught_logs("polystack.server", logging.WARNING) as logs:
+        got = model_config.read(parameters(frobnicate="1", owner="team-a"), RECORD, SPEC, PLAN)
+    assert got.additions.options == {} and got.additions.parameters == (("frobnicate", "1"), ("owner", "team-a"))
+    assert [r.parameters for r in logs] == [["frobnicate", "owner"]]  # type: ignore[attr-defined]
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
+    assert model_config.read(parameters(owner="team-a"), RECORD, ov, PLAN).additions.options == {}
     with pytest.raises(InvalidRequest, match="of Triton's ONNX Runtime backend, but polystack serves this model with"):
         model_config.read(parameters(intra_op_thread_count="2"), RECORD, ov, PLAN)
 

@@ -259,7 +259,7 @@ def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path:
         assert store.get(f"big:{10**18}").format == "onnx" and store.get("folded:1").format == "onnx"
         assert store.get("folded:1").signature == store.get(f"big:{10**18}").signature
         (root / "folded" / "1" / "model.onnx" / "model.onnx").rename(root / "folded" / "1" / "model.onnx" / "m.onnx")
-        with pytest.raises(InvalidRequest, match="without a model.onnx file in it"):
+        with pytest.raises(InvalidRequest, match=r"without a model\.onnx file in it"):
             model_repository.register(store, root, [])
     finally:
         store.close()
