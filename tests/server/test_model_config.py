@@ -276,8 +276,18 @@ def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_
     """protobuf drops zeros: the text itself says whether the file set it."""
     assert json.loads(model_config.as_json("max_batch_size: 0 # no batching"))["max_batch_size"] == 0
     assert "max_batch_size" not in json.loads(model_config.as_json('name: "max_batch_size" # max_batch_size: 0'))
-    with pytest.raises(InvalidRequest, match="dynamic_batching needs max_batch_size of 1 or more"):
-        model_config.read(model_config.as_json("max_batch_size: 0\ndynamic_batching { }"), RECORD, SPEC, PLAN)
+    # Triton's dynamic batcher over a model without batching: each request alone, through its queues (was refused)
+    alone = model_config.read(
+        model_config.as_json("max_batch_size: 0\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }"),
+        RECORD, SPEC, PLAN,
+    )  # fmt: skip
+    assert alone.batching is not None and not alone.batching.merge and alone.batching.max_batch_size == 1
+    assert alone.batching.priority_levels == 2 and alone.max_batch_size is None and alone.instances is None
+    with pytest.raises(InvalidRequest, match="preferred size must be <= max batch size"):
+        model_config.read(
+            model_config.as_json("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [ 2 ] }"),
+            RECORD, SPEC, PLAN,
+        )  # fmt: skip
     chosen = model_config.read(model_config.as_json("dynamic_batching { }"), RECORD, SPEC, PLAN)
     assert chosen.batching is not None and chosen.batching.max_batch_size == PLAN.max_batch_size
 

@@ -411,17 +411,49 @@ def test_a_config_polystack_cannot_honour_is_refused_and_changes_nothing(
 
 def test_a_config_for_a_model_without_a_batch_dimension(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
-    for config, says in (
-        ({"max_batch_size": 2}, "max_batch_size 0"),
-        ({"dynamic_batching": {}}, "leave dynamic_batching out"),
-    ):
-        with pytest.raises(InferenceServerException) as e:
-            client.load_model("fixed2", config=json.dumps(config))
-        assert "400" in str(e.value.status()) and says in e.value.message()
-    client.load_model("fixed2", config=json.dumps({"max_batch_size": 0, "input": [{"name": "x", "dims": [2, 16]}]}))
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("fixed2", config=json.dumps({"max_batch_size": 2}))
+    assert "400" in str(e.value.status()) and "max_batch_size 0" in e.value.message()
     x = httpclient.InferInput("x", [2, 16], "FP32")
     x.set_data_from_numpy(np.ones((2, 16), np.float32))
+    # Triton's dynamic batcher over it: each request alone, through its queue (was refused)
+    client.load_model("fixed2", config=json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 2}}))
+    shown = client.get_model_config("fixed2")
+    assert shown["max_batch_size"] == 0 and shown["dynamic_batching"]["priority_levels"] == 2
+    before = client.get_inference_statistics("fixed2")["model_stats"][0]
+    assert client.infer("fixed2", [x], priority=1).as_numpy("y").shape == (2, 4)
+    after = client.get_inference_statistics("fixed2")["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 1  # a request, not its first dimension's rows
+    client.load_model("fixed2", config=json.dumps(shown))  # read back, it loads as it was
+    assert client.get_model_config("fixed2") == shown
+    client.load_model("fixed2", config=json.dumps({"max_batch_size": 0, "input": [{"name": "x", "dims": [2, 16]}]}))
+    assert "dynamic_batching" not in client.get_model_config("fixed2")
     assert client.infer("fixed2", [x]).as_numpy("y").shape == (2, 4)
+
+
+def test_a_config_without_batching_may_still_queue_requests_as_tritons_dynamic_batcher_does(
+    server: ServerThread,
+) -> None:
+    """max_batch_size 0 with dynamic_batching: Triton still queues the requests under its queue policy (a full
+    queue refuses at once), running each alone. polystack refused the config."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = {"max_batch_size": 0, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
+    try:
+        client.load_model("slow500", config=json.dumps(config))
+
+        def one(_: int) -> str:
+            c = httpclient.InferenceServerClient(server.http_url)
+            try:
+                c.infer("slow500", [mlp_ones(3)])  # 3 rows: no batch to hold them to a maximum
+                return "ok"
+            except InferenceServerException as e:
+                return str(e.status())
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = sorted(pool.map(one, range(4)))
+        assert answers.count("503") >= 1 and answers.count("ok") >= 2  # one running, one queued, the rest refused
+    finally:
+        client.load_model("slow500")
 
 
 def test_the_config_parameter_must_be_a_string(server: ServerThread) -> None:

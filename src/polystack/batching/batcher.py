@@ -139,7 +139,7 @@ class DynamicBatcher:
         self._last_arrival = 0.0
         self._flushing = False  # no request will come (a drain): batches leave without waiting out the delay
         self.preferred = frozenset(policy.preferred_batch_sizes)
-        self.batchable = self.signature.batched
+        self.batchable = policy.merge and self.signature.batched
         # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
         # requests), and those slots in the order batches take from them
         self._queues: dict[int, collections.deque[_Pending]] = {}
@@ -263,7 +263,8 @@ class DynamicBatcher:
         """Raise InvalidTensor unless ``inputs`` fit the model; else their rows (as the statistics count them,
         also once a model stopped being merged) and the key of the requests they may merge with."""
         self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
-        items = int(inputs[self.signature.inputs[0].name].shape[0]) if self.signature.batched else 1
+        batched = self.signature.batched and self.policy.merge  # else its first dimension is not a batch's
+        items = int(inputs[self.signature.inputs[0].name].shape[0]) if batched else 1
         return items, tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
 
     def infer(

@@ -46,6 +46,9 @@ class BatchPolicy:
     priority_queues: tuple[tuple[int, QueuePolicy], ...] = ()
     preserve_ordering: bool = False  # answers go out in the order the requests came (Triton's)
     delay: bool = False  # the default queue's timeout_action DELAY (``QueuePolicy.delay``)
+    # False: Triton's dynamic batcher over a model without batching (max_batch_size 0): each request runs alone,
+    # through the queues (their limits, timeouts and priority levels), max_batch_size 1
+    merge: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -54,6 +57,8 @@ class BatchPolicy:
             raise InvalidRequest("max_queue_delay_ms must be >= 0")
         if any(p < 1 or p > self.max_batch_size for p in self.preferred_batch_sizes):
             raise InvalidRequest(f"preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size})")
+        if not self.merge and (self.max_batch_size != 1 or self.preferred_batch_sizes):
+            raise InvalidRequest("a policy that does not merge requests runs one a call: max_batch_size 1, no preferred sizes")
         if self.idle_gap_ms < 0:
             raise InvalidRequest("idle_gap_ms must be >= 0")
         if not 1 <= self.instances <= MAX_INSTANCES:

@@ -410,7 +410,7 @@ class DataPlane:
 
             sequencer = SequenceBatcher(entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe)
             return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
-        if policy is not None and entry.signature.batched:
+        if policy is not None and (entry.signature.batched or not policy.merge):
             m = self.metrics.model(entry.name, str(entry.version))
 
             def on_batch(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:

@@ -373,8 +373,7 @@ def render(
         "optimization": added.optimization.render(),
         "response_cache": {"enable": added.response_cache},
     }
-    if merging:
-        assert batcher is not None
+    if batcher is not None and (merging or not batcher.policy.merge):  # (not one that stopped merging)
         p = batcher.policy
         config["dynamic_batching"] = {  # every field, as Triton shows them (clients index them)
             "preferred_batch_size": list(p.preferred_batch_sizes),
@@ -552,14 +551,20 @@ def read(
             if max_batch is None:  # polystack's own: the variant's limit
                 max_batch = limit if batched and limit else 0
             rows = max_batch or None
-        else:
-            if not batched:
+        elif not batched or max_batch == 0:
+            # Triton's dynamic batcher over a model without batching: each request runs alone, through its queues
+            # (their limits, timeouts, priority levels), as Triton creates it whatever max_batch_size is
+            given = read_message(dynamic, "dynamic_batching", "dynamic_batching").get("preferred_batch_size")
+            if given:
                 raise InvalidRequest(
-                    f"the config asks for dynamic_batching, but {record.name!r} takes no batch dimension on every input; "
-                    "leave dynamic_batching out"
+                    f"dynamic batching preferred size must be <= max batch size for {record.name}: max_batch_size is "
+                    "0 (requests run one a call); leave preferred_batch_size out"
                 )
-            if max_batch == 0:
-                raise InvalidRequest("dynamic_batching needs max_batch_size of 1 or more; set it, or leave it out")
+            if instances is None:
+                instances = default.instances if default else 1
+            batching = replace(_batching(dynamic, 1, instances), merge=False)
+            max_batch, rows, instances = 0, None, None
+        else:
             if max_batch is None:  # polystack's own: the policy's, within the variant's limit
                 max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
                 max_batch = min(max_batch, limit) if limit else max_batch
