@@ -383,9 +383,14 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         # a new folder that fails, then goes: polling goes on
         _model(repo, "broken", file="model.pt")
         assert until(lambda: "failed to load 'broken' from the model repository" in log.read_text())
+        [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
+        assert broken["state"] == "UNAVAILABLE" and "model.pt" in broken["reason"], broken  # why, as Triton's says
         shutil.rmtree(repo / "broken")
         _model(repo, "later")
         assert until(lambda: _ready(client, "later", "1"))
+        # folders gone: the index says nothing of their unloads or failures (fresh stays in the store)
+        index = client.get_model_repository_index()
+        assert "broken" not in {m["name"] for m in index} and {"name": "fresh"} in index, index
         assert "polling the model repository failed" not in log.read_text()  # each folder on its own
         # poll mode has the index but no model control, as in Triton
         assert {"name": "later", "version": "1", "state": "READY"} in client.get_model_repository_index()

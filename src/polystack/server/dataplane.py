@@ -1686,6 +1686,9 @@ class DataPlane:
                 if name in self._ensembles or self._serves_model(name):
                     self.unload(name)
                     changed = True
+                # gone from the repository: the index no longer lists it, as Triton's does not
+                self._stopped = {(n, v) for n, v in self._stopped if n != name}
+                self._load_failures.pop(name, None)
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
             if name in failed:  # an ensemble's model that failed in this poll, a moment ago
