@@ -41,7 +41,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
+from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, PolystackError, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -282,8 +282,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         unsent = asyncio.Semaphore(STREAM_UNSENT)
         running: set[asyncio.Task[None]] = set()
-        # Triton's triton_grpc_error header: the first failure ends the stream with its gRPC status, where
-        # failures are otherwise answers (error_message) and the stream goes on
+        # Triton's triton_grpc_error header: the first failure of a request's run (the model's error, a timeout in
+        # its queue) ends the stream with its gRPC status; a request refused before it runs (unknown model, bad
+        # tensors, a full queue) is answered in the stream (error_message) as without it, as Triton's are
         status_on_error = _header(context, "triton_grpc_error") == "true"
         codes: dict[asyncio.Future[pb.ModelStreamInferResponse], grpc.StatusCode] = {}  # of the failed answers
 
@@ -301,7 +302,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     elif code in _SERVER_SIDE:
                         failure = e.message
                     msg = _failed(request, status.message(e))
-                    if status_on_error:
+                    if status_on_error and _in_the_run(e):
                         codes[answered] = code
                 answered.set_result(msg)
             except asyncio.CancelledError:
@@ -350,6 +351,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if not taking.done():
                         drained = True
                         taking.cancel()  # a request read and waiting for a slot is answered as not run
+                    # its failure once the stream was aborted (triton_grpc_error) or cut is the stream's end: taken
+                    taking.add_done_callback(lambda t: t.cancelled() or t.exception())
                 if not drained:
                     taking.result()  # a read that failed ends the stream as it did
                 while running:
@@ -463,6 +466,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             setattr(resp.settings[key], field, value)
         return resp
+
+
+def _in_the_run(e: BaseException) -> bool:
+    """Whether a request failed in its run (the model's error, a timeout in its queue, an unexpected one), not
+    refused before it (what Triton's stream answers from its InferAsync call)."""
+    return isinstance(e, (BackendError, DeadlineExceeded)) or not isinstance(e, PolystackError)
 
 
 def _header(context: Any, name: str) -> str | None:
