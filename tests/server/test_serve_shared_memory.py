@@ -483,10 +483,11 @@ def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregist
     model_store: tuple[Store, dict[str, ModelRecord]], objects: Objects
 ) -> None:
     """Unregistered before: refused before the model runs (it ran for an answer nobody could take). While the
-    model runs, the request holds its output region, as Triton's does: the unregister succeeds, the name stays
-    taken until the answer is written, and the answer lands in the memory registered when the request came.
-    polystack looked the region up by name once the model was done: the request failed, or, with another object
-    registered meanwhile under the name (by any client), its answer went there and reported success."""
+    model runs, the request holds its output region, as Triton's does (``awaiting_unregister_``): the
+    unregister succeeds, but the region stays registered, listed and usable, its name taken, until the answers
+    are written, and they land in the memory registered when the request came. polystack looked the region up
+    by name once the model was done: the request failed, or, with another object registered meanwhile under the
+    name (by any client), its answer went there and reported success."""
     from servekit import register_like
 
     store, records = model_store
@@ -519,18 +520,23 @@ def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregist
                 "POST", "/v2/systemsharedmemory/region/out/register", {"key": other_key, "offset": 0, "byte_size": 64}
             )
             seen["status"] = raw.json("GET", "/v2/systemsharedmemory/status")
+            # a second request naming it meanwhile is served into it, as Triton serves it
+            second = httpclient.InferenceServerClient(st.http_url)
+            seen["second"] = second.infer("slow300", [x], outputs=[y]).get_output("y")
 
         timer = threading.Timer(0.1, meanwhile)
         timer.start()
         answer = client.infer("slow300", [x], outputs=[y])
         timer.join(5)
         assert answer.get_output("y")["parameters"]["shared_memory_region"] == "out"
-        assert seen["unregister"] == 200 and seen["status"] == (200, [])
+        assert seen["unregister"] == 200 and [r["name"] for r in seen["status"][1]] == ["out"], seen["status"]
         status, doc = seen["register"]
         assert status == 400 and "in flight" in doc["error"], doc
+        assert seen["second"]["parameters"]["shared_memory_region"] == "out"
         assert bytes(out.buf[:32]) == bytes(32) and bytes(out.buf[32:64]) == b"\xff" * 32  # the null model's zeros
         assert bytes(other.buf[:64]) == b"\xee" * 64
-        assert counts() == (1, 1, 1)
+        assert counts() == (2, 1, 2)
+        assert client.get_system_shared_memory_status() == []  # gone with the last answer written into it
         client.register_system_shared_memory("out", other_key, 64)  # its name is free once the answer is written
         assert [r["key"] for r in client.get_system_shared_memory_status()] == [other_key]
     finally:

@@ -13,8 +13,9 @@ SIGBUS that kills the whole server, where a system call fails with an error this
 Inputs are copied out as they are decoded, so a client may reuse its region as soon as the answer
 arrives, and a request waiting in a batch queue never sees the region change under it. An output's region
 is held from the moment its request is taken until its answer is written (``hold`` / ``release``), as
-Triton holds it: unregistering it meanwhile succeeds, but the region stays open, and its name taken, until
-the requests holding it are answered, so an answer never lands in memory registered since under that name.
+Triton holds it: unregistering it meanwhile succeeds, but the region stays registered (listed, usable by
+new requests, its name taken) until no request holds it, so an answer never lands in memory registered
+since under that name (Triton's ``awaiting_unregister_``).
 
 Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
 any client that can reach the server could otherwise make it read and write the host's shared
@@ -46,7 +47,7 @@ class Region:
     byte_size: int
     fd: int
     users: int = 0  # requests holding it for their outputs
-    unregistered: bool = False  # closed once no request holds it
+    unregistered: bool = False  # asked to go while held: it goes when its last holder lets go
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -65,8 +66,6 @@ class SharedMemoryRegions:
     def __init__(self, shm_dir: Path = SHM_DIR, max_regions: int | None = None) -> None:
         self._dir = shm_dir
         self._regions: dict[str, Region] = {}
-        # regions unregistered while requests held them: open, and their names taken, until released
-        self._leaving: dict[str, Region] = {}
         self._lock = threading.Lock()
         # each region holds a descriptor: unbounded, one client could take them all (then no connection is
         # accepted); a quarter of the process's open-file limit leaves the rest to connections and models
@@ -84,18 +83,19 @@ class SharedMemoryRegions:
         if byte_size == 0:
             raise InvalidRequest(f"shared memory region {name!r}: byte_size must be above 0")
         with self._lock:
-            if name in self._regions:
+            held = self._regions.get(name)
+            if held is not None and held.unregistered:
+                raise InvalidRequest(
+                    f"shared memory region {name!r} was unregistered, but requests in flight still use it: it stays "
+                    "registered until they are answered; register it again then, or pick another name"
+                )
+            if held is not None:
                 raise InvalidRequest(
                     f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
                 )
-            if name in self._leaving:
+            if len(self._regions) >= self.max_regions:
                 raise InvalidRequest(
-                    f"shared memory region {name!r} was unregistered, but requests in flight still write their "
-                    "outputs into it; register it again once they are answered, or pick another name"
-                )
-            if len(self._regions) + len(self._leaving) >= self.max_regions:
-                raise InvalidRequest(
-                    f"{len(self._regions) + len(self._leaving):,} system shared memory regions are registered, the most this server takes "
+                    f"{len(self._regions):,} system shared memory regions are registered, the most this server takes "
                     "(a quarter of its open-file limit, ulimit -n); unregister regions no longer in use, or register "
                     "one region and name parts of it by offset"
                 )
@@ -129,11 +129,10 @@ class SharedMemoryRegions:
         with self._lock:
             gone = list(self._regions.values()) if name is None else [r for r in [self._regions.get(name)] if r]
             for region in gone:
-                del self._regions[region.name]
-                if region.users:  # closed once the requests holding it are answered (``release``)
+                if region.users:  # registered until the requests holding it are answered (``release``)
                     region.unregistered = True
-                    self._leaving[region.name] = region
                 else:
+                    del self._regions[region.name]
                     os.close(region.fd)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -177,12 +176,13 @@ class SharedMemoryRegions:
             return region
 
     def release(self, regions: list[Region]) -> None:
-        """Let go of regions ``hold`` gave; one unregistered meanwhile closes with its last holder."""
+        """Let go of regions ``hold`` gave; one unregistered meanwhile goes with its last holder."""
         with self._lock:
             for region in regions:
                 region.users -= 1
                 if region.unregistered and region.users == 0:
-                    del self._leaving[region.name]
+                    if self._regions.get(region.name) is region:
+                        del self._regions[region.name]
                     os.close(region.fd)
 
     def write(self, ref: ShmRef, data: bytes | memoryview, what: str, region: Region | None = None) -> None:
