@@ -758,3 +758,11 @@ def test_a_keepalive_setting_grpc_cannot_take_exits_2(tmp_path: Any) -> None:
     assert "--grpc-http2-max-ping-strikes takes 0 to 2147483647" in refused_at_start(
         tmp_path, ["--grpc-http2-max-ping-strikes", "-1"]
     )
+    # a boolean takes a value, as tritonserver's does (--grpc-keepalive-permit-without-calls=1): it was a bare
+    # flag, so Triton's command lines were refused, or read its value as a model name
+    assert "takes 1 or 0 (true or false), not 'maybe'" in refused_at_start(
+        tmp_path, ["--grpc-keepalive-permit-without-calls=maybe"]
+    )
+    for value in ("=1", "=true", " false"):  # taken: the start goes on to the next flag's refusal
+        args = [*f"--grpc-keepalive-permit-without-calls{value}".split(), "--grpc-keepalive-time", "-5"]
+        assert "--grpc-keepalive-time takes 0 to" in refused_at_start(tmp_path, args)

@@ -58,10 +58,12 @@ def serve(
     grpc_keepalive_timeout: int = typer.Option(
         20_000, "--grpc-keepalive-timeout", help="Close a connection whose ping is not answered within this, in ms."
     ),
-    grpc_keepalive_permit_without_calls: bool = typer.Option(
-        False,
+    grpc_keepalive_permit_without_calls: str = typer.Option(
+        "0",
         "--grpc-keepalive-permit-without-calls",
-        help="Take clients' keepalive pings on gRPC connections with no call in flight (Triton's flag).",
+        metavar="BOOL",
+        help="1 (true): take clients' keepalive pings on gRPC connections with no call in flight; 0 (false): "
+        "Triton's default.",
     ),
     grpc_http2_max_pings_without_data: int = typer.Option(
         2, "--grpc-http2-max-pings-without-data", help="Pings the server sends without data between (0: no limit)."
@@ -260,7 +262,7 @@ def serve(
     keepalive = Keepalive(
         grpc_keepalive_time,
         grpc_keepalive_timeout,
-        grpc_keepalive_permit_without_calls,
+        _triton_bool(grpc_keepalive_permit_without_calls, "--grpc-keepalive-permit-without-calls"),
         grpc_http2_max_pings_without_data,
         grpc_http2_min_recv_ping_interval_without_data,
         grpc_http2_max_ping_strikes,
@@ -474,3 +476,13 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {file}") from None
     return configs
+
+
+def _triton_bool(value: str, flag: str) -> bool:
+    """A boolean flag's value as tritonserver reads one (``--flag=1``, ``--flag true``)."""
+    text = value.strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise InvalidRequest(f"{flag} takes 1 or 0 (true or false), not {value!r}")
