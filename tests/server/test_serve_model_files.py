@@ -161,8 +161,9 @@ def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
         assert client.get_model_metadata("mlp2")["versions"] == ["5"] and not client.is_model_ready("mlp2", "1")
         assert [r.version for r in store.models.list() if r.name == "mlp2"] == [1, 5]
         # a version registered another way is not a load's to replace
-        with pytest.raises(InferenceServerException, match=r"mlp:1 is already in the store with other bytes"):
+        with pytest.raises(InferenceServerException, match=r"mlp:1 is already in the store with other bytes") as e:
             client.load_model("mlp", config=_config("mlp"), files={"file:1/model.onnx": uploads["seed4"]})
+        assert e.value.status() == "400"  # a load that fails, as Triton answers them all (was 409)
         assert store.get("mlp:1").digest == records["mlp"].digest
     finally:
         client.unload_model("mlp2")
@@ -256,6 +257,10 @@ def test_a_load_whose_files_cannot_be_served_is_refused_and_changes_nothing(
     assert (err.value.status() == "400") if transport == "http" else (err.value.status() == "StatusCode.INVALID_ARGUMENT")
     assert [(r.name, r.version) for r in store.models.list()] == before  # nothing registered, nothing lost
     assert not client.is_model_ready("up")
+    # nor listed by the index: no load could serve the name (each such load was kept and listed, without end)
+    index = client.get_model_repository_index()
+    names = {m["name"] for m in index} if transport == "http" else {m.name for m in index.models}
+    assert "up" not in names
     assert client.infer("mlp", [mlp_ones(1, grpcclient if transport == "grpc" else httpclient)]).as_numpy("y").shape == (1, 4)
 
 

@@ -39,6 +39,7 @@ from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
 from polystack.errors import (
+    Conflict,
     InvalidRequest,
     InvalidTensor,
     ModelClosed,
@@ -162,6 +163,8 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound)
         )
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
+
+_MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
 
@@ -1589,23 +1592,28 @@ class DataPlane:
         else lists, ``UNAVAILABLE`` with the failure; every other name a load could serve (the store's, the
         repository's folders), by its name alone."""
         ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
-        ready |= {(name, p.ensemble.version) for name, p in self._ensembles.items()}
+        ready |= {(name, p.ensemble.version) for name, p in list(self._ensembles.items())}
         out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
         if not ready_only:
-            gone = self._stopped - ready
+            # what a load could serve (the store's models, the repository's folders): nothing else is listed
+            names = {r.name for r in self.store.models.list()}
+            if self.repository is not None:
+                names |= self.repository.folders()[0].keys()
+            gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
             out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
             listed = {n for n, _ in ready | gone}
-            out += [
-                {"name": n, "state": "UNAVAILABLE", "reason": why}
-                for n, why in self._load_failures.items()
-                if n not in listed
-            ]
-            listed |= self._load_failures.keys()
-            names = {r.name for r in self.store.models.list()}
-            if self.repository is not None:  # folders a load would read, not yet in the store
-                names |= self.repository.folders()[0].keys()
-            out += [{"name": n} for n in names - listed]
+            failed = {n: why for n, why in list(self._load_failures.items()) if n in names and n not in listed}
+            out += [{"name": n, "state": "UNAVAILABLE", "reason": why} for n, why in failed.items()]
+            out += [{"name": n} for n in names - listed - failed.keys()]
         return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
+
+    def _failed(self, name: str, message: str) -> None:
+        """Keep why the last load of ``name`` failed, for the index (which lists it only while a load could serve
+        the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of names nothing knows could grow it)."""
+        self._load_failures.pop(name, None)
+        self._load_failures[name] = message
+        while len(self._load_failures) > _MAX_LOAD_FAILURES:
+            self._load_failures.pop(next(iter(self._load_failures)))
 
     async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_control()
@@ -1615,9 +1623,10 @@ class DataPlane:
             await self._repository_load(name, parameters or {})
         except PolystackError as e:
             failed = load_failed(name, e)
-            if isinstance(failed, NotFound):  # nothing of that name to load: Triton's 400, not a 404
+            if isinstance(failed, (NotFound, Conflict)):  # nothing of that name to load, a version the store holds
+                # otherwise: Triton's 400, as for any load that fails
                 raise InvalidRequest(failed.message) from None
-            self._load_failures[name] = failed.message
+            self._failed(name, failed.message)
             raise failed from None
         self._load_failures.pop(name, None)
 
@@ -1701,7 +1710,7 @@ class DataPlane:
                 if name in self._unmet:  # an ensemble: a model it runs may load later in this poll
                     deferred[name] = e.message
                     continue
-                self._load_failures[name] = f"failed to load {quote(name, 140)}: {e.message}"
+                self._failed(name, f"failed to load {quote(name, 140)}: {e.message}")
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
                     "folder is read again once it changes",
@@ -1717,7 +1726,7 @@ class DataPlane:
         still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
         for name, message in deferred.items():
             if name in self._unmet:  # still failing once the poll's models loaded
-                self._load_failures[name] = f"failed to load {quote(name, 140)}: {still.get(name, message)}"
+                self._failed(name, f"failed to load {quote(name, 140)}: {still.get(name, message)}")
                 log.error(
                     f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
                     "and it is read again once its folder changes or a poll changes models",

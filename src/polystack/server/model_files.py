@@ -3,10 +3,10 @@ file (``file:1/model.onnx``) and its label files (``file:labels.txt``), so that 
 server a model it has (tritonclient's ``load_model(name, config=..., files=...)``).
 
 Triton loads such a model from a temporary directory made of the files. polystack serves from its
-store, so the file is imported and registered as ``polystack register`` does it (the same bytes under
-the same name register once; new bytes become the name's next version) and then loaded, with the
-load's config, as that version. The version directory's number is checked, not kept: the store numbers
-versions. Label files are those the config's outputs name as ``label_filename``. The files are read and
+store, so the file is imported and registered as the version its directory names (the same bytes register
+once; other bytes replace those a repository or an earlier load's files gave that version, set aside until
+the load serves, and are refused for a version ``polystack register`` made) and then loaded, with the
+load's config, as that version. Label files are those the config's outputs name as ``label_filename``. The files are read and
 checked, and the model imported, before the store changes; a load that fails after that (a config the
 model does not match, a runtime that cannot load it) undoes what registering changed (``Registered``).
 """
