@@ -691,8 +691,9 @@ def test_a_repository_models_config_without_its_tensors_is_auto_completed_as_tri
     """Triton's ONNX Runtime backend completes a config that lists no inputs or no outputs (AutoCompleteMaxBatch):
     a model that can batch gets default-max-batch-size (4) where max_batch_size is 0 or left out, and dynamic
     batching (Triton's defaults) where that is over 1, unless the config schedules it itself."""
+    # without a plan, Triton's instance count too: 2 for ONNX Runtime on CPU (SetDefaultInstanceCount)
     triton = BatchPolicy(
-        max_batch_size=4, max_queue_delay_ms=0, instances=1, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
+        max_batch_size=4, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
     )
     assert model_config.read("{}", TRITON_RECORD, SPEC, None).batching == triton
     for text in ('{"max_batch_size": 0}', '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}'):

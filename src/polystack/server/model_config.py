@@ -561,7 +561,7 @@ def read(
                     "0 (requests run one a call); leave preferred_batch_size out"
                 )
             if instances is None:
-                instances = default.instances if default else 1
+                instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching = replace(_batching(dynamic, 1, instances), merge=False)
             max_batch, rows, instances = 0, None, None
         else:
@@ -569,7 +569,7 @@ def read(
                 max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
                 max_batch = min(max_batch, limit) if limit else max_batch
             if instances is None:
-                instances = default.instances if default else 1
+                instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
         formats, shapes, reshapes = _tensors(config, record, max_batch)
         if record.settings.get(TRITON_IO):  # its unlisted tensors as Triton shows them
