@@ -111,7 +111,8 @@ def write_markdown(result: dict[str, Any]) -> None:
         serving.measured(result, f"{result['seconds_per_cell']:g} s per cell, median of {result['repeats']} runs"),
         "The serving benchmark's MLP (256-1024-1024-10) served twice by one `polystack serve --model-repository DIR`:"
         f" `auto`, a folder without a config, which Triton's auto-complete gives max_batch_size"
-        f" {result['auto_max_batch_size']} and dynamic batching (no queue delay), and `unbatched`, whose config"
+        f" {result['auto_max_batch_size']} and dynamic batching (no queue delay; Triton's 2 CPU instances, two batches"
+        " at once), and `unbatched`, whose config"
         " lists its inputs and outputs (nothing auto-completed: served unbatched). 1-row binary-tensor requests over"
         " keep-alive HTTP/1.1, one connection or 8.",
         "",
