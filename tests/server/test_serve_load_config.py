@@ -294,16 +294,27 @@ def test_null_is_a_fields_default_as_protobuf_reads_it(server: ServerThread) -> 
         client.load_model("mlp")
 
 
-def test_a_config_with_a_small_queue_refuses_what_does_not_fit(server: ServerThread) -> None:
+@pytest.mark.parametrize(
+    ("config", "rows"),
+    [
+        ({"max_batch_size": 1, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}, 1),
+        # max_batch_size 0: Triton still queues the requests under the queue policy, running each alone (polystack
+        # refused the config); 3 rows, as no batch holds them to a maximum
+        ({"max_batch_size": 0, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}, 3),
+    ],
+    ids=["batched", "max_batch_size_0"],
+)
+def test_a_config_with_a_small_queue_refuses_what_does_not_fit(
+    server: ServerThread, config: dict[str, Any], rows: int
+) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
-    config = {"max_batch_size": 1, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
     try:
         client.load_model("slow500", config=json.dumps(config))
 
         def one(_: int) -> str:
             c = httpclient.InferenceServerClient(server.http_url)
             try:
-                c.infer("slow500", [mlp_ones(1)])
+                c.infer("slow500", [mlp_ones(rows)])
                 return "ok"
             except InferenceServerException as e:
                 return str(e.status())
@@ -429,31 +440,6 @@ def test_a_config_for_a_model_without_a_batch_dimension(server: ServerThread) ->
     client.load_model("fixed2", config=json.dumps({"max_batch_size": 0, "input": [{"name": "x", "dims": [2, 16]}]}))
     assert "dynamic_batching" not in client.get_model_config("fixed2")
     assert client.infer("fixed2", [x]).as_numpy("y").shape == (2, 4)
-
-
-def test_a_config_without_batching_may_still_queue_requests_as_tritons_dynamic_batcher_does(
-    server: ServerThread,
-) -> None:
-    """max_batch_size 0 with dynamic_batching: Triton still queues the requests under its queue policy (a full
-    queue refuses at once), running each alone. polystack refused the config."""
-    client = httpclient.InferenceServerClient(server.http_url)
-    config = {"max_batch_size": 0, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
-    try:
-        client.load_model("slow500", config=json.dumps(config))
-
-        def one(_: int) -> str:
-            c = httpclient.InferenceServerClient(server.http_url)
-            try:
-                c.infer("slow500", [mlp_ones(3)])  # 3 rows: no batch to hold them to a maximum
-                return "ok"
-            except InferenceServerException as e:
-                return str(e.status())
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = sorted(pool.map(one, range(4)))
-        assert answers.count("503") >= 1 and answers.count("ok") >= 2  # one running, one queued, the rest refused
-    finally:
-        client.load_model("slow500")
 
 
 def test_the_config_parameter_must_be_a_string(server: ServerThread) -> None:
