@@ -249,13 +249,14 @@ def test_a_caller_trace_not_sampled_gets_no_span_and_spends_no_count(untraced: S
 
 def test_trace_settings_of_an_unknown_model_and_bad_requests_are_clear_errors(untraced: ServerThread) -> None:
     client = httpclient.InferenceServerClient(untraced.http_url)
+    # Triton's INVALID_ARG, in its words (was 404 / NOT_FOUND)
     with pytest.raises(InferenceServerException) as e:
         client.get_trace_settings("nope")
-    assert e.value.status() == "404" and "nope" in e.value.message()
+    assert e.value.status() == "400" and "Request for unknown model : 'nope'" in e.value.message()
     grpc = grpcclient.InferenceServerClient(untraced.grpc_url)
     with pytest.raises(InferenceServerException) as g:
         grpc.update_trace_settings("nope", {"trace_rate": "2"})
-    assert "NOT_FOUND" in str(g.value.status())
+    assert "INVALID_ARGUMENT" in str(g.value.status())
     raw = Raw(untraced.http_port)
     status, doc = raw.json("POST", "/v2/trace/setting", [1, 2])
     assert status == 400 and "JSON object" in doc["error"]

@@ -1001,7 +1001,13 @@ class DataPlane:
         """The trace settings of ``model`` ("": the global ones), after applying ``changes`` if given."""
         self._settings_here("trace")
         if model and self._ensemble(model, None) is None:
-            self._get(model, None)  # a model that is not loaded: 404
+            try:
+                self._get(model, None)
+            except (NotFound, Unavailable):  # Triton's INVALID_ARG for a model not ready, in its words
+                raise InvalidRequest(
+                    f"Request for unknown model : {quote(model, 140)} is not loaded; load it, or ask for the global "
+                    "trace settings (no model)"
+                ) from None
         before = self.tracing.settings(model or None)
         if changes is None:
             return before
