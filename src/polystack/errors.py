@@ -31,7 +31,7 @@ Messages say what was wrong and what to do next.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 
 class PolystackError(Exception):
@@ -40,6 +40,15 @@ class PolystackError(Exception):
     # False: a refusal that is the server working as it was set up (a drain, poll mode), which a 5xx status
     # alone would have logged as the server's failure
     server_failure: ClassVar[bool] = True
+    # True: raised in a request's run (the runtime refused its values, its answer could not be written), not a
+    # refusal before it; Triton reports those in the response, and a gRPC stream asking for triton_grpc_error
+    # ends there (``failed_in_run``)
+    in_run: bool = False
+
+    def failed_in_run(self) -> Self:
+        """This error, marked as raised in a request's run."""
+        self.in_run = True
+        return self
 
     @property
     def message(self) -> str:

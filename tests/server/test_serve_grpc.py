@@ -282,27 +282,38 @@ def test_streaming_answers_every_request_and_errors_do_not_end_the_stream(server
     assert any("INT64" in e for e in errors) and any("Request for unknown model: 'nope'" in e for e in errors)
 
 
-def _failing_at_run(path: Any) -> Any:
-    """An ONNX model that ONNX Runtime refuses to run for one row (a reshape of 2 values into 3): a request
-    that passes every check and fails in the model's run."""
+def _failing_at_run(path: Any, gather: bool = False) -> Any:
+    """An ONNX model that ONNX Runtime fails to run for a request that passes every check: for one row (a
+    reshape of 2 values into 3: its Fail), or with ``gather`` for an index past its table (its InvalidArgument,
+    which polystack answers as the request's fault)."""
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-        "failing",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
-        [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
-    )
+    if gather:
+        graph = helper.make_graph(
+            [helper.make_node("Gather", ["table", "x"], ["y"])],
+            "failing",
+            [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+            [helper.make_tensor("table", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])],
+        )
+    else:
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "failing",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+            [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
+        )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save_model(model, str(path))
     return path
 
 
+@pytest.mark.parametrize("how", ["fail", "invalid_argument"])
 def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as_tritons(
-    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Any
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Any, how: str
 ) -> None:
     """Triton's triton_grpc_error stream header: a request that fails in its run ends the stream with the gRPC
     status, which the client's callback gets (``status()``), and nothing after it is answered; a request refused
@@ -311,9 +322,11 @@ def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as
     from polystack.formats import import_model
 
     store, _ = model_store
-    imported = import_model(_failing_at_run(tmp_path / "failing.onnx"), tmp_path / "import")
-    store.register(imported.artifact, name="failing", format=imported.format, signature=imported.signature)
-    st = start(store, models=["mlp", "failing"])
+    gather = how == "invalid_argument"  # answered 400, but in the run: it ends the stream too (it did not)
+    imported = import_model(_failing_at_run(tmp_path / "failing.onnx", gather), tmp_path / "import")
+    name = f"failing_{how}"
+    store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
+    st = start(store, models=["mlp", name])
     client = grpcclient.InferenceServerClient(st.grpc_url)
     answers: queue.Queue[tuple[object, object]] = queue.Queue()
     try:
@@ -324,8 +337,12 @@ def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as
         good.set_data_from_numpy(np.full((2, 16), 0.5, np.float32))
         wrong = grpcclient.InferInput("x", [1, 16], "INT64")
         wrong.set_data_from_numpy(np.zeros((1, 16), np.int64))
-        one_row = grpcclient.InferInput("x", [1, 2], "FP32")
-        one_row.set_data_from_numpy(np.zeros((1, 2), np.float32))
+        if gather:
+            failing = grpcclient.InferInput("x", [1], "INT64")
+            failing.set_data_from_numpy(np.array([5], np.int64))
+        else:
+            failing = grpcclient.InferInput("x", [1, 2], "FP32")
+            failing.set_data_from_numpy(np.zeros((1, 2), np.float32))
         client.async_stream_infer("mlp", [good], request_id="first")
         client.async_stream_infer("mlp", [wrong], request_id="wrong")
         client.async_stream_infer("nope", [good], request_id="nope")
@@ -333,10 +350,13 @@ def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as
         assert got[0][1] is None and got[0][0].get_response().id == "first"  # type: ignore[attr-defined]
         refused = [error for _, error in got[1:]]
         assert all(isinstance(e, InferenceServerException) and e.status() is None for e in refused), refused
-        client.async_stream_infer("failing", [one_row], request_id="fails")
+        client.async_stream_infer(name, [failing], request_id="fails")
         _, error = answers.get(timeout=10)
         assert isinstance(error, InferenceServerException), error
-        assert error.status() == "StatusCode.INTERNAL" and "cannot be reshaped" in error.message(), error
+        if gather:
+            assert error.status() == "StatusCode.INVALID_ARGUMENT" and "refused the inputs" in error.message(), error
+        else:
+            assert error.status() == "StatusCode.INTERNAL" and "cannot be reshaped" in error.message(), error
         with contextlib.suppress(Exception):  # the stream is over: tritonclient may refuse to send
             client.async_stream_infer("mlp", [good], request_id="after")
         with pytest.raises(queue.Empty):

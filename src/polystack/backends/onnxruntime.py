@@ -65,7 +65,7 @@ def _to_runtime_input(name: str, arr: np.ndarray) -> np.ndarray:
             raise InvalidTensor(
                 f"input {name!r} holds bytes that are not UTF-8 ({e.reason} at byte {e.start}); "
                 "ONNX string tensors carry UTF-8 text"
-            ) from e
+            ).failed_in_run() from e
     return arr
 
 
@@ -106,7 +106,7 @@ class OnnxRuntimeModel:
         try:
             results = self.session.run(self._outputs, feed, self._run_options)
         except InvalidArgument as e:
-            raise InvalidTensor(f"ONNX Runtime refused the inputs: {e}") from e
+            raise InvalidTensor(f"ONNX Runtime refused the inputs: {e}").failed_in_run() from e
         except Fail as e:
             raise BackendError(f"ONNX Runtime failed: {e}") from e
         except Exception as e:

@@ -108,7 +108,7 @@ class OpenVinoModel:
             result = request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
             return {name: np.array(result[port], copy=True) for name, port in self._ports}
         except (TypeError, ValueError) as e:
-            raise InvalidTensor(f"OpenVINO refused the inputs: {e}") from e
+            raise InvalidTensor(f"OpenVINO refused the inputs: {e}").failed_in_run() from e
         except Exception as e:
             raise BackendError(f"OpenVINO failed: {type(e).__name__}: {e}") from e
         finally:

@@ -1535,6 +1535,8 @@ class DataPlane:
                 self.shared_memory.write(ref, raw, f"output {name!r}", held.get(name))
                 out[name] = SharedOutput(DType.from_numpy(arr.dtype), tuple(arr.shape), ref, len(raw))
         except BaseException as e:
+            if isinstance(e, PolystackError):  # after the model ran: in Triton, the response's error
+                e.failed_in_run()
             self.metrics.failed(*model_label, status.reason(e))
             raise
         return out

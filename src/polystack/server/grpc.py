@@ -471,7 +471,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def _in_the_run(e: BaseException) -> bool:
     """Whether a request failed in its run (the model's error, a timeout in its queue, an unexpected one), not
     refused before it (what Triton's stream answers from its InferAsync call)."""
-    return isinstance(e, (BackendError, DeadlineExceeded)) or not isinstance(e, PolystackError)
+    return isinstance(e, (BackendError, DeadlineExceeded)) or not isinstance(e, PolystackError) or e.in_run
 
 
 def _header(context: Any, name: str) -> str | None:
