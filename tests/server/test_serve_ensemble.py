@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 from polystack.errors import InvalidRequest, ModelClosed
 from polystack.examples import mlp_onnx
 from polystack.server import ensemble, model_config
+from polystack.store import ModelRecord, Store
 
 # mlp: x FP32[16] -> y FP32[4]; head: h FP32[4] -> z FP32[3]; pipe runs mlp, then head and neg at once
 PIPE = """
@@ -489,3 +490,28 @@ def test_an_ensemble_answers_from_the_response_cache_until_a_model_it_runs_is_lo
         assert (o["inference_stats"]["cache_hit"]["count"], o["inference_stats"]["cache_miss"]["count"]) == (1, 2)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert re.search(r'polystack_cache_hits_total\{model="pipe",version="1"\} 1\.0', metrics), metrics
+
+
+def test_the_engine_ray_check_takes_a_step_model_queued_without_batching_as_a_local_server_does(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """A step model whose config gives max_batch_size 0 with dynamic_batching (each request alone, through its
+    queue) has no row limit: --engine ray's check read its policy's 1 as one, and refused an ensemble of 4 rows
+    that a local server serves (helper-70's review)."""
+    from polystack.server.app import ServeConfig
+    from polystack.server.model_config import ConfigFile
+    from polystack.server.ray_serve import check_before_ray
+
+    store, _ = model_store
+    pipe = {
+        "platform": "ensemble", "max_batch_size": 4,
+        "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [4]}],
+        "ensemble_scheduling": {"step": [{"model_name": "mlp", "input_map": {"x": "X"}, "output_map": {"y": "Y"}}]},
+    }  # fmt: skip
+    config = ServeConfig(
+        http_port=18998, grpc_port=None, models=["mlp"],
+        model_configs={"mlp": ConfigFile('{"max_batch_size": 0, "dynamic_batching": {}}')},
+        ensembles={"pipe": ensemble.read(json.dumps(pipe), "pipe", 1)},
+    )  # fmt: skip
+    check_before_ray(store, config, ray_address="10.9.9.9:6379")  # no Ray started: the address is never dialled

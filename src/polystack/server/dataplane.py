@@ -591,6 +591,8 @@ class DataPlane:
                 plan = self._plan(ModelRef(step.model, version), None)
                 sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
                 limit = spec.max_batch_size or 0
+                if plan.policy is not None and not plan.policy.merge:  # max_batch_size 0: no row limit, as served
+                    return ensemble.Served(sig, sig.batched, 0)
                 if plan.policy is not None and sig.batched:
                     limit = min(plan.policy.max_batch_size, limit) if limit else plan.policy.max_batch_size
                 return ensemble.Served(sig, sig.batched, limit if sig.batched else 0)
