@@ -164,6 +164,11 @@ def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
         with pytest.raises(InferenceServerException, match=r"mlp:1 is already in the store with other bytes") as e:
             client.load_model("mlp", config=_config("mlp"), files={"file:1/model.onnx": uploads["seed4"]})
         assert e.value.status() == "400"  # a load that fails, as Triton answers them all (was 409)
+        # the index says why of a name it lists that is not served, as for any failed load
+        with pytest.raises(InferenceServerException, match=r"slow:1 is already in the store with other bytes"):
+            client.load_model("slow", config=_config("slow"), files={"file:1/model.onnx": uploads["seed4"]})
+        [slow] = [m for m in client.get_model_repository_index() if m["name"] == "slow"]
+        assert slow["state"] == "UNAVAILABLE" and "already in the store" in slow["reason"], slow
         assert store.get("mlp:1").digest == records["mlp"].digest
     finally:
         client.unload_model("mlp2")

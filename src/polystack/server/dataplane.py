@@ -1633,10 +1633,11 @@ class DataPlane:
             await self._repository_load(name, parameters or {})
         except PolystackError as e:
             failed = load_failed(name, e)
-            if isinstance(failed, (NotFound, Conflict)):  # nothing of that name to load, a version the store holds
-                # otherwise: Triton's 400, as for any load that fails
+            if isinstance(failed, NotFound):  # nothing of that name to load: Triton's 400, as for any load that fails
                 raise InvalidRequest(failed.message) from None
             self._failed(name, failed.message)
+            if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400 too
+                raise InvalidRequest(failed.message) from None
             raise failed from None
         self._load_failures.pop(name, None)
 
