@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -785,15 +786,22 @@ def test_the_delay_counts_from_the_oldest_request_even_among_delayed_ones(make: 
     """Delayed requests queue in the order their timeouts passed, not the order they came: the oldest of them
     may not be the first (helper-52's review: A waited 0.5 s for a 0.3 s delay)."""
     b = make(Recording(), max_batch_size=8, max_queue_delay_ms=600, delay=True)
-    started = time.monotonic()
-    a = b.submit(rows(1, 1.0), timeout_s=0.5)  # the oldest; delayed at 0.5 s
-    time.sleep(0.4)
-    b.submit(rows(1, 2.0), timeout_s=0.001)  # delayed before it
-    time.sleep(0.02)
-    b.submit(rows(1, 3.0))
-    time.sleep(0.1)
-    b.submit(rows(1, 4.0))
-    a.result(timeout=5)
-    # 0.6 s from A; counted from the first delayed request (B, at 0.4 s), 1.0 s: the bound lies between, with
-    # room on both sides for a loaded machine (0.42 against 0.3 and 0.5 failed once under the full suite)
-    assert time.monotonic() - started < 0.8
+    # a collection of the full suite's heap (torch, ONNX, JAX imported) stalls every thread for ~0.3 s: it
+    # made this test's 0.3 s wait 0.6 s twice in a clean clone's run; the batcher's timing is what is checked
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.monotonic()
+        a = b.submit(rows(1, 1.0), timeout_s=0.5)  # the oldest; delayed at 0.5 s
+        time.sleep(0.4)
+        b.submit(rows(1, 2.0), timeout_s=0.001)  # delayed before it
+        time.sleep(0.02)
+        b.submit(rows(1, 3.0))
+        time.sleep(0.1)
+        b.submit(rows(1, 4.0))
+        a.result(timeout=5)
+        took = time.monotonic() - started
+    finally:
+        gc.enable()
+    # 0.6 s from A; counted from the first delayed request (B, at 0.4 s), 1.0 s: the bound lies between
+    assert took < 0.8, took
