@@ -362,6 +362,11 @@ def serve(
                 "--engine ray serves HTTP only (Ray Serve's gRPC proxy needs stubs of its own): drop --grpc-port, "
                 "or serve with --engine local"
             )
+        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1:
+            raise InvalidRequest(
+                "the --grpc-keepalive-*, --grpc-http2-* and --grpc-max-message-bytes settings are the gRPC server's, "
+                "which --engine ray does not run (it serves HTTP only): drop them, or serve with --engine local"
+            )
         scale = parse_autoscale(autoscale) if autoscale else None
         home = store_settings().home
         store = open_store()
