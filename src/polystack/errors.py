@@ -40,9 +40,9 @@ class PolystackError(Exception):
     # False: a refusal that is the server working as it was set up (a drain, poll mode), which a 5xx status
     # alone would have logged as the server's failure
     server_failure: ClassVar[bool] = True
-    # True: raised in a request's run (the runtime refused its values, its answer could not be written), not a
-    # refusal before it; Triton reports those in the response, and a gRPC stream asking for triton_grpc_error
-    # ends there (``failed_in_run``)
+    # True: raised in a request's run (the runtime failed or refused its values, it timed out in its queue, its
+    # answer could not be written), not a refusal before it; Triton reports those in the response, and a gRPC
+    # stream asking for triton_grpc_error ends there (``failed_in_run`` marks an error of another kind)
     in_run: bool = False
 
     def failed_in_run(self) -> Self:
@@ -151,11 +151,11 @@ class BackendUnavailable(Unavailable):
 
 
 class DeadlineExceeded(PolystackError):
-    pass
+    in_run = True
 
 
 class BackendError(PolystackError):
-    pass
+    in_run = True
 
 
 class StoreError(BackendError):

@@ -262,7 +262,7 @@ def serve(
     keepalive = Keepalive(
         grpc_keepalive_time,
         grpc_keepalive_timeout,
-        _triton_bool(grpc_keepalive_permit_without_calls, "--grpc-keepalive-permit-without-calls"),
+        _flag_bool(grpc_keepalive_permit_without_calls, "--grpc-keepalive-permit-without-calls"),
         grpc_http2_max_pings_without_data,
         grpc_http2_min_recv_ping_interval_without_data,
         grpc_http2_max_ping_strikes,
@@ -483,11 +483,11 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
     return configs
 
 
-def _triton_bool(value: str, flag: str) -> bool:
+def _flag_bool(value: str, flag: str) -> bool:
     """A boolean flag's value as tritonserver reads one (``--flag=1``, ``--flag true``)."""
-    text = value.strip().lower()
-    if text in ("1", "true", "on", "yes"):
-        return True
-    if text in ("0", "false", "off", "no"):
-        return False
-    raise InvalidRequest(f"{flag} takes 1 or 0 (true or false), not {value!r}")
+    from polystack.server.onnxruntime_config import triton_bool
+
+    try:
+        return triton_bool(value.strip())
+    except InvalidRequest:
+        raise InvalidRequest(f"{flag} takes 1 or 0 (true or false), not {value!r}") from None

@@ -41,7 +41,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, PolystackError, ShuttingDown
+from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -471,7 +471,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def _in_the_run(e: BaseException) -> bool:
     """Whether a request failed in its run (the model's error, a timeout in its queue, an unexpected one), not
     refused before it (what Triton's stream answers from its InferAsync call)."""
-    return isinstance(e, (BackendError, DeadlineExceeded)) or not isinstance(e, PolystackError) or e.in_run
+    return not isinstance(e, PolystackError) or e.in_run
 
 
 def _header(context: Any, name: str) -> str | None:

@@ -6,9 +6,10 @@ Triton loads such a model from a temporary directory made of the files. polystac
 store, so the file is imported and registered as the version its directory names (the same bytes register
 once; other bytes replace those a repository or an earlier load's files gave that version, set aside until
 the load serves, and are refused for a version ``polystack register`` made) and then loaded, with the
-load's config, as that version. Label files are those the config's outputs name as ``label_filename``. The files are read and
-checked, and the model imported, before the store changes; a load that fails after that (a config the
-model does not match, a runtime that cannot load it) undoes what registering changed (``Registered``).
+load's config, as that version. Label files are those the config's outputs name as ``label_filename``.
+The files are read and checked, and the model imported, before the store changes; a load that fails after
+that (a config the model does not match, a runtime that cannot load it) undoes what registering changed
+(``Registered``).
 """
 
 from __future__ import annotations

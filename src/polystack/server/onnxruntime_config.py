@@ -174,9 +174,9 @@ def options(
             if threads > 0:  # 0 or less: the runtime's own choice, which polystack's plan makes
                 out[_THREADS[key]] = threads
         elif key in _SWITCHES:
-            out[_SWITCHES[key]] = _bool(given)
+            out[_SWITCHES[key]] = triton_bool(given)
         elif key == _SHARED_SESSION:
-            _bool(given)  # either way one session: polystack's instances share it
+            triton_bool(given)  # either way one session: polystack's instances share it
         elif key in _SESSION_ENTRIES:
             session[key] = given
         elif key in _RUN_ENTRIES:
@@ -213,7 +213,7 @@ def options(
         elif a.name == "cuda":
             for key, given in a.parameters:
                 if key in _CUDA_SWITCHES:
-                    _bool(given)
+                    triton_bool(given)
                 accelerated[key] = given
         else:
             raise _unknown(a.name, "gpu_execution_accelerator", "tensorrt and cuda")
@@ -248,7 +248,7 @@ def _tensorrt(parameters: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
             )
         name, kind = option
         if kind == "bool":
-            value = "1" if _bool(given) else "0"
+            value = "1" if triton_bool(given) else "0"
         elif kind in ("int", "count"):
             value = str(_int(given, f"TensorRT parameter {key}", _UINT64 if kind == "count" else _INT32))
         else:
@@ -264,8 +264,8 @@ def _unknown(name: str, where: str, known: str) -> InvalidRequest:
     )
 
 
-def _bool(given: str) -> bool:
-    """A boolean parameter as Triton's backends read one (``ParseBoolValue``)."""
+def triton_bool(given: str) -> bool:
+    """A boolean as Triton reads one, in its backends' parameters (``ParseBoolValue``) and tritonserver's flags."""
     lowered = given.lower()
     if lowered in ("true", "on", "1"):
         return True
