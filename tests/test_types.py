@@ -75,6 +75,19 @@ def test_invalid_inputs_say_what_was_expected(inputs: dict, message: str) -> Non
         SIG.validate_inputs(inputs)
 
 
+def test_optional_inputs_may_be_left_out_and_are_checked_when_given_without_counting_as_a_batch() -> None:
+    sig = Signature(SIG.inputs, SIG.outputs, (TensorSpec("b", DType.FP32, (-1,)),))
+    assert Signature.from_dict(sig.to_dict()) == sig and "optional" not in SIG.to_dict()
+    given = {"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}
+    sig.validate_inputs(given)
+    sig.validate_inputs({**given, "b": np.zeros(5, np.float32)})  # 5 values: no batch of 3 to agree with
+    with pytest.raises(InvalidTensor, match="input 'b' has datatype FP64"):
+        sig.validate_inputs({**given, "b": np.zeros(5)})
+    with pytest.raises(InvalidTensor, match=r"missing input 'x'.*b: FP32\[-1\] \(optional\)"):
+        sig.validate_inputs({"m": given["m"]})
+    assert sig.with_shapes({"b": (5,)}).optional == (TensorSpec("b", DType.FP32, (5,)),)
+
+
 def test_batch_over_the_maximum_is_refused() -> None:
     with pytest.raises(InvalidTensor, match="exceeds the model's maximum of 2"):
         SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}, max_batch_size=2)

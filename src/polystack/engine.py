@@ -24,7 +24,7 @@ from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
-from polystack.types import Signature
+from polystack.types import Signature, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class LoadSpec:
     max_batch_size: int | None = None
     # tensors clients send or get in other shapes than the model's (a Triton config's reshape)
     reshape: tuple[Reshape, ...] = ()
+    # graph inputs with a default that requests may also feed (a Triton config's optional inputs)
+    optional: tuple[TensorSpec, ...] = ()
 
     @property
     def platform(self) -> str:
@@ -130,6 +132,7 @@ class ModelMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         sig = self.signature.to_dict()
+        sig["inputs"] += sig.pop("optional", [])  # Triton lists a config's optional inputs among the others
         return {"name": self.name, "versions": self.versions, "platform": self.platform, **sig}
 
 
@@ -231,7 +234,10 @@ class Engine:
             )
         options = backend.parse_options(spec.options)
         started = time.perf_counter()
-        loaded = backend.load(spec.artifact, record.signature, options, spec.device)
+        signature = record.signature
+        if spec.optional:
+            signature = Signature(signature.inputs, signature.outputs, spec.optional)
+        loaded = backend.load(spec.artifact, signature, options, spec.device)
         if spec.reshape:
             loaded = Reshaped(loaded, spec.reshape)
         entry = LoadedEntry(

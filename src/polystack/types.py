@@ -184,10 +184,13 @@ class Signature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # inputs a request may leave out: graph inputs with a default (an ONNX initializer) that a Triton config
+    # marks ``optional``; never batched (Triton allows them only without batching)
+    optional: tuple[TensorSpec, ...] = ()
     _by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._by_name.update({t.name: t for t in self.inputs})
+        self._by_name.update({t.name: t for t in (*self.inputs, *self.optional)})
 
     def input(self, name: str) -> TensorSpec:
         return self._by_name[name]
@@ -204,7 +207,9 @@ class Signature:
             names = tuple(n if d == -1 else None for n, d in zip(t.dim_names, shape, strict=True))
             return dataclasses.replace(t, shape=shape, dim_names=names)
 
-        return Signature(tuple(map(shaped, self.inputs)), tuple(map(shaped, self.outputs)))
+        return Signature(
+            tuple(map(shaped, self.inputs)), tuple(map(shaped, self.outputs)), tuple(map(shaped, self.optional))
+        )
 
     @property
     def input_names(self) -> list[str]:
@@ -247,7 +252,9 @@ class Signature:
                 f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {self._expected()}"
             )
         batch: int | None = None
-        for spec in self.inputs:
+        required = len(self.inputs)  # optional inputs given follow: they carry no batch
+        given = [t for t in self.optional if t.name in inputs] if self.optional else []
+        for i, spec in enumerate((*self.inputs, *given)):
             arr = inputs[spec.name]
             got = DType.from_numpy(arr.dtype)
             if got is not spec.dtype:
@@ -260,7 +267,7 @@ class Signature:
                     f"input {spec.name!r} has shape {list(arr.shape)} but the model expects "
                     f"{list(spec.shape)} (-1 = any size)"
                 )
-            if spec.batched:
+            if spec.batched and i < required:
                 if batch is None:
                     batch = arr.shape[0]
                 elif arr.shape[0] != batch:
@@ -275,14 +282,19 @@ class Signature:
 
     def _expected(self) -> str:
         # built only for an error message: every valid request used to pay for it (py-spy, serving)
-        return ", ".join(t.describe() for t in self.inputs)
+        described = [t.describe() for t in self.inputs] + [f"{t.describe()} (optional)" for t in self.optional]
+        return ", ".join(described)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        out = {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        if self.optional:
+            out["optional"] = [t.to_dict() for t in self.optional]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Signature:
         return cls(
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            optional=tuple(TensorSpec.from_dict(t) for t in d.get("optional", ())),
         )

@@ -199,7 +199,7 @@ class OnnxRuntimeBackend(Backend):
             run_options = ort.RunOptions()
             for key, value in options.run_config.items():
                 run_options.add_run_config_entry(key, value)
-        bf16 = [t.name for t in (*signature.inputs, *signature.outputs) if t.dtype is DType.BF16]
+        bf16 = [t.name for t in (*signature.inputs, *signature.optional, *signature.outputs) if t.dtype is DType.BF16]
         if bf16:  # numpy has no bfloat16 for it: refused here, as Triton's ONNX Runtime backend refuses it
             raise InvalidModelFile(
                 f"ONNX Runtime's Python API takes and gives no bfloat16 tensors, and {', '.join(map(repr, bf16))} "

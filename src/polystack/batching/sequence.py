@@ -147,6 +147,7 @@ class SequencePolicy:
         return Signature(
             tuple(t for t in signature.inputs if t.name not in inputs),
             tuple(t for t in signature.outputs if t.name not in outputs),
+            tuple(t for t in signature.optional if t.name not in inputs),
         )
 
 

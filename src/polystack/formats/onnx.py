@@ -65,6 +65,21 @@ def signature_of(model: Any) -> Signature:
     return Signature(inputs=tuple(inputs), outputs=tuple(outputs))
 
 
+def overridable_inputs(path: Path) -> tuple[TensorSpec, ...]:
+    """The graph inputs of the ONNX model at ``path`` that an initializer backs, which a request may feed or
+    leave out (ONNX Runtime's overridable initializers: IR version 4 on; before it every initializer is
+    listed as an input and none can be fed). ``signature_of`` leaves them out; a Triton config may mark them
+    ``optional``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if model.ir_version < 4:
+        return ()
+    initializers = {i.name for i in model.graph.initializer}
+    specs = [_value_info_to_spec(vi) for vi in model.graph.input if vi.name in initializers]
+    return tuple(s for s in specs if s is not None)
+
+
 def check_external_data(model: Any, folder: Path) -> tuple[int, int]:
     """Refuse external data outside ``folder``; return (tensors stored outside, bytes they take)."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data

@@ -363,6 +363,8 @@ class DataPlane:
                 spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
             if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
+            if chosen.additions.optional:  # inputs with a default that requests may feed: the runtime takes them too
+                spec = dataclasses.replace(spec, optional=chosen.additions.optional)
             additions = chosen.additions
         if config is None and not auto and triton_io:  # batched as polystack's plan or flags say: its tensors as
             # Triton shows them (a config's reading adds the same)

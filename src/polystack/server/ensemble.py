@@ -133,6 +133,11 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[TensorSp
             raise InvalidRequest(
                 f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out"
             )
+        if key == "input" and model_config.read_bool(d, "optional", where):  # read for a model's config only
+            raise InvalidRequest(
+                f"{where} ({name}) is optional, which polystack's ensembles do not take (a request gives every "
+                "ensemble input); leave optional out"
+            )
         if model_config.read_string(d, "label_filename", where):
             raise InvalidRequest(
                 f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"
@@ -255,7 +260,7 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
             model = served(step)
         except PolystackError as e:
             raise e.prefixed(where) from None
-        inputs = {t.name: t for t in model.signature.inputs}
+        inputs = {t.name: t for t in (*model.signature.inputs, *model.signature.optional)}
         outputs = {t.name: t for t in model.signature.outputs}
         for kind, mapping, own in (("input", step.inputs, inputs), ("output", step.outputs, outputs)):
             for tensor, _ in mapping:
@@ -264,7 +269,7 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                         f"{where}: its {kind}_map names {quote(tensor)}, which is not an {kind} of {step.model!r}; its "
                         f"{kind}s are {', '.join(own)}"
                     )
-        unmapped = [n for n in inputs if n not in dict(step.inputs)]
+        unmapped = [t.name for t in model.signature.inputs if t.name not in dict(step.inputs)]  # optional ones may be
         if unmapped:
             raise InvalidRequest(
                 f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"

@@ -42,6 +42,7 @@ from polystack.batching.policy import MAX_INSTANCES
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
+from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
 from polystack.server import onnxruntime_config, repository_agents
@@ -128,7 +129,7 @@ _READ = {
     # Triton's rate limiter reads it only when started with --rate-limit (off by default): checked, then ignored
     "rate_limiter": _TRITON["rate_limiter"],
     "resource": _TRITON["resource"],
-    "input": {"name", "data_type", "dims", "format", "reshape"},
+    "input": {"name", "data_type", "dims", "format", "reshape", "optional"},
     "output": {"name", "data_type", "dims", "label_filename", "reshape"},
     "reshape": {"shape"},
     "model_warmup": _TRITON["model_warmup"],
@@ -214,6 +215,8 @@ class Additions:
     parameters: tuple[tuple[str, str], ...] = ()  # Triton's backend parameters (name, string value) it set
     optimization: Optimization = field(default_factory=Optimization)
     agents: repository_agents.Agents = ()  # the repository agents that ran on its files (model_repository_agents)
+    # inputs a request may leave out (optional: true): graph inputs an initializer gives a default
+    optional: tuple[TensorSpec, ...] = ()
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
@@ -337,8 +340,8 @@ def render(
     flags = {"is_shape_tensor": False}
     inputs = [
         {**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE"), **flags,
-         "allow_ragged_batch": False, "optional": False}
-        for t in sig.inputs
+         "allow_ragged_batch": False, "optional": t in sig.optional}
+        for t in (*sig.inputs, *sig.optional)
     ]  # fmt: skip
     device = entry.spec.device
     config: dict[str, Any] = {
@@ -571,7 +574,7 @@ def read(
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-        formats, shapes, reshapes = _tensors(config, record, max_batch)
+        formats, shapes, reshapes, optional = _tensors(config, record, spec, max_batch)
         if record.settings.get(TRITON_IO):  # its unlisted tensors as Triton shows them
             if sequence is None:
                 reshapes += autocomplete(record.signature, config, max_batch > 0)
@@ -593,7 +596,9 @@ def read(
                 "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
                 "samples hold no control or state inputs): leave model_warmup out"
             )
-    additions = Additions(warmup, formats, options, cached, shapes, reshapes, parameters, optimization)
+    additions = Additions(
+        warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional
+    )
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
             "autofilled max_batch_size, as Triton's auto-complete does: the model can batch and its config gives "
@@ -1362,17 +1367,20 @@ def _accelerators(value: Any, where: str) -> tuple[Accelerator, ...]:
 
 
 def _tensors(
-    config: dict[str, Any], record: ModelRecord, max_batch: int
-) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...], tuple[Reshape, ...]]:
+    config: dict[str, Any], record: ModelRecord, spec: LoadSpec, max_batch: int
+) -> tuple[
+    tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...], tuple[Reshape, ...], tuple[TensorSpec, ...]
+]:
     """Inputs and outputs the config lists must be the model's own, with the same type and dims (or, with a
     ``reshape``, dims of as many elements and a reshape that fits the model), but that the config's dims may
     fix a dim the model leaves -1, as Triton's ONNX Runtime backend allows; the layouts (``format``) it gives
     inputs, as Triton checks them (NHWC and NCHW: three dims besides the batch), the whole shapes of the
-    tensors whose dims it fixed, and the tensors it reshapes."""
+    tensors whose dims it fixed, the tensors it reshapes, and the inputs it makes optional (``_optional``)."""
     sig = record.signature
     formats: list[tuple[str, str]] = []
     shapes: list[tuple[str, tuple[int, ...]]] = []
     reshapes: list[Reshape] = []
+    optional: list[TensorSpec] = []
     for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
         items = config.get(key, [])
         if not isinstance(items, list):
@@ -1388,6 +1396,10 @@ def _tensors(
                 raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
             seen.add(name)
             t = by_name.get(name)
+            if key == "input" and (read_bool(d, "optional", where) or t is None):
+                t = _optional(d, where, name, t, record, spec, max_batch)
+                if t is not None:
+                    optional.append(t)
             if t is None:
                 raise InvalidRequest(
                     f"{where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s are "
@@ -1439,7 +1451,49 @@ def _tensors(
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
-    return tuple(formats), tuple(shapes), tuple(reshapes)
+    return tuple(formats), tuple(shapes), tuple(reshapes), tuple(optional)
+
+
+def _optional(
+    d: dict[str, Any], where: str, name: str, t: TensorSpec | None, record: ModelRecord, spec: LoadSpec, max_batch: int
+) -> TensorSpec | None:
+    """The input ``name`` a config lists as ``optional`` (or names though it is not among the model's
+    inputs: ``t`` None), checked as Triton's ONNX Runtime backend checks it: only a graph input an
+    initializer gives a default (which a request may then feed or leave out) may be optional, only without
+    batching, and every such input the config lists must be optional. None: not such an input."""
+    given = read_bool(d, "optional", where)
+    if given and max_batch:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"unable to load model {record.name!r}, optional input {name!r} is not supported for models that support "
+            "batching; set max_batch_size 0"
+        )
+    if given and t is not None:
+        raise InvalidRequest(
+            f"{where} ({name}) is optional, but {record.name!r} needs it in every request: only an input an ONNX "
+            "initializer gives a default may be optional; leave optional out"
+        )
+    if spec.format != "onnx" or spec.backend != "onnxruntime":
+        if given:
+            raise InvalidRequest(
+                f"{where} ({name}) is optional, which Triton's ONNX Runtime backend reads (an input an ONNX initializer "
+                f"gives a default); polystack serves {record.name!r} with {spec.backend} ({spec.format}): leave optional "
+                "out, or tune a plan that serves it with onnxruntime"
+            )
+        return None
+    default = next((o for o in onnx_format.overridable_inputs(spec.artifact) if o.name == name), None)
+    if default is None:
+        if given:
+            raise InvalidRequest(
+                f"{where} names {quote(name)} optional, which is not an input of {record.name!r}, nor one an initializer "
+                f"gives a default; its inputs are {', '.join(t.name for t in record.signature.inputs)}"
+            )
+        return None
+    if not given:  # Triton counts the model's inputs without it, so refuses the config
+        raise InvalidRequest(
+            f"{where} ({name}) is an input an ONNX initializer gives a default, which a request may feed only if the "
+            "config marks it optional (with max_batch_size 0); set optional: true, or leave it out"
+        )
+    return default
 
 
 def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch: int) -> Reshape | None:
