@@ -787,3 +787,13 @@ def test_model_metrics_is_a_field_of_tritons_config_taken_at_its_default_and_ref
                                    "histogram_options": {"buckets": [1, 10, 100]}}]}  # fmt: skip
     with pytest.raises(InvalidRequest, match="sets model_metrics, which polystack cannot honour: polystack's histograms"):
         model_config.read(json.dumps({"model_metrics": buckets}), RECORD, SPEC, PLAN)
+
+
+def test_what_clients_see_holds_a_configs_optional_inputs_once() -> None:
+    """``Additions.seen`` adds the optional inputs to a record's signature (which has none), as the --engine ray
+    check reads a step model; a loaded model's signature has them already, and keeps them once."""
+    x, b, y = (TensorSpec(n, DType.FP32, (5,)) for n in ("x", "b", "y"))
+    added = model_config.Additions(optional=(b,), shapes=(("b", (5,)),))
+    seen = added.seen(Signature((x,), (y,)))
+    assert seen.optional == (b,) and seen.inputs == (x,)
+    assert added.seen(seen) == seen

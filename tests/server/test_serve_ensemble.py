@@ -289,14 +289,46 @@ def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path
         assert http.is_model_ready("mlp")
 
 
-def _one_step(model: str, takes: str, gives: str, inp: str, out: str, version: int = -1, dims: int = 4) -> str:
-    """An ensemble's config.pbtxt: ``inp`` [16] -> ``model`` (``takes`` -> ``gives``) -> ``out`` [dims]."""
+def _one_step(
+    model: str, takes: str, gives: str, inp: str, out: str, version: int = -1, dims: int = 4, in_dims: int = 16
+) -> str:
+    """An ensemble's config.pbtxt: ``inp`` [in_dims] -> ``model`` (``takes`` -> ``gives``) -> ``out`` [dims]."""
     return (
-        f'platform: "ensemble"\nmax_batch_size: 4\ninput [ {{ name: "{inp}", data_type: TYPE_FP32, dims: [ 16 ] }} ]\n'
+        f'platform: "ensemble"\nmax_batch_size: 4\ninput [ {{ name: "{inp}", data_type: TYPE_FP32, dims: [ {in_dims} ] }} ]\n'
         f'output [ {{ name: "{out}", data_type: TYPE_FP32, dims: [ {dims} ] }} ]\nensemble_scheduling {{ step [ {{\n'
         f'  model_name: "{model}", model_version: {version}, input_map {{ key: "{takes}" value: "{inp}" }},\n'
         f'  output_map {{ key: "{gives}" value: "{out}" }} }} ] }}\n'
     )
+
+
+def test_a_batching_ensemble_runs_a_step_model_without_batching_whose_whole_shapes_agree(tmp_path: Path) -> None:
+    """As Triton's ensemble_utils: a step model with max_batch_size 0 may serve an ensemble that batches when
+    its shapes match the ensemble's with the batch dimension (here one row, [1, 4]); a request of more rows
+    fails in that step, saying why, and the server serves on."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "models"
+    (repo / "one_row" / "1").mkdir(parents=True)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")]
+    graph = helper.make_graph([helper.make_node("Neg", ["a"], ["b"])], "one_row", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / "one_row" / "1" / "model.onnx")
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(_one_step("one_row", "a", "b", "IN", "OUT", in_dims=4))
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert http.get_model_config("pipe")["max_batch_size"] == 4
+        assert http.get_model_config("one_row")["max_batch_size"] == 0
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        for rows, fails in ((1, False), (2, True), (1, False)):
+            i = httpclient.InferInput("IN", [rows, 4], "FP32")
+            i.set_data_from_numpy(x[:rows])
+            if fails:
+                with pytest.raises(InferenceServerException, match=r"input 'a' has shape \[2, 4\] but the model expects \[1, 4\]"):
+                    http.infer("pipe", [i])
+            else:
+                np.testing.assert_array_equal(http.infer("pipe", [i]).as_numpy("OUT"), -x[:rows])
 
 
 def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:

@@ -552,7 +552,7 @@ class DataPlane:
                 entry = self._get(step.model, None if step.version is None else str(step.version))
             except NotFound as e:
                 raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
-            return ensemble.Served(entry.entry.signature, entry.entry.signature.batched, self._max_batch(entry))
+            return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
         stateful = self._stateful(pipeline)
@@ -594,10 +594,10 @@ class DataPlane:
                 sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
                 limit = spec.max_batch_size or 0
                 if plan.policy is not None and not plan.policy.merge:  # max_batch_size 0: no row limit, as served
-                    return ensemble.Served(sig, sig.batched, 0)
+                    return ensemble.Served(sig, 0)
                 if plan.policy is not None and sig.batched:
                     limit = min(plan.policy.max_batch_size, limit) if limit else plan.policy.max_batch_size
-                return ensemble.Served(sig, sig.batched, limit if sig.batched else 0)
+                return ensemble.Served(sig, limit if sig.batched else 0)
 
             try:
                 self.refuse_cycle(name, pipeline, [name], pipelines)

@@ -231,10 +231,9 @@ def order(ensemble: Ensemble) -> list[list[int]]:
 @dataclass(frozen=True)
 class Served:
     """What a step model serves, as an ensemble sees it: its signature (its tensors' full shapes, the batch
-    dimension included), whether it takes a batch, and the most rows a request may carry (0: no limit)."""
+    dimension included) and the most rows a request may carry (0: no limit, or no batch)."""
 
     signature: Signature
-    batched: bool
     max_batch_size: int
 
 
@@ -242,7 +241,7 @@ def as_step(inner: Ensemble, step: Step) -> Served:
     """What ensemble ``inner`` serves as ``step`` of another, which must ask for its version or the latest."""
     if step.version is not None and step.version != inner.version:
         raise InvalidRequest(f"ensemble {inner.name!r} has version {inner.version}, not {step.version}")
-    return Served(inner.signature, inner.max_batch_size > 0, inner.max_batch_size)
+    return Served(inner.signature, inner.max_batch_size)
 
 
 def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
@@ -274,19 +273,15 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
             raise InvalidRequest(
                 f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"
             )
-        if ensemble.max_batch_size:
-            if not model.batched:
-                raise InvalidRequest(
-                    f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes no "
-                    "batch; set the ensemble's max_batch_size to 0 and give its dims whole"
-                )
-            if model.max_batch_size and model.max_batch_size < ensemble.max_batch_size:
-                raise InvalidRequest(
-                    f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
-                    f"most {model.max_batch_size}; lower the ensemble's, or raise the model's (its config's "
-                    "max_batch_size; for a config that lists no inputs or outputs, serve --backend-config "
-                    "default-max-batch-size sets the size Triton's auto-complete gives it)"
-                )
+        # a step model without batching may serve a batching ensemble, as in Triton, where the shapes agree with the
+        # batch dimension included (compared below: each side's whole shape); its requests then carry the batch
+        if ensemble.max_batch_size and 0 < model.max_batch_size < ensemble.max_batch_size:
+            raise InvalidRequest(
+                f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
+                f"most {model.max_batch_size}; lower the ensemble's, or raise the model's (its config's "
+                "max_batch_size; for a config that lists no inputs or outputs, serve --backend-config "
+                "default-max-batch-size sets the size Triton's auto-complete gives it)"
+            )
         for model_tensor, tensor in step.inputs:
             dtype, shape, source = types[tensor]
             _agree(

@@ -219,7 +219,10 @@ class Additions:
     optional: tuple[TensorSpec, ...] = ()
 
     def seen(self, signature: Signature) -> Signature:
-        """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied."""
+        """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
+        inputs added (a record's signature has none)."""
+        if self.optional and not signature.optional:
+            signature = Signature(signature.inputs, signature.outputs, self.optional)
         shapes = dict(self.shapes) | {r.name: r.full(r.client) for r in self.reshape}
         return signature.with_shapes(shapes) if shapes else signature
 
