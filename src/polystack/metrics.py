@@ -99,7 +99,9 @@ class _Families:
                 registry=registry,
             ),
             depth=Gauge(
-                "polystack_inference_queue_depth", "Requests waiting in the batcher's queue", labels, registry=registry
+                "polystack_inference_queue_depth",
+                "Requests waiting to run: in the batcher's queue, or for an inference thread (unbatched)",
+                labels, registry=registry,
             ),
             cache_hits=Counter(
                 "polystack_cache_hits", "Requests answered from the response cache (Triton: nv_cache_num_hits_per_model)",

@@ -139,6 +139,36 @@ def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
     assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
 
 
+def test_queue_depth_shows_unbatched_requests_waiting_for_an_instance(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Without batching (Triton's default scheduler: one request per instance at a time), the requests handed
+    over that no instance started wait, as Triton's pending request count shows them."""
+    from polystack.server.model_config import ConfigFile
+
+    store, _ = model_store
+    config = ConfigFile('{"max_batch_size": 0, "instance_group": [{"count": 1}]}')
+    st = start(store, models=["slow"], model_configs={"slow": config}, inline_max_ms=0.0)
+    try:
+        port = st.http_port
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
+
+        def one(_: int) -> int:
+            return Raw(port).request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
+
+        seen: list[float] = []
+        with ThreadPoolExecutor(4) as pool:  # one runs while the others wait: 50 ms a call
+            answers = [pool.submit(one, i) for i in range(4)]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(a.done() for a in answers):
+                seen.append(_metric(port, "polystack_inference_queue_depth", model="slow", version="1"))
+            assert [a.result() for a in answers] == [200] * 4
+        assert 1 <= max(seen) <= 3, seen  # 3 when all four came before the first was done
+        assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
+    finally:
+        st.stop()
+
+
 def test_request_past_its_deadline_is_unavailable_in_tritons_words(batching: ServerThread) -> None:
     """Triton answers a request whose queue timeout passed UNAVAILABLE, "Request timeout expired" (its QA
     checks both): clients' retry logic keys on it."""

@@ -102,8 +102,16 @@ class _Served:
     executor: InferenceThreads | None = None
     additions: model_config.Additions = field(default_factory=model_config.Additions)
     pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
+    # of those, the ids of the outcomes of the calls no thread started yet (added on the loop; dropped by the thread
+    # that starts one, or on the loop when it is back or cancelled): the queue depth its metric shows
+    waiting: set[int] = field(default_factory=set)
     load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
     sequencer: SequenceBatcher | None = None  # a sequence model's (its config's sequence_batching)
+
+    @property
+    def depth(self) -> int:
+        """Its unbatched requests waiting for a thread (a batched model's wait in its batcher's queue)."""
+        return len(self.waiting)
 
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance."""
@@ -187,12 +195,20 @@ def _size(array: np.ndarray) -> int:
 
 
 def _timed_infer(
-    entry: LoadedEntry, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None, queued_ns: int, outcome: Outcome
+    entry: LoadedEntry,
+    inputs: dict[str, np.ndarray],
+    outputs: Sequence[str] | None,
+    queued_ns: int,
+    outcome: Outcome,
+    waiting: set[int] | None = None,
 ) -> Any:
     """The result, and the call's start and end (``time.perf_counter_ns()``); ``queued_ns`` is when it
-    was handed over, so that the wait for a thread counts as the request's queue time."""
+    was handed over, so that the wait for a thread counts as the request's queue time. ``waiting`` (its
+    model's calls handed over and not started, by their outcome's id) loses this call as it starts."""
     from polystack.engine import infer_entry
 
+    if waiting is not None:
+        waiting.discard(id(outcome))  # one C call: safe beside the loop's add and discard without a lock
     t0 = time.perf_counter_ns()
     result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns, outcome=outcome)
     return result, t0, time.perf_counter_ns()
@@ -439,15 +455,15 @@ class DataPlane:
             self._served[key] = served
             self._generation += 1
         self.metrics.serving(entry.name, str(entry.version))
-        queue = batcher or served.sequencer
-        if queue is not None:
+        # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
+        # none has started (what a reload replaced is not kept alive by the gauge)
+        ref: weakref.ref[DynamicBatcher | SequenceBatcher | _Served] = weakref.ref(batcher or served.sequencer or served)
 
-            def queued(ref: weakref.ref[DynamicBatcher | SequenceBatcher] = weakref.ref(queue)) -> int:
-                b = ref()  # a batcher a reload replaced is not kept alive by the gauge
-                return 0 if b is None else b.depth
+        def queued() -> int:
+            held = ref()
+            return 0 if held is None else held.depth
 
-            # read at scrape time: nothing per request
-            self.metrics.model(entry.name, str(entry.version)).depth.set_function(queued)
+        self.metrics.model(entry.name, str(entry.version)).depth.set_function(queued)
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
         self._count_loaded()
@@ -1374,6 +1390,7 @@ class DataPlane:
                     else:
                         loop = loop or asyncio.get_running_loop()
                         served.pending += 1
+                        served.waiting.add(id(outcome))
                         try:
                             result, t0, t1 = await (served.executor or self.executor).run(
                                 loop,
@@ -1383,6 +1400,7 @@ class DataPlane:
                                 outputs,
                                 queued,
                                 outcome,
+                                served.waiting,
                             )
                         except ThreadsClosed:
                             if served.executor is None:  # the server's own threads: it is closing
@@ -1394,6 +1412,7 @@ class DataPlane:
                             ) from None
                         finally:
                             served.pending -= 1
+                            served.waiting.discard(id(outcome))
                     if span is not None:
                         self.tracing.stages(span, None, t0, t1)
                     if compute is not None:
