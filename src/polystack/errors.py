@@ -44,10 +44,18 @@ class PolystackError(Exception):
     # answer could not be written), not a refusal before it; Triton reports those in the response, and a gRPC
     # stream asking for triton_grpc_error ends there (``failed_in_run`` marks an error of another kind)
     in_run: bool = False
+    # a model's load that failed: the version it failed at, where one did (the repository index lists it so)
+    failed_version: int | None = None
 
     def failed_in_run(self) -> Self:
         """This error, marked as raised in a request's run."""
         self.in_run = True
+        return self
+
+    def at_version(self, version: int | None) -> Self:
+        """This error, marked as failing the load of ``version`` (the first version it is marked with stays)."""
+        if self.failed_version is None:
+            self.failed_version = version
         return self
 
     @property

@@ -312,6 +312,10 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
         with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
             client.load_model("mlp")
         assert all(_ready(client, "mlp", v) for v in ("1", "3", "4")) and not _ready(client, "mlp", "6")
+        # the index lists the version that failed with why, beside those serving on, as Triton's does
+        index = {m.get("version"): m for m in client.get_model_repository_index() if m["name"] == "mlp"}
+        assert index.keys() == {"1", "3", "4", "6"} and index["4"]["state"] == "READY", index
+        assert index["6"]["state"] == "UNAVAILABLE" and index["6"]["reason"].startswith("failed to load 'mlp': "), index
         # a folder whose first load failed: listed with why, as Triton lists it
         (repo / "broken" / "1").mkdir(parents=True)
         (repo / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
@@ -319,6 +323,7 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
             client.load_model("broken")
         [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
         assert broken["state"] == "UNAVAILABLE" and broken["reason"].startswith("failed to load 'broken': "), broken
+        assert broken["version"] == "1", broken  # the version that failed
         shutil.rmtree(repo / "broken")
         assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
         # a folder gone: its load fails, saying so; what was served serves on until unloaded
@@ -385,6 +390,8 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         assert until(lambda: "failed to load 'broken' from the model repository" in log.read_text())
         [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
         assert broken["state"] == "UNAVAILABLE" and "model.pt" in broken["reason"], broken  # why, as Triton's says
+        [plain8] = [m for m in client.get_model_repository_index() if m["name"] == "plain" and m.get("version") == "8"]
+        assert plain8["state"] == "UNAVAILABLE" and "failed to load 'plain'" in plain8["reason"], plain8
         shutil.rmtree(repo / "broken")
         _model(repo, "later")
         assert until(lambda: _ready(client, "later", "1"))

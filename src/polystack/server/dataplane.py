@@ -295,7 +295,7 @@ class DataPlane:
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
-        self._load_failures: dict[str, str] = {}
+        self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
@@ -811,7 +811,13 @@ class DataPlane:
         """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on."""
-        plans = [self._plan(r, config, agents) for r in refs]
+        plans = []
+        for r in refs:
+            try:
+                plans.append(self._plan(r, config, agents))
+            except PolystackError as e:
+                e.at_version(r.version)  # the index lists the version that failed
+                raise
         kept = [self._served_as(p) if config is None else None for p in plans]
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
@@ -821,11 +827,13 @@ class DataPlane:
                 built.append(self._build(plan))
             for plan, loaded in zip(changed, built, strict=True):
                 ready.append(self._serving(plan, loaded))
-        except BaseException:
+        except BaseException as e:
             for served in ready:
                 served.close(wait=False)
             for loaded in built:
                 loaded.model.close()
+            if isinstance(e, PolystackError):
+                e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
             raise
         fresh = iter(zip(changed, ready, strict=True))
         entries = [same or self._route(*next(fresh)) for same in kept]
@@ -1633,16 +1641,21 @@ class DataPlane:
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
             out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
             listed = {n for n, _ in ready | gone}
-            failed = {n: why for n, why in list(self._load_failures.items()) if n in names and n not in listed}
-            out += [{"name": n, "state": "UNAVAILABLE", "reason": why} for n, why in failed.items()]
+            failed = {n: f for n, f in list(self._load_failures.items()) if n in names and (n, f[0]) not in ready}
+            for n, (v, why) in failed.items():  # the version that failed, as Triton lists it, else the name
+                if (n, v) in gone:  # unloaded before; its load failed since
+                    out = [m for m in out if (m["name"], m.get("version")) != (n, str(v))]
+                if v is not None or n not in listed:
+                    out.append({"name": n, **({} if v is None else {"version": str(v)}), "state": "UNAVAILABLE", "reason": why})
             out += [{"name": n} for n in names - listed - failed.keys()]
         return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
 
-    def _failed(self, name: str, message: str) -> None:
-        """Keep why the last load of ``name`` failed, for the index (which lists it only while a load could serve
-        the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of names nothing knows could grow it)."""
+    def _failed(self, name: str, e: PolystackError) -> None:
+        """Keep why the last load of ``name`` failed (``e``, in its words), and at which version, for the index
+        (which lists it only while a load could serve the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of
+        names nothing knows could grow it)."""
         self._load_failures.pop(name, None)
-        self._load_failures[name] = message
+        self._load_failures[name] = (e.failed_version, e.message)
         while len(self._load_failures) > _MAX_LOAD_FAILURES:
             self._load_failures.pop(next(iter(self._load_failures)))
 
@@ -1656,7 +1669,7 @@ class DataPlane:
             failed = load_failed(name, e)
             if isinstance(failed, NotFound):  # nothing of that name to load: Triton's 400, as for any load that fails
                 raise InvalidRequest(failed.message) from None
-            self._failed(name, failed.message)
+            self._failed(name, failed)
             if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400 too
                 raise InvalidRequest(failed.message) from None
             raise failed from None
@@ -1742,12 +1755,12 @@ class DataPlane:
                 if name in self._unmet:  # an ensemble: a model it runs may load later in this poll
                     deferred[name] = e.message
                     continue
-                self._failed(name, f"failed to load {quote(name, 140)}: {e.message}")
                 log.error(
                     f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
                     "folder is read again once it changes",
                     extra={"model": name, "error": e.message},
                 )
+                self._failed(name, load_failed(name, e))
             except Exception:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:
@@ -1758,7 +1771,7 @@ class DataPlane:
         still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
         for name, message in deferred.items():
             if name in self._unmet:  # still failing once the poll's models loaded
-                self._failed(name, f"failed to load {quote(name, 140)}: {still.get(name, message)}")
+                self._failed(name, InvalidRequest(f"failed to load {quote(name, 140)}: {still.get(name, message)}"))
                 log.error(
                     f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
                     "and it is read again once its folder changes or a poll changes models",

@@ -325,16 +325,20 @@ def _register_model(
                 raise InvalidRequest(
                     f"{path} is a folder without a model.onnx file in it; an ONNX model given as a folder (Triton's "
                     "form for models with external data) keeps its main file there as model.onnx"
-                )
+                ).at_version(version)
             path = path / "model.onnx"
         if not path.is_file():
-            raise InvalidRequest(_missing(path))
+            raise InvalidRequest(_missing(path)).at_version(version)
         paths.append((version, path))
     for version, path in paths:
         with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
-            registered = model_files.register_file(
-                store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True
-            )
+            try:
+                registered = model_files.register_file(
+                    store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True
+                )
+            except PolystackError as e:
+                e.at_version(version)
+                raise
         done.append(registered)
         if registered.created:
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
