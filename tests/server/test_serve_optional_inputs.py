@@ -183,3 +183,18 @@ def test_without_a_config_an_initializer_input_is_not_a_request_input(clients) -
 def test_only_ir_4_and_later_initializers_are_overridable(tmp_path: Path) -> None:
     assert [t.name for t in overridable_inputs(add_with_initializer(tmp_path / "new.onnx"))] == ["INITIALIZER"]
     assert overridable_inputs(add_with_initializer(tmp_path / "old.onnx", ir_version=3)) == ()
+
+
+def test_a_warmup_sample_may_give_an_optional_input(clients) -> None:
+    http, _ = clients
+    tensor = {"data_type": "TYPE_FP32", "dims": [5, 5], "zero_data": True}
+    warm = {"name": "both", "batch_size": 1, "inputs": {"INPUT": tensor, "INITIALIZER": tensor}}
+    try:
+        http.load_model("add", config=json.dumps({**CONFIG, "model_warmup": [warm]}))
+        [shown] = http.get_model_config("add")["model_warmup"]
+        assert shown["inputs"].keys() == {"INPUT", "INITIALIZER"}
+        unknown = {**warm, "inputs": {**warm["inputs"], "BIAS": tensor}}
+        with pytest.raises(InferenceServerException, match=r"names input 'BIAS'.*its inputs are INPUT, INITIALIZER"):
+            http.load_model("add", config=json.dumps({**CONFIG, "model_warmup": [unknown]}))
+    finally:
+        http.load_model("add", config=json.dumps(CONFIG))

@@ -585,7 +585,7 @@ def read(
                 kept = {t.name for t in record.signature.inputs} | {s.output for s in sequence.states}
                 reshapes += tuple(r for r in autocomplete(record.signature, config, False) if r.name not in kept)
         # warm-up samples are in the shapes clients send
-        seen = Additions(shapes=shapes, reshape=reshapes).seen(record.signature)
+        seen = Additions(shapes=shapes, reshape=reshapes, optional=optional).seen(record.signature)
         warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
         cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
         cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
@@ -1100,17 +1100,18 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
         if not isinstance(inputs, dict):
             raise InvalidRequest(f"{where}.inputs must be an object of {{input name: warm-up input}}")
         sig = record.signature
-        unknown = [k for k in inputs if k not in sig.input_names]
+        takes = (*sig.inputs, *sig.optional)  # an optional input may be given or left out
+        unknown = [k for k in inputs if k not in {t.name for t in takes}]
         if unknown:
             raise InvalidRequest(
                 f"{where} ({name}) names input {quote(unknown[0])}, which {record.name!r} does not take; its inputs "
-                f"are {', '.join(sig.input_names)}"
+                f"are {', '.join(t.name for t in takes)}"
             )
         missing = [n for n in sig.input_names if n not in inputs]
         if missing and batch_size:
             raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
         parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch, model_dir)
-                       for t in sig.inputs if t.name in inputs)  # fmt: skip
+                       for t in takes if t.name in inputs)  # fmt: skip
         sample = WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0)
         if sample.input_bytes > _MAX_WARMUP_BYTES:
             raise InvalidRequest(
