@@ -301,34 +301,38 @@ def _one_step(
     )
 
 
-def test_a_batching_ensemble_runs_a_step_model_without_batching_whose_whole_shapes_agree(tmp_path: Path) -> None:
-    """As Triton's ensemble_utils: a step model with max_batch_size 0 may serve an ensemble that batches when
-    its shapes match the ensemble's with the batch dimension (here one row, [1, 4]); a request of more rows
-    fails in that step, saying why, and the server serves on."""
+def test_a_batching_ensemble_runs_a_step_model_without_batching_as_triton_does(tmp_path: Path) -> None:
+    """As Triton's ensembles: a step model with max_batch_size 0 may serve an ensemble that batches when its
+    shapes match the ensemble's with the batch dimension (one_row, [1, 4]) or without it (vec, [4]: a batch of 1
+    goes in without its batch dimension and the answer gets it back, Triton's ReshapeTensorDims); a request of
+    more rows fails in that step, saying why, and the server serves on."""
     import onnx
     from onnx import TensorProto, helper
 
     repo = tmp_path / "models"
-    (repo / "one_row" / "1").mkdir(parents=True)
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")]
-    graph = helper.make_graph([helper.make_node("Neg", ["a"], ["b"])], "one_row", io[:1], io[1:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / "one_row" / "1" / "model.onnx")
-    (repo / "pipe" / "1").mkdir(parents=True)
-    (repo / "pipe" / "config.pbtxt").write_text(_one_step("one_row", "a", "b", "IN", "OUT", in_dims=4))
+    for name, shape in (("one_row", [1, 4]), ("vec", [4])):
+        (repo / name / "1").mkdir(parents=True)
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("a", "b")]
+        graph = helper.make_graph([helper.make_node("Neg", ["a"], ["b"])], name, io[:1], io[1:])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / name / "1" / "model.onnx")
+        (repo / f"pipe_{name}" / "1").mkdir(parents=True)
+        (repo / f"pipe_{name}" / "config.pbtxt").write_text(_one_step(name, "a", "b", "IN", "OUT", in_dims=4))
     port = free_port()
     with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        assert http.get_model_config("pipe")["max_batch_size"] == 4
-        assert http.get_model_config("one_row")["max_batch_size"] == 0
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
-        for rows, fails in ((1, False), (2, True), (1, False)):
-            i = httpclient.InferInput("IN", [rows, 4], "FP32")
-            i.set_data_from_numpy(x[:rows])
-            if fails:
-                with pytest.raises(InferenceServerException, match=r"input 'a' has shape \[2, 4\] but the model expects \[1, 4\]"):
-                    http.infer("pipe", [i])
-            else:
-                np.testing.assert_array_equal(http.infer("pipe", [i]).as_numpy("OUT"), -x[:rows])
+        for name, step_shape in (("one_row", [1, 4]), ("vec", [4])):
+            assert http.get_model_config(f"pipe_{name}")["max_batch_size"] == 4
+            assert http.get_model_config(name)["max_batch_size"] == 0
+            for rows, fails in ((1, False), (2, True), (1, False)):
+                i = httpclient.InferInput("IN", [rows, 4], "FP32")
+                i.set_data_from_numpy(x[:rows])
+                if fails:
+                    words = rf"input 'a' has shape \[2, 4\] but the model expects {re.escape(str(step_shape))}"
+                    with pytest.raises(InferenceServerException, match=words):
+                        http.infer(f"pipe_{name}", [i])
+                else:
+                    np.testing.assert_array_equal(http.infer(f"pipe_{name}", [i]).as_numpy("OUT"), -x[:rows])
 
 
 def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:
@@ -554,3 +558,14 @@ def test_the_engine_ray_check_takes_a_step_model_queued_without_batching_as_a_lo
         ensembles={"pipe": ensemble.read(json.dumps(pipe), "pipe", 1)},
     )  # fmt: skip
     check_before_ray(store, config, ray_address="10.9.9.9:6379")  # no Ray started: the address is never dialled
+
+
+def test_fit_passes_a_batch_of_one_between_batching_and_non_batching_shapes_as_triton_does() -> None:
+    from polystack.types import DType, TensorSpec
+
+    one = np.zeros((1, 4), np.float32)
+    assert ensemble.fit(one, TensorSpec("a", DType.FP32, (4,))).shape == (4,)  # into a model without a batch
+    assert ensemble.fit(one[0], TensorSpec("a", DType.FP32, (-1, 4))).shape == (1, 4)  # back into a batch
+    two = np.zeros((2, 4), np.float32)
+    assert ensemble.fit(two, TensorSpec("a", DType.FP32, (4,))) is two  # left for the model to refuse
+    assert ensemble.fit(one, TensorSpec("a", DType.FP32, (-1, 4))) is one

@@ -66,7 +66,7 @@ from polystack.server.tracing import Carrier, Tracing
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.store.refs import MAX_VERSION
-from polystack.types import DType
+from polystack.types import DType, TensorSpec
 
 log = logging.getLogger("polystack.server")
 
@@ -1253,11 +1253,12 @@ class DataPlane:
                 parameters = request.parameters
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
                     parameters = plain
-                sub = InferRequest(given, request.id, [RequestedOutput(model) for model, _ in step.outputs], parameters)
+                version = None if step.version is None else str(step.version)
                 try:
-                    answer = await self.infer(
-                        step.model, None if step.version is None else str(step.version), sub, loop, None, steps
-                    )
+                    takes = self._takes(step.model, version)
+                    given = {n: ensemble.fit(a, takes[n]) if n in takes else a for n, a in given.items()}
+                    sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
+                    answer = await self.infer(step.model, version, sub, loop, None, steps)
                 except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
                     raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
                 return answer.outputs
@@ -1308,6 +1309,12 @@ class DataPlane:
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+
+    def _takes(self, name: str, version: str | None) -> dict[str, TensorSpec]:
+        """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them."""
+        nested = self._ensemble(name, version)  # as infer() resolves the name: an ensemble's first
+        sig = nested.ensemble.signature if nested is not None else self._get(name, version).entry.signature
+        return {t.name: t for t in (*sig.inputs, *sig.optional)}
 
     def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0) -> set[str]:
         """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence

@@ -274,7 +274,8 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                 f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"
             )
         # a step model without batching may serve a batching ensemble, as in Triton, where the shapes agree with the
-        # batch dimension included (compared below: each side's whole shape); its requests then carry the batch
+        # batch dimension included (its requests then carry the batch), or without it (a batch of 1 is then passed
+        # without its batch dimension, and given one back: ``fit``)
         if ensemble.max_batch_size and 0 < model.max_batch_size < ensemble.max_batch_size:
             raise InvalidRequest(
                 f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
@@ -304,7 +305,7 @@ def _agree(
             f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
         )
     # ranks of 0 are left alone: ONNX may leave an output's shape unknown
-    if spec.shape and shape and not _compatible(spec.shape, shape):
+    if spec.shape and shape and not _agreeing(spec.shape, shape):
         raise InvalidRequest(
             f"{where}: ensemble tensor {quote(tensor)} has shape {list(shape)} as {source}, but {what} has "
             f"{list(spec.shape)} (-1: any size)"
@@ -313,6 +314,28 @@ def _agree(
 
 def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
+
+
+def _agreeing(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether whole shapes ``a`` and ``b`` agree, or agree but for a batch dimension one has and the other not (as
+    Triton compares an ensemble's tensors: their dims, or their dims with the batch dimension)."""
+    return _compatible(a, b) or (len(a) == len(b) + 1 and _compatible(a[1:], b)) or (
+        len(b) == len(a) + 1 and _compatible(a, b[1:])
+    )
+
+
+def fit(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``array`` in the shape ``spec`` takes, where it differs only by a batch of 1, as Triton's ensembles pass
+    tensors between batching and non-batching models (``ReshapeTensorDims``): a batch of 1 loses its batch
+    dimension for a model that takes none, and a tensor without one gains it for a model (or ensemble output)
+    that takes one; any other shape is left for the model to refuse."""
+    if not spec.shape or spec.accepts(array.shape):
+        return array
+    if array.ndim == len(spec.shape) + 1 and array.shape[0] == 1 and spec.accepts(array.shape[1:]):
+        return array.reshape(array.shape[1:])
+    if array.ndim + 1 == len(spec.shape) and spec.accepts((1, *array.shape)):
+        return array.reshape((1, *array.shape))
+    return array
 
 
 def render(ensemble: Ensemble) -> dict[str, Any]:
@@ -394,7 +417,8 @@ async def run(
     finally:
         for future in running:
             future.cancel()
-    return {name: tensors[name] for name in outputs}
+    specs = {t.name: t for t in ensemble.signature.outputs}
+    return {name: fit(tensors[name], specs[name]) for name in outputs}
 
 
 def load_order(ensembles: Mapping[str, Ensemble]) -> list[str]:
