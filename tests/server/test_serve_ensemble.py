@@ -431,13 +431,6 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
             "not a type polystack serves",
         ),
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], name="other"), "names model 'other'"),
-        (
-            _config(
-                [_step("m", {"x": "IN"}, {"y": "OUT"})],
-                input=[{"name": "IN", "data_type": "TYPE_FP32", "dims": [16], "optional": True}],
-            ),
-            "input[0] (IN) is optional, which polystack's ensembles do not take",
-        ),
     ],
 )
 def test_an_ensemble_config_that_cannot_run_is_refused_saying_what_is_wrong(text: str, words: str) -> None:

@@ -58,9 +58,12 @@ def clients(
     add_with_initializer(root / "models" / "add" / "1" / "model.onnx")
     add_with_initializer(root / "models" / "batched" / "1" / "model.onnx", rows=-1)
     (root / "models" / "add" / "config.pbtxt").write_text(json.dumps(CONFIG))
-    for name, mapped in (("given", {"INPUT": "X", "INITIALIZER": "B"}), ("left_out", {"INPUT": "X"})):
+    mappings = (("given", {"INPUT": "X", "INITIALIZER": "B"}), ("left_out", {"INPUT": "X"}), ("may", {"INPUT": "X", "INITIALIZER": "B"}))
+    for name, mapped in mappings:
         (root / "models" / name / "1").mkdir(parents=True)
         inputs = [{"name": tensor, "data_type": "TYPE_FP32", "dims": [5, 5]} for tensor in mapped.values()]
+        if name == "may":  # the ensemble's own input B is optional too
+            inputs[1]["optional"] = True
         step = {"model_name": "add", "model_version": -1, "input_map": mapped, "output_map": {"OUTPUT": "Y"}}
         ensemble = {"platform": "ensemble", "max_batch_size": 0, "input": inputs,
                     "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [5, 5]}],
@@ -86,7 +89,7 @@ def infer(
         i = module.InferInput(name, list(value.shape), "FP32")
         i.set_data_from_numpy(value)
         inputs.append(i)
-    return client.infer(model, inputs).as_numpy("Y" if model in ("given", "left_out") else "OUTPUT")
+    return client.infer(model, inputs).as_numpy("Y" if model in ("given", "left_out", "may") else "OUTPUT")
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -102,6 +105,21 @@ def test_an_ensemble_step_may_map_an_optional_input_or_leave_it_out(clients) -> 
     x = np.arange(25, dtype=np.float32).reshape(5, 5)
     np.testing.assert_array_equal(infer(http, "given", X=x, B=x), x + x)
     np.testing.assert_array_equal(infer(http, "left_out", X=x), x + 1)
+
+
+def test_an_ensembles_optional_input_left_out_leaves_it_out_of_the_steps_that_take_it(clients) -> None:
+    """As Triton's ensembles: a request may leave out an ensemble's optional input, and the step it feeds then runs
+    without it (here the step model's own optional input, which takes its initializer's default)."""
+    http, grpc = clients
+    x = np.arange(25, dtype=np.float32).reshape(5, 5)
+    np.testing.assert_array_equal(infer(http, "may", X=x, B=x), x + x)
+    np.testing.assert_array_equal(infer(http, "may", X=x), x + 1)
+    np.testing.assert_array_equal(infer(grpc, "may", X=x), x + 1)
+    assert [t["name"] for t in http.get_model_metadata("may")["inputs"]] == ["X", "B"]
+    shown = same_config_both_ways(http, grpc, "may")
+    assert [(t["name"], t.get("optional", False)) for t in shown["input"]] == [("X", False), ("B", True)]
+    with pytest.raises(InferenceServerException, match="missing input 'X'"):
+        infer(http, "may", B=x)
 
 
 def test_metadata_lists_an_optional_input_and_config_shows_it_optional(clients) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from polystack import __version__
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
-from polystack.engine import Engine, LoadedEntry, LoadSpec, inferences, rows
+from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, inferences, rows
 from polystack.errors import (
     Conflict,
     InvalidRequest,
@@ -1085,7 +1085,7 @@ class DataPlane:
         pipeline = self._ensemble(name, version)
         if pipeline is not None:
             e = pipeline.ensemble
-            return {"name": name, "versions": [str(e.version)], "platform": ensemble.PLATFORM, **e.signature.to_dict()}
+            return ModelMetadata(name, [str(e.version)], ensemble.PLATFORM, e.signature).to_dict()
         self._get(name, version)
         return self.engine.metadata(name, parse_version(name, version)).to_dict()
 

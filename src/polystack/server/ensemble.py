@@ -87,8 +87,8 @@ def read(text: str, name: str, version: int) -> Ensemble:
     if given and given != name:
         raise InvalidRequest(f"the config names model {quote(given)}, but it is loaded as {name!r}")
     max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
-    inputs = _tensors(config, "input", max_batch)
-    outputs = _tensors(config, "output", max_batch)
+    inputs, optional = _tensors(config, "input", max_batch)
+    outputs, _ = _tensors(config, "output", max_batch)
     scheduling = model_config.read_message(
         config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
     )
@@ -100,16 +100,19 @@ def read(text: str, name: str, version: int) -> Ensemble:
     steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
-    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs), steps, cached)
+    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs, optional), steps, cached)
     _check_flow(ensemble)
     return ensemble
 
 
-def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[TensorSpec, ...]:
+def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The config's tensors of ``key`` (input or output): those a request gives (or gets), and the inputs it may
+    leave out (``optional``)."""
     items = config.get(key, [])
     if not isinstance(items, list) or not items:
         raise InvalidRequest(f"an ensemble's config lists its {key}s ({key} [ {{ name, data_type, dims }} ])")
     found: dict[str, TensorSpec] = {}
+    optional: set[str] = set()
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
         d = model_config.read_message(item, where, key)
@@ -133,17 +136,14 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[TensorSp
             raise InvalidRequest(
                 f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out"
             )
-        if key == "input" and model_config.read_bool(d, "optional", where):  # read for a model's config only
-            raise InvalidRequest(
-                f"{where} ({name}) is optional, which polystack's ensembles do not take (a request gives every "
-                "ensemble input); leave optional out"
-            )
+        if key == "input" and model_config.read_bool(d, "optional", where):
+            optional.add(name)
         if model_config.read_string(d, "label_filename", where):
             raise InvalidRequest(
                 f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"
             )
         found[name] = TensorSpec(name, dtype, ((-1,) if max_batch else ()) + tuple(dims))
-    return tuple(found.values())
+    return tuple(t for t in found.values() if t.name not in optional), tuple(t for t in found.values() if t.name in optional)
 
 
 def _step(item: Any, index: int) -> Step:
@@ -172,7 +172,8 @@ def _check_flow(ensemble: Ensemble) -> None:
     """What the config alone decides: each tensor given once, every step's tensors given by the request or
     an earlier step (so no cycle), every ensemble input taken and every ensemble output given."""
     sig = ensemble.signature
-    given: dict[str, str] = {t: "the request" for t in sig.input_names}
+    takes = [t.name for t in (*sig.inputs, *sig.optional)]
+    given: dict[str, str] = {t: "the request" for t in takes}
     for i, step in enumerate(ensemble.steps):
         for _, tensor in step.outputs:
             if tensor in given:
@@ -182,7 +183,7 @@ def _check_flow(ensemble: Ensemble) -> None:
                 )
             given[tensor] = step.describe(i)
     taken = {tensor for step in ensemble.steps for _, tensor in step.inputs}
-    for name in sig.input_names:
+    for name in takes:
         if name not in taken:
             raise InvalidRequest(
                 f"ensemble input {quote(name)} is taken by no step; map it in a step's input_map, or drop it"
@@ -210,7 +211,7 @@ def _check_flow(ensemble: Ensemble) -> None:
 
 def order(ensemble: Ensemble) -> list[list[int]]:
     """The steps in waves: each wave's steps take only tensors the request or earlier waves give."""
-    have = set(ensemble.signature.input_names)
+    have = {t.name for t in (*ensemble.signature.inputs, *ensemble.signature.optional)}
     left = list(range(len(ensemble.steps)))
     waves: list[list[int]] = []
     while left:
@@ -249,7 +250,7 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
     not served): every input of each step model given, outputs its own, types and shapes agreeing, and
     batch sizes the ensemble's requests may carry within theirs."""
     types: dict[str, tuple[DType, tuple[int, ...], str]] = {
-        t.name: (t.dtype, t.shape, "the ensemble's input") for t in ensemble.signature.inputs
+        t.name: (t.dtype, t.shape, "the ensemble's input") for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
     }
     wanted = {t.name: t for t in ensemble.signature.outputs}
     for i in [i for wave in order(ensemble) for i in wave]:
@@ -349,7 +350,10 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         "name": ensemble.name,
         "platform": PLATFORM,
         "max_batch_size": ensemble.max_batch_size,
-        "input": [{**tensor(t), "format": "FORMAT_NONE"} for t in ensemble.signature.inputs],
+        "input": [
+            {**tensor(t), "format": "FORMAT_NONE", **({"optional": True} if t in ensemble.signature.optional else {})}
+            for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
+        ],
         "output": [tensor(t) for t in ensemble.signature.outputs],
         "ensemble_scheduling": {
             "step": [
@@ -393,14 +397,16 @@ async def run(
     step that fails fails it (its error led by where it happened), and the steps still running are
     cancelled."""
     tensors: dict[str, np.ndarray] = dict(inputs)
+    # optional inputs the request left out: the steps that take them run without them, as Triton's ensembles do
+    absent = {t.name for t in ensemble.signature.optional if t.name not in inputs}
     waiting = needed(ensemble, outputs)
     running: dict[asyncio.Future[Mapping[str, np.ndarray]], int] = {}
     try:
         while waiting or running:
-            for i in [i for i in waiting if all(t in tensors for _, t in ensemble.steps[i].inputs)]:
+            for i in [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]:
                 waiting.remove(i)
                 step = ensemble.steps[i]
-                given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs}
+                given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
                 running[asyncio.ensure_future(step_run(i, step, given))] = i
             if not running:  # read() refuses such configs
                 raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
