@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import caught_logs, cli_server, free_port, refused_at_start, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchOverrides, BatchPolicy
@@ -165,6 +165,40 @@ def test_queue_depth_shows_unbatched_requests_waiting_for_an_instance(
             assert [a.result() for a in answers] == [200] * 4
         assert 1 <= max(seen) <= 3, seen  # 3 when all four came before the first was done
         assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
+    finally:
+        st.stop()
+
+
+def test_queue_depth_still_counts_the_requests_waiting_on_an_instance_a_reload_replaced(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """A reload routes new requests to the new instance; those already waiting on the old one run there, and the
+    gauge goes on counting them (helper-71: it showed the new instance's 0 at once)."""
+    from polystack.server.model_config import ConfigFile
+
+    store, records = model_store
+    if "slow200" not in {r.name for r in store.models.list()}:
+        register_like(store, records["mlp"], "slow200", tags={"delay_ms": "200"})
+    text = '{"max_batch_size": 0, "instance_group": [{"count": 1}]}'
+    st = start(store, models=["slow200"], model_configs={"slow200": ConfigFile(text)}, inline_max_ms=0.0,
+               allow_model_control=True)  # fmt: skip
+    try:
+        port = st.http_port
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
+
+        def one(_: int) -> int:
+            return Raw(port).request("POST", "/v2/models/slow200/infer", body, {"Content-Type": "application/json"})[0]
+
+        def depth() -> float:
+            return _metric(port, "polystack_inference_queue_depth", model="slow200", version="1")
+
+        with ThreadPoolExecutor(6) as pool:  # one runs while the others wait: 200 ms a call
+            answers = [pool.submit(one, i) for i in range(6)]
+            assert until(lambda: depth() >= 3, within_s=5)
+            httpclient.InferenceServerClient(st.http_url).load_model("slow200", config=text)  # a new instance
+            assert depth() >= 1  # still waiting on the old one
+            assert [a.result() for a in answers] == [200] * 6
+        assert depth() == 0
     finally:
         st.stop()
 

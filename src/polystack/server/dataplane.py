@@ -295,7 +295,9 @@ class DataPlane:
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
-        self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
+        self._load_failures: dict[str, tuple[int | None, str]] = {}
+        # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
+        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}  # by name: the version that failed (if one), why
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
@@ -456,14 +458,17 @@ class DataPlane:
             self._generation += 1
         self.metrics.serving(entry.name, str(entry.version))
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
-        # none has started (what a reload replaced is not kept alive by the gauge)
-        ref: weakref.ref[DynamicBatcher | SequenceBatcher | _Served] = weakref.ref(batcher or served.sequencer or served)
+        # none has started, summed over this instance and those it replaced while requests still wait on them (which
+        # the gauge does not keep alive)
+        label = (entry.name, str(entry.version))
+        queues = [q for q in self._queues.get(label, []) if q() is not None]
+        queues.append(weakref.ref(batcher or served.sequencer or served))
+        self._queues[label] = queues
 
-        def queued() -> int:
-            held = ref()
-            return 0 if held is None else held.depth
+        def queued(queues: list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]] = queues) -> int:
+            return sum(held.depth for held in (q() for q in queues) if held is not None)
 
-        self.metrics.model(entry.name, str(entry.version)).depth.set_function(queued)
+        self.metrics.model(*label).depth.set_function(queued)
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
         self._count_loaded()
@@ -923,6 +928,7 @@ class DataPlane:
                 if (e.name, e.version) not in self._served:
                     self.metrics.retire(e.name, str(e.version))
                     self._typical_s.pop((e.name, e.version), None)
+                    self._queues.pop((e.name, str(e.version)), None)
                 if not any(k[0] == e.name for k in self._served):
                     self.metrics.forget_name(e.name)
 
