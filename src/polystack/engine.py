@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from polystack.backends import registry
 from polystack.backends.base import CheckedModel
+from polystack.backends.ragged import Ragged, RaggedSpec
 from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
 from polystack.stats import ModelStats, Outcome
@@ -42,6 +43,8 @@ class LoadSpec:
     reshape: tuple[Reshape, ...] = ()
     # graph inputs with a default that requests may also feed (a Triton config's optional inputs)
     optional: tuple[TensorSpec, ...] = ()
+    # requests of different shapes batched as one call (a Triton config's ragged batching)
+    ragged: RaggedSpec | None = None
 
     @property
     def platform(self) -> str:
@@ -240,6 +243,8 @@ class Engine:
         loaded = backend.load(spec.artifact, signature, options, spec.device)
         if spec.reshape:
             loaded = Reshaped(loaded, spec.reshape)
+        if spec.ragged is not None:
+            loaded = Ragged(loaded, spec.ragged)
         entry = LoadedEntry(
             record=record,
             spec=spec,

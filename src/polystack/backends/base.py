@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.errors import InvalidRequest, ModelClosed
+from polystack.errors import BackendError, InvalidRequest, ModelClosed
 from polystack.types import Signature
 
 log = logging.getLogger("polystack.backends")
@@ -117,12 +117,32 @@ class CheckedModel:
         self.signature.validate_inputs(inputs, self.max_batch_size)
         if outputs:
             self.signature.check_outputs(outputs)
+        result = self._call(self.inner.infer, inputs)
+        if outputs:
+            return {name: result[name] for name in outputs}
+        return result
+
+    def infer_many(
+        self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Requests of different shapes run as one call, by a model that takes them so (``Ragged``), each
+        checked by its batcher; each one's outputs (``outputs``: those, else all)."""
+        many = getattr(self.inner, "infer_many", None)
+        if many is None:
+            raise BackendError("this model runs requests of different shapes one at a time")
+        results: list[dict[str, np.ndarray]] = self._call(many, requests)
+        if outputs:
+            return [{name: r[name] for name in outputs} for r in results]
+        return results
+
+    def _call(self, fn: Any, arg: Any) -> Any:
+        """``fn(arg)`` on the runtime, counted as a call running (``close`` waits for none to return)."""
         with self._lock:
             if self._closing:
                 raise ModelClosed("the model was unloaded or replaced as this request reached it; send it again")
             self._running += 1
         try:
-            result = self.inner.infer(inputs)
+            result = fn(arg)
         finally:
             with self._lock:
                 self._running -= 1
@@ -133,8 +153,6 @@ class CheckedModel:
                     self.inner.close()
                 except Exception:
                     log.exception("closing a runtime failed (it closed once the last call on it returned)")
-        if outputs:
-            return {name: result[name] for name in outputs}
         return result
 
     def close(self) -> None:

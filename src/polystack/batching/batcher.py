@@ -140,6 +140,10 @@ class DynamicBatcher:
         self._flushing = False  # no request will come (a drain): batches leave without waiting out the delay
         self.preferred = frozenset(policy.preferred_batch_sizes)
         self.batchable = policy.merge and self.signature.batched
+        # ragged inputs (a config's allow_ragged_batch): requests of any shapes there batch together, as one call
+        # of the model's infer_many (``backends/ragged.py``)
+        ragged = getattr(getattr(entry, "spec", None), "ragged", None)
+        self._ragged: frozenset[str] = ragged.ragged if ragged is not None else frozenset()
         # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
         # requests), and those slots in the order batches take from them
         self._queues: dict[int, collections.deque[_Pending]] = {}
@@ -265,7 +269,8 @@ class DynamicBatcher:
         self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
         batched = self.signature.batched and self.policy.merge  # else its first dimension is not a batch's
         items = int(inputs[self.signature.inputs[0].name].shape[0]) if batched else 1
-        return items, tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        ragged = self._ragged
+        return items, tuple((n, a.dtype.str, None if n in ragged else a.shape[1:]) for n, a in sorted(inputs.items()))
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, timeout_s: float | None = None
@@ -511,28 +516,36 @@ class DynamicBatcher:
             self._hand([self._run_one(batch[0])])
             return
         t_input = time.perf_counter_ns()
-        names = [i.name for i in self.signature.inputs]
-        merged = {n: _concat_rows([p.inputs[n] for p in batch]) for n in names}
-        wanted = _union_outputs(batch)
-        t0 = time.perf_counter_ns()
-        try:
-            result = self.model.infer(merged, wanted)
-        except Exception:
-            self._hand([self._run_one(p) for p in batch])  # find the culprit: only it fails
-            return
-        t1 = time.perf_counter_ns()
-        rows = sum(p.items for p in batch)
-        odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
-        if odd is not None:
-            self._stop_merging(odd, np.shape(result[odd]), rows)
-            self._hand([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
-            return
-        offset = 0
-        parts: list[dict[str, np.ndarray]] = []
-        for p in batch:
-            # in the order the request asked for them, as alone (not its batch-mates' order, nor the union's)
-            parts.append({k: result[k][offset : offset + p.items] for k in (p.outputs or result)})
-            offset += p.items
+        parts: list[dict[str, np.ndarray]]
+        if self._ragged:
+            ran = self._ragged_batch(batch)
+            if ran is None:
+                return
+            parts, (t0, t1) = ran
+            offset = sum(p.items for p in batch)
+        else:
+            names = [i.name for i in self.signature.inputs]
+            merged = {n: _concat_rows([p.inputs[n] for p in batch]) for n in names}
+            wanted = _union_outputs(batch)
+            t0 = time.perf_counter_ns()
+            try:
+                result = self.model.infer(merged, wanted)
+            except Exception:
+                self._hand([self._run_one(p) for p in batch])  # find the culprit: only it fails
+                return
+            t1 = time.perf_counter_ns()
+            rows = sum(p.items for p in batch)
+            odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
+            if odd is not None:
+                self._stop_merging(odd, np.shape(result[odd]), rows)
+                self._hand([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
+                return
+            offset = 0
+            parts = []
+            for p in batch:
+                # in the order the request asked for them, as alone (not its batch-mates' order, nor the union's)
+                parts.append({k: result[k][offset : offset + p.items] for k in (p.outputs or result)})
+                offset += p.items
         took = t1 - t0
         stats.executed(offset, took, len(batch), t0 - t_input, time.perf_counter_ns() - t1)
         if self._on_batch:
@@ -545,6 +558,19 @@ class DynamicBatcher:
                 p.timings += (t0, t1)
             outcomes.append((p, part, None))
         self._hand(outcomes)
+
+    def _ragged_batch(self, batch: list[_Pending]) -> tuple[list[dict[str, np.ndarray]], tuple[int, int]] | None:
+        """``batch`` (of ragged requests) run as one call: each request's outputs, in the order it asked for them,
+        and the call's start and end; None: the call failed and each request ran alone (only the culprit fails)."""
+        wanted = _union_outputs(batch)
+        t0 = time.perf_counter_ns()
+        try:
+            results = self.model.infer_many([p.inputs for p in batch], wanted)
+        except Exception:
+            self._hand([self._run_one(p) for p in batch])
+            return None
+        t1 = time.perf_counter_ns()
+        return [{k: r[k] for k in (p.outputs or r)} for p, r in zip(batch, results, strict=True)], (t0, t1)
 
     def _stop_merging(self, output: str, shape: tuple[int, ...], rows: int) -> None:
         with self._cond:

@@ -383,6 +383,8 @@ class DataPlane:
                 spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
             if chosen.additions.optional:  # inputs with a default that requests may feed: the runtime takes them too
                 spec = dataclasses.replace(spec, optional=chosen.additions.optional)
+            if chosen.additions.ragged is not None:  # requests of any shapes batched as one call of the model
+                spec = dataclasses.replace(spec, ragged=chosen.additions.ragged)
             additions = chosen.additions
         if config is None and not auto and triton_io:  # batched as polystack's plan or flags say: its tensors as
             # Triton shows them (a config's reading adds the same)

@@ -138,6 +138,11 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[Te
             )
         if key == "input" and model_config.read_bool(d, "optional", where):
             optional.add(name)
+        if key == "input" and model_config.read_bool(d, "allow_ragged_batch", where):
+            raise InvalidRequest(
+                f"{where} ({name}) allows a ragged batch, which polystack's ensembles do not take (their steps' models "
+                "may); leave allow_ragged_batch out"
+            )
         if model_config.read_string(d, "label_filename", where):
             raise InvalidRequest(
                 f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"

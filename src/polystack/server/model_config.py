@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from polystack.backends import ragged as ragged_model
+from polystack.backends.ragged import RaggedSpec
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
@@ -88,6 +90,8 @@ _TRITON = {
         "is_non_linear_format_io",
     },
     "output": {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor", "is_non_linear_format_io"},
+    "batch_input": {"kind", "target_name", "data_type", "source_input"},
+    "batch_output": {"target_name", "kind", "source_input"},
     "reshape": {"shape"},
     "model_warmup": {"name", "batch_size", "inputs", "count"},
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
@@ -121,7 +125,8 @@ _TRITON["ensemble"] = _TRITON["config"]  # an ensemble's config (ensemble.py), r
 # what polystack reads of them; the others are accepted at Triton's defaults only
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
-               "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache", "optimization"},
+               "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache", "optimization",
+               "batch_input", "batch_output"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
@@ -129,8 +134,10 @@ _READ = {
     # Triton's rate limiter reads it only when started with --rate-limit (off by default): checked, then ignored
     "rate_limiter": _TRITON["rate_limiter"],
     "resource": _TRITON["resource"],
-    "input": {"name", "data_type", "dims", "format", "reshape", "optional"},
+    "input": {"name", "data_type", "dims", "format", "reshape", "optional", "allow_ragged_batch"},
     "output": {"name", "data_type", "dims", "label_filename", "reshape"},
+    "batch_input": _TRITON["batch_input"],
+    "batch_output": _TRITON["batch_output"],
     "reshape": {"shape"},
     "model_warmup": _TRITON["model_warmup"],
     "model_warmup.input": _TRITON["model_warmup.input"],
@@ -182,8 +189,6 @@ _UNSUPPORTED = {
         '(platform "ensemble" and an empty version folder), served beside the models they run'
     ),
     "model_transaction_policy": "polystack has no decoupled models",
-    "batch_input": "polystack has no ragged batching",
-    "batch_output": "polystack has no ragged batching",
     "version_policy": (
         "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
         "config, or a load's config"
@@ -217,6 +222,7 @@ class Additions:
     agents: repository_agents.Agents = ()  # the repository agents that ran on its files (model_repository_agents)
     # inputs a request may leave out (optional: true): graph inputs an initializer gives a default
     optional: tuple[TensorSpec, ...] = ()
+    ragged: RaggedSpec | None = None  # its ragged batching: the load's spec carries it to the runtime
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
@@ -341,9 +347,10 @@ def render(
     # (not Triton 24.x's runtime and is_non_linear_format_io: tritonclient's proto, which clients parse a config
     # with, has neither)
     flags = {"is_shape_tensor": False}
+    ragged = added.ragged.ragged if added.ragged is not None else frozenset()
     inputs = [
         {**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE"), **flags,
-         "allow_ragged_batch": False, "optional": t in sig.optional}
+         "allow_ragged_batch": t.name in ragged, "optional": t in sig.optional}
         for t in (*sig.inputs, *sig.optional)
     ]  # fmt: skip
     device = entry.spec.device
@@ -354,8 +361,11 @@ def render(
         "max_batch_size": max_batch,
         "input": inputs,
         "output": [{**tensor(t), "label_filename": label_files.get(t.name, ""), **flags} for t in sig.outputs],
-        "batch_input": [],
-        "batch_output": [],
+        "batch_input": [
+            {"kind": b.kind, "target_name": [b.target], "data_type": type_name(b.dtype), "source_input": [b.source]}
+            for b in (added.ragged.batch_inputs if added.ragged else ())
+        ],
+        "batch_output": _render_batch_outputs(added.ragged),
         "instance_group": [
             {
                 "name": f"{entry.name}_0",
@@ -396,6 +406,17 @@ def render(
     if added.agents:
         config["model_repository_agents"] = repository_agents.render(added.agents)
     return config
+
+
+def _render_batch_outputs(ragged: RaggedSpec | None) -> list[dict[str, Any]]:
+    """A config's batch outputs as Triton shows them: one per source input, naming the outputs it scatters."""
+    by_source: dict[str, list[str]] = {}
+    for output, source, _ in ragged.scattered if ragged is not None else ():
+        by_source.setdefault(source, []).append(output)
+    return [
+        {"target_name": outputs, "kind": ragged_model.SCATTER, "source_input": [source]}
+        for source, outputs in by_source.items()
+    ]
 
 
 def _render_queue(q: QueuePolicy) -> dict[str, Any]:
@@ -577,15 +598,23 @@ def read(
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
-        formats, shapes, reshapes, optional = _tensors(config, record, spec, max_batch)
+        formats, shapes, reshapes, optional, ragged = _tensors(config, record, spec, max_batch)
+        if ragged is not None and sequence is not None:
+            raise InvalidRequest(
+                "the config sets sequence_batching and a ragged batch (allow_ragged_batch, batch_input or batch_output); "
+                "polystack's sequence batcher batches requests of one shape only: leave the ragged batching out"
+            )
         if record.settings.get(TRITON_IO):  # its unlisted tensors as Triton shows them
             if sequence is None:
-                reshapes += autocomplete(record.signature, config, max_batch > 0)
+                filled = {b.target for b in ragged.batch_inputs} if ragged is not None else set()  # not clients'
+                reshapes += tuple(r for r in autocomplete(record.signature, config, max_batch > 0) if r.name not in filled)
             else:  # a sequence model's scalar outputs (its inputs and state pass its sequence batcher as they are)
                 kept = {t.name for t in record.signature.inputs} | {s.output for s in sequence.states}
                 reshapes += tuple(r for r in autocomplete(record.signature, config, False) if r.name not in kept)
         # warm-up samples are in the shapes clients send
         seen = Additions(shapes=shapes, reshape=reshapes, optional=optional).seen(record.signature)
+        if ragged is not None:  # ragged inputs in the dims requests send, no batch inputs
+            seen = ragged.shown(seen)
         warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
         cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
         cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
@@ -600,7 +629,7 @@ def read(
                 "samples hold no control or state inputs): leave model_warmup out"
             )
     additions = Additions(
-        warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional
+        warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged
     )
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1373,18 +1402,32 @@ def _accelerators(value: Any, where: str) -> tuple[Accelerator, ...]:
 def _tensors(
     config: dict[str, Any], record: ModelRecord, spec: LoadSpec, max_batch: int
 ) -> tuple[
-    tuple[tuple[str, str], ...], tuple[tuple[str, tuple[int, ...]], ...], tuple[Reshape, ...], tuple[TensorSpec, ...]
+    tuple[tuple[str, str], ...],
+    tuple[tuple[str, tuple[int, ...]], ...],
+    tuple[Reshape, ...],
+    tuple[TensorSpec, ...],
+    RaggedSpec | None,
 ]:
     """Inputs and outputs the config lists must be the model's own, with the same type and dims (or, with a
     ``reshape``, dims of as many elements and a reshape that fits the model), but that the config's dims may
     fix a dim the model leaves -1, as Triton's ONNX Runtime backend allows; the layouts (``format``) it gives
     inputs, as Triton checks them (NHWC and NCHW: three dims besides the batch), the whole shapes of the
-    tensors whose dims it fixed, the tensors it reshapes, and the inputs it makes optional (``_optional``)."""
+    tensors whose dims it fixed, the tensors it reshapes, the inputs it makes optional (``_optional``), and its
+    ragged batching (``_ragged``)."""
     sig = record.signature
     formats: list[tuple[str, str]] = []
     shapes: list[tuple[str, tuple[int, ...]]] = []
     reshapes: list[Reshape] = []
     optional: list[TensorSpec] = []
+    ragged: list[tuple[str, tuple[int, ...]]] = []  # (ragged input, its dims)
+    ragged_out: list[tuple[str, tuple[int, ...]]] = []  # (output a batch_output scatters, its dims)
+    scattered = _scatter_targets(config.get("batch_output"))
+    listed = {o.get("name") for o in config.get("output", []) if isinstance(o, dict)}
+    unlisted = sorted(scattered - listed)
+    if unlisted:
+        raise InvalidRequest(
+            f"batch_output scatters {quote(unlisted[0])}, which the config's outputs must list, with its dims"
+        )
     for key, specs in (("input", sig.inputs), ("output", sig.outputs)):
         items = config.get(key, [])
         if not isinstance(items, list):
@@ -1413,6 +1456,12 @@ def _tensors(
             got = read_enum(d, "data_type", where, "DataType")
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
+            if key == "input" and read_bool(d, "allow_ragged_batch", where):
+                ragged.append((name, _ragged_dims(d, where, name, t, record, max_batch, t in optional)))
+                continue
+            if key == "output" and name in scattered:  # its dims are each request's, not the model's
+                ragged_out.append((name, tuple(read_int_list(d.get("dims", []), f"{where}.dims"))))
+                continue
             dims = d.get("dims")
             reshape = _reshape(d, where, name, t, max_batch)
             if reshape is not None:
@@ -1455,7 +1504,124 @@ def _tensors(
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
-    return tuple(formats), tuple(shapes), tuple(reshapes), tuple(optional)
+    spec_ragged = _ragged(config, record, max_batch, tuple(ragged), dict(ragged_out))
+    return tuple(formats), tuple(shapes), tuple(reshapes), tuple(optional), spec_ragged
+
+
+def _ragged_dims(
+    d: dict[str, Any], where: str, name: str, t: TensorSpec, record: ModelRecord, max_batch: int, optional: bool
+) -> tuple[int, ...]:
+    """A ragged input's dims (``allow_ragged_batch``), checked as Triton's ONNX Runtime backend checks it: the
+    model takes it as one dimension, ``[-1]``, holding every request's elements; not optional; with batching."""
+    if optional:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"unable to load model {record.name!r}, configuration expects model provides input with shape [-1] for "
+            f"ragged input {name!r}, which is not supported for optional input; leave optional or allow_ragged_batch out"
+        )
+    if t.shape != (-1,):
+        raise InvalidRequest(
+            f"unable to load model {record.name!r}, configuration expects model provides input with shape [-1] for "
+            f"ragged input {name!r}, model provides {list(t.shape)}; export the model to take the requests' elements "
+            "concatenated in one dimension, or leave allow_ragged_batch out"
+        )
+    if not max_batch:
+        raise InvalidRequest(
+            f"{where} ({name}) allows a ragged batch, but the model serves without batching (max_batch_size 0); set "
+            "max_batch_size, or leave allow_ragged_batch out"
+        )
+    dims = tuple(read_int_list(d.get("dims", []), f"{where}.dims"))
+    if not dims or d.get("reshape") is not None:
+        raise InvalidRequest(
+            f"{where} ({name}) is ragged: give the dims each request sends past the batch dimension (-1: any size), "
+            "and no reshape"
+        )
+    return dims
+
+
+def _scatter_targets(value: Any) -> set[str]:
+    """The outputs a config's ``batch_output`` names (read whole by ``_ragged``)."""
+    found: set[str] = set()
+    for item in value if isinstance(value, list) else []:
+        names = item.get("target_name", item.get("targetName")) if isinstance(item, dict) else None
+        if isinstance(names, list):
+            found.update(n for n in names if isinstance(n, str))
+    return found
+
+
+def _ragged(
+    config: dict[str, Any],
+    record: ModelRecord,
+    max_batch: int,
+    inputs: tuple[tuple[str, tuple[int, ...]], ...],
+    outputs: dict[str, tuple[int, ...]],
+) -> RaggedSpec | None:
+    """The config's ragged batching (Triton's ``allow_ragged_batch``, ``batch_input``, ``batch_output``), checked
+    against the model: each batch input fills a model input the config does not list, of its data type (TYPE_INT32
+    or TYPE_FP32, as Triton's) and rank, from an input the config lists; each batch output scatters outputs the
+    config lists by an input's shapes. None: the config asks for none."""
+    listed = {read_string(i, "name", "input") for i in config.get("input", []) if isinstance(i, dict)}
+    model_inputs = {t.name: t for t in record.signature.inputs}
+    fills: list[ragged_model.BatchInput] = []
+    value = config.get("batch_input") or []
+    if not isinstance(value, list):
+        raise InvalidRequest("batch_input must be a list of batch inputs ({kind, target_name, data_type, source_input})")
+    for i, item in enumerate(value):
+        where = f"batch_input[{i}]"
+        d = read_message(item, where, "batch_input")
+        kind = read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT
+        targets, sources = _names(d, "target_name", where), _names(d, "source_input", where)
+        if len(targets) != 1 or len(sources) != 1:
+            raise InvalidRequest(f"{where} must name one target_name and one source_input")
+        target, source = targets[0], sources[0]
+        t = model_inputs.get(target)
+        if t is None or target in listed:
+            raise InvalidRequest(
+                f"{where} fills {quote(target)}, which must be an input of {record.name!r} the config does not list "
+                f"(the server fills it); the model's inputs are {', '.join(model_inputs)}"
+            )
+        if source not in listed:
+            raise InvalidRequest(f"{where} derives {quote(target)} from {quote(source)}, which the config's inputs do not list")
+        dtype_name = read_enum(d, "data_type", where, "DataType")
+        if dtype_name not in ("TYPE_INT32", "TYPE_FP32"):
+            raise InvalidRequest(f"{where} has data_type {quote(dtype_name or None)}; a batch input is TYPE_INT32 or TYPE_FP32")
+        if type_name(t.dtype) != dtype_name:
+            raise InvalidRequest(f"{where} has data_type {dtype_name}, but the model's input {target!r} is {type_name(t.dtype)}")
+        rank = ragged_model.RANKS.get(kind, 1)
+        if len(t.shape) != rank:
+            raise InvalidRequest(
+                f"{where} ({kind}) fills a tensor of rank {rank}, but the model's input {target!r} has shape "
+                f"{list(t.shape)}"
+            )
+        fills.append(ragged_model.BatchInput(kind, target, t.dtype, source))
+    scattered: list[tuple[str, str, tuple[int, ...]]] = []
+    value = config.get("batch_output") or []
+    if not isinstance(value, list):
+        raise InvalidRequest("batch_output must be a list of batch outputs ({kind, target_name, source_input})")
+    for i, item in enumerate(value):
+        where = f"batch_output[{i}]"
+        d = read_message(item, where, "batch_output")
+        read_enum(d, "kind", where, "BatchOutput.Kind")  # BATCH_SCATTER_WITH_INPUT_SHAPE, its only value
+        targets, sources = _names(d, "target_name", where), _names(d, "source_input", where)
+        if not targets or len(sources) != 1:
+            raise InvalidRequest(f"{where} must name its target_name outputs and one source_input")
+        if sources[0] not in dict(inputs):
+            raise InvalidRequest(f"{where} scatters by {quote(sources[0])}, which must be a ragged input of the config")
+        for target in targets:
+            if target not in outputs:
+                raise InvalidRequest(f"{where} scatters {quote(target)}, which the config's outputs must list, with its dims")
+            scattered.append((target, sources[0], outputs[target]))
+    if not (inputs or fills or scattered):
+        return None
+    if not max_batch:
+        raise InvalidRequest("batch_input and batch_output describe a batch: set max_batch_size, or leave them out")
+    return ragged_model.RaggedSpec(inputs, tuple(fills), tuple(scattered))
+
+
+def _names(d: dict[str, Any], key: str, where: str) -> list[str]:
+    value = d.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidRequest(f"{where}.{key} must be a list of tensor names")
+    return list(value)
 
 
 def _optional(
