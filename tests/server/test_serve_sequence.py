@@ -844,3 +844,27 @@ def test_a_state_output_the_config_lists_is_shown_to_clients(acc: tuple[ModelRec
     finally:
         batcher.close()
         entry.model.close()
+
+
+def test_a_grpc_sequence_id_sent_as_a_negative_int64_is_the_uint64_with_those_bits(tmp_path: Path) -> None:
+    """Triton's C++ and Java clients send every uint64 sequence ID as int64_param, so IDs of 2^63 and above come
+    negative; Triton reads the bits as the unsigned ID (helper-72: polystack refused them)."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def request(value: float, **sid: Any) -> Any:
+        req = service_pb2.ModelInferRequest(model_name="acc")
+        tensor = req.inputs.add(name="INPUT", datatype="FP32", shape=[1, 1])
+        tensor.contents.fp32_contents.append(value)
+        for key, v in sid.items():
+            setattr(req.parameters["sequence_id"], key, v)
+        return req
+
+    with _served(tmp_path) as (_, _, grpc_port), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = request(1.0, int64_param=-5)
+        first.parameters["sequence_start"].bool_param = True
+        stub.ModelInfer(first, timeout=10)
+        answer = stub.ModelInfer(request(2.0, uint64_param=(1 << 64) - 5), timeout=10)  # the same sequence
+        total = np.frombuffer(answer.raw_output_contents[[o.name for o in answer.outputs].index("OUTPUT")], np.float32)
+        assert total.tolist() == [3.0]

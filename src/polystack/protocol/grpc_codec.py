@@ -64,6 +64,16 @@ def params_dict(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: param_value(v) for k, v in params.items()}
 
 
+def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's parameters; a ``sequence_id`` given as a negative ``int64_param`` is the unsigned 64-bit ID
+    with those bits, as Triton reads it (its C++ and Java clients send every uint64 ID so)."""
+    out = params_dict(params)
+    sid = params.get("sequence_id")
+    if sid is not None and sid.WhichOneof("parameter_choice") == "int64_param" and out["sequence_id"] < 0:
+        out["sequence_id"] &= (1 << 64) - 1
+    return out
+
+
 def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None = None) -> InferRequest:
     """``regions``: the registered shared memory regions inputs may be read from (None: refused)."""
     if not req.inputs:
@@ -119,7 +129,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
         outputs.append(RequestedOutput(o.name, True, 0 if k is None else classification.parse_count(k, o.name), shm))
     check_requested_outputs(outputs)
     return InferRequest(
-        inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=params_dict(req.parameters)
+        inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=_request_params(req.parameters)
     )
 
 
