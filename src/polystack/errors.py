@@ -22,6 +22,7 @@
     │   ├── PollingOnly                 a load or unload while the server polls its repository (nor this)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
     ├── DeadlineExceeded                a request waited past its timeout          (HTTP 503, UNAVAILABLE: Triton's)
+    ├── Cancelled                       ended by another's cancellation (its sequence's) (HTTP 400, CANCELLED)
     └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
         └── StoreError                  the model store is damaged or unwritable
 
@@ -160,6 +161,11 @@ class BackendUnavailable(Unavailable):
 
 class DeadlineExceeded(PolystackError):
     in_run = True
+
+
+class Cancelled(PolystackError):
+    """A request that will not run because another was cancelled: a sequence ends with its cancelled request,
+    as Triton's sequence batcher ends it."""
 
 
 class BackendError(PolystackError):

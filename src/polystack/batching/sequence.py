@@ -17,10 +17,10 @@ sequences' oldest requests (those of one layout: rows must stack), at once, or a
 when fewer than a full (or preferred) batch are ready (direct waits only with a ``minimum_slot_utilization``,
 as Triton's). Rows are never padded: a direct batch holds the sequences that have a request ready, each with
 READY true. A START for a sequence that has not ended runs after what it queued, on the initial state (as
-Triton's, which warns of the conflict); after its END is queued, a START begins a sequence of its own. A
-request's timeout ends its wait in the queue (it is not run; its sequence goes on); a cancelled request
-leaves its sequence. A request not run is as if never sent: an END leaves its sequence open (send it again),
-a START leaves the state as it was. A draining or closing batcher ends the sequences with nothing queued at
+Triton's, which warns of the conflict); after its END is queued, a START begins a sequence of its own. As in
+Triton's sequence batcher, a request's timeout bounds its sequence's wait for a slot (past it, every request
+the sequence queued fails, UNAVAILABLE, and the sequence ends), and no longer applies once the sequence holds
+one; a request cancelled before it ran ends its sequence (its other queued requests fail, CANCELLED). A draining or closing batcher ends the sequences with nothing queued at
 once (no request will come to them), so that those waiting for a slot run before it stops.
 
 As in ``DynamicBatcher``, requests are validated alone before they queue, the model runs on worker
@@ -46,10 +46,12 @@ import numpy as np
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
 from polystack.errors import (
     BackendError,
+    Cancelled,
     DeadlineExceeded,
     InvalidRequest,
     InvalidTensor,
     ModelClosed,
+    PolystackError,
     Unavailable,
     quote,
 )
@@ -197,7 +199,6 @@ class _Sequence:
     placed: bool = False  # holds a slot (its requests may run); else waits in the backlog
     busy: bool = False  # one of its requests is running
     ended: bool = False  # its END request came: a later request without START is refused
-    ran: bool = False  # one of its requests ran (a START that never ran leaves nothing of the sequence)
     last: float = field(default_factory=time.monotonic)  # when its last request came or finished
 
 
@@ -258,7 +259,9 @@ class SequenceBatcher:
         outcome: Outcome | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request of sequence ``flags`` and wait for its answer (see ``DynamicBatcher.infer_async``).
-        A request still queued at ``timeout_s`` fails then and is not run; its sequence goes on."""
+        ``timeout_s`` bounds its sequence's wait for a slot, as Triton's: past it, every request the sequence
+        queued fails and the sequence ends; once the sequence holds a slot, its requests run whatever their
+        timeouts. A request cancelled before it ran ends its sequence too (its other queued requests fail)."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         outcome = outcome or Outcome(self.entry.stats)
@@ -275,45 +278,51 @@ class SequenceBatcher:
             if request.deadline is None:
                 return await waiter
             return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, request.deadline - time.monotonic()))
-        except asyncio.CancelledError:  # the caller went away: a request not taken yet leaves its sequence
-            self._withdraw(request)
+        except asyncio.CancelledError:  # the caller went away: a request not taken yet ends its sequence
+            self._end(request, None)
             request.outcome.abandon(int((time.monotonic() - request.enqueued) * 1e9))
             raise
         except asyncio.TimeoutError:
-            if not self._withdraw(request):
-                return await waiter  # it left the queue in time and runs now: let it finish
+            expired = DeadlineExceeded(  # Triton's words, then what happened and what to do
+                f"timeout of the corresponding sequence has been expired: sequence {quote(request.flags.id)} waited "
+                f"for a slot of model {self.entry.name!r} past the request's timeout; none of its requests ran, and "
+                "it ended: start it again, with a longer timeout or under a lighter load"
+            )
+            if not self._end(request, expired):
+                return await waiter  # its sequence holds a slot: its requests run whatever their timeouts
             request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
-            raise DeadlineExceeded(
-                f"Request timeout expired: the request waited past its deadline in model {self.entry.name!r}'s "
-                "sequence queue; it was not run, and its sequence goes on without it: retry with a longer timeout "
-                "or a lighter load"
-            ) from None
+            raise expired from None
 
-    def _withdraw(self, request: _Request) -> bool:
-        """Take a request out of its sequence unless a worker took it; True if it was taken out. A sequence
-        left with nothing to run that its ID no longer names ends (else nothing would free its slot)."""
+    def _end(self, request: _Request, expired: DeadlineExceeded | None) -> bool:
+        """End the sequence of ``request``, which no worker took, as Triton's sequence batcher ends it:
+        cancelled (``expired`` None), or past its timeout while the sequence waits for a slot (``expired``);
+        its other queued requests fail with why, its ID is forgotten (a request without START is refused),
+        and its slot goes on to the next sequence once nothing of it runs. False: nothing to end (the request
+        was taken, or timed out in a sequence that holds a slot, where timeouts do not apply)."""
         with self._cond:
-            if request.taken:
-                return False
-            request.taken = True
-            self._queued -= 1
             sequence = request.sequence
             assert sequence is not None
-            sequence.requests.remove(request)
-            if not sequence.requests:
-                self._ready.pop(sequence, None)
-            self._not_run(request, sequence)
+            if request.taken or (expired is not None and sequence.placed):
+                return False
+            error: PolystackError = expired or Cancelled(
+                f"request of sequence {quote(request.flags.id)} of model {self.entry.name!r} was cancelled before it "
+                "ran, which ends its sequence, as Triton's sequence batcher ends it: start the sequence again"
+            )
+            failed: list[_Outcome] = []
+            for other in sequence.requests:
+                other.taken = True
+                if other is not request:
+                    other.outcome.settle("fail", int((time.monotonic() - other.enqueued) * 1e9))
+                    failed.append((other, None, error))
+            self._queued -= len(sequence.requests)
+            sequence.requests.clear()
+            self._ready.pop(sequence, None)
+            if self._sequences.get(sequence.id) is sequence:
+                del self._sequences[sequence.id]
+            if not sequence.busy:  # else its running request's end releases it (``_finish``)
+                self._release(sequence)
+        _deliver(failed)
         return True
-
-    def _not_run(self, request: _Request, sequence: _Sequence) -> None:
-        """A request that timed out or was cancelled before it ran is as if never sent: an END leaves its
-        sequence open (the client may send it again), a START leaves the state as it was, and a sequence with
-        nothing left that will run ends (its ID names another now, or its first START never ran)."""
-        current = self._sequences.get(sequence.id) is sequence
-        if request.flags.end and current:
-            sequence.ended = False
-        if not sequence.requests and not sequence.busy and (not current or (request.flags.start and not sequence.ran)):
-            self._release(sequence)
 
     def _enqueue(
         self,
@@ -521,23 +530,7 @@ class SequenceBatcher:
                 self._running += 1
                 del self._ready[sequence]
                 batch.append((request, sequence))
-        late: list[_Outcome] = []
-        live: list[tuple[_Request, _Sequence]] = []
-        for request, sequence in batch:
-            if request.deadline is not None and now > request.deadline:
-                error = DeadlineExceeded(
-                    f"Request timeout expired: the request waited {(now - request.enqueued) * 1000:.1f} ms in model "
-                    f"{self.entry.name!r}'s sequence queue, past its deadline; it was not run, and its sequence goes "
-                    "on without it"
-                )
-                request.outcome.settle("fail", int((now - request.enqueued) * 1e9))
-                late.append((request, None, error))
-                self._finish([(request, sequence, None)], ran=False)
-            else:
-                live.append((request, sequence))
-        if late:
-            _deliver(late)
-        return live
+        return batch  # in a slot, a request runs whatever its timeout, as in Triton's sequence batcher
 
     def _wait_for_more(self, ready: int, oldest: float, now: float) -> float:
         """How long to wait for more sequences to have a request ready (<= 0: run now)."""
@@ -660,23 +653,16 @@ class SequenceBatcher:
             )
         return [{k: v[i : i + 1] for k, v in result.items()} for i in range(rows)]
 
-    def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]], ran: bool = True) -> None:
+    def _finish(self, done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]]) -> None:
         """After its requests ran: each sequence takes its new state (None: it failed, and the state stays, or is
-        the initial one after a START), ends with its END request, or is ready again with its next request.
-        Not ``ran``: they were taken past their deadline and not run (``_not_run``)."""
+        the initial one after a START), ends with its END request (or once ended by a cancellation, ``_end``), or
+        is ready again with its next request."""
         with self._cond:
             now = time.monotonic()
             for request, sequence, row in done:
                 self._running -= 1
                 sequence.busy = False
                 sequence.last = now
-                if not ran:
-                    self._not_run(request, sequence)
-                    if sequence.requests and sequence.placed and self._sequences.get(sequence.id) is sequence:
-                        self._ready[sequence] = None
-                        self._cond.notify()
-                    continue
-                sequence.ran = True
                 if row is not None:
                     for s in self.policy.states:
                         sequence.state[s.input] = np.array(row[s.output], copy=True)  # not a view of the batch

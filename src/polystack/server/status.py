@@ -23,6 +23,8 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
     # Triton's words and code for a request whose queue timeout passed ("Request timeout expired")
     E.DeadlineExceeded: (503, grpc.StatusCode.UNAVAILABLE),
+    # Triton's code for a request cancelled with its sequence (its HTTP front end answers CANCELLED 400)
+    E.Cancelled: (400, grpc.StatusCode.CANCELLED),
     E.BackendError: (500, grpc.StatusCode.INTERNAL),
     E.PolystackError: (500, grpc.StatusCode.INTERNAL),
 }
