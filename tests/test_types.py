@@ -62,11 +62,11 @@ def test_valid_inputs_pass() -> None:
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ({"x": np.zeros((3, 4), np.float32)}, "missing input 'm'"),
-        ({"x": np.zeros((3, 4), np.float32), "q": np.zeros(3, np.int64)}, "missing input 'm' .the request has 'q' instead"),
-        ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64), "z": np.zeros(1)}, "unexpected input 'z'"),
-        ({"x": np.zeros((3, 4), np.float64), "m": np.zeros(3, np.int64)}, "datatype FP64 but the model expects FP32"),
-        ({"x": np.zeros((3, 5), np.float32), "m": np.zeros(3, np.int64)}, r"shape \[3, 5\] but the model expects"),
+        ({"x": np.zeros((3, 4), np.float32)}, "expected 2 inputs but got 1 inputs. Got input\\(s\\) \\['x'\\], but missing required input\\(s\\) \\['m'\\]"),
+        ({"x": np.zeros((3, 4), np.float32), "q": np.zeros(3, np.int64)}, "Got input\\(s\\) \\['x','q'\\], but missing required input\\(s\\) \\['m'\\]"),
+        ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64), "z": np.zeros(1)}, "unexpected inference input 'z'"),
+        ({"x": np.zeros((3, 4), np.float64), "m": np.zeros(3, np.int64)}, "inference input 'x' data-type is 'FP64', but the model expects 'FP32'"),
+        ({"x": np.zeros((3, 5), np.float32), "m": np.zeros(3, np.int64)}, r"unexpected shape for input 'x'. Expected \[-1,4\], got \[3,5\]"),
         ({"x": np.zeros((3, 4), np.float32), "m": np.zeros(2, np.int64)}, "same batch size"),
     ],
 )
@@ -81,15 +81,15 @@ def test_optional_inputs_may_be_left_out_and_are_checked_when_given_without_coun
     given = {"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}
     sig.validate_inputs(given)
     sig.validate_inputs({**given, "b": np.zeros(5, np.float32)})  # 5 values: no batch of 3 to agree with
-    with pytest.raises(InvalidTensor, match="input 'b' has datatype FP64"):
+    with pytest.raises(InvalidTensor, match="inference input 'b' data-type is 'FP64'"):
         sig.validate_inputs({**given, "b": np.zeros(5)})
-    with pytest.raises(InvalidTensor, match=r"missing input 'x'.*b: FP32\[-1\] \(optional\)"):
+    with pytest.raises(InvalidTensor, match=r"expected number of inputs between 2 and 3 .*missing required input\(s\) \['x'\].*b: FP32\[-1\] \(optional\)"):
         sig.validate_inputs({"m": given["m"]})
     assert sig.with_shapes({"b": (5,)}).optional == (TensorSpec("b", DType.FP32, (5,)),)
 
 
 def test_batch_over_the_maximum_is_refused() -> None:
-    with pytest.raises(InvalidTensor, match="exceeds the model's maximum of 2"):
+    with pytest.raises(InvalidTensor, match="batch-size must be <= 2, not 3"):
         SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}, max_batch_size=2)
 
 

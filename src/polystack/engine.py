@@ -248,7 +248,7 @@ class Engine:
         entry = LoadedEntry(
             record=record,
             spec=spec,
-            model=CheckedModel(loaded, spec.max_batch_size),
+            model=CheckedModel(loaded, spec.max_batch_size, record.name),
             options=options,
             load_time_s=time.perf_counter() - started,
         )
@@ -387,7 +387,7 @@ def infer_entry(
     outcome = outcome or Outcome(entry.stats)
     try:
         if entry.shown is not None:  # the dims a config fixed: the model itself would take more
-            entry.shown.validate_inputs(inputs)
+            entry.shown.validate_inputs(inputs, model=entry.name)
         result = entry.model.infer(inputs, outputs)
     except ModelClosed:
         if not outcome.rerouted:  # else counted where its caller sends it next

@@ -230,42 +230,54 @@ class Signature:
             and all(t.batched or not t.shape for t in self.outputs)
         )
 
-    def check_outputs(self, outputs: Sequence[str]) -> None:
-        """Raise InvalidTensor unless every output asked for is the model's."""
+    def check_outputs(self, outputs: Sequence[str], model: str = "") -> None:
+        """Raise InvalidTensor unless every output asked for is the model's (Triton's words first)."""
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
+            of = f" for model {model!r}" if model else ""
             raise InvalidTensor(
-                f"unknown output {', '.join(map(repr, unknown))}; the model returns {', '.join(self.output_names)}"
+                f"unexpected inference output {unknown[0]!r}{of}; the model returns {', '.join(self.output_names)}"
             )
 
-    def validate_inputs(self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None) -> None:
-        """Raise InvalidTensor, saying what was wrong and what was expected, unless inputs fit."""
+    def validate_inputs(
+        self, inputs: Mapping[str, np.ndarray], max_batch_size: int | None = None, model: str = ""
+    ) -> None:
+        """Raise InvalidTensor unless inputs fit: Triton's words first (its clients and tests look for them), then
+        what the model expects. ``model``: its name, which Triton's words carry."""
         missing = [n for n in self.input_names if n not in inputs]
         unexpected = [n for n in inputs if n not in self._by_name]
+        of = f" for model {model!r}" if model else ""
         if missing:
-            instead = f" (the request has {', '.join(map(repr, unexpected))} instead)" if unexpected else ""
+            want = (
+                f"{len(self.inputs)} inputs"
+                if not self.optional
+                else f"number of inputs between {len(self.inputs)} and {len(self._by_name)}"
+            )
+            got = ",".join(f"'{n}'" for n in inputs)
             raise InvalidTensor(
-                f"missing input {', '.join(map(repr, missing))}{instead}; the model expects {self._expected()}"
+                f"expected {want} but got {len(inputs)} inputs{of}. Got input(s) [{got}], but missing required "
+                f"input(s) [{','.join(f'{n!r}' for n in missing)}]. Please provide all required input(s); the model "
+                f"expects {self._expected()}"
             )
         if unexpected:
             raise InvalidTensor(
-                f"unexpected input {', '.join(map(repr, unexpected))}; the model expects {self._expected()}"
+                f"unexpected inference input {unexpected[0]!r}{of}; the model expects {self._expected()}"
             )
         batch: int | None = None
         required = len(self.inputs)  # optional inputs given follow: they carry no batch
         given = [t for t in self.optional if t.name in inputs] if self.optional else []
         for i, spec in enumerate((*self.inputs, *given)):
             arr = inputs[spec.name]
-            got = DType.from_numpy(arr.dtype)
-            if got is not spec.dtype:
+            got_type = DType.from_numpy(arr.dtype)
+            if got_type is not spec.dtype:
                 raise InvalidTensor(
-                    f"input {spec.name!r} has datatype {got.value} but the model expects "
-                    f"{spec.dtype.value}; convert it before sending"
+                    f"inference input {spec.name!r} data-type is {got_type.value!r}, but "
+                    f"{f'model {model!r}' if model else 'the model'} expects {spec.dtype.value!r}; convert it before sending"
                 )
             if not spec.accepts(arr.shape):
                 raise InvalidTensor(
-                    f"input {spec.name!r} has shape {list(arr.shape)} but the model expects "
-                    f"{list(spec.shape)} (-1 = any size)"
+                    f"unexpected shape for input {spec.name!r}{of}. Expected {_dims(spec.shape)}, got "
+                    f"{_dims(arr.shape)} (-1: any size)"
                 )
             if spec.batched and i < required:
                 if batch is None:
@@ -277,7 +289,9 @@ class Signature:
                     )
         if max_batch_size and batch is not None and batch > max_batch_size:
             raise InvalidTensor(
-                f"batch size {batch} exceeds the model's maximum of {max_batch_size}; split the request"
+                f"inference request batch-size must be <= {max_batch_size}"
+                + (f" for {model!r}" if model else "")
+                + f", not {batch}; split the request"
             )
 
     def _expected(self) -> str:
@@ -298,3 +312,8 @@ class Signature:
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             optional=tuple(TensorSpec.from_dict(t) for t in d.get("optional", ())),
         )
+
+
+def _dims(shape: Sequence[int]) -> str:
+    """A shape as Triton's messages write it: ``[-1,16]``."""
+    return "[" + ",".join(str(d) for d in shape) + "]"

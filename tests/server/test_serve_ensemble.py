@@ -154,11 +154,11 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert re.search(r'polystack_inference_compute_duration_seconds_count\{model="pipe",version="1"\} 4', metrics)
         # what the ensemble refuses is the client's fault, answered while it serves on
         for inputs, outputs, words in (
-            ({"IN": np.ones((3, 16), np.int32)}, None, "input 'IN' has datatype INT32"),
-            ({"IN": np.ones((9, 16), np.float32)}, None, "batch size 9 exceeds the model's maximum of 8"),
-            ({"IN": np.ones((3, 15), np.float32)}, None, "input 'IN' has shape [3, 15]"),
-            ({"IN": np.ones((3, 16), np.float32), "MID": np.ones((3, 4), np.float32)}, None, "unexpected input 'MID'"),
-            ({"IN": np.ones((3, 16), np.float32)}, "MID", "unexpected output 'MID'"),
+            ({"IN": np.ones((3, 16), np.int32)}, None, "inference input 'IN' data-type is 'INT32', but model 'pipe' expects 'FP32'"),
+            ({"IN": np.ones((9, 16), np.float32)}, None, "inference request batch-size must be <= 8 for 'pipe', not 9"),
+            ({"IN": np.ones((3, 15), np.float32)}, None, "unexpected shape for input 'IN' for model 'pipe'. Expected [-1,16], got [3,15]"),
+            ({"IN": np.ones((3, 16), np.float32), "MID": np.ones((3, 4), np.float32)}, None, "unexpected inference input 'MID' for model 'pipe'"),
+            ({"IN": np.ones((3, 16), np.float32)}, "MID", "unexpected inference output 'MID' for model 'pipe'"),
         ):
             tensors = []
             for name, value in inputs.items():
@@ -328,7 +328,7 @@ def test_a_batching_ensemble_runs_a_step_model_without_batching_as_triton_does(t
                 i = httpclient.InferInput("IN", [rows, 4], "FP32")
                 i.set_data_from_numpy(x[:rows])
                 if fails:
-                    words = rf"input 'a' has shape \[2, 4\] but the model expects {re.escape(str(step_shape))}"
+                    words = rf"unexpected shape for input 'a' for model '{name}'. Expected {re.escape(str(step_shape).replace(' ', ''))}, got \[2,4\]"
                     with pytest.raises(InferenceServerException, match=words):
                         http.infer(f"pipe_{name}", [i])
                 else:

@@ -141,9 +141,9 @@ def test_a_request_for_an_unknown_model_is_404_whatever_its_body(raw: Raw) -> No
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(name="z")]})
-    check_error(raw, status, doc, 400, "missing input 'x'")
+    check_error(raw, status, doc, 400, "missing required input(s) ['x']")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input(name="z")]})
-    check_error(raw, status, doc, 400, "unexpected input 'z'")
+    check_error(raw, status, doc, 400, "unexpected inference input 'z'")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input()]})
     check_error(raw, status, doc, 400, "twice")
 
@@ -270,7 +270,7 @@ def test_huge_dims_in_binary_are_400(raw: Raw) -> None:
 
 def test_batch_over_the_maximum_is_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(shape=[65, 16], data=[0.0] * 65 * 16)]})
-    check_error(raw, status, doc, 400, "batch size 65", "64")
+    check_error(raw, status, doc, 400, "inference request batch-size must be <= 64", "not 65")
 
 
 def test_binary_header_length_larger_than_body_is_400(raw: Raw) -> None:

@@ -141,7 +141,7 @@ def test_a_request_giving_a_batch_input_is_refused(clients) -> None:
     i.set_data_from_numpy(np.ones((1, 2), np.float32))
     count = httpclient.InferInput("COUNT", [1], "INT32")
     count.set_data_from_numpy(np.array([2], np.int32))
-    with pytest.raises(InferenceServerException, match="unexpected input 'COUNT'") as e:
+    with pytest.raises(InferenceServerException, match="unexpected inference input 'COUNT' for model 'ragged'") as e:
         http.infer("ragged", [i, count])
     assert e.value.status() == "400"
 

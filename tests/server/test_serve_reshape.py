@@ -81,7 +81,7 @@ def test_clients_send_and_get_the_configs_dims_and_the_model_its_own(tmp_path: P
             for client, module in ((h, httpclient), (g, grpcclient)):
                 y = client.infer("sc", _x(module, [1.0, 2.0])).as_numpy("y")
                 np.testing.assert_array_equal(y, np.repeat(np.array([[1.0], [2.0]], np.float32), 6, axis=1))
-                with pytest.raises(InferenceServerException, match=r"has shape \[2\] but the model expects \[-1, 1\]"):
+                with pytest.raises(InferenceServerException, match=r"unexpected shape for input 'x' for model 'sc'. Expected \[-1,1\], got \[2\]"):
                     x = module.InferInput("x", [2], "FP32")  # the model's own shape: not what the config shows
                     x.set_data_from_numpy(np.ones(2, np.float32))
                     client.infer("sc", [x])

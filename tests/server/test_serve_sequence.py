@@ -101,7 +101,7 @@ def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path
         assert [_sums(a) for a in g] == [(10.0, 0, 9.0), (30.0, 0, 9.0), (60.0, 1, 9.0)]
         # the state output is the server's: clients neither see it nor may ask for it
         assert h[0].as_numpy("STATE_OUT") is None
-        with pytest.raises(InferenceServerException, match="unknown output 'STATE_OUT'"):
+        with pytest.raises(InferenceServerException, match="unexpected inference output 'STATE_OUT'"):
             http.infer("acc", [_input(httpclient, 1.0)], sequence_id=3, sequence_start=True,
                        outputs=[httpclient.InferRequestedOutput("STATE_OUT")])  # fmt: skip
         # a sequence that ended starts again from nothing

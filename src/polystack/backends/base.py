@@ -104,19 +104,20 @@ class CheckedModel:
     runtime.
     """
 
-    def __init__(self, inner: LoadedModel, max_batch_size: int | None = None) -> None:
+    def __init__(self, inner: LoadedModel, max_batch_size: int | None = None, name: str = "") -> None:
         self.inner = inner
         self.signature = inner.signature
         self.max_batch_size = max_batch_size
+        self.name = name  # the model's, which Triton's words for a request that does not fit carry
         self._lock = threading.Lock()
         self._running = 0
         self._closing = False
         self._closed = False
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        self.signature.validate_inputs(inputs, self.max_batch_size)
+        self.signature.validate_inputs(inputs, self.max_batch_size, self.name)
         if outputs:
-            self.signature.check_outputs(outputs)
+            self.signature.check_outputs(outputs, self.name)
         result = self._call(self.inner.infer, inputs)
         if outputs:
             return {name: result[name] for name in outputs}

@@ -229,7 +229,7 @@ class DynamicBatcher:
         if not self.batchable:
             key = (id(inputs),)  # never merged
         if outputs:
-            self.signature.check_outputs(outputs)
+            self.signature.check_outputs(outputs, self.entry.name)
         now = time.monotonic()
         level = self.policy.level_of(priority)
         rules = self._own_queues.get(level, self._default_queue)
@@ -266,7 +266,7 @@ class DynamicBatcher:
     def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
         """Raise InvalidTensor unless ``inputs`` fit the model; else their rows (as the statistics count them,
         also once a model stopped being merged) and the key of the requests they may merge with."""
-        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None)
+        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None, self.entry.name)
         batched = self.signature.batched and self.policy.merge  # else its first dimension is not a batch's
         items = int(inputs[self.signature.inputs[0].name].shape[0]) if batched else 1
         ragged = self._ragged

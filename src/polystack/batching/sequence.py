@@ -367,7 +367,7 @@ class SequenceBatcher:
                 self._layouts.clear()
             self._layouts[layout] = key
         if outputs:
-            self.signature.check_outputs(outputs)
+            self.signature.check_outputs(outputs, self.entry.name)
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
         request = _Request(inputs, outputs, 1, key, deadline, outcome, now, None, waiter, timings=timings, flags=flags)
@@ -410,7 +410,7 @@ class SequenceBatcher:
     def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
         """Raise unless ``inputs`` fit the model as one row; else the key of the requests they may run with (the
         same trailing shapes and datatypes: rows of one batch must stack)."""
-        self.signature.validate_inputs(inputs)  # its rows next: Triton says why only one
+        self.signature.validate_inputs(inputs, model=self.entry.name)  # its rows next: Triton says why only one
         if self.batched:
             rows = next((int(a.shape[0]) for a in inputs.values()), 1)
             if rows != 1:

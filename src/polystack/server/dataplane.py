@@ -1242,12 +1242,12 @@ class DataPlane:
             if request.parameters and not stateful:
                 _refuse_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
-            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None)
+            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None, name)
             asked = request.output_names or pipeline.signature.output_names
             unknown = [o for o in asked if o not in pipeline.signature.output_names]
             if unknown:
-                raise InvalidTensor(
-                    f"unexpected output {', '.join(map(repr, unknown))}; ensemble {name!r} gives "
+                raise InvalidTensor(  # Triton's words, then what it gives
+                    f"unexpected inference output {unknown[0]!r} for model {name!r}; the ensemble gives "
                     f"{', '.join(pipeline.signature.output_names)}"
                 )
             classes = request.classifications if request.outputs is not None else None
