@@ -615,6 +615,43 @@ def test_a_cancelled_request_ends_its_sequence_and_its_other_queued_requests_fai
         batcher.close()
 
 
+def test_a_cancelled_request_of_a_sequence_in_a_slot_ends_it_after_the_requests_before_it(
+    acc_entry: LoadedEntry,
+) -> None:
+    """As Triton's sequence batcher (helper-73): in a slot, the requests queued before a cancelled one run; it and
+    those after it fail; a cancellation after a timeout (which a slot makes moot) ends the sequence too."""
+    batcher = _batcher(acc_entry, _policy(strategy="oldest", max_queue_delay_ms=400.0, idle_s=5.0))
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(1, start=True)))
+        second = asyncio.ensure_future(batcher.infer_async(_x(2.0), None, Flags(1)))
+        third = asyncio.ensure_future(batcher.infer_async(_x(4.0), None, Flags(1)))
+        last = asyncio.ensure_future(batcher.infer_async(_x(8.0), None, Flags(1, end=True)))
+        await asyncio.sleep(0.05)
+        third.cancel()
+        assert float((await first)["OUTPUT"][0, 0]) == 1.0
+        assert float((await second)["OUTPUT"][0, 0]) == 3.0  # before the cancelled one: it ran
+        with pytest.raises(Cancelled):
+            await last  # after it: ended with the sequence
+        with pytest.raises(InvalidRequest, match="must specify the START flag"):
+            await batcher.infer_async(_x(2.0), None, Flags(1))
+        # a timeout in a slot does not apply; a cancellation after it ends the sequence all the same
+        timed = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(2, start=True), timeout_s=0.05))
+        await asyncio.sleep(0.1)  # past its timeout, before it runs (a lone request waits 0.4 s for others)
+        timed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await timed
+        await asyncio.sleep(0.5)
+        with pytest.raises(InvalidRequest, match="must specify the START flag"):
+            await batcher.infer_async(_x(2.0), None, Flags(2, end=True))
+
+    try:
+        asyncio.run(main())
+        assert batcher.depth == 0 and batcher.active == 0
+    finally:
+        batcher.close()
+
+
 def test_a_timeout_ends_a_sequence_waiting_for_a_slot_and_not_one_holding_a_slot(acc_entry: LoadedEntry) -> None:
     """As Triton's sequence batcher: a timeout bounds a sequence's wait for a slot (every request it queued fails,
     in Triton's words, and it ends); once it holds a slot its requests run whatever their timeouts (helper-72: a

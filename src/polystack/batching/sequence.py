@@ -289,16 +289,23 @@ class SequenceBatcher:
                 "it ended: start it again, with a longer timeout or under a lighter load"
             )
             if not self._end(request, expired):
-                return await waiter  # its sequence holds a slot: its requests run whatever their timeouts
+                try:
+                    return await waiter  # its sequence holds a slot: its requests run whatever their timeouts
+                except asyncio.CancelledError:  # and a cancellation then ends the sequence, as before the timeout
+                    self._end(request, None)
+                    request.outcome.abandon(int((time.monotonic() - request.enqueued) * 1e9))
+                    raise
             request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
             raise expired from None
 
     def _end(self, request: _Request, expired: DeadlineExceeded | None) -> bool:
-        """End the sequence of ``request``, which no worker took, as Triton's sequence batcher ends it:
-        cancelled (``expired`` None), or past its timeout while the sequence waits for a slot (``expired``);
-        its other queued requests fail with why, its ID is forgotten (a request without START is refused),
-        and its slot goes on to the next sequence once nothing of it runs. False: nothing to end (the request
-        was taken, or timed out in a sequence that holds a slot, where timeouts do not apply)."""
+        """End the sequence of ``request``, which no worker took, as Triton's sequence batcher ends it: past the
+        request's timeout while the sequence waits for a slot (``expired``), or with the request cancelled
+        (``expired`` None). The requests that fail with it: all it queued, for a sequence waiting for a slot;
+        the cancelled request and those queued after it, for one holding a slot (those before it run, as
+        Triton's run the requests ahead of a cancelled one). Its ID is forgotten (a request without START is
+        refused) and its slot goes on to the next sequence once nothing of it is left. False: nothing to end
+        (the request was taken, or timed out in a sequence that holds a slot, where timeouts do not apply)."""
         with self._cond:
             sequence = request.sequence
             assert sequence is not None
@@ -308,18 +315,21 @@ class SequenceBatcher:
                 f"request of sequence {quote(request.flags.id)} of model {self.entry.name!r} was cancelled before it "
                 "ran, which ends its sequence, as Triton's sequence batcher ends it: start the sequence again"
             )
+            queued = list(sequence.requests)
+            kept = queued[: queued.index(request)] if sequence.placed and expired is None else []
             failed: list[_Outcome] = []
-            for other in sequence.requests:
+            for other in queued[len(kept) :]:
                 other.taken = True
                 if other is not request:
                     other.outcome.settle("fail", int((time.monotonic() - other.enqueued) * 1e9))
                     failed.append((other, None, error))
-            self._queued -= len(sequence.requests)
-            sequence.requests.clear()
-            self._ready.pop(sequence, None)
+            self._queued -= len(queued) - len(kept)
+            sequence.requests = collections.deque(kept)
+            if not kept:
+                self._ready.pop(sequence, None)
             if self._sequences.get(sequence.id) is sequence:
                 del self._sequences[sequence.id]
-            if not sequence.busy:  # else its running request's end releases it (``_finish``)
+            if not sequence.busy and not kept:  # else what it runs still releases it (``_finish``)
                 self._release(sequence)
         _deliver(failed)
         return True
