@@ -458,9 +458,11 @@ def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
     read = ensemble.read(model_config.as_json(PIPE), "pipe", 1)
     cancelled: list[int] = []
 
-    async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def step_run(
+        index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
+    ) -> tuple[dict[str, np.ndarray], bool]:
         if index == 0:
-            return {"y": given["x"][:, :4]}
+            return {"y": given["x"][:, :4]}, True
         if index == 1:
             raise ModelClosed("model head:1 was unloaded")
         try:
@@ -468,7 +470,7 @@ def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
         except asyncio.CancelledError:
             cancelled.append(index)
             raise
-        return {}
+        return {}, True
 
     async def main() -> None:
         with pytest.raises(ModelClosed, match=r"in ensemble 'pipe', step 1 \(head\): model head:1 was unloaded"):
@@ -557,8 +559,24 @@ def test_fit_passes_a_batch_of_one_between_batching_and_non_batching_shapes_as_t
     from polystack.types import DType, TensorSpec
 
     one = np.zeros((1, 4), np.float32)
-    assert ensemble.fit(one, TensorSpec("a", DType.FP32, (4,))).shape == (4,)  # into a model without a batch
-    assert ensemble.fit(one[0], TensorSpec("a", DType.FP32, (-1, 4))).shape == (1, 4)  # back into a batch
+    vec = TensorSpec("a", DType.FP32, (4,))
+    assert ensemble.fit(one, vec, True, False).shape == (4,)  # into a model without a batch
+    assert ensemble.fit(one[0], TensorSpec("a", DType.FP32, (-1, 4)), False, True).shape == (1, 4)  # back into one
     two = np.zeros((2, 4), np.float32)
-    assert ensemble.fit(two, TensorSpec("a", DType.FP32, (4,))) is two  # left for the model to refuse
-    assert ensemble.fit(one, TensorSpec("a", DType.FP32, (-1, 4))) is one
+    assert ensemble.fit(two, vec, True, False) is two  # left for the model to refuse
+    assert ensemble.fit(one, vec, True, True) is one  # both batch: nothing to pass between (helper-73)
+
+
+def test_shapes_may_differ_by_a_batch_dimension_only_where_one_side_batches() -> None:
+    """As Triton's ValidateTensorConsistency: dims, or dims with the batch dimension (helper-73: [2, 3] was taken
+    for a batching step of [3], and a batch of 1 ran as 2 rows)."""
+    from polystack.types import DType, Signature, TensorSpec
+
+    config = json.loads(_config([_step("m", {"x": "IN"}, {"y": "OUT"})]))
+    config["input"][0]["dims"], config["output"][0]["dims"] = [2, 3], [3]
+    pipe = ensemble.read(json.dumps(config), "e", 1)
+    step = Signature((TensorSpec("x", DType.FP32, (-1, 3)),), (TensorSpec("y", DType.FP32, (-1, 3)),))
+    with pytest.raises(InvalidRequest, match=r"has shape \[-1, 2, 3\] as the ensemble's input"):
+        ensemble.check(pipe, lambda _: ensemble.Served(step, 8))  # both batch
+    unbatched = Signature((TensorSpec("x", DType.FP32, (2, 3)),), (TensorSpec("y", DType.FP32, (3,)),))
+    ensemble.check(pipe, lambda _: ensemble.Served(unbatched, 0))  # the step takes none: [2, 3] is a batch of 1

@@ -1257,19 +1257,21 @@ class DataPlane:
                 held = self._hold(request)  # a region that is gone is refused before the steps run for it
             steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
 
-            async def step_run(index: int, step: ensemble.Step, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            async def step_run(
+                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
+            ) -> tuple[dict[str, np.ndarray], bool]:
                 parameters = request.parameters
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
                     parameters = plain
                 version = None if step.version is None else str(step.version)
                 try:
-                    takes = self._takes(step.model, version)
-                    given = {n: ensemble.fit(a, takes[n]) if n in takes else a for n, a in given.items()}
+                    takes, batches = self._takes(step.model, version)
+                    given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
                     sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
                     answer = await self.infer(step.model, version, sub, loop, None, steps)
                 except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
                     raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
-                return answer.outputs
+                return answer.outputs, batches
 
             items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
             m = self.metrics.model(*label)
@@ -1318,11 +1320,16 @@ class DataPlane:
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
 
-    def _takes(self, name: str, version: str | None) -> dict[str, TensorSpec]:
-        """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them."""
+    def _takes(self, name: str, version: str | None) -> tuple[dict[str, TensorSpec], bool]:
+        """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them, and
+        whether it batches (its GET config's max_batch_size is above 0)."""
         nested = self._ensemble(name, version)  # as infer() resolves the name: an ensemble's first
-        sig = nested.ensemble.signature if nested is not None else self._get(name, version).entry.signature
-        return {t.name: t for t in (*sig.inputs, *sig.optional)}
+        if nested is not None:
+            sig, batches = nested.ensemble.signature, nested.ensemble.max_batch_size > 0
+        else:
+            served = self._get(name, version)
+            sig, batches = served.entry.signature, self._max_batch(served) > 0
+        return {t.name: t for t in (*sig.inputs, *sig.optional)}, batches
 
     def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0) -> set[str]:
         """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence

@@ -254,8 +254,11 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
     """Check ``ensemble`` against the models its steps run as ``served`` gives them (which raises for one
     not served): every input of each step model given, outputs its own, types and shapes agreeing, and
     batch sizes the ensemble's requests may carry within theirs."""
-    types: dict[str, tuple[DType, tuple[int, ...], str]] = {
-        t.name: (t.dtype, t.shape, "the ensemble's input") for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
+    batching = ensemble.max_batch_size > 0
+    # each tensor's type and whole shape, who gives it, and whether that one batches
+    types: dict[str, tuple[DType, tuple[int, ...], str, bool]] = {
+        t.name: (t.dtype, t.shape, "the ensemble's input", batching)
+        for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
     }
     wanted = {t.name: t for t in ensemble.signature.outputs}
     for i in [i for wave in order(ensemble) for i in wave]:
@@ -289,29 +292,38 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                 "max_batch_size; for a config that lists no inputs or outputs, serve --backend-config "
                 "default-max-batch-size sets the size Triton's auto-complete gives it)"
             )
+        batches = model.max_batch_size > 0
         for model_tensor, tensor in step.inputs:
-            dtype, shape, source = types[tensor]
-            _agree(
-                where, tensor, f"{step.model!r}'s input {model_tensor!r}", inputs[model_tensor], dtype, shape, source
-            )
+            dtype, shape, source, given_batched = types[tensor]
+            what = f"{step.model!r}'s input {model_tensor!r}"
+            _agree(where, tensor, what, inputs[model_tensor], dtype, shape, source, given_batched != batches)
         for model_tensor, tensor in step.outputs:
             spec = outputs[model_tensor]
             if tensor in wanted:
                 out = wanted[tensor]
                 _agree(where, tensor, f"{step.model!r}'s output {model_tensor!r}", spec, out.dtype, out.shape,
-                       "the ensemble's output")  # fmt: skip
-            types[tensor] = (spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}")
+                       "the ensemble's output", batches != batching)  # fmt: skip
+            types[tensor] = (spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}", batches)
 
 
 def _agree(
-    where: str, tensor: str, what: str, spec: TensorSpec, dtype: DType, shape: tuple[int, ...], source: str
+    where: str,
+    tensor: str,
+    what: str,
+    spec: TensorSpec,
+    dtype: DType,
+    shape: tuple[int, ...],
+    source: str,
+    one_batches: bool,
 ) -> None:
+    """``spec`` takes (or gives) what ``source`` gives as ``dtype`` of ``shape``; ``one_batches``: one side
+    batches and the other not, so the shapes may differ by the batching side's batch dimension."""
     if spec.dtype is not dtype:
         raise InvalidRequest(
             f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
         )
     # ranks of 0 are left alone: ONNX may leave an output's shape unknown
-    if spec.shape and shape and not _agreeing(spec.shape, shape):
+    if spec.shape and shape and not _agreeing(spec.shape, shape, one_batches):
         raise InvalidRequest(
             f"{where}: ensemble tensor {quote(tensor)} has shape {list(shape)} as {source}, but {what} has "
             f"{list(spec.shape)} (-1: any size)"
@@ -322,24 +334,27 @@ def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
 
-def _agreeing(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    """Whether whole shapes ``a`` and ``b`` agree, or agree but for a batch dimension one has and the other not (as
-    Triton compares an ensemble's tensors: their dims, or their dims with the batch dimension)."""
-    return _compatible(a, b) or (len(a) == len(b) + 1 and _compatible(a[1:], b)) or (
-        len(b) == len(a) + 1 and _compatible(a, b[1:])
-    )
+def _agreeing(a: tuple[int, ...], b: tuple[int, ...], one_batches: bool) -> bool:
+    """Whether whole shapes ``a`` and ``b`` agree, or, where one side batches and the other not, agree but for the
+    batching side's batch dimension (as Triton compares an ensemble's tensors: their dims, or their dims with
+    the batch dimension, ``ValidateTensorConsistency``)."""
+    if _compatible(a, b):
+        return True
+    if not one_batches:
+        return False
+    return (len(a) == len(b) + 1 and _compatible(a[1:], b)) or (len(b) == len(a) + 1 and _compatible(a, b[1:]))
 
 
-def fit(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``array`` in the shape ``spec`` takes, where it differs only by a batch of 1, as Triton's ensembles pass
-    tensors between batching and non-batching models (``ReshapeTensorDims``): a batch of 1 loses its batch
-    dimension for a model that takes none, and a tensor without one gains it for a model (or ensemble output)
-    that takes one; any other shape is left for the model to refuse."""
-    if not spec.shape or spec.accepts(array.shape):
+def fit(array: np.ndarray, spec: TensorSpec, given_batched: bool, batched: bool) -> np.ndarray:
+    """``array``, given by a side that batches or not (``given_batched``), in the shape ``spec`` takes on a side
+    that batches or not (``batched``), as Triton's ensembles pass tensors between batching and non-batching
+    models (``ReshapeTensorDims``): a batch of 1 loses its batch dimension for a side that takes none, and a
+    tensor without one gains it for a side that takes one; any other shape is left for the model to refuse."""
+    if given_batched == batched or not spec.shape or spec.accepts(array.shape):
         return array
-    if array.ndim == len(spec.shape) + 1 and array.shape[0] == 1 and spec.accepts(array.shape[1:]):
+    if given_batched and array.ndim == len(spec.shape) + 1 and array.shape[0] == 1 and spec.accepts(array.shape[1:]):
         return array.reshape(array.shape[1:])
-    if array.ndim + 1 == len(spec.shape) and spec.accepts((1, *array.shape)):
+    if batched and array.ndim + 1 == len(spec.shape) and spec.accepts((1, *array.shape)):
         return array.reshape((1, *array.shape))
     return array
 
@@ -378,7 +393,9 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
     return config
 
 
-StepRun = Callable[[int, Step, dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]]]
+# (index, step, its inputs by the step model's names, whether each one's giver batches) -> (its outputs, whether
+# the step's model batches)
+StepRun = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], Awaitable[tuple[Mapping[str, np.ndarray], bool]]]
 
 
 def needed(ensemble: Ensemble, outputs: Collection[str]) -> list[int]:
@@ -397,22 +414,24 @@ async def run(
     ensemble: Ensemble, inputs: Mapping[str, np.ndarray], outputs: Collection[str], step_run: StepRun
 ) -> dict[str, np.ndarray]:
     """Run the steps of ``ensemble`` that lead to ``outputs`` on ``inputs`` (checked against its signature by
-    the caller), each as soon as the tensors it takes are there, by ``step_run(index, step, its inputs by
-    the step model's names)``, which returns the step model's outputs; those ``outputs``, by name. The first
+    the caller), each as soon as the tensors it takes are there, by ``step_run`` (``StepRun``), which returns the
+    step model's outputs and whether it batches; those ``outputs``, by name. The first
     step that fails fails it (its error led by where it happened), and the steps still running are
     cancelled."""
     tensors: dict[str, np.ndarray] = dict(inputs)
+    batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)  # whether each tensor's giver batches
     # optional inputs the request left out: the steps that take them run without them, as Triton's ensembles do
     absent = {t.name for t in ensemble.signature.optional if t.name not in inputs}
     waiting = needed(ensemble, outputs)
-    running: dict[asyncio.Future[Mapping[str, np.ndarray]], int] = {}
+    running: dict[asyncio.Future[tuple[Mapping[str, np.ndarray], bool]], int] = {}
     try:
         while waiting or running:
             for i in [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]:
                 waiting.remove(i)
                 step = ensemble.steps[i]
                 given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
-                running[asyncio.ensure_future(step_run(i, step, given))] = i
+                givers = {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
+                running[asyncio.ensure_future(step_run(i, step, given, givers))] = i
             if not running:  # read() refuses such configs
                 raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -420,16 +439,16 @@ async def run(
                 i = running.pop(future)
                 step = ensemble.steps[i]
                 try:
-                    result = future.result()
+                    result, batches = future.result()
                 except PolystackError as e:  # Triton's words first, and the step's
                     raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
                 for model_tensor, tensor in step.outputs:
-                    tensors[tensor] = result[model_tensor]
+                    tensors[tensor], batched[tensor] = result[model_tensor], batches
     finally:
         for future in running:
             future.cancel()
     specs = {t.name: t for t in ensemble.signature.outputs}
-    return {name: fit(tensors[name], specs[name]) for name in outputs}
+    return {name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0) for name in outputs}
 
 
 def load_order(ensembles: Mapping[str, Ensemble]) -> list[str]:

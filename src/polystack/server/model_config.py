@@ -1457,7 +1457,7 @@ def _tensors(
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
             if key == "input" and read_bool(d, "allow_ragged_batch", where):
-                ragged.append((name, _ragged_dims(d, where, name, t, record, max_batch, t in optional)))
+                ragged.append((name, _ragged_dims(d, where, name, t, record, max_batch)))
                 continue
             if key == "output" and name in scattered:  # its dims are each request's, not the model's
                 ragged_out.append((name, tuple(read_int_list(d.get("dims", []), f"{where}.dims"))))
@@ -1509,15 +1509,11 @@ def _tensors(
 
 
 def _ragged_dims(
-    d: dict[str, Any], where: str, name: str, t: TensorSpec, record: ModelRecord, max_batch: int, optional: bool
+    d: dict[str, Any], where: str, name: str, t: TensorSpec, record: ModelRecord, max_batch: int
 ) -> tuple[int, ...]:
     """A ragged input's dims (``allow_ragged_batch``), checked as Triton's ONNX Runtime backend checks it: the
-    model takes it as one dimension, ``[-1]``, holding every request's elements; not optional; with batching."""
-    if optional:  # Triton's words, then what to do
-        raise InvalidRequest(
-            f"unable to load model {record.name!r}, configuration expects model provides input with shape [-1] for "
-            f"ragged input {name!r}, which is not supported for optional input; leave optional or allow_ragged_batch out"
-        )
+    model takes it as one dimension, ``[-1]``, holding every request's elements; with batching (which an optional
+    input is refused, so none is both)."""
     if t.shape != (-1,):
         raise InvalidRequest(
             f"unable to load model {record.name!r}, configuration expects model provides input with shape [-1] for "
