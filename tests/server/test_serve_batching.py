@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start, until
+from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchOverrides, BatchPolicy
@@ -119,20 +119,32 @@ def test_full_queue_is_unavailable_over_grpc(batching: ServerThread) -> None:
     client.infer("slow", [i])
 
 
-def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
-    port = batching.http_port
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 16], "data": [0.0] * 64}]})
+def _watch_depth(
+    port: int, model: str, requests: int, rows: int = 1, meanwhile: Any = None
+) -> tuple[list[int], list[float]]:
+    """Send ``requests`` JSON requests of ``rows`` rows to ``model`` at once, reading its queue depth gauge until
+    they are answered (``meanwhile(depth)`` called once the depth reaches 3, if given): their statuses, the
+    depths seen."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 16], "data": [0.0] * 16 * rows}]})
 
     def one(_: int) -> int:
-        return Raw(port).request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
+        return Raw(port).request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})[0]
 
     seen: list[float] = []
-    with ThreadPoolExecutor(3) as pool:  # one runs while the others wait: 50 ms a call
-        answers = [pool.submit(one, i) for i in range(3)]
+    with ThreadPoolExecutor(requests) as pool:
+        answers = [pool.submit(one, i) for i in range(requests)]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not all(a.done() for a in answers):
-            seen.append(_metric(port, "polystack_inference_queue_depth", model="slow", version="1"))
-        statuses = [a.result() for a in answers]
+            seen.append(_metric(port, "polystack_inference_queue_depth", model=model, version="1"))
+            if meanwhile is not None and seen[-1] >= 3:
+                meanwhile(seen)
+                meanwhile = None
+        return [a.result() for a in answers], seen
+
+
+def test_queue_depth_shows_the_requests_waiting(batching: ServerThread) -> None:
+    port = batching.http_port
+    statuses, seen = _watch_depth(port, "slow", 3, rows=4)  # one runs while the others wait: 50 ms a call
     # the queue holds 2: when all three arrive before the first runs, the third finds it full
     assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, statuses
     assert max(seen) >= 1, seen
@@ -151,18 +163,8 @@ def test_queue_depth_shows_unbatched_requests_waiting_for_an_instance(
     st = start(store, models=["slow"], model_configs={"slow": config}, inline_max_ms=0.0)
     try:
         port = st.http_port
-        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
-
-        def one(_: int) -> int:
-            return Raw(port).request("POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
-
-        seen: list[float] = []
-        with ThreadPoolExecutor(4) as pool:  # one runs while the others wait: 50 ms a call
-            answers = [pool.submit(one, i) for i in range(4)]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not all(a.done() for a in answers):
-                seen.append(_metric(port, "polystack_inference_queue_depth", model="slow", version="1"))
-            assert [a.result() for a in answers] == [200] * 4
+        statuses, seen = _watch_depth(port, "slow", 4)  # one runs while the others wait: 50 ms a call
+        assert statuses == [200] * 4
         assert 1 <= max(seen) <= 3, seen  # 3 when all four came before the first was done
         assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
     finally:
@@ -184,21 +186,16 @@ def test_queue_depth_still_counts_the_requests_waiting_on_an_instance_a_reload_r
                allow_model_control=True)  # fmt: skip
     try:
         port = st.http_port
-        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]})
+        after: list[float] = []
 
-        def one(_: int) -> int:
-            return Raw(port).request("POST", "/v2/models/slow200/infer", body, {"Content-Type": "application/json"})[0]
+        def reload(_: list[float]) -> None:  # a new instance, with requests waiting on the old one
+            httpclient.InferenceServerClient(st.http_url).load_model("slow200", config=text)
+            after.append(_metric(port, "polystack_inference_queue_depth", model="slow200", version="1"))
 
-        def depth() -> float:
-            return _metric(port, "polystack_inference_queue_depth", model="slow200", version="1")
-
-        with ThreadPoolExecutor(6) as pool:  # one runs while the others wait: 200 ms a call
-            answers = [pool.submit(one, i) for i in range(6)]
-            assert until(lambda: depth() >= 3, within_s=5)
-            httpclient.InferenceServerClient(st.http_url).load_model("slow200", config=text)  # a new instance
-            assert depth() >= 1  # still waiting on the old one
-            assert [a.result() for a in answers] == [200] * 6
-        assert depth() == 0
+        statuses, _ = _watch_depth(port, "slow200", 6, meanwhile=reload)  # one runs, the others wait: 200 ms a call
+        assert statuses == [200] * 6
+        assert after and after[0] >= 1, after  # still waiting on the old one
+        assert _metric(port, "polystack_inference_queue_depth", model="slow200", version="1") == 0
     finally:
         st.stop()
 

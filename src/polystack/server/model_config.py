@@ -1558,12 +1558,7 @@ def _ragged(
     listed = {read_string(i, "name", "input") for i in config.get("input", []) if isinstance(i, dict)}
     model_inputs = {t.name: t for t in record.signature.inputs}
     fills: list[ragged_model.BatchInput] = []
-    value = config.get("batch_input") or []
-    if not isinstance(value, list):
-        raise InvalidRequest("batch_input must be a list of batch inputs ({kind, target_name, data_type, source_input})")
-    for i, item in enumerate(value):
-        where = f"batch_input[{i}]"
-        d = read_message(item, where, "batch_input")
+    for where, d in _messages(config, "batch_input", "{kind, target_name, data_type, source_input}"):
         kind = read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT
         targets, sources = _names(d, "target_name", where), _names(d, "source_input", where)
         if len(targets) != 1 or len(sources) != 1:
@@ -1590,12 +1585,7 @@ def _ragged(
             )
         fills.append(ragged_model.BatchInput(kind, target, t.dtype, source))
     scattered: list[tuple[str, str, tuple[int, ...]]] = []
-    value = config.get("batch_output") or []
-    if not isinstance(value, list):
-        raise InvalidRequest("batch_output must be a list of batch outputs ({kind, target_name, source_input})")
-    for i, item in enumerate(value):
-        where = f"batch_output[{i}]"
-        d = read_message(item, where, "batch_output")
+    for where, d in _messages(config, "batch_output", "{kind, target_name, source_input}"):
         read_enum(d, "kind", where, "BatchOutput.Kind")  # BATCH_SCATTER_WITH_INPUT_SHAPE, its only value
         targets, sources = _names(d, "target_name", where), _names(d, "source_input", where)
         if not targets or len(sources) != 1:
@@ -1611,6 +1601,14 @@ def _ragged(
     if not max_batch:
         raise InvalidRequest("batch_input and batch_output describe a batch: set max_batch_size, or leave them out")
     return ragged_model.RaggedSpec(inputs, tuple(fills), tuple(scattered))
+
+
+def _messages(config: dict[str, Any], key: str, fields: str) -> list[tuple[str, dict[str, Any]]]:
+    """The messages of the config's list ``key``, each with where it is (``batch_input[0]``)."""
+    value = config.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{key} must be a list of messages ({fields})")
+    return [(f"{key}[{i}]", read_message(item, f"{key}[{i}]", key)) for i, item in enumerate(value)]
 
 
 def _names(d: dict[str, Any], key: str, where: str) -> list[str]:
