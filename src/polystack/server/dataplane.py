@@ -295,9 +295,9 @@ class DataPlane:
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
-        self._load_failures: dict[str, tuple[int | None, str]] = {}
+        self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
-        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}  # by name: the version that failed (if one), why
+        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
