@@ -42,7 +42,7 @@ def check_error(raw: Raw, status: int, doc: object, want_status: int, *words: st
         (b"[" * 10_000 + b"]" * 10_000, ["not valid JSON"]),
         (b'{"inputs": ' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_001, ["not valid JSON"]),
         (b"[1, 2]", ["JSON object"]),
-        (b'{"inputs": []}', ["non-empty 'inputs'"]),
+        (b'{"inputs": []}', ["expected 1 inputs but got 0 inputs for model 'mlp'"]),
         (b"", ["not valid JSON"]),
     ],
     ids=["invalid", "nested-10000-lists", "nested-10000-objects", "not-an-object", "no-inputs", "empty"],

@@ -50,6 +50,24 @@ def add_with_initializer(path: Path, ir_version: int = 8, rows: int = 5) -> Path
     return path
 
 
+def only_optional(path: Path) -> Path:
+    """OUTPUT = W x 2, where the model's one input W has an initializer [1, 2, 3]: a request may give nothing."""
+    w = helper.make_tensor("W", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["W", "two"], ["OUTPUT"])],
+        "scale",
+        [helper.make_tensor_value_info("W", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, [3])],
+        initializer=[w, two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def clients(
     tmp_path_factory: pytest.TempPathFactory,
@@ -57,6 +75,9 @@ def clients(
     root = tmp_path_factory.mktemp("optional")
     add_with_initializer(root / "models" / "add" / "1" / "model.onnx")
     add_with_initializer(root / "models" / "batched" / "1" / "model.onnx", rows=-1)
+    only_optional(root / "models" / "scale" / "1" / "model.onnx")
+    scale = {"max_batch_size": 0, "input": [{"name": "W", "data_type": "TYPE_FP32", "dims": [3], "optional": True}]}
+    (root / "models" / "scale" / "config.pbtxt").write_text(json.dumps(scale))
     (root / "models" / "add" / "config.pbtxt").write_text(json.dumps(CONFIG))
     mappings = (("given", {"INPUT": "X", "INITIALIZER": "B"}), ("left_out", {"INPUT": "X"}), ("may", {"INPUT": "X", "INITIALIZER": "B"}))
     for name, mapped in mappings:
@@ -120,6 +141,17 @@ def test_an_ensembles_optional_input_left_out_leaves_it_out_of_the_steps_that_ta
     assert [(t["name"], t.get("optional", False)) for t in shown["input"]] == [("X", False), ("B", True)]
     with pytest.raises(InferenceServerException, match=r"missing required input\(s\) \['X'\]"):
         infer(http, "may", B=x)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_model_whose_inputs_are_all_optional_takes_a_request_of_none(clients, transport: str) -> None:
+    """As Triton's (its input_all_optional test): no inputs at all is a request such a model takes."""
+    client = clients[0] if transport == "http" else clients[1]
+    np.testing.assert_array_equal(client.infer("scale", []).as_numpy("OUTPUT"), [2.0, 4.0, 6.0])
+    w = np.array([1.0, 1.0, 1.0], np.float32)
+    np.testing.assert_array_equal(infer(client, "scale", W=w), 2 * w)
+    with pytest.raises(InferenceServerException, match="expected number of inputs between 1 and 2 but got 0 inputs for model 'add'"):
+        client.infer("add", [])  # a model with a required input: refused in Triton's words
 
 
 def test_metadata_lists_an_optional_input_and_config_shows_it_optional(clients) -> None:

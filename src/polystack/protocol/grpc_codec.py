@@ -76,9 +76,7 @@ def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None = None) -> InferRequest:
     """``regions``: the registered shared memory regions inputs may be read from (None: refused)."""
-    if not req.inputs:
-        raise InvalidRequest("an inference request needs at least one input")
-    raw = req.raw_input_contents
+    raw = req.raw_input_contents  # no inputs: the model's to refuse (one whose inputs are all optional takes it)
     typed = next((t.name for t in req.inputs if t.HasField("contents")), None) if raw else None
     if typed is not None:  # Triton's words (its explicit-content example looks for them), then what to do
         raise InvalidRequest(

@@ -114,8 +114,9 @@ def decode_infer_request(
     if not isinstance(doc, dict):
         raise InvalidRequest("an inference request must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidRequest("an inference request needs a non-empty 'inputs' list")
+    if not isinstance(raw_inputs, list):  # an empty one is the model's to refuse (one whose inputs are all optional
+        # takes it, as Triton's)
+        raise InvalidRequest("an inference request needs an 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for item in raw_inputs:
