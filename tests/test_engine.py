@@ -1,7 +1,6 @@
 """The engine on real runtimes: load, infer, validation, metadata, unload."""
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def test_bad_inputs_are_refused_before_the_runtime_and_counted_as_failures(store
         engine.infer("mlp", {"x": np.zeros((2, 9), np.float32)})
     with pytest.raises(InvalidTensor, match="inference input 'x' data-type is 'INT64', but model 'mlp' expects 'FP32'"):
         engine.infer("mlp", {"x": np.zeros((2, 8), np.int64)})
-    with pytest.raises(InvalidTensor, match=re.escape("expected 1 inputs but got 1 inputs for model 'mlp'. Got input(s) ['z'], but missing required input(s) ['x']")):
+    with pytest.raises(InvalidTensor, match="unexpected inference input 'z' for model 'mlp'"):
         engine.infer("mlp", {"z": np.zeros((2, 8), np.float32)})
     assert entry.stats.to_dict()["inference_stats"]["fail"]["count"] == 3
     assert engine.infer("mlp", {"x": np.zeros((2, 8), np.float32)})["y"].shape == (2, 3)

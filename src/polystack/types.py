@@ -247,7 +247,7 @@ class Signature:
         missing = [n for n in self.input_names if n not in inputs]
         unexpected = [n for n in inputs if n not in self._by_name]
         of = f" for model {model!r}" if model else ""
-        if missing:
+        if missing and not (len(self.inputs) <= len(inputs) <= len(self._by_name)):  # Triton's count check
             want = (
                 f"{len(self.inputs)} inputs"
                 if not self.optional
@@ -256,12 +256,17 @@ class Signature:
             got = ",".join(f"'{n}'" for n in inputs)
             raise InvalidTensor(
                 f"expected {want} but got {len(inputs)} inputs{of}. Got input(s) [{got}], but missing required "
-                f"input(s) [{','.join(f'{n!r}' for n in missing)}]. Please provide all required input(s); the model "
+                f"input(s) [{','.join(f'{n!r}' for n in missing)}]. Please provide all required input(s). The model "
                 f"expects {self._expected()}"
             )
         if unexpected:
             raise InvalidTensor(
                 f"unexpected inference input {unexpected[0]!r}{of}; the model expects {self._expected()}"
+            )
+        if missing:  # as many inputs as it may take, a required one left out for an optional one
+            raise InvalidTensor(
+                f"missing required input(s) [{','.join(f'{n!r}' for n in missing)}]{of}. Please provide all required "
+                f"input(s). The model expects {self._expected()}"
             )
         batch: int | None = None
         required = len(self.inputs)  # optional inputs given follow: they carry no batch
@@ -283,9 +288,11 @@ class Signature:
                 if batch is None:
                     batch = arr.shape[0]
                 elif arr.shape[0] != batch:
-                    raise InvalidTensor(
-                        f"input {spec.name!r} has batch size {arr.shape[0]} but another input has {batch}; "
-                        "every input must carry the same batch size on dimension 0"
+                    raise InvalidTensor(  # Triton's words, then what to do
+                        f"input {spec.name!r} batch size does not match other inputs"
+                        + (f" for {model!r}" if model else "")
+                        + f": it has {arr.shape[0]}, another input {batch}; every input carries the same batch size "
+                        "on dimension 0"
                     )
         if max_batch_size and batch is not None and batch > max_batch_size:
             raise InvalidTensor(

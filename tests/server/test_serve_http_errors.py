@@ -140,8 +140,10 @@ def test_a_request_for_an_unknown_model_is_404_whatever_its_body(raw: Raw) -> No
 
 
 def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
-    status, doc = raw.json("POST", INFER, {"inputs": [good_input(name="z")]})
-    check_error(raw, status, doc, 400, "missing required input(s) ['x']")
+    status, doc = raw.json("POST", INFER, {"inputs": []})
+    check_error(raw, status, doc, 400, "expected 1 inputs but got 0 inputs", "missing required input(s) ['x']")
+    status, doc = raw.json("POST", INFER, {"inputs": [good_input(name="z")]})  # as many as it takes: a wrong name
+    check_error(raw, status, doc, 400, "unexpected inference input 'z'")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input(name="z")]})
     check_error(raw, status, doc, 400, "unexpected inference input 'z'")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input()]})

@@ -172,7 +172,7 @@ def test_an_optional_input_of_the_wrong_shape_or_a_missing_required_one_is_refus
         infer(http, INPUT=x, INITIALIZER=np.zeros((1, 5), np.float32))
     assert e.value.status() == "400"
     with pytest.raises(
-        InferenceServerException, match=r"expected number of inputs between 1 and 2 but got 1 inputs for model 'add'.*\['INPUT'\].*INITIALIZER: FP32\[5, 5\] \(optional\)"
+        InferenceServerException, match=r"missing required input\(s\) \['INPUT'\] for model 'add'. Please provide all required input\(s\). The model expects .*INITIALIZER: FP32\[5, 5\] \(optional\)"
     ):
         infer(http, INITIALIZER=x)
     np.testing.assert_array_equal(infer(http, INPUT=x), x + 1)  # still serving
