@@ -234,9 +234,9 @@ class Signature:
         """Raise InvalidTensor unless every output asked for is the model's (Triton's words first)."""
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
-            of = f" for model {model!r}" if model else ""
             raise InvalidTensor(
-                f"unexpected inference output {unknown[0]!r}{of}; the model returns {', '.join(self.output_names)}"
+                f"unexpected inference output {unknown[0]!r}{_for(model)}; the model returns "
+                f"{', '.join(self.output_names)}"
             )
 
     def validate_inputs(
@@ -246,7 +246,7 @@ class Signature:
         what the model expects. ``model``: its name, which Triton's words carry."""
         missing = [n for n in self.input_names if n not in inputs]
         unexpected = [n for n in inputs if n not in self._by_name]
-        of = f" for model {model!r}" if model else ""
+        of = _for(model) if missing or unexpected else ""  # for error messages only: valid requests skip it
         if missing and not (len(self.inputs) <= len(inputs) <= len(self._by_name)):  # Triton's count check
             want = (
                 f"{len(self.inputs)} inputs"
@@ -281,7 +281,7 @@ class Signature:
                 )
             if not spec.accepts(arr.shape):
                 raise InvalidTensor(
-                    f"unexpected shape for input {spec.name!r}{of}. Expected {_dims(spec.shape)}, got "
+                    f"unexpected shape for input {spec.name!r}{_for(model)}. Expected {_dims(spec.shape)}, got "
                     f"{_dims(arr.shape)} (-1: any size)"
                 )
             if spec.batched and i < required:
@@ -324,3 +324,8 @@ class Signature:
 def _dims(shape: Sequence[int]) -> str:
     """A shape as Triton's messages write it: ``[-1,16]``."""
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _for(model: str) -> str:
+    """`` for model 'm'`` as Triton's messages name a model ("": none to name)."""
+    return f" for model {model!r}" if model else ""
