@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import queue
 import time
@@ -32,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
-from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest
+from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest, Unavailable
 from polystack.examples import accumulator_onnx
 from polystack.formats import import_model
 from polystack.server import model_config
@@ -648,6 +649,30 @@ def test_a_cancelled_request_of_a_sequence_in_a_slot_ends_it_after_the_requests_
     try:
         asyncio.run(main())
         assert batcher.depth == 0 and batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_a_close_without_drain_fails_the_requests_kept_ahead_of_a_cancelled_one(acc_entry: LoadedEntry) -> None:
+    """The requests queued before a cancelled one stay queued though their sequence is forgotten (helper-74: a
+    close without drain, an unload, ran them instead of failing them with every other queued request)."""
+    batcher = _batcher(acc_entry, _policy(strategy="oldest", max_queue_delay_ms=400.0, idle_s=5.0))
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(1, start=True)))
+        second = asyncio.ensure_future(batcher.infer_async(_x(2.0), None, Flags(1)))
+        third = asyncio.ensure_future(batcher.infer_async(_x(4.0), None, Flags(1, end=True)))
+        await asyncio.sleep(0.05)  # all three wait for company (0.4 s)
+        third.cancel()
+        await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(batcher.close, drain=False))
+        for kept in (first, second):
+            with pytest.raises(Unavailable, match="was unloaded before the request ran"):
+                await asyncio.wait_for(kept, 5)
+
+    try:
+        asyncio.run(main())
+        assert batcher.depth == 0 and acc_entry.stats.to_dict()["execution_count"] == 0
     finally:
         batcher.close()
 

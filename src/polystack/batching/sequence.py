@@ -702,8 +702,8 @@ class SequenceBatcher:
         with self._cond:
             self._closed = True
             dropped: list[_Outcome] = []
-            if not drain:
-                for sequence in list(self._sequences.values()) + list(self._backlog):
+            if not drain:  # a sequence a cancellation ended may still queue the requests ahead of it (``_end``)
+                for sequence in {*self._sequences.values(), *self._backlog, *self._ready}:
                     dropped += self._fail_queued(sequence)
             self._cond.notify_all()
         _deliver(dropped)
