@@ -127,6 +127,11 @@ def test_json_numbers_keep_their_exact_values(datatype: str, data: list, want: n
         ("FP32", [1, "2"], "FP32 data must hold numbers only, not '2'"),
         ("FP32", [1, None], "numbers only, not None"),
         ("FP64", [True, 1.0], "numbers only, not True"),
+        # the same words however numpy would have failed: out of its range, or read as a float past 64 bits
+        ("UINT64", [-1, 2], "values run from -1 to 2, outside 0..18446744073709551615"),
+        ("INT64", [2**63, 0], r"values run from 0 to 9223372036854775808, outside -9223372036854775808\.\."),
+        ("UINT64", [2**64, 1], "a value of about 1.845e\\+19 is past the 64-bit integers"),
+        ("INT64", [-(2**63) - 1, 1], "about -9.223e\\+18 is past the 64-bit integers"),  # not rounded to -2**63
     ],
 )
 def test_json_numbers_of_the_wrong_kind_are_refused(datatype: str, data: list, words: str) -> None:

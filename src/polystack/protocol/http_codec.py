@@ -334,13 +334,29 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
 
 
 def _check_numbers(name: str, dtype: DType, data: Any) -> None:
-    """Refuse what numpy would quietly convert: strings, null, true/false, fractions for integers."""
+    """Refuse what numpy would quietly convert (strings, null, true/false, fractions for integers), and
+    integers outside the datatype's range, in the words ``wire.cast_numbers`` uses for them."""
     integers = np.dtype(dtype.numpy).kind in "iu"
-    for v in _flatten(data):
+    flat = _flatten(data)
+    for v in flat:
         if type(v) is int or (type(v) is float and not integers):
             continue
+        if integers and type(v) is float and (v >= 2**64 or v <= -(2**63)):  # an integer past 64 bits: read as a
+            info = np.iinfo(dtype.numpy)  # float (one in range is read as an integer), its last digits rounded
+            raise InvalidTensor(
+                f"input {name!r}: data does not fit datatype {dtype.value}: a value of about {v:.4g} is past the "
+                f"64-bit integers JSON numbers are read as; {dtype.value} holds {info.min}..{info.max}"
+            )
         what = "integers" if integers else "numbers"
         raise InvalidTensor(f"input {name!r}: {dtype.value} data must hold {what} only, not {quote(v)}")
+    if integers and flat:
+        info = np.iinfo(dtype.numpy)
+        low, high = min(flat), max(flat)
+        if low < info.min or high > info.max:
+            raise InvalidTensor(
+                f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
+                f"outside {info.min}..{info.max}"
+            )
 
 
 def _bytes_item(name: str, v: Any) -> bytes:
