@@ -5,10 +5,14 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency list changes; a second run is fast.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | sha256sum | cut -c1-16)
 EXTRAS := all,ray,dev
+# KServe's SDK clients, which tests call the server with, in a venv of their own: their pins (pandas < 3,
+# protobuf < 7) conflict with ours. Only the tests need it.
+KSERVE := .venv-kserve
+KSTAMP := $(KSERVE)/.installed-$(shell cat constraints-kserve.txt | sha256sum | cut -c1-16)
 
 .PHONY: demo test lint typecheck unit bench clean setup
 
-setup: $(STAMP)
+setup: $(STAMP) $(KSTAMP)
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +25,12 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(KSTAMP):
+	test -x $(KSERVE)/bin/python || $(PYTHON) -m venv $(KSERVE)
+	$(KSERVE)/bin/python -m pip install --quiet -c constraints-kserve.txt kserve==0.21.0
+	rm -f $(KSERVE)/.installed-*
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/polystack demo
 
@@ -30,11 +40,11 @@ lint: $(STAMP)
 
 # Ray tests run apart, inside a loopback-only network namespace: Ray's servers listen on every
 # interface, and nothing here may talk beyond loopback.
-unit: $(STAMP)
+unit: $(STAMP) $(KSTAMP)
 	$(BIN)/python -m pytest -q -m "not ray"
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -m ray tests/jobs'
 
 test: lint unit
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
