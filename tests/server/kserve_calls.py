@@ -1,5 +1,5 @@
-"""KServe's own Python SDK clients (``kserve.InferenceRESTClient``, ``kserve.InferenceGRPCClient``) calling a
-polystack server, as a KServe user's code calls a model server: run by ``test_serve_kserve_clients.py`` with
+"""KServe's own Python SDK clients (``kserve.InferenceRESTClient``, with the V2 and the V1 protocol, and
+``kserve.InferenceGRPCClient``) calling a polystack server, as a KServe user's code calls a model server: run by ``test_serve_kserve_clients.py`` with
 the interpreter of ``.venv-kserve`` (KServe's pins conflict with polystack's: pandas < 3, protobuf < 7), so it
 imports nothing of polystack and prints what the clients got, as one JSON document, for the test to check.
 
@@ -99,6 +99,26 @@ async def rest_calls(base: str) -> dict[str, Any]:
         await client.close()
 
 
+async def v1_calls(base: str) -> dict[str, Any]:
+    """KServe's V1 protocol (TensorFlow Serving's REST bodies), as its REST client speaks it."""
+    client = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
+    try:
+        rows = {"instances": X.tolist()}
+        named = {"instances": [{"i": [1, 2], "b": [True, False], "s": ["a", {"b64": "eABZ"}]}]}
+        return {
+            "live": await client.is_server_live(base),
+            "model_ready": await client.is_model_ready(base, "mlp"),
+            "rows": await client.infer(base, rows, model_name="mlp"),
+            "columnar": await client.infer(base, {"inputs": {"x": X[:1].tolist()}}, model_name="mlp"),
+            "named": await client.infer(base, named, model_name="plain"),
+            "unexpected_input": await refused(client.infer(base, {"instances": [{"q": [1.0]}]}, model_name="mlp")),
+            "unknown_model": await refused(client.infer(base, rows, model_name="nope")),
+            "ragged": await refused(client.infer(base, {"instances": [[1.0] * 16, [1.0]]}, model_name="mlp")),
+        }
+    finally:
+        await client.close()
+
+
 async def grpc_calls(url: str) -> dict[str, Any]:
     client = InferenceGRPCClient(url, timeout=30)
     try:
@@ -128,8 +148,9 @@ async def grpc_calls(url: str) -> dict[str, Any]:
 
 async def main(http_port: int, grpc_port: int) -> None:
     rest = await rest_calls(f"http://127.0.0.1:{http_port}")
+    v1 = await v1_calls(f"http://127.0.0.1:{http_port}")
     grpc = await grpc_calls(f"127.0.0.1:{grpc_port}")
-    print(json.dumps({"rest": rest, "grpc": grpc}))
+    print(json.dumps({"rest": rest, "v1": v1, "grpc": grpc}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """KServe's own Python SDK clients against a real ``polystack serve`` process: a KServe user's
 ``InferenceRESTClient`` and ``InferenceGRPCClient`` code works unchanged, over REST (JSON and the binary tensor
 extension) and gRPC (typed and raw contents), for FP32, INT64, BOOL, BYTES and FP16 tensors, with requested
-outputs, request ids, readiness, and refusals the clients surface as errors with the server's words.
+outputs, request ids, readiness, and refusals the clients surface as errors with the server's words; and the
+REST client with KServe's V1 protocol (``:predict``, rows and columns).
 
 KServe pins pandas < 3 and protobuf < 7, which polystack's environment is past, so the clients run in a
 venv of their own (``.venv-kserve``, which ``make setup`` builds from ``constraints-kserve.txt``), in a
@@ -134,4 +135,27 @@ def test_refusals_reach_the_client_with_their_status_and_words(
     got, transport: str, cell: str, code: Any, words: str
 ) -> None:
     refused = got[0][transport][cell]
+    assert refused["code"] == code and words in refused["message"], refused
+
+
+def test_kserves_v1_protocol_rows_and_columns(got) -> None:
+    calls, expected = got
+    v1 = calls["v1"]
+    assert v1["live"] is True and v1["model_ready"] is True
+    np.testing.assert_allclose(np.array(v1["rows"]["predictions"], np.float32), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(v1["columnar"]["outputs"], np.float32), expected[:1], rtol=1e-5, atol=1e-6)
+    # several outputs: an object per instance; BYTES as text, sent as text or base64 ("eABZ": x, NUL, Y)
+    assert v1["named"] == {"predictions": [{"io": [1, 2], "bo": [False, True], "so": ["a", "x\u0000Y"]}]}
+
+
+@pytest.mark.parametrize(
+    ("cell", "code", "words"),
+    [
+        ("unexpected_input", 400, "unexpected inference input 'q' for model 'mlp'"),
+        ("unknown_model", 404, "Request for unknown model: 'nope' is not found"),
+        ("ragged", 400, "input 'x': its nested lists are of different lengths at depth 1"),
+    ],
+)
+def test_kserves_v1_refusals_reach_the_client(got, cell: str, code: int, words: str) -> None:
+    refused = got[0]["v1"][cell]
     assert refused["code"] == code and words in refused["message"], refused

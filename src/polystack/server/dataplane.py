@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,7 @@ from polystack.store.refs import MAX_VERSION
 from polystack.types import DType, TensorSpec
 
 log = logging.getLogger("polystack.server")
+_Decoded = TypeVar("_Decoded")  # what a transport decodes a request into (an InferRequest, a V1 request)
 
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
@@ -1089,6 +1090,11 @@ class DataPlane:
             return False
         return True
 
+    def model_names(self) -> list[str]:
+        """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""
+        served = list(self._served)  # one step (the loader thread changes it): never iterated while it changes
+        return sorted({name for name, _ in served} | set(self._ensembles))
+
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         pipeline = self._ensemble(name, version)
         if pipeline is not None:
@@ -1594,7 +1600,7 @@ class DataPlane:
             raise
         return out
 
-    def decode(self, name: str, version: str | None, decode: Callable[[], InferRequest]) -> InferRequest:
+    def decode(self, name: str, version: str | None, decode: Callable[[], _Decoded]) -> _Decoded:
         """A transport's decoding of a request for model ``name`` (``version``), once the model is found
         there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
         body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""

@@ -34,13 +34,23 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from polystack.errors import InvalidRequest, NotFound, PayloadTooLarge, PolystackError, UnsupportedMediaType, quote
+from polystack.errors import (
+    InvalidRequest,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    PolystackError,
+    ShuttingDown,
+    UnsupportedMediaType,
+    quote,
+)
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from polystack.protocol import http_codec
+from polystack.protocol import http_codec, v1_codec
 from polystack.protocol.wire import InferRequest
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
+from polystack.types import DType
 
 log = logging.getLogger("polystack.server.http")
 
@@ -256,8 +266,18 @@ class HttpApp:
                     "Protocol endpoints are on the HTTP port"
                 )
             )
-        if not parts or parts[0] != "v2":
-            return error_response(NotFound(f"no route {path!r}; the OIP v2 endpoints live under /v2"))
+        if parts == [""]:  # KServe's V1 liveness (its clients ask the server's root)
+            return self._only(method, b"GET", self.v1_live, [])
+        if parts[0] == "v1":
+            routed = self._v1(method, parts[1:])
+            if routed is not None:
+                return routed
+        if parts[0] != "v2":
+            return error_response(
+                NotFound(
+                    f"no route {path!r}; the OIP v2 endpoints live under /v2, KServe's V1 ones under /v1/models"
+                )
+            )
         rest = parts[1:]
         if not rest:
             return self._only(method, b"GET", self.server_metadata, [])
@@ -307,6 +327,23 @@ class HttpApp:
                 handler = self.repository_load if rest[3] == "load" else self.repository_unload
                 return self._only(method, b"POST", handler, [rest[2]])
         return error_response(NotFound(f"no route {path!r}; see GET /v2 and the Open Inference Protocol v2"))
+
+    def _v1(self, method: bytes, rest: list[str]) -> tuple[Handler, list[str]] | Response | None:
+        """KServe's V1 protocol, after ``/v1/``: ``models``, ``models/{m}`` (ready), ``models/{m}:predict``."""
+        if rest == ["models"]:
+            return self._only(method, b"GET", self.v1_models, [])
+        if len(rest) != 2 or rest[0] != "models" or not rest[1]:
+            return None
+        name, colon, verb = rest[1].rpartition(":")
+        if not colon:
+            return self._only(method, b"GET", self.v1_model_ready, [rest[1]])
+        if verb == "predict" and name:
+            return self._only(method, b"POST", self.v1_predict, [name])
+        if verb == "explain" and name:
+            return error_response(
+                NotFound(f"polystack serves no explainers: {name}:explain has none; ask {name}:predict for predictions")
+            )
+        return None
 
     def _shared_memory(
         self, method: bytes, rest: list[str], status: Handler, register: Handler, unregister: Handler
@@ -457,6 +494,37 @@ class HttpApp:
             payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
+
+
+    # -- KServe's V1 protocol (v1_codec.py) --------------------------------------------------------
+    def v1_live(self, req: Request, args: list[str]) -> Response:
+        if not self.plane.live():
+            raise ShuttingDown("the server is shutting down")
+        return json_response(200, {"status": "alive"})
+
+    def v1_models(self, req: Request, args: list[str]) -> Response:
+        return json_response(200, {"models": self.plane.model_names()})
+
+    def v1_model_ready(self, req: Request, args: list[str]) -> Response:
+        self.plane.model_metadata(args[0], None)  # not served: 404
+        if not self.plane.model_ready(args[0], None):
+            raise ModelNotReady(f"model {args[0]!r} is not ready: the server drains, or a model it runs is not served")
+        return json_response(200, {"name": args[0], "ready": True})
+
+    async def v1_predict(self, req: Request, args: list[str]) -> Response:
+        name = args[0]
+        inputs = {t["name"]: DType(t["datatype"]) for t in self.plane.model_metadata(name, None)["inputs"]}
+
+        def decode() -> v1_codec.Predict:
+            return v1_codec.decode_predict(_decoded_body(req, self.max_body_bytes), inputs)
+
+        if not _slow_to_read(req):
+            predict = self.plane.decode(name, "", decode)
+        else:  # reading it on the loop would hold every other client up meanwhile
+            loop = asyncio.get_running_loop()
+            predict = await loop.run_in_executor(self.codec_pool, self.plane.decode, name, "", decode)
+        result = await self.plane.infer(name, "", predict.request, self.loop, lambda: _text_headers(req.headers))
+        return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
 
 def _slow_to_read(req: Request) -> bool:
