@@ -102,6 +102,44 @@ def _served(tmp_path: Path, *flags: str) -> Iterator[tuple[Path, int, int]]:
         yield repo, port, grpc_port
 
 
+@pytest.mark.parametrize("change", ["unload", "reload"])
+def test_requests_in_flight_finish_on_the_models_they_started_with(tmp_path: Path, change: str) -> None:
+    """As Triton's ensembles hold their models' handles for a request's life (helper-75: requests still in step 1
+    failed when a later step's model was unloaded, and ran the later steps on a reloaded one)."""
+    repo = pipeline_repository(tmp_path / "models")
+    # step 1 waits up to 1 s for a fuller batch: the requests are in it, their later steps not run yet
+    (repo / "mlp" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 1000000 }\n"
+    )
+    x = np.random.default_rng(3).standard_normal((1, 16)).astype(np.float32)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        out, neg = _expected(repo, x)
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=4)
+        i = httpclient.InferInput("IN", [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        pending = [http.async_infer("pipe", [i]) for _ in range(3)]
+        time.sleep(0.3)
+        if change == "unload":
+            http.unload_model("head")  # the ensemble goes with it, as in Triton, once its requests are done
+        else:  # head's new version: a model with other weights, loaded in its place
+            (repo / "head" / "2").mkdir()
+            mlp_onnx(repo / "head" / "2" / "model.onnx", sizes=(4, 3), seed=9, input_name="h", output_name="z")
+            http.load_model("head")
+            assert not http.is_model_ready("head", "1")
+        for answer in pending:
+            result = answer.get_result(timeout=30)
+            np.testing.assert_allclose(result.as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(result.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
+        if change == "unload":
+            assert not http.is_model_ready("pipe")
+        else:  # a request now runs the new version
+            new = _run(repo / "head" / "2" / "model.onnx", _run(repo / "mlp" / "1" / "model.onnx", x))
+            np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), new, rtol=1e-5, atol=1e-6)
+
+
 def _stats(client: httpclient.InferenceServerClient, model: str) -> dict[str, int]:
     [s] = client.get_inference_statistics(model)["model_stats"]
     return {"inference_count": s["inference_count"], "execution_count": s["execution_count"],

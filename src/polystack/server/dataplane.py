@@ -108,6 +108,9 @@ class _Served:
     waiting: set[int] = field(default_factory=set)
     load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
     sequencer: SequenceBatcher | None = None  # a sequence model's (its config's sequence_batching)
+    # ensemble requests running that hold it for a step not run yet (on the event loop): an unload or a reload
+    # closes it only once they are done, as Triton's ensembles hold their models' handles for a request's life
+    pins: int = 0
 
     @property
     def depth(self) -> int:
@@ -135,6 +138,10 @@ class _ServedEnsemble:
     stats: ModelStats = field(default_factory=ModelStats)
     # its answers in the response cache: a new number when a model it runs is loaded again (they may change)
     load: int = field(default_factory=lambda: next(_loads))
+
+
+# what an ensemble request holds (``DataPlane._pin``): the model or ensemble each (step model, version) runs
+_Pins = dict[tuple[str, str | None], "_Served | _ServedEnsemble"]
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -903,6 +910,8 @@ class DataPlane:
             deadline = time.monotonic() + _UNLOAD_DRAIN_S
             try:
                 for s in served:
+                    while s.pins and time.monotonic() < deadline:  # ensemble requests that will run a step on it
+                        time.sleep(0.005)
                     with _logged(s.entry):
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
@@ -1161,6 +1170,20 @@ class DataPlane:
         model; a request that reached the model as it closed (rare: between routing and queueing) fails."""
         if self._ensembles and name in self._ensembles:
             return await self._infer_ensemble(name, version, request, loop, carrier, compute)
+        return await self._infer_model(None, name, version, request, loop, carrier, compute)
+
+    async def _infer_model(
+        self,
+        pinned: _Served | None,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        loop: asyncio.AbstractEventLoop | None,
+        carrier: Carrier | None,
+        compute: list[int] | None,
+    ) -> InferResponse:
+        """``infer`` of a model (not an ensemble): the one served as ``name`` now, or ``pinned`` (an ensemble's
+        step holds the model it had when its request started)."""
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
@@ -1168,7 +1191,7 @@ class DataPlane:
         outcome: Outcome | None = None  # the request's success or failure in its model's statistics
         held: dict[str, Region] = {}  # its outputs' shared memory regions, held until they are written
         try:
-            served = self._get(name, version)
+            served = pinned or self._get(name, version)
             entry = served.entry
             if request.parameters and served.sequencer is None:
                 _refuse_sequences(name, request.parameters)
@@ -1225,10 +1248,14 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop | None,
         carrier: Carrier | None,
         compute: list[int] | None,
+        pinned: tuple[_ServedEnsemble, _Pins] | None = None,
     ) -> InferResponse:
         """Run one request of an ensemble: its steps, each a request of the model it runs (``ensemble.run``)
         carrying this one's id and parameters (its timeout and priority), counted in the ensemble's statistics
-        with the steps' compute times summed, as Triton counts an ensemble's."""
+        with the steps' compute times summed, as Triton counts an ensemble's. The models its steps run (nested
+        ensembles' too) are those served when it starts, held until it ends (``_pin``), as Triton's ensembles
+        hold them: an unload or a reload of one meanwhile lets it finish on them. ``pinned``: a nested
+        ensemble's, and what the outermost one holds."""
         started = time.perf_counter()
         self.in_flight += 1
         self._pipelines += 1
@@ -1236,10 +1263,16 @@ class DataPlane:
         label = (name, "")
         outcome: Outcome | None = None
         held: dict[str, Region] = {}
+        pins: _Pins | None = None  # what this request holds (the outermost ensemble's), released at its end
         try:
-            served = self._ensemble(name, version)
-            if served is None:  # unloaded since infer() looked
-                raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+            if pinned is not None:
+                served, holding = pinned
+            else:
+                resolved = self._ensemble(name, version)
+                if resolved is None:  # unloaded since infer() looked
+                    raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+                served, holding = resolved, self._pin(resolved.ensemble)
+                pins = holding
             pipeline = served.ensemble
             label = (name, str(pipeline.version))
             outcome = Outcome(served.stats)
@@ -1270,13 +1303,14 @@ class DataPlane:
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
                     parameters = plain
                 version = None if step.version is None else str(step.version)
-                try:
-                    takes, batches = self._takes(step.model, version)
-                    given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
-                    sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
-                    answer = await self.infer(step.model, version, sub, loop, None, steps)
-                except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
-                    raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
+                target = holding[(step.model, version)]
+                takes, batches = self._takes(target)
+                given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
+                sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
+                if isinstance(target, _ServedEnsemble):
+                    answer = await self._infer_ensemble(step.model, version, sub, loop, None, steps, (target, holding))
+                else:
+                    answer = await self._infer_model(target, step.model, version, sub, loop, None, steps)
                 return answer.outputs, batches
 
             items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
@@ -1317,6 +1351,9 @@ class DataPlane:
             self.metrics.failed(*label, status.reason(e))
             raise
         finally:
+            if pins is not None:
+                for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
+                    model.pins -= 1
             self.in_flight -= 1
             self._pipelines -= 1
             if self.in_flight == 0:
@@ -1326,15 +1363,37 @@ class DataPlane:
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
 
-    def _takes(self, name: str, version: str | None) -> tuple[dict[str, TensorSpec], bool]:
+    def _pin(self, pipeline: ensemble.Ensemble, pins: _Pins | None = None) -> _Pins:
+        """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
+        each model held (``_Served.pins``) until the request ends: Triton's ensembles take their models'
+        handles when a request starts. A model not served is Unavailable: the ensemble cannot run without it
+        (it is unloaded with its model, soon). Each (model, version) is looked at once, however often it runs."""
+        pins = {} if pins is None else pins
+        for step in pipeline.steps:
+            version = None if step.version is None else str(step.version)
+            if (step.model, version) in pins:
+                continue
+            try:
+                nested = self._ensemble(step.model, version)  # as infer() resolves the name: an ensemble's first
+                target: _Served | _ServedEnsemble = nested if nested is not None else self._get(step.model, version)
+            except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
+                for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
+                    model.pins -= 1
+                raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
+            if isinstance(target, _Served) and all(target is not m for m in pins.values()):
+                target.pins += 1
+            pins[(step.model, version)] = target
+            if isinstance(target, _ServedEnsemble):
+                self._pin(target.ensemble, pins)
+        return pins
+
+    def _takes(self, target: _Served | _ServedEnsemble) -> tuple[dict[str, TensorSpec], bool]:
         """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them, and
         whether it batches (its GET config's max_batch_size is above 0)."""
-        nested = self._ensemble(name, version)  # as infer() resolves the name: an ensemble's first
-        if nested is not None:
-            sig, batches = nested.ensemble.signature, nested.ensemble.max_batch_size > 0
+        if isinstance(target, _ServedEnsemble):
+            sig, batches = target.ensemble.signature, target.ensemble.max_batch_size > 0
         else:
-            served = self._get(name, version)
-            sig, batches = served.entry.signature, self._max_batch(served) > 0
+            sig, batches = target.entry.signature, self._max_batch(target) > 0
         return {t.name: t for t in (*sig.inputs, *sig.optional)}, batches
 
     def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0) -> set[str]:
