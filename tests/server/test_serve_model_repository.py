@@ -406,7 +406,8 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         assert refused.value.status() == "503"  # Triton's UNAVAILABLE
         with pytest.raises(InferenceServerException, match="not allowed if polling is enabled"):
             client.unload_model("plain")
-        assert "model_repository" in client.get_server_metadata()["extensions"]
+        extensions = client.get_server_metadata()["extensions"]
+        assert "model_repository" in extensions and "model_repository(unload_dependents)" in extensions
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")  # untouched all along
     store = Store.at(home)
     try:

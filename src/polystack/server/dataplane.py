@@ -1002,6 +1002,12 @@ class DataPlane:
             try:
                 entry = self.engine.get(name, v)
             except (ModelNotFound, VersionNotFound) as e:
+                stopped = {n for n, _ in frozenset(self._stopped)}
+                if isinstance(e, ModelNotFound) and name in stopped:  # an ensemble (never in the store) unloaded
+                    raise ModelNotFound(
+                        f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
+                        "first"
+                    ) from None
                 raise _unknown(name, v, e) from None
             served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
@@ -1037,7 +1043,7 @@ class DataPlane:
         if self.log_settings is not None:
             ext += ["logging", "trace"]
         if self.allow_model_control or (self.repository is not None and self.repository.polled):
-            ext.append("model_repository")
+            ext += ["model_repository", "model_repository(unload_dependents)"]  # both, as Triton lists them
         if self.shared_memory is not None:
             ext.append("system_shared_memory")
         return ext
