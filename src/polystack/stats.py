@@ -33,13 +33,11 @@ class ModelStats:
             d.count += count
             d.ns += ns
 
-    def cache_hit(self, items: int, lookup_ns: int) -> None:
-        """A request of ``items`` answered from the response cache: an inference for each item and its
-        lookup time (the model did not run, so no execution, queue or compute time), as Triton counts a
-        hit. Its success is its ``Outcome``'s."""
+    def cache_hit(self, lookup_ns: int) -> None:
+        """A request answered from the response cache: its lookup time, and nothing else, as Triton's
+        ``UpdateSuccessCacheHit`` counts a hit (the model did not run: no inference, execution, compute or
+        last inference time). Its success is its ``Outcome``'s, and its queue count with it (``to_dict``)."""
         with self._lock:
-            self.inference_count += items
-            self.last_inference_ms = int(time.time() * 1000)
             d = self.durations["cache_hit"]
             d.count += 1
             d.ns += lookup_ns
@@ -83,8 +81,8 @@ class ModelStats:
                 d = self.durations[kind]
                 d.count += requests
                 d.ns += ns * requests
-            if batch_size < 1:
-                return  # an empty request (dimension 0 is 0) ran, but there is no batch size to report it under
+            # an empty request (dimension 0 is 0) counts under batch size 0, as Triton's (every execution is a
+            # batch's: execution_count is the sum of batch_stats' counts)
             per = self.batch_stats.get(batch_size)
             if per is None:
                 per = self.batch_stats[batch_size] = {k: Duration() for k in BATCH_DURATIONS}
@@ -98,7 +96,11 @@ class ModelStats:
                 "inference_count": self.inference_count,
                 "execution_count": self.execution_count,
                 "last_inference": self.last_inference_ms,
-                "inference_stats": {k: {"count": d.count, "ns": d.ns} for k, d in self.durations.items()},
+                # Triton reports the queue count as the success count (cache hits and ensembles' requests too)
+                "inference_stats": {
+                    k: {"count": d.count if k != "queue" else self.durations["success"].count, "ns": d.ns}
+                    for k, d in self.durations.items()
+                },
                 "batch_stats": [
                     {"batch_size": size, **{k: {"count": d.count, "ns": d.ns} for k, d in v.items()}}
                     for size, v in sorted(self.batch_stats.items())

@@ -174,6 +174,8 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert [(s["model_name"], s["model_version"]) for s in steps] == [("mlp", "-1"), ("head", "-1"), ("neg", "1")]
         assert steps[1]["input_map"] == {"h": "MID"} and steps[1]["output_map"] == {"z": "OUT"}
         # the ensemble counts its requests, the models count their steps
+        listed = [(m["name"], m["version"]) for m in http.get_inference_statistics()["model_stats"]]
+        assert listed == sorted(listed) and ("pipe", "1") in listed  # among the models, as Triton lists it
         pipe, head, mlp = _stats(http, "pipe"), _stats(http, "head"), _stats(http, "mlp")
         assert (pipe["success"], pipe["inference_count"], pipe["execution_count"]) == (2, 6, 2)
         assert pipe["compute_infer_ns"] > 0 and head["success"] == 2 and mlp["inference_count"] == 6

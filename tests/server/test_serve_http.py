@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import re
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -242,6 +243,44 @@ def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> 
     }  # fmt: skip
     everything = client.get_inference_statistics()["model_stats"]
     assert {m["name"] for m in everything} >= {"mlp", "ident64", "notb", "strid", "two"}
+    # in name order, then version, as Triton lists them (helper-76: ensembles came last)
+    assert [(m["name"], int(m["version"])) for m in everything] == sorted((m["name"], int(m["version"])) for m in everything)
+
+
+def test_requests_refused_as_they_are_read_count_in_the_statistics_as_in_metrics(
+    server: ServerThread, client: httpclient.InferenceServerClient
+) -> None:
+    """helper-76: a request refused while its body was read (a bad id, an output asked for twice) counted in
+    /metrics, under version "", and not in the statistics the README says count it too."""
+    raw = Raw(server.http_port)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}
+    bodies = [{"id": 5, "inputs": [x]}, {"inputs": [x], "outputs": [{"name": "y"}, {"name": "y"}]}]
+
+    def failures() -> tuple[int, float]:
+        fail = client.get_inference_statistics("mlp")["model_stats"][0]["inference_stats"]["fail"]["count"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics").read().decode()
+        found = re.findall(r'^polystack_inference_request_failure_total\{model="mlp",reason="InvalidRequest",'
+                           r'version="1"\} (\S+)$', text, re.M)  # fmt: skip
+        return fail, float(found[0]) if found else 0.0
+
+    before = failures()
+    for doc in bodies:
+        status, answer = raw.json("POST", "/v2/models/mlp/infer", doc)
+        assert status == 400, answer
+    after = failures()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+
+
+def test_an_empty_batch_counts_under_batch_size_0(client: httpclient.InferenceServerClient) -> None:
+    """As Triton's: every execution is a batch's, so execution_count is the sum of batch_stats' counts."""
+    before = client.get_inference_statistics("mlp")["model_stats"][0]
+    empty = httpclient.InferInput("x", [0, 16], "FP32")
+    empty.set_data_from_numpy(np.zeros((0, 16), np.float32))
+    assert client.infer("mlp", [empty]).as_numpy("y").shape == (0, 4)
+    after = client.get_inference_statistics("mlp")["model_stats"][0]
+    assert after["execution_count"] == before["execution_count"] + 1
+    assert sum(row["compute_infer"]["count"] for row in after["batch_stats"]) == after["execution_count"]
+    assert after["batch_stats"][0]["batch_size"] == 0
 
 
 def test_a_model_without_max_batch_size_counts_one_inference_a_request(client: httpclient.InferenceServerClient) -> None:

@@ -584,7 +584,7 @@ def test_failures_are_counted_without_growing_metrics_from_client_strings(raw: R
     assert after[unknown] - before.get(unknown, 0) == 5
     bad_version = 'model="mlp",reason="VersionNotFound",version=""'
     assert after[bad_version] - before.get(bad_version, 0) == 5
-    undecoded = 'model="mlp",reason="InvalidRequest",version=""'
+    undecoded = 'model="mlp",reason="InvalidRequest",version="1"'  # the version that serves it, as it counts it
     assert after[undecoded] - before.get(undecoded, 0) == 1
 
 

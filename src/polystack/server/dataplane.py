@@ -37,7 +37,7 @@ import numpy as np
 from polystack import __version__
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
-from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, inferences, rows
+from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
     Conflict,
     InvalidRequest,
@@ -1149,12 +1149,10 @@ class DataPlane:
             entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
         else:
             entries = self.engine.loaded()
-        stats = [{"name": e.name, "version": str(e.version), **e.stats.to_dict()} for e in entries]
-        stats += [
-            {"name": p.ensemble.name, "version": str(p.ensemble.version), **p.stats.to_dict()}
-            for p in sorted(pipelines, key=lambda p: p.ensemble.name)
-        ]
-        return {"model_stats": stats}
+        ordered: list[tuple[str, int, ModelStats]] = [(e.name, e.version, e.stats) for e in entries]
+        ordered += [(p.ensemble.name, p.ensemble.version, p.stats) for p in pipelines]
+        ordered.sort(key=lambda o: (o[0], o[1]))  # by name, then version, as Triton lists them (ensembles among them)
+        return {"model_stats": [{"name": n, "version": str(v), **st.to_dict()} for n, v, st in ordered]}
 
     # -- inference -------------------------------------------------------------------------------
     async def infer(
@@ -1327,8 +1325,8 @@ class DataPlane:
             key = await self._cache_key(cache, owner, request, loop) if cache is not None else None
             found = cache.get(key) if cache is not None and key is not None else None
             looked = time.perf_counter_ns() - t0
-            if found is not None:  # as Triton counts a hit: an inference for each row, no execution
-                served.stats.cache_hit(items, looked)
+            if found is not None:  # as Triton counts a hit: no inference or execution
+                served.stats.cache_hit(looked)
                 m.cache_hits.inc()
                 m.cache_hit_seconds.inc(looked / 1e9)
                 result = {output: found[output] for output in asked}
@@ -1561,9 +1559,7 @@ class DataPlane:
         entry = served.entry
         m = self.metrics.model(entry.name, str(entry.version))
         if found is not None:
-            # its inferences as the model's run would count them (a batcher counts rows)
-            items = rows(entry, request.inputs) if served.batcher is not None else inferences(entry, request.inputs)
-            entry.stats.cache_hit(items, looked)
+            entry.stats.cache_hit(looked)
             outcome.settle("success", int((time.perf_counter() - started) * 1e9))
             m.cache_hits.inc()
             m.cache_hit_seconds.inc(looked / 1e9)
@@ -1669,12 +1665,21 @@ class DataPlane:
         """A transport's decoding of a request for model ``name`` (``version``), once the model is found
         there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
         body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""
+        stats: ModelStats | None = None
+        label = self._failure_label(name)
+        started = time.perf_counter()
         try:
-            if self._ensemble(name, version) is None:
-                self._get(name, version)
+            pipeline = self._ensemble(name, version)
+            if pipeline is None:
+                entry = self._get(name, version).entry
+                stats, label = entry.stats, (entry.name, str(entry.version))
+            else:
+                stats, label = pipeline.stats, (name, str(pipeline.ensemble.version))
             return decode()
         except PolystackError as e:
-            self.metrics.failed(*self._failure_label(name), status.reason(e))
+            if stats is not None:  # the model's statistics count it, as /metrics does (the version's series)
+                stats.add("fail", int((time.perf_counter() - started) * 1e9))
+            self.metrics.failed(*label, status.reason(e))
             raise
 
     def _failure_label(self, name: str) -> tuple[str, str]:
