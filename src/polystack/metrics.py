@@ -160,6 +160,7 @@ class ServerMetrics:
         self.in_flight = Gauge("polystack_requests_in_flight", "Requests being handled now", registry=r)
         self._models: dict[tuple[str, str], ModelMetrics] = {}
         self._reasons: dict[tuple[str, str], set[str]] = {}  # failure reasons seen, by version: to remove them
+        self._failures: dict[tuple[str, str], dict[str, int]] = {}  # the same, counted (Triton's names read them)
         self._retired: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -182,7 +183,14 @@ class ServerMetrics:
             if key in self._retired:
                 return
             self._reasons.setdefault(key, set()).add(reason)
+            counts = self._failures.setdefault(key, {})
+            counts[reason] = counts.get(reason, 0) + 1
             self._families.failure.labels(name, version, reason).inc()
+
+    def failures(self, name: str, version: str) -> dict[str, int]:
+        """The failures of a version counted on /metrics, by reason."""
+        with self._lock:
+            return dict(self._failures.get((name, version), {}))
 
     def serving(self, name: str, version: str) -> None:
         """A version is loaded: it is counted on /metrics (again, if it was retired)."""
@@ -196,11 +204,13 @@ class ServerMetrics:
             key = (name, version)
             self._retired.add(key)
             self._models.pop(key, None)
+            self._failures.pop(key, None)
             self._families.remove(name, version, self._reasons.pop(key, set()))
 
     def forget_name(self, name: str) -> None:
         """No version of ``name`` is served: its failures without a version (a version it never had) go too."""
         with self._lock:
+            self._failures.pop((name, ""), None)
             for reason in self._reasons.pop((name, ""), set()):
                 with contextlib.suppress(KeyError):
                     self._families.failure.remove(name, "", reason)

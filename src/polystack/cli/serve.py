@@ -197,6 +197,12 @@ def serve(
         help="The name server metadata reports (GET /v2, ServerMetadata); client code that checks for Triton "
         "(Triton's own examples do) runs with --server-name triton.",
     ),
+    triton_metrics: bool = typer.Option(
+        False,
+        "--triton-metrics",
+        help="/metrics shows Triton's metric names too (nv_inference_request_success, nv_inference_count, "
+        "nv_inference_*_duration_us, nv_cache_*, nv_cpu_*), for dashboards written for Triton.",
+    ),
     trace: bool = typer.Option(
         False,
         "--trace",
@@ -288,6 +294,7 @@ def serve(
         no_batching=batching is False,
         access_log=access_log,
         server_name=server_name,
+        triton_metrics=triton_metrics,
         log_level=log_level,
         trace=True if trace else None,
         trace_rate=trace_rate,

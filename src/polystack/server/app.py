@@ -102,6 +102,7 @@ class ServeConfig:
     no_batching: bool = False
     access_log: bool = False
     server_name: str = "polystack"  # what server metadata reports (GET /v2, ServerMetadata)
+    triton_metrics: bool = False  # /metrics shows Triton's names (nv_inference_*) too (triton_metrics.py)
     log_level: str = "info"  # what `logs.configure` was given (Ray Serve replicas configure their own with it)
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
@@ -222,6 +223,7 @@ class Server:
             default_max_batch_size=config.default_max_batch_size,
             batch_overrides=config.batch_overrides,
             no_batching=config.no_batching,
+            triton_metrics=config.triton_metrics,
         )
         self.http = HttpApp(
             self.plane,

@@ -57,7 +57,16 @@ from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, SharedOutput, ShmRef, raw_view
-from polystack.server import ensemble, model_config, model_files, model_repository, repository_agents, status, warmup
+from polystack.server import (
+    ensemble,
+    model_config,
+    model_files,
+    model_repository,
+    repository_agents,
+    status,
+    triton_metrics,
+    warmup,
+)
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
@@ -247,8 +256,10 @@ class DataPlane:
         default_max_batch_size: int = model_config.DEFAULT_MAX_BATCH_SIZE,
         batch_overrides: BatchOverrides | None = None,
         no_batching: bool = False,
+        triton_metrics: bool = False,
     ) -> None:
         self.engine = engine
+        self.triton_metrics = triton_metrics  # serve --triton-metrics: /metrics shows Triton's names too
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
         # leaves it out (serve --backend-config default-max-batch-size), and the batch settings given on their
         # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
@@ -1104,6 +1115,32 @@ class DataPlane:
         except PolystackError:
             return False
         return True
+
+    def render_metrics(self) -> bytes:
+        """``/metrics``: polystack's families, and Triton's names of the same figures when asked for."""
+        text = self.metrics.render()
+        if not self.triton_metrics:
+            return text
+        figures = []
+        for served in list(self._served.values()):
+            e = served.entry
+            label = (e.name, str(e.version))
+            queues = [q() for q in self._queues.get(label, [])]
+            figures.append(
+                triton_metrics.VersionFigures(
+                    e.name, label[1], e.stats.to_dict(), self.metrics.failures(*label),
+                    sum(q.depth for q in queues if q is not None),
+                    served.additions.response_cache and self.response_cache is not None,
+                )
+            )  # fmt: skip
+        for name, p in list(self._ensembles.items()):
+            label = (name, str(p.ensemble.version))
+            cached = p.ensemble.response_cache and self.response_cache is not None
+            figures.append(
+                triton_metrics.VersionFigures(name, label[1], p.stats.to_dict(), self.metrics.failures(*label), 0, cached)
+            )
+        figures.sort(key=lambda f: (f.name, int(f.version)))
+        return text + triton_metrics.render(figures)
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""

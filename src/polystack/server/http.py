@@ -397,7 +397,7 @@ class HttpApp:
         return json_response(200, self.plane.model_stats(args[0] or None, args[1]))
 
     def metrics(self, req: Request, args: list[str]) -> Response:
-        return Response(200, self.plane.metrics.render(), METRICS_CONTENT_TYPE.encode())
+        return Response(200, self.plane.render_metrics(), METRICS_CONTENT_TYPE.encode())
 
     def _json_body(self, req: Request) -> dict[str, Any]:
         if not req.body.strip():

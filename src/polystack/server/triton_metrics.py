@@ -1,0 +1,134 @@
+"""Triton's metric names on ``/metrics`` (``serve --triton-metrics``): ``nv_inference_*``, ``nv_cache_*`` and
+``nv_cpu_*``, as Triton's ``/metrics`` shows them, so that dashboards and alerts written for Triton read a
+polystack server unchanged.
+
+They are derived at scrape time from what the server counts anyway (each version's statistics, the
+extension's ``{count, ns}`` figures, its failures by reason and its queue), so they cost nothing per
+request and always agree with ``GET /v2/models/stats``. Triton's counters are cumulative microseconds and
+counts without a ``_total`` suffix, which prometheus-client cannot write (it appends ``_total`` to every
+counter): this module writes those lines of the text format itself (HELP, TYPE, escaped labels).
+
+Triton counts failures by reason: ``REJECTED`` (queue full, timed out waiting), ``CANCELED``, ``BACKEND`` (the
+runtime failed) and ``OTHER``; polystack's error classes map onto them (``REASONS``). Triton does not count a
+request its checks refuse before it is queued; polystack counts it, as ``OTHER`` (as its own statistics do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+# polystack's failure reasons (status.reason: error class names) as Triton's; any other is OTHER
+REASONS = {
+    "QueueFull": "REJECTED",
+    "DeadlineExceeded": "REJECTED",
+    "Cancelled": "CANCELED",
+    "BackendError": "BACKEND",
+}
+TRITON_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    """What one served version (or ensemble) shows: its statistics (``ModelStats.to_dict``), its failures by
+    polystack's reasons, the requests waiting to run, and whether its config enables the response cache."""
+
+    name: str
+    version: str
+    stats: Mapping[str, Any]
+    failures: Mapping[str, int] = field(default_factory=dict)
+    pending: int = 0
+    cached: bool = False
+
+
+# (name, kind, help, what of the figures): Triton's per-model families, in the order Triton lists them
+_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes"),
+    ("nv_inference_request_failure", "counter", "Number of failed inference requests, all batch sizes"),
+    ("nv_inference_count", "counter", "Number of inferences performed (does not include cached requests)"),
+    ("nv_inference_exec_count", "counter", "Number of model executions performed (does not include cached requests)"),
+    ("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds (includes cached requests)"),
+    ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
+    ("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration in microseconds (does not include cached requests)"),
+    ("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
+    ("nv_inference_compute_output_duration_us", "counter", "Cumulative inference compute output duration in microseconds (does not include cached requests)"),
+    ("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution per-model."),
+)  # fmt: skip
+_CACHE_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("nv_cache_num_hits_per_model", "counter", "Number of cache hits per model"),
+    ("nv_cache_num_misses_per_model", "counter", "Number of cache misses per model"),
+    ("nv_cache_hit_duration_per_model", "counter", "Total cache hit duration per model, in microseconds"),
+    ("nv_cache_miss_duration_per_model", "counter", "Total cache miss (insert+lookup) duration per model, in microseconds"),
+)  # fmt: skip
+_DURATIONS = {
+    "nv_inference_request_duration_us": "success",
+    "nv_inference_queue_duration_us": "queue",
+    "nv_inference_compute_input_duration_us": "compute_input",
+    "nv_inference_compute_infer_duration_us": "compute_infer",
+    "nv_inference_compute_output_duration_us": "compute_output",
+    "nv_cache_hit_duration_per_model": "cache_hit",
+    "nv_cache_miss_duration_per_model": "cache_miss",
+}
+
+
+def render(models: Iterable[VersionFigures], cpu: bool = True) -> bytes:
+    """The text format's lines of Triton's families for ``models``, and the host's CPU ones (``cpu``)."""
+    models = list(models)
+    lines: list[str] = []
+    for name, kind, text in _FAMILIES:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        for m in models:
+            if name == "nv_inference_request_failure":
+                by_reason = dict.fromkeys(TRITON_REASONS, 0)
+                for reason, count in m.failures.items():
+                    by_reason[REASONS.get(reason, "OTHER")] += count
+                lines += [_sample(name, m, count, reason=reason) for reason, count in by_reason.items()]
+            else:
+                lines.append(_sample(name, m, _value(name, m)))
+    cached = [m for m in models if m.cached]
+    for name, kind, text in _CACHE_FAMILIES if cached else ():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [_sample(name, m, _value(name, m)) for m in cached]
+    if cpu:
+        memory = psutil.virtual_memory()
+        lines += [
+            "# HELP nv_cpu_utilization CPU utilization rate [0.0 - 1.0]",
+            "# TYPE nv_cpu_utilization gauge",
+            f"nv_cpu_utilization {psutil.cpu_percent(interval=None) / 100:g}",  # since the last scrape
+            "# HELP nv_cpu_memory_total_bytes CPU total memory (RAM), in bytes",
+            "# TYPE nv_cpu_memory_total_bytes gauge",
+            f"nv_cpu_memory_total_bytes {memory.total}",
+            "# HELP nv_cpu_memory_used_bytes CPU used memory (RAM), in bytes",
+            "# TYPE nv_cpu_memory_used_bytes gauge",
+            f"nv_cpu_memory_used_bytes {memory.total - memory.available}",
+        ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _value(name: str, m: VersionFigures) -> int:
+    s = m.stats
+    durations = s["inference_stats"]
+    if name in _DURATIONS:
+        return int(durations[_DURATIONS[name]]["ns"]) // 1000
+    return int({
+        "nv_inference_request_success": lambda: durations["success"]["count"],
+        "nv_inference_count": lambda: s["inference_count"],
+        "nv_inference_exec_count": lambda: s["execution_count"],
+        "nv_inference_pending_request_count": lambda: m.pending,
+        "nv_cache_num_hits_per_model": lambda: durations["cache_hit"]["count"],
+        "nv_cache_num_misses_per_model": lambda: durations["cache_miss"]["count"],
+    }[name]())
+
+
+def _sample(name: str, m: VersionFigures, value: int, **extra: str) -> str:
+    labels = {"model": m.name, **extra, "version": m.version}
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {value}"
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,97 @@
+"""Triton's metric names (``serve --triton-metrics``): a real server's ``/metrics`` shows ``nv_inference_*`` as
+Triton's does, agreeing with its statistics extension, in a text format Prometheus' own parser reads; and the
+rendering on its own (failure reasons, the cache's families, label escaping)."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from conftest import Raw
+from prometheus_client.parser import text_string_to_metric_families
+from servekit import start
+
+from polystack.server.app import ServerThread
+from polystack.server.triton_metrics import VersionFigures, render
+from polystack.store import ModelRecord, Store
+
+
+@pytest.fixture(scope="module")
+def triton_server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
+    st = start(model_store[0], models=["mlp", "ident64"], triton_metrics=True)
+    yield st
+    st.stop()
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics by (name, labels), a counter's under its family's name (Prometheus' parser adds ``_total``)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return {
+        (s.name.removesuffix("_total") if family.type == "counter" else s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_triton_names_agree_with_the_statistics(triton_server: ServerThread) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton_server.http_port}")
+    x = httpclient.InferInput("x", [3, 16], "FP32")
+    x.set_data_from_numpy(np.ones((3, 16), np.float32))
+    for _ in range(4):
+        client.infer("mlp", [x])
+    status, _ = Raw(triton_server.http_port).json(
+        "POST", "/v2/models/mlp/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    )
+    assert status == 400  # a refusal: Triton's OTHER
+    got = samples(triton_server.http_port)
+    [stats] = client.get_inference_statistics("mlp", "1")["model_stats"]
+    mlp = (("model", "mlp"), ("version", "1"))
+
+    def nv(name: str, **extra: str) -> float:
+        return got[(name, tuple(sorted((*mlp, *extra.items()))))]
+
+    durations = stats["inference_stats"]
+    assert nv("nv_inference_request_success") == durations["success"]["count"] >= 4
+    assert nv("nv_inference_count") == stats["inference_count"] >= 12
+    assert nv("nv_inference_exec_count") == stats["execution_count"]
+    for name, phase in (("request", "success"), ("queue", "queue"), ("compute_infer", "compute_infer")):
+        assert nv(f"nv_inference_{name}_duration_us") == durations[phase]["ns"] // 1000
+    assert nv("nv_inference_request_failure", reason="OTHER") == durations["fail"]["count"] >= 1
+    assert {nv("nv_inference_request_failure", reason=r) for r in ("REJECTED", "CANCELED", "BACKEND")} == {0}
+    assert nv("nv_inference_pending_request_count") == 0
+    assert ("nv_inference_count", (("model", "ident64"), ("version", "1"))) in got  # every version served
+    assert 0 <= got[("nv_cpu_utilization", ())] <= 1 and got[("nv_cpu_memory_total_bytes", ())] > 0
+    # polystack's own names are there as before
+    assert got[("polystack_inference_request_success", mlp)] == durations["success"]["count"]
+    assert not [k for k in got if k[0].startswith("nv_cache")]  # no model here enables the cache
+
+
+def test_without_the_flag_there_are_no_triton_names(server: ServerThread) -> None:
+    assert not [k for k in samples(server.http_port) if k[0].startswith("nv_")]
+
+
+def test_the_rendering_maps_reasons_shows_the_cache_and_escapes_labels() -> None:
+    stats = {
+        "inference_count": 7, "execution_count": 2,
+        "inference_stats": {k: {"count": 3, "ns": 4_500_999} for k in (
+            "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")},
+    }  # fmt: skip
+    odd = VersionFigures('we"ird\\name\n', "2", stats, {"QueueFull": 2, "DeadlineExceeded": 1, "Cancelled": 4,
+                                                         "BackendError": 5, "InvalidTensor": 6, "Internal": 1},
+                         pending=9, cached=True)  # fmt: skip
+    text = render([odd], cpu=False).decode()
+    assert 'model="we\\"ird\\\\name\\n"' in text  # the text format's escapes
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    failures = {s.labels["reason"]: s.value for s in families["nv_inference_request_failure"].samples}
+    assert failures == {"REJECTED": 3, "CANCELED": 4, "BACKEND": 5, "OTHER": 7}
+    assert families["nv_inference_pending_request_count"].samples[0].value == 9
+    assert families["nv_inference_queue_duration_us"].samples[0].value == 4500  # microseconds, whole
+    assert families["nv_cache_num_hits_per_model"].samples[0].value == 3
+    assert families["nv_cache_miss_duration_per_model"].samples[0].value == 4500
+    assert families["nv_inference_request_success"].type == "counter"  # no _total: Triton's names
+    assert "nv_inference_request_success{" in text and "_total" not in text
+    assert "nv_cpu" not in text
