@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start, threads_calling
+from servekit import caught_logs, cli_server, free_port, refused_at_start, register_like, start, threads_calling, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
@@ -722,6 +722,33 @@ def test_a_load_in_progress_at_sigterm_is_answered_within_the_drain(
     st.stop()
     loader.join(10)
     assert outcome == ["loaded"] and time.monotonic() - began < 5
+
+
+def test_the_index_lists_a_version_loading_as_triton_does(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """helper-75: a version being loaded was listed by its name alone (never loaded) or as unloaded."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slowload3", tags={"delay_ms": "0", "load_delay_ms": "1500"})
+    st = start(store, models=["mlp"], allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+
+        def entry() -> dict[str, str]:
+            return next(m for m in client.get_model_repository_index() if m["name"] == "slowload3")
+
+        def load() -> None:
+            httpclient.InferenceServerClient(st.http_url, network_timeout=30).load_model("slowload3")
+
+        assert entry() == {"name": "slowload3"}
+        for _ in range(2):  # a first load, then a load after an unload
+            loader = threading.Thread(target=load)
+            loader.start()
+            assert until(lambda: entry() == {"name": "slowload3", "version": "1", "state": "LOADING"}, 1.2)
+            loader.join(10)
+            assert entry() == {"name": "slowload3", "version": "1", "state": "READY"}
+            client.unload_model("slowload3")
+            assert entry() == {"name": "slowload3", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
+    finally:
+        st.stop()
 
 
 def test_model_control_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:

@@ -314,6 +314,7 @@ class DataPlane:
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
+        self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader thread)
         self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
         self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
@@ -426,13 +427,19 @@ class DataPlane:
         return self._route(plan, served)
 
     def _build(self, plan: _Plan) -> LoadedEntry:
-        """Load (and warm up) what ``plan`` says, routing nothing to it yet."""
+        """Load (and warm up) what ``plan`` says, routing nothing to it yet; meanwhile the index lists the version
+        ``LOADING`` (unless another instance of it serves), as Triton's does."""
         record = plan.record
 
         def warm_up(entry: LoadedEntry) -> None:
             warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
-        return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+        key = (record.name, record.version)
+        self._loading.add(key)
+        try:
+            return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+        finally:
+            self._loading.discard(key)
 
     def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
@@ -1774,10 +1781,15 @@ class DataPlane:
             if self.repository is not None:
                 names |= self.repository.folders()[0].keys()
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
+            loading = {(n, v) for n, v in frozenset(self._loading) - ready if n in names}
+            gone -= loading
             out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
-            listed = {n for n, _ in ready | gone}
+            out += [{"name": n, "version": str(v), "state": "LOADING"} for n, v in loading]
+            listed = {n for n, _ in ready | gone | loading}
             failed = {n: f for n, f in list(self._load_failures.items()) if n in names and (n, f[0]) not in ready}
             for n, (v, why) in failed.items():  # the version that failed, as Triton lists it, else the name
+                if (n, v) in loading:  # loaded again now
+                    continue
                 if (n, v) in gone:  # unloaded before; its load failed since
                     out = [m for m in out if (m["name"], m.get("version")) != (n, str(v))]
                 if v is not None or n not in listed:
