@@ -203,7 +203,7 @@ class DynamicBatcher:
                 outcome.settle("fail", 0)
             raise
         except PolystackError:
-            outcome.settle("fail", 0)  # refused before it queued: a failed request, as Triton counts it
+            outcome.settle("fail", 0)  # refused before it queued: a failure here and in /metrics (Triton counts none)
             raise
 
     def _enqueue(
