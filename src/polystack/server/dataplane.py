@@ -1709,19 +1709,19 @@ class DataPlane:
         """A transport's decoding of a request for model ``name`` (``version``), once the model is found
         there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
         body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""
-        stats: ModelStats | None = None
-        label = self._failure_label(name)
+        resolved: _Served | _ServedEnsemble | None = None
         started = time.perf_counter()
         try:
-            pipeline = self._ensemble(name, version)
-            if pipeline is None:
-                entry = self._get(name, version).entry
-                stats, label = entry.stats, (entry.name, str(entry.version))
-            else:
-                stats, label = pipeline.stats, (name, str(pipeline.ensemble.version))
+            resolved = self._ensemble(name, version) or self._get(name, version)
             return decode()
-        except PolystackError as e:
-            if stats is not None:  # the model's statistics count it, as /metrics does (the version's series)
+        except PolystackError as e:  # labels and counts on the way to an error only: a valid request pays nothing
+            if resolved is None:
+                label = self._failure_label(name)
+            else:  # the model's statistics count it, as /metrics does (the version's series)
+                if isinstance(resolved, _ServedEnsemble):
+                    stats, label = resolved.stats, (name, str(resolved.ensemble.version))
+                else:
+                    stats, label = resolved.entry.stats, (resolved.entry.name, str(resolved.entry.version))
                 stats.add("fail", int((time.perf_counter() - started) * 1e9))
             self.metrics.failed(*label, status.reason(e))
             raise
