@@ -677,6 +677,47 @@ def test_a_close_without_drain_fails_the_requests_kept_ahead_of_a_cancelled_one(
         batcher.close()
 
 
+class _Slow:
+    """A model whose calls take 0.5 s each (recording what they ran): a sequence stays busy meanwhile."""
+
+    def __init__(self, model: Any) -> None:
+        self._model, self.calls = model, []
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: Any = None) -> dict[str, np.ndarray]:
+        self.calls.append(float(inputs["INPUT"][0, 0]))
+        time.sleep(0.5)
+        return self._model.infer(inputs, outputs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def test_a_close_without_drain_fails_what_a_busy_cancelled_sequence_keeps(acc_entry: LoadedEntry) -> None:
+    """helper-77: with the sequence's request running (busy), the request kept ahead of a cancelled one was in none
+    of the batcher's queues, so the close missed it and the running request's end queued it to run."""
+    batcher = _batcher(acc_entry, _policy(strategy="oldest", max_queue_delay_ms=0.0, idle_s=5.0))
+    batcher.model = slow = _Slow(batcher.model)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer_async(_x(1.0), None, Flags(1, start=True)))
+        await asyncio.sleep(0.1)  # running, for 0.5 s
+        second = asyncio.ensure_future(batcher.infer_async(_x(2.0), None, Flags(1)))
+        third = asyncio.ensure_future(batcher.infer_async(_x(4.0), None, Flags(1, end=True)))
+        await asyncio.sleep(0.05)
+        third.cancel()
+        await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(batcher.close, drain=False))
+        assert float((await first)["OUTPUT"][0, 0]) == 1.0  # it was running: it finishes
+        with pytest.raises(Unavailable, match="was unloaded before the request ran"):
+            await asyncio.wait_for(second, 5)
+
+    try:
+        asyncio.run(main())
+        assert slow.calls == [1.0]
+    finally:
+        batcher.close()
+
+
 def test_a_timeout_ends_a_sequence_waiting_for_a_slot_and_not_one_holding_a_slot(acc_entry: LoadedEntry) -> None:
     """As Triton's sequence batcher: a timeout bounds a sequence's wait for a slot (every request it queued fails,
     in Triton's words, and it ends); once it holds a slot its requests run whatever their timeouts (helper-72: a

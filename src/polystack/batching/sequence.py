@@ -230,6 +230,9 @@ class SequenceBatcher:
         self._sequences: dict[SequenceId, _Sequence] = {}  # by ID: the one its next request joins
         self._ready: dict[_Sequence, None] = {}  # placed, not busy, a request queued (insertion-ordered)
         self._backlog: collections.deque[_Sequence] = collections.deque()
+        # sequences a cancellation ended (``_end``) that still queue the requests ahead of it: forgotten by ID,
+        # they run those (and release their slot) unless a close without drain fails them first
+        self._ending: set[_Sequence] = set()
         self._placed = 0
         self._queued = 0
         self._running = 0  # requests taken by the workers and not finished
@@ -325,6 +328,8 @@ class SequenceBatcher:
                     failed.append((other, None, error))
             self._queued -= len(queued) - len(kept)
             sequence.requests = collections.deque(kept)
+            if kept:
+                self._ending.add(sequence)
             if not kept:
                 self._ready.pop(sequence, None)
             if self._sequences.get(sequence.id) is sequence:
@@ -450,6 +455,7 @@ class SequenceBatcher:
 
     def _release(self, sequence: _Sequence) -> None:
         """End ``sequence``: its slot goes to the oldest sequence waiting for one."""
+        self._ending.discard(sequence)
         if self._sequences.get(sequence.id) is sequence:
             del self._sequences[sequence.id]
         self._ready.pop(sequence, None)
@@ -703,7 +709,7 @@ class SequenceBatcher:
             self._closed = True
             dropped: list[_Outcome] = []
             if not drain:  # a sequence a cancellation ended may still queue the requests ahead of it (``_end``)
-                for sequence in {*self._sequences.values(), *self._backlog, *self._ready}:
+                for sequence in {*self._sequences.values(), *self._backlog, *self._ready, *self._ending}:
                     dropped += self._fail_queued(sequence)
             self._cond.notify_all()
         _deliver(dropped)
