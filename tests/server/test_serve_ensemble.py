@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
@@ -25,12 +26,13 @@ from servekit import (
     refused_at_start,
     same_config_both_ways,
     single_op,
+    start,
     until,
 )
 from tritonclient.utils import InferenceServerException
 
-from polystack.errors import InvalidRequest, ModelClosed
-from polystack.examples import mlp_onnx
+from polystack.errors import InvalidRequest, ModelClosed, Unavailable
+from polystack.examples import accumulator_onnx, mlp_onnx
 from polystack.server import ensemble, model_config
 from polystack.store import ModelRecord, Store
 
@@ -138,6 +140,82 @@ def test_requests_in_flight_finish_on_the_models_they_started_with(tmp_path: Pat
         else:  # a request now runs the new version
             new = _run(repo / "head" / "2" / "model.onnx", _run(repo / "mlp" / "1" / "model.onnx", x))
             np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), new, rtol=1e-5, atol=1e-6)
+
+
+ACC_CONFIG = """
+max_batch_size: 4
+input [ { name: "INPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+sequence_batching {
+  control_input [
+    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+}
+"""
+
+
+def _ensemble_folder(root: Path, name: str, steps: list[tuple[str, str, str, str]]) -> None:
+    """An ensemble IN -> OUT (FP32 [1], batched to 4) of steps (model, its input, its output, what it gives)."""
+    (root / name / "1").mkdir(parents=True)
+    config = {"platform": "ensemble", "max_batch_size": 4, "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [1]}],
+              "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [1]}],
+              "ensemble_scheduling": {"step": [{"model_name": m, "model_version": -1, "input_map": {i: src},
+                                                "output_map": {o: out}}
+                                               for (m, i, o, out), src in zip(steps, ["IN", *(s[3] for s in steps[:-1])], strict=True)]}}  # fmt: skip
+    (root / name / "config.pbtxt").write_text(json.dumps(config))
+
+
+def test_a_nested_ensemble_runs_a_sequence_model_it_holds_after_an_unload(tmp_path: Path) -> None:
+    """helper-77: the nested ensemble looked for its sequence models among those served now, not those its request
+    holds, and refused the request's sequence parameters once the sequence model was unloaded."""
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "models"
+    (repo / "acc" / "1").mkdir(parents=True)
+    accumulator_onnx(repo / "acc" / "1" / "model.onnx", TensorProto.UINT64)
+    (repo / "acc" / "config.pbtxt").write_text(ACC_CONFIG)
+    (repo / "slowid" / "1").mkdir(parents=True)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "slowid",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(repo / "slowid" / "1" / "model.onnx"))
+    # its batcher waits up to 1 s for company: a request stays in step 1 meanwhile
+    (repo / "slowid" / "config.pbtxt").write_text("max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 1000000 }\n")
+    _ensemble_folder(repo, "inner", [("acc", "INPUT", "OUTPUT", "OUT")])
+    _ensemble_folder(repo, "outer", [("slowid", "x", "y", "MID"), ("inner", "IN", "OUT", "OUT")])
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2, network_timeout=60)
+        i = httpclient.InferInput("IN", [1, 1], "FP32")
+        i.set_data_from_numpy(np.array([[3.0]], np.float32))
+        pending = client.async_infer("outer", [i], sequence_id=12, sequence_start=True)
+        time.sleep(0.3)
+        client.unload_model("acc")
+        assert pending.get_result(timeout=30).as_numpy("OUT").ravel().tolist() == [3.0]
+        assert not client.is_model_ready("outer")
+
+
+def test_a_request_that_cannot_hold_every_model_of_its_ensemble_holds_none(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """helper-77: a step's version registered but not loaded (not at ready state) left the models held before it
+    held, so their next unload waited 30 s for a request that had ended."""
+    st = start(model_store[0], models=["mlp"])
+    try:
+        plane = st.server.plane
+        steps = [_step("mlp", {"x": "IN"}, {"y": "MID"}), _step("ident64", {"a": "MID"}, {"b": "OUT"}, version=1)]
+        pipeline = ensemble.read(_config(steps), "e", 1)
+        with pytest.raises(Unavailable, match=r"'ident64' version 1 is not at ready state.*the ensemble cannot run without it"):
+            plane._pin(pipeline)
+        assert plane._served[("mlp", 1)].pins == 0
+    finally:
+        st.stop()
 
 
 def _stats(client: httpclient.InferenceServerClient, model: str) -> dict[str, int]:

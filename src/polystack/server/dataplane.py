@@ -44,6 +44,7 @@ from polystack.errors import (
     InvalidTensor,
     ModelClosed,
     ModelNotFound,
+    ModelNotReady,
     NotFound,
     PermissionDenied,
     PollingOnly,
@@ -151,6 +152,12 @@ class _ServedEnsemble:
 
 # what an ensemble request holds (``DataPlane._pin``): the model or ensemble each (step model, version) runs
 _Pins = dict[tuple[str, str | None], "_Served | _ServedEnsemble"]
+
+
+def _unpin(pins: _Pins) -> None:
+    """Let go of the models an ensemble request holds (``DataPlane._pin``): once each."""
+    for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
+        model.pins -= 1
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -1325,7 +1332,7 @@ class DataPlane:
             label = (name, str(pipeline.version))
             outcome = Outcome(served.stats)
             # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
-            stateful = self._stateful(pipeline) if request.parameters else set()
+            stateful = self._stateful(pipeline, pins=holding) if request.parameters else set()
             if request.parameters and not stateful:
                 _refuse_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
@@ -1388,7 +1395,7 @@ class DataPlane:
                 served.stats.executed(items, sum(steps))
                 m.compute.observe(sum(steps) / 1e9)
             if classes:
-                result = classification.classify(result, classes, pipeline.max_batch_size > 0, self._labels(pipeline))
+                result = classification.classify(result, classes, pipeline.max_batch_size > 0, self._labels(pipeline, holding))
             outcome.settle("success", int((time.perf_counter() - started) * 1e9))
             if compute is not None:
                 compute.extend(steps)
@@ -1400,8 +1407,7 @@ class DataPlane:
             raise
         finally:
             if pins is not None:
-                for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
-                    model.pins -= 1
+                _unpin(pins)
             self.in_flight -= 1
             self._pipelines -= 1
             if self.in_flight == 0:
@@ -1411,29 +1417,47 @@ class DataPlane:
         m.request.observe(time.perf_counter() - started)
         return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
 
-    def _pin(self, pipeline: ensemble.Ensemble, pins: _Pins | None = None) -> _Pins:
+    def _pin(self, pipeline: ensemble.Ensemble) -> _Pins:
         """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
         each model held (``_Served.pins``) until the request ends: Triton's ensembles take their models'
-        handles when a request starts. A model not served is Unavailable: the ensemble cannot run without it
-        (it is unloaded with its model, soon). Each (model, version) is looked at once, however often it runs."""
-        pins = {} if pins is None else pins
+        handles when a request starts. A model not served (or a version not ready) is Unavailable: the ensemble
+        cannot run without it (it is unloaded with its model, soon), and nothing stays held."""
+        pins: _Pins = {}
+        try:
+            self._pin_into(pipeline, pins)
+        except BaseException as e:
+            _unpin(pins)
+            if isinstance(e, (NotFound, ModelNotReady)):
+                raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
+            raise
+        return pins
+
+    def _pin_into(self, pipeline: ensemble.Ensemble, pins: _Pins) -> None:
+        """``_pin``'s walk: each (model, version) is looked at once, however often it runs."""
         for step in pipeline.steps:
             version = None if step.version is None else str(step.version)
             if (step.model, version) in pins:
                 continue
-            try:
-                nested = self._ensemble(step.model, version)  # as infer() resolves the name: an ensemble's first
-                target: _Served | _ServedEnsemble = nested if nested is not None else self._get(step.model, version)
-            except NotFound as e:  # unloaded since the ensemble loaded (which unloads it too, soon)
-                for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
-                    model.pins -= 1
-                raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
+            nested = self._ensemble(step.model, version)  # as infer() resolves the name: an ensemble's first
+            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(step.model, version)
             if isinstance(target, _Served) and all(target is not m for m in pins.values()):
                 target.pins += 1
             pins[(step.model, version)] = target
             if isinstance(target, _ServedEnsemble):
-                self._pin(target.ensemble, pins)
-        return pins
+                self._pin_into(target.ensemble, pins)
+
+    def _step_target(self, step: ensemble.Step, pins: _Pins | None) -> _Served | _ServedEnsemble | None:
+        """What ``step`` runs: what a request holds for it, else what serves it now (None: nothing)."""
+        version = None if step.version is None else str(step.version)
+        if pins is not None and (step.model, version) in pins:
+            return pins[(step.model, version)]
+        nested = self._ensembles.get(step.model)
+        if nested is not None:
+            return nested
+        try:
+            return self._get(step.model, version)
+        except PolystackError:
+            return None
 
     def _takes(self, target: _Served | _ServedEnsemble) -> tuple[dict[str, TensorSpec], bool]:
         """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them, and
@@ -1444,37 +1468,33 @@ class DataPlane:
             sig, batches = target.entry.signature, self._max_batch(target) > 0
         return {t.name: t for t in (*sig.inputs, *sig.optional)}, batches
 
-    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0) -> set[str]:
+    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: _Pins | None = None) -> set[str]:
         """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence
-        parameters, as Triton's ensembles pass a correlation ID and its flags to their steps."""
+        parameters, as Triton's ensembles pass a correlation ID and its flags to their steps; what a request
+        holds (``pins``), else what is served now."""
         found: set[str] = set()
         for step in pipeline.steps:
-            nested = self._ensembles.get(step.model)
-            if nested is not None and depth < ensemble.MAX_DEPTH:
-                if self._stateful(nested.ensemble, depth + 1):
+            target = self._step_target(step, pins)
+            if isinstance(target, _ServedEnsemble):
+                if depth < ensemble.MAX_DEPTH and self._stateful(target.ensemble, depth + 1, pins):
                     found.add(step.model)
-                continue
-            try:
-                if self._get(step.model, None if step.version is None else str(step.version)).sequencer is not None:
-                    found.add(step.model)
-            except PolystackError:
-                continue  # not served: the step fails with what to do when it runs
+            elif target is not None and target.sequencer is not None:  # None: the step fails saying so when it runs
+                found.add(step.model)
         return found
 
-    def _labels(self, pipeline: ensemble.Ensemble) -> dict[str, Sequence[str]]:
-        """The labels of the ensemble's outputs: those of the step model's output that gives each."""
+    def _labels(self, pipeline: ensemble.Ensemble, pins: _Pins | None = None) -> dict[str, Sequence[str]]:
+        """The labels of the ensemble's outputs: those of the step model's output that gives each (what a request
+        holds, ``pins``, else what is served now)."""
         found: dict[str, Sequence[str]] = {}
         for step in pipeline.steps:
             for model_tensor, tensor in step.outputs:
                 if tensor not in pipeline.signature.output_names:
                     continue
-                nested, labels = self._ensembles.get(step.model), None
-                if nested is not None:  # an ensemble's step: the labels of what gives that output in it
-                    labels = self._labels(nested.ensemble).get(model_tensor)
-                else:
-                    with contextlib.suppress(PolystackError):  # a model gone: none
-                        entry = self._get(step.model, None if step.version is None else str(step.version)).entry
-                        labels = labels_of(entry.record.settings).get(model_tensor)
+                target, labels = self._step_target(step, pins), None
+                if isinstance(target, _ServedEnsemble):  # an ensemble's step: the labels of what gives that output
+                    labels = self._labels(target.ensemble, pins).get(model_tensor)
+                elif target is not None:  # a model gone: none
+                    labels = labels_of(target.entry.record.settings).get(model_tensor)
                 if labels:
                     found[tensor] = labels
         return found
