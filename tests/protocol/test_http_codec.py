@@ -132,6 +132,7 @@ def test_json_numbers_keep_their_exact_values(datatype: str, data: list, want: n
         ("INT64", [2**63, 0], r"values run from 0 to 9223372036854775808, outside -9223372036854775808\.\."),
         ("UINT64", [2**64, 1], "a value of about 1.845e\\+19 is past the 64-bit integers"),
         ("INT64", [-(2**63) - 1, 1], "about -9.223e\\+18 is past the 64-bit integers"),  # not rounded to -2**63
+        ("INT64", [float("inf"), 1], "INT64 data must hold integers only, not inf"),
     ],
 )
 def test_json_numbers_of_the_wrong_kind_are_refused(datatype: str, data: list, words: str) -> None:

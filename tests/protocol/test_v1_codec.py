@@ -76,7 +76,7 @@ def test_deep_nesting_is_a_clean_refusal() -> None:
         v1_codec.decode_predict(f'{{"instances": {deep}}}'.encode(), ONE)
 
 
-def test_predictions_are_rows_of_the_one_output_or_objects_of_every_output() -> None:
+def test_predictions_are_the_one_output_or_objects_of_every_output() -> None:
     rows = v1_codec.decode_predict(body({"instances": [[1], [2]]}), ONE)
     one = orjson.loads(v1_codec.encode_predict({"y": np.array([[0.5], [1.5]], np.float32)}, rows))
     assert one == {"predictions": [[0.5], [1.5]]}
@@ -86,9 +86,29 @@ def test_predictions_are_rows_of_the_one_output_or_objects_of_every_output() -> 
     assert many == {"predictions": [{"label": "cat", "score": 0.89990234375}, {"label": {"b64": "/w=="}, "score": None}]}
 
 
-def test_columnar_answers_whole_outputs_and_rows_need_a_row_per_instance() -> None:
+def test_every_answer_is_predictions_as_kserves_servers_answer() -> None:
+    """helper-77: KServe answers {"predictions": ...} whatever the request's form (TensorFlow Serving answers the
+    columnar form {"outputs": ...}), and an output without a row per instance was a 400 after the model ran."""
     cols = v1_codec.decode_predict(body({"inputs": [[1], [2]]}), ONE)
-    assert orjson.loads(v1_codec.encode_predict({"n": np.array(2, np.int64)}, cols)) == {"outputs": 2}
+    assert orjson.loads(v1_codec.encode_predict({"n": np.array(2, np.int64)}, cols)) == {"predictions": 2}
     rows = v1_codec.decode_predict(body({"instances": [[1], [2]]}), ONE)
-    with pytest.raises(InvalidRequest, match=r"output 'n' has shape \[\], not a row for each of the 2 instances"):
-        v1_codec.encode_predict({"n": np.array(2, np.int64)}, rows)
+    assert orjson.loads(v1_codec.encode_predict({"n": np.array([3], np.int64)}, rows)) == {"predictions": [3]}
+    both = {"n": np.array(2, np.int64), "y": np.array([[1.0], [2.0]], np.float32)}
+    assert orjson.loads(v1_codec.encode_predict(both, rows)) == {"predictions": {"n": 2, "y": [[1.0], [2.0]]}}
+
+
+@pytest.mark.parametrize("datatype", [DType.FP32, DType.BYTES])
+def test_nesting_past_a_tensors_dimensions_is_refused_in_one_line(datatype: DType) -> None:
+    """helper-77: BYTES nested 65 deep was a 500 (numpy's 64 dimensions), FP32 a 400 listing every dimension."""
+    deep = "[" * 70 + ('"a"' if datatype is DType.BYTES else "1") + "]" * 70
+    with pytest.raises(InvalidTensor, match="nest deeper than 64 levels") as e:
+        v1_codec.decode_predict(f'{{"instances": {deep}}}'.encode(), {"x": datatype})
+    assert len(str(e.value)) < 200
+
+
+def test_an_input_the_model_does_not_take_is_read_as_its_own_kind() -> None:
+    """Left to the model's checks (unexpected inference input): not refused first as numbers that are not FP32."""
+    p = v1_codec.decode_predict(body({"instances": [{"x": [1.0], "z": "a"}, {"x": [2.0], "z": {"b64": "eA=="}}]}), ONE)
+    assert p.request.inputs["z"].tolist() == [b"a", b"x"]
+    flags = v1_codec.decode_predict(body({"inputs": {"x": [[1.0]], "on": [True], "n": [1]}}), ONE)
+    assert flags.request.inputs["on"].dtype == np.bool_ and flags.request.inputs["n"].dtype == np.int64

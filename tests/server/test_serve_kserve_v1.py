@@ -43,7 +43,7 @@ def test_a_v1_prediction_is_the_models_answer_and_counts_in_its_statistics(serve
     status, _, body = raw.request(
         "POST", "/v1/models/mlp:predict", packed, {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     )
-    assert status == 200 and np.allclose(json.loads(body)["outputs"], want, rtol=1e-6)
+    assert status == 200 and np.allclose(json.loads(body)["predictions"], want, rtol=1e-6)
     assert client.get_inference_statistics("mlp")["model_stats"][0]["inference_count"] == before + 4
 
 

@@ -341,7 +341,7 @@ def _check_numbers(name: str, dtype: DType, data: Any) -> None:
     for v in flat:
         if type(v) is int or (type(v) is float and not integers):
             continue
-        if integers and type(v) is float and (v >= 2**64 or v <= -(2**63)):  # an integer past 64 bits: read as a
+        if integers and type(v) is float and math.isfinite(v) and (v >= 2**64 or v <= -(2**63)):  # past 64 bits: a
             info = np.iinfo(dtype.numpy)  # float (one in range is read as an integer), its last digits rounded
             raise InvalidTensor(
                 f"input {name!r}: data does not fit datatype {dtype.value}: a value of about {v:.4g} is past the "

@@ -6,10 +6,13 @@ A request gives its tensors in one of two forms:
 
 - **row** (``{"instances": [...]}``): one entry per batch item, stacked on a new first dimension. An entry
   is the item's value for a model of one input, or an object of every input's value (the same inputs in
-  each entry). The answer is ``{"predictions": [...]}``: one entry per item, the item's value of the one
-  output, or an object of every output's.
+  each entry).
 - **columnar** (``{"inputs": ...}``): the whole tensor for a model of one input, or an object of whole
-  tensors by input name. The answer is ``{"outputs": ...}``: the whole tensor, or an object of them.
+  tensors by input name.
+
+The answer is ``{"predictions": ...}`` for both, as KServe's servers answer (TensorFlow Serving answers the
+columnar form ``{"outputs": ...}``): the one output whole (a batch's is the list of its rows), or for several
+outputs an object per instance (row form, where every output has a row for each) or an object of the outputs.
 
 A tensor's shape is read from its nesting, which must be rectangular; its datatype is the model's for that
 input. BYTES values are strings (sent as UTF-8) or ``{"b64": "..."}`` objects, as TensorFlow Serving reads
@@ -35,6 +38,7 @@ from polystack.protocol.wire import InferRequest
 from polystack.types import DType
 
 Form = Literal["row", "columnar"]
+_MAX_DIMS = 64  # numpy's limit, and far past any model's
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,22 @@ def _rows(instances: list[Any], inputs: Mapping[str, DType]) -> dict[str, list[A
 def _request(tensors: dict[str, Any], inputs: Mapping[str, DType]) -> InferRequest:
     arrays: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
-        dtype = inputs.get(name)
-        if dtype is None:  # left to the model's checks, which say it in Triton's words
-            dtype = DType.FP32 if not isinstance(value, str) else DType.BYTES
+        # a name the model does not take is left to its checks, which say so in Triton's words: read as its
+        # values' own kind, so that nothing else is said of it first
+        dtype = inputs.get(name) or _kind(value)
         arrays[name] = tensor(name, dtype, value)
     return InferRequest(arrays)
+
+
+def _kind(value: Any) -> DType:
+    """The datatype a value's first leaf suggests: text or base64 BYTES, true/false BOOL, whole numbers INT64."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, str) or _is_b64(value):
+        return DType.BYTES
+    if isinstance(value, bool):
+        return DType.BOOL
+    return DType.INT64 if isinstance(value, int) else DType.FP32
 
 
 def tensor(name: str, dtype: DType, value: Any) -> np.ndarray:
@@ -124,6 +139,8 @@ def _shape(name: str, value: Any) -> tuple[int, ...]:
     shape: list[int] = []
     level = [value]
     while level and all(isinstance(v, list) for v in level):
+        if len(shape) == _MAX_DIMS:
+            raise InvalidTensor(f"input {name!r}: its lists nest deeper than {_MAX_DIMS} levels, the most dimensions a tensor has")
         size = len(level[0])
         if any(len(v) != size for v in level):
             raise InvalidTensor(f"input {name!r}: its nested lists are of different lengths at depth {len(shape)}")
@@ -159,21 +176,16 @@ def _bytes(name: str, value: Any) -> bytes:
 
 
 def encode_predict(outputs: Mapping[str, np.ndarray], predict: Predict) -> bytes:
-    """The answer's body: ``{"predictions": [...]}`` (row form) or ``{"outputs": ...}`` (columnar)."""
+    """The answer's body, ``{"predictions": ...}`` whichever form the request took, as KServe's V1 servers answer:
+    the one output whole (for a batch, a list of its rows); several outputs, an object per instance where every
+    output has a row for each (the row form), else an object of the outputs whole."""
     values = {name: _value(arr) for name, arr in outputs.items()}
-    if predict.form == "columnar":
-        return orjson.dumps({"outputs": values if len(values) != 1 else next(iter(values.values()))})
-    for name, arr in outputs.items():
-        if arr.ndim == 0 or arr.shape[0] != predict.items:
-            raise InvalidRequest(
-                f"output {name!r} has shape {list(arr.shape)}, not a row for each of the {predict.items} instances; "
-                'send the tensors as {"inputs": ...} to get the outputs whole'
-            )
     if len(values) == 1:
         return orjson.dumps({"predictions": next(iter(values.values()))})
-    names = list(values)
-    rows = [{name: values[name][i] for name in names} for i in range(predict.items or 0)]
-    return orjson.dumps({"predictions": rows})
+    n = predict.items
+    if n is not None and all(arr.ndim and arr.shape[0] == n for arr in outputs.values()):
+        return orjson.dumps({"predictions": [{name: values[name][i] for name in values} for i in range(n)]})
+    return orjson.dumps({"predictions": values})
 
 
 def _value(arr: np.ndarray) -> Any:
