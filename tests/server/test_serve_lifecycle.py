@@ -751,6 +751,45 @@ def test_the_index_lists_a_version_loading_as_triton_does(model_store: tuple[Sto
         st.stop()
 
 
+def test_every_version_of_a_load_stays_loading_until_the_load_routes_to_them(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """helper-78: of a two-version load, the version built first left the index (or showed unloaded) while the
+    other built; Triton marks every version of a load LOADING until the load completes."""
+    store, records = model_store
+    for version in (1, 2):
+        register_like(store, records["mlp"], "slowmv", tags={"delay_ms": "0", "load_delay_ms": "700"}, version=version)
+    st = start(store, models=["mlp"], allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, network_timeout=30)
+        config = json.dumps({"version_policy": {"all": {}}})
+
+        def load() -> None:  # plain HTTP: a tritonclient made on this thread would be collected on another
+            body = {"parameters": {"config": config}}
+            assert Raw(st.http_port).json("POST", "/v2/repository/models/slowmv/load", body)[0] == 200
+
+        def states() -> list[tuple[str, str]]:
+            return [(m.get("version", ""), m.get("state", "")) for m in client.get_model_repository_index()
+                    if m["name"] == "slowmv"]  # fmt: skip
+
+        for _ in range(2):  # a first load, then a load after an unload
+            loader = threading.Thread(target=load)
+            loader.start()
+            seen = []
+            while loader.is_alive():
+                now = states()
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+                time.sleep(0.05)
+            loader.join()
+            assert seen[-1] in ([("1", "LOADING"), ("2", "LOADING")], [("1", "READY"), ("2", "READY")]), seen
+            assert all(now in ([("1", "LOADING"), ("2", "LOADING")], [("1", "READY"), ("2", "READY")]) for now in seen[1:]), seen
+            assert states() == [("1", "READY"), ("2", "READY")]
+            client.unload_model("slowmv")
+    finally:
+        st.stop()
+
+
 def test_model_control_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     """A load or unload would reach whichever Ray Serve replica got it, leaving the others as they were."""
     line = refused_at_start(tmp_path, ["--allow-model-control", "--engine", "ray"])

@@ -425,28 +425,34 @@ class DataPlane:
 
     def _apply(self, plan: _Plan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
-        entry = self._build(plan)
-        try:
-            served = self._serving(plan, entry)
-        except BaseException:
-            entry.model.close()
-            raise
-        return self._route(plan, served)
+        with self._loading_versions([plan]):
+            entry = self._build(plan)
+            try:
+                served = self._serving(plan, entry)
+            except BaseException:
+                entry.model.close()
+                raise
+            return self._route(plan, served)
 
     def _build(self, plan: _Plan) -> LoadedEntry:
-        """Load (and warm up) what ``plan`` says, routing nothing to it yet; meanwhile the index lists the version
-        ``LOADING`` (unless another instance of it serves), as Triton's does."""
+        """Load (and warm up) what ``plan`` says, routing nothing to it yet."""
         record = plan.record
 
         def warm_up(entry: LoadedEntry) -> None:
             warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
-        key = (record.name, record.version)
-        self._loading.add(key)
+        return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+
+    @contextlib.contextmanager
+    def _loading_versions(self, plans: Sequence[_Plan]) -> Iterator[None]:
+        """While a load builds these versions and until it routes to them (or fails), the index lists them
+        ``LOADING`` (unless another instance of one serves), as Triton marks every version of a load."""
+        keys = {(p.record.name, p.record.version) for p in plans}
+        self._loading |= keys
         try:
-            return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+            yield
         finally:
-            self._loading.discard(key)
+            self._loading -= keys
 
     def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
@@ -862,21 +868,22 @@ class DataPlane:
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
         ready: list[_Served] = []
-        try:
-            for plan in changed:
-                built.append(self._build(plan))
-            for plan, loaded in zip(changed, built, strict=True):
-                ready.append(self._serving(plan, loaded))
-        except BaseException as e:
-            for served in ready:
-                served.close(wait=False)
-            for loaded in built:
-                loaded.model.close()
-            if isinstance(e, PolystackError):
-                e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
-            raise
-        fresh = iter(zip(changed, ready, strict=True))
-        entries = [same or self._route(*next(fresh)) for same in kept]
+        with self._loading_versions(changed):
+            try:
+                for plan in changed:
+                    built.append(self._build(plan))
+                for plan, loaded in zip(changed, built, strict=True):
+                    ready.append(self._serving(plan, loaded))
+            except BaseException as e:
+                for served in ready:
+                    served.close(wait=False)
+                for loaded in built:
+                    loaded.model.close()
+                if isinstance(e, PolystackError):
+                    e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
+                raise
+            fresh = iter(zip(changed, ready, strict=True))
+            entries = [same or self._route(*next(fresh)) for same in kept]
         for same in kept:
             if same is not None:  # Triton does nothing for a load of a model without changes
                 log.info("model served as asked", extra={"model": same.name, "version": same.version})
