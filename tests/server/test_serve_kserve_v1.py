@@ -53,6 +53,7 @@ def test_v1_refusals_are_clear_and_the_server_serves_on(server: ServerThread, ra
         ({"instances": [[0.0] * 16, [0.0]]}, 400, "its nested lists are of different lengths"),
         ({"rows": [[0.0] * 16]}, 400, 'as "instances"'),
         ({"instances": [{"x": [0.0] * 16, "z": [1]}]}, 400, "unexpected inference input 'z' for model 'mlp'"),
+        ({"instances": [{"x": [0.0] * 16, "z": [0, 0.5, "a", None]}]}, 400, "unexpected inference input 'z'"),
     ]
     for doc, status, words in cases:
         got, answer = raw.json("POST", "/v1/models/mlp:predict", doc)

@@ -104,22 +104,10 @@ def _rows(instances: list[Any], inputs: Mapping[str, DType]) -> dict[str, list[A
 def _request(tensors: dict[str, Any], inputs: Mapping[str, DType]) -> InferRequest:
     arrays: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
-        # a name the model does not take is left to its checks, which say so in Triton's words: read as its
-        # values' own kind, so that nothing else is said of it first
-        dtype = inputs.get(name) or _kind(value)
-        arrays[name] = tensor(name, dtype, value)
+        dtype = inputs.get(name)
+        # a name the model does not take is left, unread, to its checks, which say so in Triton's words
+        arrays[name] = tensor(name, dtype, value) if dtype is not None else np.empty(0, dtype=object)
     return InferRequest(arrays)
-
-
-def _kind(value: Any) -> DType:
-    """The datatype a value's first leaf suggests: text or base64 BYTES, true/false BOOL, whole numbers INT64."""
-    while isinstance(value, list) and value:
-        value = value[0]
-    if isinstance(value, str) or _is_b64(value):
-        return DType.BYTES
-    if isinstance(value, bool):
-        return DType.BOOL
-    return DType.INT64 if isinstance(value, int) else DType.FP32
 
 
 def tensor(name: str, dtype: DType, value: Any) -> np.ndarray:
