@@ -15,13 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from servekit import start
 
 from polystack.server.app import ServerThread
-from polystack.server.triton_metrics import VersionFigures, render
+from polystack.server.triton_metrics import Tally, VersionFigures, render
+from polystack.stats import ModelStats
 from polystack.store import ModelRecord, Store
 
 
 @pytest.fixture(scope="module")
 def triton_server(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[ServerThread]:
-    st = start(model_store[0], models=["mlp", "ident64"], triton_metrics=True)
+    st = start(model_store[0], models=["mlp", "ident64"], triton_metrics=True, allow_model_control=True)
     yield st
     st.stop()
 
@@ -95,3 +96,39 @@ def test_the_rendering_maps_reasons_shows_the_cache_and_escapes_labels() -> None
     assert families["nv_inference_request_success"].type == "counter"  # no _total: Triton's names
     assert "nv_inference_request_success{" in text and "_total" not in text
     assert "nv_cpu" not in text
+
+
+def test_triton_names_count_on_across_a_reload_of_the_same_version(triton_server: ServerThread) -> None:
+    """As Triton's reporter, shared by a version's instances (helper-78: successes restarted with the new instance
+    while failures counted on); the statistics of the new instance start anew, as Triton's do."""
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton_server.http_port}")
+    raw = Raw(triton_server.http_port)
+    x = httpclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    client.infer("mlp", [x])
+    raw.json("POST", "/v2/models/mlp/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]})
+    mlp = (("model", "mlp"), ("version", "1"))
+    key = {"ok": ("nv_inference_request_success", mlp), "n": ("nv_inference_count", mlp),
+           "bad": ("nv_inference_request_failure", tuple(sorted((*mlp, ("reason", "OTHER")))))}  # fmt: skip
+    before = {k: samples(triton_server.http_port)[v] for k, v in key.items()}
+    client.load_model("mlp", config='{"max_batch_size": 8}')  # a new instance of version 1
+    triton_server.server.plane.wait_retired()
+    assert {k: samples(triton_server.http_port)[v] for k, v in key.items()} == before
+    client.infer("mlp", [x])
+    after = {k: samples(triton_server.http_port)[v] for k, v in key.items()}
+    assert after == {"ok": before["ok"] + 1, "n": before["n"] + 1, "bad": before["bad"]}
+    assert client.get_inference_statistics("mlp", "1")["model_stats"][0]["inference_stats"]["success"]["count"] == 1
+
+
+def test_a_tally_sums_live_and_closed_instances_and_folds_the_oldest() -> None:
+    tally, instances = Tally(), [ModelStats() for _ in range(6)]
+    for i, stats in enumerate(instances):
+        stats.executed(2, 1000 * (i + 1))
+        tally.add(stats)
+    tally.fold(instances[-1])  # closed: final
+    instances[-1].executed(5, 1)  # not counted: it is folded (a closed instance runs nothing more)
+    instances[0].executed(3, 1)  # folded when the fifth came (more than four live): not counted either
+    instances[4].executed(1, 1)  # live: counted
+    figures = tally.figures()
+    assert (figures["execution_count"], figures["inference_count"]) == (7, 13)
+    assert figures["inference_stats"]["compute_infer"]["ns"] == sum(1000 * (i + 1) for i in range(6)) + 1

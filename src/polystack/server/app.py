@@ -223,7 +223,7 @@ class Server:
             default_max_batch_size=config.default_max_batch_size,
             batch_overrides=config.batch_overrides,
             no_batching=config.no_batching,
-            triton_metrics=config.triton_metrics,
+            triton_names=config.triton_metrics,
         )
         self.http = HttpApp(
             self.plane,

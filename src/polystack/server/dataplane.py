@@ -263,10 +263,10 @@ class DataPlane:
         default_max_batch_size: int = model_config.DEFAULT_MAX_BATCH_SIZE,
         batch_overrides: BatchOverrides | None = None,
         no_batching: bool = False,
-        triton_metrics: bool = False,
+        triton_names: bool = False,
     ) -> None:
         self.engine = engine
-        self.triton_metrics = triton_metrics  # serve --triton-metrics: /metrics shows Triton's names too
+        self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
         # leaves it out (serve --backend-config default-max-batch-size), and the batch settings given on their
         # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
@@ -322,6 +322,8 @@ class DataPlane:
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
         self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader thread)
+        # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
+        self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
         self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
@@ -498,6 +500,7 @@ class DataPlane:
             self._served[key] = served
             self._generation += 1
         self.metrics.serving(entry.name, str(entry.version))
+        self._tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
         # none has started, summed over this instance and those it replaced while requests still wait on them (which
         # the gauge does not keep alive)
@@ -582,6 +585,8 @@ class DataPlane:
                 return
             self._ensembles[name] = _ServedEnsemble(pipeline)
             self._generation += 1
+        label = (name, str(pipeline.version))
+        self._tallies.setdefault(label, triton_metrics.Tally()).add(self._ensembles[name].stats)
         if old is not None and self.response_cache is not None:
             self.response_cache.forget(old.load)
         self.metrics.serving(name, str(pipeline.version))
@@ -701,6 +706,7 @@ class DataPlane:
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
             if name not in self._ensembles:
                 self.metrics.retire(name, version)
+                self._tallies.pop((name, version), None)
                 self.metrics.forget_name(name)
 
         with contextlib.suppress(RuntimeError):
@@ -948,6 +954,9 @@ class DataPlane:
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
                         time.sleep(0.005)
+                    tally = self._tallies.get((s.entry.name, str(s.entry.version)))
+                    if tally is not None:  # its figures are final: what Triton's names count on from
+                        tally.fold(s.entry.stats)
                     if self.response_cache is not None:  # nothing routes to it: its answers only take room now
                         self.response_cache.forget(s.load)
                 for entry in entries:
@@ -971,6 +980,7 @@ class DataPlane:
             for e in entries:
                 if (e.name, e.version) not in self._served:
                     self.metrics.retire(e.name, str(e.version))
+                    self._tallies.pop((e.name, str(e.version)), None)
                     self._typical_s.pop((e.name, e.version), None)
                     self._queues.pop((e.name, str(e.version)), None)
                 if not any(k[0] == e.name for k in self._served):
@@ -1140,26 +1150,34 @@ class DataPlane:
     def render_metrics(self) -> bytes:
         """``/metrics``: polystack's families, and Triton's names of the same figures when asked for."""
         text = self.metrics.render()
-        if not self.triton_metrics:
+        if not self.triton_names:
             return text
         figures = []
-        for served in list(self._served.values()):
+        ensembles = dict(self._ensembles)  # first: a folder turning from an ensemble into a model routes the model
+        for served in list(self._served.values()):  # before it unloads the ensemble; one series a name meanwhile
             e = served.entry
+            if e.name in ensembles:
+                continue
             label = (e.name, str(e.version))
+            tally = self._tallies.get(label)
             queues = [q() for q in self._queues.get(label, [])]
             figures.append(
                 triton_metrics.VersionFigures(
-                    e.name, label[1], e.stats.to_dict(), self.metrics.failures(*label),
-                    sum(q.depth for q in queues if q is not None),
+                    e.name, label[1], tally.figures() if tally is not None else e.stats.to_dict(),
+                    self.metrics.failures(*label), sum(q.depth for q in queues if q is not None),
                     served.additions.response_cache and self.response_cache is not None,
                 )
             )  # fmt: skip
-        for name, p in list(self._ensembles.items()):
+        for name, p in ensembles.items():
             label = (name, str(p.ensemble.version))
+            tally = self._tallies.get(label)
             cached = p.ensemble.response_cache and self.response_cache is not None
             figures.append(
-                triton_metrics.VersionFigures(name, label[1], p.stats.to_dict(), self.metrics.failures(*label), 0, cached)
-            )
+                triton_metrics.VersionFigures(
+                    name, label[1], tally.figures() if tally is not None else p.stats.to_dict(),
+                    self.metrics.failures(*label), 0, cached,
+                )
+            )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
         return text + triton_metrics.render(figures)
 

@@ -4,7 +4,8 @@ polystack server unchanged.
 
 They are derived at scrape time from what the server counts anyway (each version's statistics, the
 extension's ``{count, ns}`` figures, its failures by reason and its queue), so they cost nothing per
-request and always agree with ``GET /v2/models/stats``. Triton's counters are cumulative microseconds and
+request; like Triton's they count on across a reload of the same version (``Tally``), where the statistics
+of the new instance start anew (so the two agree until a version is reloaded). Triton's counters are cumulative microseconds and
 counts without a ``_total`` suffix, which prometheus-client cannot write (it appends ``_total`` to every
 counter): this module writes those lines of the text format itself (HELP, TYPE, escaped labels).
 
@@ -15,11 +16,14 @@ request its checks refuse before it is queued; polystack counts it, as ``OTHER``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+
+from polystack.stats import DURATIONS, ModelStats
 
 # polystack's failure reasons (status.reason: error class names) as Triton's; any other is OTHER
 REASONS = {
@@ -29,6 +33,59 @@ REASONS = {
     "BackendError": "BACKEND",
 }
 TRITON_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+class Tally:
+    """What Triton's names count for one version across the instances that served it since it was loaded: a
+    reload's new instance starts its own statistics (as Triton's do), but Triton's metric reporter, shared by the
+    instances of a version, counts on. Instances still serving or draining are read live; one that has closed
+    is folded into the sum (``fold``), and so is the oldest of more than ``_LIVE`` (an ensemble's, which no
+    close folds)."""
+
+    _LIVE = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = {}
+        self._live: list[ModelStats] = []
+
+    def add(self, stats: ModelStats) -> None:
+        with self._lock:
+            if all(s is not stats for s in self._live):
+                self._live.append(stats)
+            while len(self._live) > self._LIVE:
+                self._fold(self._live[0])
+
+    def fold(self, stats: ModelStats) -> None:
+        """``stats``' instance closed: its figures are final."""
+        with self._lock:
+            if any(s is stats for s in self._live):
+                self._fold(stats)
+
+    def _fold(self, stats: ModelStats) -> None:
+        self._live = [s for s in self._live if s is not stats]
+        for key, value in _flat(stats.to_dict()).items():
+            self._done[key] = self._done.get(key, 0) + value
+
+    def figures(self) -> dict[str, Any]:
+        """The sum, shaped as ``ModelStats.to_dict`` (the fields Triton's names read)."""
+        with self._lock:
+            total = dict(self._done)
+            for stats in self._live:
+                for key, value in _flat(stats.to_dict()).items():
+                    total[key] = total.get(key, 0) + value
+        return {
+            "inference_count": total.get("inference_count", 0),
+            "execution_count": total.get("execution_count", 0),
+            "inference_stats": {k: {"count": total.get(f"{k}.count", 0), "ns": total.get(f"{k}.ns", 0)} for k in DURATIONS},
+        }
+
+
+def _flat(stats: Mapping[str, Any]) -> dict[str, int]:
+    out = {"inference_count": int(stats["inference_count"]), "execution_count": int(stats["execution_count"])}
+    for kind, d in stats["inference_stats"].items():
+        out[f"{kind}.count"], out[f"{kind}.ns"] = int(d["count"]), int(d["ns"])
+    return out
 
 
 @dataclass(frozen=True)
