@@ -4,16 +4,20 @@ rendering on its own (failure reasons, the cache's families, label escaping)."""
 
 from __future__ import annotations
 
+import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from conftest import Raw
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import start
+from servekit import cli_server, free_port, start, until
 
+from polystack.examples import mlp_onnx
 from polystack.server.app import ServerThread
 from polystack.server.triton_metrics import Tally, VersionFigures, render
 from polystack.stats import ModelStats
@@ -132,3 +136,55 @@ def test_a_tally_sums_live_and_closed_instances_and_folds_the_oldest() -> None:
     figures = tally.figures()
     assert (figures["execution_count"], figures["inference_count"]) == (7, 13)
     assert figures["inference_stats"]["compute_infer"]["ns"] == sum(1000 * (i + 1) for i in range(6)) + 1
+
+
+ENSEMBLE = (
+    'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+    'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+    '"mlp", model_version: -1, input_map { key: "x" value: "x" }, output_map { key: "y" value: "y" } } ] }\n'
+)
+
+
+def test_a_version_served_again_counts_anew_and_a_folder_changing_kind_keeps_its_series(tmp_path: Path) -> None:
+    """helper-79: an ensemble's version served again resumed its old count (Triton's reporter is gone once nothing
+    serves the version); a folder turning from a model into an ensemble of the same version lost every series of
+    the name (the model's retirement took the ensemble's), so its refusals were counted nowhere."""
+    repo = tmp_path / "models"
+    mlp_onnx(repo / "mlp" / "1" / "model.onnx")
+    (repo / "e" / "1").mkdir(parents=True)
+    (repo / "e" / "config.pbtxt").write_text(ENSEMBLE)
+    mlp_onnx(repo / "sw" / "1" / "model.onnx", seed=3)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control", "--triton-metrics"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+
+        def success(name: str, version: str = "1") -> float | None:
+            return samples(port).get(("nv_inference_request_success", (("model", name), ("version", version))))
+
+        for _ in range(3):
+            client.infer("e", [x])
+        (repo / "e" / "2").mkdir()
+        client.load_model("e")  # version 2 in its place
+        assert success("e", "1") is None
+        shutil.rmtree(repo / "e" / "2")
+        client.load_model("e")  # version 1 again: a new count
+        client.infer("e", [x])
+        assert success("e") == 1
+        # sw's folder holds an ensemble now, of the same version
+        client.infer("sw", [x])
+        shutil.rmtree(repo / "sw" / "1")
+        (repo / "sw" / "1").mkdir()
+        (repo / "sw" / "config.pbtxt").write_text(ENSEMBLE)
+        client.load_model("sw")
+        assert until(lambda: client.get_model_config("sw")["platform"] == "ensemble", 10)
+        time.sleep(0.5)  # the model's retirement, on the loader thread
+        client.infer("sw", [x])
+        status, _ = Raw(port).json("POST", "/v2/models/sw/infer", {"inputs": [{"name": "q", "datatype": "FP32", "shape": [1], "data": [1]}]})
+        assert status == 400
+        got = samples(port)
+        sw = (("model", "sw"), ("version", "1"))
+        assert got[("polystack_inference_request_success", sw)] >= 1
+        assert got[("nv_inference_request_failure", tuple(sorted((*sw, ("reason", "OTHER")))))] == 1

@@ -590,8 +590,9 @@ class DataPlane:
         if old is not None and self.response_cache is not None:
             self.response_cache.forget(old.load)
         self.metrics.serving(name, str(pipeline.version))
-        if old is not None and old.ensemble.version != pipeline.version:
+        if old is not None and old.ensemble.version != pipeline.version:  # the old version's series go with it
             self.metrics.retire(name, str(old.ensemble.version))
+            self._tallies.pop((name, str(old.ensemble.version)), None)
         self._count_loaded()
         log.info(
             "model loaded",
@@ -704,9 +705,10 @@ class DataPlane:
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
-            if name not in self._ensembles:
+            if not self._serves_version(name, served.ensemble.version):  # as an ensemble, or a model now
                 self.metrics.retire(name, version)
                 self._tallies.pop((name, version), None)
+            if name not in self._ensembles and not self._serves_model(name):
                 self.metrics.forget_name(name)
 
         with contextlib.suppress(RuntimeError):
@@ -737,6 +739,11 @@ class DataPlane:
                 self._unload_ensemble(other, f"{name!r} changed")
                 if self.repository is not None and self.repository.owns(other):
                     self._unmet.add(other)
+
+    def _serves_version(self, name: str, version: int) -> bool:
+        """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
+        ensemble_now = self._ensembles.get(name)
+        return (name, version) in self._served or (ensemble_now is not None and ensemble_now.ensemble.version == version)
 
     def _serves_model(self, name: str) -> bool:
         """Whether a version of model ``name`` (not an ensemble) is loaded."""
@@ -979,11 +986,12 @@ class DataPlane:
         def forget() -> None:
             for e in entries:
                 if (e.name, e.version) not in self._served:
-                    self.metrics.retire(e.name, str(e.version))
-                    self._tallies.pop((e.name, str(e.version)), None)
                     self._typical_s.pop((e.name, e.version), None)
                     self._queues.pop((e.name, str(e.version)), None)
-                if not any(k[0] == e.name for k in self._served):
+                    if not self._serves_version(e.name, e.version):  # an ensemble under the name keeps its series
+                        self.metrics.retire(e.name, str(e.version))
+                        self._tallies.pop((e.name, str(e.version)), None)
+                if not any(k[0] == e.name for k in self._served) and e.name not in self._ensembles:
                     self.metrics.forget_name(e.name)
 
         with contextlib.suppress(RuntimeError):  # the server is stopping: /metrics goes with it
