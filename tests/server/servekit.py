@@ -253,3 +253,21 @@ def cli_server(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# the accumulator's config (polystack.examples.accumulator_onnx with a UINT64 correlation ID): sequence batching
+# with every control and its state; % {"idle": microseconds}
+ACC = """
+max_batch_size: 4
+input [ { name: "INPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+sequence_batching {
+  max_sequence_idle_microseconds: %(idle)d
+  control_input [
+    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+}
+"""

@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import (
+    ACC,
     cli_server,
     free_port,
     refused_after_loads,
@@ -142,19 +143,6 @@ def test_requests_in_flight_finish_on_the_models_they_started_with(tmp_path: Pat
             np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), new, rtol=1e-5, atol=1e-6)
 
 
-ACC_CONFIG = """
-max_batch_size: 4
-input [ { name: "INPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
-sequence_batching {
-  control_input [
-    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
-    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
-    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
-    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
-  ]
-  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
-}
-"""
 
 
 def _ensemble_folder(root: Path, name: str, steps: list[tuple[str, str, str, str]]) -> None:
@@ -176,7 +164,7 @@ def test_a_nested_ensemble_runs_a_sequence_model_it_holds_after_an_unload(tmp_pa
     repo = tmp_path / "models"
     (repo / "acc" / "1").mkdir(parents=True)
     accumulator_onnx(repo / "acc" / "1" / "model.onnx", TensorProto.UINT64)
-    (repo / "acc" / "config.pbtxt").write_text(ACC_CONFIG)
+    (repo / "acc" / "config.pbtxt").write_text(ACC % {"idle": 5_000_000})
     (repo / "slowid" / "1").mkdir(parents=True)
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "slowid",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1])],

@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import (
+    ACC,
     cli_server,
     free_port,
     refused_after_loads,
@@ -39,21 +40,6 @@ from polystack.formats import import_model
 from polystack.server import model_config
 from polystack.store import ModelRecord, Store
 from polystack.types import DType
-
-ACC = """
-max_batch_size: 4
-input [ { name: "INPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
-sequence_batching {
-  max_sequence_idle_microseconds: %(idle)d
-  control_input [
-    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
-    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
-    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
-    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
-  ]
-  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
-}
-"""
 
 
 def sequence_repository(root: Path, idle_us: int = 1_000_000) -> Path:
