@@ -43,11 +43,12 @@ _MAX_DIMS = 64  # numpy's limit, and far past any model's
 
 @dataclass(frozen=True)
 class Predict:
-    """A decoded V1 request: the inference request, and the form its answer takes."""
+    """A decoded V1 request: the inference request, the form it took, and (row form) how many instances it gave:
+    several outputs with a row for each are answered an object per instance."""
 
     request: InferRequest
     form: Form
-    items: int | None  # row form: the number of instances (every output must have that many rows)
+    items: int | None  # row form: the number of instances
 
 
 def decode_predict(body: bytes | memoryview, inputs: Mapping[str, DType]) -> Predict:
