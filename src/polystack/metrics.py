@@ -159,8 +159,8 @@ class ServerMetrics:
         self.models_loaded = Gauge("polystack_models_loaded", "Model versions loaded and serving", registry=r)
         self.in_flight = Gauge("polystack_requests_in_flight", "Requests being handled now", registry=r)
         self._models: dict[tuple[str, str], ModelMetrics] = {}
-        self._reasons: dict[tuple[str, str], set[str]] = {}  # failure reasons seen, by version: to remove them
-        self._failures: dict[tuple[str, str], dict[str, int]] = {}  # the same, counted (Triton's names read them)
+        # failures by version and reason: the series to remove with a version, and what Triton's names read
+        self._failures: dict[tuple[str, str], dict[str, int]] = {}
         self._retired: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -182,7 +182,6 @@ class ServerMetrics:
             key = (name, version)
             if key in self._retired:
                 return
-            self._reasons.setdefault(key, set()).add(reason)
             counts = self._failures.setdefault(key, {})
             counts[reason] = counts.get(reason, 0) + 1
             self._families.failure.labels(name, version, reason).inc()
@@ -204,14 +203,12 @@ class ServerMetrics:
             key = (name, version)
             self._retired.add(key)
             self._models.pop(key, None)
-            self._failures.pop(key, None)
-            self._families.remove(name, version, self._reasons.pop(key, set()))
+            self._families.remove(name, version, set(self._failures.pop(key, {})))
 
     def forget_name(self, name: str) -> None:
         """No version of ``name`` is served: its failures without a version (a version it never had) go too."""
         with self._lock:
-            self._failures.pop((name, ""), None)
-            for reason in self._reasons.pop((name, ""), set()):
+            for reason in self._failures.pop((name, ""), {}):
                 with contextlib.suppress(KeyError):
                     self._families.failure.remove(name, "", reason)
 

@@ -617,7 +617,7 @@ class DataPlane:
             if nested is not None and step.model != pipeline.name and not model:
                 return ensemble.as_step(nested.ensemble, step)
             try:
-                entry = self._get(step.model, None if step.version is None else str(step.version))
+                entry = self._get(step.model, step.asked)
             except NotFound as e:
                 raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
@@ -1146,10 +1146,7 @@ class DataPlane:
         try:
             pipeline = self._ensemble(name, version)
             if pipeline is not None:  # every model it runs is served (each step's version, or one of them)
-                for step in pipeline.ensemble.steps:
-                    if not self.model_ready(step.model, None if step.version is None else str(step.version)):
-                        return False
-                return True
+                return all(self.model_ready(step.model, step.asked) for step in pipeline.ensemble.steps)
             self._get(name, version)
         except PolystackError:
             return False
@@ -1160,30 +1157,24 @@ class DataPlane:
         text = self.metrics.render()
         if not self.triton_names:
             return text
-        figures = []
         ensembles = dict(self._ensembles)  # first: a folder turning from an ensemble into a model routes the model
-        for served in list(self._served.values()):  # before it unloads the ensemble; one series a name meanwhile
+        # before it unloads the ensemble; one series a name meanwhile
+        shown: list[tuple[str, int, ModelStats, int, bool]] = []  # name, version, statistics, pending, cached
+        for served in list(self._served.values()):
             e = served.entry
-            if e.name in ensembles:
-                continue
-            label = (e.name, str(e.version))
+            if e.name not in ensembles:
+                queues = [q() for q in self._queues.get((e.name, str(e.version)), [])]
+                pending = sum(q.depth for q in queues if q is not None)
+                shown.append((e.name, e.version, e.stats, pending, served.additions.response_cache))
+        shown += [(n, p.ensemble.version, p.stats, 0, p.ensemble.response_cache) for n, p in ensembles.items()]
+        figures = []
+        for name, version, stats, pending, cached in shown:
+            label = (name, str(version))
             tally = self._tallies.get(label)
-            queues = [q() for q in self._queues.get(label, [])]
             figures.append(
                 triton_metrics.VersionFigures(
-                    e.name, label[1], tally.figures() if tally is not None else e.stats.to_dict(),
-                    self.metrics.failures(*label), sum(q.depth for q in queues if q is not None),
-                    served.additions.response_cache and self.response_cache is not None,
-                )
-            )  # fmt: skip
-        for name, p in ensembles.items():
-            label = (name, str(p.ensemble.version))
-            tally = self._tallies.get(label)
-            cached = p.ensemble.response_cache and self.response_cache is not None
-            figures.append(
-                triton_metrics.VersionFigures(
-                    name, label[1], tally.figures() if tally is not None else p.stats.to_dict(),
-                    self.metrics.failures(*label), 0, cached,
+                    name, label[1], tally.figures() if tally is not None else stats.to_dict(),
+                    self.metrics.failures(*label), pending, cached and self.response_cache is not None,
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
@@ -1390,7 +1381,7 @@ class DataPlane:
                 parameters = request.parameters
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
                     parameters = plain
-                version = None if step.version is None else str(step.version)
+                version = step.asked
                 target = holding[(step.model, version)]
                 takes, batches = self._takes(target)
                 given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
@@ -1468,27 +1459,27 @@ class DataPlane:
     def _pin_into(self, pipeline: ensemble.Ensemble, pins: _Pins) -> None:
         """``_pin``'s walk: each (model, version) is looked at once, however often it runs."""
         for step in pipeline.steps:
-            version = None if step.version is None else str(step.version)
-            if (step.model, version) in pins:
+            key = (step.model, step.asked)
+            if key in pins:
                 continue
-            nested = self._ensemble(step.model, version)  # as infer() resolves the name: an ensemble's first
-            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(step.model, version)
+            nested = self._ensemble(*key)  # as infer() resolves the name: an ensemble's first
+            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(*key)
             if isinstance(target, _Served) and all(target is not m for m in pins.values()):
                 target.pins += 1
-            pins[(step.model, version)] = target
+            pins[key] = target
             if isinstance(target, _ServedEnsemble):
                 self._pin_into(target.ensemble, pins)
 
     def _step_target(self, step: ensemble.Step, pins: _Pins | None) -> _Served | _ServedEnsemble | None:
         """What ``step`` runs: what a request holds for it, else what serves it now (None: nothing)."""
-        version = None if step.version is None else str(step.version)
-        if pins is not None and (step.model, version) in pins:
-            return pins[(step.model, version)]
+        held = pins.get((step.model, step.asked)) if pins is not None else None
+        if held is not None:
+            return held
         nested = self._ensembles.get(step.model)
         if nested is not None:
             return nested
         try:
-            return self._get(step.model, version)
+            return self._get(step.model, step.asked)
         except PolystackError:
             return None
 

@@ -43,6 +43,11 @@ class Step:
     inputs: tuple[tuple[str, str], ...]  # (the step model's input, the ensemble tensor it takes)
     outputs: tuple[tuple[str, str], ...]  # (the step model's output, the ensemble tensor it gives)
 
+    @property
+    def asked(self) -> str | None:
+        """Its version as a request names it (None: the latest), as the data plane resolves a model's."""
+        return None if self.version is None else str(self.version)
+
     def describe(self, index: int) -> str:
         return f"step {index} ({self.model}{'' if self.version is None else f':{self.version}'})"
 

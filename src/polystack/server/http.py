@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -53,6 +53,7 @@ from polystack.server.logs import request_level
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server.http")
+_Decoded = TypeVar("_Decoded")  # what a request body decodes into (an InferRequest, a V1 request)
 
 _REASONS = {
     200: b"OK",
@@ -470,11 +471,7 @@ class HttpApp:
                 _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
             )
 
-        if not _slow_to_read(req):
-            request = self.plane.decode(args[0], args[1], decode)
-        else:  # reading it on the loop would hold every other client up meanwhile
-            loop = asyncio.get_running_loop()
-            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, args[0], args[1], decode)
+        request = await self._decode(req, args[0], args[1], decode)
         req.inference_id = request.id
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
@@ -495,6 +492,13 @@ class HttpApp:
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
 
+    async def _decode(self, req: Request, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
+        """``decode()`` of ``req``'s body for model ``name`` (``DataPlane.decode``): on the loop, or on a codec
+        thread for a body that may take long to read, which would hold every other client up meanwhile."""
+        if not _slow_to_read(req):
+            return self.plane.decode(name, version, decode)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.codec_pool, self.plane.decode, name, version, decode)
 
     # -- KServe's V1 protocol (v1_codec.py) --------------------------------------------------------
     def v1_live(self, req: Request, args: list[str]) -> Response:
@@ -518,11 +522,7 @@ class HttpApp:
         def decode() -> v1_codec.Predict:
             return v1_codec.decode_predict(_decoded_body(req, self.max_body_bytes), inputs)
 
-        if not _slow_to_read(req):
-            predict = self.plane.decode(name, "", decode)
-        else:  # reading it on the loop would hold every other client up meanwhile
-            loop = asyncio.get_running_loop()
-            predict = await loop.run_in_executor(self.codec_pool, self.plane.decode, name, "", decode)
+        predict = await self._decode(req, name, "", decode)
         result = await self.plane.infer(name, "", predict.request, self.loop, lambda: _text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
