@@ -471,7 +471,10 @@ class HttpApp:
                 _decoded_body(req, self.max_body_bytes), _header_length(req.headers), self.plane.shared_memory
             )
 
-        request = await self._decode(req, args[0], args[1], decode)
+        if not _slow_to_read(req):
+            request = self.plane.decode(args[0], args[1], decode)
+        else:
+            request = await self._decode_off_loop(args[0], args[1], decode)
         req.inference_id = request.id
         result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
@@ -492,11 +495,9 @@ class HttpApp:
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
 
-    async def _decode(self, req: Request, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
-        """``decode()`` of ``req``'s body for model ``name`` (``DataPlane.decode``): on the loop, or on a codec
-        thread for a body that may take long to read, which would hold every other client up meanwhile."""
-        if not _slow_to_read(req):
-            return self.plane.decode(name, version, decode)
+    async def _decode_off_loop(self, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
+        """``DataPlane.decode`` on a codec thread, for a body that may take long to read (``_slow_to_read``), which
+        on the loop would hold every other client up meanwhile; other bodies decode on the loop, with no hop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.codec_pool, self.plane.decode, name, version, decode)
 
@@ -522,7 +523,10 @@ class HttpApp:
         def decode() -> v1_codec.Predict:
             return v1_codec.decode_predict(_decoded_body(req, self.max_body_bytes), inputs)
 
-        predict = await self._decode(req, name, "", decode)
+        if not _slow_to_read(req):
+            predict = self.plane.decode(name, "", decode)
+        else:
+            predict = await self._decode_off_loop(name, "", decode)
         result = await self.plane.infer(name, "", predict.request, self.loop, lambda: _text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
