@@ -5,7 +5,6 @@ Marked ``ray``: `make test` runs it inside a loopback-only network namespace.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 from jobdata import FEATURES, reference, register_mlp
+from ports import free_port
 
 from polystack.config import StoreSettings
 from polystack.store import Store
 
 pytestmark = pytest.mark.ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def _serving(work: Path, serve: Any) -> Iterator[tuple[str, Path]]:
     from polystack.server.ray_serve import build_app
     from polystack.server.response_cache import CacheConfig
 
-    port = _free_port()  # once Ray's own processes hold their ports: one of them took a port chosen before
+    port = free_port()  # once Ray's own processes hold their ports: one of them took a port chosen before
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # a start config (serve --model-config mlp=DIR/config.pbtxt), warm-up file and all, in each replica
     (work / "mlp" / "warmup").mkdir(parents=True)

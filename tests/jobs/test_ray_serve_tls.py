@@ -6,12 +6,12 @@ Marked ``ray``: `make test` runs it inside a loopback-only network namespace.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from jobdata import FEATURES, reference, register_mlp
+from ports import free_port
 
 from polystack.config import StoreSettings
 from polystack.store import Store
@@ -40,9 +40,7 @@ def test_tritonclient_infers_over_https_against_ray_serve(tmp_path: Path) -> Non
     store.close()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        with socket.socket() as s:  # once Ray's own processes hold their ports: one of them took one chosen before
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()  # once Ray's own processes hold their ports: one of them took one chosen before
         tls = TlsConfig.resolve(tmp_path / "server.pem", tmp_path / "server.key", None)
         config = ServeConfig(host="127.0.0.1", http_port=port, grpc_port=None, tls=tls)
         serve.start(http_options=proxy_options(config))

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
+from ports import free_port as free_port  # the tests' port chooser, imported from here by the server tests
 
 from polystack.engine import Engine, LoadSpec, default_spec
 from polystack.examples import mlp_onnx
@@ -214,12 +214,6 @@ def same_config_both_ways(http: Any, grpc: Any, name: str) -> dict[str, Any]:
     shown = http.get_model_config(name)
     assert grpc.get_model_config(name).config == json_format.ParseDict(shown, model_config_pb2.ModelConfig())
     return dict(shown)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
