@@ -151,7 +151,7 @@ def test_two_traced_servers_in_one_process_both_export(
     store, _ = model_store
     script = f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
 import tritonclient.http as httpclient
 from servekit import mlp_ones, start
 from polystack.store import Store
