@@ -192,6 +192,19 @@ def test_a_folder_config_the_model_does_not_fit_is_named_as_the_repository_file(
         store.close()
 
 
+def test_a_config_listing_its_tensors_without_max_batch_size_is_not_batched_as_in_triton(tmp_path: Path) -> None:
+    """Dims without the batch dimension need max_batch_size; left out, it is 0 (Triton does not auto-complete
+    a config listing inputs and outputs), and the dims are refused as Triton refuses them: polystack had
+    chosen a max_batch_size of its own and served the model batched."""
+    config = (
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]\ndynamic_batching { }\n'
+    )
+    root = _model(tmp_path / "models", "m", config=config)
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert "input[0] (x) has dims [16], but the model's are [-1, 16] with max_batch_size 0" in line, line
+
+
 def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_path: Path) -> None:
     home = tmp_path / "home"
     other = mlp_onnx(tmp_path / "other.onnx", seed=9)
@@ -619,15 +632,18 @@ def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it
     from servekit import same_config_both_ways
 
     repo = tmp_path / "models"
-    for name in ("plain", "inputs", "sized", "listed"):
+    for name in ("plain", "inputs", "sized", "listed", "listed_dyn"):
         mlp_onnx(repo / name / "1" / "model.onnx")
     listed_input = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
     (repo / "inputs" / "config.pbtxt").write_text(listed_input + "dynamic_batching { max_queue_delay_microseconds: 500 }\n")
     (repo / "sized" / "config.pbtxt").write_text("max_batch_size: 8\n")
-    (repo / "listed" / "config.pbtxt").write_text(  # inputs and outputs listed: Triton completes nothing
+    listed = (  # inputs and outputs listed: Triton completes nothing, and max_batch_size left out is 0
         'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 4 ] } ]\n'
     )
+    (repo / "listed" / "config.pbtxt").write_text(listed)
+    # with dynamic batching too (polystack chose a max_batch_size of its own, and refused the config's dims)
+    (repo / "listed_dyn" / "config.pbtxt").write_text(listed + "dynamic_batching { max_queue_delay_microseconds: 300 }\n")
     grpc_port, port = free_port(), free_port()
     # another backend's setting is not the ONNX Runtime backend's: ignored, as in Triton
     args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--allow-model-control",
@@ -636,9 +652,9 @@ def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        shown = {name: same_config_both_ways(h, g, name) for name in ("plain", "inputs", "sized", "listed")}
+        shown = {name: same_config_both_ways(h, g, name) for name in ("plain", "inputs", "sized", "listed", "listed_dyn")}
         assert {name: _batching(c) for name, c in shown.items()} == {
-            "plain": (4, 0), "inputs": (4, 500), "sized": (8, 0), "listed": (0, None),
+            "plain": (4, 0), "inputs": (4, 500), "sized": (8, 0), "listed": (0, None), "listed_dyn": (0, 300),
         }  # fmt: skip
         assert [t["dims"] for t in (*shown["plain"]["input"], *shown["plain"]["output"])] == [[16], [4]]
         assert [t["dims"] for t in (*shown["listed"]["input"], *shown["listed"]["output"])] == [[-1, 16], [-1, 4]]

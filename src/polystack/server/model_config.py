@@ -10,7 +10,8 @@ default timeout), except ``max_batch_size`` and the instance count, which polyst
 own choice for the model. A model registered from a Triton repository (or a load's files: ``TRITON_IO``)
 whose config lists no inputs or no outputs gets what Triton's auto-complete gives it instead: a
 ``max_batch_size`` of ``default_max_batch_size`` (Triton's ``--backend-config default-max-batch-size``, 4)
-where the model can batch, dynamic batching where that is over 1, and its tensors' dims (``autocomplete``).
+where the model can batch, dynamic batching where that is over 1, and its tensors' dims (``autocomplete``);
+one that lists both is not completed, and its ``max_batch_size`` left out is 0, as in Triton.
 What polystack decides elsewhere (which runtime and variant, from the plan; the signature, from the
 store) the config may repeat but not change: a different value is refused, never ignored. Fields
 Triton-only features would read (iterative sequences, ...) are accepted at their defaults, so that a
@@ -554,8 +555,11 @@ def read(
     instances = _instances(groups, spec) if groups is not None else None
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
-    if record.settings.get(TRITON_IO) and not (config.get("input") and config.get("output")):
-        max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
+    if record.settings.get(TRITON_IO):
+        if not (config.get("input") and config.get("output")):
+            max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
+        elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0
+            max_batch = 0
     with _autofill_said(autofilled, config):
         sequence: SequencePolicy | None = None
         batching: BatchPolicy | None = None
