@@ -19,7 +19,7 @@
     │   ├── ModelNotReady
     │   ├── QueueFull
     │   ├── ShuttingDown                refused because the server drains (not logged as its failure)
-    │   ├── PollingOnly                 a load or unload while the server polls its repository (nor this)
+    │   ├── ModelControlOff             a load or unload where model control is off or polls (nor this)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
     ├── DeadlineExceeded                a request waited past its timeout          (HTTP 503, UNAVAILABLE: Triton's)
     ├── Cancelled                       ended by another's cancellation (its sequence's) (HTTP 400, CANCELLED)
@@ -148,9 +148,9 @@ class ShuttingDown(Unavailable):
     server_failure = False
 
 
-class PollingOnly(Unavailable):
-    """A load or unload refused because the server polls its model repository (Triton's poll mode answers
-    UNAVAILABLE): how it was started, not its failure."""
+class ModelControlOff(Unavailable):
+    """A load or unload refused because the server was started without explicit model control (Triton's
+    default and its poll mode answer UNAVAILABLE): how it was started, not its failure."""
 
     server_failure = False
 

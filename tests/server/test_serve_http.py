@@ -186,10 +186,13 @@ def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) 
         "binary_tensor_data",
         "classification",
         "model_configuration",
+        "schedule_policy",
         "sequence",
         "statistics",
         "logging",
         "trace",
+        "model_repository",  # the index answers without model control, as in Triton (loads are refused)
+        "model_repository(unload_dependents)",
     ]
 
 

@@ -539,11 +539,15 @@ def test_pipelined_requests_behind_a_slow_one_are_held_to_about_one_body_of_memo
         st.stop()
 
 
-def test_repository_extension_is_off_by_default(raw: Raw) -> None:
+def test_without_model_control_the_index_answers_and_loads_are_refused_as_in_triton(raw: Raw) -> None:
+    """Triton answers its index whatever its model control, and refuses a load or unload without explicit
+    control 503 in its words (LoadUnloadModel); polystack refused the index too, and both 403."""
     status, doc = raw.json("POST", "/v2/repository/index", {})
-    check_error(raw, status, doc, 403, "--allow-model-control")
-    status, doc = raw.json("POST", "/v2/repository/models/mlp/unload", {})
-    check_error(raw, status, doc, 403)
+    assert status == 200 and {"name": "mlp", "version": "1", "state": "READY"} in doc, doc
+    for action in ("load", "unload"):
+        status, doc = raw.json("POST", f"/v2/repository/models/mlp/{action}", {})
+        check_error(raw, status, doc, 503, "explicit model load / unload is not allowed if polling is enabled")
+        assert "--allow-model-control" in doc["error"]
 
 
 def test_unsupported_request_features_are_refused_not_ignored(raw: Raw) -> None:

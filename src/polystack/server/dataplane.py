@@ -43,11 +43,11 @@ from polystack.errors import (
     InvalidRequest,
     InvalidTensor,
     ModelClosed,
+    ModelControlOff,
     ModelNotFound,
     ModelNotReady,
     NotFound,
     PermissionDenied,
-    PollingOnly,
     PolystackError,
     ShuttingDown,
     Unavailable,
@@ -1088,12 +1088,13 @@ class DataPlane:
         await self._drain_started.wait()
 
     def extensions(self) -> list[str]:
-        # "sequence": Triton's sequence extension (sequence_id, sequence_start, sequence_end; sequence.py)
-        ext = ["binary_tensor_data", "classification", "model_configuration", "sequence", "statistics"]
+        # "sequence": Triton's sequence extension (sequence_id, sequence_start, sequence_end; sequence.py);
+        # "schedule_policy": its priority and timeout request parameters
+        ext = ["binary_tensor_data", "classification", "model_configuration", "schedule_policy", "sequence", "statistics"]
         if self.log_settings is not None:
             ext += ["logging", "trace"]
-        if self.allow_model_control or (self.repository is not None and self.repository.polled):
-            ext += ["model_repository", "model_repository(unload_dependents)"]  # both, as Triton lists them
+        # both, as Triton lists them whatever its model control: the index answers, loads may be refused
+        ext += ["model_repository", "model_repository(unload_dependents)"]
         if self.shared_memory is not None:
             ext.append("system_shared_memory")
         return ext
@@ -1792,23 +1793,23 @@ class DataPlane:
         return self.shared_memory
 
     # -- model repository extension ----------------------------------------------------------------
-    def _check_control(self, index: bool = False) -> None:
-        if self.repository is not None and self.repository.polled:  # Triton's poll mode: the index, no control
-            if index:
-                return
-            raise PollingOnly(
+    def _check_control(self) -> None:
+        """A load or unload refused as Triton refuses it where its model control is not explicit (its poll
+        mode, and its default, none): 503 / UNAVAILABLE in Triton's words, then what to do."""
+        if self.repository is not None and self.repository.polled:  # Triton's poll mode
+            raise ModelControlOff(
                 "explicit model load / unload is not allowed if polling is enabled; change the model's folder in "
                 "the repository, and the next poll loads what changed (serve --repository-poll-secs)"
             )
         if not self.allow_model_control:
-            raise PermissionDenied(
-                "the model repository extension is off; start the server with --allow-model-control to use it"
+            raise ModelControlOff(
+                "explicit model load / unload is not allowed if polling is enabled (Triton's words: model control "
+                "is off); start the server with --allow-model-control to load and unload models"
             )
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """The repository index, read on a thread: it lists the store, and the repositories' folders (a network
         file system may be slow to answer), which the event loop must not wait for."""
-        self._check_control(index=True)
         return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
 
     def _index(self, ready_only: bool) -> list[dict[str, Any]]:
