@@ -6,7 +6,8 @@
     │   ├── InvalidName                 a model name with path characters, empty, too long
     │   ├── InvalidModelFile            not the claimed format, truncated, unreadable
     │   ├── UnsafeModel                 refused for safety: pickle, external data outside its folder
-    │   └── UnsupportedFormat           no importer recognises the file
+    │   ├── UnsupportedFormat           no importer recognises the file
+    │   └── AlreadyExists               a name already taken (Triton's ALREADY_EXISTS: HTTP 400, ALREADY_EXISTS)
     ├── NotFound                        names something that does not exist        (HTTP 404, NOT_FOUND)
     │   ├── ModelNotFound
     │   ├── VersionNotFound
@@ -92,6 +93,10 @@ class UnsafeModel(InvalidRequest):
 
 class UnsupportedFormat(InvalidRequest):
     pass
+
+
+class AlreadyExists(InvalidRequest):
+    """A name already taken, say a shared memory region's: Triton answers ALREADY_EXISTS (HTTP 400)."""
 
 
 class NotFound(PolystackError):

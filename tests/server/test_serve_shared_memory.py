@@ -95,11 +95,13 @@ def grpc(shm_server: ServerThread) -> Iterator[grpcclient.InferenceServerClient]
     client.close()
 
 
-def _refusal(call: Callable[[], object]) -> str:
-    """The message of the error ``call`` must raise."""
+def _refusal(call: Callable[[], object], status: str | None = None) -> str:
+    """The message of the error ``call`` must raise (with ``status``: its HTTP status or gRPC code's name)."""
     try:
         call()
     except InferenceServerException as e:
+        if status is not None:
+            assert str(e.status()) in (status, f"StatusCode.{status}"), (e.status(), e.message())
         return str(e.message())
     raise AssertionError("the call was not refused")
 
@@ -241,7 +243,10 @@ def test_bad_registrations_are_refused_with_what_to_do(
         message = _refusal(call)
         assert says in message, message
     client.register_system_shared_memory("r", key, 64)
-    assert "already registered" in _refusal(lambda: client.register_system_shared_memory("r", key, 32))
+    # Triton's code and words: ALREADY_EXISTS, which its HTTP front end answers 400
+    code = "400" if transport == "http" else "ALREADY_EXISTS"
+    refused = _refusal(lambda: client.register_system_shared_memory("r", key, 32), code)
+    assert "shared memory region 'r' already in manager" in refused and "unregister it first" in refused, refused
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -254,7 +259,7 @@ def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
     np.ndarray(X.shape, np.float32, obj.buf)[:] = X
     client.register_system_shared_memory("in", key, 128)
 
-    def infer(region: str, size: int, offset: int = 0, out_size: int | None = None) -> str:
+    def infer(region: str, size: int, offset: int = 0, out_size: int | None = None, status: str | None = None) -> str:
         x = module.InferInput("x", list(X.shape), "FP32")
         x.set_shared_memory(region, size, offset=offset)
         outputs = None
@@ -262,9 +267,11 @@ def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
             y = module.InferRequestedOutput("y")
             y.set_shared_memory("in", out_size)
             outputs = [y]
-        return _refusal(lambda: client.infer("mlp", [x], outputs=outputs))
+        return _refusal(lambda: client.infer("mlp", [x], outputs=outputs), status)
 
-    assert "'nope', which is not registered" in infer("nope", X.nbytes)
+    # Triton's code and words (GetMemoryInfo: NOT_FOUND)
+    not_found = "404" if transport == "http" else "NOT_FOUND"
+    assert "Unable to find shared memory region: 'nope'" in infer("nope", X.nbytes, status=not_found)
     assert "runs past the end of region 'in'" in infer("in", X.nbytes, offset=100)
     assert "needs 128 bytes but 64 were sent" in infer("in", 64)
     assert "holds 32 bytes but its shared_memory_byte_size is 16" in infer("in", X.nbytes, out_size=16)

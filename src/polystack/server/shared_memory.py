@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import InvalidRequest, InvalidTensor, NotFound
+from polystack.errors import AlreadyExists, InvalidRequest, InvalidTensor, NotFound
 from polystack.protocol.wire import ShmRef
 
 SHM_DIR = Path("/dev/shm")
@@ -85,13 +85,15 @@ class SharedMemoryRegions:
         with self._lock:
             held = self._regions.get(name)
             if held is not None and held.unregistered:
-                raise InvalidRequest(
-                    f"shared memory region {name!r} was unregistered, but requests in flight still use it: it stays "
-                    "registered until they are answered; register it again then, or pick another name"
+                raise AlreadyExists(
+                    f"shared memory region '{name}' already in manager (Triton's words): it was unregistered, but "
+                    "requests in flight still use it, and it stays registered until they are answered; register it "
+                    "again then, or pick another name"
                 )
             if held is not None:
-                raise InvalidRequest(
-                    f"shared memory region {name!r} is already registered; unregister it first, or pick another name"
+                raise AlreadyExists(
+                    f"shared memory region '{name}' already in manager (Triton's words); unregister it first, or pick "
+                    "another name"
                 )
             if len(self._regions) >= self.max_regions:
                 raise InvalidRequest(
@@ -211,8 +213,9 @@ class SharedMemoryRegions:
     def _region(self, ref: ShmRef, what: str) -> Region:
         region = self._regions.get(ref.region)
         if region is None:
-            raise InvalidRequest(
-                f"{what} refers to shared memory region {ref.region!r}, which is not registered; register it first"
+            raise NotFound(
+                f"Unable to find shared memory region: '{ref.region}' (Triton's words): {what} refers to it, and it is "
+                "not registered; register it first"
             )
         if ref.offset + ref.byte_size > region.byte_size:
             raise InvalidRequest(

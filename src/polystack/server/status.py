@@ -15,6 +15,7 @@ from polystack import errors as E
 
 TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    E.AlreadyExists: (400, grpc.StatusCode.ALREADY_EXISTS),  # Triton's HTTP front end answers it 400
     E.NotFound: (404, grpc.StatusCode.NOT_FOUND),
     E.Conflict: (409, grpc.StatusCode.FAILED_PRECONDITION),
     E.PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
