@@ -216,6 +216,9 @@ def test_raw_bool_bytes_other_than_one_are_true(server: ServerThread) -> None:
 
 def test_huge_version_numbers_are_not_found(client: grpcclient.InferenceServerClient) -> None:
     assert not client.is_model_ready("mlp", "99999999999999999999999")
+    with pytest.raises(InferenceServerException) as e:  # Triton's ModelReady: not a version, not "not ready"
+        client.is_model_ready("mlp", "x")
+    assert "INVALID_ARGUMENT" in _status(e.value) and "failed to get model version" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("mlp", "99999999999999999999999")
     assert "NOT_FOUND" in _status(e.value) and "version 99999999999999999999999 is not found" in e.value.message()

@@ -1142,8 +1142,12 @@ class DataPlane:
         return {"name": self.server_name, "version": __version__, "extensions": self.extensions()}
 
     def model_ready(self, name: str, version: str | None) -> bool:
+        """Whether ``name`` (at ``version``) is served and ready; a version that is not a number is refused, in
+        Triton's words (its gRPC ModelReady answers INVALID_ARGUMENT), where anything else not ready is False."""
         if self.draining:
             return False
+        with contextlib.suppress(VersionNotFound):  # a number past every version's: not ready
+            parse_version(name, version)
         try:
             pipeline = self._ensemble(name, version)
             if pipeline is not None:  # every model it runs is served (each step's version, or one of them)
