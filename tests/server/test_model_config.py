@@ -367,6 +367,9 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
         got = model_config.read(parameters(frobnicate="1", owner="team-a"), RECORD, SPEC, PLAN)
     assert got.additions.options == {} and got.additions.parameters == (("frobnicate", "1"), ("owner", "team-a"))
     assert [r.parameters for r in logs] == [["frobnicate", "owner"]]  # type: ignore[attr-defined]
+    # an empty string, which protobuf's JSON leaves out of config.pbtxt's parameter (stopped the start)
+    empty = model_config.as_json('parameters { key: "note" value: { string_value: "" } }')
+    assert model_config.read(empty, RECORD, SPEC, PLAN).additions.parameters == (("note", ""),)
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
     assert model_config.read(parameters(owner="team-a"), RECORD, ov, PLAN).additions.options == {}
     with pytest.raises(InvalidRequest, match="of Triton's ONNX Runtime backend, but polystack serves this model with"):

@@ -1311,7 +1311,7 @@ def _parameters(value: Any, spec: LoadSpec) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for key, item in value.items():
         fields = read_message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
-        given = fields.get("string_value")
+        given = fields.get("string_value", "")  # protobuf's zero, which its JSON leaves out: an empty string
         if not isinstance(given, str):
             raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
         if key != "polystack_device":
