@@ -124,7 +124,6 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
     ("make", "words"),
     [
         (lambda r: r / "missing", "not a folder"),
-        (lambda r: r, "holds no model folders"),
         (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
         (lambda r: _model(r, "m", file="model.pt"), "model.pt (PyTorch (TorchScript)), which polystack does not serve"),
         (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
@@ -155,7 +154,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
     ],
     ids=[
-        "not-a-folder", "empty", "no-version", "torchscript", "ensemble", "other-platform", "policy-version",
+        "not-a-folder", "no-version", "torchscript", "ensemble", "other-platform", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
         "file-outside",
     ],
@@ -621,6 +620,48 @@ def _batching(config: dict[str, Any]) -> tuple[int, int | None]:
     """A GET config's max_batch_size and dynamic batching's queue delay (None: not batched)."""
     dynamic = config.get("dynamic_batching")
     return config["max_batch_size"], dynamic["max_queue_delay_microseconds"] if dynamic else None
+
+
+def test_an_empty_repository_serves_nothing_and_loads_what_comes_later(tmp_path: Path) -> None:
+    """Triton starts on an empty repository, its models coming by a load or a poll: polystack exited 2. What
+    else the store holds is not served (a repository's server serves its folders' models alone)."""
+    home, repo = tmp_path / "home", tmp_path / "models"
+    other = mlp_onnx(tmp_path / "other.onnx", seed=9)
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(other), "--name", "other"],
+                   check=True, capture_output=True)  # fmt: skip
+    repo.mkdir()
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_server_ready() and not client.is_model_ready("other")
+        assert client.get_model_repository_index() == [{"name": "other"}]  # loadable, from the store: not loaded
+        _model(repo, "m")  # a model folder comes, and loads by name
+        client.load_model("m")
+        assert client.is_model_ready("m", "1")
+        assert {"name": "m", "version": "1", "state": "READY"} in client.get_model_repository_index()
+        client.close()
+    assert "holds no model folders" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_label_file_in_a_folder_of_the_models_is_read_and_one_outside_refused(tmp_path: Path) -> None:
+    """Triton reads label_filename as a path in the model's folder: one in a subfolder was refused."""
+    config = 'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ], label_filename: "%s" } ]'
+    root = _model(tmp_path / "models", "m", config=config % "labels/en.txt")
+    (root / "m" / "labels").mkdir()
+    (root / "m" / "labels" / "en.txt").write_text("north\neast\nsouth\nwest\n")
+    (root / "m" / "labels" / "outside.txt").symlink_to(tmp_path / "secret.txt")
+    (tmp_path / "secret.txt").write_text("a\nb\nc\nd\n")
+    store = Store.at(tmp_path / "home")
+    try:
+        model_repository.register(store, root, [])
+        assert store.get("m:1").settings["labels"] == {"y": ["north", "east", "south", "west"]}
+        for outside in ("../../secret.txt", "labels/outside.txt"):
+            (root / "m" / "config.pbtxt").write_text(config % outside)
+            with pytest.raises(InvalidRequest, match="which is not in"):
+                model_repository.register(store, root, [])
+    finally:
+        store.close()
 
 
 def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it(tmp_path: Path) -> None:

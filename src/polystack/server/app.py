@@ -257,7 +257,7 @@ class Server:
     def _refs(self) -> list[str]:
         """The models to serve, as refs; every model a start config names among them."""
         refs = list(self.config.models)
-        if not refs:
+        if not refs and not self.config.model_repositories:  # a repository's server serves its models alone
             latest: dict[str, int] = {}
             for r in self.engine.store.models.list():
                 latest[r.name] = max(latest.get(r.name, 0), r.version)

@@ -87,7 +87,8 @@ class RepositoryModel:
 
 
 def model_folders(root: Path) -> list[Path]:
-    """The model folders of the repository at ``root``, in name order (hidden ones, named from '.', left out)."""
+    """The model folders of the repository at ``root``, in name order (hidden ones, named from '.', left out).
+    An empty repository is served empty, as Triton serves it (models come later, by a load or a poll)."""
     if not root.is_dir():
         raise InvalidRequest(f"--model-repository {root}: not a folder; give the folder that holds the model folders")
     try:
@@ -95,9 +96,11 @@ def model_folders(root: Path) -> list[Path]:
     except OSError as e:
         raise InvalidRequest(f"--model-repository {root}: cannot read it: {e.strerror}") from None
     if not folders:
-        raise InvalidRequest(
-            f"--model-repository {root} holds no model folders; each model is a folder with its versions in "
-            "numbered folders (mlp/1/model.onnx)"
+        log.warning(
+            "the model repository holds no model folders; each model is a folder with its versions in numbered "
+            "folders (mlp/1/model.onnx), loaded by name (--allow-model-control) or found by a poll "
+            "(--repository-poll-secs)",
+            extra={"repository": str(root)},
         )
     return folders
 
@@ -436,7 +439,8 @@ def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
     labels = {}
     for output, label in model_config.label_files(text).items():
         path = folder / label
-        if not path.is_file() or path.parent != folder:
+        # in the folder or a folder of it, as Triton reads it (a path out of the model's folder is refused)
+        if not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
             raise InvalidRequest(
                 f"its output {quote(output)} names label file {quote(label)}, which is not in {folder}; put it there, "
                 "or leave label_filename out"
