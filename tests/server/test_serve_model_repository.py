@@ -664,6 +664,52 @@ def test_a_label_file_in_a_folder_of_the_models_is_read_and_one_outside_refused(
         store.close()
 
 
+def _two_outputs(path: Path) -> Path:
+    """A model of input a [-1, 4] and outputs p = a + a and q = a * a."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("a", "p", "q")]
+    nodes = [helper.make_node("Add", ["a", "a"], ["p"]), helper.make_node("Mul", ["a", "a"], ["q"])]
+    model = helper.make_model(helper.make_graph(nodes, "pq", io[:1], io[1:]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_config_listing_some_outputs_serves_those_alone_as_triton_does(tmp_path: Path) -> None:
+    """Triton's metadata, config and answers hold the outputs its config lists; polystack showed and answered
+    the model's every output, and took a request for one the config leaves out."""
+    import tritonclient.grpc as grpcclient
+
+    repo = tmp_path / "models"
+    _two_outputs(repo / "m" / "1" / "model.onnx")
+    (repo / "m" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "a", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'output [ { name: "q", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+    )
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    grpc_port, port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert [o["name"] for o in h.get_model_metadata("m")["outputs"]] == ["q"]
+        assert [o["name"] for o in h.get_model_config("m")["output"]] == ["q"]
+        for client, module in ((h, httpclient), (g, grpcclient)):
+            i = module.InferInput("a", [2, 4], "FP32")
+            i.set_data_from_numpy(a)
+            got = client.infer("m", [i])
+            np.testing.assert_array_equal(got.as_numpy("q"), a * a)
+            assert got.as_numpy("p") is None  # not the config's
+            with pytest.raises(InferenceServerException, match="unexpected inference output 'p' for model 'm'"):
+                client.infer("m", [i], outputs=[module.InferRequestedOutput("p")])
+        assert h.is_server_live()
+        h.close()
+        g.close()
+
+
 def test_a_model_without_a_config_is_batched_as_tritons_auto_complete_batches_it(tmp_path: Path) -> None:
     """Triton's ONNX Runtime backend completes a config that lists no inputs or no outputs: a model that can batch
     gets max_batch_size 4 (--backend-config default-max-batch-size) where the config gives none (or 0), and

@@ -463,7 +463,7 @@ class DataPlane:
         # what clients see: a sequence model without its control and state tensors, and the dims its config
         # fixed, which requests are then checked against
         shown = plan.sequence.shown(entry.model.signature) if plan.sequence is not None else None
-        if plan.additions.shapes:
+        if plan.additions.shapes or plan.additions.outputs:
             shown = plan.additions.seen(shown or entry.signature)
         if shown is not None:
             entry = dataclasses.replace(entry, shown=shown)
@@ -1543,6 +1543,14 @@ class DataPlane:
         reaches it (to what serves ``name`` and ``version`` as asked then); the result, and the entry that
         answered. The model's compute time is appended to ``compute`` when given."""
         entry, outputs = served.entry, request.output_names
+        if served.additions.outputs:  # its config lists some of the model's outputs: those alone, as in Triton
+            outputs = outputs or list(served.additions.outputs)
+            unknown = [o for o in outputs if o not in served.additions.outputs]
+            if unknown:
+                raise InvalidTensor(
+                    f"unexpected inference output {unknown[0]!r} for model {entry.name!r}; its config lists "
+                    f"{', '.join(served.additions.outputs)}"
+                )
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             try:

@@ -224,12 +224,18 @@ class Additions:
     # inputs a request may leave out (optional: true): graph inputs an initializer gives a default
     optional: tuple[TensorSpec, ...] = ()
     ragged: RaggedSpec | None = None  # its ragged batching: the load's spec carries it to the runtime
+    # the outputs a config lists where it lists some of the model's: all clients get and may ask for, as in
+    # Triton (its metadata and answers hold its config's outputs); empty: every output
+    outputs: tuple[str, ...] = ()
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
-        inputs added (a record's signature has none)."""
+        inputs added (a record's signature has none), the outputs the config lists alone."""
         if self.optional and not signature.optional:
             signature = Signature(signature.inputs, signature.outputs, self.optional)
+        if self.outputs:
+            kept = tuple(t for t in signature.outputs if t.name in self.outputs)
+            signature = Signature(signature.inputs, kept, signature.optional)
         shapes = dict(self.shapes) | {r.name: r.full(r.client) for r in self.reshape}
         return signature.with_shapes(shapes) if shapes else signature
 
@@ -632,9 +638,12 @@ def read(
                 "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
                 "samples hold no control or state inputs): leave model_warmup out"
             )
+    listed = [o.get("name") for o in config.get("output") or () if isinstance(o, dict)]
+    some = set(listed) < set(record.signature.output_names) and sequence is None  # a sequence model's: all
     additions = Additions(
-        warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged
-    )
+        warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
+        outputs=tuple(t for t in record.signature.output_names if t in listed) if listed and some else (),
+    )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
             "autofilled max_batch_size, as Triton's auto-complete does: the model can batch and its config gives "
