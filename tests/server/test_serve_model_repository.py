@@ -128,6 +128,15 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         (lambda r: _model(r, "m", file="model.pt"), "model.pt (PyTorch (TorchScript)), which polystack does not serve"),
         (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
+        # whatever file the config names, and with an ONNX Runtime platform beside another backend (were served)
+        (
+            lambda r: _model(r, "m", config='platform: "tensorrt_plan" default_model_filename: "model.onnx"'),
+            "asks for 'tensorrt_plan', which polystack does not run",
+        ),
+        (
+            lambda r: _model(r, "m", config='platform: "onnxruntime_onnx" backend: "pytorch"'),
+            "asks for 'pytorch', which polystack does not run",
+        ),
         (
             lambda r: _model(r, "m", config="version_policy: { specific { versions: [ 7 ] } }"),
             "asks for versions [7], but the model's versions are [1]",
@@ -154,7 +163,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
     ],
     ids=[
-        "not-a-folder", "no-version", "torchscript", "ensemble", "other-platform", "policy-version",
+        "not-a-folder", "no-version", "torchscript", "ensemble", "other-platform", "other-platform-file",
+        "other-backend", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
         "file-outside",
     ],

@@ -313,11 +313,12 @@ def _register_model(
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
-    if platform and platform not in _DEFAULT_FILES and not filename:
-        raise InvalidRequest(
-            f"its config asks for {quote(platform)}, which polystack does not run from a repository; export the "
-            "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime)"
-        )
+    for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
+        if asked and asked not in _DEFAULT_FILES:
+            raise InvalidRequest(
+                f"its config asks for {quote(asked)}, which polystack does not run from a repository; export the "
+                "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime)"
+            )
     served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
     labels = _label_files(folder, served_text)
     paths = []
