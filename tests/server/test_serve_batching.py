@@ -250,7 +250,10 @@ def test_client_leaving_during_inference_does_not_hurt(batching: ServerThread) -
     # their places in the queue are free again, so the next request is served
     assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
     client = httpclient.InferenceServerClient(batching.http_url)
-    assert client.infer("slow", [slow_input(2)]).as_numpy("y").shape == (2, 4)
+    try:
+        assert client.infer("slow", [slow_input(2)]).as_numpy("y").shape == (2, 4)
+    finally:
+        client.close()  # on this thread: gevent's pool refuses a close from the collector's
 
 
 def _reducing_onnx(path: Path, keepdims: int) -> Path:
