@@ -1319,7 +1319,9 @@ def _parameters(value: Any, spec: LoadSpec) -> tuple[tuple[str, str], ...]:
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
     out: list[tuple[str, str]] = []
     for key, item in value.items():
-        fields = read_message(item, f"parameter {quote(key)}", "parameters.value") if isinstance(item, dict) else {}
+        if not isinstance(item, dict):
+            raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
+        fields = read_message(item, f"parameter {quote(key)}", "parameters.value")
         given = fields.get("string_value", "")  # protobuf's zero, which its JSON leaves out: an empty string
         if not isinstance(given, str):
             raise InvalidRequest(f'parameter {quote(key)} must be {{"string_value": TEXT}}, not {quote(item)}')
