@@ -39,7 +39,9 @@ def free_port() -> int:
     if high - _LOWEST < 1000:  # a machine whose ephemeral range starts low: the kernel's choice is all there is
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+            port = int(s.getsockname()[1])
+        _handed.add(port)
+        return port
     for _ in range(200):
         port = _pick.randrange(_LOWEST, high)
         if port not in _handed and _bindable(port):

@@ -371,7 +371,7 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     empty = model_config.as_json('parameters { key: "note" value: { string_value: "" } }')
     assert model_config.read(empty, RECORD, SPEC, PLAN).additions.parameters == (("note", ""),)
     for bad in ("abc", 5, None, ["x"]):  # not a parameter message: refused, not read as ""
-        with pytest.raises(InvalidRequest, match='parameter \'note\' must be {"string_value": TEXT}'):
+        with pytest.raises(InvalidRequest, match=re.escape('parameter \'note\' must be {"string_value": TEXT}')):
             model_config.read(json.dumps({"parameters": {"note": bad}}), RECORD, SPEC, PLAN)
     ov = LoadSpec(artifact=Path("m.xml"), format="openvino", backend="openvino")
     assert model_config.read(parameters(owner="team-a"), RECORD, ov, PLAN).additions.options == {}

@@ -539,6 +539,14 @@ def test_pipelined_requests_behind_a_slow_one_are_held_to_about_one_body_of_memo
         st.stop()
 
 
+def test_a_ready_check_of_a_version_that_is_not_a_number_is_refused_not_false(raw: Raw) -> None:
+    """As Triton refuses it (its gRPC ModelReady: INVALID_ARGUMENT); a number no version has is not ready."""
+    status, doc = raw.json("GET", "/v2/models/mlp/versions/x/ready")
+    check_error(raw, status, doc, 400, "failed to get model version from specified version string 'x'")
+    status, doc = raw.json("GET", "/v2/models/mlp/versions/99999999999999999999999/ready")
+    assert status == 400 and doc == {"name": "mlp", "ready": False}, doc
+
+
 def test_without_model_control_the_index_answers_and_loads_are_refused_as_in_triton(raw: Raw) -> None:
     """Triton answers its index whatever its model control, and refuses a load or unload without explicit
     control 503 in its words (LoadUnloadModel); polystack refused the index too, and both 403."""

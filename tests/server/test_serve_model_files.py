@@ -191,6 +191,23 @@ def test_label_files_named_by_the_config_label_the_outputs(
         store.remove("labelled")
 
 
+def test_a_label_file_in_a_folder_of_the_load_labels_the_outputs(
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
+) -> None:
+    """As a repository folder may keep it (label_filename: "labels/en.txt"): the load's files were refused."""
+    store, _ = model_store
+    client = httpclient.InferenceServerClient(server.http_url)
+    files = {"file:1/model.onnx": uploads["seed1"], "file:labels/en.txt": b"cat\ndog\nemu\nfox\n"}
+    client.load_model("sublabels", config=_config("sublabels", label_filename="labels/en.txt"), files=files)
+    try:
+        assert client.get_model_config("sublabels")["output"][0]["label_filename"] == "labels/en.txt"
+        assert _labels_answered(client, "sublabels") == ["cat", "dog", "emu", "fox"]
+    finally:
+        client.unload_model("sublabels")
+        store.remove("sublabels")
+        client.close()
+
+
 def test_a_failed_load_leaves_the_labels_of_the_same_bytes_as_they_were(
     server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
 ) -> None:

@@ -417,9 +417,10 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         shutil.rmtree(repo / "broken")
         _model(repo, "later")
         assert until(lambda: _ready(client, "later", "1"))
-        # folders gone: the index says nothing of their unloads or failures (fresh stays in the store)
+        # folders gone: the index says nothing of them, their unloads or failures (fresh stays in the store, which
+        # no load serves from in poll mode: as Triton's index lists its repository)
         index = client.get_model_repository_index()
-        assert "broken" not in {m["name"] for m in index} and {"name": "fresh"} in index, index
+        assert not {"broken", "fresh"} & {m["name"] for m in index}, index
         assert "polling the model repository failed" not in log.read_text()  # each folder on its own
         # poll mode has the index but no model control, as in Triton
         assert {"name": "later", "version": "1", "state": "READY"} in client.get_model_repository_index()
@@ -651,7 +652,41 @@ def test_an_empty_repository_serves_nothing_and_loads_what_comes_later(tmp_path:
         assert client.is_model_ready("m", "1")
         assert {"name": "m", "version": "1", "state": "READY"} in client.get_model_repository_index()
         client.close()
-    assert "holds no model folders" in (tmp_path / "serve.log").read_text()
+    assert (tmp_path / "serve.log").read_text().count("holds no model folders") == 1
+    # under Ray Serve no model loads later (no model control, no polling): an empty repository is refused
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = refused_at_start(tmp_path, ["--engine", "ray", "--model-repository", str(empty)])
+    assert "holds no model folders, and under --engine ray no model loads later" in line, line
+    # without model control no load serves the store's other models: the index lists the repository alone
+    with cli_server(home, args[:-1], port, tmp_path / "serve2.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.get_model_repository_index() == [{"name": "m", "version": "1", "state": "READY"}]
+        client.close()
+
+
+def test_an_ensemble_whose_model_only_the_store_holds_serves_once_the_model_is_named(tmp_path: Path) -> None:
+    """A repository's server serves its folders' models alone (it served every model of the store whenever
+    the repository held no model folder, an ensemble's aside): the step model is named on the command line."""
+    home, repo = tmp_path / "home", tmp_path / "models"
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register",
+                    str(mlp_onnx(tmp_path / "mlp.onnx")), "--name", "mlp"], check=True, capture_output=True)  # fmt: skip
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"mlp", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+    )
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
+    assert "the ensemble runs a model that is not served" in line and "name it on the command line" in line, line
+    assert line.count("load it first") == 1, line
+    port = free_port()
+    with cli_server(home, ["mlp", "--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        i = httpclient.InferInput("IN", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        assert client.infer("pipe", [i]).as_numpy("OUT").shape == (1, 4)
+        client.close()
 
 
 def test_a_label_file_in_a_folder_of_the_models_is_read_and_one_outside_refused(tmp_path: Path) -> None:
@@ -666,12 +701,23 @@ def test_a_label_file_in_a_folder_of_the_models_is_read_and_one_outside_refused(
     try:
         model_repository.register(store, root, [])
         assert store.get("m:1").settings["labels"] == {"y": ["north", "east", "south", "west"]}
+        assert store.get("m:1").settings["label_files"] == {"y": "labels/en.txt"}  # as the config names it
         for outside in ("../../secret.txt", "labels/outside.txt"):
             (root / "m" / "config.pbtxt").write_text(config % outside)
             with pytest.raises(InvalidRequest, match="which is not in"):
                 model_repository.register(store, root, [])
     finally:
         store.close()
+    (root / "m" / "config.pbtxt").write_text(config % "labels/en.txt")
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(root), "--grpc-port", "-1"], port, tmp_path / "s.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.get_model_config("m")["output"][0]["label_filename"] == "labels/en.txt"
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        top = client.infer("m", [i], outputs=[httpclient.InferRequestedOutput("y", class_count=1)]).as_numpy("y")
+        assert top[0][0].decode().split(":")[2] in ("north", "east", "south", "west")
+        client.close()
 
 
 def _two_outputs(path: Path) -> Path:

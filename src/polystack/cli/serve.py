@@ -359,7 +359,7 @@ def serve(
 
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
-        config = _with_repositories(config, model_repository, registered)
+        config = _with_repositories(config, model_repository, registered, ray=engine == "ray")
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
@@ -400,10 +400,13 @@ def serve(
     raise typer.Exit(code)
 
 
-def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[Registered]) -> ServeConfig:
+def _with_repositories(
+    config: ServeConfig, roots: list[Path], registered: list[Registered], ray: bool = False
+) -> ServeConfig:
     """``config`` serving the models of these Triton model repositories too (``model_repository.py``), their
     versions registered in the store first; what registering did is added to ``registered``, and taken back
-    if a repository cannot be served."""
+    if a repository cannot be served. An empty repository starts empty, as Triton's does, but under Ray Serve
+    (``ray``), where no model loads later, it is refused."""
     from polystack.server import model_repository
     from polystack.store import ModelRef
 
@@ -413,7 +416,20 @@ def _with_repositories(config: ServeConfig, roots: list[Path], registered: list[
     found: dict[str, Path] = {}
     seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
     for root in roots:  # each model served one way, checked before the store changes
-        for folder in model_repository.model_folders(root.resolve()):
+        folders = model_repository.model_folders(root.resolve())
+        if not folders and ray:
+            raise InvalidRequest(
+                f"--model-repository {root} holds no model folders, and under --engine ray no model loads later (no "
+                "model control, no polling); add the model folders (mlp/1/model.onnx), or serve with --engine local"
+            )
+        if not folders:
+            logging.getLogger("polystack.server").warning(
+                "the model repository holds no model folders; each model is a folder with its versions in numbered "
+                "folders (mlp/1/model.onnx), loaded by name (--allow-model-control) or found by a poll "
+                "(--repository-poll-secs)",
+                extra={"repository": str(root)},
+            )
+        for folder in folders:
             name = folder.name
             seen[name] = model_repository.fingerprint(folder)
             if name in found:

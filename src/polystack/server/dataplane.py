@@ -619,7 +619,11 @@ class DataPlane:
             try:
                 entry = self._get(step.model, step.asked)
             except NotFound as e:
-                raise InvalidRequest(f"the ensemble runs a model that is not served: {e.message}; load it first") from None
+                words = e.message.removesuffix("; load it first")  # the engine's, said once
+                raise InvalidRequest(
+                    f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
+                    "the command line or give it a folder in the repository)"
+                ) from None
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
@@ -1816,7 +1820,8 @@ class DataPlane:
         if not self.allow_model_control:
             raise ModelControlOff(
                 "explicit model load / unload is not allowed if polling is enabled (Triton's words: model control "
-                "is off); start the server with --allow-model-control to load and unload models"
+                "is off); start the server with --allow-model-control to load and unload models (under --engine "
+                "ray, which has none, name the models at start)"
             )
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
@@ -1828,13 +1833,14 @@ class DataPlane:
         """As Triton's index lists models: each version served, ``READY``; each version this server stopped
         serving, ``UNAVAILABLE`` with the reason ``unloaded``; a name whose last load failed and that nothing
         else lists, ``UNAVAILABLE`` with the failure; every other name a load could serve (the store's, the
-        repository's folders), by its name alone."""
+        repository's folders), by its name alone. Without model control no load serves the store's models:
+        those not served are not listed (as Triton's index lists its repository, not whatever else the disk holds)."""
         ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
         ready |= {(name, p.ensemble.version) for name, p in list(self._ensembles.items())}
         out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
         if not ready_only:
             # what a load could serve (the store's models, the repository's folders): nothing else is listed
-            names = {r.name for r in self.store.models.list()}
+            names = {r.name for r in self.store.models.list()} if self.allow_model_control else set()
             if self.repository is not None:
                 names |= self.repository.folders()[0].keys()
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}

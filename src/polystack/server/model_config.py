@@ -562,7 +562,8 @@ def read(
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
-        if not (config.get("input") and config.get("output")):
+        # Triton's ONNX Runtime backend counts batch inputs among the inputs a config lists (AutoCompleteConfig)
+        if not ((config.get("input") or config.get("batch_input")) and config.get("output")):
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
         elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0
             max_batch = 0

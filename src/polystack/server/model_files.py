@@ -34,7 +34,10 @@ PREFIX = "file:"
 # a model record's setting: created from a Triton model repository's files or a load's, so a repository may replace
 # its bytes (a version file rewritten in place); a row registered another way first never gets it
 FROM_FILES = "from_triton_files"
-_WHERE = "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name>"
+_WHERE = (
+    "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name> (or in a "
+    "folder: file:labels/<name>)"
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,9 @@ def read(parameters: Mapping[str, Any]) -> ModelFiles:
             raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
         path = key[len(PREFIX) :]
         parts = path.split("/")
-        if len(parts) == 1 and _plain(parts[0]):
-            labels[parts[0]] = value
+        numbered = parts[0].isascii() and parts[0].isdigit()
+        if (len(parts) == 1 or not numbered) and len(parts) <= 8 and all(_plain(p) for p in parts):
+            labels[path] = value  # a label file, in the model's folder or a folder of it (labels/en.txt)
         elif len(parts) == 2 and _plain(parts[1]):
             version = parts[0]
             if not (version.isascii() and version.isdigit() and len(version) <= 18 and int(version) >= 1):
@@ -159,9 +163,12 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             (where / "labels").mkdir()
             for output, label in named.items():
                 labels[output] = where / "labels" / label
+                labels[output].parent.mkdir(parents=True, exist_ok=True)
                 labels[output].write_bytes(files.labels[label])
-        shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.name for p in labels.values()}}
-        return register_file(store, name, path, labels, where / "import", shown, files.version, triton_io=True)
+        shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.relative_to(where / "labels").as_posix() for p in labels.values()}}
+        return register_file(
+            store, name, path, labels, where / "import", shown, files.version, triton_io=True, label_names=named
+        )
 
 
 def register_file(
@@ -174,6 +181,7 @@ def register_file(
     version: int | None = None,
     exact_labels: bool = False,
     triton_io: bool = False,
+    label_names: Mapping[str, str] | None = None,
 ) -> Registered:
     """Import the model file at ``path`` (in place: an ONNX model's external data beside it is read there)
     and register it under ``name`` with the label files ``labels`` (by output), as ``version`` when given
@@ -181,7 +189,9 @@ def register_file(
     its own for the import; errors name the files as ``shown`` says. With ``exact_labels`` the record's
     labels become these (none: none) even when the store already held the bytes, whose settings a
     registration otherwise adds to (a repository's label files are the truth). With ``triton_io`` the record
-    shows its inputs and outputs as Triton auto-completes a config's (``model_config.TRITON_IO``)."""
+    shows its inputs and outputs as Triton auto-completes a config's (``model_config.TRITON_IO``). A label
+    file keeps the name ``label_names`` gives its output (the config's ``label_filename``, a path in the model's
+    folder), else its file's name."""
     model_shown = shown.get(path, str(path))
     try:
         imported = import_model(path, work)
@@ -197,6 +207,8 @@ def register_file(
     for output, file in labels.items():  # one at a time: an error names the config's output and its file
         try:
             found.update(parse_label_options([f"{output}={file}"], imported.signature))
+            if label_names and output in label_names:
+                found[output] = found[output]._replace(name=label_names[output])
         except PolystackError as e:
             message = e.message.removeprefix(f"--labels {output}={file}: ")
             for p, text in shown.items():

@@ -95,13 +95,6 @@ def model_folders(root: Path) -> list[Path]:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as e:
         raise InvalidRequest(f"--model-repository {root}: cannot read it: {e.strerror}") from None
-    if not folders:
-        log.warning(
-            "the model repository holds no model folders; each model is a folder with its versions in numbered "
-            "folders (mlp/1/model.onnx), loaded by name (--allow-model-control) or found by a poll "
-            "(--repository-poll-secs)",
-            extra={"repository": str(root)},
-        )
     return folders
 
 
@@ -338,8 +331,9 @@ def _register_model(
         with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
             try:
                 registered = model_files.register_file(
-                    store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True
-                )
+                    store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True,
+                    label_names={output: label.relative_to(folder).as_posix() for output, label in labels.items()},
+                )  # fmt: skip
             except PolystackError as e:
                 e.at_version(version)
                 raise
