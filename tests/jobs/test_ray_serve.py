@@ -148,6 +148,23 @@ def test_ray_serve_answers_errors_like_the_server(served: tuple[str, Path]) -> N
     assert httpx.get(f"http://{url}/v2/health/ready", timeout=30).status_code == 200
 
 
+def test_kserve_v1_and_the_repository_index_answer_through_ray_serve(served: tuple[str, Path]) -> None:
+    """The replicas run the same HTTP app: KServe's V1 protocol answers there too, and the repository index
+    (without model control, as in Triton's default mode) lists what they serve; loads are refused."""
+    import httpx
+
+    url, model_path = served
+    x = np.random.default_rng(7).standard_normal((2, FEATURES)).astype(np.float32)
+    assert httpx.get(f"http://{url}/v1/models/mlp", timeout=30).json() == {"name": "mlp", "ready": True}
+    r = httpx.post(f"http://{url}/v1/models/mlp:predict", json={"instances": x.tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["predictions"], np.float32), reference(model_path, x), rtol=1e-5, atol=1e-5)
+    r = httpx.post(f"http://{url}/v2/repository/index", json={}, timeout=30)
+    assert r.status_code == 200 and {"name": "mlp", "version": "1", "state": "READY"} in r.json(), r.text
+    r = httpx.post(f"http://{url}/v2/repository/models/mlp/unload", json={}, timeout=30)
+    assert r.status_code == 503 and "name the models at start" in r.json()["error"], r.text
+
+
 def test_an_ensemble_runs_in_each_replica(served: tuple[str, Path]) -> None:
     import tritonclient.http as httpclient
 
