@@ -250,6 +250,7 @@ REFUSED = [
     ("empty", "ok", {"file:1/model.onnx": b""}, "file:1/model.onnx"),
     ("pickle", "ok", {"file:1/model.pkl": b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01."}, "pickle"),
     ("stray-file", "ok", {"file:1/model.onnx": "seed1", "file:notes.txt": b"x"}, "notes.txt"),
+    ("file-and-folder", "ok", {"file:1/model.onnx": "seed1", "file:x": b"a", "file:x/y.txt": b"b"}, "as a file and as a folder"),
     ("label-missing", "labels", {"file:1/model.onnx": "seed1"}, "classes.txt"),
     ("config-refused", "sequence", {"file:1/model.onnx": "seed1"}, "sequence_batching"),
     ("signature-differs", "wide", {"file:1/model.onnx": "seed1"}, "dims"),

@@ -137,6 +137,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
             lambda r: _model(r, "m", config='platform: "onnxruntime_onnx" backend: "pytorch"'),
             "asks for 'pytorch', which polystack does not run",
         ),
+        (lambda r: _model(r, "m", config='{"platform": ["onnxruntime_onnx"]}'), "platform and backend must be strings"),
         (
             lambda r: _model(r, "m", config="version_policy: { specific { versions: [ 7 ] } }"),
             "asks for versions [7], but the model's versions are [1]",
@@ -164,7 +165,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
     ],
     ids=[
         "not-a-folder", "no-version", "torchscript", "ensemble", "other-platform", "other-platform-file",
-        "other-backend", "policy-version",
+        "other-backend", "platform-list", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
         "file-outside",
     ],
@@ -658,6 +659,17 @@ def test_an_empty_repository_serves_nothing_and_loads_what_comes_later(tmp_path:
     empty.mkdir()
     line = refused_at_start(tmp_path, ["--engine", "ray", "--model-repository", str(empty)])
     assert "holds no model folders, and under --engine ray no model loads later" in line, line
+    # a model named is served, the repository empty or not: the start goes on to the next check (the name
+    # is none the store holds, refused before any Ray is reached)
+    cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", "nope", "--engine", "ray",
+           "--model-repository", str(empty), "--ray-address", "127.0.0.1:1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    *warned, line = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and line == "error: no model named 'nope'; `polystack models` lists the registered ones"
+    assert [json.loads(w)["msg"] for w in warned] == [
+        "the model repository holds no model folders; each model is a folder with its versions in numbered folders "
+        "(mlp/1/model.onnx)"
+    ]  # nothing loads later under Ray: the warning does not say how
     # without model control no load serves the store's other models: the index lists the repository alone
     with cli_server(home, args[:-1], port, tmp_path / "serve2.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -702,6 +714,9 @@ def test_a_label_file_in_a_folder_of_the_models_is_read_and_one_outside_refused(
         model_repository.register(store, root, [])
         assert store.get("m:1").settings["labels"] == {"y": ["north", "east", "south", "west"]}
         assert store.get("m:1").settings["label_files"] == {"y": "labels/en.txt"}  # as the config names it
+        (root / "m" / "config.pbtxt").write_text(config % "./labels/en.txt")  # in the config's own words
+        model_repository.register(store, root, [])
+        assert store.get("m:1").settings["label_files"] == {"y": "./labels/en.txt"}
         for outside in ("../../secret.txt", "labels/outside.txt"):
             (root / "m" / "config.pbtxt").write_text(config % outside)
             with pytest.raises(InvalidRequest, match="which is not in"):

@@ -114,6 +114,24 @@ def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path
         assert stats["inference_stats"]["success"]["count"] == 7 and stats["inference_stats"]["fail"]["count"] == 1
 
 
+def test_a_sequence_model_whose_config_lists_some_outputs_answers_those_alone(tmp_path: Path) -> None:
+    """As any model's: its metadata and answers hold the outputs its config lists (its state kept as ever)."""
+    repo = sequence_repository(tmp_path / "models")
+    config = (repo / "acc" / "config.pbtxt").read_text()
+    listed = 'output [ { name: "OUTPUT", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    (repo / "acc" / "config.pbtxt").write_text(config.replace("sequence_batching {", listed + "sequence_batching {", 1))
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "s.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert [o["name"] for o in http.get_model_metadata("acc")["outputs"]] == ["OUTPUT"]
+        sums = [http.infer("acc", [_input(httpclient, v)], sequence_id=5, sequence_start=v == 1.0) for v in (1.0, 2.0)]
+        assert [float(a.as_numpy("OUTPUT")[0, 0]) for a in sums] == [1.0, 3.0] and sums[1].as_numpy("ENDED") is None
+        with pytest.raises(InferenceServerException, match="unexpected inference output 'ENDED'"):
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id=5, outputs=[httpclient.InferRequestedOutput("ENDED")])
+        assert float(http.infer("acc", [_input(httpclient, 4.0)], sequence_id=5).as_numpy("OUTPUT")[0, 0]) == 7.0
+        http.close()
+
+
 def test_the_requests_of_a_sequence_refused_each_say_what_to_do(tmp_path: Path) -> None:
     with _served(tmp_path, 300_000) as (_, port, grpc_port):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")

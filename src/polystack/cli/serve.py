@@ -415,18 +415,20 @@ def _with_repositories(
     named = {ModelRef.parse(m).name for m in models}
     found: dict[str, Path] = {}
     seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
-    for root in roots:  # each model served one way, checked before the store changes
-        folders = model_repository.model_folders(root.resolve())
-        if not folders and ray:
-            raise InvalidRequest(
-                f"--model-repository {root} holds no model folders, and under --engine ray no model loads later (no "
-                "model control, no polling); add the model folders (mlp/1/model.onnx), or serve with --engine local"
-            )
+    listed = [(root, model_repository.model_folders(root.resolve())) for root in roots]
+    if ray and not models and not any(folders for _, folders in listed):
+        raise InvalidRequest(
+            f"--model-repository {roots[0]} holds no model folders, and under --engine ray no model loads later (no "
+            "model control, no polling); add the model folders (mlp/1/model.onnx), or serve with --engine local"
+        )
+    for root, folders in listed:  # each model served one way, checked before the store changes
         if not folders:
+            later = "" if ray else (
+                ", loaded by name (--allow-model-control) or found by a poll (--repository-poll-secs)"
+            )  # fmt: skip
             logging.getLogger("polystack.server").warning(
                 "the model repository holds no model folders; each model is a folder with its versions in numbered "
-                "folders (mlp/1/model.onnx), loaded by name (--allow-model-control) or found by a poll "
-                "(--repository-poll-secs)",
+                f"folders (mlp/1/model.onnx){later}",
                 extra={"repository": str(root)},
             )
         for folder in folders:

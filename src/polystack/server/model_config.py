@@ -562,8 +562,7 @@ def read(
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
-        # Triton's ONNX Runtime backend counts batch inputs among the inputs a config lists (AutoCompleteConfig)
-        if not ((config.get("input") or config.get("batch_input")) and config.get("output")):
+        if not (config.get("input") and config.get("output")):
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
         elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0
             max_batch = 0
@@ -640,10 +639,12 @@ def read(
                 "samples hold no control or state inputs): leave model_warmup out"
             )
     listed = [o.get("name") for o in config.get("output") or () if isinstance(o, dict)]
-    some = set(listed) < set(record.signature.output_names) and sequence is None  # a sequence model's: all
+    # what clients may get: a sequence model's outputs but the states it keeps (unless the config lists them)
+    visible = (sequence.shown(record.signature) if sequence is not None else record.signature).output_names
+    some = bool(listed) and set(listed) < set(visible)
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
-        outputs=tuple(t for t in record.signature.output_names if t in listed) if listed and some else (),
+        outputs=tuple(t for t in visible if t in listed) if some else (),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(

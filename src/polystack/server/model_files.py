@@ -120,6 +120,14 @@ def read(parameters: Mapping[str, Any]) -> ModelFiles:
             models.append((path, value))
         else:
             raise InvalidRequest(f"load parameter {quote(key)} is not a file polystack takes; it takes {_WHERE}")
+    for label in labels:  # a file and a folder of one name cannot both be
+        parents = ["/".join(label.split("/")[:i]) for i in range(1, label.count("/") + 1)]
+        clash = next((p for p in parents if p in labels), None)
+        if clash is not None:
+            raise InvalidRequest(
+                f"load parameters {quote(PREFIX + clash)} and {quote(PREFIX + label)} name {quote(clash)} as a file and "
+                "as a folder; rename one"
+            )
     if len(models) != 1:
         found = f"{len(models)} model files ({', '.join(quote(PREFIX + p) for p, _ in models)})" if models else "none"
         raise InvalidRequest(

@@ -307,6 +307,8 @@ def _register_model(
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
+        if asked and not isinstance(asked, str):
+            raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
         if asked and asked not in _DEFAULT_FILES:
             raise InvalidRequest(
                 f"its config asks for {quote(asked)}, which polystack does not run from a repository; export the "
@@ -332,7 +334,7 @@ def _register_model(
             try:
                 registered = model_files.register_file(
                     store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True,
-                    label_names={output: label.relative_to(folder).as_posix() for output, label in labels.items()},
+                    label_names=model_config.label_files(served_text) if served_text is not None else None,
                 )  # fmt: skip
             except PolystackError as e:
                 e.at_version(version)
