@@ -175,36 +175,27 @@ def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
         store.remove("mlp2")
 
 
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [
+        ("1/labels", "classes.txt"),  # a model file may have any name, even that of a folder the import uses
+        ("1/model.onnx", "labels/en.txt"),  # in a folder, as a repository's may be (such loads were refused)
+    ],
+)
 def test_label_files_named_by_the_config_label_the_outputs(
-    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
-) -> None:
+    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes],
+    model: str, label: str,
+) -> None:  # fmt: skip
     store, _ = model_store
     client = httpclient.InferenceServerClient(server.http_url)
-    # a model file may have any name, even that of a folder the import uses
-    files = {"file:1/labels": uploads["seed1"], "file:classes.txt": b"cat\ndog\nemu\nfox\n"}
-    client.load_model("labelled", config=_config("labelled", label_filename="classes.txt"), files=files)
+    files = {f"file:{model}": uploads["seed1"], f"file:{label}": b"cat\ndog\nemu\nfox\n"}
+    client.load_model("labelled", config=_config("labelled", label_filename=label), files=files)
     try:
-        assert client.get_model_config("labelled")["output"][0]["label_filename"] == "classes.txt"
+        assert client.get_model_config("labelled")["output"][0]["label_filename"] == label
         assert _labels_answered(client, "labelled") == ["cat", "dog", "emu", "fox"]
     finally:
         client.unload_model("labelled")
         store.remove("labelled")
-
-
-def test_a_label_file_in_a_folder_of_the_load_labels_the_outputs(
-    server: ServerThread, model_store: tuple[Store, dict[str, ModelRecord]], uploads: dict[str, bytes]
-) -> None:
-    """As a repository folder may keep it (label_filename: "labels/en.txt"): the load's files were refused."""
-    store, _ = model_store
-    client = httpclient.InferenceServerClient(server.http_url)
-    files = {"file:1/model.onnx": uploads["seed1"], "file:labels/en.txt": b"cat\ndog\nemu\nfox\n"}
-    client.load_model("sublabels", config=_config("sublabels", label_filename="labels/en.txt"), files=files)
-    try:
-        assert client.get_model_config("sublabels")["output"][0]["label_filename"] == "labels/en.txt"
-        assert _labels_answered(client, "sublabels") == ["cat", "dog", "emu", "fox"]
-    finally:
-        client.unload_model("sublabels")
-        store.remove("sublabels")
         client.close()
 
 
