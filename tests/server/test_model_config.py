@@ -47,9 +47,10 @@ def test_without_dynamic_batching_the_plans_instances_are_not_asked_for() -> Non
 def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -> None:
     # a group without a count has Triton's default count: 2 for its ONNX Runtime backend on CPU (was 1)
     text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'
-    assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5)
+    named = model_config.Additions(group=f"{RECORD.name}_0")  # the groups run as one, named as Triton names the first
+    assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5, named)
     other = dataclasses.replace(SPEC, backend="openvino")  # 1 for the others
-    assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4)
+    assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4, named)
 
 
 def test_numbers_may_be_strings_as_protobuf_writes_64_bit_ones() -> None:

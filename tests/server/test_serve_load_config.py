@@ -246,15 +246,21 @@ def test_an_instance_count_without_batching_bounds_the_requests_running_at_once(
 
     workers = server.server.plane.workers
     assert config_of(server, "slow500")["instance_group"][0]["count"] == workers  # the shared inference threads
+    # named as Triton names it: the group it adds to a config without one, as the model (was slow500_0)
+    assert config_of(server, "slow500")["instance_group"][0]["name"] == "slow500"
     try:
         client.load_model("slow500", config=json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 1}]}))
         config = config_of(server, "slow500")
         assert config["instance_group"][0]["count"] == 1 and "dynamic_batching" not in config
+        assert config["instance_group"][0]["name"] == "slow500_0"  # a first group the config does not name
         before = queued_ns()
         assert two_at_once() >= 1.0  # 500 ms each, one after the other
         assert queued_ns() - before >= 400_000_000  # the second waited for the first
-        client.load_model("slow500", config=json.dumps({"instance_group": [{"count": 2}]}))
-        assert config_of(server, "slow500")["instance_group"][0]["count"] == 2
+        client.load_model("slow500", config=json.dumps({"instance_group": [{"name": "pair", "count": 2}]}))
+        assert config_of(server, "slow500")["instance_group"][0] | {"kind": ""} == {
+            "name": "pair", "kind": "", "count": 2, "gpus": [], "secondary_devices": [], "profile": [], "passive": False,
+            "host_policy": "",
+        }  # fmt: skip  # the config's own name (was slow500_0)
         assert two_at_once() < 1.0  # side by side
     finally:
         client.load_model("slow500")

@@ -227,6 +227,9 @@ class Additions:
     # the outputs a config lists where it lists some of the model's: all clients get and may ask for, as in
     # Triton (its metadata and answers hold its config's outputs); empty: every output
     outputs: tuple[str, ...] = ()
+    # its instance group's name: the config's (one group, named), Triton's name for a first group it names
+    # itself (<model>_0); "": the config gives none, and the group Triton adds then is named as the model
+    group: str = ""
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
@@ -375,7 +378,7 @@ def render(
         "batch_output": _render_batch_outputs(added.ragged),
         "instance_group": [
             {
-                "name": f"{entry.name}_0",
+                "name": added.group or entry.name,
                 "kind": _kind(device),
                 "count": instances,
                 "gpus": [int(device.partition(":")[2] or 0)] if _kind(device) == "KIND_GPU" else [],
@@ -645,6 +648,7 @@ def read(
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (),
+        group=_group_name(groups, record.name),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1252,6 +1256,16 @@ def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, di
     except InvalidRequest as e:
         raise InvalidRequest(f"{where}: {path} does not hold one row of dims {list(dims)}: {e.message}") from None
     return data
+
+
+def _group_name(groups: Any, model: str) -> str:
+    """The name GET config shows for the one instance group polystack runs, as Triton names the config's:
+    its own where it gives one group a name, ``<model>_0`` for a first group without one (several are run as
+    one); "" where the config gives none (Triton adds a group named as the model)."""
+    if not groups:
+        return ""
+    given = groups[0].get("name") if len(groups) == 1 and isinstance(groups[0], dict) else None
+    return given if isinstance(given, str) and given else f"{model}_0"
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:
