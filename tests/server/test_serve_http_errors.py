@@ -650,6 +650,25 @@ def test_an_upgrade_request_is_answered_as_plain_http(server: ServerThread) -> N
     assert answer.index(b'"ready":true') < answer.index(b'"id":"up"') < answer.index(b'"live":true')
 
 
+def test_http10_clients_get_no_interim_answer_and_an_upgrade_is_closed_after(server: ServerThread) -> None:
+    """HTTP/1.0 has no 100 Continue (RFC 9110 10.1.1: the expectation is ignored), and closes after the answer
+    unless it asks to keep alive, an Upgrade request too (it was kept open until the idle timeout)."""
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    head = b"POST /v2/models/mlp/infer HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(head)
+        time.sleep(0.1)  # time for an interim answer that must not come
+        sock.sendall(body)
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"100 Continue" not in answer, answer[:300]
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer, answer[:300]
+    assert time.monotonic() - started < 4  # closed after the answer, not at a read's timeout
+
+
 def test_requests_before_a_malformed_one_are_answered_first(server: ServerThread) -> None:
     body = json.dumps({"id": "first", "inputs": [good_input()]}).encode()
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:

@@ -868,9 +868,10 @@ class HttpProtocol(asyncio.Protocol):
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
             self._refuse_too_large(int(length))
-        elif self._headers.get(b"expect", b"").lower() == b"100-continue":
+        elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.parser.get_http_version() != "1.0":
             # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer; it
-            # goes out now, or once the answers to the requests before this one have
+            # goes out now, or once the answers to the requests before this one have (an HTTP/1.0 client's
+            # expectation is ignored: RFC 9110 10.1.1)
             self._expecting = True
             self._continue_if_due()
 
@@ -899,8 +900,13 @@ class HttpProtocol(asyncio.Protocol):
         if not path.startswith("/"):
             path = _origin_form(path)
         if b"upgrade" in self._headers and self.parser.should_upgrade():
-            keep = b"close" not in self._headers.get(b"connection", b"").lower()
+            connection = self._headers.get(b"connection", b"").lower()
+            http10 = self.parser.get_http_version() == "1.0"
+            # HTTP/1.0 closes unless it asks to keep alive (it was kept open, and a client reading to the end waited
+            # for the idle timeout)
+            keep = b"keep-alive" in connection if http10 else b"close" not in connection
             self._upgrading = Request(self.parser.get_method(), path, self._headers, body, keep)
+            self._upgrading.http10 = http10 and keep
             return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
         req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
         if req.keep_alive and self.parser.get_http_version() == "1.0":
