@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, cli_server, free_port, mlp_ones, start
+from servekit import caught_logs, cli_server, free_port, mlp_ones, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -305,12 +305,17 @@ def test_grpc_calls_cut_short_are_logged_as_such(
 ) -> None:
     """A client's deadline or cancellation is the call's status in its line (not OK), and no server-side
     failure; each request of a stream is logged under its own id, the stream's metadata id after it."""
-    st = start(model_store[0], models=["slow", "mlp"], access_log=True)
+    store, records = model_store
+    if "slow400" not in {r.name for r in store.models.list()}:
+        register_like(store, records["mlp"], "slow400", tags={"delay_ms": "400"})
+    st = start(store, models=["slow", "slow400", "mlp"], access_log=True)
     try:
         g = grpcclient.InferenceServerClient(st.grpc_url)
         x = mlp_ones(1, grpcclient)
         with pytest.raises(InferenceServerException):
-            g.infer("slow", [x], request_id="late", client_timeout=0.01)
+            # past its deadline while the model runs: a deadline of 10 ms to a model of 50 ms could pass before
+            # the server had the call (under load), which then left no line
+            g.infer("slow400", [x], request_id="late", client_timeout=0.15)
         answers: list[Any] = []
         g.start_stream(callback=lambda result, error: answers.append(error or result), headers={"x-request-id": "md"})
         g.async_stream_infer("mlp", [x], request_id="s1")
