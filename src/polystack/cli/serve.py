@@ -34,7 +34,9 @@ def serve(
         "Default: /metrics on the HTTP port only.",
     ),
     allow_model_control: bool = typer.Option(
-        False, "--allow-model-control", help="Allow loads and unloads through the repository extension (its index answers without)."
+        False,
+        "--allow-model-control",
+        help="Allow loads and unloads through the repository extension (its index answers without).",
     ),
     allow_shared_memory: bool = typer.Option(
         False,

@@ -1549,12 +1549,7 @@ class DataPlane:
         entry, outputs = served.entry, request.output_names
         if served.additions.outputs:  # its config lists some of the model's outputs: those alone, as in Triton
             outputs = outputs or list(served.additions.outputs)
-            unknown = [o for o in outputs if o not in served.additions.outputs]
-            if unknown:
-                raise InvalidTensor(
-                    f"unexpected inference output {unknown[0]!r} for model {entry.name!r}; its config lists "
-                    f"{', '.join(served.additions.outputs)}"
-                )
+            entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             try:
@@ -1825,8 +1820,8 @@ class DataPlane:
             )
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """The repository index, read on a thread: it lists the store, and the repositories' folders (a network
-        file system may be slow to answer), which the event loop must not wait for."""
+        """The repository index, read on a thread: it lists the store (with model control), and the repositories'
+        folders (a network file system may be slow to answer), which the event loop must not wait for."""
         return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
 
     def _index(self, ready_only: bool) -> list[dict[str, Any]]:

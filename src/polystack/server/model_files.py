@@ -173,7 +173,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
                 labels[output] = where / "labels" / label
                 labels[output].parent.mkdir(parents=True, exist_ok=True)
                 labels[output].write_bytes(files.labels[label])
-        shown = {path: PREFIX + files.model_path, **{p: PREFIX + p.relative_to(where / "labels").as_posix() for p in labels.values()}}
+        shown = {path: PREFIX + files.model_path, **{labels[o]: PREFIX + named[o] for o in labels}}
         return register_file(
             store, name, path, labels, where / "import", shown, files.version, triton_io=True, label_names=named
         )
