@@ -804,3 +804,27 @@ def test_what_clients_see_holds_a_configs_optional_inputs_once() -> None:
     seen = added.seen(Signature((x,), (y,)))
     assert seen.optional == (b,) and seen.inputs == (x,)
     assert added.seen(seen) == seen
+
+
+def test_a_config_that_lists_some_of_the_models_inputs_is_refused_as_triton_refuses_it() -> None:
+    """Triton's ONNX Runtime backend counts the inputs a config accounts for against the model's (helper-82's
+    review: a config listing one of two inputs loaded, where Triton does not load it); one listing none is
+    completed, and sequence controls count as listed."""
+    two = Signature(
+        inputs=(TensorSpec("a", DType.FP32, (-1, 4)), TensorSpec("b", DType.FP32, (-1, 4))),
+        outputs=(TensorSpec("y", DType.FP32, (-1, 2)),),
+    )
+    for record in (dataclasses.replace(RECORD, signature=two), dataclasses.replace(TRITON_RECORD, signature=two)):
+        some = {"max_batch_size": 4, "input": [{"name": "a", "data_type": "TYPE_FP32", "dims": [4]}]}
+        with pytest.raises(InvalidRequest, match=r"configuration expects 1 inputs, model provides 2: the config leaves out 'b'"):
+            model_config.read(json.dumps(some), record, SPEC, PLAN)
+        every = {**some, "input": [*some["input"], {"name": "b", "data_type": "TYPE_FP32", "dims": [4]}]}
+        assert model_config.read(json.dumps(every), record, SPEC, PLAN).additions.shapes == ()
+        assert model_config.read(json.dumps({"max_batch_size": 4}), record, SPEC, PLAN).additions.shapes == ()  # loads
+    stateful = Signature(
+        inputs=(TensorSpec("x", DType.FP32, (-1, 4)), TensorSpec("START", DType.INT32, (-1, 1))),
+        outputs=(TensorSpec("y", DType.FP32, (-1, 2)),),
+    )
+    start = {"name": "START", "control": [{"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1]}]}
+    config = {"max_batch_size": 2, "input": [{"name": "x", "dims": [4]}], "sequence_batching": {"control_input": [start]}}
+    assert model_config.read(json.dumps(config), dataclasses.replace(RECORD, signature=stateful), SPEC, PLAN).sequence

@@ -53,7 +53,7 @@ def test_config_shows_dynamic_batching(batching: ServerThread) -> None:
     config = httpclient.InferenceServerClient(batching.http_url).get_model_config("slow")
     assert config["max_batch_size"] == 4
     assert config["dynamic_batching"] == {  # every field, as Triton shows them: clients index them
-        "preferred_batch_size": [],
+        "preferred_batch_size": [4],  # Triton shows max_batch_size where none is given
         "max_queue_delay_microseconds": 20000,
         "preserve_ordering": False,
         "priority_levels": 0,

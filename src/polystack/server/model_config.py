@@ -402,7 +402,8 @@ def render(
     if batcher is not None and (merging or not batcher.policy.merge):  # (not one that stopped merging)
         p = batcher.policy
         config["dynamic_batching"] = {  # every field, as Triton shows them (clients index them)
-            "preferred_batch_size": list(p.preferred_batch_sizes),
+            # Triton's NormalizeModelConfig: none given shows max_batch_size (a batch leaves at it all the same)
+            "preferred_batch_size": list(p.preferred_batch_sizes) or ([max_batch] if max_batch else []),
             "max_queue_delay_microseconds": round(p.max_queue_delay_ms * 1000),
             "preserve_ordering": p.preserve_ordering,
             "priority_levels": p.priority_levels,
@@ -612,6 +613,7 @@ def read(
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
         formats, shapes, reshapes, optional, ragged = _tensors(config, record, spec, max_batch)
+        _all_inputs(config, record, sequence, ragged)
         if ragged is not None and sequence is not None:
             raise InvalidRequest(
                 "the config sets sequence_batching and a ragged batch (allow_ragged_batch, batch_input or batch_output); "
@@ -1537,6 +1539,31 @@ def _tensors(
                 )
     spec_ragged = _ragged(config, record, max_batch, tuple(ragged), dict(ragged_out))
     return tuple(formats), tuple(shapes), tuple(reshapes), tuple(optional), spec_ragged
+
+
+def _all_inputs(
+    config: dict[str, Any], record: ModelRecord, sequence: SequencePolicy | None, ragged: RaggedSpec | None
+) -> None:
+    """A config that lists inputs must account for every input of the model, as Triton's ONNX Runtime
+    backend counts them (ValidateInputs): those it lists (but optional ones, which are initializers' and not
+    among the model's inputs), its sequence controls and states, and its batch inputs. A config that lists
+    none is auto-completed (a repository's) or shows the model's own."""
+    items = [d for d in config.get("input") or () if isinstance(d, dict)]
+    if not items:
+        return
+    given = {d.get("name") for d in items if not d.get("optional")}
+    if sequence is not None:
+        given |= {c.input for c in sequence.controls} | {s.input for s in sequence.states}
+    if ragged is not None:
+        given |= {b.target for b in ragged.batch_inputs}
+    model = [t.name for t in record.signature.inputs]
+    missing = [name for name in model if name not in given]
+    if missing:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"unable to load model {record.name!r}, configuration expects {len(given)} inputs, model provides "
+            f"{len(model)}: the config leaves out {', '.join(map(quote, missing))}; list every input of the model, "
+            "or none"
+        )
 
 
 def _ragged_dims(
