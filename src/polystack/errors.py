@@ -131,6 +131,12 @@ class UnsupportedMediaType(PolystackError):
     pass
 
 
+class Unsupported(PolystackError):
+    """A request for something the protocol has and polystack does not do (Triton's UNSUPPORTED: HTTP 501)."""
+
+    server_failure = False
+
+
 class Unavailable(PolystackError):
     pass
 

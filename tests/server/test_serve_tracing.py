@@ -201,7 +201,6 @@ BAD_SETTINGS = [
     ({"trace_rate": "99999999999999999999999"}, "whole number"),
     ({"trace_count": "-2"}, "-1 (no limit)"),
     ({"trace_count": True}, "whole number"),
-    ({"trace_file": "/tmp/trace.json"}, "Triton's trace files"),
     ({"log_frequency": "10"}, "Triton's trace files"),
     ({"trace_mode": "triton"}, "can not be changed"),
     ({"trace_ratee": "2"}, "unknown trace setting"),
@@ -225,6 +224,20 @@ def test_a_bad_trace_setting_is_a_400_that_changes_nothing(
         with pytest.raises(InferenceServerException) as g:
             grpc.update_trace_settings(settings={"trace_rate": "7", **sendable})
         assert "INVALID_ARGUMENT" in str(g.value.status()) and says in g.value.message()
+    assert client.get_trace_settings() == OFF
+
+
+def test_a_trace_file_is_refused_as_triton_refuses_it_and_changes_nothing(untraced: ServerThread) -> None:
+    """Triton's words and code (UNSUPPORTED: HTTP 501, gRPC UNIMPLEMENTED); it was a 400 (helper-81)."""
+    client = httpclient.InferenceServerClient(untraced.http_url)
+    with pytest.raises(InferenceServerException) as e:
+        client.update_trace_settings(settings={"trace_rate": "7", "trace_file": "/tmp/trace.json"})
+    assert e.value.status() == "501"
+    assert e.value.message().startswith("trace file location can not be updated through network protocol")
+    grpc = grpcclient.InferenceServerClient(untraced.grpc_url)
+    with pytest.raises(InferenceServerException) as g:
+        grpc.update_trace_settings(settings={"trace_rate": "7", "trace_file": "/tmp/trace.json"})
+    assert "UNIMPLEMENTED" in str(g.value.status()) and "trace file location" in g.value.message()
     assert client.get_trace_settings() == OFF
 
 

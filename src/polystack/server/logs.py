@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from polystack.errors import InvalidRequest, quote
+from polystack.errors import InvalidRequest, Unsupported, quote
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -105,9 +105,9 @@ class LogSettings(logging.Filter):
                     )
                 verbose = value
             elif key == "log_file":
-                if value != self.FILE:
-                    raise InvalidRequest(
-                        "the log file can not be changed over the protocol: polystack logs to stderr; "
+                if value != self.FILE:  # Triton's words and code (UNSUPPORTED), then what to do
+                    raise Unsupported(
+                        "log file location can not be updated through network protocol: polystack logs to stderr; "
                         "redirect it when starting the server"
                     )
             elif key == "log_format":

@@ -21,6 +21,7 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
     E.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     E.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
+    E.Unsupported: (501, grpc.StatusCode.UNIMPLEMENTED),  # Triton's HTTP front end answers UNSUPPORTED 501
     E.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
     # Triton's words and code for a request whose queue timeout passed ("Request timeout expired")
     E.DeadlineExceeded: (503, grpc.StatusCode.UNAVAILABLE),

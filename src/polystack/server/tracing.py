@@ -25,8 +25,9 @@ or ``["TIMESTAMPS"]``), ``trace_rate`` (trace one request in N), ``trace_count``
 take, ``-1`` for no limit; it counts down as they are taken), ``trace_mode`` (``opentelemetry``,
 read only). Global, and per model: a model's setting left unset follows the global one, and ``null``
 clears a setting (a model's back to the global one, a global one back to its value at start).
-``trace_file`` and ``log_frequency`` belong to Triton's own trace files and are refused, as Triton
-refuses ``trace_file`` (``null`` for them changes nothing).
+``trace_file`` and ``log_frequency`` belong to Triton's own trace files and are refused: ``trace_file``
+in Triton's words and code (UNSUPPORTED), ``log_frequency`` as a bad request (``null`` for them changes
+nothing).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from polystack import __version__
-from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable, quote
+from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable, Unsupported, quote
 
 log = logging.getLogger("polystack.server.tracing")
 
@@ -229,6 +230,11 @@ def _parse(key: str, value: Any) -> Any:
     if key == "trace_file" or key == "log_frequency":
         if value is None:
             return None
+        if key == "trace_file":  # Triton's words and code (UNSUPPORTED), then what to do
+            raise Unsupported(
+                "trace file location can not be updated through network protocol: polystack exports spans through "
+                "OpenTelemetry (set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server)"
+            )
         raise InvalidRequest(
             f"{key!r} belongs to Triton's trace files; polystack exports spans through OpenTelemetry "
             "(set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server)"
