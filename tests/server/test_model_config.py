@@ -47,10 +47,12 @@ def test_without_dynamic_batching_the_plans_instances_are_not_asked_for() -> Non
 def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -> None:
     # a group without a count has Triton's default count: 2 for its ONNX Runtime backend on CPU (was 1)
     text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'
-    named = model_config.Additions(group=f"{RECORD.name}_0")  # the groups run as one, named as Triton names the first
+    # the groups run as one pool, each shown named as Triton names it
+    named = model_config.Additions(groups=(("m_0", 3), ("m_1", 2)))
     assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5, named)
     other = dataclasses.replace(SPEC, backend="openvino")  # 1 for the others
-    assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4, named)
+    shown = model_config.Additions(groups=(("m_0", 3), ("m_1", 1)))
+    assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4, shown)
 
 
 def test_numbers_may_be_strings_as_protobuf_writes_64_bit_ones() -> None:

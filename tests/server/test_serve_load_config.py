@@ -262,6 +262,14 @@ def test_an_instance_count_without_batching_bounds_the_requests_running_at_once(
             "host_policy": "",
         }  # fmt: skip  # the config's own name (was slow500_0)
         assert two_at_once() < 1.0  # side by side
+        # several groups run as one pool of their instances, and show as the config gave them (were one group)
+        groups = [{"name": "a", "count": 1}, {"kind": "KIND_CPU", "count": 1}]
+        client.load_model("slow500", config=json.dumps({"instance_group": groups}))
+        shown = config_of(server, "slow500")["instance_group"]
+        assert [(g["name"], g["count"]) for g in shown] == [("a", 1), ("slow500_1", 1)]
+        client.load_model("slow500", config=json.dumps({"instance_group": shown}))  # loads back unchanged
+        assert config_of(server, "slow500")["instance_group"] == shown
+        assert two_at_once() < 1.0  # two instances in all
     finally:
         client.load_model("slow500")
     assert config_of(server, "slow500")["instance_group"][0]["count"] == workers

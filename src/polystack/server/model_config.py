@@ -227,9 +227,10 @@ class Additions:
     # the outputs a config lists where it lists some of the model's: all clients get and may ask for, as in
     # Triton (its metadata and answers hold its config's outputs); empty: every output
     outputs: tuple[str, ...] = ()
-    # its instance group's name: the config's (one group, named), Triton's name for a first group it names
-    # itself (<model>_0); "": the config gives none, and the group Triton adds then is named as the model
-    group: str = ""
+    # its instance groups as Triton shows them, (name, count): the config's names, Triton's for those it names
+    # itself (<model>_<i>), each group's count (Triton's default where it gives none); empty: the config gives
+    # none, and the one group Triton adds then is named as the model
+    groups: tuple[tuple[str, int], ...] = ()
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
@@ -378,15 +379,21 @@ def render(
         "batch_output": _render_batch_outputs(added.ragged),
         "instance_group": [
             {
-                "name": added.group or entry.name,
+                "name": name,
                 "kind": _kind(device),
-                "count": instances,
+                "count": count,
                 "gpus": [int(device.partition(":")[2] or 0)] if _kind(device) == "KIND_GPU" else [],
                 "secondary_devices": [],
                 "profile": [],
                 "passive": False,
                 "host_policy": "",
             }
+            # the config's groups, run as one pool of their instances; else one group of the instances running
+            for name, count in (
+                added.groups
+                if sum(c for _, c in added.groups) == instances
+                else [(added.groups[0][0] if added.groups else entry.name, instances)]
+            )
         ],
         # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
         "default_model_filename": "model.onnx" if entry.spec.platform == "onnxruntime_onnx" else "",
@@ -650,7 +657,7 @@ def read(
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (),
-        group=_group_name(groups, record.name),
+        groups=_groups(groups, record.name, spec) if groups is not None else (),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1260,14 +1267,15 @@ def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, di
     return data
 
 
-def _group_name(groups: Any, model: str) -> str:
-    """The name GET config shows for the one instance group polystack runs, as Triton names the config's:
-    its own where it gives one group a name, ``<model>_0`` for a first group without one (several are run as
-    one); "" where the config gives none (Triton adds a group named as the model)."""
-    if not groups:
-        return ""
-    given = groups[0].get("name") if len(groups) == 1 and isinstance(groups[0], dict) else None
-    return given if isinstance(given, str) and given else f"{model}_0"
+def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[tuple[str, int], ...]:
+    """The config's instance groups (checked by ``_instances``) as Triton names and counts them
+    (NormalizeInstanceGroup): a group without a name is ``<model>_<its index>``, without a count Triton's
+    default one."""
+    shown = []
+    for i, item in enumerate(groups):
+        g = read_message(item, f"instance_group[{i}]", "instance_group")
+        shown.append((g.get("name") or f"{model}_{i}", int(g.get("count") or 0) or _default_count(spec) or 1))
+    return tuple(shown)
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:
