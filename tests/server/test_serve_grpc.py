@@ -163,6 +163,24 @@ def test_a_datatype_spelled_in_lower_case_is_refused(server: ServerThread) -> No
         _refused(stub, req, "'int64' is spelled 'INT64'")
 
 
+def test_typed_contents_in_a_second_field_or_the_wrong_one_are_refused_in_tritons_words(server: ServerThread) -> None:
+    """The data in one field, the input's datatype's (helper-87: a second field was dropped unread, and the
+    wrong field alone was refused as holding 0 elements)."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64")
+        t = req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        t.contents.int64_contents.extend([5, 6, 7, 8])
+        t.contents.fp32_contents.extend([1, 2, 3, 4])
+        _refused(stub, req, "unexpected explicit tensor data for input tensor 'a' for model 'ident64', binary data was already supplied")
+        req = pb.ModelInferRequest(model_name="ident64")
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4]).contents.int_contents.extend([5, 6, 7, 8])
+        _refused(stub, req, "for model 'ident64' is of type 'INT32', expected datatype 'INT64'", "int64_contents")
+        req = pb.ModelInferRequest(model_name="ident8")  # int_contents carries INT8
+        req.inputs.add(name="a", datatype="INT8", shape=[1, 2]).contents.int_contents.extend([1, 2])
+        assert np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.int8).tolist() == [1, 2]
+
+
 def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -51,6 +51,18 @@ _CONTENTS_FIELD = {
 
 
 # the integer fields, at the width protobuf holds them
+# the typed contents fields in the order Triton reads them (InferGRPCToInput): each one's datatype, given the
+# input's (int_contents and uint_contents carry the 8- and 16-bit types too)
+_FIELD_ORDER = (
+    ("bool_contents", lambda d: DType.BOOL),
+    ("int_contents", lambda d: d if d in (DType.INT8, DType.INT16) else DType.INT32),
+    ("int64_contents", lambda d: DType.INT64),
+    ("uint_contents", lambda d: d if d in (DType.UINT8, DType.UINT16) else DType.UINT32),
+    ("uint64_contents", lambda d: DType.UINT64),
+    ("fp32_contents", lambda d: DType.FP32),
+    ("fp64_contents", lambda d: DType.FP64),
+    ("bytes_contents", lambda d: DType.BYTES),
+)
 _WIDE = {"uint_contents": np.uint64, "uint64_contents": np.uint64, "int_contents": np.int64, "int64_contents": np.int64}
 
 
@@ -115,7 +127,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
             inputs[name] = from_raw(name, dtype, shape, raw[next_raw])
             next_raw += 1
         else:
-            inputs[name] = _from_contents(name, dtype, shape, t.contents)
+            inputs[name] = _from_contents(name, req.model_name, dtype, shape, t.contents)
     outputs: list[RequestedOutput] = []
     for o in req.outputs:
         check_name(o.name, "output")
@@ -131,7 +143,8 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     )
 
 
-def _from_contents(name: str, dtype: DType, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+def _from_contents(name: str, model: str, dtype: DType, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+    _one_typed_field(name, model, dtype, contents)
     field = _CONTENTS_FIELD.get(dtype)
     if field is None:
         raise InvalidTensor(f"input {name!r}: {dtype.value} has no typed contents field; send raw_input_contents")
@@ -149,6 +162,27 @@ def _from_contents(name: str, dtype: DType, shape: tuple[int, ...], contents: An
     if wide is not None:  # read at the field's own width, then range-checked: numpy would wrap 300 to 44 in UINT8
         return cast_numbers(name, dtype, np.fromiter(values, dtype=wide, count=count)).reshape(shape)
     return np.asarray(values, dtype=dtype.numpy).reshape(shape)
+
+
+def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None:
+    """Triton's checks of an input's typed contents, in its words, then what to do: one field holds the data
+    (a second one was dropped unread), and that field is the input's datatype's."""
+    given = None
+    for field, kind in _FIELD_ORDER:
+        if not len(getattr(contents, field)):
+            continue
+        if given is not None:
+            raise InvalidTensor(
+                f"unexpected explicit tensor data for input tensor {name!r} for model {model!r}, binary data was "
+                f"already supplied (in contents.{given}, and again in contents.{field}); send it in one field"
+            )
+        if kind(dtype) is not dtype:
+            raise InvalidTensor(
+                f"unexpected explicit tensor data for input tensor {name!r} for model {model!r} is of type "
+                f"'{kind(dtype).value}', expected datatype '{dtype.value}'"
+                + (f"; send it in contents.{_CONTENTS_FIELD[dtype]}" if dtype in _CONTENTS_FIELD else "; send raw_input_contents")
+            )
+        given = field
 
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
