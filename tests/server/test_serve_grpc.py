@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
+import tritonclient.http as httpclient
 from conftest import Raw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servekit import caught_logs, register_like, start, threads_calling
@@ -179,6 +180,27 @@ def test_typed_contents_in_a_second_field_or_the_wrong_one_are_refused_in_triton
         req = pb.ModelInferRequest(model_name="ident8")  # int_contents carries INT8
         req.inputs.add(name="a", datatype="INT8", shape=[1, 2]).contents.int_contents.extend([1, 2])
         assert np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.int8).tolist() == [1, 2]
+
+
+def test_statistics_of_a_model_or_version_not_served_are_refused_in_tritons_words(server: ServerThread) -> None:
+    """Triton answers INVALID_ARGUMENT (HTTP 400): only ready models have statistics (helper-87: NOT_FOUND, 404)."""
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url)
+    http_client = httpclient.InferenceServerClient(server.http_url)
+    for name, version, says in (
+        ("nope", "", "requested model 'nope' is not available"),
+        ("mlp", "7", "requested model version is not available for model 'mlp'"),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            grpc_client.get_inference_statistics(name, version)
+        assert "INVALID_ARGUMENT" in _status(e.value) and says in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            http_client.get_inference_statistics(name, version)
+        assert e.value.status() == "400" and says in e.value.message()
+    with grpc.insecure_channel(server.grpc_url) as channel:  # a version that is no number, for every model
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(pb.ModelStatisticsRequest(version="abc"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert grpc_client.get_inference_statistics("mlp", "1", as_json=True)["model_stats"][0]["name"] == "mlp"
 
 
 def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> None:

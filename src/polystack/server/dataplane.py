@@ -1221,18 +1221,25 @@ class DataPlane:
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
         pipelines = list(self._ensembles.values())
-        if name:
-            pipeline = self._ensemble(name, version)
-            pipelines = [pipeline] if pipeline is not None else []
-        if pipelines and name:
-            entries = []
-        elif name and version:
-            entries = [self._get(name, version).entry]
-        elif name:
-            self._get(name, None)  # not loaded: 404 or 503, as for its other endpoints
-            entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
-        else:
-            entries = self.engine.loaded()
+        if version and not name:
+            parse_version(name or "", version)  # checked, as Triton checks it, then every model's
+        try:
+            if name:
+                pipeline = self._ensemble(name, version)
+                pipelines = [pipeline] if pipeline is not None else []
+            if pipelines and name:
+                entries = []
+            elif name and version:
+                entries = [self._get(name, version).entry]
+            elif name:
+                self._get(name, None)
+                entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
+            else:
+                entries = self.engine.loaded()
+        except (NotFound, Unavailable) as e:  # Triton's words and code (INVALID_ARG: only ready models have any)
+            if isinstance(e, VersionNotFound):
+                raise InvalidRequest(f"requested model version is not available for model {name!r}: {e.message}") from None
+            raise InvalidRequest(f"requested model {name!r} is not available: {e.message}") from None
         ordered: list[tuple[str, int, ModelStats]] = [(e.name, e.version, e.stats) for e in entries]
         ordered += [(p.ensemble.name, p.ensemble.version, p.stats) for p in pipelines]
         ordered.sort(key=lambda o: (o[0], o[1]))  # by name, then version, as Triton lists them (ensembles among them)
