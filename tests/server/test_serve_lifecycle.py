@@ -7,10 +7,13 @@ import concurrent.futures
 import contextlib
 import gzip
 import http.client
+import itertools
 import json
 import logging
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -87,10 +90,38 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         (["--metrics-port", "70000"], "from 0 (any free one) to 65535"),
         (["--metrics-port", "8001"], "give the metrics a port of their own"),  # gRPC's default
         (["--engine", "ray", "--grpc-port", "-1", "--metrics-port", "8125"], "--metrics-port needs --engine local"),
+        # helper-86: 70000 bound port 4464 (wrapped), -2 turned gRPC off, -5 failed in the socket library's words
+        (["--http-port", "70000"], "--http-port 70000: give a port from 0 (any free one) to 65535"),
+        (["--http-port", "-5"], "--http-port -5: give a port from 0"),
+        (["--grpc-port", "70001"], "--grpc-port 70001: give a port from 0 (any free one) to 65535, or -1 for no gRPC"),
+        (["--grpc-port", "-2"], "--grpc-port -2: give a port"),
+        (["--http-port", "8126", "--grpc-port", "8126"], "--http-port and --grpc-port are both 8126"),
+        (["--http-port", "8001"], "--http-port and --grpc-port are both 8001"),  # gRPC's default
+        (["--drain-timeout-s", "-1"], "--drain-timeout-s takes 0 (no wait) or more seconds, not -1.0"),
     ],
 )
-def test_a_metrics_port_the_server_cannot_use_exits_2_at_start(tmp_path: Path, args: list[str], says: str) -> None:
+def test_a_port_the_server_cannot_use_exits_2_at_start(tmp_path: Path, args: list[str], says: str) -> None:
     assert says in refused_at_start(tmp_path, args)
+
+
+@pytest.mark.parametrize("taken", ["--http-port", "--grpc-port"])
+def test_a_port_taken_by_another_process_exits_2_naming_the_flag(
+    model_store: tuple[Store, dict[str, ModelRecord]], taken: str
+) -> None:
+    """helper-86: a taken gRPC port was a traceback and exit 1 (grpcio raises where it returned 0), and a taken
+    HTTP port said the socket library's words alone."""
+    store, _ = model_store
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"--http-port": "0", "--grpc-port": "0", taken: str(port)}
+        cmd = [sys.executable, "-m", "polystack", "--home", str(store.home), "serve", "mlp", *itertools.chain(*ports.items())]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot serve {'HTTP' if taken == '--http-port' else 'gRPC'} on 127.0.0.1:{port} ({taken}")
+    assert "Traceback" not in out.stderr
 
 
 def test_a_metrics_port_beside_grpc_on_any_free_port_is_taken(

@@ -263,6 +263,16 @@ def serve(
             for field in overrides.given():
                 message = message.replace(field, "--" + field.replace("_", "-"))
             raise InvalidRequest(message) from None
+    # checked here, naming the flag: a port past 65535 wrapped around (70000 bound 4464), and a taken or
+    # impossible one failed after the models loaded, in the socket library's words
+    if not 0 <= http_port <= 65535:
+        raise InvalidRequest(f"--http-port {http_port}: give a port from 0 (any free one) to 65535")
+    if grpc_port is not None and not (grpc_port == -1 or 0 <= grpc_port <= 65535):
+        raise InvalidRequest(f"--grpc-port {grpc_port}: give a port from 0 (any free one) to 65535, or -1 for no gRPC")
+    if http_port and http_port == (8001 if grpc_port is None else grpc_port):
+        raise InvalidRequest(f"--http-port and --grpc-port are both {http_port}; give each a port of its own")
+    if not drain_timeout_s >= 0:  # NaN too
+        raise InvalidRequest(f"--drain-timeout-s takes 0 (no wait) or more seconds, not {drain_timeout_s}")
     if not 1 <= grpc_max_message_bytes <= (1 << 31) - 1:
         raise InvalidRequest(
             f"--grpc-max-message-bytes takes 1 to 2147483647 (gRPC's own limit), not {grpc_max_message_bytes}"

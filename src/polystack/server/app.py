@@ -323,25 +323,27 @@ class Server:
             self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()
         tls = self.config.tls
-        self._http_server = await loop.create_server(
-            lambda: HttpProtocol(self.http),
-            self.config.host,
-            self.config.http_port,
-            backlog=1024,
-            ssl=tls.context if tls else None,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
-        )
+        with _binding("HTTP", "--http-port", self.config.host, self.config.http_port):
+            self._http_server = await loop.create_server(
+                lambda: HttpProtocol(self.http),
+                self.config.host,
+                self.config.http_port,
+                backlog=1024,
+                ssl=tls.context if tls else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+            )
         self.http_port = self._http_server.sockets[0].getsockname()[1]
         self._sweepers.append(loop.create_task(self.http.close_idle_connections()))
         if self.metrics_http is not None:
             metrics_http = self.metrics_http
-            self._metrics_server = await loop.create_server(
-                lambda: HttpProtocol(metrics_http),
-                self.config.host,
-                self.config.metrics_port,
-                ssl=tls.context if tls else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
-            )
+            with _binding("metrics", "--metrics-port", self.config.host, self.config.metrics_port or 0):
+                self._metrics_server = await loop.create_server(
+                    lambda: HttpProtocol(metrics_http),
+                    self.config.host,
+                    self.config.metrics_port,
+                    ssl=tls.context if tls else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+                )
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
             self._sweepers.append(loop.create_task(metrics_http.close_idle_connections()))
         if self.config.grpc_port is not None:
@@ -448,6 +450,19 @@ class Server:
             self.metrics_http.close()
         self.plane.close()
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
+
+
+@contextlib.contextmanager
+def _binding(what: str, flag: str, host: str, port: int) -> Any:
+    """A bind that fails says which flag to change (the socket library names no flag: "address already in
+    use", "Name or service not known")."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(
+            f"cannot serve {what} on {host}:{port} ({flag}, --host): {e.strerror or e}; give a free port (0: any), "
+            "and an address of this machine"
+        ) from None
 
 
 def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None = None) -> int:
