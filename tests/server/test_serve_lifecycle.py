@@ -98,6 +98,8 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         (["--http-port", "8126", "--grpc-port", "8126"], "--http-port and --grpc-port are both 8126"),
         (["--http-port", "8001"], "--http-port and --grpc-port are both 8001"),  # gRPC's default
         (["--drain-timeout-s", "-1"], "--drain-timeout-s takes 0 (no wait) or more seconds, not -1.0"),
+        (["--engine", "spark"], "unknown --engine 'spark'; use local"),  # was: --replicas and --autoscale need ...
+        (["--replicas", "2"], "--replicas and --autoscale need --engine ray"),
     ],
 )
 def test_a_port_the_server_cannot_use_exits_2_at_start(tmp_path: Path, args: list[str], says: str) -> None:

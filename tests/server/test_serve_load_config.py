@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
+from google.protobuf import json_format
 from servekit import mlp_ones, register_like, same_config_both_ways, start
 from tritonclient.utils import InferenceServerException
 
@@ -618,9 +619,22 @@ def test_a_loads_version_policy_picks_among_the_versions_the_store_holds(
                 return [v for v in ("1", "2", "3") if client.is_model_ready("threev", v)]
 
             assert ready() == ["3"], transport
+            def policy(client: Any = client) -> Any:  # GET config's: the one that picks what is served now
+                if isinstance(client, grpcclient.InferenceServerClient):
+                    return json_format.MessageToDict(
+                        client.get_model_config("threev").config.version_policy, preserving_proto_field_name=True
+                    )
+                return client.get_model_config("threev")["version_policy"]
+
+            assert policy() == {"latest": {"num_versions": 1}}
             client.load_model("threev", config=json.dumps({"version_policy": {"latest": {"num_versions": 2}}}))
-            assert ready() == ["2", "3"]
+            assert ready() == ["2", "3"] and policy() == {"latest": {"num_versions": 2}}
             client.load_model("threev", config=json.dumps({"version_policy": {"specific": {"versions": ["1", 3]}}}))
+            assert ready() == ["1", "3"]
+            shown = httpclient.InferenceServerClient(st.http_url).get_model_config("threev")
+            assert shown["version_policy"] == {"specific": {"versions": [1, 3]}}  # Triton shows one (none was shown)
+            client.load_model("threev")
+            client.load_model("threev", config=json.dumps(shown))  # serves them again
             assert ready() == ["1", "3"]
             with pytest.raises(InferenceServerException, match=re.escape("but the model's versions are [1, 2, 3]")):
                 client.load_model("threev", config=json.dumps({"version_policy": {"specific": {"versions": [4]}}}))

@@ -237,6 +237,8 @@ def serve(
         raise InvalidRequest("--server-name must not be empty; leave it out for the default, polystack")
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    if engine not in ("local", "ray"):
+        raise InvalidRequest(f"unknown --engine {engine!r}; use local (this process) or ray (Ray Serve)")
     logs.configure(log_level)
     response_cache = CacheConfig.from_flags(cache_config or [], response_cache_byte_size)
     max_batch_default = default_max_batch_size(backend_config or [])
@@ -400,8 +402,8 @@ def serve(
             undo(store, registered)
             store.close()
         raise typer.Exit(code)
-    if engine != "local" or replicas is not None or autoscale is not None:
-        raise InvalidRequest("--replicas and --autoscale need --engine ray; --engine is local or ray")
+    if replicas is not None or autoscale is not None:
+        raise InvalidRequest("--replicas and --autoscale need --engine ray; add it, or drop them")
     store = open_store()
     try:
         code = run(Engine(store), config, on_serving=lambda: settle(store, registered))

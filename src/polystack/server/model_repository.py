@@ -283,7 +283,7 @@ def _register_model(
         if given and given != name:
             raise InvalidRequest(f"its {CONFIG} names model {quote(given)}; as in Triton, it must be the folder's name")
     platform = str(doc.get("platform") or doc.get("backend") or "")
-    versions = _versions(folder)
+    versions = folder_versions(folder)
     if not versions:
         raise InvalidRequest(
             "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
@@ -347,7 +347,7 @@ def _register_model(
     return RepositoryModel(name, served, config, ran=ran)
 
 
-def _versions(folder: Path) -> list[int]:
+def folder_versions(folder: Path) -> list[int]:
     """The version folders, as Triton counts them: names of digits without a leading zero (within the
     store's 64-bit versions)."""
     found = []
