@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from servekit import mlp_ones, register_like, same_config_both_ways, start
 from tritonclient.utils import InferenceServerException
 
-from polystack.batching import DynamicBatcher
+from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.examples import mlp_onnx
 from polystack.formats import import_model
 from polystack.server import dataplane
@@ -676,5 +676,41 @@ def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
             config = client.get_model_config("twov", v)
             assert "dynamic_batching" not in config, config  # neither version took the failed load's config
             np.testing.assert_array_equal(client.infer("twov", [mlp_ones()], model_version=v).as_numpy("y"), y)
+    finally:
+        st.stop()
+
+
+def test_a_config_from_get_config_keeps_the_early_leave_of_serves_batching(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """Serve's batching flags let a batch leave before its queue delay once no request came for the idle gap,
+    which Triton's dynamic batching has no field for: GET config carries it as a parameter, so that the config
+    loads back as it was served (helper-86: a lone request took 3 ms, and 1,002 ms after reloading its own config)."""
+    store, _ = model_store
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=1000)  # idle gap 0.2 ms, the default
+    st = start(store, models=["mlp"], allow_model_control=True, policy_for=lambda *_: policy)
+    client = httpclient.InferenceServerClient(st.http_url)
+    try:
+
+        def lone_s() -> float:
+            started = time.perf_counter()
+            assert client.infer("mlp", [mlp_ones(1)]).as_numpy("y").shape == (1, 4)
+            return time.perf_counter() - started
+
+        config = client.get_model_config("mlp")
+        assert config["parameters"]["polystack_idle_gap_ms"] == {"string_value": "0.2"}
+        assert lone_s() < 0.5
+        client.load_model("mlp", config=json.dumps(config))
+        assert client.get_model_config("mlp") == config and lone_s() < 0.5
+        triton = copy.deepcopy(config)
+        del triton["parameters"]["polystack_idle_gap_ms"]  # Triton's rule: the batch waits out its delay
+        client.load_model("mlp", config=json.dumps(triton))
+        assert "polystack_idle_gap_ms" not in client.get_model_config("mlp")["parameters"] and lone_s() >= 0.9
+        for bad, says in (
+            ({**triton, "parameters": {"polystack_idle_gap_ms": {"string_value": "soon"}}}, "takes milliseconds from 0"),
+            ({"max_batch_size": 8, "parameters": {"polystack_idle_gap_ms": {"string_value": "1"}}}, "batches nothing"),
+        ):
+            with pytest.raises(InferenceServerException, match=says):
+                client.load_model("mlp", config=json.dumps(bad))
     finally:
         st.stop()

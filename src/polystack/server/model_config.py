@@ -269,6 +269,7 @@ def split_field(text: str, name: str) -> tuple[Any, str]:
 # a model record's setting: registered from a Triton model repository (or a load's model files), whose inputs and
 # outputs show as Triton's auto-complete shows a config's (``autocomplete``)
 TRITON_IO = "triton_io"
+IDLE_GAP = "polystack_idle_gap_ms"  # the parameter that carries BatchPolicy.idle_gap_ms through a config
 # Triton's default-max-batch-size (--backend-config): the max_batch_size its auto-complete gives a model that
 # can batch and whose config leaves it out (or 0)
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -401,6 +402,11 @@ def render(
         "metric_tags": {},
         "parameters": {
             "polystack_device": {"string_value": entry.spec.device},
+            **(  # polystack's early leave (serve's batching flags and plans set it), so that the config loads back
+                {IDLE_GAP: {"string_value": f"{batcher.policy.idle_gap_ms:g}"}}
+                if merging and batcher is not None and batcher.policy.idle_gap_ms
+                else {}
+            ),
             **{key: {"string_value": value} for key, value in added.parameters},  # only a config's: chosen again
         },
         "optimization": added.optimization.render(),
@@ -553,6 +559,8 @@ def read(
                 "chooses another runtime (`polystack tune`)"
             )
     parameters = _parameters(config.get("parameters"), spec)
+    gap = dict(parameters).get(IDLE_GAP)
+    parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
     optimization = _optimization(config.get("optimization"))
     options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
@@ -619,6 +627,8 @@ def read(
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
+        if gap is not None:
+            batching = _idle_gap(gap, batching)
         formats, shapes, reshapes, optional, ragged = _tensors(config, record, spec, max_batch)
         _all_inputs(config, record, sequence, ragged)
         if ragged is not None and sequence is not None:
@@ -1334,6 +1344,27 @@ def _rate_limiter(value: Any, where: str) -> None:
             raise InvalidRequest(f"{at} must give the resource's name")
         read_int(resource, "count", at, 0, _UINT32_MAX)
         read_bool(resource, "global", at)
+
+
+def _idle_gap(given: str, batching: BatchPolicy | None) -> BatchPolicy:
+    """``batching`` with the idle gap the ``polystack_idle_gap_ms`` parameter gives: polystack's own rule, which
+    serve's batching flags and plans set and GET config shows so that its config loads back as it was served (a
+    batch leaves before its queue delay once no request came for that long; 0, Triton's rule: it waits it out)."""
+    if batching is None or not batching.merge:
+        raise InvalidRequest(
+            f"parameter {IDLE_GAP} sets when a dynamic batch leaves early, but this config batches nothing "
+            "(dynamic_batching with max_batch_size 1 or more does); leave it out"
+        )
+    try:
+        gap = float(given)
+    except ValueError:
+        gap = math.nan
+    if not 0 <= gap <= _MAX_MICROSECONDS / 1000:  # NaN too
+        raise InvalidRequest(
+            f"parameter {IDLE_GAP} takes milliseconds from 0 (wait out the queue delay, as Triton does) up, not "
+            f"{quote(given)}"
+        )
+    return replace(batching, idle_gap_ms=gap)
 
 
 def _parameters(value: Any, spec: LoadSpec) -> tuple[tuple[str, str], ...]:
