@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polystack import samples as samples_mod
+from polystack.store import Store
+
 
 def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "POLYSTACK_HOME": str(home), "COLUMNS": "200"}
@@ -128,3 +131,32 @@ def test_register_keeps_class_labels_and_refuses_files_that_do_not_fit(
     labels.write_text("cat\ndog\n")
     fails_with(run(home, "register", str(mlp_path), "--labels", str(labels), check=False), "3 classes")
     fails_with(run(home, "register", str(mlp_path), "--labels", f"z={labels}", check=False), "no output 'z'")
+
+
+def test_registering_the_same_bytes_with_samples_gives_the_model_those_samples(
+    home: Path, mlp_path: Path, tmp_path: Path
+) -> None:
+    """The README's sequence: register, then register again with --samples (helper-86: the second said
+    "already registered" and kept the synthesized samples, so `variants` kept warning about them)."""
+    first = json.loads(run(home, "register", str(mlp_path), "--name", "mlp", "--json").stdout)
+    assert first["settings"].get("samples_synthesized") is True
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    np.savez(tmp_path / "samples.npz", x=x)
+    again = run(home, "register", str(mlp_path), "--name", "mlp", "--samples", str(tmp_path / "samples.npz"), "--json")
+    record = json.loads(again.stdout)
+    assert record["created"] is False and record["version"] == 1 and "samples_synthesized" not in record["settings"]
+
+    def samples() -> dict[str, np.ndarray]:
+        store = Store.at(home)
+        try:
+            found = samples_mod.load(store, store.get("mlp:1"))
+            assert found is not None
+            return found
+        finally:
+            store.close()
+
+    np.testing.assert_array_equal(samples()["x"], x)
+    # registering without samples now keeps the given ones
+    kept = json.loads(run(home, "register", str(mlp_path), "--name", "mlp", "--json").stdout)
+    assert "samples_synthesized" not in kept["settings"]
+    np.testing.assert_array_equal(samples()["x"], x)

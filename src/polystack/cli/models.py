@@ -74,7 +74,7 @@ def register(
             data = samples_mod.synthesize(imported.signature)
             settings["samples_synthesized"] = True
         samples_file = samples_mod.to_npz(data, Path(tmp) / "samples.npz")
-        record, created = store.register(
+        added = store.add(
             imported.artifact,
             name=name or path.stem,
             format=imported.format,
@@ -84,8 +84,15 @@ def register(
             settings=settings,
             samples=samples_file,
         )
+    record, created = added.record, added.created
     if samples is None and record.settings.get("samples_synthesized"):
         err_console.print(f"[yellow]warning:[/] {samples_mod.SYNTHETIC_WARNING}")
+    if added.samples_replaced and store.variants.for_model(record):
+        err_console.print(
+            f"[yellow]note:[/] {record.name}:{record.version} has new samples; its variants were verified against "
+            f"the old ones: `polystack variants {record.name}:{record.version} --rebuild` verifies them again",
+            highlight=False,
+        )
     if as_json:
         print_json({**record.to_dict(), "created": created})
         return

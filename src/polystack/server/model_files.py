@@ -229,7 +229,7 @@ def register_file(
     if triton_io:
         settings[model_config.TRITON_IO] = True
     before = {r.id: r.settings for r in store.models.list(name)}
-    record, created, replaced = store.add(
+    record, created, replaced, _ = store.add(
         imported.artifact,
         name=name,
         format=imported.format,

@@ -68,10 +68,14 @@ class ModelRecord:
         )
 
 
+SYNTHESIZED = "samples_synthesized"  # a record's setting: its samples were made up, not given (samples.py)
+
+
 class Added(NamedTuple):
     record: ModelRecord
     created: bool
     replaced: ModelRecord | None = None  # the row whose version it took, set aside (``ModelTable.add``)
+    samples_replaced: bool = False  # the bytes were there: samples given now took the place of theirs
 
 
 class ModelTable:
@@ -137,14 +141,25 @@ class ModelTable:
             if row is not None:
                 merged = {**json.loads(row["tags"]), **tags}
                 updates: dict[str, Any] = {"tags": json.dumps(merged, sort_keys=True)}
-                if samples_digest and row["samples_digest"] is None:
+                old_settings = json.loads(row["settings"])
+                new_settings = _merge_settings(old_settings, settings or {})
+                # samples given (not synthesized) take the place of those the row has: the user's, given again
+                given = bool(samples_digest) and not (settings or {}).get(SYNTHESIZED)
+                swapped = given and row["samples_digest"] not in (None, samples_digest)
+                taken = bool(samples_digest) and (row["samples_digest"] is None or swapped)
+                if taken:
                     updates["samples_digest"] = samples_digest
-                if settings:
-                    updates["settings"] = json.dumps(_merge_settings(json.loads(row["settings"]), settings))
+                # the mark follows the samples the row keeps: those given now, or its own
+                marked = bool((settings or {}).get(SYNTHESIZED)) if taken or given else bool(old_settings.get(SYNTHESIZED))
+                new_settings.pop(SYNTHESIZED, None)
+                if marked:
+                    new_settings[SYNTHESIZED] = True
+                if new_settings != old_settings:
+                    updates["settings"] = json.dumps(new_settings)
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
                 row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
-                return Added(ModelRecord.from_row(row), False)
+                return Added(ModelRecord.from_row(row), False, samples_replaced=swapped)
             if version is None:
                 version = conn.execute(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ? AND version > 0", (name,)
