@@ -88,8 +88,30 @@ def test_bad_arguments_exit_2_with_one_line(home: Path, mlp_path: Path, tmp_path
         (("tune", "mlp", "--profile", "fastest"), "unknown profile"),
         (("tune", "nope", "--profile", "realtime"), "no model named"),
         (("tune", "mlp", "--profile", "server", "--slo-ms", "-3"), "slo"),
+        # checked before the budget is spent (helper-86: it was noticed after the tune, without naming the flag)
+        (("tune", "mlp", "--report", str(tmp_path / "nowhere" / "r.html")), "--report"),
     ):
         bad = run(home, tmp_path, *args)
         assert bad.returncode == 2, bad.stderr
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0].lower(), bad.stderr
+
+
+def test_the_results_table_shows_the_chosen_measurement_of_a_configuration_measured_again() -> None:
+    """A configuration measured again at its rung shows the measurement that decided, marked (helper-86: the
+    last rerun was shown, and the chosen row lost its mark)."""
+    from rich.console import Console
+
+    from polystack.cli.tune import results_table
+
+    def trial(p99: float, chosen: bool, threads: int = 1) -> dict[str, object]:
+        return {
+            "kind": "trial", "variant_id": "v1", "settings": f"{threads} thread", "label": "onnxruntime fp32",
+            "rung": 2, "p99_ms": p99, "duration_ms": 300, "feasible": True, "chosen": chosen,
+        }  # fmt: skip
+
+    data = {"profile": "realtime", "measurements": [trial(0.0461, True), trial(0.0797, False), trial(0.0323, False, 2)]}
+    console = Console(width=200, record=True)
+    console.print(results_table(data))
+    lines = [line for line in console.export_text().splitlines() if "1 thread" in line]
+    assert len(lines) == 1 and lines[0].lstrip("│ ").startswith("*") and "0.0461" in lines[0]

@@ -46,9 +46,10 @@ def results_table(data: dict[str, Any], limit: int = 25) -> Table:
     cols = METRICS.get(profile, ())
     trials = [r for r in data["measurements"] if r.get("kind") == "trial"]
     top_rung: dict[str, dict[str, Any]] = {}
-    for t in trials:  # each configuration's most trusted (longest) measurement
+    for t in trials:  # each configuration's most trusted (longest) measurement; the chosen one's that decided
         key = f"{t['variant_id']}/{t['settings']}"
-        if key not in top_rung or t["rung"] >= top_rung[key]["rung"]:
+        held = top_rung.get(key)
+        if held is None or t.get("chosen") or (not held.get("chosen") and t["rung"] >= held["rung"]):
             top_rung[key] = t
     rows = sorted(top_rung.values(), key=lambda t: (not t.get("chosen"), -t["rung"], not t.get("feasible")))
     table = Table("", "variant", "settings", *(c[0] for c in cols), "run", "verdict", title=f"{profile}: measured")
@@ -93,6 +94,10 @@ def tune(
         raise InvalidRequest("--budget-s must be > 0 and --duration-ms >= 10")
     if any(t < 1 for t in threads):
         raise InvalidRequest("--threads must be >= 1")
+    if report is not None and not report.parent.is_dir():  # checked now, not once the budget is spent
+        raise InvalidRequest(f"--report {report}: the folder {report.parent} does not exist; create it, or name another")
+    if report is not None and report.is_dir():
+        raise InvalidRequest(f"--report {report} is a folder; name the HTML file to write")
     store = open_store()
     record = store.get(ref)
     options = TuneOptions(
@@ -121,9 +126,6 @@ def tune(
 
         result = run_tune(store, record, profile, options, progress=progress)
     data = result.to_dict()
-    if report is not None:
-        page = report_mod.render({**data, "machine": result.machine, "created_at": datetime.datetime.now().timestamp()})
-        report.write_text(page, encoding="utf-8")
     if as_json:
         print_json(data)
     else:
@@ -139,7 +141,13 @@ def tune(
             f"[dim]{result.outcome.strategy}, {result.outcome.configs_measured} of {result.outcome.configs_total} "
             f"configurations measured in {result.elapsed_s:.1f} s; machine {result.fingerprint}[/]"
         )
-        if report is not None:
+    if report is not None:  # after the results: a file that cannot be written loses none of them
+        page = report_mod.render({**data, "machine": result.machine, "created_at": datetime.datetime.now().timestamp()})
+        try:
+            report.write_text(page, encoding="utf-8")
+        except OSError as e:
+            raise InvalidRequest(f"--report {report}: {e.strerror or e}; the plan is stored (`polystack plan show`)") from None
+        if not as_json:
             console.print(f"report: {report}")
     if result.chosen is None:
         raise typer.Exit(1)
