@@ -34,6 +34,8 @@ SYNTHETIC_WARNING = (
 def read(path: Path, signature: Signature) -> dict[str, np.ndarray]:
     """Read a samples file and check it against the signature (cast to the declared dtypes)."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise InvalidRequest(f"samples file {path} is a folder; name a file in it")
     if not path.is_file():
         raise InvalidRequest(f"samples file {path} does not exist")
     try:

@@ -28,6 +28,8 @@ def _as_dtype(name: str, value: Any, dtype: DType) -> np.ndarray:
 def read_inputs(path: Path, signature: Signature) -> dict[str, np.ndarray]:
     """Read inputs for ``signature``: .npy (single-input models), .npz or .json ``{name: nested list}``."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise InvalidRequest(f"input file {path} is a folder; name a file in it")
     if not path.is_file():
         raise InvalidRequest(f"input file {path} does not exist")
     try:

@@ -75,6 +75,10 @@ def test_bad_input_exits_2_with_one_line(home: Path, mlp_path: Path, tmp_path: P
     fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "wrong.json"), check=False), "unexpected inference input 'z'")
     (tmp_path / "broken.json").write_text("{not json")
     fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "broken.json"), check=False), "cannot read inputs")
+    # a folder is named as one (helper-86: "does not exist"), and so is a store's home that is a file ("File exists")
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path), check=False), "is a folder; name a file in it")
+    fails_with(run(home, "register", str(mlp_path), "--samples", str(tmp_path), check=False), "is a folder")
+    fails_with(run(tmp_path / "broken.json", "models", check=False), "is a file; give --home (or POLYSTACK_HOME) a folder")
     # the store is intact after all of that
     assert [m["name"] for m in json.loads(run(home, "models", "--json").stdout)] == ["mlp"]
 

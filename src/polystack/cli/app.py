@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from polystack.config import StoreSettings
+from polystack.errors import InvalidRequest
 from polystack.store import Store
 
 app = typer.Typer(
@@ -43,7 +44,10 @@ def store_settings() -> StoreSettings:
 
 
 def open_store() -> Store:
-    return Store(store_settings())
+    settings = store_settings()
+    if settings.home.exists() and not settings.home.is_dir():  # mkdir's words were "File exists"
+        raise InvalidRequest(f"the store's home {settings.home} is a file; give --home (or POLYSTACK_HOME) a folder")
+    return Store(settings)
 
 
 def print_json(data: Any) -> None:

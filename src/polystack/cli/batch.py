@@ -16,7 +16,7 @@ def batch(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]"),
     input: Path = typer.Option(..., "--input", "-i", help="Parquet file or folder, .csv, .jsonl, .npy or .npz."),
     output: Path = typer.Option(
-        ..., "--output", "-o", help="Folder for the Parquet parts, errors.jsonl and the manifest."
+        ..., "--output", "-o", help="Folder for the Parquet parts, _errors.jsonl and the manifest."
     ),
     columns: list[str] = typer.Option(
         [], "--columns", "-c", help="Columns for the one input (a,b,c are stacked), or INPUT=COL[,COL] per input."
