@@ -97,6 +97,7 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         (["--grpc-port", "-2"], "--grpc-port -2: give a port"),
         (["--http-port", "8126", "--grpc-port", "8126"], "--http-port and --grpc-port are both 8126"),
         (["--http-port", "8001"], "--http-port and --grpc-port are both 8001"),  # gRPC's default
+        (["--engine", "ray", "--http-port", "8001", "--metrics-port", "8125"], "--metrics-port needs"),  # ray: no gRPC
         (["--drain-timeout-s", "-1"], "--drain-timeout-s takes 0 (no wait) or more seconds, not -1.0"),
         (["--engine", "spark"], "unknown --engine 'spark'; use local"),  # was: --replicas and --autoscale need ...
         (["--replicas", "2"], "--replicas and --autoscale need --engine ray"),

@@ -272,7 +272,8 @@ def serve(
         raise InvalidRequest(f"--http-port {http_port}: give a port from 0 (any free one) to 65535")
     if grpc_port is not None and not (grpc_port == -1 or 0 <= grpc_port <= 65535):
         raise InvalidRequest(f"--grpc-port {grpc_port}: give a port from 0 (any free one) to 65535, or -1 for no gRPC")
-    if http_port and http_port == (8001 if grpc_port is None else grpc_port):
+    grpc_bound = (8001 if engine != "ray" else None) if grpc_port is None else grpc_port  # ray: no gRPC by default
+    if http_port and http_port == grpc_bound:
         raise InvalidRequest(f"--http-port and --grpc-port are both {http_port}; give each a port of its own")
     if not drain_timeout_s >= 0:  # NaN too
         raise InvalidRequest(f"--drain-timeout-s takes 0 (no wait) or more seconds, not {drain_timeout_s}")
