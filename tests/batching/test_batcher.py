@@ -301,6 +301,28 @@ def test_a_failing_request_fails_alone(make: Any) -> None:
     assert stats["queue"]["count"] == 2  # as Triton's: queue (and compute) counts are the successes' (it was 3)
 
 
+def test_a_failed_batch_runs_again_only_the_requests_still_within_their_deadline(make: Any) -> None:
+    """Each request of a failed batch runs alone, to fail only the culprit, but for one past its deadline by
+    then, or whose caller left: that one is not run late (helper-89: it ran 690 ms past its deadline)."""
+    model = Recording(delay_s=0.2)
+    b = make(model, max_batch_size=16, max_queue_delay_ms=50)
+    good = b.submit(rows(1, 1.0))
+    bad = b.submit(rows(1, float("nan")))
+    late = b.submit(rows(1, 7.0), timeout_s=0.1)  # in the batch in time; past its deadline once it failed
+    gone = b.submit(rows(1, 9.0))
+    time.sleep(0.1)
+    gone.cancel()  # its caller leaves while its batch runs
+    with pytest.raises(BackendError):
+        bad.result(timeout=5)
+    with pytest.raises(DeadlineExceeded, match="not run again"):
+        late.result(timeout=5)
+    np.testing.assert_array_equal(good.result(timeout=5)["y"], np.full((1, 4), 2.0, np.float32))
+    assert model.seen[0] == [1.0, pytest.approx(float("nan"), nan_ok=True), 7.0, 9.0]
+    assert model.seen[1:] == [[1.0], [pytest.approx(float("nan"), nan_ok=True)]]  # the late and the gone ones not
+    stats = b.entry.stats.to_dict()["inference_stats"]
+    assert stats["success"]["count"] == 1 and stats["fail"]["count"] == 3
+
+
 def test_invalid_request_is_refused_before_queueing(make: Any) -> None:
     b = make(Recording(), max_batch_size=4)
     with pytest.raises(InvalidTensor, match="batch-size must be <= 4"):

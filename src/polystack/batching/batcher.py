@@ -531,14 +531,14 @@ class DynamicBatcher:
             try:
                 result = self.model.infer(merged, wanted)
             except Exception:
-                self._hand([self._run_one(p) for p in batch])  # find the culprit: only it fails
+                self._hand(self._rerun(batch))  # find the culprit: only it fails
                 return
             t1 = time.perf_counter_ns()
             rows = sum(p.items for p in batch)
             odd = next((k for k, v in result.items() if np.ndim(v) == 0 or len(v) != rows), None)
             if odd is not None:
                 self._stop_merging(odd, np.shape(result[odd]), rows)
-                self._hand([self._run_one(p) for p in batch])  # each request's own answer, as unbatched
+                self._hand(self._rerun(batch))  # each request's own answer, as unbatched
                 return
             offset = 0
             parts = []
@@ -567,7 +567,7 @@ class DynamicBatcher:
         try:
             results = self.model.infer_many([p.inputs for p in batch], wanted)
         except Exception:
-            self._hand([self._run_one(p) for p in batch])
+            self._hand(self._rerun(batch))
             return None
         t1 = time.perf_counter_ns()
         return [{k: r[k] for k in (p.outputs or r)} for p, r in zip(batch, results, strict=True)], (t0, t1)
@@ -583,6 +583,27 @@ class DynamicBatcher:
             "Export it with the batch on the first dimension of every output, or serve it with --no-batching",
             extra={"model": self.entry.name},
         )
+
+    def _rerun(self, batch: list[_Pending]) -> list[_Outcome]:
+        """Each request of a batch whose merged call failed (or whose outputs do not follow the batch), run
+        alone: only a culprit fails. A request past its deadline by then, or whose caller went away, is not run
+        again (helper-89: one ran 690 ms past its deadline, and for a client gone): Triton never runs a request
+        twice, and fails the whole batch instead."""
+        outcomes: list[_Outcome] = []
+        for p in batch:
+            now = time.monotonic()
+            gone = (p.waiter is not None and p.waiter.done()) or (p.future is not None and p.future.done())
+            if gone or (p.deadline is not None and now > p.deadline):
+                error = DeadlineExceeded(
+                    f"Request timeout expired: the request's batch in model {self.entry.name!r} failed "
+                    f"{(now - p.enqueued) * 1000:.1f} ms after it came, past its deadline, and it was not run again; "
+                    "retry with a longer timeout"
+                )
+                p.outcome.settle("fail", int((now - p.enqueued) * 1e9))  # (one gone is counted already)
+                outcomes.append((p, None, error))
+            else:
+                outcomes.append(self._run_one(p))
+        return outcomes
 
     def _run_one(self, p: _Pending) -> _Outcome:
         t0 = time.perf_counter_ns()
