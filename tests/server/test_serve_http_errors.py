@@ -406,6 +406,8 @@ def test_gzip_bomb_is_413(raw: Raw) -> None:
 def test_wrong_method_is_405(raw: Raw) -> None:
     status, headers, _ = raw.request("GET", INFER)
     assert status == 405 and headers["allow"] == "POST"
+    status, headers, _ = raw.request("POST", "/v2/health/live", "")  # HEAD answers where GET does (helper-85)
+    assert status == 405 and headers["allow"] == "GET, HEAD"
     raw.infer_ok()
 
 

@@ -364,13 +364,14 @@ class HttpApp:
     def _only(method: bytes, want: bytes, handler: Handler, args: list[str]) -> tuple[Handler, list[str]] | Response:
         if method == want or (want == b"GET" and method == b"HEAD"):
             return handler, args
-        return Response(405, orjson.dumps({"error": f"use {want.decode()} here"}), headers=[(b"allow", want)])
+        allow = b"GET, HEAD" if want == b"GET" else want  # every method the route answers (RFC 9110: HEAD too)
+        return Response(405, orjson.dumps({"error": f"use {want.decode()} here"}), headers=[(b"allow", allow)])
 
     @staticmethod
     def _get_or_post(method: bytes, handler: Handler, args: list[str]) -> tuple[Handler, list[str]] | Response:
         if method in (b"GET", b"HEAD", b"POST"):
             return handler, args
-        return Response(405, orjson.dumps({"error": "use GET or POST here"}), headers=[(b"allow", b"GET, POST")])
+        return Response(405, orjson.dumps({"error": "use GET or POST here"}), headers=[(b"allow", b"GET, HEAD, POST")])
 
     # -- handlers ------------------------------------------------------------------------------
     def live(self, req: Request, args: list[str]) -> Response:
