@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import gzip
 import json
 import socket
@@ -408,6 +409,9 @@ def test_wrong_method_is_405(raw: Raw) -> None:
     assert status == 405 and headers["allow"] == "POST"
     status, headers, _ = raw.request("POST", "/v2/health/live", "")  # HEAD answers where GET does (helper-85)
     assert status == 405 and headers["allow"] == "GET, HEAD"
+    # an origin server with a clock sends Date (RFC 9110 6.6.1; helper-85: none was sent)
+    sent = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+    assert abs(sent - time.time()) < 5
     raw.infer_ok()
 
 

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import email.utils
 import inspect
 import itertools
 import logging
@@ -54,6 +55,17 @@ from polystack.types import DType
 
 log = logging.getLogger("polystack.server.http")
 _Decoded = TypeVar("_Decoded")  # what a request body decodes into (an InferRequest, a V1 request)
+
+_DATE: list[Any] = [0, b""]  # (second, its Date header line): formatted once a second
+
+
+def _date_line() -> bytes:
+    """The ``date`` header line an origin server with a clock sends (RFC 9110 6.6.1), for this second."""
+    now = int(time.time())
+    if now != _DATE[0]:
+        _DATE[0], _DATE[1] = now, b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+    return cast(bytes, _DATE[1])
+
 
 _REASONS = {
     200: b"OK",
@@ -990,8 +1002,8 @@ class HttpProtocol(asyncio.Protocol):
         self.last_active = self._loop.time()  # idle time counts from the last answer, not the last request
         keep_alive = req.keep_alive and not self.app.closing
         parts = [
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-            % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, resp.length)
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s"
+            % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, resp.length, _date_line())
         ]
         for k, v in resp.headers:
             parts.append(b"%s: %s\r\n" % (k, v))
@@ -1032,8 +1044,8 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, resp.length, resp.whole())
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, resp.length, _date_line(), resp.whole())
         )
         if not transport.can_write_eof():
             transport.close()
