@@ -465,11 +465,14 @@ def test_responses_come_back_compressed_when_the_client_asks(
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [512, 4], "data": x.ravel().tolist()}]})
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
     try:
-        for accept, want in ((f"{algorithm};q=0.5", algorithm), (f"{algorithm};q=0", None), ("br", None)):
+        # q among other parameters and x-gzip as gzip (RFC 9110), and Vary on every answer that depends on it
+        alias = [("x-gzip", "gzip"), ("gzip;level=1;q=0", None)] if algorithm == "gzip" else []
+        for accept, want in ((f"{algorithm};q=0.5", algorithm), (f"{algorithm};q=0", None), ("br", None), *alias):
             conn.request("POST", "/v2/models/two/infer", body, {"Accept-Encoding": accept})
             resp = conn.getresponse()
             data = resp.read()
             assert resp.status == 200 and resp.getheader("content-encoding") == want, accept
+            assert resp.getheader("vary") == "accept-encoding"
             if want is not None:
                 data = zlib.decompress(data, 31 if want == "gzip" else 15)
             assert json.loads(data)["outputs"][0]["shape"] == [512, 4]

@@ -497,7 +497,10 @@ class HttpApp:
         if blobs:  # the JSON header's length before any compression, as Triton sends it
             headers.append((b"inference-header-content-length", str(len(head)).encode()))
         resp = Response(200, head, b"application/octet-stream" if blobs else JSON, headers, blobs)
-        encoding = _response_encoding(req.headers) if resp.length >= _COMPRESS_FROM_BYTES else None
+        if resp.length < _COMPRESS_FROM_BYTES:
+            return resp
+        headers.append((b"vary", b"accept-encoding"))  # the body depends on it: caches must key on it (RFC 9110)
+        encoding = _response_encoding(req.headers)
         if encoding is None:
             return resp
         payload = resp.whole()
@@ -584,15 +587,17 @@ def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
         return None
     weights: dict[bytes, float] = {}
     for part in raw.lower().split(b","):
-        token, _, params = part.partition(b";")
+        token, *params = part.split(b";")
         q = 1.0
-        params = params.strip()
-        if params.startswith(b"q="):
-            try:
-                q = float(params[2:])
-            except ValueError:
-                q = 0.0
+        for param in params:  # q among other parameters, wherever it stands
+            name, _, value = param.strip().partition(b"=")
+            if name.strip() == b"q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
         weights[token.strip()] = q
+    weights.setdefault(b"gzip", weights.get(b"x-gzip", weights.get(b"*", 0.0)))  # x-gzip: gzip (RFC 9110 8.4.1.3)
     for encoding in (b"gzip", b"deflate"):
         if weights.get(encoding, weights.get(b"*", 0.0)) > 0:
             return encoding.decode()
