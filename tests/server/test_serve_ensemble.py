@@ -236,6 +236,10 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         assert config["platform"] == "ensemble" and config["max_batch_size"] == 8
         for name in ("pipe", "mlp", "head", "neg"):  # gRPC shows every field HTTP shows
             same_config_both_ways(http, grpc, name)
+        shown = http.get_model_config("pipe")
+        assert shown["version_policy"] == {"latest": {"num_versions": 1}}  # as Triton shows one (none was shown)
+        http.load_model("pipe", config=json.dumps(shown))  # loads back as served
+        assert http.get_model_config("pipe") == shown and http.is_model_ready("pipe", "1")
         steps = config["ensemble_scheduling"]["step"]
         assert [(s["model_name"], s["model_version"]) for s in steps] == [("mlp", "-1"), ("head", "-1"), ("neg", "1")]
         assert steps[1]["input_map"] == {"h": "MID"} and steps[1]["output_map"] == {"z": "OUT"}

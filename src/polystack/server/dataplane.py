@@ -1205,21 +1205,26 @@ class DataPlane:
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         pipeline = self._ensemble(name, version)
         if pipeline is not None:
-            return ensemble.render(pipeline.ensemble)
+            return {**ensemble.render(pipeline.ensemble), "version_policy": self._version_policy(name, pipeline)}
         served = self._get(name, version)
         sequence = served.sequencer.policy if served.sequencer is not None else None
         config = model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
         return {**config, "version_policy": self._version_policy(served.entry.name)}
 
-    def _version_policy(self, name: str) -> dict[str, Any]:
-        """The version policy that picks the versions of ``name`` served now, among those a load of it by name
-        picks from (its repository folder's, else the store's): Triton's default, the latest, where they are the
-        latest ones, else those versions; a load of the config GET config shows serves them again."""
-        served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader thread changes it
+    def _version_policy(self, name: str, pipeline: _ServedEnsemble | None = None) -> dict[str, Any]:
+        """The version policy that picks the versions of ``name`` (or of the ensemble ``pipeline``) served now,
+        among those a load of it by name picks from (its repository folder's, else the store's): Triton's
+        default, the latest, where they are the latest ones, else those versions; a load of the config GET
+        config shows serves them again."""
+        if pipeline is not None:
+            served = [pipeline.ensemble.version]
+        else:
+            served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader thread changes it
         folder = self.repository.folder(name) if self.repository is not None and self.repository.owns(name) else None
-        known = model_repository.folder_versions(folder) if folder is not None else [
-            r.version for r in self.store.models.list(name)
-        ]
+        if folder is not None:
+            known = model_repository.folder_versions(folder)
+        else:  # an ensemble outside a repository has the one version it serves
+            known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
         if served and sorted(known)[-len(served) :] == served:
             return {"latest": {"num_versions": len(served)}}
         return {"specific": {"versions": served}}
