@@ -197,9 +197,12 @@ def test_statistics_of_a_model_or_version_not_served_are_refused_in_tritons_word
             http_client.get_inference_statistics(name, version)
         assert e.value.status() == "400" and says in e.value.message()
     with grpc.insecure_channel(server.grpc_url) as channel:  # a version that is no number, for every model
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(pb.ModelStatisticsRequest(version="abc"))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            stub.ModelStatistics(pb.ModelStatisticsRequest(version="abc"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "version string 'abc'" in err.value.details()
+        # a number is every model's, whatever it is, 0 too, as in Triton (helper-88: 0 was NOT_FOUND)
+        assert len(stub.ModelStatistics(pb.ModelStatisticsRequest(version="0")).model_stats) > 1
     assert grpc_client.get_inference_statistics("mlp", "1", as_json=True)["model_stats"][0]["name"] == "mlp"
 
 

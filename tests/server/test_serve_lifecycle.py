@@ -941,3 +941,28 @@ def test_a_batch_waiting_out_its_queue_delay_leaves_when_the_drain_begins(
         assert proc.wait(timeout=20) == 0
     stopped = [json.loads(x) for x in (tmp_path / "serve.log").read_text().splitlines() if '"stopped"' in x]
     assert stopped and stopped[-1]["drained"] is True
+
+
+def test_an_ipv6_host_serves_grpc_too(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
+    """gRPC's address for an IPv6 host is bracketed (helper-88: ``--host ::1`` bound HTTP, and gRPC's
+    ``::1:PORT`` was refused as a port taken)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    store, _ = model_store
+    http_port, grpc_port = free_port(), free_port()
+    args = ["mlp", "--host", "::1", "--grpc-port", str(grpc_port)]
+    cmd = [sys.executable, "-m", "polystack", "--home", str(store.home), "serve", *args, "--http-port", str(http_port)]
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = grpcclient.InferenceServerClient(f"[::1]:{grpc_port}")
+        assert until(lambda: proc.poll() is None and client.is_server_ready(), 60), (tmp_path / "serve.log").read_text()
+        assert httpclient.InferenceServerClient(f"[::1]:{http_port}").is_model_ready("mlp")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

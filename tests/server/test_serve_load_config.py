@@ -8,6 +8,7 @@ import concurrent.futures
 import copy
 import json
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from google.protobuf import json_format
-from servekit import mlp_ones, register_like, same_config_both_ways, start
+from servekit import cli_server, free_port, mlp_ones, refused_after_loads, register_like, same_config_both_ways, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy, DynamicBatcher
@@ -645,6 +646,40 @@ def test_a_loads_version_policy_picks_among_the_versions_the_store_holds(
         st.stop()
 
 
+def test_a_model_config_files_version_policy_picks_the_versions_served_as_get_config_shows_them(
+    tmp_path: Path,
+) -> None:
+    """GET config shows the version_policy that picks the versions served, and serve --model-config takes it
+    (helper-88: the JSON GET config returns was refused there, for any policy but Triton's default)."""
+    home = tmp_path / "home"
+    store = Store.at(home)
+    for seed in (1, 2, 3):
+        imported = import_model(mlp_onnx(tmp_path / f"m{seed}.onnx", seed=seed), tmp_path / f"imported{seed}")
+        store.register(imported.artifact, name="threev", format=imported.format, signature=imported.signature)
+    store.close()
+    port = free_port()
+    with cli_server(home, ["threev:1", "threev:3", "--grpc-port", "-1"], port, tmp_path / "a.log") as proc:
+        shown = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_config("threev")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert shown["version_policy"] == {"specific": {"versions": [1, 3]}}
+    (tmp_path / "shown.json").write_text(json.dumps(shown))
+    (tmp_path / "latest2.json").write_text(json.dumps({"version_policy": {"latest": {"num_versions": 2}}}))
+    for args, ready in (
+        (["threev:1", "threev:3", "--model-config", f"threev={tmp_path / 'shown.json'}"], ["1", "3"]),  # as named
+        (["threev", "--model-config", f"threev={tmp_path / 'shown.json'}"], ["1", "3"]),  # the policy picks
+        (["--model-config", f"threev={tmp_path / 'latest2.json'}"], ["2", "3"]),  # every model served
+    ):
+        port = free_port()
+        with cli_server(home, [*args, "--grpc-port", "-1"], port, tmp_path / "b.log") as proc:
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+            assert [v for v in ("1", "2", "3") if client.is_model_ready("threev", v)] == ready, args
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    said = refused_after_loads(tmp_path, ["threev:1", "--model-config", f"threev={tmp_path / 'latest2.json'}"])
+    assert "its version_policy picks versions [2, 3], but the command line serves [1]" in said
+
+
 def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -687,7 +722,7 @@ def test_a_config_from_get_config_keeps_the_early_leave_of_serves_batching(
     which Triton's dynamic batching has no field for: GET config carries it as a parameter, so that the config
     loads back as it was served (helper-86: a lone request took 3 ms, and 1,002 ms after reloading its own config)."""
     store, _ = model_store
-    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=1000)  # idle gap 0.2 ms, the default
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_ms=1000, idle_gap_ms=0.1234567)  # 0.2 ms by default
     st = start(store, models=["mlp"], allow_model_control=True, policy_for=lambda *_: policy)
     client = httpclient.InferenceServerClient(st.http_url)
     try:
@@ -698,7 +733,8 @@ def test_a_config_from_get_config_keeps_the_early_leave_of_serves_batching(
             return time.perf_counter() - started
 
         config = client.get_model_config("mlp")
-        assert config["parameters"]["polystack_idle_gap_ms"] == {"string_value": "0.2"}
+        # every digit, so that it reads back the same (helper-88: "%g" wrote 0.123457)
+        assert config["parameters"]["polystack_idle_gap_ms"] == {"string_value": "0.1234567"}
         assert lone_s() < 0.5
         client.load_model("mlp", config=json.dumps(config))
         assert client.get_model_config("mlp") == config and lone_s() < 0.5

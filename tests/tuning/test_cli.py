@@ -84,12 +84,14 @@ def test_tune_then_plan_show_json_and_report(home: Path, mlp_path: Path, tmp_pat
 def test_bad_arguments_exit_2_with_one_line(home: Path, mlp_path: Path, tmp_path: Path) -> None:
     out = run(home, tmp_path, "register", str(mlp_path), "--name", "mlp")
     assert out.returncode == 0
+    (tmp_path / "home.txt").write_text("a file, not a folder")
     for args, fragment in (
         (("tune", "mlp", "--profile", "fastest"), "unknown profile"),
         (("tune", "nope", "--profile", "realtime"), "no model named"),
         (("tune", "mlp", "--profile", "server", "--slo-ms", "-3"), "slo"),
         # checked before the budget is spent (helper-86: it was noticed after the tune, without naming the flag)
-        (("tune", "mlp", "--report", str(tmp_path / "nowhere" / "r.html")), "--report"),
+        (("tune", "mlp", "--report", str(tmp_path / "nowhere" / "r.html")), "does not exist"),
+        (("tune", "mlp", "--report", str(tmp_path / "home.txt" / "r.html")), "is a file"),
     ):
         bad = run(home, tmp_path, *args)
         assert bad.returncode == 2, bad.stderr

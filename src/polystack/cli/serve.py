@@ -517,8 +517,9 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise InvalidRequest(f"--model-config {name}: cannot read {file}: {reason}") from None
-        try:
-            configs[name] = model_config.ConfigFile(model_config.as_json(text), file.parent)
+        try:  # its version_policy picks the versions served (Server._refs), as GET config shows the ones served
+            policy, text = model_config.split_field(model_config.as_json(text), "version_policy")
+            configs[name] = model_config.ConfigFile(text, file.parent, policy=policy)
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {file}") from None
     return configs

@@ -95,7 +95,8 @@ def tune(
     if any(t < 1 for t in threads):
         raise InvalidRequest("--threads must be >= 1")
     if report is not None and not report.parent.is_dir():  # checked now, not once the budget is spent
-        raise InvalidRequest(f"--report {report}: the folder {report.parent} does not exist; create it, or name another")
+        what = "is a file" if report.parent.exists() else "does not exist"
+        raise InvalidRequest(f"--report {report}: the folder {report.parent} {what}; name a folder that exists")
     if report is not None and report.is_dir():
         raise InvalidRequest(f"--report {report} is a folder; name the HTML file to write")
     store = open_store()

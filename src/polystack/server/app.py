@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -26,7 +27,7 @@ from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, w
 from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
-from polystack.server import logs, model_config
+from polystack.server import logs, model_config, model_repository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
@@ -269,7 +270,31 @@ class Server:
                     f"--model-config names model {name!r}, which this server does not serve; name a model it "
                     "serves (`polystack models` lists the registered ones), or serve that one too"
                 )
+        for name, start in self.config.model_configs.items():
+            if start.policy is not None:
+                refs = self._picked(name, start.policy, refs)
         return refs
+
+    def _picked(self, name: str, policy: Any, refs: list[str]) -> list[str]:
+        """``refs`` with the versions of ``name`` that its ``--model-config``'s version_policy picks among the
+        store's, as a repository folder's config picks them: in place of the model named without a version (or
+        of every model served, none named); versions named on the command line must be those it picks."""
+        known = sorted(r.version for r in self.engine.store.models.list(name))
+        if not known:
+            return refs  # its load says the model is unknown
+        try:
+            picked = model_repository.pick_versions(policy, known)
+        except InvalidRequest as e:
+            raise e.prefixed(f"--model-config {name}") from None
+        mine = [ModelRef.parse(ref) for ref in refs if ModelRef.parse(ref).name == name]
+        named = sorted({r.version for r in mine if r.version is not None}) if self.config.models else []
+        if named and named != sorted(picked):
+            raise InvalidRequest(
+                f"--model-config {name}: its version_policy picks versions {sorted(picked)}, but the command line "
+                f"serves {named}; name the model without a version to serve what the policy picks, or name those"
+            )
+        others = [ref for ref in refs if ModelRef.parse(ref).name != name]
+        return others + [f"{name}:{v}" for v in sorted(picked)]
 
     def check_model_configs(self) -> list[str]:
         """Refuse what ``load_models`` would refuse in the start configs (``--model-config``), loading
@@ -295,6 +320,9 @@ class Server:
         cfg = self.config
         flags = cfg.no_batching or cfg.force_batching or cfg.batching is not None or cfg.batch_overrides is not None
         for name, start in cfg.model_configs.items():
+            picked = tuple(v for r in refs if (p := ModelRef.parse(r)).name == name and (v := p.version) is not None)
+            if start.policy is not None and picked:  # a load by name serves them again, as a repository folder's do
+                self.plane.model_configs[name] = dataclasses.replace(start, versions=picked)
             if flags:
                 log.warning(
                     f"batching settings do not apply: {start.source or '--model-config'} decides this model's batching",

@@ -1240,8 +1240,11 @@ class DataPlane:
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
         pipelines = list(self._ensembles.values())
-        if version and not name:
-            parse_version(name or "", version)  # checked, as Triton checks it, then every model's
+        if version and not (name or (version.isascii() and version.isdigit())):  # checked, then every model's
+            raise InvalidRequest(
+                f"failed to get model version from specified version string {quote(version, 40)}: a version is an "
+                "integer >= 0 (with no model named, every model's statistics, whatever the version)"
+            )
         try:
             if name:
                 pipeline = self._ensemble(name, version)

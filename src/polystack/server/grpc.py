@@ -595,15 +595,15 @@ def create_server(
     servicer = InferenceServicer(plane, calls, codec_pool)
     _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server, calls)
     _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
-    address = f"{host}:{port}"
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"  # IPv6: [::1]
+    why = "the port is taken or the address is not this machine's"
     try:  # grpcio raises RuntimeError("Failed to bind ...") where older releases returned 0
         bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
-    except RuntimeError:
-        bound = 0
+    except RuntimeError as e:
+        bound, why = 0, f"{e} ({why})"
     if bound == 0:
         raise OSError(
-            f"cannot serve gRPC on {host}:{port} (--grpc-port, --host): the port is taken or the address is not this "
-            "machine's; give a free port (0: any), or -1 for no gRPC"
+            f"cannot serve gRPC on {address} (--grpc-port, --host): {why}; give a free port (0: any), or -1 for no gRPC"
         )
     return server, bound
 

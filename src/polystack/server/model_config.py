@@ -403,7 +403,7 @@ def render(
         "parameters": {
             "polystack_device": {"string_value": entry.spec.device},
             **(  # polystack's early leave (serve's batching flags and plans set it), so that the config loads back
-                {IDLE_GAP: {"string_value": f"{batcher.policy.idle_gap_ms:g}"}}
+                {IDLE_GAP: {"string_value": repr(batcher.policy.idle_gap_ms)}}  # repr: reads back as the same float
                 if merging and batcher is not None and batcher.policy.idle_gap_ms
                 else {}
             ),
@@ -529,6 +529,9 @@ class ConfigFile:
     directory: Path | None = None
     source: str = ""
     versions: tuple[int, ...] = ()
+    # serve --model-config's version_policy (None: none given), which picks the versions the server serves among
+    # the store's where the command line names the model without one (``Server._refs``)
+    policy: Any = None
     # a repository folder's model_repository_agents, run on its files each time they are read, shown in GET config
     agents: repository_agents.Agents = ()
 
