@@ -550,7 +550,9 @@ def test_a_ready_check_of_a_version_that_is_not_a_number_is_refused_not_false(ra
     status, doc = raw.json("GET", "/v2/models/mlp/versions/x/ready")
     check_error(raw, status, doc, 400, "failed to get model version from specified version string 'x'")
     status, doc = raw.json("GET", "/v2/models/mlp/versions/99999999999999999999999/ready")
-    assert status == 400 and doc == {"name": "mlp", "ready": False}, doc
+    assert status == 400 and doc == {"error": "Model version not ready", "name": "mlp", "ready": False}, doc
+    status, doc = raw.json("GET", "/v2/models/mpl2/ready")  # an unknown model (helper-86: no error in the body)
+    assert status == 400 and doc == {"error": "Model version not ready", "name": "mpl2", "ready": False}, doc
 
 
 def test_without_model_control_the_index_answers_and_loads_are_refused_as_in_triton(raw: Raw) -> None:

@@ -402,7 +402,10 @@ class HttpApp:
 
     def model_ready(self, req: Request, args: list[str]) -> Response:
         ok = self.plane.model_ready(args[0], args[1])
-        return json_response(200 if ok else 400, {"name": args[0], "ready": ok})
+        if ok:
+            return json_response(200, {"name": args[0], "ready": True})
+        # Triton's 400 and words, beside KServe's readiness fields
+        return json_response(400, {"error": "Model version not ready", "name": args[0], "ready": False})
 
     def config(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.model_config(args[0], args[1]))
