@@ -943,9 +943,12 @@ def test_a_batch_waiting_out_its_queue_delay_leaves_when_the_drain_begins(
     assert stopped and stopped[-1]["drained"] is True
 
 
-def test_an_ipv6_host_serves_grpc_too(model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_serves_grpc_too(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, host: str
+) -> None:
     """gRPC's address for an IPv6 host is bracketed (helper-88: ``--host ::1`` bound HTTP, and gRPC's
-    ``::1:PORT`` was refused as a port taken)."""
+    ``::1:PORT`` was refused as a port taken), and the host may be given bracketed, as in a URL (helper-90)."""
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
@@ -953,7 +956,7 @@ def test_an_ipv6_host_serves_grpc_too(model_store: tuple[Store, dict[str, ModelR
         pytest.skip("this machine has no IPv6 loopback")
     store, _ = model_store
     http_port, grpc_port = free_port(), free_port()
-    args = ["mlp", "--host", "::1", "--grpc-port", str(grpc_port)]
+    args = ["mlp", "--host", host, "--grpc-port", str(grpc_port)]
     cmd = [sys.executable, "-m", "polystack", "--home", str(store.home), "serve", *args, "--http-port", str(http_port)]
     with (tmp_path / "serve.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

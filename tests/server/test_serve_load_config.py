@@ -744,6 +744,7 @@ def test_a_config_from_get_config_keeps_the_early_leave_of_serves_batching(
         assert "polystack_idle_gap_ms" not in client.get_model_config("mlp")["parameters"] and lone_s() >= 0.9
         for bad, says in (
             ({**triton, "parameters": {"polystack_idle_gap_ms": {"string_value": "soon"}}}, "takes milliseconds from 0"),
+            ({**triton, "parameters": {"polystack_idle_gap_ms": {"string_value": "1_0"}}}, "takes milliseconds from 0"),
             ({"max_batch_size": 8, "parameters": {"polystack_idle_gap_ms": {"string_value": "1"}}}, "batches nothing"),
         ):
             with pytest.raises(InferenceServerException, match=says):

@@ -589,9 +589,10 @@ class DynamicBatcher:
         alone: only a culprit fails. A request past its deadline by then, or whose caller went away, is not run
         again (helper-89: one ran 690 ms past its deadline, and for a client gone): Triton never runs a request
         twice, and fails the whole batch instead."""
-        outcomes: list[_Outcome] = []
+        now = time.monotonic()
+        dropped: list[_Outcome] = []
+        kept: list[_Pending] = []
         for p in batch:
-            now = time.monotonic()
             gone = (p.waiter is not None and p.waiter.done()) or (p.future is not None and p.future.done())
             if gone or (p.deadline is not None and now > p.deadline):
                 error = DeadlineExceeded(
@@ -600,10 +601,12 @@ class DynamicBatcher:
                     "retry with a longer timeout"
                 )
                 p.outcome.settle("fail", int((now - p.enqueued) * 1e9))  # (one gone is counted already)
-                outcomes.append((p, None, error))
+                dropped.append((p, None, error))
             else:
-                outcomes.append(self._run_one(p))
-        return outcomes
+                kept.append(p)
+        if dropped:  # told now, not once the others ran again
+            self._hand(dropped)
+        return [self._run_one(p) for p in kept]
 
     def _run_one(self, p: _Pending) -> _Outcome:
         t0 = time.perf_counter_ns()

@@ -290,7 +290,7 @@ def serve(
         grpc_http2_max_ping_strikes,
     )  # checked here: a bad value exits 2, naming the flag
     config = ServeConfig(
-        host=host,
+        host=host[1:-1] if host.startswith("[") and host.endswith("]") else host,  # [::1], as in a URL: ::1
         http_port=http_port,
         grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,
         metrics_port=metrics_port,

@@ -487,8 +487,9 @@ def _binding(what: str, flag: str, host: str, port: int) -> Any:
     try:
         yield
     except OSError as e:
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
         raise OSError(
-            f"cannot serve {what} on {host}:{port} ({flag}, --host): {e.strerror or e}; give a free port (0: any), "
+            f"cannot serve {what} on {shown}:{port} ({flag}, --host): {e.strerror or e}; give a free port (0: any), "
             "and an address of this machine"
         ) from None
 

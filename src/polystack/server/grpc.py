@@ -599,8 +599,8 @@ def create_server(
     why = "the port is taken or the address is not this machine's"
     try:  # grpcio raises RuntimeError("Failed to bind ...") where older releases returned 0
         bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
-    except RuntimeError as e:
-        bound, why = 0, f"{e} ({why})"
+    except RuntimeError:  # its words point at GRPC_VERBOSITY; grpc's own log line, above, says why
+        bound = 0
     if bound == 0:
         raise OSError(
             f"cannot serve gRPC on {address} (--grpc-port, --host): {why}; give a free port (0: any), or -1 for no gRPC"

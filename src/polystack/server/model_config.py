@@ -529,11 +529,11 @@ class ConfigFile:
     directory: Path | None = None
     source: str = ""
     versions: tuple[int, ...] = ()
+    # a repository folder's model_repository_agents, run on its files each time they are read, shown in GET config
+    agents: repository_agents.Agents = ()
     # serve --model-config's version_policy (None: none given), which picks the versions the server serves among
     # the store's where the command line names the model without one (``Server._refs``)
     policy: Any = None
-    # a repository folder's model_repository_agents, run on its files each time they are read, shown in GET config
-    agents: repository_agents.Agents = ()
 
 
 def read(
@@ -1358,8 +1358,8 @@ def _idle_gap(given: str, batching: BatchPolicy | None) -> BatchPolicy:
             f"parameter {IDLE_GAP} sets when a dynamic batch leaves early, but this config batches nothing "
             "(dynamic_batching with max_batch_size 1 or more does); leave it out"
         )
-    try:
-        gap = float(given)
+    try:  # a number as JSON writes one: not Python's "1_0" or " 1"
+        gap = float(given) if re.fullmatch(r"[0-9.eE+-]+", given) else math.nan
     except ValueError:
         gap = math.nan
     if not 0 <= gap <= _MAX_MICROSECONDS / 1000:  # NaN too

@@ -343,7 +343,7 @@ def _register_model(
         if registered.created:
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
     source = f"--model-repository {folder / CONFIG}"
-    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, shown)
+    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, agents=shown)
     return RepositoryModel(name, served, config, ran=ran)
 
 
