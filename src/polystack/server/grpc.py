@@ -522,8 +522,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         # protocol asks); then, when the server drains, the final status, and the stream ends.
         now = self._status(request.service)
         yield health_pb2.HealthCheckResponse(status=now)
-        if self.plane.ready():
-            await self.plane.wait_draining()
+        # decided by the status sent, not by readiness when this resumes: a drain that began while the first
+        # message was on its way ended the stream without its change (seen once under load)
+        if now != health_pb2.HealthCheckResponse.NOT_SERVING:
+            await self.plane.wait_draining()  # at once if it began meanwhile
             if self._status(request.service) != now:  # a new message only for a change, as the protocol says
                 yield health_pb2.HealthCheckResponse(status=self._status(request.service))
 
