@@ -19,6 +19,7 @@ import numpy as np
 
 from polystack.errors import InvalidRequest
 from polystack.store import ModelRecord, Store
+from polystack.store.models import SYNTHESIZED
 from polystack.types import DType, Signature, TensorSpec
 
 DEFAULT_COUNT = 128  # rows: a 99% top-1 gate needs 100+ rows to tolerate one near-tie flip
@@ -163,7 +164,7 @@ def ensure(store: Store, record: ModelRecord, workdir: Path) -> tuple[ModelRecor
     """The model's samples, synthesizing and storing them first when it has none; (record, samples, synthesized)."""
     found = load(store, record)
     if found is not None:
-        return record, found, bool(record.settings.get("samples_synthesized"))
+        return record, found, bool(record.settings.get(SYNTHESIZED))
     synthetic = synthesize(record.signature)
     path = to_npz(synthetic, workdir / "samples.npz")
     updated, _ = store.register(
@@ -173,7 +174,7 @@ def ensure(store: Store, record: ModelRecord, workdir: Path) -> tuple[ModelRecor
         signature=record.signature,
         source_filename=record.source_filename,
         samples=path,
-        settings={"samples_synthesized": True},
+        settings={SYNTHESIZED: True},
     )
     return updated, synthetic, True
 

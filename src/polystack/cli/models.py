@@ -13,6 +13,7 @@ from rich.table import Table
 from polystack.cli.app import app, console, err_console, open_store, print_json
 from polystack.errors import InvalidRequest
 from polystack.formats import import_model
+from polystack.store.models import SYNTHESIZED
 
 
 def parse_tags(tags: list[str]) -> dict[str, str]:
@@ -72,7 +73,7 @@ def register(
             data = samples_mod.read(samples, imported.signature)
         else:
             data = samples_mod.synthesize(imported.signature)
-            settings["samples_synthesized"] = True
+            settings[SYNTHESIZED] = True
         samples_file = samples_mod.to_npz(data, Path(tmp) / "samples.npz")
         added = store.add(
             imported.artifact,
@@ -85,7 +86,7 @@ def register(
             samples=samples_file,
         )
     record, created = added.record, added.created
-    if samples is None and record.settings.get("samples_synthesized"):
+    if samples is None and record.settings.get(SYNTHESIZED):
         err_console.print(f"[yellow]warning:[/] {samples_mod.SYNTHETIC_WARNING}")
     if added.samples_replaced and store.variants.for_model(record):
         err_console.print(
