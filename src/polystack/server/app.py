@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,14 +286,14 @@ class Server:
             picked = model_repository.pick_versions(policy, known)
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}") from None
-        mine = [ModelRef.parse(ref) for ref in refs if ModelRef.parse(ref).name == name]
-        named = sorted({r.version for r in mine if r.version is not None}) if self.config.models else []
+        parsed = [ModelRef.parse(ref) for ref in refs]
+        named = sorted({r.version for r in parsed if r.name == name and r.version is not None}) if self.config.models else []
         if named and named != sorted(picked):
             raise InvalidRequest(
                 f"--model-config {name}: its version_policy picks versions {sorted(picked)}, but the command line "
                 f"serves {named}; name the model without a version to serve what the policy picks, or name those"
             )
-        others = [ref for ref in refs if ModelRef.parse(ref).name != name]
+        others = [ref for ref, r in zip(refs, parsed, strict=True) if r.name != name]
         return others + [f"{name}:{v}" for v in sorted(picked)]
 
     def check_model_configs(self) -> list[str]:
@@ -481,7 +481,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def _binding(what: str, flag: str, host: str, port: int) -> Any:
+def _binding(what: str, flag: str, host: str, port: int) -> Iterator[None]:
     """A bind that fails says which flag to change (the socket library names no flag: "address already in
     use", "Name or service not known")."""
     try:
