@@ -771,6 +771,35 @@ def test_priority_and_timeout_other_than_integers_are_invalid_argument(server: S
         assert len(stub.ModelInfer(r, timeout=10).raw_output_contents) == 1
 
 
+def test_reserved_and_untyped_request_parameters_are_refused_in_tritons_words(server: ServerThread) -> None:
+    # Triton's gRPC front end refuses triton_ keys but its own, and custom parameters its backends cannot take
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+
+    def call(key: str, field: str, value: Any) -> Any:
+        r = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[np.zeros(16, np.float32).tobytes()])
+        r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        setattr(r.parameters[key], field, value)
+        return stub.ModelInfer(r, timeout=10)
+
+    refused = [
+        ("triton_anything", "bool_param", True, "parameter keys starting with 'triton_' are reserved for Triton usage"),
+        ("triton_enable_empty_final_response", "string_param", "true",
+         "invalid value type for 'triton_enable_empty_final_response' parameter, expected bool_param."),
+        ("my_threshold", "double_param", 0.5,
+         "invalid value type for 'my_threshold' parameter, expected int64_param, bool_param, or string_param."),
+        ("my_count", "uint64_param", 3, "invalid value type for 'my_count' parameter"),
+    ]  # fmt: skip
+    for key, field, value, words in refused:
+        with pytest.raises(grpc.RpcError) as err:
+            call(key, field, value)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, key
+        assert words in err.value.details(), err.value.details()
+    for key, field, value in [("triton_enable_empty_final_response", "bool_param", True),
+                              ("my_threshold", "string_param", "0.5"), ("my_count", "int64_param", 3),
+                              ("my_flag", "bool_param", False)]:  # fmt: skip
+        assert len(call(key, field, value).raw_output_contents) == 1
+
+
 def test_a_grpc_message_may_be_larger_than_an_http_body_as_in_triton(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
     """Triton caps HTTP bodies (64 MiB) but not gRPC messages (INT32_MAX): --max-body-bytes capped both, so an
     image batch too large for one HTTP body failed over gRPC too (RESOURCE_EXHAUSTED in gRPC's words alone)."""

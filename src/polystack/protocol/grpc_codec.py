@@ -50,7 +50,6 @@ _CONTENTS_FIELD = {
 }
 
 
-# the integer fields, at the width protobuf holds them
 # the typed contents fields in the order Triton reads them (InferGRPCToInput): each one's datatype, given the
 # input's (int_contents and uint_contents carry the 8- and 16-bit types too)
 _FIELD_ORDER = (
@@ -63,6 +62,7 @@ _FIELD_ORDER = (
     ("fp64_contents", lambda d: DType.FP64),
     ("bytes_contents", lambda d: DType.BYTES),
 )
+# the integer fields, at the width protobuf holds them
 _WIDE = {"uint_contents": np.uint64, "uint64_contents": np.uint64, "int_contents": np.int64, "int64_contents": np.int64}
 
 
@@ -76,9 +76,33 @@ def params_dict(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: param_value(v) for k, v in params.items()}
 
 
+# the request parameters Triton reads itself (InferGRPCToInputHelper's caller); the others are the model's own
+_TRITON_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"})
+_RESERVED_PARAMETER = "triton_enable_empty_final_response"  # the one triton_ key a request may carry
+
+
 def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A request's parameters; a ``sequence_id`` given as a negative ``int64_param`` is the unsigned 64-bit ID
-    with those bits, as Triton reads it (its C++ and Java clients send every uint64 ID so)."""
+    with those bits, as Triton reads it (its C++ and Java clients send every uint64 ID so). Refused in Triton's
+    words: a ``triton_`` key other than ``triton_enable_empty_final_response`` (a bool, which changes nothing
+    here: every model answers once), and a parameter of the model's own (custom) that is not an int64, a
+    bool or a string, which Triton cannot hand to its backends."""
+    for key, value in params.items():
+        if key in _TRITON_PARAMETERS:
+            continue
+        which = value.WhichOneof("parameter_choice")
+        if key.startswith("triton_"):
+            if key != _RESERVED_PARAMETER:
+                raise InvalidRequest(
+                    "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys "
+                    f"starting with 'triton_' are allowed: {_RESERVED_PARAMETER}; rename {key!r}"
+                )
+            if which != "bool_param":
+                raise InvalidRequest(f"invalid value type for '{key}' parameter, expected bool_param.")
+        elif which not in ("int64_param", "bool_param", "string_param"):
+            raise InvalidRequest(
+                f"invalid value type for '{key}' parameter, expected int64_param, bool_param, or string_param."
+            )
     out = params_dict(params)
     sid = params.get("sequence_id")
     if sid is not None and sid.WhichOneof("parameter_choice") == "int64_param" and out["sequence_id"] < 0:
