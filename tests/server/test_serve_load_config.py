@@ -637,6 +637,10 @@ def test_a_loads_version_policy_picks_among_the_versions_the_store_holds(
             client.load_model("threev")
             client.load_model("threev", config=json.dumps(shown))  # serves them again
             assert ready() == ["1", "3"]
+            without = {k: v for k, v in shown.items() if k != "version_policy"}
+            client.load_model("threev", config=json.dumps(without))  # Triton's default for a config with none
+            assert ready() == ["3"]
+            client.load_model("threev", config=json.dumps(shown))
             with pytest.raises(InferenceServerException, match=re.escape("but the model's versions are [1, 2, 3]")):
                 client.load_model("threev", config=json.dumps({"version_policy": {"specific": {"versions": [4]}}}))
             assert ready() == ["1", "3"]
@@ -678,6 +682,18 @@ def test_a_model_config_files_version_policy_picks_the_versions_served_as_get_co
             assert proc.wait(timeout=30) == 0
     said = refused_after_loads(tmp_path, ["threev:1", "--model-config", f"threev={tmp_path / 'latest2.json'}"])
     assert "its version_policy picks versions [2, 3], but the command line serves [1]" in said
+    # a load's config replaces the file's whole, its policy too (Triton's default then); a load without one reads
+    # the file's again (helper-90: the file's policy picked for a config without one)
+    port = free_port()
+    args = ["--model-config", f"threev={tmp_path / 'latest2.json'}", "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(home, args, port, tmp_path / "c.log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client.load_model("threev", config=json.dumps({"max_batch_size": 8}))
+        assert [v for v in ("1", "2", "3") if client.is_model_ready("threev", v)] == ["3"]
+        client.load_model("threev")
+        assert [v for v in ("1", "2", "3") if client.is_model_ready("threev", v)] == ["2", "3"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
@@ -705,7 +721,8 @@ def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
 
         monkeypatch.setattr(dataplane, "DynamicBatcher", second_fails)
         with pytest.raises(InferenceServerException):
-            client.load_model("twov", config=json.dumps({"max_batch_size": 8, "dynamic_batching": {}}))
+            config = {"max_batch_size": 8, "dynamic_batching": {}, "version_policy": {"all": {}}}
+            client.load_model("twov", config=json.dumps(config))
         monkeypatch.undo()
         for v, y in zip(("1", "2"), before, strict=True):
             config = client.get_model_config("twov", v)

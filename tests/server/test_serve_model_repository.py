@@ -364,8 +364,8 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
 
 def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp_path: Path) -> None:
     """A load's config is the model's config for that load, its version_policy too: once refused ("a load
-    loads one version"). Without one, the folder's policy picks, so that GET config (which shows none) loads
-    back as it was."""
+    loads one version"). A config without one takes Triton's default, the latest version (helper-90: the
+    folder's policy picked); a load without a config reads the folder's again."""
     with _served_repository(tmp_path, "--allow-model-control") as (_, client):
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")  # the folder's policy: all
         config = client.get_model_config("mlp", "3")
@@ -387,7 +387,13 @@ def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp
             with pytest.raises(InferenceServerException, match=re.escape(says)):
                 client.load_model("plain", config=json.dumps({"version_policy": bad}))
         assert _ready(client, "plain", "2") and not _ready(client, "plain", "5")  # as it was
-        client.load_model("mlp", config=json.dumps(config))  # no policy: the folder's, all
+        assert config["version_policy"] == {"latest": {"num_versions": 2}}  # the folder's all, as served
+        client.load_model("mlp", config=json.dumps(config))  # GET config loads back as it was
+        assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")
+        del config["version_policy"]
+        client.load_model("mlp", config=json.dumps(config))  # a config replaces the folder's whole: the latest
+        assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
+        client.load_model("mlp")  # no config: the folder's, all
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")
 
 

@@ -783,6 +783,9 @@ class DataPlane:
                 f"the config sets version_policy, but the load names version {ref.version} of {ref.name!r}; load "
                 "the model by name, or leave version_policy out"
             )
+        if config is not None and policy is None and ref.version is None:
+            # the config replaces the folder's (or start config's) whole, its policy too: Triton's default then
+            policy = model_repository.DEFAULT_POLICY
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
             return self._load_from_repository(ref.name, config, policy=policy)
         if ref.name in self._ensembles:

@@ -372,6 +372,10 @@ def _count(value: Any, what: str) -> int:
     return int(text)
 
 
+# Triton's version_policy where a config gives none (NormalizeModelConfig): the latest version
+DEFAULT_POLICY: Mapping[str, Any] = {"latest": {"num_versions": 1}}
+
+
 def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
     """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one)."""
     if value is None:
