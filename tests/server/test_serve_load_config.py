@@ -549,6 +549,48 @@ def test_an_image_inputs_layout_from_a_config_is_shown_as_triton_image_clients_r
         st.stop()
 
 
+def test_a_layout_counts_the_dims_the_config_gives_as_tritons_densenet_config_does(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Triton's densenet_onnx example: an unbatched model of [1, 3, 224, 224] served with dims [3, 224, 224],
+    a reshape to the model's, and FORMAT_NCHW. The layout counts the config's dims, as Triton's
+    ValidateModelInput does (helper-93: the model's four were counted, and the example's config refused)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from polystack.formats import import_model
+
+    work = tmp_path_factory.mktemp("dense")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["data_0"], ["out"])],
+        "dense",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(work / "dense.onnx"))
+    store, _ = model_store
+    imported = import_model(work / "dense.onnx", work / "import")
+    store.register(imported.artifact, name="dense", format=imported.format, signature=imported.signature)
+    st = start(store, models=["dense"], allow_model_control=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        data = {"name": "data_0", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 4, 4]}
+        config = {"max_batch_size": 0, "input": [{**data, "reshape": {"shape": [1, 3, 4, 4]}}]}
+        client.load_model("dense", config=json.dumps(config))
+        assert client.get_model_config("dense")["input"][0]["format"] == "FORMAT_NCHW"
+        x = np.arange(48, dtype=np.float32).reshape(3, 4, 4)
+        given = httpclient.InferInput("data_0", [3, 4, 4], "FP32")
+        given.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("dense", [given]).as_numpy("out").reshape(3, 4, 4), x)
+        four = {"max_batch_size": 0, "input": [{**data, "dims": [1, 3, 4, 4]}]}  # the config's dims count: 4
+        with pytest.raises(InferenceServerException, match=re.escape("needs 3 dims besides the batch, but the config's are [1, 3, 4, 4]")):
+            client.load_model("dense", config=json.dumps(four))
+    finally:
+        st.stop()
+
+
 def test_triton_onnxruntime_parameters_reach_the_runtime_and_show_in_the_config(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     threads = {"intra_op_thread_count": {"string_value": "1"}, "execution_mode": {"string_value": "1"}}

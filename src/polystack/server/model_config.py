@@ -1565,11 +1565,15 @@ def _tensors(
             if layout not in _FORMATS:
                 raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
             if layout != "FORMAT_NONE":
-                if len(_dims(t, max_batch)) != 3:
+                # the dims clients send, as Triton's ValidateModelInput counts them: the config's (a reshape
+                # gives the model others), else the model's
+                counted = read_int_list(dims, f"{where}.dims") if dims is not None else _dims(t, max_batch)
+                if len(counted) != 3:
+                    whose = "the config's" if dims is not None else "the model's"
                     raise InvalidRequest(
-                        f"{where} ({name}) has format {layout}, which needs 3 dims besides the batch, but the model's "
-                        f"are {_dims(t, max_batch)} (max_batch_size {max_batch}); leave format out"
-                        + ("" if max_batch or not t.batched else ", or set max_batch_size 1 or more")
+                        f"{where} ({name}) has format {layout}, which needs 3 dims besides the batch, but {whose} "
+                        f"are {counted} (max_batch_size {max_batch}); leave format out"
+                        + ("" if max_batch or not t.batched or dims is not None else ", or set max_batch_size 1 or more")
                     )
                 formats.append((name, layout))
             label = read_string(d, "label_filename", where)
