@@ -138,10 +138,11 @@ class SharedMemoryRegions:
                     os.close(region.fd)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Every region's name, key, offset and byte size, or region ``name``'s alone."""
+        """Every region's name, key, offset and byte size, by name as Triton lists them (a std::map), or region
+        ``name``'s alone."""
         with self._lock:
             if name is None:
-                return [r.status() for r in self._regions.values()]
+                return [self._regions[n].status() for n in sorted(self._regions)]
             region = self._regions.get(name)
             if region is None:
                 raise NotFound(f"no shared memory region {name!r} is registered")
