@@ -458,13 +458,15 @@ def test_a_write_into_a_full_tmpfs_is_an_error_not_a_crash(tmp_path: Path) -> No
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.parametrize("flag", ["--allow-shared-memory", "--allow-client-shm=true"])
 def test_polystack_serve_takes_shared_memory_when_told(
-    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, objects: Objects
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path, objects: Objects, flag: str
 ) -> None:
-    """The command a user runs: ``polystack serve --allow-shared-memory``, in its own process."""
+    """The command a user runs: ``polystack serve --allow-shared-memory``, in its own process; or the flag
+    tritonserver takes since 26.04 (helper-92: launch scripts written for Triton pass it, and it was refused)."""
     store, _ = model_store
     port = free_port()
-    args = ["mlp", "--grpc-port", "-1", "--allow-shared-memory"]
+    args = ["mlp", "--grpc-port", "-1", flag]
     with cli_server(store.home, args, port, tmp_path / "serve.log") as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         key, obj = objects.make(X.nbytes + 32)
@@ -484,6 +486,16 @@ def test_polystack_serve_takes_shared_memory_when_told(
 
 def test_shared_memory_is_refused_on_ray_with_one_line(tmp_path: Path) -> None:
     assert "--engine local" in refused_at_start(tmp_path, ["--allow-shared-memory", "--engine", "ray"])
+    assert "--engine local" in refused_at_start(tmp_path, ["--allow-client-shm", "1", "--engine", "ray"])
+
+
+def test_tritons_shared_memory_flag_takes_a_boolean_and_must_agree(tmp_path: Path) -> None:
+    assert "--allow-client-shm takes 1 or 0 (true or false), not 'maybe'" in refused_at_start(
+        tmp_path, ["--allow-client-shm=maybe"]
+    )
+    assert "disagree; give one of them" in refused_at_start(
+        tmp_path, ["--allow-shared-memory", "--allow-client-shm=false"]
+    )
 
 
 def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregistered_while_it_runs_is_held(

@@ -44,6 +44,12 @@ def serve(
         help="Enable the system shared memory extension: clients on this host pass tensors in /dev/shm "
         "(Triton's --allow-client-shm).",
     ),
+    allow_client_shm: str | None = typer.Option(
+        None,
+        "--allow-client-shm",
+        metavar="BOOL",
+        help="Triton's spelling of --allow-shared-memory (tritonserver 26.04 on): true (1) or false (0).",
+    ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(
         64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default."
@@ -281,6 +287,11 @@ def serve(
         raise InvalidRequest(
             f"--grpc-max-message-bytes takes 1 to 2147483647 (gRPC's own limit), not {grpc_max_message_bytes}"
         )
+    if allow_client_shm is not None:  # launch scripts written for tritonserver pass --allow-client-shm=true
+        client_shm = _flag_bool(allow_client_shm, "--allow-client-shm")
+        if allow_shared_memory and not client_shm:
+            raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
+        allow_shared_memory = client_shm
     keepalive = Keepalive(
         grpc_keepalive_time,
         grpc_keepalive_timeout,
