@@ -798,6 +798,19 @@ def test_model_metrics_is_a_field_of_tritons_config_taken_at_its_default_and_ref
         model_config.read(json.dumps({"model_metrics": buckets}), RECORD, SPEC, PLAN)
 
 
+def test_a_decoupled_config_is_refused_saying_what_leaving_it_out_does() -> None:
+    """helper-93: "leave it out" alone turned the refusal into a client waiting forever for the responses after
+    the first; not decoupled is Triton's default and loads."""
+    model_config.read('{"model_transaction_policy": {"decoupled": false}}', RECORD, SPEC, PLAN)
+    with pytest.raises(InvalidRequest) as refused:
+        model_config.read('{"model_transaction_policy": {"decoupled": true}}', RECORD, SPEC, PLAN)
+    assert refused.value.message == (
+        "the config sets model_transaction_policy, which polystack cannot honour: polystack has no decoupled models: "
+        "each request gets one response; leave it out only where clients expect one response a request (one "
+        "waiting for more would wait forever)"
+    )
+
+
 def test_what_clients_see_holds_a_configs_optional_inputs_once() -> None:
     """``Additions.seen`` adds the optional inputs to a record's signature (which has none), as the --engine ray
     check reads a step model; a loaded model's signature has them already, and keeps them once."""

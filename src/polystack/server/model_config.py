@@ -182,14 +182,18 @@ _CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy", "input
 _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 # fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
-_UNSUPPORTED = {
+# field -> why polystack refuses it, or (why, what to do) where "leave it out" is not all there is to say
+_UNSUPPORTED: dict[str, str | tuple[str, str]] = {
     "sequence_batching.iterative_sequence": "polystack has no iterative sequences (a request without a correlation ID)",
     "state.use_growable_memory": "polystack keeps sequence state in host memory, which needs no growable buffers",
     "ensemble_scheduling": (
         "a model's config cannot make it an ensemble: ensembles are folders of their own in a --model-repository "
         '(platform "ensemble" and an empty version folder), served beside the models they run'
     ),
-    "model_transaction_policy": "polystack has no decoupled models",
+    "model_transaction_policy": (
+        "polystack has no decoupled models: each request gets one response",
+        "leave it out only where clients expect one response a request (one waiting for more would wait forever)",
+    ),
     "version_policy": (
         "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
         "config, or a load's config"
@@ -1860,7 +1864,8 @@ def read_message(value: Any, where: str, kind: str) -> dict[str, Any]:
             continue
         why = _UNSUPPORTED.get(path)
         if why:
-            raise InvalidRequest(f"the config sets {path}, which polystack cannot honour: {why}; leave it out")
+            why, todo = (why, "leave it out") if isinstance(why, str) else why
+            raise InvalidRequest(f"the config sets {path}, which polystack cannot honour: {why}; {todo}")
         raise InvalidRequest(
             f"{where} sets {quote(key)}, which polystack does not read (it reads {', '.join(sorted(_READ[kind]))}); "
             "leave it out, or set it to Triton's default"
