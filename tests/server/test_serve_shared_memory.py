@@ -1,8 +1,9 @@
 """The system shared memory extension through the real tritonclient, over HTTP and gRPC.
 
 The shared memory objects are made with Python's ``multiprocessing.shared_memory`` (POSIX
-``shm_open``, as ``tritonclient.utils.shared_memory`` does): that tritonclient module needs
-``pkg_resources``, which the setuptools we install no longer ships. Registering, naming regions in
+``shm_open``, as ``tritonclient.utils.shared_memory`` does), which the tests can unlink whatever
+happens; one test goes Triton's examples' whole way, with tritonclient's own helpers (they import
+``pkg_resources``: constraints.txt keeps setuptools below 81 for them). Registering, naming regions in
 requests and reading answers all go through tritonclient's own HTTP and gRPC clients.
 """
 
@@ -113,6 +114,38 @@ def _expected(client: httpclient.InferenceServerClient | grpcclient.InferenceSer
     out = client.infer("mlp", [i]).as_numpy("y")
     assert out is not None
     return out
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_tritonclients_own_shared_memory_helpers_work_as_in_tritons_examples(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    """What simple_http_shm_client.py and simple_grpc_shm_client.py do, on the mlp: regions made, filled and
+    read with tritonclient.utils.shared_memory (helper-92/-93: in this venv it could not be imported)."""
+    import tritonclient.utils.shared_memory as shm
+
+    client = request.getfixturevalue(transport)
+    module = httpclient if transport == "http" else grpcclient
+    key_in, key_out = f"/polystack-test-in-{os.getpid()}", f"/polystack-test-out-{os.getpid()}"
+    handle_in = shm.create_shared_memory_region("input_data", key_in, X.nbytes)
+    handle_out = shm.create_shared_memory_region("output_data", key_out, 32)
+    try:
+        shm.set_shared_memory_region(handle_in, [X])
+        client.register_system_shared_memory("input_data", key_in, X.nbytes)
+        client.register_system_shared_memory("output_data", key_out, 32)
+        x = module.InferInput("x", list(X.shape), "FP32")
+        x.set_shared_memory("input_data", X.nbytes)
+        y = module.InferRequestedOutput("y") if transport == "grpc" else module.InferRequestedOutput("y", binary_data=True)
+        y.set_shared_memory("output_data", 32)
+        result = client.infer("mlp", [x], outputs=[y])
+        out = result.get_output("y")
+        shape = out["shape"] if transport == "http" else list(out.shape)
+        got = shm.get_contents_as_numpy(handle_out, np.float32, shape)
+        np.testing.assert_allclose(got, _expected(client, module), rtol=1e-6)
+        client.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(handle_in)
+        shm.destroy_shared_memory_region(handle_out)
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
