@@ -249,6 +249,31 @@ def test_a_model_without_samples_gets_synthesized_ones_stored(store: Store, tmp_
     assert stored is not None and stored["x"].shape == (samples.DEFAULT_COUNT, 4)
 
 
+def test_a_model_that_refuses_its_synthesized_samples_says_to_give_real_ones(store: Store, tmp_path: Path) -> None:
+    """A model reading its string input as numbers (Triton's simple_string) fails on made-up strings: each
+    variant's reason says the samples were synthesized and how to give real ones (helper-92: ONNX Runtime's
+    'stoll' alone); with real samples the same model verifies."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    graph = h.make_graph(
+        [h.make_node("Cast", ["s"], ["i"], to=T.INT32), h.make_node("Cast", ["i"], ["out"], to=T.STRING)],
+        "numbers",
+        [h.make_tensor_value_info("s", T.STRING, ["batch", 4])],
+        [h.make_tensor_value_info("out", T.STRING, ["batch", 4])],
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8), tmp_path / "n.onnx")
+    imported = import_model(tmp_path / "n.onnx", tmp_path / "imported")
+    record, _ = store.register(imported.artifact, name="numbers", format="onnx", signature=imported.signature)
+    source = lambda r: r.backend == "onnxruntime" and r.precision == "fp32"  # noqa: E731
+    [variant] = build(store, record, include=source).variants
+    assert variant.status == "failed" and "register it with real ones (--samples FILE)" in (variant.error or ""), variant
+    np.save(tmp_path / "real.npy", np.array([[b"1", b"22", b"-3", b"4"]] * 8))  # bytes (S2): no pickle
+    record = register(store, tmp_path / "n.onnx", tmp_path, "numbers2", tmp_path / "real.npy")
+    [variant] = build(store, record, include=source).variants
+    assert variant.status == "verified", variant
+
+
 def test_samples_files_npz_npy_parquet(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -178,7 +178,7 @@ def build(
         recipes = [r for r in plan(record) if include is None or include(r)]
         todo = [r for r in recipes if rebuild or r.build_key not in existing]
         if todo:
-            _build_all(store, record, todo, samples, work, report, say)
+            _build_all(store, record, todo, samples, work, report, say, synthesized)
         report.variants = store.variants.for_model(record)
         return report
 
@@ -191,6 +191,7 @@ def _build_all(
     work: Path,
     report: BuildReport,
     say: Log,
+    synthesized: bool = False,
 ) -> None:
     tolerance = tolerance_for(record)
     started = time.perf_counter()
@@ -198,9 +199,11 @@ def _build_all(
         reference: dict[str, np.ndarray] | None = reference_outputs(store, record, samples)
         reference_error = None
     except Exception as e:
+        # a model may refuse made-up values (a string input it parses as numbers, an index past a table)
+        hint = "; its samples were synthesized: register it with real ones (--samples FILE)" if synthesized else ""
         reference, reference_error = (
             None,
-            f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}",
+            f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}{hint}",
         )
     report.reference_s = time.perf_counter() - started
     ctx = ConvertContext(
