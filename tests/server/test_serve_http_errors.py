@@ -72,12 +72,24 @@ def test_malformed_json_is_400(raw: Raw, body: bytes, words: list[str]) -> None:
         ({"inputs": [good_input()], "parameters": {"priority": -1}}, ["Unable to parse 'priority'"]),
         ({"inputs": [good_input()], "parameters": {"priority": 1.0}}, ["Unable to parse 'priority'"]),
         ({"inputs": [good_input()], "parameters": {"priority": True}}, ["Unable to parse 'priority'"]),
+        # Triton's own keys a request may not set, and custom values it cannot hand a backend (helper-87)
+        ({"inputs": [good_input()], "parameters": {"triton_enable_empty_final_response": True}},
+         ["parameter keys starting with 'triton_' are reserved for Triton usage"]),
+        ({"inputs": [good_input()], "parameters": {"my_list": [1]}},
+         ["parameter 'my_list' has invalid type. It should be either 'int', 'bool', or 'string'."]),
+        ({"inputs": [good_input()], "parameters": {"my_none": None}}, ["parameter 'my_none' has invalid type"]),
     ],
 )  # fmt: skip
 def test_parameters_of_the_wrong_type_are_400_not_ignored_or_misread(raw: Raw, doc: dict, words: list[str]) -> None:
     # "false" was read as true (binary answers to a client asking for JSON); non-objects were ignored
     status, got = raw.json("POST", INFER, doc)
     check_error(raw, status, got, 400, *words)
+
+
+def test_custom_parameters_of_the_types_triton_takes_are_served(raw: Raw) -> None:
+    params = {"my_string": "a", "my_int": 3, "my_double": 0.5, "my_bool": False, "binary_data_output": False}
+    status, got = raw.json("POST", INFER, {"inputs": [good_input()], "parameters": params})
+    assert status == 200 and got["outputs"][0]["name"] == "y", got
 
 
 def test_integer_priority_and_timeout_are_served_as_tritonclient_sends_them(server: ServerThread) -> None:

@@ -170,6 +170,8 @@ def decode_infer_request(
     request_params = doc.get("parameters") or {}
     if not isinstance(request_params, dict):
         raise InvalidRequest("'parameters' must be an object")
+    if request_params:
+        _check_params(request_params)
     default_binary = _flag(request_params, "binary_data_output", "the request")
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
@@ -207,6 +209,30 @@ def decode_infer_request(
     if rid is not None and not isinstance(rid, str):
         raise InvalidRequest("'id' must be a string")
     return InferRequest(inputs=inputs, id=rid, outputs=outputs, parameters=request_params)
+
+
+# the request parameters Triton's HTTP front end reads itself (ParseJsonTritonParams); the others are the model's
+_TRITON_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output"}
+)
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """Refused in Triton's words: a ``triton_`` key (Triton's own, none of which a request may set over
+    HTTP), and a parameter of the model's own (custom) that is not a string, a number or a bool, which
+    Triton cannot hand to its backends."""
+    for key, value in params.items():
+        if key in _TRITON_PARAMETERS:
+            continue
+        if key.startswith("triton_"):
+            raise InvalidRequest(
+                "parameter keys starting with 'triton_' are reserved for Triton usage and should not be "
+                f"specified; rename {key!r}"
+            )
+        if not isinstance(value, str | int | float):  # bool is an int
+            raise InvalidRequest(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
+            )
 
 
 def _flag(params: dict[str, Any], key: str, where: str) -> bool:
