@@ -187,6 +187,9 @@ def test_a_nested_ensemble_runs_a_sequence_model_it_holds_after_an_unload(tmp_pa
         client.unload_model("acc")
         assert pending.get_result(timeout=30).as_numpy("OUT").ravel().tolist() == [3.0]
         assert not client.is_model_ready("outer")
+    # the start's log names the ensembles it serves beside the models (helper-95: it named the models alone)
+    [serving] = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if '"serving"' in line]
+    assert serving["ensembles"] == ["inner:1", "outer:1"] and "acc:1" in serving["models"], serving
 
 
 def test_a_request_that_cannot_hold_every_model_of_its_ensemble_holds_none(

@@ -369,6 +369,10 @@ def test_the_extension_is_off_unless_asked_for(raw: Raw, server: ServerThread) -
     assert status == 403 and "--allow-shared-memory" in doc["error"]
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         assert "--allow-shared-memory" in _refusal(client.get_system_shared_memory_status)
+        # a CUDA region's refusal points to system shared memory, and how to turn it on
+        assert "(start the server with --allow-shared-memory)" in _refusal(
+            lambda: client.register_cuda_shared_memory("r", b"\0" * 64, 0, 64)
+        )
 
 
 def test_the_extension_is_listed_when_on(
@@ -401,7 +405,8 @@ def test_cuda_shared_memory_answers_as_a_server_without_gpus_does(
     ):
         message = _refusal(call)
         assert message.startswith("failed to register CUDA shared memory region: 'r'")
-        assert "--allow-shared-memory" in message
+        # this server takes system shared memory already (helper-95: it was told to turn it on)
+        assert "use system shared memory or send tensors in the request" in message, message
     raw = Raw(shm_server.http_port)
     status, doc = raw.json("POST", "/v2/cudasharedmemory/region/r/register", {"raw_handle": {"b64": "AAAA"}})
     assert status == 400 and doc["error"].startswith("failed to register")

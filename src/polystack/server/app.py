@@ -396,6 +396,7 @@ class Server:
                 "grpc_port": self.grpc_port,
                 **({"metrics_port": self.metrics_port} if self.metrics_port is not None else {}),
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
+                **({"ensembles": ensembles} if (ensembles := self.plane.ensembles_served()) else {}),
                 **(self.config.cpus.describe() if self.config.cpus else {}),
                 **(tls.describe() if tls else {}),
             },

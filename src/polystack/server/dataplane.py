@@ -291,7 +291,7 @@ class DataPlane:
         self.allow_model_control = allow_model_control
         # the system shared memory extension's regions; None: off (tensors there are refused)
         self.shared_memory = SharedMemoryRegions() if allow_shared_memory else None
-        self.cuda_shared_memory = CudaRegions()  # always answered: nothing to protect, none registered
+        self.cuda_shared_memory = CudaRegions(allow_shared_memory)  # always answered: none is ever registered
         self.metrics = metrics or ServerMetrics()
         self.tracing = tracing or Tracing(enabled=False)
         # the trace and logging extensions' settings can be changed (None: a Ray Serve replica, one of
@@ -1040,6 +1040,10 @@ class DataPlane:
             self._routes.clear()
         self._routes[key] = served
         return served
+
+    def ensembles_served(self) -> list[str]:
+        """The ensembles served now, as ``name:version``."""
+        return [f"{name}:{self._ensembles[name].ensemble.version}" for name in sorted(self._ensembles)]
 
     def _ensemble(self, name: str, version: str | None) -> _ServedEnsemble | None:
         """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound)."""

@@ -243,6 +243,9 @@ class CudaRegions:
     registering one is refused. Triton's own shared memory examples unregister every CUDA region before
     they start; answering that with an error failed them before they reached system shared memory."""
 
+    def __init__(self, system_on: bool = False) -> None:
+        self.system_on = system_on  # whether the server takes system shared memory: what to advise instead
+
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         if name:
             raise NotFound(
@@ -251,10 +254,10 @@ class CudaRegions:
         return []
 
     def register(self, name: str) -> None:
+        system = "use system shared memory" + ("" if self.system_on else " (start the server with --allow-shared-memory)")
         raise InvalidRequest(
             f"failed to register CUDA shared memory region: {name!r}, polystack does not take CUDA shared "
-            "memory; use system shared memory (start the server with --allow-shared-memory) or send tensors "
-            "in the request"
+            f"memory; {system} or send tensors in the request"
         )
 
     def unregister(self, name: str | None = None) -> None:
