@@ -199,12 +199,16 @@ def _build_all(
         reference: dict[str, np.ndarray] | None = reference_outputs(store, record, samples)
         reference_error = None
     except Exception as e:
-        # a model may refuse made-up values (a string input it parses as numbers, an index past a table)
-        hint = "; its samples were synthesized: register it with real ones (--samples FILE)" if synthesized else ""
-        reference, reference_error = (
-            None,
-            f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}{hint}",
-        )
+        reference, reference_error = None, f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}"
+    # a model may refuse made-up values (a string input it parses as numbers, an index past a table): its
+    # variants' reasons, and those of conversions that ran it on them (int8 calibration), say what to do
+    hint = (
+        "; its samples were synthesized: register it with real ones (--samples FILE), then run "
+        f"`polystack variants {record.name}:{record.version} --rebuild`"
+        if synthesized and reference_error is not None
+        else ""
+    )
+    reference_error = reference_error and reference_error + hint
     report.reference_s = time.perf_counter() - started
     ctx = ConvertContext(
         source_format=record.format,
@@ -229,7 +233,7 @@ def _build_all(
         try:
             out = step(steps[-1])(src, dataclasses.replace(ctx, workdir=folder))
         except Exception as e:
-            artifacts[steps] = f"{steps[-1]} conversion failed: {_first_line(e)}"
+            artifacts[steps] = f"{steps[-1]} conversion failed: {_first_line(e)}{hint}"
             raise _Failed(artifacts[steps]) from e
         artifacts[steps] = (out, before + time.perf_counter() - t0)
         return artifacts[steps]  # type: ignore[return-value]

@@ -806,7 +806,7 @@ def test_a_decoupled_config_is_refused_saying_what_leaving_it_out_does() -> None
         model_config.read('{"model_transaction_policy": {"decoupled": true}}', RECORD, SPEC, PLAN)
     assert refused.value.message == (
         "the config sets model_transaction_policy, which polystack cannot honour: polystack has no decoupled models: "
-        "each request gets one response; leave it out only where clients expect one response a request (one "
+        "each request gets one response; leave it out only where clients expect one response per request (one "
         "waiting for more would wait forever)"
     )
 

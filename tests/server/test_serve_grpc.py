@@ -753,7 +753,7 @@ def test_a_timeout_that_is_not_a_number_of_microseconds_is_invalid_argument(serv
 def test_priority_and_timeout_other_than_integers_are_invalid_argument(server: ServerThread) -> None:
     # Triton takes both as int64_param only; a double or a string was taken (or ignored) before
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
-    cases = [("timeout", "double_param", 1500.0), ("timeout", "string_param", "1500"),
+    cases = [("timeout", "double_param", 1500.0), ("timeout", "string_param", "1500"), ("timeout", "uint64_param", 10),
              ("priority", "double_param", 1.0), ("priority", "string_param", "high"), ("priority", "bool_param", True),
              ("priority", "int64_param", -1)]  # fmt: skip
     for key, field, value in cases:
@@ -763,7 +763,8 @@ def test_priority_and_timeout_other_than_integers_are_invalid_argument(server: S
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(r, timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, field)
-        assert f"Unable to parse {key!r}" in err.value.details(), err.value.details()
+        words = "invalid value type for 'timeout' parameter, expected int64_param." if key == "timeout" else "Unable to parse 'priority'"
+        assert words in err.value.details(), err.value.details()
     for key, field, value in [("priority", "int64_param", 5), ("priority", "uint64_param", 5), ("timeout", "int64_param", 10**7)]:
         r = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[np.zeros(16, np.float32).tobytes()])
         r.inputs.add(name="x", datatype="FP32", shape=[1, 16])

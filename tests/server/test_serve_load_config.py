@@ -587,6 +587,10 @@ def test_a_layout_counts_the_dims_the_config_gives_as_tritons_densenet_config_do
         four = {"max_batch_size": 0, "input": [{**data, "dims": [1, 3, 4, 4]}]}  # the config's dims count: 4
         with pytest.raises(InferenceServerException, match=re.escape("needs 3 dims besides the batch, but the config's are [1, 3, 4, 4]")):
             client.load_model("dense", config=json.dumps(four))
+        bare = {"max_batch_size": 0, "input": [{"name": "data_0", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW"}]}
+        with pytest.raises(InferenceServerException) as refused:  # the model's own dims: says how Triton's does it
+            client.load_model("dense", config=json.dumps(bare))
+        assert "or give dims [3, 4, 4] and reshape { shape: [1, 3, 4, 4] }, as Triton's densenet_onnx" in str(refused.value)
     finally:
         st.stop()
 

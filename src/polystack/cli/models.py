@@ -90,8 +90,9 @@ def register(
         err_console.print(f"[yellow]warning:[/] {samples_mod.SYNTHETIC_WARNING}")
     if added.samples_replaced and store.variants.for_model(record):
         err_console.print(
-            f"[yellow]note:[/] {record.name}:{record.version} has new samples; its variants were verified against "
-            f"the old ones: `polystack variants {record.name}:{record.version} --rebuild` verifies them again",
+            f"[yellow]note:[/] {record.name}:{record.version} has new samples; its variants were built and checked "
+            f"on the old ones: `polystack variants {record.name}:{record.version} --rebuild` builds and checks them "
+            "again",
             highlight=False,
         )
     if as_json:

@@ -88,9 +88,11 @@ def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     here: every model answers once), and a parameter of the model's own (custom) that is not an int64, a
     bool or a string, which Triton cannot hand to its backends."""
     for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        if key == "timeout" and which != "int64_param":  # priority may be a uint64_param, as tritonclient sends it
+            raise InvalidRequest("invalid value type for 'timeout' parameter, expected int64_param.")
         if key in _TRITON_PARAMETERS:
             continue
-        which = value.WhichOneof("parameter_choice")
         if key.startswith("triton_"):
             if key != _RESERVED_PARAMETER:
                 raise InvalidRequest(

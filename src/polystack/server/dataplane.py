@@ -1835,7 +1835,8 @@ class DataPlane:
     def regions(self) -> SharedMemoryRegions:
         if self.shared_memory is None:
             raise PermissionDenied(
-                "the system shared memory extension is off; start the server with --allow-shared-memory to use it"
+                "the system shared memory extension is off; start the server with --allow-shared-memory (Triton's "
+                "--allow-client-shm=true) to use it"
             )
         return self.shared_memory
 

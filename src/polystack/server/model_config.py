@@ -192,7 +192,7 @@ _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
     ),
     "model_transaction_policy": (
         "polystack has no decoupled models: each request gets one response",
-        "leave it out only where clients expect one response a request (one waiting for more would wait forever)",
+        "leave it out only where clients expect one response per request (one waiting for more would wait forever)",
     ),
     "version_policy": (
         "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
@@ -1574,10 +1574,18 @@ def _tensors(
                 counted = read_int_list(dims, f"{where}.dims") if dims is not None else _dims(t, max_batch)
                 if len(counted) != 3:
                     whose = "the config's" if dims is not None else "the model's"
+                    # an unbatched model of [1, C, H, W]: Triton's densenet_onnx config serves it [C, H, W]
+                    lone = dims is None and len(counted) == 4 and counted[0] == 1 and not max_batch
                     raise InvalidRequest(
                         f"{where} ({name}) has format {layout}, which needs 3 dims besides the batch, but {whose} "
                         f"are {counted} (max_batch_size {max_batch}); leave format out"
                         + ("" if max_batch or not t.batched or dims is not None else ", or set max_batch_size 1 or more")
+                        + (
+                            f", or give dims {counted[1:]} and reshape {{ shape: {counted} }}, as Triton's "
+                            "densenet_onnx config does"
+                            if lone
+                            else ""
+                        )
                     )
                 formats.append((name, layout))
             label = read_string(d, "label_filename", where)
