@@ -9,6 +9,7 @@ import re
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +89,26 @@ def test_non_finite_floats_round_trip_as_json(client: httpclient.InferenceServer
     result = client.infer("two", [i], outputs=outputs)
     np.testing.assert_array_equal(result.as_numpy("same"), x)
     np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+
+
+def test_binary_data_output_is_for_the_outputs_a_request_does_not_list(raw: Raw) -> None:
+    """As Triton's L0_http checks: an output the request lists is binary only when its own binary_data says
+    so (helper-96: binary_data_output made a listed output without binary_data binary)."""
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    cases = [
+        ([{"name": "same", "parameters": {"binary_data": False}}, {"name": "neg"}], {"same": False, "neg": False}),
+        ([{"name": "same", "parameters": {"binary_data": True}}, {"name": "neg"}], {"same": True, "neg": False}),
+        (None, {"same": True, "neg": True}),  # none listed: every output as binary_data_output says
+    ]
+    for outputs, binary in cases:
+        doc: dict[str, Any] = {"inputs": [x], "parameters": {"binary_data_output": True}}
+        if outputs is not None:
+            doc["outputs"] = outputs
+        status, headers, body = raw.request("POST", "/v2/models/two/infer", json.dumps(doc).encode())
+        assert status == 200, body
+        size = int(headers.get("inference-header-content-length", len(body)))
+        got = json.loads(body[:size])
+        assert {o["name"]: "data" not in o for o in got["outputs"]} == binary, got
 
 
 def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClient) -> None:

@@ -3,8 +3,9 @@
 A request body is a JSON header, optionally followed by raw tensors; ``Inference-Header-Content-Length``
 says where the JSON ends. An input whose ``parameters.binary_data_size`` is set takes that many bytes
 from the binary section, in input order; the sizes must add up to the section exactly. Outputs go
-back binary when the output's ``parameters.binary_data`` (or the request's ``binary_data_output``)
-asks for it.
+back binary when the output's ``parameters.binary_data`` asks for it, or, for the outputs of a request
+that lists none, the request's ``binary_data_output`` (as in Triton: a listed output without
+``binary_data`` is JSON).
 
 simdjson parses inference requests: a tensor's numbers go from the JSON text into a numpy buffer in
 C (``as_buffer``), without a Python float per element. Decoding a 3x32x32 FP32 image's request
@@ -172,7 +173,7 @@ def decode_infer_request(
         raise InvalidRequest("'parameters' must be an object")
     if request_params:
         _check_params(request_params)
-    default_binary = _flag(request_params, "binary_data_output", "the request")
+    _flag(request_params, "binary_data_output", "the request")  # checked here; the front end reads it for the answer
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
@@ -198,7 +199,9 @@ def decode_infer_request(
             outputs.append(
                 RequestedOutput(
                     o["name"],
-                    default_binary if flag is None else flag,
+                    # an output the request lists is binary only when it says so, whatever binary_data_output
+                    # says (that is for the outputs it does not list): Triton's CheckBinaryOutputData
+                    bool(flag),
                     0 if k is None else classification.parse_count(k, o["name"]),
                     shm,
                 )
