@@ -281,6 +281,8 @@ def serve(
     grpc_bound = (8001 if engine != "ray" else None) if grpc_port is None else grpc_port  # ray: no gRPC by default
     if http_port and http_port == grpc_bound:
         raise InvalidRequest(f"--http-port and --grpc-port are both {http_port}; give each a port of its own")
+    if max_body_bytes < 1:  # as tritonserver refuses --http-max-input-size of 0 or less
+        raise InvalidRequest(f"--max-body-bytes must be greater than 0, not {max_body_bytes}")
     if not drain_timeout_s >= 0:  # NaN too
         raise InvalidRequest(f"--drain-timeout-s takes 0 (no wait) or more seconds, not {drain_timeout_s}")
     if not 1 <= grpc_max_message_bytes <= (1 << 31) - 1:
