@@ -86,6 +86,14 @@ def test_parameters_of_the_wrong_type_are_400_not_ignored_or_misread(raw: Raw, d
     check_error(raw, status, got, 400, *words)
 
 
+@pytest.mark.parametrize("count", [15, 18])
+def test_data_not_matching_the_shape_is_refused_in_tritons_words(raw: Raw, count: int) -> None:
+    # Triton's L0_http looks for its words (helper-96); then which input and by how much
+    status, got = raw.json("POST", INFER, {"inputs": [good_input(data=[0.0] * count)]})
+    check_error(raw, status, got, 400, "needs 16 elements but 'data' holds")
+    assert got["error"].startswith("Unable to parse 'data': Shape does not match true shape of 'data' field"), got
+
+
 def test_custom_parameters_of_the_types_triton_takes_are_served(raw: Raw) -> None:
     params = {"my_string": "a", "my_int": 3, "my_double": 0.5, "my_bool": False, "binary_data_output": False}
     status, got = raw.json("POST", INFER, {"inputs": [good_input()], "parameters": params})

@@ -356,8 +356,9 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
         ) from None
     if arr.size != count:
-        raise InvalidTensor(
-            f"input {name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
+        raise InvalidTensor(  # Triton's words (its L0_http tests look for them), then which input and why
+            "Unable to parse 'data': Shape does not match true shape of 'data' field; input "
+            f"{name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
         )
     return arr.reshape(shape)
 
