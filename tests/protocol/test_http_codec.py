@@ -263,3 +263,37 @@ def test_requested_outputs_that_cannot_all_be_answered_are_refused(outputs: list
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
     with pytest.raises(InvalidRequest, match=says):
         http_codec.decode_infer_request(body.encode(), None, _Regions(b""))
+
+
+def _config(dims: list[int], data_type: str = "TYPE_FP32", max_batch_size: int = 0, inputs: int = 1) -> dict:
+    spec = [{"name": f"in{i}" if i else "INPUT0", "data_type": data_type, "dims": dims} for i in range(inputs)]
+    return {"max_batch_size": max_batch_size, "input": spec}
+
+
+def test_a_raw_request_is_the_one_inputs_data_shaped_as_tritons_core_deduces_it() -> None:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0): a batch of 1 where the model batches,
+    the config's dims, one variable-sized dim sized to the body; every output back binary."""
+    x = np.arange(8, dtype=np.float32)
+    batched = http_codec.decode_raw_request(x.tobytes(), "m", _config([8], max_batch_size=4))
+    np.testing.assert_array_equal(batched.inputs["INPUT0"], x.reshape(1, 8))
+    assert batched.outputs is None and batched.parameters == {"binary_data_output": True}
+    variable = http_codec.decode_raw_request(x.tobytes(), "m", _config([-1, 4]))
+    np.testing.assert_array_equal(variable.inputs["INPUT0"], x.reshape(2, 4))
+    text = http_codec.decode_raw_request(b"\x00raw bytes", "m", _config([1], "TYPE_STRING", max_batch_size=8))
+    assert text.inputs["INPUT0"].shape == (1, 1) and text.inputs["INPUT0"][0, 0] == b"\x00raw bytes"
+
+
+@pytest.mark.parametrize(
+    ("config", "body", "words"),
+    [
+        (_config([8], inputs=3), b"\0" * 32, "Raw request must only have 1 input (found 1) to be deduced but got 3 inputs in 'm' model configuration"),
+        (_config([-1, -1]), b"\0" * 32, "The shape of the raw input 'INPUT0' can not be deduced because there are more than one variable-sized dimension"),
+        (_config([2], "TYPE_STRING"), b"ab", "For BYTE datatype raw input, the model must have input shape [1]"),
+        (_config([8]), b"\0" * 31, "INPUT0"),  # not the 32 bytes 8 FP32 take
+        (_config([-1, 4]), b"\0" * 20, "INPUT0"),  # not whole rows of 4 FP32
+    ],
+)  # fmt: skip
+def test_a_raw_request_that_cannot_be_deduced_is_refused_in_tritons_words(config: dict, body: bytes, words: str) -> None:
+    with pytest.raises((InvalidRequest, InvalidTensor)) as refused:
+        http_codec.decode_raw_request(body, "m", config)
+    assert words in refused.value.message, refused.value.message

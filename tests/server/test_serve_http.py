@@ -111,6 +111,30 @@ def test_binary_data_output_is_for_the_outputs_a_request_does_not_list(raw: Raw)
         assert {o["name"]: "data" not in o for o in got["outputs"]} == binary, got
 
 
+def test_a_raw_binary_request_is_the_models_one_input_as_in_triton(
+    raw: Raw, client: httpclient.InferenceServerClient
+) -> None:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0, its L0_http test_raw_binary): the body is
+    the data of the model's one input, shaped from its config, and every output comes back binary (helper-96:
+    the body was read as JSON, and refused)."""
+    x = np.arange(16, dtype=np.float32) / 10
+    status, headers, body = raw.request(
+        "POST", "/v2/models/mlp/infer", x.tobytes(), {"Inference-Header-Content-Length": "0"}
+    )
+    assert status == 200, body
+    size = int(headers["inference-header-content-length"])
+    [y] = json.loads(body[:size])["outputs"]
+    assert y["shape"] == [1, 4] and y["parameters"] == {"binary_data_size": 16}, y
+    given = httpclient.InferInput("x", [1, 16], "FP32")
+    given.set_data_from_numpy(x.reshape(1, 16))
+    expected = client.infer("mlp", [given]).as_numpy("y")
+    np.testing.assert_array_equal(np.frombuffer(body[size:], np.float32).reshape(1, 4), expected)
+    status, _, body = raw.request("POST", "/v2/models/mlp/infer", x[:15].tobytes(), {"Inference-Header-Content-Length": "0"})
+    assert status == 400 and b"'x'" in body, body  # 15 floats for a [1, 16] input
+    status, _, body = raw.request("POST", "/v2/models/strid/infer", b"abc", {"Inference-Header-Content-Length": "0"})
+    assert status == 400 and b"For BYTE datatype raw input, the model must have input shape [1]" in body, body
+
+
 def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClient) -> None:
     x = np.ones((2, 4), np.float32)
     i = httpclient.InferInput("x", [2, 4], "FP32")

@@ -86,6 +86,52 @@ def loads(body: bytes | memoryview) -> Any:
     raise InvalidRequest(f"the request body is not valid JSON ({error}); send a JSON object") from None
 
 
+def decode_raw_request(body: bytes, model: str, config: dict[str, Any]) -> InferRequest:
+    """A raw binary request (``Inference-Header-Content-Length: 0``): the whole body is the data of the model's
+    one input, whose shape is deduced from ``config`` (the model's, as GET config shows it), and every output
+    goes back binary, as Triton's ``EVBufferToRawInput`` and its core's ``Normalize`` read one: a batch of 1
+    where the model batches, the config's dims, and at most one variable-sized dim, sized to fit the body;
+    a BYTES input must take one element (``dims: [1]``), the whole body."""
+    inputs = config.get("input") or []
+    if len(inputs) != 1:
+        raise InvalidRequest(
+            f"Raw request must only have 1 input (found 1) to be deduced but got {len(inputs)} inputs in "
+            f"'{model}' model configuration; send a JSON request (Inference-Header-Content-Length: the length "
+            "of its JSON part) to name each input"
+        )
+    spec = inputs[0]
+    name = str(spec["name"])
+    kind = str(spec["data_type"])
+    dtype = DType.BYTES if kind == "TYPE_STRING" else DType(kind.removeprefix("TYPE_"))
+    shape = [1] if config.get("max_batch_size") else []
+    dynamic = -1
+    elements = 1
+    for d in spec.get("dims") or []:
+        if d == -1:
+            if dynamic != -1:
+                raise InvalidRequest(
+                    f"The shape of the raw input '{name}' can not be deduced because there are more than one "
+                    "variable-sized dimension; send a JSON request that gives its shape"
+                )
+            dynamic = len(shape)
+        else:
+            elements *= int(d)
+        shape.append(int(d))
+    if dtype is DType.BYTES:
+        if dynamic != -1 or elements != 1:
+            raise InvalidRequest(
+                f"For BYTE datatype raw input, the model must have input shape [1]; input '{name}' of '{model}' "
+                f"has dims {spec.get('dims') or []}: send a JSON request"
+            )
+        data = np.empty(1, dtype=object)
+        data[0] = bytes(body)
+        return InferRequest({name: data.reshape(shape)}, parameters={"binary_data_output": True})
+    if dynamic != -1:
+        per = elements * dtype.itemsize
+        shape[dynamic] = len(body) // per if per else 0
+    return InferRequest({name: from_raw(name, dtype, tuple(shape), body)}, parameters={"binary_data_output": True})
+
+
 def decode_infer_request(
     body: bytes, header_length: int | None = None, regions: RegionReader | None = None
 ) -> InferRequest:
