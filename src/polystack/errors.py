@@ -123,6 +123,13 @@ class PermissionDenied(PolystackError):
     pass
 
 
+class Restricted(PolystackError):
+    """A request for an API the server restricts (``--http-restricted-api``) without the header it needs:
+    Triton answers HTTP 403, gRPC UNAVAILABLE."""
+
+    server_failure = False
+
+
 class PayloadTooLarge(PolystackError):
     pass
 

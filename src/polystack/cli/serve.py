@@ -50,6 +50,20 @@ def serve(
         metavar="BOOL",
         help="Triton's spelling of --allow-shared-memory (tritonserver 26.04 on): true (1) or false (0).",
     ),
+    http_restricted_api: list[str] | None = typer.Option(
+        None,
+        "--http-restricted-api",
+        metavar="API[,API...]:KEY=VALUE",
+        help="Answer these HTTP APIs only for requests with header KEY: VALUE, others 403 (Triton's flag; give it "
+        "once per key). APIs: health, metadata, inference, shared-memory, model-config, model-repository, "
+        "statistics, trace, logging.",
+    ),
+    grpc_restricted_protocol: list[str] | None = typer.Option(
+        None,
+        "--grpc-restricted-protocol",
+        metavar="API[,API...]:KEY=VALUE",
+        help="The same for gRPC: calls without metadata KEY: VALUE are refused UNAVAILABLE (Triton's flag).",
+    ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(
         64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default."
@@ -231,7 +245,7 @@ def serve(
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
     from polystack.batching import BatchOverrides, BatchPolicy
     from polystack.engine import Engine
-    from polystack.server import logs
+    from polystack.server import logs, restricted
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.grpc import Keepalive
     from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
@@ -334,6 +348,8 @@ def serve(
         model_configs=_model_configs(model_config or []),
         response_cache=response_cache,
         default_max_batch_size=DEFAULT_MAX_BATCH_SIZE if max_batch_default is None else max_batch_default,
+        http_restricted=restricted.parse(http_restricted_api or [], "--http-restricted-api"),
+        grpc_restricted=restricted.parse(grpc_restricted_protocol or [], "--grpc-restricted-protocol"),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")

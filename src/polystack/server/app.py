@@ -35,6 +35,7 @@ from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE, ConfigFile
 from polystack.server.model_repository import Fingerprint, ModelRepository
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
+from polystack.server.restricted import Restrictions
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, ModelRef, Store
@@ -128,6 +129,9 @@ class ServeConfig:
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     # the ensembles those repositories declare, by name: served after the models, once these are loaded
     ensembles: Mapping[str, Ensemble] = field(default_factory=dict)
+    # Triton's restricted APIs (--http-restricted-api, --grpc-restricted-protocol): answered only with a header
+    http_restricted: Restrictions = field(default_factory=Restrictions)
+    grpc_restricted: Restrictions = field(default_factory=lambda: Restrictions(what="protocol"))
 
 
 class Server:
@@ -232,6 +236,7 @@ class Server:
             access_log=config.access_log,
             idle_timeout_s=config.idle_timeout_s,
             thread_initializer=cpus.pin_frontend if cpus else None,
+            restricted=config.http_restricted,
         )
         # Triton serves its metrics on a port of their own (--metrics-port, 8002), which scrape configs name
         self.metrics_http = (
@@ -384,6 +389,7 @@ class Server:
                 self.config.access_log,
                 self.http.codec_pool,
                 self.config.grpc_keepalive,
+                self.config.grpc_restricted,
             )
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:

@@ -41,7 +41,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
+from polystack.errors import InvalidRequest, PolystackError, Restricted, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -50,6 +50,7 @@ from polystack.server import status
 from polystack.server.dataplane import DataPlane
 from polystack.server.http import DECODE_INLINE_BELOW
 from polystack.server.logs import request_level
+from polystack.server.restricted import GRPC_METHODS, Restrictions
 from polystack.server.tls import TlsConfig
 
 log = logging.getLogger("polystack.server.grpc")
@@ -581,6 +582,7 @@ def create_server(
     access_log: bool = False,
     codec_pool: Executor | None = None,
     keepalive: Keepalive = Keepalive(),
+    restricted: Restrictions = Restrictions(what="protocol"),
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
     ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
@@ -595,8 +597,8 @@ def create_server(
     )
     calls = _Calls(plane, access_log)
     servicer = InferenceServicer(plane, calls, codec_pool)
-    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server, calls)
-    _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls)
+    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server, calls, restricted)
+    _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls, restricted)
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"  # IPv6: [::1]
     why = "the port is taken or the address is not this machine's"
     try:  # grpcio raises RuntimeError("Failed to bind ...") where older releases returned 0
@@ -625,15 +627,70 @@ class _Handlers:
 
 
 def _add_service(
-    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server, calls: _Calls
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    server: grpc.aio.Server,
+    calls: _Calls,
+    restricted: Restrictions = Restrictions(what="protocol"),
 ) -> None:
     """Register a generated service as its ``add_*Servicer_to_server`` would, with lenient deserializers
-    and a log line per unary call."""
+    and a log line per unary call, its methods of restricted APIs answering only calls with their key."""
     taken = _Handlers()
     add_to_server(servicer, taken)
-    methods = {name: _lenient(f"{taken.service}/{name}", h, calls) for name, h in taken.methods.items()}
+    methods = {
+        name: _lenient(f"{taken.service}/{name}", _restricted(name, h, restricted), calls)
+        for name, h in taken.methods.items()
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
     server.add_registered_method_handlers(taken.service, methods)
+
+
+def _restricted(name: str, handler: Any, restricted: Restrictions) -> Any:
+    """``handler`` answering a call only when its metadata carries the key its API's restriction needs
+    (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the request is read further."""
+    api = GRPC_METHODS.get(name)
+    if api is None or api not in restricted.keys:
+        return handler
+
+    async def refuse_unless_allowed(context: grpc.aio.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            restricted.check(api, lambda key: _text(metadata.get(key)))
+        except Restricted as e:
+            await context.abort(status.grpc_code(e), e.message)
+
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await refuse_unless_allowed(context)
+            return await unary(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        streaming = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await refuse_unless_allowed(context)
+            async for answer in streaming(request, context):
+                yield answer
+
+        return handler._replace(unary_stream=unary_stream)
+    if handler.stream_stream is not None:
+        both = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await refuse_unless_allowed(context)
+            async for answer in both(requests, context):
+                yield answer
+
+        return handler._replace(stream_stream=stream_stream)
+    return handler
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A metadata value as text (a ``-bin`` key's comes as bytes)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _lenient(method: str, handler: Any, calls: _Calls) -> Any:

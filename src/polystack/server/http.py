@@ -41,6 +41,7 @@ from polystack.errors import (
     NotFound,
     PayloadTooLarge,
     PolystackError,
+    Restricted,
     ShuttingDown,
     UnsupportedMediaType,
     quote,
@@ -51,6 +52,7 @@ from polystack.protocol.wire import InferRequest
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
+from polystack.server.restricted import Restrictions
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server.http")
@@ -184,8 +186,22 @@ class HttpApp:
         idle_timeout_s: float = 0.0,
         thread_initializer: Callable[[], None] | None = None,
         only_metrics: bool = False,
+        restricted: Restrictions = Restrictions(),
     ) -> None:
         self.plane = plane
+        self.restricted = restricted  # --http-restricted-api: the APIs that answer only with a header
+        # each handler's API, as Triton groups its endpoints (restricted.py)
+        self._apis: dict[Handler, str] = {
+            self.live: "health", self.ready: "health", self.model_ready: "health", self.v1_live: "health",
+            self.v1_model_ready: "health", self.server_metadata: "metadata", self.model_metadata: "metadata",
+            self.v1_models: "metadata", self.infer: "inference", self.v1_predict: "inference",
+            self.config: "model-config", self.stats: "statistics", self.trace_setting: "trace",
+            self.logging: "logging", self.repository_index: "model-repository",
+            self.repository_load: "model-repository", self.repository_unload: "model-repository",
+            self.shm_status: "shared-memory", self.shm_register: "shared-memory", self.shm_unregister: "shared-memory",
+            self.cuda_status: "shared-memory", self.cuda_register: "shared-memory",
+            self.cuda_unregister: "shared-memory",
+        }  # fmt: skip
         self.only_metrics = only_metrics  # the metrics port: GET /metrics and nothing else, as Triton's
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
@@ -266,6 +282,18 @@ class HttpApp:
             if len(self._routes) >= _MAX_ROUTES:  # paths without end (model names, versions): stay bounded
                 self._routes.clear()
             self._routes[key] = routed
+        return routed
+
+    def resolve(self, req: Request) -> tuple[Handler, list[str]] | Response:
+        """``route``, then the restriction of the handler's API (``--http-restricted-api``): 403 without its header."""
+        routed = self.route(req.method, req.path)
+        if self.restricted and not isinstance(routed, Response):
+            api = self._apis.get(routed[0])
+            if api is not None:
+                try:
+                    self.restricted.check(api, lambda key: _header(req.headers, key))
+                except Restricted as e:
+                    return error_response(e)
         return routed
 
     def _route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
@@ -578,6 +606,12 @@ def _origin_form(target: str) -> str:
         return target
     slash = rest.find("/")
     return "/" if slash < 0 else rest[slash:]
+
+
+def _header(headers: dict[bytes, bytes], key: str) -> str | None:
+    """A request header's value as text (``key`` lower case, as the parser keeps names); None when not sent."""
+    raw = headers.get(key.encode("latin-1"))
+    return None if raw is None else raw.decode("latin-1")
 
 
 def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
@@ -963,7 +997,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- handling ------------------------------------------------------------------------------
     def _dispatch(self, req: Request) -> None:
-        routed = self.app.route(req.method, req.path)
+        routed = self.app.resolve(req)
         if isinstance(routed, Response):
             self._send(req, routed)
             return

@@ -125,7 +125,7 @@ class OipReplica:
         req = Request(request.method.encode(), request.url.path, headers, b"", True)
         try:
             req.body = await self._body(request, headers)
-            routed = self.http.route(req.method, req.path)
+            routed = self.http.resolve(req)
             if isinstance(routed, Response):
                 resp = routed
             else:

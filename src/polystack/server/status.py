@@ -19,6 +19,7 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.NotFound: (404, grpc.StatusCode.NOT_FOUND),
     E.Conflict: (409, grpc.StatusCode.FAILED_PRECONDITION),
     E.PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
+    E.Restricted: (403, grpc.StatusCode.UNAVAILABLE),  # Triton's restricted APIs: 403, and UNAVAILABLE over gRPC
     E.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     E.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
     E.Unsupported: (501, grpc.StatusCode.UNIMPLEMENTED),  # Triton's HTTP front end answers UNSUPPORTED 501

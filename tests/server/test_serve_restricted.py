@@ -1,0 +1,95 @@
+"""Triton's restricted APIs (``--http-restricted-api``, ``--grpc-restricted-protocol``): the APIs named answer only
+requests carrying the header (or metadata key) with its value; the rest stay open. As Triton's L0_http and L0_grpc
+restricted-API tests check them, through the real tritonclient against ``polystack serve`` in its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+from tritonclient.utils import InferenceServerException
+
+from polystack.store import ModelRecord, Store
+
+INFER = {"infer-key": "infer-value"}
+
+
+def _x(module: Any) -> Any:
+    x = module.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    return x
+
+
+def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    http_port, grpc_port = free_port(), free_port()
+    args = [
+        "mlp", "--grpc-port", str(grpc_port), "--allow-model-control",
+        "--http-restricted-api", "model-repository:admin-key=admin-value",
+        "--http-restricted-api=inference,metadata:infer-key=infer-value",
+        "--grpc-restricted-protocol", "inference,health:infer-key=infer-value",
+    ]  # fmt: skip
+    with cli_server(store.home, args, http_port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        http.get_inference_statistics("mlp")  # statistics and config are not restricted
+        assert http.get_model_config("mlp")["name"] == "mlp"
+        for call in (
+            lambda: http.get_server_metadata(),
+            lambda: http.get_model_metadata("mlp", headers={"infer-key": "another-value"}),
+            lambda: http.infer("mlp", [_x(httpclient)]),
+            lambda: http.unload_model("mlp", headers=INFER),  # another group's key
+        ):
+            with pytest.raises(InferenceServerException, match="This API is restricted, expecting header") as refused:
+                call()
+            assert refused.value.status() == "403"
+        assert http.get_server_metadata(headers=INFER)["name"] == "polystack"
+        assert http.infer("mlp", [_x(httpclient)], headers={"Infer-Key": "infer-value"}).as_numpy("y").shape == (1, 4)
+        http.load_model("mlp", headers={"admin-key": "admin-value"})
+
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert grpc.get_server_metadata().name == "polystack"  # metadata is open over gRPC
+        for call in (lambda: grpc.infer("mlp", [_x(grpcclient)]), lambda: grpc.is_server_live()):
+            with pytest.raises(InferenceServerException, match="This protocol is restricted, expecting header 'infer-key'") as refused:
+                call()
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert grpc.is_server_live(headers=INFER)
+        assert grpc.infer("mlp", [_x(grpcclient)], headers=INFER).as_numpy("y").shape == (1, 4)
+        for headers, refused_words in ((None, "This protocol is restricted"), (INFER, None)):
+            answers: queue.Queue[Any] = queue.Queue()
+            grpc.start_stream(lambda result, error, answers=answers: answers.put((result, error)), headers=headers)
+            try:
+                # refused, the stream ends at once: the client may already refuse to send on it
+                with contextlib.suppress(InferenceServerException) if headers is None else contextlib.nullcontext():
+                    grpc.async_stream_infer("mlp", [_x(grpcclient)])
+                result, error = answers.get(timeout=30)
+            finally:
+                grpc.stop_stream()
+            if refused_words is None:
+                assert error is None and result.as_numpy("y").shape == (1, 4)
+            else:
+                assert error is not None and refused_words in str(error), error
+        grpc.close()
+        http.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--http-restricted-api", "model-reposit,health:k1=v1"], "unknown restricted api 'model-reposit'"),
+        (["--http-restricted-api", "model-repository,health:k1=v1", "--http-restricted-api", "metadata,health:k2=v2"],
+         "api 'health' can not be specified in multiple config groups"),
+        (["--grpc-restricted-protocol", "inference:k"], "give API[,API...]:KEY=VALUE"),
+        (["--grpc-restricted-protocol", "inferense:k=v"], "unknown restricted protocol 'inferense'"),
+    ],
+)  # fmt: skip
+def test_restrictions_tritonserver_refuses_exit_2_in_its_words(tmp_path: Path, args: list[str], says: str) -> None:
+    assert says in refused_at_start(tmp_path, args)
