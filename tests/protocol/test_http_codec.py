@@ -288,9 +288,9 @@ def test_a_raw_request_is_the_one_inputs_data_shaped_as_tritons_core_deduces_it(
     [
         (_config([8], inputs=3), b"\0" * 32, "Raw request must only have 1 input (found 1) to be deduced but got 3 inputs in 'm' model configuration"),
         (_config([-1, -1]), b"\0" * 32, "The shape of the raw input 'INPUT0' can not be deduced because there are more than one variable-sized dimension"),
-        (_config([2], "TYPE_STRING"), b"ab", "For BYTE datatype raw input, the model must have input shape [1]"),
+        (_config([2], "TYPE_STRING"), b"ab", "For BYTE datatype raw input 'INPUT0', the model must have input shape [1]"),
         (_config([8]), b"\0" * 31, "INPUT0"),  # not the 32 bytes 8 FP32 take
-        (_config([-1, 4]), b"\0" * 20, "INPUT0"),  # not whole rows of 4 FP32
+        (_config([-1, 4]), b"\0" * 20, "the body's 20 bytes are not a whole number of FP32 tensors of shape [-1, 4]"),
     ],
 )  # fmt: skip
 def test_a_raw_request_that_cannot_be_deduced_is_refused_in_tritons_words(config: dict, body: bytes, words: str) -> None:

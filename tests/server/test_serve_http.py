@@ -132,7 +132,7 @@ def test_a_raw_binary_request_is_the_models_one_input_as_in_triton(
     status, _, body = raw.request("POST", "/v2/models/mlp/infer", x[:15].tobytes(), {"Inference-Header-Content-Length": "0"})
     assert status == 400 and b"'x'" in body, body  # 15 floats for a [1, 16] input
     status, _, body = raw.request("POST", "/v2/models/strid/infer", b"abc", {"Inference-Header-Content-Length": "0"})
-    assert status == 400 and b"For BYTE datatype raw input, the model must have input shape [1]" in body, body
+    assert status == 400 and b"For BYTE datatype raw input 's', the model must have input shape [1]" in body, body
 
 
 def test_default_outputs_come_back_binary(client: httpclient.InferenceServerClient) -> None:

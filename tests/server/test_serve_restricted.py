@@ -9,16 +9,19 @@ import queue
 from pathlib import Path
 from typing import Any
 
+import grpc as grpc_lib
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servekit import cli_server, free_port, refused_at_start
 from tritonclient.utils import InferenceServerException
 
 from polystack.store import ModelRecord, Store
 
 INFER = {"infer-key": "infer-value"}
+GRPC_INFER = {"triton-grpc-protocol-infer-key": "infer-value"}  # Triton's gRPC key: its prefix, then the flag's
 
 
 def _x(module: Any) -> Any:
@@ -37,6 +40,7 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
         "--http-restricted-api", "model-repository:admin-key=admin-value",
         "--http-restricted-api=inference,metadata:infer-key=infer-value",
         "--grpc-restricted-protocol", "inference,health:infer-key=infer-value",
+        "--http-restricted-api", "logging:auth=user:pass=word",  # a value may hold ':' and '=', as in Triton
     ]  # fmt: skip
     with cli_server(store.home, args, http_port, tmp_path / "serve.log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
@@ -54,16 +58,33 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
         assert http.get_server_metadata(headers=INFER)["name"] == "polystack"
         assert http.infer("mlp", [_x(httpclient)], headers={"Infer-Key": "infer-value"}).as_numpy("y").shape == (1, 4)
         http.load_model("mlp", headers={"admin-key": "admin-value"})
+        with pytest.raises(InferenceServerException, match="expecting header 'auth'"):
+            http.get_log_settings(headers={"auth": "user:pass"})
+        assert "log_info" in http.get_log_settings(headers={"auth": "user:pass=word"})
 
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert grpc.get_server_metadata().name == "polystack"  # metadata is open over gRPC
-        for call in (lambda: grpc.infer("mlp", [_x(grpcclient)]), lambda: grpc.is_server_live()):
-            with pytest.raises(InferenceServerException, match="This protocol is restricted, expecting header 'infer-key'") as refused:
+        for call in (
+            lambda: grpc.infer("mlp", [_x(grpcclient)]),
+            lambda: grpc.is_server_live(),
+            lambda: grpc.is_server_live(headers=INFER),  # HTTP's key: gRPC's has Triton's prefix
+        ):
+            with pytest.raises(
+                InferenceServerException, match="This protocol is restricted, expecting header 'triton-grpc-protocol-infer-key'"
+            ) as refused:
                 call()
             assert refused.value.status() == "StatusCode.UNAVAILABLE"
-        assert grpc.is_server_live(headers=INFER)
-        assert grpc.infer("mlp", [_x(grpcclient)], headers=INFER).as_numpy("y").shape == (1, 4)
-        for headers, refused_words in ((None, "This protocol is restricted"), (INFER, None)):
+        assert grpc.is_server_live(headers=GRPC_INFER)
+        assert grpc.infer("mlp", [_x(grpcclient)], headers=GRPC_INFER).as_numpy("y").shape == (1, 4)
+        # the standard health service is health too, as Triton groups it
+        with grpc_lib.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            with pytest.raises(grpc_lib.RpcError) as refused_call:
+                check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert refused_call.value.code() == grpc_lib.StatusCode.UNAVAILABLE
+            answer = check(health_pb2.HealthCheckRequest(), timeout=10, metadata=tuple(GRPC_INFER.items()))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        for headers, refused_words in ((None, "This protocol is restricted"), (GRPC_INFER, None)):
             answers: queue.Queue[Any] = queue.Queue()
             grpc.start_stream(lambda result, error, answers=answers: answers.put((result, error)), headers=headers)
             try:
@@ -89,6 +110,9 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
          "api 'health' can not be specified in multiple config groups"),
         (["--grpc-restricted-protocol", "inference:k"], "give API[,API...]:KEY=VALUE"),
         (["--grpc-restricted-protocol", "inferense:k=v"], "unknown restricted protocol 'inferense'"),
+        # helper-98: an empty value served, letting anyone with an empty header in
+        (["--http-restricted-api", "inference:k="], "option format is '<config name>:<setting>=<value>'. Got inference:k="),
+        (["--grpc-port", "-1", "--grpc-restricted-protocol", "inference:k=v"], "which this server does not serve"),
     ],
 )  # fmt: skip
 def test_restrictions_tritonserver_refuses_exit_2_in_its_words(tmp_path: Path, args: list[str], says: str) -> None:

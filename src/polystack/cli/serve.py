@@ -62,7 +62,8 @@ def serve(
         None,
         "--grpc-restricted-protocol",
         metavar="API[,API...]:KEY=VALUE",
-        help="The same for gRPC: calls without metadata KEY: VALUE are refused UNAVAILABLE (Triton's flag).",
+        help="The same for gRPC: calls without metadata triton-grpc-protocol-KEY: VALUE are refused UNAVAILABLE "
+        "(Triton's flag and key).",
     ),
     drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
     max_body_bytes: int = typer.Option(
@@ -367,6 +368,11 @@ def serve(
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
             "Ray places its replicas itself: drop them, or serve with --engine local"
+        )
+    if grpc_restricted_protocol and (config.grpc_port is None or engine == "ray"):
+        raise InvalidRequest(
+            "--grpc-restricted-protocol restricts gRPC, which this server does not serve (--grpc-port -1, or --engine "
+            "ray): drop it, or restrict HTTP with --http-restricted-api"
         )
     if engine == "ray" and allow_shared_memory:
         raise InvalidRequest(

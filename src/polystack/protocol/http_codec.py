@@ -120,14 +120,20 @@ def decode_raw_request(body: bytes, model: str, config: dict[str, Any]) -> Infer
     if dtype is DType.BYTES:
         if dynamic != -1 or elements != 1:
             raise InvalidRequest(
-                f"For BYTE datatype raw input, the model must have input shape [1]; input '{name}' of '{model}' "
-                f"has dims {spec.get('dims') or []}: send a JSON request"
+                f"For BYTE datatype raw input '{name}', the model must have input shape [1]; '{model}' gives it dims "
+                f"{spec.get('dims') or []}: send a JSON request"
             )
         data = np.empty(1, dtype=object)
         data[0] = bytes(body)
         return InferRequest({name: data.reshape(shape)}, parameters={"binary_data_output": True})
     if dynamic != -1:
         per = elements * dtype.itemsize
+        if per and len(body) % per:
+            shape[dynamic] = -1
+            raise InvalidTensor(
+                f"raw input '{name}' of '{model}': the body's {len(body):,} bytes are not a whole number of "
+                f"{dtype.value} tensors of shape {shape} ({per:,} bytes for each step of its variable-sized dim)"
+            )
         shape[dynamic] = len(body) // per if per else 0
     return InferRequest({name: from_raw(name, dtype, tuple(shape), body)}, parameters={"binary_data_output": True})
 
@@ -402,7 +408,7 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
         ) from None
     if arr.size != count:
-        raise InvalidTensor(  # Triton's words (its L0_http tests look for them), then which input and why
+        raise InvalidTensor(  # Triton's words first, then which input and by how much
             "Unable to parse 'data': Shape does not match true shape of 'data' field; input "
             f"{name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
         )

@@ -1214,9 +1214,17 @@ class DataPlane:
         if pipeline is not None:
             return {**ensemble.render(pipeline.ensemble), "version_policy": self._version_policy(name, pipeline)}
         served = self._get(name, version)
+        return {**self.served_config(name, version), "version_policy": self._version_policy(served.entry.name)}
+
+    def served_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """GET config's answer but its version policy (which reads the repository's folders): the served model's
+        or ensemble's config, as a raw binary request's input is deduced from it on every request."""
+        pipeline = self._ensemble(name, version)
+        if pipeline is not None:
+            return ensemble.render(pipeline.ensemble)
+        served = self._get(name, version)
         sequence = served.sequencer.policy if served.sequencer is not None else None
-        config = model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
-        return {**config, "version_policy": self._version_policy(served.entry.name)}
+        return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
 
     def _version_policy(self, name: str, pipeline: _ServedEnsemble | None = None) -> dict[str, Any]:
         """The version policy that picks the versions of ``name`` (or of the ensemble ``pipeline``) served now,

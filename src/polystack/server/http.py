@@ -514,7 +514,7 @@ class HttpApp:
             length = _header_length(req.headers)
             body = _decoded_body(req, self.max_body_bytes)
             if length == 0:  # Triton's raw binary request: the body is the data of the model's one input
-                return http_codec.decode_raw_request(body, args[0], self.plane.model_config(args[0], args[1]))
+                return http_codec.decode_raw_request(body, args[0], self.plane.served_config(args[0], args[1]))
             return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
 
         if not _slow_to_read(req):

@@ -78,28 +78,37 @@ class Restrictions:
             )
 
 
+# the prefix of the metadata key a gRPC call carries for a restricted protocol (Triton's
+# kRestrictedProtocolHeaderTemplate): --grpc-restricted-protocol inference:infer-key=v wants triton-grpc-protocol-infer-key
+GRPC_KEY_PREFIX = "triton-grpc-protocol-"
+
+
 def parse(values: Sequence[str], flag: str) -> Restrictions:
-    """Restrictions from the flag's values, each ``API[,API...]:KEY=VALUE``; InvalidRequest (exit 2) naming the
-    flag for a value of another form, an unknown API, or one in two groups, in Triton's words for the last two."""
-    what = "API" if flag == "--http-restricted-api" else "protocol"
+    """Restrictions from the flag's values, each ``API[,API...]:KEY=VALUE`` (split at the first ``:`` and the
+    first ``=`` after it, so that a value may hold either, as Triton's ParseGenericConfigOption splits them);
+    InvalidRequest (exit 2) naming the flag for a value of another form or with an empty part, an unknown
+    API, or one in two groups, in Triton's words."""
+    grpc = flag == "--grpc-restricted-protocol"
+    what = "protocol" if grpc else "API"
     keys: dict[str, tuple[str, str]] = {}
     for given in values:
-        apis, colon, pair = given.rpartition(":")
+        apis, colon, pair = given.partition(":")
         key, equals, value = pair.partition("=")
-        if not colon or not apis or not equals or not key.strip():
+        if not colon or not equals or not apis or not key or not value:
             raise InvalidRequest(
-                f"{flag} {given!r}: give API[,API...]:KEY=VALUE, say inference,metadata:infer-key=secret; the APIs "
-                f"are {', '.join(APIS)}"
+                f"{flag} option format is '<config name>:<setting>=<value>'. Got {given}; give "
+                f"API[,API...]:KEY=VALUE, say inference,metadata:infer-key=secret, with the APIs of {', '.join(APIS)}"
             )
-        for api in (a.strip() for a in apis.split(",")):
+        for api in apis.split(","):
             if api not in APIS:
                 raise InvalidRequest(
                     f"{flag}: unknown restricted {what.lower()} '{api}'; the {what}s are {', '.join(APIS)}"
                 )
             if api in keys:
                 raise InvalidRequest(
-                    f"{flag}: {what.lower()} '{api}' can not be specified in multiple config groups; name it once"
+                    f"{flag}: restricted {what.lower()} '{api}' can not be specified in multiple config groups; "
+                    "name it once"
                 )
             # HTTP header names are case-insensitive, and gRPC metadata keys lower case: compared lower case
-            keys[api] = (key.strip().lower(), value)
+            keys[api] = ((GRPC_KEY_PREFIX if grpc else "") + key.lower(), value)
     return Restrictions(keys, what)
