@@ -498,30 +498,35 @@ def test_a_load_the_http_adapter_refuses_says_failed_to_load_first_as_every_refu
     assert status == 400 and error.startswith("failed to load 'mlp': ") and why in error, error
 
 
+def _register_identity(store: Store, work: Path, name: str, tensors: tuple[str, str], shape: list[Any]) -> None:
+    """An FP32 ONNX Identity of ``shape`` (input, output named ``tensors``), registered as ``name``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from polystack.formats import import_model
+
+    given, out = tensors
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [given], [out])],
+        name,
+        [helper.make_tensor_value_info(given, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(work / f"{name}.onnx"))
+    imported = import_model(work / f"{name}.onnx", work / "import")
+    store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
+
+
 def test_an_image_inputs_layout_from_a_config_is_shown_as_triton_image_clients_read_it(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Triton's image_client picks its preprocessing from the input's ``format`` in GET config: a config
     may give it (FORMAT_NCHW or FORMAT_NHWC, on inputs of three dims besides the batch), and every
     input shows one (FORMAT_NONE unless given), over HTTP and gRPC."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from polystack.formats import import_model
-
-    work = tmp_path_factory.mktemp("image")
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["image"], ["same"])],
-        "image",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])],
-        [helper.make_tensor_value_info("same", TensorProto.FLOAT, ["batch", 3, 4, 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(work / "image.onnx"))
     store, _ = model_store
-    imported = import_model(work / "image.onnx", work / "import")
-    store.register(imported.artifact, name="image", format=imported.format, signature=imported.signature)
+    _register_identity(store, tmp_path_factory.mktemp("image"), "image", ("image", "same"), ["batch", 3, 4, 4])
     st = start(store, models=["image"], allow_model_control=True)
     try:
         client = httpclient.InferenceServerClient(st.http_url)
@@ -555,24 +560,8 @@ def test_a_layout_counts_the_dims_the_config_gives_as_tritons_densenet_config_do
     """Triton's densenet_onnx example: an unbatched model of [1, 3, 224, 224] served with dims [3, 224, 224],
     a reshape to the model's, and FORMAT_NCHW. The layout counts the config's dims, as Triton's
     ValidateModelInput does (helper-93: the model's four were counted, and the example's config refused)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from polystack.formats import import_model
-
-    work = tmp_path_factory.mktemp("dense")
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["data_0"], ["out"])],
-        "dense",
-        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(work / "dense.onnx"))
     store, _ = model_store
-    imported = import_model(work / "dense.onnx", work / "import")
-    store.register(imported.artifact, name="dense", format=imported.format, signature=imported.signature)
+    _register_identity(store, tmp_path_factory.mktemp("dense"), "dense", ("data_0", "out"), [1, 3, 4, 4])
     st = start(store, models=["dense"], allow_model_control=True)
     try:
         client = httpclient.InferenceServerClient(st.http_url)

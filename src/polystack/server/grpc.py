@@ -667,24 +667,19 @@ def _restricted(name: str, handler: Any, restricted: Restrictions) -> Any:
             return await unary(request, context)
 
         return handler._replace(unary_unary=unary_unary)
+
+    def answering(call: Any) -> Any:  # a call answered by a stream, whether its request is one or a stream
+        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await refuse_unless_allowed(context)
+            async for answer in call(request, context):
+                yield answer
+
+        return streamed
+
     if handler.unary_stream is not None:
-        streaming = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await refuse_unless_allowed(context)
-            async for answer in streaming(request, context):
-                yield answer
-
-        return handler._replace(unary_stream=unary_stream)
+        return handler._replace(unary_stream=answering(handler.unary_stream))
     if handler.stream_stream is not None:
-        both = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await refuse_unless_allowed(context)
-            async for answer in both(requests, context):
-                yield answer
-
-        return handler._replace(stream_stream=stream_stream)
+        return handler._replace(stream_stream=answering(handler.stream_stream))
     return handler
 
 
