@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -638,16 +639,17 @@ def _add_service(
     taken = _Handlers()
     add_to_server(servicer, taken)
     methods = {
-        name: _lenient(f"{taken.service}/{name}", _restricted(name, h, restricted), calls)
+        name: _lenient(f"{taken.service}/{name}", _restricted(name, h, restricted, calls), calls)
         for name, h in taken.methods.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
     server.add_registered_method_handlers(taken.service, methods)
 
 
-def _restricted(name: str, handler: Any, restricted: Restrictions) -> Any:
+def _restricted(name: str, handler: Any, restricted: Restrictions, calls: _Calls) -> Any:
     """``handler`` answering a call only when its metadata carries the key its API's restriction needs
-    (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the request is read further."""
+    (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the servicer sees the call
+    (a refusal, not logged as the server's failure)."""
     api = GRPC_METHODS.get(name)
     if api is None or api not in restricted.keys:
         return handler
@@ -657,6 +659,7 @@ def _restricted(name: str, handler: Any, restricted: Restrictions) -> Any:
         try:
             restricted.check(api, lambda key: _text(metadata.get(key)))
         except Restricted as e:
+            calls.not_failures.add(id(context))
             await context.abort(status.grpc_code(e), e.message)
 
     if handler.unary_unary is not None:
@@ -684,8 +687,9 @@ def _restricted(name: str, handler: Any, restricted: Restrictions) -> Any:
 
 
 def _text(value: str | bytes | None) -> str | None:
-    """A metadata value as text (a ``-bin`` key's comes as bytes)."""
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    """A metadata value as text (a ``-bin`` key's comes as bytes), decoded as the flag's own value was read from
+    the command line, so that the two compare byte for byte, as Triton compares them."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _lenient(method: str, handler: Any, calls: _Calls) -> Any:

@@ -609,9 +609,10 @@ def _origin_form(target: str) -> str:
 
 
 def _header(headers: dict[bytes, bytes], key: str) -> str | None:
-    """A request header's value as text (``key`` lower case, as the parser keeps names); None when not sent."""
-    raw = headers.get(key.encode("latin-1"))
-    return None if raw is None else raw.decode("latin-1")
+    """A request header's value (``key`` lower case, as the parser keeps names) decoded as a command line's value
+    is, so that a restricted API's compares byte for byte, as Triton compares them; None when not sent."""
+    raw = headers.get(os.fsencode(key))
+    return None if raw is None else os.fsdecode(raw)
 
 
 def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
