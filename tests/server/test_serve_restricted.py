@@ -5,6 +5,7 @@ restricted-API tests check them, through the real tritonclient against ``polysta
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
     store, _ = model_store
     http_port, grpc_port = free_port(), free_port()
     args = [
-        "mlp", "--grpc-port", str(grpc_port), "--allow-model-control",
+        "mlp", "--grpc-port", str(grpc_port), "--allow-model-control", "--access-log",
         "--http-restricted-api", "model-repository:admin-key=admin-value",
         "--http-restricted-api=inference,metadata:infer-key=infer-value",
         "--grpc-restricted-protocol", "inference,health:infer-key=infer-value",
@@ -101,7 +102,14 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
         grpc.close()
         http.close()
     # a refusal is the client's doing: no warning that the server failed (helper-99: every refused call logged one)
-    assert "request failed" not in (tmp_path / "serve.log").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line["msg"] == "request failed"], lines
+    # a stream refused at its start is one line of the access log, as a refused call is (helper-99: none)
+    refused_streams = [
+        line for line in lines
+        if line["msg"] == "request" and line.get("rpc", "").endswith("/ModelStreamInfer") and line["status"] == "UNAVAILABLE"
+    ]  # fmt: skip
+    assert len(refused_streams) == 1, lines
 
 
 @pytest.mark.parametrize(

@@ -639,14 +639,14 @@ def _add_service(
     taken = _Handlers()
     add_to_server(servicer, taken)
     methods = {
-        name: _lenient(f"{taken.service}/{name}", _restricted(name, h, restricted, calls), calls)
+        name: _lenient(f"{taken.service}/{name}", _restricted(taken.service, name, h, restricted, calls), calls)
         for name, h in taken.methods.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
     server.add_registered_method_handlers(taken.service, methods)
 
 
-def _restricted(name: str, handler: Any, restricted: Restrictions, calls: _Calls) -> Any:
+def _restricted(service: str, name: str, handler: Any, restricted: Restrictions, calls: _Calls) -> Any:
     """``handler`` answering a call only when its metadata carries the key its API's restriction needs
     (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the servicer sees the call
     (a refusal, not logged as the server's failure)."""
@@ -660,6 +660,9 @@ def _restricted(name: str, handler: Any, restricted: Restrictions, calls: _Calls
             restricted.check(api, lambda key: _text(metadata.get(key)))
         except Restricted as e:
             calls.not_failures.add(id(context))
+            if handler.unary_unary is None:  # a stream: logged here, as no request of it will be (a call: by _lenient)
+                code = status.grpc_code(e)
+                calls.ended(f"/{service}/{name}", context, lambda: _request_id(context, None), code, time.perf_counter())
             await context.abort(status.grpc_code(e), e.message)
 
     if handler.unary_unary is not None:
