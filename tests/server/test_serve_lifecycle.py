@@ -99,6 +99,7 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         (["--http-port", "8001"], "--http-port and --grpc-port are both 8001"),  # gRPC's default
         (["--engine", "ray", "--http-port", "8001", "--metrics-port", "8125"], "--metrics-port needs"),  # ray: no gRPC
         (["--drain-timeout-s", "-1"], "--drain-timeout-s takes 0 (no wait) or more seconds, not -1.0"),
+        (["--exit-timeout-secs", "-1"], "--drain-timeout-s takes 0 (no wait) or more seconds"),  # Triton's name
         # helper-96: served, refusing every body, as tritonserver refuses such an --http-max-input-size
         (["--max-body-bytes", "0"], "--max-body-bytes must be greater than 0, not 0"),
         (["--max-body-bytes=-1024"], "--max-body-bytes must be greater than 0, not -1024"),

@@ -65,7 +65,12 @@ def serve(
         help="The same for gRPC: calls without metadata triton-grpc-protocol-KEY: VALUE are refused UNAVAILABLE "
         "(Triton's flag and key).",
     ),
-    drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="On SIGTERM, wait this long for requests."),
+    drain_timeout_s: float = typer.Option(
+        30.0,
+        "--drain-timeout-s",
+        "--exit-timeout-secs",
+        help="On SIGTERM, wait this long for requests (--exit-timeout-secs: tritonserver's name for it).",
+    ),
     max_body_bytes: int = typer.Option(
         64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default."
     ),
