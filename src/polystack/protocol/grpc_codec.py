@@ -16,6 +16,7 @@ from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol import classification
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.wire import (
+    TRITON_PARAMETERS,
     InferRequest,
     InferResponse,
     RegionReader,
@@ -76,8 +77,6 @@ def params_dict(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: param_value(v) for k, v in params.items()}
 
 
-# the request parameters Triton reads itself (InferGRPCToInputHelper's caller); the others are the model's own
-_TRITON_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"})
 _RESERVED_PARAMETER = "triton_enable_empty_final_response"  # the one triton_ key a request may carry
 
 
@@ -87,11 +86,13 @@ def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     words: a ``triton_`` key other than ``triton_enable_empty_final_response`` (a bool, which changes nothing
     here: every model answers once), and a parameter of the model's own (custom) that is not an int64, a
     bool or a string, which Triton cannot hand to its backends."""
+    out: dict[str, Any] = {}
     for key, value in params.items():
         which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
         if key == "timeout" and which != "int64_param":  # priority may be a uint64_param, as tritonclient sends it
             raise InvalidRequest("invalid value type for 'timeout' parameter, expected int64_param.")
-        if key in _TRITON_PARAMETERS:
+        if key in TRITON_PARAMETERS:
             continue
         if key.startswith("triton_"):
             if key != _RESERVED_PARAMETER:
@@ -105,7 +106,6 @@ def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidRequest(
                 f"invalid value type for '{key}' parameter, expected int64_param, bool_param, or string_param."
             )
-    out = params_dict(params)
     sid = params.get("sequence_id")
     if sid is not None and sid.WhichOneof("parameter_choice") == "int64_param" and out["sequence_id"] < 0:
         out["sequence_id"] &= (1 << 64) - 1

@@ -33,6 +33,7 @@ import simdjson
 from polystack.errors import InvalidRequest, InvalidTensor, quote
 from polystack.protocol import classification
 from polystack.protocol.wire import (
+    TRITON_PARAMETERS,
     InferRequest,
     InferResponse,
     RegionReader,
@@ -267,9 +268,7 @@ def decode_infer_request(
 
 
 # the request parameters Triton's HTTP front end reads itself (ParseJsonTritonParams); the others are the model's
-_TRITON_PARAMETERS = frozenset(
-    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output"}
-)
+_TRITON_PARAMETERS = TRITON_PARAMETERS | {"binary_data_output"}
 
 
 def _check_params(params: dict[str, Any]) -> None:

@@ -59,6 +59,10 @@ class RequestedOutput:
     shm: ShmRef | None = None  # write it into this shared memory region instead of the response
 
 
+# the request parameters Triton reads itself, whatever the transport (its front ends' parsers); the others are
+# the model's own (custom), and each codec checks them as that transport's front end does
+TRITON_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"})
+
 # request parameters Triton reads as unsigned integers -> what to give instead
 _UNSIGNED_PARAMETERS = {
     "timeout": "the request's deadline in whole microseconds (0: none)",

@@ -1210,11 +1210,8 @@ class DataPlane:
         return self.engine.metadata(name, parse_version(name, version)).to_dict()
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
-        pipeline = self._ensemble(name, version)
-        if pipeline is not None:
-            return {**ensemble.render(pipeline.ensemble), "version_policy": self._version_policy(name, pipeline)}
-        served = self._get(name, version)
-        return {**self.served_config(name, version), "version_policy": self._version_policy(served.entry.name)}
+        config = self.served_config(name, version)
+        return {**config, "version_policy": self._version_policy(name, self._ensemble(name, version))}
 
     def served_config(self, name: str, version: str | None) -> dict[str, Any]:
         """GET config's answer but its version policy (which reads the repository's folders): the served model's

@@ -659,11 +659,11 @@ def _restricted(service: str, name: str, handler: Any, restricted: Restrictions,
         try:
             restricted.check(api, lambda key: _text(metadata.get(key)))
         except Restricted as e:
+            code = status.grpc_code(e)
             calls.not_failures.add(id(context))
             if handler.unary_unary is None:  # a stream: logged here, as no request of it will be (a call: by _lenient)
-                code = status.grpc_code(e)
                 calls.ended(f"/{service}/{name}", context, lambda: _request_id(context, None), code, time.perf_counter())
-            await context.abort(status.grpc_code(e), e.message)
+            await context.abort(code, e.message)
 
     if handler.unary_unary is not None:
         unary = handler.unary_unary
