@@ -529,14 +529,15 @@ def test_a_change_made_while_the_start_reads_the_repository_is_left_for_the_firs
 
     repo = repository(tmp_path / "models")
     monkeypatch.setenv("POLYSTACK_HOME", str(tmp_path / "home"))
-    read = model_repository.register
+    read = model_repository.register_folder
 
-    def read_then_change(store: Store, root: Path, done: list) -> list:
-        models = read(store, root, done)
-        (repo / "plain" / "7").mkdir()  # lands after the start read the folder, before the server starts
-        return models
+    def read_then_change(store: Store, folder: Path, done: list) -> model_repository.RepositoryModel:
+        model = read(store, folder, done)
+        if folder.name == "plain":
+            (repo / "plain" / "7").mkdir()  # lands after the start read the folder, before the server starts
+        return model
 
-    monkeypatch.setattr(model_repository, "register", read_then_change)
+    monkeypatch.setattr(model_repository, "register_folder", read_then_change)
     config = serve_cli._with_repositories(ServeConfig(), [repo], [])
     assert config.repository_seen is not None
     assert config.repository_seen["plain"] != model_repository.fingerprint(repo / "plain")

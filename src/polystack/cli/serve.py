@@ -38,6 +38,21 @@ def serve(
         "--allow-model-control",
         help="Allow loads and unloads through the repository extension (its index answers without).",
     ),
+    model_control_mode: str | None = typer.Option(
+        None,
+        "--model-control-mode",
+        metavar="none|poll|explicit",
+        help="Triton's model control modes: none (what the start names serves, no loads or unloads), explicit "
+        "(--allow-model-control, and only the models --load-model names serve at start, none if it names none), "
+        "poll (--repository-poll-secs, every 15 s unless that says). Default: polystack's flags decide.",
+    ),
+    load_model: list[str] = typer.Option(
+        None,
+        "--load-model",
+        metavar="NAME",
+        help="With --model-control-mode explicit: serve this model at start, a --model-repository folder's (an "
+        "ensemble's with the models it runs) or a registered one; repeat for more; * serves all (Triton's flag).",
+    ),
     allow_shared_memory: bool = typer.Option(
         False,
         "--allow-shared-memory",
@@ -314,6 +329,11 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
+    start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
+    if model_control_mode is not None or load_model:
+        allow_model_control, repository_poll_secs, start_models = _model_control(
+            model_control_mode, load_model or [], allow_model_control, repository_poll_secs, bool(model_repository)
+        )
     keepalive = Keepalive(
         grpc_keepalive_time,
         grpc_keepalive_timeout,
@@ -356,6 +376,7 @@ def serve(
         default_max_batch_size=DEFAULT_MAX_BATCH_SIZE if max_batch_default is None else max_batch_default,
         http_restricted=restricted.parse(http_restricted_api or [], "--http-restricted-api"),
         grpc_restricted=restricted.parse(grpc_restricted_protocol or [], "--grpc-restricted-protocol"),
+        start_named_only=start_models is not None,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -386,7 +407,7 @@ def serve(
         )
     if engine == "ray" and allow_model_control:
         raise InvalidRequest(
-            "--allow-model-control would load or unload a model in whichever Ray Serve replica a request reaches, "
+            f"{'--model-control-mode explicit' if model_control_mode else '--allow-model-control'} would load or unload a model in whichever Ray Serve replica a request reaches, "
             "leaving the others as they were: name the models to serve instead (polystack serve NAME ... --engine "
             "ray), or serve with --engine local"
         )
@@ -415,7 +436,9 @@ def serve(
 
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
     if model_repository:  # registered once the flags are known good, before anything loads
-        config = _with_repositories(config, model_repository, registered, ray=engine == "ray")
+        config = _with_repositories(config, model_repository, registered, ray=engine == "ray", start=start_models)
+    elif start_models:  # --load-model names the store's models
+        config = dataclasses.replace(config, models=[*config.models, *sorted(start_models)])
     if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
         from polystack.cli.app import store_settings
         from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
@@ -457,12 +480,18 @@ def serve(
 
 
 def _with_repositories(
-    config: ServeConfig, roots: list[Path], registered: list[Registered], ray: bool = False
+    config: ServeConfig,
+    roots: list[Path],
+    registered: list[Registered],
+    ray: bool = False,
+    start: frozenset[str] | None = None,
 ) -> ServeConfig:
     """``config`` serving the models of these Triton model repositories too (``model_repository.py``), their
     versions registered in the store first; what registering did is added to ``registered``, and taken back
     if a repository cannot be served. An empty repository starts empty, as Triton's does, but under Ray Serve
-    (``ray``), where no model loads later, it is refused."""
+    (``ray``), where no model loads later, it is refused. ``start`` (explicit model control): the models served
+    at start, the folders of those the repositories hold and of the models their ensembles run (the rest are
+    read when a load names them, as Triton reads them), the others the store's; None: every folder's."""
     from polystack.server import model_repository
     from polystack.store import ModelRef
 
@@ -503,16 +532,25 @@ def _with_repositories(
                     f"{model_repository.CONFIG} is its config; drop --model-config {name}"
                 )
             found[name] = root
+    wanted = sorted(found) if start is None else sorted(start & found.keys())
+    if start is not None:
+        models += sorted(start - found.keys())  # not a folder: a registered model
+    read: set[str] = set()
     store = open_store()
     try:
-        for root in roots:
-            for m in model_repository.register(store, root.resolve(), registered):
+        while wanted:  # in name order, then the models the ensembles read run, in name order
+            more: set[str] = set()
+            for name in wanted:
+                m = model_repository.register_folder(store, found[name].resolve() / name, registered)
+                read.add(name)
                 if m.ensemble is not None:  # served once the models it runs are loaded: nothing to register
                     ensembles[m.name] = m.ensemble
+                    more |= (m.ensemble.models & found.keys()) - read
                     continue
                 models += m.refs
                 if m.config is not None:
                     configs[m.name] = m.config
+            wanted = sorted(more)
     except BaseException:
         model_repository.undo(store, registered)
         raise
@@ -524,7 +562,7 @@ def _with_repositories(
         model_configs=configs,
         ensembles=ensembles,
         model_repositories=[root.absolute() for root in roots],
-        repository_models=sorted(found),
+        repository_models=sorted(read),
         repository_seen=seen,
     )
 
@@ -563,6 +601,48 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {file}") from None
     return configs
+
+
+POLL_SECS = 15.0  # tritonserver's --repository-poll-secs default
+
+
+def _model_control(
+    mode: str | None, load: list[str], allow: bool, poll_secs: float | None, repository: bool
+) -> tuple[bool, float | None, frozenset[str] | None]:
+    """tritonserver's ``--model-control-mode`` and ``--load-model`` as polystack's flags: whether loads and
+    unloads are allowed, how often to poll (None: never), and the models served at start (None: as without
+    them). Triton's checks, in its words where it has some."""
+    log = logging.getLogger("polystack.server")
+    kind = (mode or "").lower()  # as Triton reads it
+    if mode is not None and kind not in ("none", "poll", "explicit"):
+        raise InvalidRequest(f"invalid argument for --model-control-mode: {mode!r}; give none, poll or explicit")
+    if load and kind != "explicit":
+        raise InvalidRequest("Use of '--load-model' requires setting '--model-control-mode=explicit' as well")
+    if allow and kind != "explicit":
+        raise InvalidRequest(
+            f"--allow-model-control is --model-control-mode explicit, not {kind}; drop one of them"
+        )
+    if poll_secs is not None and kind != "poll":  # Triton's parser zeroes it outside poll mode
+        log.warning(
+            f"--repository-poll-secs polls the repository only in --model-control-mode poll, not {kind}: ignored, as "
+            "Triton ignores it",
+            extra={"repository_poll_secs": poll_secs},
+        )
+        poll_secs = None
+    if kind == "poll":
+        if not repository:
+            raise InvalidRequest("--model-control-mode poll polls the --model-repository folders: give one")
+        if poll_secs is not None and not poll_secs > 0:  # Triton's poll mode then never polls: its none mode
+            return False, None, None
+        return False, POLL_SECS if poll_secs is None else poll_secs, None
+    if kind == "none":
+        return False, None, None
+    names = frozenset(load)  # as given, as Triton takes them (" m" is no model's name)
+    if "" in names:
+        raise InvalidRequest("--load-model takes a model name (or * for all), not an empty one")
+    if "*" in names and len(names) > 1:
+        raise InvalidRequest("Wildcard model name '*' must be the ONLY startup model if specified at all")
+    return True, None, None if "*" in names else names
 
 
 def _flag_bool(value: str, flag: str) -> bool:

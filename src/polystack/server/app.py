@@ -132,6 +132,8 @@ class ServeConfig:
     # Triton's restricted APIs (--http-restricted-api, --grpc-restricted-protocol): answered only with a header
     http_restricted: Restrictions = field(default_factory=Restrictions)
     grpc_restricted: Restrictions = field(default_factory=lambda: Restrictions(what="protocol"))
+    # Triton's explicit model control (--load-model): ``models`` are all served at start, none when empty
+    start_named_only: bool = False
 
 
 class Server:
@@ -263,7 +265,8 @@ class Server:
     def _refs(self) -> list[str]:
         """The models to serve, as refs; every model a start config names among them."""
         refs = list(self.config.models)
-        if not refs and not self.config.model_repositories:  # a repository's server serves its models alone
+        # a repository's server serves its models alone; explicit model control, those named alone
+        if not refs and not self.config.model_repositories and not self.config.start_named_only:
             latest: dict[str, int] = {}
             for r in self.engine.store.models.list():
                 latest[r.name] = max(latest.get(r.name, 0), r.version)

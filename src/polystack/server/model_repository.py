@@ -102,16 +102,18 @@ def register(store: Store, root: Path, done: list[model_files.Registered]) -> li
     """Register the models of the repository at ``root`` (the versions their policies pick) and return them,
     in name order; what each registration did is appended to ``done``, for ``undo`` if the start fails.
     ``InvalidRequest`` names the first model folder that cannot be served and why."""
-    return [_register_folder(store, folder, done) for folder in model_folders(root)]
+    return [register_folder(store, folder, done) for folder in model_folders(root)]
 
 
 # a read of a folder runs the repository agents its own config names (a load with a config runs the config's)
 FOLDER_AGENTS: Any = object()
 
 
-def _register_folder(
+def register_folder(
     store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None, agents: Any = FOLDER_AGENTS
 ) -> RepositoryModel:
+    """Register the model of one folder of a repository (the versions ``policy``, else its config's policy,
+    picks) and return it, as ``register`` does for each folder."""
     try:
         return _register_model(store, folder, done, policy, agents)
     except PolystackError as e:
@@ -237,7 +239,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = _register_folder(store, folder, done, policy, agents)
+            model = register_folder(store, folder, done, policy, agents)
         except BaseException:
             undo(store, done)
             raise

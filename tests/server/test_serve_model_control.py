@@ -1,0 +1,151 @@
+"""tritonserver's model control flags taken by `polystack serve`: ``--model-control-mode none|poll|explicit`` and
+``--load-model``, so that a launch script written for Triton starts polystack as it started Triton: a real
+server process, the real tritonclient."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start, until
+from tritonclient.utils import InferenceServerException
+
+from polystack.examples import mlp_onnx
+from polystack.store import Store
+
+PIPE = (
+    'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+    'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+    '"inner", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+)
+
+
+def _repository(root: Path) -> Path:
+    """``a`` and ``b`` (an MLP each, version 1), ``inner`` (the model the ensemble ``pipe`` runs), ``pipe``."""
+    for name in ("a", "b", "inner"):
+        (root / name / "1").mkdir(parents=True)
+        mlp_onnx(root / name / "1" / "model.onnx")
+    (root / "pipe" / "1").mkdir(parents=True)
+    (root / "pipe" / "config.pbtxt").write_text(PIPE)
+    return root
+
+
+def _registered(home: Path) -> list[str]:
+    store = Store.at(home)
+    try:
+        return sorted({r.name for r in store.models.list()})
+    finally:
+        store.close()
+
+
+def _ready(client: httpclient.InferenceServerClient) -> list[str]:
+    return sorted(m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY")
+
+
+def _serve(tmp_path: Path, args: list[str], log: str = "serve.log") -> tuple[httpclient.InferenceServerClient, Any]:
+    port = free_port()
+    server = cli_server(tmp_path / "home", ["--grpc-port", "-1", *args], port, tmp_path / log)
+    return httpclient.InferenceServerClient(f"127.0.0.1:{port}"), server
+
+
+def test_explicit_mode_serves_at_start_only_what_load_model_names(tmp_path: Path) -> None:
+    """Triton's explicit mode loads the --load-model models alone (an ensemble's with the models it runs), the
+    other folders listed by name and loaded by a load; polystack served every folder, and took neither flag."""
+    repo = _repository(tmp_path / "models")
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode=EXPLICIT",
+                                       "--load-model", "a", "--load-model=pipe"])  # fmt: skip
+    with server:
+        assert _ready(client) == ["a", "inner", "pipe"]
+        index = client.get_model_repository_index()
+        assert {"name": "b"} in index, index  # by its name alone: Triton's index of a model never loaded
+        i = httpclient.InferInput("IN", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        assert client.infer("pipe", [i]).as_numpy("OUT").shape == (1, 4)
+        assert _registered(tmp_path / "home") == ["a", "inner"]  # b's folder is read when a load names it
+        client.load_model("b")  # explicit: loads and unloads allowed
+        assert client.is_model_ready("b", "1") and _registered(tmp_path / "home") == ["a", "b", "inner"]
+        client.unload_model("a")
+        assert not client.is_model_ready("a")
+        client.close()
+    log = (tmp_path / "serve.log").read_text()
+    [serving] = [json.loads(line) for line in log.splitlines() if '"serving"' in line]
+    assert serving["models"] == ["a:1", "inner:1"] and serving["ensembles"] == ["pipe:1"], serving
+
+
+def test_explicit_mode_without_load_model_starts_with_no_model_and_star_serves_all(tmp_path: Path) -> None:
+    home, repo = tmp_path / "home", _repository(tmp_path / "models")
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode", "explicit"])
+    with server:
+        assert client.is_server_ready() and _ready(client) == []
+        assert client.get_model_repository_index() == [{"name": n} for n in ("a", "b", "inner", "pipe")]
+        client.load_model("pipe")  # an ensemble's load loads the models it runs, as Triton's does
+        assert _ready(client) == ["inner", "pipe"]
+        client.close()
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode", "explicit",
+                                       "--load-model", "*"], "serve2.log")  # fmt: skip
+    with server:
+        assert _ready(client) == ["a", "b", "inner", "pipe"]
+        client.close()
+    # without a repository the store is the repository: none served at start, --load-model names what is
+    other = mlp_onnx(tmp_path / "other.onnx", seed=3)
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(other), "--name", "solo"],
+                   check=True, capture_output=True)  # fmt: skip
+    client, server = _serve(tmp_path, ["--model-control-mode", "explicit"], "serve3.log")
+    with server:
+        assert _ready(client) == [] and {"name": "solo"} in client.get_model_repository_index()
+        client.load_model("solo")
+        assert client.is_model_ready("solo")
+        client.close()
+    client, server = _serve(tmp_path, ["--model-control-mode", "explicit", "--load-model", "solo"], "serve4.log")
+    with server:
+        assert _ready(client) == ["solo"]
+        client.close()
+    line = refused_at_start(tmp_path, ["--model-control-mode", "explicit", "--load-model", "nope", "--grpc-port", "-1"])
+    assert "no model named 'nope'" in line, line
+
+
+def test_poll_and_none_modes_are_polystacks_polling_and_default(tmp_path: Path) -> None:
+    repo = _repository(tmp_path / "models")
+    args = ["--model-repository", str(repo), "--model-control-mode", "poll", "--repository-poll-secs", "0.2"]
+    client, server = _serve(tmp_path, args)
+    with server:
+        assert _ready(client) == ["a", "b", "inner", "pipe"]
+        (repo / "c" / "1").mkdir(parents=True)
+        mlp_onnx(repo / "c" / "1" / "model.onnx")
+        assert until(lambda: client.is_model_ready("c", "1"))
+        client.close()
+    # none: what the start names, no loads; a poll interval outside poll mode ignored, as Triton ignores it
+    args = ["--model-repository", str(repo), "--model-control-mode", "none", "--repository-poll-secs", "0.2"]
+    client, server = _serve(tmp_path, args, "serve2.log")
+    with server:
+        assert _ready(client) == ["a", "b", "c", "inner", "pipe"]
+        (repo / "d" / "1").mkdir(parents=True)
+        mlp_onnx(repo / "d" / "1" / "model.onnx")
+        with pytest.raises(InferenceServerException, match="not allowed"):
+            client.load_model("d")
+        client.close()
+    assert "polls the repository only in --model-control-mode poll, not none: ignored" in (tmp_path / "serve2.log").read_text()
+
+
+def test_model_control_flags_that_cannot_work_exit_2_in_tritons_words(tmp_path: Path) -> None:
+    repo = _repository(tmp_path / "models")
+    for args, words in (
+        (["--load-model", "a"], "Use of '--load-model' requires setting '--model-control-mode=explicit' as well"),
+        (["--model-control-mode", "poll", "--load-model", "a"], "requires setting '--model-control-mode=explicit'"),
+        (["--model-control-mode", "sometimes"], "invalid argument for --model-control-mode: 'sometimes'; give none"),
+        (["--model-control-mode", "poll"], "polls the --model-repository folders: give one"),
+        (["--model-control-mode", "none", "--allow-model-control"], "is --model-control-mode explicit, not none"),
+        (["--model-control-mode", "explicit", "--load-model", ""], "takes a model name (or * for all)"),
+        (["--model-control-mode", "explicit", "--load-model", "*", "--load-model", "a"],
+         "Wildcard model name '*' must be the ONLY startup model if specified at all"),
+        (["--model-control-mode", "explicit", "--engine", "ray"], "--model-control-mode explicit would load"),
+        (["--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "a", "a"],
+         "model 'a' is in --model-repository"),
+    ):  # fmt: skip
+        assert words in refused_at_start(tmp_path, args), args
