@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, cli_server, free_port, mlp_ones, register_like, start
+from servekit import caught_logs, cli_server, free_port, mlp_ones, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -379,3 +379,48 @@ def test_a_request_made_up_id_is_made_once() -> None:
 
     req = Request(b"GET", "/v2", {}, b"", True)
     assert req.request_id == req.request_id
+
+
+def test_tritons_log_flags_set_the_settings_a_server_starts_with(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """tritonserver's --log-verbose, --log-info, --log-warning, --log-error, --log-format and --log-file (a
+    launch script's) start polystack as they start Triton: they were refused as unknown options."""
+    store, _ = model_store
+    http_port = free_port()
+    log_file, stderr = tmp_path / "triton.log", tmp_path / "stderr.log"
+    log_file.write_text("kept\n")  # appended to, as Triton appends
+    args = ["mlp", "--grpc-port", "-1", "--log-verbose=1", "--log-info", "false", "--log-warning=0",
+            "--log-error=true", "--log-format", "ISO8601", "--log-file", str(log_file)]  # fmt: skip
+    with cli_server(store.settings.home, args, http_port, stderr) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        assert client.get_log_settings() == {
+            "log_file": str(log_file), "log_info": False, "log_warning": False, "log_error": True,
+            "log_verbose_level": 1, "log_format": "ISO8601",
+        }  # fmt: skip
+        client.infer("mlp", [mlp_ones()], headers={"X-Request-ID": "verbose"})
+        with pytest.raises(InferenceServerException, match=f"polystack logs to {log_file}"):
+            client.update_log_settings({"log_file": ""})
+        assert client.update_log_settings({"log_file": str(log_file)})["log_file"] == str(log_file)  # as it is
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert log_file.read_text().startswith("kept\n")
+    assert [(d["request_id"], d["level"]) for d in _request_lines(log_file)] == [("verbose", "debug")]
+    levels = {json.loads(ln)["level"] for ln in log_file.read_text().splitlines() if ln.startswith("{")}
+    assert levels == {"debug"}, levels  # info and warning off: the serving line (info) is not written
+    assert not [ln for ln in stderr.read_text().splitlines() if ln.startswith("{")]  # nothing on stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--log-verbose", "loud"], "--log-verbose takes a level (0: off, 1 or more: on), not 'loud'"),
+        (["--log-verbose", "-1"], "--log-verbose takes 0 (off) or a level from 1, not -1"),
+        (["--log-info", "maybe"], "--log-info takes 1 or 0 (true or false), not 'maybe'"),
+        (["--log-format", "iso8601"], "invalid argument for --log-format: 'iso8601'; give default or ISO8601"),
+        (["--log-file", "/nonexistent/dir/x.log"], "--log-file /nonexistent/dir/x.log: cannot open it"),
+        (["--log-file", "x.log", "--engine", "ray"], "Ray Serve replicas run as processes of their own"),
+    ],
+)
+def test_tritons_log_flags_with_bad_values_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    assert words in refused_at_start(tmp_path, args)

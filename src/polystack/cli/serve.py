@@ -258,6 +258,28 @@ def serve(
         -1, "--trace-count", metavar="N", help="Take N traces, then stop (-1: no limit; Triton: count)."
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    log_verbose: str | None = typer.Option(
+        None,
+        "--log-verbose",
+        metavar="N",
+        help="Triton's verbose level over --log-level: 1 or more writes the debug lines, among them one per request "
+        "(0: none; true and false are 1 and 0).",
+    ),
+    log_info: str | None = typer.Option(None, "--log-info", metavar="BOOL", help="Triton's: write info lines or not."),
+    log_warning: str | None = typer.Option(
+        None, "--log-warning", metavar="BOOL", help="Triton's: write warning lines or not."
+    ),
+    log_error: str | None = typer.Option(None, "--log-error", metavar="BOOL", help="Triton's: write error lines or not."),
+    log_format: str = typer.Option(
+        "default",
+        "--log-format",
+        metavar="default|ISO8601",
+        help="Triton's log formats, reported by the logging extension; polystack's lines are JSON with ISO 8601 times "
+        "for both.",
+    ),
+    log_file: str | None = typer.Option(
+        None, "--log-file", metavar="PATH", help="Append the log lines to this file instead of stderr (Triton's flag)."
+    ),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Serve deployments)."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="Ray: fixed number of replicas."),
     autoscale: str | None = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="Ray: autoscale replicas."),
@@ -281,7 +303,21 @@ def serve(
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     if engine not in ("local", "ray"):
         raise InvalidRequest(f"unknown --engine {engine!r}; use local (this process) or ray (Ray Serve)")
-    logs.configure(log_level)
+    log_options = logs.LogOptions(
+        level=log_level,
+        verbose=None if log_verbose is None else _flag_level(log_verbose),
+        info=None if log_info is None else _flag_bool(log_info, "--log-info"),
+        warning=None if log_warning is None else _flag_bool(log_warning, "--log-warning"),
+        error=None if log_error is None else _flag_bool(log_error, "--log-error"),
+        format=log_format,
+        file=log_file or "",
+    )
+    if log_file and engine == "ray":
+        raise InvalidRequest(
+            "--log-file names a file of this host, and Ray Serve replicas run as processes of their own (Ray keeps "
+            "their stderr in its session logs): drop it, or serve with --engine local"
+        )
+    logs.configure(log_options)
     response_cache = CacheConfig.from_flags(cache_config or [], response_cache_byte_size)
     max_batch_default = default_max_batch_size(backend_config or [])
     if max_batch_default is not None and batching is False:
@@ -364,7 +400,7 @@ def serve(
         access_log=access_log,
         server_name=server_name,
         triton_metrics=triton_metrics,
-        log_level=log_level,
+        log=log_options,
         trace=True if trace else None,
         trace_rate=trace_rate,
         trace_count=trace_count,
@@ -643,6 +679,17 @@ def _model_control(
     if "*" in names and len(names) > 1:
         raise InvalidRequest("Wildcard model name '*' must be the ONLY startup model if specified at all")
     return True, None, None if "*" in names else names
+
+
+def _flag_level(value: str) -> int:
+    """``--log-verbose``'s value as tritonserver reads it: a whole number, or true (1) and false (0)."""
+    word = value.strip().lower()
+    if word in ("true", "false"):
+        return int(word == "true")
+    try:
+        return int(word)
+    except ValueError:
+        raise InvalidRequest(f"--log-verbose takes a level (0: off, 1 or more: on), not {value!r}") from None
 
 
 def _flag_bool(value: str, flag: str) -> bool:

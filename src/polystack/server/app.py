@@ -105,7 +105,8 @@ class ServeConfig:
     access_log: bool = False
     server_name: str = "polystack"  # what server metadata reports (GET /v2, ServerMetadata)
     triton_metrics: bool = False  # /metrics shows Triton's names (nv_inference_*) too (triton_metrics.py)
-    log_level: str = "info"  # what `logs.configure` was given (Ray Serve replicas configure their own with it)
+    log: logs.LogOptions = field(default_factory=logs.LogOptions)  # what `logs.configure` was given (Ray Serve
+    # replicas configure their own with it)
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
     trace_count: int = -1  # traces to take, then stop (-1: no limit)

@@ -4,8 +4,9 @@ Triton's logging extension over them (``GET``/``POST /v2/logging``, gRPC ``LogSe
 The extension's settings are switches, one per level, as Triton has them: ``log_info``,
 ``log_warning``, ``log_error`` (true or false) and ``log_verbose_level`` (0: no debug lines; 1 or
 more: polystack's debug lines, one level of them, among them a line for every HTTP request, as
-``--access-log`` writes at info). ``log_file`` is ``""`` (stderr), and can not be changed over the
-protocol (Triton refuses it too). ``log_format`` takes Triton's two, ``"default"`` and ``"ISO8601"``,
+``--access-log`` writes at info). ``log_file`` is ``""`` (stderr) or the file ``serve --log-file`` named,
+and can not be changed over the protocol (Triton refuses it too). Their values at start are ``LogOptions``:
+``--log-level``, then tritonserver's own flags over it (``--log-verbose``, ``--log-info``, ...). ``log_format`` takes Triton's two, ``"default"`` and ``"ISO8601"``,
 which differ in Triton by the lines' times; polystack's lines are JSON with ISO 8601 times either way. Logging is the process's, so there is one ``SETTINGS``. OpenTelemetry's
 own lines (an exporter that cannot reach its collector) go through the same JSON handler and switches.
 """
@@ -16,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,18 +47,54 @@ _SWITCHES = ("log_info", "log_warning", "log_error")
 _MAX_VERBOSE = 2**32 - 1  # a uint32, as in Triton's LogSettings message
 
 
+FORMATS = ("default", "ISO8601")  # Triton's log formats; JSON lines with ISO 8601 times, both
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """The log settings a server starts with: ``--log-level``, then tritonserver's flags over it, each
+    None where not given (``serve --log-verbose``, ``--log-info``, ``--log-warning``, ``--log-error``,
+    ``--log-format``, ``--log-file``). Checked when made, as Triton's parser checks them."""
+
+    level: str = "info"
+    verbose: int | None = None
+    info: bool | None = None
+    warning: bool | None = None
+    error: bool | None = None
+    format: str = "default"
+    file: str = ""  # "": stderr
+
+    def __post_init__(self) -> None:
+        if self.verbose is not None and not 0 <= self.verbose <= _MAX_VERBOSE:
+            raise InvalidRequest(f"--log-verbose takes 0 (off) or a level from 1, not {self.verbose}")
+        if self.format not in FORMATS:  # as Triton reads it: exactly one of its two
+            raise InvalidRequest(
+                f"invalid argument for --log-format: {self.format!r}; give default or ISO8601 (polystack writes JSON "
+                "lines with ISO 8601 times for both)"
+            )
+
+
 class LogSettings(logging.Filter):
     """Which of polystack's log lines are written: a filter on its handler, and the logger's level
     set to the lowest level written, so that a line nobody writes costs one comparison."""
-
-    FILE = ""  # stderr
-    FORMATS = ("default", "ISO8601")  # Triton's; JSON lines with ISO 8601 times, both
 
     def __init__(self) -> None:
         super().__init__()
         self.switches = dict.fromkeys(_SWITCHES, True)
         self.verbose = 0
         self.format = "default"
+        self.file = ""  # stderr
+
+    def start(self, options: LogOptions) -> None:
+        """The settings ``options`` give at start: its level, then each of Triton's flags given over it."""
+        self.set_level(options.level)
+        for key, on in zip(_SWITCHES, (options.info, options.warning, options.error), strict=True):
+            if on is not None:
+                self.switches[key] = on
+        if options.verbose is not None:
+            self.verbose = options.verbose
+        self.format = options.format
+        self._apply()
 
     def set_level(self, level: str) -> None:
         """Start-up's ``--log-level`` as switches: debug, info, warning or error and above."""
@@ -80,7 +118,7 @@ class LogSettings(logging.Filter):
         return self.verbose > 0
 
     def settings(self) -> dict[str, Any]:
-        return {"log_file": self.FILE, **self.switches, "log_verbose_level": self.verbose, "log_format": self.format}
+        return {"log_file": self.file, **self.switches, "log_verbose_level": self.verbose, "log_format": self.format}
 
     def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first; null leaves a setting as it is, as in
@@ -105,15 +143,16 @@ class LogSettings(logging.Filter):
                     )
                 verbose = value
             elif key == "log_file":
-                if value != self.FILE:  # Triton's words and code (UNSUPPORTED), then what to do
+                if value != self.file:  # Triton's words and code (UNSUPPORTED), then what to do
+                    where = f"to {self.file}" if self.file else "to stderr"
                     raise Unsupported(
-                        "log file location can not be updated through network protocol: polystack logs to stderr; "
-                        "redirect it when starting the server"
+                        f"log file location can not be updated through network protocol: polystack logs {where}; "
+                        "restart the server with --log-file (or redirect its stderr)"
                     )
             elif key == "log_format":
-                if value not in self.FORMATS:
+                if value not in FORMATS:
                     raise InvalidRequest(
-                        f"log_format must be one of Triton's, {' or '.join(map(repr, self.FORMATS))} (polystack writes "
+                        f"log_format must be one of Triton's, {' or '.join(map(repr, FORMATS))} (polystack writes "
                         f"JSON lines with ISO 8601 times for both), not {quote(value)}"
                     )
                 form = value
@@ -147,17 +186,29 @@ def request_level(settings: LogSettings | None, access_log: bool) -> int | None:
     return logging.INFO if at_info else logging.DEBUG
 
 
-def configure(level: str = "info") -> None:
-    """Send polystack's logs, and OpenTelemetry's (warnings and up), to stderr as JSON lines (idempotent)."""
+def configure(options: LogOptions | None = None) -> None:
+    """Send polystack's logs, and OpenTelemetry's (warnings and up), to stderr (or ``options.file``, appended
+    to, as Triton's --log-file) as JSON lines, with the settings ``options`` give (idempotent)."""
+    options = options or LogOptions()
     handler: logging.Handler | None = None
+    if options.file:
+        try:
+            handler = logging.FileHandler(options.file, encoding="utf-8")
+        except OSError as e:
+            raise InvalidRequest(f"--log-file {options.file}: cannot open it: {e.strerror}") from None
     for name in ("polystack", "opentelemetry"):
         logger = logging.getLogger(name)
-        if not any(getattr(h, "_polystack_json", False) for h in logger.handlers):
-            if handler is None:
-                handler = logging.StreamHandler(sys.stderr)
-                handler.setFormatter(JsonFormatter())
-                handler._polystack_json = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
+        ours = [h for h in logger.handlers if getattr(h, "_polystack_json", False)]
+        if ours and handler is None:
+            continue
+        for old in ours:  # another file now (a second configure in one process: tests)
+            logger.removeHandler(old)
+        if handler is None:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._polystack_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
         logger.propagate = False
     logging.getLogger("opentelemetry").setLevel(logging.WARNING)
-    SETTINGS.set_level(level)
+    SETTINGS.file = options.file  # as given, as Triton reports it
+    SETTINGS.start(options)

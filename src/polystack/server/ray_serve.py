@@ -16,7 +16,7 @@ read files (``warmup/``): each replica serves its models as those configs say. O
 Metrics and statistics are per replica. Ray Serve admits at most ``max_ongoing_requests`` per
 replica (default 5 in Ray); it is raised here to 64, since at 5 the router's back-off collapsed
 throughput under 32 concurrent clients on this machine. Each replica sets up polystack's JSON logging
-(``ServeConfig.log_level``) and logs requests and failures as the local server does. On SIGTERM the
+(``ServeConfig.log``) and logs requests and failures as the local server does. On SIGTERM the
 application is deleted first, so replicas finish the requests they hold (within the drain timeout)
 while Ray Serve's proxy answers new ones 404; then Serve shuts down. ``check_before_ray`` refuses,
 before Ray starts, what would otherwise fail deep inside it.
@@ -108,7 +108,7 @@ class OipReplica:
         from polystack.server.app import Server
         from polystack.store import Store
 
-        logs.configure(config.log_level)  # a replica is a process of its own: JSON lines on its stderr
+        logs.configure(config.log)  # a replica is a process of its own: JSON lines on its stderr
         self.store = Store.at(store_home)
         self.engine = Engine(self.store)
         # settings changed over the protocol would reach one replica of several: off here
