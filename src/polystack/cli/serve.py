@@ -22,7 +22,37 @@ if TYPE_CHECKING:
 def serve(
     models: list[str] = typer.Argument(None, metavar="[NAME[:VERSION]]...", help="Models to serve (default: all)."),
     profile: str = typer.Option("realtime", "--profile", help="realtime, server (batching on), batch or edge."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
+    host: str | None = typer.Option(
+        None, "--host", help="Address to bind (default 127.0.0.1); 0.0.0.0 exposes the server."
+    ),
+    http_address: str | None = typer.Option(
+        None, "--http-address", metavar="ADDR", help="Triton's: the HTTP listener's address (default: --host's)."
+    ),
+    grpc_address: str | None = typer.Option(
+        None, "--grpc-address", metavar="ADDR", help="Triton's: the gRPC listener's address (default: --host's)."
+    ),
+    metrics_address: str | None = typer.Option(
+        None,
+        "--metrics-address",
+        metavar="ADDR",
+        help="Triton's: the --metrics-port listener's address (default: the HTTP one's).",
+    ),
+    allow_http: str = typer.Option(
+        "true", "--allow-http", metavar="BOOL", help="Triton's: false serves no HTTP (gRPC and --metrics-port only)."
+    ),
+    allow_grpc: str = typer.Option("true", "--allow-grpc", metavar="BOOL", help="Triton's: false is --grpc-port -1."),
+    allow_metrics: str = typer.Option(
+        "true", "--allow-metrics", metavar="BOOL", help="Triton's: false serves no GET /metrics, on any port."
+    ),
+    allow_cpu_metrics: str = typer.Option(
+        "true", "--allow-cpu-metrics", metavar="BOOL", help="Triton's: false leaves nv_cpu_* out of --triton-metrics."
+    ),
+    allow_gpu_metrics: str = typer.Option(
+        "true",
+        "--allow-gpu-metrics",
+        metavar="BOOL",
+        help="Triton's: polystack reports no GPU metrics (nv_gpu_*), so either value serves as false does.",
+    ),
     http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port (0: any free port)."),
     grpc_port: int | None = typer.Option(
         None, "--grpc-port", help="gRPC port (default 8001; 0: any free port, -1: no gRPC; not with --engine ray)."
@@ -198,6 +228,7 @@ def serve(
     model_repository: list[Path] = typer.Option(
         None,
         "--model-repository",
+        "--model-store",
         metavar="DIR",
         help="Serve the models of a Triton model repository as it is (DIR/<model>/[config.pbtxt] and "
         "<version>/model.onnx): the versions each config's version_policy picks (default: the latest) are "
@@ -238,8 +269,9 @@ def serve(
     server_name: str = typer.Option(
         "polystack",
         "--server-name",
+        "--id",
         help="The name server metadata reports (GET /v2, ServerMetadata); client code that checks for Triton "
-        "(Triton's own examples do) runs with --server-name triton.",
+        "(Triton's own examples do) runs with --server-name triton (--id: tritonserver's name for it).",
     ),
     triton_metrics: bool = typer.Option(
         False,
@@ -365,6 +397,29 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
+    listeners = _Listeners.resolve(
+        host, http_address, grpc_address, metrics_address,
+        *(_flag_bool(v, f) for v, f in (
+            (allow_http, "--allow-http"), (allow_grpc, "--allow-grpc"), (allow_metrics, "--allow-metrics"),
+            (allow_cpu_metrics, "--allow-cpu-metrics"), (allow_gpu_metrics, "--allow-gpu-metrics"),
+        )),
+    )  # fmt: skip
+    if not listeners.grpc:
+        if grpc_port is not None and grpc_port >= 0:
+            raise InvalidRequest(f"--allow-grpc false serves no gRPC, so --grpc-port {grpc_port} binds nothing: drop one")
+        grpc_port = -1
+    if listeners.metrics_host is not None and metrics_port is None:
+        raise InvalidRequest(
+            f"--metrics-address {listeners.metrics_host} needs --metrics-port: without one, polystack serves GET "
+            "/metrics on the HTTP port (Triton's is 8002: add --metrics-port 8002)"
+        )
+    if not listeners.metrics and metrics_port is not None:
+        raise InvalidRequest(f"--allow-metrics false serves no metrics, so --metrics-port {metrics_port} binds nothing: drop one")
+    if not listeners.http and (grpc_port == -1 or engine == "ray"):
+        raise InvalidRequest(
+            "--allow-http false leaves gRPC alone to serve, which this server does not serve (--grpc-port -1, "
+            "--allow-grpc false, or --engine ray): serve one of them"
+        )
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
         allow_model_control, repository_poll_secs, start_models = _model_control(
@@ -379,7 +434,7 @@ def serve(
         grpc_http2_max_ping_strikes,
     )  # checked here: a bad value exits 2, naming the flag
     config = ServeConfig(
-        host=host[1:-1] if host.startswith("[") and host.endswith("]") else host,  # [::1], as in a URL: ::1
+        host=listeners.host,
         http_port=http_port,
         grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,
         metrics_port=metrics_port,
@@ -413,6 +468,11 @@ def serve(
         http_restricted=restricted.parse(http_restricted_api or [], "--http-restricted-api"),
         grpc_restricted=restricted.parse(grpc_restricted_protocol or [], "--grpc-restricted-protocol"),
         start_named_only=start_models is not None,
+        grpc_host=listeners.grpc_host,
+        metrics_host=listeners.metrics_host,
+        serve_http=listeners.http,
+        serve_metrics=listeners.metrics,
+        cpu_metrics=listeners.cpu_metrics,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -426,6 +486,8 @@ def serve(
             "--metrics-port needs --engine local: Ray Serve's proxy is the one HTTP port (a GET /metrics there "
             "reaches one replica); drop it, or serve with --engine local"
         )
+    if engine == "ray" and grpc_address is not None:
+        raise InvalidRequest("--grpc-address: --engine ray serves HTTP only; drop it, or serve with --engine local")
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
@@ -637,6 +699,55 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {file}") from None
     return configs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Listeners:
+    """Where the server listens and what: ``--host``, and tritonserver's per-listener addresses and switches."""
+
+    host: str
+    grpc_host: str | None
+    metrics_host: str | None
+    http: bool
+    grpc: bool
+    metrics: bool
+    cpu_metrics: bool
+
+    @classmethod
+    def resolve(
+        cls,
+        host: str | None,
+        http: str | None,
+        grpc: str | None,
+        metrics: str | None,
+        allow_http: bool,
+        allow_grpc: bool,
+        allow_metrics: bool,
+        allow_cpu_metrics: bool,
+        allow_gpu_metrics: bool,  # no GPU metrics here: taken, and either value serves alike
+    ) -> _Listeners:
+        def bare(address: str | None, flag: str) -> str | None:
+            if address is None:
+                return None
+            if not address.strip():
+                raise InvalidRequest(f"{flag} takes an address to listen on (127.0.0.1, 0.0.0.0, ::1), not an empty one")
+            return address[1:-1] if address.startswith("[") and address.endswith("]") else address  # [::1]: ::1
+
+        every = bare(host, "--host") or "127.0.0.1"  # polystack's: loopback unless told
+        main = bare(http, "--http-address") or every
+        grpc_host = bare(grpc, "--grpc-address") or every
+        metrics_host = bare(metrics, "--metrics-address") or main  # Triton's default: the HTTP address
+        if grpc is not None and not allow_grpc:
+            raise InvalidRequest("--allow-grpc false serves no gRPC, so --grpc-address binds nothing: drop one")
+        return cls(
+            main,
+            grpc_host if grpc_host != main else None,
+            metrics_host if metrics_host != main else None,
+            allow_http,
+            allow_grpc,
+            allow_metrics,
+            allow_cpu_metrics,
+        )
 
 
 POLL_SECS = 15.0  # tritonserver's --repository-poll-secs default

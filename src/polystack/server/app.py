@@ -135,6 +135,12 @@ class ServeConfig:
     grpc_restricted: Restrictions = field(default_factory=lambda: Restrictions(what="protocol"))
     # Triton's explicit model control (--load-model): ``models`` are all served at start, none when empty
     start_named_only: bool = False
+    # each listener's address where it is not ``host`` (tritonserver's --grpc-address, --metrics-address)
+    grpc_host: str | None = None
+    metrics_host: str | None = None
+    serve_http: bool = True  # False: no HTTP listener (tritonserver's --allow-http false), gRPC alone
+    serve_metrics: bool = True  # False: no GET /metrics anywhere (--allow-metrics false)
+    cpu_metrics: bool = True  # --triton-metrics' nv_cpu_* (--allow-cpu-metrics)
 
 
 class Server:
@@ -232,6 +238,7 @@ class Server:
             batch_overrides=config.batch_overrides,
             no_batching=config.no_batching,
             triton_names=config.triton_metrics,
+            cpu_metrics=config.cpu_metrics,
         )
         self.http = HttpApp(
             self.plane,
@@ -240,6 +247,7 @@ class Server:
             idle_timeout_s=config.idle_timeout_s,
             thread_initializer=cpus.pin_frontend if cpus else None,
             restricted=config.http_restricted,
+            metrics=config.serve_metrics,
         )
         # Triton serves its metrics on a port of their own (--metrics-port, 8002), which scrape configs name
         self.metrics_http = (
@@ -360,23 +368,25 @@ class Server:
             self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()
         tls = self.config.tls
-        with _binding("HTTP", "--http-port", self.config.host, self.config.http_port):
-            self._http_server = await loop.create_server(
-                lambda: HttpProtocol(self.http),
-                self.config.host,
-                self.config.http_port,
-                backlog=1024,
-                ssl=tls.context if tls else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
-            )
-        self.http_port = self._http_server.sockets[0].getsockname()[1]
-        self._sweepers.append(loop.create_task(self.http.close_idle_connections()))
+        if self.config.serve_http:
+            with _binding("HTTP", "--http-port", self.config.host, self.config.http_port):
+                self._http_server = await loop.create_server(
+                    lambda: HttpProtocol(self.http),
+                    self.config.host,
+                    self.config.http_port,
+                    backlog=1024,
+                    ssl=tls.context if tls else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+                )
+            self.http_port = self._http_server.sockets[0].getsockname()[1]
+            self._sweepers.append(loop.create_task(self.http.close_idle_connections()))
         if self.metrics_http is not None:
             metrics_http = self.metrics_http
-            with _binding("metrics", "--metrics-port", self.config.host, self.config.metrics_port or 0):
+            metrics_host = self.config.metrics_host or self.config.host
+            with _binding("metrics", "--metrics-port", metrics_host, self.config.metrics_port or 0):
                 self._metrics_server = await loop.create_server(
                     lambda: HttpProtocol(metrics_http),
-                    self.config.host,
+                    metrics_host,
                     self.config.metrics_port,
                     ssl=tls.context if tls else None,
                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
@@ -386,7 +396,7 @@ class Server:
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
                 self.plane,
-                self.config.host,
+                self.config.grpc_host or self.config.host,
                 self.config.grpc_port,
                 self.config.grpc_max_message_bytes,
                 tls,
@@ -402,7 +412,9 @@ class Server:
             "serving",
             extra={
                 "host": self.config.host,
-                "http_port": self.http_port,
+                "http_port": self.http_port if self.config.serve_http else None,
+                **({"grpc_host": self.config.grpc_host} if self.config.grpc_host else {}),
+                **({"metrics_host": self.config.metrics_host} if self.config.metrics_host else {}),
                 "grpc_port": self.grpc_port,
                 **({"metrics_port": self.metrics_port} if self.metrics_port is not None else {}),
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
@@ -659,7 +671,7 @@ class ServerThread:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.server.config.host}:{self.grpc_port}"
+        return f"{self.server.config.grpc_host or self.server.config.host}:{self.grpc_port}"
 
     def start(self, timeout_s: float = 30.0) -> ServerThread:
         self.server.load_models()

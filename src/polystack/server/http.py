@@ -187,8 +187,10 @@ class HttpApp:
         thread_initializer: Callable[[], None] | None = None,
         only_metrics: bool = False,
         restricted: Restrictions = Restrictions(),
+        metrics: bool = True,
     ) -> None:
         self.plane = plane
+        self.serve_metrics = metrics  # GET /metrics (off: serve --allow-metrics false, as Triton's)
         self.restricted = restricted  # --http-restricted-api: the APIs that answer only with a header
         # each handler's API, as Triton groups its endpoints (restricted.py)
         self._apis: dict[Handler, str] = {
@@ -298,7 +300,7 @@ class HttpApp:
 
     def _route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
         parts = [unquote(p) for p in path.strip("/").split("/")]
-        if parts == ["metrics"]:
+        if parts == ["metrics"] and self.serve_metrics:
             return self._only(method, b"GET", self.metrics, [])
         if self.only_metrics:
             return error_response(

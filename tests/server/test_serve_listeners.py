@@ -1,0 +1,134 @@
+"""tritonserver's listener flags taken by `polystack serve`: each listener's address (``--http-address``,
+``--grpc-address``, ``--metrics-address``), the switches (``--allow-http``, ``--allow-grpc``,
+``--allow-metrics``, ``--allow-cpu-metrics``, ``--allow-gpu-metrics``) and the aliases ``--id`` and
+``--model-store``, so that a launch script written for Triton starts polystack; a real server process, the
+real tritonclient."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, mlp_ones, refused_at_start
+from tritonclient.utils import InferenceServerException
+
+from polystack.examples import mlp_onnx
+from polystack.store import ModelRecord, Store
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _refused(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(5)
+        return s.connect_ex((host, port)) != 0
+
+
+def test_grpc_alone_with_allow_http_false_and_metrics_on_their_own_address(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """--allow-http false serves gRPC alone (the metrics port beside it), each on the address its flag gives:
+    a gRPC-only Triton deployment's flags."""
+    store, _ = model_store
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-m", "polystack", "--home", str(store.settings.home), "serve", "mlp",
+           "--allow-http=false", "--http-port", str(http_port), "--grpc-address", "127.0.0.2",
+           "--grpc-port", str(grpc_port), "--metrics-address", "127.0.0.3", "--metrics-port", str(metrics_port),
+           "--id", "triton"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.2:{grpc_port}")
+        deadline = time.monotonic() + 60
+        while not _ready(client):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        x = grpcclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        assert client.infer("mlp", [x]).as_numpy("y").shape == (1, 4)
+        assert client.get_server_metadata().name == "triton"  # --id: tritonserver's name for --server-name
+        status, text = _get(f"http://127.0.0.3:{metrics_port}/metrics")
+        assert status == 200 and "polystack_inference_request_success" in text
+        assert _refused("127.0.0.1", http_port)  # no HTTP listener
+        assert _refused("127.0.0.1", grpc_port) and _refused("127.0.0.1", metrics_port)  # their own addresses
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    [serving] = [json.loads(ln) for ln in log.read_text().splitlines() if '"serving"' in ln]
+    assert serving["http_port"] is None and serving["grpc_host"] == "127.0.0.2", serving
+    assert serving["metrics_host"] == "127.0.0.3", serving
+
+
+def _ready(client: grpcclient.InferenceServerClient) -> bool:
+    try:
+        return bool(client.is_server_ready())
+    except InferenceServerException:  # not listening yet
+        return False
+
+
+def test_allow_grpc_metrics_and_cpu_metrics_false_leave_them_out(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    port = free_port()
+    args = ["mlp", "--allow-grpc", "false", "--triton-metrics", "--allow-cpu-metrics=0", "--allow-gpu-metrics=false"]
+    with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "nv_inference_count" in text and "nv_cpu_" not in text
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer("mlp", [mlp_ones()])
+    [serving] = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if '"serving"' in ln]
+    assert serving["grpc_port"] is None, serving
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--allow-metrics", "false"], port,
+                    tmp_path / "serve2.log"):  # fmt: skip
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 404 and "error" in json.loads(text), text
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--triton-metrics"], port, tmp_path / "s4.log"):
+        assert "nv_cpu_utilization" in _get(f"http://127.0.0.1:{port}/metrics")[1]  # on by default, as in Triton
+
+
+def test_model_store_is_model_repository(tmp_path: Path) -> None:
+    (tmp_path / "models" / "m" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "models" / "m" / "1" / "model.onnx")
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-store", str(tmp_path / "models"), "--grpc-port", "-1"], port,
+                    tmp_path / "serve.log"):  # fmt: skip
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("m", "1")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--allow-grpc", "false", "--grpc-port", "9001"], "--allow-grpc false serves no gRPC, so --grpc-port 9001"),
+        (["--allow-grpc", "false", "--grpc-address", "0.0.0.0"], "so --grpc-address binds nothing"),
+        (["--allow-metrics", "false", "--metrics-port", "9002"], "--allow-metrics false serves no metrics"),
+        (["--metrics-address", "127.0.0.5"], "--metrics-address 127.0.0.5 needs --metrics-port"),
+        (["--allow-http", "false", "--grpc-port", "-1"], "--allow-http false leaves gRPC alone to serve"),
+        (["--allow-http", "maybe"], "--allow-http takes 1 or 0 (true or false), not 'maybe'"),
+        (["--http-address", " "], "--http-address takes an address to listen on"),
+        (["--grpc-address", "127.0.0.2", "--engine", "ray"], "--engine ray serves HTTP only"),
+    ],
+)
+def test_listener_flags_that_cannot_work_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    assert words in refused_at_start(tmp_path, args)
