@@ -84,7 +84,7 @@ def test_grpc_alone_with_allow_http_false_and_metrics_on_their_own_address(
 def _ready(client: grpcclient.InferenceServerClient) -> bool:
     try:
         return bool(client.is_server_ready())
-    except InferenceServerException:  # not listening yet
+    except (InferenceServerException, OSError):  # not listening yet
         return False
 
 

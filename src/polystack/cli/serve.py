@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from polystack.cli.app import app, open_store
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, PolystackError
 
 if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
@@ -109,6 +109,20 @@ def serve(
         metavar="API[,API...]:KEY=VALUE",
         help="The same for gRPC: calls without metadata triton-grpc-protocol-KEY: VALUE are refused UNAVAILABLE "
         "(Triton's flag and key).",
+    ),
+    exit_on_error: str = typer.Option(
+        "true",
+        "--exit-on-error",
+        metavar="BOOL",
+        help="Triton's: false serves on when a model fails to load at start (its repository folder, its file, its "
+        "config), leaving it out; the repository index says why.",
+    ),
+    strict_readiness: str = typer.Option(
+        "true",
+        "--strict-readiness",
+        metavar="BOOL",
+        help="Triton's: true (its default) reports the server not ready while a model a load left is not (loading, "
+        "or its load failed); false: ready whenever it is not shutting down.",
     ),
     drain_timeout_s: float = typer.Option(
         30.0,
@@ -473,6 +487,8 @@ def serve(
         serve_http=listeners.http,
         serve_metrics=listeners.metrics,
         cpu_metrics=listeners.cpu_metrics,
+        exit_on_error=_flag_bool(exit_on_error, "--exit-on-error"),
+        strict_readiness=_flag_bool(strict_readiness, "--strict-readiness"),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -634,12 +650,26 @@ def _with_repositories(
     if start is not None:
         models += sorted(start - found.keys())  # not a folder: a registered model
     read: set[str] = set()
+    failures = dict(config.start_failures)  # folders that cannot be read, served without (--exit-on-error false)
     store = open_store()
     try:
         while wanted:  # in name order, then the models the ensembles read run, in name order
             more: set[str] = set()
             for name in wanted:
-                m = model_repository.register_folder(store, found[name].resolve() / name, registered)
+                done: list[Registered] = []
+                try:
+                    m = model_repository.register_folder(store, found[name].resolve() / name, done)
+                except PolystackError as e:
+                    model_repository.undo(store, done)  # what it registered of the folder before it failed
+                    if config.exit_on_error:
+                        raise
+                    logging.getLogger("polystack.server").error(
+                        "failed to load a model at start; serving the others (--exit-on-error false)",
+                        extra={"model": name, "error": e.message},
+                    )
+                    failures[name] = (e.failed_version, f"failed to load {name!r}: {e.message}")
+                    continue
+                registered += done
                 read.add(name)
                 if m.ensemble is not None:  # served once the models it runs are loaded: nothing to register
                     ensembles[m.name] = m.ensemble
@@ -662,6 +692,7 @@ def _with_repositories(
         model_repositories=[root.absolute() for root in roots],
         repository_models=sorted(read),
         repository_seen=seen,
+        start_failures=failures,
     )
 
 

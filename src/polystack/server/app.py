@@ -24,7 +24,7 @@ from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
-from polystack.errors import InvalidRequest, PolystackError, ShuttingDown
+from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import logs, model_config, model_repository
@@ -141,6 +141,12 @@ class ServeConfig:
     serve_http: bool = True  # False: no HTTP listener (tritonserver's --allow-http false), gRPC alone
     serve_metrics: bool = True  # False: no GET /metrics anywhere (--allow-metrics false)
     cpu_metrics: bool = True  # --triton-metrics' nv_cpu_* (--allow-cpu-metrics)
+    # Triton's --exit-on-error false: a model that fails to load at start is left out (the index says why), the
+    # server serving the rest; and its --strict-readiness: not ready while a model a load left is not
+    exit_on_error: bool = True
+    strict_readiness: bool = True
+    # the repository folders a start could not read (--exit-on-error false), by name: the version and why
+    start_failures: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
 
 
 class Server:
@@ -239,6 +245,7 @@ class Server:
             no_batching=config.no_batching,
             triton_names=config.triton_metrics,
             cpu_metrics=config.cpu_metrics,
+            strict_readiness=config.strict_readiness,
         )
         self.http = HttpApp(
             self.plane,
@@ -353,13 +360,27 @@ class Server:
                 try:
                     self.plane.load(ref)
                 except PolystackError as e:
-                    raise load_failed(ref, e) from None  # which of the models
+                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, e))  # which of the models
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
                     self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
-                    raise load_failed(name, e) from None
+                    self._failed_at_start(name, load_failed(name, e))
+        for name, (version, why) in self.config.start_failures.items():
+            self.plane.note_failed_load(name, InvalidRequest(why).at_version(version))
+
+    def _failed_at_start(self, name: str, e: PolystackError) -> None:
+        """A model that failed to load at start: the start fails, unless --exit-on-error false, which logs it
+        and serves the rest, as Triton's does (the index lists it with why; a name nothing has, not at all)."""
+        if self.config.exit_on_error:
+            raise e
+        log.error(
+            "failed to load a model at start; serving the others (--exit-on-error false)",
+            extra={"model": name, "error": e.message},
+        )
+        if not isinstance(e, NotFound):
+            self.plane.note_failed_load(name, e)
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""

@@ -265,8 +265,11 @@ class DataPlane:
         no_batching: bool = False,
         triton_names: bool = False,
         cpu_metrics: bool = True,
+        strict_readiness: bool = False,
     ) -> None:
         self.engine = engine
+        # Triton's --strict-readiness: the server is not ready while a model a load left is not (not_ready_models)
+        self.strict_readiness = strict_readiness
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
         self.cpu_metrics = cpu_metrics  # and among them nv_cpu_* (off: --allow-cpu-metrics false)
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
@@ -1083,7 +1086,22 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return not self.draining
+        return not self.draining and not (self.strict_readiness and self.not_ready_models())
+
+    def not_ready_models(self) -> list[str]:
+        """The models Triton's strict readiness counts against the server's: one with a version loading now,
+        one whose last load failed at a version not served (a reload's new version), or with none of its versions
+        served. A reload that failed while its versions serve on as they were, a model unloaded since its load
+        failed, and a name no repository or store has, do not count, as in Triton."""
+        served = {(e.name, e.version) for e in self.engine.loaded()}
+        served |= {(n, p.ensemble.version) for n, p in list(self._ensembles.items())}
+        names = {n for n, _ in served}
+        out = {n for n, _ in frozenset(self._loading)}
+        for name, (version, _) in list(self._load_failures.items()):
+            serves_on = (name, version) in served if version is not None else name in names
+            if not serves_on:
+                out.add(name)
+        return sorted(out)
 
     def start_draining(self) -> None:
         """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. No request
@@ -1899,6 +1917,11 @@ class DataPlane:
             out += [{"name": n} for n in names - listed - failed.keys()]
         return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
 
+    def note_failed_load(self, name: str, e: PolystackError) -> None:
+        """A load of ``name`` at start that failed, the server serving on without it (``serve --exit-on-error
+        false``): the index lists it with why, and strict readiness counts it."""
+        self._failed(name, e)
+
     def _failed(self, name: str, e: PolystackError) -> None:
         """Keep why the last load of ``name`` failed (``e``, in its words), and at which version, for the index
         (which lists it only while a load could serve the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of
@@ -2077,6 +2100,7 @@ class DataPlane:
                 "being served, as in Triton)"
             )
         await self._control(lambda n: self.unload(n, dependents), name)
+        self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
