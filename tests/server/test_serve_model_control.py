@@ -149,3 +149,42 @@ def test_model_control_flags_that_cannot_work_exit_2_in_tritons_words(tmp_path: 
          "model 'a' is in --model-repository"),
     ):  # fmt: skip
         assert words in refused_at_start(tmp_path, args), args
+
+
+def test_explicit_mode_over_a_repository_reads_its_folders_alone_as_triton_does(tmp_path: Path) -> None:
+    """helper-101: explicit mode fell back to the store (a model registered another way, a folder's earlier
+    versions), serving what the repository does not hold; and refused a folder in two repositories that no
+    one named, and a repository given twice."""
+    home, repo = tmp_path / "home", _repository(tmp_path / "models")
+    other = mlp_onnx(tmp_path / "other.onnx", seed=3)
+    subprocess.run([sys.executable, "-m", "polystack", "--home", str(home), "register", str(other), "--name", "solo"],
+                   check=True, capture_output=True)  # fmt: skip
+    second = tmp_path / "second"
+    (second / "b" / "1").mkdir(parents=True)  # b in both repositories: refused only where it is read
+    mlp_onnx(second / "b" / "1" / "model.onnx")
+    args = ["--model-repository", str(repo), "--model-repository", str(repo), "--model-repository", str(second),
+            "--model-control-mode", "explicit", "--load-model", "a"]  # fmt: skip
+    client, server = _serve(tmp_path, args)
+    with server:
+        assert _ready(client) == ["a"]
+        index = client.get_model_repository_index()
+        assert "solo" not in {m["name"] for m in index}, index  # the store's: not the repository's
+        for name in ("solo", "a:1"):
+            with pytest.raises(InferenceServerException, match="failed to poll from model repository") as e:
+                client.load_model(name)
+            assert e.value.status() == "400"
+        with pytest.raises(InferenceServerException, match=r"model 'b' is in --model-repository .* keep it in one"):
+            client.load_model("b")
+        client.load_model("inner")
+        assert _ready(client) == ["a", "inner"]
+        client.close()
+    for name, words in (("solo", "model not found in any model repository"), ("a:1", "a version is not a name"),
+                        ("b", "keep it in one")):  # fmt: skip
+        line = refused_at_start(tmp_path, [*args[:-1], name, "--grpc-port", "-1"])
+        assert words in line, line
+    # --exit-on-error false: logged, and the others served
+    client, server = _serve(tmp_path, [*args, "--load-model", "solo", "--exit-on-error=false"], "serve2.log")
+    with server:
+        assert _ready(client) == ["a"]
+        client.close()
+    assert "model not found in any model repository" in (tmp_path / "serve2.log").read_text()

@@ -538,7 +538,7 @@ def test_a_change_made_while_the_start_reads_the_repository_is_left_for_the_firs
         return model
 
     monkeypatch.setattr(model_repository, "register_folder", read_then_change)
-    config = serve_cli._with_repositories(ServeConfig(), [repo], [])
+    config = serve_cli._with_repositories(ServeConfig(repository_poll_s=1.0), [repo], [])
     assert config.repository_seen is not None
     assert config.repository_seen["plain"] != model_repository.fingerprint(repo / "plain")
     assert config.repository_seen["mlp"] == model_repository.fingerprint(repo / "mlp")

@@ -489,6 +489,7 @@ def serve(
         cpu_metrics=listeners.cpu_metrics,
         exit_on_error=_flag_bool(exit_on_error, "--exit-on-error"),
         strict_readiness=_flag_bool(strict_readiness, "--strict-readiness"),
+        repository_only=(model_control_mode or "").lower() == "explicit",
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -613,7 +614,11 @@ def _with_repositories(
     ensembles = dict(config.ensembles)
     named = {ModelRef.parse(m).name for m in models}
     found: dict[str, Path] = {}
+    twice: dict[str, str] = {}  # folders in two repositories: refused where the start reads them
+    polled = config.repository_poll_s > 0
     seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
+    unique = {root.resolve(): root for root in reversed(roots)}  # a repository given twice is one, as in Triton
+    roots = [root for root in roots if unique.get(root.resolve()) is root]
     listed = [(root, model_repository.model_folders(root.resolve())) for root in roots]
     if ray and not models and not any(folders for _, folders in listed):
         raise InvalidRequest(
@@ -632,9 +637,11 @@ def _with_repositories(
             )
         for folder in folders:
             name = folder.name
-            seen[name] = model_repository.fingerprint(folder)
+            if polled:
+                seen[name] = model_repository.fingerprint(folder)
             if name in found:
-                raise InvalidRequest(f"model {name!r} is in --model-repository {found[name]} and in {root}; keep it in one")
+                twice[name] = f"model {name!r} is in --model-repository {found[name]} and in {root}; keep it in one"
+                continue
             if name in named:
                 raise InvalidRequest(
                     f"model {name!r} is in --model-repository {root} and named on the command line too; serve it one "
@@ -646,9 +653,18 @@ def _with_repositories(
                     f"{model_repository.CONFIG} is its config; drop --model-config {name}"
                 )
             found[name] = root
+    log = logging.getLogger("polystack.server")
     wanted = sorted(found) if start is None else sorted(start & found.keys())
-    if start is not None:
-        models += sorted(start - found.keys())  # not a folder: a registered model
+    for name in sorted((start or frozenset()) - found.keys()):  # explicit model control reads the repository alone
+        missing = (
+            f"--load-model {name}: failed to poll model {name!r}: model not found in any model repository "
+            f"({', '.join(map(str, roots))}); add its folder, or name a model folder (a version is not a name)"
+        )
+        if config.exit_on_error:
+            raise InvalidRequest(missing)
+        log.error("failed to load a model at start; serving the others (--exit-on-error false)", extra={
+            "model": name, "error": missing,
+        })  # fmt: skip
     read: set[str] = set()
     failures = dict(config.start_failures)  # folders that cannot be read, served without (--exit-on-error false)
     store = open_store()
@@ -658,12 +674,14 @@ def _with_repositories(
             for name in wanted:
                 done: list[Registered] = []
                 try:
+                    if name in twice:  # Triton's load fails so: the model is not unique
+                        raise InvalidRequest(twice[name])
                     m = model_repository.register_folder(store, found[name].resolve() / name, done)
                 except PolystackError as e:
                     model_repository.undo(store, done)  # what it registered of the folder before it failed
                     if config.exit_on_error:
                         raise
-                    logging.getLogger("polystack.server").error(
+                    log.error(
                         "failed to load a model at start; serving the others (--exit-on-error false)",
                         extra={"model": name, "error": e.message},
                     )
@@ -691,7 +709,7 @@ def _with_repositories(
         ensembles=ensembles,
         model_repositories=[root.absolute() for root in roots],
         repository_models=sorted(read),
-        repository_seen=seen,
+        repository_seen=seen if polled else None,
         start_failures=failures,
     )
 

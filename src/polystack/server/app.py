@@ -147,6 +147,8 @@ class ServeConfig:
     strict_readiness: bool = True
     # the repository folders a start could not read (--exit-on-error false), by name: the version and why
     start_failures: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
+    # Triton's explicit model control: loads by name and the index know the repositories alone, not the store
+    repository_only: bool = False
 
 
 class Server:
@@ -246,6 +248,7 @@ class Server:
             triton_names=config.triton_metrics,
             cpu_metrics=config.cpu_metrics,
             strict_readiness=config.strict_readiness,
+            repository_only=config.repository_only,
         )
         self.http = HttpApp(
             self.plane,

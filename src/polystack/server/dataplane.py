@@ -266,8 +266,12 @@ class DataPlane:
         triton_names: bool = False,
         cpu_metrics: bool = True,
         strict_readiness: bool = False,
+        repository_only: bool = False,
     ) -> None:
         self.engine = engine
+        # Triton's explicit model control over a repository: loads by name and the index know its folders (and
+        # the models served another way) alone, not the store's other models (--allow-model-control's do)
+        self.repository_only = repository_only and repository is not None
         # Triton's --strict-readiness: the server is not ready while a model a load left is not (not_ready_models)
         self.strict_readiness = strict_readiness
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
@@ -1877,8 +1881,8 @@ class DataPlane:
         if not self.allow_model_control:
             raise ModelControlOff(
                 "explicit model load / unload is not allowed if polling is enabled (Triton's words: model control "
-                "is off); start the server with --allow-model-control to load and unload models (under --engine "
-                "ray, which has none, name the models at start)"
+                "is off); start the server with --allow-model-control (or Triton's --model-control-mode explicit) to "
+                "load and unload models (under --engine ray, which has none, name the models at start)"
             )
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
@@ -1897,9 +1901,11 @@ class DataPlane:
         out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
         if not ready_only:
             # what a load could serve (the store's models, the repository's folders): nothing else is listed
-            names = {r.name for r in self.store.models.list()} if self.allow_model_control else set()
+            store = self.allow_model_control and not self.repository_only
+            names = {r.name for r in self.store.models.list()} if store else set()
             if self.repository is not None:
                 names |= self.repository.folders()[0].keys()
+                names |= self.repository.others if self.repository_only else set()
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
             loading = {(n, v) for n, v in frozenset(self._loading) - ready if n in names}
             gone -= loading
@@ -1960,6 +1966,12 @@ class DataPlane:
                 )
             await self._control(lambda n: self._load_files(n, files, config), name)
             return
+        repository = self.repository if self.repository_only else None
+        if repository is not None and not (name in self._ensembles or name in repository.others or repository.owns(name)):
+            raise NotFound(
+                f"failed to poll from model repository: no model folder {name!r} in --model-repository "
+                f"{', '.join(map(str, repository.roots))}; add it, or load a model folder it holds"
+            )
         await self._control(lambda n: self._load_only(n, config), name)
 
     def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry | ensemble.Ensemble:

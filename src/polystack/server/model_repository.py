@@ -182,7 +182,11 @@ class ModelRepository:
         self._twice: set[str] = set()
         # what the last poll saw of each model folder: at start, what the start saw before reading it
         self.seen: dict[str, Fingerprint] = (
-            dict(seen) if seen is not None else {name: fingerprint(f) for name, f in self.folders()[0].items()}
+            dict(seen)
+            if seen is not None
+            else {name: fingerprint(f) for name, f in self.folders()[0].items()}
+            if polled
+            else {}  # what only a poll compares
         )
 
     def folder(self, name: str) -> Path | None:
@@ -217,7 +221,7 @@ class ModelRepository:
                     if name not in self._twice:  # said once, not at every poll
                         self._twice.add(name)
                         log.warning(
-                            "a model folder is in two repositories; the first one's is read",
+                            "a model folder is in two repositories; it does not load until one of them holds it alone",
                             extra={"model": name, "read": str(found[name]), "ignored": str(root / name)},
                         )
                     continue
@@ -232,6 +236,9 @@ class ModelRepository:
         load's config names, in its place) passed its files; the model, and what registering did (for
         ``undo`` if its load fails)."""
         folder = self.folder(name)
+        also = [root for root in self.roots if folder is not None and (root / name).is_dir()][1:]
+        if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
+            raise InvalidRequest(f"model {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one")
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "
