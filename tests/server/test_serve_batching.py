@@ -165,7 +165,9 @@ def test_queue_depth_shows_unbatched_requests_waiting_for_an_instance(
         port = st.http_port
         statuses, seen = _watch_depth(port, "slow", 4)  # one runs while the others wait: 50 ms a call
         assert statuses == [200] * 4
-        assert 1 <= max(seen) <= 3, seen  # 3 when all four came before the first was done
+        # 3 when all four came before the first was done; 4 when they came before its instance's thread took it up
+        # (a loaded machine: the full suite beside a helper's servers)
+        assert 1 <= max(seen) <= 4, seen
         assert _metric(port, "polystack_inference_queue_depth", model="slow", version="1") == 0
     finally:
         st.stop()
