@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
     from polystack.server.model_files import Registered
+    from polystack.server.model_repository import FolderRules
 
 
 @app.command()
@@ -258,6 +259,25 @@ def serve(
         "changed is read again and reloaded (what was served serves on if that fails), a new one loaded, one "
         "gone unloaded. Not with --allow-model-control, as in Triton.",
     ),
+    model_config_name: str | None = typer.Option(
+        None,
+        "--model-config-name",
+        metavar="NAME",
+        help="Triton's: read a repository model's config from <model>/configs/NAME.pbtxt where it has one (else its "
+        "config.pbtxt).",
+    ),
+    disable_auto_complete_config: bool = typer.Option(
+        False,
+        "--disable-auto-complete-config",
+        help="Triton's: no auto-complete of repository models' configs: each folder needs a config.pbtxt listing its "
+        "inputs and outputs (max_batch_size left out: 0).",
+    ),
+    strict_model_config: str | None = typer.Option(
+        None,
+        "--strict-model-config",
+        metavar="BOOL",
+        help="Triton's deprecated flag: true is --disable-auto-complete-config, false the default.",
+    ),
     backend_config: list[str] = typer.Option(
         None,
         "--backend-config",
@@ -434,6 +454,7 @@ def serve(
             "--allow-http false leaves gRPC alone to serve, which this server does not serve (--grpc-port -1, "
             "--allow-grpc false, or --engine ray): serve one of them"
         )
+    rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
         allow_model_control, repository_poll_secs, start_models = _model_control(
@@ -490,6 +511,7 @@ def serve(
         exit_on_error=_flag_bool(exit_on_error, "--exit-on-error"),
         strict_readiness=_flag_bool(strict_readiness, "--strict-readiness"),
         repository_only=(model_control_mode or "").lower() == "explicit",
+        folder_rules=rules,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -676,7 +698,8 @@ def _with_repositories(
                 try:
                     if name in twice:  # Triton's load fails so: the model is not unique
                         raise InvalidRequest(twice[name])
-                    m = model_repository.register_folder(store, found[name].resolve() / name, done)
+                    folder = found[name].resolve() / name
+                    m = model_repository.register_folder(store, folder, done, rules=config.folder_rules)
                 except PolystackError as e:
                     model_repository.undo(store, done)  # what it registered of the folder before it failed
                     if config.exit_on_error:
@@ -797,6 +820,28 @@ class _Listeners:
             allow_metrics,
             allow_cpu_metrics,
         )
+
+
+def _folder_rules(name: str | None, disable: bool, strict: str | None) -> FolderRules:
+    """tritonserver's --model-config-name, --disable-auto-complete-config and --strict-model-config, checked."""
+    from polystack.server.model_repository import FolderRules
+
+    if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
+        raise InvalidRequest(
+            f"--model-config-name takes the name of a file in a model's configs/ folder, without .pbtxt, not {name!r}"
+        )
+    if strict is not None:
+        strict_on = _flag_bool(strict, "--strict-model-config")
+        logging.getLogger("polystack.server").warning(
+            "'--strict-model-config' has been deprecated, as in Triton; use '--disable-auto-complete-config' instead"
+        )
+        if disable and not strict_on:  # Triton's override, said
+            logging.getLogger("polystack.server").warning(
+                "overriding deprecated '--strict-model-config' from false to true in favor of "
+                "'--disable-auto-complete-config'"
+            )
+        disable = disable or strict_on
+    return FolderRules(config_name=name or "", auto_complete=not disable)
 
 
 POLL_SECS = 15.0  # tritonserver's --repository-poll-secs default

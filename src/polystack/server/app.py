@@ -32,7 +32,7 @@ from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE, ConfigFile
-from polystack.server.model_repository import Fingerprint, ModelRepository
+from polystack.server.model_repository import Fingerprint, FolderRules, ModelRepository
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
 from polystack.server.restricted import Restrictions
@@ -149,6 +149,8 @@ class ServeConfig:
     start_failures: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
     # Triton's explicit model control: loads by name and the index know the repositories alone, not the store
     repository_only: bool = False
+    # how repository folders are read (--model-config-name, --disable-auto-complete-config)
+    folder_rules: FolderRules = field(default_factory=FolderRules)
 
 
 class Server:
@@ -222,6 +224,7 @@ class Server:
                 served - set(config.repository_models),
                 config.repository_seen,
                 polled=config.repository_poll_s > 0,
+                rules=config.folder_rules,
             )
         self.plane = DataPlane(
             engine,
@@ -249,6 +252,7 @@ class Server:
             cpu_metrics=config.cpu_metrics,
             strict_readiness=config.strict_readiness,
             repository_only=config.repository_only,
+            auto_complete=config.folder_rules.auto_complete,
         )
         self.http = HttpApp(
             self.plane,

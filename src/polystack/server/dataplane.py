@@ -267,8 +267,11 @@ class DataPlane:
         cpu_metrics: bool = True,
         strict_readiness: bool = False,
         repository_only: bool = False,
+        auto_complete: bool = True,
     ) -> None:
         self.engine = engine
+        # Triton's auto-complete of a repository model's config (off: serve --disable-auto-complete-config)
+        self.auto_complete = auto_complete
         # Triton's explicit model control over a repository: loads by name and the index know its folders (and
         # the models served another way) alone, not the store's other models (--allow-model-control's do)
         self.repository_only = repository_only and repository is not None
@@ -396,8 +399,9 @@ class DataPlane:
         if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
             try:
                 chosen = model_config.read(
-                    config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size
-                )
+                    config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size,
+                    auto_complete=self.auto_complete,
+                )  # fmt: skip
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
                     source = (start.source if start else "") or f"serve --model-config {record.name}"

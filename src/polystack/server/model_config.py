@@ -547,12 +547,14 @@ def read(
     default: BatchPolicy | None,
     model_dir: Path | None = None,
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    auto_complete: bool = True,
 ) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
     count where the config leaves them out. ``model_dir`` is the directory warm-up files are read from
     (``warmup/`` in it); a load's config sent over the network has none. A ``TRITON_IO`` model's config that
-    lists no inputs or no outputs is auto-completed as Triton does it, with ``default_max_batch_size``."""
+    lists no inputs or no outputs is auto-completed as Triton does it, with ``default_max_batch_size``; without
+    ``auto_complete`` (``serve --disable-auto-complete-config``) it is refused, as Triton's backend refuses it."""
     config = parse_config(text)
     name = read_string(config, "name", "config")
     if name and name != record.name:
@@ -588,6 +590,17 @@ def read(
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
+        if not auto_complete and not config.get("input"):  # Triton's ONNX Runtime backend's words, then what to do
+            raise InvalidRequest(
+                f"unable to load model {record.name!r}, configuration expects 0 inputs, model provides "
+                f"{len(record.signature.inputs)}: with --disable-auto-complete-config the config lists the model's "
+                "inputs (and outputs)"
+            )
+        if not auto_complete and not config.get("output"):
+            raise InvalidRequest(
+                f"the config of model {record.name!r} lists no outputs, which --disable-auto-complete-config leaves "
+                "to it (Triton's strict model config): list the outputs clients get"
+            )
         if not (config.get("input") and config.get("output")):
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
         elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0

@@ -71,6 +71,23 @@ _OTHER_FILES = {
 
 
 @dataclass(frozen=True)
+class FolderRules:
+    """How a model folder is read, as tritonserver's flags say: ``config_name`` (``--model-config-name``) reads
+    ``configs/<name>.pbtxt`` in place of config.pbtxt where the folder has one; without ``auto_complete``
+    (``--disable-auto-complete-config``) a folder needs a config, which must list the model's tensors."""
+
+    config_name: str = ""
+    auto_complete: bool = True
+
+    def config_path(self, folder: Path) -> Path:
+        if self.config_name:
+            custom = folder / "configs" / f"{self.config_name}.pbtxt"
+            if custom.exists():
+                return custom
+        return folder / CONFIG
+
+
+@dataclass(frozen=True)
 class RepositoryModel:
     """One model of a repository as served: its name, the versions its policy picked (registered in the
     store), and its config (None: the folder has no config.pbtxt)."""
@@ -110,12 +127,17 @@ FOLDER_AGENTS: Any = object()
 
 
 def register_folder(
-    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None, agents: Any = FOLDER_AGENTS
+    store: Store,
+    folder: Path,
+    done: list[model_files.Registered],
+    policy: Any = None,
+    agents: Any = FOLDER_AGENTS,
+    rules: FolderRules = FolderRules(),
 ) -> RepositoryModel:
     """Register the model of one folder of a repository (the versions ``policy``, else its config's policy,
     picks) and return it, as ``register`` does for each folder."""
     try:
-        return _register_model(store, folder, done, policy, agents)
+        return _register_model(store, folder, done, policy, agents, rules)
     except PolystackError as e:
         raise e.prefixed(f"--model-repository {folder.parent}: model {folder.name!r}") from None
     except OSError as e:  # a file or folder this process may not read
@@ -173,8 +195,10 @@ class ModelRepository:
         others: Collection[str] = (),
         seen: Mapping[str, Fingerprint] | None = None,
         polled: bool = False,
+        rules: FolderRules = FolderRules(),
     ) -> None:
         self.polled = polled  # Triton's poll mode: the server reads the folders for changes by itself
+        self.rules = rules
         # as given, not resolved: a root that is a link (current -> releases/b) follows the link when it moves
         self.roots = [Path(r).absolute() for r in roots]
         self.models = set(models)
@@ -246,7 +270,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = register_folder(store, folder, done, policy, agents)
+            model = register_folder(store, folder, done, policy, agents, self.rules)
         except BaseException:
             undo(store, done)
             raise
@@ -270,27 +294,38 @@ def settle(store: Store, done: list[model_files.Registered]) -> None:
 
 
 def _register_model(
-    store: Store, folder: Path, done: list[model_files.Registered], policy: Any = None, agents: Any = FOLDER_AGENTS
+    store: Store,
+    folder: Path,
+    done: list[model_files.Registered],
+    policy: Any = None,
+    agents: Any = FOLDER_AGENTS,
+    rules: FolderRules = FolderRules(),
 ) -> RepositoryModel:
     name = folder.name
     validate_name(name)
-    config_path = folder / CONFIG
+    config_path = rules.config_path(folder)
+    config_file = config_path.relative_to(folder).as_posix()  # config.pbtxt, or configs/<name>.pbtxt
     doc: dict[str, Any] = {}
     text = None
     if config_path.exists() and not config_path.is_file():
-        raise InvalidRequest(f"its {CONFIG} is not a file")
+        raise InvalidRequest(f"its {config_file} is not a file")
     if config_path.is_file():
         try:
             raw = config_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise InvalidRequest(f"cannot read {CONFIG}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
+            raise InvalidRequest(f"cannot read {config_file}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
         text = model_config.as_json(raw)
         doc = json.loads(text)
         if not isinstance(doc, dict):
-            raise InvalidRequest(f"{CONFIG} must hold one model configuration (protobuf text, or a JSON object)")
+            raise InvalidRequest(f"{config_file} must hold one model configuration (protobuf text, or a JSON object)")
         given = doc.get("name")
         if given and given != name:
-            raise InvalidRequest(f"its {CONFIG} names model {quote(given)}; as in Triton, it must be the folder's name")
+            raise InvalidRequest(f"its {config_file} names model {quote(given)}; as in Triton, it must be the folder's name")
+    elif not rules.auto_complete:
+        raise InvalidRequest(
+            f"it has no {CONFIG}, which --disable-auto-complete-config (Triton's strict model config) needs: add one "
+            "that lists the model's inputs, outputs and max_batch_size, or serve without the flag"
+        )
     platform = str(doc.get("platform") or doc.get("backend") or "")
     versions = folder_versions(folder)
     if not versions:
@@ -309,7 +344,7 @@ def _register_model(
             )
         policy = {"version_policy", "versionPolicy"}
         text = json.dumps({k: v for k, v in doc.items() if k not in policy})
-        source = f"--model-repository {folder / CONFIG}"
+        source = f"--model-repository {config_path}"
         pipeline = dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown)
         return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline, ran)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
@@ -351,7 +386,7 @@ def _register_model(
         done.append(registered)
         if registered.created:
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
-    source = f"--model-repository {folder / CONFIG}"
+    source = f"--model-repository {config_path}"
     config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, agents=shown)
     return RepositoryModel(name, served, config, ran=ran)
 
