@@ -48,6 +48,9 @@ class PolystackError(Exception):
     in_run: bool = False
     # a model's load that failed: the version it failed at, where one did (the repository index lists it so)
     failed_version: int | None = None
+    # a load that failed before its model was read (its folder's config unreadable, the folder in two
+    # repositories): Triton's poll of it fails then, and its strict readiness does not count the model
+    unread: bool = False
 
     def failed_in_run(self) -> Self:
         """This error, marked as raised in a request's run."""
@@ -58,6 +61,11 @@ class PolystackError(Exception):
         """This error, marked as failing the load of ``version`` (the first version it is marked with stays)."""
         if self.failed_version is None:
             self.failed_version = version
+        return self
+
+    def before_model_read(self) -> Self:
+        """This error, marked as failing a load before its model was read (``unread``)."""
+        self.unread = True
         return self
 
     @property

@@ -120,11 +120,9 @@ def test_model_store_is_model_repository(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--allow-grpc", "false", "--grpc-port", "9001"], "--allow-grpc false serves no gRPC, so --grpc-port 9001"),
-        (["--allow-grpc", "false", "--grpc-address", "0.0.0.0"], "so --grpc-address binds nothing"),
-        (["--allow-metrics", "false", "--metrics-port", "9002"], "--allow-metrics false serves no metrics"),
-        (["--metrics-address", "127.0.0.5"], "--metrics-address 127.0.0.5 needs --metrics-port"),
         (["--allow-http", "false", "--grpc-port", "-1"], "--allow-http false leaves gRPC alone to serve"),
+        (["--allow-http", "false", "--allow-grpc", "0"], "--allow-http false leaves gRPC alone to serve"),
+        (["--http-port", "9003", "--grpc-port", "9003"], "--http-port and --grpc-port are both 9003"),
         (["--allow-http", "maybe"], "--allow-http takes 1 or 0 (true or false), not 'maybe'"),
         (["--http-address", " "], "--http-address takes an address to listen on"),
         (["--grpc-address", "127.0.0.2", "--engine", "ray"], "--engine ray serves HTTP only"),
@@ -132,3 +130,23 @@ def test_model_store_is_model_repository(tmp_path: Path) -> None:
 )
 def test_listener_flags_that_cannot_work_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
     assert words in refused_at_start(tmp_path, args)
+
+
+def test_a_listener_turned_off_leaves_its_port_and_address_unread_and_addresses_may_share_a_port(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """helper-102: Triton ignores a listener's port and address once it is off, and compares ports only on one
+    address; polystack refused such launch lines."""
+    store, _ = model_store
+    port, metrics = free_port(), free_port()
+    args = ["mlp", "--allow-grpc=false", "--grpc-port", str(port), "--grpc-address", "127.0.0.9",
+            "--allow-metrics", "off", "--metrics-port", str(metrics), "--metrics-address", "127.0.0.8"]  # fmt: skip
+    with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):  # gRPC's port is HTTP's: unread
+        assert _get(f"http://127.0.0.1:{port}/metrics")[0] == 404
+        assert _refused("127.0.0.8", metrics) and _refused("127.0.0.9", port)
+    grpc_port = port  # gRPC on another address, on HTTP's port
+    args = ["mlp", "--grpc-address", "127.0.0.2", "--grpc-port", str(grpc_port)]
+    with cli_server(store.settings.home, args, port, tmp_path / "serve2.log"):
+        client = grpcclient.InferenceServerClient(f"127.0.0.2:{grpc_port}")
+        assert client.is_server_ready()
+        client.close()

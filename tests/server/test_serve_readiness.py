@@ -4,18 +4,21 @@ Triton's; a real server process, the real tritonclient."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start
+from servekit import cli_server, free_port, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
+from polystack.store import ModelRecord, Store
 
 
 def _repository(root: Path) -> Path:
@@ -116,3 +119,79 @@ def test_strict_readiness_false_is_ready_whatever_failed_and_exit_on_error_true_
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1"])
     assert "model 'bad'" in line, line
     assert "--exit-on-error takes 1 or 0" in refused_at_start(tmp_path, ["--exit-on-error", "maybe"])
+
+
+def test_a_reload_keeps_the_server_ready_and_a_first_load_does_not(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """helper-102: every reload of a served model (a new config, a poll) turned readiness false for its whole
+    load and warm-up, where Triton's versions serve on, ready; a model's first load is not ready, as Triton's
+    LOADING state is not."""
+    store, records = model_store
+    register_like(store, records["mlp"], "slow100", tags={"delay_ms": "100"})
+    register_like(store, records["mlp"], "slowfirst", tags={"delay_ms": "100"})
+    warm = json.dumps({"max_batch_size": 4, "model_warmup": [{"name": "w", "batch_size": 1, "count": 6, "inputs": {
+        "x": {"data_type": "TYPE_FP32", "dims": [16], "zero_data": True}}}]})  # fmt: skip
+    st = start(store, models=["slow100"], allow_model_control=True, strict_readiness=True)
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        loader = grpcclient.InferenceServerClient(st.grpc_url)  # from another thread (tritonclient's HTTP one is gevent's)
+        for name, ready in (("slow100", True), ("slowfirst", False)):  # a reload; a first load
+            seen: list[bool] = []
+            with ThreadPoolExecutor(1) as pool:
+                loading = pool.submit(loader.load_model, name, config=warm)  # 600 ms of warm-up
+                time.sleep(0.2)
+                while not loading.done() and len(seen) < 200:
+                    seen.append(client.is_server_ready())
+                    time.sleep(0.02)
+                loading.result()
+            assert seen and set(seen) == {ready}, (name, seen)
+            assert client.is_server_ready()
+        client.close()
+        loader.close()
+    finally:
+        st.stop()
+
+
+def test_a_load_whose_config_cannot_be_read_leaves_the_server_ready_as_tritons_poll_failure_does(
+    tmp_path: Path,
+) -> None:
+    repo = _repository(tmp_path / "models")
+    (repo / "garbled" / "1").mkdir(parents=True)
+    mlp_onnx(repo / "garbled" / "1" / "model.onnx")
+    (repo / "garbled" / "config.pbtxt").write_text("max_batch_size: [[[")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "a", "--grpc-port",
+            "-1", "--log-file", str(tmp_path / "triton.log")]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException, match="failed to load 'garbled'"):
+            client.load_model("garbled")
+        [garbled] = [m for m in client.get_model_repository_index() if m["name"] == "garbled"]
+        assert garbled["state"] == "UNAVAILABLE", garbled  # listed with why
+        assert client.is_server_ready()  # not counted: Triton's poll of it failed, the model untracked
+        with pytest.raises(InferenceServerException, match="failed to load 'bad'"):
+            client.load_model("bad")  # its model file: counted, as Triton's
+        assert not client.is_server_ready()
+        client.close()
+    # a start that fails says why in the log file too, where --log-file sends the log
+    log = tmp_path / "triton2.log"
+    refused = refused_at_start(tmp_path, ["--model-repository", str(repo), "--log-file", str(log)])
+    lines = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert lines[-1]["msg"] == "the server did not start" and lines[-1]["error"] in refused, (lines[-1], refused)
+
+
+def test_a_store_model_that_failed_at_start_is_in_the_index_with_why(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    (tmp_path / "mlp.pbtxt").write_text('input [ { name: "x", data_type: TYPE_FP32, dims: [ 8 ] } ]')
+    port = free_port()
+    args = ["mlp", "ident64", "--model-config", f"mlp={tmp_path / 'mlp.pbtxt'}", "--exit-on-error=false",
+            "--strict-readiness=false", "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert index["mlp"]["state"] == "UNAVAILABLE" and "failed to load 'mlp'" in index["mlp"]["reason"], index
+        assert index["ident64"]["state"] == "READY", index
+        client.close()

@@ -409,6 +409,24 @@ def serve(
             for field in overrides.given():
                 message = message.replace(field, "--" + field.replace("_", "-"))
             raise InvalidRequest(message) from None
+    listeners = _Listeners.resolve(
+        host, http_address, grpc_address, metrics_address,
+        *(_flag_bool(v, f) for v, f in (
+            (allow_http, "--allow-http"), (allow_grpc, "--allow-grpc"), (allow_metrics, "--allow-metrics"),
+            (allow_cpu_metrics, "--allow-cpu-metrics"), (allow_gpu_metrics, "--allow-gpu-metrics"),
+        )),
+    )  # fmt: skip
+    if not listeners.grpc:  # a listener turned off: its port and address are not read, as in Triton
+        grpc_port = -1
+    if not listeners.metrics:
+        metrics_port = None
+    elif metrics_address is not None and metrics_port is None:  # a metrics listener asked for: Triton's port
+        metrics_port = TRITON_METRICS_PORT
+    if not listeners.http and (grpc_port == -1 or engine == "ray"):
+        raise InvalidRequest(
+            "--allow-http false leaves gRPC alone to serve, which this server does not serve (--grpc-port -1, "
+            "--allow-grpc false, or --engine ray): serve one of them"
+        )
     # checked here, naming the flag: a port past 65535 wrapped around (70000 bound 4464), and a taken or
     # impossible one failed after the models loaded, in the socket library's words
     if not 0 <= http_port <= 65535:
@@ -416,7 +434,8 @@ def serve(
     if grpc_port is not None and not (grpc_port == -1 or 0 <= grpc_port <= 65535):
         raise InvalidRequest(f"--grpc-port {grpc_port}: give a port from 0 (any free one) to 65535, or -1 for no gRPC")
     grpc_bound = (8001 if engine != "ray" else None) if grpc_port is None else grpc_port  # ray: no gRPC by default
-    if http_port and http_port == grpc_bound:
+    grpc_beside_http = listeners.grpc_host is None and listeners.http  # one address: one port each
+    if http_port and http_port == grpc_bound and grpc_beside_http:
         raise InvalidRequest(f"--http-port and --grpc-port are both {http_port}; give each a port of its own")
     if max_body_bytes < 1:  # as tritonserver refuses --http-max-input-size of 0 or less
         raise InvalidRequest(f"--max-body-bytes must be greater than 0, not {max_body_bytes}")
@@ -431,29 +450,6 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
-    listeners = _Listeners.resolve(
-        host, http_address, grpc_address, metrics_address,
-        *(_flag_bool(v, f) for v, f in (
-            (allow_http, "--allow-http"), (allow_grpc, "--allow-grpc"), (allow_metrics, "--allow-metrics"),
-            (allow_cpu_metrics, "--allow-cpu-metrics"), (allow_gpu_metrics, "--allow-gpu-metrics"),
-        )),
-    )  # fmt: skip
-    if not listeners.grpc:
-        if grpc_port is not None and grpc_port >= 0:
-            raise InvalidRequest(f"--allow-grpc false serves no gRPC, so --grpc-port {grpc_port} binds nothing: drop one")
-        grpc_port = -1
-    if listeners.metrics_host is not None and metrics_port is None:
-        raise InvalidRequest(
-            f"--metrics-address {listeners.metrics_host} needs --metrics-port: without one, polystack serves GET "
-            "/metrics on the HTTP port (Triton's is 8002: add --metrics-port 8002)"
-        )
-    if not listeners.metrics and metrics_port is not None:
-        raise InvalidRequest(f"--allow-metrics false serves no metrics, so --metrics-port {metrics_port} binds nothing: drop one")
-    if not listeners.http and (grpc_port == -1 or engine == "ray"):
-        raise InvalidRequest(
-            "--allow-http false leaves gRPC alone to serve, which this server does not serve (--grpc-port -1, "
-            "--allow-grpc false, or --engine ray): serve one of them"
-        )
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
@@ -515,7 +511,10 @@ def serve(
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
-    fixed = {http_port, 8001 if grpc_port is None else grpc_port} - {0}  # 0: any free port, never a clash
+    # 0: any free port, never a clash; listeners on other addresses may share a port, as in Triton
+    fixed = {http_port} if listeners.http else set()
+    fixed |= {8001 if grpc_port is None else grpc_port} if grpc_beside_http else set()
+    fixed = fixed - {0} if listeners.metrics_host is None else set()
     if metrics_port is not None and metrics_port in fixed:
         raise InvalidRequest(
             f"--metrics-port {metrics_port} is the HTTP or gRPC port too; give the metrics a port of their own"
@@ -525,7 +524,7 @@ def serve(
             "--metrics-port needs --engine local: Ray Serve's proxy is the one HTTP port (a GET /metrics there "
             "reaches one replica); drop it, or serve with --engine local"
         )
-    if engine == "ray" and grpc_address is not None:
+    if engine == "ray" and listeners.grpc_host is not None:
         raise InvalidRequest("--grpc-address: --engine ray serves HTTP only; drop it, or serve with --engine local")
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
@@ -697,7 +696,7 @@ def _with_repositories(
                 done: list[Registered] = []
                 try:
                     if name in twice:  # Triton's load fails so: the model is not unique
-                        raise InvalidRequest(twice[name])
+                        raise InvalidRequest(twice[name]).before_model_read()
                     folder = found[name].resolve() / name
                     m = model_repository.register_folder(store, folder, done, rules=config.folder_rules)
                 except PolystackError as e:
@@ -809,12 +808,10 @@ class _Listeners:
         main = bare(http, "--http-address") or every
         grpc_host = bare(grpc, "--grpc-address") or every
         metrics_host = bare(metrics, "--metrics-address") or main  # Triton's default: the HTTP address
-        if grpc is not None and not allow_grpc:
-            raise InvalidRequest("--allow-grpc false serves no gRPC, so --grpc-address binds nothing: drop one")
-        return cls(
+        return cls(  # a listener turned off: its address is not read, as in Triton
             main,
-            grpc_host if grpc_host != main else None,
-            metrics_host if metrics_host != main else None,
+            grpc_host if grpc_host != main and allow_grpc else None,
+            metrics_host if metrics_host != main and allow_metrics else None,
             allow_http,
             allow_grpc,
             allow_metrics,
@@ -844,7 +841,8 @@ def _folder_rules(name: str | None, disable: bool, strict: str | None) -> Folder
     return FolderRules(config_name=name or "", auto_complete=not disable)
 
 
-POLL_SECS = 15.0  # tritonserver's --repository-poll-secs default
+POLL_SECS = 15.0
+TRITON_METRICS_PORT = 8002  # tritonserver's --metrics-port default  # tritonserver's --repository-poll-secs default
 
 
 def _model_control(

@@ -337,6 +337,8 @@ class DataPlane:
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
+        self._unread: set[str] = set()  # names whose last failure came before their model was read (not unready)
+        self._noted: set[str] = set()  # models that failed to load at start, the server serving on without them
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
         self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
@@ -1097,17 +1099,19 @@ class DataPlane:
         return not self.draining and not (self.strict_readiness and self.not_ready_models())
 
     def not_ready_models(self) -> list[str]:
-        """The models Triton's strict readiness counts against the server's: one with a version loading now,
-        one whose last load failed at a version not served (a reload's new version), or with none of its versions
-        served. A reload that failed while its versions serve on as they were, a model unloaded since its load
-        failed, and a name no repository or store has, do not count, as in Triton."""
+        """The models Triton's strict readiness counts against the server's: one loading for the first time (none
+        of its versions served yet), one whose last load failed at a version not served (a reload's new version),
+        or with none of its versions served. A reload (its versions serve on meanwhile, as Triton's do), a load
+        that failed before its model was read (its config unreadable: Triton's poll of it fails), a name no
+        repository or store has, and a model unloaded since its load failed (Triton keeps that failure until a
+        load succeeds) do not count."""
         served = {(e.name, e.version) for e in self.engine.loaded()}
         served |= {(n, p.ensemble.version) for n, p in list(self._ensembles.items())}
         names = {n for n, _ in served}
-        out = {n for n, _ in frozenset(self._loading)}
+        out = {n for n, _ in frozenset(self._loading) if n not in names}
         for name, (version, _) in list(self._load_failures.items()):
             serves_on = (name, version) in served if version is not None else name in names
-            if not serves_on:
+            if not serves_on and name not in self._unread:
                 out.add(name)
         return sorted(out)
 
@@ -1910,6 +1914,7 @@ class DataPlane:
             if self.repository is not None:
                 names |= self.repository.folders()[0].keys()
                 names |= self.repository.others if self.repository_only else set()
+            names |= self._noted  # a model that failed at start (--exit-on-error false): listed with why
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
             loading = {(n, v) for n, v in frozenset(self._loading) - ready if n in names}
             gone -= loading
@@ -1930,6 +1935,7 @@ class DataPlane:
     def note_failed_load(self, name: str, e: PolystackError) -> None:
         """A load of ``name`` at start that failed, the server serving on without it (``serve --exit-on-error
         false``): the index lists it with why, and strict readiness counts it."""
+        self._noted.add(name)
         self._failed(name, e)
 
     def _failed(self, name: str, e: PolystackError) -> None:
@@ -1938,6 +1944,10 @@ class DataPlane:
         names nothing knows could grow it)."""
         self._load_failures.pop(name, None)
         self._load_failures[name] = (e.failed_version, e.message)
+        if e.unread:
+            self._unread.add(name)
+        else:
+            self._unread.discard(name)
         while len(self._load_failures) > _MAX_LOAD_FAILURES:
             self._load_failures.pop(next(iter(self._load_failures)))
 

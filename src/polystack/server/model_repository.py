@@ -262,7 +262,9 @@ class ModelRepository:
         folder = self.folder(name)
         also = [root for root in self.roots if folder is not None and (root / name).is_dir()][1:]
         if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
-            raise InvalidRequest(f"model {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one")
+            raise InvalidRequest(
+                f"model {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
+            ).before_model_read()
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "
@@ -307,21 +309,14 @@ def _register_model(
     config_file = config_path.relative_to(folder).as_posix()  # config.pbtxt, or configs/<name>.pbtxt
     doc: dict[str, Any] = {}
     text = None
-    if config_path.exists() and not config_path.is_file():
-        raise InvalidRequest(f"its {config_file} is not a file")
-    if config_path.is_file():
-        try:
-            raw = config_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidRequest(f"cannot read {config_file}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
-        text = model_config.as_json(raw)
-        doc = json.loads(text)
-        if not isinstance(doc, dict):
-            raise InvalidRequest(f"{config_file} must hold one model configuration (protobuf text, or a JSON object)")
-        given = doc.get("name")
-        if given and given != name:
-            raise InvalidRequest(f"its {config_file} names model {quote(given)}; as in Triton, it must be the folder's name")
-    elif not rules.auto_complete:
+    try:  # a config that cannot be read: Triton's poll of the folder fails (its strict readiness does not count it)
+        if config_path.exists() and not config_path.is_file():
+            raise InvalidRequest(f"its {config_file} is not a file")
+        if config_path.is_file():
+            text, doc = _read_config(config_path, config_file, name)
+    except PolystackError as e:
+        raise e.before_model_read() from None
+    if text is None and not rules.auto_complete:
         raise InvalidRequest(
             f"it has no {CONFIG}, which --disable-auto-complete-config (Triton's strict model config) needs: add one "
             "that lists the model's inputs, outputs and max_batch_size, or serve without the flag"
@@ -389,6 +384,23 @@ def _register_model(
     source = f"--model-repository {config_path}"
     config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, agents=shown)
     return RepositoryModel(name, served, config, ran=ran)
+
+
+def _read_config(path: Path, shown: str, name: str) -> tuple[str, dict[str, Any]]:
+    """A folder's config file as JSON text and as a document; refused where it cannot be read, is not one
+    config, or names another model."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"cannot read {shown}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
+    text = model_config.as_json(raw)
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
+    given = doc.get("name")
+    if given and given != name:
+        raise InvalidRequest(f"its {shown} names model {quote(given)}; as in Triton, it must be the folder's name")
+    return text, doc
 
 
 def folder_versions(folder: Path) -> list[int]:
