@@ -891,3 +891,73 @@ def test_a_keepalive_setting_grpc_cannot_take_exits_2(tmp_path: Any) -> None:
     for value in ("=1", "=true", " false"):  # taken: the start goes on to the next flag's refusal
         args = [*f"--grpc-keepalive-permit-without-calls{value}".split(), "--grpc-keepalive-time", "-5"]
         assert "--grpc-keepalive-time takes 0 to" in refused_at_start(tmp_path, args)
+
+
+class _CountingProxy:
+    """A TCP proxy on 127.0.0.1 counting the bytes the server sends back: what goes over the wire."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket as socket_module
+
+        self.listener = socket_module.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = target_port
+        self.back = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import socket as socket_module
+
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket_module.create_connection(("127.0.0.1", self.target))
+                threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+                threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, back: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if back:
+                    self.back += len(data)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(2)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_inference_responses_are_compressed_with_tritons_compression_level(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """tritonserver's --grpc-infer-response-compression-level: an inference response goes gzip-compressed, a
+    large zero tensor a few hundred bytes on the wire where it is 64 KB otherwise, and clients read it as ever."""
+    store, _ = model_store
+    zeros = np.zeros((2000, 4), np.int64)
+    sent = {}
+    for compress in (False, True):
+        st = start(store, models=["ident64"], grpc_compress_infer=compress)
+        proxy = _CountingProxy(st.grpc_port or 0)
+        try:
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{proxy.port}")
+            a = grpcclient.InferInput("a", list(zeros.shape), "INT64")
+            a.set_data_from_numpy(zeros)
+            before = proxy.back
+            np.testing.assert_array_equal(client.infer("ident64", [a]).as_numpy("b"), zeros)
+            sent[compress] = proxy.back - before
+            client.close()
+        finally:
+            proxy.close()
+            st.stop()
+    assert sent[False] > zeros.nbytes > 20 * sent[True], sent
+
+
+def test_a_compression_level_triton_does_not_have_exits_2(tmp_path: Any) -> None:
+    from servekit import refused_at_start
+
+    line = refused_at_start(tmp_path, ["--grpc-infer-response-compression-level", "max"])
+    assert "invalid argument for --grpc-infer-response-compression-level: 'max'; give none, low, medium" in line
+    line = refused_at_start(tmp_path, ["--grpc-infer-response-compression-level", "HIGH", "--engine", "ray"])
+    assert "--grpc-infer-response-compression-level settings are the gRPC server's" in line

@@ -140,6 +140,13 @@ def serve(
         help="Refuse larger gRPC messages (RESOURCE_EXHAUSTED); Triton's 2 GiB by default, so that image batches "
         "too large for one HTTP body go over gRPC as they do to Triton.",
     ),
+    grpc_compression_level: str = typer.Option(
+        "none",
+        "--grpc-infer-response-compression-level",
+        metavar="none|low|medium|high",
+        help="Triton's: compress gRPC inference responses (every level but none: gzip, on every response, as "
+        "grpcio's Python server can only set it).",
+    ),
     grpc_keepalive_time: int = typer.Option(
         7_200_000, "--grpc-keepalive-time", help="Ping gRPC connections idle this long, in ms (Triton's flag)."
     ),
@@ -508,6 +515,7 @@ def serve(
         strict_readiness=_flag_bool(strict_readiness, "--strict-readiness"),
         repository_only=(model_control_mode or "").lower() == "explicit",
         folder_rules=rules,
+        grpc_compress_infer=_compression(grpc_compression_level),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -584,9 +592,11 @@ def serve(
                 "--engine ray serves HTTP only (Ray Serve's gRPC proxy needs stubs of its own): drop --grpc-port, "
                 "or serve with --engine local"
             )
-        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1:
+        compressed = grpc_compression_level.lower() != "none"
+        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1 or compressed:
             raise InvalidRequest(
-                "the --grpc-keepalive-*, --grpc-http2-* and --grpc-max-message-bytes settings are the gRPC server's, "
+                "the --grpc-keepalive-*, --grpc-http2-*, --grpc-max-message-bytes and "
+                "--grpc-infer-response-compression-level settings are the gRPC server's, "
                 "which --engine ray does not run (it serves HTTP only): drop them, or serve with --engine local"
             )
         scale = parse_autoscale(autoscale) if autoscale else None
@@ -839,6 +849,17 @@ def _folder_rules(name: str | None, disable: bool, strict: str | None) -> Folder
             )
         disable = disable or strict_on
     return FolderRules(config_name=name or "", auto_complete=not disable)
+
+
+def _compression(level: str) -> bool:
+    """tritonserver's --grpc-infer-response-compression-level: whether inference responses are compressed."""
+    from polystack.server.grpc import COMPRESSION_LEVELS
+
+    if level.lower() not in COMPRESSION_LEVELS:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"invalid argument for --grpc-infer-response-compression-level: {level!r}; give none, low, medium or high"
+        )
+    return level.lower() != "none"
 
 
 POLL_SECS = 15.0

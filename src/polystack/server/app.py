@@ -151,6 +151,8 @@ class ServeConfig:
     repository_only: bool = False
     # how repository folders are read (--model-config-name, --disable-auto-complete-config)
     folder_rules: FolderRules = field(default_factory=FolderRules)
+    # gRPC inference responses gzip-compressed (tritonserver's --grpc-infer-response-compression-level)
+    grpc_compress_infer: bool = False
 
 
 class Server:
@@ -432,6 +434,7 @@ class Server:
                 self.http.codec_pool,
                 self.config.grpc_keepalive,
                 self.config.grpc_restricted,
+                self.config.grpc_compress_infer,
             )
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:

@@ -186,6 +186,12 @@ def _cut_short(context: Any) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
+# tritonserver's --grpc-infer-response-compression-level: grpcio's Python server takes an algorithm, not grpc
+# core's levels, and only for the whole server (a call's set_compression has no effect: grpc/grpc#34690), so
+# every level but none compresses every response with gzip, which every gRPC client takes
+COMPRESSION_LEVELS = ("none", "low", "medium", "high")
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, calls: _Calls, codec_pool: Executor | None = None) -> None:
         self.plane = plane
@@ -584,11 +590,14 @@ def create_server(
     codec_pool: Executor | None = None,
     keepalive: Keepalive = Keepalive(),
     restricted: Restrictions = Restrictions(what="protocol"),
+    compress_infer: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
     ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
-    ``codec_pool`` (the HTTP front end's), with ``keepalive``'s settings; (server, port)."""
+    ``codec_pool`` (the HTTP front end's), with ``keepalive``'s settings, its responses gzip-compressed
+    with ``compress_infer`` (``COMPRESSION_LEVELS``); (server, port)."""
     server = grpc.aio.server(
+        compression=grpc.Compression.Gzip if compress_infer else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
