@@ -132,7 +132,11 @@ def serve(
         help="On SIGTERM, wait this long for requests (--exit-timeout-secs: tritonserver's name for it).",
     ),
     max_body_bytes: int = typer.Option(
-        64 * 1024 * 1024, "--max-body-bytes", help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default."
+        64 * 1024 * 1024,
+        "--max-body-bytes",
+        "--http-max-input-size",
+        help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default (--http-max-input-size: tritonserver's "
+        "name; it counts a request's tensor bytes and answers 400).",
     ),
     grpc_max_message_bytes: int = typer.Option(
         (1 << 31) - 1,
@@ -357,9 +361,31 @@ def serve(
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="Ray: fixed number of replicas."),
     autoscale: str | None = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="Ray: autoscale replicas."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: join this cluster (default: local)."),
+    # tritonserver's flags for what polystack does not have (triton_flags.py): taken, checked, said at start
+    pinned_memory_pool_byte_size: list[str] = typer.Option(None, "--pinned-memory-pool-byte-size", hidden=True),
+    cuda_memory_pool_byte_size: list[str] = typer.Option(None, "--cuda-memory-pool-byte-size", hidden=True),
+    cuda_virtual_address_size: list[str] = typer.Option(None, "--cuda-virtual-address-size", hidden=True),
+    min_supported_compute_capability: list[str] = typer.Option(None, "--min-supported-compute-capability", hidden=True),
+    enable_peer_access: list[str] = typer.Option(None, "--enable-peer-access", hidden=True),
+    model_load_gpu_limit: list[str] = typer.Option(None, "--model-load-gpu-limit", hidden=True),
+    backend_directory: list[str] = typer.Option(None, "--backend-directory", hidden=True),
+    repoagent_directory: list[str] = typer.Option(None, "--repoagent-directory", hidden=True),
+    cache_directory: list[str] = typer.Option(None, "--cache-directory", hidden=True),
+    buffer_manager_thread_count: list[str] = typer.Option(None, "--buffer-manager-thread-count", hidden=True),
+    http_thread_count: list[str] = typer.Option(None, "--http-thread-count", hidden=True),
+    grpc_infer_allocation_pool_size: list[str] = typer.Option(None, "--grpc-infer-allocation-pool-size", hidden=True),
+    grpc_infer_thread_count: list[str] = typer.Option(None, "--grpc-infer-thread-count", hidden=True),
+    grpc_max_response_pool_size: list[str] = typer.Option(None, "--grpc-max-response-pool-size", hidden=True),
+    model_load_thread_count: list[str] = typer.Option(None, "--model-load-thread-count", hidden=True),
+    metrics_interval_ms: list[str] = typer.Option(None, "--metrics-interval-ms", hidden=True),
+    rate_limit: list[str] = typer.Option(None, "--rate-limit", hidden=True),
+    model_namespacing: list[str] = typer.Option(None, "--model-namespacing", hidden=True),
+    allow_sagemaker: list[str] = typer.Option(None, "--allow-sagemaker", hidden=True),
+    allow_vertex_ai: list[str] = typer.Option(None, "--allow-vertex-ai", hidden=True),
 ) -> None:
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
     from polystack.batching import BatchOverrides, BatchPolicy
+    from polystack.cli import triton_flags
     from polystack.engine import Engine
     from polystack.server import logs, restricted
     from polystack.server.app import PROFILES, ServeConfig, run
@@ -457,6 +483,28 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
+    unused = triton_flags.check({
+        "--pinned-memory-pool-byte-size": pinned_memory_pool_byte_size or [],
+        "--cuda-memory-pool-byte-size": cuda_memory_pool_byte_size or [],
+        "--cuda-virtual-address-size": cuda_virtual_address_size or [],
+        "--min-supported-compute-capability": min_supported_compute_capability or [],
+        "--enable-peer-access": enable_peer_access or [],
+        "--model-load-gpu-limit": model_load_gpu_limit or [],
+        "--backend-directory": backend_directory or [],
+        "--repoagent-directory": repoagent_directory or [],
+        "--cache-directory": cache_directory or [],
+        "--buffer-manager-thread-count": buffer_manager_thread_count or [],
+        "--http-thread-count": http_thread_count or [],
+        "--grpc-infer-allocation-pool-size": grpc_infer_allocation_pool_size or [],
+        "--grpc-infer-thread-count": grpc_infer_thread_count or [],
+        "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
+        "--model-load-thread-count": model_load_thread_count or [],
+        "--metrics-interval-ms": metrics_interval_ms or [],
+        "--rate-limit": rate_limit or [],
+        "--model-namespacing": model_namespacing or [],
+        "--allow-sagemaker": allow_sagemaker or [],
+        "--allow-vertex-ai": allow_vertex_ai or [],
+    })  # fmt: skip
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
@@ -576,6 +624,7 @@ def serve(
                 "--engine local, or restart the Ray application when the repository changes"
             )
         config = dataclasses.replace(config, repository_poll_s=repository_poll_secs)
+    triton_flags.log_unused(unused)  # once the flags are known good
     from polystack.server.model_repository import settle, undo
 
     registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails

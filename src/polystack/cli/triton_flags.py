@@ -1,0 +1,130 @@
+"""tritonserver's flags for what a polystack server does not have: GPU memory pools, shared-library
+directories, thread pools of Triton's C++ front ends. ``serve`` takes them (hidden from ``--help``), checks
+their values as tritonserver does, and says in one log line at start that they change nothing and why, so that
+a launch script written for tritonserver starts polystack. Those asking for a feature polystack lacks (Triton's
+rate limiter, model namespacing, the SageMaker and Vertex AI front ends) exit 2 saying so; turned off, they are
+what polystack does anyway.
+
+Written by hand: these are tritonserver's own names, values and meanings, which no library holds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from polystack.errors import InvalidRequest
+
+_DEVICES = "CUDA memory and devices are the runtimes' own (ONNX Runtime, OpenVINO, torch), set by their plans"
+_LIBRARIES = "polystack loads no shared-library backends, repository agents or caches: its own are built in"
+_FRONT_END = "the HTTP and gRPC front ends run on one event loop (--frontend-cpus pins it; --workers sizes inference)"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``, or
+    ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
+
+    kind: str
+    why: str
+    lacks: str | None = None  # the value (lower case) that asks for a missing feature
+    missing: str = ""  # that feature, and what to do
+
+
+FLAGS: Mapping[str, Flag] = {
+    "--pinned-memory-pool-byte-size": Flag("int", "no pinned host memory is used: " + _DEVICES),
+    "--cuda-memory-pool-byte-size": Flag("pair", _DEVICES),
+    "--cuda-virtual-address-size": Flag("pair", _DEVICES),
+    "--min-supported-compute-capability": Flag("float", _DEVICES),
+    "--enable-peer-access": Flag("bool", _DEVICES),
+    "--model-load-gpu-limit": Flag("pair", _DEVICES),
+    "--backend-directory": Flag("str", _LIBRARIES),
+    "--repoagent-directory": Flag("str", _LIBRARIES),
+    "--cache-directory": Flag("str", _LIBRARIES),
+    "--buffer-manager-thread-count": Flag("int", _FRONT_END),
+    "--http-thread-count": Flag("int", _FRONT_END),
+    "--grpc-infer-allocation-pool-size": Flag("int", _FRONT_END),
+    "--grpc-infer-thread-count": Flag("int", _FRONT_END),
+    "--grpc-max-response-pool-size": Flag("int", _FRONT_END),
+    "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
+    "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
+    "--rate-limit": Flag(
+        "str", "no rate limiter is asked for (off)", "execution_count",
+        "Triton's rate limiter (execution_count) is not in polystack: bound a model's concurrency with its "
+        "instance_group count or --instances, or give --rate-limit off",
+    ),
+    "--model-namespacing": Flag(
+        "bool", "model names are one namespace, as without it", "true",
+        "model namespacing (the same name in two repositories) is not in polystack: its store keys models by "
+        "name; rename one of the folders, or give --model-namespacing false",
+    ),
+    "--allow-sagemaker": Flag(
+        "bool", "no SageMaker front end is asked for", "true",
+        "polystack has no SageMaker front end (/invocations, /ping); serve the Open Inference Protocol, or give "
+        "--allow-sagemaker false",
+    ),
+    "--allow-vertex-ai": Flag(
+        "bool", "no Vertex AI front end is asked for", "true",
+        "polystack has no Vertex AI front end; serve the Open Inference Protocol, or give --allow-vertex-ai false",
+    ),
+}  # fmt: skip
+
+
+def check(given: Mapping[str, list[str]]) -> list[str]:
+    """The flags ``given`` (by name, their values as given), checked: the flags that change nothing, with why
+    (for the start's log line). ``InvalidRequest``, naming the flag, for a value tritonserver would refuse or
+    one asking for what polystack lacks."""
+    said = []
+    for name, values in given.items():
+        flag = FLAGS[name]
+        for value in values:
+            _check_value(name, flag.kind, value)
+            if flag.lacks is not None and _normal(flag.kind, value) == flag.lacks:
+                raise InvalidRequest(f"{name} {value}: {flag.missing}")
+            if name == "--rate-limit" and value.lower() != "off":  # Triton's words
+                raise InvalidRequest(f"invalid argument for --rate-limit: {value!r}; give off (or execution_count)")
+        if values:
+            said.append(f"{name} ({flag.why})")
+    return said
+
+
+def log_unused(said: list[str]) -> None:
+    if said:
+        logging.getLogger("polystack.server").info(
+            "tritonserver flags taken that change nothing here", extra={"flags": said}
+        )
+
+
+def _normal(kind: str, value: str) -> str:
+    if kind == "bool":
+        from polystack.server.onnxruntime_config import triton_bool
+
+        return "true" if triton_bool(value.strip()) else "false"
+    return value.strip().lower()
+
+
+def _check_value(name: str, kind: str, value: str) -> None:
+    text = value.strip()
+    try:
+        if kind == "int":
+            int(text)
+        elif kind == "float":
+            float(text)
+        elif kind == "bool":
+            from polystack.server.onnxruntime_config import triton_bool
+
+            triton_bool(text)
+        elif kind == "pair":
+            first, sep, second = text.partition(":")
+            if not sep:
+                raise ValueError
+            int(first)
+            float(second)
+    except (ValueError, InvalidRequest):
+        what = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "1 or 0 (true or false)",
+            "pair": "<device>:<value>",
+        }[kind]
+        raise InvalidRequest(f"{name} takes {what}, not {value!r}") from None

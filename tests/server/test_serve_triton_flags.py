@@ -1,0 +1,31 @@
+"""A launch line written for tritonserver, with its flags for what polystack does not have, starts
+`polystack serve` (``polystack.cli.triton_flags``): a real server process, the real tritonclient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+
+from polystack.examples import mlp_onnx
+
+
+def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path: Path) -> None:
+    (tmp_path / "models" / "m" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "models" / "m" / "1" / "model.onnx")
+    port = free_port()
+    args = ["--model-store=" + str(tmp_path / "models"), "--grpc-port", "-1", "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0", "--backend-directory=/opt/tritonserver/backends",
+            "--model-load-thread-count=4", "--allow-gpu-metrics=false", "--http-max-input-size=1000000"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("m")
+    lines = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
+    [said] = [ln for ln in lines if ln["msg"] == "tritonserver flags taken that change nothing here"]
+    assert [f.split(" (")[0] for f in said["flags"]] == [
+        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory",
+        "--model-load-thread-count",
+    ]  # fmt: skip
+    line = refused_at_start(tmp_path, ["--rate-limit", "execution_count"])
+    assert line.startswith("error: --rate-limit execution_count: Triton's rate limiter"), line
