@@ -531,8 +531,8 @@ def test_a_change_made_while_the_start_reads_the_repository_is_left_for_the_firs
     monkeypatch.setenv("POLYSTACK_HOME", str(tmp_path / "home"))
     read = model_repository.register_folder
 
-    def read_then_change(store: Store, folder: Path, done: list) -> model_repository.RepositoryModel:
-        model = read(store, folder, done)
+    def read_then_change(store: Store, folder: Path, done: list, **kw: Any) -> model_repository.RepositoryModel:
+        model = read(store, folder, done, **kw)
         if folder.name == "plain":
             (repo / "plain" / "7").mkdir()  # lands after the start read the folder, before the server starts
         return model
