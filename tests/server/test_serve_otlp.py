@@ -108,6 +108,15 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
         (["--trace", "--trace-rate", "0"], {}, "trace_rate must be between 1 and"),
         (["--trace-count", "-3"], {}, "trace_count must be -1"),
         (["--trace"], {"OTEL_PROPAGATORS": "tracecontext,nosuch"}, "OTEL_PROPAGATORS"),
+        # tritonserver's --trace-config, in Triton's words where it has some
+        (["--trace-config", "mode=jaeger"], {}, 'invalid value for trace mode option: jaeger. Available options'),
+        (["--trace-config", "level=LOUD"], {}, "invalid value for trace level option: LOUD"),
+        (["--trace-config", "rate"], {}, "--trace-config option format is '<trace mode>,<setting>=<value>'. Got rate"),
+        (["--trace-config", "triton,file=/tmp/t.json"], {}, "Triton's trace files (its triton mode) are not in"),
+        (["--trace-config", "mode=triton"], {}, "give --trace-config mode=opentelemetry"),
+        (["--trace-config", "level=TENSORS"], {}, "not tensors; give level=TIMESTAMPS"),
+        (["--trace-config", "opentelemetry,colour=blue"], {}, "Triton's opentelemetry settings are url, resource"),
+        (["--trace-config", "rate=0"], {}, "trace_rate must be between 1 and"),
     ],
 )
 def test_bad_tracing_configuration_exits_2_with_one_line(
@@ -166,3 +175,34 @@ for k in range(2):
     assert done.returncode == 0, done.stderr
     ids = [{a.key: a.value.string_value for a in s.attributes}["id"] for _, s in collector.spans()]
     assert ids == ["server-0", "server-1"]
+
+
+def test_tritons_trace_config_flags_export_as_they_say(
+    model_store: tuple[Store, dict[str, ModelRecord]], collector: Collector, tmp_path: Path
+) -> None:
+    """tritonserver's --trace-config (its opentelemetry mode) starts polystack tracing as it starts Triton's: the
+    level, rate and count, the collector's url and the resource's attributes (they were refused as unknown)."""
+    store, _ = model_store
+    http_port = free_port()
+    url = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    args = ["mlp", "--grpc-port", "-1", "--trace-config", "mode=opentelemetry", "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", "rate=2", "--trace-config", "count=5", "--trace-config", f"opentelemetry,url={url}",
+            "--trace-config", "opentelemetry,resource=service.name=triton-like",
+            "--trace-config", "opentelemetry,bsp_schedule_delay=100"]  # fmt: skip
+    env = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_SERVICE_NAME": ""}
+    with cli_server(store.settings.home, args, http_port, tmp_path / "log", env=env) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        settings = client.get_trace_settings()
+        assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "2", settings
+        assert settings["trace_count"] == "5", settings
+        for _ in range(4):
+            client.infer("mlp", [mlp_ones()])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+    got = collector.spans()
+    assert len(got) == 2 and {r["service.name"] for r, _ in got} == {"triton-like"}, got  # one request in 2
+    # Triton's default rate where --trace-config gives none: one request in 1000
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--trace-config", "level=OFF"], http_port,
+                    tmp_path / "log2", env=env):  # fmt: skip
+        settings = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_trace_settings()
+        assert settings["trace_rate"] == "1000" and settings["trace_level"] == ["OFF"], settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -330,9 +331,19 @@ def serve(
         help="OpenTelemetry spans, exported as the OTEL_* variables say (default: OTLP/HTTP to localhost:4318); "
         "on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set. The trace extension changes this at run time.",
     ),
-    trace_rate: int = typer.Option(1, "--trace-rate", metavar="N", help="Trace one request in N (Triton: rate)."),
-    trace_count: int = typer.Option(
-        -1, "--trace-count", metavar="N", help="Take N traces, then stop (-1: no limit; Triton: count)."
+    trace_rate: int | None = typer.Option(
+        None, "--trace-rate", metavar="N", help="Trace one request in N (default 1; Triton: rate)."
+    ),
+    trace_count: int | None = typer.Option(
+        None, "--trace-count", metavar="N", help="Take N traces, then stop (-1, the default: no limit; Triton: count)."
+    ),
+    trace_config: list[str] = typer.Option(
+        None,
+        "--trace-config",
+        metavar="[opentelemetry,]SETTING=VALUE",
+        help="tritonserver's trace settings: level=TIMESTAMPS|OFF, rate=N (Triton's 1000 unless given), count=N, "
+        "mode=opentelemetry; opentelemetry,url=, resource=, bsp_* (the OTEL_* variables). Triton's trace files "
+        "(its triton mode) are refused.",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
     log_verbose: str | None = typer.Option(
@@ -395,6 +406,7 @@ def serve(
     from polystack.server.placement import CpuPlacement
     from polystack.server.response_cache import CacheConfig
     from polystack.server.tls import TlsConfig
+    from polystack.server.tracing import TRITON_RATE, trace_flags
 
     if not server_name.strip():
         raise InvalidRequest("--server-name must not be empty; leave it out for the default, polystack")
@@ -483,6 +495,13 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
+    traced = trace_flags(trace_config or [])  # Triton's --trace-config, checked
+    if traced.environment and engine == "ray":
+        raise InvalidRequest(
+            "--trace-config opentelemetry,... sets this process's OpenTelemetry variables, which Ray Serve replicas "
+            "do not see: set the OTEL_* variables in the Ray cluster's environment, or serve with --engine local"
+        )
+    os.environ.update(dict(traced.environment))  # what the OpenTelemetry SDK reads when tracing starts
     unused = triton_flags.check({
         "--pinned-memory-pool-byte-size": pinned_memory_pool_byte_size or [],
         "--cuda-memory-pool-byte-size": cuda_memory_pool_byte_size or [],
@@ -542,9 +561,9 @@ def serve(
         server_name=server_name,
         triton_metrics=triton_metrics,
         log=log_options,
-        trace=True if trace else None,
-        trace_rate=trace_rate,
-        trace_count=trace_count,
+        trace=True if trace or traced.level else False if traced.level is False else None,
+        trace_rate=next(r for r in (trace_rate, traced.rate, TRITON_RATE if trace_config else 1) if r is not None),
+        trace_count=next(c for c in (trace_count, traced.count, -1) if c is not None),
         models=list(models or []),
         cpus=cpus,
         tls=tls,

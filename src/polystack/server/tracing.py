@@ -342,3 +342,90 @@ def _otlp_exporter() -> Any:
             ) from None
         return GrpcExporter()
     raise Unavailable(f"the OTLP protocol {protocol!r} is not one polystack exports with: http/protobuf or grpc")
+
+
+# tritonserver's --trace-config opentelemetry settings, as the OpenTelemetry SDK's variables that say the same
+_OTEL_SETTINGS = {
+    "url": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "bsp_max_queue_size": "OTEL_BSP_MAX_QUEUE_SIZE",
+    "bsp_schedule_delay": "OTEL_BSP_SCHEDULE_DELAY",
+    "bsp_max_export_batch_size": "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+}
+_LEVELS_ON = {"timestamps", "true", "on", "min", "max"}  # Triton's level words that trace timestamps
+_LEVELS_OFF = {"off", "false"}
+TRITON_RATE = 1000  # tritonserver's trace rate where --trace-config gives none
+
+
+@dataclass(frozen=True)
+class TraceFlags:
+    """What tritonserver's ``--trace-config`` options say, as polystack's settings: tracing on or off (None: not
+    said), the rate and count (None: not said), and the OpenTelemetry SDK variables its ``opentelemetry,``
+    settings stand for."""
+
+    level: bool | None = None
+    rate: int | None = None
+    count: int | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+def trace_flags(items: list[str]) -> TraceFlags:
+    """tritonserver's ``--trace-config [<mode>,]<setting>=<value>`` options, checked, in Triton's words where it
+    refuses them. polystack traces in Triton's ``opentelemetry`` mode: its ``triton`` mode (trace files) is
+    refused, saying what to give instead; the level ``TENSORS`` too."""
+    level: bool | None = None
+    rate = count = None
+    environment: list[tuple[str, str]] = []
+    resources: list[str] = []
+    for item in items:
+        head, eq, value = item.partition("=")
+        mode, _, setting = head.rpartition(",") if "," in head else ("", "", head)
+        if not eq or not setting:
+            raise InvalidRequest(f"--trace-config option format is '<trace mode>,<setting>=<value>'. Got {item}")
+        if mode == "triton" or (not mode and setting == "mode" and value == "triton"):
+            raise InvalidRequest(
+                f"--trace-config {item}: Triton's trace files (its triton mode) are not in polystack, whose traces are "
+                "OpenTelemetry spans: give --trace-config mode=opentelemetry, and opentelemetry,url=<collector>"
+            )
+        if mode not in ("", "opentelemetry"):
+            raise InvalidRequest(
+                f'invalid value for trace mode option: {mode}. Available options are "triton" and "opentelemetry"'
+            )
+        if mode == "opentelemetry":
+            if setting == "resource":
+                resources.append(value)
+            elif setting in _OTEL_SETTINGS:
+                environment.append((_OTEL_SETTINGS[setting], value))
+            else:
+                raise InvalidRequest(
+                    f"--trace-config {item}: Triton's opentelemetry settings are url, resource, "
+                    f"{', '.join(s for s in _OTEL_SETTINGS if s != 'url')}"
+                )
+        elif setting == "mode":
+            if value != "opentelemetry":
+                raise InvalidRequest(
+                    f'invalid value for trace mode option: {value}. Available options are "triton" and "opentelemetry"'
+                )
+        elif setting == "level":
+            word = value.lower()
+            if word == "tensors":
+                raise InvalidRequest(
+                    "--trace-config level=TENSORS: polystack's spans carry Triton's timestamps, not tensors; give "
+                    "level=TIMESTAMPS"
+                )
+            if word not in _LEVELS_ON | _LEVELS_OFF:
+                raise InvalidRequest(f"invalid value for trace level option: {value}")
+            level = (level or False) or word in _LEVELS_ON  # Triton ORs the levels given
+        elif setting in ("rate", "count"):
+            if not _INTEGER.fullmatch(value.strip()):
+                raise InvalidRequest(f"--trace-config {setting}={value}: give a whole number")
+            if setting == "rate":
+                rate = _rate(int(value))
+            else:
+                count = _count(int(value))
+        else:
+            raise InvalidRequest(
+                f"--trace-config {item}: Triton's settings are level, rate, count and mode, and opentelemetry,<setting>"
+            )
+    if resources:
+        environment.append(("OTEL_RESOURCE_ATTRIBUTES", ",".join(resources)))
+    return TraceFlags(level, rate, count, tuple(environment))
