@@ -35,6 +35,7 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--rate-limit", "sometimes", "invalid argument for --rate-limit: 'sometimes'"),
         ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
         ("--allow-sagemaker", "1", "polystack has no SageMaker front end"),
+        ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
     ],
 )
 def test_values_tritonserver_refuses_or_features_polystack_lacks_are_refused(flag: str, value: str, words: str) -> None:

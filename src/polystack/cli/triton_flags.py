@@ -10,6 +10,7 @@ Written by hand: these are tritonserver's own names, values and meanings, which 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,13 +18,17 @@ from polystack.errors import InvalidRequest
 
 _DEVICES = "CUDA memory and devices are the runtimes' own (ONNX Runtime, OpenVINO, torch), set by their plans"
 _LIBRARIES = "polystack loads no shared-library backends, repository agents or caches: its own are built in"
+_PARAMETERS = (
+    "headers would become request parameters, which only Triton's custom backends read; polystack's runtimes "
+    "read none"
+)
 _FRONT_END = "the HTTP and gRPC front ends run on one event loop (--frontend-cpus pins it; --workers sizes inference)"
 
 
 @dataclass(frozen=True)
 class Flag:
-    """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``, or
-    ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
+    """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``,
+    ``regex`` or ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
 
     kind: str
     why: str
@@ -47,6 +52,8 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
+    "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
+    "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
     "--rate-limit": Flag(
         "str", "no rate limiter is asked for (off)", "execution_count",
@@ -114,14 +121,17 @@ def _check_value(name: str, kind: str, value: str) -> None:
             from polystack.server.onnxruntime_config import triton_bool
 
             triton_bool(text)
+        elif kind == "regex":
+            re.compile(text)
         elif kind == "pair":
             first, sep, second = text.partition(":")
             if not sep:
                 raise ValueError
             int(first)
             float(second)
-    except (ValueError, InvalidRequest):
+    except (ValueError, InvalidRequest, re.error):
         what = {
+            "regex": "a regular expression",
             "int": "a whole number",
             "float": "a number",
             "bool": "1 or 0 (true or false)",
