@@ -324,3 +324,43 @@ def test_polystack_serve_with_tls_answers_tritonclient_and_drains_on_sigterm(
         assert '"tls":true' in log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_tritons_grpc_tls_flags_serve_grpc_over_tls_and_http_plain(
+    model_store: tuple[Store, dict[str, ModelRecord]], pki: Pki, tmp_path: Path
+) -> None:
+    """tritonserver's --grpc-use-ssl, --grpc-server-cert, --grpc-server-key, --grpc-root-cert and
+    --grpc-use-ssl-mutual: gRPC over (mutual) TLS, HTTP plain, as in Triton; they were refused as unknown."""
+    store, records = model_store
+    http_port, grpc_port = free_port(), free_port()
+    args = ["mlp", "--grpc-port", str(grpc_port), "--grpc-use-ssl-mutual=true", "--grpc-server-cert", str(pki.cert),
+            "--grpc-server-key", str(pki.key), "--grpc-root-cert", str(pki.ca)]  # fmt: skip
+    with cli_server(store.settings.home, args, http_port, tmp_path / "serve.log"):  # plain HTTP answers ready
+        x = _rows(2, seed=5)
+        hin = httpclient.InferInput("x", list(x.shape), "FP32")
+        hin.set_data_from_numpy(x)
+        plain = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").infer("mlp", [hin]).as_numpy("y")
+        client = _grpcs_client(f"127.0.0.1:{grpc_port}", pki, (pki.client_cert, pki.client_key))
+        gin = grpcclient.InferInput("x", list(x.shape), "FP32")
+        gin.set_data_from_numpy(x)
+        secure = client.infer("mlp", [gin]).as_numpy("y")
+        for y in (plain, secure):
+            np.testing.assert_allclose(y, _reference(store, records["mlp"], x), rtol=1e-5, atol=1e-6)
+        with pytest.raises(InferenceServerException):  # mutual: no client certificate, no answer
+            _grpcs_client(f"127.0.0.1:{grpc_port}", pki).is_server_live(client_timeout=5)
+        client.close()
+    assert '"grpc_tls":true,"grpc_tls_mutual":true' in (tmp_path / "serve.log").read_text()
+    home = tmp_path / "home"
+    cases = {
+        "--grpc-use-ssl needs --grpc-server-cert": ["--grpc-use-ssl=1"],
+        "--grpc-use-ssl-mutual needs --grpc-root-cert": ["--grpc-use-ssl-mutual", "true", "--grpc-server-cert",
+                                                         str(pki.cert), "--grpc-server-key", str(pki.key)],
+        "--grpc-server-cert": ["--grpc-use-ssl=true", "--grpc-server-cert", str(tmp_path / "missing.pem"),
+                               "--grpc-server-key", str(pki.key)],
+        "give one of them": ["--grpc-use-ssl=true", "--grpc-server-cert", str(pki.cert), "--grpc-server-key",
+                             str(pki.key), "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)],
+    }  # fmt: skip
+    for expect, case in cases.items():
+        out = _serve(home, *case)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and expect in lines[0], (case, out.stderr)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from polystack.server.model_config import ConfigFile
     from polystack.server.model_files import Registered
     from polystack.server.model_repository import FolderRules
+    from polystack.server.tls import TlsConfig
 
 
 @app.command()
@@ -243,6 +244,19 @@ def serve(
         help="Mutual TLS: clients must present a certificate issued by these CAs (Triton: --grpc-root-cert with "
         "--grpc-use-ssl-mutual).",
     ),
+    grpc_use_ssl: str = typer.Option(
+        "false", "--grpc-use-ssl", metavar="BOOL", help="Triton's: gRPC over TLS alone (HTTP stays plain)."
+    ),
+    grpc_use_ssl_mutual: str | None = typer.Option(
+        None,
+        "--grpc-use-ssl-mutual",
+        metavar="BOOL",
+        help="Triton's: gRPC clients must present a certificate from --grpc-root-cert (given at all, it turns "
+        "--grpc-use-ssl on, as in Triton).",
+    ),
+    grpc_server_cert: Path | None = typer.Option(None, "--grpc-server-cert", metavar="PEM", help="Triton's."),
+    grpc_server_key: Path | None = typer.Option(None, "--grpc-server-key", metavar="PEM", help="Triton's."),
+    grpc_root_cert: Path | None = typer.Option(None, "--grpc-root-cert", metavar="PEM", help="Triton's."),
     model_config: list[str] = typer.Option(
         None,
         "--model-config",
@@ -445,6 +459,11 @@ def serve(
         )
     cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
     tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
+    grpc_tls = _grpc_tls(grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert)
+    if grpc_tls is not None and tls is not None:
+        raise InvalidRequest(
+            "--tls-cert serves HTTP and gRPC over TLS, --grpc-use-ssl (Triton's) gRPC alone: give one of them"
+        )
     overrides = BatchOverrides(max_batch_size, max_queue_delay_ms, max_queue_size, timeout_s, instances)
     if overrides.given():
         if batching is False and set(overrides.given()) - {"instances"}:
@@ -587,6 +606,7 @@ def serve(
         repository_only=(model_control_mode or "").lower() == "explicit",
         folder_rules=rules,
         grpc_compress_infer=_compression(grpc_compression_level),
+        grpc_tls=grpc_tls,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -665,9 +685,9 @@ def serve(
                 "or serve with --engine local"
             )
         compressed = grpc_compression_level.lower() != "none"
-        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1 or compressed:
+        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1 or compressed or grpc_tls:
             raise InvalidRequest(
-                "the --grpc-keepalive-*, --grpc-http2-*, --grpc-max-message-bytes and "
+                "the --grpc-keepalive-*, --grpc-http2-*, --grpc-max-message-bytes, --grpc-use-ssl* and "
                 "--grpc-infer-response-compression-level settings are the gRPC server's, "
                 "which --engine ray does not run (it serves HTTP only): drop them, or serve with --engine local"
             )
@@ -921,6 +941,26 @@ def _folder_rules(name: str | None, disable: bool, strict: str | None) -> Folder
             )
         disable = disable or strict_on
     return FolderRules(config_name=name or "", auto_complete=not disable)
+
+
+def _grpc_tls(
+    use_ssl: str, mutual: str | None, cert: Path | None, key: Path | None, root: Path | None
+) -> TlsConfig | None:
+    """tritonserver's gRPC TLS flags, read as it reads them: any --grpc-use-ssl-mutual turns TLS on, the files
+    are read only with TLS on, the root certificate only for mutual TLS."""
+    from polystack.server.tls import GRPC_FLAGS, TlsConfig
+
+    on = _flag_bool(use_ssl, "--grpc-use-ssl")
+    both = mutual is not None and _flag_bool(mutual, "--grpc-use-ssl-mutual")
+    if not (on or mutual is not None):
+        return None
+    if both and root is None:
+        raise InvalidRequest("--grpc-use-ssl-mutual needs --grpc-root-cert: the CA certificates clients' certificates must chain to")
+    if cert is None or key is None:
+        raise InvalidRequest(
+            "--grpc-use-ssl needs --grpc-server-cert (the server's certificate chain, PEM) and --grpc-server-key"
+        )
+    return TlsConfig.resolve(cert, key, root if both else None, GRPC_FLAGS)
 
 
 def _compression(level: str) -> bool:

@@ -153,6 +153,8 @@ class ServeConfig:
     folder_rules: FolderRules = field(default_factory=FolderRules)
     # gRPC inference responses gzip-compressed (tritonserver's --grpc-infer-response-compression-level)
     grpc_compress_infer: bool = False
+    # gRPC over TLS with HTTP left plain (tritonserver's --grpc-use-ssl and its files), in place of ``tls``
+    grpc_tls: TlsConfig | None = None
 
 
 class Server:
@@ -429,7 +431,7 @@ class Server:
                 self.config.grpc_host or self.config.host,
                 self.config.grpc_port,
                 self.config.grpc_max_message_bytes,
-                tls,
+                self.config.grpc_tls or tls,
                 self.config.access_log,
                 self.http.codec_pool,
                 self.config.grpc_keepalive,
@@ -452,6 +454,7 @@ class Server:
                 **({"ensembles": ensembles} if (ensembles := self.plane.ensembles_served()) else {}),
                 **(self.config.cpus.describe() if self.config.cpus else {}),
                 **(tls.describe() if tls else {}),
+                **({"grpc_tls": True, "grpc_tls_mutual": g.mutual} if (g := self.config.grpc_tls) else {}),
             },
         )
 

@@ -5,7 +5,8 @@
 
 Triton offers TLS on gRPC only (``--grpc-use-ssl``, ``--grpc-server-cert``, ``--grpc-server-key``,
 ``--grpc-root-cert``, ``--grpc-use-ssl-mutual``) and leaves HTTPS to a proxy; here the same files serve
-both, so tritonclient's ``ssl=True`` works on either. The files are read and checked once, when the
+both, so tritonclient's ``ssl=True`` works on either. Triton's own flags are taken too, and do what they do
+there: gRPC over TLS, HTTP left plain (``GRPC_FLAGS`` name the files in what a refusal says). The files are read and checked once, when the
 server starts: a missing file, a key that does not match its certificate, an encrypted key or a CA
 file with no certificate in it stops ``polystack serve`` with exit 2 and what to fix.
 """
@@ -33,6 +34,10 @@ def _no_password() -> bytes:
     raise _EncryptedKey
 
 
+FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca")  # polystack's: both transports
+GRPC_FLAGS = ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert")  # tritonserver's: gRPC alone
+
+
 @dataclass(frozen=True)
 class TlsConfig:
     cert: Path  # PEM: the server's certificate, then any intermediates
@@ -45,22 +50,24 @@ class TlsConfig:
     context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsConfig | None:
-        """The checked configuration the three options ask for; None when none is given."""
+    def resolve(
+        cls, cert: Path | None, key: Path | None, client_ca: Path | None, flags: tuple[str, str, str] = FLAGS
+    ) -> TlsConfig | None:
+        """The checked configuration the three options (named ``flags``) ask for; None when none is given."""
         if cert is None and key is None and client_ca is None:
             return None
         if cert is None or key is None:
             raise InvalidRequest(
-                "TLS needs both --tls-cert (the server's certificate chain, PEM) and --tls-key (its private key)"
+                f"TLS needs both {flags[0]} (the server's certificate chain, PEM) and {flags[1]} (its private key)"
             )
         return cls(
             cert=cert,
             key=key,
             client_ca=client_ca,
-            cert_pem=_read(cert, "--tls-cert"),
-            key_pem=_read(key, "--tls-key"),
-            client_ca_pem=None if client_ca is None else _read(client_ca, "--tls-client-ca"),
-            context=_server_context(cert, key, client_ca),  # every problem with the files shows here
+            cert_pem=_read(cert, flags[0]),
+            key_pem=_read(key, flags[1]),
+            client_ca_pem=None if client_ca is None else _read(client_ca, flags[2]),
+            context=_server_context(cert, key, client_ca, flags),  # every problem with the files shows here
         )
 
     @property
@@ -97,7 +104,7 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
-def _server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+def _server_context(cert: Path, key: Path, client_ca: Path | None, flags: tuple[str, str, str]) -> ssl.SSLContext:
     """The HTTP server's context: TLS 1.2 or later, HTTP/1.1, client certificates required when mutual."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -105,12 +112,12 @@ def _server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLCon
         ctx.load_cert_chain(cert, key, password=_no_password)
     except _EncryptedKey:
         raise InvalidRequest(
-            f"--tls-key {key} is encrypted; give the server an unencrypted key "
+            f"{flags[1]} {key} is encrypted; give the server an unencrypted key "
             f"(openssl pkey -in {key} -out server.key) kept readable by its user only"
         ) from None
     except (ssl.SSLError, OSError) as e:
         raise InvalidRequest(
-            f"--tls-cert {cert} and --tls-key {key} do not make a certificate chain and its key "
+            f"{flags[0]} {cert} and {flags[1]} {key} do not make a certificate chain and its key "
             f"({_reason(e)}); both must be PEM, the key the one the certificate was issued for"
         ) from None
     if client_ca is not None:
@@ -118,7 +125,7 @@ def _server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLCon
             ctx.load_verify_locations(cafile=client_ca)
         except (ssl.SSLError, OSError) as e:
             raise InvalidRequest(
-                f"--tls-client-ca {client_ca} holds no usable CA certificate ({_reason(e)}); "
+                f"{flags[2]} {client_ca} holds no usable CA certificate ({_reason(e)}); "
                 "give the PEM certificates of the CAs that issue client certificates"
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
