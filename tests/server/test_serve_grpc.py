@@ -961,3 +961,30 @@ def test_a_compression_level_triton_does_not_have_exits_2(tmp_path: Any) -> None
     assert "invalid argument for --grpc-infer-response-compression-level: 'max'; give none, low, medium" in line
     line = refused_at_start(tmp_path, ["--grpc-infer-response-compression-level", "HIGH", "--engine", "ray"])
     assert "--grpc-infer-response-compression-level settings are the gRPC server's" in line
+
+
+def test_tritons_max_connection_age_closes_old_connections_and_clients_reconnect(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Any
+) -> None:
+    """tritonserver's --grpc-max-connection-age (and its grace): a connection that old is closed (GOAWAY), its
+    client reconnecting by itself, so that clients spread over replicas that come later; a bad value exits 2."""
+    from servekit import refused_at_start
+
+    from polystack.server.grpc import Keepalive
+
+    store, _ = model_store
+    st = start(store, models=["mlp"], grpc_keepalive=Keepalive(max_connection_age_ms=300, max_connection_age_grace_ms=100))
+    try:
+        states: list[str] = []
+        channel = grpc.insecure_channel(f"127.0.0.1:{st.grpc_port}")
+        channel.subscribe(lambda s: states.append(s.name), try_to_connect=True)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(8):
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+            time.sleep(0.15)
+        assert states.count("READY") >= 2, states  # connected again after the server closed the first one
+        channel.close()
+    finally:
+        st.stop()
+    line = refused_at_start(tmp_path, ["--grpc-max-connection-age", "-5"])
+    assert "--grpc-max-connection-age takes 0 to 2147483647, not -5" in line, line

@@ -150,3 +150,23 @@ def test_a_listener_turned_off_leaves_its_port_and_address_unread_and_addresses_
         client = grpcclient.InferenceServerClient(f"127.0.0.2:{grpc_port}")
         assert client.is_server_ready()
         client.close()
+
+
+def test_reuse_port_flags_let_two_servers_share_their_ports(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """tritonserver's --reuse-http-port and --reuse-grpc-port (SO_REUSEPORT): a second server binds the same
+    ports, and the kernel spreads connections over both; without them the second start says the port is taken."""
+    store, _ = model_store
+    port, grpc_port = free_port(), free_port()
+    args = ["mlp", "--grpc-port", str(grpc_port), "--reuse-http-port=true", "--reuse-grpc-port", "1"]
+    with cli_server(store.settings.home, args, port, tmp_path / "one.log"), cli_server(
+        store.settings.home, args, port, tmp_path / "two.log"
+    ):
+        for _ in range(4):
+            assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()
+            assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_ready()
+        cmd = [sys.executable, "-m", "polystack", "--home", str(store.settings.home), "serve", "mlp", "--http-port",
+               str(port), "--grpc-port", "-1"]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "--http-port" in out.stderr.splitlines()[-1], out.stderr

@@ -153,6 +153,16 @@ def serve(
         help="Triton's: compress gRPC inference responses (every level but none: gzip, on every response, as "
         "grpcio's Python server can only set it).",
     ),
+    grpc_max_connection_age: int = typer.Option(
+        0, "--grpc-max-connection-age", help="Close gRPC connections this old, in ms, once idle (0: never; Triton's)."
+    ),
+    grpc_max_connection_age_grace: int = typer.Option(
+        0, "--grpc-max-connection-age-grace", help="And this long after, in ms, whatever runs (0: no limit)."
+    ),
+    reuse_http_port: str = typer.Option(
+        "false", "--reuse-http-port", metavar="BOOL", help="Triton's: SO_REUSEPORT, several servers on one port."
+    ),
+    reuse_grpc_port: str = typer.Option("false", "--reuse-grpc-port", metavar="BOOL", help="The same for gRPC."),
     grpc_keepalive_time: int = typer.Option(
         7_200_000, "--grpc-keepalive-time", help="Ping gRPC connections idle this long, in ms (Triton's flag)."
     ),
@@ -560,6 +570,8 @@ def serve(
         grpc_http2_max_pings_without_data,
         grpc_http2_min_recv_ping_interval_without_data,
         grpc_http2_max_ping_strikes,
+        grpc_max_connection_age,
+        grpc_max_connection_age_grace,
     )  # checked here: a bad value exits 2, naming the flag
     config = ServeConfig(
         host=listeners.host,
@@ -607,6 +619,8 @@ def serve(
         folder_rules=rules,
         grpc_compress_infer=_compression(grpc_compression_level),
         grpc_tls=grpc_tls,
+        reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
+        reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -623,6 +637,8 @@ def serve(
             "--metrics-port needs --engine local: Ray Serve's proxy is the one HTTP port (a GET /metrics there "
             "reaches one replica); drop it, or serve with --engine local"
         )
+    if engine == "ray" and config.reuse_http_port:
+        raise InvalidRequest("--reuse-http-port: Ray Serve's proxy binds the HTTP port; drop it, or serve with --engine local")
     if engine == "ray" and listeners.grpc_host is not None:
         raise InvalidRequest("--grpc-address: --engine ray serves HTTP only; drop it, or serve with --engine local")
     if engine == "ray" and cpus is not None:

@@ -155,6 +155,9 @@ class ServeConfig:
     grpc_compress_infer: bool = False
     # gRPC over TLS with HTTP left plain (tritonserver's --grpc-use-ssl and its files), in place of ``tls``
     grpc_tls: TlsConfig | None = None
+    # SO_REUSEPORT, so that several servers take one port (tritonserver's --reuse-http-port, --reuse-grpc-port)
+    reuse_http_port: bool = False
+    reuse_grpc_port: bool = False
 
 
 class Server:
@@ -407,6 +410,7 @@ class Server:
                     self.config.host,
                     self.config.http_port,
                     backlog=1024,
+                    reuse_port=self.config.reuse_http_port or None,
                     ssl=tls.context if tls else None,
                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
                 )
@@ -437,6 +441,7 @@ class Server:
                 self.config.grpc_keepalive,
                 self.config.grpc_restricted,
                 self.config.grpc_compress_infer,
+                self.config.reuse_grpc_port,
             )
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:

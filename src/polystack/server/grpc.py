@@ -550,6 +550,8 @@ class Keepalive:
     max_pings_without_data: int = 2  # pings the server sends without data between (0: no limit)
     min_recv_ping_interval_without_data_ms: int = 300_000  # a client's pings closer than this are strikes
     max_ping_strikes: int = 2  # strikes before GOAWAY (0: no limit)
+    max_connection_age_ms: int = 0  # close a connection this old, once its calls end (0: never)
+    max_connection_age_grace_ms: int = 0  # and past this more, whatever runs (0: gRPC's default, no limit)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -566,6 +568,8 @@ class Keepalive:
             ("grpc.http2.max_pings_without_data", self.max_pings_without_data),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", self.min_recv_ping_interval_without_data_ms),
             ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+            *([("grpc.max_connection_age_ms", self.max_connection_age_ms)] if self.max_connection_age_ms else []),
+            *([("grpc.max_connection_age_grace_ms", g)] if (g := self.max_connection_age_grace_ms) else []),
         ]
 
 
@@ -577,6 +581,8 @@ _KEEPALIVE_FLAGS = {  # the serve flags, named as Triton names them
     "max_pings_without_data": "--grpc-http2-max-pings-without-data",
     "min_recv_ping_interval_without_data_ms": "--grpc-http2-min-recv-ping-interval-without-data",
     "max_ping_strikes": "--grpc-http2-max-ping-strikes",
+    "max_connection_age_ms": "--grpc-max-connection-age",
+    "max_connection_age_grace_ms": "--grpc-max-connection-age-grace",
 }
 
 
@@ -591,6 +597,7 @@ def create_server(
     keepalive: Keepalive = Keepalive(),
     restricted: Restrictions = Restrictions(what="protocol"),
     compress_infer: bool = False,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
     ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
@@ -601,7 +608,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),  # tritonserver's --reuse-grpc-port
             *keepalive.options(),
         ]
     )
