@@ -117,6 +117,8 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
         (["--trace-config", "level=TENSORS"], {}, "not tensors; give level=TIMESTAMPS"),
         (["--trace-config", "opentelemetry,colour=blue"], {}, "Triton's opentelemetry settings are url, resource"),
         (["--trace-config", "rate=0"], {}, "trace_rate must be between 1 and"),
+        (["--trace-file", "/tmp/t.json", "--trace-level", "TIMESTAMPS"], {}, "--trace-config triton,file=/tmp/t.json:"),
+        (["--trace-level", "LOUD"], {}, "invalid value for trace level option: LOUD"),
     ],
 )
 def test_bad_tracing_configuration_exits_2_with_one_line(
@@ -206,3 +208,8 @@ def test_tritons_trace_config_flags_export_as_they_say(
                     tmp_path / "log2", env=env):  # fmt: skip
         settings = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_trace_settings()
         assert settings["trace_rate"] == "1000" and settings["trace_level"] == ["OFF"], settings
+    # Triton's deprecated --trace-level, as --trace-config level=
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--trace-level", "TIMESTAMPS"], http_port,
+                    tmp_path / "log3", env={**env, "OTEL_TRACES_EXPORTER": "none"}):  # fmt: skip
+        settings = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_trace_settings()
+        assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "1000", settings

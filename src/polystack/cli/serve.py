@@ -361,6 +361,9 @@ def serve(
     trace_count: int | None = typer.Option(
         None, "--trace-count", metavar="N", help="Take N traces, then stop (-1, the default: no limit; Triton: count)."
     ),
+    trace_level: list[str] = typer.Option(None, "--trace-level", hidden=True),  # Triton's deprecated flags: as
+    trace_file: str | None = typer.Option(None, "--trace-file", hidden=True),  # --trace-config level=, triton,file=
+    trace_log_frequency: str | None = typer.Option(None, "--trace-log-frequency", hidden=True),
     trace_config: list[str] = typer.Option(
         None,
         "--trace-config",
@@ -526,7 +529,11 @@ def serve(
         if allow_shared_memory and not client_shm:
             raise InvalidRequest("--allow-shared-memory and --allow-client-shm=false disagree; give one of them")
         allow_shared_memory = client_shm
-    traced = trace_flags(trace_config or [])  # Triton's --trace-config, checked
+    deprecated = [f"level={v}" for v in trace_level or []]  # tritonserver's older spellings of --trace-config
+    deprecated += [f"triton,file={trace_file}"] if trace_file is not None else []
+    deprecated += [f"triton,log-frequency={trace_log_frequency}"] if trace_log_frequency is not None else []
+    trace_config = [*deprecated, *(trace_config or [])]
+    traced = trace_flags(trace_config)  # Triton's --trace-config, checked
     if traced.environment and engine == "ray":
         raise InvalidRequest(
             "--trace-config opentelemetry,... sets this process's OpenTelemetry variables, which Ray Serve replicas "
