@@ -188,3 +188,28 @@ def test_a_version_served_again_counts_anew_and_a_folder_changing_kind_keeps_its
         sw = (("model", "sw"), ("version", "1"))
         assert got[("polystack_inference_request_success", sw)] >= 1
         assert got[("nv_inference_request_failure", tuple(sorted((*sw, ("reason", "OTHER")))))] == 1
+
+
+def test_tritons_metrics_config_leaves_the_duration_counters_out_and_refuses_summaries(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """tritonserver's --metrics-config counter_latencies=false: no nv_inference_*_duration_us counters (the
+    flag was refused as unknown); summary_latencies=true asks for summaries polystack does not keep: exit 2."""
+    from servekit import mlp_ones, refused_at_start
+
+    store, _ = model_store
+    port = free_port()
+    args = ["mlp", "--grpc-port", "-1", "--triton-metrics", "--metrics-config", "counter_latencies=false",
+            "--metrics-config", "summary_latencies=false", "--metrics-config", "summary_quantiles=0.5:0.05"]  # fmt: skip
+    with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer("mlp", [mlp_ones()])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert "nv_inference_count" in names and "nv_inference_exec_count" in names
+    assert not {n for n in names if n.startswith("nv_inference") and n.endswith("_duration_us")}, names
+    for args, words in (
+        (["--metrics-config", "summary_latencies=true"], "polystack has no latency summaries"),
+        (["--metrics-config", "counter_latencies"], "--metrics-config option format is <setting>=<value>. Got"),
+        (["--metrics-config", "colour=blue"], "Triton's settings are counter_latencies"),
+    ):
+        assert words in refused_at_start(tmp_path, args)

@@ -349,6 +349,13 @@ def serve(
         help="/metrics shows Triton's metric names too (nv_inference_request_success, nv_inference_count, "
         "nv_inference_*_duration_us, nv_cache_*, nv_cpu_*), for dashboards written for Triton.",
     ),
+    metrics_config: list[str] = typer.Option(
+        None,
+        "--metrics-config",
+        metavar="SETTING=VALUE",
+        help="tritonserver's: counter_latencies=false leaves the nv_inference_*_duration_us counters out of "
+        "--triton-metrics; summary_latencies=true is refused (polystack's latency quantiles are its histograms).",
+    ),
     trace: bool = typer.Option(
         False,
         "--trace",
@@ -628,6 +635,7 @@ def serve(
         grpc_tls=grpc_tls,
         reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
         reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
+        counter_latencies=_counter_latencies(metrics_config or []),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
@@ -984,6 +992,37 @@ def _grpc_tls(
             "--grpc-use-ssl needs --grpc-server-cert (the server's certificate chain, PEM) and --grpc-server-key"
         )
     return TlsConfig.resolve(cert, key, root if both else None, GRPC_FLAGS)
+
+
+_SUMMARY_SETTINGS = ("summary_quantiles", "summary_max_age", "summary_age_buckets")
+
+
+def _counter_latencies(items: list[str]) -> bool:
+    """tritonserver's --metrics-config settings: whether --triton-metrics shows its duration counters. Its
+    summaries are refused (with what to use instead); their settings, and first-response histograms (for
+    decoupled models, which polystack has none of), are taken."""
+    counters = True
+    for item in items:
+        setting, eq, value = item.partition("=")
+        if not eq or not setting:
+            raise InvalidRequest(f"--metrics-config option format is <setting>=<value>. Got {item}")
+        if setting == "counter_latencies":
+            counters = _flag_bool(value, "--metrics-config counter_latencies")
+        elif setting == "summary_latencies":
+            if _flag_bool(value, "--metrics-config summary_latencies"):
+                raise InvalidRequest(
+                    "--metrics-config summary_latencies=true: polystack has no latency summaries; its latencies are "
+                    "histograms (polystack_inference_request_duration_seconds: histogram_quantile() gives the "
+                    "quantiles), so drop it"
+                )
+        elif setting == "histogram_latencies":
+            _flag_bool(value, "--metrics-config histogram_latencies")
+        elif setting not in _SUMMARY_SETTINGS:
+            raise InvalidRequest(
+                f"--metrics-config {item}: Triton's settings are counter_latencies, summary_latencies, "
+                f"histogram_latencies, {', '.join(_SUMMARY_SETTINGS)}"
+            )
+    return counters
 
 
 def _compression(level: str) -> bool:

@@ -158,6 +158,8 @@ class ServeConfig:
     # SO_REUSEPORT, so that several servers take one port (tritonserver's --reuse-http-port, --reuse-grpc-port)
     reuse_http_port: bool = False
     reuse_grpc_port: bool = False
+    # --triton-metrics' duration counters (nv_inference_*_duration_us; tritonserver's --metrics-config)
+    counter_latencies: bool = True
 
 
 class Server:
@@ -257,6 +259,7 @@ class Server:
             no_batching=config.no_batching,
             triton_names=config.triton_metrics,
             cpu_metrics=config.cpu_metrics,
+            counter_latencies=config.counter_latencies,
             strict_readiness=config.strict_readiness,
             repository_only=config.repository_only,
             auto_complete=config.folder_rules.auto_complete,

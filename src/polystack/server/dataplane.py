@@ -265,6 +265,7 @@ class DataPlane:
         no_batching: bool = False,
         triton_names: bool = False,
         cpu_metrics: bool = True,
+        counter_latencies: bool = True,
         strict_readiness: bool = False,
         repository_only: bool = False,
         auto_complete: bool = True,
@@ -279,6 +280,7 @@ class DataPlane:
         self.strict_readiness = strict_readiness
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
         self.cpu_metrics = cpu_metrics  # and among them nv_cpu_* (off: --allow-cpu-metrics false)
+        self.counter_latencies = counter_latencies  # and the duration counters (--metrics-config counter_latencies)
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
         # leaves it out (serve --backend-config default-max-batch-size), and the batch settings given on their
         # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
@@ -1226,7 +1228,7 @@ class DataPlane:
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
-        return text + triton_metrics.render(figures, cpu=self.cpu_metrics)
+        return text + triton_metrics.render(figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies)
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""

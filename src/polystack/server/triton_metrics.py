@@ -131,11 +131,17 @@ _DURATIONS = {
 }
 
 
-def render(models: Iterable[VersionFigures], cpu: bool = True) -> bytes:
-    """The text format's lines of Triton's families for ``models``, and the host's CPU ones (``cpu``)."""
+_LATENCY_COUNTERS = frozenset(n for n, v in _DURATIONS.items() if not v.startswith("cache"))
+
+
+def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies: bool = True) -> bytes:
+    """The text format's lines of Triton's families for ``models``, and the host's CPU ones (``cpu``); without
+    ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration counters."""
     models = list(models)
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
+        if not counter_latencies and name in _LATENCY_COUNTERS:
+            continue
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
         for m in models:
             if name == "nv_inference_request_failure":
