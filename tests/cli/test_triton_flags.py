@@ -36,6 +36,9 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
         ("--allow-sagemaker", "1", "polystack has no SageMaker front end"),
         ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
+        ("--host-policy", "gpu_0,numa-node=0", "Triton's host policies (NUMA nodes"),
+        ("--rate-limit-resource", "R1:10", "Triton's rate limiter is not in polystack"),
+        ("--model-load-retry-count", "two", "takes a whole number"),
     ],
 )
 def test_values_tritonserver_refuses_or_features_polystack_lacks_are_refused(flag: str, value: str, words: str) -> None:

@@ -52,6 +52,17 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
+    "--model-load-retry-count": Flag("int", "a load that fails is not retried: it fails at once, saying why"),
+    "--host-policy": Flag(
+        "str", "", "*",
+        "Triton's host policies (NUMA nodes, CPU cores per instance group) are not in polystack: pin the runtimes "
+        "with --runtime-cpus (and the front end with --frontend-cpus)",
+    ),
+    "--rate-limit-resource": Flag(
+        "str", "", "*",
+        "Triton's rate limiter is not in polystack: bound a model's concurrency with its instance_group count or "
+        "--instances",
+    ),
     "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
@@ -86,7 +97,7 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
         flag = FLAGS[name]
         for value in values:
             _check_value(name, flag.kind, value)
-            if flag.lacks is not None and _normal(flag.kind, value) == flag.lacks:
+            if flag.lacks is not None and flag.lacks in ("*", _normal(flag.kind, value)):  # "*": any value
                 raise InvalidRequest(f"{name} {value}: {flag.missing}")
             if name == "--rate-limit" and value.lower() != "off":  # Triton's words
                 raise InvalidRequest(f"invalid argument for --rate-limit: {value!r}; give off (or execution_count)")
