@@ -173,7 +173,7 @@ def test_explicit_mode_over_a_repository_reads_its_folders_alone_as_triton_does(
             with pytest.raises(InferenceServerException, match="failed to poll from model repository") as e:
                 client.load_model(name)
             assert e.value.status() == "400"
-        with pytest.raises(InferenceServerException, match=r"model 'b' is in --model-repository .* keep it in one"):
+        with pytest.raises(InferenceServerException, match=r"model appears in two or more repositories: 'b' is in .* keep it in one"):
             client.load_model("b")
         client.load_model("inner")
         assert _ready(client) == ["a", "inner"]

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -195,3 +196,43 @@ def test_a_store_model_that_failed_at_start_is_in_the_index_with_why(
         assert index["mlp"]["state"] == "UNAVAILABLE" and "failed to load 'mlp'" in index["mlp"]["reason"], index
         assert index["ident64"]["state"] == "READY", index
         client.close()
+
+
+def test_a_start_failure_before_the_model_is_read_leaves_the_server_ready_and_requests_say_why(
+    tmp_path: Path,
+) -> None:
+    """helper-103: with --exit-on-error false, a folder in two repositories (Triton's poll of it fails, the model
+    untracked) left the server not ready; and requests to a model that failed at start said it was unknown,
+    where Triton says it has no available versions."""
+    repo, twin = _repository(tmp_path / "models"), tmp_path / "twin"
+    (twin / "a" / "1").mkdir(parents=True)
+    mlp_onnx(twin / "a" / "1" / "model.onnx")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--model-repository", str(twin), "--exit-on-error=false",
+            "--grpc-port", "-1"]  # fmt: skip
+    proc = _started([sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", *args,
+                     "--http-port", str(port)], port, tmp_path / "serve.log")  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert "model appears in two or more repositories" in index["a"]["reason"], index
+        assert not client.is_server_ready()  # bad and torch: their model files failed, counted as Triton's
+        for name in ("a", "bad"):
+            x = httpclient.InferInput("x", [1, 16], "FP32")
+            x.set_data_from_numpy(np.ones((1, 16), np.float32))
+            with pytest.raises(InferenceServerException, match=f"'{name}' has no available versions; its last load"):
+                client.infer(name, [x])
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    twin_only = tmp_path / "twin_only"
+    (twin_only / "a" / "1").mkdir(parents=True)
+    mlp_onnx(twin_only / "a" / "1" / "model.onnx")
+    solo = tmp_path / "solo"
+    (solo / "a" / "1").mkdir(parents=True)
+    mlp_onnx(solo / "a" / "1" / "model.onnx")
+    args = ["--model-repository", str(solo), "--model-repository", str(twin_only), "--exit-on-error=false",
+            "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home2", args, port, tmp_path / "serve2.log"):  # only the duplicate failed: ready
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()

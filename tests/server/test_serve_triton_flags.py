@@ -29,3 +29,16 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     ]  # fmt: skip
     line = refused_at_start(tmp_path, ["--rate-limit", "execution_count"])
     assert line.startswith("error: --rate-limit execution_count: Triton's rate limiter"), line
+
+
+def test_an_unambiguous_prefix_stands_for_its_option_as_tritonservers_parser_reads_it(tmp_path: Path) -> None:
+    """helper-103: Triton's own L0_logging script starts the server with --log-warn=false (getopt_long takes
+    prefixes); polystack said there was no such option."""
+    (tmp_path / "models" / "m" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "models" / "m" / "1" / "model.onnx")
+    port = free_port()
+    args = ["--model-repos", str(tmp_path / "models"), "--log-warn=false", "--grpc-po", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_model_ready("m") and client.get_log_settings()["log_warning"] is False
+    assert "--log-warning takes 1 or 0" in refused_at_start(tmp_path, ["--log-warn=maybe"])

@@ -6,9 +6,10 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand
 
 from polystack.cli.app import app, open_store
 from polystack.errors import InvalidRequest, PolystackError
@@ -21,7 +22,28 @@ if TYPE_CHECKING:
     from polystack.server.tls import TlsConfig
 
 
-@app.command()
+class _TritonCommand(TyperCommand):
+    """``serve`` reading its long options as tritonserver's parser (getopt_long) reads them: an unambiguous
+    prefix stands for the option (``--log-warn=false`` is ``--log-warning=false``, as Triton's own QA scripts
+    write it). Only words before ``--`` that are no option of their own are read so."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click Context
+        names = sorted({o for p in self.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")})
+        out: list[str] = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out += args[i:]
+                break
+            flag, eq, value = arg.partition("=")
+            if flag.startswith("--") and len(flag) > 2 and flag not in names:
+                matches = [n for n in names if n.startswith(flag)]
+                if len(matches) == 1:
+                    arg = matches[0] + eq + value
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@app.command(cls=_TritonCommand)
 def serve(
     models: list[str] = typer.Argument(None, metavar="[NAME[:VERSION]]...", help="Models to serve (default: all)."),
     profile: str = typer.Option("realtime", "--profile", help="realtime, server (batching on), batch or edge."),
@@ -800,7 +822,10 @@ def _with_repositories(
             if polled:
                 seen[name] = model_repository.fingerprint(folder)
             if name in found:
-                twice[name] = f"model {name!r} is in --model-repository {found[name]} and in {root}; keep it in one"
+                twice[name] = (
+                    f"model appears in two or more repositories: {name!r} is in --model-repository {found[name]} and "
+                    f"in {root}; keep it in one"
+                )
                 continue
             if name in named:
                 raise InvalidRequest(
@@ -846,7 +871,7 @@ def _with_repositories(
                         "failed to load a model at start; serving the others (--exit-on-error false)",
                         extra={"model": name, "error": e.message},
                     )
-                    failures[name] = (e.failed_version, f"failed to load {name!r}: {e.message}")
+                    failures[name] = (e.failed_version, f"failed to load {name!r}: {e.message}", e.unread)
                     continue
                 registered += done
                 read.add(name)

@@ -146,7 +146,7 @@ class ServeConfig:
     exit_on_error: bool = True
     strict_readiness: bool = True
     # the repository folders a start could not read (--exit-on-error false), by name: the version and why
-    start_failures: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
+    start_failures: Mapping[str, tuple[int | None, str, bool]] = field(default_factory=dict)  # and whether unread
     # Triton's explicit model control: loads by name and the index know the repositories alone, not the store
     repository_only: bool = False
     # how repository folders are read (--model-config-name, --disable-auto-complete-config)
@@ -384,8 +384,9 @@ class Server:
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e))
-        for name, (version, why) in self.config.start_failures.items():
-            self.plane.note_failed_load(name, InvalidRequest(why).at_version(version))
+        for name, (version, why, unread) in self.config.start_failures.items():
+            failure = InvalidRequest(why).at_version(version)
+            self.plane.note_failed_load(name, failure.before_model_read() if unread else failure)
 
     def _failed_at_start(self, name: str, e: PolystackError) -> None:
         """A model that failed to load at start: the start fails, unless --exit-on-error false, which logs it

@@ -1086,6 +1086,12 @@ class DataPlane:
                         f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
                         "first"
                     ) from None
+                failed = self._load_failures.get(name)
+                if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words: it knows the model
+                    raise ModelNotFound(
+                        f"Request for unknown model: {name!r} has no available versions; its last load failed: "
+                        f"{failed[1]}"
+                    ) from None
                 raise _unknown(name, v, e) from None
             served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
@@ -1957,6 +1963,14 @@ class DataPlane:
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
+        repository = self.repository if self.repository_only else None
+        files = model_files.given(parameters or {})
+        if repository is not None and not files and not self._in_repository(name, repository):
+            raise InvalidRequest(  # Triton's words, then what to do
+                f"failed to load {quote(name, 140)}, failed to poll from model repository: no model folder "
+                f"{name!r} in --model-repository {', '.join(map(str, repository.roots))}; add it, or load a model "
+                "folder it holds"
+            )
         try:
             await self._repository_load(name, parameters or {})
         except PolystackError as e:
@@ -1968,6 +1982,11 @@ class DataPlane:
                 raise InvalidRequest(failed.message) from None
             raise failed from None
         self._load_failures.pop(name, None)
+
+    def _in_repository(self, name: str, repository: model_repository.ModelRepository) -> bool:
+        """Whether explicit model control over ``repository`` knows ``name``: a folder's model (or one it served),
+        an ensemble served, a model served another way."""
+        return name in self._ensembles or name in repository.others or repository.owns(name)
 
     async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")
@@ -1982,12 +2001,6 @@ class DataPlane:
                 )
             await self._control(lambda n: self._load_files(n, files, config), name)
             return
-        repository = self.repository if self.repository_only else None
-        if repository is not None and not (name in self._ensembles or name in repository.others or repository.owns(name)):
-            raise NotFound(
-                f"failed to poll from model repository: no model folder {name!r} in --model-repository "
-                f"{', '.join(map(str, repository.roots))}; add it, or load a model folder it holds"
-            )
         await self._control(lambda n: self._load_only(n, config), name)
 
     def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry | ensemble.Ensemble:

@@ -262,8 +262,9 @@ class ModelRepository:
         folder = self.folder(name)
         also = [root for root in self.roots if folder is not None and (root / name).is_dir()][1:]
         if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
-            raise InvalidRequest(
-                f"model {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
+            raise InvalidRequest(  # Triton's words, then where and what to do
+                f"model appears in two or more repositories: {name!r} is in --model-repository {folder.parent} and "
+                f"in {also[0]}; keep it in one"
             ).before_model_read()
         if folder is None:
             raise NotFound(
@@ -316,11 +317,11 @@ def _register_model(
             text, doc = _read_config(config_path, config_file, name)
     except PolystackError as e:
         raise e.before_model_read() from None
-    if text is None and not rules.auto_complete:
+    if text is None and not rules.auto_complete:  # no config to read: Triton's poll of the folder fails
         raise InvalidRequest(
             f"it has no {CONFIG}, which --disable-auto-complete-config (Triton's strict model config) needs: add one "
             "that lists the model's inputs, outputs and max_batch_size, or serve without the flag"
-        )
+        ).before_model_read()
     platform = str(doc.get("platform") or doc.get("backend") or "")
     versions = folder_versions(folder)
     if not versions:
