@@ -387,7 +387,7 @@ def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp
             with pytest.raises(InferenceServerException, match=re.escape(says)):
                 client.load_model("plain", config=json.dumps({"version_policy": bad}))
         assert _ready(client, "plain", "2") and not _ready(client, "plain", "5")  # as it was
-        assert config["version_policy"] == {"latest": {"num_versions": 2}}  # the folder's all, as served
+        assert config["version_policy"] == {"all": {}}  # the folder's, as its config writes it (Triton's)
         client.load_model("mlp", config=json.dumps(config))  # GET config loads back as it was
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")
         del config["version_policy"]

@@ -74,3 +74,21 @@ def test_disable_auto_complete_config_needs_configs_listing_the_tensors(tmp_path
         line = refused_at_start(tmp_path, ["--model-repository", str(folder), "--disable-auto-complete-config"])
         assert words in line, line
     assert "--strict-model-config takes 1 or 0" in refused_at_start(tmp_path, ["--strict-model-config", "yes"])
+
+
+def test_get_config_shows_the_version_policy_as_the_folders_config_writes_it(tmp_path: Path) -> None:
+    """helper-103 (Triton's L0_custom_model_config): GET config rebuilt the policy from the versions served,
+    specific [3] showing as latest 1 and all as latest 2; Triton shows it as written."""
+    repo = tmp_path / "models"
+    for name, policy in (("spec", "specific { versions: [ 3 ] }"), ("every", "all { }")):
+        for version in (1, 3):
+            (repo / name / str(version)).mkdir(parents=True)
+            mlp_onnx(repo / name / str(version) / "model.onnx")
+        (repo / name / "config.pbtxt").write_text(f"max_batch_size: 8\nversion_policy: {{ {policy} }}\n" + IO)
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port,
+                    tmp_path / "serve.log"):  # fmt: skip
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.get_model_config("spec")["version_policy"] == {"specific": {"versions": [3]}}
+        assert client.get_model_config("every")["version_policy"] == {"all": {}}
+        client.close()

@@ -1277,6 +1277,12 @@ class DataPlane:
             known = model_repository.folder_versions(folder)
         else:  # an ensemble outside a repository has the one version it serves
             known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
+        start = self.model_configs.get(name)
+        written = (start.written_policy or start.policy) if start is not None and pipeline is None else None
+        if written and served and known:  # as the config writes it, while it picks what is served (Triton's)
+            with contextlib.suppress(InvalidRequest):
+                if sorted(model_repository.pick_versions(written, sorted(known))) == served:
+                    return model_repository.policy_json(written)
         if served and sorted(known)[-len(served) :] == served:
             return {"latest": {"num_versions": len(served)}}
         return {"specific": {"versions": served}}

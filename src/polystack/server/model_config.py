@@ -538,6 +538,9 @@ class ConfigFile:
     # serve --model-config's version_policy (None: none given), which picks the versions the server serves among
     # the store's where the command line names the model without one (``Server._refs``)
     policy: Any = None
+    # a repository folder's version_policy as its config writes it (None: none), which GET config shows while the
+    # versions it picks are those served, as Triton shows the config as written
+    written_policy: Any = None
 
 
 def read(

@@ -342,7 +342,9 @@ def _register_model(
         text = json.dumps({k: v for k, v in doc.items() if k not in policy})
         source = f"--model-repository {config_path}"
         pipeline = dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown)
-        return RepositoryModel(name, served, model_config.ConfigFile(text, folder, source, served), pipeline, ran)
+        written = doc.get("version_policy", doc.get("versionPolicy"))
+        ensemble_config = model_config.ConfigFile(text, folder, source, served, written_policy=written)
+        return RepositoryModel(name, served, ensemble_config, pipeline, ran)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
@@ -383,7 +385,12 @@ def _register_model(
         if registered.created:
             log.debug("registered from the model repository", extra={"model": name, "version": version, "file": str(path)})
     source = f"--model-repository {config_path}"
-    config = None if served_text is None else model_config.ConfigFile(served_text, folder, source, served, agents=shown)
+    written = doc.get("version_policy", doc.get("versionPolicy"))
+    config = (
+        None
+        if served_text is None
+        else model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
+    )
     return RepositoryModel(name, served, config, ran=ran)
 
 
@@ -470,6 +477,17 @@ def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
             )
         return there
     raise InvalidRequest(f"version_policy {quote(kind)} is not latest, all or specific")
+
+
+def policy_json(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A version policy ``pick_versions`` took, as GET config shows one: protobuf's field names, whole numbers."""
+    [(kind, body)] = value.items()
+    body = body or {}
+    if kind == "latest":
+        return {"latest": {"num_versions": _count(body.get("num_versions", body.get("numVersions", 0)), "")}}
+    if kind == "specific":
+        return {"specific": {"versions": sorted({_count(v, "") for v in body.get("versions") or []})}}
+    return {"all": {}}
 
 
 def _guess(version_dir: Path) -> str:
