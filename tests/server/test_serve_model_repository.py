@@ -1217,3 +1217,27 @@ def test_a_polled_version_file_rewritten_in_place_is_reloaded(tmp_path: Path) ->
         assert not np.allclose(old, want)
         assert _ready(client, "mlp", "3")
     assert "failed to load" not in (tmp_path / "serve.log").read_text()
+
+
+def test_a_polled_model_whose_folder_comes_into_a_second_repository_is_unloaded_until_it_is_in_one(
+    tmp_path: Path,
+) -> None:
+    """helper-103 (Triton's test_multiple_model_repository_polling): a served model's folder copied into a
+    second repository kept serving the first one's; Triton's poll unloads it, and loads it once one holds it."""
+    first, second = _model(tmp_path / "first", "m"), tmp_path / "second"
+    second.mkdir()
+    port = free_port()
+    args = ["--model-repository", str(first), "--model-repository", str(second), "--repository-poll-secs", "0.2",
+            "--grpc-port", "-1", "--strict-readiness", "false"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with cli_server(tmp_path / "home", args, port, log):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_model_ready("m", "1")
+        shutil.copytree(first / "m", second / "m")
+        assert until(lambda: not client.is_model_ready("m"))
+        [m] = [e for e in client.get_model_repository_index() if e["name"] == "m"]
+        assert m["state"] == "UNAVAILABLE", m
+        shutil.rmtree(first / "m")
+        assert until(lambda: client.is_model_ready("m", "1"))  # the second one's, alone now
+        client.close()
+    assert log.read_text().count("model appears in two or more repositories") == 1

@@ -2047,9 +2047,22 @@ class DataPlane:
         changed = False
         deferred: dict[str, str] = {}  # ensembles whose load failed: tried again once the poll's other loads ran
         failed: set[str] = set()  # folders that failed to load in this poll: not tried again within it
+        for name in sorted(repository.duplicated if complete else ()):  # Triton's poll unloads such a model
+            now[name] = model_repository.DUPLICATED  # read again once one repository holds it alone
+            if repository.seen.get(name) == model_repository.DUPLICATED:
+                continue
+            if name in self._ensembles or self._serves_model(name):
+                self.unload(name)
+                changed = True
+            why = f"failed to load {quote(name, 140)}: model appears in two or more repositories; keep it in one"
+            log.error(why, extra={"model": name})
+            self._failed(name, InvalidRequest(why).before_model_read())
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
+                continue
+            if after == model_repository.DUPLICATED:  # unloaded above
+                repository.seen[name] = after
                 continue
             if self.draining:  # the rest waits for the next start
                 return

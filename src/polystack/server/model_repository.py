@@ -154,6 +154,7 @@ MAX_FINGERPRINT_ENTRIES = 10_000
 
 
 Fingerprint = tuple[tuple[str, int, int], ...] | None
+DUPLICATED: Fingerprint = ()  # what a poll saw of a folder in two repositories: read again once it is in one
 
 
 def fingerprint(folder: Path) -> Fingerprint:
@@ -204,6 +205,7 @@ class ModelRepository:
         self.models = set(models)
         self.others = frozenset(others)
         self._twice: set[str] = set()
+        self.duplicated: set[str] = set()  # model folders in two repositories, as the last full read found them
         # what the last poll saw of each model folder: at start, what the start saw before reading it
         self.seen: dict[str, Fingerprint] = (
             dict(seen)
@@ -231,6 +233,7 @@ class ModelRepository:
         logged and left out: what it held is not gone, only unseen)."""
         found: dict[str, Path] = {}
         complete = True
+        twice: set[str] = set()
         for root in self.roots:
             try:
                 names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -242,6 +245,7 @@ class ModelRepository:
                 if name in self.others:
                     continue
                 if name in found:
+                    twice.add(name)
                     if name not in self._twice:  # said once, not at every poll
                         self._twice.add(name)
                         log.warning(
@@ -250,6 +254,9 @@ class ModelRepository:
                         )
                     continue
                 found[name] = root / name
+        if complete:
+            self.duplicated = twice
+            self._twice &= twice  # said again should it come back
         return found, complete
 
     def read(
