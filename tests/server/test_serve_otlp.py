@@ -117,6 +117,8 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
         (["--trace-config", "level=TENSORS"], {}, "not tensors; give level=TIMESTAMPS"),
         (["--trace-config", "opentelemetry,colour=blue"], {}, "Triton's opentelemetry settings are url, resource"),
         (["--trace-config", "rate=0"], {}, "trace_rate must be between 1 and"),
+        (["--trace-config", "opentelemetry,bsp_schedule_delay=0"], {}, "give a whole number from 1"),
+        (["--trace-config", "opentelemetry,bsp_max_export_batch_size=4096"], {}, "give bsp_max_queue_size=4096"),
         (["--trace-file", "/tmp/t.json", "--trace-level", "TIMESTAMPS"], {}, "--trace-config triton,file=/tmp/t.json:"),
         (["--trace-level", "LOUD"], {}, "invalid value for trace level option: LOUD"),
     ],
@@ -186,13 +188,15 @@ def test_tritons_trace_config_flags_export_as_they_say(
     level, rate and count, the collector's url and the resource's attributes (they were refused as unknown)."""
     store, _ = model_store
     http_port = free_port()
-    url = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    url = f"127.0.0.1:{collector.server_address[1]}/v1/traces"  # Triton's form, without a scheme (helper-104)
     args = ["mlp", "--grpc-port", "-1", "--trace-config", "mode=opentelemetry", "--trace-config", "level=TIMESTAMPS",
             "--trace-config", "rate=2", "--trace-config", "count=5", "--trace-config", f"opentelemetry,url={url}",
             "--trace-config", "opentelemetry,resource=service.name=triton-like",
             "--trace-config", "opentelemetry,bsp_schedule_delay=100"]  # fmt: skip
     env = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_SERVICE_NAME": ""}
-    with cli_server(store.settings.home, args, http_port, tmp_path / "log", env=env) as proc:
+    # the environment's own attributes are kept, the flag's service name wins (Triton's)
+    theirs = {**env, "OTEL_SERVICE_NAME": "from-env", "OTEL_RESOURCE_ATTRIBUTES": "deployment=k8s"}
+    with cli_server(store.settings.home, args, http_port, tmp_path / "log", env=theirs) as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
         settings = client.get_trace_settings()
         assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "2", settings
@@ -203,9 +207,11 @@ def test_tritons_trace_config_flags_export_as_they_say(
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
     got = collector.spans()
     assert len(got) == 2 and {r["service.name"] for r, _ in got} == {"triton-like"}, got  # one request in 2
+    assert {r["deployment"] for r, _ in got} == {"k8s"}, got
     # Triton's default rate where --trace-config gives none: one request in 1000
-    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--trace-config", "level=OFF"], http_port,
-                    tmp_path / "log2", env=env):  # fmt: skip
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--trace-config", "level=TIMESTAMPS",
+                                          "--trace-config", "level=OFF"], http_port,
+                    tmp_path / "log2", env=env):  # fmt: skip  (OFF anywhere: off, as in Triton)
         settings = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_trace_settings()
         assert settings["trace_rate"] == "1000" and settings["trace_level"] == ["OFF"], settings
     # Triton's deprecated --trace-level, as --trace-config level=

@@ -344,3 +344,14 @@ def test_a_request_rerouted_by_a_reload_is_one_span(
     done = _finished(spans)
     assert sorted(s.attributes["id"] for s in done) == ["a", "b"], done
     assert all(s.status.is_ok for s in done)
+
+
+def test_tritons_trace_file_settings_are_left_unread_in_its_opentelemetry_mode() -> None:
+    """helper-104: Triton warns of trace-file settings beside mode=opentelemetry (any case) and runs; polystack
+    exited 2."""
+    from polystack.server.tracing import trace_flags
+
+    flags = trace_flags(["triton,file=/tmp/trace.json", "mode=OpenTelemetry", "level=TIMESTAMPS", "rate=10"])
+    assert flags.level is True and flags.rate == 10
+    with pytest.raises(InvalidRequest, match="Triton's trace files"):
+        trace_flags(["triton,file=/tmp/trace.json", "level=TIMESTAMPS"])

@@ -572,6 +572,8 @@ def serve(
             "do not see: set the OTEL_* variables in the Ray cluster's environment, or serve with --engine local"
         )
     os.environ.update(dict(traced.environment))  # what the OpenTelemetry SDK reads when tracing starts
+    if traced.names_service:
+        os.environ.pop("OTEL_SERVICE_NAME", None)  # the flag names the service, as Triton's resource setting does
     unused = triton_flags.check({
         "--pinned-memory-pool-byte-size": pinned_memory_pool_byte_size or [],
         "--cuda-memory-pool-byte-size": cuda_memory_pool_byte_size or [],

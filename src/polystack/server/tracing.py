@@ -366,45 +366,55 @@ class TraceFlags:
     rate: int | None = None
     count: int | None = None
     environment: tuple[tuple[str, str], ...] = ()
+    names_service: bool = False  # its resource names the service: OTEL_SERVICE_NAME, which would win, goes
 
 
 def trace_flags(items: list[str]) -> TraceFlags:
     """tritonserver's ``--trace-config [<mode>,]<setting>=<value>`` options, checked, in Triton's words where it
     refuses them. polystack traces in Triton's ``opentelemetry`` mode: its ``triton`` mode (trace files) is
-    refused, saying what to give instead; the level ``TENSORS`` too."""
-    level: bool | None = None
+    refused, saying what to give instead, unless ``mode=opentelemetry`` is given, which leaves them unread (as
+    Triton warns and does); the level ``TENSORS`` is refused too. A level ``OFF`` turns tracing off whatever
+    else is given, as in Triton."""
+    levels: list[bool] = []
     rate = count = None
-    environment: list[tuple[str, str]] = []
+    mode = ""
+    environment: dict[str, str] = {}
     resources: list[str] = []
+    triton: list[str] = []  # the trace-file mode's settings
     for item in items:
         head, eq, value = item.partition("=")
-        mode, _, setting = head.rpartition(",") if "," in head else ("", "", head)
+        scope, _, setting = head.rpartition(",") if "," in head else ("", "", head)
+        scope = scope.lower()
         if not eq or not setting:
             raise InvalidRequest(f"--trace-config option format is '<trace mode>,<setting>=<value>'. Got {item}")
-        if mode == "triton" or (not mode and setting == "mode" and value == "triton"):
+        if scope == "triton":
+            triton.append(item)
+        elif scope not in ("", "opentelemetry"):
             raise InvalidRequest(
-                f"--trace-config {item}: Triton's trace files (its triton mode) are not in polystack, whose traces are "
-                "OpenTelemetry spans: give --trace-config mode=opentelemetry, and opentelemetry,url=<collector>"
+                f'invalid value for trace mode option: {scope}. Available options are "triton" and "opentelemetry"'
             )
-        if mode not in ("", "opentelemetry"):
-            raise InvalidRequest(
-                f'invalid value for trace mode option: {mode}. Available options are "triton" and "opentelemetry"'
-            )
-        if mode == "opentelemetry":
+        elif scope == "opentelemetry":
             if setting == "resource":
                 resources.append(value)
+            elif setting == "url":
+                environment[_OTEL_SETTINGS[setting]] = value if "://" in value else f"http://{value}"  # Triton's form
             elif setting in _OTEL_SETTINGS:
-                environment.append((_OTEL_SETTINGS[setting], value))
+                if not _INTEGER.fullmatch(value.strip()) or int(value) < 1:
+                    raise InvalidRequest(f"--trace-config {item}: give a whole number from 1")
+                environment[_OTEL_SETTINGS[setting]] = value.strip()
             else:
                 raise InvalidRequest(
                     f"--trace-config {item}: Triton's opentelemetry settings are url, resource, "
                     f"{', '.join(s for s in _OTEL_SETTINGS if s != 'url')}"
                 )
         elif setting == "mode":
-            if value != "opentelemetry":
+            mode = value.lower()
+            if mode not in ("triton", "opentelemetry"):
                 raise InvalidRequest(
                     f'invalid value for trace mode option: {value}. Available options are "triton" and "opentelemetry"'
                 )
+            if mode == "triton":
+                triton.append(item)
         elif setting == "level":
             word = value.lower()
             if word == "tensors":
@@ -414,7 +424,7 @@ def trace_flags(items: list[str]) -> TraceFlags:
                 )
             if word not in _LEVELS_ON | _LEVELS_OFF:
                 raise InvalidRequest(f"invalid value for trace level option: {value}")
-            level = (level or False) or word in _LEVELS_ON  # Triton ORs the levels given
+            levels.append(word in _LEVELS_ON)
         elif setting in ("rate", "count"):
             if not _INTEGER.fullmatch(value.strip()):
                 raise InvalidRequest(f"--trace-config {setting}={value}: give a whole number")
@@ -426,6 +436,23 @@ def trace_flags(items: list[str]) -> TraceFlags:
             raise InvalidRequest(
                 f"--trace-config {item}: Triton's settings are level, rate, count and mode, and opentelemetry,<setting>"
             )
-    if resources:
-        environment.append(("OTEL_RESOURCE_ATTRIBUTES", ",".join(resources)))
-    return TraceFlags(level, rate, count, tuple(environment))
+    if triton and mode != "opentelemetry":
+        raise InvalidRequest(
+            f"--trace-config {triton[0]}: Triton's trace files (its triton mode) are not in polystack, whose traces "
+            "are OpenTelemetry spans: give --trace-config mode=opentelemetry, and opentelemetry,url=<collector>"
+        )
+    if triton:
+        log.warning("Triton's trace-file settings are not read in its opentelemetry mode", extra={"settings": triton})
+    queue = int(environment.get("OTEL_BSP_MAX_QUEUE_SIZE", os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 2048))
+    batch = environment.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+    if batch is not None and int(batch) > queue:  # the SDK refuses it when tracing starts
+        raise InvalidRequest(
+            f"--trace-config opentelemetry,bsp_max_export_batch_size={batch} is more than the span queue holds "
+            f"({queue}); give bsp_max_queue_size={batch} or more too"
+        )
+    if resources:  # after the environment's own, so that the flag's win where both name a key (Triton's)
+        given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+        environment["OTEL_RESOURCE_ATTRIBUTES"] = ",".join([*([given] if given else []), *resources])
+    level = None if not levels else all(levels)  # OFF anywhere: off, as in Triton
+    names_service = any(r.strip().startswith("service.name=") or ",service.name=" in r for r in resources)
+    return TraceFlags(level, rate, count, tuple(environment.items()), names_service)
