@@ -37,7 +37,8 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--allow-sagemaker", "1", "polystack has no SageMaker front end"),
         ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
         ("--host-policy", "gpu_0,numa-node=0", "Triton's host policies (NUMA nodes"),
-        ("--rate-limit-resource", "R1:10", "Triton's rate limiter is not in polystack"),
+        ("--grpc-infer-thread-count", "1", "invalid argument for --grpc-infer-thread-count: 1; Triton takes from 2 to 128"),
+        ("--grpc-max-response-pool-size", "0", "Triton takes from 1"),
         ("--model-load-retry-count", "two", "takes a whole number"),
     ],
 )

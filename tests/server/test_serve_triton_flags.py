@@ -42,3 +42,19 @@ def test_an_unambiguous_prefix_stands_for_its_option_as_tritonservers_parser_rea
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_model_ready("m") and client.get_log_settings()["log_warning"] is False
     assert "--log-warning takes 1 or 0" in refused_at_start(tmp_path, ["--log-warn=maybe"])
+
+
+def test_a_prefix_is_read_only_where_an_option_stands_and_an_ambiguous_one_says_which_it_could_be(
+    tmp_path: Path,
+) -> None:
+    """helper-104: a value starting with -- was read as an option's prefix (--server-name --log-v), and an
+    ambiguous prefix said there was no such option."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve"]
+    out = subprocess.run([*cmd, "--log", "1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "option --log is ambiguous" in out.stderr, out.stderr
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--server-name", "--log-v", "--grpc-port", "-1"], port, tmp_path / "s.log"):
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_server_metadata()["name"] == "--log-v"

@@ -29,16 +29,26 @@ class _TritonCommand(TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click Context
         names = sorted({o for p in self.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")})
+        takes_value = {o for p in self.params if not getattr(p, "is_flag", False) for o in p.opts}
         out: list[str] = []
+        value_next = False  # the word after an option that takes a value is that value, whatever it looks like
         for i, arg in enumerate(args):
             if arg == "--":
                 out += args[i:]
                 break
+            if value_next:
+                value_next = False
+                out.append(arg)
+                continue
             flag, eq, value = arg.partition("=")
             if flag.startswith("--") and len(flag) > 2 and flag not in names:
                 matches = [n for n in names if n.startswith(flag)]
+                if len(matches) > 1:
+                    ctx.fail(f"option {flag} is ambiguous: {', '.join(matches)} begin so; give more of it")
                 if len(matches) == 1:
-                    arg = matches[0] + eq + value
+                    flag = matches[0]
+                    arg = flag + eq + value
+            value_next = flag in takes_value and not eq
             out.append(arg)
         return super().parse_args(ctx, out)
 
@@ -1050,10 +1060,9 @@ def _counter_latencies(items: list[str]) -> bool:
                 )
         elif setting == "histogram_latencies":
             _flag_bool(value, "--metrics-config histogram_latencies")
-        elif setting not in _SUMMARY_SETTINGS:
-            raise InvalidRequest(
-                f"--metrics-config {item}: Triton's settings are counter_latencies, summary_latencies, "
-                f"histogram_latencies, {', '.join(_SUMMARY_SETTINGS)}"
+        elif setting not in _SUMMARY_SETTINGS:  # Triton leaves a setting it does not know unread
+            logging.getLogger("polystack.server").warning(
+                f"--metrics-config {item}: not a setting polystack (or Triton) reads; left unread, as Triton leaves it"
             )
     return counters
 

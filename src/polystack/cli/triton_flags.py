@@ -34,6 +34,8 @@ class Flag:
     why: str
     lacks: str | None = None  # the value (lower case) that asks for a missing feature
     missing: str = ""  # that feature, and what to do
+    low: int | None = None  # Triton's range for a whole number, where it checks one
+    high: int | None = None
 
 
 FLAGS: Mapping[str, Flag] = {
@@ -49,8 +51,8 @@ FLAGS: Mapping[str, Flag] = {
     "--buffer-manager-thread-count": Flag("int", _FRONT_END),
     "--http-thread-count": Flag("int", _FRONT_END),
     "--grpc-infer-allocation-pool-size": Flag("int", _FRONT_END),
-    "--grpc-infer-thread-count": Flag("int", _FRONT_END),
-    "--grpc-max-response-pool-size": Flag("int", _FRONT_END),
+    "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
+    "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
     "--model-load-retry-count": Flag("int", "a load that fails is not retried: it fails at once, saying why"),
     "--host-policy": Flag(
@@ -58,11 +60,7 @@ FLAGS: Mapping[str, Flag] = {
         "Triton's host policies (NUMA nodes, CPU cores per instance group) are not in polystack: pin the runtimes "
         "with --runtime-cpus (and the front end with --frontend-cpus)",
     ),
-    "--rate-limit-resource": Flag(
-        "str", "", "*",
-        "Triton's rate limiter is not in polystack: bound a model's concurrency with its instance_group count or "
-        "--instances",
-    ),
+    "--rate-limit-resource": Flag("str", "the rate limiter they feed is off (polystack has none)"),
     "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
@@ -97,6 +95,10 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
         flag = FLAGS[name]
         for value in values:
             _check_value(name, flag.kind, value)
+            low, high = flag.low, flag.high
+            if (low is not None and int(value) < low) or (high is not None and int(value) > high):
+                span = f"from {low}" + (f" to {high}" if high is not None else "")
+                raise InvalidRequest(f"invalid argument for {name}: {value}; Triton takes {span}")
             if flag.lacks is not None and flag.lacks in ("*", _normal(flag.kind, value)):  # "*": any value
                 raise InvalidRequest(f"{name} {value}: {flag.missing}")
             if name == "--rate-limit" and value.lower() != "off":  # Triton's words

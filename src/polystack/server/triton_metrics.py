@@ -136,7 +136,8 @@ _LATENCY_COUNTERS = frozenset(n for n, v in _DURATIONS.items() if not v.startswi
 
 def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies: bool = True) -> bytes:
     """The text format's lines of Triton's families for ``models``, and the host's CPU ones (``cpu``); without
-    ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration counters."""
+    ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration counters, nor
+    its cache counters, which Triton makes among them."""
     models = list(models)
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
@@ -151,7 +152,7 @@ def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies
                 lines += [_sample(name, m, count, reason=reason) for reason, count in by_reason.items()]
             else:
                 lines.append(_sample(name, m, _value(name, m)))
-    cached = [m for m in models if m.cached]
+    cached = [m for m in models if m.cached] if counter_latencies else []  # Triton's are latency counters too
     for name, kind, text in _CACHE_FAMILIES if cached else ():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
         lines += [_sample(name, m, _value(name, m)) for m in cached]
