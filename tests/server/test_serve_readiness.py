@@ -236,3 +236,35 @@ def test_a_start_failure_before_the_model_is_read_leaves_the_server_ready_and_re
             "--grpc-port", "-1"]  # fmt: skip
     with cli_server(tmp_path / "home2", args, port, tmp_path / "serve2.log"):  # only the duplicate failed: ready
         assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()
+
+
+def test_an_ensemble_that_failed_at_start_for_its_model_loads_once_a_poll_loads_the_model(tmp_path: Path) -> None:
+    """helper-104: with --exit-on-error false, an ensemble whose model failed at start never loaded again once a
+    poll loaded the model fixed, and strict readiness stayed false until a restart."""
+    repo = tmp_path / "models"
+    (repo / "inner" / "1").mkdir(parents=True)
+    (repo / "inner" / "1" / "model.onnx").write_bytes(b"not onnx")
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"inner", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository",
+           str(repo), "--exit-on-error=false", "--repository-poll-secs", "0.2", "--grpc-port", "-1", "--http-port",
+           str(port)]  # fmt: skip
+    proc = _started(cmd, port, tmp_path / "serve.log")
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert not client.is_model_ready("pipe") and not client.is_server_ready()
+        (repo / "inner" / "1" / "model.onnx").unlink()
+        mlp_onnx(repo / "inner" / "1" / "model.onnx")
+        deadline = time.monotonic() + 30
+        while not client.is_model_ready("pipe") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.is_model_ready("pipe") and client.is_server_ready()
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -384,6 +384,7 @@ class Server:
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e))
+                    self.plane.note_unmet(name)  # a poll that changes its models tries it again
         for name, (version, why, unread) in self.config.start_failures.items():
             failure = InvalidRequest(why).at_version(version)
             self.plane.note_failed_load(name, failure.before_model_read() if unread else failure)

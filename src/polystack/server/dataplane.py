@@ -1946,6 +1946,12 @@ class DataPlane:
             out += [{"name": n} for n in names - listed - failed.keys()]
         return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
 
+    def note_unmet(self, name: str) -> None:
+        """A repository ensemble that failed to load at start for want of its models (``--exit-on-error false``):
+        a poll that changes models tries it again, as it tries an ensemble a poll could not load."""
+        if self.repository is not None and self.repository.folder(name) is not None:
+            self._unmet.add(name)
+
     def note_failed_load(self, name: str, e: PolystackError) -> None:
         """A load of ``name`` at start that failed, the server serving on without it (``serve --exit-on-error
         false``): the index lists it with why, and strict readiness counts it."""
