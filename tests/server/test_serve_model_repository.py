@@ -1236,7 +1236,11 @@ def test_a_polled_model_whose_folder_comes_into_a_second_repository_is_unloaded_
         shutil.copytree(first / "m", second / "m")
         assert until(lambda: not client.is_model_ready("m"))
         [m] = [e for e in client.get_model_repository_index() if e["name"] == "m"]
-        assert m["state"] == "UNAVAILABLE", m
+        assert m["state"] == "UNAVAILABLE" and "model appears in two or more repositories" in m["reason"], m
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        with pytest.raises(InferenceServerException, match="model appears in two or more repositories"):
+            client.infer("m", [x])
         shutil.rmtree(first / "m")
         assert until(lambda: client.is_model_ready("m", "1"))  # the second one's, alone now
         client.close()

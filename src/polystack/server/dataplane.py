@@ -1081,16 +1081,16 @@ class DataPlane:
                 entry = self.engine.get(name, v)
             except (ModelNotFound, VersionNotFound) as e:
                 stopped = {n for n, _ in frozenset(self._stopped)}
-                if isinstance(e, ModelNotFound) and name in stopped:  # an ensemble (never in the store) unloaded
-                    raise ModelNotFound(
-                        f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
-                        "first"
-                    ) from None
                 failed = self._load_failures.get(name)
                 if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words: it knows the model
                     raise ModelNotFound(
                         f"Request for unknown model: {name!r} has no available versions; its last load failed: "
                         f"{failed[1]}"
+                    ) from None
+                if isinstance(e, ModelNotFound) and name in stopped:  # an ensemble (never in the store) unloaded
+                    raise ModelNotFound(
+                        f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
+                        "first"
                     ) from None
                 raise _unknown(name, v, e) from None
             served = self._served.get((entry.name, entry.version))
@@ -2057,12 +2057,14 @@ class DataPlane:
             now[name] = model_repository.DUPLICATED  # read again once one repository holds it alone
             if repository.seen.get(name) == model_repository.DUPLICATED:
                 continue
+            served = [v for n, v in list(self._served) if n == name]
             if name in self._ensembles or self._serves_model(name):
                 self.unload(name)
                 changed = True
             why = f"failed to load {quote(name, 140)}: model appears in two or more repositories; keep it in one"
             log.error(why, extra={"model": name})
-            self._failed(name, InvalidRequest(why).before_model_read())
+            # at the latest version it served: the index lists it so, in place of "unloaded"
+            self._failed(name, InvalidRequest(why).before_model_read().at_version(max(served, default=None)))
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
