@@ -373,6 +373,7 @@ def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp
         assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
         client.load_model("plain", config=json.dumps({"versionPolicy": {"all": {}}}))  # both spellings
         assert _ready(client, "plain", "2") and _ready(client, "plain", "5")
+        assert client.get_model_config("plain")["version_policy"] == {"all": {}}  # as the load wrote it (helper-104)
         client.load_model("plain", config=json.dumps({"version_policy": {"latest": {"num_versions": 1.0}}}))
         assert not _ready(client, "plain", "2") and _ready(client, "plain", "5")
         client.load_model("plain", config=json.dumps({"version_policy": {}}))  # an empty one: Triton loads all

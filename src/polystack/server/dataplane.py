@@ -332,6 +332,7 @@ class DataPlane:
         # repository ensembles not served for want of their models as they are: a poll that changes models
         # loads them again (Triton's poll mode reloads an ensemble's dependents)
         self._unmet: set[str] = set()
+        self._load_policies: dict[str, Any] = {}  # by name: the version_policy the last load's config gave
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
@@ -804,7 +805,9 @@ class DataPlane:
             # the config replaces the folder's (or start config's) whole, its policy too: Triton's default then
             policy = model_repository.DEFAULT_POLICY
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
-            return self._load_from_repository(ref.name, config, policy=policy)
+            loaded = self._load_from_repository(ref.name, config, policy=policy)
+            self._note_policy(ref.name, policy if config is not None else None)
+            return loaded
         if ref.name in self._ensembles:
             raise InvalidRequest(
                 f"{ref.name!r} is an ensemble; load it by name from the model repository that holds its folder"
@@ -814,7 +817,18 @@ class DataPlane:
         known = sorted(r.version for r in self.store.models.list(ref.name)) if policy is not None else []
         if known:  # a policy picks among the versions the store holds (none: the load says the model is unknown)
             versions = model_repository.pick_versions(policy, known)
-        return self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config, agents)
+        entry = self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config, agents)
+        if ref.version is None:
+            self._note_policy(ref.name, policy if config is not None else None)
+        return entry
+
+    def _note_policy(self, name: str, policy: Any) -> None:
+        """The version_policy a load's config gave ``name`` (None: the load had no config, the folder's or start
+        config's holds again), which GET config shows as written while it picks what is served."""
+        if policy is None:
+            self._load_policies.pop(name, None)
+        else:
+            self._load_policies[name] = policy
 
     def _load_from_repository(
         self,
@@ -1279,6 +1293,7 @@ class DataPlane:
             known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
         start = self.model_configs.get(name)
         written = (start.written_policy or start.policy) if start is not None and pipeline is None else None
+        written = self._load_policies.get(name, written) if pipeline is None else None
         if written and served and known:  # as the config writes it, while it picks what is served (Triton's)
             with contextlib.suppress(InvalidRequest):
                 if sorted(model_repository.pick_versions(written, sorted(known))) == served:
@@ -2106,6 +2121,7 @@ class DataPlane:
             else:
                 changed = True
                 self._load_failures.pop(name, None)
+                self._load_policies.pop(name, None)  # the folder's config holds again
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
         still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
@@ -2169,6 +2185,7 @@ class DataPlane:
             )
         await self._control(lambda n: self.unload(n, dependents), name)
         self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
+        self._load_policies.pop(name, None)
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
