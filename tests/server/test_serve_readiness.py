@@ -268,3 +268,23 @@ def test_an_ensemble_that_failed_at_start_for_its_model_loads_once_a_poll_loads_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_ensemble_whose_step_has_no_folder_fails_its_load_and_leaves_the_server_ready(tmp_path: Path) -> None:
+    """helper-102: Triton's poll of such an ensemble fails, the model untracked, the server ready."""
+    repo = _repository(tmp_path / "models")
+    (repo / "lost" / "1").mkdir(parents=True)
+    (repo / "lost" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"nowhere", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "a", "--grpc-port",
+            "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException, match="the ensemble runs a model that is not served"):
+            client.load_model("lost")
+        assert client.is_server_ready()
+        client.close()

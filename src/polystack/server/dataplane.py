@@ -638,10 +638,13 @@ class DataPlane:
                 entry = self._get(step.model, step.asked)
             except NotFound as e:
                 words = e.message.removesuffix("; load it first")  # the engine's, said once
-                raise InvalidRequest(
+                refused = InvalidRequest(
                     f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
                     "the command line or give it a folder in the repository)"
-                ) from None
+                )
+                if self.repository is not None and self.repository.folder(step.model) is None:
+                    refused.before_model_read()  # a model no folder has: Triton's poll of the ensemble fails
+                raise refused from None
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
