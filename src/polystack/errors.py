@@ -107,6 +107,13 @@ class AlreadyExists(InvalidRequest):
     """A name already taken, say a shared memory region's: Triton answers ALREADY_EXISTS (HTTP 400)."""
 
 
+class NotUnique(InvalidRequest):
+    """A model folder in two or more repositories: its load fails before its model is read (Triton's poll fails)."""
+
+    unread = True
+    TRITON = "model appears in two or more repositories"  # Triton's words, the repository index's reason
+
+
 class NotFound(PolystackError):
     pass
 

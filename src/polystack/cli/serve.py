@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperCommand
 
 from polystack.cli.app import app, open_store
-from polystack.errors import InvalidRequest, PolystackError
+from polystack.errors import InvalidRequest, NotUnique, PolystackError
 
 if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
@@ -835,8 +835,7 @@ def _with_repositories(
                 seen[name] = model_repository.fingerprint(folder)
             if name in found:
                 twice[name] = (
-                    f"model appears in two or more repositories: {name!r} is in --model-repository {found[name]} and "
-                    f"in {root}; keep it in one"
+                    f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in one"
                 )
                 continue
             if name in named:
@@ -872,7 +871,7 @@ def _with_repositories(
                 done: list[Registered] = []
                 try:
                     if name in twice:  # Triton's load fails so: the model is not unique
-                        raise InvalidRequest(twice[name]).before_model_read()
+                        raise NotUnique(twice[name])
                     folder = found[name].resolve() / name
                     m = model_repository.register_folder(store, folder, done, rules=config.folder_rules)
                 except PolystackError as e:
@@ -883,7 +882,8 @@ def _with_repositories(
                         "failed to load a model at start; serving the others (--exit-on-error false)",
                         extra={"model": name, "error": e.message},
                     )
-                    failures[name] = (e.failed_version, f"failed to load {name!r}: {e.message}", e.unread)
+                    why = NotUnique.TRITON if isinstance(e, NotUnique) else f"failed to load {name!r}: {e.message}"
+                    failures[name] = (e.failed_version, why, e.unread)
                     continue
                 registered += done
                 read.add(name)

@@ -47,6 +47,7 @@ from polystack.errors import (
     ModelNotFound,
     ModelNotReady,
     NotFound,
+    NotUnique,
     PermissionDenied,
     PolystackError,
     ShuttingDown,
@@ -1099,10 +1100,12 @@ class DataPlane:
             except (ModelNotFound, VersionNotFound) as e:
                 stopped = {n for n, _ in frozenset(self._stopped)}
                 failed = self._load_failures.get(name)
-                if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words: it knows the model
+                if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words, then why
+                    # a model Triton tracks (its load failed) has no available versions; one whose load failed
+                    # before it was read (Triton's poll failed) is not found
+                    known = "is not found" if name in self._unread else "has no available versions"
                     raise ModelNotFound(
-                        f"Request for unknown model: {name!r} has no available versions; its last load failed: "
-                        f"{failed[1]}"
+                        f"Request for unknown model: {name!r} {known}; its last load failed: {failed[1]}"
                     ) from None
                 if isinstance(e, ModelNotFound) and name in stopped:  # an ensemble (never in the store) unloaded
                     raise ModelNotFound(
@@ -1981,7 +1984,7 @@ class DataPlane:
         (which lists it only while a load could serve the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of
         names nothing knows could grow it)."""
         self._load_failures.pop(name, None)
-        self._load_failures[name] = (e.failed_version, e.message)
+        self._load_failures[name] = (e.failed_version, NotUnique.TRITON if isinstance(e, NotUnique) else e.message)
         if e.unread:
             self._unread.add(name)
         else:
@@ -1995,6 +1998,11 @@ class DataPlane:
             raise InvalidRequest("a model name is required")
         repository = self.repository if self.repository_only else None
         files = model_files.given(parameters or {})
+        if files and "config" not in (parameters or {}):
+            raise InvalidRequest(  # Triton's words, then what to do
+                f"failed to load {quote(name, 140)}, failed to poll from model repository: a load with file: "
+                "parameters needs the 'config' parameter too, the model configuration of those files"
+            )
         if repository is not None and not files and not self._in_repository(name, repository):
             raise InvalidRequest(  # Triton's words, then what to do
                 f"failed to load {quote(name, 140)}, failed to poll from model repository: no model folder "
@@ -2079,10 +2087,11 @@ class DataPlane:
             if name in self._ensembles or self._serves_model(name):
                 self.unload(name)
                 changed = True
-            why = f"failed to load {quote(name, 140)}: model appears in two or more repositories; keep it in one"
-            log.error(why, extra={"model": name})
+            log.error(
+                f"failed to load {quote(name, 140)}: {NotUnique.TRITON}; keep it in one", extra={"model": name}
+            )
             # at the latest version it served: the index lists it so, in place of "unloaded"
-            self._failed(name, InvalidRequest(why).before_model_read().at_version(max(served, default=None)))
+            self._failed(name, NotUnique(NotUnique.TRITON).at_version(max(served, default=None)))
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import InvalidRequest, NotFound, PolystackError, quote
+from polystack.errors import InvalidRequest, NotFound, NotUnique, PolystackError, quote
 from polystack.server import model_config, model_files, repository_agents
 from polystack.server.ensemble import Ensemble, is_ensemble
 from polystack.server.ensemble import read as read_ensemble
@@ -269,10 +269,9 @@ class ModelRepository:
         folder = self.folder(name)
         also = [root for root in self.roots if folder is not None and (root / name).is_dir()][1:]
         if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
-            raise InvalidRequest(  # Triton's words, then where and what to do
-                f"model appears in two or more repositories: {name!r} is in --model-repository {folder.parent} and "
-                f"in {also[0]}; keep it in one"
-            ).before_model_read()
+            raise NotUnique(  # Triton's words, then where and what to do
+                f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
+            )
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "
