@@ -34,6 +34,16 @@ def _repository(root: Path) -> Path:
     return root
 
 
+def _ensemble(folder: Path, step: str) -> None:
+    """An ensemble's repository folder whose one step runs model ``step`` (x [16] -> y [4])."""
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        f'"{step}", model_version: -1, input_map {{ key: "x" value: "IN" }}, output_map {{ key: "y" value: "OUT" }} }} ] }}\n'
+    )
+
+
 def _live(port: int) -> bool:
     try:
         return bool(httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_server_live())
@@ -247,12 +257,7 @@ def test_an_ensemble_that_failed_at_start_for_its_model_loads_once_a_poll_loads_
     repo = tmp_path / "models"
     (repo / "inner" / "1").mkdir(parents=True)
     (repo / "inner" / "1" / "model.onnx").write_bytes(b"not onnx")
-    (repo / "pipe" / "1").mkdir(parents=True)
-    (repo / "pipe" / "config.pbtxt").write_text(
-        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
-        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
-        '"inner", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
-    )
+    _ensemble(repo / "pipe", "inner")
     port = free_port()
     cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository",
            str(repo), "--exit-on-error=false", "--repository-poll-secs", "0.2", "--grpc-port", "-1", "--http-port",
@@ -276,12 +281,7 @@ def test_an_ensemble_that_failed_at_start_for_its_model_loads_once_a_poll_loads_
 def test_an_ensemble_whose_step_has_no_folder_fails_its_load_and_leaves_the_server_ready(tmp_path: Path) -> None:
     """helper-102: Triton's poll of such an ensemble fails, the model untracked, the server ready."""
     repo = _repository(tmp_path / "models")
-    (repo / "lost" / "1").mkdir(parents=True)
-    (repo / "lost" / "config.pbtxt").write_text(
-        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
-        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
-        '"nowhere", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "OUT" } } ] }\n'
-    )
+    _ensemble(repo / "lost", "nowhere")
     port = free_port()
     args = ["--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "a", "--grpc-port",
             "-1"]  # fmt: skip

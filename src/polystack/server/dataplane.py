@@ -1939,6 +1939,9 @@ class DataPlane:
         else lists, ``UNAVAILABLE`` with the failure; every other name a load could serve (the store's, the
         repository's folders), by its name alone. Without model control no load serves the store's models:
         those not served are not listed (as Triton's index lists its repository, not whatever else the disk holds)."""
+        # the versions loading, read before those served: a load routes to its versions before it stops calling
+        # them loading, so a version read in neither (a load ending between the two reads) cannot be
+        building = frozenset(self._loading)
         ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
         ready |= {(name, p.ensemble.version) for name, p in list(self._ensembles.items())}
         out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
@@ -1951,7 +1954,7 @@ class DataPlane:
                 names |= self.repository.others if self.repository_only else set()
             names |= self._noted  # a model that failed at start (--exit-on-error false): listed with why
             gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
-            loading = {(n, v) for n, v in frozenset(self._loading) - ready if n in names}
+            loading = {(n, v) for n, v in building - ready if n in names}
             gone -= loading
             out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
             out += [{"name": n, "version": str(v), "state": "LOADING"} for n, v in loading]
