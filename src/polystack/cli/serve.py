@@ -802,6 +802,7 @@ def _with_repositories(
     at start, the folders of those the repositories hold and of the models their ensembles run (the rest are
     read when a load names them, as Triton reads them), the others the store's; None: every folder's."""
     from polystack.server import model_repository
+    from polystack.server.dataplane import load_failed
     from polystack.store import ModelRef
 
     models, configs = list(config.models), dict(config.model_configs)
@@ -882,8 +883,7 @@ def _with_repositories(
                         "failed to load a model at start; serving the others (--exit-on-error false)",
                         extra={"model": name, "error": e.message},
                     )
-                    why = NotUnique.TRITON if isinstance(e, NotUnique) else f"failed to load {name!r}: {e.message}"
-                    failures[name] = (e.failed_version, why, e.unread)
+                    failures[name] = load_failed(name, e)
                     continue
                 registered += done
                 read.add(name)

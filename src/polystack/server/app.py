@@ -146,7 +146,7 @@ class ServeConfig:
     exit_on_error: bool = True
     strict_readiness: bool = True
     # the repository folders a start could not read (--exit-on-error false), by name: the version and why
-    start_failures: Mapping[str, tuple[int | None, str, bool]] = field(default_factory=dict)  # and whether unread
+    start_failures: Mapping[str, PolystackError] = field(default_factory=dict)
     # Triton's explicit model control: loads by name and the index know the repositories alone, not the store
     repository_only: bool = False
     # how repository folders are read (--model-config-name, --disable-auto-complete-config)
@@ -385,9 +385,8 @@ class Server:
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e))
                     self.plane.note_unmet(name)  # a poll that changes its models tries it again
-        for name, (version, why, unread) in self.config.start_failures.items():
-            failure = InvalidRequest(why).at_version(version)
-            self.plane.note_failed_load(name, failure.before_model_read() if unread else failure)
+        for name, failure in self.config.start_failures.items():
+            self.plane.note_failed_load(name, failure)
 
     def _failed_at_start(self, name: str, e: PolystackError) -> None:
         """A model that failed to load at start: the start fails, unless --exit-on-error false, which logs it

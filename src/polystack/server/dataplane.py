@@ -1297,8 +1297,9 @@ class DataPlane:
             known = model_repository.folder_versions(folder)
         else:  # an ensemble outside a repository has the one version it serves
             known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
-        start = self.model_configs.get(name)
-        written = (start.written_policy or start.policy) if start is not None and pipeline is None else None
+        written = None  # the policy a load's config or the start's wrote (an ensemble's is its one version)
+        if pipeline is None and (start := self.model_configs.get(name)) is not None:
+            written = start.written_policy or start.policy
         written = self._load_policies.get(name, written) if pipeline is None else None
         if written and served and known:  # as the config writes it, while it picks what is served (Triton's)
             with contextlib.suppress(InvalidRequest):
@@ -2035,11 +2036,7 @@ class DataPlane:
             raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
         if model_files.given(parameters):
             files = model_files.read(parameters)
-            if config is None:
-                raise InvalidRequest(
-                    "a load with file: parameters needs the 'config' parameter too, as in Triton: the model "
-                    "configuration of those files"
-                )
+            assert config is not None  # repository_load refused files without their config, in Triton's words
             await self._control(lambda n: self._load_files(n, files, config), name)
             return
         await self._control(lambda n: self._load_only(n, config), name)
