@@ -40,7 +40,7 @@ RESULTS = ROOT / "bench" / "results" / "ensemble.json"
 START, END = "<!-- ensemble:start -->", "<!-- ensemble:end -->"
 WAYS = ("chain", "ensemble")
 CONCURRENCY = (1, 8)
-_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+_LENGTH = re.compile(rb"\ncontent-length: *(\d+)", re.I)  # at a line start: not Inference-Header-Content-Length
 _HEADER = re.compile(rb"inference-header-content-length: *(\d+)", re.I)
 PIPE = """
 platform: "ensemble"

@@ -44,7 +44,7 @@ BULK_ITEMS = 8
 INTERACTIVE_EVERY_S = 0.010
 CELLS = ("alone", "no priority levels", "priority levels")  # the interactive client alone; with bulk, each model
 MODEL = {"alone": "cnn", "no priority levels": "cnn", "priority levels": "cnn_prio"}
-_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+_LENGTH = re.compile(rb"\ncontent-length: *(\d+)", re.I)  # at a line start: not Inference-Header-Content-Length
 
 CONFIG = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000 %s}\n"
 LEVELS = "priority_levels: 2 default_priority_level: 2 "

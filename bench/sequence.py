@@ -46,7 +46,7 @@ WAYS = ("client state", "sequence batching")
 CONCURRENCY = (1, 8)
 STEPS = 32  # requests a sequence
 X, H, Y = 64, 1024, 16
-_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+_LENGTH = re.compile(rb"\ncontent-length: *(\d+)", re.I)  # at a line start: not Inference-Header-Content-Length
 _HEADER = re.compile(rb"inference-header-content-length: *(\d+)", re.I)
 _ids = itertools.count(1)
 

@@ -431,7 +431,7 @@ def start_mlserver(
 
 
 # -- the client ----------------------------------------------------------------------------------
-_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+_LENGTH = re.compile(rb"\ncontent-length: *(\d+)", re.I)  # at a line start: not Inference-Header-Content-Length
 
 
 def request_bytes(model: str, shape: list[int], port: int, binary: bool = False) -> bytes:
