@@ -81,8 +81,8 @@ class ModelStats:
                 d = self.durations[kind]
                 d.count += requests
                 d.ns += ns * requests
-            # an empty request (dimension 0 is 0) counts under batch size 0, as Triton's (every execution is a
-            # batch's: execution_count is the sum of batch_stats' counts)
+            # every execution is a batch's (execution_count is the sum of batch_stats' counts); a server refuses
+            # empty batches, as Triton does, so batch size 0 is an unbatched model's or one run in process
             per = self.batch_stats.get(batch_size)
             if per is None:
                 per = self.batch_stats[batch_size] = {k: Duration() for k in BATCH_DURATIONS}

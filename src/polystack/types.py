@@ -294,6 +294,12 @@ class Signature:
                         + f": it has {arr.shape[0]}, another input {batch}; every input carries the same batch size "
                         "on dimension 0"
                     )
+        if max_batch_size and batch == 0:  # Triton refuses an empty batch before its model runs
+            raise InvalidTensor(
+                "inference request batch-size must be >= 1"
+                + (f" for {model!r}" if model else "")
+                + ", not 0: the inputs have no rows; send at least one"
+            )
         if max_batch_size and batch is not None and batch > max_batch_size:
             raise InvalidTensor(
                 f"inference request batch-size must be <= {max_batch_size}"

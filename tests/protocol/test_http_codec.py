@@ -248,21 +248,20 @@ def test_shared_memory_tensors_are_refused_without_regions() -> None:
         http_codec.decode_infer_request(body.encode())
 
 
-@pytest.mark.parametrize(
-    ("outputs", "says"),
-    [
-        ([{"name": "y"}, {"name": "y", "parameters": {"binary_data": True}}], "asked for twice"),
-        (
-            [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "o",
-                                          "shared_memory_byte_size": 64}}],
-            "classification into shared memory",
-        ),
-    ],
-)  # fmt: skip
-def test_requested_outputs_that_cannot_all_be_answered_are_refused(outputs: list[object], says: str) -> None:
+def test_classes_into_shared_memory_are_refused() -> None:
+    outputs = [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "o",
+                                            "shared_memory_byte_size": 64}}]  # fmt: skip
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
-    with pytest.raises(InvalidRequest, match=says):
+    with pytest.raises(InvalidRequest, match="classification into shared memory"):
         http_codec.decode_infer_request(body.encode(), None, _Regions(b""))
+
+
+def test_an_output_asked_for_twice_is_answered_once_as_first_asked() -> None:
+    """Refused once; tritonserver 2.51 answers the output once (helper-106, -107)."""
+    outputs = [{"name": "y"}, {"name": "z"}, {"name": "y", "parameters": {"binary_data": True}}]
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
+    req = http_codec.decode_infer_request(body.encode())
+    assert [(o.name, o.binary) for o in req.outputs or []] == [("y", False), ("z", False)]
 
 
 def _config(dims: list[int], data_type: str = "TYPE_FP32", max_batch_size: int = 0, inputs: int = 1) -> dict:
@@ -297,3 +296,24 @@ def test_a_raw_request_that_cannot_be_deduced_is_refused_in_tritons_words(config
     with pytest.raises((InvalidRequest, InvalidTensor)) as refused:
         http_codec.decode_raw_request(body, "m", config)
     assert words in refused.value.message, refused.value.message
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_float_outputs_are_written_as_the_float64_each_value_is(dtype: type) -> None:
+    """As tritonserver 2.51 writes them (helper-106): 1.1 in float32 is 1.100000023841858, which a JSON
+    reader's float64 holds exactly; the shortest float32 text, 1.1, read as float64 is another number."""
+    y = np.array([[1.1, -3.3, 1e-3]], dtype)
+    head, _ = http_codec.encode_infer_response(InferResponse("m", "1", {"y": y}), {}, False)
+    data = json.loads(head)["outputs"][0]["data"]
+    assert data == [float(v) for v in y.ravel()]  # float() of a float32/16: the exact value, as float64
+    if dtype is np.float32:
+        assert b"1.100000023841858" in head
+
+
+def test_an_empty_request_id_is_no_id() -> None:
+    """Triton leaves an empty id out of its answer (tritonserver 2.51, helper-106); polystack echoed ""."""
+    body = json.dumps({"id": "", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]})
+    req = http_codec.decode_infer_request(body.encode())
+    assert req.id is None
+    head, _ = http_codec.encode_infer_response(InferResponse("m", "1", {"y": np.ones((1, 1), np.float32)}, id=req.id), {}, False)
+    assert "id" not in json.loads(head)

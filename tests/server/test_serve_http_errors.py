@@ -383,6 +383,15 @@ def test_unsupported_content_type_is_415(raw: Raw) -> None:
     check_error(raw, status, json.loads(data), 415, "br")
 
 
+@pytest.mark.parametrize("ctype", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded"])
+def test_bodies_sent_as_text_or_form_are_read_as_json(raw: Raw, ctype: str) -> None:
+    """A browser's fetch() of a string body sends text/plain, and curl -d form-urlencoded: tritonserver 2.51
+    reads both (helper-106), where polystack answered text/plain with a 415."""
+    body = json.dumps({"inputs": [good_input()]})
+    status, _, data = raw.request("POST", INFER, body, {"Content-Type": ctype})
+    assert status == 200, data
+
+
 def test_gzip_body_is_accepted(raw: Raw) -> None:
     body = gzip.compress(json.dumps({"inputs": [good_input()]}).encode())
     status, _, data = raw.request("POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})

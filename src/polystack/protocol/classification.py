@@ -21,9 +21,12 @@ from polystack.types import DType, Signature
 
 
 def parse_count(raw: object, output: str) -> int:
-    """The classification parameter's class count: a positive integer, or InvalidRequest."""
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise InvalidRequest(f"output {output!r}: 'classification' must be a positive integer (the class count)")
+    """The classification parameter's class count: a non-negative integer (0, as in Triton: no classification),
+    or InvalidRequest."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise InvalidRequest(
+            f"output {output!r}: 'classification' must be a non-negative integer (the class count; 0 asks for none)"
+        )
     return raw
 
 
@@ -55,7 +58,11 @@ def top_classes(
     if values.dtype.kind not in "iuf":
         raise InvalidRequest(f"output {name!r} holds {values.dtype} values; classification needs a numeric output")
     # the per-item size spelled out: numpy cannot infer a -1 next to an empty batch
-    rows = values.reshape(values.shape[0], math.prod(values.shape[1:])) if batched and values.ndim > 0 else values.reshape(1, -1)
+    rows = (
+        values.reshape(values.shape[0], math.prod(values.shape[1:]))
+        if batched and values.ndim > 0
+        else values.reshape(1, -1)
+    )
     n = rows.shape[1]
     k = min(count, n)
     floats = values.dtype.kind == "f"

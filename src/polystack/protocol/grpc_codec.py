@@ -23,12 +23,12 @@ from polystack.protocol.wire import (
     RequestedOutput,
     cast_numbers,
     check_name,
-    check_requested_outputs,
     from_raw,
     from_shared_memory,
     no_shared_memory,
     parse_dtype,
     parse_shape,
+    requested_once,
     shared_memory_ref,
     to_raw,
 )
@@ -123,8 +123,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
         )
     # parameters read only when a tensor has some: an empty protobuf map cost ~1 us a tensor to convert
     shared = [
-        shared_memory_ref(params_dict(t.parameters), f"input {t.name!r}") if t.parameters else None
-        for t in req.inputs
+        shared_memory_ref(params_dict(t.parameters), f"input {t.name!r}") if t.parameters else None for t in req.inputs
     ]
     # raw_input_contents hold the inputs not in shared memory, in order (as tritonclient sends them)
     in_request = shared.count(None)
@@ -163,7 +162,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
             raise no_shared_memory(f"output {o.name!r}")
         k = oparams.get("classification")
         outputs.append(RequestedOutput(o.name, True, 0 if k is None else classification.parse_count(k, o.name), shm))
-    check_requested_outputs(outputs)
+    outputs = requested_once(outputs)
     return InferRequest(
         inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=_request_params(req.parameters)
     )
@@ -206,7 +205,11 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
             raise InvalidTensor(
                 f"unexpected explicit tensor data for input tensor {name!r} for model {model!r} is of type "
                 f"'{kind(dtype).value}', expected datatype '{dtype.value}'"
-                + (f"; send it in contents.{_CONTENTS_FIELD[dtype]}" if dtype in _CONTENTS_FIELD else "; send raw_input_contents")
+                + (
+                    f"; send it in contents.{_CONTENTS_FIELD[dtype]}"
+                    if dtype in _CONTENTS_FIELD
+                    else "; send raw_input_contents"
+                )
             )
         given = field
 

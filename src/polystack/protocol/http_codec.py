@@ -40,13 +40,13 @@ from polystack.protocol.wire import (
     RequestedOutput,
     cast_numbers,
     check_name,
-    check_requested_outputs,
     from_raw,
     from_shared_memory,
     no_shared_memory,
     parse_dtype,
     parse_shape,
     raw_view,
+    requested_once,
     shared_memory_ref,
 )
 from polystack.types import DType
@@ -259,12 +259,12 @@ def decode_infer_request(
                     shm,
                 )
             )
-        check_requested_outputs(outputs)
-        outputs = outputs or None
+        outputs = requested_once(outputs) or None
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidRequest("'id' must be a string")
-    return InferRequest(inputs=inputs, id=rid, outputs=outputs, parameters=request_params)
+    # an empty id is no id: Triton's answer then carries none
+    return InferRequest(inputs=inputs, id=rid or None, outputs=outputs, parameters=request_params)
 
 
 # the request parameters Triton's HTTP front end reads itself (ParseJsonTritonParams); the others are the model's
@@ -284,9 +284,7 @@ def _check_params(params: dict[str, Any]) -> None:
                 f"specified; rename {key!r}"
             )
         if not isinstance(value, str | int | float):  # bool is an int
-            raise InvalidRequest(
-                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
-            )
+            raise InvalidRequest(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
 
 
 def _flag(params: dict[str, Any], key: str, where: str) -> bool:
@@ -521,6 +519,11 @@ def _nonfinite(outs: list[dict[str, Any]]) -> bool:
 def json_data(arr: np.ndarray, dtype: DType) -> Any:
     if dtype is DType.BYTES:
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
-    if dtype is DType.BF16:
-        arr = arr.astype(np.float32)
+    if dtype in _WIDENED:
+        # each value written as the float64 it is exactly (1.100000023841858), as Triton writes them, not as the
+        # shortest text that reads back as the same float32 (1.1), which a float64 reader takes for another number
+        return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
     return np.ascontiguousarray(arr).reshape(-1)
+
+
+_WIDENED = frozenset({DType.FP32, DType.FP16, DType.BF16})

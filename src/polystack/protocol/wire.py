@@ -184,17 +184,18 @@ def shared_memory_ref(params: Mapping[str, Any] | None, what: str) -> ShmRef | N
     return ShmRef(region, size, offset)
 
 
-def check_requested_outputs(outputs: list[RequestedOutput]) -> None:
-    """Each output asked for once, and no top-k classes in shared memory (tritonclient refuses that too)."""
-    seen: set[str] = set()
+def requested_once(outputs: list[RequestedOutput]) -> list[RequestedOutput]:
+    """The outputs asked for, each once: an output asked for again is answered once, as it was asked first
+    (Triton keeps one request per output name). Top-k classes in shared memory are refused (tritonclient
+    refuses that too)."""
+    seen: dict[str, RequestedOutput] = {}
     for o in outputs:
-        if o.name in seen:
-            raise InvalidRequest(f"output {o.name!r} is asked for twice; ask for each output once")
-        seen.add(o.name)
         if o.shm is not None and o.classification:
             raise InvalidRequest(
                 f"output {o.name!r} asks for classification into shared memory; classes come back in the response"
             )
+        seen.setdefault(o.name, o)
+    return list(seen.values())
 
 
 def no_shared_memory(what: str) -> InvalidRequest:

@@ -87,8 +87,9 @@ _REASONS = {
     504: b"Gateway Timeout",
 }
 JSON = b"application/json"
-# Accepted request content types (the part before ';'). curl's default for -d is form-urlencoded,
-# so it is accepted as JSON rather than turning every first curl try into a 415.
+# Accepted request content types (the part before ';'). curl's default for -d is form-urlencoded, and a
+# browser's fetch() of a string body (Postman's raw text too) sends text/plain: both are read as JSON, as
+# Triton reads them (it reads no content type), rather than turning every first try into a 415.
 _ACCEPTED_TYPES = frozenset(
     {
         b"",
@@ -96,6 +97,7 @@ _ACCEPTED_TYPES = frozenset(
         b"application/octet-stream",
         b"application/vnd.sagemaker-triton.binary+json",
         b"application/x-www-form-urlencoded",
+        b"text/plain",
     }
 )
 _MAX_PIPELINED = 32

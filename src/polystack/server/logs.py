@@ -121,15 +121,18 @@ class LogSettings(logging.Filter):
         return {"log_file": self.file, **self.switches, "log_verbose_level": self.verbose, "log_format": self.format}
 
     def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply ``changes`` (all or none: each is checked first; null leaves a setting as it is, as in
-        Triton) and return every setting."""
+        """Apply ``changes`` (all or none: each is checked first; null leaves a setting as it is, and a key
+        that names no setting is left unread, as in Triton) and return every setting."""
         switches = dict(self.switches)
         verbose = self.verbose
         form = self.format
         known = ["log_file", *_SWITCHES, "log_verbose_level", "log_format"]
         for key, value in changes.items():
-            if key not in known:
-                raise InvalidRequest(f"unknown log setting {quote(key)}; polystack has {', '.join(known)}")
+            if key not in known:  # left unread, as Triton reads only the settings it has
+                logging.getLogger("polystack.server").warning(
+                    "log setting %s is not one of %s: left unread", quote(key), ", ".join(known)
+                )
+                continue
             if value is None:
                 continue
             if key in switches:

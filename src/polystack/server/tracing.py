@@ -198,8 +198,12 @@ class Tracing:
         }
 
     def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply ``changes`` (all or none: each is checked first) and return the settings in effect."""
-        parsed = {key: _parse(key, value) for key, value in changes.items()}
+        """Apply ``changes`` (all or none: each is checked first; keys that name no setting are left unread,
+        as in Triton) and return the settings in effect."""
+        unknown = [key for key in changes if key not in SETTINGS and key not in ("trace_file", "log_frequency")]
+        if unknown:  # left unread, as Triton reads only the settings it has
+            log.warning("trace settings %s are not among %s: left unread", unknown, ", ".join(SETTINGS))
+        parsed = {key: _parse(key, value) for key, value in changes.items() if key not in unknown}
         for key in ("trace_mode", "trace_file", "log_frequency"):  # checked: nothing they can change
             parsed.pop(key, None)
         if parsed.get("trace_level"):
@@ -225,8 +229,6 @@ class Tracing:
 
 def _parse(key: str, value: Any) -> Any:
     """One setting's new value (None: clear it), or InvalidRequest saying what it takes."""
-    if key not in SETTINGS and key not in ("trace_file", "log_frequency"):
-        raise InvalidRequest(f"unknown trace setting {quote(key)}; polystack has {', '.join(SETTINGS)}")
     if key == "trace_file" or key == "log_frequency":
         if value is None:
             return None
