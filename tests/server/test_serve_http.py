@@ -232,6 +232,7 @@ def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) 
         "binary_tensor_data",
         "classification",
         "model_configuration",
+        "parameters",  # Triton 2.51 lists it: request parameters are read (helper-106)
         "schedule_policy",
         "sequence",
         "statistics",

@@ -224,20 +224,30 @@ def test_a_stream_reads_on_while_its_next_answer_waits_for_requests_behind_it(tm
     assert got == sent
 
 
-def test_a_model_without_sequence_batching_refuses_sequence_requests(tmp_path: Path) -> None:
+def test_a_model_without_sequence_batching_ignores_sequence_parameters_as_triton_does(tmp_path: Path) -> None:
+    """tritonserver 2.51 answers them as any request (helper-107): refusing them broke clients that send a
+    correlation ID whatever the model (session-routing wrappers, perf_analyzer's --sequence-id-range)."""
     repo = sequence_repository(tmp_path / "models")
     (repo / "plain" / "1").mkdir(parents=True)
     from polystack.examples import mlp_onnx
 
     mlp_onnx(repo / "plain" / "1" / "model.onnx", sizes=(1, 2))
-    port = free_port()
-    with cli_server(tmp_path / "home", ["--model-repository", str(repo)], port, tmp_path / "serve.log"):
+    port, gport = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(gport)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         x = httpclient.InferInput("x", [1, 1], "FP32")
         x.set_data_from_numpy(np.ones((1, 1), np.float32))
-        with pytest.raises(InferenceServerException, match="has no sequence_batching in its config"):
-            http.infer("plain", [x], sequence_id=1, sequence_start=True)
-        assert http.infer("plain", [x]).as_numpy("y").shape == (1, 2)
+        want = http.infer("plain", [x]).as_numpy("y")
+        for _ in range(2):
+            got = http.infer("plain", [x], sequence_id=1, sequence_start=True, sequence_end=True).as_numpy("y")
+            np.testing.assert_array_equal(got, want)
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{gport}")
+        gx = grpcclient.InferInput("x", [1, 1], "FP32")
+        gx.set_data_from_numpy(np.ones((1, 1), np.float32))
+        np.testing.assert_array_equal(grpc.infer("plain", [gx], sequence_id="s", sequence_start=True).as_numpy("y"), want)
+    said = [line for line in (tmp_path / "serve.log").read_text().splitlines() if "sequence parameters" in line]
+    assert len(said) == 1 and '"model":"plain"' in said[0]
 
 
 def test_a_load_with_get_configs_answer_reads_the_initial_state_from_the_models_folder(tmp_path: Path) -> None:

@@ -202,16 +202,19 @@ _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the n
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
 
 
-def _refuse_sequences(name: str, parameters: dict[str, Any]) -> None:
-    """Sequence requests to a model without sequence batching: refused, where Triton ignores them (the client
-    means a state the model would not keep)."""
-    for key in _SEQUENCE_KEYS:
-        if parameters.get(key):
-            raise InvalidRequest(
-                f"the request sets {key!r}, but model {name!r} has no sequence_batching in its config, so it keeps "
-                "no state between requests; send the request without sequence parameters, or load the model with a "
-                "config that sets sequence_batching"
-            )
+def _ignore_sequences(name: str, parameters: dict[str, Any]) -> None:
+    """Sequence parameters sent to a model without sequence batching: ignored, as Triton ignores them (the model
+    keeps no state, so its answer is the same with them or without); said once per model in the log."""
+    if name not in _SEQUENCES_IGNORED and any(parameters.get(key) for key in _SEQUENCE_KEYS):
+        _SEQUENCES_IGNORED.add(name)
+        log.warning(
+            "sequence parameters sent to a model without sequence_batching are ignored, as Triton ignores them: "
+            "it keeps no state between requests",
+            extra={"model": name},
+        )
+
+
+_SEQUENCES_IGNORED: set[str] = set()  # the models the log named already (said once a process)
 
 
 def _size(array: np.ndarray) -> int:
@@ -1160,8 +1163,10 @@ class DataPlane:
 
     def extensions(self) -> list[str]:
         # "sequence": Triton's sequence extension (sequence_id, sequence_start, sequence_end; sequence.py);
-        # "schedule_policy": its priority and timeout request parameters
-        ext = ["binary_tensor_data", "classification", "model_configuration", "schedule_policy", "sequence", "statistics"]
+        # "schedule_policy": its priority and timeout request parameters; "parameters": a request's, its
+        # inputs' and outputs' parameters objects are read (Triton lists it: tritonserver 2.51, helper-106)
+        ext = ["binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
+               "sequence", "statistics"]  # fmt: skip
         if self.log_settings is not None:
             ext += ["logging", "trace"]
         # both, as Triton lists them whatever its model control: the index answers, loads may be refused
@@ -1391,7 +1396,7 @@ class DataPlane:
             served = pinned or self._get(name, version)
             entry = served.entry
             if request.parameters and served.sequencer is None:
-                _refuse_sequences(name, request.parameters)
+                _ignore_sequences(name, request.parameters)
             model_label = (entry.name, str(entry.version))
             outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
             classes = request.classifications if request.outputs is not None else None
@@ -1476,7 +1481,7 @@ class DataPlane:
             # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
             stateful = self._stateful(pipeline, pins=holding) if request.parameters else set()
             if request.parameters and not stateful:
-                _refuse_sequences(name, request.parameters)
+                _ignore_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
             pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None, name)
             asked = request.output_names or pipeline.signature.output_names
