@@ -22,6 +22,8 @@
     │   ├── ShuttingDown                refused because the server drains (not logged as its failure)
     │   ├── ModelControlOff             a load or unload where model control is off or polls (nor this)
     │   └── BackendUnavailable          the runtime is not installed or offers no such device
+    ├── InternalRefusal                 a caller's mistake Triton answers INTERNAL (HTTP 500, INTERNAL: Triton's)
+    │   └── PollFailed                  a load of nothing readable by that name
     ├── DeadlineExceeded                a request waited past its timeout          (HTTP 503, UNAVAILABLE: Triton's)
     ├── Cancelled                       ended by another's cancellation (its sequence's) (HTTP 400, CANCELLED)
     └── BackendError                    the runtime failed on valid input          (HTTP 500, INTERNAL)
@@ -190,6 +192,21 @@ class ModelControlOff(Unavailable):
 
 class BackendUnavailable(Unavailable):
     pass
+
+
+class InternalRefusal(PolystackError):
+    """A caller's mistake that Triton answers INTERNAL (HTTP 500), answered with its code for the clients that
+    read it (a shared memory key that does not exist, an output region too small): not the server's failure."""
+
+    server_failure = False
+
+
+class PollFailed(InternalRefusal):
+    """A load of a name that no repository or store holds, or whose model could not be read (its config
+    unreadable, its folder in two repositories, file: parameters without their config): Triton's "failed to
+    poll from model repository", which it answers INTERNAL (HTTP 500)."""
+
+    unread = True
 
 
 class DeadlineExceeded(PolystackError):

@@ -241,6 +241,10 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
             same_config_both_ways(http, grpc, name)
         shown = http.get_model_config("pipe")
         assert shown["version_policy"] == {"latest": {"num_versions": 1}}  # as Triton shows one (none was shown)
+        # Triton's fields at their defaults, which tritonserver 2.51 shows for an ensemble too (helper-108)
+        assert (shown["instance_group"], shown["parameters"], shown["model_warmup"], shown["metric_tags"]) == ([], {}, [], {})
+        assert all(i["optional"] is False and i["is_shape_tensor"] is False for i in shown["input"])
+        assert all(o["label_filename"] == "" for o in shown["output"])
         http.load_model("pipe", config=json.dumps(shown))  # loads back as served
         assert http.get_model_config("pipe") == shown and http.is_model_ready("pipe", "1")
         steps = config["ensemble_scheduling"]["step"]

@@ -218,6 +218,22 @@ def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> No
         _refused(stub, req, "contents field must not be specified when using raw_input_contents for 'a' for model 'ident64'")
 
 
+def test_raw_contents_past_the_last_inputs_are_left_unread_and_too_few_are_refused(server: ServerThread) -> None:
+    """tritonserver 2.51 answers a request with more raw_input_contents than inputs, reading one per input
+    (helper-107), where polystack refused it."""
+    x = np.arange(4, dtype="<i8")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[x.tobytes(), b"\xff" * 32])
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        answer = stub.ModelInfer(req)
+        assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == x.tolist()
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[x.tobytes()])
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        req.inputs.add(name="b", datatype="INT64", shape=[1, 4])
+        _refused(stub, req, "2 inputs outside shared memory but 1 raw_input_contents")
+
+
 def test_unknown_models_and_malformed_versions_say_so_in_tritons_words(server: ServerThread) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -503,9 +519,10 @@ def test_a_stream_answers_in_the_order_it_sent_each_answer_final_as_tritons(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:
     """Triton writes a stream's answers to a model that is not decoupled in the order of its requests (a
-    slow request holds back the faster ones sent after it), failures included, each with the parameter
-    triton_final_response true: tritonclient drops a failed answer's id, so its place is what tells a
-    client which request failed, and stream clients read answers until that parameter says the last came."""
+    slow request holds back the faster ones sent after it), failures included: tritonclient drops a failed
+    answer's id, so its place is what tells a client which request failed. Each answer that succeeds carries
+    triton_final_response true (stream clients read answers until it says the last came); a failure carries
+    its id alone, as tritonserver 2.51's does (helper-107)."""
     store, _ = model_store
     st = start(store, models=["mlp", "slow"])
     try:
@@ -522,7 +539,9 @@ def test_a_stream_answers_in_the_order_it_sent_each_answer_final_as_tritons(
             answers = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent), timeout=30))
         assert [a.infer_response.id for a in answers] == ["s0", "f0", "bad", "f1", "s1", "f2"]
         assert [bool(a.error_message) for a in answers] == [False, False, True, False, False, False]
-        assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers)
+        failed = next(a for a in answers if a.error_message).infer_response
+        assert failed == pb.ModelInferResponse(id="bad")  # its id alone (a map read below would add a key)
+        assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers if not a.error_message)
 
         client = grpcclient.InferenceServerClient(st.grpc_url)
         got: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -988,3 +1007,21 @@ def test_tritons_max_connection_age_closes_old_connections_and_clients_reconnect
         st.stop()
     line = refused_at_start(tmp_path, ["--grpc-max-connection-age", "-5"])
     assert "--grpc-max-connection-age takes 0 to 2147483647, not -5" in line, line
+
+
+def test_a_repository_named_in_an_index_load_or_unload_is_unsupported_as_in_triton(server: ServerThread) -> None:
+    """tritonserver 2.51 answers UNIMPLEMENTED, "'repository_name' specification is not supported" (helper-107);
+    polystack answered with every repository's models."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            (stub.RepositoryIndex, pb.RepositoryIndexRequest(repository_name="x")),
+            (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(repository_name="x", model_name="mlp")),
+            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(repository_name="x", model_name="mlp")),
+        ]
+        for call, request in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                call(request)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert (e.value.details() or "").startswith("'repository_name' specification is not supported")
+        assert len(stub.RepositoryIndex(pb.RepositoryIndexRequest()).models) > 0

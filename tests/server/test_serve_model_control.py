@@ -130,7 +130,10 @@ def test_poll_and_none_modes_are_polystacks_polling_and_default(tmp_path: Path) 
         with pytest.raises(InferenceServerException, match="not allowed"):
             client.load_model("d")
         client.close()
-    assert "polls the repository only in --model-control-mode poll, not none: ignored" in (tmp_path / "serve2.log").read_text()
+    assert (
+        "polls the repository only in --model-control-mode poll, not none: ignored"
+        in (tmp_path / "serve2.log").read_text()
+    )
 
 
 def test_model_control_flags_that_cannot_work_exit_2_in_tritons_words(tmp_path: Path) -> None:
@@ -172,9 +175,12 @@ def test_explicit_mode_over_a_repository_reads_its_folders_alone_as_triton_does(
         for name in ("solo", "a:1"):
             with pytest.raises(InferenceServerException, match="failed to poll from model repository") as e:
                 client.load_model(name)
-            assert e.value.status() == "400"
-        with pytest.raises(InferenceServerException, match=r"model appears in two or more repositories: 'b' is in .* keep it in one"):
+            assert e.value.status() == "500"  # Triton's code for a load it cannot poll (tritonserver 2.51)
+        with pytest.raises(
+            InferenceServerException, match=r"model appears in two or more repositories: 'b' is in .* keep it in one"
+        ) as e:
             client.load_model("b")
+        assert e.value.status() == "500" and "failed to poll from model repository" in e.value.message()
         client.load_model("inner")
         assert _ready(client) == ["a", "inner"]
         client.close()
@@ -188,3 +194,110 @@ def test_explicit_mode_over_a_repository_reads_its_folders_alone_as_triton_does(
         assert _ready(client) == ["a"]
         client.close()
     assert "model not found in any model repository" in (tmp_path / "serve2.log").read_text()
+
+
+def test_loads_triton_cannot_poll_are_500_and_an_unknown_load_parameter_is_refused(tmp_path: Path) -> None:
+    """tritonserver 2.51 (helper-107, -108): a load whose model it cannot read answers INTERNAL, 500, in its words,
+    where polystack answered 400; and a load parameter it does not know is refused, where polystack loaded the
+    folder's config (a misspelt config= went unnoticed)."""
+    import urllib.error
+    import urllib.request
+
+    import grpc as grpclib
+
+    from polystack.protocol.grpc_gen import inference_pb2 as pb
+    from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+
+    repo = _repository(tmp_path / "models")
+    (repo / "bad" / "1").mkdir(parents=True)
+    (repo / "bad" / "config.pbtxt").write_text("max_batch_size: [[[")
+    port, gport = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--model-control-mode", "explicit", "--grpc-port", str(gport)]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        for name, config in (("ghost", None), ("bad", None), ("a", "{not json")):
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model(name, config=config)
+            assert e.value.status() == "500", e.value
+            assert e.value.message().startswith(f"failed to load '{name}', failed to poll from model repository")
+        load = urllib.request.Request(f"http://127.0.0.1:{port}/v2/repository/models/a/load", method="POST",
+                                      data=json.dumps({"parameters": {"confg": "{}"}}).encode())  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as h:
+            urllib.request.urlopen(load)
+        assert h.value.code == 400
+        assert json.loads(h.value.read())["error"].startswith("unrecognized load parameter 'confg'.")
+        assert _ready(client) == []  # refused before anything loaded
+        for action in ("load", "unload"):  # answered with an empty body, as Triton answers (helper-108)
+            done = urllib.request.Request(f"http://127.0.0.1:{port}/v2/repository/models/a/{action}", method="POST",
+                                          data=b"{}")  # fmt: skip
+            with urllib.request.urlopen(done) as answer:
+                assert (answer.status, answer.read(), answer.headers["content-length"]) == (200, b"", "0")
+        with grpclib.insecure_channel(f"127.0.0.1:{gport}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.RepositoryModelLoadRequest(model_name="a")
+            request.parameters["confg"].string_param = "{}"
+            with pytest.raises(grpclib.RpcError) as r:
+                stub.RepositoryModelLoad(request)
+            assert r.value.code() == grpclib.StatusCode.INVALID_ARGUMENT
+            assert "unrecognized load parameter 'confg'" in (r.value.details() or "")
+            with pytest.raises(grpclib.RpcError) as r:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="ghost"))
+            assert r.value.code() == grpclib.StatusCode.INTERNAL
+        assert client.is_server_live()
+        client.close()
+
+
+def test_explicit_mode_loads_an_ensemble_again_once_its_model_is_loaded_again(tmp_path: Path) -> None:
+    """tritonserver 2.51 (helper-108): the unload of an ensemble's model unloads the ensemble, and a load of that
+    model brings it back; polystack left it unloaded until loaded by name. One unloaded by name stays unloaded."""
+    repo = _repository(tmp_path / "models")
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode", "explicit",
+                                       "--load-model", "pipe"])  # fmt: skip
+    i = httpclient.InferInput("IN", [1, 16], "FP32")
+    i.set_data_from_numpy(np.ones((1, 16), np.float32))
+    with server:
+        assert _ready(client) == ["inner", "pipe"]
+        client.unload_model("inner")
+        assert _ready(client) == []
+        client.load_model("a")  # another model: pipe still waits for inner
+        assert _ready(client) == ["a"]
+        client.load_model("inner")
+        assert _ready(client) == ["a", "inner", "pipe"]
+        assert client.infer("pipe", [i]).as_numpy("OUT").shape == (1, 4)
+        client.unload_model("inner")
+        client.unload_model("pipe")  # by name: it no longer waits for inner
+        client.load_model("inner")
+        assert _ready(client) == ["a", "inner"]
+        client.close()
+
+
+def test_a_load_without_a_config_keeps_the_last_loads_config_while_the_folder_is_unchanged(tmp_path: Path) -> None:
+    """tritonserver 2.51 (helper-108): a load without a config, after one with a config, finds the folder unmodified
+    since and does nothing, the config in force; polystack read the folder's config again. A folder changed since
+    is read again, its config with it."""
+    root = tmp_path / "models"
+    for v in (1, 2):
+        (root / "vall" / str(v)).mkdir(parents=True)
+        mlp_onnx(root / "vall" / str(v) / "model.onnx", seed=v)
+    (root / "vall" / "config.pbtxt").write_text("version_policy: { all: {} }\n")
+    client, server = _serve(tmp_path, ["--model-repository", str(root), "--model-control-mode", "explicit",
+                                       "--load-model", "vall"])  # fmt: skip
+
+    def versions() -> list[str]:
+        return sorted(m["version"] for m in client.get_model_repository_index() if m.get("state") == "READY")
+
+    with server:
+        assert versions() == ["1", "2"]
+        client.load_model("vall", config=json.dumps({"version_policy": {"specific": {"versions": [1]}}}))
+        assert versions() == ["1"]
+        client.load_model("vall")
+        assert versions() == ["1"]  # the folder is as it was: the config stays in force
+        (root / "vall" / "3").mkdir()
+        mlp_onnx(root / "vall" / "3" / "model.onnx", seed=3)
+        client.load_model("vall")
+        assert versions() == ["1", "2", "3"]  # changed since: read again, its own policy
+        client.load_model("vall", config=json.dumps({"version_policy": {"specific": {"versions": [2]}}}))
+        client.unload_model("vall")
+        client.load_model("vall")  # an unload ends the config's hold
+        assert versions() == ["1", "2", "3"]
+        client.close()

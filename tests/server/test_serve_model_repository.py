@@ -394,7 +394,10 @@ def test_a_loads_version_policy_picks_the_versions_it_serves_as_tritons_does(tmp
         del config["version_policy"]
         client.load_model("mlp", config=json.dumps(config))  # a config replaces the folder's whole: the latest
         assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
-        client.load_model("mlp")  # no config: the folder's, all
+        client.load_model("mlp")  # no config, the folder unchanged: the last config stays in force, as in Triton
+        assert _ready(client, "mlp", "3") and not _ready(client, "mlp", "1")
+        client.unload_model("mlp")
+        client.load_model("mlp")  # no config after an unload: the folder's, all
         assert _ready(client, "mlp", "1") and _ready(client, "mlp", "3")
 
 
@@ -1007,7 +1010,8 @@ def test_the_checksum_agent_a_config_names_checks_the_models_files_before_they_l
             h.load_model("good", config=json.dumps(_with_md5(shown, "e" * 32)))
         h.load_model("good", config=json.dumps({k: v for k, v in shown.items() if k != "model_repository_agents"}))
         assert "model_repository_agents" not in h.get_model_config("good")  # a load's config replaces the folder's
-        h.load_model("good")  # none: the folder's config, its agents run and shown
+        h.unload_model("good")
+        h.load_model("good")  # none, after an unload: the folder's config, its agents run and shown
         assert h.get_model_config("good")["model_repository_agents"] == ran
         (repo / "good" / "config.pbtxt").write_text(_checksummed("0" * 32))
         with pytest.raises(InferenceServerException, match=f"Mismatched MD5 hash for file 1/model.onnx, expect: {'0' * 32}, got: {md5}"):

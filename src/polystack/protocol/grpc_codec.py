@@ -125,9 +125,10 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     shared = [
         shared_memory_ref(params_dict(t.parameters), f"input {t.name!r}") if t.parameters else None for t in req.inputs
     ]
-    # raw_input_contents hold the inputs not in shared memory, in order (as tritonclient sends them)
+    # raw_input_contents hold the inputs not in shared memory, in order (as tritonclient sends them); any past
+    # the last input's are left unread, as Triton leaves them (tritonserver 2.51 answers such a request: helper-107)
     in_request = shared.count(None)
-    if raw and len(raw) != in_request:
+    if raw and len(raw) < in_request:
         raise InvalidRequest(
             f"the request has {in_request} inputs outside shared memory but {len(raw)} raw_input_contents; "
             "send one per input"

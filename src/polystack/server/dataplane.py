@@ -49,9 +49,11 @@ from polystack.errors import (
     NotFound,
     NotUnique,
     PermissionDenied,
+    PollFailed,
     PolystackError,
     ShuttingDown,
     Unavailable,
+    Unsupported,
     VersionNotFound,
     quote,
 )
@@ -183,6 +185,20 @@ def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused repository load of model ``name``, with Triton's words first (its model control
     examples look for them): the same error, whatever its type, wherever it was raised."""
     return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
+
+
+def _one_repository(repository_name: str) -> None:
+    """Triton's refusal of a repository named in an index, load or unload (gRPC's ``repository_name``): UNSUPPORTED,
+    where polystack answered of every repository (tritonserver 2.51, helper-107)."""
+    if repository_name:
+        raise Unsupported(
+            "'repository_name' specification is not supported; leave it out: the request is of every repository"
+        )
+
+
+def _polled(name: str) -> str:
+    """Triton's words for a load whose model could not be read (``PollFailed``)."""
+    return f"failed to load {quote(name, 140)}, failed to poll from model repository"
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
@@ -336,6 +352,10 @@ class DataPlane:
         # repository ensembles not served for want of their models as they are: a poll that changes models
         # loads them again (Triton's poll mode reloads an ensemble's dependents)
         self._unmet: set[str] = set()
+        # the models each of those runs, where known: explicit mode loads one again once they are all served
+        self._unmet_runs: dict[str, frozenset[str]] = {}
+        # repository models whose last load had a config: their folder then, which a load without one compares
+        self._configured: dict[str, model_repository.Fingerprint] = {}
         self._load_policies: dict[str, Any] = {}  # by name: the version_policy the last load's config gave
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
@@ -768,6 +788,7 @@ class DataPlane:
                 self._unload_ensemble(other, f"{name!r} changed")
                 if self.repository is not None and self.repository.owns(other):
                     self._unmet.add(other)
+                    self._unmet_runs[other] = frozenset(served.ensemble.models)
 
     def _serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
@@ -812,8 +833,16 @@ class DataPlane:
             # the config replaces the folder's (or start config's) whole, its policy too: Triton's default then
             policy = model_repository.DEFAULT_POLICY
         if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
+            kept = self._kept_config(ref.name) if config is None else None
+            if kept is not None:
+                return kept
             loaded = self._load_from_repository(ref.name, config, policy=policy)
             self._note_policy(ref.name, policy if config is not None else None)
+            folder = self.repository.folder(ref.name)
+            if config is not None and folder is not None:  # what a load without one compares with
+                self._configured[ref.name] = model_repository.fingerprint(folder)
+            else:
+                self._configured.pop(ref.name, None)
             return loaded
         if ref.name in self._ensembles:
             raise InvalidRequest(
@@ -828,6 +857,27 @@ class DataPlane:
         if ref.version is None:
             self._note_policy(ref.name, policy if config is not None else None)
         return entry
+
+    def _kept_config(self, name: str) -> LoadedEntry | ensemble.Ensemble | None:
+        """What a load without a config of repository model ``name`` serves when its last load had one and the
+        folder is as it was then: the same, that config in force, as Triton's load finds the folder unmodified
+        since and does nothing (tritonserver 2.51 kept serving the config's versions where polystack read the
+        folder's config again: helper-108). None: the load reads the folder."""
+        assert self.repository is not None
+        then, folder = self._configured.get(name), self.repository.folder(name)
+        if then is None or folder is None or model_repository.fingerprint(folder) != then:
+            return None
+        served = self._ensembles.get(name)
+        if served is not None:
+            return served.ensemble
+        entries = [e for e in self.engine.loaded() if e.name == name]
+        if not entries:
+            return None
+        log.info(
+            "load without a config: the folder is as it was at the load with one, which stays in force, as in Triton",
+            extra={"model": name},
+        )
+        return max(entries, key=lambda e: e.version)
 
     def _note_policy(self, name: str, policy: Any) -> None:
         """The version_policy a load's config gave ``name`` (None: the load had no config, the folder's or start
@@ -877,6 +927,7 @@ class DataPlane:
                 self.load_ensemble(pipeline, replace_model=True)
             except PolystackError:
                 self._unmet.add(name)  # a poll that changes models tries it again
+                self._unmet_runs[name] = frozenset(pipeline.models)
                 if failed is not None:
                     failed.add(name)
                 raise
@@ -1934,9 +1985,10 @@ class DataPlane:
                 "load and unload models (under --engine ray, which has none, name the models at start)"
             )
 
-    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+    async def repository_index(self, ready_only: bool = False, repository_name: str = "") -> list[dict[str, Any]]:
         """The repository index, read on a thread: it lists the store (with model control), and the repositories'
         folders (a network file system may be slow to answer), which the event loop must not wait for."""
+        _one_repository(repository_name)
         return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
 
     def _index(self, ready_only: bool) -> list[dict[str, Any]]:
@@ -2001,34 +2053,67 @@ class DataPlane:
         while len(self._load_failures) > _MAX_LOAD_FAILURES:
             self._load_failures.pop(next(iter(self._load_failures)))
 
-    async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+    async def repository_load(
+        self, name: str, parameters: dict[str, Any] | None = None, repository_name: str = ""
+    ) -> None:
+        _one_repository(repository_name)
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
+        parameters = parameters or {}
+        for key in parameters:  # a misspelt config= loaded the folder's config, the client none the wiser
+            if key != "config" and not key.startswith("file:"):
+                raise InvalidRequest(  # Triton's words (tritonserver 2.51 refuses the load: helper-107)
+                    f"unrecognized load parameter {quote(key, 140)}.; a load takes 'config' (the model "
+                    "configuration as JSON) and 'file:<path>' (the model's files)"
+                )
         repository = self.repository if self.repository_only else None
-        files = model_files.given(parameters or {})
-        if files and "config" not in (parameters or {}):
-            raise InvalidRequest(  # Triton's words, then what to do
-                f"failed to load {quote(name, 140)}, failed to poll from model repository: a load with file: "
-                "parameters needs the 'config' parameter too, the model configuration of those files"
+        files = model_files.given(parameters)
+        if files and "config" not in parameters:
+            raise PollFailed(  # Triton's words and code, then what to do
+                f"{_polled(name)}: a load with file: parameters needs the 'config' parameter too, the model "
+                "configuration of those files"
             )
         if repository is not None and not files and not self._in_repository(name, repository):
-            raise InvalidRequest(  # Triton's words, then what to do
-                f"failed to load {quote(name, 140)}, failed to poll from model repository: no model folder "
-                f"{name!r} in --model-repository {', '.join(map(str, repository.roots))}; add it, or load a model "
-                "folder it holds"
+            raise PollFailed(  # Triton's words and code, then what to do
+                f"{_polled(name)}: no model folder {name!r} in --model-repository "
+                f"{', '.join(map(str, repository.roots))}; add it, or load a model folder it holds"
             )
         try:
-            await self._repository_load(name, parameters or {})
+            await self._repository_load(name, parameters)
         except PolystackError as e:
+            if isinstance(e, NotFound):  # nothing of that name to load: Triton's poll finds nothing, its 500
+                raise PollFailed(f"{_polled(name)}: {e.message}") from None
+            detail = e.message
             failed = load_failed(name, e)
-            if isinstance(failed, NotFound):  # nothing of that name to load: Triton's 400, as for any load that fails
-                raise InvalidRequest(failed.message) from None
             self._failed(name, failed)
-            if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400 too
+            if e.unread and not isinstance(e, PollFailed):  # its model unread: Triton's poll fails, its 500
+                raise PollFailed(f"{_polled(name)}: {detail}") from None
+            if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
                 raise InvalidRequest(failed.message) from None
             raise failed from None
         self._load_failures.pop(name, None)
+        if self._unmet:
+            await self._control(self._restore_dependents, name)
+
+    def _restore_dependents(self, name: str) -> None:
+        """After an explicit load of ``name``: the repository ensembles not served for want of it load again once
+        every model they run is served, as Triton's load of a model loads the ensembles that depend on it
+        (tritonserver 2.51 brought an ensemble back on a reload of its step where polystack left it unloaded:
+        helper-108). An ensemble unloaded by name is not waiting (``repository_unload``)."""
+        for other in sorted(self._unmet):
+            runs = self._unmet_runs.get(other)
+            if other not in self._unmet or runs is None or name not in runs:
+                continue
+            if not all(self.model_ready(model, None) for model in runs):  # a load of it would load the rest
+                continue
+            try:
+                self._load_from_repository(other, None)
+            except PolystackError as e:
+                log.info("an ensemble still does not fit its models", extra={"model": other, "error": e.message})
+                continue
+            log.info("ensemble loaded again: every model it runs is served again", extra={"model": other})
+            self._restore_dependents(other)  # the ensembles that run this one
 
     def _in_repository(self, name: str, repository: model_repository.ModelRepository) -> bool:
         """Whether explicit model control over ``repository`` knows ``name``: a folder's model (or one it served),
@@ -2187,7 +2272,10 @@ class DataPlane:
                 log.info("an ensemble still does not fit its models", extra={"model": name, "error": message})
         return failed
 
-    async def repository_unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+    async def repository_unload(
+        self, name: str, parameters: dict[str, Any] | None = None, repository_name: str = ""
+    ) -> None:
+        _one_repository(repository_name)
         self._check_control()
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a model name is required")
@@ -2201,6 +2289,8 @@ class DataPlane:
                 "being served, as in Triton)"
             )
         await self._control(lambda n: self.unload(n, dependents), name)
+        self._unmet.discard(name)  # unloaded by name: no load of the models it runs brings it back, as in Triton
+        self._configured.pop(name, None)  # its next load reads the folder
         self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
         self._load_policies.pop(name, None)
 

@@ -369,17 +369,22 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
 
     def tensor(t: TensorSpec) -> dict[str, Any]:
         dims = list(t.shape[1:] if ensemble.max_batch_size else t.shape)
-        return {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims}
+        return {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims, "is_shape_tensor": False}
 
+    # the fields Triton prints at their defaults are printed too, as a model's config prints them (clients index
+    # them: tritonserver 2.51's ensemble config has them all, polystack's had none, helper-108)
     config: dict[str, Any] = {
         "name": ensemble.name,
         "platform": PLATFORM,
+        "backend": "",
         "max_batch_size": ensemble.max_batch_size,
         "input": [
-            {**tensor(t), "format": "FORMAT_NONE", **({"optional": True} if t in ensemble.signature.optional else {})}
+            {**tensor(t), "format": "FORMAT_NONE", "allow_ragged_batch": False, "optional": t in ensemble.signature.optional}
             for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
         ],
-        "output": [tensor(t) for t in ensemble.signature.outputs],
+        "output": [{**tensor(t), "label_filename": ""} for t in ensemble.signature.outputs],
+        "batch_input": [],
+        "batch_output": [],
         "ensemble_scheduling": {
             "step": [
                 {
@@ -387,10 +392,17 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
                     "model_version": -1 if s.version is None else s.version,
                     "input_map": dict(s.inputs),
                     "output_map": dict(s.outputs),
+                    "model_namespace": "",
                 }
                 for s in ensemble.steps
             ]
         },
+        "instance_group": [],
+        "default_model_filename": "",
+        "cc_model_filenames": {},
+        "metric_tags": {},
+        "parameters": {},
+        "model_warmup": [],
         "response_cache": {"enable": ensemble.response_cache},
     }
     if ensemble.agents:

@@ -160,9 +160,9 @@ def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
 
 
 def _failed(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    """A stream's answer to ``request`` that failed with ``message``, naming the request as Triton's does."""
-    failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-    return _final(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+    """A stream's answer to ``request`` that failed with ``message``: its id alone, as tritonserver 2.51 answers
+    (helper-107: polystack named the model and version too, and marked it final, which Triton does not)."""
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
 
 
 def _final(msg: pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
@@ -389,7 +389,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        models = await self._call(context, lambda: self.plane.repository_index(request.ready))
+        models = await self._call(context, lambda: self.plane.repository_index(request.ready, request.repository_name))
         resp = pb.RepositoryIndexResponse()
         for m in models:
             resp.models.add(**m)
@@ -399,14 +399,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         params = grpc_codec.params_dict(request.parameters)
-        await self._call(context, lambda: self.plane.repository_load(request.model_name, params))
+        await self._call(context, lambda: self.plane.repository_load(request.model_name, params, request.repository_name))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         params = grpc_codec.params_dict(request.parameters)
-        await self._call(context, lambda: self.plane.repository_unload(request.model_name, params))
+        await self._call(context, lambda: self.plane.repository_unload(request.model_name, params, request.repository_name))
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(

@@ -504,14 +504,14 @@ class HttpApp:
         except InvalidRequest as e:  # refused as the data plane refuses a load
             raise load_failed(args[0], e) from None
         await self.plane.repository_load(args[0], {**params, **files})
-        return json_response(200, {})
+        return Response(200, b"")  # an empty body, as Triton's (tritonserver 2.51, helper-108)
 
     async def repository_unload(self, req: Request, args: list[str]) -> Response:
         params = self._json_body(req).get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidRequest("'parameters' must be an object")
         await self.plane.repository_unload(args[0], params)
-        return json_response(200, {})
+        return Response(200, b"")
 
     async def infer(self, req: Request, args: list[str]) -> Response:
         def decode() -> InferRequest:

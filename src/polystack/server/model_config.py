@@ -1099,7 +1099,8 @@ def parse_config(text: str, kind: str = "config") -> dict[str, Any]:
     try:
         doc = http_codec.loads(text.encode())
     except InvalidRequest as e:
-        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}") from None
+        # before the model is read: Triton's poll of it fails (tritonserver 2.51 answers such a load 500)
+        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}").before_model_read() from None
     return read_message(doc, "config", kind)
 
 

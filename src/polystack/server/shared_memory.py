@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import AlreadyExists, InvalidRequest, InvalidTensor, NotFound
+from polystack.errors import AlreadyExists, InternalRefusal, InvalidRequest, NotFound
 from polystack.protocol.wire import ShmRef
 
 SHM_DIR = Path("/dev/shm")
@@ -104,9 +104,10 @@ class SharedMemoryRegions:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise InvalidRequest(
-                    f"no shared memory object {key!r} exists on the server's host; create it "
-                    "(tritonclient.utils.shared_memory.create_shared_memory_region) before registering it"
+                raise InternalRefusal(  # Triton's words and code (tritonserver 2.51: INTERNAL, helper-107)
+                    f"Unable to open shared memory region: {key!r}: no shared memory object of that key exists on the "
+                    "server's host; create it (tritonclient.utils.shared_memory.create_shared_memory_region) before "
+                    "registering it"
                 ) from None
             except OSError as e:
                 why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
@@ -192,10 +193,11 @@ class SharedMemoryRegions:
         """Put ``data`` where ``ref`` points (in ``region``, held for it, else the region registered now under
         its name); refused when it does not fit the byte size the client gave."""
         if len(data) > ref.byte_size:
-            raise InvalidTensor(
-                f"{what} holds {len(data):,} bytes but its shared_memory_byte_size is {ref.byte_size:,}; "
-                "give it a larger region"
-            )
+            raise InternalRefusal(  # Triton's words and code (tritonserver 2.51: INTERNAL, helper-107), then ours
+                f"shared memory size specified with the request for {what} ({ref.byte_size} bytes) should be at "
+                f"least {len(data)} bytes to hold the results: {what} holds {len(data):,} bytes but its "
+                f"shared_memory_byte_size is {ref.byte_size:,}; give it a larger region"
+            ).failed_in_run()
         with self._lock:
             if region is None:
                 region = self._region(ref, what)

@@ -24,6 +24,8 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
     E.Unsupported: (501, grpc.StatusCode.UNIMPLEMENTED),  # Triton's HTTP front end answers UNSUPPORTED 501
     E.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
+    # Triton's code for a load whose model it could not poll, a shared memory key it cannot open, ...
+    E.InternalRefusal: (500, grpc.StatusCode.INTERNAL),
     # Triton's words and code for a request whose queue timeout passed ("Request timeout expired")
     E.DeadlineExceeded: (503, grpc.StatusCode.UNAVAILABLE),
     # Triton's code for a request cancelled with its sequence (its HTTP front end answers CANCELLED 400)
