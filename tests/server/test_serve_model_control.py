@@ -268,6 +268,17 @@ def test_explicit_mode_loads_an_ensemble_again_once_its_model_is_loaded_again(tm
         client.unload_model("pipe")  # by name: it no longer waits for inner
         client.load_model("inner")
         assert _ready(client) == ["a", "inner"]
+        # the config of the ensemble's last load comes back with it, as that load's config stays in force
+        config = client.get_model_config("inner")  # (any config: only max_batch_size is checked)
+        pipe = {"platform": "ensemble", "max_batch_size": 2,
+                "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [16]}],
+                "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [4]}],
+                "ensemble_scheduling": {"step": [{"model_name": "inner", "model_version": -1,
+                                                  "input_map": {"x": "IN"}, "output_map": {"y": "OUT"}}]}}  # fmt: skip
+        client.load_model("pipe", config=json.dumps(pipe))
+        client.unload_model("inner")
+        client.load_model("inner")
+        assert client.get_model_config("pipe")["max_batch_size"] == 2, config
         client.close()
 
 
@@ -299,5 +310,11 @@ def test_a_load_without_a_config_keeps_the_last_loads_config_while_the_folder_is
         client.load_model("vall", config=json.dumps({"version_policy": {"specific": {"versions": [2]}}}))
         client.unload_model("vall")
         client.load_model("vall")  # an unload ends the config's hold
+        assert versions() == ["1", "2", "3"]
+        # so does a load of files (helper-110's review: the files' model stayed after a load without a config)
+        client.load_model("vall", config=json.dumps({"version_policy": {"specific": {"versions": [1]}}}))
+        other = mlp_onnx(tmp_path / "other.onnx", seed=99)
+        client.load_model("vall", config=json.dumps({"max_batch_size": 0}), files={"file:1/model.onnx": other.read_bytes()})
+        client.load_model("vall")
         assert versions() == ["1", "2", "3"]
         client.close()

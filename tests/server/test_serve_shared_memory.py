@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -24,7 +25,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import cli_server, free_port, refused_at_start, start
+from servekit import caught_logs, cli_server, free_port, refused_at_start, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy
@@ -315,6 +316,30 @@ def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
     assert small.startswith("shared memory size specified with the request for output 'y' (16 bytes) should be at "
                             "least 32 bytes to hold the results"), small  # fmt: skip
     np.testing.assert_allclose(_expected(client, module).shape, (2, 4))  # still serving
+
+
+def test_a_region_too_small_for_an_answer_in_a_stream_is_a_final_refusal_not_the_servers_failure(
+    grpc: grpcclient.InferenceServerClient, objects: Objects
+) -> None:
+    """helper-110's review: a stream logged Triton's INTERNAL for a region too small as the server's failure
+    (HTTP and unary gRPC do not); it fails in the request's run, so its answer is marked final, as Triton's are."""
+    key, obj = objects.make(128)
+    np.ndarray(X.shape, np.float32, obj.buf)[:] = X
+    grpc.register_system_shared_memory("in", key, 128)
+    got: queue.Queue[tuple[object, object]] = queue.Queue()
+    x = grpcclient.InferInput("x", list(X.shape), "FP32")
+    x.set_shared_memory("in", X.nbytes)
+    y = grpcclient.InferRequestedOutput("y")
+    y.set_shared_memory("in", 16)
+    with caught_logs("polystack") as records:
+        grpc.start_stream(callback=lambda result, error: got.put((result, error)))
+        try:
+            grpc.async_stream_infer("mlp", [x], outputs=[y], request_id="small")
+            _, error = got.get(timeout=10)
+        finally:
+            grpc.stop_stream()
+    assert "should be at least 32 bytes to hold the results" in str(error)
+    assert not [r for r in records if r.getMessage() == "request failed"]
 
 
 def test_an_object_shrunk_after_registering_is_refused_not_a_crash(

@@ -196,6 +196,16 @@ def _one_repository(repository_name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Configured:
+    """A repository model's last load with a config: its folder then, and that config (and version policy),
+    which a load without a config keeps, as Triton does, while the folder is unchanged."""
+
+    folder: model_repository.Fingerprint
+    config: str
+    policy: Any
+
+
 def _polled(name: str) -> str:
     """Triton's words for a load whose model could not be read (``PollFailed``)."""
     return f"failed to load {quote(name, 140)}, failed to poll from model repository"
@@ -216,21 +226,6 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound)
 _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
-
-
-def _ignore_sequences(name: str, parameters: dict[str, Any]) -> None:
-    """Sequence parameters sent to a model without sequence batching: ignored, as Triton ignores them (the model
-    keeps no state, so its answer is the same with them or without); said once per model in the log."""
-    if name not in _SEQUENCES_IGNORED and any(parameters.get(key) for key in _SEQUENCE_KEYS):
-        _SEQUENCES_IGNORED.add(name)
-        log.warning(
-            "sequence parameters sent to a model without sequence_batching are ignored, as Triton ignores them: "
-            "it keeps no state between requests",
-            extra={"model": name},
-        )
-
-
-_SEQUENCES_IGNORED: set[str] = set()  # the models the log named already (said once a process)
 
 
 def _size(array: np.ndarray) -> int:
@@ -355,7 +350,8 @@ class DataPlane:
         # the models each of those runs, where known: explicit mode loads one again once they are all served
         self._unmet_runs: dict[str, frozenset[str]] = {}
         # repository models whose last load had a config: their folder then, which a load without one compares
-        self._configured: dict[str, model_repository.Fingerprint] = {}
+        self._configured: dict[str, _Configured] = {}
+        self._sequences_ignored: set[str] = set()  # the models whose ignored sequence parameters the log named
         self._load_policies: dict[str, Any] = {}  # by name: the version_policy the last load's config gave
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
@@ -589,6 +585,7 @@ class DataPlane:
         it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
         ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
         ensemble runs."""
+        self._configured.pop(name, None)  # its next load reads the folder
         if name in self._ensembles:
             models = self._ensembles[name].ensemble.models
             self._unload_ensemble(name, "unloaded")
@@ -840,7 +837,7 @@ class DataPlane:
             self._note_policy(ref.name, policy if config is not None else None)
             folder = self.repository.folder(ref.name)
             if config is not None and folder is not None:  # what a load without one compares with
-                self._configured[ref.name] = model_repository.fingerprint(folder)
+                self._configured[ref.name] = _Configured(model_repository.fingerprint(folder), config, policy)
             else:
                 self._configured.pop(ref.name, None)
             return loaded
@@ -858,6 +855,17 @@ class DataPlane:
             self._note_policy(ref.name, policy if config is not None else None)
         return entry
 
+    def _ignore_sequences(self, name: str, parameters: dict[str, Any]) -> None:
+        """Sequence parameters sent to a model without sequence batching: ignored, as Triton ignores them (the
+        model keeps no state, so its answer is the same with them or without); said once per model in the log."""
+        if name not in self._sequences_ignored and any(parameters.get(key) for key in _SEQUENCE_KEYS):
+            self._sequences_ignored.add(name)
+            log.warning(
+                "sequence parameters sent to a model without sequence_batching are ignored, as Triton ignores them: "
+                "it keeps no state between requests",
+                extra={"model": name},
+            )
+
     def _kept_config(self, name: str) -> LoadedEntry | ensemble.Ensemble | None:
         """What a load without a config of repository model ``name`` serves when its last load had one and the
         folder is as it was then: the same, that config in force, as Triton's load finds the folder unmodified
@@ -865,7 +873,7 @@ class DataPlane:
         folder's config again: helper-108). None: the load reads the folder."""
         assert self.repository is not None
         then, folder = self._configured.get(name), self.repository.folder(name)
-        if then is None or folder is None or model_repository.fingerprint(folder) != then:
+        if then is None or folder is None or model_repository.fingerprint(folder) != then.folder:
             return None
         served = self._ensembles.get(name)
         if served is not None:
@@ -1447,7 +1455,7 @@ class DataPlane:
             served = pinned or self._get(name, version)
             entry = served.entry
             if request.parameters and served.sequencer is None:
-                _ignore_sequences(name, request.parameters)
+                self._ignore_sequences(name, request.parameters)
             model_label = (entry.name, str(entry.version))
             outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
             classes = request.classifications if request.outputs is not None else None
@@ -1532,7 +1540,7 @@ class DataPlane:
             # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
             stateful = self._stateful(pipeline, pins=holding) if request.parameters else set()
             if request.parameters and not stateful:
-                _ignore_sequences(name, request.parameters)
+                self._ignore_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
             pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None, name)
             asked = request.output_names or pipeline.signature.output_names
@@ -2094,7 +2102,12 @@ class DataPlane:
             raise failed from None
         self._load_failures.pop(name, None)
         if self._unmet:
-            await self._control(self._restore_dependents, name)
+            try:  # the load succeeded whatever this does: its client hears so
+                await self._control(self._restore_dependents, name)
+            except ShuttingDown:
+                pass
+            except Exception:
+                log.exception("loading again the ensembles that run a model failed", extra={"model": name})
 
     def _restore_dependents(self, name: str) -> None:
         """After an explicit load of ``name``: the repository ensembles not served for want of it load again once
@@ -2107,8 +2120,16 @@ class DataPlane:
                 continue
             if not all(self.model_ready(model, None) for model in runs):  # a load of it would load the rest
                 continue
+            kept = self._configured.get(other)  # the last load's config, while the folder is as it was then
+            folder = self.repository.folder(other) if self.repository is not None else None
+            if kept is not None and (folder is None or model_repository.fingerprint(folder) != kept.folder):
+                self._configured.pop(other, None)
+                kept = None
             try:
-                self._load_from_repository(other, None)
+                if kept is None:
+                    self._load_from_repository(other, None)
+                else:
+                    self._load_from_repository(other, kept.config, policy=kept.policy)
             except PolystackError as e:
                 log.info("an ensemble still does not fit its models", extra={"model": other, "error": e.message})
                 continue
@@ -2152,6 +2173,7 @@ class DataPlane:
             log.warning("a load's model file was not served; the store is as it was", extra=facts)
             raise
         registered.settle(self.store)  # the bytes it replaced, no longer served
+        self._configured.pop(name, None)  # what serves is the files': a load without a config reads the folder
         if registered.created or registered.settings_before is not None:  # the store changed: say so
             log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
         return entry
@@ -2288,9 +2310,13 @@ class DataPlane:
                 f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
                 "being served, as in Triton)"
             )
-        await self._control(lambda n: self.unload(n, dependents), name)
+        await self._control(lambda n: self._unload_by_name(n, dependents), name)
+
+    def _unload_by_name(self, name: str, dependents: bool) -> None:
+        """An unload's change, on the loader (a load queued behind it then sees all of it): what is served, and
+        what the server kept of the name's loads."""
+        self.unload(name, dependents)
         self._unmet.discard(name)  # unloaded by name: no load of the models it runs brings it back, as in Triton
-        self._configured.pop(name, None)  # its next load reads the folder
         self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
         self._load_policies.pop(name, None)
 

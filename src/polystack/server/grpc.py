@@ -159,10 +159,12 @@ def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
     return _failed(request, "the server is shutting down and did not run this request; send it to another replica")
 
 
-def _failed(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    """A stream's answer to ``request`` that failed with ``message``: its id alone, as tritonserver 2.51 answers
-    (helper-107: polystack named the model and version too, and marked it final, which Triton does not)."""
-    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
+def _failed(request: pb.ModelInferRequest, message: str, in_run: bool = False) -> pb.ModelStreamInferResponse:
+    """A stream's answer to ``request`` that failed with ``message``: its id alone, as tritonserver 2.51 answers a
+    request its checks refuse (helper-107: polystack named the model and version too); one that failed in its run
+    is marked final too, as Triton's response-complete path marks every answer it writes."""
+    failed = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
+    return _final(failed) if in_run else failed
 
 
 def _final(msg: pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
@@ -307,9 +309,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     code = status.grpc_code(e)
                     if not isinstance(e, PolystackError):
                         log.exception("unexpected error in a gRPC stream")
-                    elif code in _SERVER_SIDE:
+                    elif code in _SERVER_SIDE and e.server_failure:  # (not a refusal in Triton's 500, say)
                         failure = e.message
-                    msg = _failed(request, status.message(e))
+                    msg = _failed(request, status.message(e), _in_the_run(e))
                     if status_on_error and _in_the_run(e):
                         codes[answered] = code
                 answered.set_result(msg)
