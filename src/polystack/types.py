@@ -280,9 +280,9 @@ class Signature:
                     f"{f'model {model!r}' if model else 'the model'} expects {spec.dtype.value!r}; convert it before sending"
                 )
             if not spec.accepts(arr.shape):
-                raise InvalidTensor(
+                raise InvalidTensor(  # Triton's words, its note where the model batches
                     f"unexpected shape for input {spec.name!r}{_for(model)}. Expected {_dims(spec.shape)}, got "
-                    f"{_dims(arr.shape)} (-1: any size)"
+                    f"{_dims(arr.shape)}" + (_BATCH_NOTE if max_batch_size and spec.batched else " (-1: any size)")
                 )
             if spec.batched and i < required:
                 if batch is None:
@@ -325,6 +325,14 @@ class Signature:
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             optional=tuple(TensorSpec.from_dict(t) for t in d.get("optional", ())),
         )
+
+
+# what Triton adds to a shape refused by a model that batches (its request checks' words)
+_BATCH_NOTE = (
+    ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to "
+    "each input shape. If you want to specify the full shape including the batch dim in your input dims config, "
+    "try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
+)
 
 
 def _dims(shape: Sequence[int]) -> str:

@@ -1025,3 +1025,21 @@ def test_a_repository_named_in_an_index_load_or_unload_is_unsupported_as_in_trit
             assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert (e.value.details() or "").startswith("'repository_name' specification is not supported")
         assert len(stub.RepositoryIndex(pb.RepositoryIndexRequest()).models) > 0
+
+
+def test_refusals_of_inputs_start_with_tritons_words(server: ServerThread) -> None:
+    """What bench/triton_parity.py found tritonserver 2.51 says: a shape a batching model refuses carries its NOTE,
+    an input sent twice "already exists in request", an input without raw contents "unable to find data"."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[bytes(12)])
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+        _refused(stub, req, "unexpected shape for input 'x' for model 'mlp'. Expected [-1,16], got [1,3]. NOTE: Setting")
+        req = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[bytes(64), bytes(64)])
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+        _refused(stub, req, "input 'x' already exists in request")
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[bytes(32)])
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4])
+        req.inputs.add(name="b", datatype="INT64", shape=[1, 4])
+        _refused(stub, req, "unable to find data for input tensor 'b' for model 'ident64' in request.")

@@ -168,7 +168,7 @@ def test_missing_and_unexpected_inputs_are_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input(name="z")]})
     check_error(raw, status, doc, 400, "unexpected inference input 'z'")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(), good_input()]})
-    check_error(raw, status, doc, 400, "twice")
+    check_error(raw, status, doc, 400, "input 'x' already exists in request")  # Triton's words
 
 
 def test_wrong_datatype_is_400(raw: Raw) -> None:

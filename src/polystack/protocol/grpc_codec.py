@@ -129,16 +129,17 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     # the last input's are left unread, as Triton leaves them (tritonserver 2.51 answers such a request: helper-107)
     in_request = shared.count(None)
     if raw and len(raw) < in_request:
-        raise InvalidRequest(
-            f"the request has {in_request} inputs outside shared memory but {len(raw)} raw_input_contents; "
-            "send one per input"
+        unfed = [t.name for t, shm in zip(req.inputs, shared, strict=True) if shm is None][len(raw)]
+        raise InvalidRequest(  # Triton's words, then what to do
+            f"unable to find data for input tensor {unfed!r} for model {req.model_name!r} in request.: the request "
+            f"has {in_request} inputs outside shared memory but {len(raw)} raw_input_contents; send one per input"
         )
     inputs: dict[str, np.ndarray] = {}
     next_raw = 0
     for t, shm in zip(req.inputs, shared, strict=True):
         name = check_name(t.name, "input")
         if name in inputs:
-            raise InvalidTensor(f"input {name!r} appears twice in the request")
+            raise InvalidTensor(f"input {name!r} already exists in request; send each input once")  # Triton's words
         dtype = parse_dtype(t.datatype, name)
         shape = parse_shape(list(t.shape), name)
         if shm is not None:

@@ -178,7 +178,7 @@ def decode_infer_request(
             raise InvalidRequest("each entry of 'inputs' must be an object with a string 'name'")
         name: str = check_name(item["name"], "input")
         if name in inputs:
-            raise InvalidTensor(f"input {name!r} appears twice in the request")
+            raise InvalidTensor(f"input {name!r} already exists in request; send each input once")  # Triton's words
         dtype = parse_dtype(item.get("datatype"), name)
         shape = parse_shape(item.get("shape"), name)
         params = item.get("parameters") or {}
