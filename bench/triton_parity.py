@@ -1,0 +1,1023 @@
+"""Triton parity: a real tritonserver 2.51 and polystack side by side, the same requests to both, every difference.
+
+    .venv/bin/python bench/triton_parity.py                       # about 15 s (and the wheel's download once)
+    .venv/bin/python bench/triton_parity.py --cases 'grpc infer'  # the cases whose name matches a regex
+
+Why: polystack is meant as a drop-in replacement for Triton over the Open Inference Protocol, and what a
+Triton user's code meets is Triton's answers (status codes, words, fields), not the protocol's text. Three
+studies by hand (HTTP, gRPC, control plane) found the differences once; this finds them again at every
+commit. It runs tritonserver 2.51.0 from the `nvidia-pytriton==0.7.0` wheel (fetched once by
+`bench/triton_reference.py`'s `ensure_tritonserver`; nothing is installed into a venv) beside `polystack serve`,
+both with `--model-control-mode explicit --load-model ...` on free 127.0.0.1 ports, on equivalent repositories
+built in a temporary folder:
+- `mlp`: FP32 x[-1,4] -> y[-1,3] (x W + b), `max_batch_size: 8`, dynamic batching, y labelled (classification);
+- `nobatch`: FP32 x[2,3] -> y = 2x, `max_batch_size: 0`;
+- `multi`: INT64 a[-1,3] and BOOL b[-1,3] -> INT64 s = a + Cast(b) and BOOL n = Not(b), `max_batch_size: 4`;
+- `pipe`: an ensemble (`platform: "ensemble"` on both) of `step1` (y = 2x) then `step2` (y = x + 1).
+polystack serves the ONNX files (`platform: "onnxruntime_onnx"`); Triton's wheel has only its Python backend,
+so each of its models is one generic `model.py` running the same ONNX file with onnxruntime (numeric inputs
+read with `np.from_dlpack`, outputs written with `Tensor.from_dlpack`: `as_numpy()` and `Tensor(name, array)`
+are wrong under numpy 2 in backend 2.51). BYTES end to end is left out: a BYTES input crashes that stub.
+
+Each case is a small function that sends one request (or a short sequence) and returns a normalized outcome:
+over HTTP the status and the JSON body (binary tensors decoded), over gRPC the status code and details, or the
+response's set fields and its content (raw tensors decoded); timings and timestamps (`ns`,
+`last_inference`) are dropped, and so are the fields that only say which backend runs a model (`platform`,
+`backend`, `default_model_filename` of the non-ensemble models: Triton's are the Python backend's). The
+outcomes are compared: status codes, fields and strings exactly, numbers within a relative 1e-5; an error
+message is the same when polystack's starts with Triton's words once Triton's `[request id: ...] ` prefix is
+taken off (the README says polystack's messages start with Triton's words and say what to do after), the
+missing prefix noted apart. Differences the README documents are marked `known` (KNOWN below, with the README's
+words), never hidden. The cases run in one fixed order, each on Triton then on polystack: metadata, inference
+that succeeds, statistics, refusals, statistics again, settings, model control last. Both servers run in
+sessions of their own and are stopped (their process groups killed) on the way out, on Ctrl-C and SIGTERM too;
+a run that fails keeps their logs and says where.
+
+Output: a table of every case; bench/results/triton_parity.json and a section of BENCHMARKS.md (a full run
+only; `--cases` prints the table alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving  # free ports, readiness, stopping a server, results and BENCHMARKS.md sections
+import triton_reference  # the tritonserver wheel and its Python backend folder
+
+RESULTS = serving.ROOT / "bench" / "results" / "triton_parity.json"
+START, END = "<!-- triton-parity:start -->", "<!-- triton-parity:end -->"
+LOADED = ("mlp", "nobatch", "multi", "pipe")  # --load-model; pipe brings step1 and step2
+RTOL, ATOL = 1e-5, 1e-6
+VOLATILE = frozenset({"ns", "last_inference"})  # durations and timestamps
+BACKEND_FIELDS = ("platform", "backend", "default_model_filename")  # Triton's say "python" here
+REQUEST_ID = re.compile(r"^\[request id: [^\]]*\] ")
+MESSAGE_KEYS = frozenset({"error", "details", "error_message", "reason"})
+
+# Differences the README documents: case -> (a regex matching the whole path of each difference it covers, the
+# README's words). A difference of the case that the regex does not cover still counts as a difference.
+_NAME = (
+    "README: 'Server metadata names the server `polystack`; `--server-name triton` (or tritonserver's `--id triton`)"
+    " makes it say `triton`'; `--allow-shared-memory` 'enables the system shared memory extension', off by default"
+)
+_SHM = (
+    "README: '`--allow-shared-memory` (or Triton's own spelling, `--allow-client-shm=true`, which launch scripts for"
+    " tritonserver 26.04 and later pass; off by default in both)' (tritonserver 2.51 has it on)"
+)
+_TRACE = (
+    "README: 'tritonserver's `--trace-config` is taken in Triton's `opentelemetry` mode'; Triton's own trace files"
+    " are refused, as is a `trace_file`, and 'Triton's trace file `log_frequency` ... refused (400)'; 'the trace"
+    " rate starts at 1 (every request, once a trace level is set), Triton's at 1000'"
+)
+_FAILS = (
+    "README: requests refused before they run count 'once, as a failure, in the statistics' ... '(Triton counts none"
+    " of these in its statistics: it refuses them before its statistics see them)'"
+)
+_OTHERWISE = (
+    "README: '`bench/triton_parity.py` sends the same requests to a real tritonserver 2.51 and to polystack and lists"
+    " every difference; those left are these' (the list that follows)"
+)
+_NOT_JSON = (
+    "README: 'a request body that is not JSON, or whose fields have the wrong types, is 400 where tritonserver 2.51"
+    " answers 500'"
+)
+_CONFIG = r"\$\.(body|response\.config)\.(runtime|model_transaction_policy|response_cache|parameters(\.polystack_device)?|dynamic_batching\.default_queue_policy|(input|output)\[\d+\]\.is_non_linear_format_io)"
+KNOWN: dict[str, tuple[str, str]] = {
+    "http live": (r"\$\.body", _OTHERWISE),
+    "http ready": (r"\$\.body", _OTHERWISE),
+    "http model ready": (r"\$\.body", _OTHERWISE),
+    "http model ready unknown model": (r"\$\.body\.(name|ready)", _OTHERWISE),
+    "http model metadata mlp": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
+    "http model metadata multi": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
+    "http model version metadata": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
+    **{f"{t} model config {m}": (_CONFIG, _OTHERWISE) for t in ("http", "grpc") for m in ("mlp", "nobatch", "multi", "pipe")},
+    "http infer ensemble": (r"\$\.body\.parameters", _OTHERWISE),
+    "grpc infer ensemble": (r"\$\.(fields|response\.parameters)", _OTHERWISE),
+    "http unload and reload an ensemble's step": (r"\$\.infer pipe\.body\.parameters", _OTHERWISE),
+    "grpc unload and reload an ensemble's step": (r"\$\.infer pipe\.(fields|response\.parameters)", _OTHERWISE),
+    "http unknown route": (r"\$\.body\.error", _OTHERWISE),
+    "http trailing slash": (r".*", _OTHERWISE),
+    "http wrong method": (r"\$\.body\.error", _OTHERWISE),
+    "http load unknown parameter": (r"\$\.(status|body\.error)", _OTHERWISE),
+    "http empty batch": (r"\$\.body\.error", _OTHERWISE),
+    "grpc empty batch": (r"\$\.details", _OTHERWISE),
+    "http binary size mismatch": (r"\$\.body\.error", _OTHERWISE),
+    "grpc byte size mismatch": (r"\$\.details", _OTHERWISE),
+    "http unexpected input": (r"\$\.body\.error", _OTHERWISE),
+    "grpc unexpected input": (r"\$\.details", _OTHERWISE),
+    "grpc version not a number": (r"\$\.details", _OTHERWISE),
+    "http malformed json": (r"\$\.(status|body\.error)", _NOT_JSON),
+    "http data count mismatch": (r"\$\.(status|body\.error)", _NOT_JSON),
+    "http server metadata": (r"\$\.body\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
+    "grpc server metadata": (r"\$\.response\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
+    "http system shared memory status": (r".*", _SHM),
+    "grpc system shared memory status": (r".*", _SHM),
+    "http trace setting": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
+    "http trace setting unknown key": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
+    "grpc trace setting": (
+        r"\$\.response\.settings\.(trace_mode|trace_file|log_frequency|trace_rate)(\.value\[0\])?", _TRACE
+    ),
+    "http stats mlp after refusals": (r".*\.fail\.count", _FAILS),
+    "grpc stats mlp after refusals": (r".*\.fail\.count", _FAILS),
+    "http version not a number": (
+        r"\$\.(status|body\.error)",
+        "README: '`failed to get model version from specified version string 'v': ...` (400: a version that is not"
+        " a number)' (tritonserver 2.51's HTTP route takes digits only: 404 Not Found)",
+    ),
+}
+
+# -- the models ---------------------------------------------------------------------------------------
+# Triton's side: one model.py for every model, running the folder's model.onnx
+MODEL_PY = """
+import json
+import os
+import sys
+
+sys.path.append({site!r})  # the stub's interpreter does not see the venv that has numpy and onnxruntime
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.inputs = [i["name"] for i in json.loads(args["model_config"])["input"]]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        here = os.path.dirname(__file__)
+        self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            feed = {{}}
+            for name in self.inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    feed[name] = np.from_dlpack(tensor).copy()  # as_numpy() repeats the first element under numpy 2
+            ys = self.session.run(self.outputs, feed)
+            # from_dlpack: pb_utils.Tensor(name, array) makes an empty tensor of numpy 2 arrays
+            tensors = [pb_utils.Tensor.from_dlpack(n, np.ascontiguousarray(y)) for n, y in zip(self.outputs, ys)]
+            answers.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return answers
+"""
+
+CONFIGS = {
+    "mlp": """max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "labels.txt" } ]
+dynamic_batching { max_queue_delay_microseconds: 1000 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "nobatch": """max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "multi": """max_batch_size: 4
+input [ { name: "a" data_type: TYPE_INT64 dims: [ 3 ] }, { name: "b" data_type: TYPE_BOOL dims: [ 3 ] } ]
+output [ { name: "s" data_type: TYPE_INT64 dims: [ 3 ] }, { name: "n" data_type: TYPE_BOOL dims: [ 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "step1": """max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+}
+CONFIGS["step2"] = CONFIGS["step1"]
+PIPE = """platform: "ensemble"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "step1" model_version: -1 input_map { key: "x" value: "x" } output_map { key: "y" value: "t" } },
+  { model_name: "step2" model_version: -1 input_map { key: "x" value: "t" } output_map { key: "y" value: "y" } }
+] }
+"""
+LABELS = "cat\ndog\nbird\n"
+
+
+def onnx_models() -> dict[str, Any]:
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    def model(nodes: list[Any], inputs: list[Any], outputs: list[Any], weights: Sequence[Any] = ()) -> Any:
+        m = h.make_model(h.make_graph(nodes, "g", inputs, outputs, list(weights)), opset_imports=[h.make_opsetid("", 17)])
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+    def f32(name: str, dims: list[Any]) -> Any:
+        return h.make_tensor_value_info(name, T.FLOAT, dims)
+
+    w = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5) / 10
+    b = np.array([0.1, -0.2, 0.3], np.float32)
+    scalar = {k: numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("two", 2), ("one", 1))}
+    return {
+        "mlp": model([h.make_node("MatMul", ["x", "w"], ["t"]), h.make_node("Add", ["t", "b"], ["y"])],
+                     [f32("x", ["batch", 4])], [f32("y", ["batch", 3])],
+                     [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]),
+        "nobatch": model([h.make_node("Mul", ["x", "two"], ["y"])], [f32("x", [2, 3])], [f32("y", [2, 3])],
+                         [scalar["two"]]),
+        "multi": model(
+            [h.make_node("Cast", ["b"], ["bi"], to=T.INT64), h.make_node("Add", ["a", "bi"], ["s"]),
+             h.make_node("Not", ["b"], ["n"])],
+            [h.make_tensor_value_info("a", T.INT64, ["batch", 3]), h.make_tensor_value_info("b", T.BOOL, ["batch", 3])],
+            [h.make_tensor_value_info("s", T.INT64, ["batch", 3]), h.make_tensor_value_info("n", T.BOOL, ["batch", 3])],
+        ),
+        "step1": model([h.make_node("Mul", ["x", "two"], ["y"])], [f32("x", ["batch", 4])], [f32("y", ["batch", 4])],
+                       [scalar["two"]]),
+        "step2": model([h.make_node("Add", ["x", "one"], ["y"])], [f32("x", ["batch", 4])], [f32("y", ["batch", 4])],
+                       [scalar["one"]]),
+    }  # fmt: skip
+
+
+def build_repositories(work: Path) -> tuple[Path, Path]:
+    """(Triton's repository, polystack's): the same folders, python-backend models on Triton's side."""
+    import onnx
+
+    triton, poly = work / "repo-triton", work / "repo-polystack"
+    site = sysconfig.get_paths()["purelib"]
+    for name, model in onnx_models().items():
+        for repo, head in ((triton, 'backend: "python"\n'), (poly, 'platform: "onnxruntime_onnx"\n')):
+            version = repo / name / "1"
+            version.mkdir(parents=True)
+            onnx.save(model, str(version / "model.onnx"))
+            (repo / name / "config.pbtxt").write_text(head + CONFIGS[name])
+            if repo is triton:
+                (version / "model.py").write_text(MODEL_PY.format(site=site))
+            if name == "mlp":
+                (repo / name / "labels.txt").write_text(LABELS)
+    for repo in (triton, poly):
+        (repo / "pipe" / "1").mkdir(parents=True)
+        (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+    return triton, poly
+
+
+# -- the servers --------------------------------------------------------------------------------------
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    http: int
+    grpc: int
+    log: Path
+    channel: Any = None
+    stub: Any = None
+
+
+def network() -> tuple[int, int, list[str]]:
+    http, grpc = serving.free_port(), serving.free_port()
+    flags = [
+        "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", str(http),
+        "--grpc-port", str(grpc), "--model-control-mode", "explicit", *(f"--load-model={m}" for m in LOADED),
+        "--log-verbose", "0", "--log-info", "false",
+    ]  # fmt: skip
+    return http, grpc, flags
+
+
+def launch_triton(triton: Path, backends: Path, repo: Path, work: Path) -> Server:
+    """tritonserver (not waited for; ``ready`` waits). triton_reference.start_triton takes no flags of ours."""
+    http, grpc, flags = network()
+    metrics = serving.free_port()
+    cmd = [
+        str(triton / "pytriton" / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(repo),
+        "--backend-directory", str(backends), "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics), *flags,
+    ]  # fmt: skip
+    log = work / "triton.log"
+    env = {**os.environ, "LD_LIBRARY_PATH": str(triton / "nvidia_pytriton.libs")}
+    # a session of its own: its stub processes go with it, and Ctrl-C reaches only this script (which stops it)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Server("triton", proc, http, grpc, log)
+
+
+def launch_polystack(repo: Path, work: Path) -> Server:
+    """`polystack serve` of the repository with the same flags (tritonserver's, which it takes)."""
+    http, grpc, flags = network()
+    cmd = [str(serving.ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve",
+           "--model-repository", str(repo), *flags]  # fmt: skip
+    log = work / "polystack.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return Server("polystack", proc, http, grpc, log)
+
+
+def ready(server: Server) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    for model in LOADED:
+        serving.wait_ready(server.http, f"/v2/models/{model}/ready", server.proc, server.log, timeout_s=180)
+    server.channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc}")
+    grpc.channel_ready_future(server.channel).result(timeout=60)
+    server.stub = service_pb2_grpc.GRPCInferenceServiceStub(server.channel)
+
+
+def shut(server: Server) -> None:
+    if server.channel is not None:
+        server.channel.close()
+    serving.stop(server.proc)
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # what it left (Triton's stubs), by its group
+        os.killpg(server.proc.pid, signal.SIGKILL)
+
+
+# -- requests and their normalized outcomes ----------------------------------------------------------
+DTYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1",
+          "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1", "BOOL": "?"}  # fmt: skip
+
+
+def decode_tensor(datatype: str, raw: bytes) -> list[Any]:
+    """A binary tensor's elements, flat (BYTES: each element's text)."""
+    if datatype == "BYTES":
+        items, at = [], 0
+        while at + 4 <= len(raw):
+            (n,) = struct.unpack_from("<I", raw, at)
+            items.append(raw[at + 4 : at + 4 + n].decode(errors="replace"))
+            at += 4 + n
+        return items
+    if datatype not in DTYPES or len(raw) % np.dtype(DTYPES[datatype]).itemsize:
+        return [f"<{len(raw)} bytes of {datatype}>"]
+    return list(np.frombuffer(raw, DTYPES[datatype]).tolist())
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without durations and timestamps."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def rest(server: Server, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One request on a fresh connection: {"status", "body"}; a body with binary tensors has them decoded into
+    each output's "data"."""
+    data: bytes | None
+    sent = {"Content-Type": "application/json"} if isinstance(body, dict) else {}
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    sent.update(headers or {})
+    conn = http.client.HTTPConnection("127.0.0.1", server.http, timeout=60)
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        raw, header = resp.read(), resp.getheader("Inference-Header-Content-Length")
+    finally:
+        conn.close()
+    return {"status": resp.status, "body": scrub(parse_body(raw, header))}
+
+
+def parse_body(raw: bytes, header: str | None) -> Any:
+    binary = b""
+    if header is not None:
+        raw, binary = raw[: int(header)], raw[int(header) :]
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+    at = 0
+    for out in doc.get("outputs", []) if isinstance(doc, dict) else []:
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if isinstance(size, int):
+            out["data"] = decode_tensor(out.get("datatype", ""), binary[at : at + size])
+            at += size
+    return doc
+
+
+def rpc(server: Server, method: str, request: Any) -> dict[str, Any]:
+    """One gRPC call: {"code", "details"} or {"code": "OK", "fields": the response's set fields, "response"}."""
+    import grpc
+
+    try:
+        resp = getattr(server.stub, method)(request, timeout=60)
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details()}
+    return {"code": "OK", "fields": sorted(f.name for f, _ in resp.ListFields()), "response": as_dict(resp)}
+
+
+def as_dict(message: Any) -> Any:
+    """A response message as JSON, an infer response's raw tensors decoded into its outputs' "data"."""
+    from google.protobuf.json_format import MessageToDict
+
+    doc = MessageToDict(message, preserving_proto_field_name=True)
+    infer = message if hasattr(message, "raw_output_contents") else getattr(message, "infer_response", None)
+    if infer is not None:
+        part = doc if infer is message else doc.get("infer_response", {})
+        for out, raw in zip(part.get("outputs", []), infer.raw_output_contents, strict=False):
+            out["data"] = decode_tensor(out.get("datatype", ""), raw)
+        part.pop("raw_output_contents", None)
+    return json.loads(json.dumps(scrub(doc), sort_keys=True))  # protobuf maps come in any order
+
+
+def pb() -> Any:
+    from tritonclient.grpc import service_pb2
+
+    return service_pb2
+
+
+def infer_request(model: str, inputs: list[tuple[str, str, list[int], str, list[Any]]], *, raw: list[bytes] | None = None,
+                  outputs: Sequence[tuple[str, dict[str, Any]]] = (), params: dict[str, Any] | None = None,
+                  version: str = "", id: str = "") -> Any:  # fmt: skip
+    """A ModelInferRequest: inputs as (name, datatype, shape, contents field, values)."""
+    req = pb().ModelInferRequest(model_name=model, model_version=version, id=id)
+    for name, datatype, shape, kind, values in inputs:
+        t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+        if kind:
+            getattr(t.contents, kind).extend(values)
+    if raw is not None:
+        req.raw_input_contents.extend(raw)
+    for name, oparams in outputs:
+        o = req.outputs.add(name=name)
+        for k, v in oparams.items():
+            set_param(o.parameters[k], v)
+    for k, v in (params or {}).items():
+        set_param(req.parameters[k], v)
+    return req
+
+
+def set_param(p: Any, v: Any) -> None:
+    if isinstance(v, bool):
+        p.bool_param = v
+    elif isinstance(v, int):
+        p.int64_param = v
+    else:
+        p.string_param = v
+
+
+def without_backend(outcome: dict[str, Any], *where: str) -> dict[str, Any]:
+    """``outcome`` without the fields naming the backend, in its body (HTTP) or response (gRPC) at ``where``."""
+    doc = outcome.get("body") if "status" in outcome else outcome.get("response")
+    for key in where:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    if isinstance(doc, dict):
+        for k in BACKEND_FIELDS:
+            doc.pop(k, None)
+    if "fields" in outcome and not where:
+        outcome["fields"] = [f for f in outcome["fields"] if f not in BACKEND_FIELDS]
+    return outcome
+
+
+def sorted_index(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A repository index in name order (the entries' order is not the protocol's)."""
+    body = outcome.get("body") if "status" in outcome else (outcome.get("response") or {}).get("models")
+    if isinstance(body, list):
+        body.sort(key=lambda e: (str(e.get("name")), str(e.get("version"))))
+    return outcome
+
+
+# -- the corpus ---------------------------------------------------------------------------------------
+CaseFn = Callable[[Server], Any]
+CASES: dict[str, CaseFn] = {}
+
+
+def case(name: str) -> Callable[[CaseFn], CaseFn]:
+    def register(fn: CaseFn) -> CaseFn:
+        assert name not in CASES, name
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+def http_case(name: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> None:
+    case(name)(lambda s: rest(s, method, path, body, headers))
+
+
+def grpc_case(name: str, method: str, request: Callable[[], Any]) -> None:
+    case(name)(lambda s: rpc(s, method, request()))
+
+
+X = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+XF = [v for row in X for v in row]
+X_RAW = np.asarray(X, "<f4").tobytes()
+A, B = [[1, 2, 3], [-4, 5, 60]], [[True, False, True], [False, False, True]]
+A_RAW, B_RAW = np.asarray(A, "<i8").tobytes(), np.asarray(B, "?").tobytes()
+
+
+def x_in(shape: Sequence[int] = (2, 4), data: list[Any] | None = None, datatype: str = "FP32", name: str = "x") -> dict[str, Any]:
+    return {"name": name, "shape": list(shape), "datatype": datatype, "data": XF if data is None else data}
+
+
+def mlp_body(**extra: Any) -> dict[str, Any]:
+    return {"inputs": [x_in()], **extra}
+
+
+MULTI = {"inputs": [{"name": "a", "shape": [2, 3], "datatype": "INT64", "data": A},
+                    {"name": "b", "shape": [2, 3], "datatype": "BOOL", "data": B}]}  # fmt: skip
+INFER = "/v2/models/mlp/infer"
+
+# health, metadata, config
+http_case("http live", "GET", "/v2/health/live")
+http_case("http ready", "GET", "/v2/health/ready")
+
+
+@case("http server metadata")
+def _http_server_metadata(s: Server) -> Any:
+    out = rest(s, "GET", "/v2")
+    if isinstance(out["body"], dict) and isinstance(out["body"].get("extensions"), list):
+        out["body"]["extensions"] = dict.fromkeys(out["body"]["extensions"], True)  # one difference per extension
+    return out
+
+
+def http_backend_case(name: str, path: str) -> None:
+    """A GET of a python-backend model's metadata or config, the fields naming its backend left out."""
+    case(name)(lambda s: without_backend(rest(s, "GET", path)))
+
+
+def grpc_backend_case(name: str, method: str, request: Callable[[], Any], *where: str) -> None:
+    case(name)(lambda s: without_backend(rpc(s, method, request()), *where))
+
+
+for _m in ("mlp", "nobatch", "multi"):
+    http_backend_case(f"http model metadata {_m}", f"/v2/models/{_m}")
+http_case("http model metadata pipe", "GET", "/v2/models/pipe")
+http_backend_case("http model version metadata", "/v2/models/mlp/versions/1")
+http_case("http model metadata unknown version", "GET", "/v2/models/mlp/versions/2")
+http_case("http model metadata unknown model", "GET", "/v2/models/nope")
+http_case("http model ready", "GET", "/v2/models/mlp/ready")
+http_case("http model ready unknown model", "GET", "/v2/models/nope/ready")
+for _m in ("mlp", "nobatch", "multi"):
+    http_backend_case(f"http model config {_m}", f"/v2/models/{_m}/config")
+http_case("http model config pipe", "GET", "/v2/models/pipe/config")
+http_case("http model config unknown model", "GET", "/v2/models/nope/config")
+
+grpc_case("grpc live", "ServerLive", lambda: pb().ServerLiveRequest())
+grpc_case("grpc ready", "ServerReady", lambda: pb().ServerReadyRequest())
+
+
+@case("grpc server metadata")
+def _grpc_server_metadata(s: Server) -> Any:
+    out = rpc(s, "ServerMetadata", pb().ServerMetadataRequest())
+    if isinstance(out.get("response", {}).get("extensions"), list):
+        out["response"]["extensions"] = dict.fromkeys(out["response"]["extensions"], True)
+    return out
+
+
+for _m in ("mlp", "nobatch", "multi"):
+    grpc_backend_case(f"grpc model metadata {_m}", "ModelMetadata", partial(lambda m: pb().ModelMetadataRequest(name=m), _m))
+grpc_case("grpc model metadata pipe", "ModelMetadata", lambda: pb().ModelMetadataRequest(name="pipe"))
+grpc_case("grpc model metadata unknown model", "ModelMetadata", lambda: pb().ModelMetadataRequest(name="nope"))
+grpc_case("grpc model metadata unknown version", "ModelMetadata",
+          lambda: pb().ModelMetadataRequest(name="mlp", version="2"))  # fmt: skip
+grpc_case("grpc model ready", "ModelReady", lambda: pb().ModelReadyRequest(name="mlp"))
+grpc_case("grpc model ready unknown model", "ModelReady", lambda: pb().ModelReadyRequest(name="nope"))
+for _m in ("mlp", "nobatch", "multi"):
+    grpc_backend_case(f"grpc model config {_m}", "ModelConfig", partial(lambda m: pb().ModelConfigRequest(name=m), _m), "config")
+grpc_case("grpc model config pipe", "ModelConfig", lambda: pb().ModelConfigRequest(name="pipe"))
+grpc_case("grpc model config unknown model", "ModelConfig", lambda: pb().ModelConfigRequest(name="nope"))
+
+# inference that succeeds
+http_case("http infer json", "POST", INFER, mlp_body())
+http_case("http infer version 1", "POST", "/v2/models/mlp/versions/1/infer", mlp_body())
+http_case("http infer id echo", "POST", INFER, mlp_body(id="req-7"))
+http_case("http infer binary output", "POST", INFER, mlp_body(parameters={"binary_data_output": True}))
+http_case("http infer requested binary output", "POST", INFER,
+          mlp_body(outputs=[{"name": "y", "parameters": {"binary_data": True}}]))  # fmt: skip
+
+
+@case("http infer binary input")
+def _http_binary_input(s: Server) -> Any:
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(X_RAW)}}]}).encode()  # fmt: skip
+    return rest(s, "POST", INFER, head + X_RAW, {"Inference-Header-Content-Length": str(len(head)),
+                                                 "Content-Type": "application/octet-stream"})  # fmt: skip
+
+
+http_case("http infer classification", "POST", INFER,
+          mlp_body(outputs=[{"name": "y", "parameters": {"classification": 2}}]))  # fmt: skip
+http_case("http infer nobatch", "POST", "/v2/models/nobatch/infer",
+          {"inputs": [x_in([2, 3], [1, 2, 3, 4, 5, 6])]})  # fmt: skip
+http_case("http infer multi", "POST", "/v2/models/multi/infer", MULTI)
+http_case("http infer multi requested output", "POST", "/v2/models/multi/infer", {**MULTI, "outputs": [{"name": "n"}]})
+http_case("http infer multi binary output", "POST", "/v2/models/multi/infer",
+          {**MULTI, "parameters": {"binary_data_output": True}})  # fmt: skip
+http_case("http infer ensemble", "POST", "/v2/models/pipe/infer", mlp_body())
+http_case("http infer content-type text/plain", "POST", INFER, json.dumps(mlp_body()).encode(),
+          {"Content-Type": "text/plain"})  # fmt: skip
+
+grpc_case("grpc infer typed", "ModelInfer", lambda: infer_request("mlp", [("x", "FP32", [2, 4], "fp32_contents", XF)]))
+grpc_case("grpc infer raw", "ModelInfer", lambda: infer_request("mlp", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW]))
+grpc_case("grpc infer id echo", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW], id="req-7"))  # fmt: skip
+grpc_case("grpc infer classification", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW],
+                                outputs=[("y", {"classification": 2})]))  # fmt: skip
+grpc_case("grpc infer nobatch", "ModelInfer",
+          lambda: infer_request("nobatch", [("x", "FP32", [2, 3], "fp32_contents", [1, 2, 3, 4, 5, 6])]))  # fmt: skip
+grpc_case("grpc infer multi", "ModelInfer",
+          lambda: infer_request("multi", [("a", "INT64", [2, 3], "", []), ("b", "BOOL", [2, 3], "", [])],
+                                raw=[A_RAW, B_RAW]))  # fmt: skip
+grpc_case("grpc infer multi typed", "ModelInfer",
+          lambda: infer_request("multi", [("a", "INT64", [2, 3], "int64_contents", [v for row in A for v in row]),
+                                          ("b", "BOOL", [2, 3], "bool_contents", [v for row in B for v in row])]))  # fmt: skip
+grpc_case("grpc infer multi requested output", "ModelInfer",
+          lambda: infer_request("multi", [("a", "INT64", [2, 3], "", []), ("b", "BOOL", [2, 3], "", [])],
+                                raw=[A_RAW, B_RAW], outputs=[("n", {})]))  # fmt: skip
+grpc_case("grpc infer ensemble", "ModelInfer",
+          lambda: infer_request("pipe", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW]))  # fmt: skip
+
+# statistics, before any request fails (polystack counts failures, Triton does not)
+http_case("http stats mlp", "GET", "/v2/models/mlp/stats")
+http_case("http stats pipe", "GET", "/v2/models/pipe/stats")
+http_case("http stats unknown model", "GET", "/v2/models/nope/stats")
+grpc_case("grpc stats mlp", "ModelStatistics", lambda: pb().ModelStatisticsRequest(name="mlp"))
+grpc_case("grpc stats unknown model", "ModelStatistics", lambda: pb().ModelStatisticsRequest(name="nope"))
+
+# inference that is refused
+http_case("http malformed json", "POST", INFER, b'{"inputs": [', {"Content-Type": "application/json"})
+http_case("http missing input", "POST", "/v2/models/multi/infer", {"inputs": MULTI["inputs"][:1]})
+http_case("http unexpected input", "POST", INFER, {"inputs": [x_in(), x_in(name="z")]})
+http_case("http duplicate input", "POST", INFER, {"inputs": [x_in(), x_in()]})
+http_case("http wrong datatype", "POST", INFER, {"inputs": [x_in(datatype="INT32", data=[1] * 8)]})
+http_case("http shape mismatch", "POST", INFER, {"inputs": [x_in([2, 3], [1.0] * 6)]})
+http_case("http data count mismatch", "POST", INFER, {"inputs": [x_in([2, 4], [1.0] * 7)]})
+http_case("http batch over max", "POST", INFER, {"inputs": [x_in([9, 4], [1.0] * 36)]})
+http_case("http empty batch", "POST", INFER, {"inputs": [x_in([0, 4], [])]})
+http_case("http unknown model", "POST", "/v2/models/nope/infer", mlp_body())
+http_case("http unknown version", "POST", "/v2/models/mlp/versions/2/infer", mlp_body())
+http_case("http version not a number", "POST", "/v2/models/mlp/versions/abc/infer", mlp_body())
+http_case("http duplicate requested output", "POST", INFER, mlp_body(outputs=[{"name": "y"}, {"name": "y"}]))
+http_case("http unknown requested output", "POST", INFER, mlp_body(outputs=[{"name": "nope"}]))
+http_case("http classification 0", "POST", INFER,
+          mlp_body(outputs=[{"name": "y", "parameters": {"classification": 0}}]))  # fmt: skip
+http_case("http empty id", "POST", INFER, mlp_body(id=""))
+http_case("http sequence_id to a stateless model", "POST", INFER,
+          mlp_body(parameters={"sequence_id": 5, "sequence_start": True}))  # fmt: skip
+
+
+@case("http binary size mismatch")
+def _http_binary_short(s: Server) -> Any:
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 12}}]}).encode()  # fmt: skip
+    return rest(s, "POST", INFER, head + X_RAW[:12], {"Inference-Header-Content-Length": str(len(head))})
+
+
+_X_RAW_IN: tuple[str, str, list[int], str, list[Any]] = ("x", "FP32", [2, 4], "", [])
+grpc_case("grpc missing input", "ModelInfer", lambda: infer_request("multi", [("a", "INT64", [2, 3], "", [])], raw=[A_RAW]))
+grpc_case("grpc unexpected input", "ModelInfer",
+          lambda: infer_request("mlp", [_X_RAW_IN, ("z", "FP32", [2, 4], "", [])], raw=[X_RAW, X_RAW]))  # fmt: skip
+grpc_case("grpc wrong datatype", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "INT32", [2, 4], "int_contents", [1] * 8)]))  # fmt: skip
+grpc_case("grpc shape mismatch", "ModelInfer", lambda: infer_request("mlp", [("x", "FP32", [2, 3], "", [])], raw=[X_RAW[:24]]))
+grpc_case("grpc byte size mismatch", "ModelInfer", lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW[:28]]))
+grpc_case("grpc batch over max", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "FP32", [9, 4], "fp32_contents", [1.0] * 36)]))  # fmt: skip
+grpc_case("grpc empty batch", "ModelInfer", lambda: infer_request("mlp", [("x", "FP32", [0, 4], "", [])], raw=[b""]))
+grpc_case("grpc unknown model", "ModelInfer", lambda: infer_request("nope", [_X_RAW_IN], raw=[X_RAW]))
+grpc_case("grpc unknown version", "ModelInfer", lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], version="2"))
+grpc_case("grpc version not a number", "ModelInfer",
+          lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], version="abc"))  # fmt: skip
+grpc_case("grpc duplicate requested output", "ModelInfer",
+          lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], outputs=[("y", {}), ("y", {})]))  # fmt: skip
+grpc_case("grpc unknown requested output", "ModelInfer",
+          lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], outputs=[("nope", {})]))  # fmt: skip
+grpc_case("grpc sequence_id to a stateless model", "ModelInfer",
+          lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], params={"sequence_id": 5, "sequence_start": True}))
+grpc_case("grpc extra raw_input_contents", "ModelInfer", lambda: infer_request("mlp", [_X_RAW_IN], raw=[X_RAW, X_RAW]))
+grpc_case("grpc missing raw_input_contents", "ModelInfer",
+          lambda: infer_request("multi", [("a", "INT64", [2, 3], "", []), ("b", "BOOL", [2, 3], "", [])],
+                                raw=[A_RAW]))  # fmt: skip
+grpc_case("grpc raw and typed contents", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "FP32", [2, 4], "fp32_contents", XF)], raw=[X_RAW]))  # fmt: skip
+
+
+
+@case("grpc stream")
+def _grpc_stream(s: Server) -> Any:
+    """A stream of a request that succeeds and one that is refused."""
+    import grpc
+
+    requests = [infer_request("mlp", [_X_RAW_IN], raw=[X_RAW], id="s1"),
+                infer_request("mlp", [("x", "FP32", [2, 3], "", [])], raw=[X_RAW[:24]], id="s2")]  # fmt: skip
+    answers: list[Any] = []
+    try:
+        for answer in s.stub.ModelStreamInfer(iter(requests), timeout=60):
+            answers.append(as_dict(answer))
+    except grpc.RpcError as e:
+        answers.append({"code": e.code().name, "details": e.details()})
+    return answers
+
+
+# statistics again: polystack counts the refusals as failures, Triton none
+http_case("http stats mlp after refusals", "GET", "/v2/models/mlp/stats")
+grpc_case("grpc stats mlp after refusals", "ModelStatistics", lambda: pb().ModelStatisticsRequest(name="mlp"))
+
+# routes
+http_case("http unknown route", "GET", "/v2/nope")
+http_case("http trailing slash", "GET", "/v2/models/mlp/")
+http_case("http wrong method", "DELETE", "/v2/health/live")
+
+# logging, trace, shared memory
+http_case("http logging", "GET", "/v2/logging")
+http_case("http logging unknown key", "POST", "/v2/logging", {"nope": 1})
+http_case("http trace setting", "GET", "/v2/trace/setting")
+http_case("http trace setting unknown key", "POST", "/v2/trace/setting", {"nope": "1"})
+http_case("http system shared memory status", "GET", "/v2/systemsharedmemory/status")
+http_case("http cuda shared memory status", "GET", "/v2/cudasharedmemory/status")
+grpc_case("grpc logging", "LogSettings", lambda: pb().LogSettingsRequest())
+
+
+@case("grpc logging unknown key")
+def _grpc_log_unknown(s: Server) -> Any:
+    req = pb().LogSettingsRequest()
+    req.settings["nope"].bool_param = True
+    return rpc(s, "LogSettings", req)
+
+
+grpc_case("grpc trace setting", "TraceSetting", lambda: pb().TraceSettingRequest())
+grpc_case("grpc system shared memory status", "SystemSharedMemoryStatus", lambda: pb().SystemSharedMemoryStatusRequest())
+grpc_case("grpc cuda shared memory status", "CudaSharedMemoryStatus", lambda: pb().CudaSharedMemoryStatusRequest())
+
+# model control (explicit mode), last: these change what is served
+case("http repository index")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {})))
+case("http repository index ready")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {"ready": True})))
+http_case("http load unknown model", "POST", "/v2/repository/models/nope/load")
+http_case("http load config not json", "POST", "/v2/repository/models/nobatch/load",
+          {"parameters": {"config": "{not json"}})  # fmt: skip
+http_case("http load unknown parameter", "POST", "/v2/repository/models/nobatch/load",
+          {"parameters": {"confg": "{}"}})  # fmt: skip
+http_case("http unload unknown model", "POST", "/v2/repository/models/nope/unload")
+case("http repository index after failed loads")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {})))
+case("grpc repository index")(lambda s: sorted_index(rpc(s, "RepositoryIndex", pb().RepositoryIndexRequest())))
+grpc_case("grpc repository index of a named repository", "RepositoryIndex",
+          lambda: pb().RepositoryIndexRequest(repository_name="x"))  # fmt: skip
+grpc_case("grpc load unknown model", "RepositoryModelLoad", lambda: pb().RepositoryModelLoadRequest(model_name="nope"))
+grpc_case("grpc unload unknown model", "RepositoryModelUnload", lambda: pb().RepositoryModelUnloadRequest(model_name="nope"))
+
+
+@case("grpc load config not json")
+def _grpc_load_bad_config(s: Server) -> Any:
+    req = pb().RepositoryModelLoadRequest(model_name="nobatch")
+    req.parameters["config"].string_param = "{not json"
+    return rpc(s, "RepositoryModelLoad", req)
+
+
+@case("grpc load unknown parameter")
+def _grpc_load_unknown_param(s: Server) -> Any:
+    req = pb().RepositoryModelLoadRequest(model_name="nobatch")
+    req.parameters["confg"].string_param = "{}"
+    return rpc(s, "RepositoryModelLoad", req)
+
+
+def until_not_ready(s: Server, model: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and rest(s, "GET", f"/v2/models/{model}/ready")["status"] == 200:
+        time.sleep(0.2)
+
+
+@case("http unload and reload an ensemble's step")
+def _http_step_reload(s: Server) -> Any:
+    """Unload step2 (pipe goes with it on both), load it again: does pipe come back?"""
+    steps: dict[str, Any] = {"unload step2": rest(s, "POST", "/v2/repository/models/step2/unload")}
+    until_not_ready(s, "step2")
+    until_not_ready(s, "pipe")
+    steps["pipe ready after the unload"] = rest(s, "GET", "/v2/models/pipe/ready")["status"]
+    steps["load step2"] = rest(s, "POST", "/v2/repository/models/step2/load")
+    steps["pipe ready after the load"] = rest(s, "GET", "/v2/models/pipe/ready")["status"]
+    steps["infer pipe"] = rest(s, "POST", "/v2/models/pipe/infer", mlp_body())
+    if steps["pipe ready after the load"] != 200:  # as it was, for whatever runs next
+        rest(s, "POST", "/v2/repository/models/pipe/load")
+    return steps
+
+
+@case("grpc unload and reload an ensemble's step")
+def _grpc_step_reload(s: Server) -> Any:
+    steps: dict[str, Any] = {"unload step2": rpc(s, "RepositoryModelUnload",
+                                                 pb().RepositoryModelUnloadRequest(model_name="step2"))}  # fmt: skip
+    until_not_ready(s, "step2")
+    until_not_ready(s, "pipe")
+    steps["pipe ready after the unload"] = rpc(s, "ModelReady", pb().ModelReadyRequest(name="pipe"))
+    steps["load step2"] = rpc(s, "RepositoryModelLoad", pb().RepositoryModelLoadRequest(model_name="step2"))
+    steps["pipe ready after the load"] = rpc(s, "ModelReady", pb().ModelReadyRequest(name="pipe"))
+    steps["infer pipe"] = rpc(s, "ModelInfer", infer_request("pipe", [_X_RAW_IN], raw=[X_RAW]))
+    if steps["infer pipe"]["code"] != "OK":
+        rest(s, "POST", "/v2/repository/models/pipe/load")
+    return steps
+
+
+# -- comparing ----------------------------------------------------------------------------------------
+def short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def compare(t: Any, p: Any, path: str, diffs: list[str], notes: list[str]) -> None:
+    """Append to ``diffs`` where polystack's outcome ``p`` differs from Triton's ``t`` (each led by its path),
+    to ``notes`` what differs within the rules (a missing request-id prefix, numbers within the tolerance)."""
+    if isinstance(t, dict) and isinstance(p, dict):
+        for k in list(t) + [k for k in p if k not in t]:
+            at = f"{path}.{k}"
+            if k not in p:
+                diffs.append(f"{at}: Triton's only ({short(t[k])})")
+            elif k not in t:
+                diffs.append(f"{at}: polystack's only ({short(p[k])})")
+            elif k in MESSAGE_KEYS and isinstance(t[k], str) and isinstance(p[k], str):
+                compare_message(t[k], p[k], at, diffs, notes)
+            else:
+                compare(t[k], p[k], at, diffs, notes)
+    elif isinstance(t, list) and isinstance(p, list):
+        if len(t) != len(p):
+            if all(isinstance(v, str | int) for v in t + p):
+                only_t, only_p = [v for v in t if v not in p], [v for v in p if v not in t]
+                diffs.append(f"{path}: {len(t)} items / {len(p)}; Triton's only {short(only_t)}, polystack's only {short(only_p)}")
+            else:
+                diffs.append(f"{path}: {len(t)} items / {len(p)}: Triton {short(t)} / polystack {short(p)}")
+            return
+        for i, (a, b) in enumerate(zip(t, p, strict=True)):
+            compare(a, b, f"{path}[{i}]", diffs, notes)
+    elif is_number(t) and is_number(p) and (isinstance(t, float) or isinstance(p, float)):
+        if not math.isclose(t, p, rel_tol=RTOL, abs_tol=ATOL) and not (math.isnan(t) and math.isnan(p)):
+            diffs.append(f"{path}: Triton {t!r} / polystack {p!r}")
+        elif t != p or type(t) is not type(p):
+            notes.append(f"{path}: numbers within tolerance, written differently (Triton {t!r}, polystack {p!r})")
+    elif t != p or type(t) is not type(p):
+        diffs.append(f"{path}: Triton {short(t)} / polystack {short(p)}")
+
+
+def compare_message(t: str, p: str, path: str, diffs: list[str], notes: list[str]) -> None:
+    words = REQUEST_ID.sub("", t).rstrip()
+    if p.startswith(t.rstrip()):
+        return
+    prefix = REQUEST_ID.match(t)
+    if prefix:
+        notes.append(f"{path}: without Triton's prefix {prefix.group(0)!r}")
+    if p.startswith(words):
+        return
+    same = next((i for i, (a, b) in enumerate(zip(words, p, strict=False)) if a != b), min(len(words), len(p)))
+    agree = f" (the first {same} characters agree)" if same >= 20 else ""
+    diffs.append(f"{path}: does not start with Triton's words{agree}: Triton {short(t, 300)} / polystack {short(p, 300)}")
+
+
+def judge(name: str, triton: Any, poly: Any) -> dict[str, Any]:
+    diffs: list[str] = []
+    notes: list[str] = []
+    compare(triton, poly, "$", diffs, notes)
+    known_pattern, why = KNOWN.get(name, ("", ""))
+    known = [d for d in diffs if known_pattern and re.fullmatch(known_pattern, d.split(":", 1)[0])]
+    unknown = [d for d in diffs if d not in known]
+    verdict = "differs" if unknown else "known" if known else "same"
+    row: dict[str, Any] = {"case": name, "verdict": verdict, "differences": unknown, "known": known, "notes": notes}
+    if known:
+        row["documented"] = why
+    if name in KNOWN and not known:
+        notes.append("KNOWN lists this case, but what it covers no longer differs")
+    row["triton"], row["polystack"] = triton, poly
+    return row
+
+
+def run_case(name: str, fn: CaseFn, triton: Server, poly: Server) -> dict[str, Any]:
+    outcomes = []
+    for server in (triton, poly):
+        try:
+            outcomes.append(fn(server))
+        except Exception as e:  # a case that cannot run is an outcome too
+            outcomes.append({"exception": f"{type(e).__name__}: {e}"})
+    return judge(name, *outcomes)
+
+
+# -- output -------------------------------------------------------------------------------------------
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(shutil.get_terminal_size((200, 50)).columns, 140))
+    table = Table(title="polystack against tritonserver 2.51", show_lines=False)
+    table.add_column("case", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("how")
+    style = {"same": "green", "known": "yellow", "differs": "bold red"}
+    for r in rows:
+        how = [*r["differences"], *(f"(known) {d}" for d in r["known"]), *(f"(note) {n}" for n in r["notes"])]
+        if r.get("documented"):
+            how.append(f"documented: {r['documented']}")
+        table.add_row(escape(r["case"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", escape("\n".join(how)))
+    console.print(table)
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in style}
+    console.print(f"{len(rows)} cases: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+
+
+def md(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(result: dict[str, Any]) -> None:
+    rows = result["cases"]
+    s = result["summary"]
+    lines = [
+        START,
+        "## Triton parity (`bench/triton_parity.py`)",
+        "",
+        f"Checked {result['measured_at']} on this machine. Command: `.venv/bin/{result['command']}` ({result['run_s']:.0f} s).",
+        f"{result['tritonserver']} and `polystack serve`, both `--model-control-mode explicit`, on equivalent"
+        " repositories (an FP32 MLP with dynamic batching and labels, a model without batching, an INT64 + BOOL"
+        " model of two inputs and two outputs, an ensemble of two steps; Triton's as Python-backend models running"
+        " the same ONNX files), get the same requests over HTTP and gRPC: health, metadata, config, statistics,"
+        " inference that succeeds (JSON, binary, requested outputs, classification) and that is refused, logging,"
+        " trace and shared memory settings, model control. Status codes, fields and values must match (numbers"
+        " within a relative 1e-5); an error message must start with Triton's words, once Triton's"
+        " `[request id: ...]` prefix is taken off (its absence is only noted). Known: differences the README"
+        " documents.",
+        "",
+        f"{s['cases']} cases ({s['http']} HTTP, {s['grpc']} gRPC): {s['same']} same, {s['known']} known,"
+        f" {s['differs']} differ; {s['without_request_id_prefix']} error messages lack Triton's request-id prefix.",
+        "",
+        "| case | differences |",
+        "|---|---|",
+    ]
+    for r in rows:
+        if r["verdict"] == "differs":
+            lines.append(f"| {md(r['case'])} | {'<br>'.join(md(d) for d in r['differences'])} |")
+    lines += ["", "Known, as the README documents them:", "", "| case | difference | README |", "|---|---|---|"]
+    for r in rows:
+        if r["known"]:
+            lines.append(f"| {md(r['case'])} | {'<br>'.join(md(d) for d in r['known'])} | {md(r['documented'])} |")
+    lines.append(END)
+    serving.put_section(START, END, lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="", help="run only the cases whose name matches this regex (no results written)")
+    args = ap.parse_args()
+    selected = {n: f for n, f in CASES.items() if re.search(args.cases, n)}
+    if not selected:
+        raise SystemExit(f"no case matches {args.cases!r}; cases: {', '.join(CASES)}")
+    started, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers are stopped on the way out, as on Ctrl-C
+    triton = triton_reference.ensure_tritonserver()
+    work = Path(tempfile.mkdtemp(prefix="polystack-bench-parity-"))
+    servers: list[Server] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        backends = triton_reference.backends_folder(triton, work)
+        triton_repo, poly_repo = build_repositories(work)
+        servers.append(launch_triton(triton, backends, triton_repo, work))
+        servers.append(launch_polystack(poly_repo, work))
+        for server in servers:
+            ready(server)
+        print(f"both up in {time.perf_counter() - started:.0f} s; {len(selected)} cases", flush=True)
+        for name, fn in selected.items():
+            rows.append(run_case(name, fn, *servers))
+    except BaseException:
+        print(f"the servers' logs are kept in {work}", file=sys.stderr)
+        raise
+    finally:
+        for server in servers:
+            shut(server)
+    print_table(rows)
+    if args.cases:
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
+    summary = {
+        "cases": len(rows),
+        "http": sum(r["case"].startswith("http") for r in rows),
+        "grpc": sum(r["case"].startswith("grpc") for r in rows),
+        **{v: sum(r["verdict"] == v for r in rows) for v in ("same", "known", "differs")},
+        "without_request_id_prefix": sum(any("without Triton's prefix" in n for n in r["notes"]) for r in rows),
+    }
+    result = {
+        "benchmark": "triton_parity",
+        "command": " ".join(["python", "bench/triton_parity.py", *sys.argv[1:]]),
+        "tritonserver": "tritonserver 2.51.0 (nvidia-pytriton 0.7.0)",
+        "run_s": round(time.perf_counter() - started, 1),
+        "summary": summary,
+        "cases": rows,
+        **serving.run_facts(load_start),
+    }
+    serving.save(RESULTS, result, write_markdown)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
