@@ -7,7 +7,9 @@
     │   ├── InvalidModelFile            not the claimed format, truncated, unreadable
     │   ├── UnsafeModel                 refused for safety: pickle, external data outside its folder
     │   ├── UnsupportedFormat           no importer recognises the file
-    │   └── AlreadyExists               a name already taken (Triton's ALREADY_EXISTS: HTTP 400, ALREADY_EXISTS)
+    │   ├── AlreadyExists               a name already taken (Triton's ALREADY_EXISTS: HTTP 400, ALREADY_EXISTS)
+    │   ├── NotUnique                   a model folder in two or more repositories
+    │   └── StepNotServed               an ensemble step's model that no folder holds
     ├── NotFound                        names something that does not exist        (HTTP 404, NOT_FOUND)
     │   ├── ModelNotFound
     │   ├── VersionNotFound
@@ -114,6 +116,13 @@ class NotUnique(InvalidRequest):
 
     unread = True
     TRITON = "model appears in two or more repositories"  # Triton's words, the repository index's reason
+
+
+class StepNotServed(InvalidRequest):
+    """An ensemble's step whose model no repository folder holds: Triton's load of the ensemble fails after reading
+    it (400, "load failed", not a failed poll), and its strict readiness does not count the ensemble."""
+
+    unread = True
 
 
 class NotFound(PolystackError):

@@ -318,3 +318,23 @@ def test_a_load_without_a_config_keeps_the_last_loads_config_while_the_folder_is
         client.load_model("vall")
         assert versions() == ["1", "2", "3"]
         client.close()
+
+
+def test_an_ensemble_whose_step_no_folder_holds_fails_its_load_as_tritons_400(tmp_path: Path) -> None:
+    """helper-109: the 500 of loads Triton cannot poll took in an ensemble whose step no folder holds; tritonserver
+    2.51 reads that ensemble and answers 400, "load failed for model ..."; and the index said a config that is not
+    JSON failed in other words than the load's answer."""
+    repo = _repository(tmp_path / "models")
+    (repo / "pipeghost" / "1").mkdir(parents=True)
+    (repo / "pipeghost" / "config.pbtxt").write_text(PIPE.replace('"inner"', '"ghost"'))
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode", "explicit"])
+    with server:
+        with pytest.raises(InferenceServerException, match="ghost") as e:
+            client.load_model("pipeghost")
+        assert e.value.status() == "400" and e.value.message().startswith("failed to load 'pipeghost': ")
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("a", config="{not json")
+        assert e.value.status() == "500"
+        [listed] = [m for m in client.get_model_repository_index() if m["name"] == "a"]
+        assert listed["reason"] == e.value.message(), listed
+        client.close()

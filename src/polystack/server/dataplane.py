@@ -52,6 +52,7 @@ from polystack.errors import (
     PollFailed,
     PolystackError,
     ShuttingDown,
+    StepNotServed,
     Unavailable,
     Unsupported,
     VersionNotFound,
@@ -659,13 +660,13 @@ class DataPlane:
                 entry = self._get(step.model, step.asked)
             except NotFound as e:
                 words = e.message.removesuffix("; load it first")  # the engine's, said once
-                refused = InvalidRequest(
+                text = (
                     f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
                     "the command line or give it a folder in the repository)"
                 )
                 if self.repository is not None and self.repository.folder(step.model) is None:
-                    refused.before_model_read()  # a model no folder has: Triton's poll of the ensemble fails
-                raise refused from None
+                    raise StepNotServed(text) from None  # a model no folder has: Triton's readiness does not count it
+                raise InvalidRequest(text) from None
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
@@ -2092,11 +2093,12 @@ class DataPlane:
         except PolystackError as e:
             if isinstance(e, NotFound):  # nothing of that name to load: Triton's poll finds nothing, its 500
                 raise PollFailed(f"{_polled(name)}: {e.message}") from None
-            detail = e.message
+            if e.unread and not isinstance(e, (PollFailed, StepNotServed)):  # its model unread: Triton's poll fails
+                polled = PollFailed(f"{_polled(name)}: {e.message}")  # its 500, the index saying the same
+                self._failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
+                raise polled from None
             failed = load_failed(name, e)
             self._failed(name, failed)
-            if e.unread and not isinstance(e, PollFailed):  # its model unread: Triton's poll fails, its 500
-                raise PollFailed(f"{_polled(name)}: {detail}") from None
             if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
                 raise InvalidRequest(failed.message) from None
             raise failed from None
