@@ -100,7 +100,7 @@ _OTHERWISE = (
 )
 _NOT_JSON = (
     "README: 'a request body that is not JSON, or whose fields have the wrong types, is 400 where tritonserver 2.51"
-    " answers 500'"
+    " answers 500 (a body that is not JSON, in polystack's words)'"
 )
 _CONFIG = r"\$\.(body|response\.config)\.(runtime|model_transaction_policy|response_cache|parameters(\.polystack_device)?|dynamic_batching\.default_queue_policy|(input|output)\[\d+\]\.is_non_linear_format_io)"
 KNOWN: dict[str, tuple[str, str]] = {
@@ -128,7 +128,7 @@ KNOWN: dict[str, tuple[str, str]] = {
     "grpc unexpected input": (r"\$\.details", _OTHERWISE),
     "grpc version not a number": (r"\$\.details", _OTHERWISE),
     "http malformed json": (r"\$\.(status|body\.error)", _NOT_JSON),
-    "http data count mismatch": (r"\$\.(status|body\.error)", _NOT_JSON),
+    "http data count mismatch": (r"\$\.status", _NOT_JSON),
     "http server metadata": (r"\$\.body\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
     "grpc server metadata": (r"\$\.response\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
     "http system shared memory status": (r".*", _SHM),
@@ -865,6 +865,10 @@ def compare(t: Any, p: Any, path: str, diffs: list[str], notes: list[str]) -> No
 
 def compare_message(t: str, p: str, path: str, diffs: list[str], notes: list[str]) -> None:
     words = REQUEST_ID.sub("", t).rstrip()
+    if not words:  # an empty message is matched by an empty one only
+        if p.strip():
+            diffs.append(f"{path}: Triton's is empty / polystack {short(p, 300)}")
+        return
     if p.startswith(t.rstrip()):
         return
     prefix = REQUEST_ID.match(t)
@@ -881,6 +885,9 @@ def judge(name: str, triton: Any, poly: Any) -> dict[str, Any]:
     diffs: list[str] = []
     notes: list[str] = []
     compare(triton, poly, "$", diffs, notes)
+    for server, outcome in (("Triton", triton), ("polystack", poly)):
+        if isinstance(outcome, dict) and "exception" in outcome:  # a case that could not run is never "same"
+            diffs.append(f"$.exception: the case failed on {server}: {short(outcome['exception'], 300)}")
     known_pattern, why = KNOWN.get(name, ("", ""))
     known = [d for d in diffs if known_pattern and re.fullmatch(known_pattern, d.split(":", 1)[0])]
     unknown = [d for d in diffs if d not in known]

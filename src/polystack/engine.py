@@ -387,7 +387,7 @@ def infer_entry(
     outcome = outcome or Outcome(entry.stats)
     try:
         if entry.shown is not None:  # the dims a config fixed: the model itself would take more
-            entry.shown.validate_inputs(inputs, model=entry.name)
+            entry.shown.validate_inputs(inputs, entry.spec.max_batch_size, entry.name)  # (Triton's note if it batches)
         result = entry.model.infer(inputs, outputs)
     except ModelClosed:
         if not outcome.rerouted:  # else counted where its caller sends it next

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -337,4 +338,58 @@ def test_an_ensemble_whose_step_no_folder_holds_fails_its_load_as_tritons_400(tm
         assert e.value.status() == "500"
         [listed] = [m for m in client.get_model_repository_index() if m["name"] == "a"]
         assert listed["reason"] == e.value.message(), listed
+        client.close()
+
+
+def test_a_load_of_one_ensemble_brings_back_another_waiting_for_the_same_model(tmp_path: Path) -> None:
+    """helper-112: only a load of the model itself brought back the ensembles waiting for it; a load of another
+    ensemble that loaded it too left them unloaded."""
+    repo = _repository(tmp_path / "models")
+    (repo / "pipe2" / "1").mkdir(parents=True)
+    (repo / "pipe2" / "config.pbtxt").write_text(PIPE)
+    client, server = _serve(tmp_path, ["--model-repository", str(repo), "--model-control-mode", "explicit",
+                                       "--load-model", "pipe", "--load-model", "pipe2"])  # fmt: skip
+    with server:
+        client.unload_model("inner")
+        assert _ready(client) == []
+        client.load_model("pipe")  # loads inner too
+        assert _ready(client) == ["inner", "pipe", "pipe2"]
+        client.close()
+
+
+def test_an_unload_queued_behind_a_failing_load_leaves_no_failure_behind(tmp_path: Path) -> None:
+    """helper-112: a failed load's failure was recorded on the event loop after the loader had run an unload queued
+    behind it, so the index kept it and strict readiness stayed false until a load succeeded."""
+    import threading
+
+    root = tmp_path / "models"
+    (root / "good" / "1").mkdir(parents=True)
+    mlp_onnx(root / "good" / "1" / "model.onnx")
+    (root / "bad" / "1").mkdir(parents=True)
+    mlp_onnx(root / "bad" / "1" / "model.onnx", sizes=(16, 4096, 4096, 4))  # slow to load: the unload queues
+    (root / "bad" / "2").mkdir(parents=True)
+    (root / "bad" / "2" / "model.onnx").write_bytes(b"\x08\x01garbage" * 50)
+    (root / "bad" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\nversion_policy: { all: {} }\n')
+    port = free_port()
+    args = ["--model-repository", str(root), "--model-control-mode", "explicit", "--load-model", "good",
+            "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(3):
+            failed: list[str] = []
+
+            def load(failed: list[str] = failed) -> None:
+                try:
+                    httpclient.InferenceServerClient(f"127.0.0.1:{port}").load_model("bad")
+                except InferenceServerException as e:
+                    failed.append(e.message())
+
+            loading = threading.Thread(target=load)
+            loading.start()
+            time.sleep(0.1)  # the load under way (its first version takes a while)
+            client.unload_model("bad")  # queued behind the load on the loader
+            loading.join()
+            assert failed, "the load was to fail"
+            assert [m for m in client.get_model_repository_index() if m["name"] == "bad"] == [{"name": "bad"}]
+            assert client.is_server_ready()
         client.close()

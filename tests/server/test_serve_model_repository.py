@@ -1250,3 +1250,34 @@ def test_a_polled_model_whose_folder_comes_into_a_second_repository_is_unloaded_
         assert until(lambda: client.is_model_ready("m", "1"))  # the second one's, alone now
         client.close()
     assert log.read_text().count("model appears in two or more repositories") == 1
+
+
+def test_a_shape_refused_by_a_model_that_batches_carries_tritons_note_whatever_serves_it(tmp_path: Path) -> None:
+    """helper-112: the NOTE tritonserver 2.51 adds to a shape refused by a batching model was missing where a config
+    fixed a dim the model leaves open and set no dynamic batching (the engine's check ran first); it stays out of a
+    model that does not batch."""
+    from onnx import TensorProto
+    from servekit import single_op
+
+    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 3 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]\n'
+    configs = {
+        "dyn": f"max_batch_size: 4\n{io}dynamic_batching {{ }}\n",
+        "nodyn": f"max_batch_size: 4\n{io}",
+        "zero": 'max_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 3 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 3 ] } ]\n',
+    }
+    for name, config in configs.items():
+        (tmp_path / "models" / name / "1").mkdir(parents=True)
+        single_op(tmp_path / "models" / name / "1" / "model.onnx", "Neg", TensorProto.FLOAT, "w", "x", [("y", "Neg")])  # type: ignore[arg-type]
+        (tmp_path / "models" / name / "config.pbtxt").write_text(config)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for name in configs:
+            x = httpclient.InferInput("x", [1, 5], "FP32")
+            x.set_data_from_numpy(np.ones((1, 5), np.float32))
+            with pytest.raises(InferenceServerException, match="unexpected shape for input 'x'") as e:
+                client.infer(name, [x])
+            assert ("NOTE: Setting a non-zero max_batch_size" in e.value.message()) is (name != "zero"), name
+        client.close()

@@ -2088,21 +2088,7 @@ class DataPlane:
                 f"{_polled(name)}: no model folder {name!r} in --model-repository "
                 f"{', '.join(map(str, repository.roots))}; add it, or load a model folder it holds"
             )
-        try:
-            await self._repository_load(name, parameters)
-        except PolystackError as e:
-            if isinstance(e, NotFound):  # nothing of that name to load: Triton's poll finds nothing, its 500
-                raise PollFailed(f"{_polled(name)}: {e.message}") from None
-            if e.unread and not isinstance(e, (PollFailed, StepNotServed)):  # its model unread: Triton's poll fails
-                polled = PollFailed(f"{_polled(name)}: {e.message}")  # its 500, the index saying the same
-                self._failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
-                raise polled from None
-            failed = load_failed(name, e)
-            self._failed(name, failed)
-            if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
-                raise InvalidRequest(failed.message) from None
-            raise failed from None
-        self._load_failures.pop(name, None)
+        await self._repository_load(name, parameters)
         if self._unmet:
             try:  # the load succeeded whatever this does: its client hears so
                 await self._control(self._restore_dependents, name)
@@ -2112,13 +2098,13 @@ class DataPlane:
                 log.exception("loading again the ensembles that run a model failed", extra={"model": name})
 
     def _restore_dependents(self, name: str) -> None:
-        """After an explicit load of ``name``: the repository ensembles not served for want of it load again once
-        every model they run is served, as Triton's load of a model loads the ensembles that depend on it
+        """After an explicit load of ``name``: the repository ensembles not served for want of their models load
+        again once every model they run is served, as Triton's load of a model loads the ensembles that depend on it
         (tritonserver 2.51 brought an ensemble back on a reload of its step where polystack left it unloaded:
         helper-108). An ensemble unloaded by name is not waiting (``repository_unload``)."""
-        for other in sorted(self._unmet):
+        for other in sorted(self._unmet):  # any of them: a load of one ensemble may have loaded another's model
             runs = self._unmet_runs.get(other)
-            if other not in self._unmet or runs is None or name not in runs:
+            if other not in self._unmet or runs is None:
                 continue
             if not all(self.model_ready(model, None) for model in runs):  # a load of it would load the rest
                 continue
@@ -2146,13 +2132,48 @@ class DataPlane:
     async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
         config = parameters.get("config")
         if "config" in parameters and not isinstance(config, str):
-            raise InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
+            raise self._settled(
+                name, InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
+            )
         if model_files.given(parameters):
-            files = model_files.read(parameters)
+            try:
+                files = model_files.read(parameters)
+            except PolystackError as e:
+                raise self._settled(name, e) from None
             assert config is not None  # repository_load refused files without their config, in Triton's words
-            await self._control(lambda n: self._load_files(n, files, config), name)
+            await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)
             return
-        await self._control(lambda n: self._load_only(n, config), name)
+        await self._control(self._recorded(lambda n: self._load_only(n, config)), name)
+
+    def _recorded(self, change: Callable[[str], Any]) -> Callable[[str], Any]:
+        """``change``, a load, with what the index and readiness keep of its outcome recorded on the loader along
+        with it: an unload queued behind it then finds it recorded (recorded afterwards on the event loop, a failure
+        outlived the unload, the server unready until a load succeeded: helper-112)."""
+
+        def run(name: str) -> Any:
+            try:
+                done = change(name)
+            except PolystackError as e:
+                raise self._settled(name, e) from None
+            self._load_failures.pop(name, None)
+            return done
+
+        return run
+
+    def _settled(self, name: str, e: PolystackError) -> PolystackError:
+        """The answer to a repository load of ``name`` that failed with ``e``, in Triton's words and codes, its
+        failure kept for the index (but for a name nothing holds, which Triton does not track)."""
+        if isinstance(e, NotFound):  # nothing of that name to load: Triton's poll finds nothing, its 500
+            return PollFailed(f"{_polled(name)}: {e.message}")
+        if e.unread and not isinstance(e, (PollFailed, StepNotServed)):  # its model unread: Triton's poll fails
+            polled = PollFailed(f"{_polled(name)}: {e.message}").at_version(e.failed_version)  # its 500
+            self._failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
+            return polled
+        failed = load_failed(name, e)
+        self._failed(name, failed)
+        if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
+            return InvalidRequest(failed.message)
+        return failed
 
     def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry | ensemble.Ensemble:
         """Register a load's model file as a version of ``name`` and load that version with ``config``;
