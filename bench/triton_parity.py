@@ -302,17 +302,12 @@ def network() -> tuple[int, int, list[str]]:
 
 
 def launch_triton(triton: Path, backends: Path, repo: Path, work: Path) -> Server:
-    """tritonserver (not waited for; ``ready`` waits). triton_reference.start_triton takes no flags of ours."""
+    """tritonserver with the flags polystack gets too (not waited for; ``ready`` waits)."""
     http, grpc, flags = network()
-    metrics = serving.free_port()
-    cmd = [
-        str(triton / "pytriton" / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(repo),
-        "--backend-directory", str(backends), "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics), *flags,
-    ]  # fmt: skip
+    metrics = ["--metrics-address", "127.0.0.1", "--metrics-port", str(serving.free_port())]
     log = work / "triton.log"
-    env = {**os.environ, "LD_LIBRARY_PATH": str(triton / "nvidia_pytriton.libs")}
     # a session of its own: its stub processes go with it, and Ctrl-C reaches only this script (which stops it)
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = triton_reference.tritonserver(triton, backends, repo, [*metrics, *flags], log, start_new_session=True)
     return Server("triton", proc, http, grpc, log)
 
 

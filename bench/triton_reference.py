@@ -193,22 +193,17 @@ def start_triton(
     the runtime cores, so the stub processes it spawns for its models (the runtime) stay there, and once the
     models are ready its own threads move to the front-end cores. Returns (process, HTTP port, stub pids)."""
     port, grpc, metrics = serving.free_port(), serving.free_port(), serving.free_port()
-    cmd = [
-        str(triton / "pytriton" / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(repo),
-        "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
-        "--metrics-address", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(grpc),
-        "--metrics-port", str(metrics), "--log-verbose", "0", "--log-info", "false",
+    flags = [
+        "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+        "--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--log-verbose", "0",
+        "--log-info", "false",
     ]  # fmt: skip
     log = work / f"triton-{repo.name}.log"
-    env = {**os.environ, "LD_LIBRARY_PATH": str(triton / "nvidia_pytriton.libs")}
     runtime = sorted(cores[1]) if cores else None
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
+    proc = tritonserver(
+        triton, backends, repo, flags, log,
         preexec_fn=(lambda: os.sched_setaffinity(0, runtime)) if runtime else None,
-    )
+    )  # fmt: skip
     for model in models:
         serving.wait_ready(port, f"/v2/models/{model}/ready", proc, log)
     stubs = children(proc.pid)
@@ -216,6 +211,17 @@ def start_triton(
         for task in Path(f"/proc/{proc.pid}/task").iterdir():
             os.sched_setaffinity(int(task.name), cores[0])
     return proc, port, stubs
+
+
+def tritonserver(
+    triton: Path, backends: Path, repo: Path, flags: list[str], log: Path, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """The wheel's tritonserver serving ``repo`` with ``flags``, its libraries found, its output into ``log``
+    (``popen``: more of ``subprocess.Popen``'s arguments)."""
+    cmd = [str(triton / "pytriton" / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(repo),
+           "--backend-directory", str(backends), *flags]  # fmt: skip
+    env = {**os.environ, "LD_LIBRARY_PATH": str(triton / "nvidia_pytriton.libs")}
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, **popen)
 
 
 def children(pid: int) -> list[int]:

@@ -270,7 +270,6 @@ def test_explicit_mode_loads_an_ensemble_again_once_its_model_is_loaded_again(tm
         client.load_model("inner")
         assert _ready(client) == ["a", "inner"]
         # the config of the ensemble's last load comes back with it, as that load's config stays in force
-        config = client.get_model_config("inner")  # (any config: only max_batch_size is checked)
         pipe = {"platform": "ensemble", "max_batch_size": 2,
                 "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [16]}],
                 "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [4]}],
@@ -279,7 +278,7 @@ def test_explicit_mode_loads_an_ensemble_again_once_its_model_is_loaded_again(tm
         client.load_model("pipe", config=json.dumps(pipe))
         client.unload_model("inner")
         client.load_model("inner")
-        assert client.get_model_config("pipe")["max_batch_size"] == 2, config
+        assert client.get_model_config("pipe")["max_batch_size"] == 2
         client.close()
 
 
