@@ -102,6 +102,11 @@ _NOT_JSON = (
     "README: 'a request body that is not JSON, or whose fields have the wrong types, is 400 where tritonserver 2.51"
     " answers 500 (a body that is not JSON, in polystack's words)'"
 )
+_STRICT = (
+    "README: 'nested `data` whose rows differ in length is refused even where its count fits the shape (Triton"
+    " flattens it, so the model would run on misaligned rows), and so is a number too large for its float datatype"
+    " (Triton runs it as infinity)'"
+)
 _CONFIG = r"\$\.(body|response\.config)\.(runtime|model_transaction_policy|response_cache|parameters(\.polystack_device)?|dynamic_batching\.default_queue_policy|(input|output)\[\d+\]\.is_non_linear_format_io)"
 KNOWN: dict[str, tuple[str, str]] = {
     "http live": (r"\$\.body", _OTHERWISE),
@@ -129,6 +134,9 @@ KNOWN: dict[str, tuple[str, str]] = {
     "grpc version not a number": (r"\$\.details", _OTHERWISE),
     "http malformed json": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http data count mismatch": (r"\$\.status", _NOT_JSON),
+    "http shape of the wrong type": (r"\$\.(status|body\.error)", _NOT_JSON),
+    "http ragged nested data": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
+    "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http server metadata": (r"\$\.body\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
     "grpc server metadata": (r"\$\.response\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
     "http system shared memory status": (r".*", _SHM),
@@ -651,6 +659,11 @@ http_case("http duplicate input", "POST", INFER, {"inputs": [x_in(), x_in()]})
 http_case("http wrong datatype", "POST", INFER, {"inputs": [x_in(datatype="INT32", data=[1] * 8)]})
 http_case("http shape mismatch", "POST", INFER, {"inputs": [x_in([2, 3], [1.0] * 6)]})
 http_case("http data count mismatch", "POST", INFER, {"inputs": [x_in([2, 4], [1.0] * 7)]})
+http_case("http shape of the wrong type", "POST", INFER, {"inputs": [x_in([2, 4.0])]})
+http_case("http ragged nested data", "POST", INFER, {"inputs": [x_in(data=[XF[:3], XF[3:]])]})
+http_case("http value out of fp32's range", "POST", INFER, {"inputs": [x_in(data=[1e300] * 8)]})
+http_case("http datatype in lower case", "POST", INFER, {"inputs": [x_in(datatype="fp32")]})
+http_case("http nobatch shape mismatch", "POST", "/v2/models/nobatch/infer", {"inputs": [x_in([1, 2, 3], [1.0] * 6)]})
 http_case("http batch over max", "POST", INFER, {"inputs": [x_in([9, 4], [1.0] * 36)]})
 http_case("http empty batch", "POST", INFER, {"inputs": [x_in([0, 4], [])]})
 http_case("http unknown model", "POST", "/v2/models/nope/infer", mlp_body())
@@ -663,6 +676,18 @@ http_case("http classification 0", "POST", INFER,
 http_case("http empty id", "POST", INFER, mlp_body(id=""))
 http_case("http sequence_id to a stateless model", "POST", INFER,
           mlp_body(parameters={"sequence_id": 5, "sequence_start": True}))  # fmt: skip
+
+
+def _binary_x(s: Server, header: Callable[[int], str]) -> Any:
+    """The binary request of ``x`` with its Inference-Header-Content-Length written by ``header`` from the JSON's length."""
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 32}}]}).encode()  # fmt: skip
+    return rest(s, "POST", INFER, head + X_RAW, {"Inference-Header-Content-Length": header(len(head))})
+
+
+case("http header length with a plus sign")(partial(_binary_x, header=lambda n: f"+{n}"))
+case("http header length negative")(partial(_binary_x, header=lambda n: "-5"))
+case("http header length past the body")(partial(_binary_x, header=lambda n: str(n + 100)))
 
 
 @case("http binary size mismatch")
@@ -699,6 +724,8 @@ grpc_case("grpc missing raw_input_contents", "ModelInfer",
                                 raw=[A_RAW]))  # fmt: skip
 grpc_case("grpc raw and typed contents", "ModelInfer",
           lambda: infer_request("mlp", [("x", "FP32", [2, 4], "fp32_contents", XF)], raw=[X_RAW]))  # fmt: skip
+grpc_case("grpc data in the wrong contents field", "ModelInfer",
+          lambda: infer_request("mlp", [("x", "FP32", [2, 4], "int_contents", [1] * 8)]))  # fmt: skip
 
 
 

@@ -282,7 +282,8 @@ class Signature:
             if not spec.accepts(arr.shape):
                 raise InvalidTensor(  # Triton's words, its note where the model batches
                     f"unexpected shape for input {spec.name!r}{_for(model)}. Expected {_dims(spec.shape)}, got "
-                    f"{_dims(arr.shape)}" + (_BATCH_NOTE if max_batch_size and spec.batched else " (-1: any size)")
+                    f"{_dims(arr.shape)}"
+                    + (_BATCH_NOTE if max_batch_size and spec.batched else ". " + ("(-1: any size)" if -1 in spec.shape else ""))
                 )
             if spec.batched and i < required:
                 if batch is None:

@@ -179,7 +179,7 @@ def test_typed_contents_in_a_second_field_or_the_wrong_one_are_refused_in_triton
         _refused(stub, req, "unexpected explicit tensor data for input tensor 'a' for model 'ident64', binary data was already supplied")
         req = pb.ModelInferRequest(model_name="ident64")
         req.inputs.add(name="a", datatype="INT64", shape=[1, 4]).contents.int_contents.extend([5, 6, 7, 8])
-        _refused(stub, req, "for model 'ident64' is of type 'INT32', expected datatype 'INT64'", "int64_contents")
+        _refused(stub, req, "for model 'ident64' of type 'INT32', expected datatype 'INT64'", "int64_contents")
         req = pb.ModelInferRequest(model_name="ident8")  # int_contents carries INT8
         req.inputs.add(name="a", datatype="INT8", shape=[1, 2]).contents.int_contents.extend([1, 2])
         assert np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.int8).tolist() == [1, 2]

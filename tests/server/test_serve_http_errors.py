@@ -175,12 +175,12 @@ def test_wrong_datatype_is_400(raw: Raw) -> None:
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="INT64", data=[0] * 16)]})
     check_error(raw, status, doc, 400, "INT64", "FP32")
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="FLOAT128")]})
-    check_error(raw, status, doc, 400, "unknown datatype")
+    check_error(raw, status, doc, 400, "invalid datatype for input x: unknown datatype")  # Triton's words first
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(data=["a"] * 16)]})
     check_error(raw, status, doc, 400, "numbers only")
     # the protocol spells datatypes in upper case, and Triton refuses any other spelling
     status, doc = raw.json("POST", INFER, {"inputs": [good_input(datatype="fp32")]})
-    check_error(raw, status, doc, 400, "'fp32' is spelled 'FP32'")
+    check_error(raw, status, doc, 400, "invalid datatype for input x: 'fp32' is spelled 'FP32'")
 
 
 def test_numbers_out_of_a_float_datatypes_range_are_400(raw: Raw) -> None:
@@ -300,6 +300,10 @@ def test_binary_header_length_larger_than_body_is_400(raw: Raw) -> None:
     body = json.dumps({"inputs": [good_input()]}).encode()
     status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": str(len(body) + 100)})
     check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length")
+    # tritonserver 2.51's words lead (bench/triton_parity.py), for a length past the body and a negative one
+    check_error(raw, status, json.loads(data), 400, f"inference header size should be in range (0, {len(body)}), got: {len(body) + 100}")
+    status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": "-5"})
+    check_error(raw, status, json.loads(data), 400, f"inference header size should be in range (0, {len(body)}), got: -5")
     status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": "lots"})
     check_error(raw, status, json.loads(data), 400, "integer")
 
@@ -887,11 +891,20 @@ def test_binary_tensors_without_their_header_length_are_400_naming_the_header(ra
     check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length")
 
 
-@pytest.mark.parametrize("value", ["1_0", "+10", " 1 0", "\u0661\u0660", "9" * 5000])
+@pytest.mark.parametrize("value", ["1_0", "+-10", " 1 0", "\u0661\u0660", "9" * 5000])
 def test_a_header_length_that_is_not_plain_digits_is_400(raw: Raw, value: str) -> None:
     head = json.dumps({"inputs": [good_input()]}).encode()
     status, _, data = raw.request("POST", INFER, head, {"Inference-Header-Content-Length": value.encode()})  # type: ignore[dict-item]
     check_error(raw, status, json.loads(data), 400, "Inference-Header-Content-Length must be")
+
+
+def test_a_header_length_with_a_plus_sign_is_read_as_triton_reads_it(raw: Raw) -> None:
+    """tritonserver 2.51 reads the header with atoi: "+104" is 104 (bench/triton_parity.py; polystack refused it)."""
+    head = json.dumps({"inputs": [good_input(data=None, parameters={"binary_data_size": 64})]}).encode()
+    status, _, data = raw.request(
+        "POST", INFER, head + bytes(64), {"Inference-Header-Content-Length": f"+{len(head)}".encode()}  # type: ignore[dict-item]
+    )
+    assert status == 200, data
 
 
 def test_a_request_in_absolute_form_is_routed_by_its_path(server: ServerThread) -> None:

@@ -1280,4 +1280,6 @@ def test_a_shape_refused_by_a_model_that_batches_carries_tritons_note_whatever_s
             with pytest.raises(InferenceServerException, match="unexpected shape for input 'x'") as e:
                 client.infer(name, [x])
             assert ("NOTE: Setting a non-zero max_batch_size" in e.value.message()) is (name != "zero"), name
+            if name == "zero":  # Triton's words end ". " there (bench/triton_parity.py), then polystack's hint
+                assert "Expected [-1,3], got [1,5]. (-1: any size)" in e.value.message(), e.value.message()
         client.close()

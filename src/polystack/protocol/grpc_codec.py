@@ -205,7 +205,7 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
             )
         if kind(dtype) is not dtype:
             raise InvalidTensor(
-                f"unexpected explicit tensor data for input tensor {name!r} for model {model!r} is of type "
+                f"unexpected explicit tensor data for input tensor {name!r} for model {model!r} of type "
                 f"'{kind(dtype).value}', expected datatype '{dtype.value}'"
                 + (
                     f"; send it in contents.{_CONTENTS_FIELD[dtype]}"

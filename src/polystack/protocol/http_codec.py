@@ -148,8 +148,9 @@ def decode_infer_request(
     binary: memoryview | None = None
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
-            raise InvalidRequest(
-                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+            raise InvalidRequest(  # Triton's words, then what the header gives
+                f"inference header size should be in range (0, {len(body)}), got: {header_length}; "
+                "Inference-Header-Content-Length is the length in bytes of the body's JSON part"
             )
         view = memoryview(body)
         head: bytes | memoryview = view[:header_length]

@@ -207,13 +207,17 @@ def no_shared_memory(what: str) -> InvalidRequest:
 
 
 def parse_dtype(raw: Any, name: str) -> DType:
-    """A tensor's datatype as the protocol spells it: upper case, exactly (Triton refuses "fp32" too)."""
+    """A tensor's datatype as the protocol spells it: upper case, exactly (Triton refuses "fp32" too, in the words
+    these refusals start with: "invalid datatype for input x")."""
     if not isinstance(raw, str):
         raise InvalidTensor(f"input {name!r}: 'datatype' must be a string such as \"FP32\"")
-    dtype = DType.parse(raw)
+    try:
+        dtype = DType.parse(raw)
+    except InvalidTensor as e:
+        raise InvalidTensor(f"invalid datatype for input {name}: {e}") from None
     if dtype.value != raw:
         raise InvalidTensor(
-            f"input {name!r}: datatype {quote(raw)} is spelled {dtype.value!r} in the protocol; send that"
+            f"invalid datatype for input {name}: {quote(raw)} is spelled {dtype.value!r} in the protocol; send that"
         )
     return dtype
 

@@ -669,7 +669,8 @@ def _header_length(headers: dict[bytes, bytes]) -> int | None:
     if raw is None:
         return None
     value = raw.strip()
-    if not (value.isdigit() and len(value) <= 18):  # bytes.isdigit: ASCII digits only, no sign, no "_"
+    digits = value[1:] if value[:1] in (b"+", b"-") else value  # a sign, as Triton's atoi reads one
+    if not (digits.isdigit() and len(digits) <= 18):  # bytes.isdigit: ASCII digits only, no "_"
         raise InvalidRequest(
             "Inference-Header-Content-Length must be an integer: the length in bytes of the body's JSON part"
         )
