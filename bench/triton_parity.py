@@ -79,7 +79,9 @@ MESSAGE_KEYS = frozenset({"error", "details", "error_message", "reason"})
 # README's words). A difference of the case that the regex does not cover still counts as a difference.
 _NAME = (
     "README: 'Server metadata names the server `polystack`; `--server-name triton` (or tritonserver's `--id triton`)"
-    " makes it say `triton`'; `--allow-shared-memory` 'enables the system shared memory extension', off by default"
+    " makes it say `triton`'; `--allow-shared-memory` 'enables the system shared memory extension', off by default;"
+    " '`GET /v2` lists `generate` (tritonserver 2.51 lists it nowhere; gRPC's ServerMetadata leaves it out: the"
+    " extension is HTTP's alone)'"
 )
 _SHM = (
     "README: '`--allow-shared-memory` (or Triton's own spelling, `--allow-client-shm=true`, which launch scripts for"
@@ -134,10 +136,12 @@ KNOWN: dict[str, tuple[str, str]] = {
     "grpc version not a number": (r"\$\.details", _OTHERWISE),
     "http malformed json": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http data count mismatch": (r"\$\.status", _NOT_JSON),
+    "http generate not an object": (r"\$\.(status|body\.error)", _NOT_JSON),
+    "http generate ensemble": (r"\$\.body\.sequence_(start|end|id)", _OTHERWISE),
     "http shape of the wrong type": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http ragged nested data": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
-    "http server metadata": (r"\$\.body\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
+    "http server metadata": (r"\$\.body\.(name|version|extensions\.((system|cuda)_shared_memory|generate))", _NAME),
     "grpc server metadata": (r"\$\.response\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
     "http system shared memory status": (r".*", _SHM),
     "grpc system shared memory status": (r".*", _SHM),
@@ -753,6 +757,25 @@ grpc_case("grpc stats mlp after refusals", "ModelStatistics", lambda: pb().Model
 http_case("http unknown route", "GET", "/v2/nope")
 http_case("http trailing slash", "GET", "/v2/models/mlp/")
 http_case("http wrong method", "DELETE", "/v2/health/live")
+
+# the generate extension (HTTP only; tritonserver 2.51 reads any model's inputs from it, not text models' alone)
+GENERATE = "/v2/models/mlp/generate"
+http_case("http generate", "POST", GENERATE, {"x": XF[:4]})
+http_case("http generate two rows", "POST", GENERATE, {"x": XF})
+http_case("http generate id and parameters", "POST", GENERATE, {"x": XF[:4], "id": "g1", "parameters": {"top_k": 5}})
+http_case("http generate an input in parameters", "POST", "/v2/models/multi/generate",
+          {"a": A[0], "parameters": {"b": B[0]}})  # fmt: skip
+http_case("http generate a shape that does not fit", "POST", GENERATE, {"x": XF[:6]})
+http_case("http generate nested values", "POST", GENERATE, {"x": [XF[:4]]})
+http_case("http generate a missing input", "POST", "/v2/models/multi/generate", {"a": A[0]})
+http_case("http generate a parameter that is a list", "POST", GENERATE, {"x": XF[:4], "stop": [1, 2]})
+http_case("http generate a triton_ parameter", "POST", GENERATE, {"x": XF[:4], "triton_x": 1})
+http_case("http generate unknown model", "POST", "/v2/models/nope/generate", {"x": XF[:4]})
+http_case("http generate nobatch", "POST", "/v2/models/nobatch/generate", {"x": XF[:6]})
+http_case("http generate ensemble", "POST", "/v2/models/pipe/generate", {"x": XF[:4]})
+http_case("http generate not an object", "POST", GENERATE, b"[1]", {"Content-Type": "application/json"})
+http_case("http generate_stream", "POST", "/v2/models/mlp/generate_stream", {"x": XF[:4]})
+http_case("http generate_stream a missing input", "POST", "/v2/models/multi/generate_stream", {"a": A[0]})
 
 # logging, trace, shared memory
 http_case("http logging", "GET", "/v2/logging")

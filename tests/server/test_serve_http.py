@@ -240,6 +240,7 @@ def test_versioned_paths_and_metadata(client: httpclient.InferenceServerClient) 
         "trace",
         "model_repository",  # the index answers without model control, as in Triton (loads are refused)
         "model_repository(unload_dependents)",
+        "generate",  # HTTP's alone (test_serve_generate.py)
     ]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,15 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
             assert refused.value.status() == "403"
         assert http.get_server_metadata(headers=INFER)["name"] == "polystack"
         assert http.infer("mlp", [_x(httpclient)], headers={"Infer-Key": "infer-value"}).as_numpy("y").shape == (1, 4)
+        for action in ("generate", "generate_stream"):  # the generate extension is inference, as in Triton
+            body = json.dumps({"x": [1.0] * 16}).encode()
+            refused_req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/mlp/{action}", body)
+            with pytest.raises(urllib.error.HTTPError) as refused_http:
+                urllib.request.urlopen(refused_req, timeout=10)
+            assert refused_http.value.code == 403, action
+            allowed = urllib.request.Request(refused_req.full_url, body, {"infer-key": "infer-value"})
+            with urllib.request.urlopen(allowed, timeout=10) as answer:
+                assert answer.status == 200, action
         http.load_model("mlp", headers={"admin-key": "admin-value"})
         with pytest.raises(InferenceServerException, match="expecting header 'auth'"):
             http.get_log_settings(headers={"auth": "user:pass"})

@@ -226,7 +226,7 @@ def decode_infer_request(
     if not isinstance(request_params, dict):
         raise InvalidRequest("'parameters' must be an object")
     if request_params:
-        _check_params(request_params)
+        check_params(request_params)
     _flag(request_params, "binary_data_output", "the request")  # checked here; the front end reads it for the answer
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
@@ -272,14 +272,14 @@ def decode_infer_request(
 _TRITON_PARAMETERS = TRITON_PARAMETERS | {"binary_data_output"}
 
 
-def _check_params(params: dict[str, Any]) -> None:
+def check_params(params: dict[str, Any], reserved: bool = True) -> None:
     """Refused in Triton's words: a ``triton_`` key (Triton's own, none of which a request may set over
-    HTTP), and a parameter of the model's own (custom) that is not a string, a number or a bool, which
-    Triton cannot hand to its backends."""
+    HTTP; ``reserved`` False: not checked, as Triton's generate endpoint does not), and a parameter of the
+    model's own (custom) that is not a string, a number or a bool, which Triton cannot hand to its backends."""
     for key, value in params.items():
         if key in _TRITON_PARAMETERS:
             continue
-        if key.startswith("triton_"):
+        if reserved and key.startswith("triton_"):
             raise InvalidRequest(
                 "parameter keys starting with 'triton_' are reserved for Triton usage and should not be "
                 f"specified; rename {key!r}"

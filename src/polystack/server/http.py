@@ -47,8 +47,8 @@ from polystack.errors import (
     quote,
 )
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from polystack.protocol import http_codec, v1_codec
-from polystack.protocol.wire import InferRequest
+from polystack.protocol import generate_codec, http_codec, v1_codec
+from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
@@ -176,6 +176,14 @@ def error_response(exc: BaseException) -> Response:
 Handler = Callable[[Request, list[str]], Response | Awaitable[Response]]
 
 
+class _RunFailed(Exception):
+    """A generate_stream request that failed in its run, not before it: answered as an event holding the error."""
+
+    def __init__(self, error: PolystackError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class HttpApp:
     """Routes and handlers; one per server, shared by its connections."""
 
@@ -199,6 +207,7 @@ class HttpApp:
             self.live: "health", self.ready: "health", self.model_ready: "health", self.v1_live: "health",
             self.v1_model_ready: "health", self.server_metadata: "metadata", self.model_metadata: "metadata",
             self.v1_models: "metadata", self.infer: "inference", self.v1_predict: "inference",
+            self.generate: "inference", self.generate_stream: "inference",
             self.config: "model-config", self.stats: "statistics", self.trace_setting: "trace",
             self.logging: "logging", self.repository_index: "model-repository",
             self.repository_load: "model-repository", self.repository_unload: "model-repository",
@@ -345,6 +354,9 @@ class HttpApp:
                     action = tail[0]
                     if action == "infer":
                         return self._only(method, b"POST", self.infer, args)
+                    if action in ("generate", "generate_stream"):
+                        handler = self.generate if action == "generate" else self.generate_stream
+                        return self._only(method, b"POST", handler, args)
                     if action == "ready":
                         return self._only(method, b"GET", self.model_ready, args)
                     if action == "config":
@@ -427,7 +439,11 @@ class HttpApp:
         return json_response(200 if ok else 400, {"ready": ok})
 
     def server_metadata(self, req: Request, args: list[str]) -> Response:
-        return json_response(200, self.plane.server_metadata())
+        doc = self.plane.server_metadata()
+        # Triton's generate extension is HTTP's alone (gRPC's ServerMetadata leaves it out); tritonserver 2.51 lists
+        # it nowhere, but GET /v2 lists what is implemented
+        doc["extensions"] = [*doc["extensions"], "generate"]
+        return json_response(200, doc)
 
     def model_metadata(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.model_metadata(args[0], args[1]))
@@ -547,6 +563,43 @@ class HttpApp:
             payload = await asyncio.get_running_loop().run_in_executor(self.codec_pool, _compress, payload, encoding)
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
+
+    async def generate(self, req: Request, args: list[str]) -> Response:
+        """Triton's generate extension (generate_codec.py): the answer's tensors as JSON fields."""
+        result = await self._generate(req, args)
+        return Response(200, generate_codec.encode_generate(result), JSON)
+
+    async def generate_stream(self, req: Request, args: list[str]) -> Response:
+        """The same answer as one Server-Sent Event. A request refused before its model runs is a JSON error, as
+        Triton's; one that fails in its run (the runtime's error, a timeout in its queue) is an event holding the
+        error, with its status, as Triton's."""
+        try:
+            result = await self._generate(req, args, stream=True)
+        except _RunFailed as failed:
+            error = error_response(failed.error)
+            return Response(error.status, generate_codec.event(error.body), generate_codec.SSE_TYPE)
+        return Response(200, generate_codec.event(generate_codec.encode_generate(result)), generate_codec.SSE_TYPE)
+
+    async def _generate(self, req: Request, args: list[str], stream: bool = False) -> InferResponse:
+        name, version = args
+        inputs = [
+            (t["name"], DType(t["datatype"]), t["shape"])
+            for t in self.plane.model_metadata(name, version or None)["inputs"]
+        ]
+
+        def decode() -> InferRequest:
+            return generate_codec.decode_generate(_decoded_body(req, self.max_body_bytes), inputs)
+
+        if not _slow_to_read(req):
+            request = self.plane.decode(name, version, decode)
+        else:
+            request = await self._decode_off_loop(name, version, decode)
+        try:
+            return await self.plane.infer(name, version, request, self.loop, lambda: _text_headers(req.headers))
+        except PolystackError as e:
+            if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
+                raise _RunFailed(e) from e
+            raise
 
     async def _decode_off_loop(self, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
         """``DataPlane.decode`` on a codec thread, for a body that may take long to read (``_slow_to_read``), which
