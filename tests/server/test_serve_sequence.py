@@ -101,7 +101,8 @@ def test_sequences_keep_their_state_for_tritonclient_over_http_and_grpc(tmp_path
         config = grpc.get_model_config("acc", as_json=True)["config"]
         assert config["max_batch_size"] == 4 and [i["name"] for i in config["input"]] == ["INPUT"]
         seq = config["sequence_batching"]
-        assert seq["max_sequence_idle_microseconds"] == "1000000" and "direct" in seq
+        # no strategy in its config: Triton shows none (it runs direct), nor does polystack now (helper-113)
+        assert seq["max_sequence_idle_microseconds"] == "1000000" and "direct" not in seq and "oldest" not in seq
         # protobuf's JSON leaves out enum value 0, START, as Triton's gRPC answer does
         assert [(c["name"], c["control"][0].get("kind", "START")) for c in seq["control_input"]] == [
             ("START", "START"), ("END", "CONTROL_SEQUENCE_END"), ("READY", "CONTROL_SEQUENCE_READY"),
@@ -162,8 +163,33 @@ def test_the_requests_of_a_sequence_refused_each_say_what_to_do(tmp_path: Path) 
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/acc/infer", body, method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 400 and "'sequence_start' parameter is 'yes'" in json.load(refused.value)["error"]
+        error = json.load(refused.value)["error"]
+        assert refused.value.code == 400 and "'sequence_start' parameter is 'yes'" in error
+        assert error.startswith("Unable to parse 'sequence_start': attempt to access JSON non-boolean as boolean")
         assert http.is_server_live() and http.is_model_ready("acc")
+        # helper-113 against tritonserver 2.51: a string ID in Triton's words as it is (no quotes), its 128-character
+        # limit (UNIMPLEMENTED), and gRPC's parameter types for sequence_id and the flags, in Triton's words
+        with pytest.raises(InferenceServerException) as e:
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id="x" * 129, sequence_start=True)
+        assert e.value.status() == "501" and "string correlation ID cannot be longer than 128 characters" in str(e.value)
+        import grpc as grpc_lib
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        with grpc_lib.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for key, field, value, words in (
+                ("sequence_id", "uint64_param", 43, "expected int64_param or string_param."),
+                ("sequence_id", "double_param", 43.0, "expected int64_param or string_param."),
+                ("sequence_start", "int64_param", 1, "expected bool_param."),
+                ("sequence_end", "string_param", "true", "expected bool_param."),
+            ):
+                req = service_pb2.ModelInferRequest(model_name="acc", raw_input_contents=[np.float32(1).tobytes()])
+                req.inputs.add(name="INPUT", datatype="FP32", shape=[1, 1])
+                setattr(req.parameters[key], field, value)
+                with pytest.raises(grpc_lib.RpcError) as refused_rpc:
+                    stub.ModelInfer(req, timeout=10)
+                assert refused_rpc.value.code() == grpc_lib.StatusCode.INVALID_ARGUMENT
+                assert refused_rpc.value.details() == f"invalid value type for '{key}' parameter, {words}", key
 
 
 def test_a_grpc_stream_runs_many_sequences_at_once_each_in_order(tmp_path: Path) -> None:
@@ -430,6 +456,25 @@ def test_requests_of_several_sequences_run_together_one_row_each(acc_entry: Load
         assert stats["inference_count"] == 12 and stats["execution_count"] == 3
         assert [b["batch_size"] for b in stats["batch_stats"]] == [4]
         assert batcher.active == 0
+    finally:
+        batcher.close()
+
+
+def test_a_string_id_is_written_as_triton_writes_it_in_the_start_refusal(tmp_path: Path) -> None:
+    """helper-113: tritonserver 2.51 writes a string ID as it is ("for sequence never to model"), not quoted."""
+    entry = _summing(tmp_path)  # no CORRID control: string IDs are taken
+    batcher = _batcher(entry, _summing_policy())
+
+    async def main() -> None:
+        with pytest.raises(InvalidRequest) as e:
+            await batcher.infer_async(_x(1.0), None, Flags("never"))
+        assert str(e.value).startswith(
+            "inference request for sequence never to model 'sum' must specify the START flag on the first request of "
+            "the sequence"
+        ), e.value
+
+    try:
+        asyncio.run(main())
     finally:
         batcher.close()
 
@@ -985,6 +1030,51 @@ def test_a_grpc_sequence_id_sent_as_a_negative_int64_is_the_uint64_with_those_bi
         first = request(1.0, int64_param=-5)
         first.parameters["sequence_start"].bool_param = True
         stub.ModelInfer(first, timeout=10)
-        answer = stub.ModelInfer(request(2.0, uint64_param=(1 << 64) - 5), timeout=10)  # the same sequence
+        # the same sequence (a uint64_param is refused, as tritonserver 2.51 refuses it: helper-113, and the test
+        # of refusals above)
+        answer = stub.ModelInfer(request(2.0, int64_param=-5), timeout=10)
         total = np.frombuffer(answer.raw_output_contents[[o.name for o in answer.outputs].index("OUTPUT")], np.float32)
         assert total.tolist() == [3.0]
+
+
+def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: Path) -> None:
+    """helper-113 against tritonserver 2.51: every control and state field at its default, iterative_sequence, no
+    strategy where the config names none, and oldest's preferred batch size filled in with max_batch_size."""
+    store = Store.at(tmp_path / "home")
+    imported = import_model(accumulator_onnx(tmp_path / "acc.onnx"), tmp_path / "import")
+    record, _ = store.register(imported.artifact, name="acc", format=imported.format, signature=imported.signature)
+    seq = (
+        'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] } ]\n'
+        'state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]'
+    )
+
+    def shown(strategy: str) -> dict[str, Any]:
+        text = f"max_batch_size: 4\nsequence_batching {{ {strategy}\n{seq} }}\n"
+        policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+        assert policy is not None
+        return model_config._render_sequence(policy)
+
+    plain = shown("")
+    assert "direct" not in plain and "oldest" not in plain and plain["iterative_sequence"] is False
+    assert plain["control_input"][0]["control"] == [
+        {"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1], "fp32_false_true": [], "bool_false_true": [],
+         "data_type": "TYPE_INVALID"}
+    ]  # fmt: skip
+    assert plain["state"] == [
+        {"input_name": "STATE_IN", "output_name": "STATE_OUT", "data_type": "TYPE_FP32", "dims": [1],
+         "initial_state": [], "use_same_buffer_for_input_output": False, "use_growable_memory": False}
+    ]  # fmt: skip
+    assert shown("direct { }")["direct"] == {"max_queue_delay_microseconds": 0, "minimum_slot_utilization": 0.0}
+    assert shown("oldest { max_candidate_sequences: 4 }")["oldest"] == {
+        "max_queue_delay_microseconds": 0, "max_candidate_sequences": 4, "preferred_batch_size": [4],
+        "preserve_ordering": False,
+    }  # fmt: skip
+    # what GET config shows loads back as the same policy
+    for strategy in ("", "direct { }", "oldest { max_candidate_sequences: 4 }"):
+        text = f"max_batch_size: 4\nsequence_batching {{ {strategy}\n{seq} }}\n"
+        policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+        back = json.dumps({"max_batch_size": 4, "sequence_batching": shown(strategy)})
+        again = model_config.read(back, record, default_spec(store, record), None).sequence
+        assert again == policy, strategy

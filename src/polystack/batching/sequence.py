@@ -53,6 +53,7 @@ from polystack.errors import (
     ModelClosed,
     PolystackError,
     Unavailable,
+    Unsupported,
     quote,
 )
 from polystack.stats import Outcome
@@ -112,6 +113,7 @@ class SequencePolicy:
     max_candidate_sequences: int = 0  # oldest: sequences holding a place at once per instance (0: its rows)
     minimum_slot_utilization: float = 0.0  # direct: the share of slots ready before a batch leaves early
     preserve_ordering: bool = False  # oldest: shown again by GET config (answers go out as they finish)
+    strategy_given: bool = True  # False: a config that named no strategy (direct then), whose GET config shows none
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -168,18 +170,26 @@ def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
     sid = parameters.get("sequence_id")
     for key in ("sequence_start", "sequence_end"):
         value = parameters.get(key, False)
-        if not isinstance(value, bool):
-            raise InvalidRequest(f"the request's {key!r} parameter is {quote(value)}; give true or false")
+        if not isinstance(value, bool):  # Triton's words (its HTTP front end's; gRPC's are grpc_codec's)
+            raise InvalidRequest(
+                f"Unable to parse '{key}': attempt to access JSON non-boolean as boolean: the request's {key!r} "
+                f"parameter is {quote(value)}; give true or false"
+            )
     if isinstance(sid, float) and sid.is_integer() and abs(sid) >= 1 << 63:  # JSON's reader: too large for 64 bits
         raise InvalidRequest(
             f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
         )
     if isinstance(sid, bool) or not isinstance(sid, (int, str, type(None))):
-        raise InvalidRequest(f"the request's 'sequence_id' parameter is {quote(sid)}; give a whole number or a string")
+        raise InvalidRequest(
+            "Unable to parse 'sequence_id': attempt to access JSON non-string as string: the request's "
+            f"'sequence_id' parameter is {quote(sid)}; give a whole number or a string"
+        )
     if isinstance(sid, int) and not 0 <= sid < 1 << 64:
         raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
-    if isinstance(sid, str) and len(sid) > 1024:
-        raise InvalidRequest("the request's 'sequence_id' string is over 1,024 characters; give a shorter one")
+    if isinstance(sid, str) and len(sid) > 128:  # Triton's limit and words (helper-113)
+        raise Unsupported(
+            f"string correlation ID cannot be longer than 128 characters: the request's 'sequence_id' has {len(sid):,}"
+        )
     if sid is None or sid == 0 or sid == "":
         return None
     return Flags(sid, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))
@@ -287,7 +297,7 @@ class SequenceBatcher:
             raise
         except asyncio.TimeoutError:
             expired = DeadlineExceeded(  # Triton's words, then what happened and what to do
-                f"timeout of the corresponding sequence has been expired: sequence {quote(request.flags.id)} waited "
+                f"timeout of the corresponding sequence has been expired: sequence {request.flags.id} waited "
                 f"for a slot of model {self.entry.name!r} past the request's timeout; none of its requests ran, and "
                 "it ended: start it again, with a longer timeout or under a lighter load"
             )
@@ -315,7 +325,7 @@ class SequenceBatcher:
             if request.taken or (expired is not None and sequence.placed):
                 return False
             error: PolystackError = expired or Cancelled(
-                f"request of sequence {quote(request.flags.id)} of model {self.entry.name!r} was cancelled before it "
+                f"request of sequence {request.flags.id} of model {self.entry.name!r} was cancelled before it "
                 "ran, which ends its sequence, as Triton's sequence batcher ends it: start the sequence again"
             )
             queued = list(sequence.requests)
@@ -401,13 +411,13 @@ class SequenceBatcher:
                 self._place(sequence)
             elif flags.start:  # Triton's words: its queued requests run first, in its slot, then this one anew
                 log.warning(
-                    f"sequence {quote(flags.id)} for model {name!r} has a conflict. The previous sequence did not end "
+                    f"sequence {flags.id} for model {name!r} has a conflict. The previous sequence did not end "
                     "before this sequence start. Previous sequence will be terminated early.",
                     extra={"model": name},
                 )
             elif sequence is None or sequence.ended:
                 raise InvalidRequest(
-                    f"inference request for sequence {quote(flags.id)} to model {name!r} must specify the START flag on "
+                    f"inference request for sequence {flags.id} to model {name!r} must specify the START flag on "
                     "the first request of the sequence; a sequence ends with its END request, or after "
                     f"{self.policy.idle_s * 1000:g} ms without one (max_sequence_idle_microseconds): start it again"
                 )

@@ -472,11 +472,13 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
     keys = {dtype: key for key, dtype in _CONTROL_VALUES}
     controls = []
     for c in p.controls:
-        control: dict[str, Any] = {"kind": kinds[c.kind]}
+        # every field, as Triton's GET config prints them (the value lists not used empty; data_type a CORRID's alone)
+        control: dict[str, Any] = {"kind": kinds[c.kind], **{key: [] for key, _ in _CONTROL_VALUES}}
         if c.kind == "corrid":
             control["data_type"] = type_name(c.dtype)
         else:
             control[keys[c.dtype]] = [c.false, c.true]
+            control["data_type"] = "TYPE_INVALID"
         controls.append({"name": c.input, "control": [control]})
     states = []
     for st in p.states:
@@ -485,6 +487,9 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
             "output_name": st.output,
             "data_type": type_name(st.dtype),
             "dims": list(st.dims),
+            "initial_state": [],
+            "use_same_buffer_for_input_output": False,
+            "use_growable_memory": False,
         }
         if st.initial_name:
             data = {"data_file": st.initial_file} if st.initial_file else {"zero_data": True}
@@ -492,11 +497,13 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
                 {"data_type": type_name(st.dtype), "dims": list(st.dims), "name": st.initial_name, **data}
             ]
         states.append(state)
+    shown: dict[str, Any] = {p.strategy: strategy} if p.strategy_given else {}  # none given: Triton shows none
     return {
-        p.strategy: strategy,
+        **shown,
         "max_sequence_idle_microseconds": round(p.idle_s * 1e6),
         "control_input": controls,
         "state": states,
+        "iterative_sequence": False,
     }
 
 
@@ -765,6 +772,8 @@ def _sequence(
     extra: dict[str, Any] = {}
     if strategy == "oldest":
         preferred = read_int_list(s.get("preferred_batch_size", []), f"{where}.oldest.preferred_batch_size", 1)
+        if not preferred and max_batch:  # Triton fills in the max batch size, as for dynamic batching
+            preferred = [max_batch]
         if any(p > max(max_batch, 1) for p in preferred):
             raise InvalidRequest(
                 f"sequence batching preferred batch size must be <= max batch size for {record.name!r}: "
@@ -799,8 +808,9 @@ def _sequence(
             f"{where} sets every input of {record.name!r}, leaving clients none to send; a request needs one"
         )
     return SequencePolicy(
-        strategy, max_batch, delay_us / 1000, idle_us / 1e6, tuple(controls), tuple(states), instances, **extra
-    )
+        strategy, max_batch, delay_us / 1000, idle_us / 1e6, tuple(controls), tuple(states), instances,
+        strategy_given="direct" in d or "oldest" in d, **extra,
+    )  # fmt: skip
 
 
 def _float(text: str) -> Any:
