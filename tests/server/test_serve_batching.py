@@ -58,7 +58,10 @@ def test_config_shows_dynamic_batching(batching: ServerThread) -> None:
         "preserve_ordering": False,
         "priority_levels": 0,
         "default_priority_level": 0,
-        "default_queue_policy": {"max_queue_size": 2, "allow_timeout_override": True},
+        "default_queue_policy": {  # every field, as tritonserver 2.51 prints it (helper-114)
+            "timeout_action": "REJECT", "default_timeout_microseconds": 0, "allow_timeout_override": True,
+            "max_queue_size": 2,
+        },
         "priority_queue_policy": {},
     }
 

@@ -113,9 +113,13 @@ def test_get_config_shows_the_priority_levels_and_a_load_of_it_keeps_them(tmp_pa
             batching = config["dynamic_batching"]
             assert batching["priority_levels"] == 2 and batching["default_priority_level"] == 2
             assert batching["priority_queue_policy"] == {
-                "2": {"max_queue_size": 1, "allow_timeout_override": False, "default_timeout_microseconds": 500000}
+                "2": {"timeout_action": "REJECT", "default_timeout_microseconds": 500000, "allow_timeout_override": False,
+                      "max_queue_size": 1}
             }
-            assert batching["default_queue_policy"] == {"max_queue_size": 0, "allow_timeout_override": False}
+            assert batching["default_queue_policy"] == {
+                "timeout_action": "REJECT", "default_timeout_microseconds": 0, "allow_timeout_override": False,
+                "max_queue_size": 0,
+            }  # fmt: skip
             over_grpc = g.get_model_config("neg").config.dynamic_batching
             assert over_grpc.priority_levels == 2 and over_grpc.priority_queue_policy[2].max_queue_size == 1
             g.load_model("neg", config=json.dumps(config))  # what GET config showed loads as the same config

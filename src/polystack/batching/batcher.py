@@ -313,8 +313,8 @@ class DynamicBatcher:
                 return await waiter  # it left the queue in time and is running now: let it finish
             pending.outcome.settle("fail", int((time.monotonic() - pending.enqueued) * 1e9))
             raise DeadlineExceeded(
-                f"Request timeout expired: the request waited past its deadline in model {self.entry.name!r}'s "
-                "queue and was not run; retry with a longer timeout or a lighter load"
+                "Request timeout expired: the request waited past its deadline in the queue of model "
+                f"{self.entry.name!r} and was not run; retry with a longer timeout or a lighter load"
             ) from None
 
     def _expire(self, pending: _Pending) -> bool:

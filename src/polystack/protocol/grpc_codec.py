@@ -92,6 +92,10 @@ def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = getattr(value, which) if which else None
         if key == "timeout" and which != "int64_param":  # priority may be a uint64_param, as tritonclient sends it
             raise InvalidRequest("invalid value type for 'timeout' parameter, expected int64_param.")
+        if key == "priority" and which not in ("int64_param", "uint64_param"):  # Triton's types and words (helper-114)
+            raise InvalidRequest("invalid value type for 'priority' parameter, expected int64_param or uint64_param.")
+        if key == "priority" and which == "int64_param" and value.int64_param < 0:
+            raise InvalidRequest("invalid value for 'priority', expected value >= 0.")
         if key == "sequence_id" and which not in ("int64_param", "string_param"):  # Triton's types and words
             raise InvalidRequest("invalid value type for 'sequence_id' parameter, expected int64_param or string_param.")
         if key in ("sequence_start", "sequence_end") and which != "bool_param":

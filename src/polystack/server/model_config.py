@@ -449,12 +449,12 @@ def _render_batch_outputs(ragged: RaggedSpec | None) -> list[dict[str, Any]]:
 
 def _render_queue(q: QueuePolicy) -> dict[str, Any]:
     """``q`` as Triton's ``ModelQueuePolicy``: what reads back (``_queue_policy``) as ``q``."""
-    queue: dict[str, Any] = {"max_queue_size": q.max_queue_size, "allow_timeout_override": q.client_timeouts}
-    if q.delay:
-        queue["timeout_action"] = "DELAY"
-    if q.timeout_s is not None:
-        queue["default_timeout_microseconds"] = round(q.timeout_s * 1e6)
-    return queue
+    return {  # every field, as tritonserver 2.51 prints them (helper-114: code indexes timeout_action)
+        "timeout_action": "DELAY" if q.delay else "REJECT",
+        "default_timeout_microseconds": round(q.timeout_s * 1e6) if q.timeout_s is not None else 0,
+        "allow_timeout_override": q.client_timeouts,
+        "max_queue_size": q.max_queue_size,
+    }
 
 
 def _render_sequence(p: SequencePolicy) -> dict[str, Any]:

@@ -9,8 +9,8 @@ of the new instance start anew (so the two agree until a version is reloaded). T
 counts without a ``_total`` suffix, which prometheus-client cannot write (it appends ``_total`` to every
 counter): this module writes those lines of the text format itself (HELP, TYPE, escaped labels).
 
-Triton counts failures by reason: ``REJECTED`` (queue full, timed out waiting), ``CANCELED``, ``BACKEND`` (the
-runtime failed) and ``OTHER``; polystack's error classes map onto them (``REASONS``). Triton does not count a
+Triton counts failures by reason: ``REJECTED`` (timed out waiting; a full queue counts nowhere), ``CANCELED``,
+``BACKEND`` (the runtime failed) and ``OTHER``; polystack's error classes map onto them (``REASONS``). Triton does not count a
 request its checks refuse before it is queued; polystack counts it, as ``OTHER`` (as its own statistics do).
 """
 
@@ -26,8 +26,8 @@ import psutil
 from polystack.stats import DURATIONS, ModelStats
 
 # polystack's failure reasons (status.reason: error class names) as Triton's; any other is OTHER
-REASONS = {
-    "QueueFull": "REJECTED",
+REASONS: dict[str, str | None] = {
+    "QueueFull": None,  # a full queue: not counted, as tritonserver 2.51 counts it nowhere (helper-114, -115)
     "DeadlineExceeded": "REJECTED",
     "Cancelled": "CANCELED",
     "BackendError": "BACKEND",
@@ -148,7 +148,9 @@ def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies
             if name == "nv_inference_request_failure":
                 by_reason = dict.fromkeys(TRITON_REASONS, 0)
                 for reason, count in m.failures.items():
-                    by_reason[REASONS.get(reason, "OTHER")] += count
+                    triton = REASONS.get(reason, "OTHER")
+                    if triton is not None:
+                        by_reason[triton] += count
                 lines += [_sample(name, m, count, reason=reason) for reason, count in by_reason.items()]
             else:
                 lines.append(_sample(name, m, _value(name, m)))
