@@ -217,14 +217,17 @@ def test_shared_memory_parameters_name_where_a_tensor_lies() -> None:
 @pytest.mark.parametrize(
     ("params", "says"),
     [
-        ({"shared_memory_region": "r"}, "needs both"),
-        ({"shared_memory_byte_size": 16}, "needs both"),
-        ({"shared_memory_region": "", "shared_memory_byte_size": 16}, "non-empty name"),
-        ({"shared_memory_region": "r", "shared_memory_byte_size": -1}, "non-negative"),
-        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": True}, "non-negative"),
-        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "binary_data_size": 16}, "one way"),
+        # tritonserver 2.51's words (helper-116)
+        ({"shared_memory_region": "r"}, "'shared_memory_byte_size' must be specified along with 'shared_memory_region'"),
+        ({"shared_memory_byte_size": 16}, "'shared_memory_byte_size' can not be specified without 'shared_memory_region'"),
+        ({"shared_memory_region": 5, "shared_memory_byte_size": 16}, "'shared_memory_region' parameter for tensor 'x', expected string_param"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": -1}, "Invalid offset \\+ byte size for shared memory region: 'r'"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": True}, "expected int64_param"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": -4}, "Invalid offset for shared memory region: 'r'"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "binary_data_size": 16},
+         "Input must set only one of the following fields: .* But set 'binary_data_size' 'shared_memory_region'"),
     ],
-)
+)  # fmt: skip
 def test_bad_shared_memory_parameters_say_what_is_wrong(params: dict[str, object], says: str) -> None:
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": params}]})
     with pytest.raises(InvalidRequest, match=says):
@@ -252,7 +255,7 @@ def test_classes_into_shared_memory_are_refused() -> None:
     outputs = [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "o",
                                             "shared_memory_byte_size": 64}}]  # fmt: skip
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
-    with pytest.raises(InvalidRequest, match="classification into shared memory"):
+    with pytest.raises(InvalidRequest, match="Output can't set both 'shared_memory_region' and 'classification'"):
         http_codec.decode_infer_request(body.encode(), None, _Regions(b""))
 
 
@@ -317,3 +320,12 @@ def test_an_empty_request_id_is_no_id() -> None:
     assert req.id is None
     head, _ = http_codec.encode_infer_response(InferResponse("m", "1", {"y": np.ones((1, 1), np.float32)}, id=req.id), {}, False)
     assert "id" not in json.loads(head)
+
+
+def test_an_output_into_shared_memory_cannot_also_be_binary() -> None:
+    """tritonserver 2.51 refuses it in these words (helper-116); polystack wrote the region and ignored binary_data."""
+    outputs = [{"name": "y", "parameters": {"binary_data": True, "shared_memory_region": "o",
+                                            "shared_memory_byte_size": 64}}]  # fmt: skip
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
+    with pytest.raises(InvalidRequest, match="Output can't set both 'shared_memory_region' and 'binary_data'"):
+        http_codec.decode_infer_request(body.encode(), None, _Regions(b""))

@@ -90,10 +90,11 @@ def test_a_load_config_sets_batching_limits_and_instances_for_that_load(server: 
         "preserve_ordering": False,
         "priority_levels": 0,
         "default_priority_level": 0,
-        "default_queue_policy": {
-            "max_queue_size": 100,
-            "allow_timeout_override": False,
+        "default_queue_policy": {  # every field, as tritonserver 2.51 prints it (helper-114)
+            "timeout_action": "REJECT",
             "default_timeout_microseconds": 2000000,
+            "allow_timeout_override": False,
+            "max_queue_size": 100,
         },
         "priority_queue_policy": {},
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import queue
 import signal
@@ -170,12 +171,11 @@ def test_inputs_and_outputs_pass_through_registered_regions(
     got = np.ndarray((2, 4), np.float32, out_obj.buf).copy()
     np.testing.assert_allclose(got, _expected(client, module), rtol=1e-6)
     out = result.get_output("y")
+    # listed with no parameters, as tritonserver 2.51 lists an output written to shared memory (helper-116)
     if transport == "http":
-        assert out["shape"] == [2, 4] and out["datatype"] == "FP32"
-        assert out["parameters"] == {"shared_memory_region": "out", "shared_memory_byte_size": 32}
+        assert out == {"name": "y", "datatype": "FP32", "shape": [2, 4]}
     else:
-        assert list(out.shape) == [2, 4] and out.parameters["shared_memory_region"].string_param == "out"
-        assert out.parameters["shared_memory_byte_size"].int64_param == 32
+        assert list(out.shape) == [2, 4] and out.datatype == "FP32" and not out.parameters
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -200,7 +200,8 @@ def test_a_region_at_an_offset_of_its_object_and_a_tensor_at_an_offset_of_its_re
 def test_grpc_outputs_in_the_response_keep_their_places_beside_one_in_shared_memory(
     grpc: grpcclient.InferenceServerClient, objects: Objects
 ) -> None:
-    """tritonclient pairs raw_output_contents with outputs by position: the shared memory one goes last."""
+    """tritonclient pairs raw_output_contents with outputs by position: the shared memory one keeps its place, with an
+    empty raw entry there, as tritonserver 2.51 answers (helper-116; polystack listed it last)."""
     v = np.array([[1.5, -2.0, 3.0, 0.25]], np.float32)
     key, obj = objects.make(16)
     grpc.register_system_shared_memory("same", key, 16)
@@ -210,6 +211,8 @@ def test_grpc_outputs_in_the_response_keep_their_places_beside_one_in_shared_mem
     same.set_shared_memory("same", 16)
     result = grpc.infer("two", [x], outputs=[same, grpcclient.InferRequestedOutput("neg")])
     np.testing.assert_array_equal(result.as_numpy("neg"), -v)
+    answer = result.get_response()
+    assert [o.name for o in answer.outputs] == ["same", "neg"] and answer.raw_output_contents[0] == b""
     np.testing.assert_array_equal(np.ndarray((1, 4), np.float32, obj.buf), v)
 
 
@@ -224,7 +227,7 @@ def test_bytes_tensors_travel_length_prefixed(http: httpclient.InferenceServerCl
     t = httpclient.InferRequestedOutput("t")
     t.set_shared_memory("s", 64 - len(raw), offset=len(raw))
     result = http.infer("strid", [s], outputs=[t])
-    assert result.get_output("t")["parameters"]["shared_memory_byte_size"] == len(raw)
+    assert result.get_output("t") == {"name": "t", "datatype": "BYTES", "shape": [1, 2]}
     assert bytes(obj.buf[len(raw) : 2 * len(raw)]) == raw
 
 
@@ -249,7 +252,7 @@ def test_status_lists_regions_and_unregister_forgets_them(
         assert list(client.get_system_shared_memory_status("b").regions) == ["b"]
     client.unregister_system_shared_memory("a")
     client.unregister_system_shared_memory("a")  # forgetting a name that is not registered is no error
-    assert "no shared memory region 'a'" in _refusal(lambda: client.get_system_shared_memory_status("a"))
+    assert "Unable to find system shared memory region: 'a'" in _refusal(lambda: client.get_system_shared_memory_status("a"))
     client.unregister_system_shared_memory()
     left = client.get_system_shared_memory_status()
     assert (left if transport == "http" else list(left.regions)) == []
@@ -276,15 +279,41 @@ def test_bad_registrations_are_refused_with_what_to_do(
     for call, says in cases:
         message = _refusal(call)
         assert says in message, message
-    # Triton's words and code for a key it cannot open: INTERNAL, 500 (tritonserver 2.51, helper-107)
+    # Triton's words and code for a key it cannot open: INTERNAL, 500 (tritonserver 2.51, helper-107), a key that is
+    # not a POSIX name too (helper-116: polystack answered 400 in its own words)
     internal = "500" if transport == "http" else "INTERNAL"
     missing = _refusal(lambda: client.register_system_shared_memory("r", "/polystack-no-such-object", 64), internal)
     assert missing.startswith("Unable to open shared memory region: '/polystack-no-such-object'"), missing
+    outside = _refusal(lambda: client.register_system_shared_memory("r", "/../etc/passwd", 64), internal)
+    assert outside.startswith("Unable to open shared memory region: '/../etc/passwd'"), outside
+    # out of bounds and a byte size of 0 start with Triton's words (helper-116)
+    for size in (65, 0):
+        words = _refusal(lambda size=size: client.register_system_shared_memory("r", key, size))
+        assert words.startswith("failed to register shared memory region 'r': invalid args"), words
     client.register_system_shared_memory("r", key, 64)
     # Triton's code and words: ALREADY_EXISTS, which its HTTP front end answers 400
     code = "400" if transport == "http" else "ALREADY_EXISTS"
     refused = _refusal(lambda: client.register_system_shared_memory("r", key, 32), code)
     assert "shared memory region 'r' already in manager" in refused and "unregister it first" in refused, refused
+
+
+def test_register_answers_an_empty_body_and_names_a_missing_field_in_tritons_words(
+    shm_server: ServerThread, objects: Objects
+) -> None:
+    """tritonserver 2.51's register and unregister answer no body, and a register request without key or byte_size
+    is refused in its words (helper-116; polystack answered {} and refused in its own words)."""
+    raw = Raw(shm_server.http_port)
+    key, _ = objects.make(64)
+    for body, field in (({"byte_size": 64}, "key"), ({"key": key}, "byte_size")):
+        status, doc = raw.json("POST", "/v2/systemsharedmemory/region/m/register", body)
+        assert status == 400 and doc["error"].startswith(f"Shared memory register request has no '{field}' field"), doc
+    status, headers, data = raw.request(
+        "POST", "/v2/systemsharedmemory/region/m/register", json.dumps({"key": key, "byte_size": 64}),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert (status, data, headers["content-length"]) == (200, b"", "0")
+    status, _, data = raw.request("POST", "/v2/systemsharedmemory/region/m/unregister")
+    assert (status, data) == (200, b"")
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -310,7 +339,7 @@ def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
     # Triton's code and words (GetMemoryInfo: NOT_FOUND)
     not_found = "404" if transport == "http" else "NOT_FOUND"
     assert "Unable to find shared memory region: 'nope'" in infer("nope", X.nbytes, status=not_found)
-    assert "runs past the end of region 'in'" in infer("in", X.nbytes, offset=100)
+    assert "Invalid offset + byte size for shared memory region: 'in'" in infer("in", X.nbytes, offset=100)
     assert "needs 128 bytes but 64 were sent" in infer("in", 64)
     small = infer("in", X.nbytes, out_size=16, status="500" if transport == "http" else "INTERNAL")  # Triton's code
     assert small.startswith("shared memory size specified with the request for output 'y' (16 bytes) should be at "
@@ -442,7 +471,7 @@ def test_cuda_shared_memory_answers_as_a_server_without_gpus_does(
     status, doc = raw.json("POST", "/v2/cudasharedmemory/region/r/register", {"raw_handle": {"b64": "AAAA"}})
     assert status == 400 and doc["error"].startswith("failed to register")
     assert raw.json("GET", "/v2/cudasharedmemory/region/never/status")[0] == 404
-    assert raw.json("POST", "/v2/cudasharedmemory/unregister") == (200, {})
+    assert raw.json("POST", "/v2/cudasharedmemory/unregister") == (200, None)  # an empty body, as Triton's
     assert raw.json("GET", "/v2/cudasharedmemory/status") == (200, [])
     assert raw.json("GET", "/v2/cudasharedmemory/region/r")[0] == 404  # not a route
     assert raw.json("DELETE", "/v2/cudasharedmemory/unregister")[0] == 405
@@ -567,15 +596,14 @@ def test_tritons_shared_memory_flag_takes_a_boolean_and_must_agree(tmp_path: Pat
     )
 
 
-def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregistered_while_it_runs_is_held(
+def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_in_use_cannot_be_unregistered(
     model_store: tuple[Store, dict[str, ModelRecord]], objects: Objects
 ) -> None:
     """Unregistered before: refused before the model runs (it ran for an answer nobody could take). While the
-    model runs, the request holds its output region, as Triton's does (``awaiting_unregister_``): the
-    unregister succeeds, but the region stays registered, listed and usable, its name taken, until the answers
-    are written, and they land in the memory registered when the request came. polystack looked the region up
-    by name once the model was done: the request failed, or, with another object registered meanwhile under the
-    name (by any client), its answer went there and reported success."""
+    model runs, the request holds its output region, and unregistering it is refused, as tritonserver 2.51 refuses
+    it (500, "Cannot unregister shared memory region 'out', it is currently in use."; helper-116: polystack let it
+    go after the answer); unregistering every region unregisters the others and names it. The answer lands in the
+    memory registered when the request came, and the region can be unregistered once it is written."""
     from servekit import register_like
 
     store, records = model_store
@@ -599,33 +627,38 @@ def test_an_output_region_gone_before_the_model_runs_is_refused_and_one_unregist
         assert "not registered" in _refusal(lambda: client.infer("slow300", [x], outputs=[y]))
         assert counts() == (0, 1, 0)  # refused before the model ran: a failure, as /metrics counts it, and no run
         client.register_system_shared_memory("out", out_key, 64)
+        client.register_system_shared_memory("spare", other_key, 64)
         # on connections of their own (tritonclient's waits for the infer), while the model runs
         raw, seen = Raw(st.http_port), {}
 
         def meanwhile() -> None:
-            seen["unregister"] = raw.request("POST", "/v2/systemsharedmemory/region/out/unregister")[0]
+            seen["unregister"] = raw.json("POST", "/v2/systemsharedmemory/region/out/unregister")
             seen["register"] = raw.json(
                 "POST", "/v2/systemsharedmemory/region/out/register", {"key": other_key, "offset": 0, "byte_size": 64}
             )
+            seen["all"] = raw.json("POST", "/v2/systemsharedmemory/unregister")
             seen["status"] = raw.json("GET", "/v2/systemsharedmemory/status")
-            # a second request naming it meanwhile is served into it, as Triton serves it
-            second = httpclient.InferenceServerClient(st.http_url)
-            seen["second"] = second.infer("slow300", [x], outputs=[y]).get_output("y")
 
         timer = threading.Timer(0.1, meanwhile)
         timer.start()
         answer = client.infer("slow300", [x], outputs=[y])
         timer.join(5)
-        assert answer.get_output("y")["parameters"]["shared_memory_region"] == "out"
-        assert seen["unregister"] == 200 and [r["name"] for r in seen["status"][1]] == ["out"], seen["status"]
+        assert answer.get_output("y") == {"name": "y", "datatype": "FP32", "shape": [2, 4]}
+        status, doc = seen["unregister"]
+        assert status == 500 and doc["error"].startswith(
+            "Cannot unregister shared memory region 'out', it is currently in use."
+        ), doc
         status, doc = seen["register"]
-        assert status == 400 and "in flight" in doc["error"], doc
-        assert seen["second"]["parameters"]["shared_memory_region"] == "out"
+        assert status == 400 and "already in manager" in doc["error"], doc
+        status, doc = seen["all"]
+        assert status == 500 and doc["error"].startswith(
+            "Failed to unregister the following system shared memory regions: out ,"
+        ), doc
+        assert [r["name"] for r in seen["status"][1]] == ["out"], seen["status"]  # "spare" went, "out" stayed
         assert bytes(out.buf[:32]) == bytes(32) and bytes(out.buf[32:64]) == b"\xff" * 32  # the null model's zeros
         assert bytes(other.buf[:64]) == b"\xee" * 64
-        assert counts() == (2, 1, 2)
-        assert client.get_system_shared_memory_status() == []  # gone with the last answer written into it
-        client.register_system_shared_memory("out", other_key, 64)  # its name is free once the answer is written
-        assert [r["key"] for r in client.get_system_shared_memory_status()] == [other_key]
+        assert counts() == (1, 1, 1)
+        client.unregister_system_shared_memory("out")  # not in use once its answer is written
+        assert client.get_system_shared_memory_status() == []
     finally:
         st.stop()

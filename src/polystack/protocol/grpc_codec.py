@@ -226,21 +226,18 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
-    for name, arr in resp.outputs.items():
+    shared_outputs = resp.in_shared_memory
+    for name in resp.in_order() if shared_outputs else resp.outputs:
         t = out.outputs.add()
         t.name = name
+        shared = shared_outputs.get(name) if shared_outputs else None
+        if shared is not None:  # in its place, with an empty raw entry there, as tritonserver 2.51 answers (helper-116):
+            t.datatype = shared.datatype.value  # tritonclient pairs raw_output_contents with outputs by position
+            t.shape.extend(shared.shape)
+            out.raw_output_contents.append(b"")
+            continue
+        arr = resp.outputs[name]
         t.datatype = DType.from_numpy(arr.dtype).value
         t.shape.extend(arr.shape)
         out.raw_output_contents.append(to_raw(arr))
-    # after every output with raw contents: tritonclient pairs raw_output_contents with outputs by position
-    for name, shared in resp.in_shared_memory.items():
-        t = out.outputs.add()
-        t.name = name
-        t.datatype = shared.datatype.value
-        t.shape.extend(shared.shape)
-        for key, value in shared.parameters().items():
-            if isinstance(value, str):
-                t.parameters[key].string_param = value
-            else:
-                t.parameters[key].int64_param = value
     return out

@@ -189,8 +189,13 @@ def decode_infer_request(
         shm = shared_memory_ref(params, f"input {name!r}") if params else None
         if shm is not None:
             if item.get("data") is not None or size is not None:
-                raise InvalidTensor(
-                    f"input {name!r} has shared memory parameters and data in the request; send its data one way"
+                given = " ".join(
+                    f"'{k}'" for k, v in (("data", item.get("data")), ("binary_data_size", size)) if v is not None
+                )
+                raise InvalidTensor(  # Triton's words, then what to do
+                    "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+                    f"'shared_memory_region' in 'parameters'. But set {given} 'shared_memory_region': input "
+                    f"{name!r} gives its data twice; send it one way"
                 )
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
@@ -249,6 +254,11 @@ def decode_infer_request(
                 if oparams.get("binary_data") is not None
                 else None
             )
+            if flag and shm is not None:
+                raise InvalidRequest(  # Triton's words, then why
+                    f"Output can't set both 'shared_memory_region' and 'binary_data': output {o['name']!r} is "
+                    "written into shared memory, not into the response"
+                )
             k = oparams.get("classification")
             outputs.append(
                 RequestedOutput(
@@ -476,7 +486,13 @@ def encode_infer_response(
     of the loop's samples, and a third join inside the 31% of sending)."""
     outs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
-    for name, arr in resp.outputs.items():
+    shared_outputs = resp.in_shared_memory
+    for name in resp.in_order() if shared_outputs else resp.outputs:
+        shared = shared_outputs.get(name) if shared_outputs else None
+        if shared is not None:  # the data is in the client's region already: listed in its place, as Triton lists it
+            outs.append({"name": name, "datatype": shared.datatype.value, "shape": list(shared.shape)})
+            continue
+        arr = resp.outputs[name]
         dtype = DType.from_numpy(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dtype.value, "shape": list(arr.shape)}
         if binary.get(name, default_binary):
@@ -486,15 +502,6 @@ def encode_infer_response(
         else:
             entry["data"] = json_data(arr, dtype)
         outs.append(entry)
-    for name, shared in resp.in_shared_memory.items():  # the data is in the client's region already
-        outs.append(
-            {
-                "name": name,
-                "datatype": shared.datatype.value,
-                "shape": list(shared.shape),
-                "parameters": shared.parameters(),
-            }
-        )
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id

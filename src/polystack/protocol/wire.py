@@ -116,6 +116,12 @@ class InferResponse:
     id: str | None = None
     # outputs already written into shared memory: name -> (datatype, shape, where, bytes written)
     in_shared_memory: dict[str, SharedOutput] = field(default_factory=dict)
+    # with outputs in shared memory: every output's name in the answer's order (Triton lists each in its place)
+    order: tuple[str, ...] = ()
+
+    def in_order(self) -> list[str]:
+        """The outputs' names as the answer lists them, those in shared memory in their places."""
+        return list(self.order) if self.order else [*self.outputs, *self.in_shared_memory]
 
 
 @dataclass(frozen=True)
@@ -124,13 +130,6 @@ class SharedOutput:
     shape: tuple[int, ...]
     ref: ShmRef
     written: int
-
-    def parameters(self) -> dict[str, Any]:
-        """The output's parameters in a response: where its data went, as Triton reports it."""
-        params: dict[str, Any] = {"shared_memory_region": self.ref.region, "shared_memory_byte_size": self.written}
-        if self.ref.offset:
-            params["shared_memory_offset"] = self.ref.offset
-        return params
 
 
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -169,18 +168,34 @@ def shared_memory_ref(params: Mapping[str, Any] | None, what: str) -> ShmRef | N
     """
     if not params or not any(k in params for k in _SHM_KEYS):
         return None
+    tensor = what.split(" ", 1)[-1]  # "input 'x'": the tensor's name as Triton's words quote it
     region = params.get("shared_memory_region")
     size = params.get("shared_memory_byte_size")
     offset = params.get("shared_memory_offset", 0)
-    if region is None or size is None:
+    if region is None:  # Triton's words, then what to send
+        given = "shared_memory_byte_size" if size is not None else "shared_memory_offset"
         raise InvalidRequest(
+            f"'{given}' can not be specified without 'shared_memory_region' parameter for tensor {tensor}; "
             f"{what} needs both shared_memory_region and shared_memory_byte_size (shared_memory_offset is optional)"
         )
-    if not isinstance(region, str) or not region:
-        raise InvalidRequest(f"{what}: shared_memory_region must be the non-empty name of a registered region")
+    if size is None:
+        raise InvalidRequest(
+            f"'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor "
+            f"{tensor}"
+        )
+    if not isinstance(region, str):
+        raise InvalidRequest(
+            f"invalid value type for 'shared_memory_region' parameter for tensor {tensor}, expected string_param."
+        )
     for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidRequest(f"{what}: {key} must be a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"invalid value type for '{key}' parameter for tensor {tensor}, expected int64_param.")
+    if offset < 0:
+        raise InvalidRequest(f"Invalid offset for shared memory region: '{region}': {what} gives offset {offset}")
+    if size < 0:
+        raise InvalidRequest(
+            f"Invalid offset + byte size for shared memory region: '{region}': {what} gives byte size {size}"
+        )
     return ShmRef(region, size, offset)
 
 
@@ -191,8 +206,9 @@ def requested_once(outputs: list[RequestedOutput]) -> list[RequestedOutput]:
     seen: dict[str, RequestedOutput] = {}
     for o in outputs:
         if o.shm is not None and o.classification:
-            raise InvalidRequest(
-                f"output {o.name!r} asks for classification into shared memory; classes come back in the response"
+            raise InvalidRequest(  # Triton's words (its HTTP front end's), then why
+                f"Output can't set both 'shared_memory_region' and 'classification': output {o.name!r} asks for "
+                "classes into shared memory; classes come back in the response"
             )
         seen.setdefault(o.name, o)
     return list(seen.values())

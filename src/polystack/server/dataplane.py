@@ -1490,6 +1490,7 @@ class DataPlane:
             if self.in_flight == 0:
                 self._idle.set()
         assert model_label is not None and outcome is not None
+        order = tuple(result) if held else ()  # outputs in shared memory are listed in their places
         in_shared_memory = self._write_shared(result, request, model_label, outcome, started, held)
         m = self.metrics.model(*model_label)
         m.success.inc()
@@ -1500,6 +1501,7 @@ class DataPlane:
             outputs=result,
             id=request.id,
             in_shared_memory=in_shared_memory,
+            order=order,
         )
 
     async def _infer_ensemble(
@@ -1619,10 +1621,11 @@ class DataPlane:
             self._pipelines -= 1
             if self.in_flight == 0:
                 self._idle.set()
+        order = tuple(result) if held else ()
         in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
-        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory, order)
 
     def _pin(self, pipeline: ensemble.Ensemble) -> _Pins:
         """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),

@@ -493,23 +493,28 @@ class HttpApp:
     def shm_register(self, req: Request, args: list[str]) -> Response:
         regions = self.plane.regions()
         doc = self._json_body(req)
+        for needed in ("key", "byte_size"):
+            if needed not in doc:  # Triton's words
+                raise InvalidRequest(
+                    f"Shared memory register request has no '{needed}' field; send key, offset and byte_size"
+                )
         regions.register(args[0], doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
-        return json_response(200, {})
+        return Response(200, b"")  # an empty body, as tritonserver 2.51's (helper-116)
 
     def shm_unregister(self, req: Request, args: list[str]) -> Response:
         self.plane.regions().unregister(args[0] or None)
-        return json_response(200, {})
+        return Response(200, b"")
 
     def cuda_status(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.cuda_shared_memory.status(args[0] or None))
 
     def cuda_register(self, req: Request, args: list[str]) -> Response:
         self.plane.cuda_shared_memory.register(args[0])
-        return json_response(200, {})
+        return Response(200, b"")
 
     def cuda_unregister(self, req: Request, args: list[str]) -> Response:
         self.plane.cuda_shared_memory.unregister(args[0] or None)
-        return json_response(200, {})
+        return Response(200, b"")
 
     async def repository_load(self, req: Request, args: list[str]) -> Response:
         try:

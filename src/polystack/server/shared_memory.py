@@ -12,10 +12,10 @@ object no longer has (a client shrank it) or cannot get (a sparse object on a fu
 SIGBUS that kills the whole server, where a system call fails with an error this module reports.
 Inputs are copied out as they are decoded, so a client may reuse its region as soon as the answer
 arrives, and a request waiting in a batch queue never sees the region change under it. An output's region
-is held from the moment its request is taken until its answer is written (``hold`` / ``release``), as
-Triton holds it: unregistering it meanwhile succeeds, but the region stays registered (listed, usable by
-new requests, its name taken) until no request holds it, so an answer never lands in memory registered
-since under that name (Triton's ``awaiting_unregister_``).
+is held from the moment its request is taken until its answer is written (``hold`` / ``release``), and
+unregistering it meanwhile is refused, as tritonserver 2.51 refuses it ("Cannot unregister shared memory region
+'o', it is currently in use."; helper-116), so an answer never lands in memory registered since under that name.
+A server that closes lets go of every region, those still held once their requests are answered.
 
 Off unless the server is started with ``--allow-shared-memory`` (Triton: ``--allow-client-shm``):
 any client that can reach the server could otherwise make it read and write the host's shared
@@ -47,7 +47,7 @@ class Region:
     byte_size: int
     fd: int
     users: int = 0  # requests holding it for their outputs
-    unregistered: bool = False  # asked to go while held: it goes when its last holder lets go
+    unregistered: bool = False  # the server closed while it was held: it goes when its last holder lets go
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -81,15 +81,9 @@ class SharedMemoryRegions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidRequest(f"shared memory region {name!r}: {field} must be a non-negative integer")
         if byte_size == 0:
-            raise InvalidRequest(f"shared memory region {name!r}: byte_size must be above 0")
+            raise InvalidRequest(f"failed to register shared memory region '{name}': invalid args: byte_size must be above 0")
         with self._lock:
             held = self._regions.get(name)
-            if held is not None and held.unregistered:
-                raise AlreadyExists(
-                    f"shared memory region '{name}' already in manager (Triton's words): it was unregistered, but "
-                    "requests in flight still use it, and it stays registered until they are answered; register it "
-                    "again then, or pick another name"
-                )
             if held is not None:
                 raise AlreadyExists(
                     f"shared memory region '{name}' already in manager (Triton's words); unregister it first, or pick "
@@ -118,9 +112,9 @@ class SharedMemoryRegions:
                     raise InvalidRequest(f"{key!r} is not a shared memory object (not a regular file)")
                 size = info.st_size
                 if offset + byte_size > size:
-                    raise InvalidRequest(
-                        f"shared memory region {name!r}: offset {offset:,} + byte_size {byte_size:,} runs past the "
-                        f"end of {key!r}, which holds {size:,} bytes"
+                    raise InvalidRequest(  # Triton's words, then why
+                        f"failed to register shared memory region '{name}': invalid args: offset {offset:,} + "
+                        f"byte_size {byte_size:,} runs past the end of {key!r}, which holds {size:,} bytes"
                     )
             except BaseException:
                 os.close(fd)
@@ -128,11 +122,34 @@ class SharedMemoryRegions:
             self._regions[name] = Region(name, key, offset, byte_size, fd)
 
     def unregister(self, name: str | None = None) -> None:
-        """Forget region ``name`` (every region when None); a name that is not registered is no error."""
+        """Forget region ``name`` (every region when None); a name that is not registered is no error. A region a
+        request in flight holds is refused, as tritonserver 2.51 refuses it (500 / INTERNAL); of all, those not
+        held go and the refusal names the others, in Triton's words."""
         with self._lock:
             gone = list(self._regions.values()) if name is None else [r for r in [self._regions.get(name)] if r]
+            busy = [region.name for region in gone if region.users]
             for region in gone:
-                if region.users:  # registered until the requests holding it are answered (``release``)
+                if not region.users:
+                    del self._regions[region.name]
+                    os.close(region.fd)
+        if busy and name is not None:
+            raise InternalRefusal(
+                f"Cannot unregister shared memory region '{name}', it is currently in use. A request in flight writes "
+                "its answer there; unregister it once that request is answered"
+            )
+        if busy:
+            raise InternalRefusal(
+                "Failed to unregister the following system shared memory regions: "
+                + "".join(f"{n} ," for n in busy)
+                + " (requests in flight write their answers there; the others were unregistered; unregister these "
+                "once those requests are answered)"
+            )
+
+    def close(self) -> None:
+        """Let go of every region: at once where no request holds it, else as its last holder lets go."""
+        with self._lock:
+            for region in list(self._regions.values()):
+                if region.users:
                     region.unregistered = True
                 else:
                     del self._regions[region.name]
@@ -145,12 +162,9 @@ class SharedMemoryRegions:
             if name is None:
                 return [self._regions[n].status() for n in sorted(self._regions)]
             region = self._regions.get(name)
-            if region is None:
-                raise NotFound(f"no shared memory region {name!r} is registered")
+            if region is None:  # Triton's words
+                raise NotFound(f"Unable to find system shared memory region: '{name}'; it is not registered")
             return [region.status()]
-
-    def close(self) -> None:
-        self.unregister(None)
 
     # -- tensors -------------------------------------------------------------------------------
     def read(self, ref: ShmRef, what: str) -> bytes:
@@ -173,7 +187,12 @@ class SharedMemoryRegions:
 
     def hold(self, ref: ShmRef, what: str) -> Region:
         """The region of output ``ref``, held for its request until ``release``: refused now if it is not
-        registered or too small, before a model runs for it."""
+        registered or too small, before a model runs for it (a byte size of 0 too, as Triton refuses it)."""
+        if ref.byte_size == 0:
+            raise InvalidRequest(
+                f"Invalid offset + byte size for shared memory region: '{ref.region}': {what} gives "
+                "shared_memory_byte_size 0; give the bytes its answer takes"
+            )
         with self._lock:
             region = self._region(ref, what)
             region.users += 1
@@ -220,10 +239,16 @@ class SharedMemoryRegions:
                 f"Unable to find shared memory region: '{ref.region}' (Triton's words): {what} refers to it, and it is "
                 "not registered; register it first"
             )
+        if ref.offset >= region.byte_size and ref.byte_size:
+            raise InvalidRequest(  # Triton's words, then where
+                f"Invalid offset for shared memory region: '{ref.region}': {what} gives shared_memory_offset "
+                f"{ref.offset:,}, at or past the end of the region ({region.byte_size:,} bytes)"
+            )
         if ref.offset + ref.byte_size > region.byte_size:
             raise InvalidRequest(
-                f"{what}: shared_memory_offset {ref.offset:,} + shared_memory_byte_size {ref.byte_size:,} runs past "
-                f"the end of region {ref.region!r} ({region.byte_size:,} bytes)"
+                f"Invalid offset + byte size for shared memory region: '{ref.region}': {what} gives "
+                f"shared_memory_offset {ref.offset:,} + shared_memory_byte_size {ref.byte_size:,}, past the end of "
+                f"the region ({region.byte_size:,} bytes)"
             )
         return region
 
@@ -233,8 +258,9 @@ class SharedMemoryRegions:
             raise InvalidRequest('a shared memory region\'s key must be a string such as "/my_region"')
         name = key[1:] if key.startswith("/") else key
         if not name or "/" in name or "\0" in name or name in (".", "..") or len(name) > 255:
-            raise InvalidRequest(
-                f'shared memory key {key!r} is not a POSIX shared memory name; use "/name" with no other slash'
+            raise InternalRefusal(  # Triton's code and words (it fails to open one), then why
+                f"Unable to open shared memory region: {key!r}: it is not a POSIX shared memory name; use \"/name\" "
+                "with no other slash"
             )
         return self._dir / name
 
