@@ -300,3 +300,26 @@ def test_a_hit_counts_no_inference(server: ServerThread) -> None:
         assert (s["cache_miss"], s["cache_hit"], s["inference_count"]) == (1, 1, 1)
     finally:
         client.load_model("ident64")
+
+
+def test_tritons_server_wide_cache_gauges_count_the_whole_cache(model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
+    """helper-115 against tritonserver 2.51: with a cache, Triton shows eight label-less gauges of the whole cache from
+    start-up (counter_latencies=false too); polystack showed only the per-model families."""
+    store, _ = model_store
+    st = start(
+        store, models=["mlp"], model_configs={"mlp": CACHED}, response_cache=CacheConfig(1 << 20),
+        triton_metrics=True, counter_latencies=False, grpc_port=None,
+    )  # fmt: skip
+    try:
+        names = ("entries", "lookups", "hits", "misses", "evictions")
+        assert {n: metric(st, f"nv_cache_num_{n}") for n in names} == dict.fromkeys(names, 0)
+        assert metric(st, "nv_cache_util") == 0
+        http = httpclient.InferenceServerClient(st.http_url)
+        for values in ([[1.0]], [[1.0]], [[2.0]], [[1.0]]):  # A, A, B, A: two misses, two hits, two kept
+            http.infer("mlp", [rows(values)])
+        got = {n: metric(st, f"nv_cache_num_{n}") for n in names}
+        assert got == {"entries": 2, "lookups": 4, "hits": 2, "misses": 2, "evictions": 0}, got
+        assert 0 < metric(st, "nv_cache_util") < 0.01 and metric(st, "nv_cache_lookup_duration") >= 0
+        assert metric(st, "nv_cache_insertion_duration") >= 0
+    finally:
+        st.stop()

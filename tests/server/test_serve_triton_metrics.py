@@ -213,3 +213,11 @@ def test_tritons_metrics_config_leaves_the_duration_counters_out_and_refuses_sum
         (["--metrics-config", "counter_latencies"], "--metrics-config option format is <setting>=<value>. Got"),
     ):
         assert words in refused_at_start(tmp_path, args)
+    # Triton compares the text (helper-115): counter_latencies=0 leaves the counters on, summary_latencies=yes and
+    # histogram_latencies=1 change nothing; the log says so (polystack read them as booleans, and exited 2)
+    args = ["mlp", "--grpc-port", "-1", "--triton-metrics", "--metrics-config", "counter_latencies=0",
+            "--metrics-config", "summary_latencies=yes", "--metrics-config", "histogram_latencies=1"]  # fmt: skip
+    with cli_server(store.settings.home, args, port, tmp_path / "serve2.log"):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "nv_inference_request_duration_us" in text
+    assert "Triton reads only 'true' and 'false' here; '0' changes nothing" in (tmp_path / "serve2.log").read_text()

@@ -1049,17 +1049,24 @@ def _counter_latencies(items: list[str]) -> bool:
         setting, eq, value = item.partition("=")
         if not eq or not setting:
             raise InvalidRequest(f"--metrics-config option format is <setting>=<value>. Got {item}")
+        # tritonserver 2.51 compares the text (helper-115): only "false" turns the counters off and only "true" the
+        # summaries or histograms on; any other value is taken and changes nothing, said here in the log
+        if setting in ("counter_latencies", "summary_latencies", "histogram_latencies") and value not in ("true", "false"):
+            logging.getLogger("polystack.server").warning(
+                f"--metrics-config {item}: Triton reads only 'true' and 'false' here; {value!r} changes nothing, as in "
+                "Triton"
+            )
         if setting == "counter_latencies":
-            counters = _flag_bool(value, "--metrics-config counter_latencies")
+            counters = value != "false"
         elif setting == "summary_latencies":
-            if _flag_bool(value, "--metrics-config summary_latencies"):
+            if value == "true":
                 raise InvalidRequest(
                     "--metrics-config summary_latencies=true: polystack has no latency summaries; its latencies are "
                     "histograms (polystack_inference_request_duration_seconds: histogram_quantile() gives the "
                     "quantiles), so drop it"
                 )
         elif setting == "histogram_latencies":
-            _flag_bool(value, "--metrics-config histogram_latencies")
+            pass  # polystack's latencies are histograms already (polystack_inference_*_duration_seconds)
         elif setting not in _SUMMARY_SETTINGS:  # Triton leaves a setting it does not know unread
             logging.getLogger("polystack.server").warning(
                 f"--metrics-config {item}: not a setting polystack (or Triton) reads; left unread, as Triton leaves it"

@@ -1319,7 +1319,9 @@ class DataPlane:
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
-        return text + triton_metrics.render(figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies)
+        return text + triton_metrics.render(
+            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
+        )
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""

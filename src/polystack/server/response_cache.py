@@ -24,6 +24,7 @@ import collections
 import hashlib
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -105,6 +106,18 @@ class _Entry:
     size: int
 
 
+@dataclass
+class CacheCounts:
+    """What the cache did since it was made, as Triton's server-wide cache gauges count it (``nv_cache_num_*``)."""
+
+    lookups: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    lookup_ns: int = 0  # time in ``get`` (hits and misses)
+    insertion_ns: int = 0  # time in ``put`` of the answers kept
+
+
 class ResponseCache:
     """Answers by key, least recently used first out, within ``size`` bytes; safe across threads."""
 
@@ -116,6 +129,7 @@ class ResponseCache:
         self._used = 0
         self._lock = threading.Lock()
         self.on_evict = on_evict  # told how many answers each insert evicted (a metric)
+        self.counts = CacheCounts()  # changed under the lock
 
     @staticmethod
     def key(owner: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> bytes | None:
@@ -161,17 +175,25 @@ class ResponseCache:
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
         """The answer kept under ``key`` (a dict of its own; the arrays are shared and read-only), or None."""
+        started = time.perf_counter_ns()
         with self._lock:
+            counts = self.counts
+            counts.lookups += 1
             entry = self._entries.get(key)
             if entry is None:
+                counts.misses += 1
+                counts.lookup_ns += time.perf_counter_ns() - started
                 return None
             self._entries.move_to_end(key)
+            counts.hits += 1
+            counts.lookup_ns += time.perf_counter_ns() - started
             return dict(entry.outputs)
 
     def put(self, key: bytes, owner: int, outputs: Mapping[str, np.ndarray]) -> bool:
         """Keep a copy of ``outputs`` under ``key``, evicting the least recently used answers to make room;
         False when it is not kept: the answer alone is larger than the cache, or its load ``owner`` was
         forgotten (a request that ran on it as it was retired)."""
+        started = time.perf_counter_ns()
         size = ENTRY_OVERHEAD + sum(OUTPUT_OVERHEAD + nbytes(a) for a in outputs.values())
         if size > self.size:
             return False
@@ -187,6 +209,8 @@ class ResponseCache:
             self._entries[key] = _Entry(owner, kept, size)
             self._by_owner.setdefault(owner, set()).add(key)
             self._used += size
+            self.counts.evictions += evicted
+            self.counts.insertion_ns += time.perf_counter_ns() - started
         if evicted and self.on_evict is not None:
             self.on_evict(evicted)
         return True

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from polystack.server.response_cache import ResponseCache
 from polystack.stats import DURATIONS, ModelStats
 
 # polystack's failure reasons (status.reason: error class names) as Triton's; any other is OTHER
@@ -134,10 +135,16 @@ _DURATIONS = {
 _LATENCY_COUNTERS = frozenset(n for n, v in _DURATIONS.items() if not v.startswith("cache"))
 
 
-def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies: bool = True) -> bytes:
-    """The text format's lines of Triton's families for ``models``, and the host's CPU ones (``cpu``); without
-    ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration counters, nor
-    its cache counters, which Triton makes among them."""
+def render(
+    models: Iterable[VersionFigures],
+    cpu: bool = True,
+    counter_latencies: bool = True,
+    cache: ResponseCache | None = None,
+) -> bytes:
+    """The text format's lines of Triton's families for ``models``, the host's CPU ones (``cpu``) and, where the
+    server has a response ``cache``, Triton's server-wide cache gauges (shown from start-up whatever the counters);
+    without ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration
+    counters, nor its per-model cache counters, which Triton makes among them."""
     models = list(models)
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
@@ -158,6 +165,8 @@ def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies
     for name, kind, text in _CACHE_FAMILIES if cached else ():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
         lines += [_sample(name, m, _value(name, m)) for m in cached]
+    if cache is not None:
+        lines += _cache_gauges(cache)
     if cpu:
         memory = psutil.virtual_memory()
         lines += [
@@ -172,6 +181,27 @@ def render(models: Iterable[VersionFigures], cpu: bool = True, counter_latencies
             f"nv_cpu_memory_used_bytes {memory.total - memory.available}",
         ]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _cache_gauges(cache: ResponseCache) -> list[str]:
+    """Triton's gauges of the whole response cache (tritonserver 2.51's names and help text; helper-115)."""
+    counts = cache.counts
+    values: tuple[tuple[str, str, float], ...] = (
+        ("nv_cache_num_entries", "Number of responses stored in response cache", cache.entries),
+        ("nv_cache_num_lookups", "Number of cache lookups in response cache", counts.lookups),
+        ("nv_cache_num_hits", "Number of cache hits in response cache", counts.hits),
+        ("nv_cache_num_misses", "Number of cache misses in response cache", counts.misses),
+        ("nv_cache_num_evictions", "Number of cache evictions in response cache", counts.evictions),
+        ("nv_cache_lookup_duration", "Total cache lookup duration (hit and miss), in microseconds",
+         counts.lookup_ns // 1000),
+        ("nv_cache_insertion_duration", "Total cache insertion duration, in microseconds", counts.insertion_ns // 1000),
+        ("nv_cache_util", "Cache utilization [0.0 - 1.0]", cache.used / cache.size if cache.size else 0.0),
+    )  # fmt: skip
+    lines: list[str] = []
+    for name, text, value in values:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value!r}" if isinstance(value, float)
+                  else f"{name} {value}"]  # fmt: skip
+    return lines
 
 
 def _value(name: str, m: VersionFigures) -> int:
