@@ -70,6 +70,9 @@ def test_malformed_json_is_400(raw: Raw, body: bytes, words: list[str]) -> None:
         ({"inputs": [good_input()], "parameters": {"timeout": 2**64}}, ["Unable to parse 'timeout'"]),
         ({"inputs": [good_input()], "parameters": {"priority": "high"}}, ["Unable to parse 'priority'", "integer"]),
         ({"inputs": [good_input()], "parameters": {"priority": -1}}, ["Unable to parse 'priority'"]),
+        # null is refused as Triton refuses it (helper-114: it was taken as absent)
+        ({"inputs": [good_input()], "parameters": {"timeout": None}}, ["Unable to parse 'timeout': null"]),
+        ({"inputs": [good_input()], "parameters": {"priority": None}}, ["Unable to parse 'priority': null"]),
         ({"inputs": [good_input()], "parameters": {"priority": 1.0}}, ["Unable to parse 'priority'"]),
         ({"inputs": [good_input()], "parameters": {"priority": True}}, ["Unable to parse 'priority'"]),
         # Triton's own keys a request may not set, and custom values it cannot hand a backend (helper-87)

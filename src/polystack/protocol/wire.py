@@ -89,10 +89,14 @@ class InferRequest:
     def __post_init__(self) -> None:
         if self.parameters:
             for key, what in _UNSIGNED_PARAMETERS.items():
-                raw = self.parameters.get(key)
-                # Triton reads both as unsigned integers (HTTP) or int64_param (gRPC): 1500.0 or "5" is refused
-                if raw is not None and (type(raw) is not int or not 0 <= raw < 1 << 64):
-                    raise InvalidRequest(f"Unable to parse {key!r}: {quote(raw)} is not an integer >= 0; give {what}")
+                if key not in self.parameters:
+                    continue
+                raw = self.parameters[key]
+                # Triton reads both as unsigned integers (HTTP) or int64_param (gRPC): 1500.0, "5" or null is refused
+                # (null was taken as absent: helper-114)
+                if type(raw) is not int or not 0 <= raw < 1 << 64:
+                    shown = "null" if raw is None else quote(raw)
+                    raise InvalidRequest(f"Unable to parse {key!r}: {shown} is not an integer >= 0; give {what}")
 
     @property
     def priority(self) -> int:
