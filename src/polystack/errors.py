@@ -3,6 +3,7 @@
     PolystackError                      anything polystack raises on purpose
     ├── InvalidRequest                  the caller sent something wrong            (HTTP 400, INVALID_ARGUMENT)
     │   ├── InvalidTensor               wrong input name, datatype, shape or data
+    │   │   └── RuntimeRefused          values the runtime refused in its run (Triton's metrics: BACKEND)
     │   ├── InvalidName                 a model name with path characters, empty, too long
     │   ├── InvalidModelFile            not the claimed format, truncated, unreadable
     │   ├── UnsafeModel                 refused for safety: pickle, external data outside its folder
@@ -89,6 +90,14 @@ class InvalidRequest(PolystackError):
 
 class InvalidTensor(InvalidRequest):
     pass
+
+
+class RuntimeRefused(InvalidTensor):
+    """Values the runtime refused as it ran them (ONNX Runtime's InvalidArgument, an index out of range): the
+    caller's to fix, so a 400, but a failure in the run, which Triton's backends report and its metrics count as
+    ``BACKEND`` (helper-115)."""
+
+    in_run = True
 
 
 class InvalidName(InvalidRequest):

@@ -421,6 +421,11 @@ def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as
         assert isinstance(error, InferenceServerException), error
         if gather:
             assert error.status() == "StatusCode.INVALID_ARGUMENT" and "refused the inputs" in error.message(), error
+            # a failure in the run, as Triton's backends report it: its metrics count it BACKEND (helper-115)
+            import urllib.request
+
+            text = urllib.request.urlopen(f"http://{st.http_url}/metrics", timeout=10).read().decode()
+            assert f'model="{name}",reason="RuntimeRefused",version="1"' in text, text[-2000:]
         else:
             assert error.status() == "StatusCode.INTERNAL" and "cannot be reshaped" in error.message(), error
         with contextlib.suppress(Exception):  # the stream is over: tritonclient may refuse to send

@@ -86,14 +86,14 @@ def test_the_rendering_maps_reasons_shows_the_cache_and_escapes_labels() -> None
             "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")},
     }  # fmt: skip
     odd = VersionFigures('we"ird\\name\n', "2", stats, {"QueueFull": 2, "DeadlineExceeded": 1, "Cancelled": 4,
-                                                         "BackendError": 5, "InvalidTensor": 6, "Internal": 1},
-                         pending=9, cached=True)  # fmt: skip
+                                                         "BackendError": 5, "RuntimeRefused": 2, "InvalidTensor": 6,
+                                                         "Internal": 1}, pending=9, cached=True)  # fmt: skip
     text = render([odd], cpu=False).decode()
     assert 'model="we\\"ird\\\\name\\n"' in text  # the text format's escapes
     families = {f.name: f for f in text_string_to_metric_families(text)}
     failures = {s.labels["reason"]: s.value for s in families["nv_inference_request_failure"].samples}
     # a full queue counts nowhere, as tritonserver 2.51 counts it (helper-114, -115): REJECTED is the timeout alone
-    assert failures == {"REJECTED": 1, "CANCELED": 4, "BACKEND": 5, "OTHER": 7}
+    assert failures == {"REJECTED": 1, "CANCELED": 4, "BACKEND": 7, "OTHER": 7}  # values the runtime refused: BACKEND
     assert families["nv_inference_pending_request_count"].samples[0].value == 9
     assert families["nv_inference_queue_duration_us"].samples[0].value == 4500  # microseconds, whole
     assert families["nv_cache_num_hits_per_model"].samples[0].value == 3

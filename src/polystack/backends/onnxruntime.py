@@ -10,7 +10,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidRequest, InvalidTensor
+from polystack.errors import (
+    BackendError,
+    BackendUnavailable,
+    InvalidModelFile,
+    InvalidRequest,
+    InvalidTensor,
+    RuntimeRefused,
+)
 from polystack.types import DType, Signature
 
 # device prefix -> execution provider that runs it
@@ -106,7 +113,7 @@ class OnnxRuntimeModel:
         try:
             results = self.session.run(self._outputs, feed, self._run_options)
         except InvalidArgument as e:
-            raise InvalidTensor(f"ONNX Runtime refused the inputs: {e}").failed_in_run() from e
+            raise RuntimeRefused(f"ONNX Runtime refused the inputs: {e}") from e
         except Fail as e:
             raise BackendError(f"ONNX Runtime failed: {e}") from e
         except Exception as e:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor
+from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, RuntimeRefused
 from polystack.types import Signature
 
 IR_XML = "model.xml"
@@ -108,7 +108,7 @@ class OpenVinoModel:
             result = request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
             return {name: np.array(result[port], copy=True) for name, port in self._ports}
         except (TypeError, ValueError) as e:
-            raise InvalidTensor(f"OpenVINO refused the inputs: {e}").failed_in_run() from e
+            raise RuntimeRefused(f"OpenVINO refused the inputs: {e}") from e
         except Exception as e:
             raise BackendError(f"OpenVINO failed: {type(e).__name__}: {e}") from e
         finally:

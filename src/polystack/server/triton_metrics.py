@@ -32,6 +32,7 @@ REASONS: dict[str, str | None] = {
     "DeadlineExceeded": "REJECTED",
     "Cancelled": "CANCELED",
     "BackendError": "BACKEND",
+    "RuntimeRefused": "BACKEND",  # values the runtime refused in its run: Triton's backends report them (helper-115)
 }
 TRITON_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
