@@ -3,35 +3,47 @@
     .venv/bin/python bench/triton_parity.py                       # about 15 s (and the wheel's download once)
     .venv/bin/python bench/triton_parity.py --cases 'grpc infer'  # the cases whose name matches a regex
 
-Why: polystack is meant as a drop-in replacement for Triton over the Open Inference Protocol, and what a
-Triton user's code meets is Triton's answers (status codes, words, fields), not the protocol's text. Three
-studies by hand (HTTP, gRPC, control plane) found the differences once; this finds them again at every
-commit. It runs tritonserver 2.51.0 from the `nvidia-pytriton==0.7.0` wheel (fetched once by
-`bench/triton_reference.py`'s `ensure_tritonserver`; nothing is installed into a venv) beside `polystack serve`,
-both with `--model-control-mode explicit --load-model ...` on free 127.0.0.1 ports, on equivalent repositories
-built in a temporary folder:
+Why: polystack is meant as a drop-in replacement for Triton over the Open Inference Protocol, and what a Triton
+user's code meets is Triton's answers (status codes, words, fields), not the protocol's text. Studies by hand (HTTP,
+gRPC, control plane; then sequence batching, the dynamic batcher's queue policies, Prometheus metrics, system shared
+memory) found the differences once; this finds them again at every commit. It runs tritonserver 2.51.0 from the
+`nvidia-pytriton==0.7.0` wheel (fetched once by `bench/triton_reference.py`'s `ensure_tritonserver`; nothing is
+installed into a venv) beside `polystack serve`, both with `--model-control-mode explicit --load-model ...` and
+their metrics port on free 127.0.0.1 ports (polystack with `--allow-shared-memory --triton-metrics` too: Triton has
+shared memory and its metric names on by default), on equivalent repositories built in a temporary folder:
 - `mlp`: FP32 x[-1,4] -> y[-1,3] (x W + b), `max_batch_size: 8`, dynamic batching, y labelled (classification);
 - `nobatch`: FP32 x[2,3] -> y = 2x, `max_batch_size: 0`;
 - `multi`: INT64 a[-1,3] and BOOL b[-1,3] -> INT64 s = a + Cast(b) and BOOL n = Not(b), `max_batch_size: 4`;
-- `pipe`: an ensemble (`platform: "ensemble"` on both) of `step1` (y = 2x) then `step2` (y = x + 1).
-polystack serves the ONNX files (`platform: "onnxruntime_onnx"`); Triton's wheel has only its Python backend,
-so each of its models is one generic `model.py` running the same ONNX file with onnxruntime (numeric inputs
-read with `np.from_dlpack`, outputs written with `Tensor.from_dlpack`: `as_numpy()` and `Tensor(name, array)`
-are wrong under numpy 2 in backend 2.51). BYTES end to end is left out: a BYTES input crashes that stub.
+- `pipe`: an ensemble (`platform: "ensemble"` on both) of `step1` (y = 2x) then `step2` (y = x + 1);
+- `queued`: mlp's model (without labels) whose dynamic batcher has two priority levels and queue policies
+  (`default_queue_policy { max_queue_size: 2 }`, level 1's DELAY with a timeout);
+- `acc`: a sequence model (`sequence_batching`, oldest, START/END/READY controls, a UINT64 CORRID, an implicit
+  state): FP32 INPUT[-1,1] -> OUTPUT, the sum of its sequence's inputs, ENDED = END x READY and ID = the correlation
+  ID (FP32).
+polystack serves the ONNX files (`platform: "onnxruntime_onnx"`; acc's is `polystack.examples.accumulator_onnx`, its
+sum kept in the implicit state); Triton's wheel has only its Python backend, so each of its models is one generic
+`model.py` running the same ONNX file with onnxruntime (numeric inputs read with `np.from_dlpack`, outputs written
+with `Tensor.from_dlpack`: `as_numpy()` and `Tensor(name, array)` are wrong under numpy 2 in backend 2.51), but acc,
+a `model.py` that keeps the sums by correlation ID itself. BYTES end to end is left out: a BYTES input crashes that
+stub.
 
-Each case is a small function that sends one request (or a short sequence) and returns a normalized outcome:
-over HTTP the status and the JSON body (binary tensors decoded), over gRPC the status code and details, or the
-response's set fields and its content (raw tensors decoded); timings and timestamps (`ns`,
-`last_inference`) are dropped, and so are the fields that only say which backend runs a model (`platform`,
-`backend`, `default_model_filename` of the non-ensemble models: Triton's are the Python backend's). The
-outcomes are compared: status codes, fields and strings exactly, numbers within a relative 1e-5; an error
-message is the same when polystack's starts with Triton's words once Triton's `[request id: ...] ` prefix is
-taken off (the README says polystack's messages start with Triton's words and say what to do after), the
-missing prefix noted apart. Differences the README documents are marked `known` (KNOWN below, with the README's
-words), never hidden. The cases run in one fixed order, each on Triton then on polystack: metadata, inference
-that succeeds, statistics, refusals, statistics again, settings, model control last. Both servers run in
-sessions of their own and are stopped (their process groups killed) on the way out, on Ctrl-C and SIGTERM too;
-a run that fails keeps their logs and says where.
+Each case is a small function that sends one request (or a short sequence) and returns a normalized outcome: over
+HTTP the status and the JSON body (binary tensors decoded), over gRPC the status code and details, or the response's
+set fields and its content (raw tensors decoded); timings and timestamps (`ns`, `last_inference`) are dropped, and
+so are the fields that only say which backend runs a model (`platform`, `backend`, `default_model_filename` of the
+non-ensemble models: Triton's are the Python backend's). The outcomes are compared: status codes, fields and strings
+exactly, numbers within a relative 1e-5; an error message is the same when polystack's starts with Triton's words
+once Triton's `[request id: ...] ` prefix is taken off (the README says polystack's messages start with Triton's
+words and say what to do after), the missing prefix noted apart. Differences the README documents are marked `known`
+(KNOWN below, with the README's words), never hidden. The cases run in one fixed order, each on Triton then on
+polystack: metadata and config, inference that succeeds (a sequence's start, middle and end; priorities),
+statistics, refusals (sequences without an ID, without START first, of two rows; the queue's parameters of the wrong
+type), statistics again, settings, system shared memory (register, status and unregister, one and all; unknown
+regions, out of bounds, a key that does not exist; an infer whose input and output are in a region, the answer and
+the memory compared; an output byte size of 0; the POSIX objects made in /dev/shm by the script and removed on the
+way out), model control, and last the metrics port's nv_* families (HELP and TYPE) and series (names and labels;
+values move with timing and are not compared). Both servers run in sessions of their own and are stopped (their
+process groups killed) on the way out, on Ctrl-C and SIGTERM too; a run that fails keeps their logs and says where.
 
 Output: a table of every case; bench/results/triton_parity.json and a section of BENCHMARKS.md (a full run
 only; `--cases` prints the table alone).
@@ -68,7 +80,7 @@ import triton_reference  # the tritonserver wheel and its Python backend folder
 
 RESULTS = serving.ROOT / "bench" / "results" / "triton_parity.json"
 START, END = "<!-- triton-parity:start -->", "<!-- triton-parity:end -->"
-LOADED = ("mlp", "nobatch", "multi", "pipe")  # --load-model; pipe brings step1 and step2
+LOADED = ("mlp", "nobatch", "multi", "pipe", "acc", "queued")  # --load-model; pipe brings step1 and step2
 RTOL, ATOL = 1e-5, 1e-6
 VOLATILE = frozenset({"ns", "last_inference"})  # durations and timestamps
 BACKEND_FIELDS = ("platform", "backend", "default_model_filename")  # Triton's say "python" here
@@ -79,13 +91,8 @@ MESSAGE_KEYS = frozenset({"error", "details", "error_message", "reason"})
 # README's words). A difference of the case that the regex does not cover still counts as a difference.
 _NAME = (
     "README: 'Server metadata names the server `polystack`; `--server-name triton` (or tritonserver's `--id triton`)"
-    " makes it say `triton`'; `--allow-shared-memory` 'enables the system shared memory extension', off by default;"
-    " '`GET /v2` lists `generate` (tritonserver 2.51 lists it nowhere; gRPC's ServerMetadata leaves it out: the"
-    " extension is HTTP's alone)'"
-)
-_SHM = (
-    "README: '`--allow-shared-memory` (or Triton's own spelling, `--allow-client-shm=true`, which launch scripts for"
-    " tritonserver 26.04 and later pass; off by default in both)' (tritonserver 2.51 has it on)"
+    " makes it say `triton`'; '`cuda_shared_memory` is not among the extensions'; '`GET /v2` lists `generate`"
+    " (tritonserver 2.51 lists it nowhere; gRPC's ServerMetadata leaves it out: the extension is HTTP's alone)'"
 )
 _TRACE = (
     "README: 'tritonserver's `--trace-config` is taken in Triton's `opentelemetry` mode'; Triton's own trace files"
@@ -109,7 +116,14 @@ _STRICT = (
     " flattens it, so the model would run on misaligned rows), and so is a number too large for its float datatype"
     " (Triton runs it as infinity)'"
 )
-_CONFIG = r"\$\.(body|response\.config)\.(runtime|model_transaction_policy|response_cache|parameters(\.polystack_device)?|dynamic_batching\.default_queue_policy|(input|output)\[\d+\]\.is_non_linear_format_io)"
+_CONFIG_SET = r"\$\.(body|response\.config)\.(runtime|model_transaction_policy|response_cache|parameters(\.polystack_device)?|(input|output)\[\d+\]\.is_non_linear_format_io)"
+_CONFIG = _CONFIG_SET[:-1] + r"|dynamic_batching\.default_queue_policy)"  # a config without a queue policy shows one
+_PARAM = (
+    "README: 'The request parameters `timeout` (the client's deadline, in microseconds) and `priority` are whole"
+    ' numbers of 0 or more, as Triton reads them ...; `1500.0`, `"5"` or `null` is a 400 (`Unable to parse'
+    " 'timeout': ...`)'; " + _NOT_JSON[len("README: ") :]
+)
+_PINNED = "README: 'Triton's `nv_pinned_memory_pool_*` gauges are not, since polystack has no pinned memory pool'"
 KNOWN: dict[str, tuple[str, str]] = {
     "http live": (r"\$\.body", _OTHERWISE),
     "http ready": (r"\$\.body", _OTHERWISE),
@@ -141,10 +155,8 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http shape of the wrong type": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http ragged nested data": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
-    "http server metadata": (r"\$\.body\.(name|version|extensions\.((system|cuda)_shared_memory|generate))", _NAME),
-    "grpc server metadata": (r"\$\.response\.(name|version|extensions\.(system|cuda)_shared_memory)", _NAME),
-    "http system shared memory status": (r".*", _SHM),
-    "grpc system shared memory status": (r".*", _SHM),
+    "http server metadata": (r"\$\.body\.(name|version|extensions\.(cuda_shared_memory|generate))", _NAME),
+    "grpc server metadata": (r"\$\.response\.(name|version|extensions\.cuda_shared_memory)", _NAME),
     "http trace setting": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
     "http trace setting unknown key": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
     "grpc trace setting": (
@@ -152,6 +164,11 @@ KNOWN: dict[str, tuple[str, str]] = {
     ),
     "http stats mlp after refusals": (r".*\.fail\.count", _FAILS),
     "grpc stats mlp after refusals": (r".*\.fail\.count", _FAILS),
+    "http model metadata acc": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
+    **{f"{t} model config {m}": (_CONFIG_SET, _OTHERWISE) for t in ("http", "grpc") for m in ("acc", "queued")},
+    "http timeout null": (r"\$\.(status|body\.error)", _PARAM),
+    "http priority null": (r"\$\.(status|body\.error)", _PARAM),
+    **{f"http metrics nv_ {k}": (rf"\$\.{k}\.nv_pinned_memory_pool_(total|used)_bytes", _PINNED) for k in ("families", "series")},
     "http version not a number": (
         r"\$\.(status|body\.error)",
         "README: '`failed to get model version from specified version string 'v': ...` (400: a version that is not"
@@ -196,6 +213,41 @@ class TritonPythonModel:
         return answers
 """
 
+# the sequence model on Triton's side: the sums kept by correlation ID, as polystack's ONNX accumulator keeps them
+# in its implicit state (polystack.examples.accumulator_onnx: OUTPUT = (START ? 0 : the sum) + INPUT, ENDED =
+# END x READY, ID = CORRID as FP32)
+ACC_PY = """
+import sys
+
+sys.path.append({site!r})
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def control(request, name):
+    return np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)).copy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {{}}
+
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            x = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "INPUT")).copy()
+            corrid, end = control(request, "CORRID"), control(request, "END") * control(request, "READY")
+            key = int(corrid.reshape(-1)[0])
+            y = (x if control(request, "START").reshape(-1)[0] else self.sums.get(key, 0) + x).astype(np.float32)
+            self.sums[key] = y
+            if end.reshape(-1)[0]:
+                del self.sums[key]
+            tensors = {{"OUTPUT": y, "ENDED": end.astype(np.int32), "ID": corrid.astype(np.float32)}}
+            answers.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor.from_dlpack(n, np.ascontiguousarray(v)) for n, v in tensors.items()]))
+        return answers
+"""
+
 CONFIGS = {
     "mlp": """max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -220,6 +272,36 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 """,
 }
 CONFIGS["step2"] = CONFIGS["step1"]
+CONFIGS["queued"] = """max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]
+dynamic_batching {
+  max_queue_delay_microseconds: 1000
+  priority_levels: 2
+  default_priority_level: 2
+  default_queue_policy { max_queue_size: 2 }
+  priority_queue_policy { key: 1 value: {
+    timeout_action: DELAY default_timeout_microseconds: 100000 allow_timeout_override: true max_queue_size: 4 } }
+}
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+CONFIGS["acc"] = """max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "ENDED" data_type: TYPE_INT32 dims: [ 1 ] },
+         { name: "ID" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  oldest { max_candidate_sequences: 4 }
+  control_input [
+    { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+    { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY", control [ { kind: CONTROL_SEQUENCE_READY, int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]
+}
+"""
 PIPE = """platform: "ensemble"
 max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -272,10 +354,15 @@ def onnx_models() -> dict[str, Any]:
 def build_repositories(work: Path) -> tuple[Path, Path]:
     """(Triton's repository, polystack's): the same folders, python-backend models on Triton's side."""
     import onnx
+    from onnx import TensorProto
+
+    from polystack.examples import accumulator_onnx
 
     triton, poly = work / "repo-triton", work / "repo-polystack"
     site = sysconfig.get_paths()["purelib"]
-    for name, model in onnx_models().items():
+    models = onnx_models()
+    models["queued"] = models["mlp"]
+    for name, model in models.items():
         for repo, head in ((triton, 'backend: "python"\n'), (poly, 'platform: "onnxruntime_onnx"\n')):
             version = repo / name / "1"
             version.mkdir(parents=True)
@@ -288,6 +375,11 @@ def build_repositories(work: Path) -> tuple[Path, Path]:
     for repo in (triton, poly):
         (repo / "pipe" / "1").mkdir(parents=True)
         (repo / "pipe" / "config.pbtxt").write_text(PIPE)
+    for repo, head in ((triton, 'backend: "python"\n'), (poly, 'platform: "onnxruntime_onnx"\n')):
+        (repo / "acc" / "1").mkdir(parents=True)
+        (repo / "acc" / "config.pbtxt").write_text(head + CONFIGS["acc"])
+    (triton / "acc" / "1" / "model.py").write_text(ACC_PY.format(site=site))
+    accumulator_onnx(poly / "acc" / "1" / "model.onnx", TensorProto.UINT64)
     return triton, poly
 
 
@@ -298,39 +390,45 @@ class Server:
     proc: subprocess.Popen[bytes]
     http: int
     grpc: int
+    metrics: int
     log: Path
     channel: Any = None
     stub: Any = None
 
 
-def network() -> tuple[int, int, list[str]]:
-    http, grpc = serving.free_port(), serving.free_port()
+def network() -> tuple[int, int, int, list[str]]:
+    http, grpc, metrics = serving.free_port(), serving.free_port(), serving.free_port()
     flags = [
-        "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", str(http),
-        "--grpc-port", str(grpc), "--model-control-mode", "explicit", *(f"--load-model={m}" for m in LOADED),
+        "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--model-control-mode", "explicit", *(f"--load-model={m}" for m in LOADED),
         "--log-verbose", "0", "--log-info", "false",
     ]  # fmt: skip
-    return http, grpc, flags
+    return http, grpc, metrics, flags
 
 
 def launch_triton(triton: Path, backends: Path, repo: Path, work: Path) -> Server:
     """tritonserver with the flags polystack gets too (not waited for; ``ready`` waits)."""
-    http, grpc, flags = network()
-    metrics = ["--metrics-address", "127.0.0.1", "--metrics-port", str(serving.free_port())]
+    http, grpc, metrics, flags = network()
     log = work / "triton.log"
     # a session of its own: its stub processes go with it, and Ctrl-C reaches only this script (which stops it)
-    proc = triton_reference.tritonserver(triton, backends, repo, [*metrics, *flags], log, start_new_session=True)
-    return Server("triton", proc, http, grpc, log)
+    proc = triton_reference.tritonserver(triton, backends, repo, flags, log, start_new_session=True)
+    return Server("triton", proc, http, grpc, metrics, log)
+
+
+# what tritonserver 2.51 has on by default and polystack off (the README says so): system shared memory, and
+# Triton's metric names beside polystack's own
+POLYSTACK_ONLY = ["--allow-shared-memory", "--triton-metrics"]
 
 
 def launch_polystack(repo: Path, work: Path) -> Server:
     """`polystack serve` of the repository with the same flags (tritonserver's, which it takes)."""
-    http, grpc, flags = network()
+    http, grpc, metrics, flags = network()
     cmd = [str(serving.ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve",
-           "--model-repository", str(repo), *flags]  # fmt: skip
+           "--model-repository", str(repo), *flags, *POLYSTACK_ONLY]  # fmt: skip
     log = work / "polystack.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    return Server("polystack", proc, http, grpc, log)
+    return Server("polystack", proc, http, grpc, metrics, log)
 
 
 def ready(server: Server) -> None:
@@ -572,6 +670,9 @@ for _m in ("mlp", "nobatch", "multi"):
     http_backend_case(f"http model config {_m}", f"/v2/models/{_m}/config")
 http_case("http model config pipe", "GET", "/v2/models/pipe/config")
 http_case("http model config unknown model", "GET", "/v2/models/nope/config")
+http_backend_case("http model metadata acc", "/v2/models/acc")
+http_backend_case("http model config acc", "/v2/models/acc/config")  # sequence batching
+http_backend_case("http model config queued", "/v2/models/queued/config")  # queue policies and priority levels
 
 grpc_case("grpc live", "ServerLive", lambda: pb().ServerLiveRequest())
 grpc_case("grpc ready", "ServerReady", lambda: pb().ServerReadyRequest())
@@ -597,6 +698,9 @@ for _m in ("mlp", "nobatch", "multi"):
     grpc_backend_case(f"grpc model config {_m}", "ModelConfig", partial(lambda m: pb().ModelConfigRequest(name=m), _m), "config")
 grpc_case("grpc model config pipe", "ModelConfig", lambda: pb().ModelConfigRequest(name="pipe"))
 grpc_case("grpc model config unknown model", "ModelConfig", lambda: pb().ModelConfigRequest(name="nope"))
+grpc_backend_case("grpc model metadata acc", "ModelMetadata", lambda: pb().ModelMetadataRequest(name="acc"))
+grpc_backend_case("grpc model config acc", "ModelConfig", lambda: pb().ModelConfigRequest(name="acc"), "config")
+grpc_backend_case("grpc model config queued", "ModelConfig", lambda: pb().ModelConfigRequest(name="queued"), "config")
 
 # inference that succeeds
 http_case("http infer json", "POST", INFER, mlp_body())
@@ -647,6 +751,43 @@ grpc_case("grpc infer multi requested output", "ModelInfer",
                                 raw=[A_RAW, B_RAW], outputs=[("n", {})]))  # fmt: skip
 grpc_case("grpc infer ensemble", "ModelInfer",
           lambda: infer_request("pipe", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW]))  # fmt: skip
+
+# a sequence (acc sums its sequence's values: 1, 3, 6) and a priority (queued has two levels)
+ACC_INFER = "/v2/models/acc/infer"
+
+
+def acc_body(value: float = 1.0, rows: int = 1, **params: Any) -> dict[str, Any]:
+    """acc's request of ``rows`` rows of ``value``, with these request parameters."""
+    body: dict[str, Any] = {"inputs": [{"name": "INPUT", "shape": [rows, 1], "datatype": "FP32", "data": [value] * rows}]}
+    return {**body, "parameters": params} if params else body
+
+
+def acc_request(value: float = 1.0, rows: int = 1, **params: Any) -> Any:
+    return infer_request("acc", [("INPUT", "FP32", [rows, 1], "fp32_contents", [value] * rows)], params=params)
+
+
+@case("http sequence start, middle and end")
+def _http_sequence(s: Server) -> Any:
+    return [rest(s, "POST", ACC_INFER, body) for body in (acc_body(1.0, sequence_id=101, sequence_start=True),
+            acc_body(2.0, sequence_id=101), acc_body(3.0, sequence_id=101, sequence_end=True))]  # fmt: skip
+
+
+@case("grpc sequence start, middle and end")
+def _grpc_sequence(s: Server) -> Any:
+    return [rpc(s, "ModelInfer", req) for req in (acc_request(1.0, sequence_id=202, sequence_start=True),
+            acc_request(2.0, sequence_id=202), acc_request(3.0, sequence_id=202, sequence_end=True))]  # fmt: skip
+
+
+QUEUED_INFER = "/v2/models/queued/infer"
+http_case("http infer priority 1", "POST", QUEUED_INFER, mlp_body(parameters={"priority": 1}))
+
+
+@case("grpc infer priority 1 as uint64_param")
+def _grpc_priority(s: Server) -> Any:
+    req = infer_request("queued", [_X_RAW_IN], raw=[X_RAW])
+    req.parameters["priority"].uint64_param = 1  # as tritonclient sends it
+    return rpc(s, "ModelInfer", req)
+
 
 # statistics, before any request fails (polystack counts failures, Triton does not)
 http_case("http stats mlp", "GET", "/v2/models/mlp/stats")
@@ -734,6 +875,30 @@ grpc_case("grpc raw and typed contents", "ModelInfer",
 grpc_case("grpc data in the wrong contents field", "ModelInfer",
           lambda: infer_request("mlp", [("x", "FP32", [2, 4], "int_contents", [1] * 8)]))  # fmt: skip
 
+# a sequence model's refusals: no correlation ID, a first request without START, a batch of 2
+http_case("http sequence without an ID", "POST", ACC_INFER, acc_body())
+http_case("http sequence without START first", "POST", ACC_INFER, acc_body(sequence_id=103))
+http_case("http sequence batch of 2", "POST", ACC_INFER, acc_body(rows=2, sequence_id=104, sequence_start=True))
+grpc_case("grpc sequence without an ID", "ModelInfer", lambda: acc_request())
+grpc_case("grpc sequence without START first", "ModelInfer", lambda: acc_request(sequence_id=203))
+grpc_case("grpc sequence batch of 2", "ModelInfer", lambda: acc_request(rows=2, sequence_id=204, sequence_start=True))
+
+# the queue's request parameters of the wrong type (to queued, whose statistics are not compared)
+http_case("http timeout null", "POST", QUEUED_INFER, mlp_body(parameters={"timeout": None}))
+http_case("http priority null", "POST", QUEUED_INFER, mlp_body(parameters={"priority": None}))
+
+
+@case("grpc priority of the wrong type")
+def _grpc_priority_double(s: Server) -> Any:
+    req = infer_request("queued", [_X_RAW_IN], raw=[X_RAW])
+    req.parameters["priority"].double_param = 1.0
+    return rpc(s, "ModelInfer", req)
+
+
+grpc_case("grpc priority negative", "ModelInfer",
+          lambda: infer_request("queued", [_X_RAW_IN], raw=[X_RAW], params={"priority": -1}))  # fmt: skip
+
+
 
 
 @case("grpc stream")
@@ -801,6 +966,162 @@ grpc_case("grpc trace setting", "TraceSetting", lambda: pb().TraceSettingRequest
 grpc_case("grpc system shared memory status", "SystemSharedMemoryStatus", lambda: pb().SystemSharedMemoryStatusRequest())
 grpc_case("grpc cuda shared memory status", "CudaSharedMemoryStatus", lambda: pb().CudaSharedMemoryStatusRequest())
 
+
+# system shared memory: POSIX objects made here (the same key for both servers, written anew for each), each
+# case unregistering what it registered; registers at offset 0 (2.51 needs page-aligned offsets, and applies
+# one twice) and one region per key (2.51 cannot register a key twice)
+SHM = "/v2/systemsharedmemory"
+SHM_OBJECTS: list[Path] = []  # removed on the way out
+NOBATCH_X_RAW = np.arange(1, 7, dtype="<f4").tobytes()  # nobatch's x [2, 3]: 24 bytes, y = 2x
+
+
+def shm_object(tag: str, data: bytes) -> str:
+    """The key of a POSIX shared memory object (a file in /dev/shm) holding ``data``, made or rewritten."""
+    path = Path("/dev/shm") / f"polystack-parity-{os.getpid()}-{tag}"
+    path.write_bytes(data)
+    if path not in SHM_OBJECTS:
+        SHM_OBJECTS.append(path)
+    return f"/{path.name}"
+
+
+def shm_floats(key: str, offset: int, size: int) -> list[float]:
+    """What an object holds at ``offset``, as FP32 values."""
+    return list(np.frombuffer((Path("/dev/shm") / key[1:]).read_bytes()[offset : offset + size], "<f4").tolist())
+
+
+def shm_params(region: str, size: int, offset: int = 0) -> dict[str, Any]:
+    return {"shared_memory_region": region, "shared_memory_byte_size": size, "shared_memory_offset": offset}
+
+
+def http_register(s: Server, name: str, key: str, size: int, offset: int = 0) -> dict[str, Any]:
+    return rest(s, "POST", f"{SHM}/region/{name}/register", {"key": key, "offset": offset, "byte_size": size})
+
+
+def grpc_register(s: Server, name: str, key: str, size: int, offset: int = 0) -> dict[str, Any]:
+    req = pb().SystemSharedMemoryRegisterRequest(name=name, key=key, offset=offset, byte_size=size)
+    return rpc(s, "SystemSharedMemoryRegister", req)
+
+
+def grpc_unregister(s: Server, name: str = "") -> dict[str, Any]:
+    return rpc(s, "SystemSharedMemoryUnregister", pb().SystemSharedMemoryUnregisterRequest(name=name))
+
+
+def grpc_shm_status(s: Server, name: str = "") -> dict[str, Any]:
+    return rpc(s, "SystemSharedMemoryStatus", pb().SystemSharedMemoryStatusRequest(name=name))
+
+
+@case("http shm register, status and unregister")
+def _http_shm(s: Server) -> Any:
+    key = shm_object("h-reg", bytes(64))
+    return {
+        "register": http_register(s, "h-reg", key, 64),
+        "status": rest(s, "GET", f"{SHM}/status"),
+        "status of the region": rest(s, "GET", f"{SHM}/region/h-reg/status"),
+        "unregister": rest(s, "POST", f"{SHM}/region/h-reg/unregister"),
+        "status after": rest(s, "GET", f"{SHM}/status"),
+        "unregister again": rest(s, "POST", f"{SHM}/region/h-reg/unregister"),
+    }
+
+
+@case("grpc shm register, status and unregister")
+def _grpc_shm(s: Server) -> Any:
+    key = shm_object("g-reg", bytes(64))
+    return {
+        "register": grpc_register(s, "g-reg", key, 64),
+        "status": grpc_shm_status(s),
+        "status of the region": grpc_shm_status(s, "g-reg"),
+        "unregister": grpc_unregister(s, "g-reg"),
+        "status after": grpc_shm_status(s),
+        "unregister again": grpc_unregister(s, "g-reg"),
+    }
+
+
+http_case("http shm status of an unknown region", "GET", f"{SHM}/region/nope/status")
+grpc_case("grpc shm status of an unknown region", "SystemSharedMemoryStatus",
+          lambda: pb().SystemSharedMemoryStatusRequest(name="nope"))  # fmt: skip
+
+
+@case("http shm register out of bounds")
+def _http_shm_out_of_bounds(s: Server) -> Any:
+    steps = {"register": http_register(s, "h-oob", shm_object("h-oob", bytes(64)), 64, offset=32)}
+    steps["status"] = rest(s, "GET", f"{SHM}/status")
+    rest(s, "POST", f"{SHM}/region/h-oob/unregister")  # had it been taken
+    return steps
+
+
+@case("grpc shm register out of bounds")
+def _grpc_shm_out_of_bounds(s: Server) -> Any:
+    steps = {"register": grpc_register(s, "g-oob", shm_object("g-oob", bytes(64)), 64, offset=32)}
+    steps["status"] = grpc_shm_status(s)
+    grpc_unregister(s, "g-oob")
+    return steps
+
+
+case("http shm register a key that does not exist")(lambda s: http_register(s, "h-nokey", "/polystack-parity-nokey", 64))
+case("grpc shm register a key that does not exist")(lambda s: grpc_register(s, "g-nokey", "/polystack-parity-nokey", 64))
+
+
+@case("http shm infer")
+def _http_shm_infer(s: Server) -> Any:
+    """nobatch's x from a region (at 0) and its y into the same region (at 32): the answer, and the memory."""
+    key = shm_object("h-io", NOBATCH_X_RAW + bytes(40))
+    steps: dict[str, Any] = {"register": http_register(s, "h-io", key, 64)}
+    steps["infer"] = rest(s, "POST", NOBATCH_INFER, {
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": shm_params("h-io", 24)}],
+        "outputs": [{"name": "y", "parameters": shm_params("h-io", 24, 32)}]})  # fmt: skip
+    steps["y in the region"] = shm_floats(key, 32, 24)
+    steps["unregister"] = rest(s, "POST", f"{SHM}/region/h-io/unregister")
+    return steps
+
+
+@case("grpc shm infer")
+def _grpc_shm_infer(s: Server) -> Any:
+    key = shm_object("g-io", NOBATCH_X_RAW + bytes(40))
+    steps: dict[str, Any] = {"register": grpc_register(s, "g-io", key, 64)}
+    req = infer_request("nobatch", [("x", "FP32", [2, 3], "", [])], outputs=[("y", shm_params("g-io", 24, 32))])
+    for k, v in shm_params("g-io", 24).items():
+        set_param(req.inputs[0].parameters[k], v)
+    steps["infer"] = rpc(s, "ModelInfer", req)
+    steps["y in the region"] = shm_floats(key, 32, 24)
+    steps["unregister"] = grpc_unregister(s, "g-io")
+    return steps
+
+
+@case("http shm output byte size 0")
+def _http_shm_size_0(s: Server) -> Any:
+    steps = {"register": http_register(s, "h-o0", shm_object("h-o0", bytes(64)), 64)}
+    steps["infer"] = rest(s, "POST", NOBATCH_INFER, {"inputs": [x_in([2, 3], [1, 2, 3, 4, 5, 6])],
+                                                     "outputs": [{"name": "y", "parameters": shm_params("h-o0", 0)}]})  # fmt: skip
+    steps["unregister"] = rest(s, "POST", f"{SHM}/region/h-o0/unregister")
+    return steps
+
+
+@case("grpc shm output byte size 0")
+def _grpc_shm_size_0(s: Server) -> Any:
+    steps = {"register": grpc_register(s, "g-o0", shm_object("g-o0", bytes(64)), 64)}
+    steps["infer"] = rpc(s, "ModelInfer", infer_request("nobatch", [("x", "FP32", [2, 3], "fp32_contents", [1, 2, 3, 4, 5, 6])],
+                                                        outputs=[("y", shm_params("g-o0", 0))]))  # fmt: skip
+    steps["unregister"] = grpc_unregister(s, "g-o0")
+    return steps
+
+
+@case("http shm unregister all")
+def _http_shm_all(s: Server) -> Any:
+    steps = {f"register {n}": http_register(s, n, shm_object(n, bytes(64)), 64) for n in ("h-all1", "h-all2")}
+    steps["unregister all"] = rest(s, "POST", f"{SHM}/unregister")
+    steps["status after"] = rest(s, "GET", f"{SHM}/status")
+    steps["unregister all again"] = rest(s, "POST", f"{SHM}/unregister")
+    return steps
+
+
+@case("grpc shm unregister all")
+def _grpc_shm_all(s: Server) -> Any:
+    steps = {f"register {n}": grpc_register(s, n, shm_object(n, bytes(64)), 64) for n in ("g-all1", "g-all2")}
+    steps["unregister all"] = grpc_unregister(s)
+    steps["status after"] = grpc_shm_status(s)
+    return steps
+
+
 # model control (explicit mode), last: these change what is served
 case("http repository index")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {})))
 case("http repository index ready")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {"ready": True})))
@@ -866,6 +1187,40 @@ def _grpc_step_reload(s: Server) -> Any:
     if steps["infer pipe"]["code"] != "OK":
         rest(s, "POST", "/v2/repository/models/pipe/load")
     return steps
+
+
+# metrics, after everything: the nv_* families on the metrics port (values move with timing: not compared)
+NV_COMMENT = re.compile(r"^# (HELP|TYPE) (nv_\w+) (.*)$")
+
+
+def scrape(s: Server) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", s.metrics, timeout=60)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@case("http metrics nv_ families")
+def _metrics_families(s: Server) -> Any:
+    """Each nv_* family's HELP and TYPE."""
+    status, text = scrape(s)
+    families: dict[str, dict[str, str]] = {}
+    for m in filter(None, map(NV_COMMENT.match, text.splitlines())):
+        families.setdefault(m[2], {})[m[1].lower()] = m[3]
+    return {"status": status, "families": families}
+
+
+@case("http metrics nv_ series")
+def _metrics_series(s: Server) -> Any:
+    """Each nv_* series by its name and labels (sorted), its value left out: one difference per series."""
+    status, text = scrape(s)
+    names = (line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("nv_"))
+    labels = re.compile(r"\{(.*)\}")
+    series = sorted({labels.sub(lambda m: "{" + ",".join(sorted(m[1].split(","))) + "}", n) for n in names})
+    return {"status": status, "series": dict.fromkeys(series, True)}
 
 
 # -- comparing ----------------------------------------------------------------------------------------
@@ -995,10 +1350,13 @@ def write_markdown(result: dict[str, Any]) -> None:
         f"Checked {result['measured_at']} on this machine. Command: `.venv/bin/{result['command']}` ({result['run_s']:.0f} s).",
         f"{result['tritonserver']} and `polystack serve`, both `--model-control-mode explicit`, on equivalent"
         " repositories (an FP32 MLP with dynamic batching and labels, a model without batching, an INT64 + BOOL"
-        " model of two inputs and two outputs, an ensemble of two steps; Triton's as Python-backend models running"
-        " the same ONNX files), get the same requests over HTTP and gRPC: health, metadata, config, statistics,"
-        " inference that succeeds (JSON, binary, requested outputs, classification) and that is refused, logging,"
-        " trace and shared memory settings, model control. Status codes, fields and values must match (numbers"
+        " model of two inputs and two outputs, an ensemble of two steps, a model with priority levels and queue"
+        " policies, a sequence model; Triton's as Python-backend models running the same ONNX files, its sequence"
+        " model keeping its sums itself), get the same requests over HTTP and gRPC: health, metadata, config,"
+        " statistics, inference that succeeds (JSON, binary, requested outputs, classification, a sequence,"
+        " priorities) and that is refused, logging, trace, system shared memory (registration, inference in"
+        " regions), model control, and the metrics port's nv_* families and series. Status codes, fields and"
+        " values must match (numbers"
         " within a relative 1e-5); an error message must start with Triton's words, once Triton's"
         " `[request id: ...]` prefix is taken off (its absence is only noted). Known: differences the README"
         " documents.",
@@ -1049,6 +1407,8 @@ def main() -> int:
     finally:
         for server in servers:
             shut(server)
+        for path in SHM_OBJECTS:
+            path.unlink(missing_ok=True)
     print_table(rows)
     if args.cases:
         shutil.rmtree(work, ignore_errors=True)
