@@ -445,8 +445,11 @@ def ready(server: Server) -> None:
 def shut(server: Server) -> None:
     if server.channel is not None:
         server.channel.close()
+    if server.name == "triton":  # what it left (its stubs, by its group, and their shared memory) goes with it
+        triton_reference.stop_triton(server.proc, group=True)
+        return
     serving.stop(server.proc)
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # what it left (Triton's stubs), by its group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(server.proc.pid, signal.SIGKILL)
 
 

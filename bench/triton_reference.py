@@ -34,9 +34,11 @@ Results: bench/results/triton_reference.json and a section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -228,6 +230,34 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+STUB_REGIONS = "/dev/shm/triton_python_backend_shm_region_"
+
+
+def stub_regions(pid: int) -> set[Path]:
+    """The shared memory objects tritonserver ``pid`` and its Python backend's stubs map: a stopped server's stubs
+    leave them in /dev/shm (1 MB each, one per model instance and run), so whoever stops it removes them."""
+    found: set[Path] = set()
+    for p in (pid, *children(pid)):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/maps").read_text().splitlines():
+                at = line.find(STUB_REGIONS)
+                if at >= 0:
+                    found.add(Path(line[at:].removesuffix(" (deleted)")))
+    return found
+
+
+def stop_triton(proc: subprocess.Popen[bytes], group: bool = False) -> None:
+    """Stop tritonserver ``proc`` (``group``: and what is left of its process group, its stubs) and remove the
+    shared memory its stubs mapped."""
+    regions = stub_regions(proc.pid) if proc.poll() is None else set()
+    serving.stop(proc)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for region in regions:
+        region.unlink(missing_ok=True)
+
+
 # -- cells -------------------------------------------------------------------------------------------
 def with_cores(pids: list[int], run: Callable[[], dict[str, float]]) -> dict[str, float]:
     """``run``, plus the cores all of a server's processes used meanwhile (Triton's stubs are processes of
@@ -294,8 +324,8 @@ def run_model(
             rows += layout_rows(servers, name, shape, layout, cells, watch, warmup, duration, repeats)
         finally:
             os.sched_setaffinity(0, before)
-            for proc, _, _ in servers.values():
-                serving.stop(proc)
+            for server, (proc, _, _) in servers.items():
+                stop_triton(proc) if server == "triton" else serving.stop(proc)
     return rows
 
 
