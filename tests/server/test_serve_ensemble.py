@@ -304,7 +304,7 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
         np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
         # its folder's config changed: a load reads it again; one that no longer fits is refused, the old serves on
         (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('model_name: "neg"', 'model_name: "nope"'))
-        with pytest.raises(InferenceServerException, match=r"failed to load 'pipe'.*'nope'"):
+        with pytest.raises(InferenceServerException, match=r"load failed for model 'pipe'.*'nope'"):
             http.load_model("pipe")
         assert http.is_model_ready("pipe")
         http.unload_model("pipe")
@@ -474,7 +474,8 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace("max_batch_size: 8", "max_batch_size: 16"))
     (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 4\ndynamic_batching { }\n")
     line = refused_at_start(tmp_path, ray)
-    assert "step 0 (mlp): the ensemble has max_batch_size 16, but 'mlp' takes at most 4" in line
+    # tritonserver 2.51's words first (helper-118), then the step
+    assert "ensemble pipe allows maximum batch size 16, but it contains model mlp which only allows maximum batch size to be 4 (step 0 (mlp))" in line, line
     (repo / "pipe" / "config.pbtxt").write_text(PIPE)
     (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
     (repo / "chain" / "1").mkdir(parents=True)  # runs pipe:3, which is version 1

@@ -331,7 +331,7 @@ def test_an_ensemble_whose_step_no_folder_holds_fails_its_load_as_tritons_400(tm
     with server:
         with pytest.raises(InferenceServerException, match="ghost") as e:
             client.load_model("pipeghost")
-        assert e.value.status() == "400" and e.value.message().startswith("failed to load 'pipeghost': ")
+        assert e.value.status() == "400" and e.value.message().startswith("load failed for model 'pipeghost': ")
         with pytest.raises(InferenceServerException) as e:
             client.load_model("a", config="{not json")
         assert e.value.status() == "500"

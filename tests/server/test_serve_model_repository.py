@@ -332,20 +332,20 @@ def test_a_load_by_name_reads_the_models_folder_again_as_triton_explicit_control
         # a version that cannot be served fails the load; what was served serves on, and the store takes it back
         (repo / "mlp" / "6").mkdir()
         (repo / "mlp" / "6" / "model.onnx").write_bytes(b"not onnx")
-        with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'mlp'"):
             client.load_model("mlp")
         assert all(_ready(client, "mlp", v) for v in ("1", "3", "4")) and not _ready(client, "mlp", "6")
         # the index lists the version that failed with why, beside those serving on, as Triton's does
         index = {m.get("version"): m for m in client.get_model_repository_index() if m["name"] == "mlp"}
         assert index.keys() == {"1", "3", "4", "6"} and index["4"]["state"] == "READY", index
-        assert index["6"]["state"] == "UNAVAILABLE" and index["6"]["reason"].startswith("failed to load 'mlp': "), index
+        assert index["6"]["state"] == "UNAVAILABLE" and index["6"]["reason"].startswith("load failed for model 'mlp': "), index
         # a folder whose first load failed: listed with why, as Triton lists it
         (repo / "broken" / "1").mkdir(parents=True)
         (repo / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
-        with pytest.raises(InferenceServerException, match="failed to load 'broken'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'broken'"):
             client.load_model("broken")
         [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
-        assert broken["state"] == "UNAVAILABLE" and broken["reason"].startswith("failed to load 'broken': "), broken
+        assert broken["state"] == "UNAVAILABLE" and broken["reason"].startswith("load failed for model 'broken': "), broken
         assert broken["version"] == "1", broken  # the version that failed
         shutil.rmtree(repo / "broken")
         assert client.get_model_config("mlp", "4")["max_batch_size"] == 4
@@ -424,7 +424,7 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         [broken] = [m for m in client.get_model_repository_index() if m["name"] == "broken"]
         assert broken["state"] == "UNAVAILABLE" and "model.pt" in broken["reason"], broken  # why, as Triton's says
         [plain8] = [m for m in client.get_model_repository_index() if m["name"] == "plain" and m.get("version") == "8"]
-        assert plain8["state"] == "UNAVAILABLE" and "failed to load 'plain'" in plain8["reason"], plain8
+        assert plain8["state"] == "UNAVAILABLE" and "load failed for model 'plain'" in plain8["reason"], plain8
         shutil.rmtree(repo / "broken")
         _model(repo, "later")
         assert until(lambda: _ready(client, "later", "1"))
@@ -499,7 +499,7 @@ def test_a_failed_reload_of_several_versions_serves_none_of_it(tmp_path: Path) -
         mlp_onnx(repo / "mlp" / "6" / "model.onnx", sizes=(17, 32, 4), seed=6)  # does not fit the config's dims
         (repo / "mlp" / "config.pbtxt").write_text(MLP_CONFIG.replace("max_batch_size: 8", "max_batch_size: 4"))
         (repo / "mlp" / "labels.txt").write_text("A\nB\nC\nD\n")
-        with pytest.raises(InferenceServerException, match="failed to load 'mlp'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'mlp'"):
             client.load_model("mlp")
         assert [_ready(client, "mlp", v) for v in ("1", "2", "3", "6")] == [True, False, True, False]
         assert client.get_model_config("mlp", "1")["max_batch_size"] == 8
@@ -1170,7 +1170,7 @@ def test_a_version_file_rewritten_in_place_is_served_anew_as_triton_reloads_it(t
         # new bytes that cannot be served fail the load: the old ones serve on, and the store holds them again
         mlp_onnx(repo / "plain" / "5" / "model.onnx", sizes=(17, 32, 4), seed=56)
         (repo / "plain" / "config.pbtxt").write_text('input [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]')
-        with pytest.raises(InferenceServerException, match="failed to load 'plain'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'plain'"):
             client.load_model("plain")
         np.testing.assert_array_equal(_infer(client, "plain", "5"), got)
         assert _digests(home, "plain") == after

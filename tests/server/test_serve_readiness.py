@@ -87,7 +87,7 @@ def test_exit_on_error_false_serves_the_models_that_loaded_and_strict_readiness_
         client.unload_model("torch")  # unloaded, as Triton's index then says: ready again
         assert client.is_server_ready() and grpc.is_server_ready()
         # a load that fails while serving: not ready until it loads or is unloaded
-        with pytest.raises(InferenceServerException, match="failed to load 'bad'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'bad'"):
             client.load_model("bad")
         assert not client.is_server_ready()
         (repo / "bad" / "1" / "model.onnx").unlink()
@@ -97,7 +97,7 @@ def test_exit_on_error_false_serves_the_models_that_loaded_and_strict_readiness_
         # a reload that fails at a version not served: not ready; what served serves on
         (repo / "a" / "2").mkdir()
         (repo / "a" / "2" / "model.onnx").write_bytes(b"not onnx")
-        with pytest.raises(InferenceServerException, match="failed to load 'a'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'a'"):
             client.load_model("a")
         assert not client.is_server_ready() and client.is_model_ready("a", "1")
         client.close()
@@ -183,7 +183,7 @@ def test_a_load_whose_config_cannot_be_read_leaves_the_server_ready_as_tritons_p
         [garbled] = [m for m in client.get_model_repository_index() if m["name"] == "garbled"]
         assert garbled["state"] == "UNAVAILABLE", garbled  # listed with why
         assert client.is_server_ready()  # not counted: Triton's poll of it failed, the model untracked
-        with pytest.raises(InferenceServerException, match="failed to load 'bad'"):
+        with pytest.raises(InferenceServerException, match="load failed for model 'bad'"):
             client.load_model("bad")  # its model file: counted, as Triton's
         assert not client.is_server_ready()
         client.close()

@@ -146,7 +146,7 @@ def test_a_sample_the_model_fails_fails_the_load_and_the_model_keeps_serving(ser
     with pytest.raises(InferenceServerException) as e:  # random ids fall outside the 10-row table
         client.load_model("embed", config=warmup_config(zeros, random, max_batch_size=4))
     assert e.value.status() == "400"
-    assert e.value.message().startswith("failed to load 'embed': failed to run warmup sample 'ids': ")
+    assert e.value.message().startswith("load failed for model 'embed': failed to run warmup sample 'ids': ")
     assert client.is_model_ready("embed")  # the instance the load would have replaced serves on
     assert client.get_model_config("embed")["model_warmup"] == [zeros]
     ids = httpclient.InferInput("ids", [1, 3], "INT64")
@@ -259,7 +259,7 @@ def test_a_sample_that_does_not_fit_the_model_is_refused_before_anything_loads(
     with pytest.raises(InferenceServerException) as e:
         client.load_model("mlp", config=warmup_config(sample(inputs, batch_size=batch_size)))
     assert e.value.status() == "400" and why in e.value.message(), e.value.message()
-    assert e.value.message().startswith("failed to load 'mlp': model_warmup[0]")
+    assert e.value.message().startswith("load failed for model 'mlp': model_warmup[0]")
     assert client.get_model_config("mlp") == before
 
 
@@ -555,6 +555,6 @@ def test_a_plain_load_refused_by_the_start_config_says_where_the_config_came_fro
         store.register(wider.artifact, name="cfgm", format=wider.format, signature=wider.signature)  # version 2
         with pytest.raises(InferenceServerException) as e:  # the client sent no config: the file's is refused
             httpclient.InferenceServerClient(st.http_url).load_model("cfgm")
-        assert e.value.message().startswith("failed to load 'cfgm': the config from serve --model-config cfgm: ")
+        assert e.value.message().startswith("load failed for model 'cfgm': the config from serve --model-config cfgm: ")
     finally:
         st.stop()

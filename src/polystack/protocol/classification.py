@@ -34,7 +34,10 @@ def check_outputs(signature: Signature, classes: dict[str, int]) -> None:
     """Refuse, before the model runs, classification of an output that is not numeric (BYTES, BOOL)."""
     for spec in signature.outputs:
         if spec.name in classes and spec.dtype in (DType.BYTES, DType.BOOL):
-            raise InvalidRequest(f"output {spec.name!r} is {spec.dtype.value}; classification needs a numeric output")
+            raise InvalidRequest(  # Triton's core's words (helper-118), then why
+                f"class result not available for output due to unsupported type '{spec.dtype.value}': output "
+                f"{spec.name!r} is {spec.dtype.value}; classification needs a numeric output"
+            )
 
 
 def classify(

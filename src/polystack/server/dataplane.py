@@ -183,9 +183,16 @@ def parse_version(name: str, version: str | None) -> int | None:
 
 
 def load_failed(name: str, e: PolystackError) -> PolystackError:
-    """``e``, a refused repository load of model ``name``, with Triton's words first (its model control
-    examples look for them): the same error, whatever its type, wherever it was raised."""
+    """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
+    done: the same error, whatever its type, wherever it was raised."""
     return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
+
+
+def load_refused(name: str, e: PolystackError) -> PolystackError:
+    """``e``, a repository load of model ``name`` that failed once its model was read, with tritonserver 2.51's
+    words first ("load failed for model 'm': ..."; its L0 tests look for them, helper-118); a load whose model
+    could not be read is ``PollFailed``'s "failed to load 'm', failed to poll from model repository"."""
+    return e.prefixed(f"load failed for model {quote(name, 140)}")
 
 
 def _one_repository(repository_name: str) -> None:
@@ -2174,7 +2181,7 @@ class DataPlane:
             polled = PollFailed(f"{_polled(name)}: {e.message}").at_version(e.failed_version)  # its 500
             self._failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
             return polled
-        failed = load_failed(name, e)
+        failed = load_refused(name, e)
         self._failed(name, failed)
         if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
             return InvalidRequest(failed.message)
@@ -2267,7 +2274,7 @@ class DataPlane:
                     "folder is read again once it changes",
                     extra={"model": name, "error": e.message},
                 )
-                self._failed(name, load_failed(name, e))
+                self._failed(name, load_refused(name, e))
             except Exception:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:

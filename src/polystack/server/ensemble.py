@@ -291,11 +291,11 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
         # batch dimension included (its requests then carry the batch), or without it (a batch of 1 is then passed
         # without its batch dimension, and given one back: ``fit``)
         if ensemble.max_batch_size and 0 < model.max_batch_size < ensemble.max_batch_size:
-            raise InvalidRequest(
-                f"{where}: the ensemble has max_batch_size {ensemble.max_batch_size}, but {step.model!r} takes at "
-                f"most {model.max_batch_size}; lower the ensemble's, or raise the model's (its config's "
-                "max_batch_size; for a config that lists no inputs or outputs, serve --backend-config "
-                "default-max-batch-size sets the size Triton's auto-complete gives it)"
+            raise InvalidRequest(  # tritonserver 2.51's words (helper-118), then where and what to do
+                f"ensemble {ensemble.name} allows maximum batch size {ensemble.max_batch_size}, but it contains model "
+                f"{step.model} which only allows maximum batch size to be {model.max_batch_size} ({where}); lower the "
+                "ensemble's, or raise the model's (its config's max_batch_size; for a config that lists no inputs or "
+                "outputs, serve --backend-config default-max-batch-size sets the size Triton's auto-complete gives it)"
             )
         batches = model.max_batch_size > 0
         for model_tensor, tensor in step.inputs:
