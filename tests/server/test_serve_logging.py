@@ -74,13 +74,15 @@ def test_log_settings_read_and_change_over_http_and_grpc(served: ServerThread) -
     assert http.get_log_settings() == DEFAULT
 
 
-BAD = [
-    ({"log_format": "RFC3339"}, "one of Triton's"),
-    ({"log_info": "yes"}, "true or false"),
-    ({"log_verbose_level": -1}, "whole number"),
-    ({"log_verbose_level": True}, "whole number"),
-    ({"log_verbose_level": 1.5}, "whole number"),
+BAD = [  # tritonserver 2.51's words first (helper-119), then what to send
+    ({"log_format": "RFC3339"}, "invalid argument for log_format, got: RFC3339; give one of Triton's"),
+    ({"log_info": "yes"}, "expect boolean for 'log_info': log_info must be true or false"),
+    ({"log_verbose_level": -1}, "expect int32 for 'log_verbose_level': it must be a whole number"),
+    ({"log_verbose_level": True}, "expect int32 for 'log_verbose_level'"),
+    ({"log_verbose_level": 1.5}, "expect int32 for 'log_verbose_level'"),
+    ({"log_format": 5}, "expect string for 'log_format'"),
     ({"log_info": "y" * 100_000}, "..."),  # the error quotes the value cut short
+    ({"log_format": "f" * 100_000}, "..."),
 ]
 
 

@@ -454,11 +454,23 @@ def test_repository_polling_flags_that_cannot_work_exit_2(tmp_path: Path) -> Non
     root = _model(tmp_path / "models", "m")
     for args, words in (
         (["--repository-poll-secs", "5"], "give one"),
-        (["--model-repository", str(root), "--repository-poll-secs", "0"], "seconds > 0"),
         (["--model-repository", str(root), "--repository-poll-secs", "5", "--allow-model-control"], "choose one"),
         (["--model-repository", str(root), "--repository-poll-secs", "5", "--engine", "ray"], "--engine local"),
     ):
         assert words in refused_at_start(tmp_path, args)
+
+
+def test_a_poll_interval_of_0_or_less_is_no_polling_as_triton_takes_it(tmp_path: Path) -> None:
+    """helper-119: tritonserver 2.51 starts with --repository-poll-secs 0 (or -1), and does not poll; polystack
+    refused it, so a launch script passing it to say "don't poll" failed."""
+    root = _model(tmp_path / "models", "m")
+    for value in ("0", "-1"):
+        port = free_port()
+        args = ["--model-repository", str(root), "--repository-poll-secs", value, "--grpc-port", "-1"]
+        log = tmp_path / f"serve{value}.log"
+        with cli_server(tmp_path / f"home{value}", args, port, log):
+            assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("m")
+        assert "the repository is not polled, as Triton takes it" in log.read_text()
 
 
 def test_a_poll_that_cannot_read_a_repository_unloads_nothing_and_a_linked_root_follows_its_link(

@@ -29,6 +29,10 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     ]  # fmt: skip
     line = refused_at_start(tmp_path, ["--rate-limit", "execution_count"])
     assert line.startswith("error: --rate-limit execution_count: Triton's rate limiter"), line
+    # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
+    for value in ("R1", "R1:x", ":2", "R1:2:3:4"):
+        line = refused_at_start(tmp_path, ["--rate-limit-resource", value])
+        assert f"--rate-limit-resource option format is '<resource_name>:<count>:<device>' or '<resource_name>:<count>'. Got {value}" in line, line
 
 
 def test_an_unambiguous_prefix_stands_for_its_option_as_tritonservers_parser_reads_it(tmp_path: Path) -> None:

@@ -722,11 +722,15 @@ def serve(
             "--tls-client-ca needs --engine local: Ray Serve's HTTP proxy does not require client certificates; "
             "drop it, or serve with --engine local"
         )
+    if repository_poll_secs is not None and not repository_poll_secs > 0:
+        # no polling, as tritonserver 2.51 takes it (launch scripts pass --repository-poll-secs=0 to say so; helper-119)
+        logging.getLogger("polystack.server").info(
+            f"--repository-poll-secs {repository_poll_secs:g}: the repository is not polled, as Triton takes it"
+        )
+        repository_poll_secs = None
     if repository_poll_secs is not None:
         if not model_repository:
             raise InvalidRequest("--repository-poll-secs polls the --model-repository folders: give one, or drop it")
-        if not repository_poll_secs > 0:
-            raise InvalidRequest(f"--repository-poll-secs {repository_poll_secs}: give how often to poll, in seconds > 0")
         if allow_model_control:
             raise InvalidRequest(
                 "--repository-poll-secs and --allow-model-control are Triton's poll and explicit model control "

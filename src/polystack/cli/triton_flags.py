@@ -103,9 +103,28 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
                 raise InvalidRequest(f"{name} {value}: {flag.missing}")
             if name == "--rate-limit" and value.lower() != "off":  # Triton's words
                 raise InvalidRequest(f"invalid argument for --rate-limit: {value!r}; give off (or execution_count)")
+            if name == "--rate-limit-resource":
+                _resource(value)
         if values:
             said.append(f"{name} ({flag.why})")
     return said
+
+
+def _resource(value: str) -> None:
+    """A --rate-limit-resource value as tritonserver 2.51 checks it: ``<name>:<count>`` or ``<name>:<count>:<device>``
+    (helper-119: polystack took any string)."""
+    parts = value.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ValueError
+        int(parts[1])
+        if len(parts) == 3:
+            int(parts[2])
+    except ValueError:
+        raise InvalidRequest(  # Triton's words
+            "--rate-limit-resource option format is '<resource_name>:<count>:<device>' or '<resource_name>:<count>'. "
+            f"Got {value}"
+        ) from None
 
 
 def log_unused(said: list[str]) -> None:

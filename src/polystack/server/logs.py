@@ -137,12 +137,13 @@ class LogSettings(logging.Filter):
                 continue
             if key in switches:
                 if not isinstance(value, bool):
-                    raise InvalidRequest(f"{key} must be true or false, not {quote(value)}")
+                    raise InvalidRequest(f"expect boolean for '{key}': {key} must be true or false, not {quote(value)}")
                 switches[key] = value
             elif key == "log_verbose_level":
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VERBOSE:
-                    raise InvalidRequest(
-                        f"log_verbose_level must be a whole number from 0 (off) up, not {quote(value)}"
+                    raise InvalidRequest(  # Triton's words, then what to send
+                        f"expect int32 for 'log_verbose_level': it must be a whole number from 0 (off) up, not "
+                        f"{quote(value)}"
                     )
                 verbose = value
             elif key == "log_file":
@@ -153,10 +154,13 @@ class LogSettings(logging.Filter):
                         "restart the server with --log-file (or redirect its stderr)"
                     )
             elif key == "log_format":
+                if not isinstance(value, str):
+                    raise InvalidRequest(f"expect string for 'log_format': give {' or '.join(map(repr, FORMATS))}")
                 if value not in FORMATS:
-                    raise InvalidRequest(
-                        f"log_format must be one of Triton's, {' or '.join(map(repr, FORMATS))} (polystack writes "
-                        f"JSON lines with ISO 8601 times for both), not {quote(value)}"
+                    raise InvalidRequest(  # Triton's words, then what to send
+                        f"invalid argument for log_format, got: {value if len(value) <= 80 else quote(value)}; give "
+                        "one of Triton's, "
+                        f"{' or '.join(map(repr, FORMATS))} (polystack writes JSON lines with ISO 8601 times for both)"
                     )
                 form = value
         self.switches, self.verbose, self.format = switches, verbose, form

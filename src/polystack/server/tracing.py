@@ -277,11 +277,19 @@ def _integer(key: str, value: Any) -> int:
         return value
     if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)
-    raise InvalidRequest(f'{key} must be a whole number as a string (e.g. "100"), not {quote(value)}')
+    shown = value if isinstance(value, str) and len(value) <= 80 else quote(value)  # a client's: kept short
+    raise InvalidRequest(  # Triton's words, then what to send
+        f"Unable to parse '{key}', got: {shown}; {key} is a whole number as a string (e.g. \"100\")"
+    )
 
 
 def _rate(rate: int) -> int:
-    if not 1 <= rate <= _MAX_RATE:
+    if rate > _MAX_RATE:  # Triton's words
+        raise InvalidRequest(
+            f"Unable to parse 'trace_rate', value is out of range [ 0, {_MAX_RATE} ], got: {rate}; trace_rate is "
+            'one request traced in that many; set trace_level ["OFF"] to stop tracing'
+        )
+    if rate < 1:
         raise InvalidRequest(
             f"trace_rate must be between 1 and {_MAX_RATE} (trace one request in that many), not {rate}; "
             'set trace_level ["OFF"] to stop tracing'
@@ -290,7 +298,12 @@ def _rate(rate: int) -> int:
 
 
 def _count(count: int) -> int:
-    if not -1 <= count <= _MAX_COUNT:
+    if count < -1:  # Triton's words
+        raise InvalidRequest(
+            f"Unable to parse 'trace_count'. Expecting value >= -1, got:{count}; trace_count must be -1 (no limit) or "
+            f"between 0 and {_MAX_COUNT}"
+        )
+    if count > _MAX_COUNT:
         raise InvalidRequest(f"trace_count must be -1 (no limit) or between 0 and {_MAX_COUNT}, not {count}")
     return count
 
