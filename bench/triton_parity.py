@@ -157,10 +157,10 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http server metadata": (r"\$\.body\.(name|version|extensions\.(cuda_shared_memory|generate))", _NAME),
     "grpc server metadata": (r"\$\.response\.(name|version|extensions\.cuda_shared_memory)", _NAME),
-    "http trace setting": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
-    "http trace setting unknown key": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate)", _TRACE),
+    "http trace setting": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)", _TRACE),
+    "http trace setting unknown key": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)", _TRACE),
     "grpc trace setting": (
-        r"\$\.response\.settings\.(trace_mode|trace_file|log_frequency|trace_rate)(\.value\[0\])?", _TRACE
+        r"\$\.response\.settings\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)(\.value\[0\])?", _TRACE
     ),
     "http stats mlp after refusals": (r".*\.fail\.count", _FAILS),
     "grpc stats mlp after refusals": (r".*\.fail\.count", _FAILS),

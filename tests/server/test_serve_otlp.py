@@ -201,6 +201,9 @@ def test_tritons_trace_config_flags_export_as_they_say(
         settings = client.get_trace_settings()
         assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "2", settings
         assert settings["trace_count"] == "5", settings
+        # the collector's address and the span processor's settings, listed as Triton lists them (helper-119)
+        assert settings["url"].endswith(url) and settings["bsp_schedule_delay"] == "100", settings
+        assert settings["bsp_max_queue_size"] == "2048", settings
         for _ in range(4):
             client.infer("mlp", [mlp_ones()])
         proc.send_signal(signal.SIGTERM)

@@ -29,7 +29,9 @@ from polystack.store import ModelRecord, Store
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-OFF = {"trace_level": ["OFF"], "trace_rate": "1", "trace_count": "-1", "trace_mode": "opentelemetry"}
+# the span processor's settings, listed as tritonserver 2.51 lists them in its opentelemetry mode (helper-119)
+BSP = {"bsp_max_export_batch_size": "512", "bsp_schedule_delay": "5000", "bsp_max_queue_size": "2048"}
+OFF = {"trace_level": ["OFF"], "trace_rate": "1", "trace_count": "-1", "trace_mode": "opentelemetry", **BSP}
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,7 @@ def test_grpc_trace_settings_sync_and_asyncio(untraced: ServerThread, spans: Any
     assert {k: v["value"] for k, v in read.items()} == {**OFF, "trace_level": ["TIMESTAMPS"], "trace_count": ["0"]} | {
         "trace_rate": ["1"],
         "trace_mode": ["opentelemetry"],
+        **{k: [v] for k, v in BSP.items()},
     }
 
     async def main() -> dict[str, Any]:

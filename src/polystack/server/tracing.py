@@ -190,12 +190,19 @@ class Tracing:
         level = g.level if scope is None or scope.level is None else scope.level
         rate = g.rate if scope is None or scope.rate is None else scope.rate
         count = g.count if scope is None or scope.count is None else scope.count
-        return {
+        shown = {
             "trace_level": ["TIMESTAMPS"] if level else ["OFF"],
             "trace_rate": str(rate),
             "trace_count": str(count),
             "trace_mode": MODE,
         }
+        # and the span processor's settings, and the collector's address where one is given, as tritonserver 2.51
+        # lists them in its opentelemetry mode (helper-119): what --trace-config opentelemetry,... or OTEL_* set
+        for setting, variable in _OTEL_SETTINGS.items():
+            value = os.environ.get(variable) or _SDK_DEFAULTS.get(setting)
+            if value is not None:
+                shown[setting] = value
+        return shown
 
     def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first; keys that name no setting are left unread,
@@ -366,6 +373,7 @@ _OTEL_SETTINGS = {
     "bsp_schedule_delay": "OTEL_BSP_SCHEDULE_DELAY",
     "bsp_max_export_batch_size": "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
 }
+_SDK_DEFAULTS = {"bsp_max_export_batch_size": "512", "bsp_schedule_delay": "5000", "bsp_max_queue_size": "2048"}
 _LEVELS_ON = {"timestamps", "true", "on", "min", "max"}  # Triton's level words that trace timestamps
 _LEVELS_OFF = {"off", "false"}
 TRITON_RATE = 1000  # tritonserver's trace rate where --trace-config gives none
