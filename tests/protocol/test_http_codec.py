@@ -219,7 +219,8 @@ def test_shared_memory_parameters_name_where_a_tensor_lies() -> None:
     [
         # tritonserver 2.51's words (helper-116)
         ({"shared_memory_region": "r"}, "'shared_memory_byte_size' must be specified along with 'shared_memory_region'"),
-        ({"shared_memory_byte_size": 16}, "'shared_memory_byte_size' can not be specified without 'shared_memory_region'"),
+        # an HTTP input's shared memory parameters count where a region is named: without one it has no data
+        ({"shared_memory_byte_size": 16}, "Input must set only one of the following fields: .* But no field is set"),
         ({"shared_memory_region": 5, "shared_memory_byte_size": 16}, "'shared_memory_region' parameter for tensor 'x', expected string_param"),
         ({"shared_memory_region": "r", "shared_memory_byte_size": -1}, "Invalid offset \\+ byte size for shared memory region: 'r'"),
         ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": True}, "expected int64_param"),
@@ -329,3 +330,11 @@ def test_an_output_into_shared_memory_cannot_also_be_binary() -> None:
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], "outputs": outputs})
     with pytest.raises(InvalidRequest, match="Output can't set both 'shared_memory_region' and 'binary_data'"):
         http_codec.decode_infer_request(body.encode(), None, _Regions(b""))
+
+
+def test_shared_memory_parameters_of_an_output_without_a_region_are_left_unread() -> None:
+    """tritonserver 2.51's HTTP front end answers such an output in the response (helper-116); polystack refused it."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}],
+                       "outputs": [{"name": "y", "parameters": {"shared_memory_byte_size": 64}}]})  # fmt: skip
+    req = http_codec.decode_infer_request(body.encode(), None, None)
+    assert req.outputs is not None and req.outputs[0].shm is None

@@ -186,25 +186,17 @@ def decode_infer_request(
         if not isinstance(params, dict):
             raise InvalidTensor(f"input {name!r}: 'parameters' must be an object")
         size = params.get("binary_data_size")
-        shm = shared_memory_ref(params, f"input {name!r}") if params else None
+        # shared memory parameters count where a region is named: Triton's HTTP front end reads them so (helper-116)
+        shm = shared_memory_ref(params, f"input {name!r}") if params and "shared_memory_region" in params else None
+        given = [k for k, v in (("data", item.get("data")), ("binary_data_size", size), ("shared_memory_region", shm))
+                 if v is not None]  # fmt: skip
+        if len(given) != 1:
+            raise InvalidTensor(_one_way(name, given))
         if shm is not None:
-            if item.get("data") is not None or size is not None:
-                given = " ".join(
-                    f"'{k}'" for k, v in (("data", item.get("data")), ("binary_data_size", size)) if v is not None
-                )
-                raise InvalidTensor(  # Triton's words, then what to do
-                    "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
-                    f"'shared_memory_region' in 'parameters'. But set {given} 'shared_memory_region': input "
-                    f"{name!r} gives its data twice; send it one way"
-                )
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
             inputs[name] = from_shared_memory(name, dtype, shape, regions, shm)
         elif size is not None:
-            if item.get("data") is not None:
-                raise InvalidTensor(
-                    f"input {name!r} has both 'data' and a binary_data_size parameter; send its data one way"
-                )
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidTensor(f"input {name!r}: binary_data_size must be a non-negative integer")
             if binary is None:
@@ -220,8 +212,6 @@ def decode_infer_request(
             inputs[name] = from_raw(name, dtype, shape, binary[offset : offset + size])
             offset += size
         else:
-            if "data" not in item:
-                raise InvalidTensor(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
             inputs[name] = from_json(name, dtype, shape, item["data"])
     if binary is not None and offset != len(binary):
         raise InvalidRequest(
@@ -246,7 +236,8 @@ def decode_infer_request(
             oparams = o.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise InvalidRequest(f"output {o['name']!r}: 'parameters' must be an object")
-            shm = shared_memory_ref(oparams, f"output {o['name']!r}") if oparams else None
+            # without a region, shared memory parameters are left unread, as Triton's HTTP front end leaves them
+            shm = shared_memory_ref(oparams, f"output {o['name']!r}") if "shared_memory_region" in oparams else None
             if shm is not None and regions is None:
                 raise no_shared_memory(f"output {o['name']!r}")
             flag = (
@@ -280,6 +271,18 @@ def decode_infer_request(
 
 # the request parameters Triton's HTTP front end reads itself (ParseJsonTritonParams); the others are the model's
 _TRITON_PARAMETERS = TRITON_PARAMETERS | {"binary_data_output"}
+
+
+def _one_way(name: str, given: list[str]) -> str:
+    """Triton's words for an input given its data in none or several of the three ways, then what to send."""
+    said = f"But set {' '.join(repr(g) for g in given)}" if given else "But no field is set"
+    hint = "gives its data twice; send it one way" if given else (
+        "has no data: send 'data', binary data (binary_data_size) or a shared memory region"
+    )  # fmt: skip
+    return (
+        "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+        f"'shared_memory_region' in 'parameters'. {said}: input {name!r} {hint}"
+    )
 
 
 def check_params(params: dict[str, Any], reserved: bool = True) -> None:
