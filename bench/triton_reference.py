@@ -325,7 +325,10 @@ def run_model(
         finally:
             os.sched_setaffinity(0, before)
             for server, (proc, _, _) in servers.items():
-                stop_triton(proc) if server == "triton" else serving.stop(proc)
+                if server == "triton":
+                    stop_triton(proc)
+                else:
+                    serving.stop(proc)
     return rows
 
 

@@ -1040,9 +1040,7 @@ def test_a_grpc_sequence_id_sent_as_a_negative_int64_is_the_uint64_with_those_bi
 def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: Path) -> None:
     """helper-113 against tritonserver 2.51: every control and state field at its default, iterative_sequence, no
     strategy where the config names none, and oldest's preferred batch size filled in with max_batch_size."""
-    store = Store.at(tmp_path / "home")
-    imported = import_model(accumulator_onnx(tmp_path / "acc.onnx"), tmp_path / "import")
-    record, _ = store.register(imported.artifact, name="acc", format=imported.format, signature=imported.signature)
+    store, record = _register(tmp_path)
     seq = (
         'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] }, '
         '{ name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] }, '

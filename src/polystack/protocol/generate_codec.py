@@ -28,7 +28,7 @@ import orjson
 
 from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol import http_codec
-from polystack.protocol.wire import InferRequest, InferResponse
+from polystack.protocol.wire import InferRequest, InferResponse, input_twice
 from polystack.types import DType
 
 Input = tuple[str, DType, Sequence[int]]  # name, datatype, shape as the model's metadata gives them
@@ -79,7 +79,7 @@ def _place(
         params[key] = value
         return
     if key in tensors:  # "x" at the top and again in "parameters"
-        raise InvalidTensor(f"input {key!r} already exists in request; send each input once")  # Triton's words
+        raise input_twice(key)
     dtype, dims = spec
     values = value if isinstance(value, list) else [value]
     if any(isinstance(v, list | dict) for v in values):

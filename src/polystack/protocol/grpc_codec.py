@@ -25,6 +25,7 @@ from polystack.protocol.wire import (
     check_name,
     from_raw,
     from_shared_memory,
+    input_twice,
     no_shared_memory,
     parse_dtype,
     parse_shape,
@@ -147,7 +148,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
     for t, shm in zip(req.inputs, shared, strict=True):
         name = check_name(t.name, "input")
         if name in inputs:
-            raise InvalidTensor(f"input {name!r} already exists in request; send each input once")  # Triton's words
+            raise input_twice(name)
         dtype = parse_dtype(t.datatype, name)
         shape = parse_shape(list(t.shape), name)
         if shm is not None:
@@ -226,18 +227,12 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
-    shared_outputs = resp.in_shared_memory
-    for name in resp.in_order() if shared_outputs else resp.outputs:
+    for name, arr in resp.outputs.items():
         t = out.outputs.add()
         t.name = name
-        shared = shared_outputs.get(name) if shared_outputs else None
-        if shared is not None:  # in its place, with an empty raw entry there, as tritonserver 2.51 answers (helper-116):
-            t.datatype = shared.datatype.value  # tritonclient pairs raw_output_contents with outputs by position
-            t.shape.extend(shared.shape)
-            out.raw_output_contents.append(b"")
-            continue
-        arr = resp.outputs[name]
         t.datatype = DType.from_numpy(arr.dtype).value
         t.shape.extend(arr.shape)
-        out.raw_output_contents.append(to_raw(arr))
+        # one in shared memory: an empty raw entry in its place, as tritonserver 2.51 answers (helper-116), since
+        # tritonclient pairs raw_output_contents with outputs by position
+        out.raw_output_contents.append(b"" if name in resp.in_shared_memory else to_raw(arr))
     return out

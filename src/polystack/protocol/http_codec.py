@@ -42,6 +42,7 @@ from polystack.protocol.wire import (
     check_name,
     from_raw,
     from_shared_memory,
+    input_twice,
     no_shared_memory,
     parse_dtype,
     parse_shape,
@@ -179,7 +180,7 @@ def decode_infer_request(
             raise InvalidRequest("each entry of 'inputs' must be an object with a string 'name'")
         name: str = check_name(item["name"], "input")
         if name in inputs:
-            raise InvalidTensor(f"input {name!r} already exists in request; send each input once")  # Triton's words
+            raise input_twice(name)
         dtype = parse_dtype(item.get("datatype"), name)
         shape = parse_shape(item.get("shape"), name)
         params = item.get("parameters") or {}
@@ -489,22 +490,18 @@ def encode_infer_response(
     of the loop's samples, and a third join inside the 31% of sending)."""
     outs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
-    shared_outputs = resp.in_shared_memory
-    for name in resp.in_order() if shared_outputs else resp.outputs:
-        shared = shared_outputs.get(name) if shared_outputs else None
-        if shared is not None:  # the data is in the client's region already: listed in its place, as Triton lists it
-            outs.append({"name": name, "datatype": shared.datatype.value, "shape": list(shared.shape)})
-            continue
-        arr = resp.outputs[name]
+    for name, arr in resp.outputs.items():
         dtype = DType.from_numpy(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dtype.value, "shape": list(arr.shape)}
+        outs.append(entry)
+        if name in resp.in_shared_memory:  # its data is in the client's region already: listed alone, as Triton does
+            continue
         if binary.get(name, default_binary):
             raw = raw_view(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
             entry["data"] = json_data(arr, dtype)
-        outs.append(entry)
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id

@@ -118,22 +118,8 @@ class InferResponse:
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
-    # outputs already written into shared memory: name -> (datatype, shape, where, bytes written)
-    in_shared_memory: dict[str, SharedOutput] = field(default_factory=dict)
-    # with outputs in shared memory: every output's name in the answer's order (Triton lists each in its place)
-    order: tuple[str, ...] = ()
-
-    def in_order(self) -> list[str]:
-        """The outputs' names as the answer lists them, those in shared memory in their places."""
-        return list(self.order) if self.order else [*self.outputs, *self.in_shared_memory]
-
-
-@dataclass(frozen=True)
-class SharedOutput:
-    datatype: DType
-    shape: tuple[int, ...]
-    ref: ShmRef
-    written: int
+    # the outputs already written into the client's shared memory: listed in their places, without their data
+    in_shared_memory: frozenset[str] = frozenset()
 
 
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -216,6 +202,11 @@ def requested_once(outputs: list[RequestedOutput]) -> list[RequestedOutput]:
             )
         seen.setdefault(o.name, o)
     return list(seen.values())
+
+
+def input_twice(name: str) -> InvalidTensor:
+    """An input a request names twice, refused in Triton's words, then what to do."""
+    return InvalidTensor(f"input {name!r} already exists in request; send each input once")
 
 
 def no_shared_memory(what: str) -> InvalidRequest:

@@ -61,7 +61,7 @@ from polystack.errors import (
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
-from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, SharedOutput, ShmRef, raw_view
+from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, ShmRef, raw_view
 from polystack.server import (
     ensemble,
     model_config,
@@ -80,7 +80,7 @@ from polystack.server.tracing import Carrier, Tracing
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.store.refs import MAX_VERSION
-from polystack.types import DType, TensorSpec
+from polystack.types import TensorSpec
 
 log = logging.getLogger("polystack.server")
 _Decoded = TypeVar("_Decoded")  # what a transport decodes a request into (an InferRequest, a V1 request)
@@ -1499,7 +1499,6 @@ class DataPlane:
             if self.in_flight == 0:
                 self._idle.set()
         assert model_label is not None and outcome is not None
-        order = tuple(result) if held else ()  # outputs in shared memory are listed in their places
         in_shared_memory = self._write_shared(result, request, model_label, outcome, started, held)
         m = self.metrics.model(*model_label)
         m.success.inc()
@@ -1510,7 +1509,6 @@ class DataPlane:
             outputs=result,
             id=request.id,
             in_shared_memory=in_shared_memory,
-            order=order,
         )
 
     async def _infer_ensemble(
@@ -1630,11 +1628,10 @@ class DataPlane:
             self._pipelines -= 1
             if self.in_flight == 0:
                 self._idle.set()
-        order = tuple(result) if held else ()
         in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
-        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory, order)
+        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
 
     def _pin(self, pipeline: ensemble.Ensemble) -> _Pins:
         """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
@@ -1891,12 +1888,12 @@ class DataPlane:
         outcome: Outcome,
         started: float,
         held: dict[str, Region],
-    ) -> dict[str, SharedOutput]:
+    ) -> frozenset[str]:
         """The outputs ``request`` asked for in shared memory, written into the regions ``held`` for them
         (``_to_shared_memory``), which are then let go; a failed write fails the request, and its statistics say so."""
         shared = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
         if not shared:
-            return {}
+            return frozenset()
         try:
             return self._to_shared_memory(result, shared, label, held)
         except PolystackError:  # the client gets a failure
@@ -1929,23 +1926,21 @@ class DataPlane:
         shared: dict[str, ShmRef],
         model_label: tuple[str, str],
         held: dict[str, Region],
-    ) -> dict[str, SharedOutput]:
-        """Write the outputs the client asked for in shared memory there, taking them out of ``result``."""
+    ) -> frozenset[str]:
+        """Write the outputs the client asked for in shared memory there; their names (they stay in ``result``,
+        which the answer lists them from, without their data)."""
         if self.shared_memory is None:  # the codecs refuse such requests first; a direct caller may not
             raise InvalidRequest("this server does not take shared memory tensors; start it with --allow-shared-memory")
-        out: dict[str, SharedOutput] = {}
         try:
             for name, ref in shared.items():
-                arr = result.pop(name)
-                raw = raw_view(arr)  # no copy on the way: pwrite takes the array's own bytes
+                raw = raw_view(result[name])  # no copy on the way: pwrite takes the array's own bytes
                 self.shared_memory.write(ref, raw, f"output {name!r}", held.get(name))
-                out[name] = SharedOutput(DType.from_numpy(arr.dtype), tuple(arr.shape), ref, len(raw))
         except BaseException as e:
             if isinstance(e, PolystackError):  # after the model ran: in Triton, the response's error
                 e.failed_in_run()
             self.metrics.failed(*model_label, status.reason(e))
             raise
-        return out
+        return frozenset(shared)
 
     def decode(self, name: str, version: str | None, decode: Callable[[], _Decoded]) -> _Decoded:
         """A transport's decoding of a request for model ``name`` (``version``), once the model is found

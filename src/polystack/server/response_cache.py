@@ -177,17 +177,16 @@ class ResponseCache:
         """The answer kept under ``key`` (a dict of its own; the arrays are shared and read-only), or None."""
         started = time.perf_counter_ns()
         with self._lock:
+            entry = self._entries.get(key)
             counts = self.counts
             counts.lookups += 1
-            entry = self._entries.get(key)
             if entry is None:
                 counts.misses += 1
-                counts.lookup_ns += time.perf_counter_ns() - started
-                return None
-            self._entries.move_to_end(key)
-            counts.hits += 1
+            else:
+                self._entries.move_to_end(key)
+                counts.hits += 1
             counts.lookup_ns += time.perf_counter_ns() - started
-            return dict(entry.outputs)
+            return None if entry is None else dict(entry.outputs)
 
     def put(self, key: bytes, owner: int, outputs: Mapping[str, np.ndarray]) -> bool:
         """Keep a copy of ``outputs`` under ``key``, evicting the least recently used answers to make room;

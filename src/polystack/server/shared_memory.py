@@ -130,8 +130,7 @@ class SharedMemoryRegions:
             busy = [region.name for region in gone if region.users]
             for region in gone:
                 if not region.users:
-                    del self._regions[region.name]
-                    os.close(region.fd)
+                    self._forget(region)
         if busy and name is not None:
             raise InternalRefusal(
                 f"Cannot unregister shared memory region '{name}', it is currently in use. A request in flight writes "
@@ -152,8 +151,13 @@ class SharedMemoryRegions:
                 if region.users:
                     region.unregistered = True
                 else:
-                    del self._regions[region.name]
-                    os.close(region.fd)
+                    self._forget(region)
+
+    def _forget(self, region: Region) -> None:
+        """Take ``region`` out and close its descriptor (the lock held; no request holds it)."""
+        if self._regions.get(region.name) is region:
+            del self._regions[region.name]
+        os.close(region.fd)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every region's name, key, offset and byte size, by name as Triton lists them (a std::map), or region
@@ -199,14 +203,12 @@ class SharedMemoryRegions:
             return region
 
     def release(self, regions: list[Region]) -> None:
-        """Let go of regions ``hold`` gave; one unregistered meanwhile goes with its last holder."""
+        """Let go of regions ``hold`` gave; one the closing server let go of goes with its last holder."""
         with self._lock:
             for region in regions:
                 region.users -= 1
-                if region.unregistered and region.users == 0:
-                    if self._regions.get(region.name) is region:
-                        del self._regions[region.name]
-                    os.close(region.fd)
+                if region.unregistered and region.users == 0:  # the server closed meanwhile
+                    self._forget(region)
 
     def write(self, ref: ShmRef, data: bytes | memoryview, what: str, region: Region | None = None) -> None:
         """Put ``data`` where ``ref`` points (in ``region``, held for it, else the region registered now under
