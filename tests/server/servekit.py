@@ -70,6 +70,35 @@ def batch_of_scalars(path: Path) -> Path:
     return path
 
 
+def failing_at_run(path: Path, gather: bool = False) -> Path:
+    """An ONNX model that ONNX Runtime fails to run for a request that passes every check: for one row (a
+    reshape of 2 values into 3: its Fail), or with ``gather`` for an index past its table (its InvalidArgument,
+    which polystack answers as the request's fault)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if gather:
+        graph = helper.make_graph(
+            [helper.make_node("Gather", ["table", "x"], ["y"])],
+            "failing",
+            [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+            [helper.make_tensor("table", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])],
+        )
+    else:
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "failing",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+            [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
+        )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
 def build_models(work: Path) -> dict[str, Path]:
     from onnx import TensorProto
 

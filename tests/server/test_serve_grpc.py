@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servekit import caught_logs, register_like, start, test_spec_for, threads_calling
+from servekit import caught_logs, failing_at_run, register_like, start, test_spec_for, threads_calling
 from tritonclient.utils import InferenceServerException
 
 from polystack.engine import Engine
@@ -348,35 +348,6 @@ def test_streaming_answers_every_request_and_errors_do_not_end_the_stream(server
     assert any("INT64" in e for e in errors) and any("Request for unknown model: 'nope'" in e for e in errors)
 
 
-def _failing_at_run(path: Any, gather: bool = False) -> Any:
-    """An ONNX model that ONNX Runtime fails to run for a request that passes every check: for one row (a
-    reshape of 2 values into 3: its Fail), or with ``gather`` for an index past its table (its InvalidArgument,
-    which polystack answers as the request's fault)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    if gather:
-        graph = helper.make_graph(
-            [helper.make_node("Gather", ["table", "x"], ["y"])],
-            "failing",
-            [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch"])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
-            [helper.make_tensor("table", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])],
-        )
-    else:
-        graph = helper.make_graph(
-            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-            "failing",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
-            [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
-        )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("how", ["fail", "invalid_argument"])
 def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as_tritons(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Any, how: str
@@ -389,7 +360,7 @@ def test_a_stream_asking_for_grpc_errors_ends_at_a_failed_run_with_its_status_as
 
     store, _ = model_store
     gather = how == "invalid_argument"  # answered 400, but in the run: it ends the stream too (it did not)
-    imported = import_model(_failing_at_run(tmp_path / "failing.onnx", gather), tmp_path / "import")
+    imported = import_model(failing_at_run(tmp_path / "failing.onnx", gather), tmp_path / "import")
     name = f"failing_{how}"
     store.register(imported.artifact, name=name, format=imported.format, signature=imported.signature)
     st = start(store, models=["mlp", name])

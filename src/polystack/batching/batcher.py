@@ -615,6 +615,8 @@ class DynamicBatcher:
         except BaseException as e:
             if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
                 p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
+            if p.timings is not None:  # a trace shows the failed call's times
+                p.timings += (t0, time.perf_counter_ns())
             return (p, None, e)
         took = time.perf_counter_ns() - t0
         if p.timings is not None:

@@ -406,10 +406,10 @@ def serve(
     trace_config: list[str] = typer.Option(
         None,
         "--trace-config",
-        metavar="[opentelemetry,]SETTING=VALUE",
-        help="tritonserver's trace settings: level=TIMESTAMPS|OFF, rate=N (Triton's 1000 unless given), count=N, "
-        "mode=opentelemetry; opentelemetry,url=, resource=, bsp_* (the OTEL_* variables). Triton's trace files "
-        "(its triton mode) are refused.",
+        metavar="[MODE,]SETTING=VALUE",
+        help="tritonserver's trace settings: level=TIMESTAMPS|TENSORS|OFF, rate=N (Triton's 1000 unless given), "
+        "count=N, mode=triton|opentelemetry; triton,file=PATH and triton,log-frequency=N (Triton's trace files); "
+        "opentelemetry,url=, resource=, bsp_* (the OTEL_* variables).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
     log_verbose: str | None = typer.Option(
@@ -576,6 +576,16 @@ def serve(
     deprecated += [f"triton,log-frequency={trace_log_frequency}"] if trace_log_frequency is not None else []
     trace_config = [*deprecated, *(trace_config or [])]
     traced = trace_flags(trace_config)  # Triton's --trace-config, checked
+    if traced.mode == "triton" and trace:
+        raise InvalidRequest(
+            "--trace turns on OpenTelemetry spans, and --trace-config asks for Triton's trace files: give "
+            "--trace-config level=TIMESTAMPS for the files, or --trace-config mode=opentelemetry for spans"
+        )
+    if traced.mode == "triton" and engine == "ray":
+        raise InvalidRequest(
+            "Triton's trace files are written by the local engine's server: serve with --engine local, or trace "
+            "Ray Serve replicas through OpenTelemetry (--trace-config mode=opentelemetry)"
+        )
     if traced.environment and engine == "ray":
         raise InvalidRequest(
             "--trace-config opentelemetry,... sets this process's OpenTelemetry variables, which Ray Serve replicas "
@@ -653,6 +663,10 @@ def serve(
         trace=True if trace or traced.level else False if traced.level is False else None,
         trace_rate=next(r for r in (trace_rate, traced.rate, TRITON_RATE if trace_config else 1) if r is not None),
         trace_count=next(c for c in (trace_count, traced.count, -1) if c is not None),
+        trace_levels=traced.levels,
+        trace_mode=traced.mode,
+        trace_file=traced.file,
+        trace_log_frequency=traced.log_frequency,
         models=list(models or []),
         cpus=cpus,
         tls=tls,

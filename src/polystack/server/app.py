@@ -110,6 +110,10 @@ class ServeConfig:
     trace: bool | None = None  # None: on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     trace_rate: int = 1  # trace one request in this many (the trace extension can change it)
     trace_count: int = -1  # traces to take, then stop (-1: no limit)
+    trace_levels: int = 1  # what tracing takes when on: tracing.TIMESTAMPS, TENSORS (Triton's level bits)
+    trace_mode: str = "opentelemetry"  # or "triton": Triton's trace files
+    trace_file: str = ""  # the triton mode's file
+    trace_log_frequency: int = 0  # the triton mode's traces a numbered file holds (0: all into the file)
     runtime_settings: bool = True  # the trace and logging extensions (off in Ray Serve replicas)
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
@@ -246,7 +250,15 @@ class Server:
             thread_initializer=cpus.pin_runtime if cpus else None,
             frontend_initializer=cpus.pin_frontend if cpus else None,
             metrics=self.metrics,
-            tracing=Tracing(config.trace, rate=config.trace_rate, count=config.trace_count),
+            tracing=Tracing(
+                config.trace,
+                rate=config.trace_rate,
+                count=config.trace_count,
+                levels=config.trace_levels,
+                mode=config.trace_mode,
+                file=config.trace_file,
+                log_frequency=config.trace_log_frequency,
+            ),
             log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
             server_name=config.server_name,

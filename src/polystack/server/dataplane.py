@@ -76,7 +76,7 @@ from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
-from polystack.server.tracing import Carrier, Tracing
+from polystack.server.tracing import Carrier, Front, Tracing
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.store.refs import MAX_VERSION
@@ -248,16 +248,23 @@ def _timed_infer(
     queued_ns: int,
     outcome: Outcome,
     waiting: set[int] | None = None,
+    failed: list[int] | None = None,
 ) -> Any:
     """The result, and the call's start and end (``time.perf_counter_ns()``); ``queued_ns`` is when it
     was handed over, so that the wait for a thread counts as the request's queue time. ``waiting`` (its
-    model's calls handed over and not started, by their outcome's id) loses this call as it starts."""
+    model's calls handed over and not started, by their outcome's id) loses this call as it starts; ``failed``
+    receives the start and end of a call that raised."""
     from polystack.engine import infer_entry
 
     if waiting is not None:
         waiting.discard(id(outcome))  # one C call: safe beside the loop's add and discard without a lock
     t0 = time.perf_counter_ns()
-    result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns, outcome=outcome)
+    try:
+        result = infer_entry(entry, inputs, outputs, queued_ns=queued_ns, outcome=outcome)
+    except BaseException:
+        if failed is not None:
+            failed += (t0, time.perf_counter_ns())
+        raise
     return result, t0, time.perf_counter_ns()
 
 
@@ -1430,18 +1437,20 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop | None = None,
         carrier: Carrier | None = None,
         compute: list[int] | None = None,
+        front: Front | None = None,
     ) -> InferResponse:
         """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
         ``carrier`` gives the request's headers or metadata, read for trace context when it is traced;
-        ``compute``, when given, receives how long the model computed (ns; an ensemble's step sums them).
+        ``compute``, when given, receives how long the model computed (ns; an ensemble's step sums them);
+        ``front``, the front end's timestamps for a trace file (``Tracing.files``), which it ends once it answers.
 
         A request that reached a model instance just as a reload replaced it (it was waiting for an
         inference thread, or was handed to the closing batcher) runs on the instance that serves the
         model now, within the same span and timing. An unload runs what was queued before it closes the
         model; a request that reached the model as it closed (rare: between routing and queueing) fails."""
         if self._ensembles and name in self._ensembles:
-            return await self._infer_ensemble(name, version, request, loop, carrier, compute)
-        return await self._infer_model(None, name, version, request, loop, carrier, compute)
+            return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
+        return await self._infer_model(None, name, version, request, loop, carrier, compute, front)
 
     async def _infer_model(
         self,
@@ -1452,6 +1461,7 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop | None,
         carrier: Carrier | None,
         compute: list[int] | None,
+        front: Front | None = None,
     ) -> InferResponse:
         """``infer`` of a model (not an ensemble): the one served as ``name`` now, or ``pinned`` (an ensemble's
         step holds the model it had when its request started)."""
@@ -1473,7 +1483,8 @@ class DataPlane:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
             if request.outputs and self.shared_memory is not None:
                 held = self._hold(request)  # a region that is gone is refused before the model runs for it
-            with self.tracing.span(entry.name, entry.version, request.id or "", carrier) as span:
+            trace = self.tracing.span(entry.name, entry.version, request.id or "", carrier, front, pinned is not None)
+            with trace as span:
                 if served.additions.response_cache and self.response_cache is not None:
 
                     def run() -> Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]:
@@ -1520,6 +1531,7 @@ class DataPlane:
         carrier: Carrier | None,
         compute: list[int] | None,
         pinned: tuple[_ServedEnsemble, _Pins] | None = None,
+        front: Front | None = None,
     ) -> InferResponse:
         """Run one request of an ensemble: its steps, each a request of the model it runs (``ensemble.run``)
         carrying this one's id and parameters (its timeout and priority), counted in the ensemble's statistics
@@ -1598,7 +1610,10 @@ class DataPlane:
                 m.cache_hit_seconds.inc(looked / 1e9)
                 result = {output: found[output] for output in asked}
             else:
-                with self.tracing.span(name, pipeline.version, request.id or "", carrier):
+                trace = self.tracing.span(
+                    name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True
+                )
+                with trace:
                     result = await ensemble.run(pipeline, request.inputs, asked, step_run)
                 if cache is not None and key is not None:
                     t1 = time.perf_counter_ns()
@@ -1735,17 +1750,19 @@ class DataPlane:
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
+            queued = 0  # the run's queue start and compute times: a traced run that fails is traced with them
+            timings: list[int] | None = None
             try:
                 if served.sequencer is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
-                    timings: list[int] | None = [] if span is not None or compute is not None else None
+                    timings = [] if span is not None or compute is not None else None
                     flags = flags_of(request.parameters)
                     result = await served.sequencer.infer_async(
                         request.inputs, outputs, flags, request.timeout_s, loop, timings, outcome
                     )
                     if timings:
                         if span is not None:
-                            self.tracing.stages(span, queued, *timings)
+                            self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, result)
                         if compute is not None:
                             compute.append(timings[-1] - timings[-2])
                 elif served.batcher is not None:
@@ -1756,7 +1773,7 @@ class DataPlane:
                     )
                     if timings:
                         if span is not None:
-                            self.tracing.stages(span, queued, *timings)
+                            self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, result)
                         if compute is not None:
                             compute.append(timings[-1] - timings[-2])
                 else:
@@ -1767,8 +1784,9 @@ class DataPlane:
                     size = sum(_size(a) for a in request.inputs.values())
                     # inline: a request alone, to a model that answers such requests fast, no larger than they are
                     # (one of many rows to a fast model would hold the loop for all of them)
+                    timings = [] if span is not None else None
                     if alone and typical is not None and typical[0] <= self.inline_max_s and size <= 2 * typical[1]:
-                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome)
+                        result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome, None, timings)
                     else:
                         loop = loop or asyncio.get_running_loop()
                         served.pending += 1
@@ -1783,6 +1801,7 @@ class DataPlane:
                                 queued,
                                 outcome,
                                 served.waiting,
+                                timings,
                             )
                         except ThreadsClosed:
                             if served.executor is None:  # the server's own threads: it is closing
@@ -1796,7 +1815,7 @@ class DataPlane:
                             served.pending -= 1
                             served.waiting.discard(id(outcome))
                     if span is not None:
-                        self.tracing.stages(span, None, t0, t1)
+                        self.tracing.stages(span, queued, t0, t1, request.inputs, result)
                     if compute is not None:
                         compute.append(t1 - t0)
                     took = (t1 - t0) / 1e9
@@ -1817,6 +1836,10 @@ class DataPlane:
                     raise
                 served, entry = fresh, fresh.entry
                 outcome.stats = entry.stats  # counted where it runs now
+            except BaseException:
+                if span is not None and timings:  # the model failed: its call's times, no outputs
+                    self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, {})
+                raise
         return result, entry
 
     async def _cached(

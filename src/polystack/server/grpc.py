@@ -53,6 +53,7 @@ from polystack.server.http import DECODE_INLINE_BELOW
 from polystack.server.logs import request_level
 from polystack.server.restricted import GRPC_METHODS, Restrictions
 from polystack.server.tls import TlsConfig
+from polystack.server.tracing import Front
 
 log = logging.getLogger("polystack.server.grpc")
 T = TypeVar("T")
@@ -252,6 +253,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
+        if self.plane.tracing.files:  # grpc hands the message over read: its WAITREAD_* are both this moment
+            now = time.perf_counter_ns()
+            front: Front | None = Front("GRPC", now, now)
+        else:
+            front = None
+
         def decode() -> InferRequest:
             return grpc_codec.decode_infer_request(request, self.plane.shared_memory)
 
@@ -262,10 +269,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = await loop.run_in_executor(
                 self.codec_pool, self.plane.decode, request.model_name, request.model_version, decode
             )
-        result = await self.plane.infer(
-            request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
-        )
-        return grpc_codec.encode_infer_response(result)
+        if front is None:
+            result = await self.plane.infer(
+                request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
+            )
+            return grpc_codec.encode_infer_response(result)
+        sending = 0
+        try:
+            result = await self.plane.infer(
+                request.model_name, request.model_version, decoded, None, lambda: _metadata(context), front=front
+            )
+            sending = time.perf_counter_ns()
+            return grpc_codec.encode_infer_response(result)  # GRPC_SEND_*: its encoding, handed to grpc
+        finally:
+            front.sent(sending or time.perf_counter_ns(), time.perf_counter_ns())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._call(context, lambda: self._infer_unless_draining(request, context))

@@ -53,6 +53,7 @@ from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.logs import request_level
 from polystack.server.restricted import Restrictions
+from polystack.server.tracing import Front
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server.http")
@@ -136,6 +137,8 @@ class Request:
     started: float = field(default_factory=time.perf_counter)
     inference_id: str | None = None  # an inference request's own ``id``, once its body is read
     http10: bool = False  # an HTTP/1.0 request that asked to be kept alive
+    received: tuple[int, int] = (0, 0)  # perf_counter_ns at its first byte and at its last (a trace's HTTP_RECV_*)
+    front: Front | None = None  # its trace's front-end side, while trace files are written: ended once answered
     _id: str | None = field(default=None, repr=False)
 
     @property
@@ -547,7 +550,11 @@ class HttpApp:
         else:
             request = await self._decode_off_loop(args[0], args[1], decode)
         req.inference_id = request.id
-        result = await self.plane.infer(args[0], args[1], request, self.loop, lambda: _text_headers(req.headers))
+        if self.plane.tracing.files:
+            req.front = Front("HTTP", *req.received)
+        result = await self.plane.infer(
+            args[0], args[1], request, self.loop, lambda: _text_headers(req.headers), front=req.front
+        )
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
         head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
@@ -599,8 +606,12 @@ class HttpApp:
             request = self.plane.decode(name, version, decode)
         else:
             request = await self._decode_off_loop(name, version, decode)
+        if self.plane.tracing.files:
+            req.front = Front("HTTP", *req.received)
         try:
-            return await self.plane.infer(name, version, request, self.loop, lambda: _text_headers(req.headers))
+            return await self.plane.infer(
+                name, version, request, self.loop, lambda: _text_headers(req.headers), front=req.front
+            )
         except PolystackError as e:
             if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
                 raise _RunFailed(e) from e
@@ -832,6 +843,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False  # between a request's first byte and the end of its headers
         self._receiving_since: float | None = None  # loop time of the first byte of a request not yet whole
         self._head_bytes = 0
+        self._begun_ns = 0  # perf_counter_ns at the first byte of the request being read
         self._expecting = False  # an Expect: 100-continue waits for its interim answer
         self._refused = False  # an error ends this connection: what the client still sends is dropped
         self._final: Response | None = None  # that error's answer, held until the requests before it are answered
@@ -957,6 +969,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._expecting = False
         self._receiving_since = self.last_active  # data_received set it just now
+        self._begun_ns = time.perf_counter_ns()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1030,6 +1043,7 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrading.http10 = http10 and keep
             return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
         req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
+        req.received = (self._begun_ns, time.perf_counter_ns())
         if req.keep_alive and self.parser.get_http_version() == "1.0":
             req.http10 = True  # kept open only because it asked: the answer says it is (HTTP/1.0's rule)
         self._complete(req)
@@ -1083,6 +1097,11 @@ class HttpProtocol(asyncio.Protocol):
             response = await pending
         except Exception as e:
             response = self._error(req, e)
+        except BaseException:  # cancelled: the client went away; its trace still goes to its file
+            if req.front is not None:
+                now = time.perf_counter_ns()
+                req.front.sent(now, now)
+            raise
         self._busy = False
         self._send(req, response)
         self._advance()
@@ -1105,7 +1124,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, req: Request, resp: Response) -> None:
         transport = self.transport
+        if req.front is not None:
+            sending = time.perf_counter_ns()
         if transport is None or transport.is_closing():
+            if req.front is not None:
+                req.front.sent(sending, sending)
             return  # the client went away; nothing to answer
         self.last_active = self._loop.time()  # idle time counts from the last answer, not the last request
         keep_alive = req.keep_alive and not self.app.closing
@@ -1130,6 +1153,8 @@ class HttpProtocol(asyncio.Protocol):
                 parts = []
         if parts:
             transport.write(b"".join(parts))
+        if req.front is not None:
+            req.front.sent(sending, time.perf_counter_ns())
         log_request(self.app, req, resp.status)
         if not keep_alive:
             transport.close()

@@ -1,13 +1,15 @@
-"""OpenTelemetry spans for inference requests, and Triton's trace extension over them.
+"""Traces of inference requests, in Triton's two trace modes, and Triton's trace extension over them.
 
-Off unless turned on: ``polystack serve --trace``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` set at start, or
-the trace extension at run time (``POST /v2/trace/setting {"trace_level": ["TIMESTAMPS"]}``, which
-is tritonclient's ``update_trace_settings``). Off, a request costs one attribute read.
+Off unless turned on: ``polystack serve --trace``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` set at start,
+``--trace-config level=TIMESTAMPS``, or the trace extension at run time (``POST /v2/trace/setting
+{"trace_level": ["TIMESTAMPS"]}``, which is tritonclient's ``update_trace_settings``). Off, a request costs one
+attribute read. The mode is chosen at start: Triton's ``triton`` mode (trace files, trace_files.py) when
+``--trace-config triton,file=<path>`` or ``mode=triton`` is given, else ``opentelemetry``.
 
-**Spans.** One ``polystack.infer`` span (kind SERVER) per sampled request, with the model, version
-and request id, and Triton's timestamps as events: ``QUEUE_START`` (batched models),
-``COMPUTE_START`` and ``COMPUTE_END`` (the model call that answered it; with batching, the merged
-batch's). When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
+**Spans** (opentelemetry mode). One ``polystack.infer`` span (kind SERVER) per sampled request, with the model,
+version and request id, and Triton's timestamps as events: ``QUEUE_START`` (the batcher's queue, or the wait for
+an inference thread), ``COMPUTE_START`` and ``COMPUTE_END`` (the model call that answered it; with batching, the
+merged batch's). When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
 metadata, or whatever ``OTEL_PROPAGATORS`` names), the span is a child of the caller's.
 
 **Export.** When the process has no tracer provider of its own (``opentelemetry-instrument`` and
@@ -20,19 +22,22 @@ else http://localhost:4318; ``grpc`` protocol when its exporter package is insta
 (a collector that is down must not hold the exit past an orchestrator's grace period). A caller's
 trace whose flags say it is not sampled gets no span, and takes nothing from ``trace_count``.
 
-**Settings** (Triton's trace extension in its ``opentelemetry`` mode): ``trace_level`` (``["OFF"]``
-or ``["TIMESTAMPS"]``), ``trace_rate`` (trace one request in N), ``trace_count`` (traces left to
-take, ``-1`` for no limit; it counts down as they are taken), ``trace_mode`` (``opentelemetry``,
-read only). Global, and per model: a model's setting left unset follows the global one, and ``null``
-clears a setting (a model's back to the global one, a global one back to its value at start).
-``trace_file`` and ``log_frequency`` belong to Triton's own trace files and are refused: ``trace_file``
-in Triton's words and code (UNSUPPORTED), ``log_frequency`` as a bad request (``null`` for them changes
-nothing).
+**Trace files** (triton mode): a sampled request's timestamps, the front end's among them (``Front``), and at
+level ``TENSORS`` its tensors, written in Triton's form once it is answered; an ensemble's steps are its children.
+
+**Settings** (Triton's trace extension): ``trace_level`` (``["OFF"]``, ``["TIMESTAMPS"]``, and in the triton mode
+``["TENSORS"]`` or both), ``trace_rate`` (trace one request in N), ``trace_count`` (traces left to take, ``-1`` for
+no limit; it counts down as they are taken), ``trace_mode`` (read only), and in the triton mode ``log_frequency``
+and ``trace_file`` (read only, as in tritonserver 2.51). Global, and per model: a model's setting left unset
+follows the global one, and ``null`` clears a setting (a model's back to the global one, a global one back to its
+value at start). In the opentelemetry mode ``trace_file`` and ``log_frequency`` are refused: ``trace_file`` in
+Triton's words and code (UNSUPPORTED), ``log_frequency`` as a bad request (``null`` for them changes nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -42,41 +47,114 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+import numpy as np
+
 from polystack import __version__
-from polystack.errors import BackendUnavailable, InvalidRequest, Unavailable, Unsupported, quote
+from polystack.errors import BackendUnavailable, InvalidRequest, PolystackError, Unavailable, Unsupported, quote
+from polystack.server.trace_files import TENSORS, TIMESTAMPS, Collector, FileTrace, TraceFile
 
 log = logging.getLogger("polystack.server.tracing")
 
 _NO_SPAN = contextlib.nullcontext()  # reusable: entering it does nothing and keeps no state
 MODE = "opentelemetry"
+FILES = "triton"  # Triton's own mode: trace files (trace_files.py)
 SETTINGS = ("trace_level", "trace_rate", "trace_count", "trace_mode")
+FILE_SETTINGS = ("log_frequency", "trace_file")  # the trace-file mode's
 _MAX_RATE = 2**32 - 1  # Triton's ranges: rate a uint32, count an int32 of at least -1
 _MAX_COUNT = 2**31 - 1
 Carrier = Callable[[], Mapping[str, Any]]  # the request's headers or metadata, read only when a span is made
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _PROVIDER: Any = None  # the SDK provider set up here, once per process (the global one can be set once)
+# the trace-file trace of the request being run (an ensemble's steps are its children); None outside one
+_CURRENT: contextvars.ContextVar[FileTrace | None] = contextvars.ContextVar("polystack_trace", default=None)
+_RECEIPT = {"HTTP": ("HTTP_RECV_START", "HTTP_RECV_END"), "GRPC": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END")}
 
 
 @dataclass
 class _Scope:
     """Settings of one scope, None where a model follows the global one, and its sampling state."""
 
-    level: bool | None = None  # True: TIMESTAMPS, False: OFF
+    level: int | None = None  # trace_files.TIMESTAMPS | TENSORS; 0: OFF
     rate: int | None = None
     count: int | None = None  # traces left to take; -1: no limit
+    log_frequency: int | None = None  # the trace-file mode's: traces a numbered file holds (0: into the file)
     seen: int = 0  # requests since the last one traced
+    collector: Collector | None = None  # the trace-file mode's: where its traces go, made at its first trace
 
     def empty(self) -> bool:
-        return self.level is None and self.rate is None and self.count is None
+        return self.level is None and self.rate is None and self.count is None and self.log_frequency is None
+
+
+class Front:
+    """The front end's side of one request's trace file entry: when it received the request, and (``sent``) when it
+    answered, which ends the trace. Made by a front end only while trace files are being written."""
+
+    __slots__ = ("protocol", "received", "trace")
+
+    def __init__(self, protocol: str, received_start: int, received_end: int) -> None:
+        self.protocol = protocol  # "HTTP" or "GRPC"
+        self.received = (received_start, received_end)
+        self.trace: FileTrace | None = None  # set when the request is traced
+
+    def sent(self, start: int, end: int) -> None:
+        """The answer went (or could not): its timestamps, and the trace to its file."""
+        trace, self.trace = self.trace, None
+        if trace is not None:
+            for name, ns in zip(_RECEIPT[self.protocol], self.received, strict=True):
+                trace.stamp(name, ns)
+            trace.stamp(f"{self.protocol}_SEND_START", start)
+            trace.stamp(f"{self.protocol}_SEND_END", end)
+            trace.end()
+
+
+class _FileSpan:
+    """A trace-file trace around one request's run: REQUEST_END as it leaves; the trace ends there unless a front
+    end answers for it (``Front.sent``). Its steps see it as the current trace."""
+
+    __slots__ = ("_token", "front", "trace")
+
+    def __init__(self, trace: FileTrace, front: Front | None) -> None:
+        self.trace = trace
+        self.front = front
+
+    def __enter__(self) -> FileTrace:
+        self._token = _CURRENT.set(self.trace)
+        return self.trace
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        _CURRENT.reset(self._token)
+        if isinstance(error, PolystackError) and not error.in_run:  # refused before its run: Triton traces none
+            self.trace.drop()
+            return
+        if self.front is not None:  # the answer is the front end's now
+            self.trace.stamp("INFER_RESPONSE_COMPLETE", time.perf_counter_ns())
+        self.trace.stamp("REQUEST_END", time.perf_counter_ns())
+        if self.front is None:
+            self.trace.end()
 
 
 class Tracing:
-    def __init__(self, enabled: bool | None = None, *, rate: int = 1, count: int = -1) -> None:
-        """``enabled`` None: on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. ``rate`` and ``count`` are the
-        global settings at start (``--trace-rate``, ``--trace-count``)."""
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        *,
+        rate: int = 1,
+        count: int = -1,
+        levels: int = TIMESTAMPS,
+        mode: str = MODE,
+        file: str = "",
+        log_frequency: int = 0,
+    ) -> None:
+        """``enabled`` None: on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (OpenTelemetry mode). ``rate`` and
+        ``count`` are the global settings at start (``--trace-rate``, ``--trace-count``); ``levels`` what it takes
+        when on (TIMESTAMPS, TENSORS: Triton's level bits, TENSORS in the trace-file mode alone). ``mode`` ``triton`` writes Triton's trace files (``file``, ``log_frequency``) in place of
+        spans."""
+        self.mode = mode
+        self.file = TraceFile(file) if mode == FILES and file else None  # None in the trace-file mode: no file given
         if enabled is None:
-            enabled = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        self._start = _Scope(level=enabled, rate=_rate(rate), count=_count(count))
+            enabled = mode == MODE and bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        level = levels if enabled else 0
+        self._start = _Scope(level=level, rate=_rate(rate), count=_count(count), log_frequency=log_frequency)
         self._global = replace(self._start)
         self._models: dict[str, _Scope] = {}
         self._tracer: Any = None
@@ -84,7 +162,8 @@ class Tracing:
         self._use_span: Any = None
         self._kind: Any = None
         self.active = False  # some scope traces: the one thing a request reads while tracing is off
-        if enabled:
+        self.files = False  # trace files are being written: front ends hand each request a ``Front``
+        if enabled and mode == MODE:
             self.setup()
         self._refresh()
 
@@ -121,6 +200,11 @@ class Tracing:
         The provider is flushed, not shut down: it is the process's for good (a second server in the
         process uses it too), and its threads are daemons. The SDK's flush ignores its own timeout, and an
         export to a collector that is down retries for ~10 s, so the flush runs in a thread of its own."""
+        if self.file is not None:  # the traces scopes hold go out, and the file's array ends
+            for scope in (self._global, *self._models.values()):
+                if scope.collector is not None:
+                    scope.collector.flush()
+            self.file.close()
         provider = _PROVIDER
         if self._tracer is None or provider is None:
             return
@@ -135,14 +219,26 @@ class Tracing:
 
     # -- per request -------------------------------------------------------------------------------
     def span(
-        self, model: str, version: int, request_id: str, carrier: Carrier | None = None
+        self,
+        model: str,
+        version: int,
+        request_id: str,
+        carrier: Carrier | None = None,
+        front: Front | None = None,
+        step: bool = False,
+        ensemble: bool = False,
     ) -> contextlib.AbstractContextManager[Any]:
-        """A span around one request of ``model`` when its settings sample it, else a shared no-op."""
+        """A span around one request of ``model`` when its settings sample it, else a shared no-op. In the
+        trace-file mode, a ``FileTrace``: ``front`` gives the front end's timestamps (and it ends the trace once it
+        has answered), and an ensemble's ``step`` is traced as a child of its ensemble's trace, or not at all."""
         if not self.active:
             return _NO_SPAN
-        budget = self._sample(model)
-        if budget is None:
+        if self.file is not None:
+            return self._file_span(model, version, request_id, front, step, ensemble)
+        sampled = self._sample(model)
+        if sampled is None:
             return _NO_SPAN
+        budget = sampled[1]
         parent = self._extract(carrier()) if carrier is not None else None
         span = self._tracer.start_span(
             "polystack.infer",
@@ -156,18 +252,56 @@ class Tracing:
             budget.count -= 1
         return cast(contextlib.AbstractContextManager[Any], self._use_span(span, end_on_exit=True))
 
+    def _file_span(
+        self, model: str, version: int, request_id: str, front: Front | None, step: bool, ensemble: bool
+    ) -> contextlib.AbstractContextManager[Any]:
+        if step:
+            parent = _CURRENT.get()
+            if parent is None:
+                return _NO_SPAN
+            trace = parent.child()
+        else:
+            sampled = self._sample(model)
+            if sampled is None:
+                return _NO_SPAN
+            scope, budget = sampled
+            if budget.count is not None and budget.count > 0:
+                budget.count -= 1
+            collector = self._collector(scope)
+            collector.took()
+            trace = FileTrace(self._level(scope), collector)
+            if front is not None:  # it stamps its receipt and its answer once it has answered
+                trace.protocol = front.protocol
+                front.trace = trace
+        now = time.perf_counter_ns()
+        trace.begin(model, version, request_id, now)
+        if ensemble:  # its steps are queued now (a model's run stamps its own queue)
+            trace.stamp("QUEUE_START", now)
+        return _FileSpan(trace, None if step else front)
+
     @staticmethod
-    def stages(span: Any, queued: int | None, compute_start: int, compute_end: int) -> None:
-        """Triton's TIMESTAMPS events on ``span``, from ``time.perf_counter_ns()`` readings."""
+    def stages(
+        span: Any,
+        queued: int,
+        compute_start: int,
+        compute_end: int,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        outputs: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Triton's timestamps of the run on ``span``, from ``time.perf_counter_ns()`` readings: QUEUE_START (the
+        batcher's queue, or the wait for an inference thread), COMPUTE_START and COMPUTE_END (the model call that
+        answered it; with batching, the merged batch's). A trace file's trace takes the request's tensors too."""
+        if isinstance(span, FileTrace):
+            span.stages(queued, compute_start, compute_end, inputs or {}, outputs or {})
+            return
         epoch = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero, on the clock spans use
-        if queued is not None:
-            span.add_event("QUEUE_START", timestamp=epoch + queued)
+        span.add_event("QUEUE_START", timestamp=epoch + queued)
         span.add_event("COMPUTE_START", timestamp=epoch + compute_start)
         span.add_event("COMPUTE_END", timestamp=epoch + compute_end)
 
-    def _sample(self, model: str) -> _Scope | None:
-        """Whether this request of ``model`` is one to trace: the scope whose ``trace_count`` it takes
-        from if so, else None."""
+    def _sample(self, model: str) -> tuple[_Scope, _Scope] | None:
+        """Whether this request of ``model`` is one to trace: if so, the scope whose settings it follows (the
+        model's own, else the global one) and the one whose ``trace_count`` it takes from; else None."""
         scope = self._models.get(model)
         g = self._global
         level = g.level if scope is None or scope.level is None else scope.level
@@ -180,7 +314,20 @@ class Tracing:
             return None
         counter.seen = 0
         budget = scope if scope is not None and scope.count is not None else g
-        return None if budget.count == 0 else budget
+        return None if budget.count == 0 else (counter, budget)
+
+    def _level(self, scope: _Scope) -> int:
+        return self._global.level or 0 if scope.level is None else scope.level
+
+    def _collector(self, scope: _Scope) -> Collector:
+        """Where ``scope``'s traces go: made at its first trace, and anew after each settings update."""
+        if scope.collector is None:
+            assert self.file is not None
+            frequency = self._global.log_frequency if scope.log_frequency is None else scope.log_frequency
+            budget = scope if scope.count is not None else self._global
+            spent = (lambda: budget.count == 0) if budget.count != -1 else None  # a count: held until it is spent
+            scope.collector = Collector(self.file, frequency or 0, spent)
+        return scope.collector
 
     # -- the trace extension -----------------------------------------------------------------------
     def settings(self, model: str | None = None) -> dict[str, Any]:
@@ -190,12 +337,13 @@ class Tracing:
         level = g.level if scope is None or scope.level is None else scope.level
         rate = g.rate if scope is None or scope.rate is None else scope.rate
         count = g.count if scope is None or scope.count is None else scope.count
-        shown = {
-            "trace_level": ["TIMESTAMPS"] if level else ["OFF"],
-            "trace_rate": str(rate),
-            "trace_count": str(count),
-            "trace_mode": MODE,
-        }
+        levels = [word for bit, word in ((TIMESTAMPS, "TIMESTAMPS"), (TENSORS, "TENSORS")) if (level or 0) & bit]
+        shown = {"trace_level": levels or ["OFF"], "trace_rate": str(rate), "trace_count": str(count)}
+        if self.mode == FILES:  # Triton's trace-file mode lists its file settings, and nothing of OpenTelemetry's
+            frequency = g.log_frequency if scope is None or scope.log_frequency is None else scope.log_frequency
+            shown.update(log_frequency=str(frequency), trace_file=self.file.path if self.file else "", trace_mode=FILES)
+            return shown
+        shown["trace_mode"] = MODE
         # and the span processor's settings, and the collector's address where one is given, as tritonserver 2.51
         # lists them in its opentelemetry mode (helper-119): what --trace-config opentelemetry,... or OTEL_* set
         for setting, variable in _OTEL_SETTINGS.items():
@@ -207,14 +355,27 @@ class Tracing:
     def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first; keys that name no setting are left unread,
         as in Triton) and return the settings in effect."""
-        unknown = [key for key in changes if key not in SETTINGS and key not in ("trace_file", "log_frequency")]
+        unknown = [key for key in changes if key not in SETTINGS and key not in FILE_SETTINGS]
         if unknown:  # left unread, as Triton reads only the settings it has
             log.warning("trace settings %s are not among %s: left unread", unknown, ", ".join(SETTINGS))
-        parsed = {key: _parse(key, value) for key, value in changes.items() if key not in unknown}
-        for key in ("trace_mode", "trace_file", "log_frequency"):  # checked: nothing they can change
+        files = self.mode == FILES
+        parsed = {key: _parse(key, value, files) for key, value in changes.items() if key not in unknown}
+        for key in ("trace_mode", "trace_file"):  # checked: nothing they can change
             parsed.pop(key, None)
+        if not files:
+            parsed.pop("log_frequency", None)
         if parsed.get("trace_level"):
-            self.setup()  # turning tracing on without an exporter: set it up now, or refuse
+            if files and self.file is None:  # Triton's words and code, then what to do
+                raise InvalidRequest(
+                    "Attempting to set invalid trace setting :trace file name is not given; start the server with "
+                    "--trace-config triton,file=<path>"
+                )
+            if not files:
+                self.setup()  # turning tracing on without an exporter: set it up now, or refuse
+        for scope in (self._global, *self._models.values()):  # replaced settings: what they hold goes out
+            if scope.collector is not None:
+                scope.collector.flush()
+                scope.collector = None
         if model:
             scope = self._models.setdefault(model, _Scope())
             for key, value in parsed.items():
@@ -229,45 +390,61 @@ class Tracing:
         return self.settings(model)
 
     def _refresh(self) -> None:
-        self.active = self._tracer is not None and (
+        self.active = (self._tracer is not None or self.file is not None) and (
             bool(self._global.level) or any(s.level for s in self._models.values())
         )
+        self.files = self.active and self.file is not None
 
 
-def _parse(key: str, value: Any) -> Any:
-    """One setting's new value (None: clear it), or InvalidRequest saying what it takes."""
-    if key == "trace_file" or key == "log_frequency":
-        if value is None:
-            return None
-        if key == "trace_file":  # Triton's words and code (UNSUPPORTED), then what to do
-            raise Unsupported(
-                "trace file location can not be updated through network protocol: polystack exports spans through "
-                "OpenTelemetry (set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server)"
+def _parse(key: str, value: Any, files: bool = False) -> Any:
+    """One setting's new value (None: clear it), or InvalidRequest saying what it takes; ``files``: in the
+    trace-file mode."""
+    if key == "trace_file" and value is not None:  # Triton's words and code (UNSUPPORTED), then what to do
+        raise Unsupported(
+            "trace file location can not be updated through network protocol: "
+            + (
+                "start the server with --trace-config triton,file=<path>"
+                if files
+                else "polystack exports spans through OpenTelemetry (set OTEL_EXPORTER_OTLP_ENDPOINT or "
+                "OTEL_TRACES_EXPORTER before starting the server)"
             )
-        raise InvalidRequest(
-            f"{key!r} belongs to Triton's trace files; polystack exports spans through OpenTelemetry "
-            "(set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server)"
         )
+    if key == "log_frequency" and value is not None:
+        if not files:
+            raise InvalidRequest(
+                f"{key!r} belongs to Triton's trace files; polystack exports spans through OpenTelemetry "
+                "(set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER before starting the server), or writes "
+                "them when started with --trace-config triton,file=<path>"
+            )
+        return log_frequency(_integer(key, value))
     if value is None:
         return None
     if key == "trace_level":
         levels = [value] if isinstance(value, str) else value
+        allowed = '["OFF"], ["TIMESTAMPS"], ["TENSORS"] or both' if files else '["OFF"] or ["TIMESTAMPS"]'
         if not isinstance(levels, list) or not levels or not all(isinstance(v, str) for v in levels):
-            raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"], not {quote(value)}')
-        if "TENSORS" in levels:
-            raise InvalidRequest('polystack traces timestamps (spans), not tensors: use ["TIMESTAMPS"]')
+            raise InvalidRequest(f"trace_level must be {allowed}, not {quote(value)}")
+        if "TENSORS" in levels and not files:
+            raise InvalidRequest(
+                'polystack traces timestamps (spans), not tensors: use ["TIMESTAMPS"], or start the server with '
+                "--trace-config triton,file=<path> for Triton's trace files, which hold tensors"
+            )
         if levels == ["OFF"]:
-            return False
-        if set(levels) == {"TIMESTAMPS"}:
-            return True
-        raise InvalidRequest(f'trace_level must be ["OFF"] or ["TIMESTAMPS"] (OFF alone), not {quote(value)}')
+            return 0
+        if set(levels) <= {"TIMESTAMPS", "TENSORS"}:
+            return (TIMESTAMPS if "TIMESTAMPS" in levels else 0) | (TENSORS if "TENSORS" in levels else 0)
+        raise InvalidRequest(f"trace_level must be {allowed} (OFF alone), not {quote(value)}")
     if key == "trace_rate":
         return _rate(_integer(key, value))
     if key == "trace_count":
         return _count(_integer(key, value))
-    if key == "trace_mode" and _single(key, value) != MODE:
-        raise InvalidRequest(f"trace_mode is {MODE!r} in polystack and can not be changed, not {quote(value)}")
-    return MODE
+    mode = FILES if files else MODE
+    if key == "trace_mode" and _single(key, value) != mode:
+        raise InvalidRequest(
+            f"trace_mode is {mode!r}, set when the server starts (--trace-config mode=), and can not be changed, "
+            f"not {quote(value)}"
+        )
+    return mode
 
 
 def _single(key: str, value: Any) -> Any:
@@ -302,6 +479,16 @@ def _rate(rate: int) -> int:
             'set trace_level ["OFF"] to stop tracing'
         )
     return rate
+
+
+def log_frequency(value: int) -> int:
+    """A ``log_frequency``: how many traces each numbered file holds (0: none, all into the file itself)."""
+    if not 0 <= value <= _MAX_RATE:
+        raise InvalidRequest(
+            f"log_frequency must be between 0 (every trace into the file itself) and {_MAX_RATE} (traces to a "
+            f"numbered file), not {value}"
+        )
+    return value
 
 
 def _count(count: int) -> int:
@@ -390,20 +577,25 @@ class TraceFlags:
     count: int | None = None
     environment: tuple[tuple[str, str], ...] = ()
     names_service: bool = False  # its resource names the service: OTEL_SERVICE_NAME, which would win, goes
+    mode: str = MODE  # FILES: Triton's trace files
+    file: str = ""  # the trace-file mode's file
+    log_frequency: int = 0
+    levels: int = TIMESTAMPS  # what tracing takes when on: TIMESTAMPS, and TENSORS in the trace-file mode
 
 
 def trace_flags(items: list[str]) -> TraceFlags:
     """tritonserver's ``--trace-config [<mode>,]<setting>=<value>`` options, checked, in Triton's words where it
-    refuses them. polystack traces in Triton's ``opentelemetry`` mode: its ``triton`` mode (trace files) is
-    refused, saying what to give instead, unless ``mode=opentelemetry`` is given, which leaves them unread (as
-    Triton warns and does); the level ``TENSORS`` is refused too. A level ``OFF`` turns tracing off whatever
-    else is given, as in Triton."""
-    levels: list[bool] = []
+    refuses them. Its ``triton`` mode (trace files: ``triton,file=``, ``triton,log-frequency=``) is chosen by
+    ``mode=triton`` or by a file given without ``mode=opentelemetry`` (which leaves them unread, as Triton warns
+    and does); else polystack traces in the ``opentelemetry`` mode, which leaves the level ``TENSORS`` refused.
+    A level ``OFF`` turns tracing off whatever else is given, as in Triton."""
+    levels: list[str] = []
     rate = count = None
     mode = ""
     environment: dict[str, str] = {}
     resources: list[str] = []
     triton: list[str] = []  # the trace-file mode's settings
+    file, frequency = "", 0
     for item in items:
         head, eq, value = item.partition("=")
         scope, _, setting = head.rpartition(",") if "," in head else ("", "", head)
@@ -412,6 +604,14 @@ def trace_flags(items: list[str]) -> TraceFlags:
             raise InvalidRequest(f"--trace-config option format is '<trace mode>,<setting>=<value>'. Got {item}")
         if scope == "triton":
             triton.append(item)
+            if setting == "file":
+                file = value
+            elif setting in ("log-frequency", "log_frequency"):
+                if not _INTEGER.fullmatch(value.strip()):
+                    raise InvalidRequest(f"--trace-config {item}: give a whole number (traces a numbered file holds)")
+                frequency = log_frequency(int(value))
+            else:
+                raise InvalidRequest(f"--trace-config {item}: Triton's trace-file settings are file and log-frequency")
         elif scope not in ("", "opentelemetry"):
             raise InvalidRequest(
                 f'invalid value for trace mode option: {scope}. Available options are "triton" and "opentelemetry"'
@@ -432,22 +632,15 @@ def trace_flags(items: list[str]) -> TraceFlags:
                 )
         elif setting == "mode":
             mode = value.lower()
-            if mode not in ("triton", "opentelemetry"):
+            if mode not in (FILES, MODE):
                 raise InvalidRequest(
                     f'invalid value for trace mode option: {value}. Available options are "triton" and "opentelemetry"'
                 )
-            if mode == "triton":
-                triton.append(item)
         elif setting == "level":
             word = value.lower()
-            if word == "tensors":
-                raise InvalidRequest(
-                    "--trace-config level=TENSORS: polystack's spans carry Triton's timestamps, not tensors; give "
-                    "level=TIMESTAMPS"
-                )
-            if word not in _LEVELS_ON | _LEVELS_OFF:
+            if word not in _LEVELS_ON | _LEVELS_OFF | {"tensors"}:
                 raise InvalidRequest(f"invalid value for trace level option: {value}")
-            levels.append(word in _LEVELS_ON)
+            levels.append(word)
         elif setting in ("rate", "count"):
             if not _INTEGER.fullmatch(value.strip()):
                 raise InvalidRequest(f"--trace-config {setting}={value}: give a whole number")
@@ -457,13 +650,31 @@ def trace_flags(items: list[str]) -> TraceFlags:
                 count = _count(int(value))
         else:
             raise InvalidRequest(
-                f"--trace-config {item}: Triton's settings are level, rate, count and mode, and opentelemetry,<setting>"
+                f"--trace-config {item}: Triton's settings are level, rate, count and mode, triton,<setting> and "
+                "opentelemetry,<setting>"
             )
-    if triton and mode != "opentelemetry":
+    mode = mode or (FILES if triton else MODE)
+    if mode == MODE and "tensors" in levels:
         raise InvalidRequest(
-            f"--trace-config {triton[0]}: Triton's trace files (its triton mode) are not in polystack, whose traces "
-            "are OpenTelemetry spans: give --trace-config mode=opentelemetry, and opentelemetry,url=<collector>"
+            "--trace-config level=TENSORS: polystack's spans carry Triton's timestamps, not tensors; give "
+            "level=TIMESTAMPS, or trace into Triton's trace files (--trace-config triton,file=<path>), which hold them"
         )
+    level = None if not levels else not any(w in _LEVELS_OFF for w in levels)  # OFF anywhere: off, as in Triton
+    if mode == FILES:
+        if environment or resources:
+            log.warning("Triton's opentelemetry settings are not read in its triton mode (trace files)")
+        if level and not file:
+            raise InvalidRequest(
+                "--trace-config mode=triton writes traces into a file: give --trace-config triton,file=<path> (or "
+                "mode=opentelemetry, for spans)"
+            )
+        if file:
+            try:
+                TraceFile.check(file)
+            except OSError as e:
+                raise InvalidRequest(f"--trace-config triton,file={file}: {e}; give a file that can be written") from None
+        bits = (TIMESTAMPS if any(w in _LEVELS_ON for w in levels) else 0) | (TENSORS if "tensors" in levels else 0)
+        return TraceFlags(level, rate, count, mode=FILES, file=file, log_frequency=frequency, levels=bits or TIMESTAMPS)
     if triton:
         log.warning("Triton's trace-file settings are not read in its opentelemetry mode", extra={"settings": triton})
     queue = int(environment.get("OTEL_BSP_MAX_QUEUE_SIZE", os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 2048))
@@ -476,6 +687,5 @@ def trace_flags(items: list[str]) -> TraceFlags:
     if resources:  # after the environment's own, so that the flag's win where both name a key (Triton's)
         given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
         environment["OTEL_RESOURCE_ATTRIBUTES"] = ",".join([*([given] if given else []), *resources])
-    level = None if not levels else all(levels)  # OFF anywhere: off, as in Triton
     names_service = any(r.strip().startswith("service.name=") or ",service.name=" in r for r in resources)
     return TraceFlags(level, rate, count, tuple(environment.items()), names_service)

@@ -1,0 +1,291 @@
+"""Triton's trace files: what tritonserver writes in its ``triton`` trace mode, for the tools and scripts that read
+them (Triton's ``trace_summary.py``, dashboards fed from them).
+
+A file is one JSON array. A sampled request adds objects to it, written once its answer has gone:
+
+    {"id":1,"model_name":"mlp","model_version":1,"request_id":"r7"}      (request_id when the request has one;
+                                                                          "parent_id":N for an ensemble's step)
+    {"id":1,"timestamps":[{"name":"REQUEST_START","ns":2356425054779273}]}    (one object a timestamp, level
+                                                                               TIMESTAMPS)
+    {"id":1,"activity":"TENSOR_QUEUE_INPUT","tensor":{"name":"x","data":"0.5,1","shape":"1,2","dtype":"FP32"}}
+                                                                              (one object a tensor, level TENSORS)
+
+The timestamps are the monotonic clock's nanoseconds (``time.perf_counter_ns``, Triton's steady clock): the front
+end's receipt (``HTTP_RECV_START``/``_END``, or ``GRPC_WAITREAD_START``/``_END``), ``REQUEST_START``, ``QUEUE_START``,
+``COMPUTE_START``, ``COMPUTE_INPUT_END``, ``COMPUTE_OUTPUT_START``, ``COMPUTE_END``, ``INFER_RESPONSE_COMPLETE`` (the
+answer back at the front end), ``REQUEST_END``, and the front end's answer (``HTTP_SEND_START``/``_END``, or
+``GRPC_SEND_*``), written in the order tritonserver 2.51 writes them (``_ORDER``), which is not quite the order they
+happened in. A batched request's compute timestamps are its batch's. An ensemble's steps are traces of their own (new
+ids) whose objects name the ensemble's trace as ``parent_id``, written just before it. A request refused before its
+model runs is not traced.
+
+When they are written is ``Collector``'s: as their answers go, or ``log_frequency`` at a time into ``<file>.0``,
+``<file>.1``, ..., each a whole JSON array, or all at once when a ``trace_count`` is spent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from polystack.types import DType
+
+log = logging.getLogger("polystack.server.trace_files")
+
+TIMESTAMPS, TENSORS = 1, 2  # Triton's trace level bits
+_ids = itertools.count(1)  # trace ids, as Triton's: one count for the process, from 1
+
+
+class TraceFile:
+    """One trace file and its numbered siblings. Writes are whole traces, under a lock (the event loop and the
+    inference threads both end traces); a failed write is logged, as Triton logs it, and the requests go on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._main: Any = None  # the file itself, opened at its first trace
+        self._index = itertools.count()
+        self._closed = False
+
+    @staticmethod
+    def check(path: str) -> None:
+        """Raise OSError when ``path`` cannot be written (its folder missing, a folder itself, no permission), so
+        that a server refuses it at start instead of losing every trace."""
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a folder")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"its folder {folder} does not exist")
+        if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise PermissionError(f"{path} cannot be written")
+
+    def append(self, text: str) -> None:
+        """Traces (objects, comma-separated) into the file itself."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._main is None:
+                    self._main = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open until close()
+                    self._main.write("[")
+                else:
+                    self._main.write(",")
+                self._main.write(text)
+                self._main.flush()  # a trace is in the file once its answer has gone
+            except OSError as e:
+                log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
+
+    def numbered(self, text: str) -> None:
+        """Traces into the next numbered file, ``<file>.<n>``, as a whole JSON array."""
+        name = f"{self.path}.{next(self._index)}"
+        try:
+            with open(name, "w", encoding="utf-8") as f:
+                f.write(f"[{text}]")
+        except OSError as e:
+            log.error("failed writing trace file: %s", e, extra={"trace_file": name})
+
+    def close(self) -> None:
+        """End the file's array (at shutdown); later traces are dropped."""
+        with self._lock:
+            self._closed = True
+            if self._main is not None:
+                try:
+                    self._main.write("]")
+                    self._main.close()
+                except OSError as e:
+                    log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
+                self._main = None
+
+
+class Collector:
+    """The traces a scope (the global settings, or a model's own) took, on their way into its file, as Triton's
+    settings write them:
+
+    - ``log_frequency`` N: N at a time into numbered files;
+    - a ``trace_count`` (``spent`` says when it is): held until the count is spent and every trace taken is written,
+      then into a numbered file at once;
+    - else straight into the file (Triton holds them until its settings change or it stops; the file ends the
+      same, and nothing is held meanwhile).
+
+    A scope replaced by a settings update, or the server stopping, ``flush``es what it holds: into numbered files
+    with a ``log_frequency``, else into the file."""
+
+    def __init__(self, file: TraceFile, log_frequency: int, spent: Callable[[], bool] | None = None) -> None:
+        self.file = file
+        self.log_frequency = log_frequency
+        self._spent = spent
+        self.taken = 0  # traces taken for it (``took``), and written into it (``add``)
+        self._added = 0
+        self._held: list[str] = []
+        self._lock = threading.Lock()
+
+    def took(self) -> None:
+        with self._lock:
+            self.taken += 1
+
+    def add(self, text: str) -> None:
+        if not self.log_frequency and self._spent is None:
+            self.file.append(text)
+            return
+        with self._lock:
+            self._held.append(text)
+            self._added += 1
+            full = bool(self.log_frequency) and len(self._held) >= self.log_frequency
+            # the count is spent and every trace it took is here: out at once, as Triton writes them
+            spent = self._spent is not None and self._spent() and self._added >= self.taken
+            if not (full or spent):
+                return
+            held, self._held = self._held, []
+        self.file.numbered(",".join(held))
+
+    def flush(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        if not held:
+            return
+        if self.log_frequency:
+            self.file.numbered(",".join(held))
+        else:
+            self.file.append(",".join(held))
+
+
+_HEAD = "model"  # the request's own object, among the timestamp names that order a trace's objects
+_RUN = ("QUEUE_START", "TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_OUTPUT")
+_COMPUTE = ("COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END", "REQUEST_END")
+# the order of a trace's objects, as tritonserver 2.51 writes a request's when its answer goes out after its model
+# call (helper-120): the HTTP front end's receipt first and its INFER_RESPONSE_COMPLETE among the run's; the gRPC
+# front end's all after REQUEST_END; an ensemble's step (no front end) without either
+_ORDER = {
+    "HTTP": (
+        "HTTP_RECV_START", "HTTP_RECV_END", _HEAD, "REQUEST_START", *_RUN, "INFER_RESPONSE_COMPLETE", *_COMPUTE,
+        "HTTP_SEND_START", "HTTP_SEND_END",
+    ),
+    "GRPC": (
+        _HEAD, "REQUEST_START", *_RUN, *_COMPUTE, "GRPC_WAITREAD_START", "GRPC_WAITREAD_END",
+        "INFER_RESPONSE_COMPLETE", "GRPC_SEND_START", "GRPC_SEND_END",
+    ),
+    "": (_HEAD, "REQUEST_START", *_RUN, "INFER_RESPONSE_COMPLETE", *_COMPUTE),
+}  # fmt: skip
+_RANKS = {protocol: {name: rank for rank, name in enumerate(order)} for protocol, order in _ORDER.items()}
+
+
+class FileTrace:
+    """One sampled request's trace, and its ensemble steps' (children sharing its ``group``), as Triton's objects.
+    ``end`` on the request's own trace hands them all to its collector (``drop`` instead: nothing is written);
+    either is idempotent."""
+
+    __slots__ = ("_ended", "collector", "entries", "group", "id", "level", "protocol")
+
+    def __init__(self, level: int, collector: Collector, group: list[FileTrace] | None = None) -> None:
+        self.id = next(_ids)
+        self.level = level
+        self.collector = collector
+        self.group = group if group is not None else []  # the root's, then each step's, in the order they started
+        self.group.append(self)
+        self.entries: list[tuple[str, str]] = []  # (the name that orders it, the object's JSON)
+        self.protocol = ""  # the front end's ("HTTP", "GRPC") that received the request, if one did
+        self._ended = False
+
+    @property
+    def root(self) -> FileTrace:
+        return self.group[0]
+
+    def child(self) -> FileTrace:
+        """The trace of a step of this (ensemble) request."""
+        return FileTrace(self.level, self.collector, self.group)
+
+    def begin(self, model: str, version: int, request_id: str, ns: int) -> None:
+        """The request's own object, and its REQUEST_START."""
+        head: dict[str, Any] = {"id": self.id, "model_name": model, "model_version": version}
+        if request_id:
+            head["request_id"] = request_id
+        if self is not self.root:
+            head["parent_id"] = self.root.id
+        self.entries.append((_HEAD, _dumps(head)))
+        self.stamp("REQUEST_START", ns)
+
+    def stamp(self, name: str, ns: int) -> None:
+        if self.level & TIMESTAMPS:
+            self.entries.append((name, f'{{"id":{self.id},"timestamps":[{{"name":"{name}","ns":{ns}}}]}}'))
+
+    def stages(
+        self,
+        queued: int,
+        compute_start: int,
+        compute_end: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """The request's run: QUEUE_START, its inputs as queued, its outputs, and the COMPUTE_ timestamps of the
+        model call that answered it (a batched request's are its batch's). polystack hands the runtime the tensors
+        as they are (no copy in or out, which Triton's backends time): the input end is the call's start and the
+        output start its end, as the statistics count them."""
+        self.stamp("QUEUE_START", queued)
+        self.tensors("TENSOR_QUEUE_INPUT", inputs)
+        self.tensors("TENSOR_BACKEND_OUTPUT", outputs)
+        self.stamp("COMPUTE_START", compute_start)
+        self.stamp("COMPUTE_INPUT_END", compute_start)
+        self.stamp("COMPUTE_OUTPUT_START", compute_end)
+        self.stamp("COMPUTE_END", compute_end)
+
+    def tensors(self, activity: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """One TENSOR_ object per tensor, at level TENSORS."""
+        if not self.level & TENSORS:
+            return
+        for name, array in arrays.items():
+            tensor = {
+                "name": name,
+                "data": _data(array),
+                "shape": ",".join(str(d) for d in array.shape),
+                "dtype": DType.from_numpy(array.dtype).value,
+            }
+            self.entries.append((activity, _dumps({"id": self.id, "activity": activity, "tensor": tensor})))
+
+    def end(self) -> None:
+        """The request is answered: its trace and its steps' go to the file (a step's own end does nothing), each
+        trace's objects in Triton's order."""
+        root = self.root
+        if self is not root or root._ended:
+            return
+        root._ended = True
+        texts = []
+        for trace in (*root.group[1:], root):  # the steps first: Triton writes a trace as it is released
+            ranks = _RANKS[trace.protocol]
+            texts += [text for _, text in sorted(trace.entries, key=lambda e: ranks.get(e[0], len(ranks)))]
+        if texts:
+            root.collector.add(",".join(texts))
+
+    def drop(self) -> None:
+        """The request was refused before its model ran: Triton traces no such request."""
+        self.root._ended = True
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _data(array: np.ndarray) -> str:
+    """A tensor's elements as Triton writes them: comma-separated, floats as C++ streams print them (``%g``),
+    booleans 1 and 0, strings in quotes."""
+    flat = array.reshape(-1)
+    kind = flat.dtype.kind
+    if kind == "f":
+        return ",".join(f"{v:g}" for v in flat.astype(np.float64).tolist())
+    if kind == "b":
+        return ",".join("1" if v else "0" for v in flat.tolist())
+    if kind in "iu":
+        return ",".join(str(v) for v in flat.tolist())
+    return ",".join(f'"{_text(v)}"' for v in flat.tolist())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
