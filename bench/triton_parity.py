@@ -9,8 +9,9 @@ gRPC, control plane; then sequence batching, the dynamic batcher's queue policie
 memory) found the differences once; this finds them again at every commit. It runs tritonserver 2.51.0 from the
 `nvidia-pytriton==0.7.0` wheel (fetched once by `bench/triton_reference.py`'s `ensure_tritonserver`; nothing is
 installed into a venv) beside `polystack serve`, both with `--model-control-mode explicit --load-model ...` and
-their metrics port on free 127.0.0.1 ports (polystack with `--allow-shared-memory --triton-metrics` too: Triton has
-shared memory and its metric names on by default), on equivalent repositories built in a temporary folder:
+their metrics port on free 127.0.0.1 ports, each writing Triton's trace files into a file of its own (`--trace-config
+triton,file=...`; polystack with `--allow-shared-memory --triton-metrics` too: Triton has shared memory and its
+metric names on by default), on equivalent repositories built in a temporary folder:
 - `mlp`: FP32 x[-1,4] -> y[-1,3] (x W + b), `max_batch_size: 8`, dynamic batching, y labelled (classification);
 - `nobatch`: FP32 x[2,3] -> y = 2x, `max_batch_size: 0`;
 - `multi`: INT64 a[-1,3] and BOOL b[-1,3] -> INT64 s = a + Cast(b) and BOOL n = Not(b), `max_batch_size: 4`;
@@ -38,7 +39,10 @@ words and say what to do after), the missing prefix noted apart. Differences the
 (KNOWN below, with the README's words), never hidden. The cases run in one fixed order, each on Triton then on
 polystack: metadata and config, inference that succeeds (a sequence's start, middle and end; priorities),
 statistics, refusals (sequences without an ID, without START first, of two rows; the queue's parameters of the wrong
-type), statistics again, settings, system shared memory (register, status and unregister, one and all; unknown
+type), statistics again, settings, trace files (a model's level set with `log_frequency` 1, one request over HTTP
+and one over gRPC, or one to the ensemble; the numbered files read by trace id, each trace's object, its timestamps'
+names (sorted: Triton's order changes with its threads' timing, and the times are dropped) and its tensors, in the
+order the traces were written), system shared memory (register, status and unregister, one and all; unknown
 regions, out of bounds, a key that does not exist; an infer whose input and output are in a region, the answer and
 the memory compared; an output byte size of 0; the POSIX objects made in /dev/shm by the script and removed on the
 way out), model control, and last the metrics port's nv_* families (HELP and TYPE) and series (names and labels;
@@ -93,11 +97,6 @@ _NAME = (
     "README: 'Server metadata names the server `polystack`; `--server-name triton` (or tritonserver's `--id triton`)"
     " makes it say `triton`'; '`cuda_shared_memory` is not among the extensions'; '`GET /v2` lists `generate`"
     " (tritonserver 2.51 lists it nowhere; gRPC's ServerMetadata leaves it out: the extension is HTTP's alone)'"
-)
-_TRACE = (
-    "README: 'tritonserver's `--trace-config` is taken in Triton's `opentelemetry` mode'; Triton's own trace files"
-    " are refused, as is a `trace_file`, and 'Triton's trace file `log_frequency` ... refused (400)'; 'the trace"
-    " rate starts at 1 (every request, once a trace level is set), Triton's at 1000'"
 )
 _FAILS = (
     "README: requests refused before they run count 'once, as a failure, in the statistics' ... '(Triton counts none"
@@ -157,11 +156,6 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http server metadata": (r"\$\.body\.(name|version|extensions\.(cuda_shared_memory|generate))", _NAME),
     "grpc server metadata": (r"\$\.response\.(name|version|extensions\.cuda_shared_memory)", _NAME),
-    "http trace setting": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)", _TRACE),
-    "http trace setting unknown key": (r"\$\.body\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)", _TRACE),
-    "grpc trace setting": (
-        r"\$\.response\.settings\.(trace_mode|trace_file|log_frequency|trace_rate|bsp_\w+|url)(\.value\[0\])?", _TRACE
-    ),
     "http stats mlp after refusals": (r".*\.fail\.count", _FAILS),
     "grpc stats mlp after refusals": (r".*\.fail\.count", _FAILS),
     "http model metadata acc": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
@@ -392,13 +386,15 @@ class Server:
     grpc: int
     metrics: int
     log: Path
+    trace: Path  # its trace file (Triton's triton trace mode, both): what the trace cases read
     channel: Any = None
     stub: Any = None
 
 
-def network() -> tuple[int, int, int, list[str]]:
+def network(trace: Path) -> tuple[int, int, int, list[str]]:
     http, grpc, metrics = serving.free_port(), serving.free_port(), serving.free_port()
     flags = [
+        "--trace-config", f"triton,file={trace}",
         "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         "--model-control-mode", "explicit", *(f"--load-model={m}" for m in LOADED),
@@ -409,11 +405,12 @@ def network() -> tuple[int, int, int, list[str]]:
 
 def launch_triton(triton: Path, backends: Path, repo: Path, work: Path) -> Server:
     """tritonserver with the flags polystack gets too (not waited for; ``ready`` waits)."""
-    http, grpc, metrics, flags = network()
+    trace = work / "triton-trace.json"
+    http, grpc, metrics, flags = network(trace)
     log = work / "triton.log"
     # a session of its own: its stub processes go with it, and Ctrl-C reaches only this script (which stops it)
     proc = triton_reference.tritonserver(triton, backends, repo, flags, log, start_new_session=True)
-    return Server("triton", proc, http, grpc, metrics, log)
+    return Server("triton", proc, http, grpc, metrics, log, trace)
 
 
 # what tritonserver 2.51 has on by default and polystack off (the README says so): system shared memory, and
@@ -423,12 +420,13 @@ POLYSTACK_ONLY = ["--allow-shared-memory", "--triton-metrics"]
 
 def launch_polystack(repo: Path, work: Path) -> Server:
     """`polystack serve` of the repository with the same flags (tritonserver's, which it takes)."""
-    http, grpc, metrics, flags = network()
+    trace = work / "polystack-trace.json"
+    http, grpc, metrics, flags = network(trace)
     cmd = [str(serving.ROOT / ".venv" / "bin" / "polystack"), "--home", str(work / "home"), "serve",
            "--model-repository", str(repo), *flags, *POLYSTACK_ONLY]  # fmt: skip
     log = work / "polystack.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    return Server("polystack", proc, http, grpc, metrics, log)
+    return Server("polystack", proc, http, grpc, metrics, log, trace)
 
 
 def ready(server: Server) -> None:
@@ -951,8 +949,14 @@ http_case("http generate_stream a missing input", "POST", "/v2/models/multi/gene
 # logging, trace, shared memory
 http_case("http logging", "GET", "/v2/logging")
 http_case("http logging unknown key", "POST", "/v2/logging", {"nope": 1})
-http_case("http trace setting", "GET", "/v2/trace/setting")
-http_case("http trace setting unknown key", "POST", "/v2/trace/setting", {"nope": "1"})
+def own_file(s: Server, out: dict[str, Any]) -> dict[str, Any]:
+    """The trace settings, the server's own trace file named alike (each writes its own)."""
+    text = json.dumps(out).replace(json.dumps(str(s.trace))[1:-1], "<its trace file>")
+    return dict(json.loads(text))
+
+
+case("http trace setting")(lambda s: own_file(s, rest(s, "GET", "/v2/trace/setting")))
+case("http trace setting unknown key")(lambda s: own_file(s, rest(s, "POST", "/v2/trace/setting", {"nope": "1"})))
 http_case("http system shared memory status", "GET", "/v2/systemsharedmemory/status")
 http_case("http cuda shared memory status", "GET", "/v2/cudasharedmemory/status")
 grpc_case("grpc logging", "LogSettings", lambda: pb().LogSettingsRequest())
@@ -965,7 +969,58 @@ def _grpc_log_unknown(s: Server) -> Any:
     return rpc(s, "LogSettings", req)
 
 
-grpc_case("grpc trace setting", "TraceSetting", lambda: pb().TraceSettingRequest())
+case("grpc trace setting")(lambda s: own_file(s, rpc(s, "TraceSetting", pb().TraceSettingRequest())))
+
+
+def traced(s: Server, model: str, settings: dict[str, Any], send: Callable[[], Any], expect: int) -> list[Any]:
+    """The traces ``send``'s requests leave in the server's trace file: ``settings`` set on ``model`` (one trace a
+    numbered file: ``log_frequency`` 1), cleared after. Each trace as its objects, read as Triton's tools read them
+    (by trace id); its timestamps' names sorted (Triton's order changes with its threads' timing) and their times
+    left out; ids as the order the traces were written in."""
+    before = set(s.trace.parent.glob(s.trace.name + ".*"))
+    answers = [rest(s, "POST", f"/v2/models/{model}/trace/setting", {"log_frequency": "1", **settings})]
+    sent = send()
+    answers += sent if isinstance(sent, list) else [sent]
+    files: list[Path] = []
+    deadline = time.monotonic() + 5  # a trace is written once its answer has gone: soon after the client has it
+    while time.monotonic() < deadline:
+        files = sorted(set(s.trace.parent.glob(s.trace.name + ".*")) - before, key=lambda f: int(f.suffix[1:]))
+        if len(files) >= expect:
+            break
+        time.sleep(0.05)
+    clear = dict.fromkeys(["log_frequency", *settings])
+    answers.append(rest(s, "POST", f"/v2/models/{model}/trace/setting", clear))
+    objects = [o for f in files for o in json.loads(f.read_text())]
+    ids = {i: n for n, i in enumerate(dict.fromkeys(o["id"] for o in objects))}  # in the order written
+    traces: dict[int, dict[str, Any]] = {}
+    for o in objects:
+        t = traces.setdefault(ids[o["id"]], {"timestamps": [], "tensors": []})
+        if "model_name" in o:
+            t["head"] = {k: ids[v] if k == "parent_id" else v for k, v in o.items() if k != "id"}
+        elif "timestamps" in o:
+            t["timestamps"] += [ts["name"] for ts in o["timestamps"]]
+        else:
+            t["tensors"].append({"activity": o["activity"], **o["tensor"]})
+    for t in traces.values():
+        t["timestamps"].sort()
+    statuses = [a.get("status", a.get("code")) for a in answers if isinstance(a, dict)]  # the answers are other cases'
+    return own_file(s, {"settings": answers[0], "statuses": statuses, "files": len(files),
+                        "traces": [traces[i] for i in sorted(traces)]})  # fmt: skip
+
+
+@case("http and grpc trace file, level TIMESTAMPS and TENSORS")
+def _trace_file(s: Server) -> Any:
+    def send() -> Any:
+        return [rest(s, "POST", INFER, mlp_body(id="t1")),
+                rpc(s, "ModelInfer", infer_request("mlp", [("x", "FP32", [2, 4], "", [])], raw=[X_RAW]))]  # fmt: skip
+
+    return traced(s, "mlp", {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": "1"}, send, 2)
+
+
+@case("http trace file of an ensemble")
+def _trace_file_ensemble(s: Server) -> Any:
+    return traced(s, "pipe", {"trace_level": ["TIMESTAMPS"], "trace_rate": "1"},
+                  lambda: rest(s, "POST", "/v2/models/pipe/infer", mlp_body(id="e1")), 1)  # fmt: skip
 grpc_case("grpc system shared memory status", "SystemSharedMemoryStatus", lambda: pb().SystemSharedMemoryStatusRequest())
 grpc_case("grpc cuda shared memory status", "CudaSharedMemoryStatus", lambda: pb().CudaSharedMemoryStatusRequest())
 
@@ -1357,7 +1412,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         " policies, a sequence model; Triton's as Python-backend models running the same ONNX files, its sequence"
         " model keeping its sums itself), get the same requests over HTTP and gRPC: health, metadata, config,"
         " statistics, inference that succeeds (JSON, binary, requested outputs, classification, a sequence,"
-        " priorities) and that is refused, logging, trace, system shared memory (registration, inference in"
+        " priorities) and that is refused, logging, trace settings, the trace files each writes (Triton's triton trace mode: timestamps and tensors over HTTP and gRPC, an ensemble's steps), system shared memory (registration, inference in"
         " regions), model control, and the metrics port's nv_* families and series. Status codes, fields and"
         " values must match (numbers"
         " within a relative 1e-5); an error message must start with Triton's words, once Triton's"

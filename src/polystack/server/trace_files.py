@@ -256,7 +256,7 @@ class FileTrace:
             return
         root._ended = True
         texts = []
-        for trace in (*root.group[1:], root):  # the steps first: Triton writes a trace as it is released
+        for trace in reversed(root.group):  # the steps last-started first, the request's own last: as Triton's
             ranks = _RANKS[trace.protocol]
             texts += [text for _, text in sorted(trace.entries, key=lambda e: ranks.get(e[0], len(ranks)))]
         if texts:
