@@ -296,3 +296,18 @@ def test_a_request_refused_before_its_run_is_not_traced_and_one_failing_in_it_is
     (failed,) = _traces(path).values()
     assert _head(failed)["request_id"] == "failed"
     assert [n for n, _ in _stamps(failed)] == HTTP_STAMPS
+
+
+def test_a_spent_count_writes_its_traces_at_once_even_when_one_of_its_requests_was_refused(
+    traced: tuple[ServerThread, Path],
+) -> None:
+    st, path = traced
+    client = httpclient.InferenceServerClient(st.http_url)
+    client.update_trace_settings(settings={"trace_count": "2"})
+    wrong = httpclient.InferInput("nope", [1, 4], "INT64")
+    wrong.set_data_from_numpy(np.ones((1, 4), np.int64))
+    with pytest.raises(InferenceServerException, match="nope"):
+        client.infer("ident64", [wrong])  # takes one of the two, and leaves no trace
+    client.infer("ident64", [_ident_ones()], request_id="kept")
+    numbered = path.with_name("trace.json.0")
+    assert [_head(t)["request_id"] for t in _traces(numbered).values()] == ["kept"]

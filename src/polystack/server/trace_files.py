@@ -83,7 +83,9 @@ class TraceFile:
                 log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
 
     def numbered(self, text: str) -> None:
-        """Traces into the next numbered file, ``<file>.<n>``, as a whole JSON array."""
+        """Traces into the next numbered file, ``<file>.<n>``, as a whole JSON array (none once closed)."""
+        if self._closed:
+            return
         name = f"{self.path}.{next(self._index)}"
         try:
             with open(name, "w", encoding="utf-8") as f:
@@ -130,6 +132,14 @@ class Collector:
         with self._lock:
             self.taken += 1
 
+    def dropped(self) -> None:
+        """A trace taken will not come (its request was refused before its run)."""
+        with self._lock:
+            self.taken -= 1
+            held = self._due()
+        if held:
+            self.file.numbered(",".join(held))
+
     def add(self, text: str) -> None:
         if not self.log_frequency and self._spent is None:
             self.file.append(text)
@@ -137,13 +147,19 @@ class Collector:
         with self._lock:
             self._held.append(text)
             self._added += 1
-            full = bool(self.log_frequency) and len(self._held) >= self.log_frequency
-            # the count is spent and every trace it took is here: out at once, as Triton writes them
-            spent = self._spent is not None and self._spent() and self._added >= self.taken
-            if not (full or spent):
-                return
-            held, self._held = self._held, []
-        self.file.numbered(",".join(held))
+            held = self._due()
+        if held:
+            self.file.numbered(",".join(held))
+
+    def _due(self) -> list[str]:
+        """What is to go into a numbered file now (under the lock): ``log_frequency`` traces, or all of them once
+        the count is spent and every trace it took is here (at once, as Triton writes them)."""
+        full = bool(self.log_frequency) and len(self._held) >= self.log_frequency
+        spent = self._spent is not None and self._spent() and self._added >= self.taken
+        if not self._held or not (full or spent):
+            return []
+        held, self._held = self._held, []
+        return held
 
     def flush(self) -> None:
         with self._lock:
@@ -263,8 +279,14 @@ class FileTrace:
             root.collector.add(",".join(texts))
 
     def drop(self) -> None:
-        """The request was refused before its model ran: Triton traces no such request."""
-        self.root._ended = True
+        """The request was refused before its model ran: Triton traces no such request (a step's is left out of its
+        ensemble's)."""
+        root = self.root
+        if self is not root:
+            self.entries.clear()
+        elif not root._ended:
+            root._ended = True
+            root.collector.dropped()
 
 
 def _dumps(value: Any) -> str:
