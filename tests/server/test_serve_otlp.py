@@ -90,13 +90,18 @@ def test_spans_go_to_the_otlp_endpoint_with_the_callers_trace_and_are_flushed_at
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
     assert set(collector.paths) == {"/v1/traces"}
     got = collector.spans()
-    assert [s.name for _, s in got] == ["polystack.infer", "polystack.infer"]
-    (resource, first), (_, second) = got
-    assert resource["service.name"] == "polystack"
+    # Triton's three spans a request, each ended before the one it is in (helper-121)
+    assert [s.name for _, s in got] == ["compute", "mlp", "InferRequest"] * 2
+    assert {r["service.name"] for r, _ in got} == {"polystack"}
+    compute, run, first = (s for _, s in got[:3])
     assert first.trace_id.hex() == TRACE_ID and first.parent_span_id.hex() == "b7ad6b7169203331"
-    attributes = {a.key: a.value for a in first.attributes}
-    assert attributes["model"].string_value == "mlp" and attributes["id"].string_value == "r-1"
-    assert attributes["version"].int_value == records["mlp"].version
+    assert run.parent_span_id == first.span_id and compute.parent_span_id == run.span_id
+    assert {run.trace_id, compute.trace_id} == {first.trace_id}
+    attributes = {a.key: a.value for a in run.attributes}
+    assert attributes["triton.model_name"].string_value == "mlp"
+    assert attributes["triton.request_id"].string_value == "r-1"
+    assert attributes["triton.model_version"].int_value == records["mlp"].version
+    second = got[5][1]
     assert second.trace_id.hex() != TRACE_ID and not second.parent_span_id
 
 
@@ -183,7 +188,8 @@ for k in range(2):
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    ids = [{a.key: a.value.string_value for a in s.attributes}["id"] for _, s in collector.spans()]
+    ids = [{a.key: a.value.string_value for a in s.attributes}["triton.request_id"] for _, s in collector.spans()
+           if s.name == "mlp"]  # fmt: skip
     assert ids == ["server-0", "server-1"]
 
 
@@ -208,14 +214,16 @@ def test_tritons_trace_config_flags_export_as_they_say(
         assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "2", settings
         assert settings["trace_count"] == "5", settings
         # the collector's address and the span processor's settings, listed as Triton lists them (helper-119)
-        assert settings["url"].endswith(url) and settings["bsp_schedule_delay"] == "100", settings
+        # the url as given (Triton adds no scheme where it lists it), and the resource (helper-121)
+        assert settings["url"] == url and settings["bsp_schedule_delay"] == "100", settings
+        assert settings["resource"] == "service.name=triton-like", settings
         assert settings["bsp_max_queue_size"] == "2048", settings
         for _ in range(4):
             client.infer("mlp", [mlp_ones()])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
     got = collector.spans()
-    assert len(got) == 2 and {r["service.name"] for r, _ in got} == {"triton-like"}, got  # one request in 2
+    assert len(got) == 2 * 3 and {r["service.name"] for r, _ in got} == {"triton-like"}, got  # one request in 2
     assert {r["deployment"] for r, _ in got} == {"k8s"}, got
     # Triton's default rate where --trace-config gives none: one request in 1000
     with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1", "--trace-config", "level=TIMESTAMPS",
@@ -228,3 +236,56 @@ def test_tritons_trace_config_flags_export_as_they_say(
                     tmp_path / "log3", env={**env, "OTEL_TRACES_EXPORTER": "none"}):  # fmt: skip
         settings = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_trace_settings()
         assert settings["trace_level"] == ["TIMESTAMPS"] and settings["trace_rate"] == "1000", settings
+
+
+def test_an_ensembles_steps_are_spans_in_its_own_and_a_failed_run_is_an_error_as_triton_exports_them(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """helper-121: an ensemble's steps' spans are in the ensemble's run span, naming its trace id as their parent's;
+    a request refused before its run exports nothing (it exported a failed span with compute events); a model that
+    fails exports its spans with an ERROR status (Triton sets none)."""
+    import numpy as np
+    from servekit import failing_at_run
+    from test_serve_ensemble import pipeline_repository
+    from tritonclient.utils import InferenceServerException
+
+    repo, port = pipeline_repository(tmp_path / "models"), free_port()
+    (repo / "failing" / "1").mkdir(parents=True)
+    failing_at_run(repo / "failing" / "1" / "model.onnx")
+    url = f"127.0.0.1:{collector.server_address[1]}/v1/traces"
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--trace-config", "mode=opentelemetry",
+            "--trace-config", f"opentelemetry,url={url}", "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", "rate=1"]  # fmt: skip
+    env = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_SERVICE_NAME": ""}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log", env=env) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("IN", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        client.infer("pipe", [x], request_id="e-1")
+        with pytest.raises(InferenceServerException, match="head"):
+            client.infer("head", [mlp_ones()])  # no input h: refused before its run
+        bad = httpclient.InferInput("x", [1, 2], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 2), np.float32))
+        with pytest.raises(InferenceServerException, match="cannot be reshaped"):
+            client.infer("failing", [bad])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+    spans = [s for _, s in collector.spans()]
+    by_id = {s.span_id: s for s in spans}
+    runs = {s.name: s for s in spans if s.name not in ("InferRequest", "compute")}
+    assert sorted(runs) == ["failing", "head", "mlp", "neg", "pipe"]  # nothing of the refused request
+    attributes = {n: {a.key: a.value for a in s.attributes} for n, s in runs.items()}
+    pipe_id = attributes["pipe"]["triton.trace_id"].int_value
+    for step in ("mlp", "head", "neg"):
+        assert by_id[runs[step].parent_span_id].name == "pipe"
+        assert attributes[step]["triton.trace_parent_id"].int_value == pipe_id
+        assert attributes[step]["triton.request_id"].string_value == "e-1"
+        assert [by_id[s.parent_span_id].name for s in spans if s.name == "compute" and by_id[s.parent_span_id] is
+                runs[step]] == [step]  # fmt: skip
+    assert by_id[runs["pipe"].parent_span_id].name == "InferRequest"
+    assert not any(s.name == "compute" and s.parent_span_id == runs["pipe"].span_id for s in spans)  # it computes not
+    assert [e.name for e in runs["pipe"].events] == ["REQUEST_START", "QUEUE_START", "REQUEST_END"]
+    failed = runs["failing"]
+    assert failed.status.code == 2 and "cannot be reshaped" in failed.status.message  # STATUS_CODE_ERROR
+    assert by_id[failed.parent_span_id].status.code == 2
+    assert runs["pipe"].status.code == 0

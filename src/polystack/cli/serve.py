@@ -667,6 +667,7 @@ def serve(
         trace_mode=traced.mode,
         trace_file=traced.file,
         trace_log_frequency=traced.log_frequency,
+        trace_shown=traced.shown,
         models=list(models or []),
         cpus=cpus,
         tls=tls,

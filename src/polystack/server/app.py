@@ -114,6 +114,7 @@ class ServeConfig:
     trace_mode: str = "opentelemetry"  # or "triton": Triton's trace files
     trace_file: str = ""  # the triton mode's file
     trace_log_frequency: int = 0  # the triton mode's traces a numbered file holds (0: all into the file)
+    trace_shown: tuple[tuple[str, str], ...] = ()  # opentelemetry settings listed as given (url, resource)
     runtime_settings: bool = True  # the trace and logging extensions (off in Ray Serve replicas)
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
@@ -258,6 +259,7 @@ class Server:
                 mode=config.trace_mode,
                 file=config.trace_file,
                 log_frequency=config.trace_log_frequency,
+                shown=dict(config.trace_shown),
             ),
             log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores

@@ -1762,7 +1762,7 @@ class DataPlane:
                     )
                     if timings:
                         if span is not None:
-                            self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, result)
+                            span.stages(queued, timings[-2], timings[-1], request.inputs, result)
                         if compute is not None:
                             compute.append(timings[-1] - timings[-2])
                 elif served.batcher is not None:
@@ -1773,7 +1773,7 @@ class DataPlane:
                     )
                     if timings:
                         if span is not None:
-                            self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, result)
+                            span.stages(queued, timings[-2], timings[-1], request.inputs, result)
                         if compute is not None:
                             compute.append(timings[-1] - timings[-2])
                 else:
@@ -1815,7 +1815,7 @@ class DataPlane:
                             served.pending -= 1
                             served.waiting.discard(id(outcome))
                     if span is not None:
-                        self.tracing.stages(span, queued, t0, t1, request.inputs, result)
+                        span.stages(queued, t0, t1, request.inputs, result)
                     if compute is not None:
                         compute.append(t1 - t0)
                     took = (t1 - t0) / 1e9
@@ -1838,7 +1838,7 @@ class DataPlane:
                 outcome.stats = entry.stats  # counted where it runs now
             except BaseException:
                 if span is not None and timings:  # the model failed: its call's times, no outputs
-                    self.tracing.stages(span, queued, timings[-2], timings[-1], request.inputs, {})
+                    span.stages(queued, timings[-2], timings[-1], request.inputs, {})
                 raise
         return result, entry
 

@@ -253,7 +253,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
-        if self.plane.tracing.files:  # grpc hands the message over read: its WAITREAD_* are both this moment
+        if self.plane.tracing.active:  # grpc hands the message over read: its WAITREAD_* are both this moment
             now = time.perf_counter_ns()
             front: Front | None = Front("GRPC", now, now)
         else:

@@ -550,7 +550,7 @@ class HttpApp:
         else:
             request = await self._decode_off_loop(args[0], args[1], decode)
         req.inference_id = request.id
-        if self.plane.tracing.files:
+        if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
         result = await self.plane.infer(
             args[0], args[1], request, self.loop, lambda: _text_headers(req.headers), front=req.front
@@ -606,7 +606,7 @@ class HttpApp:
             request = self.plane.decode(name, version, decode)
         else:
             request = await self._decode_off_loop(name, version, decode)
-        if self.plane.tracing.files:
+        if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
         try:
             return await self.plane.infer(

@@ -30,17 +30,16 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from polystack.server.request_trace import TIMESTAMPS, RequestTrace
 from polystack.types import DType
 
 log = logging.getLogger("polystack.server.trace_files")
 
-TIMESTAMPS, TENSORS = 1, 2  # Triton's trace level bits
-_ids = itertools.count(1)  # trace ids, as Triton's: one count for the process, from 1
 
 
 class TraceFile:
@@ -140,7 +139,11 @@ class Collector:
         if held:
             self.file.numbered(",".join(held))
 
-    def add(self, text: str) -> None:
+    def add(self, trace: RequestTrace) -> None:
+        text = objects(trace)
+        if not text:  # nothing it records at its level: as if it had not come
+            self.dropped()
+            return
         if not self.log_frequency and self._spent is None:
             self.file.append(text)
             return
@@ -192,101 +195,31 @@ _ORDER = {
 _RANKS = {protocol: {name: rank for rank, name in enumerate(order)} for protocol, order in _ORDER.items()}
 
 
-class FileTrace:
-    """One sampled request's trace, and its ensemble steps' (children sharing its ``group``), as Triton's objects.
-    ``end`` on the request's own trace hands them all to its collector (``drop`` instead: nothing is written);
-    either is idempotent."""
-
-    __slots__ = ("_ended", "collector", "entries", "group", "id", "level", "protocol")
-
-    def __init__(self, level: int, collector: Collector, group: list[FileTrace] | None = None) -> None:
-        self.id = next(_ids)
-        self.level = level
-        self.collector = collector
-        self.group = group if group is not None else []  # the root's, then each step's, in the order they started
-        self.group.append(self)
-        self.entries: list[tuple[str, str]] = []  # (the name that orders it, the object's JSON)
-        self.protocol = ""  # the front end's ("HTTP", "GRPC") that received the request, if one did
-        self._ended = False
-
-    @property
-    def root(self) -> FileTrace:
-        return self.group[0]
-
-    def child(self) -> FileTrace:
-        """The trace of a step of this (ensemble) request."""
-        return FileTrace(self.level, self.collector, self.group)
-
-    def begin(self, model: str, version: int, request_id: str, ns: int) -> None:
-        """The request's own object, and its REQUEST_START."""
-        head: dict[str, Any] = {"id": self.id, "model_name": model, "model_version": version}
-        if request_id:
-            head["request_id"] = request_id
-        if self is not self.root:
-            head["parent_id"] = self.root.id
-        self.entries.append((_HEAD, _dumps(head)))
-        self.stamp("REQUEST_START", ns)
-
-    def stamp(self, name: str, ns: int) -> None:
-        if self.level & TIMESTAMPS:
-            self.entries.append((name, f'{{"id":{self.id},"timestamps":[{{"name":"{name}","ns":{ns}}}]}}'))
-
-    def stages(
-        self,
-        queued: int,
-        compute_start: int,
-        compute_end: int,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Mapping[str, np.ndarray],
-    ) -> None:
-        """The request's run: QUEUE_START, its inputs as queued, its outputs, and the COMPUTE_ timestamps of the
-        model call that answered it (a batched request's are its batch's). polystack hands the runtime the tensors
-        as they are (no copy in or out, which Triton's backends time): the input end is the call's start and the
-        output start its end, as the statistics count them."""
-        self.stamp("QUEUE_START", queued)
-        self.tensors("TENSOR_QUEUE_INPUT", inputs)
-        self.tensors("TENSOR_BACKEND_OUTPUT", outputs)
-        self.stamp("COMPUTE_START", compute_start)
-        self.stamp("COMPUTE_INPUT_END", compute_start)
-        self.stamp("COMPUTE_OUTPUT_START", compute_end)
-        self.stamp("COMPUTE_END", compute_end)
-
-    def tensors(self, activity: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """One TENSOR_ object per tensor, at level TENSORS."""
-        if not self.level & TENSORS:
-            return
-        for name, array in arrays.items():
+def objects(root: RequestTrace) -> str:
+    """A request's trace and its steps' as Triton writes them: each trace's objects in Triton's order, the steps
+    last-started first and the request's own last (as Triton releases them)."""
+    texts = []
+    for trace in reversed(root.group):
+        head: dict[str, Any] = {"id": trace.id, "model_name": trace.model, "model_version": trace.version}
+        if trace.request_id:
+            head["request_id"] = trace.request_id
+        if trace.parent is not None:
+            head["parent_id"] = trace.parent.id
+        entries = [(_HEAD, _dumps(head))] if trace.level & TIMESTAMPS else []  # TENSORS alone: Triton's, none
+        entries += [
+            (name, f'{{"id":{trace.id},"timestamps":[{{"name":"{name}","ns":{ns}}}]}}') for name, ns in trace.stamps
+        ]
+        for activity, name, array in trace.tensors:
             tensor = {
                 "name": name,
                 "data": _data(array),
                 "shape": ",".join(str(d) for d in array.shape),
                 "dtype": DType.from_numpy(array.dtype).value,
             }
-            self.entries.append((activity, _dumps({"id": self.id, "activity": activity, "tensor": tensor})))
-
-    def end(self) -> None:
-        """The request is answered: its trace and its steps' go to the file (a step's own end does nothing), each
-        trace's objects in Triton's order."""
-        root = self.root
-        if self is not root or root._ended:
-            return
-        root._ended = True
-        texts = []
-        for trace in reversed(root.group):  # the steps last-started first, the request's own last: as Triton's
-            ranks = _RANKS[trace.protocol]
-            texts += [text for _, text in sorted(trace.entries, key=lambda e: ranks.get(e[0], len(ranks)))]
-        if texts:
-            root.collector.add(",".join(texts))
-
-    def drop(self) -> None:
-        """The request was refused before its model ran: Triton traces no such request (a step's is left out of its
-        ensemble's)."""
-        root = self.root
-        if self is not root:
-            self.entries.clear()
-        elif not root._ended:
-            root._ended = True
-            root.collector.dropped()
+            entries.append((activity, _dumps({"id": trace.id, "activity": activity, "tensor": tensor})))
+        ranks = _RANKS[trace.protocol]
+        texts += [text for _, text in sorted(entries, key=lambda e: ranks.get(e[0], len(ranks)))]
+    return ",".join(texts)
 
 
 def _dumps(value: Any) -> str:

@@ -6,11 +6,14 @@ Off unless turned on: ``polystack serve --trace``, ``OTEL_EXPORTER_OTLP_ENDPOINT
 attribute read. The mode is chosen at start: Triton's ``triton`` mode (trace files, trace_files.py) when
 ``--trace-config triton,file=<path>`` or ``mode=triton`` is given, else ``opentelemetry``.
 
-**Spans** (opentelemetry mode). One ``polystack.infer`` span (kind SERVER) per sampled request, with the model,
-version and request id, and Triton's timestamps as events: ``QUEUE_START`` (the batcher's queue, or the wait for
-an inference thread), ``COMPUTE_START`` and ``COMPUTE_END`` (the model call that answered it; with batching, the
-merged batch's). When the request carries W3C trace context (the ``traceparent`` HTTP header or gRPC
-metadata, or whatever ``OTEL_PROPAGATORS`` names), the span is a child of the caller's.
+Either way a sampled request is a ``RequestTrace`` (request_trace.py): Triton's timestamps as it passes the front
+end (``Front``), the queue and the model, its ensemble steps' as children, handed once it is answered to its sink.
+
+**Spans** (opentelemetry mode, ``_Spans``): tritonserver 2.51's three spans a request, made once it is answered:
+``InferRequest`` (the front end's), in it one named after the model (Triton's ``triton.*`` attributes), in that
+``compute``, with Triton's timestamps as their events. When the request carries W3C trace context (the
+``traceparent`` HTTP header or gRPC metadata, or whatever ``OTEL_PROPAGATORS`` names), ``InferRequest`` is a child
+of the caller's span.
 
 **Export.** When the process has no tracer provider of its own (``opentelemetry-instrument`` and
 tests set one), the first use sets up the SDK with a batch span processor and the exporter that
@@ -20,7 +23,7 @@ else http://localhost:4318; ``grpc`` protocol when its exporter package is insta
 (stdout) or ``none``. The service is called ``polystack`` unless ``OTEL_SERVICE_NAME`` or
 ``OTEL_RESOURCE_ATTRIBUTES`` names it. Spans still queued at shutdown are flushed, for at most 5 s
 (a collector that is down must not hold the exit past an orchestrator's grace period). A caller's
-trace whose flags say it is not sampled gets no span, and takes nothing from ``trace_count``.
+trace whose flags say it is not sampled gets no spans, and takes nothing from ``trace_count``.
 
 **Trace files** (triton mode): a sampled request's timestamps, the front end's among them (``Front``), and at
 level ``TENSORS`` its tensors, written in Triton's form once it is answered; an ensemble's steps are its children.
@@ -45,13 +48,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
-
-import numpy as np
+from typing import Any
 
 from polystack import __version__
 from polystack.errors import BackendUnavailable, InvalidRequest, PolystackError, Unavailable, Unsupported, quote
-from polystack.server.trace_files import TENSORS, TIMESTAMPS, Collector, FileTrace, TraceFile
+from polystack.server.request_trace import TENSORS, TIMESTAMPS, RequestTrace, Sink
+from polystack.server.trace_files import Collector, TraceFile
 
 log = logging.getLogger("polystack.server.tracing")
 
@@ -65,8 +67,8 @@ _MAX_COUNT = 2**31 - 1
 Carrier = Callable[[], Mapping[str, Any]]  # the request's headers or metadata, read only when a span is made
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _PROVIDER: Any = None  # the SDK provider set up here, once per process (the global one can be set once)
-# the trace-file trace of the request being run (an ensemble's steps are its children); None outside one
-_CURRENT: contextvars.ContextVar[FileTrace | None] = contextvars.ContextVar("polystack_trace", default=None)
+# the trace of the request being run (an ensemble's steps are its children); None outside one
+_CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("polystack_trace", default=None)
 _RECEIPT = {"HTTP": ("HTTP_RECV_START", "HTTP_RECV_END"), "GRPC": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END")}
 
 
@@ -86,18 +88,18 @@ class _Scope:
 
 
 class Front:
-    """The front end's side of one request's trace file entry: when it received the request, and (``sent``) when it
-    answered, which ends the trace. Made by a front end only while trace files are being written."""
+    """The front end's side of one request's trace: when it received the request, and (``sent``) when it answered,
+    which ends the trace. Made by a front end only while tracing is on (``Tracing.active``)."""
 
     __slots__ = ("protocol", "received", "trace")
 
     def __init__(self, protocol: str, received_start: int, received_end: int) -> None:
         self.protocol = protocol  # "HTTP" or "GRPC"
         self.received = (received_start, received_end)
-        self.trace: FileTrace | None = None  # set when the request is traced
+        self.trace: RequestTrace | None = None  # set when the request is traced
 
     def sent(self, start: int, end: int) -> None:
-        """The answer went (or could not): its timestamps, and the trace to its file."""
+        """The answer went (or could not): its timestamps, and the trace to its sink."""
         trace, self.trace = self.trace, None
         if trace is not None:
             for name, ns in zip(_RECEIPT[self.protocol], self.received, strict=True):
@@ -107,17 +109,17 @@ class Front:
             trace.end()
 
 
-class _FileSpan:
-    """A trace-file trace around one request's run: REQUEST_END as it leaves; the trace ends there unless a front
-    end answers for it (``Front.sent``). Its steps see it as the current trace."""
+class _Traced:
+    """A trace around one request's run: REQUEST_END as it leaves (and what its run failed with); the trace ends
+    there unless a front end answers for it (``Front.sent``). Its steps see it as the current trace."""
 
     __slots__ = ("_token", "front", "trace")
 
-    def __init__(self, trace: FileTrace, front: Front | None) -> None:
+    def __init__(self, trace: RequestTrace, front: Front | None) -> None:
         self.trace = trace
         self.front = front
 
-    def __enter__(self) -> FileTrace:
+    def __enter__(self) -> RequestTrace:
         self._token = _CURRENT.set(self.trace)
         return self.trace
 
@@ -126,11 +128,108 @@ class _FileSpan:
         if isinstance(error, PolystackError) and not error.in_run:  # refused before its run: Triton traces none
             self.trace.drop()
             return
+        self.trace.error = error
         if self.front is not None:  # the answer is the front end's now
             self.trace.stamp("INFER_RESPONSE_COMPLETE", time.perf_counter_ns())
         self.trace.stamp("REQUEST_END", time.perf_counter_ns())
         if self.front is None:
             self.trace.end()
+
+
+# Triton's OpenTelemetry spans (helper-121): the front end's request span, a span of the model's run in it (an
+# ensemble's steps' in the ensemble's), and the model call's in that, each with these timestamps as events
+_FRONT_EVENTS = {
+    "HTTP": ("HTTP_RECV_START", "HTTP_RECV_END", "INFER_RESPONSE_COMPLETE", "HTTP_SEND_START", "HTTP_SEND_END"),
+    "GRPC": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "INFER_RESPONSE_COMPLETE", "GRPC_SEND_START", "GRPC_SEND_END"),
+    "": (),
+}
+_RUN_EVENTS = ("REQUEST_START", "QUEUE_START", "REQUEST_END")
+_COMPUTE_EVENTS = ("COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END")
+
+
+class _Spans:
+    """The OpenTelemetry mode's sink: a request's trace as tritonserver 2.51's spans, made once it is answered (a
+    request refused before its run makes none, as in Triton), all of kind SERVER:
+
+    - ``InferRequest``, a child of the caller's span (``traceparent``), from the front end's receipt to its answer,
+      with the front end's timestamps as events;
+    - in it, a span named after the model, from REQUEST_START to REQUEST_END, with Triton's attributes
+      (``triton.model_name``, ``triton.model_version``, ``triton.trace_id``, ``triton.trace_parent_id``, and
+      ``triton.request_id`` when the request has an id) and REQUEST_START, QUEUE_START, REQUEST_END as events; an
+      ensemble's steps' spans are in its own;
+    - in that, ``compute``, the model call (a batched request's is its batch's), with the COMPUTE_ events.
+
+    A run that failed gives its spans an ERROR status with the error's message (Triton sets none)."""
+
+    def __init__(self) -> None:
+        self.tracer: Any = None
+
+    @staticmethod
+    def sampled(context: Any) -> bool:
+        """Whether the caller's trace (if any) records: one whose flags say it does not gets no spans."""
+        from opentelemetry import trace
+
+        found = trace.get_current_span(context).get_span_context()
+        return not found.is_valid or found.trace_flags.sampled
+
+    def dropped(self) -> None:
+        pass
+
+    def add(self, root: RequestTrace) -> None:
+        if self.tracer is None:
+            return
+        from opentelemetry import trace
+        from opentelemetry.context import Context
+
+        offset = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero, on the clock spans use
+        stamps = {name: ns + offset for name, ns in root.stamps}
+        if not stamps:
+            return
+        request = self._span("InferRequest", root.context or Context(), min(stamps.values()))
+        self._events(request, _FRONT_EVENTS[root.protocol], stamps)
+        self._fail(request, root.error)
+        runs: dict[int, Any] = {}
+        for step in root.group:
+            at = stamps if step is root else {name: ns + offset for name, ns in step.stamps}
+            if "REQUEST_START" not in at:
+                continue
+            inside = runs.get(step.parent.id) if step.parent is not None else request
+            run = self._span(step.model, trace.set_span_in_context(inside or request), at["REQUEST_START"])
+            run.set_attributes({
+                "triton.model_name": step.model,
+                "triton.model_version": step.version,
+                "triton.trace_id": step.id,
+                "triton.trace_parent_id": step.parent.id if step.parent is not None else 0,
+                **({"triton.request_id": step.request_id} if step.request_id else {}),
+            })  # fmt: skip
+            self._events(run, _RUN_EVENTS, at)
+            self._fail(run, step.error)
+            runs[step.id] = run
+            if "COMPUTE_START" in at:
+                compute = self._span("compute", trace.set_span_in_context(run), at["COMPUTE_START"])
+                self._events(compute, _COMPUTE_EVENTS, at)
+                compute.end(end_time=at.get("COMPUTE_END", at["COMPUTE_START"]))
+            run.end(end_time=at.get("REQUEST_END", max(at.values())))
+        request.end(end_time=max(stamps.values()))
+
+    def _span(self, name: str, context: Any, start: int) -> Any:
+        from opentelemetry.trace import SpanKind
+
+        return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, start_time=start)
+
+    @staticmethod
+    def _events(span: Any, names: tuple[str, ...], at: Mapping[str, int]) -> None:
+        for name in names:
+            if name in at:
+                span.add_event(name, timestamp=at[name])
+
+    @staticmethod
+    def _fail(span: Any, error: BaseException | None) -> None:
+        if error is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            message = error.message if isinstance(error, PolystackError) else f"{type(error).__name__}: {error}"
+            span.set_status(Status(StatusCode.ERROR, message))
 
 
 class Tracing:
@@ -144,12 +243,15 @@ class Tracing:
         mode: str = MODE,
         file: str = "",
         log_frequency: int = 0,
+        shown: Mapping[str, str] | None = None,
     ) -> None:
         """``enabled`` None: on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (OpenTelemetry mode). ``rate`` and
         ``count`` are the global settings at start (``--trace-rate``, ``--trace-count``); ``levels`` what it takes
         when on (TIMESTAMPS, TENSORS: Triton's level bits, TENSORS in the trace-file mode alone). ``mode`` ``triton`` writes Triton's trace files (``file``, ``log_frequency``) in place of
-        spans."""
+        spans. ``shown``: opentelemetry settings the trace settings list as they were given (``--trace-config
+        opentelemetry,url=`` without a scheme, ``resource=``)."""
         self.mode = mode
+        self._shown = dict(shown or {})
         self.file = TraceFile(file) if mode == FILES and file else None  # None in the trace-file mode: no file given
         if enabled is None:
             enabled = mode == MODE and bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -158,11 +260,9 @@ class Tracing:
         self._global = replace(self._start)
         self._models: dict[str, _Scope] = {}
         self._tracer: Any = None
-        self._extract: Any = None  # opentelemetry's propagate.extract, and use_span and the SERVER kind
-        self._use_span: Any = None
-        self._kind: Any = None
+        self._extract: Any = None  # opentelemetry's propagate.extract
+        self._spans = _Spans()  # the OpenTelemetry mode's sink
         self.active = False  # some scope traces: the one thing a request reads while tracing is off
-        self.files = False  # trace files are being written: front ends hand each request a ``Front``
         if enabled and mode == MODE:
             self.setup()
         self._refresh()
@@ -191,8 +291,9 @@ class Tracing:
             provider = _sdk_provider()
             trace.set_tracer_provider(provider)
             _PROVIDER = provider
-        self._extract, self._use_span, self._kind = propagate.extract, trace.use_span, trace.SpanKind.SERVER
+        self._extract = propagate.extract
         self._tracer = provider.get_tracer("polystack.server", __version__)
+        self._spans.tracer = self._tracer
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Export the spans still queued, waiting at most ``timeout_s``, when polystack set up the export.
@@ -228,33 +329,12 @@ class Tracing:
         step: bool = False,
         ensemble: bool = False,
     ) -> contextlib.AbstractContextManager[Any]:
-        """A span around one request of ``model`` when its settings sample it, else a shared no-op. In the
-        trace-file mode, a ``FileTrace``: ``front`` gives the front end's timestamps (and it ends the trace once it
-        has answered), and an ensemble's ``step`` is traced as a child of its ensemble's trace, or not at all."""
+        """A ``RequestTrace`` around one request of ``model`` when its settings sample it, else a shared no-op.
+        ``carrier`` gives the caller's trace context (OpenTelemetry); ``front`` the front end's timestamps (it ends
+        the trace once it has answered); an ensemble's ``step`` is traced as a child of its ensemble's trace, or not
+        at all."""
         if not self.active:
             return _NO_SPAN
-        if self.file is not None:
-            return self._file_span(model, version, request_id, front, step, ensemble)
-        sampled = self._sample(model)
-        if sampled is None:
-            return _NO_SPAN
-        budget = sampled[1]
-        parent = self._extract(carrier()) if carrier is not None else None
-        span = self._tracer.start_span(
-            "polystack.infer",
-            context=parent,
-            kind=self._kind,
-            attributes={"model": model, "version": version, "id": request_id},
-        )
-        if not span.is_recording():  # the caller's trace is not sampled: nothing to record or count
-            return _NO_SPAN
-        if budget.count is not None and budget.count > 0:
-            budget.count -= 1
-        return cast(contextlib.AbstractContextManager[Any], self._use_span(span, end_on_exit=True))
-
-    def _file_span(
-        self, model: str, version: int, request_id: str, front: Front | None, step: bool, ensemble: bool
-    ) -> contextlib.AbstractContextManager[Any]:
         if step:
             parent = _CURRENT.get()
             if parent is None:
@@ -265,11 +345,19 @@ class Tracing:
             if sampled is None:
                 return _NO_SPAN
             scope, budget = sampled
+            context = None
+            if self.file is None:
+                context = self._extract(carrier()) if carrier is not None else None
+                if context is not None and not self._spans.sampled(context):
+                    return _NO_SPAN  # the caller's trace is not sampled: nothing to record or count
             if budget.count is not None and budget.count > 0:
                 budget.count -= 1
-            collector = self._collector(scope)
-            collector.took()
-            trace = FileTrace(self._level(scope), collector)
+            sink: Sink = self._spans
+            if self.file is not None:
+                sink = collector = self._collector(scope)
+                collector.took()
+            trace = RequestTrace(self._level(scope), sink)
+            trace.context = context
             if front is not None:  # it stamps its receipt and its answer once it has answered
                 trace.protocol = front.protocol
                 front.trace = trace
@@ -277,27 +365,7 @@ class Tracing:
         trace.begin(model, version, request_id, now)
         if ensemble:  # its steps are queued now (a model's run stamps its own queue)
             trace.stamp("QUEUE_START", now)
-        return _FileSpan(trace, None if step else front)
-
-    @staticmethod
-    def stages(
-        span: Any,
-        queued: int,
-        compute_start: int,
-        compute_end: int,
-        inputs: Mapping[str, np.ndarray] | None = None,
-        outputs: Mapping[str, np.ndarray] | None = None,
-    ) -> None:
-        """Triton's timestamps of the run on ``span``, from ``time.perf_counter_ns()`` readings: QUEUE_START (the
-        batcher's queue, or the wait for an inference thread), COMPUTE_START and COMPUTE_END (the model call that
-        answered it; with batching, the merged batch's). A trace file's trace takes the request's tensors too."""
-        if isinstance(span, FileTrace):
-            span.stages(queued, compute_start, compute_end, inputs or {}, outputs or {})
-            return
-        epoch = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero, on the clock spans use
-        span.add_event("QUEUE_START", timestamp=epoch + queued)
-        span.add_event("COMPUTE_START", timestamp=epoch + compute_start)
-        span.add_event("COMPUTE_END", timestamp=epoch + compute_end)
+        return _Traced(trace, None if step else front)
 
     def _sample(self, model: str) -> tuple[_Scope, _Scope] | None:
         """Whether this request of ``model`` is one to trace: if so, the scope whose settings it follows (the
@@ -350,7 +418,7 @@ class Tracing:
             value = os.environ.get(variable) or _SDK_DEFAULTS.get(setting)
             if value is not None:
                 shown[setting] = value
-        return shown
+        return shown | self._shown  # the url as given (Triton adds no scheme where it lists it), the resource
 
     def update(self, model: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` (all or none: each is checked first; keys that name no setting are left unread,
@@ -393,7 +461,6 @@ class Tracing:
         self.active = (self._tracer is not None or self.file is not None) and (
             bool(self._global.level) or any(s.level for s in self._models.values())
         )
-        self.files = self.active and self.file is not None
 
 
 def _parse(key: str, value: Any, files: bool = False) -> Any:
@@ -581,6 +648,7 @@ class TraceFlags:
     file: str = ""  # the trace-file mode's file
     log_frequency: int = 0
     levels: int = TIMESTAMPS  # what tracing takes when on: TIMESTAMPS, and TENSORS in the trace-file mode
+    shown: tuple[tuple[str, str], ...] = ()  # the opentelemetry settings the trace settings list as given: url, resource
 
 
 def trace_flags(items: list[str]) -> TraceFlags:
@@ -595,7 +663,7 @@ def trace_flags(items: list[str]) -> TraceFlags:
     environment: dict[str, str] = {}
     resources: list[str] = []
     triton: list[str] = []  # the trace-file mode's settings
-    file, frequency = "", 0
+    file, frequency, url = "", 0, ""
     for item in items:
         head, eq, value = item.partition("=")
         scope, _, setting = head.rpartition(",") if "," in head else ("", "", head)
@@ -620,6 +688,7 @@ def trace_flags(items: list[str]) -> TraceFlags:
             if setting == "resource":
                 resources.append(value)
             elif setting == "url":
+                url = value
                 environment[_OTEL_SETTINGS[setting]] = value if "://" in value else f"http://{value}"  # Triton's form
             elif setting in _OTEL_SETTINGS:
                 if not _INTEGER.fullmatch(value.strip()) or int(value) < 1:
@@ -688,4 +757,7 @@ def trace_flags(items: list[str]) -> TraceFlags:
         given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
         environment["OTEL_RESOURCE_ATTRIBUTES"] = ",".join([*([given] if given else []), *resources])
     names_service = any(r.strip().startswith("service.name=") or ",service.name=" in r for r in resources)
-    return TraceFlags(level, rate, count, tuple(environment.items()), names_service)
+    shown = {"url": url} if url else {}
+    if resources:
+        shown["resource"] = ",".join(resources)
+    return TraceFlags(level, rate, count, tuple(environment.items()), names_service, shown=tuple(shown.items()))
