@@ -462,7 +462,16 @@ def serve(
     metrics_interval_ms: list[str] = typer.Option(None, "--metrics-interval-ms", hidden=True),
     rate_limit: list[str] = typer.Option(None, "--rate-limit", hidden=True),
     model_namespacing: list[str] = typer.Option(None, "--model-namespacing", hidden=True),
-    allow_sagemaker: list[str] = typer.Option(None, "--allow-sagemaker", hidden=True),
+    allow_sagemaker: str | None = typer.Option(
+        None,
+        "--allow-sagemaker",
+        metavar="BOOL",
+        help="Triton's SageMaker front end on its own port: GET /ping and POST /invocations (the model "
+        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME names), on the HTTP address.",
+    ),
+    sagemaker_port: int | None = typer.Option(None, "--sagemaker-port", help="The SageMaker port (default 8080)."),
+    sagemaker_safe_port_range: str | None = typer.Option(None, "--sagemaker-safe-port-range", hidden=True),
+    sagemaker_thread_count: list[str] = typer.Option(None, "--sagemaker-thread-count", hidden=True),
     allow_vertex_ai: list[str] = typer.Option(None, "--allow-vertex-ai", hidden=True),
 ) -> None:
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
@@ -476,6 +485,7 @@ def serve(
     from polystack.server.onnxruntime_config import default_max_batch_size
     from polystack.server.placement import CpuPlacement
     from polystack.server.response_cache import CacheConfig
+    from polystack.server.sagemaker import SageMakerSettings
     from polystack.server.tls import TlsConfig
     from polystack.server.tracing import TRITON_RATE, trace_flags
 
@@ -618,9 +628,11 @@ def serve(
         "--metrics-interval-ms": metrics_interval_ms or [],
         "--rate-limit": rate_limit or [],
         "--model-namespacing": model_namespacing or [],
-        "--allow-sagemaker": allow_sagemaker or [],
+        "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--allow-vertex-ai": allow_vertex_ai or [],
     })  # fmt: skip
+    sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine,
+                           [p for p in (http_port, grpc_port, metrics_port) if p is not None and p > 0])  # fmt: skip
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
@@ -668,6 +680,8 @@ def serve(
         trace_file=traced.file,
         trace_log_frequency=traced.log_frequency,
         trace_shown=traced.shown,
+        sagemaker_port=sagemaker,
+        sagemaker=SageMakerSettings.from_environment(),
         models=list(models or []),
         cpus=cpus,
         tls=tls,
@@ -1156,6 +1170,40 @@ def _flag_level(value: str) -> int:
         return int(word)
     except ValueError:
         raise InvalidRequest(f"--log-verbose takes a level (0: off, 1 or more: on), not {value!r}") from None
+
+
+def _sagemaker(allow: str | None, port: int | None, safe: str | None, engine: str, others: list[int]) -> int | None:
+    """The SageMaker port to serve (None: none), from tritonserver's flags, checked in its words where it has some."""
+    if allow is None or not _flag_bool(allow, "--allow-sagemaker"):
+        if port is not None or safe is not None:
+            logging.getLogger("polystack.server").warning(
+                "--sagemaker-port and --sagemaker-safe-port-range are read with --allow-sagemaker true only"
+            )
+        return None
+    if engine == "ray":
+        raise InvalidRequest(
+            "--allow-sagemaker true: the SageMaker port is served by the local engine's server; serve with --engine "
+            "local"
+        )
+    port = 8080 if port is None else port
+    if not 0 <= port <= 65535:
+        raise InvalidRequest(f"--sagemaker-port {port}: give a port from 0 (any free one) to 65535")
+    if port and port in others:
+        raise InvalidRequest(  # Triton's words, then what to do
+            f"The server cannot listen to HTTP requests and SageMaker requests at the same address and port {port}; "
+            "give --sagemaker-port a port of its own"
+        )
+    if safe is not None:
+        low, dash, high = safe.partition("-")
+        if not (dash and low.strip().isdigit() and high.strip().isdigit() and int(low) <= int(high)):
+            raise InvalidRequest(f"--sagemaker-safe-port-range {safe}: give <low>-<high>, two port numbers")
+        outside = [p for p in others if not int(low) <= p <= int(high)]
+        if outside:  # Triton's check, for the ports beside the SageMaker one
+            raise InvalidRequest(
+                f"The server cannot listen at port {outside[0]}, allowed port range is [{int(low)}, {int(high)}]; "
+                "give the HTTP, gRPC and metrics ports within --sagemaker-safe-port-range"
+            )
+    return port
 
 
 def _flag_bool(value: str, flag: str) -> bool:

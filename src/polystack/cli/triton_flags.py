@@ -74,11 +74,7 @@ FLAGS: Mapping[str, Flag] = {
         "model namespacing (the same name in two repositories) is not in polystack: its store keys models by "
         "name; rename one of the folders, or give --model-namespacing false",
     ),
-    "--allow-sagemaker": Flag(
-        "bool", "no SageMaker front end is asked for", "true",
-        "polystack has no SageMaker front end (/invocations, /ping); serve the Open Inference Protocol, or give "
-        "--allow-sagemaker false",
-    ),
+    "--sagemaker-thread-count": Flag("int", "the SageMaker port is answered by the event loop, as HTTP is", low=1),
     "--allow-vertex-ai": Flag(
         "bool", "no Vertex AI front end is asked for", "true",
         "polystack has no Vertex AI front end; serve the Open Inference Protocol, or give --allow-vertex-ai false",

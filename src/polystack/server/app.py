@@ -36,6 +36,7 @@ from polystack.server.model_repository import Fingerprint, FolderRules, ModelRep
 from polystack.server.placement import CpuPlacement
 from polystack.server.response_cache import CacheConfig, ResponseCache
 from polystack.server.restricted import Restrictions
+from polystack.server.sagemaker import SageMakerApp, SageMakerSettings
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, ModelRef, Store
@@ -87,6 +88,8 @@ class ServeConfig:
     http_port: int = 8000
     grpc_port: int | None = 8001  # None: no gRPC
     metrics_port: int | None = None  # a port of its own for GET /metrics, as Triton's 8002 (None: the HTTP port's only)
+    sagemaker_port: int | None = None  # Triton's SageMaker front end (--allow-sagemaker true), on the HTTP address
+    sagemaker: SageMakerSettings = field(default_factory=SageMakerSettings)
     profile: str = "realtime"
     allow_model_control: bool = False
     allow_shared_memory: bool = False  # the system shared memory extension (clients on this host)
@@ -298,9 +301,23 @@ class Server:
             if config.metrics_port is not None
             else None
         )
+        self.sagemaker_http = (
+            SageMakerApp(
+                self.plane,
+                config.sagemaker,
+                max_body_bytes=config.max_body_bytes,
+                access_log=config.access_log,
+                idle_timeout_s=config.idle_timeout_s,
+                thread_initializer=cpus.pin_frontend if cpus else None,
+            )
+            if config.sagemaker_port is not None
+            else None
+        )
         self.http_port = 0
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
+        self.sagemaker_port: int | None = None
+        self._sagemaker_server: asyncio.AbstractServer | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._grpc_server: Any = None
@@ -447,6 +464,19 @@ class Server:
                 )
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
             self._sweepers.append(loop.create_task(metrics_http.close_idle_connections()))
+        if self.sagemaker_http is not None:
+            sagemaker_http = self.sagemaker_http
+            with _binding("SageMaker", "--sagemaker-port", self.config.host, self.config.sagemaker_port or 0):
+                self._sagemaker_server = await loop.create_server(
+                    lambda: HttpProtocol(sagemaker_http),
+                    self.config.host,
+                    self.config.sagemaker_port,
+                    backlog=1024,
+                    ssl=tls.context if tls else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+                )
+            self.sagemaker_port = self._sagemaker_server.sockets[0].getsockname()[1]
+            self._sweepers.append(loop.create_task(sagemaker_http.close_idle_connections()))
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
                 self.plane,
@@ -473,6 +503,7 @@ class Server:
                 **({"metrics_host": self.config.metrics_host} if self.config.metrics_host else {}),
                 "grpc_port": self.grpc_port,
                 **({"metrics_port": self.metrics_port} if self.metrics_port is not None else {}),
+                **({"sagemaker_port": self.sagemaker_port} if self.sagemaker_port is not None else {}),
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
                 **({"ensembles": ensembles} if (ensembles := self.plane.ensembles_served()) else {}),
                 **(self.config.cpus.describe() if self.config.cpus else {}),
@@ -510,6 +541,8 @@ class Server:
         started = time.monotonic()
         self.plane.start_draining()
         self.http.closing = True
+        if self.sagemaker_http is not None:  # its port answers /ping (400: not ready) until the drain ends
+            self.sagemaker_http.closing = True
         if self._http_server is not None:
             self._http_server.close()
         for sweeper in self._sweepers:
@@ -525,6 +558,8 @@ class Server:
         drained = await self.plane.wait_idle(grace)
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
         drained = await self.http.wait_answered(left()) and drained
+        if self.sagemaker_http is not None:
+            drained = await self.sagemaker_http.wait_answered(left()) and drained
         for conn in list(self.http.connections):
             conn.close_if_idle()
         if self._grpc_server is not None:
@@ -533,6 +568,12 @@ class Server:
             if conn.transport is not None:
                 conn.transport.close()  # after what it still holds is written
         drained = await self.http.wait_closed(left()) and drained
+        if self._sagemaker_server is not None and self.sagemaker_http is not None:
+            self._sagemaker_server.close()
+            self.sagemaker_http.closing = True
+            for conn in list(self.sagemaker_http.connections):
+                conn.close_if_idle()
+            drained = await self.sagemaker_http.wait_closed(left()) and drained
         if self._poller is not None:
             self._poller.cancel()  # done at the drain's start, or past its timeout
         if self._metrics_server is not None and self.metrics_http is not None:
@@ -554,8 +595,9 @@ class Server:
 
     def close(self) -> None:
         self.http.close()
-        if self.metrics_http is not None:
-            self.metrics_http.close()
+        for other in (self.metrics_http, self.sagemaker_http):
+            if other is not None:
+                other.close()
         self.plane.close()
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
 

@@ -470,7 +470,7 @@ class HttpApp:
     def _json_body(self, req: Request) -> dict[str, Any]:
         if not req.body.strip():
             return {}
-        doc = http_codec.loads(_decoded_body(req, self.max_body_bytes))
+        doc = http_codec.loads(decoded_body(req, self.max_body_bytes))
         if not isinstance(doc, dict):
             raise InvalidRequest("the request body must be a JSON object")
         return doc
@@ -540,7 +540,7 @@ class HttpApp:
     async def infer(self, req: Request, args: list[str]) -> Response:
         def decode() -> InferRequest:
             length = _header_length(req.headers)
-            body = _decoded_body(req, self.max_body_bytes)
+            body = decoded_body(req, self.max_body_bytes)
             if length == 0:  # Triton's raw binary request: the body is the data of the model's one input
                 return http_codec.decode_raw_request(body, args[0], self.plane.served_config(args[0], args[1]))
             return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
@@ -553,7 +553,7 @@ class HttpApp:
         if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
         result = await self.plane.infer(
-            args[0], args[1], request, self.loop, lambda: _text_headers(req.headers), front=req.front
+            args[0], args[1], request, self.loop, lambda: text_headers(req.headers), front=req.front
         )
         binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
         default_binary = bool(request.parameters.get("binary_data_output", False))
@@ -600,7 +600,7 @@ class HttpApp:
         ]
 
         def decode() -> InferRequest:
-            return generate_codec.decode_generate(_decoded_body(req, self.max_body_bytes), inputs)
+            return generate_codec.decode_generate(decoded_body(req, self.max_body_bytes), inputs)
 
         if not _slow_to_read(req):
             request = self.plane.decode(name, version, decode)
@@ -610,7 +610,7 @@ class HttpApp:
             req.front = Front("HTTP", *req.received)
         try:
             return await self.plane.infer(
-                name, version, request, self.loop, lambda: _text_headers(req.headers), front=req.front
+                name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front
             )
         except PolystackError as e:
             if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
@@ -643,13 +643,13 @@ class HttpApp:
         inputs = {t["name"]: DType(t["datatype"]) for t in self.plane.model_metadata(name, None)["inputs"]}
 
         def decode() -> v1_codec.Predict:
-            return v1_codec.decode_predict(_decoded_body(req, self.max_body_bytes), inputs)
+            return v1_codec.decode_predict(decoded_body(req, self.max_body_bytes), inputs)
 
         if not _slow_to_read(req):
             predict = self.plane.decode(name, "", decode)
         else:
             predict = await self._decode_off_loop(name, "", decode)
-        result = await self.plane.infer(name, "", predict.request, self.loop, lambda: _text_headers(req.headers))
+        result = await self.plane.infer(name, "", predict.request, self.loop, lambda: text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
 
@@ -688,7 +688,7 @@ def _header(headers: dict[bytes, bytes], key: str) -> str | None:
     return None if raw is None else os.fsdecode(raw)
 
 
-def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+def text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
     """The request's headers as text, for trace context propagation (only for a request traced)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
 
@@ -746,7 +746,7 @@ def _header_length(headers: dict[bytes, bytes]) -> int | None:
     return int(value)
 
 
-def _decoded_body(req: Request, limit: int) -> bytes:
+def decoded_body(req: Request, limit: int) -> bytes:
     ctype = req.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     if ctype not in _ACCEPTED_TYPES:
         raise UnsupportedMediaType(

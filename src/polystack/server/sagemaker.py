@@ -1,0 +1,169 @@
+"""Triton's SageMaker front end (``tritonserver --allow-sagemaker true``): the port Amazon SageMaker's real-time
+endpoints call, ``serve --allow-sagemaker true [--sagemaker-port 8080]``, as tritonserver 2.51 serves it
+(helper-122 took the ground truth from the real server):
+
+- ``GET /ping``: 200 while the server is ready (``SAGEMAKER_TRITON_PING_MODE=live``: while it is live), else 400;
+  an empty body either way;
+- ``POST /invocations``: an inference request of the model ``SAGEMAKER_TRITON_DEFAULT_MODEL_NAME`` names (unset:
+  Triton's placeholder name, which no model has, so that requests say so), in the Open Inference Protocol's JSON,
+  or with its binary tensors after a JSON header whose length the content type gives
+  (``application/vnd.sagemaker-triton.binary+json;json-header-size=N``; ``N`` 0: the whole body is the model's one
+  input, and every output goes back binary). An answer with binary outputs carries that content type with the
+  length of its JSON header; refusals are the HTTP port's statuses and words.
+
+Every other path is 400 with an empty body, as Triton answers it. SageMaker's multi-model endpoints (``/models``:
+a repository loaded from a URL under a hash) are not served: 501 saying so. The port serves the same data plane
+as the HTTP one (its models, statistics, metrics and traces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from polystack.errors import InvalidRequest
+from polystack.protocol import http_codec
+from polystack.protocol.wire import InferRequest
+from polystack.server.dataplane import DataPlane
+from polystack.server.http import (
+    DECODE_INLINE_BELOW,
+    JSON,
+    Handler,
+    HttpApp,
+    Request,
+    Response,
+    decoded_body,
+    text_headers,
+)
+from polystack.server.tracing import Front
+
+BINARY = b"application/vnd.sagemaker-triton.binary+json;json-header-size="
+UNSPECIFIED = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"  # Triton's name where the variable is unset
+_TEXT = b"text/plain"
+
+
+@dataclass(frozen=True)
+class SageMakerSettings:
+    """What the SageMaker port serves: the model behind ``/invocations``, and whether ``/ping`` asks for liveness
+    rather than readiness."""
+
+    model: str = UNSPECIFIED
+    ping_live: bool = False
+
+    @classmethod
+    def from_environment(cls) -> SageMakerSettings:
+        """Triton's variables, as tritonserver reads them: ``SAGEMAKER_TRITON_PING_MODE`` ``live`` exactly, else
+        readiness."""
+        return cls(
+            model=os.environ.get("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME") or UNSPECIFIED,
+            ping_live=os.environ.get("SAGEMAKER_TRITON_PING_MODE") == "live",
+        )
+
+
+class SageMakerApp(HttpApp):
+    """The SageMaker port's routes, over the HTTP port's connections, limits and data plane."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        settings: SageMakerSettings,
+        *,
+        max_body_bytes: int,
+        access_log: bool = False,
+        idle_timeout_s: float = 0.0,
+        thread_initializer: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            plane,
+            max_body_bytes=max_body_bytes,
+            access_log=access_log,
+            idle_timeout_s=idle_timeout_s,
+            thread_initializer=thread_initializer,
+            metrics=False,
+        )
+        self.settings = settings
+
+    def _route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
+        if path == "/ping":
+            return (self.ping, []) if method in (b"GET", b"HEAD") else _not_allowed("/ping takes GET")
+        if path == "/invocations":
+            return (self.invocations, []) if method == b"POST" else _not_allowed("/invocations takes POST")
+        if path == "/models" or path.startswith("/models/"):
+            return Response(
+                501,
+                orjson.dumps({
+                    "error": "SageMaker multi-model endpoints (/models) are not served by polystack: deploy one "
+                    "model per endpoint (SAGEMAKER_TRITON_DEFAULT_MODEL_NAME), or load models through the model "
+                    "repository extension on the HTTP port"
+                }),
+            )
+        return Response(400, b"", _TEXT)  # Triton's answer to any other path on this port
+
+    def ping(self, req: Request, args: list[str]) -> Response:
+        ok = self.plane.live() if self.settings.ping_live else self.plane.ready()
+        return Response(200 if ok else 400, b"", _TEXT)
+
+    async def invocations(self, req: Request, args: list[str]) -> Response:
+        name = self.settings.model
+        length = header_length(req.headers.get(b"content-type", b""), len(req.body))
+
+        def decode() -> InferRequest:
+            body = decoded_body(req, self.max_body_bytes)
+            if length == 0:  # raw: the body is the data of the model's one input
+                return http_codec.decode_raw_request(body, name, self.plane.served_config(name, ""))
+            return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
+
+        if len(req.body) < DECODE_INLINE_BELOW:
+            request = self.plane.decode(name, "", decode)
+        else:  # reading it on the loop would hold every other client up meanwhile
+            loop = asyncio.get_running_loop()
+            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, name, "", decode)
+        req.inference_id = request.id
+        if self.plane.tracing.active:
+            req.front = Front("HTTP", *req.received)
+        result = await self.plane.infer(name, "", request, self.loop, lambda: text_headers(req.headers), front=req.front)
+        binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
+        default_binary = bool(request.parameters.get("binary_data_output", False))
+        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
+        if not blobs:
+            return Response(200, head, JSON)
+        return Response(200, head, BINARY + str(len(head)).encode(), [], blobs)
+
+
+def header_length(content_type: bytes, body_length: int) -> int | None:
+    """The JSON header's length a SageMaker request's content type gives (None: the body is JSON alone), read as
+    Triton reads it (``atoi`` of what follows ``json-header-size=``), refused in its words."""
+    at = content_type.find(BINARY)
+    if at < 0:
+        return None
+    if at != 0:
+        raise InvalidRequest(
+            f"expect MIME type for binary data starts with '{BINARY.decode()}', got: "
+            f"{content_type.decode('latin-1')}; send the content type alone"
+        )
+    text = content_type[len(BINARY) :]
+    value = _atoi(text)
+    if not 0 <= value <= body_length:
+        raise InvalidRequest(
+            f"inference header size should be in range (0, {body_length}), got: {text.decode('latin-1')}; give the "
+            "length in bytes of the body's JSON part"
+        )
+    return value
+
+
+def _atoi(text: bytes) -> int:
+    """C's atoi: leading spaces, a sign, then digits, the rest ignored; 0 where no digits come."""
+    text = text.lstrip()
+    sign = -1 if text[:1] == b"-" else 1
+    if text[:1] in (b"+", b"-"):
+        text = text[1:]
+    digits = len(text) - len(text.lstrip(b"0123456789"))
+    return sign * int(text[:digits]) if digits else 0
+
+
+def _not_allowed(what: str) -> Response:
+    return Response(405, orjson.dumps({"error": f"Method Not Allowed; {what}"}), _TEXT)
