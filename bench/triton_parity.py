@@ -977,14 +977,17 @@ def traced(s: Server, model: str, settings: dict[str, Any], send: Callable[[], A
     numbered file: ``log_frequency`` 1), cleared after. Each trace as its objects, read as Triton's tools read them
     (by trace id); its timestamps' names sorted (Triton's order changes with its threads' timing) and their times
     left out; ids as the order the traces were written in."""
-    before = set(s.trace.parent.glob(s.trace.name + ".*"))
+    def numbered() -> set[Path]:  # whole ones (each is written as .part, then renamed)
+        return {f for f in s.trace.parent.glob(s.trace.name + ".*") if f.suffix[1:].isdigit()}
+
+    before = numbered()
     answers = [rest(s, "POST", f"/v2/models/{model}/trace/setting", {"log_frequency": "1", **settings})]
     sent = send()
     answers += sent if isinstance(sent, list) else [sent]
     files: list[Path] = []
     deadline = time.monotonic() + 5  # a trace is written once its answer has gone: soon after the client has it
     while time.monotonic() < deadline:
-        files = sorted(set(s.trace.parent.glob(s.trace.name + ".*")) - before, key=lambda f: int(f.suffix[1:]))
+        files = sorted(numbered() - before, key=lambda f: int(f.suffix[1:]))
         if len(files) >= expect:
             break
         time.sleep(0.05)

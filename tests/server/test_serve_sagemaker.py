@@ -157,3 +157,35 @@ def test_serve_allow_sagemaker_serves_the_environments_model_and_pings_live(
 )
 def test_bad_sagemaker_flags_exit_2_with_one_line(tmp_path: Path, args: list[str], says: str) -> None:
     assert says in refused_at_start(tmp_path, ["--http-port", "8000", "--grpc-port", "-1", *args])
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_while_draining_ping_says_not_ready_unless_asked_for_liveness_and_invocations_are_refused(
+    model_store: tuple[Store, dict[str, ModelRecord]], live: bool
+) -> None:
+    """helper-124: the port took new invocations through the whole drain, then cut them off."""
+    st = start(model_store[0], models=["mlp"], sagemaker_port=0, sagemaker=SageMakerSettings(model="mlp", ping_live=live))
+    try:
+        port = st.server.sagemaker_port
+        assert port is not None and _call(port, "GET", "/ping")[0] == 200
+        st.server.plane.start_draining()  # as SIGTERM starts a drain
+        assert _call(port, "GET", "/ping")[0] == (200 if live else 400)
+        status, _, answer = _call(port, "POST", "/invocations", json.dumps({"inputs": [TENSOR]}).encode())
+        assert status == 503 and "shutting down" in json.loads(answer)["error"]
+    finally:
+        st.stop()
+
+
+def test_the_body_is_read_as_it_came_whatever_its_type_or_encoding_and_hints_name_sagemakers_header(
+    sagemaker: tuple[ServerThread, int],
+) -> None:
+    """helper-123: a content type or encoding the HTTP port reads was read here too (415, a gzip length checked
+    against the compressed body), and a missing header length was asked for as Inference-Header-Content-Length,
+    which this port does not read."""
+    _, port = sagemaker
+    body = json.dumps({"inputs": [TENSOR]}).encode()
+    assert _call(port, "POST", "/invocations", body, "text/csv")[0] == 200  # Triton reads any type as JSON
+    x = mlp_ones(1)
+    binary, _ = httpclient.InferenceServerClient.generate_request_body([x])
+    status, _, answer = _call(port, "POST", "/invocations", binary, "application/octet-stream")
+    assert status == 400 and f"send Content-Type: {BINARY}<N>" in json.loads(answer)["error"], answer

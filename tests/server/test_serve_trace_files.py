@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, failing_at_run, free_port, mlp_ones, start
+from servekit import cli_server, failing_at_run, free_port, mlp_ones, start, until
 from test_serve_ensemble import pipeline_repository
 from tritonclient.utils import InferenceServerException
 
@@ -43,6 +43,12 @@ def _traces(path: Path) -> dict[int, list[dict[str, Any]]]:
     for entry in json.loads(path.read_text()):
         by_id[entry["id"]].append(entry)
     return dict(by_id)
+
+
+def _numbered(folder: Path) -> list[Path]:
+    """The numbered files of trace.json there, in order."""
+    found = [f for f in folder.glob("trace.json.*") if f.suffix[1:].isdigit()]
+    return sorted(found, key=lambda f: int(f.suffix[1:]))
 
 
 def _head(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -187,7 +193,7 @@ def test_an_ensembles_steps_are_traces_whose_parent_is_the_ensembles_and_log_fre
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
     assert not path.exists()  # with a log frequency, every trace went into a numbered file
-    files = sorted(tmp_path.glob("trace.json.*"))
+    files = _numbered(tmp_path)
     assert [f.name for f in files] == ["trace.json.0", "trace.json.1"]
     first = _traces(files[0])
     roots = {i: e for i, e in first.items() if "parent_id" not in _head(e)}
@@ -230,7 +236,8 @@ def test_the_trace_extension_shows_and_changes_the_file_settings_in_tritons_word
     http.infer("ident64", [_ident_ones()])
     assert http.get_trace_settings()["trace_count"] == "0"  # taken
     numbered = path.with_name("trace.json.0")
-    assert [_head(t)["model_name"] for t in _traces(numbered).values()] == ["ident64"]  # at once, as Triton's
+    assert until(numbered.exists, 10)  # at once, as Triton's (by the file's writer thread)
+    assert [_head(t)["model_name"] for t in _traces(numbered).values()] == ["ident64"]
     http.infer("ident64", [_ident_ones()])
     st.stop()
     assert not path.exists()  # the count's traces went into the numbered file alone
@@ -311,4 +318,88 @@ def test_a_spent_count_writes_its_traces_at_once_even_when_one_of_its_requests_w
         client.infer("ident64", [wrong])  # takes one of the two, and leaves no trace
     client.infer("ident64", [_ident_ones()], request_id="kept")
     numbered = path.with_name("trace.json.0")
+    assert until(numbered.exists, 10)
     assert [_head(t)["request_id"] for t in _traces(numbered).values()] == ["kept"]
+
+
+def test_traces_of_requests_running_across_a_settings_update_are_written(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """helper-124: an update replaced every scope's collector, and the traces of requests still running went into
+    the replaced one, never to be written."""
+    path = tmp_path / "trace.json"
+    st = start(model_store[0], models=["slow", "mlp"], trace=True, trace_mode="triton", trace_file=str(path),
+               trace_log_frequency=2)  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpclient.InferenceServerClient(st.http_url).infer, "slow", [mlp_ones()],
+                                  request_id="running")  # fmt: skip
+            time.sleep(0.02)
+            client.update_trace_settings("mlp", {"trace_rate": "1"})  # another model's
+            client.update_trace_settings(settings={})  # and the global ones, changing nothing
+            running.result(timeout=30)
+        for i in range(3):
+            client.infer("mlp", [mlp_ones()], request_id=f"after{i}")
+    finally:
+        st.stop()
+    ids = sorted(_head(t)["request_id"] for f in _numbered(tmp_path) for t in _traces(f).values())
+    assert ids == ["after0", "after1", "after2", "running"]
+
+
+def test_a_global_count_spent_by_one_model_writes_what_another_models_settings_took(
+    traced: tuple[ServerThread, Path],
+) -> None:
+    st, path = traced
+    client = httpclient.InferenceServerClient(st.http_url)
+    client.update_trace_settings("ident64", {"log_frequency": "0"})  # a scope of its own, drawing on the global count
+    client.update_trace_settings(settings={"trace_count": "2"})
+    client.infer("ident64", [_ident_ones()], request_id="first")
+    client.infer("mlp", [mlp_ones()], request_id="second")  # spends the count
+    assert until(lambda: len(_numbered(path.parent)) == 2, 10)
+    ids = sorted(_head(t)["request_id"] for f in _numbered(path.parent) for t in _traces(f).values())
+    assert ids == ["first", "second"]
+
+
+def test_an_upgrade_request_is_traced_with_its_receipt(traced: tuple[ServerThread, Path]) -> None:
+    """helper-124: a request with an Upgrade header (curl --http2) was traced with HTTP_RECV_* at 0."""
+    import http.client
+
+    st, path = traced
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]})
+    conn = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=30)
+    before = time.monotonic_ns()
+    conn.request("POST", "/v2/models/mlp/infer", body, {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    st.stop()
+    (trace,) = _traces(path).values()
+    assert all(ns >= before for _, ns in _stamps(trace))
+
+
+def test_an_ensemble_whose_later_step_is_refused_keeps_the_steps_that_ran(tmp_path: Path) -> None:
+    """helper-124: the refused step's error reached the ensemble as a refusal before its run, and dropped the whole
+    trace."""
+    import asyncio
+
+    from polystack.errors import InvalidTensor
+    from polystack.server.tracing import Tracing
+
+    path = tmp_path / "trace.json"
+    tracing = Tracing(True, mode="triton", file=str(path))
+
+    async def step(name: str, refused: bool) -> None:
+        with tracing.span(name, 1, "r", step=True) as trace:
+            if refused:
+                raise InvalidTensor(f"{name}: refused before its run")
+            trace.stages(1, 2, 3, {}, {})
+
+    async def ensemble() -> None:
+        with tracing.span("pipe", 1, "r", ensemble=True):
+            await asyncio.ensure_future(step("first", False))
+            await asyncio.ensure_future(step("second", True))
+
+    with pytest.raises(InvalidTensor):
+        asyncio.run(ensemble())
+    tracing.shutdown()
+    assert sorted(_head(t)["model_name"] for t in _traces(path).values()) == ["first", "pipe"]

@@ -631,8 +631,10 @@ def serve(
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--allow-vertex-ai": allow_vertex_ai or [],
     })  # fmt: skip
+    served = {"HTTP": http_port if listeners.http else None, "GRPC": grpc_bound if listeners.grpc else None,
+              "metrics": metrics_port}  # fmt: skip
     sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine,
-                           [p for p in (http_port, grpc_port, metrics_port) if p is not None and p > 0])  # fmt: skip
+                           {k: p for k, p in served.items() if p is not None and p > 0})  # fmt: skip
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
@@ -1172,7 +1174,9 @@ def _flag_level(value: str) -> int:
         raise InvalidRequest(f"--log-verbose takes a level (0: off, 1 or more: on), not {value!r}") from None
 
 
-def _sagemaker(allow: str | None, port: int | None, safe: str | None, engine: str, others: list[int]) -> int | None:
+def _sagemaker(
+    allow: str | None, port: int | None, safe: str | None, engine: str, others: dict[str, int]
+) -> int | None:
     """The SageMaker port to serve (None: none), from tritonserver's flags, checked in its words where it has some."""
     if allow is None or not _flag_bool(allow, "--allow-sagemaker"):
         if port is not None or safe is not None:
@@ -1188,19 +1192,22 @@ def _sagemaker(allow: str | None, port: int | None, safe: str | None, engine: st
     port = 8080 if port is None else port
     if not 0 <= port <= 65535:
         raise InvalidRequest(f"--sagemaker-port {port}: give a port from 0 (any free one) to 65535")
-    if port and port in others:
+    taken = [name for name, other in others.items() if other == port]
+    if port and taken:
         raise InvalidRequest(  # Triton's words, then what to do
-            f"The server cannot listen to HTTP requests and SageMaker requests at the same address and port {port}; "
-            "give --sagemaker-port a port of its own"
+            f"The server cannot listen to {taken[0]} requests and SageMaker requests at the same address and port "
+            f"{port}; give --sagemaker-port a port of its own"
         )
     if safe is not None:
         low, dash, high = safe.partition("-")
         if not (dash and low.strip().isdigit() and high.strip().isdigit() and int(low) <= int(high)):
             raise InvalidRequest(f"--sagemaker-safe-port-range {safe}: give <low>-<high>, two port numbers")
-        outside = [p for p in others if not int(low) <= p <= int(high)]
+        outside = [(name, p) for name, p in others.items() if not int(low) <= p <= int(high)]
         if outside:  # Triton's check, for the ports beside the SageMaker one
+            name, other = outside[0]
             raise InvalidRequest(
-                f"The server cannot listen at port {outside[0]}, allowed port range is [{int(low)}, {int(high)}]; "
+                f"The server cannot listen to {name} requests at port {other}, allowed port range is "
+                f"[{int(low)}, {int(high)}]; "
                 "give the HTTP, gRPC and metrics ports within --sagemaker-safe-port-range"
             )
     return port

@@ -141,11 +141,15 @@ def decode_raw_request(body: bytes, model: str, config: dict[str, Any]) -> Infer
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None = None, regions: RegionReader | None = None
+    body: bytes,
+    header_length: int | None = None,
+    regions: RegionReader | None = None,
+    length_by: str = "the Inference-Header-Content-Length header",
 ) -> InferRequest:
     """Parse an inference request body; raise InvalidRequest/InvalidTensor saying what is wrong.
 
-    ``regions``: the registered shared memory regions inputs may be read from (None: refused)."""
+    ``regions``: the registered shared memory regions inputs may be read from (None: refused); ``length_by``: how
+    the client gives the JSON part's length, for the error that asks for it."""
     binary: memoryview | None = None
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -164,7 +168,7 @@ def decode_infer_request(
         if header_length is None and b'"binary_data_size"' in body[:65536]:
             raise InvalidRequest(
                 "the body is not JSON alone: its inputs give binary_data_size, so binary tensor data follows the "
-                "JSON; send the Inference-Header-Content-Length header with the JSON part's length in bytes"
+                f"JSON; send {length_by} with the JSON part's length in bytes"
             ) from None
         raise
     if not isinstance(doc, dict):

@@ -471,9 +471,7 @@ class Server:
                     lambda: HttpProtocol(sagemaker_http),
                     self.config.host,
                     self.config.sagemaker_port,
-                    backlog=1024,
-                    ssl=tls.context if tls else None,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+                    backlog=1024,  # plain HTTP, as SageMaker calls containers (Triton's port has no TLS)
                 )
             self.sagemaker_port = self._sagemaker_server.sockets[0].getsockname()[1]
             self._sweepers.append(loop.create_task(sagemaker_http.close_idle_connections()))

@@ -464,6 +464,8 @@ async def run(
     finally:
         for future in running:
             future.cancel()
+        if running:  # their ends are seen (a trace of the request holds theirs) before the request's own
+            await asyncio.wait(running, timeout=1.0)
     specs = {t.name: t for t in ensemble.signature.outputs}
     return {name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0) for name in outputs}
 

@@ -955,6 +955,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade_body = None
         self._receiving_since = None
         req.body = b"".join(parts)
+        req.received = (req.received[0], time.perf_counter_ns())  # its body's last byte
         self._complete(req)
         return data[len(parts[-1]) :]
 
@@ -1041,6 +1042,7 @@ class HttpProtocol(asyncio.Protocol):
             keep = b"keep-alive" in connection if http10 else b"close" not in connection
             self._upgrading = Request(self.parser.get_method(), path, self._headers, body, keep)
             self._upgrading.http10 = http10 and keep
+            self._upgrading.received = (self._begun_ns, time.perf_counter_ns())
             return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
         req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
         req.received = (self._begun_ns, time.perf_counter_ns())
@@ -1097,10 +1099,9 @@ class HttpProtocol(asyncio.Protocol):
             response = await pending
         except Exception as e:
             response = self._error(req, e)
-        except BaseException:  # cancelled: the client went away; its trace still goes to its file
+        except BaseException:  # cancelled: the client went away; its trace still goes to its sink
             if req.front is not None:
-                now = time.perf_counter_ns()
-                req.front.sent(now, now)
+                req.front.abandon()
             raise
         self._busy = False
         self._send(req, response)
@@ -1124,12 +1125,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, req: Request, resp: Response) -> None:
         transport = self.transport
-        if req.front is not None:
-            sending = time.perf_counter_ns()
         if transport is None or transport.is_closing():
             if req.front is not None:
-                req.front.sent(sending, sending)
+                req.front.abandon()
             return  # the client went away; nothing to answer
+        if req.front is not None:
+            sending = time.perf_counter_ns()
         self.last_active = self._loop.time()  # idle time counts from the last answer, not the last request
         keep_alive = req.keep_alive and not self.app.closing
         parts = [

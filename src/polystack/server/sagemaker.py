@@ -9,7 +9,10 @@ endpoints call, ``serve --allow-sagemaker true [--sagemaker-port 8080]``, as tri
   or with its binary tensors after a JSON header whose length the content type gives
   (``application/vnd.sagemaker-triton.binary+json;json-header-size=N``; ``N`` 0: the whole body is the model's one
   input, and every output goes back binary). An answer with binary outputs carries that content type with the
-  length of its JSON header; refusals are the HTTP port's statuses and words.
+  length of its JSON header; refusals are the HTTP port's statuses and words. The body is read as it came, whatever
+its content type (but SageMaker's) or encoding says, as Triton's port reads it. The port is plain HTTP (SageMaker calls
+its containers so; Triton's has no TLS), and during a drain it answers ``/ping`` 400 and refuses new invocations
+(503) until the drain ends.
 
 Every other path is 400 with an empty body, as Triton answers it. SageMaker's multi-model endpoints (``/models``:
 a repository loaded from a URL under a hash) are not served: 501 saying so. The port serves the same data plane
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, ShuttingDown
 from polystack.protocol import http_codec
 from polystack.protocol.wire import InferRequest
 from polystack.server.dataplane import DataPlane
@@ -36,7 +39,6 @@ from polystack.server.http import (
     HttpApp,
     Request,
     Response,
-    decoded_body,
     text_headers,
 )
 from polystack.server.tracing import Front
@@ -44,6 +46,7 @@ from polystack.server.tracing import Front
 BINARY = b"application/vnd.sagemaker-triton.binary+json;json-header-size="
 UNSPECIFIED = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"  # Triton's name where the variable is unset
 _TEXT = b"text/plain"
+_LENGTH_BY = f"Content-Type: {BINARY.decode()}<N>"
 
 
 @dataclass(frozen=True)
@@ -108,14 +111,16 @@ class SageMakerApp(HttpApp):
         return Response(200 if ok else 400, b"", _TEXT)
 
     async def invocations(self, req: Request, args: list[str]) -> Response:
+        if self.plane.draining:  # the port answers /ping (400) until the drain ends, and runs nothing new meanwhile
+            raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
         name = self.settings.model
         length = header_length(req.headers.get(b"content-type", b""), len(req.body))
 
         def decode() -> InferRequest:
-            body = decoded_body(req, self.max_body_bytes)
+            # the body as it came, whatever its content type or encoding says, as Triton's SageMaker port reads it
             if length == 0:  # raw: the body is the data of the model's one input
-                return http_codec.decode_raw_request(body, name, self.plane.served_config(name, ""))
-            return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
+                return http_codec.decode_raw_request(req.body, name, self.plane.served_config(name, ""))
+            return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, _LENGTH_BY)
 
         if len(req.body) < DECODE_INLINE_BELOW:
             request = self.plane.decode(name, "", decode)

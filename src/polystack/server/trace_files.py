@@ -25,12 +25,14 @@ When they are written is ``Collector``'s: as their answers go, or ``log_frequenc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,14 +45,15 @@ log = logging.getLogger("polystack.server.trace_files")
 
 
 class TraceFile:
-    """One trace file and its numbered siblings. Writes are whole traces, under a lock (the event loop and the
-    inference threads both end traces); a failed write is logged, as Triton logs it, and the requests go on."""
+    """One trace file and its numbered siblings, written by one thread of their own (``submit``): a trace's text
+    (a trace at level TENSORS may hold millions of numbers) is made and written off the event loop, in the order
+    its work was handed over. A failed write is logged, as Triton logs it, and the requests go on."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._lock = threading.Lock()
         self._main: Any = None  # the file itself, opened at its first trace
         self._index = itertools.count()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-file")
         self._closed = False
 
     @staticmethod
@@ -65,44 +68,59 @@ class TraceFile:
         if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
             raise PermissionError(f"{path} cannot be written")
 
+    def submit(self, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work`` on the writer thread, after what was handed over before it (nothing once closed)."""
+        with contextlib.suppress(RuntimeError):  # closed: the server is stopping, and later traces are dropped
+            self._writer.submit(self._logged, work, *args)
+
+    @staticmethod
+    def _logged(work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        except Exception:
+            log.exception("writing a trace failed")
+
     def append(self, text: str) -> None:
-        """Traces (objects, comma-separated) into the file itself."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                if self._main is None:
-                    self._main = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open until close()
-                    self._main.write("[")
-                else:
-                    self._main.write(",")
-                self._main.write(text)
-                self._main.flush()  # a trace is in the file once its answer has gone
-            except OSError as e:
-                log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
+        """Traces (objects, comma-separated) into the file itself (the writer thread's)."""
+        if self._closed:
+            return
+        try:
+            if self._main is None:
+                self._main = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open until close()
+                self._main.write("[")
+            else:
+                self._main.write(",")
+            self._main.write(text)
+            self._main.flush()  # a trace is in the file once written, not only once the server stops
+        except OSError as e:
+            log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
 
     def numbered(self, text: str) -> None:
-        """Traces into the next numbered file, ``<file>.<n>``, as a whole JSON array (none once closed)."""
+        """Traces into the next numbered file, ``<file>.<n>``, as a whole JSON array (the writer thread's)."""
         if self._closed:
             return
         name = f"{self.path}.{next(self._index)}"
-        try:
-            with open(name, "w", encoding="utf-8") as f:
+        try:  # whole or not at all: a reader never sees half of one
+            with open(f"{name}.part", "w", encoding="utf-8") as f:
                 f.write(f"[{text}]")
+            os.replace(f"{name}.part", name)
         except OSError as e:
             log.error("failed writing trace file: %s", e, extra={"trace_file": name})
 
     def close(self) -> None:
-        """End the file's array (at shutdown); later traces are dropped."""
-        with self._lock:
-            self._closed = True
-            if self._main is not None:
-                try:
-                    self._main.write("]")
-                    self._main.close()
-                except OSError as e:
-                    log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
-                self._main = None
+        """End the file's array once what was handed over is written (at shutdown); later traces are dropped."""
+        self.submit(self._close)
+        self._writer.shutdown(wait=True)
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._main is not None:
+            try:
+                self._main.write("]")
+                self._main.close()
+            except OSError as e:
+                log.error("failed writing trace file: %s", e, extra={"trace_file": self.path})
+            self._main = None
 
 
 class Collector:
@@ -115,64 +133,86 @@ class Collector:
     - else straight into the file (Triton holds them until its settings change or it stops; the file ends the
       same, and nothing is held meanwhile).
 
-    A scope replaced by a settings update, or the server stopping, ``flush``es what it holds: into numbered files
-    with a ``log_frequency``, else into the file."""
+    A scope whose settings an update replaces ``retire``s its collector: what it holds goes out (into numbered files
+    with a ``log_frequency``, else into the file), and so do the traces of its requests still running, each as it
+    comes, as Triton's replaced settings write theirs. Its state changes on the file's writer thread alone (``took``
+    counts on the event loop, under a lock)."""
 
     def __init__(self, file: TraceFile, log_frequency: int, spent: Callable[[], bool] | None = None) -> None:
         self.file = file
         self.log_frequency = log_frequency
         self._spent = spent
-        self.taken = 0  # traces taken for it (``took``), and written into it (``add``)
+        self._taken = 0  # traces taken for it (``took``), and written into it (``add``)
         self._added = 0
         self._held: list[str] = []
+        self._retired = False
         self._lock = threading.Lock()
 
     def took(self) -> None:
         with self._lock:
-            self.taken += 1
+            self._taken += 1
+
+    def add(self, trace: RequestTrace) -> None:
+        """A request's trace, once it is answered."""
+        self.file.submit(self._add, trace)
 
     def dropped(self) -> None:
         """A trace taken will not come (its request was refused before its run)."""
-        with self._lock:
-            self.taken -= 1
-            held = self._due()
-        if held:
-            self.file.numbered(",".join(held))
+        self.file.submit(self._dropped)
 
-    def add(self, trace: RequestTrace) -> None:
-        text = objects(trace)
-        if not text:  # nothing it records at its level: as if it had not come
-            self.dropped()
-            return
-        if not self.log_frequency and self._spent is None:
-            self.file.append(text)
-            return
-        with self._lock:
-            self._held.append(text)
-            self._added += 1
-            held = self._due()
-        if held:
-            self.file.numbered(",".join(held))
+    def poke(self) -> None:
+        """The count it draws on may be spent now: what it holds goes out if it is."""
+        self.file.submit(self._due)
 
-    def _due(self) -> list[str]:
-        """What is to go into a numbered file now (under the lock): ``log_frequency`` traces, or all of them once
-        the count is spent and every trace it took is here (at once, as Triton writes them)."""
-        full = bool(self.log_frequency) and len(self._held) >= self.log_frequency
-        spent = self._spent is not None and self._spent() and self._added >= self.taken
-        if not self._held or not (full or spent):
-            return []
-        held, self._held = self._held, []
-        return held
+    def retire(self) -> None:
+        self.file.submit(self._retire)
 
     def flush(self) -> None:
-        with self._lock:
-            held, self._held = self._held, []
-        if not held:
+        """What it holds, out (at shutdown)."""
+        self.file.submit(self._flush)
+
+    def _add(self, trace: RequestTrace) -> None:
+        text = objects(trace)
+        if not text:  # nothing it records at its level: as if it had not come
+            self._dropped()
             return
-        if self.log_frequency:
+        if self._retired or (not self.log_frequency and self._spent is None):
+            self._write(text)
+            return
+        self._held.append(text)
+        self._added += 1
+        self._due()
+
+    def _dropped(self) -> None:
+        with self._lock:
+            self._taken -= 1
+        self._due()
+
+    def _due(self) -> None:
+        """Into a numbered file: ``log_frequency`` traces, or all of them once the count is spent and every trace it
+        took is here (at once, as Triton writes them)."""
+        with self._lock:
+            taken = self._taken
+        full = bool(self.log_frequency) and len(self._held) >= self.log_frequency
+        spent = self._spent is not None and self._spent() and self._added >= taken
+        if self._held and (full or spent):
+            held, self._held = self._held, []
             self.file.numbered(",".join(held))
+
+    def _retire(self) -> None:
+        self._retired = True
+        self._flush()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held:
+            self._write(",".join(held))
+
+    def _write(self, text: str) -> None:
+        if self.log_frequency:
+            self.file.numbered(text)
         else:
-            self.file.append(",".join(held))
+            self.file.append(text)
 
 
 _HEAD = "model"  # the request's own object, among the timestamp names that order a trace's objects

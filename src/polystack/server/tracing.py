@@ -99,13 +99,19 @@ class Front:
         self.trace: RequestTrace | None = None  # set when the request is traced
 
     def sent(self, start: int, end: int) -> None:
-        """The answer went (or could not): its timestamps, and the trace to its sink."""
+        """The answer went: its timestamps, and the trace to its sink."""
+        trace = self.trace
+        if trace is not None:
+            trace.stamp(f"{self.protocol}_SEND_START", start)
+            trace.stamp(f"{self.protocol}_SEND_END", end)
+            self.abandon()
+
+    def abandon(self) -> None:
+        """No answer went (the client went away): the trace to its sink, without sending timestamps."""
         trace, self.trace = self.trace, None
         if trace is not None:
             for name, ns in zip(_RECEIPT[self.protocol], self.received, strict=True):
                 trace.stamp(name, ns)
-            trace.stamp(f"{self.protocol}_SEND_START", start)
-            trace.stamp(f"{self.protocol}_SEND_END", end)
             trace.end()
 
 
@@ -125,12 +131,14 @@ class _Traced:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         _CURRENT.reset(self._token)
-        if isinstance(error, PolystackError) and not error.in_run:  # refused before its run: Triton traces none
-            self.trace.drop()
+        trace = self.trace
+        # refused before its run (Triton traces none): a step, or a request none of whose steps ran
+        if isinstance(error, PolystackError) and not error.in_run and (trace is not trace.root or len(trace.group) == 1):
+            trace.drop()
             return
-        self.trace.error = error
-        if self.front is not None:  # the answer is the front end's now
-            self.trace.stamp("INFER_RESPONSE_COMPLETE", time.perf_counter_ns())
+        trace.error = error
+        if self.front is not None and (error is None or isinstance(error, PolystackError)):  # an answer is due
+            trace.stamp("INFER_RESPONSE_COMPLETE", time.perf_counter_ns())
         self.trace.stamp("REQUEST_END", time.perf_counter_ns())
         if self.front is None:
             self.trace.end()
@@ -341,21 +349,25 @@ class Tracing:
                 return _NO_SPAN
             trace = parent.child()
         else:
-            sampled = self._sample(model)
-            if sampled is None:
-                return _NO_SPAN
-            scope, budget = sampled
             context = None
             if self.file is None:
                 context = self._extract(carrier()) if carrier is not None else None
                 if context is not None and not self._spans.sampled(context):
-                    return _NO_SPAN  # the caller's trace is not sampled: nothing to record or count
+                    return _NO_SPAN  # the caller's trace is not sampled: nothing to record, count or sample
+            sampled = self._sample(model)
+            if sampled is None:
+                return _NO_SPAN
+            scope, budget = sampled
             if budget.count is not None and budget.count > 0:
                 budget.count -= 1
             sink: Sink = self._spans
             if self.file is not None:
                 sink = collector = self._collector(scope)
                 collector.took()
+                if budget.count == 0:  # spent: the other scopes drawing on it write what they hold
+                    for other in (self._global, *self._models.values()):
+                        if other.collector is not None and other.collector is not collector:
+                            other.collector.poke()
             trace = RequestTrace(self._level(scope), sink)
             trace.context = context
             if front is not None:  # it stamps its receipt and its answer once it has answered
@@ -440,9 +452,11 @@ class Tracing:
                 )
             if not files:
                 self.setup()  # turning tracing on without an exporter: set it up now, or refuse
-        for scope in (self._global, *self._models.values()):  # replaced settings: what they hold goes out
-            if scope.collector is not None:
-                scope.collector.flush()
+        # replaced settings (the model's, or with the global ones every scope's): what they hold goes out, and so do
+        # the traces of their requests still running, as each comes
+        for scope in (self._models.get(model),) if model else (self._global, *self._models.values()):
+            if scope is not None and scope.collector is not None:
+                scope.collector.retire()
                 scope.collector = None
         if model:
             scope = self._models.setdefault(model, _Scope())
