@@ -34,7 +34,7 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--rate-limit", "execution_count", "Triton's rate limiter (execution_count) is not in polystack"),
         ("--rate-limit", "sometimes", "invalid argument for --rate-limit: 'sometimes'"),
         ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
-        ("--allow-vertex-ai", "1", "polystack has no Vertex AI front end"),
+        ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),
         ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
         ("--host-policy", "gpu_0,numa-node=0", "Triton's host policies (NUMA nodes"),

@@ -37,8 +37,8 @@ def _call(port: int, method: str, path: str, body: bytes | None = None, ctype: s
 @pytest.fixture
 def sagemaker(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[tuple[ServerThread, int]]:
     st = start(model_store[0], models=["mlp", "two"], sagemaker_port=0, sagemaker=SageMakerSettings(model="mlp"))
-    assert st.server.sagemaker_port is not None
-    yield st, st.server.sagemaker_port
+    assert st.server.platform_ports.get("SageMaker") is not None
+    yield st, st.server.platform_ports.get("SageMaker")
     st.stop()
 
 
@@ -118,7 +118,7 @@ def test_without_a_default_model_invocations_say_which_name_they_looked_for(
 ) -> None:
     st = start(model_store[0], models=["mlp"], sagemaker_port=0)
     try:
-        port = st.server.sagemaker_port
+        port = st.server.platform_ports.get("SageMaker")
         assert port is not None
         status, _, answer = _call(port, "POST", "/invocations", b"{}")
         assert status == 404 and "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in json.loads(answer)["error"]
@@ -166,7 +166,7 @@ def test_while_draining_ping_says_not_ready_unless_asked_for_liveness_and_invoca
     """helper-124: the port took new invocations through the whole drain, then cut them off."""
     st = start(model_store[0], models=["mlp"], sagemaker_port=0, sagemaker=SageMakerSettings(model="mlp", ping_live=live))
     try:
-        port = st.server.sagemaker_port
+        port = st.server.platform_ports.get("SageMaker")
         assert port is not None and _call(port, "GET", "/ping")[0] == 200
         st.server.plane.start_draining()  # as SIGTERM starts a drain
         assert _call(port, "GET", "/ping")[0] == (200 if live else 400)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from polystack.server.model_files import Registered
     from polystack.server.model_repository import FolderRules
     from polystack.server.tls import TlsConfig
+    from polystack.server.vertex_ai import VertexAiSettings
 
 
 class _TritonCommand(TyperCommand):
@@ -472,7 +473,20 @@ def serve(
     sagemaker_port: int | None = typer.Option(None, "--sagemaker-port", help="The SageMaker port (default 8080)."),
     sagemaker_safe_port_range: str | None = typer.Option(None, "--sagemaker-safe-port-range", hidden=True),
     sagemaker_thread_count: list[str] = typer.Option(None, "--sagemaker-thread-count", hidden=True),
-    allow_vertex_ai: list[str] = typer.Option(None, "--allow-vertex-ai", hidden=True),
+    allow_vertex_ai: str | None = typer.Option(
+        None,
+        "--allow-vertex-ai",
+        metavar="BOOL",
+        help="Triton's Vertex AI front end on its own port: the AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE routes "
+        "(default: on where AIP_MODE=PREDICTION).",
+    ),
+    vertex_ai_port: int | None = typer.Option(
+        None, "--vertex-ai-port", help="The Vertex AI port (default AIP_HTTP_PORT, else 8080)."
+    ),
+    vertex_ai_default_model: str | None = typer.Option(
+        None, "--vertex-ai-default-model", help="The model the predict route runs (default: the one model served)."
+    ),
+    vertex_ai_thread_count: list[str] = typer.Option(None, "--vertex-ai-thread-count", hidden=True),
 ) -> None:
     """Serve models until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit 0."""
     from polystack.batching import BatchOverrides, BatchPolicy
@@ -629,12 +643,14 @@ def serve(
         "--rate-limit": rate_limit or [],
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
-        "--allow-vertex-ai": allow_vertex_ai or [],
+        "--vertex-ai-thread-count": vertex_ai_thread_count or [],
     })  # fmt: skip
     served = {"HTTP": http_port if listeners.http else None, "GRPC": grpc_bound if listeners.grpc else None,
               "metrics": metrics_port}  # fmt: skip
-    sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine,
-                           {k: p for k, p in served.items() if p is not None and p > 0})  # fmt: skip
+    ports = {k: p for k, p in served.items() if p is not None and p > 0}
+    sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine, ports)
+    vertex_port, vertex = _vertex_ai(allow_vertex_ai, vertex_ai_port, vertex_ai_default_model, engine,
+                                     {**ports, **({"SageMaker": sagemaker} if sagemaker else {})})  # fmt: skip
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
@@ -684,6 +700,8 @@ def serve(
         trace_shown=traced.shown,
         sagemaker_port=sagemaker,
         sagemaker=SageMakerSettings.from_environment(),
+        vertex_ai_port=vertex_port,
+        vertex_ai=vertex,
         models=list(models or []),
         cpus=cpus,
         tls=tls,
@@ -1211,6 +1229,37 @@ def _sagemaker(
                 "give the HTTP, gRPC and metrics ports within --sagemaker-safe-port-range"
             )
     return port
+
+
+def _vertex_ai(
+    allow: str | None, port: int | None, model: str | None, engine: str, others: dict[str, int]
+) -> tuple[int | None, VertexAiSettings | None]:
+    """The Vertex AI port to serve and its settings (None: none), from tritonserver's flags and the variables Vertex
+    AI sets in its containers, checked in Triton's words where it has some."""
+    from polystack.server.vertex_ai import VertexAiSettings
+
+    on = os.environ.get("AIP_MODE") == "PREDICTION" if allow is None else _flag_bool(allow, "--allow-vertex-ai")
+    if not on:
+        return None, None
+    if engine == "ray":
+        raise InvalidRequest(
+            "--allow-vertex-ai true: the Vertex AI port is served by the local engine's server; serve with --engine "
+            "local"
+        )
+    if port is None:
+        given = os.environ.get("AIP_HTTP_PORT", "")
+        if given and not given.isdigit():
+            raise InvalidRequest(f"AIP_HTTP_PORT={given!r}: give a port number, or --vertex-ai-port")
+        port = int(given) if given else 8080
+    if not 0 <= port <= 65535:
+        raise InvalidRequest(f"--vertex-ai-port {port}: give a port from 0 (any free one) to 65535")
+    taken = [name for name, other in others.items() if other == port]
+    if port and taken:
+        raise InvalidRequest(  # Triton's words, then what to do
+            f"The server cannot listen to {taken[0]} requests and Vertex AI requests at the same address and port "
+            f"{port}; give --vertex-ai-port a port of its own"
+        )
+    return port, VertexAiSettings.from_environment(model or "")
 
 
 def _flag_bool(value: str, flag: str) -> bool:

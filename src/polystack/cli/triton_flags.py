@@ -75,10 +75,7 @@ FLAGS: Mapping[str, Flag] = {
         "name; rename one of the folders, or give --model-namespacing false",
     ),
     "--sagemaker-thread-count": Flag("int", "the SageMaker port is answered by the event loop, as HTTP is", low=1),
-    "--allow-vertex-ai": Flag(
-        "bool", "no Vertex AI front end is asked for", "true",
-        "polystack has no Vertex AI front end; serve the Open Inference Protocol, or give --allow-vertex-ai false",
-    ),
+    "--vertex-ai-thread-count": Flag("int", "the Vertex AI port is answered by the event loop, as HTTP is", low=1),
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -39,6 +40,7 @@ from polystack.server.restricted import Restrictions
 from polystack.server.sagemaker import SageMakerApp, SageMakerSettings
 from polystack.server.tls import HANDSHAKE_TIMEOUT_S, TlsConfig
 from polystack.server.tracing import Tracing
+from polystack.server.vertex_ai import VertexAiApp, VertexAiSettings
 from polystack.store import ModelRecord, ModelRef, Store
 
 log = logging.getLogger("polystack.server")
@@ -90,6 +92,8 @@ class ServeConfig:
     metrics_port: int | None = None  # a port of its own for GET /metrics, as Triton's 8002 (None: the HTTP port's only)
     sagemaker_port: int | None = None  # Triton's SageMaker front end (--allow-sagemaker true), on the HTTP address
     sagemaker: SageMakerSettings = field(default_factory=SageMakerSettings)
+    vertex_ai_port: int | None = None  # Triton's Vertex AI front end (--allow-vertex-ai true), on the HTTP address
+    vertex_ai: VertexAiSettings | None = None
     profile: str = "realtime"
     allow_model_control: bool = False
     allow_shared_memory: bool = False  # the system shared memory extension (clients on this host)
@@ -301,23 +305,27 @@ class Server:
             if config.metrics_port is not None
             else None
         )
-        self.sagemaker_http = (
-            SageMakerApp(
-                self.plane,
-                config.sagemaker,
-                max_body_bytes=config.max_body_bytes,
-                access_log=config.access_log,
-                idle_timeout_s=config.idle_timeout_s,
-                thread_initializer=cpus.pin_frontend if cpus else None,
-            )
-            if config.sagemaker_port is not None
-            else None
-        )
+        # other platforms' front ends, each on a port of its own, over the same data plane: (name, flag, app, port)
+        pin = cpus.pin_frontend if cpus else None
+        self.platforms: list[tuple[str, str, HttpApp, int]] = []
+        if config.sagemaker_port is not None:
+            sagemaker = SageMakerApp(
+                self.plane, config.sagemaker, max_body_bytes=config.max_body_bytes, access_log=config.access_log,
+                idle_timeout_s=config.idle_timeout_s, thread_initializer=pin,
+            )  # fmt: skip
+            self.platforms.append(("SageMaker", "--sagemaker-port", sagemaker, config.sagemaker_port))
+        self.vertex_ai: VertexAiApp | None = None
+        if config.vertex_ai_port is not None and config.vertex_ai is not None:
+            self.vertex_ai = VertexAiApp(
+                self.plane, config.vertex_ai, max_body_bytes=config.max_body_bytes, access_log=config.access_log,
+                idle_timeout_s=config.idle_timeout_s, thread_initializer=pin, metrics=config.serve_metrics,
+            )  # fmt: skip
+            self.platforms.append(("Vertex AI", "--vertex-ai-port", self.vertex_ai, config.vertex_ai_port))
         self.http_port = 0
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
-        self.sagemaker_port: int | None = None
-        self._sagemaker_server: asyncio.AbstractServer | None = None
+        self.platform_ports: dict[str, int] = {}  # by name, as bound
+        self._platform_servers: list[tuple[HttpApp, asyncio.AbstractServer]] = []
         self._http_server: asyncio.AbstractServer | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._grpc_server: Any = None
@@ -464,17 +472,19 @@ class Server:
                 )
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
             self._sweepers.append(loop.create_task(metrics_http.close_idle_connections()))
-        if self.sagemaker_http is not None:
-            sagemaker_http = self.sagemaker_http
-            with _binding("SageMaker", "--sagemaker-port", self.config.host, self.config.sagemaker_port or 0):
-                self._sagemaker_server = await loop.create_server(
-                    lambda: HttpProtocol(sagemaker_http),
+        if self.vertex_ai is not None:  # its default model, once the models are loaded (a start error in Triton)
+            self.vertex_ai.model = self.vertex_ai.settings.default_model(self.plane.model_names())
+        for name, flag, app, port in self.platforms:
+            with _binding(name, flag, self.config.host, port):
+                server = await loop.create_server(
+                    functools.partial(HttpProtocol, app),
                     self.config.host,
-                    self.config.sagemaker_port,
-                    backlog=1024,  # plain HTTP, as SageMaker calls containers (Triton's port has no TLS)
+                    port,
+                    backlog=1024,  # plain HTTP, as the platforms call containers (Triton's ports have no TLS)
                 )
-            self.sagemaker_port = self._sagemaker_server.sockets[0].getsockname()[1]
-            self._sweepers.append(loop.create_task(sagemaker_http.close_idle_connections()))
+            self.platform_ports[name] = server.sockets[0].getsockname()[1]
+            self._platform_servers.append((app, server))
+            self._sweepers.append(loop.create_task(app.close_idle_connections()))
         if self.config.grpc_port is not None:
             self._grpc_server, self.grpc_port = grpc_transport.create_server(
                 self.plane,
@@ -501,7 +511,7 @@ class Server:
                 **({"metrics_host": self.config.metrics_host} if self.config.metrics_host else {}),
                 "grpc_port": self.grpc_port,
                 **({"metrics_port": self.metrics_port} if self.metrics_port is not None else {}),
-                **({"sagemaker_port": self.sagemaker_port} if self.sagemaker_port is not None else {}),
+                **{f"{name.lower().replace(' ', '_')}_port": port for name, port in self.platform_ports.items()},
                 "models": [f"{e.name}:{e.version}" for e in self.engine.loaded()],
                 **({"ensembles": ensembles} if (ensembles := self.plane.ensembles_served()) else {}),
                 **(self.config.cpus.describe() if self.config.cpus else {}),
@@ -539,8 +549,8 @@ class Server:
         started = time.monotonic()
         self.plane.start_draining()
         self.http.closing = True
-        if self.sagemaker_http is not None:  # its port answers /ping (400: not ready) until the drain ends
-            self.sagemaker_http.closing = True
+        for _, _, app, _ in self.platforms:  # their ports answer health (400: not ready) until the drain ends
+            app.closing = True
         if self._http_server is not None:
             self._http_server.close()
         for sweeper in self._sweepers:
@@ -556,8 +566,8 @@ class Server:
         drained = await self.plane.wait_idle(grace)
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
         drained = await self.http.wait_answered(left()) and drained
-        if self.sagemaker_http is not None:
-            drained = await self.sagemaker_http.wait_answered(left()) and drained
+        for _, _, app, _ in self.platforms:
+            drained = await app.wait_answered(left()) and drained
         for conn in list(self.http.connections):
             conn.close_if_idle()
         if self._grpc_server is not None:
@@ -566,12 +576,11 @@ class Server:
             if conn.transport is not None:
                 conn.transport.close()  # after what it still holds is written
         drained = await self.http.wait_closed(left()) and drained
-        if self._sagemaker_server is not None and self.sagemaker_http is not None:
-            self._sagemaker_server.close()
-            self.sagemaker_http.closing = True
-            for conn in list(self.sagemaker_http.connections):
+        for app, server in self._platform_servers:
+            server.close()
+            for conn in list(app.connections):
                 conn.close_if_idle()
-            drained = await self.sagemaker_http.wait_closed(left()) and drained
+            drained = await app.wait_closed(left()) and drained
         if self._poller is not None:
             self._poller.cancel()  # done at the drain's start, or past its timeout
         if self._metrics_server is not None and self.metrics_http is not None:
@@ -593,7 +602,7 @@ class Server:
 
     def close(self) -> None:
         self.http.close()
-        for other in (self.metrics_http, self.sagemaker_http):
+        for other in (self.metrics_http, *(app for _, _, app, _ in self.platforms)):
             if other is not None:
                 other.close()
         self.plane.close()

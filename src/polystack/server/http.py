@@ -576,6 +576,34 @@ class HttpApp:
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
 
+    async def infer_typed(self, req: Request, name: str, version: str, mime: bytes) -> Response:
+        """An inference request whose JSON part's length comes in its content type (``<mime><N>``, N 0: the body is
+        the model's one input), as SageMaker's and Vertex AI's endpoints send it; the body as it came, whatever else
+        its content type or encoding says, as Triton's ports for them read it. An answer with binary outputs
+        carries ``<mime>`` with its JSON part's length."""
+        length = typed_length(req.headers.get(b"content-type", b""), mime, len(req.body))
+        length_by = f"Content-Type: {mime.decode()}<N>"
+
+        def decode() -> InferRequest:
+            if length == 0:  # raw: the body is the data of the model's one input
+                return http_codec.decode_raw_request(req.body, name, self.plane.served_config(name, version))
+            return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, length_by)
+
+        if len(req.body) < DECODE_INLINE_BELOW:
+            request = self.plane.decode(name, version, decode)
+        else:  # reading it on the loop would hold every other client up meanwhile
+            request = await self._decode_off_loop(name, version, decode)
+        req.inference_id = request.id
+        if self.plane.tracing.active:
+            req.front = Front("HTTP", *req.received)
+        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
+        binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
+        default_binary = bool(request.parameters.get("binary_data_output", False))
+        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
+        if not blobs:
+            return Response(200, head, JSON)
+        return Response(200, head, mime + str(len(head)).encode(), [], blobs)
+
     async def generate(self, req: Request, args: list[str]) -> Response:
         """Triton's generate extension (generate_codec.py): the answer's tensors as JSON fields."""
         result = await self._generate(req, args)
@@ -731,6 +759,37 @@ def _file_bytes(key: str, value: object) -> bytes:
         except (binascii.Error, ValueError):
             pass
     raise InvalidRequest(f"load parameter {key!r} must be the file's contents in base64")
+
+
+def typed_length(content_type: bytes, mime: bytes, body_length: int) -> int | None:
+    """The JSON part's length a request's content type gives as ``<mime><N>`` (None: the body is JSON alone), read
+    as Triton reads it (``atoi`` of what follows), refused in its words."""
+    at = content_type.find(mime)
+    if at < 0:
+        return None
+    if at != 0:
+        raise InvalidRequest(
+            f"expect MIME type for binary data starts with '{mime.decode()}', got: {content_type.decode('latin-1')}; "
+            "send the content type alone"
+        )
+    text = content_type[len(mime) :]
+    value = _atoi(text)
+    if not 0 <= value <= body_length:
+        raise InvalidRequest(
+            f"inference header size should be in range (0, {body_length}), got: {text.decode('latin-1')}; give the "
+            "length in bytes of the body's JSON part"
+        )
+    return value
+
+
+def _atoi(text: bytes) -> int:
+    """C's atoi: leading spaces, a sign, then digits, the rest ignored; 0 where no digits come."""
+    text = text.lstrip()
+    sign = -1 if text[:1] == b"-" else 1
+    if text[:1] in (b"+", b"-"):
+        text = text[1:]
+    digits = len(text) - len(text.lstrip(b"0123456789"))
+    return sign * int(text[:digits]) if digits else 0
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:

@@ -21,32 +21,19 @@ as the HTTP one (its models, statistics, metrics and traces).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 
-from polystack.errors import InvalidRequest, ShuttingDown
-from polystack.protocol import http_codec
-from polystack.protocol.wire import InferRequest
+from polystack.errors import ShuttingDown
 from polystack.server.dataplane import DataPlane
-from polystack.server.http import (
-    DECODE_INLINE_BELOW,
-    JSON,
-    Handler,
-    HttpApp,
-    Request,
-    Response,
-    text_headers,
-)
-from polystack.server.tracing import Front
+from polystack.server.http import Handler, HttpApp, Request, Response
 
 BINARY = b"application/vnd.sagemaker-triton.binary+json;json-header-size="
 UNSPECIFIED = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"  # Triton's name where the variable is unset
 _TEXT = b"text/plain"
-_LENGTH_BY = f"Content-Type: {BINARY.decode()}<N>"
 
 
 @dataclass(frozen=True)
@@ -113,61 +100,7 @@ class SageMakerApp(HttpApp):
     async def invocations(self, req: Request, args: list[str]) -> Response:
         if self.plane.draining:  # the port answers /ping (400) until the drain ends, and runs nothing new meanwhile
             raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
-        name = self.settings.model
-        length = header_length(req.headers.get(b"content-type", b""), len(req.body))
-
-        def decode() -> InferRequest:
-            # the body as it came, whatever its content type or encoding says, as Triton's SageMaker port reads it
-            if length == 0:  # raw: the body is the data of the model's one input
-                return http_codec.decode_raw_request(req.body, name, self.plane.served_config(name, ""))
-            return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, _LENGTH_BY)
-
-        if len(req.body) < DECODE_INLINE_BELOW:
-            request = self.plane.decode(name, "", decode)
-        else:  # reading it on the loop would hold every other client up meanwhile
-            loop = asyncio.get_running_loop()
-            request = await loop.run_in_executor(self.codec_pool, self.plane.decode, name, "", decode)
-        req.inference_id = request.id
-        if self.plane.tracing.active:
-            req.front = Front("HTTP", *req.received)
-        result = await self.plane.infer(name, "", request, self.loop, lambda: text_headers(req.headers), front=req.front)
-        binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
-        default_binary = bool(request.parameters.get("binary_data_output", False))
-        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
-        if not blobs:
-            return Response(200, head, JSON)
-        return Response(200, head, BINARY + str(len(head)).encode(), [], blobs)
-
-
-def header_length(content_type: bytes, body_length: int) -> int | None:
-    """The JSON header's length a SageMaker request's content type gives (None: the body is JSON alone), read as
-    Triton reads it (``atoi`` of what follows ``json-header-size=``), refused in its words."""
-    at = content_type.find(BINARY)
-    if at < 0:
-        return None
-    if at != 0:
-        raise InvalidRequest(
-            f"expect MIME type for binary data starts with '{BINARY.decode()}', got: "
-            f"{content_type.decode('latin-1')}; send the content type alone"
-        )
-    text = content_type[len(BINARY) :]
-    value = _atoi(text)
-    if not 0 <= value <= body_length:
-        raise InvalidRequest(
-            f"inference header size should be in range (0, {body_length}), got: {text.decode('latin-1')}; give the "
-            "length in bytes of the body's JSON part"
-        )
-    return value
-
-
-def _atoi(text: bytes) -> int:
-    """C's atoi: leading spaces, a sign, then digits, the rest ignored; 0 where no digits come."""
-    text = text.lstrip()
-    sign = -1 if text[:1] == b"-" else 1
-    if text[:1] in (b"+", b"-"):
-        text = text[1:]
-    digits = len(text) - len(text.lstrip(b"0123456789"))
-    return sign * int(text[:digits]) if digits else 0
+        return await self.infer_typed(req, self.settings.model, "", BINARY)
 
 
 def _not_allowed(what: str) -> Response:

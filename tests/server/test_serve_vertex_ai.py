@@ -1,0 +1,164 @@
+"""Triton's Vertex AI front end (``--allow-vertex-ai true``, or ``AIP_MODE=PREDICTION``): the health and predict routes
+Vertex AI gives a container (``AIP_HEALTH_ROUTE``, ``AIP_PREDICT_ROUTE``), the default model, binary tensors with
+Vertex's content type, and the protocol's endpoints reached through ``X-Vertex-Ai-Triton-Redirect``."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, mlp_ones, refused_after_loads, refused_at_start, start
+
+from polystack.server.app import ServerThread
+from polystack.server.vertex_ai import VertexAiSettings
+from polystack.store import ModelRecord, Store
+
+BINARY = "application/vnd.vertex-ai-triton.binary+json;json-header-size="
+PREDICT = "/v1/endpoints/1/deployedModels/2:predict"
+TENSOR = {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}
+ROUTES = {"AIP_PREDICT_ROUTE": PREDICT, "AIP_HEALTH_ROUTE": "/health"}
+
+
+def _call(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def vertex(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[tuple[ServerThread, int]]:
+    settings = VertexAiSettings(re.compile(re.escape(PREDICT)), re.compile("/health"), "mlp")
+    st = start(model_store[0], models=["mlp", "two"], vertex_ai_port=0, vertex_ai=settings)
+    port = st.server.platform_ports.get("Vertex AI")
+    assert port is not None
+    yield st, port
+    st.stop()
+
+
+def test_the_health_route_answers_200_with_an_empty_body_and_other_methods_405(vertex: tuple[ServerThread, int]) -> None:
+    _, port = vertex
+    assert _call(port, "GET", "/health") == (200, "text/plain", b"")
+    assert _call(port, "POST", "/health")[0] == 405
+
+
+def test_the_predict_route_runs_the_default_model_as_the_http_ports_infer_does(vertex: tuple[ServerThread, int]) -> None:
+    st, port = vertex
+    body = json.dumps({"id": "v1", "inputs": [TENSOR]}).encode()
+    status, ctype, answer = _call(port, "POST", PREDICT, body)
+    assert (status, ctype) == (200, "application/json")
+    assert json.loads(answer) == json.loads(_call(st.http_port, "POST", "/v2/models/mlp/infer", body)[2])
+    assert _call(port, "GET", PREDICT)[0] == 405
+
+
+def test_binary_tensors_come_and_go_with_vertexs_content_type(vertex: tuple[ServerThread, int]) -> None:
+    _, port = vertex
+    y = httpclient.InferRequestedOutput("y", binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([mlp_ones(2)], outputs=[y])
+    status, ctype, answer = _call(port, "POST", PREDICT, body, {"Content-Type": f"{BINARY}{json_size}"})
+    assert status == 200 and ctype.startswith(BINARY), (status, answer[:200])
+    result = httpclient.InferenceServerClient.parse_response_body(answer, header_length=int(ctype[len(BINARY) :]))
+    assert result.as_numpy("y").shape == (2, 4)
+
+
+def test_a_redirect_reaches_the_protocols_endpoints_as_triton_dispatches_them(vertex: tuple[ServerThread, int]) -> None:
+    st, port = vertex
+
+    def redirect(target: str, body: bytes = b"") -> tuple[int, bytes]:
+        status, _, answer = _call(port, "POST", PREDICT, body, {"X-Vertex-Ai-Triton-Redirect": target})
+        return status, answer
+
+    x = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, -2, 3, -4]}]}).encode()
+    status, answer = redirect("v2/models/two/infer", x)  # another model than the default one
+    assert status == 200 and [o["name"] for o in json.loads(answer)["outputs"]] == ["same", "neg"]
+    for target, expected in (
+        ("v2/models/mlp", "/v2/models/mlp"),
+        ("v2/models/mlp/versions/1/config", "/v2/models/mlp/versions/1/config"),
+        ("v2", "/v2"),
+        ("v2/models/stats", "/v2/models/stats"),
+    ):
+        status, answer = redirect(target)
+        assert status == 200 and json.loads(answer) == json.loads(_call(st.http_port, "GET", expected)[2]), target
+    assert redirect("v2/health/ready")[0] == 200
+    assert b"polystack_inference_request_success" in redirect("metrics")[1]
+    assert redirect("v2/logging") == (400, b"")  # not an endpoint Triton's redirect reaches
+    assert _call(port, "GET", PREDICT, None, {"X-Vertex-Ai-Triton-Redirect": "v2"})[0] == 405
+
+
+def test_any_other_path_is_400_with_an_empty_body_as_in_triton(vertex: tuple[ServerThread, int]) -> None:
+    _, port = vertex
+    for path in ("/", "/v2/health/ready", "/predict", "/health/"):
+        assert _call(port, "GET", path) == (400, "text/plain", b""), path
+
+
+def test_while_draining_health_says_not_ready_and_predictions_are_refused(vertex: tuple[ServerThread, int]) -> None:
+    st, port = vertex
+    st.server.plane.start_draining()
+    assert _call(port, "GET", "/health")[0] == 400
+    status, _, answer = _call(port, "POST", PREDICT, json.dumps({"inputs": [TENSOR]}).encode())
+    assert status == 503 and "shutting down" in json.loads(answer)["error"]
+
+
+def test_aip_mode_prediction_serves_the_one_model_on_aip_http_port(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    port, vertex_port = free_port(), free_port()
+    env = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(vertex_port), **ROUTES}
+    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], port, tmp_path / "log", env=env) as proc:
+        assert _call(vertex_port, "GET", "/health") == (200, "text/plain", b"")
+        raw = np.full((1, 16), 0.5, np.float32).tobytes()  # header size 0: the body is the one input
+        status, ctype, _ = _call(vertex_port, "POST", PREDICT, raw, {"Content-Type": f"{BINARY}0"})
+        assert status == 200 and ctype.startswith(BINARY)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        ({"AIP_HEALTH_ROUTE": "/health"}, [], "API_PREDICT_ROUTE is not defined for Vertex AI endpoint"),
+        ({"AIP_PREDICT_ROUTE": "/p"}, [], "AIP_HEALTH_ROUTE is not defined for Vertex AI endpoint"),
+        ({**ROUTES, "AIP_PREDICT_ROUTE": "(unclosed"}, [], "AIP_PREDICT_ROUTE='(unclosed' is not a regular expression"),
+        (ROUTES, ["--vertex-ai-port", "8000"], "at the same address and port 8000"),
+        (ROUTES, ["--engine", "ray"], "served by the local engine's server"),
+        (ROUTES, ["--vertex-ai-thread-count", "0"], "Triton takes from 1"),
+    ],
+)
+def test_bad_vertex_ai_settings_exit_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str], says: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    line = refused_at_start(tmp_path, ["--http-port", "8000", "--grpc-port", "-1", "--allow-vertex-ai", "true", *args])
+    assert says in line, line
+
+
+@pytest.mark.parametrize(
+    ("models", "default", "says"),
+    [
+        (["mlp", "two"], [], "Expect the model repository contains only a single model if default model is not specified"),
+        (["mlp"], ["--vertex-ai-default-model", "nope"], "Expect the default model 'nope' is loaded"),
+    ],
+)
+def test_a_default_model_that_is_not_one_model_served_stops_the_start_in_tritons_words(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch, models: list[str],
+    default: list[str], says: str,
+) -> None:  # fmt: skip
+    store, _ = model_store
+    for key, value in ROUTES.items():
+        monkeypatch.setenv(key, value)
+    args = [*models, "--allow-vertex-ai", "true", "--vertex-ai-port", "0", *default]
+    assert says in refused_after_loads(store.settings.home.parent, args)
