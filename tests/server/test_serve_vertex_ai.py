@@ -63,13 +63,22 @@ def test_the_predict_route_runs_the_default_model_as_the_http_ports_infer_does(v
     assert _call(port, "GET", PREDICT)[0] == 405
 
 
-def test_binary_tensors_come_and_go_with_vertexs_content_type(vertex: tuple[ServerThread, int]) -> None:
+def test_binary_tensors_come_with_vertexs_content_type_and_go_as_the_binary_extension_sends_them(
+    vertex: tuple[ServerThread, int],
+) -> None:
+    """As tritonserver 2.51 answers them (helper-125): the JSON part's length in the request's content type, and in
+    the answer's Inference-Header-Content-Length."""
     _, port = vertex
     y = httpclient.InferRequestedOutput("y", binary_data=True)
     body, json_size = httpclient.InferenceServerClient.generate_request_body([mlp_ones(2)], outputs=[y])
-    status, ctype, answer = _call(port, "POST", PREDICT, body, {"Content-Type": f"{BINARY}{json_size}"})
-    assert status == 200 and ctype.startswith(BINARY), (status, answer[:200])
-    result = httpclient.InferenceServerClient.parse_response_body(answer, header_length=int(ctype[len(BINARY) :]))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", PREDICT, body=body, headers={"Content-Type": f"{BINARY}{json_size}"})
+    resp = conn.getresponse()
+    answer = resp.read()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("content-type") == "application/octet-stream", answer[:200]
+    length = int(resp.getheader("inference-header-content-length") or "")
+    result = httpclient.InferenceServerClient.parse_response_body(answer, header_length=length)
     assert result.as_numpy("y").shape == (2, 4)
 
 
@@ -111,17 +120,32 @@ def test_while_draining_health_says_not_ready_and_predictions_are_refused(vertex
     assert status == 503 and "shutting down" in json.loads(answer)["error"]
 
 
-def test_aip_mode_prediction_serves_the_one_model_on_aip_http_port(
-    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
-) -> None:
-    store, _ = model_store
+class _Health:
+    """cli_server's readiness check, on the Vertex AI port's health route."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def is_server_ready(self) -> bool:
+        return _call(self.port, "GET", "/health")[0] == 200
+
+
+def test_aip_mode_prediction_serves_the_repository_at_aip_storage_uri_on_aip_http_port_alone(tmp_path: Path) -> None:
+    """As Triton in Vertex AI's containers: AIP_MODE=PREDICTION turns the Vertex AI port on and the HTTP and gRPC
+    ports off, and AIP_STORAGE_URI is the model repository where none is given."""
+    from polystack.examples import mlp_onnx
+
+    (tmp_path / "repo" / "solo" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "repo" / "solo" / "1" / "model.onnx", sizes=(16, 8, 4))
     port, vertex_port = free_port(), free_port()
-    env = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(vertex_port), **ROUTES}
-    with cli_server(store.settings.home, ["mlp", "--grpc-port", "-1"], port, tmp_path / "log", env=env) as proc:
-        assert _call(vertex_port, "GET", "/health") == (200, "text/plain", b"")
+    env = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(vertex_port), "AIP_STORAGE_URI": str(tmp_path / "repo"),
+           **ROUTES}  # fmt: skip
+    with cli_server(tmp_path / "home", [], port, tmp_path / "log", client=_Health(vertex_port), env=env) as proc:
         raw = np.full((1, 16), 0.5, np.float32).tobytes()  # header size 0: the body is the one input
         status, ctype, _ = _call(vertex_port, "POST", PREDICT, raw, {"Content-Type": f"{BINARY}0"})
-        assert status == 200 and ctype.startswith(BINARY)
+        assert status == 200 and ctype == "application/octet-stream"  # every output binary
+        with pytest.raises(OSError):
+            _call(port, "GET", "/v2/health/ready")  # no HTTP port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
 
@@ -135,6 +159,8 @@ def test_aip_mode_prediction_serves_the_one_model_on_aip_http_port(
         (ROUTES, ["--vertex-ai-port", "8000"], "at the same address and port 8000"),
         (ROUTES, ["--engine", "ray"], "served by the local engine's server"),
         (ROUTES, ["--vertex-ai-thread-count", "0"], "Triton takes from 1"),
+        ({**ROUTES, "AIP_MODE": "PREDICTION", "AIP_STORAGE_URI": "gs://bucket/models"}, ["--allow-vertex-ai", "true"],
+         "polystack reads a model repository from a local folder"),
     ],
 )
 def test_bad_vertex_ai_settings_exit_2_with_one_line(

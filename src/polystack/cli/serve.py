@@ -73,10 +73,19 @@ def serve(
         metavar="ADDR",
         help="Triton's: the --metrics-port listener's address (default: the HTTP one's).",
     ),
-    allow_http: str = typer.Option(
-        "true", "--allow-http", metavar="BOOL", help="Triton's: false serves no HTTP (gRPC and --metrics-port only)."
+    allow_http: str | None = typer.Option(
+        None,
+        "--allow-http",
+        metavar="BOOL",
+        help="Triton's: false serves no HTTP (gRPC and --metrics-port only). Default true (false where AIP_MODE="
+        "PREDICTION turns Vertex AI's port on, as in Triton).",
     ),
-    allow_grpc: str = typer.Option("true", "--allow-grpc", metavar="BOOL", help="Triton's: false is --grpc-port -1."),
+    allow_grpc: str | None = typer.Option(
+        None,
+        "--allow-grpc",
+        metavar="BOOL",
+        help="Triton's: false is --grpc-port -1. Default true (false where AIP_MODE=PREDICTION, as in Triton).",
+    ),
     allow_metrics: str = typer.Option(
         "true", "--allow-metrics", metavar="BOOL", help="Triton's: false serves no GET /metrics, on any port."
     ),
@@ -554,6 +563,13 @@ def serve(
             for field in overrides.given():
                 message = message.replace(field, "--" + field.replace("_", "-"))
             raise InvalidRequest(message) from None
+    # Vertex AI's containers (AIP_MODE=PREDICTION) serve its port alone by default, as Triton's do
+    vertex_default = allow_vertex_ai is None and os.environ.get("AIP_MODE") == "PREDICTION"
+    vertex_on = vertex_default or (allow_vertex_ai is not None and _flag_bool(allow_vertex_ai, "--allow-vertex-ai"))
+    allow_http = allow_http or ("false" if vertex_default else "true")
+    allow_grpc = allow_grpc or ("false" if vertex_default else "true")
+    if vertex_on and not model_repository and os.environ.get("AIP_STORAGE_URI"):  # Vertex AI's model folder
+        model_repository = [_storage_uri(os.environ["AIP_STORAGE_URI"])]
     listeners = _Listeners.resolve(
         host, http_address, grpc_address, metrics_address,
         *(_flag_bool(v, f) for v, f in (
@@ -567,7 +583,8 @@ def serve(
         metrics_port = None
     elif metrics_address is not None and metrics_port is None:  # a metrics listener asked for: Triton's port
         metrics_port = TRITON_METRICS_PORT
-    if not listeners.http and (grpc_port == -1 or engine == "ray"):
+    platform = vertex_on or (allow_sagemaker is not None and _flag_bool(allow_sagemaker, "--allow-sagemaker"))
+    if not listeners.http and (grpc_port == -1 or engine == "ray") and not platform:
         raise InvalidRequest(
             "--allow-http false leaves gRPC alone to serve, which this server does not serve (--grpc-port -1, "
             "--allow-grpc false, or --engine ray): serve one of them"
@@ -1229,6 +1246,17 @@ def _sagemaker(
                 "give the HTTP, gRPC and metrics ports within --sagemaker-safe-port-range"
             )
     return port
+
+
+def _storage_uri(uri: str) -> Path:
+    """``AIP_STORAGE_URI``, the model repository Vertex AI gives a container, as Triton reads it where no
+    --model-repository is given: a local folder (polystack reads no cloud storage)."""
+    if "://" in uri:
+        raise InvalidRequest(
+            f"AIP_STORAGE_URI={uri}: polystack reads a model repository from a local folder; copy it into the "
+            "container (gsutil cp -r) and give --model-repository <folder>"
+        )
+    return Path(uri)
 
 
 def _vertex_ai(

@@ -576,11 +576,14 @@ class HttpApp:
         headers.append((b"content-encoding", encoding.encode()))
         return Response(200, payload, resp.content_type, headers)
 
-    async def infer_typed(self, req: Request, name: str, version: str, mime: bytes) -> Response:
+    async def infer_typed(
+        self, req: Request, name: str, version: str, mime: bytes, answer_typed: bool = True
+    ) -> Response:
         """An inference request whose JSON part's length comes in its content type (``<mime><N>``, N 0: the body is
         the model's one input), as SageMaker's and Vertex AI's endpoints send it; the body as it came, whatever else
         its content type or encoding says, as Triton's ports for them read it. An answer with binary outputs
-        carries ``<mime>`` with its JSON part's length."""
+        carries ``<mime>`` with its JSON part's length (SageMaker's), or (``answer_typed`` False: Vertex AI's) the
+        binary extension's ``Inference-Header-Content-Length``, uncompressed."""
         length = typed_length(req.headers.get(b"content-type", b""), mime, len(req.body))
         length_by = f"Content-Type: {mime.decode()}<N>"
 
@@ -602,6 +605,9 @@ class HttpApp:
         head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
         if not blobs:
             return Response(200, head, JSON)
+        if not answer_typed:
+            sized = [(b"inference-header-content-length", str(len(head)).encode())]
+            return Response(200, head, b"application/octet-stream", sized, blobs)
         return Response(200, head, mime + str(len(head)).encode(), [], blobs)
 
     async def generate(self, req: Request, args: list[str]) -> Response:

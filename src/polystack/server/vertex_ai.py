@@ -7,8 +7,8 @@ serves it:
 - the predict route (``AIP_PREDICT_ROUTE``): ``POST`` is an inference request of the default model
   (``--vertex-ai-default-model``, else the one model served), in the Open Inference Protocol's JSON, or with binary
   tensors after a JSON part whose length the content type gives
-  (``application/vnd.vertex-ai-triton.binary+json;json-header-size=N``); an answer with binary outputs carries that
-  type with its JSON part's length;
+  (``application/vnd.vertex-ai-triton.binary+json;json-header-size=N``); an answer with binary outputs is the
+  binary extension's (``application/octet-stream`` and ``Inference-Header-Content-Length``), as Triton's is;
 - the predict route with ``X-Vertex-Ai-Triton-Redirect: <path>``: the protocol's endpoint at ``/<path>``, as the
   HTTP port answers it (Vertex AI sends POST alone: ``v2/models/m/infer`` is an inference request of ``m``, read as
   above; ``v2``, ``v2/health/ready``, ``v2/models/m[/versions/v][/ready|/config|/stats]``, ``v2/models/stats`` and
@@ -144,7 +144,7 @@ class VertexAiApp(HttpApp):
     async def _infer(self, req: Request, name: str, version: str) -> Response:
         if self.plane.draining:  # the health route answers 400 until the drain ends, and nothing new runs meanwhile
             raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
-        return await self.infer_typed(req, name, version, BINARY)
+        return await self.infer_typed(req, name, version, BINARY, answer_typed=False)
 
 
 def _not_allowed(what: str) -> Response:
