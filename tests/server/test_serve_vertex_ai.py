@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, mlp_ones, refused_after_loads, refused_at_start, start
+from servekit import cli_server, free_port, mlp_ones, refused_after_loads, refused_at_start, register_like, start
 
 from polystack.server.app import ServerThread
 from polystack.server.vertex_ai import VertexAiSettings
@@ -137,15 +137,18 @@ def test_aip_mode_prediction_serves_the_repository_at_aip_storage_uri_on_aip_htt
 
     (tmp_path / "repo" / "solo" / "1").mkdir(parents=True)
     mlp_onnx(tmp_path / "repo" / "solo" / "1" / "model.onnx", sizes=(16, 8, 4))
-    port, vertex_port = free_port(), free_port()
+    port, grpc_port, vertex_port = free_port(), free_port(), free_port()
     env = {"AIP_MODE": "PREDICTION", "AIP_HTTP_PORT": str(vertex_port), "AIP_STORAGE_URI": str(tmp_path / "repo"),
            **ROUTES}  # fmt: skip
-    with cli_server(tmp_path / "home", [], port, tmp_path / "log", client=_Health(vertex_port), env=env) as proc:
+    args = ["--grpc-port", str(grpc_port)]  # read as Triton reads it: not, the gRPC port being off
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log", client=_Health(vertex_port), env=env) as proc:
         raw = np.full((1, 16), 0.5, np.float32).tobytes()  # header size 0: the body is the one input
         status, ctype, _ = _call(vertex_port, "POST", PREDICT, raw, {"Content-Type": f"{BINARY}0"})
         assert status == 200 and ctype == "application/octet-stream"  # every output binary
         with pytest.raises(OSError):
             _call(port, "GET", "/v2/health/ready")  # no HTTP port
+        with pytest.raises(OSError):
+            _call(grpc_port, "GET", "/")  # and no gRPC port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
 
@@ -188,3 +191,45 @@ def test_a_default_model_that_is_not_one_model_served_stops_the_start_in_tritons
         monkeypatch.setenv(key, value)
     args = [*models, "--allow-vertex-ai", "true", "--vertex-ai-port", "0", *default]
     assert says in refused_after_loads(store.settings.home.parent, args)
+
+
+def test_a_redirect_is_held_to_the_http_ports_restricted_apis_and_names_models_by_their_path(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """helper-127: --http-restricted-api did not reach the redirect (an unload went through without the header), and a
+    model named load was asked for with POST."""
+    from polystack.server import restricted
+
+    store, records = model_store
+    register_like(store, records["mlp"], "load")
+    settings = VertexAiSettings(re.compile(re.escape(PREDICT)), re.compile("/health"), "mlp")
+    limits = restricted.parse(["model-repository,statistics:admin=s3cret"], "--http-restricted-api")
+    st = start(store, models=["mlp", "load"], vertex_ai_port=0, vertex_ai=settings, http_restricted=limits,
+               allow_model_control=True)  # fmt: skip
+    try:
+        port = st.server.platform_ports["Vertex AI"]
+
+        def redirect(target: str, **headers: str) -> int:
+            return _call(port, "POST", PREDICT, b"", {"X-Vertex-Ai-Triton-Redirect": target, **headers})[0]
+
+        assert redirect("v2/repository/models/mlp/unload") == 403
+        assert redirect("v2/models/stats") == 403
+        assert redirect("v2/models/stats", admin="s3cret") == 200
+        assert _call(st.http_port, "GET", "/v2/models/mlp/ready")[0] == 200  # still served
+        assert redirect("v2/models/load") == 200  # its metadata: a GET
+    finally:
+        st.stop()
+
+
+def test_aip_mode_prediction_turns_http_off_even_beside_allow_vertex_ai_true(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    store, _ = model_store
+    port, vertex_port = free_port(), free_port()
+    env = {"AIP_MODE": "PREDICTION", **ROUTES}
+    args = ["mlp", "--allow-vertex-ai", "true", "--vertex-ai-port", str(vertex_port)]
+    with cli_server(store.settings.home, args, port, tmp_path / "log", client=_Health(vertex_port), env=env) as proc:
+        with pytest.raises(OSError):
+            _call(port, "GET", "/v2/health/ready")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()

@@ -564,10 +564,10 @@ def serve(
                 message = message.replace(field, "--" + field.replace("_", "-"))
             raise InvalidRequest(message) from None
     # Vertex AI's containers (AIP_MODE=PREDICTION) serve its port alone by default, as Triton's do
-    vertex_default = allow_vertex_ai is None and os.environ.get("AIP_MODE") == "PREDICTION"
-    vertex_on = vertex_default or (allow_vertex_ai is not None and _flag_bool(allow_vertex_ai, "--allow-vertex-ai"))
-    allow_http = allow_http or ("false" if vertex_default else "true")
-    allow_grpc = allow_grpc or ("false" if vertex_default else "true")
+    prediction = os.environ.get("AIP_MODE") == "PREDICTION"  # Triton reads it before its flags
+    vertex_on = _flag_bool(allow_vertex_ai, "--allow-vertex-ai") if allow_vertex_ai is not None else prediction
+    allow_http = allow_http or ("false" if prediction else "true")
+    allow_grpc = allow_grpc or ("false" if prediction else "true")
     if vertex_on and not model_repository and os.environ.get("AIP_STORAGE_URI"):  # Vertex AI's model folder
         model_repository = [_storage_uri(os.environ["AIP_STORAGE_URI"])]
     listeners = _Listeners.resolve(
@@ -668,6 +668,12 @@ def serve(
     sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine, ports)
     vertex_port, vertex = _vertex_ai(allow_vertex_ai, vertex_ai_port, vertex_ai_default_model, engine,
                                      {**ports, **({"SageMaker": sagemaker} if sagemaker else {})})  # fmt: skip
+    if (sagemaker is not None or vertex_port is not None) and listeners.host in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("polystack.server").warning(  # Triton's bind every address; polystack's, the HTTP one's
+            "the SageMaker / Vertex AI port listens on %s alone, where the platform cannot reach it: give "
+            "--http-address 0.0.0.0 in its container",
+            listeners.host,
+        )
     rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:

@@ -319,6 +319,7 @@ class Server:
             self.vertex_ai = VertexAiApp(
                 self.plane, config.vertex_ai, max_body_bytes=config.max_body_bytes, access_log=config.access_log,
                 idle_timeout_s=config.idle_timeout_s, thread_initializer=pin, metrics=config.serve_metrics,
+                restricted=config.http_restricted,
             )  # fmt: skip
             self.platforms.append(("Vertex AI", "--vertex-ai-port", self.vertex_ai, config.vertex_ai_port))
         self.http_port = 0
@@ -446,6 +447,8 @@ class Server:
             self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()
         tls = self.config.tls
+        if self.vertex_ai is not None:  # its default model, now the models are loaded, before anything listens
+            self.vertex_ai.model = self.vertex_ai.settings.default_model(self.plane.model_names())
         if self.config.serve_http:
             with _binding("HTTP", "--http-port", self.config.host, self.config.http_port):
                 self._http_server = await loop.create_server(
@@ -472,8 +475,6 @@ class Server:
                 )
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
             self._sweepers.append(loop.create_task(metrics_http.close_idle_connections()))
-        if self.vertex_ai is not None:  # its default model, once the models are loaded (a start error in Triton)
-            self.vertex_ai.model = self.vertex_ai.settings.default_model(self.plane.model_names())
         for name, flag, app, port in self.platforms:
             with _binding(name, flag, self.config.host, port):
                 server = await loop.create_server(
@@ -577,7 +578,8 @@ class Server:
                 conn.transport.close()  # after what it still holds is written
         drained = await self.http.wait_closed(left()) and drained
         for app, server in self._platform_servers:
-            server.close()
+            server.close()  # then what it accepted meanwhile (refused: draining) is answered before its connections go
+            drained = await app.wait_answered(left()) and drained
             for conn in list(app.connections):
                 conn.close_if_idle()
             drained = await app.wait_closed(left()) and drained

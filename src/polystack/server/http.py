@@ -302,7 +302,12 @@ class HttpApp:
 
     def resolve(self, req: Request) -> tuple[Handler, list[str]] | Response:
         """``route``, then the restriction of the handler's API (``--http-restricted-api``): 403 without its header."""
-        routed = self.route(req.method, req.path)
+        return self.restrict(req, self.route(req.method, req.path))
+
+    def restrict(
+        self, req: Request, routed: tuple[Handler, list[str]] | Response
+    ) -> tuple[Handler, list[str]] | Response:
+        """``routed``, unless its handler's API is restricted and ``req`` lacks its header: 403."""
         if self.restricted and not isinstance(routed, Response):
             api = self._apis.get(routed[0])
             if api is not None:

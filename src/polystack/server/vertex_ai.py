@@ -15,8 +15,10 @@ serves it:
   ``metrics`` are their GETs; system shared memory and the model repository extension, when the server allows them,
   their own methods).
 
-Every other path is 400 with an empty body, as Triton answers it; a method other than the route's is 405. The port
-is plain HTTP, on the HTTP address, and serves the same data plane as the HTTP one.
+Every other path is 400 with an empty body, as Triton answers it; a method other than the route's is 405. A redirect
+is held to the HTTP port's ``--http-restricted-api`` (Triton's skips it). The routes are Python regular expressions
+(Triton's are RE2: the common ones read the same). The port is plain HTTP, on the HTTP address, and serves the same
+data plane as the HTTP one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import orjson
 from polystack.errors import InvalidRequest, ShuttingDown
 from polystack.server.dataplane import DataPlane
 from polystack.server.http import Handler, HttpApp, Request, Response
+from polystack.server.restricted import Restrictions
 
 BINARY = b"application/vnd.vertex-ai-triton.binary+json;json-header-size="
 REDIRECT = b"x-vertex-ai-triton-redirect"
@@ -42,7 +45,11 @@ _REDIRECTED = re.compile(
     r"|/v2/(system|cuda)sharedmemory(/region/[^/]+)?/(status|register|unregister)"
     r"|/v2/repository(/[^/]+)?/(index|models/[^/]+/(load|unload))"
 )
-_POSTED = ("/infer", "/register", "/unregister", "/index", "/load", "/unload")
+# the endpoints reached with POST (the others with GET, as Triton's redirect sets the method)
+_POSTED = re.compile(
+    r"/v2/models/[^/]+(/versions/[0-9]+)?/infer|/v2/(system|cuda)sharedmemory(/region/[^/]+)?/(register|unregister)"
+    r"|/v2/repository(/[^/]+)?/(index|models/[^/]+/(load|unload))"
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class VertexAiApp(HttpApp):
         idle_timeout_s: float = 0.0,
         thread_initializer: Callable[[], None] | None = None,
         metrics: bool = True,
+        restricted: Restrictions = Restrictions(),
     ) -> None:
         super().__init__(
             plane,
@@ -107,6 +115,7 @@ class VertexAiApp(HttpApp):
             idle_timeout_s=idle_timeout_s,
             thread_initializer=thread_initializer,
             metrics=metrics,
+            restricted=restricted,
         )
         self.settings = settings
         self.model = settings.model  # the default model: settled at start, once the models are loaded
@@ -127,7 +136,9 @@ class VertexAiApp(HttpApp):
         redirected = "/" + target.decode("latin-1").strip()
         if not _REDIRECTED.fullmatch(redirected):
             return Response(400, b"", _TEXT)
-        routed = self.route(b"POST" if redirected.endswith(_POSTED) else b"GET", redirected)
+        req.path = redirected  # what the access log names
+        # the HTTP port's route, and its API's restriction (--http-restricted-api), which Triton's redirect skips
+        routed = self.restrict(req, self.route(b"POST" if _POSTED.fullmatch(redirected) else b"GET", redirected))
         if not isinstance(routed, Response) and routed[0] == self.infer:
             return self.redirected_infer, routed[1]  # read as this port reads an inference request
         return routed
