@@ -233,3 +233,15 @@ def test_aip_mode_prediction_turns_http_off_even_beside_allow_vertex_ai_true(
             _call(port, "GET", "/v2/health/ready")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+
+
+def test_aip_storage_uri_is_the_repository_where_none_is_given_even_without_vertex_ais_port(tmp_path: Path) -> None:
+    """helper-126: as Triton reads it, whatever serves."""
+    from polystack.examples import mlp_onnx
+
+    (tmp_path / "repo" / "solo" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "repo" / "solo" / "1" / "model.onnx", sizes=(16, 8, 4))
+    port = free_port()
+    env = {"AIP_STORAGE_URI": str(tmp_path / "repo")}
+    with cli_server(tmp_path / "home", ["--grpc-port", "-1"], port, tmp_path / "log", env=env):
+        assert _call(port, "GET", "/v2/models/solo/ready")[0] == 200

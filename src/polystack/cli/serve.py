@@ -568,7 +568,7 @@ def serve(
     vertex_on = _flag_bool(allow_vertex_ai, "--allow-vertex-ai") if allow_vertex_ai is not None else prediction
     allow_http = allow_http or ("false" if prediction else "true")
     allow_grpc = allow_grpc or ("false" if prediction else "true")
-    if vertex_on and not model_repository and os.environ.get("AIP_STORAGE_URI"):  # Vertex AI's model folder
+    if not model_repository and os.environ.get("AIP_STORAGE_URI"):  # Vertex AI's model folder, read as Triton does
         model_repository = [_storage_uri(os.environ["AIP_STORAGE_URI"])]
     listeners = _Listeners.resolve(
         host, http_address, grpc_address, metrics_address,
