@@ -193,6 +193,21 @@ def caught_logs(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.
         logger.setLevel(before)
 
 
+def http_call(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes]:
+    """One plain HTTP request on a fresh connection to 127.0.0.1: status, content type, body."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type") or "", resp.read()
+    finally:
+        conn.close()
+
+
 def refused_at_start(tmp_path: Path, args: list[str]) -> str:
     """``polystack serve ARGS`` exiting 2 at start with one line on stderr, which this returns. Under ``--engine
     ray`` without a cluster's address, one that refuses at once is given: were the refusal lost, no Ray would

@@ -4,7 +4,6 @@ as tritonserver 2.51 answers them (helper-122), driven the way Triton's SageMake
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, mlp_ones, refused_at_start, start
+from servekit import cli_server, free_port, http_call, mlp_ones, refused_at_start, start
 
 from polystack.server.app import ServerThread
 from polystack.server.sagemaker import SageMakerSettings
@@ -25,13 +24,7 @@ TENSOR = {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X}
 
 
 def _call(port: int, method: str, path: str, body: bytes | None = None, ctype: str = "") -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("content-type") or "", resp.read()
-    finally:
-        conn.close()
+    return http_call(port, method, path, body, {"Content-Type": ctype} if ctype else {})
 
 
 @pytest.fixture

@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, mlp_ones, refused_after_loads, refused_at_start, register_like, start
+from servekit import (
+    cli_server,
+    free_port,
+    http_call,
+    mlp_ones,
+    refused_after_loads,
+    refused_at_start,
+    register_like,
+    start,
+)
 
 from polystack.server.app import ServerThread
 from polystack.server.vertex_ai import VertexAiSettings
@@ -26,16 +35,7 @@ TENSOR = {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}
 ROUTES = {"AIP_PREDICT_ROUTE": PREDICT, "AIP_HEALTH_ROUTE": "/health"}
 
 
-def _call(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("content-type") or "", resp.read()
-    finally:
-        conn.close()
+_call = http_call
 
 
 @pytest.fixture

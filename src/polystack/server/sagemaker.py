@@ -22,8 +22,8 @@ as the HTTP one (its models, statistics, metrics and traces).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -57,24 +57,9 @@ class SageMakerSettings:
 class SageMakerApp(HttpApp):
     """The SageMaker port's routes, over the HTTP port's connections, limits and data plane."""
 
-    def __init__(
-        self,
-        plane: DataPlane,
-        settings: SageMakerSettings,
-        *,
-        max_body_bytes: int,
-        access_log: bool = False,
-        idle_timeout_s: float = 0.0,
-        thread_initializer: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(
-            plane,
-            max_body_bytes=max_body_bytes,
-            access_log=access_log,
-            idle_timeout_s=idle_timeout_s,
-            thread_initializer=thread_initializer,
-            metrics=False,
-        )
+    def __init__(self, plane: DataPlane, settings: SageMakerSettings, **options: Any) -> None:
+        """``options``: the HTTP port's (``max_body_bytes``, ``access_log``, ``idle_timeout_s``, ...)."""
+        super().__init__(plane, **{**options, "metrics": False})
         self.settings = settings
 
     def _route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from polystack.errors import InvalidRequest, ShuttingDown
 from polystack.server.dataplane import DataPlane
 from polystack.server.http import Handler, HttpApp, Request, Response
-from polystack.server.restricted import Restrictions
 
 BINARY = b"application/vnd.vertex-ai-triton.binary+json;json-header-size="
 REDIRECT = b"x-vertex-ai-triton-redirect"
@@ -96,27 +96,9 @@ class VertexAiSettings:
 class VertexAiApp(HttpApp):
     """The Vertex AI port's routes, over the HTTP port's connections, limits, handlers and data plane."""
 
-    def __init__(
-        self,
-        plane: DataPlane,
-        settings: VertexAiSettings,
-        *,
-        max_body_bytes: int,
-        access_log: bool = False,
-        idle_timeout_s: float = 0.0,
-        thread_initializer: Callable[[], None] | None = None,
-        metrics: bool = True,
-        restricted: Restrictions = Restrictions(),
-    ) -> None:
-        super().__init__(
-            plane,
-            max_body_bytes=max_body_bytes,
-            access_log=access_log,
-            idle_timeout_s=idle_timeout_s,
-            thread_initializer=thread_initializer,
-            metrics=metrics,
-            restricted=restricted,
-        )
+    def __init__(self, plane: DataPlane, settings: VertexAiSettings, **options: Any) -> None:
+        """``options``: the HTTP port's (``max_body_bytes``, ``restricted``, ``metrics``, ...)."""
+        super().__init__(plane, **options)
         self.settings = settings
         self.model = settings.model  # the default model: settled at start, once the models are loaded
 
