@@ -550,19 +550,8 @@ class HttpApp:
                 return http_codec.decode_raw_request(body, args[0], self.plane.served_config(args[0], args[1]))
             return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
 
-        if not _slow_to_read(req):
-            request = self.plane.decode(args[0], args[1], decode)
-        else:
-            request = await self._decode_off_loop(args[0], args[1], decode)
-        req.inference_id = request.id
-        if self.plane.tracing.active:
-            req.front = Front("HTTP", *req.received)
-        result = await self.plane.infer(
-            args[0], args[1], request, self.loop, lambda: text_headers(req.headers), front=req.front
-        )
-        binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
-        default_binary = bool(request.parameters.get("binary_data_output", False))
-        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
+        request, result = await self._run(req, args[0], args[1], decode, _slow_to_read(req))
+        head, blobs = _encoded(request, result)
         headers: list[tuple[bytes, bytes]] = []
         if blobs:  # the JSON header's length before any compression, as Triton sends it
             headers.append((b"inference-header-content-length", str(len(head)).encode()))
@@ -597,17 +586,8 @@ class HttpApp:
                 return http_codec.decode_raw_request(req.body, name, self.plane.served_config(name, version))
             return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, length_by)
 
-        if len(req.body) < DECODE_INLINE_BELOW:
-            request = self.plane.decode(name, version, decode)
-        else:  # reading it on the loop would hold every other client up meanwhile
-            request = await self._decode_off_loop(name, version, decode)
-        req.inference_id = request.id
-        if self.plane.tracing.active:
-            req.front = Front("HTTP", *req.received)
-        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
-        binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
-        default_binary = bool(request.parameters.get("binary_data_output", False))
-        head, blobs = http_codec.encode_infer_response(result, binary, default_binary)
+        request, result = await self._run(req, name, version, decode, len(req.body) >= DECODE_INLINE_BELOW)
+        head, blobs = _encoded(request, result)
         if not blobs:
             return Response(200, head, JSON)
         if not answer_typed:
@@ -641,20 +621,24 @@ class HttpApp:
         def decode() -> InferRequest:
             return generate_codec.decode_generate(decoded_body(req, self.max_body_bytes), inputs)
 
-        if not _slow_to_read(req):
-            request = self.plane.decode(name, version, decode)
-        else:
-            request = await self._decode_off_loop(name, version, decode)
-        if self.plane.tracing.active:
-            req.front = Front("HTTP", *req.received)
         try:
-            return await self.plane.infer(
-                name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front
-            )
+            return (await self._run(req, name, version, decode, _slow_to_read(req)))[1]
         except PolystackError as e:
             if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
                 raise _RunFailed(e) from e
             raise
+
+    async def _run(
+        self, req: Request, name: str, version: str, decode: Callable[[], InferRequest], slow: bool
+    ) -> tuple[InferRequest, InferResponse]:
+        """A request of ``name``: decoded (on a codec thread when ``slow`` to read), then run, traced with the front
+        end's times while tracing is on."""
+        request = await self._decode_off_loop(name, version, decode) if slow else self.plane.decode(name, version, decode)
+        req.inference_id = request.id
+        if self.plane.tracing.active:
+            req.front = Front("HTTP", *req.received)
+        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
+        return request, result
 
     async def _decode_off_loop(self, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
         """``DataPlane.decode`` on a codec thread, for a body that may take long to read (``_slow_to_read``), which
@@ -770,6 +754,13 @@ def _file_bytes(key: str, value: object) -> bytes:
         except (binascii.Error, ValueError):
             pass
     raise InvalidRequest(f"load parameter {key!r} must be the file's contents in base64")
+
+
+def _encoded(request: InferRequest, result: InferResponse) -> tuple[bytes, list[bytes | memoryview]]:
+    """The answer's JSON part and binary sections, with the outputs binary as the request asked."""
+    binary = {o.name: bool(o.binary) for o in request.outputs} if request.outputs else {}
+    default_binary = bool(request.parameters.get("binary_data_output", False))
+    return http_codec.encode_infer_response(result, binary, default_binary)
 
 
 def typed_length(content_type: bytes, mime: bytes, body_length: int) -> int | None:
