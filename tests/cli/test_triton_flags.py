@@ -14,13 +14,11 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         "--pinned-memory-pool-byte-size": ["268435456"],
         "--cuda-memory-pool-byte-size": ["0:67108864", "1:0"],
         "--backend-directory": ["/opt/tritonserver/backends"],
-        "--rate-limit": ["OFF"],
         "--model-namespacing": ["false"],
         "--http-thread-count": [],
     })  # fmt: skip
     assert [s.split(" (")[0] for s in said] == [
-        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory", "--rate-limit",
-        "--model-namespacing",
+        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory", "--model-namespacing",
     ]  # fmt: skip
     assert "CUDA memory and devices are the runtimes' own" in said[1]
 
@@ -31,8 +29,6 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--pinned-memory-pool-byte-size", "lots", "takes a whole number, not 'lots'"),
         ("--cuda-memory-pool-byte-size", "67108864", "takes <device>:<value>, not '67108864'"),
         ("--enable-peer-access", "maybe", "takes 1 or 0 (true or false)"),
-        ("--rate-limit", "execution_count", "Triton's rate limiter (execution_count) is not in polystack"),
-        ("--rate-limit", "sometimes", "invalid argument for --rate-limit: 'sometimes'"),
         ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
         ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),

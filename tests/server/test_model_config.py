@@ -16,6 +16,7 @@ from servekit import caught_logs
 
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, QueuePolicy
+from polystack.batching.rate_limiter import Resource, Rule
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
 from polystack.server import model_config
@@ -48,10 +49,10 @@ def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -
     # a group without a count has Triton's default count: 2 for its ONNX Runtime backend on CPU (was 1)
     text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'
     # the groups run as one pool, each shown named as Triton names it
-    named = model_config.Additions(groups=(("m_0", 3), ("m_1", 2)))
+    named = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 2, None)))
     assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5, named)
     other = dataclasses.replace(SPEC, backend="openvino")  # 1 for the others
-    shown = model_config.Additions(groups=(("m_0", 3), ("m_1", 1)))
+    shown = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 1, None)))
     assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4, shown)
 
 
@@ -763,19 +764,26 @@ def test_a_refusal_the_auto_completed_size_does_not_decide_is_not_put_down_to_it
     assert "auto-complete" not in e.value.message
 
 
-def test_an_instance_groups_rate_limiter_is_checked_and_ignored_as_triton_without_rate_limit_does() -> None:
-    """Triton schedules by rate_limiter only when started with --rate-limit (off by default): a config copied
-    from a Triton repository that sets one loads, and it was refused."""
+def test_an_instance_groups_rate_limiter_is_read_for_the_rate_limiter() -> None:
+    """Triton schedules by rate_limiter when started with --rate-limit execution_count (off by default, when it
+    changes nothing): each group's resources and priority are kept for its instances."""
     group = {"count": 2, "kind": "KIND_CPU",
              "rate_limiter": {"resources": [{"name": "R1", "count": 4}, {"name": "R3", "global": True, "count": 2}],
                               "priority": 2}}  # fmt: skip
-    chosen = model_config.read(json.dumps({"instance_group": [group]}), RECORD, SPEC, PLAN)
-    assert chosen.instances == 2
+    chosen = model_config.read(json.dumps({"instance_group": [group, {"count": 1}]}), RECORD, SPEC, PLAN)
+    assert chosen.instances == 3
+    assert chosen.additions.rules(3) == [
+        (Rule((Resource("R1", 4), Resource("R3", 2, shared=True)), priority=2), 2),
+        (Rule(), 1),  # a group without one needs nothing, at priority 0 (counted as 1)
+    ]
+    assert chosen.additions.rules(5) == [(chosen.additions.rules(3)[0][0], 5)]  # serve's count over the config's
     pbtxt = model_config.as_json(
         'instance_group [ { count: 2 kind: KIND_CPU rate_limiter { resources [ { name: "R1" global: true count: 4 } ] '
         "priority: 1 } } ]"
     )
-    assert model_config.read(pbtxt, RECORD, SPEC, PLAN).instances == 2
+    assert model_config.read(pbtxt, RECORD, SPEC, PLAN).additions.rules(2) == [
+        (Rule((Resource("R1", 4, shared=True),), priority=1), 2)
+    ]
     for bad, says in (
         ({"resources": [{"name": "R1", "count": 4, "size": 1}]}, "not a field of Triton's model configuration"),
         ({"resources": [{"count": 4}]}, "must give the resource's name"),

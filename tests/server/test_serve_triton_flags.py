@@ -27,8 +27,6 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
         "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory",
         "--model-load-thread-count",
     ]  # fmt: skip
-    line = refused_at_start(tmp_path, ["--rate-limit", "execution_count"])
-    assert line.startswith("error: --rate-limit execution_count: Triton's rate limiter"), line
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
     for value in ("R1", "R1:x", ":2", "R1:2:3:4"):
         line = refused_at_start(tmp_path, ["--rate-limit-resource", value])

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.policy import BatchPolicy
+from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
     BackendError,
     DeadlineExceeded,
@@ -127,10 +128,13 @@ class DynamicBatcher:
         *,
         on_batch: BatchObserver | None = None,
         on_queue: QueueObserver | None = None,
+        limits: ModelInstances | None = None,
     ) -> None:
         self.entry = entry
         self.model = entry.model
         self.signature = entry.signature
+        self._limits = limits  # its instances under the server's rate limiter (None: none)
+        self._held_back = 0  # requests of batches waiting for the rate limiter's resources
         limit = getattr(self.model, "max_batch_size", None)
         self.max_batch_size = min(policy.max_batch_size, limit) if limit else policy.max_batch_size
         self.policy = policy
@@ -389,8 +393,9 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting in the queue (read when asked, as /metrics does: nothing counts per request)."""
-        return self._queued
+        """Requests waiting in the queue, or in a batch waiting for the rate limiter (read when asked, as /metrics
+        does: nothing counts per request)."""
+        return self._queued + self._held_back
 
     # -- the worker ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -400,7 +405,10 @@ class DynamicBatcher:
                 return
             if batch:
                 try:
-                    self._execute(batch)
+                    if self._limits is None:
+                        self._execute(batch)
+                    else:
+                        self._execute_limited(batch, self._limits)
                 except BaseException as e:  # never let the worker die: the queue would wait forever
                     log.exception("batch worker error", extra={"model": self.entry.name})
                     error = BackendError(
@@ -449,6 +457,50 @@ class DynamicBatcher:
                     if not self._queued or self._head() is not first:
                         return []  # another worker took it, or a request of a higher level came: start over
             batch = self._take(first, limit)
+        return self._live(batch)
+
+    def _execute_limited(self, batch: list[_Pending], limits: ModelInstances) -> None:
+        """Triton's rate limiter: the instance waits for its resources (its requests counted in ``depth``
+        meanwhile), its batch growing with requests that come, and then runs it."""
+        with self._cond:
+            self._held_back += len(batch)
+        waiting = True
+        try:
+            with limits.held():
+                with self._cond:
+                    self._held_back -= len(batch)
+                waiting = False
+                batch = self._live(self._top_up(batch))
+                if batch:
+                    self._execute(batch)
+        finally:
+            if waiting:
+                with self._cond:
+                    self._held_back -= len(batch)
+
+    def _top_up(self, batch: list[_Pending]) -> list[_Pending]:
+        """``batch`` with the requests that came while its instance waited for the rate limiter and can join
+        it, up to the largest preferred size (else ``max_batch_size``), as Triton grows a batch that waits for
+        its instance until it is full."""
+        if not self.batchable:
+            return batch
+        top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
+        total = sum(p.items for p in batch)
+        with self._cond:
+            if self._delaying and self._queued:
+                self._delay_due(time.monotonic())
+            joining: list[_Pending] = []
+            for p in self._waiting():
+                if p.key != batch[0].key or total + p.items > top:
+                    break
+                joining.append(p)
+                total += p.items
+            for p in joining:
+                self._remove(p)
+        return batch + joining
+
+    def _live(self, batch: list[_Pending]) -> list[_Pending]:
+        """``batch`` without the requests past their deadline, which are answered so (never run late)."""
         now = time.monotonic()
         live: list[_Pending] = []
         late: list[_Outcome] = []

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
+from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
     BackendError,
     Cancelled,
@@ -223,8 +224,10 @@ class SequenceBatcher:
         *,
         on_batch: BatchObserver | None = None,
         on_queue: QueueObserver | None = None,
+        limits: ModelInstances | None = None,
     ) -> None:
         self.entry = entry
+        self._limits = limits  # its instances under the server's rate limiter (None: none)
         self.model = entry.model  # validates the whole inputs, control and state tensors included
         self.signature = entry.signature
         self.policy = policy
@@ -512,7 +515,11 @@ class SequenceBatcher:
             if not batch:
                 continue
             try:
-                self._execute(batch)
+                if self._limits is None:
+                    self._execute(batch)
+                else:  # Triton's rate limiter: the instance waits for its resources
+                    with self._limits.held():
+                        self._execute(batch)
             except BaseException as e:  # never let the worker die: the sequences would wait forever
                 log.exception("sequence batch worker error", extra={"model": self.entry.name})
                 error = BackendError(

@@ -466,11 +466,23 @@ def serve(
     model_load_thread_count: list[str] = typer.Option(None, "--model-load-thread-count", hidden=True),
     model_load_retry_count: list[str] = typer.Option(None, "--model-load-retry-count", hidden=True),
     host_policy: list[str] = typer.Option(None, "--host-policy", hidden=True),
-    rate_limit_resource: list[str] = typer.Option(None, "--rate-limit-resource", hidden=True),
+    rate_limit_resource: list[str] = typer.Option(
+        None,
+        "--rate-limit-resource",
+        metavar="NAME:COUNT[:DEVICE]",
+        help="How much of a rate limiter resource there is (on DEVICE, else on each device; a global resource "
+        "takes the largest given); default: the most any one model instance needs.",
+    ),
     http_header_forward_pattern: list[str] = typer.Option(None, "--http-header-forward-pattern", hidden=True),
     grpc_header_forward_pattern: list[str] = typer.Option(None, "--grpc-header-forward-pattern", hidden=True),
     metrics_interval_ms: list[str] = typer.Option(None, "--metrics-interval-ms", hidden=True),
-    rate_limit: list[str] = typer.Option(None, "--rate-limit", hidden=True),
+    rate_limit: list[str] = typer.Option(
+        None,
+        "--rate-limit",
+        metavar="MODE",
+        help="Triton's rate limiter: execution_count makes each model instance wait for the resources its "
+        "config's instance_group rate_limiter names, in priority order across all models; off (default).",
+    ),
     model_namespacing: list[str] = typer.Option(None, "--model-namespacing", hidden=True),
     allow_sagemaker: str | None = typer.Option(
         None,
@@ -653,11 +665,9 @@ def serve(
         "--model-load-thread-count": model_load_thread_count or [],
         "--model-load-retry-count": model_load_retry_count or [],
         "--host-policy": host_policy or [],
-        "--rate-limit-resource": rate_limit_resource or [],
         "--http-header-forward-pattern": http_header_forward_pattern or [],
         "--grpc-header-forward-pattern": grpc_header_forward_pattern or [],
         "--metrics-interval-ms": metrics_interval_ms or [],
-        "--rate-limit": rate_limit or [],
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
@@ -744,6 +754,7 @@ def serve(
         repository_only=(model_control_mode or "").lower() == "explicit",
         folder_rules=rules,
         grpc_compress_infer=_compression(grpc_compression_level),
+        rate_limit=_rate_limit(rate_limit or [], rate_limit_resource or []),
         grpc_tls=grpc_tls,
         reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
         reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
@@ -768,6 +779,11 @@ def serve(
         raise InvalidRequest("--reuse-http-port: Ray Serve's proxy binds the HTTP port; drop it, or serve with --engine local")
     if engine == "ray" and listeners.grpc_host is not None:
         raise InvalidRequest("--grpc-address: --engine ray serves HTTP only; drop it, or serve with --engine local")
+    if engine == "ray" and config.rate_limit is not None:
+        raise InvalidRequest(
+            "--rate-limit execution_count limits the model instances of one server process; each Ray Serve replica "
+            "would limit its own: drop it, or serve with --engine local"
+        )
     if engine == "ray" and cpus is not None:
         raise InvalidRequest(
             "--frontend-cpus and --runtime-cpus pin threads of this process (--engine local); "
@@ -1159,6 +1175,27 @@ def _compression(level: str) -> bool:
             f"invalid argument for --grpc-infer-response-compression-level: {level!r}; give none, low, medium or high"
         )
     return level.lower() != "none"
+
+
+def _rate_limit(modes: list[str], resources: list[str]) -> dict[tuple[int, str], int] | None:
+    """tritonserver's --rate-limit (the last one given) and --rate-limit-resource: None, off; else the
+    resources given ((device or each, name) -> count; empty: as much as any one instance needs)."""
+    from polystack.batching.rate_limiter import parse_resources
+    from polystack.cli import triton_flags
+
+    for mode in modes:
+        if mode.lower() not in ("off", "execution_count"):  # Triton's words, then what to do
+            raise InvalidRequest(f"invalid argument for --rate-limit: {mode!r}; give off or execution_count")
+    for value in resources:
+        triton_flags.check_resource(value)
+    if not modes or modes[-1].lower() == "off":
+        if resources:
+            logging.getLogger("polystack.server").info(
+                "--rate-limit-resource changes nothing while the rate limiter is off (--rate-limit execution_count "
+                "turns it on)"
+            )
+        return None
+    return parse_resources(resources)
 
 
 POLL_SECS = 15.0

@@ -2,7 +2,7 @@
 directories, thread pools of Triton's C++ front ends. ``serve`` takes them (hidden from ``--help``), checks
 their values as tritonserver does, and says in one log line at start that they change nothing and why, so that
 a launch script written for tritonserver starts polystack. Those asking for a feature polystack lacks (Triton's
-rate limiter, model namespacing, the SageMaker and Vertex AI front ends) exit 2 saying so; turned off, they are
+model namespacing, host policies) exit 2 saying so; turned off, they are
 what polystack does anyway.
 
 Written by hand: these are tritonserver's own names, values and meanings, which no library holds."""
@@ -60,15 +60,9 @@ FLAGS: Mapping[str, Flag] = {
         "Triton's host policies (NUMA nodes, CPU cores per instance group) are not in polystack: pin the runtimes "
         "with --runtime-cpus (and the front end with --frontend-cpus)",
     ),
-    "--rate-limit-resource": Flag("str", "the rate limiter they feed is off (polystack has none)"),
     "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
-    "--rate-limit": Flag(
-        "str", "no rate limiter is asked for (off)", "execution_count",
-        "Triton's rate limiter (execution_count) is not in polystack: bound a model's concurrency with its "
-        "instance_group count or --instances, or give --rate-limit off",
-    ),
     "--model-namespacing": Flag(
         "bool", "model names are one namespace, as without it", "true",
         "model namespacing (the same name in two repositories) is not in polystack: its store keys models by "
@@ -94,16 +88,12 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
                 raise InvalidRequest(f"invalid argument for {name}: {value}; Triton takes {span}")
             if flag.lacks is not None and flag.lacks in ("*", _normal(flag.kind, value)):  # "*": any value
                 raise InvalidRequest(f"{name} {value}: {flag.missing}")
-            if name == "--rate-limit" and value.lower() != "off":  # Triton's words
-                raise InvalidRequest(f"invalid argument for --rate-limit: {value!r}; give off (or execution_count)")
-            if name == "--rate-limit-resource":
-                _resource(value)
         if values:
             said.append(f"{name} ({flag.why})")
     return said
 
 
-def _resource(value: str) -> None:
+def check_resource(value: str) -> None:
     """A --rate-limit-resource value as tritonserver 2.51 checks it: ``<name>:<count>`` or ``<name>:<count>:<device>``
     (helper-119: polystack took any string)."""
     parts = value.split(":")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
+from polystack.batching.rate_limiter import RateLimiter
 from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
 from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
@@ -172,6 +173,9 @@ class ServeConfig:
     reuse_grpc_port: bool = False
     # --triton-metrics' duration counters (nv_inference_*_duration_us; tritonserver's --metrics-config)
     counter_latencies: bool = True
+    # Triton's rate limiter (--rate-limit execution_count): None, off; else the resources --rate-limit-resource
+    # gives ((device or rate_limiter.EACH_DEVICE, name) -> count)
+    rate_limit: Mapping[tuple[int, str], int] | None = None
 
 
 class Server:
@@ -284,6 +288,7 @@ class Server:
             strict_readiness=config.strict_readiness,
             repository_only=config.repository_only,
             auto_complete=config.folder_rules.auto_complete,
+            rate_limiter=RateLimiter(config.rate_limit) if config.rate_limit is not None else None,
         )
         self.http = HttpApp(
             self.plane,

@@ -36,6 +36,7 @@ import numpy as np
 
 from polystack import __version__
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
+from polystack.batching.rate_limiter import ModelInstances, RateLimiter
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
@@ -125,6 +126,7 @@ class _Served:
     # ensemble requests running that hold it for a step not run yet (on the event loop): an unload or a reload
     # closes it only once they are done, as Triton's ensembles hold their models' handles for a request's life
     pins: int = 0
+    limits: ModelInstances | None = None  # its instances under the server's rate limiter (None: it has none)
 
     @property
     def depth(self) -> int:
@@ -139,6 +141,8 @@ class _Served:
             self.sequencer.close(drain=True)
         if self.executor is not None:
             self.executor.shutdown(wait=wait)
+        if self.limits is not None:  # its needs stop counting once its instances still running are done
+            self.limits.limiter.unregister(self.limits)
 
 
 
@@ -162,6 +166,13 @@ def _unpin(pins: _Pins) -> None:
     """Let go of the models an ensemble request holds (``DataPlane._pin``): once each."""
     for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
         model.pins -= 1
+
+
+def _device_id(device: str) -> int:
+    """The device a model's instances count their rate limiter resources on, as Triton numbers them: a GPU's
+    index, and 0 for the CPU."""
+    kind, _, index = device.partition(":")
+    return int(index) if kind != "cpu" and index.isdigit() else 0
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -249,11 +260,27 @@ def _timed_infer(
     outcome: Outcome,
     waiting: set[int] | None = None,
     failed: list[int] | None = None,
+    limits: ModelInstances | None = None,
 ) -> Any:
     """The result, and the call's start and end (``time.perf_counter_ns()``); ``queued_ns`` is when it
-    was handed over, so that the wait for a thread counts as the request's queue time. ``waiting`` (its
-    model's calls handed over and not started, by their outcome's id) loses this call as it starts; ``failed``
-    receives the start and end of a call that raised."""
+    was handed over, so that the wait for a thread (and for the rate limiter's resources, with ``limits``)
+    counts as the request's queue time. ``waiting`` (its model's calls handed over and not started, by their
+    outcome's id) loses this call as it starts; ``failed`` receives the start and end of a call that raised."""
+    if limits is None:
+        return _infer_now(entry, inputs, outputs, queued_ns, outcome, waiting, failed)
+    with limits.held():
+        return _infer_now(entry, inputs, outputs, queued_ns, outcome, waiting, failed)
+
+
+def _infer_now(
+    entry: LoadedEntry,
+    inputs: dict[str, np.ndarray],
+    outputs: Sequence[str] | None,
+    queued_ns: int,
+    outcome: Outcome,
+    waiting: set[int] | None,
+    failed: list[int] | None,
+) -> Any:
     from polystack.engine import infer_entry
 
     if waiting is not None:
@@ -299,8 +326,12 @@ class DataPlane:
         strict_readiness: bool = False,
         repository_only: bool = False,
         auto_complete: bool = True,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.engine = engine
+        # Triton's rate limiter (serve --rate-limit execution_count): each instance of every model waits for its
+        # resources before it runs (None: off)
+        self.rate_limiter = rate_limiter
         # Triton's auto-complete of a repository model's config (off: serve --disable-auto-complete-config)
         self.auto_complete = auto_complete
         # Triton's explicit model control over a repository: loads by name and the index know its folders (and
@@ -511,7 +542,29 @@ class DataPlane:
 
     def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
-        before anything routes to it. The caller closes both if it does not route to them."""
+        before anything routes to it, its instances registered with the rate limiter (which refuses those
+        that need more than it has). The caller closes it if it does not route to it."""
+        limits = None
+        if self.rate_limiter is not None:
+            policy = plan.policy if plan.policy is not None and (entry.signature.batched or not plan.policy.merge) else None
+            count = (
+                plan.sequence.instances if plan.sequence is not None
+                else policy.instances if policy is not None
+                else plan.instances or self.workers
+            )  # fmt: skip
+            limits = self.rate_limiter.register(
+                f"{entry.name}:{entry.version}", plan.additions.rules(count), _device_id(plan.spec.device)
+            )
+        try:
+            served = self._start(plan, entry, limits)
+        except BaseException:
+            if limits is not None:
+                limits.limiter.unregister(limits)
+            raise
+        served.limits = limits
+        return served
+
+    def _start(self, plan: _Plan, entry: LoadedEntry, limits: ModelInstances | None) -> _Served:
         policy, instances = plan.policy, plan.instances
         # what clients see: a sequence model without its control and state tensors, and the dims its config
         # fixed, which requests are then checked against
@@ -527,7 +580,9 @@ class DataPlane:
                 m.batch.observe(items)
                 m.compute.observe(seconds)
 
-            sequencer = SequenceBatcher(entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe)
+            sequencer = SequenceBatcher(
+                entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe, limits=limits
+            )
             return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
         if policy is not None and (entry.signature.batched or not policy.merge):
             m = self.metrics.model(entry.name, str(entry.version))
@@ -536,10 +591,10 @@ class DataPlane:
                 m.batch.observe(items)
                 m.compute.observe(seconds)
 
-            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe)
+            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits)
             return _Served(entry, batcher, None, None, plan.additions)
-        if instances is not None:
-            executor = InferenceThreads(instances, f"infer-{entry.name}", self.thread_initializer)
+        if instances is not None or limits is not None:  # under the rate limiter, every model has threads of its own
+            executor = InferenceThreads(instances or self.workers, f"infer-{entry.name}", self.thread_initializer)
             return _Served(entry, None, instances, executor, plan.additions)
         return _Served(entry, None, None, None, plan.additions)
 
@@ -1785,7 +1840,10 @@ class DataPlane:
                     # inline: a request alone, to a model that answers such requests fast, no larger than they are
                     # (one of many rows to a fast model would hold the loop for all of them)
                     timings = [] if span is not None else None
-                    if alone and typical is not None and typical[0] <= self.inline_max_s and size <= 2 * typical[1]:
+                    if (
+                        alone and typical is not None and typical[0] <= self.inline_max_s
+                        and size <= 2 * typical[1] and served.limits is None  # never wait for resources on the loop
+                    ):  # fmt: skip
                         result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome, None, timings)
                     else:
                         loop = loop or asyncio.get_running_loop()
@@ -1802,6 +1860,7 @@ class DataPlane:
                                 outcome,
                                 served.waiting,
                                 timings,
+                                served.limits,
                             )
                         except ThreadsClosed:
                             if served.executor is None:  # the server's own threads: it is closing

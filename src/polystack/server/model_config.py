@@ -42,6 +42,7 @@ from polystack.backends.ragged import RaggedSpec
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
+from polystack.batching.rate_limiter import Resource, Rule
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import LoadedEntry, LoadSpec
 from polystack.errors import InvalidRequest, quote
@@ -231,10 +232,18 @@ class Additions:
     # the outputs a config lists where it lists some of the model's: all clients get and may ask for, as in
     # Triton (its metadata and answers hold its config's outputs); empty: every output
     outputs: tuple[str, ...] = ()
-    # its instance groups as Triton shows them, (name, count): the config's names, Triton's for those it names
-    # itself (<model>_<i>), each group's count (Triton's default where it gives none); empty: the config gives
-    # none, and the one group Triton adds then is named as the model
-    groups: tuple[tuple[str, int], ...] = ()
+    # its instance groups as Triton shows them, (name, count, rate_limiter): the config's names, Triton's for
+    # those it names itself (<model>_<i>), each group's count (Triton's default where it gives none) and what the
+    # rate limiter gives its instances (None: the group sets none); empty: the config gives none, and the one
+    # group Triton adds then is named as the model
+    groups: tuple[tuple[str, int, Rule | None], ...] = ()
+
+    def rules(self, instances: int) -> list[tuple[Rule, int]]:
+        """What the rate limiter gives each of ``instances`` (each group's rule and count; the config's groups
+        where their counts add up to the instances that run, else the first group's rule for all)."""
+        if sum(c for _, c, _ in self.groups) == instances:
+            return [(rule or Rule(), count) for _, count, rule in self.groups]
+        return [((self.groups[0][2] if self.groups else None) or Rule(), instances)]
 
     def seen(self, signature: Signature) -> Signature:
         """The model's ``signature`` as clients see it with these: fixed dims and reshapes applied, optional
@@ -392,12 +401,13 @@ def render(
                 "profile": [],
                 "passive": False,
                 "host_policy": "",
+                **({"rate_limiter": _render_rule(rule)} if rule is not None else {}),
             }
             # the config's groups, run as one pool of their instances; else one group of the instances running
-            for name, count in (
+            for name, count, rule in (
                 added.groups
-                if sum(c for _, c in added.groups) == instances
-                else [(added.groups[0][0] if added.groups else entry.name, instances)]
+                if sum(c for _, c, _ in added.groups) == instances
+                else [(added.groups[0][0], instances, added.groups[0][2]) if added.groups else (entry.name, instances, None)]
             )
         ],
         # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
@@ -1311,14 +1321,15 @@ def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, di
     return data
 
 
-def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[tuple[str, int], ...]:
+def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[tuple[str, int, Rule | None], ...]:
     """The config's instance groups (checked by ``_instances``) as Triton names and counts them
     (NormalizeInstanceGroup): a group without a name is ``<model>_<its index>``, without a count Triton's
-    default one."""
+    default one; and each one's rate limiter rule."""
     shown = []
     for i, item in enumerate(groups):
         g = read_message(item, f"instance_group[{i}]", "instance_group")
-        shown.append((g.get("name") or f"{model}_{i}", int(g.get("count") or 0) or _default_count(spec) or 1))
+        rule = _rate_limiter(g["rate_limiter"], f"instance_group[{i}].rate_limiter") if "rate_limiter" in g else None
+        shown.append((g.get("name") or f"{model}_{i}", int(g.get("count") or 0) or _default_count(spec) or 1, rule))
     return tuple(shown)
 
 
@@ -1347,7 +1358,7 @@ def _instances(value: Any, spec: LoadSpec) -> int:
         count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 0
         total += count or _default_count(spec) or 1  # 0 is unset: Triton's default count
         if "rate_limiter" in group:
-            _rate_limiter(group["rate_limiter"], f"{where}.rate_limiter")
+            _rate_limiter(group["rate_limiter"], f"{where}.rate_limiter")  # checked here, kept by _groups
     if total > _MAX_INSTANCES:
         raise InvalidRequest(
             f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
@@ -1363,21 +1374,31 @@ def _default_count(spec: LoadSpec) -> int | None:
     return None
 
 
-def _rate_limiter(value: Any, where: str) -> None:
-    """An instance group's ``rate_limiter``, checked as Triton's message and then ignored: Triton schedules by it
-    only when started with ``--rate-limit`` (off by default), which polystack has no counterpart of."""
+def _render_rule(rule: Rule) -> dict[str, Any]:
+    """A group's ``rate_limiter`` as Triton's GET config shows it."""
+    return {
+        "resources": [{"name": r.name, "global": r.shared, "count": r.count} for r in rule.resources],
+        "priority": rule.priority,
+    }
+
+
+def _rate_limiter(value: Any, where: str) -> Rule:
+    """An instance group's ``rate_limiter``, checked as Triton's message: what the server's rate limiter gives
+    each of its instances when it has one (``serve --rate-limit execution_count``; else it changes nothing)."""
     limiter = read_message(value, where, "rate_limiter")
-    read_int(limiter, "priority", where, 0, _UINT32_MAX)
+    priority = read_int(limiter, "priority", where, 0, _UINT32_MAX)
     resources = limiter.get("resources", [])
     if not isinstance(resources, list):
         raise InvalidRequest(f"{where}.resources must be a list of resources ({{name, count, global}})")
+    needs = []
     for i, item in enumerate(resources):
         at = f"{where}.resources[{i}]"
         resource = read_message(item, at, "resource")
-        if not read_string(resource, "name", at):
+        name = read_string(resource, "name", at)
+        if not name:
             raise InvalidRequest(f"{at} must give the resource's name")
-        read_int(resource, "count", at, 0, _UINT32_MAX)
-        read_bool(resource, "global", at)
+        needs.append(Resource(name, read_int(resource, "count", at, 0, _UINT32_MAX), read_bool(resource, "global", at)))
+    return Rule(tuple(needs), priority)
 
 
 def _idle_gap(given: str, batching: BatchPolicy | None) -> BatchPolicy:

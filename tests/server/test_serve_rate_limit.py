@@ -1,0 +1,173 @@
+"""Triton's rate limiter (``serve --rate-limit execution_count``): model instances whose config's instance_group
+names a ``rate_limiter`` wait for its resources before they run, across models; a batch grows while its
+instance waits; a model that needs more than ``--rate-limit-resource`` gives does not load, in Triton's words;
+GET config shows each group's ``rate_limiter``. Real servers on 127.0.0.1, the real tritonclient."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from onnx import TensorProto
+from servekit import (
+    cli_server,
+    free_port,
+    mlp_ones,
+    refused_after_loads,
+    refused_at_start,
+    register_like,
+    single_op,
+    start,
+)
+from tritonclient.utils import InferenceServerException
+
+from polystack.server.model_config import ConfigFile
+from polystack.store import ModelRecord, Store
+
+DELAY_MS = 400  # each call of the slow models (the null backend: zeros after a sleep)
+
+
+def _group(resources: str, priority: int = 0, count: int = 1) -> str:
+    return (
+        f'"instance_group": [{{"count": {count}, "rate_limiter": {{"resources": [{resources}], '
+        f'"priority": {priority}}}}}]'
+    )
+
+
+R1 = '{"name": "R", "count": 1}'
+
+
+@pytest.fixture(scope="module")
+def slow_models(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[Store]:
+    store, records = model_store
+    for name in ("rl_a", "rl_b", "rl_batch"):
+        register_like(store, records["mlp"], f"slow{name}", tags={"delay_ms": str(DELAY_MS if name != "rl_batch" else 50)})
+    yield store
+
+
+def _queue_s(client: Any, model: str) -> float:
+    stats = client.get_inference_statistics(model)["model_stats"][0]
+    return float(stats["inference_stats"]["queue"]["ns"]) / 1e9
+
+
+def test_instances_that_need_the_same_resource_take_turns_across_models(slow_models: Store) -> None:
+    """Two models, one instance each, both needing R (1 of it there): one request to each at once runs one after
+    the other, the second's wait for R counted as its queue time, as Triton counts it."""
+    config = ConfigFile(f'{{"max_batch_size": 0, {_group(R1)}}}')
+    st = start(slow_models, models=["slowrl_a", "slowrl_b"], model_configs={"slowrl_a": config, "slowrl_b": config},
+               inline_max_ms=0.0, rate_limit={})  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=2)
+        sent = [client.async_infer(m, [mlp_ones()]) for m in ("slowrl_a", "slowrl_b")]
+        for s in sent:
+            s.get_result()
+        waited = sorted(_queue_s(client, m) for m in ("slowrl_a", "slowrl_b"))
+        assert waited[1] >= 0.75 * DELAY_MS / 1000, waited  # the one that went second waited out the other's call
+    finally:
+        st.stop()
+
+
+def test_without_the_rate_limiter_the_same_configs_run_at_once(slow_models: Store) -> None:
+    config = ConfigFile(f'{{"max_batch_size": 0, {_group(R1)}}}')
+    st = start(slow_models, models=["slowrl_a", "slowrl_b"], model_configs={"slowrl_a": config, "slowrl_b": config},
+               inline_max_ms=0.0)  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=2)
+        sent = [client.async_infer(m, [mlp_ones()]) for m in ("slowrl_a", "slowrl_b")]
+        for s in sent:
+            s.get_result()
+        waited = [_queue_s(client, m) for m in ("slowrl_a", "slowrl_b")]
+        assert max(waited) < 0.75 * DELAY_MS / 1000, waited
+    finally:
+        st.stop()
+
+
+def test_a_batch_grows_while_its_instance_waits_for_resources(slow_models: Store) -> None:
+    """As Triton's dynamic batcher grows the batch its instance waits to run: the requests that come meanwhile
+    run with it, in one execution."""
+    holder = ConfigFile(f'{{"max_batch_size": 0, {_group(R1)}}}')
+    batched = ConfigFile(
+        f'{{"max_batch_size": 8, "dynamic_batching": {{"max_queue_delay_microseconds": 0}}, {_group(R1)}}}'
+    )
+    st = start(slow_models, models=["slowrl_a", "slowrl_batch"], inline_max_ms=0.0, rate_limit={},
+               model_configs={"slowrl_a": holder, "slowrl_batch": batched})  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=8)
+        held = client.async_infer("slowrl_a", [mlp_ones()])
+        time.sleep(0.1)  # it holds R for 400 ms
+        sent = [client.async_infer("slowrl_batch", [mlp_ones()]) for _ in range(6)]
+        for s in [held, *sent]:
+            s.get_result()
+        stats = client.get_inference_statistics("slowrl_batch")["model_stats"][0]
+        assert (stats["inference_count"], stats["execution_count"]) == (6, 1), stats
+    finally:
+        st.stop()
+
+
+def _repository(tmp_path: Path, needs: dict[str, int]) -> Path:
+    """A repository of one ONNX model per name, each instance needing that much of R."""
+    root = tmp_path / "models"
+    for name, count in needs.items():
+        (root / name / "1").mkdir(parents=True)
+        single_op(root / name / "1" / "model.onnx", "Neg", TensorProto.FLOAT, 4, "x", [("y", "Neg")])
+        (root / name / "config.pbtxt").write_text(
+            'max_batch_size: 0\ninstance_group [ { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" '
+            f"count: {count} }} ] priority: 2 }} }} ]\n"
+        )
+    return root
+
+
+def _limited(count: int, need: int) -> str:  # Triton's words
+    return (
+        f'Resource count for "R" is limited to {count} which will prevent scheduling of one or more model instances, '
+        f"the minimum required count is {need}"
+    )
+
+
+def test_a_model_that_needs_more_than_given_stops_the_start_in_tritons_words(tmp_path: Path) -> None:
+    root = _repository(tmp_path, {"big": 2})
+    line = refused_after_loads(
+        tmp_path, ["--model-repository", str(root), "--rate-limit", "execution_count", "--rate-limit-resource", "R:1"]
+    )
+    assert line == f"error: failed to load 'big:1': {_limited(1, 2)}", line
+
+
+def test_a_load_that_needs_more_than_given_fails_and_the_server_serves_on(tmp_path: Path) -> None:
+    root = _repository(tmp_path, {"big": 2, "small": 1})
+    port = free_port()
+    args = ["--model-repository", str(root), "--model-control-mode", "explicit", "--load-model", "small",
+            "--rate-limit", "execution_count", "--rate-limit-resource", "R:1:0", "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException) as refused:
+            client.load_model("big")
+        assert _limited(1, 2) in str(refused.value), refused.value
+        assert client.is_model_ready("small") and not client.is_model_ready("big")
+        x = httpclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(-np.arange(4, dtype=np.float32).reshape(1, 4))
+        assert client.infer("small", [x]).as_numpy("y").tolist() == [[0.0, 1.0, 2.0, 3.0]]
+        group = client.get_model_config("small")["instance_group"][0]
+        assert group["rate_limiter"] == {"resources": [{"name": "R", "global": False, "count": 1}], "priority": 2}
+
+
+def test_the_rate_limiter_flags_are_checked(tmp_path: Path) -> None:
+    line = refused_at_start(tmp_path, ["--rate-limit", "sometimes"])
+    assert line == "error: invalid argument for --rate-limit: 'sometimes'; give off or execution_count", line
+    line = refused_at_start(tmp_path, ["--rate-limit", "execution_count", "--engine", "ray"])
+    assert "--rate-limit execution_count limits the model instances of one server process" in line, line
+
+
+def test_given_resources_with_the_rate_limiter_off_are_said_to_change_nothing(tmp_path: Path) -> None:
+    root = _repository(tmp_path, {"small": 1})
+    port = free_port()
+    args = ["--model-repository", str(root), "--rate-limit-resource", "R:1", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("small")
+    said = [json.loads(ln)["msg"] for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
+    assert any(m.startswith("--rate-limit-resource changes nothing while the rate limiter is off") for m in said)
