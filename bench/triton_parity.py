@@ -131,7 +131,7 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http model metadata mlp": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
     "http model metadata multi": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
     "http model version metadata": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
-    **{f"{t} model config {m}": (_CONFIG, _OTHERWISE) for t in ("http", "grpc") for m in ("mlp", "nobatch", "multi", "pipe")},
+    **{f"{t} model config {m}": (_CONFIG, _OTHERWISE) for t in ("http", "grpc") for m in ("mlp", "nobatch", "multi", "pipe", "step1")},
     "http infer ensemble": (r"\$\.body\.parameters", _OTHERWISE),
     "grpc infer ensemble": (r"\$\.(fields|response\.parameters)", _OTHERWISE),
     "http unload and reload an ensemble's step": (r"\$\.infer pipe\.body\.parameters", _OTHERWISE),
@@ -163,6 +163,14 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http timeout null": (r"\$\.(status|body\.error)", _PARAM),
     "http priority null": (r"\$\.(status|body\.error)", _PARAM),
     **{f"http metrics nv_ {k}": (rf"\$\.{k}\.nv_pinned_memory_pool_(total|used)_bytes", _PINNED) for k in ("families", "series")},
+    **{
+        name: (
+            r"\$\.(body|response\.models)\[\d+\]\.reason",
+            "README: 'a name whose last load failed, `UNAVAILABLE` with the failure (the load's answer, `load failed for"
+            " model 'm': ...`, where Triton's reason is the failure alone, `Invalid argument: ...`)'",
+        )
+        for name in ("http repository index after failed loads", "grpc repository index")
+    },
     "http version not a number": (
         r"\$\.(status|body\.error)",
         "README: '`failed to get model version from specified version string 'v': ...` (400: a version that is not"
@@ -262,9 +270,14 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
     "step1": """max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
+instance_group [ { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" count: 1 } ] priority: 2 } } ]
 """,
 }
+# nobatch's model, needing more of R than --rate-limit-resource gives: its load fails (not loaded at start)
+CONFIGS["greedy"] = CONFIGS["nobatch"].replace(
+    "instance_group [ { count: 1 kind: KIND_CPU } ]",
+    'instance_group [ { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" count: 3 } ] } } ]',
+)
 CONFIGS["step2"] = CONFIGS["step1"]
 CONFIGS["queued"] = """max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -356,6 +369,7 @@ def build_repositories(work: Path) -> tuple[Path, Path]:
     site = sysconfig.get_paths()["purelib"]
     models = onnx_models()
     models["queued"] = models["mlp"]
+    models["greedy"] = models["nobatch"]
     for name, model in models.items():
         for repo, head in ((triton, 'backend: "python"\n'), (poly, 'platform: "onnxruntime_onnx"\n')):
             version = repo / name / "1"
@@ -398,6 +412,7 @@ def network(trace: Path) -> tuple[int, int, int, list[str]]:
         "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
         "--model-control-mode", "explicit", *(f"--load-model={m}" for m in LOADED),
+        "--rate-limit", "execution_count", "--rate-limit-resource", "R:2",  # step1 and step2 need 1 each
         "--log-verbose", "0", "--log-info", "false",
     ]  # fmt: skip
     return http, grpc, metrics, flags
@@ -667,7 +682,7 @@ http_case("http model metadata unknown version", "GET", "/v2/models/mlp/versions
 http_case("http model metadata unknown model", "GET", "/v2/models/nope")
 http_case("http model ready", "GET", "/v2/models/mlp/ready")
 http_case("http model ready unknown model", "GET", "/v2/models/nope/ready")
-for _m in ("mlp", "nobatch", "multi"):
+for _m in ("mlp", "nobatch", "multi", "step1"):  # step1: an instance group's rate_limiter
     http_backend_case(f"http model config {_m}", f"/v2/models/{_m}/config")
 http_case("http model config pipe", "GET", "/v2/models/pipe/config")
 http_case("http model config unknown model", "GET", "/v2/models/nope/config")
@@ -695,7 +710,7 @@ grpc_case("grpc model metadata unknown version", "ModelMetadata",
           lambda: pb().ModelMetadataRequest(name="mlp", version="2"))  # fmt: skip
 grpc_case("grpc model ready", "ModelReady", lambda: pb().ModelReadyRequest(name="mlp"))
 grpc_case("grpc model ready unknown model", "ModelReady", lambda: pb().ModelReadyRequest(name="nope"))
-for _m in ("mlp", "nobatch", "multi"):
+for _m in ("mlp", "nobatch", "multi", "step1"):
     grpc_backend_case(f"grpc model config {_m}", "ModelConfig", partial(lambda m: pb().ModelConfigRequest(name=m), _m), "config")
 grpc_case("grpc model config pipe", "ModelConfig", lambda: pb().ModelConfigRequest(name="pipe"))
 grpc_case("grpc model config unknown model", "ModelConfig", lambda: pb().ModelConfigRequest(name="nope"))
@@ -1192,6 +1207,9 @@ http_case("http load config not json", "POST", "/v2/repository/models/nobatch/lo
 http_case("http load unknown parameter", "POST", "/v2/repository/models/nobatch/load",
           {"parameters": {"confg": "{}"}})  # fmt: skip
 http_case("http unload unknown model", "POST", "/v2/repository/models/nope/unload")
+http_case("http load over the rate limiter's resources", "POST", "/v2/repository/models/greedy/load")
+grpc_case("grpc load over the rate limiter's resources", "RepositoryModelLoad",
+          lambda: pb().RepositoryModelLoadRequest(model_name="greedy"))  # fmt: skip
 case("http repository index after failed loads")(lambda s: sorted_index(rest(s, "POST", "/v2/repository/index", {})))
 case("grpc repository index")(lambda s: sorted_index(rpc(s, "RepositoryIndex", pb().RepositoryIndexRequest())))
 grpc_case("grpc repository index of a named repository", "RepositoryIndex",

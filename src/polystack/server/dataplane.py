@@ -552,9 +552,15 @@ class DataPlane:
                 else policy.instances if policy is not None
                 else plan.instances or self.workers
             )  # fmt: skip
-            limits = self.rate_limiter.register(
-                f"{entry.name}:{entry.version}", plan.additions.rules(count), _device_id(plan.spec.device)
-            )
+            try:
+                limits = self.rate_limiter.register(
+                    f"{entry.name}:{entry.version}", plan.additions.rules(count), _device_id(plan.spec.device)
+                )
+            except InvalidRequest as e:  # tritonserver 2.51's words, then what to do
+                raise InvalidRequest(
+                    f"version {entry.version} is at UNAVAILABLE state: Invalid argument: {e.message}; give the server "
+                    "more of it (--rate-limit-resource) or the model's instance_group less (its rate_limiter)"
+                ) from None
         try:
             served = self._start(plan, entry, limits)
         except BaseException:
