@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto
 from servekit import (
@@ -22,6 +23,7 @@ from servekit import (
     refused_after_loads,
     refused_at_start,
     register_like,
+    same_config_both_ways,
     single_op,
     start,
 )
@@ -140,9 +142,9 @@ def test_a_model_that_needs_more_than_given_stops_the_start_in_tritons_words(tmp
 
 def test_a_load_that_needs_more_than_given_fails_and_the_server_serves_on(tmp_path: Path) -> None:
     root = _repository(tmp_path, {"big": 2, "small": 1})
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root), "--model-control-mode", "explicit", "--load-model", "small",
-            "--rate-limit", "execution_count", "--rate-limit-resource", "R:1:0", "--grpc-port", "-1"]  # fmt: skip
+            "--rate-limit", "execution_count", "--rate-limit-resource", "R:1:0", "--grpc-port", str(grpc_port)]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         with pytest.raises(InferenceServerException) as refused:
@@ -152,7 +154,8 @@ def test_a_load_that_needs_more_than_given_fails_and_the_server_serves_on(tmp_pa
         x = httpclient.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(-np.arange(4, dtype=np.float32).reshape(1, 4))
         assert client.infer("small", [x]).as_numpy("y").tolist() == [[0.0, 1.0, 2.0, 3.0]]
-        group = client.get_model_config("small")["instance_group"][0]
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        group = same_config_both_ways(client, grpc, "small")["instance_group"][0]  # gRPC's lacked it
         assert group["rate_limiter"] == {"resources": [{"name": "R", "global": False, "count": 1}], "priority": 2}
 
 
