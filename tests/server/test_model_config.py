@@ -781,12 +781,15 @@ def test_an_instance_groups_rate_limiter_is_read_for_the_rate_limiter() -> None:
         'instance_group [ { count: 2 kind: KIND_CPU rate_limiter { resources [ { name: "R1" global: true count: 4 } ] '
         "priority: 1 } } ]"
     )
+    nameless = {"count": 1, "rate_limiter": {"resources": [{"count": 4}, {"name": "", "count": 1}]}}
+    assert model_config.read(json.dumps({"instance_group": [nameless]}), RECORD, SPEC, PLAN).additions.rules(1) == [
+        (Rule((Resource("", 4), Resource("", 1))), 1)  # named "", as Triton loads them (it was refused)
+    ]
     assert model_config.read(pbtxt, RECORD, SPEC, PLAN).additions.rules(2) == [
         (Rule((Resource("R1", 4, shared=True),), priority=1), 2)
     ]
     for bad, says in (
         ({"resources": [{"name": "R1", "count": 4, "size": 1}]}, "not a field of Triton's model configuration"),
-        ({"resources": [{"count": 4}]}, "must give the resource's name"),
         ({"resources": [{"name": "R1", "count": -1}]}, "is not a whole number from 0"),
         ({"priority": "high"}, "is not a whole number from 0"),
         ({"resources": {"name": "R1"}}, "must be a list of resources"),

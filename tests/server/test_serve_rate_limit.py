@@ -157,6 +157,9 @@ def test_a_load_that_needs_more_than_given_fails_and_the_server_serves_on(tmp_pa
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         group = same_config_both_ways(client, grpc, "small")["instance_group"][0]  # gRPC's lacked it
         assert group["rate_limiter"] == {"resources": [{"name": "R", "global": False, "count": 1}], "priority": 2}
+    lines = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
+    [said] = [ln for ln in lines if ln["msg"] == "rate limiter on (execution_count)"]  # as Triton's start table
+    assert said["given"] == [{"name": "R", "count": 1, "device": 0}]
 
 
 def test_the_rate_limiter_flags_are_checked(tmp_path: Path) -> None:

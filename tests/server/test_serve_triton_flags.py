@@ -28,7 +28,9 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
         "--model-load-thread-count",
     ]  # fmt: skip
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
-    for value in ("R1", "R1:x", ":2", "R1:2:3:4"):
+    line = refused_at_start(tmp_path, ["--rate-limit-resource", "R1:x"])  # Triton's words (helper-128)
+    assert line == "error: --rate-limit-resource R1:x: Invalid option value. Got x; give a whole number of 0 or more"
+    for value in ("R1", ":2", "R1:2:3:4"):
         line = refused_at_start(tmp_path, ["--rate-limit-resource", value])
         assert f"--rate-limit-resource option format is '<resource_name>:<count>:<device>' or '<resource_name>:<count>'. Got {value}" in line, line
 

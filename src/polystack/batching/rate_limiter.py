@@ -151,6 +151,15 @@ class RateLimiter:
         with self._lock:
             return dict(self._most)
 
+    def described(self, amounts: Mapping[tuple[int, str], int] | None = None) -> list[dict[str, object]]:
+        """``amounts`` (the given ones by default) as a log line lists them: name, count and device ("global",
+        "each" or the device's number)."""
+        named = {GLOBAL: "global", EACH_DEVICE: "each"}
+        return [
+            {"name": name, "count": count, "device": named.get(device, device)}
+            for (device, name), count in sorted((amounts if amounts is not None else self.explicit).items())
+        ]
+
     def _limits(self, models: Sequence[ModelInstances]) -> dict[tuple[int, str], int]:
         most: dict[tuple[int, str], int] = {}
         for model in models:

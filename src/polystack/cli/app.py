@@ -23,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
 )
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
-console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-err_console = Console(stderr=True)
+console = Console(emoji=False) if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160, emoji=False)
+err_console = Console(stderr=True, emoji=False)  # no :x: in a message turned into an emoji
 
 _state: dict[str, Path | None] = {"home": None}
 

@@ -97,17 +97,16 @@ def check_resource(value: str) -> None:
     """A --rate-limit-resource value as tritonserver 2.51 checks it: ``<name>:<count>`` or ``<name>:<count>:<device>``
     (helper-119: polystack took any string)."""
     parts = value.split(":")
-    try:
-        if len(parts) not in (2, 3) or not parts[0]:
-            raise ValueError
-        int(parts[1])
-        if len(parts) == 3:
-            int(parts[2])
-    except ValueError:
+    if len(parts) not in (2, 3) or not parts[0]:
         raise InvalidRequest(  # Triton's words
             "--rate-limit-resource option format is '<resource_name>:<count>:<device>' or '<resource_name>:<count>'. "
             f"Got {value}"
-        ) from None
+        )
+    for number in parts[1:]:
+        if not re.fullmatch(r"[0-9]+", number):  # Triton's words (helper-128), then what to do
+            raise InvalidRequest(
+                f"--rate-limit-resource {value}: Invalid option value. Got {number}; give a whole number of 0 or more"
+            )
 
 
 def log_unused(said: list[str]) -> None:

@@ -332,6 +332,11 @@ class DataPlane:
         # Triton's rate limiter (serve --rate-limit execution_count): each instance of every model waits for its
         # resources before it runs (None: off)
         self.rate_limiter = rate_limiter
+        if rate_limiter is not None:
+            log.info(
+                "rate limiter on (execution_count)",
+                extra={"given": rate_limiter.described() or "as much as the instance that needs most"},
+            )
         # Triton's auto-complete of a repository model's config (off: serve --disable-auto-complete-config)
         self.auto_complete = auto_complete
         # Triton's explicit model control over a repository: loads by name and the index know its folders (and
@@ -561,6 +566,9 @@ class DataPlane:
                     f"version {entry.version} is at UNAVAILABLE state: Invalid argument: {e.message}; give the server "
                     "more of it (--rate-limit-resource) or the model's instance_group less (its rate_limiter)"
                 ) from None
+            log.debug(  # as Triton's verbose log shows its map on each load and unload
+                "rate limiter resources", extra={"resources": self.rate_limiter.described(self.rate_limiter.amounts())}
+            )
         try:
             served = self._start(plan, entry, limits)
         except BaseException:

@@ -1394,9 +1394,8 @@ def _rate_limiter(value: Any, where: str) -> Rule:
     for i, item in enumerate(resources):
         at = f"{where}.resources[{i}]"
         resource = read_message(item, at, "resource")
+        # a resource without a name is one named "" (Triton loads it: helper-128)
         name = read_string(resource, "name", at)
-        if not name:
-            raise InvalidRequest(f"{at} must give the resource's name")
         needs.append(Resource(name, read_int(resource, "count", at, 0, _UINT32_MAX), read_bool(resource, "global", at)))
     return Rule(tuple(needs), priority)
 
