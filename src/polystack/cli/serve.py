@@ -464,7 +464,12 @@ def serve(
     grpc_infer_thread_count: list[str] = typer.Option(None, "--grpc-infer-thread-count", hidden=True),
     grpc_max_response_pool_size: list[str] = typer.Option(None, "--grpc-max-response-pool-size", hidden=True),
     model_load_thread_count: list[str] = typer.Option(None, "--model-load-thread-count", hidden=True),
-    model_load_retry_count: list[str] = typer.Option(None, "--model-load-retry-count", hidden=True),
+    model_load_retry_count: str | None = typer.Option(
+        None,
+        "--model-load-retry-count",
+        metavar="N",
+        help="Try a model's load that fails N more times before it fails (Triton's; default 0).",
+    ),
     host_policy: list[str] = typer.Option(None, "--host-policy", hidden=True),
     rate_limit_resource: list[str] = typer.Option(
         None,
@@ -663,7 +668,6 @@ def serve(
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
         "--model-load-thread-count": model_load_thread_count or [],
-        "--model-load-retry-count": model_load_retry_count or [],
         "--host-policy": host_policy or [],
         "--http-header-forward-pattern": http_header_forward_pattern or [],
         "--grpc-header-forward-pattern": grpc_header_forward_pattern or [],
@@ -755,6 +759,7 @@ def serve(
         folder_rules=rules,
         grpc_compress_infer=_compression(grpc_compression_level),
         rate_limit=_rate_limit(rate_limit or [], rate_limit_resource or []),
+        load_retries=_load_retries(model_load_retry_count),
         grpc_tls=grpc_tls,
         reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
         reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
@@ -1175,6 +1180,18 @@ def _compression(level: str) -> bool:
             f"invalid argument for --grpc-infer-response-compression-level: {level!r}; give none, low, medium or high"
         )
     return level.lower() != "none"
+
+
+def _load_retries(given: str | None) -> int:
+    """tritonserver's --model-load-retry-count: how many more times a failed load is tried."""
+    from polystack.cli import triton_flags
+
+    if given is None:
+        return 0
+    triton_flags.check_value("--model-load-retry-count", "int", given)
+    if int(given) < 0:
+        raise InvalidRequest(f"--model-load-retry-count takes a whole number of 0 or more, not {given!r}")
+    return int(given)
 
 
 def _rate_limit(modes: list[str], resources: list[str]) -> dict[tuple[int, str], int] | None:

@@ -54,7 +54,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
-    "--model-load-retry-count": Flag("int", "a load that fails is not retried: it fails at once, saying why"),
     "--host-policy": Flag(
         "str", "", "*",
         "Triton's host policies (NUMA nodes, CPU cores per instance group) are not in polystack: pin the runtimes "
@@ -81,7 +80,7 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
     for name, values in given.items():
         flag = FLAGS[name]
         for value in values:
-            _check_value(name, flag.kind, value)
+            check_value(name, flag.kind, value)
             low, high = flag.low, flag.high
             if (low is not None and int(value) < low) or (high is not None and int(value) > high):
                 span = f"from {low}" + (f" to {high}" if high is not None else "")
@@ -124,7 +123,8 @@ def _normal(kind: str, value: str) -> str:
     return value.strip().lower()
 
 
-def _check_value(name: str, kind: str, value: str) -> None:
+def check_value(name: str, kind: str, value: str) -> None:
+    """``value`` of flag ``name`` read as tritonserver reads a value of that ``kind``; ``InvalidRequest`` if not."""
     text = value.strip()
     try:
         if kind == "int":

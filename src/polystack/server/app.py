@@ -176,6 +176,7 @@ class ServeConfig:
     # Triton's rate limiter (--rate-limit execution_count): None, off; else the resources --rate-limit-resource
     # gives ((device or rate_limiter.EACH_DEVICE, name) -> count)
     rate_limit: Mapping[tuple[int, str], int] | None = None
+    load_retries: int = 0  # a failed load tried again this many times (tritonserver's --model-load-retry-count)
 
 
 class Server:
@@ -289,6 +290,7 @@ class Server:
             repository_only=config.repository_only,
             auto_complete=config.folder_rules.auto_complete,
             rate_limiter=RateLimiter(config.rate_limit) if config.rate_limit is not None else None,
+            load_retries=config.load_retries,
         )
         self.http = HttpApp(
             self.plane,

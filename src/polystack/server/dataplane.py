@@ -327,11 +327,13 @@ class DataPlane:
         repository_only: bool = False,
         auto_complete: bool = True,
         rate_limiter: RateLimiter | None = None,
+        load_retries: int = 0,
     ) -> None:
         self.engine = engine
         # Triton's rate limiter (serve --rate-limit execution_count): each instance of every model waits for its
         # resources before it runs (None: off)
         self.rate_limiter = rate_limiter
+        self.load_retries = load_retries  # a failed build tried again this many times (Triton's load retry count)
         if rate_limiter is not None:
             log.info(
                 "rate limiter on (execution_count)",
@@ -526,13 +528,25 @@ class DataPlane:
             return self._route(plan, served)
 
     def _build(self, plan: _Plan) -> LoadedEntry:
-        """Load (and warm up) what ``plan`` says, routing nothing to it yet."""
+        """Load (and warm up) what ``plan`` says, routing nothing to it yet; a failure is tried again
+        ``load_retries`` times (unless the server drains meanwhile)."""
         record = plan.record
 
         def warm_up(entry: LoadedEntry) -> None:
             warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
 
-        return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+        for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
+            try:
+                return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+            except PolystackError as e:
+                if attempt == self.load_retries or self.draining:
+                    raise
+                log.warning(
+                    "load failed; trying again (--model-load-retry-count)",
+                    extra={"model": record.name, "version": record.version, "retry": attempt + 1,
+                           "of": self.load_retries, "error": e.message},
+                )  # fmt: skip
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _loading_versions(self, plans: Sequence[_Plan]) -> Iterator[None]:
