@@ -5,6 +5,7 @@ resources in, and models that come and go."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -219,3 +220,78 @@ def test_a_model_unloaded_while_its_instance_waits_still_runs_it() -> None:
     assert late.started.wait(10)
     late.finish()
     assert limiter.amounts() == {(0, "R"): 1}
+
+
+def test_a_call_of_a_model_already_unregistered_still_runs_and_holds_back_nothing() -> None:
+    """helper-130: an unloaded model's call queued before its unload staged once its needs were forgotten, never
+    fit, and, first in line, held back every other model for good (and the server's stop)."""
+    limiter = RateLimiter()
+    other = limiter.register("other:1", [(rule(("R", 1)), 1)], device=0)
+    leaving = limiter.register("leaving:1", [(rule(("R", 2)), 1)], device=0)
+    with leaving.held():
+        limiter.unregister(leaving)
+    assert limiter.amounts() == {(0, "R"): 1}  # forgotten once its running call ended
+    late = Run(leaving)  # a call queued on its threads before the unload
+    assert late.started.wait(10)
+    assert limiter.amounts() == {(0, "R"): 2}  # it counts again while it runs
+    after = Run(other)
+    assert waiting(limiter, 1)
+    late.finish()
+    assert after.started.wait(10)
+    after.finish()
+    assert limiter.amounts() == {(0, "R"): 1}
+    with limiter._lock:
+        assert not any(limiter._taken.values())
+
+
+def test_priority_decides_between_models_of_one_instance_each() -> None:
+    """helper-129: with one instance each, the models took turns whatever their priorities (1 vs 3 ran 62:61,
+    Triton 81:31): the instance that just ran went back in line after the other was given R. As Triton stages it
+    again first when its model has more work, it keeps its turn while it weighs least."""
+    limiter = RateLimiter()
+    runs: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    models = {
+        name: limiter.register(f"{name}:1", [(rule(("R", 1), priority=p), 1)], device=0) for name, p in (("a", 1), ("b", 3))
+    }
+    for model in models.values():
+        model.pending = lambda: not stop.is_set()  # always more work
+
+    def work(name: str) -> None:
+        while not stop.is_set():
+            with models[name].held():
+                with lock:
+                    runs.append(name)
+                    if len(runs) >= 80:
+                        stop.set()
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    a, b = runs.count("a"), runs.count("b")
+    assert 2.4 <= a / b <= 3.6, (a, b)  # Triton's 3:1 (runs x priority)
+
+
+def test_a_model_registered_with_more_of_a_resource_lets_waiting_instances_run() -> None:
+    limiter = RateLimiter()
+    small = limiter.register("small:1", [(rule(("R", 1)), 2)], device=0)
+    with running(small):
+        second = Run(small)
+        assert waiting(limiter, 1)
+        limiter.register("big:1", [(rule(("R", 2)), 1)], device=0)  # there are 2 of R now
+        assert second.started.wait(10)
+        second.finish()
+
+
+def test_given_counts_are_checked_before_a_global_and_per_device_clash_in_tritons_order() -> None:
+    """helper-129: Triton names a count too small first, global resources first, then names in order."""
+    limiter = RateLimiter(parse_resources(["R:1", "A:1", "B:1"]))
+    limiter.register("g:1", [(rule(("R", 1, True)), 1)], device=0)
+    with pytest.raises(InvalidRequest, match=r'"R" is limited to 1 .* count is 2'):
+        limiter.register("d:1", [(rule(("R", 2)), 1)], device=0)
+    with pytest.raises(InvalidRequest, match='"A" is limited to 1'):
+        limiter.register("ab:1", [(rule(("B", 2), ("A", 2)), 1)], device=0)

@@ -6,6 +6,7 @@ GET config shows each group's ``rate_limiter``. Real servers on 127.0.0.1, the r
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ def _group(resources: str, priority: int = 0, count: int = 1) -> str:
 
 
 R1 = '{"name": "R", "count": 1}'
+R2 = '{"name": "R", "count": 2}'
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,35 @@ def test_given_resources_with_the_rate_limiter_off_are_said_to_change_nothing(tm
         assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("small")
     said = [json.loads(ln)["msg"] for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
     assert any(m.startswith("--rate-limit-resource changes nothing while the rate limiter is off") for m in said)
+
+
+def test_unloading_a_model_with_requests_still_queued_holds_back_no_other(slow_models: Store) -> None:
+    """helper-130: a model unloaded with requests queued on its threads forgot its needs once its running call
+    ended; its next call then waited for resources no longer there, first in line, holding back every other
+    model's instances and the server's stop."""
+    big = ConfigFile(f'{{"max_batch_size": 0, {_group(R2)}}}')
+    small = ConfigFile(f'{{"max_batch_size": 0, {_group(R1)}}}')
+    st = start(slow_models, models=["slowrl_a", "slowrl_batch"], inline_max_ms=0.0, rate_limit={},
+               model_configs={"slowrl_a": big, "slowrl_batch": small}, allow_model_control=True)  # fmt: skip
+    stopped = False
+    try:
+        client = httpclient.InferenceServerClient(st.http_url, concurrency=4, network_timeout=60)
+        for _ in range(3):  # the small one has run more than the big one's instance
+            client.infer("slowrl_batch", [mlp_ones()])
+        sent = [client.async_infer("slowrl_a", [mlp_ones()]) for _ in range(3)]  # one runs, two queue
+        time.sleep(0.1)
+        client.unload_model("slowrl_a")
+        quick = httpclient.InferenceServerClient(st.http_url, network_timeout=10)
+        t0 = time.monotonic()
+        quick.infer("slowrl_batch", [mlp_ones()])  # behind at most the big one's queued calls
+        assert time.monotonic() - t0 < 5
+        for s in sent:
+            s.get_result()
+        stopping = threading.Thread(target=st.stop, daemon=True)
+        stopping.start()
+        stopping.join(20)
+        stopped = not stopping.is_alive()
+        assert stopped, "the server's stop hangs"
+    finally:
+        if not stopped:
+            st.stop()

@@ -84,6 +84,7 @@ class _Pending:
     delay_at: float | None = None  # with DELAY: when it goes behind its level's others (its deadline is None)
     slot: int = 0  # its queue: 2 x its level, + 1 once delayed (slots sort as batches take them)
     waited: float = 0.0  # seconds in the queue, until its batch began (counted once it succeeds, as Triton counts)
+    holder: list[_Pending] | None = None  # the batch it is in while that waits for the rate limiter's resources
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -135,6 +136,8 @@ class DynamicBatcher:
         self.signature = entry.signature
         self._limits = limits  # its instances under the server's rate limiter (None: none)
         self._held_back = 0  # requests of batches waiting for the rate limiter's resources
+        if limits is not None:  # work no instance asked to run yet: an instance that just ran may keep its turn
+            limits.pending = lambda: self._queued > 0
         limit = getattr(self.model, "max_batch_size", None)
         self.max_batch_size = min(policy.max_batch_size, limit) if limit else policy.max_batch_size
         self.policy = policy
@@ -322,11 +325,17 @@ class DynamicBatcher:
             ) from None
 
     def _expire(self, pending: _Pending) -> bool:
-        """Take a request out of the queue unless a worker already took it; True if it was removed."""
+        """Take a request out of the queue, or out of a batch waiting for the rate limiter's resources, unless a
+        worker already runs it; True if it was removed."""
         with self._cond:
-            if pending.taken:
+            if pending.holder is not None:
+                pending.holder.remove(pending)
+                pending.holder = None
+                self._held_back -= 1
+            elif pending.taken:
                 return False
-            self._remove(pending)
+            else:
+                self._remove(pending)
         if self.policy.preserve_ordering:  # its caller answers it: it holds no later answer back
             self._hand([], skipped=pending)
         return True
@@ -460,52 +469,76 @@ class DynamicBatcher:
         return self._live(batch)
 
     def _execute_limited(self, batch: list[_Pending], limits: ModelInstances) -> None:
-        """Triton's rate limiter: the instance waits for its resources (its requests counted in ``depth``
-        meanwhile), its batch growing with requests that come, and then runs it."""
+        """Triton's rate limiter: the instance waits for its resources, its batch's requests counted in
+        ``depth`` meanwhile and answered at their deadline or dropped when their caller goes (``_expire``), the
+        batch growing with requests that come (``_top_up``); then it runs what is left. ``batch`` changes in
+        place: the worker's error handler fails what it holds then."""
         with self._cond:
+            for p in batch:
+                p.holder = batch
             self._held_back += len(batch)
         waiting = True
         try:
-            with limits.held():
+            with limits.held(give_up=lambda: not batch) as granted:
                 with self._cond:
                     self._held_back -= len(batch)
-                waiting = False
-                batch = self._live(self._top_up(batch))
-                if batch:
-                    self._execute(batch)
+                    waiting = False
+                    for p in batch:
+                        p.holder = None
+                    if granted and batch:
+                        self._top_up(batch)
+                if granted and batch:
+                    batch[:] = self._live(batch)
+                    if batch:
+                        self._execute(batch)
         finally:
             if waiting:
                 with self._cond:
                     self._held_back -= len(batch)
+                    for p in batch:
+                        p.holder = None
 
-    def _top_up(self, batch: list[_Pending]) -> list[_Pending]:
-        """``batch`` with the requests that came while its instance waited for the rate limiter and can join
-        it, up to the largest preferred size (else ``max_batch_size``), as Triton grows a batch that waits for
-        its instance until it is full."""
+    def _top_up(self, batch: list[_Pending]) -> None:
+        """Add to ``batch`` (the condition's lock held) the requests that came while its instance waited for the
+        rate limiter and can join it, as Triton's dynamic batcher grows a batch waiting for its instance
+        (``GetDynamicBatch`` over it): with preferred sizes, up to the largest one some of them add up to (all
+        that fit in the largest, once the oldest waited out the queue delay); without, up to
+        ``max_batch_size``."""
         if not self.batchable:
-            return batch
+            return
+        if self._delaying and self._queued:
+            self._delay_due(time.monotonic())
         top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
         total = sum(p.items for p in batch)
-        with self._cond:
-            if self._delaying and self._queued:
-                self._delay_due(time.monotonic())
-            joining: list[_Pending] = []
-            for p in self._waiting():
-                if p.key != batch[0].key or total + p.items > top:
-                    break
-                joining.append(p)
-                total += p.items
-            for p in joining:
-                self._remove(p)
-        return batch + joining
+        joining: list[_Pending] = []
+        take = 0  # how many of ``joining`` join
+        for p in self._waiting():
+            if p.key != batch[0].key or total + p.items > top:
+                break
+            joining.append(p)
+            total += p.items
+            if not self.preferred or total in self.preferred:
+                take = len(joining)
+        if self.preferred and not take and joining:
+            oldest = min(p.enqueued for p in batch)
+            if time.monotonic() - oldest >= self.delay_s:
+                take = len(joining)
+        for p in joining[:take]:
+            self._remove(p)
+            batch.append(p)
 
     def _live(self, batch: list[_Pending]) -> list[_Pending]:
-        """``batch`` without the requests past their deadline, which are answered so (never run late)."""
+        """``batch`` without the requests past their deadline, which are answered so (never run late), nor
+        those whose caller went away (not run; their outcome goes nowhere)."""
         now = time.monotonic()
         live: list[_Pending] = []
         late: list[_Outcome] = []
         for p in batch:
-            if p.deadline is not None and now > p.deadline:
+            gone = (p.waiter is not None and p.waiter.done()) or (p.future is not None and p.future.done())
+            if gone:
+                late.append((p, None, DeadlineExceeded("the request's caller went away before it ran")))
+                p.outcome.abandon(int((now - p.enqueued) * 1e9))
+            elif p.deadline is not None and now > p.deadline:
                 error = DeadlineExceeded(
                     f"Request timeout expired: the request waited {(now - p.enqueued) * 1000:.1f} ms in model "
                     f"{self.entry.name!r}'s queue, past its deadline, and was not run; retry with a longer timeout "

@@ -19,14 +19,23 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from polystack.errors import InvalidRequest
 
 GLOBAL = -2  # Triton's keys: a resource shared by all devices, and one given for each device
 EACH_DEVICE = -1
+# how long an instance that just ran keeps its resources' next turn for itself, when its model has more work
+# and it weighs least: as Triton stages such an instance again before it gives resources out (OnRelease), so
+# that priority decides between models of one instance each; it is taken as soon as the instance asks again
+_TURN_KEPT_S = 0.05
+_POLL_S = 0.05  # how often a waiting instance looks whether its turn can go on (a kept turn ran out, a give-up)
+
+log = logging.getLogger("polystack.batching")
 
 
 @dataclass(frozen=True)
@@ -57,23 +66,26 @@ def parse_resources(values: Sequence[str]) -> dict[tuple[int, str], int]:
 
 
 class _Instance:
-    __slots__ = ("device", "granted", "limiter", "model", "rule", "runs", "wake")
+    __slots__ = ("device", "granted", "model", "rule", "runs", "staged", "wake")
 
     def __init__(self, model: ModelInstances, rule: Rule, device: int) -> None:
         self.model = model
         self.rule = rule
         self.device = device
-        self.runs = 0  # Triton's exec_count
+        # Triton's exec_count, which an instance's initialization and warm-up each add one to (they pass
+        # through its rate limiter): so a newly loaded instance weighs its priority from the first request on
+        self.runs = 2
         self.granted = False
+        self.staged = False
         self.wake = threading.Event()
 
-    def weight(self) -> int:
+    def weight(self, runs: int | None = None) -> int:
         """Triton's ScaledPriority: runs so far x priority (0 counts as 1); the lowest is given resources first."""
-        return self.runs * max(self.rule.priority, 1)
+        return (self.runs if runs is None else runs) * max(self.rule.priority, 1)
 
     def needs(self) -> dict[tuple[int, str], int]:
         need: dict[tuple[int, str], int] = {}
-        for r in self.rule.resources:
+        for r in self.rule.resources:  # a name given twice: the later count, as Triton's map keeps it
             need[(GLOBAL if r.shared else self.device, r.name)] = r.count
         return need
 
@@ -82,7 +94,8 @@ class ModelInstances:
     """One served model version's instances under a ``RateLimiter``. ``held()`` takes a free one (the one that
     ran least, weighted by priority, as Triton picks among a model's free instances), waits until the limiter
     gives it its resources, and gives them back when the block ends. At most as many blocks run at once as
-    there are instances: callers bound that (one per worker thread)."""
+    there are instances: callers bound that (one per worker thread). ``pending``, set by what serves the
+    model, says whether it has work no instance has asked to run yet (its queue)."""
 
     def __init__(self, limiter: RateLimiter, name: str, groups: Sequence[tuple[Rule, int]], device: int) -> None:
         self.limiter = limiter
@@ -90,22 +103,32 @@ class ModelInstances:
         self._free = [_Instance(self, rule, device) for rule, count in groups for _ in range(count)]
         self.instances = tuple(self._free)
         self._lock = threading.Lock()
-        self.busy = 0  # instances waiting for resources or holding them (the limiter's lock guards it)
-        self.leaving = False  # unregistered while busy: its needs count until its last instance is done
+        self.pending: Callable[[], bool] = lambda: False
+        # the limiter's lock guards these: instances waiting for resources or holding them, of which waiting
+        self.busy = 0
+        self.staged = 0
+        self.leaving = False  # unregistered: its needs count only while an instance is busy
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, give_up: Callable[[], bool] | None = None) -> Iterator[bool]:
+        """Run the block on one of the instances, once it has its resources: True. False (at once, no
+        resources held) when ``give_up`` says so while it waits (its requests are gone)."""
         with self._lock:
             if not self._free:
                 raise RuntimeError(f"model {self.name!r} ran more calls at once than it has instances")
             instance = min(self._free, key=_Instance.weight)
             self._free.remove(instance)
+        granted = False
         try:
             self.limiter._stage(instance)
-            instance.wake.wait()
-            yield
+            while not instance.wake.wait(_POLL_S):
+                if give_up is not None and give_up():
+                    break
+                self.limiter._poke()
+            granted = instance.wake.is_set()
+            yield granted
         finally:
-            self.limiter._release(instance)
+            self.limiter._release(instance, ran=granted)
             with self._lock:
                 self._free.append(instance)
 
@@ -121,30 +144,30 @@ class RateLimiter:
         self._waiting: list[tuple[int, int, _Instance]] = []  # (weight, arrival, instance): a heap
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
+        # an instance's model keeping the next turn (until then, monotonic), as Triton stages it again first
+        self._kept: tuple[ModelInstances, float] | None = None
 
     def register(self, name: str, groups: Sequence[tuple[Rule, int]], device: int) -> ModelInstances:
         """The instances of a model version about to serve (each group's rule and count); ``InvalidRequest`` in
-        Triton's words when a resource is both global and per device, or ``--rate-limit-resource`` gives less of
-        one than an instance needs."""
+        Triton's words when ``--rate-limit-resource`` gives less of a resource than an instance needs, or a
+        resource is both global and per device."""
         model = ModelInstances(self, name, groups, device)
         with self._lock:
-            most = self._limits([*self._models, model])
+            self._most = self._limits([*self._models, model])
             self._models.append(model)
-            self._most = most
+            self._allocate()  # there may be more of a resource now
+        self._said()
         return model
 
     def unregister(self, model: ModelInstances) -> None:
         """A model version that has stopped serving: what it needed no longer counts, once none of its
-        instances waits for or holds resources (one still waiting must be able to get them)."""
+        instances waits for or holds resources. A call it still runs afterwards (one queued before) counts its
+        needs again while it runs: it must be able to get them."""
         with self._lock:
             model.leaving = True
             if model.busy == 0:
                 self._forget(model)
-
-    def _forget(self, model: ModelInstances) -> None:
-        if model in self._models:
-            self._models.remove(model)
-            self._most = self._limits(self._models)  # a subset of models that fit: fits
+        self._said()
 
     def amounts(self) -> dict[tuple[int, str], int]:
         """How much of each resource there is now ((device or GLOBAL, name) -> count)."""
@@ -160,60 +183,99 @@ class RateLimiter:
             for (device, name), count in sorted((amounts if amounts is not None else self.explicit).items())
         ]
 
+    def _said(self) -> None:
+        """The amounts in the log, as Triton's verbose log shows its resource map on each load and unload."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rate limiter resources", extra={"resources": self.described(self.amounts())})
+
+    def _forget(self, model: ModelInstances) -> None:
+        if model in self._models:
+            self._models.remove(model)
+            self._most = self._limits(self._models)  # a subset of models that fit: fits
+            self._allocate()
+
     def _limits(self, models: Sequence[ModelInstances]) -> dict[tuple[int, str], int]:
         most: dict[tuple[int, str], int] = {}
         for model in models:
             for instance in model.instances:
                 for key, count in instance.needs().items():
                     most[key] = max(most.get(key, 0), count)
-        shared = {n for d, n in most if d == GLOBAL}
-        clash = next((n for d, n in most if d != GLOBAL and n in shared), None)
-        if clash is not None:  # Triton's words
-            raise InvalidRequest(
-                f'Resource "{clash}" is present as both global and device-specific resource in the model '
-                "configuration."
-            )
-        if self.explicit:
-            for (device, name), need in most.items():
+        if self.explicit:  # in Triton's order: global resources first, then each device's, names sorted
+            for (device, name), need in sorted(most.items()):
                 if device == GLOBAL:  # any explicit count of that name, whatever its device
                     given = max((c for (_, n), c in self.explicit.items() if n == name), default=0)
                 else:
                     given = max(self.explicit.get((device, name), 0), self.explicit.get((EACH_DEVICE, name), 0))
-                if given < need:
+                if given < need:  # Triton's words
                     raise InvalidRequest(
                         f'Resource count for "{name}" is limited to {given} which will prevent scheduling of one '
                         f"or more model instances, the minimum required count is {need}"
                     )
                 most[(device, name)] = given
+        shared = {n for d, n in most if d == GLOBAL}
+        clash = next((n for d, n in sorted(most) if d != GLOBAL and n in shared), None)
+        if clash is not None:  # Triton's words
+            raise InvalidRequest(
+                f'Resource "{clash}" is present as both global and device-specific resource in the model '
+                "configuration."
+            )
         return most
 
     def _stage(self, instance: _Instance) -> None:
         with self._lock:
+            model = instance.model
+            if model.leaving and model not in self._models:  # a call queued before its unload: it counts again
+                try:
+                    self._most = self._limits([*self._models, model])
+                    self._models.append(model)
+                except InvalidRequest:  # a model loaded since clashes with it: it runs without waiting
+                    instance.granted = instance.staged = False
+                    model.busy += 1
+                    instance.wake.set()
+                    return
+            if self._kept is not None and self._kept[0] is model:
+                self._kept = None  # the turn it kept: its instance asks now, in the order all others wait in
             instance.granted = False
+            instance.staged = True
             instance.wake.clear()
-            instance.model.busy += 1
+            model.busy += 1
+            model.staged += 1
             heapq.heappush(self._waiting, (instance.weight(), next(self._arrivals), instance))
             self._allocate()
 
-    def _release(self, instance: _Instance) -> None:
+    def _release(self, instance: _Instance, ran: bool = True) -> None:
         with self._lock:
+            model = instance.model
+            model.busy -= 1
             if instance.granted:
                 for key, count in instance.needs().items():
                     self._taken[key] -= count
                 instance.granted = False
-                instance.runs += 1
-            else:  # never given its resources (its wait was interrupted): no longer waiting
+                if ran:
+                    instance.runs += 1
+                # Triton stages an instance with more work again before it gives the resources out: when it
+                # weighs less than every instance waiting, its model keeps the turn (until it asks, or briefly)
+                if self._waiting and instance.weight() < self._waiting[0][0] and model.pending():
+                    self._kept = (model, time.monotonic() + _TURN_KEPT_S)
+            elif instance.staged:  # it gave up waiting: no longer waits
+                instance.staged = False
+                model.staged -= 1
                 self._waiting = [w for w in self._waiting if w[2] is not instance]
                 heapq.heapify(self._waiting)
-            model = instance.model
-            model.busy -= 1
             if model.leaving and model.busy == 0:
                 self._forget(model)
             self._allocate()
 
+    def _poke(self) -> None:
+        """A waiting instance's look: a turn kept too long goes on to the others."""
+        with self._lock:
+            if self._kept is not None and time.monotonic() >= self._kept[1]:
+                self._kept = None
+                self._allocate()
+
     def _allocate(self) -> None:
         """Give resources to the waiting instances in order, while the first fits (the lock held)."""
-        while self._waiting:
+        while self._waiting and self._kept is None:
             instance = self._waiting[0][2]
             need = instance.needs()
             if any(self._taken.get(key, 0) + count > self._most.get(key, 0) for key, count in need.items()):
@@ -222,4 +284,6 @@ class RateLimiter:
             for key, count in need.items():
                 self._taken[key] = self._taken.get(key, 0) + count
             instance.granted = True
+            instance.staged = False
+            instance.model.staged -= 1
             instance.wake.set()

@@ -228,6 +228,9 @@ class SequenceBatcher:
     ) -> None:
         self.entry = entry
         self._limits = limits  # its instances under the server's rate limiter (None: none)
+        self._held_back = 0  # requests of batches waiting for the rate limiter's resources
+        if limits is not None:  # work no instance asked to run yet: an instance that just ran may keep its turn
+            limits.pending = lambda: bool(self._ready)
         self.model = entry.model  # validates the whole inputs, control and state tensors included
         self.signature = entry.signature
         self.policy = policy
@@ -498,8 +501,8 @@ class SequenceBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting to run (read when asked, as /metrics does)."""
-        return self._queued
+        """Requests waiting to run, or in a batch waiting for the rate limiter (read when asked, as /metrics does)."""
+        return self._queued + self._held_back
 
     @property
     def active(self) -> int:
@@ -517,9 +520,8 @@ class SequenceBatcher:
             try:
                 if self._limits is None:
                     self._execute(batch)
-                else:  # Triton's rate limiter: the instance waits for its resources
-                    with self._limits.held():
-                        self._execute(batch)
+                else:
+                    self._execute_limited(batch, self._limits)
             except BaseException as e:  # never let the worker die: the sequences would wait forever
                 log.exception("sequence batch worker error", extra={"model": self.entry.name})
                 error = BackendError(
@@ -530,6 +532,23 @@ class SequenceBatcher:
                     r.outcome.settle("fail", int((time.monotonic() - r.enqueued) * 1e9))
                 _deliver([(r, None, error) for r, _ in batch])
                 self._finish([(r, s, None) for r, s in batch])
+
+    def _execute_limited(self, batch: list[tuple[_Request, _Sequence]], limits: ModelInstances) -> None:
+        """Triton's rate limiter: the instance waits for its resources (its requests counted in ``depth``
+        meanwhile: in a slot, they run whatever their timeout, as in Triton), then runs ``batch``."""
+        with self._cond:
+            self._held_back += len(batch)
+        waiting = True
+        try:
+            with limits.held():
+                with self._cond:
+                    self._held_back -= len(batch)
+                waiting = False
+                self._execute(batch)
+        finally:
+            if waiting:
+                with self._cond:
+                    self._held_back -= len(batch)
 
     def _next_batch(self) -> list[tuple[_Request, _Sequence]] | None:
         with self._cond:

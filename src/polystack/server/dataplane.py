@@ -41,6 +41,7 @@ from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_o
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
     Conflict,
+    DeadlineExceeded,
     InvalidRequest,
     InvalidTensor,
     ModelClosed,
@@ -268,7 +269,13 @@ def _timed_infer(
     outcome's id) loses this call as it starts; ``failed`` receives the start and end of a call that raised."""
     if limits is None:
         return _infer_now(entry, inputs, outputs, queued_ns, outcome, waiting, failed)
-    with limits.held():
+
+    def gone() -> bool:  # its caller went away (the loop dropped it from ``waiting``): it is not run
+        return waiting is not None and id(outcome) not in waiting
+
+    with limits.held(give_up=gone) as granted:
+        if not granted or gone():
+            raise DeadlineExceeded("the request's caller went away while it waited for the rate limiter")
         return _infer_now(entry, inputs, outputs, queued_ns, outcome, waiting, failed)
 
 
@@ -563,36 +570,40 @@ class DataPlane:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
         before anything routes to it, its instances registered with the rate limiter (which refuses those
         that need more than it has). The caller closes it if it does not route to it."""
-        limits = None
-        if self.rate_limiter is not None:
-            policy = plan.policy if plan.policy is not None and (entry.signature.batched or not plan.policy.merge) else None
-            count = (
-                plan.sequence.instances if plan.sequence is not None
-                else policy.instances if policy is not None
-                else plan.instances or self.workers
-            )  # fmt: skip
+        registered: list[ModelInstances] = []
+
+        def limits_for(count: int) -> ModelInstances | None:
+            """Its ``count`` instances registered with the rate limiter (None: the server has none)."""
+            if self.rate_limiter is None:
+                return None
             try:
                 limits = self.rate_limiter.register(
                     f"{entry.name}:{entry.version}", plan.additions.rules(count), _device_id(plan.spec.device)
                 )
             except InvalidRequest as e:  # tritonserver 2.51's words, then what to do
+                fix = (
+                    "give the server more of it (--rate-limit-resource) or the model's instance_group less (its "
+                    "rate_limiter)" if "is limited to" in e.message
+                    else "mark the resource global in every model's config, or in none"
+                )  # fmt: skip
                 raise InvalidRequest(
-                    f"version {entry.version} is at UNAVAILABLE state: Invalid argument: {e.message}; give the server "
-                    "more of it (--rate-limit-resource) or the model's instance_group less (its rate_limiter)"
+                    f"version {entry.version} is at UNAVAILABLE state: Invalid argument: {e.message}; {fix}"
                 ) from None
-            log.debug(  # as Triton's verbose log shows its map on each load and unload
-                "rate limiter resources", extra={"resources": self.rate_limiter.described(self.rate_limiter.amounts())}
-            )
+            registered.append(limits)
+            return limits
+
         try:
-            served = self._start(plan, entry, limits)
+            served = self._start(plan, entry, limits_for)
         except BaseException:
-            if limits is not None:
+            for limits in registered:
                 limits.limiter.unregister(limits)
             raise
-        served.limits = limits
+        served.limits = registered[0] if registered else None
         return served
 
-    def _start(self, plan: _Plan, entry: LoadedEntry, limits: ModelInstances | None) -> _Served:
+    def _start(
+        self, plan: _Plan, entry: LoadedEntry, limits_for: Callable[[int], ModelInstances | None]
+    ) -> _Served:
         policy, instances = plan.policy, plan.instances
         # what clients see: a sequence model without its control and state tensors, and the dims its config
         # fixed, which requests are then checked against
@@ -609,8 +620,9 @@ class DataPlane:
                 m.compute.observe(seconds)
 
             sequencer = SequenceBatcher(
-                entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe, limits=limits
-            )
+                entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe,
+                limits=limits_for(plan.sequence.instances),
+            )  # fmt: skip
             return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
         if policy is not None and (entry.signature.batched or not policy.merge):
             m = self.metrics.model(entry.name, str(entry.version))
@@ -619,11 +631,20 @@ class DataPlane:
                 m.batch.observe(items)
                 m.compute.observe(seconds)
 
+            limits = limits_for(policy.instances)
             batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits)
             return _Served(entry, batcher, None, None, plan.additions)
-        if instances is not None or limits is not None:  # under the rate limiter, every model has threads of its own
+        if instances is not None or self.rate_limiter is not None:  # under the rate limiter: threads of its own
+            limits = limits_for(instances or self.workers)
             executor = InferenceThreads(instances or self.workers, f"infer-{entry.name}", self.thread_initializer)
-            return _Served(entry, None, instances, executor, plan.additions)
+            served = _Served(entry, None, instances, executor, plan.additions)
+            if limits is not None:  # calls handed to its threads that none started: work no instance asked to run
+
+                def pending(served: _Served = served, limits: ModelInstances = limits) -> bool:
+                    return len(served.waiting) > limits.staged
+
+                limits.pending = pending
+            return served
         return _Served(entry, None, None, None, plan.additions)
 
     def _route(self, plan: _Plan, served: _Served) -> LoadedEntry:
