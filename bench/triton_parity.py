@@ -122,7 +122,11 @@ _PARAM = (
     ' numbers of 0 or more, as Triton reads them ...; `1500.0`, `"5"` or `null` is a 400 (`Unable to parse'
     " 'timeout': ...`)'; " + _NOT_JSON[len("README: ") :]
 )
-_PINNED = "README: 'Triton's `nv_pinned_memory_pool_*` gauges are not, since polystack has no pinned memory pool'"
+_PINNED = (
+    "README: 'Triton's `nv_pinned_memory_pool_*` gauges are not, since polystack has no pinned memory pool. A model"
+    " whose load failed has no series (tritonserver 2.51 keeps the `nv_inference_request_failure` counters of a"
+    " model whose load the rate limiter refused)'"
+)
 KNOWN: dict[str, tuple[str, str]] = {
     "http live": (r"\$\.body", _OTHERWISE),
     "http ready": (r"\$\.body", _OTHERWISE),
@@ -162,7 +166,12 @@ KNOWN: dict[str, tuple[str, str]] = {
     **{f"{t} model config {m}": (_CONFIG_SET, _OTHERWISE) for t in ("http", "grpc") for m in ("acc", "queued")},
     "http timeout null": (r"\$\.(status|body\.error)", _PARAM),
     "http priority null": (r"\$\.(status|body\.error)", _PARAM),
-    **{f"http metrics nv_ {k}": (rf"\$\.{k}\.nv_pinned_memory_pool_(total|used)_bytes", _PINNED) for k in ("families", "series")},
+    **{
+        f"http metrics nv_ {k}": (
+            rf"\$\.{k}\.(nv_pinned_memory_pool_(total|used)_bytes|nv_inference_request_failure\{{model=\"greedy\".*)", _PINNED
+        )
+        for k in ("families", "series")
+    },
     **{
         name: (
             r"\$\.(body|response\.models)\[\d+\]\.reason",
