@@ -32,8 +32,8 @@ EACH_DEVICE = -1
 # how long an instance that just ran keeps its resources' next turn for itself, when its model has more work
 # and it weighs least: as Triton stages such an instance again before it gives resources out (OnRelease), so
 # that priority decides between models of one instance each; it is taken as soon as the instance asks again
-_TURN_KEPT_S = 0.05
-_POLL_S = 0.05  # how often a waiting instance looks whether its turn can go on (a kept turn ran out, a give-up)
+_TURN_KEPT_S = 0.02
+_POLL_S = 0.02  # how often a waiting instance looks whether its turn can go on (a kept turn ran out, a give-up)
 
 log = logging.getLogger("polystack.batching")
 
