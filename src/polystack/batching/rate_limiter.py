@@ -104,10 +104,13 @@ class ModelInstances:
         self.instances = tuple(self._free)
         self._lock = threading.Lock()
         self.pending: Callable[[], bool] = lambda: False
-        # the limiter's lock guards these: instances waiting for resources or holding them, of which waiting
-        self.busy = 0
-        self.staged = 0
+        self.busy = 0  # instances waiting for resources or holding them (the limiter's lock guards it)
         self.leaving = False  # unregistered: its needs count only while an instance is busy
+
+    @property
+    def staged(self) -> int:
+        """Its instances waiting for resources now."""
+        return sum(1 for i in self.instances if i.staged)
 
     @contextlib.contextmanager
     def held(self, give_up: Callable[[], bool] | None = None) -> Iterator[bool]:
@@ -239,7 +242,6 @@ class RateLimiter:
             instance.staged = True
             instance.wake.clear()
             model.busy += 1
-            model.staged += 1
             heapq.heappush(self._waiting, (instance.weight(), next(self._arrivals), instance))
             self._allocate()
 
@@ -259,7 +261,6 @@ class RateLimiter:
                     self._kept = (model, time.monotonic() + _TURN_KEPT_S)
             elif instance.staged:  # it gave up waiting: no longer waits
                 instance.staged = False
-                model.staged -= 1
                 self._waiting = [w for w in self._waiting if w[2] is not instance]
                 heapq.heapify(self._waiting)
             if model.leaving and model.busy == 0:
@@ -285,5 +286,4 @@ class RateLimiter:
                 self._taken[key] = self._taken.get(key, 0) + count
             instance.granted = True
             instance.staged = False
-            instance.model.staged -= 1
             instance.wake.set()
