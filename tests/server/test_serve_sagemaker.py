@@ -87,8 +87,6 @@ def test_a_header_size_of_0_makes_the_body_the_models_one_input_and_every_output
         ("POST", "/invocations", json.dumps({"inputs": [{**TENSOR, "name": "nope"}]}).encode(), "", 400,
          "unexpected inference input 'nope'"),
         ("GET", "/invocations", None, "", 405, "Method Not Allowed"),
-        ("GET", "/models", None, "", 501, "multi-model endpoints (/models) are not served"),
-        ("POST", "/models/abc/invoke", b"{}", "", 501, "deploy one model per endpoint"),
     ],
 )
 def test_bad_requests_are_refused_in_tritons_words_and_the_port_goes_on(

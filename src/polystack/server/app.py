@@ -288,7 +288,7 @@ class Server:
             counter_latencies=config.counter_latencies,
             strict_readiness=config.strict_readiness,
             repository_only=config.repository_only,
-            auto_complete=config.folder_rules.auto_complete,
+            folder_rules=config.folder_rules,
             rate_limiter=RateLimiter(config.rate_limit) if config.rate_limit is not None else None,
             load_retries=config.load_retries,
         )
@@ -318,7 +318,7 @@ class Server:
         if config.sagemaker_port is not None:
             sagemaker = SageMakerApp(
                 self.plane, config.sagemaker, max_body_bytes=config.max_body_bytes, access_log=config.access_log,
-                idle_timeout_s=config.idle_timeout_s, thread_initializer=pin,
+                idle_timeout_s=config.idle_timeout_s, thread_initializer=pin, restricted=config.http_restricted,
             )  # fmt: skip
             self.platforms.append(("SageMaker", "--sagemaker-port", sagemaker, config.sagemaker_port))
         self.vertex_ai: VertexAiApp | None = None

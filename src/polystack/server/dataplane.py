@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -332,7 +333,7 @@ class DataPlane:
         counter_latencies: bool = True,
         strict_readiness: bool = False,
         repository_only: bool = False,
-        auto_complete: bool = True,
+        folder_rules: model_repository.FolderRules = model_repository.FolderRules(),
         rate_limiter: RateLimiter | None = None,
         load_retries: int = 0,
     ) -> None:
@@ -347,7 +348,8 @@ class DataPlane:
                 extra={"given": rate_limiter.described() or "as much as the instance that needs most"},
             )
         # Triton's auto-complete of a repository model's config (off: serve --disable-auto-complete-config)
-        self.auto_complete = auto_complete
+        self.folder_rules = folder_rules  # how repository folders are read, repositories registered later's too
+        self.auto_complete = folder_rules.auto_complete
         # Triton's explicit model control over a repository: loads by name and the index know its folders (and
         # the models served another way) alone, not the store's other models (--allow-model-control's do)
         self.repository_only = repository_only and repository is not None
@@ -2472,6 +2474,34 @@ class DataPlane:
                 "being served, as in Triton)"
             )
         await self._control(lambda n: self._unload_by_name(n, dependents), name)
+
+    async def register_repository(self, root: Path, mapping: Mapping[str, str]) -> None:
+        """Serve the model folders of the repository at ``root`` too, those ``mapping`` names (folder: model name)
+        under their mapped names (Triton's TRITONSERVER_ServerRegisterModelRepository, by which its SageMaker
+        multi-model endpoint loads each model): with explicit model control only, on the loader as a load is."""
+        self._check_registration("registration")
+        await self._control(lambda _: self._repositories().register_repository(root, mapping), str(root))
+
+    async def unregister_repository(self, root: Path) -> None:
+        """Stop serving the folders of a repository ``register_repository`` (or the start) gave; the models loaded
+        from it serve on until unloaded, as in Triton."""
+        self._check_registration("unregistration")
+        await self._control(lambda _: self._repositories().unregister_repository(root), str(root))
+
+    def _check_registration(self, what: str) -> None:
+        if not self.allow_model_control or (self.repository is not None and self.repository.polled):
+            raise Unsupported(  # Triton's words, then what to do
+                f"repository {what} is not allowed if model control mode is not EXPLICIT; start the server with "
+                "--model-control-mode explicit (or --allow-model-control)"
+            )
+
+    def _repositories(self) -> model_repository.ModelRepository:
+        """The repositories served, made empty on a first registration by a server started without one (whose
+        models served at start, or by their configs, no folder replaces)."""
+        if self.repository is None:
+            others = {e.name for e in self.engine.loaded()} | set(self.model_configs) | set(self._ensembles)
+            self.repository = model_repository.ModelRepository([], (), others, rules=self.folder_rules)
+        return self.repository
 
     def _unload_by_name(self, name: str, dependents: bool) -> None:
         """An unload's change, on the loader (a load queued behind it then sees all of it): what is served, and

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import InvalidRequest, NotFound, NotUnique, PolystackError, quote
+from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, quote
 from polystack.server import model_config, model_files, repository_agents
 from polystack.server.ensemble import Ensemble, is_ensemble
 from polystack.server.ensemble import read as read_ensemble
@@ -133,17 +133,19 @@ def register_folder(
     policy: Any = None,
     agents: Any = FOLDER_AGENTS,
     rules: FolderRules = FolderRules(),
+    name: str | None = None,
 ) -> RepositoryModel:
     """Register the model of one folder of a repository (the versions ``policy``, else its config's policy,
-    picks) and return it, as ``register`` does for each folder."""
+    picks) and return it, as ``register`` does for each folder; ``name``: the model's name where it is not the
+    folder's (a repository registered with a mapping)."""
+    name = name or folder.name
     try:
-        return _register_model(store, folder, done, policy, agents, rules)
+        return _register_model(store, folder, done, policy, agents, rules, name)
     except PolystackError as e:
-        raise e.prefixed(f"--model-repository {folder.parent}: model {folder.name!r}") from None
+        raise e.prefixed(f"--model-repository {folder.parent}: model {name!r}") from None
     except OSError as e:  # a file or folder this process may not read
         raise InvalidRequest(
-            f"--model-repository {folder.parent}: model {folder.name!r}: cannot read {e.filename or folder}: "
-            f"{e.strerror}"
+            f"--model-repository {folder.parent}: model {name!r}: cannot read {e.filename or folder}: {e.strerror}"
         ) from None
 
 
@@ -204,6 +206,9 @@ class ModelRepository:
         self.roots = [Path(r).absolute() for r in roots]
         self.models = set(models)
         self.others = frozenset(others)
+        # model folders served under a name of their own, by that name: the mappings of repositories registered
+        # while serving (``register_repository``: SageMaker's multi-model endpoints), as Triton's registry maps them
+        self.mapped: dict[str, Path] = {}
         self._twice: set[str] = set()
         self.duplicated: set[str] = set()  # model folders in two repositories, as the last full read found them
         # what the last poll saw of each model folder: at start, what the start saw before reading it
@@ -216,13 +221,48 @@ class ModelRepository:
         )
 
     def folder(self, name: str) -> Path | None:
-        """The model's folder now: in the first repository that has one (None: none has)."""
+        """The model's folder now: the one mapped to its name, else in the first repository that has one (None:
+        none has)."""
         if name.startswith(".") or name in self.others:
             return None
-        for root in self.roots:
-            if (root / name).is_dir():
-                return root / name
+        mapped = self.mapped.get(name)
+        if mapped is not None:
+            return mapped if mapped.is_dir() else None
+        for root in self._holding(name):
+            return root / name
         return None
+
+    def _holding(self, name: str) -> list[Path]:
+        """The repositories with a folder ``name`` served under that name (not mapped to another), in order."""
+        taken = set(self.mapped.values())
+        return [root for root in self.roots if (root / name).is_dir() and root / name not in taken]
+
+    def register_repository(self, root: Path, mapping: Mapping[str, str]) -> None:
+        """Serve the model folders of ``root`` too, those ``mapping`` names (folder: model name) under their
+        mapped names, the others under their own; refused in Triton's words (TRITONSERVER_ServerRegisterModelRepository)
+        where ``root`` is not a folder, is registered already, or a name is mapped already."""
+        root = Path(root).absolute()
+        if not root.is_dir():
+            raise InvalidRequest(f"failed to register '{root}', repository not found")
+        if root in self.roots:
+            raise AlreadyExists(f"model repository '{root}' has already been registered")
+        for name in mapping.values():
+            validate_name(name)
+            if name in self.mapped:
+                raise AlreadyExists(f"failed to register '{name}', there is a conflicting mapping for '{name}'")
+        self.roots.append(root)
+        self.mapped.update({name: root / folder for folder, name in mapping.items()})
+        log.info("model repository registered", extra={"repository": str(root), "mapping": dict(mapping)})
+
+    def unregister_repository(self, root: Path) -> None:
+        """Stop serving the folders of ``root`` (its mappings with them); the models loaded from it serve on until
+        unloaded, as in Triton."""
+        root = Path(root).absolute()
+        if root not in self.roots:
+            raise InvalidRequest(f"failed to unregister '{root}', repository not found")
+        self.roots.remove(root)
+        self.mapped = {name: path for name, path in self.mapped.items() if path.parent != root}
+        log.info("model repository unregistered", extra={"repository": str(root)})
 
     def owns(self, name: str) -> bool:
         """Whether a load of ``name`` by name reads a repository: a model it served, or one with a folder now."""
@@ -234,6 +274,7 @@ class ModelRepository:
         found: dict[str, Path] = {}
         complete = True
         twice: set[str] = set()
+        taken = set(self.mapped.values())
         for root in self.roots:
             try:
                 names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -242,7 +283,7 @@ class ModelRepository:
                 complete = False
                 continue
             for name in names:
-                if name in self.others:
+                if name in self.others or root / name in taken:
                     continue
                 if name in found:
                     twice.add(name)
@@ -254,6 +295,11 @@ class ModelRepository:
                         )
                     continue
                 found[name] = root / name
+        for name, path in self.mapped.items():
+            if name in found:  # mapped, and a folder of that name elsewhere: as Triton's poll, in neither
+                twice.add(name)
+            elif path.is_dir() and name not in self.others:
+                found[name] = path
         if complete:
             self.duplicated = twice
             self._twice &= twice  # said again should it come back
@@ -267,7 +313,8 @@ class ModelRepository:
         load's config names, in its place) passed its files; the model, and what registering did (for
         ``undo`` if its load fails)."""
         folder = self.folder(name)
-        also = [root for root in self.roots if folder is not None and (root / name).is_dir()][1:]
+        holding = self._holding(name) if folder is not None else []
+        also = holding if name in self.mapped else holding[1:]
         if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
             raise NotUnique(  # Triton's words, then where and what to do
                 f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
@@ -279,7 +326,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = register_folder(store, folder, done, policy, agents, self.rules)
+            model = register_folder(store, folder, done, policy, agents, self.rules, name)
         except BaseException:
             undo(store, done)
             raise
@@ -309,8 +356,9 @@ def _register_model(
     policy: Any = None,
     agents: Any = FOLDER_AGENTS,
     rules: FolderRules = FolderRules(),
+    name: str | None = None,
 ) -> RepositoryModel:
-    name = folder.name
+    name = name or folder.name
     validate_name(name)
     config_path = rules.config_path(folder)
     config_file = config_path.relative_to(folder).as_posix()  # config.pbtxt, or configs/<name>.pbtxt
@@ -320,7 +368,7 @@ def _register_model(
         if config_path.exists() and not config_path.is_file():
             raise InvalidRequest(f"its {config_file} is not a file")
         if config_path.is_file():
-            text, doc = _read_config(config_path, config_file, name)
+            text, doc = _read_config(config_path, config_file, name, folder.name)
     except PolystackError as e:
         raise e.before_model_read() from None
     if text is None and not rules.auto_complete:  # no config to read: Triton's poll of the folder fails
@@ -400,9 +448,10 @@ def _register_model(
     return RepositoryModel(name, served, config, ran=ran)
 
 
-def _read_config(path: Path, shown: str, name: str) -> tuple[str, dict[str, Any]]:
+def _read_config(path: Path, shown: str, name: str, folder: str) -> tuple[str, dict[str, Any]]:
     """A folder's config file as JSON text and as a document; refused where it cannot be read, is not one
-    config, or names another model."""
+    config, or names another model. A folder served under a mapped name (``name`` is not ``folder``) has that
+    name whatever its config says, as in Triton (SageMaker's archives name the folder, or what they like)."""
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -412,8 +461,11 @@ def _read_config(path: Path, shown: str, name: str) -> tuple[str, dict[str, Any]
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
     given = doc.get("name")
-    if given and given != name:
+    if given and given != name and name == folder:
         raise InvalidRequest(f"its {shown} names model {quote(given)}; as in Triton, it must be the folder's name")
+    if given and given != name:
+        doc["name"] = name
+        text = json.dumps(doc)
     return text, doc
 
 

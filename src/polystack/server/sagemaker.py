@@ -14,26 +14,39 @@ its content type (but SageMaker's) or encoding says, as Triton's port reads it. 
 its containers so; Triton's has no TLS), and during a drain it answers ``/ping`` 400 and refuses new invocations
 (503) until the drain ends.
 
-Every other path is 400 with an empty body, as Triton answers it. SageMaker's multi-model endpoints (``/models``:
-a repository loaded from a URL under a hash) are not served: 501 saying so. The port serves the same data plane
-as the HTTP one (its models, statistics, metrics and traces).
+SageMaker's multi-model endpoints (``sagemaker_models.py``), routed as Triton routes them: ``GET /models`` lists
+the models loaded (``{"models": [{"modelName", "modelUrl"}]}``), ``GET /models/<name>`` shows one, ``POST /models``
+loads one (``{"model_name", "url"}``, the ``X-Amzn-SageMaker-Target-Model`` header naming it), ``POST
+/models/<name>/invoke`` runs it as ``/invocations`` runs the default model, ``DELETE /models/<name>`` unloads it;
+a name not loaded is 404 with an empty body. Refusals there are Triton's statuses: 409 for what is loaded already,
+507 where memory ran out, 400 for the rest, with the error as JSON. The model repository restriction
+(``--http-restricted-api model-repository:...``) covers them all but invoke, as in Triton.
+
+Every other path is 400 with an empty body, as Triton answers it. The port serves the same data plane as the HTTP
+one (its models, statistics, metrics and traces).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from polystack.errors import ShuttingDown
+from polystack.errors import AlreadyExists, InvalidRequest, PolystackError, ShuttingDown, quote
 from polystack.server.dataplane import DataPlane
 from polystack.server.http import Handler, HttpApp, Request, Response
+from polystack.server.sagemaker_models import MultiModels, out_of_memory
+
+log = logging.getLogger("polystack.server")
 
 BINARY = b"application/vnd.sagemaker-triton.binary+json;json-header-size="
 UNSPECIFIED = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"  # Triton's name where the variable is unset
 _TEXT = b"text/plain"
+_MODELS = re.compile(r"/models(?:/)?([^/]+)?(/invoke)?")  # Triton's route of the multi-model endpoints
 
 
 @dataclass(frozen=True)
@@ -61,31 +74,95 @@ class SageMakerApp(HttpApp):
         """``options``: the HTTP port's (``max_body_bytes``, ``access_log``, ``idle_timeout_s``, ...)."""
         super().__init__(plane, **{**options, "metrics": False})
         self.settings = settings
+        self.models = MultiModels(plane)
+        # Triton restricts the multi-model endpoints but invoke as its model repository API (--http-restricted-api)
+        self._apis.update({h: "model-repository" for h in (self.list_models, self.get_model, self.load_model, self.unload_model)})
 
     def _route(self, method: bytes, path: str) -> tuple[Handler, list[str]] | Response:
         if path == "/ping":
             return (self.ping, []) if method in (b"GET", b"HEAD") else _not_allowed("/ping takes GET")
         if path == "/invocations":
             return (self.invocations, []) if method == b"POST" else _not_allowed("/invocations takes POST")
-        if path == "/models" or path.startswith("/models/"):
-            return Response(
-                501,
-                orjson.dumps({
-                    "error": "SageMaker multi-model endpoints (/models) are not served by polystack: deploy one "
-                    "model per endpoint (SAGEMAKER_TRITON_DEFAULT_MODEL_NAME), or load models through the model "
-                    "repository extension on the HTTP port"
-                }),
-            )
+        found = _MODELS.fullmatch(path)
+        if found is not None:  # SageMaker's multi-model endpoints, routed as Triton routes them
+            name, invoke = found.group(1) or "", bool(found.group(2))
+            if method in (b"GET", b"HEAD"):
+                return (self.get_model, [name]) if name else (self.list_models, [])
+            if method == b"POST":
+                return (self.invoke, [name]) if invoke else (self.load_model, [])
+            if method == b"DELETE":
+                return self.unload_model, [name]
         return Response(400, b"", _TEXT)  # Triton's answer to any other path on this port
+
+    # -- multi-model endpoints (sagemaker_models.py) ----------------------------------------------
+    def list_models(self, req: Request, args: list[str]) -> Response:
+        listed = [{"modelName": a.name, "modelUrl": str(a.repository)} for a in self.models.listed()]
+        return Response(200, orjson.dumps({"models": listed}))
+
+    def get_model(self, req: Request, args: list[str]) -> Response:
+        archive = self.models.get(args[0])
+        if archive is None:
+            return Response(404, b"", _TEXT)
+        return Response(200, orjson.dumps({"modelName": archive.name, "modelUrl": str(archive.repository)}))
+
+    async def load_model(self, req: Request, args: list[str]) -> Response:
+        try:
+            doc = self._json_body(req)
+            name, url = doc.get("model_name", ""), doc.get("url", "")
+            for key, value in (("model_name", name), ("url", url)):
+                if not isinstance(value, str):
+                    raise InvalidRequest(f'"{key}" must be a string, not {quote(value)}')
+            await self.models.load(name, url, _target(req))
+        except PolystackError as e:
+            return _refused(e)
+        return Response(200, b"", _TEXT)
+
+    async def unload_model(self, req: Request, args: list[str]) -> Response:
+        if self.models.get(args[0]) is None:
+            return Response(404, b"", _TEXT)
+        try:
+            await self.models.unload(args[0])
+        except PolystackError as e:
+            return _refused(e)
+        return Response(200, b"", _TEXT)
+
+    async def invoke(self, req: Request, args: list[str]) -> Response:
+        archive = self.models.get(args[0])
+        if archive is None:
+            return Response(404, b"", _TEXT)
+        log.info("invoking a SageMaker model", extra={"model": archive.model, "sagemaker_name": archive.name})
+        try:
+            return await self.invocations_of(req, archive.model)
+        except PolystackError as e:
+            return _refused(e)
 
     def ping(self, req: Request, args: list[str]) -> Response:
         ok = self.plane.live() if self.settings.ping_live else self.plane.ready()
         return Response(200 if ok else 400, b"", _TEXT)
 
     async def invocations(self, req: Request, args: list[str]) -> Response:
+        return await self.invocations_of(req, self.settings.model)
+
+    async def invocations_of(self, req: Request, model: str) -> Response:
         if self.plane.draining:  # the port answers /ping (400) until the drain ends, and runs nothing new meanwhile
             raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
-        return await self.infer_typed(req, self.settings.model, "", BINARY)
+        return await self.infer_typed(req, model, "", BINARY)
+
+
+def _target(req: Request) -> str | None:
+    """The model SageMaker names in ``X-Amzn-SageMaker-Target-Model`` (its archive's key), if it does."""
+    value = req.headers.get(b"x-amzn-sagemaker-target-model")
+    return value.decode("utf-8", "replace") if value else None
+
+
+def _refused(e: PolystackError) -> Response:
+    """A multi-model endpoint's refusal, with Triton's statuses there: 409 for a name or folder loaded already,
+    507 for memory run out (SageMaker then unloads other models and tries again), 503 while the server drains,
+    400 otherwise."""
+    code = 409 if isinstance(e, AlreadyExists) else 507 if out_of_memory(e.message) else 400
+    if isinstance(e, ShuttingDown):
+        code = 503
+    return Response(code, orjson.dumps({"error": e.message}))
 
 
 def _not_allowed(what: str) -> Response:

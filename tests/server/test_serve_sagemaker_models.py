@@ -1,0 +1,265 @@
+"""SageMaker's multi-model endpoints on the SageMaker port (``--allow-sagemaker true`` with explicit model control):
+``/models`` loads, lists, invokes and unloads models from the folders SageMaker unpacks their archives in, as
+tritonserver 2.51's SageMaker front end does (helper-132 recorded it), driven as SageMaker drives them: a JSON
+body naming the folder, and the archive's key in ``X-Amzn-SageMaker-Target-Model``."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, http_call, start
+from test_serve_ensemble import pipeline_repository
+from test_serve_model_repository import expected
+
+from polystack.errors import AlreadyExists, InvalidRequest, ShuttingDown
+from polystack.examples import mlp_onnx
+from polystack.server.app import ServerThread
+from polystack.server.restricted import Restrictions
+from polystack.server.sagemaker import SageMakerSettings, _refused
+from polystack.store import Store
+
+BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+TARGET = "X-Amzn-SageMaker-Target-Model"
+X = np.full((1, 16), 0.5, np.float32)
+BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]})
+
+
+def archive(root: Path, seed: int = 1, folder: str | None = "add", name: str | None = None) -> Path:
+    """A folder as SageMaker unpacks an archive in it: ``<root>/model/<folder>/`` holding the test MLP (``folder``
+    None: the model folder is ``<root>/model`` itself); its config names the model ``name``, if given."""
+    model = root / "model" / folder if folder else root / "model"
+    (model / "1").mkdir(parents=True)
+    mlp_onnx(model / "1" / "model.onnx", seed=seed)
+    named = f'name: "{name}"\n' if name else ""
+    (model / "config.pbtxt").write_text(f'{named}platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
+    return root / "model"
+
+
+def call(port: int, method: str, path: str, body: str | bytes | None = None, **headers: str) -> tuple[int, str, bytes]:
+    data = body.encode() if isinstance(body, str) else body
+    return http_call(port, method, path, data, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def load(port: int, name: str, url: Path | str, target: str | None = None) -> tuple[int, str, bytes]:
+    body = json.dumps({"model_name": name, "url": str(url)})
+    return call(port, "POST", "/models", body, **({TARGET.replace("-", "_"): target} if target else {}))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ServerThread, int]]:
+    """A server as SageMaker's multi-model containers run Triton: explicit model control over an empty
+    repository, the SageMaker port on."""
+    (tmp_path / "empty").mkdir()
+    st = start(
+        Store.at(tmp_path / "home"), models=[], allow_model_control=True, repository_only=True,
+        model_repositories=[tmp_path / "empty"], sagemaker_port=0, sagemaker=SageMakerSettings(),
+    )  # fmt: skip
+    port = st.server.platform_ports.get("SageMaker")
+    assert port is not None
+    yield st, port
+    st.stop()
+
+
+def _y(answer: bytes) -> np.ndarray:
+    out = json.loads(answer)["outputs"][0]
+    return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+
+def test_a_model_loads_from_its_folder_serves_under_the_target_models_name_and_unloads(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    st, port = served
+    url = archive(tmp_path / "opt" / "h1")
+    assert load(port, "h1", url, "add.tar.gz") == (200, "text/plain", b"")
+    listed = {"modelName": "h1", "modelUrl": str(url)}
+    assert call(port, "GET", "/models") == (200, "application/json", json.dumps({"models": [listed]}, separators=(",", ":")).encode())
+    assert json.loads(call(port, "GET", "/models/h1")[2]) == listed
+    status, _, answer = call(port, "POST", "/models/h1/invoke", BODY, **{"X_Amzn_SageMaker_Target_Model": "add.tar.gz"})
+    assert status == 200 and json.loads(answer)["model_name"] == "add.tar.gz"
+    np.testing.assert_allclose(_y(answer), expected(url / "add" / "1" / "model.onnx", X), rtol=1e-5)
+    # the model is the server's as any other: the HTTP port's index and statistics know it by its name
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}")
+    assert {"name": "add.tar.gz", "version": "1", "state": "READY"} in client.get_model_repository_index()
+    assert client.get_inference_statistics("add.tar.gz")["model_stats"][0]["inference_count"] == 1
+    store = st.server.plane.store
+    assert [r.version for r in store.models.list("add.tar.gz")] == [1]  # registered as a repository model is
+    assert call(port, "DELETE", "/models/h1") == (200, "text/plain", b"")
+    assert not client.is_model_ready("add.tar.gz")
+    assert store.models.list("add.tar.gz") == []  # and removed with it: SageMaker's loads never fill the disk
+    assert call(port, "GET", "/models") == (200, "application/json", b'{"models":[]}')
+    for method, path in (("GET", "/models/h1"), ("POST", "/models/h1/invoke"), ("DELETE", "/models/h1")):
+        assert call(port, method, path, BODY if method == "POST" else None) == (404, "text/plain", b""), path
+    assert load(port, "h1", url, "add.tar.gz")[0] == 200  # its repository was unregistered: it loads again
+    assert call(port, "POST", "/models/h1/invoke", BODY)[0] == 200
+
+
+def test_a_folder_that_is_the_model_folder_serves_under_sagemakers_name_without_a_header(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    _, port = served
+    # its config names another model: the model has SageMaker's name whatever it says, as in Triton
+    url = archive(tmp_path / "opt" / "h2", seed=2, folder=None, name="resnet_v2")
+    assert load(port, "h2", url)[0] == 200
+    assert json.loads(call(port, "GET", "/models/h2")[2]) == {"modelName": "h2", "modelUrl": str(url.parent)}
+    status, _, answer = call(port, "POST", "/models/h2/invoke", BODY)
+    assert status == 200 and json.loads(answer)["model_name"] == "h2"
+    np.testing.assert_allclose(_y(answer), expected(url / "1" / "model.onnx", X), rtol=1e-5)
+    # binary tensors, with SageMaker's content type both ways
+    i = httpclient.InferInput("x", [1, 16], "FP32")
+    i.set_data_from_numpy(X, binary_data=True)
+    body, length = httpclient.InferenceServerClient.generate_request_body([i])
+    status, ctype, answer = call(port, "POST", "/models/h2/invoke", body, Content_Type=f"{BINARY}{length}")
+    assert status == 200 and ctype.startswith(BINARY)
+    got = httpclient.InferenceServerClient.parse_response_body(answer, header_length=int(ctype[len(BINARY):]))
+    np.testing.assert_allclose(got.as_numpy("y"), expected(url / "1" / "model.onnx", X), rtol=1e-5)
+
+
+def test_an_ensembles_archive_loads_the_ensemble_with_its_models_and_unloads_them_all(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    st, port = served
+    url = pipeline_repository(tmp_path / "opt" / "h3" / "model")
+    assert load(port, "h3", url, "pipe.tar.gz")[0] == 200
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}")
+    assert all(client.is_model_ready(m) for m in ("pipe.tar.gz", "mlp", "head", "neg"))
+    body = json.dumps({"inputs": [{"name": "IN", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]})
+    status, _, answer = call(port, "POST", "/models/h3/invoke", body)
+    assert status == 200 and {o["name"] for o in json.loads(answer)["outputs"]} == {"OUT", "NEG"}
+    assert call(port, "DELETE", "/models/h3")[0] == 200
+    assert not any(client.is_model_ready(m) for m in ("pipe.tar.gz", "mlp", "head", "neg"))
+    assert st.server.plane.store.models.list() == []
+
+
+def test_what_is_loaded_already_is_409_in_tritons_words(served: tuple[ServerThread, int], tmp_path: Path) -> None:
+    _, port = served
+    first, second = archive(tmp_path / "opt" / "h1"), archive(tmp_path / "opt" / "h2", seed=2)
+    assert load(port, "h1", first, "add.tar.gz")[0] == 200
+    for name, url, target, words in (
+        ("h1", first, "add.tar.gz", f"model repository '{first}' has already been registered"),
+        ("h9", first, "other.tar.gz", f"model repository '{first}' has already been registered"),
+        ("h9", second, "add.tar.gz", "failed to register 'add.tar.gz', there is a conflicting mapping for 'add.tar.gz'"),
+        ("h1", second, "other.tar.gz", "SageMaker model 'h1' is loaded already"),
+    ):
+        status, ctype, answer = load(port, name, url, target)
+        assert (status, ctype) == (409, "application/json") and json.loads(answer)["error"].startswith(words), answer
+    assert load(port, "h2", second, "two.tar.gz")[0] == 200  # the refused loads left nothing registered
+    assert [m["modelName"] for m in json.loads(call(port, "GET", "/models")[2])["models"]] == ["h1", "h2"]
+
+
+def test_a_load_that_fails_is_400_and_leaves_nothing_registered(served: tuple[ServerThread, int], tmp_path: Path) -> None:
+    _, port = served
+    url = archive(tmp_path / "opt" / "h1")
+    good = (url / "add" / "1" / "model.onnx").read_bytes()
+    (url / "add" / "1" / "model.onnx").write_bytes(b"not onnx")
+    status, _, answer = load(port, "h1", url, "add.tar.gz")
+    assert status == 400 and "add.tar.gz" in json.loads(answer)["error"], answer
+    assert call(port, "GET", "/models") == (200, "application/json", b'{"models":[]}')
+    (url / "add" / "1" / "model.onnx").write_bytes(good)
+    assert load(port, "h1", url, "add.tar.gz")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("{bad", "not valid JSON"),
+        ('{"model_name": "h1"}', 'a load needs "url"'),
+        ('{"url": "/tmp"}', 'a load needs "model_name"'),
+        ('{"model_name": "h1", "url": 7}', '"url" must be a string, not 7'),
+        ('{"model_name": 7, "url": "/tmp"}', '"model_name" must be a string, not 7'),
+        ('{"model_name": "h1", "url": "/nowhere/model"}', "failed to register '/nowhere/model', repository not found"),
+        ('{"model_name": "h1", "url": "/proc/self"}', "never read from /dev/, /proc/ or /sys/"),
+        ('{"model_name": "h1", "url": "/sys/../proc/1"}', "never read from /dev/, /proc/ or /sys/"),
+    ],
+)
+def test_bad_loads_are_400_saying_what_to_send(served: tuple[ServerThread, int], body: str, words: str) -> None:
+    _, port = served
+    status, ctype, answer = call(port, "POST", "/models", body)
+    assert (status, ctype) == (400, "application/json") and words in json.loads(answer)["error"], answer
+
+
+def test_an_archive_of_several_models_and_no_ensemble_is_refused_naming_them(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    _, port = served
+    url = archive(tmp_path / "opt" / "h1", folder="a")
+    archive(tmp_path / "opt" / "h1", folder="b")
+    status, _, answer = load(port, "h1", url)
+    assert status == 400 and "2 model folders (a, b) and no ensemble" in json.loads(answer)["error"]
+    (tmp_path / "opt" / "empty" / "model").mkdir(parents=True)
+    status, _, answer = load(port, "h2", tmp_path / "opt" / "empty" / "model")
+    assert status == 400 and "holds no model folder" in json.loads(answer)["error"]
+
+
+def test_without_explicit_model_control_a_load_is_400_in_tritons_words(tmp_path: Path) -> None:
+    st = start(Store.at(tmp_path / "home"), models=[], sagemaker_port=0, sagemaker=SageMakerSettings())
+    try:
+        port = st.server.platform_ports.get("SageMaker")
+        assert port is not None
+        status, _, answer = load(port, "h1", archive(tmp_path / "opt" / "h1"))
+        assert status == 400
+        assert json.loads(answer)["error"].startswith(
+            "repository registration is not allowed if model control mode is not EXPLICIT; start the server with "
+            "--model-control-mode explicit"
+        )
+    finally:
+        st.stop()
+
+
+def test_the_model_repository_restriction_covers_all_but_invoke(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    st = start(
+        Store.at(tmp_path / "home"), models=[], allow_model_control=True, repository_only=True,
+        model_repositories=[tmp_path / "empty"], sagemaker_port=0, sagemaker=SageMakerSettings(),
+        http_restricted=Restrictions({"model-repository": ("admin-key", "s3cret")}),
+    )  # fmt: skip
+    try:
+        port = st.server.platform_ports.get("SageMaker")
+        assert port is not None
+        url = archive(tmp_path / "opt" / "h1")
+        assert load(port, "h1", url)[0] == 403
+        body = json.dumps({"model_name": "h1", "url": str(url)})
+        assert call(port, "POST", "/models", body, admin_key="s3cret")[0] == 200
+        for method, path in (("GET", "/models"), ("GET", "/models/h1"), ("DELETE", "/models/h1")):
+            assert call(port, method, path)[0] == 403, path
+        assert call(port, "POST", "/models/h1/invoke", BODY)[0] == 200
+        assert call(port, "DELETE", "/models/h1", admin_key="s3cret")[0] == 200
+    finally:
+        st.stop()
+
+
+def test_refusals_keep_tritons_statuses_507_when_memory_ran_out() -> None:
+    assert _refused(AlreadyExists("taken")).status == 409
+    assert _refused(InvalidRequest("failed to load 'm': std::bad_alloc: out of memory")).status == 507
+    assert _refused(InvalidRequest("CUDA out of memory. Tried to allocate 2.00 GiB")).status == 507
+    assert _refused(InvalidRequest("no such input")).status == 400
+    assert _refused(ShuttingDown("draining")).status == 503
+
+
+def test_serve_loads_sagemakers_models_as_a_multi_model_container_runs_it(tmp_path: Path) -> None:
+    """As a user's container runs it: explicit model control and no repository at all."""
+    port, sagemaker_port = free_port(), free_port()
+    args = ["--grpc-port", "-1", "--model-control-mode", "explicit", "--allow-sagemaker", "true",
+            "--sagemaker-port", str(sagemaker_port)]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        assert load(sagemaker_port, "h1", archive(tmp_path / "opt" / "h1"), "add.tar.gz")[0] == 200
+        assert call(sagemaker_port, "POST", "/models/h1/invoke", BODY)[0] == 200
+        assert call(sagemaker_port, "DELETE", "/models/h1")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    log = (tmp_path / "log").read_text()
+    assert '"msg":"loading a SageMaker model"' in log and '"msg":"model repository unregistered"' in log
+
+
+def test_other_methods_and_paths_under_models_are_400_with_an_empty_body_as_in_triton(
+    served: tuple[ServerThread, int],
+) -> None:
+    _, port = served
+    for method, path in (("PUT", "/models"), ("PATCH", "/models/h1"), ("GET", "/models/h1/other"), ("GET", "/models/a/b")):
+        assert call(port, method, path) == (400, "text/plain", b""), (method, path)
+    assert call(port, "GET", "/ping")[0] == 200
