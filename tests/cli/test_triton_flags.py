@@ -33,7 +33,6 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),
         ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
-        ("--host-policy", "gpu_0,numa-node=0", "Triton's host policies (NUMA nodes"),
         ("--grpc-infer-thread-count", "1", "invalid argument for --grpc-infer-thread-count: 1; Triton takes from 2 to 128"),
         ("--grpc-max-response-pool-size", "0", "Triton takes from 1"),
     ],

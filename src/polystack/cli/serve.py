@@ -470,7 +470,13 @@ def serve(
         metavar="N",
         help="Try a model's load that fails N more times before it fails (Triton's; default 0).",
     ),
-    host_policy: list[str] = typer.Option(None, "--host-policy", hidden=True),
+    host_policy: list[str] = typer.Option(
+        None,
+        "--host-policy",
+        metavar="cpu,SETTING=VALUE",
+        help="Triton's host policy of the model instances: cpu,cpu-cores=LOW-HIGH pins them (as --runtime-cpus), "
+        "cpu,numa-node=N binds their memory to that NUMA node (Linux).",
+    ),
     rate_limit_resource: list[str] = typer.Option(
         None,
         "--rate-limit-resource",
@@ -518,12 +524,13 @@ def serve(
     from polystack.batching import BatchOverrides, BatchPolicy
     from polystack.cli import triton_flags
     from polystack.engine import Engine
+    from polystack.server import host_policy as host_policies
     from polystack.server import logs, restricted
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.grpc import Keepalive
     from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
     from polystack.server.onnxruntime_config import default_max_batch_size
-    from polystack.server.placement import CpuPlacement
+    from polystack.server.placement import CpuPlacement, format_cpu_list, parse_cpu_list
     from polystack.server.response_cache import CacheConfig
     from polystack.server.sagemaker import SageMakerSettings
     from polystack.server.tls import TlsConfig
@@ -562,7 +569,16 @@ def serve(
             "--response-cache-byte-size is deprecated, as in Triton; give --cache-config local,size=BYTES instead",
             extra={"response_cache_byte_size": response_cache_byte_size},
         )
-    cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus)
+    policy = host_policies.parse(host_policy or [])
+    if policy is not None and policy.cpu_cores is not None:  # the instances' cores: the runtime side
+        if runtime_cpus is not None and parse_cpu_list(runtime_cpus) != policy.cpu_cores:
+            raise InvalidRequest(
+                f"--host-policy cpu,cpu-cores and --runtime-cpus {runtime_cpus} name different cores for the model "
+                "instances: give one of them"
+            )
+        runtime_cpus = format_cpu_list(policy.cpu_cores)
+    # as Triton's host policy, which pins the instances alone: the front end may share their cores
+    cpus = CpuPlacement.resolve(frontend_cpus, runtime_cpus, share=policy is not None and frontend_cpus is None)
     tls = TlsConfig.resolve(tls_cert, tls_key, tls_client_ca)
     grpc_tls = _grpc_tls(grpc_use_ssl, grpc_use_ssl_mutual, grpc_server_cert, grpc_server_key, grpc_root_cert)
     if grpc_tls is not None and tls is not None:
@@ -668,7 +684,6 @@ def serve(
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
         "--model-load-thread-count": model_load_thread_count or [],
-        "--host-policy": host_policy or [],
         "--http-header-forward-pattern": http_header_forward_pattern or [],
         "--grpc-header-forward-pattern": grpc_header_forward_pattern or [],
         "--metrics-interval-ms": metrics_interval_ms or [],
@@ -705,6 +720,7 @@ def serve(
         grpc_max_connection_age_grace,
     )  # checked here: a bad value exits 2, naming the flag
     config = ServeConfig(
+        memory_node=policy.numa_node if policy is not None else None,
         host=listeners.host,
         http_port=http_port,
         grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,

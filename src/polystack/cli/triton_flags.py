@@ -54,11 +54,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
-    "--host-policy": Flag(
-        "str", "", "*",
-        "Triton's host policies (NUMA nodes, CPU cores per instance group) are not in polystack: pin the runtimes "
-        "with --runtime-cpus (and the front end with --frontend-cpus)",
-    ),
     "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),

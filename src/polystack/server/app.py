@@ -29,7 +29,7 @@ from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, w
 from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
-from polystack.server import logs, model_config, model_repository
+from polystack.server import host_policy, logs, model_config, model_repository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
@@ -126,6 +126,8 @@ class ServeConfig:
     runtime_settings: bool = True  # the trace and logging extensions (off in Ray Serve replicas)
     models: Sequence[str] = field(default_factory=list)  # refs; empty: every registered model
     cpus: CpuPlacement | None = None  # pin the front end and the runtimes to separate cores (Linux)
+    # the NUMA node the served process's memory is bound to (--host-policy cpu,numa-node=N; ``run`` binds it)
+    memory_node: int | None = None
     tls: TlsConfig | None = None  # HTTPS and gRPC over TLS (mutual when it names a client CA)
     # Triton model configs by model name: how a model is served at start and by a load without a config
     # of its own (serve --model-config NAME=FILE, as Triton reads config.pbtxt)
@@ -635,6 +637,9 @@ def _binding(what: str, flag: str, host: str, port: int) -> Iterator[None]:
 def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code); ``on_serving`` is called
     once the models loaded and the ports listen."""
+    if config.memory_node is not None:  # before any thread starts: every one the server starts inherits it
+        host_policy.bind_memory(config.memory_node)
+        log.info("memory bound to a NUMA node (--host-policy)", extra={"numa_node": config.memory_node})
     server = Server(engine, config)
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import

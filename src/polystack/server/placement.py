@@ -81,11 +81,13 @@ class CpuPlacement:
     runtime: frozenset[int]
 
     @classmethod
-    def resolve(cls, frontend: str | None, runtime: str | None) -> CpuPlacement | None:
+    def resolve(cls, frontend: str | None, runtime: str | None, share: bool = False) -> CpuPlacement | None:
         """The placement the two options ask for (None when neither is given).
 
         A side left out gets the available cores the other side does not take. Both sides must lie
-        within the process's own affinity and be non-empty; they may overlap when the user says so.
+        within the process's own affinity and be non-empty; they may overlap when the user says so,
+        and, with ``share`` (the runtime's cores come from a host policy, which pins the instances alone), the
+        front end takes every core where the runtime's leave none.
         """
         if frontend is None and runtime is None:
             return None
@@ -103,7 +105,7 @@ class CpuPlacement:
         back = parsed.get("--runtime-cpus")
         if front is None:
             assert back is not None
-            front = allowed - back
+            front = (allowed - back) or (allowed if share else frozenset())
         elif back is None:
             back = allowed - front
         if not front or not back:
