@@ -48,7 +48,10 @@ class LoadSpec:
 
     @property
     def platform(self) -> str:
-        """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``."""
+        """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``; a Python
+        model's is ``python``, as Triton's metadata says (its config's platform is empty)."""
+        if self.backend == "python":
+            return "python"
         return f"{self.backend}_{self.format}".replace(".", "_")
 
 

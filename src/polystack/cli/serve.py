@@ -344,6 +344,12 @@ def serve(
         help="Triton's: read a repository model's config from <model>/configs/NAME.pbtxt where it has one (else its "
         "config.pbtxt).",
     ),
+    allow_python_models: bool = typer.Option(
+        False,
+        "--allow-python-models",
+        help="Serve repository models written for Triton's Python backend (backend: \"python\", model.py), run "
+        "in the server's own process with its rights: only from repositories you trust.",
+    ),
     disable_auto_complete_config: bool = typer.Option(
         False,
         "--disable-auto-complete-config",
@@ -703,7 +709,10 @@ def serve(
             "--http-address 0.0.0.0 in its container",
             listeners.host,
         )
-    rules = _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config)
+    rules = dataclasses.replace(
+        _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config),
+        python_models=allow_python_models,
+    )
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
         allow_model_control, repository_poll_secs, start_models = _model_control(

@@ -37,6 +37,7 @@ class Importer(Protocol):
 
 # Format name -> module under polystack.formats. Order matters for detection.
 IMPORTERS: dict[str, str] = {
+    "python": "polystack.formats.python_model",  # a zip the store writes itself: before the zips of other formats
     "onnx": "polystack.formats.onnx",
     "torch.export": "polystack.formats.torch_export",
     "skops": "polystack.formats.skops",

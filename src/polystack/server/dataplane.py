@@ -460,6 +460,11 @@ class DataPlane:
         are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
+        if record.format == "python" and not self.folder_rules.python_models:  # however it came (a load's files)
+            raise InvalidRequest(
+                f"model {record.name!r} is a Python model: its code would run in the server's process, with the "
+                "server's rights; start the server with --allow-python-models to serve it"
+            )
         policy = self.policy_for(self.store, record, self.profile)
         if policy is not None and not record.signature.batched:
             policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it

@@ -381,7 +381,7 @@ def render(
     device = entry.spec.device
     config: dict[str, Any] = {
         "name": entry.name,
-        "platform": entry.spec.platform,
+        "platform": "" if entry.spec.backend == "python" else entry.spec.platform,  # as Triton's config of one
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
         "input": inputs,
@@ -411,7 +411,7 @@ def render(
             )
         ],
         # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
-        "default_model_filename": "model.onnx" if entry.spec.platform == "onnxruntime_onnx" else "",
+        "default_model_filename": _DEFAULT_FILENAMES.get(entry.spec.platform, ""),
         "cc_model_filenames": {},
         "metric_tags": {},
         "parameters": {
@@ -591,7 +591,8 @@ def read(
     gap = dict(parameters).get(IDLE_GAP)
     parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
     optimization = _optimization(config.get("optimization"))
-    options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
+    # a Python model's parameters are its own, read by its code (its args' model_config), as Triton's backend leaves them
+    options = {} if spec.backend == "python" else onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
@@ -1366,9 +1367,15 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     return total
 
 
+# Triton's default file name by the platform its config shows (the ONNX Runtime backend's, the Python backend's)
+_DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py"}
+
+
 def _default_count(spec: LoadSpec) -> int | None:
     """Triton's instance count where a config gives none (``SetDefaultInstanceCount``): 2 for its ONNX Runtime
     backend on CPU, else 1; None: polystack's own (a model polystack runs with another runtime)."""
+    if spec.backend == "python":
+        return 1
     if spec.backend == "onnxruntime":
         return 2 if _kind(spec.device) == "KIND_CPU" else 1
     return None

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, quote
+from polystack.formats import python_model
 from polystack.server import model_config, model_files, repository_agents
 from polystack.server.ensemble import Ensemble, is_ensemble
 from polystack.server.ensemble import read as read_ensemble
@@ -78,6 +79,9 @@ class FolderRules:
 
     config_name: str = ""
     auto_complete: bool = True
+    # Triton's Python-backend models (``backend: "python"``) are served (serve --allow-python-models): their
+    # model.py runs in the server's process, with its rights
+    python_models: bool = False
 
     def config_path(self, folder: Path) -> Path:
         if self.config_name:
@@ -402,6 +406,8 @@ def _register_model(
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
+    if doc.get("backend") == "python":
+        return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
         if asked and not isinstance(asked, str):
             raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
@@ -446,6 +452,46 @@ def _register_model(
         else model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
     )
     return RepositoryModel(name, served, config, ran=ran)
+
+
+def _register_python(
+    store: Store,
+    folder: Path,
+    name: str,
+    doc: dict[str, Any],
+    served: tuple[int, ...],
+    file: str,
+    done: list[model_files.Registered],
+    rules: FolderRules,
+    shown: repository_agents.Agents,
+    ran: repository_agents.Agents,
+) -> RepositoryModel:
+    """Register a Triton Python-backend model's versions: each version folder and the config as one zip
+    (``formats/python_model.py``), served by the ``python`` backend."""
+    if not rules.python_models:
+        raise InvalidRequest(
+            f"its config asks for Triton's Python backend: its {file} would run in the server's process, with the "
+            "server's rights; start the server with --allow-python-models to serve it"
+        )
+    served_text = _served_config(doc)
+    labels = _label_files(folder, served_text)
+    config = {**doc, "name": name}
+    for version in served:
+        with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
+            packed = python_model.pack(folder, version, name, config, file, Path(work) / "model.zip")
+            try:
+                registered = model_files.register_file(
+                    store, name, packed, labels, Path(work), {packed: str(folder / str(version))}, version=version,
+                    exact_labels=True, triton_io=True, label_names=model_config.label_files(served_text),
+                )  # fmt: skip
+            except PolystackError as e:
+                e.at_version(version)
+                raise
+        done.append(registered)
+    source = f"--model-repository {rules.config_path(folder)}"
+    written = doc.get("version_policy", doc.get("versionPolicy"))
+    served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
+    return RepositoryModel(name, served, served_config, ran=ran)
 
 
 def _read_config(path: Path, shown: str, name: str, folder: str) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,171 @@
+"""Triton's Python backend: a ``model.py`` whose ``TritonPythonModel`` answers requests (``initialize(args)``,
+``execute(requests)``, ``finalize()``), run in the server's own process over ``triton_python_utils`` (imported by
+the model as ``triton_python_backend_utils``).
+
+The artifact (``formats/python_model.py``) is the model's version folder as one zip, with its config. Loading
+unpacks it into a folder of its own, imports ``model.py`` from there (its folder first on ``sys.path`` while
+it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``; each ``infer``
+is one request (a batch the server gathered is one request of that many rows), run by ``execute`` under a lock, as
+one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder.
+
+The model's answer is checked as Triton checks it: one response, its outputs among those its config declares, of
+their data types. A response carrying an error, or an exception from ``execute``, fails the request with its
+words (``TritonError.INVALID_ARG``: the client's error, 400; any other: 500).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from polystack.backends import triton_python_utils as pb_utils
+from polystack.backends.base import Backend, LoadedModel
+from polystack.errors import BackendError, InvalidRequest, PolystackError
+from polystack.formats.python_model import MANIFEST
+from polystack.types import DType, Signature
+
+UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
+
+
+class PythonModel:
+    def __init__(self, artifact: Path, signature: Signature, device: str) -> None:
+        self.signature = signature
+        self._lock = threading.Lock()
+        self._folder = Path(tempfile.mkdtemp(prefix="polystack-python-model-"))
+        try:
+            with zipfile.ZipFile(artifact) as zf:
+                zf.extractall(self._folder)
+            manifest = json.loads((self._folder / MANIFEST).read_text())
+            self.name = str(manifest["model"])
+            self.config: dict[str, Any] = manifest["config"]
+            self._module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]))
+            model_class = getattr(self._module, "TritonPythonModel", None)
+            if model_class is None:
+                raise InvalidRequest(f"{manifest['file']} of model {self.name!r} defines no class TritonPythonModel")
+            self._model = model_class()
+            initialize = getattr(self._model, "initialize", None)
+            if initialize is not None:
+                args = {
+                    "model_config": json.dumps(self.config),
+                    "model_instance_kind": "CPU" if device == "cpu" else "GPU",
+                    "model_instance_name": f"{self.name}_0_0",
+                    "model_instance_device_id": device.partition(":")[2] or "0",
+                    "model_repository": str(self._folder),
+                    "model_version": str(manifest["version"]),
+                    "model_name": self.name,
+                }
+                self._run("initialize", initialize, args)
+        except BaseException:
+            self._forget()
+            raise
+
+    def _import(self, path: Path) -> ModuleType:
+        """``model.py`` as a module of its own, its folder first on ``sys.path`` while it imports."""
+        sys.modules.setdefault(UTILS, pb_utils)
+        name = f"polystack_python_model_{uuid.uuid4().hex}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise InvalidRequest(f"cannot import {path.name} of model {self.name!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent))
+        try:
+            sys.modules[name] = module
+            self._run("import", spec.loader.exec_module, module)
+        finally:
+            sys.path.remove(str(path.parent))
+        return module
+
+    def _run(self, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it."""
+        try:
+            return fn(*args)
+        except PolystackError:
+            raise
+        except pb_utils.TritonError as e:
+            raise _error(e, self.name) from None
+        except Exception as e:
+            message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
+            raise BackendError(
+                f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}"
+            ) from e
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = [t.name for t in self.signature.outputs]
+        request = pb_utils.InferenceRequest(
+            self.name, [pb_utils.Tensor(name, array) for name, array in inputs.items()], outputs
+        )
+        with self._lock:
+            responses = self._run("execute", self._model.execute, [request])
+        if not isinstance(responses, list | tuple) or len(responses) != 1:
+            got = f"{len(responses)} responses" if isinstance(responses, list | tuple) else type(responses).__name__
+            raise BackendError(f"Python model {self.name!r}: execute must return one response per request, got {got}")
+        response = responses[0]
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise BackendError(
+                f"Python model {self.name!r}: execute returned {type(response).__name__}, not an InferenceResponse"
+            )
+        error = response.error()
+        if error is not None:
+            raise _error(error, self.name)
+        result: dict[str, np.ndarray] = {}
+        for tensor in response.output_tensors():
+            spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
+            if spec is None:
+                raise BackendError(
+                    f"Python model {self.name!r} returned output {tensor.name()!r}, which its config does not declare"
+                )
+            array = tensor.as_numpy()
+            if (spec.dtype is DType.BYTES and array.dtype != np.object_) or (
+                spec.dtype is not DType.BYTES and array.dtype != spec.dtype.numpy
+            ):
+                raise BackendError(
+                    f"Python model {self.name!r}: output {spec.name!r} is {pb_utils.numpy_to_triton_string(array.dtype)}"
+                    f", but its config says {spec.dtype.value}"
+                )
+            result[spec.name] = array
+        missing = [name for name in outputs if name not in result]
+        if missing:
+            raise BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which its config declares")
+        return result
+
+    def close(self) -> None:
+        try:
+            finalize = getattr(getattr(self, "_model", None), "finalize", None)
+            if finalize is not None:
+                with self._lock:
+                    self._run("finalize", finalize)
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        module = getattr(self, "_module", None)
+        if module is not None:
+            sys.modules.pop(module.__name__, None)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _error(error: pb_utils.TritonError, model: str) -> PolystackError:
+    """A model's ``TritonError`` as polystack's: the client's (INVALID_ARG) or the model's."""
+    message = f"{error.message()} (Python model {model!r})"
+    return InvalidRequest(message) if error.code() == pb_utils.TritonError.INVALID_ARG else BackendError(message)
+
+
+class PythonBackend(Backend):
+    name = "python"
+    formats = frozenset({"python"})
+
+    def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        return PythonModel(artifact, signature, device)

@@ -1,0 +1,139 @@
+"""Triton Python-backend models run by polystack's ``python`` backend: a real ``model.py`` packed as the store keeps
+it (``formats/python_model.py``), imported, initialized, executed and finalized as Triton's stub runs one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polystack.backends import registry
+from polystack.errors import BackendError, InvalidModelFile, InvalidRequest
+from polystack.formats import detect, python_model
+
+CONFIG = {
+    "name": "upper",
+    "backend": "python",
+    "max_batch_size": 4,
+    "input": [{"name": "TEXT", "data_type": "TYPE_STRING", "dims": [1]}, {"name": "x", "data_type": "TYPE_FP32",
+                                                                         "dims": [2]}],
+    "output": [{"name": "OUT", "data_type": "TYPE_STRING", "dims": [1]}, {"name": "y", "data_type": "TYPE_FP32",
+                                                                        "dims": [2]}],
+}  # fmt: skip
+
+MODEL = '''
+import json, os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from words import shout
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = args
+        self.config = json.loads(args["model_config"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            if text.ravel()[0] == b"fail":
+                raise ValueError("asked to fail")
+            if text.ravel()[0] == b"bad":
+                error = pb_utils.TritonError("bad text", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            if text.ravel()[0] == b"f64":
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", text), pb_utils.Tensor("y", x.astype(np.float64))]))
+                continue
+            out = np.array([shout(t) for t in text.ravel()], dtype=np.object_).reshape(text.shape)
+            y = pb_utils.Tensor.from_dlpack("y", (x + len(self.args["model_name"])).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out), y]))
+        return responses
+
+    def finalize(self):
+        with open(os.environ["FINALIZED"], "w") as f:
+            f.write(self.args["model_instance_name"])
+'''
+
+
+def packed(tmp_path: Path, model: str = MODEL, config: dict | None = None) -> Path:
+    folder = tmp_path / "upper"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.py").write_text(model)
+    (folder / "1" / "words.py").write_text("def shout(t):\n    return t.upper() + b'!'\n")
+    return python_model.pack(folder, 1, "upper", config or CONFIG, "model.py", tmp_path / "model.zip")
+
+
+@pytest.fixture
+def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FINALIZED", str(tmp_path / "finalized"))
+    zipped = packed(tmp_path)
+    loaded = registry.get("python").load(zipped, python_model.signature(CONFIG), registry.get("python").parse_options({}), "cpu")
+    yield loaded
+    loaded.close()
+
+
+def _inputs(text: bytes, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"TEXT": np.full((rows, 1), text, dtype=np.object_), "x": np.ones((rows, 2), np.float32)}
+
+
+def test_a_packed_folder_is_recognised_and_the_same_files_pack_to_the_same_bytes(tmp_path: Path) -> None:
+    first = packed(tmp_path).read_bytes()
+    again = packed(tmp_path).read_bytes()
+    assert first == again and detect(tmp_path / "model.zip") == "python"
+    sig = python_model.signature(CONFIG)
+    assert [(t.name, t.shape) for t in sig.inputs] == [("TEXT", (-1, 1)), ("x", (-1, 2))]
+
+
+def test_execute_answers_each_request_with_its_outputs_and_sibling_modules_import(model) -> None:  # type: ignore[no-untyped-def]
+    out = model.infer(_inputs(b"hi", rows=3))
+    assert out["OUT"].tolist() == [[b"HI!"]] * 3
+    np.testing.assert_array_equal(out["y"], np.full((3, 2), 1 + len("upper"), np.float32))
+
+
+def test_a_response_error_or_an_exception_fails_the_request_in_the_models_words(model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidRequest, match=r"bad text \(Python model 'upper'\)"):
+        model.infer(_inputs(b"bad"))
+    with pytest.raises(BackendError, match="failed in execute: ValueError: asked to fail"):
+        model.infer(_inputs(b"fail"))
+    with pytest.raises(BackendError, match="output 'y' is FP64, but its config says FP32"):
+        model.infer(_inputs(b"f64"))
+    assert model.infer(_inputs(b"ok"))["OUT"].tolist() == [[b"OK!"]]  # and it answers on
+
+
+def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    name = model._module.__name__
+    assert name in sys.modules
+    model.close()
+    assert (tmp_path / "finalized").read_text() == "upper_0_0"
+    assert name not in sys.modules and not model._folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("class Other: pass\n", "defines no class TritonPythonModel"),
+        ("raise ImportError('no such thing')\n", "failed in import: ImportError: no such thing"),
+        ("class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('no GPU')\n",
+         "failed in initialize: RuntimeError: no GPU"),
+        ("import triton_python_backend_utils as pb\nclass TritonPythonModel:\n    def initialize(self, args):\n"
+         "        pb.InferenceRequest(model_name='m').exec()\n", "business logic scripting) is not in polystack"),
+    ],
+)  # fmt: skip
+def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, source: str, words: str) -> None:
+    zipped = packed(tmp_path, source)
+    backend = registry.get("python")
+    with pytest.raises((InvalidRequest, BackendError), match=words.replace("(", r"\(").replace(")", r"\)")):
+        backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+
+
+def test_a_config_without_its_tensors_or_a_folder_without_model_py_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidModelFile, match="lists its inputs"):
+        python_model.signature({"backend": "python", "output": CONFIG["output"]})
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(InvalidModelFile, match=r"holds its model\.py"):
+        python_model.pack(tmp_path / "m", 1, "m", CONFIG, "model.py", tmp_path / "m.zip")

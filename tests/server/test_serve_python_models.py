@@ -1,0 +1,141 @@
+"""Triton Python-backend models in a model repository (``serve --allow-python-models``): served as tritonserver 2.51
+serves them to tritonclient, alone and as an ensemble's step, refused without the flag however they come."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+from tritonclient.utils import InferenceServerException
+
+from polystack.examples import mlp_onnx
+from polystack.formats import python_model
+
+SCALE = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.factor = float(config["parameters"]["factor"]["string_value"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            if np.isnan(x).any():
+                error = pb_utils.TritonError("x holds NaN", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            elif (x < -100).any():
+                raise ValueError("x is too small")
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x * self.factor).astype(np.float32))]))
+        return responses
+
+    def finalize(self):
+        pb_utils.Logger.log_info("scale finalized")
+'''
+
+PIPE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]
+output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "scale", model_version: -1, input_map { key: "x" value: "IN" }, output_map { key: "y" value: "MID" } },
+    { model_name: "mlp", model_version: -1, input_map { key: "x" value: "MID" }, output_map { key: "y" value: "OUT" } }
+  ]
+}
+"""
+
+
+def repository(root: Path) -> Path:
+    """scale (a Python model: x times its config's factor), mlp (ONNX) and pipe (scale, then mlp)."""
+    (root / "scale" / "1").mkdir(parents=True)
+    (root / "scale" / "1" / "model.py").write_text(SCALE)
+    (root / "scale" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 16 ] } ]\ndynamic_batching { }\n'
+        'parameters { key: "factor" value: { string_value: "2" } }\n'
+    )
+    (root / "mlp" / "1").mkdir(parents=True)
+    mlp_onnx(root / "mlp" / "1" / "model.onnx")
+    (root / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    (root / "pipe" / "1").mkdir(parents=True)
+    (root / "pipe" / "config.pbtxt").write_text(PIPE)
+    return root
+
+
+def _mlp(repo: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["y"], {"x": x})[0])
+
+
+def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_path: Path) -> None:
+    repo, port, grpc_port = repository(tmp_path / "models"), free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
+        i = httpclient.InferInput("x", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_array_equal(http.infer("scale", [i]).as_numpy("y"), x * 2)
+        i = httpclient.InferInput("IN", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_allclose(http.infer("pipe", [i]).as_numpy("OUT"), _mlp(repo, x * 2), rtol=1e-5)
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        g = grpcclient.InferInput("x", [1, 16], "FP32")
+        g.set_data_from_numpy(x[:1])
+        np.testing.assert_array_equal(grpc.infer("scale", [g]).as_numpy("y"), x[:1] * 2)
+        # its metadata and config as tritonserver 2.51 shows a Python model's
+        assert http.get_model_metadata("scale")["platform"] == "python"
+        config = http.get_model_config("scale")
+        assert (config["platform"], config["backend"], config["default_model_filename"]) == ("", "python", "model.py")
+        assert config["instance_group"][0]["count"] == 1
+        # the model's own refusals, in its words; the server serves on
+        bad = httpclient.InferInput("x", [1, 16], "FP32")
+        bad.set_data_from_numpy(np.full((1, 16), np.nan, np.float32))
+        with pytest.raises(InferenceServerException, match=r"x holds NaN \(Python model 'scale'\)") as caught:
+            http.infer("scale", [bad])
+        assert caught.value.status() == "400"
+        bad.set_data_from_numpy(np.full((1, 16), -1000, np.float32))
+        with pytest.raises(InferenceServerException, match="failed in execute: ValueError: x is too small") as caught:
+            http.infer("scale", [bad])
+        assert caught.value.status() == "500"
+        ok = httpclient.InferInput("x", [1, 16], "FP32")
+        ok.set_data_from_numpy(x[:1])
+        np.testing.assert_array_equal(http.infer("scale", [ok]).as_numpy("y"), x[:1] * 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert '"msg":"scale finalized"' in (tmp_path / "log").read_text()  # finalize ran at the stop
+
+
+def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "models")
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
+    assert "asks for Triton's Python backend" in line and "--allow-python-models" in line
+    # a load's files packed as the store packs a Python model: refused too, never run
+    (tmp_path / "empty").mkdir()
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "empty"), "--model-control-mode", "explicit", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home2", args, port, tmp_path / "log2"):
+        config = {"backend": "python", "max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32",
+                  "dims": [16]}], "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [16]}]}  # fmt: skip
+        zipped = python_model.pack(repo / "scale", 1, "evil", config, "model.py", tmp_path / "z")
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException) as caught:
+            client.load_model("evil", config=json.dumps(config), files={"file:1/model.onnx": zipped.read_bytes()})
+        assert "model 'evil' is a Python model" in caught.value.message()
+        assert "start the server with --allow-python-models" in caught.value.message()
+        assert not client.is_model_ready("evil")
