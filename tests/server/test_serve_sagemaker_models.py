@@ -5,20 +5,26 @@ body naming the folder, and the archive's key in ``X-Amzn-SageMaker-Target-Model
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, http_call, start
+from servekit import cli_server, free_port, http_call, register_all, start, until
 from test_serve_ensemble import pipeline_repository
 from test_serve_model_repository import expected
 
 from polystack.errors import AlreadyExists, InvalidRequest, ShuttingDown
 from polystack.examples import mlp_onnx
+from polystack.server import dataplane
 from polystack.server.app import ServerThread
 from polystack.server.restricted import Restrictions
 from polystack.server.sagemaker import SageMakerSettings, _refused
@@ -106,7 +112,8 @@ def test_a_folder_that_is_the_model_folder_serves_under_sagemakers_name_without_
     # its config names another model: the model has SageMaker's name whatever it says, as in Triton
     url = archive(tmp_path / "opt" / "h2", seed=2, folder=None, name="resnet_v2")
     assert load(port, "h2", url)[0] == 200
-    assert json.loads(call(port, "GET", "/models/h2")[2]) == {"modelName": "h2", "modelUrl": str(url.parent)}
+    # the folder is registered as the repository of that one model (Triton registers its parent, the others in it too)
+    assert json.loads(call(port, "GET", "/models/h2")[2]) == {"modelName": "h2", "modelUrl": str(url)}
     status, _, answer = call(port, "POST", "/models/h2/invoke", BODY)
     assert status == 200 and json.loads(answer)["model_name"] == "h2"
     np.testing.assert_allclose(_y(answer), expected(url / "1" / "model.onnx", X), rtol=1e-5)
@@ -260,6 +267,146 @@ def test_other_methods_and_paths_under_models_are_400_with_an_empty_body_as_in_t
     served: tuple[ServerThread, int],
 ) -> None:
     _, port = served
-    for method, path in (("PUT", "/models"), ("PATCH", "/models/h1"), ("GET", "/models/h1/other"), ("GET", "/models/a/b")):
+    for method, path in (("PUT", "/models"), ("PATCH", "/models/h1"), ("GET", "/models/h1/other"), ("GET", "/models/a/b"),
+                         ("HEAD", "/models")):
         assert call(port, method, path) == (400, "text/plain", b""), (method, path)
     assert call(port, "GET", "/ping")[0] == 200
+
+
+def _slow_loads(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every repository load takes ``seconds`` more, as real models take a while to load."""
+    real = dataplane.DataPlane._load_from_repository
+
+    def slow(self: dataplane.DataPlane, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(dataplane.DataPlane, "_load_from_repository", slow)
+
+
+def test_loads_at_once_each_take_back_only_their_own_store_rows(
+    served: tuple[ServerThread, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, port = served
+    _slow_loads(monkeypatch, 0.3)
+    urls = [archive(tmp_path / "opt" / f"h{i}", seed=i + 1) for i in range(2)]
+    answers: dict[str, int] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: answers.update({f"h{i}": load(port, f"h{i}", urls[i], f"m{i}")[0]}))
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == {"h0": 200, "h1": 200}
+    assert call(port, "DELETE", "/models/h0")[0] == 200
+    assert [r.name for r in st.server.plane.store.models.list()] == ["m1"]  # h0's unload took back m0 alone
+    assert call(port, "DELETE", "/models/h1")[0] == 200
+    assert st.server.plane.store.models.list() == []
+
+
+def test_one_name_loaded_twice_at_once_is_loaded_once_and_the_other_is_409(
+    served: tuple[ServerThread, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = served
+    _slow_loads(monkeypatch, 0.3)
+    urls = [archive(tmp_path / "opt" / f"u{i}", seed=i + 1) for i in range(2)]
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: answers.append(load(port, "h1", urls[i], f"m{i}")[0])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [200, 409]
+    assert call(port, "DELETE", "/models/h1")[0] == 200
+    assert call(port, "GET", "/models") == (200, "application/json", b'{"models":[]}')
+
+
+def test_a_load_whose_client_goes_runs_to_its_end_and_is_known(
+    served: tuple[ServerThread, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, port = served
+    _slow_loads(monkeypatch, 1.0)
+    url = archive(tmp_path / "opt" / "h1")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.3)
+    conn.request("POST", "/models", body=json.dumps({"model_name": "h1", "url": str(url)}), headers={TARGET: "m"})
+    with pytest.raises((socket.timeout, TimeoutError)):
+        conn.getresponse()
+    conn.close()
+    assert until(lambda: call(port, "GET", "/models/h1")[0] == 200, 10)  # loaded, and listed
+    assert load(port, "h1", url, "m")[0] == 409  # SageMaker's retry: loaded already
+    assert call(port, "DELETE", "/models/h1")[0] == 200
+    assert st.server.plane.store.models.list() == []
+
+
+def test_a_failed_ensemble_load_takes_back_the_models_it_brought_up_and_the_endpoint_stays_healthy(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    st, port = served
+    url = pipeline_repository(tmp_path / "opt" / "h3" / "model")
+    config = url / "pipe" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ 3 ]", "dims: [ 5 ]"))  # does not fit its step's output
+    assert load(port, "h3", url, "pipe.tar.gz")[0] == 400
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}")
+    assert not any(client.is_model_ready(m) for m in ("mlp", "head", "neg"))
+    assert st.server.plane.store.models.list() == []
+    assert call(port, "GET", "/ping")[0] == 200  # its repository is gone: nothing is left unready
+    other = pipeline_repository(tmp_path / "opt" / "h4" / "model")
+    mlp_onnx(other / "mlp" / "1" / "model.onnx", sizes=(16, 32, 4), seed=9)
+    assert load(port, "h4", other, "pipe.tar.gz")[0] == 200
+    body = json.dumps({"inputs": [{"name": "IN", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]})
+    neg = next(o for o in json.loads(call(port, "POST", "/models/h4/invoke", body)[2])["outputs"] if o["name"] == "NEG")
+    np.testing.assert_allclose(neg["data"], -expected(other / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+
+
+def test_a_name_served_another_way_is_409_and_that_model_serves_on(tmp_path: Path) -> None:
+    store = Store.at(tmp_path / "home")
+    register_all(store, tmp_path / "work")
+    st = start(store, models=["mlp"], allow_model_control=True, sagemaker_port=0, sagemaker=SageMakerSettings())
+    try:
+        port = st.server.platform_ports["SageMaker"]
+        status, _, answer = load(port, "h1", archive(tmp_path / "opt" / "h1", seed=7), "mlp")
+        assert status == 409 and "model 'mlp' is served already" in json.loads(answer)["error"]
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}").is_model_ready("mlp")
+    finally:
+        st.stop()
+
+
+def test_a_name_loaded_once_by_sagemaker_loads_from_the_store_again_after(tmp_path: Path) -> None:
+    store = Store.at(tmp_path / "home")
+    register_all(store, tmp_path / "work")
+    st = start(store, models=[], allow_model_control=True, sagemaker_port=0, sagemaker=SageMakerSettings())
+    try:
+        port = st.server.platform_ports["SageMaker"]
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}")
+        client.load_model("mlp")  # served from the store, then not
+        client.unload_model("mlp")
+        url = tmp_path / "opt" / "h1" / "model"
+        (url / "2").mkdir(parents=True)  # a version the store lacks, beside its version 1
+        mlp_onnx(url / "2" / "model.onnx", seed=3)
+        (url / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
+        assert load(port, "h1", url, "mlp")[0] == 200
+        assert call(port, "DELETE", "/models/h1")[0] == 200
+        assert [r.version for r in store.models.list("mlp")] == [1]  # the store's own version stays
+        client.load_model("mlp")  # from the store, as before
+        assert client.is_model_ready("mlp")
+    finally:
+        st.stop()
+
+
+def test_a_folder_mapped_to_its_own_name_takes_it_whatever_its_config_says(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    _, port = served
+    assert load(port, "h1", archive(tmp_path / "opt" / "h1", folder="add", name="resnet"), "add")[0] == 200
+
+
+def test_model_folders_side_by_side_load_each_alone(served: tuple[ServerThread, int], tmp_path: Path) -> None:
+    st, port = served
+    for name in ("x", "y"):
+        archive(tmp_path / "flat" / name, folder=None)
+    assert load(port, "hx", tmp_path / "flat" / "x" / "model", "x.tar.gz")[0] == 200
+    assert load(port, "hy", tmp_path / "flat" / "y" / "model", "y.tar.gz")[0] == 200
+    index = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}").get_model_repository_index()
+    assert sorted(m["name"] for m in index) == ["x.tar.gz", "y.tar.gz"]  # nothing else of their folders

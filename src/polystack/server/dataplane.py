@@ -41,6 +41,7 @@ from polystack.batching.rate_limiter import ModelInstances, RateLimiter
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
+    AlreadyExists,
     Conflict,
     DeadlineExceeded,
     InvalidRequest,
@@ -2480,18 +2481,75 @@ class DataPlane:
             )
         await self._control(lambda n: self._unload_by_name(n, dependents), name)
 
-    async def register_repository(self, root: Path, mapping: Mapping[str, str]) -> None:
-        """Serve the model folders of the repository at ``root`` too, those ``mapping`` names (folder: model name)
-        under their mapped names (Triton's TRITONSERVER_ServerRegisterModelRepository, by which its SageMaker
-        multi-model endpoint loads each model): with explicit model control only, on the loader as a load is."""
+    async def load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:
+        """Serve the repository at ``root`` too, ``mapping``'s folders (folder: model name; the folder "": ``root``
+        is that model's folder itself) under their names, and load ``model`` from it: Triton's
+        TRITONSERVER_ServerRegisterModelRepository then its load, by which its SageMaker multi-model endpoint loads
+        each model, as one change on the loader. With explicit model control only. A load that fails takes back
+        all it did (the models it brought up, the store rows it made, the registration); else the store rows it
+        made, which ``unload_repository`` takes back."""
         self._check_registration("registration")
-        await self._control(lambda _: self._repositories().register_repository(root, mapping), str(root))
+        made: list[ModelRecord] = []
+        await self._control(lambda _: made.extend(self._load_repository(root, mapping, model)), model)
+        return made
 
-    async def unregister_repository(self, root: Path) -> None:
-        """Stop serving the folders of a repository ``register_repository`` (or the start) gave; the models loaded
-        from it serve on until unloaded, as in Triton."""
+    def _load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:
+        repository = self._repositories()
+        mapped = model in repository.mapped  # refused by the registration, in Triton's words
+        if not mapped and (model in repository.others or model in self._ensembles or self._serves_model(model)):
+            raise AlreadyExists(  # a name another load or the start serves: the archive would never be read
+                f"model {model!r} is served already; load the archive under another name, or unload that model first"
+            )
+        before, rows = self._names_served(), {r.id for r in self.store.models.list()}
+
+        def made() -> list[ModelRecord]:  # the rows of the models it brought up (not another process's, meanwhile)
+            names = self._names_served() - before | {model}
+            return [r for r in self.store.models.list() if r.id not in rows and r.name in names]
+
+        repository.register_repository(root, mapping)
+        try:
+            self._recorded(lambda n: self._load_only(n, None))(model)
+        except BaseException:
+            undone = made()
+            for name in sorted(self._names_served() - before):  # an ensemble's models, loaded before it failed
+                self.unload(name)
+            self._take_back(undone)
+            self._forget_names(repository.unregister_repository(root))
+            self._load_failures.pop(model, None)  # its repository is gone: nothing left to be unready for
+            raise
+        return made()
+
+    async def unload_repository(self, root: Path, model: str, made: Collection[ModelRecord], wait_s: float) -> bool:
+        """Unload ``model`` and the models its ensemble runs, wait up to ``wait_s`` for what they run, then
+        unregister the repository at ``root`` and take back the store rows its load ``made``; whether what they ran
+        finished in time."""
         self._check_registration("unregistration")
-        await self._control(lambda _: self._repositories().unregister_repository(root), str(root))
+        await self._control(lambda n: self._unload_by_name(n, True), model)
+        finished = await asyncio.get_running_loop().run_in_executor(None, self.wait_retired, wait_s)
+
+        def forget(_: str) -> None:
+            self._forget_names(self._repositories().unregister_repository(root))
+            self._take_back([r for r in made if not self._serves_model(r.name)])  # unless loaded again meanwhile
+
+        await self._control(forget, model)
+        return finished
+
+    def _forget_names(self, names: Collection[str]) -> None:
+        """What loads from their folders left of ``names``, whose folders no repository holds now: a later load of
+        one reads the store, as before them."""
+        for name in names:
+            if not self._serves_model(name) and name not in self._ensembles:
+                self.model_configs.pop(name, None)
+                self._configured.pop(name, None)
+                self._load_policies.pop(name, None)
+
+    def _names_served(self) -> set[str]:
+        return {e.name for e in self.engine.loaded()} | set(self._ensembles)
+
+    def _take_back(self, records: Collection[ModelRecord]) -> None:
+        """Delete these store rows, those still as they were, with the blobs nothing else uses."""
+        for record in records:
+            self.store.take_back(record)
 
     def _check_registration(self, what: str) -> None:
         if not self.allow_model_control or (self.repository is not None and self.repository.polled):

@@ -107,6 +107,13 @@ class RepositoryModel:
         return [f"{self.name}:{v}" for v in self.versions]
 
 
+def _subfolders(root: Path) -> list[Path]:
+    try:
+        return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
 def model_folders(root: Path) -> list[Path]:
     """The model folders of the repository at ``root``, in name order (hidden ones, named from '.', left out).
     An empty repository is served empty, as Triton serves it (models come later, by a load or a poll)."""
@@ -140,16 +147,16 @@ def register_folder(
     name: str | None = None,
 ) -> RepositoryModel:
     """Register the model of one folder of a repository (the versions ``policy``, else its config's policy,
-    picks) and return it, as ``register`` does for each folder; ``name``: the model's name where it is not the
-    folder's (a repository registered with a mapping)."""
-    name = name or folder.name
+    picks) and return it, as ``register`` does for each folder; ``name``: the model's name where a repository
+    registered with a mapping maps the folder to it (its config's name then says nothing)."""
     try:
         return _register_model(store, folder, done, policy, agents, rules, name)
     except PolystackError as e:
-        raise e.prefixed(f"--model-repository {folder.parent}: model {name!r}") from None
+        raise e.prefixed(f"--model-repository {folder.parent}: model {name or folder.name!r}") from None
     except OSError as e:  # a file or folder this process may not read
         raise InvalidRequest(
-            f"--model-repository {folder.parent}: model {name!r}: cannot read {e.filename or folder}: {e.strerror}"
+            f"--model-repository {folder.parent}: model {name or folder.name!r}: cannot read {e.filename or folder}: "
+            f"{e.strerror}"
         ) from None
 
 
@@ -213,6 +220,7 @@ class ModelRepository:
         # model folders served under a name of their own, by that name: the mappings of repositories registered
         # while serving (``register_repository``: SageMaker's multi-model endpoints), as Triton's registry maps them
         self.mapped: dict[str, Path] = {}
+        self._alone: set[Path] = set()  # registered repositories that are one model's folder (mapped), not models'
         self._twice: set[str] = set()
         self.duplicated: set[str] = set()  # model folders in two repositories, as the last full read found them
         # what the last poll saw of each model folder: at start, what the start saw before reading it
@@ -239,12 +247,17 @@ class ModelRepository:
     def _holding(self, name: str) -> list[Path]:
         """The repositories with a folder ``name`` served under that name (not mapped to another), in order."""
         taken = set(self.mapped.values())
-        return [root for root in self.roots if (root / name).is_dir() and root / name not in taken]
+        return [r for r in self._listed() if (r / name).is_dir() and r / name not in taken]
+
+    def _listed(self) -> list[Path]:
+        """The repositories whose folders are models (not those registered as one model's folder)."""
+        return [root for root in self.roots if root not in self._alone]
 
     def register_repository(self, root: Path, mapping: Mapping[str, str]) -> None:
         """Serve the model folders of ``root`` too, those ``mapping`` names (folder: model name) under their
-        mapped names, the others under their own; refused in Triton's words (TRITONSERVER_ServerRegisterModelRepository)
-        where ``root`` is not a folder, is registered already, or a name is mapped already."""
+        mapped names, the others under their own (the folder "": ``root`` is that model's folder, and holds no
+        other); refused in Triton's words (TRITONSERVER_ServerRegisterModelRepository) where ``root`` is not a
+        folder, is registered already, or a name is mapped already."""
         root = Path(root).absolute()
         if not root.is_dir():
             raise InvalidRequest(f"failed to register '{root}', repository not found")
@@ -255,18 +268,27 @@ class ModelRepository:
             if name in self.mapped:
                 raise AlreadyExists(f"failed to register '{name}', there is a conflicting mapping for '{name}'")
         self.roots.append(root)
+        if "" in mapping:
+            self._alone.add(root)
         self.mapped.update({name: root / folder for folder, name in mapping.items()})
         log.info("model repository registered", extra={"repository": str(root), "mapping": dict(mapping)})
 
-    def unregister_repository(self, root: Path) -> None:
+    def unregister_repository(self, root: Path) -> set[str]:
         """Stop serving the folders of ``root`` (its mappings with them); the models loaded from it serve on until
-        unloaded, as in Triton."""
+        unloaded, as in Triton, and a later load of their names reads the repositories (or the store) as before.
+        The names of its folders no repository holds now."""
         root = Path(root).absolute()
         if root not in self.roots:
             raise InvalidRequest(f"failed to unregister '{root}', repository not found")
+        gone = {name for name, path in self.mapped.items() if root in (path, path.parent)}
+        gone |= {p.name for p in _subfolders(root)} if root not in self._alone else set()
         self.roots.remove(root)
-        self.mapped = {name: path for name, path in self.mapped.items() if path.parent != root}
+        self._alone.discard(root)
+        self.mapped = {name: path for name, path in self.mapped.items() if root not in (path, path.parent)}
+        gone = {name for name in gone if self.folder(name) is None}
+        self.models -= gone
         log.info("model repository unregistered", extra={"repository": str(root)})
+        return gone
 
     def owns(self, name: str) -> bool:
         """Whether a load of ``name`` by name reads a repository: a model it served, or one with a folder now."""
@@ -279,7 +301,7 @@ class ModelRepository:
         complete = True
         twice: set[str] = set()
         taken = set(self.mapped.values())
-        for root in self.roots:
+        for root in self._listed():
             try:
                 names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             except OSError as e:
@@ -330,7 +352,7 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = register_folder(store, folder, done, policy, agents, self.rules, name)
+            model = register_folder(store, folder, done, policy, agents, self.rules, name if name in self.mapped else None)
         except BaseException:
             undo(store, done)
             raise
@@ -360,9 +382,9 @@ def _register_model(
     policy: Any = None,
     agents: Any = FOLDER_AGENTS,
     rules: FolderRules = FolderRules(),
-    name: str | None = None,
+    mapped_to: str | None = None,
 ) -> RepositoryModel:
-    name = name or folder.name
+    name = mapped_to or folder.name
     validate_name(name)
     config_path = rules.config_path(folder)
     config_file = config_path.relative_to(folder).as_posix()  # config.pbtxt, or configs/<name>.pbtxt
@@ -372,7 +394,7 @@ def _register_model(
         if config_path.exists() and not config_path.is_file():
             raise InvalidRequest(f"its {config_file} is not a file")
         if config_path.is_file():
-            text, doc = _read_config(config_path, config_file, name, folder.name)
+            text, doc = _read_config(config_path, config_file, name, mapped=mapped_to is not None)
     except PolystackError as e:
         raise e.before_model_read() from None
     if text is None and not rules.auto_complete:  # no config to read: Triton's poll of the folder fails
@@ -494,10 +516,10 @@ def _register_python(
     return RepositoryModel(name, served, served_config, ran=ran)
 
 
-def _read_config(path: Path, shown: str, name: str, folder: str) -> tuple[str, dict[str, Any]]:
+def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tuple[str, dict[str, Any]]:
     """A folder's config file as JSON text and as a document; refused where it cannot be read, is not one
-    config, or names another model. A folder served under a mapped name (``name`` is not ``folder``) has that
-    name whatever its config says, as in Triton (SageMaker's archives name the folder, or what they like)."""
+    config, or names another model. A folder ``mapped`` to a name has that name whatever its config says, as in
+    Triton (SageMaker's archives name the folder, or what they like)."""
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -507,7 +529,7 @@ def _read_config(path: Path, shown: str, name: str, folder: str) -> tuple[str, d
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
     given = doc.get("name")
-    if given and given != name and name == folder:
+    if given and given != name and not mapped:
         raise InvalidRequest(f"its {shown} names model {quote(given)}; as in Triton, it must be the folder's name")
     if given and given != name:
         doc["name"] = name

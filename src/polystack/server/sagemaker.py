@@ -86,7 +86,7 @@ class SageMakerApp(HttpApp):
         found = _MODELS.fullmatch(path)
         if found is not None:  # SageMaker's multi-model endpoints, routed as Triton routes them
             name, invoke = found.group(1) or "", bool(found.group(2))
-            if method in (b"GET", b"HEAD"):
+            if method == b"GET":  # not HEAD: 400, as Triton's
                 return (self.get_model, [name]) if name else (self.list_models, [])
             if method == b"POST":
                 return (self.invoke, [name]) if invoke else (self.load_model, [])

@@ -4,13 +4,14 @@ folder of its own (``/opt/ml/models/<hash>/model``), and served under the name S
 ``X-Amzn-SageMaker-Target-Model`` header gives (the archive's key, ``resnet.tar.gz``; without the header, the
 hash), as tritonserver 2.51 does:
 
-- the folder is a repository of its own, registered while serving with its model folder mapped to that name
-  (``DataPlane.register_repository``), then the model is loaded by name, as a repository load loads it; an
-  ensemble's models are the repository's other folders, served under their own names;
+- the folder is a repository of its own, registered while serving with its model folder mapped to that name, and
+  the model is loaded by name, as a repository load loads it (``DataPlane.load_repository``, one change: a load
+  that fails takes back all it did); an ensemble's models are the repository's other folders, served under their
+  own names;
 - the model folder is the archive folder itself where it holds a ``config.pbtxt``, else the one folder in it, or
   the ensemble among its folders;
-- an unload unloads the model and the models an ensemble runs, waits for what they were running, and unregisters
-  the repository.
+- an unload unloads the model and the models an ensemble runs, waits for what they were running, unregisters the
+  repository and takes back the store rows the load made (``DataPlane.unload_repository``).
 
 Transport-free: the SageMaker port (``sagemaker.py``) answers with Triton's statuses.
 """
@@ -21,14 +22,18 @@ import asyncio
 import logging
 import os
 import re
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from polystack.errors import AlreadyExists, InvalidRequest, NotFound, PolystackError, quote
+from polystack.errors import AlreadyExists, InvalidRequest, NotFound, quote
 from polystack.server.dataplane import DataPlane
 from polystack.server.model_repository import CONFIG
+from polystack.store import ModelRecord
 
 log = logging.getLogger("polystack.server")
+T = TypeVar("T")
 
 _ENSEMBLE = re.compile(r'platform:\s*"ensemble"')  # how Triton's front end finds the ensemble among the folders
 _SYSTEM = ("/dev/", "/proc/", "/sys/")  # folders Triton's front end never reads models from
@@ -52,21 +57,25 @@ def out_of_memory(message: str) -> bool:
 @dataclass(frozen=True)
 class Archive:
     """One model SageMaker loaded: its name for it, the repository registered for it (GET /models shows it as
-    the model's URL), the model folder there, and the name the model serves under."""
+    the model's URL), the model folder there ("": the repository is that folder), the name the model serves under,
+    and the store rows its load made (its unload takes them back)."""
 
     name: str
     repository: Path
     folder: str
     model: str
-    registered: frozenset[str] = frozenset()  # the names its load registered in the store, which its unload removes
+    made: tuple[ModelRecord, ...] = ()
 
 
 class MultiModels:
-    """The models a SageMaker multi-model endpoint loaded, by SageMaker's names for them."""
+    """The models a SageMaker multi-model endpoint loaded, by SageMaker's names for them. A load or unload runs
+    to its end even when its client goes (SageMaker tries again; what it finds then is consistent), and one name
+    is loaded or unloaded by one request at a time."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self._archives: dict[str, Archive] = {}
+        self._busy: set[str] = set()  # names a load or unload is changing now
 
     def get(self, name: str) -> Archive | None:
         return self._archives.get(name)
@@ -78,7 +87,7 @@ class MultiModels:
     async def load(self, name: str, url: str, model: str | None) -> Archive:
         """Load the archive SageMaker unpacked at ``url`` as ``name``, served as ``model`` (None: as ``name``).
         ``AlreadyExists`` where ``name``, its folder or ``model`` are loaded already; the load's own failure
-        otherwise, the repository unregistered again."""
+        otherwise, having taken back all it did."""
         if not name:
             raise InvalidRequest('a load needs "model_name", SageMaker\'s name for the model')
         if not url:
@@ -87,55 +96,65 @@ class MultiModels:
         where = Path(os.path.abspath(os.path.normpath(url)))
         if (str(where) + "/").startswith(_SYSTEM):
             raise InvalidRequest(f"url {quote(url)}: a model is never read from /dev/, /proc/ or /sys/")
-        if (where / CONFIG).is_file():  # the model folder itself
-            repository, folder = where.parent, where.name
+        if (where / CONFIG).is_file():  # the model folder itself: a repository of that one model
+            repository, folder = where, ""
         else:
             repository, folder = where, _model_folder(where)
         loaded = self._archives.get(name)
-        if loaded is not None and loaded.repository != repository:  # the same folder: refused as Triton words it
-            raise AlreadyExists(f"SageMaker model {quote(name)} is loaded already, from {loaded.repository}; unload it first")
+        if loaded is not None:  # as Triton words it for the same folder
+            raise AlreadyExists(
+                f"model repository '{loaded.repository}' has already been registered"
+                if loaded.repository == repository
+                else f"SageMaker model {quote(name)} is loaded already, from {loaded.repository}; unload it first"
+            )
+        self._reserve(name)
         log.info("loading a SageMaker model", extra={"model": model, "sagemaker_name": name, "url": str(where)})
-        loop = asyncio.get_running_loop()
-        before = await loop.run_in_executor(None, self._stored)
-        await self.plane.register_repository(repository, {folder: model})
-        try:
-            await self.plane.repository_load(model)
-        except BaseException:
-            try:
-                await self.plane.unregister_repository(repository)
-            except PolystackError as e:  # the load's failure is the answer
-                log.warning("unregistering a failed load's repository failed", extra={"error": e.message})
-            raise
-        added = frozenset(await loop.run_in_executor(None, self._stored) - before)
-        archive = Archive(name, repository, folder, model, added)
-        self._archives[name] = archive
-        return archive
+        return await _to_the_end(self._load(name, repository, folder, model))
 
-    def _stored(self) -> set[str]:
-        return {r.name for r in self.plane.store.models.list()}
+    async def _load(self, name: str, repository: Path, folder: str, model: str) -> Archive:
+        try:
+            made = await self.plane.load_repository(repository, {folder: model}, model)
+            archive = Archive(name, repository, folder, model, tuple(made))
+            self._archives[name] = archive
+            return archive
+        finally:
+            self._busy.discard(name)
 
     async def unload(self, name: str) -> None:
         """Unload the model SageMaker loaded as ``name`` (and the models its ensemble runs), wait for what it
-        runs, and unregister its repository. ``NotFound`` where none is loaded so."""
+        runs, unregister its repository and take back the store rows its load made. ``NotFound`` where none is
+        loaded so."""
         archive = self._archives.get(name)
         if archive is None:
             raise NotFound(f"no SageMaker model {quote(name)} is loaded")
+        self._reserve(name)
         log.info("unloading a SageMaker model", extra={"model": archive.model, "sagemaker_name": name})
-        await self.plane.repository_unload(archive.model, {"unload_dependents": True})
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self.plane.wait_retired, UNLOAD_WAIT_S):
+        await _to_the_end(self._unload(archive))
+
+    async def _unload(self, archive: Archive) -> None:
+        try:
+            finished = await self.plane.unload_repository(archive.repository, archive.model, archive.made, UNLOAD_WAIT_S)
+            self._archives.pop(archive.name, None)
+        finally:
+            self._busy.discard(archive.name)
+        if not finished:
             log.error(
                 f"the unload did not finish within {UNLOAD_WAIT_S:g} s, which may time out SageMaker's",
                 extra={"model": archive.model},
             )
-        self._archives.pop(name, None)
-        await self.plane.unregister_repository(archive.repository)
-        # what its load registered goes too: SageMaker loads and unloads models for as long as the endpoint lives,
-        # and would otherwise fill the store's disk with copies of every model it ever loaded
-        gone = [m for m in sorted(archive.registered) if not self.plane.model_ready(m, None)]
-        await loop.run_in_executor(None, lambda: [self.plane.store.remove(m) for m in gone])
-        if gone:
-            log.info("removed from the store what the SageMaker model's load registered", extra={"models": gone})
+
+    def _reserve(self, name: str) -> None:
+        if name in self._busy:
+            raise AlreadyExists(f"SageMaker model {quote(name)} is being loaded or unloaded now; try again once it is")
+        self._busy.add(name)
+
+
+def _to_the_end(change: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """``change``, run to its end even when its client goes (the awaiting request is cancelled then); its
+    failure is its client's answer, and not logged as lost when no client is left to take it."""
+    task = asyncio.ensure_future(change)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return asyncio.shield(task)
 
 
 def _model_folder(where: Path) -> str:
