@@ -28,6 +28,7 @@ from polystack.server import dataplane
 from polystack.server.app import ServerThread
 from polystack.server.restricted import Restrictions
 from polystack.server.sagemaker import SageMakerSettings, _refused
+from polystack.server.sagemaker_models import served_name
 from polystack.store import Store
 
 BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size="
@@ -410,3 +411,55 @@ def test_model_folders_side_by_side_load_each_alone(served: tuple[ServerThread, 
     assert load(port, "hy", tmp_path / "flat" / "y" / "model", "y.tar.gz")[0] == 200
     index = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}").get_model_repository_index()
     assert sorted(m["name"] for m in index) == ["x.tar.gz", "y.tar.gz"]  # nothing else of their folders
+
+
+def test_an_ensemble_whose_models_another_archive_serves_is_refused_as_triton_refuses_it(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    _, port = served
+    first = pipeline_repository(tmp_path / "opt" / "h1" / "model")
+    second = pipeline_repository(tmp_path / "opt" / "h2" / "model")
+    mlp_onnx(second / "mlp" / "1" / "model.onnx", sizes=(16, 32, 4), seed=9)  # its own mlp, which it must run
+    assert load(port, "h1", first, "pipe1.tar.gz")[0] == 200
+    status, _, answer = load(port, "h2", second, "pipe2.tar.gz")
+    assert status == 400 and "model appears in two or more repositories: 'head' is in" in json.loads(answer)["error"]
+    body = json.dumps({"inputs": [{"name": "IN", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]})
+    neg = next(o for o in json.loads(call(port, "POST", "/models/h1/invoke", body)[2])["outputs"] if o["name"] == "NEG")
+    np.testing.assert_allclose(neg["data"], -expected(first / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+    assert call(port, "DELETE", "/models/h1")[0] == 200
+    assert load(port, "h2", second, "pipe2.tar.gz")[0] == 200  # alone now
+    neg = next(o for o in json.loads(call(port, "POST", "/models/h2/invoke", body)[2])["outputs"] if o["name"] == "NEG")
+    np.testing.assert_allclose(neg["data"], -expected(second / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+
+
+def test_a_target_model_in_an_s3_folder_or_of_any_length_serves_under_a_name_made_of_it(
+    served: tuple[ServerThread, int], tmp_path: Path
+) -> None:
+    _, port = served
+    for i, target in enumerate(("team/resnet/model.tar.gz", "m" * 300 + ".tar.gz")):
+        assert load(port, f"h{i}", archive(tmp_path / "opt" / f"h{i}"), target)[0] == 200
+        status, _, answer = call(port, "POST", f"/models/h{i}/invoke", BODY)
+        assert status == 200 and json.loads(answer)["model_name"] == served_name(target)
+        assert call(port, "DELETE", f"/models/h{i}")[0] == 200
+    assert served_name("resnet.tar.gz") == "resnet.tar.gz"
+    assert served_name("team/resnet/model.tar.gz").startswith("team_resnet_model.tar.gz-")
+    assert served_name("a/b") != served_name("a_b") and served_name("../x").startswith("x-")
+    assert all(len(served_name(t)) <= 128 for t in ("x" * 1024, "é" * 500, "/" * 10))
+
+
+def test_a_model_loaded_before_a_restart_is_taken_back_by_its_unload_after(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    url = archive(tmp_path / "opt" / "h1")
+    for unload in (False, True):  # the container stops with the model loaded, then starts again on the same home
+        st = start(
+            Store.at(tmp_path / "home"), models=[], allow_model_control=True, repository_only=True,
+            model_repositories=[tmp_path / "empty"], sagemaker_port=0, sagemaker=SageMakerSettings(),
+        )  # fmt: skip
+        try:
+            port = st.server.platform_ports["SageMaker"]
+            assert load(port, "h1", url, "add.tar.gz")[0] == 200
+            if unload:
+                assert call(port, "DELETE", "/models/h1")[0] == 200
+                assert st.server.plane.store.models.list() == []
+        finally:
+            st.stop()

@@ -1054,6 +1054,10 @@ class DataPlane:
                 for other in sorted(pipeline.models - loading - {name}):
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing
                         continue
+                    try:  # a model served already, but two repositories hold one of that name: which one is unknown
+                        self.repository.check_unique(other)
+                    except PolystackError as e:
+                        raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                     if not self.model_ready(other, None) and self.repository.owns(other):
                         try:
                             self._load_from_repository(other, None, loading | {name}, failed)
@@ -2502,9 +2506,16 @@ class DataPlane:
             )
         before, rows = self._names_served(), {r.id for r in self.store.models.list()}
 
-        def made() -> list[ModelRecord]:  # the rows of the models it brought up (not another process's, meanwhile)
+        def made() -> list[ModelRecord]:
+            """The rows of the models it brought up (not another process's, meanwhile): those it added, and those it
+            serves that a repository's files registered before (a load of the same archive before a restart)."""
             names = self._names_served() - before | {model}
-            return [r for r in self.store.models.list() if r.id not in rows and r.name in names]
+            served = {(e.name, e.version) for e in self.engine.loaded()}
+            return [
+                r for r in self.store.models.list()
+                if r.name in names
+                and (r.id not in rows or (r.settings.get(model_files.FROM_FILES) and (r.name, r.version) in served))
+            ]  # fmt: skip
 
         repository.register_repository(root, mapping)
         try:

@@ -244,6 +244,17 @@ class ModelRepository:
             return root / name
         return None
 
+    def check_unique(self, name: str) -> None:
+        """``NotUnique`` where two repositories hold a model of that name (a folder, or a mapping), as Triton's load
+        fails then."""
+        folder = self.folder(name)
+        holding = self._holding(name) if folder is not None else []
+        also = holding if name in self.mapped else holding[1:]
+        if folder is not None and also:
+            raise NotUnique(  # Triton's words, then where and what to do
+                f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
+            )
+
     def _holding(self, name: str) -> list[Path]:
         """The repositories with a folder ``name`` served under that name (not mapped to another), in order."""
         taken = set(self.mapped.values())
@@ -339,12 +350,7 @@ class ModelRepository:
         load's config names, in its place) passed its files; the model, and what registering did (for
         ``undo`` if its load fails)."""
         folder = self.folder(name)
-        holding = self._holding(name) if folder is not None else []
-        also = holding if name in self.mapped else holding[1:]
-        if folder is not None and also:  # Triton's load fails so: the model is not unique across its repositories
-            raise NotUnique(  # Triton's words, then where and what to do
-                f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
-            )
+        self.check_unique(name)
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "

@@ -19,6 +19,7 @@ Transport-free: the SageMaker port (``sagemaker.py``) answers with Triton's stat
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from polystack.errors import AlreadyExists, InvalidRequest, NotFound, quote
+from polystack.errors import AlreadyExists, InvalidName, InvalidRequest, NotFound, quote
 from polystack.server.dataplane import DataPlane
 from polystack.server.model_repository import CONFIG
-from polystack.store import ModelRecord
+from polystack.store import ModelRecord, validate_name
 
 log = logging.getLogger("polystack.server")
 T = TypeVar("T")
@@ -92,7 +93,8 @@ class MultiModels:
             raise InvalidRequest('a load needs "model_name", SageMaker\'s name for the model')
         if not url:
             raise InvalidRequest('a load needs "url", the folder that holds the model\'s files')
-        model = model or name
+        target = model or name
+        model = served_name(target)
         where = Path(os.path.abspath(os.path.normpath(url)))
         if (str(where) + "/").startswith(_SYSTEM):
             raise InvalidRequest(f"url {quote(url)}: a model is never read from /dev/, /proc/ or /sys/")
@@ -108,7 +110,10 @@ class MultiModels:
                 else f"SageMaker model {quote(name)} is loaded already, from {loaded.repository}; unload it first"
             )
         self._reserve(name)
-        log.info("loading a SageMaker model", extra={"model": model, "sagemaker_name": name, "url": str(where)})
+        log.info(
+            "loading a SageMaker model",
+            extra={"model": model, "sagemaker_name": name, "url": str(where), **({"target": target} if target != model else {})},
+        )
         return await _to_the_end(self._load(name, repository, folder, model))
 
     async def _load(self, name: str, repository: Path, folder: str, model: str) -> Archive:
@@ -147,6 +152,20 @@ class MultiModels:
         if name in self._busy:
             raise AlreadyExists(f"SageMaker model {quote(name)} is being loaded or unloaded now; try again once it is")
         self._busy.add(name)
+
+
+def served_name(target: str) -> str:
+    """The name a model SageMaker names ``target`` serves under: ``target`` itself where it is a model name
+    polystack takes, else one made of it (characters other than letters, digits, '.', '_' and '-' as '_', cut to
+    fit, and a hash of the whole, so that two targets never share one): SageMaker's keys may hold S3 folders
+    (``team/resnet/model.tar.gz``) and run to 1024 characters."""
+    try:
+        return validate_name(target)
+    except InvalidName:
+        pass
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", target).replace("..", "__").lstrip("._-")[:100]
+    digest = hashlib.sha256(target.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}-{digest}" if readable else f"model-{digest}"
 
 
 def _to_the_end(change: Coroutine[Any, Any, T]) -> Awaitable[T]:
