@@ -3,13 +3,14 @@ it (``formats/python_model.py``), imported, initialized, executed and finalized 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from polystack.backends import registry
-from polystack.errors import BackendError, InvalidModelFile, InvalidRequest
+from polystack.errors import BackendError, InvalidModelFile, InvalidRequest, Unavailable
 from polystack.formats import detect, python_model
 
 CONFIG = {
@@ -40,6 +41,18 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
             if text.ravel()[0] == b"fail":
                 raise ValueError("asked to fail")
+            if text.ravel()[0] == b"gone":
+                error = pb_utils.TritonError("not here", pb_utils.TritonError.UNAVAILABLE)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            if text.ravel()[0] == b"args":
+                x += 1  # in place, as Triton's stub allows
+                config = json.loads(self.args["model_config"])
+                dims = config["input"][0]["dims"]
+                out = np.array([json.dumps([dims, config["instance_group"][0]["count"]]).encode()], dtype=np.object_)
+                extra = pb_utils.Tensor("undeclared", x)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out.reshape(1, 1)), pb_utils.Tensor("y", x), extra]))
+                continue
             if text.ravel()[0] == b"bad":
                 error = pb_utils.TritonError("bad text", pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
@@ -96,11 +109,22 @@ def test_execute_answers_each_request_with_its_outputs_and_sibling_modules_impor
 def test_a_response_error_or_an_exception_fails_the_request_in_the_models_words(model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest, match=r"bad text \(Python model 'upper'\)"):
         model.infer(_inputs(b"bad"))
-    with pytest.raises(BackendError, match="failed in execute: ValueError: asked to fail"):
+    with pytest.raises(BackendError, match=r"Failed to process the request\(s\) for model 'upper_0', message: ValueError: asked to fail"):
         model.infer(_inputs(b"fail"))
     with pytest.raises(BackendError, match="output 'y' is FP64, but its config says FP32"):
         model.infer(_inputs(b"f64"))
+    with pytest.raises(Unavailable, match="not here"):  # Triton's code, Triton's status (503)
+        model.infer(_inputs(b"gone"))
     assert model.infer(_inputs(b"ok"))["OUT"].tolist() == [[b"OK!"]]  # and it answers on
+
+
+def test_the_model_gets_triton_completed_config_writable_inputs_and_its_extra_outputs_are_dropped(model) -> None:  # type: ignore[no-untyped-def]
+    inputs = _inputs(b"args")
+    inputs["x"].flags.writeable = False  # as a request's binary data comes
+    out = model.infer(inputs)
+    assert json.loads(out["OUT"][0, 0]) == [[1], 1]  # numbers as numbers, Triton's default instance group
+    np.testing.assert_array_equal(out["y"], np.full((1, 2), 2, np.float32))
+    assert set(out) == {"OUT", "y"}
 
 
 def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +133,7 @@ def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> N
     name = model._module.__name__
     assert name in sys.modules
     model.close()
-    assert (tmp_path / "finalized").read_text() == "upper_0_0"
+    assert (tmp_path / "finalized").read_text() == "upper_0"
     assert name not in sys.modules and not model._folder.exists()
 
 

@@ -110,7 +110,7 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
             http.infer("scale", [bad])
         assert caught.value.status() == "400"
         bad.set_data_from_numpy(np.full((1, 16), -1000, np.float32))
-        with pytest.raises(InferenceServerException, match="failed in execute: ValueError: x is too small") as caught:
+        with pytest.raises(InferenceServerException, match=r"Failed to process the request\(s\) for model .scale_0., message: ValueError: x is too small") as caught:
             http.infer("scale", [bad])
         assert caught.value.status() == "500"
         ok = httpclient.InferInput("x", [1, 16], "FP32")

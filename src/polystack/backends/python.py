@@ -33,7 +33,16 @@ from pydantic import BaseModel
 
 from polystack.backends import triton_python_utils as pb_utils
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, InvalidRequest, PolystackError
+from polystack.errors import (
+    AlreadyExists,
+    BackendError,
+    Cancelled,
+    InvalidRequest,
+    NotFound,
+    PolystackError,
+    Unavailable,
+    Unsupported,
+)
 from polystack.formats.python_model import MANIFEST
 from polystack.types import DType, Signature
 
@@ -50,7 +59,7 @@ class PythonModel:
                 zf.extractall(self._folder)
             manifest = json.loads((self._folder / MANIFEST).read_text())
             self.name = str(manifest["model"])
-            self.config: dict[str, Any] = manifest["config"]
+            self.config: dict[str, Any] = _completed(manifest["config"], self.name)
             self._module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]))
             model_class = getattr(self._module, "TritonPythonModel", None)
             if model_class is None:
@@ -61,7 +70,7 @@ class PythonModel:
                 args = {
                     "model_config": json.dumps(self.config),
                     "model_instance_kind": "CPU" if device == "cpu" else "GPU",
-                    "model_instance_name": f"{self.name}_0_0",
+                    "model_instance_name": f"{self.name}_0",
                     "model_instance_device_id": device.partition(":")[2] or "0",
                     "model_repository": str(self._folder),
                     "model_version": str(manifest["version"]),
@@ -89,7 +98,8 @@ class PythonModel:
         return module
 
     def _run(self, what: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it."""
+        """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it (in
+        ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails)."""
         try:
             return fn(*args)
         except PolystackError:
@@ -98,14 +108,18 @@ class PythonModel:
             raise _error(e, self.name) from None
         except Exception as e:
             message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
-            raise BackendError(
-                f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}"
-            ) from e
+            if what == "execute":  # Triton's words
+                raise BackendError(
+                    f"Failed to process the request(s) for model '{self.name}_0', message: {type(e).__name__}: "
+                    f"{message}"
+                ) from e
+            failed = InvalidRequest if what in ("import", "initialize") else BackendError
+            raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = [t.name for t in self.signature.outputs]
         request = pb_utils.InferenceRequest(
-            self.name, [pb_utils.Tensor(name, array) for name, array in inputs.items()], outputs
+            self.name, [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()], outputs
         )
         with self._lock:
             responses = self._run("execute", self._model.execute, [request])
@@ -123,10 +137,8 @@ class PythonModel:
         result: dict[str, np.ndarray] = {}
         for tensor in response.output_tensors():
             spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
-            if spec is None:
-                raise BackendError(
-                    f"Python model {self.name!r} returned output {tensor.name()!r}, which its config does not declare"
-                )
+            if spec is None:  # dropped, as Triton drops it
+                continue
             array = tensor.as_numpy()
             if (spec.dtype is DType.BYTES and array.dtype != np.object_) or (
                 spec.dtype is not DType.BYTES and array.dtype != spec.dtype.numpy
@@ -158,9 +170,50 @@ class PythonModel:
 
 
 def _error(error: pb_utils.TritonError, model: str) -> PolystackError:
-    """A model's ``TritonError`` as polystack's: the client's (INVALID_ARG) or the model's."""
+    """A model's ``TritonError`` as polystack's, with the status Triton gives its code (INTERNAL and UNKNOWN: the
+    model's 500)."""
     message = f"{error.message()} (Python model {model!r})"
-    return InvalidRequest(message) if error.code() == pb_utils.TritonError.INVALID_ARG else BackendError(message)
+    kind = _CODES.get(error.code(), BackendError)
+    return kind(message)
+
+
+_CODES: dict[int, type[PolystackError]] = {
+    pb_utils.TritonError.INVALID_ARG: InvalidRequest,
+    pb_utils.TritonError.NOT_FOUND: NotFound,
+    pb_utils.TritonError.UNAVAILABLE: Unavailable,
+    pb_utils.TritonError.UNSUPPORTED: Unsupported,
+    pb_utils.TritonError.ALREADY_EXISTS: AlreadyExists,
+    pb_utils.TritonError.CANCELLED: Cancelled,
+}
+
+
+def _completed(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config as Triton hands a model it (``args["model_config"]``): numbers as numbers (a config.pbtxt's
+    read as JSON has them as strings), and the fields its completion adds where the file leaves them out."""
+
+    def numbers(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: numbers(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [numbers(v, key) for v in value]
+        if isinstance(value, str) and key in _NUMERIC and value.lstrip("-").isdigit():
+            return int(value)
+        return value
+
+    done = numbers(config)
+    done.setdefault("name", name)
+    done.setdefault("max_batch_size", 0)
+    done.setdefault("parameters", {})
+    done.setdefault("instance_group", [{"name": f"{name}_0", "kind": "KIND_CPU", "count": 1}])
+    return done
+
+
+_NUMERIC = {"dims", "max_batch_size", "count", "shape", "preferred_batch_size", "max_queue_delay_microseconds", "gpus"}
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """An input the model may change in place, as Triton's stub hands it (a request's binary data is read-only)."""
+    return array if array.flags.writeable else array.copy()
 
 
 class PythonBackend(Backend):

@@ -474,6 +474,8 @@ class DataPlane:
         # polystack's choice for models without a start config, whose file decides
         default_instances = self.unbatched_instances if start is None else None
         instances = default_instances if policy is None else None
+        if record.format == "python" and policy is None and instances is None:
+            instances = 1  # one instance, on a thread of its own, as Triton's Python backend runs one by default
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
         additions = model_config.Additions()
         sequence: SequencePolicy | None = None
