@@ -31,6 +31,39 @@ def _openvino_ir(folder: Path) -> Path:
     return pack_ir(folder / "model.xml", folder / "model.bin", folder / "model.openvino.tar")
 
 
+_PYTHON_MLP = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+rng = np.random.default_rng(0)
+W1, W2 = rng.standard_normal((8, 16)).astype(np.float32), rng.standard_normal((16, 3)).astype(np.float32)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.maximum(x @ W1, 0) @ W2)]))
+        return out
+"""
+
+
+def _python_mlp(folder: Path) -> Path:
+    """The contract's MLP as a Triton Python-backend model (x FP32[-1, 8] -> y FP32[-1, 3]), packed as the store
+    keeps one."""
+    from polystack.formats import python_model
+
+    (folder / "m" / "1").mkdir(parents=True)
+    (folder / "m" / "1" / "model.py").write_text(_PYTHON_MLP)
+    config = {
+        "backend": "python", "max_batch_size": 8,
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [8]}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [3]}],
+    }  # fmt: skip
+    return python_model.pack(folder / "m", 1, "m", config, "model.py", folder / "m.zip")
+
+
 def _artifact(backend: str) -> tuple[Callable[[Path], Path], str | None] | None:
     from polystack import zoo
 
@@ -44,6 +77,7 @@ def _artifact(backend: str) -> tuple[Callable[[Path], Path], str | None] | None:
         "lightgbm": (lambda d: zoo.lightgbm_model(d / "m.txt", n_classes=3), None),
         "sklearn": (lambda d: zoo.sklearn_pipeline_skops(d / "m.skops"), None),
         "litert": (lambda d: zoo.litert_mlp(d / "m.tflite"), None),
+        "python": (_python_mlp, None),
     }
     return known.get(backend)
 

@@ -36,7 +36,9 @@ from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import (
     AlreadyExists,
     BackendError,
+    BackendUnavailable,
     Cancelled,
+    InvalidModelFile,
     InvalidRequest,
     NotFound,
     PolystackError,
@@ -55,9 +57,12 @@ class PythonModel:
         self._lock = threading.Lock()
         self._folder = Path(tempfile.mkdtemp(prefix="polystack-python-model-"))
         try:
-            with zipfile.ZipFile(artifact) as zf:
-                zf.extractall(self._folder)
-            manifest = json.loads((self._folder / MANIFEST).read_text())
+            try:
+                with zipfile.ZipFile(artifact) as zf:
+                    zf.extractall(self._folder)
+                manifest = json.loads((self._folder / MANIFEST).read_text())
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
             self.config: dict[str, Any] = _completed(manifest["config"], self.name)
             self._module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]))
@@ -69,9 +74,9 @@ class PythonModel:
             if initialize is not None:
                 args = {
                     "model_config": json.dumps(self.config),
-                    "model_instance_kind": "CPU" if device == "cpu" else "GPU",
+                    "model_instance_kind": "CPU",
                     "model_instance_name": f"{self.name}_0",
-                    "model_instance_device_id": device.partition(":")[2] or "0",
+                    "model_instance_device_id": "0",
                     "model_repository": str(self._folder),
                     "model_version": str(manifest["version"]),
                     "model_name": self.name,
@@ -221,4 +226,6 @@ class PythonBackend(Backend):
     formats = frozenset({"python"})
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        if device not in self.devices():  # its instances run on the CPU (a model's own code may use a GPU)
+            raise BackendUnavailable(f"backend 'python' runs its models' instances on the CPU, not {device!r}")
         return PythonModel(artifact, signature, device)
