@@ -127,6 +127,26 @@ def test_the_model_gets_triton_completed_config_writable_inputs_and_its_extra_ou
     assert set(out) == {"OUT", "y"}
 
 
+def test_two_models_with_a_module_of_one_name_each_import_their_own(tmp_path: Path) -> None:
+    import sys
+
+    backend, loaded = registry.get("python"), []
+    for i, word in enumerate(("first", "second")):
+        folder = tmp_path / str(i)
+        (folder / "m" / "1").mkdir(parents=True)
+        source = MODEL.replace("from words import shout", "from words import WORD")
+        source = source.replace("[shout(t) for t in text.ravel()]", "[WORD.encode() for t in text.ravel()]")
+        (folder / "m" / "1" / "model.py").write_text(source)
+        (folder / "m" / "1" / "words.py").write_text(f"WORD = {word!r}\n")
+        zipped = python_model.pack(folder / "m", 1, "upper", CONFIG, "model.py", folder / "m.zip")
+        loaded.append(backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu"))
+    assert [m.infer(_inputs(b"x"))["OUT"].tolist() for m in loaded] == [[[b"first"]], [[b"second"]]]
+    assert "words" not in sys.modules
+    for m in loaded:
+        m._model.finalize = lambda: None  # no FINALIZED file here
+        m.close()
+
+
 def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import sys
 

@@ -94,12 +94,21 @@ class PythonModel:
         if spec is None or spec.loader is None:
             raise InvalidRequest(f"cannot import {path.name} of model {self.name!r}")
         module = importlib.util.module_from_spec(spec)
+        before = set(sys.modules)
         sys.path.insert(0, str(path.parent))
         try:
             sys.modules[name] = module
             self._run("import", spec.loader.exec_module, module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
         finally:
             sys.path.remove(str(path.parent))
+            # its own modules (a utils.py beside it) leave the module cache, so that another model's of that name
+            # imports its own, as in Triton, whose models each run in a process of their own
+            for other in set(sys.modules) - before - {name}:
+                if str(getattr(sys.modules[other], "__file__", "") or "").startswith(str(self._folder)):
+                    del sys.modules[other]
         return module
 
     def _run(self, what: str, fn: Any, *args: Any) -> Any:
