@@ -1057,7 +1057,7 @@ class DataPlane:
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing
                         continue
                     try:  # a model served already, but two repositories hold one of that name: which one is unknown
-                        self.repository.check_unique(other)
+                        self.repository.unique_folder(other)
                     except PolystackError as e:
                         raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                     if not self.model_ready(other, None) and self.repository.owns(other):

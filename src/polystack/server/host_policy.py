@@ -39,16 +39,6 @@ class HostPolicy:
     cpu_cores: frozenset[int] | None = None
     numa_node: int | None = None
 
-    def described(self) -> dict[str, str]:
-        shown = {}
-        if self.cpu_cores is not None:
-            from polystack.server.placement import format_cpu_list
-
-            shown["cpu-cores"] = format_cpu_list(self.cpu_cores)
-        if self.numa_node is not None:
-            shown["numa-node"] = str(self.numa_node)
-        return shown
-
 
 def parse(values: Sequence[str]) -> HostPolicy | None:
     """``--host-policy`` values, as tritonserver reads them (a setting given twice: the last); None: none given."""

@@ -244,9 +244,9 @@ class ModelRepository:
             return root / name
         return None
 
-    def check_unique(self, name: str) -> None:
-        """``NotUnique`` where two repositories hold a model of that name (a folder, or a mapping), as Triton's load
-        fails then."""
+    def unique_folder(self, name: str) -> Path | None:
+        """The model's folder now (None: none has one), ``NotUnique`` where two repositories hold a model of that
+        name (a folder, or a mapping), as Triton's load fails then."""
         folder = self.folder(name)
         holding = self._holding(name) if folder is not None else []
         also = holding if name in self.mapped else holding[1:]
@@ -254,6 +254,7 @@ class ModelRepository:
             raise NotUnique(  # Triton's words, then where and what to do
                 f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one"
             )
+        return folder
 
     def _holding(self, name: str) -> list[Path]:
         """The repositories with a folder ``name`` served under that name (not mapped to another), in order."""
@@ -349,8 +350,7 @@ class ModelRepository:
         load's ``version_policy``, picks) once the repository agents its config names (or ``agents``, those a
         load's config names, in its place) passed its files; the model, and what registering did (for
         ``undo`` if its load fails)."""
-        folder = self.folder(name)
-        self.check_unique(name)
+        folder = self.unique_folder(name)
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "

@@ -130,7 +130,7 @@ class SageMakerApp(HttpApp):
         archive = self.models.get(args[0])
         if archive is None:
             return Response(404, b"", _TEXT)
-        log.info("invoking a SageMaker model", extra={"model": archive.model, "sagemaker_name": archive.name})
+        log.debug("invoking a SageMaker model", extra={"model": archive.model, "sagemaker_name": archive.name})
         try:
             return await self.invocations_of(req, archive.model)
         except PolystackError as e:
@@ -159,9 +159,10 @@ def _refused(e: PolystackError) -> Response:
     """A multi-model endpoint's refusal, with Triton's statuses there: 409 for a name or folder loaded already,
     507 for memory run out (SageMaker then unloads other models and tries again), 503 while the server drains,
     400 otherwise."""
-    code = 409 if isinstance(e, AlreadyExists) else 507 if out_of_memory(e.message) else 400
     if isinstance(e, ShuttingDown):
         code = 503
+    else:
+        code = 409 if isinstance(e, AlreadyExists) else 507 if out_of_memory(e.message) else 400
     return Response(code, orjson.dumps({"error": e.message}))
 
 

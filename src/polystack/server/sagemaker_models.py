@@ -58,12 +58,11 @@ def out_of_memory(message: str) -> bool:
 @dataclass(frozen=True)
 class Archive:
     """One model SageMaker loaded: its name for it, the repository registered for it (GET /models shows it as
-    the model's URL), the model folder there ("": the repository is that folder), the name the model serves under,
-    and the store rows its load made (its unload takes them back)."""
+    the model's URL), the name the model serves under, and the store rows its load made (its unload takes them
+    back)."""
 
     name: str
     repository: Path
-    folder: str
     model: str
     made: tuple[ModelRecord, ...] = ()
 
@@ -119,7 +118,7 @@ class MultiModels:
     async def _load(self, name: str, repository: Path, folder: str, model: str) -> Archive:
         try:
             made = await self.plane.load_repository(repository, {folder: model}, model)
-            archive = Archive(name, repository, folder, model, tuple(made))
+            archive = Archive(name, repository, model, tuple(made))
             self._archives[name] = archive
             return archive
         finally:
