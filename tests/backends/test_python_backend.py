@@ -3,14 +3,15 @@ it (``formats/python_model.py``), imported, initialized, executed and finalized 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from polystack.backends import registry
-from polystack.errors import BackendError, InvalidModelFile, InvalidRequest, Unavailable
+from polystack.backends import hosting, registry
+from polystack.errors import BackendError, InvalidModelFile, InvalidRequest, NotFound, Unavailable
 from polystack.formats import detect, python_model
 
 CONFIG = {
@@ -165,7 +166,7 @@ def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> N
         ("class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('no GPU')\n",
          "failed in initialize: RuntimeError: no GPU"),
         ("import triton_python_backend_utils as pb\nclass TritonPythonModel:\n    def initialize(self, args):\n"
-         "        pb.InferenceRequest(model_name='m').exec()\n", "business logic scripting) is not in polystack"),
+         "        pb.InferenceRequest(model_name='m').exec()\n", "BLS is only supported during the 'execute' function"),
     ],
 )  # fmt: skip
 def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, source: str, words: str) -> None:
@@ -181,3 +182,100 @@ def test_a_config_without_its_tensors_or_a_folder_without_model_py_is_refused(tm
     (tmp_path / "m" / "1").mkdir(parents=True)
     with pytest.raises(InvalidModelFile, match=r"holds its model\.py"):
         python_model.pack(tmp_path / "m", 1, "m", CONFIG, "model.py", tmp_path / "m.zip")
+
+
+FACTS = """
+import asyncio, json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        await asyncio.sleep(0)  # an async def execute runs on an event loop of the model's own
+        responses = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            seen = [r.request_id(), json.loads(r.parameters()), sorted(r.requested_output_names()), r.timeout(),
+                    r.correlation_id(), r.flags()]
+            out = np.array([[json.dumps(seen).encode()]] * len(x), dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out), pb_utils.Tensor("y", x)]))
+        return responses
+"""
+
+
+def test_the_model_sees_its_requests_facts_and_an_async_execute_runs(tmp_path: Path) -> None:
+    backend = registry.get("python")
+    loaded = backend.load(packed(tmp_path, FACTS), python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+    try:
+        # Triton's own parameters apart, as Triton hands them (the transport's own, binary_data_output, not at all)
+        parameters = {"a": 1, "f": 1.5, "timeout": 5, "priority": 1, "binary_data_output": True, "sequence_id": 42,
+                      "sequence_start": True, "sequence_end": True}  # fmt: skip
+        facts = hosting.RequestFacts("r-1", parameters, ("OUT",))
+        out = hosting.run_as(facts, loaded.infer, _inputs(b"x"))
+        assert json.loads(out["OUT"][0, 0]) == ["r-1", {"a": 1, "f": 1.5}, ["OUT"], 5, 42, 3]
+        out = loaded.infer(_inputs(b"x", rows=2))  # no server: no facts, every output asked for
+        assert json.loads(out["OUT"][1, 0]) == ["", {}, ["OUT", "y"], 0, 0, 0]
+    finally:
+        loaded.close()
+
+
+CALLS = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name(requests[0], "x")
+        call = pb_utils.InferenceRequest(
+            model_name="other", inputs=[x], requested_output_names=["z"], request_id="c-1", timeout=250,
+            parameters={"k": "v"}, model_version=2,
+        )
+        answer = call.exec()
+        if answer.has_error():
+            words = f"{answer.error().code()}|{answer.error().message()}"
+            return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[words.encode()]], dtype=np.object_)),
+                                                pb_utils.Tensor("y", x.as_numpy())])]
+        z = pb_utils.get_output_tensor_by_name(answer, "z").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[b"ok"]], dtype=np.object_)),
+                                            pb_utils.Tensor("y", z)])]
+"""
+
+
+class Host:
+    """A server as the model sees it: answers each call with ``answer`` (outputs, or a polystack error)."""
+
+    def __init__(self) -> None:
+        self.calls: list[hosting.ModelCall] = []
+        self.answer: dict[str, np.ndarray] | Exception = {}
+
+    def call(self, call: hosting.ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
+        self.calls.append(call)
+        future: concurrent.futures.Future[dict[str, np.ndarray]] = concurrent.futures.Future()
+        if isinstance(self.answer, Exception):
+            future.set_exception(self.answer)
+        else:
+            future.set_result(self.answer)
+        return future
+
+
+def test_a_call_goes_to_the_host_that_loaded_the_model_and_its_error_comes_back_in_triton_words(tmp_path: Path) -> None:
+    backend, host = registry.get("python"), Host()
+    with hosting.hosted_by(host):  # the server that loads it
+        loaded = backend.load(packed(tmp_path, CALLS), python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+    try:
+        host.answer = {"z": np.full((1, 2), 7, np.float32)}
+        out = loaded.infer(_inputs(b"x"))
+        assert out["OUT"].tolist() == [[b"ok"]] and out["y"].tolist() == [[7, 7]]
+        call = host.calls[0]
+        assert (call.model, call.outputs, call.version, call.request_id, call.caller) == ("other", ("z",), 2, "c-1", "upper")
+        assert call.parameters == {"k": "v", "timeout": 250}  # Triton's timeout (microseconds) as its parameter
+        np.testing.assert_array_equal(call.inputs["x"], np.ones((1, 2), np.float32))
+        for error in (NotFound("no model"), InvalidRequest("bad"), BackendError("broke")):  # each INTERNAL, as Triton's
+            host.answer = error
+            words = f"1|Model other - Error when running inference: {error.message}"
+            assert loaded.infer(_inputs(b"x"))["OUT"].tolist() == [[words.encode()]]
+    finally:
+        loaded.close()

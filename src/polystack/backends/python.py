@@ -6,7 +6,11 @@ The artifact (``formats/python_model.py``) is the model's version folder as one 
 unpacks it into a folder of its own, imports ``model.py`` from there (its folder first on ``sys.path`` while
 it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``; each ``infer``
 is one request (a batch the server gathered is one request of that many rows), run by ``execute`` under a lock, as
-one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder.
+one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder. An ``async def
+execute`` runs on an event loop of the model's own, so that it can await its calls to other models together.
+
+What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
+parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).
 
 The model's answer is checked as Triton checks it: one response, its outputs among those its config declares, of
 their data types. A response carrying an error, or an exception from ``execute``, fails the request with its
@@ -15,7 +19,10 @@ words (``TritonError.INVALID_ARG``: the client's error, 400; any other: 500).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
+import inspect
 import json
 import shutil
 import sys
@@ -23,7 +30,7 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +38,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
 from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import (
@@ -55,6 +63,8 @@ class PythonModel:
     def __init__(self, artifact: Path, signature: Signature, device: str) -> None:
         self.signature = signature
         self._lock = threading.Lock()
+        self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
+        self._loop: asyncio.AbstractEventLoop | None = None  # an async execute's (made at its first request)
         self._folder = Path(tempfile.mkdtemp(prefix="polystack-python-model-"))
         try:
             try:
@@ -113,9 +123,11 @@ class PythonModel:
 
     def _run(self, what: str, fn: Any, *args: Any) -> Any:
         """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it (in
-        ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails)."""
+        ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails). Its
+        calls to other models go to the server that hosts it (from ``execute`` alone, as in Triton)."""
         try:
-            return fn(*args)
+            with self._running(what == "execute"):
+                return fn(*args)
         except PolystackError:
             raise
         except pb_utils.TritonError as e:
@@ -130,13 +142,22 @@ class PythonModel:
             failed = InvalidRequest if what in ("import", "initialize") else BackendError
             raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
 
+    @contextlib.contextmanager
+    def _running(self, executing: bool) -> Iterator[None]:
+        """The model's code runs as this model, hosted by its server (calls to other models: in ``execute``)."""
+        token = pb_utils._RUNNING.set((self._host, self.name, executing))
+        try:
+            yield
+        finally:
+            pb_utils._RUNNING.reset(token)
+
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = [t.name for t in self.signature.outputs]
-        request = pb_utils.InferenceRequest(
-            self.name, [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()], outputs
-        )
+        facts = hosting.REQUEST.get()
+        outputs = list(facts.outputs) or [t.name for t in self.signature.outputs]  # those the request asks for
+        tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
+        request = pb_utils.InferenceRequest.received(self.name, tensors, facts, outputs)
         with self._lock:
-            responses = self._run("execute", self._model.execute, [request])
+            responses = self._run("execute", self._execute, [request])
         if not isinstance(responses, list | tuple) or len(responses) != 1:
             got = f"{len(responses)} responses" if isinstance(responses, list | tuple) else type(responses).__name__
             raise BackendError(f"Python model {self.name!r}: execute must return one response per request, got {got}")
@@ -164,8 +185,18 @@ class PythonModel:
             result[spec.name] = array
         missing = [name for name in outputs if name not in result]
         if missing:
-            raise BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which its config declares")
+            asked = "the request asks for" if facts.outputs else "its config declares"
+            raise BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {asked}")
         return result
+
+    def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
+        """The model's ``execute``; an ``async def execute`` run to its end on the model's own event loop."""
+        responses = self._model.execute(requests)
+        if inspect.isawaitable(responses):
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            responses = self._loop.run_until_complete(responses)
+        return responses
 
     def close(self) -> None:
         try:
@@ -174,6 +205,8 @@ class PythonModel:
                 with self._lock:
                     self._run("finalize", finalize)
         finally:
+            if self._loop is not None:
+                self._loop.close()
             self._forget()
 
     def _forget(self) -> None:

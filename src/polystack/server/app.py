@@ -452,6 +452,7 @@ class Server:
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""
         loop = asyncio.get_running_loop()
+        self.plane.calls.serve_on(loop)  # models' calls to other models run here from now on
         if self.config.cpus is not None:
             self.config.cpus.pin_frontend()  # this thread runs the event loop: the front end
         self._stop = asyncio.Event()

@@ -19,6 +19,7 @@ shorter than the handoff it saves. Any concurrency, or a slower model, goes to t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -36,9 +37,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from polystack import __version__
+from polystack.backends import hosting
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.rate_limiter import ModelInstances, RateLimiter
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
+from polystack.custom_metrics import CustomMetrics
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
     AlreadyExists,
@@ -78,6 +81,7 @@ from polystack.server import (
 )
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
+from polystack.server.model_calls import ModelCalls
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
@@ -130,6 +134,9 @@ class _Served:
     # closes it only once they are done, as Triton's ensembles hold their models' handles for a request's life
     pins: int = 0
     limits: ModelInstances | None = None  # its instances under the server's rate limiter (None: it has none)
+    # its model reads its request's facts and may call other models back (a Python model, ``hosting``): it runs
+    # as its request, and never on the event loop, which its calls need
+    hosted: bool = False
 
     @property
     def depth(self) -> int:
@@ -437,6 +444,8 @@ class DataPlane:
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
+        self.calls = ModelCalls(self.infer)  # the requests hosted models send to the others (``serve_on`` at start)
+        self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         self.in_flight = 0
         # ensemble requests among them: one whose step is the only other request in flight lets it run inline
@@ -554,7 +563,8 @@ class DataPlane:
 
         for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
             try:
-                return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
+                with hosting.hosted_by(self):
+                    return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
             except PolystackError as e:
                 if attempt == self.load_retries or self.draining:
                     raise
@@ -609,6 +619,7 @@ class DataPlane:
                 limits.limiter.unregister(limits)
             raise
         served.limits = registered[0] if registered else None
+        served.hosted = plan.record.format == "python"
         return served
 
     def _start(
@@ -1246,6 +1257,7 @@ class DataPlane:
         return not any(t.is_alive() for t in retiring)
 
     def close(self) -> None:
+        self.calls.close()  # a model waiting for another's answer, which the stopped loop would give, waits no more
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
         self.wait_retired()  # what unloads and reloads left running finishes first
         for served in self._served.values():
@@ -1425,11 +1437,16 @@ class DataPlane:
             return False
         return True
 
+    def call(self, call: hosting.ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
+        """A hosted model's call to another model (``hosting.Host``)."""
+        return self.calls.call(call)
+
     def render_metrics(self) -> bytes:
-        """``/metrics``: polystack's families, and Triton's names of the same figures when asked for."""
+        """``/metrics``: polystack's families, Triton's names of the same figures when asked for, then the families
+        the models define."""
         text = self.metrics.render()
         if not self.triton_names:
-            return text
+            return text + self.custom_metrics.render()
         ensembles = dict(self._ensembles)  # first: a folder turning from an ensemble into a model routes the model
         # before it unloads the ensemble; one series a name meanwhile
         shown: list[tuple[str, int, ModelStats, int, bool]] = []  # name, version, statistics, pending, cached
@@ -1451,8 +1468,12 @@ class DataPlane:
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
-        return text + triton_metrics.render(
-            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
+        return (
+            text
+            + triton_metrics.render(
+                figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
+            )
+            + self.custom_metrics.render()
         )
 
     def model_names(self) -> list[str]:
@@ -1906,25 +1927,22 @@ class DataPlane:
                     if (
                         alone and typical is not None and typical[0] <= self.inline_max_s
                         and size <= 2 * typical[1] and served.limits is None  # never wait for resources on the loop
+                        and not served.hosted
                     ):  # fmt: skip
                         result, t0, t1 = _timed_infer(entry, request.inputs, outputs, queued, outcome, None, timings)
                     else:
                         loop = loop or asyncio.get_running_loop()
                         served.pending += 1
                         served.waiting.add(id(outcome))
+                        call: tuple[Any, ...] = (
+                            _timed_infer, entry, request.inputs, outputs, queued, outcome, served.waiting, timings,
+                            served.limits,
+                        )  # fmt: skip
+                        if served.hosted:
+                            facts = hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()))
+                            call = (hosting.run_as, facts, *call)
                         try:
-                            result, t0, t1 = await (served.executor or self.executor).run(
-                                loop,
-                                _timed_infer,
-                                entry,
-                                request.inputs,
-                                outputs,
-                                queued,
-                                outcome,
-                                served.waiting,
-                                timings,
-                                served.limits,
-                            )
+                            result, t0, t1 = await (served.executor or self.executor).run(loop, *call)
                         except ThreadsClosed:
                             if served.executor is None:  # the server's own threads: it is closing
                                 raise

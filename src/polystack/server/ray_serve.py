@@ -24,6 +24,7 @@ before Ray starts, what would otherwise fail deep inside it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import signal
@@ -115,12 +116,16 @@ class OipReplica:
         self.server = Server(self.engine, dataclasses.replace(config, grpc_port=None, runtime_settings=False))
         self.server.load_models()
         self.http = self.server.http
+        self._serving = False
 
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import Response as StarletteResponse
 
         from polystack.server.http import Request, Response, failed, log_request
 
+        if not self._serving:  # the loop Ray runs the replica's calls on: its models' calls to others run there
+            self.server.plane.calls.serve_on(asyncio.get_running_loop())
+            self._serving = True
         headers = {k.lower().encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
         req = Request(request.method.encode(), request.url.path, headers, b"", True)
         try:

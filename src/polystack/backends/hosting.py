@@ -1,0 +1,85 @@
+"""What a model gets from the server that hosts it besides its inputs: the facts of the request it runs
+(``REQUEST``), and the server itself (``HOST``): a way to call the other models served and the server's custom
+metrics, as Triton gives its Python models (``request.request_id()``, ``request.parameters()``; business logic
+scripting, ``InferenceRequest.exec``; ``pb_utils.MetricFamily``).
+
+Both are context variables, so that backends keep their contract (numpy in, numpy out) and know nothing of
+servers: the server sets ``HOST`` while it loads a model (the model keeps it) and ``REQUEST`` around the call
+that runs a request (``run_as``). Without a server (``polystack predict``, a batch job) there is no host, and
+a request's facts are empty.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from polystack.custom_metrics import CustomMetrics
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """The request a model runs, past its inputs: its id, its parameters (Triton's own among them), the outputs
+    it asks for (none: all)."""
+
+    id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+
+
+NO_FACTS = RequestFacts()
+REQUEST: ContextVar[RequestFacts] = ContextVar("polystack_request", default=NO_FACTS)
+
+
+def run_as(facts: RequestFacts, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` as the call that runs the request ``facts`` describes (on the thread that runs it)."""
+    token = REQUEST.set(facts)
+    try:
+        return fn(*args)
+    finally:
+        REQUEST.reset(token)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """A request a model sends to another model its server serves (``version`` None: the latest)."""
+
+    model: str
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] = ()  # none: all
+    version: int | None = None
+    request_id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    caller: str = ""  # the calling model's name, which errors name
+
+
+class Host(Protocol):
+    """The server, as the models it hosts see it."""
+
+    custom_metrics: CustomMetrics  # the metric families its models define, shown on its /metrics
+
+    def call(self, call: ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
+        """Send ``call`` from a model's thread; its outputs, or the polystack error that failed it, come on the
+        future. Raises (a polystack error) when it cannot be sent at all."""
+        ...
+
+
+HOST: ContextVar[Host | None] = ContextVar("polystack_host", default=None)
+
+
+@contextlib.contextmanager
+def hosted_by(host: Host) -> Iterator[None]:
+    """Models loaded within are hosted by ``host`` (they take it as they load)."""
+    token = HOST.set(host)
+    try:
+        yield
+    finally:
+        HOST.reset(token)

@@ -1,0 +1,107 @@
+"""ModelCalls: a model's calls to the other models run on the server's event loop and answer on a future; calls
+that cannot run (no loop yet, the loop's own thread, a model calling itself, a server that stopped) fail at once,
+and those left waiting when it closes fail rather than wait forever."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from polystack.backends.hosting import ModelCall
+from polystack.errors import BackendError, InvalidRequest, ModelNotFound, Unavailable
+from polystack.protocol.wire import InferRequest, InferResponse
+from polystack.server.model_calls import ModelCalls
+
+
+class Served:
+    """A server's infer: doubles x for "double", waits for ``release`` for "slow", knows no other model."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, InferRequest]] = []
+        self.release = asyncio.Event()
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        self.seen.append((name, version, request))
+        if name == "slow":
+            await self.release.wait()
+        if name not in ("double", "slow"):
+            raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+        return InferResponse(name, version or "1", {"y": request.inputs["x"] * 2})
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def _serving(loop: asyncio.AbstractEventLoop, served: Served) -> ModelCalls:
+    calls = ModelCalls(served.infer)
+    asyncio.run_coroutine_threadsafe(_serve_on(calls), loop).result(5)
+    return calls
+
+
+async def _serve_on(calls: ModelCalls) -> None:
+    calls.serve_on(asyncio.get_running_loop())
+
+
+X = np.arange(4, dtype=np.float32)
+
+
+def test_a_call_runs_on_the_servers_loop_with_its_request_and_answers_its_outputs(loop) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    calls = _serving(loop, served)
+    call = ModelCall("double", {"x": X}, ("y",), 3, "id-1", {"timeout": 5, "a": "b"}, caller="bls")
+    np.testing.assert_array_equal(calls.call(call).result(5)["y"], X * 2)
+    name, version, request = served.seen[0]
+    assert (name, version, request.id, request.output_names, request.parameters) == (
+        "double", "3", "id-1", ["y"], {"timeout": 5, "a": "b"}
+    )
+    assert request.timeout_s == 5e-6  # Triton's timeout, in microseconds, is the called request's deadline
+    calls.call(ModelCall("double", {"x": X}, caller="bls")).result(5)
+    assert (served.seen[1][1], served.seen[1][2].id, served.seen[1][2].outputs) == (None, None, None)
+
+
+def test_a_failed_call_answers_the_servers_error(loop) -> None:  # type: ignore[no-untyped-def]
+    calls = _serving(loop, Served())
+    with pytest.raises(ModelNotFound, match="'nope' is not found"):
+        calls.call(ModelCall("nope", {"x": X}, caller="bls")).result(5)
+
+
+def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    with pytest.raises(Unavailable, match="while the server was not serving"):  # no loop yet: a model's initialize
+        ModelCalls(served.infer).call(ModelCall("double", {"x": X}, caller="bls"))
+    calls = _serving(loop, served)
+    with pytest.raises(InvalidRequest, match="model 'bls' called itself"):
+        calls.call(ModelCall("bls", {"x": X}, caller="bls"))
+
+    async def from_the_loop() -> None:
+        calls.call(ModelCall("double", {"x": X}, caller="bls"))
+
+    with pytest.raises(BackendError, match="from the event loop's thread"):
+        asyncio.run_coroutine_threadsafe(from_the_loop(), loop).result(5)
+    with pytest.raises(InvalidRequest, match="Unable to parse 'timeout'"):  # checked as a client's parameters are
+        calls.call(ModelCall("double", {"x": X}, parameters={"timeout": -1}, caller="bls"))
+    assert served.seen == []
+
+
+def test_a_call_left_waiting_when_the_server_closes_fails_and_no_more_are_taken(loop) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    calls = _serving(loop, served)
+    waiting = calls.call(ModelCall("slow", {"x": X}, caller="bls"))
+    calls.close()
+    with pytest.raises(Unavailable, match="the server stopped before the called model answered"):
+        waiting.result(5)
+    with pytest.raises(Unavailable, match="while the server was not serving"):
+        calls.call(ModelCall("double", {"x": X}, caller="bls"))
+    loop.call_soon_threadsafe(served.release.set)  # the call that ran on answers no one
