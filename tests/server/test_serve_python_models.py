@@ -139,3 +139,62 @@ def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: P
         assert "model 'evil' is a Python model" in caught.value.message()
         assert "start the server with --allow-python-models" in caught.value.message()
         assert not client.is_model_ready("evil")
+
+
+APART = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            if request.request_id() == "bad":
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("bad one", pb_utils.TritonError.INVALID_ARG)))
+                continue
+            seen = json.dumps([request.request_id(), json.loads(request.parameters()), len(requests)])
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("y", x * float(json.loads(request.parameters())["k"])),
+                pb_utils.Tensor("seen", np.array([[seen.encode()]] * len(x), dtype=np.object_)),
+            ]))
+        return responses
+'''
+
+
+def test_a_batch_of_a_python_model_reaches_execute_as_its_requests_each_with_its_facts(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    (repo / "apart" / "1").mkdir(parents=True)
+    (repo / "apart" / "1" / "model.py").write_text(APART)
+    (repo / "apart" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] }, { name: "seen", data_type: TYPE_STRING, '
+        "dims: [ 1 ] } ]\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=4)
+        pending = []
+        for i in range(4):  # sent together: one batch, within the model's 300 ms queue delay
+            x = httpclient.InferInput("x", [1 + i % 2, 2], "FP32")
+            x.set_data_from_numpy(np.full((1 + i % 2, 2), i, np.float32))
+            rid = "bad" if i == 2 else f"r{i}"
+            pending.append(client.async_infer("apart", [x], request_id=rid, parameters={"k": i + 1}))
+        answers = []
+        for i, p in enumerate(pending):
+            if i == 2:  # its error response fails it alone, with its code's status
+                with pytest.raises(InferenceServerException, match=r"bad one \(Python model 'apart'\)") as caught:
+                    p.get_result()
+                assert caught.value.status() == "400"
+                continue
+            result = p.get_result()
+            np.testing.assert_array_equal(result.as_numpy("y"), np.full((1 + i % 2, 2), i * (i + 1), np.float32))
+            answers.append(json.loads(result.as_numpy("seen")[0, 0]))
+        assert [a[:2] for a in answers] == [["r0", {"k": 1}], ["r1", {"k": 2}], ["r3", {"k": 4}]]
+        assert max(a[2] for a in answers) > 1  # execute got the batch's requests apart, not one merged request
+        stats = client.get_inference_statistics("apart")["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 3 and stats["inference_stats"]["fail"]["count"] == 1
+        assert stats["execution_count"] < 4

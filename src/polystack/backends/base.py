@@ -19,8 +19,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.errors import BackendError, InvalidRequest, ModelClosed
+from polystack.backends.hosting import RequestFacts
+from polystack.errors import BackendError, InvalidRequest, ModelClosed, PolystackError
 from polystack.types import Signature
+
+# a request run apart from its batch's others: its inputs, the outputs it asks for (None: all), its facts
+Apart = tuple[Mapping[str, np.ndarray], Sequence[str] | None, RequestFacts]
 
 log = logging.getLogger("polystack.backends")
 
@@ -134,6 +138,20 @@ class CheckedModel:
         results: list[dict[str, np.ndarray]] = self._call(many, requests)
         if outputs:
             return [{name: r[name] for name in outputs} for r in results]
+        return results
+
+    @property
+    def runs_apart(self) -> bool:
+        """Whether the model takes a batch's requests apart, each with its facts (``infer_apart``)."""
+        return hasattr(self.inner, "infer_apart")
+
+    def infer_apart(self, requests: Sequence[Apart]) -> list[dict[str, np.ndarray] | PolystackError]:
+        """Requests (each checked by its batcher) run as one call of a model that takes them apart
+        (``runs_apart``): each one's outputs (those it asks for, else all), or the error that failed it alone."""
+        apart = getattr(self.inner, "infer_apart", None)
+        if apart is None:
+            raise BackendError("this model runs a batch as one request")
+        results: list[dict[str, np.ndarray] | PolystackError] = self._call(apart, requests)
         return results
 
     def _call(self, fn: Any, arg: Any) -> Any:

@@ -4,9 +4,9 @@ the model as ``triton_python_backend_utils``).
 
 The artifact (``formats/python_model.py``) is the model's version folder as one zip, with its config. Loading
 unpacks it into a folder of its own, imports ``model.py`` from there (its folder first on ``sys.path`` while
-it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``; each ``infer``
-is one request (a batch the server gathered is one request of that many rows), run by ``execute`` under a lock, as
-one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder. An ``async def
+it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``; ``infer`` runs
+one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them, by
+``execute`` under a lock, as one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder. An ``async def
 execute`` runs on an event loop of the model's own, so that it can await its calls to other models together.
 
 What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
@@ -30,7 +30,7 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,7 +40,7 @@ from pydantic import BaseModel
 
 from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
-from polystack.backends.base import Backend, LoadedModel
+from polystack.backends.base import Apart, Backend, LoadedModel
 from polystack.errors import (
     AlreadyExists,
     BackendError,
@@ -152,23 +152,43 @@ class PythonModel:
             pb_utils._RUNNING.reset(token)
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request, with the facts of the request the server runs (``hosting.REQUEST``)."""
         facts = hosting.REQUEST.get()
-        outputs = list(facts.outputs) or [t.name for t in self.signature.outputs]  # those the request asks for
-        tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
-        request = pb_utils.InferenceRequest.received(self.name, tensors, facts, outputs)
+        (result,) = self.infer_apart([(inputs, facts.outputs, facts)])
+        if isinstance(result, PolystackError):
+            raise result
+        return result
+
+    def infer_apart(self, requests: Sequence[Apart]) -> list[dict[str, np.ndarray] | PolystackError]:
+        """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts: each one's
+        outputs, or the error its response carries. ``execute`` failing fails them all (raised)."""
+        received, wanted = [], []
+        for inputs, outputs, facts in requests:
+            names = list(outputs or ()) or [t.name for t in self.signature.outputs]  # those it asks for, else all
+            tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
+            received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names))
+            wanted.append((names, bool(outputs)))
         with self._lock:
-            responses = self._run("execute", self._execute, [request])
-        if not isinstance(responses, list | tuple) or len(responses) != 1:
-            got = f"{len(responses)} responses" if isinstance(responses, list | tuple) else type(responses).__name__
-            raise BackendError(f"Python model {self.name!r}: execute must return one response per request, got {got}")
-        response = responses[0]
-        if not isinstance(response, pb_utils.InferenceResponse):
+            responses = self._run("execute", self._execute, received)
+        if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
+            got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise BackendError(
+                f"Failed to process the request(s) for model '{self.name}_0', message: Number of InferenceResponse "
+                "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
+                f"{len(received)}, and InferenceResponse(s) size is:{got}"
+            )
+        return [self._answer(response, *w) for response, w in zip(responses, wanted, strict=True)]
+
+    def _answer(self, response: Any, outputs: list[str], asked: bool) -> dict[str, np.ndarray] | PolystackError:
+        """A response as the server takes it: its error, or its outputs (those ``outputs`` names), checked against
+        the config."""
+        if not isinstance(response, pb_utils.InferenceResponse):
+            return BackendError(
                 f"Python model {self.name!r}: execute returned {type(response).__name__}, not an InferenceResponse"
             )
         error = response.error()
         if error is not None:
-            raise _error(error, self.name)
+            return _error(error, self.name)
         result: dict[str, np.ndarray] = {}
         for tensor in response.output_tensors():
             spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
@@ -178,15 +198,15 @@ class PythonModel:
             if (spec.dtype is DType.BYTES and array.dtype != np.object_) or (
                 spec.dtype is not DType.BYTES and array.dtype != spec.dtype.numpy
             ):
-                raise BackendError(
+                return BackendError(
                     f"Python model {self.name!r}: output {spec.name!r} is {pb_utils.numpy_to_triton_string(array.dtype)}"
                     f", but its config says {spec.dtype.value}"
                 )
             result[spec.name] = array
         missing = [name for name in outputs if name not in result]
         if missing:
-            asked = "the request asks for" if facts.outputs else "its config declares"
-            raise BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {asked}")
+            which = "the request asks for" if asked else "its config declares"
+            return BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {which}")
         return result
 
     def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from polystack.backends.hosting import NO_FACTS, RequestFacts
 from polystack.batching.policy import BatchPolicy
 from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
@@ -85,6 +86,7 @@ class _Pending:
     slot: int = 0  # its queue: 2 x its level, + 1 once delayed (slots sort as batches take them)
     waited: float = 0.0  # seconds in the queue, until its batch began (counted once it succeeds, as Triton counts)
     holder: list[_Pending] | None = None  # the batch it is in while that waits for the rate limiter's resources
+    facts: RequestFacts = NO_FACTS  # its id, parameters, outputs: for a model that runs a batch's requests apart
 
 
 # (request, result, error) for one finished request; exactly one of result and error is set
@@ -151,6 +153,9 @@ class DynamicBatcher:
         # of the model's infer_many (``backends/ragged.py``)
         ragged = getattr(getattr(entry, "spec", None), "ragged", None)
         self._ragged: frozenset[str] = ragged.ragged if ragged is not None else frozenset()
+        # a model that takes a batch's requests apart, each with its facts (a Python model, as Triton hands
+        # ``execute`` its requests): one call of its infer_apart, never a merged request
+        self._apart = bool(getattr(self.model, "runs_apart", False))
         # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
         # requests), and those slots in the order batches take from them
         self._queues: dict[int, collections.deque[_Pending]] = {}
@@ -201,10 +206,11 @@ class DynamicBatcher:
         timings: list[int] | None = None,
         outcome: Outcome | None = None,
         priority: int = 0,
+        facts: RequestFacts = NO_FACTS,
     ) -> _Pending:
         outcome = outcome or Outcome(self.entry.stats)
         try:
-            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome, priority)
+            return self._enqueue(inputs, outputs, timeout_s, future, waiter, timings, outcome, priority, facts)
         except ModelClosed:
             if not outcome.rerouted:  # else counted where its caller sends it next
                 outcome.settle("fail", 0)
@@ -223,6 +229,7 @@ class DynamicBatcher:
         timings: list[int] | None,
         outcome: Outcome,
         priority: int,
+        facts: RequestFacts,
     ) -> _Pending:
         # the names, datatypes and shapes decide validity, rows and merge key: worked out once per layout
         layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
@@ -245,8 +252,9 @@ class DynamicBatcher:
             timeout = timeout_s
         deadline = None if timeout is None else now + timeout
         pending = _Pending(
-            inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings, level=level
-        )
+            inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings, level=level,
+            facts=facts,
+        )  # fmt: skip
         pending.slot = 2 * level
         if rules.delay:  # past its deadline it waits behind the others, never refused for it
             pending.delay_at, pending.deadline = deadline, None
@@ -293,17 +301,18 @@ class DynamicBatcher:
         timings: list[int] | None = None,
         outcome: Outcome | None = None,
         priority: int = 0,
+        facts: RequestFacts = NO_FACTS,
     ) -> dict[str, np.ndarray]:
         """Wait for the result on ``loop`` (the running loop; a caller holding it saves a lookup,
         which in Python 3.11 costs a ``getpid()`` system call, ~2.4% of the loop's time under load).
         ``timings``, when given, receives the start and end of the model call that answered it
         (``time.perf_counter_ns()``; for a traced request's span). ``outcome`` is the request's place
         in the statistics (a caller counting it on its own side too passes its own). ``priority`` is Triton's
-        request priority (0: the default level)."""
+        request priority (0: the default level); ``facts``, what a model that runs requests apart sees of it."""
         loop = loop or asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         pending = self._submit(
-            inputs, outputs, timeout_s, waiter=waiter, timings=timings, outcome=outcome, priority=priority
+            inputs, outputs, timeout_s, waiter=waiter, timings=timings, outcome=outcome, priority=priority, facts=facts
         )
         try:
             if pending.deadline is None:
@@ -597,6 +606,9 @@ class DynamicBatcher:
         stats = self.entry.stats
         for p in batch:
             p.waited = started - p.enqueued
+        if self._apart:
+            self._hand(self._run_apart(batch))
+            return
         if len(batch) == 1:
             self._hand([self._run_one(batch[0])])
             return
@@ -656,6 +668,39 @@ class DynamicBatcher:
             return None
         t1 = time.perf_counter_ns()
         return [{k: r[k] for k in (p.outputs or r)} for p, r in zip(batch, results, strict=True)], (t0, t1)
+
+    def _run_apart(self, batch: list[_Pending]) -> list[_Outcome]:
+        """``batch`` run as one call of a model that takes its requests apart, each with its facts: each one's
+        answer or error. A call that fails as a whole fails every request in it, never run again (Triton's
+        ``Failed to process the request(s)``)."""
+        t0 = time.perf_counter_ns()
+        try:
+            results = self.model.infer_apart([(p.inputs, p.outputs, p.facts) for p in batch])
+        except BaseException as e:
+            t1 = time.perf_counter_ns()
+            for p in batch:
+                if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
+                    p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
+                if p.timings is not None:
+                    p.timings += (t0, t1)
+            return [(p, None, e) for p in batch]
+        t1 = time.perf_counter_ns()
+        items = sum(p.items for p in batch)
+        self.entry.stats.executed(items, t1 - t0, len(batch))
+        if self._on_batch:
+            self._on_batch(items, len(batch), (t1 - t0) / 1e9)
+        outcomes: list[_Outcome] = []
+        for p, result in zip(batch, results, strict=True):
+            if p.timings is not None:
+                p.timings += (t0, t1)
+            if isinstance(result, BaseException):
+                p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
+                outcomes.append((p, None, result))
+            else:
+                self._queued_for(p)
+                p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
+                outcomes.append((p, {k: result[k] for k in (p.outputs or result)}, None))
+        return outcomes
 
     def _stop_merging(self, output: str, shape: tuple[int, ...], rows: int) -> None:
         with self._cond:

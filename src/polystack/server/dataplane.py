@@ -257,6 +257,11 @@ _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the n
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
 
 
+def _facts(request: InferRequest, outputs: Sequence[str] | None) -> hosting.RequestFacts:
+    """What a hosted model sees of ``request`` past its inputs."""
+    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()))
+
+
 def _size(array: np.ndarray) -> int:
     """The bytes ``array`` holds: an array of strings' (BYTES) its strings' lengths, not 8 bytes each."""
     return sum(map(len, array.flat)) if array.dtype == object else array.nbytes
@@ -1907,8 +1912,9 @@ class DataPlane:
                 elif served.batcher is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings = [] if span is not None or compute is not None else None
+                    facts = _facts(request, outputs) if served.hosted else hosting.NO_FACTS
                     result = await served.batcher.infer_async(
-                        request.inputs, outputs, request.timeout_s, loop, timings, outcome, request.priority
+                        request.inputs, outputs, request.timeout_s, loop, timings, outcome, request.priority, facts
                     )
                     if timings:
                         if span is not None:
@@ -1939,8 +1945,7 @@ class DataPlane:
                             served.limits,
                         )  # fmt: skip
                         if served.hosted:
-                            facts = hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()))
-                            call = (hosting.run_as, facts, *call)
+                            call = (hosting.run_as, _facts(request, outputs), *call)
                         try:
                             result, t0, t1 = await (served.executor or self.executor).run(loop, *call)
                         except ThreadsClosed:
