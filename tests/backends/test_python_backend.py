@@ -144,14 +144,14 @@ def test_two_models_with_a_module_of_one_name_each_import_their_own(tmp_path: Pa
     assert [m.infer(_inputs(b"x"))["OUT"].tolist() for m in loaded] == [[[b"first"]], [[b"second"]]]
     assert "words" not in sys.modules
     for m in loaded:
-        m._model.finalize = lambda: None  # no FINALIZED file here
+        m._instances[0].model.finalize = lambda: None  # no FINALIZED file here
         m.close()
 
 
 def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import sys
 
-    name = model._module.__name__
+    name = model._instances[0].module.__name__
     assert name in sys.modules
     model.close()
     assert (tmp_path / "finalized").read_text() == "upper_0"
@@ -277,5 +277,46 @@ def test_a_call_goes_to_the_host_that_loaded_the_model_and_its_error_comes_back_
             host.answer = error
             words = f"1|Model other - Error when running inference: {error.message}"
             assert loaded.infer(_inputs(b"x"))["OUT"].tolist() == [[words.encode()]]
+    finally:
+        loaded.close()
+
+
+INSTANCES = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+RUNNING = []  # this import's: each instance imports model.py for itself
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        RUNNING.append(self.name)
+        pb_utils.BARRIER.wait()  # the test's: passed once every instance runs at once
+        seen = f"{self.name}:{len(RUNNING)}".encode()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[seen]], dtype=np.object_)),
+                                            pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+"""
+
+
+def test_a_configs_instance_count_runs_that_many_instances_at_once_each_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from polystack.backends import triton_python_utils
+
+    monkeypatch.setattr(triton_python_utils, "BARRIER", threading.Barrier(3, timeout=10), raising=False)
+    config = {**CONFIG, "instance_group": [{"count": 2, "kind": "KIND_CPU"}, {"name": "extra", "count": 1}]}
+    backend = registry.get("python")
+    loaded = backend.load(packed(tmp_path, INSTANCES, config), python_model.signature(config), backend.parse_options({}), "cpu")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:  # three calls at once: each instance runs one
+            answers = list(pool.map(lambda _: loaded.infer(_inputs(b"x"))["OUT"][0, 0].decode(), range(3)))
+        # Triton's instance names; each instance ran once, with a module of its own
+        assert sorted(answers) == ["extra_0:1", "upper_0_0:1", "upper_0_1:1"]
     finally:
         loaded.close()

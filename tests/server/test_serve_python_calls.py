@@ -106,7 +106,7 @@ def test_a_python_model_calls_python_onnx_and_ensemble_models_and_gets_their_out
 
 
 def test_the_request_facts_reach_the_model_over_grpc_too(served) -> None:  # type: ignore[no-untyped-def]
-    repo, _, grpc_port = served
+    _, _, grpc_port = served
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     x = grpcclient.InferInput("x", [2, 16], "FP32")
     x.set_data_from_numpy(X)

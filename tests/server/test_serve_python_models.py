@@ -198,3 +198,46 @@ def test_a_batch_of_a_python_model_reaches_execute_as_its_requests_each_with_its
         stats = client.get_inference_statistics("apart")["model_stats"][0]
         assert stats["inference_stats"]["success"]["count"] == 3 and stats["inference_stats"]["fail"]["count"] == 1
         assert stats["execution_count"] < 4
+
+
+TOGETHER = '''
+import os, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        folder = os.environ["RENDEZVOUS"]
+        open(os.path.join(folder, self.name), "w").close()
+        deadline = time.monotonic() + 10
+        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:  # until both instances run
+            time.sleep(0.01)
+        together = np.array([[float(len(os.listdir(folder)))]], dtype=np.float32)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", together)]) for _ in requests]
+'''
+
+
+def test_a_python_models_instances_serve_requests_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "models"
+    (repo / "together" / "1").mkdir(parents=True)
+    (repo / "together" / "1" / "model.py").write_text(TOGETHER)
+    (repo / "together" / "config.pbtxt").write_text(
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]\n'
+        "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+    )
+    (tmp_path / "rendezvous").mkdir()
+    monkeypatch.setenv("RENDEZVOUS", str(tmp_path / "rendezvous"))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2)
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        pending = [client.async_infer("together", [x]) for _ in range(2)]
+        assert [float(p.get_result().as_numpy("y")[0, 0]) for p in pending] == [2.0, 2.0]  # both ran at once
+    assert sorted(p.name for p in (tmp_path / "rendezvous").iterdir()) == ["together_0_0", "together_0_1"]

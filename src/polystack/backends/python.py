@@ -24,10 +24,10 @@ import contextlib
 import importlib.util
 import inspect
 import json
+import queue
 import shutil
 import sys
 import tempfile
-import threading
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,12 +59,24 @@ from polystack.types import DType, Signature
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
 
 
+class _Instance:
+    """One instance of a Python model: its own import of ``model.py`` and its own ``TritonPythonModel``, as each of
+    Triton's instances is a stub process of its own; an ``async def execute`` runs on its own event loop."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # Triton's instance name: the model's in its words for a failed execute
+        self.module: ModuleType | None = None
+        self.model: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
+        self.started = False  # its initialize returned: finalize runs at the close
+
+
 class PythonModel:
     def __init__(self, artifact: Path, signature: Signature, device: str) -> None:
         self.signature = signature
-        self._lock = threading.Lock()
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
-        self._loop: asyncio.AbstractEventLoop | None = None  # an async execute's (made at its first request)
+        self._instances: list[_Instance] = []
+        self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
         self._folder = Path(tempfile.mkdtemp(prefix="polystack-python-model-"))
         try:
             try:
@@ -75,28 +87,38 @@ class PythonModel:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
             self.config: dict[str, Any] = _completed(manifest["config"], self.name)
-            self._module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]))
-            model_class = getattr(self._module, "TritonPythonModel", None)
-            if model_class is None:
-                raise InvalidRequest(f"{manifest['file']} of model {self.name!r} defines no class TritonPythonModel")
-            self._model = model_class()
-            initialize = getattr(self._model, "initialize", None)
-            if initialize is not None:
-                args = {
-                    "model_config": json.dumps(self.config),
-                    "model_instance_kind": "CPU",
-                    "model_instance_name": f"{self.name}_0",
-                    "model_instance_device_id": "0",
-                    "model_repository": str(self._folder),
-                    "model_version": str(manifest["version"]),
-                    "model_name": self.name,
-                }
-                self._run("initialize", initialize, args)
+            for name in _instance_names(manifest["config"], self.name):
+                instance = _Instance(name)
+                self._instances.append(instance)
+                self._start(instance, manifest)
+                self._idle.put(instance)
         except BaseException:
-            self._forget()
+            with contextlib.suppress(Exception):  # the load's own failure is what it says
+                self.close()
             raise
 
-    def _import(self, path: Path) -> ModuleType:
+    def _start(self, instance: _Instance, manifest: dict[str, Any]) -> None:
+        """Import ``model.py`` for ``instance`` and initialize its model, with Triton's ``args``."""
+        instance.module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]), instance)
+        model_class = getattr(instance.module, "TritonPythonModel", None)
+        if model_class is None:
+            raise InvalidRequest(f"{manifest['file']} of model {self.name!r} defines no class TritonPythonModel")
+        instance.model = model_class()
+        initialize = getattr(instance.model, "initialize", None)
+        if initialize is not None:
+            args = {
+                "model_config": json.dumps(self.config),
+                "model_instance_kind": "CPU",
+                "model_instance_name": instance.name,
+                "model_instance_device_id": "0",
+                "model_repository": str(self._folder),
+                "model_version": str(manifest["version"]),
+                "model_name": self.name,
+            }
+            self._run("initialize", instance, initialize, args)
+        instance.started = True
+
+    def _import(self, path: Path, instance: _Instance) -> ModuleType:
         """``model.py`` as a module of its own, its folder first on ``sys.path`` while it imports."""
         sys.modules.setdefault(UTILS, pb_utils)
         name = f"polystack_python_model_{uuid.uuid4().hex}"
@@ -108,7 +130,7 @@ class PythonModel:
         sys.path.insert(0, str(path.parent))
         try:
             sys.modules[name] = module
-            self._run("import", spec.loader.exec_module, module)
+            self._run("import", instance, spec.loader.exec_module, module)
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -121,7 +143,7 @@ class PythonModel:
                     del sys.modules[other]
         return module
 
-    def _run(self, what: str, fn: Any, *args: Any) -> Any:
+    def _run(self, what: str, instance: _Instance, fn: Any, *args: Any) -> Any:
         """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it (in
         ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails). Its
         calls to other models go to the server that hosts it (from ``execute`` alone, as in Triton)."""
@@ -136,7 +158,7 @@ class PythonModel:
             message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
             if what == "execute":  # Triton's words
                 raise BackendError(
-                    f"Failed to process the request(s) for model '{self.name}_0', message: {type(e).__name__}: "
+                    f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
                     f"{message}"
                 ) from e
             failed = InvalidRequest if what in ("import", "initialize") else BackendError
@@ -168,12 +190,15 @@ class PythonModel:
             tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
             received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names))
             wanted.append((names, bool(outputs)))
-        with self._lock:
-            responses = self._run("execute", self._execute, received)
+        instance = self._idle.get()  # one execute at a time on each instance, as on Triton's
+        try:
+            responses = self._run("execute", instance, self._execute, instance, received)
+        finally:
+            self._idle.put(instance)
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise BackendError(
-                f"Failed to process the request(s) for model '{self.name}_0', message: Number of InferenceResponse "
+                f"Failed to process the request(s) for model '{instance.name}', message: Number of InferenceResponse "
                 "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
                 f"{len(received)}, and InferenceResponse(s) size is:{got}"
             )
@@ -209,31 +234,48 @@ class PythonModel:
             return BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {which}")
         return result
 
-    def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
-        """The model's ``execute``; an ``async def execute`` run to its end on the model's own event loop."""
-        responses = self._model.execute(requests)
+    @staticmethod
+    def _execute(instance: _Instance, requests: list[pb_utils.InferenceRequest]) -> Any:
+        """The instance's ``execute``; an ``async def execute`` run to its end on the instance's own event loop."""
+        responses = instance.model.execute(requests)
         if inspect.isawaitable(responses):
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            responses = self._loop.run_until_complete(responses)
+            if instance.loop is None:
+                instance.loop = asyncio.new_event_loop()
+            responses = instance.loop.run_until_complete(responses)
         return responses
 
     def close(self) -> None:
-        try:
-            finalize = getattr(getattr(self, "_model", None), "finalize", None)
-            if finalize is not None:
-                with self._lock:
-                    self._run("finalize", finalize)
-        finally:
-            if self._loop is not None:
-                self._loop.close()
-            self._forget()
-
-    def _forget(self) -> None:
-        module = getattr(self, "_module", None)
-        if module is not None:
-            sys.modules.pop(module.__name__, None)
+        """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
+        failed: BaseException | None = None
+        for instance in self._instances:
+            try:
+                finalize = getattr(instance.model, "finalize", None)
+                if finalize is not None and instance.started:
+                    self._run("finalize", instance, finalize)
+            except BaseException as e:  # the others finalize still; the first failure is raised
+                failed = failed or e
+            finally:
+                if instance.loop is not None:
+                    instance.loop.close()
+                if instance.module is not None:
+                    sys.modules.pop(instance.module.__name__, None)
+        self._instances = []
         shutil.rmtree(self._folder, ignore_errors=True)
+        if failed is not None:
+            raise failed
+
+
+def _instance_names(config: dict[str, Any], model: str) -> list[str]:
+    """Triton's names of the instances the config's ``instance_group`` asks for (``<group>_<i>``; a group without
+    a name is ``<model>_<g>``; without groups, one: ``<model>_0``). Each ``KIND_GPU`` group's count is per GPU."""
+    groups = config.get("instance_group") or []
+    if not groups:
+        return [f"{model}_0"]
+    names = []
+    for g, group in enumerate(groups):
+        count = int(group.get("count", 1) or 1) * max(1, len(group.get("gpus") or []))
+        names += [f"{group.get('name') or f'{model}_{g}'}_{i}" for i in range(count)]
+    return names
 
 
 def _error(error: pb_utils.TritonError, model: str) -> PolystackError:
