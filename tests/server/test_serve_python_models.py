@@ -241,3 +241,25 @@ def test_a_python_models_instances_serve_requests_at_once(tmp_path: Path, monkey
         pending = [client.async_infer("together", [x]) for _ in range(2)]
         assert [float(p.get_result().as_numpy("y")[0, 0]) for p in pending] == [2.0, 2.0]  # both ran at once
     assert sorted(p.name for p in (tmp_path / "rendezvous").iterdir()) == ["together_0_0", "together_0_1"]
+
+
+def test_a_loads_config_is_the_one_initialize_sees(tmp_path: Path) -> None:
+    repo, port = repository(tmp_path / "models"), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "scale"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+
+        def scaled() -> np.ndarray:
+            i = httpclient.InferInput("x", [1, 16], "FP32")
+            i.set_data_from_numpy(x)
+            return client.infer("scale", [i]).as_numpy("y")
+
+        np.testing.assert_array_equal(scaled(), x * 2)  # the folder's factor
+        config = {"backend": "python", "max_batch_size": 8, "input": [{"name": "x", "data_type": "TYPE_FP32",
+                  "dims": [16]}], "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [16]}],
+                  "parameters": {"factor": {"string_value": "3"}}}  # fmt: skip
+        client.load_model("scale", config=json.dumps(config))
+        np.testing.assert_array_equal(scaled(), x * 3)  # the load's, as Triton hands it to initialize
+        assert client.get_model_config("scale")["parameters"]["factor"]["string_value"] == "3"

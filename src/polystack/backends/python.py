@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
@@ -72,7 +72,7 @@ class _Instance:
 
 
 class PythonModel:
-    def __init__(self, artifact: Path, signature: Signature, device: str) -> None:
+    def __init__(self, artifact: Path, signature: Signature, device: str, config: str | None = None) -> None:
         self.signature = signature
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
         self._instances: list[_Instance] = []
@@ -86,8 +86,9 @@ class PythonModel:
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
-            self.config: dict[str, Any] = _completed(manifest["config"], self.name)
-            for name in _instance_names(manifest["config"], self.name):
+            given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
+            self.config: dict[str, Any] = _completed(given, self.name)
+            for name in _instance_names(given, self.name):
                 instance = _Instance(name)
                 self._instances.append(instance)
                 self._start(instance, manifest)
@@ -325,11 +326,19 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
+class PythonOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str | None = None  # the config the load follows, as JSON (None: the folder's, stored with the model)
+
+
 class PythonBackend(Backend):
     name = "python"
     formats = frozenset({"python"})
+    Options = PythonOptions
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
         if device not in self.devices():  # its instances run on the CPU (a model's own code may use a GPU)
             raise BackendUnavailable(f"backend 'python' runs its models' instances on the CPU, not {device!r}")
-        return PythonModel(artifact, signature, device)
+        assert isinstance(options, PythonOptions)
+        return PythonModel(artifact, signature, device, options.config)

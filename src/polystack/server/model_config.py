@@ -591,8 +591,12 @@ def read(
     gap = dict(parameters).get(IDLE_GAP)
     parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
     optimization = _optimization(config.get("optimization"))
-    # a Python model's parameters are its own, read by its code (its args' model_config), as Triton's backend leaves them
-    options = {} if spec.backend == "python" else onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
+    # a Python model's parameters are its own, read by its code in its args' model_config: the config this load
+    # follows, as Triton hands its Python backend the config a load overrides
+    options = (
+        {"config": json.dumps(config)} if spec.backend == "python"
+        else onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
+    )  # fmt: skip
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
