@@ -53,6 +53,19 @@ def test_the_same_name_and_labels_are_the_same_family_and_series() -> None:
     again.increment(2)
     assert first is again and first.value() == 3
     assert CustomMetrics().render() == b""
+    # a model loaded again with other buckets gets the series it made, as Triton's does
+    histogram = metrics.family("h", "", HISTOGRAM).series({"m": "x"}, [1, 2])
+    assert metrics.family("h", "", HISTOGRAM).series({"m": "x"}, [5]) is histogram and histogram.buckets == (1, 2)
+
+
+def test_the_series_the_models_make_are_bounded() -> None:
+    metrics = CustomMetrics(most=3)
+    family = metrics.family("c", "", COUNTER)
+    for i in range(3):
+        family.series({"i": str(i)})
+    family.series({"i": "0"})  # one it has: no room taken
+    with pytest.raises(InvalidRequest, match="hold 3 custom metric series already"):
+        metrics.family("g", "", GAUGE).series({"i": "3"})
 
 
 @pytest.mark.parametrize(
@@ -72,6 +85,7 @@ def test_the_same_name_and_labels_are_the_same_family_and_series() -> None:
         (lambda m: m.family("nv_inference_count", "", GAUGE), "starts as the server's own metrics do"),
         (lambda m: m.family("g", "", GAUGE).series({"model": 1}), "its value is a string, got int"),
         (lambda m: m.family("g", "", GAUGE).series({"le": "x"}), "not a Prometheus label name"),
+        (lambda m: m.family("g", "", GAUGE).series({"__name__": "x"}), "not a Prometheus label name"),
     ],
 )
 def test_what_a_kind_does_not_take_is_refused_in_words_and_changes_nothing(act, words: str) -> None:  # type: ignore[no-untyped-def]

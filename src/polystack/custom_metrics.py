@@ -87,14 +87,34 @@ class Series:
             return lines
 
 
+class Room:
+    """The series a server's models may make in all (each costs memory for good, and every scrape its lines)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._lock = threading.Lock()
+        self.used = 0
+
+    def take(self, family: str) -> None:
+        with self._lock:
+            if self.used >= self.most:
+                raise InvalidRequest(
+                    f"metric {family!r}: the models hold {self.most:,} custom metric series already, the most the "
+                    "server keeps; give labels fewer values (one series per label set, kept for good)"
+                )
+            self.used += 1
+
+
 class Family:
-    def __init__(self, name: str, description: str, kind: str) -> None:
+    def __init__(self, name: str, description: str, kind: str, room: Room) -> None:
         self.name, self.description, self.kind = name, description, kind
+        self._room = room  # the server's, which each series made takes from
         self._lock = threading.Lock()
         self._series: dict[Labels, Series] = {}
 
     def series(self, labels: Mapping[str, str] | None = None, buckets: Sequence[float] | None = None) -> Series:
-        """The series of ``labels`` (the same one for the same labels); a histogram's needs its bucket bounds."""
+        """The series of ``labels`` (the same one for the same labels, with the buckets it was made with, as
+        Triton's); a histogram's needs its bucket bounds."""
         if self.kind == HISTOGRAM and buckets is None:
             raise InvalidRequest("Failed to create metric. Missing required buckets.")
         if self.kind != HISTOGRAM and buckets is not None:
@@ -104,11 +124,8 @@ class Family:
         with self._lock:
             series = self._series.get(key)
             if series is None:
+                self._room.take(self.name)
                 series = self._series[key] = Series(self.kind, bounds)
-            elif series.buckets != bounds:
-                raise InvalidRequest(
-                    f"metric {self.name!r} with labels {dict(key)} has the buckets {list(series.buckets)} already"
-                )
             return series
 
     def lines(self) -> list[str]:
@@ -121,12 +138,16 @@ class Family:
         return lines
 
 
-class CustomMetrics:
-    """A server's custom metric families, by name."""
+MOST_SERIES = 100_000
 
-    def __init__(self) -> None:
+
+class CustomMetrics:
+    """A server's custom metric families, by name, with at most ``most`` series in all."""
+
+    def __init__(self, most: int = MOST_SERIES) -> None:
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
+        self.room = Room(most)
 
     def family(self, name: str, description: str, kind: str) -> Family:
         """The family ``name`` of ``kind`` (the same one for the same name)."""
@@ -145,7 +166,7 @@ class CustomMetrics:
         with self._lock:
             family = self._families.get(name)
             if family is None:
-                family = self._families[name] = Family(name, str(description), kind)
+                family = self._families[name] = Family(name, str(description), kind, self.room)
             elif family.kind != kind:
                 raise InvalidRequest("Family name already exists with different type")
             return family
@@ -162,8 +183,10 @@ def _key(labels: Mapping[str, str]) -> Labels:
     if not isinstance(labels, Mapping):
         raise InvalidRequest(f"a metric's labels are a dict of strings, got {type(labels).__name__}")
     for k, v in labels.items():
-        if not isinstance(k, str) or not _LABEL.match(k) or k == "le":
-            raise InvalidRequest(f"metric label name {k!r} is not a Prometheus label name (nor 'le')")
+        if not isinstance(k, str) or not _LABEL.match(k) or k == "le" or k.startswith("__"):
+            raise InvalidRequest(
+                f"metric label name {k!r} is not a Prometheus label name (nor 'le', nor one starting with '__')"
+            )
         if not isinstance(v, str):
             raise InvalidRequest(f"metric label {k!r}: its value is a string, got {type(v).__name__}")
     return tuple(sorted(labels.items()))

@@ -18,11 +18,21 @@ from polystack.server.model_calls import ModelCalls
 
 
 class Served:
-    """A server's infer: doubles x for "double", waits for ``release`` for "slow", knows no other model."""
+    """A server's infer: doubles x for "double", waits for ``release`` for "slow", knows no other model; its loads
+    and unloads are noted (a load of "broken" fails)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None, InferRequest]] = []
         self.release = asyncio.Event()
+        self.controls: list[tuple[str, str, dict]] = []
+
+    async def load(self, name: str, parameters: dict) -> None:
+        if name == "broken":
+            raise InvalidRequest("failed to load 'broken'")
+        self.controls.append(("load", name, parameters))
+
+    async def unload(self, name: str, parameters: dict) -> None:
+        self.controls.append(("unload", name, parameters))
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         self.seen.append((name, version, request))
@@ -45,7 +55,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _serving(loop: asyncio.AbstractEventLoop, served: Served) -> ModelCalls:
-    calls = ModelCalls(served.infer)
+    calls = ModelCalls(served.infer, served.load, served.unload)
     asyncio.run_coroutine_threadsafe(_serve_on(calls), loop).result(5)
     return calls
 
@@ -80,10 +90,15 @@ def test_a_failed_call_answers_the_servers_error(loop) -> None:  # type: ignore[
 def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-untyped-def]
     served = Served()
     with pytest.raises(Unavailable, match="while the server was not serving"):  # no loop yet: a model's initialize
-        ModelCalls(served.infer).call(ModelCall("double", {"x": X}, caller="bls"))
+        ModelCalls(served.infer, served.load, served.unload).call(ModelCall("double", {"x": X}, caller="bls"))
     calls = _serving(loop, served)
     with pytest.raises(InvalidRequest, match="model 'bls' called itself"):
-        calls.call(ModelCall("bls", {"x": X}, caller="bls"))
+        calls.call(ModelCall("bls", {"x": X}, caller="bls", caller_version=1))
+    with pytest.raises(InvalidRequest, match="model 'bls' called itself"):
+        calls.call(ModelCall("bls", {"x": X}, version=1, caller="bls", caller_version=1))
+    # a model up the chain of calls waits for this one's answer: A -> B -> A would wait for good
+    with pytest.raises(InvalidRequest, match="model 'b' called model 'a', which waits for its answer already"):
+        calls.call(ModelCall("a", {"x": X}, caller="b", callers=frozenset({"a", "b"})))
 
     async def from_the_loop() -> None:
         calls.call(ModelCall("double", {"x": X}, caller="bls"))
@@ -93,6 +108,24 @@ def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-un
     with pytest.raises(InvalidRequest, match="Unable to parse 'timeout'"):  # checked as a client's parameters are
         calls.call(ModelCall("double", {"x": X}, parameters={"timeout": -1}, caller="bls"))
     assert served.seen == []
+
+
+def test_another_version_of_the_caller_and_models_off_its_chain_are_called(loop) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    calls = _serving(loop, served)
+    calls.call(ModelCall("double", {"x": X}, version=2, caller="double", caller_version=1)).result(5)
+    calls.call(ModelCall("double", {"x": X}, caller="b", callers=frozenset({"a", "b"}))).result(5)
+    assert served.seen[1][2].callers == frozenset({"a", "b"})  # the called model's calls see its chain
+
+
+def test_loads_and_unloads_run_as_the_repository_extensions_and_say_why_they_failed(loop) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    calls = _serving(loop, served)
+    calls.load("m", {"config": "{}"}, "bls").result(5)
+    calls.unload("m", {"unload_dependents": True}, "bls").result(5)
+    assert served.controls == [("load", "m", {"config": "{}"}), ("unload", "m", {"unload_dependents": True})]
+    with pytest.raises(InvalidRequest, match="failed to load 'broken'"):
+        calls.load("broken", {}, "bls").result(5)
 
 
 def test_a_call_left_waiting_when_the_server_closes_fails_and_no_more_are_taken(loop) -> None:  # type: ignore[no-untyped-def]

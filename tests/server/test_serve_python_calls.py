@@ -5,6 +5,8 @@ tritonclient by ``serve --allow-python-models``."""
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +36,8 @@ class TritonPythonModel:
                 pb_utils.InferenceRequest(
                     model_name=model, inputs=[pb_utils.Tensor(asked.get("input", "x"), x)],
                     requested_output_names=[asked.get("output", "y")], model_version=asked.get("version", -1),
-                    request_id=request.request_id(), parameters={"from": "caller"},
+                    request_id=request.request_id(),
+                    parameters={"from": "caller", **({"models": asked["next"]} if "next" in asked else {})},
                 )
                 for model in asked["models"].split(",")
             ]
@@ -55,6 +58,51 @@ SYNC = CALLER.replace("CALL", "[call.exec() for call in calls]")
 ASYNC = CALLER.replace("    def execute", "    async def execute").replace(
     "CALL", "await asyncio.gather(*(call.async_exec() for call in calls))"
 )
+# what a model does with the server beyond a call it waits for, by its request's "case"
+TOOLS = '''
+import concurrent.futures, json, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def call_mlp(x):
+    return pb_utils.InferenceRequest(model_name="mlp", inputs=[pb_utils.Tensor("x", x)], requested_output_names=["y"]).exec()
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        request = requests[0]
+        case = json.loads(request.parameters())["case"]
+        x = pb_utils.get_input_tensor_by_name(request, "x")
+        facts = []
+        if case == "dlpack":  # Triton's tensors give DLPack
+            y = np.from_dlpack(x) * 3
+        elif case == "thread":  # a thread of the model's own, without its context
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(call_mlp, [x.as_numpy(), x.as_numpy()]))
+            facts = [a.has_error() for a in answers]
+            y = np.concatenate([pb_utils.get_output_tensor_by_name(a, "y").as_numpy() for a in answers], axis=-1)
+        elif case == "unawaited":  # async_exec sends at once, awaited or not
+            call = pb_utils.InferenceRequest(model_name="mlp", inputs=[x], requested_output_names=["y"])
+            async def send():
+                call.async_exec()
+            import asyncio
+            asyncio.run(send())
+            y = x.as_numpy()
+        elif case == "reload":  # the model loading API
+            facts.append(pb_utils.is_model_ready("mlp2"))
+            pb_utils.unload_model("mlp2")
+            facts.append(pb_utils.is_model_ready("mlp2"))
+            pb_utils.load_model("mlp2")
+            facts.append(pb_utils.is_model_ready("mlp2", "1"))
+            try:
+                pb_utils.load_model("nowhere")
+            except pb_utils.TritonModelException as e:
+                facts.append(str(e))
+            y = x.as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y.astype(np.float32)),
+                                            pb_utils.Tensor("facts", np.array([json.dumps(facts).encode()], dtype=np.object_))])]
+'''
 CONFIG = """backend: "python"
 input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]
 output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, -1 ] }, { name: "facts", data_type: TYPE_STRING, dims: [ 1 ] } ]
@@ -65,7 +113,8 @@ def callers(root: Path) -> Path:
     """The Python model tests' repository (scale, mlp, pipe) with a caller that calls as it goes (``caller``), and
     one that sends its calls together (``gatherer``, an ``async def execute``)."""
     repository(root)
-    for name, source in (("caller", SYNC), ("gatherer", ASYNC)):
+    shutil.copytree(root / "mlp", root / "mlp2")
+    for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(source)
         (root / name / "config.pbtxt").write_text(CONFIG)
@@ -76,7 +125,8 @@ def callers(root: Path) -> Path:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, int]]:
     tmp = tmp_path_factory.mktemp("calls")
     repo, port, grpc_port = callers(tmp / "models"), free_port(), free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--model-control-mode", "explicit", "--load-model", "*"]  # fmt: skip
     with cli_server(tmp / "home", args, port, tmp / "log"):
         yield repo, port, grpc_port
 
@@ -131,10 +181,14 @@ def test_calls_count_in_the_called_models_statistics(served) -> None:  # type: i
 @pytest.mark.parametrize(
     ("parameters", "words"),
     [
-        ({"models": "nope"}, "Request for unknown model: 'nope' is not found"),
-        ({"models": "mlp", "version": 7}, "Request for unknown model: 'mlp' version 7 is not found"),
+        ({"models": "nope"}, "Failed for execute the inference request. Model 'nope' is not ready. (Request for unknown "
+         "model: 'nope' is not found"),
+        ({"models": "mlp", "version": 7}, "Failed for execute the inference request. Model 'mlp' is not ready. (Request "
+         "for unknown model: 'mlp' version 7 is not found"),
         ({"models": "mlp", "input": "z"}, "unexpected inference input 'z' for model 'mlp'"),
-        ({"models": "caller"}, "model 'caller' called itself: its one instance would wait for itself"),
+        ({"models": "caller"}, "model 'caller' called itself: it would wait for its own answer"),
+        # caller -> gatherer -> caller: the gatherer's call would wait for the caller, which waits for it
+        ({"models": "gatherer", "next": "caller"}, "model 'gatherer' called model 'caller', which waits for its answer"),
     ],
 )
 def test_a_call_that_fails_answers_the_caller_with_its_error_in_triton_words_and_the_server_serves_on(  # type: ignore[no-untyped-def]
@@ -146,5 +200,31 @@ def test_a_call_that_fails_answers_the_caller_with_its_error_in_triton_words_and
     assert caught.value.status() == "500"  # the calling model raised: its request fails as the model's error
     model = parameters["models"]
     # Triton's words for a call that failed, with the code it gives them all (INTERNAL: 1)
-    assert f"1: Model {model} - Error when running inference: {words}" in caught.value.message()
+    assert f"1: Model {model} - Error when running inference: " in caught.value.message()
+    assert words in caught.value.message()
     assert _call(port, "caller", {"models": "mlp"}).as_numpy("y").shape == (2, 4)
+
+
+def test_a_model_uses_dlpack_threads_of_its_own_async_exec_and_the_model_loading_api(served) -> None:  # type: ignore[no-untyped-def]
+    repo, port, _ = served
+    result = _call(port, "tools", {"case": "dlpack"})
+    np.testing.assert_array_equal(result.as_numpy("y"), X * 3)
+    result = _call(port, "tools", {"case": "thread"})  # calls from the model's own threads reach the server
+    assert json.loads(result.as_numpy("facts")[0]) == [False, False]
+    mlp = _mlp(repo, X)
+    np.testing.assert_allclose(result.as_numpy("y"), np.concatenate([mlp, mlp], axis=-1), rtol=1e-5)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+    def successes() -> int:
+        return int(client.get_inference_statistics("mlp")["model_stats"][0]["inference_stats"]["success"]["count"])
+
+    before = successes()
+    _call(port, "tools", {"case": "unawaited"})  # sent as async_exec returned, though nothing awaited it
+    deadline = time.monotonic() + 10
+    while successes() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert successes() == before + 1
+    facts = json.loads(_call(port, "tools", {"case": "reload"}).as_numpy("facts")[0])
+    assert facts[:3] == [True, False, True]
+    assert "nowhere" in facts[3]  # a load that fails raises in the model, in the server's words
+    assert client.is_model_ready("mlp2")

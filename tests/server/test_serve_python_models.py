@@ -106,9 +106,9 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
         # the model's own refusals, in its words; the server serves on
         bad = httpclient.InferInput("x", [1, 16], "FP32")
         bad.set_data_from_numpy(np.full((1, 16), np.nan, np.float32))
-        with pytest.raises(InferenceServerException, match=r"x holds NaN \(Python model 'scale'\)") as caught:
+        with pytest.raises(InferenceServerException) as caught:
             http.infer("scale", [bad])
-        assert caught.value.status() == "400"
+        assert (caught.value.status(), caught.value.message()) == ("400", "x holds NaN")  # its words as they are
         bad.set_data_from_numpy(np.full((1, 16), -1000, np.float32))
         with pytest.raises(InferenceServerException, match=r"Failed to process the request\(s\) for model .scale_0., message: ValueError: x is too small") as caught:
             http.infer("scale", [bad])
@@ -186,9 +186,9 @@ def test_a_batch_of_a_python_model_reaches_execute_as_its_requests_each_with_its
         answers = []
         for i, p in enumerate(pending):
             if i == 2:  # its error response fails it alone, with its code's status
-                with pytest.raises(InferenceServerException, match=r"bad one \(Python model 'apart'\)") as caught:
+                with pytest.raises(InferenceServerException) as caught:
                     p.get_result()
-                assert caught.value.status() == "400"
+                assert (caught.value.status(), caught.value.message()) == ("400", "bad one")
                 continue
             result = p.get_result()
             np.testing.assert_array_equal(result.as_numpy("y"), np.full((1 + i % 2, 2), i * (i + 1), np.float32))

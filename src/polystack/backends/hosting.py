@@ -1,7 +1,7 @@
 """What a model gets from the server that hosts it besides its inputs: the facts of the request it runs
 (``REQUEST``), and the server itself (``HOST``): a way to call the other models served and the server's custom
 metrics, as Triton gives its Python models (``request.request_id()``, ``request.parameters()``; business logic
-scripting, ``InferenceRequest.exec``; ``pb_utils.MetricFamily``).
+scripting, ``InferenceRequest.exec``; model loading, ``pb_utils.load_model``; ``pb_utils.MetricFamily``).
 
 Both are context variables, so that backends keep their contract (numpy in, numpy out) and know nothing of
 servers: the server sets ``HOST`` while it loads a model (the model keeps it) and ``REQUEST`` around the call
@@ -28,11 +28,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class RequestFacts:
     """The request a model runs, past its inputs: its id, its parameters (Triton's own among them), the outputs
-    it asks for (none: all)."""
+    it asks for (none: all), and, for a request another model sent, the models waiting for its answer."""
 
     id: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
+    callers: frozenset[str] = frozenset()  # the models whose calls wait for its answer (a call from a model)
 
 
 NO_FACTS = RequestFacts()
@@ -59,6 +60,8 @@ class ModelCall:
     request_id: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     caller: str = ""  # the calling model's name, which errors name
+    caller_version: int | None = None
+    callers: frozenset[str] = frozenset()  # the models waiting for the caller's answer (it among them)
 
 
 class Host(Protocol):
@@ -70,6 +73,16 @@ class Host(Protocol):
         """Send ``call`` from a model's thread; its outputs, or the polystack error that failed it, come on the
         future. Raises (a polystack error) when it cannot be sent at all."""
         ...
+
+    def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        """Load ``name`` as the repository extension's load does (``config``, ``file:`` parameters), from a model's
+        thread; the future says when it is done, or why it failed."""
+        ...
+
+    def unload_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        ...
+
+    def model_ready(self, name: str, version: str | None) -> bool: ...
 
 
 HOST: ContextVar[Host | None] = ContextVar("polystack_host", default=None)

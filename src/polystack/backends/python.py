@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import weakref
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,9 @@ class PythonModel:
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
+            self.version = int(manifest["version"])
+            if self._host is not None:  # where calls from threads the model starts itself go
+                pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
             self.config: dict[str, Any] = _completed(given, self.name)
             for name in _instance_names(given, self.name):
@@ -144,17 +148,19 @@ class PythonModel:
                     del sys.modules[other]
         return module
 
-    def _run(self, what: str, instance: _Instance, fn: Any, *args: Any) -> Any:
+    def _run(
+        self, what: str, instance: _Instance, fn: Any, *args: Any, callers: frozenset[str] = frozenset()
+    ) -> Any:
         """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it (in
         ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails). Its
         calls to other models go to the server that hosts it (from ``execute`` alone, as in Triton)."""
         try:
-            with self._running(what == "execute"):
+            with self._running(instance, what == "execute", callers):
                 return fn(*args)
         except PolystackError:
             raise
         except pb_utils.TritonError as e:
-            raise _error(e, self.name) from None
+            raise _error(e) from None
         except Exception as e:
             message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
             if what == "execute":  # Triton's words
@@ -166,9 +172,11 @@ class PythonModel:
             raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
 
     @contextlib.contextmanager
-    def _running(self, executing: bool) -> Iterator[None]:
-        """The model's code runs as this model, hosted by its server (calls to other models: in ``execute``)."""
-        token = pb_utils._RUNNING.set((self._host, self.name, executing))
+    def _running(self, instance: _Instance, executing: bool, callers: frozenset[str]) -> Iterator[None]:
+        """The model's code runs as ``instance`` of this model, hosted by its server (calls to other models: in
+        ``execute``, for requests ``callers`` wait for)."""
+        running = pb_utils._Running(self._host, self.name, instance.name, self.version, executing, callers | {self.name})
+        token = pb_utils._RUNNING.set(running)
         try:
             yield
         finally:
@@ -193,7 +201,8 @@ class PythonModel:
             wanted.append((names, bool(outputs)))
         instance = self._idle.get()  # one execute at a time on each instance, as on Triton's
         try:
-            responses = self._run("execute", instance, self._execute, instance, received)
+            callers = frozenset().union(*(facts.callers for _, _, facts in requests))
+            responses = self._run("execute", instance, self._execute, instance, received, callers=callers)
         finally:
             self._idle.put(instance)
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
@@ -214,7 +223,7 @@ class PythonModel:
             )
         error = response.error()
         if error is not None:
-            return _error(error, self.name)
+            return _error(error)
         result: dict[str, np.ndarray] = {}
         for tensor in response.output_tensors():
             spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
@@ -257,13 +266,24 @@ class PythonModel:
                 failed = failed or e
             finally:
                 if instance.loop is not None:
-                    instance.loop.close()
+                    _close(instance.loop)
                 if instance.module is not None:
                     sys.modules.pop(instance.module.__name__, None)
         self._instances = []
         shutil.rmtree(self._folder, ignore_errors=True)
         if failed is not None:
             raise failed
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Close an instance's event loop: the tasks its execute left running are cancelled first."""
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _instance_names(config: dict[str, Any], model: str) -> list[str]:
@@ -279,12 +299,11 @@ def _instance_names(config: dict[str, Any], model: str) -> list[str]:
     return names
 
 
-def _error(error: pb_utils.TritonError, model: str) -> PolystackError:
-    """A model's ``TritonError`` as polystack's, with the status Triton gives its code (INTERNAL and UNKNOWN: the
-    model's 500)."""
-    message = f"{error.message()} (Python model {model!r})"
+def _error(error: pb_utils.TritonError) -> PolystackError:
+    """A model's ``TritonError`` as polystack's: its words as they are, with the status Triton gives its code
+    (INTERNAL and UNKNOWN: the model's 500)."""
     kind = _CODES.get(error.code(), BackendError)
-    return kind(message)
+    return kind(error.message())
 
 
 _CODES: dict[int, type[PolystackError]] = {

@@ -21,15 +21,18 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import struct
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from polystack import custom_metrics
 from polystack.backends.hosting import Host, ModelCall, RequestFacts
-from polystack.errors import PolystackError
+from polystack.errors import NotFound, PolystackError
 from polystack.types import DType
 
 log = logging.getLogger("polystack.backends.python")
@@ -37,11 +40,49 @@ log = logging.getLogger("polystack.backends.python")
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_MEMORY_CPU = 0
+TRITONSERVER_MEMORY_CPU_PINNED = 1
+TRITONSERVER_MEMORY_GPU = 2
 
 _KNOWN = [d for d in DType if d is not DType.BF16]  # numpy has no bfloat16 of its own
 # by Triton's names in a config (TYPE_FP32, TYPE_STRING) and on the wire (FP32, BYTES)
 _NUMPY = {name: d.numpy.type for d in _KNOWN for name in (d.value, "TYPE_STRING" if d is DType.BYTES else f"TYPE_{d.value}")}
 _TRITON = {d.numpy: d.value for d in _KNOWN}
+
+
+TRITON_STRING_TO_NUMPY = {name: _NUMPY[name] for name in _NUMPY if name.startswith("TYPE_")}
+
+
+class PreferredMemory:
+    """Where a call's outputs should land (``InferenceRequest(preferred_memory=...)``): polystack's land on the CPU."""
+
+    def __init__(self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type = preferred_memory_type
+        self.preferred_device_id = preferred_device_id
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray | None:
+    """A BYTES tensor as Triton's wire form: each element's length (4 bytes, little-endian), then its bytes, in C
+    order, as one uint8 array (None: an empty tensor)."""
+    if input_tensor.size == 0:
+        return None
+    parts = []
+    for item in input_tensor.ravel(order="C"):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [struct.pack("<I", len(data)), data]
+    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes | np.ndarray) -> np.ndarray:
+    """Triton's wire form of a BYTES tensor as a 1-D object array of its elements."""
+    buffer = encoded_tensor.tobytes() if isinstance(encoded_tensor, np.ndarray) else bytes(encoded_tensor)
+    items, offset = [], 0
+    while offset < len(buffer):
+        (length,) = struct.unpack_from("<I", buffer, offset)
+        offset += 4
+        items.append(buffer[offset : offset + length])
+        offset += length
+    return np.array(items, dtype=np.object_)
 
 
 def triton_string_to_numpy(triton_type_string: str) -> Any:
@@ -81,7 +122,30 @@ class TritonError(Exception):
 
 # what the model running on this thread (or its event loop) runs as: the server that hosts it (None: none), its
 # name, and whether it runs ``execute``, where its calls to other models may go (``PythonModel`` sets it)
-_RUNNING: ContextVar[tuple[Host | None, str, bool]] = ContextVar("polystack_python_model", default=(None, "", False))
+@dataclass(frozen=True)
+class _Running:
+    """What the model code running on this thread (or its event loop) runs as: the server that hosts it (None:
+    none), the model's name, the instance's, whether it runs ``execute`` (where its calls to other models may go),
+    and the models whose calls wait for this execute's answer (a call to one of them would wait for itself)."""
+
+    host: Host | None = None
+    model: str = ""
+    instance: str = ""
+    version: int | None = None
+    executing: bool = False
+    callers: frozenset[str] = frozenset()
+
+
+_NOWHERE = _Running()
+_RUNNING: ContextVar[_Running] = ContextVar("polystack_python_model", default=_NOWHERE)
+# the server that hosts this process's Python models: a call from a thread a model started itself, which has none
+# of its context, goes there (``PythonModel`` sets it as it loads, hosted)
+_SERVER: list[weakref.ref[Host]] = []
+
+
+def _server() -> Host | None:
+    return _SERVER[-1]() if _SERVER else None
+
 
 
 class TritonModelException(Exception):
@@ -120,9 +184,16 @@ class Tensor:
         return True
 
     def to_dlpack(self) -> Any:
+        return self.__dlpack__()
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """Its data for ``np.from_dlpack`` or ``torch.from_dlpack``, as Triton's tensors give it."""
         if self._array.dtype == np.object_:
             raise TritonModelException(f"tensor {self._name!r}: a BYTES tensor has no DLPack form")
-        return self._array.__dlpack__()
+        return self._array.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # DLPack's CPU device
 
     @classmethod
     def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
@@ -151,7 +222,8 @@ class InferenceRequest:
         timeout: int = 0,
         parameters: Mapping[str, Any] | None = None,
         model_version: int = -1,
-        **_: Any,
+        preferred_memory: Any = None,  # where the outputs land: the CPU in polystack, whatever is asked
+        trace: Any = None,
     ) -> None:
         given = {} if parameters is None else parameters
         if not isinstance(given, Mapping):  # as Triton's: a dict, never its JSON
@@ -208,7 +280,7 @@ class InferenceRequest:
         return self._timeout
 
     def parameters(self) -> str:
-        return json.dumps(self._parameters)
+        return json.dumps(self._parameters, separators=(",", ":"))  # Triton's compact JSON
 
     def model_version(self) -> int:
         return self._version
@@ -219,19 +291,28 @@ class InferenceRequest:
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Send this request to its model and wait for the answer."""
         future = self._send(decoupled)
-        try:
-            return self._answer(future.result())
-        except PolystackError as e:
-            return self._failed(e)
+        e = future.exception()
+        return self._answer(future.result()) if e is None else self._failed(e)
 
-    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
-        """``exec``, awaited in the model's own event loop (``async def execute``)."""
-        future = self._send(decoupled)
-        try:
-            outputs: dict[str, np.ndarray] = await asyncio.wrap_future(future)
-            return self._answer(outputs)
-        except PolystackError as e:
-            return self._failed(e)
+    def async_exec(self, decoupled: bool = False) -> asyncio.Future[InferenceResponse]:
+        """Send this request now; its answer on a future of the running event loop (an ``async def execute``'s),
+        as Triton's is: calls sent one after another run together, awaited in any order."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[InferenceResponse] = loop.create_future()
+        sent = self._send(decoupled)
+
+        def settle(sent: concurrent.futures.Future[dict[str, np.ndarray]]) -> None:
+            e = sent.exception()
+            response = self._answer(sent.result()) if e is None else self._failed(e)
+            if not answer.done():
+                answer.set_result(response)
+
+        def arrived(sent: concurrent.futures.Future[dict[str, np.ndarray]]) -> None:  # on the thread that settled it
+            with contextlib.suppress(RuntimeError):  # the model's loop is closed: nobody waits for it
+                loop.call_soon_threadsafe(settle, sent)
+
+        sent.add_done_callback(arrived)
+        return answer
 
     def _send(self, decoupled: bool) -> concurrent.futures.Future[dict[str, np.ndarray]]:
         if decoupled:
@@ -239,15 +320,14 @@ class InferenceRequest:
                 "polystack's models answer each request once (decoupled models are not in polystack): call exec() "
                 "without decoupled=True"
             )
-        host, caller, executing = _RUNNING.get()
-        if not executing:  # Triton's words
-            raise TritonModelException(
-                "BLS is only supported during the 'execute' function. (A thread the model starts runs its calls "
-                "within contextvars.copy_context() taken in execute.)"
-            )
+        running = _RUNNING.get()
+        if running.model and not running.executing:  # Triton's words
+            raise TritonModelException("BLS is only supported during the 'execute' function.")
+        # a thread the model started itself has none of its context: the server that hosts the process's models
+        host = running.host if running.model else _server()
         if host is None:
             raise TritonModelException(
-                f"model {caller!r} runs outside a server (polystack predict, a batch job): it cannot call other models"
+                "this model runs outside a server (polystack predict, a batch job): it cannot call other models"
             )
         parameters: dict[str, Any] = dict(self._parameters)
         if self._timeout:
@@ -270,7 +350,9 @@ class InferenceRequest:
             version=self._version if self._version > 0 else None,
             request_id=self._id,
             parameters=parameters,
-            caller=caller,
+            caller=running.model,
+            caller_version=running.version,
+            callers=running.callers,
         )
         try:
             return host.call(call)
@@ -283,10 +365,13 @@ class InferenceRequest:
     def _answer(outputs: dict[str, np.ndarray]) -> InferenceResponse:
         return InferenceResponse([Tensor(name, array) for name, array in outputs.items()])
 
-    def _failed(self, e: PolystackError) -> InferenceResponse:
+    def _failed(self, e: BaseException) -> InferenceResponse:
         """A call that failed, in Triton's words (which give every such error the code INTERNAL)."""
+        why = e.message if isinstance(e, PolystackError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, NotFound):  # Triton's words for a model or version it does not serve, then polystack's
+            why = f"Failed for execute the inference request. Model '{self._model}' is not ready. ({why})"
         return InferenceResponse(
-            error=TritonError(f"Model {self._model} - Error when running inference: {e.message}", TritonError.INTERNAL)
+            error=TritonError(f"Model {self._model} - Error when running inference: {why}", TritonError.INTERNAL)
         )
 
     def get_response_sender(self) -> Any:
@@ -299,7 +384,13 @@ class InferenceRequest:
 class InferenceResponse:
     """The answer to one request: its output tensors, or an error."""
 
-    def __init__(self, output_tensors: Iterable[Tensor] = (), error: TritonError | None = None, **_: Any) -> None:
+    def __init__(
+        self, output_tensors: Iterable[Tensor] = (), error: TritonError | None = None, parameters: Any = None
+    ) -> None:
+        if parameters:  # newer Tritons send them to the client; tritonserver 2.51's refuses them (TypeError)
+            raise TritonModelException(
+                "response parameters are not in polystack: return them as an output tensor of the model's config"
+            )
         self._outputs = list(output_tensors)
         self._error = error
 
@@ -353,6 +444,48 @@ class Logger:
         log.debug(message)
 
 
+def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | None = None) -> None:
+    """Load (or load again) ``model_name`` as the repository extension's load does: with ``config`` (JSON) and
+    ``files`` (``{"file:1/model.onnx": bytes}``), else from the repository (``--model-control-mode explicit``)."""
+    parameters: dict[str, Any] = dict(files or {})
+    if config:
+        parameters["config"] = config
+    _control("load_model", lambda host, caller: host.load_model(model_name, parameters, caller))
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload ``model_name`` (and, with ``unload_dependents``, the models its ensemble runs that no other does)."""
+    parameters = {"unload_dependents": unload_dependents}
+    _control("unload_model", lambda host, caller: host.unload_model(model_name, parameters, caller))
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether the server serves ``model_name`` (its ``model_version``, else its latest) and it is ready."""
+    running = _RUNNING.get()
+    host = running.host if running.model else _server()
+    if host is None:
+        raise TritonModelException("this model runs outside a server: there are no other models to ask about")
+    try:
+        return host.model_ready(model_name, str(model_version) or None)
+    except PolystackError as e:
+        raise TritonModelException(e.message) from None
+
+
+def _control(what: str, ask: Any) -> None:
+    """A load or unload asked from ``execute`` (from ``initialize`` it would wait for the load running it), waited
+    for; a failure raises in its words."""
+    running = _RUNNING.get()
+    if running.model and not running.executing:
+        raise TritonModelException(f"{what} is only supported during the 'execute' function in polystack")
+    host = running.host if running.model else _server()
+    if host is None:
+        raise TritonModelException(f"this model runs outside a server: {what} has no server to ask")
+    try:
+        ask(host, running.model).result()
+    except PolystackError as e:
+        raise TritonModelException(e.message) from None
+
+
 class MetricFamily:
     """A family of custom metrics, on the server's ``/metrics`` (Triton's; made in ``initialize`` or
     ``execute``). ``Metric(labels=...)`` is one of its series (a histogram's with ``buckets=[...]``)."""
@@ -363,14 +496,16 @@ class MetricFamily:
     _KINDS = {COUNTER: custom_metrics.COUNTER, GAUGE: custom_metrics.GAUGE, HISTOGRAM: custom_metrics.HISTOGRAM}
 
     def __init__(self, name: str, description: str, kind: int) -> None:
-        host, self._model, _ = _RUNNING.get()
+        running = _RUNNING.get()
+        host = running.host if running.model else _server()
+        self._model = running.instance
         # outside a server (polystack predict, a batch job) they count where nobody reads them
         metrics = host.custom_metrics if host is not None else _UNREAD
         with _in_words("Error when creating MetricFamily", self._model):
             self._family = metrics.family(name, description, self._KINDS.get(kind, str(kind)))
 
     def Metric(self, labels: Mapping[str, str] | None = None, buckets: Sequence[float] | None = None) -> Metric:
-        with _in_words("Failed to create metric", self._model):
+        with _in_words("Error when creating Metric", self._model):
             return Metric(self._family.series(labels, buckets), self._model)
 
 
@@ -408,8 +543,8 @@ def _in_words(what: str, model: str) -> Iterator[None]:
     try:
         yield
     except PolystackError as e:
-        raise TritonModelException(
-            f"{what}: Failed to process the request for model '{model}_0', message: {e.message}"
-        ) from None
+        if e.message.startswith("Failed to create metric."):  # Triton says these as they are
+            raise TritonModelException(e.message) from None
+        raise TritonModelException(f"{what}: Failed to process the request for model '{model}', message: {e.message}") from None
     except (TypeError, ValueError) as e:  # a value that is no number
         raise TritonModelException(f"{what}: {e}") from None

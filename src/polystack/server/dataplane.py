@@ -259,7 +259,7 @@ _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's s
 
 def _facts(request: InferRequest, outputs: Sequence[str] | None) -> hosting.RequestFacts:
     """What a hosted model sees of ``request`` past its inputs."""
-    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()))
+    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers)
 
 
 def _size(array: np.ndarray) -> int:
@@ -449,7 +449,8 @@ class DataPlane:
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
-        self.calls = ModelCalls(self.infer)  # the requests hosted models send to the others (``serve_on`` at start)
+        # what hosted models ask of the server from their threads (``serve_on`` at start)
+        self.calls = ModelCalls(self.infer, self.repository_load, self.repository_unload)
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         self.in_flight = 0
@@ -1442,16 +1443,22 @@ class DataPlane:
             return False
         return True
 
+    # -- what hosted models ask (``hosting.Host``) --------------------------------------------------
     def call(self, call: hosting.ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
-        """A hosted model's call to another model (``hosting.Host``)."""
         return self.calls.call(call)
 
+    def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        return self.calls.load(name, parameters, caller)
+
+    def unload_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        return self.calls.unload(name, parameters, caller)
+
     def render_metrics(self) -> bytes:
-        """``/metrics``: polystack's families, Triton's names of the same figures when asked for, then the families
-        the models define."""
+        """``/metrics``: polystack's families, and Triton's names of the same figures when asked for (the families
+        the models define follow, ``custom_metrics``)."""
         text = self.metrics.render()
         if not self.triton_names:
-            return text + self.custom_metrics.render()
+            return text
         ensembles = dict(self._ensembles)  # first: a folder turning from an ensemble into a model routes the model
         # before it unloads the ensemble; one series a name meanwhile
         shown: list[tuple[str, int, ModelStats, int, bool]] = []  # name, version, statistics, pending, cached
@@ -1473,12 +1480,8 @@ class DataPlane:
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
-        return (
-            text
-            + triton_metrics.render(
-                figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
-            )
-            + self.custom_metrics.render()
+        return text + triton_metrics.render(
+            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
         )
 
     def model_names(self) -> list[str]:

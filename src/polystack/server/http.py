@@ -469,8 +469,12 @@ class HttpApp:
     def stats(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.model_stats(args[0] or None, args[1]))
 
-    def metrics(self, req: Request, args: list[str]) -> Response:
-        return Response(200, self.plane.render_metrics(), METRICS_CONTENT_TYPE.encode())
+    async def metrics(self, req: Request, args: list[str]) -> Response:
+        text = self.plane.render_metrics()
+        custom = self.plane.custom_metrics
+        if custom.room.used:  # the models' own series, as many as they made: written off the loop
+            text += await asyncio.get_running_loop().run_in_executor(self.codec_pool, custom.render)
+        return Response(200, text, METRICS_CONTENT_TYPE.encode())
 
     def _json_body(self, req: Request) -> dict[str, Any]:
         if not req.body.strip():

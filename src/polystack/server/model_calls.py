@@ -1,10 +1,13 @@
-"""ModelCalls: the requests the models a server hosts send to the models it serves (Triton's business logic
-scripting: a Python model's ``InferenceRequest(...).exec()``), as ``hosting.Host``.
+"""ModelCalls: what the models a server hosts ask of it from their own threads (Triton's business logic
+scripting: a Python model's ``InferenceRequest(...).exec()``, and its model loading API: ``pb_utils.load_model``
+and ``unload_model``).
 
-A call comes from a model's thread (its instance runs it off the event loop) and runs on the event loop as any
-request does (``DataPlane.infer``: its batcher, statistics, metrics and errors), its answer handed back on a
-``concurrent.futures.Future``. Calls made before the server serves (a model's ``initialize`` at start) or after
-it stopped fail at once, never wait for a loop that does not run; those left waiting when it closes fail too.
+A request comes from a model's thread (its instance runs off the event loop) and runs on the event loop as any
+request does (``DataPlane.infer``: its batcher, statistics, metrics and errors), a load or unload as the
+repository extension's do; the answer comes back on a ``concurrent.futures.Future``. What is asked before the
+server serves (a model's ``initialize`` at start) or after it stopped fails at once, never waits for a loop that
+does not run; what is left waiting when it closes fails too. A call that would wait for its own answer (a model
+calling itself, or a model up its chain of calls) is refused, where Triton's instances wait for good.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,18 +24,22 @@ from polystack.backends.hosting import ModelCall
 from polystack.errors import BackendError, InvalidRequest, PolystackError, Unavailable
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput
 
+T = TypeVar("T")
 Infer = Callable[[str, str | None, InferRequest], Awaitable[InferResponse]]
+Control = Callable[[str, dict[str, Any]], Awaitable[None]]  # a repository load or unload: name, parameters
 
 
 class ModelCalls:
-    """``infer`` is the server's (``DataPlane.infer``); ``serve_on`` gives the loop it runs on."""
+    """``infer``, ``load`` and ``unload`` are the server's (``DataPlane.infer``, ``repository_load``,
+    ``repository_unload``); ``serve_on`` gives the loop they run on."""
 
-    def __init__(self, infer: Infer) -> None:
-        self._infer = infer
+    def __init__(self, infer: Infer, load: Control, unload: Control) -> None:
+        self._infer, self._load, self._unload = infer, load, unload
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()
-        self._waiting: set[concurrent.futures.Future[dict[str, np.ndarray]]] = set()
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
+        self._running: set[asyncio.Future[Any]] = set()  # on the loop
         self._closed = False
 
     def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -40,51 +47,71 @@ class ModelCalls:
         self._loop, self._loop_thread = loop, threading.get_ident()
 
     def call(self, call: ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
-        loop = self._loop
-        if call.model == call.caller:
+        """``call``'s request run as a client's; the called model's outputs."""
+        if call.model == call.caller and call.version in (None, call.caller_version):
             raise InvalidRequest(
-                f"model {call.caller!r} called itself: its one instance would wait for itself; call another model"
+                f"model {call.caller!r} called itself: it would wait for its own answer; call another model"
             )
-        if threading.get_ident() == self._loop_thread:  # its answer would need the loop this call holds
-            raise BackendError(f"model {call.caller!r} called model {call.model!r} from the event loop's thread")
+        if call.model in call.callers - {call.caller}:  # A -> B -> A: A waits for B, which would wait for A
+            raise InvalidRequest(
+                f"model {call.caller!r} called model {call.model!r}, which waits for its answer already (a cycle of "
+                "calls would wait for good); call another model"
+            )
         request = InferRequest(
             inputs=dict(call.inputs),
             id=call.request_id or None,
             outputs=[RequestedOutput(name) for name in call.outputs] or None,
             parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
+            callers=call.callers,
         )
         version = str(call.version) if call.version is not None else None
-        future: concurrent.futures.Future[dict[str, np.ndarray]] = concurrent.futures.Future()
+
+        async def outputs() -> dict[str, np.ndarray]:
+            return (await self._infer(call.model, version, request)).outputs
+
+        return self._submit(outputs, f"model {call.caller!r} called model {call.model!r}")
+
+    def load(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        """A repository load of ``name`` (with its ``config`` and ``file:`` parameters), asked by model ``caller``."""
+        return self._submit(lambda: self._load(name, parameters), f"model {caller!r} loaded model {name!r}")
+
+    def unload(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        return self._submit(lambda: self._unload(name, parameters), f"model {caller!r} unloaded model {name!r}")
+
+    def _submit(self, run: Callable[[], Awaitable[T]], what: str) -> concurrent.futures.Future[T]:
+        """``run()`` on the loop, from another thread; its answer (or the polystack error that failed it)."""
+        if threading.get_ident() == self._loop_thread:  # its answer would need the loop this call holds
+            raise BackendError(f"{what} from the event loop's thread")
+        loop = self._loop
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if self._closed or loop is None or loop.is_closed():
                 raise Unavailable(
-                    f"model {call.caller!r} called model {call.model!r} while the server was not serving (calls "
-                    "from a model's initialize or warm-up at start, or after it stopped, cannot run); call it from "
-                    "execute"
+                    f"{what} while the server was not serving (what a model asks in its initialize or warm-up at "
+                    "start, or after the server stopped, cannot run); ask it from execute"
                 )
             self._waiting.add(future)
         try:
-            loop.call_soon_threadsafe(self._start, call.model, version, request, future)
+            loop.call_soon_threadsafe(self._start, run, future, what)
         except RuntimeError:  # the loop closed meanwhile
-            self._fail(future, Unavailable(f"the server stopped before model {call.model!r} could run the call"))
+            self._fail(future, Unavailable(f"the server stopped before it ran what {what} asked"))
         return future
 
-    def _start(
-        self, model: str, version: str | None, request: InferRequest, future: concurrent.futures.Future[Any]
-    ) -> None:
-        """On the loop: run the call; its answer to ``future``."""
+    def _start(self, run: Callable[[], Awaitable[T]], future: concurrent.futures.Future[T], what: str) -> None:
+        """On the loop: run it; its answer to ``future``."""
         if future.done():  # failed by ``close`` meanwhile
             return
-        task = asyncio.ensure_future(self._infer(model, version, request))
+        task = asyncio.ensure_future(run())
+        self._running.add(task)  # held until done (the loop keeps weak references to its tasks)
 
-        def done(task: asyncio.Future[InferResponse]) -> None:
+        def done(task: asyncio.Future[T]) -> None:
+            self._running.discard(task)
             if task.cancelled():
-                self._fail(future, Unavailable(f"the server stopped while model {model!r} ran the call"))
+                self._fail(future, Unavailable(f"the server stopped while it ran what {what} asked"))
             elif (e := task.exception()) is not None:
-                error = e if isinstance(e, PolystackError) else BackendError(f"model {model!r} failed: {e}")
-                self._fail(future, error)
+                self._fail(future, e if isinstance(e, PolystackError) else BackendError(f"{what}, which failed: {e}"))
             else:
-                self._settle(future, lambda: future.set_result(task.result().outputs))
+                self._settle(future, lambda: future.set_result(task.result()))
 
         task.add_done_callback(done)
 
