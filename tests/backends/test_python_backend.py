@@ -321,3 +321,16 @@ def test_a_configs_instance_count_runs_that_many_instances_at_once_each_its_own(
         assert sorted(answers) == ["extra_0:1", "upper_0_0:1", "upper_0_1:1"]
     finally:
         loaded.close()
+
+
+def test_bytes_tensors_serialize_to_tritons_wire_form_and_back() -> None:
+    from polystack.backends import triton_python_utils as pb_utils
+
+    strings = np.array([[b"ab", b""], [b"xyz", "q"]], dtype=np.object_)
+    wire = pb_utils.serialize_byte_tensor(strings)
+    assert wire is not None and wire.dtype == np.uint8
+    assert wire.tobytes() == b"\x02\x00\x00\x00ab\x00\x00\x00\x00\x03\x00\x00\x00xyz\x01\x00\x00\x00q"
+    assert pb_utils.deserialize_bytes_tensor(wire).tolist() == [b"ab", b"", b"xyz", b"q"]
+    assert pb_utils.serialize_byte_tensor(np.array([], dtype=np.object_)) is None
+    with pytest.raises(pb_utils.TritonModelException, match="claims 9 bytes"):
+        pb_utils.deserialize_bytes_tensor(b"\x09\x00\x00\x00ab")

@@ -4,10 +4,11 @@ the model as ``triton_python_backend_utils``).
 
 The artifact (``formats/python_model.py``) is the model's version folder as one zip, with its config. Loading
 unpacks it into a folder of its own, imports ``model.py`` from there (its folder first on ``sys.path`` while
-it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``; ``infer`` runs
-one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them, by
-``execute`` under a lock, as one instance runs one ``execute`` at a time; ``close`` calls ``finalize`` and removes the folder. An ``async def
-execute`` runs on an event loop of the model's own, so that it can await its calls to other models together.
+it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``, once for each
+instance its config's ``instance_group`` asks for (each its own import, as each of Triton's is a process). ``infer``
+runs one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them,
+by ``execute`` on an instance running no other; ``close`` calls each instance's ``finalize`` and removes the folder.
+An ``async def execute`` runs on an event loop of its instance's own, so that it can await its calls together.
 
 What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
 parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).

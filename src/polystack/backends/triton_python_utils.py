@@ -8,8 +8,9 @@ What it has is Triton's API for models that answer each request once: ``Tensor``
 calls to the other models the server serves (``InferenceRequest(...).exec()`` and ``async_exec()``: Triton's
 business logic scripting), ``get_input_config_by_name`` / ``get_output_config_by_name``,
 ``triton_string_to_numpy`` / ``numpy_to_triton_string``, ``Logger`` and the ``TRITONSERVER_REQUEST_FLAG_*``
-constants, and custom metrics (``MetricFamily``, on the server's ``/metrics``). What it lacks says so when
-called: responses sent apart from ``execute`` (``get_response_sender``: decoupled models).
+constants, ``serialize_byte_tensor`` / ``deserialize_bytes_tensor``, the model loading API (``load_model``,
+``unload_model``, ``is_model_ready``), and custom metrics (``MetricFamily``, on the server's ``/metrics``). What it
+lacks says so when called: responses sent apart from ``execute`` (``get_response_sender``: decoupled models).
 
 Written by hand: Triton's is C++ bound to its stub process; this one is plain Python over numpy.
 """
@@ -21,7 +22,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import struct
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -33,6 +33,7 @@ import numpy as np
 from polystack import custom_metrics
 from polystack.backends.hosting import Host, ModelCall, RequestFacts
 from polystack.errors import NotFound, PolystackError
+from polystack.protocol import wire
 from polystack.types import DType
 
 log = logging.getLogger("polystack.backends.python")
@@ -66,23 +67,20 @@ def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray | None:
     order, as one uint8 array (None: an empty tensor)."""
     if input_tensor.size == 0:
         return None
-    parts = []
-    for item in input_tensor.ravel(order="C"):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts += [struct.pack("<I", len(data)), data]
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return np.frombuffer(wire.encode_bytes(np.ascontiguousarray(input_tensor)), dtype=np.uint8)
 
 
 def deserialize_bytes_tensor(encoded_tensor: bytes | np.ndarray) -> np.ndarray:
     """Triton's wire form of a BYTES tensor as a 1-D object array of its elements."""
     buffer = encoded_tensor.tobytes() if isinstance(encoded_tensor, np.ndarray) else bytes(encoded_tensor)
-    items, offset = [], 0
-    while offset < len(buffer):
-        (length,) = struct.unpack_from("<I", buffer, offset)
-        offset += 4
-        items.append(buffer[offset : offset + length])
-        offset += length
-    return np.array(items, dtype=np.object_)
+    count, offset = 0, 0
+    while offset + 4 <= len(buffer):  # the elements it holds: each a length, then that many bytes
+        offset += 4 + int.from_bytes(buffer[offset : offset + 4], "little")
+        count += 1
+    try:
+        return wire.decode_bytes("tensor", (count,), buffer)
+    except PolystackError as e:
+        raise TritonModelException(e.message) from None
 
 
 def triton_string_to_numpy(triton_type_string: str) -> Any:
