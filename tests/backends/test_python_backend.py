@@ -334,3 +334,31 @@ def test_bytes_tensors_serialize_to_tritons_wire_form_and_back() -> None:
     assert pb_utils.serialize_byte_tensor(np.array([], dtype=np.object_)) is None
     with pytest.raises(pb_utils.TritonModelException, match="claims 9 bytes"):
         pb_utils.deserialize_bytes_tensor(b"\x09\x00\x00\x00ab")
+
+
+def test_auto_complete_config_completes_what_the_file_leaves_out_and_refuses_what_contradicts_it() -> None:
+    from polystack.backends import triton_python_utils as pb_utils
+
+    given = {"name": "m", "max_batch_size": 8, "input": [{"name": "a", "data_type": "TYPE_FP32", "dims": []}],
+             "output": [], "sequence_batching": {}}  # fmt: skip
+    config = pb_utils.ModelConfig(json.dumps(given))
+    config.add_input({"name": "a", "data_type": "TYPE_FP32", "dims": [4]})  # completes the file's
+    config.add_output({"name": "y", "data_type": "TYPE_FP32", "dims": [4]})
+    config.set_max_batch_size(16)
+    config.set_model_transaction_policy({"decoupled": False})
+    assert config.as_dict()["input"] == [{"name": "a", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert config.as_dict()["max_batch_size"] == 16 and not pb_utils.using_decoupled_model_transaction_policy(config.as_dict())
+    for act, words in (
+        (lambda: config.set_max_batch_size(2), "configuration specified max_batch_size 16"),
+        (lambda: config.set_dynamic_batching(), "scheduling_choice as 'sequence_batching'"),
+        (lambda: config.add_input({"name": "a", "data_type": "TYPE_INT8", "dims": [4]}), "expects datatype TYPE_FP32"),
+        (lambda: config.add_input({"name": "a", "data_type": "TYPE_FP32", "dims": [5]}), "the model expects dims [5]"),
+        (lambda: config.add_output({"name": "z", "dims": [1]}), "is missing 'data_type' property"),
+        (lambda: config.add_output({"name": "z", "data_type": "TYPE_FP32", "dims": [1], "optional": True}),
+         "contains property other than"),
+        (lambda: config.set_model_transaction_policy({"decoupled": True}), "trying to change decoupled property"),
+    ):
+        with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            act()
+    assert pb_utils.triton_to_numpy_type(11) is np.float32 and pb_utils.numpy_to_triton_type(np.float32) == 11
+    assert pb_utils.triton_to_numpy_type(13) is np.object_ and pb_utils.numpy_to_triton_type(np.object_) == 13

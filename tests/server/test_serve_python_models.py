@@ -124,7 +124,7 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
 def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: Path) -> None:
     repo = repository(tmp_path / "models")
     line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
-    assert "asks for Triton's Python backend" in line and "--allow-python-models" in line
+    assert "it is a model for Triton's Python backend" in line and "--allow-python-models" in line
     # a load's files packed as the store packs a Python model: refused too, never run
     (tmp_path / "empty").mkdir()
     port = free_port()
@@ -263,3 +263,52 @@ def test_a_loads_config_is_the_one_initialize_sees(tmp_path: Path) -> None:
         client.load_model("scale", config=json.dumps(config))
         np.testing.assert_array_equal(scaled(), x * 3)  # the load's, as Triton hands it to initialize
         assert client.get_model_config("scale")["parameters"]["factor"]["string_value"] == "3"
+
+
+AUTO = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        for name in ("INPUT0", "INPUT1"):  # one the config lists already must agree with it
+            auto_complete_model_config.add_input({"name": name, "data_type": "TYPE_FP32", "dims": [4]})
+        auto_complete_model_config.add_output({"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]})
+        auto_complete_model_config.set_max_batch_size(4)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0",
+                pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() + pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_python_models_auto_complete_config_completes_its_config_or_is_its_config(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    for name in ("bare", "clash"):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(AUTO)  # "bare": no config at all, as Triton's example
+    (repo / "clash" / "config.pbtxt").write_text(
+        'backend: "python"\ninput [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ 4 ] } ]\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "bare"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = client.get_model_config("bare")
+        assert config["max_batch_size"] == 4 and "dynamic_batching" in config
+        assert [(t["name"], t["dims"]) for t in config["input"]] == [("INPUT0", [4]), ("INPUT1", [4])]
+        inputs = []
+        for name in ("INPUT0", "INPUT1"):
+            i = httpclient.InferInput(name, [2, 4], "FP32")
+            i.set_data_from_numpy(np.ones((2, 4), np.float32))
+            inputs.append(i)
+        np.testing.assert_array_equal(client.infer("bare", inputs).as_numpy("OUTPUT0"), np.full((2, 4), 2, np.float32))
+        with pytest.raises(InferenceServerException) as caught:  # the folder's config and the model disagree
+            client.load_model("clash")
+        assert "configuration expects datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32" in str(caught.value)

@@ -32,7 +32,7 @@ import tempfile
 import uuid
 import weakref
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -125,29 +125,7 @@ class PythonModel:
         instance.started = True
 
     def _import(self, path: Path, instance: _Instance) -> ModuleType:
-        """``model.py`` as a module of its own, its folder first on ``sys.path`` while it imports."""
-        sys.modules.setdefault(UTILS, pb_utils)
-        name = f"polystack_python_model_{uuid.uuid4().hex}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise InvalidRequest(f"cannot import {path.name} of model {self.name!r}")
-        module = importlib.util.module_from_spec(spec)
-        before = set(sys.modules)
-        sys.path.insert(0, str(path.parent))
-        try:
-            sys.modules[name] = module
-            self._run("import", instance, spec.loader.exec_module, module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        finally:
-            sys.path.remove(str(path.parent))
-            # its own modules (a utils.py beside it) leave the module cache, so that another model's of that name
-            # imports its own, as in Triton, whose models each run in a process of their own
-            for other in set(sys.modules) - before - {name}:
-                if str(getattr(sys.modules[other], "__file__", "") or "").startswith(str(self._folder)):
-                    del sys.modules[other]
-        return module
+        return _import(path, self._folder, self.name, lambda load, module: self._run("import", instance, load, module))
 
     def _run(
         self, what: str, instance: _Instance, fn: Any, *args: Any, callers: frozenset[str] = frozenset()
@@ -276,6 +254,66 @@ class PythonModel:
             raise failed
 
 
+def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
+    """``model.py`` as a module of its own, its folder first on ``sys.path`` while it imports (``run`` runs the
+    import, in the words of its failure)."""
+    sys.modules.setdefault(UTILS, pb_utils)
+    name = f"polystack_python_model_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidRequest(f"cannot import {path.name} of model {model!r}")
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    sys.path.insert(0, str(path.parent))
+    try:
+        sys.modules[name] = module
+        run(spec.loader.exec_module, module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+        # its own modules (a utils.py beside it) leave the module cache, so that another model's of that name
+        # imports its own, as in Triton, whose models each run in a process of their own
+        for other in set(sys.modules) - before - {name}:
+            if str(getattr(sys.modules[other], "__file__", "") or "").startswith(str(root)):
+                del sys.modules[other]
+    return module
+
+
+def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The config the model's ``auto_complete_config`` makes of ``config`` (the folder's, or none), as Triton
+    calls it before loading the model (unless ``--disable-auto-complete-config``): imported from the version
+    folder for that call alone. A model without the method keeps its config."""
+
+    def run(load: Callable[[ModuleType], None], module: ModuleType) -> None:
+        try:
+            load(module)
+        except Exception as e:
+            raise InvalidRequest(f"Python model {model!r} failed in import: {type(e).__name__}: {e}") from e
+
+    module = _import(folder / str(version) / file, folder, model, run)
+    try:
+        complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+        if complete is None:
+            return config
+        given = {"name": model, "max_batch_size": 0, "input": [], "output": [], **_numbers(config)}
+        try:
+            done = complete(pb_utils.ModelConfig(json.dumps(given)))
+        except Exception as e:  # Triton's stub fails the load with its words
+            raise InvalidRequest(
+                f"Python model {model!r} failed in auto_complete_config: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(done, pb_utils.ModelConfig):
+            raise InvalidRequest(
+                f"Python model {model!r}: auto_complete_config returned {type(done).__name__}, not the "
+                "pb_utils.ModelConfig it was given"
+            )
+        return done.as_dict()
+    finally:
+        sys.modules.pop(module.__name__, None)
+
+
 def _close(loop: asyncio.AbstractEventLoop) -> None:
     """Close an instance's event loop: the tasks its execute left running are cancelled first."""
     left = asyncio.all_tasks(loop)
@@ -320,22 +358,23 @@ _CODES: dict[int, type[PolystackError]] = {
 def _completed(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The config as Triton hands a model it (``args["model_config"]``): numbers as numbers (a config.pbtxt's
     read as JSON has them as strings), and the fields its completion adds where the file leaves them out."""
-
-    def numbers(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: numbers(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [numbers(v, key) for v in value]
-        if isinstance(value, str) and key in _NUMERIC and value.lstrip("-").isdigit():
-            return int(value)
-        return value
-
-    done = numbers(config)
+    done = _numbers(config)
     done.setdefault("name", name)
     done.setdefault("max_batch_size", 0)
     done.setdefault("parameters", {})
     done.setdefault("instance_group", [{"name": f"{name}_0", "kind": "KIND_CPU", "count": 1}])
     return done
+
+
+def _numbers(value: Any, key: str = "") -> Any:
+    """A config read as JSON (a config.pbtxt's has its numbers as strings) with its numbers as numbers."""
+    if isinstance(value, dict):
+        return {k: _numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v, key) for v in value]
+    if isinstance(value, str) and key in _NUMERIC and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 _NUMERIC = {"dims", "max_batch_size", "count", "shape", "preferred_batch_size", "max_queue_delay_microseconds", "gpus"}

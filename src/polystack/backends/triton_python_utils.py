@@ -83,6 +83,116 @@ def deserialize_bytes_tensor(encoded_tensor: bytes | np.ndarray) -> np.ndarray:
         raise TritonModelException(e.message) from None
 
 
+# Triton's DataType numbers (model_config.proto), for the functions that speak them
+_CODES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+          "BYTES"]  # fmt: skip
+
+
+def triton_to_numpy_type(data_type: int) -> Any:
+    """The numpy type of Triton's DataType number (1: BOOL ... 13: STRING); None: none."""
+    return _NUMPY[_CODES[data_type - 1]] if 1 <= data_type <= len(_CODES) else None
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    """Triton's DataType number of a numpy type; None: none."""
+    name = numpy_to_triton_string(data_type)
+    return _CODES.index(name) + 1 if name in _CODES else None
+
+
+def using_decoupled_model_transaction_policy(model_config: Mapping[str, Any]) -> bool:
+    return bool((model_config.get("model_transaction_policy") or {}).get("decoupled", False))
+
+
+class ModelConfig:
+    """The config ``auto_complete_config`` completes: ``as_dict()`` reads it; ``add_input``, ``add_output``,
+    ``set_max_batch_size``, ``set_dynamic_batching`` and ``set_model_transaction_policy`` change it, refusing
+    (``ValueError``, as Triton's) what contradicts what the config file says."""
+
+    def __init__(self, model_config: str) -> None:
+        self._config: dict[str, Any] = json.loads(model_config)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def _name(self) -> str:
+        return str(self._config.get("name", ""))
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._config.get("max_batch_size", 0) > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {self._config['max_batch_size']}, but in "
+                f"auto-complete-config function for model '{self._name()}' specified max_batch_size {max_batch_size}"
+            )
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(
+                    f"Configuration specified scheduling_choice as '{other}', but auto-complete-config function for "
+                    f"model '{self._name()}' tries to set scheduling_choice as 'dynamic_batching'"
+                )
+        self._config.setdefault("dynamic_batching", {})
+
+    def add_input(self, input: Mapping[str, Any]) -> None:
+        self._add("input", input, ("name", "data_type", "dims", "optional"))
+
+    def add_output(self, output: Mapping[str, Any]) -> None:
+        self._add("output", output, ("name", "data_type", "dims"))
+
+    def _add(self, kind: str, tensor: Mapping[str, Any], fields: tuple[str, ...]) -> None:
+        """Add ``tensor`` to the config's ``kind`` list, or complete the one of its name there (which must agree)."""
+        name = tensor.get("name")
+        extra = [k for k in tensor if k not in fields]
+        if extra:
+            raise ValueError(
+                f"{kind} '{name}' in auto-complete-config function for model '{self._name()}' contains property other "
+                f"than {', '.join(repr(f) for f in fields)}."
+            )
+        for field in ("name", "data_type", "dims"):
+            if field not in tensor:
+                which = f"{kind} '{name}'" if field != "name" else kind
+                raise ValueError(
+                    f"{which} in auto-complete-config function for model '{self._name()}' is missing '{field}' property."
+                )
+        listed = self._config.setdefault(kind, [])
+        given = next((t for t in listed if t.get("name") == name), None)
+        if given is None:
+            listed.append(dict(tensor))
+            return
+        if given.get("data_type", "TYPE_INVALID") not in ("TYPE_INVALID", tensor["data_type"]):
+            raise ValueError(
+                f"unable to load model '{self._name()}', configuration expects datatype {given['data_type']} for "
+                f"{kind} '{name}', model provides {tensor['data_type']}"
+            )
+        if given.get("dims") and [int(d) for d in given["dims"]] != [int(d) for d in tensor["dims"]]:
+            raise ValueError(
+                f"model '{self._name()}', tensor '{name}': the model expects dims {list(tensor['dims'])} but the model "
+                f"configuration specifies dims {list(given['dims'])}"
+            )
+        if "optional" in given and "optional" in tensor and given["optional"] != tensor["optional"]:
+            raise ValueError(
+                f"model '{self._name()}', tensor '{name}': the model expects optional {tensor['optional']} but the "
+                f"model configuration specifies optional {given['optional']}"
+            )
+        given.update({k: tensor[k] for k in fields if k in tensor and k != "name"})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: Mapping[str, Any]) -> None:
+        if any(k != "decoupled" for k in transaction_policy_dict):
+            raise ValueError(
+                f"model transaction property in auto-complete-config function for model '{self._name()}' contains "
+                "property other than 'decoupled'."
+            )
+        policy = self._config.setdefault("model_transaction_policy", {})
+        if "decoupled" in transaction_policy_dict:
+            if "decoupled" in policy and policy["decoupled"] != transaction_policy_dict["decoupled"]:
+                raise ValueError(
+                    f"trying to change decoupled property in auto-complete-config for model '{self._name()}', which "
+                    f"is already set to '{policy['decoupled']}'."
+                )
+            policy["decoupled"] = transaction_policy_dict["decoupled"]
+
+
 def triton_string_to_numpy(triton_type_string: str) -> Any:
     """The numpy type of a Triton data type (``TYPE_FP32`` or ``FP32``)."""
     return _NUMPY[triton_type_string]

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, quote
 from polystack.formats import python_model
 from polystack.server import model_config, model_files, repository_agents
@@ -434,6 +435,8 @@ def _register_model(
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
+    if text is None and (folder / str(served[-1]) / (filename or "model.py")).is_file():
+        doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
@@ -498,9 +501,11 @@ def _register_python(
     (``formats/python_model.py``), served by the ``python`` backend."""
     if not rules.python_models:
         raise InvalidRequest(
-            f"its config asks for Triton's Python backend: its {file} would run in the server's process, with the "
+            f"it is a model for Triton's Python backend: its {file} would run in the server's process, with the "
             "server's rights; start the server with --allow-python-models to serve it"
         )
+    if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
+        doc = python.auto_complete(folder, served[-1], file, doc, name)
     served_text = _served_config(doc)
     labels = _label_files(folder, served_text)
     config = {**doc, "name": name}
