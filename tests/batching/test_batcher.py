@@ -830,3 +830,47 @@ def test_the_delay_counts_from_the_oldest_request_even_among_delayed_ones(make: 
         gc.enable()
     # 0.6 s from A; counted from the first delayed request (B, at 0.4 s), 1.0 s: the bound lies between
     assert took < 0.8, took
+
+
+class Apart(Recording):
+    """Takes a batch's requests apart (as a Python model does): each request's own answer, an error for one whose
+    x holds 7, and the whole call fails on a NaN."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0.0)
+        self.calls: list[list[str]] = []  # each call's requests, by their ids
+
+    def infer_apart(self, requests: Any) -> list[Any]:
+        self.calls.append([facts.id for _, _, facts in requests])
+        if any(np.isnan(inputs["x"]).any() for inputs, _, _ in requests):
+            raise BackendError("execute failed")
+        return [InvalidRequest("seven") if (inputs["x"] == 7).any() else {"y": inputs["x"] * 2, "z": -inputs["x"]}
+                for inputs, _, _ in requests]  # fmt: skip
+
+
+def test_a_model_that_runs_requests_apart_gets_the_batch_apart_each_answered_alone(make) -> None:  # type: ignore[no-untyped-def]
+    from polystack.backends.hosting import RequestFacts
+
+    model = Apart()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=200)
+
+    async def send() -> list[Any]:
+        sent = [b.infer_async(rows(1 + i % 2, v), ["y"], facts=RequestFacts(f"r{i}"))
+                for i, v in enumerate((1.0, 7.0, 3.0))]  # fmt: skip
+        return await asyncio.gather(*sent, return_exceptions=True)
+
+    first, seven, third = asyncio.run(send())
+    assert model.calls == [["r0", "r1", "r2"]]  # one call, its requests apart, never merged
+    np.testing.assert_array_equal(first["y"], np.full((1, 4), 2, np.float32))
+    assert set(first) == {"y"} and set(third) == {"y"}  # each its own outputs
+    assert isinstance(seven, InvalidRequest)  # its error alone
+    stats = b.entry.stats.to_dict()
+    assert (stats["inference_stats"]["success"]["count"], stats["inference_stats"]["fail"]["count"]) == (2, 1)
+
+    async def failing() -> list[Any]:
+        return await asyncio.gather(b.infer_async(rows(1, np.nan), ["y"]), b.infer_async(rows(1), ["y"]),
+                                    return_exceptions=True)  # fmt: skip
+
+    assert all(isinstance(e, BackendError) for e in asyncio.run(failing()))  # the whole call: each of its requests
+    assert len(model.calls) == 2  # never run again
+    assert b.entry.stats.to_dict()["execution_count"] == 2  # a call that failed counts, as Triton counts it

@@ -26,6 +26,12 @@ class Served:
         self.release = asyncio.Event()
         self.controls: list[tuple[str, str, dict]] = []
 
+    def capacity(self, name: str, version: str | None) -> tuple[str, int] | None:
+        """"double" version 1 or 2 (its latest) with 1 instance, "slow" with 2."""
+        if name == "double":
+            return f"double:{version or 2}", 1
+        return ("slow:1", 2) if name == "slow" else None
+
     async def load(self, name: str, parameters: dict) -> None:
         if name == "broken":
             raise InvalidRequest("failed to load 'broken'")
@@ -55,7 +61,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _serving(loop: asyncio.AbstractEventLoop, served: Served) -> ModelCalls:
-    calls = ModelCalls(served.infer, served.load, served.unload)
+    calls = ModelCalls(served.infer, served.load, served.unload, served.capacity)
     asyncio.run_coroutine_threadsafe(_serve_on(calls), loop).result(5)
     return calls
 
@@ -90,15 +96,13 @@ def test_a_failed_call_answers_the_servers_error(loop) -> None:  # type: ignore[
 def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-untyped-def]
     served = Served()
     with pytest.raises(Unavailable, match="while the server was not serving"):  # no loop yet: a model's initialize
-        ModelCalls(served.infer, served.load, served.unload).call(ModelCall("double", {"x": X}, caller="bls"))
+        ModelCalls(served.infer, served.load, served.unload, served.capacity).call(ModelCall("double", {"x": X}, caller="bls"))
     calls = _serving(loop, served)
-    with pytest.raises(InvalidRequest, match="model 'bls' called itself"):
-        calls.call(ModelCall("bls", {"x": X}, caller="bls", caller_version=1))
-    with pytest.raises(InvalidRequest, match="model 'bls' called itself"):
-        calls.call(ModelCall("bls", {"x": X}, version=1, caller="bls", caller_version=1))
-    # a model up the chain of calls waits for this one's answer: A -> B -> A would wait for good
-    with pytest.raises(InvalidRequest, match="model 'b' called model 'a', which waits for its answer already"):
-        calls.call(ModelCall("a", {"x": X}, caller="b", callers=frozenset({"a", "b"})))
+    # a call that every instance of the called model waits for already would wait for good
+    with pytest.raises(InvalidRequest, match="model 'double' called itself, and its 1 instance"):
+        calls.call(ModelCall("double", {"x": X}, caller="double", callers=("double:2",)))
+    with pytest.raises(InvalidRequest, match="model 'b' called model 'double', whose 1 instance"):  # double -> b -> double
+        calls.call(ModelCall("double", {"x": X}, caller="b", callers=("double:2", "b:1")))
 
     async def from_the_loop() -> None:
         calls.call(ModelCall("double", {"x": X}, caller="bls"))
@@ -110,12 +114,14 @@ def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-un
     assert served.seen == []
 
 
-def test_another_version_of_the_caller_and_models_off_its_chain_are_called(loop) -> None:  # type: ignore[no-untyped-def]
+def test_a_call_that_an_instance_is_free_for_is_sent(loop) -> None:  # type: ignore[no-untyped-def]
     served = Served()
     calls = _serving(loop, served)
-    calls.call(ModelCall("double", {"x": X}, version=2, caller="double", caller_version=1)).result(5)
-    calls.call(ModelCall("double", {"x": X}, caller="b", callers=frozenset({"a", "b"}))).result(5)
-    assert served.seen[1][2].callers == frozenset({"a", "b"})  # the called model's calls see its chain
+    calls.call(ModelCall("double", {"x": X}, version=2, caller="double", callers=("double:1",))).result(5)  # another
+    calls.call(ModelCall("slow", {"x": X}, caller="slow", callers=("slow:1",))).cancel()  # 2 instances: one is free
+    calls.call(ModelCall("double", {"x": X}, caller="b", callers=("a:1", "b:1"))).result(5)
+    assert served.seen[-1][2].callers == ("a:1", "b:1")  # the called model's calls see its chain
+    loop.call_soon_threadsafe(served.release.set)
 
 
 def test_loads_and_unloads_run_as_the_repository_extensions_and_say_why_they_failed(loop) -> None:  # type: ignore[no-untyped-def]

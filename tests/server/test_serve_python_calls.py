@@ -103,6 +103,28 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y.astype(np.float32)),
                                             pb_utils.Tensor("facts", np.array([json.dumps(facts).encode()], dtype=np.object_))])]
 '''
+# calls itself while "depth" says so: each level holds one of its instances
+RECUR = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        request = requests[0]
+        depth = json.loads(request.parameters()).get("depth", 0)
+        x = pb_utils.get_input_tensor_by_name(request, "x")
+        if depth:
+            answer = pb_utils.InferenceRequest(model_name="recur", inputs=[x], requested_output_names=["y"],
+                                               parameters={"depth": depth - 1}).exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            y = pb_utils.get_output_tensor_by_name(answer, "y").as_numpy() + 1
+        else:
+            y = x.as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("facts", np.array([b"{}"], dtype=np.object_))])]
+'''
 CONFIG = """backend: "python"
 input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]
 output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, -1 ] }, { name: "facts", data_type: TYPE_STRING, dims: [ 1 ] } ]
@@ -114,10 +136,12 @@ def callers(root: Path) -> Path:
     one that sends its calls together (``gatherer``, an ``async def execute``)."""
     repository(root)
     shutil.copytree(root / "mlp", root / "mlp2")
-    for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS)):
+    for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS), ("recur", RECUR)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(source)
         (root / name / "config.pbtxt").write_text(CONFIG)
+    with (root / "recur" / "config.pbtxt").open("a") as f:
+        f.write("instance_group [ { count: 2, kind: KIND_CPU } ]\n")
     return root
 
 
@@ -186,9 +210,10 @@ def test_calls_count_in_the_called_models_statistics(served) -> None:  # type: i
         ({"models": "mlp", "version": 7}, "Failed for execute the inference request. Model 'mlp' is not ready. (Request "
          "for unknown model: 'mlp' version 7 is not found"),
         ({"models": "mlp", "input": "z"}, "unexpected inference input 'z' for model 'mlp'"),
-        ({"models": "caller"}, "model 'caller' called itself: it would wait for its own answer"),
+        ({"models": "caller"}, "model 'caller' called itself, and its 1 instance(s) all wait for answers already"),
         # caller -> gatherer -> caller: the gatherer's call would wait for the caller, which waits for it
-        ({"models": "gatherer", "next": "caller"}, "model 'gatherer' called model 'caller', which waits for its answer"),
+        ({"models": "gatherer", "next": "caller"},
+         "model 'gatherer' called model 'caller', whose 1 instance(s) all wait for its answer already"),
     ],
 )
 def test_a_call_that_fails_answers_the_caller_with_its_error_in_triton_words_and_the_server_serves_on(  # type: ignore[no-untyped-def]
@@ -228,3 +253,12 @@ def test_a_model_uses_dlpack_threads_of_its_own_async_exec_and_the_model_loading
     assert facts[:3] == [True, False, True]
     assert "nowhere" in facts[3]  # a load that fails raises in the model, in the server's words
     assert client.is_model_ready("mlp2")
+
+
+def test_a_model_calls_itself_while_one_of_its_instances_is_free(served) -> None:  # type: ignore[no-untyped-def]
+    _, port, _ = served
+    np.testing.assert_array_equal(_call(port, "recur", {"depth": 1}).as_numpy("y"), X + 1)  # 2 instances: one free
+    with pytest.raises(InferenceServerException) as caught:  # a third level would wait for good
+        _call(port, "recur", {"depth": 2})
+    assert "model 'recur' called itself, and its 2 instance(s) all wait for answers already" in caught.value.message()
+    np.testing.assert_array_equal(_call(port, "recur", {"depth": 0}).as_numpy("y"), X)  # and it serves on

@@ -130,8 +130,8 @@ def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: P
     port = free_port()
     args = ["--model-repository", str(tmp_path / "empty"), "--model-control-mode", "explicit", "--grpc-port", "-1"]
     with cli_server(tmp_path / "home2", args, port, tmp_path / "log2"):
-        config = {"backend": "python", "max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32",
-                  "dims": [16]}], "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [16]}]}  # fmt: skip
+        config = {"max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}],
+                  "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [16]}]}  # fmt: skip
         zipped = python_model.pack(repo / "scale", 1, "evil", config, "model.py", tmp_path / "z")
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         with pytest.raises(InferenceServerException) as caught:
@@ -139,6 +139,10 @@ def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: P
         assert "model 'evil' is a Python model" in caught.value.message()
         assert "start the server with --allow-python-models" in caught.value.message()
         assert not client.is_model_ready("evil")
+        # a Python model's own files (model.py) are not a load's: it loads from its folder
+        python = json.dumps({**config, "backend": "python"})
+        with pytest.raises(InferenceServerException, match="a Python model loads from its folder in --model-repository"):
+            client.load_model("evil", config=python, files={"file:1/model.py": (repo / "scale" / "1" / "model.py").read_bytes()})
 
 
 APART = '''
@@ -312,3 +316,60 @@ def test_a_python_models_auto_complete_config_completes_its_config_or_is_its_con
         with pytest.raises(InferenceServerException) as caught:  # the folder's config and the model disagree
             client.load_model("clash")
         assert "configuration expects datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32" in str(caught.value)
+
+
+LINGERING = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.stop = threading.Event()
+        threading.Thread(target=self.stop.wait, name="model-own").start()  # not a daemon, never stopped
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+WARM_LOAD = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pb_utils.load_model("lingering")  # in its warm-up: the load it is part of would wait for this one
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leaves_does_not_hold_the_exit(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "models"
+    for name, source in (("lingering", LINGERING), ("warmload", WARM_LOAD)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text(
+            'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+            'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        )
+    with (repo / "warmload" / "config.pbtxt").open("a") as f:
+        f.write('model_warmup [ { name: "w", batch_size: 1, inputs { key: "x" value: { data_type: TYPE_FP32, '
+                "dims: [ 2 ], zero_data: true } } } ]\n")  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "lingering"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
+        with pytest.raises(InferenceServerException, match="asked for load_model while it loads"):
+            client.load_model("warmload")
+        client.unload_model("lingering")
+        client.load_model("lingering")  # the loader is free: later loads run
+        assert client.is_model_ready("lingering")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # the model's own thread, never stopped, does not keep the process
+    assert "exiting with threads still running that no model stopped" in (tmp_path / "log").read_text()

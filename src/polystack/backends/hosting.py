@@ -33,7 +33,9 @@ class RequestFacts:
     id: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
-    callers: frozenset[str] = frozenset()  # the models whose calls wait for its answer (a call from a model)
+    # a request a model sent: the model instances waiting for its answer, as ``name:version``, each as often as
+    # instances of it wait (the chain of calls that led to it)
+    callers: tuple[str, ...] = ()
 
 
 NO_FACTS = RequestFacts()
@@ -60,8 +62,7 @@ class ModelCall:
     request_id: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     caller: str = ""  # the calling model's name, which errors name
-    caller_version: int | None = None
-    callers: frozenset[str] = frozenset()  # the models waiting for the caller's answer (it among them)
+    callers: tuple[str, ...] = ()  # the model instances waiting for its answer (``RequestFacts.callers``), the caller's last
 
 
 class Host(Protocol):

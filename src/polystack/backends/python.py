@@ -21,6 +21,7 @@ words (``TritonError.INVALID_ARG``: the client's error, 400; any other: 500).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.util
 import inspect
@@ -32,7 +33,7 @@ import tempfile
 import uuid
 import weakref
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -128,7 +129,7 @@ class PythonModel:
         return _import(path, self._folder, self.name, lambda load, module: self._run("import", instance, load, module))
 
     def _run(
-        self, what: str, instance: _Instance, fn: Any, *args: Any, callers: frozenset[str] = frozenset()
+        self, what: str, instance: _Instance, fn: Any, *args: Any, callers: tuple[str, ...] = ()
     ) -> Any:
         """``fn(*args)``, the model's code: an exception it raises fails in its words, as Triton's stub says it (in
         ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails). Its
@@ -151,10 +152,11 @@ class PythonModel:
             raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
 
     @contextlib.contextmanager
-    def _running(self, instance: _Instance, executing: bool, callers: frozenset[str]) -> Iterator[None]:
+    def _running(self, instance: _Instance, executing: bool, callers: tuple[str, ...]) -> Iterator[None]:
         """The model's code runs as ``instance`` of this model, hosted by its server (calls to other models: in
-        ``execute``, for requests ``callers`` wait for)."""
-        running = pb_utils._Running(self._host, self.name, instance.name, self.version, executing, callers | {self.name})
+        ``execute``, for requests ``callers`` wait for; the instance waits too, while they run)."""
+        chain = (*callers, f"{self.name}:{self.version}")
+        running = pb_utils._Running(self._host, self.name, instance.name, self.version, executing, chain)
         token = pb_utils._RUNNING.set(running)
         try:
             yield
@@ -180,7 +182,7 @@ class PythonModel:
             wanted.append((names, bool(outputs)))
         instance = self._idle.get()  # one execute at a time on each instance, as on Triton's
         try:
-            callers = frozenset().union(*(facts.callers for _, _, facts in requests))
+            callers = _waiting(facts.callers for _, _, facts in requests)
             responses = self._run("execute", instance, self._execute, instance, received, callers=callers)
         finally:
             self._idle.put(instance)
@@ -312,6 +314,16 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
         return done.as_dict()
     finally:
         sys.modules.pop(module.__name__, None)
+
+
+def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """The model instances a batch's requests have waiting for them: each model as often as the most of its
+    instances any one request has waiting (a request's chain is not its batch-mates')."""
+    most: dict[str, int] = {}
+    for chain in chains:
+        for key, count in collections.Counter(chain).items():
+            most[key] = max(most.get(key, 0), count)
+    return tuple(key for key, count in most.items() for _ in range(count))
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:

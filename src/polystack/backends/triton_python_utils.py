@@ -234,14 +234,14 @@ class TritonError(Exception):
 class _Running:
     """What the model code running on this thread (or its event loop) runs as: the server that hosts it (None:
     none), the model's name, the instance's, whether it runs ``execute`` (where its calls to other models may go),
-    and the models whose calls wait for this execute's answer (a call to one of them would wait for itself)."""
+    and the model instances waiting for this execute's answer, this one among them (``RequestFacts.callers``)."""
 
     host: Host | None = None
     model: str = ""
     instance: str = ""
     version: int | None = None
     executing: bool = False
-    callers: frozenset[str] = frozenset()
+    callers: tuple[str, ...] = ()  # the model instances waiting for its answer, this one's last
 
 
 _NOWHERE = _Running()
@@ -459,7 +459,6 @@ class InferenceRequest:
             request_id=self._id,
             parameters=parameters,
             caller=running.model,
-            caller_version=running.version,
             callers=running.callers,
         )
         try:

@@ -678,6 +678,8 @@ class DynamicBatcher:
             results = self.model.infer_apart([(p.inputs, p.outputs, p.facts) for p in batch])
         except BaseException as e:
             t1 = time.perf_counter_ns()
+            if not isinstance(e, ModelClosed):  # it ran, and failed: an execution all the same, as Triton counts it
+                self._executed(batch, t1 - t0)
             for p in batch:
                 if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
                     p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
@@ -685,10 +687,7 @@ class DynamicBatcher:
                     p.timings += (t0, t1)
             return [(p, None, e) for p in batch]
         t1 = time.perf_counter_ns()
-        items = sum(p.items for p in batch)
-        self.entry.stats.executed(items, t1 - t0, len(batch))
-        if self._on_batch:
-            self._on_batch(items, len(batch), (t1 - t0) / 1e9)
+        self._executed(batch, t1 - t0)
         outcomes: list[_Outcome] = []
         for p, result in zip(batch, results, strict=True):
             if p.timings is not None:
@@ -701,6 +700,12 @@ class DynamicBatcher:
                 p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
                 outcomes.append((p, {k: result[k] for k in (p.outputs or result)}, None))
         return outcomes
+
+    def _executed(self, batch: list[_Pending], took_ns: int) -> None:
+        items = sum(p.items for p in batch)
+        self.entry.stats.executed(items, took_ns, len(batch))
+        if self._on_batch:
+            self._on_batch(items, len(batch), took_ns / 1e9)
 
     def _stop_merging(self, output: str, shape: tuple[int, ...], rows: int) -> None:
         with self._cond:

@@ -76,8 +76,9 @@ class InferRequest:
     id: str | None = None
     outputs: list[RequestedOutput] | None = None  # None: every output
     parameters: dict[str, Any] = field(default_factory=dict)
-    # a request a model sent (``server/model_calls.py``), never a client's: the models waiting for its answer
-    callers: frozenset[str] = frozenset()
+    # a request a model sent (``server/model_calls.py``), never a client's: the model instances waiting for its
+    # answer (``hosting.RequestFacts.callers``)
+    callers: tuple[str, ...] = ()
 
     @property
     def output_names(self) -> list[str] | None:

@@ -692,6 +692,7 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
     if not bounded:
         server.close()
         engine.close()
+        _exit_past_threads_left()
         return
     # the spans of what the drain answered go out first, whatever the close then waits for
     server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
@@ -712,6 +713,27 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
     )
     logging.shutdown()  # what the log handlers hold goes out first
     os._exit(0)
+
+
+def _exit_past_threads_left() -> None:
+    """Exit even where a model left threads of its own running (a Python model's, not daemon threads), which the
+    interpreter would wait for at exit for good; they have ``EXIT_GRACE_S`` to end, as Triton's exit timeout
+    gives its instances."""
+    def left() -> list[threading.Thread]:
+        main = threading.main_thread()
+        return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+
+    deadline = time.monotonic() + EXIT_GRACE_S
+    for thread in left():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = left()
+    if running:
+        log.warning(
+            "exiting with threads still running that no model stopped (not daemon threads): not waited for",
+            extra={"threads": [t.name for t in running]},
+        )
+        logging.shutdown()
+        os._exit(0)
 
 
 def _load_until_signalled(server: Server) -> threading.Event:

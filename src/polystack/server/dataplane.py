@@ -407,7 +407,8 @@ class DataPlane:
         self.workers = workers or os.cpu_count() or 2
         self.thread_initializer = thread_initializer
         self.executor = InferenceThreads(self.workers, "infer", thread_initializer)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=thread_initializer)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=self._loader_started)
+        self._loader_thread: int | None = None  # its one thread's ident (a load asked from there waits for itself)
         # response cache keys of large inputs are hashed here, never behind model runs in the inference threads:
         # front-end work, on the front end's cores when the server is pinned (``frontend_initializer``)
         self._hasher = (
@@ -450,7 +451,7 @@ class DataPlane:
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
         # what hosted models ask of the server from their threads (``serve_on`` at start)
-        self.calls = ModelCalls(self.infer, self.repository_load, self.repository_unload)
+        self.calls = ModelCalls(self.infer, self.repository_load, self.repository_unload, self._capacity)
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         self.in_flight = 0
@@ -1448,10 +1449,35 @@ class DataPlane:
         return self.calls.call(call)
 
     def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        self._refuse_on_loader(caller, "load_model")
         return self.calls.load(name, parameters, caller)
 
     def unload_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
+        self._refuse_on_loader(caller, "unload_model")
         return self.calls.unload(name, parameters, caller)
+
+    def _capacity(self, name: str, version: str | None) -> tuple[str, int] | None:
+        """The model ``name`` serves now (``name:version``) and how many of its requests run at once (None: no
+        model serves so, an ensemble among them)."""
+        try:
+            served = self._get(name, version)
+        except PolystackError:
+            return None
+        return f"{served.entry.name}:{served.entry.version}", self._instances(served)
+
+    def _loader_started(self) -> None:
+        self._loader_thread = threading.get_ident()
+        if self.thread_initializer is not None:
+            self.thread_initializer()
+
+    def _refuse_on_loader(self, caller: str, what: str) -> None:
+        """A load or unload asked by a model's code running in a load (its warm-up) would queue behind that load,
+        which waits for it: refused."""
+        if threading.get_ident() == self._loader_thread:
+            raise Unavailable(
+                f"model {caller!r} asked for {what} while it loads (its warm-up runs execute): the load would wait for "
+                "itself; ask it from execute once the model serves"
+            )
 
     def render_metrics(self) -> bytes:
         """``/metrics``: polystack's families, and Triton's names of the same figures when asked for (the families

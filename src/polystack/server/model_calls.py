@@ -27,14 +27,17 @@ from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput
 T = TypeVar("T")
 Infer = Callable[[str, str | None, InferRequest], Awaitable[InferResponse]]
 Control = Callable[[str, dict[str, Any]], Awaitable[None]]  # a repository load or unload: name, parameters
+# the model ``name`` (at ``version``) serves now, as ``name:version``, and how many of its requests run at once (None:
+# no model serves so; the call fails in the server's words)
+Capacity = Callable[[str, str | None], tuple[str, int] | None]
 
 
 class ModelCalls:
     """``infer``, ``load`` and ``unload`` are the server's (``DataPlane.infer``, ``repository_load``,
     ``repository_unload``); ``serve_on`` gives the loop they run on."""
 
-    def __init__(self, infer: Infer, load: Control, unload: Control) -> None:
-        self._infer, self._load, self._unload = infer, load, unload
+    def __init__(self, infer: Infer, load: Control, unload: Control, capacity: Capacity) -> None:
+        self._infer, self._load, self._unload, self._capacity = infer, load, unload, capacity
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()
@@ -47,15 +50,19 @@ class ModelCalls:
         self._loop, self._loop_thread = loop, threading.get_ident()
 
     def call(self, call: ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
-        """``call``'s request run as a client's; the called model's outputs."""
-        if call.model == call.caller and call.version in (None, call.caller_version):
+        """``call``'s request run as a client's; the called model's outputs. Refused where every instance of the
+        called model waits for this call's answer already (a model with one instance calling itself; A calling B,
+        which calls A), where the call would wait for good."""
+        version = str(call.version) if call.version is not None else None
+        target = self._capacity(call.model, version)
+        if target is not None and call.callers.count(target[0]) >= target[1]:
+            key, instances = target
+            if call.callers[-1:] == (key,):
+                why = f"model {call.caller!r} called itself, and its {instances} instance(s) all wait for answers"
+            else:  # A -> B -> A
+                why = f"model {call.caller!r} called model {call.model!r}, whose {instances} instance(s) all wait for its answer"
             raise InvalidRequest(
-                f"model {call.caller!r} called itself: it would wait for its own answer; call another model"
-            )
-        if call.model in call.callers - {call.caller}:  # A -> B -> A: A waits for B, which would wait for A
-            raise InvalidRequest(
-                f"model {call.caller!r} called model {call.model!r}, which waits for its answer already (a cycle of "
-                "calls would wait for good); call another model"
+                f"{why} already: the call would wait for good; give {call.model!r} more instances, or call another model"
             )
         request = InferRequest(
             inputs=dict(call.inputs),
@@ -64,7 +71,6 @@ class ModelCalls:
             parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
             callers=call.callers,
         )
-        version = str(call.version) if call.version is not None else None
 
         async def outputs() -> dict[str, np.ndarray]:
             return (await self._infer(call.model, version, request)).outputs

@@ -148,6 +148,11 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
     them) under ``name``, as the version its directory names, as Triton serves a load's files: other bytes
     there replace the version's (set aside until the load serves, ``Registered``) when files made it, and are
     refused when ``polystack register`` did."""
+    if model_config.parse_config(config).get("backend") == "python":
+        raise InvalidRequest(
+            "a Python model loads from its folder in --model-repository (its model.py and the modules beside it), "
+            "not from a load's files; add its folder there and load it by name"
+        )
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
