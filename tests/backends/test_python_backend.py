@@ -362,3 +362,11 @@ def test_auto_complete_config_completes_what_the_file_leaves_out_and_refuses_wha
             act()
     assert pb_utils.triton_to_numpy_type(11) is np.float32 and pb_utils.numpy_to_triton_type(np.float32) == 11
     assert pb_utils.triton_to_numpy_type(13) is np.object_ and pb_utils.numpy_to_triton_type(np.object_) == 13
+
+
+def test_a_batch_has_each_model_instance_waiting_as_often_as_its_most_waited_request_has_it() -> None:
+    from polystack.backends.python import _waiting
+
+    # one request sent by ma (one of its instances waits), one a client's: ma waits once, not twice
+    assert _waiting([("ma:1",), ()]) == ("ma:1",)
+    assert sorted(_waiting([("a:1", "b:1", "a:1"), ("a:1", "c:1")])) == ["a:1", "a:1", "b:1", "c:1"]

@@ -139,9 +139,9 @@ def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: P
         assert "model 'evil' is a Python model" in caught.value.message()
         assert "start the server with --allow-python-models" in caught.value.message()
         assert not client.is_model_ready("evil")
-        # a Python model's own files (model.py) are not a load's: it loads from its folder
+        # its own files (model.py) are refused before they are even unpacked
         python = json.dumps({**config, "backend": "python"})
-        with pytest.raises(InferenceServerException, match="a Python model loads from its folder in --model-repository"):
+        with pytest.raises(InferenceServerException, match=r"model 'evil' is a Python model.*--allow-python-models"):
             client.load_model("evil", config=python, files={"file:1/model.py": (repo / "scale" / "1" / "model.py").read_bytes()})
 
 
@@ -373,3 +373,28 @@ def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leav
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0  # the model's own thread, never stopped, does not keep the process
     assert "exiting with threads still running that no model stopped" in (tmp_path / "log").read_text()
+
+
+def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "empty"), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit"]  # fmt: skip
+    source = SCALE.replace("import json\n", "import json\nfrom helpers.factor import twice\n").replace(
+        "(x * self.factor)", "twice(x * self.factor)"
+    )
+    files = {"file:3/model.py": source.encode(), "file:3/helpers/factor.py": b"def twice(x):\n    return x * 2\n",
+             "file:3/helpers/__init__.py": b""}  # fmt: skip
+    config = {"backend": "python", "max_batch_size": 8, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}],
+              "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [16]}],
+              "parameters": {"factor": {"string_value": "1.5"}}}  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client.load_model("uploaded", config=json.dumps(config), files=files)
+        x = np.ones((1, 16), np.float32)
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("uploaded", [i]).as_numpy("y"), x * 3)
+        assert client.get_model_metadata("uploaded")["versions"] == ["3"]
+        with pytest.raises(InferenceServerException, match="carries the files of one version directory"):
+            client.load_model("uploaded", config=json.dumps(config), files={**files, "file:4/model.py": b""})

@@ -2340,11 +2340,19 @@ class DataPlane:
                 name, InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
             )
         if model_files.given(parameters):
+            assert config is not None  # repository_load refused files without their config, in Triton's words
             try:
-                files = model_files.read(parameters)
+                python = model_config.parse_config(config).get("backend") == "python"
+                files: model_files.ModelFiles | model_files.Folder = (
+                    model_files.read_folder(parameters) if python else model_files.read(parameters)
+                )
+                if python and not self.folder_rules.python_models:  # its files are not even unpacked
+                    raise InvalidRequest(
+                        f"model {name!r} is a Python model: its code would run in the server's process, with the "
+                        "server's rights; start the server with --allow-python-models to serve it"
+                    )
             except PolystackError as e:
                 raise self._settled(name, e) from None
-            assert config is not None  # repository_load refused files without their config, in Triton's words
             await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)
             return
         await self._control(self._recorded(lambda n: self._load_only(n, config)), name)
@@ -2379,18 +2387,24 @@ class DataPlane:
             return InvalidRequest(failed.message)
         return failed
 
-    def _load_files(self, name: str, files: model_files.ModelFiles, config: str) -> LoadedEntry | ensemble.Ensemble:
-        """Register a load's model file as a version of ``name`` and load that version with ``config``;
-        what registering changed in the store is undone when the load fails."""
+    def _load_files(
+        self, name: str, files: model_files.ModelFiles | model_files.Folder, config: str
+    ) -> LoadedEntry | ensemble.Ensemble:
+        """Register a load's model file (or a Python model's folder) as a version of ``name`` and load that version
+        with ``config``; what registering changed in the store is undone when the load fails."""
         if name in self._ensembles:
             raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
         policy, config = model_config.split_field(config, "version_policy")
         if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
-            model_repository.pick_versions(policy, [int(files.model_path.split("/")[0])])
+            model_repository.pick_versions(policy, [files.version])
         # run on the files before they are registered, as Triton runs them on the folder it makes of them
         agents, config = model_config.split_field(config, "model_repository_agents")
         ran = repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
-        registered = model_files.register(self.store, name, files, config)
+        if isinstance(files, model_files.Folder):
+            doc = model_config.parse_config(config)
+            registered = model_files.register_python(self.store, name, files, doc, self.auto_complete)
+        else:
+            registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
         try:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polystack.backends import python
 from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
-from polystack.formats import IMPORTERS, import_model
+from polystack.formats import IMPORTERS, import_model, python_model
 from polystack.labels import label_settings, parse_label_options
 from polystack.server import model_config
 from polystack.store import ModelRecord, Store
@@ -138,6 +139,66 @@ def read(parameters: Mapping[str, Any]) -> ModelFiles:
     return ModelFiles(model_path, model, labels)
 
 
+@dataclass(frozen=True)
+class Folder:
+    """A Python model's files of a load: its version, and each file's bytes by its path in the version folder."""
+
+    version: int
+    files: dict[str, bytes]
+
+    def by_path(self) -> dict[str, bytes]:
+        return {f"{self.version}/{path}": data for path, data in self.files.items()}
+
+
+def read_folder(parameters: Mapping[str, Any]) -> Folder:
+    """A Python model's files among a load's parameters: its ``model.py`` and the files beside it, in one version
+    directory (``file:1/model.py``, ``file:1/utils/text.py``)."""
+    versions: set[str] = set()
+    found: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if not key.startswith(PREFIX):
+            continue
+        if not isinstance(value, bytes):
+            raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
+        version, _, path = key[len(PREFIX) :].partition("/")
+        parts = path.split("/")
+        if not (version.isascii() and version.isdigit() and len(version) <= 18 and int(version) >= 1) or not (
+            len(parts) <= 8 and all(_plain(p) for p in parts)
+        ):
+            raise InvalidRequest(
+                f"load parameter {quote(key)} is not a file in a version directory; a Python model's load takes its "
+                "files as file:<version>/<path> (file:1/model.py)"
+            )
+        versions.add(version)
+        found[path] = value
+    if len(versions) != 1:
+        raise InvalidRequest(
+            f"a Python model's load carries the files of one version directory, and this one carries "
+            f"{len(versions)} ({', '.join(sorted(versions))}); load one version at a time"
+        )
+    return Folder(int(versions.pop()), found)
+
+
+def register_python(store: Store, name: str, folder_files: Folder, doc: dict[str, Any], auto_complete: bool) -> Registered:
+    """Register a Python model's files of a load (``read_folder``) with its config ``doc``, packed as the store
+    keeps Python models (``formats/python_model.py``), its ``auto_complete_config`` completing the config unless
+    ``auto_complete`` is off (``--disable-auto-complete-config``)."""
+    file = str(doc.get("default_model_filename") or "model.py")
+    version = folder_files.version
+    with tempfile.TemporaryDirectory(prefix="polystack-load-") as tmp:
+        folder = Path(tmp) / "model"
+        for path, data in folder_files.files.items():
+            (folder / str(version) / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / str(version) / path).write_bytes(data)
+        if auto_complete:
+            doc = python.auto_complete(folder, version, file, doc, name)
+        packed = python_model.pack(folder, version, name, {**doc, "name": name}, file, Path(tmp) / "model.zip")
+        (Path(tmp) / "import").mkdir()
+        shown = {packed: f"{PREFIX}{version}/{file}"}
+        return register_file(store, name, packed, {}, Path(tmp) / "import", shown, version, exact_labels=True,
+                             triton_io=True)  # fmt: skip
+
+
 def _plain(name: str) -> bool:
     """A file name of its own: not empty, no directory parts, nothing a file system reads specially."""
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
@@ -148,11 +209,6 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
     them) under ``name``, as the version its directory names, as Triton serves a load's files: other bytes
     there replace the version's (set aside until the load serves, ``Registered``) when files made it, and are
     refused when ``polystack register`` did."""
-    if model_config.parse_config(config).get("backend") == "python":
-        raise InvalidRequest(
-            "a Python model loads from its folder in --model-repository (its model.py and the modules beside it), "
-            "not from a load's files; add its folder there and load it by name"
-        )
     named = model_config.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
