@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import threading
@@ -260,6 +261,15 @@ _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's s
 def _facts(request: InferRequest, outputs: Sequence[str] | None) -> hosting.RequestFacts:
     """What a hosted model sees of ``request`` past its inputs."""
     return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers)
+
+
+def _asks_python(config: str) -> bool:
+    """Whether a load's config (JSON, not yet read: that comes with its files) asks for Triton's Python backend."""
+    try:
+        doc = json.loads(config)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("backend") == "python"
 
 
 def _size(array: np.ndarray) -> int:
@@ -2342,7 +2352,7 @@ class DataPlane:
         if model_files.given(parameters):
             assert config is not None  # repository_load refused files without their config, in Triton's words
             try:
-                python = model_config.parse_config(config).get("backend") == "python"
+                python = _asks_python(config)
                 files: model_files.ModelFiles | model_files.Folder = (
                     model_files.read_folder(parameters) if python else model_files.read(parameters)
                 )
