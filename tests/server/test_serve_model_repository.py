@@ -1295,3 +1295,15 @@ def test_a_shape_refused_by_a_model_that_batches_carries_tritons_note_whatever_s
             if name == "zero":  # Triton's words end ". " there (bench/triton_parity.py), then polystack's hint
                 assert "Expected [-1,3], got [1,5]. (-1: any size)" in e.value.message(), e.value.message()
         client.close()
+
+
+def test_a_model_folder_without_a_config_holding_a_model_py_beside_its_onnx_file_is_that_onnx_model(tmp_path: Path) -> None:
+    from polystack.examples import mlp_onnx
+    from polystack.server import model_repository
+    from polystack.store import Store
+
+    (tmp_path / "repo" / "m" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    (tmp_path / "repo" / "m" / "1" / "model.py").write_text("raise SystemExit('never imported')\n")  # its export script
+    [model] = model_repository.register(Store.at(tmp_path / "home"), tmp_path / "repo", [])
+    assert model.name == "m" and model.versions == (1,)  # served as the ONNX model (model.py is not imported)

@@ -255,7 +255,6 @@ def _server() -> Host | None:
     return _SERVER[-1]() if _SERVER else None
 
 
-
 class TritonModelException(Exception):
     """What Triton's utilities raise; ``message()`` says why."""
 

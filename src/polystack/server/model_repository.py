@@ -435,7 +435,9 @@ def _register_model(
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
-    if text is None and (folder / str(served[-1]) / (filename or "model.py")).is_file():
+    latest = folder / str(served[-1])
+    others = {"model.onnx", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that model, as before
+    if text is None and (latest / (filename or "model.py")).is_file() and not any((latest / f).exists() for f in others):
         doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
