@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,7 @@ def read(parameters: Mapping[str, Any]) -> ModelFiles:
     """The files among a load's parameters, their contents as bytes (the HTTP adapter decodes base64)."""
     models: list[tuple[str, bytes]] = []
     labels: dict[str, bytes] = {}
-    for key, value in parameters.items():
-        if not key.startswith(PREFIX):
-            continue
-        if not isinstance(value, bytes):
-            raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
-        path = key[len(PREFIX) :]
+    for key, path, value in _files(parameters):
         parts = path.split("/")
         numbered = parts[0].isascii() and parts[0].isdigit()
         if (len(parts) == 1 or not numbered) and len(parts) <= 8 and all(_plain(p) for p in parts):
@@ -155,12 +150,8 @@ def read_folder(parameters: Mapping[str, Any]) -> Folder:
     directory (``file:1/model.py``, ``file:1/utils/text.py``)."""
     versions: set[str] = set()
     found: dict[str, bytes] = {}
-    for key, value in parameters.items():
-        if not key.startswith(PREFIX):
-            continue
-        if not isinstance(value, bytes):
-            raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
-        version, _, path = key[len(PREFIX) :].partition("/")
+    for key, given, value in _files(parameters):
+        version, _, path = given.partition("/")
         parts = path.split("/")
         if not (version.isascii() and version.isdigit() and len(version) <= 18 and int(version) >= 1) or not (
             len(parts) <= 8 and all(_plain(p) for p in parts)
@@ -197,6 +188,16 @@ def register_python(store: Store, name: str, folder_files: Folder, doc: dict[str
         shown = {packed: f"{PREFIX}{version}/{file}"}
         return register_file(store, name, packed, {}, Path(tmp) / "import", shown, version, exact_labels=True,
                              triton_io=True)  # fmt: skip
+
+
+def _files(parameters: Mapping[str, Any]) -> Iterator[tuple[str, str, bytes]]:
+    """A load's ``file:`` parameters: each one's key, the path it names and its bytes."""
+    for key, value in parameters.items():
+        if not key.startswith(PREFIX):
+            continue
+        if not isinstance(value, bytes):
+            raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
+        yield key, key[len(PREFIX) :], value
 
 
 def _plain(name: str) -> bool:
