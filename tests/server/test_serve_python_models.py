@@ -398,3 +398,62 @@ def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path:
         assert client.get_model_metadata("uploaded")["versions"] == ["3"]
         with pytest.raises(InferenceServerException, match="carries the files of one version directory"):
             client.load_model("uploaded", config=json.dumps(config), files={**files, "file:4/model.py": b""})
+
+
+SEQUENCE = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.totals = {}
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            start = pb_utils.get_input_tensor_by_name(r, "START")
+            cid = r.correlation_id()
+            s = start.as_numpy() if start is not None else None
+            if s is not None and s.ravel()[0]:
+                self.totals[cid] = 0.0
+            self.totals[cid] = self.totals.get(cid, 0.0) + float(x.sum())
+            facts = json.dumps([cid, r.flags(), None if s is None else int(s.ravel()[0])])
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.array([self.totals[cid]], dtype=np.float32)), pb_utils.Tensor("facts", np.array([facts.encode()], dtype=np.object_))]))
+        return out
+'''
+
+
+def test_a_python_sequence_model_gets_its_control_inputs_and_each_requests_correlation_id_and_flags(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "models"
+    (repo / "acc" / "1").mkdir(parents=True)
+    (repo / "acc" / "1" / "model.py").write_text(SEQUENCE)
+    (repo / "acc" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] }, { name: "facts", data_type: TYPE_STRING, '
+        "dims: [ 1 ] } ]\nsequence_batching { control_input [ { name: \"START\", control [ { kind: "
+        "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] } ] }\n"
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def step(sequence: int, value: float, start: bool = False, end: bool = False) -> tuple[float, list]:
+            x = httpclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.array([value], np.float32))
+            result = client.infer("acc", [x], sequence_id=sequence, sequence_start=start, sequence_end=end)
+            return float(result.as_numpy("y")[0]), json.loads(result.as_numpy("facts")[0])
+
+        assert step(7, 1, start=True) == (1.0, [7, 1, 1])  # correlation_id, flags (START), its START control
+        assert step(7, 2) == (3.0, [7, 0, 0])
+        assert step(7, 3, end=True) == (6.0, [7, 2, 0])  # END
+        assert step(8, 10, start=True) == (10.0, [8, 1, 1])
+        assert [t["name"] for t in client.get_model_metadata("acc")["inputs"]] == ["x"]  # its control is the server's
+    # several instances, each with its own state, would each see some of a sequence's requests: refused
+    config = (repo / "acc" / "config.pbtxt").read_text() + "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+    (repo / "acc" / "config.pbtxt").write_text(config)
+    line = refused_at_start(tmp_path / "again", ["--model-repository", str(repo), "--allow-python-models"])
+    assert "a Python model with sequence batching and 2 instances" in line and "instance_group count 1" in line

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from polystack.backends.hosting import NO_FACTS, RequestFacts
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
 from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
@@ -232,6 +233,8 @@ class SequenceBatcher:
         if limits is not None:  # work no instance asked to run yet: an instance that just ran may keep its turn
             limits.pending = lambda: bool(self._ready)
         self.model = entry.model  # validates the whole inputs, control and state tensors included
+        # a model that takes a batch's requests apart, each with its facts (a Python model): one infer_apart call
+        self._apart = bool(getattr(self.model, "runs_apart", False))
         self.signature = entry.signature
         self.policy = policy
         self.batched = policy.max_batch_size > 0
@@ -276,8 +279,10 @@ class SequenceBatcher:
         loop: asyncio.AbstractEventLoop | None = None,
         timings: list[int] | None = None,
         outcome: Outcome | None = None,
+        facts: RequestFacts = NO_FACTS,
     ) -> dict[str, np.ndarray]:
-        """Queue one request of sequence ``flags`` and wait for its answer (see ``DynamicBatcher.infer_async``).
+        """Queue one request of sequence ``flags`` and wait for its answer (see ``DynamicBatcher.infer_async``;
+        ``facts``: what a model that runs requests apart sees of it).
         ``timeout_s`` bounds its sequence's wait for a slot, as Triton's: past it, every request the sequence
         queued fails and the sequence ends; once the sequence holds a slot, its requests run whatever their
         timeouts. A request cancelled before it ran ends its sequence too (its other queued requests fail)."""
@@ -285,7 +290,7 @@ class SequenceBatcher:
         waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         outcome = outcome or Outcome(self.entry.stats)
         try:
-            request = self._enqueue(inputs, outputs, flags, timeout_s, waiter, timings, outcome)
+            request = self._enqueue(inputs, outputs, flags, timeout_s, waiter, timings, outcome, facts)
         except ModelClosed:
             if not outcome.rerouted:
                 outcome.settle("fail", 0)
@@ -364,6 +369,7 @@ class SequenceBatcher:
         waiter: asyncio.Future[dict[str, np.ndarray]],
         timings: list[int] | None,
         outcome: Outcome,
+        facts: RequestFacts = NO_FACTS,
     ) -> _Request:
         name = self.entry.name
         if flags is None:  # Triton's words, then what to do
@@ -401,7 +407,9 @@ class SequenceBatcher:
             self.signature.check_outputs(outputs, self.entry.name)
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
-        request = _Request(inputs, outputs, 1, key, deadline, outcome, now, None, waiter, timings=timings, flags=flags)
+        request = _Request(
+            inputs, outputs, 1, key, deadline, outcome, now, None, waiter, timings=timings, facts=facts, flags=flags
+        )
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
@@ -640,6 +648,9 @@ class SequenceBatcher:
             request.waited = started - request.enqueued  # counted once it succeeds, as Triton's statistics count it
         t_input = time.perf_counter_ns()
         parts = [self._inputs(r, s) for r, s in batch]
+        if self._apart:
+            self._execute_apart(batch, parts)
+            return
         merged = parts[0] if len(batch) == 1 else {n: _concat_rows([p[n] for p in parts]) for n in parts[0]}
         wanted = self._wanted([r for r, _ in batch])
         t0 = time.perf_counter_ns()
@@ -675,6 +686,51 @@ class SequenceBatcher:
                 request.timings += (t0, t1)
             outcomes.append((request, answer, None))
         self._finish([(r, s, row) for (r, s), row in zip(batch, split, strict=True)])
+        _deliver(outcomes)
+
+    def _execute_apart(self, batch: list[tuple[_Request, _Sequence]], parts: list[dict[str, np.ndarray]]) -> None:
+        """``batch`` as one call of a model that takes its requests apart (a Python model), each with its facts
+        and whole inputs: each answered alone, its sequence taking its new state or keeping the one it had."""
+        t0 = time.perf_counter_ns()
+        try:
+            results = self.model.infer_apart(
+                [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)]
+            )
+        except Exception as e:  # the call failed: each of its requests, never run again
+            for request, _ in batch:
+                if not (isinstance(e, ModelClosed) and request.outcome.rerouted):
+                    request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+            _deliver([(r, None, e) for r, _ in batch])
+            self._finish([(r, s, None) for r, s in batch])
+            return
+        t1 = time.perf_counter_ns()
+        self.entry.stats.executed(len(batch), t1 - t0, len(batch))
+        if self._on_batch:
+            self._on_batch(len(batch), len(batch), (t1 - t0) / 1e9)
+        outcomes: list[_Outcome] = []
+        done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]] = []
+        for (request, sequence), result in zip(batch, results, strict=True):
+            if request.timings is not None:
+                request.timings += (t0, t1)
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                [row] = self._split(result, 1)
+            except PolystackError as e:
+                request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
+                outcomes.append((request, None, e))
+                done.append((request, sequence, None))
+                continue
+            answer = {k: v for k, v in row.items() if k not in self._hidden_outputs}
+            if request.outputs:
+                answer = {k: answer[k] for k in request.outputs}
+            self.entry.stats.add("queue", int(request.waited * 1e9))
+            if self._on_queue:
+                self._on_queue(request.waited)
+            request.outcome.settle("success", int((time.monotonic() - request.enqueued) * 1e9))
+            outcomes.append((request, answer, None))
+            done.append((request, sequence, row))
+        self._finish(done)
         _deliver(outcomes)
 
     def _wanted(self, requests: list[_Request]) -> list[str] | None:

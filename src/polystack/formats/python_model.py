@@ -76,4 +76,23 @@ def signature(config: dict[str, Any]) -> Signature:
                 )
             spec = TensorSpec(name, _TYPES[kind], ((-1,) if batched else ()) + tuple(int(d) for d in dims))
             found["optional" if key == "input" and item.get("optional") else key].append(spec)
+    found["input"] += _controls(config, batched)
     return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
+
+
+_CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
+
+
+def _controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
+    """The control inputs its sequence batching sets (START, END, READY, CORRID): inputs of the model that its
+    config lists there alone, as Triton hands a Python model them, one value per request."""
+    specs = []
+    for control_input in (config.get("sequence_batching") or {}).get("control_input") or []:
+        controls = control_input.get("control") or [{}]
+        kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if k in controls[0]), None)
+        if kind is None:  # CONTROL_SEQUENCE_CORRID: its data_type (one the server's checks of the config read)
+            kind = _TYPES.get(str(controls[0].get("data_type")), DType.UINT64)
+        name = control_input.get("name")
+        if isinstance(name, str) and name:
+            specs.append(TensorSpec(name, kind, ((-1,) if batched else ()) + (1,)))
+    return specs

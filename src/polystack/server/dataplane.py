@@ -532,6 +532,12 @@ class DataPlane:
                 # for a policy they batch
                 chosen = dataclasses.replace(chosen, batching=self.batch_overrides.apply(chosen.batching))
             sequence = chosen.sequence
+            if record.format == "python" and sequence is not None and sequence.instances > 1:
+                raise InvalidRequest(
+                    f"model {record.name!r} is a Python model with sequence batching and {sequence.instances} instances, "
+                    "each keeping its own state, and polystack would run a sequence's requests on any of them (Triton "
+                    "keeps a sequence on one); give it one instance (instance_group count 1)"
+                )
             if chosen.batching != policy or chosen.instances is not None or sequence is not None:
                 policy, instances = chosen.batching, chosen.instances
                 if policy is None and instances is None and sequence is None:
@@ -1940,8 +1946,9 @@ class DataPlane:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings = [] if span is not None or compute is not None else None
                     flags = flags_of(request.parameters)
+                    facts = _facts(request, outputs) if served.hosted else hosting.NO_FACTS
                     result = await served.sequencer.infer_async(
-                        request.inputs, outputs, flags, request.timeout_s, loop, timings, outcome
+                        request.inputs, outputs, flags, request.timeout_s, loop, timings, outcome, facts
                     )
                     if timings:
                         if span is not None:
