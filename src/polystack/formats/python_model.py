@@ -76,7 +76,8 @@ def signature(config: dict[str, Any]) -> Signature:
                 )
             spec = TensorSpec(name, _TYPES[kind], ((-1,) if batched else ()) + tuple(int(d) for d in dims))
             found["optional" if key == "input" and item.get("optional") else key].append(spec)
-    found["input"] += _controls(config, batched)
+    listed = {t.name for t in found["input"] + found["optional"]}
+    found["input"] += [c for c in _controls(config, batched) if c.name not in listed]
     return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
 
 
