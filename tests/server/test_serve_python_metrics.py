@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from servekit import cli_server, free_port
+from test_serve_python_models import python_folder
 from tritonclient.utils import InferenceServerException
 
 COUNTING = '''
@@ -42,9 +43,7 @@ class TritonPythonModel:
 
 def test_a_models_metrics_show_on_metrics_and_outlive_its_unload(tmp_path: Path) -> None:
     repo = tmp_path / "models"
-    (repo / "counting" / "1").mkdir(parents=True)
-    (repo / "counting" / "1" / "model.py").write_text(COUNTING)
-    (repo / "counting" / "config.pbtxt").write_text(
+    python_folder(repo, "counting", COUNTING,
         'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
     )

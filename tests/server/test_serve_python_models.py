@@ -60,11 +60,16 @@ ensemble_scheduling {
 """
 
 
+def python_folder(repo: Path, name: str, source: str, config: str) -> None:
+    """A Python model's folder in ``repo``: ``1/model.py`` holding ``source``, and its ``config``."""
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.py").write_text(source)
+    (repo / name / "config.pbtxt").write_text(config)
+
+
 def repository(root: Path) -> Path:
     """scale (a Python model: x times its config's factor), mlp (ONNX) and pipe (scale, then mlp)."""
-    (root / "scale" / "1").mkdir(parents=True)
-    (root / "scale" / "1" / "model.py").write_text(SCALE)
-    (root / "scale" / "config.pbtxt").write_text(
+    python_folder(root, "scale", SCALE,
         'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 16 ] } ]\ndynamic_batching { }\n'
         'parameters { key: "factor" value: { string_value: "2" } }\n'
@@ -170,9 +175,7 @@ class TritonPythonModel:
 
 def test_a_batch_of_a_python_model_reaches_execute_as_its_requests_each_with_its_facts(tmp_path: Path) -> None:
     repo = tmp_path / "models"
-    (repo / "apart" / "1").mkdir(parents=True)
-    (repo / "apart" / "1" / "model.py").write_text(APART)
-    (repo / "apart" / "config.pbtxt").write_text(
+    python_folder(repo, "apart", APART,
         'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] }, { name: "seen", data_type: TYPE_STRING, '
         "dims: [ 1 ] } ]\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
@@ -227,9 +230,7 @@ class TritonPythonModel:
 
 def test_a_python_models_instances_serve_requests_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "models"
-    (repo / "together" / "1").mkdir(parents=True)
-    (repo / "together" / "1" / "model.py").write_text(TOGETHER)
-    (repo / "together" / "config.pbtxt").write_text(
+    python_folder(repo, "together", TOGETHER,
         'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]\n'
         "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
@@ -351,9 +352,7 @@ def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leav
 ) -> None:
     repo = tmp_path / "models"
     for name, source in (("lingering", LINGERING), ("warmload", WARM_LOAD)):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(source)
-        (repo / name / "config.pbtxt").write_text(
+        python_folder(repo, name, source,
             'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
             'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
         )
@@ -428,9 +427,7 @@ def test_a_python_sequence_model_gets_its_control_inputs_and_each_requests_corre
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "models"
-    (repo / "acc" / "1").mkdir(parents=True)
-    (repo / "acc" / "1" / "model.py").write_text(SEQUENCE)
-    (repo / "acc" / "config.pbtxt").write_text(
+    python_folder(repo, "acc", SEQUENCE,
         'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] }, { name: "facts", data_type: TYPE_STRING, '
         "dims: [ 1 ] } ]\nsequence_batching { control_input [ { name: \"START\", control [ { kind: "
