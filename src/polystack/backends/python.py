@@ -156,7 +156,7 @@ class PythonModel:
         """The model's code runs as ``instance`` of this model, hosted by its server (calls to other models: in
         ``execute``, for requests ``callers`` wait for; the instance waits too, while they run)."""
         chain = (*callers, f"{self.name}:{self.version}")
-        running = pb_utils._Running(self._host, self.name, instance.name, self.version, executing, chain)
+        running = pb_utils._Running(self._host, self.name, instance.name, executing, chain)
         token = pb_utils._RUNNING.set(running)
         try:
             yield

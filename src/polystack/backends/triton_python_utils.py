@@ -239,7 +239,6 @@ class _Running:
     host: Host | None = None
     model: str = ""
     instance: str = ""
-    version: int | None = None
     executing: bool = False
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer, this one's last
 

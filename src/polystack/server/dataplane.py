@@ -263,6 +263,14 @@ def _facts(request: InferRequest, outputs: Sequence[str] | None) -> hosting.Requ
     return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers)
 
 
+def _python_refused(name: str) -> InvalidRequest:
+    """A Python model refused by a server started without --allow-python-models."""
+    return InvalidRequest(
+        f"model {name!r} is a Python model: its code would run in the server's process, with the server's rights; "
+        "start the server with --allow-python-models to serve it"
+    )
+
+
 def _asks_python(config: str) -> bool:
     """Whether a load's config (JSON, not yet read: that comes with its files) asks for Triton's Python backend."""
     try:
@@ -488,10 +496,7 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         if record.format == "python" and not self.folder_rules.python_models:  # however it came (a load's files)
-            raise InvalidRequest(
-                f"model {record.name!r} is a Python model: its code would run in the server's process, with the "
-                "server's rights; start the server with --allow-python-models to serve it"
-            )
+            raise _python_refused(record.name)
         policy = self.policy_for(self.store, record, self.profile)
         if policy is not None and not record.signature.batched:
             policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it
@@ -2364,10 +2369,7 @@ class DataPlane:
                     model_files.read_folder(parameters) if python else model_files.read(parameters)
                 )
                 if python and not self.folder_rules.python_models:  # its files are not even unpacked
-                    raise InvalidRequest(
-                        f"model {name!r} is a Python model: its code would run in the server's process, with the "
-                        "server's rights; start the server with --allow-python-models to serve it"
-                    )
+                    raise _python_refused(name)
             except PolystackError as e:
                 raise self._settled(name, e) from None
             await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)
