@@ -809,17 +809,16 @@ def test_model_metrics_is_a_field_of_tritons_config_taken_at_its_default_and_ref
         model_config.read(json.dumps({"model_metrics": buckets}), RECORD, SPEC, PLAN)
 
 
-def test_a_decoupled_config_is_refused_saying_what_leaving_it_out_does() -> None:
-    """helper-93: "leave it out" alone turned the refusal into a client waiting forever for the responses after
-    the first; not decoupled is Triton's default and loads."""
+def test_a_decoupled_config_is_a_python_model_s_alone() -> None:
+    """Not decoupled is Triton's default and loads; decoupled is for a model whose code sends its responses (a
+    Python model's): any other is refused, saying to leave it out, as one cached is (Triton's words)."""
     model_config.read('{"model_transaction_policy": {"decoupled": false}}', RECORD, SPEC, PLAN)
     with pytest.raises(InvalidRequest) as refused:
         model_config.read('{"model_transaction_policy": {"decoupled": true}}', RECORD, SPEC, PLAN)
-    assert refused.value.message == (
-        "the config sets model_transaction_policy, which polystack cannot honour: polystack has no decoupled models: "
-        "each request gets one response; leave it out only where clients expect one response per request (one "
-        "waiting for more would wait forever)"
-    )
+    assert refused.value.message.startswith("the config sets model_transaction_policy.decoupled, which only a Python")
+    assert refused.value.message.endswith("leave model_transaction_policy out")
+    with pytest.raises(InvalidRequest, match="model_transaction_policy sets 'lazy', which is not a field"):
+        model_config.read('{"model_transaction_policy": {"lazy": true}}', RECORD, SPEC, PLAN)
 
 
 def test_what_clients_see_holds_a_configs_optional_inputs_once() -> None:

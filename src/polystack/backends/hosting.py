@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from polystack.custom_metrics import CustomMetrics
+from polystack.errors import PolystackError
 
 T = TypeVar("T")
 
@@ -36,6 +37,23 @@ class RequestFacts:
     # a request a model sent: the model instances waiting for its answer, as ``name:version``, each as often as
     # instances of it wait (the chain of calls that led to it)
     callers: tuple[str, ...] = ()
+    # where a decoupled model sends this request's responses (None: the model answers it by returning)
+    responses: Responses | None = None
+
+
+class Responses(Protocol):
+    """Where a decoupled model sends one request's responses, from any of its threads, as they come: any number,
+    the last of them marked final (Triton's ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``)."""
+
+    def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        """One response: its outputs, or the error it carries; None with ``final``: the final flag alone. Raises
+        ``Unavailable`` once the final one was sent."""
+        ...
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the client went away (or cancelled the request): what the model sends is dropped."""
+        ...
 
 
 NO_FACTS = RequestFacts()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib.util
 import inspect
 import json
@@ -30,6 +31,7 @@ import queue
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 import weakref
 import zipfile
@@ -94,6 +96,9 @@ class PythonModel:
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
             self.config: dict[str, Any] = _completed(given, self.name)
+            # its requests' responses are sent apart from execute's return, any number of them (Triton's decoupled)
+            self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
+            self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
             for name in _instance_names(given, self.name):
                 instance = _Instance(name)
                 self._instances.append(instance)
@@ -172,13 +177,23 @@ class PythonModel:
         return result
 
     def infer_apart(self, requests: Sequence[Apart]) -> list[dict[str, np.ndarray] | PolystackError]:
-        """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts: each one's
-        outputs, or the error its response carries. ``execute`` failing fails them all (raised)."""
+        """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
+        response sender: each one's outputs, or the error its response carries. ``execute`` failing fails them all
+        (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
+        each request's result here has no outputs; without a server, its one response is the result."""
         received, wanted = [], []
+        gathered: list[_Gathered | None] = []
         for inputs, outputs, facts in requests:
             names = list(outputs or ()) or [t.name for t in self.signature.outputs]  # those it asks for, else all
             tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
-            received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names))
+            # where its responses go: the server's stream of a decoupled model's request, else gathered here
+            own = None if self.decoupled and facts.responses is not None else _Gathered()
+            sink = own or facts.responses
+            assert sink is not None
+            check = functools.partial(self._answer, outputs=names, asked=bool(outputs), whole=not self.decoupled)
+            sender = pb_utils.InferenceResponseSender(sink, check, self.decoupled)
+            received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names, sender))
+            gathered.append(own)
             wanted.append((names, bool(outputs)))
         instance = self._idle.get()  # one execute at a time on each instance, as on Triton's
         try:
@@ -186,6 +201,15 @@ class PythonModel:
             responses = self._run("execute", instance, self._execute, instance, received, callers=callers)
         finally:
             self._idle.put(instance)
+        if self.decoupled:
+            if responses is not None:  # Triton's words
+                raise BackendError(
+                    f"Failed to process the request(s) for model '{instance.name}', message: Python model "
+                    f"'{instance.name}' is using the decoupled mode and the execute function must return None."
+                )
+            return [{} if g is None else self._one(g) for g in gathered]
+        if responses is None:  # each request answered by its response sender (now, or later from a thread)
+            responses = [None] * len(received)
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise BackendError(
@@ -193,11 +217,24 @@ class PythonModel:
                 "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
                 f"{len(received)}, and InferenceResponse(s) size is:{got}"
             )
-        return [self._answer(response, *w) for response, w in zip(responses, wanted, strict=True)]
-
-    def _answer(self, response: Any, outputs: list[str], asked: bool) -> dict[str, np.ndarray] | PolystackError:
+        results: list[dict[str, np.ndarray] | PolystackError] = []
+        for request, response, sink, (names, asked) in zip(received, responses, gathered, wanted, strict=True):
+            if response is not None and request.get_response_sender().sent:  # Triton's words
+                raise BackendError(
+                    f"Failed to process the request(s) for model '{instance.name}', message: Unable to send response. "
+                    "Non-decoupled model cannot send more than one response."
+                )
+            if response is not None:
+                results.append(self._answer(response, names, asked))
+            else:
+                assert sink is not None
+                results.append(self._one(sink))
+        return results
+    def _answer(
+        self, response: Any, outputs: list[str], asked: bool, whole: bool = True
+    ) -> dict[str, np.ndarray] | PolystackError:
         """A response as the server takes it: its error, or its outputs (those ``outputs`` names), checked against
-        the config."""
+        the config; ``whole``: each of those is there (a decoupled model's responses may hold some of them)."""
         if not isinstance(response, pb_utils.InferenceResponse):
             return BackendError(
                 f"Python model {self.name!r}: execute returned {type(response).__name__}, not an InferenceResponse"
@@ -218,12 +255,32 @@ class PythonModel:
                     f"Python model {self.name!r}: output {spec.name!r} is {pb_utils.numpy_to_triton_string(array.dtype)}"
                     f", but its config says {spec.dtype.value}"
                 )
-            result[spec.name] = array
-        missing = [name for name in outputs if name not in result]
+            if spec.name in outputs:  # one it was not asked for is dropped, as Triton prunes it
+                result[spec.name] = array
+        missing = [name for name in outputs if name not in result] if whole else []
         if missing:
             which = "the request asks for" if asked else "its config declares"
             return BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {which}")
         return result
+
+    def _one(self, gathered: _Gathered) -> dict[str, np.ndarray] | PolystackError:
+        """The one response a request's sender sends (a model that returns None from execute sends it, now or
+        later): waited for until the final flag. A decoupled model's, served where no stream reads its responses
+        (``polystack predict``, a warm-up), must be one too."""
+        self._waiting.add(gathered)
+        try:
+            responses = gathered.wait()
+        finally:
+            self._waiting.discard(gathered)
+        if isinstance(responses, PolystackError):
+            return responses
+        data = [r for r in responses if r is not None]
+        if len(data) != 1:
+            return InvalidRequest(
+                f"model {self.name!r} is decoupled and sent {len(data)} responses to a request answered once here; "
+                "serve it and read its responses as a stream (gRPC's ModelStreamInfer, HTTP's generate_stream)"
+            )
+        return data[0]
 
     @staticmethod
     def _execute(instance: _Instance, requests: list[pb_utils.InferenceRequest]) -> Any:
@@ -238,6 +295,8 @@ class PythonModel:
     def close(self) -> None:
         """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
         failed: BaseException | None = None
+        for gathered in list(getattr(self, "_waiting", ())):  # requests whose sender never sent: they fail now
+            gathered.fail(Unavailable(f"model {self.name!r} was unloaded before it answered this request"))
         for instance in self._instances:
             try:
                 finalize = getattr(instance.model, "finalize", None)
@@ -254,6 +313,32 @@ class PythonModel:
         shutil.rmtree(self._folder, ignore_errors=True)
         if failed is not None:
             raise failed
+
+
+class _Gathered:
+    """A request's responses as its sender sends them, where no server stream reads them (``hosting.Responses``):
+    gathered until the final flag, which ``wait`` waits for."""
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self._responses: list[dict[str, np.ndarray] | PolystackError | None] = []
+        self._done = threading.Event()
+        self._failed: PolystackError | None = None
+
+    def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        if outputs is not None:
+            self._responses.append(outputs)
+        if final:
+            self._done.set()
+
+    def fail(self, error: PolystackError) -> None:
+        self._failed = error
+        self._done.set()
+
+    def wait(self) -> list[dict[str, np.ndarray] | PolystackError | None] | PolystackError:
+        self._done.wait()
+        return self._failed or self._responses
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:

@@ -22,8 +22,9 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from polystack import custom_metrics
-from polystack.backends.hosting import Host, ModelCall, RequestFacts
+from polystack.backends.hosting import Host, ModelCall, RequestFacts, Responses
 from polystack.errors import NotFound, PolystackError
 from polystack.protocol import wire
 from polystack.types import DType
@@ -348,9 +349,17 @@ class InferenceRequest:
         self._timeout = timeout
         self._parameters = dict(given)
         self._version = model_version
+        self._sender: InferenceResponseSender | None = None  # a received request's
 
     @classmethod
-    def received(cls, model: str, inputs: Sequence[Tensor], facts: RequestFacts, outputs: Iterable[str]) -> InferenceRequest:
+    def received(
+        cls,
+        model: str,
+        inputs: Sequence[Tensor],
+        facts: RequestFacts,
+        outputs: Iterable[str],
+        sender: InferenceResponseSender | None = None,
+    ) -> InferenceRequest:
         """The request ``execute`` receives: its facts as Triton hands them to a model (the parameters Triton reads
         itself apart: ``timeout`` as ``timeout()``, ``sequence_id`` as ``correlation_id()``, ``sequence_start`` and
         ``sequence_end`` as ``flags()``; the transport's own, ``binary_data_output``, not at all)."""
@@ -365,6 +374,7 @@ class InferenceRequest:
         given.pop("priority", None)
         given.pop("binary_data_output", None)
         request._parameters = given
+        request._sender = sender
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -392,7 +402,9 @@ class InferenceRequest:
         return self._version
 
     def is_cancelled(self) -> bool:
-        return False
+        """Whether the client cancelled the request or went away (a decoupled model's stream: its responses are
+        dropped from then on, so it may stop)."""
+        return self._sender is not None and self._sender.is_cancelled()
 
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Send this request to its model and wait for the answer."""
@@ -479,11 +491,76 @@ class InferenceRequest:
             error=TritonError(f"Model {self._model} - Error when running inference: {why}", TritonError.INTERNAL)
         )
 
-    def get_response_sender(self) -> Any:
-        raise TritonModelException(
-            "polystack's Python models answer each request once, from execute (decoupled models are not in "
-            "polystack): return the responses from execute"
-        )
+    def get_response_sender(self) -> InferenceResponseSender:
+        """What sends this request's responses apart from ``execute``'s return (from any thread, during it or
+        after): a decoupled model's any number, then the final flag; another model's one response."""
+        if self._sender is None:
+            raise TritonModelException(
+                "only a request a model receives in execute has a response sender: this one is a call to another "
+                "model, whose answer exec() returns"
+            )
+        return self._sender
+
+
+class InferenceResponseSender:
+    """Sends one request's responses apart from ``execute``'s return (Triton's ``request.get_response_sender()``):
+    a decoupled model's any number, each with flags 0, then ``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (on the last,
+    or alone with no response); another model's exactly one, then the final flag. Each response is checked as a
+    returned one is (``check``) and sent to where the server reads it (``hosting.Responses``)."""
+
+    def __init__(
+        self,
+        responses: Responses,
+        check: Callable[[InferenceResponse], dict[str, np.ndarray] | PolystackError],
+        decoupled: bool,
+    ) -> None:
+        self._responses = responses
+        self._check = check
+        self._decoupled = decoupled
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):  # Triton's words, each below
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")
+        if flags == 0 and response is None:
+            raise TritonModelException(
+                "Inference Response object must be provided when the response flags is set to zero."
+            )
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(
+                f"Expected an 'InferenceResponse' object to send, found type '{type(response)}'."
+            )
+        outputs = None if response is None else self._check(response)
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        with self._lock:  # the checks, and the sending in their order, one thread at a time
+            if not self._decoupled:
+                if response is not None and self._sent > 0:
+                    raise TritonModelException(
+                        "Unable to send response. Non-decoupled model cannot send more than one response."
+                    )
+                if response is None and final and self._sent == 0:
+                    raise TritonModelException(
+                        "Unable to send response. Non-decoupled model cannot send complete final before sending a "
+                        "response."
+                    )
+            if self._closed:
+                raise TritonModelException("Unable to send response. Response sender has been closed.")
+            self._closed = final
+            self._sent += 1
+            self._responses.send(outputs, final)
+
+    def is_cancelled(self) -> bool:
+        return self._responses.cancelled
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sent(self) -> int:
+        return self._sent
 
 
 class InferenceResponse:

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ from polystack.custom_metrics import CustomMetrics
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
     AlreadyExists,
+    BackendError,
     Conflict,
     DeadlineExceeded,
     InvalidRequest,
@@ -80,6 +81,7 @@ from polystack.server import (
     triton_metrics,
     warmup,
 )
+from polystack.server.decoupled import ResponseStream, Streamed
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.model_calls import ModelCalls
@@ -138,6 +140,8 @@ class _Served:
     # its model reads its request's facts and may call other models back (a Python model, ``hosting``): it runs
     # as its request, and never on the event loop, which its calls need
     hosted: bool = False
+    # its model sends any number of responses to a request, apart from its run (``decoupled.py``): read as a stream
+    decoupled: bool = False
 
     @property
     def depth(self) -> int:
@@ -258,9 +262,26 @@ _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the n
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
 
 
-def _facts(request: InferRequest, outputs: Sequence[str] | None) -> hosting.RequestFacts:
-    """What a hosted model sees of ``request`` past its inputs."""
-    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers)
+def _facts(
+    request: InferRequest, outputs: Sequence[str] | None, responses: hosting.Responses | None = None
+) -> hosting.RequestFacts:
+    """What a hosted model sees of ``request`` past its inputs (``responses``: where a decoupled model sends its
+    responses)."""
+    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses)
+
+
+def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) -> None:
+    """A decoupled model's request ran (its execute returned, or it failed): a failure before the model's final
+    response is that response; one after it, or a run that ended with responses still to come, is left (the model
+    may send them from its threads)."""
+    if run.cancelled():
+        return
+    e = run.exception()
+    if e is None:
+        return
+    error = e if isinstance(e, PolystackError) else BackendError(f"model {name!r} failed: {type(e).__name__}: {e}")
+    if not stream.fail(error):
+        log.warning("a decoupled model's request failed after its final response", extra={"model": name, "error": str(e)})
 
 
 def _python_refused(name: str) -> InvalidRequest:
@@ -473,6 +494,7 @@ class DataPlane:
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         self.in_flight = 0
+        self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         # ensemble requests among them: one whose step is the only other request in flight lets it run inline
         self._pipelines = 0
         self._idle = asyncio.Event()
@@ -648,6 +670,9 @@ class DataPlane:
             raise
         served.limits = registered[0] if registered else None
         served.hosted = plan.record.format == "python"
+        # its config's transaction policy, or the one its Python model's own config gives where none was read
+        served.decoupled = plan.additions.decoupled or bool(getattr(entry.model.inner, "decoupled", False))
+        self._any_decoupled = self._any_decoupled or served.decoupled  # the hot path checks one flag until then
         return served
 
     def _start(
@@ -1632,6 +1657,7 @@ class DataPlane:
         carrier: Carrier | None = None,
         compute: list[int] | None = None,
         front: Front | None = None,
+        endpoint: str = "HTTP end point",
     ) -> InferResponse:
         """Run one request; ``loop`` is the caller's running loop when it has it at hand (saves a lookup);
         ``carrier`` gives the request's headers or metadata, read for trace context when it is traced;
@@ -1641,10 +1667,75 @@ class DataPlane:
         A request that reached a model instance just as a reload replaced it (it was waiting for an
         inference thread, or was handed to the closing batcher) runs on the instance that serves the
         model now, within the same span and timing. An unload runs what was queued before it closes the
-        model; a request that reached the model as it closed (rare: between routing and queueing) fails."""
+        model; a request that reached the model as it closed (rare: between routing and queueing) fails.
+
+        A decoupled model's requests are refused (``Unsupported``, in Triton's words naming ``endpoint``): its
+        responses are read with ``infer_stream``."""
         if self._ensembles and name in self._ensembles:
             return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
+        if self._any_decoupled and self.decoupled(name, version):
+            raise Unsupported(
+                f"{endpoint} doesn't support models with decoupled transaction policy; read model {name!r}'s "
+                "responses as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
+                "or HTTP's generate_stream"
+            )
         return await self._infer_model(None, name, version, request, loop, carrier, compute, front)
+
+    def decoupled(self, name: str, version: str | None) -> bool:
+        """Whether the model served as ``name`` sends any number of responses to a request (Triton's decoupled
+        transaction policy), read with ``infer_stream``. False for an ensemble, or a model not served."""
+        if self._ensembles and name in self._ensembles:
+            return False
+        try:
+            return self._get(name, version).decoupled
+        except PolystackError:
+            return False
+
+    async def infer_stream(
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        loop: asyncio.AbstractEventLoop | None = None,
+        carrier: Carrier | None = None,
+        front: Front | None = None,
+    ) -> AsyncGenerator[Streamed, None]:
+        """Run one request; its responses as its model sends them, the last one final (``decoupled.py``). A model
+        that is not decoupled answers once, final. A request refused before it runs, or whose run fails before the
+        model's final response, ends with its error, final. Closing the iterator early (the client went away)
+        cancels the request: the model's later responses are dropped."""
+        if not self.decoupled(name, version):
+            yield Streamed(await self.infer(name, version, request, loop, carrier, front=front), final=True)
+            return
+        loop = loop or asyncio.get_running_loop()
+        served_version = str(self._get(name, version).entry.version)
+        if request.classifications:
+            raise InvalidRequest(
+                f"model {name!r} is decoupled: its responses carry their tensors, not classes; ask for the outputs "
+                "without classification"
+            )
+        if any(o.shm is not None for o in request.outputs or ()):
+            raise InvalidRequest(
+                f"model {name!r} is decoupled: each of its responses would overwrite the last in one shared memory "
+                "region; ask for its outputs without shared memory"
+            )
+        stream = ResponseStream(loop)
+        run = loop.create_task(
+            self._infer_model(None, name, version, request, loop, carrier, None, front, responses=stream)
+        )
+        run.add_done_callback(lambda task: _ran(task, stream, name))
+        try:
+            async for sent, final in stream:
+                if isinstance(sent, PolystackError):
+                    yield Streamed(None, sent, final)
+                elif sent is None:
+                    yield Streamed(None, None, final)
+                else:
+                    yield Streamed(InferResponse(name, served_version, sent, request.id), None, final)
+        finally:
+            if not stream.closed or not run.done():  # the client went away first: the request is cancelled
+                stream.cancel()
+                run.cancel()
 
     async def _infer_model(
         self,
@@ -1656,9 +1747,11 @@ class DataPlane:
         carrier: Carrier | None,
         compute: list[int] | None,
         front: Front | None = None,
+        responses: hosting.Responses | None = None,
     ) -> InferResponse:
         """``infer`` of a model (not an ensemble): the one served as ``name`` now, or ``pinned`` (an ensemble's
-        step holds the model it had when its request started)."""
+        step holds the model it had when its request started). A decoupled model sends its responses to
+        ``responses`` (``infer_stream``), and the response returned has no outputs."""
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
@@ -1688,7 +1781,9 @@ class DataPlane:
                         self.response_cache, served, request, run, loop, started, outcome
                     )
                 else:
-                    result, entry = await self._run(served, request, name, version, loop, span, outcome, compute)
+                    result, entry = await self._run(
+                        served, request, name, version, loop, span, outcome, compute, responses
+                    )
             if classes:
                 result = classification.classify(
                     result, classes, entry.signature.batched, labels_of(entry.record.settings)
@@ -1934,14 +2029,21 @@ class DataPlane:
         span: Any,
         outcome: Outcome,
         compute: list[int] | None = None,
+        responses: hosting.Responses | None = None,
     ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
         """Run ``request`` on ``served`` (its batcher, or a thread), following reloads that replace it as it
         reaches it (to what serves ``name`` and ``version`` as asked then); the result, and the entry that
-        answered. The model's compute time is appended to ``compute`` when given."""
+        answered. The model's compute time is appended to ``compute`` when given. A decoupled model sends its
+        responses to ``responses`` (its result has no outputs)."""
         entry, outputs = served.entry, request.output_names
         if served.additions.outputs:  # its config lists some of the model's outputs: those alone, as in Triton
             outputs = outputs or list(served.additions.outputs)
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
+        if responses is not None and outputs:  # the model prunes each response to them: its result has none
+            entry.signature.check_outputs(outputs, entry.name)
+        facts = _facts(request, outputs, responses) if served.hosted else hosting.NO_FACTS
+        if responses is not None:
+            outputs = None
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             queued = 0  # the run's queue start and compute times: a traced run that fails is traced with them
@@ -1951,7 +2053,6 @@ class DataPlane:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings = [] if span is not None or compute is not None else None
                     flags = flags_of(request.parameters)
-                    facts = _facts(request, outputs) if served.hosted else hosting.NO_FACTS
                     result = await served.sequencer.infer_async(
                         request.inputs, outputs, flags, request.timeout_s, loop, timings, outcome, facts
                     )
@@ -1963,7 +2064,6 @@ class DataPlane:
                 elif served.batcher is not None:
                     queued = time.perf_counter_ns() if span is not None else 0
                     timings = [] if span is not None or compute is not None else None
-                    facts = _facts(request, outputs) if served.hosted else hosting.NO_FACTS
                     result = await served.batcher.infer_async(
                         request.inputs, outputs, request.timeout_s, loop, timings, outcome, request.priority, facts
                     )
@@ -1996,7 +2096,7 @@ class DataPlane:
                             served.limits,
                         )  # fmt: skip
                         if served.hosted:
-                            call = (hosting.run_as, _facts(request, outputs), *call)
+                            call = (hosting.run_as, facts, *call)
                         try:
                             result, t0, t1 = await (served.executor or self.executor).run(loop, *call)
                         except ThreadsClosed:

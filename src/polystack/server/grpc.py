@@ -42,7 +42,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from polystack.errors import InvalidRequest, PolystackError, Restricted, ShuttingDown
+from polystack.errors import BackendError, InvalidRequest, PolystackError, Restricted, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
@@ -62,6 +62,9 @@ STREAM_IN_FLIGHT = 64  # requests of one stream being answered at once; the next
 # answers of one stream read and not yet handed to grpc (running, or done and waiting for those before them to
 # go out): a client that stops reading stops the reading of its requests at this many
 STREAM_UNSENT = 2 * STREAM_IN_FLIGHT
+# a stream request's parameter (tritonclient's enable_empty_final_response): send a decoupled model's final flag
+# alone as an answer of its own, with no outputs
+EMPTY_FINAL = "triton_enable_empty_final_response"
 
 
 @dataclass(frozen=True)
@@ -250,39 +253,78 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
-    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def _decode(self, request: pb.ModelInferRequest) -> InferRequest:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
-        if self.plane.tracing.active:  # grpc hands the message over read: its WAITREAD_* are both this moment
-            now = time.perf_counter_ns()
-            front: Front | None = Front("GRPC", now, now)
-        else:
-            front = None
 
         def decode() -> InferRequest:
             return grpc_codec.decode_infer_request(request, self.plane.shared_memory)
 
         if self.codec_pool is None or not _slow_to_read(request):
-            decoded = self.plane.decode(request.model_name, request.model_version, decode)
-        else:  # reading it on the loop would hold every other client up meanwhile
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(
-                self.codec_pool, self.plane.decode, request.model_name, request.model_version, decode
-            )
+            return self.plane.decode(request.model_name, request.model_version, decode)
+        # reading it on the loop would hold every other client up meanwhile
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.codec_pool, self.plane.decode, request.model_name, request.model_version, decode
+        )
+
+    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        if self.plane.tracing.active:  # grpc hands the message over read: its WAITREAD_* are both this moment
+            now = time.perf_counter_ns()
+            front: Front | None = Front("GRPC", now, now)
+        else:
+            front = None
+        decoded = await self._decode(request)
         if front is None:
             result = await self.plane.infer(
-                request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
-            )
+                request.model_name, request.model_version, decoded, None, lambda: _metadata(context),
+                endpoint="ModelInfer RPC",
+            )  # fmt: skip
             return grpc_codec.encode_infer_response(result)
         sending = 0
         try:
             result = await self.plane.infer(
-                request.model_name, request.model_version, decoded, None, lambda: _metadata(context), front=front
-            )
+                request.model_name, request.model_version, decoded, None, lambda: _metadata(context), front=front,
+                endpoint="ModelInfer RPC",
+            )  # fmt: skip
             sending = time.perf_counter_ns()
             return grpc_codec.encode_infer_response(result)  # GRPC_SEND_*: its encoding, handed to grpc
         finally:
             front.sent(sending or time.perf_counter_ns(), time.perf_counter_ns())
+
+    async def _streamed(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> AsyncIterator[tuple[pb.ModelStreamInferResponse, PolystackError | None]]:
+        """A decoupled model's request of a stream: its responses as the model sends them, each marked final or
+        not (``triton_final_response``), as Triton's stream answers one; the final flag alone is sent only where the
+        request asks for it (``triton_enable_empty_final_response``, tritonclient's
+        ``enable_empty_final_response``). A response carrying an error is an answer with ``error_message``."""
+        decoded = await self._decode(request)
+        empty_final = decoded.parameters.pop(EMPTY_FINAL, False) is True
+        responses = self.plane.infer_stream(
+            request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
+        )
+        try:
+            async for streamed in responses:
+                if streamed.response is not None:
+                    msg = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(streamed.response))
+                elif streamed.error is not None:
+                    msg = pb.ModelStreamInferResponse(  # as Triton's: the model's name and the request's id alone
+                        error_message=status.message(streamed.error),
+                        infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                    )
+                elif empty_final:
+                    msg = pb.ModelStreamInferResponse(
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name, model_version=request.model_version, id=request.id
+                        )
+                    )
+                else:
+                    continue
+                msg.infer_response.parameters["triton_final_response"].bool_param = streamed.final
+                yield msg, streamed.error
+        finally:
+            await responses.aclose()
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._call(context, lambda: self._infer_unless_draining(request, context))
@@ -342,6 +384,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 rid = lambda: _request_id(context, request, True)  # noqa: E731
                 self.calls.ended(STREAM_RPC, context, rid, code, started, failure)
 
+        async def stream(request: pb.ModelInferRequest) -> None:
+            """A decoupled model's request: each of its answers queued as it comes (each with a place among the
+            unsent answers: the first has the one its reading took)."""
+            started = time.perf_counter()
+            code = None
+            failure = None
+            held = True  # the place among the unsent answers its reading took, not used yet
+
+            async def out(msg: pb.ModelStreamInferResponse, error: PolystackError | None) -> None:
+                nonlocal held, code, failure
+                if not held:
+                    await unsent.acquire()
+                held = False
+                sent: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
+                sent.set_result(msg)
+                if error is not None:
+                    code = status.grpc_code(error)
+                    if code in _SERVER_SIDE and error.server_failure:
+                        failure = error.message
+                    if status_on_error and _in_the_run(error):
+                        codes[sent] = code
+                answers.put_nowait(sent)
+
+            try:
+                try:
+                    async for msg, error in self._streamed(request, context):
+                        await out(msg, error)
+                except Exception as e:  # refused before its run: one answer, as any request's
+                    if not isinstance(e, PolystackError):
+                        log.exception("unexpected error in a gRPC stream")
+                    error = e if isinstance(e, PolystackError) else BackendError(status.INTERNAL_MESSAGE)
+                    await out(_failed(request, status.message(e), _in_the_run(e)), error)
+            except asyncio.CancelledError:
+                code = _cut_short(context)
+                raise
+            finally:
+                slots.release()
+                if held:  # it sent nothing: its place goes back
+                    unsent.release()
+                rid = lambda: _request_id(context, request, True)  # noqa: E731
+                self.calls.ended(STREAM_RPC, context, rid, code, started, failure)
+
         async def take() -> None:
             async for request in request_iterator:
                 answered: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
@@ -357,8 +441,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     answered.set_result(_not_run(request))
                     answers.put_nowait(answered)
                     raise
-                answers.put_nowait(answered)
-                task = asyncio.create_task(answer(request, answered))
+                decoupled = not isinstance(request, Undecodable) and self.plane.decoupled(
+                    request.model_name, request.model_version
+                )
+                if decoupled:  # its answers go out as they come, among those of the stream's other requests
+                    task = asyncio.create_task(stream(request))
+                else:
+                    answers.put_nowait(answered)
+                    task = asyncio.create_task(answer(request, answered))
                 running.add(task)
                 task.add_done_callback(running.discard)
 

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -51,6 +51,7 @@ from polystack.protocol import generate_codec, http_codec, v1_codec
 from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
+from polystack.server.decoupled import Streamed
 from polystack.server.logs import request_level
 from polystack.server.restricted import Restrictions
 from polystack.server.tracing import Front
@@ -158,6 +159,9 @@ class Response:
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     tail: list[bytes | memoryview] = field(default_factory=list)  # more body after ``body``, written uncopied
+    # a body sent as it comes, after ``body`` (chunked; HTTP/1.0: to the connection's close): a decoupled model's
+    # Server-Sent Events
+    events: AsyncGenerator[bytes, None] | None = None
 
     @property
     def length(self) -> int:
@@ -600,14 +604,20 @@ class HttpApp:
         return Response(200, head, mime + str(len(head)).encode(), [], blobs)
 
     async def generate(self, req: Request, args: list[str]) -> Response:
-        """Triton's generate extension (generate_codec.py): the answer's tensors as JSON fields."""
-        result = await self._generate(req, args)
+        """Triton's generate extension (generate_codec.py): the answer's tensors as JSON fields. A decoupled model's
+        request must get one response (its final flag alone aside)."""
+        if self.plane.decoupled(args[0], args[1] or None):
+            result = await self._generate_once(req, *args)
+        else:
+            result = await self._generate(req, args)
         return Response(200, generate_codec.encode_generate(result), JSON)
 
     async def generate_stream(self, req: Request, args: list[str]) -> Response:
-        """The same answer as one Server-Sent Event. A request refused before its model runs is a JSON error, as
-        Triton's; one that fails in its run (the runtime's error, a timeout in its queue) is an event holding the
-        error, with its status, as Triton's."""
+        """The same answer as one Server-Sent Event; a decoupled model's, an event for each of its responses, sent as
+        it comes. A request refused before its model runs is a JSON error, as Triton's; one that fails in its run
+        (the runtime's error, a timeout in its queue) is an event holding the error, with its status, as Triton's."""
+        if self.plane.decoupled(args[0], args[1] or None):
+            return await self._generate_events(req, *args)
         try:
             result = await self._generate(req, args, stream=True)
         except _RunFailed as failed:
@@ -617,6 +627,14 @@ class HttpApp:
 
     async def _generate(self, req: Request, args: list[str], stream: bool = False) -> InferResponse:
         name, version = args
+        try:
+            return (await self._run(req, name, version, self._generate_decoder(req, name, version), _slow_to_read(req)))[1]
+        except PolystackError as e:
+            if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
+                raise _RunFailed(e) from e
+            raise
+
+    def _generate_decoder(self, req: Request, name: str, version: str) -> Callable[[], InferRequest]:
         inputs = [
             (t["name"], DType(t["datatype"]), t["shape"])
             for t in self.plane.model_metadata(name, version or None)["inputs"]
@@ -625,12 +643,62 @@ class HttpApp:
         def decode() -> InferRequest:
             return generate_codec.decode_generate(decoded_body(req, self.max_body_bytes), inputs)
 
+        return decode
+
+    async def _responses(self, req: Request, name: str, version: str) -> AsyncGenerator[Streamed, None]:
+        """A decoupled model's responses to a generate request, as it sends them."""
+        decode = self._generate_decoder(req, name, version)
+        slow = _slow_to_read(req)
+        request = await self._decode_off_loop(name, version, decode) if slow else self.plane.decode(name, version, decode)
+        req.inference_id = request.id
+        return self.plane.infer_stream(name, version, request, self.loop, lambda: text_headers(req.headers))
+
+    async def _generate_once(self, req: Request, name: str, version: str) -> InferResponse:
+        """A decoupled model's one response to a generate request (the final flag alone aside); its error, or
+        refused where it sent another number."""
+        responses = await self._responses(req, name, version)
+        got: list[InferResponse] = []
+        async for streamed in responses:
+            if streamed.error is not None:
+                raise streamed.error
+            if streamed.response is not None:
+                got.append(streamed.response)
+        if len(got) != 1:
+            raise InvalidRequest(
+                f"model {name!r} is decoupled and sent {len(got)} responses to a request generate answers once; ask "
+                "generate_stream, which sends each as an event"
+            )
+        return got[0]
+
+    async def _generate_events(self, req: Request, name: str, version: str) -> Response:
+        """A decoupled model's responses as Server-Sent Events, each sent as it comes (``Response.events``); one
+        refused before the model ran is a JSON error, as for any model."""
+        responses = await self._responses(req, name, version)
         try:
-            return (await self._run(req, name, version, decode, _slow_to_read(req)))[1]
-        except PolystackError as e:
-            if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
-                raise _RunFailed(e) from e
+            first = await anext(responses)
+        except BaseException:
+            await responses.aclose()
             raise
+        if first.error is not None and not first.error.in_run:
+            await responses.aclose()
+            raise first.error
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            streamed = first
+            try:
+                while True:
+                    if streamed.response is not None:
+                        yield generate_codec.event(generate_codec.encode_generate(streamed.response))
+                    elif streamed.error is not None:
+                        yield generate_codec.event(error_response(streamed.error).body)
+                    if streamed.final:
+                        return
+                    streamed = await anext(responses)
+            finally:
+                await responses.aclose()
+
+        code = status.http_status(first.error) if first.error is not None else 200
+        return Response(code, b"", generate_codec.SSE_TYPE, events=events())
 
     async def _run(
         self, req: Request, name: str, version: str, decode: Callable[[], InferRequest], slow: bool
@@ -1168,9 +1236,43 @@ class HttpProtocol(asyncio.Protocol):
             if req.front is not None:
                 req.front.abandon()
             raise
+        if response.events is not None:  # the connection's next request waits for its end
+            await self._send_events(req, response)
         self._busy = False
-        self._send(req, response)
+        if response.events is None:
+            self._send(req, response)
         self._advance()
+
+    async def _send_events(self, req: Request, resp: Response) -> None:
+        """``resp`` with its body sent as it comes (``Response.events``): chunked, or to the close for HTTP/1.0. A
+        client that goes away ends it (its generator is closed: the request is cancelled)."""
+        assert resp.events is not None
+        transport = self.transport
+        events, chunked = resp.events, not req.http10 and self.parser.get_http_version() != "1.0"
+        try:
+            if transport is None or transport.is_closing():
+                return
+            head = [
+                b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n%s"
+                % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, _date_line())
+            ]
+            head += [b"%s: %s\r\n" % (k, v) for k, v in resp.headers]
+            head.append(b"transfer-encoding: chunked\r\n" if chunked else b"connection: close\r\n")
+            head.append(b"\r\n")
+            transport.write(b"".join(head))
+            async for chunk in events:
+                if transport.is_closing():
+                    return
+                if chunk:
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+            self.last_active = self._loop.time()
+            log_request(self.app, req, resp.status)
+            if not chunked or not req.keep_alive or self.app.closing:
+                transport.close()
+        finally:
+            await events.aclose()
 
     def _advance(self) -> None:
         """After an answer (or the client catching up): the next queued requests, then what is due."""

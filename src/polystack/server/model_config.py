@@ -99,6 +99,7 @@ _TRITON = {
     "model_warmup.input": {"data_type", "dims", "zero_data", "random_data", "input_data_file"},
     "parameters.value": {"string_value"},
     "response_cache": {"enable"},
+    "model_transaction_policy": {"decoupled"},
     "ensemble_scheduling": {"step"},
     "step": {"model_name", "model_version", "input_map", "output_map", "model_namespace"},
     "sequence_batching": {
@@ -128,7 +129,8 @@ _TRITON["ensemble"] = _TRITON["config"]  # an ensemble's config (ensemble.py), r
 _READ = {
     "config": {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
                "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "response_cache", "optimization",
-               "batch_input", "batch_output"},
+               "batch_input", "batch_output", "model_transaction_policy"},
+    "model_transaction_policy": {"decoupled"},
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
@@ -191,10 +193,6 @@ _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
         "a model's config cannot make it an ensemble: ensembles are folders of their own in a --model-repository "
         '(platform "ensemble" and an empty version folder), served beside the models they run'
     ),
-    "model_transaction_policy": (
-        "polystack has no decoupled models: each request gets one response",
-        "leave it out only where clients expect one response per request (one waiting for more would wait forever)",
-    ),
     "version_policy": (
         "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
         "config, or a load's config"
@@ -237,6 +235,9 @@ class Additions:
     # rate limiter gives its instances (None: the group sets none); empty: the config gives none, and the one
     # group Triton adds then is named as the model
     groups: tuple[tuple[str, int, Rule | None], ...] = ()
+    # its requests' responses are any number, sent apart from its execute (Triton's decoupled transaction policy:
+    # a Python model's): streamed to the client (gRPC's ModelStreamInfer, HTTP's generate_stream)
+    decoupled: bool = False
 
     def rules(self, instances: int) -> list[tuple[Rule, int]]:
         """What the rate limiter gives each of ``instances`` (each group's rule and count; the config's groups
@@ -425,6 +426,7 @@ def render(
         },
         "optimization": added.optimization.render(),
         "response_cache": {"enable": added.response_cache},
+        **({"model_transaction_policy": {"decoupled": True}} if added.decoupled else {}),
     }
     if batcher is not None and (merging or not batcher.policy.merge):  # (not one that stopped merging)
         p = batcher.policy
@@ -444,6 +446,25 @@ def render(
     if added.agents:
         config["model_repository_agents"] = repository_agents.render(added.agents)
     return config
+
+
+def _decoupled(value: Any, name: str, spec: LoadSpec, cached: bool) -> bool:
+    """Whether the config's ``model_transaction_policy`` makes the model decoupled: a Python model's alone (its
+    code sends the responses), and not one answered from the response cache, as in Triton."""
+    policy = read_message(value if value is not None else {}, "model_transaction_policy", "model_transaction_policy")
+    decoupled = read_bool(policy, "decoupled", "model_transaction_policy")
+    if decoupled and spec.backend != "python":
+        raise InvalidRequest(
+            f"the config sets model_transaction_policy.decoupled, which only a Python model's code honours (it sends "
+            f"each request's responses itself); polystack serves {name!r} with {spec.backend!r}, which answers each "
+            "request once: leave model_transaction_policy out"
+        )
+    if decoupled and cached:
+        raise InvalidRequest(
+            f"Response Cache does not currently support model {name!r} with decoupled transaction policy: leave "
+            "response_cache out"
+        )
+    return decoupled
 
 
 def _render_batch_outputs(ragged: RaggedSpec | None) -> list[dict[str, Any]]:
@@ -695,6 +716,7 @@ def read(
         warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
         cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
         cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
+        decoupled = _decoupled(config.get("model_transaction_policy"), record.name, spec, cached)
         if sequence is not None and cached:  # Triton's words, then what to do
             raise InvalidRequest(
                 f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
@@ -712,7 +734,7 @@ def read(
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (),
-        groups=_groups(groups, record.name, spec) if groups is not None else (),
+        groups=_groups(groups, record.name, spec) if groups is not None else (), decoupled=decoupled,
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(

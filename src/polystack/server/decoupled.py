@@ -1,0 +1,92 @@
+"""Decoupled models' responses: a model whose config sets ``model_transaction_policy { decoupled: true }`` sends a
+request any number of responses, from any of its threads, during its ``execute`` or after it returned, the last
+marked final (Triton's ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``), which may come alone, without outputs.
+
+``ResponseStream`` is one request's: the model's side sends into it (``hosting.Responses``), thread-safe, and the
+server's side reads it on the event loop, in the order sent, up to the final one (``DataPlane.infer_stream``,
+which makes each a ``Streamed``). A client that goes away cancels it: what the model sends after is dropped, and
+the model can see it (``is_cancelled()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from polystack.errors import PolystackError, Unavailable
+from polystack.protocol.wire import InferResponse
+
+Sent = tuple[dict[str, np.ndarray] | PolystackError | None, bool]  # a response as the model sent it, and final
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """One response to a request: its outputs (``response``), or the error it carries; neither: the final flag
+    alone (Triton's empty final response, which a client sees only when it asks for it)."""
+
+    response: InferResponse | None
+    error: PolystackError | None = None
+    final: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.response is None and self.error is None
+
+
+class ResponseStream:
+    """The responses a decoupled model sends for one request (``hosting.Responses``), read in the order sent."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Sent] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._closed = False  # the final response was sent
+        self._cancelled = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("Unable to send response. Response sender has been closed.")
+            self._closed = final
+            if self._cancelled:
+                return
+            self._put((outputs, final))
+
+    def fail(self, error: PolystackError) -> bool:
+        """The request failed before its model sent its final response (its ``execute`` raised, say): the error is
+        its final response, and what the model sends after is refused. False: it had ended already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._put((error, True))
+        return True
+
+    def cancel(self) -> None:
+        """The client went away: what the model sends from now on is dropped (nobody reads it)."""
+        with self._lock:
+            self._cancelled = True
+
+    def _put(self, sent: Sent) -> None:
+        with contextlib.suppress(RuntimeError):  # the server's loop closed (it exited): nobody reads it
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, sent)
+
+    async def __aiter__(self) -> AsyncIterator[Sent]:
+        while True:
+            sent = await self._queue.get()
+            yield sent
+            if sent[1]:
+                return

@@ -1,0 +1,238 @@
+"""Decoupled Python models (``model_transaction_policy { decoupled: true }``): any number of responses to a request,
+sent from ``execute`` or from the model's threads after it, streamed to tritonclient's gRPC stream and to HTTP's
+generate_stream, refused by the endpoints that answer once, as tritonserver 2.51 serves them."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port
+from tritonclient.utils import InferenceServerException
+
+from tests.server.test_serve_python_models import python_folder
+
+REPEAT = '''
+import json
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.threads = []
+
+    def execute(self, requests):
+        for request in requests:
+            mode = json.loads(request.parameters()).get("mode", "")
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            sender = request.get_response_sender()
+            if mode == "raise":
+                raise ValueError("no stream today")
+            if mode == "thread":
+                thread = threading.Thread(target=self.send_all, args=(sender, values, 0.05))
+                thread.start()
+                self.threads.append(thread)
+                continue
+            if mode == "error":
+                sender.send(self.response(values[0], 0))
+                error = pb_utils.TritonError("boom")
+                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            if mode == "after_final":
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                try:
+                    sender.send(self.response(values[0], 0))
+                except pb_utils.TritonModelException as e:
+                    pb_utils.Logger.log_info(f"refused: {e}")
+                continue
+            if mode == "return_list":
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return [pb_utils.InferenceResponse([])]
+            self.send_all(sender, values, 0, final_on_last=mode == "final_on_last")
+        return None
+
+    def send_all(self, sender, values, delay, final_on_last=False):
+        for i, value in enumerate(values):
+            time.sleep(delay)
+            last = final_on_last and i == len(values) - 1
+            sender.send(self.response(value, i), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
+        if not final_on_last or not len(values):
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    @staticmethod
+    def response(value, i):
+        return pb_utils.InferenceResponse([
+            pb_utils.Tensor("OUT", np.array([value], dtype=np.int32)),
+            pb_utils.Tensor("IDX", np.array([i], dtype=np.uint32)),
+        ])
+
+    def finalize(self):
+        for thread in self.threads:
+            thread.join()
+'''
+
+REPEAT_CONFIG = """backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", data_type: TYPE_UINT32, dims: [ 1 ] } ]
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("decoupled")
+    python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(root / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with cli_server(root / "home", args, port, root / "log") as proc:
+        yield port, grpc_port, proc, root / "log"
+
+
+def _stream(grpc_port: int, requests: list[tuple[list[int], dict[str, Any], str]], empty_final: bool = False,
+            until: int | None = None) -> list[Any]:
+    """What a tritonclient stream gets for ``requests`` (IN, parameters, id): (result or error) in order, until
+    every request's final answer came (or ``until`` answers, and then any more within half a second)."""
+    got: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+    try:
+        for values, parameters, rid in requests:
+            x = grpcclient.InferInput("IN", [len(values)], "INT32")
+            x.set_data_from_numpy(np.array(values, dtype=np.int32))
+            client.async_stream_infer(
+                "repeat", [x], request_id=rid, parameters=parameters, enable_empty_final_response=empty_final
+            )
+        answers: list[Any] = []
+        finals = 0
+        deadline = time.monotonic() + 20
+        while finals < len(requests) and (until is None or len(answers) < until):
+            answer = got.get(timeout=max(0.1, deadline - time.monotonic()))
+            answers.append(answer)
+            if isinstance(answer, InferenceServerException):
+                finals += 1  # an error ends its request here (each case's model sends nothing after it)
+            elif answer.get_response().parameters["triton_final_response"].bool_param:
+                finals += 1
+        if until is not None:
+            time.sleep(0.5)
+            while not got.empty():
+                answers.append(got.get())
+        return answers
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def _values(answer: Any) -> tuple[int, int, bool]:
+    final = answer.get_response().parameters["triton_final_response"].bool_param
+    return int(answer.as_numpy("OUT")[0]), int(answer.as_numpy("IDX")[0]), final
+
+
+def test_a_decoupled_model_streams_each_response_as_it_sends_it(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([4, 5, 6], {}, "r1")], empty_final=True)
+    data, last = answers[:-1], answers[-1]
+    assert [_values(a) for a in data] == [(4, 0, False), (5, 1, False), (6, 2, False)]
+    assert all(a.get_response().id == "r1" and a.get_response().model_name == "repeat" for a in data)
+    assert last.get_response().outputs == [] and last.get_response().parameters["triton_final_response"].bool_param
+
+
+def test_the_final_flag_alone_is_sent_only_to_a_client_that_asks_for_it(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([4, 5], {}, "a"), ([], {}, "b")], until=2)
+    by_id: dict[str, list[Any]] = {}
+    for a in answers:
+        by_id.setdefault(a.get_response().id, []).append(a)
+    assert [_values(a) for a in by_id["a"]] == [(4, 0, False), (5, 1, False)]
+    assert "b" not in by_id  # its one answer, the final flag alone, is not sent
+    (last,) = _stream(grpc_port, [([], {}, "c")], empty_final=True)
+    assert last.get_response().id == "c" and last.get_response().parameters["triton_final_response"].bool_param
+
+
+def test_a_response_on_the_final_flag_is_the_last(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([7, 8], {"mode": "final_on_last"}, "f")], empty_final=True)
+    assert [_values(a) for a in answers] == [(7, 0, False), (8, 1, True)]
+
+
+def test_responses_sent_from_the_model_s_thread_after_execute_returned_are_streamed(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([1, 2, 3], {"mode": "thread"}, "t"), ([9], {}, "u")], until=4)
+    got = {(a.get_response().id, *_values(a)) for a in answers}
+    assert got == {("t", 1, 0, False), ("t", 2, 1, False), ("t", 3, 2, False), ("u", 9, 0, False)}
+    # the quick request's answer is not held up by the slow one's before it
+    assert answers[0].get_response().id == "u"
+
+
+def test_an_error_response_reaches_the_client_and_the_stream_goes_on(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([4], {"mode": "error"}, "e")], until=2)
+    assert _values(answers[0]) == (4, 0, False)
+    assert isinstance(answers[1], InferenceServerException) and answers[1].message() == "boom"
+    (after,) = _stream(grpc_port, [([3], {"mode": "final_on_last"}, "g")])
+    assert _values(after) == (3, 0, True)
+
+
+def test_an_exception_in_execute_is_the_request_s_final_error_in_triton_s_words(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    answers = _stream(grpc_port, [([4], {"mode": "raise"}, "x"), ([5], {"mode": "final_on_last"}, "y")])
+    errors = [a for a in answers if isinstance(a, InferenceServerException)]
+    assert [e.message() for e in errors] == [
+        "Failed to process the request(s) for model 'repeat_0', message: ValueError: no stream today"
+    ]
+    assert [_values(a) for a in answers if a not in errors] == [(5, 0, True)]
+
+
+def test_endpoints_that_answer_once_refuse_a_decoupled_model_in_triton_s_words(server: Any) -> None:
+    port, grpc_port, _, _ = server
+    x = grpcclient.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(np.array([7], dtype=np.int32))
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("repeat", [x])
+    assert e.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert e.value.message().startswith("ModelInfer RPC doesn't support models with decoupled transaction policy")
+    h = httpclient.InferInput("IN", [1], "INT32")
+    h.set_data_from_numpy(np.array([7], dtype=np.int32))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("repeat", [h])
+        assert e.value.message().startswith("HTTP end point doesn't support models with decoupled transaction policy")
+        assert client.is_server_live()
+
+
+def test_generate_stream_sends_each_response_as_an_event_as_it_comes(server: Any) -> None:
+    port, _, _, _ = server
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        with client.stream("POST", "/v2/models/repeat/generate_stream", json={"IN": [4, 5, 6], "mode": "thread"}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+            assert r.headers["transfer-encoding"] == "chunked"
+            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line]
+        assert events == [
+            {"model_name": "repeat", "model_version": "1", "OUT": v, "IDX": i} for i, v in enumerate([4, 5, 6])
+        ]
+        r = client.post("/v2/models/repeat/generate_stream", json={"IN": [4], "mode": "error"})
+        assert r.status_code == 200
+        assert r.text.split("\n\n")[:2] == [
+            'data: {"model_name":"repeat","model_version":"1","OUT":4,"IDX":0}', 'data: {"error":"boom"}'
+        ]
+        r = client.post("/v2/models/repeat/generate_stream", json={"nothing": [4]})  # refused before it ran
+        assert r.status_code == 400 and "error" in r.json()
+        # the connection serves its next request after a stream
+        r = client.post("/v2/models/repeat/generate", json={"IN": [7]})
+        assert r.status_code == 200 and r.json() == {"model_name": "repeat", "model_version": "1", "OUT": 7, "IDX": 0}
+        r = client.post("/v2/models/repeat/generate", json={"IN": [7, 8]})
+        assert r.status_code == 400 and "sent 2 responses" in r.json()["error"]
