@@ -91,10 +91,51 @@ output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", dat
 """
 
 
+# a model that is not decoupled, calling repeat (Triton's business logic scripting): what its responses were
+CALLER = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            mode = json.loads(request.parameters()).get("mode", "")
+            call = pb_utils.InferenceRequest(
+                model_name="repeat", inputs=[pb_utils.Tensor("IN", values)], requested_output_names=["OUT"],
+                parameters={"mode": mode} if mode else {},
+            )
+            seen = []
+            if mode == "once":
+                answer = call.exec()
+                seen.append(answer.error().message() if answer.has_error() else "data")
+            else:
+                for answer in call.exec(decoupled=True):
+                    if answer.has_error():
+                        seen.append("error: " + answer.error().message())
+                    elif not answer.output_tensors():
+                        seen.append("empty")
+                    else:
+                        seen.append(str(int(pb_utils.get_output_tensor_by_name(answer, "OUT").as_numpy()[0])))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array(seen, dtype=object))]))
+        return responses
+'''
+
+CALLER_CONFIG = """backend: "python"
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("decoupled")
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
+    python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
     with cli_server(root / "home", args, port, root / "log") as proc:
@@ -236,3 +277,23 @@ def test_generate_stream_sends_each_response_as_an_event_as_it_comes(server: Any
         assert r.status_code == 200 and r.json() == {"model_name": "repeat", "model_version": "1", "OUT": 7, "IDX": 0}
         r = client.post("/v2/models/repeat/generate", json={"IN": [7, 8]})
         assert r.status_code == 400 and "sent 2 responses" in r.json()["error"]
+
+
+def _seen(port: int, values: list[int], mode: str = "") -> list[str]:
+    x = httpclient.InferInput("IN", [len(values)], "INT32")
+    x.set_data_from_numpy(np.array(values, dtype=np.int32))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        result = client.infer("caller", [x], parameters={"mode": mode} if mode else None)
+    return [v.decode() for v in result.as_numpy("SEEN")]
+
+
+def test_a_model_reads_a_decoupled_model_s_responses_as_they_come(server: Any) -> None:
+    port, _, _, _ = server
+    assert _seen(port, [4, 5, 6]) == ["4", "5", "6", "empty"]  # the final flag alone: an empty response, last
+    assert _seen(port, [4, 5], "final_on_last") == ["4", "5"]
+    assert _seen(port, [4], "error") == ["4", "error: Model repeat - Error when running inference: boom"]
+    assert _seen(port, [4], "thread") == ["4", "empty"]
+    raised = _seen(port, [4], "raise")
+    assert len(raised) == 1 and "no stream today" in raised[0]
+    once = _seen(port, [4], "once")
+    assert len(once) == 1 and "doesn't support models with decoupled transaction policy" in once[0]

@@ -93,6 +93,12 @@ class Host(Protocol):
         future. Raises (a polystack error) when it cannot be sent at all."""
         ...
 
+    def stream(self, call: ModelCall, responses: Responses) -> concurrent.futures.Future[None]:
+        """Send ``call`` from a model's thread, reading its responses as a stream (a decoupled model's any number,
+        another's one): each goes to ``responses`` as it comes, the last final. The future fails (a polystack error)
+        when the call cannot run; raises when it cannot be sent at all."""
+        ...
+
     def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
         """Load ``name`` as the repository extension's load does (``config``, ``file:`` parameters), from a model's
         thread; the future says when it is done, or why it failed."""

@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -406,18 +407,34 @@ class InferenceRequest:
         dropped from then on, so it may stop)."""
         return self._sender is not None and self._sender.is_cancelled()
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
-        """Send this request to its model and wait for the answer."""
-        future = self._send(decoupled)
+    def exec(self, decoupled: bool = False) -> Any:
+        """Send this request to its model and wait for the answer; ``decoupled``: an iterator of its responses as
+        they come (a decoupled model's any number, the last one empty where it sent the final flag alone)."""
+        if decoupled:
+            responses = _ResponseIterator(self)
+            try:
+                host, call = self._call()
+                sent = host.stream(call, responses)
+            except PolystackError as refused:  # it could not be sent: its one response says why
+                responses.send(refused, True)
+                return responses
+            sent.add_done_callback(responses.ended)
+            return responses
+        future = self._send()
         e = future.exception()
         return self._answer(future.result()) if e is None else self._failed(e)
 
     def async_exec(self, decoupled: bool = False) -> asyncio.Future[InferenceResponse]:
         """Send this request now; its answer on a future of the running event loop (an ``async def execute``'s),
         as Triton's is: calls sent one after another run together, awaited in any order."""
+        if decoupled:
+            raise TritonModelException(
+                "async_exec(decoupled=True) is not in polystack: call exec(decoupled=True), whose iterator gives each "
+                "response as it comes"
+            )
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[InferenceResponse] = loop.create_future()
-        sent = self._send(decoupled)
+        sent = self._send()
 
         def settle(sent: concurrent.futures.Future[dict[str, np.ndarray]]) -> None:
             e = sent.exception()
@@ -432,12 +449,17 @@ class InferenceRequest:
         sent.add_done_callback(arrived)
         return answer
 
-    def _send(self, decoupled: bool) -> concurrent.futures.Future[dict[str, np.ndarray]]:
-        if decoupled:
-            raise TritonModelException(
-                "polystack's models answer each request once (decoupled models are not in polystack): call exec() "
-                "without decoupled=True"
-            )
+    def _send(self) -> concurrent.futures.Future[dict[str, np.ndarray]]:
+        try:
+            host, call = self._call()
+            return host.call(call)
+        except PolystackError as e:  # it could not be sent: its answer says why, as any failure's
+            failed: concurrent.futures.Future[dict[str, np.ndarray]] = concurrent.futures.Future()
+            failed.set_exception(e)
+            return failed
+
+    def _call(self) -> tuple[Host, ModelCall]:
+        """The server this request goes to, and the request as it sends it."""
         running = _RUNNING.get()
         if running.model and not running.executing:  # Triton's words
             raise TritonModelException("BLS is only supported during the 'execute' function.")
@@ -471,12 +493,7 @@ class InferenceRequest:
             caller=running.model,
             callers=running.callers,
         )
-        try:
-            return host.call(call)
-        except PolystackError as e:  # it could not be sent: its answer says why, as any failure's
-            failed: concurrent.futures.Future[dict[str, np.ndarray]] = concurrent.futures.Future()
-            failed.set_exception(e)
-            return failed
+        return host, call
 
     @staticmethod
     def _answer(outputs: dict[str, np.ndarray]) -> InferenceResponse:
@@ -500,6 +517,49 @@ class InferenceRequest:
                 "model, whose answer exec() returns"
             )
         return self._sender
+
+
+class _ResponseIterator:
+    """The responses of a call sent with ``exec(decoupled=True)``, as they come (``hosting.Responses``, filled on
+    the server's loop): each an ``InferenceResponse``, its error as a failed call's; the final flag sent alone is an
+    empty response, the last."""
+
+    cancelled = False
+
+    def __init__(self, request: InferenceRequest) -> None:
+        self._request = request
+        self._queue: queue.SimpleQueue[tuple[dict[str, np.ndarray] | BaseException | None, bool]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._final_sent = False  # the last was put in the queue
+        self._done = False  # the last was read
+
+    def send(self, outputs: dict[str, np.ndarray] | BaseException | None, final: bool) -> None:
+        with self._lock:
+            if self._final_sent:
+                return
+            self._final_sent = final
+            self._queue.put((outputs, final))
+
+    def ended(self, sent: concurrent.futures.Future[None]) -> None:
+        """The call's run ended: where it failed before the final response, that failure is it."""
+        e = sent.exception()
+        self.send(e if e is not None else None, True)  # (nothing, where the final one came)
+
+    def cancel(self) -> None:
+        """Stop reading: what the called model sends from now on is dropped."""
+        self.cancelled = True
+
+    def __iter__(self) -> _ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._done:
+            raise StopIteration
+        got, final = self._queue.get()
+        self._done = final
+        if isinstance(got, BaseException):
+            return self._request._failed(got)
+        return InferenceResponse([Tensor(name, array) for name, array in (got or {}).items()])
 
 
 class InferenceResponseSender:

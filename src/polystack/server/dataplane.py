@@ -259,7 +259,9 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound)
 
 _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
-_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
+_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
+# what a decoupled model's refusal names when another model calls it with exec() (which answers once)
+_ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extension's parameters
 
 
 def _facts(
@@ -490,7 +492,9 @@ class DataPlane:
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
         # what hosted models ask of the server from their threads (``serve_on`` at start)
-        self.calls = ModelCalls(self.infer, self.repository_load, self.repository_unload, self._capacity)
+        self.calls = ModelCalls(
+            self._called, self.repository_load, self.repository_unload, self._capacity, self.infer_stream
+        )
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         self.in_flight = 0
@@ -1493,6 +1497,13 @@ class DataPlane:
     # -- what hosted models ask (``hosting.Host``) --------------------------------------------------
     def call(self, call: hosting.ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
         return self.calls.call(call)
+
+    def stream(self, call: hosting.ModelCall, responses: hosting.Responses) -> concurrent.futures.Future[None]:
+        return self.calls.stream(call, responses)
+
+    async def _called(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        """A model's call to another, answered once (``exec()``): a decoupled model's refused in Triton's words."""
+        return await self.infer(name, version, request, endpoint=_ONCE_BY_A_MODEL)
 
     def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
         self._refuse_on_loader(caller, "load_model")

@@ -15,17 +15,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
-from polystack.backends.hosting import ModelCall
+from polystack.backends.hosting import ModelCall, Responses
 from polystack.errors import BackendError, InvalidRequest, PolystackError, Unavailable
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput
+from polystack.server.decoupled import Streamed
 
 T = TypeVar("T")
 Infer = Callable[[str, str | None, InferRequest], Awaitable[InferResponse]]
+InferStream = Callable[[str, str | None, InferRequest], AsyncIterator[Streamed]]
 Control = Callable[[str, dict[str, Any]], Awaitable[None]]  # a repository load or unload: name, parameters
 # the model ``name`` (at ``version``) serves now, as ``name:version``, and how many of its requests run at once (None:
 # no model serves so; the call fails in the server's words)
@@ -33,11 +35,14 @@ Capacity = Callable[[str, str | None], tuple[str, int] | None]
 
 
 class ModelCalls:
-    """``infer``, ``load`` and ``unload`` are the server's (``DataPlane.infer``, ``repository_load``,
-    ``repository_unload``); ``serve_on`` gives the loop they run on."""
+    """``infer``, ``load``, ``unload`` and ``infer_stream`` are the server's (``DataPlane.infer``,
+    ``repository_load``, ``repository_unload``, ``infer_stream``); ``serve_on`` gives the loop they run on."""
 
-    def __init__(self, infer: Infer, load: Control, unload: Control, capacity: Capacity) -> None:
+    def __init__(
+        self, infer: Infer, load: Control, unload: Control, capacity: Capacity, infer_stream: InferStream
+    ) -> None:
         self._infer, self._load, self._unload, self._capacity = infer, load, unload, capacity
+        self._infer_stream = infer_stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()
@@ -53,6 +58,32 @@ class ModelCalls:
         """``call``'s request run as a client's; the called model's outputs. Refused where every instance of the
         called model waits for this call's answer already (a model with one instance calling itself; A calling B,
         which calls A), where the call would wait for good."""
+        version, request = self._request(call)
+
+        async def outputs() -> dict[str, np.ndarray]:
+            return (await self._infer(call.model, version, request)).outputs
+
+        return self._submit(outputs, f"model {call.caller!r} called model {call.model!r}")
+
+    def stream(self, call: ModelCall, responses: Responses) -> concurrent.futures.Future[None]:
+        """``call``'s request run as a client's stream (``DataPlane.infer_stream``): each response the called model
+        sends goes to ``responses`` as it comes, the last final (a model that is not decoupled: its one answer). The
+        future says when the last was sent, or why the call could not run."""
+        version, request = self._request(call)
+
+        async def run() -> None:
+            async for streamed in self._infer_stream(call.model, version, request):
+                if responses.cancelled:  # the caller stopped reading: the request is cancelled
+                    break
+                if streamed.response is not None:
+                    responses.send(streamed.response.outputs, streamed.final)
+                else:
+                    responses.send(streamed.error, streamed.final)
+
+        return self._submit(run, f"model {call.caller!r} called model {call.model!r}")
+
+    def _request(self, call: ModelCall) -> tuple[str | None, InferRequest]:
+        """The version ``call`` asks for, and its request; refused where it would wait for good (``call``)."""
         version = str(call.version) if call.version is not None else None
         target = self._capacity(call.model, version)
         if target is not None and call.callers.count(target[0]) >= target[1]:
@@ -71,11 +102,7 @@ class ModelCalls:
             parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
             callers=call.callers,
         )
-
-        async def outputs() -> dict[str, np.ndarray]:
-            return (await self._infer(call.model, version, request)).outputs
-
-        return self._submit(outputs, f"model {call.caller!r} called model {call.model!r}")
+        return version, request
 
     def load(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
         """A repository load of ``name`` (with its ``config`` and ``file:`` parameters), asked by model ``caller``."""
