@@ -45,6 +45,11 @@ class TritonPythonModel:
                 thread.start()
                 self.threads.append(thread)
                 continue
+            if mode == "until_cancelled":
+                thread = threading.Thread(target=self.until_cancelled, args=(request, sender))
+                thread.start()
+                self.threads.append(thread)
+                continue
             if mode == "error":
                 sender.send(self.response(values[0], 0))
                 error = pb_utils.TritonError("boom")
@@ -70,6 +75,15 @@ class TritonPythonModel:
             sender.send(self.response(value, i), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
         if not final_on_last or not len(values):
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def until_cancelled(self, request, sender):
+        for i in range(500):
+            if sender.is_cancelled():
+                pb_utils.Logger.log_info(f"cancelled: {request.request_id()} {request.is_cancelled()} after {i}")
+                return
+            sender.send(self.response(i, i))
+            time.sleep(0.01)
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def response(value, i):
@@ -125,6 +139,23 @@ class TritonPythonModel:
         return responses
 '''
 
+# repeat's execute seeing a dynamic batch: each response says how many requests its execute had
+BATCHED = REPEAT.replace(
+    "    def execute(self, requests):\n", "    def execute(self, requests):\n        self.batch = len(requests)\n"
+).replace(
+    'pb_utils.Tensor("IDX", np.array([i], dtype=np.uint32)),',
+    'pb_utils.Tensor("IDX", np.array([i], dtype=np.uint32)), pb_utils.Tensor("BATCH", np.array([self.batch], np.uint32)),',
+).replace("def response(value, i)", "def response(self, value, i)").replace("    @staticmethod\n", "")
+
+BATCHED_CONFIG = """backend: "python"
+max_batch_size: 8
+model_transaction_policy { decoupled: true }
+dynamic_batching { max_queue_delay_microseconds: 300000 }
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", data_type: TYPE_UINT32, dims: [ 1 ] },
+         { name: "BATCH", data_type: TYPE_UINT32, dims: [ 1 ] } ]
+"""
+
 CALLER_CONFIG = """backend: "python"
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
@@ -136,6 +167,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("decoupled")
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
     python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
+    python_folder(root / "models", "repeat_batched", BATCHED, BATCHED_CONFIG)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
     with cli_server(root / "home", args, port, root / "log") as proc:
@@ -297,3 +329,47 @@ def test_a_model_reads_a_decoupled_model_s_responses_as_they_come(server: Any) -
     assert len(raised) == 1 and "no stream today" in raised[0]
     once = _seen(port, [4], "once")
     assert len(once) == 1 and "doesn't support models with decoupled transaction policy" in once[0]
+
+
+def test_a_decoupled_model_s_requests_are_batched_each_with_its_own_responses(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    got: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        for i in range(4):
+            x = grpcclient.InferInput("IN", [1, 1], "INT32")
+            x.set_data_from_numpy(np.array([[10 + i]], dtype=np.int32))
+            client.async_stream_infer("repeat_batched", [x], request_id=str(i), parameters={"mode": "final_on_last"})
+        answers = [got.get(timeout=10) for _ in range(4)]
+        client.stop_stream()
+    by_id = {a.get_response().id: a for a in answers}
+    assert {i: int(a.as_numpy("OUT").ravel()[0]) for i, a in by_id.items()} == {str(i): 10 + i for i in range(4)}
+    assert max(int(a.as_numpy("BATCH").ravel()[0]) for a in answers) > 1  # gathered into one execute
+    assert all(a.get_response().parameters["triton_final_response"].bool_param for a in answers)
+
+
+def test_a_client_that_cancels_its_stream_cancels_the_model_s_requests(server: Any) -> None:
+    port, grpc_port, _, log = server
+    got: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+    x = grpcclient.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(np.array([0], dtype=np.int32))
+    client.async_stream_infer("repeat", [x], request_id="long", parameters={"mode": "until_cancelled"})
+    for _ in range(3):
+        got.get(timeout=10)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 10
+    while "cancelled: long True" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cancelled: long True" in log.read_text()
+    # and an HTTP client that goes away mid-stream
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        with http.stream("POST", "/v2/models/repeat/generate_stream", json={"IN": [0], "mode": "until_cancelled", "id": "gone"}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 10
+    while "cancelled: gone True" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cancelled: gone True" in log.read_text()

@@ -863,6 +863,12 @@ class DataPlane:
                 if self.repository is not None and self.repository.folder(step.model) is None:
                     raise StepNotServed(text) from None  # a model no folder has: Triton's readiness does not count it
                 raise InvalidRequest(text) from None
+            if entry.decoupled:
+                raise InvalidRequest(
+                    f"ensemble {pipeline.name!r} runs model {step.model!r}, which is decoupled (any number of responses "
+                    "to a request): polystack's ensembles take one answer from each step; call it from a Python model "
+                    "(exec(decoupled=True)), or from the client as a stream"
+                )
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
