@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import queue
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -272,9 +271,8 @@ def test_endpoints_that_answer_once_refuse_a_decoupled_model_in_triton_s_words(s
     port, grpc_port, _, _ = server
     x = grpcclient.InferInput("IN", [1], "INT32")
     x.set_data_from_numpy(np.array([7], dtype=np.int32))
-    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
-        with pytest.raises(InferenceServerException) as e:
-            client.infer("repeat", [x])
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client, pytest.raises(InferenceServerException) as e:
+        client.infer("repeat", [x])
     assert e.value.status() == "StatusCode.UNIMPLEMENTED"
     assert e.value.message().startswith("ModelInfer RPC doesn't support models with decoupled transaction policy")
     h = httpclient.InferInput("IN", [1], "INT32")
@@ -365,10 +363,12 @@ def test_a_client_that_cancels_its_stream_cancels_the_model_s_requests(server: A
         time.sleep(0.05)
     assert "cancelled: long True" in log.read_text()
     # and an HTTP client that goes away mid-stream
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        with http.stream("POST", "/v2/models/repeat/generate_stream", json={"IN": [0], "mode": "until_cancelled", "id": "gone"}) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
+    body = {"IN": [0], "mode": "until_cancelled", "id": "gone"}
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+        http.stream("POST", "/v2/models/repeat/generate_stream", json=body) as r,
+    ):
+        assert next(r.iter_lines()).startswith("data: ")
     deadline = time.monotonic() + 10
     while "cancelled: gone True" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
