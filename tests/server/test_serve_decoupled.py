@@ -155,6 +155,52 @@ output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", dat
          { name: "BATCH", data_type: TYPE_UINT32, dims: [ 1 ] } ]
 """
 
+# a model that is not decoupled answering through its response sender, as Triton 2.51's may: once, then the final flag
+ONCE = '''
+import json
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        returned = []
+        for request in requests:
+            mode = json.loads(request.parameters()).get("mode", "")
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            sender = request.get_response_sender()
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", values * 2)])
+            returned.append(None)
+            if mode == "thread":
+                threading.Timer(0.05, sender.send, args=(response, FINAL)).start()
+            elif mode == "twice":
+                sender.send(response)
+                try:
+                    sender.send(response, FINAL)
+                except pb_utils.TritonModelException:
+                    sender.send(flags=FINAL)
+            elif mode == "final_first":
+                try:
+                    sender.send(flags=FINAL)
+                except pb_utils.TritonModelException as e:
+                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), FINAL)
+            elif mode == "and_return":
+                sender.send(response, FINAL)
+                returned[-1] = response
+            else:
+                sender.send(response, FINAL)
+        return returned
+'''
+
+ONCE_CONFIG = """backend: "python"
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ -1 ] } ]
+"""
+
 CALLER_CONFIG = """backend: "python"
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
@@ -166,6 +212,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("decoupled")
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
     python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
+    python_folder(root / "models", "once", ONCE, ONCE_CONFIG)
     python_folder(root / "models", "repeat_batched", BATCHED, BATCHED_CONFIG)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
@@ -373,3 +420,25 @@ def test_a_client_that_cancels_its_stream_cancels_the_model_s_requests(server: A
     while "cancelled: gone True" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "cancelled: gone True" in log.read_text()
+
+
+def test_a_model_that_is_not_decoupled_may_answer_once_through_its_response_sender(server: Any) -> None:
+    port, _, _, _ = server
+    x = httpclient.InferInput("IN", [2], "INT32")
+    x.set_data_from_numpy(np.array([3, 4], dtype=np.int32))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        for mode in ("", "thread", "twice"):  # sent in execute, from a thread after it, once then refused
+            result = client.infer("once", [x], parameters={"mode": mode})
+            assert result.as_numpy("OUT").tolist() == [6, 8]
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("once", [x], parameters={"mode": "final_first"})
+        assert e.value.message() == (
+            "Unable to send response. Non-decoupled model cannot send complete final before sending a response."
+        )
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("once", [x], parameters={"mode": "and_return"})
+        assert e.value.message() == (
+            "Failed to process the request(s) for model 'once_0', message: Unable to send response. Non-decoupled "
+            "model cannot send more than one response."
+        )
+        assert client.infer("once", [x]).as_numpy("OUT").tolist() == [6, 8]
