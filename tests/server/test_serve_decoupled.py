@@ -101,6 +101,7 @@ max_batch_size: 0
 model_transaction_policy { decoupled: true }
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", data_type: TYPE_UINT32, dims: [ 1 ] } ]
+model_warmup [ { name: "three", batch_size: 1, inputs { key: "IN" value: { data_type: TYPE_INT32, dims: [ 3 ], zero_data: true } } } ]
 """
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from polystack.backends import hosting
 from polystack.backends.base import CheckedModel
 from polystack.errors import InvalidRequest, PolystackError, ShuttingDown, quote
 from polystack.protocol import wire
@@ -128,8 +129,11 @@ def run(
         for _ in range(sample.calls):
             if stopping():
                 raise ShuttingDown("the server is shutting down; the warm-up stopped, and the model was not loaded")
+            responses = _Responses()  # a decoupled model's, sent apart from its run: errors fail the sample
             try:
-                model.infer(inputs)
+                hosting.run_as(hosting.RequestFacts(responses=responses), model.infer, inputs)
+                if responses.error is not None:
+                    raise responses.error
             except PolystackError as e:
                 raise InvalidRequest(f"failed to run warmup sample {quote(name)}: {e.message}") from None
         ran.append(name)
@@ -138,3 +142,17 @@ def run(
             "model warmed up",
             extra={"model": label, "samples": ran, "seconds": round(time.perf_counter() - started, 3)},
         )
+
+
+class _Responses:
+    """Where a decoupled model sends a warm-up sample's responses (``hosting.Responses``): dropped, the first error
+    kept, which fails the sample (one sent after its run returned is not waited for)."""
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self.error: PolystackError | None = None
+
+    def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        if isinstance(outputs, PolystackError) and self.error is None:
+            self.error = outputs
