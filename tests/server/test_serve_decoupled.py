@@ -354,7 +354,15 @@ def test_generate_stream_sends_each_response_as_an_event_as_it_comes(server: Any
         r = client.post("/v2/models/repeat/generate", json={"IN": [7]})
         assert r.status_code == 200 and r.json() == {"model_name": "repeat", "model_version": "1", "OUT": 7, "IDX": 0}
         r = client.post("/v2/models/repeat/generate", json={"IN": [7, 8]})
-        assert r.status_code == 400 and "sent 2 responses" in r.json()["error"]
+        assert r.status_code == 400  # Triton answers 200, with the same error
+        assert r.json()["error"] == (
+            "generate expects model to produce exactly 1 response, use generate stream for model that generates "
+            "various number of responses (model 'repeat' sent 2)"
+        )
+        r = client.post("/v2/models/repeat/generate", json={"IN": [7], "mode": "error"})  # a response, then an error
+        assert r.status_code == 400 and "(model 'repeat' sent 2)" in r.json()["error"]
+        r = client.post("/v2/models/repeat/generate", json={"IN": [7], "mode": "raise"})
+        assert r.status_code == 500 and r.json()["error"].startswith("Failed to process the request(s) for model")
 
 
 def _seen(port: int, values: list[int], mode: str = "") -> list[str]:
@@ -443,3 +451,12 @@ def test_a_model_that_is_not_decoupled_may_answer_once_through_its_response_send
             "model cannot send more than one response."
         )
         assert client.infer("once", [x]).as_numpy("OUT").tolist() == [6, 8]
+
+
+def test_its_config_says_it_is_decoupled_over_http_and_grpc(server: Any) -> None:
+    port, grpc_port, _, _ = server
+    with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.get_model_config("repeat")["model_transaction_policy"] == {"decoupled": True}
+        assert "model_transaction_policy" not in client.get_model_config("caller")  # as Triton shows one that is not
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        assert client.get_model_config("repeat").config.model_transaction_policy.decoupled

@@ -411,7 +411,7 @@ class InferenceRequest:
         """Send this request to its model and wait for the answer; ``decoupled``: an iterator of its responses as
         they come (a decoupled model's any number, the last one empty where it sent the final flag alone)."""
         if decoupled:
-            responses = _ResponseIterator(self)
+            responses = ResponseIterator(self)
             try:
                 host, call = self._call()
                 sent = host.stream(call, responses)
@@ -519,7 +519,7 @@ class InferenceRequest:
         return self._sender
 
 
-class _ResponseIterator:
+class ResponseIterator:
     """The responses of a call sent with ``exec(decoupled=True)``, as they come (``hosting.Responses``, filled on
     the server's loop): each an ``InferenceResponse``, its error as a failed call's; the final flag sent alone is an
     empty response, the last."""
@@ -549,7 +549,7 @@ class _ResponseIterator:
         """Stop reading: what the called model sends from now on is dropped."""
         self.cancelled = True
 
-    def __iter__(self) -> _ResponseIterator:
+    def __iter__(self) -> ResponseIterator:
         return self
 
     def __next__(self) -> InferenceResponse:

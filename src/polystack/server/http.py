@@ -657,18 +657,16 @@ class HttpApp:
         """A decoupled model's one response to a generate request (the final flag alone aside); its error, or
         refused where it sent another number."""
         responses = await self._responses(req, name, version)
-        got: list[InferResponse] = []
-        async for streamed in responses:
-            if streamed.error is not None:
-                raise streamed.error
-            if streamed.response is not None:
-                got.append(streamed.response)
-        if len(got) != 1:
+        got = [streamed async for streamed in responses if not streamed.empty]
+        if len(got) != 1:  # Triton's words (with its 200; polystack's is 400), then how many
             raise InvalidRequest(
-                f"model {name!r} is decoupled and sent {len(got)} responses to a request generate answers once; ask "
-                "generate_stream, which sends each as an event"
+                "generate expects model to produce exactly 1 response, use generate stream for model that generates "
+                f"various number of responses (model {name!r} sent {len(got)})"
             )
-        return got[0]
+        if got[0].error is not None:
+            raise got[0].error
+        assert got[0].response is not None
+        return got[0].response
 
     async def _generate_events(self, req: Request, name: str, version: str) -> Response:
         """A decoupled model's responses as Server-Sent Events, each sent as it comes (``Response.events``); one
