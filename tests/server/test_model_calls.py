@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from polystack.backends.hosting import ModelCall
 from polystack.errors import BackendError, InvalidRequest, ModelNotFound, Unavailable
 from polystack.protocol.wire import InferRequest, InferResponse
+from polystack.server.decoupled import Streamed
 from polystack.server.model_calls import ModelCalls
 
 
@@ -48,6 +50,14 @@ class Served:
             raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
         return InferResponse(name, version or "1", {"y": request.inputs["x"] * 2})
 
+    async def infer_stream(self, name: str, version: str | None, request: InferRequest) -> AsyncIterator[Streamed]:
+        """"double" as a decoupled model: a response for each row of x, doubled, then the final flag alone."""
+        if name != "double":
+            raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+        for row in request.inputs["x"]:
+            yield Streamed(InferResponse(name, "1", {"y": row * 2}))
+        yield Streamed(None, final=True)
+
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
@@ -61,7 +71,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _serving(loop: asyncio.AbstractEventLoop, served: Served) -> ModelCalls:
-    calls = ModelCalls(served.infer, served.load, served.unload, served.capacity)
+    calls = ModelCalls(served.infer, served.load, served.unload, served.capacity, served.infer_stream)
     asyncio.run_coroutine_threadsafe(_serve_on(calls), loop).result(5)
     return calls
 
@@ -96,7 +106,7 @@ def test_a_failed_call_answers_the_servers_error(loop) -> None:  # type: ignore[
 def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-untyped-def]
     served = Served()
     with pytest.raises(Unavailable, match="while the server was not serving"):  # no loop yet: a model's initialize
-        ModelCalls(served.infer, served.load, served.unload, served.capacity).call(ModelCall("double", {"x": X}, caller="bls"))
+        ModelCalls(served.infer, served.load, served.unload, served.capacity, served.infer_stream).call(ModelCall("double", {"x": X}, caller="bls"))
     calls = _serving(loop, served)
     # a call that every instance of the called model waits for already would wait for good
     with pytest.raises(InvalidRequest, match="model 'double' called itself, and its 1 instance"):
@@ -144,3 +154,30 @@ def test_a_call_left_waiting_when_the_server_closes_fails_and_no_more_are_taken(
     with pytest.raises(Unavailable, match="while the server was not serving"):
         calls.call(ModelCall("double", {"x": X}, caller="bls"))
     loop.call_soon_threadsafe(served.release.set)  # the call that ran on answers no one
+
+
+class _Gathered:
+    """A caller's side of a streamed call (``hosting.Responses``): what was sent, in order."""
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, bool]] = []
+
+    def send(self, outputs: Any, final: bool) -> None:
+        self.sent.append((outputs, final))
+
+
+def test_a_streamed_call_sends_each_response_on_as_it_comes(loop: asyncio.AbstractEventLoop) -> None:
+    served = Served()
+    calls = _serving(loop, served)
+    responses = _Gathered()
+    calls.stream(ModelCall("double", {"x": X}, caller="bls", callers=()), responses).result(5)
+    assert [(o["y"].tolist() if o is not None else None, final) for o, final in responses.sent] == [
+        (0.0, False), (2.0, False), (4.0, False), (6.0, False), (None, True)
+    ]
+    failed = calls.stream(ModelCall("nothing", {"x": X}, caller="bls"), _Gathered())
+    with pytest.raises(ModelNotFound):
+        failed.result(5)
+    with pytest.raises(InvalidRequest, match="model 'double' called itself"):  # it would wait for good, as a call
+        calls.stream(ModelCall("double", {"x": X}, caller="double", callers=("double:2",)), _Gathered())
