@@ -107,10 +107,23 @@ model_warmup [ { name: "three", batch_size: 1, inputs { key: "IN" value: { data_
 
 # a model that is not decoupled, calling repeat (Triton's business logic scripting): what its responses were
 CALLER = '''
+import asyncio
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def show(answer):
+    if answer.has_error():
+        return "error: " + answer.error().message()
+    if not answer.output_tensors():
+        return "empty"
+    return str(int(pb_utils.get_output_tensor_by_name(answer, "OUT").as_numpy()[0]))
+
+
+async def later(call):
+    return [show(answer) for answer in await call.async_exec(decoupled=True)]
 
 
 class TritonPythonModel:
@@ -121,20 +134,15 @@ class TritonPythonModel:
             mode = json.loads(request.parameters()).get("mode", "")
             call = pb_utils.InferenceRequest(
                 model_name="repeat", inputs=[pb_utils.Tensor("IN", values)], requested_output_names=["OUT"],
-                parameters={"mode": mode} if mode else {},
+                parameters={"mode": mode} if mode not in ("", "async") else {},
             )
-            seen = []
             if mode == "once":
                 answer = call.exec()
-                seen.append(answer.error().message() if answer.has_error() else "data")
+                seen = [answer.error().message() if answer.has_error() else "data"]
+            elif mode == "async":
+                seen = asyncio.run(later(call))
             else:
-                for answer in call.exec(decoupled=True):
-                    if answer.has_error():
-                        seen.append("error: " + answer.error().message())
-                    elif not answer.output_tensors():
-                        seen.append("empty")
-                    else:
-                        seen.append(str(int(pb_utils.get_output_tensor_by_name(answer, "OUT").as_numpy()[0])))
+                seen = [show(answer) for answer in call.exec(decoupled=True)]
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array(seen, dtype=object))]))
         return responses
 '''
@@ -279,6 +287,8 @@ def test_the_final_flag_alone_is_sent_only_to_a_client_that_asks_for_it(server: 
     assert "b" not in by_id  # its one answer, the final flag alone, is not sent
     (last,) = _stream(grpc_port, [([], {}, "c")], empty_final=True)
     assert last.get_response().id == "c" and last.get_response().parameters["triton_final_response"].bool_param
+    # as Triton's: the model's name and the request's id alone (no version, no outputs)
+    assert (last.get_response().model_name, last.get_response().model_version) == ("repeat", "")
 
 
 def test_a_response_on_the_final_flag_is_the_last(server: Any) -> None:
@@ -381,8 +391,12 @@ def test_a_model_reads_a_decoupled_model_s_responses_as_they_come(server: Any) -
     assert _seen(port, [4], "thread") == ["4", "empty"]
     raised = _seen(port, [4], "raise")
     assert len(raised) == 1 and "no stream today" in raised[0]
-    once = _seen(port, [4], "once")
-    assert len(once) == 1 and "doesn't support models with decoupled transaction policy" in once[0]
+    assert _seen(port, [4], "once") == [  # Triton's words, its stray quote included
+        "Model repeat - Error when running inference: Model repeat is using the decoupled. The current BLS request "
+        "call doesn't support models using the decoupled transaction policy. Please use 'decoupled=True' argument to "
+        "the 'exec' or 'async_exec' calls for decoupled models.'"
+    ]
+    assert _seen(port, [4, 5], "async") == ["4", "5", "empty"]  # await async_exec(decoupled=True): the iterator
 
 
 def test_a_decoupled_model_s_requests_are_batched_each_with_its_own_responses(server: Any) -> None:
@@ -404,6 +418,12 @@ def test_a_decoupled_model_s_requests_are_batched_each_with_its_own_responses(se
 
 def test_a_client_that_cancels_its_stream_cancels_the_model_s_requests(server: Any) -> None:
     port, grpc_port, _, log = server
+
+    def failed() -> int:
+        stats = httpx.get(f"http://127.0.0.1:{port}/v2/models/repeat/stats").json()["model_stats"][0]
+        return int(stats["inference_stats"]["fail"]["count"])
+
+    failed_before = failed()
     got: queue.Queue[Any] = queue.Queue()
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
@@ -429,6 +449,7 @@ def test_a_client_that_cancels_its_stream_cancels_the_model_s_requests(server: A
     while "cancelled: gone True" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "cancelled: gone True" in log.read_text()
+    assert failed() == failed_before  # its run went on and succeeded, as Triton counts a cancelled request
 
 
 def test_a_model_that_is_not_decoupled_may_answer_once_through_its_response_sender(server: Any) -> None:

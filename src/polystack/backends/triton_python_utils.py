@@ -1,7 +1,7 @@
 """``triton_python_backend_utils``, the module a Triton Python-backend model imports (``import
 triton_python_backend_utils as pb_utils``), for the models polystack's ``python`` backend runs in its own process.
 
-What it has is Triton's API for models that answer each request once: ``Tensor`` (``as_numpy``, ``name``,
+What it has is Triton's API: ``Tensor`` (``as_numpy``, ``name``,
 ``from_dlpack``, ``to_dlpack``, ``is_cpu``, ``shape``), ``InferenceResponse``, ``TritonError`` with Triton's codes,
 ``TritonModelException``, the request's accessors (``get_input_tensor_by_name``, ``inputs``,
 ``requested_output_names``, ``request_id``, ``correlation_id``, ``parameters``, ``flags``, ``is_cancelled``),
@@ -9,8 +9,9 @@ calls to the other models the server serves (``InferenceRequest(...).exec()`` an
 business logic scripting), ``get_input_config_by_name`` / ``get_output_config_by_name``,
 ``triton_string_to_numpy`` / ``numpy_to_triton_string``, ``Logger`` and the ``TRITONSERVER_REQUEST_FLAG_*``
 constants, ``serialize_byte_tensor`` / ``deserialize_bytes_tensor``, the model loading API (``load_model``,
-``unload_model``, ``is_model_ready``), and custom metrics (``MetricFamily``, on the server's ``/metrics``). What it
-lacks says so when called: responses sent apart from ``execute`` (``get_response_sender``: decoupled models).
+``unload_model``, ``is_model_ready``), custom metrics (``MetricFamily``, on the server's ``/metrics``), and responses
+sent apart from ``execute``'s return (``get_response_sender``: a decoupled model's any number, another's one;
+``exec(decoupled=True)``, a ``ResponseIterator`` of a called model's). What it lacks says so when called.
 
 Written by hand: Triton's is C++ bound to its stub process; this one is plain Python over numpy.
 """
@@ -424,17 +425,16 @@ class InferenceRequest:
         e = future.exception()
         return self._answer(future.result()) if e is None else self._failed(e)
 
-    def async_exec(self, decoupled: bool = False) -> asyncio.Future[InferenceResponse]:
+    def async_exec(self, decoupled: bool = False) -> asyncio.Future[Any]:
         """Send this request now; its answer on a future of the running event loop (an ``async def execute``'s),
         as Triton's is: calls sent one after another run together, awaited in any order."""
-        if decoupled:
-            raise TritonModelException(
-                "async_exec(decoupled=True) is not in polystack: call exec(decoupled=True), whose iterator gives each "
-                "response as it comes"
-            )
+        if decoupled:  # as Triton's: the iterator at once, its responses read as they come
+            sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            sent.set_result(self.exec(decoupled=True))
+            return sent
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[InferenceResponse] = loop.create_future()
-        sent = self._send()
+        future = self._send()
 
         def settle(sent: concurrent.futures.Future[dict[str, np.ndarray]]) -> None:
             e = sent.exception()
@@ -446,7 +446,7 @@ class InferenceRequest:
             with contextlib.suppress(RuntimeError):  # the model's loop is closed: nobody waits for it
                 loop.call_soon_threadsafe(settle, sent)
 
-        sent.add_done_callback(arrived)
+        future.add_done_callback(arrived)
         return answer
 
     def _send(self) -> concurrent.futures.Future[dict[str, np.ndarray]]:

@@ -499,6 +499,7 @@ class DataPlane:
         self._drain_started = asyncio.Event()
         self.in_flight = 0
         self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
+        self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
         # ensemble requests among them: one whose step is the only other request in flight lets it run inline
         self._pipelines = 0
         self._idle = asyncio.Event()
@@ -1509,7 +1510,13 @@ class DataPlane:
 
     async def _called(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         """A model's call to another, answered once (``exec()``): a decoupled model's refused in Triton's words."""
-        return await self.infer(name, version, request, endpoint=_ONCE_BY_A_MODEL)
+        if self._any_decoupled and self.decoupled(name, version):
+            raise Unsupported(
+                f"Model {name} is using the decoupled. The current BLS request call doesn't support models using the "
+                "decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' or 'async_exec' "
+                "calls for decoupled models.'"
+            )
+        return await self.infer(name, version, request)
 
     def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
         self._refuse_on_loader(caller, "load_model")
@@ -1741,6 +1748,8 @@ class DataPlane:
             self._infer_model(None, name, version, request, loop, carrier, None, front, responses=stream)
         )
         run.add_done_callback(lambda task: _ran(task, stream, name))
+        self._streaming.add(run)  # held until done: a cancelled request still runs (its model sees it cancelled)
+        run.add_done_callback(self._streaming.discard)
         try:
             async for sent, final in stream:
                 if isinstance(sent, PolystackError):
@@ -1750,9 +1759,8 @@ class DataPlane:
                 else:
                     yield Streamed(InferResponse(name, served_version, sent, request.id), None, final)
         finally:
-            if not stream.closed or not run.done():  # the client went away first: the request is cancelled
-                stream.cancel()
-                run.cancel()
+            if not stream.closed:  # the client went away first: the request is cancelled; as in Triton, its run
+                stream.cancel()  # goes on (the model sees it cancelled, and what it sends is dropped)
 
     async def _infer_model(
         self,

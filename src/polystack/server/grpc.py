@@ -3,9 +3,10 @@
 Runs on the same event loop as the HTTP server. Errors map through ``server.status`` to gRPC codes.
 ``ModelStreamInfer`` (tritonclient's ``start_stream`` / ``async_stream_infer``) runs the requests of a
 stream at once, up to ``STREAM_IN_FLIGHT``, so that they batch together, and writes their answers in the
-order the requests came, failures included, each with Triton's ``triton_final_response`` parameter (true:
-no model is decoupled), as Triton answers a stream; it reads on while answers wait for earlier ones, up to
-``STREAM_UNSENT`` answers not yet sent. When the server drains, a stream stops reading, answers what it runs
+order the requests came, failures included, each with Triton's ``triton_final_response`` parameter (true), as
+Triton answers a stream to a model that is not decoupled; it reads on while answers wait for earlier ones, up to
+``STREAM_UNSENT`` answers not yet sent. A decoupled model's request (``server.decoupled``) gets an answer for each
+of its responses as it comes (``triton_final_response`` false until the last), among the others' answers. When the server drains, a stream stops reading, answers what it runs
 (and, saying it was not run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
 Triton's trace and logging extensions (see ``server.tracing`` and ``server.logs``); a ``traceparent``
 in a call's metadata makes its span a child of the caller's. Triton's RPCs that polystack does not
@@ -313,11 +314,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         error_message=status.message(streamed.error),
                         infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
                     )
-                elif empty_final:
+                elif empty_final:  # as Triton's: the model's name and the request's id, no version
                     msg = pb.ModelStreamInferResponse(
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request.id
-                        )
+                        infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)
                     )
                 else:
                     continue

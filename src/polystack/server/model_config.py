@@ -460,9 +460,9 @@ def _decoupled(value: Any, name: str, spec: LoadSpec, cached: bool) -> bool:
             "request once: leave model_transaction_policy out"
         )
     if decoupled and cached:
-        raise InvalidRequest(
-            f"Response Cache does not currently support model {name!r} with decoupled transaction policy: leave "
-            "response_cache out"
+        raise InvalidRequest(  # Triton's words
+            f"Response Cache does not currently support model {name} with 'decoupled' transaction policy. Please "
+            "disable the response cache."
         )
     return decoupled
 
