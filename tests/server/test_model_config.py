@@ -819,6 +819,17 @@ def test_a_decoupled_config_is_a_python_model_s_alone() -> None:
     assert refused.value.message.endswith("leave model_transaction_policy out")
     with pytest.raises(InvalidRequest, match="model_transaction_policy sets 'lazy', which is not a field"):
         model_config.read('{"model_transaction_policy": {"lazy": true}}', RECORD, SPEC, PLAN)
+    python = LoadSpec(artifact=Path("m.zip"), format="python", backend="python")
+    loaded = model_config.read('{"model_transaction_policy": {"decoupled": true}}', RECORD, python, PLAN)
+    assert loaded.additions.decoupled
+    with pytest.raises(InvalidRequest) as refused:
+        model_config.read(
+            '{"model_transaction_policy": {"decoupled": true}, "response_cache": {"enable": true}}', RECORD, python, PLAN
+        )
+    assert refused.value.message == (  # Triton's words
+        "Response Cache does not currently support model m with 'decoupled' transaction policy. Please disable the "
+        "response cache."
+    )
 
 
 def test_what_clients_see_holds_a_configs_optional_inputs_once() -> None:
