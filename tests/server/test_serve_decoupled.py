@@ -210,6 +210,58 @@ input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "OUT", data_type: TYPE_INT32, dims: [ -1 ] } ]
 """
 
+# one input X to one output Y = X * a + b (its config's parameters): an ensemble's steps around repeat
+AFFINE = '''
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.a, self.b = (int(parameters[k]["string_value"]) for k in ("a", "b"))
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() * self.a + self.b)]
+            )
+            for r in requests
+        ]
+'''
+
+
+def affine_config(a: int, b: int, dims: str) -> str:
+    return (
+        f'backend: "python"\ninput [ {{ name: "X", data_type: TYPE_INT32, dims: [ {dims} ] }} ]\n'
+        f'output [ {{ name: "Y", data_type: TYPE_INT32, dims: [ {dims} ] }} ]\n'
+        f'parameters [ {{ key: "a" value: {{ string_value: "{a}" }} }}, {{ key: "b" value: {{ string_value: "{b}" }} }} ]\n'
+    )
+
+
+# plus one, repeat (decoupled), times ten: an answer for each of repeat's responses
+PIPE = """platform: "ensemble"
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "FINAL", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", data_type: TYPE_UINT32, dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "plus", model_version: -1, input_map { key: "X" value: "IN" }, output_map { key: "Y" value: "P" } },
+  { model_name: "repeat", model_version: -1, input_map { key: "IN" value: "P" },
+    output_map [ { key: "OUT" value: "R" }, { key: "IDX" value: "IDX" } ] },
+  { model_name: "times", model_version: -1, input_map { key: "X" value: "R" }, output_map { key: "Y" value: "FINAL" } }
+] }
+"""
+
+# pipe as a nested ensemble's step, then times ten again
+OUTER = """platform: "ensemble"
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "pipe", model_version: -1, input_map { key: "IN" value: "IN" }, output_map { key: "FINAL" value: "F" } },
+  { model_name: "times", model_version: -1, input_map { key: "X" value: "F" }, output_map { key: "Y" value: "OUT" } }
+] }
+"""
+
 CALLER_CONFIG = """backend: "python"
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
@@ -222,6 +274,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
     python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
     python_folder(root / "models", "once", ONCE, ONCE_CONFIG)
+    python_folder(root / "models", "plus", AFFINE, affine_config(1, 1, "-1"))
+    python_folder(root / "models", "times", AFFINE, affine_config(10, 0, "1"))
+    (root / "models" / "pipe" / "1").mkdir(parents=True)
+    (root / "models" / "pipe" / "config.pbtxt").write_text(PIPE)
+    (root / "models" / "outer" / "1").mkdir(parents=True)
+    (root / "models" / "outer" / "config.pbtxt").write_text(OUTER)
     python_folder(root / "models", "repeat_batched", BATCHED, BATCHED_CONFIG)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
@@ -481,3 +539,31 @@ def test_its_config_says_it_is_decoupled_over_http_and_grpc(server: Any) -> None
         assert "model_transaction_policy" not in client.get_model_config("caller")  # as Triton shows one that is not
     with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
         assert client.get_model_config("repeat").config.model_transaction_policy.decoupled
+
+
+def test_an_ensemble_with_a_decoupled_step_answers_for_each_of_its_responses(server: Any) -> None:
+    port, grpc_port, _, _ = server
+    got: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        x = grpcclient.InferInput("IN", [3], "INT32")
+        x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
+        client.async_stream_infer("pipe", [x], request_id="p", enable_empty_final_response=True)
+        answers = [got.get(timeout=10) for _ in range(4)]
+        client.stop_stream()
+        assert client.get_model_config("pipe").config.model_transaction_policy.decoupled  # as Triton shows it
+    # plus one, then repeat's each, then times ten
+    assert [(int(a.as_numpy("FINAL")[0]), int(a.as_numpy("IDX")[0])) for a in answers[:3]] == [(20, 0), (30, 1), (40, 2)]
+    assert [a.get_response().parameters["triton_final_response"].bool_param for a in answers] == [False] * 3 + [True]
+    assert all(a.get_response().model_name == "pipe" and a.get_response().id == "p" for a in answers)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        r = http.post("/v2/models/pipe/generate_stream", json={"IN": [5, 6]})
+        assert [json.loads(e[len("data: "):])["FINAL"] for e in r.text.split("\n\n") if e] == [60, 70]
+        r = http.post("/v2/models/pipe/infer", json={"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}]})
+        assert r.status_code == 501 and r.json()["error"].startswith("HTTP end point doesn't support models with decoupled")
+        # an ensemble whose step is such an ensemble answers for each response too
+        r = http.post("/v2/models/outer/generate_stream", json={"IN": [5, 6]})
+        assert [json.loads(e[len("data: "):])["OUT"] for e in r.text.split("\n\n") if e] == [600, 700]
+        # a step's failure fails the ensemble's request, in Triton's words with the step's
+        r = http.post("/v2/models/pipe/generate_stream", json={"IN": [5], "mode": "raise"})
+        assert "in ensemble 'pipe', step 1 (repeat)" in r.text and "no stream today" in r.text

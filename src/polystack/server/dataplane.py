@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -864,12 +864,6 @@ class DataPlane:
                 if self.repository is not None and self.repository.folder(step.model) is None:
                     raise StepNotServed(text) from None  # a model no folder has: Triton's readiness does not count it
                 raise InvalidRequest(text) from None
-            if entry.decoupled:
-                raise InvalidRequest(
-                    f"ensemble {pipeline.name!r} runs model {step.model!r}, which is decoupled (any number of responses "
-                    "to a request): polystack's ensembles take one answer from each step; call it from a Python model "
-                    "(exec(decoupled=True)), or from the client as a stream"
-                )
             return ensemble.Served(entry.entry.signature, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
@@ -879,6 +873,11 @@ class DataPlane:
             raise InvalidRequest(
                 f"ensemble {pipeline.name!r} runs sequence model {twice[0]!r} in two steps, which would share one "
                 "sequence (the second step's START resets the first's state); run it in one step"
+            )
+        if pipeline.response_cache and self._decoupled_steps(pipeline):  # Triton's words
+            raise InvalidRequest(
+                f"Response Cache does not currently support model {pipeline.name} with 'decoupled' transaction "
+                "policy. Please disable the response cache."
             )
         if pipeline.response_cache and stateful:  # its answers depend on the sequences' state (Triton's rule)
             raise InvalidRequest(
@@ -1602,7 +1601,10 @@ class DataPlane:
         or ensemble's config, as a raw binary request's input is deduced from it on every request."""
         pipeline = self._ensemble(name, version)
         if pipeline is not None:
-            return ensemble.render(pipeline.ensemble)
+            rendered = ensemble.render(pipeline.ensemble)
+            if self._any_decoupled and self._decoupled_steps(pipeline.ensemble):  # as Triton shows one, unasked
+                rendered["model_transaction_policy"] = {"decoupled": True}
+            return rendered
         served = self._get(name, version)
         sequence = served.sequencer.policy if served.sequencer is not None else None
         return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
@@ -1695,21 +1697,23 @@ class DataPlane:
 
         A decoupled model's requests are refused (``Unsupported``, in Triton's words naming ``endpoint``): its
         responses are read with ``infer_stream``."""
-        if self._ensembles and name in self._ensembles:
-            return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
         if self._any_decoupled and self.decoupled(name, version):
             raise Unsupported(
                 f"{endpoint} doesn't support models with decoupled transaction policy; read model {name!r}'s "
                 "responses as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
                 "or HTTP's generate_stream"
             )
+        if self._ensembles and name in self._ensembles:
+            return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
         return await self._infer_model(None, name, version, request, loop, carrier, compute, front)
 
     def decoupled(self, name: str, version: str | None) -> bool:
         """Whether the model served as ``name`` sends any number of responses to a request (Triton's decoupled
-        transaction policy), read with ``infer_stream``. False for an ensemble, or a model not served."""
+        transaction policy), read with ``infer_stream``: an ensemble is, where a step runs one. False for a model not
+        served."""
         if self._ensembles and name in self._ensembles:
-            return False
+            pipeline = self._ensemble(name, version)
+            return pipeline is not None and bool(self._decoupled_steps(pipeline.ensemble))
         try:
             return self._get(name, version).decoupled
         except PolystackError:
@@ -1732,7 +1736,6 @@ class DataPlane:
             yield Streamed(await self.infer(name, version, request, loop, carrier, front=front), final=True)
             return
         loop = loop or asyncio.get_running_loop()
-        served_version = str(self._get(name, version).entry.version)
         if request.classifications:
             raise InvalidRequest(
                 f"model {name!r} is decoupled: its responses carry their tensors, not classes; ask for the outputs "
@@ -1743,13 +1746,75 @@ class DataPlane:
                 f"model {name!r} is decoupled: each of its responses would overwrite the last in one shared memory "
                 "region; ask for its outputs without shared memory"
             )
+        if self._ensembles and name in self._ensembles:
+            responses = self._stream_ensemble(name, version, request, loop, carrier, None, None, front)
+        else:
+            responses = self._stream_model(None, name, version, request, loop, carrier, None, front)
+        try:
+            async for streamed in responses:
+                yield streamed
+        finally:
+            await responses.aclose()
+
+    def _stream_model(
+        self,
+        pinned: _Served | None,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        loop: asyncio.AbstractEventLoop,
+        carrier: Carrier | None,
+        compute: list[int] | None,
+        front: Front | None = None,
+    ) -> AsyncGenerator[Streamed, None]:
+        """A decoupled model's request (``_infer_model`` sending to a ``ResponseStream``); as in Triton, a request
+        whose client went away still runs, its model seeing it cancelled."""
+        served = pinned or self._get(name, version)
+
+        def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
+            return self._infer_model(pinned, name, version, request, loop, carrier, compute, front, responses=stream)
+
+        return self._streamed(run, name, str(served.entry.version), request.id, loop, cancel=False)
+
+    def _stream_ensemble(
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        loop: asyncio.AbstractEventLoop,
+        carrier: Carrier | None,
+        compute: list[int] | None,
+        pinned: tuple[_ServedEnsemble, _Pins] | None,
+        front: Front | None = None,
+    ) -> AsyncGenerator[Streamed, None]:
+        """A request of an ensemble with decoupled steps (``_infer_ensemble`` sending to a ``ResponseStream``); one
+        whose client went away is cancelled, its steps' requests with it."""
+        served = pinned[0] if pinned is not None else self._ensemble(name, version)
+        if served is None:
+            raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
+
+        def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
+            return self._infer_ensemble(name, version, request, loop, carrier, compute, pinned, front, responses=stream)
+
+        return self._streamed(run, name, str(served.ensemble.version), request.id, loop, cancel=True)
+
+    async def _streamed(
+        self,
+        run: Callable[[ResponseStream], Coroutine[Any, Any, InferResponse]],
+        name: str,
+        model_version: str,
+        request_id: str | None,
+        loop: asyncio.AbstractEventLoop,
+        cancel: bool,
+    ) -> AsyncGenerator[Streamed, None]:
+        """What ``run`` sends to its ``ResponseStream``, as ``Streamed`` responses of ``name`` at ``model_version``,
+        up to the final one (its failure before that is the final one). Closed early (the client went away): the
+        stream is cancelled, and the run too where ``cancel``."""
         stream = ResponseStream(loop)
-        run = loop.create_task(
-            self._infer_model(None, name, version, request, loop, carrier, None, front, responses=stream)
-        )
-        run.add_done_callback(lambda task: _ran(task, stream, name))
-        self._streaming.add(run)  # held until done: a cancelled request still runs (its model sees it cancelled)
-        run.add_done_callback(self._streaming.discard)
+        task = loop.create_task(run(stream))
+        task.add_done_callback(lambda task: _ran(task, stream, name))
+        self._streaming.add(task)  # held until done
+        task.add_done_callback(self._streaming.discard)
         try:
             async for sent, final in stream:
                 if isinstance(sent, PolystackError):
@@ -1757,10 +1822,12 @@ class DataPlane:
                 elif sent is None:
                     yield Streamed(None, None, final)
                 else:
-                    yield Streamed(InferResponse(name, served_version, sent, request.id), None, final)
+                    yield Streamed(InferResponse(name, model_version, sent, request_id), None, final)
         finally:
-            if not stream.closed:  # the client went away first: the request is cancelled; as in Triton, its run
-                stream.cancel()  # goes on (the model sees it cancelled, and what it sends is dropped)
+            if not stream.closed:  # the client went away first: the request is cancelled
+                stream.cancel()
+                if cancel:
+                    task.cancel()
 
     async def _infer_model(
         self,
@@ -1846,13 +1913,15 @@ class DataPlane:
         compute: list[int] | None,
         pinned: tuple[_ServedEnsemble, _Pins] | None = None,
         front: Front | None = None,
+        responses: ResponseStream | None = None,
     ) -> InferResponse:
         """Run one request of an ensemble: its steps, each a request of the model it runs (``ensemble.run``)
         carrying this one's id and parameters (its timeout and priority), counted in the ensemble's statistics
         with the steps' compute times summed, as Triton counts an ensemble's. The models its steps run (nested
         ensembles' too) are those served when it starts, held until it ends (``_pin``), as Triton's ensembles
         hold them: an unload or a reload of one meanwhile lets it finish on them. ``pinned``: a nested
-        ensemble's, and what the outermost one holds."""
+        ensemble's, and what the outermost one holds. An ensemble with decoupled steps sends its responses to
+        ``responses`` (``ensemble.stream``), and the response returned has no outputs."""
         started = time.perf_counter()
         self.in_flight += 1
         self._pipelines += 1
@@ -1893,22 +1962,47 @@ class DataPlane:
                 held = self._hold(request)  # a region that is gone is refused before the steps run for it
             steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
 
-            async def step_run(
-                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> tuple[dict[str, np.ndarray], bool]:
+            def step_request(
+                step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
+            ) -> tuple[_Served | _ServedEnsemble, InferRequest, bool]:
+                """What a step runs on, its request, and whether its model batches."""
                 parameters = request.parameters
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
                     parameters = plain
-                version = step.asked
-                target = holding[(step.model, version)]
+                target = holding[(step.model, step.asked)]
                 takes, batches = self._takes(target)
                 given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
                 sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
+                return target, sub, batches
+
+            async def step_run(
+                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
+            ) -> tuple[dict[str, np.ndarray], bool]:
+                target, sub, batches = step_request(step, given, givers)
                 if isinstance(target, _ServedEnsemble):
-                    answer = await self._infer_ensemble(step.model, version, sub, loop, None, steps, (target, holding))
+                    answer = await self._infer_ensemble(step.model, step.asked, sub, loop, None, steps, (target, holding))
                 else:
-                    answer = await self._infer_model(target, step.model, version, sub, loop, None, steps)
+                    answer = await self._infer_model(target, step.model, step.asked, sub, loop, None, steps)
                 return answer.outputs, batches
+
+            async def step_stream(
+                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
+            ) -> AsyncGenerator[tuple[dict[str, np.ndarray], bool], None]:
+                """A decoupled step: its responses' outputs as they come (an error response fails the request)."""
+                target, sub, batches = step_request(step, given, givers)
+                here = loop or asyncio.get_running_loop()
+                if isinstance(target, _ServedEnsemble):
+                    answers = self._stream_ensemble(step.model, step.asked, sub, here, None, steps, (target, holding))
+                else:
+                    answers = self._stream_model(target, step.model, step.asked, sub, here, None, steps)
+                try:
+                    async for streamed in answers:
+                        if streamed.error is not None:
+                            raise streamed.error
+                        if streamed.response is not None:
+                            yield streamed.response.outputs, batches
+                finally:
+                    await answers.aclose()
 
             items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
             m = self.metrics.model(*label)
@@ -1928,7 +2022,16 @@ class DataPlane:
                     name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True
                 )
                 with trace:
-                    result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+                    if responses is None:
+                        result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+                    else:
+                        decoupled = self._decoupled_steps(pipeline, pins=holding)
+                        async for result in ensemble.stream(
+                            pipeline, request.inputs, asked, step_run, step_stream, decoupled
+                        ):
+                            responses.send(result, False)
+                        responses.send(None, True)
+                        result = {}
                 if cache is not None and key is not None:
                     t1 = time.perf_counter_ns()
                     if self._ensembles.get(name) is served:  # kept for what serves the name still
@@ -2025,6 +2128,19 @@ class DataPlane:
                     found.add(step.model)
             elif target is not None and target.sequencer is not None:  # None: the step fails saying so when it runs
                 found.add(step.model)
+        return found
+
+    def _decoupled_steps(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: _Pins | None = None) -> set[int]:
+        """The steps that answer any number of times: those running a decoupled model, or an ensemble that has
+        such a step; what a request holds (``pins``), else what is served now."""
+        found: set[int] = set()
+        for i, step in enumerate(pipeline.steps):
+            target = self._step_target(step, pins)
+            if isinstance(target, _ServedEnsemble):
+                if depth < ensemble.MAX_DEPTH and self._decoupled_steps(target.ensemble, depth + 1, pins):
+                    found.add(i)
+            elif target is not None and target.decoupled:
+                found.add(i)
         return found
 
     def _labels(self, pipeline: ensemble.Ensemble, pins: _Pins | None = None) -> dict[str, Sequence[str]]:

@@ -19,7 +19,7 @@ batch sizes within theirs). An ensemble holds no weights, so nothing of it goes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -413,6 +413,8 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
 # (index, step, its inputs by the step model's names, whether each one's giver batches) -> (its outputs, whether
 # the step's model batches)
 StepRun = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], Awaitable[tuple[Mapping[str, np.ndarray], bool]]]
+# the same for a decoupled step: each of its responses' outputs, as they come
+StepStream = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], AsyncIterator[tuple[Mapping[str, np.ndarray], bool]]]
 
 
 def needed(ensemble: Ensemble, outputs: Collection[str]) -> list[int]:
@@ -437,20 +439,107 @@ async def run(
     cancelled."""
     tensors: dict[str, np.ndarray] = dict(inputs)
     batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)  # whether each tensor's giver batches
-    # optional inputs the request left out: the steps that take them run without them, as Triton's ensembles do
-    absent = {t.name for t in ensemble.signature.optional if t.name not in inputs}
     waiting = needed(ensemble, outputs)
+    await _settle(ensemble, tensors, batched, waiting, step_run)
+    if waiting:  # read() refuses such configs
+        raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
+    return _outputs(ensemble, tensors, batched, outputs)
+
+
+async def stream(
+    ensemble: Ensemble,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Collection[str],
+    step_run: StepRun,
+    step_stream: StepStream,
+    decoupled: Collection[int],
+) -> AsyncIterator[dict[str, np.ndarray]]:
+    """``run`` for an ensemble whose steps ``decoupled`` answer any number of times (``step_stream`` gives each
+    of their responses' outputs): the steps that do not depend on them run once; for each response of a decoupled
+    step, the steps downstream of it run on that response's tensors, and the ensemble answers ``outputs`` for it.
+    A step whose inputs come from several decoupled steps runs for each combination, in order."""
+    tensors: dict[str, np.ndarray] = dict(inputs)
+    batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)
+    async for done, done_batched in _branches(
+        ensemble, tensors, batched, needed(ensemble, outputs), step_run, step_stream, frozenset(decoupled)
+    ):
+        yield _outputs(ensemble, done, done_batched, outputs)
+
+
+async def _branches(
+    ensemble: Ensemble,
+    tensors: dict[str, np.ndarray],
+    batched: dict[str, bool],
+    waiting: list[int],
+    step_run: StepRun,
+    step_stream: StepStream,
+    decoupled: frozenset[int],
+) -> AsyncIterator[tuple[dict[str, np.ndarray], dict[str, bool]]]:
+    """The ensemble's tensors once every step of ``waiting`` ran: the steps that answer once run as in ``run``,
+    then the first decoupled step whose inputs are there streams, and the rest runs again for each response."""
+    await _settle(ensemble, tensors, batched, waiting, step_run, decoupled)
+    if not waiting:
+        yield tensors, batched
+        return
+    absent = _absent(ensemble, tensors)
+    ready = [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]
+    if not ready:  # read() refuses such configs
+        raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
+    i = ready[0]
+    step = ensemble.steps[i]
+    rest = [j for j in waiting if j != i]
+    given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
+    givers = {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
+    responses = step_stream(i, step, given, givers).__aiter__()
+    try:
+        while True:
+            try:
+                result, batches = await responses.__anext__()
+            except StopAsyncIteration:
+                return
+            except PolystackError as e:  # Triton's words first, and the step's
+                raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
+            these, these_batched = dict(tensors), dict(batched)
+            for model_tensor, tensor in step.outputs:
+                if model_tensor not in result:
+                    raise InvalidRequest(
+                        f"in ensemble {ensemble.name!r}, {step.describe(i)} sent a response without its output "
+                        f"{model_tensor!r}, which the ensemble takes as {tensor!r}; send it in each response"
+                    )
+                these[tensor], these_batched[tensor] = result[model_tensor], batches
+            async for done in _branches(ensemble, these, these_batched, list(rest), step_run, step_stream, decoupled):
+                yield done
+    finally:
+        close = getattr(responses, "aclose", None)
+        if close is not None:  # (the client went away, or a later step failed): the step's request ends too
+            await close()
+
+
+async def _settle(
+    ensemble: Ensemble,
+    tensors: dict[str, np.ndarray],
+    batched: dict[str, bool],
+    waiting: list[int],
+    step_run: StepRun,
+    held: Collection[int] = (),
+) -> None:
+    """Run the steps of ``waiting`` but those ``held``, each as soon as the tensors it takes are there (at once
+    where they do not depend on one another), until none can run: each that ran leaves ``waiting``, its outputs
+    added to ``tensors``. The first that fails fails it, and the others still running are cancelled."""
+    absent = _absent(ensemble, tensors)
     running: dict[asyncio.Future[tuple[Mapping[str, np.ndarray], bool]], int] = {}
     try:
-        while waiting or running:
-            for i in [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]:
+        while True:
+            for i in [i for i in waiting if i not in held]:
+                if not all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs):
+                    continue
                 waiting.remove(i)
                 step = ensemble.steps[i]
                 given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
                 givers = {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
                 running[asyncio.ensure_future(step_run(i, step, given, givers))] = i
-            if not running:  # read() refuses such configs
-                raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
+            if not running:
+                return
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
                 i = running.pop(future)
@@ -466,6 +555,16 @@ async def run(
             future.cancel()
         if running:  # their ends are seen (a trace of the request holds theirs) before the request's own
             await asyncio.wait(running, timeout=1.0)
+
+
+def _absent(ensemble: Ensemble, tensors: Mapping[str, np.ndarray]) -> set[str]:
+    """The optional inputs the request left out: the steps that take them run without them, as Triton's do."""
+    return {t.name for t in ensemble.signature.optional if t.name not in tensors}
+
+
+def _outputs(
+    ensemble: Ensemble, tensors: Mapping[str, np.ndarray], batched: Mapping[str, bool], outputs: Collection[str]
+) -> dict[str, np.ndarray]:
     specs = {t.name: t for t in ensemble.signature.outputs}
     return {name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0) for name in outputs}
 
