@@ -454,3 +454,51 @@ def test_a_python_sequence_model_gets_its_control_inputs_and_each_requests_corre
     (repo / "acc" / "config.pbtxt").write_text(config)
     line = refused_at_start(tmp_path / "again", ["--model-repository", str(repo), "--allow-python-models"])
     assert "a Python model with sequence batching and 2 instances" in line and "instance_group count 1" in line
+
+
+OPTIONAL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            bias = pb_utils.get_input_tensor_by_name(request, "bias")  # None where the request left it out
+            y = x + (bias.as_numpy() if bias is not None else 0)
+            outputs = [pb_utils.Tensor("y", y.astype(np.float32))]
+            if bias is not None:  # "had" only when there was a bias: a declared output a response may leave out
+                outputs.append(pb_utils.Tensor("had", np.ones_like(y, dtype=np.bool_)))
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+'''
+
+
+@pytest.mark.parametrize("batching", ["max_batch_size: 0", "max_batch_size: 4\ndynamic_batching { }"])
+def test_a_python_model_s_optional_input_may_be_left_out_and_a_declared_output_too(tmp_path: Path, batching: str) -> None:
+    repo = tmp_path / "models"
+    python_folder(repo, "opt", OPTIONAL,
+        f'backend: "python"\n{batching}\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] }, '
+        '{ name: "bias", data_type: TYPE_FP32, dims: [ 2 ], optional: true } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] }, { name: "had", data_type: TYPE_BOOL, dims: [ 2 ] } ]\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    batched = "dynamic_batching" in batching
+    shape = [1, 2] if batched else [2]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", shape, "FP32")
+        x.set_data_from_numpy(np.ones(shape, np.float32))
+        bias = httpclient.InferInput("bias", shape, "FP32")
+        bias.set_data_from_numpy(np.full(shape, 2, np.float32))
+        with_bias = client.infer("opt", [x, bias])
+        assert with_bias.as_numpy("y").ravel().tolist() == [3, 3] and with_bias.as_numpy("had").all()
+        without = client.infer("opt", [x])  # the optional input left out, and the model's "had" with it
+        assert without.as_numpy("y").ravel().tolist() == [1, 1] and without.as_numpy("had") is None
+        config = client.get_model_config("opt")
+        assert [i.get("optional") for i in config["input"]] == [False, True]
+        with pytest.raises(InferenceServerException, match="returned no output 'had', which the request asks for"):
+            client.infer("opt", [x], outputs=[httpclient.InferRequestedOutput("had")])

@@ -234,7 +234,8 @@ class PythonModel:
         self, response: Any, outputs: list[str], asked: bool, whole: bool = True
     ) -> dict[str, np.ndarray] | PolystackError:
         """A response as the server takes it: its error, or its outputs (those ``outputs`` names), checked against
-        the config; ``whole``: each of those is there (a decoupled model's responses may hold some of them)."""
+        the config; ``whole``: each of those the request ``asked`` for is there (a decoupled model's responses may
+        hold some of them)."""
         if not isinstance(response, pb_utils.InferenceResponse):
             return BackendError(
                 f"Python model {self.name!r}: execute returned {type(response).__name__}, not an InferenceResponse"
@@ -257,10 +258,13 @@ class PythonModel:
                 )
             if spec.name in outputs:  # one it was not asked for is dropped, as Triton prunes it
                 result[spec.name] = array
-        missing = [name for name in outputs if name not in result] if whole else []
+        # a declared output the model leaves out is left out of the answer, as Triton leaves it; one the request
+        # asks for by name fails it (its client would read nothing there)
+        missing = [name for name in outputs if name not in result] if whole and asked else []
         if missing:
-            which = "the request asks for" if asked else "its config declares"
-            return BackendError(f"Python model {self.name!r} returned no output {missing[0]!r}, which {which}")
+            return BackendError(
+                f"Python model {self.name!r} returned no output {missing[0]!r}, which the request asks for"
+            )
         return result
 
     def _one(self, gathered: _Gathered) -> dict[str, np.ndarray] | PolystackError:

@@ -1820,8 +1820,11 @@ def _optional(
     """The input ``name`` a config lists as ``optional`` (or names though it is not among the model's
     inputs: ``t`` None), checked as Triton's ONNX Runtime backend checks it: only a graph input an
     initializer gives a default (which a request may then feed or leave out) may be optional, only without
-    batching, and every such input the config lists must be optional. None: not such an input."""
+    batching, and every such input the config lists must be optional; a Python model's any input, as in Triton's
+    Python backend. None: not such an input."""
     given = read_bool(d, "optional", where)
+    if spec.backend == "python":  # a Python model's code reads what came (get_input_tensor_by_name: None), batched too
+        return next((o for o in record.signature.optional if o.name == name), None) if given else None
     if given and max_batch:  # Triton's words, then what to do
         raise InvalidRequest(
             f"unable to load model {record.name!r}, optional input {name!r} is not supported for models that support "
