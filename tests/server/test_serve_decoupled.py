@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,6 +111,7 @@ model_warmup [ { name: "three", batch_size: 1, inputs { key: "IN" value: { data_
 CALLER = '''
 import asyncio
 import json
+import signal
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -167,6 +170,7 @@ output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] }, { name: "IDX", dat
 # a model that is not decoupled answering through its response sender, as Triton 2.51's may: once, then the final flag
 ONCE = '''
 import json
+import signal
 import threading
 
 import numpy as np
@@ -213,6 +217,7 @@ output [ { name: "OUT", data_type: TYPE_INT32, dims: [ -1 ] } ]
 # one input X to one output Y = X * a + b (its config's parameters): an ensemble's steps around repeat
 AFFINE = '''
 import json
+import signal
 
 import triton_python_backend_utils as pb_utils
 
@@ -567,3 +572,25 @@ def test_an_ensemble_with_a_decoupled_step_answers_for_each_of_its_responses(ser
         # a step's failure fails the ensemble's request, in Triton's words with the step's
         r = http.post("/v2/models/pipe/generate_stream", json={"IN": [5], "mode": "raise"})
         assert "in ensemble 'pipe', step 1 (repeat)" in r.text and "no stream today" in r.text
+
+
+def test_sigterm_lets_a_decoupled_stream_send_its_last_response_before_the_exit(tmp_path: Path) -> None:
+    python_folder(tmp_path / "models", "repeat", REPEAT, REPEAT_CONFIG)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--drain-timeout-s", "10"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        got: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        x = grpcclient.InferInput("IN", [8], "INT32")
+        x.set_data_from_numpy(np.arange(8, dtype=np.int32))
+        # a thread sends the 8 responses 50 ms apart, after execute returned
+        client.async_stream_infer("repeat", [x], parameters={"mode": "thread"}, enable_empty_final_response=True)
+        first = got.get(timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        answers = [first] + [got.get(timeout=10) for _ in range(8)]
+        client.stop_stream()
+        assert [int(a.as_numpy("OUT")[0]) for a in answers[:8]] == list(range(8))
+        assert answers[8].get_response().parameters["triton_final_response"].bool_param
+        assert proc.wait(timeout=30) == 0
