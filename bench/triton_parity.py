@@ -10,8 +10,9 @@ memory) found the differences once; this finds them again at every commit. It ru
 `nvidia-pytriton==0.7.0` wheel (fetched once by `bench/triton_reference.py`'s `ensure_tritonserver`; nothing is
 installed into a venv) beside `polystack serve`, both with `--model-control-mode explicit --load-model ...` and
 their metrics port on free 127.0.0.1 ports, each writing Triton's trace files into a file of its own (`--trace-config
-triton,file=...`; polystack with `--allow-shared-memory --triton-metrics` too: Triton has shared memory and its
-metric names on by default), on equivalent repositories built in a temporary folder:
+triton,file=...`; polystack with `--allow-shared-memory --triton-metrics --allow-python-models` too: Triton has
+shared memory, its metric names and its Python backend on by default), on equivalent repositories built in a
+temporary folder:
 - `mlp`: FP32 x[-1,4] -> y[-1,3] (x W + b), `max_batch_size: 8`, dynamic batching, y labelled (classification);
 - `nobatch`: FP32 x[2,3] -> y = 2x, `max_batch_size: 0`;
 - `multi`: INT64 a[-1,3] and BOOL b[-1,3] -> INT64 s = a + Cast(b) and BOOL n = Not(b), `max_batch_size: 4`;
@@ -20,7 +21,12 @@ metric names on by default), on equivalent repositories built in a temporary fol
   (`default_queue_policy { max_queue_size: 2 }`, level 1's DELAY with a timeout);
 - `acc`: a sequence model (`sequence_batching`, oldest, START/END/READY controls, a UINT64 CORRID, an implicit
   state): FP32 INPUT[-1,1] -> OUTPUT, the sum of its sequence's inputs, ENDED = END x READY and ID = the correlation
-  ID (FP32).
+  ID (FP32);
+- `repeat`: a decoupled Python model (`model_transaction_policy { decoupled: true }`), the same `model.py` on both:
+  INT32 IN[-1] -> a response for each element (OUT[1] = the element, UINT32 IDX[1] = its index), then the final
+  flag alone; the request parameter `mode` changes that: `final_on_last` (the flag on the last response), `none`
+  (the flag alone), `error` (a response, then an error response `boom` with the flag), `raise` (an exception from
+  `execute`); and `ens_repeat`, an ensemble of it (decoupled too, unasked, on both).
 polystack serves the ONNX files (`platform: "onnxruntime_onnx"`; acc's is `polystack.examples.accumulator_onnx`, its
 sum kept in the implicit state); Triton's wheel has only its Python backend, so each of its models is one generic
 `model.py` running the same ONNX file with onnxruntime (numeric inputs read with `np.from_dlpack`, outputs written
@@ -39,15 +45,19 @@ words and say what to do after), the missing prefix noted apart. Differences the
 (KNOWN below, with the README's words), never hidden. The cases run in one fixed order, each on Triton then on
 polystack: metadata and config, inference that succeeds (a sequence's start, middle and end; priorities),
 statistics, refusals (sequences without an ID, without START first, of two rows; the queue's parameters of the wrong
-type), statistics again, settings, trace files (a model's level set with `log_frequency` 1, one request over HTTP
-and one over gRPC, or one to the ensemble; the numbered files read by trace id, each trace's object, its timestamps'
-names (sorted: Triton's order changes with its threads' timing, and the times are dropped) and its tensors, in the
-order the traces were written), system shared memory (register, status and unregister, one and all; unknown
-regions, out of bounds, a key that does not exist; an infer whose input and output are in a region, the answer and
-the memory compared; an output byte size of 0; the POSIX objects made in /dev/shm by the script and removed on the
-way out), model control, and last the metrics port's nv_* families (HELP and TYPE) and series (names and labels;
-values move with timing and are not compared). Both servers run in sessions of their own and are stopped (their
-process groups killed) on the way out, on Ctrl-C and SIGTERM too; a run that fails keeps their logs and says where.
+type), statistics again, the generate extension, decoupled models (the gRPC stream's answers by request id, each
+mode then a good request on the same stream, the empty final asked for or not; ModelInfer's and infer's refusals;
+generate and generate_stream, with the answer's Content-Type and its events; an ensemble of it; an error's
+traceback is compared with its files named without the temporary folder), settings, trace files (a model's level
+set with `log_frequency` 1, one request over HTTP and one over gRPC, or one to the ensemble; the numbered files read
+by trace id, each trace's object, its timestamps' names (sorted: Triton's order changes with its threads' timing,
+and the times are dropped) and its tensors, in the order the traces were written), system shared memory (register,
+status and unregister, one and all; unknown regions, out of bounds, a key that does not exist; an infer whose input
+and output are in a region, the answer and the memory compared; an output byte size of 0; the POSIX objects made in
+/dev/shm by the script and removed on the way out), model control, and last the metrics port's nv_* families (HELP
+and TYPE) and series (names and labels; values move with timing and are not compared). Both servers run in sessions
+of their own and are stopped (their process groups killed) on the way out, on Ctrl-C and SIGTERM too; a run that
+fails keeps their logs and says where.
 
 Output: a table of every case; bench/results/triton_parity.json and a section of BENCHMARKS.md (a full run
 only; `--cases` prints the table alone).
@@ -84,7 +94,8 @@ import triton_reference  # the tritonserver wheel and its Python backend folder
 
 RESULTS = serving.ROOT / "bench" / "results" / "triton_parity.json"
 START, END = "<!-- triton-parity:start -->", "<!-- triton-parity:end -->"
-LOADED = ("mlp", "nobatch", "multi", "pipe", "acc", "queued")  # --load-model; pipe brings step1 and step2
+# --load-model; pipe brings step1 and step2
+LOADED = ("mlp", "nobatch", "multi", "pipe", "acc", "queued", "repeat", "ens_repeat")
 RTOL, ATOL = 1e-5, 1e-6
 VOLATILE = frozenset({"ns", "last_inference"})  # durations and timestamps
 BACKEND_FIELDS = ("platform", "backend", "default_model_filename")  # Triton's say "python" here
@@ -180,6 +191,25 @@ KNOWN: dict[str, tuple[str, str]] = {
         )
         for name in ("http repository index after failed loads", "grpc repository index")
     },
+    **{f"{t} model config {m}": (_CONFIG_SET, _OTHERWISE) for t in ("http", "grpc") for m in ("repeat", "ens_repeat")},
+    **{
+        name: (
+            r"\$\.status",
+            "README: '`generate` takes exactly one response (the final flag alone aside), else Triton's words `generate"
+            " expects model to produce exactly 1 response, use generate stream for model that generates various number"
+            " of responses` with 400, where Triton answers them with 200'",
+        )
+        for name in ("http generate decoupled, three responses", "http generate decoupled, no response")
+    },
+    "grpc stream decoupled ensemble": (
+        r"\$\.answers\.[^.]+\[\d+\]\.infer_response\.parameters\.sequence_(start|end|id)", _OTHERWISE
+    ),
+    "grpc stream decoupled ensemble error, then a good request": (
+        r"\$\.answers\.[^.]+\[\d+\]\.(infer_response\.parameters\.sequence_(start|end|id)|error_message)",
+        _OTHERWISE + "; 'an error response of the step fails the ensemble's request, led by `in ensemble '<name>', step"
+        " <i> (<model>)`'",
+    ),
+    "http generate_stream decoupled ensemble": (r"\$\.events\[\d+\]\.sequence_(start|end|id)", _OTHERWISE),
     "http version not a number": (
         r"\$\.(status|body\.error)",
         "README: '`failed to get model version from specified version string 'v': ...` (400: a version that is not"
@@ -329,6 +359,64 @@ ensemble_scheduling { step [
 """
 LABELS = "cat\ndog\nbird\n"
 
+# the decoupled model, the same model.py on both (polystack serves it as a Python model): IN INT32 [-1] -> a response
+# (OUT [1] = IN[i], IDX [1] = i) for each element, then the final flag alone; request parameter "mode":
+# final_on_last (the final flag on the last response), none (the final flag alone), error (one response, then an
+# error response with the final flag), raise (an exception from execute, before any response)
+REPEAT_PY = """
+import json
+import sys
+
+sys.path.append({site!r})
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def response(value, i):
+    # from_dlpack: pb_utils.Tensor(name, array) makes an empty tensor of numpy 2 arrays in backend 2.51
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor.from_dlpack("OUT", np.array([value], np.int32)),
+        pb_utils.Tensor.from_dlpack("IDX", np.array([i], np.uint32))])
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            mode = json.loads(request.parameters() or "{{}}").get("mode", "")
+            values = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "IN")).reshape(-1).tolist()
+            sender = request.get_response_sender()
+            if mode == "raise":
+                raise RuntimeError("raised in execute")
+            if mode == "none":
+                sender.send(flags=FINAL)
+            elif mode == "error":
+                sender.send(response(values[0], 0))
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("boom")), flags=FINAL)
+            else:
+                for i, value in enumerate(values):
+                    last = mode == "final_on_last" and i == len(values) - 1
+                    sender.send(response(value, i), flags=FINAL if last else 0)
+                if mode != "final_on_last":
+                    sender.send(flags=FINAL)
+        return None
+"""
+REPEAT = """max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] } ]
+model_transaction_policy { decoupled: true }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+# an ensemble of the one step: decoupled too (Triton's says so unasked)
+ENS_REPEAT = """platform: "ensemble"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] } ]
+ensemble_scheduling { step [ { model_name: "repeat" model_version: -1 input_map { key: "IN" value: "IN" }
+  output_map { key: "OUT" value: "OUT" } output_map { key: "IDX" value: "IDX" } } ] }
+"""
+
 
 def onnx_models() -> dict[str, Any]:
     import onnx
@@ -397,6 +485,12 @@ def build_repositories(work: Path) -> tuple[Path, Path]:
         (repo / "acc" / "config.pbtxt").write_text(head + CONFIGS["acc"])
     (triton / "acc" / "1" / "model.py").write_text(ACC_PY.format(site=site))
     accumulator_onnx(poly / "acc" / "1" / "model.onnx", TensorProto.UINT64)
+    for repo in (triton, poly):  # the decoupled Python model, and an ensemble of it
+        (repo / "repeat" / "1").mkdir(parents=True)
+        (repo / "repeat" / "1" / "model.py").write_text(REPEAT_PY.format(site=site))
+        (repo / "repeat" / "config.pbtxt").write_text('backend: "python"\n' + REPEAT)
+        (repo / "ens_repeat" / "1").mkdir(parents=True)
+        (repo / "ens_repeat" / "config.pbtxt").write_text(ENS_REPEAT)
     return triton, poly
 
 
@@ -437,9 +531,9 @@ def launch_triton(triton: Path, backends: Path, repo: Path, work: Path) -> Serve
     return Server("triton", proc, http, grpc, metrics, log, trace)
 
 
-# what tritonserver 2.51 has on by default and polystack off (the README says so): system shared memory, and
-# Triton's metric names beside polystack's own
-POLYSTACK_ONLY = ["--allow-shared-memory", "--triton-metrics"]
+# what tritonserver 2.51 has on by default and polystack off (the README says so): system shared memory,
+# Triton's metric names beside polystack's own, and Python models (repeat)
+POLYSTACK_ONLY = ["--allow-shared-memory", "--triton-metrics", "--allow-python-models"]
 
 
 def launch_polystack(repo: Path, work: Path) -> Server:
@@ -970,6 +1064,131 @@ http_case("http generate not an object", "POST", GENERATE, b"[1]", {"Content-Typ
 http_case("http generate_stream", "POST", "/v2/models/mlp/generate_stream", {"x": XF[:4]})
 http_case("http generate_stream a missing input", "POST", "/v2/models/multi/generate_stream", {"a": A[0]})
 
+# decoupled: repeat (a Python model answering each element of IN apart, then the final flag) and ens_repeat (an
+# ensemble of it, decoupled too). Only gRPC's stream and HTTP's generate(_stream) serve them; infer refuses them.
+TRACEBACK_FRAME = re.compile(r"\n  \S*/([^/\s]+\(\d+\): )")  # Triton's "At:" lines name the file in its folder
+
+
+def no_paths(text: Any) -> Any:
+    """An error's text with its traceback's files named without their folder (the temporary repository's)."""
+    return TRACEBACK_FRAME.sub(r"\n  <repository>/\1", text) if isinstance(text, str) else text
+
+
+def repeat_request(values: Sequence[int], id: str = "", mode: str = "", empty_final: bool = False,
+                   model: str = "repeat") -> Any:  # fmt: skip
+    """A ModelInferRequest of IN = ``values`` (raw), the mode as a request parameter, the empty final asked for."""
+    params: dict[str, Any] = {"mode": mode} if mode else {}
+    if empty_final:
+        params["triton_enable_empty_final_response"] = True
+    raw = [np.asarray(values, "<i4").tobytes()]
+    return infer_request(model, [("IN", "INT32", [len(values)], "", [])], raw=raw, params=params, id=id)
+
+
+def stream(s: Server, requests: list[Any]) -> Any:
+    """The answers of one ModelStreamInfer stream of ``requests``, by request id (each id's in the order they came;
+    the order across requests is not compared), then how the stream ended."""
+    import grpc
+
+    by_id: dict[str, list[Any]] = {}
+    end: dict[str, Any] = {"code": "OK"}
+    try:
+        for answer in s.stub.ModelStreamInfer(iter(requests), timeout=60):
+            doc = as_dict(answer)
+            if "error_message" in doc:
+                doc["error_message"] = no_paths(doc["error_message"])
+            by_id.setdefault(answer.infer_response.id, []).append(doc)
+    except grpc.RpcError as e:
+        end = {"code": e.code().name, "details": e.details()}
+    return {"answers": by_id, "end": end}
+
+
+def rest_typed(s: Server, method: str, path: str, body: Any) -> dict[str, Any]:
+    """``rest`` with the answer's Content-Type, a Server-Sent Events body as its events (each data line's JSON;
+    anything else verbatim), error texts without their traceback's folders."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.http, timeout=60)
+    try:
+        conn.request(method, path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw, ctype = resp.read(), resp.getheader("Content-Type")
+    finally:
+        conn.close()
+    out: dict[str, Any] = {"status": resp.status, "content_type": ctype}
+    if (ctype or "").startswith("text/event-stream"):
+        events: list[Any] = []
+        for block in raw.decode(errors="replace").split("\n\n"):
+            if not block:
+                continue
+            if block.startswith("data: ") and "\n" not in block:
+                try:
+                    event = json.loads(block[len("data: ") :])
+                except ValueError:
+                    event = block
+            else:
+                event = block
+            if isinstance(event, dict) and "error" in event:
+                event["error"] = no_paths(event["error"])
+            events.append(event)
+        out["events"] = events
+    else:
+        out["body"] = parse_body(raw, None)
+        if isinstance(out["body"], dict) and "error" in out["body"]:
+            out["body"]["error"] = no_paths(out["body"]["error"])
+    return out
+
+
+for _m in ("repeat", "ens_repeat"):
+    http_case(f"http model metadata {_m}", "GET", f"/v2/models/{_m}")
+    http_case(f"http model config {_m}", "GET", f"/v2/models/{_m}/config")
+    grpc_case(f"grpc model config {_m}", "ModelConfig", partial(lambda m: pb().ModelConfigRequest(name=m), _m))
+
+case("grpc stream decoupled")(lambda s: stream(s, [repeat_request([4, 5, 6], id="d1")]))
+case("grpc stream decoupled with the empty final")(
+    lambda s: stream(s, [repeat_request([4, 5, 6], id="d2", empty_final=True)]))  # fmt: skip
+case("grpc stream decoupled without an id, with the empty final")(
+    lambda s: stream(s, [repeat_request([4, 5, 6], empty_final=True)]))  # fmt: skip
+for _mode in ("final_on_last", "none", "error", "raise"):  # each with and without the empty final, then a good request
+    case(f"grpc stream decoupled {_mode}, then a good request")(partial(lambda s, mode: stream(s, [
+        repeat_request([4, 5, 6], id=f"{mode}-0", mode=mode),
+        repeat_request([4, 5, 6], id=f"{mode}-1", mode=mode, empty_final=True),
+        repeat_request([9], id="after", empty_final=True)]), mode=_mode))  # fmt: skip
+grpc_case("grpc infer decoupled", "ModelInfer", lambda: repeat_request([4, 5, 6], id="u1"))
+grpc_case("grpc infer decoupled, one response", "ModelInfer",
+          lambda: repeat_request([7], id="u2", mode="final_on_last"))  # fmt: skip
+grpc_case("grpc infer decoupled ensemble", "ModelInfer", lambda: repeat_request([4, 5, 6], model="ens_repeat"))
+
+
+def _IN(values: list[int]) -> dict[str, Any]:
+    return {"inputs": [{"name": "IN", "shape": [len(values)], "datatype": "INT32", "data": values}]}
+
+
+case("http infer decoupled")(lambda s: rest_typed(s, "POST", "/v2/models/repeat/infer", _IN([4, 5, 6])))
+case("http infer decoupled, one response")(
+    lambda s: rest_typed(s, "POST", "/v2/models/repeat/infer", {**_IN([7]), "parameters": {"mode": "final_on_last"}}))
+case("http infer decoupled ensemble")(lambda s: rest_typed(s, "POST", "/v2/models/ens_repeat/infer", _IN([4, 5, 6])))
+_GEN, _GEN_STREAM = "/v2/models/repeat/generate", "/v2/models/repeat/generate_stream"
+case("http generate decoupled, one response")(lambda s: rest_typed(s, "POST", _GEN, {"IN": [7]}))
+case("http generate decoupled, one response with the final flag")(
+    lambda s: rest_typed(s, "POST", _GEN, {"IN": [7], "mode": "final_on_last"}))  # fmt: skip
+case("http generate decoupled, three responses")(lambda s: rest_typed(s, "POST", _GEN, {"IN": [4, 5, 6]}))
+case("http generate decoupled, no response")(lambda s: rest_typed(s, "POST", _GEN, {"IN": [4, 5, 6], "mode": "none"}))
+case("http generate decoupled raise")(lambda s: rest_typed(s, "POST", _GEN, {"IN": [4, 5, 6], "mode": "raise"}))
+case("http generate_stream decoupled")(lambda s: rest_typed(s, "POST", _GEN_STREAM, {"IN": [4, 5, 6]}))
+case("http generate_stream decoupled final_on_last")(
+    lambda s: rest_typed(s, "POST", _GEN_STREAM, {"IN": [4, 5, 6], "mode": "final_on_last"}))  # fmt: skip
+case("http generate_stream decoupled error")(
+    lambda s: rest_typed(s, "POST", _GEN_STREAM, {"IN": [4, 5, 6], "parameters": {"mode": "error"}}))  # fmt: skip
+case("http generate_stream decoupled none")(
+    lambda s: rest_typed(s, "POST", _GEN_STREAM, {"IN": [4, 5, 6], "mode": "none"}))  # fmt: skip
+case("http generate_stream decoupled raise")(
+    lambda s: rest_typed(s, "POST", _GEN_STREAM, {"IN": [4, 5, 6], "mode": "raise"}))  # fmt: skip
+case("grpc stream decoupled ensemble")(
+    lambda s: stream(s, [repeat_request([4, 5, 6], id="e1", empty_final=True, model="ens_repeat")]))  # fmt: skip
+case("grpc stream decoupled ensemble error, then a good request")(lambda s: stream(s, [
+    repeat_request([4, 5, 6], id="e2", mode="error", empty_final=True, model="ens_repeat"),
+    repeat_request([9], id="after", empty_final=True, model="ens_repeat")]))  # fmt: skip
+case("http generate_stream decoupled ensemble")(
+    lambda s: rest_typed(s, "POST", "/v2/models/ens_repeat/generate_stream", {"IN": [4, 5, 6]}))  # fmt: skip
+
 # logging, trace, shared memory
 http_case("http logging", "GET", "/v2/logging")
 http_case("http logging unknown key", "POST", "/v2/logging", {"nope": 1})
@@ -1440,9 +1659,11 @@ def write_markdown(result: dict[str, Any]) -> None:
         " repositories (an FP32 MLP with dynamic batching and labels, a model without batching, an INT64 + BOOL"
         " model of two inputs and two outputs, an ensemble of two steps, a model with priority levels and queue"
         " policies, a sequence model; Triton's as Python-backend models running the same ONNX files, its sequence"
-        " model keeping its sums itself), get the same requests over HTTP and gRPC: health, metadata, config,"
+        " model keeping its sums itself; and a decoupled Python model, the same on both, with an ensemble of it),"
+        " get the same requests over HTTP and gRPC: health, metadata, config,"
         " statistics, inference that succeeds (JSON, binary, requested outputs, classification, a sequence,"
-        " priorities) and that is refused, logging, trace settings, the trace files each writes (Triton's triton trace mode: timestamps and tensors over HTTP and gRPC, an ensemble's steps), system shared memory (registration, inference in"
+        " priorities) and that is refused, the decoupled model and its ensemble (the gRPC stream, generate and"
+        " generate_stream, infer's refusals), logging, trace settings, the trace files each writes (Triton's triton trace mode: timestamps and tensors over HTTP and gRPC, an ensemble's steps), system shared memory (registration, inference in"
         " regions), model control, and the metrics port's nv_* families and series. Status codes, fields and"
         " values must match (numbers"
         " within a relative 1e-5); an error message must start with Triton's words, once Triton's"
