@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import time
 from pathlib import Path
@@ -382,9 +383,11 @@ def test_an_exception_in_execute_is_the_request_s_final_error_in_triton_s_words(
     _, grpc_port, _, _ = server
     answers = _stream(grpc_port, [([4], {"mode": "raise"}, "x"), ([5], {"mode": "final_on_last"}, "y")])
     errors = [a for a in answers if isinstance(a, InferenceServerException)]
-    assert [e.message() for e in errors] == [
-        "Failed to process the request(s) for model 'repeat_0', message: ValueError: no stream today"
-    ]
+    (error,) = [e.message() for e in errors]
+    # Triton's words, with its stub's traceback: the frames from the innermost out to execute, none of polystack's
+    words, at = error.split("\n\nAt:\n")
+    assert words == "Failed to process the request(s) for model 'repeat_0', message: ValueError: no stream today"
+    assert re.fullmatch(r"  \S+/1/model\.py\(\d+\): execute\n", at), at
     assert [_values(a) for a in answers if a not in errors] == [(5, 0, True)]
 
 
@@ -435,7 +438,10 @@ def test_generate_stream_sends_each_response_as_an_event_as_it_comes(server: Any
         r = client.post("/v2/models/repeat/generate", json={"IN": [7], "mode": "error"})  # a response, then an error
         assert r.status_code == 400 and "(model 'repeat' sent 2)" in r.json()["error"]
         r = client.post("/v2/models/repeat/generate", json={"IN": [7], "mode": "raise"})
-        assert r.status_code == 500 and r.json()["error"].startswith("Failed to process the request(s) for model")
+        # the model's failure: 400, as Triton's generate answers it (its /infer: 500)
+        assert r.status_code == 400 and r.json()["error"].startswith("Failed to process the request(s) for model")
+        r = client.post("/v2/models/repeat/generate_stream", json={"IN": [7], "mode": "raise"})
+        assert r.status_code == 400 and r.text.startswith('data: {"error":"Failed to process the request(s)')
 
 
 def _seen(port: int, values: list[int], mode: str = "") -> list[str]:

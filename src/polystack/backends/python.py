@@ -37,7 +37,7 @@ import weakref
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -148,10 +148,10 @@ class PythonModel:
             raise _error(e) from None
         except Exception as e:
             message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
-            if what == "execute":  # Triton's words
+            if what == "execute":  # Triton's words, its stub's traceback too
                 raise BackendError(
                     f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
-                    f"{message}"
+                    f"{message}{_at(e)}"
                 ) from e
             failed = InvalidRequest if what in ("import", "initialize") else BackendError
             raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
@@ -403,6 +403,23 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
         return done.as_dict()
     finally:
         sys.modules.pop(module.__name__, None)
+
+
+def _at(e: BaseException) -> str:
+    """Where ``e`` was raised, as Triton's stub words an exception from ``execute`` (pybind11's): ``At:``, then the
+    frames from the innermost out, each ``  <file>(<line>): <function>``, up to the model's ``execute`` (the frames
+    that called it are polystack's, where Triton's are none)."""
+    tb = e.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frames: list[str] = []
+    frame: FrameType | None = tb.tb_frame
+    while frame is not None and frame.f_code.co_filename != __file__:
+        frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
+        frame = frame.f_back
+    return "\n\nAt:\n" + "".join(frames) if frames else ""
 
 
 def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:

@@ -664,7 +664,7 @@ class HttpApp:
                 f"various number of responses (model {name!r} sent {len(got)})"
             )
         if got[0].error is not None:
-            raise got[0].error
+            raise _as_triton_generates(got[0].error)
         assert got[0].response is not None
         return got[0].response
 
@@ -695,7 +695,7 @@ class HttpApp:
             finally:
                 await responses.aclose()
 
-        code = status.http_status(first.error) if first.error is not None else 200
+        code = status.http_status(_as_triton_generates(first.error)) if first.error is not None else 200
         return Response(code, b"", generate_codec.SSE_TYPE, events=events())
 
     async def _run(
@@ -744,6 +744,12 @@ class HttpApp:
             predict = await self._decode_off_loop(name, "", decode)
         result = await self.plane.infer(name, "", predict.request, self.loop, lambda: text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
+
+
+def _as_triton_generates(error: PolystackError) -> PolystackError:
+    """A decoupled model's error response as generate's status: the model's failure (500 elsewhere) is 400, as
+    tritonserver 2.51 answers it there (helper-140: an exception in execute)."""
+    return InvalidRequest(error.message) if status.http_status(error) == 500 else error
 
 
 def _slow_to_read(req: Request) -> bool:
