@@ -201,15 +201,23 @@ KNOWN: dict[str, tuple[str, str]] = {
         )
         for name in ("http generate decoupled, three responses", "http generate decoupled, no response")
     },
+    # the ensemble's outputs in its config's order (Triton's: IDX first), and no sequence parameters
     "grpc stream decoupled ensemble": (
-        r"\$\.answers\.[^.]+\[\d+\]\.infer_response\.parameters\.sequence_(start|end|id)", _OTHERWISE
+        r"\$\.answers\.[^.]+\[\d+\]\.infer_response\.(parameters\.sequence_(start|end|id)|outputs\[\d+\]\."
+        r"(name|datatype|data\[\d+\]))",
+        _OTHERWISE,
     ),
     "grpc stream decoupled ensemble error, then a good request": (
-        r"\$\.answers\.[^.]+\[\d+\]\.(infer_response\.parameters\.sequence_(start|end|id)|error_message)",
+        r"\$\.answers\.[^.]+\[\d+\]\.(infer_response\.(parameters\.sequence_(start|end|id)|outputs\[\d+\]\."
+        r"(name|datatype|data\[\d+\]))|error_message)",
         _OTHERWISE + "; 'an error response of the step fails the ensemble's request, led by `in ensemble '<name>', step"
         " <i> (<model>)`'",
     ),
     "http generate_stream decoupled ensemble": (r"\$\.events\[\d+\]\.sequence_(start|end|id)", _OTHERWISE),
+    **{
+        name: (r"\$\.content_type", _OTHERWISE)  # JSON error bodies say so; Triton's 501 says text/plain
+        for name in ("http infer decoupled", "http infer decoupled, one response", "http infer decoupled ensemble")
+    },
     "http version not a number": (
         r"\$\.(status|body\.error)",
         "README: '`failed to get model version from specified version string 'v': ...` (400: a version that is not"
