@@ -230,6 +230,7 @@ class PythonModel:
                 assert sink is not None
                 results.append(self._one(sink))
         return results
+
     def _answer(
         self, response: Any, outputs: list[str], asked: bool, whole: bool = True
     ) -> dict[str, np.ndarray] | PolystackError:

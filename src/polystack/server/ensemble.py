@@ -488,9 +488,7 @@ async def _branches(
     i = ready[0]
     step = ensemble.steps[i]
     rest = [j for j in waiting if j != i]
-    given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
-    givers = {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
-    responses = step_stream(i, step, given, givers).__aiter__()
+    responses = step_stream(i, step, *_given(step, tensors, batched)).__aiter__()
     try:
         while True:
             try:
@@ -535,9 +533,7 @@ async def _settle(
                     continue
                 waiting.remove(i)
                 step = ensemble.steps[i]
-                given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
-                givers = {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
-                running[asyncio.ensure_future(step_run(i, step, given, givers))] = i
+                running[asyncio.ensure_future(step_run(i, step, *_given(step, tensors, batched)))] = i
             if not running:
                 return
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -555,6 +551,15 @@ async def _settle(
             future.cancel()
         if running:  # their ends are seen (a trace of the request holds theirs) before the request's own
             await asyncio.wait(running, timeout=1.0)
+
+
+def _given(
+    step: Step, tensors: Mapping[str, np.ndarray], batched: Mapping[str, bool]
+) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+    """What ``step`` takes of the ensemble's tensors, by its model's input names, and whether each one's giver
+    batches."""
+    given = {model_tensor: tensors[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
+    return given, {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
 
 
 def _absent(ensemble: Ensemble, tensors: Mapping[str, np.ndarray]) -> set[str]:
