@@ -42,6 +42,7 @@ class ModelMetrics:
     cache_misses: Counter
     cache_hit_seconds: Counter
     cache_miss_seconds: Counter
+    first_response: Histogram
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class _Families:
     cache_misses: Counter
     cache_hit_seconds: Counter
     cache_miss_seconds: Counter
+    first_response: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> _Families:
@@ -122,6 +124,12 @@ class _Families:
                 "Time misses spent hashing, looking up and keeping the answer (Triton: nv_cache_miss_duration_per_model)",
                 labels, registry=registry,
             ),
+            first_response=Histogram(
+                "polystack_inference_first_response_duration_seconds",
+                "Time from a decoupled model's request's arrival to its first response (Triton: "
+                "nv_inference_first_response_histogram_ms), per model",
+                labels, buckets=LATENCY_BUCKETS, registry=registry,
+            ),
         )  # fmt: skip
 
     def bind(self, name: str, version: str) -> ModelMetrics:
@@ -136,12 +144,13 @@ class _Families:
             cache_misses=self.cache_misses.labels(name, version),
             cache_hit_seconds=self.cache_hit_seconds.labels(name, version),
             cache_miss_seconds=self.cache_miss_seconds.labels(name, version),
+            first_response=self.first_response.labels(name, version),
         )
 
     def remove(self, name: str, version: str, reasons: set[str]) -> None:
         for family in (
             self.success, self.request, self.queue, self.compute, self.batch, self.depth, self.cache_hits,
-            self.cache_misses, self.cache_hit_seconds, self.cache_miss_seconds,
+            self.cache_misses, self.cache_hit_seconds, self.cache_miss_seconds, self.first_response,
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 family.remove(name, version)

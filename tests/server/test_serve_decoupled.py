@@ -600,3 +600,16 @@ def test_sigterm_lets_a_decoupled_stream_send_its_last_response_before_the_exit(
         assert [int(a.as_numpy("OUT")[0]) for a in answers[:8]] == list(range(8))
         assert answers[8].get_response().parameters["triton_final_response"].bool_param
         assert proc.wait(timeout=30) == 0
+
+
+def test_the_time_to_a_decoupled_request_s_first_response_is_a_histogram_on_metrics(server: Any) -> None:
+    port, grpc_port, _, _ = server
+
+    def firsts() -> float:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        line = 'polystack_inference_first_response_duration_seconds_count{model="repeat",version="1"} '
+        return sum(float(row[len(line):]) for row in text.splitlines() if row.startswith(line))
+
+    before = firsts()
+    _stream(grpc_port, [([1, 2, 3], {"mode": "final_on_last"}, "m")])
+    assert firsts() == before + 1  # once per request, at its first response

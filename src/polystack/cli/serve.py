@@ -1164,8 +1164,8 @@ _SUMMARY_SETTINGS = ("summary_quantiles", "summary_max_age", "summary_age_bucket
 
 def _counter_latencies(items: list[str]) -> bool:
     """tritonserver's --metrics-config settings: whether --triton-metrics shows its duration counters. Its
-    summaries are refused (with what to use instead); their settings, and first-response histograms (for
-    decoupled models, which polystack has none of), are taken."""
+    summaries are refused (with what to use instead); their settings, and histograms (polystack's latencies are
+    histograms already, a decoupled model's first response among them), are taken."""
     counters = True
     for item in items:
         setting, eq, value = item.partition("=")

@@ -1810,13 +1810,18 @@ class DataPlane:
         """What ``run`` sends to its ``ResponseStream``, as ``Streamed`` responses of ``name`` at ``model_version``,
         up to the final one (its failure before that is the final one). Closed early (the client went away): the
         stream is cancelled, and the run too where ``cancel``."""
+        started = time.perf_counter()
         stream = ResponseStream(loop)
         task = loop.create_task(run(stream))
         task.add_done_callback(lambda task: _ran(task, stream, name))
         self._streaming.add(task)  # held until done
         task.add_done_callback(self._streaming.discard)
+        first = True
         try:
             async for sent, final in stream:
+                if first and sent is not None:  # the time to its first response (an LLM's first token, say)
+                    first = False
+                    self.metrics.model(name, model_version).first_response.observe(time.perf_counter() - started)
                 if isinstance(sent, PolystackError):
                     yield Streamed(None, sent, final)
                 elif sent is None:
