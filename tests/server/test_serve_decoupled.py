@@ -268,6 +268,10 @@ ensemble_scheduling { step [
 ] }
 """
 
+# repeat under sequence batching (without its warm-up: a sequence model has none): its requests carry their
+# sequence's id, as any sequence model's
+SEQUENCE_CONFIG = REPEAT_CONFIG.split("model_warmup")[0] + "sequence_batching { }\n"
+
 CALLER_CONFIG = """backend: "python"
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
@@ -280,6 +284,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
     python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
     python_folder(root / "models", "once", ONCE, ONCE_CONFIG)
+    python_folder(root / "models", "repeat_seq", REPEAT, SEQUENCE_CONFIG)
     python_folder(root / "models", "plus", AFFINE, affine_config(1, 1, "-1"))
     python_folder(root / "models", "times", AFFINE, affine_config(10, 0, "1"))
     (root / "models" / "pipe" / "1").mkdir(parents=True)
@@ -613,3 +618,26 @@ def test_the_time_to_a_decoupled_request_s_first_response_is_a_histogram_on_metr
     before = firsts()
     _stream(grpc_port, [([1, 2, 3], {"mode": "final_on_last"}, "m")])
     assert firsts() == before + 1  # once per request, at its first response
+
+
+def test_a_decoupled_sequence_model_streams_each_request_of_its_sequences(server: Any) -> None:
+    _, grpc_port, _, _ = server
+    got: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        for values, start, end in (([1, 2], True, False), ([3], False, True)):
+            x = grpcclient.InferInput("IN", [len(values)], "INT32")
+            x.set_data_from_numpy(np.array(values, dtype=np.int32))
+            client.async_stream_infer(
+                "repeat_seq", [x], sequence_id=7, sequence_start=start, sequence_end=end,
+                parameters={"mode": "final_on_last"},
+            )  # fmt: skip
+        answers = [got.get(timeout=10) for _ in range(3)]
+        x = grpcclient.InferInput("IN", [1], "INT32")
+        x.set_data_from_numpy(np.array([9], dtype=np.int32))
+        client.async_stream_infer("repeat_seq", [x])  # no sequence: refused in Triton's words, in the stream
+        refused = got.get(timeout=10)
+        client.stop_stream()
+    assert [int(a.as_numpy("OUT")[0]) for a in answers] == [1, 2, 3]
+    assert isinstance(refused, InferenceServerException)
+    assert "must specify a non-zero or non-empty correlation ID" in refused.message()
