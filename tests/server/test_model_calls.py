@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ class Served:
             raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
         return InferResponse(name, version or "1", {"y": request.inputs["x"] * 2})
 
-    async def infer_stream(self, name: str, version: str | None, request: InferRequest) -> AsyncIterator[Streamed]:
+    async def infer_stream(self, name: str, version: str | None, request: InferRequest) -> AsyncGenerator[Streamed, None]:
         """"double" as a decoupled model: a response for each row of x, doubled, then the final flag alone."""
         if name != "double":
             raise ModelNotFound(f"Request for unknown model: {name!r} is not found")

@@ -1711,6 +1711,8 @@ class DataPlane:
         """Whether the model served as ``name`` sends any number of responses to a request (Triton's decoupled
         transaction policy), read with ``infer_stream``: an ensemble is, where a step runs one. False for a model not
         served."""
+        if not self._any_decoupled:  # none ever served: every request's check, this one flag
+            return False
         if self._ensembles and name in self._ensembles:
             pipeline = self._ensemble(name, version)
             return pipeline is not None and bool(self._decoupled_steps(pipeline.ensemble))

@@ -67,6 +67,12 @@ class ResponseStream:
             if self._cancelled:
                 return
             self._put((outputs, final))
+            first, self._first_out = not self._first_out, True
+        if first and threading.get_ident() != self._loop_thread:
+            # the request's first response (an LLM's first token): the model's thread lets the event loop have the
+            # GIL now, so that the response goes out at once rather than when the thread gives the GIL up (up to
+            # the 5 ms switch interval later, after many more sends; bench/streaming.py measures both)
+            time.sleep(0)
 
     def fail(self, error: PolystackError) -> bool:
         """The request failed before its model sent its final response (its ``execute`` raised, say): the error is
@@ -86,12 +92,6 @@ class ResponseStream:
     def _put(self, sent: Sent) -> None:
         with contextlib.suppress(RuntimeError):  # the server's loop closed (it exited): nobody reads it
             self._loop.call_soon_threadsafe(self._queue.put_nowait, sent)
-        if not self._first_out and threading.get_ident() != self._loop_thread:
-            # the request's first response (an LLM's first token): the model's thread lets the event loop have the
-            # GIL now, so that the response goes out at once rather than when the thread gives the GIL up (up to
-            # the 5 ms switch interval later, after many more sends; bench/streaming.py measures both)
-            self._first_out = True
-            time.sleep(0)
 
     async def __aiter__(self) -> AsyncIterator[Sent]:
         while True:

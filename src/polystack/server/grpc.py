@@ -6,8 +6,9 @@ stream at once, up to ``STREAM_IN_FLIGHT``, so that they batch together, and wri
 order the requests came, failures included, each with Triton's ``triton_final_response`` parameter (true), as
 Triton answers a stream to a model that is not decoupled; it reads on while answers wait for earlier ones, up to
 ``STREAM_UNSENT`` answers not yet sent. A decoupled model's request (``server.decoupled``) gets an answer for each
-of its responses as it comes (``triton_final_response`` false until the last), among the others' answers. When the server drains, a stream stops reading, answers what it runs
-(and, saying it was not run, what it read but had not started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
+of its responses as it comes (``triton_final_response`` false until the last), among the others' answers. When the
+server drains, a stream stops reading, answers what it runs (and, saying it was not run, what it read but had not
+started), and ends UNAVAILABLE. ``TraceSetting`` and ``LogSettings`` are
 Triton's trace and logging extensions (see ``server.tracing`` and ``server.logs``); a ``traceparent``
 in a call's metadata makes its span a child of the caller's. Triton's RPCs that polystack does not
 implement (CUDA shared memory) answer UNIMPLEMENTED with a line saying what to use instead, not grpc's

@@ -1261,6 +1261,9 @@ class HttpProtocol(asyncio.Protocol):
                 % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type, _date_line())
             ]
             head += [b"%s: %s\r\n" % (k, v) for k, v in resp.headers]
+            rid = req.headers.get(b"x-request-id")
+            if rid is not None:  # echoed, as on any answer
+                head.append(b"x-request-id: %s\r\n" % rid)
             head.append(b"transfer-encoding: chunked\r\n" if chunked else b"connection: close\r\n")
             head.append(b"\r\n")
             transport.write(b"".join(head))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +27,7 @@ from polystack.server.decoupled import Streamed
 
 T = TypeVar("T")
 Infer = Callable[[str, str | None, InferRequest], Awaitable[InferResponse]]
-InferStream = Callable[[str, str | None, InferRequest], AsyncIterator[Streamed]]
+InferStream = Callable[[str, str | None, InferRequest], AsyncGenerator[Streamed, None]]
 Control = Callable[[str, dict[str, Any]], Awaitable[None]]  # a repository load or unload: name, parameters
 # the model ``name`` (at ``version``) serves now, as ``name:version``, and how many of its requests run at once (None:
 # no model serves so; the call fails in the server's words)
@@ -72,13 +72,17 @@ class ModelCalls:
         version, request = self._request(call)
 
         async def run() -> None:
-            async for streamed in self._infer_stream(call.model, version, request):
-                if responses.cancelled:  # the caller stopped reading: the request is cancelled
-                    break
-                if streamed.response is not None:
-                    responses.send(streamed.response.outputs, streamed.final)
-                else:
-                    responses.send(streamed.error, streamed.final)
+            answers = self._infer_stream(call.model, version, request)
+            try:
+                async for streamed in answers:
+                    if responses.cancelled:  # the caller stopped reading: the request is cancelled
+                        break
+                    if streamed.response is not None:
+                        responses.send(streamed.response.outputs, streamed.final)
+                    else:
+                        responses.send(streamed.error, streamed.final)
+            finally:
+                await answers.aclose()  # (at once, where the caller stopped reading)
 
         return self._submit(run, f"model {call.caller!r} called model {call.model!r}")
 
