@@ -202,6 +202,8 @@ class TritonPythonModel:
                     sender.send(flags=FINAL)
                 except pb_utils.TritonModelException as e:
                     sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), FINAL)
+            elif mode == "never":  # returns None and never sends: the request waits for an answer
+                pass
             elif mode == "and_return":
                 sender.send(response, FINAL)
                 returned[-1] = response
@@ -641,3 +643,24 @@ def test_a_decoupled_sequence_model_streams_each_request_of_its_sequences(server
     assert [int(a.as_numpy("OUT")[0]) for a in answers] == [1, 2, 3]
     assert isinstance(refused, InferenceServerException)
     assert "must specify a non-zero or non-empty correlation ID" in refused.message()
+
+
+def test_a_request_its_model_never_answers_fails_at_the_exit_which_it_does_not_hold_up(tmp_path: Path) -> None:
+    python_folder(tmp_path / "models", "once", ONCE, ONCE_CONFIG)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
+            "--exit-timeout-secs", "3"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        got: queue.Queue[Any] = queue.Queue()
+
+        def ask() -> None:
+            body = {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}], "parameters": {"mode": "never"}}
+            try:
+                got.put(httpx.post(f"http://127.0.0.1:{port}/v2/models/once/infer", json=body, timeout=1).status_code)
+            except httpx.HTTPError as e:
+                got.put(type(e).__name__)
+
+        ask()  # the client gives up; its request still waits in the model's thread
+        assert got.get() == "ReadTimeout"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0  # the waiting request fails, and its thread lets the exit go on

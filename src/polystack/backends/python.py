@@ -99,6 +99,7 @@ class PythonModel:
             # its requests' responses are sent apart from execute's return, any number of them (Triton's decoupled)
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
+            self._closing = False  # the server stops serving it: no request waits for its sender any more
             for name in _instance_names(given, self.name):
                 instance = _Instance(name)
                 self._instances.append(instance)
@@ -268,11 +269,20 @@ class PythonModel:
             )
         return result
 
+    def closing(self) -> None:
+        """The server stops serving it (an unload, a reload, the exit): the requests still waiting for the answer
+        their sender has not sent fail now, where they would hold their threads (and the exit) for good."""
+        self._closing = True
+        for gathered in list(self._waiting):
+            gathered.fail(Unavailable(f"model {self.name!r} was unloaded before it answered this request"))
+
     def _one(self, gathered: _Gathered) -> dict[str, np.ndarray] | PolystackError:
         """The one response a request's sender sends (a model that returns None from execute sends it, now or
-        later): waited for until the final flag. A decoupled model's, served where no stream reads its responses
-        (``polystack predict``, a warm-up), must be one too."""
+        later): waited for until the final flag, or until the model is closing. A decoupled model's, served where
+        no stream reads its responses (``polystack predict``, a warm-up), must be one too."""
         self._waiting.add(gathered)
+        if self._closing:
+            gathered.fail(Unavailable(f"model {self.name!r} was unloaded before it answered this request"))
         try:
             responses = gathered.wait()
         finally:
@@ -300,8 +310,8 @@ class PythonModel:
     def close(self) -> None:
         """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
         failed: BaseException | None = None
-        for gathered in list(getattr(self, "_waiting", ())):  # requests whose sender never sent: they fail now
-            gathered.fail(Unavailable(f"model {self.name!r} was unloaded before it answered this request"))
+        if hasattr(self, "_waiting"):  # requests whose sender never sent: they fail now
+            self.closing()
         for instance in self._instances:
             try:
                 finalize = getattr(instance.model, "finalize", None)

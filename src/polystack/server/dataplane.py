@@ -149,7 +149,11 @@ class _Served:
         return len(self.waiting)
 
     def close(self, wait: bool) -> None:
-        """Stop taking work; what was handed over still runs, on this instance."""
+        """Stop taking work; what was handed over still runs, on this instance. Requests its model holds waiting
+        for an answer its code may never send (a Python model's sender) fail first, so that no thread stays held."""
+        closing = getattr(self.entry.model.inner, "closing", None)
+        if closing is not None:
+            closing()
         if self.batcher is not None:
             self.batcher.close(drain=True)
         if self.sequencer is not None:
