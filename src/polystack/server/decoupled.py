@@ -5,7 +5,8 @@ marked final (Triton's ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``), which may come
 ``ResponseStream`` is one request's: the model's side sends into it (``hosting.Responses``), thread-safe, and the
 server's side reads it on the event loop, in the order sent, up to the final one (``DataPlane.infer_stream``,
 which makes each a ``Streamed``). A client that goes away cancels it: what the model sends after is dropped, and
-the model can see it (``is_cancelled()``).
+the model can see it (``is_cancelled()``). One that reads slowly slows the model: its sends wait while ``UNREAD``
+of its responses are unread.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from polystack.errors import PolystackError, Unavailable
 from polystack.protocol.wire import InferResponse
 
 Sent = tuple[dict[str, np.ndarray] | PolystackError | None, bool]  # a response as the model sent it, and final
+# responses of one request sent and not yet read (by a client that reads slower than its model sends, or not at
+# all): at this many, the model's next send waits for room, so that the server does not hold the whole stream
+UNREAD = 256
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class ResponseStream:
         self._cancelled = False
         self._first_out = False  # its first response was handed to the loop
         self._loop_thread = threading.get_ident()  # made on the loop's thread
+        self._unread = 0  # responses sent and not yet read
+        self._room = threading.Condition(self._lock)  # (a model's thread waits there for room among them)
 
     @property
     def closed(self) -> bool:
@@ -60,15 +66,23 @@ class ResponseStream:
         return self._cancelled
 
     def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
-            if self._closed:
-                raise Unavailable("Unable to send response. Response sender has been closed.")
+            while True:
+                if self._closed:
+                    raise Unavailable("Unable to send response. Response sender has been closed.")
+                # a model's thread waits while UNREAD responses wait for a client that does not read them (the
+                # loop never waits: it is what reads them)
+                if on_loop or self._cancelled or self._unread < UNREAD:
+                    break
+                self._room.wait()
             self._closed = final
             if self._cancelled:
                 return
+            self._unread += 1
             self._put((outputs, final))
             first, self._first_out = not self._first_out, True
-        if first and threading.get_ident() != self._loop_thread:
+        if first and not on_loop:
             # the request's first response (an LLM's first token): the model's thread lets the event loop have the
             # GIL now, so that the response goes out at once rather than when the thread gives the GIL up (up to
             # the 5 ms switch interval later, after many more sends; bench/streaming.py measures both)
@@ -81,6 +95,7 @@ class ResponseStream:
             if self._closed:
                 return False
             self._closed = True
+            self._unread += 1
             self._put((error, True))
         return True
 
@@ -88,6 +103,7 @@ class ResponseStream:
         """The client went away: what the model sends from now on is dropped (nobody reads it)."""
         with self._lock:
             self._cancelled = True
+            self._room.notify_all()  # its senders waiting for room go on (and their responses are dropped)
 
     def _put(self, sent: Sent) -> None:
         with contextlib.suppress(RuntimeError):  # the server's loop closed (it exited): nobody reads it
@@ -96,6 +112,9 @@ class ResponseStream:
     async def __aiter__(self) -> AsyncIterator[Sent]:
         while True:
             sent = await self._queue.get()
+            with self._lock:
+                self._unread -= 1
+                self._room.notify()
             yield sent
             if sent[1]:
                 return

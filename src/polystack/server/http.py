@@ -1272,6 +1272,8 @@ class HttpProtocol(asyncio.Protocol):
                     return
                 if chunk:
                     transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                while self._write_paused and not transport.is_closing():  # the client reads slower than the model
+                    await asyncio.sleep(0.01)  # sends: the next event waits (and the model with it, in time)
             if chunked:
                 transport.write(b"0\r\n\r\n")
             self.last_active = self._loop.time()
