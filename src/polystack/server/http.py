@@ -1252,7 +1252,9 @@ class HttpProtocol(asyncio.Protocol):
         client that goes away ends it (its generator is closed: the request is cancelled)."""
         assert resp.events is not None
         transport = self.transport
-        events, chunked = resp.events, not req.http10 and self.parser.get_http_version() != "1.0"
+        # chunked on a connection kept alive (HTTP/1.1's); else the body runs to the close (HTTP/1.0's, and a
+        # request's own, not the parser's: it may have read the next pipelined request already)
+        events, chunked = resp.events, req.keep_alive and not req.http10
         try:
             if transport is None or transport.is_closing():
                 return
