@@ -615,10 +615,6 @@ class InferenceResponseSender:
         return self._responses.cancelled
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def sent(self) -> int:
         return self._sent
 
