@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -449,11 +450,63 @@ def test_a_python_sequence_model_gets_its_control_inputs_and_each_requests_corre
         assert step(7, 3, end=True) == (6.0, [7, 2, 0])  # END
         assert step(8, 10, start=True) == (10.0, [8, 1, 1])
         assert [t["name"] for t in client.get_model_metadata("acc")["inputs"]] == ["x"]  # its control is the server's
-    # several instances, each with its own state, would each see some of a sequence's requests: refused
-    config = (repo / "acc" / "config.pbtxt").read_text() + "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
-    (repo / "acc" / "config.pbtxt").write_text(config)
-    line = refused_at_start(tmp_path / "again", ["--model-repository", str(repo), "--allow-python-models"])
-    assert "a Python model with sequence batching and 2 instances" in line and "instance_group count 1" in line
+
+
+PINNED = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.totals, self.me = {}, args["model_instance_name"]
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            if pb_utils.get_input_tensor_by_name(r, "START").as_numpy().ravel()[0]:
+                self.totals[r.correlation_id()] = 0.0
+            self.totals[r.correlation_id()] += float(x.sum())
+            y = np.full(x.shape, self.totals[r.correlation_id()], np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y),
+                pb_utils.Tensor("facts", np.full(x.shape, self.me.encode(), np.object_))]))
+        return out
+'''
+
+
+def test_each_sequence_of_a_python_model_with_several_instances_runs_on_one_of_them_as_in_triton(
+    tmp_path: Path,
+) -> None:
+    """Each instance keeps its own sequences' totals: a sequence whose requests ran on both would add up wrong."""
+    repo = tmp_path / "models"
+    python_folder(repo, "acc", PINNED,
+        'backend: "python"\nmax_batch_size: 2\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] }, { name: "facts", data_type: TYPE_STRING, '
+        "dims: [ 1 ] } ]\nsequence_batching { control_input [ { name: \"START\", control [ { kind: "
+        "CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] } ] }\n"
+        "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        seen: dict[int, list[tuple[float, str]]] = {}
+
+        def sequence(sid: int) -> None:  # 4 sequences at once, 2 slots on each instance: all hold one
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+            for step in range(12):
+                x = httpclient.InferInput("x", [1, 1], "FP32")
+                x.set_data_from_numpy(np.array([[sid]], np.float32))
+                result = client.infer("acc", [x], sequence_id=sid, sequence_start=step == 0, sequence_end=step == 11)
+                seen.setdefault(sid, []).append((float(result.as_numpy("y")[0, 0]), result.as_numpy("facts")[0, 0]))
+
+        threads = [threading.Thread(target=sequence, args=(sid,)) for sid in (1, 2, 3, 4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for sid in (1, 2, 3, 4):
+            assert [total for total, _ in seen[sid]] == [sid * (k + 1) for k in range(12)]  # one instance's count
+            assert len({me for _, me in seen[sid]}) == 1  # every request on the same instance
+        assert len({seen[sid][0][1] for sid in seen}) == 2  # the slots on both instances
 
 
 OPTIONAL = '''

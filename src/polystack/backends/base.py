@@ -8,6 +8,7 @@ runtime sees them and returns only the outputs asked for.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -145,12 +146,17 @@ class CheckedModel:
         """Whether the model takes a batch's requests apart, each with its facts (``infer_apart``)."""
         return hasattr(self.inner, "infer_apart")
 
-    def infer_apart(self, requests: Sequence[Apart]) -> list[dict[str, np.ndarray] | PolystackError]:
+    def infer_apart(
+        self, requests: Sequence[Apart], instance: int | None = None
+    ) -> list[dict[str, np.ndarray] | PolystackError]:
         """Requests (each checked by its batcher) run as one call of a model that takes them apart
-        (``runs_apart``): each one's outputs (those it asks for, else all), or the error that failed it alone."""
+        (``runs_apart``), on its instance ``instance`` (a sequence batcher keeps each sequence on one; None: any):
+        each one's outputs (those it asks for, else all), or the error that failed it alone."""
         apart = getattr(self.inner, "infer_apart", None)
         if apart is None:
             raise BackendError("this model runs a batch as one request")
+        if instance is not None:
+            apart = functools.partial(apart, instance=instance)
         results: list[dict[str, np.ndarray] | PolystackError] = self._call(apart, requests)
         return results
 

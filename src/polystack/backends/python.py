@@ -74,6 +74,7 @@ class _Instance:
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
         self.started = False  # its initialize returned: finalize runs at the close
+        self.lock = threading.Lock()  # held while it runs an execute: one at a time, as on Triton's
 
 
 class PythonModel:
@@ -177,9 +178,12 @@ class PythonModel:
             raise result
         return result
 
-    def infer_apart(self, requests: Sequence[Apart]) -> list[dict[str, np.ndarray] | PolystackError]:
+    def infer_apart(
+        self, requests: Sequence[Apart], instance: int | None = None
+    ) -> list[dict[str, np.ndarray] | PolystackError]:
         """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
-        response sender: each one's outputs, or the error its response carries. ``execute`` failing fails them all
+        response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the
+        first idle one): each one's outputs, or the error its response carries. ``execute`` failing fails them all
         (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
         each request's result here has no outputs; without a server, its one response is the result."""
         received, wanted = [], []
@@ -196,17 +200,19 @@ class PythonModel:
             received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names, sender))
             gathered.append(own)
             wanted.append((names, bool(outputs)))
-        instance = self._idle.get()  # one execute at a time on each instance, as on Triton's
+        chosen = self._idle.get() if instance is None else self._instances[instance % len(self._instances)]
         try:
             callers = _waiting(facts.callers for _, _, facts in requests)
-            responses = self._run("execute", instance, self._execute, instance, received, callers=callers)
+            with chosen.lock:  # one execute at a time on each instance, as on Triton's
+                responses = self._run("execute", chosen, self._execute, chosen, received, callers=callers)
         finally:
-            self._idle.put(instance)
+            if instance is None:
+                self._idle.put(chosen)
         if self.decoupled:
             if responses is not None:  # Triton's words
                 raise BackendError(
-                    f"Failed to process the request(s) for model '{instance.name}', message: Python model "
-                    f"'{instance.name}' is using the decoupled mode and the execute function must return None."
+                    f"Failed to process the request(s) for model '{chosen.name}', message: Python model "
+                    f"'{chosen.name}' is using the decoupled mode and the execute function must return None."
                 )
             return [{} if g is None else self._one(g) for g in gathered]
         if responses is None:  # each request answered by its response sender (now, or later from a thread)
@@ -214,7 +220,7 @@ class PythonModel:
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise BackendError(
-                f"Failed to process the request(s) for model '{instance.name}', message: Number of InferenceResponse "
+                f"Failed to process the request(s) for model '{chosen.name}', message: Number of InferenceResponse "
                 "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
                 f"{len(received)}, and InferenceResponse(s) size is:{got}"
             )
@@ -222,7 +228,7 @@ class PythonModel:
         for request, response, sink, (names, asked) in zip(received, responses, gathered, wanted, strict=True):
             if response is not None and request.get_response_sender().sent:  # Triton's words
                 raise BackendError(
-                    f"Failed to process the request(s) for model '{instance.name}', message: Unable to send response. "
+                    f"Failed to process the request(s) for model '{chosen.name}', message: Unable to send response. "
                     "Non-decoupled model cannot send more than one response."
                 )
             if response is not None:

@@ -209,6 +209,7 @@ class _Sequence:
     requests: collections.deque[_Request] = field(default_factory=collections.deque)
     state: dict[str, np.ndarray] = field(default_factory=dict)
     placed: bool = False  # holds a slot (its requests may run); else waits in the backlog
+    instance: int = 0  # the instance its slot is on, where a model keeps its sequences' state (``pinned``)
     busy: bool = False  # one of its requests is running
     ended: bool = False  # its END request came: a later request without START is refused
     last: float = field(default_factory=time.monotonic)  # when its last request came or finished
@@ -237,6 +238,11 @@ class SequenceBatcher:
         self._apart = bool(getattr(self.model, "runs_apart", False))
         self.signature = entry.signature
         self.policy = policy
+        # such a model keeps its sequences' state in its instances (a Python model's own objects): as in Triton's
+        # sequence batcher, a sequence's slot is on one instance, which runs all its requests, each worker running
+        # one instance's sequences; a runtime whose state comes in through its inputs runs any sequence anywhere
+        self.pinned = self._apart and policy.instances > 1
+        self._placed_on = [0] * policy.instances  # sequences holding a slot on each instance (pinned)
         self.batched = policy.max_batch_size > 0
         self._initial = {s.input: s.first(self.batched) for s in policy.states}  # what a START request runs on
         # direct waits for more only with a minimum_slot_utilization, as Triton's: its delay is ignored otherwise
@@ -263,7 +269,7 @@ class SequenceBatcher:
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._threads = [
-            threading.Thread(target=self._run, name=f"sequences-{entry.name}-{i}", daemon=True)
+            threading.Thread(target=self._run, args=(i,), name=f"sequences-{entry.name}-{i}", daemon=True)
             for i in range(policy.instances)
         ]
         for t in self._threads:
@@ -443,7 +449,7 @@ class SequenceBatcher:
             self._queued += 1
             if sequence.placed and not sequence.busy and len(sequence.requests) == 1:
                 self._ready[sequence] = None
-                self._cond.notify()
+                self._wake()
         return request
 
     def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
@@ -474,6 +480,9 @@ class SequenceBatcher:
             return
         self._placed += 1
         sequence.placed = True
+        if self.pinned:  # on the instance holding fewest (one has room: fewer than all its slots are held)
+            sequence.instance = min(range(len(self._placed_on)), key=self._placed_on.__getitem__)
+            self._placed_on[sequence.instance] += 1
         sequence.state = dict(self._initial)  # its START request runs on these; its state is its own after
         if sequence.requests and not sequence.busy:
             self._ready[sequence] = None
@@ -491,6 +500,8 @@ class SequenceBatcher:
         sequence.placed = False
         sequence.state = {}
         self._placed -= 1
+        if self.pinned:
+            self._placed_on[sequence.instance] -= 1
         while self._backlog and self._placed < self.policy.slots:
             waiting = self._backlog.popleft()
             if waiting.requests or self._sequences.get(waiting.id) is waiting:  # else: nothing left of it
@@ -518,18 +529,27 @@ class SequenceBatcher:
         return len(self._sequences)
 
     # -- the worker ----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _wake(self) -> None:
+        """A sequence is ready: a worker takes it (pinned: each looks, as only its instance's worker may)."""
+        if self.pinned:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
+
+    def _run(self, index: int) -> None:
+        """Worker ``index``: batches of any sequence, or (pinned) of those whose slot is on instance ``index``."""
+        instance = index if self.pinned else None
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(instance)
             if batch is None:
                 return
             if not batch:
                 continue
             try:
                 if self._limits is None:
-                    self._execute(batch)
+                    self._execute(batch, instance=instance)
                 else:
-                    self._execute_limited(batch, self._limits)
+                    self._execute_limited(batch, self._limits, instance)
             except BaseException as e:  # never let the worker die: the sequences would wait forever
                 log.exception("sequence batch worker error", extra={"model": self.entry.name})
                 error = BackendError(
@@ -541,7 +561,9 @@ class SequenceBatcher:
                 _deliver([(r, None, error) for r, _ in batch])
                 self._finish([(r, s, None) for r, s in batch])
 
-    def _execute_limited(self, batch: list[tuple[_Request, _Sequence]], limits: ModelInstances) -> None:
+    def _execute_limited(
+        self, batch: list[tuple[_Request, _Sequence]], limits: ModelInstances, instance: int | None
+    ) -> None:
         """Triton's rate limiter: the instance waits for its resources (its requests counted in ``depth``
         meanwhile: in a slot, they run whatever their timeout, as in Triton), then runs ``batch``."""
         with self._cond:
@@ -552,21 +574,23 @@ class SequenceBatcher:
                 with self._cond:
                     self._held_back -= len(batch)
                 waiting = False
-                self._execute(batch)
+                self._execute(batch, instance=instance)
         finally:
             if waiting:
                 with self._cond:
                     self._held_back -= len(batch)
 
-    def _next_batch(self) -> list[tuple[_Request, _Sequence]] | None:
+    def _next_batch(self, instance: int | None) -> list[tuple[_Request, _Sequence]] | None:
+        """The next batch to run: of any sequence ready, or of those whose slot is on ``instance``."""
         with self._cond:
             while True:
                 now = time.monotonic()
                 if self._sequences and (self._closed or self._draining or now - self._swept >= self._sweep_every()):
                     self._sweep(now)
                 wait: float | None = None
-                if self._ready:
-                    heads = sorted(self._ready, key=lambda s: s.requests[0].enqueued)
+                mine = self._ready if instance is None else [s for s in self._ready if s.instance == instance]
+                if mine:
+                    heads = sorted(mine, key=lambda s: s.requests[0].enqueued)
                     first = heads[0].requests[0].key
                     ready = sum(1 for s in heads if s.requests[0].key == first)
                     wait = self._wait_for_more(ready, heads[0].requests[0].enqueued, now)
@@ -640,8 +664,11 @@ class SequenceBatcher:
         full.update(self._initial if request.flags.start else sequence.state)
         return full
 
-    def _execute(self, batch: list[tuple[_Request, _Sequence]], counted: bool = False) -> None:
-        """Run ``batch``; ``counted``: its queue times are taken already (a merged batch run again one by one)."""
+    def _execute(
+        self, batch: list[tuple[_Request, _Sequence]], counted: bool = False, instance: int | None = None
+    ) -> None:
+        """Run ``batch`` (on ``instance``, pinned); ``counted``: its queue times are taken already (a merged batch
+        run again one by one)."""
         started = time.monotonic()
         stats = self.entry.stats
         for request, _ in batch if not counted else ():
@@ -649,7 +676,7 @@ class SequenceBatcher:
         t_input = time.perf_counter_ns()
         parts = [self._inputs(r, s) for r, s in batch]
         if self._apart:
-            self._execute_apart(batch, parts)
+            self._execute_apart(batch, parts, instance)
             return
         merged = parts[0] if len(batch) == 1 else {n: _concat_rows([p[n] for p in parts]) for n in parts[0]}
         wanted = self._wanted([r for r, _ in batch])
@@ -688,13 +715,16 @@ class SequenceBatcher:
         self._finish([(r, s, row) for (r, s), row in zip(batch, split, strict=True)])
         _deliver(outcomes)
 
-    def _execute_apart(self, batch: list[tuple[_Request, _Sequence]], parts: list[dict[str, np.ndarray]]) -> None:
+    def _execute_apart(
+        self, batch: list[tuple[_Request, _Sequence]], parts: list[dict[str, np.ndarray]], instance: int | None
+    ) -> None:
         """``batch`` as one call of a model that takes its requests apart (a Python model), each with its facts
-        and whole inputs: each answered alone, its sequence taking its new state or keeping the one it had."""
+        and whole inputs, on ``instance`` (pinned; else any): each answered alone, its sequence taking its new state
+        or keeping the one it had."""
         t0 = time.perf_counter_ns()
         try:
             results = self.model.infer_apart(
-                [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)]
+                [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)], instance
             )
         except Exception as e:  # the call failed: each of its requests, never run again
             for request, _ in batch:
@@ -781,7 +811,7 @@ class SequenceBatcher:
                     self._release(sequence)
                 elif sequence.requests and sequence.placed:
                     self._ready[sequence] = None
-                    self._cond.notify()
+                    self._wake()
                 elif not sequence.requests and self._sequences.get(sequence.id) is not sequence:
                     self._release(sequence)  # started again under its ID meanwhile: this one is over
             if self._closed:

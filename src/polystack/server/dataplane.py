@@ -568,12 +568,6 @@ class DataPlane:
                 # for a policy they batch
                 chosen = dataclasses.replace(chosen, batching=self.batch_overrides.apply(chosen.batching))
             sequence = chosen.sequence
-            if record.format == "python" and sequence is not None and sequence.instances > 1:
-                raise InvalidRequest(
-                    f"model {record.name!r} is a Python model with sequence batching and {sequence.instances} instances, "
-                    "each keeping its own state, and polystack would run a sequence's requests on any of them (Triton "
-                    "keeps a sequence on one); give it one instance (instance_group count 1)"
-                )
             if chosen.batching != policy or chosen.instances is not None or sequence is not None:
                 policy, instances = chosen.batching, chosen.instances
                 if policy is None and instances is None and sequence is None:
