@@ -323,6 +323,64 @@ def test_a_configs_instance_count_runs_that_many_instances_at_once_each_its_own(
         loaded.close()
 
 
+LOADER = """
+import sys
+from pathlib import Path
+from polystack.backends import registry
+from polystack.formats import python_model
+import json
+config = json.loads(Path(sys.argv[2]).read_text())
+backend = registry.get("python")
+loaded = backend.load(Path(sys.argv[1]), python_model.signature(config), backend.parse_options({}), "cpu")
+print(loaded._folder, flush=True)
+sys.stdin.read()  # loaded until its parent says
+"""
+
+
+def test_a_folder_a_killed_process_left_goes_at_the_next_load_and_a_live_processs_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from polystack.backends import python
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("FINALIZED", str(tmp_path / "finalized"))
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    zipped = packed(tmp_path)
+    env = {**os.environ, "TMPDIR": str(temp)}
+    loaders = [
+        subprocess.Popen([sys.executable, "-c", LOADER, str(zipped), str(tmp_path / "config.json")], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        killed, live = (Path(p.stdout.readline().strip()) for p in loaders)  # type: ignore[union-attr]
+        loaders[0].kill()  # its model is never closed: its folder stays behind
+        loaders[0].wait()
+        old = time.time() - 3600
+        for folder in (killed, live):
+            os.utime(folder, (old, old))  # past the minute a new folder is left alone for
+        assert killed.is_dir() and live.is_dir()
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        monkeypatch.setattr(python, "_swept", False)
+        model = registry.get("python").load(zipped, python_model.signature(CONFIG), registry.get("python").parse_options({}), "cpu")
+        try:
+            assert not killed.exists() and live.is_dir() and model._folder.is_dir()
+        finally:
+            model.close()
+        assert not model._folder.exists() and live.is_dir()
+    finally:
+        for p in loaders:
+            p.kill()
+            p.wait()
+
+
 def test_bytes_tensors_serialize_to_tritons_wire_form_and_back() -> None:
     from polystack.backends import triton_python_utils as pb_utils
 

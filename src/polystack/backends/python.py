@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 import zipfile
@@ -62,6 +63,8 @@ from polystack.formats.python_model import MANIFEST
 from polystack.types import DType, Signature
 
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
+FOLDER_PREFIX = "polystack-python-model-"  # the folders models are unpacked into, in the temporary folder
+OWNER_LOCK = ".polystack-owner.lock"  # in each: locked while its model is loaded (released when its process ends)
 
 
 class _Instance:
@@ -83,8 +86,11 @@ class PythonModel:
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
         self._instances: list[_Instance] = []
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
-        self._folder = Path(tempfile.mkdtemp(prefix="polystack-python-model-"))
+        _sweep_folders_left()
+        self._folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+        self._owner: Any = None
         try:
+            self._owner = _hold(self._folder / OWNER_LOCK)
             try:
                 with zipfile.ZipFile(artifact) as zf:
                     zf.extractall(self._folder)
@@ -332,6 +338,9 @@ class PythonModel:
                     sys.modules.pop(instance.module.__name__, None)
         self._instances = []
         shutil.rmtree(self._folder, ignore_errors=True)
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
         if failed is not None:
             raise failed
 
@@ -360,6 +369,44 @@ class _Gathered:
     def wait(self) -> list[dict[str, np.ndarray] | PolystackError | None] | PolystackError:
         self._done.wait()
         return self._failed or self._responses
+
+
+_swept = False
+_LEFT_AFTER_S = 60.0  # a folder this much older than its last change, unlocked, was left by a process that ended
+
+
+def _hold(path: Path) -> Any:
+    """An open file on ``path``, exclusively locked until it is closed or its process ends (None without flock)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: the folder is removed at the close alone
+        return None
+    owner = path.open("w")
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return owner
+
+
+def _sweep_folders_left() -> None:
+    """Remove the folders of models that a process unpacked and never closed (a server killed, or out of memory),
+    once a process: each would keep a model's files in the temporary folder for good. A folder is its process's
+    while the lock in it is held: the kernel releases it when the process ends (a pid would not tell from another
+    container sharing the folder), and one that changed within a minute is left alone (its lock may be coming)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        import fcntl
+    except ImportError:
+        return
+    with contextlib.suppress(OSError):
+        for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+            with contextlib.suppress(OSError):  # another process's sweep, or one it cannot read
+                if time.time() - path.stat().st_mtime < _LEFT_AFTER_S or not (path / OWNER_LOCK).is_file():
+                    continue
+                with (path / OWNER_LOCK).open("a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its process holds it
+                    shutil.rmtree(path, ignore_errors=True)
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
