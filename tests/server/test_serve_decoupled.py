@@ -609,6 +609,69 @@ def test_sigterm_lets_a_decoupled_stream_send_its_last_response_before_the_exit(
         assert proc.wait(timeout=30) == 0
 
 
+# sends each request's responses from a thread of its own, after execute returned (as vLLM's model does), which its
+# finalize stops (as an engine's shutdown stops its generations): a response after it says so
+GENERATE = '''
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.finalized = False
+
+    def execute(self, requests):
+        for request in requests:
+            n = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            threading.Thread(target=self.generate, args=(request.get_response_sender(), n), daemon=True).start()
+        return None
+
+    def generate(self, sender, n):
+        for i in range(n):
+            time.sleep(0.05)
+            if self.finalized:
+                return  # stopped: no final response
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def finalize(self):
+        self.finalized = True
+'''
+GENERATE_CONFIG = """backend: "python"
+model_transaction_policy { decoupled: true }
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"""
+
+
+def test_an_unload_closes_a_decoupled_model_once_its_requests_had_their_final_responses(tmp_path: Path) -> None:
+    python_folder(tmp_path / "models", "generate", GENERATE, GENERATE_CONFIG)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--model-control-mode", "explicit", "--load-model", "generate"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        got: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        x = grpcclient.InferInput("IN", [1], "INT32")
+        x.set_data_from_numpy(np.array([10], dtype=np.int32))
+        client.async_stream_infer("generate", [x], enable_empty_final_response=True)
+        answers = [got.get(timeout=10)]  # generating, its execute long returned: the model is unloaded
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        http.unload_model("generate")
+        answers += [got.get(timeout=10) for _ in range(10)]  # the rest, and the final flag: it closes after them
+        client.stop_stream()
+        assert [int(a.as_numpy("OUT")[0]) for a in answers[:10]] == list(range(10))
+        assert answers[10].get_response().parameters["triton_final_response"].bool_param
+        deadline = time.monotonic() + 10
+        while http.is_model_ready("generate") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not http.is_model_ready("generate")
+
+
 def test_the_time_to_a_decoupled_request_s_first_response_is_a_histogram_on_metrics(server: Any) -> None:
     port, grpc_port, _, _ = server
 

@@ -142,11 +142,20 @@ class _Served:
     hosted: bool = False
     # its model sends any number of responses to a request, apart from its run (``decoupled.py``): read as a stream
     decoupled: bool = False
+    # its decoupled requests' streams, kept while anything holds them (the model's sender, the client's reader): an
+    # unload closes the model once each has had its final response, as Triton's (its response factories hold it)
+    streams: weakref.WeakSet[ResponseStream] = field(default_factory=weakref.WeakSet)
+    streams_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def depth(self) -> int:
         """Its unbatched requests waiting for a thread (a batched model's wait in its batcher's queue)."""
         return len(self.waiting)
+
+    def open_streams(self) -> list[ResponseStream]:
+        """Its decoupled requests whose final response is still to come."""
+        with self.streams_lock:
+            return [s for s in self.streams if not s.closed]
 
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance. Requests its model holds waiting
@@ -288,6 +297,19 @@ def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) ->
     error = e if isinstance(e, PolystackError) else BackendError(f"model {name!r} failed: {type(e).__name__}: {e}")
     if not stream.fail(error):
         log.warning("a decoupled model's request failed after its final response", extra={"model": name, "error": str(e)})
+
+
+def _finish_streams(served: _Served, deadline: float) -> None:
+    """Wait until each decoupled request of ``served`` had its final response (its model's threads may send them
+    after its ``execute`` returned), up to ``deadline``, before its model closes (``finalize`` may stop what sends
+    them); those still open then end with an error, where Triton's unload would wait for them for good."""
+    waiting = served.open_streams()
+    while any(not s.closed for s in waiting) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    name = served.entry.name
+    for stream in waiting:
+        if stream.fail(Unavailable(f"model {name!r} was unloaded before it sent this request's final response")):
+            log.warning("a decoupled request had no final response when its model was unloaded", extra={"model": name})
 
 
 def _python_refused(name: str) -> InvalidRequest:
@@ -1270,6 +1292,7 @@ class DataPlane:
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
                         time.sleep(0.005)
+                    _finish_streams(s, deadline)
                     tally = self._tallies.get((s.entry.name, str(s.entry.version)))
                     if tally is not None:  # its figures are final: what Triton's names count on from
                         tally.fold(s.entry.stats)
@@ -2192,6 +2215,9 @@ class DataPlane:
             outputs = None
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
+            if isinstance(responses, ResponseStream):  # its model stays open until it sent the final response
+                with served.streams_lock:
+                    served.streams.add(responses)
             queued = 0  # the run's queue start and compute times: a traced run that fails is traced with them
             timings: list[int] | None = None
             try:
