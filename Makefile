@@ -9,10 +9,14 @@ EXTRAS := all,ray,dev
 # protobuf < 7) conflict with ours. Only the tests need it.
 KSERVE := .venv-kserve
 KSTAMP := $(KSERVE)/.installed-$(shell cat constraints-kserve.txt | sha256sum | cut -c1-16)
+# Cloud storage test servers (moto's S3, a GCS emulator), in a venv of their own: moto's boto3 pins an older
+# python-dateutil than ours. Only the tests need it.
+CLOUD  := .venv-cloud
+CSTAMP := $(CLOUD)/.installed-$(shell cat constraints-cloud.txt | sha256sum | cut -c1-16)
 
 .PHONY: demo test lint typecheck unit bench clean setup
 
-setup: $(STAMP) $(KSTAMP)
+setup: $(STAMP) $(KSTAMP) $(CSTAMP)
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +35,12 @@ $(KSTAMP):
 	rm -f $(KSERVE)/.installed-*
 	touch $@
 
+$(CSTAMP):
+	test -x $(CLOUD)/bin/python || $(PYTHON) -m venv $(CLOUD)
+	$(CLOUD)/bin/python -m pip install --quiet -c constraints-cloud.txt 'moto[server]' gcp-storage-emulator
+	rm -f $(CLOUD)/.installed-*
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/polystack demo
 
@@ -40,11 +50,11 @@ lint: $(STAMP)
 
 # Ray tests run apart, inside a loopback-only network namespace: Ray's servers listen on every
 # interface, and nothing here may talk beyond loopback.
-unit: $(STAMP) $(KSTAMP)
+unit: $(STAMP) $(KSTAMP) $(CSTAMP)
 	$(BIN)/python -m pytest -q -m "not ray"
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -m ray tests/jobs'
 
 test: lint unit
 
 clean:
-	rm -rf $(VENV) $(KSERVE) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE) $(CLOUD) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from polystack.errors import InvalidRequest, NotUnique, PolystackError
 
 if TYPE_CHECKING:
     from polystack.server.app import ServeConfig
+    from polystack.server.cloud_repository import CloudRepository
     from polystack.server.model_config import ConfigFile
     from polystack.server.model_files import Registered
     from polystack.server.model_repository import FolderRules
@@ -318,16 +319,18 @@ def serve(
         "model directory means its config.pbtxt, and its warmup/ folder holds the warm-up files). "
         "Repeat for more models.",
     ),
-    model_repository: list[Path] = typer.Option(
+    model_repository: list[str] = typer.Option(
         None,
         "--model-repository",
         "--model-store",
-        metavar="DIR",
+        metavar="DIR|s3://...|gs://...",
         help="Serve the models of a Triton model repository as it is (DIR/<model>/[config.pbtxt] and "
         "<version>/model.onnx): the versions each config's version_policy picks (default: the latest) are "
         "registered in the store under their folder's name and number and served with that config. Repeatable; "
         "with it, models named on the command line are served as well, not instead. A load by name "
-        "(--allow-model-control) reads the model's folder again, as Triton's explicit model control does.",
+        "(--allow-model-control) reads the model's folder again, as Triton's explicit model control does. "
+        "In cloud storage as Triton names it (s3://bucket/path, s3://[https://]host:port/bucket/path, "
+        "gs://bucket/path), a local copy is served, brought up to date by each load by name and each poll.",
     ),
     repository_poll_secs: float | None = typer.Option(
         None,
@@ -863,51 +866,59 @@ def serve(
     triton_flags.log_unused(unused)  # once the flags are known good
     from polystack.server.model_repository import settle, undo
 
-    registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
-    if model_repository:  # registered once the flags are known good, before anything loads
-        config = _with_repositories(config, model_repository, registered, ray=engine == "ray", start=start_models)
-    elif start_models:  # --load-model names the store's models
-        config = dataclasses.replace(config, models=[*config.models, *sorted(start_models)])
-    if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
-        from polystack.cli.app import store_settings
-        from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
+    clouds: list[CloudRepository] = []  # repositories in cloud storage: their copies go at the exit
+    try:
+        registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
+        if model_repository:  # registered once the flags are known good, before anything loads
+            roots = _repository_roots(model_repository, clouds)
+            # read again by loads and polls, which Ray Serve's replicas do not run: its start's copy is all they read
+            config = dataclasses.replace(config, cloud_repositories=clouds if engine != "ray" else [])
+            config = _with_repositories(config, roots, registered, ray=engine == "ray", start=start_models)
+        elif start_models:  # --load-model names the store's models
+            config = dataclasses.replace(config, models=[*config.models, *sorted(start_models)])
+        if engine == "ray":  # Ray Serve replicas run the same server (src/polystack/server/ray_serve.py)
+            from polystack.cli.app import store_settings
+            from polystack.server.ray_serve import check_before_ray, parse_autoscale, run_ray_serve
 
-        if grpc_port is not None and grpc_port >= 0:
-            raise InvalidRequest(
-                "--engine ray serves HTTP only (Ray Serve's gRPC proxy needs stubs of its own): drop --grpc-port, "
-                "or serve with --engine local"
-            )
-        compressed = grpc_compression_level.lower() != "none"
-        if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1 or compressed or grpc_tls:
-            raise InvalidRequest(
-                "the --grpc-keepalive-*, --grpc-http2-*, --grpc-max-message-bytes, --grpc-use-ssl* and "
-                "--grpc-infer-response-compression-level settings are the gRPC server's, "
-                "which --engine ray does not run (it serves HTTP only): drop them, or serve with --engine local"
-            )
-        scale = parse_autoscale(autoscale) if autoscale else None
-        home = store_settings().home
+            if grpc_port is not None and grpc_port >= 0:
+                raise InvalidRequest(
+                    "--engine ray serves HTTP only (Ray Serve's gRPC proxy needs stubs of its own): drop --grpc-port, "
+                    "or serve with --engine local"
+                )
+            compressed = grpc_compression_level.lower() != "none"
+            if keepalive != Keepalive() or grpc_max_message_bytes != (1 << 31) - 1 or compressed or grpc_tls:
+                raise InvalidRequest(
+                    "the --grpc-keepalive-*, --grpc-http2-*, --grpc-max-message-bytes, --grpc-use-ssl* and "
+                    "--grpc-infer-response-compression-level settings are the gRPC server's, "
+                    "which --engine ray does not run (it serves HTTP only): drop them, or serve with --engine local"
+                )
+            scale = parse_autoscale(autoscale) if autoscale else None
+            home = store_settings().home
+            store = open_store()
+            try:
+                most = scale[1] if scale else replicas or 1  # the most replicas the deployment may have
+                check_before_ray(store, config, ray_address, most)  # what would otherwise fail deep inside Ray
+                code = run_ray_serve(
+                    home, config, replicas=replicas, autoscale=scale, ray_address=ray_address,
+                    on_serving=lambda: settle(store, registered),
+                )  # fmt: skip
+            finally:  # the replicas never came up (or the start failed): what it replaced is put back
+                undo(store, registered)
+                store.close()
+            raise typer.Exit(code)
+        if replicas is not None or autoscale is not None:
+            raise InvalidRequest("--replicas and --autoscale need --engine ray; add it, or drop them")
         store = open_store()
         try:
-            most = scale[1] if scale else replicas or 1  # the most replicas the deployment may have
-            check_before_ray(store, config, ray_address, most)  # what would otherwise fail deep inside Ray
-            code = run_ray_serve(
-                home, config, replicas=replicas, autoscale=scale, ray_address=ray_address,
-                on_serving=lambda: settle(store, registered),
-            )  # fmt: skip
-        finally:  # the replicas never came up (or the start failed): what it replaced is put back
+            code = run(Engine(store), config, on_serving=lambda: settle(store, registered))
+        finally:  # the start failed (a model that would not load, a port taken) or stopped before serving: what it
+            # registered is taken back, what it replaced put back (once it served, settle left nothing to undo)
             undo(store, registered)
             store.close()
         raise typer.Exit(code)
-    if replicas is not None or autoscale is not None:
-        raise InvalidRequest("--replicas and --autoscale need --engine ray; add it, or drop them")
-    store = open_store()
-    try:
-        code = run(Engine(store), config, on_serving=lambda: settle(store, registered))
-    finally:  # the start failed (a model that would not load, a port taken) or stopped before serving: what it
-        # registered is taken back, what it replaced put back (once it served, settle left nothing to undo)
-        undo(store, registered)
-        store.close()
-    raise typer.Exit(code)
+    finally:
+        for cloud in clouds:
+            cloud.close()
 
 
 def _with_repositories(
@@ -1333,15 +1344,37 @@ def _sagemaker(
     return port
 
 
-def _storage_uri(uri: str) -> Path:
-    """``AIP_STORAGE_URI``, the model repository Vertex AI gives a container, as Triton reads it where no
-    --model-repository is given: a local folder (polystack reads no cloud storage)."""
-    if "://" in uri:
-        raise InvalidRequest(
-            f"AIP_STORAGE_URI={uri}: polystack reads a model repository from a local folder; copy it into the "
-            "container (gsutil cp -r) and give --model-repository <folder>"
-        )
-    return Path(uri)
+def _storage_uri(uri: str) -> str:
+    """``AIP_STORAGE_URI``, the model repository Vertex AI gives a container (gs://, or a local folder), as Triton
+    reads it where no --model-repository is given."""
+    from polystack.server.cloud_repository import check_location
+
+    try:
+        check_location(uri)
+    except InvalidRequest as e:
+        raise InvalidRequest(f"AIP_STORAGE_URI={uri}: {e.message.split(': ', 1)[1]}") from None
+    return uri
+
+
+def _repository_roots(locations: list[str], clouds: list[CloudRepository]) -> list[Path]:
+    """The folders of ``--model-repository``'s locations: a local folder as it is, a repository in cloud storage as
+    its local copy, made now (added to ``clouds``, whose copies go at the exit)."""
+    from polystack.server.cloud_repository import CloudRepository, check_location, is_cloud
+
+    roots: list[Path] = []
+    for location in locations:
+        check_location(location)
+        if not is_cloud(location):
+            roots.append(Path(location))
+            continue
+        cloud = CloudRepository(location)
+        clouds.append(cloud)
+        try:
+            cloud.sync()
+        except PolystackError as e:  # Triton's start fails too where it cannot read a repository
+            raise InvalidRequest(f"--model-repository {location}: {e.message}; check its name and credentials") from None
+        roots.append(cloud.local)
+    return roots
 
 
 def _vertex_ai(

@@ -30,6 +30,7 @@ from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingD
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
 from polystack.server import host_policy, logs, model_config, model_repository
+from polystack.server.cloud_repository import CloudRepository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.http import HttpApp, HttpProtocol
@@ -137,6 +138,7 @@ class ServeConfig:
     # Triton model repositories served (--model-repository; their models are among ``models`` already), the
     # names of the models they hold at start, and how often to poll them for changes (0: never)
     model_repositories: Sequence[Path] = ()
+    cloud_repositories: Sequence[CloudRepository] = ()  # those in cloud storage (their copies are among the above)
     repository_models: Sequence[str] = ()
     repository_poll_s: float = 0.0
     repository_seen: Mapping[str, Fingerprint] | None = None  # their folders as they were before the start read them
@@ -253,6 +255,7 @@ class Server:
                 config.repository_seen,
                 polled=config.repository_poll_s > 0,
                 rules=config.folder_rules,
+                clouds=config.cloud_repositories,
             )
         self.plane = DataPlane(
             engine,

@@ -1042,6 +1042,8 @@ class DataPlane:
         version policy picks now (``_load_from_repository``). A load without a config of a version already
         served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if self.repository is not None and ref.version is None:  # its folder in cloud storage as it is now
+            self.repository.refresh(ref.name)
         # a config's version_policy picks the versions the load serves, as Triton's does
         policy, config = model_config.split_field(config, "version_policy") if config is not None else (None, None)
         if policy is not None and ref.version is not None:
@@ -2718,6 +2720,7 @@ class DataPlane:
     def _poll(self) -> None:
         repository = self.repository
         assert repository is not None
+        repository.refresh()  # the repositories in cloud storage as they are now
         folders, complete = repository.folders()
         now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
         changed = False

@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from polystack.backends import python
-from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, quote
+from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
 from polystack.formats import python_model
 from polystack.server import model_config, model_files, repository_agents
+from polystack.server.cloud_repository import CloudRepository
 from polystack.server.ensemble import Ensemble, is_ensemble
 from polystack.server.ensemble import read as read_ensemble
 from polystack.store import Store, validate_name
@@ -211,8 +212,10 @@ class ModelRepository:
         seen: Mapping[str, Fingerprint] | None = None,
         polled: bool = False,
         rules: FolderRules = FolderRules(),
+        clouds: Sequence[CloudRepository] = (),
     ) -> None:
         self.polled = polled  # Triton's poll mode: the server reads the folders for changes by itself
+        self.clouds = list(clouds)  # repositories in cloud storage, whose local copies are among ``roots``
         self.rules = rules
         # as given, not resolved: a root that is a link (current -> releases/b) follows the link when it moves
         self.roots = [Path(r).absolute() for r in roots]
@@ -232,6 +235,18 @@ class ModelRepository:
             if polled
             else {}  # what only a poll compares
         )
+
+    def refresh(self, name: str | None = None) -> None:
+        """Bring the copies of the repositories in cloud storage up to date with their buckets: ``name``'s folder (a
+        load of it by name, which fails where a bucket cannot be read), or whole (a poll, which goes on with the
+        copy as it was)."""
+        for cloud in self.clouds:
+            try:
+                cloud.sync(name)
+            except Unavailable as e:
+                if name is not None:
+                    raise
+                log.warning("cannot read the model repository", extra={"repository": cloud.location, "error": e.message})
 
     def folder(self, name: str) -> Path | None:
         """The model's folder now: the one mapped to its name, else in the first repository that has one (None:

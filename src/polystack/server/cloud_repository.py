@@ -1,0 +1,332 @@
+"""Model repositories in cloud storage, as tritonserver reads them: ``--model-repository s3://bucket/path``
+(an S3-compatible store: ``s3://host:port/bucket/path``, over HTTP, or ``s3://https://host:port/bucket/path``)
+and ``gs://bucket/path``.
+
+As Triton does, the server serves a local copy of the repository (``CloudRepository.local``): made at start, in a
+temporary folder removed at the exit (or in ``TRITON_AWS_MOUNT_DIRECTORY`` / ``TRITON_GCS_MOUNT_DIRECTORY``, kept),
+and brought up to date from the bucket, a model's folder at a time, by a load of the model by name (explicit model
+control), and whole by each poll (``--repository-poll-secs``); the repository code (``model_repository.py``) then
+reads it as any folder. An object that did not change (its ETag) is not fetched again; one gone from the bucket goes
+from the copy.
+
+Credentials are Triton's: ``TRITON_CLOUD_CREDENTIAL_PATH``'s file (the longest entry matching the repository), else
+for S3 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_DEFAULT_REGION`` (or the
+``aws configure`` files, ``AWS_PROFILE``'s section; the instance's role where none), and for GCS
+``GOOGLE_APPLICATION_CREDENTIALS``, the attached service account, then anonymous access (a public bucket).
+
+The S3 client is obstore (the Rust object_store crate's, with no Python dependencies: boto3's botocore pins a
+python-dateutil older than the one pandas needs here); the GCS client is Google's own (google-cloud-storage, whose
+JSON API its emulators speak too).
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from polystack.errors import InvalidRequest, Unavailable
+
+log = logging.getLogger("polystack.server")
+
+SCHEMES = ("s3://", "gs://")
+_OTHER_SCHEMES = ("as://", "az://", "abfs://", "http://", "https://", "file://")
+_MANIFEST = ".polystack-cloud-copy.json"  # in the copy: each object's ETag as fetched
+
+
+def is_cloud(location: str) -> bool:
+    """Whether ``--model-repository``'s ``location`` names cloud storage rather than a local folder."""
+    return location.startswith(SCHEMES)
+
+
+def check_location(location: str) -> None:
+    """Refuse a location polystack cannot read (Azure Storage), saying what to do."""
+    if location.startswith(_OTHER_SCHEMES):
+        raise InvalidRequest(
+            f"--model-repository {location}: polystack reads model repositories from local folders, s3:// and gs:// "
+            "(not Azure Storage or HTTP yet); copy it into a local folder (az storage blob download-batch) and give "
+            "that folder"
+        )
+
+
+class Bucket(Protocol):
+    """A bucket's objects under a prefix: listed with their ETags, fetched into files."""
+
+    def list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Each object's key (its full name) whose name starts with ``prefix``: (size, ETag)."""
+        ...
+
+    def fetch(self, key: str, into: Path) -> None:
+        """The object's bytes into the file ``into``."""
+        ...
+
+
+class S3Bucket:
+    def __init__(self, bucket: str, endpoint: str | None, credentials: dict[str, str]) -> None:
+        try:
+            from obstore.store import S3Store
+        except ImportError:
+            raise _missing("s3") from None
+
+        options: dict[str, Any] = {}
+        if endpoint is not None:  # a private or S3-compatible store: path-style requests, HTTP allowed where given
+            options.update(endpoint=endpoint, virtual_hosted_style_request=False)
+        options.update({k: v for k, v in credentials.items() if v})
+        options.setdefault("region", "us-east-1")  # the AWS SDK's default, as Triton's
+        http = endpoint is not None and endpoint.startswith("http://")
+        self._store = S3Store(bucket, client_options={"allow_http": True} if http else None, **options)
+
+    def list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        import obstore
+
+        found: dict[str, tuple[int, str]] = {}
+        for batch in obstore.list(self._store, prefix=prefix or None):
+            for meta in batch:
+                found[str(meta["path"])] = (int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"]))
+        return found
+
+    def fetch(self, key: str, into: Path) -> None:
+        import obstore
+
+        with into.open("wb") as f:
+            for chunk in obstore.get(self._store, key).stream():
+                f.write(memoryview(chunk))
+
+
+class GcsBucket:
+    def __init__(self, bucket: str, credentials_file: str | None) -> None:
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise _missing("gs") from None
+
+        if credentials_file:
+            client = storage.Client.from_service_account_json(credentials_file)
+        else:
+            try:  # GOOGLE_APPLICATION_CREDENTIALS, the attached service account (or an emulator's host)
+                client = storage.Client()
+            except Exception as e:  # none found: anonymous access, as Triton's last try (a public bucket)
+                log.info("no Google Cloud credentials; reading the bucket anonymously", extra={"reason": str(e)[:200]})
+                client = storage.Client.create_anonymous_client()
+        self._bucket = client.bucket(bucket)
+        self._client = client
+
+    def list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        return {
+            blob.name: (int(blob.size or 0), str(blob.etag or blob.generation))
+            for blob in self._client.list_blobs(self._bucket, prefix=prefix or None)
+        }
+
+    def fetch(self, key: str, into: Path) -> None:
+        self._bucket.blob(key).download_to_filename(str(into))
+
+
+def _missing(scheme: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"reading a model repository from {scheme}:// needs polystack's cloud extra: pip install 'polystack[cloud]'"
+    )
+
+
+@dataclass(frozen=True)
+class Location:
+    scheme: str  # "s3" or "gs"
+    bucket: str
+    prefix: str  # the repository's folder in the bucket ("": its root), without a trailing slash
+    endpoint: str | None = None  # S3: a private or compatible store's (http://host:port)
+
+
+def parse(location: str) -> Location:
+    """``location`` as Triton reads it: ``s3://[http(s)://]host:port/bucket/path`` names a store of its own (HTTP
+    unless https:// says otherwise), ``s3://bucket/path`` Amazon's; ``gs://bucket/path``."""
+    scheme, rest = location.split("://", 1)
+    endpoint = None
+    if scheme == "s3":
+        protocol = "http"
+        for given in ("http://", "https://"):
+            if rest.startswith(given):
+                protocol, rest = given[:-3], rest[len(given) :]
+        host, _, after = rest.partition("/")
+        if re.fullmatch(r"[^/:]+:\d+", host):  # host:port, then the bucket
+            endpoint, rest = f"{protocol}://{host}", after
+        elif protocol == "https" or location.startswith("s3://http://"):
+            raise InvalidRequest(
+                f"--model-repository {location}: after s3://{protocol}:// comes host:port, then the bucket and path "
+                "(s3://https://host:443/bucket/path)"
+            )
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or ".." in PurePosixPath(prefix).parts:
+        raise InvalidRequest(
+            f"--model-repository {location}: name the bucket and the repository's folder in it ({scheme}://bucket/path)"
+        )
+    return Location(scheme, bucket, prefix, endpoint)
+
+
+def _credentials(location: str, scheme: str) -> Any:
+    """``TRITON_CLOUD_CREDENTIAL_PATH``'s entry for ``location`` (the longest name it starts with), or None."""
+    path = os.environ.get("TRITON_CLOUD_CREDENTIAL_PATH")
+    if not path:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidRequest(f"TRITON_CLOUD_CREDENTIAL_PATH={path}: not a readable JSON file ({e}); fix or unset it") from None
+    entries = doc.get(scheme, {}) if isinstance(doc, dict) else {}
+    names = [name for name in entries if location.startswith(name)]
+    return entries[max(names, key=len)] if names else None
+
+
+def _aws_files() -> dict[str, str]:
+    """The ``aws configure`` files' keys and region for ``AWS_PROFILE`` (default: default), where the variables
+    give no keys."""
+    profile = os.environ.get("AWS_PROFILE", "default")
+    found: dict[str, str] = {}
+    home = Path.home() / ".aws"
+    files = (
+        (Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", home / "credentials")), profile),
+        (Path(os.environ.get("AWS_CONFIG_FILE", home / "config")), profile if profile == "default" else f"profile {profile}"),
+    )
+    for path, section in files:
+        parser = configparser.ConfigParser()
+        with contextlib.suppress(OSError, configparser.Error):
+            parser.read(path)
+        if parser.has_section(section):
+            keys = {"aws_access_key_id": "access_key_id", "aws_secret_access_key": "secret_access_key",
+                    "aws_session_token": "session_token", "region": "region"}  # fmt: skip
+            found.update({ours: parser.get(section, theirs) for theirs, ours in keys.items() if parser.has_option(section, theirs)})
+    return found
+
+
+def open_bucket(location: str, where: Location) -> Bucket:
+    given = _credentials(location, where.scheme)
+    if where.scheme == "gs":
+        if given is not None and not isinstance(given, str):
+            raise InvalidRequest("TRITON_CLOUD_CREDENTIAL_PATH: a gs entry is the path of a credential JSON file")
+        return GcsBucket(where.bucket, given or None)
+    credentials: dict[str, str] = {}
+    if isinstance(given, dict):  # Triton's names
+        credentials = {"access_key_id": given.get("key_id", ""), "secret_access_key": given.get("secret_key", ""),
+                       "session_token": given.get("session_token", ""), "region": given.get("region", "")}  # fmt: skip
+    elif not os.environ.get("AWS_ACCESS_KEY_ID"):
+        credentials = _aws_files()
+    if not credentials.get("region"):
+        credentials["region"] = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or ""
+    return S3Bucket(where.bucket, where.endpoint, credentials)
+
+
+class CloudRepository:
+    """A model repository in cloud storage, served from a local copy (``local``) that ``sync`` brings up to date."""
+
+    def __init__(self, location: str, bucket: Bucket | None = None, local: Path | None = None) -> None:
+        self.location = location.rstrip("/")
+        self.where = parse(self.location)
+        self.bucket = bucket or open_bucket(self.location, self.where)
+        mount = os.environ.get("TRITON_AWS_MOUNT_DIRECTORY" if self.where.scheme == "s3" else "TRITON_GCS_MOUNT_DIRECTORY")
+        if local is not None:
+            self.local, self._owned = local, False
+        elif mount:
+            if not Path(mount).is_dir():
+                raise InvalidRequest(f"the mount directory {mount} for {location} is not a folder; create it")
+            # a folder per repository in it: two repositories never share a copy
+            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
+            self.local, self._owned = Path(mount) / f"{self.where.bucket}-{digest}", False
+        else:
+            self.local, self._owned = Path(tempfile.mkdtemp(prefix="polystack-repository-")), True
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._manifest = self.local / _MANIFEST
+        try:
+            self._tags: dict[str, str] = json.loads(self._manifest.read_text())
+        except (OSError, ValueError):
+            self._tags = {}
+
+    def sync(self, model: str | None = None) -> bool:
+        """Make the copy of the repository (or of ``model``'s folder) what the bucket holds now; whether it changed.
+        Raises ``Unavailable`` where the bucket cannot be read (the copy is left as it was)."""
+        if model is not None and (not model or "/" in model or model in (".", "..")):
+            return False
+        scope = "/".join(p for p in (self.where.prefix, model) if p)
+        try:
+            listed = self.bucket.list(scope + "/" if scope else "")
+        except Exception as e:
+            raise Unavailable(f"cannot read {self.location}: {_brief(e)}") from None
+        base = self.where.prefix + "/" if self.where.prefix else ""
+        wanted: dict[str, tuple[int, str, str]] = {}  # relative path -> (size, ETag, key)
+        for key, (size, tag) in listed.items():
+            relative = key[len(base) :]
+            parts = PurePosixPath(relative).parts
+            if not relative or any(p in ("..", ".") for p in parts) or relative.startswith("/"):
+                log.warning("an object's name leads out of the repository; skipped", extra={"object": key})
+                continue
+            wanted[relative] = (size, tag, key)
+        changed = False
+        for relative, (_, tag, key) in sorted(wanted.items()):
+            target = self.local / relative
+            if relative.endswith("/"):  # a folder's marker (an empty version folder: an ensemble's)
+                if not target.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    changed = True
+                continue
+            if self._tags.get(relative) == tag and target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                self.bucket.fetch(key, partial)
+            except Exception as e:
+                partial.unlink(missing_ok=True)
+                raise Unavailable(f"cannot read {self.location}/{relative}: {_brief(e)}") from None
+            partial.replace(target)
+            self._tags[relative] = tag
+            changed = True
+        root = self.local / model if model is not None else self.local
+        keep = {self.local / r.rstrip("/") for r in wanted}
+        for path in sorted(_files(root), reverse=True):  # what the bucket no longer holds
+            if path == self._manifest or path in keep or any(k.is_relative_to(path) for k in keep if path.is_dir()):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            self._tags.pop(path.relative_to(self.local).as_posix(), None)
+            changed = True
+        if model is not None and root.is_dir() and not any(r.startswith(model + "/") for r in wanted):
+            shutil.rmtree(root, ignore_errors=True)  # the model's folder is gone from the bucket
+            changed = True
+        if changed:
+            self._manifest.write_text(json.dumps(self._tags))
+            log.info("model repository copied from cloud storage", extra={
+                "repository": self.location, "model": model, "copy": str(self.local)})  # fmt: skip
+        return changed
+
+    def close(self) -> None:
+        """Remove the copy, where it is a temporary folder of its own."""
+        if self._owned:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _brief(e: Exception) -> str:
+    """A store's error on one line: S3's own code and message where its answer has them (NoSuchBucket: ...)."""
+    text = str(e)
+    code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text)
+    if code is not None:
+        return f"{code.group(1)}: {message.group(1) if message else ''}".strip(": ")
+    return " ".join(text.split())[:300] or type(e).__name__
+
+
+def _files(root: Path) -> Iterator[Path]:
+    """Every file and folder under ``root`` (itself left out)."""
+    if not root.is_dir():
+        return
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            yield Path(folder) / name

@@ -1,0 +1,256 @@
+"""`polystack serve --model-repository s3://... | gs://...`: a Triton model repository in cloud storage, served from
+a local copy that loads by name and polls bring up to date, by a real server process; the buckets are real S3 and
+GCS APIs on 127.0.0.1 (moto's S3 server, and gcp-storage-emulator), from .venv-cloud, which `make setup` builds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start, until
+from tritonclient.utils import InferenceServerException
+
+from polystack.errors import InvalidRequest
+from polystack.examples import mlp_onnx
+from polystack.server import cloud_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+CLOUD = ROOT / ".venv-cloud" / "bin"
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the test server did not listen:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def _test_server(cmd: list[str], port: int, log: Path) -> Iterator[None]:
+    if not CLOUD.exists():
+        pytest.fail(f"{CLOUD.parent} is missing: `make setup` builds it (the S3 and GCS test servers)")
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _listening(port, proc, log)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1: its endpoint."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with _test_server([str(CLOUD / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, log):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A GCS emulator (its JSON API) on 127.0.0.1, with a bucket "models": its address."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gcs") / "gcs.log"
+    cmd = [str(CLOUD / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+           "--default-bucket", "models"]  # fmt: skip
+    with _test_server(cmd, port, log):
+        yield f"http://127.0.0.1:{port}"
+
+
+def s3_objects(endpoint: str, bucket: str, *args: str) -> None:
+    """AWS's SDK writes (or deletes) the objects (tests/server/cloud_objects.py, in .venv-cloud)."""
+    script = Path(__file__).with_name("cloud_objects.py")
+    subprocess.run([str(CLOUD / "python"), str(script), endpoint, bucket, *args], check=True, timeout=60,
+                   env={**os.environ, **AWS})  # fmt: skip
+
+
+def model_folder(root: Path, name: str, version: int, seed: int, config: str | None = None) -> Path:
+    (root / name / str(version)).mkdir(parents=True, exist_ok=True)
+    mlp_onnx(root / name / str(version) / "model.onnx", seed=seed)
+    if config is not None:
+        (root / name / "config.pbtxt").write_text(config)
+    return root / name / str(version) / "model.onnx"
+
+
+def infer(client: httpclient.InferenceServerClient, model: str) -> np.ndarray:
+    x = httpclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    return client.infer(model, [x]).as_numpy("y")
+
+
+def expected(model: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": np.ones((1, 16), np.float32)})[0]
+
+
+def copied_to(log: Path) -> Path:
+    """The local copy the server made, as its log says."""
+    for line in log.read_text().splitlines():
+        if '"model repository copied from cloud storage"' in line:
+            return Path(json.loads(line)["copy"])
+    raise AssertionError(log.read_text())
+
+
+def test_a_repository_in_s3_is_served_and_a_load_by_name_reads_the_bucket_again(
+    tmp_path: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    local = tmp_path / "upload"
+    first = model_folder(local, "mlp", 1, seed=1, config='max_batch_size: 8\n')
+    s3_objects(s3, "bucket", "put", str(local), "triton/models")
+    port = free_port()
+    host = s3.removeprefix("http://")
+    args = ["--model-repository", f"s3://{host}/bucket/triton/models", "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
+        assert client.get_model_config("mlp")["max_batch_size"] == 8  # its config.pbtxt, from the bucket
+        # a new version, and a new model, uploaded: a load by name reads the bucket again, as Triton's does
+        second = model_folder(tmp_path / "v2", "mlp", 2, seed=2)
+        fresh = model_folder(tmp_path / "v2", "fresh", 1, seed=3)
+        s3_objects(s3, "bucket", "put", str(tmp_path / "v2"), "triton/models")
+        with pytest.raises(InferenceServerException):
+            infer(client, "fresh")
+        client.load_model("mlp")
+        client.load_model("fresh")
+        np.testing.assert_allclose(infer(client, "mlp"), expected(second), rtol=1e-5)
+        np.testing.assert_allclose(infer(client, "fresh"), expected(fresh), rtol=1e-5)
+        assert client.get_model_metadata("mlp")["versions"] == ["2"]
+        # gone from the bucket: gone from the copy, and a load of it fails as for a folder removed
+        s3_objects(s3, "bucket", "delete", "triton/models/fresh")
+        with pytest.raises(InferenceServerException, match="fresh"):
+            client.load_model("fresh")
+        copy = copied_to(tmp_path / "log")
+        assert (copy / "mlp" / "2" / "model.onnx").read_bytes() == second.read_bytes()
+        assert not (copy / "fresh").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not copy.exists()  # a temporary copy goes at the exit, as Triton's
+
+
+def test_a_polled_repository_in_gcs_follows_the_bucket(tmp_path: Path, gcs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs)  # Google's SDK talks to the emulator, anonymously
+    bucket = storage.Client().bucket("models")
+
+    def upload(root: Path) -> None:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            bucket.blob(f"repo/{path.relative_to(root).as_posix()}").upload_from_filename(str(path))
+
+    first = model_folder(tmp_path / "a", "mlp", 1, seed=1)
+    upload(tmp_path / "a")
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    monkeypatch.setenv("TRITON_GCS_MOUNT_DIRECTORY", str(mount))  # the copy there, kept
+    port = free_port()
+    args = ["--model-repository", "gs://models/repo", "--grpc-port", "-1", "--repository-poll-secs", "0.3"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
+        second = model_folder(tmp_path / "b", "mlp", 2, seed=2)
+        other = model_folder(tmp_path / "b", "other", 1, seed=4)
+        upload(tmp_path / "b")
+        assert until(lambda: client.is_model_ready("other") and client.get_model_metadata("mlp")["versions"] == ["2"])
+        np.testing.assert_allclose(infer(client, "mlp"), expected(second), rtol=1e-5)
+        np.testing.assert_allclose(infer(client, "other"), expected(other), rtol=1e-5)
+        for blob in list(bucket.list_blobs(prefix="repo/other/")):
+            blob.delete()
+        assert until(lambda: not client.is_model_ready("other"))  # gone from the bucket: unloaded by the poll
+    copy = copied_to(tmp_path / "log")
+    assert copy.parent == mount and (copy / "mlp" / "2" / "model.onnx").is_file()
+
+
+def test_cloud_repositories_that_cannot_be_read_exit_2_saying_what_to_do(
+    tmp_path: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    host = s3.removeprefix("http://")
+    line = refused_at_start(tmp_path / "a", ["--model-repository", f"s3://{host}/no-such-bucket/models"])
+    assert f"--model-repository s3://{host}/no-such-bucket/models: cannot read" in line
+    assert "check its name and credentials" in line
+    line = refused_at_start(tmp_path / "b", ["--model-repository", "as://account/container/models"])
+    assert "not Azure Storage" in line and "give that folder" in line
+    line = refused_at_start(tmp_path / "c", ["--model-repository", "s3://https://bucket/models"])
+    assert "comes host:port" in line
+
+
+@pytest.mark.parametrize(
+    ("location", "parsed"),
+    [
+        ("s3://bucket/path/to/models", ("s3", "bucket", "path/to/models", None)),
+        ("s3://bucket", ("s3", "bucket", "", None)),
+        ("s3://minio.local:9000/bucket/models/", ("s3", "bucket", "models", "http://minio.local:9000")),
+        ("s3://https://s3.example.com:443/bucket/m", ("s3", "bucket", "m", "https://s3.example.com:443")),
+        ("gs://bucket/path", ("gs", "bucket", "path", None)),
+    ],
+)
+def test_locations_read_as_triton_reads_them(location: str, parsed: tuple[str, str, str, str | None]) -> None:
+    where = cloud_repository.parse(location)
+    assert (where.scheme, where.bucket, where.prefix, where.endpoint) == parsed
+
+
+def test_a_credential_file_gives_the_longest_matching_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = {"s3": {"": {"key_id": "any"}, "s3://special": {"key_id": "special"}}, "gs": {"": "/creds.json"}}
+    (tmp_path / "creds.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "creds.json"))
+    assert cloud_repository._credentials("s3://special/models", "s3") == {"key_id": "special"}
+    assert cloud_repository._credentials("s3://other/models", "s3") == {"key_id": "any"}
+    assert cloud_repository._credentials("gs://b/m", "gs") == "/creds.json"
+    (tmp_path / "creds.json").write_text("{not json")
+    with pytest.raises(InvalidRequest, match="TRITON_CLOUD_CREDENTIAL_PATH"):
+        cloud_repository._credentials("s3://b", "s3")
+
+
+class _Listed:
+    """A bucket whose objects a test sets (the copy's own logic, apart from any store): key -> bytes."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.fetched: list[str] = []
+
+    def list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        return {k: (len(v), str(hash(v))) for k, v in self.objects.items() if k.startswith(prefix)}
+
+    def fetch(self, key: str, into: Path) -> None:
+        self.fetched.append(key)
+        into.write_bytes(self.objects[key])
+
+
+def test_a_copy_fetches_only_what_changed_and_keeps_out_of_its_folder(tmp_path: Path) -> None:
+    bucket = _Listed({"r/m/1/model.onnx": b"one", "r/m/config.pbtxt": b"c", "r/e/1/": b"", "r/../evil": b"x"})
+    repo = cloud_repository.CloudRepository("s3://b/r", bucket=bucket, local=tmp_path / "copy")
+    assert repo.sync()
+    assert (tmp_path / "copy" / "m" / "1" / "model.onnx").read_bytes() == b"one"
+    assert (tmp_path / "copy" / "e" / "1").is_dir()  # an empty version folder's marker: an ensemble's
+    assert not (tmp_path / "evil").exists()  # a name leading out of the repository is skipped
+    bucket.fetched.clear()
+    assert not repo.sync()  # nothing changed: nothing fetched
+    assert bucket.fetched == []
+    bucket.objects["r/m/1/model.onnx"] = b"two"
+    del bucket.objects["r/m/config.pbtxt"]
+    assert repo.sync("m")
+    assert bucket.fetched == ["r/m/1/model.onnx"]
+    assert not (tmp_path / "copy" / "m" / "config.pbtxt").exists()
+    del bucket.objects["r/m/1/model.onnx"]
+    assert repo.sync("m") and not (tmp_path / "copy" / "m").exists()  # the model's folder is gone
+    assert (tmp_path / "copy" / "e" / "1").is_dir()  # the others' untouched
