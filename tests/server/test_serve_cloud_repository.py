@@ -254,3 +254,11 @@ def test_a_copy_fetches_only_what_changed_and_keeps_out_of_its_folder(tmp_path: 
     del bucket.objects["r/m/1/model.onnx"]
     assert repo.sync("m") and not (tmp_path / "copy" / "m").exists()  # the model's folder is gone
     assert (tmp_path / "copy" / "e" / "1").is_dir()  # the others' untouched
+
+
+def test_a_stores_error_is_one_line_saying_what_went_wrong() -> None:
+    xml = "Server returned 404: <?xml?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>"
+    assert cloud_repository._brief(RuntimeError(xml)) == "NoSuchBucket: The specified bucket does not exist"
+    imds = RuntimeError("Error performing PUT http://169.254.169.254/latest/api/token\n  403 Forbidden")
+    assert cloud_repository._brief(imds).startswith("no AWS credentials: none in AWS_ACCESS_KEY_ID")
+    assert cloud_repository._brief(RuntimeError("a\n   b")) == "a b"

@@ -317,6 +317,11 @@ class CloudRepository:
 def _brief(e: Exception) -> str:
     """A store's error on one line: S3's own code and message where its answer has them (NoSuchBucket: ...)."""
     text = str(e)
+    if "169.254.169.254" in text:  # no keys given: the instance's role was asked for, and there is none
+        return (
+            "no AWS credentials: none in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the aws configure files or "
+            "TRITON_CLOUD_CREDENTIAL_PATH, and no instance role answered"
+        )
     code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text)
     if code is not None:
         return f"{code.group(1)}: {message.group(1) if message else ''}".strip(": ")
