@@ -368,17 +368,41 @@ def test_a_folder_a_killed_process_left_goes_at_the_next_load_and_a_live_process
             os.utime(folder, (old, old))  # past the minute a new folder is left alone for
         assert killed.is_dir() and live.is_dir()
         monkeypatch.setattr(tempfile, "tempdir", str(temp))
-        monkeypatch.setattr(python, "_swept", False)
+        monkeypatch.setattr(python, "_swept", 0.0)
         model = registry.get("python").load(zipped, python_model.signature(CONFIG), registry.get("python").parse_options({}), "cpu")
         try:
             assert not killed.exists() and live.is_dir() and model._folder.is_dir()
+            assert not python._lock_of(killed).exists() and python._lock_of(live).is_file()
+            assert not any(p.name.endswith(python.OWNER_LOCK) for p in model._folder.iterdir())  # out of its sight
         finally:
             model.close()
-        assert not model._folder.exists() and live.is_dir()
+        assert not model._folder.exists() and not python._lock_of(model._folder).exists() and live.is_dir()
     finally:
         for p in loaders:
             p.kill()
             p.wait()
+
+
+def test_a_temporary_folder_without_locks_still_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+    import tempfile
+
+    from polystack.backends import python
+
+    def refused(*args: object) -> None:  # as NFS mounted with nolock answers
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setenv("FINALIZED", str(tmp_path / "finalized"))
+    monkeypatch.setattr(fcntl, "flock", refused)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = registry.get("python")
+    model = backend.load(packed(tmp_path), python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+    try:
+        assert model.infer(_inputs(b"a"))["OUT"][0, 0] == b"A!"
+        assert not python._lock_of(model._folder).exists()  # no lock file: no sweep takes it for a dead one's
+    finally:
+        model.close()
 
 
 def test_bytes_tensors_serialize_to_tritons_wire_form_and_back() -> None:

@@ -64,7 +64,8 @@ from polystack.types import DType, Signature
 
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
 FOLDER_PREFIX = "polystack-python-model-"  # the folders models are unpacked into, in the temporary folder
-OWNER_LOCK = ".polystack-owner.lock"  # in each: locked while its model is loaded (released when its process ends)
+# beside each: a file locked while its model is loaded (released when its process ends), out of the model's sight
+OWNER_LOCK = ".lock"
 
 
 class _Instance:
@@ -90,7 +91,7 @@ class PythonModel:
         self._folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self._owner: Any = None
         try:
-            self._owner = _hold(self._folder / OWNER_LOCK)
+            self._owner = _hold(_lock_of(self._folder))
             try:
                 with zipfile.ZipFile(artifact) as zf:
                     zf.extractall(self._folder)
@@ -339,6 +340,7 @@ class PythonModel:
         self._instances = []
         shutil.rmtree(self._folder, ignore_errors=True)
         if self._owner is not None:
+            _lock_of(self._folder).unlink(missing_ok=True)
             self._owner.close()
             self._owner = None
         if failed is not None:
@@ -371,42 +373,55 @@ class _Gathered:
         return self._failed or self._responses
 
 
-_swept = False
+_swept = 0.0  # when this process last swept (monotonic)
 _LEFT_AFTER_S = 60.0  # a folder this much older than its last change, unlocked, was left by a process that ended
 
 
+def _lock_of(folder: Path) -> Path:
+    return folder.with_name(folder.name + OWNER_LOCK)
+
+
 def _hold(path: Path) -> Any:
-    """An open file on ``path``, exclusively locked until it is closed or its process ends (None without flock)."""
+    """An open file on ``path``, exclusively locked until it is closed or its process ends; None where locks are
+    not to be had (not a POSIX system, a file system without them): the folder then goes at the close alone."""
     try:
         import fcntl
-    except ImportError:  # not a POSIX system: the folder is removed at the close alone
+    except ImportError:
         return None
     owner = path.open("w")
-    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # NFS without locks, say: no lock file, so that no sweep takes the folder for a dead one's
+        owner.close()
+        path.unlink(missing_ok=True)
+        return None
     return owner
 
 
 def _sweep_folders_left() -> None:
     """Remove the folders of models that a process unpacked and never closed (a server killed, or out of memory),
-    once a process: each would keep a model's files in the temporary folder for good. A folder is its process's
-    while the lock in it is held: the kernel releases it when the process ends (a pid would not tell from another
-    container sharing the folder), and one that changed within a minute is left alone (its lock may be coming)."""
+    at a load, once a minute at most: each would keep a model's files in the temporary folder for good. A folder is
+    its process's while the lock beside it is held: the kernel releases it when the process ends (a pid would not
+    tell from another container sharing the folder), and one that changed within a minute is left alone (its lock
+    may be coming)."""
     global _swept
-    if _swept:
+    if _swept and time.monotonic() - _swept < _LEFT_AFTER_S:
         return
-    _swept = True
+    _swept = time.monotonic()
     try:
         import fcntl
     except ImportError:
         return
     with contextlib.suppress(OSError):
         for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+            lock = _lock_of(path)
             with contextlib.suppress(OSError):  # another process's sweep, or one it cannot read
-                if time.time() - path.stat().st_mtime < _LEFT_AFTER_S or not (path / OWNER_LOCK).is_file():
+                if not path.is_dir() or time.time() - path.stat().st_mtime < _LEFT_AFTER_S or not lock.is_file():
                     continue
-                with (path / OWNER_LOCK).open("a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its process holds it
+                with lock.open("a") as held:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its process holds it
                     shutil.rmtree(path, ignore_errors=True)
+                    lock.unlink(missing_ok=True)
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:

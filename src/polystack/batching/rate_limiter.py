@@ -113,13 +113,15 @@ class ModelInstances:
         return sum(1 for i in self.instances if i.staged)
 
     @contextlib.contextmanager
-    def held(self, give_up: Callable[[], bool] | None = None) -> Iterator[bool]:
-        """Run the block on one of the instances, once it has its resources: True. False (at once, no
-        resources held) when ``give_up`` says so while it waits (its requests are gone)."""
+    def held(self, give_up: Callable[[], bool] | None = None, index: int | None = None) -> Iterator[bool]:
+        """Run the block on one of the instances (``index``: that one, where the caller runs the model on it, as a
+        sequence batcher keeps a sequence on one), once it has its resources: True. False (at once, no resources
+        held) when ``give_up`` says so while it waits (its requests are gone)."""
         with self._lock:
             if not self._free:
                 raise RuntimeError(f"model {self.name!r} ran more calls at once than it has instances")
-            instance = min(self._free, key=_Instance.weight)
+            chosen = self.instances[index % len(self.instances)] if index is not None else None
+            instance = chosen if chosen in self._free else min(self._free, key=_Instance.weight)
             self._free.remove(instance)
         granted = False
         try:

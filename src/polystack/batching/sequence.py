@@ -570,7 +570,7 @@ class SequenceBatcher:
             self._held_back += len(batch)
         waiting = True
         try:
-            with limits.held():
+            with limits.held(index=instance):  # the instance that runs it has its resources, as in Triton
                 with self._cond:
                     self._held_back -= len(batch)
                 waiting = False

@@ -299,12 +299,13 @@ def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) ->
         log.warning("a decoupled model's request failed after its final response", extra={"model": name, "error": str(e)})
 
 
-def _finish_streams(served: _Served, deadline: float) -> None:
+def _finish_streams(served: _Served, deadline: float, stopping: threading.Event) -> None:
     """Wait until each decoupled request of ``served`` had its final response (its model's threads may send them
-    after its ``execute`` returned), up to ``deadline``, before its model closes (``finalize`` may stop what sends
-    them); those still open then end with an error, where Triton's unload would wait for them for good."""
+    after its ``execute`` returned), up to ``deadline`` or the server's close (``stopping``: its drain is over),
+    before its model closes (``finalize`` may stop what sends them); those still open then end with an error, where
+    Triton's unload would wait for them for good."""
     waiting = served.open_streams()
-    while any(not s.closed for s in waiting) and time.monotonic() < deadline:
+    while any(not s.closed for s in waiting) and time.monotonic() < deadline and not stopping.is_set():
         time.sleep(0.005)
     name = served.entry.name
     for stream in waiting:
@@ -526,6 +527,8 @@ class DataPlane:
         self.in_flight = 0
         self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
+        # set by ``close`` (the drain is over): an unload waits no longer for its model's open streams
+        self._stopping = threading.Event()
         # ensemble requests among them: one whose step is the only other request in flight lets it run inline
         self._pipelines = 0
         self._idle = asyncio.Event()
@@ -1294,7 +1297,7 @@ class DataPlane:
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
                     while s.pending and time.monotonic() < deadline:
                         time.sleep(0.005)
-                    _finish_streams(s, deadline)
+                    _finish_streams(s, deadline, self._stopping)
                     tally = self._tallies.get((s.entry.name, str(s.entry.version)))
                     if tally is not None:  # its figures are final: what Triton's names count on from
                         tally.fold(s.entry.stats)
@@ -1343,6 +1346,7 @@ class DataPlane:
         return not any(t.is_alive() for t in retiring)
 
     def close(self) -> None:
+        self._stopping.set()  # an unload's wait for its decoupled model's final responses ends: they fail now
         self.calls.close()  # a model waiting for another's answer, which the stopped loop would give, waits no more
         self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
         self.wait_retired()  # what unloads and reloads left running finishes first
@@ -2304,6 +2308,9 @@ class DataPlane:
                 fresh = self._replacement(name, version, entry)
                 if fresh is None or reroutes == _MAX_REROUTES:
                     raise
+                if isinstance(responses, ResponseStream):  # the model it leaves closes without waiting for it
+                    with served.streams_lock:
+                        served.streams.discard(responses)
                 served, entry = fresh, fresh.entry
                 outcome.stats = entry.stats  # counted where it runs now
             except BaseException:
