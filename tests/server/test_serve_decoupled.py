@@ -672,6 +672,30 @@ def test_an_unload_closes_a_decoupled_model_once_its_requests_had_their_final_re
         assert not http.is_model_ready("generate")
 
 
+def test_an_exit_after_an_unload_waits_for_its_streams_no_longer_than_the_drain(tmp_path: Path) -> None:
+    """A stream whose final response never comes holds its model's unload up to 30 s, but not the exit past
+    --drain-timeout-s."""
+    never = GENERATE.replace("        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)\n", "")
+    python_folder(tmp_path / "models", "generate", never, GENERATE_CONFIG)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--model-control-mode", "explicit", "--load-model", "generate", "--drain-timeout-s", "1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        got: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        x = grpcclient.InferInput("IN", [1], "INT32")
+        x.set_data_from_numpy(np.array([2], dtype=np.int32))
+        client.async_stream_infer("generate", [x])
+        got.get(timeout=10)
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}").unload_model("generate")  # waits for its final
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 10  # the drain's second, and the close: not the unload's 30 s
+        client.stop_stream()
+
+
 def test_the_time_to_a_decoupled_request_s_first_response_is_a_histogram_on_metrics(server: Any) -> None:
     port, grpc_port, _, _ = server
 
