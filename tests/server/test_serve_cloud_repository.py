@@ -262,3 +262,11 @@ def test_a_stores_error_is_one_line_saying_what_went_wrong() -> None:
     imds = RuntimeError("Error performing PUT http://169.254.169.254/latest/api/token\n  403 Forbidden")
     assert cloud_repository._brief(imds).startswith("no AWS credentials: none in AWS_ACCESS_KEY_ID")
     assert cloud_repository._brief(RuntimeError("a\n   b")) == "a b"
+
+
+def test_a_gcs_credential_file_may_be_an_authorized_users_or_a_service_accounts(tmp_path: Path) -> None:
+    user = {"type": "authorized_user", "client_id": "c.apps.googleusercontent.com", "client_secret": "s",
+            "refresh_token": "r"}  # fmt: skip
+    (tmp_path / "user.json").write_text(json.dumps(user))
+    bucket = cloud_repository.GcsBucket("models", str(tmp_path / "user.json"))  # no request made yet
+    assert type(bucket._client._credentials).__module__ == "google.oauth2.credentials"

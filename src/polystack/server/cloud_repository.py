@@ -110,8 +110,11 @@ class GcsBucket:
         except ImportError:
             raise _missing("gs") from None
 
-        if credentials_file:
-            client = storage.Client.from_service_account_json(credentials_file)
+        if credentials_file:  # an authorized user's or a service account's, as GOOGLE_APPLICATION_CREDENTIALS names
+            import google.auth
+
+            credentials, project = google.auth.load_credentials_from_file(credentials_file)
+            client = storage.Client(credentials=credentials, project=project)
         else:
             try:  # GOOGLE_APPLICATION_CREDENTIALS, the attached service account (or an emulator's host)
                 client = storage.Client()
