@@ -264,7 +264,7 @@ def test_a_stores_error_is_one_line_saying_what_went_wrong() -> None:
     assert cloud_repository._brief(RuntimeError("a\n   b")) == "a b"
 
 
-def test_a_gcs_credential_file_may_be_an_authorized_users_or_a_service_accounts(tmp_path: Path) -> None:
+def test_a_gcs_credential_file_may_be_an_authorized_users(tmp_path: Path) -> None:
     user = {"type": "authorized_user", "client_id": "c.apps.googleusercontent.com", "client_secret": "s",
             "refresh_token": "r"}  # fmt: skip
     (tmp_path / "user.json").write_text(json.dumps(user))
