@@ -293,8 +293,9 @@ class CloudRepository:
             changed = True
         root = self.local / model if model is not None else self.local
         keep = {self.local / r.rstrip("/") for r in wanted}
+        holding = {folder for path in keep for folder in path.parents}  # the folders on the way to what stays
         for path in sorted(_files(root), reverse=True):  # what the bucket no longer holds
-            if path == self._manifest or path in keep or any(k.is_relative_to(path) for k in keep if path.is_dir()):
+            if path == self._manifest or path in keep or path in holding:
                 continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
