@@ -9,10 +9,11 @@ EXTRAS := all,ray,dev
 # protobuf < 7) conflict with ours. Only the tests need it.
 KSERVE := .venv-kserve
 KSTAMP := $(KSERVE)/.installed-$(shell cat constraints-kserve.txt | sha256sum | cut -c1-16)
-# Cloud storage test servers (moto's S3, a GCS emulator), in a venv of their own: moto's boto3 pins an older
-# python-dateutil than ours. Only the tests need it.
+# Cloud storage test servers (moto's S3, a GCS emulator, Azurite from npm) and Azure's SDK, in a venv of their own:
+# moto's boto3 pins an older python-dateutil than ours. Only the tests need it.
 CLOUD  := .venv-cloud
-CSTAMP := $(CLOUD)/.installed-$(shell cat constraints-cloud.txt | sha256sum | cut -c1-16)
+AZURITE := tests/server/azurite
+CSTAMP := $(CLOUD)/.installed-$(shell cat constraints-cloud.txt $(AZURITE)/package-lock.json | sha256sum | cut -c1-16)
 
 .PHONY: demo test lint typecheck unit bench clean setup
 
@@ -37,7 +38,10 @@ $(KSTAMP):
 
 $(CSTAMP):
 	test -x $(CLOUD)/bin/python || $(PYTHON) -m venv $(CLOUD)
-	$(CLOUD)/bin/python -m pip install --quiet -c constraints-cloud.txt 'moto[server]' gcp-storage-emulator
+	$(CLOUD)/bin/python -m pip install --quiet -c constraints-cloud.txt 'moto[server]' gcp-storage-emulator azure-storage-blob
+	# Azurite, Microsoft's Azure Storage emulator, at the version its lock file pins (Node.js and npm: the machine's).
+	rm -rf $(CLOUD)/azurite && mkdir -p $(CLOUD)/azurite && cp $(AZURITE)/package.json $(AZURITE)/package-lock.json $(CLOUD)/azurite/
+	npm ci --prefix $(CLOUD)/azurite --ignore-scripts --no-audit --no-fund --loglevel=error
 	rm -f $(CLOUD)/.installed-*
 	touch $@
 

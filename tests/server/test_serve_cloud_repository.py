@@ -1,6 +1,7 @@
-"""`polystack serve --model-repository s3://... | gs://...`: a Triton model repository in cloud storage, served from
-a local copy that loads by name and polls bring up to date, by a real server process; the buckets are real S3 and
-GCS APIs on 127.0.0.1 (moto's S3 server, and gcp-storage-emulator), from .venv-cloud, which `make setup` builds."""
+"""`polystack serve --model-repository s3://... | gs://... | as://...`: a Triton model repository in cloud storage,
+served from a local copy that loads by name and polls bring up to date, by a real server process; the buckets are real
+S3, GCS and Azure Storage APIs on 127.0.0.1 (moto's S3 server, gcp-storage-emulator and Microsoft's Azurite), from
+.venv-cloud, which `make setup` builds."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from polystack.server import cloud_repository
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD = ROOT / ".venv-cloud" / "bin"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# Azurite's account and its key, the same in every install (Microsoft's documented development account)
+AZURE_ACCOUNT = "devstoreaccount1"
+AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def _listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -74,10 +78,34 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's blob service on 127.0.0.1, in memory: its account's endpoint."""
+    port = free_port()
+    folder = tmp_path_factory.mktemp("azurite")
+    azurite = CLOUD.parent / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    if not azurite.exists():
+        pytest.fail(f"{azurite} is missing: `make setup` installs it (npm ci, from tests/server/azurite)")
+    cmd = [str(azurite), "--inMemoryPersistence", "--blobHost", "127.0.0.1", "--blobPort", str(port),
+           "--skipApiVersionCheck"]  # fmt: skip
+    with _test_server(cmd, port, folder / "azurite.log"):
+        yield f"http://127.0.0.1:{port}/{AZURE_ACCOUNT}"
+
+
 def s3_objects(endpoint: str, bucket: str, *args: str) -> None:
     """AWS's SDK writes (or deletes) the objects (tests/server/cloud_objects.py, in .venv-cloud)."""
+    _objects("s3", endpoint, bucket, *args)
+
+
+def azure_objects(endpoint: str, container: str, *args: str) -> None:
+    """Azure's SDK writes (or deletes) the blobs."""
+    connection = f"DefaultEndpointsProtocol=http;AccountName={AZURE_ACCOUNT};AccountKey={AZURE_KEY};BlobEndpoint={endpoint};"
+    _objects("azure", connection, container, *args)
+
+
+def _objects(store: str, address: str, bucket: str, *args: str) -> None:
     script = Path(__file__).with_name("cloud_objects.py")
-    subprocess.run([str(CLOUD / "python"), str(script), endpoint, bucket, *args], check=True, timeout=60,
+    subprocess.run([str(CLOUD / "python"), str(script), store, address, bucket, *args], check=True, timeout=60,
                    env={**os.environ, **AWS})  # fmt: skip
 
 
@@ -179,6 +207,56 @@ def test_a_polled_repository_in_gcs_follows_the_bucket(tmp_path: Path, gcs: str,
     assert copy.parent == mount and (copy / "mlp" / "2" / "model.onnx").is_file()
 
 
+def test_a_repository_in_azure_storage_is_served_with_the_accounts_key(
+    tmp_path: Path, azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = model_folder(tmp_path / "a", "mlp", 1, seed=1, config="max_batch_size: 4\n")
+    azure_objects(azurite, "models", "put", str(tmp_path / "a"), "triton/repo")
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    env = {"AZURE_STORAGE_KEY": AZURE_KEY, "AZURE_STORAGE_ENDPOINT": azurite, "TRITON_AZURE_MOUNT_DIRECTORY": str(mount)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    args = ["--model-repository", f"as://{AZURE_ACCOUNT}/models/triton/repo", "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
+        assert client.get_model_config("mlp")["max_batch_size"] == 4
+        second = model_folder(tmp_path / "b", "mlp", 2, seed=2)
+        azure_objects(azurite, "models", "put", str(tmp_path / "b"), "triton/repo")
+        client.load_model("mlp")  # a load by name reads the container again
+        np.testing.assert_allclose(infer(client, "mlp"), expected(second), rtol=1e-5)
+        azure_objects(azurite, "models", "delete", "triton/repo/mlp")
+        with pytest.raises(InferenceServerException, match="mlp"):
+            client.load_model("mlp")
+    copy = copied_to(tmp_path / "log")
+    assert copy.parent == mount and not (copy / "mlp").exists()
+
+
+def test_a_public_azure_container_is_read_without_a_key_and_a_wrong_key_exits_2(
+    tmp_path: Path, azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = model_folder(tmp_path / "a", "mlp", 1, seed=5)
+    azure_objects(azurite, "public", "put-public", str(tmp_path / "a"), "repo")
+    monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", azurite)
+    monkeypatch.delenv("AZURE_STORAGE_KEY", raising=False)
+    port = free_port()
+    args = ["--model-repository", f"as://{AZURE_ACCOUNT}/public/repo", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):  # anonymously, as Triton without a key
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
+    azure_objects(azurite, "private", "put", str(tmp_path / "a"), "repo")
+    line = refused_at_start(tmp_path / "b", ["--model-repository", f"as://{AZURE_ACCOUNT}/private/repo"])
+    assert "cannot read" in line, line  # a private container without a key
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "d3Jvbmc=")  # "wrong", base64
+    line = refused_at_start(tmp_path / "c", ["--model-repository", f"as://{AZURE_ACCOUNT}/private/repo"])
+    assert "cannot read" in line and "AuthorizationFailure: Server failed to authenticate" in line, line
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURE_KEY)
+    line = refused_at_start(tmp_path / "d", ["--model-repository", f"as://{AZURE_ACCOUNT}/no-such-container/repo"])
+    assert line.endswith("ContainerNotFound: The specified container does not exist.; check its name and credentials"), line
+
+
 def test_cloud_repositories_that_cannot_be_read_exit_2_saying_what_to_do(
     tmp_path: Path, s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,8 +266,10 @@ def test_cloud_repositories_that_cannot_be_read_exit_2_saying_what_to_do(
     line = refused_at_start(tmp_path / "a", ["--model-repository", f"s3://{host}/no-such-bucket/models"])
     assert f"--model-repository s3://{host}/no-such-bucket/models: cannot read" in line
     assert "check its name and credentials" in line
-    line = refused_at_start(tmp_path / "b", ["--model-repository", "as://account/container/models"])
-    assert "not Azure Storage" in line and "give that folder" in line
+    line = refused_at_start(tmp_path / "b", ["--model-repository", "abfs://container@account.dfs.core.windows.net/m"])
+    assert "as://account/container/path" in line and "give that folder" in line
+    line = refused_at_start(tmp_path / "d", ["--model-repository", "as://account"])
+    assert "name the account, the container" in line
     line = refused_at_start(tmp_path / "c", ["--model-repository", "s3://https://bucket/models"])
     assert "comes host:port" in line
 
@@ -202,11 +282,15 @@ def test_cloud_repositories_that_cannot_be_read_exit_2_saying_what_to_do(
         ("s3://minio.local:9000/bucket/models/", ("s3", "bucket", "models", "http://minio.local:9000")),
         ("s3://https://s3.example.com:443/bucket/m", ("s3", "bucket", "m", "https://s3.example.com:443")),
         ("gs://bucket/path", ("gs", "bucket", "path", None)),
+        ("as://account/container/path/to/models", ("as", "container", "path/to/models", None, "account")),
+        ("as://account.blob.core.windows.net/container/m?sv=x", ("as", "container", "m", None, "account")),
+        ("as://acc.blob.core.chinacloudapi.cn/c", ("as", "c", "", "https://acc.blob.core.chinacloudapi.cn", "acc")),
     ],
 )
-def test_locations_read_as_triton_reads_them(location: str, parsed: tuple[str, str, str, str | None]) -> None:
+def test_locations_read_as_triton_reads_them(location: str, parsed: tuple[str | None, ...]) -> None:
     where = cloud_repository.parse(location)
-    assert (where.scheme, where.bucket, where.prefix, where.endpoint) == parsed
+    found = (where.scheme, where.bucket, where.prefix, where.endpoint, where.account)
+    assert found[: len(parsed)] == parsed
 
 
 def test_a_credential_file_gives_the_longest_matching_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,6 +345,9 @@ def test_a_stores_error_is_one_line_saying_what_went_wrong() -> None:
     assert cloud_repository._brief(RuntimeError(xml)) == "NoSuchBucket: The specified bucket does not exist"
     imds = RuntimeError("Error performing PUT http://169.254.169.254/latest/api/token\n  403 Forbidden")
     assert cloud_repository._brief(imds).startswith("no AWS credentials: none in AWS_ACCESS_KEY_ID")
+    assert cloud_repository._brief(imds, "as").startswith("no Azure credentials: AZURE_STORAGE_AUTH_TYPE asks")
+    azure = "404: <Error>\n  <Code>ContainerNotFound</Code>\n  <Message>The specified container does not exist.\nRequestId:1\nTime:2</Message>"
+    assert cloud_repository._brief(RuntimeError(azure), "as") == "ContainerNotFound: The specified container does not exist."
     assert cloud_repository._brief(RuntimeError("a\n   b")) == "a b"
 
 

@@ -1,21 +1,23 @@
 """Model repositories in cloud storage, as tritonserver reads them: ``--model-repository s3://bucket/path``
-(an S3-compatible store: ``s3://host:port/bucket/path``, over HTTP, or ``s3://https://host:port/bucket/path``)
-and ``gs://bucket/path``.
+(an S3-compatible store: ``s3://host:port/bucket/path``, over HTTP, or ``s3://https://host:port/bucket/path``),
+``gs://bucket/path`` and ``as://account/container/path`` (Azure Storage).
 
 As Triton does, the server serves a local copy of the repository (``CloudRepository.local``): made at start, in a
-temporary folder removed at the exit (or in ``TRITON_AWS_MOUNT_DIRECTORY`` / ``TRITON_GCS_MOUNT_DIRECTORY``, kept),
-and brought up to date from the bucket, a model's folder at a time, by a load of the model by name (explicit model
-control), and whole by each poll (``--repository-poll-secs``); the repository code (``model_repository.py``) then
-reads it as any folder. An object that did not change (its ETag) is not fetched again; one gone from the bucket goes
-from the copy.
+temporary folder removed at the exit (or in ``TRITON_AWS_MOUNT_DIRECTORY`` / ``TRITON_GCS_MOUNT_DIRECTORY`` /
+``TRITON_AZURE_MOUNT_DIRECTORY``, kept), and brought up to date from the bucket, a model's folder at a time, by a load
+of the model by name (explicit model control), and whole by each poll (``--repository-poll-secs``); the repository
+code (``model_repository.py``) then reads it as any folder. An object that did not change (its ETag) is not fetched
+again; one gone from the bucket goes from the copy.
 
 Credentials are Triton's: ``TRITON_CLOUD_CREDENTIAL_PATH``'s file (the longest entry matching the repository), else
 for S3 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_DEFAULT_REGION`` (or the
-``aws configure`` files, ``AWS_PROFILE``'s section; the instance's role where none), and for GCS
-``GOOGLE_APPLICATION_CREDENTIALS``, the attached service account, then anonymous access (a public bucket).
+``aws configure`` files, ``AWS_PROFILE``'s section; the instance's role where none), for GCS
+``GOOGLE_APPLICATION_CREDENTIALS``, the attached service account, then anonymous access (a public bucket), and for
+Azure ``AZURE_STORAGE_ACCOUNT``, ``AZURE_STORAGE_KEY``, ``AZURE_STORAGE_AUTH_TYPE`` (``key``, ``managed_identity``,
+``default``) and ``AZURE_STORAGE_CLIENT_ID``, anonymous access where none.
 
-The S3 client is obstore (the Rust object_store crate's, with no Python dependencies: boto3's botocore pins a
-python-dateutil older than the one pandas needs here); the GCS client is Google's own (google-cloud-storage, whose
+The S3 and Azure client is obstore (the Rust object_store crate's, with no Python dependencies: boto3's botocore pins
+a python-dateutil older than the one pandas needs here); the GCS client is Google's own (google-cloud-storage, whose
 JSON API its emulators speak too).
 """
 
@@ -39,8 +41,10 @@ from polystack.errors import InvalidRequest, Unavailable
 
 log = logging.getLogger("polystack.server")
 
-SCHEMES = ("s3://", "gs://")
-_OTHER_SCHEMES = ("as://", "az://", "abfs://", "http://", "https://", "file://")
+SCHEMES = ("s3://", "gs://", "as://")
+_OTHER_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://", "http://", "https://", "file://")
+_MOUNTS = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_DIRECTORY", "as": "TRITON_AZURE_MOUNT_DIRECTORY"}
+_AZURE_HOST = ".blob.core.windows.net"
 _MANIFEST = ".polystack-cloud-copy.json"  # in the copy: each object's ETag as fetched
 
 
@@ -50,12 +54,12 @@ def is_cloud(location: str) -> bool:
 
 
 def check_location(location: str) -> None:
-    """Refuse a location polystack cannot read (Azure Storage), saying what to do."""
+    """Refuse a location polystack cannot read (another scheme than Triton's), saying what to do."""
     if location.startswith(_OTHER_SCHEMES):
         raise InvalidRequest(
-            f"--model-repository {location}: polystack reads model repositories from local folders, s3:// and gs:// "
-            "(not Azure Storage or HTTP yet); copy it into a local folder (az storage blob download-batch) and give "
-            "that folder"
+            f"--model-repository {location}: polystack reads model repositories from local folders, s3://, gs:// and "
+            "as:// (Azure Storage, named as Triton names it: as://account/container/path); name it so, or copy it "
+            "into a local folder and give that folder"
         )
 
 
@@ -87,20 +91,10 @@ class S3Bucket:
         self._store = S3Store(bucket, client_options={"allow_http": True} if http else None, **options)
 
     def list(self, prefix: str) -> dict[str, tuple[int, str]]:
-        import obstore
-
-        found: dict[str, tuple[int, str]] = {}
-        for batch in obstore.list(self._store, prefix=prefix or None):
-            for meta in batch:
-                found[str(meta["path"])] = (int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"]))
-        return found
+        return _listed(self._store, prefix)
 
     def fetch(self, key: str, into: Path) -> None:
-        import obstore
-
-        with into.open("wb") as f:
-            for chunk in obstore.get(self._store, key).stream():
-                f.write(memoryview(chunk))
+        _fetched(self._store, key, into)
 
 
 class GcsBucket:
@@ -134,6 +128,67 @@ class GcsBucket:
         self._bucket.blob(key).download_to_filename(str(into))
 
 
+class AzureBucket:
+    """A container in Azure Storage, read as Triton reads it: the account's shared key, a managed identity, the
+    default credential chain, or anonymously."""
+
+    def __init__(self, account: str, container: str, endpoint: str | None, credentials: dict[str, str]) -> None:
+        try:
+            from obstore.store import AzureStore
+        except ImportError:
+            raise _missing("as") from None
+
+        options: dict[str, Any] = {"account_name": account}
+        if endpoint is not None:  # a sovereign cloud's or an emulator's (AZURE_STORAGE_ENDPOINT)
+            options["endpoint"] = endpoint
+        key, auth, client_id = (credentials.get(k, "") for k in ("account_key", "auth_type", "client_id"))
+        auth = auth or ("key" if key else "")
+        if auth == "key":
+            if not key:
+                raise InvalidRequest(
+                    "Azure Storage's auth type key needs the account's key: set AZURE_STORAGE_KEY (or account_key in "
+                    "TRITON_CLOUD_CREDENTIAL_PATH's as entry)"
+                )
+            options["account_key"] = key
+        elif auth in ("managed_identity", "default"):  # a token from the managed identity (or the chain's first)
+            if client_id:
+                options["client_id"] = client_id  # a user-assigned identity
+        elif auth:
+            raise InvalidRequest(
+                f"AZURE_STORAGE_AUTH_TYPE={auth}: not one Triton knows; use key, managed_identity or default"
+            )
+        else:  # no key, no auth type: anonymous, as Triton (a public container)
+            options["skip_signature"] = True
+        http = endpoint is not None and endpoint.startswith("http://")
+        self._store = AzureStore(container, client_options={"allow_http": True} if http else None, **options)
+
+    def list(self, prefix: str) -> dict[str, tuple[int, str]]:
+        return _listed(self._store, prefix)
+
+    def fetch(self, key: str, into: Path) -> None:
+        _fetched(self._store, key, into)
+
+
+def _listed(store: Any, prefix: str) -> dict[str, tuple[int, str]]:
+    """An obstore store's objects under ``prefix``: (size, ETag)."""
+    import obstore
+
+    found: dict[str, tuple[int, str]] = {}
+    for batch in obstore.list(store, prefix=prefix or None):
+        for meta in batch:
+            found[str(meta["path"])] = (int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"]))
+    return found
+
+
+def _fetched(store: Any, key: str, into: Path) -> None:
+    """An obstore store's object into the file ``into``."""
+    import obstore
+
+    with into.open("wb") as f:
+        for chunk in obstore.get(store, key).stream():
+            f.write(memoryview(chunk))
+
+
 def _missing(scheme: str) -> InvalidRequest:
     return InvalidRequest(
         f"reading a model repository from {scheme}:// needs polystack's cloud extra: pip install 'polystack[cloud]'"
@@ -142,17 +197,29 @@ def _missing(scheme: str) -> InvalidRequest:
 
 @dataclass(frozen=True)
 class Location:
-    scheme: str  # "s3" or "gs"
-    bucket: str
+    scheme: str  # "s3", "gs" or "as"
+    bucket: str  # Azure: the container
     prefix: str  # the repository's folder in the bucket ("": its root), without a trailing slash
-    endpoint: str | None = None  # S3: a private or compatible store's (http://host:port)
+    endpoint: str | None = None  # S3: a private or compatible store's (http://host:port); Azure: another cloud's
+    account: str | None = None  # Azure: the storage account
 
 
 def parse(location: str) -> Location:
     """``location`` as Triton reads it: ``s3://[http(s)://]host:port/bucket/path`` names a store of its own (HTTP
-    unless https:// says otherwise), ``s3://bucket/path`` Amazon's; ``gs://bucket/path``."""
+    unless https:// says otherwise), ``s3://bucket/path`` Amazon's; ``gs://bucket/path``;
+    ``as://account[.blob.core.windows.net]/container/path`` (a query after ``?`` ignored, as Triton's)."""
     scheme, rest = location.split("://", 1)
-    endpoint = None
+    endpoint = account = None
+    if scheme == "as":
+        host, _, rest = rest.partition("?")[0].partition("/")
+        account = host.removesuffix(_AZURE_HOST)
+        if ".blob." in account:  # another Azure cloud's host (account.blob.core.chinacloudapi.cn): its endpoint
+            endpoint, account = f"https://{host}", account.split(".", 1)[0]
+        if not account or not rest.partition("/")[0]:
+            raise InvalidRequest(
+                f"--model-repository {location}: name the account, the container and the repository's folder in it "
+                "(as://account/container/path)"
+            )
     if scheme == "s3":
         protocol = "http"
         for given in ("http://", "https://"):
@@ -172,7 +239,7 @@ def parse(location: str) -> Location:
         raise InvalidRequest(
             f"--model-repository {location}: name the bucket and the repository's folder in it ({scheme}://bucket/path)"
         )
-    return Location(scheme, bucket, prefix, endpoint)
+    return Location(scheme, bucket, prefix, endpoint, account)
 
 
 def _credentials(location: str, scheme: str) -> Any:
@@ -216,6 +283,18 @@ def open_bucket(location: str, where: Location) -> Bucket:
         if given is not None and not isinstance(given, str):
             raise InvalidRequest("TRITON_CLOUD_CREDENTIAL_PATH: a gs entry is the path of a credential JSON file")
         return GcsBucket(where.bucket, given or None)
+    if where.scheme == "as":
+        if given is not None and not isinstance(given, dict):
+            raise InvalidRequest("TRITON_CLOUD_CREDENTIAL_PATH: an as entry is an object (account_str, account_key)")
+        if given is None:  # Triton's variables
+            given = {"account_str": os.environ.get("AZURE_STORAGE_ACCOUNT", ""),
+                     "account_key": os.environ.get("AZURE_STORAGE_KEY", ""),
+                     "auth_type": os.environ.get("AZURE_STORAGE_AUTH_TYPE", ""),
+                     "client_id": os.environ.get("AZURE_STORAGE_CLIENT_ID", "")}  # fmt: skip
+        values = {k: str(v) for k, v in given.items() if isinstance(v, str)}
+        account = values.get("account_str") or where.account or ""  # a given account wins over the host, as Triton's
+        endpoint = os.environ.get("AZURE_STORAGE_ENDPOINT") or where.endpoint  # an emulator's (Azurite) or a cloud's
+        return AzureBucket(account, where.bucket, endpoint, values)
     credentials: dict[str, str] = {}
     if isinstance(given, dict):  # Triton's names
         credentials = {"access_key_id": given.get("key_id", ""), "secret_access_key": given.get("secret_key", ""),
@@ -234,7 +313,7 @@ class CloudRepository:
         self.location = location.rstrip("/")
         self.where = parse(self.location)
         self.bucket = bucket or open_bucket(self.location, self.where)
-        mount = os.environ.get("TRITON_AWS_MOUNT_DIRECTORY" if self.where.scheme == "s3" else "TRITON_GCS_MOUNT_DIRECTORY")
+        mount = os.environ.get(_MOUNTS[self.where.scheme])
         if local is not None:
             self.local, self._owned = local, False
         elif mount:
@@ -261,7 +340,7 @@ class CloudRepository:
         try:
             listed = self.bucket.list(scope + "/" if scope else "")
         except Exception as e:
-            raise Unavailable(f"cannot read {self.location}: {_brief(e)}") from None
+            raise Unavailable(f"cannot read {self.location}: {_brief(e, self.where.scheme)}") from None
         base = self.where.prefix + "/" if self.where.prefix else ""
         wanted: dict[str, tuple[int, str, str]] = {}  # relative path -> (size, ETag, key)
         for key, (size, tag) in listed.items():
@@ -287,7 +366,7 @@ class CloudRepository:
                 self.bucket.fetch(key, partial)
             except Exception as e:
                 partial.unlink(missing_ok=True)
-                raise Unavailable(f"cannot read {self.location}/{relative}: {_brief(e)}") from None
+                raise Unavailable(f"cannot read {self.location}/{relative}: {_brief(e, self.where.scheme)}") from None
             partial.replace(target)
             self._tags[relative] = tag
             changed = True
@@ -318,17 +397,24 @@ class CloudRepository:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
-def _brief(e: Exception) -> str:
-    """A store's error on one line: S3's own code and message where its answer has them (NoSuchBucket: ...)."""
+_NO_CREDENTIALS = {
+    "s3": "no AWS credentials: none in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the aws configure files or "
+    "TRITON_CLOUD_CREDENTIAL_PATH, and no instance role answered",
+    "as": "no Azure credentials: AZURE_STORAGE_AUTH_TYPE asks for a managed identity, and none answered; set "
+    "AZURE_STORAGE_KEY (or TRITON_CLOUD_CREDENTIAL_PATH's as entry) instead",
+}
+
+
+def _brief(e: Exception, scheme: str = "s3") -> str:
+    """A store's error on one line: the store's own code and message where its answer has them (S3's and Azure's
+    XML: ``NoSuchBucket: The specified bucket does not exist``)."""
     text = str(e)
-    if "169.254.169.254" in text:  # no keys given: the instance's role was asked for, and there is none
-        return (
-            "no AWS credentials: none in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the aws configure files or "
-            "TRITON_CLOUD_CREDENTIAL_PATH, and no instance role answered"
-        )
-    code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text)
-    if code is not None:
-        return f"{code.group(1)}: {message.group(1) if message else ''}".strip(": ")
+    if "169.254.169.254" in text and scheme in _NO_CREDENTIALS:  # the instance's role or identity was asked, none
+        return _NO_CREDENTIALS[scheme]
+    code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text, re.S)
+    if code is not None:  # Azure's message goes on with its request's id and time, a line each
+        first = message.group(1).strip().splitlines()[0] if message and message.group(1).strip() else ""
+        return f"{code.group(1)}: {first}".strip(": ")
     return " ".join(text.split())[:300] or type(e).__name__
 
 
