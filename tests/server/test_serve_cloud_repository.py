@@ -357,3 +357,30 @@ def test_a_gcs_credential_file_may_be_an_authorized_users(tmp_path: Path) -> Non
     (tmp_path / "user.json").write_text(json.dumps(user))
     bucket = cloud_repository.GcsBucket("models", str(tmp_path / "user.json"))  # no request made yet
     assert type(bucket._client._credentials).__module__ == "google.oauth2.credentials"
+
+
+def test_azure_credentials_are_tritons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_AUTH_TYPE", "AZURE_STORAGE_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    location = "as://host-account/container/models"
+
+    def opened() -> dict[str, str]:  # the client's settings (no request made)
+        bucket = cloud_repository.open_bucket(location, cloud_repository.parse(location))
+        return dict(bucket._store.config)  # type: ignore[attr-defined]
+
+    assert opened()["skip_signature"] == "true"  # nothing set: anonymous, as Triton
+    assert opened()["account_name"] == "host-account"
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "given")  # wins over the location's, as in Triton
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURE_KEY)
+    assert opened()["account_name"] == "given" and opened()["account_key"] == AZURE_KEY
+    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "sas")
+    with pytest.raises(InvalidRequest, match="use key, managed_identity or default"):
+        opened()
+    doc = {"as": {"as://host-account/container": {"account_str": "filed", "account_key": AZURE_KEY}}}
+    (tmp_path / "creds.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "creds.json"))  # the file wins over variables
+    assert opened()["account_name"] == "filed"
+    doc = {"as": {"": {"auth_type": "key"}}}
+    (tmp_path / "creds.json").write_text(json.dumps(doc))
+    with pytest.raises(InvalidRequest, match="needs the account's key"):
+        opened()
