@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import queue
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.batching.sequence import Control, Flags, SequenceBatcher, SequencePolicy, State, flags_of
 from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
-from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest, Unavailable
+from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest, ShuttingDown, Unavailable
 from polystack.examples import accumulator_onnx
 from polystack.formats import import_model
 from polystack.server import model_config
@@ -248,6 +249,55 @@ def test_a_stream_reads_on_while_its_next_answer_waits_for_requests_behind_it(tm
         finally:
             grpc.stop_stream()
     assert got == sent
+
+
+def test_sigterm_lets_the_sequences_held_finish_over_http_grpc_and_streams_and_refuses_new_ones(
+    tmp_path: Path,
+) -> None:
+    """As Triton's exit: the drain takes the requests of the sequences the server holds (HTTP on its open
+    connection, gRPC calls, a stream) until they end, refuses new sequences and other gRPC calls (UNAVAILABLE),
+    then exits 0, without waiting out the sequences' idle time or the drain timeout."""
+    repo, port, grpc_port = sequence_repository(tmp_path / "models", 20_000_000), free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--drain-timeout-s", "25"]
+    answers: queue.Queue[Any] = queue.Queue()
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")  # one keep-alive connection
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        streamer = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        streamer.start_stream(callback=lambda result, error: answers.put((result, error)))
+
+        def streamed(value: float, **flags: Any) -> float:
+            streamer.async_stream_infer("acc", [_input(grpcclient, value)], sequence_id=3, **flags)
+            result, error = answers.get(timeout=10)
+            assert error is None, error
+            return float(result.as_numpy("OUTPUT")[0, 0])
+
+        try:
+            http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True)
+            grpc.infer("acc", [_input(grpcclient, 10.0)], sequence_id=2, sequence_start=True)
+            assert streamed(100.0, sequence_start=True) == 100.0
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert proc.poll() is None and not http.is_server_ready()
+            assert _sums(http.infer("acc", [_input(httpclient, 2.0)], sequence_id=1))[0] == 3.0
+            assert _sums(grpc.infer("acc", [_input(grpcclient, 20.0)], sequence_id=2))[0] == 30.0
+            assert streamed(200.0) == 300.0
+            with pytest.raises(InferenceServerException, match="Server is stopping") as refused:
+                http.infer("acc", [_input(httpclient, 1.0)], sequence_id=4, sequence_start=True)
+            assert refused.value.status() == "503"
+            with pytest.raises(InferenceServerException, match="shutting down") as refused:
+                grpc.infer("acc", [_input(grpcclient, 1.0)], sequence_id=5, sequence_start=True)
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            streamer.async_stream_infer("acc", [_input(grpcclient, 1.0)], sequence_id=6, sequence_start=True)
+            assert "did not run this request" in str(answers.get(timeout=10)[1])
+            assert _sums(http.infer("acc", [_input(httpclient, 3.0)], sequence_id=1, sequence_end=True))[:2] == (6.0, 1)
+            assert _sums(grpc.infer("acc", [_input(grpcclient, 30.0)], sequence_id=2, sequence_end=True))[:2] == (60.0, 1)
+            ended = time.monotonic()
+            assert streamed(300.0, sequence_end=True) == 600.0
+            assert proc.wait(timeout=15) == 0
+            assert time.monotonic() - ended < 5  # the last sequence ended: the drain is over
+        finally:
+            streamer.stop_stream()
 
 
 def test_a_model_without_sequence_batching_ignores_sequence_parameters_as_triton_does(tmp_path: Path) -> None:
@@ -824,8 +874,7 @@ def test_a_timeout_ends_a_sequence_waiting_for_a_slot_and_not_one_holding_a_slot
         batcher.close()
 
 
-@pytest.mark.parametrize("how", ["drain", "close"])
-def test_a_drain_or_close_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry, how: str) -> None:
+def test_a_close_ends_idle_sequences_so_those_waiting_for_a_slot_run(acc_entry: LoadedEntry) -> None:
     batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
 
     async def main() -> float:
@@ -833,8 +882,8 @@ def test_a_drain_or_close_ends_idle_sequences_so_those_waiting_for_a_slot_run(ac
         waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        # no request will come to sequence 1: the server drains (SIGTERM), or the model closes (unload)
-        stopping = asyncio.get_running_loop().run_in_executor(None, getattr(batcher, how))
+        # no request will come to sequence 1: the model closes (an unload)
+        stopping = asyncio.get_running_loop().run_in_executor(None, batcher.close)
         out = await asyncio.wait_for(waiting, 5)
         await asyncio.wait_for(stopping, 5)
         return float(out["OUTPUT"][0, 0])
@@ -843,6 +892,44 @@ def test_a_drain_or_close_ends_idle_sequences_so_those_waiting_for_a_slot_run(ac
         assert asyncio.run(main()) == 3.0
     finally:
         batcher.close()
+
+
+def test_a_drain_refuses_new_sequences_and_runs_those_held_until_they_end(acc_entry: LoadedEntry) -> None:
+    """As Triton's sequence batcher once its server stops: a START is refused (UNAVAILABLE, in its words), the
+    sequences held take their requests, one waiting for a slot gets it when another ends, and none is live once
+    each ended (its END, or idle)."""
+    batcher = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
+
+    async def main() -> None:
+        await batcher.infer_async(_x(1.0), None, Flags(1, start=True))  # holds the one slot
+        waiting = asyncio.ensure_future(batcher.infer_async(_x(3.0), None, Flags(2, start=True)))
+        await asyncio.sleep(0.05)
+        batcher.drain()
+        assert batcher.live() and batcher.holds(1) and not batcher.holds(5)
+        with pytest.raises(ShuttingDown, match="Server is stopping, scheduler for model 'acc' has stopped"):
+            await batcher.infer_async(_x(9.0), None, Flags(5, start=True))
+        assert float((await batcher.infer_async(_x(2.0), None, Flags(1)))["OUTPUT"][0, 0]) == 3.0
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # sequence 1 holds the slot on: it did not end at the drain
+        assert float((await batcher.infer_async(_x(4.0), None, Flags(1, end=True)))["OUTPUT"][0, 0]) == 7.0
+        assert float((await asyncio.wait_for(waiting, 5))["OUTPUT"][0, 0]) == 3.0
+        assert batcher.live() and not batcher.holds(1)
+        await batcher.infer_async(_x(1.0), None, Flags(2, end=True))
+        assert not batcher.live()
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    idling = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=0.2))
+    try:
+        asyncio.run(idling.infer_async(_x(1.0), None, Flags(1, start=True)))
+        idling.drain()
+        assert idling.live()
+        time.sleep(0.3)
+        assert not idling.live() and not idling.holds(1)  # idle past max_sequence_idle_microseconds: ended
+    finally:
+        idling.close()
 
 
 def test_flags_of_reads_tritonclients_parameters() -> None:

@@ -20,8 +20,11 @@ READY true. A START for a sequence that has not ended runs after what it queued,
 Triton's, which warns of the conflict); after its END is queued, a START begins a sequence of its own. As in
 Triton's sequence batcher, a request's timeout bounds its sequence's wait for a slot (past it, every request
 the sequence queued fails, UNAVAILABLE, and the sequence ends), and no longer applies once the sequence holds
-one; a request cancelled before it ran ends its sequence (its other queued requests fail, CANCELLED). A draining or closing batcher ends the sequences with nothing queued at
-once (no request will come to them), so that those waiting for a slot run before it stops.
+one; a request cancelled before it ran ends its sequence (its other queued requests fail, CANCELLED). A draining
+batcher (the server's SIGTERM) refuses new sequences (a START: UNAVAILABLE, in Triton's words) and runs on the
+requests of those it holds, which end as ever (their END, or idle), as Triton's do during its exit timeout; a
+closing one ends the sequences with nothing queued at once (no request will come to them), so that those waiting
+for a slot run before it stops.
 
 As in ``DynamicBatcher``, requests are validated alone before they queue, the model runs on worker
 threads, a failing merged batch runs again one request at a time so that only the culprit fails (its
@@ -54,6 +57,7 @@ from polystack.errors import (
     InvalidTensor,
     ModelClosed,
     PolystackError,
+    ShuttingDown,
     Unavailable,
     Unsupported,
     quote,
@@ -261,7 +265,7 @@ class SequenceBatcher:
         self._placed = 0
         self._queued = 0
         self._running = 0  # requests taken by the workers and not finished
-        self._draining = False  # no request will come: sequences with nothing queued end
+        self._draining = False  # the server drains: no sequence starts, those held run on
         self._swept = time.monotonic()
         self._layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (name, dtype, shape) of each input -> key
         self._cond = threading.Condition()
@@ -419,6 +423,11 @@ class SequenceBatcher:
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
+            if self._draining and flags.start:  # Triton's words (its scheduler's, once its server stops)
+                raise ShuttingDown(
+                    f"Server is stopping, scheduler for model {name!r} has stopped accepting new inference "
+                    "requests: it runs only the sequences it holds until they end; start this one on another replica"
+                )
             sequence = self._sequences.get(flags.id)
             if sequence is not None and self._idle(sequence, now):
                 self._release(sequence)
@@ -471,7 +480,7 @@ class SequenceBatcher:
         """Nothing of it runs or waits, and for ``idle_s`` nothing came (closed: no request will come)."""
         if sequence.busy or sequence.requests:
             return False
-        return self._closed or self._draining or now - sequence.last >= self.policy.idle_s
+        return self._closed or now - sequence.last >= self.policy.idle_s
 
     def _place(self, sequence: _Sequence) -> None:
         """Give ``sequence`` a slot when one is free (with its first state), else a place in the backlog."""
@@ -585,7 +594,7 @@ class SequenceBatcher:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._sequences and (self._closed or self._draining or now - self._swept >= self._sweep_every()):
+                if self._sequences and (self._closed or now - self._swept >= self._sweep_every()):
                     self._sweep(now)
                 wait: float | None = None
                 mine = self._ready if instance is None else [s for s in self._ready if s.instance == instance]
@@ -819,11 +828,27 @@ class SequenceBatcher:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def drain(self) -> None:
-        """No request will come (the server drains): sequences with nothing queued end now, so that those
-        waiting for a slot run within the drain rather than after each holder's idle time."""
+        """The server drains: no new sequence starts; those held (placed or waiting for a slot) take their
+        requests until they end (their END, or ``idle_s`` without a request), as Triton's sequence batcher does
+        once its server stops."""
         with self._cond:
             self._draining = True
             self._cond.notify_all()
+
+    def holds(self, sequence_id: SequenceId) -> bool:
+        """Whether a request of ``sequence_id`` (not a START) would join a sequence held here."""
+        with self._cond:
+            sequence = self._sequences.get(sequence_id)
+            return sequence is not None and not sequence.ended and not self._idle(sequence, time.monotonic())
+
+    def live(self) -> bool:
+        """Whether a sequence is held here that has not ended: one whose requests run or wait, or that may
+        still get some (it has not been idle for ``idle_s``)."""
+        with self._cond:
+            now = time.monotonic()
+            if self._queued or self._running or self._ending:
+                return True
+            return any(not s.ended and not self._idle(s, now) for s in self._sequences.values())
 
     def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop taking requests; run the queued ones (drain) or fail them, then stop the workers. The

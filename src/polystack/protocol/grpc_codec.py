@@ -81,7 +81,7 @@ def params_dict(params: Mapping[str, Any]) -> dict[str, Any]:
 _RESERVED_PARAMETER = "triton_enable_empty_final_response"  # the one triton_ key a request may carry
 
 
-def _request_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A request's parameters; a ``sequence_id`` given as a negative ``int64_param`` is the unsigned 64-bit ID
     with those bits, as Triton reads it (its C++ and Java clients send every uint64 ID so). Refused in Triton's
     words: a ``triton_`` key other than ``triton_enable_empty_final_response`` (a bool, which changes nothing
@@ -175,7 +175,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
         outputs.append(RequestedOutput(o.name, True, 0 if k is None else classification.parse_count(k, o.name), shm))
     outputs = requested_once(outputs)
     return InferRequest(
-        inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=_request_params(req.parameters)
+        inputs=inputs, id=req.id or None, outputs=outputs or None, parameters=request_params(req.parameters)
     )
 
 

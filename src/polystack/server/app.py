@@ -562,7 +562,6 @@ class Server:
         """Readiness false, stop accepting, let in-flight requests finish (drain timeout), close."""
         started = time.monotonic()
         self.plane.start_draining()
-        self.http.closing = True
         for _, _, app, _ in self.platforms:  # their ports answer health (400: not ready) until the drain ends
             app.closing = True
         if self._http_server is not None:
@@ -575,9 +574,15 @@ class Server:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        # first the sequences held run on, as in Triton's exit: their requests are taken (HTTP keeps its open
+        # connections, gRPC takes their calls and streams read on) until they end or the grace is over
+        if self.plane.sequences_live():
+            log.info("draining: the sequences held take their requests until they end")
+        drained = await self.plane.wait_sequences(grace)
+        self.http.closing = True
         # gRPC refuses new calls from now on (UNAVAILABLE, in its handlers), as HTTP does, and its calls in
         # flight share the one grace; its server stops after them
-        drained = await self.plane.wait_idle(grace)
+        drained = await self.plane.wait_idle(left()) and drained
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
         drained = await self.http.wait_answered(left()) and drained
         for _, _, app, _ in self.platforms:

@@ -524,6 +524,8 @@ class DataPlane:
         )
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
+        # set once the drain's sequences ended (or its timeout passed): until then their requests are taken
+        self._sequences_over = asyncio.Event()
         self.in_flight = 0
         self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
@@ -1441,9 +1443,9 @@ class DataPlane:
         return sorted(out)
 
     def start_draining(self) -> None:
-        """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. No request
-        will come: a sequence with nothing queued ends, so that those waiting for a slot run now, and a batch
-        waiting out its queue delay leaves now."""
+        """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. A batch
+        waiting out its queue delay leaves now; sequence models start no new sequence, and take the requests of
+        those they hold until they end (``wait_sequences``)."""
         self.draining = True
         self._drain_started.set()
         for served in list(self._served.values()):
@@ -1454,6 +1456,40 @@ class DataPlane:
 
     async def wait_draining(self) -> None:
         await self._drain_started.wait()
+
+    def holds_sequence(self, name: str, version: str | None, sequence_id: int | str) -> bool:
+        """Whether ``name`` (at ``version``) holds the live sequence ``sequence_id``, whose requests a drain
+        still takes."""
+        try:
+            served = self._get(name, version)
+        except PolystackError:
+            return False
+        return served.sequencer is not None and served.sequencer.holds(sequence_id)
+
+    @property
+    def taking_sequences(self) -> bool:
+        """The drain's first part: the sequences held take their requests (``wait_sequences``)."""
+        return self.draining and not self._sequences_over.is_set()
+
+    def sequences_live(self) -> bool:
+        return any(s.sequencer is not None and s.sequencer.live() for s in list(self._served.values()))
+
+    async def wait_sequences(self, timeout_s: float) -> bool:
+        """The drain's first part, as Triton's exit: until the sequences held end (their END request, or idle for
+        their ``max_sequence_idle_microseconds``), their requests are taken, by HTTP, gRPC calls and streams;
+        whether they all ended within ``timeout_s``. Those left then end at the models' close."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while self.sequences_live():
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+            return True
+        finally:
+            self._sequences_over.set()
+
+    async def wait_sequences_over(self) -> None:
+        await self._sequences_over.wait()
 
     def extensions(self) -> list[str]:
         # "sequence": Triton's sequence extension (sequence_id, sequence_start, sequence_end; sequence.py);

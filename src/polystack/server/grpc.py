@@ -44,6 +44,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from polystack.batching.sequence import flags_of
 from polystack.errors import BackendError, InvalidRequest, PolystackError, Restricted, ShuttingDown
 from polystack.protocol import grpc_codec
 from polystack.protocol.grpc_gen import inference_pb2 as pb
@@ -332,9 +333,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer_unless_draining(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         # The gRPC server stops only once the drain is over: a call arriving meanwhile is refused here, where
         # grpc's own shutdown would answer it CANCELLED, a code clients and proxies do not retry.
-        if self.plane.draining:
+        if self.plane.draining and not self._continues_sequence(request):
             raise ShuttingDown("the server is shutting down; send the request to another replica (it was not run)")
         return await self._infer(request, context)
+
+    def _continues_sequence(self, request: pb.ModelInferRequest) -> bool:
+        """A request of a sequence the server holds, read in the drain's first part: taken, so that the sequence
+        finishes, as in Triton's exit (a START is refused by the model's sequence batcher)."""
+        if not self.plane.taking_sequences or "sequence_id" not in request.parameters:
+            return False
+        try:
+            flags = flags_of(grpc_codec.request_params(request.parameters))
+        except PolystackError:
+            return False
+        return flags is not None and not flags.start and self.plane.holds_sequence(
+            request.model_name, request.model_version or None, flags.id
+        )
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -429,6 +443,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def take() -> None:
             async for request in request_iterator:
                 answered: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
+                if self.plane.draining and (isinstance(request, Undecodable) or not self._continues_sequence(request)):
+                    await unsent.acquire()  # read while the sequences held run on: theirs alone are run
+                    answered.set_result(_not_run(request))
+                    answers.put_nowait(answered)
+                    continue
                 try:
                     await unsent.acquire()
                 except asyncio.CancelledError:  # read as the drain began: answered, not run
@@ -457,10 +476,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             nonlocal drained
             try:
-                # the drain stops the reading (an open stream would otherwise take requests, and hold the
-                # shutdown, for the whole drain timeout); what runs already is answered
+                # the drain stops the reading once the sequences held have ended (an open stream would otherwise
+                # take requests, and hold the shutdown, for the whole drain timeout); what runs already is answered
                 taking = asyncio.ensure_future(take())
-                drain = asyncio.ensure_future(self.plane.wait_draining())
+                drain = asyncio.ensure_future(self.plane.wait_sequences_over())
                 try:
                     await asyncio.wait((taking, drain), return_when=asyncio.FIRST_COMPLETED)
                 finally:
