@@ -410,7 +410,7 @@ def test_an_ensemble_carries_a_sequence_to_its_sequence_model_steps(tmp_path: Pa
     (repo / "pipe" / "config.pbtxt").write_text(PIPE)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port)]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         sums = []
@@ -428,6 +428,14 @@ def test_an_ensemble_carries_a_sequence_to_its_sequence_model_steps(tmp_path: Pa
             http.infer("pipe", [a], sequence_id=11)
         [neg] = http.get_inference_statistics("neg")["model_stats"]
         assert neg["inference_stats"]["success"]["count"] == 3
+        # a sequence through the ensemble finishes during the drain too, its gRPC calls taken
+        a = grpcclient.InferInput("A", [1, 1], "FP32")
+        a.set_data_from_numpy(np.ones((1, 1), np.float32))
+        grpc.infer("pipe", [a], sequence_id=12, sequence_start=True)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert float(grpc.infer("pipe", [a], sequence_id=12, sequence_end=True).as_numpy("B")[0, 0]) == -2.0
+        assert proc.wait(timeout=15) == 0
 
 
 def test_an_ensemble_running_a_sequence_model_keeps_no_answers(tmp_path: Path) -> None:

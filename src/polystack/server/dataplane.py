@@ -1458,9 +1458,13 @@ class DataPlane:
         await self._drain_started.wait()
 
     def holds_sequence(self, name: str, version: str | None, sequence_id: int | str) -> bool:
-        """Whether ``name`` (at ``version``) holds the live sequence ``sequence_id``, whose requests a drain
-        still takes."""
+        """Whether ``name`` (at ``version``; an ensemble: one of its steps) holds the live sequence
+        ``sequence_id``, whose requests a drain still takes."""
         try:
+            pipeline = self._ensemble(name, version)
+            if pipeline is not None:
+                steps = pipeline.ensemble.steps
+                return any(self.holds_sequence(step.model, step.asked, sequence_id) for step in steps)
             served = self._get(name, version)
         except PolystackError:
             return False
