@@ -249,6 +249,46 @@ def test_a_python_models_instances_serve_requests_at_once(tmp_path: Path, monkey
     assert sorted(p.name for p in (tmp_path / "rendezvous").iterdir()) == ["together_0_0", "together_0_1"]
 
 
+WHO = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("who", np.array([[self.name]], dtype=object))])
+                for _ in requests]
+'''
+
+
+@pytest.mark.parametrize("batching", ["", "dynamic_batching { }\n"])
+def test_under_the_rate_limiter_a_python_model_runs_on_the_instance_it_charged(tmp_path: Path, batching: str) -> None:
+    """Triton's rate limiter runs the instance that weighs least (its runs times its group's priority): here the
+    first group's (priority 1) over the second's (priority 10), request after request. Its resources and
+    priority are that instance's, so the call runs there, not on whichever instance was idle longest (polystack
+    alternated light and heavy before). tritonserver 2.51, 12 requests: with dynamic batching all on light; without,
+    the second on heavy (light was still being given back), the others on light."""
+    repo = tmp_path / "models"
+    python_folder(repo, "who", WHO,
+        'backend: "python"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n' + batching +
+        'instance_group [ { name: "light", count: 1, kind: KIND_CPU, rate_limiter { priority: 1 } },\n'
+        '  { name: "heavy", count: 1, kind: KIND_CPU, rate_limiter { priority: 10 } } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--rate-limit",
+            "execution_count"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), np.float32))
+        ran = [client.infer("who", [x]).as_numpy("who")[0, 0].decode() for _ in range(6)]
+    assert ran == ["light_0"] * 6
+
+
 def test_a_loads_config_is_the_one_initialize_sees(tmp_path: Path) -> None:
     repo, port = repository(tmp_path / "models"), free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",

@@ -58,6 +58,10 @@ class Responses(Protocol):
 
 NO_FACTS = RequestFacts()
 REQUEST: ContextVar[RequestFacts] = ContextVar("polystack_request", default=NO_FACTS)
+# the instance (its index among the model's instances, in instance group order) the server's rate limiter gave
+# its resources to, for the call this thread runs now: a model with instances of its own runs it there, as Triton
+# runs the payload on the instance its rate limiter staged (None: no rate limiter, any free instance)
+CHARGED: ContextVar[int | None] = ContextVar("polystack_charged_instance", default=None)
 
 
 def run_as(facts: RequestFacts, fn: Callable[..., T], *args: Any) -> T:

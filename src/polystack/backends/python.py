@@ -189,8 +189,8 @@ class PythonModel:
         self, requests: Sequence[Apart], instance: int | None = None
     ) -> list[dict[str, np.ndarray] | PolystackError]:
         """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
-        response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the
-        first idle one): each one's outputs, or the error its response carries. ``execute`` failing fails them all
+        response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the one
+        the server's rate limiter gave resources to, ``hosting.CHARGED``, else the first idle one): each one's outputs, or the error its response carries. ``execute`` failing fails them all
         (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
         each request's result here has no outputs; without a server, its one response is the result."""
         received, wanted = [], []
@@ -207,6 +207,8 @@ class PythonModel:
             received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names, sender))
             gathered.append(own)
             wanted.append((names, bool(outputs)))
+        if instance is None:  # the one the rate limiter gave resources to, where one did
+            instance = hosting.CHARGED.get()
         chosen = self._idle.get() if instance is None else self._instances[instance % len(self._instances)]
         try:
             callers = _waiting(facts.callers for _, _, facts in requests)

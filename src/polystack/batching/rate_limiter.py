@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from polystack.backends import hosting
 from polystack.errors import InvalidRequest
 
 GLOBAL = -2  # Triton's keys: a resource shared by all devices, and one given for each device
@@ -124,6 +125,7 @@ class ModelInstances:
             instance = chosen if chosen in self._free else min(self._free, key=_Instance.weight)
             self._free.remove(instance)
         granted = False
+        charged = hosting.CHARGED.set(self.instances.index(instance))  # where the call runs (a Python model's)
         try:
             self.limiter._stage(instance)
             while not instance.wake.wait(_POLL_S):
@@ -133,6 +135,7 @@ class ModelInstances:
             granted = instance.wake.is_set()
             yield granted
         finally:
+            hosting.CHARGED.reset(charged)
             self.limiter._release(instance, ran=granted)
             with self._lock:
                 self._free.append(instance)
