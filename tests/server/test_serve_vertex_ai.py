@@ -162,9 +162,9 @@ def test_aip_mode_prediction_serves_the_repository_at_aip_storage_uri_on_aip_htt
         (ROUTES, ["--vertex-ai-port", "8000"], "at the same address and port 8000"),
         (ROUTES, ["--engine", "ray"], "served by the local engine's server"),
         (ROUTES, ["--vertex-ai-thread-count", "0"], "Triton takes from 1"),
-        ({**ROUTES, "AIP_MODE": "PREDICTION", "AIP_STORAGE_URI": "as://account/container/models"},
-         ["--allow-vertex-ai", "true"], "AIP_STORAGE_URI=as://account/container/models: polystack reads model "
-         "repositories from local folders, s3:// and gs://"),
+        ({**ROUTES, "AIP_MODE": "PREDICTION", "AIP_STORAGE_URI": "https://storage.googleapis.com/b/models"},
+         ["--allow-vertex-ai", "true"], "AIP_STORAGE_URI=https://storage.googleapis.com/b/models: polystack reads "
+         "model repositories from local folders, s3://, gs:// and as://"),
     ],
 )
 def test_bad_vertex_ai_settings_exit_2_with_one_line(
