@@ -349,6 +349,12 @@ def test_a_stores_error_is_one_line_saying_what_went_wrong() -> None:
     azure = "404: <Error>\n  <Code>ContainerNotFound</Code>\n  <Message>The specified container does not exist.\nRequestId:1\nTime:2</Message>"
     assert cloud_repository._brief(RuntimeError(azure), "as") == "ContainerNotFound: The specified container does not exist."
     assert cloud_repository._brief(RuntimeError("a\n   b")) == "a b"
+    gone = ("Generic MicrosoftAzure error: Error performing list request: Error performing GET https://nosuch.blob.core."
+            "windows.net/c?restype=container&comp=list in 6.1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - "
+            "HTTP error: error sending request\n\nDebug source:\nGeneric {")  # fmt: skip
+    assert cloud_repository._brief(RuntimeError(gone), "as") == (
+        "cannot reach https://nosuch.blob.core.windows.net (error sending request, 11 tries)"
+    )
 
 
 def test_a_gcs_credential_file_may_be_an_authorized_users(tmp_path: Path) -> None:

@@ -411,6 +411,10 @@ def _brief(e: Exception, scheme: str = "s3") -> str:
     text = str(e)
     if "169.254.169.254" in text and scheme in _NO_CREDENTIALS:  # the instance's role or identity was asked, none
         return _NO_CREDENTIALS[scheme]
+    unreachable = re.search(r"Error performing \w+ (https?://[^/?\s]+)\S* in [^,]*, after (\d+) retries.*? - HTTP error: ([^\n]*)", text)
+    if unreachable is not None:  # no answer at all (a wrong host or account, no network): the store's address
+        host, retries, why = unreachable.groups()
+        return f"cannot reach {host} ({why.strip()}, {int(retries) + 1} tries)"
     code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text, re.S)
     if code is not None:  # Azure's message goes on with its request's id and time, a line each
         first = message.group(1).strip().splitlines()[0] if message and message.group(1).strip() else ""
