@@ -134,6 +134,30 @@ def test_serve_allow_sagemaker_serves_the_environments_model_and_pings_live(
         assert proc.wait(30) == 0, (tmp_path / "log").read_text()
 
 
+@pytest.mark.parametrize("kind", ["generate", "generate_stream"])
+def test_the_inference_type_makes_invocations_tritons_generate(
+    model_store: tuple[Store, dict[str, ModelRecord]], kind: str
+) -> None:
+    """SAGEMAKER_TRITON_INFERENCE_TYPE (Triton's newer releases; LLM containers set it): /invocations answers as the
+    HTTP port's generate or generate_stream route of the default model."""
+    settings = SageMakerSettings(model="mlp", inference_type=kind)
+    st = start(model_store[0], models=["mlp"], sagemaker_port=0, sagemaker=settings)
+    try:
+        port = st.server.platform_ports.get("SageMaker")
+        assert port is not None
+        body = json.dumps({"x": X, "id": "g1"}).encode()
+        status, ctype, answer = _call(port, "POST", "/invocations", body, "application/json")
+        expected = _call(st.http_port, "POST", f"/v2/models/mlp/{kind}", body, "application/json")
+        assert (status, ctype, answer) == expected and status == 200
+        assert ctype.startswith("application/json" if kind == "generate" else "text/event-stream")
+        bad = json.dumps({"x": X, "y": X}).encode()  # a parameter that is no input must be a scalar: refused
+        status, _, answer = _call(port, "POST", "/invocations", bad, "application/json")
+        assert (status, json.loads(answer)) == (400, json.loads(_call(st.http_port, "POST", f"/v2/models/mlp/{kind}",
+                                                                      bad, "application/json")[2]))  # fmt: skip
+    finally:
+        st.stop()
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -148,6 +172,14 @@ def test_serve_allow_sagemaker_serves_the_environments_model_and_pings_live(
 )
 def test_bad_sagemaker_flags_exit_2_with_one_line(tmp_path: Path, args: list[str], says: str) -> None:
     assert says in refused_at_start(tmp_path, ["--http-port", "8000", "--grpc-port", "-1", *args])
+
+
+def test_an_unknown_inference_type_exits_2_once_the_port_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAGEMAKER_TRITON_INFERENCE_TYPE", "predict")
+    line = refused_at_start(tmp_path, ["--http-port", "8000", "--grpc-port", "-1", "--allow-sagemaker", "true"])
+    assert "Server has invalid inference type 'predict'. Must be one of: infer, generate, generate_stream." in line
 
 
 @pytest.mark.parametrize("live", [False, True])

@@ -704,6 +704,9 @@ def serve(
               "metrics": metrics_port}  # fmt: skip
     ports = {k: p for k, p in served.items() if p is not None and p > 0}
     sagemaker = _sagemaker(allow_sagemaker, sagemaker_port, sagemaker_safe_port_range, engine, ports)
+    sagemaker_settings = SageMakerSettings.from_environment()
+    if sagemaker is not None:
+        sagemaker_settings.check()
     vertex_port, vertex = _vertex_ai(allow_vertex_ai, vertex_ai_port, vertex_ai_default_model, engine,
                                      {**ports, **({"SageMaker": sagemaker} if sagemaker else {})})  # fmt: skip
     if (sagemaker is not None or vertex_port is not None) and listeners.host in ("127.0.0.1", "localhost", "::1"):
@@ -764,7 +767,7 @@ def serve(
         trace_log_frequency=traced.log_frequency,
         trace_shown=traced.shown,
         sagemaker_port=sagemaker,
-        sagemaker=SageMakerSettings.from_environment(),
+        sagemaker=sagemaker_settings,
         vertex_ai_port=vertex_port,
         vertex_ai=vertex,
         models=list(models or []),

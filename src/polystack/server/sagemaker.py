@@ -4,7 +4,10 @@ endpoints call, ``serve --allow-sagemaker true [--sagemaker-port 8080]``, as tri
 
 - ``GET /ping``: 200 while the server is ready (``SAGEMAKER_TRITON_PING_MODE=live``: while it is live), else 400;
   an empty body either way;
-- ``POST /invocations``: an inference request of the model ``SAGEMAKER_TRITON_DEFAULT_MODEL_NAME`` names (unset:
+- ``POST /invocations``: what ``SAGEMAKER_TRITON_INFERENCE_TYPE`` says (Triton's newer releases; ``infer``, the
+  default, as 2.51 has it alone; ``generate`` and ``generate_stream``: Triton's generate extension, its JSON object
+  in and its answer out, as one object or as Server-Sent Events) for the model ``SAGEMAKER_TRITON_DEFAULT_MODEL_NAME``
+  names. An ``infer`` is an inference request of that model (unset:
   Triton's placeholder name, which no model has, so that requests say so), in the Open Inference Protocol's JSON,
   or with its binary tensors after a JSON header whose length the content type gives
   (``application/vnd.sagemaker-triton.binary+json;json-header-size=N``; ``N`` 0: the whole body is the model's one
@@ -47,6 +50,7 @@ BINARY = b"application/vnd.sagemaker-triton.binary+json;json-header-size="
 UNSPECIFIED = "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"  # Triton's name where the variable is unset
 _TEXT = b"text/plain"
 _MODELS = re.compile(r"/models(?:/)?([^/]+)?(/invoke)?")  # Triton's route of the multi-model endpoints
+INFERENCE_TYPES = ("infer", "generate", "generate_stream")  # Triton's handlers /invocations may run
 
 
 @dataclass(frozen=True)
@@ -56,15 +60,25 @@ class SageMakerSettings:
 
     model: str = UNSPECIFIED
     ping_live: bool = False
+    inference_type: str = "infer"  # what /invocations runs: infer, generate or generate_stream
 
     @classmethod
     def from_environment(cls) -> SageMakerSettings:
         """Triton's variables, as tritonserver reads them: ``SAGEMAKER_TRITON_PING_MODE`` ``live`` exactly, else
-        readiness."""
+        readiness; ``SAGEMAKER_TRITON_INFERENCE_TYPE`` one of ``INFERENCE_TYPES`` (checked by ``check``)."""
         return cls(
             model=os.environ.get("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME") or UNSPECIFIED,
             ping_live=os.environ.get("SAGEMAKER_TRITON_PING_MODE") == "live",
+            inference_type=os.environ.get("SAGEMAKER_TRITON_INFERENCE_TYPE", "infer"),
         )
+
+    def check(self) -> None:
+        """Refuse an inference type Triton does not know, in its words, once the SageMaker port is served."""
+        if self.inference_type not in INFERENCE_TYPES:
+            raise InvalidRequest(
+                f"SAGEMAKER_TRITON_INFERENCE_TYPE={self.inference_type!r}: Server has invalid inference type "
+                f"'{self.inference_type}'. Must be one of: infer, generate, generate_stream."
+            )
 
 
 class SageMakerApp(HttpApp):
@@ -141,7 +155,13 @@ class SageMakerApp(HttpApp):
         return Response(200 if ok else 400, b"", _TEXT)
 
     async def invocations(self, req: Request, args: list[str]) -> Response:
-        return await self.invocations_of(req, self.settings.model)
+        kind = self.settings.inference_type
+        if kind == "infer":
+            return await self.invocations_of(req, self.settings.model)
+        if self.plane.draining:
+            raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
+        handler = self.generate if kind == "generate" else self.generate_stream
+        return await handler(req, [self.settings.model, ""])
 
     async def invocations_of(self, req: Request, model: str) -> Response:
         if self.plane.draining:  # the port answers /ping (400) until the drain ends, and runs nothing new meanwhile
