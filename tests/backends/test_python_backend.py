@@ -346,7 +346,7 @@ def test_a_folder_a_killed_process_left_goes_at_the_next_load_and_a_live_process
     import tempfile
     import time
 
-    from polystack.backends import python
+    from polystack import temp_folders
 
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -368,15 +368,15 @@ def test_a_folder_a_killed_process_left_goes_at_the_next_load_and_a_live_process
             os.utime(folder, (old, old))  # past the minute a new folder is left alone for
         assert killed.is_dir() and live.is_dir()
         monkeypatch.setattr(tempfile, "tempdir", str(temp))
-        monkeypatch.setattr(python, "_swept", 0.0)
+        monkeypatch.setattr(temp_folders, "_swept", {})
         model = registry.get("python").load(zipped, python_model.signature(CONFIG), registry.get("python").parse_options({}), "cpu")
         try:
             assert not killed.exists() and live.is_dir() and model._folder.is_dir()
-            assert not python._lock_of(killed).exists() and python._lock_of(live).is_file()
-            assert not any(p.name.endswith(python.OWNER_LOCK) for p in model._folder.iterdir())  # out of its sight
+            assert not temp_folders.lock_of(killed).exists() and temp_folders.lock_of(live).is_file()
+            assert not any(p.name.endswith(temp_folders.LOCK) for p in model._folder.iterdir())  # out of its sight
         finally:
             model.close()
-        assert not model._folder.exists() and not python._lock_of(model._folder).exists() and live.is_dir()
+        assert not model._folder.exists() and not temp_folders.lock_of(model._folder).exists() and live.is_dir()
     finally:
         for p in loaders:
             p.kill()
@@ -388,7 +388,7 @@ def test_a_temporary_folder_without_locks_still_loads_the_model(tmp_path: Path, 
     import fcntl
     import tempfile
 
-    from polystack.backends import python
+    from polystack import temp_folders
 
     def refused(*args: object) -> None:  # as NFS mounted with nolock answers
         raise OSError(errno.ENOLCK, "No locks available")
@@ -400,7 +400,7 @@ def test_a_temporary_folder_without_locks_still_loads_the_model(tmp_path: Path, 
     model = backend.load(packed(tmp_path), python_model.signature(CONFIG), backend.parse_options({}), "cpu")
     try:
         assert model.infer(_inputs(b"a"))["OUT"][0, 0] == b"A!"
-        assert not python._lock_of(model._folder).exists()  # no lock file: no sweep takes it for a dead one's
+        assert not temp_folders.lock_of(model._folder).exists()  # no lock file: no sweep takes it for a dead one's
     finally:
         model.close()
 

@@ -28,11 +28,8 @@ import importlib.util
 import inspect
 import json
 import queue
-import shutil
 import sys
-import tempfile
 import threading
-import time
 import uuid
 import weakref
 import zipfile
@@ -44,6 +41,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from polystack import temp_folders
 from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
 from polystack.backends.base import Apart, Backend, LoadedModel
@@ -63,9 +61,9 @@ from polystack.formats.python_model import MANIFEST
 from polystack.types import DType, Signature
 
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
-FOLDER_PREFIX = "polystack-python-model-"  # the folders models are unpacked into, in the temporary folder
-# beside each: a file locked while its model is loaded (released when its process ends), out of the model's sight
-OWNER_LOCK = ".lock"
+# the folders models are unpacked into, in the temporary folder; beside each, a file locked while its model is loaded
+# (released when its process ends: temp_folders.py), out of the model's sight
+FOLDER_PREFIX = "polystack-python-model-"
 
 
 class _Instance:
@@ -87,11 +85,9 @@ class PythonModel:
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
         self._instances: list[_Instance] = []
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
-        _sweep_folders_left()
-        self._folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
-        self._owner: Any = None
+        # the folders a killed server left are removed first (once a minute at most)
+        self._folder, self._owner = temp_folders.make(FOLDER_PREFIX)
         try:
-            self._owner = _hold(_lock_of(self._folder))
             try:
                 with zipfile.ZipFile(artifact) as zf:
                     zf.extractall(self._folder)
@@ -340,11 +336,8 @@ class PythonModel:
                 if instance.module is not None:
                     sys.modules.pop(instance.module.__name__, None)
         self._instances = []
-        shutil.rmtree(self._folder, ignore_errors=True)
-        if self._owner is not None:
-            _lock_of(self._folder).unlink(missing_ok=True)
-            self._owner.close()
-            self._owner = None
+        temp_folders.release(self._folder, self._owner)
+        self._owner = None
         if failed is not None:
             raise failed
 
@@ -373,57 +366,6 @@ class _Gathered:
     def wait(self) -> list[dict[str, np.ndarray] | PolystackError | None] | PolystackError:
         self._done.wait()
         return self._failed or self._responses
-
-
-_swept = 0.0  # when this process last swept (monotonic)
-_LEFT_AFTER_S = 60.0  # a folder this much older than its last change, unlocked, was left by a process that ended
-
-
-def _lock_of(folder: Path) -> Path:
-    return folder.with_name(folder.name + OWNER_LOCK)
-
-
-def _hold(path: Path) -> Any:
-    """An open file on ``path``, exclusively locked until it is closed or its process ends; None where locks are
-    not to be had (not a POSIX system, a file system without them): the folder then goes at the close alone."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    owner = path.open("w")
-    try:
-        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # NFS without locks, say: no lock file, so that no sweep takes the folder for a dead one's
-        owner.close()
-        path.unlink(missing_ok=True)
-        return None
-    return owner
-
-
-def _sweep_folders_left() -> None:
-    """Remove the folders of models that a process unpacked and never closed (a server killed, or out of memory),
-    at a load, once a minute at most: each would keep a model's files in the temporary folder for good. A folder is
-    its process's while the lock beside it is held: the kernel releases it when the process ends (a pid would not
-    tell from another container sharing the folder), and one that changed within a minute is left alone (its lock
-    may be coming)."""
-    global _swept
-    if _swept and time.monotonic() - _swept < _LEFT_AFTER_S:
-        return
-    _swept = time.monotonic()
-    try:
-        import fcntl
-    except ImportError:
-        return
-    with contextlib.suppress(OSError):
-        for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
-            lock = _lock_of(path)
-            with contextlib.suppress(OSError):  # another process's sweep, or one it cannot read
-                if not path.is_dir() or time.time() - path.stat().st_mtime < _LEFT_AFTER_S or not lock.is_file():
-                    continue
-                with lock.open("a") as held:
-                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its process holds it
-                    shutil.rmtree(path, ignore_errors=True)
-                    lock.unlink(missing_ok=True)
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
