@@ -2,7 +2,7 @@
 python-dateutil than polystack's venv has): ``python cloud_objects.py STORE ADDRESS BUCKET put FOLDER PREFIX``
 uploads a folder's files under PREFIX (creating the bucket), ``... delete PREFIX`` removes the objects under it.
 STORE is ``s3`` (ADDRESS: moto's endpoint; boto3) or ``azure`` (ADDRESS: a connection string; azure-storage-blob;
-BUCKET: the container, created public with ``put-public``)."""
+BUCKET: the container, created public with ``put-public``; ``touch KEY`` writes an empty blob of that name)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def azure(connection: str, container: str, command: str, args: list[str]) -> Non
     elif command == "delete":
         for blob in list(client.list_blobs(name_starts_with=args[0].strip("/") + "/")):
             client.delete_blob(blob.name)
+    elif command == "touch":  # an empty blob of exactly this name (a Hadoop folder blob, an odd name)
+        client.upload_blob(args[0], b"", overwrite=True)
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -207,31 +207,56 @@ def test_a_polled_repository_in_gcs_follows_the_bucket(tmp_path: Path, gcs: str,
     assert copy.parent == mount and (copy / "mlp" / "2" / "model.onnx").is_file()
 
 
+ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 16 ] } ]
+output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]
+ensemble_scheduling { step [ { model_name: "mlp", model_version: -1, input_map { key: "x" value: "IN" },
+                               output_map { key: "y" value: "OUT" } } ] }
+"""
+
+
 def test_a_repository_in_azure_storage_is_served_with_the_accounts_key(
     tmp_path: Path, azurite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With Triton's explicit model control, as Triton's: an ensemble whose empty version folder is a marker blob
+    (``pipe/1/``, which S3's and Azure's client list without the slash), a folder blob of Hadoop's kind (``mlp``,
+    empty, beside ``mlp/1/model.onnx``), and loads by name reading the container as it is now, a new model too."""
     first = model_folder(tmp_path / "a", "mlp", 1, seed=1, config="max_batch_size: 4\n")
-    azure_objects(azurite, "models", "put", str(tmp_path / "a"), "triton/repo")
+    (tmp_path / "a" / "pipe" / "1").mkdir(parents=True)
+    (tmp_path / "a" / "pipe" / "config.pbtxt").write_text(ENSEMBLE)
+    azure_objects(azurite, "models", "put", str(tmp_path / "a"), "triton/repo")  # pipe/1/: a marker blob
+    azure_objects(azurite, "models", "touch", "triton/repo/mlp")
     mount = tmp_path / "mount"
     mount.mkdir()
     env = {"AZURE_STORAGE_KEY": AZURE_KEY, "AZURE_STORAGE_ENDPOINT": azurite, "TRITON_AZURE_MOUNT_DIRECTORY": str(mount)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     port = free_port()
-    args = ["--model-repository", f"as://{AZURE_ACCOUNT}/models/triton/repo", "--grpc-port", "-1", "--allow-model-control"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+    args = ["--model-repository", f"as://{AZURE_ACCOUNT}/models/triton/repo", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "mlp", "--load-model", "pipe"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
         assert client.get_model_config("mlp")["max_batch_size"] == 4
+        x = httpclient.InferInput("IN", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        np.testing.assert_allclose(client.infer("pipe", [x]).as_numpy("OUT"), expected(first), rtol=1e-5)
         second = model_folder(tmp_path / "b", "mlp", 2, seed=2)
+        fresh = model_folder(tmp_path / "b", "fresh", 1, seed=3)
         azure_objects(azurite, "models", "put", str(tmp_path / "b"), "triton/repo")
         client.load_model("mlp")  # a load by name reads the container again
+        client.load_model("fresh")  # one the start's copy did not hold
         np.testing.assert_allclose(infer(client, "mlp"), expected(second), rtol=1e-5)
-        azure_objects(azurite, "models", "delete", "triton/repo/mlp")
-        with pytest.raises(InferenceServerException, match="mlp"):
-            client.load_model("mlp")
+        np.testing.assert_allclose(infer(client, "fresh"), expected(fresh), rtol=1e-5)
+        azure_objects(azurite, "models", "delete", "triton/repo/fresh")
+        with pytest.raises(InferenceServerException, match="fresh"):
+            client.load_model("fresh")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     copy = copied_to(tmp_path / "log")
-    assert copy.parent == mount and not (copy / "mlp").exists()
+    assert copy.parent == mount and (copy / "pipe" / "1").is_dir() and not (copy / "fresh").exists()
 
 
 def test_a_public_azure_container_is_read_without_a_key_and_a_wrong_key_exits_2(
@@ -243,9 +268,12 @@ def test_a_public_azure_container_is_read_without_a_key_and_a_wrong_key_exits_2(
     monkeypatch.delenv("AZURE_STORAGE_KEY", raising=False)
     port = free_port()
     args = ["--model-repository", f"as://{AZURE_ACCOUNT}/public/repo", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):  # anonymously, as Triton without a key
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:  # anonymously, as Triton without a key
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         np.testing.assert_allclose(infer(client, "mlp"), expected(first), rtol=1e-5)
+        proc.send_signal(signal.SIGTERM)  # its temporary copy goes at the exit
+        assert proc.wait(timeout=30) == 0
+    assert not copied_to(tmp_path / "log").exists()
     azure_objects(azurite, "private", "put", str(tmp_path / "a"), "repo")
     line = refused_at_start(tmp_path / "b", ["--model-repository", f"as://{AZURE_ACCOUNT}/private/repo"])
     assert "cannot read" in line, line  # a private container without a key
@@ -253,8 +281,19 @@ def test_a_public_azure_container_is_read_without_a_key_and_a_wrong_key_exits_2(
     line = refused_at_start(tmp_path / "c", ["--model-repository", f"as://{AZURE_ACCOUNT}/private/repo"])
     assert "cannot read" in line and "AuthorizationFailure: Server failed to authenticate" in line, line
     monkeypatch.setenv("AZURE_STORAGE_KEY", AZURE_KEY)
-    line = refused_at_start(tmp_path / "d", ["--model-repository", f"as://{AZURE_ACCOUNT}/no-such-container/repo"])
+    secret = "?sv=2024&sig=SECRET"  # a SAS token in the location: never in a message
+    line = refused_at_start(tmp_path / "d", ["--model-repository", f"as://{AZURE_ACCOUNT}/no-such-container/repo{secret}"])
     assert line.endswith("ContainerNotFound: The specified container does not exist.; check its name and credentials"), line
+    assert "SECRET" not in line
+    azure_objects(azurite, "odd", "put", str(tmp_path / "a"), "repo")
+    azure_objects(azurite, "odd", "touch", "repo/mlp//twice.txt")
+    line = refused_at_start(tmp_path / "e", ["--model-repository", f"as://{AZURE_ACCOUNT}/odd/repo"])
+    assert "the object 'repo/mlp//twice.txt' has a name polystack cannot read" in line and "rename or remove it" in line
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "not base64!!")
+    line = refused_at_start(tmp_path / "f", ["--model-repository", f"as://{AZURE_ACCOUNT}/public/repo"])
+    assert line.startswith("error: cannot use these Azure Storage settings:"), line
+    line = refused_at_start(tmp_path / "g", ["--model-repository", "as://"])
+    assert "name the account, the container" in line
 
 
 def test_cloud_repositories_that_cannot_be_read_exit_2_saying_what_to_do(
@@ -379,14 +418,81 @@ def test_azure_credentials_are_tritons(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "given")  # wins over the location's, as in Triton
     monkeypatch.setenv("AZURE_STORAGE_KEY", AZURE_KEY)
     assert opened()["account_name"] == "given" and opened()["account_key"] == AZURE_KEY
-    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "sas")
-    with pytest.raises(InvalidRequest, match="use key, managed_identity or default"):
-        opened()
+    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "Key")  # none Triton knows: the key all the same, as Triton
+    assert opened()["account_key"] == AZURE_KEY
+    monkeypatch.delenv("AZURE_STORAGE_KEY")
+    assert opened()["skip_signature"] == "true"  # and without a key, anonymous, as Triton
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURE_KEY)
     doc = {"as": {"as://host-account/container": {"account_str": "filed", "account_key": AZURE_KEY}}}
     (tmp_path / "creds.json").write_text(json.dumps(doc))
     monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "creds.json"))  # the file wins over variables
     assert opened()["account_name"] == "filed"
-    doc = {"as": {"": {"auth_type": "key"}}}
-    (tmp_path / "creds.json").write_text(json.dumps(doc))
-    with pytest.raises(InvalidRequest, match="needs the account's key"):
-        opened()
+    for bad, match in (({"as": ["x"]}, "'as' section is not an object"), ({"as": {"": {"account_str": 5}}}, "strings")):
+        (tmp_path / "creds.json").write_text(json.dumps(bad))
+        with pytest.raises(InvalidRequest, match=match):
+            opened()
+
+
+def test_two_servers_of_one_repository_never_copy_into_one_folder_and_killed_ones_copies_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount directory's folder is one process's at a time (helper-143: two replicas sharing a volume wrote into
+    one folder, and one exited 2); the temporary copies a killed server left go at a later start."""
+    import tempfile
+
+    from polystack import temp_folders
+
+    bucket = _Listed({"r/m/1/model.onnx": b"one"})
+    monkeypatch.setenv("TRITON_AWS_MOUNT_DIRECTORY", str(tmp_path / "mount"))
+    (tmp_path / "mount").mkdir()
+    first, second = (cloud_repository.CloudRepository("s3://b/r", bucket=bucket) for _ in range(2))
+    try:
+        assert first.local.parent == second.local.parent == tmp_path / "mount" and first.local != second.local
+        first.sync()
+        second.sync()
+        assert (second.local / "m" / "1" / "model.onnx").read_bytes() == b"one"
+    finally:
+        second.close()
+        first.close()
+    assert first.local.is_dir() and not second.local.exists()  # the kept one stays, the second's own goes
+    monkeypatch.delenv("TRITON_AWS_MOUNT_DIRECTORY")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(temp_folders, "_swept", {})
+    left = tmp_path / f"{cloud_repository.COPY_PREFIX}killed"  # a killed server's: unlocked, an hour old
+    (left / "m").mkdir(parents=True)
+    temp_folders.lock_of(left).touch()
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    repo = cloud_repository.CloudRepository("s3://b/r", bucket=bucket)
+    try:
+        assert not left.exists() and repo.local.is_dir()
+    finally:
+        repo.close()
+    assert not repo.local.exists() and not temp_folders.lock_of(repo.local).exists()
+
+
+def test_sigterm_while_a_repository_is_copied_stops_the_copy_whose_folder_then_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod stopped while its models download (helper-143: SIGTERM killed the process, the partial copy stayed)."""
+    from polystack.cli import serve
+
+    class Slow(_Listed):
+        def fetch(self, key: str, into: Path) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the signal comes mid-copy
+            time.sleep(5)
+
+    made: list[cloud_repository.CloudRepository] = []
+    real = cloud_repository.CloudRepository
+
+    def repository(location: str) -> cloud_repository.CloudRepository:
+        return real(location, bucket=Slow({"r/m/1/model.onnx": b"one"}))
+
+    monkeypatch.setattr(cloud_repository, "CloudRepository", repository)
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    with pytest.raises(serve._StoppedCopying):
+        serve._repository_roots(["s3://b/r"], made)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 4 and signal.getsignal(signal.SIGTERM) == before
+    [copy] = made
+    copy.close()  # as the command's finally does
+    assert not copy.local.exists()

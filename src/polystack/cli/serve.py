@@ -873,7 +873,11 @@ def serve(
     try:
         registered: list[Registered] = []  # what --model-repository registered: taken back if the start fails
         if model_repository:  # registered once the flags are known good, before anything loads
-            roots = _repository_roots(model_repository, clouds)
+            try:
+                roots = _repository_roots(model_repository, clouds)
+            except _StoppedCopying:  # SIGTERM while copying from cloud storage: the copies go (finally), exit 0
+                logging.getLogger("polystack.server").info("stopped", extra={"before_serving": True, "copying": True})
+                raise typer.Exit(0) from None
             # read again by loads and polls, which Ray Serve's replicas do not run: its start's copy is all they read
             config = dataclasses.replace(config, cloud_repositories=clouds if engine != "ray" else [])
             config = _with_repositories(config, roots, registered, ray=engine == "ray", start=start_models)
@@ -1359,24 +1363,40 @@ def _storage_uri(uri: str) -> str:
     return uri
 
 
+class _StoppedCopying(BaseException):
+    """SIGTERM came while a repository was being copied from cloud storage (before the server's own handlers): a
+    BaseException, as KeyboardInterrupt, which no `except Exception` of the copy takes for a failed read."""
+
+
 def _repository_roots(locations: list[str], clouds: list[CloudRepository]) -> list[Path]:
     """The folders of ``--model-repository``'s locations: a local folder as it is, a repository in cloud storage as
-    its local copy, made now (added to ``clouds``, whose copies go at the exit)."""
+    its local copy, made now (added to ``clouds``, whose copies go at the exit). A SIGTERM meanwhile (a pod stopped
+    while its models download) raises ``_StoppedCopying``, as SIGINT raises KeyboardInterrupt, so that the copies go."""
+    import signal
+
     from polystack.server.cloud_repository import CloudRepository, check_location, is_cloud
 
+    def stop(signum: int, frame: object) -> None:
+        raise _StoppedCopying()
+
     roots: list[Path] = []
-    for location in locations:
-        check_location(location)
-        if not is_cloud(location):
-            roots.append(Path(location))
-            continue
-        cloud = CloudRepository(location)
-        clouds.append(cloud)
-        try:
-            cloud.sync()
-        except PolystackError as e:  # Triton's start fails too where it cannot read a repository
-            raise InvalidRequest(f"--model-repository {location}: {e.message}; check its name and credentials") from None
-        roots.append(cloud.local)
+    before = signal.signal(signal.SIGTERM, stop) if any(map(is_cloud, locations)) else None
+    try:
+        for location in locations:
+            check_location(location)
+            if not is_cloud(location):
+                roots.append(Path(location))
+                continue
+            cloud = CloudRepository(location)
+            clouds.append(cloud)
+            try:
+                cloud.sync()
+            except PolystackError as e:  # Triton's start fails too where it cannot read a repository
+                raise InvalidRequest(f"--model-repository {cloud.shown}: {e.message}; check its name and credentials") from None
+            roots.append(cloud.local)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
     return roots
 
 

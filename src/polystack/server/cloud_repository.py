@@ -31,17 +31,18 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
+from polystack import temp_folders
 from polystack.errors import InvalidRequest, Unavailable
 
 log = logging.getLogger("polystack.server")
 
 SCHEMES = ("s3://", "gs://", "as://")
+COPY_PREFIX = "polystack-repository-"  # a copy's temporary folder
 _OTHER_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://", "http://", "https://", "file://")
 _MOUNTS = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_DIRECTORY", "as": "TRITON_AZURE_MOUNT_DIRECTORY"}
 _AZURE_HOST = ".blob.core.windows.net"
@@ -88,7 +89,10 @@ class S3Bucket:
         options.update({k: v for k, v in credentials.items() if v})
         options.setdefault("region", "us-east-1")  # the AWS SDK's default, as Triton's
         http = endpoint is not None and endpoint.startswith("http://")
-        self._store = S3Store(bucket, client_options={"allow_http": True} if http else None, **options)
+        try:
+            self._store = S3Store(bucket, client_options={"allow_http": True} if http else None, **options)
+        except Exception as e:  # settings the client refuses
+            raise InvalidRequest(f"cannot use these S3 settings: {_brief(e, 's3')}") from None
 
     def list(self, prefix: str) -> dict[str, tuple[int, str]]:
         return _listed(self._store, prefix)
@@ -107,7 +111,10 @@ class GcsBucket:
         if credentials_file:  # an authorized user's or a service account's, as GOOGLE_APPLICATION_CREDENTIALS names
             import google.auth
 
-            credentials, project = google.auth.load_credentials_from_file(credentials_file)
+            try:
+                credentials, project = google.auth.load_credentials_from_file(credentials_file)
+            except Exception as e:
+                raise InvalidRequest(f"cannot read the Google Cloud credential file {credentials_file}: {_brief(e, 'gs')}") from None
             client = storage.Client(credentials=credentials, project=project)
         else:
             try:  # GOOGLE_APPLICATION_CREDENTIALS, the attached service account (or an emulator's host)
@@ -142,25 +149,24 @@ class AzureBucket:
         if endpoint is not None:  # a sovereign cloud's or an emulator's (AZURE_STORAGE_ENDPOINT)
             options["endpoint"] = endpoint
         key, auth, client_id = (credentials.get(k, "") for k in ("account_key", "auth_type", "client_id"))
-        auth = auth or ("key" if key else "")
-        if auth == "key":
-            if not key:
-                raise InvalidRequest(
-                    "Azure Storage's auth type key needs the account's key: set AZURE_STORAGE_KEY (or account_key in "
-                    "TRITON_CLOUD_CREDENTIAL_PATH's as entry)"
-                )
-            options["account_key"] = key
-        elif auth in ("managed_identity", "default"):  # a token from the managed identity (or the chain's first)
+        if auth in ("managed_identity", "default"):  # a token from the managed identity (or the chain's first)
             if client_id:
                 options["client_id"] = client_id  # a user-assigned identity
-        elif auth:
-            raise InvalidRequest(
-                f"AZURE_STORAGE_AUTH_TYPE={auth}: not one Triton knows; use key, managed_identity or default"
-            )
-        else:  # no key, no auth type: anonymous, as Triton (a public container)
+        elif key:  # any other auth type with a key is the shared key, as in Triton
+            options["account_key"] = key
+        else:  # no key: anonymous, as Triton (a public container)
             options["skip_signature"] = True
+        if auth not in ("", "key", "managed_identity", "default"):
+            log.warning(
+                "AZURE_STORAGE_AUTH_TYPE is none Triton knows (key, managed_identity, default): as Triton, the "
+                "account's key is used where one is given, else the container is read anonymously",
+                extra={"auth_type": auth},
+            )
         http = endpoint is not None and endpoint.startswith("http://")
-        self._store = AzureStore(container, client_options={"allow_http": True} if http else None, **options)
+        try:
+            self._store = AzureStore(container, client_options={"allow_http": True} if http else None, **options)
+        except Exception as e:  # a key that is not base64, an endpoint that is no URL
+            raise InvalidRequest(f"cannot use these Azure Storage settings: {_brief(e, 'as')}") from None
 
     def list(self, prefix: str) -> dict[str, tuple[int, str]]:
         return _listed(self._store, prefix)
@@ -170,23 +176,36 @@ class AzureBucket:
 
 
 def _listed(store: Any, prefix: str) -> dict[str, tuple[int, str]]:
-    """An obstore store's objects under ``prefix``: (size, ETag)."""
+    """An obstore store's objects under ``prefix``: (size, ETag). Its names come without a folder marker's trailing
+    ``/`` (``sync`` tells markers apart)."""
     import obstore
+    from obstore.exceptions import InvalidPathError
 
     found: dict[str, tuple[int, str]] = {}
-    for batch in obstore.list(store, prefix=prefix or None):
-        for meta in batch:
-            found[str(meta["path"])] = (int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"]))
+    try:
+        for batch in obstore.list(store, prefix=prefix or None):
+            for meta in batch:
+                found[str(meta["path"])] = (int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"]))
+    except InvalidPathError as e:  # the client reads no name with an empty segment (a//b): the whole listing fails
+        named = re.search(r'Path "(.*?)"', str(e))
+        raise InvalidRequest(
+            f"the object {named.group(1) if named else '?'!r} has a name polystack cannot read (an empty or '.' "
+            "segment between slashes): rename or remove it"
+        ) from None
     return found
 
 
 def _fetched(store: Any, key: str, into: Path) -> None:
-    """An obstore store's object into the file ``into``."""
+    """An obstore store's object into the file ``into`` (FileNotFoundError: there is no object of that name)."""
     import obstore
+    from obstore.exceptions import NotFoundError
 
-    with into.open("wb") as f:
-        for chunk in obstore.get(store, key).stream():
-            f.write(memoryview(chunk))
+    try:
+        with into.open("wb") as f:
+            for chunk in obstore.get(store, key).stream():
+                f.write(memoryview(chunk))
+    except NotFoundError:
+        raise FileNotFoundError(key) from None
 
 
 def _missing(scheme: str) -> InvalidRequest:
@@ -236,9 +255,8 @@ def parse(location: str) -> Location:
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
     if not bucket or ".." in PurePosixPath(prefix).parts:
-        raise InvalidRequest(
-            f"--model-repository {location}: name the bucket and the repository's folder in it ({scheme}://bucket/path)"
-        )
+        form = "as://account/container/path" if scheme == "as" else f"{scheme}://bucket/path"
+        raise InvalidRequest(f"--model-repository {location}: name the bucket and the repository's folder in it ({form})")
     return Location(scheme, bucket, prefix, endpoint, account)
 
 
@@ -252,6 +270,11 @@ def _credentials(location: str, scheme: str) -> Any:
     except (OSError, ValueError) as e:
         raise InvalidRequest(f"TRITON_CLOUD_CREDENTIAL_PATH={path}: not a readable JSON file ({e}); fix or unset it") from None
     entries = doc.get(scheme, {}) if isinstance(doc, dict) else {}
+    if not isinstance(entries, dict):
+        raise InvalidRequest(
+            f"TRITON_CLOUD_CREDENTIAL_PATH={path}: its {scheme!r} section is not an object of locations and their "
+            'credentials (Triton\'s form: {"' + scheme + '": {"": ...}}); fix it'
+        )
     names = [name for name in entries if location.startswith(name)]
     return entries[max(names, key=len)] if names else None
 
@@ -291,7 +314,12 @@ def open_bucket(location: str, where: Location) -> Bucket:
                      "account_key": os.environ.get("AZURE_STORAGE_KEY", ""),
                      "auth_type": os.environ.get("AZURE_STORAGE_AUTH_TYPE", ""),
                      "client_id": os.environ.get("AZURE_STORAGE_CLIENT_ID", "")}  # fmt: skip
-        values = {k: str(v) for k, v in given.items() if isinstance(v, str)}
+        if any(not isinstance(v, str) for v in given.values()):
+            raise InvalidRequest(
+                "TRITON_CLOUD_CREDENTIAL_PATH: an as entry's values are strings (account_str, account_key, auth_type, "
+                "client_id); fix it"
+            )
+        values = dict(given)
         account = values.get("account_str") or where.account or ""  # a given account wins over the host, as Triton's
         endpoint = os.environ.get("AZURE_STORAGE_ENDPOINT") or where.endpoint  # an emulator's (Azurite) or a cloud's
         return AzureBucket(account, where.bucket, endpoint, values)
@@ -307,25 +335,43 @@ def open_bucket(location: str, where: Location) -> Bucket:
 
 
 class CloudRepository:
-    """A model repository in cloud storage, served from a local copy (``local``) that ``sync`` brings up to date."""
+    """A model repository in cloud storage, served from a local copy (``local``) that ``sync`` brings up to date.
+
+    The copy is a temporary folder of its own (``COPY_PREFIX``, removed at ``close``), or, with the scheme's mount
+    directory, the repository's folder there (kept). Each is marked live for as long as this process holds it
+    (``temp_folders``): a later start removes the temporary copies that killed servers left, and a second server of the
+    same repository beside one holding the kept folder copies into a temporary folder of its own in the mount directory,
+    never into the folder another process is writing."""
 
     def __init__(self, location: str, bucket: Bucket | None = None, local: Path | None = None) -> None:
-        self.location = location.rstrip("/")
+        scheme, _, rest = location.partition("://")
+        self.location = f"{scheme}://{rest.rstrip('/')}"
+        self.shown = self.location.partition("?")[0]  # for messages and logs: a SAS token in the query left out
         self.where = parse(self.location)
         self.bucket = bucket or open_bucket(self.location, self.where)
         mount = os.environ.get(_MOUNTS[self.where.scheme])
+        self._owner: IO[str] | None = None
         if local is not None:
             self.local, self._owned = local, False
         elif mount:
             if not Path(mount).is_dir():
-                raise InvalidRequest(f"the mount directory {mount} for {location} is not a folder; create it")
+                raise InvalidRequest(f"the mount directory {mount} for {self.shown} is not a folder; create it")
             # a folder per repository in it: two repositories never share a copy
-            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
-            self.local, self._owned = Path(mount) / f"{self.where.bucket}-{digest}", False
+            name = f"{self.where.bucket}-{hashlib.sha256(self.location.encode()).hexdigest()[:12]}"
+            self.local, self._owned = Path(mount) / name, False
+            self.local.mkdir(parents=True, exist_ok=True)
+            self._owner = temp_folders.hold(self.local)
+            if self._owner is None and temp_folders.held_elsewhere(self.local):
+                self.local, self._owner = temp_folders.make(f"{name}-", Path(mount))
+                self._owned = True
+                log.info("another process copies this repository into the mount directory: a copy of its own, "
+                         "removed at the exit", extra={"repository": self.shown, "copy": str(self.local)})  # fmt: skip
         else:
-            self.local, self._owned = Path(tempfile.mkdtemp(prefix="polystack-repository-")), True
+            self.local, self._owner = temp_folders.make(COPY_PREFIX)  # those killed servers left go first
+            self._owned = True
         self.local.mkdir(parents=True, exist_ok=True)
         self._manifest = self.local / _MANIFEST
+        self._said_empty = False
         try:
             self._tags: dict[str, str] = json.loads(self._manifest.read_text())
         except (OSError, ValueError):
@@ -340,7 +386,11 @@ class CloudRepository:
         try:
             listed = self.bucket.list(scope + "/" if scope else "")
         except Exception as e:
-            raise Unavailable(f"cannot read {self.location}: {_brief(e, self.where.scheme)}") from None
+            raise Unavailable(f"cannot read {self.shown}: {_brief(e, self.where.scheme)}") from None
+        if not listed and model is None and not self._said_empty:  # a mistyped folder reads as an empty repository
+            log.warning("the model repository in cloud storage holds no objects: check its folder's name",
+                        extra={"repository": self.shown})  # fmt: skip
+            self._said_empty = True
         base = self.where.prefix + "/" if self.where.prefix else ""
         wanted: dict[str, tuple[int, str, str]] = {}  # relative path -> (size, ETag, key)
         for key, (size, tag) in listed.items():
@@ -351,22 +401,35 @@ class CloudRepository:
                 continue
             wanted[relative] = (size, tag, key)
         changed = False
-        for relative, (_, tag, key) in sorted(wanted.items()):
+        # the names of folders that hold other objects: an object of such a name is a folder's (Hadoop's folder blobs)
+        holders = {f.as_posix() for r in wanted for f in PurePosixPath(r.rstrip("/")).parents}
+        for relative, (size, tag, key) in sorted(wanted.items()):
             target = self.local / relative
-            if relative.endswith("/"):  # a folder's marker (an empty version folder: an ensemble's)
+            if relative.endswith("/") or relative in holders:  # a folder's marker (an ensemble's empty version)
+                if target.is_file():
+                    target.unlink()
                 if not target.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     changed = True
                 continue
-            if self._tags.get(relative) == tag and target.is_file():
+            if self._tags.get(relative) == tag and (target.is_file() or (size == 0 and target.is_dir())):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             try:
                 self.bucket.fetch(key, partial)
+            except FileNotFoundError:
+                partial.unlink(missing_ok=True)
+                if size != 0:
+                    raise Unavailable(f"cannot read {self.shown}/{relative}: it went from the bucket as it was read") from None
+                # a folder's marker (``ens/1/``), listed by S3's and Azure's client without its slash
+                target.mkdir(parents=True, exist_ok=True)
+                self._tags[relative] = tag
+                changed = True
+                continue
             except Exception as e:
                 partial.unlink(missing_ok=True)
-                raise Unavailable(f"cannot read {self.location}/{relative}: {_brief(e, self.where.scheme)}") from None
+                raise Unavailable(f"cannot read {self.shown}/{relative}: {_brief(e, self.where.scheme)}") from None
             partial.replace(target)
             self._tags[relative] = tag
             changed = True
@@ -388,13 +451,13 @@ class CloudRepository:
         if changed:
             self._manifest.write_text(json.dumps(self._tags))
             log.info("model repository copied from cloud storage", extra={
-                "repository": self.location, "model": model, "copy": str(self.local)})  # fmt: skip
+                "repository": self.shown, "model": model, "copy": str(self.local)})  # fmt: skip
         return changed
 
     def close(self) -> None:
-        """Remove the copy, where it is a temporary folder of its own."""
-        if self._owned:
-            shutil.rmtree(self.local, ignore_errors=True)
+        """Remove the copy, where it is a temporary folder of its own; give up the kept one."""
+        temp_folders.release(self.local, self._owner, remove=self._owned)
+        self._owner = None
 
 
 _NO_CREDENTIALS = {

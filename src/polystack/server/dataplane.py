@@ -2630,10 +2630,14 @@ class DataPlane:
                 f"{_polled(name)}: a load with file: parameters needs the 'config' parameter too, the model "
                 "configuration of those files"
             )
+        if repository is not None and not files and repository.clouds and not self._in_repository(name, repository):
+            # a folder added to a bucket since the copy was last brought up to date: its copy first, as Triton's
+            # explicit mode reads the repository as it is now (on the loader thread, in turn with the loads)
+            await asyncio.get_running_loop().run_in_executor(self._loader, repository.refresh, name)
         if repository is not None and not files and not self._in_repository(name, repository):
             raise PollFailed(  # Triton's words and code, then what to do
-                f"{_polled(name)}: no model folder {name!r} in --model-repository "
-                f"{', '.join(map(str, repository.roots))}; add it, or load a model folder it holds"
+                f"{_polled(name)}: no model folder {name!r} in --model-repository {repository.shown()}; add it, "
+                "or load a model folder it holds"
             )
         await self._repository_load(name, parameters)
         if self._unmet:

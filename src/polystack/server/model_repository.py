@@ -248,6 +248,11 @@ class ModelRepository:
                     raise
                 log.warning("cannot read the model repository", extra={"repository": cloud.location, "error": e.message})
 
+    def shown(self) -> str:
+        """The repositories as ``--model-repository`` named them (a cloud copy as its bucket's location)."""
+        copies = {c.local.absolute(): c.shown for c in self.clouds}
+        return ", ".join(copies.get(root, str(root)) for root in self.roots)
+
     def folder(self, name: str) -> Path | None:
         """The model's folder now: the one mapped to its name, else in the first repository that has one (None:
         none has)."""
@@ -369,7 +374,7 @@ class ModelRepository:
         folder = self.unique_folder(name)
         if folder is None:
             raise NotFound(
-                f"model {name!r} has no folder in --model-repository {', '.join(map(str, self.roots))} now; put "
+                f"model {name!r} has no folder in --model-repository {self.shown()} now; put "
                 "it back (or unload the model)"
             )
         done: list[model_files.Registered] = []
