@@ -285,11 +285,18 @@ def test_sigterm_lets_the_sequences_held_finish_over_http_grpc_and_streams_and_r
             with pytest.raises(InferenceServerException, match="Server is stopping") as refused:
                 http.infer("acc", [_input(httpclient, 1.0)], sequence_id=4, sequence_start=True)
             assert refused.value.status() == "503"
-            with pytest.raises(InferenceServerException, match="shutting down") as refused:
+            with pytest.raises(InferenceServerException, match="Server is stopping") as refused:
                 grpc.infer("acc", [_input(grpcclient, 1.0)], sequence_id=5, sequence_start=True)
             assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            with pytest.raises(InferenceServerException, match="START flag") as refused:  # held by none: as ever
+                grpc.infer("acc", [_input(grpcclient, 1.0)], sequence_id=8)
+            assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
             streamer.async_stream_infer("acc", [_input(grpcclient, 1.0)], sequence_id=6, sequence_start=True)
-            assert "did not run this request" in str(answers.get(timeout=10)[1])
+            assert "Server is stopping" in str(answers.get(timeout=10)[1])
+            # an inference request that is no sequence's is not run meanwhile, on any protocol (helper-143: HTTP's ran)
+            with pytest.raises(InferenceServerException, match="runs only the requests of the sequences") as refused:
+                http.infer("acc", [_input(httpclient, 1.0)])  # no sequence_id: none of a sequence
+            assert refused.value.status() == "503"
             assert _sums(http.infer("acc", [_input(httpclient, 3.0)], sequence_id=1, sequence_end=True))[:2] == (6.0, 1)
             assert _sums(grpc.infer("acc", [_input(grpcclient, 30.0)], sequence_id=2, sequence_end=True))[:2] == (60.0, 1)
             ended = time.monotonic()
@@ -929,6 +936,23 @@ def test_a_drain_refuses_new_sequences_and_runs_those_held_until_they_end(acc_en
         asyncio.run(main())
     finally:
         batcher.close()
+    cut = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=30.0))
+
+    async def timed_out() -> None:  # the drain's timeout passes with sequence 1 held, sequence 2 waiting for its slot
+        await cut.infer_async(_x(1.0), None, Flags(1, start=True))
+        waiting = asyncio.ensure_future(cut.infer_async(_x(3.0), None, Flags(2, start=True)))
+        await asyncio.sleep(0.05)
+        cut.drain()
+        assert cut.cut() == 2 and not cut.live()
+        with pytest.raises(Unavailable, match="drain timeout passed before this request's sequence"):
+            await asyncio.wait_for(waiting, 5)  # answered, not left for the transports to cut off
+        with pytest.raises(ShuttingDown, match="drain timeout passed before sequence 1"):
+            await cut.infer_async(_x(2.0), None, Flags(1))
+
+    try:
+        asyncio.run(timed_out())
+    finally:
+        cut.close()
     idling = _batcher(acc_entry, _policy(max_batch_size=1, idle_s=0.2))
     try:
         asyncio.run(idling.infer_async(_x(1.0), None, Flags(1, start=True)))

@@ -266,6 +266,7 @@ class SequenceBatcher:
         self._queued = 0
         self._running = 0  # requests taken by the workers and not finished
         self._draining = False  # the server drains: no sequence starts, those held run on
+        self._cut = False  # the drain's timeout passed: the sequences held ended (``cut``)
         self._swept = time.monotonic()
         self._layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (name, dtype, shape) of each input -> key
         self._cond = threading.Condition()
@@ -423,6 +424,11 @@ class SequenceBatcher:
         with self._cond:
             if self._closed:
                 raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
+            if self._cut and not flags.start:
+                raise ShuttingDown(
+                    f"the server's drain timeout passed before sequence {flags.id} of model {name!r} ended; it ended "
+                    "unfinished: start it again on another replica"
+                )
             if self._draining and flags.start:  # Triton's words (its scheduler's, once its server stops)
                 raise ShuttingDown(
                     f"Server is stopping, scheduler for model {name!r} has stopped accepting new inference "
@@ -646,14 +652,15 @@ class SequenceBatcher:
             self._release(sequence)
         _deliver(dropped)
 
-    def _fail_queued(self, sequence: _Sequence) -> list[_Outcome]:
-        """Take the queued requests of ``sequence`` out, failed: the model is unloaded before they run."""
+    def _fail_queued(self, sequence: _Sequence, error: PolystackError | None = None) -> list[_Outcome]:
+        """Take the queued requests of ``sequence`` out, failed with ``error`` (default: the model is unloaded
+        before they run)."""
         failed: list[_Outcome] = []
         for request in sequence.requests:
             request.taken = True
             request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
-            error = Unavailable(f"model {self.entry.name!r} was unloaded before the request ran")
-            failed.append((request, None, error))
+            why = error or Unavailable(f"model {self.entry.name!r} was unloaded before the request ran")
+            failed.append((request, None, why))
         self._queued -= len(sequence.requests)
         sequence.requests.clear()
         self._ready.pop(sequence, None)
@@ -835,20 +842,38 @@ class SequenceBatcher:
             self._draining = True
             self._cond.notify_all()
 
+    def cut(self) -> int:
+        """The server's drain timeout passed: the sequences held end now, the requests they queued failing (503),
+        those running finishing; no request of theirs is taken any more. How many sequences were live."""
+        with self._cond:
+            now = time.monotonic()
+            live = sum(1 for s in self._sequences.values() if not s.ended and not self._idle(s, now))
+            self._cut = True
+            error = Unavailable(
+                f"the server's drain timeout passed before this request's sequence of model {self.entry.name!r} ended; "
+                "it was not run: start the sequence again on another replica"
+            )
+            dropped: list[_Outcome] = []
+            for sequence in {*self._sequences.values(), *self._backlog, *self._ready, *self._ending}:
+                dropped += self._fail_queued(sequence, error)
+            self._cond.notify_all()
+        _deliver(dropped)
+        return live
+
     def holds(self, sequence_id: SequenceId) -> bool:
         """Whether a request of ``sequence_id`` (not a START) would join a sequence held here."""
         with self._cond:
             sequence = self._sequences.get(sequence_id)
-            return sequence is not None and not sequence.ended and not self._idle(sequence, time.monotonic())
+            return not self._cut and sequence is not None and not sequence.ended and not self._idle(sequence, time.monotonic())
 
     def live(self) -> bool:
         """Whether a sequence is held here that has not ended: one whose requests run or wait, or that may
         still get some (it has not been idle for ``idle_s``)."""
         with self._cond:
             now = time.monotonic()
-            if self._queued or self._running or self._ending:
+            if self._queued or self._running or (self._ending and not self._cut):
                 return True
-            return any(not s.ended and not self._idle(s, now) for s in self._sequences.values())
+            return not self._cut and any(not s.ended and not self._idle(s, now) for s in self._sequences.values())
 
     def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop taking requests; run the queued ones (drain) or fail them, then stop the workers. The

@@ -579,6 +579,10 @@ class Server:
         if self.plane.sequences_live():
             log.info("draining: the sequences held take their requests until they end")
         drained = await self.plane.wait_sequences(grace)
+        if not drained:  # they end now: what they queued is refused (503), with a second past the timeout to say so
+            log.warning("the drain timeout passed with sequences held: they end unfinished",
+                        extra={"sequences": self.plane.cut_sequences()})  # fmt: skip
+            deadline = max(deadline, time.monotonic() + 1.0)
         self.http.closing = True
         # gRPC refuses new calls from now on (UNAVAILABLE, in its handlers), as HTTP does, and its calls in
         # flight share the one grace; its server stops after them
@@ -715,10 +719,10 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
 
     threading.Thread(target=close, name="polystack-close", daemon=True).start()
     done.wait(EXIT_GRACE_S)
-    log.warning(
-        "exiting past the drain timeout: runtime calls still running are not waited for",
-        extra={"closed": done.is_set()},
-    )
+    if done.is_set():
+        log.info("exiting past the drain timeout", extra={"closed": True})
+    else:
+        log.warning("exiting past the drain timeout: runtime calls still running are not waited for", extra={"closed": False})
     logging.shutdown()  # what the log handlers hold goes out first
     os._exit(0)
 

@@ -1457,18 +1457,21 @@ class DataPlane:
     async def wait_draining(self) -> None:
         await self._drain_started.wait()
 
-    def holds_sequence(self, name: str, version: str | None, sequence_id: int | str) -> bool:
-        """Whether ``name`` (at ``version``; an ensemble: one of its steps) holds the live sequence
-        ``sequence_id``, whose requests a drain still takes."""
+    def serves_sequences(self, name: str, version: str | None) -> bool:
+        """Whether ``name`` (at ``version``; an ensemble: one of its steps) is a sequence model, whose sequences'
+        requests a drain still takes (its sequence batcher refuses a START then, and a sequence it does not hold)."""
         try:
             pipeline = self._ensemble(name, version)
             if pipeline is not None:
-                steps = pipeline.ensemble.steps
-                return any(self.holds_sequence(step.model, step.asked, sequence_id) for step in steps)
+                return any(self.serves_sequences(step.model, step.asked) for step in pipeline.ensemble.steps)
             served = self._get(name, version)
         except PolystackError:
             return False
-        return served.sequencer is not None and served.sequencer.holds(sequence_id)
+        return served.sequencer is not None
+
+    def cut_sequences(self) -> int:
+        """The drain's timeout passed: every sequence held ends now (``SequenceBatcher.cut``); how many were live."""
+        return sum(s.sequencer.cut() for s in list(self._served.values()) if s.sequencer is not None)
 
     @property
     def taking_sequences(self) -> bool:

@@ -338,17 +338,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context)
 
     def _continues_sequence(self, request: pb.ModelInferRequest) -> bool:
-        """A request of a sequence the server holds, read in the drain's first part: taken, so that the sequence
-        finishes, as in Triton's exit (a START is refused by the model's sequence batcher)."""
+        """A sequence's request to a sequence model, read in the drain's first part: taken, so that the sequences the
+        server holds finish, as in Triton's exit; their sequence batcher answers the others in Triton's words (a START:
+        UNAVAILABLE, ``Server is stopping``; a sequence it does not hold: INVALID_ARGUMENT, as at any time)."""
         if not self.plane.taking_sequences or "sequence_id" not in request.parameters:
             return False
         try:
             flags = flags_of(grpc_codec.request_params(request.parameters))
         except PolystackError:
             return False
-        return flags is not None and not flags.start and self.plane.holds_sequence(
-            request.model_name, request.model_version or None, flags.id
-        )
+        return flags is not None and self.plane.serves_sequences(request.model_name, request.model_version or None)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any

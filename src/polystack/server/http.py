@@ -707,6 +707,13 @@ class HttpApp:
         req.inference_id = request.id
         if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
+        if self.plane.taking_sequences and not (  # the drain's first part runs the sequences' requests alone
+            request.parameters.get("sequence_id") and self.plane.serves_sequences(name, version or None)
+        ):
+            raise ShuttingDown(
+                "the server is shutting down and runs only the requests of the sequences it holds; send this request "
+                "to another replica (it was not run)"
+            )
         result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
         return request, result
 
