@@ -307,6 +307,24 @@ def test_sigterm_lets_the_sequences_held_finish_over_http_grpc_and_streams_and_r
             streamer.stop_stream()
 
 
+def test_a_second_signal_ends_the_sequences_the_drain_waits_for(tmp_path: Path) -> None:
+    """A sequence whose client went away holds the drain until it idles (20 s here) or the drain timeout passes; a
+    second SIGTERM (or Ctrl-C) ends it at once (helper-143: the server waited out the whole timeout)."""
+    repo, port = sequence_repository(tmp_path / "models", 20_000_000), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--drain-timeout-s", "25"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None  # it waits for the sequence
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0 and time.monotonic() - signalled < 5
+    log = (tmp_path / "serve.log").read_text()
+    assert "the sequences held end unfinished" in log and '"sequences":1' in log.replace(" ", "")
+
+
 def test_a_model_without_sequence_batching_ignores_sequence_parameters_as_triton_does(tmp_path: Path) -> None:
     """tritonserver 2.51 answers them as any request (helper-107): refusing them broke clients that send a
     correlation ID whatever the model (session-routing wrappers, perf_analyzer's --sequence-id-range)."""

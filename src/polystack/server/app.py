@@ -552,6 +552,9 @@ class Server:
 
     def request_stop(self) -> None:
         if self._stop is not None:
+            if self._stop.is_set() and self.plane.taking_sequences:  # a second signal: the sequences held end now
+                log.info("a second signal: the drain waits no longer for the sequences held")
+                self.plane.stop_waiting_for_sequences()
             self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -580,7 +583,7 @@ class Server:
             log.info("draining: the sequences held take their requests until they end")
         drained = await self.plane.wait_sequences(grace)
         if not drained:  # they end now: what they queued is refused (503), with a second past the timeout to say so
-            log.warning("the drain timeout passed with sequences held: they end unfinished",
+            log.warning("the sequences held end unfinished: the drain timeout passed, or a second signal came",
                         extra={"sequences": self.plane.cut_sequences()})  # fmt: skip
             deadline = max(deadline, time.monotonic() + 1.0)
         self.http.closing = True

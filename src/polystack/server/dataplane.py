@@ -526,6 +526,7 @@ class DataPlane:
         self._drain_started = asyncio.Event()
         # set once the drain's sequences ended (or its timeout passed): until then their requests are taken
         self._sequences_over = asyncio.Event()
+        self._hurried = False  # a second signal: the drain waits no longer for the sequences held
         self.in_flight = 0
         self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
@@ -1488,12 +1489,16 @@ class DataPlane:
         deadline = time.monotonic() + timeout_s
         try:
             while self.sequences_live():
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._hurried:
                     return False
                 await asyncio.sleep(0.05)
             return True
         finally:
             self._sequences_over.set()
+
+    def stop_waiting_for_sequences(self) -> None:
+        """A second SIGTERM or Ctrl-C: the drain ends the sequences held now, as at its timeout."""
+        self._hurried = True
 
     async def wait_sequences_over(self) -> None:
         await self._sequences_over.wait()
