@@ -707,15 +707,19 @@ class HttpApp:
         req.inference_id = request.id
         if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
-        if self.plane.taking_sequences and not (  # the drain's first part runs the sequences' requests alone
-            request.parameters.get("sequence_id") and self.plane.serves_sequences(name, version or None)
-        ):
+        if self.plane.taking_sequences:
+            self._sequences_alone(name, version, request)
+        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
+        return request, result
+
+    def _sequences_alone(self, name: str, version: str, request: InferRequest) -> None:
+        """The drain's first part runs the requests of sequences alone (to sequence models), as Triton's newer
+        schedulers do once its server stops: any other is refused, not run."""
+        if not (request.parameters.get("sequence_id") and self.plane.serves_sequences(name, version or None)):
             raise ShuttingDown(
                 "the server is shutting down and runs only the requests of the sequences it holds; send this request "
                 "to another replica (it was not run)"
             )
-        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
-        return request, result
 
     async def _decode_off_loop(self, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
         """``DataPlane.decode`` on a codec thread, for a body that may take long to read (``_slow_to_read``), which
@@ -749,6 +753,8 @@ class HttpApp:
             predict = self.plane.decode(name, "", decode)
         else:
             predict = await self._decode_off_loop(name, "", decode)
+        if self.plane.taking_sequences:
+            self._sequences_alone(name, "", predict.request)
         result = await self.plane.infer(name, "", predict.request, self.loop, lambda: text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
