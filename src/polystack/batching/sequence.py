@@ -426,8 +426,8 @@ class SequenceBatcher:
                 raise ModelClosed(f"model {name!r} is shutting down; retry on another replica")
             if self._cut and not flags.start:
                 raise ShuttingDown(
-                    f"the server's drain timeout passed before sequence {flags.id} of model {name!r} ended; it ended "
-                    "unfinished: start it again on another replica"
+                    f"the server's drain ended before sequence {flags.id} of model {name!r} did (its timeout passed, or "
+                    "a second signal came); it ended unfinished: start it again on another replica"
                 )
             if self._draining and flags.start:  # Triton's words (its scheduler's, once its server stops)
                 raise ShuttingDown(
@@ -843,15 +843,16 @@ class SequenceBatcher:
             self._cond.notify_all()
 
     def cut(self) -> int:
-        """The server's drain timeout passed: the sequences held end now, the requests they queued failing (503),
-        those running finishing; no request of theirs is taken any more. How many sequences were live."""
+        """The server's drain stops waiting for the sequences held (its timeout passed, or a second signal came): they
+        end now, the requests they queued failing (503), those running finishing; no request of theirs is taken any
+        more. How many sequences were live."""
         with self._cond:
             now = time.monotonic()
             live = sum(1 for s in self._sequences.values() if not s.ended and not self._idle(s, now))
             self._cut = True
             error = Unavailable(
-                f"the server's drain timeout passed before this request's sequence of model {self.entry.name!r} ended; "
-                "it was not run: start the sequence again on another replica"
+                f"the server's drain ended before this request's sequence of model {self.entry.name!r} did (its timeout "
+                "passed, or a second signal came); it was not run: start the sequence again on another replica"
             )
             dropped: list[_Outcome] = []
             for sequence in {*self._sequences.values(), *self._backlog, *self._ready, *self._ending}:
@@ -859,12 +860,6 @@ class SequenceBatcher:
             self._cond.notify_all()
         _deliver(dropped)
         return live
-
-    def holds(self, sequence_id: SequenceId) -> bool:
-        """Whether a request of ``sequence_id`` (not a START) would join a sequence held here."""
-        with self._cond:
-            sequence = self._sequences.get(sequence_id)
-            return not self._cut and sequence is not None and not sequence.ended and not self._idle(sequence, time.monotonic())
 
     def live(self) -> bool:
         """Whether a sequence is held here that has not ended: one whose requests run or wait, or that may
