@@ -186,8 +186,8 @@ class PythonModel:
     ) -> list[dict[str, np.ndarray] | PolystackError]:
         """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
         response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the one
-        the server's rate limiter gave resources to, ``hosting.CHARGED``, else the first idle one): each one's outputs, or the error its response carries. ``execute`` failing fails them all
-        (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
+        the server's rate limiter gave resources to, ``hosting.CHARGED``, else the first idle one): each one's
+        outputs, or the error its response carries. ``execute`` failing fails them all (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
         each request's result here has no outputs; without a server, its one response is the result."""
         received, wanted = [], []
         gathered: list[_Gathered | None] = []

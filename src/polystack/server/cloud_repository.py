@@ -228,6 +228,7 @@ def parse(location: str) -> Location:
     unless https:// says otherwise), ``s3://bucket/path`` Amazon's; ``gs://bucket/path``;
     ``as://account[.blob.core.windows.net]/container/path`` (a query after ``?`` ignored, as Triton's)."""
     scheme, rest = location.split("://", 1)
+    shown = location.partition("?")[0]  # in messages: a SAS token in the query left out
     endpoint = account = None
     if scheme == "as":
         host, _, rest = rest.partition("?")[0].partition("/")
@@ -236,7 +237,7 @@ def parse(location: str) -> Location:
             endpoint, account = f"https://{host}", account.split(".", 1)[0]
         if not account or not rest.partition("/")[0]:
             raise InvalidRequest(
-                f"--model-repository {location}: name the account, the container and the repository's folder in it "
+                f"--model-repository {shown}: name the account, the container and the repository's folder in it "
                 "(as://account/container/path)"
             )
     if scheme == "s3":
@@ -249,14 +250,14 @@ def parse(location: str) -> Location:
             endpoint, rest = f"{protocol}://{host}", after
         elif protocol == "https" or location.startswith("s3://http://"):
             raise InvalidRequest(
-                f"--model-repository {location}: after s3://{protocol}:// comes host:port, then the bucket and path "
+                f"--model-repository {shown}: after s3://{protocol}:// comes host:port, then the bucket and path "
                 "(s3://https://host:443/bucket/path)"
             )
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
     if not bucket or ".." in PurePosixPath(prefix).parts:
         form = "as://account/container/path" if scheme == "as" else f"{scheme}://bucket/path"
-        raise InvalidRequest(f"--model-repository {location}: name the bucket and the repository's folder in it ({form})")
+        raise InvalidRequest(f"--model-repository {shown}: name the bucket and the repository's folder in it ({form})")
     return Location(scheme, bucket, prefix, endpoint, account)
 
 

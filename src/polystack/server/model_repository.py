@@ -246,7 +246,7 @@ class ModelRepository:
             except Unavailable as e:
                 if name is not None:
                     raise
-                log.warning("cannot read the model repository", extra={"repository": cloud.location, "error": e.message})
+                log.warning("cannot read the model repository", extra={"repository": cloud.shown, "error": e.message})
 
     def shown(self) -> str:
         """The repositories as ``--model-repository`` named them (a cloud copy as its bucket's location)."""
