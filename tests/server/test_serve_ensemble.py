@@ -699,3 +699,32 @@ def test_shapes_may_differ_by_a_batch_dimension_only_where_one_side_batches() ->
         ensemble.check(pipe, lambda _: ensemble.Served(step, 8))  # both batch
     unbatched = Signature((TensorSpec("x", DType.FP32, (2, 3)),), (TensorSpec("y", DType.FP32, (3,)),))
     ensemble.check(pipe, lambda _: ensemble.Served(unbatched, 0))  # the step takes none: [2, 3] is a batch of 1
+
+
+def test_an_ensembles_own_label_file_names_its_outputs_classes_before_the_steps(tmp_path: Path) -> None:
+    """As tritonserver 2.51 reads an ensemble's config (polystack refused the load): an output's label_filename, in
+    the ensemble's folder, names the classes of that output, over the labels of the step model that gives it."""
+    repo = pipeline_repository(tmp_path / "models")
+    labelled = PIPE.replace('{ name: "OUT", data_type: TYPE_FP32, dims: [ 3 ] }',
+                            '{ name: "OUT", data_type: TYPE_FP32, dims: [ 3 ], label_filename: "es.txt" }')  # fmt: skip
+    (repo / "pipe" / "config.pbtxt").write_text(labelled)
+    (repo / "pipe" / "es.txt").write_text("gato\nperro\npájaro\n")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
+        out, _ = _expected(repo, x)
+        i = httpclient.InferInput("IN", [2, 16], "FP32")
+        i.set_data_from_numpy(x)
+        top = http.infer("pipe", [i], outputs=[httpclient.InferRequestedOutput("OUT", class_count=1)]).as_numpy("OUT")
+        best = int(np.argmax(out[1]))
+        assert top[1][0].decode().endswith(f":{best}:{['gato', 'perro', 'pájaro'][best]}")
+        outputs = {o["name"]: o["label_filename"] for o in http.get_model_config("pipe")["output"]}
+        assert outputs == {"OUT": "es.txt", "NEG": ""}
+        (repo / "pipe" / "es.txt").unlink()  # gone from its folder: the load fails, saying which file, and where
+        with pytest.raises(InferenceServerException, match="names label file 'es.txt', which is not in"):
+            http.load_model("pipe")
+        (repo / "pipe" / "es.txt").write_text("gato\nperro\n")  # two labels for three classes
+        with pytest.raises(InferenceServerException, match="scores 3 classes but its label file 'es.txt' has 2"):
+            http.load_model("pipe")

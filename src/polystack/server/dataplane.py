@@ -1154,6 +1154,7 @@ class DataPlane:
             pipeline = model.ensemble
             if config is not None:  # the load's own agents ran on the folder in place of its config's
                 pipeline = dataclasses.replace(ensemble.read(config, name, pipeline.version), agents=model.ran)
+                pipeline = ensemble.with_labels(pipeline, model.config.directory if model.config is not None else None)
             try:
                 for other in sorted(pipeline.models - loading - {name}):
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing
@@ -2240,6 +2241,7 @@ class DataPlane:
                     labels = labels_of(target.entry.record.settings).get(model_tensor)
                 if labels:
                     found[tensor] = labels
+        found.update(pipeline.labels)  # its own label files first, as Triton's classification reads them
         return found
 
     async def _run(

@@ -19,13 +19,16 @@ batch sizes within theirs). An ensemble holds no weights, so nothing of it goes 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.labels import class_count, read_label_file
 from polystack.server import model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
 
@@ -64,6 +67,10 @@ class Ensemble:
     steps: tuple[Step, ...]
     response_cache: bool = False  # its answers are kept in the server's response cache (--cache-config)
     agents: repository_agents.Agents = ()  # the repository agents that ran on its folder (model_repository_agents)
+    # its outputs' label files, as its config names them (label_filename), by output, and their labels once read
+    # from its folder (``with_labels``): the classification of that output names its classes so, before any step's
+    label_files: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def models(self) -> set[str]:
@@ -105,9 +112,44 @@ def read(text: str, name: str, version: int) -> Ensemble:
     steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
-    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs, optional), steps, cached)
+    label_files = tuple(
+        (model_config.read_string(d, "name", f"output[{i}]"), label)
+        for i, item in enumerate(config.get("output", []))
+        for d in [model_config.read_message(item, f"output[{i}]", "output")]
+        if (label := model_config.read_string(d, "label_filename", f"output[{i}]"))
+    )
+    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files)
     _check_flow(ensemble)
     return ensemble
+
+
+def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:
+    """``ensemble`` with the labels of the files its outputs name, read from its ``folder`` (as Triton reads them,
+    a path in it); refused where one is not there, or where there is no folder (a config given alone)."""
+    if not ensemble.label_files:
+        return ensemble
+    read: list[tuple[str, tuple[str, ...]]] = []
+    for output, file in ensemble.label_files:
+        path = folder / file if folder is not None else None
+        if folder is None or path is None or not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
+            raise InvalidRequest(
+                f"ensemble {ensemble.name!r}'s output {quote(output)} names label file {quote(file)}, which is not in "
+                f"{folder if folder is not None else 'its folder (it has none)'}; put it there, or leave label_filename out"
+            )
+        spec = next(t for t in ensemble.signature.outputs if t.name == output)
+        if spec.dtype in (DType.BYTES, DType.BOOL):
+            raise InvalidRequest(
+                f"ensemble {ensemble.name!r}'s output {quote(output)} is {spec.dtype.value}; labels name classes of scores"
+            )
+        labels = read_label_file(path)
+        count = class_count(ensemble.signature, output)
+        if count is not None and count != len(labels):
+            raise InvalidRequest(
+                f"ensemble {ensemble.name!r}'s output {quote(output)} scores {count:,} classes but its label file "
+                f"{quote(file)} has {len(labels):,} labels"
+            )
+        read.append((output, tuple(labels)))
+    return dataclasses.replace(ensemble, labels=tuple(read))
 
 
 def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -147,10 +189,6 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[Te
             raise InvalidRequest(
                 f"{where} ({name}) allows a ragged batch, which polystack's ensembles do not take (their steps' models "
                 "may); leave allow_ragged_batch out"
-            )
-        if model_config.read_string(d, "label_filename", where):
-            raise InvalidRequest(
-                f"{where} ({name}) names a label file; give labels to the model that computes it (its own config)"
             )
         found[name] = TensorSpec(name, dtype, ((-1,) if max_batch else ()) + tuple(dims))
     return tuple(t for t in found.values() if t.name not in optional), tuple(t for t in found.values() if t.name in optional)
@@ -382,7 +420,8 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
             {**tensor(t), "format": "FORMAT_NONE", "allow_ragged_batch": False, "optional": t in ensemble.signature.optional}
             for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
         ],
-        "output": [{**tensor(t), "label_filename": ""} for t in ensemble.signature.outputs],
+        "output": [{**tensor(t), "label_filename": dict(ensemble.label_files).get(t.name, "")}
+                   for t in ensemble.signature.outputs],
         "batch_input": [],
         "batch_output": [],
         "ensemble_scheduling": {

@@ -52,7 +52,7 @@ from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique,
 from polystack.formats import python_model
 from polystack.server import model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
-from polystack.server.ensemble import Ensemble, is_ensemble
+from polystack.server.ensemble import Ensemble, is_ensemble, with_labels
 from polystack.server.ensemble import read as read_ensemble
 from polystack.store import Store, validate_name
 from polystack.store.refs import MAX_VERSION
@@ -448,7 +448,7 @@ def _register_model(
         policy = {"version_policy", "versionPolicy"}
         text = json.dumps({k: v for k, v in doc.items() if k not in policy})
         source = f"--model-repository {config_path}"
-        pipeline = dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown)
+        pipeline = with_labels(dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown), folder)
         written = doc.get("version_policy", doc.get("versionPolicy"))
         ensemble_config = model_config.ConfigFile(text, folder, source, served, written_policy=written)
         return RepositoryModel(name, served, ensemble_config, pipeline, ran)
