@@ -723,8 +723,8 @@ def test_an_ensembles_own_label_file_names_its_outputs_classes_before_the_steps(
         outputs = {o["name"]: o["label_filename"] for o in http.get_model_config("pipe")["output"]}
         assert outputs == {"OUT": "es.txt", "NEG": ""}
         (repo / "pipe" / "es.txt").unlink()  # gone from its folder: the load fails, saying which file, and where
-        with pytest.raises(InferenceServerException, match="names label file 'es.txt', which is not in"):
+        with pytest.raises(InferenceServerException, match=r"names label file 'es\.txt', which is not in"):
             http.load_model("pipe")
         (repo / "pipe" / "es.txt").write_text("gato\nperro\n")  # two labels for three classes
-        with pytest.raises(InferenceServerException, match="scores 3 classes but its label file 'es.txt' has 2"):
+        with pytest.raises(InferenceServerException, match=r"scores 3 classes but its label file 'es\.txt' has 2"):
             http.load_model("pipe")
