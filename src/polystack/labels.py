@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, quote
 from polystack.types import DType, Signature
 
 MAX_LABEL_FILE_BYTES = 16 * 1024 * 1024  # labels live in the catalog's settings column
@@ -73,19 +73,35 @@ def parse_label_options(options: Sequence[str], signature: Signature) -> dict[st
             name, file = outputs[0], option
         if name not in outputs:
             raise InvalidRequest(f"--labels {option}: the model has no output {name!r}; it has {', '.join(outputs)}")
-        spec = next(t for t in signature.outputs if t.name == name)
-        if spec.dtype in (DType.BYTES, DType.BOOL):
-            raise InvalidRequest(
-                f"--labels {option}: output {name!r} is {spec.dtype.value}; labels name classes of scores"
-            )
-        labels = read_label_file(Path(file))
-        count = class_count(signature, name)
-        if count is not None and count != len(labels):
-            raise InvalidRequest(
-                f"--labels {option}: output {name!r} scores {count:,} classes but the file has {len(labels):,} labels"
-            )
-        found[name] = LabelFile(Path(file).name, labels)
+        found[name] = LabelFile(Path(file).name, labels_for(signature, name, Path(file), f"--labels {option}"))
     return found
+
+
+def labels_for(signature: Signature, output: str, path: Path, where: str) -> list[str]:
+    """The labels of the file at ``path`` for ``output``: one that scores classes, as many as it scores where its
+    shape fixes that (``where`` leads the refusal)."""
+    spec = next(t for t in signature.outputs if t.name == output)
+    if spec.dtype in (DType.BYTES, DType.BOOL):
+        raise InvalidRequest(f"{where}: output {output!r} is {spec.dtype.value}; labels name classes of scores")
+    labels = read_label_file(path)
+    count = class_count(signature, output)
+    if count is not None and count != len(labels):
+        raise InvalidRequest(
+            f"{where}: output {output!r} scores {count:,} classes but the file has {len(labels):,} labels"
+        )
+    return labels
+
+
+def file_in(folder: Path, output: str, label: str) -> Path:
+    """The label file ``label`` that ``output``'s config names, in the model's ``folder`` or a folder of it, as Triton
+    reads it (a path out of the folder is refused)."""
+    path = folder / label
+    if not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
+        raise InvalidRequest(
+            f"its output {quote(output)} names label file {quote(label)}, which is not in {folder}; put it there, or "
+            "leave label_filename out"
+        )
+    return path
 
 
 def label_settings(found: Mapping[str, LabelFile]) -> dict[str, dict[str, Any]]:

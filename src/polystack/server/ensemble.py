@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from polystack.errors import InvalidRequest, PolystackError, quote
-from polystack.labels import class_count, read_label_file
+from polystack.labels import file_in, labels_for
 from polystack.server import model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
 
@@ -112,12 +112,7 @@ def read(text: str, name: str, version: int) -> Ensemble:
     steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
-    label_files = tuple(
-        (model_config.read_string(d, "name", f"output[{i}]"), label)
-        for i, item in enumerate(config.get("output", []))
-        for d in [model_config.read_message(item, f"output[{i}]", "output")]
-        if (label := model_config.read_string(d, "label_filename", f"output[{i}]"))
-    )
+    label_files = tuple(model_config.label_files(text, "ensemble").items())
     ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files)
     _check_flow(ensemble)
     return ensemble
@@ -128,28 +123,14 @@ def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:
     a path in it); refused where one is not there, or where there is no folder (a config given alone)."""
     if not ensemble.label_files:
         return ensemble
-    read: list[tuple[str, tuple[str, ...]]] = []
-    for output, file in ensemble.label_files:
-        path = folder / file if folder is not None else None
-        if folder is None or path is None or not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
-            raise InvalidRequest(
-                f"ensemble {ensemble.name!r}'s output {quote(output)} names label file {quote(file)}, which is not in "
-                f"{folder if folder is not None else 'its folder (it has none)'}; put it there, or leave label_filename out"
-            )
-        spec = next(t for t in ensemble.signature.outputs if t.name == output)
-        if spec.dtype in (DType.BYTES, DType.BOOL):
-            raise InvalidRequest(
-                f"ensemble {ensemble.name!r}'s output {quote(output)} is {spec.dtype.value}; labels name classes of scores"
-            )
-        labels = read_label_file(path)
-        count = class_count(ensemble.signature, output)
-        if count is not None and count != len(labels):
-            raise InvalidRequest(
-                f"ensemble {ensemble.name!r}'s output {quote(output)} scores {count:,} classes but its label file "
-                f"{quote(file)} has {len(labels):,} labels"
-            )
-        read.append((output, tuple(labels)))
-    return dataclasses.replace(ensemble, labels=tuple(read))
+    where = f"ensemble {ensemble.name!r}"
+    if folder is None:
+        raise InvalidRequest(f"{where} names label files, but it has no folder to read them from; leave them out")
+    read = tuple(
+        (output, tuple(labels_for(ensemble.signature, output, file_in(folder, output, file), where)))
+        for output, file in ensemble.label_files
+    )
+    return dataclasses.replace(ensemble, labels=read)
 
 
 def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -1122,10 +1122,10 @@ def _top_level_fields(text: str) -> set[str]:
     return names
 
 
-def label_files(text: str) -> dict[str, str]:
-    """The label files the outputs of config ``text`` name (``label_filename``), by output: what a load
-    with model files must carry beside the model."""
-    outputs = parse_config(text).get("output", [])
+def label_files(text: str, kind: str = "config") -> dict[str, str]:
+    """The label files the outputs of config ``text`` (a model's, or of ``kind`` ensemble) name (``label_filename``),
+    by output: what a load with model files must carry beside the model."""
+    outputs = parse_config(text, kind).get("output", [])
     if not isinstance(outputs, list):
         raise InvalidRequest("output must be a list of tensors")
     found: dict[str, str] = {}

@@ -50,6 +50,7 @@ from typing import Any
 from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
 from polystack.formats import python_model
+from polystack.labels import file_in as label_file_in
 from polystack.server import model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.ensemble import Ensemble, is_ensemble, with_labels
@@ -671,17 +672,7 @@ def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
     """The label files the config's outputs name, by output, in the model folder (where Triton reads them)."""
     if text is None:
         return {}
-    labels = {}
-    for output, label in model_config.label_files(text).items():
-        path = folder / label
-        # in the folder or a folder of it, as Triton reads it (a path out of the model's folder is refused)
-        if not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
-            raise InvalidRequest(
-                f"its output {quote(output)} names label file {quote(label)}, which is not in {folder}; put it there, "
-                "or leave label_filename out"
-            )
-        labels[output] = path
-    return labels
+    return {output: label_file_in(folder, output, label) for output, label in model_config.label_files(text).items()}
 
 
 def _served_config(doc: dict[str, Any]) -> str:
