@@ -26,37 +26,22 @@ def lock_of(folder: Path) -> Path:
 
 def hold(folder: Path) -> IO[str] | None:
     """Mark ``folder`` as this process's: an open file beside it, exclusively locked until it is closed or the process
-    ends. None where it cannot be had: another live process holds it, or there are no locks (not a POSIX system, a
-    file system without them; the folder then goes at its owner's close alone)."""
+    ends. None where there are no locks (not a POSIX system, a file system without them: the folder then goes at its
+    owner's close alone); BlockingIOError where another live process holds it."""
     try:
         import fcntl
     except ImportError:
         return None
-    path = lock_of(folder)
-    owner = path.open("a")
+    owner = lock_of(folder).open("a")
     try:
         fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
+        owner.close()
+        raise
+    except OSError:  # ENOLCK: NFS mounted without locks, say
         owner.close()
         return None
     return owner
-
-
-def held_elsewhere(folder: Path) -> bool:
-    """Whether another live process holds ``folder`` (its lock file is locked)."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    path = lock_of(folder)
-    if not path.is_file():
-        return False
-    try:
-        with path.open("a") as probe:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    return False
 
 
 def make(prefix: str, parent: Path | None = None) -> tuple[Path, IO[str] | None]:

@@ -361,8 +361,9 @@ class CloudRepository:
             name = f"{self.where.bucket}-{hashlib.sha256(self.location.encode()).hexdigest()[:12]}"
             self.local, self._owned = Path(mount) / name, False
             self.local.mkdir(parents=True, exist_ok=True)
-            self._owner = temp_folders.hold(self.local)
-            if self._owner is None and temp_folders.held_elsewhere(self.local):
+            try:
+                self._owner = temp_folders.hold(self.local)
+            except BlockingIOError:  # another live process copies into it
                 self.local, self._owner = temp_folders.make(f"{name}-", Path(mount))
                 self._owned = True
                 log.info("another process copies this repository into the mount directory: a copy of its own, "
