@@ -333,11 +333,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer_unless_draining(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         # The gRPC server stops only once the drain is over: a call arriving meanwhile is refused here, where
         # grpc's own shutdown would answer it CANCELLED, a code clients and proxies do not retry.
-        if self.plane.draining and not self._continues_sequence(request):
+        if self.plane.draining and not self._of_a_sequence(request):
             raise ShuttingDown("the server is shutting down; send the request to another replica (it was not run)")
         return await self._infer(request, context)
 
-    def _continues_sequence(self, request: pb.ModelInferRequest) -> bool:
+    def _of_a_sequence(self, request: pb.ModelInferRequest) -> bool:
         """A sequence's request to a sequence model, read in the drain's first part: taken, so that the sequences the
         server holds finish, as in Triton's exit; their sequence batcher answers the others in Triton's words (a START:
         UNAVAILABLE, ``Server is stopping``; a sequence it does not hold: INVALID_ARGUMENT, as at any time)."""
@@ -442,7 +442,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def take() -> None:
             async for request in request_iterator:
                 answered: asyncio.Future[pb.ModelStreamInferResponse] = loop.create_future()
-                if self.plane.draining and (isinstance(request, Undecodable) or not self._continues_sequence(request)):
+                if self.plane.draining and (isinstance(request, Undecodable) or not self._of_a_sequence(request)):
                     await unsent.acquire()  # read while the sequences held run on: theirs alone are run
                     answered.set_result(_not_run(request))
                     answers.put_nowait(answered)
