@@ -1472,7 +1472,8 @@ class DataPlane:
         return served.sequencer is not None
 
     def cut_sequences(self) -> int:
-        """The drain's timeout passed: every sequence held ends now (``SequenceBatcher.cut``); how many were live."""
+        """The drain waits no longer (its timeout passed, or a second signal came): every sequence held ends now
+        (``SequenceBatcher.cut``); how many were live."""
         return sum(s.sequencer.cut() for s in list(self._served.values()) if s.sequencer is not None)
 
     @property
@@ -1486,7 +1487,8 @@ class DataPlane:
     async def wait_sequences(self, timeout_s: float) -> bool:
         """The drain's first part, as Triton's exit: until the sequences held end (their END request, or idle for
         their ``max_sequence_idle_microseconds``), their requests are taken, by HTTP, gRPC calls and streams;
-        whether they all ended within ``timeout_s``. Those left then end at the models' close."""
+        whether they all ended within ``timeout_s`` (false too at a second signal); those left the caller ends
+        (``cut_sequences``)."""
         deadline = time.monotonic() + timeout_s
         try:
             while self.sequences_live():
