@@ -195,6 +195,7 @@ BUILDERS: dict[str, tuple[Callable[[Path], Path], set[tuple[str, str]]]] = {
     "lgb.txt": (lambda p: zoo.lightgbm_model(p, n_classes=3), {("lightgbm", ""), ("onnxruntime", "onnx")}),
     "fn.jax": (zoo.jax_mlp, {("jax", "")}),
     "mlp.tflite": (zoo.litert_mlp, {("litert", "")}),
+    "model.xml": (zoo.openvino_ir, {("openvino", "")}),
     "cnn.pt2": (
         lambda p: zoo.cnn_pt2(p, size=16),
         {("torch", ""), ("onnxruntime", "onnx"), ("openvino", "onnx+openvino-ir")},
@@ -235,6 +236,9 @@ def test_the_plan_follows_the_format() -> None:
         ("openvino", "fp32", "openvino-ir"),
     } <= onnx_plan
     assert {r.backend for r in plan(record("jax.export"))} == {"jax"}
+    ir_plan = {(r.backend, r.precision, r.recipe, tuple(r.options.items())) for r in plan(record("openvino"))}
+    assert ("openvino", "fp32", "", (("inference_precision", "f32"),)) in ir_plan  # the IR itself, at full precision
+    assert {backend for backend, *_ in ir_plan} == {"openvino"}  # no conversion of IR to anything
 
 
 def test_a_model_without_samples_gets_synthesized_ones_stored(store: Store, tmp_path: Path) -> None:

@@ -49,9 +49,10 @@ class LoadSpec:
     @property
     def platform(self) -> str:
         """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``; a Python
-        model's is ``python``, as Triton's metadata says (its config's platform is empty)."""
-        if self.backend == "python":
-            return "python"
+        model's is ``python``, as Triton's metadata says (its config's platform is empty); OpenVINO IR's is
+        ``openvino``."""
+        if self.backend == "python" or self.backend == self.format == "openvino":  # IR on OpenVINO: ``openvino``
+            return self.backend
         return f"{self.backend}_{self.format}".replace(".", "_")
 
 
@@ -162,9 +163,12 @@ def default_spec(store: Store, record: ModelRecord, backend: str | None = None, 
 
 
 def source_options(record: ModelRecord, backend: str) -> dict[str, Any]:
-    """Options a backend needs to load the source artifact as registered (skops: the trusted types)."""
+    """Options a backend needs to load the source artifact as registered (skops: the trusted types; OpenVINO
+    IR: full precision, which OpenVINO would otherwise lower to bf16 on CPUs with AMX, unverified)."""
     if backend == "sklearn" and record.settings.get("trusted_types"):
         return {"trusted": list(record.settings["trusted_types"])}
+    if backend == "openvino" and record.format == "openvino":
+        return {"inference_precision": "f32"}
     return {}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from polystack import samples as samples_mod
 from polystack.backends import registry
 from polystack.convert import TO_ONNX, ConvertContext, step
+from polystack.engine import source_options
 from polystack.errors import BackendUnavailable, PolystackError
 from polystack.store import ModelRecord, Store, VariantRecord
 from polystack.store.variants import Status, build_key
@@ -38,6 +39,7 @@ NATIVE = {
     "lightgbm": "lightgbm",
     "jax.export": "jax",
     "litert": "litert",
+    "openvino": "openvino",
 }
 TABULAR = frozenset({"skops", "xgboost", "lightgbm"})  # ONNX-ML: no int8, no OpenVINO (ai.onnx.ml ops)
 VERIFY_BATCH = 16
@@ -88,10 +90,14 @@ def plan(record: ModelRecord) -> list[Recipe]:
         base: dict[str, Any] = {}
         if native == "sklearn" and record.settings.get("trusted_types"):
             base = {"trusted": list(record.settings["trusted_types"])}
+        if native == "openvino":
+            base = source_options(record, native)  # full precision, as the reference (not bf16 on some CPUs)
         for device in _devices(native):
             recipes.append(Recipe(native, device, "fp32", base, (), fmt))
             if native == "torch":
                 recipes.append(Recipe("torch", device, "fp32", {"compile": True}, (), fmt))
+            if native == "openvino":
+                recipes += _lower_precision(device, ())
     if fmt != "onnx" and fmt not in TO_ONNX:
         return recipes
     to_onnx: tuple[str, ...] = () if fmt == "onnx" else ("onnx",)
@@ -103,23 +109,27 @@ def plan(record: ModelRecord) -> list[Recipe]:
     if "cpu" in _devices("onnxruntime"):
         for quant in ("int8-dynamic", "int8-static"):
             recipes.append(Recipe("onnxruntime", "cpu", "int8", {}, (*to_onnx, quant), "onnx"))
-    ov_devices = _devices("openvino")
-    if ov_devices:
-        from polystack.backends.openvino import OpenVinoBackend
-
-        ov = registry.get("openvino")
-        assert isinstance(ov, OpenVinoBackend)
-        ir = (*to_onnx, "openvino-ir")
-        for device in ov_devices:
-            recipes.append(Recipe("openvino", device, "fp32", {"inference_precision": "f32"}, ir, "openvino"))
-            try:
-                lower = ov.lower_precision(device)
-            except Exception:
-                lower = None
-            if lower:
-                precision = "bf16" if lower == "bf16" else "fp16"
-                recipes.append(Recipe("openvino", device, precision, {"inference_precision": lower}, ir, "openvino"))
+    ir = (*to_onnx, "openvino-ir")
+    for device in _devices("openvino"):
+        recipes.append(Recipe("openvino", device, "fp32", {"inference_precision": "f32"}, ir, "openvino"))
+        recipes += _lower_precision(device, ir)
     return recipes
+
+
+def _lower_precision(device: str, steps: tuple[str, ...]) -> list[Recipe]:
+    """OpenVINO IR (built by ``steps``, or the source) at ``device``'s lower-precision hint, where it has one."""
+    from polystack.backends.openvino import OpenVinoBackend
+
+    ov = registry.get("openvino")
+    assert isinstance(ov, OpenVinoBackend)
+    try:
+        lower = ov.lower_precision(device)
+    except Exception:
+        lower = None
+    if not lower:
+        return []
+    precision = "bf16" if lower == "bf16" else "fp16"
+    return [Recipe("openvino", device, precision, {"inference_precision": lower}, steps, "openvino")]
 
 
 @dataclass
@@ -146,9 +156,7 @@ def reference_outputs(store: Store, record: ModelRecord, samples: Mapping[str, n
     if name is None:
         raise BackendUnavailable(f"no reference runtime is known for format {record.format!r}")
     backend = registry.require(name)
-    options: dict[str, Any] = {}
-    if name == "sklearn":
-        options = {"trusted": list(record.settings.get("trusted_types", []))}
+    options = source_options(record, name)  # as served by default (skops: its trusted types; IR: full precision)
     model = backend.load(store.artifact_path(record), record.signature, backend.parse_options(options), "cpu")
     try:
         return run(model, samples_mod.batches(samples, record.signature, VERIFY_BATCH))

@@ -3,7 +3,7 @@
 The tests, the demo and the benchmarks build these on the spot (random weights, no downloads):
 a torch MLP, CNN and transformer encoder saved with ``torch.export.save``; a scikit-learn pipeline
 saved with ``skops.io.dump``; XGBoost and LightGBM models saved with ``save_model``; a JAX function
-written with ``jax.export``; a LiteRT flatbuffer. Every runtime is imported inside the function
+written with ``jax.export``; a LiteRT flatbuffer; OpenVINO IR. Every runtime is imported inside the function
 that needs it.
 """
 
@@ -227,6 +227,22 @@ def jax_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 4), seed: int = 0) -> P
     exported = export.export(jax.jit(f))(jax.ShapeDtypeStruct((batch, sizes[0]), jnp.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(exported.serialize())
+    return path
+
+
+def openvino_ir(path: Path, sizes: tuple[int, ...] = (8, 16, 4), seed: int = 0) -> Path:
+    """An MLP as OpenVINO IR: ``path`` (``.xml``) and its weights beside it (``.bin``), from the ONNX MLP by
+    ``openvino.convert_model`` and ``openvino.save_model`` at full precision."""
+    import tempfile
+
+    import openvino as ov
+
+    from polystack.examples import mlp_onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        onnx = mlp_onnx(Path(work) / "mlp.onnx", sizes=sizes, seed=seed)
+        ov.save_model(ov.convert_model(str(onnx)), str(path), compress_to_fp16=False)
     return path
 
 

@@ -27,6 +27,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str, tuple[int, ...], str]] 
     "model.txt": (zoo.lightgbm_model, "lightgbm", "input", (-1, 6), "variable"),
     "fn.jax": (zoo.jax_mlp, "jax.export", "input_0", (-1, 8), "output_0"),
     "model.tflite": (zoo.litert_mlp, "litert", "x", (-1, 8), "y"),
+    "model.xml": (zoo.openvino_ir, "openvino", "x", (-1, 8), "y"),
 }
 
 
@@ -151,3 +152,19 @@ def test_pickle_globals_are_found_without_unpickling() -> None:
     data = pickle.dumps(Payload(Path("/nonexistent/never")), protocol=4)
     assert any(g.endswith(".system") for g in pickle_globals(data))
     assert pickle_globals(pickle.dumps({"a": [1, 2.0, "x"]})) == []
+
+
+def test_openvino_ir_keeps_its_weights_and_is_refused_without_them(tmp_path: Path) -> None:
+    from polystack.errors import InvalidModelFile
+
+    xml = zoo.openvino_ir(tmp_path / "ir" / "model.xml")
+    imported = import_model(xml, tmp_path)
+    assert imported.artifact.suffix == ".tar"  # the pair as one file, which registers again as it is
+    assert import_model(imported.artifact, tmp_path).signature == imported.signature
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(InvalidModelFile, match=r"model\.bin beside it, which is not there"):
+        import_model(xml, tmp_path)
+    (tmp_path / "broken.xml").write_text('<?xml version="1.0"?>\n<net name="x" version="11"><layers>')
+    (tmp_path / "broken.bin").write_bytes(b"")
+    with pytest.raises(InvalidModelFile, match=r"OpenVINO cannot read broken\.xml"):
+        import_model(tmp_path / "broken.xml", tmp_path)

@@ -45,6 +45,7 @@ IMPORTERS: dict[str, str] = {
     "lightgbm": "polystack.formats.lightgbm",
     "litert": "polystack.formats.litert",
     "jax.export": "polystack.formats.jax_export",
+    "openvino": "polystack.formats.openvino_ir",
 }
 
 
