@@ -163,11 +163,11 @@ def default_spec(store: Store, record: ModelRecord, backend: str | None = None, 
 
 
 def source_options(record: ModelRecord, backend: str) -> dict[str, Any]:
-    """Options a backend needs to load the source artifact as registered (skops: the trusted types; OpenVINO
-    IR: full precision, which OpenVINO would otherwise lower to bf16 on CPUs with AMX, unverified)."""
+    """Options a backend needs to load the source artifact as registered (skops: the trusted types; OpenVINO:
+    full precision, which OpenVINO would otherwise lower to bf16 on CPUs with AMX, unverified)."""
     if backend == "sklearn" and record.settings.get("trusted_types"):
         return {"trusted": list(record.settings["trusted_types"])}
-    if backend == "openvino" and record.format == "openvino":
+    if backend == "openvino":
         return {"inference_precision": "f32"}
     return {}
 

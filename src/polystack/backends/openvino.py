@@ -12,7 +12,7 @@ import queue
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,9 @@ class OpenVinoOptions(BaseModel):
         default=None, description="INFERENCE_PRECISION_HINT; None lets OpenVINO choose (bf16 on some CPUs)"
     )
     performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] | None = None
-    num_streams: int | None = Field(default=None, ge=1)
+    num_streams: Annotated[int, Field(ge=1)] | Literal["AUTO", "NUMA"] | None = Field(
+        default=None, description="a number, or OpenVINO's AUTO or NUMA"
+    )
     inference_num_threads: int | None = Field(default=None, ge=1)
     cpu_pinning: bool | None = Field(default=None, description="ENABLE_CPU_PINNING; None lets OpenVINO choose")
 

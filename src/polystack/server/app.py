@@ -68,6 +68,16 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     return default_spec(store, record)
 
 
+def runtime_loads(name: str, format: str) -> bool:
+    """Whether polystack has a runtime named ``name`` that loads models of ``format`` (installed or not)."""
+    from polystack.backends import registry
+
+    try:
+        return registry.get(name).accepts(format) and name not in ("null", "python")
+    except PolystackError:
+        return False
+
+
 def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
     """How to batch ``record`` under ``profile``: the plan's batch policy when one was tuned here;
     otherwise the ``server`` profile batches with defaults and the others do not."""
@@ -228,9 +238,12 @@ class Server:
 
         cpus = config.cpus
 
-        def spec(store: Store, record: ModelRecord, profile: str, instances: int) -> LoadSpec:
+        def spec(store: Store, record: ModelRecord, profile: str, instances: int, runtime: str = "") -> LoadSpec:
             chosen = spec_for(store, record, profile)
-            if config.threads is None and config.batching is None and cpus is None:
+            if runtime and runtime != chosen.backend and runtime_loads(runtime, record.format):
+                # a config's backend names another runtime than the plan's: the source on it, as in Triton
+                chosen = default_spec(store, record, backend=runtime)
+            elif config.threads is None and config.batching is None and cpus is None:
                 planned = policy_for(store, record, profile)  # the plan's spec was made for its instances
                 if instances == (planned.instances if planned else 1):
                     return chosen  # the plan's concurrency (already in its spec), or the runtime's default

@@ -33,7 +33,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Cor
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -101,8 +101,15 @@ _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, 
 _UNLOAD_DRAIN_S = 30.0  # how long what a load or unload replaced may run what it holds (as a batcher's close)
 _HASH_INLINE_BELOW = 256 << 10  # input bytes a response cache key is hashed from on the loop; more: on a thread
 _loads = itertools.count(1)  # numbers each model load, whose answers the response cache keeps apart
-# what to load for a model under a profile, given how many of its calls run at once (they share the runtime)
-SpecFor = Callable[[Store, ModelRecord, str, int], LoadSpec]
+
+
+class SpecFor(Protocol):
+    """What to load for a model under a profile, given how many of its calls run at once (they share the
+    runtime), on ``runtime`` where a config's backend names one (empty: the plan's or the default's)."""
+
+    def __call__(self, store: Store, record: ModelRecord, profile: str, instances: int, runtime: str = "") -> LoadSpec: ...
+
+
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
 
 
@@ -575,6 +582,9 @@ class DataPlane:
         model_dir = start.directory if start is not None else None
         if config is None and start is not None:
             config, agents = start.text, start.agents
+        runtime = model_config.runtime_of(config)  # a config's backend names the runtime, as in Triton
+        if runtime and runtime != spec.backend:
+            spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1, runtime)
         # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
         # as Triton's auto-complete completes an empty one (its batch size and batching); one Triton cannot batch (a
         # scalar output's, say) so whatever batches
@@ -601,7 +611,7 @@ class DataPlane:
                 if policy is None and instances is None and sequence is None:
                     instances = default_instances  # a count left out keeps polystack's choice
                 calls = policy.instances if policy else sequence.instances if sequence else instances or 1
-                spec = self.spec_for(self.store, record, self.profile, calls)
+                spec = self.spec_for(self.store, record, self.profile, calls, runtime)
             if chosen.max_batch_size is not None:
                 spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
             if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)

@@ -49,7 +49,7 @@ from polystack.errors import InvalidRequest, quote
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
-from polystack.server import onnxruntime_config, repository_agents
+from polystack.server import onnxruntime_config, openvino_config, repository_agents
 from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
@@ -581,6 +581,18 @@ class ConfigFile:
     written_policy: Any = None
 
 
+def runtime_of(text: str | None) -> str:
+    """The runtime a config's ``backend`` names, where it names one polystack may choose for a model (empty:
+    none, or Python's, whose models have no other); ``read`` checks the rest of the config."""
+    if not text:
+        return ""
+    try:
+        backend = read_string(parse_config(text), "backend", "config")
+    except InvalidRequest:
+        return ""  # ``read`` says what is wrong with it
+    return "" if backend in ("", "python") else backend
+
+
 def read(
     text: str,
     record: ModelRecord,
@@ -614,10 +626,13 @@ def read(
     optimization = _optimization(config.get("optimization"))
     # a Python model's parameters are its own, read by its code in its args' model_config: the config this load
     # follows, as Triton hands its Python backend the config a load overrides
-    options = (
-        {"config": json.dumps(config)} if spec.backend == "python"
-        else onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
-    )  # fmt: skip
+    if spec.backend == "python":
+        options: dict[str, Any] = {"config": json.dumps(config)}
+    elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
+        onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options = openvino_config.options(parameters, spec.device)
+    else:
+        options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None

@@ -61,17 +61,19 @@ from polystack.store.refs import MAX_VERSION
 log = logging.getLogger("polystack.server")
 
 CONFIG = "config.pbtxt"
-# Triton's default file name by platform or backend, for those polystack reads (ONNX); the others are named
-# in the refusal
-_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx"}
+# Triton's default file name by platform or backend, for those polystack reads (ONNX, OpenVINO IR); the others
+# are named in the refusal
+_DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "openvino": "model.xml"}
 _OTHER_FILES = {
     "model.plan": "TensorRT",
     "model.pt": "PyTorch (TorchScript)",
     "model.savedmodel": "TensorFlow SavedModel",
     "model.graphdef": "TensorFlow GraphDef",
     "model.py": "Python backend",
-    "model.xml": "OpenVINO IR",
 }
+# backends a config keeps when served, since they choose the runtime (Triton's OpenVINO backend runs ONNX files
+# too); ONNX Runtime's is left out, so that a plan may choose another runtime for a repository's ONNX model
+_CHOOSING = frozenset({"openvino"})
 
 
 @dataclass(frozen=True)
@@ -457,7 +459,7 @@ def _register_model(
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
     latest = folder / str(served[-1])
-    others = {"model.onnx", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that model, as before
+    others = {"model.onnx", "model.xml", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
     if text is None and (latest / (filename or "model.py")).is_file() and not any((latest / f).exists() for f in others):
         doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
@@ -468,7 +470,8 @@ def _register_model(
         if asked and asked not in _DEFAULT_FILES:
             raise InvalidRequest(
                 f"its config asks for {quote(asked)}, which polystack does not run from a repository; export the "
-                "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime)"
+                "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime), or "
+                "to OpenVINO IR as model.xml and model.bin with backend openvino"
             )
     served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
     labels = _label_files(folder, served_text)
@@ -651,9 +654,11 @@ def policy_json(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _guess(version_dir: Path) -> str:
-    """The model file of a version folder without a config that names it: model.onnx, or its one file."""
-    if (version_dir / "model.onnx").exists():
-        return "model.onnx"
+    """The model file of a version folder without a config that names it: model.onnx, model.xml (OpenVINO IR,
+    as Triton's auto-complete finds one), or its one file."""
+    for name in ("model.onnx", "model.xml"):
+        if (version_dir / name).exists():
+            return name
     files = [p.name for p in version_dir.iterdir() if not p.name.startswith(".") and p.name not in _OTHER_FILES]
     return files[0] if len(files) == 1 and (version_dir / files[0]).is_file() else "model.onnx"
 
@@ -676,8 +681,9 @@ def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
 
 
 def _served_config(doc: dict[str, Any]) -> str:
-    """The config the server applies: without what chose the file and the versions (done here)."""
-    skip = {
-        "platform", "backend", "default_model_filename", "defaultModelFilename", "version_policy", "versionPolicy",
-    }  # fmt: skip
+    """The config the server applies: without what chose the file and the versions (done here), and without a
+    backend that leaves the runtime to polystack's plan."""
+    skip = {"platform", "default_model_filename", "defaultModelFilename", "version_policy", "versionPolicy"}
+    if doc.get("backend") not in _CHOOSING:
+        skip.add("backend")
     return json.dumps({k: v for k, v in doc.items() if k not in skip})
