@@ -50,8 +50,8 @@ class LoadSpec:
     def platform(self) -> str:
         """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``; a Python
         model's is ``python``, as Triton's metadata says (its config's platform is empty); OpenVINO IR's is
-        ``openvino``."""
-        if self.backend == "python" or self.backend == self.format == "openvino":  # IR on OpenVINO: ``openvino``
+        ``openvino``, a FIL model's ``fil``."""
+        if self.backend == "python" or self.backend == self.format in ("openvino", "fil"):  # IR on OpenVINO: openvino
             return self.backend
         return f"{self.backend}_{self.format}".replace(".", "_")
 

@@ -40,6 +40,7 @@ NATIVE = {
     "jax.export": "jax",
     "litert": "litert",
     "openvino": "openvino",
+    "fil": "fil",
 }
 TABULAR = frozenset({"skops", "xgboost", "lightgbm"})  # ONNX-ML: no int8, no OpenVINO (ai.onnx.ml ops)
 VERIFY_BATCH = 16

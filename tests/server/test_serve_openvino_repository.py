@@ -90,11 +90,17 @@ def test_openvino_models_of_a_triton_repository_are_served_by_openvino_as_their_
 @pytest.mark.parametrize(
     ("parameters", "words"),
     [
-        ('{ key: "PERFORMANCE_HINT", value: { string_value: "fast" } }', "to be LATENCY/THROUGHPUT/CUMULATIVE_THROUGHPUT, got fast"),
+        (
+            '{ key: "PERFORMANCE_HINT", value: { string_value: "fast" } }',
+            "to be LATENCY/THROUGHPUT/CUMULATIVE_THROUGHPUT, got fast",
+        ),
         ('{ key: "NUM_STREAMS", value: { string_value: "many" } }', "to be either AUTO/NUMA/<int_value>, got many"),
         ('{ key: "INFERENCE_NUM_THREADS", value: { string_value: "-2" } }', "to be a non-negative number, got -2"),
         ('{ key: "HINT_BF16", value: { string_value: "no" } }', "'HINT_BF16' to be YES, got no"),
-        ('{ key: "CPU_EXTENSION_PATH", value: { string_value: "/opt/libcustom.so" } }', "which polystack does not load"),
+        (
+            '{ key: "CPU_EXTENSION_PATH", value: { string_value: "/opt/libcustom.so" } }',
+            "which polystack does not load",
+        ),
         ('{ key: "intra_op_thread_count", value: { string_value: "1" } }', "of Triton's ONNX Runtime backend"),
     ],
     ids=["hint", "streams", "threads", "bf16", "extension", "onnxruntime-parameter"],

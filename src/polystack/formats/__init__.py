@@ -46,6 +46,7 @@ IMPORTERS: dict[str, str] = {
     "litert": "polystack.formats.litert",
     "jax.export": "polystack.formats.jax_export",
     "openvino": "polystack.formats.openvino_ir",
+    "fil": "polystack.formats.fil",  # a zip of polystack's own, from a repository's folder for Triton's FIL backend
 }
 
 

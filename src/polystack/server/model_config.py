@@ -49,7 +49,7 @@ from polystack.errors import InvalidRequest, quote
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
-from polystack.server import onnxruntime_config, openvino_config, repository_agents
+from polystack.server import fil_config, onnxruntime_config, openvino_config, repository_agents
 from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
@@ -358,8 +358,12 @@ def render(
 
     reshaped = {r.name: r for r in entry.spec.reshape}
 
+    fil_dims = _fil_output_dims(entry.record)
+
     def tensor(t: TensorSpec) -> dict[str, Any]:
         shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
+        if t.name in fil_dims:  # as the config wrote them: FIL's answers leave out its dims of 1
+            shown["dims"] = fil_dims[t.name]
         r = reshaped.get(t.name)
         if r is not None and (r.model or r.batched):  # clients' dims, and the model's own as Triton's reshape (a
             # scalar's dims of 1s alone: Triton refuses an empty reshape without batching)
@@ -581,6 +585,15 @@ class ConfigFile:
     written_policy: Any = None
 
 
+def _fil_output_dims(record: ModelRecord) -> dict[str, list[int]]:
+    """A FIL model's output dims as its config gives them (with the 1s its answers leave out), by output."""
+    if record.format != "fil" or not record.settings.get("fil"):
+        return {}
+    from polystack.formats.fil import OUTPUT, FilSettings
+
+    return {OUTPUT: list(FilSettings.from_json(record.settings["fil"]).output_dims)}
+
+
 def runtime_of(text: str | None) -> str:
     """The runtime a config's ``backend`` names, where it names one polystack may choose for a model (empty:
     none, or Python's, whose models have no other); ``read`` checks the rest of the config."""
@@ -631,6 +644,9 @@ def read(
     elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
         onnxruntime_config.options((), optimization, spec.backend, spec.device)
         options = openvino_config.options(parameters, spec.device)
+    elif spec.backend == "fil":
+        onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options = fil_config.options(parameters, record.settings.get("fil"))
     else:
         options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
@@ -1642,6 +1658,8 @@ def _tensors(
                 reshapes.append(reshape)
             elif dims is not None:
                 got_dims = read_int_list(dims, f"{where}.dims")
+                if key == "output" and record.format == "fil":  # FIL answers without the dims of 1 it is given
+                    got_dims = [d for d in got_dims if d != 1]
                 model_dims = _dims(t, max_batch)
                 if not t.shape and not max_batch and got_dims:  # a scalar of the model's: Triton takes dims of 1s
                     if any(d != 1 for d in got_dims):  # Triton's words, then what to do

@@ -49,9 +49,9 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
-from polystack.formats import python_model
+from polystack.formats import fil, python_model
 from polystack.labels import file_in as label_file_in
-from polystack.server import model_config, model_files, repository_agents
+from polystack.server import fil_config, model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.ensemble import Ensemble, is_ensemble, with_labels
 from polystack.server.ensemble import read as read_ensemble
@@ -64,6 +64,7 @@ CONFIG = "config.pbtxt"
 # Triton's default file name by platform or backend, for those polystack reads (ONNX, OpenVINO IR); the others
 # are named in the refusal
 _DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx", "openvino": "model.xml"}
+# (FIL's default file is its model_type's: formats/fil.py)
 _OTHER_FILES = {
     "model.plan": "TensorRT",
     "model.pt": "PyTorch (TorchScript)",
@@ -464,6 +465,8 @@ def _register_model(
         doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
+    if doc.get("backend") == "fil":
+        return _register_fil(store, folder, name, doc, served, filename, done, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
         if asked and not isinstance(asked, str):
             raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
@@ -551,6 +554,52 @@ def _register_python(
     written = doc.get("version_policy", doc.get("versionPolicy"))
     served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
     return RepositoryModel(name, served, served_config, ran=ran)
+
+
+def _register_fil(
+    store: Store,
+    folder: Path,
+    name: str,
+    doc: dict[str, Any],
+    served: tuple[int, ...],
+    filename: str,
+    done: list[model_files.Registered],
+    shown: repository_agents.Agents,
+    ran: repository_agents.Agents,
+) -> RepositoryModel:
+    """Register the versions of a model for Triton's FIL backend: each version's tree model file and the
+    settings its config gives (``fil_config.py``) as one zip (``formats/fil.py``), served by the fil backend."""
+    settings = fil_config.settings(doc)
+    served_text = _served_config(doc)
+    labels = _label_files(folder, served_text)
+    paths = []
+    for version in served:  # every file found before anything is registered
+        path = folder / str(version) / (filename or fil.MODEL_TYPES[settings.model_type])
+        if path.is_dir():  # as FIL reads a folder: its model type's file in it
+            path = path / fil.MODEL_TYPES[settings.model_type]
+        if not path.is_file():
+            raise InvalidRequest(
+                f"{path} is not there; put the model file there (Triton's FIL backend reads "
+                f"{fil.MODEL_TYPES[settings.model_type]} for model_type {settings.model_type}), or name it with "
+                f"default_model_filename in {CONFIG}"
+            ).at_version(version)
+        paths.append((version, path))
+    for version, path in paths:
+        with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
+            packed = fil.pack(path, settings, Path(work) / "model.fil.zip")
+            try:
+                registered = model_files.register_file(
+                    store, name, packed, labels, Path(work), {packed: str(path)}, version=version, exact_labels=True,
+                    triton_io=True, label_names=model_config.label_files(served_text),
+                )  # fmt: skip
+            except PolystackError as e:
+                e.at_version(version)
+                raise
+        done.append(registered)
+    source = f"--model-repository {folder / CONFIG}"
+    written = doc.get("version_policy", doc.get("versionPolicy"))
+    config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
+    return RepositoryModel(name, served, config, ran=ran)
 
 
 def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,196 @@
+"""Tree models of Triton's FIL backend (``backend: "fil"``): an XGBoost (JSON, UBJSON or legacy binary), LightGBM
+(text) or Treelite checkpoint file with the settings its config gives (``server/fil_config.py`` reads them).
+
+FIL answers its own way, not as polystack's tree runtimes do: one FP32 input ``input__0`` [batch, features] and
+one FP32 output ``output__0`` whose values the settings decide (regression values; a binary classifier's class
+0/1 by ``threshold``, or its positive class's probability, or both classes'; a multi-class model's class index,
+or its probabilities), every dimension of 1 left out of the answer (dims [1]: [batch]). The model file and its
+settings are kept together as one zip (``fil.json`` and the file), registered from a repository folder; that
+zip registers again as it is. Treelite loads every kind of file (the library FIL itself loads them with), and
+its GTIL predicts (``backends/fil.py``).
+
+Where Triton's FIL backend trusts the config (a feature count or output width other than the model's gives
+rows read out of place, or values past the model's), the registration refuses it, naming the model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidModelFile
+from polystack.formats import ImportedModel
+from polystack.types import DType, Signature, TensorSpec
+
+NAME = "fil"
+SETTINGS = "fil.json"
+INPUT, OUTPUT = "input__0", "output__0"
+# Triton's FIL backend's serialization formats (``model_type``) and the file each reads in a version folder
+MODEL_TYPES = {
+    "xgboost": "xgboost.model",  # XGBoost's legacy binary format
+    "xgboost_json": "xgboost.json",
+    "xgboost_ubj": "xgboost.ubj",
+    "lightgbm": "model.txt",
+    "treelite_checkpoint": "checkpoint.tl",
+}
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class FilSettings:
+    """What a FIL model's config says of its answers: the file's kind, classifier or not, probabilities or
+    classes, the binary threshold, and the dims of ``input__0`` and ``output__0`` as the config lists them."""
+
+    model_type: str
+    is_classifier: bool
+    features: int
+    output_dims: tuple[int, ...]
+    predict_proba: bool = False
+    threshold: float = 0.5
+    allow_unknown_field: bool = False
+
+    @property
+    def answer_dims(self) -> tuple[int, ...]:
+        """``output__0``'s dims in an answer: the config's without its 1s, as FIL squeezes them."""
+        return tuple(d for d in self.output_dims if d != 1)
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "output_dims": list(self.output_dims)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FilSettings:
+        doc = json.loads(text)
+        return cls(**{**doc, "output_dims": tuple(doc["output_dims"])})
+
+
+def pack(model_file: Path, settings: FilSettings, out: Path) -> Path:
+    """The model file and its settings as one zip (deterministic: fixed names and times)."""
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in (
+            (SETTINGS, settings.to_json().encode()),
+            (MODEL_TYPES[settings.model_type], model_file.read_bytes()),
+        ):
+            z.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data)
+    return out
+
+
+def unpack(artifact: Path) -> tuple[FilSettings, bytes]:
+    try:
+        with zipfile.ZipFile(artifact) as z:
+            settings = FilSettings.from_json(z.read(SETTINGS).decode())
+            return settings, z.read(MODEL_TYPES[settings.model_type])
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:
+        raise InvalidModelFile(f"{artifact.name} is not a polystack FIL model archive ({e})") from None
+
+
+def sniff(path: Path) -> bool:
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return SETTINGS in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def forest(settings: FilSettings, data: bytes) -> Any:
+    """The Treelite model of ``data`` (a file of ``settings.model_type``), post-processed as FIL predicts:
+    probabilities of a multi-class model, when asked for, by softmax (or the mean of its trees' class vectors)."""
+    import treelite
+
+    with tempfile.TemporaryDirectory(prefix="polystack-fil-") as work:
+        path = Path(work) / MODEL_TYPES[settings.model_type]
+        path.write_bytes(data)
+        try:
+            model = _load(treelite, settings, path)
+        except treelite.TreeliteError as e:
+            raise InvalidModelFile(_unreadable(settings, data, e)) from None
+    header = json.loads(model.dump_as_json())
+    if settings.predict_proba and header["task_type"] == "kMultiClf":  # as FIL's TreeliteModel sets it
+        multi = "softmax" if header["leaf_vector_shape"][1] == 1 else "identity_multiclass"
+        model.get_header_accessor().set_field("postprocessor", multi)
+    return model
+
+
+def _load(treelite: Any, settings: FilSettings, path: Path) -> Any:
+    kind = settings.model_type
+    if kind == "xgboost":
+        return treelite.frontend.load_xgboost_model_legacy_binary(str(path))
+    if kind in ("xgboost_json", "xgboost_ubj"):
+        choice = "json" if kind == "xgboost_json" else "ubjson"
+        return treelite.frontend.load_xgboost_model(
+            str(path), allow_unknown_field=settings.allow_unknown_field, format_choice=choice
+        )
+    if kind == "lightgbm":
+        return treelite.frontend.load_lightgbm_model(str(path))
+    return treelite.Model.deserialize(str(path))
+
+
+def _unreadable(settings: FilSettings, data: bytes, error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    why = lines[0][:300] if lines else type(error).__name__
+    why = why.split("] ", 1)[-1]  # Treelite's log time and source file
+    hint = ""
+    head = data[:32].lstrip()
+    if settings.model_type != "xgboost_json" and head.startswith(b'{"'):
+        hint = "; it is XGBoost JSON: set model_type xgboost_json"
+    elif settings.model_type != "xgboost_ubj" and head[:1] == b"{" and b"learner" in head:
+        hint = "; it is XGBoost UBJSON (what XGBoost 2 and later write for a .model file): set model_type xgboost_ubj"
+    return f"Treelite cannot read it as model_type {settings.model_type} ({why}){hint}"
+
+
+def classes(model: Any) -> int:
+    """The values the forest gives a row: 1 (a regressor's, or a binary classifier's), or its classes."""
+    header = json.loads(model.dump_as_json())
+    return max(int(n) for n in header["num_class"]) if header["num_class"] else 1
+
+
+def check(settings: FilSettings, model: Any) -> None:
+    """Refuse settings Triton's FIL backend would answer wrongly with: another feature count than the model's,
+    an output width other than what the model gives as asked."""
+    features = int(model.num_feature)
+    if settings.features != features:
+        raise InvalidModelFile(
+            f"the config gives {INPUT} dims [{settings.features}], but the model reads {features} features; give "
+            f"dims [{features}] (Triton's FIL backend would read each row out of place)"
+        )
+    n = classes(model)
+    width = 1
+    for d in settings.output_dims:
+        width *= d
+    if settings.is_classifier and n == 1:
+        wanted: tuple[int, ...] = (1, 2) if settings.predict_proba else (1,)
+        kind = "a binary classifier's " + (
+            "probabilities: [1] (the positive class) or [2]" if settings.predict_proba else "class: [1]"
+        )
+    elif settings.is_classifier:
+        wanted = (n,) if settings.predict_proba else (1,)
+        kind = f"a {n}-class classifier's " + (f"probabilities: [{n}]" if settings.predict_proba else "class: [1]")
+    else:
+        wanted = (n,)
+        kind = f"a regressor's values: [{n}]"
+    if width not in wanted or len(settings.answer_dims) > 1:
+        raise InvalidModelFile(
+            f"the config gives {OUTPUT} dims {list(settings.output_dims)}, but {kind}; give those dims (Triton's FIL "
+            "backend would answer values past the model's)"
+        )
+
+
+def signature_of(settings: FilSettings) -> Signature:
+    return Signature(
+        inputs=(TensorSpec(INPUT, DType.FP32, (-1, settings.features)),),
+        outputs=(TensorSpec(OUTPUT, DType.FP32, (-1, *settings.answer_dims)),),
+    )
+
+
+def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
+    settings, data = unpack(path)
+    check(settings, forest(settings, data))
+    return ImportedModel(
+        format=NAME, signature=signature_of(settings), artifact=path, settings={"fil": settings.to_json()}
+    )

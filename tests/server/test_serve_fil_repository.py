@@ -1,0 +1,159 @@
+"""`polystack serve --model-repository DIR` with models for Triton's FIL backend (``backend: "fil"``): XGBoost,
+LightGBM and Treelite files answered as FIL answers (classes by threshold, probabilities, argmax, dims of 1 left
+out), checked against the frameworks' own predictions; a real server process and tritonclient (HTTP and gRPC)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from servekit import cli_server, free_port, refused_at_start
+from tritonclient.utils import InferenceServerException
+
+FEATURES = 5
+
+
+def _config(model_type: str, classifier: bool, dims: int, proba: bool = False, extra: str = "") -> str:
+    return f"""
+backend: "fil"
+max_batch_size: 64
+input [ {{ name: "input__0", data_type: TYPE_FP32, dims: [ {FEATURES} ] }} ]
+output [ {{ name: "output__0", data_type: TYPE_FP32, dims: [ {dims} ] }} ]
+instance_group [ {{ kind: KIND_CPU }} ]
+parameters [
+  {{ key: "model_type", value: {{ string_value: "{model_type}" }} }},
+  {{ key: "is_classifier", value: {{ string_value: "{str(classifier).lower()}" }} }},
+  {{ key: "predict_proba", value: {{ string_value: "{str(proba).lower()}" }} }}{extra}
+]
+dynamic_batching {{ }}
+"""
+
+
+def _data(rows: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, FEATURES)).astype(np.float32)
+    binary = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    three = binary + (x[:, 2] > 0.3).astype(int)
+    return x, binary, three
+
+
+def _folder(root: Path, name: str, config: str) -> Path:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(config)
+    return root / name / "1"
+
+
+def _repository(root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """FIL model folders of each kind, and what FIL answers for the test rows (the frameworks' predictions,
+    post-processed as FIL post-processes them)."""
+    import lightgbm as lgb
+    import treelite
+    import xgboost as xgb
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, binary, three = _data()
+    test = _data(rows=40, seed=1)[0]
+    test[3, 2] = np.nan  # a missing value: each split's default direction
+    clf = xgb.XGBClassifier(n_estimators=8, max_depth=3).fit(x, binary)
+    clf.save_model(_folder(root, "xgb_class", _config("xgboost_json", True, 1, extra=_THRESHOLD)) / "xgboost.json")
+    clf.save_model(_folder(root, "xgb_proba2", _config("xgboost_json", True, 2, proba=True)) / "xgboost.json")
+    clf.save_model(_folder(root, "xgb_proba1", _config("xgboost_json", True, 1, proba=True)) / "xgboost.json")
+    reg = xgb.XGBRegressor(n_estimators=8, max_depth=3).fit(x, x[:, 0] * 2 + x[:, 3])
+    reg.save_model(_folder(root, "xgb_reg", _config("xgboost_ubj", False, 1)) / "xgboost.ubj")
+    booster = lgb.LGBMClassifier(n_estimators=8, num_leaves=7, verbose=-1).fit(x, three).booster_
+    booster.save_model(str(_folder(root, "lgb_class", _config("lightgbm", True, 1)) / "model.txt"))
+    booster.save_model(str(_folder(root, "lgb_proba", _config("lightgbm", True, 3, proba=True)) / "model.txt"))
+    forest = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, binary)
+    checkpoint = _folder(root, "rf", _config("treelite_checkpoint", True, 2, proba=True)) / "checkpoint.tl"
+    treelite.sklearn.import_model(forest).serialize(str(checkpoint))
+    p = clf.predict_proba(test)
+    lgb_p = booster.predict(test)
+    expected = {
+        "xgb_class": (p[:, 1] > 0.3).astype(np.float32),  # strictly over the threshold: 1
+        "xgb_proba2": p.astype(np.float32),
+        "xgb_proba1": p[:, 1].astype(np.float32),  # the positive class's alone, dims [1] left out
+        "xgb_reg": reg.predict(test).astype(np.float32),
+        "lgb_class": lgb_p.argmax(axis=1).astype(np.float32),
+        "lgb_proba": lgb_p.astype(np.float32),
+        "rf": forest.predict_proba(test).astype(np.float32),
+    }
+    return expected, test
+
+
+_THRESHOLD = ',\n  { key: "threshold", value: { string_value: "0.3" } }'
+
+
+def test_fil_models_answer_as_tritons_fil_backend_does_over_http_and_grpc(tmp_path: Path) -> None:
+    expected, test = _repository(tmp_path / "models")
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", str(grpc_port), "--allow-model-control"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        for name, want in expected.items():
+            i = httpclient.InferInput("input__0", list(test.shape), "FP32")
+            i.set_data_from_numpy(test)
+            got = http.infer(name, [i]).as_numpy("output__0")
+            assert got.shape == want.shape and got.dtype == np.float32, (name, got.shape, want.shape)
+            if name == "rf":  # scikit-learn sends a missing value its own way (not the default direction)
+                got, want = np.delete(got, 3, axis=0), np.delete(want, 3, axis=0)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+            g = grpcclient.InferInput("input__0", [1, FEATURES], "FP32")
+            g.set_data_from_numpy(test[:1])
+            np.testing.assert_allclose(grpc.infer(name, [g]).as_numpy("output__0"), want[:1], rtol=1e-5, atol=1e-5)
+        assert http.get_model_metadata("xgb_class")["platform"] == "fil"
+        config = http.get_model_config("xgb_class")
+        assert config["backend"] == "fil" and config["output"][0]["dims"] == [1]  # as written; answers are [batch]
+        assert config["parameters"]["threshold"] == {"string_value": "0.3"}
+        # a load's config that changes what the model answers is refused; its threads are taken
+        with pytest.raises(InferenceServerException, match="change predict_proba"):
+            http.load_model("xgb_class", config=_json_config(config, predict_proba="true"))
+        http.load_model("xgb_class", config=_json_config(config, cpu_nthread="1"))
+        i = httpclient.InferInput("input__0", [2, FEATURES], "FP32")
+        i.set_data_from_numpy(test[:2])
+        np.testing.assert_allclose(http.infer("xgb_class", [i]).as_numpy("output__0"), expected["xgb_class"][:2])
+        with pytest.raises(InferenceServerException, match=r"unexpected shape for input .input__0.*Expected \[-1,5\], got \[2,4\]"):  # 4 features
+            wrong = httpclient.InferInput("input__0", [2, 4], "FP32")
+            wrong.set_data_from_numpy(test[:2, :4].copy())
+            http.infer("xgb_class", [wrong])
+
+
+def _json_config(config: dict[str, object], **changes: str) -> str:
+    import json
+
+    parameters = dict(config["parameters"])  # type: ignore[call-overload]
+    parameters.update({k: {"string_value": v} for k, v in changes.items()})
+    return json.dumps({**config, "parameters": parameters})
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (_config("xgboost_json", True, 1).replace('"true"', '"True"', 1), "Expected 'true' or 'false' for parameter 'is_classifier', got: 'True'"),
+        (_config("xgboost_json", True, 1).replace("is_classifier", "other_flag"), "Required parameter is_classifier not found in config"),
+        (_config("xgb_json", True, 1), "xgb_json not recognized as a valid serialization format."),
+        (_config("xgboost_json", True, 1, extra=',\n { key: "threshold", value: { string_value: "high" } }'), "Bad input for parameter threshold"),
+        (_config("xgboost_json", True, 3, proba=True), "a binary classifier's probabilities: [1] (the positive class) or [2]"),
+        (_config("xgboost_json", True, 1).replace(f"dims: [ {FEATURES} ]", "dims: [ 7 ]"), "the model reads 5 features"),
+        (_config("xgboost_ubj", True, 1), "it is XGBoost JSON: set model_type xgboost_json"),
+        (_config("lightgbm", True, 1), "Triton's FIL backend reads model.txt for model_type lightgbm"),
+        (
+            _config("xgboost_json", True, 1).replace("output [", 'output [ { name: "treeshap_output", data_type: TYPE_FP32, dims: [ 6 ] },'),
+            "treeshap_output, FIL's SHAP values, which polystack does not compute",
+        ),
+    ],
+    ids=["switch-case", "no-classifier", "model-type", "threshold", "proba-width", "features", "wrong-kind", "no-file", "shap"],
+)  # fmt: skip
+def test_fil_configs_that_cannot_answer_right_exit_2_in_fils_words(tmp_path: Path, config: str, words: str) -> None:
+    import xgboost as xgb
+
+    x, binary, _ = _data()
+    folder = _folder(tmp_path / "models", "m", config)
+    xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(x, binary).save_model(folder / "xgboost.json")
+    if "ubj" in config:
+        (folder / "xgboost.json").rename(folder / "xgboost.ubj")
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models")])
+    assert "'m'" in line and words in line, line
