@@ -115,7 +115,9 @@ def test_fil_models_answer_as_tritons_fil_backend_does_over_http_and_grpc(tmp_pa
         i = httpclient.InferInput("input__0", [2, FEATURES], "FP32")
         i.set_data_from_numpy(test[:2])
         np.testing.assert_allclose(http.infer("xgb_class", [i]).as_numpy("output__0"), expected["xgb_class"][:2])
-        with pytest.raises(InferenceServerException, match=r"unexpected shape for input .input__0.*Expected \[-1,5\], got \[2,4\]"):  # 4 features
+        with pytest.raises(
+            InferenceServerException, match=r"unexpected shape for input .input__0.*Expected \[-1,5\], got \[2,4\]"
+        ):  # 4 features
             wrong = httpclient.InferInput("input__0", [2, 4], "FP32")
             wrong.set_data_from_numpy(test[:2, :4].copy())
             http.infer("xgb_class", [wrong])
@@ -157,3 +159,22 @@ def test_fil_configs_that_cannot_answer_right_exit_2_in_fils_words(tmp_path: Pat
         (folder / "xgboost.json").rename(folder / "xgboost.ubj")
     line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models")])
     assert "'m'" in line and words in line, line
+
+
+def test_xgboosts_legacy_binary_format_is_fils_default_model_type(tmp_path: Path) -> None:
+    import shutil
+
+    fixture = Path(__file__).parent / "fil_legacy"  # written by XGBoost 1.7.6: its README says how
+    config = _config("xgboost", True, 1, proba=True).replace(
+        '  { key: "model_type", value: { string_value: "xgboost" } },\n', ""
+    )
+    shutil.copy(fixture / "xgboost.model", _folder(tmp_path / "models", "legacy", config) / "xgboost.model")
+    expected = np.load(fixture / "expected.npz")
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        i = httpclient.InferInput("input__0", list(expected["rows"].shape), "FP32")
+        i.set_data_from_numpy(expected["rows"])
+        got = client.infer("legacy", [i]).as_numpy("output__0")
+        np.testing.assert_allclose(got, expected["probability"], rtol=1e-5, atol=1e-6)
