@@ -196,6 +196,7 @@ BUILDERS: dict[str, tuple[Callable[[Path], Path], set[tuple[str, str]]]] = {
     "fn.jax": (zoo.jax_mlp, {("jax", "")}),
     "mlp.tflite": (zoo.litert_mlp, {("litert", "")}),
     "model.xml": (zoo.openvino_ir, {("openvino", "")}),
+    "model.fil.zip": (zoo.fil_xgboost, {("fil", "")}),  # Treelite's GTIL and XGBoost's own predictor
     "cnn.pt2": (
         lambda p: zoo.cnn_pt2(p, size=16),
         {("torch", ""), ("onnxruntime", "onnx"), ("openvino", "onnx+openvino-ir")},

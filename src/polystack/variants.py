@@ -99,6 +99,8 @@ def plan(record: ModelRecord) -> list[Recipe]:
                 recipes.append(Recipe("torch", device, "fp32", {"compile": True}, (), fmt))
             if native == "openvino":
                 recipes += _lower_precision(device, ())
+            if native == "fil" and _has_native_predictor(record):
+                recipes.append(Recipe("fil", device, "fp32", {"engine": "native"}, (), fmt))  # the framework's own
     if fmt != "onnx" and fmt not in TO_ONNX:
         return recipes
     to_onnx: tuple[str, ...] = () if fmt == "onnx" else ("onnx",)
@@ -115,6 +117,14 @@ def plan(record: ModelRecord) -> list[Recipe]:
         recipes.append(Recipe("openvino", device, "fp32", {"inference_precision": "f32"}, ir, "openvino"))
         recipes += _lower_precision(device, ir)
     return recipes
+
+
+def _has_native_predictor(record: ModelRecord) -> bool:
+    """Whether a FIL model's file has its framework's own predictor here (XGBoost JSON or UBJSON, LightGBM)."""
+    from polystack.formats.fil import NATIVE_TYPES, FilSettings
+
+    text = record.settings.get("fil")
+    return isinstance(text, str) and FilSettings.from_json(text).model_type in NATIVE_TYPES
 
 
 def _lower_precision(device: str, steps: tuple[str, ...]) -> list[Recipe]:
@@ -158,6 +168,8 @@ def reference_outputs(store: Store, record: ModelRecord, samples: Mapping[str, n
         raise BackendUnavailable(f"no reference runtime is known for format {record.format!r}")
     backend = registry.require(name)
     options = source_options(record, name)  # as served by default (skops: its trusted types; IR: full precision)
+    if name == "fil":
+        options = {"engine": "treelite"}  # Treelite's GTIL alone, as FIL predicts: the others are checked against it
     model = backend.load(store.artifact_path(record), record.signature, backend.parse_options(options), "cpu")
     try:
         return run(model, samples_mod.batches(samples, record.signature, VERIFY_BATCH))
@@ -208,7 +220,10 @@ def _build_all(
         reference: dict[str, np.ndarray] | None = reference_outputs(store, record, samples)
         reference_error = None
     except Exception as e:
-        reference, reference_error = None, f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}"
+        reference, reference_error = (
+            None,
+            f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}",
+        )
     # a model may refuse made-up values (a string input it parses as numbers, an index past a table): its
     # variants' reasons, and those of conversions that ran it on them (int8 calibration), say what to do
     hint = (

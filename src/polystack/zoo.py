@@ -3,7 +3,7 @@
 The tests, the demo and the benchmarks build these on the spot (random weights, no downloads):
 a torch MLP, CNN and transformer encoder saved with ``torch.export.save``; a scikit-learn pipeline
 saved with ``skops.io.dump``; XGBoost and LightGBM models saved with ``save_model``; a JAX function
-written with ``jax.export``; a LiteRT flatbuffer; OpenVINO IR. Every runtime is imported inside the function
+written with ``jax.export``; a LiteRT flatbuffer; OpenVINO IR; a model of Triton's FIL backend. Every runtime is imported inside the function
 that needs it.
 """
 
@@ -244,6 +244,20 @@ def openvino_ir(path: Path, sizes: tuple[int, ...] = (8, 16, 4), seed: int = 0) 
         onnx = mlp_onnx(Path(work) / "mlp.onnx", sizes=sizes, seed=seed)
         ov.save_model(ov.convert_model(str(onnx)), str(path), compress_to_fp16=False)
     return path
+
+
+def fil_xgboost(path: Path, n_features: int = 6, seed: int = 0) -> Path:
+    """An XGBoost binary classifier as a model of Triton's FIL backend (``formats/fil.py``): its JSON file and
+    the settings a FIL config gives it (probabilities of both classes), as one zip."""
+    import tempfile
+
+    from polystack.formats.fil import FilSettings, pack
+
+    with tempfile.TemporaryDirectory() as work:
+        model = xgboost_model(Path(work) / "xgboost.json", n_features=n_features, n_classes=2, seed=seed)
+        settings = FilSettings("xgboost_json", True, n_features, (2,), predict_proba=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pack(model, settings, path)
 
 
 def litert_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 4), seed: int = 0) -> Path:

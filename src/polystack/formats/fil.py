@@ -38,6 +38,7 @@ MODEL_TYPES = {
     "lightgbm": "model.txt",
     "treelite_checkpoint": "checkpoint.tl",
 }
+NATIVE_TYPES = ("xgboost_json", "xgboost_ubj", "lightgbm")  # files whose framework predicts here too
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
