@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polystack.backends.fil import NATIVE_ROWS, FilBackend, FilModel, FilOptions
+from polystack.backends.fil import NATIVE_FROM, FilBackend, FilModel, FilOptions
 from polystack.errors import BackendUnavailable
 from polystack.formats.fil import FilSettings, pack, signature_of
 
@@ -95,7 +95,7 @@ def test_the_frameworks_own_predictor_answers_large_batches_as_treelite_does(tmp
     settings = FilSettings(model_type, classifier, FEATURES, (width,), predict_proba=proba)
     auto, treelite = _load(tmp_path, file, settings, "auto"), _load(tmp_path, file, settings, "treelite")
     assert auto.native is not None and treelite.native is None
-    x = _rows(NATIVE_ROWS * 3, seed=1)
+    x = _rows(max(NATIVE_FROM.values()) * 3, seed=1)
     got, want = auto.infer({"input__0": x})["output__0"], treelite.infer({"input__0": x})["output__0"]
     assert got.shape == want.shape == (len(x), *settings.answer_dims)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -120,7 +120,7 @@ def test_a_categorical_lightgbm_model_is_answered_by_treelite_alone_and_says_why
         model = _load(tmp_path, tmp_path / "model.txt", settings, "auto")
     assert model.native is None  # LightGBM reads a negative or fractional code otherwise than FIL does
     assert any("Treelite runs every batch" in r.getMessage() for r in caplog.records)
-    rows = _rows(NATIVE_ROWS * 2, seed=2)
+    rows = _rows(max(NATIVE_FROM.values()) * 2, seed=2)
     want = _load(tmp_path, tmp_path / "model.txt", settings, "treelite").infer({"input__0": rows})["output__0"]
     np.testing.assert_array_equal(model.infer({"input__0": rows})["output__0"], want)
 

@@ -5,11 +5,11 @@ threshold (strictly), else 0.0; a multi-class one's is the index of its highest 
 equals); probabilities of a binary classifier asked for two columns are [1 - p, p]. On CPU only, as polystack
 has no CUDA build of FIL.
 
-GTIL is Treelite's reference predictor: fast for a few rows, slow for many (1,024 rows of a 200-tree XGBoost
-model: 10.6 ms, where XGBoost's own ``inplace_predict`` takes 2.6 ms on one thread). So, by default
+GTIL is Treelite's reference predictor: fast for a few rows, slow for many (``bench/fil.py``). So, by default
 (``engine: auto``), an XGBoost (JSON, UBJSON) or LightGBM model also gets its framework's own predictor, which
-runs batches of ``NATIVE_ROWS`` rows and more, once it has given GTIL's values (within 1e-5) on test rows at
-load; where it does not, GTIL runs everything and a warning says why. ``engine: treelite`` or ``native`` picks
+runs batches of ``NATIVE_FROM`` rows and more (XGBoost's from 64, LightGBM's every batch), once it has given
+GTIL's values (within 1e-5) on test rows at load; where it does not, GTIL runs everything and a warning says
+why. ``engine: treelite`` or ``native`` picks
 one (the variants gate checks ``native`` against GTIL, the reference)."""
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from polystack.types import Signature
 
 log = logging.getLogger("polystack.backends")
 
-NATIVE_ROWS = 64  # from this many rows a call, the framework's own predictor (GTIL is faster below)
+# from this many rows a call, the framework's own predictor: XGBoost's is slower than GTIL below (0.21 ms against
+# 0.06 at 1 row), LightGBM's faster at every size (bench/fil.py)
+NATIVE_FROM = {"xgboost_json": 64, "xgboost_ubj": 64, "lightgbm": 1}
 _CHECK_ROWS = 256
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -98,7 +100,7 @@ class FilModel:
         self.nthread = options.nthread or -1
         self.classes = classes(forest)
         self.native = native
-        self.native_from = 0 if options.engine == "native" else NATIVE_ROWS
+        self.native_from = 0 if options.engine == "native" else NATIVE_FROM[settings.model_type] if native else 0
 
     def _gtil(self, x: np.ndarray) -> np.ndarray:
         from treelite import gtil
