@@ -27,6 +27,10 @@ from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature, TensorSpec
 
+# runtimes that are Triton backends without a platform of their own: its configs of their models have an empty
+# platform, and its metadata gives the backend's name
+BACKEND_ONLY = frozenset({"python", "openvino", "fil"})
+
 
 @dataclass(frozen=True)
 class LoadSpec:
@@ -49,9 +53,9 @@ class LoadSpec:
     @property
     def platform(self) -> str:
         """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``; a Python
-        model's is ``python``, as Triton's metadata says (its config's platform is empty); OpenVINO IR's is
-        ``openvino``, a FIL model's ``fil``."""
-        if self.backend == "python" or self.backend == self.format in ("openvino", "fil"):  # IR on OpenVINO: openvino
+        model's is ``python``, as Triton's metadata says (its config's platform is empty), and so for the other
+        runtimes Triton has as backends alone (``BACKEND_ONLY``)."""
+        if self.backend in BACKEND_ONLY:
             return self.backend
         return f"{self.backend}_{self.format}".replace(".", "_")
 
@@ -160,6 +164,15 @@ def default_spec(store: Store, record: ModelRecord, backend: str | None = None, 
         device=device,
         options=source_options(record, backend),
     )
+
+
+def runtime_loads(name: str, format: str) -> bool:
+    """Whether polystack has a runtime named ``name`` that loads models of ``format`` (installed or not), one a
+    config's backend may choose."""
+    try:
+        return registry.get(name).accepts(format) and name not in ("null", "python")
+    except PolystackError:
+        return False
 
 
 def source_options(record: ModelRecord, backend: str) -> dict[str, Any]:

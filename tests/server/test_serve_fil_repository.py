@@ -146,8 +146,13 @@ def _json_config(config: dict[str, object], **changes: str) -> str:
             _config("xgboost_json", True, 1).replace("output [", 'output [ { name: "treeshap_output", data_type: TYPE_FP32, dims: [ 6 ] },'),
             "treeshap_output, FIL's SHAP values, which polystack does not compute",
         ),
+        (_config("xgboost_json", True, 1).replace("max_batch_size: 1024", "max_batch_size: 0"), "set max_batch_size 1 or more"),
+        (_config("xgboost_json", True, 1, extra=',\n { key: "cpu_nthread", value: { } }'), "'cpu_nthread' has no string_value"),
     ],
-    ids=["switch-case", "no-classifier", "model-type", "threshold", "proba-width", "features", "wrong-kind", "no-file", "shap"],
+    ids=[
+        "switch-case", "no-classifier", "model-type", "threshold", "proba-width", "features", "wrong-kind", "no-file",
+        "shap", "no-batch", "no-string",
+    ],
 )  # fmt: skip
 def test_fil_configs_that_cannot_answer_right_exit_2_in_fils_words(tmp_path: Path, config: str, words: str) -> None:
     import xgboost as xgb
@@ -178,3 +183,75 @@ def test_xgboosts_legacy_binary_format_is_fils_default_model_type(tmp_path: Path
         i.set_data_from_numpy(expected["rows"])
         got = client.infer("legacy", [i]).as_numpy("output__0")
         np.testing.assert_allclose(got, expected["probability"], rtol=1e-5, atol=1e-6)
+
+
+ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 1024
+input [ { name: "ROWS", data_type: TYPE_FP32, dims: [ 5 ] } ]
+output [ { name: "PRED", data_type: TYPE_FP32, dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "reg", model_version: -1, input_map { key: "input__0" value: "ROWS" } output_map { key: "output__0" value: "PRED" } }
+] }
+"""
+
+
+def test_a_fil_model_whose_output_dims_are_1_serves_in_an_ensemble_as_triton_checks_it(tmp_path: Path) -> None:
+    import xgboost as xgb
+
+    x, _, _ = _data()
+    reg = xgb.XGBRegressor(n_estimators=4, max_depth=3).fit(x, x[:, 0] - x[:, 1])
+    reg.save_model(_folder(tmp_path / "models", "reg", _config("xgboost_json", False, 1)) / "xgboost.json")
+    _folder(tmp_path / "models", "ens", ENSEMBLE)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        i = httpclient.InferInput("ROWS", [3, FEATURES], "FP32")
+        i.set_data_from_numpy(x[:3])
+        got = client.infer("ens", [i]).as_numpy("PRED")  # the ensemble's dims [1] as FIL's config's: [batch] back
+        np.testing.assert_allclose(got, reg.predict(x[:3]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_load_with_files_takes_a_fil_models_file_with_its_config(tmp_path: Path) -> None:
+    import json
+
+    import xgboost as xgb
+
+    x, binary, _ = _data()
+    clf = xgb.XGBClassifier(n_estimators=4, max_depth=3).fit(x, binary)
+    clf.save_model(tmp_path / "xgboost.json")
+    config = {
+        "backend": "fil", "max_batch_size": 64,
+        "input": [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [FEATURES]}],
+        "output": [{"name": "output__0", "data_type": "TYPE_FP32", "dims": [2]}],
+        "parameters": {k: {"string_value": v} for k, v in
+                       {"model_type": "xgboost_json", "is_classifier": "true", "predict_proba": "true"}.items()},
+    }  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "empty"), "--model-control-mode", "explicit", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        files = {"file:1/xgboost.json": (tmp_path / "xgboost.json").read_bytes()}
+        client.load_model("fil", config=json.dumps(config), files=files)
+        i = httpclient.InferInput("input__0", [4, FEATURES], "FP32")
+        i.set_data_from_numpy(x[:4])
+        np.testing.assert_allclose(client.infer("fil", [i]).as_numpy("output__0"), clf.predict_proba(x[:4]), rtol=1e-5)
+        assert client.get_model_config("fil")["platform"] == ""  # as Triton shows a backend's model
+
+
+def test_an_xgboost_json_treelite_cannot_read_says_why_without_a_wrong_hint(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "models", "m", _config("xgboost_json", True, 1))
+    (folder / "xgboost.json").write_text('{"learner": {"attributes": {}, "feature_names": []')  # cut short
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models")])
+    assert "Treelite cannot read it as model_type xgboost_json" in line and "set model_type" not in line, line
+
+
+def test_fil_numbers_without_a_number_take_their_default_as_fil_does(tmp_path: Path) -> None:
+    from polystack.server import fil_config
+
+    answers, threads = fil_config.read({"is_classifier": "false", "cpu_nthread": "all", "chunk_size": "auto"})
+    assert threads is None and answers["threshold"] == 0.5  # FIL's defaults: every core, and a regressor's 0.5
+    answers, threads = fil_config.read({"is_classifier": "true", "threshold": "0.3abc", "cpu_nthread": "2 cores"})
+    assert answers["threshold"] == 0.3 and threads == 2  # a C++ stream's leading number

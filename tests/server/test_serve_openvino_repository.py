@@ -71,10 +71,11 @@ def test_openvino_models_of_a_triton_repository_are_served_by_openvino_as_their_
         np.testing.assert_allclose(_infer(client, "plain", x), _expected(plain_source, x), rtol=1e-5, atol=1e-5)
         # bf16, as HINT_BF16 asks: close, not exact
         np.testing.assert_allclose(_infer(client, "onnx_ov", x), _expected(onnx, x), rtol=0.05, atol=0.05)
+        # as Triton shows a backend's model: its name in metadata, an empty platform in its config
         assert client.get_model_metadata("ir")["platform"] == "openvino"
-        assert client.get_model_metadata("onnx_ov")["platform"] == "openvino_onnx"
+        assert client.get_model_metadata("onnx_ov")["platform"] == "openvino"
         config = client.get_model_config("ir")
-        assert config["backend"] == "openvino" and config["max_batch_size"] == 8
+        assert config["backend"] == "openvino" and config["platform"] == "" and config["max_batch_size"] == 8
         assert config["parameters"]["NUM_STREAMS"] == {"string_value": "2"}
         assert client.get_model_config("onnx_ov")["backend"] == "openvino"  # its ONNX file, on OpenVINO
         assert client.get_model_config("plain")["backend"] == "openvino"
@@ -140,7 +141,7 @@ def test_a_loads_config_backend_chooses_the_runtime_among_those_polystack_has_fo
         assert client.get_model_config("mlp")["backend"] == "onnxruntime"
         client.load_model("mlp", config=json.dumps({"backend": "openvino"}))
         assert client.get_model_config("mlp")["backend"] == "openvino"
-        assert client.get_model_metadata("mlp")["platform"] == "openvino_onnx"
+        assert client.get_model_metadata("mlp")["platform"] == "openvino"
         np.testing.assert_allclose(_infer(client, "mlp", x), _expected(onnx, x), rtol=1e-5, atol=1e-5)
         client.load_model("mlp", config=json.dumps({"backend": "onnxruntime"}))
         assert client.get_model_config("mlp")["backend"] == "onnxruntime"
@@ -155,3 +156,49 @@ def test_a_loads_config_backend_chooses_the_runtime_among_those_polystack_has_fo
             client.load_model("mlp", config=json.dumps({"backend": "fil"}))
         assert client.get_model_config("mlp")["backend"] == "onnxruntime"  # a refused load changes nothing
         np.testing.assert_allclose(_infer(client, "mlp", x), _expected(onnx, x), rtol=1e-5, atol=1e-5)
+
+
+def test_openvino_says_why_it_cannot_read_an_ir_and_a_fixed_batch_of_1_is_named(tmp_path: Path) -> None:
+    import openvino as ov
+
+    root = tmp_path / "models"
+    _ir(root / "ir" / "1", seed=1)
+    weights = root / "ir" / "1" / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated: OpenVINO's reason, not a word of custom layers
+    (root / "ir" / "config.pbtxt").write_text('backend: "openvino"\n')
+    line = refused_at_start(tmp_path, ["--model-repository", str(root)])
+    assert "Incorrect weights in bin file" in line and "custom layers" not in line, line
+    static = tmp_path / "static"
+    _ir(static / "src" / "1", seed=2)
+    model = ov.Core().read_model(str(static / "src" / "1" / "model.xml"))
+    model.reshape({"x": [1, 16]})  # a batch fixed at 1, as many converted models have
+    ov.save_model(model, str(static / "m" / "1" / "model.xml"), compress_to_fp16=False)
+    (static / "m" / "config.pbtxt").write_text('backend: "openvino"\nmax_batch_size: 4\n')
+    (static / "src").rename(tmp_path / "elsewhere")
+    line = refused_at_start(tmp_path / "second", ["--model-repository", str(static)])
+    assert "'x' fixes its first dim at 1" in line and "openvino.Model.reshape" in line, line
+
+
+def test_a_load_with_files_takes_openvino_ir_as_its_two_files(tmp_path: Path) -> None:
+    source = _ir(tmp_path / "ir" / "1", seed=5)
+    files = {f"file:1/{name}": (tmp_path / "ir" / "1" / name).read_bytes() for name in ("model.xml", "model.bin")}
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "empty"), "--model-control-mode", "explicit", "--grpc-port", "-1"]
+    (tmp_path / "empty").mkdir()
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client.load_model("ir", config=json.dumps({"backend": "openvino", "parameters": {}}), files=files)
+        x = np.ones((2, 16), np.float32)
+        np.testing.assert_allclose(_infer(client, "ir", x), _expected(source, x), rtol=1e-5, atol=1e-5)
+
+
+def test_num_streams_0_leaves_the_streams_to_openvino_as_triton_takes_it(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    _ir(root / "ir" / "1", seed=1)
+    (root / "ir" / "config.pbtxt").write_text(
+        'backend: "openvino"\nparameters [ { key: "NUM_STREAMS", value: { string_value: "0" } } ]\n'
+    )
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(root), "--grpc-port", "-1"], port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert _infer(client, "ir", np.ones((1, 16), np.float32)).shape == (1, 4)

@@ -55,7 +55,7 @@ def from_ov_device(name: str) -> str:
 
 def pack_ir(xml: Path, weights: Path, out: Path) -> Path:
     """Write the IR pair as one uncompressed tar (deterministic: fixed names, times and owners)."""
-    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:  # PAX: weights of 8 GiB and more too
         for src, arcname in ((xml, IR_XML), (weights, IR_BIN)):
             info = tarfile.TarInfo(arcname)
             info.size = src.stat().st_size
@@ -64,6 +64,14 @@ def pack_ir(xml: Path, weights: Path, out: Path) -> Path:
             with open(src, "rb") as f:
                 tar.addfile(info, f)
     return out
+
+
+def reason_of(error: BaseException) -> str:
+    """The line of an OpenVINO exception that says why: not those that say where (``Exception from ...:84:``,
+    ``Check '...' failed at ...``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(error).__name__])[0][:300]
 
 
 def read_ir(core: Any, artifact: Path) -> Any:
@@ -168,7 +176,7 @@ class OpenVinoBackend(Backend):
         except InvalidModelFile:
             raise
         except Exception as e:
-            raise InvalidModelFile(f"OpenVINO cannot read this model: {str(e).splitlines()[0][:300]}") from e
+            raise InvalidModelFile(f"OpenVINO cannot read this model: {reason_of(e)}") from e
         config: dict[str, Any] = {}
         if options.inference_precision:
             config["INFERENCE_PRECISION_HINT"] = options.inference_precision
@@ -183,7 +191,7 @@ class OpenVinoBackend(Backend):
         try:
             compiled = core.compile_model(model, to_ov_device(device, core.available_devices), config)
         except Exception as e:
-            raise InvalidModelFile(f"OpenVINO cannot compile this model for {device}: {str(e)[:300]}") from e
+            raise InvalidModelFile(f"OpenVINO cannot compile this model for {device}: {reason_of(e)}") from e
         return OpenVinoModel(compiled, signature)
 
 

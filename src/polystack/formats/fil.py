@@ -134,13 +134,15 @@ def _load(treelite: Any, settings: FilSettings, path: Path) -> Any:
 
 def _unreadable(settings: FilSettings, data: bytes, error: Exception) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
-    why = lines[0][:300] if lines else type(error).__name__
-    why = why.split("] ", 1)[-1]  # Treelite's log time and source file
+    why = " ".join(" ".join(lines).split("] ", 1)[-1].split())  # without Treelite's log time
+    if len(why) > 500:
+        why = why[:500].rsplit(" ", 1)[0] + " ..."
     hint = ""
     head = data[:32].lstrip()
+    ubjson = head[:1] == b"{" and head[1:2] in (b"L", b"l", b"i", b"I", b"U", b"$", b"#") and b"learner" in head
     if settings.model_type != "xgboost_json" and head.startswith(b'{"'):
         hint = "; it is XGBoost JSON: set model_type xgboost_json"
-    elif settings.model_type != "xgboost_ubj" and head[:1] == b"{" and b"learner" in head:
+    elif settings.model_type != "xgboost_ubj" and ubjson:
         hint = "; it is XGBoost UBJSON (what XGBoost 2 and later write for a .model file): set model_type xgboost_ubj"
     return f"Treelite cannot read it as model_type {settings.model_type} ({why}){hint}"
 
@@ -187,6 +189,19 @@ def signature_of(settings: FilSettings) -> Signature:
         inputs=(TensorSpec(INPUT, DType.FP32, (-1, settings.features)),),
         outputs=(TensorSpec(OUTPUT, DType.FP32, (-1, *settings.answer_dims)),),
     )
+
+
+def as_configured(signature: Signature, settings_json: str | None) -> Signature:
+    """A FIL model's ``signature`` with its output's dims as its config gives them (the 1s its answers leave
+    out kept), as Triton checks an ensemble against its steps' configs; others' as they are."""
+    if not settings_json:
+        return signature
+    dims = FilSettings.from_json(settings_json).output_dims
+    outputs = tuple(
+        dataclasses.replace(t, shape=(-1, *dims)) if t.name == OUTPUT and t.shape[:1] == (-1,) else t
+        for t in signature.outputs
+    )
+    return dataclasses.replace(signature, outputs=outputs)
 
 
 def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:

@@ -80,7 +80,7 @@ def read(path: Path) -> Any:
     """The ``openvino.Model`` of a stored IR tar or of an ``.xml`` with its weights beside it."""
     import openvino as ov
 
-    from polystack.backends.openvino import read_ir
+    from polystack.backends.openvino import read_ir, reason_of
 
     core = ov.Core()
     try:
@@ -89,11 +89,12 @@ def read(path: Path) -> Any:
         return core.read_model(str(path), str(weights_of(path)))
     except InvalidModelFile:
         raise
-    except Exception as e:  # openvino's RuntimeError and friends: the first line says what
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    except Exception as e:  # openvino's RuntimeError and friends
+        why = reason_of(e)
+        custom = "opset" in why or "Cannot create" in why  # an operation OpenVINO does not have: a custom layer
         raise InvalidModelFile(
-            f"OpenVINO cannot read {path.name} ({first}); save it again with openvino.save_model, without custom "
-            "layers (polystack loads no extension libraries)"
+            f"OpenVINO cannot read {path.name} ({why}); save it again with openvino.save_model"
+            + (", without custom layers (polystack loads no extension libraries)" if custom else "")
         ) from None
 
 
@@ -109,5 +110,6 @@ def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
         )
     model = read(path)
     signature = signature_of(model)
+    workdir.mkdir(parents=True, exist_ok=True)
     artifact = path if tarfile.is_tarfile(path) else pack_ir(path, weights_of(path), workdir / "model.openvino.tar")
     return ImportedModel(format=NAME, signature=signature, artifact=artifact)

@@ -9,6 +9,7 @@ loop; ``run`` adds signal handling (SIGTERM/SIGINT: readiness false, drain, exit
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread
 import contextlib
 import dataclasses
 import functools
@@ -25,7 +26,7 @@ from typing import Any
 
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.batching.rate_limiter import RateLimiter
-from polystack.engine import Engine, LoadSpec, default_spec, with_concurrency, without_runtime_pinning
+from polystack.engine import Engine, LoadSpec, default_spec, runtime_loads, with_concurrency, without_runtime_pinning
 from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
@@ -66,16 +67,6 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
             extra={"model": record.name, "version": record.version, "profile": profile},
         )
     return default_spec(store, record)
-
-
-def runtime_loads(name: str, format: str) -> bool:
-    """Whether polystack has a runtime named ``name`` that loads models of ``format`` (installed or not)."""
-    from polystack.backends import registry
-
-    try:
-        return registry.get(name).accepts(format) and name not in ("null", "python")
-    except PolystackError:
-        return False
 
 
 def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
@@ -751,6 +742,11 @@ def _exit_past_threads_left() -> None:
         main = threading.main_thread()
         return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
 
+    # idle workers of thread pools (a library's: OpenVINO's telemetry starts one at import) end now, as they would
+    # at the interpreter's exit, whose hook this is (a private one: where it is gone, they get the grace too)
+    stop_pools = getattr(concurrent.futures.thread, "_python_exit", None)
+    if callable(stop_pools):
+        stop_pools()
     deadline = time.monotonic() + EXIT_GRACE_S
     for thread in left():
         thread.join(max(0.0, deadline - time.monotonic()))

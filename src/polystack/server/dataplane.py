@@ -67,6 +67,7 @@ from polystack.errors import (
     VersionNotFound,
     quote,
 )
+from polystack.formats import fil
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
@@ -900,7 +901,8 @@ class DataPlane:
                 if self.repository is not None and self.repository.folder(step.model) is None:
                     raise StepNotServed(text) from None  # a model no folder has: Triton's readiness does not count it
                 raise InvalidRequest(text) from None
-            return ensemble.Served(entry.entry.signature, self._max_batch(entry))
+            configured = fil.as_configured(entry.entry.signature, entry.entry.record.settings.get("fil"))
+            return ensemble.Served(configured, self._max_batch(entry))
 
         ensemble.check(pipeline, served)
         stateful = self._stateful(pipeline)
@@ -945,6 +947,7 @@ class DataPlane:
                     )
                 plan = self._plan(ModelRef(step.model, version), None)
                 sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
+                sig = fil.as_configured(sig, plan.record.settings.get("fil"))  # as its config gives it
                 limit = spec.max_batch_size or 0
                 if plan.policy is not None and not plan.policy.merge:  # max_batch_size 0: no row limit, as served
                     return ensemble.Served(sig, 0)

@@ -42,9 +42,11 @@ def parameters_of(doc: Mapping[str, Any]) -> dict[str, str]:
         raise InvalidRequest('parameters must be an object of {name: {"string_value": ...}}')
     out = {}
     for key, value in given.items():
-        text = value.get("string_value", value.get("stringValue", "")) if isinstance(value, Mapping) else None
-        if not isinstance(text, str):
-            raise InvalidRequest(f"parameter {quote(key)} must be a message with a string_value")
+        text = value.get("string_value", value.get("stringValue")) if isinstance(value, Mapping) else None
+        if not isinstance(text, str):  # FIL reads each parameter's string_value
+            raise InvalidRequest(
+                f"parameter {quote(key)} has no string_value, which Triton's FIL backend reads; give one"
+            )
         out[str(key)] = text
     return out
 
@@ -60,24 +62,27 @@ def _switch(given: Mapping[str, str], name: str, default: bool | None) -> bool:
     return text == "true"
 
 
-def _number(given: Mapping[str, str], name: str, default: float, whole: bool = False) -> float:
-    if name not in given:
-        return default
-    found = (_WHOLE if whole else _NUMBER).match(given[name])  # a C++ stream reads the leading number
-    if found is None:
-        raise InvalidRequest(f"Bad input for parameter {name}; give a number, not {quote(given[name])}")
-    return int(found.group()) if whole else float(found.group())
+def _number(given: Mapping[str, str], name: str, default: float | None, whole: bool = False) -> float:
+    """A number as FIL reads one (a C++ stream's leading number); where there is none, the default, and where
+    the parameter has none, FIL's refusal."""
+    found = (_WHOLE if whole else _NUMBER).match(given[name]) if name in given else None
+    if found is not None:
+        return int(found.group()) if whole else float(found.group())
+    if default is None or (name in given and name == "threshold"):  # FIL's code requires a threshold
+        raise InvalidRequest(f"Bad input for parameter {name}; give a number, not {quote(given.get(name, ''))}")
+    return default
 
 
-def read(pairs: Sequence[tuple[str, str]] | Mapping[str, str]) -> tuple[dict[str, Any], int | None]:
+def read(pairs: Sequence[tuple[str, str]] | Mapping[str, str], warn: bool = True) -> tuple[dict[str, Any], int | None]:
     """The answering settings the parameters give (FilSettings' fields but the dims), and the threads
-    (``cpu_nthread``; None: every core), refused in FIL's words where FIL refuses them."""
+    (``cpu_nthread``; None: every core), refused in FIL's words where FIL refuses them; ``warn``: say which
+    parameters Triton 25.09 removed (once, where the model is registered)."""
     given = dict(pairs.items() if isinstance(pairs, Mapping) else pairs)
     for old, new in _REMOVED.items():
-        if given.get(old):
+        if given.get(old) and warn:
             log.warning(f"the FIL parameter {old} was removed in Triton 25.09; set {new} instead")
     for old in _GONE:
-        if given.get(old):
+        if given.get(old) and warn:
             log.warning(f"the FIL parameter {old} was removed in Triton 25.09; it changes nothing")
     model_type = given.get("model_type", "xgboost")
     if model_type not in MODEL_TYPES:  # FIL's words, then what to do
@@ -128,6 +133,11 @@ def settings(doc: Mapping[str, Any]) -> FilSettings:
             f"its config lists {SHAP}, FIL's SHAP values, which polystack does not compute; leave it out"
         )
     answers, _ = read(parameters_of(doc))
+    if not doc.get("max_batch_size"):  # FIL reads rows: its input's dims are [features], the batch before them
+        raise InvalidRequest(
+            "its config sets no max_batch_size, which Triton's FIL backend needs (its inputs are rows: "
+            f"{INPUT} dims [features], the batch before them); set max_batch_size 1 or more"
+        )
     features = _dims(doc, "input", INPUT)
     if len(features) != 1 or features[0] < 1:
         raise InvalidRequest(f"{INPUT} has dims {list(features)}; give [features], the model's feature count")
@@ -137,7 +147,7 @@ def settings(doc: Mapping[str, Any]) -> FilSettings:
 def options(pairs: Sequence[tuple[str, str]], registered: str | None) -> dict[str, Any]:
     """The fil backend's options for a load's config ``pairs``, whose answering settings must be those the
     model was registered with (``registered``, FilSettings' JSON): they decide its outputs."""
-    answers, threads = read(pairs)
+    answers, threads = read(pairs, warn=False)
     if registered:
         before = FilSettings.from_json(registered)
         changed = sorted(k for k, v in answers.items() if getattr(before, k) != v)

@@ -44,7 +44,7 @@ from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from polystack.batching.policy import MAX_INSTANCES
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.batching.sequence import Control, SequencePolicy, State
-from polystack.engine import LoadedEntry, LoadSpec
+from polystack.engine import BACKEND_ONLY, LoadedEntry, LoadSpec, runtime_loads
 from polystack.errors import InvalidRequest, quote
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
@@ -386,7 +386,7 @@ def render(
     device = entry.spec.device
     config: dict[str, Any] = {
         "name": entry.name,
-        "platform": "" if entry.spec.backend == "python" else entry.spec.platform,  # as Triton's config of one
+        "platform": "" if entry.spec.backend in BACKEND_ONLY else entry.spec.platform,  # as Triton's config of one
         "backend": entry.spec.backend,
         "max_batch_size": max_batch,
         "input": inputs,
@@ -594,16 +594,22 @@ def _fil_output_dims(record: ModelRecord) -> dict[str, list[int]]:
     return {OUTPUT: list(FilSettings.from_json(record.settings["fil"]).output_dims)}
 
 
+# what Triton names every ONNX file's runtime: a config that says so leaves the runtime to polystack's plan, as a
+# repository's config does (model_repository.py leaves it out)
+_DEFAULT_RUNTIME = {"onnxruntime", "onnxruntime_onnx"}
+
+
 def runtime_of(text: str | None) -> str:
     """The runtime a config's ``backend`` names, where it names one polystack may choose for a model (empty:
-    none, or Python's, whose models have no other); ``read`` checks the rest of the config."""
+    none, ONNX Runtime, which Triton names for every ONNX file, or Python's, whose models have no other);
+    ``read`` checks the rest of the config."""
     if not text:
         return ""
     try:
         backend = read_string(parse_config(text), "backend", "config")
     except InvalidRequest:
         return ""  # ``read`` says what is wrong with it
-    return "" if backend in ("", "python") else backend
+    return "" if backend in ("", "python") or backend in _DEFAULT_RUNTIME else backend
 
 
 def read(
@@ -627,7 +633,14 @@ def read(
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
+        if theirs in _DEFAULT_RUNTIME and record.format == "onnx":
+            continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
+            if key == "backend" and not runtime_loads(theirs, record.format):
+                raise InvalidRequest(
+                    f"the config asks for backend {quote(theirs)}, which polystack has no runtime of for {record.name!r}"
+                    f" (a {record.format} model, which it runs as {ours!r}); leave platform and backend out"
+                )
             raise InvalidRequest(
                 f"the config asks for {key} {quote(theirs)}, but polystack runs {record.name!r} as {ours!r} (its plan "
                 "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
@@ -653,9 +666,15 @@ def read(
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
     if max_batch and not batched:
+        fixed = [t.name for t in record.signature.inputs if t.shape[:1] == (1,)]
         raise InvalidRequest(
-            f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input; "
-            "set max_batch_size 0"
+            f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input"
+            + (
+                f" ({', '.join(map(repr, fixed))} fixes its first dim at 1); save the model with a dynamic first dim "
+                "(OpenVINO IR: openvino.Model.reshape with -1 there, before openvino.save_model), or set max_batch_size 0"
+                if fixed
+                else "; set max_batch_size 0"
+            )
         )
     if limit and batched and max_batch is not None and not 1 <= max_batch <= limit:
         raise InvalidRequest(
@@ -770,7 +789,7 @@ def read(
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
             "autofilled max_batch_size, as Triton's auto-complete does: the model can batch and its config gives "
-            "none; set max_batch_size in its config (or serve --backend-config onnxruntime,default-max-batch-size=N) "
+            "none; set max_batch_size in its config (or serve --backend-config default-max-batch-size=N) "
             "for larger batches",
             extra={"model": record.name, "max_batch_size": autofilled},
         )

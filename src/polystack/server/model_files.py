@@ -24,9 +24,9 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
-from polystack.formats import IMPORTERS, import_model, python_model
+from polystack.formats import IMPORTERS, fil, import_model, python_model
 from polystack.labels import label_settings, parse_label_options
-from polystack.server import model_config
+from polystack.server import fil_config, model_config
 from polystack.store import ModelRecord, Store
 
 log = logging.getLogger("polystack.server")
@@ -36,8 +36,8 @@ PREFIX = "file:"
 # its bytes (a version file rewritten in place); a row registered another way first never gets it
 FROM_FILES = "from_triton_files"
 _WHERE = (
-    "the model file as file:<version>/<name> (file:1/model.onnx), label files beside it as file:<name> (or in a "
-    "folder: file:labels/<name>)"
+    "the model file as file:<version>/<name> (file:1/model.onnx; OpenVINO IR as file:1/model.xml with "
+    "file:1/model.bin), label files beside it as file:<name> (or in a folder: file:labels/<name>)"
 )
 
 
@@ -49,6 +49,7 @@ class ModelFiles:
     model_path: str
     model: bytes
     labels: dict[str, bytes]
+    beside: tuple[tuple[str, bytes], ...] = ()  # files the model reads beside it (OpenVINO IR's weights)
 
     @property
     def model_name(self) -> str:
@@ -61,7 +62,7 @@ class ModelFiles:
 
     def by_path(self) -> dict[str, bytes]:
         """The files by their path in the folder Triton makes of them (``1/model.onnx``, ``labels.txt``)."""
-        return {self.model_path: self.model, **self.labels}
+        return {self.model_path: self.model, **dict(self.beside), **self.labels}
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ def read(parameters: Mapping[str, Any]) -> ModelFiles:
                 f"load parameters {quote(PREFIX + clash)} and {quote(PREFIX + label)} name {quote(clash)} as a file and "
                 "as a folder; rename one"
             )
+    ir = sorted(models, key=lambda m: not m[0].endswith(".xml"))  # OpenVINO IR: model.xml and its weights
+    if len(ir) == 2 and ir[0][0].endswith(".xml") and ir[1][0] == ir[0][0].removesuffix(".xml") + ".bin":
+        return ModelFiles(ir[0][0], ir[0][1], labels, beside=(ir[1],))
     if len(models) != 1:
         found = f"{len(models)} model files ({', '.join(quote(PREFIX + p) for p, _ in models)})" if models else "none"
         raise InvalidRequest(
@@ -228,6 +232,10 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
         (where / "model").mkdir()
         path = where / "model" / files.model_name  # its own folder: a file named "import" or "labels" is fine
         path.write_bytes(files.model)
+        for beside, data in files.beside:  # IR's weights, where OpenVINO reads them
+            (where / "model" / beside.partition("/")[2]).write_bytes(data)
+        if model_config.runtime_of(config) == "fil":  # Triton's FIL backend's file: packed with its settings
+            path = fil.pack(path, fil_config.settings(model_config.parse_config(config)), where / "model.fil.zip")
         labels: dict[str, Path] = {}
         if named:
             (where / "labels").mkdir()

@@ -474,7 +474,7 @@ def _register_model(
             raise InvalidRequest(
                 f"its config asks for {quote(asked)}, which polystack does not run from a repository; export the "
                 "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime), or "
-                "to OpenVINO IR as model.xml and model.bin with backend openvino"
+                "to OpenVINO IR as model.xml and model.bin with backend openvino (a tree model: backend fil)"
             )
     served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
     labels = _label_files(folder, served_text)

@@ -44,9 +44,9 @@ def options(parameters: Sequence[tuple[str, str]], device: str) -> dict[str, Any
     if onnx_only:
         raise InvalidRequest(
             f"the config sets {', '.join(f'parameter {quote(k)}' for k in onnx_only)} of Triton's ONNX Runtime "
-            "backend, but polystack serves this model with 'openvino' (as the config's backend, its plan or the "
-            "default variant says); leave them out, or set the OpenVINO backend's (NUM_STREAMS, "
-            "INFERENCE_NUM_THREADS, PERFORMANCE_HINT, HINT_BF16)"
+            "backend, but polystack serves this model with 'openvino' (a config's backend openvino chose it, or else "
+            "its plan for this profile: a backend onnxruntime leaves the runtime to the plan); leave them out, or set "
+            "the OpenVINO backend's (NUM_STREAMS, INFERENCE_NUM_THREADS, PERFORMANCE_HINT, HINT_BF16)"
         )
     ignored = sorted(k for k, _ in parameters if k not in PARAMETERS)
     if ignored:  # Triton's backend reads its own names only
@@ -83,12 +83,13 @@ def options(parameters: Sequence[tuple[str, str]], device: str) -> dict[str, Any
         elif key == "NUM_STREAMS":
             if value in ("auto", "numa"):
                 out["num_streams"] = value.upper()
-            elif value.isdigit() and 0 < int(value) <= _MAX_THREADS:
-                out["num_streams"] = int(value)
+            elif value.isdigit() and int(value) <= _MAX_THREADS:
+                if int(value):  # 0: OpenVINO's own choice, as it takes it
+                    out["num_streams"] = int(value)
             else:
                 raise InvalidRequest(
                     f"expected the parameter '{key}' to be either AUTO/NUMA/<int_value>, got {value}; give a number "
-                    f"of streams from 1 to {_MAX_THREADS}, or AUTO"
+                    f"of streams up to {_MAX_THREADS}, or AUTO"
                 )
         elif key == "PERFORMANCE_HINT":
             if value not in _HINTS:
