@@ -220,10 +220,7 @@ def _build_all(
         reference: dict[str, np.ndarray] | None = reference_outputs(store, record, samples)
         reference_error = None
     except Exception as e:
-        reference, reference_error = (
-            None,
-            f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}",
-        )
+        reference, reference_error = None, f"the reference ({NATIVE.get(record.format)}) could not run: {_first_line(e)}"
     # a model may refuse made-up values (a string input it parses as numbers, an index past a table): its
     # variants' reasons, and those of conversions that ran it on them (int8 calibration), say what to do
     hint = (

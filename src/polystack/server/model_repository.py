@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,7 +466,7 @@ def _register_model(
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     if doc.get("backend") == "fil":
-        return _register_fil(store, folder, name, doc, served, filename, done, shown, ran)
+        return _register_fil(store, folder, name, doc, served, filename, done, rules, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
         if asked and not isinstance(asked, str):
             raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
@@ -539,17 +539,11 @@ def _register_python(
     labels = _label_files(folder, served_text)
     config = {**doc, "name": name}
     for version in served:
-        with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
-            packed = python_model.pack(folder, version, name, config, file, Path(work) / "model.zip")
-            try:
-                registered = model_files.register_file(
-                    store, name, packed, labels, Path(work), {packed: str(folder / str(version))}, version=version,
-                    exact_labels=True, triton_io=True, label_names=model_config.label_files(served_text),
-                )  # fmt: skip
-            except PolystackError as e:
-                e.at_version(version)
-                raise
-        done.append(registered)
+
+        def pack(work: Path, version: int = version) -> Path:
+            return python_model.pack(folder, version, name, config, file, work / "model.zip")
+
+        done.append(_register_packed(store, name, version, pack, str(folder / str(version)), labels, served_text))
     source = f"--model-repository {rules.config_path(folder)}"
     written = doc.get("version_policy", doc.get("versionPolicy"))
     served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
@@ -564,6 +558,7 @@ def _register_fil(
     served: tuple[int, ...],
     filename: str,
     done: list[model_files.Registered],
+    rules: FolderRules,
     shown: repository_agents.Agents,
     ran: repository_agents.Agents,
 ) -> RepositoryModel:
@@ -585,21 +580,38 @@ def _register_fil(
             ).at_version(version)
         paths.append((version, path))
     for version, path in paths:
-        with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
-            packed = fil.pack(path, settings, Path(work) / "model.fil.zip")
-            try:
-                registered = model_files.register_file(
-                    store, name, packed, labels, Path(work), {packed: str(path)}, version=version, exact_labels=True,
-                    triton_io=True, label_names=model_config.label_files(served_text),
-                )  # fmt: skip
-            except PolystackError as e:
-                e.at_version(version)
-                raise
-        done.append(registered)
-    source = f"--model-repository {folder / CONFIG}"
+
+        def pack(work: Path, path: Path = path) -> Path:
+            return fil.pack(path, settings, work / "model.fil.zip")
+
+        done.append(_register_packed(store, name, version, pack, str(path), labels, served_text))
+    source = f"--model-repository {rules.config_path(folder)}"
     written = doc.get("version_policy", doc.get("versionPolicy"))
     config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
     return RepositoryModel(name, served, config, ran=ran)
+
+
+def _register_packed(
+    store: Store,
+    name: str,
+    version: int,
+    pack: Callable[[Path], Path],
+    shown: str,
+    labels: Mapping[str, Path],
+    served_text: str,
+) -> model_files.Registered:
+    """Register one version of a model whose files the store keeps packed as one (a Python model's folder, a FIL
+    model's file and settings): ``pack`` writes it in the work folder it is given; errors name it as ``shown``."""
+    with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
+        packed = pack(Path(work))
+        try:
+            return model_files.register_file(
+                store, name, packed, labels, Path(work), {packed: shown}, version=version, exact_labels=True,
+                triton_io=True, label_names=model_config.label_files(served_text),
+            )  # fmt: skip
+        except PolystackError as e:
+            e.at_version(version)
+            raise
 
 
 def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tuple[str, dict[str, Any]]:
