@@ -46,6 +46,7 @@ from polystack.batching.rate_limiter import Resource, Rule
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import BACKEND_ONLY, LoadedEntry, LoadSpec, runtime_loads
 from polystack.errors import InvalidRequest, quote
+from polystack.formats import fil as fil_format
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
@@ -589,9 +590,7 @@ def _fil_output_dims(record: ModelRecord) -> dict[str, list[int]]:
     """A FIL model's output dims as its config gives them (with the 1s its answers leave out), by output."""
     if record.format != "fil" or not record.settings.get("fil"):
         return {}
-    from polystack.formats.fil import OUTPUT, FilSettings
-
-    return {OUTPUT: list(FilSettings.from_json(record.settings["fil"]).output_dims)}
+    return {fil_format.OUTPUT: list(fil_format.FilSettings.from_json(record.settings["fil"]).output_dims)}
 
 
 # what Triton names every ONNX file's runtime: a config that says so leaves the runtime to polystack's plan, as a
