@@ -78,6 +78,7 @@ def _artifact(backend: str) -> tuple[Callable[[Path], Path], str | None] | None:
         "sklearn": (lambda d: zoo.sklearn_pipeline_skops(d / "m.skops"), None),
         "litert": (lambda d: zoo.litert_mlp(d / "m.tflite"), None),
         "python": (_python_mlp, None),
+        "fil": (lambda d: zoo.fil_xgboost(d / "m.fil.zip"), None),
     }
     return known.get(backend)
 
