@@ -169,6 +169,10 @@ def _probe(name: str) -> Runtime:
             import importlib.metadata
 
             return Runtime(name, True, importlib.metadata.version("ai-edge-litert"), ["cpu"])
+        if name == "treelite":  # Triton's FIL backend's models (backends/fil.py)
+            import treelite
+
+            return Runtime(name, True, treelite.__version__, ["cpu"])
     except ImportError:
         return Runtime(name, False)
     except Exception as e:  # a runtime that imports but fails to start is reported, not fatal
@@ -176,7 +180,7 @@ def _probe(name: str) -> Runtime:
     return Runtime(name, False)
 
 
-RUNTIMES = ("onnxruntime", "openvino", "torch", "jax", "xgboost", "lightgbm", "sklearn", "litert")
+RUNTIMES = ("onnxruntime", "openvino", "torch", "jax", "xgboost", "lightgbm", "sklearn", "litert", "treelite")
 
 
 def report(probe_runtimes: bool = True) -> MachineReport:
