@@ -8,9 +8,10 @@ name before release 25.09, is read in its place, with a warning, when it is ``tr
 ``xgboost_allow_unknown_field``, ``cpu_nthread`` (threads; -1: every core), and settings that change how it
 runs, not what it answers (``use_experimental_optimizations``, ``layout``, ``chunk_size``,
 ``transfer_threshold``; ``algo``, ``storage_type``, ``blocks_per_sm`` and ``threads_per_tree``, removed in
-25.09, give a warning). A switch is the exact word ``true`` or ``false``, and a number is read as C++ streams
-read one (its leading digits), both refused in FIL's words otherwise. Other names are ignored, as FIL ignores
-them. The config's ``input__0`` and ``output__0`` dims complete the settings a FIL model is registered with
+25.09, give a warning). A switch is the exact word ``true`` or ``false``, refused in FIL's words otherwise; a
+number is read as a C++ stream reads one (its leading number), and where there is none the parameter's default
+is taken, as FIL takes it (a threshold's is refused, as FIL's code has none). Other names are ignored, as FIL
+ignores them. The config's ``input__0`` and ``output__0`` dims complete the settings a FIL model is registered with
 (``formats/fil.py``); a load's config is read again and must give the same answers.
 """
 
@@ -133,7 +134,11 @@ def settings(doc: Mapping[str, Any]) -> FilSettings:
             f"its config lists {SHAP}, FIL's SHAP values, which polystack does not compute; leave it out"
         )
     answers, _ = read(parameters_of(doc))
-    if not doc.get("max_batch_size"):  # FIL reads rows: its input's dims are [features], the batch before them
+    try:
+        batch = int(doc.get("max_batch_size") or 0)  # protobuf's JSON may write it as a string
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"max_batch_size {quote(doc.get('max_batch_size'))} is not a whole number") from None
+    if batch < 1:  # FIL reads rows: its input's dims are [features], the batch before them
         raise InvalidRequest(
             "its config sets no max_batch_size, which Triton's FIL backend needs (its inputs are rows: "
             f"{INPUT} dims [features], the batch before them); set max_batch_size 1 or more"
