@@ -40,6 +40,7 @@ MODEL_TYPES = {
 }
 NATIVE_TYPES = ("xgboost_json", "xgboost_ubj", "lightgbm")  # files whose framework predicts here too
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_MULTI_CLASS = 2  # Treelite's TaskType kMultiClf
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,10 @@ def forest(settings: FilSettings, data: bytes) -> Any:
             model = _load(treelite, settings, path)
         except treelite.TreeliteError as e:
             raise InvalidModelFile(_unreadable(settings, data, e)) from None
-    header = json.loads(model.dump_as_json())
-    if settings.predict_proba and header["task_type"] == "kMultiClf":  # as FIL's TreeliteModel sets it
-        multi = "softmax" if header["leaf_vector_shape"][1] == 1 else "identity_multiclass"
-        model.get_header_accessor().set_field("postprocessor", multi)
+    header = model.get_header_accessor()  # its fields alone (a dump of the model as JSON would hold every tree)
+    if settings.predict_proba and int(header.get_field("task_type")[0]) == _MULTI_CLASS:  # as FIL's TreeliteModel
+        multi = "softmax" if int(header.get_field("leaf_vector_shape")[1]) == 1 else "identity_multiclass"
+        header.set_field("postprocessor", multi)
     return model
 
 
@@ -149,8 +150,8 @@ def _unreadable(settings: FilSettings, data: bytes, error: Exception) -> str:
 
 def classes(model: Any) -> int:
     """The values the forest gives a row: 1 (a regressor's, or a binary classifier's), or its classes."""
-    header = json.loads(model.dump_as_json())
-    return max(int(n) for n in header["num_class"]) if header["num_class"] else 1
+    counts = model.get_header_accessor().get_field("num_class")
+    return max(int(n) for n in counts) if len(counts) else 1
 
 
 def check(settings: FilSettings, model: Any) -> None:
