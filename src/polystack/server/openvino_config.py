@@ -66,7 +66,7 @@ def options(parameters: Sequence[tuple[str, str]], device: str) -> dict[str, Any
         if key not in PARAMETERS or key in _SWITCHES or not value or not device.startswith("cpu"):
             continue
         if key in _THREADS:
-            if not value.isdigit():  # Triton's words, then what to do
+            if not (value.isascii() and value.isdigit()):  # Triton's words, then what to do
                 raise InvalidRequest(
                     f"expected the parameter '{key}' to be a non-negative number, got {value}; give a whole number "
                     "of threads (0: OpenVINO's choice)"
@@ -83,7 +83,7 @@ def options(parameters: Sequence[tuple[str, str]], device: str) -> dict[str, Any
         elif key == "NUM_STREAMS":
             if value in ("auto", "numa"):
                 out["num_streams"] = value.upper()
-            elif value.isdigit() and int(value) <= _MAX_THREADS:
+            elif value.isascii() and value.isdigit() and int(value) <= _MAX_THREADS:
                 if int(value):  # 0: OpenVINO's own choice, as it takes it
                     out["num_streams"] = int(value)
             else:
