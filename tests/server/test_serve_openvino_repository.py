@@ -96,6 +96,7 @@ def test_openvino_models_of_a_triton_repository_are_served_by_openvino_as_their_
             "to be LATENCY/THROUGHPUT/CUMULATIVE_THROUGHPUT, got fast",
         ),
         ('{ key: "NUM_STREAMS", value: { string_value: "many" } }', "to be either AUTO/NUMA/<int_value>, got many"),
+        ('{ key: "NUM_STREAMS", value: { string_value: "²" } }', "to be either AUTO/NUMA/<int_value>, got ²"),
         ('{ key: "INFERENCE_NUM_THREADS", value: { string_value: "-2" } }', "to be a non-negative number, got -2"),
         ('{ key: "HINT_BF16", value: { string_value: "no" } }', "'HINT_BF16' to be YES, got no"),
         (
@@ -104,7 +105,7 @@ def test_openvino_models_of_a_triton_repository_are_served_by_openvino_as_their_
         ),
         ('{ key: "intra_op_thread_count", value: { string_value: "1" } }', "of Triton's ONNX Runtime backend"),
     ],
-    ids=["hint", "streams", "threads", "bf16", "extension", "onnxruntime-parameter"],
+    ids=["hint", "streams", "streams-superscript", "threads", "bf16", "extension", "onnxruntime-parameter"],
 )
 def test_openvino_parameters_triton_refuses_are_refused_at_start_in_its_words(
     tmp_path: Path, parameters: str, words: str
