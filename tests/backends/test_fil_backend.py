@@ -131,3 +131,18 @@ def test_the_native_engine_is_refused_where_the_file_has_no_native_predictor(tmp
     with pytest.raises(BackendUnavailable, match="model_type xgboost has no native predictor here"):
         _load(tmp_path, legacy, settings, "native")
     assert _load(tmp_path, legacy, settings, "auto").native is None  # Treelite alone, without a word
+
+
+def test_shap_values_are_refused_for_a_file_without_its_frameworks_treeshap(tmp_path: Path) -> None:
+    import treelite
+    from sklearn.ensemble import RandomForestClassifier
+
+    from polystack.errors import InvalidModelFile
+    from polystack.formats.fil import load as import_fil
+
+    x = _rows(200)
+    forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(np.nan_to_num(x), _labels(x, 2))
+    treelite.sklearn.import_model(forest).serialize(str(tmp_path / "checkpoint.tl"))
+    settings = FilSettings("treelite_checkpoint", True, FEATURES, (2,), predict_proba=True, shap_dims=(2, FEATURES + 1))
+    with pytest.raises(InvalidModelFile, match="a treelite_checkpoint file has none of here"):
+        import_fil(pack(tmp_path / "checkpoint.tl", settings, tmp_path / "m.zip"), tmp_path)

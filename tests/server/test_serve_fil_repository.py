@@ -143,8 +143,10 @@ def _json_config(config: dict[str, object], **changes: str) -> str:
         (_config("xgboost_ubj", True, 1), "it is XGBoost JSON: set model_type xgboost_json"),
         (_config("lightgbm", True, 1), "Triton's FIL backend reads model.txt for model_type lightgbm"),
         (
-            _config("xgboost_json", True, 1).replace("output [", 'output [ { name: "treeshap_output", data_type: TYPE_FP32, dims: [ 6 ] },'),
-            "treeshap_output, FIL's SHAP values, which polystack does not compute",
+            _config("xgboost_json", True, 1).replace(
+                "output [", 'output [ { name: "treeshap_output", data_type: TYPE_FP32, dims: [ 7 ] },'
+            ),
+            "the model's SHAP values are [6] (a value per feature and the bias)",
         ),
         (_config("xgboost_json", True, 1).replace("max_batch_size: 1024", "max_batch_size: 0"), "set max_batch_size 1 or more"),
         (_config("xgboost_json", True, 1, extra=',\n { key: "cpu_nthread", value: { } }'), "'cpu_nthread' has no string_value"),
@@ -255,3 +257,45 @@ def test_fil_numbers_without_a_number_take_their_default_as_fil_does(tmp_path: P
     assert threads is None and answers["threshold"] == 0.5  # FIL's defaults: every core, and a regressor's 0.5
     answers, threads = fil_config.read({"is_classifier": "true", "threshold": "0.3abc", "cpu_nthread": "2 cores"})
     assert answers["threshold"] == 0.3 and threads == 2  # a C++ stream's leading number
+
+
+def _shap_config(model_type: str, classes: int, dims: str) -> str:
+    """A classifier's config (a binary one's class, a multi-class one's probabilities) listing FIL's SHAP output."""
+    return _config(model_type, True, classes if classes > 1 else 1, proba=classes > 1).replace(
+        "output [", f'output [ {{ name: "treeshap_output", data_type: TYPE_FP32, dims: [ {dims} ] }},'
+    )
+
+
+def test_fils_shap_values_are_treeshap_in_margin_space_with_the_bias_last(tmp_path: Path) -> None:
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    x, binary, three = _data()
+    root = tmp_path / "models"
+    clf = xgb.XGBClassifier(n_estimators=6, max_depth=3).fit(x, binary)
+    clf.save_model(_folder(root, "xgb", _shap_config("xgboost_json", 1, str(FEATURES + 1))) / "xgboost.json")
+    multi = xgb.XGBClassifier(n_estimators=6, max_depth=3).fit(x, three)
+    multi.save_model(_folder(root, "xgb3", _shap_config("xgboost_json", 3, f"3, {FEATURES + 1}")) / "xgboost.json")
+    booster = lgb.LGBMClassifier(n_estimators=6, num_leaves=7, verbose=-1).fit(x, three).booster_
+    booster.save_model(str(_folder(root, "lgb3", _shap_config("lightgbm", 3, f"3, {FEATURES + 1}")) / "model.txt"))
+    rows = _data(rows=20, seed=3)[0]
+    margins = {
+        "xgb": clf.get_booster().predict(xgb.DMatrix(rows), output_margin=True),
+        "xgb3": multi.get_booster().predict(xgb.DMatrix(rows), output_margin=True),
+        "lgb3": booster.predict(rows, raw_score=True),
+    }
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(root), "--grpc-port", "-1"], port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for name, margin in margins.items():
+            i = httpclient.InferInput("input__0", list(rows.shape), "FP32")
+            i.set_data_from_numpy(rows)
+            answer = client.infer(name, [i])
+            shap = answer.as_numpy("treeshap_output")
+            width = () if name == "xgb" else (3,)
+            assert shap.shape == (len(rows), *width, FEATURES + 1), (name, shap.shape)
+            # each row's (and class's) values and bias add up to its margin, as FIL's tests check them
+            np.testing.assert_allclose(shap.sum(axis=-1), margin, rtol=1e-4, atol=1e-4, err_msg=name)
+            assert answer.as_numpy("output__0").shape[0] == len(rows)
+        config = client.get_model_config("xgb3")
+        assert [o["dims"] for o in config["output"] if o["name"] == "treeshap_output"] == [[3, FEATURES + 1]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,10 +50,21 @@ def _softmax(margin: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def native_predictor(settings: Any, data: bytes, nthread: int | None) -> Predict | None:
-    """The framework's own predictor of the forest's values as GTIL gives them (FIL's softmax for probabilities
-    of a multi-class model), or None where it has none here (legacy XGBoost binary, Treelite checkpoints)."""
+@dataclass(frozen=True)
+class Native:
+    """A FIL model's framework's own predictors: its values as GTIL gives them (FIL's softmax for probabilities
+    of a multi-class model), and its SHAP values as FIL's ``treeshap_output`` gives them (TreeSHAP in margin
+    space, a value per feature and the bias last, per class for a multi-class model)."""
+
+    values: Predict
+    shap: Predict
+
+
+def native_predictor(settings: Any, data: bytes, nthread: int | None) -> Native | None:
+    """The framework's own predictors of a FIL model's file, or None where it has none here (XGBoost's legacy
+    binary, which XGBoost 3 cannot read; Treelite checkpoints)."""
     kind = settings.model_type
+    features = settings.features
     if kind in ("xgboost_json", "xgboost_ubj"):  # formats/fil.py's NATIVE_TYPES
         import json
 
@@ -70,28 +82,40 @@ def native_predictor(settings: Any, data: bytes, nthread: int | None) -> Predict
                 return _softmax(np.asarray(booster.inplace_predict(x, predict_type="margin")).reshape(len(x), -1))
             return np.asarray(booster.inplace_predict(x)).reshape(len(x), -1)
 
-        return xgb
+        def xgb_shap(x: np.ndarray) -> np.ndarray:
+            rows = xgboost.DMatrix(x, missing=np.nan, nthread=nthread or -1)
+            return np.asarray(booster.predict(rows, pred_contribs=True)).reshape(len(x), -1, features + 1)
+
+        return Native(xgb, xgb_shap)
     if kind == "lightgbm":
         import lightgbm
 
-        lgb = lightgbm.Booster(model_str=data.decode("utf-8"))
+        text = data.decode("utf-8")
+        lgb = lightgbm.Booster(model_str=text)
         kwargs: dict[str, Any] = {"num_threads": nthread} if nthread else {}
-        ova = "multiclassova" in str(lgb.dump_model(num_iteration=0).get("objective", ""))
-        soft = ova and settings.predict_proba  # FIL forces softmax on a one-vs-all model's probabilities
+        head = next((line for line in text.splitlines()[:64] if line.startswith("objective=")), "")
+        soft = "multiclassova" in head and settings.predict_proba  # FIL forces softmax on one-vs-all probabilities
 
         def lgbm(x: np.ndarray) -> np.ndarray:
             if soft:
                 return _softmax(np.asarray(lgb.predict(x, raw_score=True, **kwargs)).reshape(len(x), -1))
             return np.asarray(lgb.predict(x, **kwargs)).reshape(len(x), -1)
 
-        return lgbm
+        def lgbm_shap(x: np.ndarray) -> np.ndarray:
+            return np.asarray(lgb.predict(x, pred_contrib=True, **kwargs)).reshape(len(x), -1, features + 1)
+
+        return Native(lgbm, lgbm_shap)
     return None
 
 
 class FilModel:
+    """``native``'s values run batches of ``NATIVE_FROM`` rows and more (every batch with ``engine: native``;
+    None: Treelite's GTIL runs every batch); ``shap`` gives ``treeshap_output`` where the config lists it."""
+
     def __init__(
-        self, forest: Any, settings: Any, signature: Signature, options: FilOptions, native: Predict | None
-    ) -> None:
+        self, forest: Any, settings: Any, signature: Signature, options: FilOptions, native: Predict | None,
+        shap: Predict | None = None,
+    ) -> None:  # fmt: skip
         from polystack.formats.fil import classes
 
         self.forest = forest
@@ -100,7 +124,8 @@ class FilModel:
         self.nthread = options.nthread or -1
         self.classes = classes(forest)
         self.native = native
-        self.native_from = 0 if options.engine == "native" else NATIVE_FROM[settings.model_type] if native else 0
+        self.native_from = 0 if options.engine == "native" else NATIVE_FROM.get(settings.model_type, 0)
+        self.shap = shap
 
     def _gtil(self, x: np.ndarray) -> np.ndarray:
         from treelite import gtil
@@ -114,22 +139,21 @@ class FilModel:
     def values(self, x: np.ndarray) -> np.ndarray:
         """The forest's values for rows ``x`` (float32), before FIL's classes and columns."""
         if self.native is not None and len(x) >= self.native_from:
-            try:
-                return np.asarray(self.native(x), dtype=np.float32)
-            except Exception as e:
-                raise BackendError(f"the framework's predictor failed: {str(e).strip().splitlines()[0][:300]}") from e
+            return self._framework(self.native, x)
         return self._gtil(x)
+
+    @staticmethod
+    def _framework(predict: Predict, x: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(predict(x), dtype=np.float32)
+        except Exception as e:
+            raise BackendError(f"the framework's predictor failed: {str(e).strip().splitlines()[0][:300]}") from e
 
     def agrees(self, rows: int = _CHECK_ROWS) -> str:
         """Why the native predictor's values are not GTIL's on test rows (normal rows, one in ten values
         missing), or "" where they are, within 1e-5."""
         assert self.native is not None
-        from polystack.formats.fil import INPUT
-
-        width = self.signature.inputs[0].shape[1] if self.signature.inputs[0].name == INPUT else 1
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((rows, width)).astype(np.float32) * 2
-        x[rng.random(x.shape) < 0.1] = np.nan
+        x = test_rows(self.settings.features, rows)
         try:
             native = np.asarray(self.native(x), dtype=np.float32)
         except Exception as e:
@@ -141,7 +165,7 @@ class FilModel:
         return "" if worst <= 1e-5 else f"its values differ from Treelite's by up to {worst:.3g}"
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from polystack.formats.fil import INPUT, OUTPUT
+        from polystack.formats.fil import INPUT, OUTPUT, SHAP
 
         if self.forest is None:
             raise BackendError("the FIL model was closed; load it again")
@@ -155,11 +179,22 @@ class FilModel:
                 out = np.concatenate([1.0 - out, out], axis=1)
         elif s.is_classifier and not s.predict_proba:
             out = out.argmax(axis=1).astype(np.float32)
-        return {OUTPUT: out.reshape((len(x), *s.answer_dims))}
+        answers = {OUTPUT: out.reshape((len(x), *s.answer_dims))}
+        if self.shap is not None:
+            answers[SHAP] = self._framework(self.shap, x).reshape((len(x), *s.shap_answer_dims))
+        return answers
 
     def close(self) -> None:
         self.forest = None
-        self.native = None
+        self.native = self.shap = None
+
+
+def test_rows(features: int, rows: int) -> np.ndarray:
+    """Rows the engines are checked on: normal values, twice as wide, one in ten missing."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, features)).astype(np.float32) * 2
+    x[rng.random(x.shape) < 0.1] = np.nan
+    return x
 
 
 class FilBackend(Backend):
@@ -177,18 +212,20 @@ class FilBackend(Backend):
             raise BackendUnavailable(f"fil predicts on cpu only here (Treelite's GTIL), not {device!r}")
         settings, data = unpack(artifact)
         native = None
-        if options.engine != "treelite":
+        if options.engine != "treelite" or settings.shap_dims is not None:
             try:
                 native = native_predictor(settings, data, options.nthread)
             except ImportError as e:
-                if options.engine == "native":
-                    raise BackendUnavailable(f"the native predictor needs {e.name}, which is not installed") from e
+                if options.engine == "native" or settings.shap_dims is not None:
+                    raise BackendUnavailable(f"the framework's predictor needs {e.name}, which is not installed") from e
             if native is None and options.engine == "native":
                 raise BackendUnavailable(
                     f"model_type {settings.model_type} has no native predictor here; use engine treelite"
                 )
-        model = FilModel(forest(settings, data), settings, signature, options, native)
-        if native is not None and options.engine == "auto":
+        values = native.values if native is not None and options.engine != "treelite" else None
+        shap = native.shap if native is not None and settings.shap_dims is not None else None
+        model = FilModel(forest(settings, data), settings, signature, options, values, shap)
+        if values is not None and options.engine == "auto":
             why = model.agrees()
             if why:
                 log.warning(

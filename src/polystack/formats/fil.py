@@ -29,7 +29,7 @@ from polystack.types import DType, Signature, TensorSpec
 
 NAME = "fil"
 SETTINGS = "fil.json"
-INPUT, OUTPUT = "input__0", "output__0"
+INPUT, OUTPUT, SHAP = "input__0", "output__0", "treeshap_output"
 # Triton's FIL backend's serialization formats (``model_type``) and the file each reads in a version folder
 MODEL_TYPES = {
     "xgboost": "xgboost.model",  # XGBoost's legacy binary format
@@ -55,6 +55,11 @@ class FilSettings:
     predict_proba: bool = False
     threshold: float = 0.5
     allow_unknown_field: bool = False
+    shap_dims: tuple[int, ...] | None = None  # ``treeshap_output``'s dims where the config lists it
+
+    @property
+    def shap_answer_dims(self) -> tuple[int, ...]:
+        return tuple(d for d in self.shap_dims or () if d != 1)
 
     @property
     def answer_dims(self) -> tuple[int, ...]:
@@ -62,12 +67,20 @@ class FilSettings:
         return tuple(d for d in self.output_dims if d != 1)
 
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "output_dims": list(self.output_dims)}, sort_keys=True)
+        doc = {**dataclasses.asdict(self), "output_dims": list(self.output_dims)}
+        if self.shap_dims is None:
+            doc.pop("shap_dims")  # as settings written before SHAP: the same bytes, the same registration
+        else:
+            doc["shap_dims"] = list(self.shap_dims)
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> FilSettings:
         doc = json.loads(text)
-        return cls(**{**doc, "output_dims": tuple(doc["output_dims"])})
+        shap = doc.get("shap_dims")
+        return cls(
+            **{**doc, "output_dims": tuple(doc["output_dims"]), "shap_dims": None if shap is None else tuple(shap)}
+        )
 
 
 def pack(model_file: Path, settings: FilSettings, out: Path) -> Path:
@@ -183,13 +196,25 @@ def check(settings: FilSettings, model: Any) -> None:
             f"the config gives {OUTPUT} dims {list(settings.output_dims)}, but {kind}; give those dims (Triton's FIL "
             "backend would answer values past the model's)"
         )
+    if settings.shap_dims is not None:
+        if settings.model_type not in NATIVE_TYPES:
+            raise InvalidModelFile(
+                f"the config lists {SHAP}, whose values polystack computes with XGBoost's or LightGBM's own TreeSHAP, "
+                f"which a {settings.model_type} file has none of here; leave it out"
+            )
+        shap = (features + 1,) if n == 1 else (n, features + 1)
+        if tuple(d for d in settings.shap_dims if d != 1) != tuple(d for d in shap if d != 1):
+            raise InvalidModelFile(
+                f"the config gives {SHAP} dims {list(settings.shap_dims)}, but the model's SHAP values are "
+                f"{list(shap)} (a value per feature and the bias{', per class' if n > 1 else ''}); give those dims"
+            )
 
 
 def signature_of(settings: FilSettings) -> Signature:
-    return Signature(
-        inputs=(TensorSpec(INPUT, DType.FP32, (-1, settings.features)),),
-        outputs=(TensorSpec(OUTPUT, DType.FP32, (-1, *settings.answer_dims)),),
-    )
+    outputs = [TensorSpec(OUTPUT, DType.FP32, (-1, *settings.answer_dims))]
+    if settings.shap_dims is not None:
+        outputs.append(TensorSpec(SHAP, DType.FP32, (-1, *settings.shap_answer_dims)))
+    return Signature(inputs=(TensorSpec(INPUT, DType.FP32, (-1, settings.features)),), outputs=tuple(outputs))
 
 
 def as_configured(signature: Signature, settings_json: str | None) -> Signature:
@@ -197,9 +222,10 @@ def as_configured(signature: Signature, settings_json: str | None) -> Signature:
     out kept), as Triton checks an ensemble against its steps' configs; others' as they are."""
     if not settings_json:
         return signature
-    dims = FilSettings.from_json(settings_json).output_dims
+    settings = FilSettings.from_json(settings_json)
+    dims = {OUTPUT: settings.output_dims, SHAP: settings.shap_dims or ()}
     outputs = tuple(
-        dataclasses.replace(t, shape=(-1, *dims)) if t.name == OUTPUT and t.shape[:1] == (-1,) else t
+        dataclasses.replace(t, shape=(-1, *dims[t.name])) if t.name in dims and t.shape[:1] == (-1,) else t
         for t in signature.outputs
     )
     return dataclasses.replace(signature, outputs=outputs)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
-from polystack.formats.fil import INPUT, MODEL_TYPES, OUTPUT, FilSettings
+from polystack.formats.fil import INPUT, MODEL_TYPES, OUTPUT, SHAP, FilSettings
 
 log = logging.getLogger("polystack.server")
 
@@ -33,7 +33,6 @@ _REMOVED = {"algo": "layout", "threads_per_tree": "chunk_size", "output_class": 
 _GONE = ("storage_type", "blocks_per_sm")
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _WHOLE = re.compile(r"\s*[+-]?\d+")
-SHAP = "treeshap_output"
 
 
 def parameters_of(doc: Mapping[str, Any]) -> dict[str, str]:
@@ -129,10 +128,7 @@ def _dims(doc: Mapping[str, Any], key: str, name: str) -> tuple[int, ...]:
 def settings(doc: Mapping[str, Any]) -> FilSettings:
     """A FIL model folder's settings, from its config document (JSON)."""
     outputs = [t.get("name") for t in doc.get("output") or [] if isinstance(t, Mapping)]
-    if SHAP in outputs:
-        raise InvalidRequest(
-            f"its config lists {SHAP}, FIL's SHAP values, which polystack does not compute; leave it out"
-        )
+    shap = _dims(doc, "output", SHAP) if SHAP in outputs else None  # FIL's SHAP values, where the config lists them
     answers, _ = read(parameters_of(doc))
     try:
         batch = int(doc.get("max_batch_size") or 0)  # protobuf's JSON may write it as a string
@@ -146,7 +142,7 @@ def settings(doc: Mapping[str, Any]) -> FilSettings:
     features = _dims(doc, "input", INPUT)
     if len(features) != 1 or features[0] < 1:
         raise InvalidRequest(f"{INPUT} has dims {list(features)}; give [features], the model's feature count")
-    return FilSettings(features=features[0], output_dims=_dims(doc, "output", OUTPUT), **answers)
+    return FilSettings(features=features[0], output_dims=_dims(doc, "output", OUTPUT), shap_dims=shap, **answers)
 
 
 def options(pairs: Sequence[tuple[str, str]], registered: str | None) -> dict[str, Any]:

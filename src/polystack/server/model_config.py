@@ -590,7 +590,11 @@ def _fil_output_dims(record: ModelRecord) -> dict[str, list[int]]:
     """A FIL model's output dims as its config gives them (with the 1s its answers leave out), by output."""
     if record.format != "fil" or not record.settings.get("fil"):
         return {}
-    return {fil_format.OUTPUT: list(fil_format.FilSettings.from_json(record.settings["fil"]).output_dims)}
+    settings = fil_format.FilSettings.from_json(record.settings["fil"])
+    dims = {fil_format.OUTPUT: list(settings.output_dims)}
+    if settings.shap_dims is not None:
+        dims[fil_format.SHAP] = list(settings.shap_dims)
+    return dims
 
 
 # what Triton names every ONNX file's runtime: a config that says so leaves the runtime to polystack's plan, as a
