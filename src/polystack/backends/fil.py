@@ -2,8 +2,10 @@
 (the library FIL loads models with; float32 rows, NaN a missing value, categorical splits as trained), then
 FIL's post-processing: a binary classifier's class is 1.0 where the positive class's probability is over the
 threshold (strictly), else 0.0; a multi-class one's is the index of its highest probability (the lowest among
-equals); probabilities of a binary classifier asked for two columns are [1 - p, p]. On CPU only, as polystack
-has no CUDA build of FIL.
+equals); probabilities of a binary classifier asked for two columns are [1 - p, p]. SHAP values, where the
+config lists ``treeshap_output``, come from the framework's own TreeSHAP (XGBoost's ``pred_contribs``,
+LightGBM's ``pred_contrib``: margin space, the bias last, as FIL gives them). On CPU only, as polystack has no
+CUDA build of FIL.
 
 GTIL is Treelite's reference predictor: fast for a few rows, slow for many (``bench/fil.py``). So, by default
 (``engine: auto``), an XGBoost (JSON, UBJSON) or LightGBM model also gets its framework's own predictor, which

@@ -4,7 +4,8 @@
 FIL answers its own way, not as polystack's tree runtimes do: one FP32 input ``input__0`` [batch, features] and
 one FP32 output ``output__0`` whose values the settings decide (regression values; a binary classifier's class
 0/1 by ``threshold``, or its positive class's probability, or both classes'; a multi-class model's class index,
-or its probabilities), every dimension of 1 left out of the answer (dims [1]: [batch]). The model file and its
+or its probabilities), every dimension of 1 left out of the answer (dims [1]: [batch]); and, where the config
+lists it, ``treeshap_output``, the rows' SHAP values (margin space, the bias last). The model file and its
 settings are kept together as one zip (``fil.json`` and the file), registered from a repository folder; that
 zip registers again as it is. Treelite loads every kind of file (the library FIL itself loads them with), and
 its GTIL predicts (``backends/fil.py``).
