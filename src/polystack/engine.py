@@ -177,7 +177,7 @@ def runtime_loads(name: str, format: str) -> bool:
 
 def source_options(record: ModelRecord, backend: str) -> dict[str, Any]:
     """Options a backend needs to load the source artifact as registered (skops: the trusted types; OpenVINO:
-    full precision, which OpenVINO would otherwise lower to bf16 on CPUs with AMX, unverified)."""
+    full precision, which OpenVINO would otherwise lower to bf16 on CPUs with AVX512_BF16 or AMX, unverified)."""
     if backend == "sklearn" and record.settings.get("trusted_types"):
         return {"trusted": list(record.settings["trusted_types"])}
     if backend == "openvino":
