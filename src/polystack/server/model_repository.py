@@ -7,7 +7,9 @@ as it is::
         config.pbtxt          (optional: without one, polystack chooses, by its plan or profile)
         <labels file>         (the files the config's outputs name as label_filename)
         <version>/            (1, 2, ...: a number from 1, with no leading zero; other folders are ignored)
-          model.onnx          (or the config's default_model_filename)
+          model.onnx          (or the config's default_model_filename; model.xml and model.bin for Triton's
+                               OpenVINO backend, model.py for its Python backend, a tree model's file for its FIL
+                               backend: xgboost.json, model.txt, ...)
 
 Each version the model's ``version_policy`` picks (Triton's default: the latest one) is registered in the
 store under the model's folder name and its version number, as ``polystack register`` would (the same bytes
@@ -28,7 +30,9 @@ registered.
 
 What a config says of the file (``platform``, ``backend``, ``default_model_filename``) chooses the file and
 is then left out of the config the server applies, since polystack chooses the runtime (its plan, or the
-default variant); the version policy is the repository's, and the server loads what it picked. A folder whose
+default variant), but for a backend that chooses it (OpenVINO's, kept; a FIL model's file is registered with
+its config's settings, ``formats/fil.py``); the version policy is the repository's, and the server loads what it
+picked. A folder whose
 config declares an ensemble (``platform: "ensemble"``, ``ensemble.py``) holds no model file: its version
 folder is empty, nothing of it goes in the store, and the server serves it once the models it runs are
 loaded. A model folder polystack cannot serve (another framework's files, no version folder) stops the start
