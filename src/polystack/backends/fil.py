@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import BackendError, BackendUnavailable
+from polystack.formats.fil import INPUT, OUTPUT, SHAP, classes, forest, unpack
 from polystack.types import Signature
 
 log = logging.getLogger("polystack.backends")
@@ -118,8 +119,6 @@ class FilModel:
         self, forest: Any, settings: Any, signature: Signature, options: FilOptions, native: Predict | None,
         shap: Predict | None = None,
     ) -> None:  # fmt: skip
-        from polystack.formats.fil import classes
-
         self.forest = forest
         self.settings = settings
         self.signature = signature
@@ -128,12 +127,13 @@ class FilModel:
         self.native = native
         self.native_from = 0 if options.engine == "native" else NATIVE_FROM.get(settings.model_type, 0)
         self.shap = shap
+        from treelite import gtil  # imported at load, not on each call
+
+        self._predict = gtil.predict
 
     def _gtil(self, x: np.ndarray) -> np.ndarray:
-        from treelite import gtil
-
         try:
-            raw = gtil.predict(self.forest, x, nthread=self.nthread)
+            raw = self._predict(self.forest, x, nthread=self.nthread)
         except Exception as e:  # TreeliteError and friends
             raise BackendError(f"Treelite failed: {str(e).strip().splitlines()[0][:300]}") from e
         return np.asarray(raw, dtype=np.float32).reshape(len(x), -1)
@@ -155,7 +155,7 @@ class FilModel:
         """Why the native predictor's values are not GTIL's on test rows (normal rows, one in ten values
         missing), or "" where they are, within 1e-5."""
         assert self.native is not None
-        x = test_rows(self.settings.features, rows)
+        x = check_rows(self.settings.features, rows)
         try:
             native = np.asarray(self.native(x), dtype=np.float32)
         except Exception as e:
@@ -167,8 +167,6 @@ class FilModel:
         return "" if worst <= 1e-5 else f"its values differ from Treelite's by up to {worst:.3g}"
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from polystack.formats.fil import INPUT, OUTPUT, SHAP
-
         if self.forest is None:
             raise BackendError("the FIL model was closed; load it again")
         x = np.ascontiguousarray(inputs[INPUT], dtype=np.float32)
@@ -191,7 +189,7 @@ class FilModel:
         self.native = self.shap = None
 
 
-def test_rows(features: int, rows: int) -> np.ndarray:
+def check_rows(features: int, rows: int) -> np.ndarray:
     """Rows the engines are checked on: normal values, twice as wide, one in ten missing."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, features)).astype(np.float32) * 2
@@ -207,8 +205,6 @@ class FilBackend(Backend):
     distribution = "treelite"
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
-        from polystack.formats.fil import forest, unpack
-
         assert isinstance(options, FilOptions)
         if device != "cpu":
             raise BackendUnavailable(f"fil predicts on cpu only here (Treelite's GTIL), not {device!r}")

@@ -218,13 +218,21 @@ def signature_of(settings: FilSettings) -> Signature:
     return Signature(inputs=(TensorSpec(INPUT, DType.FP32, (-1, settings.features)),), outputs=tuple(outputs))
 
 
-def as_configured(signature: Signature, settings_json: str | None) -> Signature:
-    """A FIL model's ``signature`` with its output's dims as its config gives them (the 1s its answers leave
-    out kept), as Triton checks an ensemble against its steps' configs; others' as they are."""
+def configured_dims(settings_json: str | None) -> dict[str, tuple[int, ...]]:
+    """A FIL model's output dims as its config gives them (the 1s its answers leave out kept), by output (none for
+    another model's settings, ``None``)."""
     if not settings_json:
-        return signature
+        return {}
     settings = FilSettings.from_json(settings_json)
-    dims = {OUTPUT: settings.output_dims, SHAP: settings.shap_dims or ()}
+    return {OUTPUT: settings.output_dims} | ({SHAP: settings.shap_dims} if settings.shap_dims is not None else {})
+
+
+def as_configured(signature: Signature, settings_json: str | None) -> Signature:
+    """A FIL model's ``signature`` with its outputs' dims as its config gives them, as Triton checks an ensemble
+    against its steps' configs; others' as they are."""
+    dims = configured_dims(settings_json)
+    if not dims:
+        return signature
     outputs = tuple(
         dataclasses.replace(t, shape=(-1, *dims[t.name])) if t.name in dims and t.shape[:1] == (-1,) else t
         for t in signature.outputs

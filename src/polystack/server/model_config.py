@@ -359,12 +359,12 @@ def render(
 
     reshaped = {r.name: r for r in entry.spec.reshape}
 
-    fil_dims = _fil_output_dims(entry.record)
+    fil_dims = fil_format.configured_dims(entry.record.settings.get("fil") if entry.record.format == "fil" else None)
 
     def tensor(t: TensorSpec) -> dict[str, Any]:
         shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
         if t.name in fil_dims:  # as the config wrote them: FIL's answers leave out its dims of 1
-            shown["dims"] = fil_dims[t.name]
+            shown["dims"] = list(fil_dims[t.name])
         r = reshaped.get(t.name)
         if r is not None and (r.model or r.batched):  # clients' dims, and the model's own as Triton's reshape (a
             # scalar's dims of 1s alone: Triton refuses an empty reshape without batching)
@@ -584,17 +584,6 @@ class ConfigFile:
     # a repository folder's version_policy as its config writes it (None: none), which GET config shows while the
     # versions it picks are those served, as Triton shows the config as written
     written_policy: Any = None
-
-
-def _fil_output_dims(record: ModelRecord) -> dict[str, list[int]]:
-    """A FIL model's output dims as its config gives them (with the 1s its answers leave out), by output."""
-    if record.format != "fil" or not record.settings.get("fil"):
-        return {}
-    settings = fil_format.FilSettings.from_json(record.settings["fil"])
-    dims = {fil_format.OUTPUT: list(settings.output_dims)}
-    if settings.shap_dims is not None:
-        dims[fil_format.SHAP] = list(settings.shap_dims)
-    return dims
 
 
 # what Triton names every ONNX file's runtime: a config that says so leaves the runtime to polystack's plan, as a
