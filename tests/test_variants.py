@@ -197,6 +197,10 @@ BUILDERS: dict[str, tuple[Callable[[Path], Path], set[tuple[str, str]]]] = {
     "mlp.tflite": (zoo.litert_mlp, {("litert", "")}),
     "model.xml": (zoo.openvino_ir, {("openvino", "")}),
     "model.fil.zip": (zoo.fil_xgboost, {("fil", "")}),  # Treelite's GTIL and XGBoost's own predictor
+    "model.torchscript.zip": (
+        zoo.torchscript_mlp,
+        {("torchscript", ""), ("onnxruntime", "onnx"), ("openvino", "onnx+openvino-ir")},
+    ),
     "cnn.pt2": (
         lambda p: zoo.cnn_pt2(p, size=16),
         {("torch", ""), ("onnxruntime", "onnx"), ("openvino", "onnx+openvino-ir")},

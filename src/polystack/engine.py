@@ -30,6 +30,8 @@ from polystack.types import Signature, TensorSpec
 # runtimes that are Triton backends without a platform of their own: its configs of their models have an empty
 # platform, and its metadata gives the backend's name
 BACKEND_ONLY = frozenset({"python", "openvino", "fil"})
+# runtimes Triton knows by other names: (its backend, its platform)
+TRITON_NAMES = {"torchscript": ("pytorch", "pytorch_libtorch")}
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,18 @@ class LoadSpec:
     def platform(self) -> str:
         """The name Triton's metadata and config give it: runtime and format, as in ``onnxruntime_onnx``; a Python
         model's is ``python``, as Triton's metadata says (its config's platform is empty), and so for the other
-        runtimes Triton has as backends alone (``BACKEND_ONLY``)."""
+        runtimes Triton has as backends alone (``BACKEND_ONLY``); Triton's own for those it names otherwise
+        (``TRITON_NAMES``: ``pytorch_libtorch``)."""
         if self.backend in BACKEND_ONLY:
             return self.backend
+        if self.backend in TRITON_NAMES:
+            return TRITON_NAMES[self.backend][1]
         return f"{self.backend}_{self.format}".replace(".", "_")
+
+    @property
+    def triton_backend(self) -> str:
+        """The backend's name in Triton's config (``pytorch`` for torchscript's), else polystack's."""
+        return TRITON_NAMES[self.backend][0] if self.backend in TRITON_NAMES else self.backend
 
 
 # Option names backends use for "threads inside one operator", most specific first.

@@ -41,6 +41,7 @@ NATIVE = {
     "litert": "litert",
     "openvino": "openvino",
     "fil": "fil",
+    "torchscript": "torchscript",
 }
 TABULAR = frozenset({"skops", "xgboost", "lightgbm"})  # ONNX-ML: no int8, no OpenVINO (ai.onnx.ml ops)
 VERIFY_BATCH = 16

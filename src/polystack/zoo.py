@@ -151,6 +151,29 @@ def encoder_pt2(path: Path, seq: int = 8, d_model: int = 32, seed: int = 0) -> P
     return save_torch_export(torch_encoder(d_model, seed=seed), (torch.randn(2, seq, d_model),), path)
 
 
+def torchscript_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 3), seed: int = 0) -> Path:
+    """The MLP scripted with ``torch.jit.script`` as a model of Triton's PyTorch backend (``formats/torchscript.py``):
+    its model.pt and a config that names its tensors as Triton's examples do (INPUT__0, OUTPUT__0), as one zip."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    from polystack.formats.torchscript import pack
+
+    config = {
+        "name": path.stem.partition(".")[0], "platform": "pytorch_libtorch", "max_batch_size": 8,
+        "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [sizes[0]]}],
+        "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [sizes[-1]]}],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as work, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; Triton serves it
+        module = Path(work) / "model.pt"
+        torch.jit.save(torch.jit.script(torch_mlp(sizes, seed).eval()), str(module))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pack(module, config, str(config["name"]), path)
+
+
 def sklearn_pipeline_skops(path: Path, n_features: int = 6, n_classes: int = 3, seed: int = 0) -> Path:
     """StandardScaler -> LogisticRegression, saved with ``skops.io.dump``."""
     import skops.io as sio

@@ -79,6 +79,7 @@ def _artifact(backend: str) -> tuple[Callable[[Path], Path], str | None] | None:
         "litert": (lambda d: zoo.litert_mlp(d / "m.tflite"), None),
         "python": (_python_mlp, None),
         "fil": (lambda d: zoo.fil_xgboost(d / "m.fil.zip"), None),
+        "torchscript": (lambda d: zoo.torchscript_mlp(d / "m.torchscript.zip"), None),
     }
     return known.get(backend)
 

@@ -2,8 +2,8 @@
 
 Steps, by name (a variant's ``recipe`` is the chain of steps from its source, joined by ``+``):
 
-- ``onnx``: the source to ONNX (torch.export via the dynamo exporter; scikit-learn, XGBoost and
-  LightGBM to ONNX-ML via skl2onnx / onnxmltools, ``zipmap`` off)
+- ``onnx``: the source to ONNX (torch.export via the dynamo exporter, TorchScript via the TorchScript one;
+  scikit-learn, XGBoost and LightGBM to ONNX-ML via skl2onnx / onnxmltools, ``zipmap`` off)
 - ``openvino-ir``: ONNX to OpenVINO IR (one uncompressed tar of model.xml + model.bin)
 - ``int8-dynamic``: ONNX to int8 ONNX by ONNX Runtime's dynamic quantization
 - ``int8-static``: ONNX to int8 ONNX by static (QDQ) quantization calibrated on the model's samples
@@ -55,6 +55,10 @@ def _to_onnx(src: Path, ctx: ConvertContext) -> Path:
         from polystack.convert.torch_onnx import convert
 
         return convert(src, ctx)
+    if ctx.source_format == "torchscript":
+        from polystack.convert.torchscript_onnx import convert
+
+        return convert(src, ctx)
     if ctx.source_format in ("skops", "xgboost", "lightgbm"):
         from polystack.convert.tabular_onnx import convert
 
@@ -88,7 +92,7 @@ STEPS: dict[str, Step] = {
     "int8-dynamic": _int8_dynamic,
     "int8-static": _int8_static,
 }
-TO_ONNX = frozenset({"torch.export", "skops", "xgboost", "lightgbm"})
+TO_ONNX = frozenset({"torch.export", "torchscript", "skops", "xgboost", "lightgbm"})
 
 
 def step(name: str) -> Step:

@@ -47,6 +47,7 @@ IMPORTERS: dict[str, str] = {
     "jax.export": "polystack.formats.jax_export",
     "openvino": "polystack.formats.openvino_ir",
     "fil": "polystack.formats.fil",  # a zip of polystack's own, from a repository's folder for Triton's FIL backend
+    "torchscript": "polystack.formats.torchscript",  # a zip of polystack's own: a TorchScript module and its config
 }
 
 

@@ -20,7 +20,7 @@ import pickletools
 import zipfile
 from pathlib import Path
 
-from polystack.errors import UnsafeModel
+from polystack.errors import InvalidModelFile, UnsafeModel
 
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".cloudpickle", ".sav"}
 _ADVICE = (
@@ -169,6 +169,15 @@ def refuse_pickle(path: Path) -> None:
                 if is_pt2_archive(names):
                     check_pt2(path, zf)
                     return
+                from polystack.formats.torchscript import is_archive  # (it imports this package)
+
+                if is_archive(names):
+                    raise InvalidModelFile(
+                        f"{path.name} is a TorchScript module (torch.jit.save), whose file does not say what it takes "
+                        "and gives: serve it from a Triton model repository, as <name>/1/model.pt beside a "
+                        "<name>/config.pbtxt (platform: \"pytorch_libtorch\") that lists its inputs and outputs, or "
+                        "save it with torch.export.save (.pt2) or as ONNX to register it here"
+                    )
                 if _zip_holds_pickle(names):
                     raise UnsafeModel(
                         f"{path.name} is a pickle-family file (a zip holding a pickle, as torch.save writes), "

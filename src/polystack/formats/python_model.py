@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidModelFile
-from polystack.formats import ImportedModel
-from polystack.types import DType, Signature, TensorSpec
+from polystack.formats import ImportedModel, triton_io
+from polystack.types import Signature
 
 NAME = "python"
 MANIFEST = "polystack-python-model.json"  # the model's name, version, file and config
 MAX_FILES = 10_000  # a version folder with more is a mistake (a data set copied in), refused
 _DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the same bytes
-_TYPES = {f"TYPE_{d.value}": d for d in DType if d is not DType.BYTES} | {"TYPE_STRING": DType.BYTES}
 
 
 def pack(folder: Path, version: int, name: str, config: dict[str, Any], file: str, out: Path) -> Path:
@@ -58,42 +57,5 @@ def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
 
 
 def signature(config: dict[str, Any]) -> Signature:
-    """The inputs and outputs a Python model's config declares (with the batch dimension where it batches)."""
-    batched = int(config.get("max_batch_size") or 0) > 0
-    found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
-    for key in ("input", "output"):
-        items = config.get(key) or []
-        if not items:
-            raise InvalidModelFile(
-                f"a Python model's config lists its {key}s (name, data_type, dims): nothing else says what its code "
-                f"{'takes' if key == 'input' else 'returns'}"
-            )
-        for item in items:
-            name, kind, dims = item.get("name"), item.get("data_type"), item.get("dims")
-            if not isinstance(name, str) or not name or kind not in _TYPES or not isinstance(dims, list):
-                raise InvalidModelFile(
-                    f"the config's {key} {json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
-                )
-            spec = TensorSpec(name, _TYPES[kind], ((-1,) if batched else ()) + tuple(int(d) for d in dims))
-            found["optional" if key == "input" and item.get("optional") else key].append(spec)
-    listed = {t.name for t in found["input"] + found["optional"]}
-    found["input"] += [c for c in _controls(config, batched) if c.name not in listed]
-    return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
-
-
-_CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
-
-
-def _controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
-    """The control inputs its sequence batching sets (START, END, READY, CORRID): inputs of the model that its
-    config lists there alone, as Triton hands a Python model them, one value per request."""
-    specs = []
-    for control_input in (config.get("sequence_batching") or {}).get("control_input") or []:
-        controls = control_input.get("control") or [{}]
-        kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if k in controls[0]), None)
-        if kind is None:  # CONTROL_SEQUENCE_CORRID: its data_type (one the server's checks of the config read)
-            kind = _TYPES.get(str(controls[0].get("data_type")), DType.UINT64)
-        name = control_input.get("name")
-        if isinstance(name, str) and name:
-            specs.append(TensorSpec(name, kind, ((-1,) if batched else ()) + (1,)))
-    return specs
+    """The inputs and outputs a Python model's config declares (``triton_io``)."""
+    return triton_io.signature(config, "a Python model")

@@ -50,7 +50,7 @@ from polystack.formats import fil as fil_format
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec, wire
-from polystack.server import fil_config, onnxruntime_config, openvino_config, repository_agents
+from polystack.server import fil_config, onnxruntime_config, openvino_config, pytorch_config, repository_agents
 from polystack.server.onnxruntime_config import Accelerator, Optimization
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
@@ -388,7 +388,7 @@ def render(
     config: dict[str, Any] = {
         "name": entry.name,
         "platform": "" if entry.spec.backend in BACKEND_ONLY else entry.spec.platform,  # as Triton's config of one
-        "backend": entry.spec.backend,
+        "backend": entry.spec.triton_backend,
         "max_batch_size": max_batch,
         "input": inputs,
         "output": [{**tensor(t), "label_filename": label_files.get(t.name, ""), **flags} for t in sig.outputs],
@@ -586,14 +586,18 @@ class ConfigFile:
     written_policy: Any = None
 
 
-# what Triton names every ONNX file's runtime: a config that says so leaves the runtime to polystack's plan, as a
-# repository's config does (model_repository.py leaves it out)
-_DEFAULT_RUNTIME = {"onnxruntime", "onnxruntime_onnx"}
+# what Triton names the runtime of every file of a format (ONNX's, TorchScript's): a config that says so leaves the
+# runtime to polystack's plan, as a repository's config does (model_repository.py leaves it out)
+_DEFAULT_RUNTIME = {
+    "onnxruntime": "onnx", "onnxruntime_onnx": "onnx",
+    "pytorch": "torchscript", "pytorch_libtorch": "torchscript", "libtorch": "torchscript",
+}  # fmt: skip
 
 
 def runtime_of(text: str | None) -> str:
     """The runtime a config's ``backend`` names, where it names one polystack may choose for a model (empty:
-    none, ONNX Runtime, which Triton names for every ONNX file, or Python's, whose models have no other);
+    none, ONNX Runtime or PyTorch, which Triton names for every ONNX or TorchScript file, or Python's, whose
+    models have no other);
     ``read`` checks the rest of the config."""
     if not text:
         return ""
@@ -625,7 +629,7 @@ def read(
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
-        if theirs in _DEFAULT_RUNTIME and record.format == "onnx":
+        if _DEFAULT_RUNTIME.get(theirs) == record.format:
             continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
             if key == "backend" and not runtime_loads(theirs, record.format):
@@ -652,6 +656,9 @@ def read(
     elif spec.backend == "fil":
         onnxruntime_config.options((), optimization, spec.backend, spec.device)
         options = fil_config.options(parameters, record.settings.get("fil"))
+    elif record.format == "torchscript":  # Triton's PyTorch backend's parameters: checked, applied by its runtime
+        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options |= pytorch_config.options(parameters, applied=spec.backend == "torchscript")
     else:
         options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
@@ -1435,8 +1442,8 @@ def _instances(value: Any, spec: LoadSpec) -> int:
     return total
 
 
-# Triton's default file name by the platform its config shows (the ONNX Runtime backend's, the Python backend's)
-_DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py"}
+# Triton's default file name by the platform its config shows (the ONNX Runtime, Python and PyTorch backends')
+_DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py", "pytorch_libtorch": "model.pt"}
 
 
 def _default_count(spec: LoadSpec) -> int | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
-from polystack.formats import IMPORTERS, fil, import_model, python_model
+from polystack.formats import IMPORTERS, fil, import_model, python_model, torchscript
 from polystack.labels import label_settings, parse_label_options
 from polystack.server import fil_config, model_config
 from polystack.store import ModelRecord, Store
@@ -236,6 +236,11 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             (where / "model" / beside.partition("/")[2]).write_bytes(data)
         if model_config.runtime_of(config) == "fil":  # Triton's FIL backend's file: packed with its settings
             path = fil.pack(path, fil_config.settings(model_config.parse_config(config)), where / "model.fil.zip")
+        elif torchscript.is_archive_file(path):  # Triton's PyTorch backend's: packed with the config, its signature
+            path = torchscript.pack(
+                path, {**model_config.parse_config(config), "name": name}, name, where / "model.torchscript.zip",
+                PREFIX + files.model_path,
+            )  # fmt: skip
         labels: dict[str, Path] = {}
         if named:
             (where / "labels").mkdir()

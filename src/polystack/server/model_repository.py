@@ -53,7 +53,7 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
-from polystack.formats import fil, python_model
+from polystack.formats import fil, python_model, torchscript
 from polystack.labels import file_in as label_file_in
 from polystack.server import fil_config, model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
@@ -71,11 +71,13 @@ _DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx",
 # (FIL's default file is its model_type's: formats/fil.py)
 _OTHER_FILES = {
     "model.plan": "TensorRT",
-    "model.pt": "PyTorch (TorchScript)",
+    "model.pt2": "PyTorch AOTInductor",
     "model.savedmodel": "TensorFlow SavedModel",
     "model.graphdef": "TensorFlow GraphDef",
     "model.py": "Python backend",
 }
+# Triton's names for its PyTorch backend's TorchScript models (``torch_aoti``, its AOTInductor packages, is refused)
+_PYTORCH = frozenset({"pytorch", "pytorch_libtorch", "libtorch"})
 # backends a config keeps when served, since they choose the runtime (Triton's OpenVINO backend runs ONNX files
 # too); ONNX Runtime's is left out, so that a plan may choose another runtime for a repository's ONNX model
 _CHOOSING = frozenset({"openvino"})
@@ -464,13 +466,15 @@ def _register_model(
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
     latest = folder / str(served[-1])
-    others = {"model.onnx", "model.xml", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
+    others = {"model.onnx", "model.xml", "model.pt", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
     if text is None and (latest / (filename or "model.py")).is_file() and not any((latest / f).exists() for f in others):
         doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     if doc.get("backend") == "fil":
         return _register_fil(store, folder, name, doc, served, filename, done, rules, shown, ran)
+    if _is_pytorch(doc, filename, latest):
+        return _register_torchscript(store, folder, name, doc, served, filename, done, rules, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
         if asked and not isinstance(asked, str):
             raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
@@ -478,7 +482,8 @@ def _register_model(
             raise InvalidRequest(
                 f"its config asks for {quote(asked)}, which polystack does not run from a repository; export the "
                 "model to ONNX as model.onnx and leave platform and backend out (or set them to onnxruntime), or "
-                "to OpenVINO IR as model.xml and model.bin with backend openvino (a tree model: backend fil)"
+                "to OpenVINO IR as model.xml and model.bin with backend openvino (a tree model: backend fil; a TorchScript "
+                "module: model.pt with platform pytorch_libtorch)"
             )
     served_text = None if text is None else _served_config(doc)  # what the server applies, checked at load
     labels = _label_files(folder, served_text)
@@ -595,6 +600,58 @@ def _register_fil(
     return RepositoryModel(name, served, config, ran=ran)
 
 
+def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
+    """Whether a folder's model is for Triton's PyTorch backend: its config says so (backend, platform, or a file
+    named model.pt), or names no backend and its version folder holds a file model.pt and no model.onnx, as
+    Triton's auto-complete finds one."""
+    if doc.get("backend") in _PYTORCH or doc.get("platform") in _PYTORCH:
+        return doc.get("platform") != "torch_aoti"
+    if doc.get("backend") or doc.get("platform"):
+        return False
+    return filename == "model.pt" or (
+        not filename and (latest / "model.pt").is_file() and not (latest / "model.onnx").exists()
+    )
+
+
+def _register_torchscript(
+    store: Store,
+    folder: Path,
+    name: str,
+    doc: dict[str, Any],
+    served: tuple[int, ...],
+    filename: str,
+    done: list[model_files.Registered],
+    rules: FolderRules,
+    shown: repository_agents.Agents,
+    ran: repository_agents.Agents,
+) -> RepositoryModel:
+    """Register the versions of a model for Triton's PyTorch backend: each version's TorchScript module and the
+    config, which alone says what it takes and gives (Triton auto-completes nothing for it), as one zip
+    (``formats/torchscript.py``). Its runtime is the plan's: ``torchscript`` by default."""
+    served_text = _served_config(doc)
+    labels = _label_files(folder, served_text)
+    config = {**doc, "name": name}
+    paths = []
+    for version in served:  # every file found before anything is registered
+        path = folder / str(version) / (filename or "model.pt")
+        if not path.is_file():
+            raise InvalidRequest(
+                f"{path} is not there; put the TorchScript module there (torch.jit.save(torch.jit.script(model), "
+                f"'model.pt')), or name it with default_model_filename in {CONFIG}"
+            ).at_version(version)
+        paths.append((version, path))
+    for version, path in paths:
+
+        def pack(work: Path, path: Path = path) -> Path:
+            return torchscript.pack(path, config, name, work / "model.torchscript.zip", str(path))
+
+        done.append(_register_packed(store, name, version, pack, str(path), labels, served_text))
+    source = f"--model-repository {rules.config_path(folder)}"
+    written = doc.get("version_policy", doc.get("versionPolicy"))
+    served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
+    return RepositoryModel(name, served, served_config, ran=ran)
+
+
 def _register_packed(
     store: Store,
     name: str,
@@ -607,8 +664,8 @@ def _register_packed(
     """Register one version of a model whose files the store keeps packed as one (a Python model's folder, a FIL
     model's file and settings): ``pack`` writes it in the work folder it is given; errors name it as ``shown``."""
     with tempfile.TemporaryDirectory(prefix="polystack-repository-") as work:
-        packed = pack(Path(work))
         try:
+            packed = pack(Path(work))
             return model_files.register_file(
                 store, name, packed, labels, Path(work), {packed: shown}, version=version, exact_labels=True,
                 triton_io=True, label_names=model_config.label_files(served_text),

@@ -1,0 +1,226 @@
+"""TorchScript modules (``formats/torchscript.py``), run as Triton's PyTorch backend runs them: one ``forward``
+per batch, its arguments bound as the format's ``Binding`` says, under ``torch.inference_mode`` and
+``torch.no_grad``, with TorchScript's optimized execution unless a config turns it off; the module as it was
+saved (no ``eval()``: a module saved in training mode runs so, as in Triton, and a warning says so).
+
+What forward returns is checked as Triton's backend checks it, in its words: a tensor, a tuple of tensors and
+``List[str]``, or a ``List[str]``; each output of the config's type exactly (no casting) and not a scalar. A
+``Dict[str, Tensor]`` is taken by output name. A batched output must hold a row per row of the batch.
+
+Devices are torch's (``backends/torch.py``). Thread counts are torch's and process-wide: the first model that
+sets them sets them, as in Triton.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from polystack.backends.base import Backend, LoadedModel
+from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError
+from polystack.formats.torchscript import TORCH_TYPES, Binding, check_code, load_module, unpack
+from polystack.types import DType, Signature
+
+log = logging.getLogger("polystack.backends")
+
+_threads_set = threading.Lock()
+_THREADS: dict[str, int] = {}  # what the first model asked for, process-wide
+
+
+class TorchScriptOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inference_mode: bool = Field(default=True, description="run under torch.inference_mode (INFERENCE_MODE)")
+    optimized_execution: bool = Field(
+        default=True, description="TorchScript's graph optimizations (off: DISABLE_OPTIMIZED_EXECUTION)"
+    )
+    intra_op_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads, process-wide, once")
+    inter_op_threads: int | None = Field(
+        default=None, ge=1, description="torch.set_num_interop_threads, process-wide, once"
+    )
+    tensor_fuser: bool | None = Field(default=None, description="TorchScript's tensor-expression fuser (None: torch's)")
+    jit_profiling: bool | None = Field(default=None, description="TorchScript's profiling mode (None: torch's)")
+    jit_executor: bool | None = Field(default=None, description="TorchScript's profiling executor (None: torch's)")
+
+
+class TorchScriptModel:
+    def __init__(
+        self, module: Any, binding: Binding, signature: Signature, device: str, options: TorchScriptOptions
+    ) -> None:
+        self.module = module
+        self.binding = binding
+        self.signature = signature
+        self.device = device
+        self.options = options
+        self._types = {t.name: t.dtype for t in (*signature.inputs, *signature.outputs)}
+        self._batched = {t.name for t in signature.outputs if t.shape[:1] == (-1,)}
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        rows = next((len(inputs[t.name]) for t in self.signature.inputs if t.shape[:1] == (-1,)), None)
+        arguments = [self._argument(torch, name, inputs[name]) for name in self.binding.arguments]
+        try:
+            with (
+                torch.jit.optimized_execution(self.options.optimized_execution),
+                torch.inference_mode(self.options.inference_mode),
+                torch.no_grad(),
+            ):
+                if self.binding.dict_input:
+                    result = self.module(dict(zip(self.binding.arguments, arguments, strict=True)))
+                else:
+                    result = self.module(*arguments)
+        except PolystackError:
+            raise
+        except Exception as e:
+            text = str(e).strip()
+            raise BackendError(f"PyTorch execute failure: {text.splitlines()[-1] if text else type(e).__name__}") from e
+        return self._outputs(torch, result, rows)
+
+    def _argument(self, torch: Any, name: str, array: np.ndarray) -> Any:
+        if self._types[name] is DType.BYTES:  # a List[str]: every element, in order, as Triton hands them
+            try:
+                return [bytes(v).decode("utf-8") if not isinstance(v, str) else v for v in array.reshape(-1)]
+            except UnicodeDecodeError:
+                raise InvalidRequest(
+                    f"input {name!r} holds bytes that are not UTF-8 text; the model takes it as a List[str]: send text"
+                ) from None
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _outputs(self, torch: Any, result: Any, rows: int | None) -> dict[str, np.ndarray]:
+        if isinstance(result, dict):
+            missing = [n for n, _ in self.binding.outputs if n not in result]
+            if missing:
+                raise BackendError(
+                    f"forward returned a dict without {', '.join(map(repr, missing))}: a dict's keys are the config's "
+                    f"output names (it has {', '.join(map(repr, sorted(map(str, result))))})"
+                )
+            values = {n: result[n] for n, _ in self.binding.outputs}
+        else:
+            returned = _returned(torch, result)
+            values = {}
+            for name, index in self.binding.outputs:
+                if index >= len(returned):
+                    raise BackendError(
+                        f"The output {name} in the model configuration refers to an output index which doesn't exist. "
+                        f"This model has {len(returned)} outputs"
+                    )
+                values[name] = returned[index]
+        return {name: self._output(torch, name, value, rows) for name, value in values.items()}
+
+    def _output(self, torch: Any, name: str, value: Any, rows: int | None) -> np.ndarray:
+        want = self._types[name]
+        if isinstance(value, list):
+            if want is not DType.BYTES:
+                raise BackendError(
+                    f"configuration expects datatype TYPE_{want.value} for output '{name}', model provides List[str]"
+                )
+            array = np.array([str(s).encode("utf-8") for s in value] or [], dtype=object)
+        elif isinstance(value, torch.Tensor):
+            got = next((d for d, t in TORCH_TYPES.items() if getattr(torch, t) == value.dtype), None)
+            if got is not want:
+                shown = f"TYPE_{got.value}" if got is not None else "TYPE_<invalid>"
+                raise BackendError(
+                    f"configuration expects datatype TYPE_{'STRING' if want is DType.BYTES else want.value} for "
+                    f"output '{name}', model provides {shown}"
+                )
+            if value.dim() == 0:
+                raise BackendError(f"output '{name}' is a scalar which is not supported.")
+            array = value.detach().to("cpu").contiguous().numpy()
+        else:
+            raise BackendError(f"output '{name}' must be of type Tensor or List[str].")
+        if rows is not None and name in self._batched and (array.ndim == 0 or array.shape[0] != rows):
+            raise BackendError(
+                f"output '{name}' has {array.shape[0] if array.ndim else 0} rows for a batch of {rows}: a batching "
+                "model's outputs hold a row per row of its inputs"
+            )
+        return array
+
+    def close(self) -> None:
+        self.module = None
+
+
+def _returned(torch: Any, result: Any) -> list[Any]:
+    """What forward returned as Triton's backend takes it: a tensor, a tuple, or a List[str]."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, tuple):
+        for i, value in enumerate(result):
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise BackendError(
+                    f"output at index {i} must be of type Tensor or List[str], received List[{_kind(value)}]"
+                )
+        return list(result)
+    if isinstance(result, list) and all(isinstance(v, str) for v in result):
+        return [result]
+    if isinstance(result, list):
+        raise BackendError(f"output must be of type Tensor or List[str], received List[{_kind(result)}]")
+    raise BackendError(
+        "output must be of type Tensor, List[str] or Tuple containing one of these two types. It should not be a "
+        "List / Dictionary of Tensors or a Scalar"
+    )
+
+
+def _kind(values: list[Any]) -> str:
+    return type(next((v for v in values if not isinstance(v, str)), "")).__name__
+
+
+def _set_threads(torch: Any, options: TorchScriptOptions) -> None:
+    """The thread counts, set by the first model that asks for each (torch's are the process's), as in Triton."""
+    with _threads_set:
+        if options.intra_op_threads and "intra" not in _THREADS:
+            torch.set_num_threads(options.intra_op_threads)
+            _THREADS["intra"] = options.intra_op_threads
+        if options.inter_op_threads and "inter" not in _THREADS:
+            try:
+                torch.set_num_interop_threads(options.inter_op_threads)
+            except RuntimeError:  # torch takes it only before its first parallel work; Triton ignores it too
+                log.warning(
+                    "torch's inter-op thread count was fixed before this model loaded; INTER_OP_THREAD_COUNT is ignored",
+                    extra={"asked": options.inter_op_threads, "threads": torch.get_num_interop_threads()},
+                )
+            _THREADS["inter"] = options.inter_op_threads
+
+
+class TorchScriptBackend(Backend):
+    name = "torchscript"
+    Options = TorchScriptOptions
+    formats = frozenset({"torchscript"})
+    requires = ("torch",)
+    distribution = "torch"
+
+    def devices(self) -> list[str]:
+        from polystack.backends.torch import TorchBackend
+
+        return TorchBackend().devices()
+
+    def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:
+        import torch
+
+        assert isinstance(options, TorchScriptOptions)
+        if device not in self.devices():
+            raise BackendUnavailable(f"torch cannot use device {device!r} here; it offers {self.devices()}")
+        config, binding, data = unpack(artifact)
+        check_code(data, "the TorchScript module")  # the store's blob is checked again before torch reads it
+        _set_threads(torch, options)
+        if options.tensor_fuser is not None:
+            torch._C._jit_set_texpr_fuser_enabled(options.tensor_fuser)
+        if options.jit_profiling is not None:
+            torch._C._jit_set_profiling_mode(options.jit_profiling)
+        if options.jit_executor is not None:
+            torch._C._jit_set_profiling_executor(options.jit_executor)
+        with torch.inference_mode(options.inference_mode):
+            module = load_module(data, device)
+        if getattr(module, "training", False):
+            log.warning(
+                "the TorchScript module was saved in training mode (dropout and batch norm behave as in training); "
+                "it runs so, as Triton's PyTorch backend runs it: save it after model.eval()",
+                extra={"model": config.get("name")},
+            )
+        return TorchScriptModel(module, binding, signature, device, options)

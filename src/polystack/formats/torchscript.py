@@ -1,0 +1,346 @@
+"""TorchScript modules (``torch.jit.save``'s ``model.pt``) as Triton's PyTorch backend serves them, kept by the
+store as one zip: the module's archive and its Triton config (``pack``). ``backends/torchscript.py`` runs them.
+
+A TorchScript file says nothing of its tensors' types and shapes, so the signature is the config's, as in Triton
+(whose PyTorch backend auto-completes nothing): its inputs and outputs, the control inputs and states of its
+sequence batching. How they meet ``forward`` is ``Binding``, worked out once at registration from the module's
+schema, by the rules of Triton's PyTorch backend (``model_instance_state.cc``), in its words where it has them:
+
+- inputs: by forward's argument names where every config input is one; else ``<name>__<index>`` (the index of the
+  argument); else the config's order. A single ``Dict[str, Tensor]`` argument takes every input by name. Sequence
+  controls and states always go by ``<name>__<index>``. Forward takes exactly as many arguments as that.
+- outputs: ``<name>__<index>`` (the index into the tuple forward returns) where every output has one; else the
+  config's order. TYPE_STRING tensors are ``List[str]``, of one dimension, batch included.
+
+Triton's backend writes past its arguments on an index out of range, and a duplicate index leaves a hole; both are
+refused here. A returned ``Dict[str, Tensor]`` is taken by output name (Triton's backend refuses one).
+
+TorchScript is code, restricted to torch's operators. Before torch reads a file (``torch.jit.load`` runs a
+module's ``__setstate__``), ``check_code`` parses the archive's code and refuses the operators that reach outside
+the model: files (``torch.from_file``, ``torch.save``), and any operator or class outside torch's own numeric
+namespaces (``torch.distributed``'s stores open sockets; custom operators need libraries polystack does not load).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidModelFile, UnsafeModel
+from polystack.formats import ImportedModel, triton_io
+from polystack.types import DType, Signature, TensorSpec
+
+NAME = "torchscript"
+MANIFEST = "polystack-torchscript.json"  # the config and the binding
+MODEL = "model.pt"  # the module's archive, stored as it was given
+_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the same bytes
+
+# Triton's PyTorch backend's types (libtorch_utils.cc): these nine, and TYPE_STRING as List[str]
+TORCH_TYPES = {
+    DType.BOOL: "bool", DType.UINT8: "uint8", DType.INT8: "int8", DType.INT16: "int16", DType.INT32: "int32",
+    DType.INT64: "int64", DType.FP16: "float16", DType.FP32: "float32", DType.FP64: "float64",
+}  # fmt: skip
+
+# operators a TorchScript file may call: torch's numeric namespaces; and, of those, the ones that reach files
+_NAMESPACES = frozenset(
+    {"aten", "prim", "prims", "quantized", "_quantized", "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "sparse",
+     "quantization", "xnnpack", "prepacked", "torchvision"}
+)  # fmt: skip
+_DENIED = frozenset({"from_file", "save", "load_tensor", "_load_for_mobile", "load"})
+_INDEXED = re.compile(r"__(\d*)$")
+
+
+def is_archive(names: list[str]) -> bool:
+    """Whether a zip's entries are a TorchScript archive's (``torch.jit.save``): code beside the pickles."""
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n and n.endswith(".py") for n in names)
+
+
+def is_archive_file(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (reads its zip index only)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return is_archive(zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def check_code(data: bytes, shown: str) -> None:
+    """Refuse a TorchScript archive whose code calls an operator that reaches files, or one outside torch's
+    numeric namespaces; the code is parsed, never run."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InvalidModelFile(f"{shown} is not a TorchScript archive (torch.jit.save writes a zip)") from None
+    with zf:
+        names = zf.namelist()
+        if not is_archive(names):
+            raise InvalidModelFile(
+                f"{shown} is not a TorchScript archive (torch.jit.save's, with its code/ and constants.pkl); save the "
+                "module with torch.jit.save(torch.jit.script(model), 'model.pt')"
+            )
+        for name in names:
+            if "/code/" not in name or not name.endswith(".py"):
+                continue
+            try:
+                tree = ast.parse(zf.read(name).decode("utf-8"), filename=name)
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                raise UnsafeModel(f"{shown}: its code {name} cannot be read to check it; refused unread") from None
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute):
+                    _check_chain(_dotted(node), shown, name)
+
+
+def _dotted(node: ast.Attribute) -> list[str]:
+    parts: list[str] = []
+    current: ast.expr = node
+    while isinstance(current, ast.Attribute):
+        parts.append(current.attr)
+        current = current.value
+    if isinstance(current, ast.Name):
+        parts.append(current.id)
+    return parts[::-1]
+
+
+def _check_chain(parts: list[str], shown: str, where: str) -> None:
+    """One dotted name of TorchScript code: ``torch.<op>``, ``ops.<namespace>.<op>``, ``torch.classes...``."""
+    if parts[:1] == ["ops"]:
+        namespace = parts[1:2]
+    elif parts[:2] in (["torch", "ops"], ["torch", "classes"]):
+        namespace = parts[2:3]
+    elif parts[:3] == ["__torch__", "torch", "classes"]:
+        namespace = parts[3:4]
+    else:
+        namespace = []
+    if namespace and namespace[0] not in _NAMESPACES:
+        raise UnsafeModel(
+            f"{shown} calls {'.'.join(parts)} ({where}), outside torch's own operators (namespace "
+            f"{namespace[0]!r}); polystack runs TorchScript on torch's numeric operators only: save the module "
+            "without it"
+        )
+    if parts[:1] in (["torch"], ["ops"]) and parts[-1] in _DENIED:
+        raise UnsafeModel(
+            f"{shown} calls {'.'.join(parts)} ({where}), which reaches the server's files; a served model may not: "
+            "save the module without it"
+        )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How a config's tensors meet ``forward``: ``arguments``, the tensor names in forward's argument order (a
+    ``Dict[str, Tensor]`` argument, ``dict_input``: its keys); ``outputs``, each config output's index into what
+    forward returns."""
+
+    arguments: tuple[str, ...]
+    outputs: tuple[tuple[str, int], ...]
+    dict_input: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arguments": list(self.arguments),
+            "outputs": [list(o) for o in self.outputs],
+            "dict_input": self.dict_input,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Binding:
+        return cls(tuple(doc["arguments"]), tuple((str(n), int(i)) for n, i in doc["outputs"]), bool(doc["dict_input"]))
+
+
+def signature(config: dict[str, Any]) -> Signature:
+    """The config's inputs and outputs (``triton_io``), with its sequence batching's states: each an input and
+    an output of the module."""
+    for key in ("input", "output"):
+        if not config.get(key):  # Triton's PyTorch backend's words, then what to do
+            raise InvalidModelFile(
+                f"model configuration must contain at least one {key}, none were specified: a TorchScript file does "
+                f"not say what it {'takes' if key == 'input' else 'gives'}, so its config.pbtxt lists its {key}s "
+                "(name, data_type, dims), as Triton's PyTorch backend needs"
+            )
+    sig = triton_io.signature(config, "a TorchScript model")
+    batch = (-1,) if int(config.get("max_batch_size") or 0) > 0 else ()
+    inputs, outputs = list(sig.inputs), list(sig.outputs)
+    for state in (config.get("sequence_batching") or {}).get("state") or []:
+        dtype = triton_io.TYPES.get(str(state.get("data_type")))
+        dims = batch + tuple(int(d) for d in state.get("dims") or [])
+        if dtype is None or not state.get("input_name") or not state.get("output_name"):
+            continue  # model_config says what is wrong with it
+        if state["input_name"] not in {t.name for t in inputs}:
+            inputs.append(TensorSpec(str(state["input_name"]), dtype, dims))
+        if state["output_name"] not in {t.name for t in outputs}:
+            outputs.append(TensorSpec(str(state["output_name"]), dtype, dims))
+    return Signature(tuple(inputs), tuple(outputs), sig.optional)
+
+
+def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
+    """The binding of ``config`` to ``module``'s forward (a loaded ScriptModule), refused in Triton's PyTorch
+    backend's words where it refuses it."""
+    sig = signature(config)
+    if sig.optional:
+        raise InvalidModelFile(
+            f"input {sig.optional[0].name!r} is optional, but Triton's PyTorch backend hands forward every input; "
+            "take optional out of the config (forward's arguments have no defaults there)"
+        )
+    if config.get("batch_input"):
+        raise InvalidModelFile(
+            "the config sets batch_input, which polystack does not hand a TorchScript model; take it out (and "
+            "allow_ragged_batch with it), or export the model to ONNX, whose ragged batching polystack serves"
+        )
+    for tensors, kind in ((sig.inputs, "input"), (sig.outputs, "output")):
+        for t in tensors:
+            if t.dtype is not DType.BYTES and t.dtype not in TORCH_TYPES:
+                raise InvalidModelFile(
+                    f"unsupported datatype TYPE_{t.dtype.value} for {kind} '{t.name}' for model '{model}'"
+                )
+            if t.dtype is DType.BYTES and len(t.shape) > 1:
+                raise InvalidModelFile(
+                    f"Triton only supports 1 dimensional List of String as {kind} for '{t.name}' for model '{model}'; "
+                    "a batching model's is dims: [ 1 ] with reshape: { shape: [ ] }"
+                )
+    arguments = _arguments(module, model)
+    listed = [str(i.get("name")) for i in config.get("input") or []]
+    indexed = [t.name for t in sig.inputs if t.name not in listed]  # controls and states: <name>__<index> always
+    states = (config.get("sequence_batching") or {}).get("state") or []
+    if len(arguments) == 1 and arguments[0][1] == "DictType":
+        return Binding(tuple(t.name for t in sig.inputs), _outputs(config, sig, model, bool(states)), dict_input=True)
+    if any(kind == "DictType" for _, kind in arguments):
+        raise InvalidModelFile(
+            "Multiple inputs of kind DictType were detected. Only a single input of type Dict(str, Tensor) is supported."
+        )
+    for _, kind in arguments:
+        if kind not in ("TensorType", "ListType"):
+            raise InvalidModelFile(
+                f"An input of type '{kind}' was detected in the model. Only a single input of type Dict(str, Tensor) "
+                "or input(s) of type Tensor are supported."
+            )
+    if len(arguments) != len(sig.inputs):
+        raise InvalidModelFile(
+            f"unable to load model '{model}', configuration expects {len(sig.inputs)} inputs, model provides "
+            f"{len(arguments)}: forward takes ({', '.join(n for n, _ in arguments)})"
+        )
+    names = [n for n, _ in arguments]
+    slots: dict[str, int] = {}
+    if all(n in names for n in listed):  # Triton's FORWARD_ARGUMENT
+        slots = {n: names.index(n) for n in listed}
+        named = False
+    else:
+        named = all(_INDEXED.search(n) for n in listed)  # NAMED_INDEX, else STRICT_CONFIG_ORDERING
+        slots = {n: _index(n) if named else i for i, n in enumerate(listed)}
+    if states and not named:
+        raise InvalidModelFile(
+            f"PyTorch model '{model}' is using sequence batching with state but not all inputs and outputs follow the "
+            "<name>__<index> naming convention."
+        )
+    for n in indexed:
+        if not _INDEXED.search(n):
+            raise InvalidModelFile(f"input '{n}' does not follow <name>__<index> naming convention.")
+        slots[n] = _index(n)
+    order: list[str | None] = [None] * len(arguments)
+    for n, slot in slots.items():
+        if slot >= len(arguments) or order[slot] is not None:
+            raise InvalidModelFile(
+                f"input {n!r} names forward's argument {slot}, which "
+                + (
+                    f"{order[slot]!r} names too"
+                    if slot < len(arguments)
+                    else f"forward has not: it takes {len(arguments)}"
+                )
+                + f" ({', '.join(names)}); give each input its own index from 0"
+            )
+        order[slot] = n
+    types = {t.name: t.dtype for t in sig.inputs}
+    for (arg, kind), given in zip(arguments, order, strict=True):
+        want = "ListType" if types[str(given)] is DType.BYTES else "TensorType"
+        if kind != want:
+            raise InvalidModelFile(
+                f"input {given!r} is TYPE_{'STRING' if want == 'ListType' else types[str(given)].value}, but forward's argument "
+                f"{arg!r} takes a {'List[str]' if kind == 'ListType' else 'Tensor'}; give TYPE_STRING to its List[str] "
+                "arguments and a tensor type to its Tensor arguments"
+            )
+    return Binding(tuple(str(n) for n in order), _outputs(config, sig, model, bool(states)))
+
+
+def _arguments(module: Any, model: str) -> list[tuple[str, str]]:
+    """forward's arguments but ``self``: (name, kind of type)."""
+    try:
+        schema = module.forward.schema
+    except Exception as e:
+        raise InvalidModelFile(
+            f"the TorchScript module of model '{model}' has no forward method to run ({e})"
+        ) from None
+    found = [(a.name, a.type.kind()) for a in schema.arguments]
+    return found[1:] if found and found[0][1] == "ClassType" else found
+
+
+def _index(name: str) -> int:
+    match = _INDEXED.search(name)
+    assert match is not None
+    return int(match.group(1) or 0)  # Triton's atoi: "x__" is index 0
+
+
+def _outputs(config: dict[str, Any], sig: Signature, model: str, states: bool) -> tuple[tuple[str, int], ...]:
+    names = [t.name for t in sig.outputs]
+    named = all(_INDEXED.search(n) for n in names)
+    if states and not named:
+        raise InvalidModelFile(
+            f"PyTorch model '{model}' is using sequence batching with state but not all inputs and outputs follow the "
+            "<name>__<index> naming convention."
+        )
+    return tuple((n, _index(n) if named else i) for i, n in enumerate(names))
+
+
+def load_module(data: bytes, device: str = "cpu") -> Any:
+    """The ScriptModule in ``data`` (checked by ``check_code`` first), on ``device``."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; Triton serves it
+            return torch.jit.load(io.BytesIO(data), map_location=device)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidModelFile(f"torch cannot load the TorchScript module: {first}") from None
+
+
+def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str = "") -> Path:
+    """Write ``path`` (a TorchScript archive) and ``config`` as one zip at ``out``, with the binding of the two;
+    refused where the archive's code calls what a served model may not, or the config does not fit forward."""
+    data = path.read_bytes()
+    check_code(data, shown or path.name)
+    binding = bind(load_module(data), config, model)
+    manifest = {"config": config, "binding": binding.to_json()}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
+        zf.writestr(zipfile.ZipInfo(MODEL, _DATE), data)
+    return out
+
+
+def unpack(path: Path) -> tuple[dict[str, Any], Binding, bytes]:
+    """The config, binding and module archive ``pack`` wrote."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read(MANIFEST))
+            return manifest["config"], Binding.from_json(manifest["binding"]), zf.read(MODEL)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
+        raise InvalidModelFile(
+            f"{path.name} is not a TorchScript model as polystack keeps one ({type(e).__name__}); register it again "
+            "from its repository folder"
+        ) from None
+
+
+def sniff(path: Path) -> bool:
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return MANIFEST in zf.namelist()
+
+
+def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
+    config, _, _ = unpack(path)
+    return ImportedModel(NAME, signature(config), path)

@@ -1,0 +1,57 @@
+"""A model's signature from its Triton config, for models whose files do not say what they take and give
+(Triton's Python-backend models, TorchScript modules): the config's inputs and outputs, with the batch
+dimension where it batches, each in the shape the model sees (a ``reshape``'s where the config gives one, as
+Triton hands the backend the reshaped tensor), and the control inputs its sequence batching sets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from polystack.errors import InvalidModelFile
+from polystack.types import DType, Signature, TensorSpec
+
+TYPES = {f"TYPE_{d.value}": d for d in DType if d is not DType.BYTES} | {"TYPE_STRING": DType.BYTES}
+_CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
+
+
+def signature(config: dict[str, Any], kind: str) -> Signature:
+    """The inputs and outputs ``config`` declares for ``kind`` of model (as errors name it: "a Python model")."""
+    batched = int(config.get("max_batch_size") or 0) > 0
+    found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
+    for key in ("input", "output"):
+        items = config.get(key) or []
+        if not items:
+            raise InvalidModelFile(
+                f"{kind}'s config lists its {key}s (name, data_type, dims): nothing else says what its code "
+                f"{'takes' if key == 'input' else 'returns'}"
+            )
+        for item in items:
+            name, dtype, dims = item.get("name"), item.get("data_type"), item.get("dims")
+            if not isinstance(name, str) or not name or dtype not in TYPES or not isinstance(dims, list):
+                raise InvalidModelFile(
+                    f"the config's {key} {json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
+                )
+            reshape = item.get("reshape")
+            if isinstance(reshape, dict) and isinstance(reshape.get("shape", []), list):
+                dims = reshape.get("shape", [])  # the shape the model sees; model_config checks it against dims
+            spec = TensorSpec(name, TYPES[dtype], ((-1,) if batched else ()) + tuple(int(d) for d in dims))
+            found["optional" if key == "input" and item.get("optional") else key].append(spec)
+    listed = {t.name for t in found["input"] + found["optional"]}
+    found["input"] += [c for c in controls(config, batched) if c.name not in listed]
+    return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
+
+
+def controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
+    """The control inputs its sequence batching sets (START, END, READY, CORRID): inputs of the model that its
+    config lists there alone, one value per request."""
+    specs = []
+    for control_input in (config.get("sequence_batching") or {}).get("control_input") or []:
+        listed = control_input.get("control") or [{}]
+        kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if k in listed[0]), None)
+        if kind is None:  # CONTROL_SEQUENCE_CORRID: its data_type (one the server's checks of the config read)
+            kind = TYPES.get(str(listed[0].get("data_type")), DType.UINT64)
+        name = control_input.get("name")
+        if isinstance(name, str) and name:
+            specs.append(TensorSpec(name, kind, ((-1,) if batched else ()) + (1,)))
+    return specs

@@ -1,0 +1,86 @@
+"""Triton's PyTorch backend settings in a model's config, as polystack's torchscript options.
+
+Triton's PyTorch backend (pytorch_backend, ``ModelState::ParseParameters``) reads these ``parameters``: the
+switches ``DISABLE_OPTIMIZED_EXECUTION``, ``INFERENCE_MODE`` (on unless turned off), ``ENABLE_TENSOR_FUSER``,
+``ENABLE_JIT_PROFILING``, ``ENABLE_JIT_EXECUTOR`` (the last three leave torch's own setting where the config
+does not give them), ``DISABLE_CUDNN``, ``ENABLE_WEIGHT_SHARING`` and ``ENABLE_CACHE_CLEANING``; and the thread
+counts ``INTRA_OP_THREAD_COUNT`` and ``INTER_OP_THREAD_COUNT`` (process-wide: the first model's count holds).
+A switch is ``true``, ``on`` or ``1``, or ``false``, ``off`` or ``0``, in any case; a count is a whole number, read
+as C's ``stoi`` reads it (``4x`` is 4), and 0 or less leaves torch's. This module reads the same names and values,
+refuses what that backend refuses in its words, and gives the options of polystack's torchscript backend
+(``backends/torchscript.py``). The last three switches change nothing here: cuDNN and CUDA's cache are a GPU's,
+and a model's instances share one loaded module in polystack whatever ``ENABLE_WEIGHT_SHARING`` says. Other names
+are ignored, as Triton ignores them, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from polystack.errors import InvalidRequest
+
+log = logging.getLogger("polystack.server")
+
+# switch -> (option, whether the option is the switch's opposite)
+_SWITCHES = {
+    "DISABLE_OPTIMIZED_EXECUTION": ("optimized_execution", True),
+    "INFERENCE_MODE": ("inference_mode", False),
+    "ENABLE_TENSOR_FUSER": ("tensor_fuser", False),
+    "ENABLE_JIT_PROFILING": ("jit_profiling", False),
+    "ENABLE_JIT_EXECUTOR": ("jit_executor", False),
+    "DISABLE_CUDNN": ("", False),  # a GPU's
+    "ENABLE_WEIGHT_SHARING": ("", False),  # polystack's instances share one module
+    "ENABLE_CACHE_CLEANING": ("", False),  # CUDA's cache
+}
+_THREADS = {"INTRA_OP_THREAD_COUNT": "intra_op_threads", "INTER_OP_THREAD_COUNT": "inter_op_threads"}
+PARAMETERS = frozenset({*_SWITCHES, *_THREADS})
+_MAX_THREADS = 1024
+_STOI = re.compile(r"\s*([+-]?\d+)")
+
+
+def switch(key: str, given: str) -> bool:
+    """A switch's value, as Triton's ``ParseBoolValue`` reads it."""
+    value = given.lower()
+    if value in ("true", "on", "1"):
+        return True
+    if value in ("false", "off", "0"):
+        return False
+    raise InvalidRequest(f"failed to convert '{given}' to boolean (parameter {key}); give true or false")
+
+
+def count(key: str, given: str) -> int:
+    """A thread count, as Triton's ``ParseIntValue`` (C's ``stoi``) reads it."""
+    match = _STOI.match(given)
+    if match is None:
+        raise InvalidRequest(f"failed to convert '{given}' to integral number (parameter {key}); give a whole number")
+    return int(match.group(1))
+
+
+def options(parameters: Sequence[tuple[str, str]], applied: bool = True) -> dict[str, Any]:
+    """The options of polystack's torchscript backend that do what Triton's PyTorch backend does with these
+    ``parameters`` (name, string value); each is checked whether or not it is ``applied`` (a TorchScript model a
+    plan serves with another runtime: none is)."""
+    ignored = sorted(k for k, _ in parameters if k not in PARAMETERS)
+    if ignored:
+        log.warning(
+            "the config sets parameters that neither Triton's PyTorch backend nor polystack reads; they are ignored, "
+            "as Triton ignores them (check the names of those meant for the runtime)",
+            extra={"parameters": ignored, "read": sorted(PARAMETERS)},
+        )
+    out: dict[str, Any] = {}
+    for key, given in parameters:
+        if key in _SWITCHES:
+            option, opposite = _SWITCHES[key]
+            value = switch(key, given)
+            if option:
+                out[option] = not value if opposite else value
+        elif key in _THREADS:
+            threads = count(key, given)
+            if threads > _MAX_THREADS:
+                raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most {_MAX_THREADS} threads")
+            if threads > 0:
+                out[_THREADS[key]] = threads
+    return out if applied else {}

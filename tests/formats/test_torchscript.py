@@ -1,0 +1,177 @@
+"""TorchScript modules for Triton's PyTorch backend (``formats/torchscript.py``): how a config's tensors meet
+forward (its argument names, ``<name>__<index>``, the config's order, a dict), the configs Triton's backend
+refuses, in its words, and code that reaches outside the model, refused before torch reads it."""
+
+from __future__ import annotations
+
+import copy
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from polystack.errors import InvalidModelFile, UnsafeModel
+from polystack.formats import import_model
+from polystack.formats.pickle_guard import refuse_pickle
+from polystack.formats.torchscript import bind, check_code, pack, signature
+
+
+class _Two(torch.nn.Module):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, mask + 1
+
+
+class _Dict(torch.nn.Module):
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return inputs["a"] + inputs["b"]
+
+
+class _Words(torch.nn.Module):
+    def forward(self, words: list[str], x: torch.Tensor) -> torch.Tensor:
+        return x + len(words)
+
+
+class _ReadsFiles(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.from_file("/etc/hostname", False, 1, dtype=torch.uint8).to(x.dtype)
+
+
+def _tensor(name: str, dtype: str = "TYPE_FP32", dims: list[int] | None = None, **more: Any) -> dict[str, Any]:
+    return {"name": name, "data_type": dtype, "dims": dims if dims is not None else [4], **more}
+
+
+def _config(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]] | None = None, **more: Any) -> dict[str, Any]:
+    return {"max_batch_size": 8, "input": inputs, "output": outputs or [_tensor("OUTPUT__0")], **more}
+
+
+TWO = torch.jit.script(_Two())
+
+
+def test_inputs_named_as_forwards_arguments_go_to_them_in_any_order() -> None:
+    binding = bind(TWO, _config([_tensor("mask"), _tensor("x")]), "m")
+    assert binding.arguments == ("x", "mask")
+
+
+def test_inputs_named_by_index_go_to_that_argument() -> None:
+    binding = bind(TWO, _config([_tensor("B__1"), _tensor("A__0")]), "m")
+    assert binding.arguments == ("A__0", "B__1")
+
+
+def test_other_names_go_in_the_configs_order() -> None:
+    binding = bind(TWO, _config([_tensor("second"), _tensor("first")]), "m")
+    assert binding.arguments == ("second", "first")
+
+
+def test_outputs_go_by_index_where_every_one_has_one_else_by_the_configs_order() -> None:
+    outputs = [_tensor("OUT__1"), _tensor("OUT__0")]
+    assert bind(TWO, _config([_tensor("x"), _tensor("mask")], outputs), "m").outputs == (("OUT__1", 1), ("OUT__0", 0))
+    outputs = [_tensor("doubled"), _tensor("OUT__0")]
+    assert bind(TWO, _config([_tensor("x"), _tensor("mask")], outputs), "m").outputs == (("doubled", 0), ("OUT__0", 1))
+
+
+def test_a_dict_argument_takes_every_input_by_name() -> None:
+    binding = bind(torch.jit.script(_Dict()), _config([_tensor("a"), _tensor("b")]), "m")
+    assert binding.dict_input and binding.arguments == ("a", "b")
+
+
+def test_sequence_controls_and_states_go_by_index() -> None:
+    class Acc(torch.nn.Module):
+        def forward(self, x: torch.Tensor, start: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = state * (1 - start) + x
+            return total, total
+
+    sequence = {
+        "control_input": [{"name": "START__1", "control": [{"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1]}]}],
+        "state": [{"input_name": "STATE__2", "output_name": "STATE_OUT__1", "data_type": "TYPE_FP32", "dims": [1]}],
+    }  # fmt: skip
+    config = _config([_tensor("X__0", dims=[1])], [_tensor("OUT__0", dims=[1])], sequence_batching=sequence)
+    binding = bind(torch.jit.script(Acc()), config, "acc")
+    assert binding.arguments == ("X__0", "START__1", "STATE__2")
+    assert binding.outputs == (("OUT__0", 0), ("STATE_OUT__1", 1))
+    assert [t.name for t in signature(config).outputs] == ["OUT__0", "STATE_OUT__1"]
+    plain = copy.deepcopy(config)
+    plain["input"][0]["name"] = "x"
+    with pytest.raises(InvalidModelFile, match="sequence batching with state but not all inputs and outputs follow"):
+        bind(torch.jit.script(Acc()), plain, "acc")
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (_config([_tensor("x")]), "unable to load model 'm', configuration expects 1 inputs, model provides 2"),
+        (_config([_tensor("A__0"), _tensor("B__2")]), "names forward's argument 2, which forward has not: it takes 2"),
+        (_config([_tensor("A__0"), _tensor("B__0")]), "names forward's argument 0, which 'A__0' names too"),
+        (_config([_tensor("x", "TYPE_BF16"), _tensor("mask")]), "unsupported datatype TYPE_BF16 for input 'x' for model 'm'"),
+        (_config([_tensor("x"), _tensor("mask")], [_tensor("OUTPUT__0", "TYPE_UINT32")]), "unsupported datatype TYPE_UINT32 for output"),
+        (_config([_tensor("x"), _tensor("mask", "TYPE_STRING")]), "Triton only supports 1 dimensional List of String as input for 'mask'"),
+        (_config([_tensor("x"), _tensor("mask", optional=True)]), "input 'mask' is optional"),
+        (_config([_tensor("x"), _tensor("mask")], batch_input=[{"kind": "BATCH_ELEMENT_COUNT"}]), "sets batch_input"),
+        (_config([], []), "model configuration must contain at least one input, none were specified"),
+    ],
+    ids=["count", "index-past", "index-twice", "bf16", "uint32-out", "string-dims", "optional", "batch-input", "none"],
+)  # fmt: skip
+def test_configs_that_do_not_fit_forward_are_refused_in_tritons_words(config: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidModelFile, match=words.replace("(", r"\(").replace("[", r"\[")):
+        bind(TWO, config, "m")
+
+
+def test_strings_go_to_list_arguments_and_tensors_to_tensor_arguments() -> None:
+    words = torch.jit.script(_Words())
+    ok = _config([_tensor("words", "TYPE_STRING", [1], reshape={"shape": []}), _tensor("x", dims=[1])])
+    assert bind(words, ok, "m").arguments == ("words", "x")
+    crossed = _config([_tensor("x", "TYPE_STRING", [1], reshape={"shape": []}), _tensor("words", dims=[1])])
+    with pytest.raises(InvalidModelFile, match="input 'words' is TYPE_FP32, but forward's argument 'words' takes a List"):
+        bind(words, crossed, "m")
+
+
+def _saved(module: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def test_code_that_reads_the_servers_files_is_refused_before_torch_reads_it(tmp_path: Path) -> None:
+    path = _saved(_ReadsFiles(), tmp_path / "model.pt")
+    with pytest.raises(UnsafeModel, match=r"calls torch\.from_file .* reaches the server's files"):
+        check_code(path.read_bytes(), "model.pt")
+    with pytest.raises(UnsafeModel, match="from_file"):
+        pack(path, _config([_tensor("x")]), "m", tmp_path / "m.zip")
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('torch.save(x, "/tmp/out")', r"torch\.save .* reaches the server's files"),
+        ("ops.c10d.barrier(x)", "outside torch's own operators \\(namespace 'c10d'\\)"),
+        ("torch.classes.dist_c10d.TCPStore(x)", "namespace 'dist_c10d'"),
+        ("ops.aten.from_file(x)", "from_file"),
+    ],
+)
+def test_code_calling_operators_outside_torchs_numeric_ones_is_refused(tmp_path: Path, line: str, words: str) -> None:
+    # the archive's code as torch.jit.save writes it, with one line another tool could have put there
+    path = _saved(_Two(), tmp_path / "model.pt")
+    edited = tmp_path / "edited.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as out:
+        for item in src.infolist():
+            data = src.read(item)
+            if "/code/" in item.filename and item.filename.endswith(".py"):
+                data = data.replace(b"    return ", f"    _ = {line}\n    return ".encode(), 1)
+            out.writestr(item, data)
+    with pytest.raises(UnsafeModel, match=words):
+        check_code(edited.read_bytes(), "edited.pt")
+    check_code(path.read_bytes(), "model.pt")  # the module as saved calls torch's own operators only
+
+
+def test_a_bare_torchscript_file_is_told_to_come_with_its_config(tmp_path: Path) -> None:
+    path = _saved(_Two(), tmp_path / "model.pt")
+    with pytest.raises(InvalidModelFile, match=r"TorchScript module .*config\.pbtxt \(platform: \"pytorch_libtorch\"\)"):
+        refuse_pickle(path)
+
+
+def test_the_packed_module_imports_with_the_configs_signature(tmp_path: Path) -> None:
+    config = _config([_tensor("x"), _tensor("mask", "TYPE_INT64", [-1])], [_tensor("OUTPUT__0")])
+    packed = pack(_saved(_Two(), tmp_path / "model.pt"), config, "m", tmp_path / "m.zip")
+    imported = import_model(packed, tmp_path)
+    assert imported.format == "torchscript"
+    assert [(t.name, t.shape) for t in imported.signature.inputs] == [("x", (-1, 4)), ("mask", (-1, -1))]
