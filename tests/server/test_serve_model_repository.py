@@ -125,7 +125,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
     [
         (lambda r: r / "missing", "not a folder"),
         (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
-        (lambda r: _model(r, "m", file="model.pt"), "model.pt (PyTorch (TorchScript)), which polystack does not serve"),
+        (lambda r: _model(r, "m", file="model.pt"), "model configuration must contain at least one input, none were"),
+        (lambda r: _model(r, "m", file="model.plan"), "model.plan (TensorRT), which polystack does not serve"),
         (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
         # whatever file the config names, and with an ONNX Runtime platform beside another backend (were served)
@@ -134,8 +135,12 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
             "asks for 'tensorrt_plan', which polystack does not run",
         ),
         (
+            lambda r: _model(r, "m", config='platform: "onnxruntime_onnx" backend: "tensorflow"'),
+            "asks for 'tensorflow', which polystack does not run",
+        ),
+        (
             lambda r: _model(r, "m", config='platform: "onnxruntime_onnx" backend: "pytorch"'),
-            "asks for 'pytorch', which polystack does not run",
+            "platform 'onnxruntime_onnx' and backend 'pytorch' name different runtimes",
         ),
         (lambda r: _model(r, "m", config='{"platform": ["onnxruntime_onnx"]}'), "platform and backend must be strings"),
         (
@@ -164,8 +169,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
     ],
     ids=[
-        "not-a-folder", "no-version", "torchscript", "ensemble", "other-platform", "other-platform-file",
-        "other-backend", "platform-list", "policy-version",
+        "not-a-folder", "no-version", "torchscript-no-config", "tensorrt", "ensemble", "other-platform", "other-platform-file",
+        "other-backend", "torchscript-mixed", "platform-list", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
         "file-outside",
     ],
@@ -186,9 +191,9 @@ def test_a_repository_polystack_cannot_serve_is_refused_naming_the_model(
 
 
 def test_a_repository_that_cannot_be_served_exits_2_with_one_line(tmp_path: Path) -> None:
-    root = _model(tmp_path / "models", "m", file="model.pt")
+    root = _model(tmp_path / "models", "m", file="model.plan")
     line = refused_at_start(tmp_path, ["--model-repository", str(root)])
-    assert f"--model-repository {root}: model 'm': " in line and "PyTorch (TorchScript)" in line, line
+    assert f"--model-repository {root}: model 'm': " in line and "TensorRT" in line, line
 
 
 def test_a_folder_config_the_model_does_not_fit_is_named_as_the_repository_file(tmp_path: Path) -> None:

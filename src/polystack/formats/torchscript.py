@@ -159,7 +159,7 @@ def signature(config: dict[str, Any]) -> Signature:
     for key in ("input", "output"):
         if not config.get(key):  # Triton's PyTorch backend's words, then what to do
             raise InvalidModelFile(
-                f"model configuration must contain at least one {key}, none were specified: a TorchScript file does "
+                f"model configuration must contain at least one {key}, none were specified: a TorchScript module (model.pt) does "
                 f"not say what it {'takes' if key == 'input' else 'gives'}, so its config.pbtxt lists its {key}s "
                 "(name, data_type, dims), as Triton's PyTorch backend needs"
             )
@@ -311,6 +311,7 @@ def load_module(data: bytes, device: str = "cpu") -> Any:
 def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str = "") -> Path:
     """Write ``path`` (a TorchScript archive) and ``config`` as one zip at ``out``, with the binding of the two;
     refused where the archive's code calls what a served model may not, or the config does not fit forward."""
+    signature(config)  # what the config lacks first, as Triton's backend says it before it reads the file
     data = path.read_bytes()
     check_code(data, shown or path.name)
     binding = bind(load_module(data), config, model)

@@ -604,10 +604,18 @@ def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
     """Whether a folder's model is for Triton's PyTorch backend: its config says so (backend, platform, or a file
     named model.pt), or names no backend and its version folder holds a file model.pt and no model.onnx, as
     Triton's auto-complete finds one."""
-    if doc.get("backend") in _PYTORCH or doc.get("platform") in _PYTORCH:
-        return doc.get("platform") != "torch_aoti"
-    if doc.get("backend") or doc.get("platform"):
-        return False
+    backend, platform = doc.get("backend"), doc.get("platform")
+    given = [v for v in (backend, platform) if v]
+    if not all(isinstance(v, str) for v in given):
+        return False  # the platform and backend check says what is wrong with them
+    named = [v for v in given if v in _PYTORCH]
+    if named and len(named) != len(given):
+        raise InvalidRequest(
+            f"its config's platform {quote(platform)} and backend {quote(backend)} name different runtimes; give the "
+            "one the model's file is for (a TorchScript model.pt: platform pytorch_libtorch)"
+        )
+    if given:
+        return bool(named)
     return filename == "model.pt" or (
         not filename and (latest / "model.pt").is_file() and not (latest / "model.onnx").exists()
     )
