@@ -104,7 +104,9 @@ def test_fil_models_answer_as_tritons_fil_backend_does_over_http_and_grpc(tmp_pa
             g = grpcclient.InferInput("input__0", [1, FEATURES], "FP32")
             g.set_data_from_numpy(test[:1])
             np.testing.assert_allclose(grpc.infer(name, [g]).as_numpy("output__0"), want[:1], rtol=1e-5, atol=1e-5)
-        assert http.get_model_metadata("xgb_class")["platform"] == "fil"
+        meta = http.get_model_metadata("xgb_class")
+        assert meta["platform"] == "fil" and meta["outputs"][0]["shape"] == [-1, 1]  # the config's, as Triton's
+        assert list(grpc.get_model_metadata("xgb_class").outputs[0].shape) == [-1, 1]
         config = http.get_model_config("xgb_class")
         assert config["backend"] == "fil" and config["output"][0]["dims"] == [1]  # as written; answers are [batch]
         assert config["parameters"]["threshold"] == {"string_value": "0.3"}

@@ -1680,8 +1680,11 @@ class DataPlane:
         if pipeline is not None:
             e = pipeline.ensemble
             return ModelMetadata(name, [str(e.version)], ensemble.PLATFORM, e.signature).to_dict()
-        self._get(name, version)
-        return self.engine.metadata(name, parse_version(name, version)).to_dict()
+        served = self._get(name, version)
+        shown = self.engine.metadata(name, parse_version(name, version))
+        # a FIL model's outputs in its config's dims, as Triton's metadata shows them (answers leave out dims of 1)
+        configured = fil.as_configured(shown.signature, served.entry.record.settings.get("fil"))
+        return dataclasses.replace(shown, signature=configured).to_dict()
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         config = self.served_config(name, version)
