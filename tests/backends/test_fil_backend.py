@@ -146,3 +146,21 @@ def test_shap_values_are_refused_for_a_file_without_its_frameworks_treeshap(tmp_
     settings = FilSettings("treelite_checkpoint", True, FEATURES, (2,), predict_proba=True, shap_dims=(2, FEATURES + 1))
     with pytest.raises(InvalidModelFile, match="a treelite_checkpoint file has none of here"):
         import_fil(pack(tmp_path / "checkpoint.tl", settings, tmp_path / "m.zip"), tmp_path)
+
+
+def test_shap_values_are_computed_only_for_calls_that_ask_for_them(tmp_path: Path) -> None:
+    from polystack.backends.base import CheckedModel
+    from polystack.formats.fil import SHAP
+
+    settings = FilSettings("xgboost_json", True, FEATURES, (1,), predict_proba=True, shap_dims=(FEATURES + 1,))
+    model = _load(tmp_path, _xgboost("binary:logistic", 2)(tmp_path), settings, "auto")
+    assert model.shap is not None
+    computed = []
+    shap = model.shap
+    model.shap = lambda x: computed.append(len(x)) or shap(x)  # counts the calls of XGBoost's own TreeSHAP
+    checked = CheckedModel(model)
+    x = _rows(5, seed=3)
+    assert set(checked.infer({"input__0": x}, ["output__0"])) == {"output__0"} and computed == []
+    both = checked.infer({"input__0": x})
+    assert computed == [5] and both[SHAP].shape == (5, FEATURES + 1)
+    np.testing.assert_allclose(checked.infer({"input__0": x}, [SHAP])[SHAP], both[SHAP])

@@ -50,6 +50,16 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class SelectsOutputs(Protocol):
+    """A LoadedModel that computes only the outputs a call asks for, where some cost more than others (FIL's SHAP
+    values); ``CheckedModel`` calls it with them."""
+
+    def infer_outputs(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """Run once, for ``outputs`` (None: every one); it may give more than those."""
+        ...
+
+
 class Backend(abc.ABC):
     name: ClassVar[str]  # == module name == entry-point key
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -114,6 +124,7 @@ class CheckedModel:
         self.signature = inner.signature
         self.max_batch_size = max_batch_size
         self.name = name  # the model's, which Triton's words for a request that does not fit carry
+        self._selects = isinstance(inner, SelectsOutputs)  # once: a Protocol's check is not free
         self._lock = threading.Lock()
         self._running = 0
         self._closing = False
@@ -123,7 +134,10 @@ class CheckedModel:
         self.signature.validate_inputs(inputs, self.max_batch_size, self.name)
         if outputs:
             self.signature.check_outputs(outputs, self.name)
-        result = self._call(self.inner.infer, inputs)
+        if outputs and self._selects:
+            result = self._call(functools.partial(self.inner.infer_outputs, outputs=outputs), inputs)
+        else:
+            result = self._call(self.inner.infer, inputs)
         if outputs:
             return {name: result[name] for name in outputs}
         return result

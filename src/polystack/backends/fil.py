@@ -17,7 +17,7 @@ one (the variants gate checks ``native`` against GTIL, the reference)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -167,6 +167,10 @@ class FilModel:
         return "" if worst <= 1e-5 else f"its values differ from Treelite's by up to {worst:.3g}"
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.infer_outputs(inputs, None)
+
+    def infer_outputs(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """The outputs asked for (None: every one): SHAP values, the costly ones, only where asked."""
         if self.forest is None:
             raise BackendError("the FIL model was closed; load it again")
         x = np.ascontiguousarray(inputs[INPUT], dtype=np.float32)
@@ -180,7 +184,7 @@ class FilModel:
         elif s.is_classifier and not s.predict_proba:
             out = out.argmax(axis=1).astype(np.float32)
         answers = {OUTPUT: out.reshape((len(x), *s.answer_dims))}
-        if self.shap is not None:
+        if self.shap is not None and (outputs is None or SHAP in outputs):
             answers[SHAP] = self._framework(self.shap, x).reshape((len(x), *s.shap_answer_dims))
         return answers
 
