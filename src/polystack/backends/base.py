@@ -124,7 +124,8 @@ class CheckedModel:
         self.signature = inner.signature
         self.max_batch_size = max_batch_size
         self.name = name  # the model's, which Triton's words for a request that does not fit carry
-        self._selects = isinstance(inner, SelectsOutputs)  # once: a Protocol's check is not free
+        # once: a Protocol's check is not free
+        self._selects = inner.infer_outputs if isinstance(inner, SelectsOutputs) else None
         self._lock = threading.Lock()
         self._running = 0
         self._closing = False
@@ -134,8 +135,8 @@ class CheckedModel:
         self.signature.validate_inputs(inputs, self.max_batch_size, self.name)
         if outputs:
             self.signature.check_outputs(outputs, self.name)
-        if outputs and self._selects:
-            result = self._call(functools.partial(self.inner.infer_outputs, outputs=outputs), inputs)
+        if outputs and self._selects is not None:
+            result = self._call(functools.partial(self._selects, outputs=outputs), inputs)
         else:
             result = self._call(self.inner.infer, inputs)
         if outputs:
