@@ -130,3 +130,13 @@ def test_a_module_saved_in_training_mode_runs_so_with_a_warning(tmp_path: Path, 
     with caplog.at_level(logging.WARNING, logger="polystack.backends"):
         _loaded(tmp_path, _Counts().train(), _config([("TWICE__0", "TYPE_FP32", [3])]))
     assert any("saved in training mode" in r.getMessage() and r.__dict__.get("model") == "m" for r in caplog.records)
+
+
+def test_without_a_batch_dimension_an_answer_has_the_length_it_has(tmp_path: Path) -> None:
+    class Head(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:2]
+
+    config = {**_config([("OUTPUT__0", "TYPE_FP32", [-1])], [("INPUT__0", "TYPE_FP32", [-1])]), "max_batch_size": 0}
+    model = _loaded(tmp_path, Head(), config)
+    np.testing.assert_array_equal(model.infer({"INPUT__0": X[0]})["OUTPUT__0"], X[0, :2])

@@ -51,7 +51,13 @@ class TorchScriptOptions(BaseModel):
 
 class TorchScriptModel:
     def __init__(
-        self, module: Any, binding: Binding, signature: Signature, device: str, options: TorchScriptOptions
+        self,
+        module: Any,
+        binding: Binding,
+        signature: Signature,
+        device: str,
+        options: TorchScriptOptions,
+        batching: bool = True,
     ) -> None:
         self.module = module
         self.binding = binding
@@ -59,12 +65,14 @@ class TorchScriptModel:
         self.device = device
         self.options = options
         self._types = {t.name: t.dtype for t in (*signature.inputs, *signature.outputs)}
-        self._batched = {t.name for t in signature.outputs if t.shape[:1] == (-1,)}
+        # with a batch dimension (a config's max_batch_size): the outputs that hold a row per row of the inputs
+        self._batched = {t.name for t in signature.outputs if t.shape[:1] == (-1,)} if batching else set()
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         rows = next((len(inputs[t.name]) for t in self.signature.inputs if t.shape[:1] == (-1,)), None)
+        rows = rows if self._batched else None
         arguments = [self._argument(torch, name, inputs[name]) for name in self.binding.arguments]
         try:
             with (
@@ -223,4 +231,5 @@ class TorchScriptBackend(Backend):
                 "it runs so, as Triton's PyTorch backend runs it: save it after model.eval()",
                 extra={"model": config.get("name")},
             )
-        return TorchScriptModel(module, binding, signature, device, options)
+        batching = int(config.get("max_batch_size") or 0) > 0
+        return TorchScriptModel(module, binding, signature, device, options, batching)
