@@ -140,3 +140,19 @@ def test_without_a_batch_dimension_an_answer_has_the_length_it_has(tmp_path: Pat
     config = {**_config([("OUTPUT__0", "TYPE_FP32", [-1])], [("INPUT__0", "TYPE_FP32", [-1])]), "max_batch_size": 0}
     model = _loaded(tmp_path, Head(), config)
     np.testing.assert_array_equal(model.infer({"INPUT__0": X[0]})["OUTPUT__0"], X[0, :2])
+
+
+def test_each_load_sets_torchs_thread_count_and_says_when_it_changes_anothers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = torch.get_num_threads()
+    config = _config([("TWICE__0", "TYPE_FP32", [3])])
+    try:
+        _loaded(tmp_path, _Counts(), config, intra_op_threads=1)
+        assert torch.get_num_threads() == 1
+        with caplog.at_level(logging.WARNING, logger="polystack.backends"):
+            _loaded(tmp_path, _Counts(), config, intra_op_threads=2)  # a plan's count for a second model holds
+        assert torch.get_num_threads() == 2
+        assert any("intra-op thread count is the process's" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.set_num_threads(before)

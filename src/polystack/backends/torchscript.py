@@ -7,8 +7,9 @@ What forward returns is checked as Triton's backend checks it, in its words: a t
 ``List[str]``, or a ``List[str]``; each output of the config's type exactly (no casting) and not a scalar. A
 ``Dict[str, Tensor]`` is taken by output name. A batched output must hold a row per row of the batch.
 
-Devices are torch's (``backends/torch.py``). Thread counts are torch's and process-wide: the first model that
-sets them sets them, as in Triton.
+Devices are torch's (``backends/torch.py``). Thread counts are torch's and process-wide: each load sets the
+intra-op count it asks for, as the torch backend does (Triton's backend keeps the first model's); the inter-op
+count can be set once, before torch's first parallel work.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from polystack.types import DType, Signature
 log = logging.getLogger("polystack.backends")
 
 _threads_set = threading.Lock()
-_THREADS: dict[str, int] = {}  # what the first model asked for, process-wide
+_THREADS: dict[str, int] = {}  # the counts set, process-wide
 
 
 class TorchScriptOptions(BaseModel):
@@ -179,19 +180,32 @@ def _kind(values: list[Any]) -> str:
     return type(next((v for v in values if not isinstance(v, str)), "")).__name__
 
 
-def _set_threads(torch: Any, options: TorchScriptOptions) -> None:
-    """The thread counts, set by the first model that asks for each (torch's are the process's), as in Triton."""
+def _set_threads(torch: Any, options: TorchScriptOptions, model: object) -> None:
+    """The thread counts torch runs with, which are the process's: the intra-op count as each load asks (as
+    polystack's torch backend sets it, so that a plan's count holds; Triton's backend keeps the first model's), with
+    a warning where it changes another model's; the inter-op count once, before torch's first parallel work."""
     with _threads_set:
-        if options.intra_op_threads and "intra" not in _THREADS:
-            torch.set_num_threads(options.intra_op_threads)
-            _THREADS["intra"] = options.intra_op_threads
+        asked = options.intra_op_threads
+        if asked:
+            if _THREADS.get("intra", asked) != asked:
+                log.warning(
+                    "torch's intra-op thread count is the process's: this model's sets it for every TorchScript and "
+                    "torch model served here",
+                    extra={"model": model, "threads": asked, "was": _THREADS["intra"]},
+                )
+            torch.set_num_threads(asked)
+            _THREADS["intra"] = asked
         if options.inter_op_threads and "inter" not in _THREADS:
             try:
                 torch.set_num_interop_threads(options.inter_op_threads)
             except RuntimeError:  # torch takes it only before its first parallel work; Triton ignores it too
                 log.warning(
                     "torch's inter-op thread count was fixed before this model loaded; INTER_OP_THREAD_COUNT is ignored",
-                    extra={"asked": options.inter_op_threads, "threads": torch.get_num_interop_threads()},
+                    extra={
+                        "model": model,
+                        "asked": options.inter_op_threads,
+                        "threads": torch.get_num_interop_threads(),
+                    },
                 )
             _THREADS["inter"] = options.inter_op_threads
 
@@ -216,7 +230,7 @@ class TorchScriptBackend(Backend):
             raise BackendUnavailable(f"torch cannot use device {device!r} here; it offers {self.devices()}")
         config, binding, data = unpack(artifact)
         check_code(data, "the TorchScript module")  # the store's blob is checked again before torch reads it
-        _set_threads(torch, options)
+        _set_threads(torch, options, config.get("name"))
         if options.tensor_fuser is not None:
             torch._C._jit_set_texpr_fuser_enabled(options.tensor_fuser)
         if options.jit_profiling is not None:

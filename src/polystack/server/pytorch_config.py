@@ -4,7 +4,8 @@ Triton's PyTorch backend (pytorch_backend, ``ModelState::ParseParameters``) read
 switches ``DISABLE_OPTIMIZED_EXECUTION``, ``INFERENCE_MODE`` (on unless turned off), ``ENABLE_TENSOR_FUSER``,
 ``ENABLE_JIT_PROFILING``, ``ENABLE_JIT_EXECUTOR`` (the last three leave torch's own setting where the config
 does not give them), ``DISABLE_CUDNN``, ``ENABLE_WEIGHT_SHARING`` and ``ENABLE_CACHE_CLEANING``; and the thread
-counts ``INTRA_OP_THREAD_COUNT`` and ``INTER_OP_THREAD_COUNT`` (process-wide: the first model's count holds).
+counts ``INTRA_OP_THREAD_COUNT`` and ``INTER_OP_THREAD_COUNT`` (torch's, process-wide; ``backends/torchscript.py``
+says which holds).
 A switch is ``true``, ``on`` or ``1``, or ``false``, ``off`` or ``0``, in any case; a count is a whole number, read
 as C's ``stoi`` reads it (``4x`` is 4), and 0 or less leaves torch's. This module reads the same names and values,
 refuses what that backend refuses in its words, and gives the options of polystack's torchscript backend
