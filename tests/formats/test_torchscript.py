@@ -15,7 +15,8 @@ import torch
 from polystack.errors import InvalidModelFile, UnsafeModel
 from polystack.formats import import_model
 from polystack.formats.pickle_guard import refuse_pickle
-from polystack.formats.torchscript import bind, check_code, pack, signature
+from polystack.formats.torchscript import bind, pack, signature
+from polystack.formats.torchscript_guard import check_code, check_ops
 
 
 class _Two(torch.nn.Module):
@@ -146,10 +147,19 @@ def test_code_that_reads_the_servers_files_is_refused_before_torch_reads_it(tmp_
         ("ops.c10d.barrier(x)", "outside torch's own operators \\(namespace 'c10d'\\)"),
         ("torch.classes.dist_c10d.TCPStore(x)", "namespace 'dist_c10d'"),
         ("ops.aten.from_file(x)", "from_file"),
+        ("ops.aten.from_file.default(x)", "from_file"),
+        ('getattr(torch, "from_file")(x)', "looks up an operator by getattr"),
+        ("t = torch", "uses 'torch' itself"),
+        ('getattr(ops.aten, "from_file")(x)', "looks up an operator by getattr"),
+        ("t = torch.ops", r"uses torch\.ops as a value .* a namespace of operators"),
+        ("t = ops.aten", r"uses ops\.aten as a value"),
+        ('hasattr(math, "inf")', "looks up an operator by hasattr"),
+        ("f = math.sqrt", None),  # an operator as a value is no namespace: the loaded module's check has it
     ],
 )
-def test_code_calling_operators_outside_torchs_numeric_ones_is_refused(tmp_path: Path, line: str, words: str) -> None:
-    # the archive's code as torch.jit.save writes it, with one line another tool could have put there
+def test_code_reaching_outside_torchs_numeric_operators_is_refused(tmp_path: Path, line: str, words: str | None) -> None:
+    # the archive's code as torch.jit.save writes it, with one line another tool could have put there: a call, or a
+    # way to reach an operator without naming it in full (getattr with a literal name, a module bound to a local)
     path = _saved(_Two(), tmp_path / "model.pt")
     edited = tmp_path / "edited.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as out:
@@ -158,9 +168,39 @@ def test_code_calling_operators_outside_torchs_numeric_ones_is_refused(tmp_path:
             if "/code/" in item.filename and item.filename.endswith(".py"):
                 data = data.replace(b"    return ", f"    _ = {line}\n    return ".encode(), 1)
             out.writestr(item, data)
+    if words is None:
+        check_code(edited.read_bytes(), "edited.pt")
+        return
     with pytest.raises(UnsafeModel, match=words):
         check_code(edited.read_bytes(), "edited.pt")
     check_code(path.read_bytes(), "model.pt")  # the module as saved calls torch's own operators only
+
+
+def test_an_archive_holding_a_code_file_twice_is_refused(tmp_path: Path) -> None:
+    # Python's zip reader takes the last of two entries of a name, torch's the first
+    path = _saved(_Two(), tmp_path / "model.pt")
+    doubled = tmp_path / "doubled.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(doubled, "w") as out:
+        for item in src.infolist():
+            out.writestr(item.filename, src.read(item))
+            if "/code/" in item.filename and item.filename.endswith(".py"):
+                out.writestr(item.filename, src.read(item))
+    with pytest.raises(UnsafeModel, match=r"holds .* twice"):
+        check_code(doubled.read_bytes(), "doubled.pt")
+
+
+def test_the_loaded_modules_operators_are_checked_whatever_the_code_says() -> None:
+    class Profiled(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            handle = torch.ops.profiler._record_function_enter_new("x", None)
+            torch.ops.profiler._record_function_exit(handle)
+            return x
+
+    with pytest.raises(UnsafeModel, match=r"forward runs aten::from_file, which reaches the server's files"):
+        check_ops(torch.jit.script(_ReadsFiles()), "m")
+    with pytest.raises(UnsafeModel, match="runs profiler::_record_function_enter_new, outside torch's own"):
+        check_ops(torch.jit.script(Profiled()), "m")
+    check_ops(torch.jit.script(_Two()), "m")
 
 
 def test_a_bare_torchscript_file_is_told_to_come_with_its_config(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
 from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError
-from polystack.formats.torchscript import TORCH_TYPES, Binding, check_code, load_module, unpack
+from polystack.formats.torchscript import TORCH_TYPES, Binding, load_module, unpack
 from polystack.types import DType, Signature
 
 log = logging.getLogger("polystack.backends")
@@ -229,7 +229,6 @@ class TorchScriptBackend(Backend):
         if device not in self.devices():
             raise BackendUnavailable(f"torch cannot use device {device!r} here; it offers {self.devices()}")
         config, binding, data = unpack(artifact)
-        check_code(data, "the TorchScript module")  # the store's blob is checked again before torch reads it
         _set_threads(torch, options, config.get("name"))
         if options.tensor_fuser is not None:
             torch._C._jit_set_texpr_fuser_enabled(options.tensor_fuser)
@@ -237,8 +236,8 @@ class TorchScriptBackend(Backend):
             torch._C._jit_set_profiling_mode(options.jit_profiling)
         if options.jit_executor is not None:
             torch._C._jit_set_profiling_executor(options.jit_executor)
-        with torch.inference_mode(options.inference_mode):
-            module = load_module(data, device)
+        with torch.inference_mode(options.inference_mode):  # checked again: the store's blob, as torch reads it
+            module = load_module(data, f"the TorchScript module of model {config.get('name')!r}", device)
         if getattr(module, "training", False):
             log.warning(
                 "the TorchScript module was saved in training mode (dropout and batch norm behave as in training); "

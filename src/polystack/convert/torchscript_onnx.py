@@ -32,7 +32,7 @@ def convert(src: Path, ctx: ConvertContext) -> Path:
     _, binding, data = unpack(src)
     if binding.dict_input:
         raise ConversionError("forward takes a Dict[str, Tensor], which the TorchScript exporter does not take")
-    module = load_module(data)
+    module = load_module(data, src.name)
     module.eval()
     samples = {t.name: torch.from_numpy(ctx.samples[t.name][:2].copy()) for t in sig.inputs}
     example = tuple(samples[n] for n in binding.arguments)  # forward's order; the graph's inputs by name

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from polystack.errors import InvalidModelFile, UnsafeModel
+from polystack.formats import torchscript_guard
 
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".cloudpickle", ".sav"}
 _ADVICE = (
@@ -169,9 +170,7 @@ def refuse_pickle(path: Path) -> None:
                 if is_pt2_archive(names):
                     check_pt2(path, zf)
                     return
-                from polystack.formats.torchscript import is_archive  # (it imports this package)
-
-                if is_archive(names):
+                if torchscript_guard.is_archive(names):
                     raise InvalidModelFile(
                         f"{path.name} is a TorchScript module (torch.jit.save), whose file does not say what it takes "
                         "and gives: serve it from a Triton model repository, as <name>/1/model.pt beside a "

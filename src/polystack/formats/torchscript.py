@@ -15,15 +15,12 @@ schema, by the rules of Triton's PyTorch backend (``model_instance_state.cc``), 
 Triton's backend writes past its arguments on an index out of range, and a duplicate index leaves a hole; both are
 refused here. A returned ``Dict[str, Tensor]`` is taken by output name (Triton's backend refuses one).
 
-TorchScript is code, restricted to torch's operators. Before torch reads a file (``torch.jit.load`` runs a
-module's ``__setstate__``), ``check_code`` parses the archive's code and refuses the operators that reach outside
-the model: files (``torch.from_file``, ``torch.save``), and any operator or class outside torch's own numeric
-namespaces (``torch.distributed``'s stores open sockets; custom operators need libraries polystack does not load).
+TorchScript is code, restricted to torch's operators; ``load_module`` checks it (``torchscript_guard``) before
+torch reads it and once torch has, and refuses a module that reaches outside the model (files, sockets, libraries).
 """
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import re
@@ -33,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import InvalidModelFile, UnsafeModel
+from polystack.errors import InvalidModelFile
 from polystack.formats import ImportedModel, triton_io
+from polystack.formats.torchscript_guard import check_code, check_ops, is_archive
 from polystack.types import DType, Signature, TensorSpec
 
 NAME = "torchscript"
@@ -48,18 +46,7 @@ TORCH_TYPES = {
     DType.INT64: "int64", DType.FP16: "float16", DType.FP32: "float32", DType.FP64: "float64",
 }  # fmt: skip
 
-# operators a TorchScript file may call: torch's numeric namespaces; and, of those, the ones that reach files
-_NAMESPACES = frozenset(
-    {"aten", "prim", "prims", "quantized", "_quantized", "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "sparse",
-     "quantization", "xnnpack", "prepacked", "torchvision"}
-)  # fmt: skip
-_DENIED = frozenset({"from_file", "save", "load_tensor", "_load_for_mobile", "load"})
 _INDEXED = re.compile(r"__(\d*)$")
-
-
-def is_archive(names: list[str]) -> bool:
-    """Whether a zip's entries are a TorchScript archive's (``torch.jit.save``): code beside the pickles."""
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n and n.endswith(".py") for n in names)
 
 
 def is_archive_file(path: Path) -> bool:
@@ -69,66 +56,6 @@ def is_archive_file(path: Path) -> bool:
             return is_archive(zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def check_code(data: bytes, shown: str) -> None:
-    """Refuse a TorchScript archive whose code calls an operator that reaches files, or one outside torch's
-    numeric namespaces; the code is parsed, never run."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise InvalidModelFile(f"{shown} is not a TorchScript archive (torch.jit.save writes a zip)") from None
-    with zf:
-        names = zf.namelist()
-        if not is_archive(names):
-            raise InvalidModelFile(
-                f"{shown} is not a TorchScript archive (torch.jit.save's, with its code/ and constants.pkl); save the "
-                "module with torch.jit.save(torch.jit.script(model), 'model.pt')"
-            )
-        for name in names:
-            if "/code/" not in name or not name.endswith(".py"):
-                continue
-            try:
-                tree = ast.parse(zf.read(name).decode("utf-8"), filename=name)
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                raise UnsafeModel(f"{shown}: its code {name} cannot be read to check it; refused unread") from None
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute):
-                    _check_chain(_dotted(node), shown, name)
-
-
-def _dotted(node: ast.Attribute) -> list[str]:
-    parts: list[str] = []
-    current: ast.expr = node
-    while isinstance(current, ast.Attribute):
-        parts.append(current.attr)
-        current = current.value
-    if isinstance(current, ast.Name):
-        parts.append(current.id)
-    return parts[::-1]
-
-
-def _check_chain(parts: list[str], shown: str, where: str) -> None:
-    """One dotted name of TorchScript code: ``torch.<op>``, ``ops.<namespace>.<op>``, ``torch.classes...``."""
-    if parts[:1] == ["ops"]:
-        namespace = parts[1:2]
-    elif parts[:2] in (["torch", "ops"], ["torch", "classes"]):
-        namespace = parts[2:3]
-    elif parts[:3] == ["__torch__", "torch", "classes"]:
-        namespace = parts[3:4]
-    else:
-        namespace = []
-    if namespace and namespace[0] not in _NAMESPACES:
-        raise UnsafeModel(
-            f"{shown} calls {'.'.join(parts)} ({where}), outside torch's own operators (namespace "
-            f"{namespace[0]!r}); polystack runs TorchScript on torch's numeric operators only: save the module "
-            "without it"
-        )
-    if parts[:1] in (["torch"], ["ops"]) and parts[-1] in _DENIED:
-        raise UnsafeModel(
-            f"{shown} calls {'.'.join(parts)} ({where}), which reaches the server's files; a served model may not: "
-            "save the module without it"
-        )
 
 
 @dataclass(frozen=True)
@@ -295,17 +222,21 @@ def _outputs(config: dict[str, Any], sig: Signature, model: str, states: bool) -
     return tuple((n, _index(n) if named else i) for i, n in enumerate(names))
 
 
-def load_module(data: bytes, device: str = "cpu") -> Any:
-    """The ScriptModule in ``data`` (checked by ``check_code`` first), on ``device``."""
+def load_module(data: bytes, shown: str, device: str = "cpu") -> Any:
+    """The ScriptModule in ``data``, on ``device``, checked (``torchscript_guard``) before torch reads it and
+    once torch has: a module that reaches outside the model is refused."""
     import torch
 
+    check_code(data, shown)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; Triton serves it
-            return torch.jit.load(io.BytesIO(data), map_location=device)
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidModelFile(f"torch cannot load the TorchScript module: {first}") from None
+    check_ops(module, shown)
+    return module
 
 
 def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str = "") -> Path:
@@ -313,8 +244,7 @@ def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str =
     refused where the archive's code calls what a served model may not, or the config does not fit forward."""
     signature(config)  # what the config lacks first, as Triton's backend says it before it reads the file
     data = path.read_bytes()
-    check_code(data, shown or path.name)
-    binding = bind(load_module(data), config, model)
+    binding = bind(load_module(data, shown or path.name), config, model)
     manifest = {"config": config, "binding": binding.to_json()}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
