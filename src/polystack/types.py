@@ -285,7 +285,7 @@ class Signature:
                     f"{_dims(arr.shape)}"
                     + (_BATCH_NOTE if max_batch_size and spec.batched else ". " + ("(-1: any size)" if -1 in spec.shape else ""))
                 )
-            if spec.batched and i < required:
+            if spec.batched and i < required and max_batch_size != 0:  # 0: no batch dimension (Triton's config)
                 if batch is None:
                     batch = arr.shape[0]
                 elif arr.shape[0] != batch:

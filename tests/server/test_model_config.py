@@ -286,7 +286,7 @@ def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_
         RECORD, SPEC, PLAN,
     )  # fmt: skip
     assert alone.batching is not None and not alone.batching.merge and alone.batching.max_batch_size == 1
-    assert alone.batching.priority_levels == 2 and alone.max_batch_size is None and alone.instances is None
+    assert alone.batching.priority_levels == 2 and alone.max_batch_size == 0 and alone.instances is None
     with pytest.raises(InvalidRequest, match="preferred size must be <= max batch size"):
         model_config.read(
             model_config.as_json("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [ 2 ] }"),
@@ -714,7 +714,8 @@ def test_a_repository_models_config_without_its_tensors_is_auto_completed_as_tri
     assert chosen.batching is not None and (chosen.batching.max_batch_size, chosen.batching.max_queue_delay_ms) == (8, 0.5)
     assert model_config.read('{"max_batch_size": 8}', TRITON_RECORD, SPEC, None).batching is not None
     # the server's default-max-batch-size: 0 is no batching, 1 a batch of one without a batcher
-    assert model_config.read("{}", TRITON_RECORD, SPEC, None, default_max_batch_size=0) == model_config.LoadConfig(None, None)
+    # auto-completed to max_batch_size 0: no batch dimension (dims of -1 need not agree as a batch's would)
+    assert model_config.read("{}", TRITON_RECORD, SPEC, None, default_max_batch_size=0) == model_config.LoadConfig(None, 0)
     assert model_config.read("{}", TRITON_RECORD, SPEC, None, default_max_batch_size=1) == model_config.LoadConfig(None, 1)
     # a variant that takes fewer rows caps it
     small = dataclasses.replace(SPEC, max_batch_size=2)
@@ -730,7 +731,8 @@ def test_a_config_that_lists_its_tensors_or_a_model_polystack_registered_is_not_
         '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}], '
         '"output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [-1, 2]}]}'
     )
-    assert model_config.read(both, TRITON_RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)
+    # its max_batch_size is Triton's 0: no batch dimension
+    assert model_config.read(both, TRITON_RECORD, SPEC, PLAN) == model_config.LoadConfig(None, 0)
     assert model_config.read("{}", RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None)  # polystack's own
     # a model Triton cannot batch (a scalar output) keeps max_batch_size 0, its scalar shown as dims [1]; a size
     # given is refused

@@ -44,6 +44,11 @@ class Keyed(torch.nn.Module):
         return inputs["a"] * 2 + inputs["b"]
 
 
+class Gather(torch.nn.Module):
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return x[idx]
+
+
 class Accumulator(torch.nn.Module):
     def forward(self, x: torch.Tensor, start: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = state * (1 - start.to(state.dtype)) + x
@@ -77,6 +82,12 @@ platform: "pytorch_libtorch"
 max_batch_size: 8
 input [ { name: "a", data_type: TYPE_FP32, dims: [ 2 ] }, { name: "b", data_type: TYPE_FP32, dims: [ 2 ] } ]
 output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 2 ] } ]
+"""
+GATHER = """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 2 ] }, { name: "idx", data_type: TYPE_INT64, dims: [ -1 ] } ]
+output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 2 ] } ]
 """
 ACCUMULATOR = """
 platform: "pytorch_libtorch"
@@ -115,6 +126,8 @@ def test_pytorch_models_answer_as_their_modules_do_over_http_and_grpc(tmp_path: 
     _folder(root, "words", Words(), WORDS)
     _folder(root, "keyed", Keyed(), KEYED)
     _folder(root, "acc", Accumulator(), ACCUMULATOR)
+    _folder(root, "gather", Gather(), GATHER)
+    _folder(root, "gather_queued", Gather(), GATHER + "dynamic_batching { }\n")  # each request alone, queued
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root), "--grpc-port", str(grpc_port)]
     rng = np.random.default_rng(0)
@@ -142,6 +155,12 @@ def test_pytorch_models_answer_as_their_modules_do_over_http_and_grpc(tmp_path: 
             a, b = rng.random((2, 2), np.float32), rng.random((2, 2), np.float32)
             out = client.infer("keyed", [_input(client, "a", a, "FP32"), _input(client, "b", b, "FP32")])
             np.testing.assert_allclose(out.as_numpy("OUTPUT__0"), a * 2 + b, rtol=1e-6)
+
+            # max_batch_size 0: no batch dimension, so dims of -1 need not agree (5 rows, 2 indexes)
+            x5, idx = rng.random((5, 2), np.float32), np.array([4, 0], np.int64)
+            for name in ("gather", "gather_queued"):
+                out = client.infer(name, [_input(client, "x", x5, "FP32"), _input(client, "idx", idx, "INT64")])
+                np.testing.assert_array_equal(out.as_numpy("y"), x5[idx])
         totals = {}
         for sequence in (1, 2):
             for step, value in enumerate([1.0, 2.0, 3.0]):

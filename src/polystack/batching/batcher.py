@@ -281,7 +281,9 @@ class DynamicBatcher:
     def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
         """Raise InvalidTensor unless ``inputs`` fit the model; else their rows (as the statistics count them,
         also once a model stopped being merged) and the key of the requests they may merge with."""
-        self.signature.validate_inputs(inputs, self.max_batch_size if self.batchable else None, self.entry.name)
+        # a policy that does not merge (max_batch_size 0) runs models without a batch dimension: 0 says so
+        limit = self.max_batch_size if self.batchable else None if self.policy.merge else 0
+        self.signature.validate_inputs(inputs, limit, self.entry.name)
         batched = self.signature.batched and self.policy.merge  # else its first dimension is not a batch's
         items = int(inputs[self.signature.inputs[0].name].shape[0]) if batched else 1
         ragged = self._ragged

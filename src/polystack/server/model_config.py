@@ -719,9 +719,11 @@ def read(
             rows, instances = max_batch or None, None  # the policy holds them
         elif dynamic is None:
             # Triton's default scheduler: each instance runs one request at a time, the others queue
+            stated = max_batch  # the config's (or Triton's auto-complete's)
             if max_batch is None:  # polystack's own: the variant's limit
                 max_batch = limit if batched and limit else 0
-            rows = max_batch or None
+            # a stated 0: no batch dimension, so that dims of -1 need not agree as a batch's would (Triton's)
+            rows = max_batch or (0 if stated == 0 else None)
         elif not batched or max_batch == 0:
             # Triton's dynamic batcher over a model without batching: each request runs alone, through its queues
             # (their limits, timeouts, priority levels), as Triton creates it whatever max_batch_size is
@@ -734,7 +736,7 @@ def read(
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
             batching = replace(_batching(dynamic, 1, instances), merge=False)
-            max_batch, rows, instances = 0, None, None
+            max_batch, rows, instances = 0, 0, None  # no batch dimension
         else:
             if max_batch is None:  # polystack's own: the policy's, within the variant's limit
                 max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
