@@ -177,6 +177,8 @@ def test_pytorch_models_answer_as_their_modules_do_over_http_and_grpc(tmp_path: 
         assert (config["platform"], config["backend"], config["default_model_filename"]) == (
             "pytorch_libtorch", "pytorch", "model.pt",
         )  # fmt: skip
+        for name in ("named", "masked"):  # one instance, as Triton's PyTorch backend runs (forward may keep state)
+            assert [g["count"] for g in http.get_model_config(name)["instance_group"]] == [1], name
         with pytest.raises(InferenceServerException, match="holds bytes that are not UTF-8"):
             http.infer("words", [_input(http, "WORDS__0", np.array([[b"\xff"]], dtype=object), "BYTES")])
 

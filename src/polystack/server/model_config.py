@@ -1450,8 +1450,9 @@ _DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py", "p
 
 def _default_count(spec: LoadSpec) -> int | None:
     """Triton's instance count where a config gives none (``SetDefaultInstanceCount``): 2 for its ONNX Runtime
-    backend on CPU, else 1; None: polystack's own (a model polystack runs with another runtime)."""
-    if spec.backend == "python":
+    backend on CPU, else 1; None: polystack's own (a model polystack runs with another runtime). Python models and
+    TorchScript modules run one call at a time, as Triton's backends run them: their code may keep state."""
+    if spec.backend in ("python", "torchscript"):
         return 1
     if spec.backend == "onnxruntime":
         return 2 if _kind(spec.device) == "KIND_CPU" else 1
