@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from polystack.backends import registry
-from polystack.errors import BackendError, InvalidRequest
+from polystack.errors import BackendError, InvalidRequest, RuntimeRefused
 from polystack.formats.torchscript import pack, signature
 
 
@@ -57,7 +57,7 @@ def test_each_output_takes_its_index_and_its_type(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_answers_that_do_not_fit_the_config_fail_in_tritons_words(tmp_path: Path, outputs: Any, words: str) -> None:
     model = _loaded(tmp_path, _Counts(), _config(outputs))
-    with pytest.raises(BackendError, match=words.replace("(", r"\(")):
+    with pytest.raises(RuntimeRefused, match=words.replace("(", r"\(")):  # 400, as Triton's INVALID_ARG
         model.infer({"INPUT__0": X})
 
 
@@ -70,9 +70,9 @@ def test_a_scalar_and_a_batch_of_the_wrong_size_are_refused(tmp_path: Path) -> N
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x[:1]
 
-    with pytest.raises(BackendError, match=r"output .OUTPUT__0. is a scalar which is not supported\."):
+    with pytest.raises(RuntimeRefused, match=r"output .OUTPUT__0. is a scalar which is not supported"):
         _loaded(tmp_path, Sum(), _config([("OUTPUT__0", "TYPE_FP32", [1])])).infer({"INPUT__0": X})
-    with pytest.raises(BackendError, match="has 1 rows for a batch of 2"):
+    with pytest.raises(RuntimeRefused, match="has 1 rows for a batch of 2"):
         _loaded(tmp_path, First(), _config([("OUTPUT__0", "TYPE_FP32", [3])])).infer({"INPUT__0": X})
 
 
@@ -114,7 +114,7 @@ def test_a_returned_dict_is_taken_by_output_name(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["logits"], X * 3)
     np.testing.assert_array_equal(out["embeddings"], X[:, :2])
     missing = _loaded(tmp_path, Named(), _config([("scores", "TYPE_FP32", [3])]))
-    with pytest.raises(BackendError, match="forward returned a dict without 'scores'"):
+    with pytest.raises(RuntimeRefused, match="forward returned a dict without 'scores'"):
         missing.infer({"INPUT__0": X})
 
 

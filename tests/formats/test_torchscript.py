@@ -118,6 +118,12 @@ def test_configs_that_do_not_fit_forward_are_refused_in_tritons_words(config: di
         bind(TWO, config, "m")
 
 
+def test_a_dict_argument_takes_no_strings() -> None:
+    config = _config([_tensor("a"), _tensor("b", "TYPE_STRING", [1], reshape={"shape": []})])
+    with pytest.raises(InvalidModelFile, match=r"forward takes a Dict.*but input .b. is TYPE_STRING"):
+        bind(torch.jit.script(_Dict()), config, "m")
+
+
 def test_strings_go_to_list_arguments_and_tensors_to_tensor_arguments() -> None:
     words = torch.jit.script(_Words())
     ok = _config([_tensor("words", "TYPE_STRING", [1], reshape={"shape": []}), _tensor("x", dims=[1])])

@@ -223,4 +223,6 @@ def test_switches_are_read_in_any_case_and_a_loads_files_take_a_module(tmp_path:
         with pytest.raises(InferenceServerException, match="configuration expects 1 inputs, model provides 2"):
             http.load_model("one", config=json.dumps({**renamed, "input": renamed["input"][:1]}),
                             files={"file:1/model.pt": module.read_bytes()})  # fmt: skip
+        with pytest.raises(InferenceServerException, match=r"file:1/model\.pt is not a TorchScript archive"):
+            http.load_model("bad", config=json.dumps(renamed), files={"file:1/model.pt": b"not a module"})
         assert http.is_model_ready("named")

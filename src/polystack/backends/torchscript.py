@@ -3,8 +3,9 @@ per batch, its arguments bound as the format's ``Binding`` says, under ``torch.i
 ``torch.no_grad``, with TorchScript's optimized execution unless a config turns it off; the module as it was
 saved (no ``eval()``: a module saved in training mode runs so, as in Triton, and a warning says so).
 
-What forward returns is checked as Triton's backend checks it, in its words: a tensor, a tuple of tensors and
-``List[str]``, or a ``List[str]``; each output of the config's type exactly (no casting) and not a scalar. A
+What forward returns is checked as Triton's backend checks it, in its words (answered 400, as Triton answers
+INVALID_ARG): a tensor, a tuple of tensors and ``List[str]``, or a ``List[str]``; each output of the config's type
+exactly (no casting) and not a scalar. A
 ``Dict[str, Tensor]`` is taken by output name. A batched output must hold a row per row of the batch.
 
 Devices are torch's (``backends/torch.py``). Thread counts are torch's and process-wide: each load sets the
@@ -24,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError
+from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError, RuntimeRefused
 from polystack.formats.torchscript import TORCH_TYPES, Binding, load_module, unpack
 from polystack.types import DType, Signature
 
@@ -106,9 +107,10 @@ class TorchScriptModel:
         if isinstance(result, dict):
             missing = [n for n, _ in self.binding.outputs if n not in result]
             if missing:
-                raise BackendError(
+                raise RuntimeRefused(
                     f"forward returned a dict without {', '.join(map(repr, missing))}: a dict's keys are the config's "
-                    f"output names (it has {', '.join(map(repr, sorted(map(str, result))))})"
+                    f"output names (it has {', '.join(map(repr, sorted(map(str, result))))}); name the config's "
+                    "outputs so"
                 )
             values = {n: result[n] for n, _ in self.binding.outputs}
         else:
@@ -116,9 +118,10 @@ class TorchScriptModel:
             values = {}
             for name, index in self.binding.outputs:
                 if index >= len(returned):
-                    raise BackendError(
+                    raise RuntimeRefused(
                         f"The output {name} in the model configuration refers to an output index which doesn't exist. "
-                        f"This model has {len(returned)} outputs"
+                        f"This model has {len(returned)} outputs; name the config's outputs <name>__0 to "
+                        f"<name>__{len(returned) - 1}, by what forward returns"
                     )
                 values[name] = returned[index]
         return {name: self._output(torch, name, value, rows) for name, value in values.items()}
@@ -127,27 +130,34 @@ class TorchScriptModel:
         want = self._types[name]
         if isinstance(value, list):
             if want is not DType.BYTES:
-                raise BackendError(
-                    f"configuration expects datatype TYPE_{want.value} for output '{name}', model provides List[str]"
+                raise RuntimeRefused(
+                    f"configuration expects datatype TYPE_{want.value} for output '{name}', model provides List[str]; "
+                    "set its data_type to TYPE_STRING in the config"
                 )
             array = np.array([str(s).encode("utf-8") for s in value] or [], dtype=object)
         elif isinstance(value, torch.Tensor):
             got = next((d for d, t in TORCH_TYPES.items() if getattr(torch, t) == value.dtype), None)
             if got is not want:
                 shown = f"TYPE_{got.value}" if got is not None else "TYPE_<invalid>"
-                raise BackendError(
+                raise RuntimeRefused(
                     f"configuration expects datatype TYPE_{'STRING' if want is DType.BYTES else want.value} for "
-                    f"output '{name}', model provides {shown}"
+                    f"output '{name}', model provides {shown}; set its data_type to {shown} in the config (or cast "
+                    "in forward)"
                 )
             if value.dim() == 0:
-                raise BackendError(f"output '{name}' is a scalar which is not supported.")
+                raise RuntimeRefused(
+                    f"output '{name}' is a scalar which is not supported: return it with a dimension (x.reshape(1))"
+                )
             array = value.detach().to("cpu").contiguous().numpy()
         else:
-            raise BackendError(f"output '{name}' must be of type Tensor or List[str].")
+            raise RuntimeRefused(
+                f"output '{name}' must be of type Tensor or List[str]; forward returns a {type(value).__name__}"
+            )
         if rows is not None and name in self._batched and (array.ndim == 0 or array.shape[0] != rows):
-            raise BackendError(
+            raise RuntimeRefused(
                 f"output '{name}' has {array.shape[0] if array.ndim else 0} rows for a batch of {rows}: a batching "
-                "model's outputs hold a row per row of its inputs"
+                "model's outputs hold a row per row of its inputs; make forward keep the batch on dimension 0, or set "
+                "max_batch_size 0"
             )
         return array
 
@@ -162,15 +172,15 @@ def _returned(torch: Any, result: Any) -> list[Any]:
     if isinstance(result, tuple):
         for i, value in enumerate(result):
             if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-                raise BackendError(
+                raise RuntimeRefused(
                     f"output at index {i} must be of type Tensor or List[str], received List[{_kind(value)}]"
                 )
         return list(result)
     if isinstance(result, list) and all(isinstance(v, str) for v in result):
         return [result]
     if isinstance(result, list):
-        raise BackendError(f"output must be of type Tensor or List[str], received List[{_kind(result)}]")
-    raise BackendError(
+        raise RuntimeRefused(f"output must be of type Tensor or List[str], received List[{_kind(result)}]")
+    raise RuntimeRefused(
         "output must be of type Tensor, List[str] or Tuple containing one of these two types. It should not be a "
         "List / Dictionary of Tensors or a Scalar"
     )

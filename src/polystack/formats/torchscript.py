@@ -135,6 +135,12 @@ def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
     indexed = [t.name for t in sig.inputs if t.name not in listed]  # controls and states: <name>__<index> always
     states = (config.get("sequence_batching") or {}).get("state") or []
     if len(arguments) == 1 and arguments[0][1] == "DictType":
+        strings = [t.name for t in sig.inputs if t.dtype is DType.BYTES]
+        if strings:
+            raise InvalidModelFile(
+                f"forward takes a Dict[str, Tensor], which holds tensors, but input {strings[0]!r} is TYPE_STRING; "
+                "give it a tensor type, or take the strings as a List[str] argument of their own"
+            )
         return Binding(tuple(t.name for t in sig.inputs), _outputs(config, sig, model, bool(states)), dict_input=True)
     if any(kind == "DictType" for _, kind in arguments):
         raise InvalidModelFile(

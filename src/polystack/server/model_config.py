@@ -594,6 +594,27 @@ _DEFAULT_RUNTIME = {
 }  # fmt: skip
 
 
+# Triton's platforms polystack has no runtime of, and what they run
+_UNSERVED_PLATFORMS = {
+    "tensorrt_plan": "TensorRT engines", "tensorflow_graphdef": "TensorFlow GraphDef",
+    "tensorflow_savedmodel": "TensorFlow SavedModel", "torch_aoti": "PyTorch AOTInductor packages, model.pt2",
+    "caffe2_netdef": "Caffe2 NetDef",
+}  # fmt: skip
+
+
+def triton_format(text: str | None) -> str:
+    """The format of the file a config's backend or platform is Triton's name for (``onnx``, ``torchscript``), or
+    empty."""
+    if not text:
+        return ""
+    try:
+        config = parse_config(text)
+        named = read_string(config, "backend", "config") or read_string(config, "platform", "config")
+    except InvalidRequest:
+        return ""  # ``read`` says what is wrong with it
+    return _DEFAULT_RUNTIME.get(named, "")
+
+
 def runtime_of(text: str | None) -> str:
     """The runtime a config's ``backend`` names, where it names one polystack may choose for a model (empty:
     none, ONNX Runtime or PyTorch, which Triton names for every ONNX or TorchScript file, or Python's, whose
@@ -632,6 +653,12 @@ def read(
         if _DEFAULT_RUNTIME.get(theirs) == record.format:
             continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
+            if key == "platform" and theirs in _UNSERVED_PLATFORMS:
+                raise InvalidRequest(
+                    f"the config asks for platform {quote(theirs)} ({_UNSERVED_PLATFORMS[theirs]}), which polystack has "
+                    f"no runtime of; {record.name!r} is a {record.format} model, which it runs as {ours!r}: leave "
+                    "platform and backend out"
+                )
             if key == "backend" and not runtime_loads(theirs, record.format):
                 raise InvalidRequest(
                     f"the config asks for backend {quote(theirs)}, which polystack has no runtime of for {record.name!r}"

@@ -236,7 +236,11 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             (where / "model" / beside.partition("/")[2]).write_bytes(data)
         if model_config.runtime_of(config) == "fil":  # Triton's FIL backend's file: packed with its settings
             path = fil.pack(path, fil_config.settings(model_config.parse_config(config)), where / "model.fil.zip")
-        elif torchscript.is_archive_file(path):  # Triton's PyTorch backend's: packed with the config, its signature
+        elif (  # Triton's PyTorch backend's: packed with the config, its signature (or told what it is not)
+            torchscript.is_archive_file(path)
+            or path.suffix == ".pt"
+            or model_config.triton_format(config) == "torchscript"
+        ):
             path = torchscript.pack(
                 path, {**model_config.parse_config(config), "name": name}, name, where / "model.torchscript.zip",
                 PREFIX + files.model_path,
