@@ -394,3 +394,42 @@ def test_a_second_model_with_the_same_bytes_builds_and_keeps_its_own_variants(st
     assert a and b and {v.id for v in a}.isdisjoint(v.id for v in b)
     assert all(v.status == "verified" for v in b)
     assert build(store, reports["b"].model, include=only_fp32).built == []  # found again: not rebuilt
+
+
+
+def _torchscript(path: Path, module: Any, inputs: list[str], outputs: list[str]) -> Path:
+    """``module`` scripted and packed with a config of FP32 tensors of 3 values, as a repository registers it."""
+    import torch
+
+    from polystack.formats.torchscript import pack
+
+    torch.jit.save(torch.jit.script(module.eval()), str(path.with_suffix(".pt")))
+    config = {
+        "max_batch_size": 8,
+        "input": [{"name": n, "data_type": "TYPE_FP32", "dims": [3]} for n in inputs],
+        "output": [{"name": n, "data_type": "TYPE_FP32", "dims": [3]} for n in outputs],
+    }
+    return pack(path.with_suffix(".pt"), config, "m", path)
+
+
+def test_a_torchscript_modules_onnx_keeps_an_unused_input_and_an_output_bound_twice(store: Store, tmp_path: Path) -> None:
+    import torch
+
+    class Unused(torch.nn.Module):
+        def forward(self, x: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    class Mixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+            return x + 1, ["a"]
+
+    for name, module, inputs, outputs in [
+        ("unused", Unused(), ["x", "unused"], ["y"]),  # the exporter drops an input forward does not read
+        ("twice", Unused(), ["A__0", "B__1"], ["P__0", "Q__0"]),  # two outputs bound to forward's one value
+    ]:
+        record = register(store, _torchscript(tmp_path / f"{name}.zip", module, inputs, outputs), tmp_path, name)
+        report = build(store, record, include=lambda r: r.backend == "onnxruntime" and r.precision == "fp32")
+        assert [v.status for v in report.variants] == ["verified"], [(v.status, v.error) for v in report.variants]
+    mixed = register(store, _torchscript(tmp_path / "mixed.zip", Mixed(), ["INPUT__0"], ["OUTPUT__0"]), tmp_path, "mixed")
+    [failed] = build(store, mixed, include=lambda r: r.backend == "onnxruntime" and r.precision == "fp32").variants
+    assert failed.status == "failed" and "returns a List[str]" in (failed.error or ""), failed.error

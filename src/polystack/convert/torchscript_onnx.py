@@ -1,7 +1,8 @@
 """TorchScript -> ONNX with torch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter takes
 ``torch.export`` programs, which a ScriptModule is not; nor can a module wrapping a loaded one be traced). The
 graph's inputs are forward's arguments, named as the ``Binding`` names them; its outputs are what forward returns,
-each named as the config output bound to it, and those no output is bound to are dropped. Scripted control flow
+each named as the config output bound to it (a second output bound to one value gets a copy of it), and those no
+output is bound to are dropped; an input forward does not use, which the exporter drops, is kept. Scripted control flow
 becomes ONNX's ``If`` and ``Loop``; the signature's dynamic dimensions (-1) stay dynamic. A model with
 TYPE_STRING tensors (``List[str]``), a ``Dict[str, Tensor]`` input, or a dict returned has no ONNX form here."""
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 from polystack.convert import ConversionError, ConvertContext, quiet
 from polystack.types import DType
@@ -42,9 +45,16 @@ def convert(src: Path, ctx: ConvertContext) -> Path:
         raise ConversionError(
             f"forward returns a {type(result).__name__}, which the TorchScript exporter does not take"
         )
-    returned = 1 if isinstance(result, torch.Tensor) else len(result)
-    by_index = {index: name for name, index in binding.outputs}
-    names = [by_index.get(i, f"unused__{i}") for i in range(returned)]  # each returned value, named
+    values = [result] if isinstance(result, torch.Tensor) else list(result)
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        raise ConversionError(
+            "forward returns a List[str] among its values, which the TorchScript exporter does not take"
+        )
+    returned = len(values)
+    by_index: dict[int, list[str]] = {}
+    for name, index in binding.outputs:
+        by_index.setdefault(index, []).append(name)
+    names = [by_index[i][0] if i in by_index else f"unused__{i}" for i in range(returned)]  # each value, named
     dynamic = {
         t.name: {axis: f"{t.name}_dim{axis}" for axis, size in enumerate(t.shape) if size == -1}
         for t in (*sig.inputs, *sig.outputs)
@@ -65,9 +75,24 @@ def convert(src: Path, ctx: ConvertContext) -> Path:
     model = onnx.load(str(path))
     if len(model.graph.output) != returned:
         raise ConversionError(f"the ONNX graph has {len(model.graph.output)} outputs, forward returns {returned}")
-    kept = [o for o in model.graph.output if not o.name.startswith("unused__")]  # those the config serves
-    del model.graph.output[:]
-    model.graph.output.extend(kept)
+    graph = model.graph
+    outputs = {o.name: o for o in graph.output}
+    kept = [o for o in graph.output if not o.name.startswith("unused__")]  # those the config serves
+    for more in by_index.values():  # a value two config outputs are bound to: the others as copies of it
+        for name in more[1:]:
+            graph.node.append(onnx.helper.make_node("Identity", [more[0]], [name], name=f"copy_{name}"))
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(outputs[more[0]])
+            copy.name = name
+            kept.append(copy)
+    del graph.output[:]
+    graph.output.extend(sorted(kept, key=lambda o: sig.output_names.index(o.name)))
+    present = {i.name for i in graph.input}
+    for t in sig.inputs:  # an input forward does not use: the exporter drops it, the signature keeps it
+        if t.name not in present:
+            shape = [None if d == -1 else d for d in t.shape]
+            kind = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype.numpy))
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, kind, shape))
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
