@@ -10,6 +10,7 @@ Pickle-family files are refused before any byte is unpickled (see ``pickle_guard
 from __future__ import annotations
 
 import importlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,18 @@ IMPORTERS: dict[str, str] = {
     "fil": "polystack.formats.fil",  # a zip of polystack's own, from a repository's folder for Triton's FIL backend
     "torchscript": "polystack.formats.torchscript",  # a zip of polystack's own: a TorchScript module and its config
 }
+
+
+def zip_holds(path: Path, entry: str) -> bool:
+    """Whether ``path`` is a zip holding ``entry``: how the formats polystack packs itself (a Python model's folder,
+    a FIL model's file, a TorchScript module with its config) mark theirs."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return entry in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def importer(name: str) -> Importer:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidModelFile
-from polystack.formats import ImportedModel
+from polystack.formats import ImportedModel, zip_holds
 from polystack.types import DType, Signature, TensorSpec
 
 NAME = "fil"
@@ -105,13 +105,7 @@ def unpack(artifact: Path) -> tuple[FilSettings, bytes]:
 
 
 def sniff(path: Path) -> bool:
-    if path.is_dir() or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            return SETTINGS in z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+    return zip_holds(path, SETTINGS)
 
 
 def forest(settings: FilSettings, data: bytes) -> Any:

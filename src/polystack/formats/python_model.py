@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidModelFile
-from polystack.formats import ImportedModel, triton_io
+from polystack.formats import ImportedModel, triton_io, zip_holds
 from polystack.types import Signature
 
 NAME = "python"
@@ -44,10 +44,7 @@ def pack(folder: Path, version: int, name: str, config: dict[str, Any], file: st
 
 
 def sniff(path: Path) -> bool:
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return MANIFEST in zf.namelist()
+    return zip_holds(path, MANIFEST)
 
 
 def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:

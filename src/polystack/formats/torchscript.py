@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidModelFile
-from polystack.formats import ImportedModel, triton_io
+from polystack.formats import ImportedModel, triton_io, zip_holds
 from polystack.formats.torchscript_guard import check_code, check_ops, is_archive
 from polystack.types import DType, Signature, TensorSpec
 
@@ -272,10 +272,7 @@ def unpack(path: Path) -> tuple[dict[str, Any], Binding, bytes]:
 
 
 def sniff(path: Path) -> bool:
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return MANIFEST in zf.namelist()
+    return zip_holds(path, MANIFEST)
 
 
 def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:

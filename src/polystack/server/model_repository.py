@@ -42,6 +42,7 @@ with one line naming it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -544,19 +545,13 @@ def _register_python(
         )
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
         doc = python.auto_complete(folder, served[-1], file, doc, name)
-    served_text = _served_config(doc)
-    labels = _label_files(folder, served_text)
     config = {**doc, "name": name}
-    for version in served:
 
-        def pack(work: Path, version: int = version) -> Path:
-            return python_model.pack(folder, version, name, config, file, work / "model.zip")
+    def pack(version: int, path: Path, work: Path) -> Path:
+        return python_model.pack(folder, version, name, config, file, work / "model.zip")
 
-        done.append(_register_packed(store, name, version, pack, str(folder / str(version)), labels, served_text))
-    source = f"--model-repository {rules.config_path(folder)}"
-    written = doc.get("version_policy", doc.get("versionPolicy"))
-    served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
-    return RepositoryModel(name, served, served_config, ran=ran)
+    files = [(version, folder / str(version)) for version in served]
+    return _register_versions(store, folder, name, doc, files, pack, done, rules, shown, ran)
 
 
 def _register_fil(
@@ -574,8 +569,6 @@ def _register_fil(
     """Register the versions of a model for Triton's FIL backend: each version's tree model file and the
     settings its config gives (``fil_config.py``) as one zip (``formats/fil.py``), served by the fil backend."""
     settings = fil_config.settings(doc)
-    served_text = _served_config(doc)
-    labels = _label_files(folder, served_text)
     paths = []
     for version in served:  # every file found before anything is registered
         path = folder / str(version) / (filename or fil.MODEL_TYPES[settings.model_type])
@@ -588,16 +581,11 @@ def _register_fil(
                 f"default_model_filename in {CONFIG}"
             ).at_version(version)
         paths.append((version, path))
-    for version, path in paths:
 
-        def pack(work: Path, path: Path = path) -> Path:
-            return fil.pack(path, settings, work / "model.fil.zip")
+    def pack(version: int, path: Path, work: Path) -> Path:
+        return fil.pack(path, settings, work / "model.fil.zip")
 
-        done.append(_register_packed(store, name, version, pack, str(path), labels, served_text))
-    source = f"--model-repository {rules.config_path(folder)}"
-    written = doc.get("version_policy", doc.get("versionPolicy"))
-    config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
-    return RepositoryModel(name, served, config, ran=ran)
+    return _register_versions(store, folder, name, doc, paths, pack, done, rules, shown, ran)
 
 
 def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
@@ -636,8 +624,6 @@ def _register_torchscript(
     """Register the versions of a model for Triton's PyTorch backend: each version's TorchScript module and the
     config, which alone says what it takes and gives (Triton auto-completes nothing for it), as one zip
     (``formats/torchscript.py``). Its runtime is the plan's: ``torchscript`` by default."""
-    served_text = _served_config(doc)
-    labels = _label_files(folder, served_text)
     config = {**doc, "name": name}
     paths = []
     for version in served:  # every file found before anything is registered
@@ -648,16 +634,38 @@ def _register_torchscript(
                 f"'model.pt')), or name it with default_model_filename in {CONFIG}"
             ).at_version(version)
         paths.append((version, path))
-    for version, path in paths:
 
-        def pack(work: Path, path: Path = path) -> Path:
-            return torchscript.pack(path, config, name, work / "model.torchscript.zip", str(path))
+    def pack(version: int, path: Path, work: Path) -> Path:
+        return torchscript.pack(path, config, name, work / "model.torchscript.zip", str(path))
 
-        done.append(_register_packed(store, name, version, pack, str(path), labels, served_text))
+    return _register_versions(store, folder, name, doc, paths, pack, done, rules, shown, ran)
+
+
+def _register_versions(
+    store: Store,
+    folder: Path,
+    name: str,
+    doc: dict[str, Any],
+    files: list[tuple[int, Path]],
+    pack: Callable[[int, Path, Path], Path],
+    done: list[model_files.Registered],
+    rules: FolderRules,
+    shown: repository_agents.Agents,
+    ran: repository_agents.Agents,
+) -> RepositoryModel:
+    """Register each version's ``files`` (version, path) as the store keeps them packed, by ``pack(version, path,
+    work folder)``, with the config the server applies (Python, FIL and TorchScript models)."""
+    served_text = _served_config(doc)
+    labels = _label_files(folder, served_text)
+    for version, path in files:
+        done.append(
+            _register_packed(store, name, version, functools.partial(pack, version, path), str(path), labels, served_text)
+        )
     source = f"--model-repository {rules.config_path(folder)}"
     written = doc.get("version_policy", doc.get("versionPolicy"))
-    served_config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
-    return RepositoryModel(name, served, served_config, ran=ran)
+    served = tuple(version for version, _ in files)
+    config = model_config.ConfigFile(served_text, folder, source, served, agents=shown, written_policy=written)
+    return RepositoryModel(name, served, config, ran=ran)
 
 
 def _register_packed(
