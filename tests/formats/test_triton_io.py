@@ -1,0 +1,34 @@
+"""Signatures from Triton configs (``formats/triton_io.py``), for models whose files do not say what they take:
+the batch dimension where the config batches, a reshape's shape (what Triton hands the backend), and the
+control inputs of sequence batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from polystack.errors import InvalidModelFile
+from polystack.formats.triton_io import signature
+from polystack.types import DType
+
+
+def test_a_batching_configs_tensors_take_the_batch_first_and_a_reshape_is_what_the_model_sees() -> None:
+    config = {
+        "max_batch_size": 4,
+        "input": [{"name": "words", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2, 3]}],
+        "sequence_batching": {
+            "control_input": [{"name": "START", "control": [{"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1]}]}]
+        },
+    }
+    sig = signature(config, "a model")
+    assert [(t.name, t.dtype, t.shape) for t in sig.inputs] == [
+        ("words", DType.BYTES, (-1,)), ("START", DType.INT32, (-1, 1)),
+    ]  # fmt: skip
+    assert sig.outputs[0].shape == (-1, 2, 3)
+    unbatched = signature({**config, "max_batch_size": 0}, "a model")
+    assert unbatched.outputs[0].shape == (2, 3)
+
+
+def test_a_config_without_its_tensors_says_what_it_lacks() -> None:
+    with pytest.raises(InvalidModelFile, match="a TorchScript model's config lists its outputs"):
+        signature({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}]}, "a TorchScript model")
