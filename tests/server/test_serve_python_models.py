@@ -595,3 +595,42 @@ def test_a_python_model_s_optional_input_may_be_left_out_and_a_declared_output_t
         assert [i.get("optional") for i in config["input"]] == [False, True]
         with pytest.raises(InferenceServerException, match="returned no output 'had', which the request asks for"):
             client.infer("opt", [x], outputs=[httpclient.InferRequestedOutput("had")])
+
+
+SHAPES = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            shape = pb_utils.Tensor("shape", np.tile(np.array(x.shape, dtype=np.int64), (len(x), 1)))  # a row each
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2), shape]))
+        return out
+'''
+
+
+def test_a_python_models_input_reaches_execute_in_its_reshape(tmp_path: Path) -> None:
+    """As Triton hands a backend the reshaped tensor: dims [1] reshaped to [] reach execute as [batch], and its
+    answer, in the reshape's shape, reaches the client in the dims [batch, 1]."""
+    config = """
+backend: "python"
+max_batch_size: 4
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] reshape: { shape: [ ] } } ]
+output [
+  { name: "y", data_type: TYPE_FP32, dims: [ 1 ] reshape: { shape: [ ] } },
+  { name: "shape", data_type: TYPE_INT64, dims: [ 1 ] }
+]
+"""
+    python_folder(tmp_path / "models", "shapes", SHAPES, config)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        i = httpclient.InferInput("x", [2, 1], "FP32")
+        i.set_data_from_numpy(np.array([[1.0], [2.0]], np.float32))
+        result = client.infer("shapes", [i])
+        np.testing.assert_array_equal(result.as_numpy("y"), [[2.0], [4.0]])
+        assert result.as_numpy("shape").tolist() == [[2], [2]]  # execute saw x as [2], not [2, 1]
