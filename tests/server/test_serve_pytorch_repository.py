@@ -129,7 +129,7 @@ def test_pytorch_models_answer_as_their_modules_do_over_http_and_grpc(tmp_path: 
     _folder(root, "gather", Gather(), GATHER)
     _folder(root, "gather_queued", Gather(), GATHER + "dynamic_batching { }\n")  # each request alone, queued
     port, grpc_port = free_port(), free_port()
-    args = ["--model-repository", str(root), "--grpc-port", str(grpc_port)]
+    args = ["--model-repository", str(root), "--grpc-port", str(grpc_port), "--allow-torchscript-models"]
     rng = np.random.default_rng(0)
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -200,7 +200,7 @@ def _parameters(**values: str) -> str:
 )  # fmt: skip
 def test_pytorch_configs_triton_refuses_exit_2_in_its_words(tmp_path: Path, config: str | None, words: str) -> None:
     _folder(tmp_path / "models", "m", Named(), config)
-    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models")])
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models"), "--allow-torchscript-models"])
     assert "'m" in line and words in line, line
 
 
@@ -209,7 +209,7 @@ def test_switches_are_read_in_any_case_and_a_loads_files_take_a_module(tmp_path:
     named = _folder(root, "named", Named(), NAMED + _parameters(DISABLE_OPTIMIZED_EXECUTION="ON", INFERENCE_MODE="off"))
     module = root / "named" / "1" / "model.pt"
     port = free_port()
-    args = ["--model-repository", str(root), "--grpc-port", "-1", "--allow-model-control"]
+    args = ["--model-repository", str(root), "--grpc-port", "-1", "--allow-model-control", "--allow-torchscript-models"]
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         config = http.get_model_config("named")
@@ -226,3 +226,22 @@ def test_switches_are_read_in_any_case_and_a_loads_files_take_a_module(tmp_path:
         with pytest.raises(InferenceServerException, match=r"file:1/model\.pt is not a TorchScript archive"):
             http.load_model("bad", config=json.dumps(renamed), files={"file:1/model.pt": b"not a module"})
         assert http.is_model_ready("named")
+
+
+def test_without_the_flag_a_torchscript_model_is_refused_before_torch_reads_it(tmp_path: Path) -> None:
+    """TorchScript is code torch runs, some of whose operators reach past the model: the server serves it only when
+    told to (--allow-torchscript-models), from a repository or a load's files alike."""
+    _folder(tmp_path / "models", "m", Named(), NAMED)
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models")])
+    assert "'m'" in line and "start the server with --allow-torchscript-models" in line, line
+    (tmp_path / "empty").mkdir()
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "empty"), "--grpc-port", "-1", "--model-control-mode", "explicit"]
+    with cli_server(tmp_path / "home2", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = json.dumps({"platform": "pytorch_libtorch", "max_batch_size": 8,
+                             "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [4]}],
+                             "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [3]}]})  # fmt: skip
+        module = (tmp_path / "models" / "m" / "1" / "model.pt").read_bytes()
+        with pytest.raises(InferenceServerException, match="--allow-torchscript-models"):
+            http.load_model("uploaded", config=config, files={"file:1/model.pt": module})

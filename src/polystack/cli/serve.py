@@ -353,6 +353,13 @@ def serve(
         help="Serve repository models written for Triton's Python backend (backend: \"python\", model.py), run "
         "in the server's own process with its rights: only from repositories you trust.",
     ),
+    allow_torchscript_models: bool = typer.Option(
+        False,
+        "--allow-torchscript-models",
+        help="Serve repository models written for Triton's PyTorch backend (platform: \"pytorch_libtorch\", "
+        "model.pt): torch runs their TorchScript code in the server's process, and some of torch's operators reach "
+        "past the model (polystack refuses those it knows; it is no sandbox): only from repositories you trust.",
+    ),
     disable_auto_complete_config: bool = typer.Option(
         False,
         "--disable-auto-complete-config",
@@ -718,6 +725,7 @@ def serve(
     rules = dataclasses.replace(
         _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config),
         python_models=allow_python_models,
+        torchscript_models=allow_torchscript_models,
     )
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:

@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ import os
 import threading
 import time
 import weakref
+import zipfile
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,7 +69,7 @@ from polystack.errors import (
     VersionNotFound,
     quote,
 )
-from polystack.formats import fil
+from polystack.formats import fil, torchscript_guard
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
@@ -338,6 +340,20 @@ def _asks_python(config: str) -> bool:
     return isinstance(doc, dict) and doc.get("backend") == "python"
 
 
+def _is_torchscript(files: model_files.ModelFiles | model_files.Folder, config: str) -> bool:
+    """Whether a load's files are a TorchScript module (its archive, a model.pt, or a config that names PyTorch's
+    backend), found without reading it."""
+    if not isinstance(files, model_files.ModelFiles):
+        return False
+    if files.model_path.endswith(".pt") or model_config.triton_format(config) == "torchscript":
+        return True
+    try:
+        with zipfile.ZipFile(io.BytesIO(files.model)) as zf:
+            return torchscript_guard.is_archive(zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _size(array: np.ndarray) -> int:
     """The bytes ``array`` holds: an array of strings' (BYTES) its strings' lengths, not 8 bytes each."""
     return sum(map(len, array.flat)) if array.dtype == object else array.nbytes
@@ -564,6 +580,8 @@ class DataPlane:
         record = self.store.get(ref)
         if record.format == "python" and not self.folder_rules.python_models:  # however it came (a load's files)
             raise _python_refused(record.name)
+        if record.format == "torchscript" and not self.folder_rules.torchscript_models:  # however it came
+            raise InvalidRequest(f"model {record.name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
         policy = self.policy_for(self.store, record, self.profile)
         if policy is not None and not record.signature.batched:
             policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it
@@ -2725,6 +2743,8 @@ class DataPlane:
                 )
                 if python and not self.folder_rules.python_models:  # its files are not even unpacked
                     raise _python_refused(name)
+                if _is_torchscript(files, config) and not self.folder_rules.torchscript_models:  # torch reads none
+                    raise InvalidRequest(f"model {name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
             except PolystackError as e:
                 raise self._settled(name, e) from None
             await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)

@@ -77,6 +77,12 @@ _OTHER_FILES = {
     "model.graphdef": "TensorFlow GraphDef",
     "model.py": "Python backend",
 }
+# why a TorchScript model is refused without --allow-torchscript-models
+TORCHSCRIPT_REFUSED = (
+    "it is a model for Triton's PyTorch backend (a TorchScript model.pt): torch would run its code in the server's process, and "
+    "torch's operators reach past the model (polystack refuses those it knows; it is no sandbox); start the server "
+    "with --allow-torchscript-models to serve it, from repositories you trust"
+)
 # Triton's names for its PyTorch backend's TorchScript models (``torch_aoti``, its AOTInductor packages, is refused)
 _PYTORCH = frozenset({"pytorch", "pytorch_libtorch", "libtorch"})
 # backends a config keeps when served, since they choose the runtime (Triton's OpenVINO backend runs ONNX files
@@ -95,6 +101,9 @@ class FolderRules:
     # Triton's Python-backend models (``backend: "python"``) are served (serve --allow-python-models): their
     # model.py runs in the server's process, with its rights
     python_models: bool = False
+    # Triton's PyTorch-backend models (TorchScript, model.pt) are served (serve --allow-torchscript-models): torch
+    # runs their code, whose operators reach past the model (torchscript_guard refuses those it knows, no sandbox)
+    torchscript_models: bool = False
 
     def config_path(self, folder: Path) -> Path:
         if self.config_name:
@@ -624,6 +633,8 @@ def _register_torchscript(
     """Register the versions of a model for Triton's PyTorch backend: each version's TorchScript module and the
     config, which alone says what it takes and gives (Triton auto-completes nothing for it), as one zip
     (``formats/torchscript.py``). Its runtime is the plan's: ``torchscript`` by default."""
+    if not rules.torchscript_models:  # refused before torch reads a byte of it
+        raise InvalidRequest(TORCHSCRIPT_REFUSED)
     config = {**doc, "name": name}
     paths = []
     for version in served:  # every file found before anything is registered
