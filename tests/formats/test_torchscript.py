@@ -195,17 +195,37 @@ def test_an_archive_holding_a_code_file_twice_is_refused(tmp_path: Path) -> None
         check_code(doubled.read_bytes(), "doubled.pt")
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda name, data: (name, data.replace(b"    return ", b"    _ = 0 #\r    return ", 1)), "control character"),
+        (lambda name, data: (name.removesuffix(".py") + ".PY", data), None),  # checked whatever its case
+    ],
+    ids=["carriage-return", "upper-case"],
+)
+def test_code_a_python_parser_reads_otherwise_than_torchs_is_refused(tmp_path: Path, edit: Any, words: str | None) -> None:
+    # Python ends a comment at a lone carriage return, TorchScript at a newline; torch finds entries in any case
+    path = _saved(_ReadsFiles(), tmp_path / "model.pt")
+    edited = tmp_path / "edited.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as out:
+        for item in src.infolist():
+            name, data = item.filename, src.read(item)
+            if "/code/" in name and name.endswith(".py"):
+                name, data = edit(name, data)
+            out.writestr(name, data)
+    with pytest.raises(UnsafeModel, match=words or "from_file"):
+        check_code(edited.read_bytes(), "edited.pt")
+
+
 def test_the_loaded_modules_operators_are_checked_whatever_the_code_says() -> None:
-    class Profiled(torch.nn.Module):
+    class Outside(torch.nn.Module):  # inductor::_alloc_from_pool: a view of a pool at any offset
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            handle = torch.ops.profiler._record_function_enter_new("x", None)
-            torch.ops.profiler._record_function_exit(handle)
-            return x
+            return torch.ops.inductor._alloc_from_pool(x, 0, torch.float32, [1], [1])
 
     with pytest.raises(UnsafeModel, match=r"forward runs aten::from_file, which reaches the server's files"):
         check_ops(torch.jit.script(_ReadsFiles()), "m")
-    with pytest.raises(UnsafeModel, match="runs profiler::_record_function_enter_new, outside torch's own"):
-        check_ops(torch.jit.script(Profiled()), "m")
+    with pytest.raises(UnsafeModel, match="runs inductor::_alloc_from_pool, outside torch's own"):
+        check_ops(torch.jit.script(Outside()), "m")
     check_ops(torch.jit.script(_Two()), "m")
 
 

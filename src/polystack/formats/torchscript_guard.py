@@ -1,20 +1,26 @@
-"""Refuse TorchScript that reaches outside the model: files, sockets, libraries.
+"""Refuse TorchScript that reaches outside the model through the operators known to: files, sockets, libraries.
 
 TorchScript is code, restricted to torch's operators, and some of those reach outside: ``aten::from_file`` reads
 (and, shared, writes) any file the server can, ``aten::save`` writes one, ``torch.distributed``'s operators and
 classes open sockets, and custom operators' namespaces name libraries. ``torch.jit.load`` already runs code: a
 class's ``__setstate__``, while it unpickles the module. So a module is checked twice:
 
-- ``check_code``, before torch reads a byte: the archive's code files (every ``.py`` entry; an entry named twice
-  is refused, since Python's zip reader and torch's pick different ones) are parsed with ``ast``, never run. The
-  only names TorchScript's importer resolves to operators are ``torch``, ``ops`` and ``math``: each must be used
-  by a full dotted name (``torch.add``, ``ops.quantized.linear``), never bound to a local, passed, or handed to
-  ``getattr``/``hasattr`` (which take a literal name in TorchScript); a dotted name used as a value may not stop at
-  a namespace of operators (``torch.ops``). Every part of every such name is checked: no operator that reaches
-  files, and after ``ops`` or ``classes`` a namespace of torch's own numeric ones.
-- ``check_ops``, once torch has loaded it: every method of every module, inlined, and every operator in it
-  (blocks and forked subgraphs included) must be of those namespaces and not one that reaches files. This sees the
-  operators themselves, whatever the code's spelling.
+- ``check_code``, before torch reads a byte. The archive must be as ``torch.jit.save`` writes it: no entry named twice
+  (names that differ in case alone count as one: torch finds entries whatever their case), at most 64 MiB of code
+  and pickles, and code of text whose only control character is the newline (Python's parser ends a comment at a
+  lone carriage return, TorchScript's does not). Every code file (``.py`` in any case) is parsed with ``ast``, never
+  run. The only names TorchScript's importer resolves to operators are ``torch``, ``ops`` and ``math``: each must be
+  used by a full dotted name (``torch.add``, ``ops.quantized.linear``), never bound to a local, passed, or handed to
+  ``getattr``/``hasattr``; a dotted name used as a value may not stop at a namespace of operators (``torch.ops``).
+  Every part of every such name is checked: no operator that reaches files, and after ``ops`` or ``classes`` (in
+  code, string annotations and the pickles' classes) a namespace of torch's own numeric ones.
+- ``check_ops``, once torch has loaded it: every method of every module, inlined, and every operator in it (blocks
+  and forked subgraphs included) must be of those namespaces and not one that reaches files.
+
+This is no sandbox. torch's numeric operators include ones that read and write past a tensor's storage
+(``aten::_reshape_alias`` checks no bounds: helper-148 read server memory with it), so TorchScript is served only
+when the server is told to (``serve --allow-torchscript-models``), from repositories its operator trusts; these
+checks refuse what is known to reach outside, for those.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import ast
 import collections
 import io
 import math
+import re
 import types
 import zipfile
 from typing import Any
@@ -32,16 +39,20 @@ from polystack.errors import InvalidModelFile, UnsafeModel
 # operators a TorchScript file may call: torch's numeric namespaces; and, of those, the ones that reach files
 NAMESPACES = frozenset(
     {"aten", "prim", "prims", "quantized", "_quantized", "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "sparse",
-     "quantization", "xnnpack", "prepacked", "torchvision"}
+     "quantization", "xnnpack", "prepacked", "torchvision", "rnn", "profiler"}
 )  # fmt: skip
 DENIED = frozenset({"from_file", "save", "load", "load_tensor", "_load_for_mobile"})
 _ROOTS = frozenset({"torch", "ops", "math"})  # the names TorchScript's importer resolves to operators
 _REFLECTION = frozenset({"getattr", "hasattr"})
+_CLASS_NAMES = re.compile(r"torch\.classes\.(\w+)")
+_MAX_CODE_BYTES = 64 << 20  # code and pickles (the weights are beside them)
+_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")  # but the newline
 
 
 def is_archive(names: list[str]) -> bool:
     """Whether a zip's entries are a TorchScript archive's (``torch.jit.save``): code beside the pickles."""
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n and n.endswith(".py") for n in names)
+    folded = [n.casefold() for n in names]  # torch finds entries whatever their case
+    return any(n.endswith("/constants.pkl") for n in folded) and any("/code/" in n and n.endswith(".py") for n in folded)
 
 
 def check_code(data: bytes, shown: str) -> None:
@@ -59,22 +70,54 @@ def check_code(data: bytes, shown: str) -> None:
                 f"{shown} is not a TorchScript archive (torch.jit.save's, with its code/ and constants.pkl); save the "
                 "module with torch.jit.save(torch.jit.script(model), 'model.pt')"
             )
-        twice = sorted(n for n, count in collections.Counter(names).items() if count > 1)
+        # torch finds entries whatever their case: two names that differ in case alone are one name twice to it
+        twice = sorted(n for n, count in collections.Counter(n.casefold() for n in names).items() if count > 1)
         if twice:
             raise UnsafeModel(
                 f"{shown} holds {twice[0]!r} twice, and zip readers differ on which one counts; refused unread: save "
                 "the module again with torch.jit.save"
             )
-        for info in infos:
-            if not info.filename.endswith(".py"):
-                continue
+        code = [i for i in infos if i.filename.casefold().endswith((".py", ".pkl"))]
+        if sum(i.file_size for i in code) > _MAX_CODE_BYTES:
+            raise UnsafeModel(f"{shown} holds over {_MAX_CODE_BYTES >> 20} MiB of code and pickles; refused unread")
+        for info in code:
             try:
-                tree = ast.parse(zf.read(info).decode("utf-8"), filename=info.filename)
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                raise UnsafeModel(
-                    f"{shown}: its code {info.filename} cannot be read to check it; refused unread"
-                ) from None
-            _check_tree(tree, shown, info.filename)
+                data = zf.read(info)
+            except Exception as e:  # encrypted, another compression: torch's reader might take what this one cannot
+                raise InvalidModelFile(f"{shown}: its {info.filename} cannot be read ({e}); refused unread") from None
+            if info.filename.casefold().endswith(".pkl"):
+                _check_pickle(data, shown, info.filename)
+            else:
+                _check_source(data, shown, info.filename)
+
+
+def _check_source(data: bytes, shown: str, where: str) -> None:
+    """One code file: as torch.jit.save writes it (text, lines ending in ``\n``, no other control character, on
+    which Python's parser and TorchScript's could read it apart), parsed and checked."""
+    bad = _CONTROL.search(data)
+    if bad is not None:
+        raise UnsafeModel(
+            f"{shown}: its code {where} holds the control character {bad.group()!r}, which torch.jit.save never "
+            "writes (parsers read it apart); refused unread"
+        )
+    try:
+        tree = ast.parse(data.decode("utf-8"), filename=where)
+        _check_tree(tree, shown, where)
+    except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError):
+        raise UnsafeModel(f"{shown}: its code {where} cannot be read to check it; refused unread") from None
+
+
+def _check_pickle(data: bytes, shown: str, where: str) -> None:
+    """One pickle (the module's objects and constants, which torch's own unpickler reads): the custom classes it
+    builds must be of torch's numeric namespaces."""
+    from polystack.formats.pickle_guard import pickle_globals
+
+    try:
+        names = pickle_globals(data)
+    except Exception:
+        raise UnsafeModel(f"{shown}: its {where} cannot be read to check it; refused unread") from None
+    for name in names:
+        _check_name(name.split("."), shown, where)
 
 
 def _check_tree(tree: ast.AST, shown: str, where: str) -> None:
@@ -94,6 +137,9 @@ def _check_tree(tree: ast.AST, shown: str, where: str) -> None:
                     f"{shown} looks up an operator by {node.func.id} ({at}); polystack reads TorchScript whose "
                     "operators are named in full (torch.add): save the module with torch.jit.save"
                 )
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "classes." in node.value:
+            for named in _CLASS_NAMES.findall(node.value):  # a class named in a string annotation
+                _check_name(["torch", "classes", named], shown, at)
         elif isinstance(node, ast.Attribute) and not (isinstance(parent, ast.Attribute) and parent.value is node):
             parts = _dotted(node)  # the whole dotted name
             _check_name(parts, shown, at)
@@ -149,12 +195,17 @@ def _is_namespace(parts: list[str]) -> bool:
     import torch
 
     value: Any = {"torch": torch, "ops": torch.ops, "math": math}[parts[0]]
-    for part in parts[1:]:
-        try:
-            value = getattr(value, part)
-        except Exception:
-            return False  # no such Python object: an operator TorchScript resolves by name (torch.linear)
     kinds: tuple[type, ...] = (types.ModuleType, type(torch.ops), type(torch.ops.aten), type(torch.classes))
+    for part in parts[1:]:
+        if isinstance(value, types.ModuleType):
+            if part not in vars(value):  # not imported (a module's __getattr__ would import it): taken for one
+                return True
+            value = vars(value)[part]
+        else:
+            try:
+                value = getattr(value, part)  # torch.ops' and torch.classes' namespaces: made on the spot
+            except Exception:
+                return False  # no such Python object: an operator TorchScript resolves by name (torch.linear)
     return isinstance(value, kinds)
 
 
