@@ -174,8 +174,9 @@ def refuse_pickle(path: Path) -> None:
                     raise InvalidModelFile(
                         f"{path.name} is a TorchScript module (torch.jit.save), whose file does not say what it takes "
                         "and gives: serve it from a Triton model repository, as <name>/1/model.pt beside a "
-                        "<name>/config.pbtxt (platform: \"pytorch_libtorch\") that lists its inputs and outputs, or "
-                        "save it with torch.export.save (.pt2) or as ONNX to register it here"
+                        "<name>/config.pbtxt (platform: \"pytorch_libtorch\") that lists its inputs and outputs, with "
+                        "serve --allow-torchscript-models, or save it with torch.export.save (.pt2) or as ONNX to "
+                        "register it here"
                     )
                 if _zip_holds_pickle(names):
                     raise UnsafeModel(
