@@ -116,9 +116,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         START,
         "## FIL models' engines (`bench/fil.py`)",
         "",
-        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs), in process, the best "
-        f"of the repeats of each cell. Command: `.venv/bin/{result['command']}`. 1-minute load average at start / "
-        f"end: {result['load_average_1m']['start']} / {result['load_average_1m']['end']}.",
+        serving.measured(result, "in process, the best of the repeats of each cell", sharing=""),
         "ms per `FilModel.infer` call (FIL's post-processing included): Treelite's GTIL (FIL's numbers) and the",
         "framework's own predictor; `engine: auto`, the default, runs GTIL below "
         f"{result['native_from']['xgboost_json']} rows of an XGBoost model and the",

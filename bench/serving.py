@@ -1115,11 +1115,12 @@ def run_facts(load_start: float) -> dict[str, Any]:
     }
 
 
-def measured(result: dict[str, Any], cells: str) -> str:
-    """The sentence that opens a section: when, where, how (``cells``), the command and the load around it."""
+def measured(result: dict[str, Any], cells: str, sharing: str = ", client and server sharing them") -> str:
+    """The sentence that opens a section: when, where (the CPUs, and who shares them: ``sharing``, empty for a
+    benchmark in process), how (``cells``), the command and the load around it."""
     return (
-        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs, client and server"
-        f" sharing them), {cells}. Command: `.venv/bin/{result['command']}`. 1-minute load average at start / end:"
+        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs{sharing}), {cells}. "
+        f"Command: `.venv/bin/{result['command']}`. 1-minute load average at start / end:"
         f" {result['load_average_1m']['start']} / {result['load_average_1m']['end']}."
     )
 

@@ -146,9 +146,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         START,
         "## Models of Triton's PyTorch backend (`bench/torchscript.py`)",
         "",
-        f"Measured {result['measured_at']} on this machine ({result['machine']['cpus']} CPUs), in process, the best "
-        f"of the repeats of each cell. Command: `.venv/bin/{result['command']}`. 1-minute load average at start / "
-        f"end: {result['load_average_1m']['start']} / {result['load_average_1m']['end']}.",
+        serving.measured(result, "in process, the best of the repeats of each cell", sharing=""),
         "A TorchScript module (`model.pt` with a `pytorch_libtorch` config) as torch runs it, which is what Triton's",
         "PyTorch backend runs, against the variants `polystack variants` builds from it and verifies against it;",
         "ms per call and how many times faster than the module.",

@@ -590,8 +590,6 @@ class DataPlane:
         # polystack's choice for models without a start config, whose file decides
         default_instances = self.unbatched_instances if start is None else None
         instances = default_instances if policy is None else None
-        if record.format == "python" and policy is None and instances is None:
-            instances = 1  # one instance, on a thread of its own, as Triton's Python backend runs one by default
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
         additions = model_config.Additions()
         sequence: SequencePolicy | None = None
@@ -604,8 +602,8 @@ class DataPlane:
         runtime = model_config.runtime_of(config)  # a config's backend names the runtime, as in Triton
         if runtime and runtime != spec.backend:
             spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1, runtime)
-        if spec.backend == "torchscript" and policy is None and instances is None:
-            instances = 1  # one instance, as Triton's PyTorch backend runs one by default: forward may keep state
+        if spec.backend in model_config.ONE_INSTANCE and policy is None and instances is None:
+            instances = 1  # one instance, on a thread of its own, as Triton's backend runs one: its code may keep state
         # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
         # as Triton's auto-complete completes an empty one (its batch size and batching); one Triton cannot batch (a
         # scalar output's, say) so whatever batches

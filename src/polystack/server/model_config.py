@@ -1475,11 +1475,16 @@ def _instances(value: Any, spec: LoadSpec) -> int:
 _DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py", "pytorch_libtorch": "model.pt"}
 
 
+# runtimes whose models run one call at a time unless their config asks for more instances, as Triton's Python and
+# PyTorch backends run them: their code may keep state
+ONE_INSTANCE = frozenset({"python", "torchscript"})
+
+
 def _default_count(spec: LoadSpec) -> int | None:
     """Triton's instance count where a config gives none (``SetDefaultInstanceCount``): 2 for its ONNX Runtime
     backend on CPU, else 1; None: polystack's own (a model polystack runs with another runtime). Python models and
     TorchScript modules run one call at a time, as Triton's backends run them: their code may keep state."""
-    if spec.backend in ("python", "torchscript"):
+    if spec.backend in ONE_INSTANCE:
         return 1
     if spec.backend == "onnxruntime":
         return 2 if _kind(spec.device) == "KIND_CPU" else 1

@@ -13,15 +13,13 @@ setting of that backend polystack has, ``serve --backend-config``'s ``default-ma
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
-
-log = logging.getLogger("polystack.server")
+from polystack.server.backend_parameters import warn_unread
 
 _CPU_PROVIDERS = {"openvino": "OpenVINOExecutionProvider"}  # Triton's cpu_execution_accelerator names
 _TENSORRT = "TensorrtExecutionProvider"
@@ -135,13 +133,7 @@ def options(
     these ``parameters`` (name, string value) and ``optimization``, for a model served by ``backend`` on
     ``device``. GPU settings (``gpu_execution_accelerator``, the CUDA parameters) are read on an NVIDIA device
     only, as Triton reads them for GPU instances only: elsewhere they are neither checked nor applied."""
-    ignored = sorted(key for key, _ in parameters if key not in PARAMETERS)
-    if ignored:  # as Triton's backend ignores them (metadata, other tools' settings); a typo is said here
-        log.warning(
-            "the config sets parameters that neither Triton's ONNX Runtime backend nor polystack reads; they are "
-            "ignored, as Triton ignores them (check the names of those meant for the runtime)",
-            extra={"parameters": ignored, "read": sorted(PARAMETERS)},
-        )
+    warn_unread(parameters, PARAMETERS, "Triton's ONNX Runtime backend")
     parameters = [(key, given) for key, given in parameters if key in PARAMETERS]
     onnx_only = [f"parameter {quote(k)}" for k, _ in parameters]
     if optimization.graph_level is not None:

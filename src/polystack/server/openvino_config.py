@@ -17,14 +17,12 @@ refused: polystack loads no shared library a config names.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
 from polystack.server import onnxruntime_config
-
-log = logging.getLogger("polystack.server")
+from polystack.server.backend_parameters import warn_unread
 
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 # COMPILATION_NUM_THREADS is checked, not applied: OpenVINO's CPU plugin here refuses it (Unsupported property)
@@ -48,13 +46,7 @@ def options(parameters: Sequence[tuple[str, str]], device: str) -> dict[str, Any
             "its plan for this profile: a backend onnxruntime leaves the runtime to the plan); leave them out, or set "
             "the OpenVINO backend's (NUM_STREAMS, INFERENCE_NUM_THREADS, PERFORMANCE_HINT, HINT_BF16)"
         )
-    ignored = sorted(k for k, _ in parameters if k not in PARAMETERS)
-    if ignored:  # Triton's backend reads its own names only
-        log.warning(
-            "the config sets parameters that neither Triton's OpenVINO backend nor polystack reads; they are "
-            "ignored, as Triton ignores them (check the names of those meant for the runtime)",
-            extra={"parameters": ignored, "read": sorted(PARAMETERS)},
-        )
+    warn_unread(parameters, PARAMETERS, "Triton's OpenVINO backend")
     out: dict[str, Any] = {}
     for key, given in parameters:
         value = given.lower()

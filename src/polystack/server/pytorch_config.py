@@ -16,14 +16,12 @@ are ignored, as Triton ignores them, with a warning.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from polystack.errors import InvalidRequest
-
-log = logging.getLogger("polystack.server")
+from polystack.server.backend_parameters import warn_unread
 
 # switch -> (option, whether the option is the switch's opposite)
 _SWITCHES = {
@@ -64,13 +62,7 @@ def options(parameters: Sequence[tuple[str, str]], applied: bool = True) -> dict
     """The options of polystack's torchscript backend that do what Triton's PyTorch backend does with these
     ``parameters`` (name, string value); each is checked whether or not it is ``applied`` (a TorchScript model a
     plan serves with another runtime: none is)."""
-    ignored = sorted(k for k, _ in parameters if k not in PARAMETERS)
-    if ignored:
-        log.warning(
-            "the config sets parameters that neither Triton's PyTorch backend nor polystack reads; they are ignored, "
-            "as Triton ignores them (check the names of those meant for the runtime)",
-            extra={"parameters": ignored, "read": sorted(PARAMETERS)},
-        )
+    warn_unread(parameters, PARAMETERS, "Triton's PyTorch backend")
     out: dict[str, Any] = {}
     for key, given in parameters:
         if key in _SWITCHES:
