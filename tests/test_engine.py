@@ -109,7 +109,7 @@ def test_a_device_the_runtime_does_not_offer_is_refused_with_what_it_offers(stor
         engine.load("mlp", spec)
 
 
-def test_concurrency_sets_threads_and_streams_only_where_the_runtime_needs_them(tmp_path: Path) -> None:
+def test_concurrency_sets_threads_streams_and_copies_only_where_the_runtime_needs_them(tmp_path: Path) -> None:
     ort_spec = LoadSpec(tmp_path / "m.onnx", "onnx", "onnxruntime")
     # onnxruntime runs concurrent calls on one session: only the per-call threads are set
     assert with_concurrency(ort_spec, 1, instances=2).options == {"intra_op_threads": 1}
@@ -122,6 +122,10 @@ def test_concurrency_sets_threads_and_streams_only_where_the_runtime_needs_them(
         "inference_num_threads": 2,
     }
     assert with_concurrency(ov_spec, 2).options == {"inference_precision": "f32", "inference_num_threads": 2}
+    # a TorchScript module may keep state: a copy per instance, each call's threads its own
+    ts_spec = LoadSpec(tmp_path / "m.zip", "torchscript", "torchscript")
+    assert with_concurrency(ts_spec, 1, instances=2).options == {"instances": 2, "intra_op_threads": 1}
+    assert with_concurrency(ts_spec, None) is ts_spec
 
 
 def test_a_model_unloaded_or_replaced_mid_call_closes_when_the_call_returns(store: Store, record: ModelRecord) -> None:

@@ -88,14 +88,18 @@ def with_concurrency(spec: LoadSpec, threads: int | None, instances: int = 1) ->
 
     Most runtimes run concurrent calls on one loaded model side by side and only need the thread
     count. A runtime that would queue them (OpenVINO: one stream) gets a stream per instance and
-    the threads of all streams, so "1 thread x 2 instances" really runs two calls at once.
+    the threads of all streams, so "1 thread x 2 instances" really runs two calls at once. A runtime
+    whose models may keep state between calls (TorchScript) loads a copy per instance.
     """
     try:
-        streams = registry.get(spec.backend).streams_option
+        backend = registry.get(spec.backend)
     except PolystackError:
         return spec  # an unknown backend: Engine.load says so when it is loaded
+    streams = backend.streams_option
     key = thread_option(spec.backend)
     options = dict(spec.options)
+    if instances > 1 and backend.copies_option is not None:
+        options[backend.copies_option] = instances
     if instances > 1 and streams is not None:
         options[streams] = instances
         if threads is not None and key is not None:

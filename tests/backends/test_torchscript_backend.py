@@ -4,6 +4,7 @@ output name, and a batch answered a row per row."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from polystack.backends import registry
-from polystack.errors import BackendError, InvalidRequest, RuntimeRefused
+from polystack.errors import BackendError, InvalidRequest, RuntimeRefused, Unavailable
 from polystack.formats.torchscript import pack, signature
 
 
@@ -156,3 +157,40 @@ def test_each_load_sets_torchs_thread_count_and_says_when_it_changes_anothers(
         assert any("intra-op thread count is the process's" in r.getMessage() for r in caplog.records)
     finally:
         torch.set_num_threads(before)
+
+
+class _Calls(torch.nn.Module):
+    """Counts its calls in an attribute, as a module keeping state does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.full_like(x[:, :1], self.calls)
+
+
+@pytest.mark.parametrize(
+    ("options", "counts"),
+    [({}, [1, 2, 3, 4]), ({"instances": 2}, [1, 1, 2, 2]), ({"instances": 2, "weight_sharing": True}, [1, 2, 3, 4])],
+    ids=["one-instance", "two-instances", "weight-sharing"],
+)
+def test_each_instance_runs_its_own_copy_of_the_module_unless_weights_are_shared(
+    tmp_path: Path, options: dict[str, Any], counts: list[int]
+) -> None:
+    """Triton's instances each load the module (without ENABLE_WEIGHT_SHARING): what a forward keeps in an
+    attribute is its instance's, and calls go to the instances in turn."""
+    model = _loaded(tmp_path, _Calls(), _config([("OUTPUT__0", "TYPE_FP32", [1])]), **options)
+    assert [int(model.infer({"INPUT__0": X})["OUTPUT__0"][0, 0]) for _ in counts] == counts
+
+
+def test_an_instance_runs_one_call_at_a_time(tmp_path: Path) -> None:
+    """Calls from more threads than instances wait for a free one: every call sees its own count."""
+    model = _loaded(tmp_path, _Calls(), _config([("OUTPUT__0", "TYPE_FP32", [1])]))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        seen = list(pool.map(lambda _: int(model.infer({"INPUT__0": X})["OUTPUT__0"][0, 0]), range(200)))
+    assert sorted(seen) == list(range(1, 201))
+    model.close()
+    with pytest.raises(Unavailable, match="unloaded"):
+        model.infer({"INPUT__0": X})

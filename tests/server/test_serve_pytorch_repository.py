@@ -245,3 +245,44 @@ def test_without_the_flag_a_torchscript_model_is_refused_before_torch_reads_it(t
         module = (tmp_path / "models" / "m" / "1" / "model.pt").read_bytes()
         with pytest.raises(InferenceServerException, match="--allow-torchscript-models"):
             http.load_model("uploaded", config=config, files={"file:1/model.pt": module})
+
+
+class Calls(torch.nn.Module):
+    """Counts its calls in an attribute, as a module keeping state does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.full_like(x, self.calls)
+
+
+CALLS = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 1 ] } ]
+instance_group [ { count: 2, kind: KIND_CPU } ]
+"""
+
+
+@pytest.mark.parametrize("batching", ["", "dynamic_batching { }"], ids=["unbatched", "batching"])
+def test_each_instance_of_a_pytorch_model_keeps_its_own_module(tmp_path: Path, batching: str) -> None:
+    """As in Triton, a config's instances each load the module (what forward keeps in an attribute is its
+    instance's); with ENABLE_WEIGHT_SHARING they share one."""
+    root = tmp_path / "models"
+    _folder(root, "own", Calls(), CALLS + batching)
+    _folder(root, "shared", Calls(), CALLS + batching + _parameters(ENABLE_WEIGHT_SHARING="true"))
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(root), "--grpc-port", "-1",
+                                        "--allow-torchscript-models"], port, tmp_path / "log"):  # fmt: skip
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.zeros((1, 1), np.float32)
+
+        def counts(model: str) -> list[int]:
+            return [int(http.infer(model, [_input(http, "INPUT__0", x, "FP32")]).as_numpy("OUTPUT__0")[0, 0]) for _ in range(4)]
+
+        assert counts("own") == [1, 1, 2, 2]
+        assert counts("shared") == [1, 2, 3, 4]

@@ -69,6 +69,10 @@ class Backend(abc.ABC):
     # The option that lets N calls run at once on one loaded model, for runtimes that otherwise run
     # them one after another (OpenVINO's NUM_STREAMS); its thread option then counts all streams' threads.
     streams_option: ClassVar[str | None] = None
+    # The option that loads a copy of the model per concurrent caller, for runtimes whose models may keep state
+    # between calls (TorchScript: Triton's PyTorch backend loads a module per instance); its thread option stays
+    # each call's.
+    copies_option: ClassVar[str | None] = None
     # The option that stops the runtime from setting thread affinity itself (OpenVINO's
     # ENABLE_CPU_PINNING resets the calling thread's affinity on its first call), set to False when a
     # server pins the runtime to its cores (``polystack serve --runtime-cpus``)

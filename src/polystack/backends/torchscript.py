@@ -8,6 +8,9 @@ INVALID_ARG): a tensor, a tuple of tensors and ``List[str]``, or a ``List[str]``
 exactly (no casting) and not a scalar. A
 ``Dict[str, Tensor]`` is taken by output name. A batched output must hold a row per row of the batch.
 
+A model's instances each run their own copy of the module (attributes a forward changes are its copy's), one call
+at a time, as Triton's instances do; with ``ENABLE_WEIGHT_SHARING`` they run the one module, calls at once.
+
 Devices are torch's (``backends/torch.py``). Thread counts are torch's and process-wide: each load sets the
 intra-op count it asks for, as the torch backend does (Triton's backend keeps the first model's); the inter-op
 count can be set once, before torch's first parallel work.
@@ -15,9 +18,12 @@ count can be set once, before torch's first parallel work.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import copy
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel
-from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError, RuntimeRefused
+from polystack.errors import (
+    BackendError,
+    BackendUnavailable,
+    InvalidRequest,
+    PolystackError,
+    RuntimeRefused,
+    Unavailable,
+)
 from polystack.formats.torchscript import TORCH_TYPES, Binding, load_module, unpack
 from polystack.types import DType, Signature
 
@@ -49,19 +62,31 @@ class TorchScriptOptions(BaseModel):
     tensor_fuser: bool | None = Field(default=None, description="TorchScript's tensor-expression fuser (None: torch's)")
     jit_profiling: bool | None = Field(default=None, description="TorchScript's profiling mode (None: torch's)")
     jit_executor: bool | None = Field(default=None, description="TorchScript's profiling executor (None: torch's)")
+    instances: int = Field(
+        default=1, ge=1, le=1024, description="modules loaded, one per concurrent call (Triton's model instances)"
+    )
+    weight_sharing: bool = Field(
+        default=False, description="one module for every instance, calls at once (ENABLE_WEIGHT_SHARING)"
+    )
 
 
 class TorchScriptModel:
+    """Runs ``modules``, one call on each at a time, taken in turn, as Triton's instances each run their own copy of
+    the module, loaded alike (attributes a forward changes are that copy's); with ``weight_sharing``, the one
+    module, calls at once."""
+
     def __init__(
         self,
-        module: Any,
+        modules: list[Any],
         binding: Binding,
         signature: Signature,
         device: str,
         options: TorchScriptOptions,
         batching: bool = True,
     ) -> None:
-        self.module = module
+        self._free = collections.deque(modules)
+        self._turn = threading.Condition()
+        self._closed = False
         self.binding = binding
         self.signature = signature
         self.device = device
@@ -81,17 +106,37 @@ class TorchScriptModel:
                 torch.jit.optimized_execution(self.options.optimized_execution),
                 torch.inference_mode(self.options.inference_mode),
                 torch.no_grad(),
+                self._module() as module,
             ):
                 if self.binding.dict_input:
-                    result = self.module(dict(zip(self.binding.arguments, arguments, strict=True)))
+                    result = module(dict(zip(self.binding.arguments, arguments, strict=True)))
                 else:
-                    result = self.module(*arguments)
+                    result = module(*arguments)
         except PolystackError:
             raise
         except Exception as e:
             text = str(e).strip()
             raise BackendError(f"PyTorch execute failure: {text.splitlines()[-1] if text else type(e).__name__}") from e
         return self._outputs(torch, result, rows)
+
+    @contextlib.contextmanager
+    def _module(self) -> Iterator[Any]:
+        """The next free module (the longest free: copies take calls in turn), held for one call; the shared one
+        with weight sharing."""
+        with self._turn:
+            self._turn.wait_for(lambda: bool(self._free) or self._closed)
+            if self._closed:
+                raise Unavailable("the model was unloaded while this request waited for it; send it again")
+            module = self._free[0] if self.options.weight_sharing else self._free.popleft()
+        if self.options.weight_sharing:
+            yield module
+            return
+        try:
+            yield module
+        finally:
+            with self._turn:
+                self._free.append(module)
+                self._turn.notify()
 
     def _argument(self, torch: Any, name: str, array: np.ndarray) -> Any:
         if self._types[name] is DType.BYTES:  # a List[str]: every element, in order, as Triton hands them
@@ -162,7 +207,10 @@ class TorchScriptModel:
         return array
 
     def close(self) -> None:
-        self.module = None
+        with self._turn:
+            self._closed = True
+            self._free.clear()
+            self._turn.notify_all()
 
 
 def _returned(torch: Any, result: Any) -> list[Any]:
@@ -223,6 +271,7 @@ def _set_threads(torch: Any, options: TorchScriptOptions, model: object) -> None
 class TorchScriptBackend(Backend):
     name = "torchscript"
     Options = TorchScriptOptions
+    copies_option = "instances"
     formats = frozenset({"torchscript"})
     requires = ("torch",)
     distribution = "torch"
@@ -254,5 +303,7 @@ class TorchScriptBackend(Backend):
                 "it runs so, as Triton's PyTorch backend runs it: save it after model.eval()",
                 extra={"model": config.get("name")},
             )
+        copies = 1 if options.weight_sharing else options.instances
+        modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]  # as loaded: before any call
         batching = int(config.get("max_batch_size") or 0) > 0
-        return TorchScriptModel(module, binding, signature, device, options, batching)
+        return TorchScriptModel(modules, binding, signature, device, options, batching)

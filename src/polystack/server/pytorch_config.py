@@ -9,9 +9,9 @@ says which holds).
 A switch is ``true``, ``on`` or ``1``, or ``false``, ``off`` or ``0``, in any case; a count is a whole number, read
 as C's ``stoi`` reads it (``4x`` is 4), and 0 or less leaves torch's. This module reads the same names and values,
 refuses what that backend refuses in its words, and gives the options of polystack's torchscript backend
-(``backends/torchscript.py``). The last three switches change nothing here: cuDNN and CUDA's cache are a GPU's,
-and a model's instances share one loaded module in polystack whatever ``ENABLE_WEIGHT_SHARING`` says. Other names
-are ignored, as Triton ignores them, with a warning.
+(``backends/torchscript.py``). ``DISABLE_CUDNN`` and ``ENABLE_CACHE_CLEANING`` change nothing here: cuDNN and
+CUDA's cache are a GPU's. A model's instances each run their own copy of the module unless ``ENABLE_WEIGHT_SHARING``
+is on, as in Triton. Other names are ignored, as Triton ignores them, with a warning.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _SWITCHES = {
     "ENABLE_JIT_PROFILING": ("jit_profiling", False),
     "ENABLE_JIT_EXECUTOR": ("jit_executor", False),
     "DISABLE_CUDNN": ("", False),  # a GPU's
-    "ENABLE_WEIGHT_SHARING": ("", False),  # polystack's instances share one module
+    "ENABLE_WEIGHT_SHARING": ("weight_sharing", False),  # one module for every instance
     "ENABLE_CACHE_CLEANING": ("", False),  # CUDA's cache
 }
 _THREADS = {"INTRA_OP_THREAD_COUNT": "intra_op_threads", "INTER_OP_THREAD_COUNT": "inter_op_threads"}

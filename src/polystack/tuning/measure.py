@@ -180,9 +180,11 @@ class Measurer:
     def model(self, candidate: str, threads: int | None, instances: int = 1) -> LoadedModel:
         """The candidate loaded for ``instances`` callers of ``threads`` threads each (cached; the least
         recently used are closed). One load serves any number of callers unless the runtime needs
-        streams set at load time for calls to overlap (``Backend.streams_option``)."""
+        streams set at load time for calls to overlap (``Backend.streams_option``) or a copy per caller
+        (``Backend.copies_option``)."""
         cand = self.candidates[candidate]
-        if instances > 1 and registry.require(cand.backend).streams_option is None:
+        backend = registry.require(cand.backend)
+        if instances > 1 and backend.streams_option is None and backend.copies_option is None:
             instances = 1
         key = (candidate, threads, instances)
         model = self._cache.pop(key, None)
