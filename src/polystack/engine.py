@@ -31,7 +31,7 @@ from polystack.types import Signature, TensorSpec
 # platform, and its metadata gives the backend's name
 BACKEND_ONLY = frozenset({"python", "openvino", "fil"})
 # runtimes Triton knows by other names: (its backend, its platform)
-TRITON_NAMES = {"torchscript": ("pytorch", "pytorch_libtorch")}
+TRITON_NAMES = {"torchscript": ("pytorch", "pytorch_libtorch"), "torch_aoti": ("pytorch", "torch_aoti")}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ NATIVE = {
     "openvino": "openvino",
     "fil": "fil",
     "torchscript": "torchscript",
+    "torch_aoti": "torch_aoti",
 }
 TABULAR = frozenset({"skops", "xgboost", "lightgbm"})  # ONNX-ML: no int8, no OpenVINO (ai.onnx.ml ops)
 VERIFY_BATCH = 16

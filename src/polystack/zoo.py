@@ -174,6 +174,29 @@ def torchscript_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 3), seed: int =
         return pack(module, config, str(config["name"]), path)
 
 
+def aoti_package(
+    path: Path, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, max_batch: int | None = 64
+) -> Path:
+    """``module`` compiled by AOTInductor for this machine's CPU (``aoti_compile_and_package``), as Triton's PyTorch
+    backend serves it (``platform: "torch_aoti"``): every argument's first dim dynamic up to ``max_batch`` (None:
+    static shapes). Compiling takes C++ and some seconds (tens, cold)."""
+    import warnings
+
+    import torch
+
+    kwargs = kwargs or {}
+    dynamic = None
+    if max_batch is not None:
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        # one spec per argument, keywords after the positional ones (in the signature's order)
+        dynamic = torch.utils._pytree.tree_map(lambda _: {0: batch}, (*args, *kwargs.values()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.13's own pytree deprecations, as it exports
+        program = torch.export.export(module.eval(), args, kwargs, dynamic_shapes=dynamic)
+        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
+
+
 def sklearn_pipeline_skops(path: Path, n_features: int = 6, n_classes: int = 3, seed: int = 0) -> Path:
     """StandardScaler -> LogisticRegression, saved with ``skops.io.dump``."""
     import skops.io as sio

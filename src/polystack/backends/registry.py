@@ -59,4 +59,4 @@ def for_format(format: str) -> list[Backend]:
 
 
 # Used when no plan says otherwise: the runtime most likely to be fast and exact for a format.
-PREFERENCE = ["onnxruntime", "openvino", "torch", "torchscript", "jax", "xgboost", "lightgbm", "sklearn", "litert"]
+PREFERENCE = ["onnxruntime", "openvino", "torch", "torchscript", "torch_aoti", "jax", "xgboost", "lightgbm", "sklearn", "litert"]

@@ -238,10 +238,11 @@ def _kind(values: list[Any]) -> str:
     return type(next((v for v in values if not isinstance(v, str)), "")).__name__
 
 
-def _set_threads(torch: Any, options: TorchScriptOptions, model: object) -> None:
-    """The thread counts torch runs with, which are the process's: the intra-op count as each load asks (as
-    polystack's torch backend sets it, so that a plan's count holds; Triton's backend keeps the first model's), with
-    a warning where it changes another model's; the inter-op count once, before torch's first parallel work."""
+def set_threads(torch: Any, options: Any, model: object) -> None:
+    """The thread counts torch runs with (``options``: TorchScript's or AOTInductor's), which are the process's: the
+    intra-op count as each load asks (as polystack's torch backend sets it, so that a plan's count holds; Triton's
+    backend keeps the first model's), with a warning where it changes another model's; the inter-op count once,
+    before torch's first parallel work."""
     with _threads_set:
         asked = options.intra_op_threads
         if asked:
@@ -288,7 +289,7 @@ class TorchScriptBackend(Backend):
         if device not in self.devices():
             raise BackendUnavailable(f"torch cannot use device {device!r} here; it offers {self.devices()}")
         config, binding, data = unpack(artifact)
-        _set_threads(torch, options, config.get("name"))
+        set_threads(torch, options, config.get("name"))
         if options.tensor_fuser is not None:
             torch._C._jit_set_texpr_fuser_enabled(options.tensor_fuser)
         if options.jit_profiling is not None:

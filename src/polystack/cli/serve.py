@@ -360,6 +360,13 @@ def serve(
         "model.pt): torch runs their TorchScript code in the server's process, and some of torch's operators reach "
         "past the model (polystack refuses those it knows; it is no sandbox): only from repositories you trust.",
     ),
+    allow_torch_aoti_models: bool = typer.Option(
+        False,
+        "--allow-torch-aoti-models",
+        help="Serve repository models compiled for Triton's PyTorch backend by AOTInductor (platform: "
+        "\"torch_aoti\", model.pt2): their compiled library runs as native code in the server's process, with its "
+        "rights: only from repositories you trust.",
+    ),
     disable_auto_complete_config: bool = typer.Option(
         False,
         "--disable-auto-complete-config",
@@ -726,6 +733,7 @@ def serve(
         _folder_rules(model_config_name, disable_auto_complete_config, strict_model_config),
         python_models=allow_python_models,
         torchscript_models=allow_torchscript_models,
+        aoti_models=allow_torch_aoti_models,
     )
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:

@@ -49,6 +49,7 @@ IMPORTERS: dict[str, str] = {
     "openvino": "polystack.formats.openvino_ir",
     "fil": "polystack.formats.fil",  # a zip of polystack's own, from a repository's folder for Triton's FIL backend
     "torchscript": "polystack.formats.torchscript",  # a zip of polystack's own: a TorchScript module and its config
+    "torch_aoti": "polystack.formats.torch_aoti",  # a zip of polystack's own: an AOTInductor package and its config
 }
 
 
@@ -80,6 +81,15 @@ def detect(path: Path) -> str:
     for name in IMPORTERS:
         if importer(name).sniff(path):
             return name
+    from polystack.formats.torch_aoti import is_package_file
+
+    if is_package_file(path):
+        raise InvalidModelFile(
+            f"{path.name} is an AOTInductor package, whose file does not name its tensors: serve it from a Triton model "
+            'repository, as <name>/1/model.pt2 beside a <name>/config.pbtxt (platform: "torch_aoti") that lists its '
+            "inputs and outputs, with serve --allow-torch-aoti-models, or save the exported program (torch.export.save) "
+            "to register it here"
+        )
     raise UnsupportedFormat(
         f"{path} is not a format polystack recognises ({', '.join(IMPORTERS)}); pass --format to force one"
     )

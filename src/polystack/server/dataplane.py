@@ -354,6 +354,14 @@ def _is_torchscript(files: model_files.ModelFiles | model_files.Folder, config: 
         return False
 
 
+def _is_aoti(files: model_files.ModelFiles | model_files.Folder, config: str) -> bool:
+    """Whether a load's files are an AOTInductor package (a config with platform torch_aoti, or a package's
+    entries), found without reading it."""
+    if not isinstance(files, model_files.ModelFiles):
+        return False
+    return model_files.is_aoti(files.model_path, files.model, config)
+
+
 def _size(array: np.ndarray) -> int:
     """The bytes ``array`` holds: an array of strings' (BYTES) its strings' lengths, not 8 bytes each."""
     return sum(map(len, array.flat)) if array.dtype == object else array.nbytes
@@ -582,6 +590,8 @@ class DataPlane:
             raise _python_refused(record.name)
         if record.format == "torchscript" and not self.folder_rules.torchscript_models:  # however it came
             raise InvalidRequest(f"model {record.name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
+        if record.format == "torch_aoti" and not self.folder_rules.aoti_models:
+            raise InvalidRequest(f"model {record.name!r}: {model_repository.AOTI_REFUSED}")
         policy = self.policy_for(self.store, record, self.profile)
         if policy is not None and not record.signature.batched:
             policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it
@@ -2743,6 +2753,8 @@ class DataPlane:
                     raise _python_refused(name)
                 if _is_torchscript(files, config) and not self.folder_rules.torchscript_models:  # torch reads none
                     raise InvalidRequest(f"model {name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
+                if _is_aoti(files, config) and not self.folder_rules.aoti_models:
+                    raise InvalidRequest(f"model {name!r}: {model_repository.AOTI_REFUSED}")
             except PolystackError as e:
                 raise self._settled(name, e) from None
             await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)

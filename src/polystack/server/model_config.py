@@ -591,14 +591,14 @@ class ConfigFile:
 _DEFAULT_RUNTIME = {
     "onnxruntime": "onnx", "onnxruntime_onnx": "onnx",
     "pytorch": "torchscript", "pytorch_libtorch": "torchscript", "libtorch": "torchscript",
+    "torch_aoti": "torch_aoti",
 }  # fmt: skip
 
 
 # Triton's platforms polystack has no runtime of, and what they run
 _UNSERVED_PLATFORMS = {
     "tensorrt_plan": "TensorRT engines", "tensorflow_graphdef": "TensorFlow GraphDef",
-    "tensorflow_savedmodel": "TensorFlow SavedModel", "torch_aoti": "PyTorch AOTInductor packages, model.pt2",
-    "caffe2_netdef": "Caffe2 NetDef",
+    "tensorflow_savedmodel": "TensorFlow SavedModel", "caffe2_netdef": "Caffe2 NetDef",
 }  # fmt: skip
 
 
@@ -609,9 +609,12 @@ def triton_format(text: str | None) -> str:
         return ""
     try:
         config = parse_config(text)
-        named = read_string(config, "backend", "config") or read_string(config, "platform", "config")
+        platform = read_string(config, "platform", "config")
+        named = read_string(config, "backend", "config") or platform
     except InvalidRequest:
         return ""  # ``read`` says what is wrong with it
+    if platform == "torch_aoti":  # its backend, pytorch, is TorchScript's too: the platform tells them apart
+        return "torch_aoti"
     return _DEFAULT_RUNTIME.get(named, "")
 
 
@@ -650,7 +653,7 @@ def read(
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
-        if _DEFAULT_RUNTIME.get(theirs) == record.format:
+        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs == spec.triton_backend):
             continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
             if key == "platform" and theirs in _UNSERVED_PLATFORMS:
@@ -686,6 +689,9 @@ def read(
     elif record.format == "torchscript":  # Triton's PyTorch backend's parameters: checked, applied by its runtime
         options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
         options |= pytorch_config.options(parameters, applied=spec.backend == "torchscript")
+    elif record.format == "torch_aoti":  # the same backend's, as it reads them for AOTInductor packages
+        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options |= pytorch_config.aoti_options(parameters)
     else:
         options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
     batched = record.signature.batched
@@ -1472,7 +1478,9 @@ def _instances(value: Any, spec: LoadSpec) -> int:
 
 
 # Triton's default file name by the platform its config shows (the ONNX Runtime, Python and PyTorch backends')
-_DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py", "pytorch_libtorch": "model.pt"}
+_DEFAULT_FILENAMES = {
+    "onnxruntime_onnx": "model.onnx", "python": "model.py", "pytorch_libtorch": "model.pt", "torch_aoti": "model.pt2",
+}  # fmt: skip
 
 
 # runtimes whose models run one call at a time unless their config asks for more instances, as Triton's Python and

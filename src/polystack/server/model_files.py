@@ -15,8 +15,10 @@ that (a config the model does not match, a runtime that cannot load it) undoes w
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,8 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, quote
-from polystack.formats import IMPORTERS, fil, import_model, python_model, torchscript
+from polystack.formats import IMPORTERS, fil, import_model, python_model, torch_aoti, torchscript
+from polystack.formats.pickle_guard import is_pt2_archive
 from polystack.labels import label_settings, parse_label_options
 from polystack.server import fil_config, model_config
 from polystack.store import ModelRecord, Store
@@ -209,6 +212,22 @@ def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255
 
 
+def is_aoti(model_path: str, model: bytes, config: str) -> bool:
+    """Whether a load's model file is an AOTInductor package: its config's platform is torch_aoti, or it is a
+    ``.pt2`` holding a compiled model and no exported program (one holding both is a torch.export program unless
+    the config says torch_aoti), found from the zip's index alone."""
+    if model_config.triton_format(config) == torch_aoti.NAME:
+        return True
+    if not model_path.endswith(".pt2"):
+        return False
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return torch_aoti.is_package(names) and not is_pt2_archive(names)
+
+
 def register(store: Store, name: str, files: ModelFiles, config: str) -> Registered:
     """Import and register the model file of a load with ``config`` (label files as its outputs name
     them) under ``name``, as the version its directory names, as Triton serves a load's files: other bytes
@@ -236,6 +255,11 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             (where / "model" / beside.partition("/")[2]).write_bytes(data)
         if model_config.runtime_of(config) == "fil":  # Triton's FIL backend's file: packed with its settings
             path = fil.pack(path, fil_config.settings(model_config.parse_config(config)), where / "model.fil.zip")
+        elif is_aoti(files.model_path, files.model, config):  # an AOTInductor package: packed with the config
+            path = torch_aoti.pack(
+                path, {**model_config.parse_config(config), "name": name, "platform": torch_aoti.NAME}, name,
+                where / "model.torch_aoti.zip", PREFIX + files.model_path,
+            )  # fmt: skip
         elif (  # Triton's PyTorch backend's: packed with the config, its signature (or told what it is not)
             torchscript.is_archive_file(path)
             or path.suffix == ".pt"

@@ -54,7 +54,7 @@ from typing import Any
 
 from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
-from polystack.formats import fil, python_model, torchscript
+from polystack.formats import fil, python_model, torch_aoti, torchscript
 from polystack.labels import file_in as label_file_in
 from polystack.server import fil_config, model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
@@ -72,7 +72,6 @@ _DEFAULT_FILES = {"onnxruntime_onnx": "model.onnx", "onnxruntime": "model.onnx",
 # (FIL's default file is its model_type's: formats/fil.py)
 _OTHER_FILES = {
     "model.plan": "TensorRT",
-    "model.pt2": "PyTorch AOTInductor",
     "model.savedmodel": "TensorFlow SavedModel",
     "model.graphdef": "TensorFlow GraphDef",
     "model.py": "Python backend",
@@ -83,8 +82,15 @@ TORCHSCRIPT_REFUSED = (
     "torch's operators reach past the model (polystack refuses those it knows; it is no sandbox); start the server "
     "with --allow-torchscript-models to serve it, from repositories you trust"
 )
-# Triton's names for its PyTorch backend's TorchScript models (``torch_aoti``, its AOTInductor packages, is refused)
+# why an AOTInductor package is refused without --allow-torch-aoti-models
+AOTI_REFUSED = (
+    "it is a model for Triton's PyTorch backend (an AOTInductor package, model.pt2): its compiled library would run "
+    "as native code in the server's process, with its rights; start the server with --allow-torch-aoti-models to "
+    "serve it, from repositories you trust"
+)
+# Triton's names for its PyTorch backend's TorchScript models (``torch_aoti`` is its AOTInductor packages')
 _PYTORCH = frozenset({"pytorch", "pytorch_libtorch", "libtorch"})
+AOTI = "torch_aoti"
 # backends a config keeps when served, since they choose the runtime (Triton's OpenVINO backend runs ONNX files
 # too); ONNX Runtime's is left out, so that a plan may choose another runtime for a repository's ONNX model
 _CHOOSING = frozenset({"openvino"})
@@ -104,6 +110,9 @@ class FolderRules:
     # Triton's PyTorch-backend models (TorchScript, model.pt) are served (serve --allow-torchscript-models): torch
     # runs their code, whose operators reach past the model (torchscript_guard refuses those it knows, no sandbox)
     torchscript_models: bool = False
+    # its AOTInductor packages (platform torch_aoti, model.pt2) are served (serve --allow-torch-aoti-models): their
+    # compiled library runs as native code in the server's process
+    aoti_models: bool = False
 
     def config_path(self, folder: Path) -> Path:
         if self.config_name:
@@ -476,13 +485,15 @@ def _register_model(
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
     latest = folder / str(served[-1])
-    others = {"model.onnx", "model.xml", "model.pt", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
+    others = {"model.onnx", "model.xml", "model.pt", "model.pt2", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
     if text is None and (latest / (filename or "model.py")).is_file() and not any((latest / f).exists() for f in others):
         doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     if doc.get("backend") == "fil":
         return _register_fil(store, folder, name, doc, served, filename, done, rules, shown, ran)
+    if _is_aoti(doc, filename, latest):
+        return _register_aoti(store, folder, name, doc, served, filename, done, rules, shown, ran)
     if _is_pytorch(doc, filename, latest):
         return _register_torchscript(store, folder, name, doc, served, filename, done, rules, shown, ran)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
@@ -616,6 +627,61 @@ def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
     return filename == "model.pt" or (
         not filename and (latest / "model.pt").is_file() and not (latest / "model.onnx").exists()
     )
+
+
+def _is_aoti(doc: dict[str, Any], filename: str, latest: Path) -> bool:
+    """Whether a folder's model is an AOTInductor package for Triton's PyTorch backend: its config's platform is
+    torch_aoti, or it names neither platform nor backend nor file and its version folder holds a file model.pt2
+    and no model.pt or model.onnx, as Triton's auto-complete finds one (``backend: "pytorch"`` alone is
+    TorchScript's, as in Triton)."""
+    platform, backend = doc.get("platform"), doc.get("backend")
+    if platform == AOTI:
+        if backend not in (None, "", "pytorch"):
+            raise InvalidRequest(
+                f"its config's platform {quote(platform)} and backend {quote(backend)} name different runtimes; an "
+                "AOTInductor package (model.pt2) is platform torch_aoti, backend pytorch"
+            )
+        return True
+    if platform or backend or filename:
+        return False
+    return (
+        (latest / "model.pt2").is_file() and not (latest / "model.pt").exists() and not (latest / "model.onnx").exists()
+    )
+
+
+def _register_aoti(
+    store: Store,
+    folder: Path,
+    name: str,
+    doc: dict[str, Any],
+    served: tuple[int, ...],
+    filename: str,
+    done: list[model_files.Registered],
+    rules: FolderRules,
+    shown: repository_agents.Agents,
+    ran: repository_agents.Agents,
+) -> RepositoryModel:
+    """Register the versions of an AOTInductor package for Triton's PyTorch backend: each version's package and
+    the config, which alone names its tensors, as one zip (``formats/torch_aoti.py``); served by the
+    ``torch_aoti`` runtime."""
+    if not rules.aoti_models:  # refused before torch reads a byte of it
+        raise InvalidRequest(AOTI_REFUSED)
+    config = {**doc, "name": name, "platform": AOTI}
+    paths = []
+    for version in served:  # every file found before anything is registered
+        path = folder / str(version) / (filename or "model.pt2")
+        if not path.is_file():
+            raise InvalidRequest(
+                f"{path} is not there; put the AOTInductor package there (torch._inductor.aoti_compile_and_package("
+                f"torch.export.export(model, args), package_path='model.pt2')), or name it with default_model_filename "
+                f"in {CONFIG}"
+            ).at_version(version)
+        paths.append((version, path))
+
+    def pack(version: int, path: Path, work: Path) -> Path:
+        return torch_aoti.pack(path, config, name, work / "model.torch_aoti.zip", str(path))
+
+    return _register_versions(store, folder, name, {**doc, "platform": AOTI}, paths, pack, done, rules, shown, ran)
 
 
 def _register_torchscript(

@@ -58,6 +58,47 @@ def count(key: str, given: str) -> int:
     return int(match.group(1))
 
 
+# what the backend reads for AOTInductor packages (pt2/model_state.cc): the same switches and counts but the JIT's,
+# cache cleaning by another name, and a library to load first, which polystack refuses
+_AOTI_SWITCHES = {
+    "INFERENCE_MODE": "inference_mode",
+    "DISABLE_OPTIMIZED_EXECUTION": "",  # read and unused by the backend
+    "DISABLE_CUDNN": "",  # a GPU's
+    "ENABLE_WEIGHT_SHARING": "",  # a package's runners share its weights anyway
+    "CACHE_CLEANING_ENABLED": "",  # CUDA's cache
+}
+_INIT_LIBRARY = "MODEL_INIT_LIBRARY"
+AOTI_PARAMETERS = frozenset({*_AOTI_SWITCHES, *_THREADS, _INIT_LIBRARY})
+
+
+def aoti_options(parameters: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The options of polystack's torch_aoti backend that do what Triton's PyTorch backend does with these
+    ``parameters`` for an AOTInductor package; a library to load before the package (``MODEL_INIT_LIBRARY``) is
+    refused."""
+    warn_unread(parameters, AOTI_PARAMETERS, "Triton's PyTorch backend for AOTInductor packages")
+    out: dict[str, Any] = {}
+    for key, given in parameters:
+        if key == _INIT_LIBRARY:
+            raise InvalidRequest(
+                f"parameter {key} names a library for the server to load and run ({given!r}), which polystack does not "
+                "do; take it out, and do its set-up in the package's model"
+            )
+        if key in _AOTI_SWITCHES:
+            value = switch(key, given)
+            if _AOTI_SWITCHES[key]:
+                out[_AOTI_SWITCHES[key]] = value
+        elif key in _THREADS:
+            out |= _threads(key, given)
+    return out
+
+
+def _threads(key: str, given: str) -> dict[str, int]:
+    threads = count(key, given)
+    if threads > _MAX_THREADS:
+        raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most {_MAX_THREADS} threads")
+    return {_THREADS[key]: threads} if threads > 0 else {}
+
+
 def options(parameters: Sequence[tuple[str, str]], applied: bool = True) -> dict[str, Any]:
     """The options of polystack's torchscript backend that do what Triton's PyTorch backend does with these
     ``parameters`` (name, string value); each is checked whether or not it is ``applied`` (a TorchScript model a
@@ -71,9 +112,5 @@ def options(parameters: Sequence[tuple[str, str]], applied: bool = True) -> dict
             if option:
                 out[option] = not value if opposite else value
         elif key in _THREADS:
-            threads = count(key, given)
-            if threads > _MAX_THREADS:
-                raise InvalidRequest(f"parameter {key} is {threads}; polystack runs at most {_MAX_THREADS} threads")
-            if threads > 0:
-                out[_THREADS[key]] = threads
+            out |= _threads(key, given)
     return out if applied else {}

@@ -1,0 +1,432 @@
+"""AOTInductor packages (``torch._inductor.aoti_compile_and_package``'s ``model.pt2``) as Triton's PyTorch backend
+serves them (``platform: "torch_aoti"``), kept by the store as one zip: the package, its Triton config and how the
+two meet (``pack``). ``backends/torch_aoti.py`` runs them.
+
+A package is compiled native code: a shared library of the model's kernels and its weights. It says nothing of its
+tensors' names, so the signature is the config's, as in Triton (which auto-completes nothing for it). How config
+tensors meet the compiled model is its call spec (the pytree of ``torch.export``'s arguments and results), by the
+names Triton's backend gives its leaves (``pt2/model_state.cc``): ``ARGS[i]`` (nested: ``ARGS[1][0]``,
+``ARGS[2][key]``), ``KWARGS[key]`` (also ``KWARGSkey``, as Triton's code writes it), ``RESULT`` for a lone tensor
+or ``RESULT[i]``/``RESULT[key]``, and ``INPUT__i``/``OUTPUT__i`` for the i-th leaf. Every input must be in the
+config; the outputs may be a subset. Strings, sequence batching and ``batch_input`` are refused, as Triton's backend
+refuses or cannot run them.
+
+The call spec is read from the package's generated C++ source where it has one, so registering a package runs none
+of its code; from the loaded library otherwise. AOTInductor checks no input's shape or type at run time (unless an
+environment variable says so, which also refuses a batch of 1), and a compiled kernel reads as many elements as
+it was compiled for: a config that promises other shapes gets answers read past the request's buffer. So the
+shapes and types the source's input checks were generated with (``check_input_<i>``) are read too and the config is
+refused where it does not fit them; ``Compiled.check`` applies their ranges to each batch. A package without that
+source is served as Triton serves it, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polystack.errors import InvalidModelFile, InvalidRequest
+from polystack.formats import ImportedModel, triton_io, zip_holds
+from polystack.formats.torchscript import TORCH_TYPES
+from polystack.types import DType, Signature
+
+log = logging.getLogger("polystack.formats")
+
+NAME = "torch_aoti"
+MANIFEST = "polystack-torch-aoti.json"  # the config, the binding and the compiled shapes
+MODEL = "model.pt2"  # the package, stored as it was given
+PACKAGE_MODEL = "model"  # the model's name inside the package, as Triton's backend loads it
+_DATE = (1980, 1, 1, 0, 0, 0)
+_SPEC_TYPES = ("builtins.tuple", "builtins.list", "builtins.dict")
+_AOTI_DTYPES = {
+    "bool": DType.BOOL, "uint8": DType.UINT8, "int8": DType.INT8, "int16": DType.INT16, "int32": DType.INT32,
+    "int64": DType.INT64, "float16": DType.FP16, "float32": DType.FP32, "float64": DType.FP64,
+    "bfloat16": DType.BF16,
+}  # fmt: skip
+
+
+def is_package(names: list[str]) -> bool:
+    """Whether a zip's entries are an AOTInductor package's (its compiled model under ``data/aotinductor/``)."""
+    return any(n.startswith("data/aotinductor/") or "/data/aotinductor/" in n for n in names)
+
+
+def is_package_file(path: Path) -> bool:
+    """Whether ``path`` is an AOTInductor package (reads its zip index only)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return is_package(zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One dimension of a compiled input: exactly ``size``, or from ``low`` to ``high`` (None: no bound)."""
+
+    size: int | None = None
+    low: int | None = None
+    high: int | None = None
+
+    def holds(self, n: int) -> bool:
+        if self.size is not None:
+            return n == self.size
+        # torch.export treats sizes 0 and 1 apart, so a dynamic dim exported with min=1 is compiled with a check
+        # of >= 2; the kernels run a size of 1 (Triton's backend, which checks nothing, serves it), so 2 reads 1
+        low = 1 if self.low == 2 else self.low
+        return (low is None or n >= low) and (self.high is None or n <= self.high)
+
+    def shown(self) -> str:
+        if self.size is not None:
+            return str(self.size)
+        low = 1 if self.low == 2 else self.low
+        return f"{low if low is not None else 0}..{self.high if self.high is not None else 'any'}"
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """What each input (by its leaf's index) was compiled for: its type and dims (None: not known)."""
+
+    dtypes: tuple[DType | None, ...]
+    dims: tuple[tuple[Dim, ...] | None, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dtypes": [d.value if d else None for d in self.dtypes],
+            "dims": [None if ds is None else [[d.size, d.low, d.high] for d in ds] for ds in self.dims],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Compiled:
+        return cls(
+            tuple(DType(d) if d else None for d in doc["dtypes"]),
+            tuple(None if ds is None else tuple(Dim(*d) for d in ds) for ds in doc["dims"]),
+        )
+
+    def check(self, index: int, name: str, shape: tuple[int, ...]) -> None:
+        """Refuse ``shape`` for the input at leaf ``index`` where the package was not compiled for it."""
+        dims = self.dims[index] if index < len(self.dims) else None
+        if dims is None:
+            return
+        if len(shape) != len(dims) or not all(d.holds(n) for d, n in zip(dims, shape, strict=True)):
+            raise InvalidRequest(
+                f"input {name!r} has shape {list(shape)}, but the AOTInductor package was compiled for "
+                f"[{', '.join(d.shown() for d in dims)}]; send that shape"
+            )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How a config's tensors meet the compiled model: ``inputs``, the config's input names in the order of the
+    call spec's leaves; ``outputs``, each config output's leaf index among the results."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "outputs": [list(o) for o in self.outputs]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Binding:
+        return cls(tuple(doc["inputs"]), tuple((str(n), int(i)) for n, i in doc["outputs"]))
+
+
+def signature(config: dict[str, Any]) -> Signature:
+    """The config's inputs and outputs (``triton_io``): nothing else says what a package takes and gives."""
+    for key in ("input", "output"):
+        if not config.get(key):
+            raise InvalidModelFile(
+                f"model configuration must contain at least one {key}, none were specified: an AOTInductor package "
+                f"(model.pt2) does not say what its tensors are named, so its config.pbtxt lists its {key}s (name, "
+                "data_type, dims), as Triton's PyTorch backend needs"
+            )
+    return triton_io.signature(config, "an AOTInductor model")
+
+
+def _tree(text: str, what: str, model: str) -> dict[str, Any]:
+    """The pytree spec ``treespec_dumps`` wrote: ``[version, spec]``."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, list) or len(doc) != 2 or not isinstance(doc[1], dict):
+        raise InvalidModelFile(f'Failed to parse {what} call specification for model "{model}": Expected [version, spec] array.')
+    return doc[1]
+
+
+def _children(node: dict[str, Any], model: str) -> list[tuple[str, dict[str, Any]]]:
+    """A node's children, each with the name segment Triton's backend gives it (``[i]`` or ``[key]``); a leaf has
+    none."""
+    kind = node.get("type")
+    if not isinstance(kind, str):
+        return []  # a leaf: a tensor (None, int and float arguments too, as Triton counts them)
+    if kind not in _SPEC_TYPES:
+        raise InvalidModelFile(
+            f"Value of `type` property ('{kind}') is unsupported: the model's arguments and results may nest tensors "
+            f"in tuples, lists and dicts only (model {model!r}); export it so"
+        )
+    children = node.get("children_spec") or []
+    if kind == "builtins.dict":
+        context = node.get("context")
+        keys = json.loads(context) if isinstance(context, str) and context != "null" else context or []
+        if not isinstance(keys, list) or len(keys) != len(children):
+            raise InvalidModelFile("Number of entries in 'children_spec' does not match number of entries in 'context'.")
+        return [(f"[{k}]", c) for k, c in zip(keys, children, strict=True)]
+    return [(f"[{i}]", c) for i, c in enumerate(children)]
+
+
+def _leaves(node: dict[str, Any], prefix: str, model: str) -> list[str]:
+    """The names of a tree's leaves, in the order the compiled model takes and gives them."""
+    children = _children(node, model)
+    if not isinstance(node.get("type"), str):
+        return [prefix]
+    return [name for segment, child in children for name in _leaves(child, prefix + segment, model)]
+
+
+def call_names(in_spec: str, out_spec: str, model: str) -> tuple[list[list[str]], list[list[str]]]:
+    """Each input leaf's and output leaf's names, in order: Triton's (``ARGS[0]``, ``KWARGS[key]``, ``RESULT``)
+    and the ordinal ones (``INPUT__0``, ``OUTPUT__0``)."""
+    top = _tree(in_spec, "input", model)
+    if top.get("type") != "builtins.tuple" or len(top.get("children_spec") or []) != 2:
+        raise InvalidModelFile(
+            f'Unexpected input call specification for model "{model}". Expected structure to be tuple[tuple, dict]: '
+            "compile the package from torch.export.export(model, args, kwargs)"
+        )
+    args, kwargs = top["children_spec"]
+    if args.get("type") != "builtins.tuple" or kwargs.get("type") != "builtins.dict":
+        raise InvalidModelFile(
+            f'Unexpected input call specification structure for model "{model}". Expected structure to be '
+            "tuple[tuple, dict]: compile the package from torch.export.export(model, args, kwargs)"
+        )
+    inputs = [[name] for name in _leaves(args, "ARGS", model)]
+    for segment, child in _children(kwargs, model):
+        leaves = _leaves(child, "KWARGS" + segment, model)
+        if leaves == ["KWARGS" + segment]:  # Triton's code writes a top-level keyword's name without brackets too
+            inputs.append([leaves[0], "KWARGS" + segment[1:-1]])
+        else:
+            inputs += [[name] for name in leaves]
+    out = _tree(out_spec, "output", model)
+    outputs = ["RESULT"] if not isinstance(out.get("type"), str) else _leaves(out, "RESULT", model)
+    named_in = [[*names, f"INPUT__{i}"] for i, names in enumerate(inputs)]
+    named_out = [[n, f"OUTPUT__{i}"] for i, n in enumerate(outputs)]
+    return named_in, named_out
+
+
+def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Binding:
+    """The binding of ``config`` to the compiled model's call spec, refused in the words of Triton's PyTorch
+    backend where it refuses it."""
+    sig = signature(config)
+    if sig.optional:
+        raise InvalidModelFile(
+            f"input {sig.optional[0].name!r} is optional, but an AOTInductor model takes every input it was compiled "
+            "with; take optional out of the config"
+        )
+    if config.get("batch_input"):
+        raise InvalidModelFile(
+            "the config sets batch_input, which an AOTInductor model does not take (Triton's backend refuses it); "
+            "take it out, or export the model to ONNX, whose ragged batching polystack serves"
+        )
+    if "sequence_batching" in config:
+        raise InvalidModelFile(
+            "sequence batching is not supported for AOTInductor models (nor in Triton's backend); take "
+            "sequence_batching out, or serve the model as TorchScript or ONNX"
+        )
+    for tensors, kind in ((sig.inputs, "input"), (sig.outputs, "output")):
+        for t in tensors:
+            if t.dtype is DType.BYTES:
+                raise InvalidModelFile(
+                    f"{kind} {t.name!r} is TYPE_STRING, but an AOTInductor model takes and gives tensors only "
+                    "(Triton's backend cannot run strings either); give it a tensor type"
+                )
+            if t.dtype not in TORCH_TYPES:
+                raise InvalidModelFile(f'Unsupported datatype TYPE_{t.dtype.value} for {kind} "{t.name}" for model "{model}".')
+    ins, outs = call_names(in_spec, out_spec, model)
+    if len(ins) != len(sig.inputs):
+        raise InvalidModelFile(
+            f'Failed to load model "{model}" configuration expects {len(sig.inputs)} inputs, but model expects '
+            f"{len(ins)} inputs: it takes {', '.join(n[0] for n in ins)}; list each in the config"
+        )
+    order: list[str | None] = [None] * len(ins)
+    for t in sig.inputs:
+        index = next((i for i, names in enumerate(ins) if t.name in names), None)
+        if index is None:
+            raise InvalidModelFile(
+                f'Input "{t.name}" for model "{model}" is not found in model input map: name it '
+                f"{' or '.join(sorted({n[0] for n in ins} | {n[-1] for n in ins}))}"
+            )
+        if order[index] is not None:
+            raise InvalidModelFile(f"inputs {order[index]!r} and {t.name!r} both name the model's input {ins[index][0]}; give each its own")
+        order[index] = t.name
+    outputs = []
+    for t in sig.outputs:
+        index = next((i for i, names in enumerate(outs) if t.name in names), None)
+        if index is None:
+            raise InvalidModelFile(
+                f'Output "{t.name}" for model "{model}" is not found in model output map: name it '
+                f"{' or '.join(sorted({n for names in outs for n in names}))}"
+            )
+        outputs.append((t.name, index))
+    return Binding(tuple(str(n) for n in order), tuple(outputs))
+
+
+_CHECK = re.compile(r"static void check_input_(\d+)\(")
+_DTYPE = re.compile(r"_expected_dtype = aoti_torch_dtype_(\w+)\(\)")
+_LOW = re.compile(r"if \(\w+_size\[(\d+)\] < (-?\d+)\)")
+_HIGH = re.compile(r"if \(\w+_size\[(\d+)\] > (-?\d+)\)")
+_EXACT = re.compile(r"if \((-?\d+) != \w+_size\[(\d+)\]\)")
+_RANK = re.compile(r"\w+_(?:size|stride)\[(\d+)\]")
+_SPEC = re.compile(r'\b(in|out)_spec_ = R"\((.*?)\)";', re.S)
+
+
+def _wrapper_source(zf: zipfile.ZipFile) -> str | None:
+    """The package model's generated C++ (``<hash>.wrapper.cpp``), or None."""
+    sources = [
+        n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and n.endswith(".wrapper.cpp")
+    ] or [n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and n.endswith(".cpp")]
+    for name in sources:
+        text = zf.read(name).decode("utf-8", "replace")
+        if "in_spec_" in text:
+            return text
+    return None
+
+
+def read_source(source: str, leaves: int) -> tuple[tuple[str, str] | None, Compiled | None]:
+    """The call spec (in, out) and the compiled inputs a package's generated C++ holds (None where it has not
+    them, or not for every one of ``leaves`` inputs)."""
+    specs = dict(_SPEC.findall(source))
+    spec = (specs["in"], specs["out"]) if "in" in specs and "out" in specs else None
+    starts = [(int(m.group(1)), m.start()) for m in _CHECK.finditer(source)]
+    bodies: dict[int, str] = {}
+    for k, (index, start) in enumerate(starts):
+        end = starts[k + 1][1] if k + 1 < len(starts) else source.find("static bool _check_aoti_runtime_check_inputs_env", start)
+        bodies[index] = source[start : end if end > start else len(source)]
+    if leaves == 0 or sorted(bodies) != list(range(leaves)):
+        return spec, None
+    dtypes: list[DType | None] = []
+    dims: list[tuple[Dim, ...] | None] = []
+    for index in range(leaves):
+        body = bodies[index]
+        found = _DTYPE.search(body)
+        dtypes.append(_AOTI_DTYPES.get(found.group(1)) if found else None)
+        ranked = [int(i) for i in _RANK.findall(body)]
+        if not ranked:
+            dims.append(() if "_size" not in body else None)  # a scalar tensor has no size checks
+            continue
+        low = {int(i): int(v) for i, v in _LOW.findall(body)}
+        high = {int(i): int(v) for i, v in _HIGH.findall(body)}
+        exact = {int(i): int(v) for v, i in _EXACT.findall(body)}
+        dims.append(
+            tuple(
+                Dim(size=exact[i]) if i in exact else Dim(low=low.get(i), high=high.get(i))
+                for i in range(max(ranked) + 1)
+            )
+        )
+    return spec, Compiled(tuple(dtypes), tuple(dims))
+
+
+def check_config(compiled: Compiled, binding: Binding, config: dict[str, Any], model: str) -> None:
+    """Refuse a config whose inputs the package was not compiled for: another type, another rank, a size it does
+    not take, a batch larger than it takes (its kernels would read past the request's buffer)."""
+    given = {t.name: t for t in signature(config).inputs}
+    batch = int(config.get("max_batch_size") or 0)
+    for index, name in enumerate(binding.inputs):
+        t, dtype, dims = given[name], compiled.dtypes[index], compiled.dims[index]
+        if dtype is not None and dtype is not t.dtype:
+            raise InvalidModelFile(
+                f"input {name!r} is TYPE_{t.dtype.value} in the config, but model {model!r} was compiled for "
+                f"TYPE_{dtype.value}; give the config its type (AOTInductor converts nothing)"
+            )
+        if dims is None:
+            continue
+        fits = len(dims) == len(t.shape) and all(
+            (d.holds(n) if n >= 0 else d.size is None) for d, n in zip(dims, t.shape, strict=True)
+        )
+        if not fits:
+            raise InvalidModelFile(
+                f"input {name!r} has dims {list(t.shape)} in the config"
+                + (" (the first: its batch, as max_batch_size > 0)" if batch else "")
+                + f", but model {model!r} was compiled for [{', '.join(d.shown() for d in dims)}]: give the config "
+                "those dims, or export the model with torch.export.Dim where the config has -1"
+            )
+        if batch and dims[0].high is not None and batch > dims[0].high:
+            raise InvalidModelFile(
+                f"the config's max_batch_size is {batch}, but model {model!r} was compiled for at most "
+                f"{dims[0].high} rows of input {name!r}; set max_batch_size to {dims[0].high} or less"
+            )
+
+
+def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str = "") -> Path:
+    """Write ``path`` (an AOTInductor package) and ``config`` as one zip at ``out``, with the binding of the two
+    and what the package's inputs were compiled for."""
+    signature(config)  # what the config lacks first, as Triton's backend says it before it reads the file
+    shown = shown or path.name
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if not is_package(zf.namelist()):
+                raise InvalidModelFile(
+                    f"{shown} is not an AOTInductor package (no data/aotinductor/ in it): compile it with "
+                    "torch._inductor.aoti_compile_and_package(torch.export.export(model, args), package_path=...)"
+                )
+            source = _wrapper_source(zf)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InvalidModelFile(f"{shown} is not an AOTInductor package ({type(e).__name__}: {e})") from None
+    spec, compiled = (None, None)
+    if source is not None:
+        spec, _ = read_source(source, 0)
+    if spec is None:  # no generated source: the compiled library says it
+        from polystack.backends.torch_aoti import call_spec
+
+        spec = call_spec(path, shown)
+    binding = bind(spec[0], spec[1], config, model)
+    if source is not None:
+        _, compiled = read_source(source, len(binding.inputs))
+    if compiled is None:
+        log.warning(
+            "the AOTInductor package holds no generated source to read its input shapes from: requests are not "
+            "checked against the shapes it was compiled for (nor does AOTInductor check them)",
+            extra={"model": model, "file": shown},
+        )
+    else:
+        check_config(compiled, binding, config, model)
+    manifest = {
+        "config": config,
+        "binding": binding.to_json(),
+        "compiled": compiled.to_json() if compiled else None,
+    }
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
+        with path.open("rb") as src, zf.open(zipfile.ZipInfo(MODEL, _DATE), "w", force_zip64=True) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    return out
+
+
+def unpack(path: Path) -> tuple[dict[str, Any], Binding, Compiled | None]:
+    """The config, binding and compiled inputs ``pack`` wrote (the package is ``MODEL`` in the zip)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read(MANIFEST))
+            compiled = manifest.get("compiled")
+            return (
+                manifest["config"],
+                Binding.from_json(manifest["binding"]),
+                Compiled.from_json(compiled) if compiled else None,
+            )
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
+        raise InvalidModelFile(
+            f"{path.name} is not an AOTInductor model as polystack keeps one ({type(e).__name__}); register it again "
+            "from its repository folder"
+        ) from None
+
+
+def sniff(path: Path) -> bool:
+    return zip_holds(path, MANIFEST)
+
+
+def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
+    config, _, _ = unpack(path)
+    return ImportedModel(NAME, signature(config), path)

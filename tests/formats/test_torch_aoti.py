@@ -1,0 +1,103 @@
+"""AOTInductor packages (``formats/torch_aoti.py``): a config meets the compiled model by the names Triton's
+PyTorch backend gives its call spec's leaves, refused in its words where it refuses; the shapes and types the
+package was compiled for are read from its generated source, and a config that promises others is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polystack.errors import InvalidModelFile, InvalidRequest
+from polystack.formats import detect
+from polystack.formats.torch_aoti import call_names, pack, unpack
+
+LEAF: dict[str, Any] = {"type": None, "context": None, "children_spec": []}
+
+
+def _node(kind: str, children: list[dict[str, Any]], keys: list[str] | None = None) -> dict[str, Any]:
+    return {"type": f"builtins.{kind}", "context": json.dumps(keys) if keys is not None else "null", "children_spec": children}
+
+
+def _spec(node: dict[str, Any]) -> str:
+    return json.dumps([1, node])
+
+
+def _config(inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]], batch: int = 8) -> dict[str, Any]:
+    def tensors(items: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
+        return [{"name": n, "data_type": t, "dims": d} for n, t, d in items]
+
+    return {"name": "m", "platform": "torch_aoti", "max_batch_size": batch, "input": tensors(inputs), "output": tensors(outputs)}
+
+
+def test_leaves_are_named_as_tritons_backend_names_them() -> None:
+    args = _node("tuple", [LEAF, _node("tuple", [LEAF, LEAF]), _node("dict", [LEAF], ["k"])])
+    kwargs = _node("dict", [LEAF], ["scale"])
+    out = _node("dict", [LEAF, _node("tuple", [LEAF, LEAF])], ["sum", "parts"])
+    ins, outs = call_names(_spec(_node("tuple", [args, kwargs])), _spec(out), "m")
+    assert ins == [["ARGS[0]", "INPUT__0"], ["ARGS[1][0]", "INPUT__1"], ["ARGS[1][1]", "INPUT__2"],
+                   ["ARGS[2][k]", "INPUT__3"], ["KWARGS[scale]", "KWARGSscale", "INPUT__4"]]  # fmt: skip
+    assert outs == [["RESULT[sum]", "OUTPUT__0"], ["RESULT[parts][0]", "OUTPUT__1"], ["RESULT[parts][1]", "OUTPUT__2"]]
+    _, lone = call_names(_spec(_node("tuple", [_node("tuple", [LEAF]), _node("dict", [], [])])), _spec(LEAF), "m")
+    assert lone == [["RESULT", "OUTPUT__0"]]
+
+
+def test_call_specs_triton_refuses_are_refused_in_its_words() -> None:
+    ordered = {"type": "collections.OrderedDict", "context": "[\"a\"]", "children_spec": [LEAF]}
+    with pytest.raises(InvalidModelFile, match=r"Value of `type` property \('collections.OrderedDict'\) is unsupported"):
+        call_names(_spec(_node("tuple", [_node("tuple", [ordered]), _node("dict", [], [])])), _spec(LEAF), "m")
+    with pytest.raises(InvalidModelFile, match=r"Failed to parse input call specification for model \"m\""):
+        call_names("not json", _spec(LEAF), "m")
+    with pytest.raises(InvalidModelFile, match=r"Expected structure to be tuple\[tuple, dict\]"):
+        call_names(_spec(_node("tuple", [LEAF])), _spec(LEAF), "m")
+
+
+def test_a_package_is_bound_to_its_config_with_the_shapes_it_was_compiled_for(aoti: Any, tmp_path: Path) -> None:
+    config = _config([("ARGS[0]", "TYPE_FP32", [4]), ("ARGS[1][0]", "TYPE_FP32", [4]), ("INPUT__2", "TYPE_FP32", [2]),
+                      ("KWARGS[c]", "TYPE_FP32", [4])],
+                     [("RESULT[parts][1]", "TYPE_INT64", [4]), ("OUTPUT__0", "TYPE_FP32", [4])])  # fmt: skip
+    _, binding, compiled = unpack(pack(aoti.structured, config, "m", tmp_path / "m.zip"))
+    assert binding.inputs == ("ARGS[0]", "ARGS[1][0]", "INPUT__2", "KWARGS[c]")
+    assert binding.outputs == (("RESULT[parts][1]", 2), ("OUTPUT__0", 0))
+    assert compiled is not None and [d.shown() for d in compiled.dims[2]] == ["1..64", "2"]
+    compiled.check(0, "ARGS[0]", (1, 4))  # a batch of 1: torch compiles a check of >= 2 that the kernels do not need
+    with pytest.raises(InvalidRequest, match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]"):
+        compiled.check(0, "ARGS[0]", (65, 4))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}, 'Input "x" for model "m" is not found in model input map: name it ARGS[0] or INPUT__0'),
+        ({"output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [3]}]}, 'Output "y" for model "m" is not found in model output map: name it OUTPUT__0 or RESULT'),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_FP64", "dims": [4]}]}, "input 'INPUT__0' is TYPE_FP64 in the config, but model 'm' was compiled for TYPE_FP32"),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [5]}]}, "input 'INPUT__0' has dims [-1, 5] in the config"),
+        ({"max_batch_size": 128}, "the config's max_batch_size is 128, but model 'm' was compiled for at most 64 rows"),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_STRING", "dims": [4]}]}, "input 'INPUT__0' is TYPE_STRING, but an AOTInductor model takes and gives tensors only"),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_BF16", "dims": [4]}]}, 'Unsupported datatype TYPE_BF16 for input "INPUT__0" for model "m".'),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [4]}, {"name": "INPUT__1", "data_type": "TYPE_FP32", "dims": [4]}]},
+         'Failed to load model "m" configuration expects 2 inputs, but model expects 1 inputs'),
+        ({"sequence_batching": {}}, "sequence batching is not supported for AOTInductor models"),
+        ({"input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [4], "optional": True}]}, "input 'INPUT__0' is optional"),
+        ({"input": []}, "model configuration must contain at least one input, none were specified"),
+    ],
+    ids=["input-name", "output-name", "dtype", "dims", "max-batch", "string", "bf16", "count", "sequence", "optional", "no-inputs"],
+)  # fmt: skip
+def test_configs_that_do_not_fit_the_package_are_refused(aoti: Any, tmp_path: Path, change: dict[str, Any], words: str) -> None:
+    config = {**_config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])], batch=8), **change}
+    with pytest.raises(InvalidModelFile) as refused:
+        pack(aoti.mlp, config, "m", tmp_path / "m.zip")
+    assert words in str(refused.value)
+
+
+def test_a_static_package_takes_only_the_shape_it_was_compiled_for(aoti: Any, tmp_path: Path) -> None:
+    with pytest.raises(InvalidModelFile, match=r"has dims \[-1, 4\] in the config .*compiled for \[2, 4\]"):
+        pack(aoti.static, _config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])]), "m", tmp_path / "a.zip")
+    pack(aoti.static, _config([("INPUT__0", "TYPE_FP32", [2, 4])], [("OUTPUT__0", "TYPE_FP32", [2, 3])], batch=0), "m", tmp_path / "b.zip")
+
+
+def test_register_says_where_a_package_is_served_from(aoti: Any) -> None:
+    with pytest.raises(InvalidModelFile, match=r"is an AOTInductor package.*platform: \"torch_aoti\".*--allow-torch-aoti-models"):
+        detect(aoti.mlp)
