@@ -246,6 +246,20 @@ def test_the_plan_follows_the_format() -> None:
     assert {backend for backend, *_ in ir_plan} == {"openvino"}  # no conversion of IR to anything
 
 
+def test_an_aoti_package_is_its_own_one_variant(store: Store, tmp_path: Path, aoti: Any) -> None:
+    """A package is compiled code without its graph: served as it is, verified against itself, converted to
+    nothing."""
+    from polystack.formats.torch_aoti import pack
+
+    config = {"name": "m", "platform": "torch_aoti", "max_batch_size": 8,
+              "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [4]}],
+              "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [3]}]}  # fmt: skip
+    record = register(store, pack(aoti.mlp, config, "m", tmp_path / "m.zip"), tmp_path, "m")
+    assert {(r.backend, r.recipe) for r in plan(record)} == {("torch_aoti", "")}
+    report = build(store, record)
+    assert [(v.backend, v.status) for v in report.variants] == [("torch_aoti", "verified")]
+
+
 def test_a_model_without_samples_gets_synthesized_ones_stored(store: Store, tmp_path: Path) -> None:
     from polystack.examples import mlp_onnx
 
