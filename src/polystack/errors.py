@@ -244,10 +244,31 @@ class StoreError(BackendError):
     pass
 
 
+_QUOTED_DEPTH = 100  # lists and dicts nested deeper are not shown, whatever Python's recursion limit is now
+
+
 def quote(value: object, limit: int = 80) -> str:
     """``value`` as an error message quotes it: its repr, cut short, since it may come from a client."""
+    if _deeper(value, _QUOTED_DEPTH):
+        return f"<a {type(value).__name__} nested too deep to show>"
     try:
         text = repr(value)
-    except RecursionError:  # JSON nested deeper than repr goes
+    except RecursionError:  # other containers, nested deeper than repr goes
         return f"<a {type(value).__name__} nested too deep to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _deeper(value: object, depth: int) -> bool:
+    """Whether JSON-like ``value`` nests lists and dicts deeper than ``depth`` (without recursion: torch's compiler
+    raises the process's limit, and repr would then show what it refused before)."""
+    level = [value]
+    for _ in range(depth + 1):
+        level = [
+            v
+            for item in level
+            if isinstance(item, (list, dict))
+            for v in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
