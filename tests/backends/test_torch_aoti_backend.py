@@ -47,20 +47,31 @@ def test_nested_arguments_a_keyword_and_a_returned_dict_meet_the_configs_names(a
     rng = np.random.default_rng(0)
     a, p0, p1, c = (rng.standard_normal((3, n)).astype(np.float32) for n in (4, 4, 2, 4))
     out = model.infer({"ARGS[0]": a, "ARGS[1][0]": p0, "ARGS[1][1]": p1, "KWARGS[c]": c})
-    want = aoti.structured_module(torch.from_numpy(a), (torch.from_numpy(p0), torch.from_numpy(p1)), c=torch.from_numpy(c))
+    want = aoti.structured_module(
+        torch.from_numpy(a), (torch.from_numpy(p0), torch.from_numpy(p1)), c=torch.from_numpy(c)
+    )
     np.testing.assert_allclose(out["RESULT[sum]"], want["sum"].detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["RESULT[parts][1]"], want["parts"][1].numpy())
 
 
 def test_answers_that_do_not_fit_the_config_are_refused_in_tritons_words(aoti: Any, tmp_path: Path) -> None:
     wrong = {**MLP, "output": _tensors([("OUTPUT__0", "TYPE_INT32", [3])])}
-    with pytest.raises(RuntimeRefused, match='output tensor "OUTPUT__0" has datatype TYPE_FP32 but model configuration expects TYPE_INT32'):
+    with pytest.raises(
+        RuntimeRefused,
+        match='output tensor "OUTPUT__0" has datatype TYPE_FP32 but model configuration expects TYPE_INT32',
+    ):
         _loaded(aoti.mlp, tmp_path, wrong).infer({"INPUT__0": np.ones((2, 4), np.float32)})
-    unbatched = _loaded(aoti.mlp, tmp_path, {**MLP, "max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [-1, 4])])})
-    with pytest.raises(InvalidRequest, match=r"has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]"):
+    unbatched = _loaded(
+        aoti.mlp, tmp_path, {**MLP, "max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [-1, 4])])}
+    )
+    with pytest.raises(
+        InvalidRequest, match=r"has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]"
+    ):
         unbatched.infer({"INPUT__0": np.ones((65, 4), np.float32)})  # AOTInductor checks nothing: it would run
     static = {"max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [2, 4])]), "output": _tensors([("OUTPUT__0", "TYPE_FP32", [2, 3])])}  # fmt: skip
-    assert _loaded(aoti.static, tmp_path, static).infer({"INPUT__0": np.ones((2, 4), np.float32)})["OUTPUT__0"].shape == (2, 3)
+    assert _loaded(aoti.static, tmp_path, static).infer({"INPUT__0": np.ones((2, 4), np.float32)})[
+        "OUTPUT__0"
+    ].shape == (2, 3)
 
 
 def test_a_models_instances_run_at_once_as_the_loaders_runners(aoti: Any, tmp_path: Path) -> None:

@@ -18,18 +18,30 @@ LEAF: dict[str, Any] = {"type": None, "context": None, "children_spec": []}
 
 
 def _node(kind: str, children: list[dict[str, Any]], keys: list[str] | None = None) -> dict[str, Any]:
-    return {"type": f"builtins.{kind}", "context": json.dumps(keys) if keys is not None else "null", "children_spec": children}
+    return {
+        "type": f"builtins.{kind}",
+        "context": json.dumps(keys) if keys is not None else "null",
+        "children_spec": children,
+    }
 
 
 def _spec(node: dict[str, Any]) -> str:
     return json.dumps([1, node])
 
 
-def _config(inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]], batch: int = 8) -> dict[str, Any]:
+def _config(
+    inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]], batch: int = 8
+) -> dict[str, Any]:
     def tensors(items: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
         return [{"name": n, "data_type": t, "dims": d} for n, t, d in items]
 
-    return {"name": "m", "platform": "torch_aoti", "max_batch_size": batch, "input": tensors(inputs), "output": tensors(outputs)}
+    return {
+        "name": "m",
+        "platform": "torch_aoti",
+        "max_batch_size": batch,
+        "input": tensors(inputs),
+        "output": tensors(outputs),
+    }
 
 
 def test_leaves_are_named_as_tritons_backend_names_them() -> None:
@@ -45,8 +57,10 @@ def test_leaves_are_named_as_tritons_backend_names_them() -> None:
 
 
 def test_call_specs_triton_refuses_are_refused_in_its_words() -> None:
-    ordered = {"type": "collections.OrderedDict", "context": "[\"a\"]", "children_spec": [LEAF]}
-    with pytest.raises(InvalidModelFile, match=r"Value of `type` property \('collections.OrderedDict'\) is unsupported"):
+    ordered = {"type": "collections.OrderedDict", "context": '["a"]', "children_spec": [LEAF]}
+    with pytest.raises(
+        InvalidModelFile, match=r"Value of `type` property \('collections.OrderedDict'\) is unsupported"
+    ):
         call_names(_spec(_node("tuple", [_node("tuple", [ordered]), _node("dict", [], [])])), _spec(LEAF), "m")
     with pytest.raises(InvalidModelFile, match=r"Failed to parse input call specification for model \"m\""):
         call_names("not json", _spec(LEAF), "m")
@@ -63,7 +77,10 @@ def test_a_package_is_bound_to_its_config_with_the_shapes_it_was_compiled_for(ao
     assert binding.outputs == (("RESULT[parts][1]", 2), ("OUTPUT__0", 0))
     assert compiled is not None and [d.shown() for d in compiled.dims[2]] == ["1..64", "2"]
     compiled.check(0, "ARGS[0]", (1, 4))  # a batch of 1: torch compiles a check of >= 2 that the kernels do not need
-    with pytest.raises(InvalidRequest, match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]"):
+    with pytest.raises(
+        InvalidRequest,
+        match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]",
+    ):
         compiled.check(0, "ARGS[0]", (65, 4))
 
 
@@ -85,7 +102,9 @@ def test_a_package_is_bound_to_its_config_with_the_shapes_it_was_compiled_for(ao
     ],
     ids=["input-name", "output-name", "dtype", "dims", "max-batch", "string", "bf16", "count", "sequence", "optional", "no-inputs"],
 )  # fmt: skip
-def test_configs_that_do_not_fit_the_package_are_refused(aoti: Any, tmp_path: Path, change: dict[str, Any], words: str) -> None:
+def test_configs_that_do_not_fit_the_package_are_refused(
+    aoti: Any, tmp_path: Path, change: dict[str, Any], words: str
+) -> None:
     config = {**_config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])], batch=8), **change}
     with pytest.raises(InvalidModelFile) as refused:
         pack(aoti.mlp, config, "m", tmp_path / "m.zip")
@@ -94,10 +113,22 @@ def test_configs_that_do_not_fit_the_package_are_refused(aoti: Any, tmp_path: Pa
 
 def test_a_static_package_takes_only_the_shape_it_was_compiled_for(aoti: Any, tmp_path: Path) -> None:
     with pytest.raises(InvalidModelFile, match=r"has dims \[-1, 4\] in the config .*compiled for \[2, 4\]"):
-        pack(aoti.static, _config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])]), "m", tmp_path / "a.zip")
-    pack(aoti.static, _config([("INPUT__0", "TYPE_FP32", [2, 4])], [("OUTPUT__0", "TYPE_FP32", [2, 3])], batch=0), "m", tmp_path / "b.zip")
+        pack(
+            aoti.static,
+            _config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])]),
+            "m",
+            tmp_path / "a.zip",
+        )
+    pack(
+        aoti.static,
+        _config([("INPUT__0", "TYPE_FP32", [2, 4])], [("OUTPUT__0", "TYPE_FP32", [2, 3])], batch=0),
+        "m",
+        tmp_path / "b.zip",
+    )
 
 
 def test_register_says_where_a_package_is_served_from(aoti: Any) -> None:
-    with pytest.raises(InvalidModelFile, match=r"is an AOTInductor package.*platform: \"torch_aoti\".*--allow-torch-aoti-models"):
+    with pytest.raises(
+        InvalidModelFile, match=r"is an AOTInductor package.*platform: \"torch_aoti\".*--allow-torch-aoti-models"
+    ):
         detect(aoti.mlp)

@@ -64,7 +64,9 @@ def test_aoti_packages_answer_as_their_modules_over_http_and_grpc(aoti: Any, tmp
             a, p0, p1, c = (rng.standard_normal((3, n)).astype(np.float32) for n in (4, 4, 2, 4))
             names = ("ARGS[0]", "ARGS[1][0]", "ARGS[1][1]", "KWARGS[c]")
             out = client.infer("structured", [_input(client, n, v) for n, v in zip(names, (a, p0, p1, c), strict=True)])
-            want = aoti.structured_module(torch.from_numpy(a), (torch.from_numpy(p0), torch.from_numpy(p1)), c=torch.from_numpy(c))
+            want = aoti.structured_module(
+                torch.from_numpy(a), (torch.from_numpy(p0), torch.from_numpy(p1)), c=torch.from_numpy(c)
+            )
             np.testing.assert_allclose(out.as_numpy("RESULT[sum]"), want["sum"].detach().numpy(), rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(out.as_numpy("RESULT[parts][1]"), want["parts"][1].numpy())
         # requests batched together each get their own rows (Triton's backend hands each the whole batch's)
@@ -79,7 +81,11 @@ def test_aoti_packages_answer_as_their_modules_over_http_and_grpc(aoti: Any, tmp
         assert http.get_model_metadata("mlp")["platform"] == "torch_aoti"
         for name in ("mlp", "structured"):
             config = same_config_both_ways(http, grpc, name)
-            assert (config["platform"], config["backend"], config["default_model_filename"]) == ("torch_aoti", "pytorch", "model.pt2")
+            assert (config["platform"], config["backend"], config["default_model_filename"]) == (
+                "torch_aoti",
+                "pytorch",
+                "model.pt2",
+            )
         with pytest.raises(InferenceServerException, match="batch-size must be <= 16"):
             http.infer("mlp", [_input(http, "INPUT__0", np.ones((17, 4), np.float32))])  # over the config's 16
 
@@ -124,5 +130,7 @@ def test_a_loads_files_take_a_package_and_a_library_to_load_is_refused(aoti: Any
         with pytest.raises(InferenceServerException, match="parameter MODEL_INIT_LIBRARY names a library"):
             http.load_model("hooked", config=json.dumps(library), files={"file:1/model.pt2": aoti.mlp.read_bytes()})
         with pytest.raises(InferenceServerException, match="not an AOTInductor package"):
-            http.load_model("bad", config=json.dumps({**config, "platform": "torch_aoti"}), files={"file:1/model.pt2": b"junk"})
+            http.load_model(
+                "bad", config=json.dumps({**config, "platform": "torch_aoti"}), files={"file:1/model.pt2": b"junk"}
+            )
         assert http.is_model_ready("uploaded")

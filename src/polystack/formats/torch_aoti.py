@@ -154,7 +154,9 @@ def _tree(text: str, what: str, model: str) -> dict[str, Any]:
     except ValueError:
         doc = None
     if not isinstance(doc, list) or len(doc) != 2 or not isinstance(doc[1], dict):
-        raise InvalidModelFile(f'Failed to parse {what} call specification for model "{model}": Expected [version, spec] array.')
+        raise InvalidModelFile(
+            f'Failed to parse {what} call specification for model "{model}": Expected [version, spec] array.'
+        )
     return doc[1]
 
 
@@ -174,7 +176,9 @@ def _children(node: dict[str, Any], model: str) -> list[tuple[str, dict[str, Any
         context = node.get("context")
         keys = json.loads(context) if isinstance(context, str) and context != "null" else context or []
         if not isinstance(keys, list) or len(keys) != len(children):
-            raise InvalidModelFile("Number of entries in 'children_spec' does not match number of entries in 'context'.")
+            raise InvalidModelFile(
+                "Number of entries in 'children_spec' does not match number of entries in 'context'."
+            )
         return [(f"[{k}]", c) for k, c in zip(keys, children, strict=True)]
     return [(f"[{i}]", c) for i, c in enumerate(children)]
 
@@ -243,7 +247,9 @@ def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Bin
                     "(Triton's backend cannot run strings either); give it a tensor type"
                 )
             if t.dtype not in TORCH_TYPES:
-                raise InvalidModelFile(f'Unsupported datatype TYPE_{t.dtype.value} for {kind} "{t.name}" for model "{model}".')
+                raise InvalidModelFile(
+                    f'Unsupported datatype TYPE_{t.dtype.value} for {kind} "{t.name}" for model "{model}".'
+                )
     ins, outs = call_names(in_spec, out_spec, model)
     if len(ins) != len(sig.inputs):
         raise InvalidModelFile(
@@ -259,7 +265,9 @@ def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Bin
                 f"{' or '.join(sorted({n[0] for n in ins} | {n[-1] for n in ins}))}"
             )
         if order[index] is not None:
-            raise InvalidModelFile(f"inputs {order[index]!r} and {t.name!r} both name the model's input {ins[index][0]}; give each its own")
+            raise InvalidModelFile(
+                f"inputs {order[index]!r} and {t.name!r} both name the model's input {ins[index][0]}; give each its own"
+            )
         order[index] = t.name
     outputs = []
     for t in sig.outputs:
@@ -302,7 +310,11 @@ def read_source(source: str, leaves: int) -> tuple[tuple[str, str] | None, Compi
     starts = [(int(m.group(1)), m.start()) for m in _CHECK.finditer(source)]
     bodies: dict[int, str] = {}
     for k, (index, start) in enumerate(starts):
-        end = starts[k + 1][1] if k + 1 < len(starts) else source.find("static bool _check_aoti_runtime_check_inputs_env", start)
+        end = (
+            starts[k + 1][1]
+            if k + 1 < len(starts)
+            else source.find("static bool _check_aoti_runtime_check_inputs_env", start)
+        )
         bodies[index] = source[start : end if end > start else len(source)]
     if leaves == 0 or sorted(bodies) != list(range(leaves)):
         return spec, None
