@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,4 +71,8 @@ def _structured_module() -> Any:
 
 @pytest.fixture(scope="session")
 def aoti(tmp_path_factory: pytest.TempPathFactory) -> AotiPackages:
-    return AotiPackages(tmp_path_factory.mktemp("aoti"))
+    was = sys.getrecursionlimit()
+    try:
+        return AotiPackages(tmp_path_factory.mktemp("aoti"))
+    finally:
+        sys.setrecursionlimit(was)  # torch's compiler raises it; the tests after it run as in any process
