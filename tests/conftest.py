@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,25 +32,58 @@ def mlp_path(tmp_path: Path) -> Path:
 
 
 class AotiPackages:
-    """AOTInductor packages compiled once per test run (tens of seconds of C++), with the modules they were
-    compiled from: ``mlp`` (4 -> 3, a dynamic batch of 1..64), ``structured`` (a tuple argument, a keyword, a dict
-    of a tensor and a tuple returned; dynamic batch), ``static`` (the MLP for a batch of exactly 2)."""
+    """AOTInductor packages compiled once per test run, each when a test first asks for it (seconds of C++ each),
+    with the modules they were compiled from: ``mlp`` (4 -> 3, a dynamic batch of 1..64), ``static`` (the MLP for a
+    batch of exactly 2), ``structured`` (a tuple argument, a keyword, a dict of a tensor and a tuple returned;
+    dynamic batch), ``pair`` (x * mask, both [batch, length] with both dims dynamic and shared)."""
 
     def __init__(self, folder: Path) -> None:
         import torch
 
-        from polystack.zoo import aoti_package
-
         torch.manual_seed(0)
+        self.folder = folder
         self.mlp_module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
         self.structured_module = _structured_module().eval()
-        x = torch.randn(2, 4)
-        self.mlp = aoti_package(folder / "mlp.pt2", self.mlp_module, (x,))
-        self.static = aoti_package(folder / "static.pt2", self.mlp_module, (x,), max_batch=None)
-        pair = (torch.randn(2, 4), torch.randn(2, 2))
-        self.structured = aoti_package(
-            folder / "structured.pt2", self.structured_module, (x, pair), {"c": torch.randn(2, 4)}
-        )
+
+    def _compiled(self, name: str, module: Any, args: tuple[Any, ...], **options: Any) -> Path:
+        from polystack.zoo import aoti_package
+
+        was = sys.getrecursionlimit()
+        try:
+            return aoti_package(self.folder / f"{name}.pt2", module, args, **options)
+        finally:
+            sys.setrecursionlimit(was)  # torch's compiler raises it; the tests after it run as in any process
+
+    @functools.cached_property
+    def mlp(self) -> Path:
+        import torch
+
+        return self._compiled("mlp", self.mlp_module, (torch.randn(2, 4),))
+
+    @functools.cached_property
+    def static(self) -> Path:
+        import torch
+
+        return self._compiled("static", self.mlp_module, (torch.randn(2, 4),), max_batch=None)
+
+    @functools.cached_property
+    def structured(self) -> Path:
+        import torch
+
+        args = (torch.randn(2, 4), (torch.randn(2, 4), torch.randn(2, 2)))
+        return self._compiled("structured", self.structured_module, args, kwargs={"c": torch.randn(2, 4)})
+
+    @functools.cached_property
+    def pair(self) -> Path:
+        import torch
+
+        class Masked(torch.nn.Module):
+            def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return x * mask
+
+        batch, length = torch.export.Dim("batch", min=1, max=16), torch.export.Dim("length", min=1, max=128)
+        shapes = ({0: batch, 1: length}, {0: batch, 1: length})
+        return self._compiled("pair", Masked(), (torch.randn(2, 5), torch.ones(2, 5)), max_batch=None, dynamic=shapes)
 
 
 def _structured_module() -> Any:
@@ -71,8 +105,4 @@ def _structured_module() -> Any:
 
 @pytest.fixture(scope="session")
 def aoti(tmp_path_factory: pytest.TempPathFactory) -> AotiPackages:
-    was = sys.getrecursionlimit()
-    try:
-        return AotiPackages(tmp_path_factory.mktemp("aoti"))
-    finally:
-        sys.setrecursionlimit(was)  # torch's compiler raises it; the tests after it run as in any process
+    return AotiPackages(tmp_path_factory.mktemp("aoti"))

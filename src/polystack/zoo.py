@@ -175,18 +175,23 @@ def torchscript_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 3), seed: int =
 
 
 def aoti_package(
-    path: Path, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, max_batch: int | None = 64
+    path: Path,
+    module: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    max_batch: int | None = 64,
+    dynamic: Any = None,
 ) -> Path:
     """``module`` compiled by AOTInductor for this machine's CPU (``aoti_compile_and_package``), as Triton's PyTorch
     backend serves it (``platform: "torch_aoti"``): every argument's first dim dynamic up to ``max_batch`` (None:
-    static shapes). Compiling takes C++ and some seconds (tens, cold)."""
+    static shapes), or as ``dynamic`` says (``torch.export``'s ``dynamic_shapes``). Compiling takes C++ and some
+    seconds (tens, cold)."""
     import warnings
 
     import torch
 
     kwargs = kwargs or {}
-    dynamic = None
-    if max_batch is not None:
+    if dynamic is None and max_batch is not None:
         batch = torch.export.Dim("batch", min=1, max=max_batch)
         # one spec per argument, keywords after the positional ones (in the signature's order)
         dynamic = torch.utils._pytree.tree_map(lambda _: {0: batch}, (*args, *kwargs.values()))

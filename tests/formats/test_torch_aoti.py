@@ -12,7 +12,8 @@ import pytest
 
 from polystack.errors import InvalidModelFile, InvalidRequest
 from polystack.formats import detect
-from polystack.formats.torch_aoti import call_names, pack, unpack
+from polystack.formats.torch_aoti import Binding, Compiled, Dim, call_names, check_config, pack, read_source, unpack
+from polystack.types import DType
 
 LEAF: dict[str, Any] = {"type": None, "context": None, "children_spec": []}
 
@@ -76,12 +77,13 @@ def test_a_package_is_bound_to_its_config_with_the_shapes_it_was_compiled_for(ao
     assert binding.inputs == ("ARGS[0]", "ARGS[1][0]", "INPUT__2", "KWARGS[c]")
     assert binding.outputs == (("RESULT[parts][1]", 2), ("OUTPUT__0", 0))
     assert compiled is not None and [d.shown() for d in compiled.dims[2]] == ["1..64", "2"]
-    compiled.check(0, "ARGS[0]", (1, 4))  # a batch of 1: torch compiles a check of >= 2 that the kernels do not need
+    shapes = [("ARGS[0]", (1, 4)), ("ARGS[1][0]", (1, 4)), ("INPUT__2", (1, 2)), ("KWARGS[c]", (1, 4))]
+    compiled.check(shapes)  # a batch of 1: torch compiles a check of >= 2 that the kernels do not need
     with pytest.raises(
         InvalidRequest,
         match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]",
     ):
-        compiled.check(0, "ARGS[0]", (65, 4))
+        compiled.check([("ARGS[0]", (65, 4)), *shapes[1:]])
 
 
 @pytest.mark.parametrize(
@@ -132,3 +134,62 @@ def test_register_says_where_a_package_is_served_from(aoti: Any) -> None:
         InvalidModelFile, match=r"is an AOTInductor package.*platform: \"torch_aoti\".*--allow-torch-aoti-models"
     ):
         detect(aoti.mlp)
+
+
+def test_inputs_whose_compiled_sizes_are_shared_must_agree(aoti: Any, tmp_path: Path) -> None:
+    """AOTInductor takes a shared size from the first input that has it and checks no other: x[3, 5] with
+    mask[1, 5] had its kernel read past the mask (a client read server memory, and crashed it with more rows)."""
+    config = _config(
+        [("ARGS[0]", "TYPE_FP32", [-1, -1]), ("ARGS[1]", "TYPE_FP32", [-1, -1])],
+        [("RESULT", "TYPE_FP32", [-1, -1])],
+        batch=0,
+    )
+    _, _, compiled = unpack(pack(aoti.pair, config, "m", tmp_path / "m.zip"))
+    assert compiled is not None
+    compiled.check([("ARGS[0]", (3, 5)), ("ARGS[1]", (3, 5))])
+    for other in ((1, 5), (3, 4)):
+        with pytest.raises(
+            InvalidRequest,
+            match=r"input 'ARGS\[1\]' has \d+ at dim \d, but the AOTInductor package was compiled to take \d there, as dim \d of input 'ARGS\[0\]'",
+        ):
+            compiled.check([("ARGS[0]", (3, 5)), ("ARGS[1]", other)])  # fmt: skip
+
+
+def _source(checks: int, sizes: dict[str, str]) -> str:
+    """Generated C++ as AOTInductor writes it, cut to what ``read_source`` reads."""
+    functions = "".join(
+        f"static void check_input_{i}(AtenTensorHandle* input_handles) {{\n"
+        f"    int32_t arg{i}_1_expected_dtype = aoti_torch_dtype_float32();\n"
+        f"    if (arg{i}_1_size[0] > 64) {{ }}\n    if (4 != arg{i}_1_size[1]) {{ }}\n}}\n"
+        for i in range(checks)
+    )
+    body = "".join(f"    auto arg{i}_1 = std::move(inputs[{i}]);\n" for i in range(checks))
+    asserts = "".join(
+        f'    assert_size_stride(arg{i}_1, {{{s}}}, {{4L, 1L}}, "input");\n' for i, s in enumerate(sizes.values())
+    )
+    return functions + "static bool _check_aoti_runtime_check_inputs_env() {}\n" + body + asserts
+
+
+def test_packages_whose_sizes_cannot_be_checked_are_refused() -> None:
+    with pytest.raises(
+        InvalidModelFile, match="takes 1 tensors, but its call spec has 2 arguments: an argument that is not a tensor"
+    ):
+        read_source(_source(1, {"a": "s0, 4L"}), 2, "m")
+    with pytest.raises(InvalidModelFile, match=r"sizes its input 0's dim 0 as max\(s0, 2\)"):
+        read_source(_source(1, {"a": "max(s0, 2), 4L"}), 1, "m")
+    with pytest.raises(InvalidModelFile, match="sizes an input dim as 2\\*s1, whose symbols no input dim gives alone"):
+        read_source(_source(2, {"a": "s0, 4L", "b": "2*s1, 4L"}), 2, "m")
+    _, compiled = read_source(_source(2, {"a": "s0, 4L", "b": "2L*s0, 4L"}), 2, "m")
+    assert compiled is not None
+    compiled.check([("a", (3, 4)), ("b", (6, 4))])
+    with pytest.raises(InvalidRequest, match="compiled to take 6 there"):
+        compiled.check([("a", (3, 4)), ("b", (3, 4))])
+
+
+def test_a_batch_compiled_for_more_than_one_row_is_refused_with_max_batch_size() -> None:
+    """A request may run alone, of 1 row: a batch dim exported with min=3 would refuse it, or not, by timing."""
+    compiled = Compiled((DType.FP32,), ((Dim(low=3, high=64), Dim(size=4)),))
+    config = _config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])])
+    with pytest.raises(InvalidModelFile, match="compiled for batches of at least 3 rows"):
+        check_config(compiled, Binding(("INPUT__0",), (("OUTPUT__0", 0),)), config, "m")
+    check_config(Compiled((DType.FP32,), ((Dim(low=2, high=64), Dim(size=4)),)), Binding(("INPUT__0",), (("OUTPUT__0", 0),)), config, "m")  # fmt: skip

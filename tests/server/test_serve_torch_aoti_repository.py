@@ -134,3 +134,16 @@ def test_a_loads_files_take_a_package_and_a_library_to_load_is_refused(aoti: Any
                 "bad", config=json.dumps({**config, "platform": "torch_aoti"}), files={"file:1/model.pt2": b"junk"}
             )
         assert http.is_model_ready("uploaded")
+
+
+def test_a_package_named_as_torchscripts_is_told_its_platform(aoti: Any, tmp_path: Path) -> None:
+    """``backend: "pytorch"`` alone is TorchScript's, as in Triton, however the file is named."""
+    root = tmp_path / "models"
+    _folder(
+        root,
+        "m",
+        aoti.mlp,
+        MLP.replace('platform: "torch_aoti"', 'backend: "pytorch"\ndefault_model_filename: "model.pt2"'),
+    )
+    line = refused_at_start(tmp_path, ["--model-repository", str(root), "--allow-torch-aoti-models"])
+    assert "is an AOTInductor package" in line and 'platform "torch_aoti"' in line, line

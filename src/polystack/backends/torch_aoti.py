@@ -1,32 +1,34 @@
 """AOTInductor packages (``formats/torch_aoti.py``), run as Triton's PyTorch backend runs them
-(``platform: "torch_aoti"``): torch's ``AOTIModelPackageLoader`` on the package's model ``model``, one ``run`` per
-batch, the inputs in the order of the call spec's leaves, under ``torch.inference_mode`` (unless a config's
-``INFERENCE_MODE`` is off) and ``torch.no_grad``.
+(``platform: "torch_aoti"``): the package's model ``model``, one run per batch, the inputs in the order of the call
+spec's leaves, under ``torch.inference_mode`` (unless a config's ``INFERENCE_MODE`` is off) and ``torch.no_grad``.
+It runs through the C functions of the model's library (``Container``), as torch's ``AOTIModelPackageLoader`` runs
+it but without holding Python's GIL for the call.
 
 What the package returns is checked as Triton's backend checks it, in its words: each output of the config's type
 exactly (no casting) and not a scalar; a batching model's outputs must also hold a row per row of the batch, and
 each request gets its own rows (Triton's backend hands every request the whole batch's outputs). The inputs are
 checked against the shapes the package was compiled for, where its source says them (AOTInductor checks none).
 
-A model's instances are the loader's runners: each runs one call at a time on the package's one copy of the
-weights. Devices are torch's; a package runs on the kind of device it was compiled for (its ``AOTI_DEVICE_KEY``).
+A model's instances are the container's runners: each runs one call at a time, at once with the others, on the
+package's one copy of the weights. Devices are torch's; a package runs on the kind of device it was compiled for (its ``AOTI_DEVICE_KEY``).
 Thread counts are torch's and process-wide, set as for TorchScript (``backends/torchscript.py``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import shutil
-import tempfile
-import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from polystack import temp_folders
 from polystack.backends.base import Backend, LoadedModel
 from polystack.backends.torchscript import set_threads
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, RuntimeRefused
@@ -36,7 +38,8 @@ from polystack.types import DType, Signature
 
 log = logging.getLogger("polystack.backends")
 
-_loading = threading.Lock()  # a failed load leaves torch's extraction folder behind: found by what a load added
+_FOLDER = "polystack-aoti-"  # a package's compiled model, unpacked while it is served (temp_folders)
+_LIBRARY_SUFFIXES = (".so", ".cpp", ".json", ".cubin", ".hsaco", ".spv", ".fatbin", ".o", ".ld", ".h")
 
 
 class TorchAotiOptions(BaseModel):
@@ -50,57 +53,153 @@ class TorchAotiOptions(BaseModel):
     runners: int = Field(default=1, ge=1, le=1024, description="calls that run at once (Triton's model instances)")
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: Exception | str) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def open_package(path: Path, shown: str, device: str = "cpu", runners: int = 1) -> Any:
-    """torch's loader of the package at ``path`` for ``device`` (its model ``model``, as Triton's backend loads
-    it), with ``runners`` calls at once; refused in one line where torch cannot load it."""
-    import torch
+class Container:
+    """The package's compiled model, run through the C functions its library exports (AOTInductor's model
+    container, ``aoti_runtime/interface.h``): ``runners`` models that each run one call at a time, without Python's
+    GIL (ctypes lets it go for the call; torch's ``AOTIModelPackageLoader.run`` holds it, which stalled the
+    server's event loop for the length of every call). What torch's loader does is done here: the model's files
+    unpacked (into a folder of polystack's own, swept when a killed process left it), its library opened, a
+    container made for the device. A package whose weights are outside its library is refused."""
 
-    index = -1 if device == "cpu" else int(device.partition(":")[2] or 0)
-    tmp = Path(tempfile.gettempdir())
-    with _loading:
-        before = set(tmp.glob("aotinductor_*"))
+    def __init__(self, package: Path | IO[bytes], shown: str, device: str = "cpu", runners: int = 1) -> None:
+        import torch  # noqa: F401  (the library needs libtorch's: loaded with torch, found by name)
+
+        self._folder, self._owner = temp_folders.make(_FOLDER)
+        self._lib: Any = None
+        self._handle = ctypes.c_void_p()
         try:
-            return torch._C._aoti.AOTIModelPackageLoader(str(path), PACKAGE_MODEL, False, runners, index)
-        except Exception as e:
-            for left in set(tmp.glob("aotinductor_*")) - before:  # torch leaves it where its constructor throws
-                shutil.rmtree(left, ignore_errors=True)
-            raise InvalidModelFile(
-                f"torch cannot load the AOTInductor package {shown}: {_first_line(e)}; compile it with this torch "
-                f"({torch.__version__}) for this machine's device"
-            ) from None
+            library = self._unpack(package, shown)
+            try:
+                self._lib = ctypes.CDLL(str(library))
+            except OSError as e:
+                raise InvalidModelFile(
+                    f"the AOTInductor package {shown}'s library does not load here: {_first_line(e)}; compile it with "
+                    "this torch for this machine"
+                ) from None
+            device_str = device.encode() if device != "cpu" else b"cpu"
+            self._call(
+                "AOTInductorModelContainerCreateWithDevice",
+                ctypes.byref(self._handle), ctypes.c_size_t(runners), device_str, str(library.parent).encode(),
+                what=f"make the AOTInductor package {shown}'s model on {device}",
+            )  # fmt: skip
+            count = ctypes.c_size_t()
+            self._call("AOTInductorModelContainerGetNumInputs", self._handle, ctypes.byref(count), what="count inputs")
+            self.inputs = count.value
+            self._call(
+                "AOTInductorModelContainerGetNumOutputs", self._handle, ctypes.byref(count), what="count outputs"
+            )
+            self.outputs = count.value
+        except BaseException:
+            self.close()
+            raise
+
+    def _unpack(self, package: Path | IO[bytes], shown: str) -> Path:
+        """The package model's files in this container's folder; its library's path."""
+        try:
+            with zipfile.ZipFile(package) as zf:
+                names = [n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and not n.endswith("/")]
+                libraries = [n for n in names if n.endswith(".so")]
+                apart = [n for n in names if not n.endswith(_LIBRARY_SUFFIXES)]
+                if len(libraries) != 1 or apart:
+                    raise InvalidModelFile(
+                        f"the AOTInductor package {shown} holds "
+                        + (f"{len(libraries)} libraries for its model" if len(libraries) != 1 else f"{apart[0]}")
+                        + ", where polystack serves a package whose model is one library with its weights inside (as "
+                        "aoti_compile_and_package writes it by default); compile it so"
+                    )
+                for name in names:
+                    target = self._folder / Path(name).name
+                    with zf.open(name) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                return self._folder / Path(libraries[0]).name
+        except (zipfile.BadZipFile, OSError, KeyError) as e:
+            raise InvalidModelFile(f"the AOTInductor package {shown} cannot be read: {_first_line(e)}") from None
+
+    def _call(self, function: str, *args: Any, what: str) -> None:
+        code = getattr(self._lib, function)(*args)
+        if code != 0:
+            raise InvalidModelFile(f"AOTInductor could not {what}: {self.last_error()}")
+
+    def last_error(self) -> str:
+        """The runtime's message for this thread's last failed call (AOTInductor writes it to stderr as well)."""
+        message = ctypes.c_char_p()
+        reader = getattr(self._lib, "AOTInductorGetLastError", None)
+        if reader is None or reader(ctypes.byref(message)) != 0 or not message.value:
+            return "it wrote why to the server's stderr"
+        return _first_line(message.value.decode("utf-8", "replace"))
+
+    def call_spec(self) -> tuple[str, str]:
+        given, returned = ctypes.c_char_p(), ctypes.c_char_p()
+        self._call(
+            "AOTInductorModelContainerGetCallSpec", self._handle, ctypes.byref(given), ctypes.byref(returned),
+            what="read the call spec",
+        )  # fmt: skip
+        return (given.value or b"").decode(), (returned.value or b"").decode()
+
+    def run(self, tensors: list[Any]) -> list[Any]:
+        """The model's outputs for ``tensors`` (its inputs, in order), the GIL let go while it runs."""
+        import torch
+
+        handles = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(tensors)  # taken by the run
+        given = (ctypes.c_void_p * len(handles))(*(_POINTER(h, None) for h in handles))
+        returned = (ctypes.c_void_p * self.outputs)()
+        code = self._lib.AOTInductorModelContainerRun(
+            self._handle, given, ctypes.c_size_t(len(handles)), returned, ctypes.c_size_t(self.outputs), None, None
+        )
+        if code != 0:
+            raise BackendError(f"Inductor model instance execution failure: {self.last_error()}")
+        return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
+            [_CAPSULE(returned[i], None, None) for i in range(self.outputs)]
+        )
+
+    def close(self) -> None:
+        if self._lib is not None and self._handle.value:
+            self._lib.AOTInductorModelContainerDelete(self._handle)
+            self._handle = ctypes.c_void_p()
+        self._lib = None  # the library stays mapped (ctypes does not close it); its file goes with the folder
+        temp_folders.release(self._folder, self._owner)
 
 
-def device_key(path: Path, shown: str) -> str:
+_POINTER = ctypes.pythonapi.PyCapsule_GetPointer
+_POINTER.restype, _POINTER.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+_CAPSULE = ctypes.pythonapi.PyCapsule_New
+_CAPSULE.restype, _CAPSULE.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def device_key(path: Path | IO[bytes], shown: str) -> str:
     """The kind of device the package at ``path`` was compiled for (``cpu``, ``cuda``), from its metadata (its
     library is not loaded)."""
-    import torch
-
-    loader = torch._C._aoti.AOTIModelPackageLoader
     try:
-        metadata = loader.load_metadata_from_package(str(path), PACKAGE_MODEL)  # type: ignore[attr-defined]
-    except Exception as e:
-        raise InvalidModelFile(f"torch cannot read the AOTInductor package {shown}: {_first_line(e)}") from None
-    return str(metadata.get("AOTI_DEVICE_KEY", "cpu"))
+        with zipfile.ZipFile(path) as zf:
+            found = [
+                n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and n.endswith("_metadata.json")
+            ]
+            metadata = json.loads(zf.read(found[0])) if found else {}
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InvalidModelFile(f"the AOTInductor package {shown} cannot be read: {_first_line(e)}") from None
+    return str(metadata.get("AOTI_DEVICE_KEY", "cpu")) if isinstance(metadata, dict) else "cpu"
 
 
 def call_spec(path: Path, shown: str) -> tuple[str, str]:
-    """The call spec (in, out) of the package at ``path``, from its loaded library (a package without its
-    generated source), loaded on the kind of device it was compiled for."""
+    """The call spec (in, out) of the package at ``path``, from its library (a package without its generated
+    source), made on the kind of device it was compiled for."""
     key = device_key(path, shown)
-    loader = open_package(path, shown, "cpu" if key == "cpu" else f"{key}:0")
-    spec = loader.get_call_spec()
-    return str(spec[0]), str(spec[1])
+    container = Container(path, shown, "cpu" if key == "cpu" else f"{key}:0")
+    try:
+        return container.call_spec()
+    finally:
+        container.close()
 
 
 class TorchAotiModel:
     def __init__(
         self,
-        loader: Any,
+        container: Container,
         binding: Binding,
         compiled: Compiled | None,
         signature: Signature,
@@ -108,7 +207,7 @@ class TorchAotiModel:
         options: TorchAotiOptions,
         batching: bool,
     ) -> None:
-        self._loader = loader
+        self._container: Container | None = container
         self.binding = binding
         self.compiled = compiled
         self.signature = signature
@@ -122,18 +221,14 @@ class TorchAotiModel:
         import torch
 
         if self.compiled is not None:
-            for index, name in enumerate(self.binding.inputs):
-                self.compiled.check(index, name, inputs[name].shape)
+            self.compiled.check([(name, inputs[name].shape) for name in self.binding.inputs])
         rows = len(inputs[self.binding.inputs[0]]) if self._batched else None
-        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.binding.inputs]
-        loader = self._loader
-        if loader is None:
+        tensors = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self.binding.inputs]
+        container = self._container
+        if container is None:
             raise BackendError("the model was closed; load it again")
-        try:
-            with torch.inference_mode(self.options.inference_mode), torch.no_grad():
-                results = loader.run(tensors)
-        except Exception as e:
-            raise BackendError(f"Inductor model instance execution failure: {_first_line(e)}") from e
+        with torch.inference_mode(self.options.inference_mode), torch.no_grad():
+            results = container.run(tensors)
         return {name: self._output(torch, name, results[index], rows) for name, index in self.binding.outputs}
 
     def _output(self, torch: Any, name: str, value: Any, rows: int | None) -> np.ndarray:
@@ -159,7 +254,16 @@ class TorchAotiModel:
         return array
 
     def close(self) -> None:
-        self._loader = None  # torch frees the library and its folder with the last reference
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array`` as the package may take it: C-contiguous, and a copy where it is read-only (a request's bytes, a
+    client's shared memory), since a compiled model may write into its inputs."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
 
 
 class TorchAotiBackend(Backend):
@@ -183,18 +287,37 @@ class TorchAotiBackend(Backend):
             raise BackendUnavailable(f"torch cannot use device {device!r} here; it offers {self.devices()}")
         config, binding, compiled = unpack(artifact)
         name = config.get("name")
+        shown = f"of model {name!r}"
         set_threads(torch, options, name)
-        with tempfile.TemporaryDirectory(prefix="polystack-aoti-") as tmp:
-            path = Path(tmp) / MODEL
-            with zipfile.ZipFile(artifact) as zf, zf.open(MODEL) as src, path.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            key = device_key(path, f"of model {name!r}")
+        with zipfile.ZipFile(artifact) as outer, outer.open(MODEL) as package:
+            key = device_key(package, shown)
             if key != device.partition(":")[0]:
                 raise BackendUnavailable(
                     f"the AOTInductor package of model {name!r} was compiled for {key}, not {device}: serve it on a "
                     f"{key} device (instance_group kind), or compile it for {device.partition(':')[0]}"
                 )
             with torch.inference_mode(options.inference_mode):
-                loader = open_package(path, f"of model {name!r}", device, options.runners)
+                container = Container(package, shown, device, options.runners)
+        try:
+            check_library(container, binding, shown)
+        except BaseException:
+            container.close()
+            raise
         batching = int(config.get("max_batch_size") or 0) > 0
-        return TorchAotiModel(loader, binding, compiled, signature, device, options, batching)
+        return TorchAotiModel(container, binding, compiled, signature, device, options, batching)
+
+
+def check_library(container: Container, binding: Binding, shown: str) -> None:
+    """Refuse a package whose library takes other tensors than its call spec says (an argument that is not a
+    tensor, compiled into it), or whose generated source, which the binding was read from, is not its library's."""
+    if container.inputs != len(binding.inputs):
+        raise InvalidModelFile(
+            f"the AOTInductor package {shown} takes {container.inputs} tensors, but its call spec has "
+            f"{len(binding.inputs)} arguments: an argument that is not a tensor (a number, None) was compiled into it, "
+            "which no request can give; export the model with tensors only"
+        )
+    if binding.spec is not None and binding.spec != container.call_spec():
+        raise InvalidModelFile(
+            f"the AOTInductor package {shown}'s generated source does not match its library (another call spec); "
+            "compile the package again"
+        )

@@ -699,6 +699,12 @@ def _register_torchscript(
     """Register the versions of a model for Triton's PyTorch backend: each version's TorchScript module and the
     config, which alone says what it takes and gives (Triton auto-completes nothing for it), as one zip
     (``formats/torchscript.py``). Its runtime is the plan's: ``torchscript`` by default."""
+    named = folder / str(served[-1]) / (filename or "model.pt")
+    if named.suffix == ".pt2" and torch_aoti.is_package_file(named):  # its zip index alone
+        raise InvalidRequest(
+            f"{named} is an AOTInductor package, which Triton's PyTorch backend serves with platform "
+            '"torch_aoti" (backend "pytorch" alone is TorchScript\'s, as in Triton); set the platform in its config'
+        )
     if not rules.torchscript_models:  # refused before torch reads a byte of it
         raise InvalidRequest(TORCHSCRIPT_REFUSED)
     config = {**doc, "name": name}
