@@ -177,6 +177,7 @@ def default_spec(store: Store, record: ModelRecord, backend: str | None = None, 
         backend=backend,
         device=device,
         options=source_options(record, backend),
+        max_batch_size=record.settings.get("max_batch_size"),  # the most rows the source takes, where it says
     )
 
 

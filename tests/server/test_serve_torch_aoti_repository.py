@@ -112,7 +112,7 @@ def test_without_the_flag_a_package_is_refused_before_torch_reads_it(tmp_path: P
 
 
 def test_a_loads_files_take_a_package_and_a_library_to_load_is_refused(aoti: Any, tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
+    _folder(tmp_path / "empty", "mlp", aoti.mlp, MLP)  # not loaded: model control is explicit
     port = free_port()
     args = ["--model-repository", str(tmp_path / "empty"), "--grpc-port", "-1", "--model-control-mode", "explicit",
             "--allow-torch-aoti-models"]  # fmt: skip
@@ -126,6 +126,8 @@ def test_a_loads_files_take_a_package_and_a_library_to_load_is_refused(aoti: Any
         got = http.infer("uploaded", [_input(http, "INPUT__0", x)]).as_numpy("OUTPUT__0")
         np.testing.assert_allclose(got, aoti.mlp_module(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
         assert http.get_model_config("uploaded")["platform"] == "torch_aoti"
+        with pytest.raises(InferenceServerException, match="takes from 1 to 64 rows"):  # compiled for 1..64
+            http.load_model("mlp", config=json.dumps({**config, "platform": "torch_aoti", "max_batch_size": 128}))
         library = {**config, "parameters": {"MODEL_INIT_LIBRARY": {"string_value": "/tmp/init.so"}}}
         with pytest.raises(InferenceServerException, match="parameter MODEL_INIT_LIBRARY names a library"):
             http.load_model("hooked", config=json.dumps(library), files={"file:1/model.pt2": aoti.mlp.read_bytes()})

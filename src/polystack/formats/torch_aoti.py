@@ -580,5 +580,12 @@ def sniff(path: Path) -> bool:
 
 
 def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
-    config, _, _ = unpack(path)
-    return ImportedModel(NAME, signature(config), path)
+    """The packed model, with the most rows its compiled batch takes (``max_batch_size`` in its settings: the
+    most a load's config may ask for), where it batches and says."""
+    config, _, compiled = unpack(path)
+    settings: dict[str, Any] = {}
+    if compiled is not None and int(config.get("max_batch_size") or 0) > 0:
+        highs = [ds[0].high for ds in compiled.dims if ds and ds[0].high is not None]
+        if highs:
+            settings["max_batch_size"] = min(highs)
+    return ImportedModel(NAME, signature(config), path, settings)
