@@ -186,6 +186,7 @@ def aoti_package(
     backend serves it (``platform: "torch_aoti"``): every argument's first dim dynamic up to ``max_batch`` (None:
     static shapes), or as ``dynamic`` says (``torch.export``'s ``dynamic_shapes``). Compiling takes C++ and some
     seconds (tens, cold)."""
+    import contextlib
     import warnings
 
     import torch
@@ -198,7 +199,9 @@ def aoti_package(
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.13's own pytree deprecations, as it exports
-        program = torch.export.export(module.eval(), args, kwargs, dynamic_shapes=dynamic)
+        with contextlib.suppress(NotImplementedError):  # an exported program's module runs as it was exported
+            module.eval()
+        program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic)
         return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
 
 

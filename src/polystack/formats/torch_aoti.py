@@ -538,8 +538,8 @@ def pack(path: Path, config: dict[str, Any], model: str, out: Path, shown: str =
         _, compiled = read_source(source, len(binding.inputs), model)
     if compiled is None:
         log.warning(
-            "the AOTInductor package holds no generated source to read its input shapes from: requests are not "
-            "checked against the shapes it was compiled for (nor does AOTInductor check them)",
+            "polystack could not read from the AOTInductor package's generated source what its inputs were compiled "
+            "for: requests are not checked against those shapes (nor does AOTInductor check them), as in Triton",
             extra={"model": model, "file": shown},
         )
     else:
