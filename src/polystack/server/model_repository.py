@@ -667,16 +667,10 @@ def _register_aoti(
     if not rules.aoti_models:  # refused before torch reads a byte of it
         raise InvalidRequest(AOTI_REFUSED)
     config = {**doc, "name": name, "platform": AOTI}
-    paths = []
-    for version in served:  # every file found before anything is registered
-        path = folder / str(version) / (filename or "model.pt2")
-        if not path.is_file():
-            raise InvalidRequest(
-                f"{path} is not there; put the AOTInductor package there (torch._inductor.aoti_compile_and_package("
-                f"torch.export.export(model, args), package_path='model.pt2')), or name it with default_model_filename "
-                f"in {CONFIG}"
-            ).at_version(version)
-        paths.append((version, path))
+    paths = _version_files(
+        folder, served, filename or "model.pt2", "the AOTInductor package (torch._inductor.aoti_compile_and_package("
+        "torch.export.export(model, args), package_path='model.pt2'))",
+    )  # fmt: skip
 
     def pack(version: int, path: Path, work: Path) -> Path:
         return torch_aoti.pack(path, config, name, work / "model.torch_aoti.zip", str(path))
@@ -708,20 +702,29 @@ def _register_torchscript(
     if not rules.torchscript_models:  # refused before torch reads a byte of it
         raise InvalidRequest(TORCHSCRIPT_REFUSED)
     config = {**doc, "name": name}
-    paths = []
-    for version in served:  # every file found before anything is registered
-        path = folder / str(version) / (filename or "model.pt")
-        if not path.is_file():
-            raise InvalidRequest(
-                f"{path} is not there; put the TorchScript module there (torch.jit.save(torch.jit.script(model), "
-                f"'model.pt')), or name it with default_model_filename in {CONFIG}"
-            ).at_version(version)
-        paths.append((version, path))
+    paths = _version_files(
+        folder, served, filename or "model.pt",
+        "the TorchScript module (torch.jit.save(torch.jit.script(model), 'model.pt'))",
+    )  # fmt: skip
 
     def pack(version: int, path: Path, work: Path) -> Path:
         return torchscript.pack(path, config, name, work / "model.torchscript.zip", str(path))
 
     return _register_versions(store, folder, name, doc, paths, pack, done, rules, shown, ran)
+
+
+def _version_files(folder: Path, served: tuple[int, ...], filename: str, what: str) -> list[tuple[int, Path]]:
+    """Each served version's ``filename`` (version, path), every one found before anything is registered; refused
+    saying to put ``what`` there where one is missing."""
+    paths = []
+    for version in served:
+        path = folder / str(version) / filename
+        if not path.is_file():
+            raise InvalidRequest(
+                f"{path} is not there; put {what} there, or name it with default_model_filename in {CONFIG}"
+            ).at_version(version)
+        paths.append((version, path))
+    return paths
 
 
 def _register_versions(
