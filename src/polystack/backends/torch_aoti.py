@@ -16,6 +16,7 @@ Thread counts are torch's and process-wide, set as for TorchScript (``backends/t
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import json
 import logging
@@ -158,10 +159,12 @@ class Container:
         )
 
     def close(self) -> None:
-        if self._lib is not None and self._handle.value:
-            self._lib.AOTInductorModelContainerDelete(self._handle)
-            self._handle = ctypes.c_void_p()
-        self._lib = None  # the library stays mapped (ctypes does not close it); its file goes with the folder
+        lib, self._lib = self._lib, None
+        if lib is not None:
+            if self._handle.value:
+                lib.AOTInductorModelContainerDelete(self._handle)
+                self._handle = ctypes.c_void_p()
+            _ctypes.dlclose(lib._handle)  # as torch's loader closes it: its weights are in it
         temp_folders.release(self._folder, self._owner)
 
 
