@@ -44,7 +44,8 @@ def compiled(name: str, source: Path, work: Path) -> tuple[Path, float]:
     config; the seconds the compile took."""
     import torch
 
-    from polystack.formats.torch_aoti import _wrapper_source, pack, read_source
+    from polystack.formats.aoti_source import read_source, wrapper_source
+    from polystack.formats.torch_aoti import pack
     from polystack.zoo import aoti_package
 
     module = torch.export.load(str(source)).module()
@@ -52,7 +53,7 @@ def compiled(name: str, source: Path, work: Path) -> tuple[Path, float]:
     package = aoti_package(work / f"{name}.pt2", module, (torch.randn(2, *EXAMPLES[name]),), max_batch=32)
     took = time.perf_counter() - started
     with zipfile.ZipFile(package) as zf:  # torch may narrow the batch's range as it compiles
-        source_text = _wrapper_source(zf)
+        source_text = wrapper_source(zf)
     _, facts = read_source(source_text or "", 1, name)
     high = facts.dims[0][0].high if facts and facts.dims[0] else None
     config = {

@@ -12,7 +12,8 @@ import pytest
 
 from polystack.errors import InvalidModelFile, InvalidRequest
 from polystack.formats import detect
-from polystack.formats.torch_aoti import Binding, Compiled, Dim, call_names, check_config, pack, read_source, unpack
+from polystack.formats.aoti_source import Compiled, Dim, read_source
+from polystack.formats.torch_aoti import Binding, call_names, check_config, pack, unpack
 from polystack.types import DType
 
 LEAF: dict[str, Any] = {"type": None, "context": None, "children_spec": []}

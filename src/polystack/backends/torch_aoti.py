@@ -33,7 +33,8 @@ from polystack import temp_folders
 from polystack.backends.base import Backend, LoadedModel
 from polystack.backends.torchscript import set_threads
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, RuntimeRefused
-from polystack.formats.torch_aoti import MODEL, PACKAGE_MODEL, Binding, Compiled, unpack
+from polystack.formats.aoti_source import PACKAGE_MODEL, Compiled
+from polystack.formats.torch_aoti import MODEL, Binding, unpack
 from polystack.formats.torchscript import TORCH_TYPES
 from polystack.types import DType, Signature
 
