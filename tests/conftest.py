@@ -35,7 +35,8 @@ class AotiPackages:
     """AOTInductor packages compiled once per test run, each when a test first asks for it (seconds of C++ each),
     with the modules they were compiled from: ``mlp`` (4 -> 3, a dynamic batch of 1..64), ``static`` (the MLP for a
     batch of exactly 2), ``structured`` (a tuple argument, a keyword, a dict of a tensor and a tuple returned;
-    dynamic batch), ``pair`` (x * mask, both [batch, length] with both dims dynamic and shared)."""
+    dynamic batch), ``pair`` (x * mask, both [batch, length] with both dims dynamic and shared), ``heavy`` (a call
+    long enough to watch)."""
 
     def __init__(self, folder: Path) -> None:
         import torch
@@ -72,6 +73,23 @@ class AotiPackages:
 
         args = (torch.randn(2, 4), (torch.randn(2, 4), torch.randn(2, 2)))
         return self._compiled("structured", self.structured_module, args, kwargs={"c": torch.randn(2, 4)})
+
+    @functools.cached_property
+    def heavy(self) -> Path:
+        """x [batch, 256] through 24 matrix products and tanh: tens of milliseconds a call at batch 256."""
+        import torch
+
+        class Heavy(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.randn(256, 256) / 16)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                for _ in range(24):
+                    x = torch.tanh(x @ self.w)
+                return x
+
+        return self._compiled("heavy", Heavy(), (torch.randn(2, 256),), max_batch=1024)
 
     @functools.cached_property
     def pair(self) -> Path:

@@ -5,6 +5,7 @@ PyTorch backend, a model's instances run at once as the loader's runners."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,23 @@ def test_a_models_instances_run_at_once_as_the_loaders_runners(aoti: Any, tmp_pa
         answers = list(pool.map(lambda x: model.infer({"INPUT__0": x})["OUTPUT__0"], xs))
     for x, got in zip(xs, answers, strict=True):
         np.testing.assert_allclose(got, aoti.mlp_module(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_package_runs_without_holding_pythons_gil(aoti: Any, tmp_path: Path) -> None:
+    """torch's loader held the GIL for each call: the server's event loop, its health probes and every other model
+    waited for as long as a package ran. Python runs in another thread while a call runs."""
+    config = {"max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [-1, 256])]),
+              "output": _tensors([("OUTPUT__0", "TYPE_FP32", [-1, 256])])}  # fmt: skip
+    model = _loaded(aoti.heavy, tmp_path, config)
+    x = np.ones((1024, 256), np.float32)
+    model.infer({"INPUT__0": x})
+    calls = 0
+    for _ in range(5):  # a few calls, so that the other thread sees one running whatever the scheduling
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(model.infer, {"INPUT__0": x})
+            time.sleep(0.002)
+            while not running.done():
+                calls += 1  # Python, in this thread, while the call runs in the other
+                time.sleep(0)
+            running.result()
+    assert calls > 100, calls
