@@ -54,6 +54,10 @@ def test_aoti_packages_answer_as_their_modules_over_http_and_grpc(aoti: Any, tmp
     root = tmp_path / "models"
     _folder(root, "mlp", aoti.mlp, MLP)
     _folder(root, "structured", aoti.structured, STRUCTURED)  # no platform: a model.pt2 alone is a package
+    (root / "exported" / "1").mkdir(parents=True)  # a torch.export program named model.pt2 is served as one
+    torch.export.save(
+        torch.export.export(aoti.mlp_module, (torch.randn(2, 4),)), str(root / "exported" / "1" / "model.pt2")
+    )
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(root), "--grpc-port", str(grpc_port), "--allow-torch-aoti-models"]
     rng = np.random.default_rng(0)
@@ -69,6 +73,13 @@ def test_aoti_packages_answer_as_their_modules_over_http_and_grpc(aoti: Any, tmp
             )
             np.testing.assert_allclose(out.as_numpy("RESULT[sum]"), want["sum"].detach().numpy(), rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(out.as_numpy("RESULT[parts][1]"), want["parts"][1].numpy())
+        x2 = rng.standard_normal((2, 4)).astype(np.float32)
+        exported = http.get_model_metadata("exported")
+        assert exported["platform"] != "torch_aoti", exported
+        out = http.infer("exported", [_input(http, exported["inputs"][0]["name"], x2)]).as_numpy(
+            exported["outputs"][0]["name"]
+        )
+        np.testing.assert_allclose(out, aoti.mlp_module(torch.from_numpy(x2)).detach().numpy(), rtol=1e-5, atol=1e-6)
         # requests batched together each get their own rows (Triton's backend hands each the whole batch's)
         xs = [rng.standard_normal((i % 3 + 1, 4)).astype(np.float32) for i in range(24)]
         sent = [http.async_infer("mlp", [_input(http, "INPUT__0", x)]) for x in xs]  # 8 at once

@@ -631,8 +631,8 @@ def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
 
 def _is_aoti(doc: dict[str, Any], filename: str, latest: Path) -> bool:
     """Whether a folder's model is an AOTInductor package for Triton's PyTorch backend: its config's platform is
-    torch_aoti, or it names neither platform nor backend nor file and its version folder holds a file model.pt2
-    and no model.pt or model.onnx, as Triton's auto-complete finds one (``backend: "pytorch"`` alone is
+    torch_aoti, or it names neither platform nor backend nor file and its version folder holds a model.pt2 that is
+    a package and no model.pt or model.onnx, as Triton's auto-complete finds one (``backend: "pytorch"`` alone is
     TorchScript's, as in Triton)."""
     platform, backend = doc.get("platform"), doc.get("backend")
     if platform == AOTI:
@@ -644,9 +644,11 @@ def _is_aoti(doc: dict[str, Any], filename: str, latest: Path) -> bool:
         return True
     if platform or backend or filename:
         return False
-    return (
-        (latest / "model.pt2").is_file() and not (latest / "model.pt").exists() and not (latest / "model.onnx").exists()
-    )
+    found = latest / "model.pt2"
+    return (  # its zip's index alone: a torch.export program of that name is registered as one
+        found.is_file() and not (latest / "model.pt").exists() and not (latest / "model.onnx").exists()
+        and torch_aoti.is_package_file(found)
+    )  # fmt: skip
 
 
 def _register_aoti(
