@@ -20,7 +20,7 @@ import pytest
 from onnx import numpy_helper
 
 from polystack import convert, samples, zoo
-from polystack.engine import Engine, LoadSpec, spec_for_variant
+from polystack.engine import Engine, LoadSpec, default_spec, spec_for_variant
 from polystack.errors import Conflict
 from polystack.formats import import_model
 from polystack.store import ModelRecord, Store, VariantRecord
@@ -258,6 +258,7 @@ def test_an_aoti_package_is_its_own_one_variant(store: Store, tmp_path: Path, ao
     assert {(r.backend, r.recipe) for r in plan(record)} == {("torch_aoti", "")}
     report = build(store, record)
     assert [(v.backend, v.status) for v in report.variants] == [("torch_aoti", "verified")]
+    assert default_spec(store, record).max_batch_size == 64  # its compiled batch: no config may ask for more
 
 
 def test_a_model_without_samples_gets_synthesized_ones_stored(store: Store, tmp_path: Path) -> None:

@@ -226,6 +226,9 @@ def test_switches_are_read_in_any_case_and_a_loads_files_take_a_module(tmp_path:
         with pytest.raises(InferenceServerException, match=r"file:1/model\.pt is not a TorchScript archive"):
             http.load_model("bad", config=json.dumps(renamed), files={"file:1/model.pt": b"not a module"})
         assert http.is_model_ready("named")
+        http.load_model("named", config=json.dumps({**renamed, "name": "named"}))  # replaces the folder's, whole
+        out = http.infer("named", [_input(http, "input__0", x, "FP32"), _input(http, "input__1", y, "FP32")])
+        np.testing.assert_allclose(out.as_numpy("OUTPUT__0"), want, rtol=1e-6)
 
 
 def test_without_the_flag_a_torchscript_model_is_refused_before_torch_reads_it(tmp_path: Path) -> None:

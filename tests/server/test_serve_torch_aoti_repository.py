@@ -137,8 +137,14 @@ def test_a_loads_files_take_a_package_and_a_library_to_load_is_refused(aoti: Any
         got = http.infer("uploaded", [_input(http, "INPUT__0", x)]).as_numpy("OUTPUT__0")
         np.testing.assert_allclose(got, aoti.mlp_module(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
         assert http.get_model_config("uploaded")["platform"] == "torch_aoti"
-        with pytest.raises(InferenceServerException, match="takes from 1 to 64 rows"):  # compiled for 1..64
+        with pytest.raises(InferenceServerException, match="compiled for at most 64 rows"):
             http.load_model("mlp", config=json.dumps({**config, "platform": "torch_aoti", "max_batch_size": 128}))
+        # a load's config replaces the folder's whole, as in Triton: the package is bound to it again
+        renamed = {**config, "platform": "torch_aoti", "input": [{**config["input"][0], "name": "ARGS[0]"}],
+                   "output": [{**config["output"][0], "name": "RESULT"}]}  # fmt: skip
+        http.load_model("mlp", config=json.dumps(renamed))
+        got = http.infer("mlp", [_input(http, "ARGS[0]", x)]).as_numpy("RESULT")
+        np.testing.assert_allclose(got, aoti.mlp_module(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
         library = {**config, "parameters": {"MODEL_INIT_LIBRARY": {"string_value": "/tmp/init.so"}}}
         with pytest.raises(InferenceServerException, match="parameter MODEL_INIT_LIBRARY names a library"):
             http.load_model("hooked", config=json.dumps(library), files={"file:1/model.pt2": aoti.mlp.read_bytes()})

@@ -1186,7 +1186,7 @@ class DataPlane:
         if config is not None:
             agents, config = model_config.split_field(config, "model_repository_agents")
         try:
-            model, registered = self.repository.read(self.store, name, policy, agents)
+            model, registered = self.repository.read(self.store, name, policy, agents, config)
         except PolystackError:
             if failed is not None:
                 failed.add(name)

@@ -176,12 +176,14 @@ def register_folder(
     agents: Any = FOLDER_AGENTS,
     rules: FolderRules = FolderRules(),
     name: str | None = None,
+    config: str | None = None,
 ) -> RepositoryModel:
     """Register the model of one folder of a repository (the versions ``policy``, else its config's policy,
     picks) and return it, as ``register`` does for each folder; ``name``: the model's name where a repository
-    registered with a mapping maps the folder to it (its config's name then says nothing)."""
+    registered with a mapping maps the folder to it (its config's name then says nothing); ``config``: a load's
+    (``ModelRepository.read``)."""
     try:
-        return _register_model(store, folder, done, policy, agents, rules, name)
+        return _register_model(store, folder, done, policy, agents, rules, name, config)
     except PolystackError as e:
         raise e.prefixed(f"--model-repository {folder.parent}: model {name or folder.name!r}") from None
     except OSError as e:  # a file or folder this process may not read
@@ -394,12 +396,13 @@ class ModelRepository:
         return found, complete
 
     def read(
-        self, store: Store, name: str, policy: Any = None, agents: Any = FOLDER_AGENTS
+        self, store: Store, name: str, policy: Any = None, agents: Any = FOLDER_AGENTS, config: str | None = None
     ) -> tuple[RepositoryModel, list[model_files.Registered]]:
         """Read the model's folder again, registering the versions its policy picks now (or ``policy``, a
         load's ``version_policy``, picks) once the repository agents its config names (or ``agents``, those a
-        load's config names, in its place) passed its files; the model, and what registering did (for
-        ``undo`` if its load fails)."""
+        load's config names, in its place) passed its files; ``config``: a load's, in place of the folder's where
+        the model's file does not say what it takes (``_config_signature``); the model, and what registering did
+        (for ``undo`` if its load fails)."""
         folder = self.unique_folder(name)
         if folder is None:
             raise NotFound(
@@ -408,7 +411,8 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            model = register_folder(store, folder, done, policy, agents, self.rules, name if name in self.mapped else None)
+            mapped = name if name in self.mapped else None
+            model = register_folder(store, folder, done, policy, agents, self.rules, mapped, config)
         except BaseException:
             undo(store, done)
             raise
@@ -439,6 +443,7 @@ def _register_model(
     agents: Any = FOLDER_AGENTS,
     rules: FolderRules = FolderRules(),
     mapped_to: str | None = None,
+    loaded_with: str | None = None,
 ) -> RepositoryModel:
     name = mapped_to or folder.name
     validate_name(name)
@@ -481,6 +486,11 @@ def _register_model(
         written = doc.get("version_policy", doc.get("versionPolicy"))
         ensemble_config = model_config.ConfigFile(text, folder, source, served, written_policy=written)
         return RepositoryModel(name, served, ensemble_config, pipeline, ran)
+    if loaded_with is not None:  # a load's config, whole, in place of the folder's, where it alone gives the signature
+        given = model_config.parse_config(loaded_with)
+        if _config_signature(given, folder / str(served[-1])) or _config_signature(doc, folder / str(served[-1])):
+            doc = {k: v for k, v in given.items() if k not in ("version_policy", "versionPolicy")}
+            text = json.dumps(doc)
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
@@ -627,6 +637,16 @@ def _is_pytorch(doc: dict[str, Any], filename: str, latest: Path) -> bool:
     return filename == "model.pt" or (
         not filename and (latest / "model.pt").is_file() and not (latest / "model.onnx").exists()
     )
+
+
+def _config_signature(doc: dict[str, Any], latest: Path) -> bool:
+    """Whether a folder whose config is ``doc`` holds a model whose file does not say what it takes, so that its
+    config gives the signature it is registered with (Python, TorchScript, AOTInductor)."""
+    filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
+    try:
+        return doc.get("backend") == "python" or _is_aoti(doc, filename, latest) or _is_pytorch(doc, filename, latest)
+    except InvalidRequest:
+        return False  # the registration says what is wrong with the config
 
 
 def _is_aoti(doc: dict[str, Any], filename: str, latest: Path) -> bool:
