@@ -205,6 +205,26 @@ def aoti_package(
         return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
 
 
+def aoti_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 3), seed: int = 0) -> Path:
+    """The MLP compiled by AOTInductor as a model of Triton's PyTorch backend (``formats/torch_aoti.py``): its
+    model.pt2 (a batch of 1..8) and a config that names its tensors by position (INPUT__0, OUTPUT__0), as one zip."""
+    import tempfile
+
+    import torch
+
+    from polystack.formats.torch_aoti import pack
+
+    config = {
+        "name": path.stem.partition(".")[0], "platform": "torch_aoti", "max_batch_size": 8,
+        "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [sizes[0]]}],
+        "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [sizes[-1]]}],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as work:
+        package = aoti_package(Path(work) / "model.pt2", torch_mlp(sizes, seed), (torch.randn(2, sizes[0]),), max_batch=8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pack(package, config, str(config["name"]), path)
+
+
 def sklearn_pipeline_skops(path: Path, n_features: int = 6, n_classes: int = 3, seed: int = 0) -> Path:
     """StandardScaler -> LogisticRegression, saved with ``skops.io.dump``."""
     import skops.io as sio

@@ -80,6 +80,7 @@ def _artifact(backend: str) -> tuple[Callable[[Path], Path], str | None] | None:
         "python": (_python_mlp, None),
         "fil": (lambda d: zoo.fil_xgboost(d / "m.fil.zip"), None),
         "torchscript": (lambda d: zoo.torchscript_mlp(d / "m.torchscript.zip"), None),
+        "torch_aoti": (lambda d: zoo.aoti_mlp(d / "m.torch_aoti.zip"), None),
     }
     return known.get(backend)
 
