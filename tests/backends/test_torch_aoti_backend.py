@@ -66,9 +66,11 @@ def test_answers_that_do_not_fit_the_config_are_refused_in_tritons_words(aoti: A
         aoti.mlp, tmp_path, {**MLP, "max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [-1, 4])])}
     )
     with pytest.raises(
-        InvalidRequest, match=r"has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]"
+        InvalidRequest, match=r"has shape \[65, 4\], but the AOTInductor package was compiled for \[2..64, 4\]"
     ):
         unbatched.infer({"INPUT__0": np.ones((65, 4), np.float32)})  # AOTInductor checks nothing: it would run
+    with pytest.raises(InvalidRequest, match=r"has shape \[1, 4\]"):  # no batch to pad: 2 means 2, as compiled
+        unbatched.infer({"INPUT__0": np.ones((1, 4), np.float32)})
     static = {"max_batch_size": 0, "input": _tensors([("INPUT__0", "TYPE_FP32", [2, 4])]), "output": _tensors([("OUTPUT__0", "TYPE_FP32", [2, 3])])}  # fmt: skip
     assert _loaded(aoti.static, tmp_path, static).infer({"INPUT__0": np.ones((2, 4), np.float32)})[
         "OUTPUT__0"

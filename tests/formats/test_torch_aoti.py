@@ -77,12 +77,12 @@ def test_a_package_is_bound_to_its_config_with_the_shapes_it_was_compiled_for(ao
     _, binding, compiled = unpack(pack(aoti.structured, config, "m", tmp_path / "m.zip"))
     assert binding.inputs == ("ARGS[0]", "ARGS[1][0]", "INPUT__2", "KWARGS[c]")
     assert binding.outputs == (("RESULT[parts][1]", 2), ("OUTPUT__0", 0))
-    assert compiled is not None and [d.shown() for d in compiled.dims[2]] == ["1..64", "2"]
-    shapes = [("ARGS[0]", (1, 4)), ("ARGS[1][0]", (1, 4)), ("INPUT__2", (1, 2)), ("KWARGS[c]", (1, 4))]
-    compiled.check(shapes)  # a batch of 1: torch compiles a check of >= 2 that the kernels do not need
+    assert compiled is not None and [d.shown() for d in compiled.dims[2]] == ["2..64", "2"]
+    shapes = [("ARGS[0]", (2, 4)), ("ARGS[1][0]", (2, 4)), ("INPUT__2", (2, 2)), ("KWARGS[c]", (2, 4))]
+    compiled.check(shapes)  # torch compiles a batch exported with min=1 for 2 and more: the backend pads 1 row
     with pytest.raises(
         InvalidRequest,
-        match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[1..64, 4\]",
+        match=r"input 'ARGS\[0\]' has shape \[65, 4\], but the AOTInductor package was compiled for \[2..64, 4\]",
     ):
         compiled.check([("ARGS[0]", (65, 4)), *shapes[1:]])
 
@@ -148,7 +148,7 @@ def test_inputs_whose_compiled_sizes_are_shared_must_agree(aoti: Any, tmp_path: 
     _, _, compiled = unpack(pack(aoti.pair, config, "m", tmp_path / "m.zip"))
     assert compiled is not None
     compiled.check([("ARGS[0]", (3, 5)), ("ARGS[1]", (3, 5))])
-    for other in ((1, 5), (3, 4)):
+    for other in ((2, 5), (3, 4)):
         with pytest.raises(
             InvalidRequest,
             match=r"input 'ARGS\[1\]' has \d+ at dim \d, but the AOTInductor package was compiled to take \d there, as dim \d of input 'ARGS\[0\]'",
@@ -156,7 +156,7 @@ def test_inputs_whose_compiled_sizes_are_shared_must_agree(aoti: Any, tmp_path: 
             compiled.check([("ARGS[0]", (3, 5)), ("ARGS[1]", other)])  # fmt: skip
 
 
-def _source(checks: int, sizes: dict[str, str]) -> str:
+def _source(checks: int, sizes: dict[str, str], strides: str = "4L, 1L") -> str:
     """Generated C++ as AOTInductor writes it, cut to what ``read_source`` reads."""
     functions = "".join(
         f"static void check_input_{i}(AtenTensorHandle* input_handles) {{\n"
@@ -166,7 +166,7 @@ def _source(checks: int, sizes: dict[str, str]) -> str:
     )
     body = "".join(f"    auto arg{i}_1 = std::move(inputs[{i}]);\n" for i in range(checks))
     asserts = "".join(
-        f'    assert_size_stride(arg{i}_1, {{{s}}}, {{4L, 1L}}, "input");\n' for i, s in enumerate(sizes.values())
+        f'    assert_size_stride(arg{i}_1, {{{s}}}, {{{strides}}}, "input");\n' for i, s in enumerate(sizes.values())
     )
     return functions + "static bool _check_aoti_runtime_check_inputs_env() {}\n" + body + asserts
 
@@ -180,6 +180,8 @@ def test_packages_whose_sizes_cannot_be_checked_are_refused() -> None:
         read_source(_source(1, {"a": "max(s0, 2), 4L"}), 1, "m")
     with pytest.raises(InvalidModelFile, match="sizes an input dim as 2\\*s1, whose symbols no input dim gives alone"):
         read_source(_source(2, {"a": "s0, 4L", "b": "2*s1, 4L"}), 2, "m")
+    with pytest.raises(InvalidModelFile, match=r"laid out with strides .* not one row after another"):
+        read_source(_source(1, {"a": "s0, 4L"}, strides="8L, 2L"), 1, "m")  # from x[:, ::2]: read past
     _, compiled = read_source(_source(2, {"a": "s0, 4L", "b": "2L*s0, 4L"}), 2, "m")
     assert compiled is not None
     compiled.check([("a", (3, 4)), ("b", (6, 4))])
@@ -187,10 +189,13 @@ def test_packages_whose_sizes_cannot_be_checked_are_refused() -> None:
         compiled.check([("a", (3, 4)), ("b", (3, 4))])
 
 
-def test_a_batch_compiled_for_more_than_one_row_is_refused_with_max_batch_size() -> None:
-    """A request may run alone, of 1 row: a batch dim exported with min=3 would refuse it, or not, by timing."""
+def test_a_batch_compiled_for_more_rows_is_taken_and_its_bound_kept() -> None:
+    """A batch exported with min=1 is compiled for 2 and more, as one that needs 2 is: 2 means 2 (a batching model's
+    requests are padded up to it by the backend)."""
     compiled = Compiled((DType.FP32,), ((Dim(low=3, high=64), Dim(size=4)),))
     config = _config([("INPUT__0", "TYPE_FP32", [4])], [("OUTPUT__0", "TYPE_FP32", [3])])
-    with pytest.raises(InvalidModelFile, match="compiled for batches of at least 3 rows"):
-        check_config(compiled, Binding(("INPUT__0",), (("OUTPUT__0", 0),)), config, "m")
-    check_config(Compiled((DType.FP32,), ((Dim(low=2, high=64), Dim(size=4)),)), Binding(("INPUT__0",), (("OUTPUT__0", 0),)), config, "m")  # fmt: skip
+    check_config(compiled, Binding(("INPUT__0",), (("OUTPUT__0", 0),)), config, "m")
+    with pytest.raises(
+        InvalidRequest, match=r"has shape \[2, 4\], but the AOTInductor package was compiled for \[3..64, 4\]"
+    ):
+        compiled.check([("INPUT__0", (2, 4))])

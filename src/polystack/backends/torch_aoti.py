@@ -16,11 +16,12 @@ Thread counts are torch's and process-wide, set as for TorchScript (``backends/t
 
 from __future__ import annotations
 
-import _ctypes
 import ctypes
+import hashlib
 import json
 import logging
 import shutil
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,28 +66,22 @@ class Container:
     container, ``aoti_runtime/interface.h``): ``runners`` models that each run one call at a time, without Python's
     GIL (ctypes lets it go for the call; torch's ``AOTIModelPackageLoader.run`` holds it, which stalled the
     server's event loop for the length of every call). What torch's loader does is done here: the model's files
-    unpacked (into a folder of polystack's own, swept when a killed process left it), its library opened, a
-    container made for the device. A package whose weights are outside its library is refused."""
+    unpacked, its library opened, a container made for the device. A package whose weights are outside its
+    library is refused.
+
+    A library once opened stays mapped until the process ends whatever closes it (glibc cannot unload it: its C++
+    unique symbols), so each is opened once per process, by its bytes' digest, from a folder of polystack's own
+    (swept by a later process once this one has ended), and reloads of a package reuse it."""
 
     def __init__(self, package: Path | IO[bytes], shown: str, device: str = "cpu", runners: int = 1) -> None:
         import torch  # noqa: F401  (the library needs libtorch's: loaded with torch, found by name)
 
-        self._folder, self._owner = temp_folders.make(_FOLDER)
-        self._lib: Any = None
+        self._lib = _library(package, shown)
         self._handle = ctypes.c_void_p()
         try:
-            library = self._unpack(package, shown)
-            try:
-                self._lib = ctypes.CDLL(str(library))
-            except OSError as e:
-                raise InvalidModelFile(
-                    f"the AOTInductor package {shown}'s library does not load here: {_first_line(e)}; compile it with "
-                    "this torch for this machine"
-                ) from None
-            device_str = device.encode() if device != "cpu" else b"cpu"
             self._call(
                 "AOTInductorModelContainerCreateWithDevice",
-                ctypes.byref(self._handle), ctypes.c_size_t(runners), device_str, str(library.parent).encode(),
+                ctypes.byref(self._handle), ctypes.c_size_t(runners), device.encode(), str(self._lib.folder).encode(),
                 what=f"make the AOTInductor package {shown}'s model on {device}",
             )  # fmt: skip
             count = ctypes.c_size_t()
@@ -99,28 +94,6 @@ class Container:
         except BaseException:
             self.close()
             raise
-
-    def _unpack(self, package: Path | IO[bytes], shown: str) -> Path:
-        """The package model's files in this container's folder; its library's path."""
-        try:
-            with zipfile.ZipFile(package) as zf:
-                names = [n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and not n.endswith("/")]
-                libraries = [n for n in names if n.endswith(".so")]
-                apart = [n for n in names if not n.endswith(_LIBRARY_SUFFIXES)]
-                if len(libraries) != 1 or apart:
-                    raise InvalidModelFile(
-                        f"the AOTInductor package {shown} holds "
-                        + (f"{len(libraries)} libraries for its model" if len(libraries) != 1 else f"{apart[0]}")
-                        + ", where polystack serves a package whose model is one library with its weights inside (as "
-                        "aoti_compile_and_package writes it by default); compile it so"
-                    )
-                for name in names:
-                    target = self._folder / Path(name).name
-                    with zf.open(name) as src, target.open("wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                return self._folder / Path(libraries[0]).name
-        except (zipfile.BadZipFile, OSError, KeyError) as e:
-            raise InvalidModelFile(f"the AOTInductor package {shown} cannot be read: {_first_line(e)}") from None
 
     def _call(self, function: str, *args: Any, what: str) -> None:
         code = getattr(self._lib, function)(*args)
@@ -160,13 +133,64 @@ class Container:
         )
 
     def close(self) -> None:
-        lib, self._lib = self._lib, None
-        if lib is not None:
-            if self._handle.value:
-                lib.AOTInductorModelContainerDelete(self._handle)
-                self._handle = ctypes.c_void_p()
-            _ctypes.dlclose(lib._handle)  # as torch's loader closes it: its weights are in it
-        temp_folders.release(self._folder, self._owner)
+        if self._handle.value:
+            self._lib.AOTInductorModelContainerDelete(self._handle)
+            self._handle = ctypes.c_void_p()
+
+
+class _Library(ctypes.CDLL):
+    folder: Path  # the model's files, the library among them (a CUDA package's cubins beside it)
+
+
+_LIBRARIES: dict[str, _Library] = {}  # by the library's digest, each opened once in this process
+_OPENING = threading.Lock()
+_LIBRARY_FOLDERS: Path | None = None  # this process's, held (temp_folders) until it ends
+
+
+def _library(package: Path | IO[bytes], shown: str) -> _Library:
+    """The package model's library, opened in this process (once per library, by its bytes' digest)."""
+    global _LIBRARY_FOLDERS
+    try:
+        with zipfile.ZipFile(package) as zf:
+            names = [n for n in zf.namelist() if f"data/aotinductor/{PACKAGE_MODEL}/" in n and not n.endswith("/")]
+            libraries = [n for n in names if n.endswith(".so")]
+            apart = [n for n in names if not n.endswith(_LIBRARY_SUFFIXES)]
+            if len(libraries) != 1 or apart:
+                raise InvalidModelFile(
+                    f"the AOTInductor package {shown} holds "
+                    + (f"{len(libraries)} libraries for its model" if len(libraries) != 1 else f"{apart[0]}")
+                    + ", where polystack serves a package whose model is one library with its weights inside (as "
+                    "aoti_compile_and_package writes it by default); compile it so"
+                )
+            digest = hashlib.sha256()
+            for name in sorted(names):
+                with zf.open(name) as src:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+            with _OPENING:
+                found = _LIBRARIES.get(digest.hexdigest())
+                if found is not None:
+                    return found
+                if _LIBRARY_FOLDERS is None:
+                    _LIBRARY_FOLDERS, _ = temp_folders.make(_FOLDER)  # its lock held while this process lives
+                folder = _LIBRARY_FOLDERS / digest.hexdigest()[:32]
+                folder.mkdir(exist_ok=True)
+                for name in names:
+                    with zf.open(name) as src, (folder / Path(name).name).open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    library = _Library(str(folder / Path(libraries[0]).name))
+                except OSError as e:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise InvalidModelFile(
+                        f"the AOTInductor package {shown}'s library does not load here: {_first_line(e)}; compile it "
+                        "with this torch for this machine"
+                    ) from None
+                library.folder = folder
+                _LIBRARIES[digest.hexdigest()] = library
+                return library
+    except (zipfile.BadZipFile, OSError, KeyError) as e:
+        raise InvalidModelFile(f"the AOTInductor package {shown} cannot be read: {_first_line(e)}") from None
 
 
 _POINTER = ctypes.pythonapi.PyCapsule_GetPointer
@@ -220,20 +244,31 @@ class TorchAotiModel:
         self._types = {t.name: t.dtype for t in signature.outputs}
         # with a batch dimension (a config's max_batch_size): the outputs that hold a row per row of the inputs
         self._batched = {t.name for t in signature.outputs if t.shape[:1] == (-1,)} if batching else set()
+        # the fewest rows the compiled batch takes: 2 for a batch exported with min=1 (torch.export's 0/1 rule);
+        # a batch of fewer is padded to it with copies of its last row, and answered with its own rows
+        lows = [ds[0].low for ds in (compiled.dims if compiled else ()) if ds and ds[0].low]
+        self._fewest = max(lows) if batching and lows else 1
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        given = {name: inputs[name] for name in self.binding.inputs}
+        rows = len(given[self.binding.inputs[0]]) if self._fewest > 1 or self._batched else None
+        if rows is not None and 0 < rows < self._fewest:  # never a buffer smaller than the kernels read
+            given = {n: np.concatenate([a, np.repeat(a[-1:], self._fewest - rows, 0)]) for n, a in given.items()}
         if self.compiled is not None:
-            self.compiled.check([(name, inputs[name].shape) for name in self.binding.inputs])
-        rows = len(inputs[self.binding.inputs[0]]) if self._batched else None
-        tensors = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self.binding.inputs]
+            self.compiled.check([(name, given[name].shape) for name in self.binding.inputs])
+        tensors = [torch.from_numpy(_writable(given[n])).to(self.device) for n in self.binding.inputs]
         container = self._container
         if container is None:
             raise BackendError("the model was closed; load it again")
         with torch.inference_mode(self.options.inference_mode), torch.no_grad():
             results = container.run(tensors)
-        return {name: self._output(torch, name, results[index], rows) for name, index in self.binding.outputs}
+        padded = len(given[self.binding.inputs[0]]) if rows is not None else None
+        answers = {name: self._output(torch, name, results[index], padded) for name, index in self.binding.outputs}
+        if rows is not None and padded != rows:
+            answers = {n: a[:rows] if n in self._batched else a for n, a in answers.items()}
+        return answers
 
     def _output(self, torch: Any, name: str, value: Any, rows: int | None) -> np.ndarray:
         want = self._types[name]

@@ -40,18 +40,18 @@ class Dim:
     size_of: str | None = None
 
     def holds(self, n: int) -> bool:
+        """Whether the compiled code takes a size of ``n`` here. A dynamic dim exported with ``min=1`` is compiled
+        with a check of ``>= 2`` (torch.export treats sizes 0 and 1 apart), as is one that needs two (``x[1]``);
+        the source cannot tell them apart, so 2 means 2 (a batching model's batch is padded up to it instead:
+        ``backends/torch_aoti.py``)."""
         if self.size is not None:
             return n == self.size
-        # torch.export treats sizes 0 and 1 apart, so a dynamic dim exported with min=1 is compiled with a check
-        # of >= 2; the kernels run a size of 1 (Triton's backend, which checks nothing, serves it), so 2 reads 1
-        low = 1 if self.low == 2 else self.low
-        return (low is None or n >= low) and (self.high is None or n <= self.high)
+        return (self.low is None or n >= self.low) and (self.high is None or n <= self.high)
 
     def shown(self) -> str:
         if self.size is not None:
             return str(self.size)
-        low = 1 if self.low == 2 else self.low
-        return f"{low if low is not None else 0}..{self.high if self.high is not None else 'any'}"
+        return f"{self.low if self.low is not None else 0}..{self.high if self.high is not None else 'any'}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ _RANK = re.compile(r"\w+_(?:size|stride)\[(\d+)\]")
 _SPEC = re.compile(r'\b(in|out)_spec_ = R"\((.*?)\)";', re.S)
 _CHECKS_END = "static bool _check_aoti_runtime_check_inputs_env"
 _MOVED = re.compile(r"auto (\w+) = std::move\(inputs\[(\d+)\]\);")  # run_impl: each input's local name
-_ASSERT = re.compile(r'assert_size_stride\((\w+), \{([^}]*)\}, \{[^}]*\}, "input"\)')  # its sizes, symbolic
+_ASSERT = re.compile(r'assert_size_stride\((\w+), \{([^}]*)\}, \{([^}]*)\}, "input"\)')  # sizes, strides
 _INT_SUFFIX = re.compile(r"\b(\d+)L\b")
 
 
@@ -184,7 +184,8 @@ def read_source(source: str, leaves: int, model: str) -> tuple[tuple[str, str] |
     if sorted(bodies) != list(range(leaves)):
         return spec, None
     names = {int(i): n for n, i in _MOVED.findall(source)}
-    sizes = {n: [_INT_SUFFIX.sub(r"\1", e) for e in _top_level(given)] for n, given in _ASSERT.findall(source)}
+    sizes = {n: [_INT_SUFFIX.sub(r"\1", e) for e in _top_level(given)] for n, given, _ in _ASSERT.findall(source)}
+    strides = {n: [_INT_SUFFIX.sub(r"\1", e) for e in _top_level(laid)] for n, _, laid in _ASSERT.findall(source)}
     dtypes: list[DType | None] = []
     dims: list[tuple[Dim, ...] | None] = []
     for index in range(leaves):
@@ -192,6 +193,17 @@ def read_source(source: str, leaves: int, model: str) -> tuple[tuple[str, str] |
         found = _DTYPE.search(body)
         dtypes.append(_AOTI_DTYPES.get(found.group(1)) if found else None)
         symbolic = sizes.get(names.get(index, ""))
+        laid = strides.get(names.get(index, ""), [])
+        if (
+            symbolic is not None
+            and all(map(_checkable, symbolic))
+            and not (all(map(_checkable, laid)) and _contiguous(symbolic, laid))
+        ):  # (sizes it cannot read are refused below, in their own words)
+            raise InvalidModelFile(
+                f"the AOTInductor package of model {model!r} was compiled for its input {index} laid out with strides "
+                f"{strides[names[index]]} for sizes {symbolic}, not one row after another; polystack hands it contiguous "
+                "tensors, which its kernels would read past: export it from contiguous example inputs"
+            )
         ranked = [int(i) for i in _RANK.findall(body)]
         rank = len(symbolic) if symbolic is not None else max(ranked) + 1 if ranked else 0
         if not ranked and symbolic is None:
@@ -231,6 +243,25 @@ def read_source(source: str, leaves: int, model: str) -> tuple[tuple[str, str] |
             "(AOTInductor checks none); compile it with this torch"
         )
     return spec, Compiled(tuple(dtypes), tuple(dims))
+
+
+def _contiguous(sizes: list[str], strides: list[str]) -> bool:
+    """Whether strides compiled for ``sizes`` (integers or expressions of symbols) are a contiguous tensor's, for
+    sizes of 2 and more in place of the symbols (distinct primes, so that unrelated ones do not agree by chance)."""
+    symbols = sorted({symbol for size in (*sizes, *strides) for symbol in _SYMBOLS.findall(size)})
+    primes = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
+    if len(strides) != len(sizes) or len(symbols) > len(primes):
+        return False
+    values = dict(zip(symbols, primes, strict=False))
+    given = [_evaluate(e, values) for e in sizes]
+    laid = [_evaluate(e, values) for e in strides]
+    if any(v is None for v in (*given, *laid)):
+        return False
+    expected, step = [], 1
+    for size in reversed(given):
+        expected.append(step)
+        step *= int(size or 0)
+    return laid == expected[::-1]
 
 
 def _top_level(text: str) -> list[str]:

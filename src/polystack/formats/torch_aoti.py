@@ -253,12 +253,6 @@ def check_config(compiled: Compiled, binding: Binding, config: dict[str, Any], m
                 + f", but model {model!r} was compiled for [{', '.join(d.shown() for d in dims)}]: give the config "
                 "those dims, or export the model with torch.export.Dim where the config has -1"
             )
-        if batch and dims[0].low is not None and dims[0].low > 2:  # 2: torch's 0/1 rule (Dim.holds)
-            raise InvalidModelFile(
-                f"model {model!r} was compiled for batches of at least {dims[0].low} rows of input {name!r}, but with "
-                "max_batch_size > 0 a request may run alone, of 1 row; export it with torch.export.Dim(min=1), or "
-                "set max_batch_size 0"
-            )
         if batch and dims[0].high is not None and batch > dims[0].high:
             raise InvalidModelFile(
                 f"the config's max_batch_size is {batch}, but model {model!r} was compiled for at most "
