@@ -16,6 +16,7 @@ Thread counts are torch's and process-wide, set as for TorchScript (``backends/t
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import json
@@ -71,7 +72,7 @@ class Container:
 
     A library once opened stays mapped until the process ends whatever closes it (glibc cannot unload it: its C++
     unique symbols), so each is opened once per process, by its bytes' digest, from a folder of polystack's own
-    (swept by a later process once this one has ended), and reloads of a package reuse it."""
+    (removed as the process exits, or by a later process where it was killed), and reloads of a package reuse it."""
 
     def __init__(self, package: Path | IO[bytes], shown: str, device: str = "cpu", runners: int = 1) -> None:
         import torch  # noqa: F401  (the library needs libtorch's: loaded with torch, found by name)
@@ -171,8 +172,9 @@ def _library(package: Path | IO[bytes], shown: str) -> _Library:
                 found = _LIBRARIES.get(digest.hexdigest())
                 if found is not None:
                     return found
-                if _LIBRARY_FOLDERS is None:
-                    _LIBRARY_FOLDERS, _ = temp_folders.make(_FOLDER)  # its lock held while this process lives
+                if _LIBRARY_FOLDERS is None:  # its lock held while this process lives; removed as it exits
+                    _LIBRARY_FOLDERS, owner = temp_folders.make(_FOLDER)
+                    atexit.register(temp_folders.release, _LIBRARY_FOLDERS, owner)
                 folder = _LIBRARY_FOLDERS / digest.hexdigest()[:32]
                 folder.mkdir(exist_ok=True)
                 for name in names:
