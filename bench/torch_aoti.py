@@ -17,10 +17,7 @@ Results go to bench/results/torch_aoti.json and a table into BENCHMARKS.md (betw
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -31,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving  # the benchmarks' result files and BENCHMARKS.md sections
 import specialization  # its models
+import torchscript  # its in-process runner and timing
 from torchscript import ms_per_call
 
 RESULTS = serving.ROOT / "bench" / "results" / "torch_aoti.json"
@@ -135,31 +133,7 @@ def bench_model(name: str, store: Any, work: Path, duration: float, repeats: int
 
 
 def main() -> int:
-    from polystack.store import Store
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    duration = 0.2 if args.quick else 1.0
-    load_start = round(os.getloadavg()[0], 2)
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="polystack-bench-torch-aoti-") as folder:
-        work = Path(folder)
-        store = Store.at(work / "home")
-        try:
-            for name in ("mlp", "cnn"):
-                rows += bench_model(name, store, work, duration, args.repeats)
-        finally:
-            store.close()
-    result = {
-        "benchmark": "torch_aoti",
-        "command": " ".join(["python", "bench/torch_aoti.py", *sys.argv[1:]]),
-        "rows": rows,
-        **serving.run_facts(load_start),
-    }
-    serving.save(RESULTS, result, write_markdown)
-    return 0
+    return torchscript.run("torch_aoti", __doc__ or "", RESULTS, bench_model, write_markdown)
 
 
 def write_markdown(result: dict[str, Any]) -> None:

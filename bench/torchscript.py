@@ -114,16 +114,22 @@ def bench_model(name: str, store: Any, work: Path, duration: float, repeats: int
 
 
 def main() -> int:
+    return run("torchscript", __doc__ or "", RESULTS, bench_model, write_markdown)
+
+
+def run(benchmark: str, doc: str, results: Path, bench_model: Any, write_markdown: Any) -> int:
+    """An in-process benchmark of the MLP and the CNN (``bench_model`` each, in one store), its result saved to
+    ``results`` and its table written by ``write_markdown``; bench/torch_aoti.py runs the same way."""
     from polystack.store import Store
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     duration = 0.2 if args.quick else 1.0
     load_start = round(os.getloadavg()[0], 2)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="polystack-bench-torchscript-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"polystack-bench-{benchmark}-") as folder:
         work = Path(folder)
         store = Store.at(work / "home")
         try:
@@ -132,12 +138,12 @@ def main() -> int:
         finally:
             store.close()
     result = {
-        "benchmark": "torchscript",
-        "command": " ".join(["python", "bench/torchscript.py", *sys.argv[1:]]),
+        "benchmark": benchmark,
+        "command": " ".join(["python", f"bench/{benchmark}.py", *sys.argv[1:]]),
         "rows": rows,
         **serving.run_facts(load_start),
     }
-    serving.save(RESULTS, result, write_markdown)
+    serving.save(results, result, write_markdown)
     return 0
 
 

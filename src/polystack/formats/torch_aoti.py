@@ -206,7 +206,7 @@ def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Bin
         )
     order: list[str | None] = [None] * len(ins)
     for t in sig.inputs:
-        index = next((i for i, names in enumerate(ins) if t.name in names), None)
+        index = _leaf(ins, t.name)
         if index is None:
             raise InvalidModelFile(
                 f'Input "{t.name}" for model "{model}" is not found in model input map: name it '
@@ -219,7 +219,7 @@ def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Bin
         order[index] = t.name
     outputs = []
     for t in sig.outputs:
-        index = next((i for i, names in enumerate(outs) if t.name in names), None)
+        index = _leaf(outs, t.name)
         if index is None:
             raise InvalidModelFile(
                 f'Output "{t.name}" for model "{model}" is not found in model output map: name it '
@@ -227,6 +227,11 @@ def bind(in_spec: str, out_spec: str, config: dict[str, Any], model: str) -> Bin
             )
         outputs.append((t.name, index))
     return Binding(tuple(str(n) for n in order), tuple(outputs))
+
+
+def _leaf(leaves: list[list[str]], name: str) -> int | None:
+    """The index of the leaf ``name`` is one of the names of (``call_names``), or None."""
+    return next((i for i, names in enumerate(leaves) if name in names), None)
 
 
 def check_config(compiled: Compiled, binding: Binding, config: dict[str, Any], model: str) -> None:

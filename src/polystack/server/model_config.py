@@ -610,12 +610,11 @@ def triton_format(text: str | None) -> str:
     try:
         config = parse_config(text)
         platform = read_string(config, "platform", "config")
-        named = read_string(config, "backend", "config") or platform
+        backend = read_string(config, "backend", "config")
     except InvalidRequest:
         return ""  # ``read`` says what is wrong with it
-    if platform == "torch_aoti":  # its backend, pytorch, is TorchScript's too: the platform tells them apart
-        return "torch_aoti"
-    return _DEFAULT_RUNTIME.get(named, "")
+    # the platform first: it names the file (a backend, pytorch, runs TorchScript's and AOTInductor's)
+    return _DEFAULT_RUNTIME.get(platform) or _DEFAULT_RUNTIME.get(backend, "")
 
 
 def runtime_of(text: str | None) -> str:
