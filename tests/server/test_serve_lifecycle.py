@@ -741,6 +741,68 @@ def test_a_large_answer_in_flight_at_sigterm_arrives_whole(
             st.stop()
 
 
+@pytest.mark.parametrize("expect", [False, True])
+def test_a_request_still_arriving_at_sigterm_is_read_whole_and_answered(
+    model_store: tuple[Store, dict[str, ModelRecord]], expect: bool
+) -> None:
+    # helper-151's r28 (reread): the drain closed a connection whose request was still arriving as soon as no
+    # request was running, and the client lost it with "incomplete response"
+    store, _ = model_store
+    st = start(store, models=["two"], grpc_port=None, drain_timeout_s=10.0)
+    x = np.random.default_rng(2).standard_normal((1 << 16, 4)).astype(np.float32)  # 1 MiB
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "parameters": {"binary_data_size": x.nbytes}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    request = (
+        b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n%s"
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n"
+        % (b"Expect: 100-continue\r\n" if expect else b"", len(head), len(head) + x.nbytes)
+    )
+    body = head + x.tobytes()
+    stopper = threading.Thread(target=st.stop)
+    try:
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=15) as sock:
+            if expect:  # the client waits for the interim answer, then the drain begins before its body is sent
+                sock.sendall(request)
+                assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+                sock.sendall(body[:1000])
+            else:
+                sock.sendall(request + body[: len(body) // 2])
+            time.sleep(0.05)
+            stopper.start()
+            assert until(lambda: not st.server.plane.ready(), 5)
+            time.sleep(0.3)  # the drain has nothing running: it would close this connection now
+            sock.sendall(body[1000:] if expect else body[len(body) // 2 :])
+            conn = http.client.HTTPResponse(sock)
+            conn.begin()
+            answer = conn.read()
+        assert conn.status == 200 and conn.getheader("connection") == "close"
+        header = int(conn.getheader("inference-header-content-length"))
+        outputs = np.frombuffer(answer[header:], np.float32).reshape(2, *x.shape)
+        np.testing.assert_array_equal(outputs[0], x)
+        np.testing.assert_array_equal(outputs[1], -x)
+        stopper.join(15)
+        assert st.server.drained
+    finally:
+        if stopper.ident is None:
+            st.stop()
+
+
+def test_a_client_stalled_mid_request_holds_the_drain_no_longer_than_its_timeout(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["two"], grpc_port=None, drain_timeout_s=1.0)
+    with socket.create_connection(("127.0.0.1", st.http_port), timeout=15) as sock:
+        sock.sendall(b"POST /v2/models/two/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        time.sleep(0.05)
+        began = time.monotonic()
+        st.stop()
+        assert time.monotonic() - began < 5 and st.server.drained is False
+        assert sock.recv(100) == b""  # closed, with no answer: its request never arrived
+
+
 def test_a_load_in_progress_at_sigterm_is_answered_within_the_drain(
     model_store: tuple[Store, dict[str, ModelRecord]],
 ) -> None:

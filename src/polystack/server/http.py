@@ -243,8 +243,11 @@ class HttpApp:
         self.codec_pool.shutdown(wait=True)
 
     async def wait_answered(self, timeout_s: float) -> bool:
-        """Until no connection is answering a request or holding unsent bytes of an answer (a drain)."""
-        return await self._wait(timeout_s, lambda: not any(c.busy or c.unsent() for c in self.connections))
+        """Until no connection is receiving a request, answering one or holding unsent bytes of an answer (a
+        drain): a request still arriving as the drain begins is read whole and answered, not cut off."""
+        return await self._wait(
+            timeout_s, lambda: not any(c.busy or c.receiving or c.unsent() for c in self.connections)
+        )
 
     async def wait_closed(self, timeout_s: float) -> bool:
         """Until every connection being closed has handed its last bytes to the kernel, which still sends
@@ -1049,6 +1052,11 @@ class HttpProtocol(asyncio.Protocol):
         """A request of this connection is being answered or waits its turn."""
         return self._busy or bool(self._queue)
 
+    @property
+    def receiving(self) -> bool:
+        """A request has begun to arrive and is not whole yet (one being refused is only read and dropped)."""
+        return self._receiving_since is not None and not self._refused
+
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
         while data and not self._refused:  # a loop, not recursion: one read may hold many Upgrade requests
@@ -1422,5 +1430,5 @@ class HttpProtocol(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def close_if_idle(self) -> None:
-        if self.transport is not None and not self._busy and not self._queue:
+        if self.transport is not None and not self.busy and not self.receiving:
             self.transport.close()
