@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,22 @@ def test_an_instance_runs_one_call_at_a_time(tmp_path: Path) -> None:
     model.close()
     with pytest.raises(Unavailable, match="unloaded"):
         model.infer({"INPUT__0": X})
+
+
+class _AddsInPlace(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.add_(1.0)
+        return x * 2
+
+
+def test_a_module_writing_into_its_input_leaves_a_read_only_request_as_it_came(tmp_path: Path) -> None:
+    # a request's binary data (bytes) and a client's shared memory reach the runtime read-only: the module wrote
+    # into them (a Python bytes object changed under its owner), and torch warned on stderr that it would
+    model = _loaded(tmp_path, _AddsInPlace(), _config([("OUTPUT__0", "TYPE_FP32", [3])]))
+    data = X.tobytes()
+    x = np.frombuffer(data, np.float32).reshape(X.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "The given NumPy array is not writable"
+        out = model.infer({"INPUT__0": x})
+    assert data == X.tobytes()
+    np.testing.assert_array_equal(out["OUTPUT__0"], (X + 1) * 2)

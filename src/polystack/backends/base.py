@@ -30,6 +30,14 @@ Apart = tuple[Mapping[str, np.ndarray], Sequence[str] | None, RequestFacts]
 log = logging.getLogger("polystack.backends")
 
 
+def writable(array: np.ndarray) -> np.ndarray:
+    """``array`` as a runtime that may write into its inputs takes it: itself where it is writable, else a copy.
+    A request's binary data (a Python ``bytes``) and a client's shared memory reach the runtimes read-only; a
+    model that changes its input in place (``x.add_(1)``, a Python model's numpy code) would otherwise change
+    them under their owners."""
+    return array if array.flags.writeable else array.copy()
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 from polystack import temp_folders
 from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
-from polystack.backends.base import Apart, Backend, LoadedModel
+from polystack.backends.base import Apart, Backend, LoadedModel, writable
 from polystack.errors import (
     AlreadyExists,
     BackendError,
@@ -193,7 +193,7 @@ class PythonModel:
         gathered: list[_Gathered | None] = []
         for inputs, outputs, facts in requests:
             names = list(outputs or ()) or [t.name for t in self.signature.outputs]  # those it asks for, else all
-            tensors = [pb_utils.Tensor(name, _writable(array)) for name, array in inputs.items()]
+            tensors = [pb_utils.Tensor(name, writable(array)) for name, array in inputs.items()]
             # where its responses go: the server's stream of a decoupled model's request, else gathered here
             own = None if self.decoupled and facts.responses is not None else _Gathered()
             sink = own or facts.responses
@@ -519,11 +519,6 @@ def _numbers(value: Any, key: str = "") -> Any:
 
 
 _NUMERIC = {"dims", "max_batch_size", "count", "shape", "preferred_batch_size", "max_queue_delay_microseconds", "gpus"}
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """An input the model may change in place, as Triton's stub hands it (a request's binary data is read-only)."""
-    return array if array.flags.writeable else array.copy()
 
 
 class PythonOptions(BaseModel):

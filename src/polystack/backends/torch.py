@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from polystack.backends.base import Backend, LoadedModel
+from polystack.backends.base import Backend, LoadedModel, writable
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, PolystackError
 from polystack.types import DType, Signature
 
@@ -122,6 +122,7 @@ class TorchBackend(Backend):
 
 def _to_torch(torch: Any, array: np.ndarray) -> Any:
     """``array`` as a tensor; bfloat16 (ml_dtypes', which torch.from_numpy does not know) through its bits."""
+    array = writable(array)  # a program may write into its inputs
     if array.dtype == DType.BF16.numpy:
         return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(array)

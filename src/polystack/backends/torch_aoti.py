@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack import temp_folders
-from polystack.backends.base import Backend, LoadedModel
+from polystack.backends.base import Backend, LoadedModel, writable
 from polystack.backends.torchscript import set_threads
 from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, RuntimeRefused
 from polystack.formats.aoti_source import PACKAGE_MODEL, Compiled
@@ -260,7 +260,9 @@ class TorchAotiModel:
             given = {n: np.concatenate([a, np.repeat(a[-1:], self._fewest - rows, 0)]) for n, a in given.items()}
         if self.compiled is not None:
             self.compiled.check([(name, given[name].shape) for name in self.binding.inputs])
-        tensors = [torch.from_numpy(_writable(given[n])).to(self.device) for n in self.binding.inputs]
+        tensors = [
+            torch.from_numpy(writable(np.ascontiguousarray(given[n]))).to(self.device) for n in self.binding.inputs
+        ]
         container = self._container
         if container is None:
             raise BackendError("the model was closed; load it again")
@@ -298,13 +300,6 @@ class TorchAotiModel:
         container, self._container = self._container, None
         if container is not None:
             container.close()
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """``array`` as the package may take it: C-contiguous, and a copy where it is read-only (a request's bytes, a
-    client's shared memory), since a compiled model may write into its inputs."""
-    array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()
 
 
 class TorchAotiBackend(Backend):

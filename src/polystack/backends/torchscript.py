@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from polystack.backends.base import Backend, LoadedModel
+from polystack.backends.base import Backend, LoadedModel, writable
 from polystack.errors import (
     BackendError,
     BackendUnavailable,
@@ -146,7 +146,7 @@ class TorchScriptModel:
                 raise InvalidRequest(
                     f"input {name!r} holds bytes that are not UTF-8 text; the model takes it as a List[str]: send text"
                 ) from None
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return torch.from_numpy(writable(np.ascontiguousarray(array))).to(self.device)  # it may write into it
 
     def _outputs(self, torch: Any, result: Any, rows: int | None) -> dict[str, np.ndarray]:
         if isinstance(result, dict):
