@@ -127,6 +127,11 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
         (lambda r: _model(r, "m", file="model.pt"), "start the server with --allow-torchscript-models"),
         (lambda r: _model(r, "m", file="model.plan"), "model.plan (TensorRT), which polystack does not serve"),
+        # a Python model whose config asks for another runtime: it is served, as the config is told to say
+        (
+            lambda r: _model(r, "m", config='platform: "onnxruntime_onnx"', file="model.py"),
+            "holds model.py, a model for Triton's Python backend; to serve that, leave platform and backend out",
+        ),
         (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
         # whatever file the config names, and with an ONNX Runtime platform beside another backend (were served)
@@ -169,7 +174,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
     ],
     ids=[
-        "not-a-folder", "no-version", "torchscript-unasked", "tensorrt", "ensemble", "other-platform", "other-platform-file",
+        "not-a-folder", "no-version", "torchscript-unasked", "tensorrt", "python-other-platform", "ensemble", "other-platform",
+        "other-platform-file",
         "other-backend", "torchscript-mixed", "platform-list", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",
         "file-outside",

@@ -149,6 +149,9 @@ def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: P
         python = json.dumps({**config, "backend": "python"})
         with pytest.raises(InferenceServerException, match=r"model 'evil' is a Python model.*--allow-python-models"):
             client.load_model("evil", config=python, files={"file:1/model.py": (repo / "scale" / "1" / "model.py").read_bytes()})
+        with pytest.raises(InferenceServerException, match=r"model 'evil' is a Python model.*--allow-python-models"):
+            # a config naming no backend: its model.py makes it one, as Triton's auto-complete finds it
+            client.load_model("evil", config=json.dumps(config), files={"file:1/model.py": b"raise SystemExit"})
 
 
 APART = '''
@@ -358,6 +361,36 @@ def test_a_python_models_auto_complete_config_completes_its_config_or_is_its_con
         with pytest.raises(InferenceServerException) as caught:  # the folder's config and the model disagree
             client.load_model("clash")
         assert "configuration expects datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32" in str(caught.value)
+
+
+def test_a_model_py_whose_config_names_no_backend_is_a_python_model_as_tritons_auto_complete_finds(
+    tmp_path: Path,
+) -> None:
+    # helper-152: Triton's model-control examples load such a model with a config of max_batch_size alone, and a
+    # folder's config without backend was taken for an ONNX model's ("holds model.py, which polystack does not serve")
+    repo = tmp_path / "models"
+    (repo / "simple" / "1").mkdir(parents=True)
+    (repo / "simple" / "1" / "model.py").write_text(AUTO)
+    (repo / "simple" / "config.pbtxt").write_text('name: "simple"\nmax_batch_size: 4\n')
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "simple"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = client.get_model_config("simple")
+        assert config["backend"] == "python" and [t["name"] for t in config["input"]] == ["INPUT0", "INPUT1"]
+        client.load_model("simple", config=json.dumps({"max_batch_size": 4, "parameters": {"k": {"string_value": "v"}}}))
+        config = client.get_model_config("simple")
+        assert config["backend"] == "python" and config["parameters"]["k"]["string_value"] == "v"
+        inputs = []
+        for name in ("INPUT0", "INPUT1"):
+            i = httpclient.InferInput(name, [1, 4], "FP32")
+            i.set_data_from_numpy(np.ones((1, 4), np.float32))
+            inputs.append(i)
+        np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), np.full((1, 4), 2, np.float32))
+        client.load_model("given", config=json.dumps({"max_batch_size": 4}), files={"file:1/model.py": AUTO.encode()})
+        assert client.get_model_config("given")["backend"] == "python"
+        np.testing.assert_array_equal(client.infer("given", inputs).as_numpy("OUTPUT0"), np.full((1, 4), 2, np.float32))
 
 
 LINGERING = '''

@@ -331,13 +331,17 @@ def _python_refused(name: str) -> InvalidRequest:
     )
 
 
-def _asks_python(config: str) -> bool:
-    """Whether a load's config (JSON, not yet read: that comes with its files) asks for Triton's Python backend."""
+def _asks_python(config: str, parameters: Mapping[str, Any]) -> bool:
+    """Whether a load's config (JSON, not yet read: that comes with its files) and files are a model for Triton's
+    Python backend (``model_repository.is_python``)."""
     try:
         doc = json.loads(config)
     except ValueError:
         return False
-    return isinstance(doc, dict) and doc.get("backend") == "python"
+    if not isinstance(doc, dict):
+        return False
+    names = model_files.version_paths(parameters)
+    return model_repository.is_python(doc, names.__contains__)
 
 
 def _is_torchscript(files: model_files.ModelFiles | model_files.Folder, config: str) -> bool:
@@ -2745,7 +2749,7 @@ class DataPlane:
         if model_files.given(parameters):
             assert config is not None  # repository_load refused files without their config, in Triton's words
             try:
-                python = _asks_python(config)
+                python = _asks_python(config, parameters)
                 files: model_files.ModelFiles | model_files.Folder = (
                     model_files.read_folder(parameters) if python else model_files.read(parameters)
                 )

@@ -207,6 +207,11 @@ def _files(parameters: Mapping[str, Any]) -> Iterator[tuple[str, str, bytes]]:
         yield key, key[len(PREFIX) :], value
 
 
+def version_paths(parameters: Mapping[str, Any]) -> set[str]:
+    """The paths a load's files have in their version directory (``file:1/model.py``: ``model.py``)."""
+    return {path.partition("/")[2] for _, path, _ in _files(parameters) if "/" in path}
+
+
 def _plain(name: str) -> bool:
     """A file name of its own: not empty, no directory parts, nothing a file system reads specially."""
     return bool(name) and name not in (".", "..") and "\\" not in name and name.isprintable() and len(name) <= 255

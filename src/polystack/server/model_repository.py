@@ -495,9 +495,8 @@ def _register_model(
     if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
         raise InvalidRequest(f"default_model_filename {quote(filename)} must name a file in the version folder")
     latest = folder / str(served[-1])
-    others = {"model.onnx", "model.xml", "model.pt", "model.pt2", *_OTHER_FILES} - {"model.py"}  # another model's file beside it: that one
-    if text is None and (latest / (filename or "model.py")).is_file() and not any((latest / f).exists() for f in others):
-        doc = {"backend": "python"}  # a model.py without a config: a Python model, as Triton's auto-complete finds it
+    if _is_python(doc, latest):
+        doc = {**doc, "backend": "python"}
     if doc.get("backend") == "python":
         return _register_python(store, folder, name, doc, served, filename or "model.py", done, rules, shown, ran)
     if doc.get("backend") == "fil":
@@ -644,9 +643,28 @@ def _config_signature(doc: dict[str, Any], latest: Path) -> bool:
     config gives the signature it is registered with (Python, TorchScript, AOTInductor)."""
     filename = str(doc.get("default_model_filename") or doc.get("defaultModelFilename") or "")
     try:
-        return doc.get("backend") == "python" or _is_aoti(doc, filename, latest) or _is_pytorch(doc, filename, latest)
+        return _is_python(doc, latest) or _is_aoti(doc, filename, latest) or _is_pytorch(doc, filename, latest)
     except InvalidRequest:
         return False  # the registration says what is wrong with the config
+
+
+def _is_python(doc: dict[str, Any], latest: Path) -> bool:
+    """Whether a folder's model is a Python model (``is_python``), its latest version folder being ``latest``."""
+    return is_python(doc, lambda f: (latest / f).is_file() if f.endswith(".py") else (latest / f).exists())
+
+
+def is_python(doc: dict[str, Any], holds: Callable[[str], bool]) -> bool:
+    """Whether a model is a Python model: its config says ``backend: "python"``, or it names neither platform nor
+    backend (or there is none) and its version folder holds its file (model.py, or the .py file it names) and no
+    other model's file, as Triton's auto-complete finds the Python backend. ``holds``: whether the version folder
+    holds a file of that name (a repository's folder, or a load's files)."""
+    if doc.get("backend") == "python":
+        return True
+    filename = doc.get("default_model_filename") or doc.get("defaultModelFilename") or "model.py"
+    if doc.get("platform") or doc.get("backend") or not isinstance(filename, str) or not filename.endswith(".py"):
+        return False
+    others = {"model.onnx", "model.xml", "model.pt", "model.pt2", *_OTHER_FILES} - {"model.py"}  # another model's
+    return holds(filename) and not any(holds(f) for f in others)
 
 
 def _is_aoti(doc: dict[str, Any], filename: str, latest: Path) -> bool:
@@ -910,7 +928,12 @@ def _guess(version_dir: Path) -> str:
 
 
 def _missing(path: Path) -> str:
-    other = [f"{n} ({what})" for n, what in _OTHER_FILES.items() if (path.parent / n).exists()]
+    other = [f"{n} ({what})" for n, what in _OTHER_FILES.items() if (path.parent / n).exists() and n != "model.py"]
+    if not other and (path.parent / "model.py").is_file():  # served, as a Python model: the config named another
+        return (
+            f"{path} is not there, and {path.parent} holds model.py, a model for Triton's Python backend; to serve "
+            f"that, leave platform and backend out of {CONFIG} or set backend: \"python\""
+        )
     if other:
         return (
             f"{path.parent} holds {', '.join(other)}, which polystack does not serve; export the model to ONNX "
