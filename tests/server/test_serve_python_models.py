@@ -667,3 +667,37 @@ output [
         result = client.infer("shapes", [i])
         np.testing.assert_array_equal(result.as_numpy("y"), [[2.0], [4.0]])
         assert result.as_numpy("shape").tolist() == [[2], [2]]  # execute saw x as [2], not [2, 1]
+
+
+KIND = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kind = args["model_instance_kind"]
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("kind", np.array([self.kind.encode()], dtype=np.object_))])
+                for r in requests]
+'''
+
+
+def test_a_python_model_placing_itself_kind_model_serves_as_triton_serves_it(tmp_path: Path) -> None:
+    # helper-153: Triton's own generate test model (mock_llm) asks for KIND_MODEL, and polystack exited 2 at start
+    repo = tmp_path / "models"
+    python_folder(repo, "placed", KIND,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "kind", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        'instance_group [ { count: 2, kind: KIND_MODEL } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        [group] = client.get_model_config("placed")["instance_group"]
+        assert (group["kind"], group["count"], group["name"]) == ("KIND_MODEL", 2, "placed_0")
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        assert client.infer("placed", [x]).as_numpy("kind").tolist() == [b"MODEL"]  # Triton's args say so

@@ -70,8 +70,9 @@ class _Instance:
     """One instance of a Python model: its own import of ``model.py`` and its own ``TritonPythonModel``, as each of
     Triton's instances is a stub process of its own; an ``async def execute`` runs on its own event loop."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str = "CPU") -> None:
         self.name = name  # Triton's instance name: the model's in its words for a failed execute
+        self.kind = kind  # Triton's: CPU, or MODEL where its group places itself (KIND_MODEL)
         self.module: ModuleType | None = None
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
@@ -104,8 +105,8 @@ class PythonModel:
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
             self._closing = False  # the server stops serving it: no request waits for its sender any more
-            for name in _instance_names(given, self.name):
-                instance = _Instance(name)
+            for name, kind in _instance_names(given, self.name):
+                instance = _Instance(name, kind)
                 self._instances.append(instance)
                 self._start(instance, manifest)
                 self._idle.put(instance)
@@ -125,7 +126,7 @@ class PythonModel:
         if initialize is not None:
             args = {
                 "model_config": json.dumps(self.config),
-                "model_instance_kind": "CPU",
+                "model_instance_kind": instance.kind,
                 "model_instance_name": instance.name,
                 "model_instance_device_id": "0",
                 "model_repository": str(self._folder),
@@ -466,16 +467,18 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
     loop.close()
 
 
-def _instance_names(config: dict[str, Any], model: str) -> list[str]:
+def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str]]:
     """Triton's names of the instances the config's ``instance_group`` asks for (``<group>_<i>``; a group without
-    a name is ``<model>_<g>``; without groups, one: ``<model>_0``). Each ``KIND_GPU`` group's count is per GPU."""
+    a name is ``<model>_<g>``; without groups, one: ``<model>_0``), each with its kind as Triton hands it (``CPU``;
+    ``MODEL`` for a group of ``KIND_MODEL``). Each ``KIND_GPU`` group's count is per GPU."""
     groups = config.get("instance_group") or []
     if not groups:
-        return [f"{model}_0"]
+        return [(f"{model}_0", "CPU")]
     names = []
     for g, group in enumerate(groups):
         count = int(group.get("count", 1) or 1) * max(1, len(group.get("gpus") or []))
-        names += [f"{group.get('name') or f'{model}_{g}'}_{i}" for i in range(count)]
+        kind = "MODEL" if group.get("kind") == "KIND_MODEL" else "CPU"
+        names += [(f"{group.get('name') or f'{model}_{g}'}_{i}", kind) for i in range(count)]
     return names
 
 

@@ -236,6 +236,8 @@ class Additions:
     # rate limiter gives its instances (None: the group sets none); empty: the config gives none, and the one
     # group Triton adds then is named as the model
     groups: tuple[tuple[str, int, Rule | None], ...] = ()
+    # the groups (by name) whose instances place themselves (KIND_MODEL: a Python model's, on the CPU here)
+    placed: frozenset[str] = frozenset()
     # its requests' responses are any number, sent apart from its execute (Triton's decoupled transaction policy:
     # a Python model's): streamed to the client (gRPC's ModelStreamInfer, HTTP's generate_stream)
     decoupled: bool = False
@@ -400,9 +402,9 @@ def render(
         "instance_group": [
             {
                 "name": name,
-                "kind": _kind(device),
+                "kind": "KIND_MODEL" if name in added.placed else _kind(device),
                 "count": count,
-                "gpus": [int(device.partition(":")[2] or 0)] if _kind(device) == "KIND_GPU" else [],
+                "gpus": [int(device.partition(":")[2] or 0)] if _kind(device) == "KIND_GPU" and name not in added.placed else [],
                 "secondary_devices": [],
                 "profile": [],
                 "passive": False,
@@ -818,6 +820,7 @@ def read(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (),
         groups=_groups(groups, record.name, spec) if groups is not None else (), decoupled=decoupled,
+        placed=frozenset(name for name, kind in _kinds(groups, record.name) if kind == "KIND_MODEL") if groups else frozenset(),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1443,6 +1446,13 @@ def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[t
     return tuple(shown)
 
 
+def _kinds(groups: list[dict[str, Any]], model: str) -> list[tuple[str, str]]:
+    """Each of the config's instance groups (checked by ``_instances``): its name as Triton names it, its kind."""
+    return [
+        (g.get("name") or f"{model}_{i}", str(g.get("kind") or "KIND_AUTO")) for i, g in enumerate(groups)
+    ]
+
+
 def _instances(value: Any, spec: LoadSpec) -> int:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("instance_group must be a list of at least one group")
@@ -1454,7 +1464,8 @@ def _instances(value: Any, spec: LoadSpec) -> int:
         group = read_message(item, where, "instance_group")
         read_string(group, "name", where)
         kind = read_enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
-        if kind not in ("KIND_AUTO", ours):
+        # KIND_MODEL: the model places itself (Triton's Python backend runs its instances so, on the CPU)
+        if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend == "python"):
             raise InvalidRequest(
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
                 f"use {ours} or KIND_AUTO, or serve a variant built for that device"
