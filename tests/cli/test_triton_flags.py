@@ -32,7 +32,6 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
         ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),
-        ("--http-header-forward-pattern", "(unclosed", "takes a regular expression, not '(unclosed'"),
         ("--grpc-infer-thread-count", "1", "invalid argument for --grpc-infer-thread-count: 1; Triton takes from 2 to 128"),
         ("--grpc-max-response-pool-size", "0", "Triton takes from 1"),
     ],

@@ -507,8 +507,19 @@ def serve(
         help="How much of a rate limiter resource there is (on DEVICE, else on each device; a global resource "
         "takes the largest given); default: the most any one model instance needs.",
     ),
-    http_header_forward_pattern: list[str] = typer.Option(None, "--http-header-forward-pattern", hidden=True),
-    grpc_header_forward_pattern: list[str] = typer.Option(None, "--grpc-header-forward-pattern", hidden=True),
+    http_header_forward_pattern: str = typer.Option(
+        None,
+        "--http-header-forward-pattern",
+        metavar="REGEX",
+        help="Triton's: HTTP headers whose names match (a search, case ignored unless it starts with (?-i)) become "
+        "request parameters, which Python models read in request.parameters().",
+    ),
+    grpc_header_forward_pattern: str = typer.Option(
+        None,
+        "--grpc-header-forward-pattern",
+        metavar="REGEX",
+        help="The same for gRPC requests' metadata (a stream's, for each of its requests).",
+    ),
     metrics_interval_ms: list[str] = typer.Option(None, "--metrics-interval-ms", hidden=True),
     rate_limit: list[str] = typer.Option(
         None,
@@ -551,6 +562,7 @@ def serve(
     from polystack.server import logs, restricted
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.grpc import Keepalive
+    from polystack.server.header_forward import HeaderForward
     from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
     from polystack.server.onnxruntime_config import default_max_batch_size
     from polystack.server.placement import CpuPlacement, format_cpu_list, parse_cpu_list
@@ -561,6 +573,10 @@ def serve(
 
     if not server_name.strip():
         raise InvalidRequest("--server-name must not be empty; leave it out for the default, polystack")
+    for pattern, flag in ((http_header_forward_pattern, "--http-header-forward-pattern"),
+                          (grpc_header_forward_pattern, "--grpc-header-forward-pattern")):  # fmt: skip
+        if pattern is not None:
+            HeaderForward(pattern, flag)  # one that is no regular expression exits 2, naming the flag
     if profile not in PROFILES:
         raise InvalidRequest(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     if engine not in ("local", "ray"):
@@ -707,8 +723,6 @@ def serve(
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
         "--model-load-thread-count": model_load_thread_count or [],
-        "--http-header-forward-pattern": http_header_forward_pattern or [],
-        "--grpc-header-forward-pattern": grpc_header_forward_pattern or [],
         "--metrics-interval-ms": metrics_interval_ms or [],
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
@@ -772,6 +786,8 @@ def serve(
         no_batching=batching is False,
         access_log=access_log,
         server_name=server_name,
+        http_header_forward=http_header_forward_pattern,
+        grpc_header_forward=grpc_header_forward_pattern,
         triton_metrics=triton_metrics,
         log=log_options,
         trace=True if trace or traced.level else False if traced.level is False else None,

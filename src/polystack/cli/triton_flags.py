@@ -18,17 +18,13 @@ from polystack.errors import InvalidRequest
 
 _DEVICES = "CUDA memory and devices are the runtimes' own (ONNX Runtime, OpenVINO, torch), set by their plans"
 _LIBRARIES = "polystack loads no shared-library backends, repository agents or caches: its own are built in"
-_PARAMETERS = (
-    "headers would become request parameters, which only Triton's custom backends read; polystack's runtimes "
-    "read none"
-)
 _FRONT_END = "the HTTP and gRPC front ends run on one event loop (--frontend-cpus pins it; --workers sizes inference)"
 
 
 @dataclass(frozen=True)
 class Flag:
-    """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``,
-    ``regex`` or ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
+    """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``
+    or ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
 
     kind: str
     why: str
@@ -54,8 +50,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
-    "--http-header-forward-pattern": Flag("regex", _PARAMETERS),
-    "--grpc-header-forward-pattern": Flag("regex", _PARAMETERS),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
     "--model-namespacing": Flag(
         "bool", "model names are one namespace, as without it", "true",
@@ -130,17 +124,14 @@ def check_value(name: str, kind: str, value: str) -> None:
             from polystack.server.onnxruntime_config import triton_bool
 
             triton_bool(text)
-        elif kind == "regex":
-            re.compile(text)
         elif kind == "pair":
             first, sep, second = text.partition(":")
             if not sep:
                 raise ValueError
             int(first)
             float(second)
-    except (ValueError, InvalidRequest, re.error):
+    except (ValueError, InvalidRequest):
         what = {
-            "regex": "a regular expression",
             "int": "a whole number",
             "float": "a number",
             "bool": "1 or 0 (true or false)",

@@ -34,6 +34,7 @@ from polystack.server import host_policy, logs, model_config, model_repository
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
+from polystack.server.header_forward import HeaderForward
 from polystack.server.http import HttpApp, HttpProtocol
 from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE, ConfigFile
 from polystack.server.model_repository import Fingerprint, FolderRules, ModelRepository
@@ -114,6 +115,9 @@ class ServeConfig:
     no_batching: bool = False
     access_log: bool = False
     server_name: str = "polystack"  # what server metadata reports (GET /v2, ServerMetadata)
+    # headers (gRPC: metadata) whose names these match become request parameters (Triton's header forwarding)
+    http_header_forward: str | None = None
+    grpc_header_forward: str | None = None
     triton_metrics: bool = False  # /metrics shows Triton's names (nv_inference_*) too (triton_metrics.py)
     log: logs.LogOptions = field(default_factory=logs.LogOptions)  # what `logs.configure` was given (Ray Serve
     # replicas configure their own with it)
@@ -309,6 +313,7 @@ class Server:
             thread_initializer=cpus.pin_frontend if cpus else None,
             restricted=config.http_restricted,
             metrics=config.serve_metrics,
+            header_forward=_forwarding(config.http_header_forward, "--http-header-forward-pattern"),
         )
         # Triton serves its metrics on a port of their own (--metrics-port, 8002), which scrape configs name
         self.metrics_http = (
@@ -516,6 +521,7 @@ class Server:
                 self.config.grpc_restricted,
                 self.config.grpc_compress_infer,
                 self.config.reuse_grpc_port,
+                _forwarding(self.config.grpc_header_forward, "--grpc-header-forward-pattern"),
             )
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:
@@ -638,6 +644,10 @@ class Server:
                 other.close()
         self.plane.close()
         self.plane.tracing.shutdown()  # spans still queued go out (within a bound)
+
+
+def _forwarding(pattern: str | None, flag: str) -> HeaderForward | None:
+    return HeaderForward(pattern, flag) if pattern is not None else None
 
 
 @contextlib.contextmanager

@@ -52,6 +52,7 @@ from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.protocol.wire import InferRequest
 from polystack.server import status
 from polystack.server.dataplane import DataPlane
+from polystack.server.header_forward import HeaderForward
 from polystack.server.http import DECODE_INLINE_BELOW
 from polystack.server.logs import request_level
 from polystack.server.restricted import GRPC_METHODS, Restrictions
@@ -202,7 +203,11 @@ COMPRESSION_LEVELS = ("none", "low", "medium", "high")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, calls: _Calls, codec_pool: Executor | None = None) -> None:
+    def __init__(
+        self, plane: DataPlane, calls: _Calls, codec_pool: Executor | None = None,
+        header_forward: HeaderForward | None = None,
+    ) -> None:  # fmt: skip
+        self.header_forward = header_forward  # metadata made request parameters (--grpc-header-forward-pattern)
         self.plane = plane
         self.calls = calls
         self.codec_pool = codec_pool  # the front end's threads for requests slow to read (None: the loop)
@@ -256,12 +261,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stats = await self._sync(context, lambda: self.plane.model_stats(request.name or None, request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
-    async def _decode(self, request: pb.ModelInferRequest) -> InferRequest:
+    async def _decode(self, request: pb.ModelInferRequest, context: Any) -> InferRequest:
         if isinstance(request, Undecodable):  # one bad message of a stream: answered, the stream goes on
             raise request.error()
+        forward = self.header_forward
 
         def decode() -> InferRequest:
-            return grpc_codec.decode_infer_request(request, self.plane.shared_memory)
+            decoded = grpc_codec.decode_infer_request(request, self.plane.shared_memory)
+            if forward is None:
+                return decoded
+            # a stream's requests each take its metadata, as Triton forwards it
+            return forward.apply(decoded, ((k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)))
 
         if self.codec_pool is None or not _slow_to_read(request):
             return self.plane.decode(request.model_name, request.model_version, decode)
@@ -277,7 +287,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             front: Front | None = Front("GRPC", now, now)
         else:
             front = None
-        decoded = await self._decode(request)
+        decoded = await self._decode(request, context)
         if front is None:
             result = await self.plane.infer(
                 request.model_name, request.model_version, decoded, None, lambda: _metadata(context),
@@ -302,7 +312,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         not (``triton_final_response``), as Triton's stream answers one; the final flag alone is sent only where the
         request asks for it (``triton_enable_empty_final_response``, tritonclient's
         ``enable_empty_final_response``). A response carrying an error is an answer with ``error_message``."""
-        decoded = await self._decode(request)
+        decoded = await self._decode(request, context)
         empty_final = decoded.parameters.pop(EMPTY_FINAL, False) is True
         responses = self.plane.infer_stream(
             request.model_name, request.model_version, decoded, None, lambda: _metadata(context)
@@ -725,6 +735,7 @@ def create_server(
     restricted: Restrictions = Restrictions(what="protocol"),
     compress_infer: bool = False,
     reuse_port: bool = False,
+    header_forward: HeaderForward | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the servicer added and the port bound (not started), over TLS when
     ``tls`` is given, logging every call with ``access_log``, reading requests slow to read on
@@ -740,7 +751,7 @@ def create_server(
         ]
     )
     calls = _Calls(plane, access_log)
-    servicer = InferenceServicer(plane, calls, codec_pool)
+    servicer = InferenceServicer(plane, calls, codec_pool, header_forward)
     _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, server, calls, restricted)
     _add_service(health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), server, calls, restricted)
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"  # IPv6: [::1]

@@ -20,6 +20,7 @@ import base64
 import binascii
 import collections
 import email.utils
+import functools
 import inspect
 import itertools
 import logging
@@ -52,6 +53,7 @@ from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import model_files, status
 from polystack.server.dataplane import DataPlane, load_failed
 from polystack.server.decoupled import Streamed
+from polystack.server.header_forward import HeaderForward
 from polystack.server.logs import request_level
 from polystack.server.restricted import Restrictions
 from polystack.server.tracing import Front
@@ -205,8 +207,10 @@ class HttpApp:
         only_metrics: bool = False,
         restricted: Restrictions = Restrictions(),
         metrics: bool = True,
+        header_forward: HeaderForward | None = None,
     ) -> None:
         self.plane = plane
+        self.header_forward = header_forward  # headers made request parameters (--http-header-forward-pattern)
         self.serve_metrics = metrics  # GET /metrics (off: serve --allow-metrics false, as Triton's)
         self.restricted = restricted  # --http-restricted-api: the APIs that answer only with a header
         # each handler's API, as Triton groups its endpoints (restricted.py)
@@ -652,6 +656,7 @@ class HttpApp:
         """A decoupled model's responses to a generate request, as it sends them."""
         decode = self._generate_decoder(req, name, version)
         slow = _slow_to_read(req)
+        decode = self._forwarding(decode, req)
         request = await self._decode_off_loop(name, version, decode) if slow else self.plane.decode(name, version, decode)
         req.inference_id = request.id
         return self.plane.infer_stream(name, version, request, self.loop, lambda: text_headers(req.headers))
@@ -706,6 +711,7 @@ class HttpApp:
     ) -> tuple[InferRequest, InferResponse]:
         """A request of ``name``: decoded (on a codec thread when ``slow`` to read), then run, traced with the front
         end's times while tracing is on."""
+        decode = self._forwarding(decode, req)
         request = await self._decode_off_loop(name, version, decode) if slow else self.plane.decode(name, version, decode)
         req.inference_id = request.id
         if self.plane.tracing.active:
@@ -714,6 +720,11 @@ class HttpApp:
             self._sequences_alone(name, version, request)
         result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
         return request, result
+
+    def _forwarding(self, decode: Callable[[], InferRequest], req: Request) -> Callable[[], InferRequest]:
+        """``decode``, with the headers --http-header-forward-pattern matches made the request's parameters."""
+        forward = self.header_forward
+        return decode if forward is None else functools.partial(_forwarded, forward, decode, req.headers)
 
     def _sequences_alone(self, name: str, version: str, request: InferRequest) -> None:
         """The drain's first part runs the requests of sequences alone (to sequence models), as Triton's newer
@@ -801,6 +812,11 @@ def _header(headers: dict[bytes, bytes], key: str) -> str | None:
     is, so that a restricted API's compares byte for byte, as Triton compares them; None when not sent."""
     raw = headers.get(os.fsencode(key))
     return None if raw is None else os.fsdecode(raw)
+
+
+def _forwarded(forward: HeaderForward, decode: Callable[[], InferRequest], headers: dict[bytes, bytes]) -> InferRequest:
+    """``decode``'s request with the headers ``forward`` matches among its parameters."""
+    return forward.apply(decode(), text_headers(headers).items())
 
 
 def text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
