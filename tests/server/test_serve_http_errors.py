@@ -946,3 +946,26 @@ def test_a_transfer_coding_other_than_chunked_is_501(server: ServerThread, raw: 
     assert answer.startswith(b"HTTP/1.1 501"), answer[:200]
     assert b"Content-Encoding" in answer
     raw.infer_ok()
+
+
+def test_a_chunked_body_with_a_content_length_too_is_read_chunked_and_the_connection_closed(
+    server: ServerThread, raw: Raw
+) -> None:
+    # helper-153: python-requests sends both when its caller sets Transfer-Encoding: chunked (Triton's
+    # test_content_encoding_chunked_manually); tritonserver 2.51 answers it, polystack refused it 400. RFC 9112 6.3:
+    # the chunked coding wins, and the connection closes after the answer (a request smuggled behind it is not read)
+    body = json.dumps({"inputs": [good_input()]}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + chunked + smuggled
+        )  # fmt: skip
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # the bytes after it were not taken for a request
+    raw.infer_ok()

@@ -814,6 +814,15 @@ def _header(headers: dict[bytes, bytes], key: str) -> str | None:
     return None if raw is None else os.fsdecode(raw)
 
 
+def _parser(protocol: HttpProtocol) -> httptools.HttpRequestParser:
+    """A request parser for ``protocol``'s connection. A body framed both chunked and by Content-Length is read
+    chunked, as RFC 9112 6.3 has it and Triton reads it (python-requests sends both when its caller sets
+    Transfer-Encoding), where llhttp refuses it; its connection then closes after the answer."""
+    parser = httptools.HttpRequestParser(protocol)
+    parser.set_dangerous_leniencies(lenient_chunked_length=True)
+    return parser
+
+
 def _forwarded(forward: HeaderForward, decode: Callable[[], InferRequest], headers: dict[bytes, bytes]) -> InferRequest:
     """``decode``'s request with the headers ``forward`` matches among its parameters."""
     return forward.apply(decode(), text_headers(headers).items())
@@ -1003,7 +1012,7 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, app: HttpApp) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _parser(self)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
@@ -1015,6 +1024,9 @@ class HttpProtocol(asyncio.Protocol):
         self._begun_ns = 0  # perf_counter_ns at the first byte of the request being read
         self._expecting = False  # an Expect: 100-continue waits for its interim answer
         self._refused = False  # an error ends this connection: what the client still sends is dropped
+        # a request was framed both chunked and by Content-Length: its answer closes the connection (RFC 9112 6.3),
+        # and nothing the client sent after it is taken for a request (it could be smuggled past a proxy)
+        self._last = False
         self._final: Response | None = None  # that error's answer, held until the requests before it are answered
         self._busy = False
         self._queue: collections.deque[Request] = collections.deque()
@@ -1101,7 +1113,7 @@ class HttpProtocol(asyncio.Protocol):
         body (by Content-Length) is read here and the parser starts afresh after it (also after a
         CONNECT, which httptools treats the same way). Returns the bytes that follow, to parse next."""
         req, self._upgrading = self._upgrading, None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _parser(self)
         if req is None:
             return rest
         if b"transfer-encoding" in req.headers:
@@ -1135,6 +1147,9 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._last:
+            self._refused = True  # read and dropped until the answer before it closes the connection
+            return
         self._url = b""
         self._headers = {}
         self._body = []
@@ -1218,7 +1233,10 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrading.http10 = http10 and keep
             self._upgrading.received = (self._begun_ns, time.perf_counter_ns())
             return  # httptools raises HttpParserUpgrade next; _ignore_upgrade reads its body
-        req = Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
+        keep_alive = self.parser.should_keep_alive()
+        if b"content-length" in self._headers and b"transfer-encoding" in self._headers:
+            keep_alive, self._last = False, True
+        req = Request(self.parser.get_method(), path, self._headers, body, keep_alive)
         req.received = (self._begun_ns, time.perf_counter_ns())
         if req.keep_alive and self.parser.get_http_version() == "1.0":
             req.http10 = True  # kept open only because it asked: the answer says it is (HTTP/1.0's rule)
