@@ -71,6 +71,12 @@ def test_other_keys_and_parameters_are_request_parameters_and_inputs_may_sit_in_
         status, doc = raw.json("POST", GENERATE, body)
         assert status == 400 and words in doc["error"], (body, doc)
     assert raw.json("POST", GENERATE, {"x": x, "triton_x": 1})[0] == 200
+    # a key given twice: JSON readers keep the last, and the first was dropped unseen (helper-153; Triton's
+    # test_duplicate_inputs): an input named twice is refused, in the words of a key at both levels
+    text = json.dumps(x)
+    for body in (f'{{"x": {text}, "x": {text}}}', f'{{"parameters": {{"x": {text}, "x": {text}}}}}'):
+        status, _, data = raw.request("POST", GENERATE, body, {"Content-Type": "application/json"})
+        assert status == 400 and "input 'x' already exists in request" in json.loads(data)["error"], data
 
 
 def test_strings_booleans_and_integers_keep_their_datatypes(server: ServerThread, raw: Raw) -> None:

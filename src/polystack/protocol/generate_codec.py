@@ -20,6 +20,7 @@ The extension is meant for text models (``{"text_input": "...", "parameters": {.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ def decode_generate(body: bytes | memoryview, inputs: Sequence[Input]) -> InferR
     if not isinstance(doc, dict):
         raise InvalidRequest('a generate request must be a JSON object, e.g. {"text_input": "...", "parameters": {}}')
     by_name = {name: (dtype, shape) for name, dtype, shape in inputs}
+    twice = _named_twice(body, by_name)
+    if twice is not None:
+        raise input_twice(twice)
     tensors: dict[str, np.ndarray] = {}
     params: dict[str, Any] = {}
     request_id: str | None = None
@@ -64,6 +68,25 @@ def decode_generate(body: bytes | memoryview, inputs: Sequence[Input]) -> InferR
     if params:
         http_codec.check_params(params, reserved=False)  # Triton's generate endpoint takes triton_ keys
     return InferRequest(inputs=tensors, id=request_id, parameters=params)
+
+
+def _named_twice(body: bytes | memoryview, inputs: dict[str, Any]) -> str | None:
+    """An input an object of the body names twice, which a JSON reader (orjson, Python's) keeps the last of and
+    tritonserver refuses; read again, keeping each object's keys (the body was read once: it is JSON, and nests
+    1,024 levels at most)."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        if len(set(keys)) < len(keys):
+            found.extend(k for k in keys if k in inputs and keys.count(k) > 1)
+        return dict(items)
+
+    try:
+        json.loads(bytes(body), object_pairs_hook=pairs)
+    except (RecursionError, ValueError):  # nested past Python's reader: no input is that deep
+        return None
+    return found[0] if found else None
 
 
 def _place(
