@@ -47,6 +47,23 @@ def test_nested_json_data_is_row_major() -> None:
     assert req.inputs["x"].tolist() == [[1, 2], [3, 4]]
 
 
+@pytest.mark.parametrize(("datatype", "leaf"), [("INT64", 7), ("FP32", 0.5), ("BOOL", True), ("BYTES", "s")])
+def test_json_data_of_any_depth_is_read_by_its_leaves_and_uneven_rows_are_refused(datatype: str, leaf: object) -> None:
+    # helper-153: numbers nested past numpy's 64 dimensions were refused in numpy's words, where BYTES were read
+    # (tritonserver reads the leaves in order, however deep); and BYTES rows of uneven lengths were read, where
+    # numbers' are refused (rows of 15 and 17 values are no [2, 16] tensor)
+    deep: object = [leaf, leaf, leaf]
+    for _ in range(70):
+        deep = [deep]
+    doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [3], "data": deep}]}
+    want = leaf.encode() if isinstance(leaf, str) else leaf
+    assert http_codec.decode_infer_request(json.dumps(doc).encode()).inputs["x"].tolist() == [want] * 3
+    for ragged in ([[leaf, leaf], [leaf]], [leaf, [leaf, leaf]]):
+        doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [3], "data": ragged}]}
+        with pytest.raises(InvalidTensor, match="its nested lists are of uneven lengths"):
+            http_codec.decode_infer_request(json.dumps(doc).encode())
+
+
 @pytest.mark.parametrize(
     ("raw", "words"),
     [

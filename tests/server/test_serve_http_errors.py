@@ -263,7 +263,7 @@ def _x(datatype: str = "FP32", shape: str = "[1, 16]", data: str = "[0]") -> str
         (_body(GOOD, ', "parameters": {"priority": ' + DEEP + "}"), ["Unable to parse 'priority'"]),
         (_body(GOOD, ', "outputs": [{"name": "y", "parameters": {"binary_data": ' + DEEP + "}}]"), ["binary_data"]),
         (_body(_x(shape=DEEP)), ["integers only"]),
-        (_body(_x(data="[" + ", ".join([DEEP] * 16) + "]")), ["data does not fit"]),
+        (_body(_x(data="[" + ", ".join([DEEP] * 15 + ["[[1]]"]) + "]")), ["data does not fit", "uneven lengths"]),
         (_body(_x(datatype="BOOL", data=DEEP)), ["BOOL data"]),
         (_body(_x(data='[{"a": ' + DEEP + "}]")), ["numbers only"]),
         (_body(_x(shape=str([1] * 65))), ["65 dimensions", "at most 32"]),
@@ -284,6 +284,12 @@ def test_values_nested_past_pythons_recursion_or_too_long_are_400_with_short_wor
     status, _, data = raw.request("POST", INFER, body.encode(), {"Content-Type": "application/json"})
     check_error(raw, status, json.loads(data), 400, *words)
     assert len(data) < 2000
+
+
+def test_data_nested_past_numpys_64_dimensions_is_read_by_its_leaves_as_triton_reads_it(raw: Raw) -> None:
+    body = _body(_x(data="[" + ", ".join([DEEP] * 16) + "]"))  # numpy's words, a 400, where Triton answers
+    status, _, data = raw.request("POST", INFER, body.encode(), {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(data)["outputs"][0]["shape"] == [1, 4], data[:300]
 
 
 def test_huge_dims_in_binary_are_400(raw: Raw) -> None:

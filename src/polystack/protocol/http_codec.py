@@ -378,13 +378,16 @@ def _input_item(item: Any) -> Any:
 def _numbers(data: simdjson.Array, datatype: Any) -> Any:
     """Numeric data as a flat array read in C, or a list when it is not numbers of that kind."""
     kind = _BUFFER_KIND.get(datatype) if isinstance(datatype, str) else None
-    if kind is not None and len(data) and isinstance(data[0], simdjson.Array):
-        kind = None  # nested rows: as_buffer would flatten ragged ones too; numpy refuses those below
+    if kind is not None and len(data) and (isinstance(data[0], simdjson.Array) or isinstance(data[-1], simdjson.Array)):
+        kind = None  # nested rows: as_buffer would flatten ragged ones too; from_json refuses those
     if kind is not None:
         try:
-            return np.frombuffer(data.as_buffer(of_type=kind[0]), dtype=kind[1])
+            flat = np.frombuffer(data.as_buffer(of_type=kind[0]), dtype=kind[1])
         except (TypeError, ValueError):
             pass  # mixed, non-numeric or out of range: the list path below reports it
+        else:
+            if len(flat) == len(data):  # else lists among the numbers, which as_buffer flattened
+                return flat
     return data.as_list()
 
 
@@ -397,7 +400,9 @@ def _plain(value: Any) -> Any:
 
 
 def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """A tensor from JSON data (flat or nested lists, row-major), checked against its shape.
+    """A tensor from JSON data (flat or nested lists), checked against its shape: its leaves in order, however
+    deep they nest, as tritonserver reads them (numpy stops at 64 levels), where the lists of each level are of one
+    length (rows of 15 and 17 values are no [2, 16] tensor, though the count matches).
 
     ``data`` may also be the flat float64/int64/uint64 array `_numbers` read from the request.
     """
@@ -405,20 +410,24 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
     try:
         if isinstance(data, np.ndarray):
             arr = cast_numbers(name, dtype, data)
+        elif (flat := _leaves(data)) is None:
+            raise InvalidTensor(
+                f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: its nested lists "
+                "are of uneven lengths; send rows of one length (or the values flat)"
+            )
         elif dtype is DType.BYTES:
-            flat = _flatten(data)
             arr = np.empty(len(flat), dtype=object)
             arr[:] = [v.encode("utf-8") if isinstance(v, str) else _bytes_item(name, v) for v in flat]
         elif dtype is DType.BOOL:
-            if not _all_bools(data):
+            if not all(isinstance(v, bool) for v in flat):
                 raise InvalidTensor(f"input {name!r}: BOOL data must hold true/false values only")
-            arr = np.asarray(data, dtype=dtype.numpy)
+            arr = np.asarray(flat, dtype=dtype.numpy)
         else:
-            _check_numbers(name, dtype, data)
+            _check_numbers(name, dtype, flat)
             if np.dtype(dtype.numpy).kind == "f":  # read wide, so that a value out of FP32's range is refused
-                arr = cast_numbers(name, dtype, np.asarray(data, dtype=np.float64))
+                arr = cast_numbers(name, dtype, np.asarray(flat, dtype=np.float64))
             else:
-                arr = np.asarray(data, dtype=dtype.numpy)  # integers out of range raise OverflowError
+                arr = np.asarray(flat, dtype=dtype.numpy)  # integers out of range raise OverflowError
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidTensor(
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
@@ -431,11 +440,10 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
     return arr.reshape(shape)
 
 
-def _check_numbers(name: str, dtype: DType, data: Any) -> None:
+def _check_numbers(name: str, dtype: DType, flat: list[Any]) -> None:
     """Refuse what numpy would quietly convert (strings, null, true/false, fractions for integers), and
     integers outside the datatype's range, in the words ``wire.cast_numbers`` uses for them."""
     integers = np.dtype(dtype.numpy).kind in "iu"
-    flat = _flatten(data)
     for v in flat:
         if type(v) is int or (type(v) is float and not integers):
             continue
@@ -461,28 +469,16 @@ def _bytes_item(name: str, v: Any) -> bytes:
     raise InvalidTensor(f"input {name!r}: BYTES data must be strings, got {type(v).__name__}")
 
 
-def _flatten(data: Any) -> list[Any]:
-    """The leaves of nested lists, in order; a loop, not recursion: the JSON parser takes nesting deeper than
+def _leaves(data: Any) -> list[Any] | None:
+    """The leaves of nested lists in order, where every list of a level holds as many items and the leaves all lie
+    at one depth (None where not); level by level, not recursion: the JSON parser takes nesting deeper than
     Python's recursion goes."""
-    if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(v, list) for v in data):
-        return data
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for v in stack[-1]:
-            if isinstance(v, list):
-                stack.append(iter(v))
-                break
-            out.append(v)
-        else:
-            stack.pop()
-    return out
-
-
-def _all_bools(data: Any) -> bool:
-    return all(isinstance(v, bool) for v in _flatten(data))
+    level = data if isinstance(data, list) else [data]
+    while any(isinstance(v, list) for v in level):
+        if not all(isinstance(v, list) for v in level) or len({len(v) for v in level}) > 1:
+            return None
+        level = [leaf for v in level for leaf in v]
+    return level
 
 
 def encode_infer_response(
