@@ -84,8 +84,8 @@ def _named_twice(body: bytes | memoryview, inputs: dict[str, Any]) -> str | None
 
     try:
         json.loads(bytes(body), object_pairs_hook=pairs)
-    except (RecursionError, ValueError):  # nested past Python's reader: no input is that deep
-        return None
+    except (RecursionError, ValueError):  # nested past Python's reader (no input is that deep), or read otherwise
+        return None  # than orjson read it: the body is taken as orjson read it
     return found[0] if found else None
 
 
