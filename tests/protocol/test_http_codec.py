@@ -47,6 +47,19 @@ def test_nested_json_data_is_row_major() -> None:
     assert req.inputs["x"].tolist() == [[1, 2], [3, 4]]
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_json_arrays_past_simdjsons_16_million_count_are_read_whole(nested: bool) -> None:
+    # helper-154: pysimdjson counts an array's items in 24 bits (len() stops at 16,777,215) and its as_list writes
+    # past the list it made for that many: 20 million values crashed the server (free(): invalid size), and a
+    # check of the count made 16,777,216 flat values a 400
+    n = (1 << 24) + 3
+    values = b",".join([b"1"] * (n - 1) + [b"2"])
+    data = b"[[" + values + b"]]" if nested else b"[" + values + b"]"
+    body = b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, %d], "data": %s}]}' % (n, data)
+    x = http_codec.decode_infer_request(body).inputs["x"]
+    assert x.shape == (1, n) and x[0, 0] == 1 and x[0, -1] == 2 and int(x.sum()) == n + 1
+
+
 @pytest.mark.parametrize(("datatype", "leaf"), [("INT64", 7), ("FP32", 0.5), ("BOOL", True), ("BYTES", "s")])
 def test_json_data_of_any_depth_is_read_by_its_leaves_and_uneven_rows_are_refused(datatype: str, leaf: object) -> None:
     # helper-153: numbers nested past numpy's 64 dimensions were refused in numpy's words, where BYTES were read

@@ -74,9 +74,13 @@ def test_other_keys_and_parameters_are_request_parameters_and_inputs_may_sit_in_
     # a key given twice: JSON readers keep the last, and the first was dropped unseen (helper-153; Triton's
     # test_duplicate_inputs): an input named twice is refused, in the words of a key at both levels
     text = json.dumps(x)
-    for body in (f'{{"x": {text}, "x": {text}}}', f'{{"parameters": {{"x": {text}, "x": {text}}}}}'):
+    for body, named in (
+        (f'{{"x": {text}, "x": {text}}}', "x"),
+        (f'{{"parameters": {{"x": {text}, "x": {text}}}}}', "x"),
+        (f'{{"x": {text}, "id": "a", "id": "b", "x": {text}}}', "x"),  # id is no input: x, met again later
+    ):
         status, _, data = raw.request("POST", GENERATE, body, {"Content-Type": "application/json"})
-        assert status == 400 and "input 'x' already exists in request" in json.loads(data)["error"], data
+        assert status == 400 and f"input '{named}' already exists in request" in json.loads(data)["error"], data
 
 
 def test_strings_booleans_and_integers_keep_their_datatypes(server: ServerThread, raw: Raw) -> None:

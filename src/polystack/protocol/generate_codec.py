@@ -77,9 +77,12 @@ def _named_twice(body: bytes | memoryview, inputs: dict[str, Any]) -> str | None
     found: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in items]
-        if len(set(keys)) < len(keys):
-            found.extend(k for k in keys if k in inputs and keys.count(k) > 1)
+        seen: set[str] = set()
+        for key, _ in items:  # the first key met again, as Triton's reading in order meets it
+            if key in seen and key in inputs:
+                found.append(key)
+                break
+            seen.add(key)
         return dict(items)
 
     try:

@@ -68,6 +68,12 @@ _parsers = threading.local()
 # Headers shorter than this are checked for a "data" key before choosing the parser (a copy and a
 # scan that cost well under a microsecond at this size).
 _SNIFF_BELOW = 4096
+# pysimdjson counts an array's (or object's) items in 24 bits: len() stops here, and as_list / as_dict, which make a
+# list of len() items and fill it with all of them, write past it (20 million values crashed the server). A body
+# shorter than two bytes an item cannot hold so many: a longer one is turned into Python through orjson
+# (``_python``), and its flat numbers are not checked against the stopped count.
+_SIMDJSON_COUNT = (1 << 24) - 1
+_HUGE = 2 * _SIMDJSON_COUNT
 
 
 def loads(body: bytes | memoryview) -> Any:
@@ -340,16 +346,17 @@ def _request_doc(head: bytes | memoryview) -> Any:
         # or this thread's parser still held by a document an exception kept alive: orjson either
         # reads the body or says what is wrong, as for every other body.
         return loads(head)
+    huge = len(head) >= _HUGE
     if not isinstance(doc, simdjson.Object):
-        return _plain(doc)
+        return _python(doc, huge)
     out: dict[str, Any] = {}
     try:
         for key in doc:
             value = doc[key]
             if key == "inputs" and isinstance(value, simdjson.Array):
-                out[key] = [_input_item(item) for item in value]
+                out[key] = [_input_item(item, huge) for item in value]
             else:
-                out[key] = _plain(value)
+                out[key] = _python(value, huge)
         if len(out) != len(doc):
             raise _KeyTwice
     except _KeyTwice:
@@ -363,22 +370,22 @@ class _KeyTwice(Exception):
     would have read it."""
 
 
-def _input_item(item: Any) -> Any:
+def _input_item(item: Any, huge: bool) -> Any:
     if not isinstance(item, simdjson.Object):
-        return _plain(item)
-    out = {key: _plain(item[key]) for key in item if key != "data"}
+        return _python(item, huge)
+    out = {key: _python(item[key], huge) for key in item if key != "data"}
     if "data" in item:
         data = item["data"]
-        out["data"] = _numbers(data, out.get("datatype")) if isinstance(data, simdjson.Array) else _plain(data)
+        out["data"] = _numbers(data, out.get("datatype"), huge) if isinstance(data, simdjson.Array) else _python(data, huge)
     if len(out) != len(item):
         raise _KeyTwice
     return out
 
 
-def _numbers(data: simdjson.Array, datatype: Any) -> Any:
+def _numbers(data: simdjson.Array, datatype: Any, huge: bool) -> Any:
     """Numeric data as a flat array read in C, or a list when it is not numbers of that kind."""
     kind = _BUFFER_KIND.get(datatype) if isinstance(datatype, str) else None
-    if kind is not None and len(data) and (isinstance(data[0], simdjson.Array) or isinstance(data[-1], simdjson.Array)):
+    if kind is not None and len(data) and isinstance(data[0], simdjson.Array):
         kind = None  # nested rows: as_buffer would flatten ragged ones too; from_json refuses those
     if kind is not None:
         try:
@@ -386,16 +393,20 @@ def _numbers(data: simdjson.Array, datatype: Any) -> Any:
         except (TypeError, ValueError):
             pass  # mixed, non-numeric or out of range: the list path below reports it
         else:
-            if len(flat) == len(data):  # else lists among the numbers, which as_buffer flattened
+            count = len(data)
+            # more values than items: lists among the numbers, which as_buffer flattened (a count that stopped
+            # at pysimdjson's limit says nothing)
+            if len(flat) == count or count == _SIMDJSON_COUNT:
                 return flat
-    return data.as_list()
+    return _python(data, huge)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, simdjson.Object):
-        return value.as_dict()
-    if isinstance(value, simdjson.Array):
-        return value.as_list()
+def _python(value: Any, huge: bool) -> Any:
+    """A simdjson value as Python's: through orjson where the body may hold more items than pysimdjson counts."""
+    if isinstance(value, simdjson.Object | simdjson.Array):
+        if huge:
+            return orjson.loads(value.mini)
+        return value.as_dict() if isinstance(value, simdjson.Object) else value.as_list()
     return value
 
 
