@@ -4,6 +4,7 @@ passed on tritonserver 2.51 and failed here, the flags taken and ignored)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 from pathlib import Path
@@ -45,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     )  # fmt: skip
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port),
-            "--http-header-forward-pattern", "MY_HEADER.*|timeout",  # case ignored, as in Triton
+            "--http-header-forward-pattern", "MY_HEADER.*|timeout|(?-i:X-Up)",  # case ignored, as in Triton
             "--grpc-header-forward-pattern", "(?-i)my_header_1"]  # fmt: skip
     with cli_server(tmp / "home", args, port, tmp / "log"):
         yield port, grpc_port
@@ -61,6 +62,16 @@ def test_http_headers_the_pattern_matches_reach_the_model_as_parameters(server: 
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server[0]}")
     seen = _seen(client.infer("parameter", [_x(httpclient)], headers=dict(HEADERS), parameters={"key1": "value1"}))
     assert seen == {"key1": "value1", "my_header_1": "my_value_1", "my_header_2": 'a "quoted" value\\ '}
+
+
+def test_http_header_names_are_forwarded_as_the_client_wrote_them(server: tuple[int, int]) -> None:
+    # helper-156: names reached the model lower-cased, and a case-sensitive pattern (?-i:X-Up) matched no header
+    conn = http.client.HTTPConnection("127.0.0.1", server[0], timeout=10)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+    conn.request("POST", "/v2/models/parameter/infer", body, {"X-Up": "a", "X-Down": "b", "My_Header_1": "c"})
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    assert json.loads(answer["outputs"][0]["data"][0]) == {"X-Up": "a", "My_Header_1": "c"}
 
 
 def test_grpc_metadata_the_pattern_matches_reach_the_model_case_and_all(server: tuple[int, int]) -> None:

@@ -142,6 +142,8 @@ class Request:
     http10: bool = False  # an HTTP/1.0 request that asked to be kept alive
     received: tuple[int, int] = (0, 0)  # perf_counter_ns at its first byte and at its last (a trace's HTTP_RECV_*)
     front: Front | None = None  # its trace's front-end side, while trace files are written: ended once answered
+    # its headers' names as the client wrote them, by the lower-case key (kept only while headers are forwarded)
+    names: dict[bytes, bytes] | None = None
     _id: str | None = field(default=None, repr=False)
 
     @property
@@ -724,7 +726,7 @@ class HttpApp:
     def _forwarding(self, decode: Callable[[], InferRequest], req: Request) -> Callable[[], InferRequest]:
         """``decode``, with the headers --http-header-forward-pattern matches made the request's parameters."""
         forward = self.header_forward
-        return decode if forward is None else functools.partial(_forwarded, forward, decode, req.headers)
+        return decode if forward is None else functools.partial(_forwarded, forward, decode, req)
 
     def _sequences_alone(self, name: str, version: str, request: InferRequest) -> None:
         """The drain's first part runs the requests of sequences alone (to sequence models), as Triton's newer
@@ -823,9 +825,12 @@ def _parser(protocol: HttpProtocol) -> httptools.HttpRequestParser:
     return parser
 
 
-def _forwarded(forward: HeaderForward, decode: Callable[[], InferRequest], headers: dict[bytes, bytes]) -> InferRequest:
-    """``decode``'s request with the headers ``forward`` matches among its parameters."""
-    return forward.apply(decode(), text_headers(headers).items())
+def _forwarded(forward: HeaderForward, decode: Callable[[], InferRequest], req: Request) -> InferRequest:
+    """``decode``'s request with the headers ``forward`` matches among its parameters, named as the client wrote
+    them (Triton's HTTP front end keeps their case)."""
+    names = req.names or {}
+    headers = ((names.get(k, k).decode("latin-1"), v.decode("latin-1")) for k, v in req.headers.items())
+    return forward.apply(decode(), headers)
 
 
 def text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
@@ -1015,6 +1020,7 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = _parser(self)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
+        self._names: dict[bytes, bytes] | None = None  # the headers' names as written, while headers are forwarded
         self._body: list[bytes] = []
         self._size = 0
         self._header_bytes = 0
@@ -1152,6 +1158,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._url = b""
         self._headers = {}
+        self._names = {} if self.app.header_forward is not None else None
         self._body = []
         self._size = 0
         self._header_bytes = 0
@@ -1170,6 +1177,8 @@ class HttpProtocol(asyncio.Protocol):
         if self._refused:
             return
         key = name.lower()
+        if self._names is not None:  # forwarded as written (--http-header-forward-pattern)
+            self._names[key] = name
         if key == b"transfer-encoding" and key in self._headers:  # codings over several lines are one list
             value = self._headers[key] + b", " + value
         self._headers[key] = value
@@ -1236,7 +1245,7 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         if b"content-length" in self._headers and b"transfer-encoding" in self._headers:
             keep_alive, self._last = False, True
-        req = Request(self.parser.get_method(), path, self._headers, body, keep_alive)
+        req = Request(self.parser.get_method(), path, self._headers, body, keep_alive, names=self._names)
         req.received = (self._begun_ns, time.perf_counter_ns())
         if req.keep_alive and self.parser.get_http_version() == "1.0":
             req.http10 = True  # kept open only because it asked: the answer says it is (HTTP/1.0's rule)
