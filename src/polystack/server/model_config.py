@@ -816,11 +816,14 @@ def read(
     # what clients may get: a sequence model's outputs but the states it keeps (unless the config lists them)
     visible = (sequence.shown(record.signature) if sequence is not None else record.signature).output_names
     some = bool(listed) and set(listed) < set(visible)
+    shown_groups = _groups(groups, record.name, spec) if groups is not None else ()
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
-        outputs=tuple(t for t in visible if t in listed) if some else (),
-        groups=_groups(groups, record.name, spec) if groups is not None else (), decoupled=decoupled,
-        placed=frozenset(name for name, kind in _kinds(groups, record.name) if kind == "KIND_MODEL") if groups else frozenset(),
+        outputs=tuple(t for t in visible if t in listed) if some else (), groups=shown_groups, decoupled=decoupled,
+        # the groups that place themselves, by the names Triton gives them
+        placed=frozenset(
+            shown[0] for shown, g in zip(shown_groups, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"
+        ),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1444,13 +1447,6 @@ def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[t
         rule = _rate_limiter(g["rate_limiter"], f"instance_group[{i}].rate_limiter") if "rate_limiter" in g else None
         shown.append((g.get("name") or f"{model}_{i}", int(g.get("count") or 0) or _default_count(spec) or 1, rule))
     return tuple(shown)
-
-
-def _kinds(groups: list[dict[str, Any]], model: str) -> list[tuple[str, str]]:
-    """Each of the config's instance groups (checked by ``_instances``): its name as Triton names it, its kind."""
-    return [
-        (g.get("name") or f"{model}_{i}", str(g.get("kind") or "KIND_AUTO")) for i, g in enumerate(groups)
-    ]
 
 
 def _instances(value: Any, spec: LoadSpec) -> int:
