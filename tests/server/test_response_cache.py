@@ -39,6 +39,15 @@ def test_keys_tell_apart_every_part_of_a_request() -> None:
     assert key(X) != key(X, ["*"]) and key(X, ["a", "b"]) != key(X, ["a\0b"])  # names are not joined
 
 
+def test_parameters_a_model_reads_are_part_of_the_key_by_their_json_values() -> None:
+    with_ = lambda parameters: ResponseCache.key(1, X, None, parameters)  # noqa: E731
+    assert with_(None) == with_({}) == key(X)  # none read, or none sent: the inputs' key
+    spelled = [with_({"a": 1}), with_({"a": "1"}), with_({"a": True}), with_({"a": 1.5}), with_({"b": 1})]
+    assert len({key(X), *spelled}) == 6  # 1, "1" and true are three requests
+    assert with_({"a": 1, "b": "x"}) == with_({"b": "x", "a": 1})  # the order they came in does not matter
+    assert with_({"a": 1 << 70}) is None  # past what JSON spells exactly: not cached
+
+
 def test_object_tensors_other_than_bytes_and_text_are_not_cached() -> None:
     """Only a caller in this process can send them (the codecs give bytes); their bytes do not say what they are."""
     numbers = np.empty(2, dtype=object)

@@ -132,6 +132,17 @@ def test_the_outputs_asked_for_are_part_of_the_key(server: ServerThread) -> None
     assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (4, 2)
 
 
+def test_a_model_reading_no_parameters_is_cached_by_its_inputs_alone(server: ServerThread) -> None:
+    """An ONNX model never sees its request's parameters: requests that differ only there share an answer."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    before = stats(server, "mlp")
+    first = client.infer("mlp", [rows([[5.0]])], parameters={"tenant": "a"}).as_numpy("y")
+    again = client.infer("mlp", [rows([[5.0]])], parameters={"tenant": "b"}).as_numpy("y")
+    np.testing.assert_array_equal(first, again)
+    after = stats(server, "mlp")
+    assert (after["cache_miss"] - before["cache_miss"], after["cache_hit"] - before["cache_hit"]) == (1, 1)
+
+
 def test_bytes_tensors_are_cached_by_their_elements(server: ServerThread) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_url)
 
@@ -323,3 +334,49 @@ def test_tritons_server_wide_cache_gauges_count_the_whole_cache(model_store: tup
         assert metric(st, "nv_cache_insertion_duration") >= 0
     finally:
         st.stop()
+
+
+PARAMETER_ECHO = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("seen", np.array([r.parameters().encode()], dtype=np.object_))])
+                for r in requests]
+"""
+
+
+def test_a_python_model_reading_the_parameters_is_cached_by_them_too(tmp_path: Path) -> None:
+    """A Python model reads its request's parameters (a client's, or headers forwarded as them): two requests that
+    differ only there get their own answers (Triton's key is the inputs alone, and hands one the other's); the
+    same parameters again are a hit, and an ONNX model, which reads none, is cached by its inputs alone."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "params", PARAMETER_ECHO,
+        'backend: "python"\nmax_batch_size: 0\nresponse_cache { enable: true }\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "seen", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--cache-config", "local,size=1048576", "--http-header-forward-pattern", "x-tenant"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def seen(headers: dict[str, str] | None = None, **parameters: Any) -> dict[str, Any]:
+            x = httpclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.ones(1, np.float32))
+            result = client.infer("params", [x], headers=dict(headers or {}), parameters=parameters or None)
+            return {k.lower(): v for k, v in json.loads(result.as_numpy("seen")[0]).items()}  # the client's casing
+
+        assert seen(tenant="a") == {"tenant": "a"}
+        assert seen(tenant="b") == {"tenant": "b"}  # not the first one's answer
+        assert seen() == {}
+        assert seen({"X-Tenant": "a"}) == {"x-tenant": "a"}
+        assert seen({"X-Tenant": "b"}) == {"x-tenant": "b"}
+        assert seen(tenant="a") == {"tenant": "a"}  # a hit
+        s = client.get_inference_statistics("params")["model_stats"][0]["inference_stats"]
+        assert (s["cache_hit"]["count"], s["cache_miss"]["count"]) == (1, 5)

@@ -2142,7 +2142,8 @@ class DataPlane:
             cache = self.response_cache if pipeline.response_cache else None
             t0 = time.perf_counter_ns()
             owner = served.load  # a reload of a model it runs changes it meanwhile: what runs now is kept under this
-            key = await self._cache_key(cache, owner, request, loop) if cache is not None else None
+            reads = any(isinstance(t, _Served) and t.hosted for t in holding.values())  # a step reads the parameters
+            key = await self._cache_key(cache, owner, request, reads, loop) if cache is not None else None
             found = cache.get(key) if cache is not None and key is not None else None
             looked = time.perf_counter_ns() - t0
             if found is not None:  # as Triton counts a hit: no inference or execution
@@ -2434,7 +2435,7 @@ class DataPlane:
         keeps. Statistics count a hit (no queue or compute) or a miss, with their times, as Triton's do."""
         t0 = time.perf_counter_ns()
         asked = request.output_names
-        key = await self._cache_key(cache, served.load, request, loop)
+        key = await self._cache_key(cache, served.load, request, served.hosted, loop)
         if key is None:  # inputs the cache cannot tell apart by their bytes: not cached
             return await run()
         found = cache.get(key)
@@ -2461,16 +2462,23 @@ class DataPlane:
         return result, entry
 
     async def _cache_key(
-        self, cache: ResponseCache, owner: int, request: InferRequest, loop: asyncio.AbstractEventLoop | None
+        self,
+        cache: ResponseCache,
+        owner: int,
+        request: InferRequest,
+        reads_parameters: bool,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> bytes | None:
-        """The response cache's key of ``request`` to the load ``owner`` (None: not cached), hashed on the loop
-        when small, else on the hashing threads."""
+        """The response cache's key of ``request`` to the load ``owner`` (None: not cached), its parameters in it
+        where its model reads them (``reads_parameters``: a Python model's, or an ensemble's with one among its
+        steps), hashed on the loop when small, else on the hashing threads."""
         asked = request.output_names
+        parameters = request.parameters if reads_parameters else None
         assert self._hasher is not None  # made with the cache
         if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
-            return cache.key(owner, request.inputs, asked)
+            return cache.key(owner, request.inputs, asked, parameters)
         loop = loop or asyncio.get_running_loop()  # hashlib lets go of the GIL: the loop serves others meanwhile
-        return await loop.run_in_executor(self._hasher, cache.key, owner, request.inputs, asked)
+        return await loop.run_in_executor(self._hasher, cache.key, owner, request.inputs, asked, parameters)
 
     def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
         """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""

@@ -8,8 +8,10 @@ answers within its size: tensor bytes plus the memory of the objects holding the
 than the whole cache is not kept.
 
 What differs from Triton's, on purpose: keys are 128-bit BLAKE2b digests (Triton's are 64-bit hashes,
-where a collision hands one request another's answer), and the requested outputs are part of the key
-(a request for one output never gets an answer cut to another's). Entries belong to one load of a
+where a collision hands one request another's answer), the requested outputs are part of the key
+(a request for one output never gets an answer cut to another's), and so are the request's parameters
+for a model that reads them (a Python model's ``request.parameters()``, headers forwarded among them), where
+Triton hands a request the answer computed for other parameters. Entries belong to one load of a
 model: a reload (new files, another config) never answers from what the instance before it computed,
 and an unload frees them.
 
@@ -27,8 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from polystack.errors import InvalidRequest
 
@@ -132,12 +136,19 @@ class ResponseCache:
         self.counts = CacheCounts()  # changed under the lock
 
     @staticmethod
-    def key(owner: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> bytes | None:
+    def key(
+        owner: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> bytes | None:
         """The digest of a request to the model load ``owner``: every input's name, datatype, shape and
-        bytes, and the outputs it asked for (None: all). Every field is length-prefixed, so no two
+        bytes, the outputs it asked for (None: all), and ``parameters``, the request's parameters where its
+        model reads them (None: it reads none). Every field is length-prefixed, so no two
         requests write the same bytes into the hash. hashlib lets go of the GIL over large inputs.
         None for a request that cannot be told apart by its bytes (an object tensor holding other than
-        bytes or text, which only a caller in this process can send): it is not cached."""
+        bytes or text, which only a caller in this process can send, or parameters JSON cannot spell): it is
+        not cached."""
         h = hashlib.blake2b(digest_size=16)
 
         def field(data: bytes | memoryview) -> None:
@@ -171,6 +182,13 @@ class ResponseCache:
             field(b"outputs")
             for output in sorted(outputs):
                 field(output.encode("utf-8", "surrogatepass"))
+        if parameters:  # JSON's values (text, numbers, booleans), each typed by its JSON spelling
+            try:
+                spelled = orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS)
+            except orjson.JSONEncodeError:  # past what JSON spells exactly (an integer over 64 bits): not cached
+                return None
+            field(b"parameters")
+            field(spelled)
         return h.digest()
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
