@@ -78,6 +78,12 @@ def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
         i.set_data_from_numpy(x)
         got = client.infer("plain", [i]).as_numpy("y")
         np.testing.assert_allclose(got, expected(repo / "plain" / "5" / "model.onnx", x), rtol=1e-5, atol=1e-6)
+        with pytest.raises(InferenceServerException) as unknown:  # told where the names served are, not the store
+            client.infer("plane", [i])
+        assert unknown.value.message() == (
+            "Request for unknown model: 'plane' is not found; GET /v2/models/stats lists the models served from the "
+            "model repository"
+        )
         # the folder's config.pbtxt is the model's config: batching, and labels from the model folder
         config = client.get_model_config("mlp", "3")
         assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 100

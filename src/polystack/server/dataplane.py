@@ -268,15 +268,19 @@ def _polled(name: str) -> str:
     return f"failed to load {quote(name, 140)}, failed to poll from model repository"
 
 
-def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound) -> NotFound:
-    """A request's model or version the store does not have, in Triton's words, then what to do (the
-    engine's words already, for a model none of whose versions is loaded)."""
+def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound, repository: bool) -> NotFound:
+    """A request's model or version the server does not serve, in Triton's words, then what to do (the
+    engine's words already, for a model none of whose versions is loaded): where to find the names served,
+    by a server of a model ``repository`` or of the store alone."""
     if e.message.startswith("Request for unknown model"):
         return e
     if isinstance(e, ModelNotFound):
-        return ModelNotFound(
-            f"Request for unknown model: {name!r} is not found; `polystack models` lists the registered ones"
+        where = (
+            "GET /v2/models/stats lists the models served from the model repository"
+            if repository
+            else "`polystack models` lists the registered ones"
         )
+        return ModelNotFound(f"Request for unknown model: {name!r} is not found; {where}")
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
@@ -1458,7 +1462,7 @@ class DataPlane:
                         f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
                         "first"
                     ) from None
-                raise _unknown(name, v, e) from None
+                raise _unknown(name, v, e, self.repository is not None) from None
             served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
             # Loaded through the engine directly (not through this plane): serve it unbatched.
