@@ -59,8 +59,9 @@ class LabelFile(NamedTuple):
     labels: list[str]
 
 
-def parse_label_options(options: Sequence[str], signature: Signature) -> dict[str, LabelFile]:
-    """``--labels`` values (``OUTPUT=FILE``, or ``FILE`` for a model with one output), by output."""
+def parse_label_options(options: Sequence[str], signature: Signature, checked: bool = True) -> dict[str, LabelFile]:
+    """``--labels`` values (``OUTPUT=FILE``, or ``FILE`` for a model with one output), by output (``checked``:
+    ``labels_for``'s)."""
     outputs = [t.name for t in signature.outputs]
     found: dict[str, LabelFile] = {}
     for option in options:
@@ -73,18 +74,21 @@ def parse_label_options(options: Sequence[str], signature: Signature) -> dict[st
             name, file = outputs[0], option
         if name not in outputs:
             raise InvalidRequest(f"--labels {option}: the model has no output {name!r}; it has {', '.join(outputs)}")
-        found[name] = LabelFile(Path(file).name, labels_for(signature, name, Path(file), f"--labels {option}"))
+        found[name] = LabelFile(Path(file).name, labels_for(signature, name, Path(file), f"--labels {option}", checked))
     return found
 
 
-def labels_for(signature: Signature, output: str, path: Path, where: str) -> list[str]:
-    """The labels of the file at ``path`` for ``output``: one that scores classes, as many as it scores where its
-    shape fixes that (``where`` leads the refusal)."""
+def labels_for(signature: Signature, output: str, path: Path, where: str, checked: bool = True) -> list[str]:
+    """The labels of the file at ``path`` for ``output`` (``where`` leads a refusal). ``checked`` (``polystack
+    register --labels``): ``output`` must score classes, as many as the file names where its shape fixes that.
+    Unchecked, a Triton config's ``label_filename``, read as Triton reads it whatever its output (a text output
+    may name one, and a classification of it is refused when asked for), and however many labels it holds (an
+    index past them gets none): Triton's own QA models do both, and a repository holding one must start."""
     spec = next(t for t in signature.outputs if t.name == output)
-    if spec.dtype in (DType.BYTES, DType.BOOL):
+    if checked and spec.dtype in (DType.BYTES, DType.BOOL):
         raise InvalidRequest(f"{where}: output {output!r} is {spec.dtype.value}; labels name classes of scores")
     labels = read_label_file(path)
-    count = class_count(signature, output)
+    count = class_count(signature, output) if checked else None
     if count is not None and count != len(labels):
         raise InvalidRequest(
             f"{where}: output {output!r} scores {count:,} classes but the file has {len(labels):,} labels"

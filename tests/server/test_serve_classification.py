@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import register_like, start
+from servekit import cli_server, free_port, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.server.app import ServerThread
@@ -89,3 +90,68 @@ def test_classification_of_an_empty_batch_is_refused_as_any_empty_batch(server: 
     with pytest.raises(InferenceServerException, match="batch-size must be >= 1 for 'mlp', not 0") as e:
         client.infer("mlp", [i], outputs=[mod.InferRequestedOutput("y", class_count=2)])
     assert e.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+
+
+def _identity(path: Path, elem: int, dims: list[Any]) -> None:
+    """OUT = Identity(IN), of ``dims`` (names for dynamic ones)."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["IN"], ["OUT"])],
+        "identity",
+        [helper.make_tensor_value_info("IN", elem, dims)],
+        [helper.make_tensor_value_info("OUT", elem, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    onnx.save_model(model, str(path))
+
+
+def _folder(repo: Path, name: str, elem: int, onnx_dims: list[Any], config: str, labels: int) -> None:
+    _identity(repo / name / "1" / "model.onnx", elem, onnx_dims)
+    (repo / name / "config.pbtxt").write_text(f'platform: "onnxruntime_onnx"\n{config}')
+    (repo / name / "labels.txt").write_text("".join(f"label{i}\n" for i in range(labels)))
+
+
+def test_a_triton_folders_labels_and_classes_are_read_as_triton_reads_them(tmp_path: Path) -> None:
+    """Triton's own QA models (helper-157, L0_infer and L0_infer_variable): a text output naming a label file, and a
+    label file longer than a non-batching output's dims starting with -1 (taken for a batch: 1 class), both load
+    (they stopped the server starting); a model of max_batch_size 0 is classified over its whole output, one with a
+    batch dimension by item."""
+    from onnx import TensorProto
+
+    repo = tmp_path / "models"
+    tensor = 'name: "{}" data_type: {} dims: [ {} ]'
+    for name, elem, dims, mbs, labels in [
+        ("text", TensorProto.STRING, ["n", 16], "max_batch_size: 8", 16),
+        ("nobatch", TensorProto.FLOAT, ["a", "b"], "max_batch_size: 0", 16),  # dims [-1, -1]: no batch there
+        ("batched", TensorProto.FLOAT, ["n", "a", "b"], "max_batch_size: 8", 3),
+    ]:
+        kind = "TYPE_STRING" if elem == TensorProto.STRING else "TYPE_FP32"
+        shown = "16" if name == "text" else "-1, -1"
+        _folder(repo, name, elem, dims, f"{mbs}\ninput [ {{ {tensor.format('IN', kind, shown)} }} ]\n"
+                f'output [ {{ {tensor.format("OUT", kind, shown)} label_filename: "labels.txt" }} ]\n', labels)  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", str(grpc_port)], port,
+                    tmp_path / "log"):  # fmt: skip
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        s = httpclient.InferInput("IN", [1, 16], "BYTES")
+        s.set_data_from_numpy(np.array([[b"x"] * 16], dtype=object))
+        assert http.infer("text", [s]).as_numpy("OUT").tolist() == [[b"x"] * 16]
+        assert http.get_model_config("text")["output"][0]["label_filename"] == "labels.txt"
+        with pytest.raises(InferenceServerException, match="unsupported type 'BYTES'"):
+            http.infer("text", [s], outputs=[httpclient.InferRequestedOutput("OUT", class_count=1)])
+        x = np.arange(16, dtype=np.float32).reshape(2, 8)
+        for mod, client in ((httpclient, http), (grpcclient, grpc)):
+            i = mod.InferInput("IN", [2, 8], "FP32")
+            i.set_data_from_numpy(x)
+            got = client.infer("nobatch", [i], outputs=[mod.InferRequestedOutput("OUT", class_count=3)])
+            assert got.as_numpy("OUT").tolist() == [b"15.000000:15:label15", b"14.000000:14:label14",
+                                                    b"13.000000:13:label13"]  # fmt: skip
+            b = mod.InferInput("IN", [2, 1, 3], "FP32")
+            b.set_data_from_numpy(np.array([[[1, 3, 2]], [[2, 0, 1]]], np.float32))
+            got = client.infer("batched", [b], outputs=[mod.InferRequestedOutput("OUT", class_count=1)])
+            assert got.as_numpy("OUT").tolist() == [[b"3.000000:1:label1"], [b"2.000000:0:label0"]]

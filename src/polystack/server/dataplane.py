@@ -2014,9 +2014,13 @@ class DataPlane:
                         served, request, name, version, loop, span, outcome, compute, responses
                     )
             if classes:
-                result = classification.classify(
-                    result, classes, entry.signature.batched, labels_of(entry.record.settings)
-                )
+                # by items where its config shows a batch dimension (max_batch_size > 0), else over the whole output,
+                # as Triton's: a Triton folder's model of max_batch_size 0 whose dims start with -1 has no batch
+                # there; a model registered in the store keeps the batch its signature takes (its config shows no
+                # max_batch_size where polystack sets no limit)
+                from_triton = bool(entry.record.settings.get(model_config.TRITON_IO))
+                batched = self._max_batch(served) > 0 or (entry.signature.batched and not from_triton)
+                result = classification.classify(result, classes, batched, labels_of(entry.record.settings))
         except BaseException as e:
             self._release(held)
             if outcome is not None:  # a failure to the caller, whatever the model's run counted (it may be running)

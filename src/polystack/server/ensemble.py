@@ -127,7 +127,7 @@ def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:
     if folder is None:
         raise InvalidRequest(f"{where} names label files, but it has no folder to read them from; leave them out")
     read = tuple(
-        (output, tuple(labels_for(ensemble.signature, output, file_in(folder, output, file), where)))
+        (output, tuple(labels_for(ensemble.signature, output, file_in(folder, output, file), where, checked=False)))
         for output, file in ensemble.label_files
     )
     return dataclasses.replace(ensemble, labels=read)

@@ -322,7 +322,7 @@ def register_file(
     found: dict[str, Any] = {}
     for output, file in labels.items():  # one at a time: an error names the config's output and its file
         try:
-            found.update(parse_label_options([f"{output}={file}"], imported.signature))
+            found.update(parse_label_options([f"{output}={file}"], imported.signature, checked=not triton_io))
             if label_names and output in label_names:
                 found[output] = found[output]._replace(name=label_names[output])
         except PolystackError as e:
