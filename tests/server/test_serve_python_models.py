@@ -701,3 +701,48 @@ def test_a_python_model_placing_itself_kind_model_serves_as_triton_serves_it(tmp
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.ones(1, np.float32))
         assert client.infer("placed", [x]).as_numpy("kind").tolist() == [b"MODEL"]  # Triton's args say so
+
+
+FOLDER = """
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = args["model_repository"]
+        self.seen = sorted(os.path.relpath(os.path.join(d, f), here) for d, _, fs in os.walk(here) for f in fs
+                           if f.endswith((".txt", ".py", ".pbtxt", ".json")) and "polystack" not in f)
+        self.labels = open(os.path.join(here, "labels.txt")).read().split()
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("seen", np.array([" ".join(self.labels + self.seen)],
+                dtype=np.object_))]) for r in requests]
+"""
+
+
+def test_a_python_models_folder_holds_the_files_beside_its_config_as_triton_hands_it(tmp_path: Path) -> None:
+    """``args["model_repository"]`` holds the model folder's own files (labels, a tokenizer folder, its config.pbtxt)
+    and the version served, not other versions (helper-159: Triton's test_init_args, and a model reading
+    labels.txt there failed to load)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "folder", FOLDER,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "seen", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        'version_policy: { specific: { versions: [ 1 ] } }\n'
+    )  # fmt: skip
+    (repo / "folder" / "labels.txt").write_text("cat\ndog\n")
+    (repo / "folder" / "tokenizer").mkdir()
+    (repo / "folder" / "tokenizer" / "vocab.json").write_text("{}")
+    (repo / "folder" / "2").mkdir()  # another version, not served
+    (repo / "folder" / "2" / "model.py").write_text("raise SystemExit('not this one')\n")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        seen = client.infer("folder", [x]).as_numpy("seen")[0].decode().split()
+        assert seen == ["cat", "dog", "1/model.py", "config.pbtxt", "labels.txt", "tokenizer/vocab.json"]

@@ -1,5 +1,5 @@
 """Triton Python-backend models (``backend: "python"``, ``<version>/model.py``), as the store keeps them: the
-version folder and the model's config in one zip (``pack``), whose signature is the config's inputs and outputs
+version folder, the model folder's own files beside it and the model's config in one zip (``pack``), whose signature is the config's inputs and outputs
 (a Python model declares them; nothing else says what its code takes). ``backends/python.py`` runs them.
 
 The zip is written the same way each time (entries in name order, one fixed date), so that a folder packed again
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,36 @@ _DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the s
 
 
 def pack(folder: Path, version: int, name: str, config: dict[str, Any], file: str, out: Path) -> Path:
-    """Zip ``folder``'s version ``version`` (the model's files, ``file`` among them) with ``config`` into
-    ``out``; refused where the file is missing or the folder holds more than ``MAX_FILES`` files."""
+    """Zip the model ``folder`` as its version ``version`` sees it (that version's folder, ``file`` among its
+    files, and the folder's own files beside the version folders: its ``config.pbtxt``, label files, a tokenizer
+    folder; Triton's ``args["model_repository"]`` holds them) with ``config`` into ``out``; refused where the
+    file is missing or the folder holds more than ``MAX_FILES`` files."""
     root = folder / str(version)
     if not (root / file).is_file():
         raise InvalidModelFile(f"{root / file} is missing: a Python model's version folder holds its {file}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(_files(folder, version))
     if len(files) > MAX_FILES:
-        raise InvalidModelFile(f"{root} holds more than {MAX_FILES} files; keep the model's own files there")
+        raise InvalidModelFile(f"{folder} holds more than {MAX_FILES} files; keep the model's own files there")
+    if folder / MANIFEST in files:
+        raise InvalidModelFile(f"{folder / MANIFEST}: polystack keeps its own file of that name there; rename it")
     manifest = {"model": name, "version": version, "file": file, "config": config}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
         for path in files:
-            info = zipfile.ZipInfo(f"{version}/{path.relative_to(root).as_posix()}", _DATE)
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), _DATE)
             info.external_attr = 0o644 << 16
             zf.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
     return out
+
+
+def _files(folder: Path, version: int) -> Iterator[Path]:
+    """The files of ``folder`` that version ``version`` of its model sees: all but other versions' (folders named by
+    a number) and Python's caches."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name.isdigit() and entry.name != str(version):
+            continue
+        found = entry.rglob("*") if entry.is_dir() else (entry,)
+        yield from (p for p in found if p.is_file() and "__pycache__" not in p.relative_to(folder).parts)
 
 
 def sniff(path: Path) -> bool:
