@@ -746,3 +746,33 @@ def test_a_python_models_folder_holds_the_files_beside_its_config_as_triton_hand
         x.set_data_from_numpy(np.ones(1, np.float32))
         seen = client.infer("folder", [x]).as_numpy("seen")[0].decode().split()
         assert seen == ["cat", "dog", "1/model.py", "config.pbtxt", "labels.txt", "tokenizer/vocab.json"]
+
+
+NO_INPUTS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("n", np.array([len(r.inputs())], np.int32))])
+                for r in requests]
+"""
+
+
+def test_a_python_model_taking_no_inputs_serves_as_tritons_python_backend_serves_it(tmp_path: Path) -> None:
+    """helper-159: Triton's argument_validation model lists no inputs, and polystack exited 2 at start."""
+    repo = tmp_path / "models"
+    output = 'output [ { name: "n", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+    python_folder(repo, "nothing", NO_INPUTS, f'backend: "python"\nmax_batch_size: 0\n{output}')
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert http.get_model_metadata("nothing")["inputs"] == []
+        assert http.infer("nothing", []).as_numpy("n").tolist() == [0]
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert grpc.infer("nothing", []).as_numpy("n").tolist() == [0]
+    python_folder(tmp_path / "batched", "nothing", NO_INPUTS, f'backend: "python"\nmax_batch_size: 4\n{output}')
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "batched"), "--allow-python-models"])
+    assert "lists no inputs, so its requests carry no batch; set max_batch_size: 0" in line

@@ -70,4 +70,4 @@ def load(path: Path, workdir: Path, **options: Any) -> ImportedModel:
 
 def signature(config: dict[str, Any]) -> Signature:
     """The inputs and outputs a Python model's config declares (``triton_io``)."""
-    return triton_io.signature(config, "a Python model")
+    return triton_io.signature(config, triton_io.PYTHON)

@@ -12,6 +12,7 @@ from polystack.errors import InvalidModelFile
 from polystack.types import DType, Signature, TensorSpec
 
 TYPES = {f"TYPE_{d.value}": d for d in DType if d is not DType.BYTES} | {"TYPE_STRING": DType.BYTES}
+PYTHON = "a Python model"  # the kind of model that may take no inputs
 _CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
 
 
@@ -21,6 +22,12 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
     found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
     for key in ("input", "output"):
         items = config.get(key) or []
+        if not items and key == "input" and kind == PYTHON:  # a model taking nothing (a generator, a self-test)
+            if batched:  # its requests carry no rows to count
+                raise InvalidModelFile(
+                    f"{kind}'s config lists no inputs, so its requests carry no batch; set max_batch_size: 0"
+                )
+            continue
         if not items:
             raise InvalidModelFile(
                 f"{kind}'s config lists its {key}s (name, data_type, dims): nothing else says what its code "
