@@ -262,7 +262,7 @@ class PythonModel:
             spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
             if spec is None:  # dropped, as Triton drops it
                 continue
-            array = tensor.as_numpy()
+            array = tensor._data()
             if (spec.dtype is DType.BYTES and array.dtype != np.object_) or (
                 spec.dtype is not DType.BYTES and array.dtype != spec.dtype.numpy
             ):

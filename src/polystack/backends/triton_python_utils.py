@@ -52,6 +52,9 @@ _KNOWN = [d for d in DType if d is not DType.BF16]  # numpy has no bfloat16 of i
 # by Triton's names in a config (TYPE_FP32, TYPE_STRING) and on the wire (FP32, BYTES)
 _NUMPY = {name: d.numpy.type for d in _KNOWN for name in (d.value, "TYPE_STRING" if d is DType.BYTES else f"TYPE_{d.value}")}
 _TRITON = {d.numpy: d.value for d in _KNOWN}
+# BF16 tensors (ml_dtypes' bfloat16 arrays within polystack) reach and leave a model through DLPack alone, as in
+# Triton, whose as_numpy refuses them: numpy cannot hold them
+_BF16 = DType.BF16.numpy
 
 
 TRITON_STRING_TO_NUMPY = {name: _NUMPY[name] for name in _NUMPY if name.startswith("TYPE_")}
@@ -272,7 +275,7 @@ class Tensor:
         if array.dtype.kind in ("U", "S"):  # strings: Triton's BYTES, as object arrays of bytes
             array = np.array([s.encode() if isinstance(s, str) else bytes(s) for s in array.ravel()], dtype=np.object_)
             array = array.reshape(np.shape(data))
-        if array.dtype not in _TRITON:
+        if array.dtype not in _TRITON and array.dtype != _BF16:
             raise TritonModelException(f"tensor {name!r}: numpy type {array.dtype} is not a Triton data type")
         self._name = name
         self._array = array
@@ -281,13 +284,21 @@ class Tensor:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        if self._array.dtype == _BF16:  # Triton's words
+            raise TritonModelException(
+                "tensor dtype is bf16 and cannot be converted to numpy; use to_dlpack(), e.g. torch.from_dlpack"
+            )
+        return self._array
+
+    def _data(self) -> np.ndarray:
+        """Its array, whatever its data type (the server's side: a BF16 tensor's too)."""
         return self._array
 
     def shape(self) -> list[int]:
         return list(self._array.shape)
 
     def triton_dtype(self) -> str:
-        return _TRITON[self._array.dtype]
+        return "BF16" if self._array.dtype == _BF16 else _TRITON[self._array.dtype]
 
     def is_cpu(self) -> bool:
         return True
@@ -299,6 +310,10 @@ class Tensor:
         """Its data for ``np.from_dlpack`` or ``torch.from_dlpack``, as Triton's tensors give it."""
         if self._array.dtype == np.object_:
             raise TritonModelException(f"tensor {self._name!r}: a BYTES tensor has no DLPack form")
+        if self._array.dtype == _BF16:  # numpy has no DLPack bfloat16: torch's tensor over the same memory gives it
+            return _torch(self._name).from_numpy(self._array.view(np.int16)).view(_torch(self._name).bfloat16).__dlpack__(
+                *args, **kwargs
+            )
         return self._array.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -306,11 +321,44 @@ class Tensor:
 
     @classmethod
     def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
-        """A tensor from anything with ``__dlpack__`` (torch, numpy, jax arrays on the CPU)."""
+        """A tensor from anything with ``__dlpack__`` (torch, numpy, jax arrays on the CPU), or a DLPack capsule
+        (``torch.utils.dlpack.to_dlpack(t)``, as Triton's examples pass one); a bfloat16 one through torch."""
+        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
         try:
-            return cls(name, np.from_dlpack(capsule))
+            return cls(name, np.from_dlpack(source))
         except (TypeError, RuntimeError, BufferError) as e:
+            if "dtype" in str(e).lower():  # numpy's refusal leaves the capsule unused: torch may read it (bfloat16)
+                with contextlib.suppress(TritonModelException, TypeError, RuntimeError, BufferError):
+                    torch = _torch(name)
+                    t = torch.from_dlpack(capsule)
+                    if t.dtype == torch.bfloat16 and t.device.type == "cpu":
+                        return cls(name, t.contiguous().view(torch.int16).numpy().view(_BF16))
             raise TritonModelException(f"tensor {name!r}: {e} (polystack's Python models take tensors on the CPU)") from e
+
+
+class _Capsule:
+    """A DLPack capsule as numpy's ``from_dlpack`` takes one: an object giving it (a CPU tensor's, else numpy
+    refuses it naming the device)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def _torch(name: str) -> Any:
+    """torch, which a BF16 tensor's DLPack form needs (numpy has no bfloat16)."""
+    try:
+        import torch
+    except ImportError:
+        raise TritonModelException(
+            f"tensor {name!r} is BF16, which reaches a model through torch's DLPack; install torch"
+        ) from None
+    return torch
 
 
 class InferenceRequest:
@@ -482,7 +530,7 @@ class InferenceRequest:
         for tensor in self._inputs:
             if not isinstance(tensor, Tensor):
                 raise TritonModelException(f"a request's inputs are pb_utils.Tensor, got {type(tensor).__name__}")
-            inputs[tensor.name()] = tensor.as_numpy()
+            inputs[tensor.name()] = tensor._data()
         call = ModelCall(
             model=self._model,
             inputs=inputs,
