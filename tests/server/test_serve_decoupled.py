@@ -751,3 +751,52 @@ def test_a_request_its_model_never_answers_fails_at_the_exit_which_it_does_not_h
         assert got.get() == "ReadTimeout"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0  # the waiting request fails, and its thread lets the exit go on
+
+
+WAITS = '''
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        for request in requests:
+            wait = float(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            await asyncio.sleep(abs(wait))
+            if wait < 0:
+                raise ValueError("negative wait")
+            request.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([wait], np.float32))]),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def test_a_decoupled_models_async_executes_overlap_on_its_one_instance_as_tritons_do(tmp_path: Path) -> None:
+    """Triton's async execute (24.04, its L0_backend_python concurrency test; helper-159: polystack ran them one
+    after another): the instance's next request starts while one awaits, so a short wait sent after a long one is
+    answered first; an exception raised after the await is the request's final error, in Triton's words."""
+    config = ('backend: "python"\nmax_batch_size: 0\nmodel_transaction_policy { decoupled: true }\n'
+              'input [ { name: "IN", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(tmp_path / "models", "waits", WAITS, config)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        got: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        try:
+            for wait in (1.0, 0.1, -0.2):
+                x = grpcclient.InferInput("IN", [1], "FP32")
+                x.set_data_from_numpy(np.array([wait], np.float32))
+                client.async_stream_infer("waits", [x], request_id=str(wait))
+            answers = [got.get(timeout=20) for _ in range(3)]
+        finally:
+            client.stop_stream()
+            client.close()
+    ok = [a.get_response().id for a in answers if not isinstance(a, InferenceServerException)]
+    assert ok == ["0.1", "1.0"]  # one after another, the 1 s wait would have come first
+    (error,) = [a.message() for a in answers if isinstance(a, InferenceServerException)]
+    assert error.startswith("Failed to process the request(s) for model 'waits_0', message: ValueError: negative wait")

@@ -8,7 +8,9 @@ it is imported, so that its own modules import) and calls ``initialize`` with Tr
 instance its config's ``instance_group`` asks for (each its own import, as each of Triton's is a process). ``infer``
 runs one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them,
 by ``execute`` on an instance running no other; ``close`` calls each instance's ``finalize`` and removes the folder.
-An ``async def execute`` runs on an event loop of its instance's own, so that it can await its calls together.
+An ``async def execute`` runs on an event loop of its instance's own, so that it can await its calls together; a
+decoupled model's runs there in a thread of its own, the instance's next ``execute`` starting while it awaits (Triton's
+async execute, 24.04).
 
 What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
 parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).
@@ -27,13 +29,14 @@ import functools
 import importlib.util
 import inspect
 import json
+import logging
 import queue
 import sys
 import threading
 import uuid
 import weakref
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -60,6 +63,8 @@ from polystack.errors import (
 from polystack.formats.python_model import MANIFEST
 from polystack.types import DType, Signature
 
+log = logging.getLogger("polystack.backends.python")
+
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
 # the folders models are unpacked into, in the temporary folder; beside each, a file locked while its model is loaded
 # (released when its process ends: temp_folders.py), out of the model's sight
@@ -76,6 +81,8 @@ class _Instance:
         self.module: ModuleType | None = None
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
+        # runs ``loop`` for a decoupled model's async executes, which overlap there (None: it runs in execute's caller)
+        self.runner: threading.Thread | None = None
         self.started = False  # its initialize returned: finalize runs at the close
         self.lock = threading.Lock()  # held while it runs an execute: one at a time, as on Triton's
 
@@ -153,14 +160,22 @@ class PythonModel:
         except pb_utils.TritonError as e:
             raise _error(e) from None
         except Exception as e:
-            message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
-            if what == "execute":  # Triton's words, its stub's traceback too
-                raise BackendError(
-                    f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
-                    f"{message}{_at(e)}"
-                ) from e
-            failed = InvalidRequest if what in ("import", "initialize") else BackendError
-            raise failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}") from e
+            raise self._failure(what, instance, e) from e
+
+    def _failure(self, what: str, instance: _Instance, e: Exception) -> PolystackError:
+        """What the model's code raising ``e`` in ``what`` fails with (``_run``'s)."""
+        if isinstance(e, PolystackError):
+            return e
+        if isinstance(e, pb_utils.TritonError):
+            return _error(e)
+        message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
+        if what == "execute":  # Triton's words, its stub's traceback too
+            return BackendError(
+                f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
+                f"{message}{_at(e)}"
+            )
+        failed = InvalidRequest if what in ("import", "initialize") else BackendError
+        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}")
 
     @contextlib.contextmanager
     def _running(self, instance: _Instance, executing: bool, callers: tuple[str, ...]) -> Iterator[None]:
@@ -215,11 +230,8 @@ class PythonModel:
             if instance is None:
                 self._idle.put(chosen)
         if self.decoupled:
-            if responses is not None:  # Triton's words
-                raise BackendError(
-                    f"Failed to process the request(s) for model '{chosen.name}', message: Python model "
-                    f"'{chosen.name}' is using the decoupled mode and the execute function must return None."
-                )
+            if responses is not None:
+                raise _must_return_none(chosen.name)
             return [{} if g is None else self._one(g) for g in gathered]
         if responses is None:  # each request answered by its response sender (now, or later from a thread)
             responses = [None] * len(received)
@@ -309,15 +321,46 @@ class PythonModel:
             )
         return data[0]
 
-    @staticmethod
-    def _execute(instance: _Instance, requests: list[pb_utils.InferenceRequest]) -> Any:
-        """The instance's ``execute``; an ``async def execute`` run to its end on the instance's own event loop."""
+    def _execute(self, instance: _Instance, requests: list[pb_utils.InferenceRequest]) -> Any:
+        """The instance's ``execute``; an ``async def execute`` run to its end on the instance's own event loop, or,
+        a decoupled model's, started there (``_overlap``)."""
         responses = instance.model.execute(requests)
         if inspect.isawaitable(responses):
+            if self.decoupled:
+                self._overlap(instance, responses, requests)
+                return None
             if instance.loop is None:
                 instance.loop = asyncio.new_event_loop()
             responses = instance.loop.run_until_complete(responses)
         return responses
+
+    def _overlap(self, instance: _Instance, execute: Awaitable[Any], requests: list[pb_utils.InferenceRequest]) -> None:
+        """Triton's async execute of a decoupled model: its coroutine runs on the instance's event loop, in a thread
+        of its own, which the instance's other executes share (so the next request starts while this one awaits; the
+        server does not bound how many), with the context of the call that started it. Its responses go by their
+        senders; a failure, or a return other than None, is the final response of each request not finished."""
+        if instance.runner is None:
+            instance.loop = asyncio.new_event_loop()
+            instance.runner = threading.Thread(
+                target=instance.loop.run_forever, name=f"python-model-{instance.name}", daemon=True
+            )
+            instance.runner.start()
+        assert instance.loop is not None
+
+        async def run() -> None:
+            error: PolystackError | None
+            try:
+                returned = await execute
+            except Exception as e:
+                error = self._failure("execute", instance, e)
+            else:
+                error = None if returned is None else _must_return_none(instance.name)
+            if error is not None:
+                log.warning("async execute failed", extra={"model": self.name, "error": error.message})
+                for request in requests:
+                    request.get_response_sender()._fail(error)
+
+        asyncio.run_coroutine_threadsafe(run(), instance.loop)
 
     def close(self) -> None:
         """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
@@ -333,7 +376,7 @@ class PythonModel:
                 failed = failed or e
             finally:
                 if instance.loop is not None:
-                    _close(instance.loop)
+                    _close(instance.loop, instance.runner)
                 if instance.module is not None:
                     sys.modules.pop(instance.module.__name__, None)
         self._instances = []
@@ -456,8 +499,20 @@ def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     return tuple(key for key, count in most.items() for _ in range(count))
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> None:
-    """Close an instance's event loop: the tasks its execute left running are cancelled first."""
+def _must_return_none(instance: str) -> BackendError:
+    """A decoupled model's execute that returned a value, in Triton's words."""
+    return BackendError(
+        f"Failed to process the request(s) for model '{instance}', message: Python model '{instance}' is using the "
+        "decoupled mode and the execute function must return None."
+    )
+
+
+def _close(loop: asyncio.AbstractEventLoop, runner: threading.Thread | None = None) -> None:
+    """Close an instance's event loop (stopped first where ``runner`` runs it): the tasks its executes left running
+    are cancelled first."""
+    if runner is not None:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
     left = asyncio.all_tasks(loop)
     for task in left:
         task.cancel()

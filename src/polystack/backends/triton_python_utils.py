@@ -662,6 +662,14 @@ class InferenceResponseSender:
     def is_cancelled(self) -> bool:
         return self._responses.cancelled
 
+    def _fail(self, error: PolystackError) -> None:
+        """The request's final response is ``error``, unless its final one was sent (the server's side: an async
+        execute that failed after it returned)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._responses.send(error, True)
+
     @property
     def sent(self) -> int:
         return self._sent
