@@ -784,9 +784,8 @@ def test_reserved_and_untyped_request_parameters_are_refused_in_tritons_words(se
         ("triton_anything", "bool_param", True, "parameter keys starting with 'triton_' are reserved for Triton usage"),
         ("triton_enable_empty_final_response", "string_param", "true",
          "invalid value type for 'triton_enable_empty_final_response' parameter, expected bool_param."),
-        ("my_threshold", "double_param", 0.5,
-         "invalid value type for 'my_threshold' parameter, expected int64_param, bool_param, or string_param."),
-        ("my_count", "uint64_param", 3, "invalid value type for 'my_count' parameter"),
+        ("my_count", "uint64_param", 3,
+         "invalid value type for 'my_count' parameter, expected int64_param, bool_param, or string_param."),
     ]  # fmt: skip
     for key, field, value, words in refused:
         with pytest.raises(grpc.RpcError) as err:
@@ -795,7 +794,8 @@ def test_reserved_and_untyped_request_parameters_are_refused_in_tritons_words(se
         assert words in err.value.details(), err.value.details()
     for key, field, value in [("triton_enable_empty_final_response", "bool_param", True),
                               ("my_threshold", "string_param", "0.5"), ("my_count", "int64_param", 3),
-                              ("my_flag", "bool_param", False)]:  # fmt: skip
+                              ("my_flag", "bool_param", False),
+                              ("my_threshold", "double_param", 0.5)]:  # tritonclient 2.51 sends a float so (helper-160)  # fmt: skip
         assert len(call(key, field, value).raw_output_contents) == 1
 
 

@@ -99,3 +99,19 @@ def test_a_header_named_as_a_parameter_triton_reserves_is_refused(server: tuple[
 def test_a_pattern_that_is_no_regular_expression_exits_2_naming_the_flag(tmp_path: Path) -> None:
     line = refused_at_start(tmp_path, ["--grpc-header-forward-pattern", "(unclosed"])
     assert "--grpc-header-forward-pattern '(unclosed' is not a regular expression" in line
+
+
+def test_a_grpc_double_parameter_reaches_the_model_as_a_number(server: tuple[int, int]) -> None:
+    """tritonclient 2.51 sends a float parameter as double_param, which tritonserver 2.51 takes (helper-160: refused)."""
+    import grpc
+
+    from polystack.protocol.grpc_gen import inference_pb2 as pb
+    from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{server[1]}"))
+    r = pb.ModelInferRequest(model_name="parameter", raw_input_contents=[np.ones(1, np.float32).tobytes()])
+    r.inputs.add(name="x", datatype="FP32", shape=[1])
+    r.parameters["threshold"].double_param = 0.25
+    answer = stub.ModelInfer(r, timeout=10)
+    (raw,) = answer.raw_output_contents
+    assert json.loads(raw[4:]) == {"threshold": 0.25}

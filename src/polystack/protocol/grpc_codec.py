@@ -85,8 +85,8 @@ def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A request's parameters; a ``sequence_id`` given as a negative ``int64_param`` is the unsigned 64-bit ID
     with those bits, as Triton reads it (its C++ and Java clients send every uint64 ID so). Refused in Triton's
     words: a ``triton_`` key other than ``triton_enable_empty_final_response`` (a bool, which changes nothing
-    here: every model answers once), and a parameter of the model's own (custom) that is not an int64, a
-    bool or a string, which Triton cannot hand to its backends."""
+    here: every model answers once), and a parameter of the model's own (custom) that is a uint64 (Triton's
+    backends take an int64, a bool, a string or a double)."""
     out: dict[str, Any] = {}
     for key, value in params.items():
         which = value.WhichOneof("parameter_choice")
@@ -111,7 +111,7 @@ def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
                 )
             if which != "bool_param":
                 raise InvalidRequest(f"invalid value type for '{key}' parameter, expected bool_param.")
-        elif which not in ("int64_param", "bool_param", "string_param"):
+        elif which not in ("int64_param", "bool_param", "string_param", "double_param"):  # Triton's (2.51: double too)
             raise InvalidRequest(
                 f"invalid value type for '{key}' parameter, expected int64_param, bool_param, or string_param."
             )
