@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import queue
+import shutil
 import signal
 import time
 import urllib.request
@@ -1215,3 +1216,62 @@ def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: 
         back = json.dumps({"max_batch_size": 4, "sequence_batching": shown(strategy)})
         again = model_config.read(back, record, default_spec(store, record), None).sequence
         assert again == policy, strategy
+
+
+def _concatenating(path: Path, batched: bool) -> None:
+    """OUTPUT = STATE_IN + INPUT (strings joined), kept as the state: the sequence's inputs so far, as one string."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims: list[Any] = ["n", 1] if batched else [1]
+    graph = helper.make_graph(
+        [helper.make_node("StringConcat", ["STATE_IN", "INPUT"], ["OUTPUT"]),
+         helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"])],
+        "concat",
+        [helper.make_tensor_value_info(n, TensorProto.STRING, dims) for n in ("INPUT", "STATE_IN")],
+        [helper.make_tensor_value_info(n, TensorProto.STRING, dims) for n in ("OUTPUT", "STATE_OUT")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True)
+    onnx.save_model(model, str(path))
+
+
+def test_a_text_state_is_kept_as_triton_keeps_one(tmp_path: Path) -> None:
+    """A TYPE_STRING implicit state (Triton's own QA models have one; helper-158: the server refused to start), from
+    empty strings, or from an initial_state data file in Triton's BYTES wire form, batched or not."""
+    repo = tmp_path / "models"
+    state = ('state [ { input_name: "STATE_IN", output_name: "STATE_OUT", data_type: TYPE_STRING, dims: [ 1 ]%s } ]')
+    initial = ', initial_state [ { data_type: TYPE_STRING, dims: [ 1 ], name: "s", data_file: "s.bin" } ]'
+    for name, batched, first in (("joined", True, ""), ("seeded", False, initial)):
+        _concatenating(repo / name / "1" / "model.onnx", batched)
+        (repo / name / "config.pbtxt").write_text(
+            f'platform: "onnxruntime_onnx"\nmax_batch_size: {4 if batched else 0}\n'
+            'input [ { name: "INPUT", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+            'output [ { name: "OUTPUT", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+            f"sequence_batching {{ {state % first} }}\n"
+        )
+    (repo / "seeded" / "initial_state").mkdir()
+    (repo / "seeded" / "initial_state" / "s.bin").write_bytes(len(b">").to_bytes(4, "little") + b">")
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def send(model: str, sequence: int, text: bytes, start: bool = False, end: bool = False) -> bytes:
+            shape = [1, 1] if model == "joined" else [1]
+            x = httpclient.InferInput("INPUT", shape, "BYTES")
+            x.set_data_from_numpy(np.array([text], dtype=object).reshape(shape))
+            answer = client.infer(model, [x], sequence_id=sequence, sequence_start=start, sequence_end=end)
+            return bytes(answer.as_numpy("OUTPUT").reshape(-1)[0])
+
+        assert send("joined", 1, b"a", start=True) == b"a"
+        assert send("joined", 2, b"x", start=True) == b"x"  # each sequence its own state
+        assert send("joined", 1, b"b") == b"ab"
+        assert send("joined", 2, b"y", end=True) == b"xy"
+        assert send("joined", 1, b"c", end=True) == b"abc"
+        assert send("seeded", 3, b"a", start=True) == b">a"
+        assert send("seeded", 3, b"b", end=True) == b">ab"
+    (repo / "seeded" / "initial_state" / "s.bin").write_bytes((9).to_bytes(4, "little") + b"short")
+    shutil.rmtree(repo / "joined")
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
+    assert "state 'STATE_IN' is TYPE_STRING:" in line and "4-byte little-endian length and its bytes" in line, line

@@ -62,6 +62,7 @@ from polystack.errors import (
     Unsupported,
     quote,
 )
+from polystack.protocol import wire
 from polystack.stats import Outcome
 from polystack.types import DType, Signature
 
@@ -88,7 +89,8 @@ class Control:
 @dataclass(frozen=True)
 class State:
     """Implicit state: model output ``output`` of each request of a sequence is its input ``input`` on the
-    next; the first takes ``initial`` (one sequence's state, raw row-major bytes; None: zeros)."""
+    next; the first takes ``initial`` (one sequence's state, raw row-major bytes, a TYPE_STRING state's in the BYTES
+    wire form; None: zeros, or empty strings)."""
 
     input: str
     output: str
@@ -101,6 +103,10 @@ class State:
 
     def first(self, batched: bool) -> np.ndarray:
         shape = ((1,) if batched else ()) + self.dims
+        if self.dtype is DType.BYTES:
+            if self.initial is None:
+                return np.full(shape, b"", dtype=object)
+            return wire.decode_bytes(self.input, shape, self.initial)
         if self.initial is None:
             return np.zeros(shape, self.dtype.numpy)
         return np.frombuffer(self.initial, self.dtype.numpy).reshape(shape).copy()

@@ -45,7 +45,7 @@ from polystack.batching.policy import MAX_INSTANCES
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import BACKEND_ONLY, LoadedEntry, LoadSpec, runtime_loads
-from polystack.errors import InvalidRequest, quote
+from polystack.errors import InvalidRequest, InvalidTensor, quote
 from polystack.formats import fil as fil_format
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
@@ -1079,9 +1079,7 @@ def _states(
             raise InvalidRequest(
                 f"{where}.dims {list(dims)}: polystack keeps states of fixed dims (each 1 or more); give the state's size"
             )
-        if dtype is DType.BYTES:
-            raise InvalidRequest(f"{where}: polystack keeps numeric states only, not TYPE_STRING")
-        if math.prod(dims) * dtype.itemsize > _MAX_STATE_BYTES:
+        if math.prod(dims) * (dtype.itemsize or 8) > _MAX_STATE_BYTES:  # TYPE_STRING: its elements' objects at least
             raise InvalidRequest(f"{where}.dims {list(dims)} is over {_MAX_STATE_BYTES >> 20} MiB a sequence; check them")
         if names[0] in listed:
             raise InvalidRequest(f"{where} sets input {names[0]!r}, which the config lists among its inputs too; the "
@@ -1126,12 +1124,33 @@ def _initial_state(
     if zero:
         return None, label, ""
     path, data = _model_file(model_dir, "initial_state", file, "data_file", at, "zero_data")
+    if dtype is DType.BYTES:  # its elements as Triton's BYTES wire form: each a 4-byte length, then its bytes
+        count = math.prod(dims)
+        try:
+            first = wire.decode_bytes(name, (count,), _first_elements(data, count))
+        except InvalidTensor as e:
+            raise InvalidRequest(
+                f"{at}: state {name!r} is TYPE_STRING: {path} holds its {count:,} elements each as a 4-byte "
+                f"little-endian length and its bytes ({e.message.removeprefix(f'input {name!r}: ')})"
+            ) from None
+        return wire.encode_bytes(first), label, file
     need = math.prod(dims) * dtype.itemsize
     if len(data) < need:
         raise InvalidRequest(
             f"{at}: state {name!r} expects {need:,} bytes, but the data provided from {path} only has {len(data):,} bytes"
         )
     return data[:need], label, file
+
+
+def _first_elements(data: bytes, count: int) -> bytes:
+    """The bytes of the first ``count`` BYTES elements of ``data`` (what follows them is left, as the bytes past a
+    numeric state's size are); all of it where it holds fewer (their decoding says so)."""
+    pos = 0
+    for _ in range(count):
+        if pos + 4 > len(data):
+            return data
+        pos += 4 + int.from_bytes(data[pos : pos + 4], "little")
+    return data[:pos]
 
 
 def as_json(text: str) -> str:
