@@ -100,9 +100,18 @@ class State:
     initial_name: str = ""  # Triton's initial_state name, shown again by GET config
     initial_file: str = ""  # the data_file it came from ("": zero_data)
     shown: bool = False  # the config lists ``output`` among its outputs: clients may ask for it
+    initial_dims: tuple[int, ...] = ()  # the initial state's (its size where ``dims`` has -1; (): ``dims``)
+
+    @property
+    def variable(self) -> bool:
+        """Its dims hold a -1: its size is what the model's state output last had (Triton's variable state)."""
+        return -1 in self.dims
 
     def first(self, batched: bool) -> np.ndarray:
-        shape = ((1,) if batched else ()) + self.dims
+        """A sequence's first state: the initial one, or zeros (empty strings), a dimension of -1 being 1, as
+        Triton starts a variable state."""
+        dims = self.initial_dims or tuple(1 if d == -1 else d for d in self.dims)
+        shape = ((1,) if batched else ()) + dims
         if self.dtype is DType.BYTES:
             if self.initial is None:
                 return np.full(shape, b"", dtype=object)
@@ -255,6 +264,7 @@ class SequenceBatcher:
         self._placed_on = [0] * policy.instances  # sequences holding a slot on each instance (pinned)
         self.batched = policy.max_batch_size > 0
         self._initial = {s.input: s.first(self.batched) for s in policy.states}  # what a START request runs on
+        self._variable = any(s.variable for s in policy.states)  # a state's size changes: batches stack by it too
         # direct waits for more only with a minimum_slot_utilization, as Triton's: its delay is ignored otherwise
         waits = policy.strategy == "oldest" or policy.minimum_slot_utilization > 0
         self.delay_s = policy.max_queue_delay_ms / 1000.0 if waits else 0.0
@@ -601,6 +611,15 @@ class SequenceBatcher:
                 with self._cond:
                     self._held_back -= len(batch)
 
+    def _stacks(self, sequence: _Sequence) -> tuple[Any, ...]:
+        """What the rows a sequence's next request runs on must share with a batch's others to stack: its request's
+        layout, and the shapes of its variable states (each sequence's own, as its model's outputs grew them)."""
+        request = sequence.requests[0]
+        if not self._variable:
+            return request.key
+        states = self._initial if request.flags.start else sequence.state
+        return (request.key, *(states[s.input].shape if s.input in states else () for s in self.policy.states if s.variable))
+
     def _next_batch(self, instance: int | None) -> list[tuple[_Request, _Sequence]] | None:
         """The next batch to run: of any sequence ready, or of those whose slot is on ``instance``."""
         with self._cond:
@@ -612,8 +631,8 @@ class SequenceBatcher:
                 mine = self._ready if instance is None else [s for s in self._ready if s.instance == instance]
                 if mine:
                     heads = sorted(mine, key=lambda s: s.requests[0].enqueued)
-                    first = heads[0].requests[0].key
-                    ready = sum(1 for s in heads if s.requests[0].key == first)
+                    first = self._stacks(heads[0])
+                    ready = sum(1 for s in heads if self._stacks(s) == first)
                     wait = self._wait_for_more(ready, heads[0].requests[0].enqueued, now)
                     if wait <= 0 or self._closed:
                         break
@@ -625,8 +644,8 @@ class SequenceBatcher:
                 if self._sequences:  # idle ones end on time even when no request comes
                     wait = min(wait if wait is not None else math.inf, self._sweep_every())
                 self._cond.wait(wait)
-            key = heads[0].requests[0].key  # rows of one batch must stack: the oldest request's layout
-            chosen = [s for s in heads if s.requests[0].key == key][: self.policy.rows]
+            key = self._stacks(heads[0])  # rows of one batch must stack: the oldest request's layout
+            chosen = [s for s in heads if self._stacks(s) == key][: self.policy.rows]
             batch: list[tuple[_Request, _Sequence]] = []
             for sequence in chosen:
                 request = sequence.requests.popleft()
@@ -799,7 +818,8 @@ class SequenceBatcher:
             state = result.get(s.output)
             got = np.shape(state) if state is not None else ()
             want = ((rows,) if self.batched else ()) + s.dims
-            if state is None or got != want or state.dtype != s.dtype.numpy:
+            fits = len(got) == len(want) and all(w in (-1, g) for g, w in zip(got, want, strict=True))
+            if state is None or not fits or state.dtype != s.dtype.numpy:
                 raise BackendError(
                     f"model {self.entry.name!r} returned state output {s.output!r} with shape {list(got)}, but its "
                     f"state {s.input!r} is {s.dtype.value} {list(want)}; fix the model or its sequence_batching.state"

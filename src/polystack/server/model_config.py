@@ -532,7 +532,8 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
         if st.initial_name:
             data = {"data_file": st.initial_file} if st.initial_file else {"zero_data": True}
             state["initial_state"] = [
-                {"data_type": type_name(st.dtype), "dims": list(st.dims), "name": st.initial_name, **data}
+                {"data_type": type_name(st.dtype), "dims": list(st.initial_dims or st.dims), "name": st.initial_name,
+                 **data}
             ]
         states.append(state)
     shown: dict[str, Any] = {p.strategy: strategy} if p.strategy_given else {}  # none given: Triton shows none
@@ -1075,11 +1076,13 @@ def _states(
             raise InvalidRequest(f"{where} must set input_name and output_name: the model's state input and output")
         dtype = dtype_of(read_enum(st, "data_type", where, "DataType"), where)
         dims = tuple(read_int_list(st.get("dims", []), f"{where}.dims"))
-        if any(d < 1 for d in dims):
+        if any(d < 1 and d != -1 for d in dims):
             raise InvalidRequest(
-                f"{where}.dims {list(dims)}: polystack keeps states of fixed dims (each 1 or more); give the state's size"
+                f"{where}.dims {list(dims)}: each is 1 or more, or -1 (a size the model's state output sets, as it "
+                "grows)"
             )
-        if math.prod(dims) * (dtype.itemsize or 8) > _MAX_STATE_BYTES:  # TYPE_STRING: its elements' objects at least
+        # the fixed part: a variable one is the model's to bound; TYPE_STRING: its elements' objects at least
+        if math.prod(d for d in dims if d != -1) * (dtype.itemsize or 8) > _MAX_STATE_BYTES:
             raise InvalidRequest(f"{where}.dims {list(dims)} is over {_MAX_STATE_BYTES >> 20} MiB a sequence; check them")
         if names[0] in listed:
             raise InvalidRequest(f"{where} sets input {names[0]!r}, which the config lists among its inputs too; the "
@@ -1087,16 +1090,18 @@ def _states(
         read_bool(st, "use_same_buffer_for_input_output", where)
         _fits(_model_tensor(record, names[0], "input", where), dtype, dims, max_batch, where)
         _fits(_model_tensor(record, names[1], "output", where), dtype, dims, max_batch, where)
-        initial, initial_name, initial_file = _initial_state(st.get("initial_state", []), names[0], dtype, dims,
-                                                             where, model_dir)
-        states.append(State(names[0], names[1], dtype, dims, initial, initial_name, initial_file, names[1] in shown))
+        initial, initial_name, initial_file, initial_dims = _initial_state(st.get("initial_state", []), names[0],
+                                                                           dtype, dims, where, model_dir)
+        states.append(State(names[0], names[1], dtype, dims, initial, initial_name, initial_file, names[1] in shown,
+                            initial_dims))
     return states
 
 
 def _initial_state(
     value: Any, name: str, dtype: DType, dims: tuple[int, ...], where: str, model_dir: Path | None
-) -> tuple[bytes | None, str, str]:
-    """A state's ``initial_state`` (Triton's checks, in its words): its bytes (None: zeros), name and file."""
+) -> tuple[bytes | None, str, str, tuple[int, ...]]:
+    """A state's ``initial_state`` (Triton's checks, in its words): its bytes (None: zeros), name, file and dims
+    (the state's, with a size where the state's is -1)."""
     if not isinstance(value, list) or len(value) > 1:
         count = len(value) if isinstance(value, list) else "not a list of"
         raise InvalidRequest(
@@ -1104,7 +1109,7 @@ def _initial_state(
             f"'{count}' elements."
         )
     if not value:
-        return None, "", ""
+        return None, "", "", ()
     at = f"{where}.initial_state[0]"
     init = read_message(value[0], at, "initial_state")
     if read_enum(init, "data_type", at, "DataType") != type_name(dtype):
@@ -1115,14 +1120,18 @@ def _initial_state(
     if not label:
         raise InvalidRequest(f"Field 'name' must be set when using initial_state for state input {name!r}.")
     got = tuple(read_int_list(init.get("dims", []), f"{at}.dims"))
-    if got != dims:
-        raise InvalidRequest(f"{at}.dims {list(got)} do not match the dims of state {name!r}, {list(dims)}")
+    if len(got) != len(dims) or any(g < 1 or d not in (-1, g) for g, d in zip(got, dims, strict=False)):
+        raise InvalidRequest(
+            f"{at}.dims {list(got)} do not match the dims of state {name!r}, {list(dims)} (a size of 1 or more for "
+            "each, where the state's is -1)"
+        )
+    dims = got
     zero = read_bool(init, "zero_data", at)
     file = read_string(init, "data_file", at)
     if zero == bool(file):
         raise InvalidRequest(f"initial_state setting expects state {name!r} to have state_data set (zero_data or data_file)")
     if zero:
-        return None, label, ""
+        return None, label, "", got
     path, data = _model_file(model_dir, "initial_state", file, "data_file", at, "zero_data")
     if dtype is DType.BYTES:  # its elements as Triton's BYTES wire form: each a 4-byte length, then its bytes
         count = math.prod(dims)
@@ -1133,13 +1142,13 @@ def _initial_state(
                 f"{at}: state {name!r} is TYPE_STRING: {path} holds its {count:,} elements each as a 4-byte "
                 f"little-endian length and its bytes ({e.message.removeprefix(f'input {name!r}: ')})"
             ) from None
-        return wire.encode_bytes(first), label, file
+        return wire.encode_bytes(first), label, file, got
     need = math.prod(dims) * dtype.itemsize
     if len(data) < need:
         raise InvalidRequest(
             f"{at}: state {name!r} expects {need:,} bytes, but the data provided from {path} only has {len(data):,} bytes"
         )
-    return data[:need], label, file
+    return data[:need], label, file, got
 
 
 def _first_elements(data: bytes, count: int) -> bytes:
