@@ -244,6 +244,10 @@ class StoreError(BackendError):
     pass
 
 
+class UnknownError(BackendError):
+    """A failure a model gave as Triton's UNKNOWN (``TritonError.UNKNOWN``): 500, and UNKNOWN over gRPC."""
+
+
 _QUOTED_DEPTH = 100  # lists and dicts nested deeper are not shown, whatever Python's recursion limit is now
 
 

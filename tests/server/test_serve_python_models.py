@@ -776,3 +776,57 @@ def test_a_python_model_taking_no_inputs_serves_as_tritons_python_backend_serves
     python_folder(tmp_path / "batched", "nothing", NO_INPUTS, f'backend: "python"\nmax_batch_size: 4\n{output}')
     line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "batched"), "--allow-python-models"])
     assert "lists no inputs, so its requests carry no batch; set max_batch_size: 0" in line
+
+
+CODES = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        logger = pb_utils.Logger
+        for level in ("INFO", "WARNING", "ERROR", "VERBOSE"):
+            logger.log(f"said at {level}", getattr(logger, level))
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            code = pb_utils.get_input_tensor_by_name(request, "code").as_numpy()[0].decode()
+            error = pb_utils.TritonError("code " + code, getattr(pb_utils.TritonError, code))
+            out.append(pb_utils.InferenceResponse(error=error))
+        return out
+"""
+
+
+def test_a_models_error_codes_and_log_levels_are_tritons(tmp_path: Path) -> None:
+    """helper-161: Triton's lifecycle test_error_code (UNKNOWN reached gRPC clients as INTERNAL) and its logging
+    model (Logger.INFO and its kin were missing: the load failed)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "codes", CODES,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "code", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        'output [ { name: "out", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port), "--log-verbose", "1"]
+    expected = {"UNKNOWN": ("500", "StatusCode.UNKNOWN"), "INTERNAL": ("500", "StatusCode.INTERNAL"),
+                "NOT_FOUND": ("404", "StatusCode.NOT_FOUND"), "INVALID_ARG": ("400", "StatusCode.INVALID_ARGUMENT"),
+                "UNAVAILABLE": ("503", "StatusCode.UNAVAILABLE"), "UNSUPPORTED": ("501", "StatusCode.UNIMPLEMENTED"),
+                "ALREADY_EXISTS": ("400", "StatusCode.ALREADY_EXISTS"), "CANCELLED": ("400", "StatusCode.CANCELLED")}  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        for code, statuses in expected.items():
+            got = []
+            for mod, client in ((httpclient, http), (grpcclient, grpc)):
+                x = mod.InferInput("code", [1], "BYTES")
+                x.set_data_from_numpy(np.array([code.encode()], dtype=object))
+                with pytest.raises(InferenceServerException) as e:
+                    client.infer("codes", [x])
+                assert e.value.message() == f"code {code}"
+                got.append(str(e.value.status()))
+            assert tuple(got) == statuses, code
+    logged = {(d.get("level"), d.get("msg")) for d in map(json.loads, (tmp_path / "log").read_text().splitlines())
+              if str(d.get("msg", "")).startswith("said at")}  # fmt: skip
+    assert logged == {("info", "said at INFO"), ("warning", "said at WARNING"), ("error", "said at ERROR"),
+                      ("debug", "said at VERBOSE")}  # fmt: skip

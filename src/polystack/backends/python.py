@@ -58,6 +58,7 @@ from polystack.errors import (
     NotFound,
     PolystackError,
     Unavailable,
+    UnknownError,
     Unsupported,
 )
 from polystack.formats.python_model import MANIFEST
@@ -551,6 +552,7 @@ _CODES: dict[int, type[PolystackError]] = {
     pb_utils.TritonError.UNSUPPORTED: Unsupported,
     pb_utils.TritonError.ALREADY_EXISTS: AlreadyExists,
     pb_utils.TritonError.CANCELLED: Cancelled,
+    pb_utils.TritonError.UNKNOWN: UnknownError,
 }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import json
 import logging
 import queue
@@ -714,12 +715,29 @@ def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> dic
     return next((dict(t) for t in model_config.get("output", []) if t.get("name") == name), None)
 
 
+class LogLevel(enum.IntEnum):
+    """Triton's log levels for ``Logger.log`` (also ``Logger.INFO``, ...)."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
 class Logger:
-    """Triton's model logger, into polystack's log."""
+    """Triton's model logger, into polystack's log (VERBOSE at debug level)."""
+
+    INFO = LogLevel.INFO
+    WARNING = LogLevel.WARNING
+    ERROR = LogLevel.ERROR
+    VERBOSE = LogLevel.VERBOSE
 
     @staticmethod
-    def log(message: str, level: int = 0) -> None:
-        log.info(message)
+    def log(message: str, level: int = LogLevel.INFO) -> None:
+        by_level: dict[int, Callable[[str], None]] = {
+            LogLevel.WARNING: log.warning, LogLevel.ERROR: log.error, LogLevel.VERBOSE: log.debug
+        }
+        by_level.get(level, log.info)(message)
 
     @staticmethod
     def log_info(message: str) -> None:
