@@ -830,3 +830,44 @@ def test_a_models_error_codes_and_log_levels_are_tritons(tmp_path: Path) -> None
               if str(d.get("msg", "")).startswith("said at")}  # fmt: skip
     assert logged == {("info", "said at INFO"), ("warning", "said at WARNING"), ("error", "said at ERROR"),
                       ("debug", "said at VERBOSE")}  # fmt: skip
+
+
+RELATIVE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import file1
+from . import file2
+from .sub.file3 import NAME as THIRD
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        from . import file2 as again  # later, inside execute, too
+        names = " ".join([file1.NAME, file2.NAME, THIRD, again.NAME])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("seen", np.array([names.encode()], dtype=np.object_))])
+                for r in requests]
+"""
+
+
+def test_a_model_py_imports_the_modules_beside_it_relatively_as_in_triton(tmp_path: Path) -> None:
+    """Triton imports model.py as a module of its version folder's package (its multi_file check; helper-161: a
+    relative import failed the load)."""
+    repo = tmp_path / "models"
+    for name in ("one", "two"):  # each its own file2, of the same name
+        python_folder(repo, name, RELATIVE,
+            'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            'output [ { name: "seen", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        )  # fmt: skip
+        (repo / name / "1" / "file1.py").write_text(f"NAME = '{name}-1'\n")
+        (repo / name / "1" / "file2.py").write_text(f"NAME = '{name}-2'\n")
+        (repo / name / "1" / "sub").mkdir()
+        (repo / name / "1" / "sub" / "file3.py").write_text(f"NAME = '{name}-3'\n")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        for name in ("one", "two"):
+            assert client.infer(name, [x]).as_numpy("seen")[0].decode() == f"{name}-1 {name}-2 {name}-3 {name}-2"

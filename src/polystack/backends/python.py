@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -379,7 +380,7 @@ class PythonModel:
                 if instance.loop is not None:
                     _close(instance.loop, instance.runner)
                 if instance.module is not None:
-                    sys.modules.pop(instance.module.__name__, None)
+                    _forget(instance.module)
         self._instances = []
         temp_folders.release(self._folder, self._owner)
         self._owner = None
@@ -414,10 +415,14 @@ class _Gathered:
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
-    """``model.py`` as a module of its own, its folder first on ``sys.path`` while it imports (``run`` runs the
-    import, in the words of its failure)."""
+    """``model.py`` as a module of a package of its own, its folder (as Triton imports it from its version folder,
+    so that ``from . import file2`` finds a module beside it), that folder first on ``sys.path`` while it imports
+    (``import file1`` too; ``run`` runs the import, in the words of its failure)."""
     sys.modules.setdefault(UTILS, pb_utils)
-    name = f"polystack_python_model_{uuid.uuid4().hex}"
+    package = f"polystack_python_model_{uuid.uuid4().hex}"
+    folder = importlib.machinery.ModuleSpec(package, None, is_package=True)
+    folder.submodule_search_locations = [str(path.parent)]
+    name = f"{package}.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise InvalidRequest(f"cannot import {path.name} of model {model!r}")
@@ -425,19 +430,30 @@ def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleT
     before = set(sys.modules)
     sys.path.insert(0, str(path.parent))
     try:
+        sys.modules[package] = importlib.util.module_from_spec(folder)
         sys.modules[name] = module
         run(spec.loader.exec_module, module)
     except BaseException:
-        sys.modules.pop(name, None)
+        _forget(module)
         raise
     finally:
         sys.path.remove(str(path.parent))
-        # its own modules (a utils.py beside it) leave the module cache, so that another model's of that name
-        # imports its own, as in Triton, whose models each run in a process of their own
-        for other in set(sys.modules) - before - {name}:
-            if str(getattr(sys.modules[other], "__file__", "") or "").startswith(str(root)):
+        # its own modules imported by name (a utils.py beside it) leave the module cache, so that another model's of
+        # that name imports its own, as in Triton, whose models each run in a process of their own (those of its
+        # package are its own by their names)
+        for other in set(sys.modules) - before:
+            if not other.startswith(package) and str(getattr(sys.modules[other], "__file__", "") or "").startswith(
+                str(root)
+            ):
                 del sys.modules[other]
     return module
+
+
+def _forget(module: ModuleType) -> None:
+    """Take a model's module, its package and the modules of its package out of the module cache."""
+    package = module.__name__.rpartition(".")[0] or module.__name__
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any], model: str) -> dict[str, Any]:
@@ -470,7 +486,7 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
             )
         return done.as_dict()
     finally:
-        sys.modules.pop(module.__name__, None)
+        _forget(module)
 
 
 def _at(e: BaseException) -> str:
