@@ -8,6 +8,7 @@ supply their own specs.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,8 @@ from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNot
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature, TensorSpec
+
+log = logging.getLogger("polystack.engine")
 
 # runtimes that are Triton backends without a platform of their own: its configs of their models have an empty
 # platform, and its metadata gives the backend's name
@@ -328,8 +331,12 @@ class Engine:
             entries = list(self._models.values())
             self._models.clear()
             self.generation += 1
-        for e in entries:
-            e.model.close()
+        for e in entries:  # one that fails to close (a Python model's finalize raising) is logged, and the rest close,
+            try:  # as Triton logs it and exits 0
+                e.model.close()
+            except Exception as exc:
+                message = exc.message if isinstance(exc, PolystackError) else f"{type(exc).__name__}: {exc}"
+                log.error("model failed to close", extra={"model": e.name, "version": e.version, "error": message})
 
     # -- lookup --------------------------------------------------------------------------------
     def loaded(self) -> list[LoadedEntry]:

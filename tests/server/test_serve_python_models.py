@@ -871,3 +871,34 @@ def test_a_model_py_imports_the_modules_beside_it_relatively_as_in_triton(tmp_pa
         x.set_data_from_numpy(np.ones(1, np.float32))
         for name in ("one", "two"):
             assert client.infer(name, [x]).as_numpy("seen")[0].decode() == f"{name}-1 {name}-2 {name}-3 {name}-2"
+
+
+FINALIZE_FAILS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+
+    def finalize(self):
+        undefined_variable
+"""
+
+
+def test_a_finalize_that_raises_is_logged_and_the_stop_exits_0_as_tritons(tmp_path: Path) -> None:
+    """helper-161: Triton's lifecycle and bls test.sh stop a server whose model's finalize raises, and wait for exit 0;
+    polystack exited 2."""
+    import signal
+
+    repo = tmp_path / "models"
+    config = ('backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(repo, "fini_error", FINALIZE_FAILS, config)
+    python_folder(repo, "fine", FINALIZE_FAILS.replace("undefined_variable", "pass"), config)
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, free_port(), tmp_path / "log") as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    failed = [d for d in map(json.loads, (tmp_path / "log").read_text().splitlines()) if d["msg"] == "model failed to close"]
+    assert [(d["model"], "NameError" in d["error"]) for d in failed] == [("fini_error", True)]
