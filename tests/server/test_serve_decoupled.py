@@ -773,6 +773,21 @@ class TritonPythonModel:
 '''
 
 
+RELAY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        for request in requests:
+            call = pb_utils.InferenceRequest(model_name="waits", inputs=[pb_utils.get_input_tensor_by_name(request, "IN")],
+                                             requested_output_names=["OUT"])
+            answers = [a for a in await call.async_exec(decoupled=True) if a.output_tensors()]
+            request.get_response_sender().send(pb_utils.InferenceResponse(answers[0].output_tensors()),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
 def test_a_decoupled_models_async_executes_overlap_on_its_one_instance_as_tritons_do(tmp_path: Path) -> None:
     """Triton's async execute (24.04, its L0_backend_python concurrency test; helper-159: polystack ran them one
     after another): the instance's next request starts while one awaits, so a short wait sent after a long one is
@@ -781,6 +796,7 @@ def test_a_decoupled_models_async_executes_overlap_on_its_one_instance_as_triton
               'input [ { name: "IN", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
               'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
     python_folder(tmp_path / "models", "waits", WAITS, config)
+    python_folder(tmp_path / "models", "relay", RELAY, config)  # awaits async_exec(decoupled=True) of waits
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
@@ -788,15 +804,16 @@ def test_a_decoupled_models_async_executes_overlap_on_its_one_instance_as_triton
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
         try:
-            for wait in (1.0, 0.1, -0.2):
+            for model, wait in (("waits", 1.0), ("waits", 0.1), ("waits", -0.2), ("relay", 1.0), ("relay", 0.1)):
                 x = grpcclient.InferInput("IN", [1], "FP32")
                 x.set_data_from_numpy(np.array([wait], np.float32))
-                client.async_stream_infer("waits", [x], request_id=str(wait))
-            answers = [got.get(timeout=20) for _ in range(3)]
+                client.async_stream_infer(model, [x], request_id=f"{model} {wait}")
+            answers = [got.get(timeout=20) for _ in range(5)]
         finally:
             client.stop_stream()
             client.close()
     ok = [a.get_response().id for a in answers if not isinstance(a, InferenceServerException)]
-    assert ok == ["0.1", "1.0"]  # one after another, the 1 s wait would have come first
+    for model in ("waits", "relay"):  # one after another, the 1 s wait would have come first
+        assert [i for i in ok if i.startswith(model)] == [f"{model} 0.1", f"{model} 1.0"]
     (error,) = [a.message() for a in answers if isinstance(a, InferenceServerException)]
     assert error.startswith("Failed to process the request(s) for model 'waits_0', message: ValueError: negative wait")

@@ -477,11 +477,21 @@ class InferenceRequest:
     def async_exec(self, decoupled: bool = False) -> asyncio.Future[Any]:
         """Send this request now; its answer on a future of the running event loop (an ``async def execute``'s),
         as Triton's is: calls sent one after another run together, awaited in any order."""
-        if decoupled:  # as Triton's: the iterator at once, its responses read as they come
-            sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            sent.set_result(self.exec(decoupled=True))
-            return sent
         loop = asyncio.get_running_loop()
+        if decoupled:  # as Triton's: the iterator once the first response came (the loop runs others meanwhile)
+            first: asyncio.Future[Any] = loop.create_future()
+            iterator = self.exec(decoupled=True)
+
+            def ready() -> None:
+                if not first.done():
+                    first.set_result(iterator)
+
+            def came() -> None:  # on the thread that sent it
+                with contextlib.suppress(RuntimeError):  # the model's loop is closed: nobody waits for it
+                    loop.call_soon_threadsafe(ready)
+
+            iterator._when_first(came)
+            return first
         answer: asyncio.Future[InferenceResponse] = loop.create_future()
         future = self._send()
 
@@ -581,6 +591,8 @@ class ResponseIterator:
         self._lock = threading.Lock()
         self._final_sent = False  # the last was put in the queue
         self._done = False  # the last was read
+        self._sent = False  # a response (or the end) was put in the queue
+        self._first: Callable[[], None] | None = None  # told when the first comes (``async_exec``)
 
     def send(self, outputs: dict[str, np.ndarray] | BaseException | None, final: bool) -> None:
         with self._lock:
@@ -588,6 +600,17 @@ class ResponseIterator:
                 return
             self._final_sent = final
             self._queue.put((outputs, final))
+            self._sent, first, self._first = True, self._first, None
+        if first is not None:
+            first()
+
+    def _when_first(self, told: Callable[[], None]) -> None:
+        """Call ``told`` once the first response (or the end) is here: at once if it is."""
+        with self._lock:
+            if not self._sent:
+                self._first = told
+                return
+        told()
 
     def ended(self, sent: concurrent.futures.Future[None]) -> None:
         """The call's run ended: where it failed before the final response, that failure is it."""
