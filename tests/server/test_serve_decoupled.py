@@ -541,12 +541,8 @@ def test_a_model_that_is_not_decoupled_may_answer_once_through_its_response_send
         assert e.value.message() == (
             "Unable to send response. Non-decoupled model cannot send complete final before sending a response."
         )
-        with pytest.raises(InferenceServerException) as e:
-            client.infer("once", [x], parameters={"mode": "and_return"})
-        assert e.value.message() == (
-            "Failed to process the request(s) for model 'once_0', message: Unable to send response. Non-decoupled "
-            "model cannot send more than one response."
-        )
+        # sent, then returned too: the client has the one sent, as tritonserver 2.51's (helper-161), the rest is logged
+        assert client.infer("once", [x], parameters={"mode": "and_return"}).as_numpy("OUT").tolist() == [6, 8]
         assert client.infer("once", [x]).as_numpy("OUT").tolist() == [6, 8]
 
 

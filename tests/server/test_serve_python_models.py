@@ -902,3 +902,43 @@ def test_a_finalize_that_raises_is_logged_and_the_stop_exits_0_as_tritons(tmp_pa
         assert proc.wait(timeout=60) == 0
     failed = [d for d in map(json.loads, (tmp_path / "log").read_text().splitlines()) if d["msg"] == "model failed to close"]
     assert [(d["model"], "NameError" in d["error"]) for d in failed] == [("fini_error", True)]
+
+
+SENT_THEN_MORE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        returned = []
+        for request in requests:
+            mode = int(pb_utils.get_input_tensor_by_name(request, "mode").as_numpy()[0])
+            sender = request.get_response_sender()
+            one = pb_utils.InferenceResponse([pb_utils.Tensor("out", np.array([1], np.int32))])
+            if mode == 0:  # sent, then a second send, which raises here
+                sender.send(one)
+                sender.send(one)
+            sender.send(one, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)  # mode 1: then returned too
+            returned.append(pb_utils.InferenceResponse([pb_utils.Tensor("out", np.array([0], np.int32))]))
+        return returned
+"""
+
+
+def test_a_response_sent_by_the_sender_reaches_the_client_whatever_the_model_does_after(tmp_path: Path) -> None:
+    """Triton's response_sender_test (test_non_decoupled_two_response_pre_return, ..._one_response_pre_and_on_return;
+    helper-161): a model that is not decoupled sends its response, then fails (a second send) or returns another:
+    the client gets the response sent, as Triton's, where it got only the error."""
+    repo = tmp_path / "models"
+    python_folder(repo, "sent", SENT_THEN_MORE,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "mode", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+        'output [ { name: "out", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for mode in (0, 1):
+            x = httpclient.InferInput("mode", [1], "INT32")
+            x.set_data_from_numpy(np.array([mode], np.int32))
+            assert client.infer("sent", [x]).as_numpy("out").tolist() == [1], mode

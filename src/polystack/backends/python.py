@@ -228,6 +228,14 @@ class PythonModel:
             callers = _waiting(facts.callers for _, _, facts in requests)
             with chosen.lock:  # one execute at a time on each instance, as on Triton's
                 responses = self._run("execute", chosen, self._execute, chosen, received, callers=callers)
+        except PolystackError as e:
+            sent = [g.sent() if g is not None else None for g in gathered]
+            if self.decoupled or all(r is None for r in sent):
+                raise
+            # a request whose sender sent its response has it, as Triton's client has it already; the failure is
+            # the others' (and the log's)
+            log.warning("execute failed after responses were sent", extra={"model": self.name, "error": e.message})
+            return [e if r is None else r for r in sent]
         finally:
             if instance is None:
                 self._idle.put(chosen)
@@ -246,11 +254,12 @@ class PythonModel:
             )
         results: list[dict[str, np.ndarray] | PolystackError] = []
         for request, response, sink, (names, asked) in zip(received, responses, gathered, wanted, strict=True):
-            if response is not None and request.get_response_sender().sent:  # Triton's words
-                raise BackendError(
-                    f"Failed to process the request(s) for model '{chosen.name}', message: Unable to send response. "
-                    "Non-decoupled model cannot send more than one response."
+            if response is not None and request.get_response_sender().sent:  # its response went by its sender
+                log.warning(  # Triton's words; the client has the response sent, as Triton's has
+                    "Unable to send response. Non-decoupled model cannot send more than one response.",
+                    extra={"model": self.name, "instance": chosen.name},
                 )
+                response = None
             if response is not None:
                 results.append(self._answer(response, names, asked))
             else:
@@ -412,6 +421,10 @@ class _Gathered:
     def wait(self) -> list[dict[str, np.ndarray] | PolystackError | None] | PolystackError:
         self._done.wait()
         return self._failed or self._responses
+
+    def sent(self) -> dict[str, np.ndarray] | PolystackError | None:
+        """The first response sent so far (None: none)."""
+        return next((r for r in self._responses if r is not None), None)
 
 
 def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
