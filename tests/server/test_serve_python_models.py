@@ -942,3 +942,65 @@ def test_a_response_sent_by_the_sender_reaches_the_client_whatever_the_model_doe
             x = httpclient.InferInput("mode", [1], "INT32")
             x.set_data_from_numpy(np.array([mode], np.int32))
             assert client.infer("sent", [x]).as_numpy("out").tolist() == [1], mode
+
+
+CANCEL_AWARE = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            deadline = time.monotonic() + 10
+            while not request.is_cancelled() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            pb_utils.Logger.log_info(f"cancelled {request.request_id()}: {request.is_cancelled()}")
+            out.append(None if request.is_cancelled() else pb_utils.InferenceResponse([pb_utils.Tensor("y", np.ones(1, np.float32))]))
+        return out
+"""
+
+
+def test_a_client_that_goes_away_cancels_the_request_its_python_model_runs(tmp_path: Path) -> None:
+    """Triton's lifecycle test_execute_cancel (helper-161: is_cancelled() stayed False and the model ran on): a gRPC
+    call cancelled, or an HTTP client that closes its connection, turns the request's is_cancelled() True; a model
+    that then leaves it unanswered holds nothing, and the next request runs."""
+    import socket
+    import time
+
+    repo = tmp_path / "models"
+    python_folder(repo, "waits", CANCEL_AWARE,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    log = tmp_path / "log"
+
+    def seen(rid: str) -> bool:
+        deadline = time.monotonic() + 10
+        while f"cancelled {rid}: True" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return f"cancelled {rid}: True" in log.read_text()
+
+    with cli_server(tmp_path / "home", args, port, log):
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            x = grpcclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.ones(1, np.float32))
+            call = client.async_infer("waits", [x], lambda result, error: None, request_id="g1")
+            time.sleep(0.5)
+            call.cancel()
+            assert seen("g1")
+        body = json.dumps({"id": "h1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"POST /v2/models/waits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+            time.sleep(0.5)
+        assert seen("h1")
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:  # the model's one thread is free
+            call = client.async_infer("waits", [x], lambda result, error: None, request_id="g2")
+            time.sleep(0.5)
+            call.cancel()
+            assert seen("g2")

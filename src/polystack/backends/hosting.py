@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class RequestFacts:
     callers: tuple[str, ...] = ()
     # where a decoupled model sends this request's responses (None: the model answers it by returning)
     responses: Responses | None = None
+    # set when the client of a request answered once goes away (cancelled, disconnected): the model may stop
+    # (``request.is_cancelled()``); a decoupled request's is its ``responses``' (None: it cannot be cancelled)
+    gone: threading.Event | None = None
 
 
 class Responses(Protocol):

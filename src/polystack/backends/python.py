@@ -213,7 +213,7 @@ class PythonModel:
             names = list(outputs or ()) or [t.name for t in self.signature.outputs]  # those it asks for, else all
             tensors = [pb_utils.Tensor(name, writable(array)) for name, array in inputs.items()]
             # where its responses go: the server's stream of a decoupled model's request, else gathered here
-            own = None if self.decoupled and facts.responses is not None else _Gathered()
+            own = None if self.decoupled and facts.responses is not None else _Gathered(facts.gone)
             sink = own or facts.responses
             assert sink is not None
             check = functools.partial(self._answer, outputs=names, asked=bool(outputs), whole=not self.decoupled)
@@ -401,12 +401,15 @@ class _Gathered:
     """A request's responses as its sender sends them, where no server stream reads them (``hosting.Responses``):
     gathered until the final flag, which ``wait`` waits for."""
 
-    cancelled = False
-
-    def __init__(self) -> None:
+    def __init__(self, gone: threading.Event | None = None) -> None:
+        self._gone = gone  # set when the request's client went away (None: it cannot)
         self._responses: list[dict[str, np.ndarray] | PolystackError | None] = []
         self._done = threading.Event()
         self._failed: PolystackError | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._gone is not None and self._gone.is_set()
 
     def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
         if outputs is not None:
@@ -419,7 +422,11 @@ class _Gathered:
         self._done.set()
 
     def wait(self) -> list[dict[str, np.ndarray] | PolystackError | None] | PolystackError:
-        self._done.wait()
+        """Its responses once the final flag came; a request whose client went away is not waited for (its
+        model may never answer it, as Triton's models may leave a cancelled request)."""
+        while not self._done.wait(0.05 if self._gone is not None else None):
+            if self.cancelled:
+                return Cancelled("the client went away before the model answered this request")
         return self._failed or self._responses
 
     def sent(self) -> dict[str, np.ndarray] | PolystackError | None:

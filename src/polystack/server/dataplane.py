@@ -292,11 +292,16 @@ _ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extensio
 
 
 def _facts(
-    request: InferRequest, outputs: Sequence[str] | None, responses: hosting.Responses | None = None
+    request: InferRequest,
+    outputs: Sequence[str] | None,
+    responses: hosting.Responses | None = None,
+    gone: threading.Event | None = None,
 ) -> hosting.RequestFacts:
     """What a hosted model sees of ``request`` past its inputs (``responses``: where a decoupled model sends its
-    responses)."""
-    return hosting.RequestFacts(request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses)
+    responses; ``gone``: set when the client of a request answered once goes away)."""
+    return hosting.RequestFacts(
+        request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone
+    )
 
 
 def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) -> None:
@@ -2325,9 +2330,34 @@ class DataPlane:
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
         if responses is not None and outputs:  # the model prunes each response to them: its result has none
             entry.signature.check_outputs(outputs, entry.name)
-        facts = _facts(request, outputs, responses) if served.hosted else hosting.NO_FACTS
+        # a hosted model's request answered once is told when its client goes away (this coroutine is cancelled)
+        gone = threading.Event() if served.hosted and responses is None else None
+        facts = _facts(request, outputs, responses, gone) if served.hosted else hosting.NO_FACTS
         if responses is not None:
             outputs = None
+        try:
+            return await self._run_on(served, request, name, version, loop, span, outcome, compute, responses, facts, outputs)
+        except asyncio.CancelledError:
+            if gone is not None:
+                gone.set()
+            raise
+
+    async def _run_on(
+        self,
+        served: _Served,
+        request: InferRequest,
+        name: str,
+        version: str | None,
+        loop: asyncio.AbstractEventLoop | None,
+        span: Any,
+        outcome: Outcome,
+        compute: list[int] | None,
+        responses: hosting.Responses | None,
+        facts: hosting.RequestFacts,
+        outputs: list[str] | None,
+    ) -> tuple[dict[str, np.ndarray], LoadedEntry]:
+        """``_run``'s work, with what the model is told of the request (``facts``) and the outputs it computes."""
+        entry = served.entry
         model_label = (entry.name, str(entry.version))
         for reroutes in range(_MAX_REROUTES + 1):
             if isinstance(responses, ResponseStream):  # its model stays open until it sent the final response
