@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -1004,3 +1005,71 @@ def test_a_client_that_goes_away_cancels_the_request_its_python_model_runs(tmp_p
             time.sleep(0.5)
             call.cancel()
             assert seen("g2")
+
+
+LATER = """
+import asyncio
+import json
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def answer(sender, value):
+    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.array([[value]], np.float32))]), flags=FINAL)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.tasks = set()
+
+    %(kind)s execute(self, requests):
+        for request in requests:
+            mode = json.loads(request.parameters()).get("mode", "")
+            value = float(pb_utils.get_input_tensor_by_name(request, "x").as_numpy().reshape(-1)[0])
+            sender = request.get_response_sender()
+            if mode == "thread":
+                threading.Timer(0.2, answer, args=(sender, value)).start()
+            elif mode == "task":  # answered by a task of the model's event loop, after execute returned
+                async def later(sender=sender, value=value):
+                    await asyncio.sleep(0.2)
+                    answer(sender, value)
+                task = asyncio.get_running_loop().create_task(later())
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif mode != "never":
+                answer(sender, value)
+        return None
+"""
+
+
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_request_answered_after_execute_returned_holds_no_instance_as_in_triton(tmp_path: Path, kind: str) -> None:
+    """Triton's response_sender tests (helper-161): a model that is not decoupled returns None and answers later, from a
+    thread or from a task of its event loop: its instance takes the next request meanwhile, a request it never answers
+    holds nothing (they waited behind it for good), and the task's answer comes (it never came: the loop ran only
+    inside an execute)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "later", LATER % {"kind": kind},
+        'backend: "python"\nmax_batch_size: 4\ndynamic_batching { }\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=4, network_timeout=5)
+
+        def x(value: float) -> Any:
+            i = httpclient.InferInput("x", [1, 1], "FP32")
+            i.set_data_from_numpy(np.array([[value]], np.float32))
+            return i
+
+        never = client.async_infer("later", [x(0)], parameters={"mode": "never"})
+        modes = ["thread", "task"] if kind == "async def" else ["thread"]
+        for mode in modes:
+            assert client.infer("later", [x(1)], parameters={"mode": mode}).as_numpy("y").tolist() == [[1.0]]
+        assert client.infer("later", [x(2)]).as_numpy("y").tolist() == [[2.0]]
+        del never  # left unanswered: the server ends it at its exit

@@ -209,11 +209,14 @@ class PythonModel:
         each request's result here has no outputs; without a server, its one response is the result."""
         received, wanted = [], []
         gathered: list[_Gathered | None] = []
-        for inputs, outputs, facts in requests:
-            names = list(outputs or ()) or [t.name for t in self.signature.outputs]  # those it asks for, else all
+        for inputs, given, facts in requests:
+            # those it asks for (a request read from a stream carries them in its facts alone), else all
+            outputs = list(given or ()) or list(facts.outputs)
+            names = outputs or [t.name for t in self.signature.outputs]
             tensors = [pb_utils.Tensor(name, writable(array)) for name, array in inputs.items()]
-            # where its responses go: the server's stream of a decoupled model's request, else gathered here
-            own = None if self.decoupled and facts.responses is not None else _Gathered(facts.gone)
+            # where its responses go: the server's stream of its request (a decoupled model's any number; another's
+            # one, which may come after execute returned, as in Triton), else gathered here
+            own = None if facts.responses is not None else _Gathered(facts.gone)
             sink = own or facts.responses
             assert sink is not None
             check = functools.partial(self._answer, outputs=names, asked=bool(outputs), whole=not self.decoupled)
@@ -254,16 +257,20 @@ class PythonModel:
             )
         results: list[dict[str, np.ndarray] | PolystackError] = []
         for request, response, sink, (names, asked) in zip(received, responses, gathered, wanted, strict=True):
-            if response is not None and request.get_response_sender().sent:  # its response went by its sender
+            sender = request.get_response_sender()
+            if response is not None and sender.sent:  # its response went by its sender
                 log.warning(  # Triton's words; the client has the response sent, as Triton's has
                     "Unable to send response. Non-decoupled model cannot send more than one response.",
                     extra={"model": self.name, "instance": chosen.name},
                 )
                 response = None
-            if response is not None:
+            if sink is None:  # the server reads its answer from its stream: a response returned goes there too
+                if response is not None:
+                    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                results.append({})
+            elif response is not None:
                 results.append(self._answer(response, names, asked))
             else:
-                assert sink is not None
                 results.append(self._one(sink))
         return results
 
@@ -333,23 +340,21 @@ class PythonModel:
         return data[0]
 
     def _execute(self, instance: _Instance, requests: list[pb_utils.InferenceRequest]) -> Any:
-        """The instance's ``execute``; an ``async def execute`` run to its end on the instance's own event loop, or,
-        a decoupled model's, started there (``_overlap``)."""
+        """The instance's ``execute``; an ``async def execute`` run on the instance's own event loop, which runs in a
+        thread of its own from its first (so that tasks an execute starts go on after it returned, as in Triton's stub),
+        to its end, or, a decoupled model's, started there (``_overlap``); with the context of the call."""
         responses = instance.model.execute(requests)
         if inspect.isawaitable(responses):
+            loop = self._loop_of(instance)
             if self.decoupled:
-                self._overlap(instance, responses, requests)
+                self._overlap(instance, loop, responses, requests)
                 return None
-            if instance.loop is None:
-                instance.loop = asyncio.new_event_loop()
-            responses = instance.loop.run_until_complete(responses)
+            responses = asyncio.run_coroutine_threadsafe(_awaited(responses), loop).result()
         return responses
 
-    def _overlap(self, instance: _Instance, execute: Awaitable[Any], requests: list[pb_utils.InferenceRequest]) -> None:
-        """Triton's async execute of a decoupled model: its coroutine runs on the instance's event loop, in a thread
-        of its own, which the instance's other executes share (so the next request starts while this one awaits; the
-        server does not bound how many), with the context of the call that started it. Its responses go by their
-        senders; a failure, or a return other than None, is the final response of each request not finished."""
+    @staticmethod
+    def _loop_of(instance: _Instance) -> asyncio.AbstractEventLoop:
+        """The instance's event loop, running in its thread (started the first time)."""
         if instance.runner is None:
             instance.loop = asyncio.new_event_loop()
             instance.runner = threading.Thread(
@@ -357,6 +362,19 @@ class PythonModel:
             )
             instance.runner.start()
         assert instance.loop is not None
+        return instance.loop
+
+    def _overlap(
+        self,
+        instance: _Instance,
+        loop: asyncio.AbstractEventLoop,
+        execute: Awaitable[Any],
+        requests: list[pb_utils.InferenceRequest],
+    ) -> None:
+        """Triton's async execute of a decoupled model: its coroutine runs on the instance's event loop (``loop``),
+        which the instance's other executes share (so the next request starts while this one awaits; the server does
+        not bound how many). Its responses go by their senders; a failure, or a return other than None, is the final
+        response of each request not finished."""
 
         async def run() -> None:
             error: PolystackError | None
@@ -371,7 +389,7 @@ class PythonModel:
                 for request in requests:
                     request.get_response_sender()._fail(error)
 
-        asyncio.run_coroutine_threadsafe(run(), instance.loop)
+        asyncio.run_coroutine_threadsafe(run(), loop)
 
     def close(self) -> None:
         """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
@@ -534,6 +552,11 @@ def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
         for key, count in collections.Counter(chain).items():
             most[key] = max(most.get(key, 0), count)
     return tuple(key for key, count in most.items() for _ in range(count))
+
+
+async def _awaited(execute: Awaitable[Any]) -> Any:
+    """What an ``async def execute`` returns (``run_coroutine_threadsafe`` takes a coroutine, not any awaitable)."""
+    return await execute
 
 
 def _must_return_none(instance: str) -> BackendError:

@@ -304,6 +304,17 @@ def _facts(
     )
 
 
+async def _answered(stream: ResponseStream, name: str) -> dict[str, np.ndarray]:
+    """The one answer of a request that is not decoupled, read from its stream: its model's first response (what it
+    sends after, the final flag, is left), or the error it carries."""
+    async for sent, _ in stream:
+        if isinstance(sent, PolystackError):
+            raise sent
+        if sent is not None:
+            return sent
+    raise BackendError(f"model {name!r} sent the final flag without a response")  # its sender refuses that
+
+
 def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) -> None:
     """A decoupled model's request ran (its execute returned, or it failed): a failure before the model's final
     response is that response; one after it, or a run that ended with responses still to come, is left (the model
@@ -2330,16 +2341,41 @@ class DataPlane:
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
         if responses is not None and outputs:  # the model prunes each response to them: its result has none
             entry.signature.check_outputs(outputs, entry.name)
-        # a hosted model's request answered once is told when its client goes away (this coroutine is cancelled)
+        # a hosted model's request answered once (not a sequence's, whose answer its state waits for) is read from a
+        # stream as a decoupled model's responses are, so that the model may answer after its execute returned (from
+        # a thread, a task), as in Triton, while its instance takes the next request; it is cancelled (the model sees
+        # it) when its client goes away, as a sequence's is through ``gone`` (nor one whose tensors the server reshapes
+        # or gathers on the way, which its stream would bypass)
+        spec = served.entry.spec
+        once = (
+            responses is None and served.hosted and not served.decoupled and served.sequencer is None
+            and not spec.reshape and spec.ragged is None
+        )  # fmt: skip
+        if once:
+            responses = ResponseStream(loop or asyncio.get_running_loop())
         gone = threading.Event() if served.hosted and responses is None else None
         facts = _facts(request, outputs, responses, gone) if served.hosted else hosting.NO_FACTS
         if responses is not None:
             outputs = None
         try:
-            return await self._run_on(served, request, name, version, loop, span, outcome, compute, responses, facts, outputs)
+            try:
+                result = await self._run_on(
+                    served, request, name, version, loop, span, outcome, compute, responses, facts, outputs
+                )
+            except PolystackError as e:
+                if not (once and isinstance(responses, ResponseStream) and responses.sent_any):
+                    raise
+                # its response was sent before execute failed (a second send, say): the client has it, as Triton's
+                log.warning("execute failed after its response was sent", extra={"model": name, "error": e.message})
+                result = ({}, served.entry)
+            if once and isinstance(responses, ResponseStream):
+                return await _answered(responses, name), result[1]
+            return result
         except asyncio.CancelledError:
             if gone is not None:
                 gone.set()
+            if once and isinstance(responses, ResponseStream):
+                responses.cancel()
             raise
 
     async def _run_on(

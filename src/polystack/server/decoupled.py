@@ -65,6 +65,11 @@ class ResponseStream:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def sent_any(self) -> bool:
+        """Its model sent a response (not the final flag alone, nor a failure)."""
+        return self._first_out
+
     def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
         on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
