@@ -1073,3 +1073,27 @@ def test_a_request_answered_after_execute_returned_holds_no_instance_as_in_trito
             assert client.infer("later", [x(1)], parameters={"mode": mode}).as_numpy("y").tolist() == [[1.0]]
         assert client.infer("later", [x(2)]).as_numpy("y").tolist() == [[2.0]]
         del never  # left unanswered: the server ends it at its exit
+
+
+def test_a_request_a_model_never_answers_fails_at_its_unload(tmp_path: Path) -> None:
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    repo = tmp_path / "models"
+    python_folder(repo, "later", LATER % {"kind": "def"},
+        'backend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--allow-model-control"]
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}], "parameters": {"mode": "never"}}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        never = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v2/models/later/infer", json=body, timeout=20)
+        time.sleep(0.5)  # it reached the model, which will never answer it
+        started = time.monotonic()
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}").unload_model("later")
+        answer = never.result()
+        assert answer.status_code == 503 and "was unloaded before it answered this request" in answer.json()["error"]
+        assert time.monotonic() - started < 10  # not the unload's 30 s wait for it

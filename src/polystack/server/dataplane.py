@@ -173,6 +173,9 @@ class _Served:
         closing = getattr(self.entry.model.inner, "closing", None)
         if closing is not None:
             closing()
+        if not self.decoupled:  # its requests answered once whose answer has not come (a decoupled model's: later)
+            for stream in self.open_streams():
+                stream.fail(Unavailable(f"model {self.entry.name!r} was unloaded before it answered this request"))
         if self.batcher is not None:
             self.batcher.close(drain=True)
         if self.sequencer is not None:
