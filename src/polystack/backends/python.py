@@ -8,9 +8,11 @@ it is imported, so that its own modules import) and calls ``initialize`` with Tr
 instance its config's ``instance_group`` asks for (each its own import, as each of Triton's is a process). ``infer``
 runs one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them,
 by ``execute`` on an instance running no other; ``close`` calls each instance's ``finalize`` and removes the folder.
-An ``async def execute`` runs on an event loop of its instance's own, so that it can await its calls together; a
-decoupled model's runs there in a thread of its own, the instance's next ``execute`` starting while it awaits (Triton's
-async execute, 24.04).
+An ``async def execute`` runs on an event loop of its instance's own, in a thread of its own that runs between
+executes too (tasks an execute starts go on after it returned, as in Triton's stub), so that it can await its calls
+together; a decoupled model's does not hold the instance, whose next ``execute`` starts while it awaits (Triton's
+async execute, 24.04). A request whose server reads its responses from a stream (``RequestFacts.responses``: a
+decoupled model's, and one answered once that is not a sequence's) may be answered after ``execute`` returned.
 
 What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
 parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).
@@ -71,6 +73,7 @@ UTILS = "triton_python_backend_utils"  # the name models import Triton's utiliti
 # the folders models are unpacked into, in the temporary folder; beside each, a file locked while its model is loaded
 # (released when its process ends: temp_folders.py), out of the model's sight
 FOLDER_PREFIX = "polystack-python-model-"
+_LOOP_STOP_S = 30.0  # what an instance's close waits for its event loop's thread to stop
 
 
 class _Instance:
@@ -83,8 +86,7 @@ class _Instance:
         self.module: ModuleType | None = None
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
-        # runs ``loop`` for a decoupled model's async executes, which overlap there (None: it runs in execute's caller)
-        self.runner: threading.Thread | None = None
+        self.runner: threading.Thread | None = None  # the thread that runs ``loop`` (``_loop_of``)
         self.started = False  # its initialize returned: finalize runs at the close
         self.lock = threading.Lock()  # held while it runs an execute: one at a time, as on Triton's
 
@@ -205,8 +207,10 @@ class PythonModel:
         """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
         response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the one
         the server's rate limiter gave resources to, ``hosting.CHARGED``, else the first idle one): each one's
-        outputs, or the error its response carries. ``execute`` failing fails them all (raised). A decoupled model's responses go where its server reads them (``RequestFacts.responses``), and
-        each request's result here has no outputs; without a server, its one response is the result."""
+        outputs, or the error its response carries. ``execute`` failing fails them all (raised), but those whose
+        sender sent their response. A request whose server reads its responses from a stream (``RequestFacts.responses``)
+        has them sent there, returned ones too, and its result here has no outputs; without a server, its one
+        response is the result."""
         received, wanted = [], []
         gathered: list[_Gathered | None] = []
         for inputs, given, facts in requests:
@@ -572,7 +576,10 @@ def _close(loop: asyncio.AbstractEventLoop, runner: threading.Thread | None = No
     are cancelled first."""
     if runner is not None:
         loop.call_soon_threadsafe(loop.stop)
-        runner.join()
+        runner.join(timeout=_LOOP_STOP_S)
+        if runner.is_alive():  # a task holds it in the model's own blocking code: it is left to end with the process
+            log.warning("a Python model's event loop did not stop", extra={"thread": runner.name})
+            return
     left = asyncio.all_tasks(loop)
     for task in left:
         task.cancel()

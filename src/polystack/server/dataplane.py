@@ -2344,11 +2344,11 @@ class DataPlane:
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
         if responses is not None and outputs:  # the model prunes each response to them: its result has none
             entry.signature.check_outputs(outputs, entry.name)
-        # a hosted model's request answered once (not a sequence's, whose answer its state waits for) is read from a
-        # stream as a decoupled model's responses are, so that the model may answer after its execute returned (from
-        # a thread, a task), as in Triton, while its instance takes the next request; it is cancelled (the model sees
-        # it) when its client goes away, as a sequence's is through ``gone`` (nor one whose tensors the server reshapes
-        # or gathers on the way, which its stream would bypass)
+        # A hosted model's request answered once is read from a stream, as a decoupled model's responses are, so that
+        # the model may answer after its execute returned (from a thread, a task) while its instance takes the next
+        # request, as in Triton; the stream is cancelled (the model sees it) when the client goes away. Not so a
+        # sequence's, whose state waits for the answer, nor one whose tensors the server reshapes or gathers on the
+        # way, which the stream would bypass: their model's thread waits, told of a client gone by ``gone``.
         spec = served.entry.spec
         once = (
             responses is None and served.hosted and not served.decoupled and served.sequencer is None
