@@ -813,3 +813,45 @@ def test_a_decoupled_models_async_executes_overlap_on_its_one_instance_as_triton
         assert [i for i in ok if i.startswith(model)] == [f"{model} 0.1", f"{model} 1.0"]
     (error,) = [a.message() for a in answers if isinstance(a, InferenceServerException)]
     assert error.startswith("Failed to process the request(s) for model 'waits_0', message: ValueError: negative wait")
+
+
+RESHAPED = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            assert x.ndim == 1, x.shape  # [batch]: the reshape's, as Triton hands the backend the reshaped tensor
+            request.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2)]),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+def test_responses_sent_by_a_model_whose_config_reshapes_reach_the_client_in_the_configs_dims(tmp_path: Path) -> None:
+    """A response sent by the sender, decoupled or not, is reshaped back to the dims the config shows, as a returned
+    one is (they reached the client in the model's shape, [2] for dims [1] of a batch of 2)."""
+    reshaped = ('max_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] reshape: { shape: [ ] } } ]\n'
+                'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] reshape: { shape: [ ] } } ]\n')  # fmt: skip
+    python_folder(tmp_path / "models", "apart", RESHAPED, f'backend: "python"\n{reshaped}model_transaction_policy {{ decoupled: true }}\n')
+    python_folder(tmp_path / "models", "once", RESHAPED, f'backend: "python"\n{reshaped}')
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    x = np.array([[1.0], [2.0]], np.float32)
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        got: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        try:
+            i = grpcclient.InferInput("x", [2, 1], "FP32")
+            i.set_data_from_numpy(x)
+            client.async_stream_infer("apart", [i])
+            answer = got.get(timeout=20)
+        finally:
+            client.stop_stream()
+            client.close()
+        assert answer.as_numpy("y").tolist() == [[2.0], [4.0]]
+        h = httpclient.InferInput("x", [2, 1], "FP32")
+        h.set_data_from_numpy(x)
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer("once", [h]).as_numpy("y").tolist() == [[2.0], [4.0]]

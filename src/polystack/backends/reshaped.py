@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from polystack.backends.base import LoadedModel
-from polystack.errors import BackendError
+from polystack.backends.hosting import Responses
+from polystack.errors import BackendError, PolystackError
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,28 @@ class Reshaped:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class ReshapedResponses:
+    """A hosted model's responses sent apart from its return (``hosting.Responses``: a decoupled model's, or one
+    answered after ``execute`` returned), each answer reshaped to what clients get on its way to ``inner``, as
+    ``Reshaped`` reshapes a returned one; an output of another shape than its config says is the response's error."""
+
+    def __init__(self, inner: Responses, reshapes: tuple[Reshape, ...]) -> None:
+        self.inner = inner
+        self._by_name = {r.name: r for r in reshapes}
+
+    @property
+    def cancelled(self) -> bool:
+        return self.inner.cancelled
+
+    def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
+        if isinstance(outputs, dict):
+            try:
+                outputs = {
+                    n: a.reshape(self._by_name[n].target(a.shape, False)) if n in self._by_name else a
+                    for n, a in outputs.items()
+                }
+            except BackendError as e:
+                outputs = e
+        self.inner.send(outputs, final)

@@ -41,6 +41,7 @@ import numpy as np
 
 from polystack import __version__
 from polystack.backends import hosting
+from polystack.backends.reshaped import ReshapedResponses
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.rate_limiter import ModelInstances, RateLimiter
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
@@ -2347,17 +2348,19 @@ class DataPlane:
         # A hosted model's request answered once is read from a stream, as a decoupled model's responses are, so that
         # the model may answer after its execute returned (from a thread, a task) while its instance takes the next
         # request, as in Triton; the stream is cancelled (the model sees it) when the client goes away. Not so a
-        # sequence's, whose state waits for the answer, nor one whose tensors the server reshapes or gathers on the
-        # way, which the stream would bypass: their model's thread waits, told of a client gone by ``gone``.
+        # sequence's, whose state waits for the answer, nor one whose requests the server gathers into one (ragged
+        # batching), which the stream would bypass: their model's thread waits, told of a client gone by ``gone``.
+        # Responses sent apart are reshaped on their way, as returned ones are.
         spec = served.entry.spec
         once = (
             responses is None and served.hosted and not served.decoupled and served.sequencer is None
-            and not spec.reshape and spec.ragged is None
+            and spec.ragged is None
         )  # fmt: skip
         if once:
             responses = ResponseStream(loop or asyncio.get_running_loop())
         gone = threading.Event() if served.hosted and responses is None else None
-        facts = _facts(request, outputs, responses, gone) if served.hosted else hosting.NO_FACTS
+        sent_to = ReshapedResponses(responses, spec.reshape) if responses is not None and spec.reshape else responses
+        facts = _facts(request, outputs, sent_to, gone) if served.hosted else hosting.NO_FACTS
         if responses is not None:
             outputs = None
         try:
