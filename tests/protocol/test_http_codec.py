@@ -77,6 +77,30 @@ def test_json_data_of_any_depth_is_read_by_its_leaves_and_uneven_rows_are_refuse
             http_codec.decode_infer_request(json.dumps(doc).encode())
 
 
+@pytest.mark.parametrize("datatype", ["FP32", "INT8", "UINT16"])
+def test_nested_rows_of_numbers_read_in_c_are_what_flat_data_gives_and_refused_alike(datatype: str) -> None:
+    """Rows of numbers are read by as_buffer and numpy (4x slower than flat data, read one by one, before): the same
+    tensor as flat data; a list hidden among a row's numbers, a number of another kind, or one out of range is refused
+    as before."""
+    values = np.arange(24).reshape(2, 3, 4)
+
+    def decode(data: object) -> np.ndarray:
+        doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3, 4], "data": data}]}
+        return http_codec.decode_infer_request(json.dumps(doc).encode()).inputs["x"]
+
+    nested, flat = decode(values.tolist()), decode(values.reshape(-1).tolist())
+    assert nested.dtype == flat.dtype and nested.tolist() == flat.tolist() == values.tolist()
+    rows = values.reshape(6, 4).tolist()
+    hidden = [[*row[:3], [row[3]]] for row in rows]  # as many leaves, one of them a list
+    with pytest.raises(InvalidTensor, match="uneven lengths"):
+        decode([[[], *rows[0][1:]], *rows[1:]] if datatype == "FP32" else hidden)
+    with pytest.raises(InvalidTensor, match="must hold"):
+        decode([[True, *rows[0][1:]], *rows[1:]])
+    if datatype != "FP32":
+        with pytest.raises(InvalidTensor, match="does not fit datatype"):
+            decode([[-1 if datatype == "UINT16" else 300, *rows[0][1:]], *rows[1:]])
+
+
 @pytest.mark.parametrize(
     ("raw", "words"),
     [

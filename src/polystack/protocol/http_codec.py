@@ -386,7 +386,10 @@ def _numbers(data: simdjson.Array, datatype: Any, huge: bool) -> Any:
     """Numeric data as a flat array read in C, or a list when it is not numbers of that kind."""
     kind = _BUFFER_KIND.get(datatype) if isinstance(datatype, str) else None
     if kind is not None and len(data) and isinstance(data[0], simdjson.Array):
-        kind = None  # nested rows: as_buffer would flatten ragged ones too; from_json refuses those
+        rows = None if huge else _rows(data, kind)
+        if rows is not None:
+            return rows
+        kind = None  # not rows of one length, or not all numbers of the kind: from_json says which
     if kind is not None:
         try:
             flat = np.frombuffer(data.as_buffer(of_type=kind[0]), dtype=kind[1])
@@ -399,6 +402,18 @@ def _numbers(data: simdjson.Array, datatype: Any, huge: bool) -> Any:
             if len(flat) == count or count == _SIMDJSON_COUNT:
                 return flat
     return _python(data, huge)
+
+
+def _rows(data: simdjson.Array, kind: tuple[Literal["d", "i", "u"], type[np.generic]]) -> np.ndarray | None:
+    """Nested rows of numbers (``[[1, 2], [3, 4]]``) as a flat array read in C, where the lists of each level are of
+    one length and every leaf is a number of ``kind``; None where not (``from_json`` then reads them one by one and
+    says what is wrong). as_buffer checks the leaves' kind (numpy would take true, null or "2" for numbers), and
+    numpy the rows' lengths (it refuses lists of uneven lengths, or a list among the numbers of a row)."""
+    try:
+        data.as_buffer(of_type=kind[0])
+        return np.array(data.as_list(), dtype=kind[1]).reshape(-1)
+    except (TypeError, ValueError):
+        return None
 
 
 def _python(value: Any, huge: bool) -> Any:
