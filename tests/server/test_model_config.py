@@ -866,3 +866,14 @@ def test_a_config_that_lists_some_of_the_models_inputs_is_refused_as_triton_refu
     start = {"name": "START", "control": [{"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [0, 1]}]}
     config = {"max_batch_size": 2, "input": [{"name": "x", "dims": [4]}], "sequence_batching": {"control_input": [start]}}
     assert model_config.read(json.dumps(config), dataclasses.replace(RECORD, signature=stateful), SPEC, PLAN).sequence
+
+
+def test_a_variable_states_initial_dims_are_its_first_size_and_bounded() -> None:
+    from polystack.types import DType
+
+    zero = {"data_type": "TYPE_FP32", "name": "s", "zero_data": True}
+    assert model_config._initial_state([{**zero, "dims": [3]}], "S", DType.FP32, (-1,), "state", None)[3] == (3,)
+    with pytest.raises(InvalidRequest, match=r"do not match the dims of state 'S', \[2, -1\]"):
+        model_config._initial_state([{**zero, "dims": [3, 3]}], "S", DType.FP32, (2, -1), "state", None)
+    with pytest.raises(InvalidRequest, match="is over 64 MiB a sequence"):
+        model_config._initial_state([{**zero, "dims": [1 << 30]}], "S", DType.FP32, (-1,), "state", None)

@@ -1125,6 +1125,8 @@ def _initial_state(
             f"{at}.dims {list(got)} do not match the dims of state {name!r}, {list(dims)} (a size of 1 or more for "
             "each, where the state's is -1)"
         )
+    if math.prod(got) * (dtype.itemsize or 8) > _MAX_STATE_BYTES:  # each sequence starts with it
+        raise InvalidRequest(f"{at}.dims {list(got)} is over {_MAX_STATE_BYTES >> 20} MiB a sequence; check them")
     dims = got
     zero = read_bool(init, "zero_data", at)
     file = read_string(init, "data_file", at)
