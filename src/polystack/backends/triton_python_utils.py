@@ -312,9 +312,8 @@ class Tensor:
         if self._array.dtype == np.object_:
             raise TritonModelException(f"tensor {self._name!r}: a BYTES tensor has no DLPack form")
         if self._array.dtype == _BF16:  # numpy has no DLPack bfloat16: torch's tensor over the same memory gives it
-            return _torch(self._name).from_numpy(self._array.view(np.int16)).view(_torch(self._name).bfloat16).__dlpack__(
-                *args, **kwargs
-            )
+            torch = _torch(self._name)
+            return torch.from_numpy(self._array.view(np.int16)).view(torch.bfloat16).__dlpack__(*args, **kwargs)
         return self._array.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:

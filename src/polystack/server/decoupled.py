@@ -67,7 +67,8 @@ class ResponseStream:
 
     @property
     def sent_any(self) -> bool:
-        """Its model sent a response (not the final flag alone, nor a failure)."""
+        """Its model sent something by its sender (a response, an error response or the final flag; not a failure
+        ``fail`` gave it). A model that is not decoupled sends a response first: its sender refuses the flag alone."""
         return self._first_out
 
     def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
