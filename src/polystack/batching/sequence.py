@@ -487,7 +487,7 @@ class SequenceBatcher:
         """Raise unless ``inputs`` fit the model as one row; else the key of the requests they may run with (the
         same trailing shapes and datatypes: rows of one batch must stack)."""
         # its rows next (Triton says why only one); its max_batch_size for Triton's note on a shape refused
-        self.signature.validate_inputs(inputs, self.policy.max_batch_size or None, self.entry.name)
+        self.signature.validate_inputs(inputs, self.policy.max_batch_size, self.entry.name)  # 0: no batch dimension
         if self.batched:
             rows = next((int(a.shape[0]) for a in inputs.values()), 1)
             if rows != 1:

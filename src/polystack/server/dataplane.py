@@ -2108,7 +2108,7 @@ class DataPlane:
             if request.parameters and not stateful:
                 self._ignore_sequences(name, request.parameters)
             plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
-            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size or None, name)
+            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size, name)  # 0: no batch dimension
             asked = request.output_names or pipeline.signature.output_names
             unknown = [o for o in asked if o not in pipeline.signature.output_names]
             if unknown:

@@ -751,7 +751,8 @@ def read(
             # Triton's instance count where the config gives none (its slots: max_batch_size per instance)
             count = instances or _default_count(spec) or 1
             sequence = _sequence(config["sequence_batching"], record, max_batch, count, model_dir, config)
-            rows, instances = max_batch or None, None  # the policy holds them
+            # the policy holds them; a max_batch_size of 0 is no batch dimension (inputs' first dims need not agree)
+            rows, instances = max_batch, None
         elif dynamic is None:
             # Triton's default scheduler: each instance runs one request at a time, the others queue
             stated = max_batch  # the config's (or Triton's auto-complete's)
