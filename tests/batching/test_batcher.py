@@ -52,6 +52,29 @@ class Recording:
         pass
 
 
+class Gated(Recording):
+    """A Recording whose first call waits until ``release``: requests submitted meanwhile queue behind it, however
+    slowly a loaded machine runs the test (a sleep of 20 ms was too short there to know the worker was busy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.released = threading.Event(), threading.Event()
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.started.is_set():
+            self.started.set()
+            self.released.wait(5)
+        return super().infer(inputs)
+
+    def busy(self, submitted: Any) -> Any:
+        """Wait until the worker runs ``submitted`` (the blocker), then hand it back."""
+        assert self.started.wait(5), "the worker never ran the first request"
+        return submitted
+
+    def release(self) -> None:
+        self.released.set()
+
+
 def entry_for(model: Any) -> SimpleNamespace:
     return SimpleNamespace(name="m", model=CheckedModel(model), signature=model.signature, stats=ModelStats())
 
@@ -618,34 +641,34 @@ def test_the_worker_survives_an_error_it_did_not_expect() -> None:
 
 def test_higher_priority_requests_run_first_and_in_order_within_a_level(make: Any) -> None:
     """Triton's priority levels: 1 is the highest; 0, or a level past priority_levels, is the default level."""
-    model = Recording(delay_s=0.05)
+    model = Gated()
     b = make(model, max_batch_size=1, max_queue_delay_ms=0, priority_levels=3, default_priority_level=2)
-    blocker = b.submit(rows(1, 0.0))
-    time.sleep(0.02)  # the worker is busy with it: the others queue
+    blocker = model.busy(b.submit(rows(1, 0.0)))  # the worker is busy with it: the others queue
     levels = {1.0: 3, 2.0: 0, 3.0: 1, 4.0: 2, 5.0: 99, 6.0: 1}
     futures = [b.submit(rows(1, value), priority=level) for value, level in levels.items()]
+    model.release()
     for f in [blocker, *futures]:
         f.result(timeout=5)
     assert model.seen == [[0.0], [3.0], [6.0], [2.0], [4.0], [5.0], [1.0]]
 
 
 def test_a_batch_takes_the_highest_priority_requests_first(make: Any) -> None:
-    model = Recording(delay_s=0.05)
+    model = Gated()
     b = make(model, max_batch_size=4, max_queue_delay_ms=0, priority_levels=2, default_priority_level=2)
-    blocker = b.submit(rows(1, 0.0))
-    time.sleep(0.02)
+    blocker = model.busy(b.submit(rows(1, 0.0)))
     futures = [b.submit(rows(1, float(v)), priority=p) for v, p in [(1, 2), (2, 2), (3, 1), (4, 2), (5, 1), (6, 2)]]
+    model.release()
     for f in [blocker, *futures]:
         f.result(timeout=5)
     assert model.seen == [[0.0], [3.0, 5.0, 1.0, 2.0], [4.0, 6.0]]
 
 
 def test_without_priority_levels_a_requests_priority_changes_nothing(make: Any) -> None:
-    model = Recording(delay_s=0.05)
+    model = Gated()
     b = make(model, max_batch_size=1, max_queue_delay_ms=0)
-    blocker = b.submit(rows(1, 0.0))
-    time.sleep(0.02)
+    blocker = model.busy(b.submit(rows(1, 0.0)))
     futures = [b.submit(rows(1, float(v)), priority=p) for v, p in [(1, 5), (2, 1), (3, 0)]]
+    model.release()
     for f in [blocker, *futures]:
         f.result(timeout=5)
     assert model.seen == [[0.0], [1.0], [2.0], [3.0]]
