@@ -86,6 +86,8 @@ def test_optional_inputs_may_be_left_out_and_are_checked_when_given_without_coun
     with pytest.raises(InvalidTensor, match=r"expected number of inputs between 2 and 3 .*missing required input\(s\) \['x'\].*b: FP32\[-1\] \(optional\)"):
         sig.validate_inputs({"m": given["m"]})
     assert sig.with_shapes({"b": (5,)}).optional == (TensorSpec("b", DType.FP32, (5,)),)
+    with pytest.raises(InvalidTensor, match="input 'b' batch size does not match other inputs"):  # a batching model's
+        sig.validate_inputs({**given, "b": np.zeros(5, np.float32)}, max_batch_size=8)
 
 
 def test_batch_over_the_maximum_is_refused() -> None:

@@ -401,8 +401,11 @@ class Engine:
 
 
 def rows(entry: LoadedEntry, inputs: Mapping[str, np.ndarray]) -> int:
-    """The rows of a request: its first batched input's first dimension (1 when none is batched)."""
-    return next((int(inputs[t.name].shape[0]) for t in entry.signature.inputs if t.batched), 1)
+    """The rows of a request: its first batched input's first dimension (1 when none is batched); an optional
+    input's where the model's inputs are all optional."""
+    signature = entry.signature
+    given = signature.inputs or tuple(t for t in signature.optional if t.name in inputs)
+    return next((int(inputs[t.name].shape[0]) for t in given if t.batched), 1)
 
 
 def inferences(entry: LoadedEntry, inputs: Mapping[str, np.ndarray]) -> int:

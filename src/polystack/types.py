@@ -224,11 +224,8 @@ class Signature:
         """True when every input takes a batch on its first dimension and no output declares a fixed
         first dimension, which could not hold one row per input row (Triton's max_batch_size > 0).
         An output of unknown or no rank does not decide it: ONNX leaves both without dimensions."""
-        return (
-            bool(self.inputs)
-            and all(t.batched for t in self.inputs)
-            and all(t.batched or not t.shape for t in self.outputs)
-        )
+        inputs = self.inputs or self.optional  # a model whose inputs are all optional (Triton's Python models)
+        return bool(inputs) and all(t.batched for t in inputs) and all(t.batched or not t.shape for t in self.outputs)
 
     def check_outputs(self, outputs: Sequence[str], model: str = "") -> None:
         """Raise InvalidTensor unless every output asked for is the model's (Triton's words first)."""
@@ -269,7 +266,9 @@ class Signature:
                 f"input(s). The model expects {self._expected()}"
             )
         batch: int | None = None
-        required = len(self.inputs)  # optional inputs given follow: they carry no batch
+        # optional inputs given follow: they carry the batch where the model batches (a Python model's, whose
+        # max_batch_size is given: Triton checks every input given); ONNX Runtime's are of models that do not batch
+        required = len(self.inputs)
         given = [t for t in self.optional if t.name in inputs] if self.optional else []
         for i, spec in enumerate((*self.inputs, *given)):
             arr = inputs[spec.name]
@@ -285,7 +284,7 @@ class Signature:
                     f"{_dims(arr.shape)}"
                     + (_BATCH_NOTE if max_batch_size and spec.batched else ". " + ("(-1: any size)" if -1 in spec.shape else ""))
                 )
-            if spec.batched and i < required and max_batch_size != 0:  # 0: no batch dimension (Triton's config)
+            if spec.batched and max_batch_size != 0 and (i < required or max_batch_size):  # 0: no batch dimension
                 if batch is None:
                     batch = arr.shape[0]
                 elif arr.shape[0] != batch:

@@ -631,6 +631,49 @@ def test_a_python_model_s_optional_input_may_be_left_out_and_a_declared_output_t
             client.infer("opt", [x], outputs=[httpclient.InferRequestedOutput("had")])
 
 
+ALL_OPTIONAL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            given = [pb_utils.get_input_tensor_by_name(request, n) for n in ("a", "b")]
+            arrays = [t.as_numpy() for t in given if t is not None]
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("n", np.full((len(arrays[0]), 1), len(arrays), np.int32))]))
+        return responses
+'''
+
+
+def test_a_batching_python_model_whose_inputs_are_all_optional_loads_and_checks_their_batch(tmp_path: Path) -> None:
+    """As tritonserver 2.51 serves Triton's L0_optional_input models (helper-165): every input optional, with
+    batching. polystack took such a model for one without a batch dimension and refused its max_batch_size; the
+    inputs a request gives carry one batch size, as Triton checks it."""
+    repo = tmp_path / "models"
+    python_folder(repo, "opt", ALL_OPTIONAL,
+        'backend: "python"\nmax_batch_size: 4\ndynamic_batching { }\n'
+        'input [ { name: "a", data_type: TYPE_FP32, dims: [ 2 ], optional: true }, '
+        '{ name: "b", data_type: TYPE_FP32, dims: [ 2 ], optional: true } ]\n'
+        'output [ { name: "n", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        def given(name: str, rows: int) -> httpclient.InferInput:
+            t = httpclient.InferInput(name, [rows, 2], "FP32")
+            t.set_data_from_numpy(np.ones((rows, 2), np.float32))
+            return t
+
+        assert client.infer("opt", [given("a", 2)]).as_numpy("n").tolist() == [[1], [1]]
+        assert client.infer("opt", [given("b", 1)]).as_numpy("n").tolist() == [[1]]
+        assert client.infer("opt", [given("a", 3), given("b", 3)]).as_numpy("n").tolist() == [[2]] * 3
+        with pytest.raises(InferenceServerException, match="input 'b' batch size does not match other inputs"):
+            client.infer("opt", [given("a", 2), given("b", 1)])
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 4"):
+            client.infer("opt", [given("a", 5)])
+        assert [i.get("optional") for i in client.get_model_config("opt")["input"]] == [True, True]
+
 SHAPES = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils

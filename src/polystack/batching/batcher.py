@@ -285,7 +285,8 @@ class DynamicBatcher:
         limit = self.max_batch_size if self.batchable else None if self.policy.merge else 0
         self.signature.validate_inputs(inputs, limit, self.entry.name)
         batched = self.signature.batched and self.policy.merge  # else its first dimension is not a batch's
-        items = int(inputs[self.signature.inputs[0].name].shape[0]) if batched else 1
+        # every input given carries the batch (validated): the first's rows, an optional one's where all are
+        items = int(next(iter(inputs.values())).shape[0]) if batched and inputs else 1
         ragged = self._ragged
         return items, tuple((n, a.dtype.str, None if n in ragged else a.shape[1:]) for n, a in sorted(inputs.items()))
 
