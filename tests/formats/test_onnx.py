@@ -106,3 +106,30 @@ def test_missing_external_data_says_so(tmp_path: Path) -> None:
     path = external_model(tmp_path / "m", "weights.bin")
     with pytest.raises(InvalidModelFile, match="does not exist"):
         import_model(path, tmp_path)
+
+
+def _identity(tmp_path: Path, op: str = "Identity") -> Path:
+    """A graph whose input and output carry no shape (unknown rank), as Triton's gen_qa_ort_scalar_models.py
+    writes them: onnx.checker refuses it, ONNX Runtime loads and runs it."""
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("INPUT", "OUTPUT")]
+    graph = helper.make_graph([helper.make_node(op, ["INPUT"], ["OUTPUT"])], "scalar", io[:1], io[1:])
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_model_the_onnx_checker_refuses_is_taken_where_onnx_runtime_loads_it_as_tritons_backend_does(
+    tmp_path: Path,
+) -> None:
+    """helper-165: Triton's L0_scalar_io models have shapeless graph inputs and outputs; Triton's ONNX Runtime
+    backend serves them (it runs no checker), polystack refused them ("Field 'shape' of 'type' is required")."""
+    path = _identity(tmp_path)
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(onnx.load(path))
+    imported = import_model(path, tmp_path)
+    assert [(t.name, t.shape) for t in (*imported.signature.inputs, *imported.signature.outputs)] == [
+        ("INPUT", ()),
+        ("OUTPUT", ()),
+    ]  # no rank known: taken as ONNX Runtime and Triton's backend report it, a scalar
+    with pytest.raises(InvalidModelFile, match=r"NoSuchOp\.onnx is not a valid ONNX model: .*; ONNX Runtime cannot load it either"):
+        import_model(_identity(tmp_path, "NoSuchOp"), tmp_path)
