@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from polystack.errors import InvalidTensor
 from polystack.protocol import generate_codec
+from polystack.protocol.wire import InferResponse
 from polystack.types import DType
 
 INPUTS = [("PROMPT", DType.BYTES, [1]), ("STREAM", DType.BOOL, [1])]
@@ -31,3 +33,9 @@ def test_an_input_a_body_names_twice_is_refused_naming_the_first_met_again_as_tr
 def test_a_key_that_is_no_input_given_twice_is_a_parameter_as_read_last() -> None:
     request = generate_codec.decode_generate(b'{"PROMPT": "a", "max_tokens": 1, "max_tokens": 2}', INPUTS)
     assert request.parameters == {"max_tokens": 2}
+
+
+def test_a_generate_answer_of_bytes_that_are_not_utf8_is_refused_saying_where_binary_data_is() -> None:
+    answer = InferResponse("m", "1", {"text": np.array([b"\xfa"], dtype=object)})
+    with pytest.raises(InvalidTensor, match=r"output 'text' holds bytes that are not UTF-8 text.*infer endpoint"):
+        generate_codec.encode_generate(answer)

@@ -392,3 +392,15 @@ def test_shared_memory_parameters_of_an_output_without_a_region_are_left_unread(
                        "outputs": [{"name": "y", "parameters": {"shared_memory_byte_size": 64}}]})  # fmt: skip
     req = http_codec.decode_infer_request(body.encode(), None, None)
     assert req.outputs is not None and req.outputs[0].shm is None
+
+
+def test_bytes_that_are_not_utf8_are_refused_in_json_saying_to_ask_for_binary_data() -> None:
+    """helper-165 (Triton's L0_string_io): polystack wrote U+FFFD in their place, a 200 with the data changed;
+    tritonserver writes the raw bytes, which tritonclient refuses to read ("Please use binary_data=True")."""
+    arr = np.array([b"ok", b"\xfa\xff"], dtype=object)
+    response = InferResponse("m", "1", {"s": arr})
+    with pytest.raises(InvalidTensor, match=r"output 's' holds bytes that are not UTF-8 text \(element 1\).*binary_data=True"):
+        http_codec.encode_infer_response(response, {}, False)
+    head, blobs = http_codec.encode_infer_response(response, {"s": True}, False)  # binary carries them as they are
+    assert json.loads(head)["outputs"][0]["parameters"]["binary_data_size"] == len(b"".join(blobs))
+    assert http_codec.json_data(np.array([b"caf\xc3\xa9"], dtype=object), DType.BYTES) == ["café"]

@@ -674,6 +674,36 @@ def test_a_batching_python_model_whose_inputs_are_all_optional_loads_and_checks_
             client.infer("opt", [given("a", 5)])
         assert [i.get("optional") for i in client.get_model_config("opt")["input"]] == [True, True]
 
+RAW_BYTES = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("s", np.array([b"ok", b"\\xfa\\xff"], dtype=np.object_))])
+                for _ in requests]
+'''
+
+
+def test_text_output_bytes_that_are_not_utf8_are_refused_in_json_and_sent_in_binary(tmp_path: Path) -> None:
+    """helper-165 (Triton's L0_string_io): asked for in JSON, a BYTES output that is not UTF-8 text got U+FFFD in
+    its place and a 200; now a 400 saying to ask for binary data (tritonclient raises either way, as from
+    tritonserver), the bytes as they are in binary, and the server serves on."""
+    repo = tmp_path / "models"
+    python_folder(repo, "raw", RAW_BYTES,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "s", data_type: TYPE_STRING, dims: [ 2 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        with pytest.raises(InferenceServerException, match=r"\[400\] output 's' holds bytes that are not UTF-8 text"):
+            client.infer("raw", [x], outputs=[httpclient.InferRequestedOutput("s", binary_data=False)])
+        answer = client.infer("raw", [x], outputs=[httpclient.InferRequestedOutput("s", binary_data=True)])
+        assert answer.as_numpy("s").tolist() == [b"ok", b"\xfa\xff"]
+
 SHAPES = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils

@@ -149,7 +149,8 @@ def encode_generate(result: InferResponse) -> bytes:
     doc["model_name"] = result.model_name
     doc["model_version"] = result.model_version
     for name, arr in result.outputs.items():
-        data = http_codec.json_data(arr, DType.from_numpy(arr.dtype))
+        how = "the generate endpoints answer JSON alone: ask the infer endpoint for it as binary data (binary_data: true)"
+        data = http_codec.json_data(arr, DType.from_numpy(arr.dtype), name, how)
         doc[name] = data[0] if len(data) == 1 else data
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 

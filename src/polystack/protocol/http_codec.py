@@ -527,7 +527,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = json_data(arr, dtype)
+            entry["data"] = json_data(arr, dtype, name)
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id
@@ -550,9 +550,31 @@ def _nonfinite(outs: list[dict[str, Any]]) -> bool:
     )
 
 
-def json_data(arr: np.ndarray, dtype: DType) -> Any:
+_BINARY_HOW = "ask for it as binary data (binary_data: true; tritonclient: InferRequestedOutput({name!r}, binary_data=True))"
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def json_data(arr: np.ndarray, dtype: DType, name: str = "", how: str = _BINARY_HOW) -> Any:
+    """An output's values as JSON writes them. BYTES elements must be UTF-8 text: others are refused (``how``
+    says what to ask for instead), where Triton writes the raw bytes into its JSON, which tritonclient then
+    refuses to read ("Failed to encode using UTF-8. Please use binary_data=True")."""
     if dtype is DType.BYTES:
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+        values = arr.reshape(-1)
+        try:
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+        except UnicodeDecodeError:
+            at = next(i for i, v in enumerate(values) if isinstance(v, bytes) and not _is_utf8(v))
+            raise InvalidTensor(
+                f"output {name!r} holds bytes that are not UTF-8 text (element {at}), which JSON cannot carry; "
+                + how.format(name=name)
+            ) from None
     if dtype in _WIDENED:
         # each value written as the float64 it is exactly (1.100000023841858), as Triton writes them, not as the
         # shortest text that reads back as the same float32 (1.1), which a float64 reader takes for another number

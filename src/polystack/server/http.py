@@ -696,7 +696,11 @@ class HttpApp:
             try:
                 while True:
                     if streamed.response is not None:
-                        yield generate_codec.event(generate_codec.encode_generate(streamed.response))
+                        try:
+                            payload = generate_codec.encode_generate(streamed.response)
+                        except PolystackError as e:  # an answer JSON cannot carry: an error event, the stream goes on
+                            payload = error_response(e).body
+                        yield generate_codec.event(payload)
                     elif streamed.error is not None:
                         yield generate_codec.event(error_response(streamed.error).body)
                     if streamed.final:
