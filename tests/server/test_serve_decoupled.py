@@ -583,6 +583,31 @@ def test_an_ensemble_with_a_decoupled_step_answers_for_each_of_its_responses(ser
         assert "in ensemble 'pipe', step 1 (repeat)" in r.text and "no stream today" in r.text
 
 
+
+@pytest.mark.parametrize("model", ["pipe", "outer"])
+def test_an_ensemble_sends_its_last_answer_final_where_its_decoupled_step_sent_its_last_response_final(
+    server: Any, model: str
+) -> None:
+    """helper-164: a step that sends its last response with the final flag (as TensorRT-LLM's models end a stream)
+    ends the ensemble's request with that answer, as tritonserver 2.51 sends it; polystack sent it not final, then
+    the flag alone, which a client that did not ask for empty final responses never sees. Nested ensembles too."""
+    _, grpc_port, _, _ = server
+    got: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: got.put(error if error is not None else result))
+        x = grpcclient.InferInput("IN", [2], "INT32")
+        x.set_data_from_numpy(np.array([1, 2], dtype=np.int32))
+        client.async_stream_infer(model, [x], request_id="f", parameters={"mode": "final_on_last"}, enable_empty_final_response=True)
+        answers = [got.get(timeout=10) for _ in range(2)]
+        client.async_stream_infer(model, [x], request_id="g", enable_empty_final_response=True)  # the flag alone
+        later = [got.get(timeout=10) for _ in range(3)]
+        client.stop_stream()
+    assert [a.get_response().parameters["triton_final_response"].bool_param for a in answers] == [False, True]
+    assert all(a.get_response().id == "f" for a in answers)  # nothing more for it: the next is the next request's
+    assert [a.get_response().id for a in later] == ["g"] * 3
+    assert [a.get_response().parameters["triton_final_response"].bool_param for a in later] == [False, False, True]
+    assert len(later[2].get_response().outputs) == 0
+
 def test_sigterm_lets_a_decoupled_stream_send_its_last_response_before_the_exit(tmp_path: Path) -> None:
     python_folder(tmp_path / "models", "repeat", REPEAT, REPEAT_CONFIG)
     port, grpc_port = free_port(), free_port()

@@ -2148,8 +2148,9 @@ class DataPlane:
 
             async def step_stream(
                 index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> AsyncGenerator[tuple[dict[str, np.ndarray], bool], None]:
-                """A decoupled step: its responses' outputs as they come (an error response fails the request)."""
+            ) -> AsyncGenerator[tuple[dict[str, np.ndarray], bool, bool], None]:
+                """A decoupled step: its responses' outputs as they come, each with whether it was sent final (an
+                error response fails the request)."""
                 target, sub, batches = step_request(step, given, givers)
                 here = loop or asyncio.get_running_loop()
                 if isinstance(target, _ServedEnsemble):
@@ -2161,7 +2162,7 @@ class DataPlane:
                         if streamed.error is not None:
                             raise streamed.error
                         if streamed.response is not None:
-                            yield streamed.response.outputs, batches
+                            yield streamed.response.outputs, batches, streamed.final
                 finally:
                     await answers.aclose()
 
@@ -2188,11 +2189,14 @@ class DataPlane:
                         result = await ensemble.run(pipeline, request.inputs, asked, step_run)
                     else:
                         decoupled = self._decoupled_steps(pipeline, pins=holding)
-                        async for result in ensemble.stream(
+                        ended = False  # a last answer goes with the final flag, as Triton's ensemble sends it
+                        async for result, final in ensemble.stream(
                             pipeline, request.inputs, asked, step_run, step_stream, decoupled
                         ):
-                            responses.send(result, False)
-                        responses.send(None, True)
+                            responses.send(result, final)
+                            ended = final
+                        if not ended:
+                            responses.send(None, True)
                         result = {}
                 if cache is not None and key is not None:
                     t1 = time.perf_counter_ns()

@@ -434,7 +434,11 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
 # the step's model batches)
 StepRun = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], Awaitable[tuple[Mapping[str, np.ndarray], bool]]]
 # the same for a decoupled step: each of its responses' outputs, as they come
-StepStream = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], AsyncIterator[tuple[Mapping[str, np.ndarray], bool]]]
+# a decoupled step's responses: each one's outputs, whether its model batches, and whether it was sent final (with
+# the final flag: the step sends nothing after it)
+StepStream = Callable[
+    [int, Step, dict[str, np.ndarray], dict[str, bool]], AsyncIterator[tuple[Mapping[str, np.ndarray], bool, bool]]
+]
 
 
 def needed(ensemble: Ensemble, outputs: Collection[str]) -> list[int]:
@@ -473,17 +477,19 @@ async def stream(
     step_run: StepRun,
     step_stream: StepStream,
     decoupled: Collection[int],
-) -> AsyncIterator[dict[str, np.ndarray]]:
+) -> AsyncIterator[tuple[dict[str, np.ndarray], bool]]:
     """``run`` for an ensemble whose steps ``decoupled`` answer any number of times (``step_stream`` gives each
     of their responses' outputs): the steps that do not depend on them run once; for each response of a decoupled
     step, the steps downstream of it run on that response's tensors, and the ensemble answers ``outputs`` for it.
-    A step whose inputs come from several decoupled steps runs for each combination, in order."""
+    A step whose inputs come from several decoupled steps runs for each combination, in order. Each answer comes
+    with whether it is the last: every decoupled step it came from sent its response final, as Triton's ensemble
+    then sends its answer with the final flag (else the flag comes alone once the steps are done)."""
     tensors: dict[str, np.ndarray] = dict(inputs)
     batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)
-    async for done, done_batched in _branches(
+    async for done, done_batched, final in _branches(
         ensemble, tensors, batched, needed(ensemble, outputs), step_run, step_stream, frozenset(decoupled)
     ):
-        yield _outputs(ensemble, done, done_batched, outputs)
+        yield _outputs(ensemble, done, done_batched, outputs), final
 
 
 async def _branches(
@@ -494,12 +500,13 @@ async def _branches(
     step_run: StepRun,
     step_stream: StepStream,
     decoupled: frozenset[int],
-) -> AsyncIterator[tuple[dict[str, np.ndarray], dict[str, bool]]]:
+) -> AsyncIterator[tuple[dict[str, np.ndarray], dict[str, bool], bool]]:
     """The ensemble's tensors once every step of ``waiting`` ran: the steps that answer once run as in ``run``,
-    then the first decoupled step whose inputs are there streams, and the rest runs again for each response."""
+    then the first decoupled step whose inputs are there streams, and the rest runs again for each response.
+    Each with whether it is the last (its decoupled steps' responses were each sent final)."""
     await _settle(ensemble, tensors, batched, waiting, step_run, decoupled)
     if not waiting:
-        yield tensors, batched
+        yield tensors, batched, True
         return
     absent = _absent(ensemble, tensors)
     ready = [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]
@@ -512,7 +519,7 @@ async def _branches(
     try:
         while True:
             try:
-                result, batches = await responses.__anext__()
+                result, batches, sent_final = await responses.__anext__()
             except StopAsyncIteration:
                 return
             except PolystackError as e:  # Triton's words first, and the step's
@@ -525,8 +532,9 @@ async def _branches(
                         f"{model_tensor!r}, which the ensemble takes as {tensor!r}; send it in each response"
                     )
                 these[tensor], these_batched[tensor] = result[model_tensor], batches
-            async for done in _branches(ensemble, these, these_batched, list(rest), step_run, step_stream, decoupled):
-                yield done
+            branches = _branches(ensemble, these, these_batched, list(rest), step_run, step_stream, decoupled)
+            async for done, done_batched, last in branches:
+                yield done, done_batched, last and sent_final
     finally:
         close = getattr(responses, "aclose", None)
         if close is not None:  # (the client went away, or a later step failed): the step's request ends too
