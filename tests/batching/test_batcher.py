@@ -898,3 +898,44 @@ def test_a_model_that_runs_requests_apart_gets_the_batch_apart_each_answered_alo
     assert all(isinstance(e, BackendError) for e in asyncio.run(failing()))  # the whole call: each of its requests
     assert len(model.calls) == 2  # never run again
     assert b.entry.stats.to_dict()["execution_count"] == 2  # a call that failed counts, as Triton counts it
+
+
+def test_the_requests_left_when_one_times_out_in_the_queue_leave_at_once_where_they_make_a_preferred_size(
+    make: Any,
+) -> None:
+    """helper-167 (Triton's L0_model_queue test_timeout_override): a 1-row request past its deadline leaves two
+    2-row ones that make the preferred size 4; Triton sends them then, polystack's worker slept through to the
+    10 s queue delay (the expiry did not wake it), and their own deadlines failed them."""
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=10_000, preferred_batch_sizes=(4, 8))
+
+    async def main() -> float:
+        head = asyncio.ensure_future(b.infer_async(rows(1, 0.0), None, 0.3))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        pair = [asyncio.ensure_future(b.infer_async(rows(2, float(v)), None, 5.0)) for v in (1, 2)]
+        with pytest.raises(DeadlineExceeded):
+            await head
+        await asyncio.wait_for(asyncio.gather(*pair), 10)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 2.0
+    assert model.batches == [4]
+
+
+def test_a_request_delayed_at_its_timeout_lets_the_others_make_a_preferred_size_at_once(make: Any) -> None:
+    """helper-167 (Triton's L0_model_queue test_priority_with_policy): 2 rows, 1 row (DELAY at 0.3 s), 2 rows, with
+    a preferred size of 4: once the 1-row request goes behind, 2 + 2 leave at once, as in Triton; polystack's
+    worker slept through the delay's deadline to the 10 s queue delay."""
+    model = Recording()
+    b = make(model, max_batch_size=8, max_queue_delay_ms=3_000, preferred_batch_sizes=(4, 8), delay=True)
+    started = time.monotonic()
+    first = b.submit(rows(2, 1.0))
+    delayed = b.submit(rows(1, 2.0), None, 0.3)  # the client's timeout, past which it goes behind the others
+    last = b.submit(rows(2, 3.0))
+    for f in (first, last):
+        f.result(timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert model.seen[0] == [1.0, 1.0, 3.0, 3.0]
+    delayed.result(timeout=10)  # then alone, once the queue delay passed
+    assert model.seen[1] == [2.0]

@@ -348,6 +348,9 @@ class DynamicBatcher:
                 return False
             else:
                 self._remove(pending)
+                # the worker waiting on a batch with it sees what is left (those left may make a preferred size
+                # now, as Triton's batcher sends them when a request times out)
+                self._cond.notify_all()
         if self.policy.preserve_ordering:  # its caller answers it: it holds no later answer back
             self._hand([], skipped=pending)
         return True
@@ -400,6 +403,11 @@ class DynamicBatcher:
                 self._unlink(p)
                 p.slot, p.delay_at = slot + 1, None
                 self._link(p)
+
+    def _next_delay(self) -> float | None:
+        """When the first request waiting with a DELAY deadline goes behind its level's others (the lock held)."""
+        due = [p.delay_at for slot in self._order if not slot & 1 for p in self._queues[slot] if p.delay_at is not None]
+        return min(due) if due else None
 
     def _head(self) -> _Pending:
         """The first request batches would take (the lock held, the queues not empty)."""
@@ -472,6 +480,10 @@ class DynamicBatcher:
                         if quiet_for >= self.gap_s:
                             break
                         remaining = min(remaining, self.gap_s - quiet_for)
+                    if self._delaying:  # woken when a request goes behind (the rest may make a preferred size)
+                        due = self._next_delay()
+                        if due is not None:
+                            remaining = min(remaining, max(due - now, 0.0))
                     self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
                     if self._delaying and self._queued:
                         self._delay_due(time.monotonic())
