@@ -877,3 +877,16 @@ def test_a_variable_states_initial_dims_are_its_first_size_and_bounded() -> None
         model_config._initial_state([{**zero, "dims": [3, 3]}], "S", DType.FP32, (2, -1), "state", None)
     with pytest.raises(InvalidRequest, match="is over 64 MiB a sequence"):
         model_config._initial_state([{**zero, "dims": [1 << 30]}], "S", DType.FP32, (-1,), "state", None)
+
+
+def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:
+    """helper-167 (Triton's L0_passive_instance): a passive group's instances get no requests from Triton's
+    scheduler; polystack refused the config. It runs the other groups' instances alone and shows the passive one."""
+    text = '{"instance_group": [{"count": 2, "kind": "KIND_CPU"}, {"name": "spare", "count": 3, "passive": true}]}'
+    chosen = model_config.read(text, RECORD, SPEC, PLAN)
+    assert chosen.instances == 2
+    assert chosen.additions.groups == (("m_0", 2, None),) and chosen.additions.passive == (("spare", 3),)
+    with pytest.raises(InvalidRequest, match="every instance_group is passive"):
+        model_config.read('{"instance_group": [{"passive": true}]}', RECORD, SPEC, PLAN)
+    with pytest.raises(InvalidRequest, match=r"instance_group\[0\].passive must be true or false"):
+        model_config.read('{"instance_group": [{"passive": "yes"}]}', RECORD, SPEC, PLAN)

@@ -95,7 +95,8 @@ class PythonModel:
     def __init__(self, artifact: Path, signature: Signature, device: str, config: str | None = None) -> None:
         self.signature = signature
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
-        self._instances: list[_Instance] = []
+        self._instances: list[_Instance] = []  # those that take requests
+        self._passive: list[_Instance] = []  # a passive group's: initialized, finalized, given no request (Triton's)
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
         # the folders a killed server left are removed first (once a minute at most)
         self._folder, self._owner = temp_folders.make(FOLDER_PREFIX)
@@ -116,11 +117,12 @@ class PythonModel:
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
             self._closing = False  # the server stops serving it: no request waits for its sender any more
-            for name, kind in _instance_names(given, self.name):
+            for name, kind, passive in _instance_names(given, self.name):
                 instance = _Instance(name, kind)
-                self._instances.append(instance)
+                (self._passive if passive else self._instances).append(instance)
                 self._start(instance, manifest)
-                self._idle.put(instance)
+                if not passive:
+                    self._idle.put(instance)
         except BaseException:
             with contextlib.suppress(Exception):  # the load's own failure is what it says
                 self.close()
@@ -400,7 +402,7 @@ class PythonModel:
         failed: BaseException | None = None
         if hasattr(self, "_waiting"):  # requests whose sender never sent: they fail now
             self.closing()
-        for instance in self._instances:
+        for instance in (*self._instances, *self._passive):
             try:
                 finalize = getattr(instance.model, "finalize", None)
                 if finalize is not None and instance.started:
@@ -412,7 +414,7 @@ class PythonModel:
                     _close(instance.loop, instance.runner)
                 if instance.module is not None:
                     _forget(instance.module)
-        self._instances = []
+        self._instances, self._passive = [], []
         temp_folders.release(self._folder, self._owner)
         self._owner = None
         if failed is not None:
@@ -589,18 +591,20 @@ def _close(loop: asyncio.AbstractEventLoop, runner: threading.Thread | None = No
     loop.close()
 
 
-def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str]]:
+def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, bool]]:
     """Triton's names of the instances the config's ``instance_group`` asks for (``<group>_<i>``; a group without
     a name is ``<model>_<g>``; without groups, one: ``<model>_0``), each with its kind as Triton hands it (``CPU``;
-    ``MODEL`` for a group of ``KIND_MODEL``). Each ``KIND_GPU`` group's count is per GPU."""
+    ``MODEL`` for a group of ``KIND_MODEL``) and whether its group is passive. Each ``KIND_GPU`` group's count is
+    per GPU."""
     groups = config.get("instance_group") or []
     if not groups:
-        return [(f"{model}_0", "CPU")]
+        return [(f"{model}_0", "CPU", False)]
     names = []
     for g, group in enumerate(groups):
         count = int(group.get("count", 1) or 1) * max(1, len(group.get("gpus") or []))
         kind = "MODEL" if group.get("kind") == "KIND_MODEL" else "CPU"
-        names += [(f"{group.get('name') or f'{model}_{g}'}_{i}", kind) for i in range(count)]
+        passive = group.get("passive") is True
+        names += [(f"{group.get('name') or f'{model}_{g}'}_{i}", kind, passive) for i in range(count)]
     return names
 
 

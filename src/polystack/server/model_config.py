@@ -135,7 +135,7 @@ _READ = {
     "dynamic_batching": {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                          "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"},
     "default_queue_policy": _TRITON["default_queue_policy"],
-    "instance_group": {"name", "kind", "count", "gpus", "rate_limiter"},
+    "instance_group": {"name", "kind", "count", "gpus", "rate_limiter", "passive"},
     # Triton's rate limiter reads it only when started with --rate-limit (off by default): checked, then ignored
     "rate_limiter": _TRITON["rate_limiter"],
     "resource": _TRITON["resource"],
@@ -238,6 +238,9 @@ class Additions:
     groups: tuple[tuple[str, int, Rule | None], ...] = ()
     # the groups (by name) whose instances place themselves (KIND_MODEL: a Python model's, on the CPU here)
     placed: frozenset[str] = frozenset()
+    # the passive groups, as Triton shows them, (name, count): instances the scheduler gives no requests to, which
+    # polystack therefore does not start (Triton loads them for its distributed backends to use)
+    passive: tuple[tuple[str, int], ...] = ()
     # its requests' responses are any number, sent apart from its execute (Triton's decoupled transaction policy:
     # a Python model's): streamed to the client (gRPC's ModelStreamInfer, HTTP's generate_stream)
     decoupled: bool = False
@@ -417,6 +420,13 @@ def render(
                 if sum(c for _, c, _ in added.groups) == instances
                 else [(added.groups[0][0], instances, added.groups[0][2]) if added.groups else (entry.name, instances, None)]
             )
+        ]
+        + [  # its passive groups, as the config gives them (their instances take no requests)
+            {
+                "name": name, "kind": _kind(device), "count": count, "gpus": [], "secondary_devices": [], "profile": [],
+                "passive": True, "host_policy": "",
+            }
+            for name, count in added.passive
         ],
         # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
         "default_model_filename": _DEFAULT_FILENAMES.get(entry.spec.platform, ""),
@@ -818,14 +828,17 @@ def read(
     # what clients may get: a sequence model's outputs but the states it keeps (unless the config lists them)
     visible = (sequence.shown(record.signature) if sequence is not None else record.signature).output_names
     some = bool(listed) and set(listed) < set(visible)
-    shown_groups = _groups(groups, record.name, spec) if groups is not None else ()
+    every_group = _groups(groups, record.name, spec) if groups is not None else ()
+    passive = _passive(groups)
+    shown_groups = tuple(g for g, off in zip(every_group, passive, strict=True) if not off)
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (), groups=shown_groups, decoupled=decoupled,
         # the groups that place themselves, by the names Triton gives them
         placed=frozenset(
-            shown[0] for shown, g in zip(shown_groups, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"
+            shown[0] for shown, g in zip(every_group, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"
         ),
+        passive=tuple((name, count) for (name, count, _), off in zip(every_group, passive, strict=True) if off),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1480,16 +1493,23 @@ def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[t
     return tuple(shown)
 
 
+def _passive(groups: Sequence[dict[str, Any]] | None) -> list[bool]:
+    """Whether each of the config's instance groups is passive (checked by ``_instances``)."""
+    return [bool(read_bool(g, "passive", f"instance_group[{i}]")) for i, g in enumerate(groups or ())]
+
+
 def _instances(value: Any, spec: LoadSpec) -> int:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("instance_group must be a list of at least one group")
     ours = _kind(spec.device)
     index = int(spec.device.partition(":")[2] or 0) if ours == "KIND_GPU" else None
     total = 0
+    active = False
     for i, item in enumerate(value):
         where = f"instance_group[{i}]"
         group = read_message(item, where, "instance_group")
         read_string(group, "name", where)
+        passive = read_bool(group, "passive", where)
         kind = read_enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
         # KIND_MODEL: the model places itself (Triton's Python backend runs its instances so, on the CPU)
         if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend == "python"):
@@ -1504,9 +1524,16 @@ def _instances(value: Any, spec: LoadSpec) -> int:
                 "leave gpus out"
             )
         count = read_int(group, "count", where, 0, _MAX_INSTANCES) if "count" in group else 0
-        total += count or _default_count(spec) or 1  # 0 is unset: Triton's default count
+        if not passive:  # a passive group's instances take no requests (Triton's scheduler skips them)
+            total += count or _default_count(spec) or 1  # 0 is unset: Triton's default count
+            active = True
         if "rate_limiter" in group:
             _rate_limiter(group["rate_limiter"], f"{where}.rate_limiter")  # checked here, kept by _groups
+    if not active:
+        raise InvalidRequest(
+            "every instance_group is passive, so no instance would take the model's requests; leave passive out of "
+            "one group (passive instances are for a backend's own use, which polystack's runtimes have none of)"
+        )
     if total > _MAX_INSTANCES:
         raise InvalidRequest(
             f"instance_group asks for {total} instances in all; polystack runs at most {_MAX_INSTANCES}"
