@@ -1596,10 +1596,12 @@ class DataPlane:
         if model and self._ensemble(model, None) is None:
             try:
                 self._get(model, None)
-            except (NotFound, Unavailable):  # Triton's INVALID_ARG for a model not ready, in its words
+            except (NotFound, Unavailable):  # Triton's INVALID_ARG for a model not ready, in its words (the name
+                # bare, as Triton's test looks for it), then what to do
+                shown = model if len(model) <= 140 and model.isprintable() else quote(model, 140)
                 raise InvalidRequest(
-                    f"Request for unknown model : {quote(model, 140)} is not loaded; load it, or ask for the global "
-                    "trace settings (no model)"
+                    f"Request for unknown model : {shown}; it is not loaded: load it, or ask for the global trace "
+                    "settings (no model)"
                 ) from None
         before = self.tracing.settings(model or None)
         if changes is None:
