@@ -46,3 +46,11 @@ def test_late_failures_racing_a_retirement_never_bring_its_series_back() -> None
         stop.set()
         t.join(10)
         assert 'model="m"' not in _text(m)
+
+
+def test_polystacks_own_families_name_no_triton_family() -> None:
+    """Triton's metrics tests look for a family's absence by its name in the whole text (helper-166: L0_metrics'
+    test_cache_counters_missing found nv_cache_num_hits_per_model in polystack_cache_hits' help line)."""
+    m = ServerMetrics()
+    m.model("m", "1").success.inc()
+    assert "nv_" not in _text(m)

@@ -106,28 +106,28 @@ class _Families:
                 labels, registry=registry,
             ),
             cache_hits=Counter(
-                "polystack_cache_hits", "Requests answered from the response cache (Triton: nv_cache_num_hits_per_model)",
+                "polystack_cache_hits", "Requests answered from the response cache (Triton counts them per model too)",
                 labels, registry=registry,
             ),
             cache_misses=Counter(
                 "polystack_cache_misses",
-                "Requests the response cache did not have, that ran the model (Triton: nv_cache_num_misses_per_model)",
+                "Requests the response cache did not have, that ran the model (Triton counts them per model too)",
                 labels, registry=registry,
             ),
             cache_hit_seconds=Counter(
                 "polystack_cache_hit_duration_seconds",
-                "Time hits spent hashing and finding their answer (Triton: nv_cache_hit_duration_per_model)",
+                "Time hits spent hashing and finding their answer (Triton times them per model too)",
                 labels, registry=registry,
             ),
             cache_miss_seconds=Counter(
                 "polystack_cache_miss_duration_seconds",
-                "Time misses spent hashing, looking up and keeping the answer (Triton: nv_cache_miss_duration_per_model)",
+                "Time misses spent hashing, looking up and keeping the answer (Triton times them per model too)",
                 labels, registry=registry,
             ),
             first_response=Histogram(
                 "polystack_inference_first_response_duration_seconds",
-                "Time from a decoupled model's request's arrival to its first response (Triton: "
-                "nv_inference_first_response_histogram_ms), per model",
+                "Time from a decoupled model's request's arrival to its first response (Triton's first response "
+                "histogram), per model",
                 labels, buckets=LATENCY_BUCKETS, registry=registry,
             ),
         )  # fmt: skip
