@@ -144,7 +144,7 @@ def test_the_requests_of_a_sequence_refused_each_say_what_to_do(tmp_path: Path) 
                 client.infer("acc", [_input(c, 1.0)])
             with pytest.raises(InferenceServerException, match="must specify the START flag on the first request"):
                 client.infer("acc", [_input(c, 1.0)], sequence_id=41)
-            with pytest.raises(InferenceServerException, match="takes whole-number correlation IDs"):
+            with pytest.raises(InferenceServerException, match=r"sequence batching control 'CORRID' data-type is 'BYTES', but model 'acc' expects '\w+': it takes whole-number"):
                 client.infer("acc", [_input(c, 1.0)], sequence_id="abc", sequence_start=True)
             two = c.InferInput("INPUT", [2, 1], "FP32")
             two.set_data_from_numpy(np.ones((2, 1), np.float32))
@@ -1361,3 +1361,22 @@ def test_a_sequence_model_without_batching_takes_inputs_whose_first_dims_differ_
         b.set_data_from_numpy(np.array([2, 3], dtype=np.int32))
         answer = http.infer("seq", [a, b], sequence_id=7, sequence_start=True, sequence_end=True)
         np.testing.assert_array_equal(answer.as_numpy("C"), [1, 2, 3])
+
+
+def test_an_id_of_the_wrong_kind_for_the_corrid_control_is_refused_in_tritons_words(acc_entry: LoadedEntry) -> None:
+    """Triton's L0_sequence_corrid_batcher test_corrid_data_type (helper-166): its words, then polystack's."""
+    numeric = _batcher(acc_entry, _policy())
+    controls = (Control("start", "START", DType.INT32), Control("corrid", "CORRID", DType.BYTES))
+    strings = _batcher(acc_entry, SequencePolicy(controls=controls, max_batch_size=4))
+
+    async def main() -> None:
+        with pytest.raises(InvalidRequest, match=r"^sequence batching control 'CORRID' data-type is 'BYTES', but model '\w+' expects 'UINT64'"):
+            await numeric.infer_async(_x(1.0), None, Flags("a", start=True))
+        with pytest.raises(InvalidRequest, match=r"^sequence batching control 'CORRID' data-type is 'UINT64', but model '\w+' expects 'BYTES'"):
+            await strings.infer_async(_x(1.0), None, Flags(7, start=True))
+
+    try:
+        asyncio.run(main())
+    finally:
+        for batcher in (numeric, strings):
+            batcher.close()

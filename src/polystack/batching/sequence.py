@@ -404,15 +404,19 @@ class SequenceBatcher:
                 f"inference request to model {name!r} must specify a non-zero or non-empty correlation ID; "
                 "send the sequence's ID as the 'sequence_id' parameter (tritonclient: sequence_id=)"
             )
-        if self._corrid_numeric and isinstance(flags.id, str):
+        if self._corrid_numeric and isinstance(flags.id, str):  # Triton's words (newer releases check it), then
+            # what to do
+            control = self.policy.control("corrid")
+            assert control is not None
             raise InvalidRequest(
-                f"model {name!r} takes whole-number correlation IDs (its CORRID control is numeric), not the string "
-                f"{flags.id[:64]!r}; send a whole number as 'sequence_id'"
+                f"sequence batching control 'CORRID' data-type is 'BYTES', but model {name!r} expects "
+                f"'{control.dtype.value}': it takes whole-number correlation IDs, not the string {flags.id[:64]!r}; "
+                "send a whole number as 'sequence_id'"
             )
         if self._corrid_string and isinstance(flags.id, int):
             raise InvalidRequest(
-                f"model {name!r} takes string correlation IDs (its CORRID control is TYPE_STRING), not {flags.id}; "
-                "send a string as 'sequence_id'"
+                f"sequence batching control 'CORRID' data-type is 'UINT64', but model {name!r} expects 'BYTES': it "
+                f"takes string correlation IDs, not {flags.id}; send a string as 'sequence_id'"
             )
         if self._corrid_numeric and isinstance(flags.id, int):
             corrid = self.policy.control("corrid")
