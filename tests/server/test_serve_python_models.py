@@ -1202,3 +1202,53 @@ def test_a_request_a_model_never_answers_fails_at_its_unload(tmp_path: Path) -> 
         answer = never.result()
         assert answer.status_code == 503 and "was unloaded before it answered this request" in answer.json()["error"]
         assert time.monotonic() - started < 10  # not the unload's 30 s wait for it
+
+
+SLOW = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(1.0)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+@pytest.mark.parametrize("batching", ["max_batch_size: 0\n", "max_batch_size: 4\ndynamic_batching { }\n"])
+@pytest.mark.parametrize("change", ["unload", "reload"])
+def test_a_request_running_when_its_model_is_unloaded_or_reloaded_gets_its_answer(
+    tmp_path: Path, batching: str, change: str
+) -> None:
+    """helper-167 (Triton's L0_instance_update test_update_while_inferencing, passing on tritonserver 2.51): the
+    request whose execute was running got 'Response sender has been closed' (its stream was failed at the unload)
+    where README promises what the old model holds runs on it before it closes."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    repo = tmp_path / "models"
+    config = 'backend: "python"\n' + batching + (
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )
+    python_folder(repo, "slow", SLOW, config)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--allow-model-control"]
+    shape = [1] if batching.startswith("max_batch_size: 0") else [1, 1]
+    body = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [3.0]}]}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v2/models/slow/infer", json=body, timeout=20)
+        time.sleep(0.4)  # its execute runs
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        if change == "unload":
+            client.unload_model("slow")
+        else:  # a config of two instances: the model is replaced
+            client.load_model("slow", config=json.dumps({**client.get_model_config("slow"), "instance_group": [{"count": 2}]}))
+        answer = running.result()
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [3.0]

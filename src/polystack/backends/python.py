@@ -442,6 +442,9 @@ class _Gathered:
             self._done.set()
 
     def fail(self, error: PolystackError) -> None:
+        """End it with ``error``, unless its final response came already (that answer stands)."""
+        if self._done.is_set():
+            return
         self._failed = error
         self._done.set()
 

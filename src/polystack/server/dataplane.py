@@ -169,14 +169,12 @@ class _Served:
             return [s for s in self.streams if not s.closed]
 
     def close(self, wait: bool) -> None:
-        """Stop taking work; what was handed over still runs, on this instance. Requests its model holds waiting
-        for an answer its code may never send (a Python model's sender) fail first, so that no thread stays held."""
+        """Stop taking work; what was handed over still runs, on this instance. Requests whose ``execute`` returned
+        without the answer its code may never send (a Python model's sender) fail first, so that no thread stays
+        held; those whose ``execute`` runs get their answer (``_finish_streams`` ends those that then have none)."""
         closing = getattr(self.entry.model.inner, "closing", None)
         if closing is not None:
             closing()
-        if not self.decoupled:  # its requests answered once whose answer has not come (a decoupled model's: later)
-            for stream in self.open_streams():
-                stream.fail(Unavailable(f"model {self.entry.name!r} was unloaded before it answered this request"))
         if self.batcher is not None:
             self.batcher.close(drain=True)
         if self.sequencer is not None:
@@ -334,10 +332,15 @@ def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) ->
 
 
 def _finish_streams(served: _Served, deadline: float, stopping: threading.Event) -> None:
-    """Wait until each decoupled request of ``served`` had its final response (its model's threads may send them
-    after its ``execute`` returned), up to ``deadline`` or the server's close (``stopping``: its drain is over),
-    before its model closes (``finalize`` may stop what sends them); those still open then end with an error, where
-    Triton's unload would wait for them for good."""
+    """Once the executes ``served`` was handed ran: its requests answered once whose answer has not come fail (their
+    execute returned without it, and nothing may ever send it); wait until each decoupled request had its final
+    response (its model's threads may send them after its ``execute`` returned), up to ``deadline`` or the server's
+    close (``stopping``: its drain is over), before its model closes (``finalize`` may stop what sends them); those
+    still open then end with an error, where Triton's unload would wait for them for good."""
+    if not served.decoupled:
+        for stream in served.open_streams():
+            stream.fail(Unavailable(f"model {served.entry.name!r} was unloaded before it answered this request"))
+        return
     waiting = served.open_streams()
     while any(not s.closed for s in waiting) and time.monotonic() < deadline and not stopping.is_set():
         time.sleep(0.005)
@@ -1368,8 +1371,8 @@ class DataPlane:
                         time.sleep(0.005)
                     with _logged(s.entry):
                         s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
-                    while s.pending and time.monotonic() < deadline:
-                        time.sleep(0.005)
+                    while s.pending and time.monotonic() < deadline and not self._stopping.is_set():
+                        time.sleep(0.005)  # the executes running on its threads
                     _finish_streams(s, deadline, self._stopping)
                     tally = self._tallies.get((s.entry.name, str(s.entry.version)))
                     if tally is not None:  # its figures are final: what Triton's names count on from
@@ -1425,6 +1428,7 @@ class DataPlane:
         self.wait_retired()  # what unloads and reloads left running finishes first
         for served in self._served.values():
             served.close(wait=True)
+            _finish_streams(served, 0.0, self._stopping)  # the drain is over: what is still unanswered fails
         self._served.clear()
         self._generation += 1
         self.executor.shutdown(wait=True)
