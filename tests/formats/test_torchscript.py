@@ -5,6 +5,7 @@ refuses, in its words, and code that reaches outside the model, refused before t
 from __future__ import annotations
 
 import copy
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -108,14 +109,100 @@ def test_sequence_controls_and_states_go_by_index() -> None:
         (_config([_tensor("x"), _tensor("mask")], [_tensor("OUTPUT__0", "TYPE_UINT32")]), "unsupported datatype TYPE_UINT32 for output"),
         (_config([_tensor("x"), _tensor("mask", "TYPE_STRING")]), "Triton only supports 1 dimensional List of String as input for 'mask'"),
         (_config([_tensor("x"), _tensor("mask", optional=True)]), "input 'mask' is optional"),
-        (_config([_tensor("x"), _tensor("mask")], batch_input=[{"kind": "BATCH_ELEMENT_COUNT"}]), "sets batch_input"),
         (_config([], []), "model configuration must contain at least one input, none were specified"),
     ],
-    ids=["count", "index-past", "index-twice", "bf16", "uint32-out", "string-dims", "optional", "batch-input", "none"],
+    ids=["count", "index-past", "index-twice", "bf16", "uint32-out", "string-dims", "optional", "none"],
 )  # fmt: skip
 def test_configs_that_do_not_fit_forward_are_refused_in_tritons_words(config: dict[str, Any], words: str) -> None:
     with pytest.raises(InvalidModelFile, match=words.replace("(", r"\(").replace("[", r"\[")):
         bind(TWO, config, "m")
+
+
+def _batch_input(kind: str, target: str, source: str, dtype: str = "TYPE_INT32") -> dict[str, Any]:
+    return {"kind": kind, "target_name": [target], "data_type": dtype, "source_input": [source]}
+
+
+def _ragged(name: str, *batch_inputs: dict[str, Any], more: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A config of ragged input ``name`` (dims [-1]), the inputs ``more`` and ``batch_inputs``."""
+    return _config([_tensor(name, dims=[-1], allow_ragged_batch=True), *(more or [])], batch_input=list(batch_inputs))
+
+
+class _Lengths(torch.nn.Module):
+    def forward(self, counts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x.sum() + counts.sum()
+
+
+class _Three(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return a.sum() + b.sum() + c.sum()
+
+
+def test_a_ragged_input_is_one_dimension_and_each_batch_input_a_model_input_of_its_type_and_rank() -> None:
+    """As Triton's PyTorch backend hands them: a ragged input flattened over the whole batch ([total elements]),
+    each batch input's target after the config's inputs, of the batch input's data_type."""
+    kinds = [
+        ("BATCH_ELEMENT_COUNT", "TYPE_INT32", (-1,)),
+        ("BATCH_ACCUMULATED_ELEMENT_COUNT", "TYPE_FP32", (-1,)),
+        ("BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO", "TYPE_INT32", (-1,)),
+        ("BATCH_MAX_ELEMENT_COUNT_AS_SHAPE", "TYPE_INT32", (-1,)),
+        ("BATCH_ITEM_SHAPE", "TYPE_INT32", (-1, -1)),
+        ("BATCH_ITEM_SHAPE_FLATTEN", "TYPE_FP32", (-1,)),
+    ]
+    fills = [_batch_input(kind, f"B{i}", "x", dtype) for i, (kind, dtype, _) in enumerate(kinds)]
+    config = _ragged("x", *fills, more=[_tensor("y", dims=[2])])
+    sig = signature(config)
+    assert [(t.name, t.dtype.value, t.shape) for t in sig.inputs] == [
+        ("x", "FP32", (-1,)), ("y", "FP32", (-1, 2)),
+        *((f"B{i}", dtype[5:], shape) for i, (_, dtype, shape) in enumerate(kinds)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "arguments"),
+    [
+        # FORWARD_ARGUMENT: every config input is an argument's name; a batch input goes by its name too
+        (_Lengths(), _ragged("x", _batch_input("BATCH_ELEMENT_COUNT", "counts", "x")), ("counts", "x")),
+        # NAMED_INDEX: <name>__<index>, a batch input's too
+        (_Lengths(), _ragged("INPUT__1", _batch_input("BATCH_ELEMENT_COUNT", "COUNT__0", "INPUT__1")), ("COUNT__0", "INPUT__1")),
+        # STRICT_CONFIG_ORDERING: the config's inputs, then the batch inputs in their order
+        (
+            _Three(),
+            _ragged("data", _batch_input("BATCH_ACCUMULATED_ELEMENT_COUNT", "ends", "data"),
+                    _batch_input("BATCH_ELEMENT_COUNT", "lengths", "data")),
+            ("data", "ends", "lengths"),
+        ),
+        # a dict argument: every input by name, the batch inputs' too
+        (_Dict(), _ragged("a", _batch_input("BATCH_ELEMENT_COUNT", "b", "a")), ("a", "b")),
+    ],
+    ids=["forward-argument", "named-index", "config-order", "dict"],
+)  # fmt: skip
+def test_batch_inputs_reach_forward_where_tritons_backend_puts_them(
+    module: torch.nn.Module, config: dict[str, Any], arguments: tuple[str, ...]
+) -> None:
+    assert bind(torch.jit.script(module), config, "m").arguments == arguments
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "words"),
+    [
+        (_Lengths(), _ragged("x", _batch_input("BATCH_ELEMENT_COUNT", "lengths", "x")),
+         "batch input 'lengths' is not an argument of forward (counts, x)"),
+        (_Lengths(), _ragged("INPUT__1", _batch_input("BATCH_ELEMENT_COUNT", "COUNT", "INPUT__1")),
+         "input 'COUNT' does not follow <name>__<index> naming convention."),
+        (_Lengths(), _ragged("INPUT__0", _batch_input("BATCH_ELEMENT_COUNT", "COUNT__0", "INPUT__0")),
+         "names forward's argument 0, which 'INPUT__0' names too"),
+        (TWO, _ragged("x"), "unable to load model 'm', configuration expects 1 inputs, model provides 2"),
+        (_Three(), _ragged("x", _batch_input("BATCH_ELEMENT_COUNT", "n", "x")), "configuration expects 2 inputs, model provides 3"),
+        (TWO, _ragged("x", _batch_input("BATCH_ELEMENT_COUNT", "mask", "x", "TYPE_INT64")),
+         "batch_input[0] has data_type TYPE_INT64; a batch input is TYPE_INT32 or TYPE_FP32"),
+        (TWO, _ragged("x", {**_batch_input("BATCH_ELEMENT_COUNT", "mask", "x"), "target_name": ["mask", "n"]}),
+         "batch_input[0] must name one target_name and one source_input"),
+    ],
+    ids=["not-an-argument", "not-indexed", "index-twice", "count", "count-with-batch-input", "type", "two-targets"],
+)  # fmt: skip
+def test_batch_inputs_that_do_not_fit_forward_are_refused(module: torch.nn.Module, config: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidModelFile, match=re.escape(words)):
+        bind(module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module), config, "m")
 
 
 def test_a_dict_argument_takes_no_strings() -> None:

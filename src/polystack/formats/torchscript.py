@@ -8,12 +8,17 @@ schema, by the rules of Triton's PyTorch backend (``model_instance_state.cc``), 
 
 - inputs: by forward's argument names where every config input is one; else ``<name>__<index>`` (the index of the
   argument); else the config's order. A single ``Dict[str, Tensor]`` argument takes every input by name. Sequence
-  controls and states always go by ``<name>__<index>``. Forward takes exactly as many arguments as that.
+  controls and states always go by ``<name>__<index>``. A ragged batch's ``batch_input``s (``backends/ragged.py``
+  fills them) go after the config's inputs by their convention: by forward's argument name, by ``<name>__<index>``,
+  else in the ``batch_input`` order; a dict takes them by name. A ragged input is one dimension, every request's
+  elements over the whole batch. Forward takes exactly as many arguments as that.
 - outputs: ``<name>__<index>`` (the index into the tuple forward returns) where every output has one; else the
   config's order. TYPE_STRING tensors are ``List[str]``, of one dimension, batch included.
 
 Triton's backend writes past its arguments on an index out of range, and a duplicate index leaves a hole; both are
-refused here. A returned ``Dict[str, Tensor]`` is taken by output name (Triton's backend refuses one).
+refused here, as is a batch input it would hand to argument 0 over an input (a target that is not forward's
+argument's name, or has no index, where the config's inputs go so). A returned ``Dict[str, Tensor]`` is taken by
+output name (Triton's backend refuses one).
 
 TorchScript is code, restricted to torch's operators; ``load_module`` checks it (``torchscript_guard``) before
 torch reads it and once torch has, and refuses a module that reaches outside the model (files, sockets, libraries).
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polystack.backends.ragged import ELEMENT_COUNT, RANKS, BatchInput
 from polystack.errors import InvalidModelFile
 from polystack.formats import ImportedModel, triton_io, zip_holds
 from polystack.formats.torchscript_guard import check_code, check_ops, is_archive
@@ -102,7 +108,39 @@ def signature(config: dict[str, Any]) -> Signature:
             inputs.append(TensorSpec(str(state["input_name"]), dtype, dims))
         if state["output_name"] not in {t.name for t in outputs}:
             outputs.append(TensorSpec(str(state["output_name"]), dtype, dims))
+    ragged = {str(i.get("name")) for i in config.get("input") or [] if i.get("allow_ragged_batch") is True}
+    inputs = [TensorSpec(t.name, t.dtype, (-1,)) if t.name in ragged else t for t in inputs]
+    for fill in batch_inputs(config):
+        if fill.target not in {t.name for t in inputs}:  # one the config lists: model_config says so
+            inputs.append(TensorSpec(fill.target, fill.dtype, (-1,) * RANKS.get(fill.kind, 1)))
     return Signature(tuple(inputs), tuple(outputs), sig.optional)
+
+
+def batch_inputs(config: dict[str, Any]) -> list[BatchInput]:
+    """The config's ``batch_input``s, in its order, each one target filled from one source input with TYPE_INT32 or
+    TYPE_FP32 (as model_config checks them, in its words, so that forward's arguments can be counted first)."""
+    found = []
+    for i, item in enumerate(config.get("batch_input") or []):
+        d = item if isinstance(item, dict) else {}
+        targets, sources = d.get("target_name") or [], d.get("source_input") or []
+        if not isinstance(targets, list) or not isinstance(sources, list) or len(targets) != 1 or len(sources) != 1:
+            raise InvalidModelFile(f"batch_input[{i}] must name one target_name and one source_input")
+        dtype = {"TYPE_INT32": DType.INT32, "TYPE_FP32": DType.FP32}.get(str(d.get("data_type")))
+        if dtype is None:
+            raise InvalidModelFile(
+                f"batch_input[{i}] has data_type {d.get('data_type')}; a batch input is TYPE_INT32 or TYPE_FP32"
+            )
+        found.append(BatchInput(str(d.get("kind") or ELEMENT_COUNT), str(targets[0]), dtype, str(sources[0])))
+    return found
+
+
+def is_ragged(config: dict[str, Any]) -> bool:
+    """Whether the config batches ragged tensors (``allow_ragged_batch``, ``batch_input``, ``batch_output``): forward
+    then takes each ragged input's elements over the whole batch, and its outputs' rows are the server's to check."""
+    listed = [i for i in config.get("input") or [] if isinstance(i, dict)]
+    return any(i.get("allow_ragged_batch") is True for i in listed) or bool(
+        config.get("batch_input") or config.get("batch_output")
+    )
 
 
 def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
@@ -113,11 +151,6 @@ def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
         raise InvalidModelFile(
             f"input {sig.optional[0].name!r} is optional, but Triton's PyTorch backend hands forward every input; "
             "take optional out of the config (forward's arguments have no defaults there)"
-        )
-    if config.get("batch_input"):
-        raise InvalidModelFile(
-            "the config sets batch_input, which polystack does not hand a TorchScript model; take it out (and "
-            "allow_ragged_batch with it), or export the model to ONNX, whose ragged batching polystack serves"
         )
     for tensors, kind in ((sig.inputs, "input"), (sig.outputs, "output")):
         for t in tensors:
@@ -132,7 +165,9 @@ def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
                 )
     arguments = _arguments(module, model)
     listed = [str(i.get("name")) for i in config.get("input") or []]
-    indexed = [t.name for t in sig.inputs if t.name not in listed]  # controls and states: <name>__<index> always
+    filled = [b.target for b in batch_inputs(config) if b.target not in listed]  # by the inputs' convention
+    # controls and states: <name>__<index> always
+    indexed = [t.name for t in sig.inputs if t.name not in listed and t.name not in filled]
     states = (config.get("sequence_batching") or {}).get("state") or []
     if len(arguments) == 1 and arguments[0][1] == "DictType":
         strings = [t.name for t in sig.inputs if t.dtype is DType.BYTES]
@@ -162,9 +197,23 @@ def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
     if all(n in names for n in listed):  # Triton's FORWARD_ARGUMENT
         slots = {n: names.index(n) for n in listed}
         named = False
+        for n in filled:  # Triton's backend hands one that is not an argument's name to argument 0, over its input
+            if n not in names:
+                raise InvalidModelFile(
+                    f"batch input {n!r} is not an argument of forward ({', '.join(names)}), whose arguments the "
+                    "config's inputs name; name its target_name as forward's argument that takes it"
+                )
+            slots[n] = names.index(n)
     else:
         named = all(_INDEXED.search(n) for n in listed)  # NAMED_INDEX, else STRICT_CONFIG_ORDERING
         slots = {n: _index(n) if named else i for i, n in enumerate(listed)}
+        for i, n in enumerate(filled):  # after the config's inputs, as Triton's backend places them
+            if named and not _INDEXED.search(n):  # Triton's backend reads an index out of any name: refused
+                raise InvalidModelFile(
+                    f"input '{n}' does not follow <name>__<index> naming convention. The config's inputs do, so "
+                    f"batch input {n!r} goes by its index too: name its target_name <name>__<index>"
+                )
+            slots[n] = _index(n) if named else len(listed) + i
     if states and not named:
         raise InvalidModelFile(
             f"PyTorch model '{model}' is using sequence batching with state but not all inputs and outputs follow the "
