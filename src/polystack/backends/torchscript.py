@@ -39,7 +39,7 @@ from polystack.errors import (
     RuntimeRefused,
     Unavailable,
 )
-from polystack.formats.torchscript import TORCH_TYPES, Binding, load_module, unpack
+from polystack.formats.torchscript import TORCH_TYPES, Binding, is_ragged, load_module, unpack
 from polystack.types import DType, Signature
 
 log = logging.getLogger("polystack.backends")
@@ -306,5 +306,6 @@ class TorchScriptBackend(Backend):
             )
         copies = 1 if options.weight_sharing else options.instances
         modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]  # as loaded: before any call
-        batching = int(config.get("max_batch_size") or 0) > 0
+        # a ragged batch's rows are the server's to check (backends/ragged.py): forward takes its elements, not rows
+        batching = int(config.get("max_batch_size") or 0) > 0 and not is_ragged(config)
         return TorchScriptModel(modules, binding, signature, device, options, batching)
