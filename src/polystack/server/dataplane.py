@@ -1855,8 +1855,8 @@ class DataPlane:
         responses are read with ``infer_stream``."""
         if self._any_decoupled and self.decoupled(name, version):
             raise Unsupported(
-                f"{endpoint} doesn't support models with decoupled transaction policy; read model {name!r}'s "
-                "responses as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
+                f"{endpoint} doesn't support models with decoupled transaction policy; read the responses of model "
+                f"{name!r} as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
                 "or HTTP's generate_stream"
             )
         if self._ensembles and name in self._ensembles:
