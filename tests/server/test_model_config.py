@@ -890,3 +890,26 @@ def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:
         model_config.read('{"instance_group": [{"passive": true}]}', RECORD, SPEC, PLAN)
     with pytest.raises(InvalidRequest, match=r"instance_group\[0\].passive must be true or false"):
         model_config.read('{"instance_group": [{"passive": "yes"}]}', RECORD, SPEC, PLAN)
+
+
+def test_a_lone_value_where_model_config_repeats_a_field_reads_as_a_list_of_it() -> None:
+    """As Triton's JSON reading (protobuf's) takes them, nested too; maps, nulls and lists stay as they are."""
+    given = {
+        "instance_group": {"count": 2},
+        "input": {"name": "x", "dims": 4},
+        "maxBatchSize": 4,
+        "ensemble_scheduling": {"step": {"model_name": "a", "input_map": {"x": "IN"}}},
+        "parameters": {"k": {"string_value": "v"}},
+        "output": None,
+    }
+    assert json.loads(model_config.lists_where_repeated(json.dumps(given))) == {
+        "instance_group": [{"count": 2}],
+        "input": [{"name": "x", "dims": [4]}],
+        "maxBatchSize": 4,
+        "ensemble_scheduling": {"step": [{"model_name": "a", "input_map": {"x": "IN"}}]},
+        "parameters": {"k": {"string_value": "v"}},
+        "output": None,
+    }
+    unchanged = json.dumps({"instance_group": [{"count": 2}]}, indent=1)
+    assert model_config.lists_where_repeated(unchanged) is unchanged
+    assert model_config.lists_where_repeated("not json") == "not json"

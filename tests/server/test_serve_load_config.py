@@ -311,6 +311,20 @@ def test_null_is_a_fields_default_as_protobuf_reads_it(server: ServerThread) -> 
         client.load_model("mlp")
 
 
+
+def test_a_lone_group_where_the_config_repeats_a_field_is_a_list_of_it_as_triton_reads_json(server: ServerThread) -> None:
+    """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_sanity sends "instance_group": {...}):
+    tritonserver 2.51 reads a lone object as a list of one (protobuf's JSON reading); polystack refused it."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("mlp", config=json.dumps({"instance_group": {"kind": "KIND_CPU", "count": 3},
+                                                     "dynamic_batching": {"preferred_batch_size": 4}}))  # fmt: skip
+        config = config_of(server, "mlp")
+        assert [g["count"] for g in config["instance_group"]] == [3]
+        assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+    finally:
+        client.load_model("mlp")
+
 @pytest.mark.parametrize(
     ("config", "rows"),
     [
@@ -361,7 +375,7 @@ REFUSED = [
     (json.dumps({"version_policy": {"latest": {"num_versions": "--2"}}}), "must be whole numbers"),  # was a 500
     ('{"version_policy": {"all": {}}, "x": ' + "[" * 1010 + "]" * 1010 + "}", "nests deeper"),  # was a 500
     (json.dumps({"model_warmup": [{"batch_size": 1, "inputs": {"x": {"input_data_file": "x.bin"}}}]}), "TYPE_FP32"),
-    (json.dumps({"model_warmup": {"name": "w"}}), "list of warm-up samples"),
+    (json.dumps({"model_warmup": 5}), "model_warmup[0] must be a JSON object"),  # a lone value: a list of it
     (
         json.dumps({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "dnnl"}]}}}),
         "unknown Execution Accelerator 'dnnl' is requested",

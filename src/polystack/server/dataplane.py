@@ -2844,6 +2844,8 @@ class DataPlane:
             raise self._settled(
                 name, InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
             )
+        if config is not None:  # a lone group where a list goes ("instance_group": {...}), as Triton's JSON reading takes
+            config = model_config.lists_where_repeated(config)
         if model_files.given(parameters):
             assert config is not None  # repository_load refused files without their config, in Triton's words
             try:

@@ -1189,7 +1189,7 @@ def as_json(text: str) -> str:
             json.loads(text)
         except (ValueError, RecursionError) as e:
             raise InvalidRequest(f"not JSON: {e or 'nested too deep'}; fix it there") from None
-        return text
+        return lists_where_repeated(text)
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
 
@@ -1215,6 +1215,52 @@ def as_json(text: str) -> str:
         # choose (as Triton's auto-complete would)
         config["max_batch_size"] = 0
     return json.dumps(config)
+
+
+def lists_where_repeated(text: str) -> str:
+    """A JSON config with a lone value where model_config.proto repeats a field (``"instance_group": {...}``) as a
+    list of it, as Triton's JSON reading (protobuf's) takes it; the text as it is where nothing changes or it is not
+    a JSON object (``read`` says what is wrong with it)."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if not isinstance(config, dict):
+        return text
+    from tritonclient.grpc import model_config_pb2
+
+    changed = _wrap_repeated(config, model_config_pb2.ModelConfig.DESCRIPTOR, 0)
+    return json.dumps(config) if changed else text
+
+
+def _wrap_repeated(d: dict[str, Any], descriptor: Any, depth: int) -> bool:
+    """Wrap ``d``'s lone values of repeated fields of ``descriptor`` in lists, in place, through its messages;
+    whether anything changed."""
+    if depth > _MAX_DEPTH:
+        return False
+    changed = False
+    fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
+    for key, value in d.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        if field.is_repeated and not is_map and value is not None and not isinstance(value, list):
+            d[key] = value = [value]
+            changed = True
+        if field.message_type is None:
+            continue
+        if is_map:
+            inner = field.message_type.fields_by_name["value"]
+            if inner.message_type is not None and isinstance(value, dict):
+                for item in value.values():
+                    if isinstance(item, dict):
+                        changed |= _wrap_repeated(item, inner.message_type, depth + 1)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                changed |= _wrap_repeated(item, field.message_type, depth + 1)
+    return changed
 
 
 # the model_config.proto messages _TRITON knows the fields of, by the name protobuf's errors give them
