@@ -1252,3 +1252,50 @@ def test_a_request_running_when_its_model_is_unloaded_or_reloaded_gets_its_answe
         answer = running.result()
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"] == [3.0]
+
+
+SEE_EACH_OTHER = '''
+import json
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        folder = json.loads(args["model_config"])["parameters"]["dir"]["string_value"]
+        open(os.path.join(folder, args["model_instance_name"]), "w").close()
+        deadline = time.monotonic() + 5
+        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:  # the other instance's, while this waits
+            time.sleep(0.01)
+        self.together = len(os.listdir(folder)) == 2
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+'''
+
+
+def test_a_python_models_instances_initialize_at_once_and_its_config_may_list_no_tensors(tmp_path: Path) -> None:
+    """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_speedup, passing on tritonserver 2.51):
+    its model.py, without a config.pbtxt, loads with a config of its instance_group alone, two instances initializing
+    at once (each here waits to see the other's file); polystack refused a config listing no outputs, and initialized
+    the instances one after another."""
+    import time
+
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "models" / "pyid" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "pyid" / "1" / "model.py").write_text(SEE_EACH_OTHER)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit"]  # fmt: skip
+    config = {"instance_group": [{"kind": "KIND_CPU", "count": 2}], "parameters": {"dir": {"string_value": str(tmp_path / "seen")}}}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        started = time.monotonic()
+        client.load_model("pyid", config=json.dumps(config))
+        assert time.monotonic() - started < 4  # each waited at most until the other's file was there
+        assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["pyid_0_0", "pyid_0_1"]
+        assert client.is_model_ready("pyid")
+        shown = client.get_model_config("pyid")
+        assert shown["input"] == [] and shown["output"] == [] and shown["instance_group"][0]["count"] == 2

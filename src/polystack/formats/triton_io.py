@@ -28,6 +28,8 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
                     f"{kind}'s config lists no inputs, so its requests carry no batch; set max_batch_size: 0"
                 )
             continue
+        if not items and kind == PYTHON:  # giving nothing, as Triton loads one (its answers then carry no outputs)
+            continue
         if not items:
             raise InvalidModelFile(
                 f"{kind}'s config lists its {key}s (name, data_type, dims): nothing else says what its code "
