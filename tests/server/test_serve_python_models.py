@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start
+from servekit import cli_server, free_port, refused_at_start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -1299,3 +1299,72 @@ def test_a_python_models_instances_initialize_at_once_and_its_config_may_list_no
         assert client.is_model_ready("pyid")
         shown = client.get_model_config("pyid")
         assert shown["input"] == [] and shown["output"] == [] and shown["instance_group"][0]["count"] == 2
+
+
+COUNTED = '''
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.folder = json.loads(args["model_config"])["parameters"]["dir"]["string_value"]
+        self.name = args["model_instance_name"]
+        open(os.path.join(self.folder, "initialize-" + self.name), "a").write("x")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("who", np.array([self.name.encode()], dtype=np.object_))])
+                for _ in requests]
+
+    def finalize(self):
+        open(os.path.join(self.folder, "finalize-" + self.name), "a").write("x")
+'''
+
+
+def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_has(tmp_path: Path) -> None:
+    """As Triton 23.x on updates instances in place (helpers 163 and 167: Triton's L0_model_update and
+    L0_instance_update): only the instances added initialize, only those removed finalize; polystack started them
+    all anew, and finalized them all. A change of anything else starts them anew, as before."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+
+    def config(count: int, delay: int = 0) -> str:
+        return (
+            f'backend: "python"\nmax_batch_size: 0\ninput [ {{ name: "x", data_type: TYPE_FP32, dims: [ 1 ] }} ]\n'
+            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+            f'instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n'
+            f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }}, '
+            f'{{ key: "delay" value: {{ string_value: "{delay}" }} }} ]\n'
+        )
+
+    def counts() -> dict[str, int]:
+        return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
+
+    python_folder(repo, "m", COUNTED, config(1))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        assert counts() == {"initialize-m_0_0": 1}
+        (repo / "m" / "config.pbtxt").write_text(config(3))
+        client.load_model("m")
+        assert until(lambda: counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1})
+        assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(12)} <= {b"m_0_0", b"m_0_1", b"m_0_2"}
+        (repo / "m" / "config.pbtxt").write_text(config(1))
+        client.load_model("m")
+        assert until(lambda: counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+                                          "finalize-m_0_1": 1, "finalize-m_0_2": 1})  # fmt: skip
+        assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(4)} == {b"m_0_0"}
+        (repo / "m" / "config.pbtxt").write_text(config(1, delay=5))  # another change: a new instance
+        client.load_model("m")
+        assert until(lambda: counts().get("finalize-m_0_0") == 1 and counts()["initialize-m_0_0"] == 2)
+        client.unload_model("m")
+        assert until(lambda: counts().get("finalize-m_0_0") == 2)
+    assert counts() == {"initialize-m_0_0": 2, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+                        "finalize-m_0_0": 2, "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip

@@ -76,6 +76,25 @@ UTILS = "triton_python_backend_utils"  # the name models import Triton's utiliti
 # (released when its process ends: temp_folders.py), out of the model's sight
 FOLDER_PREFIX = "polystack-python-model-"
 _LOOP_STOP_S = 30.0  # what an instance's close waits for its event loop's thread to stop
+# the models loaded, which a reload of one whose config changes only its instance groups takes instances from
+_LIVE: weakref.WeakSet[PythonModel] = weakref.WeakSet()
+_SHARING = threading.Lock()  # held while instances and folders change hands, and their holders are counted
+
+
+class _Folder:
+    """The folder a model's files were unpacked into, which its instances imported ``model.py`` from: released once
+    neither the model nor an instance of it holds it (a reload keeps an instance, and so its folder, alive)."""
+
+    def __init__(self, path: Path, owner: Any) -> None:
+        self.path, self.owner = path, owner
+        self.holders = 1  # the model that unpacked it
+
+    def drop(self) -> None:
+        with _SHARING:
+            self.holders -= 1
+            last = self.holders == 0
+        if last:
+            temp_folders.release(self.path, self.owner)
 
 
 class _Instance:
@@ -91,6 +110,9 @@ class _Instance:
         self.runner: threading.Thread | None = None  # the thread that runs ``loop`` (``_loop_of``)
         self.started = False  # its initialize returned: finalize runs at the close
         self.lock = threading.Lock()  # held while it runs an execute: one at a time, as on Triton's
+        # the models serving it (a reload that changes only the instance groups keeps it): the last one finalizes it
+        self.holders = 1
+        self.folder: _Folder | None = None  # the folder it imported model.py from
 
 
 class PythonModel:
@@ -102,10 +124,13 @@ class PythonModel:
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
         # the folders a killed server left are removed first (once a minute at most)
         self._folder, self._owner = temp_folders.make(FOLDER_PREFIX)
+        self._unpacked = _Folder(self._folder, self._owner)
+        self._closed = False
         try:
             try:
                 with zipfile.ZipFile(artifact) as zf:
                     zf.extractall(self._folder)
+                    files = _files_but_config(zf)
                 manifest = json.loads((self._folder / MANIFEST).read_text())
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
@@ -119,17 +144,43 @@ class PythonModel:
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
             self._closing = False  # the server stops serving it: no request waits for its sender any more
+            # a reload whose config changes only its instance groups keeps the instances it still has, as Triton
+            # 23.x on updates instances in place: only those added initialize, those removed finalize (with the
+            # model it replaces, once their requests ran)
+            self._key = (files, self.name, self.version, _but_groups(self.config))
+            donor = next((m for m in list(_LIVE) if m._key == self._key and not m._closed), None)
             for name, kind, passive in _instance_names(given, self.name):
-                instance = _Instance(name, kind)
+                kept = donor._give(name, kind, passive) if donor is not None else None
+                instance = kept or _Instance(name, kind)
                 (self._passive if passive else self._instances).append(instance)
-                self._make(instance, manifest)  # one import at a time: each puts its folder on sys.path
-            self._initialize_all([*self._instances, *self._passive], manifest)
+                if kept is None:
+                    instance.folder = self._unpacked
+                    with _SHARING:
+                        self._unpacked.holders += 1
+                    self._make(instance, manifest)  # one import at a time: each puts its folder on sys.path
+            self._initialize_all([i for i in (*self._instances, *self._passive) if not i.started], manifest)
+            _LIVE.add(self)
             for instance in self._instances:
                 self._idle.put(instance)
         except BaseException:
             with contextlib.suppress(Exception):  # the load's own failure is what it says
                 self.close()
             raise
+
+    def _give(self, name: str, kind: str, passive: bool) -> _Instance | None:
+        """Its instance ``name`` (of ``kind``, passive or not), held by the model that replaces it too; None where it
+        has none such."""
+        for instances, off in ((self._instances, False), (self._passive, True)):
+            for instance in instances:
+                if instance.name == name and instance.kind == kind and off == passive and instance.started:
+                    with _SHARING:
+                        if self._closed:
+                            return None
+                        instance.holders += 1
+                        if instance.folder is not None:
+                            instance.folder.holders += 1
+                    return instance
+        return None
 
     def _make(self, instance: _Instance, manifest: dict[str, Any]) -> None:
         """Import ``model.py`` for ``instance`` and make its model."""
@@ -143,8 +194,9 @@ class PythonModel:
         """Initialize ``instances`` at once, each in a thread of its own, as Triton loads a Python model's instances
         concurrently (two whose ``initialize`` takes 10 s load in 10 s, not 20: Triton's L0_lifecycle); the first
         failure, once all ran, fails the load."""
-        if len(instances) == 1:
-            self._initialize(instances[0], manifest)
+        if len(instances) <= 1:
+            for instance in instances:
+                self._initialize(instance, manifest)
             return
         with concurrent.futures.ThreadPoolExecutor(len(instances), thread_name_prefix=f"initialize-{self.name}") as pool:
             done = [pool.submit(contextvars.copy_context().run, self._initialize, i, manifest) for i in instances]
@@ -417,11 +469,22 @@ class PythonModel:
         asyncio.run_coroutine_threadsafe(run(), loop)
 
     def close(self) -> None:
-        """``finalize`` each instance (the server closes a model once no call runs on it), then forget them."""
+        """``finalize`` each instance no other model holds (the server closes a model once no call runs on it),
+        then forget them."""
         failed: BaseException | None = None
         if hasattr(self, "_waiting"):  # requests whose sender never sent: they fail now
             self.closing()
+        with _SHARING:
+            self._closed = True
+        _LIVE.discard(self)
         for instance in (*self._instances, *self._passive):
+            with _SHARING:
+                instance.holders -= 1
+                kept = instance.holders > 0  # the model that replaced this one serves it: it finalizes it
+            if kept:
+                if instance.folder is not None:
+                    instance.folder.drop()
+                continue
             try:
                 finalize = getattr(instance.model, "finalize", None)
                 if finalize is not None and instance.started:
@@ -433,8 +496,11 @@ class PythonModel:
                     _close(instance.loop, instance.runner)
                 if instance.module is not None:
                     _forget(instance.module)
+                if instance.folder is not None:
+                    instance.folder.drop()
         self._instances, self._passive = [], []
-        temp_folders.release(self._folder, self._owner)
+        if self._owner is not None:
+            self._unpacked.drop()  # its own hold: the folder goes once no instance kept from it lives
         self._owner = None
         if failed is not None:
             raise failed
@@ -611,6 +677,23 @@ def _close(loop: asyncio.AbstractEventLoop, runner: threading.Thread | None = No
         loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
+
+
+def _files_but_config(zf: zipfile.ZipFile) -> tuple[tuple[str, int, int], ...]:
+    """The model's files as its zip lists them (name, size, CRC-32), but its config's: the same code and data,
+    whatever its config says (which ``_but_groups`` compares)."""
+    return tuple(
+        sorted(
+            (i.filename, i.file_size, i.CRC)
+            for i in zf.infolist()
+            if i.filename != MANIFEST and i.filename != "config.pbtxt" and not i.filename.startswith("configs/")
+        )
+    )
+
+
+def _but_groups(config: dict[str, Any]) -> str:
+    """``config`` but its instance groups, as a key: two loads whose configs differ in those alone share instances."""
+    return json.dumps({k: v for k, v in config.items() if k != "instance_group"}, sort_keys=True, default=str)
 
 
 def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, bool]]:
