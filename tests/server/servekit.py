@@ -70,6 +70,33 @@ def batch_of_scalars(path: Path) -> Path:
     return path
 
 
+CONCAT_IO = (
+    'max_batch_size: 0\ninput [ { name: "A" data_type: TYPE_INT32 dims: [ -1 ] }, '
+    '{ name: "B" data_type: TYPE_INT32 dims: [ -1 ] } ]\noutput [ { name: "C" data_type: TYPE_INT32 dims: [ -1 ] } ]\n'
+)
+
+
+def concat_onnx(path: Path) -> Path:
+    """C = concat(A, B) of INT32 vectors of any lengths (a model whose inputs' first dims differ), whose config's
+    tensors are ``CONCAT_IO``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.INT32, [-1]) for n in ("A", "B", "C")]
+    graph = helper.make_graph([helper.make_node("Concat", ["A", "B"], ["C"], axis=0)], "concat", io[:2], io[2:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def concat_inputs() -> list[Any]:
+    """tritonclient's HTTP inputs A [1] and B [2] of ``concat_onnx``, which answers [1, 2, 3]."""
+    a, b = httpclient.InferInput("A", [1], "INT32"), httpclient.InferInput("B", [2], "INT32")
+    a.set_data_from_numpy(np.array([1], dtype=np.int32))
+    b.set_data_from_numpy(np.array([2, 3], dtype=np.int32))
+    return [a, b]
+
+
 def failing_at_run(path: Path, gather: bool = False) -> Path:
     """An ONNX model that ONNX Runtime fails to run for a request that passes every check: for one row (a
     reshape of 2 values into 3: its Fail), or with ``gather`` for an index past its table (its InvalidArgument,

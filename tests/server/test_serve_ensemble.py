@@ -23,7 +23,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import (
     ACC,
+    CONCAT_IO,
     cli_server,
+    concat_inputs,
+    concat_onnx,
     free_port,
     refused_after_loads,
     refused_at_start,
@@ -739,29 +742,12 @@ def test_an_ensembles_own_label_file_names_its_outputs_classes_before_the_steps(
         assert sorted(c.decode().count(":") for c in top[1]) == [1, 2, 2]
 
 
-def _concat_onnx(path: Path) -> None:
-    """C = concat(A, B) of INT32 vectors of any lengths (a model whose inputs' first dims differ)."""
-    from onnx import TensorProto, helper
-
-    io = [helper.make_tensor_value_info(n, TensorProto.INT32, [-1]) for n in ("A", "B", "C")]
-    node = helper.make_node("Concat", ["A", "B"], ["C"], axis=0)
-    graph = helper.make_graph([node], "concat", io[:2], io[2:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-
-
-CONCAT_IO = (
-    'max_batch_size: 0\ninput [ { name: "A" data_type: TYPE_INT32 dims: [ -1 ] }, '
-    '{ name: "B" data_type: TYPE_INT32 dims: [ -1 ] } ]\noutput [ { name: "C" data_type: TYPE_INT32 dims: [ -1 ] } ]\n'
-)
-
-
 def test_an_ensemble_without_batching_passes_inputs_whose_first_dims_differ_as_triton_does(tmp_path: Path) -> None:
     """With max_batch_size 0 an ensemble has no batch dimension: A [1] and B [2] go to its step as they are, as
     tritonserver 2.51 passes them (helper-164, Triton's L0_decoupled simple_repeat); polystack refused them as a
     batch-size mismatch before the step ran."""
     repo = tmp_path / "models"
-    _concat_onnx(repo / "concat" / "1" / "model.onnx")
+    concat_onnx(repo / "concat" / "1" / "model.onnx")
     (repo / "concat" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n' + CONCAT_IO)
     (repo / "ens" / "1").mkdir(parents=True)
     (repo / "ens" / "config.pbtxt").write_text(
@@ -771,8 +757,5 @@ def test_an_ensemble_without_batching_passes_inputs_whose_first_dims_differ_as_t
     port = free_port()
     with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        a, b = httpclient.InferInput("A", [1], "INT32"), httpclient.InferInput("B", [2], "INT32")
-        a.set_data_from_numpy(np.array([1], dtype=np.int32))
-        b.set_data_from_numpy(np.array([2, 3], dtype=np.int32))
         for model in ("concat", "ens"):
-            np.testing.assert_array_equal(http.infer(model, [a, b]).as_numpy("C"), [1, 2, 3])
+            np.testing.assert_array_equal(http.infer(model, concat_inputs()).as_numpy("C"), [1, 2, 3])

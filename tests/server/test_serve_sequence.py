@@ -25,7 +25,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import (
     ACC,
+    CONCAT_IO,
     cli_server,
+    concat_inputs,
+    concat_onnx,
     free_port,
     refused_after_loads,
     refused_at_start,
@@ -1341,25 +1344,15 @@ def test_a_state_of_variable_dims_grows_as_the_models_state_output_does(tmp_path
 def test_a_sequence_model_without_batching_takes_inputs_whose_first_dims_differ_as_triton_does(tmp_path: Path) -> None:
     """With max_batch_size 0 a sequence model's inputs have no batch dimension: A [1] and B [2] reach it as they are,
     as tritonserver 2.51 passes them (helper-164); polystack refused them as a batch-size mismatch."""
-    from onnx import TensorProto, helper, save
-
     repo = tmp_path / "models"
-    (repo / "seq" / "1").mkdir(parents=True)
-    io = [helper.make_tensor_value_info(n, TensorProto.INT32, [-1]) for n in ("A", "B", "C")]
-    graph = helper.make_graph([helper.make_node("Concat", ["A", "B"], ["C"], axis=0)], "concat", io[:2], io[2:])
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / "seq" / "1" / "model.onnx")
+    concat_onnx(repo / "seq" / "1" / "model.onnx")
     (repo / "seq" / "config.pbtxt").write_text(
-        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\nsequence_batching { max_sequence_idle_microseconds: 5000000 }\n'
-        'input [ { name: "A" data_type: TYPE_INT32 dims: [ -1 ] }, { name: "B" data_type: TYPE_INT32 dims: [ -1 ] } ]\n'
-        'output [ { name: "C" data_type: TYPE_INT32 dims: [ -1 ] } ]\n'
+        'platform: "onnxruntime_onnx"\nsequence_batching { max_sequence_idle_microseconds: 5000000 }\n' + CONCAT_IO
     )
     port = free_port()
     with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", "-1"], port, tmp_path / "log"):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        a, b = httpclient.InferInput("A", [1], "INT32"), httpclient.InferInput("B", [2], "INT32")
-        a.set_data_from_numpy(np.array([1], dtype=np.int32))
-        b.set_data_from_numpy(np.array([2, 3], dtype=np.int32))
-        answer = http.infer("seq", [a, b], sequence_id=7, sequence_start=True, sequence_end=True)
+        answer = http.infer("seq", concat_inputs(), sequence_id=7, sequence_start=True, sequence_end=True)
         np.testing.assert_array_equal(answer.as_numpy("C"), [1, 2, 3])
 
 
