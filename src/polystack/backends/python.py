@@ -5,9 +5,12 @@ the model as ``triton_python_backend_utils``).
 The artifact (``formats/python_model.py``) is the model's version folder as one zip, with its config. Loading
 unpacks it into a folder of its own, imports ``model.py`` from there (its folder first on ``sys.path`` while
 it is imported, so that its own modules import) and calls ``initialize`` with Triton's ``args``, once for each
-instance its config's ``instance_group`` asks for (each its own import, as each of Triton's is a process). ``infer``
-runs one request, and ``infer_apart`` a batch the dynamic batcher gathered, its requests apart as Triton hands them,
-by ``execute`` on an instance running no other; ``close`` calls each instance's ``finalize`` and removes the folder.
+instance its config's ``instance_group`` asks for (each its own import, as each of Triton's is a process; their
+``initialize`` calls at once, each in a thread). A reload of the same files whose config changes only the instance
+groups takes the instances it keeps from the model it replaces (Triton's in-place instance update): they and their
+folder live until the last model holding them closes. ``infer`` runs one request, and ``infer_apart`` a batch the
+dynamic batcher gathered, its requests apart as Triton hands them, by ``execute`` on an instance running no other;
+``close`` calls ``finalize`` of each instance no other model holds and removes the folder once none is left.
 An ``async def execute`` runs on an event loop of its instance's own, in a thread of its own that runs between
 executes too (tasks an execute starts go on after it returned, as in Triton's stub), so that it can await its calls
 together; a decoupled model's does not hold the instance, whose next ``execute`` starts while it awaits (Triton's
@@ -148,7 +151,9 @@ class PythonModel:
             # 23.x on updates instances in place: only those added initialize, those removed finalize (with the
             # model it replaces, once their requests ran)
             self._key = (files, self.name, self.version, _but_groups(self.config))
-            donor = next((m for m in list(_LIVE) if m._key == self._key and not m._closed), None)
+            donor = next(  # a model of the same server (one loaded outside a server shares nothing)
+                (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
+            ) if self._host is not None else None  # fmt: skip
             for name, kind, passive in _instance_names(given, self.name):
                 kept = donor._give(name, kind, passive) if donor is not None else None
                 instance = kept or _Instance(name, kind)
