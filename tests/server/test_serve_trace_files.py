@@ -232,6 +232,9 @@ def test_the_trace_extension_shows_and_changes_the_file_settings_in_tritons_word
             client.update_trace_settings(settings={"trace_file": "/tmp/elsewhere.json"})
     with pytest.raises(InferenceServerException, match="log_frequency must be between 0"):
         http.update_trace_settings(settings={"log_frequency": "-1"})
+    with pytest.raises(InferenceServerException) as e:  # tritonserver 2.51's words first (helper-166)
+        http.update_trace_settings(settings={"log_frequency": "4294967296"})
+    assert "Unable to parse 'log_frequency', value is out of range [ 0, 4294967295 ], got: 4294967296" in e.value.message()
     assert http.update_trace_settings(settings={"trace_count": "1"})["trace_count"] == "1"
     http.infer("ident64", [_ident_ones()])
     assert http.get_trace_settings()["trace_count"] == "0"  # taken

@@ -234,6 +234,8 @@ BAD_SETTINGS = [
     ({"trace_count": "--1"}, "whole number"),
     ({"trace_rate": "99999999999999999999999"}, "whole number"),
     ({"trace_count": "-2"}, "Unable to parse 'trace_count'. Expecting value >= -1, got:-2"),
+    # tritonserver 2.51's words (helper-166)
+    ({"trace_count": "10000000000"}, "Unable to parse 'trace_count', value is out of range [ -1, 2147483647 ], got: 10000000000"),
     ({"trace_count": True}, "whole number"),
     ({"log_frequency": "10"}, "Triton's trace files"),
     ({"trace_mode": "triton"}, "can not be changed"),

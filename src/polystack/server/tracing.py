@@ -564,10 +564,10 @@ def _rate(rate: int) -> int:
 
 def log_frequency(value: int) -> int:
     """A ``log_frequency``: how many traces each numbered file holds (0: none, all into the file itself)."""
-    if not 0 <= value <= _MAX_RATE:
+    if not 0 <= value <= _MAX_RATE:  # Triton's words, then what it means
         raise InvalidRequest(
-            f"log_frequency must be between 0 (every trace into the file itself) and {_MAX_RATE} (traces to a "
-            f"numbered file), not {value}"
+            f"Unable to parse 'log_frequency', value is out of range [ 0, {_MAX_RATE} ], got: {value}; log_frequency "
+            f"must be between 0 (every trace into the file itself) and {_MAX_RATE} (traces to a numbered file)"
         )
     return value
 
@@ -578,8 +578,11 @@ def _count(count: int) -> int:
             f"Unable to parse 'trace_count'. Expecting value >= -1, got:{count}; trace_count must be -1 (no limit) or "
             f"between 0 and {_MAX_COUNT}"
         )
-    if count > _MAX_COUNT:
-        raise InvalidRequest(f"trace_count must be -1 (no limit) or between 0 and {_MAX_COUNT}, not {count}")
+    if count > _MAX_COUNT:  # Triton's words, then what it takes
+        raise InvalidRequest(
+            f"Unable to parse 'trace_count', value is out of range [ -1, {_MAX_COUNT} ], got: {count}; trace_count "
+            f"must be -1 (no limit) or between 0 and {_MAX_COUNT}"
+        )
     return count
 
 
