@@ -1254,52 +1254,76 @@ def test_a_request_running_when_its_model_is_unloaded_or_reloaded_gets_its_answe
         assert answer.json()["outputs"][0]["data"] == [3.0]
 
 
-SEE_EACH_OTHER = '''
-import json
-import os
-import time
-
-import numpy as np
+NOTHING_LISTED = '''
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
-        folder = json.loads(args["model_config"])["parameters"]["dir"]["string_value"]
-        open(os.path.join(folder, args["model_instance_name"]), "w").close()
-        deadline = time.monotonic() + 5
-        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:  # the other instance's, while this waits
-            time.sleep(0.01)
-        self.together = len(os.listdir(folder)) == 2
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+'''
+
+
+def test_a_python_model_whose_config_lists_no_tensors_loads_as_in_triton(tmp_path: Path) -> None:
+    """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_speedup, passing on tritonserver 2.51):
+    its model.py, without a config.pbtxt, loads with a config of its instance_group alone; polystack refused a
+    config listing no outputs."""
+    (tmp_path / "models" / "pyid" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "pyid" / "1" / "model.py").write_text(NOTHING_LISTED)
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        client.load_model("pyid", config=json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 2}]}))
+        assert client.is_model_ready("pyid")
+        shown = client.get_model_config("pyid")
+        assert shown["input"] == [] and shown["output"] == [] and shown["instance_group"][0]["count"] == 2
+        assert client.infer("pyid", []).get_response()["outputs"] == []
+
+
+LOCKED_COUNT = '''
+import fcntl
+import json
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):  # as Triton's QA model_init_del counts its instances: a file under a process lock
+        path = json.loads(args["model_config"])["parameters"]["count"]["string_value"]
+        with open(path, "a+") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            f.seek(0)
+            count = int(f.read() or 0)
+            time.sleep(0.05)
+            f.seek(0)
+            f.truncate()
+            f.write(str(count + 1))
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([]) for _ in requests]
 '''
 
 
-def test_a_python_models_instances_initialize_at_once_and_its_config_may_list_no_tensors(tmp_path: Path) -> None:
-    """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_speedup, passing on tritonserver 2.51):
-    its model.py, without a config.pbtxt, loads with a config of its instance_group alone, two instances initializing
-    at once (each here waits to see the other's file); polystack refused a config listing no outputs, and initialized
-    the instances one after another."""
-    import time
-
-    (tmp_path / "seen").mkdir()
-    (tmp_path / "models" / "pyid" / "1").mkdir(parents=True)
-    (tmp_path / "models" / "pyid" / "1" / "model.py").write_text(SEE_EACH_OTHER)
+def test_a_python_models_instances_initialize_one_after_another_as_they_share_a_process(tmp_path: Path) -> None:
+    """Triton initializes instances at once, each a process; here they are threads of one process, where a model's
+    file lock excludes nothing: initialized at once, Triton's QA model_init_del counted wrong and failed its load
+    (helper-170), so polystack initializes them one after another."""
+    count = tmp_path / "count"
+    repo = tmp_path / "models"
+    python_folder(repo, "locked", LOCKED_COUNT,
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\ninstance_group [ { kind: KIND_CPU, count: 4 } ]\n'
+        f'parameters [ {{ key: "count" value: {{ string_value: "{count}" }} }} ]\n'
+    )  # fmt: skip
     port = free_port()
-    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit"]  # fmt: skip
-    config = {"instance_group": [{"kind": "KIND_CPU", "count": 2}], "parameters": {"dir": {"string_value": str(tmp_path / "seen")}}}
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        started = time.monotonic()
-        client.load_model("pyid", config=json.dumps(config))
-        assert time.monotonic() - started < 4  # each waited at most until the other's file was there
-        assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["pyid_0_0", "pyid_0_1"]
-        assert client.is_model_ready("pyid")
-        shown = client.get_model_config("pyid")
-        assert shown["input"] == [] and shown["output"] == [] and shown["instance_group"][0]["count"] == 2
-
+        assert client.is_model_ready("locked")
+    assert count.read_text() == "4"
 
 COUNTED = '''
 import json
