@@ -759,3 +759,61 @@ def test_an_ensemble_without_batching_passes_inputs_whose_first_dims_differ_as_t
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         for model in ("concat", "ens"):
             np.testing.assert_array_equal(http.infer(model, concat_inputs()).as_numpy("C"), [1, 2, 3])
+
+
+OPTIONAL_IDENTITY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):  # as Triton's QA optional_identity: the outputs of the inputs given, alone
+        responses = []
+        for request in requests:
+            outputs = []
+            for i in ("0", "1"):
+                given = pb_utils.get_input_tensor_by_name(request, "INPUT" + i)
+                if given is not None:
+                    outputs.append(pb_utils.Tensor("OUTPUT" + i, given.as_numpy()))
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+'''
+
+
+def test_a_steps_output_left_out_is_an_absent_input_of_the_next_step_where_that_takes_it_optional(tmp_path: Path) -> None:
+    """helper-170 (Triton's L0_optional_input test_ensemble_optional_connecting_tensor, passing on tritonserver
+    2.51): step 0 gives OUTPUT1 only when it got INPUT1; step 1 takes it as an optional input. polystack failed the
+    request ("returned no output 'OUTPUT1', which the request asks for"); an output the client asks for that no step
+    gave still fails, saying so."""
+    from tests.server.test_serve_python_models import python_folder
+
+    io = (
+        'max_batch_size: 0\ninput [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] optional: true }, '
+        '{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+    )
+    repo = tmp_path / "models"
+    python_folder(repo, "ident", OPTIONAL_IDENTITY, 'backend: "python"\n' + io)
+    (repo / "chain" / "1").mkdir(parents=True)
+    (repo / "chain" / "config.pbtxt").write_text(
+        'platform: "ensemble"\n' + io + "ensemble_scheduling { step [\n"
+        '{ model_name: "ident" model_version: -1 input_map { key: "INPUT0" value: "INPUT0" } '
+        'input_map { key: "INPUT1" value: "INPUT1" } output_map { key: "OUTPUT0" value: "mid0" } '
+        'output_map { key: "OUTPUT1" value: "mid1" } },\n'
+        '{ model_name: "ident" model_version: -1 input_map { key: "INPUT0" value: "mid0" } '
+        'input_map { key: "INPUT1" value: "mid1" } output_map { key: "OUTPUT0" value: "OUTPUT0" } '
+        'output_map { key: "OUTPUT1" value: "OUTPUT1" } } ] }\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("INPUT0", [1], "FP32")
+        x.set_data_from_numpy(np.array([5.0], np.float32))
+        answer = http.infer("chain", [x], outputs=[httpclient.InferRequestedOutput("OUTPUT0")])
+        assert answer.as_numpy("OUTPUT0").tolist() == [5.0]
+        with pytest.raises(InferenceServerException, match="OUTPUT1"):
+            http.infer("chain", [x], outputs=[httpclient.InferRequestedOutput("OUTPUT1")])
+        y = httpclient.InferInput("INPUT1", [1], "FP32")
+        y.set_data_from_numpy(np.array([7.0], np.float32))
+        both = http.infer("chain", [x, y])
+        assert both.as_numpy("OUTPUT0").tolist() == [5.0] and both.as_numpy("OUTPUT1").tolist() == [7.0]

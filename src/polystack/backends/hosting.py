@@ -43,6 +43,8 @@ class RequestFacts:
     # set when the client of a request answered once goes away (cancelled, disconnected): the model may stop
     # (``request.is_cancelled()``); a decoupled request's is its ``responses``' (None: it cannot be cancelled)
     gone: threading.Event | None = None
+    # an ensemble step's request: the outputs it asks for may be left out (``InferRequest.partial``)
+    partial: bool = False
 
 
 class Responses(Protocol):

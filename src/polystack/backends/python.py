@@ -293,11 +293,12 @@ class PythonModel:
             own = None if facts.responses is not None else _Gathered(facts.gone)
             sink = own or facts.responses
             assert sink is not None
-            check = functools.partial(self._answer, outputs=names, asked=bool(outputs), whole=not self.decoupled)
+            asked = bool(outputs) and not facts.partial  # those asked for must be there (an ensemble step's may not)
+            check = functools.partial(self._answer, outputs=names, asked=asked, whole=not self.decoupled)
             sender = pb_utils.InferenceResponseSender(sink, check, self.decoupled)
             received.append(pb_utils.InferenceRequest.received(self.name, tensors, facts, names, sender))
             gathered.append(own)
-            wanted.append((names, bool(outputs)))
+            wanted.append((names, asked))
         if instance is None:  # the one the rate limiter gave resources to, where one did
             instance = hosting.CHARGED.get()
         chosen = self._idle.get() if instance is None else self._instances[instance % len(self._instances)]

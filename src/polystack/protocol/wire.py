@@ -79,6 +79,9 @@ class InferRequest:
     # a request a model sent (``server/model_calls.py``), never a client's: the model instances waiting for its
     # answer (``hosting.RequestFacts.callers``)
     callers: tuple[str, ...] = ()
+    # an ensemble's step's: the outputs it asks for may be left out (the next step's input is then absent, as in
+    # Triton's ensembles); a client's request fails where its model leaves out an output it asks for
+    partial: bool = False
 
     @property
     def output_names(self) -> list[str] | None:

@@ -302,7 +302,7 @@ def _facts(
     """What a hosted model sees of ``request`` past its inputs (``responses``: where a decoupled model sends its
     responses; ``gone``: set when the client of a request answered once goes away)."""
     return hosting.RequestFacts(
-        request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone
+        request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone, request.partial
     )
 
 
@@ -2139,7 +2139,9 @@ class DataPlane:
                 target = holding[(step.model, step.asked)]
                 takes, batches = self._takes(target)
                 given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
-                sub = InferRequest(given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters)
+                sub = InferRequest(
+                    given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters, partial=True
+                )
                 return target, sub, batches
 
             async def step_run(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from polystack.errors import InvalidRequest, PolystackError, quote
+from polystack.errors import BackendError, InvalidRequest, PolystackError, quote
 from polystack.labels import file_in, labels_for
 from polystack.server import model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
@@ -508,7 +508,7 @@ async def _branches(
     if not waiting:
         yield tensors, batched, True
         return
-    absent = _absent(ensemble, tensors)
+    absent = _absent(ensemble, tensors, waiting)
     ready = [i for i in waiting if all(t in tensors or t in absent for _, t in ensemble.steps[i].inputs)]
     if not ready:  # read() refuses such configs
         raise InvalidRequest(f"ensemble {ensemble.name!r}: steps {waiting} wait on tensors nothing gives")
@@ -552,7 +552,7 @@ async def _settle(
     """Run the steps of ``waiting`` but those ``held``, each as soon as the tensors it takes are there (at once
     where they do not depend on one another), until none can run: each that ran leaves ``waiting``, its outputs
     added to ``tensors``. The first that fails fails it, and the others still running are cancelled."""
-    absent = _absent(ensemble, tensors)
+    absent = _absent(ensemble, tensors, waiting)
     running: dict[asyncio.Future[tuple[Mapping[str, np.ndarray], bool]], int] = {}
     try:
         while True:
@@ -573,7 +573,10 @@ async def _settle(
                 except PolystackError as e:  # Triton's words first, and the step's
                     raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
                 for model_tensor, tensor in step.outputs:
-                    tensors[tensor], batched[tensor] = result[model_tensor], batches
+                    if model_tensor in result:
+                        tensors[tensor], batched[tensor] = result[model_tensor], batches
+                    else:  # left out by its model: absent for the steps that take it (as an optional input)
+                        absent.add(tensor)
     finally:
         for future in running:
             future.cancel()
@@ -590,15 +593,25 @@ def _given(
     return given, {model_tensor: batched[tensor] for model_tensor, tensor in step.inputs if tensor in tensors}
 
 
-def _absent(ensemble: Ensemble, tensors: Mapping[str, np.ndarray]) -> set[str]:
-    """The optional inputs the request left out: the steps that take them run without them, as Triton's do."""
-    return {t.name for t in ensemble.signature.optional if t.name not in tensors}
+def _absent(ensemble: Ensemble, tensors: Mapping[str, np.ndarray], waiting: Collection[int]) -> set[str]:
+    """The optional inputs the request left out, and the outputs the steps that ran (those not ``waiting``, none
+    running) left out: the steps that take them run without them, as Triton's do (a step whose input is not
+    optional is refused by its model)."""
+    left = {t.name for t in ensemble.signature.optional if t.name not in tensors}
+    ran = (step for i, step in enumerate(ensemble.steps) if i not in waiting)
+    return left | {tensor for step in ran for _, tensor in step.outputs if tensor not in tensors}
 
 
 def _outputs(
     ensemble: Ensemble, tensors: Mapping[str, np.ndarray], batched: Mapping[str, bool], outputs: Collection[str]
 ) -> dict[str, np.ndarray]:
     specs = {t.name: t for t in ensemble.signature.outputs}
+    missing = [name for name in outputs if name not in tensors]
+    if missing:
+        raise BackendError(
+            f"in ensemble {ensemble.name!r}, the step that gives output {missing[0]!r} left it out, and the request "
+            "asks for it; ask for the outputs its steps give for these inputs"
+        )
     return {name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0) for name in outputs}
 
 
