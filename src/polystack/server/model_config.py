@@ -238,8 +238,8 @@ class Additions:
     groups: tuple[tuple[str, int, Rule | None], ...] = ()
     # the groups (by name) whose instances place themselves (KIND_MODEL: a Python model's, on the CPU here)
     placed: frozenset[str] = frozenset()
-    # the passive groups, as Triton shows them, (name, count): instances the scheduler gives no requests to, which
-    # polystack therefore does not start (Triton loads them for its distributed backends to use)
+    # the passive groups, as Triton shows them, (name, count): instances the scheduler gives no requests to (a Python
+    # model's are initialized and finalized, as Triton's; other runtimes, having no use for them, start none)
     passive: tuple[tuple[str, int], ...] = ()
     # its requests' responses are any number, sent apart from its execute (Triton's decoupled transaction policy:
     # a Python model's): streamed to the client (gRPC's ModelStreamInfer, HTTP's generate_stream)
