@@ -1328,6 +1328,7 @@ def test_a_python_models_instances_initialize_one_after_another_as_they_share_a_
 COUNTED = '''
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -1340,6 +1341,8 @@ class TritonPythonModel:
         open(os.path.join(self.folder, "initialize-" + self.name), "a").write("x")
 
     def execute(self, requests):
+        for request in requests:
+            time.sleep(float(pb_utils.get_input_tensor_by_name(request, "x").as_numpy()[0]))
         return [pb_utils.InferenceResponse([pb_utils.Tensor("who", np.array([self.name.encode()], dtype=np.object_))])
                 for _ in requests]
 
@@ -1352,6 +1355,11 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
     """As Triton 23.x on updates instances in place (helpers 163 and 167: Triton's L0_model_update and
     L0_instance_update): only the instances added initialize, only those removed finalize; polystack started them
     all anew, and finalized them all. A change of anything else starts them anew, as before."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
     seen = tmp_path / "seen"
     seen.mkdir()
     repo = tmp_path / "models"
@@ -1374,16 +1382,22 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
             "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         x = httpclient.InferInput("x", [1], "FP32")
-        x.set_data_from_numpy(np.ones(1, np.float32))
+        x.set_data_from_numpy(np.zeros(1, np.float32))
         assert counts() == {"initialize-m_0_0": 1}
         (repo / "m" / "config.pbtxt").write_text(config(3))
         client.load_model("m")
         assert until(lambda: counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1})
         assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(12)} <= {b"m_0_0", b"m_0_1", b"m_0_2"}
-        (repo / "m" / "config.pbtxt").write_text(config(1))
-        client.load_model("m")
-        assert until(lambda: counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
-                                          "finalize-m_0_1": 1, "finalize-m_0_2": 1})  # fmt: skip
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each instance runs one for 0.5 s during the reload
+            running = [pool.submit(httpx.post, f"http://127.0.0.1:{port}/v2/models/m/infer", json=body, timeout=20)
+                       for _ in range(3)]  # fmt: skip
+            time.sleep(0.2)
+            (repo / "m" / "config.pbtxt").write_text(config(1))
+            client.load_model("m")  # answered once the instances it removed are finalized, as Triton's update
+            assert all(r.result().status_code == 200 for r in running)
+        assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+                            "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
         assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(4)} == {b"m_0_0"}
         (repo / "m" / "config.pbtxt").write_text(config(1, delay=5))  # another change: a new instance
         client.load_model("m")

@@ -152,8 +152,12 @@ class PythonModel:
             donor = next(  # a model of the same server (one loaded outside a server shares nothing)
                 (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
             ) if self._host is not None else None  # fmt: skip
+            # whether it took instances from the model it replaces: that one's close finalizes those it removed,
+            # which the load waits for, as Triton's update returns once they are finalized
+            self.kept_instances = False
             for name, kind, passive in _instance_names(given, self.name):
                 kept = donor._give(name, kind, passive) if donor is not None else None
+                self.kept_instances = self.kept_instances or kept is not None
                 instance = kept or _Instance(name, kind)
                 (self._passive if passive else self._instances).append(instance)
                 if kept is None:

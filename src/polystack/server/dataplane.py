@@ -845,8 +845,11 @@ class DataPlane:
             return sum(held.depth for held in (q() for q in queues) if held is not None)
 
         self.metrics.model(*label).depth.set_function(queued)
-        # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here
-        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [])
+        # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here. A Python
+        # model that kept the old one's instances (an instance update in place) answers its load once the instances
+        # it removed are finalized, as Triton's update does
+        kept = bool(getattr(entry.model.inner, "kept_instances", False))
+        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [], wait=kept)
         self._count_loaded()
         extra: dict[str, Any] = {
             "model": entry.name,
@@ -1356,10 +1359,11 @@ class DataPlane:
         self._retire(retired, entries)
         return versions
 
-    def _retire(self, served: list[_Served], entries: list[LoadedEntry]) -> None:
+    def _retire(self, served: list[_Served], entries: list[LoadedEntry], wait: bool = False) -> None:
         """Close what stopped being served once what it holds has run (its batcher's queue, its own
         instances' and the shared threads' requests; up to 30 s), on a thread of its own: a load or unload
-        answers once routing has changed, as Triton's do, and one model's drain never holds up another's."""
+        answers once routing has changed, as Triton's do, and one model's drain never holds up another's.
+        ``wait``: here, before the load answers (an instance update in place)."""
         if not served and not entries:
             return
 
@@ -1385,8 +1389,11 @@ class DataPlane:
                 self._forget_metrics(entries)
             finally:
                 with self._retiring_lock:
-                    self._retiring.discard(thread)
+                    self._retiring.discard(threading.current_thread())
 
+        if wait:
+            run()
+            return
         thread = threading.Thread(target=run, name="retire", daemon=True)
         with self._retiring_lock:
             self._retiring.add(thread)
