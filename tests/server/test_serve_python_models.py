@@ -1406,3 +1406,41 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
         assert until(lambda: counts().get("finalize-m_0_0") == 2)
     assert counts() == {"initialize-m_0_0": 2, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
                         "finalize-m_0_0": 2, "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
+
+
+def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_name(tmp_path: Path) -> None:
+    """helper-171 (Triton's L0_model_update test_instance_name_update and test_instance_resource_increase): Triton
+    keeps an instance whose group's kind, placement and rate limiter a new one has, whatever the group is named, and
+    starts anew one whose rate limiter changed; polystack matched them by name."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+
+    def config(groups: str) -> str:
+        return (
+            'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+            f'instance_group [ {groups} ]\nparameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
+        )
+
+    def started() -> tuple[int, int]:
+        texts = {p.name: len(p.read_text()) for p in seen.iterdir()}
+        return (sum(n for k, n in texts.items() if k.startswith("initialize")),
+                sum(n for k, n in texts.items() if k.startswith("finalize")))  # fmt: skip
+
+    limited = 'rate_limiter { resources [ { name: "R1" count: %d } ] }'
+    python_folder(repo, "m", COUNTED, config('{ name: "old_1" kind: KIND_CPU }, { name: "old_2" count: 2 }'))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert started() == (3, 0)
+        (repo / "m" / "config.pbtxt").write_text(config('{ name: "new_1" count: 3 kind: KIND_CPU }'))
+        client.load_model("m")
+        assert started() == (3, 0)  # renamed and regrouped: the same three instances
+        (repo / "m" / "config.pbtxt").write_text(config("{ count: 3 %s }" % (limited % 2)))
+        client.load_model("m")
+        assert started() == (6, 3)  # another rate limiter: other instances
+        (repo / "m" / "config.pbtxt").write_text(config("{ count: 3 %s }" % (limited % 8)))
+        client.load_model("m")
+        assert started() == (9, 6)

@@ -102,9 +102,10 @@ class _Instance:
     """One instance of a Python model: its own import of ``model.py`` and its own ``TritonPythonModel``, as each of
     Triton's instances is a stub process of its own; an ``async def execute`` runs on its own event loop."""
 
-    def __init__(self, name: str, kind: str = "CPU") -> None:
+    def __init__(self, name: str, kind: str = "CPU", signature: str = "") -> None:
         self.name = name  # Triton's instance name: the model's in its words for a failed execute
         self.kind = kind  # Triton's: CPU, or MODEL where its group places itself (KIND_MODEL)
+        self.signature = signature  # its group's but the name and count: what a reload that keeps it must ask
         self.module: ModuleType | None = None
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None  # made at its first async execute
@@ -127,6 +128,7 @@ class PythonModel:
         self._folder, self._owner = temp_folders.make(FOLDER_PREFIX)
         self._unpacked = _Folder(self._folder, self._owner)
         self._closed = False
+        self._given: set[_Instance] = set()  # the instances a reload took (each once)
         try:
             try:
                 with zipfile.ZipFile(artifact) as zf:
@@ -155,10 +157,14 @@ class PythonModel:
             # whether it took instances from the model it replaces: that one's close finalizes those it removed,
             # which the load waits for, as Triton's update returns once they are finalized
             self.kept_instances = False
-            for name, kind, passive in _instance_names(given, self.name):
-                kept = donor._give(name, kind, passive) if donor is not None else None
+            wanted = _instance_names(given, self.name)
+            # Triton keeps an instance whose signature (kind, placement, rate limiter, passive) a new one has, whatever
+            # its group's name: each new one takes the old of its name and signature, else another of its signature
+            kept_by_name = [donor._give(name, group) if donor is not None else None for name, _, _, group in wanted]
+            for (name, kind, passive, group), kept in zip(wanted, kept_by_name, strict=True):
+                kept = kept or (donor._give(None, group) if donor is not None else None)
                 self.kept_instances = self.kept_instances or kept is not None
-                instance = kept or _Instance(name, kind)
+                instance = kept or _Instance(name, kind, group)
                 (self._passive if passive else self._instances).append(instance)
                 if kept is None:
                     instance.folder = self._unpacked
@@ -174,19 +180,19 @@ class PythonModel:
                 self.close()
             raise
 
-    def _give(self, name: str, kind: str, passive: bool) -> _Instance | None:
-        """Its instance ``name`` (of ``kind``, passive or not), held by the model that replaces it too; None where it
-        has none such."""
-        for instances, off in ((self._instances, False), (self._passive, True)):
-            for instance in instances:
-                if instance.name == name and instance.kind == kind and off == passive and instance.started:
-                    with _SHARING:
-                        if self._closed:
-                            return None
-                        instance.holders += 1
-                        if instance.folder is not None:
-                            instance.folder.holders += 1
-                    return instance
+    def _give(self, name: str | None, signature: str) -> _Instance | None:
+        """An instance of its with ``signature`` (and ``name``, unless None) not given yet, held by the model that
+        replaces it too; None where it has none such."""
+        for instance in (*self._instances, *self._passive):
+            if instance.signature == signature and name in (None, instance.name) and instance.started:
+                with _SHARING:
+                    if self._closed or instance in self._given:
+                        continue
+                    self._given.add(instance)
+                    instance.holders += 1
+                    if instance.folder is not None:
+                        instance.folder.holders += 1
+                return instance
         return None
 
     def _make(self, instance: _Instance, manifest: dict[str, Any]) -> None:
@@ -698,20 +704,22 @@ def _but_groups(config: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k != "instance_group"}, sort_keys=True, default=str)
 
 
-def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, bool]]:
+def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, bool, str]]:
     """Triton's names of the instances the config's ``instance_group`` asks for (``<group>_<i>``; a group without
     a name is ``<model>_<g>``; without groups, one: ``<model>_0``), each with its kind as Triton hands it (``CPU``;
-    ``MODEL`` for a group of ``KIND_MODEL``) and whether its group is passive. Each ``KIND_GPU`` group's count is
-    per GPU."""
+    ``MODEL`` for a group of ``KIND_MODEL``), whether its group is passive, and its signature (its group but the
+    name and count: what Triton's instance update compares). Each ``KIND_GPU`` group's count is per GPU."""
     groups = config.get("instance_group") or []
     if not groups:
-        return [(f"{model}_0", "CPU", False)]
+        return [(f"{model}_0", "CPU", False, json.dumps({"kind": "CPU"}))]
     names = []
     for g, group in enumerate(groups):
         count = int(group.get("count", 1) or 1) * max(1, len(group.get("gpus") or []))
         kind = "MODEL" if group.get("kind") == "KIND_MODEL" else "CPU"
         passive = group.get("passive") is True
-        names += [(f"{group.get('name') or f'{model}_{g}'}_{i}", kind, passive) for i in range(count)]
+        rest = {k: v for k, v in group.items() if k not in ("name", "count", "kind") and v not in (None, False, "", [], {})}
+        signature = json.dumps({**rest, "kind": kind}, sort_keys=True, default=str)  # KIND_AUTO is CPU here
+        names += [(f"{group.get('name') or f'{model}_{g}'}_{i}", kind, passive, signature) for i in range(count)]
     return names
 
 
