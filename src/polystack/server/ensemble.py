@@ -433,9 +433,8 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
 # (index, step, its inputs by the step model's names, whether each one's giver batches) -> (its outputs, whether
 # the step's model batches)
 StepRun = Callable[[int, Step, dict[str, np.ndarray], dict[str, bool]], Awaitable[tuple[Mapping[str, np.ndarray], bool]]]
-# the same for a decoupled step: each of its responses' outputs, as they come
-# a decoupled step's responses: each one's outputs, whether its model batches, and whether it was sent final (with
-# the final flag: the step sends nothing after it)
+# the same for a decoupled step: its responses as they come, each one's outputs, whether its model batches, and
+# whether it was sent final (with the final flag: the step sends nothing after it)
 StepStream = Callable[
     [int, Step, dict[str, np.ndarray], dict[str, bool]], AsyncIterator[tuple[Mapping[str, np.ndarray], bool, bool]]
 ]
