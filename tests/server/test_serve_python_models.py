@@ -1444,3 +1444,41 @@ def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_
         (repo / "m" / "config.pbtxt").write_text(config("{ count: 3 %s }" % (limited % 8)))
         client.load_model("m")
         assert started() == (9, 6)
+
+
+def test_an_instance_update_that_only_adds_instances_answers_while_a_request_runs(tmp_path: Path) -> None:
+    """Triton's L0_model_update test_update_while_inferencing: adding an instance while a request runs on the old one
+    answers the load at once (nothing is finalized), and the request its answer; only a removal waits for the
+    instances it removes."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+
+    def config(count: int) -> str:
+        return (
+            'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+            f'instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n'
+            f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
+        )
+
+    python_folder(repo, "m", COUNTED, config(1))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [3.0]}]}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v2/models/m/infer", json=body, timeout=20)
+            time.sleep(0.3)  # it runs on m_0_0 for 3 s
+            (repo / "m" / "config.pbtxt").write_text(config(2))
+            started = time.monotonic()
+            client.load_model("m")
+            assert time.monotonic() - started < 2.0  # not held by the request (Triton's test allows under 5 s of 10)
+            assert running.result().status_code == 200
+        assert sorted(p.name for p in seen.iterdir()) == ["initialize-m_0_0", "initialize-m_0_1"]

@@ -154,8 +154,9 @@ class PythonModel:
             donor = next(  # a model of the same server (one loaded outside a server shares nothing)
                 (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
             ) if self._host is not None else None  # fmt: skip
-            # whether it took instances from the model it replaces: that one's close finalizes those it removed,
-            # which the load waits for, as Triton's update returns once they are finalized
+            # whether it took instances from the model it replaces and left some: that one's close finalizes those,
+            # which the load waits for, as Triton's update returns once the instances it removed are finalized (one
+            # that only adds instances waits for nothing: the requests running on the old ones go on)
             self.kept_instances = False
             wanted = _instance_names(given, self.name)
             # Triton keeps an instance whose signature (kind, placement, rate limiter, passive) a new one has, whatever
@@ -172,6 +173,7 @@ class PythonModel:
                         self._unpacked.holders += 1
                     self._make(instance, manifest)  # one import at a time: each puts its folder on sys.path
             self._initialize_all([i for i in (*self._instances, *self._passive) if not i.started], manifest)
+            self.removes_instances = donor is not None and self.kept_instances and donor._leaves_any()
             _LIVE.add(self)
             for instance in self._instances:
                 self._idle.put(instance)
@@ -194,6 +196,11 @@ class PythonModel:
                         instance.folder.holders += 1
                 return instance
         return None
+
+    def _leaves_any(self) -> bool:
+        """Whether some instance of its was not taken by the model replacing it (its close finalizes those)."""
+        with _SHARING:
+            return any(i not in self._given for i in (*self._instances, *self._passive))
 
     def _make(self, instance: _Instance, manifest: dict[str, Any]) -> None:
         """Import ``model.py`` for ``instance`` and make its model."""

@@ -846,10 +846,10 @@ class DataPlane:
 
         self.metrics.model(*label).depth.set_function(queued)
         # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here. A Python
-        # model that kept the old one's instances (an instance update in place) answers its load once the instances
-        # it removed are finalized, as Triton's update does
-        kept = bool(getattr(entry.model.inner, "kept_instances", False))
-        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [], wait=kept)
+        # model that kept some of the old one's instances and removed others (an instance update in place) answers
+        # its load once those it removed are finalized, as Triton's update does
+        removes = bool(getattr(entry.model.inner, "removes_instances", False))
+        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [], wait=removes)
         self._count_loaded()
         extra: dict[str, Any] = {
             "model": entry.name,
