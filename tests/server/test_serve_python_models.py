@@ -704,37 +704,30 @@ def test_text_output_bytes_that_are_not_utf8_are_refused_in_json_and_sent_in_bin
         answer = client.infer("raw", [x], outputs=[httpclient.InferRequestedOutput("s", binary_data=True)])
         assert answer.as_numpy("s").tolist() == [b"ok", b"\xfa\xff"]
 
-INSTANCE = '''
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.name = args["model_instance_name"]
-
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("who", np.array([self.name.encode()], dtype=np.object_))])
-                for _ in requests]
-'''
 
 
 def test_a_passive_instance_group_takes_no_requests_and_its_config_shows_it(tmp_path: Path) -> None:
     """helper-167 (Triton's L0_passive_instance, on tritonserver 2.51 too): requests run on the other group's
-    instances alone; polystack refused the config ("passive, which polystack does not read")."""
+    instances alone, the passive ones initialized all the same; polystack refused the config ("passive, which
+    polystack does not read")."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
     repo = tmp_path / "models"
-    python_folder(repo, "who", INSTANCE,
+    python_folder(repo, "who", COUNTED,
         'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
         'instance_group [ { kind: KIND_CPU }, { kind: KIND_CPU, count: 2, passive: true } ]\n'
+        f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
     )  # fmt: skip
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         x = httpclient.InferInput("x", [1], "FP32")
-        x.set_data_from_numpy(np.ones(1, np.float32))
+        x.set_data_from_numpy(np.zeros(1, np.float32))  # no wait in execute
         assert {client.infer("who", [x]).as_numpy("who")[0] for _ in range(8)} == {b"who_0_0"}
         groups = client.get_model_config("who")["instance_group"]
         assert [(g["name"], g["count"], g["passive"]) for g in groups] == [("who_0", 1, False), ("who_1", 2, True)]
+        assert sorted(p.name for p in seen.iterdir()) == ["initialize-who_0_0", "initialize-who_1_0", "initialize-who_1_1"]
 
 SHAPES = '''
 import numpy as np

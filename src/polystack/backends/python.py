@@ -154,17 +154,14 @@ class PythonModel:
             donor = next(  # a model of the same server (one loaded outside a server shares nothing)
                 (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
             ) if self._host is not None else None  # fmt: skip
-            # whether it took instances from the model it replaces and left some: that one's close finalizes those,
-            # which the load waits for, as Triton's update returns once the instances it removed are finalized (one
-            # that only adds instances waits for nothing: the requests running on the old ones go on)
-            self.kept_instances = False
+            kept_any = False
             wanted = _instance_names(given, self.name)
             # Triton keeps an instance whose signature (kind, placement, rate limiter, passive) a new one has, whatever
             # its group's name: each new one takes the old of its name and signature, else another of its signature
             kept_by_name = [donor._give(name, group) if donor is not None else None for name, _, _, group in wanted]
             for (name, kind, passive, group), kept in zip(wanted, kept_by_name, strict=True):
                 kept = kept or (donor._give(None, group) if donor is not None else None)
-                self.kept_instances = self.kept_instances or kept is not None
+                kept_any = kept_any or kept is not None
                 instance = kept or _Instance(name, kind, group)
                 (self._passive if passive else self._instances).append(instance)
                 if kept is None:
@@ -172,8 +169,16 @@ class PythonModel:
                     with _SHARING:
                         self._unpacked.holders += 1
                     self._make(instance, manifest)  # one import at a time: each puts its folder on sys.path
-            self._initialize_all([i for i in (*self._instances, *self._passive) if not i.started], manifest)
-            self.removes_instances = donor is not None and self.kept_instances and donor._leaves_any()
+            # one after another, where Triton initializes instances at once, each a process of its own: here they are
+            # threads of one process, where the file locks (fcntl) models guard what their instances share with
+            # exclude nothing (Triton's own QA model model_init_del counted wrong and failed its load: helper-170)
+            for instance in (*self._instances, *self._passive):
+                if not instance.started:
+                    self._initialize(instance, manifest)
+            # whether it took instances from the model it replaces and left some: that one's close finalizes those,
+            # which the load waits for, as Triton's update returns once the instances it removed are finalized (one
+            # that only adds instances waits for nothing: the requests running on the old ones go on)
+            self.removes_instances = donor is not None and kept_any and donor._leaves_any()
             _LIVE.add(self)
             for instance in self._instances:
                 self._idle.put(instance)
@@ -209,14 +214,6 @@ class PythonModel:
         if model_class is None:
             raise InvalidRequest(f"{manifest['file']} of model {self.name!r} defines no class TritonPythonModel")
         instance.model = model_class()
-
-    def _initialize_all(self, instances: list[_Instance], manifest: dict[str, Any]) -> None:
-        """Initialize ``instances`` one after another. Triton initializes a Python model's instances at once, each a
-        process of its own; here they are threads of one process, where the file locks (``fcntl``) models guard
-        state shared by their instances with exclude nothing: Triton's own QA model (``model_init_del``) counted
-        wrong and failed its load when they ran at once (helper-170), so they do not."""
-        for instance in instances:
-            self._initialize(instance, manifest)
 
     def _initialize(self, instance: _Instance, manifest: dict[str, Any]) -> None:
         """Initialize ``instance``'s model, with Triton's ``args``."""
