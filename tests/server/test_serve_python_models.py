@@ -713,12 +713,7 @@ def test_a_passive_instance_group_takes_no_requests_and_its_config_shows_it(tmp_
     seen = tmp_path / "seen"
     seen.mkdir()
     repo = tmp_path / "models"
-    python_folder(repo, "who", COUNTED,
-        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-        'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
-        'instance_group [ { kind: KIND_CPU }, { kind: KIND_CPU, count: 2, passive: true } ]\n'
-        f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
-    )  # fmt: skip
+    python_folder(repo, "who", COUNTED, counted_config(seen, "{ kind: KIND_CPU }, { kind: KIND_CPU, count: 2, passive: true }"))
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
@@ -1344,6 +1339,16 @@ class TritonPythonModel:
 '''
 
 
+def counted_config(seen: Path, groups: str, delay: int = 0) -> str:
+    """COUNTED's config.pbtxt: its instance ``groups``, counting into ``seen``; ``delay`` a parameter it ignores (a
+    change of the config beside its groups)."""
+    return (
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        f'instance_group [ {groups} ]\nparameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }}, '
+        f'{{ key: "delay" value: {{ string_value: "{delay}" }} }} ]\n'
+    )
+
 def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_has(tmp_path: Path) -> None:
     """As Triton 23.x on updates instances in place (helpers 163 and 167: Triton's L0_model_update and
     L0_instance_update): only the instances added initialize, only those removed finalize; polystack started them
@@ -1358,13 +1363,7 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
     repo = tmp_path / "models"
 
     def config(count: int, delay: int = 0) -> str:
-        return (
-            f'backend: "python"\nmax_batch_size: 0\ninput [ {{ name: "x", data_type: TYPE_FP32, dims: [ 1 ] }} ]\n'
-            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
-            f'instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n'
-            f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }}, '
-            f'{{ key: "delay" value: {{ string_value: "{delay}" }} }} ]\n'
-        )
+        return counted_config(seen, f"{{ kind: KIND_CPU, count: {count} }}", delay)
 
     def counts() -> dict[str, int]:
         return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
@@ -1410,11 +1409,7 @@ def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_
     repo = tmp_path / "models"
 
     def config(groups: str) -> str:
-        return (
-            'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
-            f'instance_group [ {groups} ]\nparameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
-        )
+        return counted_config(seen, groups)
 
     def started() -> tuple[int, int]:
         texts = {p.name: len(p.read_text()) for p in seen.iterdir()}
@@ -1453,12 +1448,7 @@ def test_an_instance_update_that_only_adds_instances_answers_while_a_request_run
     repo = tmp_path / "models"
 
     def config(count: int) -> str:
-        return (
-            'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-            'output [ { name: "who", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
-            f'instance_group [ {{ kind: KIND_CPU, count: {count} }} ]\n'
-            f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
-        )
+        return counted_config(seen, f"{{ kind: KIND_CPU, count: {count} }}")
 
     python_folder(repo, "m", COUNTED, config(1))
     port = free_port()
