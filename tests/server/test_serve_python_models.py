@@ -1326,6 +1326,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.folder = json.loads(args["model_config"])["parameters"]["dir"]["string_value"]
         self.name = args["model_instance_name"]
+        if self.name.startswith("bad"):
+            raise ValueError("a group named bad fails its initialize")
         open(os.path.join(self.folder, "initialize-" + self.name), "a").write("x")
 
     def execute(self, requests):
@@ -1432,6 +1434,76 @@ def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_
         (repo / "m" / "config.pbtxt").write_text(config("{ count: 3 %s }" % (limited % 8)))
         client.load_model("m")
         assert started() == (9, 6)
+
+
+def test_an_instance_update_that_fails_leaves_the_old_models_instances_to_the_next_update(tmp_path: Path) -> None:
+    """A reload whose added instance fails its initialize fails, and the model it would replace serves on with its
+    instances; the next update keeps them, as if the failed one had not been. They stayed marked as given to the
+    failed reload, so the next one started every instance anew."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+
+    def config(groups: str) -> str:
+        return counted_config(seen, groups)
+
+    def counts() -> dict[str, int]:
+        return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
+
+    python_folder(repo, "m", COUNTED, config("{ kind: KIND_CPU, count: 2 }"))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.zeros(1, np.float32))
+        (repo / "m" / "config.pbtxt").write_text(config('{ kind: KIND_CPU, count: 2 }, { name: "bad" kind: KIND_CPU }'))
+        with pytest.raises(InferenceServerException, match="a group named bad fails its initialize"):
+            client.load_model("m")
+        assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(8)} <= {b"m_0_0", b"m_0_1"}
+        (repo / "m" / "config.pbtxt").write_text(config("{ kind: KIND_CPU, count: 3 }"))
+        client.load_model("m")
+        assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1}
+        client.unload_model("m")
+        assert until(lambda: len(counts()) == 6)
+    assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+                        "finalize-m_0_0": 1, "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
+
+
+def test_an_instance_update_failing_before_it_placed_a_kept_instance_leaves_it_to_be_finalized(tmp_path: Path) -> None:
+    """An update takes the instances it keeps by name first; one whose new instance then fails to import gave them
+    back only once placed, so one taken but not placed stayed held and was never finalized."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+    marker = tmp_path / "fail-imports"
+    failing = COUNTED.replace(  # once the marker is there, an import takes one of the imports it says are left
+        "import numpy as np",
+        f"""import numpy as np
+if os.path.exists({str(marker)!r}):
+    left = int(open({str(marker)!r}).read())
+    if left == 0:
+        raise ImportError("marked")
+    open({str(marker)!r}, "w").write(str(left - 1))""",
+        1,
+    )
+    python_folder(repo, "m", failing, counted_config(seen, "{ kind: KIND_CPU }"))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        # m_0_0 is taken by name first; first_0, of another kind, is new and fails to import
+        (repo / "m" / "config.pbtxt").write_text(
+            counted_config(seen, '{ name: "first" kind: KIND_MODEL }, { name: "m_0" kind: KIND_CPU }')
+        )
+        marker.write_text("1")  # the load's own import (its auto_complete_config's) passes, first_0's fails
+        with pytest.raises(InferenceServerException, match="marked"):
+            client.load_model("m")
+        marker.unlink()
+        assert client.is_model_ready("m")
+        client.unload_model("m")
+        assert until(lambda: (seen / "finalize-m_0_0").exists())
+    assert sorted(p.name for p in seen.iterdir()) == ["finalize-m_0_0", "initialize-m_0_0"]
 
 
 def test_an_instance_update_that_only_adds_instances_answers_while_a_request_runs(tmp_path: Path) -> None:

@@ -129,6 +129,8 @@ class PythonModel:
         self._unpacked = _Folder(self._folder, self._owner)
         self._closed = False
         self._given: set[_Instance] = set()  # the instances a reload took (each once)
+        self._donor: weakref.ref[PythonModel] | None = None  # the model it took instances from
+        self._taken: set[_Instance] = set()  # those instances: given back if it closes before that model
         try:
             try:
                 with zipfile.ZipFile(artifact) as zf:
@@ -154,13 +156,15 @@ class PythonModel:
             donor = next(  # a model of the same server (one loaded outside a server shares nothing)
                 (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
             ) if self._host is not None else None  # fmt: skip
+            if donor is not None:
+                self._donor = weakref.ref(donor)
             kept_any = False
             wanted = _instance_names(given, self.name)
             # Triton keeps an instance whose signature (kind, placement, rate limiter, passive) a new one has, whatever
             # its group's name: each new one takes the old of its name and signature, else another of its signature
-            kept_by_name = [donor._give(name, group) if donor is not None else None for name, _, _, group in wanted]
+            kept_by_name = [self._take(donor, name, group) for name, _, _, group in wanted]
             for (name, kind, passive, group), kept in zip(wanted, kept_by_name, strict=True):
-                kept = kept or (donor._give(None, group) if donor is not None else None)
+                kept = kept or self._take(donor, None, group)
                 kept_any = kept_any or kept is not None
                 instance = kept or _Instance(name, kind, group)
                 (self._passive if passive else self._instances).append(instance)
@@ -180,12 +184,22 @@ class PythonModel:
             # that only adds instances waits for nothing: the requests running on the old ones go on)
             self.removes_instances = donor is not None and kept_any and donor._leaves_any()
             _LIVE.add(self)
+            if kept_any and donor is not None:  # it replaces the donor, which gives no more (unless this one closes
+                _LIVE.discard(donor)  # first: ``close``)
             for instance in self._instances:
                 self._idle.put(instance)
         except BaseException:
             with contextlib.suppress(Exception):  # the load's own failure is what it says
                 self.close()
             raise
+
+    def _take(self, donor: PythonModel | None, name: str | None, signature: str) -> _Instance | None:
+        """``donor._give(name, signature)``, kept in ``_taken`` at once (the close of a load that fails gives back
+        what it took, whether or not it came to place it)."""
+        kept = donor._give(name, signature) if donor is not None else None
+        if kept is not None:
+            self._taken.add(kept)
+        return kept
 
     def _give(self, name: str | None, signature: str) -> _Instance | None:
         """An instance of its with ``signature`` (and ``name``, unless None) not given yet, held by the model that
@@ -488,11 +502,17 @@ class PythonModel:
             self.closing()
         with _SHARING:
             self._closed = True
+            donor = self._donor() if self._donor is not None else None
+            if donor is not None and not donor._closed:  # its load failed, or it closes first: the donor serves on
+                donor._given -= self._taken
+                _LIVE.add(donor)
         _LIVE.discard(self)
-        for instance in (*self._instances, *self._passive):
+        placed = (*self._instances, *self._passive)
+        for instance in (*placed, *(self._taken - set(placed))):  # those taken but not placed: a load failed between
             with _SHARING:
                 instance.holders -= 1
-                kept = instance.holders > 0  # the model that replaced this one serves it: it finalizes it
+                kept = instance.holders > 0  # the model that replaced this one serves it (or the one this one took it
+                # from, if this one's load failed): that one finalizes it
             if kept:
                 if instance.folder is not None:
                     instance.folder.drop()
@@ -510,7 +530,7 @@ class PythonModel:
                     _forget(instance.module)
                 if instance.folder is not None:
                     instance.folder.drop()
-        self._instances, self._passive = [], []
+        self._instances, self._passive, self._taken = [], [], set()
         if self._owner is not None:
             self._unpacked.drop()  # its own hold: the folder goes once no instance kept from it lives
         self._owner = None
