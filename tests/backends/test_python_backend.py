@@ -503,3 +503,33 @@ def test_bf16_tensors_reach_and_leave_a_model_through_dlpack_as_in_triton(tmp_pa
         assert out["z"].dtype == np.float32 and out["z"].tolist() == [1.5, -2, 3]
     finally:
         loaded.close()
+
+
+def test_an_instance_update_compares_configs_as_triton_normalizes_them() -> None:
+    """Two configs that differ only where Triton's normalization (and GET config) fills defaults, in instance groups,
+    version policy or polystack's own parameters, share instances; any other difference, a default's presence that
+    chooses something (``dynamic_batching {}``, ``input_pinned_memory {}``) included, does not."""
+    from polystack.backends.python import _but_groups
+
+    base = {"name": "m", "max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": ["2"]}],
+            "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
+            "parameters": {"k": {"string_value": "v"}}}  # fmt: skip
+    shown = {  # as GET config shows base served with three instances
+        **base, "platform": "", "backend": "python", "default_model_filename": "model.py",
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2], "format": "FORMAT_NONE", "optional": False}],
+        "instance_group": [{"name": "m_0", "kind": "KIND_CPU", "count": 3, "gpus": [], "passive": False}],
+        "parameters": {"polystack_device": {"string_value": "cpu"}, "k": {"string_value": "v"}},
+        "optimization": {"priority": "PRIORITY_DEFAULT", "input_pinned_memory": {"enable": True},
+                         "output_pinned_memory": {"enable": True}, "eager_batching": False},
+        "response_cache": {"enable": False}, "model_warmup": [], "version_policy": {"latest": {"num_versions": 1}},
+    }  # fmt: skip
+    assert _but_groups(base) == _but_groups(shown)
+    batching = {**base, "dynamic_batching": {}}
+    shown_batching = {**shown, "dynamic_batching": {"preferred_batch_size": [4], "max_queue_delay_microseconds": 0,
+                                                    "default_queue_policy": {"timeout_action": "REJECT"}}}  # fmt: skip
+    assert _but_groups(batching) == _but_groups(shown_batching) != _but_groups(base)
+    unpinned = {**base, "optimization": {"input_pinned_memory": {}}}
+    assert _but_groups(unpinned) == _but_groups({**base, "optimization": {"input_pinned_memory": {"enable": False}}})
+    assert _but_groups(unpinned) != _but_groups(base)
+    assert _but_groups({**base, "parameters": {"k": {"string_value": "w"}}}) != _but_groups(base)
+    assert _but_groups({**base, "runtime": "model.py"}) != _but_groups(base)  # a field tritonclient's proto lacks

@@ -1506,6 +1506,37 @@ if os.path.exists({str(marker)!r}):
     assert sorted(p.name for p in seen.iterdir()) == ["finalize-m_0_0", "initialize-m_0_0"]
 
 
+def test_a_config_read_back_from_get_config_with_another_count_updates_the_instances_in_place(tmp_path: Path) -> None:
+    """Triton's L0_model_update test_load_api_with_config: the config GET config returns, its count raised, loaded
+    back keeps the instance it has, as Triton compares configs once both are normalized; polystack compared them as
+    given (the folder's against GET config's, which shows every default), and started them anew. A change of
+    anything else in it still starts them anew."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+    groups = "{ kind: KIND_CPU }"
+    batched = counted_config(seen, groups).replace("max_batch_size: 0", "max_batch_size: 4\ndynamic_batching { }")
+    python_folder(repo, "m", COUNTED, counted_config(seen, groups))
+    python_folder(repo, "b", COUNTED, batched)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "m", "--load-model", "b"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        for model in ("m", "b"):
+            config = client.get_model_config(model)
+            config["instance_group"][0]["count"] += 1
+            client.load_model(model, config=json.dumps(config))
+            config = client.get_model_config(model)
+            assert config["instance_group"][0]["count"] == 2
+            config["parameters"]["delay"]["string_value"] = "5"
+            client.load_model(model, config=json.dumps(config))  # another change: other instances
+        assert sorted(p.name for p in seen.iterdir()) == sorted(
+            f"{what}-{model}_0_{i}" for model in ("m", "b") for what, i in
+            [("initialize", 0), ("initialize", 1), ("finalize", 0), ("finalize", 1)]
+        )  # fmt: skip
+        assert {len(p.read_text()) for p in seen.iterdir() if p.name.startswith("initialize")} == {2}
+
+
 def test_an_instance_update_that_only_adds_instances_answers_while_a_request_runs(tmp_path: Path) -> None:
     """Triton's L0_model_update test_update_while_inferencing: adding an instance while a request runs on the old one
     answers the load at once (nothing is finalized), and the request its answer; only a removal waits for the

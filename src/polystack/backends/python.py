@@ -724,8 +724,54 @@ def _files_but_config(zf: zipfile.ZipFile) -> tuple[tuple[str, int, int], ...]:
 
 
 def _but_groups(config: dict[str, Any]) -> str:
-    """``config`` but its instance groups, as a key: two loads whose configs differ in those alone share instances."""
-    return json.dumps({k: v for k, v in config.items() if k != "instance_group"}, sort_keys=True, default=str)
+    """``config`` but its instance groups, as a key: two loads whose configs differ in those alone share instances.
+    As Triton compares an update's configs once both are normalized, the key is the config as model_config.proto
+    reads it, with the defaults Triton's normalization fills in (which GET config shows, so that the config it
+    returns, its count changed, loads back as an update), without its version_policy (the key holds the version)
+    and the parameters polystack adds to what GET config shows (its device, its batcher's idle gap)."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
+
+    try:
+        message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except (json_format.ParseError, TypeError, ValueError):  # a field tritonclient's proto lacks: compared as given
+        return json.dumps({k: v for k, v in config.items() if k != "instance_group"}, sort_keys=True, default=str)
+    message.ClearField("instance_group")
+    message.ClearField("version_policy")
+    for polystacks in ("polystack_device", "polystack_idle_gap_ms"):  # model_config.render adds them
+        if polystacks in message.parameters:
+            del message.parameters[polystacks]
+    message.platform, message.backend = "", "python"
+    message.default_model_filename = message.default_model_filename or "model.py"
+    for pinned in ("input_pinned_memory", "output_pinned_memory"):
+        if not message.optimization.HasField(pinned):  # Triton's default: enabled
+            getattr(message.optimization, pinned).enable = True
+    _clear_empty(message)
+    batching = message.dynamic_batching
+    if message.HasField("dynamic_batching") and not batching.preferred_batch_size and message.max_batch_size > 0:
+        batching.preferred_batch_size.append(message.max_batch_size)
+    sequence = message.sequence_batching
+    if message.HasField("sequence_batching") and not sequence.max_sequence_idle_microseconds:
+        sequence.max_sequence_idle_microseconds = 1_000_000
+    return json_format.MessageToJson(message, sort_keys=True, preserving_proto_field_name=True)
+
+
+def _clear_empty(message: Any) -> None:
+    """Clear, through ``message``, each message field given at its defaults (``response_cache {}``, GET config's
+    ``default_queue_policy`` of zeros): as if not given, as Triton reads them. Not a oneof's (``dynamic_batching {}``
+    chooses a scheduler, ``direct {}`` a strategy)."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            entries = value.values() if field.message_type.GetOptions().map_entry else value
+            for entry in entries:
+                if hasattr(entry, "ListFields"):  # a map's values may be plain values
+                    _clear_empty(entry)
+            continue
+        _clear_empty(value)
+        if not value.ByteSize() and field.containing_oneof is None:
+            message.ClearField(field.name)
 
 
 def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, bool, str]]:
