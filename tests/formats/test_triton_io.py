@@ -29,6 +29,25 @@ def test_a_batching_configs_tensors_take_the_batch_first_and_a_reshape_is_what_t
     assert unbatched.outputs[0].shape == (2, 3)
 
 
+def test_a_control_inputs_type_is_that_of_its_values_not_of_the_empty_lists_get_config_shows() -> None:
+    """GET config shows every control field, those not used as empty lists (as Triton prints them); an FP32 control
+    read back from it was taken as INT32 (its empty int32_false_true listed first), and the load refused."""
+    shown = {"kind": "CONTROL_SEQUENCE_START", "int32_false_true": [], "fp32_false_true": [0.0, 1.0],
+             "bool_false_true": [], "data_type": "TYPE_INVALID"}  # fmt: skip
+    corrid = {"kind": "CONTROL_SEQUENCE_CORRID", "int32_false_true": [], "fp32_false_true": [], "bool_false_true": [],
+              "data_type": "TYPE_STRING"}  # fmt: skip
+    config = {
+        "max_batch_size": 0,
+        "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}],
+        "sequence_batching": {
+            "control_input": [{"name": "START", "control": [shown]}, {"name": "CORRID", "control": [corrid]}]
+        },
+    }
+    sig = signature(config, "a model")
+    assert [(t.name, t.dtype) for t in sig.inputs] == [("x", DType.FP32), ("START", DType.FP32), ("CORRID", DType.BYTES)]
+
+
 def test_a_config_without_its_tensors_says_what_it_lacks() -> None:
     with pytest.raises(InvalidModelFile, match="a TorchScript model's config lists its outputs"):
         signature({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}]}, "a TorchScript model")

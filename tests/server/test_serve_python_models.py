@@ -1516,13 +1516,19 @@ def test_a_config_read_back_from_get_config_with_another_count_updates_the_insta
     repo = tmp_path / "models"
     groups = "{ kind: KIND_CPU }"
     batched = counted_config(seen, groups).replace("max_batch_size: 0", "max_batch_size: 4\ndynamic_batching { }")
-    python_folder(repo, "m", COUNTED, counted_config(seen, groups))
-    python_folder(repo, "b", COUNTED, batched)
+    sequence = counted_config(seen, groups).replace(  # an FP32 control, which read back was taken as INT32 and refused
+        "max_batch_size: 0",
+        'max_batch_size: 4\nsequence_batching { oldest { max_candidate_sequences: 4 } control_input [ { name: "START" '
+        "control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ] }",
+    )
+    models = {"m": counted_config(seen, groups), "b": batched, "s": sequence}
+    for model, config in models.items():
+        python_folder(repo, model, COUNTED, config)
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit", "--load-model", "m", "--load-model", "b"]  # fmt: skip
+            "--model-control-mode", "explicit", "--load-model", "m", "--load-model", "b", "--load-model", "s"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        for model in ("m", "b"):
+        for model in models:
             config = client.get_model_config(model)
             config["instance_group"][0]["count"] += 1
             client.load_model(model, config=json.dumps(config))
@@ -1531,7 +1537,7 @@ def test_a_config_read_back_from_get_config_with_another_count_updates_the_insta
             config["parameters"]["delay"]["string_value"] = "5"
             client.load_model(model, config=json.dumps(config))  # another change: other instances
         assert sorted(p.name for p in seen.iterdir()) == sorted(
-            f"{what}-{model}_0_{i}" for model in ("m", "b") for what, i in
+            f"{what}-{model}_0_{i}" for model in models for what, i in
             [("initialize", 0), ("initialize", 1), ("finalize", 0), ("finalize", 1)]
         )  # fmt: skip
         assert {len(p.read_text()) for p in seen.iterdir() if p.name.startswith("initialize")} == {2}

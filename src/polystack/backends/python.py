@@ -753,6 +753,8 @@ def _but_groups(config: dict[str, Any]) -> str:
     sequence = message.sequence_batching
     if message.HasField("sequence_batching") and not sequence.max_sequence_idle_microseconds:
         sequence.max_sequence_idle_microseconds = 1_000_000
+    if sequence.HasField("oldest") and not sequence.oldest.preferred_batch_size and message.max_batch_size > 0:
+        sequence.oldest.preferred_batch_size.append(message.max_batch_size)
     return json_format.MessageToJson(message, sort_keys=True, preserving_proto_field_name=True)
 
 

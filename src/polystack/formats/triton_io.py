@@ -57,7 +57,8 @@ def controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
     specs = []
     for control_input in (config.get("sequence_batching") or {}).get("control_input") or []:
         listed = control_input.get("control") or [{}]
-        kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if k in listed[0]), None)
+        # the values given (GET config shows those not used as empty lists, as Triton prints them)
+        kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if listed[0].get(k)), None)
         if kind is None:  # CONTROL_SEQUENCE_CORRID: its data_type (one the server's checks of the config read)
             kind = TYPES.get(str(listed[0].get("data_type")), DType.UINT64)
         name = control_input.get("name")
