@@ -14,7 +14,7 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         "--pinned-memory-pool-byte-size": ["268435456"],
         "--cuda-memory-pool-byte-size": ["0:67108864", "1:0"],
         "--backend-directory": ["/opt/tritonserver/backends"],
-        "--model-namespacing": ["false"],
+        "--model-namespacing": ["true"],  # Triton's SageMaker entrypoint passes it always (helper-174)
         "--http-thread-count": [],
     })  # fmt: skip
     assert [s.split(" (")[0] for s in said] == [
@@ -29,7 +29,7 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--pinned-memory-pool-byte-size", "lots", "takes a whole number, not 'lots'"),
         ("--cuda-memory-pool-byte-size", "67108864", "takes <device>:<value>, not '67108864'"),
         ("--enable-peer-access", "maybe", "takes 1 or 0 (true or false)"),
-        ("--model-namespacing", "ON", "model namespacing (the same name in two repositories) is not in polystack"),
+        ("--model-namespacing", "sometimes", "takes 1 or 0 (true or false)"),
         ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),
         ("--grpc-infer-thread-count", "1", "invalid argument for --grpc-infer-thread-count: 1; Triton takes from 2 to 128"),

@@ -1,9 +1,8 @@
 """tritonserver's flags for what a polystack server does not have: GPU memory pools, shared-library
 directories, thread pools of Triton's C++ front ends. ``serve`` takes them (hidden from ``--help``), checks
 their values as tritonserver does, and says in one log line at start that they change nothing and why, so that
-a launch script written for tritonserver starts polystack. Those asking for a feature polystack lacks (Triton's
-model namespacing, host policies) exit 2 saying so; turned off, they are
-what polystack does anyway.
+a launch script written for tritonserver starts polystack. ``--model-namespacing true`` is taken too: with each name
+in one repository (two holding one name are refused all the same) it serves as without it.
 
 Written by hand: these are tritonserver's own names, values and meanings, which no library holds."""
 
@@ -24,12 +23,10 @@ _FRONT_END = "the HTTP and gRPC front ends run on one event loop (--frontend-cpu
 @dataclass(frozen=True)
 class Flag:
     """One of tritonserver's flags: its value's kind (``int``, ``float``, ``bool``, ``pair``: ``<a>:<b>``
-    or ``str``), why it changes nothing here, and the value that asks for what polystack lacks (None: none does)."""
+    or ``str``), why it changes nothing here, and Triton's range for its value where it checks one."""
 
     kind: str
     why: str
-    lacks: str | None = None  # the value (lower case) that asks for a missing feature
-    missing: str = ""  # that feature, and what to do
     low: int | None = None  # Triton's range for a whole number, where it checks one
     high: int | None = None
 
@@ -51,10 +48,10 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
+    # Triton's SageMaker entrypoint passes true always (helper-174); a name in one repository serves the same way
     "--model-namespacing": Flag(
-        "bool", "model names are one namespace, as without it", "true",
-        "model namespacing (the same name in two repositories) is not in polystack: its store keys models by "
-        "name; rename one of the folders, or give --model-namespacing false",
+        "bool", "model names are one namespace: a name in two repositories is refused, as without namespacing (the "
+        "store keys models by name)",
     ),
     "--sagemaker-thread-count": Flag("int", "the SageMaker port is answered by the event loop, as HTTP is", low=1),
     "--vertex-ai-thread-count": Flag("int", "the Vertex AI port is answered by the event loop, as HTTP is", low=1),
@@ -63,8 +60,7 @@ FLAGS: Mapping[str, Flag] = {
 
 def check(given: Mapping[str, list[str]]) -> list[str]:
     """The flags ``given`` (by name, their values as given), checked: the flags that change nothing, with why
-    (for the start's log line). ``InvalidRequest``, naming the flag, for a value tritonserver would refuse or
-    one asking for what polystack lacks."""
+    (for the start's log line). ``InvalidRequest``, naming the flag, for a value tritonserver would refuse."""
     said = []
     for name, values in given.items():
         flag = FLAGS[name]
@@ -74,8 +70,6 @@ def check(given: Mapping[str, list[str]]) -> list[str]:
             if (low is not None and int(value) < low) or (high is not None and int(value) > high):
                 span = f"from {low}" + (f" to {high}" if high is not None else "")
                 raise InvalidRequest(f"invalid argument for {name}: {value}; Triton takes {span}")
-            if flag.lacks is not None and flag.lacks in ("*", _normal(flag.kind, value)):  # "*": any value
-                raise InvalidRequest(f"{name} {value}: {flag.missing}")
         if values:
             said.append(f"{name} ({flag.why})")
     return said
@@ -102,14 +96,6 @@ def log_unused(said: list[str]) -> None:
         logging.getLogger("polystack.server").info(
             "tritonserver flags taken that change nothing here", extra={"flags": said}
         )
-
-
-def _normal(kind: str, value: str) -> str:
-    if kind == "bool":
-        from polystack.server.onnxruntime_config import triton_bool
-
-        return "true" if triton_bool(value.strip()) else "false"
-    return value.strip().lower()
 
 
 def check_value(name: str, kind: str, value: str) -> None:
