@@ -449,6 +449,51 @@ def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leav
     assert "exiting with threads still running that no model stopped" in (tmp_path / "log").read_text()
 
 
+WARMED = '''
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.path = os.path.join(json.loads(args["model_config"])["parameters"]["dir"]["string_value"],
+                                 "execute-" + args["model_instance_name"])
+
+    def execute(self, requests):
+        shapes = [list(pb_utils.get_input_tensor_by_name(r, "x").shape()) for r in requests]
+        with open(self.path, "a") as f:
+            f.write(json.dumps(shapes) + "\\n")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_warm_up_sample_reaches_each_instance_as_batch_size_requests_of_one_row(tmp_path: Path) -> None:
+    """helper-173 (Triton's L0_warmup): tritonserver 2.51 warms each instance of a Python model, handing its execute
+    batch_size requests of one row each; polystack ran the sample once, on one instance, as one request of
+    batch_size rows, so the other instance's first request ran cold."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "models"
+    python_folder(repo, "w", WARMED,
+        'backend: "python"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 3 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]\ninstance_group [ { kind: KIND_CPU, count: 2 } ]\n'
+        f'parameters [ {{ key: "dir" value: {{ string_value: "{seen}" }} }} ]\n'
+        'model_warmup [ { name: "s", batch_size: 2, count: 2, inputs { key: "x" value: { data_type: TYPE_FP32, '
+        "dims: [ 3 ], zero_data: true } } } ]\n"
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_model_ready("w")
+        executes = {p.name: p.read_text().splitlines() for p in seen.iterdir()}
+        assert executes == {f"execute-w_0_{i}": ["[[1, 3], [1, 3]]"] * 2 for i in range(2)}
+        assert client.get_inference_statistics("w")["model_stats"][0]["execution_count"] == 0  # not requests
+
+
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     port = free_port()

@@ -169,6 +169,12 @@ class CheckedModel:
         return results
 
     @property
+    def instance_count(self) -> int:
+        """The instances the model holds of its own, each running its calls apart (a Python model's, TorchScript's
+        copies: Triton's instances), which a warm-up warms each; 1 where calls share one runtime session."""
+        return int(getattr(self.inner, "instance_count", 1))
+
+    @property
     def runs_apart(self) -> bool:
         """Whether the model takes a batch's requests apart, each with its facts (``infer_apart``)."""
         return hasattr(self.inner, "infer_apart")

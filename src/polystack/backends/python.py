@@ -291,6 +291,11 @@ class PythonModel:
         finally:
             pb_utils._RUNNING.reset(token)
 
+    @property
+    def instance_count(self) -> int:
+        """The instances that take requests (``infer_apart``'s ``instance`` picks one of them)."""
+        return len(self._instances)
+
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request, with the facts of the request the server runs (``hosting.REQUEST``)."""
         facts = hosting.REQUEST.get()

@@ -85,6 +85,7 @@ class TorchScriptModel:
         batching: bool = True,
     ) -> None:
         self._free = collections.deque(modules)
+        self._modules = len(modules)
         self._turn = threading.Condition()
         self._closed = False
         self.binding = binding
@@ -94,6 +95,11 @@ class TorchScriptModel:
         self._types = {t.name: t.dtype for t in (*signature.inputs, *signature.outputs)}
         # with a batch dimension (a config's max_batch_size): the outputs that hold a row per row of the inputs
         self._batched = {t.name for t in signature.outputs if t.shape[:1] == (-1,)} if batching else set()
+
+    @property
+    def instance_count(self) -> int:
+        """The modules calls take in turn (one with weight sharing): ``instance_count`` calls run one on each."""
+        return self._modules
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -4,11 +4,13 @@ compilation (a JAX model, jitted, or a torch one under torch.compile compiles pe
 call; OpenVINO's first call took 3-5 ms here against 0.2-0.4 ms warm).
 
 As in Triton, a sample runs as one batch of ``batch_size`` rows of its ``dims`` when the model is
-batched (``max_batch_size`` > 0), and as one request of its ``dims`` otherwise (batch size 1); it runs
-``count`` times (0: once); a sample of batch size 0 is skipped; a sample that fails fails the load, and
-the instance it replaces keeps serving. The samples run on the model's runtime, once per load: polystack's
-instances of a model share one runtime session, where Triton warms each instance. Warm-up calls are not
-requests: they count in neither statistics nor metrics.
+batched (``max_batch_size`` > 0), and as one request of its ``dims`` otherwise (batch size 1); a model that
+takes a batch's requests apart (a Python model) gets it as Triton hands it, ``batch_size`` requests of one row
+each. It runs ``count`` times (0: once) on each instance the model holds of its own (a Python model's
+instances, TorchScript's copies), as Triton warms each instance; models whose instances share one runtime
+session (ONNX Runtime, OpenVINO) warm it once. A sample of batch size 0 is skipped; a sample that fails fails
+the load, and the instance it replaces keeps serving. Warm-up calls are not requests: they count in neither
+statistics nor metrics.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def run(
     Triton's words, with the runtime's reason. A shutdown (``stopping``) ends it between two calls: the
     load fails, and the drain does not wait out the rest."""
     started = time.perf_counter()
-    calls = sum(sample.calls for sample in samples)
+    calls = sum(sample.calls for sample in samples) * model.instance_count
     if calls:  # a long one says what holds the load
         log.info("warming up model", extra={"model": label, "calls": calls})
     rng = np.random.default_rng(0)
@@ -127,21 +129,38 @@ def run(
         name = sample.name or f"sample {n}"
         inputs = sample.arrays(rng)
         for _ in range(sample.calls):
-            if stopping():
-                raise ShuttingDown("the server is shutting down; the warm-up stopped, and the model was not loaded")
-            responses = _Responses()  # a decoupled model's, sent apart from its run: errors fail the sample
-            try:
-                hosting.run_as(hosting.RequestFacts(responses=responses), model.infer, inputs)
-                if responses.error is not None:
-                    raise responses.error
-            except PolystackError as e:
-                raise InvalidRequest(f"failed to run warmup sample {quote(name)}: {e.message}") from None
+            for instance in range(model.instance_count):
+                if stopping():
+                    raise ShuttingDown("the server is shutting down; the warm-up stopped, and the model was not loaded")
+                try:
+                    _call(model, sample, inputs, instance)
+                except PolystackError as e:
+                    raise InvalidRequest(f"failed to run warmup sample {quote(name)}: {e.message}") from None
         ran.append(name)
     if ran:
         log.info(
             "model warmed up",
             extra={"model": label, "samples": ran, "seconds": round(time.perf_counter() - started, 3)},
         )
+
+
+def _call(model: CheckedModel, sample: WarmupSample, inputs: dict[str, np.ndarray], instance: int) -> None:
+    """One call of ``sample`` (``inputs``) on ``instance``: a model taking requests apart gets them on it, a batched
+    sample's rows as requests of one row each; another model's instances take calls in turn, one each. A response a
+    decoupled model sends apart from its run is dropped, its error raised."""
+    if model.runs_apart:
+        rows = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(sample.batch_size)]
+        requests = rows if sample.batched else [inputs]
+        sinks = [_Responses() for _ in requests]
+        facts = [hosting.RequestFacts(responses=sink) for sink in sinks]
+        results = model.infer_apart([(r, None, f) for r, f in zip(requests, facts, strict=True)], instance=instance)
+        errors = [r for r in results if isinstance(r, PolystackError)] + [s.error for s in sinks if s.error is not None]
+    else:
+        sink = _Responses()
+        hosting.run_as(hosting.RequestFacts(responses=sink), model.infer, inputs)
+        errors = [sink.error] if sink.error is not None else []
+    if errors:
+        raise errors[0]
 
 
 class _Responses:
