@@ -169,3 +169,24 @@ def test_a_request_whose_caller_went_away_while_its_batch_waited_is_not_run() ->
     assert model.calls == []
     with limiter._lock:  # the wait was given up, and nothing is held
         assert not limiter._waiting and not any(limiter._taken.values())
+
+
+def test_no_second_batch_forms_while_one_waits_for_the_rate_limiter() -> None:
+    """helper-173 (Triton's L0_rate_limiter): two instances, every size preferred: each instance's worker formed a
+    batch at once and waited for R, splitting the queue into small batches (15 calls for 40 requests where Triton
+    ran 10-11). As Triton's batcher grows its one payload waiting in the rate limiter, the waiting batch takes what
+    came, and the next forms from the rest."""
+    limiter = RateLimiter()
+    model = Echo()
+    b = batcher(limiter.register("m:1", [(R1, 2)], device=0), model, max_queue_delay_ms=1000, max_batch_size=4, instances=2,
+                preferred_batch_sizes=(1, 2, 3, 4))  # fmt: skip
+    held = Held(limiter)
+    sent = [b.submit({"x": X})]  # a preferred size: sent at once, to wait for R
+    waiting(limiter)
+    sent += [b.submit({"x": X}) for _ in range(4)]
+    time.sleep(0.1)  # the other instance's worker would have formed its batch by now
+    held.free()
+    for f in sent:
+        f.result(5)
+    b.close()
+    assert model.calls == [4, 1], model.calls

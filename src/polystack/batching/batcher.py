@@ -138,6 +138,9 @@ class DynamicBatcher:
         self.signature = entry.signature
         self._limits = limits  # its instances under the server's rate limiter (None: none)
         self._held_back = 0  # requests of batches waiting for the rate limiter's resources
+        # batches waiting for them: while one waits, no other forms (it grows when its instance is given them), as
+        # Triton's dynamic batcher grows its one payload waiting in the rate limiter
+        self._staged = 0
         if limits is not None:  # work no instance asked to run yet: an instance that just ran may keep its turn
             limits.pending = lambda: self._queued > 0
         limit = getattr(self.model, "max_batch_size", None)
@@ -450,8 +453,8 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._queued:
-                if self._closed:
+            while not self._queued or self._staged:
+                if self._closed and not self._queued:
                     return None
                 self._cond.wait()
             if self._delaying:
@@ -501,11 +504,14 @@ class DynamicBatcher:
             for p in batch:
                 p.holder = batch
             self._held_back += len(batch)
+            self._staged += 1
         waiting = True
         try:
             with limits.held(give_up=lambda: not batch) as granted:
                 with self._cond:
                     self._held_back -= len(batch)
+                    self._staged -= 1
+                    self._cond.notify_all()  # a worker may form the next batch
                     waiting = False
                     for p in batch:
                         p.holder = None
@@ -519,6 +525,8 @@ class DynamicBatcher:
             if waiting:
                 with self._cond:
                     self._held_back -= len(batch)
+                    self._staged -= 1
+                    self._cond.notify_all()
                     for p in batch:
                         p.holder = None
 
