@@ -138,9 +138,9 @@ class DynamicBatcher:
         self.signature = entry.signature
         self._limits = limits  # its instances under the server's rate limiter (None: none)
         self._held_back = 0  # requests of batches waiting for the rate limiter's resources
-        # batches waiting for them: while one waits, no other forms (it grows when its instance is given them), as
-        # Triton's dynamic batcher grows its one payload waiting in the rate limiter
-        self._staged = 0
+        # batches waiting for them: while one can still grow (it does when its instance is given them), no other
+        # forms, as Triton's dynamic batcher grows its payload waiting in the rate limiter until it is saturated
+        self._staged: list[list[_Pending]] = []
         if limits is not None:  # work no instance asked to run yet: an instance that just ran may keep its turn
             limits.pending = lambda: self._queued > 0
         limit = getattr(self.model, "max_batch_size", None)
@@ -453,7 +453,7 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._queued or self._staged:
+            while not self._queued or self._growing():
                 if self._closed and not self._queued:
                     return None
                 self._cond.wait()
@@ -504,13 +504,13 @@ class DynamicBatcher:
             for p in batch:
                 p.holder = batch
             self._held_back += len(batch)
-            self._staged += 1
+            self._staged.append(batch)
         waiting = True
         try:
             with limits.held(give_up=lambda: not batch) as granted:
                 with self._cond:
                     self._held_back -= len(batch)
-                    self._staged -= 1
+                    self._staged = [b for b in self._staged if b is not batch]
                     self._cond.notify_all()  # a worker may form the next batch
                     waiting = False
                     for p in batch:
@@ -525,10 +525,19 @@ class DynamicBatcher:
             if waiting:
                 with self._cond:
                     self._held_back -= len(batch)
-                    self._staged -= 1
+                    self._staged = [b for b in self._staged if b is not batch]
                     self._cond.notify_all()
                     for p in batch:
                         p.holder = None
+
+    def _growing(self) -> bool:
+        """Whether a batch waiting for the rate limiter can still grow (the condition's lock held): then the requests
+        queued wait to join it rather than form another batch."""
+        return self.batchable and any(sum(p.items for p in b) < self._top() for b in self._staged)
+
+    def _top(self) -> int:
+        """The most items a batch grows to: the largest preferred size (within ``max_batch_size``), else that."""
+        return min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
 
     def _top_up(self, batch: list[_Pending]) -> None:
         """Add to ``batch`` (the condition's lock held) the requests that came while its instance waited for the
@@ -540,7 +549,7 @@ class DynamicBatcher:
             return
         if self._delaying and self._queued:
             self._delay_due(time.monotonic())
-        top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
+        top = self._top()
         total = sum(p.items for p in batch)
         joining: list[_Pending] = []
         take = 0  # how many of ``joining`` join
@@ -593,7 +602,7 @@ class DynamicBatcher:
         Sizes count whole requests: of 2 + 2 + 2 rows with a preferred 4, 2 + 2 leave; of 3 + 3, 3. A request
         of other shapes ends the batch, which leaves at once (Triton's ``HasEqualInputs``: inputs of variable
         dimensions must be equal within a batch, and no request passes one of another shape)."""
-        top = min(max(self.preferred), self.max_batch_size) if self.preferred else self.max_batch_size
+        top = self._top()
         total = best = 0
         for p in self._waiting():
             if p.key != first.key:
