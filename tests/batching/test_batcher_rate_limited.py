@@ -190,3 +190,21 @@ def test_no_second_batch_forms_while_one_waits_for_the_rate_limiter() -> None:
         f.result(5)
     b.close()
     assert model.calls == [4, 1], model.calls
+
+
+def test_a_full_waiting_batch_lets_the_next_one_form_and_wait_on_another_instance() -> None:
+    """As Triton forms a new payload once its waiting one is saturated: a batch that cannot grow holds back none."""
+    limiter = RateLimiter()
+    model = Echo()
+    b = batcher(limiter.register("m:1", [(R1, 2)], device=0), model, max_queue_delay_ms=1000, max_batch_size=4,
+                instances=2, preferred_batch_sizes=(4,))  # fmt: skip
+    held = Held(limiter)
+    sent = [b.submit({"x": X}) for _ in range(4)]  # full: it waits for R
+    waiting(limiter)
+    sent += [b.submit({"x": X}) for _ in range(4)]
+    waiting(limiter, 2)  # the next, full too, waits on the other instance
+    held.free()
+    for f in sent:
+        f.result(5)
+    b.close()
+    assert model.calls == [4, 4], model.calls
