@@ -1008,7 +1008,8 @@ def _with_repositories(
                 seen[name] = model_repository.fingerprint(folder)
             if name in found:
                 twice[name] = (
-                    f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in one (polystack has no model namespacing)"
+                    f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in one "
+                    "(polystack has no model namespacing)"
                 )
                 continue
             if name in named:

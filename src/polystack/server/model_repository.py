@@ -304,7 +304,8 @@ class ModelRepository:
         also = holding if name in self.mapped else holding[1:]
         if folder is not None and also:
             raise NotUnique(  # Triton's words, then where and what to do
-                f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in one (polystack has no model namespacing)"
+                f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in "
+                "one (polystack has no model namespacing)"
             )
         return folder
 

@@ -149,8 +149,8 @@ def _call(model: CheckedModel, sample: WarmupSample, inputs: dict[str, np.ndarra
     sample's rows as requests of one row each; another model's instances take calls in turn, one each. A response a
     decoupled model sends apart from its run is dropped, its error raised."""
     if model.runs_apart:
-        rows = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(sample.batch_size)]
-        requests = rows if sample.batched else [inputs]
+        rows = range(sample.batch_size) if sample.batched else ()
+        requests = [{k: v[i : i + 1] for k, v in inputs.items()} for i in rows] or [inputs]
         sinks = [_Responses() for _ in requests]
         facts = [hosting.RequestFacts(responses=sink) for sink in sinks]
         results = model.infer_apart([(r, None, f) for r, f in zip(requests, facts, strict=True)], instance=instance)
