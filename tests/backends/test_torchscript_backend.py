@@ -186,6 +186,20 @@ def test_each_instance_runs_its_own_copy_of_the_module_unless_weights_are_shared
     assert [int(model.infer({"INPUT__0": X})["OUTPUT__0"][0, 0]) for _ in counts] == counts
 
 
+def test_a_warm_up_warms_each_copy(tmp_path: Path) -> None:
+    """helper-173 (Triton's L0_warmup): Triton warms each instance; a sample run once warmed one copy, whose first
+    request then ran cold (a profiling executor's first calls are its slow ones)."""
+    from polystack.backends.base import CheckedModel
+    from polystack.server import warmup
+    from polystack.types import DType
+
+    model = CheckedModel(_loaded(tmp_path, _Calls(), _config([("OUTPUT__0", "TYPE_FP32", [1])]), instances=3))
+    assert model.instance_count == 3
+    zeros = warmup.WarmupInput("INPUT__0", DType.FP32, (3,))
+    warmup.run(model, (warmup.WarmupSample("w", 2, 0, (zeros,), True),), "m:1")
+    assert [int(model.infer({"INPUT__0": X})["OUTPUT__0"][0, 0]) for _ in range(3)] == [2, 2, 2]  # each warmed once
+
+
 def test_an_instance_runs_one_call_at_a_time(tmp_path: Path) -> None:
     """Calls from more threads than instances wait for a free one: every call sees its own count."""
     model = _loaded(tmp_path, _Calls(), _config([("OUTPUT__0", "TYPE_FP32", [1])]))

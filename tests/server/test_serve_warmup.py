@@ -559,35 +559,3 @@ def test_a_plain_load_refused_by_the_start_config_says_where_the_config_came_fro
     finally:
         st.stop()
 
-
-def test_a_warm_up_warms_each_copy_a_torchscript_model_holds(tmp_path: Path) -> None:
-    """helper-173 (Triton's L0_warmup): Triton warms each instance; a sample run once warmed one of TorchScript's
-    copies, whose first request then ran cold (a profiling executor's first calls are its slow ones)."""
-    import torch
-
-    from polystack.backends import registry
-    from polystack.backends.base import CheckedModel
-    from polystack.formats.torchscript import pack, signature
-    from polystack.server import warmup
-    from polystack.types import DType
-
-    class Calls(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            return torch.full_like(x[:, :1], self.calls)
-
-    config = {"name": "m", "max_batch_size": 4, "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [3]}],
-              "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [1]}]}  # fmt: skip
-    torch.jit.save(torch.jit.script(Calls()), str(tmp_path / "model.pt"))
-    packed = pack(tmp_path / "model.pt", config, "m", tmp_path / "m.zip")
-    backend = registry.get("torchscript")
-    model = CheckedModel(backend.load(packed, signature(config), backend.parse_options({"instances": 3}), "cpu"))
-    assert model.instance_count == 3
-    zeros = warmup.WarmupInput("INPUT__0", DType.FP32, (3,))
-    warmup.run(model, (warmup.WarmupSample("w", 2, 0, (zeros,), True),), "m:1")
-    x = np.zeros((1, 3), np.float32)
-    assert [int(model.infer({"INPUT__0": x})["OUTPUT__0"][0, 0]) for _ in range(3)] == [2, 2, 2]  # each warmed once
