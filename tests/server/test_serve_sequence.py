@@ -329,6 +329,36 @@ def test_a_second_signal_ends_the_sequences_the_drain_waits_for(tmp_path: Path) 
     assert "the sequences held end unfinished" in log and '"sequences":1' in log.replace(" ", "")
 
 
+def test_a_sequence_models_warm_up_samples_run_on_the_model_with_the_inputs_they_list(tmp_path: Path) -> None:
+    """helper-173 (Triton's L0_warmup): Triton runs a sequence model's samples on its instances, past the sequence
+    batcher, with the control and state inputs the sample lists; polystack refused the config, and so the whole start.
+    A sample that leaves out an input the model takes is refused, saying which."""
+    repo = sequence_repository(tmp_path / "models")
+    inputs = [("INPUT", "TYPE_FP32"), ("START", "TYPE_INT32"), ("END", "TYPE_INT32"), ("READY", "TYPE_INT32"),
+              ("STATE_IN", "TYPE_FP32"), ("CORRID", "TYPE_UINT64")]  # fmt: skip
+
+    def warmup(listed: list[tuple[str, str]]) -> str:
+        given = " ".join(f'inputs {{ key: "{n}" value: {{ data_type: {t} dims: [ 1 ] zero_data: true }} }}' for n, t in listed)
+        return f'model_warmup [ {{ name: "seq" batch_size: 2 count: 2 {given} }} ]\n'
+
+    config = repo / "acc" / "config.pbtxt"
+    config.write_text(ACC % {"idle": 1_000_000} + warmup(inputs))
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--model-control-mode", "explicit",
+            "--load-model", "acc"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_model_ready("acc")
+        assert client.get_inference_statistics("acc")["model_stats"][0]["execution_count"] == 0  # not requests
+        assert _sums(client.infer("acc", [_input(httpclient, 2.0)], sequence_id=5, sequence_start=True))[0] == 2.0
+        assert _sums(client.infer("acc", [_input(httpclient, 3.0)], sequence_id=5))[0] == 5.0  # its own state
+        config.write_text(ACC % {"idle": 1_000_000} + warmup(inputs[:1]))
+        with pytest.raises(InferenceServerException, match=r"model_warmup\[0\] \(seq\) gives no data for input 'START'"):
+            client.load_model("acc")
+        assert _sums(client.infer("acc", [_input(httpclient, 4.0)], sequence_id=5))[0] == 9.0  # still served
+    assert '"samples": ["seq"]' in (tmp_path / "serve.log").read_text().replace('":["', '": ["')
+
+
 def test_a_model_without_sequence_batching_ignores_sequence_parameters_as_triton_does(tmp_path: Path) -> None:
     """tritonserver 2.51 answers them as any request (helper-107): refusing them broke clients that send a
     correlation ID whatever the model (session-routing wrappers, perf_analyzer's --sequence-id-range)."""
@@ -1100,7 +1130,7 @@ def test_sequence_configs_refused_say_what_is_wrong(
         _read(acc, f"max_batch_size: 4\nsequence_batching {{ {sequence} }}\n")
 
 
-def test_sequence_batching_refused_beside_dynamic_batching_a_cache_or_warm_up(
+def test_sequence_batching_refused_beside_dynamic_batching_or_a_cache(
     acc: tuple[ModelRecord, LoadSpec],
 ) -> None:
     body = ACC % {"idle": 1000}

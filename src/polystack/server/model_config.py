@@ -819,11 +819,6 @@ def read(
                 f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
                 "Please disable the response cache (its answers depend on the sequence's state)"
             )
-        if sequence is not None and warmup:
-            raise InvalidRequest(
-                "the config sets model_warmup and sequence_batching; polystack cannot warm up a sequence model (its "
-                "samples hold no control or state inputs): leave model_warmup out"
-            )
     listed = [o.get("name") for o in config.get("output") or () if isinstance(o, dict)]
     # what clients may get: a sequence model's outputs but the states it keeps (unless the config lists them)
     visible = (sequence.shown(record.signature) if sequence is not None else record.signature).output_names
