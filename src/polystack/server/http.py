@@ -943,6 +943,8 @@ def decoded_body(req: Request, limit: int) -> bytes:
     encoding = req.headers.get(b"content-encoding", b"identity").strip().lower()
     if encoding in (b"identity", b""):
         return req.body
+    if encoding == b"x-gzip":  # gzip's old name, which RFC 9110 says a recipient should take as gzip
+        encoding = b"gzip"
     if encoding in (b"gzip", b"deflate"):
         return _decompressed(req.body, encoding.decode(), limit)
     raise UnsupportedMediaType(f"content encoding {encoding.decode('latin-1')!r} is not supported; use gzip or deflate")
