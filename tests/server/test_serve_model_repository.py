@@ -929,8 +929,10 @@ def test_no_batching_leaves_a_folders_config_to_tritons_auto_complete(tmp_path: 
 
 def test_a_backend_config_polystack_cannot_read_exits_2_with_one_line(tmp_path: Path) -> None:
     repo = _model(tmp_path / "models", "m")
-    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "onnxruntime,intra_op_thread_count=2"])
-    assert "polystack reads default-max-batch-size only" in line
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "default-max-batch-size="])
+    assert line == ("error: --backend-config option format is '<backend name>,<setting>=<value>'. Got "
+                    "default-max-batch-size=; or '<setting>=<value>' for every backend, e.g. "
+                    "onnxruntime,default-max-batch-size=8")  # fmt: skip
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--backend-config", "default-max-batch-size=8", "--no-batching"])
     assert "drop one" in line
 

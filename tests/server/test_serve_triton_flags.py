@@ -19,14 +19,14 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     args = ["--model-store=" + str(tmp_path / "models"), "--grpc-port", "-1", "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0", "--backend-directory=/opt/tritonserver/backends",
             "--model-load-thread-count=4", "--allow-gpu-metrics=false", "--http-max-input-size=1000000",
-            "--model-namespacing=true"]  # fmt: skip
+            "--model-namespacing=true", "--backend-config=onnxruntime,enable-global-threadpool=1"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("m")
     lines = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
     [said] = [ln for ln in lines if ln["msg"] == "tritonserver flags taken that change nothing here"]
     assert [f.split(" (")[0] for f in said["flags"]] == [
         "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory",
-        "--model-load-thread-count", "--model-namespacing",
+        "--model-load-thread-count", "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
     ]  # fmt: skip
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
     line = refused_at_start(tmp_path, ["--rate-limit-resource", "R1:x"])  # Triton's words (helper-128)

@@ -385,7 +385,8 @@ def serve(
         metavar="[onnxruntime,]default-max-batch-size=N",
         help="Triton's flag: the max_batch_size its auto-complete gives a --model-repository model (or a load's "
         "model files) whose config leaves it out, where the model can batch (default 4; 0: no batching). "
-        "Settings for other backends are ignored, as Triton's ONNX Runtime backend ignores them.",
+        "Settings for other backends are ignored, as Triton's ONNX Runtime backend ignores them; its other "
+        "settings (the global thread pool's) are taken, and the start's log says they change nothing.",
     ),
     cache_config: list[str] = typer.Option(
         None,
@@ -564,7 +565,7 @@ def serve(
     from polystack.server.grpc import Keepalive
     from polystack.server.header_forward import HeaderForward
     from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE
-    from polystack.server.onnxruntime_config import default_max_batch_size
+    from polystack.server.onnxruntime_config import default_max_batch_size, unread
     from polystack.server.placement import CpuPlacement, format_cpu_list, parse_cpu_list
     from polystack.server.response_cache import CacheConfig
     from polystack.server.sagemaker import SageMakerSettings
@@ -727,7 +728,7 @@ def serve(
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
-    })  # fmt: skip
+    }) + unread(backend_config or [])  # fmt: skip
     served = {"HTTP": http_port if listeners.http else None, "GRPC": grpc_bound if listeners.grpc else None,
               "metrics": metrics_port}  # fmt: skip
     ports = {k: p for k, p in served.items() if p is not None and p > 0}

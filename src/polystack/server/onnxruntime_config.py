@@ -278,7 +278,9 @@ def _int(given: str, what: str, within: tuple[int, int]) -> int:
 
 
 _BACKEND = "onnxruntime"  # the one Triton backend polystack stands in for (a repository's ONNX models)
-_BACKEND_SETTINGS = ("default-max-batch-size",)
+_MAX_BATCH = "default-max-batch-size"
+# the backend's settings polystack takes without reading them: its global thread pool (sessions keep their own)
+_THREAD_POOL = ("enable-global-threadpool", "intra_op_thread_count", "inter_op_thread_count")
 
 
 def default_max_batch_size(items: Sequence[str]) -> int | None:
@@ -286,32 +288,13 @@ def default_max_batch_size(items: Sequence[str]) -> int | None:
     Runtime backend (None: none does): ``[BACKEND,]SETTING=VALUE``, in Triton's format, where a
     setting without a backend is every backend's and one for ``onnxruntime`` wins over it (the last given
     wins among equals). A setting for another backend is ignored, as Triton's ONNX Runtime backend ignores
-    it: polystack serves a repository's ONNX models only. Other settings of this backend are refused, naming
-    the one polystack reads."""
+    it: polystack serves a repository's ONNX models only; so is every other setting (``unread`` says why)."""
     general: int | None = None
     own: int | None = None
     for item in items:
-        backend, sep, rest = item.partition(",")
-        if not sep:
-            backend, rest = "", item
-        elif not backend:  # Triton's words, then what to do
-            raise InvalidRequest(
-                f"--backend-config {item}: No backend specified. --backend-config option format is "
-                "<backend name>,<setting>=<value> or <setting>=<value>"
-            )
-        setting, eq, value = rest.partition("=")
-        if not eq or not setting or not value:
-            raise InvalidRequest(
-                f"--backend-config {item}: the option format is '<backend name>,<setting>=<value>' or "
-                "'<setting>=<value>', e.g. onnxruntime,default-max-batch-size=8"
-            )
-        if backend and backend != _BACKEND:
+        backend, setting, value = _parsed(item)
+        if (backend and backend != _BACKEND) or setting != _MAX_BATCH:
             continue
-        if setting not in _BACKEND_SETTINGS:
-            raise InvalidRequest(
-                f"--backend-config {item}: polystack reads {', '.join(_BACKEND_SETTINGS)} only (the size Triton's "
-                "auto-complete gives a repository model's max_batch_size); drop this setting"
-            )
         if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= _INT32[1]):
             raise InvalidRequest(
                 f"--backend-config {item}: default-max-batch-size is a whole number from 0 (no batching) to "
@@ -322,3 +305,41 @@ def default_max_batch_size(items: Sequence[str]) -> int | None:
         else:
             general = int(value)
     return own if own is not None else general
+
+
+def unread(items: Sequence[str]) -> list[str]:
+    """The ``--backend-config`` values ``items`` that polystack takes without reading, each with why (for the start's
+    log line of flags that change nothing): the ONNX Runtime backend's global thread pool, and settings that backend
+    does not read either (Triton's ignores them, and starts)."""
+    said = []
+    for item in items:
+        backend, setting, _ = _parsed(item)
+        if (backend and backend != _BACKEND) or setting == _MAX_BATCH:
+            continue  # another backend's (polystack serves no model of it), or read
+        why = (
+            "ONNX Runtime sessions keep threads of their own, as without the global thread pool (set them per model)"
+            if setting in _THREAD_POOL
+            else "a setting Triton's ONNX Runtime backend does not read either"
+        )
+        said.append(f"--backend-config {item} ({why})")
+    return said
+
+
+def _parsed(item: str) -> tuple[str, str, str]:
+    """``[BACKEND,]SETTING=VALUE`` as Triton's command line reads it: (backend, "" for every backend's; setting;
+    value); ``InvalidRequest`` in Triton's words, then what to do, for one it refuses."""
+    backend, sep, rest = item.partition(",")
+    if not sep:
+        backend, rest = "", item
+    elif not backend:
+        raise InvalidRequest(
+            f"--backend-config {item}: No backend specified. --backend-config option format is "
+            "<backend name>,<setting>=<value> or <setting>=<value>"
+        )
+    setting, eq, value = rest.partition("=")
+    if not eq or not setting or not value:
+        raise InvalidRequest(
+            f"--backend-config option format is '<backend name>,<setting>=<value>'. Got {item}; or "
+            "'<setting>=<value>' for every backend, e.g. onnxruntime,default-max-batch-size=8"
+        )
+    return backend, setting, value
