@@ -494,6 +494,46 @@ def test_a_warm_up_sample_reaches_each_instance_as_batch_size_requests_of_one_ro
         assert client.get_inference_statistics("w")["model_stats"][0]["execution_count"] == 0  # not requests
 
 
+QUITS = '''
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if args["model_name"] == "quits_at_start":
+            sys.exit(5)
+
+    EXECUTE
+
+'''
+
+
+def test_a_model_calling_sys_exit_fails_its_request_or_load_and_the_server_serves_on(tmp_path: Path) -> None:
+    """helper-177: tritonserver 2.51 answers a model's sys.exit in execute with a 500 (SystemExit: 3) and serves on;
+    it ended polystack's process (SystemExit passed every handler), so every later request was refused."""
+    repo = tmp_path / "models"
+    config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    sync = QUITS.replace("EXECUTE", "def execute(self, requests):\n        sys.exit(3)")
+    python_folder(repo, "quits", sync, config)
+    python_folder(repo, "aquits", QUITS.replace("EXECUTE", "async def execute(self, requests):\n        sys.exit(4)"), config)
+    python_folder(repo, "quits_at_start", sync, config)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "quits", "--load-model", "aquits"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.zeros(1, np.float32))
+        for model, code in (("quits", 3), ("aquits", 4), ("quits", 3)):
+            with pytest.raises(InferenceServerException, match=f"SystemExit: {code}"):
+                client.infer(model, [x])
+        with pytest.raises(InferenceServerException, match="failed in initialize: SystemExit: 5"):
+            client.load_model("quits_at_start")
+        assert client.is_server_live() and client.is_model_ready("quits") and client.is_model_ready("aquits")
+
+
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     port = free_port()

@@ -261,10 +261,10 @@ class PythonModel:
             raise
         except pb_utils.TritonError as e:
             raise _error(e) from None
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a model's sys.exit fails its call, as Triton's stub answers it
             raise self._failure(what, instance, e) from e
 
-    def _failure(self, what: str, instance: _Instance, e: Exception) -> PolystackError:
+    def _failure(self, what: str, instance: _Instance, e: Exception | SystemExit) -> PolystackError:
         """What the model's code raising ``e`` in ``what`` fails with (``_run``'s)."""
         if isinstance(e, PolystackError):
             return e
@@ -458,6 +458,8 @@ class PythonModel:
                 self._overlap(instance, loop, responses, requests)
                 return None
             responses = asyncio.run_coroutine_threadsafe(_awaited(responses), loop).result()
+            if isinstance(responses, _Exited):
+                raise responses.exit
         return responses
 
     @staticmethod
@@ -488,7 +490,7 @@ class PythonModel:
             error: PolystackError | None
             try:
                 returned = await execute
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # SystemExit too: it would stop the instance's event loop
                 error = self._failure("execute", instance, e)
             else:
                 error = None if returned is None else _must_return_none(instance.name)
@@ -633,7 +635,7 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
     def run(load: Callable[[ModuleType], None], module: ModuleType) -> None:
         try:
             load(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise InvalidRequest(f"Python model {model!r} failed in import: {type(e).__name__}: {e}") from e
 
     module = _import(folder / str(version) / file, folder, model, run)
@@ -644,7 +646,7 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
         given = {"name": model, "max_batch_size": 0, "input": [], "output": [], **_numbers(config)}
         try:
             done = complete(pb_utils.ModelConfig(json.dumps(given)))
-        except Exception as e:  # Triton's stub fails the load with its words
+        except (Exception, SystemExit) as e:  # Triton's stub fails the load with its words
             raise InvalidRequest(
                 f"Python model {model!r} failed in auto_complete_config: {type(e).__name__}: {e}"
             ) from e
@@ -685,9 +687,20 @@ def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     return tuple(key for key, count in most.items() for _ in range(count))
 
 
+class _Exited:
+    """An ``async def execute`` that called ``sys.exit``: raised again in the thread that waits for it (``_execute``),
+    since a ``SystemExit`` leaving a task would stop the instance's event loop for good."""
+
+    def __init__(self, exit: SystemExit) -> None:
+        self.exit = exit
+
+
 async def _awaited(execute: Awaitable[Any]) -> Any:
     """What an ``async def execute`` returns (``run_coroutine_threadsafe`` takes a coroutine, not any awaitable)."""
-    return await execute
+    try:
+        return await execute
+    except SystemExit as e:
+        return _Exited(e)
 
 
 def _must_return_none(instance: str) -> BackendError:
