@@ -69,7 +69,7 @@ def test_bytes_keys_count_each_elements_boundaries() -> None:
     assert key(strings(b"ab", "c")) != key(strings(b"a", "bc"))  # type: ignore[arg-type]  # mixed, too
 
 
-def test_the_cache_keeps_the_most_recently_used_answers_within_its_size() -> None:
+def test_the_cache_keeps_the_most_recently_used_answers_within_its_size(caplog: pytest.LogCaptureFixture) -> None:
     answer = {"y": np.zeros(100, np.float32)}  # 400 bytes
     one = ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 400
     evicted: list[int] = []
@@ -79,8 +79,13 @@ def test_the_cache_keeps_the_most_recently_used_answers_within_its_size() -> Non
     assert cache.put(b"c", 1, answer)
     assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"c") is not None
     assert evicted == [1] and cache.entries == 2 and cache.used == 2 * one
-    assert not cache.put(b"big", 1, {"y": np.zeros(1000, np.float32)})  # larger than the whole cache
+    with caplog.at_level("WARNING", logger="polystack.server"):
+        assert not cache.put(b"big", 1, {"y": np.zeros(1000, np.float32)})  # larger than the whole cache
     assert cache.get(b"big") is None and cache.entries == 2
+    # Triton's words, which its L0_response_cache looks for (helper-177: polystack said nothing)
+    big = ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 4000
+    assert (f"Failed to insert key [{b'big'.hex()}] into response cache: Requested byte_size: {big} is greater than "
+            f"total cache size: {2 * one}") in caplog.text  # fmt: skip
 
 
 def test_kept_answers_are_read_only_copies_handed_out_in_dicts_of_their_own() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ import orjson
 
 from polystack.errors import InvalidRequest
 
+log = logging.getLogger("polystack.server")
 # bytes counted besides the tensors' data, measured with tracemalloc (Python 3.11, numpy 2): per answer its key,
 # entry, dict and place in the LRU order; per output its array object and place in the dict
 ENTRY_OVERHEAD = 440
@@ -212,7 +214,12 @@ class ResponseCache:
         forgotten (a request that ran on it as it was retired)."""
         started = time.perf_counter_ns()
         size = ENTRY_OVERHEAD + sum(OUTPUT_OVERHEAD + nbytes(a) for a in outputs.values())
-        if size > self.size:
+        if size > self.size:  # Triton's words (its L0_response_cache looks for them), then what to do
+            log.warning(
+                f"Failed to insert key [{key.hex()}] into response cache: Requested byte_size: {size} is greater than "
+                f"total cache size: {self.size}; give --cache-config local,size=N more room, or leave this model's "
+                "response cache off"
+            )
             return False
         kept = {name: _frozen(a) for name, a in outputs.items()}
         evicted = 0
