@@ -68,6 +68,17 @@ def test_the_series_the_models_make_are_bounded() -> None:
         metrics.family("g", "", GAUGE).series({"i": "3"})
 
 
+def test_a_histogram_without_bounds_counts_in_its_inf_bucket_alone() -> None:
+    """tritonserver 2.51 takes buckets=[] (helper-177, L0_backend_python custom_metrics); polystack refused it."""
+    metrics = CustomMetrics()
+    histogram = metrics.family("h", "", HISTOGRAM).series(buckets=[])
+    histogram.observe(3)
+    histogram.observe(4)
+    assert [ln for ln in metrics.render().decode().splitlines() if ln.startswith("h")] == [
+        "h_count 2", "h_sum 7", 'h_bucket{le="+Inf"} 2',
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("act", "words"),
     [

@@ -197,7 +197,8 @@ def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
         bounds = tuple(float(b) for b in buckets)
     except (TypeError, ValueError):
         raise InvalidRequest(f"a histogram's buckets are a list of numbers, got {buckets!r}") from None
-    if not bounds or any(not math.isfinite(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+    # none is a histogram of its +Inf bucket alone, as Triton takes it (helper-177)
+    if any(not math.isfinite(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
         raise InvalidRequest(f"a histogram's buckets are finite bounds in increasing order, got {list(bounds)}")
     return bounds
 
