@@ -124,7 +124,8 @@ def test_tritons_deprecated_byte_size_flag_gives_a_local_cache_of_that_size_and_
 @pytest.mark.parametrize(
     ("items", "byte_size", "says"),
     [
-        (["local,size=4096"], "4096", "give it once"),
+        # Triton's words, which its L0_response_cache looks for (helper-177)
+        (["local,size=4096"], "4096", "Incompatible flags --response-cache-byte-size and --cache-config both provided"),
         ([], "1MB", "whole number of bytes"),
         ([], "-1", "whole number of bytes"),
         ([], "99999999999999999999", "whole number of bytes"),
@@ -141,6 +142,7 @@ def test_the_deprecated_flag_refuses_a_bad_size_and_the_new_flag_beside_it(
     ("items", "says"),
     [
         (["redis,host=localhost"], "one cache implementation, local"),
+        (["local,size=8192", "redis,key=value"], "found multiple cache configurations, but only a single cache"),
         (["local"], "local,size=BYTES"),
         (["local,size=0"], "from 1 to"),
         (["local,size=1MB"], "whole number of bytes"),

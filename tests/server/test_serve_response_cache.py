@@ -241,7 +241,9 @@ def test_a_cache_config_polystack_cannot_use_exits_2_at_start(tmp_path: Path, fl
 
 def test_both_cache_flags_at_once_exit_2_at_start(tmp_path: Path) -> None:
     args = ["--cache-config", "local,size=4096", "--response-cache-byte-size", "4096"]
-    assert "give it once, as --cache-config local,size=BYTES" in refused_at_start(tmp_path, args)
+    assert "Please provide one or the other; --cache-config local,size=BYTES is the current one" in refused_at_start(
+        tmp_path, args
+    )
 
 
 def test_tritons_deprecated_byte_size_flag_serves_a_cache_and_warns(

@@ -59,6 +59,11 @@ class CacheConfig:
         if not items:
             return None
         settings: dict[str, str] = {}
+        if len({item.partition(",")[0] for item in items}) > 1:  # Triton's words, then what to do
+            raise InvalidRequest(
+                "found multiple cache configurations, but only a single cache is currently supported; give "
+                "--cache-config local,size=BYTES alone"
+            )
         for item in items:
             name, _, rest = item.partition(",")
             if name != "local":
@@ -88,8 +93,8 @@ class CacheConfig:
             return cls.parse(items)
         if items:
             raise InvalidRequest(
-                "--response-cache-byte-size and --cache-config both give the response cache; give it once, "
-                "as --cache-config local,size=BYTES"
+                "Incompatible flags --response-cache-byte-size and --cache-config both provided. Please provide one "
+                "or the other; --cache-config local,size=BYTES is the current one"
             )
         raw = byte_size.strip()
         if not _whole(raw) or int(raw) > _MAX_SIZE:
