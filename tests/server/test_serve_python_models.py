@@ -1436,6 +1436,11 @@ def counted_config(seen: Path, groups: str, delay: int = 0) -> str:
         f'{{ key: "delay" value: {{ string_value: "{delay}" }} }} ]\n'
     )
 
+def counted(seen: Path) -> dict[str, int]:
+    """What COUNTED wrote into ``seen``: each ``initialize-<instance>`` / ``finalize-<instance>`` file, and how often."""
+    return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
+
+
 def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_has(tmp_path: Path) -> None:
     """As Triton 23.x on updates instances in place (helpers 163 and 167: Triton's L0_model_update and
     L0_instance_update): only the instances added initialize, only those removed finalize; polystack started them
@@ -1452,9 +1457,6 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
     def config(count: int, delay: int = 0) -> str:
         return counted_config(seen, f"{{ kind: KIND_CPU, count: {count} }}", delay)
 
-    def counts() -> dict[str, int]:
-        return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
-
     python_folder(repo, "m", COUNTED, config(1))
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
@@ -1462,10 +1464,10 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.zeros(1, np.float32))
-        assert counts() == {"initialize-m_0_0": 1}
+        assert counted(seen) == {"initialize-m_0_0": 1}
         (repo / "m" / "config.pbtxt").write_text(config(3))
         client.load_model("m")
-        assert until(lambda: counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1})
+        assert until(lambda: counted(seen) == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1})
         assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(12)} <= {b"m_0_0", b"m_0_1", b"m_0_2"}
         body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
         with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each instance runs one for 0.5 s during the reload
@@ -1475,15 +1477,15 @@ def test_a_reload_changing_only_the_instance_count_keeps_the_instances_it_still_
             (repo / "m" / "config.pbtxt").write_text(config(1))
             client.load_model("m")  # answered once the instances it removed are finalized, as Triton's update
             assert all(r.result().status_code == 200 for r in running)
-        assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+        assert counted(seen) == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
                             "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
         assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(4)} == {b"m_0_0"}
         (repo / "m" / "config.pbtxt").write_text(config(1, delay=5))  # another change: a new instance
         client.load_model("m")
-        assert until(lambda: counts().get("finalize-m_0_0") == 1 and counts()["initialize-m_0_0"] == 2)
+        assert until(lambda: counted(seen).get("finalize-m_0_0") == 1 and counted(seen)["initialize-m_0_0"] == 2)
         client.unload_model("m")
-        assert until(lambda: counts().get("finalize-m_0_0") == 2)
-    assert counts() == {"initialize-m_0_0": 2, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+        assert until(lambda: counted(seen).get("finalize-m_0_0") == 2)
+    assert counted(seen) == {"initialize-m_0_0": 2, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
                         "finalize-m_0_0": 2, "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
 
 
@@ -1499,7 +1501,7 @@ def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_
         return counted_config(seen, groups)
 
     def started() -> tuple[int, int]:
-        texts = {p.name: len(p.read_text()) for p in seen.iterdir()}
+        texts = counted(seen)
         return (sum(n for k, n in texts.items() if k.startswith("initialize")),
                 sum(n for k, n in texts.items() if k.startswith("finalize")))  # fmt: skip
 
@@ -1532,9 +1534,6 @@ def test_an_instance_update_that_fails_leaves_the_old_models_instances_to_the_ne
     def config(groups: str) -> str:
         return counted_config(seen, groups)
 
-    def counts() -> dict[str, int]:
-        return {p.name: len(p.read_text()) for p in sorted(seen.iterdir())}
-
     python_folder(repo, "m", COUNTED, config("{ kind: KIND_CPU, count: 2 }"))
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
@@ -1548,10 +1547,10 @@ def test_an_instance_update_that_fails_leaves_the_old_models_instances_to_the_ne
         assert {client.infer("m", [x]).as_numpy("who")[0] for _ in range(8)} <= {b"m_0_0", b"m_0_1"}
         (repo / "m" / "config.pbtxt").write_text(config("{ kind: KIND_CPU, count: 3 }"))
         client.load_model("m")
-        assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1}
+        assert counted(seen) == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1}
         client.unload_model("m")
-        assert until(lambda: len(counts()) == 6)
-    assert counts() == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
+        assert until(lambda: len(counted(seen)) == 6)
+    assert counted(seen) == {"initialize-m_0_0": 1, "initialize-m_0_1": 1, "initialize-m_0_2": 1,
                         "finalize-m_0_0": 1, "finalize-m_0_1": 1, "finalize-m_0_2": 1}  # fmt: skip
 
 
@@ -1625,7 +1624,7 @@ def test_a_config_read_back_from_get_config_with_another_count_updates_the_insta
             f"{what}-{model}_0_{i}" for model in models for what, i in
             [("initialize", 0), ("initialize", 1), ("finalize", 0), ("finalize", 1)]
         )  # fmt: skip
-        assert {len(p.read_text()) for p in seen.iterdir() if p.name.startswith("initialize")} == {2}
+        assert {n for name, n in counted(seen).items() if name.startswith("initialize")} == {2}
 
 
 def test_an_instance_update_that_only_adds_instances_answers_while_a_request_runs(tmp_path: Path) -> None:

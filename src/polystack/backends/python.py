@@ -125,8 +125,9 @@ class PythonModel:
         self._passive: list[_Instance] = []  # a passive group's: initialized, finalized, given no request (Triton's)
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()  # those running no execute now
         # the folders a killed server left are removed first (once a minute at most)
-        self._folder, self._owner = temp_folders.make(FOLDER_PREFIX)
-        self._unpacked = _Folder(self._folder, self._owner)
+        self._folder, owner = temp_folders.make(FOLDER_PREFIX)
+        unpacked = _Folder(self._folder, owner)
+        self._unpacked: _Folder | None = unpacked  # its own hold on the folder, until its close drops it
         self._closed = False
         self._given: set[_Instance] = set()  # the instances a reload took (each once)
         self._donor: weakref.ref[PythonModel] | None = None  # the model it took instances from
@@ -169,9 +170,9 @@ class PythonModel:
                 instance = kept or _Instance(name, kind, group)
                 (self._passive if passive else self._instances).append(instance)
                 if kept is None:
-                    instance.folder = self._unpacked
+                    instance.folder = unpacked
                     with _SHARING:
-                        self._unpacked.holders += 1
+                        unpacked.holders += 1
                     self._make(instance, manifest)  # one import at a time: each puts its folder on sys.path
             # one after another, where Triton initializes instances at once, each a process of its own: here they are
             # threads of one process, where the file locks (fcntl) models guard what their instances share with
@@ -538,9 +539,9 @@ class PythonModel:
                 if instance.folder is not None:
                     instance.folder.drop()
         self._instances, self._passive, self._taken = [], [], set()
-        if self._owner is not None:
+        if self._unpacked is not None:
             self._unpacked.drop()  # its own hold: the folder goes once no instance kept from it lives
-        self._owner = None
+        self._unpacked = None
         if failed is not None:
             raise failed
 
