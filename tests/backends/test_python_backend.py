@@ -108,6 +108,14 @@ def test_execute_answers_each_request_with_its_outputs_and_sibling_modules_impor
     np.testing.assert_array_equal(out["y"], np.full((3, 2), 1 + len("upper"), np.float32))
 
 
+def test_the_module_model_outside_a_python_models_code_says_whose_it_is(model) -> None:  # type: ignore[no-untyped-def]
+    """``import model`` is each Python model's own file; read from code of no model, it says so."""
+    import model as own  # type: ignore[import-not-found]
+
+    with pytest.raises(AttributeError, match=r"the model\.py of the Python model whose code reads it, and none is running"):
+        getattr(own, "TritonPythonModel")  # noqa: B009
+
+
 def test_a_response_error_or_an_exception_fails_the_request_in_the_models_words(model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest, match=r"^bad text$"):
         model.infer(_inputs(b"bad"))

@@ -534,6 +534,57 @@ def test_a_model_calling_sys_exit_fails_its_request_or_load_and_the_server_serve
         assert client.is_server_live() and client.is_model_ready("quits") and client.is_model_ready("aquits")
 
 
+SELF_TESTING = '''
+import threading
+import unittest
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+VERDICT = VERDICT_VALUE
+
+
+class Checks(unittest.TestCase):
+    def test_its_own_verdict(self):
+        self.assertTrue(VERDICT)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        results = []
+        # the QA models' way: the tests of its own file, by the name model, in execute and in a thread it starts
+        results.append(unittest.main("model", exit=False).result)
+        worker = threading.Thread(target=lambda: results.append(unittest.main("model", exit=False).result))
+        worker.start()
+        worker.join()
+        ran = np.array([r.testsRun for r in results], np.int32)
+        passed = np.array([r.wasSuccessful() for r in results])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("ran", ran), pb_utils.Tensor("passed", passed)])
+                for _ in requests]
+'''
+
+
+def test_a_python_model_runs_the_tests_of_its_own_file_by_the_name_model(tmp_path: Path) -> None:
+    """Triton's QA models run ``unittest.main("model", exit=False)`` in ``execute``: the stub imports the model's
+    file as ``model`` in a process of its own, with no server flags in ``sys.argv``. Each model here finds its own
+    tests (one passes them, one fails them); argparse refused polystack's flags and ``model`` was no module."""
+    repo = tmp_path / "models"
+    config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "ran", data_type: TYPE_INT32, dims: [ 2 ] }, '
+              '{ name: "passed", data_type: TYPE_BOOL, dims: [ 2 ] } ]\n')  # fmt: skip
+    for name, verdict in (("passes", "True"), ("fails", "False")):
+        python_folder(repo, name, SELF_TESTING.replace("VERDICT_VALUE", verdict), config)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.zeros(1, np.float32))
+        for model, passed in (("passes", True), ("fails", False), ("passes", True)):
+            answer = client.infer(model, [x])
+            assert answer.as_numpy("ran").tolist() == [1, 1]
+            assert answer.as_numpy("passed").tolist() == [passed, passed]
+
+
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     port = free_port()

@@ -73,6 +73,7 @@ from polystack.types import DType, Signature
 log = logging.getLogger("polystack.backends.python")
 
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
+PACKAGE_PREFIX = "polystack_python_model_"  # each instance's import of model.py is a module of a package so named
 # the folders models are unpacked into, in the temporary folder; beside each, a file locked while its model is loaded
 # (released when its process ends: temp_folders.py), out of the model's sight
 FOLDER_PREFIX = "polystack-python-model-"
@@ -591,7 +592,8 @@ def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleT
     so that ``from . import file2`` finds a module beside it), that folder first on ``sys.path`` while it imports
     (``import file1`` too; ``run`` runs the import, in the words of its failure)."""
     sys.modules.setdefault(UTILS, pb_utils)
-    package = f"polystack_python_model_{uuid.uuid4().hex}"
+    sys.modules.setdefault(OWN, _OwnModel(OWN))
+    package = f"{PACKAGE_PREFIX}{uuid.uuid4().hex}"
     folder = importlib.machinery.ModuleSpec(package, None, is_package=True)
     folder.submodule_search_locations = [str(path.parent)]
     name = f"{package}.{path.stem}"
@@ -619,6 +621,38 @@ def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleT
             ):
                 del sys.modules[other]
     return module
+
+
+OWN = "model"  # the name a model imports its own model.py by (Triton's QA models: ``unittest.main("model")``)
+
+
+class _OwnModel(ModuleType):
+    """``sys.modules["model"]``: the ``model.py`` of the Python model whose code reads it, found on the calling
+    thread's stack (the nearest frame of a module of an instance's package: its execute, or a thread or task it
+    started). Triton's stub puts the version folder on ``sys.path``, so there ``import model`` imports the model's
+    file again in its own process; here models share one process, and so one module cache, and each instance's
+    ``import model`` gets its own import of the file. A real module named ``model`` imported before the first
+    Python model keeps the name (``sys.modules.setdefault``)."""
+
+    def _own(self) -> ModuleType:
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None:
+            name = frame.f_globals.get("__name__")
+            if isinstance(name, str) and name.startswith(PACKAGE_PREFIX):
+                own = sys.modules.get(f"{name.partition('.')[0]}.{OWN}")
+                if own is not None:
+                    return own
+            frame = frame.f_back
+        raise AttributeError(
+            f"module {OWN!r} is the model.py of the Python model whose code reads it, and none is running here: "
+            "read it from the code of a model whose file is model.py"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._own(), name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._own())
 
 
 def _forget(module: ModuleType) -> None:

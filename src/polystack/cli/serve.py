@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -948,6 +949,9 @@ def serve(
             raise typer.Exit(code)
         if replicas is not None or autoscale is not None:
             raise InvalidRequest("--replicas and --autoscale need --engine ray; add it, or drop them")
+        if allow_python_models:  # its flags read, the process's argv is left to its models as Triton's stub leaves it,
+            # with no server flags: a model's unittest.main("model") parses sys.argv (Triton's QA models)
+            del sys.argv[1:]
         store = open_store()
         try:
             code = run(Engine(store), config, on_serving=lambda: settle(store, registered))
