@@ -534,6 +534,38 @@ def test_a_model_calling_sys_exit_fails_its_request_or_load_and_the_server_serve
         assert client.is_server_live() and client.is_model_ready("quits") and client.is_model_ready("aquits")
 
 
+HALVED = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+                .astype(np.float16))]) for r in requests]
+'''
+
+
+def test_an_output_of_another_data_type_than_its_config_says_goes_to_the_client_as_the_model_gave_it(tmp_path: Path) -> None:
+    """helper-177: tritonserver 2.51 sends a Python model's FP16 output its config calls FP32 as FP16 (its core
+    takes a response's output by name alone); polystack failed the request (500)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "halved", HALVED,
+        'backend: "python"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\ndynamic_batching { }\n')  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    x = np.array([[1.5, -2.25]], np.float32)
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        for client, binary in ((httpclient, True), (httpclient, False), (grpcclient, True)):
+            with client.InferenceServerClient(f"127.0.0.1:{grpc_port if client is grpcclient else port}") as c:
+                i = client.InferInput("x", [1, 2], "FP32")
+                i.set_data_from_numpy(x, **({"binary_data": binary} if client is httpclient else {}))
+                asked = [client.InferRequestedOutput("y", **({"binary_data": binary} if client is httpclient else {}))]
+                y = c.infer("halved", [i], outputs=asked).as_numpy("y")
+                assert y.dtype == np.float16 and y.tolist() == [[1.5, -2.25]]
+
+
 SELF_TESTING = '''
 import threading
 import unittest

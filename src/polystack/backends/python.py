@@ -20,8 +20,8 @@ decoupled model's, and one answered once that is not a sequence's) may be answer
 What the model gets besides its inputs comes from the server that hosts it (``hosting``): the request's id,
 parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).
 
-The model's answer is checked as Triton checks it: one response, its outputs among those its config declares, of
-their data types. A response carrying an error, or an exception from ``execute``, fails the request with its
+The model's answer is checked as Triton checks it: one response, its outputs among those its config declares (each
+sent of the data type the model gave it, as Triton's core sends it). A response carrying an error, or an exception from ``execute``, fails the request with its
 words (``TritonError.INVALID_ARG``: the client's error, 400; any other: 500).
 """
 
@@ -68,7 +68,7 @@ from polystack.errors import (
     Unsupported,
 )
 from polystack.formats.python_model import MANIFEST
-from polystack.types import DType, Signature
+from polystack.types import Signature
 
 log = logging.getLogger("polystack.backends.python")
 
@@ -402,16 +402,10 @@ class PythonModel:
             spec = next((t for t in self.signature.outputs if t.name == tensor.name()), None)
             if spec is None:  # dropped, as Triton drops it
                 continue
-            array = tensor._data()
-            if (spec.dtype is DType.BYTES and array.dtype != np.object_) or (
-                spec.dtype is not DType.BYTES and array.dtype != spec.dtype.numpy
-            ):
-                return BackendError(
-                    f"Python model {self.name!r}: output {spec.name!r} is {pb_utils.numpy_to_triton_string(array.dtype)}"
-                    f", but its config says {spec.dtype.value}"
-                )
             if spec.name in outputs:  # one it was not asked for is dropped, as Triton prunes it
-                result[spec.name] = array
+                # of the data type the model gave, its config's or not: Triton's core takes a response's output by
+                # its name alone and sends it as it is (pb_utils.Tensor holds Triton's data types only)
+                result[spec.name] = tensor._data()
         # a declared output the model leaves out is left out of the answer, as Triton leaves it; one the request
         # asks for by name fails it (its client would read nothing there)
         missing = [name for name in outputs if name not in result] if whole and asked else []
