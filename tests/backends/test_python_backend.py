@@ -540,3 +540,18 @@ def test_an_instance_update_compares_configs_as_triton_normalizes_them() -> None
     assert _but_groups(unpinned) != _but_groups(base)
     assert _but_groups({**base, "parameters": {"k": {"string_value": "w"}}}) != _but_groups(base)
     assert _but_groups({**base, "runtime": "model.py"}) != _but_groups(base)  # a field tritonclient's proto lacks
+
+
+def test_a_metric_whose_family_object_was_deleted_raises_tritons_error_on_each_use() -> None:
+    """As Triton's stub (its QA ``test_metric_lifetime_error``): a model keeps the MetricFamily with its Metric."""
+    from polystack.backends import triton_python_utils as pb_utils
+
+    for kind in (pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE):
+        family = pb_utils.MetricFamily(name=f"lifetime_{kind}", description="lifetime", kind=kind)
+        metric = family.Metric(labels={"example": "label"})
+        metric.increment(2)
+        assert metric.value() == 2
+        del family
+        for use, given in ((metric.increment, (1,)), (metric.value, ()), (metric.set, (3,))):
+            with pytest.raises(pb_utils.TritonModelException, match="corresponding 'MetricFamily' has been deleted"):
+                use(*given)

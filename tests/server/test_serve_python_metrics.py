@@ -21,11 +21,12 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        requests = pb_utils.MetricFamily(name="requests_seen", description="Requests the model saw",
-                                         kind=pb_utils.MetricFamily.COUNTER)
-        self.seen = requests.Metric(labels={"model": args["model_name"]})
-        rows = pb_utils.MetricFamily("rows_seen", "Rows per request", pb_utils.MetricFamily.HISTOGRAM)
-        self.rows = rows.Metric(labels={"model": args["model_name"]}, buckets=[1, 4])
+        # the families are kept with their metrics: a Metric whose family object is gone raises, as in Triton
+        self.requests = pb_utils.MetricFamily(name="requests_seen", description="Requests the model saw",
+                                              kind=pb_utils.MetricFamily.COUNTER)
+        self.seen = self.requests.Metric(labels={"model": args["model_name"]})
+        self.rows_family = pb_utils.MetricFamily("rows_seen", "Rows per request", pb_utils.MetricFamily.HISTOGRAM)
+        self.rows = self.rows_family.Metric(labels={"model": args["model_name"]}, buckets=[1, 4])
 
     def execute(self, requests):
         responses = []

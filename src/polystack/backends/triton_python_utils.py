@@ -840,32 +840,50 @@ class MetricFamily:
 
     def Metric(self, labels: Mapping[str, str] | None = None, buckets: Sequence[float] | None = None) -> Metric:
         with _in_words("Error when creating Metric", self._model):
-            return Metric(self._family.series(labels, buckets), self._model)
+            return Metric(self._family.series(labels, buckets), self._model, self)
+
+
+# Triton's words for a Metric used once the MetricFamily object it came from was deleted
+_ORPHANED = (
+    "Invalid metric operation as the corresponding 'MetricFamily' has been deleted. The 'MetricFamily' object should "
+    "be deleted AFTER its corresponding 'Metric' objects have been deleted."
+)
 
 
 class Metric:
     """One series of a ``MetricFamily``: ``increment`` (a counter or gauge), ``set`` (a gauge), ``observe`` (a
-    histogram), ``value`` (a counter or gauge)."""
+    histogram), ``value`` (a counter or gauge). As in Triton, it works while the ``MetricFamily`` object it came
+    from lives (a model keeps both): once that is deleted, each of them raises."""
 
-    def __init__(self, series: custom_metrics.Series, model: str) -> None:
+    def __init__(self, series: custom_metrics.Series, model: str, family: MetricFamily) -> None:
         self._series = series
         self._model = model
+        self._family = weakref.ref(family)
+
+    def _live(self) -> custom_metrics.Series:
+        if self._family() is None:
+            raise TritonModelException(_ORPHANED)
+        return self._series
 
     def increment(self, value: float) -> None:
+        series = self._live()
         with _in_words("Failed to increment metric value", self._model):
-            self._series.increment(float(value))
+            series.increment(float(value))
 
     def set(self, value: float) -> None:
+        series = self._live()
         with _in_words("Failed to set metric value", self._model):
-            self._series.set(float(value))
+            series.set(float(value))
 
     def observe(self, value: float) -> None:
+        series = self._live()
         with _in_words("Failed to observe metric value", self._model):
-            self._series.observe(float(value))
+            series.observe(float(value))
 
     def value(self) -> float:
+        series = self._live()
         with _in_words("Failed to get metric value", self._model):
-            return self._series.value()
+            return series.value()
 
 
 _UNREAD = custom_metrics.CustomMetrics()
