@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import batch_of_scalars, caught_logs, cli_server, free_port, refused_at_start, start, until
 from tritonclient.utils import InferenceServerException
@@ -112,6 +113,32 @@ def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
         assert len(store.models.list()) == 3
     finally:
         store.close()
+
+
+def test_a_model_folder_named_as_tritons_qa_names_its_models_is_served_and_stepped_to(tmp_path: Path) -> None:
+    """Triton serves any folder name; its own QA repositories have ``nop_TYPE_FP32_-1,-1`` (helper-180:
+    ``L0_infer_zero``, whose ensembles step to them). polystack refused the name, and so the whole start."""
+    repo, name = tmp_path / "models", "nop_TYPE_FP32_-1,+1"
+    (repo / name / "1").mkdir(parents=True)
+    mlp_onnx(repo / name / "1" / "model.onnx")
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        f'"{name}" model_version: -1 input_map {{ key: "x" value: "x" }} output_map {{ key: "y" value: "y" }} }} ] }}\n'
+    )
+    port, grpc_port = free_port(), free_port()
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    want = expected(repo / name / "1" / "model.onnx", x)
+    with cli_server(tmp_path / "home", ["--model-repository", str(repo), "--grpc-port", str(grpc_port)], port,
+                    tmp_path / "serve.log"):  # fmt: skip
+        for client, url in ((httpclient, f"127.0.0.1:{port}"), (grpcclient, f"127.0.0.1:{grpc_port}")):
+            with client.InferenceServerClient(url) as c:  # tritonclient's HTTP client sends the name as nop_..%2C..
+                assert c.is_model_ready(name)
+                for model in (name, "pipe"):
+                    i = client.InferInput("x", [1, 16], "FP32")
+                    i.set_data_from_numpy(x)
+                    np.testing.assert_allclose(c.infer(model, [i]).as_numpy("y"), want, rtol=1e-5, atol=1e-6)
 
 
 def _model(root: Path, name: str, version: str = "1", config: str | None = None, file: str = "model.onnx") -> Path:

@@ -210,7 +210,9 @@ def test_unknown_model_and_version_say_what_exists(store: Store, mlp_path: Path)
         store.get("mlp:7")
 
 
-@pytest.mark.parametrize("name", ["", "../evil", "a/b", "a\\b", "a:b", ".hidden", "x" * 200, "a..b", "sp ace"])
+@pytest.mark.parametrize(
+    "name", ["", "../evil", "a/b", "a\\b", "a:b", ".hidden", "x" * 200, "a..b", "sp ace", "a=b", 'a"b', "line\n", "a\tb"]
+)
 def test_names_with_path_characters_or_empty_are_refused(store: Store, mlp_path: Path, name: str) -> None:
     with pytest.raises(InvalidName, match="not allowed"):
         register(store, mlp_path, name=name)

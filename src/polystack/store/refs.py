@@ -7,16 +7,20 @@ from dataclasses import dataclass
 
 from polystack.errors import InvalidName
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A model name is a Triton model folder's name (Triton's own QA repositories have ``nop_TYPE_FP32_-1,-1``), but for
+# what would make it a path (``/``, ``\``, ``..``, a leading ``.``), a reference's version (``:``), a flag's value
+# (``NAME=...``), a quoted label (``"``), or a name a shell or a log splits (white space, control characters)
+_NAME = re.compile(r'[^\s/\\:="\x00-\x1f\x7f.][^\s/\\:="\x00-\x1f\x7f]{0,127}')
 MAX_VERSION = (1 << 63) - 1  # versions are SQLite integers, from 1
 
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a safe model name, else raise InvalidName saying what is allowed."""
-    if not name or not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidName(
-            f"model name {name!r} is not allowed; use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', '\\', ':' or '..')"
+            f"model name {name!r} is not allowed; use 1-128 characters, none of them '/', '\\', ':', '=', '\"', "
+            "white space or control characters, not starting with '.' and without '..' (rename the model or its "
+            "folder)"
         )
     return name
 
