@@ -32,11 +32,12 @@ class TritonPythonModel:
         for request in requests:
             asked = json.loads(request.parameters())
             x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            text = str.encode if asked.get("as_bytes") else str  # names as bytes, as a BYTES tensor gives them
             calls = [
                 pb_utils.InferenceRequest(
-                    model_name=model, inputs=[pb_utils.Tensor(asked.get("input", "x"), x)],
-                    requested_output_names=[asked.get("output", "y")], model_version=asked.get("version", -1),
-                    request_id=request.request_id(),
+                    model_name=text(model), inputs=[pb_utils.Tensor(text(asked.get("input", "x")), x)],
+                    requested_output_names=[text(asked.get("output", "y"))], model_version=asked.get("version", -1),
+                    request_id=text(request.request_id()),
                     parameters={"from": "caller", **({"models": asked["next"]} if "next" in asked else {})},
                 )
                 for model in asked["models"].split(",")
@@ -177,6 +178,15 @@ def test_a_python_model_calls_python_onnx_and_ensemble_models_and_gets_their_out
     assert facts["outputs"] == ["facts", "y"]  # the request asked for none: all of them
     result = _call(port, model, {"models": "pipe", "input": "IN", "output": "OUT"})  # an ensemble
     np.testing.assert_allclose(result.as_numpy("y"), _mlp(repo, X * 2), rtol=1e-5)
+
+
+def test_a_call_may_name_its_model_tensors_and_id_in_bytes_as_tritons_bls_example_does(served) -> None:  # type: ignore[no-untyped-def]
+    """python_backend's BLS example reads the model it calls from a BYTES input (helper-178): Triton's binding takes
+    bytes as the same text; polystack looked for a model named "b'add_sub'"."""
+    repo, port, _ = served
+    result = _call(port, "caller", {"models": "scale,mlp", "as_bytes": True}, request_id="b-1")
+    np.testing.assert_allclose(result.as_numpy("y"), np.concatenate([X * 2, _mlp(repo, X)], axis=-1), rtol=1e-5)
+    assert json.loads(result.as_numpy("facts")[0])["answers"] == [["y"], ["y"]]
 
 
 def test_the_request_facts_reach_the_model_over_grpc_too(served) -> None:  # type: ignore[no-untyped-def]

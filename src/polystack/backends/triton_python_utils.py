@@ -268,17 +268,23 @@ class TritonModelException(Exception):
         return str(self)
 
 
+def _text(value: str | bytes) -> str:
+    """A name as Triton's utilities take it: a str, or bytes (a BYTES tensor's element: Triton's own BLS example
+    reads the model it calls from one), which its binding takes as the same text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 class Tensor:
     """A named tensor on the CPU, over a numpy array."""
 
-    def __init__(self, name: str, data: Any, dtype: Any = None) -> None:
+    def __init__(self, name: str | bytes, data: Any, dtype: Any = None) -> None:
         array = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
         if array.dtype.kind in ("U", "S"):  # strings: Triton's BYTES, as object arrays of bytes
             array = np.array([s.encode() if isinstance(s, str) else bytes(s) for s in array.ravel()], dtype=np.object_)
             array = array.reshape(np.shape(data))
         if array.dtype not in _TRITON and array.dtype != _BF16:
             raise TritonModelException(f"tensor {name!r}: numpy type {array.dtype} is not a Triton data type")
-        self._name = name
+        self._name = _text(name)
         self._array = array
 
     def name(self) -> str:
@@ -370,10 +376,10 @@ class InferenceRequest:
 
     def __init__(
         self,
-        model_name: str = "",
+        model_name: str | bytes = "",
         inputs: Sequence[Tensor] = (),
-        requested_output_names: Iterable[str] = (),
-        request_id: str = "",
+        requested_output_names: Iterable[str | bytes] = (),
+        request_id: str | bytes = "",
         correlation_id: int | str = 0,
         flags: int = 0,
         timeout: int = 0,
@@ -390,10 +396,10 @@ class InferenceRequest:
                 raise TritonModelException(
                     f"Expect parameters values to have type bool/int/str, found type {type(value)}"
                 )
-        self._model = model_name
+        self._model = _text(model_name)
         self._inputs = list(inputs)
-        self._outputs = list(requested_output_names)
-        self._id = request_id
+        self._outputs = [_text(name) for name in requested_output_names]
+        self._id = _text(request_id)
         self._correlation = correlation_id
         self._flags = flags
         self._timeout = timeout
