@@ -108,6 +108,21 @@ def test_a_load_config_sets_batching_limits_and_instances_for_that_load(server: 
     assert client.infer("mlp", [mlp_ones(17)]).as_numpy("y").shape == (17, 4)
 
 
+def test_a_queue_timeout_may_be_any_uint64_as_in_triton(server: ServerThread) -> None:
+    """Triton's L0_config_json loads default_timeout_microseconds 2^64 - 1 (helper-181); polystack refused past
+    10^12. A deadline that far runs its requests, and GET config shows it as given."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        for timeout in ((1 << 64) - 1, 10**13):
+            policy = {"default_timeout_microseconds": timeout}
+            client.load_model("mlp", config=json.dumps({"dynamic_batching": {"default_queue_policy": policy}}))
+            shown = config_of(server, "mlp")["dynamic_batching"]["default_queue_policy"]
+            assert shown["default_timeout_microseconds"] == timeout
+            assert client.infer("mlp", [mlp_ones(2)]).as_numpy("y").shape == (2, 4)
+    finally:
+        client.load_model("mlp", config="{}")
+
+
 def test_max_batch_size_without_dynamic_batching_limits_requests(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     try:
@@ -401,7 +416,7 @@ REFUSED = [
                                       "priority_queue_policy": {"1": {}, "01": {}}}}), "gives level 1 twice"),
     (json.dumps({"model_operations": json.loads('{"x": ' * 450 + "0" + "}" * 450)}), "nests deeper"),
     (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 18446744073709551615}}), "from 0 to"),
-    (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 10**13}}}), "from 0 to"),
+    (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 2**64}}}), "from 0 to"),
     (json.dumps({"max_batch_size": 1.5}), "1.5"),
     (json.dumps({"parameters": {"polystack_device": "cpu"}}), "'cpu'"),
     (json.dumps({"name": "other"}), "'other'"),

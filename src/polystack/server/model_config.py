@@ -499,7 +499,8 @@ def _render_queue(q: QueuePolicy) -> dict[str, Any]:
     """``q`` as Triton's ``ModelQueuePolicy``: what reads back (``_queue_policy``) as ``q``."""
     return {  # every field, as tritonserver 2.51 prints them (helper-114: code indexes timeout_action)
         "timeout_action": "DELAY" if q.delay else "REJECT",
-        "default_timeout_microseconds": round(q.timeout_s * 1e6) if q.timeout_s is not None else 0,
+        # exact to 2^53 microseconds (285 years); past that the nearest float, within uint64 (2^64 - 1 reads back so)
+        "default_timeout_microseconds": min(round(q.timeout_s * 1e6), _UINT64_MAX) if q.timeout_s is not None else 0,
         "allow_timeout_override": q.client_timeouts,
         "max_queue_size": q.max_queue_size,
     }
@@ -1377,7 +1378,8 @@ def _queue_policy(value: Any, where: str) -> QueuePolicy:
             f"{where}.timeout_action {quote(action)} is not a value of Triton's ModelQueuePolicy.TimeoutAction; "
             "give REJECT (refuse a request past its timeout) or DELAY (run it after the others)"
         )
-    timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, _MAX_MICROSECONDS)
+    # any uint64, as Triton takes it (its L0_config_json loads 2^64 - 1): a deadline is compared, never slept to
+    timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, _UINT64_MAX)
     return QueuePolicy(
         max_queue_size=read_int(queue, "max_queue_size", where, 0, _UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
