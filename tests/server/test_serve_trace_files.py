@@ -142,6 +142,53 @@ def test_level_tensors_writes_each_requests_tensors_as_triton_writes_them(
     assert two[2][1]["data"] == "-0.1,-1e-07,-1.23457e+06,2.5"
 
 
+DOUBLING = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy() * 2)])
+                for r in requests]
+"""
+
+
+def test_level_tensors_writes_a_python_models_outputs_and_an_ensembles_own_tensors(tmp_path: Path) -> None:
+    """helper-181 (L0_cmdline_trace): tritonserver 2.51 writes a Python model's outputs, and an ensemble's own
+    inputs and outputs, as it enqueues a request and sends its response; polystack wrote neither."""
+    repo, port, path = tmp_path / "models", free_port(), tmp_path / "trace.json"
+    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+    (repo / "double" / "1").mkdir(parents=True)
+    (repo / "double" / "1" / "model.py").write_text(DOUBLING)
+    (repo / "double" / "config.pbtxt").write_text('backend: "python"\n' + io)
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\n' + io + 'ensemble_scheduling { step [ { model_name: "double" model_version: -1 '
+        'input_map { key: "x" value: "x" } output_map { key: "y" value: "mid" } }, { model_name: "double" '
+        'model_version: -1 input_map { key: "x" value: "mid" } output_map { key: "y" value: "y" } } ] }\n'
+    )
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--trace-config", f"triton,file={path}", "--trace-config", "level=TENSORS", "--trace-config", "rate=1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [2], "FP32")
+        x.set_data_from_numpy(np.array([1.0, -2.0], np.float32))
+        for model in ("double", "pipe"):
+            client.infer(model, [x])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
+    traces = [_tensors(entries) for _, entries in sorted(_traces(path).items())]
+
+    def tensor(name: str, data: str) -> dict[str, str]:
+        return {"name": name, "data": data, "shape": "2", "dtype": "FP32"}
+
+    alone, pipe, first, second = traces  # the model's request, then the ensemble's and its steps'
+    assert alone == [("TENSOR_QUEUE_INPUT", tensor("x", "1,-2")), ("TENSOR_BACKEND_OUTPUT", tensor("y", "2,-4"))]
+    assert pipe == [("TENSOR_QUEUE_INPUT", tensor("x", "1,-2")), ("TENSOR_BACKEND_OUTPUT", tensor("y", "4,-8"))]
+    assert first == [("TENSOR_QUEUE_INPUT", tensor("x", "1,-2")), ("TENSOR_BACKEND_OUTPUT", tensor("y", "2,-4"))]
+    assert second == [("TENSOR_QUEUE_INPUT", tensor("x", "2,-4")), ("TENSOR_BACKEND_OUTPUT", tensor("y", "4,-8"))]
+
+
 def test_batched_requests_are_traces_of_their_own_sharing_their_batchs_compute_timestamps(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
 ) -> None:

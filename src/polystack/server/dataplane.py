@@ -2199,15 +2199,21 @@ class DataPlane:
                 trace = self.tracing.span(
                     name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True
                 )
-                with trace:
+                with trace as span:
+                    if span is not None:
+                        span.inputs(request.inputs)
                     if responses is None:
                         result = await ensemble.run(pipeline, request.inputs, asked, step_run)
+                        if span is not None:
+                            span.outputs(result)
                     else:
                         decoupled = self._decoupled_steps(pipeline, pins=holding)
                         ended = False  # a last answer goes with the final flag, as Triton's ensemble sends it
                         async for result, final in ensemble.stream(
                             pipeline, request.inputs, asked, step_run, step_stream, decoupled
                         ):
+                            if span is not None:
+                                span.outputs(result)
                             responses.send(result, final)
                             ended = final
                         if not ended:
@@ -2394,7 +2400,10 @@ class DataPlane:
                 log.warning("execute failed after its response was sent", extra={"model": name, "error": e.message})
                 result = ({}, served.entry)
             if once and isinstance(responses, ResponseStream):
-                return await _answered(responses, name), result[1]
+                answer = await _answered(responses, name)
+                if span is not None:  # its run traced no outputs: they come with its response
+                    span.outputs(answer)
+                return answer, result[1]
             return result
         except asyncio.CancelledError:
             if gone is not None:

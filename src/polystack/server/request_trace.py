@@ -95,13 +95,24 @@ class RequestTrace:
         as they are (no copy in or out, which Triton's backends time): the input end is the call's start and the
         output start its end, as the statistics count them."""
         self.stamp("QUEUE_START", queued)
-        if self.level & TENSORS:
-            self.tensors += [("TENSOR_QUEUE_INPUT", name, a) for name, a in inputs.items()]
-            self.tensors += [("TENSOR_BACKEND_OUTPUT", name, a) for name, a in outputs.items()]
+        self.inputs(inputs)
+        self.outputs(outputs)
         self.stamp("COMPUTE_START", compute_start)
         self.stamp("COMPUTE_INPUT_END", compute_start)
         self.stamp("COMPUTE_OUTPUT_START", compute_end)
         self.stamp("COMPUTE_END", compute_end)
+
+    def inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """The request's inputs as queued (at level TENSORS): Triton records them as it enqueues a request, an
+        ensemble's too."""
+        if self.level & TENSORS:
+            self.tensors += [("TENSOR_QUEUE_INPUT", name, a) for name, a in inputs.items()]
+
+    def outputs(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """A response's outputs (at level TENSORS): Triton records them as it sends a response, an ensemble's and
+        each of a stream's too."""
+        if self.level & TENSORS:
+            self.tensors += [("TENSOR_BACKEND_OUTPUT", name, a) for name, a in outputs.items()]
 
     def end(self) -> None:
         """The request is answered: its trace goes to the sink (a step's own end does nothing)."""
