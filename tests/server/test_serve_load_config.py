@@ -381,7 +381,7 @@ REFUSED = [
     ("not json", "not JSON"),
     ("[1, 2]", "must be a JSON object"),
     ("[" * 10_000 + "]" * 10_000, "not JSON"),
-    (json.dumps({"sequence_batching": {"iterative_sequence": True}}), "no iterative sequences"),
+    (json.dumps({"sequence_batching": {"iterative_sequence": True}}), "is not a Python model"),
     (json.dumps({"sequence_batching": {}, "dynamic_batching": {}}), "both dynamic_batching and sequence_batching"),
     (json.dumps({"sequence_batching": {"state": [{"input_name": "x", "output_name": "y"}]}}), "data_type"),
     (json.dumps({"ensemble_scheduling": {"step": [{"model_name": "a"}]}}), "ensembles"),

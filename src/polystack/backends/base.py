@@ -27,6 +27,17 @@ from polystack.types import Signature
 # a request run apart from its batch's others: its inputs, the outputs it asks for (None: all), its facts
 Apart = tuple[Mapping[str, np.ndarray], Sequence[str] | None, RequestFacts]
 
+
+class Rescheduled:
+    """``infer_apart``'s answer for a request its model asked to run again in a later batch (a Python model of an
+    iterative sequence: Triton's ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``): its sequence batcher queues it again."""
+
+    def __repr__(self) -> str:
+        return "RESCHEDULED"
+
+
+RESCHEDULED = Rescheduled()
+
 log = logging.getLogger("polystack.backends")
 
 
@@ -181,16 +192,17 @@ class CheckedModel:
 
     def infer_apart(
         self, requests: Sequence[Apart], instance: int | None = None
-    ) -> list[dict[str, np.ndarray] | PolystackError]:
+    ) -> list[dict[str, np.ndarray] | PolystackError | Rescheduled]:
         """Requests (each checked by its batcher) run as one call of a model that takes them apart
         (``runs_apart``), on its instance ``instance`` (a sequence batcher keeps each sequence on one; None: any):
-        each one's outputs (those it asks for, else all), or the error that failed it alone."""
+        each one's outputs (those it asks for, else all), the error that failed it alone, or RESCHEDULED (an
+        iterative sequence model's request to run again)."""
         apart = getattr(self.inner, "infer_apart", None)
         if apart is None:
             raise BackendError("this model runs a batch as one request")
         if instance is not None:
             apart = functools.partial(apart, instance=instance)
-        results: list[dict[str, np.ndarray] | PolystackError] = self._call(apart, requests)
+        results: list[dict[str, np.ndarray] | PolystackError | Rescheduled] = self._call(apart, requests)
         return results
 
     def _call(self, fn: Any, arg: Any) -> Any:

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict
 from polystack import temp_folders
 from polystack.backends import hosting
 from polystack.backends import triton_python_utils as pb_utils
-from polystack.backends.base import Apart, Backend, LoadedModel, writable
+from polystack.backends.base import RESCHEDULED, Apart, Backend, LoadedModel, Rescheduled, writable
 from polystack.errors import (
     AlreadyExists,
     BackendError,
@@ -149,6 +149,8 @@ class PythonModel:
             self.config: dict[str, Any] = _completed(given, self.name)
             # its requests' responses are sent apart from execute's return, any number of them (Triton's decoupled)
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
+            # its requests may ask to run again in a later batch (``set_release_flags``: Triton's iterative sequences)
+            self.iterative = bool((self.config.get("sequence_batching") or {}).get("iterative_sequence"))
             self._waiting: set[_Gathered] = set()  # requests whose responses are still to come (close fails them)
             self._closing = False  # the server stops serving it: no request waits for its sender any more
             # a reload whose config changes only its instance groups keeps the instances it still has, as Triton
@@ -302,13 +304,15 @@ class PythonModel:
         """One request, with the facts of the request the server runs (``hosting.REQUEST``)."""
         facts = hosting.REQUEST.get()
         (result,) = self.infer_apart([(inputs, facts.outputs, facts)])
+        if isinstance(result, Rescheduled):  # only its sequence batcher runs a request again
+            raise _outside_sequence(self.name)
         if isinstance(result, PolystackError):
             raise result
         return result
 
     def infer_apart(
         self, requests: Sequence[Apart], instance: int | None = None
-    ) -> list[dict[str, np.ndarray] | PolystackError]:
+    ) -> list[dict[str, np.ndarray] | PolystackError | Rescheduled]:
         """A batch's requests, handed to ``execute`` apart as Triton hands them, each with its facts and its
         response sender, on instance ``instance`` (the one a sequence batcher keeps their sequences on; None: the one
         the server's rate limiter gave resources to, ``hosting.CHARGED``, else the first idle one): each one's
@@ -352,10 +356,11 @@ class PythonModel:
         finally:
             if instance is None:
                 self._idle.put(chosen)
+        again = [self._again(request, chosen) for request in received]
         if self.decoupled:
             if responses is not None:
                 raise _must_return_none(chosen.name)
-            return [{} if g is None else self._one(g) for g in gathered]
+            return [a if a is not None else {} if g is None else self._one(g) for a, g in zip(again, gathered, strict=True)]
         if responses is None:  # each request answered by its response sender (now, or later from a thread)
             responses = [None] * len(received)
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
@@ -365,8 +370,20 @@ class PythonModel:
                 "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
                 f"{len(received)}, and InferenceResponse(s) size is:{got}"
             )
-        results: list[dict[str, np.ndarray] | PolystackError] = []
-        for request, response, sink, (names, asked) in zip(received, responses, gathered, wanted, strict=True):
+        for request, response in zip(received, responses, strict=True):
+            if response is not None and request.rescheduled():  # Triton's words (its stub fails the execute)
+                raise BackendError(
+                    f"Failed to process the request(s) for model '{chosen.name}', message: Expected a None object in "
+                    "the execute function return list for reschduled request, found type "
+                    f"'{type(response)}'."
+                )
+        results: list[dict[str, np.ndarray] | PolystackError | Rescheduled] = []
+        for request, response, sink, (names, asked), rerun in zip(
+            received, responses, gathered, wanted, again, strict=True
+        ):
+            if rerun is not None:
+                results.append(rerun)
+                continue
             sender = request.get_response_sender()
             if response is not None and sender.sent:  # its response went by its sender
                 log.warning(  # Triton's words; the client has the response sent, as Triton's has
@@ -383,6 +400,19 @@ class PythonModel:
             else:
                 results.append(self._one(sink))
         return results
+
+    def _again(self, request: pb_utils.InferenceRequest, instance: _Instance) -> Rescheduled | PolystackError | None:
+        """What a request its model released to run again is (None: one released, as requests are): RESCHEDULED for
+        the sequence batcher of an iterative sequence model to queue again, else an error failing it."""
+        if not request.rescheduled():
+            return None
+        if not self.iterative:
+            return InvalidRequest(
+                f"Failed to process the request(s) for model '{instance.name}', message: the request was released "
+                "with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not configured to handle iterative "
+                "sequence: set sequence_batching { iterative_sequence: true } in its config"
+            )
+        return RESCHEDULED
 
     def _answer(
         self, response: Any, outputs: list[str], asked: bool, whole: bool = True
@@ -647,6 +677,13 @@ class _OwnModel(ModuleType):
 
     def __dir__(self) -> list[str]:
         return dir(self._own())
+
+
+def _outside_sequence(model: str) -> BackendError:
+    return BackendError(
+        f"Python model {model!r} asked to run a request again (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) outside its "
+        "sequence batcher, which alone runs a request again: send it as a request to the model"
+    )
 
 
 def _forget(module: ModuleType) -> None:

@@ -45,6 +45,8 @@ log = logging.getLogger("polystack.backends.python")
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_RELEASE_ALL = 1  # a request's release flags (``set_release_flags``): done with it
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2  # run it again in a later batch (an iterative sequence's model)
 TRITONSERVER_MEMORY_CPU = 0
 TRITONSERVER_MEMORY_CPU_PINNED = 1
 TRITONSERVER_MEMORY_GPU = 2
@@ -406,6 +408,7 @@ class InferenceRequest:
         self._parameters = dict(given)
         self._version = model_version
         self._sender: InferenceResponseSender | None = None  # a received request's
+        self._release = TRITONSERVER_REQUEST_RELEASE_ALL  # what its model set (``set_release_flags``)
 
     @classmethod
     def received(
@@ -456,6 +459,21 @@ class InferenceRequest:
 
     def model_version(self) -> int:
         return self._version
+
+    def set_release_flags(self, flags: int) -> None:
+        """How the model releases a request it received: ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE`` runs it again
+        in a later batch (a model with ``sequence_batching { iterative_sequence: true }``; a model that is not
+        decoupled returns None for it), ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) is done with it."""
+        if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
+            raise TritonModelException(
+                f"release flags {flags!r} are neither TRITONSERVER_REQUEST_RELEASE_ALL nor "
+                "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE"
+            )
+        self._release = flags
+
+    def rescheduled(self) -> bool:
+        """Whether its model asked to run it again (polystack's; Triton's stub reads the flags itself)."""
+        return self._release == TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
 
     def is_cancelled(self) -> bool:
         """Whether the client cancelled the request or went away (a decoupled model's stream: its responses are

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from polystack.backends.base import Rescheduled
 from polystack.backends.hosting import NO_FACTS, RequestFacts
 from polystack.batching.policy import BatchPolicy
 from polystack.batching.rate_limiter import ModelInstances
@@ -724,6 +725,8 @@ class DynamicBatcher:
         for p, result in zip(batch, results, strict=True):
             if p.timings is not None:
                 p.timings += (t0, t1)
+            if isinstance(result, Rescheduled):  # an iterative sequence model's: it has a sequence batcher, not this
+                result = BackendError(f"model {self.entry.name!r} asked to run a request again outside a sequence batcher")
             if isinstance(result, BaseException):
                 p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
                 outcomes.append((p, None, result))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from polystack.backends.base import Rescheduled
 from polystack.backends.hosting import NO_FACTS, RequestFacts
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
 from polystack.batching.rate_limiter import ModelInstances
@@ -135,6 +137,9 @@ class SequencePolicy:
     minimum_slot_utilization: float = 0.0  # direct: the share of slots ready before a batch leaves early
     preserve_ordering: bool = False  # oldest: shown again by GET config (answers go out as they finish)
     strategy_given: bool = True  # False: a config that named no strategy (direct then), whose GET config shows none
+    # Triton's iterative sequences: a request without a correlation ID is a sequence of its own, and its model (a
+    # Python model's ``set_release_flags``) may have a request run again, in a later batch, until it is done
+    iterative: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -273,6 +278,7 @@ class SequenceBatcher:
         self._corrid_string = corrid is not None and corrid.dtype is DType.BYTES
         self._corrid_numeric = corrid is not None and not self._corrid_string
         self._sequences: dict[SequenceId, _Sequence] = {}  # by ID: the one its next request joins
+        self._own_ids = itertools.count(-1, -1)  # an iterative sequence's own, for a request that has none (< 0)
         self._ready: dict[_Sequence, None] = {}  # placed, not busy, a request queued (insertion-ordered)
         self._backlog: collections.deque[_Sequence] = collections.deque()
         # sequences a cancellation ended (``_end``) that still queue the requests ahead of it: forgotten by ID,
@@ -399,6 +405,8 @@ class SequenceBatcher:
         facts: RequestFacts = NO_FACTS,
     ) -> _Request:
         name = self.entry.name
+        if flags is None and self.policy.iterative:  # a sequence of its own, its one request ending it
+            flags = Flags(next(self._own_ids), start=True, end=True)
         if flags is None:  # Triton's words, then what to do
             raise InvalidRequest(
                 f"inference request to model {name!r} must specify a non-zero or non-empty correlation ID; "
@@ -418,7 +426,7 @@ class SequenceBatcher:
                 f"sequence batching control 'CORRID' data-type is 'UINT64', but model {name!r} expects 'BYTES': it "
                 f"takes string correlation IDs, not {flags.id}; send a string as 'sequence_id'"
             )
-        if self._corrid_numeric and isinstance(flags.id, int):
+        if self._corrid_numeric and isinstance(flags.id, int) and flags.id > 0:
             corrid = self.policy.control("corrid")
             assert corrid is not None
             limits = np.iinfo(corrid.dtype.numpy)
@@ -700,8 +708,9 @@ class SequenceBatcher:
         shape = (1, 1) if self.batched else (1,)
         full = dict(request.inputs)
         for c in self.policy.controls:
-            if c.kind == "corrid":
-                value: Any = sequence.id if c.dtype is not DType.BYTES else str(sequence.id).encode()
+            if c.kind == "corrid":  # a request without a correlation ID (an iterative sequence's own): 0
+                given = sequence.id if not isinstance(sequence.id, int) or sequence.id > 0 else 0
+                value: Any = given if c.dtype is not DType.BYTES else str(given).encode()
                 full[c.input] = np.full(shape, value, dtype=c.dtype.numpy)
             else:
                 on = {"start": request.flags.start, "end": request.flags.end, "ready": True}[c.kind]
@@ -784,9 +793,13 @@ class SequenceBatcher:
             self._on_batch(len(batch), len(batch), (t1 - t0) / 1e9)
         outcomes: list[_Outcome] = []
         done: list[tuple[_Request, _Sequence, dict[str, np.ndarray] | None]] = []
+        again: list[tuple[_Request, _Sequence]] = []
         for (request, sequence), result in zip(batch, results, strict=True):
             if request.timings is not None:
                 request.timings += (t0, t1)
+            if isinstance(result, Rescheduled):
+                again.append((request, sequence))
+                continue
             try:
                 if isinstance(result, BaseException):
                     raise result
@@ -805,8 +818,28 @@ class SequenceBatcher:
             request.outcome.settle("success", int((time.monotonic() - request.enqueued) * 1e9))
             outcomes.append((request, answer, None))
             done.append((request, sequence, row))
+        self._queue_again(again)
         self._finish(done)
         _deliver(outcomes)
+
+    def _queue_again(self, again: list[tuple[_Request, _Sequence]]) -> None:
+        """Requests their model asked to run again (Triton's request rescheduling): each first in its sequence's
+        queue, for a later batch, as a request that no longer starts it (it runs on the state its sequence has)."""
+        if not again:
+            return
+        with self._cond:
+            now = time.monotonic()
+            for request, sequence in again:
+                self._running -= 1
+                sequence.busy = False
+                sequence.last = now
+                request.taken = False
+                request.flags = Flags(request.flags.id, start=False, end=request.flags.end)
+                sequence.requests.appendleft(request)
+                self._queued += 1
+                if sequence.placed:
+                    self._ready[sequence] = None
+            self._wake()
 
     def _wanted(self, requests: list[_Request]) -> list[str] | None:
         """The outputs to compute: those asked for and the states (None: every output)."""

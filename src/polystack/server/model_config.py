@@ -156,7 +156,9 @@ _READ = {
     "step": {"model_name", "model_version", "input_map", "output_map"},
     # a sequence model's (sequence.py); use_same_buffer_for_input_output asks Triton's backends to save a copy,
     # which polystack's state (numpy arrays handed from one call to the next) never makes: read, changes nothing
-    "sequence_batching": {"direct", "oldest", "max_sequence_idle_microseconds", "control_input", "state"},
+    "sequence_batching": {
+        "direct", "oldest", "max_sequence_idle_microseconds", "control_input", "state", "iterative_sequence",
+    },
     "direct": _TRITON["direct"],
     "oldest": _TRITON["oldest"],
     "control_input": _TRITON["control_input"],
@@ -188,7 +190,6 @@ _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
 # field -> why polystack refuses it, or (why, what to do) where "leave it out" is not all there is to say
 _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
-    "sequence_batching.iterative_sequence": "polystack has no iterative sequences (a request without a correlation ID)",
     "state.use_growable_memory": "polystack keeps sequence state in host memory, which needs no growable buffers",
     "ensemble_scheduling": (
         "a model's config cannot make it an ensemble: ensembles are folders of their own in a --model-repository "
@@ -553,7 +554,7 @@ def _render_sequence(p: SequencePolicy) -> dict[str, Any]:
         "max_sequence_idle_microseconds": round(p.idle_s * 1e6),
         "control_input": controls,
         "state": states,
-        "iterative_sequence": False,
+        "iterative_sequence": p.iterative,
     }
 
 
@@ -761,7 +762,9 @@ def read(
                 max_batch = min(max_batch, limit) if limit and max_batch else max_batch
             # Triton's instance count where the config gives none (its slots: max_batch_size per instance)
             count = instances or _default_count(spec) or 1
-            sequence = _sequence(config["sequence_batching"], record, max_batch, count, model_dir, config)
+            sequence = _sequence(
+                config["sequence_batching"], record, max_batch, count, model_dir, config, spec.backend == "python"
+            )
             # the policy holds them; a max_batch_size of 0 is no batch dimension (inputs' first dims need not agree)
             rows, instances = max_batch, None
         elif dynamic is None:
@@ -894,7 +897,13 @@ _MAX_STATE_BYTES = 64 << 20  # one sequence's state: a typo in its dims must not
 
 
 def _sequence(
-    value: Any, record: ModelRecord, max_batch: int, instances: int, model_dir: Path | None, config: dict[str, Any]
+    value: Any,
+    record: ModelRecord,
+    max_batch: int,
+    instances: int,
+    model_dir: Path | None,
+    config: dict[str, Any],
+    python: bool,
 ) -> SequencePolicy:
     """The ``sequence_batching`` of a config, checked as Triton checks it (its words first) and against the
     model: every control and state names a model input (and state output) of its type and shape."""
@@ -944,9 +953,15 @@ def _sequence(
         raise InvalidRequest(
             f"{where} sets every input of {record.name!r}, leaving clients none to send; a request needs one"
         )
+    iterative = read_bool(d, "iterative_sequence", where)
+    if iterative and not python:  # only a Python model's execute releases a request to run again
+        raise InvalidRequest(
+            f"{where}.iterative_sequence: model {record.name!r} is not a Python model, whose execute alone asks to run "
+            "a request again (set_release_flags), which an iterative sequence is for; leave it out"
+        )
     return SequencePolicy(
         strategy, max_batch, delay_us / 1000, idle_us / 1e6, tuple(controls), tuple(states), instances,
-        strategy_given="direct" in d or "oldest" in d, **extra,
+        strategy_given="direct" in d or "oldest" in d, iterative=iterative, **extra,
     )  # fmt: skip
 
 
