@@ -566,6 +566,47 @@ def test_an_output_of_another_data_type_than_its_config_says_goes_to_the_client_
                 assert y.dtype == np.float16 and y.tolist() == [[1.5, -2.25]]
 
 
+READS_ITS_FILE = '''
+import os
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        with open(os.path.join(pb_utils.get_model_dir(), "factor.txt")) as f:
+            self.factor = float(f.read())
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(pb_utils.get_model_dir()))
+        worker.start()
+        worker.join()
+        assert seen == [pb_utils.get_model_dir()]
+        assert os.path.dirname(pb_utils.get_model_dir()) == args["model_repository"]
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+                * self.factor)]) for r in requests]
+'''
+
+
+def test_a_model_reads_its_files_from_its_version_folder_as_get_model_dir_gives_it(tmp_path: Path) -> None:
+    """helper-184: Triton's pb_utils.get_model_dir() (the version folder, where vLLM's model reads its model.json)
+    was missing, so such a model failed its load."""
+    repo = tmp_path / "models"
+    python_folder(repo, "reads", READS_ITS_FILE,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    (repo / "reads" / "1" / "factor.txt").write_text("2.5")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.array([2.0], np.float32))
+        assert client.infer("reads", [x]).as_numpy("y").tolist() == [5.0]
+
+
 SELF_TESTING = '''
 import threading
 import unittest

@@ -73,7 +73,6 @@ from polystack.types import Signature
 log = logging.getLogger("polystack.backends.python")
 
 UTILS = "triton_python_backend_utils"  # the name models import Triton's utilities by
-PACKAGE_PREFIX = "polystack_python_model_"  # each instance's import of model.py is a module of a package so named
 # the folders models are unpacked into, in the temporary folder; beside each, a file locked while its model is loaded
 # (released when its process ends: temp_folders.py), out of the model's sight
 FOLDER_PREFIX = "polystack-python-model-"
@@ -617,7 +616,7 @@ def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleT
     (``import file1`` too; ``run`` runs the import, in the words of its failure)."""
     sys.modules.setdefault(UTILS, pb_utils)
     sys.modules.setdefault(OWN, _OwnModel(OWN))
-    package = f"{PACKAGE_PREFIX}{uuid.uuid4().hex}"
+    package = f"{pb_utils.MODEL_PACKAGE}{uuid.uuid4().hex}"
     folder = importlib.machinery.ModuleSpec(package, None, is_package=True)
     folder.submodule_search_locations = [str(path.parent)]
     name = f"{package}.{path.stem}"
@@ -659,14 +658,10 @@ class _OwnModel(ModuleType):
     Python model keeps the name (``sys.modules.setdefault``)."""
 
     def _own(self) -> ModuleType:
-        frame: FrameType | None = sys._getframe(2)
-        while frame is not None:
-            name = frame.f_globals.get("__name__")
-            if isinstance(name, str) and name.startswith(PACKAGE_PREFIX):
-                own = sys.modules.get(f"{name.partition('.')[0]}.{OWN}")
-                if own is not None:
-                    return own
-            frame = frame.f_back
+        package = pb_utils.calling_package(3)
+        own = sys.modules.get(f"{package}.{OWN}") if package is not None else None
+        if own is not None:
+            return own
         raise AttributeError(
             f"module {OWN!r} is the model.py of the Python model whose code reads it, and none is running here: "
             "read it from the code of a model whose file is model.py"

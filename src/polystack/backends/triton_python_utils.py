@@ -25,11 +25,13 @@ import enum
 import json
 import logging
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -743,6 +745,31 @@ class InferenceResponse:
 
     def error(self) -> TritonError | None:
         return self._error
+
+
+MODEL_PACKAGE = "polystack_python_model_"  # each instance's import of model.py is a module of a package so named
+
+
+def calling_package(depth: int = 2) -> str | None:
+    """The package of the Python model instance whose code called (the nearest frame of a module of such a package
+    on the calling thread's stack, ``depth`` frames up: its execute, or a thread or task it started); None: none."""
+    frame: FrameType | None = sys._getframe(depth)
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if isinstance(name, str) and name.startswith(MODEL_PACKAGE):
+            return name.partition(".")[0]
+        frame = frame.f_back
+    return None
+
+
+def get_model_dir() -> str:
+    """The model's version folder, as Triton's stub gives it (polystack's copy of it, beside which
+    ``args["model_repository"]`` holds the model's own files): a model reads its files there."""
+    package = calling_package()
+    path = getattr(sys.modules.get(package or ""), "__path__", None)
+    if package is None or not path:
+        raise TritonModelException("get_model_dir() is the folder of the Python model whose code calls it; none does")
+    return str(next(iter(path)))
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
