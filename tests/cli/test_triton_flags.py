@@ -13,12 +13,12 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
     said = triton_flags.check({
         "--pinned-memory-pool-byte-size": ["268435456"],
         "--cuda-memory-pool-byte-size": ["0:67108864", "1:0"],
-        "--backend-directory": ["/opt/tritonserver/backends"],
+        "--repoagent-directory": ["/opt/tritonserver/repoagents"],
         "--model-namespacing": ["true"],  # Triton's SageMaker entrypoint passes it always (helper-174)
         "--http-thread-count": [],
     })  # fmt: skip
     assert [s.split(" (")[0] for s in said] == [
-        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory", "--model-namespacing",
+        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--repoagent-directory", "--model-namespacing",
     ]  # fmt: skip
     assert "CUDA memory and devices are the runtimes' own" in said[1]
 

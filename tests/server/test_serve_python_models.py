@@ -607,6 +607,62 @@ def test_a_model_reads_its_files_from_its_version_folder_as_get_model_dir_gives_
         assert client.infer("reads", [x]).as_numpy("y").tolist() == [5.0]
 
 
+BACKEND_MODEL = """
+import json
+import os
+
+import triton_python_backend_utils as pb_utils
+from helpers.arith import add_sub
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        with open(os.path.join(pb_utils.get_model_dir(), "model.json")) as f:
+            self.offset = json.load(f)["offset"]
+        assert json.loads(args["model_config"])["backend"] == "add_sub"  # its config, as Triton hands it
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a, b = (pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in ("INPUT0", "INPUT1"))
+            added, subtracted = add_sub(a, b)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", added + self.offset),
+                                                         pb_utils.Tensor("OUTPUT1", subtracted)]))
+        return responses
+"""
+
+
+def test_a_model_of_a_python_based_backend_runs_its_backends_model_py_on_its_own_files(tmp_path: Path) -> None:
+    """helper-184 (L0_backend_python python_based_backends): a config naming a backend whose folder in
+    --backend-directory holds a model.py runs it, as Triton runs its vLLM backend, on the model's version folder
+    (get_model_dir); polystack refused the backend's name, and so the whole start."""
+    backends, repo = tmp_path / "backends", tmp_path / "models"
+    (backends / "add_sub" / "helpers").mkdir(parents=True)
+    (backends / "add_sub" / "model.py").write_text(BACKEND_MODEL)
+    (backends / "add_sub" / "helpers" / "arith.py").write_text("def add_sub(a, b):\n    return a + b, a - b\n")
+    config = ('backend: "add_sub"\ninput [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] }, '
+              '{ name: "INPUT1", data_type: TYPE_FP32, dims: [ 4 ] } ]\noutput [ { name: "OUTPUT0", data_type: '
+              'TYPE_FP32, dims: [ 4 ] }, { name: "OUTPUT1", data_type: TYPE_FP32, dims: [ 4 ] } ]\n')  # fmt: skip
+    for name, offset in (("plus_ten", 10), ("plus_one", 1)):  # two models of the one backend, each its own files
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.json").write_text(json.dumps({"offset": offset}))
+        (repo / name / "config.pbtxt").write_text(config)
+    args = ["--model-repository", str(repo), "--grpc-port", "-1", "--backend-directory", str(backends)]
+    assert "--allow-python-models" in refused_at_start(tmp_path, args)  # it runs Python code, as a Python model does
+    port = free_port()
+    with cli_server(tmp_path / "home", [*args, "--allow-python-models"], port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        inputs = [httpclient.InferInput(f"INPUT{i}", [4], "FP32") for i in (0, 1)]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(np.ones(4, np.float32))
+        for name, offset in (("plus_ten", 10), ("plus_one", 1)):
+            answer = client.infer(name, inputs)
+            assert answer.as_numpy("OUTPUT0").tolist() == [2.0 + offset] * 4
+            assert answer.as_numpy("OUTPUT1").tolist() == [0.0] * 4
+        assert client.get_model_config("plus_ten")["backend"] == "python"  # what runs it here (README)
+    without = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-python-models"])
+    assert "asks for 'add_sub', which polystack does not run" in without  # no such backend where Triton looks
+
+
 SELF_TESTING = '''
 import threading
 import unittest

@@ -25,7 +25,7 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     lines = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
     [said] = [ln for ln in lines if ln["msg"] == "tritonserver flags taken that change nothing here"]
     assert [f.split(" (")[0] for f in said["flags"]] == [
-        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--backend-directory",
+        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
         "--model-load-thread-count", "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
     ]  # fmt: skip
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)

@@ -67,6 +67,7 @@ from polystack.errors import (
     UnknownError,
     Unsupported,
 )
+from polystack.formats import python_model
 from polystack.formats.python_model import MANIFEST
 from polystack.types import Signature
 
@@ -146,6 +147,8 @@ class PythonModel:
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
             self.config: dict[str, Any] = _completed(given, self.name)
+            if manifest.get("backend"):  # a Python-based backend's model: its config names that backend, as Triton's
+                self.config["backend"] = manifest["backend"]
             # its requests' responses are sent apart from execute's return, any number of them (Triton's decoupled)
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             # its requests may ask to run again in a later batch (``set_release_flags``: Triton's iterative sequences)
@@ -226,7 +229,7 @@ class PythonModel:
 
     def _make(self, instance: _Instance, manifest: dict[str, Any]) -> None:
         """Import ``model.py`` for ``instance`` and make its model."""
-        instance.module = self._import(self._folder / str(manifest["version"]) / str(manifest["file"]), instance)
+        instance.module = self._import(source(self._folder, manifest), instance)
         model_class = getattr(instance.module, "TritonPythonModel", None)
         if model_class is None:
             raise InvalidRequest(f"{manifest['file']} of model {self.name!r} defines no class TritonPythonModel")
@@ -249,7 +252,10 @@ class PythonModel:
         instance.started = True
 
     def _import(self, path: Path, instance: _Instance) -> ModuleType:
-        return _import(path, self._folder, self.name, lambda load, module: self._run("import", instance, load, module))
+        return _import(
+            path, self._folder, self.name, lambda load, module: self._run("import", instance, load, module),
+            self._folder / str(self.version),
+        )  # fmt: skip
 
     def _run(
         self, what: str, instance: _Instance, fn: Any, *args: Any, callers: tuple[str, ...] = ()
@@ -610,10 +616,24 @@ class _Gathered:
         return next((r for r in self._responses if r is not None), None)
 
 
-def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleType], None], ModuleType], Any]) -> ModuleType:
+def source(folder: Path, manifest: Mapping[str, Any]) -> Path:
+    """The ``model.py`` a model unpacked in ``folder`` runs: its version folder's, or its Python-based backend's."""
+    if manifest.get("backend"):
+        return folder / python_model.BACKEND / "model.py"
+    return folder / str(manifest["version"]) / str(manifest["file"])
+
+
+def _import(
+    path: Path,
+    root: Path,
+    model: str,
+    run: Callable[[Callable[[ModuleType], None], ModuleType], Any],
+    model_dir: Path,
+) -> ModuleType:
     """``model.py`` as a module of a package of its own, its folder (as Triton imports it from its version folder,
     so that ``from . import file2`` finds a module beside it), that folder first on ``sys.path`` while it imports
-    (``import file1`` too; ``run`` runs the import, in the words of its failure)."""
+    (``import file1`` too; ``run`` runs the import, in the words of its failure); ``model_dir``: the model's version
+    folder, which ``pb_utils.get_model_dir()`` gives (a Python-based backend's ``model.py`` lies elsewhere)."""
     sys.modules.setdefault(UTILS, pb_utils)
     sys.modules.setdefault(OWN, _OwnModel(OWN))
     package = f"{pb_utils.MODEL_PACKAGE}{uuid.uuid4().hex}"
@@ -628,6 +648,7 @@ def _import(path: Path, root: Path, model: str, run: Callable[[Callable[[ModuleT
     sys.path.insert(0, str(path.parent))
     try:
         sys.modules[package] = importlib.util.module_from_spec(folder)
+        setattr(sys.modules[package], pb_utils.MODEL_DIR, str(model_dir))
         sys.modules[name] = module
         run(spec.loader.exec_module, module)
     except BaseException:
@@ -688,10 +709,13 @@ def _forget(module: ModuleType) -> None:
         del sys.modules[name]
 
 
-def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any], model: str) -> dict[str, Any]:
+def auto_complete(
+    folder: Path, version: int, file: str, config: dict[str, Any], model: str, backend: Path | None = None
+) -> dict[str, Any]:
     """The config the model's ``auto_complete_config`` makes of ``config`` (the folder's, or none), as Triton
     calls it before loading the model (unless ``--disable-auto-complete-config``): imported from the version
-    folder for that call alone. A model without the method keeps its config."""
+    folder (or its Python-based ``backend``'s folder) for that call alone. A model without the method keeps its
+    config."""
 
     def run(load: Callable[[ModuleType], None], module: ModuleType) -> None:
         try:
@@ -699,7 +723,8 @@ def auto_complete(folder: Path, version: int, file: str, config: dict[str, Any],
         except (Exception, SystemExit) as e:
             raise InvalidRequest(f"Python model {model!r} failed in import: {type(e).__name__}: {e}") from e
 
-    module = _import(folder / str(version) / file, folder, model, run)
+    path = backend / "model.py" if backend is not None else folder / str(version) / file
+    module = _import(path, backend or folder, model, run, folder / str(version))
     try:
         complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
         if complete is None:

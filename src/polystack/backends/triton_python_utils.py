@@ -748,6 +748,7 @@ class InferenceResponse:
 
 
 MODEL_PACKAGE = "polystack_python_model_"  # each instance's import of model.py is a module of a package so named
+MODEL_DIR = "__triton_model_dir__"  # that package's attribute: the model's version folder (``get_model_dir``)
 
 
 def calling_package(depth: int = 2) -> str | None:
@@ -765,11 +766,10 @@ def calling_package(depth: int = 2) -> str | None:
 def get_model_dir() -> str:
     """The model's version folder, as Triton's stub gives it (polystack's copy of it, beside which
     ``args["model_repository"]`` holds the model's own files): a model reads its files there."""
-    package = calling_package()
-    path = getattr(sys.modules.get(package or ""), "__path__", None)
-    if package is None or not path:
+    folder = getattr(sys.modules.get(calling_package() or ""), MODEL_DIR, None)
+    if not isinstance(folder, str):
         raise TritonModelException("get_model_dir() is the folder of the Python model whose code calls it; none does")
-    return str(next(iter(path)))
+    return folder
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

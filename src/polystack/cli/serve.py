@@ -716,7 +716,6 @@ def serve(
         "--min-supported-compute-capability": min_supported_compute_capability or [],
         "--enable-peer-access": enable_peer_access or [],
         "--model-load-gpu-limit": model_load_gpu_limit or [],
-        "--backend-directory": backend_directory or [],
         "--repoagent-directory": repoagent_directory or [],
         "--cache-directory": cache_directory or [],
         "--buffer-manager-thread-count": buffer_manager_thread_count or [],
@@ -751,6 +750,8 @@ def serve(
         torchscript_models=allow_torchscript_models,
         aoti_models=allow_torch_aoti_models,
     )
+    if backend_directory:  # where Python-based backends are found (the last given, as Triton reads the flag)
+        rules = dataclasses.replace(rules, backend_directory=Path(backend_directory[-1]))
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
     if model_control_mode is not None or load_model:
         allow_model_control, repository_poll_secs, start_models = _model_control(

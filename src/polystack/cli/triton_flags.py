@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from polystack.errors import InvalidRequest
 
 _DEVICES = "CUDA memory and devices are the runtimes' own (ONNX Runtime, OpenVINO, torch), set by their plans"
-_LIBRARIES = "polystack loads no shared-library backends, repository agents or caches: its own are built in"
+_LIBRARIES = "polystack loads no shared-library repository agents or caches: its own are built in"
 _FRONT_END = "the HTTP and gRPC front ends run on one event loop (--frontend-cpus pins it; --workers sizes inference)"
 
 
@@ -38,7 +38,6 @@ FLAGS: Mapping[str, Flag] = {
     "--min-supported-compute-capability": Flag("float", _DEVICES),
     "--enable-peer-access": Flag("bool", _DEVICES),
     "--model-load-gpu-limit": Flag("pair", _DEVICES),
-    "--backend-directory": Flag("str", _LIBRARIES),
     "--repoagent-directory": Flag("str", _LIBRARIES),
     "--cache-directory": Flag("str", _LIBRARIES),
     "--buffer-manager-thread-count": Flag("int", _FRONT_END),

@@ -20,39 +20,50 @@ from polystack.formats import ImportedModel, triton_io, zip_holds
 from polystack.types import Signature
 
 NAME = "python"
-MANIFEST = "polystack-python-model.json"  # the model's name, version, file and config
+MANIFEST = "polystack-python-model.json"  # the model's name, version, file and config (and its backend's name)
+BACKEND = "polystack-backend"  # where a Python-based backend's folder (its model.py) lies in the zip
 MAX_FILES = 10_000  # a version folder with more is a mistake (a data set copied in), refused
 _DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the same bytes
 
 
-def pack(folder: Path, version: int, name: str, config: dict[str, Any], file: str, out: Path) -> Path:
+def pack(
+    folder: Path, version: int, name: str, config: dict[str, Any], file: str, out: Path, backend: Path | None = None
+) -> Path:
     """Zip the model ``folder`` as its version ``version`` sees it (that version's folder, ``file`` among its
     files, and the folder's own files beside the version folders: its ``config.pbtxt``, label files, a tokenizer
     folder; Triton's ``args["model_repository"]`` holds them) with ``config`` into ``out``; refused where the
-    file is missing or the folder holds more than ``MAX_FILES`` files."""
+    file is missing or the folder holds more than ``MAX_FILES`` files. A model of a Python-based backend (Triton's:
+    its config names a backend whose folder holds a ``model.py``) runs that folder's ``model.py``: the folder goes in
+    too, under ``BACKEND``, and its version folder needs no file of its own."""
     root = folder / str(version)
-    if not (root / file).is_file():
+    if backend is None and not (root / file).is_file():
         raise InvalidModelFile(f"{root / file} is missing: a Python model's version folder holds its {file}")
-    files = sorted(_files(folder, version))
-    if len(files) > MAX_FILES:
+    if backend is not None and not root.is_dir():
+        raise InvalidModelFile(f"{root} is missing: a model of a Python-based backend has a version folder")
+    entries = [(p, p.relative_to(folder).as_posix()) for p in _files(folder, version)]
+    if any(arc == MANIFEST or arc.partition("/")[0] == BACKEND for _, arc in entries):
+        raise InvalidModelFile(f"{folder}: polystack keeps its own {MANIFEST} and {BACKEND} there; rename yours")
+    if backend is not None:
+        entries += [(p, f"{BACKEND}/{p.relative_to(backend).as_posix()}") for p in _files(backend, None)]
+    if len(entries) > MAX_FILES:
         raise InvalidModelFile(f"{folder} holds more than {MAX_FILES} files; keep the model's own files there")
-    if folder / MANIFEST in files:
-        raise InvalidModelFile(f"{folder / MANIFEST}: polystack keeps its own file of that name there; rename it")
     manifest = {"model": name, "version": version, "file": file, "config": config}
+    if backend is not None:
+        manifest["backend"] = backend.name
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
-        for path in files:
-            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), _DATE)
+        for path, arc in sorted(entries, key=lambda e: e[1]):
+            info = zipfile.ZipInfo(arc, _DATE)
             info.external_attr = 0o644 << 16
             zf.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
     return out
 
 
-def _files(folder: Path, version: int) -> Iterator[Path]:
+def _files(folder: Path, version: int | None) -> Iterator[Path]:
     """The files of ``folder`` that version ``version`` of its model sees: all but other versions' (folders named by
-    a number) and Python's caches."""
+    a number) and Python's caches (None: all but the caches)."""
     for entry in folder.iterdir():
-        if entry.is_dir() and entry.name.isdigit() and entry.name != str(version):
+        if version is not None and entry.is_dir() and entry.name.isdigit() and entry.name != str(version):
             continue
         found = entry.rglob("*") if entry.is_dir() else (entry,)
         yield from (p for p in found if p.is_file() and "__pycache__" not in p.relative_to(folder).parts)

@@ -113,6 +113,9 @@ class FolderRules:
     # its AOTInductor packages (platform torch_aoti, model.pt2) are served (serve --allow-torch-aoti-models): their
     # compiled library runs as native code in the server's process
     aoti_models: bool = False
+    # where Python-based backends are found (serve --backend-directory; Triton's default): a config naming a backend
+    # whose folder there holds a model.py runs it as a Python model (with --allow-python-models)
+    backend_directory: Path = Path("/opt/tritonserver/backends")
 
     def config_path(self, folder: Path) -> Path:
         if self.config_name:
@@ -506,6 +509,9 @@ def _register_model(
         return _register_aoti(store, folder, name, doc, served, filename, done, rules, shown, ran)
     if _is_pytorch(doc, filename, latest):
         return _register_torchscript(store, folder, name, doc, served, filename, done, rules, shown, ran)
+    backend = _python_backend(doc, rules)
+    if backend is not None:
+        return _register_python(store, folder, name, doc, served, "model.py", done, rules, shown, ran, backend)
     for asked in (doc.get("platform"), doc.get("backend")):  # each, whatever file it names (Triton's backend's)
         if asked and not isinstance(asked, str):
             raise InvalidRequest(f"its config's platform and backend must be strings, not {quote(asked)}")
@@ -554,6 +560,18 @@ def _register_model(
     return RepositoryModel(name, served, config, ran=ran)
 
 
+def _python_backend(doc: dict[str, Any], rules: FolderRules) -> Path | None:
+    """The folder of the Python-based backend a config names (Triton's: ``<backend directory>/<backend>/model.py``,
+    as its vLLM backend ships), else None."""
+    backend = doc.get("backend")
+    if not isinstance(backend, str) or backend in ("", ".", "..", "python") or "/" in backend or "\\" in backend:
+        return None
+    if backend in _DEFAULT_FILES:  # a runtime polystack has of its own
+        return None
+    folder = rules.backend_directory / backend
+    return folder if (folder / "model.py").is_file() else None
+
+
 def _register_python(
     store: Store,
     folder: Path,
@@ -565,23 +583,27 @@ def _register_python(
     rules: FolderRules,
     shown: repository_agents.Agents,
     ran: repository_agents.Agents,
+    backend: Path | None = None,
 ) -> RepositoryModel:
     """Register a Triton Python-backend model's versions: each version folder and the config as one zip
-    (``formats/python_model.py``), served by the ``python`` backend."""
+    (``formats/python_model.py``), served by the ``python`` backend; a Python-based ``backend``'s model runs its
+    ``model.py`` (packed with it) on its own version folder."""
     if not rules.python_models:
+        what = f"its backend's {backend / 'model.py'}" if backend is not None else f"its {file}"
         raise InvalidRequest(
-            f"it is a model for Triton's Python backend: its {file} would run in the server's process, with the "
+            f"it is a model for Triton's Python backend: {what} would run in the server's process, with the "
             "server's rights; start the server with --allow-python-models to serve it"
         )
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
-        doc = python.auto_complete(folder, served[-1], file, doc, name)
-    config = {**doc, "name": name}
+        doc = python.auto_complete(folder, served[-1], file, doc, name, backend)
+    config = {**doc, "name": name}  # the model's own, as its args give it (its backend's name in it)
 
     def pack(version: int, path: Path, work: Path) -> Path:
-        return python_model.pack(folder, version, name, config, file, work / "model.zip")
+        return python_model.pack(folder, version, name, config, file, work / "model.zip", backend)
 
     files = [(version, folder / str(version)) for version in served]
-    return _register_versions(store, folder, name, doc, files, pack, done, rules, shown, ran)
+    served_doc = {**doc, "backend": "python"} if backend is not None else doc  # what runs it: the Python backend
+    return _register_versions(store, folder, name, served_doc, files, pack, done, rules, shown, ran)
 
 
 def _register_fil(
