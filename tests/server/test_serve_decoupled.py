@@ -138,9 +138,12 @@ class TritonPythonModel:
             mode = json.loads(request.parameters()).get("mode", "")
             call = pb_utils.InferenceRequest(
                 model_name="repeat", inputs=[pb_utils.Tensor("IN", values)], requested_output_names=["OUT"],
-                parameters={"mode": mode} if mode not in ("", "async") else {},
+                parameters={"mode": mode} if mode not in ("", "async", "twice") else {},
             )
-            if mode == "once":
+            if mode == "twice":  # read whole, then again from the first, as Triton's iterator gives them
+                iterator = call.exec(decoupled=True)
+                seen = [show(answer) for answer in iterator] + ["again"] + [show(answer) for answer in iterator]
+            elif mode == "once":
                 answer = call.exec()
                 seen = [answer.error().message() if answer.has_error() else "data"]
             elif mode == "async":
@@ -473,6 +476,8 @@ def test_a_model_reads_a_decoupled_model_s_responses_as_they_come(server: Any) -
         "the 'exec' or 'async_exec' calls for decoupled models.'"
     ]
     assert _seen(port, [4, 5], "async") == ["4", "5", "empty"]  # await async_exec(decoupled=True): the iterator
+    # read to its end, the iterator gives its responses again (helper-182: Triton's test_response_iterator)
+    assert _seen(port, [4, 5], "twice") == ["4", "5", "empty", "again", "4", "5", "empty"]
 
 
 def test_a_decoupled_model_s_requests_are_batched_each_with_its_own_responses(server: Any) -> None:

@@ -618,6 +618,8 @@ class ResponseIterator:
         self._done = False  # the last was read
         self._sent = False  # a response (or the end) was put in the queue
         self._first: Callable[[], None] | None = None  # told when the first comes (``async_exec``)
+        self._read: list[InferenceResponse] = []  # those read so far: iterated again once all came, as Triton's
+        self._at = 0  # the next of them an iteration gives
 
     def send(self, outputs: dict[str, np.ndarray] | BaseException | None, final: bool) -> None:
         with self._lock:
@@ -647,16 +649,26 @@ class ResponseIterator:
         self.cancelled = True
 
     def __iter__(self) -> ResponseIterator:
+        """Itself; once every response came and was read, an iteration from the first again (Triton's)."""
+        if self._done and self._at >= len(self._read):
+            self._at = 0
         return self
 
     def __next__(self) -> InferenceResponse:
+        if self._at < len(self._read):
+            self._at += 1
+            return self._read[self._at - 1]
         if self._done:
             raise StopIteration
         got, final = self._queue.get()
         self._done = final
         if isinstance(got, BaseException):
-            return self._request._failed(got)
-        return InferenceResponse([Tensor(name, array) for name, array in (got or {}).items()])
+            response = self._request._failed(got)
+        else:
+            response = InferenceResponse([Tensor(name, array) for name, array in (got or {}).items()])
+        self._read.append(response)
+        self._at += 1
+        return response
 
 
 class InferenceResponseSender:
