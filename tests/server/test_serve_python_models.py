@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -712,6 +713,40 @@ def test_a_python_model_runs_the_tests_of_its_own_file_by_the_name_model(tmp_pat
             answer = client.infer(model, [x])
             assert answer.as_numpy("ran").tolist() == [1, 1]
             assert answer.as_numpy("passed").tolist() == [passed, passed]
+
+
+STUCK = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(60)  # stuck, as far as the test goes
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+"""
+
+
+def test_sigterm_ends_the_server_whose_model_is_stuck_in_an_execute_its_client_left(tmp_path: Path) -> None:
+    """helper-182: the client gave up on a request whose execute never returned; on SIGTERM polystack drained (no
+    request in flight), then waited for the execute for good, where tritonserver exits once its exit timeout passed."""
+    repo = tmp_path / "models"
+    python_folder(repo, "stuck", STUCK,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--drain-timeout-s", "1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.zeros(1, np.float32))
+        with httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=1.0) as client, pytest.raises(Exception):  # noqa: B017
+            client.infer("stuck", [x])  # the client gives up; the execute runs on
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 15
+    assert "a model call whose client went away still running" in (tmp_path / "log").read_text()
 
 
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:

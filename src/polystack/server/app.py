@@ -717,29 +717,40 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
     """Close the server and its models. ``bounded`` (the drain timed out with requests still running, as a
     hung runtime call can be): the process exits once what closes has had ``EXIT_GRACE_S``, as Triton exits
     once its exit timeout passes; a runtime call cannot be stopped, and the interpreter would wait at exit for
-    the thread that runs it (a 4.4 s call held a server drained with --drain-timeout-s 1 for 5.5 s)."""
-    if not bounded:
-        server.close()
-        engine.close()
-        _exit_past_threads_left()
-        return
-    # the spans of what the drain answered go out first, whatever the close then waits for
-    server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
+    the thread that runs it (a 4.4 s call held a server drained with --drain-timeout-s 1 for 5.5 s). After a drain
+    that ended, the close has the drain timeout (at least ``EXIT_GRACE_S``): a model's call whose client went away
+    may still run, which no request counts (helper-182: a Python model's stuck execute held the process for good)."""
+    if bounded:  # the spans of what the drain answered go out first, whatever the close then waits for
+        server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
     done = threading.Event()
+    failed: list[BaseException] = []
 
     def close() -> None:
         try:
             server.close()
             engine.close()
+        except BaseException as e:  # said where the close was asked for
+            failed.append(e)
         finally:
             done.set()
 
     threading.Thread(target=close, name="polystack-close", daemon=True).start()
-    done.wait(EXIT_GRACE_S)
+    done.wait(EXIT_GRACE_S if bounded else max(EXIT_GRACE_S, server.config.drain_timeout_s))
+    if not bounded and done.is_set():
+        if failed:
+            raise failed[0]
+        _exit_past_threads_left()
+        return
     if done.is_set():
         log.info("exiting past the drain timeout", extra={"closed": True})
-    else:
+    elif bounded:
         log.warning("exiting past the drain timeout: runtime calls still running are not waited for", extra={"closed": False})
+    else:
+        log.warning(
+            "exiting: closing the models took the drain timeout, a model call whose client went away still running; "
+            "it is not waited for",
+            extra={"closed": False},
+        )
     logging.shutdown()  # what the log handlers hold goes out first
     os._exit(0)
 
