@@ -174,7 +174,7 @@ def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> N
         ("class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('no GPU')\n",
          "failed in initialize: RuntimeError: no GPU"),
         ("import triton_python_backend_utils as pb\nclass TritonPythonModel:\n    def initialize(self, args):\n"
-         "        pb.InferenceRequest(model_name='m').exec()\n", "BLS is only supported during the 'execute' function"),
+         "        pb.InferenceRequest(model_name='m', inputs=[], requested_output_names=[]).exec()\n", "BLS is only supported during the 'execute' function"),
     ],
 )  # fmt: skip
 def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, source: str, words: str) -> None:
@@ -555,3 +555,39 @@ def test_a_metric_whose_family_object_was_deleted_raises_tritons_error_on_each_u
         for use, given in ((metric.increment, (1,)), (metric.value, ()), (metric.set, (3,))):
             with pytest.raises(pb_utils.TritonModelException, match="corresponding 'MetricFamily' has been deleted"):
                 use(*given)
+
+
+@pytest.mark.parametrize("left_out", ["model_name", "inputs", "requested_output_names"])
+def test_a_call_without_its_model_inputs_or_outputs_is_a_type_error_as_in_triton(left_out: str) -> None:
+    """helper-182 (Triton's test_bls_incorrect_args): Triton's binding has no default for these three."""
+    from polystack.backends import triton_python_utils as pb_utils
+
+    given = {"model_name": "m", "inputs": [], "requested_output_names": []}
+    del given[left_out]
+    with pytest.raises(TypeError, match=left_out):
+        pb_utils.InferenceRequest(**given)  # type: ignore[arg-type]
+
+
+def test_arguments_triton_s_binding_refuses_are_refused_when_the_object_is_made() -> None:
+    """helper-183 (Triton's argument_validation): None, or a list of None, raised nothing here, and a Tensor of None
+    data reached the client as a 200 holding a BYTES scalar."""
+    from polystack.backends import triton_python_utils as pb_utils
+
+    x = pb_utils.Tensor("x", np.ones(2, np.float32))
+    call = {"model_name": "m", "inputs": [x], "requested_output_names": ["y"]}
+    for changed in ({"inputs": None}, {"inputs": [None]}, {"model_name": None}, {"requested_output_names": [None]},
+                    {"requested_output_names": None}, {"request_id": None}, {"model_version": None}, {"flags": None},
+                    {"correlation_id": None}, {"correleation_id": 1}):  # fmt: skip
+        with pytest.raises(TypeError):
+            pb_utils.InferenceRequest(**{**call, **changed})  # type: ignore[arg-type]
+    pb_utils.InferenceRequest(model_name="m", inputs=[], requested_output_names=[])  # empty lists are fine
+    for name, data in ((None, np.ones(2)), ("y", None), ("", None)):
+        with pytest.raises(TypeError):
+            pb_utils.Tensor(name, data)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pb_utils.Tensor.from_dlpack("y", None)
+    with pytest.raises(pb_utils.TritonModelException, match="Output tensor for inference response should not be empty"):
+        pb_utils.InferenceResponse(output_tensors=[None])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        pb_utils.InferenceResponse(output_tensors=None)  # type: ignore[arg-type]
+    assert pb_utils.InferenceResponse([x]).output_tensors() == [x]

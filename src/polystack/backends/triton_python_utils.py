@@ -272,23 +272,45 @@ class TritonModelException(Exception):
         return str(self)
 
 
-def _text(value: str | bytes) -> str:
+def _text(value: str | bytes, what: str = "a name") -> str:
     """A name as Triton's utilities take it: a str, or bytes (a BYTES tensor's element: Triton's own BLS example
-    reads the model it calls from one), which its binding takes as the same text."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    reads the model it calls from one), which its binding takes as the same text; anything else (None) is a
+    TypeError, as its binding's."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str (or bytes), not {type(value).__name__}")
+    return value
+
+
+def _whole(value: Any, what: str) -> int:
+    """A whole-number argument, as Triton's binding takes it (None, a float: a TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{what} must be a whole number, not {type(value).__name__}")
+    return int(value)
+
+
+def _listed(values: Any, what: str) -> list[Any]:
+    """A list argument, as Triton's binding takes it (None, a str: a TypeError)."""
+    if values is None or isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a list, not {type(values).__name__}")
+    return list(values)
 
 
 class Tensor:
     """A named tensor on the CPU, over a numpy array."""
 
     def __init__(self, name: str | bytes, data: Any, dtype: Any = None) -> None:
+        name = _text(name, "a tensor's name")
+        if data is None:  # as Triton's binding refuses it
+            raise TypeError(f"tensor {name!r}: its data must be an array, not None")
         array = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
         if array.dtype.kind in ("U", "S"):  # strings: Triton's BYTES, as object arrays of bytes
             array = np.array([s.encode() if isinstance(s, str) else bytes(s) for s in array.ravel()], dtype=np.object_)
             array = array.reshape(np.shape(data))
         if array.dtype not in _TRITON and array.dtype != _BF16:
             raise TritonModelException(f"tensor {name!r}: numpy type {array.dtype} is not a Triton data type")
-        self._name = _text(name)
+        self._name = name
         self._array = array
 
     def name(self) -> str:
@@ -333,6 +355,8 @@ class Tensor:
     def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
         """A tensor from anything with ``__dlpack__`` (torch, numpy, jax arrays on the CPU), or a DLPack capsule
         (``torch.utils.dlpack.to_dlpack(t)``, as Triton's examples pass one); a bfloat16 one through torch."""
+        if capsule is None:  # as Triton's binding refuses it
+            raise TypeError(f"tensor {name!r}: from_dlpack takes a DLPack capsule or an object with __dlpack__, not None")
         source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
         try:
             return cls(name, np.from_dlpack(source))
@@ -380,9 +404,10 @@ class InferenceRequest:
 
     def __init__(
         self,
-        model_name: str | bytes = "",
-        inputs: Sequence[Tensor] = (),
-        requested_output_names: Iterable[str | bytes] = (),
+        *,
+        model_name: str | bytes,  # these three required, as Triton's binding has them (a TypeError without one)
+        inputs: Sequence[Tensor],
+        requested_output_names: Iterable[str | bytes],
         request_id: str | bytes = "",
         correlation_id: int | str = 0,
         flags: int = 0,
@@ -400,15 +425,20 @@ class InferenceRequest:
                 raise TritonModelException(
                     f"Expect parameters values to have type bool/int/str, found type {type(value)}"
                 )
-        self._model = _text(model_name)
-        self._inputs = list(inputs)
-        self._outputs = [_text(name) for name in requested_output_names]
-        self._id = _text(request_id)
+        # each checked as Triton's binding checks it: None, or a value of another type, is a TypeError
+        self._model = _text(model_name, "model_name")
+        self._inputs = _listed(inputs, "inputs")
+        if not all(isinstance(t, Tensor) for t in self._inputs):
+            raise TypeError("inputs must be a list of pb_utils.Tensor")
+        self._outputs = [_text(name, "requested_output_names") for name in _listed(requested_output_names, "requested_output_names")]
+        self._id = _text(request_id, "request_id")
+        if correlation_id is None or isinstance(correlation_id, bool) or not isinstance(correlation_id, int | np.integer | str):
+            raise TypeError(f"correlation_id must be a whole number or a str, not {type(correlation_id).__name__}")
         self._correlation = correlation_id
-        self._flags = flags
-        self._timeout = timeout
+        self._flags = _whole(flags, "flags")
+        self._timeout = _whole(timeout, "timeout")
         self._parameters = dict(given)
-        self._version = model_version
+        self._version = _whole(model_version, "model_version")
         self._sender: InferenceResponseSender | None = None  # a received request's
         self._release = TRITONSERVER_REQUEST_RELEASE_ALL  # what its model set (``set_release_flags``)
 
@@ -424,7 +454,9 @@ class InferenceRequest:
         """The request ``execute`` receives: its facts as Triton hands them to a model (the parameters Triton reads
         itself apart: ``timeout`` as ``timeout()``, ``sequence_id`` as ``correlation_id()``, ``sequence_start`` and
         ``sequence_end`` as ``flags()``; the transport's own, ``binary_data_output``, not at all)."""
-        request = cls(model, inputs, facts.outputs or outputs, facts.id)
+        request = cls(
+            model_name=model, inputs=inputs, requested_output_names=facts.outputs or outputs, request_id=facts.id
+        )
         given = dict(facts.parameters)
         request._timeout = int(given.pop("timeout", 0) or 0)
         request._correlation = given.pop("sequence_id", 0) or 0
@@ -746,7 +778,9 @@ class InferenceResponse:
             raise TritonModelException(
                 "response parameters are not in polystack: return them as an output tensor of the model's config"
             )
-        self._outputs = list(output_tensors)
+        self._outputs = _listed(output_tensors, "output_tensors")
+        if not all(isinstance(t, Tensor) for t in self._outputs):  # Triton's words
+            raise TritonModelException("Output tensor for inference response should not be empty.")
         self._error = error
 
     def output_tensors(self) -> list[Tensor]:
