@@ -495,6 +495,42 @@ def test_a_warm_up_sample_reaches_each_instance_as_batch_size_requests_of_one_ro
         assert client.get_inference_statistics("w")["model_stats"][0]["execution_count"] == 0  # not requests
 
 
+SAMPLED = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.seen = json.loads(args["model_config"])["parameters"]["seen"]["string_value"]
+
+    def execute(self, requests):
+        with open(self.seen, "a") as f:
+            for request in requests:
+                f.write(json.dumps({t.name(): list(t.as_numpy().shape) for t in request.inputs()}) + "\\n")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", np.array([7], np.float32))]) for _ in requests]
+"""
+
+
+def test_a_python_models_warmup_sample_may_hold_inputs_its_config_does_not_declare(tmp_path: Path) -> None:
+    """helper-182 (L0_backend_python bls's "BLS warmup"): tritonserver 2.51 loads a Python model with no inputs whose
+    warm-up sample gives INPUT0, handing its execute the sample as it is; polystack refused the load (400)."""
+    repo, seen = tmp_path / "models", tmp_path / "seen.jsonl"
+    python_folder(repo, "warm", SAMPLED,
+        'backend: "python"\noutput [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        f'parameters [ {{ key: "seen" value: {{ string_value: "{seen}" }} }} ]\n'
+        'model_warmup [ { name: "regular sample" batch_size: 1 inputs { key: "INPUT0" value: { data_type: TYPE_FP32 '
+        'dims: 4 zero_data: false } } } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_model_ready("warm")
+        assert [json.loads(line) for line in seen.read_text().splitlines()] == [{"INPUT0": [4]}]
+        assert client.infer("warm", []).as_numpy("OUTPUT0").tolist() == [7.0]  # and its requests hold none
+
+
 QUITS = '''
 import sys
 

@@ -814,7 +814,9 @@ def read(
         seen = Additions(shapes=shapes, reshape=reshapes, optional=optional).seen(record.signature)
         if ragged is not None:  # ragged inputs in the dims requests send, no batch inputs
             seen = ragged.shown(seen)
-        warmup = _warmups(config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir)
+        warmup = _warmups(
+            config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir, spec.backend == "python"
+        )
         cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
         cached = read_bool(cache, "enable", "response_cache")  # answered from the server's cache (--cache-config)
         decoupled = _decoupled(config.get("model_transaction_policy"), record.name, spec, cached)
@@ -1403,10 +1405,13 @@ def _queue_policy(value: Any, where: str) -> QueuePolicy:
     )
 
 
-def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | None) -> tuple[WarmupSample, ...]:
+def _warmups(
+    value: Any, record: ModelRecord, max_batch: int, model_dir: Path | None, python: bool = False
+) -> tuple[WarmupSample, ...]:
     """The config's ``model_warmup`` samples, checked against the model: every input named once with the
     model's type and dims, zeros, random values or a row from a file in ``model_dir``'s ``warmup/``, and a
-    batch that fits ``max_batch`` (0: unbatched)."""
+    batch that fits ``max_batch`` (0: unbatched). A ``python`` model's sample may hold inputs its config does not
+    declare, of the type and dims the sample gives: Triton hands its execute whatever the sample holds."""
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -1431,7 +1436,9 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
         sig = record.signature
         takes = (*sig.inputs, *sig.optional)  # an optional input may be given or left out
         unknown = [k for k in inputs if k not in {t.name for t in takes}]
-        if unknown:
+        if unknown and python:
+            takes += tuple(_sample_spec(inputs[k], f"{where}.inputs[{k!r}]", k, max_batch) for k in unknown)
+        elif unknown:
             raise InvalidRequest(
                 f"{where} ({name}) names input {quote(unknown[0])}, which {record.name!r} does not take; its inputs "
                 f"are {', '.join(t.name for t in takes)}"
@@ -1455,6 +1462,14 @@ def _warmups(value: Any, record: ModelRecord, max_batch: int, model_dir: Path | 
             )
         samples.append(sample)
     return tuple(samples)
+
+
+def _sample_spec(value: Any, where: str, name: str, max_batch: int) -> TensorSpec:
+    """The tensor a warm-up sample's input the model does not declare is: of the type and dims the sample gives."""
+    d = read_message(value, where, "model_warmup.input")
+    dtype = dtype_of(read_enum(d, "data_type", where, "DataType"), where)
+    dims = read_int_list(d.get("dims", []), f"{where}.dims", 0)
+    return TensorSpec(name, dtype, ((-1,) if max_batch > 0 else ()) + tuple(dims))
 
 
 def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_dir: Path | None) -> WarmupInput:
