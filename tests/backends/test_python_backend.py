@@ -591,3 +591,19 @@ def test_arguments_triton_s_binding_refuses_are_refused_when_the_object_is_made(
     with pytest.raises(TypeError):
         pb_utils.InferenceResponse(output_tensors=None)  # type: ignore[arg-type]
     assert pb_utils.InferenceResponse([x]).output_tensors() == [x]
+
+
+def test_dlpack_round_trips_and_refuses_strings_and_non_contiguous_tensors_in_tritons_words() -> None:
+    """helper-182 (Triton's dlpack_test): a tensor made from a DLPack capsule exported again raised BufferError (the
+    array numpy made of the capsule is read-only); a transposed tensor was taken where Triton refuses it."""
+    import torch
+    from torch.utils.dlpack import from_dlpack, to_dlpack
+
+    from polystack.backends import triton_python_utils as pb_utils
+
+    made = pb_utils.Tensor.from_dlpack("t", to_dlpack(torch.arange(4, dtype=torch.float32)))
+    assert from_dlpack(made.to_dlpack()).tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(pb_utils.TritonModelException, match="DLPack does not have support for string tensors"):
+        pb_utils.Tensor("s", np.array([b"x"], dtype=np.object_)).to_dlpack()
+    with pytest.raises(pb_utils.TritonModelException, match="DLPack tensor is not contiguous"):
+        pb_utils.Tensor.from_dlpack("t", to_dlpack(torch.rand(3, 2).T))

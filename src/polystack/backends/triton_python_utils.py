@@ -342,11 +342,14 @@ class Tensor:
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         """Its data for ``np.from_dlpack`` or ``torch.from_dlpack``, as Triton's tensors give it."""
         if self._array.dtype == np.object_:
-            raise TritonModelException(f"tensor {self._name!r}: a BYTES tensor has no DLPack form")
+            raise TritonModelException("DLPack does not have support for string tensors.")  # Triton's words
         if self._array.dtype == _BF16:  # numpy has no DLPack bfloat16: torch's tensor over the same memory gives it
             torch = _torch(self._name)
             return torch.from_numpy(self._array.view(np.int16)).view(torch.bfloat16).__dlpack__(*args, **kwargs)
-        return self._array.__dlpack__(*args, **kwargs)
+        array = self._array
+        if not array.flags.writeable and not kwargs.get("max_version"):  # a legacy capsule holds no read-only flag
+            array = array.copy()  # (numpy refuses to export one): a copy, as Triton's tensors export any
+        return array.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # DLPack's CPU device
@@ -359,7 +362,13 @@ class Tensor:
             raise TypeError(f"tensor {name!r}: from_dlpack takes a DLPack capsule or an object with __dlpack__, not None")
         source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
         try:
-            return cls(name, np.from_dlpack(source))
+            array = np.from_dlpack(source)
+            if not array.flags.c_contiguous:  # Triton's words
+                raise TritonModelException(
+                    "DLPack tensor is not contiguous. Only contiguous DLPack tensors that are stored in C-Order are "
+                    "supported."
+                )
+            return cls(name, array)
         except (TypeError, RuntimeError, BufferError) as e:
             if "dtype" in str(e).lower():  # numpy's refusal leaves the capsule unused: torch may read it (bfloat16)
                 with contextlib.suppress(TritonModelException, TypeError, RuntimeError, BufferError):
