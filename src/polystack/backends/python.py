@@ -21,8 +21,9 @@ What the model gets besides its inputs comes from the server that hosts it (``ho
 parameters and requested outputs, and the server its calls to other models go to (``InferenceRequest.exec``).
 
 The model's answer is checked as Triton checks it: one response, its outputs among those its config declares (each
-sent of the data type the model gave it, as Triton's core sends it). A response carrying an error, or an exception from ``execute``, fails the request with its
-words (``TritonError.INVALID_ARG``: the client's error, 400; any other: 500).
+sent of the data type the model gave it, as Triton's core sends it). A response carrying an error, or an exception
+from ``execute``, fails the request with its words (``TritonError.INVALID_ARG``: the client's error, 400; any
+other: 500).
 """
 
 from __future__ import annotations
@@ -365,7 +366,9 @@ class PythonModel:
         if self.decoupled:
             if responses is not None:
                 raise _must_return_none(chosen.name)
-            return [a if a is not None else {} if g is None else self._one(g) for a, g in zip(again, gathered, strict=True)]
+            return [
+                a if a is not None else {} if g is None else self._one(g) for a, g in zip(again, gathered, strict=True)
+            ]
         if responses is None:  # each request answered by its response sender (now, or later from a thread)
             responses = [None] * len(received)
         if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words

@@ -359,7 +359,7 @@ class Tensor:
         """A tensor from anything with ``__dlpack__`` (torch, numpy, jax arrays on the CPU), or a DLPack capsule
         (``torch.utils.dlpack.to_dlpack(t)``, as Triton's examples pass one); a bfloat16 one through torch."""
         if capsule is None:  # as Triton's binding refuses it
-            raise TypeError(f"tensor {name!r}: from_dlpack takes a DLPack capsule or an object with __dlpack__, not None")
+            raise TypeError(f"tensor {name!r}: from_dlpack takes a DLPack capsule or one with __dlpack__, not None")
         source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
         try:
             array = np.from_dlpack(source)
@@ -439,9 +439,10 @@ class InferenceRequest:
         self._inputs = _listed(inputs, "inputs")
         if not all(isinstance(t, Tensor) for t in self._inputs):
             raise TypeError("inputs must be a list of pb_utils.Tensor")
-        self._outputs = [_text(name, "requested_output_names") for name in _listed(requested_output_names, "requested_output_names")]
+        asked = _listed(requested_output_names, "requested_output_names")
+        self._outputs = [_text(name, "requested_output_names") for name in asked]
         self._id = _text(request_id, "request_id")
-        if correlation_id is None or isinstance(correlation_id, bool) or not isinstance(correlation_id, int | np.integer | str):
+        if isinstance(correlation_id, bool) or not isinstance(correlation_id, int | np.integer | str):
             raise TypeError(f"correlation_id must be a whole number or a str, not {type(correlation_id).__name__}")
         self._correlation = correlation_id
         self._flags = _whole(flags, "flags")

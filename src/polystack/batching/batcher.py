@@ -726,7 +726,9 @@ class DynamicBatcher:
             if p.timings is not None:
                 p.timings += (t0, t1)
             if isinstance(result, Rescheduled):  # an iterative sequence model's: it has a sequence batcher, not this
-                result = BackendError(f"model {self.entry.name!r} asked to run a request again outside a sequence batcher")
+                result = BackendError(
+                    f"model {self.entry.name!r} asked to run a request again outside a sequence batcher"
+                )
             if isinstance(result, BaseException):
                 p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
                 outcomes.append((p, None, result))
