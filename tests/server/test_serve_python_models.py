@@ -785,6 +785,44 @@ def test_sigterm_ends_the_server_whose_model_is_stuck_in_an_execute_its_client_l
     assert "a model call whose client went away still running" in (tmp_path / "log").read_text()
 
 
+FORKS = """
+import multiprocessing
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def call(x):
+    answer = pb_utils.InferenceRequest(model_name="mlp", inputs=[pb_utils.Tensor("x", x)],
+                                       requested_output_names=["y"]).exec()
+    return answer.error().message() if answer.has_error() else "answered"
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name(requests[0], "x").as_numpy()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            said = pool.apply_async(call, (x,)).get(timeout=20)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("said", np.array([said.encode()], dtype=np.object_))])]
+"""
+
+
+def test_a_call_from_a_process_the_model_forked_fails_at_once_saying_why(tmp_path: Path) -> None:
+    """helper-182 (Triton's bls test_multiprocess): a multiprocessing worker forked from the server's process calls
+    another model; its copy of the server's loop runs in no thread, so the call waited for good."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "forks", FORKS,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1, 16 ] } ]\n'
+        'output [ { name: "said", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60) as client:
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        said = client.infer("forks", [x]).as_numpy("said")[0].decode()
+        assert "from a process the model forked" in said, said
+
+
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     port = free_port()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ class ModelCalls:
         self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._running: set[asyncio.Future[Any]] = set()  # on the loop
         self._closed = False
+        self._pid = os.getpid()  # the server's process: a fork of it (a model's multiprocessing) has no loop running
 
     def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Calls run on ``loop`` from now on (called on it)."""
@@ -119,6 +121,12 @@ class ModelCalls:
         """``run()`` on the loop, from another thread; its answer (or the polystack error that failed it)."""
         if threading.get_ident() == self._loop_thread:  # its answer would need the loop this call holds
             raise BackendError(f"{what} from the event loop's thread")
+        if os.getpid() != self._pid:  # a copy of the server's loop that no thread runs: it would wait for good
+            raise Unavailable(
+                f"{what} from a process the model forked (multiprocessing): polystack runs Python models in the "
+                "server's own process, which its forks cannot reach; make the call from execute's process, or use "
+                "threads"
+            )
         loop = self._loop
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
