@@ -67,15 +67,16 @@ class TritonPythonModel:
             if mode == "return_list":
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return [pb_utils.InferenceResponse([])]
-            self.send_all(sender, values, 0, final_on_last=mode == "final_on_last")
+            self.send_all(sender, values, 0, final_on_last=mode == "final_on_last", late=mode == "late_final")
         return None
 
-    def send_all(self, sender, values, delay, final_on_last=False):
+    def send_all(self, sender, values, delay, final_on_last=False, late=False):
         for i, value in enumerate(values):
             time.sleep(delay)
             last = final_on_last and i == len(values) - 1
             sender.send(self.response(value, i), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
         if not final_on_last or not len(values):
+            time.sleep(0.5 if late else 0)  # late: the flag alone comes after what runs on the last response
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def until_cancelled(self, request, sender):
@@ -568,12 +569,12 @@ def test_an_ensemble_with_a_decoupled_step_answers_for_each_of_its_responses(ser
         x = grpcclient.InferInput("IN", [3], "INT32")
         x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
         client.async_stream_infer("pipe", [x], request_id="p", enable_empty_final_response=True)
-        answers = [got.get(timeout=10) for _ in range(4)]
+        answers = [got.get(timeout=10) for _ in range(3)]
         client.stop_stream()
         assert client.get_model_config("pipe").config.model_transaction_policy.decoupled  # as Triton shows it
-    # plus one, then repeat's each, then times ten
-    assert [(int(a.as_numpy("FINAL")[0]), int(a.as_numpy("IDX")[0])) for a in answers[:3]] == [(20, 0), (30, 1), (40, 2)]
-    assert [a.get_response().parameters["triton_final_response"].bool_param for a in answers] == [False] * 3 + [True]
+    # plus one, then repeat's each, then times ten; repeat's final flag, sent alone at once, ends the last answer
+    assert [(int(a.as_numpy("FINAL")[0]), int(a.as_numpy("IDX")[0])) for a in answers] == [(20, 0), (30, 1), (40, 2)]
+    assert [a.get_response().parameters["triton_final_response"].bool_param for a in answers] == [False] * 2 + [True]
     assert all(a.get_response().model_name == "pipe" and a.get_response().id == "p" for a in answers)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         r = http.post("/v2/models/pipe/generate_stream", json={"IN": [5, 6]})
@@ -604,12 +605,22 @@ def test_an_ensemble_sends_its_last_answer_final_where_its_decoupled_step_sent_i
         x.set_data_from_numpy(np.array([1, 2], dtype=np.int32))
         client.async_stream_infer(model, [x], request_id="f", parameters={"mode": "final_on_last"}, enable_empty_final_response=True)
         answers = [got.get(timeout=10) for _ in range(2)]
-        client.async_stream_infer(model, [x], request_id="g", enable_empty_final_response=True)  # the flag alone
+        # the flag alone, at once: it has come when the last answer goes, which it ends (helper-186: Triton marks the
+        # answer that completes the request final; polystack sent the flag alone after, which clients not asking
+        # for empty final responses never saw, so they waited for good)
+        client.async_stream_infer(model, [x], request_id="g")
+        alone = [got.get(timeout=10) for _ in range(2)]
+        # the flag alone, 0.5 s after the last response: the last answer went before it, so it comes alone
+        client.async_stream_infer(model, [x], request_id="h", parameters={"mode": "late_final"},
+                                  enable_empty_final_response=True)  # fmt: skip
         later = [got.get(timeout=10) for _ in range(3)]
         client.stop_stream()
     assert [a.get_response().parameters["triton_final_response"].bool_param for a in answers] == [False, True]
     assert all(a.get_response().id == "f" for a in answers)  # nothing more for it: the next is the next request's
-    assert [a.get_response().id for a in later] == ["g"] * 3
+    assert [(a.get_response().id, a.get_response().parameters["triton_final_response"].bool_param) for a in alone] == [
+        ("g", False), ("g", True)
+    ]  # fmt: skip
+    assert [a.get_response().id for a in later] == ["h"] * 3
     assert [a.get_response().parameters["triton_final_response"].bool_param for a in later] == [False, False, True]
     assert len(later[2].get_response().outputs) == 0
 

@@ -19,6 +19,7 @@ batch sizes within theirs). An ensemble holds no weights, so nothing of it goes 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -514,11 +515,11 @@ async def _branches(
     i = ready[0]
     step = ensemble.steps[i]
     rest = [j for j in waiting if j != i]
-    responses = step_stream(i, step, *_given(step, tensors, batched)).__aiter__()
+    responses = _Ahead(step_stream(i, step, *_given(step, tensors, batched)))
     try:
         while True:
             try:
-                result, batches, sent_final = await responses.__anext__()
+                result, batches, sent_final = await responses.next()
             except StopAsyncIteration:
                 return
             except PolystackError as e:  # Triton's words first, and the step's
@@ -533,10 +534,59 @@ async def _branches(
                 these[tensor], these_batched[tensor] = result[model_tensor], batches
             branches = _branches(ensemble, these, these_batched, list(rest), step_run, step_stream, decoupled)
             async for done, done_batched, last in branches:
-                yield done, done_batched, last and sent_final
+                # the last: the step sent this response final, or has ended by now with nothing more to send (its
+                # final flag came alone meanwhile), as Triton's ensemble marks the answer that completes the request
+                yield done, done_batched, last and (sent_final or responses.ended)
     finally:
-        close = getattr(responses, "aclose", None)
-        if close is not None:  # (the client went away, or a later step failed): the step's request ends too
+        await responses.aclose()  # (the client went away, or a later step failed): the step's request ends too
+
+
+class _Ahead:
+    """A decoupled step's responses, read as they come by a task of their own, ahead of the steps that run on each:
+    so that whether the step has ended, its final flag sent alone, is known as an answer goes out, not only once the
+    next response is asked for."""
+
+    def __init__(self, responses: AsyncIterator[tuple[Mapping[str, np.ndarray], bool, bool]]) -> None:
+        self._responses = responses
+        self._came: collections.deque[tuple[Mapping[str, np.ndarray], bool, bool]] = collections.deque()
+        self._over = False  # the step sent its last (or failed: ``_error``)
+        self._error: BaseException | None = None
+        self._moved = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._responses:
+                self._came.append(response)
+                self._moved.set()
+        except Exception as e:  # given to the reader at its turn, after the responses before it
+            self._error = e
+        finally:
+            self._over = True
+            self._moved.set()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the step has sent everything it will, and every response was read."""
+        return self._over and self._error is None and not self._came
+
+    async def next(self) -> tuple[Mapping[str, np.ndarray], bool, bool]:
+        while not self._came:
+            if self._over:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._moved.clear()
+            await self._moved.wait()
+        return self._came.popleft()
+
+    async def aclose(self) -> None:
+        """Stop reading: the step's stream closes, and so its request ends."""
+        if not self._reader.done():
+            self._reader.cancel()
+            await asyncio.wait([self._reader], timeout=1.0)  # its end seen (never raising the reader's cancellation)
+        close = getattr(self._responses, "aclose", None)
+        if close is not None:
             await close()
 
 
