@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from polystack.errors import BackendError, InvalidRequest, PolystackError, quote
+from polystack.errors import InvalidRequest, PolystackError, quote
 from polystack.labels import file_in, labels_for
 from polystack.server import model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
+
+log = logging.getLogger("polystack.server.ensemble")
 
 PLATFORM = "ensemble"
 MAX_STEPS = 256  # a pipeline of more is a mistake (a generated config gone wrong), and each runs per request
@@ -655,13 +658,17 @@ def _outputs(
     ensemble: Ensemble, tensors: Mapping[str, np.ndarray], batched: Mapping[str, bool], outputs: Collection[str]
 ) -> dict[str, np.ndarray]:
     specs = {t.name: t for t in ensemble.signature.outputs}
-    missing = [name for name in outputs if name not in tensors]
-    if missing:
-        raise BackendError(
-            f"in ensemble {ensemble.name!r}, the step that gives output {missing[0]!r} left it out, and the request "
-            "asks for it; ask for the outputs its steps give for these inputs"
-        )
-    return {name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0) for name in outputs}
+    for name in outputs:
+        if name not in tensors:  # left out by the step giving it: the answer holds the others, as Triton's (its words)
+            log.warning(
+                f"Composing models did not output tensor {name}",
+                extra={"ensemble": ensemble.name, "output": name},
+            )
+    return {
+        name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0)
+        for name in outputs
+        if name in tensors
+    }
 
 
 def load_order(ensembles: Mapping[str, Ensemble]) -> list[str]:
