@@ -823,6 +823,37 @@ def test_a_call_from_a_process_the_model_forked_fails_at_once_saying_why(tmp_pat
         assert "from a process the model forked" in said, said
 
 
+DOUBLES = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT")
+                .as_numpy() * 2)]) for r in requests]
+"""
+
+
+def test_a_python_model_takes_a_ragged_input_as_each_request_sends_it(tmp_path: Path) -> None:
+    """helper-186 (L0_dyna_sequence_batcher's ragged case): tritonserver 2.51 serves a Python model whose input
+    allows a ragged batch, handing execute each request's tensor as sent; polystack checked it as ONNX Runtime's
+    backend checks a ragged input ([-1]) and refused the load, and so the whole start."""
+    repo = tmp_path / "models"
+    python_folder(repo, "rag", DOUBLES,
+        'backend: "python"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n'
+        'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ -1 ] allow_ragged_batch: true } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ -1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2) as client:
+        sent = []
+        for n in (3, 5):
+            x = httpclient.InferInput("INPUT", [1, n], "INT32")
+            x.set_data_from_numpy(np.arange(n, dtype=np.int32).reshape(1, n))
+            sent.append(client.async_infer("rag", [x]))
+        assert [a.get_result().as_numpy("OUTPUT").tolist() for a in sent] == [[[0, 2, 4]], [[0, 2, 4, 6, 8]]]
+
+
 def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     port = free_port()

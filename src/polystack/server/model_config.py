@@ -1844,7 +1844,9 @@ def _tensors(
             got = read_enum(d, "data_type", where, "DataType")
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
-            if key == "input" and read_bool(d, "allow_ragged_batch", where):
+            # a Python model's execute gets each request's tensors as sent, ragged or not (Triton's Python backend
+            # hands them so): its ragged input is an input as any other (its requests batch by their shapes)
+            if key == "input" and read_bool(d, "allow_ragged_batch", where) and record.format != "python":
                 ragged.append((name, _ragged_dims(d, where, name, t, record, max_batch)))
                 continue
             if key == "output" and name in scattered:  # its dims are each request's, not the model's
