@@ -3,10 +3,12 @@ serves them to tritonclient, alone and as an ensemble's step, refused without th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,16 @@ def python_folder(repo: Path, name: str, source: str, config: str) -> None:
     (repo / name / "1").mkdir(parents=True)
     (repo / name / "1" / "model.py").write_text(source)
     (repo / name / "config.pbtxt").write_text(config)
+
+
+@contextlib.contextmanager
+def served(tmp_path: Path, repo: Path, *flags: str) -> Iterator[httpclient.InferenceServerClient]:
+    """``polystack serve`` of the Python models of ``repo`` with ``flags`` (HTTP alone, its store in tmp_path /
+    "home", its log in tmp_path / "log"), as a user runs it, and a client of it."""
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", *flags]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        yield client
 
 
 def repository(root: Path) -> Path:
@@ -486,9 +498,7 @@ def test_a_warm_up_sample_reaches_each_instance_as_batch_size_requests_of_one_ro
         'model_warmup [ { name: "s", batch_size: 2, count: 2, inputs { key: "x" value: { data_type: TYPE_FP32, '
         "dims: [ 3 ], zero_data: true } } } ]\n"
     )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         assert client.is_model_ready("w")
         executes = {p.name: p.read_text().splitlines() for p in seen.iterdir()}
         assert executes == {f"execute-w_0_{i}": ["[[1, 3], [1, 3]]"] * 2 for i in range(2)}
@@ -523,9 +533,7 @@ def test_a_python_models_warmup_sample_may_hold_inputs_its_config_does_not_decla
         f'parameters [ {{ key: "seen" value: {{ string_value: "{seen}" }} }} ]\n'
         'model_warmup [ { name: "regular sample" batch_size: 1 inputs { key: "INPUT0" value: { data_type: TYPE_FP32 '
         'dims: 4 zero_data: false } } } ]\n')  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         assert client.is_model_ready("warm")
         assert [json.loads(line) for line in seen.read_text().splitlines()] == [{"INPUT0": [4]}]
         assert client.infer("warm", []).as_numpy("OUTPUT0").tolist() == [7.0]  # and its requests hold none
@@ -557,10 +565,7 @@ def test_a_model_calling_sys_exit_fails_its_request_or_load_and_the_server_serve
     python_folder(repo, "quits", sync, config)
     python_folder(repo, "aquits", QUITS.replace("EXECUTE", "async def execute(self, requests):\n        sys.exit(4)"), config)
     python_folder(repo, "quits_at_start", sync, config)
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
-            "explicit", "--load-model", "quits", "--load-model", "aquits"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "quits", "--load-model", "aquits") as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.zeros(1, np.float32))
         for model, code in (("quits", 3), ("aquits", 4), ("quits", 3)):
@@ -636,9 +641,7 @@ def test_a_model_reads_its_files_from_its_version_folder_as_get_model_dir_gives_
         'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
     (repo / "reads" / "1" / "factor.txt").write_text("2.5")
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.array([2.0], np.float32))
         assert client.infer("reads", [x]).as_numpy("y").tolist() == [5.0]
@@ -740,9 +743,7 @@ def test_a_python_model_runs_the_tests_of_its_own_file_by_the_name_model(tmp_pat
               '{ name: "passed", data_type: TYPE_BOOL, dims: [ 2 ] } ]\n')  # fmt: skip
     for name, verdict in (("passes", "True"), ("fails", "False")):
         python_folder(repo, name, SELF_TESTING.replace("VERDICT_VALUE", verdict), config)
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.zeros(1, np.float32))
         for model, passed in (("passes", True), ("fails", False), ("passes", True)):
@@ -1017,11 +1018,9 @@ def test_a_python_model_s_optional_input_may_be_left_out_and_a_declared_output_t
         '{ name: "bias", data_type: TYPE_FP32, dims: [ 2 ], optional: true } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] }, { name: "had", data_type: TYPE_BOOL, dims: [ 2 ] } ]\n'
     )
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
     batched = "dynamic_batching" in batching
     shape = [1, 2] if batched else [2]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         x = httpclient.InferInput("x", shape, "FP32")
         x.set_data_from_numpy(np.ones(shape, np.float32))
         bias = httpclient.InferInput("bias", shape, "FP32")
@@ -1062,9 +1061,7 @@ def test_a_batching_python_model_whose_inputs_are_all_optional_loads_and_checks_
         '{ name: "b", data_type: TYPE_FP32, dims: [ 2 ], optional: true } ]\n'
         'output [ { name: "n", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
     )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         def given(name: str, rows: int) -> httpclient.InferInput:
             t = httpclient.InferInput(name, [rows, 2], "FP32")
             t.set_data_from_numpy(np.ones((rows, 2), np.float32))
@@ -1099,9 +1096,7 @@ def test_text_output_bytes_that_are_not_utf8_are_refused_in_json_and_sent_in_bin
         'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "s", data_type: TYPE_STRING, dims: [ 2 ] } ]\n'
     )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.ones(1, np.float32))
         with pytest.raises(InferenceServerException, match=r"\[400\] output 's' holds bytes that are not UTF-8 text"):
@@ -1119,9 +1114,7 @@ def test_a_passive_instance_group_takes_no_requests_and_its_config_shows_it(tmp_
     seen.mkdir()
     repo = tmp_path / "models"
     python_folder(repo, "who", COUNTED, counted_config(seen, "{ kind: KIND_CPU }, { kind: KIND_CPU, count: 2, passive: true }"))
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.zeros(1, np.float32))  # no wait in execute
         assert {client.infer("who", [x]).as_numpy("who")[0] for _ in range(8)} == {b"who_0_0"}
@@ -1663,10 +1656,7 @@ def test_a_python_model_whose_config_lists_no_tensors_loads_as_in_triton(tmp_pat
     config listing no outputs."""
     (tmp_path / "models" / "pyid" / "1").mkdir(parents=True)
     (tmp_path / "models" / "pyid" / "1" / "model.py").write_text(NOTHING_LISTED)
-    port = free_port()
-    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, tmp_path / "models", "--model-control-mode", "explicit") as client:
         client.load_model("pyid", config=json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 2}]}))
         assert client.is_model_ready("pyid")
         shown = client.get_model_config("pyid")
@@ -1712,9 +1702,7 @@ def test_a_python_models_instances_initialize_one_after_another_as_they_share_a_
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\ninstance_group [ { kind: KIND_CPU, count: 4 } ]\n'
         f'parameters [ {{ key: "count" value: {{ string_value: "{count}" }} }} ]\n'
     )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo) as client:
         assert client.is_model_ready("locked")
     assert count.read_text() == "4"
 
@@ -1827,10 +1815,7 @@ def test_an_instance_update_keeps_instances_by_their_signature_not_their_groups_
 
     limited = 'rate_limiter { resources [ { name: "R1" count: %d } ] }'
     python_folder(repo, "m", COUNTED, config('{ name: "old_1" kind: KIND_CPU }, { name: "old_2" count: 2 }'))
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "m") as client:
         assert started() == (3, 0)
         (repo / "m" / "config.pbtxt").write_text(config('{ name: "new_1" count: 3 kind: KIND_CPU }'))
         client.load_model("m")
@@ -1855,10 +1840,7 @@ def test_an_instance_update_that_fails_leaves_the_old_models_instances_to_the_ne
         return counted_config(seen, groups)
 
     python_folder(repo, "m", COUNTED, config("{ kind: KIND_CPU, count: 2 }"))
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "m") as client:
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.zeros(1, np.float32))
         (repo / "m" / "config.pbtxt").write_text(config('{ kind: KIND_CPU, count: 2 }, { name: "bad" kind: KIND_CPU }'))
@@ -1892,10 +1874,7 @@ if os.path.exists({str(marker)!r}):
         1,
     )
     python_folder(repo, "m", failing, counted_config(seen, "{ kind: KIND_CPU }"))
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit", "--load-model", "m"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "m") as client:
         # m_0_0 is taken by name first; first_0, of another kind, is new and fails to import
         (repo / "m" / "config.pbtxt").write_text(
             counted_config(seen, '{ name: "first" kind: KIND_MODEL }, { name: "m_0" kind: KIND_CPU }')
@@ -1928,10 +1907,7 @@ def test_a_config_read_back_from_get_config_with_another_count_updates_the_insta
     models = {"m": counted_config(seen, groups), "b": batched, "s": sequence}
     for model, config in models.items():
         python_folder(repo, model, COUNTED, config)
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--model-control-mode", "explicit", "--load-model", "m", "--load-model", "b", "--load-model", "s"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "m", "--load-model", "b", "--load-model", "s") as client:
         for model in models:
             config = client.get_model_config(model)
             config["instance_group"][0]["count"] += 1
