@@ -184,6 +184,39 @@ def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, sou
         backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu")
 
 
+def test_a_model_naming_an_execution_environment_loads_in_polystacks_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's stub runs a model whose config names ``EXECUTION_ENV_PATH`` (a conda-pack archive) in that
+    environment; polystack runs its Python models in its own process, so it says at load that the environment is
+    not used, and a module the model imports and polystack's environment lacks fails the load saying what to do."""
+    monkeypatch.setenv("FINALIZED", str(tmp_path / "finalized"))
+    env = "$$TRITON_MODEL_DIRECTORY/python_3_10_environment.tar.gz"
+    config = {**CONFIG, "parameters": {"EXECUTION_ENV_PATH": {"string_value": env}}}
+    backend = registry.get("python")
+    with caplog.at_level("WARNING", logger="polystack.backends.python"):
+        loaded = backend.load(packed(tmp_path, config=config), python_model.signature(config), backend.parse_options({}), "cpu")
+    loaded.close()
+    warned = [r for r in caplog.records if "execution environment is not used" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].execution_env_path == env  # type: ignore[attr-defined]
+    missing = "import polystack_absent_package\n" + MODEL
+    with pytest.raises(InvalidRequest, match=r"failed in import: ModuleNotFoundError: No module named "
+                       r"'polystack_absent_package'; its config names the execution environment .*python_3_10_environment"
+                       r".*which polystack does not use .* install what the model imports into polystack's environment"):
+        backend.load(packed(tmp_path, missing, config), python_model.signature(config), backend.parse_options({}), "cpu")
+    # as Triton's load reads the model's auto_complete_config first, so does polystack's start: it says the same
+    from polystack.backends.python import auto_complete
+
+    with pytest.raises(InvalidRequest, match=r"No module named 'polystack_absent_package'; its config names the "
+                       r"execution environment .*python_3_10_environment"):
+        auto_complete(tmp_path / "upper", 1, "model.py", config, "upper")
+    # without the parameter, neither the warning nor the hint
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="polystack.backends.python"), pytest.raises(InvalidRequest) as raised:
+        backend.load(packed(tmp_path, missing), python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+    assert "EXECUTION_ENV_PATH" not in raised.value.message and not caplog.records
+
+
 def test_a_config_without_its_tensors_or_a_folder_without_model_py_is_refused(tmp_path: Path) -> None:
     # no outputs: a model giving nothing, as tritonserver 2.51 loads one (helper-163)
     assert python_model.signature({"backend": "python", "input": CONFIG["input"]}).outputs == ()

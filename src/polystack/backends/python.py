@@ -150,6 +150,13 @@ class PythonModel:
             self.config: dict[str, Any] = _completed(given, self.name)
             if manifest.get("backend"):  # a Python-based backend's model: its config names that backend, as Triton's
                 self.config["backend"] = manifest["backend"]
+            self._env = _execution_env(self.config)
+            if self._env is not None:
+                log.warning(
+                    "a Python model's execution environment is not used: polystack runs Python models in its own "
+                    "process and Python environment; install what the model imports there",
+                    extra={"model": self.name, "execution_env_path": self._env, "python": sys.executable},
+                )
             # its requests' responses are sent apart from execute's return, any number of them (Triton's decoupled)
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
             # its requests may ask to run again in a later batch (``set_release_flags``: Triton's iterative sequences)
@@ -287,7 +294,8 @@ class PythonModel:
                 f"{message}{_at(e)}"
             )
         failed = InvalidRequest if what in ("import", "initialize") else BackendError
-        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}")
+        hint = _env_hint(self.config, e)
+        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}")
 
     @contextlib.contextmanager
     def _running(self, instance: _Instance, executing: bool, callers: tuple[str, ...]) -> Iterator[None]:
@@ -698,6 +706,27 @@ class _OwnModel(ModuleType):
         return dir(self._own())
 
 
+def _execution_env(config: Mapping[str, Any]) -> str | None:
+    """The execution environment (a conda-pack archive or folder) the model's config names for Triton's stub to run
+    it in (its ``EXECUTION_ENV_PATH`` parameter), as written; None: none."""
+    value = (config.get("parameters") or {}).get("EXECUTION_ENV_PATH")
+    path = value.get("string_value") if isinstance(value, Mapping) else value
+    return str(path) if path else None
+
+
+def _env_hint(config: Mapping[str, Any], e: BaseException) -> str:
+    """What to do where a model whose config names an execution environment imports what polystack's lacks (``e``:
+    an ``ImportError``); "" otherwise."""
+    env = _execution_env(config)
+    if env is None or not isinstance(e, ImportError):
+        return ""
+    return (
+        f"; its config names the execution environment {env} (EXECUTION_ENV_PATH), which polystack does not use (its "
+        f"Python models run in its own process): install what the model imports into polystack's environment "
+        f"({sys.executable} -m pip install ...)"
+    )
+
+
 def _outside_sequence(model: str) -> BackendError:
     return BackendError(
         f"Python model {model!r} asked to run a request again (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) outside its "
@@ -724,7 +753,9 @@ def auto_complete(
         try:
             load(module)
         except (Exception, SystemExit) as e:
-            raise InvalidRequest(f"Python model {model!r} failed in import: {type(e).__name__}: {e}") from e
+            raise InvalidRequest(
+                f"Python model {model!r} failed in import: {type(e).__name__}: {e}{_env_hint(config, e)}"
+            ) from e
 
     path = backend / "model.py" if backend is not None else folder / str(version) / file
     module = _import(path, backend or folder, model, run, folder / str(version))
