@@ -204,9 +204,10 @@ def _files(parameters: Mapping[str, Any]) -> Iterator[tuple[str, str, bytes]]:
             continue
         if not isinstance(value, bytes):
             raise InvalidRequest(f"load parameter {quote(key)} must carry the file's contents as bytes")
-        path = key[len(PREFIX) :]
-        if path.startswith("/") or ".." in path.split("/"):  # Triton's poll fails ("must stay within model
-            # directory"), its "failed to load 'm', failed to poll from model repository" (a 500)
+        # a leading slash names the model's folder all the same, as Triton joins the path to its folder
+        path = key[len(PREFIX) :].lstrip("/")
+        if ".." in path.split("/"):  # Triton's poll fails ("must stay within model directory"), its "failed to load
+            # 'm', failed to poll from model repository" (a 500)
             raise InvalidRequest(
                 f"load parameter {quote(key)} names a path outside the model's folder; name a file in it ({_WHERE})"
             ).before_model_read()
