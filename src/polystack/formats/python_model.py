@@ -59,6 +59,15 @@ def pack(
     return out
 
 
+def backend_of(path: Path) -> str:
+    """The name of the Python-based backend whose ``model.py`` the packed model at ``path`` runs ("": its own)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return str(json.loads(zf.read(MANIFEST)).get("backend") or "")
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
+        raise InvalidModelFile(f"{path} is not a Python model as polystack stores one: {e}") from None
+
+
 def _files(folder: Path, version: int | None) -> Iterator[Path]:
     """The files of ``folder`` that version ``version`` of its model sees: all but other versions' (folders named by
     a number) and Python's caches (None: all but the caches)."""

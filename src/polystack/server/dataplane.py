@@ -70,7 +70,7 @@ from polystack.errors import (
     VersionNotFound,
     quote,
 )
-from polystack.formats import fil, torchscript_guard
+from polystack.formats import fil, python_model, torchscript_guard
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
@@ -641,6 +641,9 @@ class DataPlane:
         if config is None and start is not None:
             config, agents = start.text, start.agents
         runtime = model_config.runtime_of(config)  # a config's backend names the runtime, as in Triton
+        based = python_model.backend_of(spec.artifact) if record.format == python_model.NAME else ""
+        if runtime and runtime == based:  # a Python-based backend's model: its config names that backend, which
+            runtime = ""  # the Python backend runs
         if runtime and runtime != spec.backend:
             spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1, runtime)
         if spec.backend in model_config.ONE_INSTANCE and policy is None and instances is None:
@@ -655,7 +658,7 @@ class DataPlane:
             try:
                 chosen = model_config.read(
                     config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size,
-                    auto_complete=self.auto_complete,
+                    auto_complete=self.auto_complete, python_based=based,
                 )  # fmt: skip
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was

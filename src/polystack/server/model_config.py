@@ -654,20 +654,22 @@ def read(
     model_dir: Path | None = None,
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     auto_complete: bool = True,
+    python_based: str = "",
 ) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
     count where the config leaves them out. ``model_dir`` is the directory warm-up files are read from
     (``warmup/`` in it); a load's config sent over the network has none. A ``TRITON_IO`` model's config that
     lists no inputs or no outputs is auto-completed as Triton does it, with ``default_max_batch_size``; without
-    ``auto_complete`` (``serve --disable-auto-complete-config``) it is refused, as Triton's backend refuses it."""
+    ``auto_complete`` (``serve --disable-auto-complete-config``) it is refused, as Triton's backend refuses it;
+    ``python_based``: the Python-based backend a Python model's own config names (its ``backend`` in a load's too)."""
     config = parse_config(text)
     name = read_string(config, "name", "config")
     if name and name != record.name:
         raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
-        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs == spec.triton_backend):
+        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in (spec.triton_backend, python_based or None)):
             continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
             if key == "platform" and theirs in _UNSERVED_PLATFORMS:
