@@ -608,11 +608,15 @@ def test_arguments_triton_s_binding_refuses_are_refused_when_the_object_is_made(
 
     x = pb_utils.Tensor("x", np.ones(2, np.float32))
     call = {"model_name": "m", "inputs": [x], "requested_output_names": ["y"]}
-    for changed in ({"inputs": None}, {"inputs": [None]}, {"model_name": None}, {"requested_output_names": [None]},
+    for changed in ({"inputs": None}, {"inputs": [1]}, {"model_name": None}, {"requested_output_names": [None]},
                     {"requested_output_names": None}, {"request_id": None}, {"model_version": None}, {"flags": None},
                     {"correlation_id": None}, {"correleation_id": 1}):  # fmt: skip
         with pytest.raises(TypeError):
             pb_utils.InferenceRequest(**{**call, **changed})  # type: ignore[arg-type]
+    # a None among the inputs is Triton's request's refusal, not its binding's (helper-188: tritonserver 2.51's words)
+    with pytest.raises(pb_utils.TritonModelException) as raised:
+        pb_utils.InferenceRequest(**{**call, "inputs": [None], "request_id": "r1"})  # type: ignore[arg-type]
+    assert raised.value.message() == "Input tensor for request with id 'r1' and model name 'm' should not be empty."
     pb_utils.InferenceRequest(model_name="m", inputs=[], requested_output_names=[])  # empty lists are fine
     for name, data in ((None, np.ones(2)), ("y", None), ("", None)):
         with pytest.raises(TypeError):

@@ -437,11 +437,15 @@ class InferenceRequest:
         # each checked as Triton's binding checks it: None, or a value of another type, is a TypeError
         self._model = _text(model_name, "model_name")
         self._inputs = _listed(inputs, "inputs")
-        if not all(isinstance(t, Tensor) for t in self._inputs):
+        if not all(isinstance(t, Tensor | None) for t in self._inputs):
             raise TypeError("inputs must be a list of pb_utils.Tensor")
         asked = _listed(requested_output_names, "requested_output_names")
         self._outputs = [_text(name, "requested_output_names") for name in asked]
         self._id = _text(request_id, "request_id")
+        if any(t is None for t in self._inputs):  # the binding takes it, then its request refuses it so
+            raise TritonModelException(
+                f"Input tensor for request with id '{self._id}' and model name '{self._model}' should not be empty."
+            )
         if isinstance(correlation_id, bool) or not isinstance(correlation_id, int | np.integer | str):
             raise TypeError(f"correlation_id must be a whole number or a str, not {type(correlation_id).__name__}")
         self._correlation = correlation_id
