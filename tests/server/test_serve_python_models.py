@@ -690,7 +690,8 @@ def test_a_model_of_a_python_based_backend_runs_its_backends_model_py_on_its_own
     args = ["--model-repository", str(repo), "--grpc-port", "-1", "--backend-directory", str(backends)]
     assert "--allow-python-models" in refused_at_start(tmp_path, args)  # it runs Python code, as a Python model does
     port = free_port()
-    with cli_server(tmp_path / "home", [*args, "--allow-python-models"], port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    flags = [*args, "--allow-python-models", "--model-control-mode", "explicit", "--load-model", "*"]
+    with cli_server(tmp_path / "home", flags, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         inputs = [httpclient.InferInput(f"INPUT{i}", [4], "FP32") for i in (0, 1)]
         for tensor in inputs:
             tensor.set_data_from_numpy(np.ones(4, np.float32))
@@ -699,6 +700,18 @@ def test_a_model_of_a_python_based_backend_runs_its_backends_model_py_on_its_own
             assert answer.as_numpy("OUTPUT0").tolist() == [2.0 + offset] * 4
             assert answer.as_numpy("OUTPUT1").tolist() == [0.0] * 4
         assert client.get_model_config("plus_ten")["backend"] == "python"  # what runs it here (README)
+        # a load whose config names the backend, as Triton's QA test loads its model (helper-188): refused before
+        (repo / "plus_ten" / "2").mkdir()
+        (repo / "plus_ten" / "2" / "model.json").write_text(json.dumps({"offset": 20}))
+        given = {"backend": "add_sub", "version_policy": {"latest": {"num_versions": 2}},
+                 "input": [{"name": f"INPUT{i}", "data_type": "TYPE_FP32", "dims": [4]} for i in (0, 1)],
+                 "output": [{"name": f"OUTPUT{i}", "data_type": "TYPE_FP32", "dims": [4]} for i in (0, 1)]}  # fmt: skip
+        client.load_model("plus_ten", config=json.dumps(given))
+        for version, offset in (("1", 10), ("2", 20)):
+            assert client.infer("plus_ten", inputs, model_version=version).as_numpy("OUTPUT0").tolist() == [2.0 + offset] * 4
+        with pytest.raises(InferenceServerException, match="backend 'other'"):  # another backend's name: refused
+            client.load_model("plus_one", config=json.dumps({**given, "backend": "other"}))
+        assert client.infer("plus_one", inputs).as_numpy("OUTPUT0").tolist() == [3.0] * 4  # served on as it was
     without = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1", "--allow-python-models"])
     assert "asks for 'add_sub', which polystack does not run" in without  # no such backend where Triton looks
 
@@ -878,6 +891,16 @@ def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path:
         assert client.get_model_metadata("uploaded")["versions"] == ["3"]
         with pytest.raises(InferenceServerException, match="carries the files of one version directory"):
             client.load_model("uploaded", config=json.dumps(config), files={**files, "file:4/model.py": b""})
+        # current Triton's model names (its QA ModelIDValidationTest, helper-188): files at "/1/...", and a name
+        # holding what its Python backend refuses (its stub starts through a shell) refused in its words
+        given = {"file:/1/model.py": files["file:3/model.py"], "file:/1/helpers/factor.py": files["file:3/helpers/factor.py"]}
+        client.load_model("model-with-hyphens", config=json.dumps(config), files=given)
+        np.testing.assert_array_equal(client.infer("model-with-hyphens", [i]).as_numpy("y"), x * 3)
+        for name in ("model;test", "model$test", "model(test)", "model*test", "model!test"):
+            with pytest.raises(InferenceServerException, match="Invalid stub name: contains invalid characters") as e:
+                client.load_model(name, config=json.dumps(config), files=given)
+            assert e.value.status() == "400" and not client.is_model_ready(name)
+        assert client.is_model_ready("uploaded") and client.is_model_ready("model-with-hyphens")
 
 
 SEQUENCE = '''

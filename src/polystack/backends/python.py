@@ -143,6 +143,11 @@ class PythonModel:
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
+            if unsafe := sorted(set(self.name) & STUB_UNSAFE):
+                raise InvalidRequest(  # current Triton's Python backend's words (its stub starts through a shell)
+                    f"Invalid stub name: contains invalid characters: model name {self.name!r} holds "
+                    f"{''.join(unsafe)!r}, which Triton's Python backend refuses in a Python model's name; rename it"
+                )
             self.version = int(manifest["version"])
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
@@ -677,6 +682,10 @@ def _import(
                 del sys.modules[other]
     return module
 
+
+# what current Triton's Python backend refuses in a model's name, as its stub starts through a shell (tritonserver 2.51
+# has no such check: a load of such a name there hangs or fails in the shell's words)
+STUB_UNSAFE = frozenset(";|&$`<>()[]{}\\\"'*?~#!")
 
 OWN = "model"  # the name a model imports its own model.py by (Triton's QA models: ``unittest.main("model")``)
 
