@@ -120,7 +120,9 @@ class _Instance:
 
 
 class PythonModel:
-    def __init__(self, artifact: Path, signature: Signature, device: str, config: str | None = None) -> None:
+    def __init__(
+        self, artifact: Path, signature: Signature, device: str, config: str | None = None, complete: bool = False
+    ) -> None:
         self.signature = signature
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
         self._instances: list[_Instance] = []  # those that take requests
@@ -152,6 +154,9 @@ class PythonModel:
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
+            if config is not None and complete:  # a load's, completed by the model as Triton's load completes it
+                backend = self._folder / python_model.BACKEND if manifest.get("backend") else None
+                given = auto_complete(self._folder, self.version, str(manifest["file"]), given, self.name, backend)
             self.config: dict[str, Any] = _completed(given, self.name)
             if manifest.get("backend"):  # a Python-based backend's model: its config names that backend, as Triton's
                 self.config["backend"] = manifest["backend"]
@@ -989,6 +994,9 @@ class PythonOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: str | None = None  # the config the load follows, as JSON (None: the folder's, stored with the model)
+    # that config goes through the model's auto_complete_config first, as Triton's load completes it (unless
+    # --disable-auto-complete-config); the folder's was completed when it was stored
+    auto_complete: bool = False
 
 
 class PythonBackend(Backend):
@@ -1000,4 +1008,4 @@ class PythonBackend(Backend):
         if device not in self.devices():  # its instances run on the CPU (a model's own code may use a GPU)
             raise BackendUnavailable(f"backend 'python' runs its models' instances on the CPU, not {device!r}")
         assert isinstance(options, PythonOptions)
-        return PythonModel(artifact, signature, device, options.config)
+        return PythonModel(artifact, signature, device, options.config, options.auto_complete)

@@ -695,7 +695,7 @@ def read(
     # a Python model's parameters are its own, read by its code in its args' model_config: the config this load
     # follows, as Triton hands its Python backend the config a load overrides
     if spec.backend == "python":
-        options: dict[str, Any] = {"config": json.dumps(config)}
+        options: dict[str, Any] = {"config": json.dumps(config), "auto_complete": auto_complete}
     elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
         onnxruntime_config.options((), optimization, spec.backend, spec.device)
         options = openvino_config.options(parameters, spec.device)
