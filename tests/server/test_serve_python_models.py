@@ -1989,3 +1989,75 @@ def test_an_instance_update_that_only_adds_instances_answers_while_a_request_run
             assert time.monotonic() - started < 2.0  # not held by the request (Triton's test allows under 5 s of 10)
             assert running.result().status_code == 200
         assert sorted(p.name for p in seen.iterdir()) == ["initialize-m_0_0", "initialize-m_0_1"]
+
+
+UNTIL_CANCELLED = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        request = requests[0]
+        ignore = bool(pb_utils.get_input_tensor_by_name(request, "IGNORE").as_numpy()[0])
+        sender = request.get_response_sender()
+        for n in range(30):
+            if not ignore and request.is_cancelled():
+                error = pb_utils.TritonError("stopped as asked", pb_utils.TritonError.CANCELLED)
+                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return None
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([n], np.int32))]),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if n == 29 else 0)
+            time.sleep(0.01)
+        return None
+'''
+
+CANCELLING = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            ignore = pb_utils.get_input_tensor_by_name(request, "IGNORE")
+            call = pb_utils.InferenceRequest(model_name="until_cancelled", inputs=[ignore], requested_output_names=["OUT"])
+            stream = call.exec(decoupled=True)
+            seen = []
+            for answer in stream:
+                if answer.has_error():
+                    seen.append(f"error {answer.error().code() == pb_utils.TritonError.CANCELLED}")
+                elif answer.output_tensors():
+                    seen.append("out")
+                if len(seen) == 3:
+                    stream.cancel()
+            stream.cancel()  # after its end: nothing
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array(seen, dtype=object))]))
+        return responses
+'''
+
+
+def test_a_bls_stream_cancelled_asks_its_model_to_cancel_and_hands_on_what_it_sends(tmp_path: Path) -> None:
+    """helper-187 (Triton's L0_backend_python_pytest decoupled, its BLS cancel cases): ``cancel()`` on the iterator
+    of ``exec(decoupled=True)`` cancels the called request, whose model sees ``is_cancelled()``; the caller reads
+    on, getting its CANCELLED error where it honours the cancel, its later responses where it does not. polystack
+    stopped reading, handing the caller one empty response and dropping the rest."""
+    repo = tmp_path / "models"
+    python_folder(repo, "until_cancelled", UNTIL_CANCELLED,
+        'backend: "python"\nmodel_transaction_policy { decoupled: true }\n'
+        'input [ { name: "IGNORE", data_type: TYPE_BOOL, dims: [ 1 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(repo, "cancelling", CANCELLING,
+        'backend: "python"\ninput [ { name: "IGNORE", data_type: TYPE_BOOL, dims: [ 1 ] } ]\n'
+        'output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]\n')  # fmt: skip
+    with served(tmp_path, repo) as client:
+        flag = httpclient.InferInput("IGNORE", [1], "BOOL")
+        flag.set_data_from_numpy(np.array([False]))
+        seen = [s.decode() for s in client.infer("cancelling", [flag]).as_numpy("SEEN")]
+        # (a response or two the model sent before it looked come first, as in Triton)
+        assert seen[-1] == "error True" and set(seen[:-1]) == {"out"} and 3 <= len(seen) - 1 < 10, seen
+        flag.set_data_from_numpy(np.array([True]))  # a model that goes on: all its responses come
+        assert [s.decode() for s in client.infer("cancelling", [flag]).as_numpy("SEEN")] == ["out"] * 30

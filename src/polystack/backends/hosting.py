@@ -91,6 +91,7 @@ class ModelCall:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     caller: str = ""  # the calling model's name, which errors name
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer (``RequestFacts.callers``), the caller's last
+    cancel: threading.Event | None = None  # set when the caller cancels it (a stream's: ``ResponseIterator.cancel``)
 
 
 class Host(Protocol):

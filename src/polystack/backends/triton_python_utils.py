@@ -38,7 +38,7 @@ import numpy as np
 
 from polystack import custom_metrics
 from polystack.backends.hosting import Host, ModelCall, RequestFacts, Responses
-from polystack.errors import NotFound, PolystackError
+from polystack.errors import Cancelled, NotFound, PolystackError
 from polystack.protocol import wire
 from polystack.types import DType
 
@@ -534,7 +534,7 @@ class InferenceRequest:
         if decoupled:
             responses = ResponseIterator(self)
             try:
-                host, call = self._call()
+                host, call = self._call(responses.cancelling)
                 sent = host.stream(call, responses)
             except PolystackError as refused:  # it could not be sent: its one response says why
                 responses.send(refused, True)
@@ -588,8 +588,9 @@ class InferenceRequest:
             failed.set_exception(e)
             return failed
 
-    def _call(self) -> tuple[Host, ModelCall]:
-        """The server this request goes to, and the request as it sends it."""
+    def _call(self, cancel: threading.Event | None = None) -> tuple[Host, ModelCall]:
+        """The server this request goes to, and the request as it sends it (``cancel``: set when its caller cancels
+        it)."""
         running = _RUNNING.get()
         if running.model and not running.executing:  # Triton's words
             raise TritonModelException("BLS is only supported during the 'execute' function.")
@@ -622,6 +623,7 @@ class InferenceRequest:
             parameters=parameters,
             caller=running.model,
             callers=running.callers,
+            cancel=cancel,
         )
         return host, call
 
@@ -630,13 +632,13 @@ class InferenceRequest:
         return InferenceResponse([Tensor(name, array) for name, array in outputs.items()])
 
     def _failed(self, e: BaseException) -> InferenceResponse:
-        """A call that failed, in Triton's words (which give every such error the code INTERNAL)."""
+        """A call that failed, in Triton's words (which give every such error the code INTERNAL, but a called
+        model's CANCELLED error, the answer of a model that honours a cancel: CANCELLED, which its caller reads)."""
         why = e.message if isinstance(e, PolystackError) else f"{type(e).__name__}: {e}"
         if isinstance(e, NotFound):  # Triton's words for a model or version it does not serve, then polystack's
             why = f"Failed for execute the inference request. Model '{self._model}' is not ready. ({why})"
-        return InferenceResponse(
-            error=TritonError(f"Model {self._model} - Error when running inference: {why}", TritonError.INTERNAL)
-        )
+        code = TritonError.CANCELLED if isinstance(e, Cancelled) else TritonError.INTERNAL
+        return InferenceResponse(error=TritonError(f"Model {self._model} - Error when running inference: {why}", code))
 
     def get_response_sender(self) -> InferenceResponseSender:
         """What sends this request's responses apart from ``execute``'s return (from any thread, during it or
@@ -658,6 +660,7 @@ class ResponseIterator:
 
     def __init__(self, request: InferenceRequest) -> None:
         self._request = request
+        self.cancelling = threading.Event()  # the call's request's, set by ``cancel``
         self._queue: queue.SimpleQueue[tuple[dict[str, np.ndarray] | BaseException | None, bool]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._final_sent = False  # the last was put in the queue
@@ -691,8 +694,11 @@ class ResponseIterator:
         self.send(e if e is not None else None, True)  # (nothing, where the final one came)
 
     def cancel(self) -> None:
-        """Stop reading: what the called model sends from now on is dropped."""
+        """Cancel the call (Triton's BLS cancel): the called model's request is cancelled from now on
+        (``is_cancelled()``), and what it sends still comes: its CANCELLED error where it honours it, its responses
+        up to its final one where it does not. Once the final response came, nothing."""
         self.cancelled = True
+        self.cancelling.set()
 
     def __iter__(self) -> ResponseIterator:
         """Itself; once every response came and was read, an iteration from the first again (Triton's)."""

@@ -8,6 +8,7 @@ microseconds for a request with tensors) is a visible part of a 0.3 ms request.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,6 +80,9 @@ class InferRequest:
     # a request a model sent (``server/model_calls.py``), never a client's: the model instances waiting for its
     # answer (``hosting.RequestFacts.callers``)
     callers: tuple[str, ...] = ()
+    # such a request sent as a stream: set when its caller cancels it (``ResponseIterator.cancel``, Triton's
+    # ``TRITONSERVER_InferenceRequestCancel``): its model sees it cancelled, and what it sends still comes
+    cancel: threading.Event | None = None
     # an ensemble's step's: the outputs it asks for may be left out (the next step's input is then absent, as in
     # Triton's ensembles); a client's request fails where its model leaves out an output it asks for
     partial: bool = False

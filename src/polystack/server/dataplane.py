@@ -1942,7 +1942,7 @@ class DataPlane:
         def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
             return self._infer_model(pinned, name, version, request, loop, carrier, compute, front, responses=stream)
 
-        return self._streamed(run, name, str(served.entry.version), request.id, loop, cancel=False)
+        return self._streamed(run, name, str(served.entry.version), request.id, loop, cancel=False, asked=request.cancel)
 
     def _stream_ensemble(
         self,
@@ -1974,12 +1974,14 @@ class DataPlane:
         request_id: str | None,
         loop: asyncio.AbstractEventLoop,
         cancel: bool,
+        asked: threading.Event | None = None,
     ) -> AsyncGenerator[Streamed, None]:
         """What ``run`` sends to its ``ResponseStream``, as ``Streamed`` responses of ``name`` at ``model_version``,
         up to the final one (its failure before that is the final one). Closed early (the client went away): the
-        stream is cancelled, and the run too where ``cancel``."""
+        stream is cancelled, and the run too where ``cancel``; ``asked``: set where the request's caller cancels it
+        (its model sees it, and its responses still come)."""
         started = time.perf_counter()
-        stream = ResponseStream(loop)
+        stream = ResponseStream(loop, asked)
         task = loop.create_task(run(stream))
         task.add_done_callback(lambda task: _ran(task, stream, name))
         self._streaming.add(task)  # held until done

@@ -46,8 +46,9 @@ class Streamed:
 class ResponseStream:
     """The responses a decoupled model sends for one request (``hosting.Responses``), read in the order sent."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, asked: threading.Event | None = None) -> None:
         self._loop = loop
+        self._asked = asked  # set when the request's caller (a model's BLS stream) cancels it: what it sends still goes
         self._queue: asyncio.Queue[Sent] = asyncio.Queue()
         self._lock = threading.Lock()
         self._closed = False  # the final response was sent
@@ -63,7 +64,9 @@ class ResponseStream:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        """Whether the request was cancelled: its client went away (what the model sends is dropped) or its caller
+        cancelled it (``asked``: what the model sends still goes to the caller, which reads it)."""
+        return self._cancelled or (self._asked is not None and self._asked.is_set())
 
     @property
     def sent_any(self) -> bool:

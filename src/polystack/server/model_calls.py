@@ -76,15 +76,15 @@ class ModelCalls:
         async def run() -> None:
             answers = self._infer_stream(call.model, version, request)
             try:
+                # read to its end, cancelled or not: a model that honours its caller's cancel ends with its CANCELLED
+                # error, one that does not sends on, as Triton's BLS cancel hands the caller what the model sends
                 async for streamed in answers:
-                    if responses.cancelled:  # the caller stopped reading: the request is cancelled
-                        break
                     if streamed.response is not None:
                         responses.send(streamed.response.outputs, streamed.final)
                     else:
                         responses.send(streamed.error, streamed.final)
             finally:
-                await answers.aclose()  # (at once, where the caller stopped reading)
+                await answers.aclose()
 
         return self._submit(run, f"model {call.caller!r} called model {call.model!r}")
 
@@ -107,6 +107,7 @@ class ModelCalls:
             outputs=[RequestedOutput(name) for name in call.outputs] or None,
             parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
             callers=call.callers,
+            cancel=call.cancel,
         )
         return version, request
 
