@@ -2061,3 +2061,67 @@ def test_a_bls_stream_cancelled_asks_its_model_to_cancel_and_hands_on_what_it_se
         assert seen[-1] == "error True" and set(seen[:-1]) == {"out"} and 3 <= len(seen) - 1 < 10, seen
         flag.set_data_from_numpy(np.array([True]))  # a model that goes on: all its responses come
         assert [s.decode() for s in client.infer("cancelling", [flag]).as_numpy("SEEN")] == ["out"] * 30
+
+
+READINESS = '''
+import asyncio
+import json
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.answer = parameters["ANSWER"]["string_value"]
+        self.delay = float(parameters["DELAY"]["string_value"])
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+
+    def is_ready(self):
+        time.sleep(self.delay)
+        if self.answer == "raise":
+            raise RuntimeError("the database is gone")
+        return {"true": True, "false": False, "text": "ready"}[self.answer]
+'''
+
+ASYNC_READINESS = READINESS.replace("    def is_ready(self):\n        time.sleep", "    async def is_ready(self):\n        await asyncio.sleep")
+assert ASYNC_READINESS != READINESS
+
+
+def test_a_python_models_own_is_ready_answers_its_readiness_queries(tmp_path: Path) -> None:
+    """helper-187 (Triton's L0_backend_python_pytest model_readiness, Triton's user-defined readiness, newer than
+    2.51): a model's ``is_ready()`` (plain or async) is asked at each readiness query over HTTP and gRPC; False, an
+    exception, another value or no answer within the wait is not ready, while its requests run as before; a check
+    still running is waited for by the next query, not started again. polystack never asked it."""
+    repo = tmp_path / "models"
+    for name, source, answer, delay in (("yes", READINESS, "true", "0"), ("no", READINESS, "false", "0"),
+                                        ("fails", READINESS, "raise", "0"), ("text", READINESS, "text", "0"),
+                                        ("slow", READINESS, "true", "7"), ("async_yes", ASYNC_READINESS, "true", "0.1"),
+                                        ("async_no", ASYNC_READINESS, "false", "0.1")):  # fmt: skip
+        python_folder(repo, name, source,
+            'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            f'parameters [ {{ key: "ANSWER", value: {{ string_value: "{answer}" }} }}, '
+            f'{{ key: "DELAY", value: {{ string_value: "{delay}" }} }} ]\n')  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client, grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as rpc:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.array([1.5], np.float32))
+        for name, ready in (("yes", True), ("no", False), ("fails", False), ("text", False), ("async_yes", True),
+                            ("async_no", False)):  # fmt: skip
+            assert client.is_model_ready(name) is ready and rpc.is_model_ready(name) is ready, name
+            assert client.infer(name, [x]).as_numpy("y").tolist() == [1.5]  # its requests run all the same
+        assert client.is_server_ready()
+        started = time.monotonic()
+        assert not client.is_model_ready("slow")  # no answer within the wait (5 s)
+        assert 4.5 < time.monotonic() - started < 6.5
+        assert client.infer("slow", [x]).as_numpy("y").tolist() == [1.5]
+        assert rpc.is_model_ready("slow")  # the same check, answering at 7 s: waited for, not started again
+        assert time.monotonic() - started < 9.5
+    logged = (tmp_path / "log").read_text()
+    assert "the database is gone" in logged and "returned str, not a bool" in logged

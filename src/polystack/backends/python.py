@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import importlib.machinery
@@ -40,6 +41,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 import uuid
 import weakref
 import zipfile
@@ -81,6 +83,11 @@ FOLDER_PREFIX = "polystack-python-model-"
 _LOOP_STOP_S = 30.0  # what an instance's close waits for its event loop's thread to stop
 # the models loaded, which a reload of one whose config changes only its instance groups takes instances from
 _LIVE: weakref.WeakSet[PythonModel] = weakref.WeakSet()
+# how long a readiness query waits for a Python model's is_ready() (Triton's Python backend waits a few seconds too:
+# its QA test's model answering after 8 s is not ready to a first query and ready to the next, which waits for the
+# same check)
+READY_TIMEOUT_S = 5.0
+
 _SHARING = threading.Lock()  # held while instances and folders change hands, and their holders are counted
 
 
@@ -117,6 +124,7 @@ class _Instance:
         # the models serving it (a reload that changes only the instance groups keeps it): the last one finalizes it
         self.holders = 1
         self.folder: _Folder | None = None  # the folder it imported model.py from
+        self.checking: concurrent.futures.Future[bool] | None = None  # its model's is_ready() running now
 
 
 class PythonModel:
@@ -513,6 +521,64 @@ class PythonModel:
             if isinstance(responses, _Exited):
                 raise responses.exit
         return responses
+
+    def ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Whether each of its instances' model answers its ``is_ready()`` (where it defines one, plain or ``async``:
+        Triton's user-defined readiness) with True within ``timeout_s``: False, an exception, another value or no
+        answer in time is not ready (logged). A check still running from an earlier query is waited for, not started
+        again, and runs on after a query stopped waiting, as Triton's stub's does."""
+        deadline = time.monotonic() + timeout_s
+        checks = [(i, c) for i, c in ((i, self._readiness(i)) for i in list(self._instances)) if c is not None]
+        for instance, check in checks:
+            try:
+                if not check.result(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+            except concurrent.futures.TimeoutError:
+                log.warning(
+                    "a Python model's is_ready() did not answer in time: not ready",
+                    extra={"model": self.name, "instance": instance.name, "timeout_s": timeout_s},
+                )
+                return False
+        return True
+
+    def _readiness(self, instance: _Instance) -> concurrent.futures.Future[bool] | None:
+        """The check of ``instance``'s ``is_ready()`` running now, else one started on a thread of its own (None: its
+        model has none)."""
+        is_ready = getattr(instance.model, "is_ready", None)
+        if is_ready is None or not callable(is_ready):
+            return None
+        with _SHARING:
+            if instance.checking is not None and not instance.checking.done():
+                return instance.checking
+            check: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            instance.checking = check
+        worker = threading.Thread(
+            target=self._check, args=(instance, is_ready, check), name=f"python-model-ready-{instance.name}", daemon=True
+        )
+        worker.start()
+        return check
+
+    def _check(self, instance: _Instance, is_ready: Callable[[], Any], check: concurrent.futures.Future[bool]) -> None:
+        """Run ``is_ready()`` (a coroutine on the instance's event loop) and set ``check`` to whether it said True."""
+        why = ""
+        try:
+            answer = self._run("is_ready", instance, is_ready)
+            if inspect.isawaitable(answer):
+                answer = asyncio.run_coroutine_threadsafe(_awaited(answer), self._loop_of(instance)).result()
+            if not isinstance(answer, bool | np.bool_):
+                why = f"it returned {type(answer).__name__}, not a bool"
+            elif not answer:
+                why = "it returned False"
+        except PolystackError as e:
+            why = e.message
+        except Exception as e:  # an async is_ready's own failure: not ready, whatever it is
+            why = f"Python model {self.name!r} failed in is_ready: {type(e).__name__}: {e}"
+        if why:
+            log.warning(
+                "a Python model's is_ready() says it is not ready",
+                extra={"model": self.name, "instance": instance.name, "why": why},
+            )
+        check.set_result(not why)
 
     @staticmethod
     def _loop_of(instance: _Instance) -> asyncio.AbstractEventLoop:

@@ -1663,6 +1663,20 @@ class DataPlane:
             return False
         return True
 
+    async def model_ready_now(self, name: str, version: str | None) -> bool:
+        """``model_ready``, and then its model's own answer where it has one (a Python model's ``is_ready()``: Triton's
+        user-defined readiness, asked at each readiness query; an ensemble's, each step's), asked off the loop."""
+        if not self.model_ready(name, version):
+            return False
+        with contextlib.suppress(PolystackError):  # (ready a moment ago: what changed since is asked again)
+            pipeline = self._ensemble(name, version)
+            if pipeline is not None:
+                return all([await self.model_ready_now(step.model, step.asked) for step in pipeline.ensemble.steps])
+            ready = getattr(self._get(name, version).entry.model.inner, "ready", None)
+            if ready is not None:
+                return bool(await asyncio.to_thread(ready))
+        return self.model_ready(name, version)
+
     # -- what hosted models ask (``hosting.Host``) --------------------------------------------------
     def call(self, call: hosting.ModelCall) -> concurrent.futures.Future[dict[str, np.ndarray]]:
         return self.calls.call(call)

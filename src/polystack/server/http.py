@@ -469,8 +469,8 @@ class HttpApp:
     def model_metadata(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.model_metadata(args[0], args[1]))
 
-    def model_ready(self, req: Request, args: list[str]) -> Response:
-        ok = self.plane.model_ready(args[0], args[1])
+    async def model_ready(self, req: Request, args: list[str]) -> Response:
+        ok = await self.plane.model_ready_now(args[0], args[1])
         if ok:
             return json_response(200, {"name": args[0], "ready": True})
         # Triton's 400 and words, beside KServe's readiness fields
