@@ -908,10 +908,12 @@ def test_a_python_model_loads_from_a_loads_files_its_modules_beside_it(tmp_path:
         given = {"file:/1/model.py": files["file:3/model.py"], "file:/1/helpers/factor.py": files["file:3/helpers/factor.py"]}
         client.load_model("model-with-hyphens", config=json.dumps(config), files=given)
         np.testing.assert_array_equal(client.infer("model-with-hyphens", [i]).as_numpy("y"), x * 3)
-        for name in ("model;test", "model$test", "model(test)", "model*test", "model!test"):
-            with pytest.raises(InferenceServerException, match="Invalid stub name: contains invalid characters") as e:
-                client.load_model(name, config=json.dumps(config), files=given)
-            assert e.value.status() == "400" and not client.is_model_ready(name)
+        broken = {**given, "file:/1/model.py": b"name = 'model'test''\n"}  # checked before its file is read
+        for name in ("model;test", "model$test", "model(test)", "model*test", "model!test", "model'test'"):
+            for files_given in (given, broken):
+                with pytest.raises(InferenceServerException, match="Invalid stub name: contains invalid characters") as e:
+                    client.load_model(name, config=json.dumps(config), files=files_given)
+                assert e.value.status() == "400" and not client.is_model_ready(name)
         assert client.is_model_ready("uploaded") and client.is_model_ready("model-with-hyphens")
 
 

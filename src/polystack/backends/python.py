@@ -153,11 +153,7 @@ class PythonModel:
             except (zipfile.BadZipFile, OSError, ValueError) as e:
                 raise InvalidModelFile(f"{artifact} is not a Python model as polystack stores one: {e}") from None
             self.name = str(manifest["model"])
-            if unsafe := sorted(set(self.name) & STUB_UNSAFE):
-                raise InvalidRequest(  # current Triton's Python backend's words (its stub starts through a shell)
-                    f"Invalid stub name: contains invalid characters: model name {self.name!r} holds "
-                    f"{''.join(unsafe)!r}, which Triton's Python backend refuses in a Python model's name; rename it"
-                )
+            check_name(self.name)
             self.version = int(manifest["version"])
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
@@ -758,6 +754,18 @@ def _import(
 # has no such check: a load of such a name there hangs or fails in the shell's words)
 STUB_UNSAFE = frozenset(";|&$`<>()[]{}\\\"'*?~#!")
 
+
+
+def check_name(name: str) -> None:
+    """Refuse a Python model's name holding what current Triton's Python backend refuses, in its words: before
+    anything of the model is imported, as Triton checks it before its stub starts."""
+    if unsafe := sorted(set(name) & STUB_UNSAFE):
+        raise InvalidRequest(
+            f"Invalid stub name: contains invalid characters: model name {name!r} holds {''.join(unsafe)!r}, which "
+            "Triton's Python backend refuses in a Python model's name; rename it"
+        )
+
+
 OWN = "model"  # the name a model imports its own model.py by (Triton's QA models: ``unittest.main("model")``)
 
 
@@ -828,6 +836,8 @@ def auto_complete(
     calls it before loading the model (unless ``--disable-auto-complete-config``): imported from the version
     folder (or its Python-based ``backend``'s folder) for that call alone. A model without the method keeps its
     config."""
+
+    check_name(model)
 
     def run(load: Callable[[ModuleType], None], module: ModuleType) -> None:
         try:
