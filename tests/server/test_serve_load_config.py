@@ -419,7 +419,7 @@ REFUSED = [
     (json.dumps({"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 2**64}}}), "from 0 to"),
     (json.dumps({"max_batch_size": 1.5}), "1.5"),
     (json.dumps({"parameters": {"polystack_device": "cpu"}}), "'cpu'"),
-    (json.dumps({"name": "other"}), "'other'"),
+    (json.dumps({"name": "other"}), "the config names model 'other', but it is loading 'mlp'"),
     (json.dumps({"platform": "tensorrt_plan"}), "tensorrt_plan"),
     (json.dumps({"backend": "python"}), "'python'"),
     (json.dumps({"max_batch_size": 65}), "from 1 to 64"),
@@ -466,8 +466,11 @@ def test_a_config_polystack_cannot_honour_is_refused_and_changes_nothing(
     g = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(InferenceServerException) as e:
         g.load_model("mlp", config=config)
-    # text that is not JSON fails Triton's poll: INTERNAL, as tritonserver 2.51 answers it (helper-107, -108)
-    code = "INTERNAL" if "is not JSON" in e.value.message() else "INVALID_ARGUMENT"
+    # text that is not JSON fails Triton's poll: INTERNAL, as tritonserver 2.51 answers it (helper-107, -108); so
+    # does a config naming another model (2.51: "unexpected directory name ... must equal model name", helper-189)
+    polled = "is not JSON" in e.value.message() or "names model" in e.value.message()
+    code = "INTERNAL" if polled else "INVALID_ARGUMENT"
+    assert ("failed to load 'mlp', failed to poll from model repository" in e.value.message()) is polled
     assert code in str(e.value.status()) and says in e.value.message(), e.value.message()
     assert config_of(server, "mlp") == before
     assert httpclient.InferenceServerClient(server.http_url).infer("mlp", [mlp_ones(2)]).as_numpy("y").shape == (2, 4)

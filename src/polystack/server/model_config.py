@@ -665,8 +665,11 @@ def read(
     ``python_based``: the Python-based backend a Python model's own config names (its ``backend`` in a load's too)."""
     config = parse_config(text)
     name = read_string(config, "name", "config")
-    if name and name != record.name:
-        raise InvalidRequest(f"the config names model {quote(name)}, but it is loading {record.name!r}")
+    if name and name != record.name:  # Triton's poll fails ("unexpected directory name"): its 500, as 2.51 answers
+        raise InvalidRequest(
+            f"the config names model {quote(name)}, but it is loading {record.name!r}; leave the name out, or name "
+            f"{record.name!r}"
+        ).before_model_read()
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
         if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in (spec.triton_backend, python_based or None)):
