@@ -549,8 +549,9 @@ class PythonModel:
             check: concurrent.futures.Future[bool] = concurrent.futures.Future()
             instance.checking = check
         worker = threading.Thread(
-            target=self._check, args=(instance, is_ready, check), name=f"python-model-ready-{instance.name}", daemon=True
-        )
+            target=self._check, args=(instance, is_ready, check), name=f"python-model-ready-{instance.name}",
+            daemon=True,
+        )  # fmt: skip
         worker.start()
         return check
 

@@ -1956,7 +1956,8 @@ class DataPlane:
         def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
             return self._infer_model(pinned, name, version, request, loop, carrier, compute, front, responses=stream)
 
-        return self._streamed(run, name, str(served.entry.version), request.id, loop, cancel=False, asked=request.cancel)
+        shown = str(served.entry.version)  # (not ``version``, which ``run`` reads)
+        return self._streamed(run, name, shown, request.id, loop, cancel=False, asked=request.cancel)
 
     def _stream_ensemble(
         self,

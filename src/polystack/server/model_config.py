@@ -672,7 +672,8 @@ def read(
         ).before_model_read()
     for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
         theirs = read_string(config, key, "config")
-        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in (spec.triton_backend, python_based or None)):
+        served_as = (spec.triton_backend, python_based or None)  # a Python-based backend's model: that backend's name
+        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in served_as):
             continue  # the plan's runtime serves it, as a repository's config with it is served
         if theirs and theirs != ours:
             if key == "platform" and theirs in _UNSERVED_PLATFORMS:
