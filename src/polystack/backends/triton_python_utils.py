@@ -610,9 +610,7 @@ class InferenceRequest:
         if self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
             parameters["sequence_end"] = True
         inputs: dict[str, np.ndarray] = {}
-        for tensor in self._inputs:
-            if not isinstance(tensor, Tensor):
-                raise TritonModelException(f"a request's inputs are pb_utils.Tensor, got {type(tensor).__name__}")
+        for tensor in self._inputs:  # (each a Tensor: checked as the request was made)
             inputs[tensor.name()] = tensor._data()
         call = ModelCall(
             model=self._model,
@@ -656,8 +654,6 @@ class ResponseIterator:
     the server's loop): each an ``InferenceResponse``, its error as a failed call's; the final flag sent alone is an
     empty response, the last."""
 
-    cancelled = False
-
     def __init__(self, request: InferenceRequest) -> None:
         self._request = request
         self.cancelling = threading.Event()  # the call's request's, set by ``cancel``
@@ -697,8 +693,12 @@ class ResponseIterator:
         """Cancel the call (Triton's BLS cancel): the called model's request is cancelled from now on
         (``is_cancelled()``), and what it sends still comes: its CANCELLED error where it honours it, its responses
         up to its final one where it does not. Once the final response came, nothing."""
-        self.cancelled = True
         self.cancelling.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether its caller cancelled the call (``hosting.Responses``'s; what the called model sends still comes)."""
+        return self.cancelling.is_set()
 
     def __iter__(self) -> ResponseIterator:
         """Itself; once every response came and was read, an iteration from the first again (Triton's)."""
