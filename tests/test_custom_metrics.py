@@ -68,6 +68,27 @@ def test_the_series_the_models_make_are_bounded() -> None:
         metrics.family("g", "", GAUGE).series({"i": "3"})
 
 
+def test_a_series_goes_with_its_last_holder_and_a_family_without_series_is_not_shown() -> None:
+    """tritonserver 2.51 (run here beside polystack): a deleted ``MetricFamily`` object's series leave /metrics, a
+    family with no series shows no lines, and a series made again starts from nothing."""
+    metrics = CustomMetrics(most=2)
+    family = metrics.family("c", "help", COUNTER)
+    one, kept = family.series({"k": "one"}), family.series({"k": "kept"})
+    again = family.series({"k": "one"})  # a second holder of the same series
+    one.increment(2)
+    family.release(one)
+    assert 'c{k="one"} 2' in metrics.render().decode()  # still held
+    family.release(again)
+    assert metrics.render().decode() == '# HELP c help\n# TYPE c counter\nc{k="kept"} 0\n'
+    assert family.series({"k": "new"}).value() == 0  # its room is free again (most=2)
+    family.release(kept)
+    metrics.family("e", "", GAUGE)
+    assert b"kept" not in metrics.render() and b"# HELP e" not in metrics.render()
+    assert family.series({"k": "one"}).value() == 0  # made again: from nothing
+    family.release(one)  # a release of a series no longer held changes nothing
+    assert 'c{k="one"} 0' in metrics.render().decode()
+
+
 def test_a_histogram_without_bounds_counts_in_its_inf_bucket_alone() -> None:
     """tritonserver 2.51 takes buckets=[] (helper-177, L0_backend_python custom_metrics); polystack refused it."""
     metrics = CustomMetrics()

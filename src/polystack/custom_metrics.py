@@ -3,8 +3,10 @@
 
 As in Triton, a family is the server's, not the model's: a family of the same name and kind is the same family
 (its first description stays), a series of the same labels the same series, and both outlive the model that made
-them, whose next load counts on where it left off. Unlike Triton, a call its kind does not take (``set`` on a
-counter, ``observe`` on a gauge) or a name Prometheus refuses is refused in words, where tritonserver 2.51 aborts.
+them, whose next load counts on where it left off. A series leaves when the last ``MetricFamily`` object that made
+it is deleted (``release``), and a family with no series shows no lines, as tritonserver 2.51 shows them. Unlike
+Triton, a call its kind does not take (``set`` on a counter, ``observe`` on a gauge) or a name Prometheus refuses is
+refused in words, where tritonserver 2.51 aborts.
 
 Written by hand: prometheus-client appends ``_total`` to a counter's name and fixes a family's label names when it
 is made, where Triton's families keep the model's name and each series has labels of its own.
@@ -33,9 +35,11 @@ Labels = tuple[tuple[str, str], ...]
 class Series:
     """One series of a family: a counter's or gauge's value, or a histogram's bucket counts, sum and count."""
 
-    def __init__(self, kind: str, buckets: tuple[float, ...]) -> None:
+    def __init__(self, kind: str, buckets: tuple[float, ...], labels: Labels = ()) -> None:
         self.kind = kind
         self.buckets = buckets
+        self.labels = labels
+        self.holders = 0  # the times it was made and not released (``Family.release``)
         self._lock = threading.Lock()
         self._value = 0.0
         self._counts = [0] * len(buckets)  # observations <= each bucket's bound
@@ -100,9 +104,14 @@ class Room:
             if self.used >= self.most:
                 raise InvalidRequest(
                     f"metric {family!r}: the models hold {self.most:,} custom metric series already, the most the "
-                    "server keeps; give labels fewer values (one series per label set, kept for good)"
+                    "server keeps; give labels fewer values (one series per label set, kept until the MetricFamily "
+                    "objects that made it are deleted)"
                 )
             self.used += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
 
 
 class Family:
@@ -125,12 +134,28 @@ class Family:
             series = self._series.get(key)
             if series is None:
                 self._room.take(self.name)
-                series = self._series[key] = Series(self.kind, bounds)
+                series = self._series[key] = Series(self.kind, bounds, key)
+            series.holders += 1
             return series
+
+    def release(self, series: Series) -> None:
+        """One holder of ``series`` lets it go (Triton's ``Metric`` cleared as its ``MetricFamily`` object is
+        deleted): with its last one it leaves the family and its room is free; a series already gone (one made
+        again since has the same labels) is left as it is."""
+        with self._lock:
+            if self._series.get(series.labels) is not series:
+                return
+            series.holders -= 1
+            if series.holders > 0:
+                return
+            del self._series[series.labels]
+        self._room.give()
 
     def lines(self) -> list[str]:
         with self._lock:
             series = sorted(self._series.items())
+        if not series:  # as tritonserver 2.51 shows a family with no series: not at all
+            return []
         description = self.description.replace("\\", "\\\\").replace("\n", "\\n")
         lines = [f"# HELP {self.name} {description}", f"# TYPE {self.name} {self.kind}"]
         for labels, s in series:
@@ -174,9 +199,8 @@ class CustomMetrics:
     def render(self) -> bytes:
         with self._lock:
             families = sorted(self._families.items())
-        if not families:
-            return b""
-        return ("\n".join(line for _, f in families for line in f.lines()) + "\n").encode()
+        lines = [line for _, f in families for line in f.lines()]
+        return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def _key(labels: Mapping[str, str]) -> Labels:

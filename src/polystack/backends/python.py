@@ -125,6 +125,7 @@ class _Instance:
         self.holders = 1
         self.folder: _Folder | None = None  # the folder it imported model.py from
         self.checking: concurrent.futures.Future[bool] | None = None  # its model's is_ready() running now
+        self.gone = threading.Event()  # finalized and let go: the metric families it made keep their series
 
 
 class PythonModel:
@@ -316,7 +317,7 @@ class PythonModel:
         """The model's code runs as ``instance`` of this model, hosted by its server (calls to other models: in
         ``execute``, for requests ``callers`` wait for; the instance waits too, while they run)."""
         chain = (*callers, f"{self.name}:{self.version}")
-        running = pb_utils._Running(self._host, self.name, instance.name, executing, chain)
+        running = pb_utils._Running(self._host, self.name, instance.name, executing, chain, instance.gone)
         token = pb_utils._RUNNING.set(running)
         try:
             yield
@@ -646,6 +647,7 @@ class PythonModel:
             except BaseException as e:  # the others finalize still; the first failure is raised
                 failed = failed or e
             finally:
+                instance.gone.set()
                 if instance.loop is not None:
                     _close(instance.loop, instance.runner)
                 if instance.module is not None:

@@ -252,6 +252,7 @@ class _Running:
     instance: str = ""
     executing: bool = False
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer, this one's last
+    gone: threading.Event | None = None  # set once the instance is finalized and let go (None: no instance)
 
 
 _NOWHERE = _Running()
@@ -954,10 +955,25 @@ class MetricFamily:
         metrics = host.custom_metrics if host is not None else _UNREAD
         with _in_words("Error when creating MetricFamily", self._model):
             self._family = metrics.family(name, description, self._KINDS.get(kind, str(kind)))
+        self._made: list[custom_metrics.Series] = []  # a hold on each series made through it
+        # deleted, it takes them off /metrics, as Triton's stub clears its Metrics; once its instance is finalized
+        # and let go (an unload) they stay, as tritonserver 2.51 keeps them for the model's next load
+        let_go = weakref.finalize(self, _let_go, self._family, self._made, running.gone)
+        let_go.atexit = False
 
     def Metric(self, labels: Mapping[str, str] | None = None, buckets: Sequence[float] | None = None) -> Metric:
         with _in_words("Error when creating Metric", self._model):
-            return Metric(self._family.series(labels, buckets), self._model, self)
+            series = self._family.series(labels, buckets)
+        self._made.append(series)
+        return Metric(series, self._model, self)
+
+
+def _let_go(family: custom_metrics.Family, made: list[custom_metrics.Series], gone: threading.Event | None) -> None:
+    """A ``MetricFamily`` object's series let go as it is deleted, unless its model instance went first."""
+    if gone is not None and gone.is_set():
+        return
+    for series in made:
+        family.release(series)
 
 
 # Triton's words for a Metric used once the MetricFamily object it came from was deleted
@@ -977,29 +993,33 @@ class Metric:
         self._model = model
         self._family = weakref.ref(family)
 
-    def _live(self) -> custom_metrics.Series:
-        if self._family() is None:
-            raise TritonModelException(_ORPHANED)
+    def _live(self, what: str) -> custom_metrics.Series:
+        if self._family() is None:  # its series left with the family (Triton's words, its operation's first)
+            raise TritonModelException(f"{what}: {_ORPHANED}")
         return self._series
 
     def increment(self, value: float) -> None:
-        series = self._live()
-        with _in_words("Failed to increment metric value", self._model):
+        what = "Failed to increment metric value"
+        series = self._live(what)
+        with _in_words(what, self._model):
             series.increment(float(value))
 
     def set(self, value: float) -> None:
-        series = self._live()
-        with _in_words("Failed to set metric value", self._model):
+        what = "Failed to set metric value"
+        series = self._live(what)
+        with _in_words(what, self._model):
             series.set(float(value))
 
     def observe(self, value: float) -> None:
-        series = self._live()
-        with _in_words("Failed to observe metric value", self._model):
+        what = "Failed to observe metric value"
+        series = self._live(what)
+        with _in_words(what, self._model):
             series.observe(float(value))
 
     def value(self) -> float:
-        series = self._live()
-        with _in_words("Failed to get metric value", self._model):
+        what = "Failed to get metric value"
+        series = self._live(what)
+        with _in_words(what, self._model):
             return series.value()
 
 
