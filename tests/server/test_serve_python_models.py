@@ -377,6 +377,54 @@ def test_a_python_models_auto_complete_config_completes_its_config_or_is_its_con
         assert "configuration expects datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32" in str(caught.value)
 
 
+COMPLETING = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        with open(COUNT, "a") as f:  # each call, as a model with side effects there sees them
+            f.write("called\\n")
+        config.add_input({"name": "x", "data_type": "TYPE_FP32", "dims": [4]})
+        config.add_output({"name": "y", "data_type": "TYPE_FP32", "dims": [4]})
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_python_models_auto_complete_config_runs_once_for_each_load(tmp_path: Path) -> None:
+    """As tritonserver 2.51 calls it (run here beside polystack): once at the start, once for a load with a config,
+    once for a load with files; polystack called it twice for each (as the files were registered, as they loaded)."""
+    count = tmp_path / "count"
+    source = COMPLETING.replace("COUNT", repr(str(count)))
+    repo = tmp_path / "models"
+    python_folder(repo, "m", source, 'backend: "python"\nmax_batch_size: 4\n')
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "m"]  # fmt: skip
+
+    def calls() -> int:
+        return len(count.read_text().split())
+
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert calls() == 1
+        client.load_model("m", config=json.dumps({"backend": "python", "max_batch_size": 2}))
+        assert calls() == 2 and client.get_model_config("m")["max_batch_size"] == 2
+        assert [i["name"] for i in client.get_model_config("m")["input"]] == ["x"]  # completed, as before
+        files = {"file:1/model.py": source.encode()}
+        client.load_model("f", config=json.dumps({"backend": "python", "max_batch_size": 2}), files=files)
+        assert calls() == 3
+        x = httpclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        np.testing.assert_array_equal(client.infer("f", [x]).as_numpy("y"), np.ones((1, 4), np.float32))
+
+
 def test_a_model_py_whose_config_names_no_backend_is_a_python_model_as_tritons_auto_complete_finds(
     tmp_path: Path,
 ) -> None:

@@ -159,9 +159,13 @@ class PythonModel:
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
-            if config is not None and complete:  # a load's, completed by the model as Triton's load completes it
+            if config is not None and complete:  # a load's, completed by the model as Triton's load completes it,
+                # once: where registering its files completed this config already, that completion serves
+                done = _completion(given, manifest)
                 backend = self._folder / python_model.BACKEND if manifest.get("backend") else None
-                given = auto_complete(self._folder, self.version, str(manifest["file"]), given, self.name, backend)
+                given = done if done is not None else auto_complete(
+                    self._folder, self.version, str(manifest["file"]), given, self.name, backend
+                )
             self.config: dict[str, Any] = _completed(given, self.name)
             if manifest.get("backend"):  # a Python-based backend's model: its config names that backend, as Triton's
                 self.config["backend"] = manifest["backend"]
@@ -830,6 +834,27 @@ def _forget(module: ModuleType) -> None:
     package = module.__name__.rpartition(".")[0] or module.__name__
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
         del sys.modules[name]
+
+
+# what a config may differ in from the one its registering completed and still be that one: what chose the model's
+# files, versions and runtime, which the server takes out before the model sees it
+_NOT_COMPARED = frozenset(
+    {"name", "backend", "platform", "default_model_filename", "defaultModelFilename", "version_policy",
+     "versionPolicy", "model_repository_agents", "modelRepositoryAgents"}
+)  # fmt: skip
+
+
+def _completion(config: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The config the model's ``auto_complete_config`` made of ``config`` as its files were registered (the
+    manifest's): where ``config`` is that one, or what it completed; None: it is to be completed now."""
+
+    def compared(doc: Any) -> Any:
+        return {k: v for k, v in doc.items() if k not in _NOT_COMPARED} if isinstance(doc, dict) else None
+
+    completed, asked = manifest.get("config"), manifest.get(python_model.COMPLETED_FROM)
+    if asked is None or not isinstance(completed, dict):  # registered without completing it
+        return None
+    return completed if compared(config) in (compared(completed), compared(asked)) else None
 
 
 def auto_complete(

@@ -22,19 +22,28 @@ from polystack.types import Signature
 NAME = "python"
 MANIFEST = "polystack-python-model.json"  # the model's name, version, file and config (and its backend's name)
 BACKEND = "polystack-backend"  # where a Python-based backend's folder (its model.py) lies in the zip
+COMPLETED_FROM = "completed_from"  # the manifest's: the config its auto_complete_config completed (if it ran)
 MAX_FILES = 10_000  # a version folder with more is a mistake (a data set copied in), refused
 _DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the same bytes
 
 
 def pack(
-    folder: Path, version: int, name: str, config: dict[str, Any], file: str, out: Path, backend: Path | None = None
+    folder: Path,
+    version: int,
+    name: str,
+    config: dict[str, Any],
+    file: str,
+    out: Path,
+    backend: Path | None = None,
+    completed_from: dict[str, Any] | None = None,
 ) -> Path:
     """Zip the model ``folder`` as its version ``version`` sees it (that version's folder, ``file`` among its
     files, and the folder's own files beside the version folders: its ``config.pbtxt``, label files, a tokenizer
     folder; Triton's ``args["model_repository"]`` holds them) with ``config`` into ``out``; refused where the
     file is missing or the folder holds more than ``MAX_FILES`` files. A model of a Python-based backend (Triton's:
     its config names a backend whose folder holds a ``model.py``) runs that folder's ``model.py``: the folder goes in
-    too, under ``BACKEND``, and its version folder needs no file of its own."""
+    too, under ``BACKEND``, and its version folder needs no file of its own. ``completed_from``: the config the
+    model's ``auto_complete_config`` made ``config`` of, kept so that its load does not call it again."""
     root = folder / str(version)
     if backend is None and not (root / file).is_file():
         raise InvalidModelFile(f"{root / file} is missing: a Python model's version folder holds its {file}")
@@ -50,6 +59,8 @@ def pack(
     manifest = {"model": name, "version": version, "file": file, "config": config}
     if backend is not None:
         manifest["backend"] = backend.name
+    if completed_from is not None:
+        manifest[COMPLETED_FROM] = completed_from
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(zipfile.ZipInfo(MANIFEST, _DATE), json.dumps(manifest, sort_keys=True))
         for path, arc in sorted(entries, key=lambda e: e[1]):

@@ -188,9 +188,11 @@ def register_python(store: Store, name: str, folder_files: Folder, doc: dict[str
         for path, data in folder_files.files.items():
             (folder / str(version) / path).parent.mkdir(parents=True, exist_ok=True)
             (folder / str(version) / path).write_bytes(data)
+        asked = doc  # the load hands the model this again: completed once, here (``completed_from``)
         if auto_complete:
             doc = python.auto_complete(folder, version, file, doc, name)
-        packed = python_model.pack(folder, version, name, {**doc, "name": name}, file, Path(tmp) / "model.zip")
+        packed = python_model.pack(folder, version, name, {**doc, "name": name}, file, Path(tmp) / "model.zip",
+                                   completed_from=asked if auto_complete else None)  # fmt: skip
         (Path(tmp) / "import").mkdir()
         shown = {packed: f"{PREFIX}{version}/{file}"}
         return register_file(store, name, packed, {}, Path(tmp) / "import", shown, version, exact_labels=True,

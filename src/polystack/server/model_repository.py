@@ -594,12 +594,14 @@ def _register_python(
             f"it is a model for Triton's Python backend: {what} would run in the server's process, with the "
             "server's rights; start the server with --allow-python-models to serve it"
         )
+    asked = doc  # what its load hands the model again is completed once, here (``completed_from``)
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
         doc = python.auto_complete(folder, served[-1], file, doc, name, backend)
     config = {**doc, "name": name}  # the model's own, as its args give it (its backend's name in it)
+    completed_from = asked if rules.auto_complete else None
 
     def pack(version: int, path: Path, work: Path) -> Path:
-        return python_model.pack(folder, version, name, config, file, work / "model.zip", backend)
+        return python_model.pack(folder, version, name, config, file, work / "model.zip", backend, completed_from)
 
     files = [(version, folder / str(version)) for version in served]
     served_doc = {**doc, "backend": "python"} if backend is not None else doc  # what runs it: the Python backend
