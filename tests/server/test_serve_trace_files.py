@@ -189,6 +189,61 @@ def test_level_tensors_writes_a_python_models_outputs_and_an_ensembles_own_tenso
     assert second == [("TENSOR_QUEUE_INPUT", tensor("x", "2,-4")), ("TENSOR_BACKEND_OUTPUT", tensor("y", "4,-8"))]
 
 
+CALLING = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x")
+            traced = pb_utils.InferenceRequest(model_name="double", inputs=[x], requested_output_names=["y"],
+                                               trace=r.trace())
+            traced.set_flags(0)
+            y = pb_utils.get_output_tensor_by_name(traced.exec(), "y").as_numpy()
+            untraced = pb_utils.InferenceRequest(model_name="double", inputs=[pb_utils.Tensor("x", y)],
+                                                 requested_output_names=["y"])
+            y = pb_utils.get_output_tensor_by_name(untraced.exec(), "y").as_numpy()
+            context = np.array([repr(r.trace().get_context()).encode()], dtype=np.object_)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("context", context)]))
+        return out
+"""
+
+
+def test_a_request_a_python_model_sends_with_its_requests_trace_is_traced_as_its_child_and_no_other_is(
+    tmp_path: Path,
+) -> None:
+    """Triton's BLS tracing (``InferenceRequest(..., trace=request.trace())``), as tritonserver 2.51 writes it (run
+    here beside polystack): the call made with the request's trace is a trace whose parent is the request's, the
+    call made without one is not traced, and ``get_context()`` is None in the trace-file mode. polystack's
+    requests had no ``trace()``, and every request of such a model failed."""
+    repo, port, path = tmp_path / "models", free_port(), tmp_path / "trace.json"
+    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+    for name, source, extra in (("double", DOUBLING, ""),
+                                ("calling", CALLING, 'output [ { name: "context", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')):  # fmt: skip
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text('backend: "python"\n' + io + extra)
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--trace-config", f"triton,file={path}", "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [2], "FP32")
+        x.set_data_from_numpy(np.array([1.0, -2.0], np.float32))
+        answer = client.infer("calling", [x], request_id="r1")
+        np.testing.assert_array_equal(answer.as_numpy("y"), np.array([4.0, -8.0], np.float32))
+        assert answer.as_numpy("context").tolist() == [b"None"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
+    heads = {i: _head(entries) for i, entries in _traces(path).items()}
+    (root,) = [i for i, h in heads.items() if h["model_name"] == "calling"]
+    assert heads[root]["request_id"] == "r1" and "parent_id" not in heads[root]
+    (child,) = [h for h in heads.values() if h["model_name"] == "double"]  # the call without the trace: none
+    assert child["parent_id"] == root
+
+
 def test_batched_requests_are_traces_of_their_own_sharing_their_batchs_compute_timestamps(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
 ) -> None:

@@ -45,6 +45,9 @@ class RequestFacts:
     gone: threading.Event | None = None
     # an ensemble step's request: the outputs it asks for may be left out (``InferRequest.partial``)
     partial: bool = False
+    # the request's trace when it is traced (a ``RequestTrace``): a call it sends with ``trace=request.trace()`` is
+    # traced as its child, as Triton's BLS traces it
+    trace: Any = None
 
 
 class Responses(Protocol):
@@ -92,6 +95,7 @@ class ModelCall:
     caller: str = ""  # the calling model's name, which errors name
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer (``RequestFacts.callers``), the caller's last
     cancel: threading.Event | None = None  # set when the caller cancels it (a stream's: ``ResponseIterator.cancel``)
+    trace: Any = None  # the calling request's trace (``RequestFacts.trace``) it is traced in; None: not traced
 
 
 class Host(Protocol):

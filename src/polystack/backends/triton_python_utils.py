@@ -65,6 +65,19 @@ _BF16 = DType.BF16.numpy
 TRITON_STRING_TO_NUMPY = {name: _NUMPY[name] for name in _NUMPY if name.startswith("TYPE_")}
 
 
+class InferenceTrace:
+    """A request's trace (``request.trace()``), as Triton's: handed to ``InferenceRequest(..., trace=...)``, the
+    request it sends is traced as a child of the request the model runs (none is traced without it, as in Triton).
+    ``get_context()`` gives the trace's OpenTelemetry context as Triton's JSON of its propagation headers, or None
+    (the request is not traced, or traced to trace files, or polystack has no span of its run yet: README)."""
+
+    def __init__(self, trace: Any = None) -> None:
+        self._trace = trace  # the request's ``RequestTrace`` (None: not traced)
+
+    def get_context(self) -> str | None:
+        return None
+
+
 class PreferredMemory:
     """Where a call's outputs should land (``InferenceRequest(preferred_memory=...)``): polystack's land on the CPU."""
 
@@ -454,6 +467,9 @@ class InferenceRequest:
         self._timeout = _whole(timeout, "timeout")
         self._parameters = dict(given)
         self._version = _whole(model_version, "model_version")
+        if not isinstance(trace, InferenceTrace | None):
+            raise TypeError(f"trace must be the pb_utils.InferenceTrace of a request, not {type(trace).__name__}")
+        self._trace = trace if trace is not None else InferenceTrace()
         self._sender: InferenceResponseSender | None = None  # a received request's
         self._release = TRITONSERVER_REQUEST_RELEASE_ALL  # what its model set (``set_release_flags``)
 
@@ -483,6 +499,7 @@ class InferenceRequest:
         given.pop("binary_data_output", None)
         request._parameters = given
         request._sender = sender
+        request._trace = InferenceTrace(facts.trace)
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -499,6 +516,14 @@ class InferenceRequest:
 
     def flags(self) -> int:
         return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        """The sequence flags the request is sent with (``TRITONSERVER_REQUEST_FLAG_SEQUENCE_START`` / ``_END``)."""
+        self._flags = _whole(flags, "flags")
+
+    def trace(self) -> InferenceTrace:
+        """The request's trace: hand it to the requests the model sends for them to be traced in it."""
+        return self._trace
 
     def timeout(self) -> int:
         return self._timeout
@@ -623,6 +648,7 @@ class InferenceRequest:
             caller=running.model,
             callers=running.callers,
             cancel=cancel,
+            trace=self._trace._trace,
         )
         return host, call
 

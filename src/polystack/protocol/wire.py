@@ -83,6 +83,9 @@ class InferRequest:
     # such a request sent as a stream: set when its caller cancels it (``ResponseIterator.cancel``, Triton's
     # ``TRITONSERVER_InferenceRequestCancel``): its model sees it cancelled, and what it sends still comes
     cancel: threading.Event | None = None
+    # such a request's place in its caller's trace (a ``RequestTrace``, which it is traced in as a child); a request a
+    # model sent without one is not traced, as Triton traces a BLS request only with its caller's trace
+    trace: Any = None
     # an ensemble's step's: the outputs it asks for may be left out (the next step's input is then absent, as in
     # Triton's ensembles); a client's request fails where its model leaves out an output it asks for
     partial: bool = False

@@ -89,6 +89,7 @@ from polystack.server.decoupled import ResponseStream, Streamed
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.logs import LogSettings
 from polystack.server.model_calls import ModelCalls
+from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
@@ -298,12 +299,15 @@ def _facts(
     outputs: Sequence[str] | None,
     responses: hosting.Responses | None = None,
     gone: threading.Event | None = None,
+    trace: RequestTrace | None = None,
 ) -> hosting.RequestFacts:
     """What a hosted model sees of ``request`` past its inputs (``responses``: where a decoupled model sends its
-    responses; ``gone``: set when the client of a request answered once goes away)."""
+    responses; ``gone``: set when the client of a request answered once goes away; ``trace``: its trace, if it is
+    traced)."""
     return hosting.RequestFacts(
-        request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone, request.partial
-    )
+        request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone, request.partial,
+        trace,
+    )  # fmt: skip
 
 
 async def _answered(stream: ResponseStream, name: str) -> dict[str, np.ndarray]:
@@ -2052,7 +2056,10 @@ class DataPlane:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
             if request.outputs and self.shared_memory is not None:
                 held = self._hold(request)  # a region that is gone is refused before the model runs for it
-            trace = self.tracing.span(entry.name, entry.version, request.id or "", carrier, front, pinned is not None)
+            trace = self.tracing.span(
+                entry.name, entry.version, request.id or "", carrier, front, pinned is not None,
+                called=bool(request.callers), parent=request.trace,
+            )  # fmt: skip
             with trace as span:
                 if served.additions.response_cache and self.response_cache is not None:
 
@@ -2217,8 +2224,9 @@ class DataPlane:
                 result = {output: found[output] for output in asked}
             else:
                 trace = self.tracing.span(
-                    name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True
-                )
+                    name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True,
+                    called=bool(request.callers), parent=request.trace,
+                )  # fmt: skip
                 with trace as span:
                     if span is not None:
                         span.inputs(request.inputs)
@@ -2405,7 +2413,7 @@ class DataPlane:
             responses = ResponseStream(loop or asyncio.get_running_loop())
         gone = threading.Event() if served.hosted and responses is None else None
         sent_to = ReshapedResponses(responses, spec.reshape) if responses is not None and spec.reshape else responses
-        facts = _facts(request, outputs, sent_to, gone) if served.hosted else hosting.NO_FACTS
+        facts = _facts(request, outputs, sent_to, gone, span) if served.hosted else hosting.NO_FACTS
         if responses is not None:
             outputs = None
         try:

@@ -108,6 +108,7 @@ class ModelCalls:
             parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
             callers=call.callers,
             cancel=call.cancel,
+            trace=call.trace,
         )
         return version, request
 

@@ -336,15 +336,18 @@ class Tracing:
         front: Front | None = None,
         step: bool = False,
         ensemble: bool = False,
+        called: bool = False,
+        parent: RequestTrace | None = None,
     ) -> contextlib.AbstractContextManager[Any]:
         """A ``RequestTrace`` around one request of ``model`` when its settings sample it, else a shared no-op.
         ``carrier`` gives the caller's trace context (OpenTelemetry); ``front`` the front end's timestamps (it ends
         the trace once it has answered); an ensemble's ``step`` is traced as a child of its ensemble's trace, or not
-        at all."""
+        at all; a request a model sent (``called``) as a child of the ``parent`` trace it was sent with, or not at
+        all, as Triton traces a BLS request only when its model hands it the trace of the request it runs."""
         if not self.active:
             return _NO_SPAN
-        if step:
-            parent = _CURRENT.get()
+        if step or called:
+            parent = _CURRENT.get() if step else parent
             if parent is None:
                 return _NO_SPAN
             trace = parent.child()
