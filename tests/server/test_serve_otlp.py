@@ -3,6 +3,7 @@ stand-in on 127.0.0.1 that decodes what it receives with OpenTelemetry's own pro
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import os
@@ -289,3 +290,41 @@ def test_an_ensembles_steps_are_spans_in_its_own_and_a_failed_run_is_an_error_as
     assert failed.status.code == 2 and "cannot be reshaped" in failed.status.message  # STATUS_CODE_ERROR
     assert by_id[failed.parent_span_id].status.code == 2
     assert runs["pipe"].status.code == 0
+
+
+def test_a_python_model_gets_its_requests_span_context_and_its_call_with_it_is_a_span_inside(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """As tritonserver 2.51 (run here beside polystack, its OpenTelemetry mode): ``request.trace().get_context()``
+    is ``{"traceparent":"00-<trace>-<span>-01"}`` of the request's run span, the call the model sends with
+    ``trace=request.trace()`` is traced inside that span, and its call without it is not traced."""
+    import numpy as np
+    from test_serve_trace_files import CALLING, DOUBLING
+
+    repo, port = tmp_path / "models", free_port()
+    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+    for name, source, extra in (("double", DOUBLING, ""),
+                                ("calling", CALLING, 'output [ { name: "context", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')):  # fmt: skip
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text('backend: "python"\n' + io + extra)
+    url = f"127.0.0.1:{collector.server_address[1]}/v1/traces"
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--trace-config",
+            "mode=opentelemetry", "--trace-config", f"opentelemetry,url={url}", "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", "rate=1"]  # fmt: skip
+    env = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_SERVICE_NAME": ""}
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log", env=env) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [2], "FP32")
+        x.set_data_from_numpy(np.array([1.0, -2.0], np.float32))
+        answer = client.infer("calling", [x], headers={"traceparent": TRACEPARENT})
+        (given,) = answer.as_numpy("context").tolist()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "log").read_text()
+    spans = [s for _, s in collector.spans()]
+    by_id = {s.span_id: s for s in spans}
+    (calling,) = [s for s in spans if s.name == "calling"]
+    (called,) = [s for s in spans if s.name == "double"]  # the call without the trace: no span
+    assert by_id[calling.parent_span_id].name == "InferRequest" and called.parent_span_id == calling.span_id
+    assert {calling.trace_id.hex(), called.trace_id.hex()} == {TRACE_ID}
+    assert ast.literal_eval(given.decode()) == f'{{"traceparent":"00-{TRACE_ID}-{calling.span_id.hex()}-01"}}'

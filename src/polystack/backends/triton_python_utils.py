@@ -68,14 +68,14 @@ TRITON_STRING_TO_NUMPY = {name: _NUMPY[name] for name in _NUMPY if name.startswi
 class InferenceTrace:
     """A request's trace (``request.trace()``), as Triton's: handed to ``InferenceRequest(..., trace=...)``, the
     request it sends is traced as a child of the request the model runs (none is traced without it, as in Triton).
-    ``get_context()`` gives the trace's OpenTelemetry context as Triton's JSON of its propagation headers, or None
-    (the request is not traced, or traced to trace files, or polystack has no span of its run yet: README)."""
+    ``get_context()`` gives the OpenTelemetry context of the request's run span as Triton does, the JSON of its
+    propagation headers (``{"traceparent":"00-..."}``), or None (the request is not traced, or traced to files)."""
 
     def __init__(self, trace: Any = None) -> None:
         self._trace = trace  # the request's ``RequestTrace`` (None: not traced)
 
     def get_context(self) -> str | None:
-        return None
+        return getattr(self._trace, "handed", None)
 
 
 class PreferredMemory:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class RequestTrace:
         "context",
         "error",
         "group",
+        "handed",
         "id",
         "level",
         "model",
@@ -46,6 +47,7 @@ class RequestTrace:
         "protocol",
         "request_id",
         "sink",
+        "spans",
         "stamps",
         "tensors",
         "version",
@@ -64,6 +66,10 @@ class RequestTrace:
         self.protocol = ""  # the front end's ("HTTP", "GRPC") that received the request, if one did
         self.error: BaseException | None = None  # what its run failed with
         self.context: object = None  # the caller's trace context (OpenTelemetry), for the request's own trace
+        # its OpenTelemetry spans, started as it begins (the front end's, None for a step's; its run's; and the
+        # offset of the wall clock they started on), which the sink ends once it is answered (None: it makes none)
+        self.spans: tuple[Any, Any, int] | None = None
+        self.handed: str | None = None  # the context of its run's span a Python model gets (``get_context()``)
         self._ended = False
 
     @property

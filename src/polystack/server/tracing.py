@@ -9,7 +9,7 @@ attribute read. The mode is chosen at start: Triton's ``triton`` mode (trace fil
 Either way a sampled request is a ``RequestTrace`` (request_trace.py): Triton's timestamps as it passes the front
 end (``Front``), the queue and the model, its ensemble steps' as children, handed once it is answered to its sink.
 
-**Spans** (opentelemetry mode, ``_Spans``): tritonserver 2.51's three spans a request, made once it is answered:
+**Spans** (opentelemetry mode, ``_Spans``): tritonserver 2.51's three spans a request, exported once it is answered:
 ``InferRequest`` (the front end's), in it one named after the model (Triton's ``triton.*`` attributes), in that
 ``compute``, with Triton's timestamps as their events. When the request carries W3C trace context (the
 ``traceparent`` HTTP header or gRPC metadata, or whatever ``OTEL_PROPAGATORS`` names), ``InferRequest`` is a child
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import re
@@ -156,15 +157,16 @@ _COMPUTE_EVENTS = ("COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
 
 
 class _Spans:
-    """The OpenTelemetry mode's sink: a request's trace as tritonserver 2.51's spans, made once it is answered (a
-    request refused before its run makes none, as in Triton), all of kind SERVER:
+    """The OpenTelemetry mode's sink: a request's trace as tritonserver 2.51's spans, started as it begins (``open``:
+    a Python model it runs gets its run span's context) and ended once it is answered (a request refused before its
+    run ends and exports none, as in Triton), all of kind SERVER:
 
     - ``InferRequest``, a child of the caller's span (``traceparent``), from the front end's receipt to its answer,
       with the front end's timestamps as events;
     - in it, a span named after the model, from REQUEST_START to REQUEST_END, with Triton's attributes
       (``triton.model_name``, ``triton.model_version``, ``triton.trace_id``, ``triton.trace_parent_id``, and
       ``triton.request_id`` when the request has an id) and REQUEST_START, QUEUE_START, REQUEST_END as events; an
-      ensemble's steps' spans are in its own;
+      ensemble's steps' spans are in its own, and so are those of a call a Python model sent with its request's trace;
     - in that, ``compute``, the model call (a batched request's is its batch's), with the COMPUTE_ events.
 
     A run that failed gives its spans an ERROR status with the error's message (Triton sets none)."""
@@ -183,17 +185,46 @@ class _Spans:
     def dropped(self) -> None:
         pass
 
+    def open(self, started: RequestTrace, received: int | None) -> None:
+        """Start the spans of a request that begins (its trace, at REQUEST_START): a request's own, ``InferRequest``
+        from the front end's receipt (``received``) and its run's in it; a step's (or a call a model made with its
+        request's trace) run in its parent's. Started as it begins, the run's span is the context a Python model's
+        ``request.trace().get_context()`` hands on, as Triton's."""
+        if self.tracer is None:
+            return
+        from opentelemetry import propagate, trace
+        from opentelemetry.context import Context
+
+        begun = started.stamps[0][1] if started.stamps else time.perf_counter_ns()
+        parent = started.parent
+        if parent is None:
+            offset = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero on the clock spans use, once a
+            # request (its steps' too), so that its events fall within its spans
+            request = self._span("InferRequest", started.context or Context(), (received or begun) + offset)
+            inside = request
+        else:
+            if parent.spans is None:
+                return
+            request, inside, offset = None, parent.spans[1], parent.spans[2]
+        run = self._span(started.model, trace.set_span_in_context(inside), begun + offset)
+        started.spans = (request, run, offset)
+        carrier: dict[str, str] = {}  # its context as Triton hands it to a model: the propagation headers as JSON
+        propagate.inject(carrier, context=trace.set_span_in_context(run))
+        started.handed = json.dumps(carrier, separators=(",", ":"))
+
     def add(self, root: RequestTrace) -> None:
         if self.tracer is None:
             return
         from opentelemetry import trace
         from opentelemetry.context import Context
 
-        offset = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero, on the clock spans use
+        # perf_counter's zero on the clock spans use: the one its spans started on
+        offset = root.spans[2] if root.spans is not None else time.time_ns() - time.perf_counter_ns()
         stamps = {name: ns + offset for name, ns in root.stamps}
         if not stamps:
             return
-        request = self._span("InferRequest", root.context or Context(), min(stamps.values()))
+        opened = root.spans[0] if root.spans is not None else None
+        request = opened or self._span("InferRequest", root.context or Context(), min(stamps.values()))
         self._events(request, _FRONT_EVENTS[root.protocol], stamps)
         self._fail(request, root.error)
         runs: dict[int, Any] = {}
@@ -202,7 +233,8 @@ class _Spans:
             if "REQUEST_START" not in at:
                 continue
             inside = runs.get(step.parent.id) if step.parent is not None else request
-            run = self._span(step.model, trace.set_span_in_context(inside or request), at["REQUEST_START"])
+            run = step.spans[1] if step.spans is not None else None
+            run = run or self._span(step.model, trace.set_span_in_context(inside or request), at["REQUEST_START"])
             run.set_attributes({
                 "triton.model_name": step.model,
                 "triton.model_version": step.version,
@@ -378,6 +410,8 @@ class Tracing:
                 front.trace = trace
         now = time.perf_counter_ns()
         trace.begin(model, version, request_id, now)
+        if trace.sink is self._spans:  # its spans start as it begins: a model it runs may hand on their context
+            self._spans.open(trace, front.received[0] if front is not None and not step else None)
         if ensemble:  # its steps are queued now (a model's run stamps its own queue)
             trace.stamp("QUEUE_START", now)
         return _Traced(trace, None if step else front)
