@@ -1353,3 +1353,35 @@ def test_a_model_folder_without_a_config_holding_a_model_py_beside_its_onnx_file
     (tmp_path / "repo" / "m" / "1" / "model.py").write_text("raise SystemExit('never imported')\n")  # its export script
     [model] = model_repository.register(Store.at(tmp_path / "home"), tmp_path / "repo", [])
     assert model.name == "m" and model.versions == (1,)  # served as the ONNX model (model.py is not imported)
+
+
+def test_a_model_an_earlier_run_left_in_the_store_is_unknown_to_a_server_of_another_repository(tmp_path: Path) -> None:
+    """helper-191 (L0_lifecycle, run twice on one --home): a server of a repository without model x answered a
+    request naming x's version 503 / UNAVAILABLE "registered but not loaded" (a client may retry that for good) and
+    404 "has no available versions" without one, for the x an earlier run registered; tritonserver knows its
+    repositories' models alone: 404 / NOT_FOUND "is not found", as for a fresh --home."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "x" / "1").mkdir(parents=True)
+    mlp_onnx(first / "x" / "1" / "model.onnx", sizes=(16, 4), seed=3)
+    second.mkdir()
+    home = tmp_path / "home"
+    for repo in (first, second):
+        port, grpc_port = free_port(), free_port()
+        args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port)]
+        with cli_server(home, args, port, tmp_path / f"{repo.name}.log"):
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+            if repo is first:
+                assert client.is_model_ready("x")
+                continue
+            x = httpclient.InferInput("x", [1, 16], "FP32")
+            x.set_data_from_numpy(np.ones((1, 16), np.float32))
+            for version in ("", "1"):
+                with pytest.raises(InferenceServerException, match="Request for unknown model: 'x' is not found") as e:
+                    client.infer("x", [x], model_version=version)
+                assert e.value.status() == "404"
+                g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+                gx = grpcclient.InferInput("x", [1, 16], "FP32")
+                gx.set_data_from_numpy(np.ones((1, 16), np.float32))
+                with pytest.raises(InferenceServerException, match="is not found") as e:
+                    g.infer("x", [gx], model_version=version)
+                assert e.value.status() == "StatusCode.NOT_FOUND"

@@ -567,6 +567,7 @@ class DataPlane:
         # what the repository index says of models not served now, as Triton's does: the versions this server
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
+        self._served_names: set[str] = set()  # every model name this server has served (``_resolve``)
         self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader thread)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
@@ -837,6 +838,7 @@ class DataPlane:
             replaced = self.engine.install(entry)
             old = self._served.get(key)
             self._served[key] = served
+            self._served_names.add(entry.name)
             self._generation += 1
         self.metrics.serving(entry.name, str(entry.version))
         self._tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
@@ -1485,7 +1487,7 @@ class DataPlane:
         with self._routing:
             try:
                 entry = self.engine.get(name, v)
-            except (ModelNotFound, VersionNotFound) as e:
+            except (ModelNotFound, VersionNotFound, ModelNotReady) as e:
                 stopped = {n for n, _ in frozenset(self._stopped)}
                 failed = self._load_failures.get(name)
                 if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words, then why
@@ -1500,6 +1502,18 @@ class DataPlane:
                         f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
                         "first"
                     ) from None
+                registered = isinstance(e, ModelNotReady) or e.message.startswith("Request for unknown model")
+                if registered and self.repository is not None and name not in self._served_names | stopped:
+                    # a model the store holds (an earlier run's, say) that this server never served: unknown to a
+                    # server of a repository, as Triton knows its repositories' models alone (it answered 503 for a
+                    # version, which a client may retry for good)
+                    raise ModelNotFound(
+                        f"Request for unknown model: {name!r} is not found; GET /v2/models/stats lists the models "
+                        "served from the model repository (polystack's store holds a model of that name, which this "
+                        "server has not loaded)"
+                    ) from None
+                if isinstance(e, ModelNotReady):
+                    raise
                 raise _unknown(name, v, e, self.repository is not None) from None
             served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
