@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -2175,3 +2176,50 @@ def test_a_python_models_own_is_ready_answers_its_readiness_queries(tmp_path: Pa
         assert time.monotonic() - started < 9.5
     logged = (tmp_path / "log").read_text()
     assert "the database is gone" in logged and "returned str, not a bool" in logged
+
+
+INITIALIZED = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        with open(COUNT, "a") as f:
+            f.write("initialize\\n")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_load_after_the_models_files_were_touched_loads_it_afresh_as_triton_compares_their_times(
+    tmp_path: Path,
+) -> None:
+    """helper-191 (L0_lifecycle): Triton reloads a model whose files' modification times changed since its last load
+    (a file touched, its content the same: a common way to make it read what it reads at initialize again); polystack
+    compared contents and kept it. A load without changes still changes nothing (tritonserver 2.51 reloads its Python
+    models there too, but only because its stub writes __pycache__ into the version folder at each load)."""
+    count = tmp_path / "count"
+    repo = tmp_path / "models"
+    python_folder(repo, "m", INITIALIZED.replace("COUNT", repr(str(count))),
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "m"]  # fmt: skip
+
+    def initialized() -> int:
+        return len(count.read_text().split())
+
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert initialized() == 1
+        client.load_model("m")
+        assert initialized() == 1  # nothing changed
+        later = time.time() + 5
+        os.utime(repo / "m" / "1" / "model.py", (later, later))
+        client.load_model("m")
+        assert initialized() == 2 and client.is_model_ready("m")
+        client.load_model("m")
+        assert initialized() == 2

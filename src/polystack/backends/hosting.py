@@ -136,3 +136,18 @@ def hosted_by(host: Host) -> Iterator[None]:
         yield
     finally:
         HOST.reset(token)
+
+
+# set while a model loads afresh (its files were modified since its last load, their contents the same): it keeps
+# nothing of the model it replaces, as Triton reloads a model whose files' modification times changed
+AFRESH: ContextVar[bool] = ContextVar("polystack_afresh", default=False)
+
+
+@contextlib.contextmanager
+def afresh(yes: bool = True) -> Iterator[None]:
+    """Models loaded within load afresh (``AFRESH``) when ``yes``."""
+    token = AFRESH.set(yes)
+    try:
+        yield
+    finally:
+        AFRESH.reset(token)

@@ -186,9 +186,10 @@ class PythonModel:
             # 23.x on updates instances in place: only those added initialize, those removed finalize (with the
             # model it replaces, once their requests ran)
             self._key = (files, self.name, self.version, _but_groups(self.config))
-            donor = next(  # a model of the same server (one loaded outside a server shares nothing)
+            donor = next(  # a model of the same server (one loaded outside a server shares nothing), unless this
+                # one loads afresh (its folder was modified since: Triton reloads it whole)
                 (m for m in list(_LIVE) if m._key == self._key and m._host is self._host and not m._closed), None
-            ) if self._host is not None else None  # fmt: skip
+            ) if self._host is not None and not hosting.AFRESH.get() else None  # fmt: skip
             if donor is not None:
                 self._donor = weakref.ref(donor)
             kept_any = False

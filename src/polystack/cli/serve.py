@@ -988,8 +988,8 @@ def _with_repositories(
     named = {ModelRef.parse(m).name for m in models}
     found: dict[str, Path] = {}
     twice: dict[str, str] = {}  # folders in two repositories: refused where the start reads them
-    polled = config.repository_poll_s > 0
-    seen = {}  # each folder as it was before the start read it: a poll sees a change made meanwhile
+    # each folder as it was before the start read it: a poll sees a change made meanwhile, and a load one made since
+    seen = {}
     unique = {root.resolve(): root for root in reversed(roots)}  # a repository given twice is one, as in Triton
     roots = [root for root in roots if unique.get(root.resolve()) is root]
     listed = [(root, model_repository.model_folders(root.resolve())) for root in roots]
@@ -1010,8 +1010,7 @@ def _with_repositories(
             )
         for folder in folders:
             name = folder.name
-            if polled:
-                seen[name] = model_repository.fingerprint(folder)
+            seen[name] = model_repository.fingerprint(folder)
             if name in found:
                 twice[name] = (
                     f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in one "
@@ -1086,7 +1085,7 @@ def _with_repositories(
         ensembles=ensembles,
         model_repositories=[root.absolute() for root in roots],
         repository_models=sorted(read),
-        repository_seen=seen if polled else None,
+        repository_seen=seen,
         start_failures=failures,
     )
 

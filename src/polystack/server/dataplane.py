@@ -266,6 +266,17 @@ class _Configured:
     policy: Any
 
 
+def _files_print(folder: Path | model_repository.Fingerprint) -> model_repository.Fingerprint:
+    """A model folder's fingerprint (or ``folder``, one) but its config's and the folder's own times: what
+    Triton compares to reload a model whose files changed, where a config that changes only the instance groups
+    updates them in place (and an editor that saves by renaming touches the folder)."""
+    taken = model_repository.fingerprint(folder) if isinstance(folder, Path) else folder
+    if taken is None:
+        return None
+    skipped = (".", model_repository.CONFIG, "configs")
+    return tuple(e for e in taken if e[0] not in skipped and not e[0].startswith("configs/"))
+
+
 def _polled(name: str) -> str:
     """Triton's words for a load whose model could not be read (``PollFailed``)."""
     return f"failed to load {quote(name, 140)}, failed to poll from model repository"
@@ -568,6 +579,9 @@ class DataPlane:
         # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
         self._stopped: set[tuple[str, int]] = set()
         self._served_names: set[str] = set()  # every model name this server has served (``_resolve``)
+        # a repository model's folder as its last load read it: a load that finds it modified since (a file touched,
+        # its content the same) loads it afresh, as Triton's compares modification times
+        self._loaded_prints = {n: _files_print(p) for n, p in (repository.seen if repository else {}).items()}
         self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader thread)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
@@ -1228,6 +1242,8 @@ class DataPlane:
         agents = model_repository.FOLDER_AGENTS  # a load's config names its own, run on the folder in its place
         if config is not None:
             agents, config = model_config.split_field(config, "model_repository_agents")
+        folder = self.repository.folder(name)
+        print_now = _files_print(folder) if folder is not None else None  # before it is read
         try:
             model, registered = self.repository.read(self.store, name, policy, agents, config)
         except PolystackError:
@@ -1270,7 +1286,10 @@ class DataPlane:
         try:
             # the load's own agents with its config; without one, the folder's config carries its own
             ran = model.ran if config is not None else ()
-            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran)
+            then = self._loaded_prints.get(name)
+            touched = then is not None and then != print_now  # modified since its last load: loaded afresh
+            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran, afresh=touched)
+            self._loaded_prints[name] = print_now
             model_repository.settle(self.store, registered)
             self.repository.models.add(name)
             self._unmet.discard(name)
@@ -1289,11 +1308,16 @@ class DataPlane:
             raise
 
     def _serve_only(
-        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents = ()
+        self,
+        refs: list[ModelRef],
+        config: str | None,
+        agents: repository_agents.Agents = (),
+        afresh: bool = False,
     ) -> LoadedEntry:
         """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
-        if one fails, those loaded close and what was served serves on."""
+        if one fails, those loaded close and what was served serves on. A version served as a plan would serve
+        it again stays as it is, unless ``afresh`` (its folder was modified since its last load)."""
         plans = []
         for r in refs:
             try:
@@ -1301,14 +1325,15 @@ class DataPlane:
             except PolystackError as e:
                 e.at_version(r.version)  # the index lists the version that failed
                 raise
-        kept = [self._served_as(p) if config is None else None for p in plans]
+        kept = [self._served_as(p) if config is None and not afresh else None for p in plans]
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
         ready: list[_Served] = []
         with self._loading_versions(changed):
             try:
                 for plan in changed:
-                    built.append(self._build(plan))
+                    with hosting.afresh(afresh):
+                        built.append(self._build(plan))
                 for plan, loaded in zip(changed, built, strict=True):
                     ready.append(self._serving(plan, loaded))
             except BaseException as e:
