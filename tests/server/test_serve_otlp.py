@@ -299,15 +299,9 @@ def test_a_python_model_gets_its_requests_span_context_and_its_call_with_it_is_a
     is ``{"traceparent":"00-<trace>-<span>-01"}`` of the request's run span, the call the model sends with
     ``trace=request.trace()`` is traced inside that span, and its call without it is not traced."""
     import numpy as np
-    from test_serve_trace_files import CALLING, DOUBLING
+    from test_serve_trace_files import calling_repository
 
-    repo, port = tmp_path / "models", free_port()
-    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
-    for name, source, extra in (("double", DOUBLING, ""),
-                                ("calling", CALLING, 'output [ { name: "context", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')):  # fmt: skip
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(source)
-        (repo / name / "config.pbtxt").write_text('backend: "python"\n' + io + extra)
+    repo, port = calling_repository(tmp_path / "models"), free_port()
     url = f"127.0.0.1:{collector.server_address[1]}/v1/traces"
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--trace-config",
             "mode=opentelemetry", "--trace-config", f"opentelemetry,url={url}", "--trace-config", "level=TIMESTAMPS",

@@ -212,6 +212,17 @@ class TritonPythonModel:
 """
 
 
+def calling_repository(repo: Path) -> Path:
+    """``calling`` (CALLING) and the ``double`` it calls, Python models in ``repo``."""
+    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+    for name, source, extra in (("double", DOUBLING, ""),
+                                ("calling", CALLING, 'output [ { name: "context", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')):  # fmt: skip
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text('backend: "python"\n' + io + extra)
+    return repo
+
+
 def test_a_request_a_python_model_sends_with_its_requests_trace_is_traced_as_its_child_and_no_other_is(
     tmp_path: Path,
 ) -> None:
@@ -219,13 +230,7 @@ def test_a_request_a_python_model_sends_with_its_requests_trace_is_traced_as_its
     here beside polystack): the call made with the request's trace is a trace whose parent is the request's, the
     call made without one is not traced, and ``get_context()`` is None in the trace-file mode. polystack's
     requests had no ``trace()``, and every request of such a model failed."""
-    repo, port, path = tmp_path / "models", free_port(), tmp_path / "trace.json"
-    io = 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
-    for name, source, extra in (("double", DOUBLING, ""),
-                                ("calling", CALLING, 'output [ { name: "context", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')):  # fmt: skip
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(source)
-        (repo / name / "config.pbtxt").write_text('backend: "python"\n' + io + extra)
+    repo, port, path = calling_repository(tmp_path / "models"), free_port(), tmp_path / "trace.json"
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
             "--trace-config", f"triton,file={path}", "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log") as proc:
