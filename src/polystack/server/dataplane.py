@@ -266,11 +266,10 @@ class _Configured:
     policy: Any
 
 
-def _files_print(folder: Path | model_repository.Fingerprint) -> model_repository.Fingerprint:
-    """A model folder's fingerprint (or ``folder``, one) but its config's and the folder's own times: what
-    Triton compares to reload a model whose files changed, where a config that changes only the instance groups
-    updates them in place (and an editor that saves by renaming touches the folder)."""
-    taken = model_repository.fingerprint(folder) if isinstance(folder, Path) else folder
+def _files_print(taken: model_repository.Fingerprint) -> model_repository.Fingerprint:
+    """A model folder's fingerprint but its config's and the folder's own times: what Triton compares to reload a
+    model whose files changed, where a config that changes only the instance groups updates them in place (and an
+    editor that saves by renaming touches the folder)."""
     if taken is None:
         return None
     skipped = (".", model_repository.CONFIG, "configs")
@@ -1243,7 +1242,7 @@ class DataPlane:
         if config is not None:
             agents, config = model_config.split_field(config, "model_repository_agents")
         folder = self.repository.folder(name)
-        print_now = _files_print(folder) if folder is not None else None  # before it is read
+        print_now = _files_print(model_repository.fingerprint(folder)) if folder is not None else None  # before read
         try:
             model, registered = self.repository.read(self.store, name, policy, agents, config)
         except PolystackError:

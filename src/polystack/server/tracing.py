@@ -213,28 +213,22 @@ class _Spans:
         started.handed = json.dumps(carrier, separators=(",", ":"))
 
     def add(self, root: RequestTrace) -> None:
-        if self.tracer is None:
+        """End and export the spans ``open`` started for ``root`` and its steps, with their events."""
+        if self.tracer is None or root.spans is None:
             return
         from opentelemetry import trace
-        from opentelemetry.context import Context
 
-        # perf_counter's zero on the clock spans use: the one its spans started on
-        offset = root.spans[2] if root.spans is not None else time.time_ns() - time.perf_counter_ns()
+        request, _, offset = root.spans  # offset: perf_counter's zero on the clock its spans started on
         stamps = {name: ns + offset for name, ns in root.stamps}
         if not stamps:
             return
-        opened = root.spans[0] if root.spans is not None else None
-        request = opened or self._span("InferRequest", root.context or Context(), min(stamps.values()))
         self._events(request, _FRONT_EVENTS[root.protocol], stamps)
         self._fail(request, root.error)
-        runs: dict[int, Any] = {}
         for step in root.group:
             at = stamps if step is root else {name: ns + offset for name, ns in step.stamps}
-            if "REQUEST_START" not in at:
+            if step.spans is None or "REQUEST_START" not in at:
                 continue
-            inside = runs.get(step.parent.id) if step.parent is not None else request
-            run = step.spans[1] if step.spans is not None else None
-            run = run or self._span(step.model, trace.set_span_in_context(inside or request), at["REQUEST_START"])
+            run = step.spans[1]
             run.set_attributes({
                 "triton.model_name": step.model,
                 "triton.model_version": step.version,
@@ -244,7 +238,6 @@ class _Spans:
             })  # fmt: skip
             self._events(run, _RUN_EVENTS, at)
             self._fail(run, step.error)
-            runs[step.id] = run
             if "COMPUTE_START" in at:
                 compute = self._span("compute", trace.set_span_in_context(run), at["COMPUTE_START"])
                 self._events(compute, _COMPUTE_EVENTS, at)
