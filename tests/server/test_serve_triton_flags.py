@@ -26,8 +26,8 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     [said] = [ln for ln in lines if ln["msg"] == "tritonserver flags taken that change nothing here"]
     assert [f.split(" (")[0] for f in said["flags"]] == [
         "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
-        "--model-load-thread-count", "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
-    ]  # fmt: skip
+        "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
+    ]  # fmt: skip (--model-load-thread-count is followed: test_serve_load_threads)
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
     line = refused_at_start(tmp_path, ["--rate-limit-resource", "R1:x"])  # Triton's words (helper-128)
     assert line == "error: --rate-limit-resource R1:x: Invalid option value. Got x; give a whole number of 0 or more"

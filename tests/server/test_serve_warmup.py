@@ -204,9 +204,9 @@ def test_a_shutdown_stops_a_warmup_between_two_calls(model_store: tuple[Store, d
         except InferenceServerException as e:
             errors.append(e.message())
 
-    def load_queued() -> None:  # behind the warm-up on the one loader thread when the drain begins
+    def load_queued() -> None:  # a load of the same model, behind the one warming up when the drain begins
         try:
-            httpclient.InferenceServerClient(st.http_url, network_timeout=60).load_model("ident64")
+            httpclient.InferenceServerClient(st.http_url, network_timeout=60).load_model("slow200")
         except InferenceServerException as e:
             errors.append(e.message())
 
@@ -223,7 +223,7 @@ def test_a_shutdown_stops_a_warmup_between_two_calls(model_store: tuple[Store, d
     assert time.monotonic() - began < 10  # not the 20 s the warm-up would have taken
     assert len(errors) == 2 and all("shutting down" in e for e in errors), errors
     # the queued load did not load its runtime only to close it
-    assert not [r for r in logs if r.getMessage() == "model loaded" and getattr(r, "model", "") == "ident64"]
+    assert not [r for r in logs if r.getMessage() == "model loaded" and getattr(r, "model", "") == "slow200"]
 
 
 REFUSED: list[tuple[dict[str, Any], int, str]] = [

@@ -89,6 +89,7 @@ _LIVE: weakref.WeakSet[PythonModel] = weakref.WeakSet()
 READY_TIMEOUT_S = 5.0
 
 _SHARING = threading.Lock()  # held while instances and folders change hands, and their holders are counted
+_IMPORTING = threading.Lock()  # held while a model.py imports, its folder first on sys.path (``_import``)
 
 
 class _Folder:
@@ -735,26 +736,27 @@ def _import(
     if spec is None or spec.loader is None:
         raise InvalidRequest(f"cannot import {path.name} of model {model!r}")
     module = importlib.util.module_from_spec(spec)
-    before = set(sys.modules)
-    sys.path.insert(0, str(path.parent))
-    try:
-        sys.modules[package] = importlib.util.module_from_spec(folder)
-        setattr(sys.modules[package], pb_utils.MODEL_DIR, str(model_dir))
-        sys.modules[name] = module
-        run(spec.loader.exec_module, module)
-    except BaseException:
-        _forget(module)
-        raise
-    finally:
-        sys.path.remove(str(path.parent))
-        # its own modules imported by name (a utils.py beside it) leave the module cache, so that another model's of
-        # that name imports its own, as in Triton, whose models each run in a process of their own (those of its
-        # package are its own by their names)
-        for other in set(sys.modules) - before:
-            if not other.startswith(package) and str(getattr(sys.modules[other], "__file__", "") or "").startswith(
-                str(root)
-            ):
-                del sys.modules[other]
+    with _IMPORTING:  # models of different names load at once: one puts its folder on sys.path at a time
+        before = set(sys.modules)
+        sys.path.insert(0, str(path.parent))
+        try:
+            sys.modules[package] = importlib.util.module_from_spec(folder)
+            setattr(sys.modules[package], pb_utils.MODEL_DIR, str(model_dir))
+            sys.modules[name] = module
+            run(spec.loader.exec_module, module)
+        except BaseException:
+            _forget(module)
+            raise
+        finally:
+            sys.path.remove(str(path.parent))
+            # its own modules imported by name (a utils.py beside it) leave the module cache, so that another model's of
+            # that name imports its own, as in Triton, whose models each run in a process of their own (those of its
+            # package are its own by their names)
+            for other in set(sys.modules) - before:
+                if not other.startswith(package) and str(getattr(sys.modules[other], "__file__", "") or "").startswith(
+                    str(root)
+                ):
+                    del sys.modules[other]
     return module
 
 

@@ -488,7 +488,12 @@ def serve(
     grpc_infer_allocation_pool_size: list[str] = typer.Option(None, "--grpc-infer-allocation-pool-size", hidden=True),
     grpc_infer_thread_count: list[str] = typer.Option(None, "--grpc-infer-thread-count", hidden=True),
     grpc_max_response_pool_size: list[str] = typer.Option(None, "--grpc-max-response-pool-size", hidden=True),
-    model_load_thread_count: list[str] = typer.Option(None, "--model-load-thread-count", hidden=True),
+    model_load_thread_count: str | None = typer.Option(
+        None,
+        "--model-load-thread-count",
+        metavar="N",
+        help="Build up to N models at once, at start and for loads of different models (Triton's; default 4).",
+    ),
     model_load_retry_count: str | None = typer.Option(
         None,
         "--model-load-retry-count",
@@ -723,7 +728,6 @@ def serve(
         "--grpc-infer-allocation-pool-size": grpc_infer_allocation_pool_size or [],
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
-        "--model-load-thread-count": model_load_thread_count or [],
         "--metrics-interval-ms": metrics_interval_ms or [],
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
@@ -826,6 +830,7 @@ def serve(
         grpc_compress_infer=_compression(grpc_compression_level),
         rate_limit=_rate_limit(rate_limit or [], rate_limit_resource or []),
         load_retries=_load_retries(model_load_retry_count),
+        load_threads=_load_threads(model_load_thread_count),
         grpc_tls=grpc_tls,
         reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
         reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
@@ -1273,6 +1278,19 @@ def _load_retries(given: str | None) -> int:
     if int(given) < 0:
         raise InvalidRequest(f"--model-load-retry-count takes a whole number of 0 or more, not {given!r}")
     return int(given)
+
+
+def _load_threads(given: str | None) -> int:
+    """tritonserver's --model-load-thread-count: how many models build at once (0 is taken as 1, as Triton does)."""
+    from polystack.cli import triton_flags
+    from polystack.server.loader import DEFAULT_THREADS
+
+    if given is None:
+        return DEFAULT_THREADS
+    triton_flags.check_value("--model-load-thread-count", "int", given)
+    if int(given) < 0:
+        raise InvalidRequest(f"--model-load-thread-count takes a whole number of 0 or more, not {given!r}")
+    return max(1, int(given))
 
 
 def _rate_limit(modes: list[str], resources: list[str]) -> dict[tuple[int, str], int] | None:

@@ -45,7 +45,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-allocation-pool-size": Flag("int", _FRONT_END),
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
-    "--model-load-thread-count": Flag("int", "models load one at a time, on the server's loader thread"),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
     # Triton's SageMaker entrypoint passes true always (helper-174); a name in one repository serves the same way
     "--model-namespacing": Flag(

@@ -30,7 +30,7 @@ from polystack.engine import Engine, LoadSpec, default_spec, runtime_loads, with
 from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
 from polystack.server import grpc as grpc_transport
-from polystack.server import host_policy, logs, model_config, model_repository
+from polystack.server import host_policy, loader, logs, model_config, model_repository
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
@@ -186,6 +186,7 @@ class ServeConfig:
     # gives ((device or rate_limiter.EACH_DEVICE, name) -> count)
     rate_limit: Mapping[tuple[int, str], int] | None = None
     load_retries: int = 0  # a failed load tried again this many times (tritonserver's --model-load-retry-count)
+    load_threads: int = loader.DEFAULT_THREADS  # models built at once (tritonserver's --model-load-thread-count)
 
 
 class Server:
@@ -304,6 +305,7 @@ class Server:
             folder_rules=config.folder_rules,
             rate_limiter=RateLimiter(config.rate_limit) if config.rate_limit is not None else None,
             load_retries=config.load_retries,
+            load_threads=config.load_threads,
         )
         self.http = HttpApp(
             self.plane,
@@ -432,13 +434,11 @@ class Server:
                 )
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
-            for ref in refs:
-                if self.plane.draining:  # stopped while starting (run's signal handlers): load no more
+            for ref, failure in zip(refs, self.plane.load_many(refs), strict=True):  # at once, as Triton's start
+                if self.plane.draining:  # stopped while starting (run's signal handlers)
                     raise ShuttingDown("the server is shutting down")
-                try:
-                    self.plane.load(ref)
-                except PolystackError as e:
-                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, e))  # which of the models
+                if failure is not None:
+                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure))  # which of them
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
                     self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)

@@ -77,6 +77,7 @@ from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, ShmRef, raw_view
 from polystack.server import (
     ensemble,
+    loader,
     model_config,
     model_files,
     model_repository,
@@ -494,6 +495,7 @@ class DataPlane:
         folder_rules: model_repository.FolderRules = model_repository.FolderRules(),
         rate_limiter: RateLimiter | None = None,
         load_retries: int = 0,
+        load_threads: int = loader.DEFAULT_THREADS,
     ) -> None:
         self.engine = engine
         # Triton's rate limiter (serve --rate-limit execution_count): each instance of every model waits for its
@@ -547,13 +549,13 @@ class DataPlane:
         # several with settings of their own, where a change would reach whichever replica got it)
         self.log_settings = log_settings
         self.server_name = server_name
-        # inference threads, and one for repository loads and unloads, so that a load never holds an
-        # inference thread; ``thread_initializer`` pins both (server.placement)
+        # inference threads, and the loader's for loads and unloads (several models' builds at once: serve
+        # --model-load-thread-count), so that a load never holds an inference thread; ``thread_initializer`` pins
+        # both (server.placement)
         self.workers = workers or os.cpu_count() or 2
         self.thread_initializer = thread_initializer
         self.executor = InferenceThreads(self.workers, "infer", thread_initializer)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=self._loader_started)
-        self._loader_thread: int | None = None  # its one thread's ident (a load asked from there waits for itself)
+        self._loader = loader.Loader(load_threads, thread_initializer)
         # response cache keys of large inputs are hashed here, never behind model runs in the inference threads:
         # front-end work, on the front end's cores when the server is pinned (``frontend_initializer``)
         self._hasher = (
@@ -623,7 +625,28 @@ class DataPlane:
     def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
         """Load one model (latest version unless given) with the spec and batch policy for the profile,
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
-        return self._apply(self._plan(ref, config))
+        name = ref.name if isinstance(ref, ModelRef) else ModelRef.parse(ref).name
+        with self._loader.claim(name):
+            return self._apply(self._plan(ref, config))
+
+    def load_many(self, refs: Sequence[str]) -> list[PolystackError | None]:
+        """``load`` each of ``refs`` on the loader, as many at once as it has threads, as Triton loads the models
+        it starts with; what each load raised (None: loaded), in their order. Those not started once the server
+        drains raise ``ShuttingDown``."""
+
+        def one(ref: str) -> None:
+            if self.draining:  # stopped while starting: load no more
+                raise ShuttingDown("the server is shutting down")
+            self.load(ref)
+
+        failures: list[PolystackError | None] = []
+        for future in [self._loader.submit(one, ref) for ref in refs]:
+            try:
+                future.result()
+                failures.append(None)
+            except PolystackError as e:
+                failures.append(e)
+        return failures
 
     def check_load(self, ref: ModelRef | str) -> SequencePolicy | None:
         """Refuse what a load of ``ref`` without a config of its own would refuse (its start config),
@@ -735,7 +758,7 @@ class DataPlane:
 
         for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
             try:
-                with hosting.hosted_by(self):
+                with hosting.hosted_by(self), self._loader.let_go():  # the slow part: other loads run meanwhile
                     return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
             except PolystackError as e:
                 if attempt == self.load_retries or self.draining:
@@ -904,6 +927,7 @@ class DataPlane:
         it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
         ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
         ensemble runs."""
+        self._loader.wait_for(name)  # a load of it building now finishes first
         self._configured.pop(name, None)  # its next load reads the folder
         if name in self._ensembles:
             models = self._ensembles[name].ensemble.models
@@ -927,6 +951,7 @@ class DataPlane:
         A model served under its name is refused, or unloaded once the ensemble checks (``replace_model``: its
         repository folder holds the ensemble now)."""
         name = pipeline.name
+        self._in_turn(name)
         model = self._serves_model(name)
         if model and not replace_model:
             raise InvalidRequest(
@@ -1077,6 +1102,7 @@ class DataPlane:
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
+            self._loader.wait_for(name)  # (a load of it building now)
             if not self._serves_version(name, served.ensemble.version):  # as an ensemble, or a model now
                 self.metrics.retire(name, version)
                 self._tallies.pop((name, version), None)
@@ -1145,6 +1171,7 @@ class DataPlane:
         version policy picks now (``_load_from_repository``). A load without a config of a version already
         served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        self._in_turn(ref.name)
         if self.repository is not None and ref.version is None:  # its folder in cloud storage as it is now
             self.repository.refresh(ref.name)
         # a config's version_policy picks the versions the load serves, as Triton's does
@@ -1238,6 +1265,7 @@ class DataPlane:
         models it runs that are not served yet are loaded from their folders, as Triton loads them; those in
         ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
         assert self.repository is not None
+        self._in_turn(name)
         agents = model_repository.FOLDER_AGENTS  # a load's config names its own, run on the folder in its place
         if config is not None:
             agents, config = model_config.split_field(config, "model_repository_agents")
@@ -1317,6 +1345,12 @@ class DataPlane:
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on. A version served as a plan would serve
         it again stays as it is, unless ``afresh`` (its folder was modified since its last load)."""
+        with self._loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
+            return self._serve_versions(refs, config, agents, afresh)
+
+    def _serve_versions(
+        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents, afresh: bool
+    ) -> LoadedEntry:
         plans = []
         for r in refs:
             try:
@@ -1434,10 +1468,11 @@ class DataPlane:
 
     def _forget_metrics(self, entries: list[LoadedEntry]) -> None:
         """Take versions no longer served off /metrics (and forget their typical compute time); on the
-        loader thread, where loads run, so that a version loaded again meanwhile keeps its series."""
+        loader, after the loads of its model building now, so that a version loaded again keeps its series."""
 
         def forget() -> None:
             for e in entries:
+                self._loader.wait_for(e.name)  # a load of it building now may serve it again
                 if (e.name, e.version) not in self._served:
                     self._typical_s.pop((e.name, e.version), None)
                     self._queues.pop((e.name, str(e.version)), None)
@@ -1458,13 +1493,13 @@ class DataPlane:
         for thread in retiring:
             thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(RuntimeError, TimeoutError):  # stopping, or a load still runs there
-            self._loader.submit(lambda: None).result(max(0.0, deadline - time.monotonic()))
+            self._loader.wait_idle(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in retiring)
 
     def close(self) -> None:
         self._stopping.set()  # an unload's wait for its decoupled model's final responses ends: they fail now
         self.calls.close()  # a model waiting for another's answer, which the stopped loop would give, waits no more
-        self._loader.shutdown(wait=True)  # a load in progress finishes before its batcher would be missed
+        self._loader.shutdown()  # a load in progress finishes before its batcher would be missed
         self.wait_retired()  # what unloads and reloads left running finishes first
         for served in self._served.values():
             served.close(wait=True)
@@ -1753,15 +1788,10 @@ class DataPlane:
             return None
         return f"{served.entry.name}:{served.entry.version}", self._instances(served)
 
-    def _loader_started(self) -> None:
-        self._loader_thread = threading.get_ident()
-        if self.thread_initializer is not None:
-            self.thread_initializer()
-
     def _refuse_on_loader(self, caller: str, what: str) -> None:
         """A load or unload asked by a model's code running in a load (its warm-up) would queue behind that load,
         which waits for it: refused."""
-        if threading.get_ident() == self._loader_thread:
+        if self._loader.on_loader():
             raise Unavailable(
                 f"model {caller!r} asked for {what} while it loads (its warm-up runs execute): the load would wait for "
                 "itself; ask it from execute once the model serves"
@@ -2874,8 +2904,8 @@ class DataPlane:
             )
         if repository is not None and not files and repository.clouds and not self._in_repository(name, repository):
             # a folder added to a bucket since the copy was last brought up to date: its copy first, as Triton's
-            # explicit mode reads the repository as it is now (on the loader thread, in turn with the loads)
-            await asyncio.get_running_loop().run_in_executor(self._loader, repository.refresh, name)
+            # explicit mode reads the repository as it is now (on the loader, in turn with the loads)
+            await asyncio.wrap_future(self._loader.submit(self._refresh, repository, name))
         if repository is not None and not files and not self._in_repository(name, repository):
             raise PollFailed(  # Triton's words and code, then what to do
                 f"{_polled(name)}: no model folder {name!r} in --model-repository {repository.shown()}; add it, "
@@ -2916,6 +2946,11 @@ class DataPlane:
                 continue
             log.info("ensemble loaded again: every model it runs is served again", extra={"model": other})
             self._restore_dependents(other)  # the ensembles that run this one
+
+    def _refresh(self, repository: model_repository.ModelRepository, name: str) -> None:
+        """Bring the copy of cloud folder ``name`` up to date, once a load of it building now is done."""
+        self._in_turn(name)
+        repository.refresh(name)
 
     def _in_repository(self, name: str, repository: model_repository.ModelRepository) -> bool:
         """Whether explicit model control over ``repository`` knows ``name``: a folder's model (or one it served),
@@ -2984,6 +3019,7 @@ class DataPlane:
     ) -> LoadedEntry | ensemble.Ensemble:
         """Register a load's model file (or a Python model's folder) as a version of ``name`` and load that version
         with ``config``; what registering changed in the store is undone when the load fails."""
+        self._in_turn(name)
         if name in self._ensembles:
             raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
         policy, config = model_config.split_field(config, "version_policy")
@@ -3241,10 +3277,17 @@ class DataPlane:
     def _unload_by_name(self, name: str, dependents: bool) -> None:
         """An unload's change, on the loader (a load queued behind it then sees all of it): what is served, and
         what the server kept of the name's loads."""
+        self._in_turn(name)
         self.unload(name, dependents)
         self._unmet.discard(name)  # unloaded by name: no load of the models it runs brings it back, as in Triton
         self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
         self._load_policies.pop(name, None)
+
+    def _in_turn(self, name: str) -> None:
+        """Wait while another load of ``name`` builds it (``Loader.wait_for``), as a load or unload queued behind
+        it; refused if the server began to drain meanwhile, as one queued behind it is."""
+        if self._loader.wait_for(name):
+            self._refuse_when_draining()
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
@@ -3263,7 +3306,7 @@ class DataPlane:
             return change(name)
 
         try:
-            await asyncio.get_running_loop().run_in_executor(self._loader, unless_draining, name)
+            await asyncio.wrap_future(self._loader.submit(unless_draining, name))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

@@ -1,0 +1,128 @@
+"""The server's loader: the threads model loads and unloads run on, with the bookkeeping they change.
+
+Triton loads several models at once (``--model-load-thread-count``, 4 threads by default), so that a repository of
+slow models starts, and concurrent loads of different models answer, in the time of the slowest rather than of all.
+Here a load's work is mostly the server's own bookkeeping (what is served, the store, the ensembles that run a model),
+which a single thread kept consistent, and one slow part: the runtime's load of the model and its warm-up. So every
+task runs holding the loader's **turn**, one task at a time, and lets go of it only around that slow part
+(``let_go``): another task runs meanwhile, a load of another model builds beside it.
+
+A task that changes a model across such a window **claims** its name (``claim``): another task that would change the
+same model (a load, an unload, an ensemble's load of its steps) waits at its start until the claim ends
+(``wait_for``), so that one model's loads and unloads happen one after another, as on one thread. A task holding a
+claim never waits for another's, so that no two tasks wait for each other.
+
+Written by hand: the standard library's executors run tasks either all at once or one at a time; none runs them one
+at a time but for the sections they mark.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_THREADS = 4  # tritonserver's --model-load-thread-count
+
+
+class Loader:
+    """``threads`` loader threads (at least one), each started with ``initializer`` (the server's placement)."""
+
+    def __init__(self, threads: int = DEFAULT_THREADS, initializer: Callable[[], None] | None = None) -> None:
+        self.threads = max(1, threads)  # Triton takes 0 as 1
+        self._initializer = initializer
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="load", initializer=self._started)
+        self._idents: set[int] = set()  # the loader's threads
+        self._turn = threading.Condition(threading.Lock())
+        self._holder: int | None = None  # the thread holding the turn, while it does
+        self._claims: dict[str, int] = {}  # model names claimed, by the thread holding each
+        self._tasks: set[Future[Any]] = set()  # submitted and not done
+
+    def _started(self) -> None:
+        self._idents.add(threading.get_ident())
+        if self._initializer is not None:
+            self._initializer()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on a loader thread, holding the turn; ``RuntimeError`` once the loader is shut down."""
+
+        def run() -> T:
+            with self._turn:
+                self._holder = threading.get_ident()
+                try:
+                    return fn(*args)
+                finally:
+                    self._holder = None
+
+        future = self._pool.submit(run)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+        return future
+
+    def on_loader(self) -> bool:
+        """Whether the calling thread is one of the loader's (a model's code running in its load, say)."""
+        return threading.get_ident() in self._idents
+
+    def holds_turn(self) -> bool:
+        return self._holder == threading.get_ident()
+
+    @contextlib.contextmanager
+    def let_go(self) -> Iterator[None]:
+        """Run the body without the turn (a model's build), other tasks running meanwhile; the turn is held again
+        after it. Outside the loader's tasks (a load called directly), the body just runs."""
+        me = threading.get_ident()
+        if self._holder != me:
+            yield
+            return
+        self._holder = None
+        self._turn.release()
+        try:
+            yield
+        finally:
+            self._turn.acquire()
+            self._holder = me
+
+    def wait_for(self, name: str) -> bool:
+        """Wait, without the turn, while another task claims model ``name``; then go on holding it again. Whether
+        it waited (what the task read before may have changed meanwhile)."""
+        me = threading.get_ident()
+        if self._holder != me:
+            return False
+        waited = False
+        while self._claims.get(name, me) != me:
+            self._holder = None
+            self._turn.wait()
+            self._holder = me
+            waited = True
+        return waited
+
+    @contextlib.contextmanager
+    def claim(self, name: str) -> Iterator[None]:
+        """Claim model ``name`` while the body changes it (letting go of the turn to build it): ``wait_for(name)``
+        in other tasks waits until the body is done. A claim the thread holds already, or a thread outside the
+        loader's tasks, claims nothing more."""
+        me = threading.get_ident()
+        if self._holder != me or self._claims.get(name) == me:
+            yield
+            return
+        self.wait_for(name)
+        self._claims[name] = me
+        try:
+            yield
+        finally:
+            del self._claims[name]
+            self._turn.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for every task submitted so far (up to ``timeout_s``); whether they are done."""
+        _, pending = concurrent.futures.wait(list(self._tasks), timeout_s)
+        return not pending
+
+    def shutdown(self) -> None:
+        """Run what was submitted, then stop; later submits raise ``RuntimeError``."""
+        self._pool.shutdown(wait=True)

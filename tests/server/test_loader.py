@@ -1,0 +1,80 @@
+"""The server's loader (``server.loader``): tasks hold one turn, but for the builds they mark, during which other
+tasks run; a task that would change a model being built waits for its build."""
+
+from __future__ import annotations
+
+import threading
+
+from polystack.server.loader import Loader
+
+
+def test_a_build_lets_other_tasks_run_but_holds_back_those_of_its_model() -> None:
+    loader = Loader(threads=3)
+    order: list[str] = []
+    building, finish = threading.Event(), threading.Event()
+
+    def build_x() -> None:
+        with loader.claim("x"), loader.let_go():
+            building.set()
+            assert finish.wait(10)
+        order.append("x built")
+
+    def unload_x() -> None:
+        loader.wait_for("x")
+        order.append("x unloaded")
+
+    try:
+        first = loader.submit(build_x)
+        assert building.wait(10)
+        second = loader.submit(unload_x)
+        loader.submit(lambda: order.append("y loaded")).result(10)  # runs while x builds
+        assert not second.done() and order == ["y loaded"]
+        finish.set()
+        first.result(10), second.result(10)
+        assert order == ["y loaded", "x built", "x unloaded"]
+        assert loader.wait_idle(10)
+    finally:
+        finish.set()
+        loader.shutdown()
+
+
+def test_one_thread_runs_its_tasks_one_after_another() -> None:
+    loader = Loader(threads=1)
+    order: list[str] = []
+    building, finish = threading.Event(), threading.Event()
+
+    def build_x() -> None:
+        with loader.claim("x"), loader.let_go():
+            building.set()
+            assert finish.wait(10)
+        order.append("x built")
+
+    try:
+        first = loader.submit(build_x)
+        assert building.wait(10)
+        other = loader.submit(lambda: order.append("y loaded"))
+        assert not other.done() and not loader.wait_idle(0.2)  # queued behind the build
+        finish.set()
+        first.result(10), other.result(10)
+        assert order == ["x built", "y loaded"]
+    finally:
+        finish.set()
+        loader.shutdown()
+
+
+def test_a_task_claims_its_model_once_and_outside_the_loader_nothing_is_held() -> None:
+    loader = Loader(threads=2)
+
+    def nested() -> bool:
+        with loader.claim("x"), loader.claim("x"), loader.let_go():  # a load inside a load of the same model
+            pass
+        loader.wait_for("x")  # the claim ended with the outer block
+        return loader.holds_turn() and loader.on_loader()
+
+    try:
+        assert loader.submit(nested).result(10)
+        with loader.claim("x"), loader.let_go():  # a load called directly (a test's, a replica's): just runs
+            loader.wait_for("x")
+        assert not loader.on_loader() and not loader.holds_turn()
+    finally:
+        loader.shutdown()
