@@ -583,7 +583,7 @@ class DataPlane:
         # a repository model's folder as its last load read it: a load that finds it modified since (a file touched,
         # its content the same) loads it afresh, as Triton's compares modification times
         self._loaded_prints = {n: _files_print(p) for n, p in (repository.seen if repository else {}).items()}
-        self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader thread)
+        self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
@@ -1830,7 +1830,7 @@ class DataPlane:
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""
-        served = list(self._served)  # one step (the loader thread changes it): never iterated while it changes
+        served = list(self._served)  # one step (the loader changes it): never iterated while it changes
         return sorted({name for name, _ in served} | set(self._ensembles))
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
@@ -1869,7 +1869,7 @@ class DataPlane:
         if pipeline is not None:
             served = [pipeline.ensemble.version]
         else:
-            served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader thread changes it
+            served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader changes it
         folder = self.repository.folder(name) if self.repository is not None and self.repository.owns(name) else None
         if folder is not None:
             known = model_repository.folder_versions(folder)
@@ -2778,7 +2778,7 @@ class DataPlane:
     def _failure_label(self, name: str) -> tuple[str, str]:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
         which would let any client grow /metrics without bound; a served model's name, or empty."""
-        served = list(self._served)  # one step (the loader thread changes it): never iterated while it changes
+        served = list(self._served)  # one step (the loader changes it): never iterated while it changes
         return (name, "") if name in self._ensembles or any(k[0] == name for k in served) else ("", "")
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -3049,7 +3049,7 @@ class DataPlane:
 
     async def poll_repository(self) -> None:
         """Load, reload or unload the repository models whose folders changed since the last poll (Triton's
-        poll mode), on the loader thread and in flight like a load; ShuttingDown once the drain has begun."""
+        poll mode), on the loader and in flight like a load; ShuttingDown once the drain has begun."""
         await self._control(lambda _: self._poll(), "")
 
     def _poll(self) -> None:
@@ -3294,7 +3294,7 @@ class DataPlane:
             raise ShuttingDown("the server is shutting down; send the load or unload to another replica")
 
     async def _control(self, change: Callable[[str], Any], name: str) -> None:
-        """A load or unload on the loader thread, in flight like a request: a drain waits for it (within
+        """A load or unload on the loader, in flight like a request: a drain waits for it (within
         its timeout) and its client gets the answer; none starts once the drain has begun, not even one
         queued on the loader before it began."""
         self._refuse_when_draining()
