@@ -820,3 +820,53 @@ def test_a_steps_output_left_out_is_an_absent_input_of_the_next_step_where_that_
         y.set_data_from_numpy(np.array([7.0], np.float32))
         both = http.infer("chain", [x, y])
         assert both.as_numpy("OUTPUT0").tolist() == [5.0] and both.as_numpy("OUTPUT1").tolist() == [7.0]
+
+
+def test_an_ensemble_serves_each_version_its_version_policy_picks_as_triton_does(tmp_path: Path) -> None:
+    """Triton's QA ensembles (``simple_*``) have version folders 1 and 3 and ``version_policy { specific { versions:
+    [1, 3] } }``: tritonserver 2.51 serves both, each running the config's steps and counted apart (helper-191: polystack
+    refused the ensemble, failing five L0_lifecycle cases)."""
+    repo = pipeline_repository(tmp_path / "models")
+    (repo / "pipe" / "3").mkdir()
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE + "version_policy { specific { versions: [ 1, 3 ] } }\n")
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    out, neg = _expected(repo, x)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port), "--model-control-mode", "explicit",
+            "--load-model", "pipe", "--triton-metrics"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        for client, module in ((http, httpclient), (grpc, grpcclient)):
+            assert client.is_model_ready("pipe", "1") and client.is_model_ready("pipe", "3")
+            assert not client.is_model_ready("pipe", "2")
+            for version, times in (("1", 2), ("3", 1), ("", 1)):  # no version: the latest
+                i = module.InferInput("IN", [2, 16], "FP32")
+                i.set_data_from_numpy(x)
+                for _ in range(times):
+                    result = client.infer("pipe", [i], model_version=version)
+                np.testing.assert_allclose(result.as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(result.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
+                answered = result.get_response()
+                assert (answered["model_version"] if module is httpclient else answered.model_version) == (version or "3")
+        assert http.get_model_metadata("pipe")["versions"] == ["1", "3"]
+        assert http.get_model_config("pipe")["version_policy"] == {"specific": {"versions": [1, 3]}}
+        stats = {s["version"]: s["inference_count"] for s in http.get_inference_statistics("pipe")["model_stats"]}
+        assert stats == {"1": 8, "3": 8}, stats  # rows: per version 2 requests of 2 rows, over HTTP and gRPC each
+        [v1] = http.get_inference_statistics("pipe", "1")["model_stats"]
+        assert v1["version"] == "1" and v1["execution_count"] == 4
+        with pytest.raises(InferenceServerException, match="version 2 is not found; the ensemble serves versions 1, 3"):
+            http.infer("pipe", [httpclient.InferInput("IN", [1, 16], "FP32").set_data_from_numpy(x[:1])], "2")
+        index = {(m["name"], m.get("version")): m["state"] for m in http.get_model_repository_index()}
+        assert index[("pipe", "1")] == index[("pipe", "3")] == "READY", index
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert re.search(r'nv_inference_count\{model="pipe",version="1"\} 8', metrics), metrics
+        assert re.search(r'nv_inference_count\{model="pipe",version="3"\} 8', metrics), metrics
+        http.unload_model("pipe")
+        assert not http.is_model_ready("pipe", "1") and not http.is_model_ready("pipe", "3")
+        index = {(m["name"], m.get("version")): (m["state"], m.get("reason")) for m in http.get_model_repository_index()}
+        assert index[("pipe", "1")] == index[("pipe", "3")] == ("UNAVAILABLE", "unloaded"), index
+        http.load_model("pipe")
+        assert http.is_model_ready("pipe", "1") and http.is_model_ready("pipe", "3")
+        http.close()
+        grpc.close()

@@ -198,6 +198,17 @@ class _ServedEnsemble:
     stats: ModelStats = field(default_factory=ModelStats)
     # its answers in the response cache: a new number when a model it runs is loaded again (they may change)
     load: int = field(default_factory=lambda: next(_loads))
+    # its other versions, where its version_policy picks several (this one is the latest), each counted apart
+    others: dict[int, _ServedEnsemble] = field(default_factory=dict)
+
+    def at(self, version: int) -> _ServedEnsemble | None:
+        """Its ``version`` (None: not served)."""
+        return self if version == self.ensemble.version else self.others.get(version)
+
+    @property
+    def every(self) -> list[_ServedEnsemble]:
+        """Each version served, the oldest first."""
+        return sorted([self, *self.others.values()], key=lambda s: s.ensemble.version)
 
 
 # what an ensemble request holds (``DataPlane._pin``): the model or ensemble each (step model, version) runs
@@ -964,23 +975,29 @@ class DataPlane:
         with self._routing:
             old = self._ensembles.get(name)
             if old is not None and old.ensemble == pipeline:
+                old.ensemble = dataclasses.replace(old.ensemble, written_policy=pipeline.written_policy)
                 log.info("model served as asked", extra={"model": name, "version": pipeline.version})
                 return
-            self._ensembles[name] = _ServedEnsemble(pipeline)
+            others = {v: _ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
+            others.pop(pipeline.version, None)
+            self._ensembles[name] = served = _ServedEnsemble(pipeline, others=others)
             self._generation += 1
-        label = (name, str(pipeline.version))
-        self._tallies.setdefault(label, triton_metrics.Tally()).add(self._ensembles[name].stats)
-        if old is not None and self.response_cache is not None:
-            self.response_cache.forget(old.load)
-        self.metrics.serving(name, str(pipeline.version))
-        if old is not None and old.ensemble.version != pipeline.version:  # the old version's series go with it
-            self.metrics.retire(name, str(old.ensemble.version))
-            self._tallies.pop((name, str(old.ensemble.version)), None)
+        for each in served.every:
+            label = (name, str(each.ensemble.version))
+            self._tallies.setdefault(label, triton_metrics.Tally()).add(each.stats)
+            self.metrics.serving(*label)
+        for gone in old.every if old is not None else []:
+            if self.response_cache is not None:
+                self.response_cache.forget(gone.load)
+            if gone.ensemble.version not in pipeline.served_versions:  # the old version's series go with it
+                self.metrics.retire(name, str(gone.ensemble.version))
+                self._tallies.pop((name, str(gone.ensemble.version)), None)
         self._count_loaded()
         log.info(
             "model loaded",
-            extra={"model": name, "version": pipeline.version, "ensemble": [f"{s.model}" for s in pipeline.steps]},
-        )
+            extra={"model": name, "version": pipeline.version, "versions": list(pipeline.served_versions),
+                   "ensemble": [f"{s.model}" for s in pipeline.steps]},
+        )  # fmt: skip
         if pipeline.response_cache and self.response_cache is None:
             log.warning(
                 "the ensemble's config enables response_cache, but this server has no response cache, so every "
@@ -1095,23 +1112,28 @@ class DataPlane:
             self._generation += 1
         if served is None:
             return
-        if self.response_cache is not None:
-            self.response_cache.forget(served.load)
-        version = str(served.ensemble.version)
-        self._stopped.add((name, served.ensemble.version))
+        versions = [each.ensemble.version for each in served.every]
+        for each in served.every:
+            if self.response_cache is not None:
+                self.response_cache.forget(each.load)
+            self._stopped.add((name, each.ensemble.version))
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
             self._loader.wait_for(name)  # (a load of it building now)
-            if not self._serves_version(name, served.ensemble.version):  # as an ensemble, or a model now
-                self.metrics.retire(name, version)
-                self._tallies.pop((name, version), None)
+            for version in versions:
+                if not self._serves_version(name, version):  # as an ensemble, or a model now
+                    self.metrics.retire(name, str(version))
+                    self._tallies.pop((name, str(version)), None)
             if name not in self._ensembles and not self._serves_model(name):
                 self.metrics.forget_name(name)
 
         with contextlib.suppress(RuntimeError):
             self._loader.submit(forget)
-        log.info("model unloaded", extra={"model": name, "version": served.ensemble.version, "reason": why})
+        log.info(
+            "model unloaded",
+            extra={"model": name, "version": served.ensemble.version, "versions": versions, "reason": why},
+        )
         self._check_ensembles_of(name)
 
     def _check_ensembles_of(self, name: str) -> None:
@@ -1124,8 +1146,8 @@ class DataPlane:
             try:
                 self._check_ensemble(served.ensemble)
                 if self.response_cache is not None:
-                    if served.ensemble.response_cache:
-                        old, served.load = served.load, next(_loads)
+                    for each in served.every if served.ensemble.response_cache else []:
+                        old, each.load = each.load, next(_loads)
                         self.response_cache.forget(old)
                     self._check_ensembles_of(other)  # those that run this one: their answers too, cached or not
             except PolystackError as e:
@@ -1142,7 +1164,7 @@ class DataPlane:
     def _serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
         ensemble_now = self._ensembles.get(name)
-        return (name, version) in self._served or (ensemble_now is not None and ensemble_now.ensemble.version == version)
+        return (name, version) in self._served or (ensemble_now is not None and ensemble_now.at(version) is not None)
 
     def _serves_model(self, name: str) -> bool:
         """Whether a version of model ``name`` (not an ensemble) is loaded."""
@@ -1280,7 +1302,10 @@ class DataPlane:
         if model.ensemble is not None:
             pipeline = model.ensemble
             if config is not None:  # the load's own agents ran on the folder in place of its config's
-                pipeline = dataclasses.replace(ensemble.read(config, name, pipeline.version), agents=model.ran)
+                pipeline = dataclasses.replace(
+                    ensemble.read(config, name, pipeline.version), agents=model.ran, versions=pipeline.versions,
+                    written_policy=pipeline.written_policy,
+                )
                 pipeline = ensemble.with_labels(pipeline, model.config.directory if model.config is not None else None)
             try:
                 for other in sorted(pipeline.models - loading - {name}):
@@ -1527,18 +1552,22 @@ class DataPlane:
 
     def ensembles_served(self) -> list[str]:
         """The ensembles served now, as ``name:version``."""
-        return [f"{name}:{self._ensembles[name].ensemble.version}" for name in sorted(self._ensembles)]
+        ensembles = dict(self._ensembles)
+        return [f"{name}:{each.ensemble.version}" for name in sorted(ensembles) for each in ensembles[name].every]
 
     def _ensemble(self, name: str, version: str | None) -> _ServedEnsemble | None:
         """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound)."""
         served = self._ensembles.get(name)
         if served is not None and version:
             v = parse_version(name, version)
-            if v != served.ensemble.version:
+            at = served.at(v) if v is not None else served
+            if at is None:
+                versions = [each.ensemble.version for each in served.every]
                 raise VersionNotFound(
-                    f"Request for unknown model: {name!r} version {v} is not found; the ensemble serves version "
-                    f"{served.ensemble.version}"
+                    f"Request for unknown model: {name!r} version {v} is not found; the ensemble serves version"
+                    f"{'s' if len(versions) > 1 else ''} {', '.join(map(str, versions))}"
                 )
+            return at
         return served
 
     def _resolve(self, name: str, version: str | None) -> _Served:
@@ -1595,7 +1624,7 @@ class DataPlane:
         repository or store has, and a model unloaded since its load failed (Triton keeps that failure until a
         load succeeds) do not count."""
         served = {(e.name, e.version) for e in self.engine.loaded()}
-        served |= {(n, p.ensemble.version) for n, p in list(self._ensembles.items())}
+        served |= {(n, each.ensemble.version) for n, p in list(self._ensembles.items()) for each in p.every}
         names = {n for n, _ in served}
         out = {n for n, _ in frozenset(self._loading) if n not in names}
         for name, (version, _) in list(self._load_failures.items()):
@@ -1812,7 +1841,11 @@ class DataPlane:
                 queues = [q() for q in self._queues.get((e.name, str(e.version)), [])]
                 pending = sum(q.depth for q in queues if q is not None)
                 shown.append((e.name, e.version, e.stats, pending, served.additions.response_cache))
-        shown += [(n, p.ensemble.version, p.stats, 0, p.ensemble.response_cache) for n, p in ensembles.items()]
+        shown += [
+            (n, each.ensemble.version, each.stats, 0, each.ensemble.response_cache)
+            for n, p in ensembles.items()
+            for each in p.every
+        ]
         figures = []
         for name, version, stats, pending, cached in shown:
             label = (name, str(version))
@@ -1835,9 +1868,10 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         pipeline = self._ensemble(name, version)
-        if pipeline is not None:
-            e = pipeline.ensemble
-            return ModelMetadata(name, [str(e.version)], ensemble.PLATFORM, e.signature).to_dict()
+        if pipeline is not None:  # every version of it, as a model's metadata lists its versions
+            e, every = pipeline.ensemble, self._ensembles.get(name, pipeline).every
+            versions = [str(p.ensemble.version) for p in every]
+            return ModelMetadata(name, versions, ensemble.PLATFORM, e.signature).to_dict()
         served = self._get(name, version)
         shown = self.engine.metadata(name, parse_version(name, version))
         # a FIL model's outputs in its config's dims, as Triton's metadata shows them (answers leave out dims of 1)
@@ -1866,8 +1900,8 @@ class DataPlane:
         among those a load of it by name picks from (its repository folder's, else the store's): Triton's
         default, the latest, where they are the latest ones, else those versions; a load of the config GET
         config shows serves them again."""
-        if pipeline is not None:
-            served = [pipeline.ensemble.version]
+        if pipeline is not None:  # each version of the ensemble of that name
+            served = [each.ensemble.version for each in self._ensembles.get(name, pipeline).every]
         else:
             served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader changes it
         folder = self.repository.folder(name) if self.repository is not None and self.repository.owns(name) else None
@@ -1878,7 +1912,11 @@ class DataPlane:
         written = None  # the policy a load's config or the start's wrote (an ensemble's is its one version)
         if pipeline is None and (start := self.model_configs.get(name)) is not None:
             written = start.written_policy or start.policy
-        written = self._load_policies.get(name, written) if pipeline is None else None
+        if pipeline is not None:  # as the ensemble's config writes it
+            policy = self._ensembles.get(name, pipeline).ensemble.written_policy
+            written = json.loads(policy) if policy else None
+        else:
+            written = self._load_policies.get(name, written)
         if written and served and known:  # as the config writes it, while it picks what is served (Triton's)
             with contextlib.suppress(InvalidRequest):
                 if sorted(model_repository.pick_versions(written, sorted(known))) == served:
@@ -1897,7 +1935,7 @@ class DataPlane:
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
-        pipelines = list(self._ensembles.values())
+        pipelines = [each for p in list(self._ensembles.values()) for each in p.every]
         if version and not (name or (version.isascii() and version.isdigit())):  # checked, then every model's
             raise InvalidRequest(
                 f"failed to get model version from specified version string {quote(version, 40)}: a version is an "
@@ -1906,7 +1944,7 @@ class DataPlane:
         try:
             if name:
                 pipeline = self._ensemble(name, version)
-                pipelines = [pipeline] if pipeline is not None else []
+                pipelines = [] if pipeline is None else [pipeline] if version else self._ensembles[name].every
             if pipelines and name:
                 entries = []
             elif name and version:
@@ -2829,7 +2867,7 @@ class DataPlane:
         # them loading, so a version read in neither (a load ending between the two reads) cannot be
         building = frozenset(self._loading)
         ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
-        ready |= {(name, p.ensemble.version) for name, p in list(self._ensembles.items())}
+        ready |= {(name, each.ensemble.version) for name, p in list(self._ensembles.items()) for each in p.every}
         out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
         if not ready_only:
             # what a load could serve (the store's models, the repository's folders): nothing else is listed

@@ -75,6 +75,16 @@ class Ensemble:
     # from its folder (``with_labels``): the classification of that output names its classes so, before any step's
     label_files: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # every version served (its version_policy may pick several, as Triton's QA ensembles' [1, 3]), ``version`` the
+    # latest: each runs the same steps, as one config.pbtxt serves them all in Triton; () is (version,)
+    versions: tuple[int, ...] = ()
+    # the version_policy its config (a load's, else its folder's) writes, as JSON ("": none), which GET config shows: a
+    # load whose config writes what picks the same versions serves the ensemble as it was
+    written_policy: str = dataclasses.field(default="", compare=False)
+
+    @property
+    def served_versions(self) -> tuple[int, ...]:
+        return self.versions or (self.version,)
 
     @property
     def models(self) -> set[str]:
@@ -273,8 +283,9 @@ class Served:
 
 def as_step(inner: Ensemble, step: Step) -> Served:
     """What ensemble ``inner`` serves as ``step`` of another, which must ask for its version or the latest."""
-    if step.version is not None and step.version != inner.version:
-        raise InvalidRequest(f"ensemble {inner.name!r} has version {inner.version}, not {step.version}")
+    if step.version is not None and step.version not in inner.served_versions:
+        has = f"version{'s' if len(inner.served_versions) > 1 else ''} {', '.join(map(str, inner.served_versions))}"
+        raise InvalidRequest(f"ensemble {inner.name!r} has {has}, not {step.version}")
     return Served(inner.signature, inner.max_batch_size)
 
 

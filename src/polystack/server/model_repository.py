@@ -479,15 +479,15 @@ def _register_model(
     shown = ran if agents is FOLDER_AGENTS else ()  # the folder's, when they ran: GET config shows them with it
     served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
     if is_ensemble(doc):
-        if len(served) > 1:
-            raise InvalidRequest(
-                f"its version_policy picks versions {list(served)}, but an ensemble serves one version; pick one"
-            )
-        policy = {"version_policy", "versionPolicy"}
-        text = json.dumps({k: v for k, v in doc.items() if k not in policy})
+        text = json.dumps({k: v for k, v in doc.items() if k not in ("version_policy", "versionPolicy")})
         source = f"--model-repository {config_path}"
-        pipeline = with_labels(dataclasses.replace(read_ensemble(text, name, served[0]), agents=shown), folder)
         written = doc.get("version_policy", doc.get("versionPolicy"))
+        pipeline = read_ensemble(text, name, max(served))  # each version it picks runs these steps, as in Triton
+        pipeline = dataclasses.replace(
+            pipeline, agents=shown, versions=tuple(sorted(served)),
+            written_policy=json.dumps(policy if policy is not None else written) if (policy or written) else "",
+        )  # fmt: skip
+        pipeline = with_labels(pipeline, folder)
         ensemble_config = model_config.ConfigFile(text, folder, source, served, written_policy=written)
         return RepositoryModel(name, served, ensemble_config, pipeline, ran)
     if loaded_with is not None:  # a load's config, whole, in place of the folder's, where it alone gives the signature
