@@ -4,13 +4,13 @@ tasks run; a task that would change a model being built waits for its build."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from polystack.server.loader import Loader
 
 
-def test_a_build_lets_other_tasks_run_but_holds_back_those_of_its_model() -> None:
-    loader = Loader(threads=3)
-    order: list[str] = []
+def _build(loader: Loader, order: list[str]) -> tuple[Callable[[], None], threading.Event, threading.Event]:
+    """A task building model x (claimed, the turn let go) until ``finish`` is set; ``building`` once it builds."""
     building, finish = threading.Event(), threading.Event()
 
     def build_x() -> None:
@@ -18,6 +18,14 @@ def test_a_build_lets_other_tasks_run_but_holds_back_those_of_its_model() -> Non
             building.set()
             assert finish.wait(10)
         order.append("x built")
+
+    return build_x, building, finish
+
+
+def test_a_build_lets_other_tasks_run_but_holds_back_those_of_its_model() -> None:
+    loader = Loader(threads=3)
+    order: list[str] = []
+    build_x, building, finish = _build(loader, order)
 
     def unload_x() -> None:
         loader.wait_for("x")
@@ -41,14 +49,7 @@ def test_a_build_lets_other_tasks_run_but_holds_back_those_of_its_model() -> Non
 def test_one_thread_runs_its_tasks_one_after_another() -> None:
     loader = Loader(threads=1)
     order: list[str] = []
-    building, finish = threading.Event(), threading.Event()
-
-    def build_x() -> None:
-        with loader.claim("x"), loader.let_go():
-            building.set()
-            assert finish.wait(10)
-        order.append("x built")
-
+    build_x, building, finish = _build(loader, order)
     try:
         first = loader.submit(build_x)
         assert building.wait(10)
