@@ -824,8 +824,8 @@ def test_a_steps_output_left_out_is_an_absent_input_of_the_next_step_where_that_
 
 def test_an_ensemble_serves_each_version_its_version_policy_picks_as_triton_does(tmp_path: Path) -> None:
     """Triton's QA ensembles (``simple_*``) have version folders 1 and 3 and ``version_policy { specific { versions:
-    [1, 3] } }``: tritonserver 2.51 serves both, each running the config's steps and counted apart (helper-191: polystack
-    refused the ensemble, failing five L0_lifecycle cases)."""
+    [1, 3] } }``: tritonserver 2.51 serves both, each running the config's steps and counted apart (helper-191:
+    polystack refused the ensemble, failing five L0_lifecycle cases)."""
     repo = pipeline_repository(tmp_path / "models")
     (repo / "pipe" / "3").mkdir()
     (repo / "pipe" / "config.pbtxt").write_text(PIPE + "version_policy { specific { versions: [ 1, 3 ] } }\n")
@@ -848,7 +848,8 @@ def test_an_ensemble_serves_each_version_its_version_policy_picks_as_triton_does
                 np.testing.assert_allclose(result.as_numpy("OUT"), out, rtol=1e-5, atol=1e-6)
                 np.testing.assert_allclose(result.as_numpy("NEG"), neg, rtol=1e-5, atol=1e-6)
                 answered = result.get_response()
-                assert (answered["model_version"] if module is httpclient else answered.model_version) == (version or "3")
+                shown = answered["model_version"] if module is httpclient else answered.model_version
+                assert shown == (version or "3")
         assert http.get_model_metadata("pipe")["versions"] == ["1", "3"]
         assert http.get_model_config("pipe")["version_policy"] == {"specific": {"versions": [1, 3]}}
         stats = {s["version"]: s["inference_count"] for s in http.get_inference_statistics("pipe")["model_stats"]}
@@ -864,7 +865,8 @@ def test_an_ensemble_serves_each_version_its_version_policy_picks_as_triton_does
         assert re.search(r'nv_inference_count\{model="pipe",version="3"\} 8', metrics), metrics
         http.unload_model("pipe")
         assert not http.is_model_ready("pipe", "1") and not http.is_model_ready("pipe", "3")
-        index = {(m["name"], m.get("version")): (m["state"], m.get("reason")) for m in http.get_model_repository_index()}
+        index = {(m["name"], m.get("version")): (m["state"], m.get("reason"))
+                 for m in http.get_model_repository_index()}
         assert index[("pipe", "1")] == index[("pipe", "3")] == ("UNAVAILABLE", "unloaded"), index
         http.load_model("pipe")
         assert http.is_model_ready("pipe", "1") and http.is_model_ready("pipe", "3")
