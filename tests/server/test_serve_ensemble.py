@@ -863,7 +863,14 @@ def test_an_ensemble_serves_each_version_its_version_policy_picks_as_triton_does
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         assert re.search(r'nv_inference_count\{model="pipe",version="1"\} 8', metrics), metrics
         assert re.search(r'nv_inference_count\{model="pipe",version="3"\} 8', metrics), metrics
-        http.unload_model("pipe")
+        shown = http.get_model_config("pipe")  # a load whose config picks version 3 alone: version 1 stops
+        http.load_model("pipe", config=json.dumps({**shown, "version_policy": {"specific": {"versions": [3]}}}))
+        assert not http.is_model_ready("pipe", "1") and http.is_model_ready("pipe", "3")
+        assert http.get_model_config("pipe")["version_policy"] == {"specific": {"versions": [3]}}
+        index = {(m["name"], m.get("version")): (m["state"], m.get("reason"))
+                 for m in http.get_model_repository_index()}
+        assert index[("pipe", "1")] == ("UNAVAILABLE", "unloaded") and index[("pipe", "3")][0] == "READY", index
+        http.unload_model("pipe")  # (a load without a config would keep that one: the folder is unchanged)
         assert not http.is_model_ready("pipe", "1") and not http.is_model_ready("pipe", "3")
         index = {(m["name"], m.get("version")): (m["state"], m.get("reason"))
                  for m in http.get_model_repository_index()}

@@ -992,6 +992,7 @@ class DataPlane:
             if gone.ensemble.version not in pipeline.served_versions:  # the old version's series go with it
                 self.metrics.retire(name, str(gone.ensemble.version))
                 self._tallies.pop((name, str(gone.ensemble.version)), None)
+                self._stopped.add((name, gone.ensemble.version))  # the index lists it unloaded, as a model's
         self._count_loaded()
         log.info(
             "model loaded",
@@ -1909,7 +1910,7 @@ class DataPlane:
             known = model_repository.folder_versions(folder)
         else:  # an ensemble outside a repository has the one version it serves
             known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
-        written = None  # the policy a load's config or the start's wrote (an ensemble's is its one version)
+        written = None  # the policy a load's config or the start's wrote
         if pipeline is None and (start := self.model_configs.get(name)) is not None:
             written = start.written_policy or start.policy
         if pipeline is not None:  # as the ensemble's config writes it
@@ -1944,7 +1945,8 @@ class DataPlane:
         try:
             if name:
                 pipeline = self._ensemble(name, version)
-                pipelines = [] if pipeline is None else [pipeline] if version else self._ensembles[name].every
+                every = self._ensembles.get(name, pipeline).every if pipeline is not None else []
+                pipelines = [pipeline] if pipeline is not None and version else every
             if pipelines and name:
                 entries = []
             elif name and version:
