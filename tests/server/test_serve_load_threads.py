@@ -135,6 +135,21 @@ def test_explicit_loads_of_different_models_build_at_once(tmp_path: Path) -> Non
         client.close()
 
 
+def test_a_poll_loads_the_folders_it_finds_at_once(tmp_path: Path) -> None:
+    """Two model folders added together: the next poll loads both at once, as Triton's poll does."""
+    repo = tmp_path / "models"
+    (repo / "quick" / "1").mkdir(parents=True)
+    mlp_onnx(repo / "quick" / "1" / "model.onnx")
+    staged = _meeting(tmp_path / "staged", 60, {"a": "b", "b": "a"})
+    url, server = _serve(tmp_path, repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    with server:
+        client = _client(url)
+        for name in ("a", "b"):
+            (staged / name).rename(repo / name)
+        assert until(lambda: client.is_model_ready("a") and client.is_model_ready("b"), 90)
+        client.close()
+
+
 def test_a_model_loading_holds_back_its_own_unload_but_no_other_load(tmp_path: Path) -> None:
     """A load of ``slow`` waits in its ``initialize`` for a file the test writes last: meanwhile a load of another
     model is answered, and an unload of ``slow`` sent after its load waits for it, as Triton orders them."""

@@ -3101,6 +3101,7 @@ class DataPlane:
         changed = False
         deferred: dict[str, str] = {}  # ensembles whose load failed: tried again once the poll's other loads ran
         failed: set[str] = set()  # folders that failed to load in this poll: not tried again within it
+        todo: list[str] = []  # the folders to load, in order
         for name in sorted(repository.duplicated if complete else ()):  # Triton's poll unloads such a model
             now[name] = model_repository.DUPLICATED  # read again once one repository holds it alone
             if repository.seen.get(name) == model_repository.DUPLICATED:
@@ -3134,10 +3135,16 @@ class DataPlane:
                 self._load_failures.pop(name, None)
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
-            if name in failed:  # an ensemble's model that failed in this poll, a moment ago
+            todo.append(name)
+        # the changed folders load at once (as Triton's poll loads them), each a task of the loader's; their outcomes
+        # are taken in order
+        for name, outcome in zip(todo, self._load_folders(todo, failed), strict=True):
+            if outcome is None:  # an ensemble's model that failed in this poll, a moment ago
                 continue
             try:
-                loaded = self._load_from_repository(name, None, failed=failed)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                loaded = outcome
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
             except PolystackError as e:
@@ -3167,6 +3174,34 @@ class DataPlane:
                     "and it is read again once its folder changes or a poll changes models",
                     extra={"model": name, "error": still.get(name, message)},
                 )
+
+    def _load_folders(
+        self, names: Sequence[str], failed: set[str]
+    ) -> list[LoadedEntry | ensemble.Ensemble | BaseException | None]:
+        """Load the repository folders ``names`` at once, each a task of the loader's (this task lets go of the turn
+        while they run): what each load gave or raised, in order; None for a folder skipped, which an ensemble's
+        load in this poll failed meanwhile (``failed``). One at a time outside a loader task, or with one thread."""
+
+        def one(name: str) -> LoadedEntry | ensemble.Ensemble | None:
+            self._refuse_when_draining()  # the rest waits for the next start
+            if name in failed:
+                return None
+            return self._load_from_repository(name, None, failed=failed)
+
+        if len(names) < 2 or not self._loader.holds_turn() or self._loader.threads < 2:  # (this task holds one)
+            futures = []
+            for name in names:
+                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                try:
+                    future.set_result(one(name))
+                except BaseException as e:  # given back in order, as the tasks' are
+                    future.set_exception(e)
+                futures.append(future)
+        else:
+            futures = [self._loader.submit(one, name) for name in names]
+            with self._loader.let_go():
+                concurrent.futures.wait(futures)
+        return [f.exception() if f.exception() is not None else f.result() for f in futures]
 
     def _load_unmet(self, quiet: Collection[str] = (), tried: set[str] | None = None) -> dict[str, str]:
         """Load again the repository ensembles not served as their folders say for want of their models as they
