@@ -3188,20 +3188,21 @@ class DataPlane:
                 return None
             return self._load_from_repository(name, None, failed=failed)
 
+        outcomes: list[LoadedEntry | ensemble.Ensemble | BaseException | None] = []
         if len(names) < 2 or not self._loader.holds_turn() or self._loader.threads < 2:  # (this task holds one)
-            futures = []
             for name in names:
-                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
                 try:
-                    future.set_result(one(name))
-                except BaseException as e:  # given back in order, as the tasks' are
-                    future.set_exception(e)
-                futures.append(future)
-        else:
-            futures = [self._loader.submit(one, name) for name in names]
-            with self._loader.let_go():
-                concurrent.futures.wait(futures)
-        return [f.exception() if f.exception() is not None else f.result() for f in futures]
+                    outcomes.append(one(name))
+                except Exception as e:  # given back in order, as the tasks' are
+                    outcomes.append(e)
+            return outcomes
+        futures = [self._loader.submit(one, name) for name in names]
+        with self._loader.let_go():
+            concurrent.futures.wait(futures)
+        for future in futures:
+            failure = future.exception()
+            outcomes.append(failure if failure is not None else future.result())
+        return outcomes
 
     def _load_unmet(self, quiet: Collection[str] = (), tried: set[str] | None = None) -> dict[str, str]:
         """Load again the repository ensembles not served as their folders say for want of their models as they
