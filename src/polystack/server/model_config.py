@@ -66,7 +66,7 @@ _MAX_INSTANCES = MAX_INSTANCES  # worker threads for one model
 _MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 _MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
 _MAX_FILE_BYTES = 256 << 20  # a file a config names (warm-up input, initial state)
-_MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold a loader thread (its model's next load, a drain)
+_MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold a loader thread (the next load, a drain)
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
 # these is refused as not Triton's
