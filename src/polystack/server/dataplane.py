@@ -288,6 +288,25 @@ def _files_print(taken: model_repository.Fingerprint) -> model_repository.Finger
     return tuple(e for e in taken if e[0] not in skipped and not e[0].startswith("configs/"))
 
 
+def _touched_versions(
+    then: model_repository.Fingerprint, now: model_repository.Fingerprint, versions: Collection[int]
+) -> frozenset[int]:
+    """Which of ``versions`` load afresh, a model folder's files (``_files_print``) having been ``then`` at its last
+    load and ``now``: a version whose folder holds a file changed; every one where a file beside the version folders
+    changed (a module they import), as current Triton reloads only the versions whose files changed."""
+    if then is None or then == now:
+        return frozenset()
+    if now is None:
+        return frozenset(versions)
+    touched = set()
+    for path, *_ in set(then) ^ set(now):
+        top = path.split(os.sep, 1)[0]
+        if not (top.isdigit() and str(int(top)) == top):  # outside the version folders: every version
+            return frozenset(versions)
+        touched.add(int(top))
+    return frozenset(touched & set(versions))
+
+
 def _polled(name: str) -> str:
     """Triton's words for a load whose model could not be read (``PollFailed``)."""
     return f"failed to load {quote(name, 140)}, failed to poll from model repository"
@@ -1340,7 +1359,7 @@ class DataPlane:
             # the load's own agents with its config; without one, the folder's config carries its own
             ran = model.ran if config is not None else ()
             then = self._loaded_prints.get(name)
-            touched = then is not None and then != print_now  # modified since its last load: loaded afresh
+            touched = _touched_versions(then, print_now, model.versions)  # modified since its last load: afresh
             entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran, afresh=touched)
             self._loaded_prints[name] = print_now
             model_repository.settle(self.store, registered)
@@ -1365,17 +1384,17 @@ class DataPlane:
         refs: list[ModelRef],
         config: str | None,
         agents: repository_agents.Agents = (),
-        afresh: bool = False,
+        afresh: Collection[int] = (),
     ) -> LoadedEntry:
         """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on. A version served as a plan would serve
-        it again stays as it is, unless ``afresh`` (its folder was modified since its last load)."""
+        it again stays as it is, unless it is ``afresh`` (its files were modified since its last load)."""
         with self._loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
             return self._serve_versions(refs, config, agents, afresh)
 
     def _serve_versions(
-        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents, afresh: bool
+        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents, afresh: Collection[int]
     ) -> LoadedEntry:
         plans = []
         for r in refs:
@@ -1384,14 +1403,14 @@ class DataPlane:
             except PolystackError as e:
                 e.at_version(r.version)  # the index lists the version that failed
                 raise
-        kept = [self._served_as(p) if config is None and not afresh else None for p in plans]
+        kept = [self._served_as(p) if config is None and p.record.version not in afresh else None for p in plans]
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
         ready: list[_Served] = []
         with self._loading_versions(changed):
             try:
                 for plan in changed:
-                    with hosting.afresh(afresh):
+                    with hosting.afresh(plan.record.version in afresh):
                         built.append(self._build(plan))
                 for plan, loaded in zip(changed, built, strict=True):
                     ready.append(self._serving(plan, loaded))
