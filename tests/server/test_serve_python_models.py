@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -2002,10 +2003,12 @@ def test_a_config_read_back_from_get_config_with_another_count_updates_the_insta
             assert config["instance_group"][0]["count"] == 2
             config["parameters"]["delay"]["string_value"] = "5"
             client.load_model(model, config=json.dumps(config))  # another change: other instances
-        assert sorted(p.name for p in seen.iterdir()) == sorted(
+        expected = sorted(
             f"{what}-{model}_0_{i}" for model in models for what, i in
             [("initialize", 0), ("initialize", 1), ("finalize", 0), ("finalize", 1)]
         )  # fmt: skip
+        # the instances a load replaced finalize once it has answered (their requests run first): waited for
+        assert until(lambda: sorted(p.name for p in seen.iterdir()) == expected, 30), sorted(seen.iterdir())
         assert {n for name, n in counted(seen).items() if name.startswith("initialize")} == {2}
 
 
@@ -2223,3 +2226,36 @@ def test_a_load_after_the_models_files_were_touched_loads_it_afresh_as_triton_co
         assert initialized() == 2 and client.is_model_ready("m")
         client.load_model("m")
         assert initialized() == 2
+
+
+def test_a_touched_versions_folder_reloads_that_version_and_a_file_beside_them_every_version(tmp_path: Path) -> None:
+    """helper-191's rerun (the newest L0_lifecycle ``test_load_new_model_version``): current Triton reloads only the
+    versions whose files changed, and every version when a file beside the version folders did (a module they
+    import); polystack reloaded every version for any change."""
+    count = tmp_path / "count"
+    repo = tmp_path / "models"
+    source = INITIALIZED.replace("COUNT", repr(str(count))).replace('"initialize\\n"', 'args["model_version"] + "\\n"')
+    python_folder(repo, "m", source,
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  "version_policy: { all { } }\n")  # fmt: skip
+    shutil.copytree(repo / "m" / "1", repo / "m" / "2")
+    (repo / "m" / "helper.py").write_text("VALUE = 1\n")
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "m"]  # fmt: skip
+
+    def initialized() -> list[str]:
+        return sorted(count.read_text().split())
+
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert initialized() == ["1", "2"]
+        later = time.time() + 5
+        os.utime(repo / "m" / "2" / "model.py", (later, later))
+        client.load_model("m")
+        assert initialized() == ["1", "2", "2"]  # version 2 alone
+        os.utime(repo / "m" / "helper.py", (later + 5, later + 5))
+        client.load_model("m")
+        assert initialized() == ["1", "1", "2", "2", "2"]  # both
+        assert client.is_model_ready("m", "1") and client.is_model_ready("m", "2")
