@@ -1,6 +1,6 @@
-"""Loads of different models build at once, as Triton's (``--model-load-thread-count``, 4 by default): at start and
-for explicit loads sent together, while loads and unloads of one model keep their order. A real server process, the
-real tritonclient, Python models whose ``initialize`` waits for another model's to have started."""
+"""Loads of different models build at once, as Triton's (``--model-load-thread-count``, 4 by default): at start, for
+explicit loads sent together and in a poll, while loads and unloads of one model keep their order. A real server
+process, the real tritonclient, Python models whose ``initialize`` waits for another model's to have started."""
 
 from __future__ import annotations
 
