@@ -1920,23 +1920,21 @@ class DataPlane:
         among those a load of it by name picks from (its repository folder's, else the store's): Triton's
         default, the latest, where they are the latest ones, else those versions; a load of the config GET
         config shows serves them again."""
+        # the versions served, and the policy that picked them as a config wrote it (a load's, else the start's)
         if pipeline is not None:  # each version of the ensemble of that name
-            served = [each.ensemble.version for each in self._ensembles.get(name, pipeline).every]
+            whole = self._ensembles.get(name, pipeline)
+            served = [each.ensemble.version for each in whole.every]
+            written = json.loads(whole.ensemble.written_policy) if whole.ensemble.written_policy else None
         else:
             served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader changes it
+            start = self.model_configs.get(name)
+            started = (start.written_policy or start.policy) if start is not None else None
+            written = self._load_policies.get(name, started)
         folder = self.repository.folder(name) if self.repository is not None and self.repository.owns(name) else None
         if folder is not None:
             known = model_repository.folder_versions(folder)
-        else:  # an ensemble outside a repository has the one version it serves
+        else:  # an ensemble outside a repository has the versions it serves
             known = served if pipeline is not None else [r.version for r in self.store.models.list(name)]
-        written = None  # the policy a load's config or the start's wrote
-        if pipeline is None and (start := self.model_configs.get(name)) is not None:
-            written = start.written_policy or start.policy
-        if pipeline is not None:  # as the ensemble's config writes it
-            policy = self._ensembles.get(name, pipeline).ensemble.written_policy
-            written = json.loads(policy) if policy else None
-        else:
-            written = self._load_policies.get(name, written)
         if written and served and known:  # as the config writes it, while it picks what is served (Triton's)
             with contextlib.suppress(InvalidRequest):
                 if sorted(model_repository.pick_versions(written, sorted(known))) == served:
