@@ -481,13 +481,42 @@ def test_auto_complete_config_completes_what_the_file_leaves_out_and_refuses_wha
         (lambda: config.add_input({"name": "a", "data_type": "TYPE_FP32", "dims": [5]}), "the model expects dims [5]"),
         (lambda: config.add_output({"name": "z", "dims": [1]}), "is missing 'data_type' property"),
         (lambda: config.add_output({"name": "z", "data_type": "TYPE_FP32", "dims": [1], "optional": True}),
-         "contains property other than"),
+         "contains property other than 'name', 'data_type' and 'dims'."),
         (lambda: config.set_model_transaction_policy({"decoupled": True}), "trying to change decoupled property"),
     ):
         with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
             act()
     assert pb_utils.triton_to_numpy_type(11) is np.float32 and pb_utils.numpy_to_triton_type(np.float32) == 11
     assert pb_utils.triton_to_numpy_type(13) is np.object_ and pb_utils.numpy_to_triton_type(np.object_) == 13
+
+
+DECOUPLING = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.set_model_transaction_policy(dict(decoupled=True))
+        return config
+"""
+
+
+def test_auto_complete_config_may_not_make_decoupled_a_model_whose_config_says_it_is_not(tmp_path: Path) -> None:
+    """Triton hands auto_complete_config the config with every field of a message it gives, so a config's
+    ``model_transaction_policy { decoupled: false }`` (protobuf's JSON of it: ``{}``) is one the model may not
+    change; polystack handed ``{}`` on, and the model loaded decoupled (helper-193's L0_model_config run)."""
+    from polystack.backends.python import auto_complete
+    from polystack.server.model_config import as_json
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.py").write_text(DECOUPLING)
+    for text in ("model_transaction_policy { decoupled: false }", "model_transaction_policy { }"):
+        with pytest.raises(InvalidRequest, match="trying to change decoupled property in auto-complete-config for "
+                           "model 'm', which is already set to 'False'"):
+            auto_complete(tmp_path / "m", 1, "model.py", json.loads(as_json(text)), "m")
+    completed = auto_complete(tmp_path / "m", 1, "model.py", json.loads(as_json('backend: "python"')), "m")
+    assert completed["model_transaction_policy"] == {"decoupled": True}  # a config without the message: the model's
 
 
 def test_a_batch_has_each_model_instance_waiting_as_often_as_its_most_waited_request_has_it() -> None:

@@ -885,6 +885,9 @@ def auto_complete(
         if complete is None:
             return config
         given = {"name": model, "max_batch_size": 0, "input": [], "output": [], **_numbers(config)}
+        policy = given.get("model_transaction_policy")
+        if isinstance(policy, dict):  # given: printed in full, as Triton's JSON of a message the config gives
+            given["model_transaction_policy"] = {"decoupled": False, **policy}
         try:
             done = complete(pb_utils.ModelConfig(json.dumps(given)))
         except (Exception, SystemExit) as e:  # Triton's stub fails the load with its words

@@ -171,7 +171,7 @@ class ModelConfig:
         if extra:
             raise ValueError(
                 f"{kind} '{name}' in auto-complete-config function for model '{self._name()}' contains property other "
-                f"than {', '.join(repr(f) for f in fields)}."
+                f"than {', '.join(repr(f) for f in fields[:-1])} and {fields[-1]!r}."  # Triton's words
             )
         for field in ("name", "data_type", "dims"):
             if field not in tensor:
