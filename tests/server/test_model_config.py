@@ -674,9 +674,27 @@ def test_config_dims_may_fix_a_dynamic_dim_but_not_change_a_fixed_one() -> None:
     assert fixed.additions.shapes == (("x", (-1, 5, 4)),)
     same = model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": [-1, 4]}]}), record, SPEC, PLAN)
     assert same.additions.shapes == ()
-    for dims in ([5, -1], [5, 3], [5], [0, 4]):
+    for dims in ([5, -1], [5, 3], [5]):
         with pytest.raises(InvalidRequest, match="may fix a dim the model leaves -1"):
             model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": dims}]}), record, SPEC, PLAN)
+
+
+@pytest.mark.parametrize("dims", [[0, 4], [-2, 4], [4, 0]])
+@pytest.mark.parametrize("key", ["input", "output"])
+def test_a_dimension_below_1_but_minus_1_is_refused_in_tritons_words(key: str, dims: list[int]) -> None:
+    """Triton's ValidateIOShape takes each dimension of a config's inputs and outputs >= 1, or -1: a config whose
+    dims said 0 fixed a model's -1 to 0, and a Python model's (whose signature is its config's) loaded (helper-193)."""
+    def signature(shape: tuple[int, ...]) -> Signature:
+        return Signature(inputs=(TensorSpec("x", DType.FP32, shape),), outputs=(TensorSpec("y", DType.FP32, shape),))
+
+    python = dataclasses.replace(RECORD, format="python", signature=signature((-1, *dims)))  # its config's
+    python_spec = LoadSpec(artifact=Path("m"), format="python", backend="python")
+    name = "x" if key == "input" else "y"
+    words = f"model {key} '{name}' dimension must be integer >= 1, or -1 to indicate a variable-size dimension for m"
+    for record, spec in ((dataclasses.replace(RECORD, signature=signature((-1, -1, 4))), SPEC), (python, python_spec)):
+        config = {"max_batch_size": 8, key: [{"name": name, "data_type": "TYPE_FP32", "dims": dims}]}
+        with pytest.raises(InvalidRequest, match=re.escape(words)):
+            model_config.read(json.dumps(config), record, spec, PLAN)
 
 
 def test_warmup_samples_are_checked_against_the_dims_clients_see() -> None:
@@ -743,6 +761,13 @@ def test_a_config_that_lists_its_tensors_or_a_model_polystack_registered_is_not_
     assert chosen.additions.reshape == (Reshape("y", False, (1,), ()),)
     with pytest.raises(InvalidRequest, match="autofill failed for model 'm': model does not support batching"):
         model_config.read('{"max_batch_size": 8}', record, SPEC, None)
+    # so is a model without a batch dimension, whose config leaves its outputs to auto-complete (Triton's
+    # L0_model_config bad_max_batch_size, which polystack refused in its own words: helper-193)
+    unbatched = Signature(inputs=(TensorSpec("x", DType.FP32, (16,)),), outputs=(TensorSpec("y", DType.FP32, (16,)),))
+    record = dataclasses.replace(TRITON_RECORD, signature=unbatched)
+    inputs_alone = '{"max_batch_size": 1, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]}'
+    with pytest.raises(InvalidRequest, match="autofill failed for model 'm': model does not support batching"):
+        model_config.read(inputs_alone, record, SPEC, None)
 
 
 def test_a_refusal_of_an_auto_completed_size_says_where_the_size_came_from() -> None:

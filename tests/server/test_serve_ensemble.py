@@ -559,6 +559,10 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
             ),
             "not a type polystack serves",
         ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], input=[{**_tensor("IN"), "dims": [0]}]),
+            "model input 'IN' dimension must be integer >= 1, or -1 to indicate a variable-size dimension for e",
+        ),
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], name="other"), "names model 'other'"),
     ],
 )
@@ -573,6 +577,12 @@ def test_an_ensemble_config_from_config_pbtxt_reads_as_json_does() -> None:
     assert ensemble.order(read) == [[0], [1, 2]]
     assert ensemble.needed(read, ["NEG"]) == [0, 2]
     assert ensemble.read(json.dumps(ensemble.render(read)), "pipe", 1) == read  # what GET config shows loads back
+    # response_cache shows where the config gives it alone, as tritonserver 2.51 shows it (helper-193)
+    assert "response_cache" not in ensemble.render(read)
+    assert ensemble.render(read)["model_transaction_policy"] == {"decoupled": False}  # shown for every ensemble
+    off = ensemble.read(model_config.as_json(PIPE + "\nresponse_cache { enable: false }"), "pipe", 1)
+    assert ensemble.render(off)["response_cache"] == {"enable": False}
+    assert ensemble.read(json.dumps(ensemble.render(off)), "pipe", 1) == off
 
 
 def test_ensembles_load_after_the_ensembles_they_run() -> None:

@@ -227,6 +227,48 @@ def test_a_batch_of_a_python_model_reaches_execute_as_its_requests_each_with_its
         assert stats["execution_count"] < 4
 
 
+RAGGED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+"""
+
+
+def test_a_python_models_ragged_input_batches_requests_of_any_length_there(tmp_path: Path) -> None:
+    """Triton's dynamic batcher batches requests whose ragged input (allow_ragged_batch) differs in shape, and its
+    Python backend hands execute each as sent: tritonserver 2.51 ran two of 16 and 8 elements as one batch of 2
+    at once, where polystack batched them by shape, and the second waited out the queue delay alone (helper-192's
+    L0_batcher run)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "ragged", RAGGED,
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ -1 ], '
+        'allow_ragged_batch: true } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ -1 ] } ]\n'
+        "dynamic_batching { preferred_batch_size: [ 2 ], max_queue_delay_microseconds: 20000000 }\n"
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2)
+        assert client.get_model_config("ragged")["input"][0]["allow_ragged_batch"] is True  # shown as given
+        sent = time.monotonic()
+        pending = []
+        for n in (16, 8):  # sent together: one batch of 2, which leaves at once (its preferred size)
+            x = httpclient.InferInput("x", [1, n], "FP32")
+            x.set_data_from_numpy(np.arange(n, dtype=np.float32).reshape(1, n))
+            pending.append(client.async_infer("ragged", [x]))
+        for n, p in zip((16, 8), pending, strict=True):
+            np.testing.assert_array_equal(p.get_result().as_numpy("y"), np.arange(n, dtype=np.float32).reshape(1, n))
+        assert time.monotonic() - sent < 15  # not the 20 s queue delay
+        stats = client.get_inference_statistics("ragged")["model_stats"][0]
+        assert stats["execution_count"] == 1
+        assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [(2, 1)]
+
+
 TOGETHER = '''
 import os, time
 import numpy as np

@@ -39,7 +39,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +133,7 @@ class DynamicBatcher:
         on_batch: BatchObserver | None = None,
         on_queue: QueueObserver | None = None,
         limits: ModelInstances | None = None,
+        ragged_apart: Collection[str] = (),
     ) -> None:
         self.entry = entry
         self.model = entry.model
@@ -158,8 +159,11 @@ class DynamicBatcher:
         ragged = getattr(getattr(entry, "spec", None), "ragged", None)
         self._ragged: frozenset[str] = ragged.ragged if ragged is not None else frozenset()
         # a model that takes a batch's requests apart, each with its facts (a Python model, as Triton hands
-        # ``execute`` its requests): one call of its infer_apart, never a merged request
+        # ``execute`` its requests): one call of its infer_apart, never a merged request; its ragged inputs
+        # (``ragged_apart``, a config's allow_ragged_batch) may differ in shape within a batch too
         self._apart = bool(getattr(self.model, "runs_apart", False))
+        if self._apart:
+            self._ragged |= frozenset(ragged_apart)
         # the queues holding requests, by slot (2 x the priority level, 0 without levels; + 1: its delayed
         # requests), and those slots in the order batches take from them
         self._queues: dict[int, collections.deque[_Pending]] = {}

@@ -881,7 +881,10 @@ class DataPlane:
                 m.compute.observe(seconds)
 
             limits = limits_for(policy.instances)
-            batcher = DynamicBatcher(entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits)
+            batcher = DynamicBatcher(
+                entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits,
+                ragged_apart=plan.additions.ragged_apart,
+            )  # fmt: skip
             return _Served(entry, batcher, None, None, plan.additions)
         if instances is not None or self.rate_limiter is not None:  # under the rate limiter: threads of its own
             limits = limits_for(instances or self.workers)

@@ -81,6 +81,7 @@ class Ensemble:
     # the version_policy its config (a load's, else its folder's) writes, as JSON ("": none), which GET config shows: a
     # load whose config writes what picks the same versions serves the ensemble as it was
     written_policy: str = dataclasses.field(default="", compare=False)
+    given: frozenset[str] = frozenset()  # the messages of model_config.SHOWN_WHERE_GIVEN its config gives
 
     @property
     def served_versions(self) -> tuple[int, ...]:
@@ -113,8 +114,8 @@ def read(text: str, name: str, version: int) -> Ensemble:
     if given and given != name:
         raise InvalidRequest(f"the config names model {quote(given)}, but it is loaded as {name!r}")
     max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
-    inputs, optional = _tensors(config, "input", max_batch)
-    outputs, _ = _tensors(config, "output", max_batch)
+    inputs, optional = _tensors(config, "input", max_batch, name)
+    outputs, _ = _tensors(config, "output", max_batch, name)
     scheduling = model_config.read_message(
         config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
     )
@@ -127,7 +128,10 @@ def read(text: str, name: str, version: int) -> Ensemble:
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
     label_files = tuple(model_config.label_files(text, "ensemble").items())
-    ensemble = Ensemble(name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files)
+    ensemble = Ensemble(
+        name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files,
+        given=model_config.given_messages(config),
+    )  # fmt: skip
     _check_flow(ensemble)
     return ensemble
 
@@ -147,9 +151,11 @@ def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:
     return dataclasses.replace(ensemble, labels=read)
 
 
-def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The config's tensors of ``key`` (input or output): those a request gives (or gets), and the inputs it may
-    leave out (``optional``)."""
+def _tensors(
+    config: dict[str, Any], key: str, max_batch: int, model: str
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The config's tensors of ``key`` (input or output) of ensemble ``model``: those a request gives (or gets),
+    and the inputs it may leave out (``optional``)."""
     items = config.get(key, [])
     if not isinstance(items, list) or not items:
         raise InvalidRequest(f"an ensemble's config lists its {key}s ({key} [ {{ name, data_type, dims }} ])")
@@ -168,7 +174,7 @@ def _tensors(config: dict[str, Any], key: str, max_batch: int) -> tuple[tuple[Te
             raise InvalidRequest(
                 f"{where} ({name}) has no dims; give its shape without the batch dimension (-1: any size)"
             )
-        dims = model_config.read_int_list(d["dims"], f"{where}.dims")
+        dims = model_config.io_dims(d["dims"], where, key, name, model)
         if max_batch == 0 and not dims:
             raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
         layout = (
@@ -438,7 +444,9 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         "metric_tags": {},
         "parameters": {},
         "model_warmup": [],
-        "response_cache": {"enable": ensemble.response_cache},
+        # as tritonserver 2.51 shows every ensemble's (the data plane sets true where a step is decoupled)
+        "model_transaction_policy": {"decoupled": False},
+        **({"response_cache": {"enable": ensemble.response_cache}} if "response_cache" in ensemble.given else {}),
     }
     if ensemble.agents:
         config["model_repository_agents"] = repository_agents.render(ensemble.agents)

@@ -245,6 +245,11 @@ class Additions:
     # its requests' responses are any number, sent apart from its execute (Triton's decoupled transaction policy:
     # a Python model's): streamed to the client (gRPC's ModelStreamInfer, HTTP's generate_stream)
     decoupled: bool = False
+    # the messages of SHOWN_WHERE_GIVEN the config gives: Triton shows them then alone (each in full)
+    given: frozenset[str] = frozenset()
+    # a Python model's ragged inputs (allow_ragged_batch): its requests batch whatever their shapes there, as
+    # Triton's dynamic batcher batches them, each reaching execute as sent (no runtime's ``ragged``: nothing merged)
+    ragged_apart: frozenset[str] = frozenset()
 
     def rules(self, instances: int) -> list[tuple[Rule, int]]:
         """What the rate limiter gives each of ``instances`` (each group's rule and count; the config's groups
@@ -384,7 +389,7 @@ def render(
     # (not Triton 24.x's runtime and is_non_linear_format_io: tritonclient's proto, which clients parse a config
     # with, has neither)
     flags = {"is_shape_tensor": False}
-    ragged = added.ragged.ragged if added.ragged is not None else frozenset()
+    ragged = (added.ragged.ragged if added.ragged is not None else frozenset()) | added.ragged_apart
     inputs = [
         {**tensor(t), "format": dict(added.formats).get(t.name, "FORMAT_NONE"), **flags,
          "allow_ragged_batch": t.name in ragged, "optional": t in sig.optional}
@@ -434,7 +439,6 @@ def render(
         "cc_model_filenames": {},
         "metric_tags": {},
         "parameters": {
-            "polystack_device": {"string_value": entry.spec.device},
             **(  # polystack's early leave (serve's batching flags and plans set it), so that the config loads back
                 {IDLE_GAP: {"string_value": repr(batcher.policy.idle_gap_ms)}}  # repr: reads back as the same float
                 if merging and batcher is not None and batcher.policy.idle_gap_ms
@@ -443,8 +447,12 @@ def render(
             **{key: {"string_value": value} for key, value in added.parameters},  # only a config's: chosen again
         },
         "optimization": added.optimization.render(),
-        "response_cache": {"enable": added.response_cache},
-        **({"model_transaction_policy": {"decoupled": True}} if added.decoupled else {}),
+        **({"response_cache": {"enable": added.response_cache}} if "response_cache" in added.given else {}),
+        **(
+            {"model_transaction_policy": {"decoupled": added.decoupled}}
+            if added.decoupled or "model_transaction_policy" in added.given
+            else {}
+        ),
     }
     if batcher is not None and (merging or not batcher.policy.merge):  # (not one that stopped merging)
         p = batcher.policy
@@ -455,15 +463,33 @@ def render(
             "preserve_ordering": p.preserve_ordering,
             "priority_levels": p.priority_levels,
             "default_priority_level": p.default_priority_level,
-            "default_queue_policy": _render_queue(p.queue_policy(0)),
             "priority_queue_policy": {str(level): _render_queue(q) for level, q in p.priority_queues},
         }
+        queue = _render_queue(p.queue_policy(0))
+        if queue != _TRITON_QUEUE or "default_queue_policy" in added.given:  # (polystack's flags may set one)
+            config["dynamic_batching"]["default_queue_policy"] = queue
     config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
     if sequence is not None:
         config["sequence_batching"] = _render_sequence(sequence)
     if added.agents:
         config["model_repository_agents"] = repository_agents.render(added.agents)
     return config
+
+
+# messages Triton's GET config shows only where a config gives them (a message's presence is what protobuf keeps)
+SHOWN_WHERE_GIVEN = ("response_cache", "model_transaction_policy", "default_queue_policy")
+# the queue policy Triton's default is: what an empty ModelQueuePolicy shows
+_TRITON_QUEUE = {
+    "timeout_action": "REJECT", "default_timeout_microseconds": 0, "allow_timeout_override": False, "max_queue_size": 0
+}  # fmt: skip
+
+
+def given_messages(config: dict[str, Any]) -> frozenset[str]:
+    """Which messages of ``SHOWN_WHERE_GIVEN`` ``config`` gives (null gives none, as in protobuf's JSON)."""
+    batching = config.get("dynamic_batching")
+    queue = batching.get("default_queue_policy") if isinstance(batching, dict) else None
+    given = {key for key in SHOWN_WHERE_GIVEN[:2] if config.get(key) is not None}
+    return frozenset(given | ({"default_queue_policy"} if queue is not None else set()))
 
 
 def _decoupled(value: Any, name: str, spec: LoadSpec, cached: bool) -> bool:
@@ -717,10 +743,20 @@ def read(
     batched = record.signature.batched
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
+    # Triton's auto-complete of a repository's config that leaves inputs or outputs to it (``_autofill``)
+    both_listed = config.get("input") and config.get("output")
+    autofills = bool(record.settings.get(TRITON_IO)) and auto_complete and not both_listed
     if max_batch and not batched:
         fixed = [t.name for t in record.signature.inputs if t.shape[:1] == (1,)]
+        triton = (  # its words where its auto-complete refuses it (``_autofill``)
+            f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
+            "max_batch_size is specified: "
+            if autofills and not triton_batchable(record.signature)
+            else ""
+        )
         raise InvalidRequest(
-            f"the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on every input"
+            f"{triton}the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on "
+            "every input"
             + (
                 f" ({', '.join(map(repr, fixed))} fixes its first dim at 1); save the model with a dynamic first dim "
                 "(OpenVINO IR: openvino.Model.reshape with -1 there, before openvino.save_model), or set max_batch_size 0"
@@ -749,7 +785,7 @@ def read(
                 f"the config of model {record.name!r} lists no outputs, which --disable-auto-complete-config leaves "
                 "to it (Triton's strict model config): list the outputs clients get"
             )
-        if not (config.get("input") and config.get("output")):
+        if autofills:
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
         elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0
             max_batch = 0
@@ -846,6 +882,11 @@ def read(
             shown[0] for shown, g in zip(every_group, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"
         ),
         passive=tuple((name, count) for (name, count, _), off in zip(every_group, passive, strict=True) if off),
+        given=given_messages(config),
+        ragged_apart=frozenset(
+            d["name"] for i, d in enumerate(config.get("input") or ())
+            if record.format == "python" and read_bool(d, "allow_ragged_batch", f"input[{i}]")
+        ),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1836,6 +1877,8 @@ def _tensors(
             if name in seen:
                 raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
             seen.add(name)
+            if d.get("dims") is not None:
+                io_dims(d["dims"], where, key, name, record.name)
             t = by_name.get(name)
             if key == "input" and (read_bool(d, "optional", where) or t is None):
                 t = _optional(d, where, name, t, record, spec, max_batch)
@@ -1851,7 +1894,7 @@ def _tensors(
             if got and got != want:
                 raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
             # a Python model's execute gets each request's tensors as sent, ragged or not (Triton's Python backend
-            # hands them so): its ragged input is an input as any other (its requests batch by their shapes)
+            # hands them so): its ragged input is an input as any other, but for its batches (``ragged_apart``)
             if key == "input" and read_bool(d, "allow_ragged_batch", where) and record.format != "python":
                 ragged.append((name, _ragged_dims(d, where, name, t, record, max_batch)))
                 continue
@@ -2312,6 +2355,18 @@ def read_int_list(value: Any, where: str, lo: int = -1) -> list[int]:
     if not isinstance(value, list):
         raise InvalidRequest(f"{where} must be a list of whole numbers")
     return [_whole(v, where, lo, (1 << 63) - 1) for v in value]
+
+
+def io_dims(value: Any, where: str, key: str, name: str, model: str) -> list[int]:
+    """A config's input's or output's dims, each 1 or more, or -1 (any size), as Triton's ValidateIOShape takes
+    them (its words)."""
+    dims = read_int_list(value, f"{where}.dims", -(1 << 63))
+    if any(d < 1 and d != -1 for d in dims):
+        raise InvalidRequest(
+            f"model {key} {quote(name)} dimension must be integer >= 1, or -1 to indicate a variable-size dimension "
+            f"for {model} (its dims are {dims})"
+        )
+    return dims
 
 
 def _dims(t: TensorSpec, max_batch: int) -> list[int]:
