@@ -679,6 +679,37 @@ def test_config_dims_may_fix_a_dynamic_dim_but_not_change_a_fixed_one() -> None:
             model_config.read(json.dumps({"max_batch_size": 8, "input": [{"name": "x", "dims": dims}]}), record, SPEC, PLAN)
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"input": [{"name": "x", "dims": [4, 1]}]},
+         "unable to load model 'm', tensor 'x' shape expected by framework [4] doesn't match model configuration shape "
+         "[4,1]: input[0] (x) has dims [4, 1]"),
+        ({"output": [{"name": "y", "dims": [3]}]},
+         "unable to load model 'm', tensor 'y' shape expected by framework [2] doesn't match model configuration shape "
+         "[3]: output[0] (y) has dims [3]"),
+        ({"input": [{"name": "x", "data_type": "TYPE_INT32"}]},
+         "unable to load model 'm', input 'x' data-type TYPE_FP32 doesn't match configuration data-type TYPE_INT32: "),
+        ({"output": [{"name": "y", "data_type": "TYPE_INT16"}]},  # Triton's words, its missing quote too
+         "unable to load model 'm, unexpected datatype TYPE_FP32 for output 'y', expecting TYPE_INT16: "),
+        ({"input": [{"name": "x", "dims": [4]}, {"name": "z", "dims": [4]}]},
+         "unable to load model 'm', configuration expects 2 inputs, model provides 1: input[1] names 'z'"),
+        ({"input": [{"name": "z", "dims": [4]}]}, "unexpected inference input 'z', allowed inputs are: x: "),
+        ({"output": [{"name": "z", "dims": [4]}]}, "unexpected inference output 'z', allowed outputs are: y: "),
+    ],
+)
+def test_a_config_that_does_not_fit_the_model_is_refused_in_the_words_of_tritons_onnx_runtime_backend(
+    change: dict[str, Any], words: str, tmp_path: Path
+) -> None:
+    """Its words first, as Triton's L0_model_config greps them (helper-193), then polystack's."""
+    from polystack.examples import mlp_onnx
+
+    spec = dataclasses.replace(SPEC, artifact=mlp_onnx(tmp_path / "m.onnx", sizes=(4, 2)))  # RECORD's: x [-1, 4] -> y
+    with pytest.raises(InvalidRequest) as refused:
+        model_config.read(json.dumps({"max_batch_size": 8, **change}), RECORD, spec, PLAN)
+    assert refused.value.message.startswith(words), refused.value.message
+
+
 @pytest.mark.parametrize("dims", [[0, 4], [-2, 4], [4, 0]])
 @pytest.mark.parametrize("key", ["input", "output"])
 def test_a_dimension_below_1_but_minus_1_is_refused_in_tritons_words(key: str, dims: list[int]) -> None:
@@ -782,7 +813,7 @@ def test_a_refusal_of_an_auto_completed_size_says_where_the_size_came_from() -> 
     assert "input[0] (x) has dims [-1, 4], but the model's are [4] with max_batch_size 4" in e.value.message
     with pytest.raises(InvalidRequest) as e:  # a size the user wrote: the refusal alone
         model_config.read(text.replace('"max_batch_size": 0', '"max_batch_size": 4'), TRITON_RECORD, SPEC, None)
-    assert e.value.message.startswith("input[0] (x) has dims [-1, 4]")
+    assert e.value.message.startswith("unable to load model 'm', tensor 'x' shape expected by framework [4]")
 
 
 def test_a_refusal_the_auto_completed_size_does_not_decide_is_not_put_down_to_it() -> None:

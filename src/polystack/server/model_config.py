@@ -1884,15 +1884,30 @@ def _tensors(
                 t = _optional(d, where, name, t, record, spec, max_batch)
                 if t is not None:
                     optional.append(t)
-            if t is None:
+            if t is None:  # Triton's ONNX Runtime backend's words first (ValidateInputs/ValidateOutputs), then ours
+                triton = (
+                    f"unable to load model {record.name!r}, configuration expects {len(items)} inputs, model provides "
+                    f"{len(specs)}"
+                    if key == "input" and len(items) > len(specs)
+                    else f"unexpected inference {key} {quote(name)}, allowed {key}s are: {', '.join(by_name)}"
+                )
                 raise InvalidRequest(
-                    f"{where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s are "
-                    f"{', '.join(by_name)}"
+                    f"{triton}: {where} names {quote(name)}, which is not an {key} of {record.name!r}; its {key}s "
+                    f"are {', '.join(by_name)}"
                 )
             want = type_name(t.dtype)
             got = read_enum(d, "data_type", where, "DataType")
             if got and got != want:
-                raise InvalidRequest(f"{where} ({name}) has data_type {quote(got)}, but the model's is {want}")
+                triton = (  # its words (an output's with its missing quote), then ours
+                    f"unable to load model {record.name!r}, input {quote(name)} data-type {want} doesn't match "
+                    f"configuration data-type {got}"
+                    if key == "input"
+                    else f"unable to load model '{record.name}, unexpected datatype {want} for output {quote(name)}, "
+                    f"expecting {got}"
+                )
+                raise InvalidRequest(
+                    f"{triton}: {where} ({name}) has data_type {quote(got)}, but the model's is {want}"
+                )
             # a Python model's execute gets each request's tensors as sent, ragged or not (Triton's Python backend
             # hands them so): its ragged input is an input as any other, but for its batches (``ragged_apart``)
             if key == "input" and read_bool(d, "allow_ragged_batch", where) and record.format != "python":
@@ -1919,7 +1934,10 @@ def _tensors(
                         )
                     reshapes.append(Reshape(name, False, tuple(got_dims), ()))  # clients send and get those dims
                 elif not _within(got_dims, model_dims):
-                    raise InvalidRequest(
+                    shape = ",".join(map(str, model_dims)), ",".join(map(str, got_dims))
+                    raise InvalidRequest(  # Triton's ONNX Runtime backend's words first, then ours
+                        f"unable to load model {record.name!r}, tensor {quote(name)} shape expected by framework "
+                        f"[{shape[0]}] doesn't match model configuration shape [{shape[1]}]: "
                         f"{where} ({name}) has dims {got_dims}, but the model's are {model_dims} with "
                         f"max_batch_size {max_batch} (-1: any size); the config's dims may fix a dim the model "
                         "leaves -1, and must match the others"
