@@ -535,7 +535,7 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
         (_config([_step("m", {"x": "IN"}, {"y": "OTHER"})]), "'OTHER', given by step 0 (m), is taken by no step"),
         (
             _config([_step("m", {"x": "IN"}, {"y": "B"})], output=[_tensor("OUT"), _tensor("B")]),
-            "ensemble output 'OUT' is given by no step",
+            "ensemble output 'OUT' for ensemble e' is not used: ensemble output 'OUT' is given by no step",
         ),
         (
             _config([_step("m", {"x": "IN", "z": "B"}, {"y": "A"}), _step("n", {"x": "A"}, {"y": "B", "w": "OUT"})]),
@@ -719,6 +719,27 @@ def test_shapes_may_differ_by_a_batch_dimension_only_where_one_side_batches() ->
         ensemble.check(pipe, lambda _: ensemble.Served(step, 8))  # both batch
     unbatched = Signature((TensorSpec("x", DType.FP32, (2, 3)),), (TensorSpec("y", DType.FP32, (3,)),))
     ensemble.check(pipe, lambda _: ensemble.Served(unbatched, 0))  # the step takes none: [2, 3] is a batch of 1
+
+
+def test_an_ensemble_that_does_not_fit_its_steps_is_refused_in_tritons_words_first() -> None:
+    """As Triton's L0_model_config greps them (helper-193: polystack's own words alone)."""
+    from polystack.types import DType, Signature, TensorSpec
+
+    pipe = ensemble.read(_config([_step("m", {"x": "IN"}, {"y": "OUT"})]), "e", 1)
+    ints = Signature((TensorSpec("x", DType.INT32, (-1, 4)),), (TensorSpec("y", DType.FP32, (-1, 4)),))
+    with pytest.raises(InvalidRequest) as refused:
+        ensemble.check(pipe, lambda _: ensemble.Served(ints, 8))
+    assert refused.value.message.startswith(
+        "in ensemble e, ensemble tensor IN: inconsistent data type: TYPE_FP32 is inferred from model e while "
+        "TYPE_INT32 is inferred from model m: step 0 (m): ensemble tensor 'IN' is FP32 as the ensemble's input"
+    )
+    x, z, y = (TensorSpec(name, DType.FP32, (-1, 4)) for name in "xzy")
+    two = Signature((x, z), (y,))
+    with pytest.raises(InvalidRequest) as refused:
+        ensemble.check(pipe, lambda _: ensemble.Served(two, 8))
+    assert refused.value.message.startswith(
+        "in ensemble e, input z in model m is not mapped to any ensemble tensors: step 0 (m): the model's input 'z'"
+    )
 
 
 def test_an_ensembles_own_label_file_names_its_outputs_classes_before_the_steps(tmp_path: Path) -> None:

@@ -245,8 +245,9 @@ def _check_flow(ensemble: Ensemble) -> None:
             )
     for name in sig.output_names:
         if name not in given or given[name] == "the request":
-            raise InvalidRequest(
-                f"ensemble output {quote(name)} is given by no step; map a step model's output to it in an output_map"
+            raise InvalidRequest(  # Triton's words (its missing quote too), then ours
+                f"ensemble output {quote(name)} for ensemble {ensemble.name}' is not used: ensemble output "
+                f"{quote(name)} is given by no step; map a step model's output to it in an output_map"
             )
     for i, step in enumerate(ensemble.steps):
         missing = [tensor for _, tensor in step.inputs if tensor not in given]
@@ -301,8 +302,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
     batch sizes the ensemble's requests may carry within theirs."""
     batching = ensemble.max_batch_size > 0
     # each tensor's type and whole shape, who gives it, and whether that one batches
-    types: dict[str, tuple[DType, tuple[int, ...], str, bool]] = {
-        t.name: (t.dtype, t.shape, "the ensemble's input", batching)
+    # (and the model Triton says its type is inferred from)
+    types: dict[str, tuple[DType, tuple[int, ...], str, bool, str]] = {
+        t.name: (t.dtype, t.shape, "the ensemble's input", batching, ensemble.name)
         for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
     }
     wanted = {t.name: t for t in ensemble.signature.outputs}
@@ -324,8 +326,9 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
                     )
         unmapped = [t.name for t in model.signature.inputs if t.name not in dict(step.inputs)]  # optional ones may be
         if unmapped:
-            raise InvalidRequest(
-                f"{where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"
+            raise InvalidRequest(  # Triton's words, then ours
+                f"in ensemble {ensemble.name}, input {unmapped[0]} in model {step.model} is not mapped to any ensemble "
+                f"tensors: {where}: the model's input {', '.join(map(quote, unmapped))} is in no input_map; map it"
             )
         # a step model without batching may serve a batching ensemble, as in Triton, where the shapes agree with the
         # batch dimension included (its requests then carry the batch), or without it (a batch of 1 is then passed
@@ -339,16 +342,20 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
             )
         batches = model.max_batch_size > 0
         for model_tensor, tensor in step.inputs:
-            dtype, shape, source, given_batched = types[tensor]
+            dtype, shape, source, given_batched, given_by = types[tensor]
             what = f"{step.model!r}'s input {model_tensor!r}"
-            _agree(where, tensor, what, inputs[model_tensor], dtype, shape, source, given_batched != batches)
+            inferred = (ensemble.name, given_by, step.model)
+            _agree(where, tensor, what, inputs[model_tensor], dtype, shape, source, given_batched != batches, inferred)
         for model_tensor, tensor in step.outputs:
             spec = outputs[model_tensor]
             if tensor in wanted:
                 out = wanted[tensor]
+                inferred = (ensemble.name, ensemble.name, step.model)
                 _agree(where, tensor, f"{step.model!r}'s output {model_tensor!r}", spec, out.dtype, out.shape,
-                       "the ensemble's output", batches != batching)  # fmt: skip
-            types[tensor] = (spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}", batches)
+                       "the ensemble's output", batches != batching, inferred)  # fmt: skip
+            types[tensor] = (
+                spec.dtype, spec.shape, f"{where}'s {step.model!r} output {model_tensor!r}", batches, step.model
+            )  # fmt: skip
 
 
 def _agree(
@@ -360,11 +367,17 @@ def _agree(
     shape: tuple[int, ...],
     source: str,
     one_batches: bool,
+    inferred: tuple[str, str, str],
 ) -> None:
     """``spec`` takes (or gives) what ``source`` gives as ``dtype`` of ``shape``; ``one_batches``: one side
-    batches and the other not, so the shapes may differ by the batching side's batch dimension."""
+    batches and the other not, so the shapes may differ by the batching side's batch dimension; ``inferred``: the
+    ensemble, the model Triton says ``dtype`` is inferred from and the one ``spec``'s is (for its words)."""
     if spec.dtype is not dtype:
-        raise InvalidRequest(
+        ensemble, given_by, model = inferred
+        raise InvalidRequest(  # Triton's words, then ours
+            f"in ensemble {ensemble}, ensemble tensor {tensor}: inconsistent data type: "
+            f"{model_config.type_name(dtype)} is inferred from model {given_by} while "
+            f"{model_config.type_name(spec.dtype)} is inferred from model {model}: "
             f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
         )
     # ranks of 0 are left alone: ONNX may leave an output's shape unknown
