@@ -519,6 +519,17 @@ def test_auto_complete_config_may_not_make_decoupled_a_model_whose_config_says_i
     assert completed["model_transaction_policy"] == {"decoupled": True}  # a config without the message: the model's
 
 
+def test_an_auto_complete_config_that_returns_nothing_is_refused_in_tritons_words(tmp_path: Path) -> None:
+    """As Triton's L0_model_config no_return case greps them (helper-193)."""
+    from polystack.backends.python import auto_complete
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.py").write_text(DECOUPLING.replace("return config", "pass"))
+    with pytest.raises(InvalidRequest, match="^auto_complete_config function in model 'm' must return a valid "
+                       r"pb\.ModelConfig object: it returned NoneType"):
+        auto_complete(tmp_path / "m", 1, "model.py", {}, "m")
+
+
 def test_a_batch_has_each_model_instance_waiting_as_often_as_its_most_waited_request_has_it() -> None:
     from polystack.backends.python import _waiting
 

@@ -895,9 +895,9 @@ def auto_complete(
                 f"Python model {model!r} failed in auto_complete_config: {type(e).__name__}: {e}"
             ) from e
         if not isinstance(done, pb_utils.ModelConfig):
-            raise InvalidRequest(
-                f"Python model {model!r}: auto_complete_config returned {type(done).__name__}, not the "
-                "pb_utils.ModelConfig it was given"
+            raise InvalidRequest(  # Triton's words, then ours
+                f"auto_complete_config function in model {model!r} must return a valid pb.ModelConfig object: it "
+                f"returned {type(done).__name__}, not the pb_utils.ModelConfig it was given"
             )
         return done.as_dict()
     finally:
