@@ -487,9 +487,8 @@ _TRITON_QUEUE = {
 def given_messages(config: dict[str, Any]) -> frozenset[str]:
     """Which messages of ``SHOWN_WHERE_GIVEN`` ``config`` gives (null gives none, as in protobuf's JSON)."""
     batching = config.get("dynamic_batching")
-    queue = batching.get("default_queue_policy") if isinstance(batching, dict) else None
-    given = {key for key in SHOWN_WHERE_GIVEN[:2] if config.get(key) is not None}
-    return frozenset(given | ({"default_queue_policy"} if queue is not None else set()))
+    within = {"default_queue_policy": batching if isinstance(batching, dict) else {}}  # where each is, but the top
+    return frozenset(key for key in SHOWN_WHERE_GIVEN if within.get(key, config).get(key) is not None)
 
 
 def _decoupled(value: Any, name: str, spec: LoadSpec, cached: bool) -> bool:
