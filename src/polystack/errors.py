@@ -245,7 +245,8 @@ class StoreError(BackendError):
 
 
 class UnknownError(BackendError):
-    """A failure a model gave as Triton's UNKNOWN (``TritonError.UNKNOWN``): 500, and UNKNOWN over gRPC."""
+    """A failure a model gave as Triton's UNKNOWN (``TritonError.UNKNOWN``): HTTP 400, as Triton's, and UNKNOWN
+    over gRPC."""
 
 
 _QUOTED_DEPTH = 100  # lists and dicts nested deeper are not shown, whatever Python's recursion limit is now

@@ -57,6 +57,11 @@ class TritonPythonModel:
                 error = pb_utils.TritonError("boom")
                 sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
+            if mode == "code":  # an error response with the code the request names (INTERNAL where none)
+                code = getattr(pb_utils.TritonError, json.loads(request.parameters()).get("code") or "INTERNAL")
+                error = pb_utils.TritonError("refused with a code", code)
+                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             if mode == "after_final":
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 try:
@@ -278,6 +283,26 @@ ensemble_scheduling { step [
 # sequence's id, as any sequence model's
 SEQUENCE_CONFIG = REPEAT_CONFIG.split("model_warmup")[0] + "sequence_batching { }\n"
 
+# a model that is not decoupled answering each request an error with the code it names (INTERNAL where none)
+FAILING = """
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        codes = [json.loads(r.parameters()).get("code") or "INTERNAL" for r in requests]
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("refused with a code", getattr(pb_utils.TritonError, c)))
+                for c in codes]
+"""
+
+FAILING_CONFIG = """backend: "python"
+max_batch_size: 0
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"""
+
 CALLER_CONFIG = """backend: "python"
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "SEEN", data_type: TYPE_STRING, dims: [ -1 ] } ]
@@ -290,6 +315,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     python_folder(root / "models", "repeat", REPEAT, REPEAT_CONFIG)
     python_folder(root / "models", "caller", CALLER, CALLER_CONFIG)
     python_folder(root / "models", "once", ONCE, ONCE_CONFIG)
+    python_folder(root / "models", "failing", FAILING, FAILING_CONFIG)
     python_folder(root / "models", "repeat_seq", REPEAT, SEQUENCE_CONFIG)
     python_folder(root / "models", "plus", AFFINE, affine_config(1, 1, "-1"))
     python_folder(root / "models", "times", AFFINE, affine_config(10, 0, "1"))
@@ -453,6 +479,25 @@ def test_generate_stream_sends_each_response_as_an_event_as_it_comes(server: Any
         assert r.status_code == 400 and r.json()["error"].startswith("Failed to process the request(s) for model")
         r = client.post("/v2/models/repeat/generate_stream", json={"IN": [7], "mode": "raise"})
         assert r.status_code == 400 and r.text.startswith('data: {"error":"Failed to process the request(s)')
+
+
+def test_generate_answers_a_models_error_response_400_whatever_its_code_as_triton(server: Any) -> None:
+    """tritonserver 2.51 answers a model's failure on generate and generate_stream 400 (the stream's as an event),
+    whatever its error's code, decoupled model or not; polystack answered the code's /infer status (503 for
+    UNAVAILABLE, 404 for NOT_FOUND), and generate_stream a JSON error, not an event (helper-194)."""
+    port, _, _, _ = server
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for model, extra in (("failing", {}), ("repeat", {"mode": "code"})):
+            for code in ("UNAVAILABLE", "NOT_FOUND", "INVALID_ARG", "UNKNOWN", "INTERNAL", ""):
+                body = {"IN": [1], "code": code, **extra}
+                r = client.post(f"/v2/models/{model}/generate", json=body)
+                assert (r.status_code, r.json()) == (400, {"error": "refused with a code"}), (model, code)
+                r = client.post(f"/v2/models/{model}/generate_stream", json=body)
+                assert r.status_code == 400 and r.text == 'data: {"error":"refused with a code"}\n\n', (model, code)
+        # infer keeps the status of the code, as Triton's does
+        request = {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}]}
+        r = client.post("/v2/models/failing/infer", json={**request, "parameters": {"code": "UNAVAILABLE"}})
+        assert (r.status_code, r.json()["error"]) == (503, "refused with a code")
 
 
 def _seen(port: int, values: list[int], mode: str = "") -> list[str]:

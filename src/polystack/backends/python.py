@@ -1059,9 +1059,10 @@ def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, 
 
 def _error(error: pb_utils.TritonError) -> PolystackError:
     """A model's ``TritonError`` as polystack's: its words as they are, with the status Triton gives its code
-    (INTERNAL and UNKNOWN: the model's 500)."""
+    (INTERNAL and UNKNOWN: the model's 500), raised in the request's run (Triton's response error, whatever its
+    code: traced, generate's 400, a stream's error response)."""
     kind = _CODES.get(error.code(), BackendError)
-    return kind(error.message())
+    return kind(error.message()).failed_in_run()
 
 
 _CODES: dict[int, type[PolystackError]] = {

@@ -639,9 +639,12 @@ class HttpApp:
         try:
             return (await self._run(req, name, version, self._generate_decoder(req, name, version), _slow_to_read(req)))[1]
         except PolystackError as e:
-            if stream and e.in_run:  # refused before its run (a missing input): a JSON error, as Triton's
-                raise _RunFailed(e) from e
-            raise
+            if not e.in_run:  # refused before its run (a missing input): a JSON error with its status, as Triton's
+                raise
+            failed = _as_triton_generates(e)
+            if stream:
+                raise _RunFailed(failed) from e
+            raise failed from e
 
     def _generate_decoder(self, req: Request, name: str, version: str) -> Callable[[], InferRequest]:
         inputs = [
@@ -780,9 +783,10 @@ class HttpApp:
 
 
 def _as_triton_generates(error: PolystackError) -> PolystackError:
-    """A decoupled model's error response as generate's status: the model's failure (500 elsewhere) is 400, as
-    tritonserver 2.51 answers it there (helper-140: an exception in execute)."""
-    return InvalidRequest(error.message) if status.http_status(error) == 500 else error
+    """A request's failure in its run as generate's status: 400, whatever its status elsewhere (an exception in
+    execute: 500; a model's error response of code UNAVAILABLE: 503), as tritonserver 2.51 answers it there
+    (helper-140, helper-194); a refusal before the run keeps its own."""
+    return InvalidRequest(error.message).failed_in_run() if error.in_run else error
 
 
 def _slow_to_read(req: Request) -> bool:

@@ -30,7 +30,8 @@ TABLE: dict[type[E.PolystackError], tuple[int, grpc.StatusCode]] = {
     E.DeadlineExceeded: (503, grpc.StatusCode.UNAVAILABLE),
     # Triton's code for a request cancelled with its sequence (its HTTP front end answers CANCELLED 400)
     E.Cancelled: (400, grpc.StatusCode.CANCELLED),
-    E.UnknownError: (500, grpc.StatusCode.UNKNOWN),  # a Python model's TritonError.UNKNOWN, as Triton answers it
+    # a Python model's TritonError.UNKNOWN, as tritonserver 2.51 answers it (its HTTP codes put UNKNOWN with 400s)
+    E.UnknownError: (400, grpc.StatusCode.UNKNOWN),
     E.BackendError: (500, grpc.StatusCode.INTERNAL),
     E.PolystackError: (500, grpc.StatusCode.INTERNAL),
 }
