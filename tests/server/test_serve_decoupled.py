@@ -292,9 +292,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        codes = [json.loads(r.parameters()).get("code") or "INTERNAL" for r in requests]
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("refused with a code", getattr(pb_utils.TritonError, c)))
-                for c in codes]
+        codes = [getattr(pb_utils.TritonError, json.loads(r.parameters()).get("code") or "INTERNAL") for r in requests]
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("refused with a code", c)) for c in codes]
 """
 
 FAILING_CONFIG = """backend: "python"
