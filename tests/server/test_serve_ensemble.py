@@ -721,6 +721,20 @@ def test_shapes_may_differ_by_a_batch_dimension_only_where_one_side_batches() ->
     ensemble.check(pipe, lambda _: ensemble.Served(unbatched, 0))  # the step takes none: [2, 3] is a batch of 1
 
 
+def test_an_ensembles_input_may_give_its_layout_as_a_models_may() -> None:
+    """tritonserver 2.51 loads an ensemble whose input says FORMAT_NCHW (image ensembles do; five of Triton's own
+    L0_model_config ensembles carry one), where polystack refused it (helper-195); GET config shows it, and an input
+    of other than 3 dims with one is refused, as a model's."""
+    config = json.loads(_config([_step("m", {"x": "IN"}, {"y": "OUT"})]))
+    config["input"][0].update(format="FORMAT_NCHW", dims=[3, 4, 4])
+    pipe = ensemble.read(json.dumps(config), "e", 1)
+    assert ensemble.render(pipe)["input"][0]["format"] == "FORMAT_NCHW"
+    assert ensemble.read(json.dumps(ensemble.render(pipe)), "e", 1) == pipe  # loads back as shown
+    config["input"][0]["dims"] = [4]
+    with pytest.raises(InvalidRequest, match=re.escape("has format FORMAT_NCHW, which needs 3 dims besides the batch")):
+        ensemble.read(json.dumps(config), "e", 1)
+
+
 def test_an_ensemble_that_does_not_fit_its_steps_is_refused_in_tritons_words_first() -> None:
     """As Triton's L0_model_config greps them (helper-193: polystack's own words alone)."""
     from polystack.types import DType, Signature, TensorSpec

@@ -70,6 +70,8 @@ def test_disable_auto_complete_config_needs_configs_listing_the_tensors(tmp_path
          "unable to load model 'a', configuration expects 0 inputs, model provides 1"),
         (_folder(tmp_path / "no_outputs", "a", 'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]'),
          "lists no outputs, which --disable-auto-complete-config leaves to it"),
+        (_folder(tmp_path / "untyped", "a", IO.replace("data_type: TYPE_FP32, dims: [ 16 ]", "dims: [ 16 ]")),
+         "model input 'x' must specify 'data_type' for a"),  # Triton's words (helper-195); polystack filled it in
     ):  # fmt: skip
         line = refused_at_start(tmp_path, ["--model-repository", str(folder), "--disable-auto-complete-config"])
         assert words in line, line

@@ -82,6 +82,7 @@ class Ensemble:
     # load whose config writes what picks the same versions serves the ensemble as it was
     written_policy: str = dataclasses.field(default="", compare=False)
     given: frozenset[str] = frozenset()  # the messages of model_config.SHOWN_WHERE_GIVEN its config gives
+    formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
 
     @property
     def served_versions(self) -> tuple[int, ...]:
@@ -128,9 +129,10 @@ def read(text: str, name: str, version: int) -> Ensemble:
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
     label_files = tuple(model_config.label_files(text, "ensemble").items())
+    formats = _formats(config["input"])
     ensemble = Ensemble(
         name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files,
-        given=model_config.given_messages(config),
+        given=model_config.given_messages(config), formats=formats,
     )  # fmt: skip
     _check_flow(ensemble)
     return ensemble
@@ -177,13 +179,6 @@ def _tensors(
         dims = model_config.io_dims(d["dims"], where, key, name, model)
         if max_batch == 0 and not dims:
             raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
-        layout = (
-            model_config.read_enum(d, "format", where, "ModelInput.Format") if key == "input" else ""
-        ) or "FORMAT_NONE"
-        if layout != "FORMAT_NONE":
-            raise InvalidRequest(
-                f"{where} ({name}) has format {layout}; an ensemble's inputs take no layout, leave it out"
-            )
         if key == "input" and model_config.read_bool(d, "optional", where):
             optional.add(name)
         if key == "input" and model_config.read_bool(d, "allow_ragged_batch", where):
@@ -193,6 +188,25 @@ def _tensors(
             )
         found[name] = TensorSpec(name, dtype, ((-1,) if max_batch else ()) + tuple(dims))
     return tuple(t for t in found.values() if t.name not in optional), tuple(t for t in found.values() if t.name in optional)
+
+
+def _formats(inputs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The layouts (``format``) the config gives the ensemble's inputs (``_tensors`` read them): for clients, as
+    a model's (Triton's image_client reads them), with three dims besides the batch where one is given."""
+    formats = []
+    for i, d in enumerate(inputs):
+        where = f"input[{i}]"
+        layout = model_config.read_enum(d, "format", where, "ModelInput.Format") or "FORMAT_NONE"
+        if layout not in model_config.FORMATS:
+            raise InvalidRequest(f"{where} has format {quote(layout)}; Triton's are {', '.join(model_config.FORMATS)}")
+        if layout != "FORMAT_NONE" and len(d["dims"]) != 3:  # as a model's (its dims leave the batch out)
+            raise InvalidRequest(
+                f"{where} ({d['name']}) has format {layout}, which needs 3 dims besides the batch, but its dims are "
+                f"{list(d['dims'])}; leave format out"
+            )
+        if layout != "FORMAT_NONE":
+            formats.append((str(d["name"]), layout))
+    return tuple(formats)
 
 
 def _step(item: Any, index: int) -> Step:
@@ -432,7 +446,8 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         "backend": "",
         "max_batch_size": ensemble.max_batch_size,
         "input": [
-            {**tensor(t), "format": "FORMAT_NONE", "allow_ragged_batch": False, "optional": t in ensemble.signature.optional}
+            {**tensor(t), "format": dict(ensemble.formats).get(t.name, "FORMAT_NONE"), "allow_ragged_batch": False,
+             "optional": t in ensemble.signature.optional}
             for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
         ],
         "output": [{**tensor(t), "label_filename": dict(ensemble.label_files).get(t.name, "")}

@@ -181,7 +181,7 @@ _DEFAULTS: dict[str, Any] = {
     "optimization.output_pinned_memory": {"enable": True},
     "optimization.priority": "PRIORITY_DEFAULT",
 }
-_FORMATS = ("FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW")  # an input's layout, for clients (Triton's image_client)
+FORMATS = ("FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW")  # an input's layout, for clients (Triton's image_client)
 # oneof choices whose mere presence, even empty, asks for something
 _CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy", "input.reshape", "output.reshape"}
 # maps, whose keys (with empty values) ask for something
@@ -783,6 +783,14 @@ def read(
             raise InvalidRequest(
                 f"the config of model {record.name!r} lists no outputs, which --disable-auto-complete-config leaves "
                 "to it (Triton's strict model config): list the outputs clients get"
+            )
+        untyped = [(k, d.get("name")) for k in ("input", "output") for d in config.get(k) or () if isinstance(d, dict)
+                   and not d.get("data_type")]  # fmt: skip
+        if not auto_complete and untyped:  # what auto-complete would fill in (Triton's words, then what to do)
+            raise InvalidRequest(
+                f"model {untyped[0][0]} {quote(untyped[0][1])} must specify 'data_type' for {record.name}: "
+                "--disable-auto-complete-config "
+                "leaves nothing to fill it in; give its data_type"
             )
         if autofills:
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
@@ -1945,8 +1953,8 @@ def _tensors(
                     lead = tuple(t.shape[: len(t.shape) - len(model_dims)])  # the batch dim, when batched
                     shapes.append((name, lead + tuple(got_dims)))
             layout = (read_enum(d, "format", where, "ModelInput.Format") if key == "input" else "") or "FORMAT_NONE"
-            if layout not in _FORMATS:
-                raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(_FORMATS)}")
+            if layout not in FORMATS:
+                raise InvalidRequest(f"{where} ({name}) has format {quote(layout)}; Triton's are {', '.join(FORMATS)}")
             if layout != "FORMAT_NONE":
                 # the dims clients send, as Triton's ValidateModelInput counts them: the config's (a reshape
                 # gives the model others), else the model's
