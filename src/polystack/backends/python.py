@@ -1059,8 +1059,8 @@ def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, 
 
 def _error(error: pb_utils.TritonError) -> PolystackError:
     """A model's ``TritonError`` as polystack's: its words as they are, with the status Triton gives its code
-    (INTERNAL and UNKNOWN: the model's 500), raised in the request's run (Triton's response error, whatever its
-    code: traced, generate's 400, a stream's error response)."""
+    (``server/status.py``: INTERNAL, the default, 500), raised in the request's run (Triton's response error,
+    whatever its code: traced, generate's 400, a stream's error response)."""
     kind = _CODES.get(error.code(), BackendError)
     return kind(error.message()).failed_in_run()
 

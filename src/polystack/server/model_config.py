@@ -789,8 +789,7 @@ def read(
         if not auto_complete and untyped:  # what auto-complete would fill in (Triton's words, then what to do)
             raise InvalidRequest(
                 f"model {untyped[0][0]} {quote(untyped[0][1])} must specify 'data_type' for {record.name}: "
-                "--disable-auto-complete-config "
-                "leaves nothing to fill it in; give its data_type"
+                "--disable-auto-complete-config leaves nothing to fill it in; give its data_type"
             )
         if autofills:
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
