@@ -525,7 +525,27 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
     ("text", "words"),
     [
         (_config([]), "must list one or more steps"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"), "sets platform 'ensemble'"),
+        (  # Triton's words first (helper-195)
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"),
+            "ensemble scheduling cannot be set for model 'e' whose platform is not ensemble: its config sets "
+            "ensemble_scheduling and platform 'onnxruntime_onnx'",
+        ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], backend="python"),
+            "Ensemble model 'e' must have platform type 'ensemble' and empty backend type: its config sets backend",
+        ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], instance_group=[{"kind": "KIND_CPU"}]),
+            "instance group should not be specified for ensemble 'e': an ensemble runs its steps' models",
+        ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], optimization={}),
+            "optimization should not be specified for ensemble 'e'",
+        ),
+        (
+            _config([_step("m", {"x": "IN"}, {"y": "OUT"})], model_warmup=[{"name": "w", "batch_size": 1}]),
+            "model_warmup can not be specified for ensemble 'e'",
+        ),
         (
             _config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN"}, {"y": "OUT"})]),
             "given by step 1 (n) and by step 0 (m)",

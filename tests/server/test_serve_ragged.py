@@ -170,7 +170,21 @@ def test_a_request_giving_a_batch_input_is_refused(clients) -> None:
         ),
         ({"batch_input": [{**CONFIG["batch_input"][0], "data_type": "TYPE_FP32"}]}, "the model's input 'COUNT' is TYPE_INT32"),
         ({"batch_input": [{**CONFIG["batch_input"][0], "kind": "BATCH_ITEM_SHAPE"}]}, "fills a tensor of rank 2"),
-        ({"batch_output": [{**CONFIG["batch_output"][0], "target_name": ["OTHER"]}]}, "scatters 'OTHER'"),
+        ({"batch_output": [{**CONFIG["batch_output"][0], "target_name": ["OTHER"]}]},
+         "unknown target output name 'OTHER' for ragged: the config's outputs are DOUBLE, LAST, N"),  # Triton's words
+        # Triton's ValidateBatchIO, in its words with the model's name (helper-195): polystack's alone before
+        ({"batch_input": [{**CONFIG["batch_input"][0], "source_input": []}]},
+         "batch input kind 'BATCH_ELEMENT_COUNT' expects 1 source input, got 0 for ragged"),
+        ({"batch_input": [{**CONFIG["batch_input"][1], "source_input": ["INPUT", "INPUT"]}]},
+         "batch input kind 'BATCH_ACCUMULATED_ELEMENT_COUNT' expects 1 source input, got 2 for ragged"),
+        ({"batch_input": [{**CONFIG["batch_input"][0], "source_input": ["NOPE"]}]},
+         "unknown source input name 'NOPE' for ragged: the config's inputs are INPUT"),
+        ({"batch_input": [{**CONFIG["batch_input"][0], "data_type": "TYPE_INT64"}]},
+         "batch input data type must be TYPE_INT32 or TYPE_FP32 for ragged"),
+        ({"batch_output": [{**CONFIG["batch_output"][0], "source_input": []}]},
+         "batch output kind 'BATCH_SCATTER_WITH_INPUT_SHAPE' expects 1 source input, got 0 for ragged"),
+        ({"batch_output": [{**CONFIG["batch_output"][0], "target_name": ["DOUBLE", "DOUBLE"]}]},
+         "target output name 'DOUBLE' can only be specified once for ragged"),
         ({"input": [{**CONFIG["input"][0], "optional": True}]}, "optional input 'INPUT' is not supported for models that"),
     ],
 )

@@ -1071,7 +1071,8 @@ _CONTROLS = ACC.split("sequence_batching {")[1].split("state [")[0].split("\n", 
         ("direct {} oldest {}", "sets both direct and oldest|oneof"),
         (
             'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START } ] } ]',
-            "must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START",
+            "must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START "
+            "for acc$",  # Triton's whole sentence: the model's name unquoted (helper-195)
         ),
         (
             'control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 1 ] } ] } ]',
@@ -1084,13 +1085,18 @@ _CONTROLS = ACC.split("sequence_batching {")[1].split("state [")[0].split("\n", 
         (
             'control_input [ { name: "START", control [ { int32_false_true: [0, 1] } ] },'
             ' { name: "END", control [ { int32_false_true: [0, 1] } ] } ]',
-            "specifies multiple CONTROL_SEQUENCE_START tensors",
+            "specifies multiple CONTROL_SEQUENCE_START tensors for acc$",
         ),
         (
             'control_input [ { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ]',
             "unexpected data type for control CONTROL_SEQUENCE_CORRID",
         ),
         ("control_input [ { control [ { int32_false_true: [0, 1] } ] } ]", "control tensor must have a name"),
+        (
+            'control_input [ { name: "START", control [ { int32_false_true: [0, 1] } ] },'
+            ' { name: "START", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [0, 1] } ] } ]',
+            "sequence batching control tensor 'START' is specified for multiple control kinds for acc$",
+        ),
         (
             'control_input [ { name: "START", control [ { fp32_false_true: [0, 1] } ] } ]',
             "model tensor 'START' is INT32, but the config gives FP32",

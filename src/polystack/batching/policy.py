@@ -3,7 +3,7 @@ order of priority it takes them (Triton's priority levels, each with its own que
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -27,6 +27,37 @@ class QueuePolicy:
             raise InvalidRequest("max_queue_size must be >= 0 (0: no limit)")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise InvalidRequest("timeout_s must be > 0")
+
+
+def priority_refusal(
+    levels: int, default_level: int, queue_levels: Sequence[int], preserve_ordering: bool, delays: bool
+) -> tuple[str, str] | None:
+    """Triton's checks of a dynamic batcher's priority levels and ordering (its ValidateModelConfig): the first
+    broken one as (Triton's sentence, what to change), None where none is. ``delays``: a queue policy of the
+    batcher's has timeout_action DELAY and a timeout. A model config's refusal puts `` for <model>`` after the
+    sentence, as Triton does."""
+    if levels:  # without levels Triton ignores the other two fields
+        if not 1 <= default_level <= levels:
+            return (
+                f"default priority level must be in range [1, {levels}]",
+                f"set dynamic_batching.default_priority_level to a level from 1 (the highest) to {levels}",
+            )
+        if any(not 1 <= level <= levels for level in queue_levels):
+            return (
+                f"priority queue policy must have priority level in range [1, {levels}]",
+                f"key dynamic_batching.priority_queue_policy by levels from 1 to {levels}",
+            )
+    if preserve_ordering and levels > 1:
+        return (
+            "Only one priority level is allowed when 'preserve_ordering' is true",
+            "set dynamic_batching.priority_levels to 0 or 1, or preserve_ordering to false",
+        )
+    if preserve_ordering and delays:
+        return (
+            "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true",
+            "use REJECT, leave out default_timeout_microseconds, or set preserve_ordering to false",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -64,31 +95,15 @@ class BatchPolicy:
         if not 1 <= self.instances <= MAX_INSTANCES:
             raise InvalidRequest(f"instances must be from 1 to {MAX_INSTANCES}")
         QueuePolicy(self.max_queue_size, self.timeout_s, self.client_timeouts, self.delay)  # the default's, checked
-        levels = self.priority_levels
-        if levels < 0:
+        if self.priority_levels < 0:
             raise InvalidRequest("priority_levels must be >= 0 (0: no priority levels)")
-        if levels:  # Triton's checks, in its words; without levels it ignores both fields
-            if not 1 <= self.default_priority_level <= levels:
-                raise InvalidRequest(
-                    f"default priority level must be in range [1, {levels}]; set dynamic_batching."
-                    f"default_priority_level to a level from 1 (the highest) to {levels}"
-                )
-            if any(not 1 <= level <= levels for level, _ in self.priority_queues):
-                raise InvalidRequest(
-                    f"priority queue policy must have priority level in range [1, {levels}]; key dynamic_batching."
-                    f"priority_queue_policy by levels from 1 to {levels}"
-                )
-        if self.preserve_ordering and levels > 1:  # Triton's rules, in its words
-            raise InvalidRequest(
-                "Only one priority level is allowed when 'preserve_ordering' is true; set dynamic_batching."
-                "priority_levels to 0 or 1, or preserve_ordering to false"
-            )
         queues = [self.queue_policy(0), *(q for _, q in self.priority_queues)]
-        if self.preserve_ordering and any(q.delay and q.timeout_s for q in queues):
-            raise InvalidRequest(
-                "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true; use REJECT, "
-                "leave out default_timeout_microseconds, or set preserve_ordering to false"
-            )
+        refusal = priority_refusal(
+            self.priority_levels, self.default_priority_level, [level for level, _ in self.priority_queues],
+            self.preserve_ordering, any(q.delay and q.timeout_s for q in queues),
+        )
+        if refusal:
+            raise InvalidRequest("; ".join(refusal))
         if len({level for level, _ in self.priority_queues}) != len(self.priority_queues):
             raise InvalidRequest("priority_queues gives a level's queue policy twice")
 

@@ -103,6 +103,7 @@ def is_ensemble(doc: Mapping[str, Any]) -> bool:
 def read(text: str, name: str, version: int) -> Ensemble:
     """The ensemble config ``text`` (JSON, as ``model_config.as_json`` gives it) declares, checked as far as
     the config alone decides; ``InvalidRequest`` says what is wrong and where."""
+    _triton_checks(model_config.parse_json(text), name)
     config = model_config.parse_config(text, "ensemble")
     platform = model_config.read_string(config, "platform", "config")
     backend = model_config.read_string(config, "backend", "config")
@@ -136,6 +137,38 @@ def read(text: str, name: str, version: int) -> Ensemble:
     )  # fmt: skip
     _check_flow(ensemble)
     return ensemble
+
+
+def _triton_checks(doc: Any, name: str) -> None:
+    """Triton's first checks of an ensemble's config (ValidateModelConfig, ValidateEnsembleSchedulingConfig), in
+    its words, then what to do: its platform and backend, and the fields an ensemble has no use for."""
+    if not isinstance(doc, dict):
+        return  # parse_config says what is wrong
+
+    def given(key: str) -> Any:
+        camel = key.split("_")[0] + "".join(part.title() for part in key.split("_")[1:])
+        return doc.get(key, doc.get(camel))
+    if given("platform") != PLATFORM:
+        raise InvalidRequest(
+            f"ensemble scheduling cannot be set for model {name!r} whose platform is not ensemble: its config sets "
+            f"ensemble_scheduling and platform {quote(given('platform'))}; set platform \"ensemble\" and no backend, "
+            "or leave ensemble_scheduling out"
+        )
+    if given("backend"):
+        raise InvalidRequest(
+            f"Ensemble model {name!r} must have platform type 'ensemble' and empty backend type: its config sets "
+            f"backend {quote(given('backend'))}; leave backend out"
+        )
+    for key, words in (
+        ("instance_group", "instance group should not be specified"),
+        ("optimization", "optimization should not be specified"),
+        ("model_warmup", "model_warmup can not be specified"),
+    ):
+        # an optimization message is refused where given, even empty (Triton's has_optimization); the lists if not empty
+        if (given(key) is not None) if key == "optimization" else given(key):
+            raise InvalidRequest(
+                f"{words} for ensemble {name!r}: an ensemble runs its steps' models, each with its own; leave {key} out"
+            )
 
 
 def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:

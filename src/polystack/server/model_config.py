@@ -41,7 +41,7 @@ from polystack.backends import ragged as ragged_model
 from polystack.backends.ragged import RaggedSpec
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
-from polystack.batching.policy import MAX_INSTANCES
+from polystack.batching.policy import MAX_INSTANCES, priority_refusal
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.batching.sequence import Control, SequencePolicy, State
 from polystack.engine import BACKEND_ONLY, LoadedEntry, LoadSpec, runtime_loads
@@ -717,6 +717,7 @@ def read(
                 "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
                 "chooses another runtime (`polystack tune`)"
             )
+    _triton_checks(config, record.name)
     parameters = _parameters(config.get("parameters"), spec)
     gap = dict(parameters).get(IDLE_GAP)
     parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
@@ -769,7 +770,7 @@ def read(
             f"from 1 to {limit} rows; set max_batch_size from 1 to {limit}"
         )
     groups = config.get("instance_group")
-    instances = _instances(groups, spec) if groups is not None else None
+    instances = _instances(groups, spec, record.name) if groups is not None else None
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
@@ -833,7 +834,7 @@ def read(
                 )
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
-            batching = replace(_batching(dynamic, 1, instances), merge=False)
+            batching = replace(_batching(dynamic, 1, instances, record.name), merge=False)
             max_batch, rows, instances = 0, 0, None  # no batch dimension
         else:
             if max_batch is None:  # polystack's own: the policy's, within the variant's limit
@@ -841,7 +842,7 @@ def read(
                 max_batch = min(max_batch, limit) if limit else max_batch
             if instances is None:
                 instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
-            batching, instances = _batching(dynamic, max_batch, instances), None  # the policy holds them
+            batching, instances = _batching(dynamic, max_batch, instances, record.name), None  # the policy holds them
         if gap is not None:
             batching = _idle_gap(gap, batching)
         formats, shapes, reshapes, optional, ragged = _tensors(config, record, spec, max_batch)
@@ -1055,7 +1056,7 @@ def _controls(value: Any, record: ModelRecord, max_batch: int, listed: set[str])
     """Triton's checks of ``control_input``, in its words, then against the model's inputs."""
     if not isinstance(value, list):
         raise InvalidRequest("sequence_batching.control_input must be a list")
-    m = repr(record.name)
+    m = record.name  # unquoted, as Triton names it in these words
     controls: list[Control] = []
     for i, item in enumerate(value):
         where = f"sequence_batching.control_input[{i}]"
@@ -1388,15 +1389,19 @@ def label_files(text: str, kind: str = "config") -> dict[str, str]:
 
 def parse_config(text: str, kind: str = "config") -> dict[str, Any]:
     """A config's JSON ``text`` as a message of ``kind`` (a model's config, or an ensemble's)."""
+    return read_message(parse_json(text), "config", kind)
+
+
+def parse_json(text: str) -> Any:
+    """A config's JSON ``text``, as it is (``parse_config`` reads it as a message)."""
     try:
-        doc = http_codec.loads(text.encode())
+        return http_codec.loads(text.encode())
     except InvalidRequest as e:
         # before the model is read: Triton's poll of it fails (tritonserver 2.51 answers such a load 500)
         raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}").before_model_read() from None
-    return read_message(doc, "config", kind)
 
 
-def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
+def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPolicy:
     where = "dynamic_batching"
     d = read_message(value, where, where)
     preferred = d.get("preferred_batch_size", [])
@@ -1422,6 +1427,11 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         if level in queues:
             raise InvalidRequest(f"{where}.priority_queue_policy gives level {level} twice ({quote(key)} is {level})")
         queues[level] = _queue_policy(policy, f"{where}.priority_queue_policy[{key}]")
+    preserve = read_bool(d, "preserve_ordering", where)
+    delays = any(q.delay and q.timeout_s for q in (queue, *queues.values()))
+    refusal = priority_refusal(levels, default_level, list(queues), preserve, delays)
+    if refusal:  # Triton's sentence and the model's name, as Triton says it, then what to change
+        raise InvalidRequest(f"{refusal[0]} for {model}; {refusal[1]}")
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
@@ -1435,7 +1445,7 @@ def _batching(value: Any, max_batch: int, instances: int) -> BatchPolicy:
         priority_levels=levels,
         default_priority_level=default_level,
         priority_queues=tuple(sorted(queues.items())),
-        preserve_ordering=read_bool(d, "preserve_ordering", where),
+        preserve_ordering=preserve,
     )
 
 
@@ -1624,7 +1634,7 @@ def _passive(groups: Sequence[dict[str, Any]] | None) -> list[bool]:
     return [bool(read_bool(g, "passive", f"instance_group[{i}]")) for i, g in enumerate(groups or ())]
 
 
-def _instances(value: Any, spec: LoadSpec) -> int:
+def _instances(value: Any, spec: LoadSpec, model: str) -> int:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("instance_group must be a list of at least one group")
     ours = _kind(spec.device)
@@ -1637,13 +1647,18 @@ def _instances(value: Any, spec: LoadSpec) -> int:
         read_string(group, "name", where)
         passive = read_bool(group, "passive", where)
         kind = read_enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
+        gpus = read_int_list(group.get("gpus", []), f"{where}.gpus", 0)
+        if gpus and kind in ("KIND_CPU", "KIND_MODEL"):  # Triton's words (ValidateInstanceGroup), then what to do
+            raise InvalidRequest(
+                f"instance group {read_string(group, 'name', where) or f'{model}_{i}'} of model {model} has kind "
+                f"{kind} but specifies one or more GPUs: {where}.gpus is {gpus}; leave gpus out"
+            )
         # KIND_MODEL: the model places itself (Triton's Python backend runs its instances so, on the CPU)
         if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend == "python"):
             raise InvalidRequest(
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
                 f"use {ours} or KIND_AUTO, or serve a variant built for that device"
             )
-        gpus = read_int_list(group.get("gpus", []), f"{where}.gpus", 0)
         if any(g != index for g in gpus):
             raise InvalidRequest(
                 f"{where}.gpus {gpus} does not match the device polystack runs this model on ({spec.device}); "
@@ -1923,7 +1938,7 @@ def _tensors(
                 ragged_out.append((name, tuple(read_int_list(d.get("dims", []), f"{where}.dims"))))
                 continue
             dims = d.get("dims")
-            reshape = _reshape(d, where, name, t, max_batch)
+            reshape = _reshape(d, where, name, t, max_batch, record.name)
             if reshape is not None:
                 reshapes.append(reshape)
             elif dims is not None:
@@ -2165,7 +2180,9 @@ def _optional(
     return default
 
 
-def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch: int) -> Reshape | None:
+def _reshape(
+    d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch: int, model: str
+) -> Reshape | None:
     """A config tensor's ``reshape``, checked as Triton checks one: its shape fits the model's dims (a -1 of
     the model's takes any size), and the config's dims, which clients see, hold as many elements."""
     if d.get("reshape") is None:
@@ -2174,8 +2191,8 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
     shape = tuple(read_int_list(r.get("shape", []), f"{where}.reshape.shape"))
     if not max_batch and not shape:  # Triton's words, then what to do
         raise InvalidRequest(
-            f"{where} ({name}) cannot have empty reshape for non-batching model; give the reshape's shape, or "
-            "set max_batch_size"
+            f"model {where.partition('[')[0]} {quote(name)} cannot have empty reshape for non-batching model as scalar "
+            f"tensors are not supported for {model}: give {where}'s reshape a shape, or set max_batch_size"
         )
     if d.get("dims") is None:
         raise InvalidRequest(f"{where} ({name}) has a reshape but no dims: a reshape needs the dims clients see; give them")
@@ -2191,22 +2208,102 @@ def _reshape(d: dict[str, Any], where: str, name: str, t: TensorSpec, max_batch:
             f"{where} ({name}) has reshape {list(shape)}, but the model's are {list(model_dims)} with max_batch_size "
             f"{max_batch} (-1: any size); the reshape is the shape the model takes or gives"
         )
-    if any(v < 1 and v != -1 for v in dims + shape):
-        raise InvalidRequest(f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: sizes are 1 or more, or -1")
-    # as Triton's ValidateIOShape: as many -1s, and the elements between them (and around) as many too
+    return Reshape(name, max_batch > 0, dims, shape)  # dims and reshape agree (``_triton_checks``)
+
+
+def _triton_checks(config: dict[str, Any], model: str) -> None:
+    """Triton's checks of a config that need no model (core's ValidateModelConfig and ValidateModelIOConfig): a
+    negative max_batch_size, each input's and output's dims and reshape, the batch inputs and outputs; in its words,
+    with the model's name after them as its log says them, then polystack's detail. They come before the config is
+    compared with the model, as Triton validates a config before its backend reads the model."""
+    given = config.get("max_batch_size")
+    if isinstance(given, int | str) and re.fullmatch(r"-[0-9]+", str(given)):  # not a number: read_int's words
+        raise InvalidRequest(
+            f"'max_batch_size' must be non-negative value for {model}: it is {given}; give 0 (no "
+            "batch dimension) or the most rows a batch may hold"
+        )
+    listed: dict[str, set[str]] = {}
+    for key in ("input", "output"):
+        items = config.get(key) or []
+        listed[key] = set()
+        for i, item in enumerate(items if isinstance(items, list) else ()):
+            d = read_message(item, f"{key}[{i}]", key)
+            name = read_string(d, "name", f"{key}[{i}]")
+            listed[key].add(name)
+            if d.get("dims") is not None:
+                io_dims(d["dims"], f"{key}[{i}]", key, name, model)
+            if d.get("dims") and d.get("reshape") is not None:  # no dims: ``_reshape`` asks for them
+                _reshape_fits(d, f"{key}[{i}]", key, name, model)
+    _batch_io(config, model, listed)
+
+
+def _reshape_fits(d: dict[str, Any], where: str, key: str, name: str, model: str) -> None:
+    """Triton's ValidateIOShape of a tensor's reshape against its dims, in its words: sizes of 1 or more (or -1),
+    as many elements, as many -1s, and as many elements between them."""
+    dims = tuple(read_int_list(d["dims"], f"{where}.dims", -(1 << 63)))
+    r = read_message(d["reshape"], f"{where}.reshape", "reshape")
+    shape = tuple(read_int_list(r.get("shape", []), f"{where}.reshape.shape", -(1 << 63)))
+    triton = f"model {key} {quote(name)}"
+    if any(v < 1 and v != -1 for v in shape):
+        raise InvalidRequest(
+            f"{triton} reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension for "
+            f"{model}: {where}.reshape is {list(shape)}"
+        )
     held, reshaped = _segments(dims), _segments(shape)
-    if len(held) != len(reshaped):
+    # GetElementCount: -1 where a dim is -1, 0 for no dims; an empty reshape takes dims of one element
+    sizes = [-1 if -1 in v else math.prod(v) if v else 0 for v in (dims, shape)]
+    if (sizes[0] != sizes[1] and (sizes[1] != 0 or sizes[0] != 1)) or (sizes[0] == -1 and held != reshaped):
+        if sizes[0] == sizes[1] == -1 and len(held) != len(reshaped):
+            raise InvalidRequest(
+                f"{triton} has different number of variable-size dimensions for dims and reshape for {model}: "
+                f"{where} has dims {list(dims)} and reshape {list(shape)}, which need as many -1s (any size)"
+            )
+        if (-1 in dims) != (-1 in shape):
+            detail = f"{where} has dims {list(dims)} and reshape {list(shape)}: a -1 (any size) in one needs one in "
+            detail += "the other"
+        elif -1 in dims:
+            detail = f"{where} dims {list(dims)} and reshape {list(shape)} hold {held} and {reshaped} elements "
+            detail += "around their -1s"
+        else:
+            detail = f"{where} dims {list(dims)} and reshape {list(shape)} hold {sizes[0]} and {sizes[1]} elements"
         raise InvalidRequest(
-            f"{where} ({name}) has dims {list(dims)} and reshape {list(shape)}: each needs as many -1s (any size) as "
-            "the other, so that they keep holding as many elements"
+            f"{triton} has different size for dims and reshape for {model}: {detail}; they must hold as many"
         )
-    if held != reshaped:
-        raise InvalidRequest(
-            f"{where} ({name}) dims {list(dims)} holds {math.prod(held)} elements, but its reshape {list(shape)} "
-            f"holds {math.prod(reshaped)} elements (-1s aside: {held} between them against {reshaped}); they "
-            "must hold as many"
-        )
-    return Reshape(name, max_batch > 0, dims, shape)
+
+
+def _batch_io(config: dict[str, Any], model: str, listed: dict[str, set[str]]) -> None:
+    """Triton's ValidateBatchIO, in its words: each batch input and output names one source input the config
+    lists, a batch input is TYPE_INT32 or TYPE_FP32, and a batch output's targets are outputs the config lists, each
+    once. Names are checked only where the config lists inputs (outputs): auto-complete fills the others."""
+    for where, d in _messages(config, "batch_input", "{kind, target_name, data_type, source_input}"):
+        kind = read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT
+        sources = _names(d, "source_input", where)
+        if len(sources) != 1:
+            raise InvalidRequest(f"batch input kind '{kind}' expects 1 source input, got {len(sources)} for {model}")
+        if read_enum(d, "data_type", where, "DataType") not in ("TYPE_INT32", "TYPE_FP32"):
+            raise InvalidRequest(
+                f"batch input data type must be TYPE_INT32 or TYPE_FP32 for {model}: {where}.data_type is "
+                f"{quote(read_enum(d, 'data_type', where, 'DataType') or None)}"
+            )
+        if listed["input"] and sources[0] not in listed["input"]:
+            raise InvalidRequest(f"unknown source input name {quote(sources[0])} for {model}: the config's inputs are "
+                                 f"{', '.join(sorted(listed['input']))}")
+    for where, d in _messages(config, "batch_output", "{kind, target_name, source_input}"):
+        kind = read_enum(d, "kind", where, "BatchOutput.Kind") or ragged_model.SCATTER
+        sources = _names(d, "source_input", where)
+        if len(sources) != 1:
+            raise InvalidRequest(f"batch output kind '{kind}' expects 1 source input, got {len(sources)} for {model}")
+        if listed["input"] and sources[0] not in listed["input"]:
+            raise InvalidRequest(f"unknown source input name {quote(sources[0])} for {model}: the config's inputs are "
+                                 f"{', '.join(sorted(listed['input']))}")
+        targets: set[str] = set()
+        for target in _names(d, "target_name", where):
+            if listed["output"] and target not in listed["output"]:
+                raise InvalidRequest(f"unknown target output name {quote(target)} for {model}: the config's outputs "
+                                     f"are {', '.join(sorted(listed['output']))}")
+            if target in targets:
+                raise InvalidRequest(f"target output name {quote(target)} can only be specified once for {model}")
+            targets.add(target)
 
 
 def _within(given: Sequence[int], model: Sequence[int]) -> bool:
