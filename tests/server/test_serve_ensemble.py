@@ -467,7 +467,7 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     repo = pipeline_repository(tmp_path / "models")
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('value: "IN"', 'value: "IN2"'))
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1"])
-    assert "model 'pipe': ensemble input 'IN' is taken by no step" in line
+    assert "model 'pipe': ensemble input 'IN' for ensemble pipe' is not used: ensemble input 'IN' is taken" in line
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('key: "h"', 'key: "hh"'))
     last = refused_after_loads(tmp_path, ["--model-repository", str(repo)])  # once the models it runs loaded
     assert (
@@ -524,7 +524,7 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        (_config([]), "must list one or more steps"),
+        (_config([]), "must specify 'step' for ensemble 'e': ensemble_scheduling must list one or more steps"),
         (  # Triton's words first (helper-195)
             _config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"),
             "ensemble scheduling cannot be set for model 'e' whose platform is not ensemble: its config sets "
@@ -548,23 +548,36 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
         ),
         (
             _config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN"}, {"y": "OUT"})]),
-            "given by step 1 (n) and by step 0 (m)",
+            "ensemble tensor 'OUT' can appear in an output map only once for ensemble 'e' step 1: ensemble tensor "
+            "'OUT' is given by step 1 (n) and by step 0 (m)",
         ),
         (_config([_step("m", {"x": "IN"}, {"y": "IN"})]), "'IN' is given by step 0 (m) and by the request"),
-        (_config([_step("m", {"x": "MID"}, {"y": "OUT"})]), "ensemble input 'IN' is taken by no step"),
-        (_config([_step("m", {"x": "IN"}, {"y": "OTHER"})]), "'OTHER', given by step 0 (m), is taken by no step"),
+        # Triton's words (ValidateEnsembleSchedulingConfig) first, then polystack's (helper-195)
+        (_config([_step("m", {"x": "MID"}, {"y": "OUT"})]),
+         "ensemble input 'IN' for ensemble e' is not used: ensemble input 'IN' is taken by no step"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "OUT"}, {"y": "OTHER"})]),
+         "ensemble tensor 'OTHER' is unused in ensemble 'e': ensemble tensor 'OTHER', given by step 1 (n), is taken by "
+         "no step"),
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT", "z": "OUT"})]),
+         "ensemble tensor 'OUT' can appear in an output map only once for ensemble 'e' step 0: ensemble tensor "
+         "'OUT' is given by step 0 (m) and by step 0 (m)"),
         (
             _config([_step("m", {"x": "IN"}, {"y": "B"})], output=[_tensor("OUT"), _tensor("B")]),
             "ensemble output 'OUT' for ensemble e' is not used: ensemble output 'OUT' is given by no step",
         ),
         (
             _config([_step("m", {"x": "IN", "z": "B"}, {"y": "A"}), _step("n", {"x": "A"}, {"y": "B", "w": "OUT"})]),
-            "wait on one another's tensors (a cycle)",
+            "output 'OUT' for ensemble 'e' is not written: at least one of its depending tensors, 'B', is not "
+            "connected: the steps step 0 (m), step 1 (n) wait on one another's tensors (a cycle)",
         ),
-        (_config([_step("m", {"x": "IN", "z": "C"}, {"y": "OUT"})]), "takes 'C', which no step gives"),
+        (_config([_step("m", {"x": "IN", "z": "C"}, {"y": "OUT"})]),
+         "output 'OUT' for ensemble 'e' is not written: at least one of its depending tensors, 'C', is not connected: "
+         "step 0 (m) takes 'C', which no step gives"),
         (_config([_step("m", {"x": "IN"}, {"y": "OUT"}, version=0)]), "model_version 0"),
-        (_config([_step("", {"x": "IN"}, {"y": "OUT"})]), "has no model_name"),
-        (_config([_step("m", {}, {"y": "OUT"})]), "has no input_map"),
+        (_config([_step("", {"x": "IN"}, {"y": "OUT"})]),
+         "must specify 'model_name' in step 0 of ensemble 'e': ensemble_scheduling.step[0] has no model_name"),
+        (_config([_step("m", {}, {"y": "OUT"})]), "must specify 'input_map' in step 0 of ensemble 'e': "),
+        (_config([_step("m", {"x": "IN"}, {})]), "must specify 'output_map' in step 0 of ensemble 'e': "),
         (
             _config([_step("m", {"x": "IN"}, {"y": "OUT"})], dynamic_batching={"max_queue_delay_microseconds": 100}),
             "polystack does not read",

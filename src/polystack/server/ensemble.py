@@ -122,11 +122,14 @@ def read(text: str, name: str, version: int) -> Ensemble:
         config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
     )
     raw_steps = scheduling.get("step", [])
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise InvalidRequest("ensemble_scheduling must list one or more steps (step [ { model_name: ... } ])")
+    if not isinstance(raw_steps, list) or not raw_steps:  # Triton's words, then what to do
+        raise InvalidRequest(
+            f"must specify 'step' for ensemble {name!r}: ensemble_scheduling must list one or more steps "
+            "(step [ { model_name: ... } ])"
+        )
     if len(raw_steps) > MAX_STEPS:
         raise InvalidRequest(f"ensemble_scheduling lists {len(raw_steps)} steps; an ensemble runs at most {MAX_STEPS}")
-    steps = tuple(_step(item, i) for i, item in enumerate(raw_steps))
+    steps = tuple(_step(item, i, name) for i, item in enumerate(raw_steps))
     cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = model_config.read_bool(cache, "enable", "response_cache")
     label_files = tuple(model_config.label_files(text, "ensemble").items())
@@ -242,12 +245,16 @@ def _formats(inputs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
     return tuple(formats)
 
 
-def _step(item: Any, index: int) -> Step:
+def _step(item: Any, index: int, ensemble: str) -> Step:
+    """Step ``index`` of ``ensemble``'s config, checked as Triton's BuildEnsembleGraph checks it (its words)."""
     where = f"ensemble_scheduling.step[{index}]"
     d = model_config.read_message(item, where, "step")
     model = model_config.read_string(d, "model_name", where)
     if not model:
-        raise InvalidRequest(f"{where} has no model_name; name the served model it runs")
+        raise InvalidRequest(
+            f"must specify 'model_name' in step {index} of ensemble {ensemble!r}: {where} has no model_name; name "
+            "the served model it runs"
+        )
     raw_version = model_config.read_int(d, "model_version", where, -1, (1 << 63) - 1) if "model_version" in d else -1
     if raw_version == 0:
         raise InvalidRequest(f"{where} ({model}) asks for model_version 0; give a version from 1, or -1 for the latest")
@@ -256,7 +263,8 @@ def _step(item: Any, index: int) -> Step:
         value = d.get(key, {})
         if not isinstance(value, dict) or not value:
             raise InvalidRequest(
-                f"{where} ({model}) has no {key}; map each of the model's tensors to an ensemble tensor"
+                f"must specify '{key}' in step {index} of ensemble {ensemble!r}: {where} ({model}) has no {key}; map "
+                "each of the model's tensors to an ensemble tensor"
             )
         if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
             raise InvalidRequest(f"{where}.{key} maps tensor names (strings) to tensor names (strings)")
@@ -265,30 +273,32 @@ def _step(item: Any, index: int) -> Step:
 
 
 def _check_flow(ensemble: Ensemble) -> None:
-    """What the config alone decides: each tensor given once, every step's tensors given by the request or
-    an earlier step (so no cycle), every ensemble input taken and every ensemble output given."""
+    """What the config alone decides, in the order of Triton's ValidateEnsembleSchedulingConfig and with its words
+    first: each tensor given once, every ensemble input taken, every ensemble output given (and written: by steps
+    whose tensors come from the request or steps that run before, so no cycle), every tensor a step gives taken."""
     sig = ensemble.signature
     takes = [t.name for t in (*sig.inputs, *sig.optional)]
     given: dict[str, str] = {t: "the request" for t in takes}
     for i, step in enumerate(ensemble.steps):
         for _, tensor in step.outputs:
             if tensor in given:
+                triton = (  # Triton's words where two output maps give it (the request's input is not in one)
+                    f"ensemble tensor {quote(tensor)} can appear in an output map only once for ensemble "
+                    f"{ensemble.name!r} step {i}: "
+                    if given[tensor] != "the request"
+                    else ""
+                )
                 raise InvalidRequest(
-                    f"ensemble tensor {quote(tensor)} is given by {step.describe(i)} and by {given[tensor]}; "
+                    f"{triton}ensemble tensor {quote(tensor)} is given by {step.describe(i)} and by {given[tensor]}; "
                     "each tensor is given once (rename one in its output_map)"
                 )
             given[tensor] = step.describe(i)
     taken = {tensor for step in ensemble.steps for _, tensor in step.inputs}
     for name in takes:
         if name not in taken:
-            raise InvalidRequest(
-                f"ensemble input {quote(name)} is taken by no step; map it in a step's input_map, or drop it"
-            )
-    for tensor, giver in given.items():
-        if tensor not in taken and tensor not in sig.output_names and giver != "the request":
-            raise InvalidRequest(
-                f"ensemble tensor {quote(tensor)}, given by {giver}, is taken by no step and is not an ensemble "
-                "output; drop it from the output_map (a step model's outputs need not all be mapped)"
+            raise InvalidRequest(  # Triton's words (its missing quote too), then ours
+                f"ensemble input {quote(name)} for ensemble {ensemble.name}' is not used: ensemble input "
+                f"{quote(name)} is taken by no step; map it in a step's input_map, or drop it"
             )
     for name in sig.output_names:
         if name not in given or given[name] == "the request":
@@ -296,14 +306,59 @@ def _check_flow(ensemble: Ensemble) -> None:
                 f"ensemble output {quote(name)} for ensemble {ensemble.name}' is not used: ensemble output "
                 f"{quote(name)} is given by no step; map a step model's output to it in an output_map"
             )
+    triton = _not_written(ensemble)  # Triton's words for an output whose steps cannot run, then ours
     for i, step in enumerate(ensemble.steps):
         missing = [tensor for _, tensor in step.inputs if tensor not in given]
         if missing:
             raise InvalidRequest(
-                f"{step.describe(i)} takes {', '.join(map(quote, missing))}, which no step gives and the request does "
-                "not carry; give it in another step's output_map, or list it as an ensemble input"
+                f"{triton}{step.describe(i)} takes {', '.join(map(quote, missing))}, which no step gives and the "
+                "request does not carry; give it in another step's output_map, or list it as an ensemble input"
             )
-    order(ensemble)  # a cycle: refused there
+    try:
+        order(ensemble)  # a cycle: refused there
+    except InvalidRequest as e:
+        raise InvalidRequest(f"{triton}{e.message}") from None
+    if triton:
+        raise InvalidRequest(triton.removesuffix(": "))
+    for tensor, giver in given.items():
+        if tensor not in taken and tensor not in sig.output_names and giver != "the request":
+            raise InvalidRequest(  # Triton's words, then ours
+                f"ensemble tensor {quote(tensor)} is unused in ensemble {ensemble.name!r}: ensemble tensor "
+                f"{quote(tensor)}, given by {giver}, is taken by no step and is not an ensemble output; drop it from "
+                "the output_map (a step model's outputs need not all be mapped)"
+            )
+
+
+def _not_written(ensemble: Ensemble) -> str:
+    """Triton's words for the first ensemble output its steps cannot write (a tensor they need that nothing gives,
+    or a cycle), as its ValidateEnsembleSchedulingConfig says them, followed by ": "; "" where every output is
+    written. A tensor is written once every tensor the step giving it takes is; the request's inputs are."""
+    feeds: dict[str, list[str]] = {}  # a tensor a step gives -> the tensors that step takes
+    for step in ensemble.steps:
+        for _, out in step.outputs:
+            feeds.setdefault(out, []).extend(tensor for _, tensor in step.inputs)
+    ready = {t.name for t in (*ensemble.signature.inputs, *ensemble.signature.optional)}
+    grew = True
+    while grew:
+        grew = False
+        for tensor, needs in feeds.items():
+            if tensor not in ready and needs and all(n in ready for n in needs):
+                ready.add(tensor)
+                grew = True
+    for name in ensemble.signature.output_names:
+        if name in ready:
+            continue
+        # the deepest tensor it waits on that is not written, as Triton walks back to it
+        last, seen, needs = name, set(), feeds.get(name, [])
+        while needs:
+            waiting = next((n for n in needs if n not in ready and n not in seen), None)
+            if waiting is None:
+                break
+            seen.add(waiting)
+            last, needs = waiting, feeds.get(waiting, [])
+        source = f": at least one of its depending tensors, {quote(last)}, is not connected" if last != name else ""
+        return f"output {quote(name)} for ensemble {ensemble.name!r} is not written{source}: "
+    return ""
 
 
 def order(ensemble: Ensemble) -> list[list[int]]:
