@@ -378,7 +378,7 @@ def test_a_config_with_a_small_queue_refuses_what_does_not_fit(
 
 
 REFUSED = [
-    ("not json", "not JSON"),
+    ("not json", "Invalid config override: the 'config' load parameter is not JSON"),  # Triton's words (its log's)
     ("[1, 2]", "must be a JSON object"),
     ("[" * 10_000 + "]" * 10_000, "not JSON"),
     (json.dumps({"sequence_batching": {"iterative_sequence": True}}), "is not a Python model"),
@@ -441,7 +441,8 @@ REFUSED = [
     (json.dumps({"instance_group": [{"kind": "KIND_CPU", "gpus": [0]}]}),
      "instance group mlp_0 of model mlp has kind KIND_CPU but specifies one or more GPUs: instance_group[0].gpus is "
      "[0]"),
-    (json.dumps({"instance_group": [{"kind": "KIND_AUTO", "gpus": [1]}]}), "gpus [1] does not match the device"),
+    # KIND_AUTO is KIND_CPU where the model runs on the CPU, as Triton places it on a host without GPUs (helper-195)
+    (json.dumps({"instance_group": [{"gpus": [-1]}]}), "instance group mlp_0 of model mlp has kind KIND_CPU but"),
     (json.dumps({"instance_group": [{"gpus": [None]}]}), "gpus"),
     (json.dumps({"instance_group": [{"count": 2000}], "dynamic_batching": {}}), "count"),
     (json.dumps({"instance_group": []}), "at least one"),

@@ -1398,7 +1398,9 @@ def parse_json(text: str) -> Any:
         return http_codec.loads(text.encode())
     except InvalidRequest as e:
         # before the model is read: Triton's poll of it fails (tritonserver 2.51 answers such a load 500)
-        raise InvalidRequest(f"the 'config' load parameter is not JSON: {e}").before_model_read() from None
+        raise InvalidRequest(  # Triton's words (its log's), then ours
+            f"Invalid config override: the 'config' load parameter is not JSON: {e}"
+        ).before_model_read() from None
 
 
 def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPolicy:
@@ -1647,11 +1649,12 @@ def _instances(value: Any, spec: LoadSpec, model: str) -> int:
         read_string(group, "name", where)
         passive = read_bool(group, "passive", where)
         kind = read_enum(group, "kind", where, "ModelInstanceGroup.Kind") or "KIND_AUTO"
-        gpus = read_int_list(group.get("gpus", []), f"{where}.gpus", 0)
-        if gpus and kind in ("KIND_CPU", "KIND_MODEL"):  # Triton's words (ValidateInstanceGroup), then what to do
+        gpus = read_int_list(group.get("gpus", []), f"{where}.gpus", -(1 << 31))
+        placed = ours if kind == "KIND_AUTO" else kind  # Triton's KIND_AUTO: KIND_CPU where it has no GPU
+        if gpus and placed in ("KIND_CPU", "KIND_MODEL"):  # Triton's words (ValidateInstanceGroup), then what to do
             raise InvalidRequest(
                 f"instance group {read_string(group, 'name', where) or f'{model}_{i}'} of model {model} has kind "
-                f"{kind} but specifies one or more GPUs: {where}.gpus is {gpus}; leave gpus out"
+                f"{placed} but specifies one or more GPUs: {where}.gpus is {gpus}; leave gpus out"
             )
         # KIND_MODEL: the model places itself (Triton's Python backend runs its instances so, on the CPU)
         if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend == "python"):

@@ -74,9 +74,9 @@ class SharedMemoryRegions:
     # -- registration ----------------------------------------------------------------------------
     def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
         """Register ``byte_size`` bytes at ``offset`` of the shared memory object ``key`` as region ``name``."""
+        path = self._path(key)  # first, as Triton opens it first: an empty key is its INTERNAL, whatever the name
         if not isinstance(name, str) or not name:
             raise InvalidRequest("a shared memory region needs a non-empty name")
-        path = self._path(key)
         for field, value in (("offset", offset), ("byte_size", byte_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidRequest(f"shared memory region {name!r}: {field} must be a non-negative integer")
