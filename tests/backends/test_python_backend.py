@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,14 @@ def test_a_config_without_its_tensors_or_a_folder_without_model_py_is_refused(tm
     with pytest.raises(InvalidModelFile, match="lists no inputs, so its requests carry no batch"):
         python_model.signature({"backend": "python", "max_batch_size": 4, "output": CONFIG["output"]})
     assert python_model.signature({"backend": "python", "output": CONFIG["output"]}).inputs == ()  # takes nothing
+    # a tensor without its data_type, dims or name: Triton's words (ValidateIOShape) first (helper-195)
+    for tensor, words in (
+        ({"name": "x", "dims": [2]}, "model input 'x' must specify 'data_type' for m: the config's input"),
+        ({"name": "x", "data_type": "TYPE_FP32"}, "model input 'x' must specify 'dims' for m: "),
+        ({"data_type": "TYPE_FP32", "dims": [2]}, "model input must specify 'name' for m: "),
+    ):
+        with pytest.raises(InvalidModelFile, match=re.escape(words)):
+            python_model.signature({"backend": "python", "name": "m", "input": [tensor], "output": CONFIG["output"]})
     (tmp_path / "m" / "1").mkdir(parents=True)
     with pytest.raises(InvalidModelFile, match=r"holds its model\.py"):
         python_model.pack(tmp_path / "m", 1, "m", CONFIG, "model.py", tmp_path / "m.zip")

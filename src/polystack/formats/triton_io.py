@@ -39,7 +39,8 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
             name, dtype, dims = item.get("name"), item.get("data_type"), item.get("dims")
             if not isinstance(name, str) or not name or dtype not in TYPES or not isinstance(dims, list):
                 raise InvalidModelFile(
-                    f"the config's {key} {json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
+                    f"{_triton_words(key, name, dtype, dims, config.get('name'))}the config's {key} "
+                    f"{json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
                 )
             reshape = item.get("reshape")
             if isinstance(reshape, dict) and isinstance(reshape.get("shape", []), list):
@@ -49,6 +50,20 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
     listed = {t.name for t in found["input"] + found["optional"]}
     found["input"] += [c for c in controls(config, batched) if c.name not in listed]
     return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
+
+
+def _triton_words(key: str, name: Any, dtype: Any, dims: Any, model: Any) -> str:
+    """Triton's words (ValidateIOShape) for a config tensor without its name, data_type or dims, followed by
+    ": "; "" for another fault (a data_type that is not Triton's)."""
+    if not isinstance(name, str) or not name:
+        words = f"model {key} must specify 'name'"
+    elif not dtype:
+        words = f"model {key} '{name}' must specify 'data_type'"
+    elif dtype in TYPES and not isinstance(dims, list):
+        words = f"model {key} '{name}' must specify 'dims'"
+    else:
+        return ""
+    return f"{words} for {model}: " if isinstance(model, str) and model else f"{words}: "
 
 
 def controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
