@@ -525,6 +525,8 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
     ("text", "words"),
     [
         (_config([]), "must specify 'step' for ensemble 'e': ensemble_scheduling must list one or more steps"),
+        (json.dumps({**json.loads(_config([])), "ensemble_scheduling": None}),
+         "ensemble scheduling must be set for ensemble e whose platform is ensemble: its config has no"),
         (  # Triton's words first (helper-195)
             _config([_step("m", {"x": "IN"}, {"y": "OUT"})], platform="onnxruntime_onnx"),
             "ensemble scheduling cannot be set for model 'e' whose platform is not ensemble: its config sets "

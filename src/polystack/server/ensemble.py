@@ -151,6 +151,7 @@ def _triton_checks(doc: Any, name: str) -> None:
     def given(key: str) -> Any:
         camel = key.split("_")[0] + "".join(part.title() for part in key.split("_")[1:])
         return doc.get(key, doc.get(camel))
+
     if given("platform") != PLATFORM:
         raise InvalidRequest(
             f"ensemble scheduling cannot be set for model {name!r} whose platform is not ensemble: its config sets "
@@ -161,6 +162,11 @@ def _triton_checks(doc: Any, name: str) -> None:
         raise InvalidRequest(
             f"Ensemble model {name!r} must have platform type 'ensemble' and empty backend type: its config sets "
             f"backend {quote(given('backend'))}; leave backend out"
+        )
+    if given("ensemble_scheduling") is None:
+        raise InvalidRequest(
+            f"ensemble scheduling must be set for ensemble {name} whose platform is ensemble: its config has no "
+            "ensemble_scheduling; list its steps there (ensemble_scheduling { step [ { model_name: ... } ] })"
         )
     for key, words in (
         ("instance_group", "instance group should not be specified"),

@@ -2283,10 +2283,11 @@ def _batch_io(config: dict[str, Any], model: str, listed: dict[str, set[str]]) -
         sources = _names(d, "source_input", where)
         if len(sources) != 1:
             raise InvalidRequest(f"batch input kind '{kind}' expects 1 source input, got {len(sources)} for {model}")
-        if read_enum(d, "data_type", where, "DataType") not in ("TYPE_INT32", "TYPE_FP32"):
+        dtype = read_enum(d, "data_type", where, "DataType")
+        if dtype not in ("TYPE_INT32", "TYPE_FP32"):
             raise InvalidRequest(
                 f"batch input data type must be TYPE_INT32 or TYPE_FP32 for {model}: {where}.data_type is "
-                f"{quote(read_enum(d, 'data_type', where, 'DataType') or None)}"
+                f"{quote(dtype or None)}"
             )
         if listed["input"] and sources[0] not in listed["input"]:
             raise InvalidRequest(f"unknown source input name {quote(sources[0])} for {model}: the config's inputs are "
