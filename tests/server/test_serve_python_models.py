@@ -269,6 +269,58 @@ def test_a_python_models_ragged_input_batches_requests_of_any_length_there(tmp_p
         assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [(2, 1)]
 
 
+NAMES = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            names = ",".join(t.name() for t in r.inputs()).encode()
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x[:, :1]),
+                                                   pb_utils.Tensor("names", np.array([[names]], np.object_))]))
+        return out
+"""
+
+
+def test_a_python_models_batch_inputs_and_outputs_load_and_are_shown_but_not_applied(tmp_path: Path) -> None:
+    """Triton's Python backend computes no batch input and scatters no batch output: tritonserver 2.51 loads a
+    Python model whose config has them, hands execute each request as sent (no batch input among its tensors) and
+    answers what execute returns; GET config shows both as given. polystack refused the load (helper-195)."""
+    repo = tmp_path / "models"
+    batch_io = (
+        'batch_input [ { kind: BATCH_ELEMENT_COUNT, target_name: "COUNT", data_type: TYPE_INT32, source_input: "x" },'
+        ' { kind: BATCH_ITEM_SHAPE, target_name: [ "S1", "S2" ], data_type: TYPE_FP32, source_input: "x" } ]\n'
+        'batch_output [ { kind: BATCH_SCATTER_WITH_INPUT_SHAPE, target_name: "y", source_input: "x" } ]\n'
+    )
+    python_folder(repo, "bio", NAMES,
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ -1 ], '
+        'allow_ragged_batch: true } ]\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ -1 ] },'
+        ' { name: "names", data_type: TYPE_STRING, dims: [ 1 ] } ]\n' + batch_io
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        config = client.get_model_config("bio")
+        assert config["batch_input"] == [
+            {"kind": "BATCH_ELEMENT_COUNT", "target_name": ["COUNT"], "data_type": "TYPE_INT32", "source_input": ["x"]},
+            {"kind": "BATCH_ITEM_SHAPE", "target_name": ["S1", "S2"], "data_type": "TYPE_FP32", "source_input": ["x"]},
+        ]
+        assert config["batch_output"] == [
+            {"target_name": ["y"], "kind": "BATCH_SCATTER_WITH_INPUT_SHAPE", "source_input": ["x"]}
+        ]
+        assert [i["name"] for i in client.get_model_metadata("bio")["inputs"]] == ["x"]
+        x = httpclient.InferInput("x", [1, 3], "FP32")
+        x.set_data_from_numpy(np.array([[5, 6, 7]], np.float32))
+        answer = client.infer("bio", [x])
+        assert answer.as_numpy("names").tolist() == [[b"x"]]  # no batch input reaches execute
+        np.testing.assert_array_equal(answer.as_numpy("y"), [[5]])  # as execute gave it, not scattered to [1, 3]
+
+
 TOGETHER = '''
 import os, time
 import numpy as np

@@ -208,6 +208,12 @@ _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
 }
 
 
+# a batch input as a config gives it (kind, target names, data type, source inputs), and a batch output (target
+# names, kind, source inputs)
+GivenBatchInput = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+GivenBatchOutput = tuple[tuple[str, ...], str, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Additions:
     """What a load's config adds to the model beyond its scheduling, kept with the load and shown in GET
@@ -250,6 +256,10 @@ class Additions:
     # a Python model's ragged inputs (allow_ragged_batch): its requests batch whatever their shapes there, as
     # Triton's dynamic batcher batches them, each reaching execute as sent (no runtime's ``ragged``: nothing merged)
     ragged_apart: frozenset[str] = frozenset()
+    # a Python model's batch inputs (kind, target names, data type, source inputs) and outputs (target names, kind,
+    # source inputs) as its config gives them: shown in GET config and applied by nothing, as Triton's Python backend
+    # hands execute each request as sent and returns its outputs as execute gives them (tritonserver 2.51)
+    python_batch_io: tuple[tuple[GivenBatchInput, ...], tuple[GivenBatchOutput, ...]] = ((), ())
 
     def rules(self, instances: int) -> list[tuple[Rule, int]]:
         """What the rate limiter gives each of ``instances`` (each group's rule and count; the config's groups
@@ -406,8 +416,16 @@ def render(
         "batch_input": [
             {"kind": b.kind, "target_name": [b.target], "data_type": type_name(b.dtype), "source_input": [b.source]}
             for b in (added.ragged.batch_inputs if added.ragged else ())
+        ]
+        + [
+            {"kind": kind, "target_name": list(targets), "data_type": dtype, "source_input": list(sources)}
+            for kind, targets, dtype, sources in added.python_batch_io[0]
         ],
-        "batch_output": _render_batch_outputs(added.ragged),
+        "batch_output": _render_batch_outputs(added.ragged)
+        + [
+            {"target_name": list(targets), "kind": kind, "source_input": list(sources)}
+            for targets, kind, sources in added.python_batch_io[1]
+        ],
         "instance_group": [
             {
                 "name": name,
@@ -894,6 +912,7 @@ def read(
             d["name"] for i, d in enumerate(config.get("input") or ())
             if record.format == "python" and read_bool(d, "allow_ragged_batch", f"input[{i}]")
         ),
+        python_batch_io=_python_batch_io(config) if record.format == "python" else ((), ()),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -1883,6 +1902,8 @@ def _tensors(
     scattered = _scatter_targets(config.get("batch_output"))
     listed = {o.get("name") for o in config.get("output", []) if isinstance(o, dict)}
     unlisted = sorted(scattered - listed)
+    if record.format == "python":  # its batch outputs scatter nothing (``python_batch_io``)
+        scattered = set()
     if unlisted:
         raise InvalidRequest(
             f"batch_output scatters {quote(unlisted[0])}, which the config's outputs must list, with its dims"
@@ -1999,7 +2020,10 @@ def _tensors(
                     "model; register the model with its labels (`polystack register --labels`) and leave "
                     "label_filename out"
                 )
-    spec_ragged = _ragged(config, record, max_batch, tuple(ragged), dict(ragged_out))
+    # a Python model's batch inputs and outputs: shown, not applied (``python_batch_io``)
+    spec_ragged = (
+        None if record.format == "python" else _ragged(config, record, max_batch, tuple(ragged), dict(ragged_out))
+    )
     return tuple(formats), tuple(shapes), tuple(reshapes), tuple(optional), spec_ragged
 
 
@@ -2121,6 +2145,29 @@ def _ragged(
     if not max_batch:
         raise InvalidRequest("batch_input and batch_output describe a batch: set max_batch_size, or leave them out")
     return ragged_model.RaggedSpec(inputs, tuple(fills), tuple(scattered))
+
+
+def _python_batch_io(config: dict[str, Any]) -> tuple[tuple[GivenBatchInput, ...], tuple[GivenBatchOutput, ...]]:
+    """A Python model's batch inputs and outputs, as its config gives them (``_batch_io`` checked them as Triton
+    does): what GET config shows (``Additions.python_batch_io``)."""
+    inputs = tuple(
+        (
+            read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT,
+            tuple(_names(d, "target_name", where)),
+            read_enum(d, "data_type", where, "DataType"),
+            tuple(_names(d, "source_input", where)),
+        )
+        for where, d in _messages(config, "batch_input", "{kind, target_name, data_type, source_input}")
+    )
+    outputs = tuple(
+        (
+            tuple(_names(d, "target_name", where)),
+            read_enum(d, "kind", where, "BatchOutput.Kind") or ragged_model.SCATTER,
+            tuple(_names(d, "source_input", where)),
+        )
+        for where, d in _messages(config, "batch_output", "{kind, target_name, source_input}")
+    )
+    return inputs, outputs
 
 
 def _messages(config: dict[str, Any], key: str, fields: str) -> list[tuple[str, dict[str, Any]]]:
