@@ -265,6 +265,13 @@ class Signature:
                 f"missing required input(s) [{','.join(f'{n!r}' for n in missing)}]{of}. Please provide all required "
                 f"input(s). The model expects {self._expected()}"
             )
+        # none given where every input is optional: Triton counts a request's batch from its first input (its words)
+        if max_batch_size and not inputs and self.optional:
+            raise InvalidTensor(
+                f"out of bounds index 0: request has 0 inputs; {f'model {model!r}' if model else 'the model'} has a "
+                f"batch dimension (max_batch_size {max_batch_size}), which a request's first input carries: send its "
+                "inputs"
+            )
         batch: int | None = None
         # optional inputs given follow: they carry the batch where the model batches (a Python model's, whose
         # max_batch_size is given: Triton checks every input given); ONNX Runtime's are of models that do not batch

@@ -1256,6 +1256,11 @@ def test_a_batching_python_model_whose_inputs_are_all_optional_loads_and_checks_
         with pytest.raises(InferenceServerException, match="batch-size must be <= 4"):
             client.infer("opt", [given("a", 5)])
         assert [i.get("optional") for i in client.get_model_config("opt")["input"]] == [True, True]
+        # none given: Triton counts a request's batch from its first input, so refuses it (tritonserver 2.51: 400 /
+        # INVALID_ARGUMENT in these words; polystack ran it as a batch of nothing, helper-197's probe)
+        with pytest.raises(InferenceServerException, match="out of bounds index 0: request has 0 inputs") as e:
+            client.infer("opt", [])
+        assert e.value.status() == "400"
 
 RAW_BYTES = '''
 import numpy as np
