@@ -165,7 +165,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
             lambda r: _model(r, "m", config='platform: "onnxruntime_onnx"', file="model.py"),
             "holds model.py, a model for Triton's Python backend; to serve that, leave platform and backend out",
         ),
-        (lambda r: _model(r, "m", config='platform: "ensemble"'), "model 'm': an ensemble's config lists its inputs"),
+        (lambda r: _model(r, "m", config='platform: "ensemble"'),  # Triton's words first (ValidateModelConfig)
+         "model 'm': ensemble scheduling must be set for ensemble m whose platform is ensemble"),
         (lambda r: _model(r, "m", config='platform: "tensorrt_plan"'), "asks for 'tensorrt_plan', which polystack does not run"),
         # whatever file the config names, and with an ONNX Runtime platform beside another backend (were served)
         (

@@ -1048,7 +1048,9 @@ class DataPlane:
                     "the command line or give it a folder in the repository)"
                 )
                 if self.repository is not None and self.repository.folder(step.model) is None:
-                    raise StepNotServed(text) from None  # a model no folder has: Triton's readiness does not count it
+                    # a model no folder has: Triton's words first (tritonserver 2.51's); its readiness does not count it
+                    triton = f"ensemble {pipeline.name} contains models that are not available or ambiguous"
+                    raise StepNotServed(f"{triton}: {step.model}: {text}") from None
                 raise InvalidRequest(text) from None
             configured = fil.as_configured(entry.entry.signature, entry.entry.record.settings.get("fil"))
             return ensemble.Served(configured, self._max_batch(entry))
