@@ -321,6 +321,40 @@ def test_a_python_models_batch_inputs_and_outputs_load_and_are_shown_but_not_app
         np.testing.assert_array_equal(answer.as_numpy("y"), [[5]])  # as execute gave it, not scattered to [1, 3]
 
 
+def test_an_output_the_model_lacks_is_refused_before_it_runs_and_before_the_inputs_are_checked(tmp_path: Path) -> None:
+    """As tritonserver 2.51 checks a request's outputs (helper-199's L0_output_name run and probes): a Python model's
+    request asking for an output it lacks is refused 400 before execute runs (polystack ran it, then answered 500),
+    and an output and an input that are both wrong are refused for the output (polystack named the input)."""
+    repo = tmp_path / "models"
+    config = (
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ -1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1 ] }, { name: "names", data_type: TYPE_STRING, '
+        "dims: [ 1 ] } ]\n"
+    )
+    python_folder(repo, "alone", NAMES, config)
+    python_folder(repo, "batched", NAMES, config + "dynamic_batching { }\n")
+    (repo / "mlp" / "1").mkdir(parents=True)
+    mlp_onnx(repo / "mlp" / "1" / "model.onnx")
+    with served(tmp_path, repo) as client:
+        for model in ("alone", "batched"):
+            x = httpclient.InferInput("x", [1, 2], "FP32")
+            x.set_data_from_numpy(np.ones((1, 2), np.float32))
+            dummy = [httpclient.InferRequestedOutput("DUMMY")]
+            words = f"unexpected inference output 'DUMMY' for model '{model}'"
+            with pytest.raises(InferenceServerException, match=words) as e:
+                client.infer(model, [x], outputs=dummy)
+            assert e.value.status() == "400"
+            assert client.get_inference_statistics(model)["model_stats"][0]["execution_count"] == 0  # never ran
+            wrong = httpclient.InferInput("BOGUS", [1, 2], "FP32")
+            wrong.set_data_from_numpy(np.ones((1, 2), np.float32))
+            with pytest.raises(InferenceServerException, match="unexpected inference output 'DUMMY'"):
+                client.infer(model, [wrong], outputs=dummy)
+        wrong = httpclient.InferInput("BOGUS", [1, 16], "FP32")
+        wrong.set_data_from_numpy(np.ones((1, 16), np.float32))
+        with pytest.raises(InferenceServerException, match="unexpected inference output 'DUMMY' for model 'mlp'"):
+            client.infer("mlp", [wrong], outputs=[httpclient.InferRequestedOutput("DUMMY")])
+
+
 TOGETHER = '''
 import os, time
 import numpy as np

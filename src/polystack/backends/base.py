@@ -155,9 +155,9 @@ class CheckedModel:
         self._closed = False
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        self.signature.validate_inputs(inputs, self.max_batch_size, self.name)
-        if outputs:
+        if outputs:  # first, as Triton checks them before the inputs
             self.signature.check_outputs(outputs, self.name)
+        self.signature.validate_inputs(inputs, self.max_batch_size, self.name)
         if outputs and self._selects is not None:
             result = self._call(functools.partial(self._selects, outputs=outputs), inputs)
         else:

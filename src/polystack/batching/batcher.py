@@ -239,6 +239,8 @@ class DynamicBatcher:
         priority: int,
         facts: RequestFacts,
     ) -> _Pending:
+        if outputs:  # first, as Triton checks them before the inputs
+            self.signature.check_outputs(outputs, self.entry.name)
         # the names, datatypes and shapes decide validity, rows and merge key: worked out once per layout
         layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
         known = self._layouts.get(layout)
@@ -250,8 +252,6 @@ class DynamicBatcher:
         items, key = known
         if not self.batchable:
             key = (id(inputs),)  # never merged
-        if outputs:
-            self.signature.check_outputs(outputs, self.entry.name)
         now = time.monotonic()
         level = self.policy.level_of(priority)
         rules = self._own_queues.get(level, self._default_queue)

@@ -435,6 +435,8 @@ class SequenceBatcher:
                     f"sequence ID {flags.id} does not fit model {name!r}'s CORRID control ({corrid.dtype.value}); "
                     f"send one from 1 to {limits.max}"
                 )
+        if outputs:  # first, as Triton checks them before the inputs
+            self.signature.check_outputs(outputs, self.entry.name)
         layout = tuple([(n, a.dtype, a.shape) for n, a in inputs.items()])
         key = self._layouts.get(layout)
         if key is None:  # validated once per layout, as DynamicBatcher does
@@ -442,8 +444,6 @@ class SequenceBatcher:
             if len(self._layouts) >= 256:  # shapes a client varies without end: stay bounded
                 self._layouts.clear()
             self._layouts[layout] = key
-        if outputs:
-            self.signature.check_outputs(outputs, self.entry.name)
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
         request = _Request(

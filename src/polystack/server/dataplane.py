@@ -2525,9 +2525,9 @@ class DataPlane:
         entry, outputs = served.entry, request.output_names
         if served.additions.outputs:  # its config lists some of the model's outputs: those alone, as in Triton
             outputs = outputs or list(served.additions.outputs)
+        if outputs:  # before the inputs and before the model runs, as Triton checks them (a hosted model's, a
+            # decoupled one's too, whose responses are pruned to them: neither reaches a runtime's check)
             entry.signature.check_outputs(outputs, entry.name)  # the signature clients see holds those alone
-        if responses is not None and outputs:  # the model prunes each response to them: its result has none
-            entry.signature.check_outputs(outputs, entry.name)
         # A hosted model's request answered once is read from a stream, as a decoupled model's responses are, so that
         # the model may answer after its execute returned (from a thread, a task) while its instance takes the next
         # request, as in Triton; the stream is cancelled (the model sees it) when the client goes away. Not so a
