@@ -118,6 +118,10 @@ def test_bad_bytes_tensors_are_refused(raw: bytes, words: str) -> None:
 def test_raw_tensor_must_match_shape_times_itemsize() -> None:
     with pytest.raises(InvalidTensor, match="needs 24 bytes"):
         from_raw("x", DType.FP64, (3,), b"\0" * 16)
+    # Triton's words first, with the model's name where the request's is known
+    words = r"^input byte size mismatch for input 'x' for model 'm'\. Expected 24, got 16: "
+    with pytest.raises(InvalidTensor, match=words):
+        from_raw("x", DType.FP64, (3,), b"\0" * 16, "m")
     assert from_raw("x", DType.FP16, (2,), b"\0" * 4).dtype == np.float16
 
 

@@ -290,7 +290,8 @@ def test_raw_contents_not_matching_shape_is_invalid_argument(server: ServerThrea
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for shape, raw_bytes, words in [
-            ([1, 16], b"\0" * 60, "64 bytes"),
+            # Triton's words first (L0_shared_memory's test_too_big_shm looks for them, helper-198)
+            ([1, 16], b"\0" * 60, "input byte size mismatch for input 'x' for model 'mlp'. Expected 64, got 60: "),
             ([-1, 16], b"\0" * 64, "negative"),
             ([2**40, 2**40], b"\0" * 64, "over the limit"),
             ([0, 2**62], b"", "over the limit"),

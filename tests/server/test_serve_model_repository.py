@@ -453,6 +453,12 @@ def test_a_polled_repository_loads_reloads_and_unloads_what_changed(tmp_path: Pa
         (repo / "plain" / "7").mkdir()
         mlp_onnx(repo / "plain" / "7" / "model.onnx", seed=7)
         assert until(lambda: _ready(client, "plain", "7") and not _ready(client, "plain", "5"))
+        # statistics of the version unloaded: Triton's words for a version, the model having one ready (helper-198's
+        # L0_server_status run: polystack said the model is not available)
+        with pytest.raises(InferenceServerException, match="requested model version is not available for model "
+                           "'plain'") as refused:  # fmt: skip
+            client.get_inference_statistics("plain", "5")
+        assert refused.value.status() == "400"
         # a new model folder is loaded; one removed is unloaded
         _model(repo, "fresh")
         assert until(lambda: _ready(client, "fresh", "1"))

@@ -158,9 +158,9 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
                 )
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
-            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm)
+            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm, req.model_name)
         elif raw:
-            inputs[name] = from_raw(name, dtype, shape, raw[next_raw])
+            inputs[name] = from_raw(name, dtype, shape, raw[next_raw], req.model_name)
             next_raw += 1
         else:
             inputs[name] = _from_contents(name, req.model_name, dtype, shape, t.contents)

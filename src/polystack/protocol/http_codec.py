@@ -143,7 +143,8 @@ def decode_raw_request(body: bytes, model: str, config: dict[str, Any]) -> Infer
                 f"{dtype.value} tensors of shape {shape} ({per:,} bytes for each step of its variable-sized dim)"
             )
         shape[dynamic] = len(body) // per if per else 0
-    return InferRequest({name: from_raw(name, dtype, tuple(shape), body)}, parameters={"binary_data_output": True})
+    tensor = from_raw(name, dtype, tuple(shape), body, model)
+    return InferRequest({name: tensor}, parameters={"binary_data_output": True})
 
 
 def decode_infer_request(
@@ -151,11 +152,13 @@ def decode_infer_request(
     header_length: int | None = None,
     regions: RegionReader | None = None,
     length_by: str = "the Inference-Header-Content-Length header",
+    model: str = "",
 ) -> InferRequest:
     """Parse an inference request body; raise InvalidRequest/InvalidTensor saying what is wrong.
 
     ``regions``: the registered shared memory regions inputs may be read from (None: refused); ``length_by``: how
-    the client gives the JSON part's length, for the error that asks for it."""
+    the client gives the JSON part's length, for the error that asks for it; ``model``: the model it is for (its
+    name, which Triton's words carry)."""
     binary: memoryview | None = None
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -206,7 +209,7 @@ def decode_infer_request(
         if shm is not None:
             if regions is None:
                 raise no_shared_memory(f"input {name!r}")
-            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm)
+            inputs[name] = from_shared_memory(name, dtype, shape, regions, shm, model)
         elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidTensor(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -220,7 +223,7 @@ def decode_infer_request(
                     f"input {name!r}: binary_data_size {size:,} runs past the end of the binary section "
                     f"({len(binary) - offset:,} bytes left)"
                 )
-            inputs[name] = from_raw(name, dtype, shape, binary[offset : offset + size])
+            inputs[name] = from_raw(name, dtype, shape, binary[offset : offset + size], model)
             offset += size
         else:
             inputs[name] = from_json(name, dtype, shape, item["data"])

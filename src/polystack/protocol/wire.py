@@ -246,29 +246,34 @@ def parse_dtype(raw: Any, name: str) -> DType:
     return dtype
 
 
-def check_length(name: str, dtype: DType, shape: tuple[int, ...], nbytes: int) -> None:
+def check_length(name: str, dtype: DType, shape: tuple[int, ...], nbytes: int, model: str = "") -> None:
+    """Raise unless ``nbytes`` hold ``shape`` of ``dtype``: Triton's words (with ``model``, the model's name), then
+    polystack's."""
     want = math.prod(shape) * dtype.itemsize
     if want != nbytes:
+        of = f" for model {model!r}" if model else ""
         raise InvalidTensor(
-            f"input {name!r}: shape {list(shape)} of {dtype.value} needs {want:,} bytes but {nbytes:,} were sent"
+            f"input byte size mismatch for input {name!r}{of}. Expected {want}, got {nbytes}: shape {list(shape)} "
+            f"of {dtype.value} needs {want:,} bytes but {nbytes:,} were sent"
         )
 
 
 def from_shared_memory(
-    name: str, dtype: DType, shape: tuple[int, ...], regions: RegionReader, ref: ShmRef
+    name: str, dtype: DType, shape: tuple[int, ...], regions: RegionReader, ref: ShmRef, model: str = ""
 ) -> np.ndarray:
     """A tensor from the shared memory ``ref`` names; its byte size is checked against its shape before a byte
     is read (a sparse object of gigabytes, named for a 16-byte tensor, was read whole first)."""
     if dtype is not DType.BYTES:
-        check_length(name, dtype, shape, ref.byte_size)
-    return from_raw(name, dtype, shape, regions.read(ref, f"input {name!r}"))
+        check_length(name, dtype, shape, ref.byte_size, model)
+    return from_raw(name, dtype, shape, regions.read(ref, f"input {name!r}"), model)
 
 
-def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
-    """A tensor from its raw little-endian wire bytes (BYTES: 4-byte length-prefixed elements)."""
+def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memoryview, model: str = "") -> np.ndarray:
+    """A tensor from its raw little-endian wire bytes (BYTES: 4-byte length-prefixed elements) of an input of
+    ``model`` (its name, for Triton's words)."""
     if dtype is DType.BYTES:
         return decode_bytes(name, shape, raw)
-    check_length(name, dtype, shape, len(raw))
+    check_length(name, dtype, shape, len(raw), model)
     if dtype is DType.BOOL:  # one byte each, and any non-zero byte is true (numpy would keep 2 as a "true" 2)
         return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
     np_dtype = dtype.numpy.newbyteorder("<") if dtype.itemsize > 1 else dtype.numpy

@@ -1979,7 +1979,8 @@ class DataPlane:
             else:
                 entries = self.engine.loaded()
         except (NotFound, Unavailable) as e:  # Triton's words and code (INVALID_ARG: only ready models have any)
-            if isinstance(e, VersionNotFound):
+            # the version's words where the model has a version ready, as Triton's (a version a poll unloaded)
+            if isinstance(e, VersionNotFound) or (name and version and self._serves_model(name)):
                 raise InvalidRequest(f"requested model version is not available for model {name!r}: {e.message}") from None
             raise InvalidRequest(f"requested model {name!r} is not available: {e.message}") from None
         ordered: list[tuple[str, int, ModelStats]] = [(e.name, e.version, e.stats) for e in entries]

@@ -565,7 +565,7 @@ class HttpApp:
             body = decoded_body(req, self.max_body_bytes)
             if length == 0:  # Triton's raw binary request: the body is the data of the model's one input
                 return http_codec.decode_raw_request(body, args[0], self.plane.served_config(args[0], args[1]))
-            return http_codec.decode_infer_request(body, length, self.plane.shared_memory)
+            return http_codec.decode_infer_request(body, length, self.plane.shared_memory, model=args[0])
 
         request, result = await self._run(req, args[0], args[1], decode, _slow_to_read(req))
         head, blobs = _encoded(request, result)
@@ -601,7 +601,7 @@ class HttpApp:
         def decode() -> InferRequest:
             if length == 0:  # raw: the body is the data of the model's one input
                 return http_codec.decode_raw_request(req.body, name, self.plane.served_config(name, version))
-            return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, length_by)
+            return http_codec.decode_infer_request(req.body, length, self.plane.shared_memory, length_by, name)
 
         request, result = await self._run(req, name, version, decode, len(req.body) >= DECODE_INLINE_BELOW)
         head, blobs = _encoded(request, result)
