@@ -83,6 +83,17 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         'max_batch_size: 4\nmodel_transaction_policy { decoupled: true }\n'
         'input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
         'output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]\n' + ITERATIVE)  # fmt: skip
+    by_id = COUNTDOWN.replace("request.request_id()", "request.correlation_id()").replace(
+        'pb_utils.Tensor("OUT", np.array([[self.left[key]]], np.int32))',
+        'pb_utils.Tensor("OUT", np.array([[self.left[key]]], np.int32)), '
+        'pb_utils.Tensor("ID", np.array([[key]], np.int64))',
+    )
+    _folder(repo, "by_id", by_id,
+        'max_batch_size: 4\nmodel_transaction_policy { decoupled: true }\n'
+        'input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] },'
+        ' { name: "ID", data_type: TYPE_INT64, dims: [ 1 ] } ]\n'
+        + ITERATIVE)  # fmt: skip
     _folder(repo, "adds", ADDS.replace("RETURNS", "False"), IO + ITERATIVE)
     _folder(repo, "returns", ADDS.replace("RETURNS", "True"), IO + ITERATIVE)
     _folder(repo, "plain", ADDS.replace("RETURNS", "False"), IO)  # not iterative: may not run a request again
@@ -116,6 +127,28 @@ def test_a_decoupled_models_requests_run_again_until_done_each_answering_as_it_g
     assert got == {"a": [2, 1, 0], "b": [1, 0]}
 
 
+def test_a_sequence_without_a_correlation_id_has_its_own_for_the_model(served) -> None:  # type: ignore[no-untyped-def]
+    """Triton's scheduler gives each such sequence an ID of its own, which its model reads as the request's
+    ``correlation_id()`` (tritonserver 2.51: 1, 2, 3); polystack gave them all 0, so a model keeping state by
+    correlation ID (Triton's iterative_sequence backend does) mixed sequences sent together (helper-199)."""
+    _, grpc_port = served
+    answers: queue.Queue[object] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for start in (3, 2):
+            x = grpcclient.InferInput("IN", [1, 1], "INT32")
+            x.set_data_from_numpy(np.array([[start]], np.int32))
+            client.async_stream_infer("by_id", [x])
+        got: dict[int, list[int]] = {}
+        for _ in range(5):
+            answer = answers.get(timeout=30)
+            assert not isinstance(answer, Exception), answer
+            key = int(answer.as_numpy("ID")[0, 0])  # type: ignore[attr-defined]
+            got.setdefault(key, []).append(int(answer.as_numpy("OUT")[0, 0]))  # type: ignore[attr-defined]
+        client.stop_stream()
+    assert sorted(got.values()) == [[1, 0], [2, 1, 0]] and all(key > 0 for key in got), got
+
+
 def test_a_rescheduled_request_of_a_model_that_is_not_decoupled_is_answered_by_its_later_run(served) -> None:  # type: ignore[no-untyped-def]
     port, _ = served
     with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
@@ -132,7 +165,11 @@ def test_running_a_request_again_wrongly_fails_in_tritons_words(served, tmp_path
                            "list for reschduled request") as returned:  # fmt: skip
             client.infer("returns", [_x()])
         assert returned.value.status() == "500"
-        with pytest.raises(InferenceServerException, match="not configured to handle iterative sequence") as plain:
+        words = (  # Triton core's sentence (helper-199's L0_iterative_sequence run looks for it)
+            "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not configured to "
+            "handle such a flag: set sequence_batching"
+        )
+        with pytest.raises(InferenceServerException, match=words) as plain:
             client.infer("plain", [_x()])
         assert plain.value.status() == "400"
     # only a Python model runs a request again: an ONNX model's iterative sequence is refused at its load

@@ -444,10 +444,10 @@ class PythonModel:
         if not request.rescheduled():
             return None
         if not self.iterative:
-            return InvalidRequest(
-                f"Failed to process the request(s) for model '{instance.name}', message: the request was released "
-                "with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not configured to handle iterative "
-                "sequence: set sequence_batching { iterative_sequence: true } in its config"
+            return InvalidRequest(  # Triton core's sentence (L0_iterative_sequence looks for it), then what to do
+                f"Failed to process the request(s) for model '{instance.name}', message: Request is released with "
+                "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not configured to handle such a flag: set "
+                "sequence_batching { iterative_sequence: true } in its config"
             )
         return RESCHEDULED
 

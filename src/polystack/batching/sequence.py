@@ -42,7 +42,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -407,6 +407,9 @@ class SequenceBatcher:
         name = self.entry.name
         if flags is None and self.policy.iterative:  # a sequence of its own, its one request ending it
             flags = Flags(next(self._own_ids), start=True, end=True)
+            # its model reads the sequence's own ID as the request's (``correlation_id()``), as Triton's scheduler
+            # gives each its own (1, 2, ...: tritonserver 2.51), so that state kept by ID stays the sequence's
+            facts = replace(facts, parameters={**facts.parameters, "sequence_id": -int(flags.id)})
         if flags is None:  # Triton's words, then what to do
             raise InvalidRequest(
                 f"inference request to model {name!r} must specify a non-zero or non-empty correlation ID; "
