@@ -340,6 +340,24 @@ def test_a_lone_group_where_the_config_repeats_a_field_is_a_list_of_it_as_triton
     finally:
         client.load_model("mlp")
 
+
+def test_a_config_with_keys_unquoted_or_a_trailing_comma_loads_as_tritons_json_reading_takes_it(
+    server: ServerThread,
+) -> None:
+    """helper-199 (Triton's L0_iterative_sequence sends `direct: {...}`): tritonserver 2.51 loads such a config, its
+    JSON read by protobuf's legacy parser (bare keys, single quotes, trailing commas); polystack refused it."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        client.load_model("mlp", config="{max_batch_size: 4, 'dynamic_batching': {preferred_batch_size: [2],},}")
+        config = config_of(server, "mlp")
+        assert config["max_batch_size"] == 4 and config["dynamic_batching"]["preferred_batch_size"] == [2]
+        with pytest.raises(InferenceServerException, match="Invalid config override"):  # not even that: refused
+            client.load_model("mlp", config="{max_batch_size: 4 dynamic_batching: {}}")
+        assert config_of(server, "mlp") == config
+    finally:
+        client.load_model("mlp")
+
+
 @pytest.mark.parametrize(
     ("config", "rows"),
     [

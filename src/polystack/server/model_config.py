@@ -1304,19 +1304,38 @@ def as_json(text: str) -> str:
 
 
 def lists_where_repeated(text: str) -> str:
-    """A JSON config with a lone value where model_config.proto repeats a field (``"instance_group": {...}``) as a
-    list of it, as Triton's JSON reading (protobuf's) takes it; the text as it is where nothing changes or it is not
-    a JSON object (``read`` says what is wrong with it)."""
+    """A load's JSON config as strict JSON, read as Triton's reading of it (protobuf's legacy JSON parser) reads it:
+    keys without quotes, single-quoted strings and trailing commas taken (``_relaxed``), and a lone value where
+    model_config.proto repeats a field (``"instance_group": {...}``) as a list of it; the text as it is where
+    nothing changes or it is not a JSON object (``read`` says what is wrong with it)."""
+    relaxed = False
     try:
         config = json.loads(text)
     except (ValueError, RecursionError):
-        return text
+        config, relaxed = _relaxed(text), True
     if not isinstance(config, dict):
         return text
     from tritonclient.grpc import model_config_pb2
 
     changed = _wrap_repeated(config, model_config_pb2.ModelConfig.DESCRIPTOR, 0)
-    return json.dumps(config) if changed else text
+    return json.dumps(config) if changed or relaxed else text
+
+
+_MAX_RELAXED_CHARS = 1 << 20  # a config's text read by the slower relaxed parser (Triton's own run to a few KiB)
+
+
+def _relaxed(text: str) -> Any:
+    """``text`` read as JSON5 (the json5 package), a superset of what protobuf's legacy JSON parser takes beside JSON
+    (keys without quotes, single-quoted strings, trailing commas: tritonserver 2.51 loads a config override so, and
+    Triton's L0_iterative_sequence sends one); None where that fails too, or the text is too long to read slowly."""
+    if len(text) > _MAX_RELAXED_CHARS:
+        return None
+    import json5
+
+    try:
+        return json5.loads(text, allow_duplicate_keys=False)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _wrap_repeated(d: dict[str, Any], descriptor: Any, depth: int) -> bool:
