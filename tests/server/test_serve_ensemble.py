@@ -495,7 +495,10 @@ def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -
     (repo / "chain" / "config.pbtxt").write_text(_one_step("loop", "A", "B", "A", "B", dims=3))
     (repo / "loop" / "1").mkdir(parents=True)
     (repo / "loop" / "config.pbtxt").write_text(_one_step("chain", "A", "B", "A", "B", dims=3))
-    cycle = "error: failed to load 'loop': circular dependency between ensembles: loop -> chain -> loop"
+    cycle = (  # Triton's words first (tritonserver 2.51: its first and last ensembles, "..." between), then the way
+        "error: failed to load 'loop': circular dependency between ensembles: loop -> ... -> chain -> loop: loop -> "
+        "chain -> loop"
+    )
     assert refused_at_start(tmp_path, ray) == cycle
     assert refused_after_loads(tmp_path, ["--model-repository", str(repo)]) == cycle
 
@@ -572,6 +575,10 @@ def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str], ver
             "output 'OUT' for ensemble 'e' is not written: at least one of its depending tensors, 'B', is not "
             "connected: the steps step 0 (m), step 1 (n) wait on one another's tensors (a cycle)",
         ),
+        # a tensor never given that no output waits on: Triton's unused tensor (helper-195's redundant_tensor_as_input)
+        (_config([_step("m", {"x": "IN"}, {"y": "OUT"}), _step("n", {"x": "IN", "z": "C"}, {"y": "D"}),
+                  _step("k", {"x": "D"}, {"y": "E"})]),
+         "ensemble tensor 'C' is unused in ensemble 'e': step 1 (n) takes 'C', which no step gives"),
         (_config([_step("m", {"x": "IN", "z": "C"}, {"y": "OUT"})]),
          "output 'OUT' for ensemble 'e' is not written: at least one of its depending tensors, 'C', is not connected: "
          "step 0 (m) takes 'C', which no step gives"),

@@ -1121,8 +1121,11 @@ class DataPlane:
     ) -> None:
         """No ensemble reached again through the steps of ``pipeline`` (those served, or ``pipelines``)."""
         for model in sorted(pipeline.models):
-            if model == name:
-                raise InvalidRequest(f"circular dependency between ensembles: {' -> '.join([*path, model])}")
+            if model == name:  # Triton's words (its CircularcyCheck: the first, "...", the last), then the whole way
+                raise InvalidRequest(
+                    f"circular dependency between ensembles: {path[0]} -> ... -> {path[-1]} -> {model}: "
+                    f"{' -> '.join([*path, model])}"
+                )
             nested = pipelines.get(model) if pipelines is not None else None
             if nested is None and model in self._ensembles:
                 nested = self._ensembles[model].ensemble

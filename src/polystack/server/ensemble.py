@@ -315,9 +315,10 @@ def _check_flow(ensemble: Ensemble) -> None:
     triton = _not_written(ensemble)  # Triton's words for an output whose steps cannot run, then ours
     for i, step in enumerate(ensemble.steps):
         missing = [tensor for _, tensor in step.inputs if tensor not in given]
-        if missing:
+        if missing:  # Triton's words: an output it keeps from being written, else the tensor, never written, unused
+            words = triton or f"ensemble tensor {quote(missing[0])} is unused in ensemble {ensemble.name!r}: "
             raise InvalidRequest(
-                f"{triton}{step.describe(i)} takes {', '.join(map(quote, missing))}, which no step gives and the "
+                f"{words}{step.describe(i)} takes {', '.join(map(quote, missing))}, which no step gives and the "
                 "request does not carry; give it in another step's output_map, or list it as an ensemble input"
             )
     try:
