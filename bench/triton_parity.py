@@ -157,8 +157,6 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http load unknown parameter": (r"\$\.(status|body\.error)", _OTHERWISE),
     "http empty batch": (r"\$\.body\.error", _OTHERWISE),
     "grpc empty batch": (r"\$\.details", _OTHERWISE),
-    "http binary size mismatch": (r"\$\.body\.error", _OTHERWISE),
-    "grpc byte size mismatch": (r"\$\.details", _OTHERWISE),
     "http unexpected input": (r"\$\.body\.error", _OTHERWISE),
     "grpc unexpected input": (r"\$\.details", _OTHERWISE),
     "grpc version not a number": (r"\$\.details", _OTHERWISE),
