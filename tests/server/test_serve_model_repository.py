@@ -141,6 +141,13 @@ def test_a_model_folder_named_as_tritons_qa_names_its_models_is_served_and_stepp
                     np.testing.assert_allclose(c.infer(model, [i]).as_numpy("y"), want, rtol=1e-5, atol=1e-6)
 
 
+def _versionless(root: Path, config: str) -> Path:
+    """Model folder ``m`` holding ``config`` and no version folder."""
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "config.pbtxt").write_text(config)
+    return root
+
+
 def _model(root: Path, name: str, version: str = "1", config: str | None = None, file: str = "model.onnx") -> Path:
     folder = root / name
     (folder / version).mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,11 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
     ("make", "words"),
     [
         (lambda r: r / "missing", "not a folder"),
-        (lambda r: (r / "m" / "v1").mkdir(parents=True) or r, "model 'm': it has no version folder"),
+        (lambda r: (r / "m" / "v1").mkdir(parents=True) or r,  # Triton's words first (its L0_model_config no_version)
+         "model 'm': Invalid model name: Could not determine backend for model 'm' with no backend in model "
+         "configuration. Expected model name of the form 'model.<backend_name>'. it has no version folder"),
+        (lambda r: _versionless(r, 'platform: "onnxruntime_onnx"'),
+         "model 'm': it has no version folder"),  # a platform given: polystack's words alone
         (lambda r: _model(r, "m", file="model.pt"), "start the server with --allow-torchscript-models"),
         (lambda r: _model(r, "m", file="model.plan"), "model.plan (TensorRT), which polystack does not serve"),
         # a Python model whose config asks for another runtime: it is served, as the config is told to say
@@ -208,7 +219,8 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
     ],
     ids=[
-        "not-a-folder", "no-version", "torchscript-unasked", "tensorrt", "python-other-platform", "ensemble", "other-platform",
+        "not-a-folder", "no-version", "no-version-with-platform", "torchscript-unasked", "tensorrt",
+        "python-other-platform", "ensemble", "other-platform",
         "other-platform-file",
         "other-backend", "torchscript-mixed", "platform-list", "policy-version",
         "labels-missing", "config-typo", "bad-name", "other-name", "huge-count", "fraction", "config-folder",

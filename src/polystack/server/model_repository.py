@@ -470,9 +470,17 @@ def _register_model(
     platform = str(doc.get("platform") or doc.get("backend") or "")
     versions = folder_versions(folder)
     if not versions:
+        # Triton's words where neither its config nor a file names the backend (its auto-complete then tries a
+        # custom backend by the model's name, which fails so), then polystack's
+        triton = (
+            f"Invalid model name: Could not determine backend for model '{name}' with no backend in model "
+            "configuration. Expected model name of the form 'model.<backend_name>'. "
+            if not platform and not is_ensemble(doc)
+            else ""
+        )
         raise InvalidRequest(
-            "it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as Triton needs"
-            + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
+            f"{triton}it has no version folder (a number from 1: 1/, 2/, ...) holding its model file; add one, as "
+            "Triton needs" + (" (an ensemble's is empty)" if is_ensemble(doc) else "")
         )
     own, doc = repository_agents.split(doc)  # run on the folder's files before anything is registered
     ran = repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
