@@ -110,8 +110,12 @@ def test_sequence_controls_and_states_go_by_index() -> None:
         (_config([_tensor("x"), _tensor("mask", "TYPE_STRING")]), "Triton only supports 1 dimensional List of String as input for 'mask'"),
         (_config([_tensor("x"), _tensor("mask", optional=True)]), "input 'mask' is optional"),
         (_config([], []), "model configuration must contain at least one input, none were specified"),
+        # a sequence control of a type torch lacks: its check's words (helper-201's L0_libtorch_io_names run)
+        ({**_config([_tensor("x"), _tensor("mask")]), "sequence_batching": {"control_input": [
+            {"name": "CORRID__2", "control": [{"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_UINT32"}]}]}},
+         "input 'CORRID__2' type 'TYPE_UINT32' is not supported by PyTorch. It is a sequence control of model 'm'"),
     ],
-    ids=["count", "index-past", "index-twice", "bf16", "uint32-out", "string-dims", "optional", "none"],
+    ids=["count", "index-past", "index-twice", "bf16", "uint32-out", "string-dims", "optional", "none", "control"],
 )  # fmt: skip
 def test_configs_that_do_not_fit_forward_are_refused_in_tritons_words(config: dict[str, Any], words: str) -> None:
     with pytest.raises(InvalidModelFile, match=words.replace("(", r"\(").replace("[", r"\[")):

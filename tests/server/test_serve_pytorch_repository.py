@@ -289,3 +289,20 @@ def test_each_instance_of_a_pytorch_model_keeps_its_own_module(tmp_path: Path, b
 
         assert counts("own") == [1, 1, 2, 2]
         assert counts("shared") == [1, 2, 3, 4]
+
+
+def test_a_kind_model_group_is_served_and_shown_as_tritons_pytorch_backend_takes_it(tmp_path: Path) -> None:
+    """Triton's PyTorch backend takes instance_group { kind: KIND_MODEL } (a module that places itself), on a host
+    without GPUs too (its L0_libtorch_instance_group_kind_model); polystack refused it (helper-201)."""
+    root = tmp_path / "models"
+    _folder(root, "placed", Calls(), CALLS.replace("count: 2, kind: KIND_CPU", "count: 2, kind: KIND_MODEL"))
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(root), "--grpc-port", "-1",
+                                        "--allow-torchscript-models"], port, tmp_path / "log"):  # fmt: skip
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.zeros((1, 1), np.float32)
+        answers = [int(http.infer("placed", [_input(http, "INPUT__0", x, "FP32")]).as_numpy("OUTPUT__0")[0, 0])
+                   for _ in range(4)]  # fmt: skip
+        assert answers == [1, 1, 2, 2]  # two instances, each its own module
+        [group] = http.get_model_config("placed")["instance_group"]
+        assert (group["kind"], group["count"], group["gpus"]) == ("KIND_MODEL", 2, [])

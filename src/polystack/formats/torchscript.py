@@ -152,9 +152,15 @@ def bind(module: Any, config: dict[str, Any], model: str) -> Binding:
             f"input {sig.optional[0].name!r} is optional, but Triton's PyTorch backend hands forward every input; "
             "take optional out of the config (forward's arguments have no defaults there)"
         )
+    configured = {str(i.get("name")) for i in config.get("input") or []}
     for tensors, kind in ((sig.inputs, "input"), (sig.outputs, "output")):
         for t in tensors:
             if t.dtype is not DType.BYTES and t.dtype not in TORCH_TYPES:
+                if kind == "input" and t.name not in configured:  # a sequence control: its check's words
+                    raise InvalidModelFile(
+                        f"input '{t.name}' type 'TYPE_{t.dtype.value}' is not supported by PyTorch. It is a "
+                        f"sequence control of model '{model}': give it a data type torch has (TYPE_INT32, TYPE_INT64)"
+                    )
                 raise InvalidModelFile(
                     f"unsupported datatype TYPE_{t.dtype.value} for {kind} '{t.name}' for model '{model}'"
                 )

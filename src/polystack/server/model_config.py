@@ -243,7 +243,7 @@ class Additions:
     # rate limiter gives its instances (None: the group sets none); empty: the config gives none, and the one
     # group Triton adds then is named as the model
     groups: tuple[tuple[str, int, Rule | None], ...] = ()
-    # the groups (by name) whose instances place themselves (KIND_MODEL: a Python model's, on the CPU here)
+    # the groups (by name) whose instances place themselves (KIND_MODEL: a Python model's or a TorchScript module's)
     placed: frozenset[str] = frozenset()
     # the passive groups, as Triton shows them, (name, count): instances the scheduler gives no requests to (a Python
     # model's are initialized and finalized, as Triton's; other runtimes, having no use for them, start none)
@@ -1694,8 +1694,9 @@ def _instances(value: Any, spec: LoadSpec, model: str) -> int:
                 f"instance group {read_string(group, 'name', where) or f'{model}_{i}'} of model {model} has kind "
                 f"{placed} but specifies one or more GPUs: {where}.gpus is {gpus}; leave gpus out"
             )
-        # KIND_MODEL: the model places itself (Triton's Python backend runs its instances so, on the CPU)
-        if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend == "python"):
+        # KIND_MODEL: the model places itself (Triton's Python and PyTorch backends run its instances so: on the CPU,
+        # or, a TorchScript module's, on the device polystack runs it on)
+        if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend in ONE_INSTANCE):
             raise InvalidRequest(
                 f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
                 f"use {ours} or KIND_AUTO, or serve a variant built for that device"
