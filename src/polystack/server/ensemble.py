@@ -152,7 +152,7 @@ def _triton_checks(doc: Any, name: str) -> None:
         camel = key.split("_")[0] + "".join(part.title() for part in key.split("_")[1:])
         return doc.get(key, doc.get(camel))
 
-    if given("platform") != PLATFORM:
+    if given("platform") != PLATFORM and given("ensemble_scheduling") is not None:
         raise InvalidRequest(
             f"ensemble scheduling cannot be set for model {name!r} whose platform is not ensemble: its config sets "
             f"ensemble_scheduling and platform {quote(given('platform'))}; set platform \"ensemble\" and no backend, "

@@ -1321,7 +1321,7 @@ def lists_where_repeated(text: str) -> str:
     return json.dumps(config) if changed or relaxed else text
 
 
-_MAX_RELAXED_CHARS = 1 << 20  # a config's text read by the slower relaxed parser (Triton's own run to a few KiB)
+_MAX_RELAXED_CHARS = 1 << 20  # a config's text read by the slower relaxed parser (Triton's QA configs: a few KiB)
 
 
 def _relaxed(text: str) -> Any:
