@@ -49,7 +49,8 @@ def test_grpc_alone_with_allow_http_false_and_metrics_on_their_own_address(
     store, _ = model_store
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "polystack", "--home", str(store.settings.home), "serve", "mlp",
-           "--allow-http=false", "--http-port", str(http_port), "--grpc-address", "127.0.0.2",
+           # a disabled listener's port is not read, as Triton's L0_socket starts it (helper-200: polystack exited 2)
+           "--allow-http=false", "--http-port", "-47", "--grpc-address", "127.0.0.2",
            "--grpc-port", str(grpc_port), "--metrics-address", "127.0.0.3", "--metrics-port", str(metrics_port),
            "--id", "triton"]  # fmt: skip
     log = tmp_path / "serve.log"

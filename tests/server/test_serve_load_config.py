@@ -20,7 +20,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
 from google.protobuf import json_format
-from servekit import cli_server, free_port, mlp_ones, refused_after_loads, register_like, same_config_both_ways, start
+from servekit import (
+    caught_logs,
+    cli_server,
+    free_port,
+    mlp_ones,
+    refused_after_loads,
+    register_like,
+    same_config_both_ways,
+    start,
+)
 from tritonclient.utils import InferenceServerException
 
 from polystack.batching import BatchPolicy, DynamicBatcher
@@ -351,8 +360,13 @@ def test_a_config_with_keys_unquoted_or_a_trailing_comma_loads_as_tritons_json_r
         client.load_model("mlp", config="{max_batch_size: 4, 'dynamic_batching': {preferred_batch_size: [2],},}")
         config = config_of(server, "mlp")
         assert config["max_batch_size"] == 4 and config["dynamic_batching"]["preferred_batch_size"] == [2]
-        with pytest.raises(InferenceServerException, match="Invalid config override"):  # not even that: refused
+        with caught_logs("polystack.server") as records, pytest.raises(
+            InferenceServerException, match="Invalid config override"
+        ):  # not even that: refused
             client.load_model("mlp", config="{max_batch_size: 4 dynamic_batching: {}}")
+        # and logged, as Triton logs a load that failed (helper-200: L0_http's test.sh greps its log for the words)
+        assert any("failed to load 'mlp'" in r.getMessage() and "Invalid config override" in r.getMessage()
+                   and r.levelname == "ERROR" for r in records), [r.getMessage() for r in records]  # fmt: skip
         assert config_of(server, "mlp") == config
     finally:
         client.load_model("mlp")

@@ -670,7 +670,7 @@ def serve(
         )
     # checked here, naming the flag: a port past 65535 wrapped around (70000 bound 4464), and a taken or
     # impossible one failed after the models loaded, in the socket library's words
-    if not 0 <= http_port <= 65535:
+    if listeners.http and not 0 <= http_port <= 65535:  # a disabled listener's port is not read (Triton's)
         raise InvalidRequest(f"--http-port {http_port}: give a port from 0 (any free one) to 65535")
     if grpc_port is not None and not (grpc_port == -1 or 0 <= grpc_port <= 65535):
         raise InvalidRequest(f"--grpc-port {grpc_port}: give a port from 0 (any free one) to 65535, or -1 for no gRPC")

@@ -2961,6 +2961,23 @@ class DataPlane:
                     f"unrecognized load parameter {quote(key, 140)}.; a load takes 'config' (the model "
                     "configuration as JSON) and 'file:<path>' (the model's files)"
                 )
+        try:
+            await self._load_asked(name, parameters)
+        except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
+            if not isinstance(e, ShuttingDown):
+                log.error(f"failed to load {name!r}: {e.message}", extra={"model": name})
+            raise
+        if self._unmet:
+            try:  # the load succeeded whatever this does: its client hears so
+                await self._control(self._restore_dependents, name)
+            except ShuttingDown:
+                pass
+            except Exception:
+                log.exception("loading again the ensembles that run a model failed", extra={"model": name})
+
+    async def _load_asked(self, name: str, parameters: dict[str, Any]) -> None:
+        """The load ``repository_load`` was asked for, its parameters checked: from the request's files, or the
+        repository's folder (brought up to date first where it is a bucket's copy)."""
         repository = self.repository if self.repository_only else None
         files = model_files.given(parameters)
         if files and "config" not in parameters:
@@ -2978,13 +2995,6 @@ class DataPlane:
                 "or load a model folder it holds"
             )
         await self._repository_load(name, parameters)
-        if self._unmet:
-            try:  # the load succeeded whatever this does: its client hears so
-                await self._control(self._restore_dependents, name)
-            except ShuttingDown:
-                pass
-            except Exception:
-                log.exception("loading again the ensembles that run a model failed", extra={"model": name})
 
     def _restore_dependents(self, name: str) -> None:
         """After an explicit load of ``name``: the repository ensembles not served for want of their models load
