@@ -735,7 +735,7 @@ def read(
                 "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
                 "chooses another runtime (`polystack tune`)"
             )
-    _triton_checks(config, record.name)
+    batch_io = _triton_checks(config, record.name)  # the config's batch inputs and outputs, as given
     parameters = _parameters(config.get("parameters"), spec)
     gap = dict(parameters).get(IDLE_GAP)
     parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
@@ -912,7 +912,7 @@ def read(
             d["name"] for i, d in enumerate(config.get("input") or ())
             if record.format == "python" and read_bool(d, "allow_ragged_batch", f"input[{i}]")
         ),
-        python_batch_io=_python_batch_io(config) if record.format == "python" else ((), ()),
+        python_batch_io=batch_io if record.format == "python" else ((), ()),
     )  # fmt: skip
     if autofilled is not None:  # Triton's warning, with what to do
         log.warning(
@@ -2167,29 +2167,6 @@ def _ragged(
     return ragged_model.RaggedSpec(inputs, tuple(fills), tuple(scattered))
 
 
-def _python_batch_io(config: dict[str, Any]) -> tuple[tuple[GivenBatchInput, ...], tuple[GivenBatchOutput, ...]]:
-    """A Python model's batch inputs and outputs, as its config gives them (``_batch_io`` checked them as Triton
-    does): what GET config shows (``Additions.python_batch_io``)."""
-    inputs = tuple(
-        (
-            read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT,
-            tuple(_names(d, "target_name", where)),
-            read_enum(d, "data_type", where, "DataType"),
-            tuple(_names(d, "source_input", where)),
-        )
-        for where, d in _messages(config, "batch_input", "{kind, target_name, data_type, source_input}")
-    )
-    outputs = tuple(
-        (
-            tuple(_names(d, "target_name", where)),
-            read_enum(d, "kind", where, "BatchOutput.Kind") or ragged_model.SCATTER,
-            tuple(_names(d, "source_input", where)),
-        )
-        for where, d in _messages(config, "batch_output", "{kind, target_name, source_input}")
-    )
-    return inputs, outputs
-
-
 def _messages(config: dict[str, Any], key: str, fields: str) -> list[tuple[str, dict[str, Any]]]:
     """The messages of the config's list ``key``, each with where it is (``batch_input[0]``)."""
     value = config.get(key) or []
@@ -2281,11 +2258,14 @@ def _reshape(
     return Reshape(name, max_batch > 0, dims, shape)  # dims and reshape agree (``_triton_checks``)
 
 
-def _triton_checks(config: dict[str, Any], model: str) -> None:
+def _triton_checks(
+    config: dict[str, Any], model: str
+) -> tuple[tuple[GivenBatchInput, ...], tuple[GivenBatchOutput, ...]]:
     """Triton's checks of a config that need no model (core's ValidateModelConfig and ValidateModelIOConfig): a
     negative max_batch_size, each input's and output's dims and reshape, the batch inputs and outputs; in its words,
     with the model's name after them as its log says them, then polystack's detail. They come before the config is
-    compared with the model, as Triton validates a config before its backend reads the model."""
+    compared with the model, as Triton validates a config before its backend reads the model. Returns the batch
+    inputs and outputs as the config gives them (``_batch_io``)."""
     given = config.get("max_batch_size")
     if isinstance(given, int | str) and re.fullmatch(r"-[0-9]+", str(given)):  # not a number: read_int's words
         raise InvalidRequest(
@@ -2304,7 +2284,7 @@ def _triton_checks(config: dict[str, Any], model: str) -> None:
                 io_dims(d["dims"], f"{key}[{i}]", key, name, model)
             if d.get("dims") and d.get("reshape") is not None:  # no dims: ``_reshape`` asks for them
                 _reshape_fits(d, f"{key}[{i}]", key, name, model)
-    _batch_io(config, model, listed)
+    return _batch_io(config, model, listed)
 
 
 def _reshape_fits(d: dict[str, Any], where: str, key: str, name: str, model: str) -> None:
@@ -2341,10 +2321,15 @@ def _reshape_fits(d: dict[str, Any], where: str, key: str, name: str, model: str
         )
 
 
-def _batch_io(config: dict[str, Any], model: str, listed: dict[str, set[str]]) -> None:
+def _batch_io(
+    config: dict[str, Any], model: str, listed: dict[str, set[str]]
+) -> tuple[tuple[GivenBatchInput, ...], tuple[GivenBatchOutput, ...]]:
     """Triton's ValidateBatchIO, in its words: each batch input and output names one source input the config
     lists, a batch input is TYPE_INT32 or TYPE_FP32, and a batch output's targets are outputs the config lists, each
-    once. Names are checked only where the config lists inputs (outputs): auto-complete fills the others."""
+    once. Names are checked only where the config lists inputs (outputs): auto-complete fills the others. Returns
+    them as given (what a Python model's GET config shows: ``Additions.python_batch_io``)."""
+    inputs: list[GivenBatchInput] = []
+    outputs: list[GivenBatchOutput] = []
     for where, d in _messages(config, "batch_input", "{kind, target_name, data_type, source_input}"):
         kind = read_enum(d, "kind", where, "BatchInput.Kind") or ragged_model.ELEMENT_COUNT
         sources = _names(d, "source_input", where)
@@ -2359,6 +2344,7 @@ def _batch_io(config: dict[str, Any], model: str, listed: dict[str, set[str]]) -
         if listed["input"] and sources[0] not in listed["input"]:
             raise InvalidRequest(f"unknown source input name {quote(sources[0])} for {model}: the config's inputs are "
                                  f"{', '.join(sorted(listed['input']))}")
+        inputs.append((kind, tuple(_names(d, "target_name", where)), dtype, tuple(sources)))
     for where, d in _messages(config, "batch_output", "{kind, target_name, source_input}"):
         kind = read_enum(d, "kind", where, "BatchOutput.Kind") or ragged_model.SCATTER
         sources = _names(d, "source_input", where)
@@ -2375,6 +2361,8 @@ def _batch_io(config: dict[str, Any], model: str, listed: dict[str, set[str]]) -
             if target in targets:
                 raise InvalidRequest(f"target output name {quote(target)} can only be specified once for {model}")
             targets.add(target)
+        outputs.append((tuple(_names(d, "target_name", where)), kind, tuple(sources)))
+    return tuple(inputs), tuple(outputs)
 
 
 def _within(given: Sequence[int], model: Sequence[int]) -> bool:
