@@ -220,6 +220,11 @@ class Signature:
         return [t.name for t in self.outputs]
 
     @property
+    def takes_nothing(self) -> bool:
+        """True for a model that takes no inputs (a Python model: a generator, a self-test)."""
+        return not (self.inputs or self.optional)
+
+    @property
     def batched(self) -> bool:
         """True when every input takes a batch on its first dimension and no output declares a fixed
         first dimension, which could not hold one row per input row (Triton's max_batch_size > 0).
@@ -265,12 +270,13 @@ class Signature:
                 f"missing required input(s) [{','.join(f'{n!r}' for n in missing)}]{of}. Please provide all required "
                 f"input(s). The model expects {self._expected()}"
             )
-        # none given where every input is optional: Triton counts a request's batch from its first input (its words)
-        if max_batch_size and not inputs and self.optional:
+        # none given where none is required: Triton counts a request's batch from its first input (its words)
+        if max_batch_size and not inputs:
+            named = f"model {model!r}" if model else "the model"
             raise InvalidTensor(
-                f"out of bounds index 0: request has 0 inputs; {f'model {model!r}' if model else 'the model'} has a "
-                f"batch dimension (max_batch_size {max_batch_size}), which a request's first input carries: send its "
-                "inputs"
+                f"out of bounds index 0: request has 0 inputs; {named} has a batch dimension (max_batch_size "
+                f"{max_batch_size}), which a request's first input carries: "
+                + ("send its inputs" if self.optional else f"it takes none, so serve {named} with max_batch_size 0")
             )
         batch: int | None = None
         # optional inputs given follow: they carry the batch where the model batches (a Python model's, whose
@@ -317,7 +323,7 @@ class Signature:
     def _expected(self) -> str:
         # built only for an error message: every valid request used to pay for it (py-spy, serving)
         described = [t.describe() for t in self.inputs] + [f"{t.describe()} (optional)" for t in self.optional]
-        return ", ".join(described)
+        return ", ".join(described) or "no inputs"
 
     def to_dict(self) -> dict[str, Any]:
         out = {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}

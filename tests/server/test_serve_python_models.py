@@ -1485,9 +1485,39 @@ def test_a_python_model_taking_no_inputs_serves_as_tritons_python_backend_serves
         assert http.infer("nothing", []).as_numpy("n").tolist() == [0]
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert grpc.infer("nothing", []).as_numpy("n").tolist() == [0]
-    python_folder(tmp_path / "batched", "nothing", NO_INPUTS, f'backend: "python"\nmax_batch_size: 4\n{output}')
-    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "batched"), "--allow-python-models"])
-    assert "lists no inputs, so its requests carry no batch; set max_batch_size: 0" in line
+
+
+
+def test_a_batched_python_model_taking_no_inputs_loads_and_refuses_every_request_as_triton_does(
+    tmp_path: Path,
+) -> None:
+    """helper-197's L0_grpc model: tritonserver 2.51 (checked here) loads it, shows its max_batch_size, and answers
+    every request 400 / INVALID_ARGUMENT 'out of bounds index 0: request has 0 inputs' (its batch counted from a first
+    input there is none of); polystack refused the load, so a repository holding it did not start. Strict config and
+    a dynamic batcher alike."""
+    output = 'output [ { name: "n", data_type: TYPE_INT32, dims: [ 1 ] } ]\n'
+    for tag, extra, flags in (("plain", "", []), ("batcher", "dynamic_batching { }\n", []),
+                              ("strict", "", ["--disable-auto-complete-config"])):  # fmt: skip
+        repo = tmp_path / tag / "models"
+        python_folder(repo, "nothing", NO_INPUTS, f'backend: "python"\nmax_batch_size: 4\n{output}{extra}')
+        port, grpc_port = free_port(), free_port()
+        args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port), *flags]
+        with cli_server(tmp_path / tag / "home", args, port, tmp_path / tag / "log"):
+            http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+            assert http.get_model_config("nothing")["max_batch_size"] == 4, tag
+            assert http.get_model_metadata("nothing")["outputs"][0]["shape"] == [-1, 1], tag
+            with pytest.raises(InferenceServerException, match=r"^\[400\] out of bounds index 0: request has 0 ") as e:
+                http.infer("nothing", [])
+            assert "with max_batch_size 0" in str(e.value), tag
+            grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            with pytest.raises(InferenceServerException, match="out of bounds index 0: request has 0 inputs") as e:
+                grpc.infer("nothing", [])
+            assert e.value.status() == "StatusCode.INVALID_ARGUMENT", tag
+            x = httpclient.InferInput("x", [1, 1], "INT32")
+            x.set_data_from_numpy(np.zeros((1, 1), np.int32))
+            with pytest.raises(InferenceServerException, match=r"unexpected inference input 'x' .*expects no inputs"):
+                http.infer("nothing", [x])
+            assert http.is_server_live()
 
 
 CODES = """

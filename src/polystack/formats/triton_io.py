@@ -22,13 +22,9 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
     found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
     for key in ("input", "output"):
         items = config.get(key) or []
-        if not items and key == "input" and kind == PYTHON:  # a model taking nothing (a generator, a self-test)
-            if batched:  # its requests carry no rows to count
-                raise InvalidModelFile(
-                    f"{kind}'s config lists no inputs, so its requests carry no batch; set max_batch_size: 0"
-                )
-            continue
-        if not items and kind == PYTHON:  # giving nothing, as Triton loads one (its answers then carry no outputs)
+        # a model taking nothing (a generator, a self-test; batched, every request is refused, as Triton's are),
+        # or giving nothing (its answers then carry no outputs), as Triton loads one
+        if not items and kind == PYTHON:
             continue
         if not items:
             raise InvalidModelFile(

@@ -373,7 +373,7 @@ def render(
     elif merging:
         assert batcher is not None
         max_batch = batcher.max_batch_size
-    elif batcher is None and sig.batched and entry.spec.max_batch_size:
+    elif batcher is None and (sig.batched or sig.takes_nothing) and entry.spec.max_batch_size:
         max_batch = entry.spec.max_batch_size
     else:
         max_batch = 0
@@ -758,12 +758,14 @@ def read(
         options |= pytorch_config.aoti_options(parameters)
     else:
         options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
-    batched = record.signature.batched
+    # a Python model's signature is its config's: one taking no inputs batches as the config says (Triton loads it)
+    takes_nothing = spec.backend == "python" and record.signature.takes_nothing
+    batched = record.signature.batched or takes_nothing
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
     # Triton's auto-complete of a repository's config that leaves inputs or outputs to it (``_autofill``)
     both_listed = config.get("input") and config.get("output")
-    autofills = bool(record.settings.get(TRITON_IO)) and auto_complete and not both_listed
+    autofills = bool(record.settings.get(TRITON_IO)) and auto_complete and not both_listed and not takes_nothing
     if max_batch and not batched:
         fixed = [t.name for t in record.signature.inputs if t.shape[:1] == (1,)]
         triton = (  # its words where its auto-complete refuses it (``_autofill``)
@@ -792,7 +794,8 @@ def read(
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
-        if not auto_complete and not config.get("input"):  # Triton's ONNX Runtime backend's words, then what to do
+        # Triton's ONNX Runtime backend's words, then what to do (a Python model may take nothing)
+        if not auto_complete and not config.get("input") and not record.signature.takes_nothing:
             raise InvalidRequest(
                 f"unable to load model {record.name!r}, configuration expects 0 inputs, model provides "
                 f"{len(record.signature.inputs)}: with --disable-auto-complete-config the config lists the model's "
