@@ -463,6 +463,65 @@ def test_a_batching_ensemble_runs_a_step_model_without_batching_as_triton_does(t
                     np.testing.assert_array_equal(http.infer(f"pipe_{name}", [i]).as_numpy("OUT"), -x[:rows])
 
 
+def test_an_ensembles_inputs_and_outputs_reshaped_reach_its_steps_in_the_reshapes_shape_as_triton_does(
+    tmp_path: Path,
+) -> None:
+    """helper-204 (qa/L0_infer_reshape): tritonserver 2.51 serves an ensemble whose config gives an input or output a
+    reshape, passing the steps the reshape's shape and clients the dims; polystack refused the load (the step's
+    [-1,16] against the ensemble's [-1,4,4]), so 15 of the suite's 18 reshape ensembles, and a repository holding
+    one, did not start. Batching or not; GET config shows the reshape as Triton's does."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "models"
+    for name, shape in (("neg16", [None, 16]), ("neg16_nobatch", [16])):
+        (repo / name / "1").mkdir(parents=True)
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("a", "b")]
+        graph = helper.make_graph([helper.make_node("Neg", ["a"], ["b"])], name, io[:1], io[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.save(model, repo / name / "1" / "model.onnx")
+    tensors = (
+        'input [ { name: "IN", data_type: TYPE_FP32, dims: [ 4, 4 ], reshape: { shape: [ 16 ] } } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 2, 8 ], reshape: { shape: [ 16 ] } } ]\n'
+    )
+    for name, step, batch in (("pipe", "neg16", 4), ("pipe_nobatch", "neg16_nobatch", 0)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(
+            f'platform: "ensemble"\nmax_batch_size: {batch}\n{tensors}ensemble_scheduling {{ step [ {{\n'
+            f'  model_name: "{step}", model_version: -1, input_map {{ key: "a" value: "IN" }},\n'
+            '  output_map { key: "b" value: "OUT" } } ] }\n'
+        )
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", str(grpc_port)]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        x = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+        for name, given, answer in (("pipe", x, -x.reshape(2, 2, 8)), ("pipe_nobatch", x[0], -x[0].reshape(2, 8))):
+            config = http.get_model_config(name)
+            assert config["input"][0]["dims"] == [4, 4] and config["input"][0]["reshape"] == {"shape": [16]}, name
+            assert config["output"][0]["dims"] == [2, 8] and config["output"][0]["reshape"] == {"shape": [16]}, name
+            batch_dim = [-1] if "nobatch" not in name else []
+            assert http.get_model_metadata(name)["inputs"][0]["shape"] == [*batch_dim, 4, 4], name
+            for client, module in ((http, httpclient), (grpc, grpcclient)):
+                i = module.InferInput("IN", list(given.shape), "FP32")
+                i.set_data_from_numpy(given)
+                np.testing.assert_array_equal(client.infer(name, [i]).as_numpy("OUT"), answer)
+        i = httpclient.InferInput("IN", [1, 16], "FP32")  # the reshape's shape is the steps', not the clients'
+        i.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        with pytest.raises(InferenceServerException, match=r"unexpected shape for input 'IN' for model 'pipe'"):
+            http.infer("pipe", [i])
+    bad = tensors.replace("dims: [ 2, 8 ]", "dims: [ 2, 9 ]")
+    with pytest.raises(InvalidRequest, match=r"^model output 'OUT' has different size for dims and reshape for e: "):
+        ensemble.read(model_config.as_json(f'platform: "ensemble"\nmax_batch_size: 4\n{bad}{_ONE_STEP}'), "e", 1)
+
+
+_ONE_STEP = (
+    'ensemble_scheduling { step [ { model_name: "m", input_map { key: "a" value: "IN" }, '
+    'output_map { key: "b" value: "OUT" } } ] }\n'
+)
+
+
 def test_an_ensemble_whose_model_is_not_served_stops_the_start(tmp_path: Path) -> None:
     repo = pipeline_repository(tmp_path / "models")
     (repo / "pipe" / "config.pbtxt").write_text(PIPE.replace('value: "IN"', 'value: "IN2"'))

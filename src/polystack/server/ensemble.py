@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from polystack.backends.reshaped import Reshape
 from polystack.errors import InvalidRequest, PolystackError, quote
 from polystack.labels import file_in, labels_for
 from polystack.server import model_config, repository_agents
@@ -83,10 +84,20 @@ class Ensemble:
     written_policy: str = dataclasses.field(default="", compare=False)
     given: frozenset[str] = frozenset()  # the messages of model_config.SHOWN_WHERE_GIVEN its config gives
     formats: tuple[tuple[str, str], ...] = ()  # (input, FORMAT_NHWC or FORMAT_NCHW), for clients
+    # its inputs and outputs whose config gives a reshape: requests send and get them in their dims (``signature``),
+    # its steps take and give them in the reshape's shape (``flowing``), as Triton's ensembles pass them
+    reshapes: tuple[Reshape, ...] = ()
 
     @property
     def served_versions(self) -> tuple[int, ...]:
         return self.versions or (self.version,)
+
+    @property
+    def flowing(self) -> Signature:
+        """Its inputs and outputs in the shapes its steps take and give them (a reshape's, else the dims')."""
+        if not self.reshapes:
+            return self.signature
+        return self.signature.with_shapes({r.name: r.full(r.model) for r in self.reshapes})
 
     @property
     def models(self) -> set[str]:
@@ -116,8 +127,8 @@ def read(text: str, name: str, version: int) -> Ensemble:
     if given and given != name:
         raise InvalidRequest(f"the config names model {quote(given)}, but it is loaded as {name!r}")
     max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
-    inputs, optional = _tensors(config, "input", max_batch, name)
-    outputs, _ = _tensors(config, "output", max_batch, name)
+    inputs, optional, taken = _tensors(config, "input", max_batch, name)
+    outputs, _, given_back = _tensors(config, "output", max_batch, name)
     scheduling = model_config.read_message(
         config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
     )
@@ -136,7 +147,7 @@ def read(text: str, name: str, version: int) -> Ensemble:
     formats = _formats(config["input"])
     ensemble = Ensemble(
         name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files,
-        given=model_config.given_messages(config), formats=formats,
+        given=model_config.given_messages(config), formats=formats, reshapes=taken + given_back,
     )  # fmt: skip
     _check_flow(ensemble)
     return ensemble
@@ -197,14 +208,15 @@ def with_labels(ensemble: Ensemble, folder: Path | None) -> Ensemble:
 
 def _tensors(
     config: dict[str, Any], key: str, max_batch: int, model: str
-) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], tuple[Reshape, ...]]:
     """The config's tensors of ``key`` (input or output) of ensemble ``model``: those a request gives (or gets),
-    and the inputs it may leave out (``optional``)."""
+    the inputs it may leave out (``optional``), and the reshapes the config gives them."""
     items = config.get(key, [])
     if not isinstance(items, list) or not items:
         raise InvalidRequest(f"an ensemble's config lists its {key}s ({key} [ {{ name, data_type, dims }} ])")
     found: dict[str, TensorSpec] = {}
     optional: set[str] = set()
+    reshapes: list[Reshape] = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
         d = model_config.read_message(item, where, key)
@@ -221,6 +233,11 @@ def _tensors(
         dims = model_config.io_dims(d["dims"], where, key, name, model)
         if max_batch == 0 and not dims:
             raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
+        if dims and d.get("reshape") is not None:  # Triton's checks of a model's reshape (ValidateIOShape)
+            model_config.reshape_fits(d, where, key, name, model)
+        reshape = model_config.read_reshape(d, where, name, max_batch, model)
+        if reshape is not None:
+            reshapes.append(reshape)
         if key == "input" and model_config.read_bool(d, "optional", where):
             optional.add(name)
         if key == "input" and model_config.read_bool(d, "allow_ragged_batch", where):
@@ -229,7 +246,8 @@ def _tensors(
                 "may); leave allow_ragged_batch out"
             )
         found[name] = TensorSpec(name, dtype, ((-1,) if max_batch else ()) + tuple(dims))
-    return tuple(t for t in found.values() if t.name not in optional), tuple(t for t in found.values() if t.name in optional)
+    given = tuple(t for t in found.values() if t.name not in optional)
+    return given, tuple(t for t in found.values() if t.name in optional), tuple(reshapes)
 
 
 def _formats(inputs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
@@ -412,11 +430,12 @@ def check(ensemble: Ensemble, served: Callable[[Step], Served]) -> None:
     batching = ensemble.max_batch_size > 0
     # each tensor's type and whole shape, who gives it, and whether that one batches
     # (and the model Triton says its type is inferred from)
+    flowing = ensemble.flowing  # (a reshape's shapes)
     types: dict[str, tuple[DType, tuple[int, ...], str, bool, str]] = {
         t.name: (t.dtype, t.shape, "the ensemble's input", batching, ensemble.name)
-        for t in (*ensemble.signature.inputs, *ensemble.signature.optional)
+        for t in (*flowing.inputs, *flowing.optional)
     }
-    wanted = {t.name: t for t in ensemble.signature.outputs}
+    wanted = {t.name: t for t in flowing.outputs}
     for i in [i for wave in order(ensemble) for i in wave]:
         step = ensemble.steps[i]
         where = step.describe(i)
@@ -529,9 +548,14 @@ def fit(array: np.ndarray, spec: TensorSpec, given_batched: bool, batched: bool)
 def render(ensemble: Ensemble) -> dict[str, Any]:
     """Its Triton-shaped configuration (the model_configuration extension)."""
 
+    reshapes = {r.name: r for r in ensemble.reshapes}
+
     def tensor(t: TensorSpec) -> dict[str, Any]:
         dims = list(t.shape[1:] if ensemble.max_batch_size else t.shape)
-        return {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims, "is_shape_tensor": False}
+        shown: dict[str, Any] = {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims}
+        if t.name in reshapes:  # as Triton shows it, after the dims
+            shown["reshape"] = {"shape": list(reshapes[t.name].model)}
+        return {**shown, "is_shape_tensor": False}
 
     # the fields Triton prints at their defaults are printed too, as a model's config prints them (clients index
     # them: tritonserver 2.51's ensemble config has them all, polystack's had none, helper-108)
@@ -606,7 +630,7 @@ async def run(
     step model's outputs and whether it batches; those ``outputs``, by name. The first
     step that fails fails it (its error led by where it happened), and the steps still running are
     cancelled."""
-    tensors: dict[str, np.ndarray] = dict(inputs)
+    tensors = _flowing(ensemble, inputs)
     batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)  # whether each tensor's giver batches
     waiting = needed(ensemble, outputs)
     await _settle(ensemble, tensors, batched, waiting, step_run)
@@ -629,7 +653,7 @@ async def stream(
     A step whose inputs come from several decoupled steps runs for each combination, in order. Each answer comes
     with whether it is the last: every decoupled step it came from sent its response final, as Triton's ensemble
     then sends its answer with the final flag (else the flag comes alone once the steps are done)."""
-    tensors: dict[str, np.ndarray] = dict(inputs)
+    tensors = _flowing(ensemble, inputs)
     batched = dict.fromkeys(inputs, ensemble.max_batch_size > 0)
     async for done, done_batched, final in _branches(
         ensemble, tensors, batched, needed(ensemble, outputs), step_run, step_stream, frozenset(decoupled)
@@ -796,21 +820,36 @@ def _absent(ensemble: Ensemble, tensors: Mapping[str, np.ndarray], waiting: Coll
     return left | {tensor for step in ran for _, tensor in step.outputs if tensor not in tensors}
 
 
+def _flowing(ensemble: Ensemble, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request's ``inputs`` as the ensemble's steps take them: in their reshape's shape, where one is given."""
+    tensors = dict(inputs)
+    for r in ensemble.reshapes:
+        if r.name in tensors:  # (an output's reshape is in there too)
+            tensors[r.name] = tensors[r.name].reshape(r.target(tensors[r.name].shape, to_model=True))
+    return tensors
+
+
 def _outputs(
     ensemble: Ensemble, tensors: Mapping[str, np.ndarray], batched: Mapping[str, bool], outputs: Collection[str]
 ) -> dict[str, np.ndarray]:
-    specs = {t.name: t for t in ensemble.signature.outputs}
+    """The ``outputs`` of the ensemble's ``tensors`` as requests get them: with or without a batch dimension as it
+    batches, in their dims where a reshape is given (Triton's words where a step left one out)."""
+    specs = {t.name: t for t in ensemble.flowing.outputs}
+    back = {r.name: r for r in ensemble.reshapes}
     for name in outputs:
         if name not in tensors:  # left out by the step giving it: the answer holds the others, as Triton's (its words)
             log.warning(
                 f"Composing models did not output tensor {name}",
                 extra={"ensemble": ensemble.name, "output": name},
             )
-    return {
+    answers = {
         name: fit(tensors[name], specs[name], batched[name], ensemble.max_batch_size > 0)
         for name in outputs
         if name in tensors
     }
+    for name in back.keys() & answers.keys():
+        answers[name] = answers[name].reshape(back[name].target(answers[name].shape, to_model=False))
+    return answers
 
 
 def load_order(ensembles: Mapping[str, Ensemble]) -> list[str]:

@@ -2235,6 +2235,21 @@ def _reshape(
 ) -> Reshape | None:
     """A config tensor's ``reshape``, checked as Triton checks one: its shape fits the model's dims (a -1 of
     the model's takes any size), and the config's dims, which clients see, hold as many elements."""
+    reshape = read_reshape(d, where, name, max_batch, model)
+    if reshape is None:
+        return None
+    model_dims = tuple(_dims(t, max_batch))
+    if not _within(reshape.model, model_dims):
+        raise InvalidRequest(
+            f"{where} ({name}) has reshape {list(reshape.model)}, but the model's are {list(model_dims)} with "
+            f"max_batch_size {max_batch} (-1: any size); the reshape is the shape the model takes or gives"
+        )
+    return reshape
+
+
+def read_reshape(d: dict[str, Any], where: str, name: str, max_batch: int, model: str) -> Reshape | None:
+    """A config tensor's ``reshape`` (None: it has none) and its dims, as Triton reads a model's or an ensemble's:
+    a shape where the model batches or has one, and dims clients see (``reshape_fits`` checks they agree)."""
     if d.get("reshape") is None:
         return None
     r = read_message(d["reshape"], f"{where}.reshape", "reshape")
@@ -2252,13 +2267,7 @@ def _reshape(
             f"{where} ({name}) must specify 'dims': a reshape needs the dims clients see; a batch of scalars is "
             "dims: [ 1 ] with reshape: { shape: [ ] }"
         )
-    model_dims = tuple(_dims(t, max_batch))
-    if not _within(shape, model_dims):
-        raise InvalidRequest(
-            f"{where} ({name}) has reshape {list(shape)}, but the model's are {list(model_dims)} with max_batch_size "
-            f"{max_batch} (-1: any size); the reshape is the shape the model takes or gives"
-        )
-    return Reshape(name, max_batch > 0, dims, shape)  # dims and reshape agree (``_triton_checks``)
+    return Reshape(name, max_batch > 0, dims, shape)  # dims and reshape agree (``reshape_fits``)
 
 
 def _triton_checks(
@@ -2286,11 +2295,11 @@ def _triton_checks(
             if d.get("dims") is not None:
                 io_dims(d["dims"], f"{key}[{i}]", key, name, model)
             if d.get("dims") and d.get("reshape") is not None:  # no dims: ``_reshape`` asks for them
-                _reshape_fits(d, f"{key}[{i}]", key, name, model)
+                reshape_fits(d, f"{key}[{i}]", key, name, model)
     return _batch_io(config, model, listed)
 
 
-def _reshape_fits(d: dict[str, Any], where: str, key: str, name: str, model: str) -> None:
+def reshape_fits(d: dict[str, Any], where: str, key: str, name: str, model: str) -> None:
     """Triton's ValidateIOShape of a tensor's reshape against its dims, in its words: sizes of 1 or more (or -1),
     as many elements, as many -1s, and as many elements between them."""
     dims = tuple(read_int_list(d["dims"], f"{where}.dims", -(1 << 63)))
