@@ -181,8 +181,8 @@ def serve(
         64 * 1024 * 1024,
         "--max-body-bytes",
         "--http-max-input-size",
-        help="Refuse larger HTTP bodies (413); Triton's 64 MiB by default (--http-max-input-size: tritonserver's "
-        "name; it counts a request's tensor bytes and answers 400).",
+        help="Refuse larger HTTP bodies (413); 64 MiB by default, as newer tritonservers' --http-max-input-size "
+        "(they count a request's tensor bytes and answer 400; tritonserver 2.51 has no limit).",
     ),
     grpc_max_message_bytes: int = typer.Option(
         (1 << 31) - 1,
