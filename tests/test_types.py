@@ -95,6 +95,16 @@ def test_batch_over_the_maximum_is_refused() -> None:
         SIG.validate_inputs({"x": np.zeros((3, 4), np.float32), "m": np.zeros(3, np.int64)}, max_batch_size=2)
 
 
+def test_a_scalar_sent_to_a_batching_model_is_refused_in_tritons_words_first() -> None:
+    """helper-204 (qa/L0_infer_reshape): tritonserver 2.51 says the input has no shape (Normalize) before any check of
+    its dims; polystack said only that the shape was unexpected."""
+    given = {"x": np.zeros((), np.float32), "m": np.zeros(3, np.int64)}
+    with pytest.raises(InvalidTensor, match=r"^input 'x' has no shape but model requires batch dimension for 'm': "):
+        SIG.validate_inputs(given, max_batch_size=8, model="m")
+    with pytest.raises(InvalidTensor, match=r"^unexpected shape for input 'x'"):  # no batch dimension: the dims' words
+        SIG.validate_inputs(given, max_batch_size=0, model="m")
+
+
 def test_a_signature_is_batched_only_when_outputs_can_hold_one_row_per_input_row() -> None:
     x = TensorSpec("x", DType.FP32, (-1, 3))
 

@@ -291,6 +291,12 @@ class Signature:
                     f"inference input {spec.name!r} data-type is {got_type.value!r}, but "
                     f"{f'model {model!r}' if model else 'the model'} expects {spec.dtype.value!r}; convert it before sending"
                 )
+            if not arr.shape and max_batch_size and spec.batched:  # Triton's words (Normalize), then what to do
+                raise InvalidTensor(
+                    f"input {spec.name!r} has no shape but model requires batch dimension"
+                    + (f" for {model!r}" if model else "")
+                    + f": it takes {_dims(spec.shape)}, the batch first; send a shape of [1, ...] for one row"
+                )
             if not spec.accepts(arr.shape):
                 raise InvalidTensor(  # Triton's words, its note where the model batches
                     f"unexpected shape for input {spec.name!r}{_for(model)}. Expected {_dims(spec.shape)}, got "
