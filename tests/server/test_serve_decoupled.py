@@ -777,6 +777,58 @@ def test_an_exit_after_an_unload_waits_for_its_streams_no_longer_than_the_drain(
         client.stop_stream()
 
 
+# winds a request down after its client went away (as an engine stops a generation), then sends the final flag
+WINDS_DOWN = '''
+import threading
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self.run, args=(request.get_response_sender(),), daemon=True).start()
+        return None
+
+    def run(self, sender):
+        for _ in range(1000):
+            if sender.is_cancelled():
+                break
+            time.sleep(0.01)
+        time.sleep(1.0)
+        try:
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            pb_utils.Logger.log_info("final sent")
+        except Exception as e:
+            pb_utils.Logger.log_info(f"final refused: {e}")
+'''
+
+
+def test_the_exit_waits_for_the_final_response_of_a_request_whose_client_went_away(tmp_path: Path) -> None:
+    """helper-203 (qa/L0_grpc_state_cleanup beside tritonserver 2.51): a client cancels its stream, the server is
+    stopped while the model winds the request down; 2.51 exits once the model sent the final flag, polystack exited
+    at once and the model's send failed ('Response sender has been closed')."""
+    python_folder(tmp_path / "models", "winds", WINDS_DOWN, GENERATE_CONFIG)
+    grpc_port, log = free_port(), tmp_path / "log"
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--drain-timeout-s", "20"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, free_port(), log) as proc:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: None)
+        x = grpcclient.InferInput("IN", [1], "INT32")
+        x.set_data_from_numpy(np.array([1], dtype=np.int32))
+        client.async_stream_infer("winds", [x])
+        time.sleep(0.5)
+        client.stop_stream(cancel_requests=True)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "final sent" in text and "final refused" not in text, text[-2000:]
+    assert "had no final response when its model was unloaded" not in text
+
+
 def test_the_time_to_a_decoupled_request_s_first_response_is_a_histogram_on_metrics(server: Any) -> None:
     port, grpc_port, _, _ = server
 

@@ -600,6 +600,8 @@ class Server:
         # gRPC refuses new calls from now on (UNAVAILABLE, in its handlers), as HTTP does, and its calls in
         # flight share the one grace; its server stops after them
         drained = await self.plane.wait_idle(left()) and drained
+        # a decoupled model's final responses to requests whose clients went away (its threads may send them yet)
+        drained = await self.plane.wait_final_responses(left()) and drained
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
         drained = await self.http.wait_answered(left()) and drained
         for _, _, app, _ in self.platforms:

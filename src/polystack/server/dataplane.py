@@ -2856,6 +2856,17 @@ class DataPlane:
             return False
         return True
 
+    async def wait_final_responses(self, timeout_s: float) -> bool:
+        """Wait (up to ``timeout_s``) until each decoupled model sent the final response of every request it was
+        given, those whose client went away included (their model's threads may still send it), as Triton's exit
+        waits for them; whether they all came (those that did not fail when the models close)."""
+        deadline = time.monotonic() + timeout_s
+        while any(s.decoupled and s.open_streams() for s in list(self._served.values())):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     # -- system shared memory extension ---------------------------------------------------------
     def regions(self) -> SharedMemoryRegions:
         if self.shared_memory is None:
