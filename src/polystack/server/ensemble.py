@@ -824,7 +824,7 @@ def _flowing(ensemble: Ensemble, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     """The request's ``inputs`` as the ensemble's steps take them: in their reshape's shape, where one is given."""
     tensors = dict(inputs)
     for r in ensemble.reshapes:
-        if r.name in tensors:  # (an output's reshape is in there too)
+        if r.name in tensors:  # an input's (the outputs' reshapes are there too: ``_outputs`` reads them)
             tensors[r.name] = tensors[r.name].reshape(r.target(tensors[r.name].shape, to_model=True))
     return tensors
 
