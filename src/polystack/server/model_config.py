@@ -1700,9 +1700,15 @@ def _instances(value: Any, spec: LoadSpec, model: str) -> int:
         # KIND_MODEL: the model places itself (Triton's Python and PyTorch backends run its instances so: on the CPU,
         # or, a TorchScript module's, on the device polystack runs it on)
         if kind not in ("KIND_AUTO", ours) and not (kind == "KIND_MODEL" and spec.backend in ONE_INSTANCE):
+            triton = (  # Triton's words on a host without GPUs (its ValidateInstanceGroup), then polystack's
+                f"instance group {read_string(group, 'name', where) or f'{model}_{i}'} of model {model} has kind "
+                "KIND_GPU but no GPUs are available: "
+                if kind == "KIND_GPU" and not _host_has_gpus()
+                else ""
+            )
             raise InvalidRequest(
-                f"{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: {ours}); "
-                f"use {ours} or KIND_AUTO, or serve a variant built for that device"
+                f"{triton}{where}.kind {quote(kind)} does not match where polystack runs this model ({spec.device}: "
+                f"{ours}); use {ours} or KIND_AUTO, or serve a variant built for that device"
             )
         if any(g != index for g in gpus):
             raise InvalidRequest(
@@ -2582,3 +2588,11 @@ def dtype_of(name: str, where: str) -> DType:
 
 def _kind(device: str) -> str:
     return "KIND_GPU" if device.startswith("cuda") else "KIND_CPU"
+
+
+_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder for each GPU the NVIDIA driver lists
+
+
+def _host_has_gpus() -> bool:
+    """Whether this host has a GPU Triton would place a KIND_GPU group on (one the NVIDIA driver lists)."""
+    return _NVIDIA_GPUS.is_dir() and any(_NVIDIA_GPUS.iterdir())
