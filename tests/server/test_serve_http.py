@@ -517,7 +517,12 @@ def test_responses_come_back_compressed_when_the_client_asks(
     try:
         # q among other parameters and x-gzip as gzip (RFC 9110), and Vary on every answer that depends on it
         alias = [("x-gzip", "gzip"), ("gzip;level=1;q=0", None)] if algorithm == "gzip" else []
-        for accept, want in ((f"{algorithm};q=0.5", algorithm), (f"{algorithm};q=0", None), ("br", None), *alias):
+        # the higher q wins, and of two alike the one listed first, as Triton picks (helper-205)
+        other = "deflate" if algorithm == "gzip" else "gzip"
+        weighed = [(f"{other};q=0.5, {algorithm};q=1.0", algorithm), (f"{algorithm}, {other}", algorithm),
+                   (f"*;q=0.1, {algorithm};q=0.2", algorithm)]  # fmt: skip
+        for accept, want in ((f"{algorithm};q=0.5", algorithm), (f"{algorithm};q=0", None), ("br", None), *alias,
+                             *weighed):  # fmt: skip
             conn.request("POST", "/v2/models/two/infer", body, {"Accept-Encoding": accept})
             resp = conn.getresponse()
             data = resp.read()

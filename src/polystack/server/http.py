@@ -847,11 +847,12 @@ def text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
-    """gzip or deflate when the client's Accept-Encoding takes it (q > 0), preferring gzip; else None."""
+    """gzip or deflate, whichever the client's Accept-Encoding weighs higher (q > 0; of two weighed alike, the one
+    it lists first, as Triton picks; gzip where only ``*`` takes them); else None."""
     raw = headers.get(b"accept-encoding")
     if not raw:
         return None
-    weights: dict[bytes, float] = {}
+    weights: dict[bytes, float] = {}  # in the order listed
     for part in raw.lower().split(b","):
         token, *params = part.split(b";")
         q = 1.0
@@ -862,12 +863,12 @@ def _response_encoding(headers: dict[bytes, bytes]) -> str | None:
                     q = float(value.strip())
                 except ValueError:
                     q = 0.0
-        weights[token.strip()] = q
-    weights.setdefault(b"gzip", weights.get(b"x-gzip", weights.get(b"*", 0.0)))  # x-gzip: gzip (RFC 9110 8.4.1.3)
-    for encoding in (b"gzip", b"deflate"):
-        if weights.get(encoding, weights.get(b"*", 0.0)) > 0:
-            return encoding.decode()
-    return None
+        token = b"gzip" if token.strip() == b"x-gzip" else token.strip()  # x-gzip: gzip (RFC 9110 8.4.1.3)
+        weights.setdefault(token, q)
+    anything = weights.get(b"*", 0.0)
+    listed = [t for t in weights if t in (b"gzip", b"deflate")] + [b"gzip", b"deflate"]
+    best = max(listed, key=lambda t: weights.get(t, anything))  # max keeps the first of equals
+    return best.decode() if weights.get(best, anything) > 0 else None
 
 
 def _compress(body: bytes, encoding: str) -> bytes:
