@@ -147,10 +147,6 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http model metadata multi": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
     "http model version metadata": (r"\$\.body\.(inputs|outputs)\[\d+\]\.dim_names", _OTHERWISE),
     **{f"http model config {m}": (_CONFIG, _OTHERWISE) for m in ("mlp", "nobatch", "multi", "pipe", "step1")},
-    "http infer ensemble": (r"\$\.body\.parameters", _OTHERWISE),
-    "grpc infer ensemble": (r"\$\.(fields|response\.parameters)", _OTHERWISE),
-    "http unload and reload an ensemble's step": (r"\$\.infer pipe\.body\.parameters", _OTHERWISE),
-    "grpc unload and reload an ensemble's step": (r"\$\.infer pipe\.(fields|response\.parameters)", _OTHERWISE),
     "http unknown route": (r"\$\.body\.error", _OTHERWISE),
     "http trailing slash": (r".*", _OTHERWISE),
     "http wrong method": (r"\$\.body\.error", _OTHERWISE),
@@ -163,7 +159,6 @@ KNOWN: dict[str, tuple[str, str]] = {
     "http malformed json": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http data count mismatch": (r"\$\.status", _NOT_JSON),
     "http generate not an object": (r"\$\.(status|body\.error)", _NOT_JSON),
-    "http generate ensemble": (r"\$\.body\.sequence_(start|end|id)", _OTHERWISE),
     "http shape of the wrong type": (r"\$\.(status|body\.error)", _NOT_JSON),
     "http ragged nested data": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
     "http value out of fp32's range": (r"\$\.(status|body\.(error|model_name|model_version|outputs))", _STRICT),
@@ -199,21 +194,18 @@ KNOWN: dict[str, tuple[str, str]] = {
         )
         for name in ("http generate decoupled, three responses", "http generate decoupled, no response")
     },
-    # the ensemble's outputs in its config's order (Triton's: IDX first), and no sequence parameters; its last answer
+    # the ensemble's outputs in its config's order (Triton's: IDX first); its last answer
     # final where the step's flag came alone before it went (timing decides, on both: then 3 answers, not 4)
     "grpc stream decoupled ensemble": (
-        r"\$\.answers\.[^.]+(\[\d+\]\.infer_response\.(parameters\.sequence_(start|end|id)|outputs\[\d+\]\."
-        r"(name|datatype|data\[\d+\])))?",
+        r"\$\.answers\.[^.]+(\[\d+\]\.infer_response\.outputs\[\d+\]\.(name|datatype|data\[\d+\]))?",
         _OTHERWISE + "; 'the answer to a step's last response is the ensemble's final one ... where that response came"
         " with the final flag or the step's flag came alone before the answer went'",
     ),
     "grpc stream decoupled ensemble error, then a good request": (
-        r"\$\.answers\.[^.]+\[\d+\]\.(infer_response\.(parameters\.sequence_(start|end|id)|outputs\[\d+\]\."
-        r"(name|datatype|data\[\d+\]))|error_message)",
+        r"\$\.answers\.[^.]+\[\d+\]\.(infer_response\.outputs\[\d+\]\.(name|datatype|data\[\d+\])|error_message)",
         _OTHERWISE + "; 'an error response of the step fails the ensemble's request, led by `in ensemble '<name>', step"
         " <i> (<model>)`'",
     ),
-    "http generate_stream decoupled ensemble": (r"\$\.events\[\d+\]\.sequence_(start|end|id)", _OTHERWISE),
     **{
         name: (r"\$\.content_type", _OTHERWISE)  # JSON error bodies say so; Triton's 501 says text/plain
         for name in ("http infer decoupled", "http infer decoupled, one response", "http infer decoupled ensemble")

@@ -370,6 +370,46 @@ def test_an_ensemble_runs_its_steps_for_tritonclient_over_http_and_grpc(tmp_path
     assert '"ensemble"' in log and "Traceback" not in log
 
 
+def test_an_ensembles_answer_carries_the_requests_sequence_parameters_as_tritons_do(tmp_path: Path) -> None:
+    """Triton's QA test_ensemble_sequence_flags (qa/L0_simple_ensemble) reads each gRPC stream answer's
+    sequence_start and sequence_end; tritonserver 2.51's ensemble answers carry them, with sequence_id (0 and false
+    where the request sent none: bench/triton_parity.py), polystack's carried none."""
+    x = np.ones((1, 16), np.float32)
+    with _served(tmp_path) as (_, port, grpc_port):
+        body = {"inputs": [{"name": "IN", "datatype": "FP32", "shape": [1, 16], "data": x.ravel().tolist()}]}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/pipe/infer", json=body).json()
+        assert answer["parameters"] == {"sequence_id": 0, "sequence_start": False, "sequence_end": False}
+        body["parameters"] = {"sequence_id": "s-1", "sequence_start": True}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/pipe/infer", json=body).json()
+        assert answer["parameters"] == {"sequence_id": "s-1", "sequence_start": True, "sequence_end": False}
+        mlp = httpx.post(f"http://127.0.0.1:{port}/v2/models/mlp/infer", json={**body, "inputs": [
+            {**body["inputs"][0], "name": "x"}]}).json()  # fmt: skip
+        assert "parameters" not in mlp  # a model's answer carries none, as Triton's
+        generate = f"http://127.0.0.1:{port}/v2/models/pipe/generate"
+        generated = httpx.post(generate, json={"IN": x.ravel().tolist()}).json()
+        assert {k: generated[k] for k in ("sequence_id", "sequence_start", "sequence_end")} == {
+            "sequence_id": 0, "sequence_start": False, "sequence_end": False}  # fmt: skip
+        got: list[grpcclient.InferResult] = []
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.start_stream(callback=lambda result, error: got.append(result))
+        i = grpcclient.InferInput("IN", [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        for start, end in ((True, False), (False, False), (False, True)):
+            client.async_stream_infer("pipe", [i], sequence_id=42, sequence_start=start, sequence_end=end)
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.stop_stream()
+        flags = [
+            (p["sequence_id"].int64_param, p["sequence_start"].bool_param, p["sequence_end"].bool_param)
+            for p in (r.get_response().parameters for r in got)
+        ]
+        assert flags == [(42, True, False), (42, False, False), (42, False, True)]
+        # -1: the ID 2**64 - 1 (Triton reads an int64_param so), answered as the int64_param it came as
+        unary = client.infer("pipe", [i], sequence_id=-1).get_response().parameters
+        assert unary["sequence_id"].int64_param == -1
+
+
 def test_a_polled_repository_serves_an_ensemble_added_and_takes_it_away(tmp_path: Path) -> None:
     with _served(tmp_path, "--repository-poll-secs", "0.2") as (repo, port, _):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")

@@ -142,12 +142,14 @@ def _no_shape(name: str, count: int, dims: Sequence[int]) -> InvalidTensor:
 
 
 def encode_generate(result: InferResponse) -> bytes:
-    """The generate answer's JSON: the model, then each output by name (one element: the value alone)."""
+    """The generate answer's JSON: the model, its answer's parameters (an ensemble's sequence parameters), as
+    Triton's generate writes them, then each output by name (one element: the value alone)."""
     doc: dict[str, Any] = {}
     if result.id:
         doc["id"] = result.id
     doc["model_name"] = result.model_name
     doc["model_version"] = result.model_version
+    doc.update(result.parameters)
     for name, arr in result.outputs.items():
         how = "the generate endpoints answer JSON alone: ask the infer endpoint for it as binary data (binary_data: true)"
         data = http_codec.json_data(arr, DType.from_numpy(arr.dtype), name, how)

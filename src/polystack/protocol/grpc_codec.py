@@ -227,6 +227,13 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
+    for key, value in resp.parameters:  # (an ensemble's sequence parameters, as Triton's typed)
+        if isinstance(value, bool):
+            out.parameters[key].bool_param = value
+        elif isinstance(value, int):
+            out.parameters[key].int64_param = value
+        else:
+            out.parameters[key].string_param = value
     for name, arr in resp.outputs.items():
         t = out.outputs.add()
         t.name = name

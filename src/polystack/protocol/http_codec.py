@@ -531,7 +531,10 @@ def encode_infer_response(
             blobs.append(raw)
         else:
             entry["data"] = json_data(arr, dtype, name)
-    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version, "outputs": outs}
+    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.parameters:
+        doc["parameters"] = dict(resp.parameters)
+    doc["outputs"] = outs
     if resp.id is not None:
         doc["id"] = resp.id
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

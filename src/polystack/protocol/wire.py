@@ -133,6 +133,8 @@ class InferResponse:
     id: str | None = None
     # the outputs already written into the client's shared memory: listed in their places, without their data
     in_shared_memory: frozenset[str] = frozenset()
+    # the answer's own parameters (an ensemble's: the request's sequence parameters, as Triton's carry them)
+    parameters: tuple[tuple[str, bool | int | str], ...] = ()
 
 
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:

@@ -331,6 +331,19 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
 _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
+
+
+def _sequence_parameters(request: InferRequest) -> tuple[tuple[str, bool | int | str], ...]:
+    """An ensemble's answer's parameters, as Triton's ensembles answer: the request's sequence ID and flags, 0 and
+    false where it sent none (an ID past int64 as gRPC's int64_param carries it, wrapped)."""
+    given = request.parameters or {}
+    sequence_id = given.get("sequence_id", 0)
+    if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
+        sequence_id = 0
+    if isinstance(sequence_id, int) and sequence_id >= 1 << 63:
+        sequence_id -= 1 << 64
+    flags = [(k, given.get(k) is True) for k in ("sequence_start", "sequence_end")]
+    return (("sequence_id", sequence_id), *flags)
 # what a decoupled model's refusal names when another model calls it with exec() (which answers once)
 _ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extension's parameters
 
@@ -2119,7 +2132,8 @@ class DataPlane:
         def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
             return self._infer_ensemble(name, version, request, loop, carrier, compute, pinned, front, responses=stream)
 
-        return self._streamed(run, name, str(served.ensemble.version), request.id, loop, cancel=True)
+        shown, parameters = str(served.ensemble.version), _sequence_parameters(request)
+        return self._streamed(run, name, shown, request.id, loop, cancel=True, parameters=parameters)
 
     async def _streamed(
         self,
@@ -2130,6 +2144,7 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop,
         cancel: bool,
         asked: threading.Event | None = None,
+        parameters: tuple[tuple[str, bool | int | str], ...] = (),
     ) -> AsyncGenerator[Streamed, None]:
         """What ``run`` sends to its ``ResponseStream``, as ``Streamed`` responses of ``name`` at ``model_version``,
         up to the final one (its failure before that is the final one). Closed early (the client went away): the
@@ -2152,7 +2167,8 @@ class DataPlane:
                 elif sent is None:
                     yield Streamed(None, None, final)
                 else:
-                    yield Streamed(InferResponse(name, model_version, sent, request_id), None, final)
+                    answer = InferResponse(name, model_version, sent, request_id, parameters=parameters)
+                    yield Streamed(answer, None, final)
         finally:
             if not stream.closed:  # the client went away first: the request is cancelled
                 stream.cancel()
@@ -2414,7 +2430,9 @@ class DataPlane:
         in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
-        return InferResponse(name, str(pipeline.version), result, request.id, in_shared_memory)
+        return InferResponse(
+            name, str(pipeline.version), result, request.id, in_shared_memory, parameters=_sequence_parameters(request)
+        )
 
     def _pin(self, pipeline: ensemble.Ensemble) -> _Pins:
         """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
