@@ -203,7 +203,11 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
         ),
         (lambda r: _model(r, "m", config="max_batch_sise: 8"), "not a Triton config.pbtxt"),
         (lambda r: _model(r, "bad:name"), "model name 'bad:name' is not allowed"),
-        (lambda r: _model(r, "m", config='name: "other"'), "names model 'other'; as in Triton"),
+        (  # Triton's words first (helper-195's left-out refusal, checked here beside tritonserver 2.51)
+            lambda r: _model(r, "m", config='name: "other"'),
+            "unexpected directory name 'm' for model 'other', directory name must equal model name: its config.pbtxt "
+            "names model 'other'",
+        ),
         (
             lambda r: _model(r, "m", config='{"version_policy": {"latest": {"num_versions": 1e400}}}'),
             "num_versions must be whole numbers",

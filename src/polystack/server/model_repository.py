@@ -864,7 +864,10 @@ def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tup
         raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
     given = doc.get("name")
     if given and given != name and not mapped:
-        raise InvalidRequest(f"its {shown} names model {quote(given)}; as in Triton, it must be the folder's name")
+        raise InvalidRequest(  # Triton's words (its repository poll), then polystack's
+            f"unexpected directory name {quote(name)} for model {quote(given)}, directory name must equal model name: "
+            f"its {shown} names model {quote(given)}; rename the folder, or the config's name"
+        )
     if given and given != name:
         doc["name"] = name
         text = json.dumps(doc)
