@@ -331,6 +331,8 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
 _MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
+# what a decoupled model's refusal names when another model calls it with exec() (which answers once)
+_ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extension's parameters
 
 
 def _sequence_parameters(request: InferRequest) -> tuple[tuple[str, bool | int | str], ...]:
@@ -344,8 +346,6 @@ def _sequence_parameters(request: InferRequest) -> tuple[tuple[str, bool | int |
         sequence_id -= 1 << 64
     flags = [(k, given.get(k) is True) for k in ("sequence_start", "sequence_end")]
     return (("sequence_id", sequence_id), *flags)
-# what a decoupled model's refusal names when another model calls it with exec() (which answers once)
-_ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extension's parameters
 
 
 def _facts(
