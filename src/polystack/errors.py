@@ -80,7 +80,12 @@ class PolystackError(Exception):
     def prefixed(self, context: str) -> PolystackError:
         """This error, its message led by ``context`` (what was being done): the same error, whatever its
         type, so that it keeps its status on every transport."""
-        self.args = (f"{context}: {self.message}", *self.args[1:])
+        return self.framed(f"{context}: ")
+
+    def framed(self, lead: str, tail: str = "") -> PolystackError:
+        """This error, its message between ``lead`` and ``tail`` (where another server's words put the context
+        first without a colon): the same error, as ``prefixed``."""
+        self.args = (f"{lead}{self.message}{tail}", *self.args[1:])
         return self
 
 

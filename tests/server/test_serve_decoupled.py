@@ -630,7 +630,7 @@ def test_an_ensemble_with_a_decoupled_step_answers_for_each_of_its_responses(ser
         assert [json.loads(e[len("data: "):])["OUT"] for e in r.text.split("\n\n") if e] == [600, 700]
         # a step's failure fails the ensemble's request, in Triton's words with the step's
         r = http.post("/v2/models/pipe/generate_stream", json={"IN": [5], "mode": "raise"})
-        assert "in ensemble 'pipe', step 1 (repeat)" in r.text and "no stream today" in r.text
+        assert "in ensemble 'pipe', " in r.text and "no stream today" in r.text and "[step 1 (repeat)]" in r.text
 
 
 

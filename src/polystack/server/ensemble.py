@@ -691,8 +691,8 @@ async def _branches(
                 result, batches, sent_final = await responses.next()
             except StopAsyncIteration:
                 return
-            except PolystackError as e:  # Triton's words first, and the step's
-                raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
+            except PolystackError as e:
+                raise _in_step(e, ensemble, step, i) from None
             these, these_batched = dict(tensors), dict(batched)
             for model_tensor, tensor in step.outputs:
                 if model_tensor not in result:
@@ -788,8 +788,8 @@ async def _settle(
                 step = ensemble.steps[i]
                 try:
                     result, batches = future.result()
-                except PolystackError as e:  # Triton's words first, and the step's
-                    raise e.prefixed(f"in ensemble {ensemble.name!r}, {step.describe(i)}") from None
+                except PolystackError as e:
+                    raise _in_step(e, ensemble, step, i) from None
                 for model_tensor, tensor in step.outputs:
                     if model_tensor in result:
                         tensors[tensor], batched[tensor] = result[model_tensor], batches
@@ -800,6 +800,12 @@ async def _settle(
             future.cancel()
         if running:  # their ends are seen (a trace of the request holds theirs) before the request's own
             await asyncio.wait(running, timeout=1.0)
+
+
+def _in_step(e: PolystackError, ensemble: Ensemble, step: Step, index: int) -> PolystackError:
+    """``e``, the failure of ``step`` (its ``index``), as the ensemble's: in Triton's words (``in ensemble 'e', `` and
+    the step's own, which Triton's QA matches), then which step it was."""
+    return e.framed(f"in ensemble {ensemble.name!r}, ", f" [{step.describe(index)}]")
 
 
 def _given(
