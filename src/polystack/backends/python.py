@@ -70,7 +70,7 @@ from polystack.errors import (
     UnknownError,
     Unsupported,
 )
-from polystack.formats import python_model
+from polystack.formats import python_model, triton_config
 from polystack.formats.python_model import MANIFEST
 from polystack.types import Signature
 
@@ -269,7 +269,7 @@ class PythonModel:
         initialize = getattr(instance.model, "initialize", None)
         if initialize is not None:
             args = {
-                "model_config": json.dumps(self.config),
+                "model_config": triton_config.as_handed(self.config, self.name, "model.py"),
                 "model_instance_kind": instance.kind,
                 "model_instance_name": instance.name,
                 "model_instance_device_id": "0",
