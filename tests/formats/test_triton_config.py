@@ -63,6 +63,11 @@ def test_a_config_is_handed_to_a_model_as_tritonserver_2_51_hands_it() -> None:
     assert json.loads(triton_config.as_handed(config, "m", "model.py")) == HANDED
 
 
+def test_a_version_policy_given_is_kept() -> None:
+    config = json.loads(model_config.as_json(CONFIG + "version_policy: { all { } }\n"))
+    assert json.loads(triton_config.as_handed(config, "m", "model.py"))["version_policy"] == {"all": {}}
+
+
 def test_a_config_protobuf_cannot_read_is_handed_as_it_is() -> None:
     config = {"name": "m", "max_batch_size": "lots"}
     assert json.loads(triton_config.as_handed(config, "m", "model.py")) == config

@@ -39,7 +39,7 @@ def as_handed(config: dict[str, Any], name: str, default_filename: str) -> str:
     _numbers(doc, model_config_pb2.ModelConfig.DESCRIPTOR)
     doc["name"] = doc.get("name") or name
     doc["default_model_filename"] = doc.get("default_model_filename") or default_filename
-    if not any(doc.get("version_policy", {}).values()):
+    if not doc.get("version_policy"):  # (one given, ``all: {}`` say, is kept)
         doc["version_policy"] = {"latest": {"num_versions": 1}}
     doc.setdefault("optimization", dict(_OPTIMIZATION))
     for i, group in enumerate(doc.get("instance_group", [])):
