@@ -63,9 +63,11 @@ def test_a_config_is_handed_to_a_model_as_tritonserver_2_51_hands_it() -> None:
     assert json.loads(triton_config.as_handed(config, "m", "model.py")) == HANDED
 
 
-def test_a_version_policy_given_is_kept() -> None:
-    config = json.loads(model_config.as_json(CONFIG + "version_policy: { all { } }\n"))
-    assert json.loads(triton_config.as_handed(config, "m", "model.py"))["version_policy"] == {"all": {}}
+def test_what_a_config_gives_is_kept_and_the_rest_completed() -> None:
+    given = "version_policy: { all { } }\noptimization { priority: PRIORITY_MAX }\n"
+    handed = json.loads(triton_config.as_handed(json.loads(model_config.as_json(CONFIG + given)), "m", "model.py"))
+    assert handed["version_policy"] == {"all": {}}
+    assert handed["optimization"] == {**HANDED["optimization"], "priority": "PRIORITY_MAX"}
 
 
 def test_a_config_protobuf_cannot_read_is_handed_as_it_is() -> None:

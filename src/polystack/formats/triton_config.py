@@ -41,7 +41,9 @@ def as_handed(config: dict[str, Any], name: str, default_filename: str) -> str:
     doc["default_model_filename"] = doc.get("default_model_filename") or default_filename
     if not doc.get("version_policy"):  # (one given, ``all: {}`` say, is kept)
         doc["version_policy"] = {"latest": {"num_versions": 1}}
-    doc.setdefault("optimization", dict(_OPTIMIZATION))
+    optimization = doc.setdefault("optimization", {})
+    for key, value in _OPTIMIZATION.items():  # Triton's normalization: pinned memory on unless a config turns it off
+        optimization.setdefault(key, value)
     for i, group in enumerate(doc.get("instance_group", [])):
         group["name"] = group.get("name") or f"{doc['name']}_{i}"
         group["count"] = group.get("count") or 1
