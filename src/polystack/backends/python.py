@@ -1077,8 +1077,9 @@ _CODES: dict[int, type[PolystackError]] = {
 
 
 def _completed(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The config as Triton hands a model it (``args["model_config"]``): numbers as numbers (a config.pbtxt's
-    read as JSON has them as strings), and the fields its completion adds where the file leaves them out."""
+    """The config the model is served with: numbers as numbers (a config.pbtxt's read as JSON has them as strings),
+    and the fields its completion adds where the file leaves them out (its code gets it as Triton hands it:
+    ``triton_config.as_handed``)."""
     done = _numbers(config)
     done.setdefault("name", name)
     done.setdefault("max_batch_size", 0)
