@@ -49,6 +49,7 @@ from polystack.protocol.wire import (
     raw_view,
     requested_once,
     shared_memory_ref,
+    string_count_words,
 )
 from polystack.types import DType
 
@@ -226,7 +227,7 @@ def decode_infer_request(
             inputs[name] = from_raw(name, dtype, shape, binary[offset : offset + size], model)
             offset += size
         else:
-            inputs[name] = from_json(name, dtype, shape, item["data"])
+            inputs[name] = from_json(name, dtype, shape, item["data"], model)
     if binary is not None and offset != len(binary):
         raise InvalidRequest(
             f"the binary section has {len(binary):,} bytes but the inputs' binary_data_size add up to {offset:,}"
@@ -428,7 +429,7 @@ def _python(value: Any, huge: bool) -> Any:
     return value
 
 
-def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.ndarray:
+def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any, model: str = "") -> np.ndarray:
     """A tensor from JSON data (flat or nested lists), checked against its shape: its leaves in order, however
     deep they nest, as tritonserver reads them (numpy stops at 64 levels), where the lists of each level are of one
     length (rows of 15 and 17 values are no [2, 16] tensor, though the count matches).
@@ -462,8 +463,13 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any) -> np.
             f"input {name!r}: data does not fit datatype {dtype.value} and shape {list(shape)}: {e}"
         ) from None
     if arr.size != count:
-        raise InvalidTensor(  # Triton's words first, then which input and by how much
-            "Unable to parse 'data': Shape does not match true shape of 'data' field; input "
+        raise InvalidTensor(  # Triton's words first (for BYTES its core's: its front end passes them on), then ours
+            (
+                string_count_words(name, model, count, arr.size)
+                if dtype is DType.BYTES
+                else "Unable to parse 'data': Shape does not match true shape of 'data' field"
+            )
+            + "; input "
             f"{name!r}: shape {list(shape)} needs {count:,} elements but 'data' holds {arr.size:,}"
         )
     return arr.reshape(shape)

@@ -274,7 +274,7 @@ def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memor
     """A tensor from its raw little-endian wire bytes (BYTES: 4-byte length-prefixed elements) of an input of
     ``model`` (its name, for Triton's words)."""
     if dtype is DType.BYTES:
-        return decode_bytes(name, shape, raw)
+        return decode_bytes(name, shape, raw, model)
     check_length(name, dtype, shape, len(raw), model)
     if dtype is DType.BOOL:  # one byte each, and any non-zero byte is true (numpy would keep 2 as a "true" 2)
         return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
@@ -307,7 +307,15 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
     return data.astype(target, copy=False)
 
 
-def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+def string_count_words(name: str, model: str, count: int, got: int) -> str:
+    """Triton's words (its core's check of a BYTES input) for ``got`` elements where the shape needs ``count``."""
+    of = f" for model {model!r}" if model else ""
+    if got < count:
+        return f"expected {count} string elements for inference input {name!r}{of}, got {got}"
+    return f"unexpected number of string elements {got} for inference input {name!r}{of}, expecting {count}"
+
+
+def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview, model: str = "") -> np.ndarray:
     count = math.prod(shape)
     mv = memoryview(raw)
     items: list[bytes] = []
@@ -323,10 +331,14 @@ def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview) -> 
         pos += n
         if len(items) > count:
             break
-    if len(items) != count:
-        raise InvalidTensor(
-            f"input {name!r}: shape {list(shape)} needs {count:,} BYTES elements but the data holds "
-            f"{'more' if len(items) > count else len(items)}"
+    got = len(items)
+    while got > count and pos + 4 <= end:  # the rest only counted, as Triton's words say how many came
+        pos += 4 + int.from_bytes(mv[pos : pos + 4], "little")
+        got += pos <= end
+    if got != count:
+        raise InvalidTensor(  # Triton's words first, then polystack's
+            f"{string_count_words(name, model, count, got)}: input {name!r}: shape {list(shape)} needs {count:,} "
+            f"BYTES elements but the data holds {got:,}"
         )
     arr = np.empty(count, dtype=object)
     arr[:] = items
