@@ -332,7 +332,9 @@ def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview, mod
         if len(items) > count:
             break
     got = len(items)
-    while got > count and pos + 4 <= end:  # the rest only counted, as Triton's words say how many came
+    # the rest only counted, as Triton's words say how many came (up to 65,536 more: a body of millions of empty
+    # elements is not walked on for the words alone)
+    while count < got <= count + (1 << 16) and pos + 4 <= end:
         pos += 4 + int.from_bytes(mv[pos : pos + 4], "little")
         got += pos <= end
     if got != count:
