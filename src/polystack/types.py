@@ -225,6 +225,12 @@ class Signature:
         return not (self.inputs or self.optional)
 
     @property
+    def may_batch(self) -> bool:
+        """Whether a config's max_batch_size may give the model a batch dimension: it is ``batched``, or takes no
+        inputs (a batched Python model's requests, carrying no batch, are then all refused, as Triton's are)."""
+        return self.batched or self.takes_nothing
+
+    @property
     def batched(self) -> bool:
         """True when every input takes a batch on its first dimension and no output declares a fixed
         first dimension, which could not hold one row per input row (Triton's max_batch_size > 0).

@@ -41,6 +41,15 @@ RESCHEDULED = Rescheduled()
 log = logging.getLogger("polystack.backends")
 
 
+_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder for each GPU the NVIDIA driver lists
+
+
+def nvidia_gpus() -> int:
+    """How many GPUs the NVIDIA driver lists on this host: for what has no device enumeration of its own (XGBoost;
+    Triton's words for a KIND_GPU group on a host without GPUs)."""
+    return len(list(_NVIDIA_GPUS.iterdir())) if _NVIDIA_GPUS.is_dir() else 0
+
+
 def writable(array: np.ndarray) -> np.ndarray:
     """``array`` as a runtime that may write into its inputs takes it: itself where it is writable, else a copy.
     A request's binary data (a Python ``bytes``) and a client's shared memory reach the runtimes read-only; a

@@ -15,11 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends import _tabular
-from polystack.backends.base import Backend, LoadedModel
+from polystack.backends.base import Backend, LoadedModel, nvidia_gpus
 from polystack.errors import BackendError, BackendUnavailable
 from polystack.types import Signature
-
-_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
 class XGBoostOptions(BaseModel):
@@ -64,8 +62,8 @@ class XGBoostBackend(Backend):
         import xgboost
 
         found = ["cpu"]
-        if xgboost.build_info().get("USE_CUDA") and _NVIDIA_GPUS.is_dir():
-            found += [f"cuda:{i}" for i in range(len(list(_NVIDIA_GPUS.iterdir())))]
+        if xgboost.build_info().get("USE_CUDA"):
+            found += [f"cuda:{i}" for i in range(nvidia_gpus())]
         return found
 
     def load(self, artifact: Path, signature: Signature, options: BaseModel, device: str) -> LoadedModel:

@@ -153,8 +153,7 @@ class DynamicBatcher:
         self._last_arrival = 0.0
         self._flushing = False  # no request will come (a drain): batches leave without waiting out the delay
         self.preferred = frozenset(policy.preferred_batch_sizes)
-        # a model taking no inputs batches as its config says: its requests, carrying no batch, are all refused
-        self.batchable = policy.merge and (self.signature.batched or self.signature.takes_nothing)
+        self.batchable = policy.merge and self.signature.may_batch
         # ragged inputs (a config's allow_ragged_batch): requests of any shapes there batch together, as one call
         # of the model's infer_many (``backends/ragged.py``)
         ragged = getattr(getattr(entry, "spec", None), "ragged", None)

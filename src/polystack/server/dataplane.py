@@ -886,8 +886,7 @@ class DataPlane:
                 limits=limits_for(plan.sequence.instances),
             )  # fmt: skip
             return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
-        # (a Python model taking no inputs batches as its config says: its batcher refuses every request, as Triton)
-        if policy is not None and (entry.signature.batched or entry.signature.takes_nothing or not policy.merge):
+        if policy is not None and (entry.signature.may_batch or not policy.merge):
             m = self.metrics.model(entry.name, str(entry.version))
 
             def on_batch(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:
@@ -1222,7 +1221,7 @@ class DataPlane:
             return served.sequencer.policy.max_batch_size
         if batcher is not None and batcher.batchable:
             return batcher.max_batch_size
-        if batcher is None and (entry.signature.batched or entry.signature.takes_nothing) and entry.spec.max_batch_size:
+        if batcher is None and entry.signature.may_batch and entry.spec.max_batch_size:
             return entry.spec.max_batch_size
         return 0
 
@@ -1475,8 +1474,7 @@ class DataPlane:
                 return None
         except PolystackError:
             return None
-        sig = served.entry.signature
-        batching = plan.policy if plan.policy is not None and (sig.batched or sig.takes_nothing) else None
+        batching = plan.policy if plan.policy is not None and served.entry.signature.may_batch else None
         if served.entry.spec != plan.spec or (served.batcher.policy if served.batcher else None) != batching:
             return None
         return served.entry

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from polystack.backends import ragged as ragged_model
+from polystack.backends.base import nvidia_gpus
 from polystack.backends.ragged import RaggedSpec
 from polystack.backends.reshaped import Reshape
 from polystack.batching import BatchPolicy, DynamicBatcher, QueuePolicy
@@ -373,7 +374,7 @@ def render(
     elif merging:
         assert batcher is not None
         max_batch = batcher.max_batch_size
-    elif batcher is None and (sig.batched or sig.takes_nothing) and entry.spec.max_batch_size:
+    elif batcher is None and sig.may_batch and entry.spec.max_batch_size:
         max_batch = entry.spec.max_batch_size
     else:
         max_batch = 0
@@ -1703,7 +1704,7 @@ def _instances(value: Any, spec: LoadSpec, model: str) -> int:
             triton = (  # Triton's words on a host without GPUs (its ValidateInstanceGroup), then polystack's
                 f"instance group {read_string(group, 'name', where) or f'{model}_{i}'} of model {model} has kind "
                 "KIND_GPU but no GPUs are available: "
-                if kind == "KIND_GPU" and not _host_has_gpus()
+                if kind == "KIND_GPU" and not nvidia_gpus()
                 else ""
             )
             raise InvalidRequest(
@@ -2588,11 +2589,3 @@ def dtype_of(name: str, where: str) -> DType:
 
 def _kind(device: str) -> str:
     return "KIND_GPU" if device.startswith("cuda") else "KIND_CPU"
-
-
-_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder for each GPU the NVIDIA driver lists
-
-
-def _host_has_gpus() -> bool:
-    """Whether this host has a GPU Triton would place a KIND_GPU group on (one the NVIDIA driver lists)."""
-    return _NVIDIA_GPUS.is_dir() and any(_NVIDIA_GPUS.iterdir())
