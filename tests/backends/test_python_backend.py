@@ -671,13 +671,34 @@ def test_arguments_triton_s_binding_refuses_are_refused_when_the_object_is_made(
     for name, data in ((None, np.ones(2)), ("y", None), ("", None)):
         with pytest.raises(TypeError):
             pb_utils.Tensor(name, data)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        pb_utils.Tensor.from_dlpack("y", None)
+    # helper-210 (tritonserver 2.51's stub): a None, or anything but a capsule or a tensor, is its words
+    for source in (None, [1.0], np.float32):
+        with pytest.raises(pb_utils.TritonModelException, match=r"^Provided tensor is not supported\. Tensor must be"):
+            pb_utils.Tensor.from_dlpack("y", source)
+    for made in (lambda: pb_utils.Tensor.from_dlpack("", None), lambda: pb_utils.Tensor("", np.ones(2))):
+        with pytest.raises(pb_utils.TritonModelException, match=r"^Tensor name cannot be an empty string\.$"):
+            made()
     with pytest.raises(pb_utils.TritonModelException, match="Output tensor for inference response should not be empty"):
         pb_utils.InferenceResponse(output_tensors=[None])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         pb_utils.InferenceResponse(output_tensors=None)  # type: ignore[arg-type]
     assert pb_utils.InferenceResponse([x]).output_tensors() == [x]
+
+
+def test_logger_refuses_what_triton_s_binding_refuses() -> None:
+    """helper-210 (Triton's argument_validation): a level that is not a LogLevel (None, a plain int) or a message that
+    is not a str was logged, where tritonserver 2.51's binding raises TypeError."""
+    from polystack.backends import triton_python_utils as pb_utils
+
+    logger = pb_utils.Logger
+    for call in (lambda: logger.log("m", None), lambda: logger.log("m", 1), lambda: logger.log(None),
+                 lambda: logger.log_info(None), lambda: logger.log_warn(None), lambda: logger.log_error(None),
+                 lambda: logger.log_verbose(None)):  # fmt: skip
+        with pytest.raises(TypeError, match="incompatible function arguments"):
+            call()  # type: ignore[no-untyped-call]
+    logger.log("Level unspecified")
+    logger.log("a warning", logger.WARNING)
+    logger.log_info("info")
 
 
 def test_dlpack_round_trips_and_refuses_strings_and_non_contiguous_tensors_in_tritons_words() -> None:

@@ -318,6 +318,8 @@ class Tensor:
         name = _text(name, "a tensor's name")
         if data is None:  # as Triton's binding refuses it
             raise TypeError(f"tensor {name!r}: its data must be an array, not None")
+        if not name:  # Triton's words
+            raise TritonModelException("Tensor name cannot be an empty string.")
         array = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
         if array.dtype.kind in ("U", "S"):  # strings: Triton's BYTES, as object arrays of bytes
             array = np.array([s.encode() if isinstance(s, str) else bytes(s) for s in array.ravel()], dtype=np.object_)
@@ -372,9 +374,17 @@ class Tensor:
     def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
         """A tensor from anything with ``__dlpack__`` (torch, numpy, jax arrays on the CPU), or a DLPack capsule
         (``torch.utils.dlpack.to_dlpack(t)``, as Triton's examples pass one); a bfloat16 one through torch."""
-        if capsule is None:  # as Triton's binding refuses it
-            raise TypeError(f"tensor {name!r}: from_dlpack takes a DLPack capsule or one with __dlpack__, not None")
-        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
+        if not isinstance(name, str):  # the binding's refusal
+            raise TypeError(f"from_dlpack(): a tensor's name must be a str, not {type(name).__name__}")
+        if not name:  # Triton's words (its stub's, argument_validation)
+            raise TritonModelException("Tensor name cannot be an empty string.")
+        is_capsule = type(capsule).__name__ == "PyCapsule"
+        if not is_capsule and not (hasattr(capsule, "__dlpack__") and hasattr(capsule, "__dlpack_device__")):
+            raise TritonModelException(  # Triton's words (None among them), then what it was
+                "Provided tensor is not supported. Tensor must be a DLPack capsule or have `__dlpack__` and "
+                f"`__dlpack_device__` attributes (tensor {name!r} got {type(capsule).__name__})"
+            )
+        source = _Capsule(capsule) if is_capsule else capsule
         try:
             array = np.from_dlpack(source)
             if not array.flags.c_contiguous:  # Triton's words
@@ -899,7 +909,12 @@ class Logger:
     VERBOSE = LogLevel.VERBOSE
 
     @staticmethod
-    def log(message: str, level: int = LogLevel.INFO) -> None:
+    def log(message: str, level: LogLevel = LogLevel.INFO) -> None:
+        if not isinstance(message, str) or not isinstance(level, LogLevel):  # as Triton's binding refuses them
+            raise TypeError(
+                "log(): incompatible function arguments: it takes (message: str, level: Logger.LogLevel = "
+                f"Logger.INFO), not ({type(message).__name__}, {type(level).__name__})"
+            )
         by_level: dict[int, Callable[[str], None]] = {
             LogLevel.WARNING: log.warning, LogLevel.ERROR: log.error, LogLevel.VERBOSE: log.debug
         }
@@ -907,19 +922,28 @@ class Logger:
 
     @staticmethod
     def log_info(message: str) -> None:
-        log.info(message)
+        log.info(_message("log_info", message))
 
     @staticmethod
     def log_warn(message: str) -> None:
-        log.warning(message)
+        log.warning(_message("log_warn", message))
 
     @staticmethod
     def log_error(message: str) -> None:
-        log.error(message)
+        log.error(_message("log_error", message))
 
     @staticmethod
     def log_verbose(message: str) -> None:
-        log.debug(message)
+        log.debug(_message("log_verbose", message))
+
+
+def _message(call: str, message: Any) -> str:
+    """A log call's message: a str, else a TypeError, as Triton's binding refuses it (argument_validation)."""
+    if not isinstance(message, str):
+        raise TypeError(
+            f"{call}(): incompatible function arguments: it takes (message: str), not {type(message).__name__}"
+        )
+    return message
 
 
 def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | None = None) -> None:
