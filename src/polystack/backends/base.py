@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polystack.backends.hosting import RequestFacts
+from polystack.backends.hosting import RequestFacts, selected
 from polystack.errors import BackendError, InvalidRequest, ModelClosed, PolystackError
 from polystack.types import Signature
 
@@ -171,9 +171,7 @@ class CheckedModel:
             result = self._call(functools.partial(self._selects, outputs=outputs), inputs)
         else:
             result = self._call(self.inner.infer, inputs)
-        if outputs:
-            return {name: result[name] for name in outputs}
-        return result
+        return selected(result, outputs)
 
     def infer_many(
         self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str] | None = None

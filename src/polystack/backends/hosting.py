@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -63,6 +63,37 @@ class Responses(Protocol):
     def cancelled(self) -> bool:
         """Whether the client went away (or cancelled the request): what the model sends is dropped."""
         ...
+
+
+Parameters = tuple[tuple[str, bool | int | str], ...]
+
+
+class Answer(dict[str, np.ndarray]):
+    """A response's outputs with its own parameters (a Python model's ``InferenceResponse(parameters=...)``), which
+    the server sends with them, as Triton sends a response's parameters (HTTP's ``parameters`` object, gRPC's map);
+    an answer without parameters is a plain dict."""
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], parameters: Parameters) -> None:
+        super().__init__(outputs)
+        self.parameters = parameters
+
+
+def answered(outputs: Mapping[str, np.ndarray], parameters: Parameters) -> dict[str, np.ndarray]:
+    """``outputs`` with ``parameters`` (an ``Answer``), or as they are where there are none."""
+    return Answer(outputs, parameters) if parameters else dict(outputs)
+
+
+def parameters_of(outputs: Mapping[str, np.ndarray]) -> Parameters:
+    """The parameters of the response whose outputs these are (none: ``()``)."""
+    return outputs.parameters if isinstance(outputs, Answer) else ()
+
+
+def selected(outputs: dict[str, np.ndarray], names: Iterable[str] | None) -> dict[str, np.ndarray]:
+    """The outputs ``names`` of a response (none given: all), its parameters kept."""
+    if not names:
+        return outputs
+    chosen = {name: outputs[name] for name in names}
+    return Answer(chosen, outputs.parameters) if isinstance(outputs, Answer) else chosen
 
 
 NO_FACTS = RequestFacts()

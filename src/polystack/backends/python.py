@@ -473,6 +473,9 @@ class PythonModel:
                 # of the data type the model gave, its config's or not: Triton's core takes a response's output by
                 # its name alone and sends it as it is (pb_utils.Tensor holds Triton's data types only)
                 result[spec.name] = tensor._data()
+        parameters = response._wire_parameters()  # sent to the client with its outputs (Triton's response parameters)
+        if parameters:
+            result = hosting.Answer(result, parameters)
         # a declared output the model leaves out is left out of the answer, as Triton leaves it; one the request
         # asks for by name fails it (its client would read nothing there)
         missing = [name for name in outputs if name not in result] if whole and asked else []

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from polystack import custom_metrics
-from polystack.backends.hosting import Host, ModelCall, RequestFacts, Responses
+from polystack.backends.hosting import Host, ModelCall, RequestFacts, Responses, parameters_of
 from polystack.errors import Cancelled, NotFound, PolystackError
 from polystack.protocol import wire
 from polystack.types import DType
@@ -428,6 +428,21 @@ def _torch(name: str) -> Any:
     return torch
 
 
+def _parameters(given: Any) -> dict[str, bool | int | str]:
+    """A request's or a response's parameters as Triton's stub takes them (PyParametersToJSON): None (none), or a
+    dict of str keys to bool, int or str values, never its JSON; else its words."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise TritonModelException(f"Expect parameters to be a dict, got {type(given)}")
+    for key, value in given.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, bool | int | str):
+            raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type {type(value)}")
+    return dict(given)
+
+
 class InferenceRequest:
     """A request: as ``execute`` receives it, or built by a model to call another model the server serves
     (Triton's business logic scripting): ``exec()`` sends it and waits for the answer, ``await async_exec()``
@@ -450,14 +465,7 @@ class InferenceRequest:
         preferred_memory: Any = None,  # where the outputs land: the CPU in polystack, whatever is asked
         trace: Any = None,
     ) -> None:
-        given = {} if parameters is None else parameters
-        if not isinstance(given, Mapping):  # as Triton's: a dict, never its JSON
-            raise TritonModelException(f"Expect parameters to be a dict, got {type(given)}")
-        for value in given.values():
-            if not isinstance(value, bool | int | str):
-                raise TritonModelException(
-                    f"Expect parameters values to have type bool/int/str, found type {type(value)}"
-                )
+        given = _parameters(parameters)
         # each checked as Triton's binding checks it: None, or a value of another type, is a TypeError
         self._model = _text(model_name, "model_name")
         self._inputs = _listed(inputs, "inputs")
@@ -664,7 +672,7 @@ class InferenceRequest:
 
     @staticmethod
     def _answer(outputs: dict[str, np.ndarray]) -> InferenceResponse:
-        return InferenceResponse([Tensor(name, array) for name, array in outputs.items()])
+        return InferenceResponse._of(outputs)
 
     def _failed(self, e: BaseException) -> InferenceResponse:
         """A call that failed, in Triton's words (which give every such error the code INTERNAL, but a called
@@ -751,10 +759,7 @@ class ResponseIterator:
             raise StopIteration
         got, final = self._queue.get()
         self._done = final
-        if isinstance(got, BaseException):
-            response = self._request._failed(got)
-        else:
-            response = InferenceResponse([Tensor(name, array) for name, array in (got or {}).items()])
+        response = self._request._failed(got) if isinstance(got, BaseException) else InferenceResponse._of(got or {})
         self._read.append(response)
         self._at += 1
         return response
@@ -826,19 +831,33 @@ class InferenceResponseSender:
 
 
 class InferenceResponse:
-    """The answer to one request: its output tensors, or an error."""
+    """The answer to one request: its output tensors, or an error; and its parameters (a dict of str to bool, int
+    or str), which the client gets with it, as newer Tritons' Python backend sends them (tritonserver 2.51's
+    refuses them)."""
 
     def __init__(
         self, output_tensors: Iterable[Tensor] = (), error: TritonError | None = None, parameters: Any = None
     ) -> None:
-        if parameters:  # newer Tritons send them to the client; tritonserver 2.51's refuses them (TypeError)
-            raise TritonModelException(
-                "response parameters are not in polystack: return them as an output tensor of the model's config"
-            )
         self._outputs = _listed(output_tensors, "output_tensors")
         if not all(isinstance(t, Tensor) for t in self._outputs):  # Triton's words
             raise TritonModelException("Output tensor for inference response should not be empty.")
         self._error = error
+        self._parameters = _parameters(parameters)
+
+    def parameters(self) -> str:
+        """Its parameters as JSON (``{}``: none), as Triton's stub writes them."""
+        return json.dumps(self._parameters)
+
+    def _wire_parameters(self) -> tuple[tuple[str, bool | int | str], ...]:
+        """Its parameters as the server sends them (the server's side)."""
+        return tuple(self._parameters.items())
+
+    @classmethod
+    def _of(cls, outputs: Mapping[str, np.ndarray]) -> InferenceResponse:
+        """The response of a call's answer (the outputs another model answered, with their response's parameters)."""
+        response = cls([Tensor(name, array) for name, array in outputs.items()])
+        response._parameters = dict(parameters_of(outputs))
+        return response
 
     def output_tensors(self) -> list[Tensor]:
         return list(self._outputs)

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from polystack.backends.base import Rescheduled
-from polystack.backends.hosting import NO_FACTS, RequestFacts
+from polystack.backends.hosting import NO_FACTS, RequestFacts, selected
 from polystack.batching.policy import BatchPolicy
 from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
@@ -739,7 +739,7 @@ class DynamicBatcher:
             else:
                 self._queued_for(p)
                 p.outcome.settle("success", int((time.monotonic() - p.enqueued) * 1e9))
-                outcomes.append((p, {k: result[k] for k in (p.outputs or result)}, None))
+                outcomes.append((p, selected(result, p.outputs), None))
         return outcomes
 
     def _executed(self, batch: list[_Pending], took_ns: int) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from polystack.backends.base import Rescheduled
-from polystack.backends.hosting import NO_FACTS, RequestFacts
+from polystack.backends.hosting import NO_FACTS, RequestFacts, answered, parameters_of, selected
 from polystack.batching.batcher import BatchObserver, QueueObserver, _concat_rows, _deliver, _Outcome, _Pending
 from polystack.batching.rate_limiter import ModelInstances
 from polystack.errors import (
@@ -813,8 +813,7 @@ class SequenceBatcher:
                 done.append((request, sequence, None))
                 continue
             answer = {k: v for k, v in row.items() if k not in self._hidden_outputs}
-            if request.outputs:
-                answer = {k: answer[k] for k in request.outputs}
+            answer = selected(answered(answer, parameters_of(result)), request.outputs)  # its response's parameters
             self.entry.stats.add("queue", int(request.waited * 1e9))
             if self._on_queue:
                 self._on_queue(request.waited)

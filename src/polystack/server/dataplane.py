@@ -2164,8 +2164,9 @@ class DataPlane:
                     yield Streamed(None, sent, final)
                 elif sent is None:
                     yield Streamed(None, None, final)
-                else:
-                    answer = InferResponse(name, model_version, sent, request_id, parameters=parameters)
+                else:  # with its response's own parameters (a Python model's)
+                    shown = parameters + hosting.parameters_of(sent)
+                    answer = InferResponse(name, model_version, sent, request_id, parameters=shown)
                     yield Streamed(answer, None, final)
         finally:
             if not stream.closed:  # the client went away first: the request is cancelled
@@ -2223,6 +2224,7 @@ class DataPlane:
                     result, entry = await self._run(
                         served, request, name, version, loop, span, outcome, compute, responses
                     )
+            parameters = hosting.parameters_of(result)  # its response's own (a Python model's)
             if classes:
                 # by items where its config shows a batch dimension (max_batch_size > 0), else over the whole output,
                 # as Triton's: a Triton folder's model of max_batch_size 0 whose dims start with -1 has no batch
@@ -2252,6 +2254,7 @@ class DataPlane:
             outputs=result,
             id=request.id,
             in_shared_memory=in_shared_memory,
+            parameters=parameters,
         )
 
     async def _infer_ensemble(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from polystack.backends.hosting import ModelCall, Responses
+from polystack.backends.hosting import ModelCall, Responses, answered
 from polystack.errors import BackendError, InvalidRequest, PolystackError, Unavailable
 from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput
 from polystack.server.decoupled import Streamed
@@ -63,7 +63,8 @@ class ModelCalls:
         version, request = self._request(call)
 
         async def outputs() -> dict[str, np.ndarray]:
-            return (await self._infer(call.model, version, request)).outputs
+            answer = await self._infer(call.model, version, request)
+            return answered(answer.outputs, answer.parameters)  # with its response's parameters
 
         return self._submit(outputs, f"model {call.caller!r} called model {call.model!r}")
 
@@ -80,7 +81,8 @@ class ModelCalls:
                 # error, one that does not sends on, as Triton's BLS cancel hands the caller what the model sends
                 async for streamed in answers:
                     if streamed.response is not None:
-                        responses.send(streamed.response.outputs, streamed.final)
+                        answer = streamed.response
+                        responses.send(answered(answer.outputs, answer.parameters), streamed.final)
                     else:
                         responses.send(streamed.error, streamed.final)
             finally:
