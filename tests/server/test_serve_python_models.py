@@ -2423,3 +2423,15 @@ def test_a_touched_versions_folder_reloads_that_version_and_a_file_beside_them_e
         client.load_model("m")
         assert initialized() == ["1", "1", "2", "2", "2"]  # both
         assert client.is_model_ready("m", "1") and client.is_model_ready("m", "2")
+
+
+def test_a_python_models_implicit_state_is_refused_saying_why(tmp_path: Path) -> None:
+    """helper-207 (Triton's L0_implicit_state): the refusal named the state's input as one the model lacks, and once
+    listed among its inputs, as one listed twice; tritonserver 2.51 loads such a model and never keeps its state."""
+    python_folder(tmp_path / "models", "stateful", SCALE,
+        'backend: "python"\nmax_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'sequence_batching { state [ { input_name: "INPUT_STATE", output_name: "OUTPUT_STATE", data_type: TYPE_INT32,'
+        " dims: [ 1 ] } ] }\n")  # fmt: skip
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models"), "--allow-python-models"])
+    assert "sequence_batching.state: 'stateful' is a Python model, whose implicit state polystack does not keep" in line

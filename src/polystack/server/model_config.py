@@ -1023,6 +1023,14 @@ def _sequence(
     listed = {read_string(t, "name", "input") for t in config.get("input", []) if isinstance(t, dict)}
     shown = {t.get("name") for t in config.get("output", []) if isinstance(t, dict)}
     controls = _controls(d.get("control_input", []), record, max_batch, listed)
+    if python and d.get("state"):  # before its tensors are looked for among the model's (helper-207)
+        raise InvalidRequest(
+            f"{where}.state: {record.name!r} is a Python model, whose implicit state polystack does not keep "
+            "(tritonserver 2.51 hands such a model its initial state on every request and never keeps the state it "
+            "returns); keep "
+            "each sequence's state in the model, by request.correlation_id(), or serve a framework model (ONNX, "
+            "TorchScript) with this state"
+        )
     states = _states(d.get("state", []), record, max_batch, listed, shown, model_dir)
     names = [c.input for c in controls] + [s.input for s in states]
     twice = next((n for n in names if names.count(n) > 1), None)
