@@ -42,6 +42,8 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             if mode == "raise":
                 raise ValueError("no stream today")
+            if mode == "send_nothing":  # raised in pb_utils' own code
+                sender.send(None, flags=0)
             if mode == "thread":
                 thread = threading.Thread(target=self.send_all, args=(sender, values, 0.05))
                 thread.start()
@@ -425,6 +427,14 @@ def test_an_exception_in_execute_is_the_request_s_final_error_in_triton_s_words(
     assert words == "Failed to process the request(s) for model 'repeat_0', message: ValueError: no stream today"
     assert re.fullmatch(r"  \S+/1/model\.py\(\d+\): execute\n", at), at
     assert [_values(a) for a in answers if a not in errors] == [(5, 0, True)]
+    # one raised in pb_utils' code (Triton's C++ there): the model's frames alone (helper-211: polystack's own file
+    # and line were the innermost)
+    (answer,) = _stream(grpc_port, [([4], {"mode": "send_nothing"}, "n")])
+    assert isinstance(answer, InferenceServerException)
+    words, at = answer.message().split("\n\nAt:\n")
+    assert words.endswith("TritonModelException: Inference Response object must be provided when the response flags "
+                          "is set to zero."), words  # fmt: skip
+    assert re.fullmatch(r"  \S+/1/model\.py\(\d+\): execute\n", at), at
 
 
 def test_endpoints_that_answer_once_refuse_a_decoupled_model_in_triton_s_words(server: Any) -> None:

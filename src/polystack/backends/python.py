@@ -38,6 +38,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -910,7 +911,8 @@ def auto_complete(
 def _at(e: BaseException) -> str:
     """Where ``e`` was raised, as Triton's stub words an exception from ``execute`` (pybind11's): ``At:``, then the
     frames from the innermost out, each ``  <file>(<line>): <function>``, up to the model's ``execute`` (the frames
-    that called it are polystack's, where Triton's are none)."""
+    that called it are polystack's, where Triton's are none), but the innermost of polystack's own code (pb_utils'
+    ``send``, say: C++ in Triton's stub, so never among its frames)."""
     tb = e.__traceback__
     if tb is None:
         return ""
@@ -918,10 +920,15 @@ def _at(e: BaseException) -> str:
         tb = tb.tb_next
     frames: list[str] = []
     frame: FrameType | None = tb.tb_frame
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+        frame = frame.f_back
     while frame is not None and frame.f_code.co_filename != __file__:
         frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
         frame = frame.f_back
     return "\n\nAt:\n" + "".join(frames) if frames else ""
+
+
+_OWN_CODE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")  # polystack's package folder
 
 
 def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
