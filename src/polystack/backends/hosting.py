@@ -78,9 +78,9 @@ class Answer(dict[str, np.ndarray]):
         self.parameters = parameters
 
 
-def answered(outputs: Mapping[str, np.ndarray], parameters: Parameters) -> dict[str, np.ndarray]:
+def answered(outputs: dict[str, np.ndarray], parameters: Parameters) -> dict[str, np.ndarray]:
     """``outputs`` with ``parameters`` (an ``Answer``), or as they are where there are none."""
-    return Answer(outputs, parameters) if parameters else dict(outputs)
+    return Answer(outputs, parameters) if parameters else outputs
 
 
 def parameters_of(outputs: Mapping[str, np.ndarray]) -> Parameters:
