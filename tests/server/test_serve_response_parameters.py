@@ -187,3 +187,13 @@ def test_parameters_of_the_wrong_kind_are_refused_in_triton_s_words() -> None:
         with pytest.raises(pb_utils.TritonModelException) as raised:
             pb_utils.InferenceResponse([], parameters=given)
         assert raised.value.message() == words
+
+
+def test_generate_answers_carry_them_beside_the_outputs(server: tuple[int, int]) -> None:
+    """As Triton's generate writes a response's parameters: each a field of the answer's JSON."""
+    import httpx
+
+    text = json.dumps({"tokens": 3, "done": True})
+    r = httpx.post(f"http://127.0.0.1:{server[0]}/v2/models/echo/generate", json={"PARAMS": [text]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_name": "echo", "model_version": "1", "tokens": 3, "done": True, "OUT": text}
