@@ -308,11 +308,13 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
 
 
 def string_count_words(name: str, model: str, count: int, got: int) -> str:
-    """Triton's words (its core's check of a BYTES input) for ``got`` elements where the shape needs ``count``."""
+    """Triton's words (its core's check of a BYTES input) for ``got`` elements where the shape needs ``count``: too
+    many are counted up to the first too many (``count + 1``), as its core stops there (helper-212,
+    L0_input_validation)."""
     of = f" for model {model!r}" if model else ""
     if got < count:
         return f"expected {count} string elements for inference input {name!r}{of}, got {got}"
-    return f"unexpected number of string elements {got} for inference input {name!r}{of}, expecting {count}"
+    return f"unexpected number of string elements {count + 1} for inference input {name!r}{of}, expecting {count}"
 
 
 def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview, model: str = "") -> np.ndarray:
@@ -332,7 +334,7 @@ def decode_bytes(name: str, shape: tuple[int, ...], raw: bytes | memoryview, mod
         if len(items) > count:
             break
     got = len(items)
-    # the rest only counted, as Triton's words say how many came (up to 65,536 more: a body of millions of empty
+    # the rest only counted, as polystack's words say how many came (up to 65,536 more: a body of millions of empty
     # elements is not walked on for the words alone)
     while count < got <= count + (1 << 16) and pos + 4 <= end:
         pos += 4 + int.from_bytes(mv[pos : pos + 4], "little")
