@@ -48,7 +48,7 @@ class TritonPythonModel:
             text = pb_utils.get_input_tensor_by_name(request, "PARAMS").as_numpy().ravel()[0]
             for i, params in enumerate(json.loads(text)):
                 out = pb_utils.Tensor("OUT", np.array([[str(i).encode()]], dtype=np.object_))
-                sender.send(pb_utils.InferenceResponse([out], parameters=params))
+                sender.send(pb_utils.InferenceResponse([] if "bare" in params else [out], parameters=params))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 """
@@ -71,7 +71,7 @@ class TritonPythonModel:
             many = pb_utils.InferenceRequest(model_name="stream", inputs=[pb_utils.Tensor("PARAMS", listed)],
                                              requested_output_names=["OUT"]).exec(decoupled=True)
             seen = {"one": json.loads(one.parameters()),
-                    "many": [json.loads(r.parameters()) for r in many if r.output_tensors()]}
+                    "many": [json.loads(r.parameters()) for r in many if r.output_tensors() or r.parameters() != "{}"]}
             out = pb_utils.Tensor("OUT", np.array([[json.dumps(seen).encode()]], dtype=np.object_))
             responses.append(pb_utils.InferenceResponse([out]))
         return responses
@@ -88,17 +88,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("response_parameters")
     repo = tmp / "models"
     # a dynamic batcher that waits for the concurrent requests below to run as one execute
-    python_folder(repo, "echo", ECHO, f'backend: "python"\nmax_batch_size: 8\n{IO}'
-                  "dynamic_batching { max_queue_delay_microseconds: 200000 }\n")  # fmt: skip
+    python_folder(repo, "echo", ECHO, f'backend: "python"\nmax_batch_size: 8\n{IO}dynamic_batching '
+                  "{ preferred_batch_size: [ 4 ], max_queue_delay_microseconds: 500000 }\n")  # fmt: skip
     python_folder(repo, "stream", STREAM, f'backend: "python"\nmax_batch_size: 8\n{IO}'
                   "model_transaction_policy { decoupled: true }\n")  # fmt: skip
+    # the same, its output reshaped for clients (the model returns [batch], clients get [batch, 1]), and cached
+    python_folder(repo, "reshaped", ECHO.replace("np.array([[text]]", "np.array([text]"), 'backend: "python"\n'
+        'max_batch_size: 8\ninput [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+        'output [ { name: "OUT", data_type: TYPE_STRING, dims: [ 1 ], reshape { shape: [ ] } } ]\n')  # fmt: skip
+    python_folder(repo, "cached", ECHO, f'backend: "python"\nmax_batch_size: 8\n{IO}'
+                  "response_cache { enable: true }\n")  # fmt: skip
     python_folder(repo, "sequence", ECHO, f'backend: "python"\nmax_batch_size: 8\n{IO}sequence_batching {{ }}\n')
     python_folder(repo, "caller", CALLER, 'backend: "python"\nmax_batch_size: 8\n'
         'input [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] },'
         ' { name: "PARAMS_LIST", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
         'output [ { name: "OUT", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')  # fmt: skip
     port, grpc_port = free_port(), free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--cache-config", "local,size=1048576"]
     with cli_server(tmp / "home", args, port, tmp / "log"):
         yield port, grpc_port
 
@@ -165,8 +172,19 @@ def test_a_sequence_model_s_answers_carry_them(server: tuple[int, int]) -> None:
     assert [first.get_response()["parameters"], last.get_response()["parameters"]] == [{"step": 1}, {"step": 2}]
 
 
+def test_reshaped_and_cached_answers_keep_them(server: tuple[int, int]) -> None:
+    """helper-214: an output reshape and a cache hit answered without them."""
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server[0]}")
+    reshaped = client.infer("reshaped", [_params(httpclient, GIVEN)])
+    assert reshaped.get_response()["parameters"] == GIVEN and reshaped.as_numpy("OUT").shape == (1, 1)
+    for _ in range(2):  # a miss, then a hit
+        assert client.infer("cached", [_params(httpclient, {"a": 1})]).get_response()["parameters"] == {"a": 1}
+    assert client.get_inference_statistics("cached")["model_stats"][0]["inference_stats"]["cache_hit"]["count"] == 1
+
+
 def test_a_call_s_answer_gives_the_called_model_s_parameters(server: tuple[int, int]) -> None:
-    listed = [{}, {"bool": True, "int": 10000}, {"str": "?"}]
+    # helper-214: a streamed response of no outputs came to the caller without its parameters
+    listed = [{}, {"bool": True, "int": 10000}, {"str": "?"}, {"bare": True}]
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server[0]}")
     result = client.infer("caller", [_params(httpclient, GIVEN), _params(httpclient, listed, "PARAMS_LIST")])
     assert json.loads(result.as_numpy("OUT")[0][0]) == {"one": GIVEN, "many": listed}
@@ -183,10 +201,15 @@ def test_parameters_of_the_wrong_kind_are_refused_in_triton_s_words() -> None:
         ({"float": 0.5}, "Expect parameters values to have type bool/int/str, found type <class 'float'>"),
         ({"null": None}, "Expect parameters values to have type bool/int/str, found type <class 'NoneType'>"),
         ({"list": ["x"]}, "Expect parameters values to have type bool/int/str, found type <class 'list'>"),
+        # helper-214: what no wire form holds (the server's encoders failed on it: a 500)
+        ({"big": 1 << 63}, "parameter 'big': 9223372036854775808 is out of the range of a parameter's integer, int64"),
+        ({"s": "\udc80"}, "parameter 's': its value is not text UTF-8 can hold (a lone surrogate)"),
     ):
         with pytest.raises(pb_utils.TritonModelException) as raised:
             pb_utils.InferenceResponse([], parameters=given)
-        assert raised.value.message() == words
+        assert raised.value.message().startswith(words)
+    lowest = pb_utils.InferenceResponse([], parameters={"low": -(1 << 63)})
+    assert lowest.parameters() == '{"low": -9223372036854775808}'
 
 
 def test_generate_answers_carry_them_beside_the_outputs(server: tuple[int, int]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from polystack.backends.base import LoadedModel
-from polystack.backends.hosting import Responses
+from polystack.backends.hosting import Responses, answered, parameters_of
 from polystack.errors import BackendError, PolystackError
 
 
@@ -63,7 +63,8 @@ class Reshaped:
         by_name = self._by_name
         feed = {n: self._reshaped(a, by_name[n], True) if n in by_name else a for n, a in inputs.items()}
         result = self.inner.infer(feed)
-        return {n: self._reshaped(a, by_name[n], False) if n in by_name else a for n, a in result.items()}
+        shaped = {n: self._reshaped(a, by_name[n], False) if n in by_name else a for n, a in result.items()}
+        return answered(shaped, parameters_of(result))  # with its response's parameters
 
     def close(self) -> None:
         self.inner.close()
@@ -85,10 +86,11 @@ class ReshapedResponses:
     def send(self, outputs: dict[str, np.ndarray] | PolystackError | None, final: bool) -> None:
         if isinstance(outputs, dict):
             try:
-                outputs = {
+                shaped = {
                     n: a.reshape(self._by_name[n].target(a.shape, False)) if n in self._by_name else a
                     for n, a in outputs.items()
                 }
+                outputs = answered(shaped, parameters_of(outputs))  # with its response's parameters
             except BackendError as e:
                 outputs = e
         self.inner.send(outputs, final)

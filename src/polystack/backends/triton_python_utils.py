@@ -440,7 +440,21 @@ def _parameters(given: Any) -> dict[str, bool | int | str]:
             raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
         if not isinstance(value, bool | int | str):
             raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type {type(value)}")
+        if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:  # (bool's are 0 and 1)
+            raise TritonModelException(
+                f"parameter {key!r}: {value} is out of the range of a parameter's integer, int64; send it as a str"
+            )
+        if isinstance(value, str) and not _utf8(value):
+            raise TritonModelException(f"parameter {key!r}: its value is not text UTF-8 can hold (a lone surrogate)")
     return dict(given)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class InferenceRequest:
@@ -759,7 +773,10 @@ class ResponseIterator:
             raise StopIteration
         got, final = self._queue.get()
         self._done = final
-        response = self._request._failed(got) if isinstance(got, BaseException) else InferenceResponse._of(got or {})
+        if isinstance(got, BaseException):
+            response = self._request._failed(got)
+        else:  # (an answer of no outputs may still carry parameters)
+            response = InferenceResponse._of(got if got is not None else {})
         self._read.append(response)
         self._at += 1
         return response

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from polystack.backends.hosting import answered, parameters_of
 from polystack.errors import InvalidRequest
 
 log = logging.getLogger("polystack.server")
@@ -211,7 +212,7 @@ class ResponseCache:
                 self._entries.move_to_end(key)
                 counts.hits += 1
             counts.lookup_ns += time.perf_counter_ns() - started
-            return None if entry is None else dict(entry.outputs)
+            return None if entry is None else answered(dict(entry.outputs), parameters_of(entry.outputs))
 
     def put(self, key: bytes, owner: int, outputs: Mapping[str, np.ndarray]) -> bool:
         """Keep a copy of ``outputs`` under ``key``, evicting the least recently used answers to make room;
@@ -226,7 +227,7 @@ class ResponseCache:
                 "response cache off"
             )
             return False
-        kept = {name: _frozen(a) for name, a in outputs.items()}
+        kept = answered({name: _frozen(a) for name, a in outputs.items()}, parameters_of(outputs))  # parameters too
         evicted = 0
         with self._lock:
             if owner in self._forgotten:
