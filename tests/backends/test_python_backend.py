@@ -682,6 +682,10 @@ def test_arguments_triton_s_binding_refuses_are_refused_when_the_object_is_made(
         pb_utils.InferenceResponse(output_tensors=[None])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         pb_utils.InferenceResponse(output_tensors=None)  # type: ignore[arg-type]
+    # helper-216 (Triton's decoupled_bls model): an error that is a str was taken, then failed the response as it was
+    # sent, and the client of the decoupled model waited for good
+    with pytest.raises(TypeError, match=r"error must be a pb_utils\.TritonError, not str"):
+        pb_utils.InferenceResponse(error="GPU BLS test failed.")  # type: ignore[arg-type]
     assert pb_utils.InferenceResponse([x]).output_tensors() == [x]
 
 

@@ -858,6 +858,13 @@ class InferenceResponse:
         self._outputs = _listed(output_tensors, "output_tensors")
         if not all(isinstance(t, Tensor) for t in self._outputs):  # Triton's words
             raise TritonModelException("Output tensor for inference response should not be empty.")
+        # as Triton's binding refuses it, when the response is made (helper-216: a str was taken, and failed the
+        # response as it was sent, its client waiting for good)
+        if error is not None and not isinstance(error, TritonError):
+            raise TypeError(
+                f"InferenceResponse(): error must be a pb_utils.TritonError, not {type(error).__name__}: "
+                'pb_utils.TritonError("what went wrong")'
+            )
         self._error = error
         self._parameters = _parameters(parameters)
 
