@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -715,6 +716,12 @@ def test_dlpack_round_trips_and_refuses_strings_and_non_contiguous_tensors_in_tr
 
     made = pb_utils.Tensor.from_dlpack("t", to_dlpack(torch.arange(4, dtype=torch.float32)))
     assert from_dlpack(made.to_dlpack()).tolist() == [0.0, 1.0, 2.0, 3.0]
+    # a capsule holds its tensor while it lives, as Triton's (helper-216: its decoupled_bls model counts references)
+    before = sys.getrefcount(made)
+    capsule = made.to_dlpack()
+    assert sys.getrefcount(made) == before + 1
+    del capsule
+    assert sys.getrefcount(made) == before
     with pytest.raises(pb_utils.TritonModelException, match="DLPack does not have support for string tensors"):
         pb_utils.Tensor("s", np.array([b"x"], dtype=np.object_)).to_dlpack()
     with pytest.raises(pb_utils.TritonModelException, match="DLPack tensor is not contiguous"):

@@ -365,7 +365,9 @@ class Tensor:
         array = self._array
         if not array.flags.writeable and not kwargs.get("max_version"):  # a legacy capsule holds no read-only flag
             array = array.copy()  # (numpy refuses to export one): a copy, as Triton's tensors export any
-        return array.__dlpack__(*args, **kwargs)
+        held = array.view(_Held)  # the capsule, and what is made of it, hold this tensor, as Triton's hold theirs
+        held.tensor = self
+        return held.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # DLPack's CPU device
@@ -401,6 +403,14 @@ class Tensor:
                     if t.dtype == torch.bfloat16 and t.device.type == "cpu":
                         return cls(name, t.contiguous().view(torch.int16).numpy().view(_BF16))
             raise TritonModelException(f"tensor {name!r}: {e} (polystack's Python models take tensors on the CPU)") from e
+
+
+class _Held(np.ndarray):
+    """A tensor's array as its DLPack capsule exports it: a view holding the tensor (``tensor``), so that the tensor
+    lives while the capsule, or an array made of it, does (Triton's ``to_dlpack`` takes a reference on the tensor;
+    its decoupled_bls model counts it: helper-216)."""
+
+    tensor: Tensor
 
 
 class _Capsule:
