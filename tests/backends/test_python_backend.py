@@ -186,6 +186,26 @@ def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, sou
         backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu")
 
 
+def test_a_load_that_fails_in_the_model_s_code_says_where_as_triton_s_stub_does(tmp_path: Path) -> None:
+    """helper-217 (Triton's L0_backend_python/lifecycle): a load failed by the model's initialize or
+    auto_complete_config named the exception alone, where Triton's answer adds its ``At:`` lines."""
+    from polystack.backends.python import auto_complete
+
+    backend = registry.get("python")
+    for hook in ("initialize(self, args)", "auto_complete_config(auto_complete_model_config)"):
+        static = "    @staticmethod\n" if hook.startswith("auto") else ""
+        source = f"class TritonPythonModel:\n{static}    def {hook}:\n        return missing_name\n"
+        zipped = packed(tmp_path / hook[:4], source)
+        with pytest.raises(InvalidRequest) as raised:
+            if static:
+                auto_complete(tmp_path / hook[:4] / "upper", 1, "model.py", CONFIG, "upper")
+            else:
+                backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu")
+        words, at = raised.value.message.split("\n\nAt:\n")
+        assert words.endswith("NameError: name 'missing_name' is not defined"), words
+        assert re.fullmatch(rf"  \S+/1/model\.py\({4 if static else 3}\): {hook.split('(')[0]}\n", at), at
+
+
 def test_a_model_naming_an_execution_environment_loads_in_polystacks_saying_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

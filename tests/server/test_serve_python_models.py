@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -2435,3 +2436,14 @@ def test_a_python_models_implicit_state_is_refused_saying_why(tmp_path: Path) ->
         " dims: [ 1 ] } ] }\n")  # fmt: skip
     line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models"), "--allow-python-models"])
     assert "sequence_batching.state: 'stateful' is a Python model, whose implicit state polystack does not keep" in line
+
+
+def test_a_start_failed_by_a_model_s_initialize_says_where_on_one_line(tmp_path: Path) -> None:
+    """helper-217: the load's failure now carries Triton's ``At:`` lines; the CLI still says it on one line."""
+    python_folder(tmp_path / "models", "bad", "class TritonPythonModel:\n    def initialize(self, args):\n"
+                  "        return missing_name\n",
+                  'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models"), "--allow-python-models"])
+    assert re.search(r"failed in initialize: NameError: name 'missing_name' is not defined At: \S+/1/model\.py\(3\): "
+                     r"initialize$", line), line  # fmt: skip

@@ -316,8 +316,8 @@ class PythonModel:
                 f"{message}{_at(e)}"
             )
         failed = InvalidRequest if what in ("import", "initialize") else BackendError
-        hint = _env_hint(self.config, e)
-        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}")
+        hint = _env_hint(self.config, e)  # then where it was raised, as Triton's stub says a load's failure
+        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}{_at(e)}")
 
     @contextlib.contextmanager
     def _running(self, instance: _Instance, executing: bool, callers: tuple[str, ...]) -> Iterator[None]:
@@ -896,7 +896,7 @@ def auto_complete(
             done = complete(pb_utils.ModelConfig(json.dumps(given)))
         except (Exception, SystemExit) as e:  # Triton's stub fails the load with its words
             raise InvalidRequest(
-                f"Python model {model!r} failed in auto_complete_config: {type(e).__name__}: {e}"
+                f"Python model {model!r} failed in auto_complete_config: {type(e).__name__}: {e}{_at(e)}"
             ) from e
         if not isinstance(done, pb_utils.ModelConfig):
             raise InvalidRequest(  # Triton's words, then ours

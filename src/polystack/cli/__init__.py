@@ -15,7 +15,10 @@ def main() -> None:
     try:
         app()
     except PolystackError as e:
-        err_console.print(f"error: {e.message}", highlight=False, markup=False, soft_wrap=True)
+        # one line, whatever the message holds (a Python model's traceback, Triton's "At:" lines, is on lines of its
+        # own: joined here)
+        line = " ".join(part.strip() for part in e.message.splitlines() if part.strip())
+        err_console.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
         _log_file(e.message)
         sys.exit(2)
     except OSError as e:
