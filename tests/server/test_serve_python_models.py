@@ -2346,6 +2346,40 @@ def test_a_python_models_own_is_ready_answers_its_readiness_queries(tmp_path: Pa
     assert "the database is gone" in logged and "returned str, not a bool" in logged
 
 
+NAMED_READINESS = READINESS.replace("def is_ready(self)", "def is_model_ready(self)")
+assert NAMED_READINESS != READINESS
+
+
+def test_a_python_models_is_model_ready_is_its_readiness_as_in_tritons_newest_python_backend(tmp_path: Path) -> None:
+    """Triton's newest QA (L0_backend_python/model_readiness: ``is_model_ready_fn_returns_true`` and its kin) names
+    the user-defined readiness ``is_model_ready()``, where its pytest suite's models (and polystack) named it
+    ``is_ready()``: polystack asked only ``is_ready()``, so a model saying False there was ready. Both are asked."""
+    repo = tmp_path / "models"
+    for name, source, answer in (("yes", NAMED_READINESS, "true"), ("no", NAMED_READINESS, "false"),
+                                 ("fails", NAMED_READINESS, "raise"),
+                                 ("async_no", NAMED_READINESS.replace("    def is_model", "    async def is_model"),
+                                  "false")):  # fmt: skip
+        python_folder(repo, name, source,
+            'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+            f'parameters [ {{ key: "ANSWER", value: {{ string_value: "{answer}" }} }}, '
+            '{ key: "DELAY", value: { string_value: "0" } } ]\n')  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port)]
+    with (
+        cli_server(tmp_path / "home", args, port, tmp_path / "log"),
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client,
+        grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as rpc,
+    ):
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.array([1.5], np.float32))
+        for name, ready in (("yes", True), ("no", False), ("fails", False), ("async_no", False)):
+            assert client.is_model_ready(name) is ready and rpc.is_model_ready(name) is ready, name
+            assert client.infer(name, [x]).as_numpy("y").tolist() == [1.5]
+    logged = (tmp_path / "log").read_text()
+    assert "failed in is_model_ready: RuntimeError: the database is gone" in logged
+
+
 INITIALIZED = '''
 import triton_python_backend_utils as pb_utils
 

@@ -84,10 +84,13 @@ FOLDER_PREFIX = "polystack-python-model-"
 _LOOP_STOP_S = 30.0  # what an instance's close waits for its event loop's thread to stop
 # the models loaded, which a reload of one whose config changes only its instance groups takes instances from
 _LIVE: weakref.WeakSet[PythonModel] = weakref.WeakSet()
-# how long a readiness query waits for a Python model's is_ready() (Triton's Python backend waits a few seconds too:
+# how long a readiness query waits for a Python model's own readiness (Triton's Python backend waits a few seconds too:
 # its QA test's model answering after 8 s is not ready to a first query and ready to the next, which waits for the
 # same check)
 READY_TIMEOUT_S = 5.0
+# the names Triton's Python backend asks a model's own readiness by: its newest QA names it is_model_ready(), its pytest
+# suite's models (and the feature's first release) is_ready(); the first a model defines is asked
+READINESS_NAMES = ("is_model_ready", "is_ready")
 
 _SHARING = threading.Lock()  # held while instances and folders change hands, and their holders are counted
 _IMPORTING = threading.Lock()  # held while a model.py imports, its folder first on sys.path (``_import``)
@@ -530,7 +533,8 @@ class PythonModel:
         return responses
 
     def ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
-        """Whether each of its instances' model answers its ``is_ready()`` (where it defines one, plain or ``async``:
+        """Whether each of its instances' model answers its ``is_model_ready()`` or ``is_ready()`` (where it defines
+        one, plain or ``async``:
         Triton's user-defined readiness) with True within ``timeout_s``: False, an exception, another value or no
         answer in time is not ready (logged). A check still running from an earlier query is waited for, not started
         again, and runs on after a query stopped waiting, as Triton's stub's does."""
@@ -542,35 +546,39 @@ class PythonModel:
                     return False
             except concurrent.futures.TimeoutError:
                 log.warning(
-                    "a Python model's is_ready() did not answer in time: not ready",
+                    "a Python model's readiness (is_model_ready/is_ready) did not answer in time: not ready",
                     extra={"model": self.name, "instance": instance.name, "timeout_s": timeout_s},
                 )
                 return False
         return True
 
     def _readiness(self, instance: _Instance) -> concurrent.futures.Future[bool] | None:
-        """The check of ``instance``'s ``is_ready()`` running now, else one started on a thread of its own (None: its
-        model has none)."""
-        is_ready = getattr(instance.model, "is_ready", None)
-        if is_ready is None or not callable(is_ready):
+        """The check of ``instance``'s ``is_model_ready()`` (or ``is_ready()``) running now, else one started on a
+        thread of its own (None: its model has neither)."""
+        named = next((n for n in READINESS_NAMES if callable(getattr(instance.model, n, None))), None)
+        if named is None:
             return None
+        is_ready = getattr(instance.model, named)
         with _SHARING:
             if instance.checking is not None and not instance.checking.done():
                 return instance.checking
             check: concurrent.futures.Future[bool] = concurrent.futures.Future()
             instance.checking = check
         worker = threading.Thread(
-            target=self._check, args=(instance, is_ready, check), name=f"python-model-ready-{instance.name}",
+            target=self._check, args=(instance, named, is_ready, check), name=f"python-model-ready-{instance.name}",
             daemon=True,
         )  # fmt: skip
         worker.start()
         return check
 
-    def _check(self, instance: _Instance, is_ready: Callable[[], Any], check: concurrent.futures.Future[bool]) -> None:
-        """Run ``is_ready()`` (a coroutine on the instance's event loop) and set ``check`` to whether it said True."""
+    def _check(
+        self, instance: _Instance, named: str, is_ready: Callable[[], Any], check: concurrent.futures.Future[bool]
+    ) -> None:
+        """Run its readiness method ``named`` (a coroutine on the instance's event loop) and set ``check`` to whether
+        it said True."""
         why = ""
         try:
-            answer = self._run("is_ready", instance, is_ready)
+            answer = self._run(named, instance, is_ready)
             if inspect.isawaitable(answer):
                 answer = asyncio.run_coroutine_threadsafe(_awaited(answer), self._loop_of(instance)).result()
             if not isinstance(answer, bool | np.bool_):
@@ -579,11 +587,11 @@ class PythonModel:
                 why = "it returned False"
         except PolystackError as e:
             why = e.message
-        except Exception as e:  # an async is_ready's own failure: not ready, whatever it is
-            why = f"Python model {self.name!r} failed in is_ready: {type(e).__name__}: {e}"
+        except Exception as e:  # an async readiness method's own failure: not ready, whatever it is
+            why = f"Python model {self.name!r} failed in {named}: {type(e).__name__}: {e}"
         if why:
             log.warning(
-                "a Python model's is_ready() says it is not ready",
+                f"a Python model's {named}() says it is not ready",
                 extra={"model": self.name, "instance": instance.name, "why": why},
             )
         check.set_result(not why)
