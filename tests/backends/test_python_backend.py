@@ -206,6 +206,23 @@ def test_a_load_that_fails_in_the_model_s_code_says_where_as_triton_s_stub_does(
         assert re.fullmatch(rf"  \S+/1/model\.py\({4 if static else 3}\): {hook.split('(')[0]}\n", at), at
 
 
+def test_an_import_that_fails_says_where_in_model_py_and_not_in_pythons_import_machinery(tmp_path: Path) -> None:
+    """An import failing in ``model.py`` (its module code) said the exception alone when auto-complete imported it,
+    and, at the load, added Python's ``<frozen importlib...>`` frames after the model's line."""
+    from polystack.backends.python import auto_complete
+
+    backend = registry.get("python")
+    source = "import json\n\nx = missing_name\n\nclass TritonPythonModel:\n    pass\n"
+    zipped = packed(tmp_path / "m", source)
+    for load in (lambda: auto_complete(tmp_path / "m" / "upper", 1, "model.py", CONFIG, "upper"),
+                 lambda: backend.load(zipped, python_model.signature(CONFIG), backend.parse_options({}), "cpu")):
+        with pytest.raises(InvalidRequest) as raised:
+            load()
+        words, at = raised.value.message.split("\n\nAt:\n")
+        assert words.endswith("failed in import: NameError: name 'missing_name' is not defined"), words
+        assert re.fullmatch(r"  \S+/1/model\.py\(3\): <module>\n", at), at
+
+
 def test_a_model_naming_an_execution_environment_loads_in_polystacks_saying_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2380,6 +2380,29 @@ def test_a_python_models_is_model_ready_is_its_readiness_as_in_tritons_newest_py
     assert "failed in is_model_ready: RuntimeError: the database is gone" in logged
 
 
+def test_a_load_failed_by_auto_complete_config_or_the_import_lists_its_version_in_the_index(tmp_path: Path) -> None:
+    """helper-217 (L0_backend_python/model_control): a model whose auto_complete_config (or model.py's import, which
+    auto-complete runs) fails is listed by Triton's index at the version it failed at ("1"); polystack's entry had no
+    version, as for a folder it could not read."""
+    repo = tmp_path / "models"
+    config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(repo, "completes", "class TritonPythonModel:\n    @staticmethod\n    def auto_complete_config(c):\n"
+                  "        return undefined_variable\n", config)  # fmt: skip
+    python_folder(repo, "imports", "import no_such_module_here\n", config)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for name, line in (("completes", "model.py(4): auto_complete_config"), ("imports", "model.py(1): <module>")):
+            with pytest.raises(InferenceServerException, match=f"load failed for model '{name}'"):
+                client.load_model(name)
+            (entry,) = [m for m in client.get_model_repository_index() if m["name"] == name]
+            assert entry["version"] == "1" and entry["state"] == "UNAVAILABLE", entry
+            assert entry["reason"].endswith(line + "\n"), entry
+
+
 INITIALIZED = '''
 import triton_python_backend_utils as pb_utils
 

@@ -887,7 +887,7 @@ def auto_complete(
             load(module)
         except (Exception, SystemExit) as e:
             raise InvalidRequest(
-                f"Python model {model!r} failed in import: {type(e).__name__}: {e}{_env_hint(config, e)}"
+                f"Python model {model!r} failed in import: {type(e).__name__}: {e}{_env_hint(config, e)}{_at(e)}"
             ) from e
 
     path = backend / "model.py" if backend is not None else folder / str(version) / file
@@ -920,7 +920,7 @@ def _at(e: BaseException) -> str:
     """Where ``e`` was raised, as Triton's stub words an exception from ``execute`` (pybind11's): ``At:``, then the
     frames from the innermost out, each ``  <file>(<line>): <function>``, up to the model's ``execute`` (the frames
     that called it are polystack's, where Triton's are none), but the innermost of polystack's own code (pb_utils'
-    ``send``, say: C++ in Triton's stub, so never among its frames)."""
+    ``send``, say: C++ in Triton's stub, so never among its frames); an import's, up to the model's ``<module>``."""
     tb = e.__traceback__
     if tb is None:
         return ""
@@ -930,13 +930,18 @@ def _at(e: BaseException) -> str:
     frame: FrameType | None = tb.tb_frame
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
         frame = frame.f_back
-    while frame is not None and frame.f_code.co_filename != __file__:
+    while frame is not None and frame.f_code.co_filename != __file__ and not _importing(frame.f_code.co_filename):
         frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
         frame = frame.f_back
     return "\n\nAt:\n" + "".join(frames) if frames else ""
 
 
 _OWN_CODE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")  # polystack's package folder
+
+
+def _importing(filename: str) -> bool:
+    """Whether a frame of ``filename`` is Python's import machinery (which runs a model's ``model.py``)."""
+    return filename.startswith("<frozen importlib")
 
 
 def _waiting(chains: Iterable[tuple[str, ...]]) -> tuple[str, ...]:

@@ -604,7 +604,10 @@ def _register_python(
         )
     asked = doc  # what its load hands the model again is completed once, here (``completed_from``)
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
-        doc = python.auto_complete(folder, served[-1], file, doc, name, backend)
+        try:  # (on the newest version's model.py: a failure is that version's, as Triton's index lists it)
+            doc = python.auto_complete(folder, served[-1], file, doc, name, backend)
+        except PolystackError as e:
+            raise e.at_version(served[-1]) from None
     config = {**doc, "name": name}  # the model's own, as its args give it (its backend's name in it)
     completed_from = asked if rules.auto_complete else None
 
