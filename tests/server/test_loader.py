@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from polystack.server.loader import Loader
+import pytest
+
+from polystack.errors import InvalidRequest
+from polystack.server.loader import Loader, asking
 
 
 def _build(loader: Loader, order: list[str]) -> tuple[Callable[[], None], threading.Event, threading.Event]:
@@ -77,5 +80,28 @@ def test_a_task_claims_its_model_once_and_outside_the_loader_nothing_is_held() -
         with loader.claim("x"), loader.let_go():  # a load called directly (a test's, a replica's): just runs
             loader.wait_for("x")
         assert not loader.on_loader() and not loader.holds_turn()
+    finally:
+        loader.shutdown()
+
+
+def test_a_load_asked_by_a_building_model_runs_beside_it_and_refuses_to_wait_for_its_asker() -> None:
+    """A Python model's initialize (in its build, the turn let go) asking for another model's load and waiting for it
+    (``asking``): the asked task runs on a thread of its own, one loader thread enough; waiting for the asker's claim
+    (a load of the asker itself, or of a model whose load waits for it) raises where it would wait for good."""
+    loader = Loader(threads=1)
+
+    def asker() -> list[str]:
+        said: list[str] = []
+        with loader.claim("a"), loader.let_go(), asking("a"):
+            said.append(loader.submit(lambda: "b loaded" if loader.on_loader() else "off the loader").result(10))
+            with pytest.raises(InvalidRequest, match="model 'a' is loading, and its load waits for this one"):
+                loader.submit(loader.wait_for, "a").result(10)
+        loader.wait_for("a")  # its own claim, ended: nothing to refuse
+        return said
+
+    try:
+        assert loader.submit(asker).result(20) == ["b loaded"]
+        assert loader.submit(lambda: "later").result(10) == "later"  # the pool's thread is free again
+        assert loader.wait_idle(10)
     finally:
         loader.shutdown()

@@ -608,13 +608,13 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        pb_utils.load_model("lingering")  # in its warm-up: the load it is part of would wait for this one
+        pb_utils.load_model("lingering")  # in its warm-up: run beside the load it is part of
         return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
                 for r in requests]
 '''
 
 
-def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leaves_does_not_hold_the_exit(
+def test_a_model_that_loads_from_its_warm_up_loads_and_a_thread_it_leaves_does_not_hold_the_exit(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "models"
@@ -631,8 +631,9 @@ def test_a_model_that_loads_from_its_warm_up_fails_its_load_and_a_thread_it_leav
             "explicit", "--load-model", "lingering"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
-        with pytest.raises(InferenceServerException, match="asked for load_model while it loads"):
-            client.load_model("warmload")
+        client.unload_model("lingering")
+        client.load_model("warmload")  # its warm-up's load of lingering runs beside it (polystack refused it once)
+        assert client.is_model_ready("warmload") and client.is_model_ready("lingering")
         client.unload_model("lingering")
         client.load_model("lingering")  # the loader is free: later loads run
         assert client.is_model_ready("lingering")
@@ -2401,6 +2402,107 @@ def test_a_load_failed_by_auto_complete_config_or_the_import_lists_its_version_i
             (entry,) = [m for m in client.get_model_repository_index() if m["name"] == name]
             assert entry["version"] == "1" and entry["state"] == "UNAVAILABLE", entry
             assert entry["reason"].endswith(line + "\n"), entry
+
+
+IDENTITY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_a_model_failing_in_initialize_at_start_is_listed_at_its_version_as_tritons_index_lists_it(
+    tmp_path: Path,
+) -> None:
+    """helper-220: with --exit-on-error false, a model whose initialize fails at start is listed by Triton's index
+    with "version": "1"; polystack's entry had none (a client reading m["version"] got a KeyError)."""
+    repo = tmp_path / "models"
+    python_folder(repo, "fails", "class TritonPythonModel:\n    def initialize(self, args):\n"
+                  "        raise RuntimeError('on purpose')\n",
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(repo, "works", IDENTITY,
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--exit-on-error", "false",
+            "--strict-readiness", "false"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        index = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_repository_index()
+    (failed,) = [m for m in index if m["name"] == "fails"]
+    assert failed["version"] == "1" and failed["state"] == "UNAVAILABLE" and "on purpose" in failed["reason"], index
+
+LOADS_IN_INITIALIZE = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.said = []
+        target = json.loads(args["model_config"])["parameters"]["TARGET"]["string_value"]
+        self.said.append(f"ready_before={pb_utils.is_model_ready(target)}")
+        try:
+            pb_utils.load_model(target)
+            self.said.append(f"ready_after_load={pb_utils.is_model_ready(target)}")
+            pb_utils.unload_model(target)
+            self.said.append(f"ready_after_unload={pb_utils.is_model_ready(target)}")
+        except pb_utils.TritonModelException as e:
+            self.said.append(f"raised: {e.message()}")
+        pb_utils.Logger.log_info(f"{args['model_name']} said: " + "; ".join(self.said))
+
+    def execute(self, requests):
+        said = np.array(["; ".join(self.said).encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("said", said)]) for _ in requests]
+'''
+
+
+def test_a_python_models_initialize_loads_and_unloads_other_models_as_tritons_bls_model_loading(
+    tmp_path: Path,
+) -> None:
+    """helper-215 (L0_backend_python/bls, ``bls_model_loading``): Triton's Python backend takes ``load_model`` and
+    ``unload_model`` from ``initialize`` too; polystack refused them there (its loads ran one at a time). They run
+    beside the load that asked, one loader thread enough; a model asking for its own load (or for one of the model
+    whose load asked for it) is refused in words, where the load would wait for itself."""
+    repo = tmp_path / "models"
+    config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "said", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')  # fmt: skip
+    python_folder(repo, "target", IDENTITY,
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    for name, target in (("loader", "target"), ("selfish", "selfish"), ("first", "second"), ("second", "first")):
+        python_folder(repo, name, LOADS_IN_INITIALIZE,
+                      config + f'parameters [ {{ key: "TARGET", value: {{ string_value: "{target}" }} }} ]\n')
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--model-load-thread-count", "1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.array([1.5], np.float32))
+
+        def said(name: str) -> str:
+            client.load_model(name)
+            return client.infer(name, [x]).as_numpy("said")[0].decode()
+
+        assert said("loader") == "ready_before=False; ready_after_load=True; ready_after_unload=False"
+        assert not client.is_model_ready("target")
+        selfish = said("selfish")
+        assert selfish.startswith("ready_before=False; raised: ") and "would wait for itself" in selfish, selfish
+        # first's initialize loads second, whose initialize asks for first's load: refused there
+        assert said("first") == "ready_before=False; ready_after_load=True; ready_after_unload=False"
+        # second on its own loads first (served, not loading now) and unloads it
+        assert said("second") == "ready_before=True; ready_after_load=True; ready_after_unload=False"
+        assert not client.is_model_ready("first")
+    logged = [json.loads(line)["msg"] for line in (tmp_path / "log").read_text().splitlines() if " said: " in line]
+    assert len(logged) == 5 and logged[2].startswith("second said: ready_before=False; raised: "), logged
+    assert "model 'first' is loading, and its load waits for this one" in logged[2], logged
 
 
 INITIALIZED = '''

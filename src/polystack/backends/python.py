@@ -297,7 +297,7 @@ class PythonModel:
         ``execute``: the request's 500; while loading: the load's 400, as Triton refuses a load that fails). Its
         calls to other models go to the server that hosts it (from ``execute`` alone, as in Triton)."""
         try:
-            with self._running(instance, what == "execute", callers):
+            with self._running(instance, what, callers):
                 return fn(*args)
         except PolystackError:
             raise
@@ -323,11 +323,13 @@ class PythonModel:
         return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}{_at(e)}")
 
     @contextlib.contextmanager
-    def _running(self, instance: _Instance, executing: bool, callers: tuple[str, ...]) -> Iterator[None]:
-        """The model's code runs as ``instance`` of this model, hosted by its server (calls to other models: in
-        ``execute``, for requests ``callers`` wait for; the instance waits too, while they run)."""
+    def _running(self, instance: _Instance, what: str, callers: tuple[str, ...]) -> Iterator[None]:
+        """The model's code runs ``what`` as ``instance`` of this model, hosted by its server (calls to other models:
+        in ``execute``, for requests ``callers`` wait for; the instance waits too, while they run)."""
         chain = (*callers, f"{self.name}:{self.version}")
-        running = pb_utils._Running(self._host, self.name, instance.name, executing, chain, instance.gone)
+        running = pb_utils._Running(
+            self._host, self.name, instance.name, what == "execute", chain, instance.gone, what == "initialize"
+        )
         token = pb_utils._RUNNING.set(running)
         try:
             yield

@@ -266,6 +266,7 @@ class _Running:
     executing: bool = False
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer, this one's last
     gone: threading.Event | None = None  # set once the instance is finalized and let go (None: no instance)
+    initializing: bool = False  # it runs ``initialize`` (where loads and unloads of other models may be asked)
 
 
 _NOWHERE = _Running()
@@ -1027,11 +1028,13 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 
 
 def _control(what: str, ask: Any) -> None:
-    """A load or unload asked from ``execute`` (from ``initialize`` it would wait for the load running it), waited
-    for; a failure raises in its words."""
+    """A load or unload asked from ``execute`` or ``initialize`` (as Triton's Python backend takes them), waited for;
+    a failure raises in its words."""
     running = _RUNNING.get()
-    if running.model and not running.executing:
-        raise TritonModelException(f"{what} is only supported during the 'execute' function in polystack")
+    if running.model and not (running.executing or running.initializing):
+        raise TritonModelException(
+            f"{what} is only supported during the 'initialize' and 'execute' functions in polystack"
+        )
     host = running.host if running.model else _server()
     if host is None:
         raise TritonModelException(f"this model runs outside a server: {what} has no server to ask")

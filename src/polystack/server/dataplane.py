@@ -670,7 +670,11 @@ class DataPlane:
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
         name = ref.name if isinstance(ref, ModelRef) else ModelRef.parse(ref).name
         with self._loader.claim(name):
-            return self._apply(self._plan(ref, config))
+            plan = self._plan(ref, config)
+            try:
+                return self._apply(plan)
+            except PolystackError as e:  # the index lists the version that failed (a start's failed load)
+                raise e.at_version(plan.record.version) from None
 
     def load_many(self, refs: Sequence[str]) -> list[PolystackError | None]:
         """``load`` each of ``refs`` on the loader, as many at once as it has threads, as Triton loads the models
@@ -1842,12 +1846,12 @@ class DataPlane:
         return await self.infer(name, version, request)
 
     def load_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
-        self._refuse_on_loader(caller, "load_model")
-        return self.calls.load(name, parameters, caller)
+        with self._asked_by(caller, "load_model"):
+            return self.calls.load(name, parameters, caller)
 
     def unload_model(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
-        self._refuse_on_loader(caller, "unload_model")
-        return self.calls.unload(name, parameters, caller)
+        with self._asked_by(caller, "unload_model"):
+            return self.calls.unload(name, parameters, caller)
 
     def _capacity(self, name: str, version: str | None) -> tuple[str, int] | None:
         """The model ``name`` serves now (``name:version``) and how many of its requests run at once (None: no
@@ -1858,14 +1862,18 @@ class DataPlane:
             return None
         return f"{served.entry.name}:{served.entry.version}", self._instances(served)
 
-    def _refuse_on_loader(self, caller: str, what: str) -> None:
-        """A load or unload asked by a model's code running in a load (its warm-up) would queue behind that load,
-        which waits for it: refused."""
-        if self._loader.on_loader():
+    def _asked_by(self, caller: str, what: str) -> contextlib.AbstractContextManager[None]:
+        """What a load or unload asked by model ``caller`` is asked in: from its code running in its own load (its
+        initialize or warm-up, on the loader), the loader runs it beside that load (``loader.asking``); one asked
+        while the load holds the loader's turn would queue behind it, which waits for it: refused."""
+        if not self._loader.on_loader():
+            return contextlib.nullcontext()
+        if self._loader.holds_turn():
             raise Unavailable(
-                f"model {caller!r} asked for {what} while it loads (its warm-up runs execute): the load would wait for "
-                "itself; ask it from execute once the model serves"
+                f"model {caller!r} asked for {what} while the loader works for it: the load would wait for itself; "
+                "ask it from initialize or execute"
             )
+        return loader.asking(caller)
 
     def render_metrics(self) -> bytes:
         """``/metrics``: polystack's families, and Triton's names of the same figures when asked for (the families

@@ -12,6 +12,11 @@ same model (a load, an unload, an ensemble's load of its steps) waits at its sta
 (``wait_for``), so that one model's loads and unloads happen one after another, as on one thread. A task holding a
 claim never waits for another's, so that no two tasks wait for each other.
 
+A model's code that runs in its build (a Python model's ``initialize``) may ask for a load or unload of another model
+and wait for it (``asking``): that task runs on a thread of its own, not waiting for a free loader thread (which the
+asking tasks could all hold), and refuses to wait for the claim of a model whose load waits for it (itself, or the
+model that asked), which would wait for good.
+
 Written by hand: the standard library's executors run tasks either all at once or one at a time; none runs them one
 at a time but for the sections they mark.
 """
@@ -23,11 +28,27 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, TypeVar
+
+from polystack.errors import InvalidRequest
 
 T = TypeVar("T")
 
 DEFAULT_THREADS = 4  # tritonserver's --model-load-thread-count
+# the models whose loads wait for what runs in this context (a load a model's initialize asked for, ``asking``)
+_AWAITED: ContextVar[frozenset[str]] = ContextVar("polystack_loads_awaited", default=frozenset())
+
+
+@contextlib.contextmanager
+def asking(model: str) -> Iterator[None]:
+    """The body asks, for ``model``'s load (its ``initialize`` running), what that load waits for: tasks it submits
+    run on threads of their own, and refuse to wait for ``model``'s claim (``Loader.submit``, ``Loader.wait_for``)."""
+    token = _AWAITED.set(_AWAITED.get() | {model})
+    try:
+        yield
+    finally:
+        _AWAITED.reset(token)
 
 
 class Loader:
@@ -42,6 +63,7 @@ class Loader:
         self._holder: int | None = None  # the thread holding the turn, while it does
         self._claims: dict[str, int] = {}  # model names claimed, by the thread holding each
         self._tasks: set[Future[Any]] = set()  # submitted and not done
+        self._shut = False
 
     def _started(self) -> None:
         self._idents.add(threading.get_ident())
@@ -49,7 +71,8 @@ class Loader:
             self._initializer()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` on a loader thread, holding the turn; ``RuntimeError`` once the loader is shut down."""
+        """Run ``fn(*args)`` on a loader thread, holding the turn (asked by a load waiting for it, ``asking``: on a
+        thread of its own); ``RuntimeError`` once the loader is shut down."""
 
         def run() -> T:
             with self._turn:
@@ -59,9 +82,31 @@ class Loader:
                 finally:
                     self._holder = None
 
-        future = self._pool.submit(run)
+        awaited = _AWAITED.get()
+        future = self._pool.submit(run) if not awaited else self._apart(run, awaited)
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
+        return future
+
+    def _apart(self, run: Callable[[], T], awaited: frozenset[str]) -> Future[T]:
+        """``run()`` on a loader thread of its own, for loads ``awaited`` that wait for it."""
+        if self._shut:  # as the pool refuses a task then
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: Future[T] = Future()
+
+        def apart() -> None:
+            _AWAITED.set(awaited)
+            self._started()
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(run())
+                    except BaseException as e:  # given to the waiting load, as the pool's tasks give theirs
+                        future.set_exception(e)
+            finally:
+                self._idents.discard(threading.get_ident())
+
+        threading.Thread(target=apart, name="load-asked", daemon=True).start()
         return future
 
     def on_loader(self) -> bool:
@@ -93,6 +138,11 @@ class Loader:
         me = threading.get_ident()
         if self._holder != me:
             return False
+        if self._claims.get(name, me) != me and name in _AWAITED.get():
+            raise InvalidRequest(
+                f"model {name!r} is loading, and its load waits for this one (its initialize asked for it): a "
+                f"load or unload of {name!r} from there would wait for itself; ask it from execute"
+            )
         waited = False
         while self._claims.get(name, me) != me:
             self._holder = None
@@ -125,4 +175,5 @@ class Loader:
 
     def shutdown(self) -> None:
         """Run what was submitted, then stop; later submits raise ``RuntimeError``."""
+        self._shut = True
         self._pool.shutdown(wait=True)

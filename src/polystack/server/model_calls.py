@@ -137,7 +137,8 @@ class ModelCalls:
             if self._closed or loop is None or loop.is_closed():
                 raise Unavailable(
                     f"{what} while the server was not serving (what a model asks in its initialize or warm-up at "
-                    "start, or after the server stopped, cannot run); ask it from execute"
+                    "start, or after the server stopped, cannot run); ask it from execute, or load the model with "
+                    "the repository extension once the server serves"
                 )
             self._waiting.add(future)
         try:
