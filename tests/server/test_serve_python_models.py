@@ -1430,17 +1430,20 @@ class TritonPythonModel:
         self.seen = sorted(os.path.relpath(os.path.join(d, f), here) for d, _, fs in os.walk(here) for f in fs
                            if f.endswith((".txt", ".py", ".pbtxt", ".json")) and "polystack" not in f)
         self.labels = open(os.path.join(here, "labels.txt")).read().split()
+        self.here = here
 
     def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("seen", np.array([" ".join(self.labels + self.seen)],
-                dtype=np.object_))]) for r in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("seen", np.array([" ".join([self.here] + self.labels
+                + self.seen)], dtype=np.object_))]) for r in requests]
 """
 
 
 def test_a_python_models_folder_holds_the_files_beside_its_config_as_triton_hands_it(tmp_path: Path) -> None:
     """``args["model_repository"]`` holds the model folder's own files (labels, a tokenizer folder, its config.pbtxt)
-    and the version served, not other versions (helper-159: Triton's test_init_args, and a model reading
-    labels.txt there failed to load)."""
+    (helper-159: Triton's test_init_args, and a model reading labels.txt there failed to load); it is the model's
+    folder in the repository, as Triton names it (helper-219: test_init_args compares it, and polystack named the
+    copy it runs from), and, for a load's uploaded files (no folder of the repository's), that copy: the version
+    loaded alone."""
     repo = tmp_path / "models"
     python_folder(repo, "folder", FOLDER,
         'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
@@ -1453,13 +1456,22 @@ def test_a_python_models_folder_holds_the_files_beside_its_config_as_triton_hand
     (repo / "folder" / "2").mkdir()  # another version, not served
     (repo / "folder" / "2" / "model.py").write_text("raise SystemExit('not this one')\n")
     port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "folder"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         x = httpclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(np.ones(1, np.float32))
         seen = client.infer("folder", [x]).as_numpy("seen")[0].decode().split()
-        assert seen == ["cat", "dog", "1/model.py", "config.pbtxt", "labels.txt", "tokenizer/vocab.json"]
+        assert seen == [str(repo / "folder"), "cat", "dog", "1/model.py", "2/model.py", "config.pbtxt", "labels.txt",
+                        "tokenizer/vocab.json"]  # fmt: skip
+        uploaded = FOLDER.replace('open(os.path.join(here, "labels.txt")).read().split()', "['up']")
+        client.load_model("uploaded", config=json.dumps({"backend": "python", "max_batch_size": 0,
+                          "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
+                          "output": [{"name": "seen", "data_type": "TYPE_STRING", "dims": [1]}]}),
+                          files={"file:1/model.py": uploaded.encode()})  # fmt: skip
+        here, *seen = client.infer("uploaded", [x]).as_numpy("seen")[0].decode().split()
+        assert not here.startswith(str(repo)) and seen == ["up", "1/model.py"], (here, seen)
 
 
 NO_INPUTS = """

@@ -161,6 +161,7 @@ class PythonModel:
             self.name = str(manifest["model"])
             check_name(self.name)
             self.version = int(manifest["version"])
+            self._repository = _repository(manifest, self._folder)  # the folder args["model_repository"] names
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
@@ -277,7 +278,7 @@ class PythonModel:
                 "model_instance_kind": instance.kind,
                 "model_instance_name": instance.name,
                 "model_instance_device_id": "0",
-                "model_repository": str(self._folder),
+                "model_repository": self._repository,
                 "model_version": str(manifest["version"]),
                 "model_name": self.name,
             }
@@ -287,7 +288,7 @@ class PythonModel:
     def _import(self, path: Path, instance: _Instance) -> ModuleType:
         return _import(
             path, self._folder, self.name, lambda load, module: self._run("import", instance, load, module),
-            self._folder / str(self.version),
+            Path(self._repository) / str(self.version),
         )  # fmt: skip
 
     def _run(
@@ -939,6 +940,14 @@ def _at(e: BaseException) -> str:
 
 
 _OWN_CODE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")  # polystack's package folder
+
+
+def _repository(manifest: dict[str, Any], copy: Path) -> str:
+    """What ``args["model_repository"]`` names: the model folder it was packed from, as Triton names the folder in
+    the repository, while that folder is there (a repository's; not a load's uploaded files, gone since), else the
+    copy it runs from (which holds the same files: those it was loaded with)."""
+    folder = manifest.get(python_model.FOLDER)
+    return folder if isinstance(folder, str) and os.path.isdir(folder) else str(copy)
 
 
 def _importing(filename: str) -> bool:

@@ -921,8 +921,8 @@ def calling_package(depth: int = 2) -> str | None:
 
 
 def get_model_dir() -> str:
-    """The model's version folder, as Triton's stub gives it (polystack's copy of it, beside which
-    ``args["model_repository"]`` holds the model's own files): a model reads its files there."""
+    """The model's version folder, as Triton's stub gives it (in the folder ``args["model_repository"]`` names: the
+    repository's, else polystack's copy): a model reads its files there."""
     folder = getattr(sys.modules.get(calling_package() or ""), MODEL_DIR, None)
     if not isinstance(folder, str):
         raise TritonModelException("get_model_dir() is the folder of the Python model whose code calls it; none does")
