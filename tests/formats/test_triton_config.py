@@ -25,22 +25,21 @@ instance_group [ { count: 1 } ]
 parameters { key: "p" value: { string_value: "v" } }
 """
 
-# tritonserver 2.51's args["model_config"], less Triton 24.x's runtime and is_non_linear_format_io (tritonclient's
-# model_config.proto, which polystack's configs are read with, has neither)
+# tritonserver 2.51's args["model_config"]
 HANDED = {
     "backend": "python", "batch_input": [], "batch_output": [], "cc_model_filenames": {},
     "default_model_filename": "model.py",
     "input": [{"allow_ragged_batch": False, "data_type": "TYPE_INT32", "dims": [1], "format": "FORMAT_NONE",
-               "is_shape_tensor": False, "name": "INPUT", "optional": False}],
+               "is_non_linear_format_io": False, "is_shape_tensor": False, "name": "INPUT", "optional": False}],
     "instance_group": [{"count": 1, "gpus": [], "host_policy": "", "kind": "KIND_CPU", "name": "m_0", "passive": False,
                         "profile": [], "secondary_devices": []}],
     "max_batch_size": 4, "metric_tags": {}, "model_warmup": [], "name": "m",
     "optimization": {"eager_batching": False, "gather_kernel_buffer_threshold": 0,
                      "input_pinned_memory": {"enable": True}, "output_pinned_memory": {"enable": True},
                      "priority": "PRIORITY_DEFAULT"},
-    "output": [{"data_type": "TYPE_INT32", "dims": [1], "is_shape_tensor": False, "label_filename": "",
-                "name": "OUTPUT"}],
-    "parameters": {"p": {"string_value": "v"}}, "platform": "",
+    "output": [{"data_type": "TYPE_INT32", "dims": [1], "is_non_linear_format_io": False, "is_shape_tensor": False,
+                "label_filename": "", "name": "OUTPUT"}],
+    "parameters": {"p": {"string_value": "v"}}, "platform": "", "runtime": "",
     "sequence_batching": {
         "control_input": [
             {"control": [{"bool_false_true": [False, True], "data_type": "TYPE_INVALID", "fp32_false_true": [],
@@ -69,6 +68,16 @@ def test_what_a_config_gives_is_kept_and_the_rest_completed() -> None:
     handed = json.loads(triton_config.as_handed(json.loads(model_config.as_json(CONFIG + given)), "m", "model.py"))
     assert handed["version_policy"] == {"all": {}}
     assert handed["optimization"] == {**HANDED["optimization"], "priority": "PRIORITY_MAX"}
+
+
+def test_the_fields_newer_than_tritonclients_proto_are_handed_as_given() -> None:
+    """helper-219: Triton 24.x's ``runtime`` and ``is_non_linear_format_io`` were left out (tritonclient's proto, which
+    polystack reads configs with, has neither), where 2.51 hands them, a config's own values included."""
+    config = json.loads(model_config.as_json(CONFIG))  # (a config.pbtxt gives them as JSON: its proto lacks them)
+    config["runtime"], config["input"][0]["is_non_linear_format_io"] = "model.py", True
+    handed = json.loads(triton_config.as_handed(config, "m", "model.py"))
+    assert handed["runtime"] == "model.py"
+    assert handed["input"][0]["is_non_linear_format_io"] and not handed["output"][0]["is_non_linear_format_io"]
 
 
 def test_a_config_protobuf_cannot_read_is_handed_as_it_is() -> None:

@@ -38,6 +38,7 @@ def as_handed(config: dict[str, Any], name: str, default_filename: str) -> str:
     )
     _numbers(doc, model_config_pb2.ModelConfig.DESCRIPTOR)
     doc["name"] = doc.get("name") or name
+    _newer_fields(doc, config)
     doc["default_model_filename"] = doc.get("default_model_filename") or default_filename
     if not doc.get("version_policy"):  # (one given, ``all: {}`` say, is kept)
         doc["version_policy"] = {"latest": {"num_versions": 1}}
@@ -50,6 +51,18 @@ def as_handed(config: dict[str, Any], name: str, default_filename: str) -> str:
         if group.get("kind", "KIND_AUTO") == "KIND_AUTO":  # where a host without GPUs places it
             group["kind"] = "KIND_CPU"
     return json.dumps(doc)
+
+
+def _newer_fields(doc: dict[str, Any], config: dict[str, Any]) -> None:
+    """The fields of Triton 24.x's config that the proto polystack reads with (tritonclient's) lacks, as 2.51 hands
+    them: ``runtime`` and each input's and output's ``is_non_linear_format_io``, the config's own or the default."""
+    runtime = config.get("runtime")
+    doc["runtime"] = runtime if isinstance(runtime, str) else ""
+    for key in ("input", "output"):
+        given = {t.get("name"): t for t in config.get(key) or () if isinstance(t, dict)}
+        for tensor in doc.get(key) or ():
+            flag = given.get(tensor.get("name"), {}).get("is_non_linear_format_io")
+            tensor["is_non_linear_format_io"] = flag if isinstance(flag, bool) else False
 
 
 def _numbers(doc: dict[str, Any], descriptor: Any) -> None:
