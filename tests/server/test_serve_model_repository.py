@@ -1408,3 +1408,42 @@ def test_a_model_an_earlier_run_left_in_the_store_is_unknown_to_a_server_of_anot
                 with pytest.raises(InferenceServerException, match="is not found") as e:
                     g.infer("x", [gx], model_version=version)
                 assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_an_onnx_model_of_bfloat16_inputs_and_outputs_answers_tritonclients_bf16_requests(tmp_path: Path) -> None:
+    """helper-220 (Triton's L0_backend_onnxruntime bfloat16 test): an ONNX model whose inputs and outputs are
+    bfloat16 was refused at load, where Triton's ONNX Runtime backend serves it; tritonclient sends and reads BF16
+    from float32 arrays, over HTTP and gRPC."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["a"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["f", "f"], ["twice"]),
+        helper.make_node("Cast", ["twice"], ["b"], to=TensorProto.BFLOAT16),
+    ]
+    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("a", TensorProto.BFLOAT16, ["n", 4])],
+                              [helper.make_tensor_value_info("b", TensorProto.BFLOAT16, ["n", 4])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "models" / "bf16" / "1").mkdir(parents=True)
+    onnx.save_model(model, str(tmp_path / "models" / "bf16" / "1" / "model.onnx"))
+    (tmp_path / "models" / "bf16" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "a", data_type: TYPE_BF16, dims: [ 4 ] } ]\n'
+        'output [ { name: "b", data_type: TYPE_BF16, dims: [ 4 ] } ]\n'
+    )
+    x = np.array([[1.5, -2.0, 3.25, 0.0]], np.float32)
+    port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--grpc-port", str(grpc_port)]
+    with (
+        cli_server(tmp_path / "home", args, port, tmp_path / "log"),
+        httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client,
+        grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as rpc,
+    ):
+        a = httpclient.InferInput("a", [1, 4], "BF16")
+        a.set_data_from_numpy(x)  # (tritonclient sends BF16 over HTTP as binary data alone)
+        assert client.infer("bf16", [a]).as_numpy("b").tolist() == [[3.0, -4.0, 6.5, 0.0]]
+        g = grpcclient.InferInput("a", [1, 4], "BF16")
+        g.set_data_from_numpy(x)
+        assert rpc.infer("bf16", [g]).as_numpy("b").tolist() == [[3.0, -4.0, 6.5, 0.0]]

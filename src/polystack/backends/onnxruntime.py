@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +85,26 @@ def _from_runtime_output(arr: Any) -> np.ndarray:
 
 
 _CUDA = "CUDAExecutionProvider"
+_BFLOAT16 = 16  # ONNX's element type of bfloat16 (TensorProto.BFLOAT16)
+
+
+def _bfloat16_input(arr: np.ndarray) -> Any:
+    """A bfloat16 array as ONNX Runtime takes it, which its numpy API cannot: its 16-bit patterns, typed bfloat16."""
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(arr).view(np.uint16), _BFLOAT16)
+
+
+def _output_of(value: Any) -> np.ndarray:
+    """An output ONNX Runtime gave (an OrtValue on the CPU) as numpy: a bfloat16 one, which its ``numpy()`` cannot
+    give, copied from its memory as 16-bit patterns and viewed as ml_dtypes' bfloat16 (the protocol's BF16)."""
+    if value.element_type() != _BFLOAT16:
+        return _from_runtime_output(value.numpy())
+    shape = tuple(value.shape())
+    out = np.empty(shape, np.uint16)
+    if out.size:
+        ctypes.memmove(out.ctypes.data, value.data_ptr(), out.nbytes)
+    return out.view(DType.BF16.numpy)
 
 
 def _name(provider: Any) -> str:
@@ -105,12 +126,17 @@ class OnnxRuntimeModel:
         self.signature = signature
         self._outputs = signature.output_names
         self._run_options = run_options
+        # bfloat16 tensors, which ONNX Runtime's numpy API neither takes nor gives: such a model runs bound (``_bound``)
+        every = (*signature.inputs, *signature.optional, *signature.outputs)
+        self._bf16 = any(t.dtype is DType.BF16 for t in every)
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
         feed = {name: _to_runtime_input(name, arr) for name, arr in inputs.items()}
         try:
+            if self._bf16:
+                return dict(zip(self._outputs, self._bound(feed), strict=True))
             results = self.session.run(self._outputs, feed, self._run_options)
         except InvalidArgument as e:
             raise RuntimeRefused(f"ONNX Runtime refused the inputs: {e}") from e
@@ -119,6 +145,23 @@ class OnnxRuntimeModel:
         except Exception as e:
             raise BackendError(f"ONNX Runtime failed: {type(e).__name__}: {e}") from e
         return {n: _from_runtime_output(r) for n, r in zip(self._outputs, results, strict=True)}
+
+    def _bound(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """A run through an IO binding, its inputs and outputs on the CPU (a GPU's outputs copied back by ONNX
+        Runtime), bfloat16 ones as their 16-bit patterns."""
+        binding = self.session.io_binding()
+        held = []  # what the binding reads, alive until the run ends
+        for name, arr in feed.items():
+            if arr.dtype == DType.BF16.numpy:
+                held.append(_bfloat16_input(arr))
+                binding.bind_ortvalue_input(name, held[-1])
+            else:
+                held.append(np.ascontiguousarray(arr))
+                binding.bind_cpu_input(name, held[-1])
+        for name in self._outputs:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding, self._run_options)
+        return [_output_of(v) for v in binding.get_outputs()]
 
     def close(self) -> None:
         self.session = None
@@ -206,12 +249,6 @@ class OnnxRuntimeBackend(Backend):
             run_options = ort.RunOptions()
             for key, value in options.run_config.items():
                 run_options.add_run_config_entry(key, value)
-        bf16 = [t.name for t in (*signature.inputs, *signature.optional, *signature.outputs) if t.dtype is DType.BF16]
-        if bf16:  # numpy has no bfloat16 for it: refused here, as Triton's ONNX Runtime backend refuses it
-            raise InvalidModelFile(
-                f"ONNX Runtime's Python API takes and gives no bfloat16 tensors, and {', '.join(map(repr, bf16))} "
-                "are BF16: export the model with FP32 (or FP16) inputs and outputs, with Casts to bfloat16 inside it"
-            )
         providers = self._providers_for(device, options)
         try:
             # no fallback: ONNX Runtime would otherwise retry a session its providers refuse (or a run they fail)
