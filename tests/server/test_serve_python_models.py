@@ -1465,13 +1465,17 @@ def test_a_python_models_folder_holds_the_files_beside_its_config_as_triton_hand
         seen = client.infer("folder", [x]).as_numpy("seen")[0].decode().split()
         assert seen == [str(repo / "folder"), "cat", "dog", "1/model.py", "2/model.py", "config.pbtxt", "labels.txt",
                         "tokenizer/vocab.json"]  # fmt: skip
+        # a load of uploaded files for a name the repository has a folder of: the copy, not that folder
+        shutil.copytree(repo / "folder", repo / "uploaded")
         uploaded = FOLDER.replace('open(os.path.join(here, "labels.txt")).read().split()', "['up']")
         client.load_model("uploaded", config=json.dumps({"backend": "python", "max_batch_size": 0,
                           "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
                           "output": [{"name": "seen", "data_type": "TYPE_STRING", "dims": [1]}]}),
                           files={"file:1/model.py": uploaded.encode()})  # fmt: skip
         here, *seen = client.infer("uploaded", [x]).as_numpy("seen")[0].decode().split()
-        assert not here.startswith(str(repo)) and seen == ["up", "1/model.py"], (here, seen)
+        assert here != str(repo / "uploaded") and seen == ["up", "1/model.py"], (here, seen)
+        client.load_model("uploaded")  # the folder's own files again: its folder
+        assert client.infer("uploaded", [x]).as_numpy("seen")[0].decode().split()[0] == str(repo / "uploaded")
 
 
 NO_INPUTS = """

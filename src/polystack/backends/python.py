@@ -135,7 +135,13 @@ class _Instance:
 
 class PythonModel:
     def __init__(
-        self, artifact: Path, signature: Signature, device: str, config: str | None = None, complete: bool = False
+        self,
+        artifact: Path,
+        signature: Signature,
+        device: str,
+        config: str | None = None,
+        complete: bool = False,
+        folder: str | None = None,
     ) -> None:
         self.signature = signature
         self._host = hosting.HOST.get()  # the server that loads it, which its calls to other models go to
@@ -161,7 +167,8 @@ class PythonModel:
             self.name = str(manifest["model"])
             check_name(self.name)
             self.version = int(manifest["version"])
-            self._repository = _repository(manifest, self._folder)  # the folder args["model_repository"] names
+            # the folder args["model_repository"] names: the repository's, as Triton's, while it is there
+            self._repository = folder if folder is not None and os.path.isdir(folder) else str(self._folder)
             if self._host is not None:  # where calls from threads the model starts itself go
                 pb_utils._SERVER[:] = [weakref.ref(self._host)]
             given = json.loads(config) if config is not None else manifest["config"]  # a load's, else the folder's
@@ -942,14 +949,6 @@ def _at(e: BaseException) -> str:
 _OWN_CODE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")  # polystack's package folder
 
 
-def _repository(manifest: dict[str, Any], copy: Path) -> str:
-    """What ``args["model_repository"]`` names: the model folder it was packed from, as Triton names the folder in
-    the repository, while that folder is there (a repository's; not a load's uploaded files, gone since), else the
-    copy it runs from (which holds the same files: those it was loaded with)."""
-    folder = manifest.get(python_model.FOLDER)
-    return folder if isinstance(folder, str) and os.path.isdir(folder) else str(copy)
-
-
 def _importing(filename: str) -> bool:
     """Whether a frame of ``filename`` is Python's import machinery (which runs a model's ``model.py``)."""
     return filename.startswith("<frozen importlib")
@@ -1143,6 +1142,9 @@ class PythonOptions(BaseModel):
     # that config goes through the model's auto_complete_config first, as Triton's load completes it (unless
     # --disable-auto-complete-config); the folder's was completed when it was stored
     auto_complete: bool = False
+    # the model's folder in a local repository, which args["model_repository"] names, as Triton's does (None: the
+    # copy it runs from; a load's uploaded files, a cloud repository's, as Triton's names a copy of its own there)
+    folder: str | None = None
 
 
 class PythonBackend(Backend):
@@ -1154,4 +1156,4 @@ class PythonBackend(Backend):
         if device not in self.devices():  # its instances run on the CPU (a model's own code may use a GPU)
             raise BackendUnavailable(f"backend 'python' runs its models' instances on the CPU, not {device!r}")
         assert isinstance(options, PythonOptions)
-        return PythonModel(artifact, signature, device, options.config, options.auto_complete)
+        return PythonModel(artifact, signature, device, options.config, options.auto_complete, options.folder)

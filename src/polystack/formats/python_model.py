@@ -10,7 +10,6 @@ everywhere (``pickle_guard``).
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ NAME = "python"
 MANIFEST = "polystack-python-model.json"  # the model's name, version, file and config (and its backend's name)
 BACKEND = "polystack-backend"  # where a Python-based backend's folder (its model.py) lies in the zip
 COMPLETED_FROM = "completed_from"  # the manifest's: the config its auto_complete_config completed (if it ran)
-FOLDER = "folder"  # the manifest's: the model folder it was packed from (Triton's args["model_repository"])
 MAX_FILES = 10_000  # a version folder with more is a mistake (a data set copied in), refused
 _DATE = (1980, 1, 1, 0, 0, 0)  # every entry's, so that the same files are the same bytes
 
@@ -45,8 +43,7 @@ def pack(
     file is missing or the folder holds more than ``MAX_FILES`` files. A model of a Python-based backend (Triton's:
     its config names a backend whose folder holds a ``model.py``) runs that folder's ``model.py``: the folder goes in
     too, under ``BACKEND``, and its version folder needs no file of its own. ``completed_from``: the config the
-    model's ``auto_complete_config`` made ``config`` of, kept so that its load does not call it again. The folder's
-    path is kept too: Triton hands it to the model as ``args["model_repository"]``."""
+    model's ``auto_complete_config`` made ``config`` of, kept so that its load does not call it again."""
     root = folder / str(version)
     if backend is None and not (root / file).is_file():
         raise InvalidModelFile(f"{root / file} is missing: a Python model's version folder holds its {file}")
@@ -59,7 +56,7 @@ def pack(
         entries += [(p, f"{BACKEND}/{p.relative_to(backend).as_posix()}") for p in _files(backend, None)]
     if len(entries) > MAX_FILES:
         raise InvalidModelFile(f"{folder} holds more than {MAX_FILES} files; keep the model's own files there")
-    manifest = {"model": name, "version": version, "file": file, "config": config, FOLDER: os.path.abspath(folder)}
+    manifest = {"model": name, "version": version, "file": file, "config": config}
     if backend is not None:
         manifest["backend"] = backend.name
     if completed_from is not None:

@@ -33,6 +33,7 @@ import weakref
 import zipfile
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -244,6 +245,11 @@ def parse_version(name: str, version: str | None) -> int | None:
     if not digits or len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
+
+
+# set while a load of uploaded files plans the version they make: a Python model's args["model_repository"] names its
+# copy then (Triton's: a folder of its own), not the repository's folder of the same name (``DataPlane._local_folder``)
+_UPLOADED: ContextVar[bool] = ContextVar("polystack_uploaded_files", default=False)
 
 
 def load_failed(name: str, e: PolystackError) -> PolystackError:
@@ -695,6 +701,14 @@ class DataPlane:
                 failures.append(e)
         return failures
 
+    def _local_folder(self, model_dir: Path | None) -> Path | None:
+        """The model's folder in a local model repository (``model_dir``, its start config's), which a Python model's
+        ``args["model_repository"]`` names, as Triton's does; None where the version is a load's uploaded files or a
+        cloud repository's copy (Triton names a copy of its own there), or no repository holds it."""
+        if model_dir is None or self.repository is None or _UPLOADED.get():
+            return None
+        return model_dir if self.repository.is_local(model_dir) else None
+
     def check_load(self, ref: ModelRef | str) -> SequencePolicy | None:
         """Refuse what a load of ``ref`` without a config of its own would refuse (its start config),
         loading nothing; its sequence batching, if its config sets it."""
@@ -747,6 +761,7 @@ class DataPlane:
                 chosen = model_config.read(
                     config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size,
                     auto_complete=self.auto_complete, python_based=based,
+                    python_folder=self._local_folder(model_dir),
                 )  # fmt: skip
             except InvalidRequest as e:
                 if given is None:  # the client sent none: say which one it was
@@ -3151,12 +3166,15 @@ class DataPlane:
             registered = model_files.register(self.store, name, files, config)
         record = registered.record
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
+        uploaded = _UPLOADED.set(True)
         try:
             entry = self._load_only(record.ref, config, ran)
         except BaseException:
             registered.undo(self.store)
             log.warning("a load's model file was not served; the store is as it was", extra=facts)
             raise
+        finally:
+            _UPLOADED.reset(uploaded)
         registered.settle(self.store)  # the bytes it replaced, no longer served
         self._configured.pop(name, None)  # what serves is the files': a load without a config reads the folder
         if registered.created or registered.settings_before is not None:  # the store changed: say so

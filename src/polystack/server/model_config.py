@@ -699,6 +699,7 @@ def read(
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     auto_complete: bool = True,
     python_based: str = "",
+    python_folder: Path | None = None,
 ) -> LoadConfig:
     """What the ``config`` load parameter ``text`` says for ``record`` served by ``spec``; ``default``
     is the batch policy polystack would have chosen, which fills ``max_batch_size`` and the instance
@@ -745,6 +746,8 @@ def read(
     # follows, as Triton hands its Python backend the config a load overrides
     if spec.backend == "python":
         options: dict[str, Any] = {"config": json.dumps(config), "auto_complete": auto_complete}
+        if python_folder is not None:  # its folder in a local repository: args["model_repository"], as Triton's
+            options["folder"] = str(python_folder)
     elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
         onnxruntime_config.options((), optimization, spec.backend, spec.device)
         options = openvino_config.options(parameters, spec.device)

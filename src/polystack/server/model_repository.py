@@ -282,6 +282,14 @@ class ModelRepository:
                     raise
                 log.warning("cannot read the model repository", extra={"repository": cloud.shown, "error": e.message})
 
+    def is_local(self, folder: Path) -> bool:
+        """Whether ``folder`` lies in one of the repositories on a local file system (not a cloud repository's
+        copy, which each sync rewrites)."""
+        folder = Path(folder).absolute()
+        copies = [c.local.absolute() for c in self.clouds]
+        roots = [r for r in self.roots if r not in copies]
+        return any(folder.is_relative_to(r) for r in [*roots, *self.mapped.values()])
+
     def shown(self) -> str:
         """The repositories as ``--model-repository`` named them (a cloud copy as its bucket's location)."""
         copies = {c.local.absolute(): c.shown for c in self.clouds}
