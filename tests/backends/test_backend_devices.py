@@ -139,6 +139,7 @@ def test_onnxruntime_takes_and_gives_bfloat16_inputs_and_outputs(tmp_path: Path)
     import onnx
     from onnx import TensorProto, helper
 
+    from polystack.errors import InvalidModelFile
     from polystack.formats.onnx import signature_of
     from polystack.types import DType
 
@@ -170,6 +171,17 @@ def test_onnxruntime_takes_and_gives_bfloat16_inputs_and_outputs(tmp_path: Path)
     assert out["twice"].dtype == np.float32 and out["twice"].tolist() == [[3.0, -4.0], [6.5, 0.0]]
     none = loaded.infer({"a": np.zeros((0, 2), DType.BF16.numpy)})
     assert none["b"].shape == (0, 2) and none["b"].dtype == DType.BF16.numpy
+    # helper-223: an IO binding takes no string input, so such a model beside bfloat16 would fail every request
+    graph = helper.make_graph([*doubled, helper.make_node("Identity", ["t"], ["u"])], "text",
+                              [helper.make_tensor_value_info("a", TensorProto.BFLOAT16, ["n", 2]),
+                               helper.make_tensor_value_info("t", TensorProto.STRING, ["n"])],
+                              [helper.make_tensor_value_info("b", TensorProto.BFLOAT16, ["n", 2]),
+                               helper.make_tensor_value_info("u", TensorProto.STRING, ["n"])])  # fmt: skip
+    text = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    text.ir_version = 8
+    onnx.save_model(text, str(tmp_path / "text.onnx"))
+    with pytest.raises(InvalidModelFile, match=r"'a', 'b' are bfloat16.*binds no string input \('t'\)"):
+        backend.load(tmp_path / "text.onnx", signature_of(text), backend.parse_options({}), "cpu")
     inside = [
         helper.make_node("Cast", ["a"], ["h"], to=TensorProto.BFLOAT16),
         helper.make_node("Cast", ["h"], ["b"], to=TensorProto.FLOAT),

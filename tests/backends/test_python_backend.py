@@ -221,6 +221,13 @@ def test_an_import_that_fails_says_where_in_model_py_and_not_in_pythons_import_m
         words, at = raised.value.message.split("\n\nAt:\n")
         assert words.endswith("failed in import: NameError: name 'missing_name' is not defined"), words
         assert re.fullmatch(r"  \S+/1/model\.py\(3\): <module>\n", at), at
+    # helper-223: a module model.py imports fails: its line, then model.py's (the walk skips the machinery between)
+    (tmp_path / "m" / "upper" / "1" / "helper.py").write_text("\nraise ValueError('helper broke')\n")
+    (tmp_path / "m" / "upper" / "1" / "model.py").write_text("import helper\n")
+    with pytest.raises(InvalidRequest) as raised:
+        auto_complete(tmp_path / "m" / "upper", 1, "model.py", CONFIG, "upper")
+    at = raised.value.message.split("\n\nAt:\n")[1]
+    assert re.fullmatch(r"  \S+/1/helper\.py\(2\): <module>\n  \S+/1/model\.py\(1\): <module>\n", at), at
 
 
 def test_a_model_naming_an_execution_environment_loads_in_polystacks_saying_so(

@@ -87,12 +87,12 @@ def test_a_task_claims_its_model_once_and_outside_the_loader_nothing_is_held() -
 def test_a_load_asked_by_a_building_model_runs_beside_it_and_refuses_to_wait_for_its_asker() -> None:
     """A Python model's initialize (in its build, the turn let go) asking for another model's load and waiting for it
     (``asking``): the asked task runs on a thread of its own, one loader thread enough; waiting for the asker's claim
-    (a load of the asker itself, or of a model whose load waits for it) raises where it would wait for good."""
+    (a load of the asker itself) raises where it would wait for good."""
     loader = Loader(threads=1)
 
     def asker() -> list[str]:
         said: list[str] = []
-        with loader.claim("a"), loader.let_go(), asking("a"):
+        with loader.claim("a"), loader.let_go(), asking(threading.get_ident()):
             said.append(loader.submit(lambda: "b loaded" if loader.on_loader() else "off the loader").result(10))
             with pytest.raises(InvalidRequest, match="model 'a' is loading, and its load waits for this one"):
                 loader.submit(loader.wait_for, "a").result(10)
@@ -102,6 +102,31 @@ def test_a_load_asked_by_a_building_model_runs_beside_it_and_refuses_to_wait_for
     try:
         assert loader.submit(asker).result(20) == ["b loaded"]
         assert loader.submit(lambda: "later").result(10) == "later"  # the pool's thread is free again
+        assert loader.wait_idle(10)
+    finally:
+        loader.shutdown()
+
+
+def test_two_builds_asking_for_each_others_model_end_one_refused_where_both_waited_for_good() -> None:
+    """helper-223: ping's initialize asks for pong's load while pong's asks for ping's, the two loaded at once: each
+    asked task waited for the other's claim, for good. The loader keeps who waits for whom: the wait that closes the
+    circle is refused, and the other goes on once that build ends."""
+    loader = Loader(threads=2)
+    both = threading.Barrier(2, timeout=10)
+
+    def build(mine: str, other: str) -> str:
+        with loader.claim(mine), loader.let_go(), asking(threading.get_ident()):
+            both.wait()  # both claimed before either asks
+            try:
+                loader.submit(lambda: loader.wait_for(other)).result(20)
+                return f"{mine} loaded {other}"
+            except InvalidRequest as e:
+                return f"{mine} refused: {e.message[:40]}"
+
+    try:
+        ping, pong = loader.submit(build, "ping", "pong"), loader.submit(build, "pong", "ping")
+        said = sorted([ping.result(30), pong.result(30)])
+        assert len([s for s in said if "refused: model '" in s]) == 1 and any(" loaded " in s for s in said), said
         assert loader.wait_idle(10)
     finally:
         loader.shutdown()

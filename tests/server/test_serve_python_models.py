@@ -3,6 +3,7 @@ serves them to tritonclient, alone and as an ensemble's step, refused without th
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -2453,7 +2454,9 @@ def test_a_model_failing_in_initialize_at_start_is_listed_at_its_version_as_trit
     assert failed["version"] == "1" and failed["state"] == "UNAVAILABLE" and "on purpose" in failed["reason"], index
 
 LOADS_IN_INITIALIZE = '''
+import concurrent.futures
 import json
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -2462,7 +2465,17 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         self.said = []
-        target = json.loads(args["model_config"])["parameters"]["TARGET"]["string_value"]
+        parameters = json.loads(args["model_config"])["parameters"]
+        target = parameters["TARGET"]["string_value"]
+        time.sleep(float(parameters.get("PAUSE", {}).get("string_value", "0")))  # (both of two loads under way)
+        if "THREAD" in parameters:  # from a thread of its own, which has none of the model's context
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(self.ask, target).result()
+        else:
+            self.ask(target)
+        pb_utils.Logger.log_info(f"{args['model_name']} said: " + "; ".join(self.said))
+
+    def ask(self, target):
         self.said.append(f"ready_before={pb_utils.is_model_ready(target)}")
         try:
             pb_utils.load_model(target)
@@ -2471,7 +2484,6 @@ class TritonPythonModel:
             self.said.append(f"ready_after_unload={pb_utils.is_model_ready(target)}")
         except pb_utils.TritonModelException as e:
             self.said.append(f"raised: {e.message()}")
-        pb_utils.Logger.log_info(f"{args['model_name']} said: " + "; ".join(self.said))
 
     def execute(self, requests):
         said = np.array(["; ".join(self.said).encode()], dtype=np.object_)
@@ -2492,9 +2504,12 @@ def test_a_python_models_initialize_loads_and_unloads_other_models_as_tritons_bl
     python_folder(repo, "target", IDENTITY,
                   'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
                   'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
-    for name, target in (("loader", "target"), ("selfish", "selfish"), ("first", "second"), ("second", "first")):
+    for name, target in (("loader", "target"), ("selfish", "selfish"), ("first", "second"), ("second", "first"),
+                         ("ping", "pong"), ("pong", "ping"), ("threaded", "target")):  # fmt: skip
+        more = ', { key: "THREAD", value: { string_value: "yes" } }' if name == "threaded" else ""
+        more += ', { key: "PAUSE", value: { string_value: "1" } }' if name in ("ping", "pong") else ""
         python_folder(repo, name, LOADS_IN_INITIALIZE,
-                      config + f'parameters [ {{ key: "TARGET", value: {{ string_value: "{target}" }} }} ]\n')
+                      config + f'parameters [ {{ key: "TARGET", value: {{ string_value: "{target}" }} }}{more} ]\n')
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
             "explicit", "--model-load-thread-count", "1"]  # fmt: skip
@@ -2504,8 +2519,9 @@ def test_a_python_models_initialize_loads_and_unloads_other_models_as_tritons_bl
         x.set_data_from_numpy(np.array([1.5], np.float32))
 
         def said(name: str) -> str:
-            client.load_model(name)
-            return client.infer(name, [x]).as_numpy("said")[0].decode()
+            with httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60) as own:  # one a thread
+                own.load_model(name)
+                return own.infer(name, [x]).as_numpy("said")[0].decode()
 
         assert said("loader") == "ready_before=False; ready_after_load=True; ready_after_unload=False"
         assert not client.is_model_ready("target")
@@ -2516,9 +2532,20 @@ def test_a_python_models_initialize_loads_and_unloads_other_models_as_tritons_bl
         # second on its own loads first (served, not loading now) and unloads it
         assert said("second") == "ready_before=True; ready_after_load=True; ready_after_unload=False"
         assert not client.is_model_ready("first")
+        # from a thread the model's initialize started (one loader thread, which its load holds)
+        assert said("threaded") == "ready_before=False; ready_after_load=True; ready_after_unload=False"
     logged = [json.loads(line)["msg"] for line in (tmp_path / "log").read_text().splitlines() if " said: " in line]
-    assert len(logged) == 5 and logged[2].startswith("second said: ready_before=False; raised: "), logged
+    assert len(logged) == 6 and logged[2].startswith("second said: ready_before=False; raised: "), logged
     assert "model 'first' is loading, and its load waits for this one" in logged[2], logged
+    # helper-223: ping and pong loaded at once (two loader threads), each one's initialize asking for the other's load
+    # while both are under way: one is refused there (where both waited for good), and both load
+    port = free_port()
+    with (
+        cli_server(tmp_path / "home2", [*args[:-1], "2"], port, tmp_path / "log2"),
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        answers = sorted(pool.map(said, ["ping", "pong"], timeout=60))
+    assert len([a for a in answers if "raised: " in a and "would wait for itself" in a]) == 1, answers
 
 
 INITIALIZED = '''

@@ -249,6 +249,14 @@ class OnnxRuntimeBackend(Backend):
             run_options = ort.RunOptions()
             for key, value in options.run_config.items():
                 run_options.add_run_config_entry(key, value)
+        bf16 = [t.name for t in (*signature.inputs, *signature.optional, *signature.outputs) if t.dtype is DType.BF16]
+        text = [t.name for t in (*signature.inputs, *signature.optional) if t.dtype is DType.BYTES]
+        if bf16 and text:  # its bfloat16 tensors run bound, and ONNX Runtime binds no string input
+            raise InvalidModelFile(
+                f"{', '.join(map(repr, bf16))} are bfloat16, which ONNX Runtime's Python API takes only through an IO "
+                f"binding, and that binds no string input ({', '.join(map(repr, text))}): give the model FP32 (or "
+                "FP16) inputs and outputs, with Casts to bfloat16 inside it, or its text as numbers"
+            )
         providers = self._providers_for(device, options)
         try:
             # no fallback: ONNX Runtime would otherwise retry a session its providers refuse (or a run they fail)

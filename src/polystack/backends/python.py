@@ -930,7 +930,7 @@ def _at(e: BaseException) -> str:
     """Where ``e`` was raised, as Triton's stub words an exception from ``execute`` (pybind11's): ``At:``, then the
     frames from the innermost out, each ``  <file>(<line>): <function>``, up to the model's ``execute`` (the frames
     that called it are polystack's, where Triton's are none), but the innermost of polystack's own code (pb_utils'
-    ``send``, say: C++ in Triton's stub, so never among its frames); an import's, up to the model's ``<module>``."""
+    ``send``, say: C++ in Triton's stub, so never among its frames), and none of Python's import machinery."""
     tb = e.__traceback__
     if tb is None:
         return ""
@@ -940,8 +940,9 @@ def _at(e: BaseException) -> str:
     frame: FrameType | None = tb.tb_frame
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
         frame = frame.f_back
-    while frame is not None and frame.f_code.co_filename != __file__ and not _importing(frame.f_code.co_filename):
-        frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
+    while frame is not None and frame.f_code.co_filename != __file__:
+        if not _importing(frame.f_code.co_filename):  # (an import's frames: the model's modules alone)
+            frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
         frame = frame.f_back
     return "\n\nAt:\n" + "".join(frames) if frames else ""
 

@@ -1878,17 +1878,16 @@ class DataPlane:
         return f"{served.entry.name}:{served.entry.version}", self._instances(served)
 
     def _asked_by(self, caller: str, what: str) -> contextlib.AbstractContextManager[None]:
-        """What a load or unload asked by model ``caller`` is asked in: from its code running in its own load (its
-        initialize or warm-up, on the loader), the loader runs it beside that load (``loader.asking``); one asked
-        while the load holds the loader's turn would queue behind it, which waits for it: refused."""
-        if not self._loader.on_loader():
-            return contextlib.nullcontext()
+        """What a load or unload asked by model ``caller``'s code is asked in (``""``: a thread the model started):
+        the loader runs it on a thread of its own, not behind loads that may wait for it, a load of ``caller``
+        running now among them (its initialize or warm-up asking, on whatever thread), which waits for it
+        (``loader.asking``); one asked while a task holds the loader's turn would queue behind it: refused."""
         if self._loader.holds_turn():
             raise Unavailable(
                 f"model {caller!r} asked for {what} while the loader works for it: the load would wait for itself; "
                 "ask it from initialize or execute"
             )
-        return loader.asking(caller)
+        return loader.asking(self._loader.claimant(caller) or 0 if caller else 0)
 
     def render_metrics(self) -> bytes:
         """``/metrics``: polystack's families, and Triton's names of the same figures when asked for (the families

@@ -12,10 +12,12 @@ same model (a load, an unload, an ensemble's load of its steps) waits at its sta
 (``wait_for``), so that one model's loads and unloads happen one after another, as on one thread. A task holding a
 claim never waits for another's, so that no two tasks wait for each other.
 
-A model's code that runs in its build (a Python model's ``initialize``) may ask for a load or unload of another model
-and wait for it (``asking``): that task runs on a thread of its own, not waiting for a free loader thread (which the
-asking tasks could all hold), and refuses to wait for the claim of a model whose load waits for it (itself, or the
-model that asked), which would wait for good.
+A model's code that runs in its build (a Python model's ``initialize``, from any thread) may ask for a load or unload
+of another model and wait for it (``asking``, naming the task that waits: the one building the model): that task runs
+on a thread of its own, not waiting for a free loader thread (which the asking tasks could all hold). So a task
+holding a claim may wait after all, and the loader keeps who waits for whom (a task for the claim it waits for, an
+asking task for the task it asked): a wait that would close a circle (a model asking for its own load, two models'
+loads asking for each other's) is refused, where it would wait for good.
 
 Written by hand: the standard library's executors run tasks either all at once or one at a time; none runs them one
 at a time but for the sections they mark.
@@ -36,19 +38,22 @@ from polystack.errors import InvalidRequest
 T = TypeVar("T")
 
 DEFAULT_THREADS = 4  # tritonserver's --model-load-thread-count
-# the models whose loads wait for what runs in this context (a load a model's initialize asked for, ``asking``)
-_AWAITED: ContextVar[frozenset[str]] = ContextVar("polystack_loads_awaited", default=frozenset())
+# tasks submitted in this context run apart (not None), and which loader thread waits for them (0: none known): a
+# model's code asked for them (``asking``: the task building that model waits, if one is), or a task run apart
+# submits them itself
+_WAITER: ContextVar[int | None] = ContextVar("polystack_load_waiter", default=None)
 
 
 @contextlib.contextmanager
-def asking(model: str) -> Iterator[None]:
-    """The body asks, for ``model``'s load (its ``initialize`` running), what that load waits for: tasks it submits
-    run on threads of their own, and refuse to wait for ``model``'s claim (``Loader.submit``, ``Loader.wait_for``)."""
-    token = _AWAITED.set(_AWAITED.get() | {model})
+def asking(waiter: int) -> Iterator[None]:
+    """The body asks for tasks that a model's code waits for: they run on threads of their own (``Loader.submit``),
+    not waiting for a loader thread (which the tasks waiting for them may hold); ``waiter``, the loader thread whose
+    task builds that model (0: none), waits for them."""
+    token = _WAITER.set(waiter)
     try:
         yield
     finally:
-        _AWAITED.reset(token)
+        _WAITER.reset(token)
 
 
 class Loader:
@@ -64,6 +69,9 @@ class Loader:
         self._claims: dict[str, int] = {}  # model names claimed, by the thread holding each
         self._tasks: set[Future[Any]] = set()  # submitted and not done
         self._shut = False
+        # who waits for whom, by thread (changed holding the turn): a task for the holder of the claim it waits
+        # for, an asking task for the task run apart for it
+        self._waits: dict[int, set[int]] = {}
 
     def _started(self) -> None:
         self._idents.add(threading.get_ident())
@@ -74,40 +82,69 @@ class Loader:
         """Run ``fn(*args)`` on a loader thread, holding the turn (asked by a load waiting for it, ``asking``: on a
         thread of its own); ``RuntimeError`` once the loader is shut down."""
 
+        waiter = _WAITER.get()
+
         def run() -> T:
             with self._turn:
-                self._holder = threading.get_ident()
+                me = self._holder = threading.get_ident()
+                if waiter:
+                    self._waits.setdefault(waiter, set()).add(me)
                 try:
                     return fn(*args)
                 finally:
                     self._holder = None
+                    if waiter:
+                        self._unwait(waiter, me)
 
-        awaited = _AWAITED.get()
-        future = self._pool.submit(run) if not awaited else self._apart(run, awaited)
+        future = self._pool.submit(run) if waiter is None else self._apart(run)
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
         return future
 
-    def _apart(self, run: Callable[[], T], awaited: frozenset[str]) -> Future[T]:
-        """``run()`` on a loader thread of its own, for loads ``awaited`` that wait for it."""
+    def _apart(self, run: Callable[[], T]) -> Future[T]:
+        """``run()`` on a loader thread of its own (a task another task waits for, which may hold every thread)."""
         if self._shut:  # as the pool refuses a task then
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: Future[T] = Future()
 
         def apart() -> None:
-            _AWAITED.set(awaited)
-            self._started()
+            _WAITER.set(threading.get_ident())  # what it submits itself, it waits for
             try:
+                self._started()
                 if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(run())
-                    except BaseException as e:  # given to the waiting load, as the pool's tasks give theirs
-                        future.set_exception(e)
+                    future.set_result(run())
+            except BaseException as e:  # given to the waiting task, as the pool's tasks give theirs
+                if not future.done():
+                    future.set_exception(e)
             finally:
                 self._idents.discard(threading.get_ident())
 
         threading.Thread(target=apart, name="load-asked", daemon=True).start()
         return future
+
+    def claimant(self, name: str) -> int | None:
+        """The loader thread whose task claims model ``name`` now (None: none does)."""
+        return self._claims.get(name)
+
+    def _unwait(self, waiter: int, waited: int) -> None:
+        edges = self._waits.get(waiter)
+        if edges is not None:
+            edges.discard(waited)
+            if not edges:
+                del self._waits[waiter]
+
+    def _reaches(self, start: int, target: int) -> bool:
+        """Whether thread ``start`` waits, directly or through others, for ``target`` (``_waits``)."""
+        seen: set[int] = set()
+        stack = [start]
+        while stack:
+            at = stack.pop()
+            if at == target:
+                return True
+            if at not in seen:
+                seen.add(at)
+                stack.extend(self._waits.get(at, ()))
+        return False
 
     def on_loader(self) -> bool:
         """Whether the calling thread is one of the loader's (a model's code running in its load, say)."""
@@ -138,16 +175,21 @@ class Loader:
         me = threading.get_ident()
         if self._holder != me:
             return False
-        if self._claims.get(name, me) != me and name in _AWAITED.get():
-            raise InvalidRequest(
-                f"model {name!r} is loading, and its load waits for this one (its initialize asked for it): a "
-                f"load or unload of {name!r} from there would wait for itself; ask it from execute"
-            )
         waited = False
-        while self._claims.get(name, me) != me:
+        while (holder := self._claims.get(name, me)) != me:
+            if self._reaches(holder, me):  # its holder waits for this task: the wait would never end
+                raise InvalidRequest(
+                    f"model {name!r} is loading, and its load waits for this one (a model's initialize asked for it, "
+                    f"there or in a load it waits for): a load or unload of {name!r} from there would wait for "
+                    "itself; ask it from execute once the models serve"
+                )
+            self._waits.setdefault(me, set()).add(holder)
             self._holder = None
-            self._turn.wait()
-            self._holder = me
+            try:
+                self._turn.wait()
+            finally:
+                self._holder = me
+                self._unwait(me, holder)
             waited = True
         return waited
 
