@@ -2548,6 +2548,33 @@ def test_a_python_models_initialize_loads_and_unloads_other_models_as_tritons_bl
     assert len([a for a in answers if "raised: " in a and "would wait for itself" in a]) == 1, answers
 
 
+SCALAR_OF_ONE = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        counts = [int(pb_utils.get_input_tensor_by_name(r, "n").as_numpy()[0]) for r in requests]  # an array of one
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("twice", np.array([[2 * n]], np.int32))]) for n in counts]
+'''
+
+
+def test_a_python_model_may_take_an_array_of_one_element_as_a_number_as_tritons_numpy_lets_it(tmp_path: Path) -> None:
+    """helper-218 (L0_backend_python/model_readiness's decoupled model, ``int(in_tensor.as_numpy()[0])`` of a [1, 1]
+    input): NumPy 2.4 refuses a 1-d array of one element as a Python number (a TypeError), which the NumPy Triton's
+    Python backend runs with (1.26 in tritonserver 2.51's) takes, with a DeprecationWarning; polystack's NumPy, the
+    one its models run with, failed every such request. constraints.txt keeps NumPy below 2.4."""
+    repo = tmp_path / "models"
+    python_folder(repo, "count", SCALAR_OF_ONE,
+                  'backend: "python"\ninput [ { name: "n", data_type: TYPE_INT32, dims: [ 1, 1 ] } ]\n'
+                  'output [ { name: "twice", data_type: TYPE_INT32, dims: [ 1, 1 ] } ]\n')  # fmt: skip
+    with served(tmp_path, repo) as client:
+        n = httpclient.InferInput("n", [1, 1], "INT32")
+        n.set_data_from_numpy(np.array([[21]], np.int32))
+        assert client.infer("count", [n]).as_numpy("twice").tolist() == [[42]]
+
+
 INITIALIZED = '''
 import triton_python_backend_utils as pb_utils
 
