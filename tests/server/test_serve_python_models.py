@@ -2575,6 +2575,62 @@ def test_a_python_model_may_take_an_array_of_one_element_as_a_number_as_tritons_
         assert client.infer("count", [n]).as_numpy("twice").tolist() == [[42]]
 
 
+RELOADS_ITSELF = '''
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.config = json.loads(args["model_config"])
+        if "SLOW" in self.config.get("parameters", {}):
+            time.sleep(2)
+
+    def execute(self, requests):
+        config = {key: self.config[key] for key in ("backend", "input", "output", "instance_group")}
+        config["parameters"] = {"SLOW": {"string_value": str(time.time())}}  # a new config: a load afresh
+        try:
+            pb_utils.load_model("selfie", config=json.dumps(config))
+            said = "reloaded"
+        except pb_utils.TritonModelException as e:
+            said = "raised: " + e.message()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("said", np.array([said.encode()], np.object_))])
+                for _ in requests]
+'''
+
+
+def test_two_requests_of_a_served_model_reloading_itself_at_once_both_reload_one_after_the_other(
+    tmp_path: Path,
+) -> None:
+    """helper-224: a served model's execute asking for its own load while another load of it ran was refused as a
+    circle (the asking load was taken to be the one holding its name's claim), where it only had to wait for that
+    load to end. Only a model's build asking counts as its load asking."""
+    repo = tmp_path / "models"
+    python_folder(repo, "selfie", RELOADS_ITSELF,
+                  'backend: "python"\ninstance_group [ { kind: KIND_CPU, count: 2 } ]\n'
+                  'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "said", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "selfie"]  # fmt: skip
+
+    def said(delay: float) -> str:
+        time.sleep(delay)
+        with httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60) as client:
+            x = httpclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.array([1.0], np.float32))
+            return client.infer("selfie", [x]).as_numpy("said")[0].decode()
+
+    with (
+        cli_server(tmp_path / "home", args, port, tmp_path / "log"),
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        assert list(pool.map(said, [0.0, 0.7], timeout=60)) == ["reloaded", "reloaded"]
+
+
 INITIALIZED = '''
 import triton_python_backend_utils as pb_utils
 

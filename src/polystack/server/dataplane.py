@@ -820,7 +820,8 @@ class DataPlane:
 
         for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
             try:
-                with hosting.hosted_by(self), self._loader.let_go():  # the slow part: other loads run meanwhile
+                # the slow part: other loads run meanwhile; what the model's code asks for here, this build waits for
+                with hosting.hosted_by(self), self._loader.let_go(), loader.building(record.name):
                     return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
             except PolystackError as e:
                 if attempt == self.load_retries or self.draining:
@@ -1878,16 +1879,20 @@ class DataPlane:
         return f"{served.entry.name}:{served.entry.version}", self._instances(served)
 
     def _asked_by(self, caller: str, what: str) -> contextlib.AbstractContextManager[None]:
-        """What a load or unload asked by model ``caller``'s code is asked in (``""``: a thread the model started):
-        the loader runs it on a thread of its own, not behind loads that may wait for it, a load of ``caller``
-        running now among them (its initialize or warm-up asking, on whatever thread), which waits for it
-        (``loader.asking``); one asked while a task holds the loader's turn would queue behind it: refused."""
+        """What a load or unload asked by model ``caller``'s code is asked in: from its build (its initialize or
+        warm-up), the loader runs it on a thread of its own, beside that build, which waits for it
+        (``loader.asking``); from a thread the model started (``caller`` ""), which its build may wait for, on a
+        thread of its own too; from a served model's execute, as any load. One asked while a task holds the
+        loader's turn would queue behind it: refused."""
         if self._loader.holds_turn():
             raise Unavailable(
                 f"model {caller!r} asked for {what} while the loader works for it: the load would wait for itself; "
                 "ask it from initialize or execute"
             )
-        return loader.asking(self._loader.claimant(caller) or 0 if caller else 0)
+        built = loader.building_here()
+        if built is not None and built[0] == caller:
+            return loader.asking(built[1])
+        return loader.asking(0) if not caller else contextlib.nullcontext()
 
     def render_metrics(self) -> bytes:
         """``/metrics``: polystack's families, and Triton's names of the same figures when asked for (the families

@@ -12,9 +12,9 @@ same model (a load, an unload, an ensemble's load of its steps) waits at its sta
 (``wait_for``), so that one model's loads and unloads happen one after another, as on one thread. A task holding a
 claim never waits for another's, so that no two tasks wait for each other.
 
-A model's code that runs in its build (a Python model's ``initialize``, from any thread) may ask for a load or unload
-of another model and wait for it (``asking``, naming the task that waits: the one building the model): that task runs
-on a thread of its own, not waiting for a free loader thread (which the asking tasks could all hold). So a task
+A model's code that runs in its build (``building``: a Python model's ``initialize``, its warm-up) may ask for a load
+or unload of another model and wait for it (``asking``, naming the task that waits: the one building the model): that
+task runs on a thread of its own, not waiting for a free loader thread (which the asking tasks could all hold). So a task
 holding a claim may wait after all, and the loader keeps who waits for whom (a task for the claim it waits for, an
 asking task for the task it asked): a wait that would close a circle (a model asking for its own load, two models'
 loads asking for each other's) is refused, where it would wait for good.
@@ -42,6 +42,25 @@ DEFAULT_THREADS = 4  # tritonserver's --model-load-thread-count
 # model's code asked for them (``asking``: the task building that model waits, if one is), or a task run apart
 # submits them itself
 _WAITER: ContextVar[int | None] = ContextVar("polystack_load_waiter", default=None)
+
+
+# the model whose build runs in this context (its initialize, its warm-up), and the loader thread building it
+_BUILDING: ContextVar[tuple[str, int] | None] = ContextVar("polystack_building", default=None)
+
+
+@contextlib.contextmanager
+def building(model: str) -> Iterator[None]:
+    """The body builds ``model`` on this loader thread: what its code asks for there, its build waits for."""
+    token = _BUILDING.set((model, threading.get_ident()))
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def building_here() -> tuple[str, int] | None:
+    """The model whose build runs in this context, and the loader thread building it (None: none)."""
+    return _BUILDING.get()
 
 
 @contextlib.contextmanager
@@ -121,10 +140,6 @@ class Loader:
 
         threading.Thread(target=apart, name="load-asked", daemon=True).start()
         return future
-
-    def claimant(self, name: str) -> int | None:
-        """The loader thread whose task claims model ``name`` now (None: none does)."""
-        return self._claims.get(name)
 
     def _unwait(self, waiter: int, waited: int) -> None:
         edges = self._waits.get(waiter)
