@@ -15,9 +15,9 @@ claim never waits for another's, so that no two tasks wait for each other.
 A model's code that runs in its build (``building``: a Python model's ``initialize``, its warm-up) may ask for a load
 or unload of another model and wait for it (``asking``, naming the task that waits: the one building the model):
 that task runs on a thread of its own, not waiting for a free loader thread (which the asking tasks could all hold).
-So a task holding a claim may wait after all, and the loader keeps who waits for whom (a task for the claim it waits for, an
-asking task for the task it asked): a wait that would close a circle (a model asking for its own load, two models'
-loads asking for each other's) is refused, where it would wait for good.
+So a task holding a claim may wait after all, and the loader keeps who waits for whom (a task for the claim it
+waits for, an asking task for the task it asked): a wait that would close a circle (a model asking for its own load,
+two models' loads asking for each other's) is refused, where it would wait for good.
 
 Written by hand: the standard library's executors run tasks either all at once or one at a time; none runs them one
 at a time but for the sections they mark.
