@@ -581,7 +581,9 @@ def test_a_request_follows_reload_after_reload(model_store: tuple[Store, dict[st
         for line in metrics.splitlines()
         if line.startswith("polystack_inference_request_duration_seconds_sum") and 'model="slow200"' in line
     )
-    assert total > 0.2 * (1 + 2 + 3 + 4) * 0.9  # each waited for those before it: 0.2 + 0.4 + 0.6 + 0.8 s
+    # each waited for those before it: 0.2 + 0.4 + 0.6 + 0.8 s, less their 20 ms apart and what the old instance still
+    # ran beside the new one (cc146: 1.79 s); counted from a reroute, each would count about 0.2 s
+    assert total > 0.2 * (1 + 2 + 3 + 4) * 0.75
 
 
 def _mlp_input(module: Any) -> Any:
