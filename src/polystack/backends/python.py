@@ -544,10 +544,9 @@ class PythonModel:
 
     def ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Whether each of its instances' model answers its ``is_model_ready()`` or ``is_ready()`` (where it defines
-        one, plain or ``async``:
-        Triton's user-defined readiness) with True within ``timeout_s``: False, an exception, another value or no
-        answer in time is not ready (logged). A check still running from an earlier query is waited for, not started
-        again, and runs on after a query stopped waiting, as Triton's stub's does."""
+        one, plain or ``async``: Triton's user-defined readiness) with True within ``timeout_s``: False, an exception,
+        another value or no answer in time is not ready (logged). A check still running from an earlier query is
+        waited for, not started again, and runs on after a query stopped waiting, as Triton's stub's does."""
         deadline = time.monotonic() + timeout_s
         checks = [(i, c) for i, c in ((i, self._readiness(i)) for i in list(self._instances)) if c is not None]
         for instance, check in checks:
