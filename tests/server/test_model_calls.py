@@ -107,6 +107,12 @@ def test_calls_that_cannot_run_fail_at_once(loop) -> None:  # type: ignore[no-un
     served = Served()
     with pytest.raises(Unavailable, match="while the server was not serving"):  # no loop yet: a model's initialize
         ModelCalls(served.infer, served.load, served.unload, served.capacity, served.infer_stream).call(ModelCall("double", {"x": X}, caller="bls"))
+    # helper-224: a load asked from a thread a model started was worded "model '' loaded model ..."
+    starting = ModelCalls(served.infer, served.load, served.unload, served.capacity, served.infer_stream)
+    with pytest.raises(Unavailable, match=r"^a thread a model started loaded model 'm' while the server was not"):
+        starting.load("m", {}, "")
+    with pytest.raises(Unavailable, match=r"^model 'bls' unloaded model 'm' while the server was not serving"):
+        starting.unload("m", {}, "bls")
     calls = _serving(loop, served)
     # a call that every instance of the called model waits for already would wait for good
     with pytest.raises(InvalidRequest, match="model 'double' called itself, and its 1 instance"):

@@ -115,11 +115,12 @@ class ModelCalls:
         return version, request
 
     def load(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
-        """A repository load of ``name`` (with its ``config`` and ``file:`` parameters), asked by model ``caller``."""
-        return self._submit(lambda: self._load(name, parameters), f"model {caller!r} loaded model {name!r}")
+        """A repository load of ``name`` (with its ``config`` and ``file:`` parameters), asked by model ``caller``
+        ("": from a thread a model started)."""
+        return self._submit(lambda: self._load(name, parameters), f"{_asker(caller)} loaded model {name!r}")
 
     def unload(self, name: str, parameters: dict[str, Any], caller: str) -> concurrent.futures.Future[None]:
-        return self._submit(lambda: self._unload(name, parameters), f"model {caller!r} unloaded model {name!r}")
+        return self._submit(lambda: self._unload(name, parameters), f"{_asker(caller)} unloaded model {name!r}")
 
     def _submit(self, run: Callable[[], Awaitable[T]], what: str) -> concurrent.futures.Future[T]:
         """``run()`` on the loop, from another thread; its answer (or the polystack error that failed it)."""
@@ -181,3 +182,8 @@ class ModelCalls:
             waiting, self._waiting = self._waiting, set()
         for future in waiting:
             self._fail(future, Unavailable("the server stopped before the called model answered"))
+
+
+def _asker(caller: str) -> str:
+    """Who asked, in words: the model, or a thread a model started (whose model a call cannot tell)."""
+    return f"model {caller!r}" if caller else "a thread a model started"
