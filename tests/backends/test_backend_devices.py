@@ -139,7 +139,7 @@ def test_onnxruntime_takes_and_gives_bfloat16_inputs_and_outputs(tmp_path: Path)
     import onnx
     from onnx import TensorProto, helper
 
-    from polystack.errors import InvalidModelFile
+    from polystack.errors import InvalidModelFile, RuntimeRefused
     from polystack.formats.onnx import signature_of
     from polystack.types import DType
 
@@ -171,6 +171,8 @@ def test_onnxruntime_takes_and_gives_bfloat16_inputs_and_outputs(tmp_path: Path)
     assert out["twice"].dtype == np.float32 and out["twice"].tolist() == [[3.0, -4.0], [6.5, 0.0]]
     none = loaded.infer({"a": np.zeros((0, 2), DType.BF16.numpy)})
     assert none["b"].shape == (0, 2) and none["b"].dtype == DType.BF16.numpy
+    with pytest.raises(RuntimeRefused, match="Got invalid dimensions"):  # helper-223: a bound run's refusal, 500
+        loaded.infer({"a": np.zeros((1, 3), DType.BF16.numpy)})
     # helper-223: an IO binding takes no string input, so such a model beside bfloat16 would fail every request
     graph = helper.make_graph([*doubled, helper.make_node("Identity", ["t"], ["u"])], "text",
                               [helper.make_tensor_value_info("a", TensorProto.BFLOAT16, ["n", 2]),

@@ -86,6 +86,8 @@ def _from_runtime_output(arr: Any) -> np.ndarray:
 
 _CUDA = "CUDAExecutionProvider"
 _BFLOAT16 = 16  # ONNX's element type of bfloat16 (TensorProto.BFLOAT16)
+# what ONNX Runtime says refusing a run's inputs (its INVALID_ARGUMENT), which a bound run raises as a plain error
+_REFUSALS = ("Got invalid dimensions", "Unexpected input data type", "Invalid rank for input")
 
 
 def _bfloat16_input(arr: np.ndarray) -> Any:
@@ -138,6 +140,8 @@ class OnnxRuntimeModel:
             if self._bf16:
                 return dict(zip(self._outputs, self._bound(feed), strict=True))
             results = self.session.run(self._outputs, feed, self._run_options)
+        except RuntimeRefused:
+            raise
         except InvalidArgument as e:
             raise RuntimeRefused(f"ONNX Runtime refused the inputs: {e}") from e
         except Fail as e:
@@ -160,7 +164,12 @@ class OnnxRuntimeModel:
                 binding.bind_cpu_input(name, held[-1])
         for name in self._outputs:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding, self._run_options)
+        try:
+            self.session.run_with_iobinding(binding, self._run_options)
+        except RuntimeError as e:  # a bound run words away ONNX Runtime's status: its refusals told by their words
+            if any(words in str(e) for words in _REFUSALS):
+                raise RuntimeRefused(f"ONNX Runtime refused the inputs: {e}") from e
+            raise
         return [_output_of(v) for v in binding.get_outputs()]
 
     def close(self) -> None:
