@@ -218,6 +218,20 @@ def test_raw_and_typed_contents_together_are_refused(server: ServerThread) -> No
         _refused(stub, req, "contents field must not be specified when using raw_input_contents for 'a' for model 'ident64'")
 
 
+def test_an_empty_contents_beside_raw_contents_is_no_data(server: ServerThread) -> None:
+    """MLServer's gRPC converter (``ModelInferRequestConverter.from_types(..., use_raw=True)``) sets an empty
+    ``contents`` on each input beside its raw data (helper-228): no values in it, so the raw data is the input's,
+    where Triton refuses it as contents sent both ways."""
+    x = np.arange(4, dtype="<i8")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="ident64", raw_input_contents=[x.tobytes()])
+        req.inputs.add(name="a", datatype="INT64", shape=[1, 4]).contents.SetInParent()
+        assert req.inputs[0].HasField("contents")
+        answer = stub.ModelInfer(req)
+        assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == x.tolist()
+
+
 def test_raw_contents_past_the_last_inputs_are_left_unread_and_too_few_are_refused(server: ServerThread) -> None:
     """tritonserver 2.51 answers a request with more raw_input_contents than inputs, reading one per input
     (helper-107), where polystack refused it."""
