@@ -141,6 +141,28 @@ def test_a_model_folder_named_as_tritons_qa_names_its_models_is_served_and_stepp
                     np.testing.assert_allclose(c.infer(model, [i]).as_numpy("y"), want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_model_an_ensemble_runs_loads_once_at_start(tmp_path: Path) -> None:
+    """helper-227 (Triton's Data_Pipelines tutorial): a model read after an ensemble that runs it (a name sorted
+    after the ensemble's) was read twice at start, and so loaded twice, each load logged."""
+    repo = tmp_path / "models"
+    (repo / "m" / "1").mkdir(parents=True)
+    mlp_onnx(repo / "m" / "1" / "model.onnx")
+    (repo / "a_pipe" / "1").mkdir(parents=True)
+    (repo / "a_pipe" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 16 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 4 ] } ]\nensemble_scheduling { step [ { model_name: '
+        '"m" model_version: -1 input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } } ] }\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(repo), "--grpc-port", "-1"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"), httpclient.InferenceServerClient(
+        f"127.0.0.1:{port}"
+    ) as c:
+        assert c.is_model_ready("a_pipe") and c.is_model_ready("m")
+    loaded = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if '"model loaded"' in line]
+    assert sorted(each["model"] for each in loaded) == ["a_pipe", "m"], loaded
+
+
 def _versionless(root: Path, config: str) -> Path:
     """Model folder ``m`` holding ``config`` and no version folder."""
     (root / "m").mkdir(parents=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start, register_like, start
+from servekit import cli_server, free_port, refused_after_loads, refused_at_start, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -126,10 +126,25 @@ def test_strict_readiness_false_is_ready_whatever_failed_and_exit_on_error_true_
         assert client.is_server_ready() and client.is_model_ready("a")
         client.close()
     assert "no model named 'nope'" in (tmp_path / "serve2.log").read_text()
-    # Triton's default: the start stops at the model that failed, naming it
-    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--grpc-port", "-1"])
+    # Triton's default: the start fails, naming the models that failed, once it tried them all
+    line = refused_after_loads(tmp_path, ["--model-repository", str(repo)])
     assert "model 'bad'" in line, line
     assert "--exit-on-error takes 1 or 0" in refused_at_start(tmp_path, ["--exit-on-error", "maybe"])
+
+
+def test_a_start_that_fails_tries_every_model_and_names_each_failure(tmp_path: Path) -> None:
+    """helper-227: the start stopped at the first model that failed, so a user fixing a repository (a tutorial's
+    KIND_GPU groups) saw one failure a restart; Triton's start tries every model and names each that failed."""
+    repo = _repository(tmp_path / "models")  # bad and torch fail as their folders are read
+    for name in ("gpu1", "gpu2"):  # these as they load
+        (repo / name / "1").mkdir(parents=True)
+        mlp_onnx(repo / name / "1" / "model.onnx")
+        (repo / name / "config.pbtxt").write_text("instance_group [ { kind: KIND_GPU } ]\n")
+    line = refused_after_loads(tmp_path, ["--model-repository", str(repo)])
+    assert line.startswith("error: --model-repository"), line
+    for says in ("model 'bad'", "model 'torch'", "failed to load 'gpu1:1'", "failed to load 'gpu2:1'", "KIND_GPU"):
+        assert says in line, line
+    assert line.index("'bad'") < line.index("'gpu1:1'") < line.index("'gpu2:1'") < line.index("'torch'"), line
 
 
 def test_a_reload_keeps_the_server_ready_and_a_first_load_does_not(

@@ -1046,7 +1046,8 @@ def _with_repositories(
             "model": name, "error": missing,
         })  # fmt: skip
     read: set[str] = set()
-    failures = dict(config.start_failures)  # folders that cannot be read, served without (--exit-on-error false)
+    # folders that cannot be read: served without (--exit-on-error false), or named as the start fails
+    failures = dict(config.start_failures)
     store = open_store()
     try:
         while wanted:  # in name order, then the models the ensembles read run, in name order
@@ -1060,8 +1061,9 @@ def _with_repositories(
                     m = model_repository.register_folder(store, folder, done, rules=config.folder_rules)
                 except PolystackError as e:
                     model_repository.undo(store, done)  # what it registered of the folder before it failed
-                    if config.exit_on_error:
-                        raise
+                    if config.exit_on_error:  # the start tries the other models, then fails naming each, as Triton's
+                        failures[name] = e
+                        continue
                     log.error(
                         "failed to load a model at start; serving the others (--exit-on-error false)",
                         extra={"model": name, "error": e.message},
@@ -1077,7 +1079,7 @@ def _with_repositories(
                 models += m.refs
                 if m.config is not None:
                     configs[m.name] = m.config
-            wanted = sorted(more)
+            wanted = sorted(more - read - failures.keys())  # those this pass read (or failed) are done
     except BaseException:
         model_repository.undo(store, registered)
         raise

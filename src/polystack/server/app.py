@@ -167,7 +167,8 @@ class ServeConfig:
     # server serving the rest; and its --strict-readiness: not ready while a model a load left is not
     exit_on_error: bool = True
     strict_readiness: bool = True
-    # the repository folders a start could not read (--exit-on-error false), by name: the version and why
+    # the repository folders a start could not read, by name: why (--exit-on-error false: served without them; else
+    # the start fails once the other models were tried, naming each)
     start_failures: Mapping[str, PolystackError] = field(default_factory=dict)
     # Triton's explicit model control: loads by name and the index know the repositories alone, not the store
     repository_only: bool = False
@@ -432,28 +433,34 @@ class Server:
                     f"batching settings do not apply: {start.source or '--model-config'} decides this model's batching",
                     extra={"model": name},
                 )
+        failed = dict(self.config.start_failures) if self.config.exit_on_error else {}
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
             for ref, failure in zip(refs, self.plane.load_many(refs), strict=True):  # at once, as Triton's start
                 if self.plane.draining:  # stopped while starting (run's signal handlers)
                     raise ShuttingDown("the server is shutting down")
                 if failure is not None:
-                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure))  # which of them
+                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure), failed)  # which
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
                     self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
-                    self._failed_at_start(name, load_failed(name, e))
+                    self._failed_at_start(name, load_failed(name, e), failed)
                     self.plane.note_unmet(name)  # a poll that changes its models tries it again
+        if failed:  # each model was tried, as Triton's start tries them all: the one line names every failure
+            first, *others = (failed[name] for name in sorted(failed))
+            raise first.framed("", "".join(f"; {e.message}" for e in others))
         for name, failure in self.config.start_failures.items():
             self.plane.note_failed_load(name, failure)
 
-    def _failed_at_start(self, name: str, e: PolystackError) -> None:
-        """A model that failed to load at start: the start fails, unless --exit-on-error false, which logs it
-        and serves the rest, as Triton's does (the index lists it with why; a name nothing has, not at all)."""
+    def _failed_at_start(self, name: str, e: PolystackError, failed: dict[str, PolystackError]) -> None:
+        """A model that failed to load at start: the start fails once every model was tried (``failed`` gathers
+        why), unless --exit-on-error false, which logs it and serves the rest, as Triton's does (the index lists
+        it with why; a name nothing has, not at all)."""
         if self.config.exit_on_error:
-            raise e
+            failed.setdefault(name, e)
+            return
         log.error(
             "failed to load a model at start; serving the others (--exit-on-error false)",
             extra={"model": name, "error": e.message},
