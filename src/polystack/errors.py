@@ -56,6 +56,9 @@ class PolystackError(Exception):
     # a load that failed before its model was read (its folder's config unreadable, the folder in two
     # repositories): Triton's poll of it fails then, and its strict readiness does not count the model
     unread: bool = False
+    # the TritonError code of a Python model's own error response (None: polystack's error): a model calling it
+    # (BLS) gets its words and code as they are, as newer Tritons hand them on
+    model_code: int | None = None
 
     def failed_in_run(self) -> Self:
         """This error, marked as raised in a request's run."""

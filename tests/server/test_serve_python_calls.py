@@ -126,6 +126,17 @@ class TritonPythonModel:
             y = x.as_numpy()
         return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("facts", np.array([b"{}"], dtype=np.object_))])]
 '''
+# answers an error response with the code its request's "models" parameter gives (what a caller's "next" names)
+REFUSER = '''
+import json
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        codes = [int(json.loads(request.parameters())["models"]) for request in requests]
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"refused with code {c}", c)) for c in codes]
+'''
 CONFIG = """backend: "python"
 input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]
 output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, -1 ] }, { name: "facts", data_type: TYPE_STRING, dims: [ 1 ] } ]
@@ -137,7 +148,8 @@ def callers(root: Path) -> Path:
     one that sends its calls together (``gatherer``, an ``async def execute``)."""
     repository(root)
     shutil.copytree(root / "mlp", root / "mlp2")
-    for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS), ("recur", RECUR)):
+    for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS), ("recur", RECUR),
+                           ("refuser", REFUSER)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(source)
         (root / name / "config.pbtxt").write_text(CONFIG)
@@ -238,6 +250,17 @@ def test_a_call_that_fails_answers_the_caller_with_its_error_in_triton_words_and
     assert f"1: Model {model} - Error when running inference: " in caught.value.message()
     assert words in caught.value.message()
     assert _call(port, "caller", {"models": "mlp"}).as_numpy("y").shape == (2, 4)
+
+
+@pytest.mark.parametrize("code", range(8))
+def test_a_called_model_s_own_error_response_reaches_its_caller_with_its_words_and_code(served, code: int) -> None:  # type: ignore[no-untyped-def]
+    """python_backend's bls_error_code example (helper-225): a called model's error response keeps its code (newer
+    Tritons; 2.51 made each INTERNAL) and its words; polystack kept CANCELLED alone, led the words with its own, and
+    told a NOT_FOUND as a model that is not ready."""
+    _, port, _ = served
+    with pytest.raises(InferenceServerException) as caught:
+        _call(port, "caller", {"models": "refuser", "next": str(code)})
+    assert f"message: TritonModelException: {code}: refused with code {code}\n" in caught.value.message()
 
 
 def test_a_model_uses_dlpack_threads_of_its_own_async_exec_and_the_model_loading_api(served) -> None:  # type: ignore[no-untyped-def]

@@ -1093,9 +1093,11 @@ def _instance_names(config: dict[str, Any], model: str) -> list[tuple[str, str, 
 def _error(error: pb_utils.TritonError) -> PolystackError:
     """A model's ``TritonError`` as polystack's: its words as they are, with the status Triton gives its code
     (``server/status.py``: INTERNAL, the default, 500), raised in the request's run (Triton's response error,
-    whatever its code: traced, generate's 400, a stream's error response)."""
+    whatever its code: traced, generate's 400, a stream's error response), its code kept for a model calling it."""
     kind = _CODES.get(error.code(), BackendError)
-    return kind(error.message()).failed_in_run()
+    e = kind(error.message()).failed_in_run()
+    e.model_code = int(error.code())
+    return e
 
 
 _CODES: dict[int, type[PolystackError]] = {

@@ -700,8 +700,11 @@ class InferenceRequest:
         return InferenceResponse._of(outputs)
 
     def _failed(self, e: BaseException) -> InferenceResponse:
-        """A call that failed, in Triton's words (which give every such error the code INTERNAL, but a called
-        model's CANCELLED error, the answer of a model that honours a cancel: CANCELLED, which its caller reads)."""
+        """A call that failed: the called model's own error response as it sent it, its words and code (newer
+        Tritons keep the code, python_backend's bls_error_code example; 2.51 made each INTERNAL); else in Triton's
+        words, with the code INTERNAL (but CANCELLED for a call cancelled)."""
+        if isinstance(e, PolystackError) and e.model_code is not None:
+            return InferenceResponse(error=TritonError(e.message, e.model_code))
         why = e.message if isinstance(e, PolystackError) else f"{type(e).__name__}: {e}"
         if isinstance(e, NotFound):  # Triton's words for a model or version it does not serve, then polystack's
             why = f"Failed for execute the inference request. Model '{self._model}' is not ready. ({why})"
