@@ -171,3 +171,34 @@ def test_reuse_port_flags_let_two_servers_share_their_ports(
                str(port), "--grpc-port", "-1"]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "--http-port" in out.stderr.splitlines()[-1], out.stderr
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: a closed one's TIME_WAIT is free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_tritons_default_ports_serve_the_metrics_on_8002_as_tritons_do(
+    model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
+) -> None:
+    """python_backend's custom_metrics example reads http://localhost:8002/metrics (helper-225): a server on
+    Triton's default ports (HTTP 8000, gRPC 8001) serves its metrics on 8002 too, as Triton's does; -1 turns that
+    port off, and other HTTP ports keep /metrics on the HTTP port alone."""
+    if not all(_free(p) for p in (8000, 8001, 8002)):
+        pytest.skip("Triton's default ports (8000-8002) are taken on this machine")
+    home = model_store[0].settings.home
+    with cli_server(home, ["mlp"], 8000, tmp_path / "serve.log"):
+        status, text = _get("http://127.0.0.1:8002/metrics")
+        assert status == 200 and "polystack_models_loaded 1.0" in text
+        with grpcclient.InferenceServerClient("127.0.0.1:8001") as client:
+            assert client.is_model_ready("mlp")
+    with cli_server(home, ["mlp", "--metrics-port", "-1"], 8000, tmp_path / "serve2.log"):
+        assert _refused("127.0.0.1", 8002) and _get("http://127.0.0.1:8000/metrics")[0] == 200
+    port = free_port()
+    with cli_server(home, ["mlp", "--grpc-port", "0"], port, tmp_path / "serve3.log"):
+        assert _refused("127.0.0.1", 8002)

@@ -107,8 +107,9 @@ def serve(
     metrics_port: int | None = typer.Option(
         None,
         "--metrics-port",
-        help="Serve GET /metrics on this port too, alone, as Triton does (its default is 8002; 0: any free port). "
-        "Default: /metrics on the HTTP port only.",
+        help="Serve GET /metrics on this port too, alone, as Triton does (0: any free port; -1: none). Default: "
+        "8002 where HTTP and gRPC are on Triton's ports (8000, 8001), as in Triton; else /metrics on the HTTP port "
+        "only.",
     ),
     allow_model_control: bool = typer.Option(
         False,
@@ -656,11 +657,12 @@ def serve(
             (allow_cpu_metrics, "--allow-cpu-metrics"), (allow_gpu_metrics, "--allow-gpu-metrics"),
         )),
     )  # fmt: skip
+    tritons_ports = http_port == TRITON_HTTP_PORT and grpc_port in (None, TRITON_GRPC_PORT) and engine != "ray"
     if not listeners.grpc:  # a listener turned off: its port and address are not read, as in Triton
         grpc_port = -1
-    if not listeners.metrics:
+    if not listeners.metrics or metrics_port == -1:  # -1: the HTTP port's /metrics alone
         metrics_port = None
-    elif metrics_address is not None and metrics_port is None:  # a metrics listener asked for: Triton's port
+    elif metrics_port is None and (metrics_address is not None or tritons_ports):  # Triton's metrics port
         metrics_port = TRITON_METRICS_PORT
     platform = vertex_on or (allow_sagemaker is not None and _flag_bool(allow_sagemaker, "--allow-sagemaker"))
     if not listeners.http and (grpc_port == -1 or engine == "ray") and not platform:
@@ -775,7 +777,7 @@ def serve(
         memory_node=policy.numa_node if policy is not None else None,
         host=listeners.host,
         http_port=http_port,
-        grpc_port=8001 if grpc_port is None else None if grpc_port < 0 else grpc_port,
+        grpc_port=TRITON_GRPC_PORT if grpc_port is None else None if grpc_port < 0 else grpc_port,
         metrics_port=metrics_port,
         profile=profile,
         allow_model_control=allow_model_control,
@@ -840,7 +842,7 @@ def serve(
         raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
     # 0: any free port, never a clash; listeners on other addresses may share a port, as in Triton
     fixed = {http_port} if listeners.http else set()
-    fixed |= {8001 if grpc_port is None else grpc_port} if grpc_beside_http else set()
+    fixed |= {TRITON_GRPC_PORT if grpc_port is None else grpc_port} if grpc_beside_http else set()
     fixed = fixed - {0} if listeners.metrics_host is None else set()
     if metrics_port is not None and metrics_port in fixed:
         raise InvalidRequest(
@@ -1316,8 +1318,9 @@ def _rate_limit(modes: list[str], resources: list[str]) -> dict[tuple[int, str],
     return parse_resources(resources)
 
 
-POLL_SECS = 15.0
-TRITON_METRICS_PORT = 8002  # tritonserver's --metrics-port default  # tritonserver's --repository-poll-secs default
+POLL_SECS = 15.0  # tritonserver's --repository-poll-secs default
+# tritonserver's default ports: a server on its HTTP and gRPC ones serves its metrics on its metrics one too
+TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 
 
 def _model_control(
