@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servekit import cli_server, free_port, refused_at_start, until
+from servekit import cli_server, free_port, refused_after_loads, refused_at_start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -147,7 +147,8 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
 
 def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: Path) -> None:
     repo = repository(tmp_path / "models")
-    line = refused_at_start(tmp_path, ["--model-repository", str(repo)])
+    line = refused_after_loads(tmp_path, ["--model-repository", str(repo)])  # once the others were tried
+    assert line.startswith("error: --model-repository"), line  # the cause first, then the ensemble that runs it
     assert "it is a model for Triton's Python backend" in line and "--allow-python-models" in line
     # a load's files packed as the store packs a Python model: refused too, never run
     (tmp_path / "empty").mkdir()

@@ -144,7 +144,7 @@ def test_a_start_that_fails_tries_every_model_and_names_each_failure(tmp_path: P
     assert line.startswith("error: --model-repository"), line
     for says in ("model 'bad'", "model 'torch'", "failed to load 'gpu1:1'", "failed to load 'gpu2:1'", "KIND_GPU"):
         assert says in line, line
-    assert line.index("'bad'") < line.index("'gpu1:1'") < line.index("'gpu2:1'") < line.index("'torch'"), line
+    assert line.index("'bad'") < line.index("'torch'") < line.index("'gpu1:1'") < line.index("'gpu2:1'"), line
 
 
 def test_a_reload_keeps_the_server_ready_and_a_first_load_does_not(

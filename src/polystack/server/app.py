@@ -448,8 +448,9 @@ class Server:
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e), failed)
                     self.plane.note_unmet(name)  # a poll that changes its models tries it again
-        if failed:  # each model was tried, as Triton's start tries them all: the one line names every failure
-            first, *others = (failed[name] for name in sorted(failed))
+        if failed:  # each model was tried, as Triton's start tries them all: the one line names every failure, in
+            # the order they came (a folder's before a load's, an ensemble's, which may follow from them, last)
+            first, *others = failed.values()
             raise first.framed("", "".join(f"; {e.message}" for e in others))
         for name, failure in self.config.start_failures.items():
             self.plane.note_failed_load(name, failure)
