@@ -321,14 +321,23 @@ class PythonModel:
         if isinstance(e, pb_utils.TritonError):
             return _error(e)
         message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
+        at = _at(e, self._in_repository)
         if what == "execute":  # Triton's words, its stub's traceback too
             return BackendError(
                 f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
-                f"{message}{_at(e)}"
+                f"{message}{at}"
             )
         failed = InvalidRequest if what in ("import", "initialize") else BackendError
         hint = _env_hint(self.config, e)  # then where it was raised, as Triton's stub says a load's failure
-        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}{_at(e)}")
+        return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}{at}")
+
+    def _in_repository(self, filename: str) -> str:
+        """A file of the model's version folder as the repository holds it, which Triton runs it from (polystack
+        runs a copy); any other file (the copy's where the model came from elsewhere) as it is."""
+        copy = os.path.join(self._folder, str(self.version), "")
+        if self._repository == str(self._folder) or not filename.startswith(copy):
+            return filename
+        return os.path.join(self._repository, str(self.version), filename[len(copy) :])
 
     @contextlib.contextmanager
     def _running(self, instance: _Instance, what: str, callers: tuple[str, ...]) -> Iterator[None]:
@@ -925,11 +934,12 @@ def auto_complete(
         _forget(module)
 
 
-def _at(e: BaseException) -> str:
+def _at(e: BaseException, shown: Callable[[str], str] = str) -> str:
     """Where ``e`` was raised, as Triton's stub words an exception from ``execute`` (pybind11's): ``At:``, then the
-    frames from the innermost out, each ``  <file>(<line>): <function>``, up to the model's ``execute`` (the frames
-    that called it are polystack's, where Triton's are none), but the innermost of polystack's own code (pb_utils'
-    ``send``, say: C++ in Triton's stub, so never among its frames), and none of Python's import machinery."""
+    frames from the innermost out, each ``  <file>(<line>): <function>`` (the file as ``shown`` names it), up to
+    the model's ``execute`` (the frames that called it are polystack's, where Triton's are none), but the innermost
+    of polystack's own code (pb_utils' ``send``, say: C++ in Triton's stub, so never among its frames), and none of
+    Python's import machinery."""
     tb = e.__traceback__
     if tb is None:
         return ""
@@ -941,7 +951,7 @@ def _at(e: BaseException) -> str:
         frame = frame.f_back
     while frame is not None and frame.f_code.co_filename != __file__:
         if not _importing(frame.f_code.co_filename):  # (an import's frames: the model's modules alone)
-            frames.append(f"  {frame.f_code.co_filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
+            frames.append(f"  {shown(frame.f_code.co_filename)}({frame.f_lineno}): {frame.f_code.co_name}\n")
         frame = frame.f_back
     return "\n\nAt:\n" + "".join(frames) if frames else ""
 
