@@ -19,7 +19,8 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     args = ["--model-store=" + str(tmp_path / "models"), "--grpc-port", "-1", "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0", "--backend-directory=/opt/tritonserver/backends",
             "--model-load-thread-count=4", "--allow-gpu-metrics=false", "--http-max-input-size=1000000",
-            "--model-namespacing=true", "--backend-config=onnxruntime,enable-global-threadpool=1"]  # fmt: skip
+            "--model-namespacing=true", "--backend-config=onnxruntime,enable-global-threadpool=1",
+            "--backend-config=python,shm-default-byte-size=8388608"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready("m")
     lines = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
@@ -27,7 +28,14 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     assert [f.split(" (")[0] for f in said["flags"]] == [
         "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
         "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
+        "--backend-config python,shm-default-byte-size=8388608",
     ]  # fmt: skip (--model-load-thread-count is followed: test_serve_load_threads)
+    # a value Triton's Python backend refuses (tritonserver 2.51 exits 1), in its words (helper-226)
+    line = refused_at_start(tmp_path, ["--backend-config", "python,shm-default-byte-size=1024"])
+    assert line == (
+        "error: --backend-config python,shm-default-byte-size=1024: shm-default-byte-size can't be smaller than 4 "
+        "MiBs; give 4194304 or more"
+    )
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
     line = refused_at_start(tmp_path, ["--rate-limit-resource", "R1:x"])  # Triton's words (helper-128)
     assert line == "error: --rate-limit-resource R1:x: Invalid option value. Got x; give a whole number of 0 or more"

@@ -567,7 +567,7 @@ def serve(
     from polystack.cli import triton_flags
     from polystack.engine import Engine
     from polystack.server import host_policy as host_policies
-    from polystack.server import logs, restricted
+    from polystack.server import logs, python_backend_config, restricted
     from polystack.server.app import PROFILES, ServeConfig, run
     from polystack.server.grpc import Keepalive
     from polystack.server.header_forward import HeaderForward
@@ -734,7 +734,9 @@ def serve(
         "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
-    }) + unread(backend_config or [])  # fmt: skip
+    }) + unread(backend_config or [], python_backend_config.SETTINGS) + python_backend_config.unread(
+        backend_config or []
+    )  # fmt: skip
     served = {"HTTP": http_port if listeners.http else None, "GRPC": grpc_bound if listeners.grpc else None,
               "metrics": metrics_port}  # fmt: skip
     ports = {k: p for k, p in served.items() if p is not None and p > 0}

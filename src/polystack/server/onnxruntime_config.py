@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,7 +292,7 @@ def default_max_batch_size(items: Sequence[str]) -> int | None:
     general: int | None = None
     own: int | None = None
     for item in items:
-        backend, setting, value = _parsed(item)
+        backend, setting, value = backend_setting(item)
         if (backend and backend != _BACKEND) or setting != _MAX_BATCH:
             continue
         if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= _INT32[1]):
@@ -307,15 +307,16 @@ def default_max_batch_size(items: Sequence[str]) -> int | None:
     return own if own is not None else general
 
 
-def unread(items: Sequence[str]) -> list[str]:
+def unread(items: Sequence[str], others: Collection[str] = ()) -> list[str]:
     """The ``--backend-config`` values ``items`` that polystack takes without reading, each with why (for the start's
     log line of flags that change nothing): the ONNX Runtime backend's global thread pool, and settings that backend
-    does not read either (Triton's ignores them, and starts)."""
+    does not read either (Triton's ignores them, and starts); ``others``: settings another backend's module says,
+    given for every backend."""
     said = []
     for item in items:
-        backend, setting, _ = _parsed(item)
-        if (backend and backend != _BACKEND) or setting == _MAX_BATCH:
-            continue  # another backend's (polystack serves no model of it), or read
+        backend, setting, _ = backend_setting(item)
+        if (backend and backend != _BACKEND) or setting == _MAX_BATCH or (not backend and setting in others):
+            continue  # another backend's, or read
         why = (
             "ONNX Runtime sessions keep threads of their own, as without the global thread pool (set them per model)"
             if setting in _THREAD_POOL
@@ -325,7 +326,7 @@ def unread(items: Sequence[str]) -> list[str]:
     return said
 
 
-def _parsed(item: str) -> tuple[str, str, str]:
+def backend_setting(item: str) -> tuple[str, str, str]:
     """``[BACKEND,]SETTING=VALUE`` as Triton's command line reads it: (backend, "" for every backend's; setting;
     value); ``InvalidRequest`` in Triton's words, then what to do, for one it refuses."""
     backend, sep, rest = item.partition(",")
