@@ -145,6 +145,9 @@ def test_a_start_that_fails_tries_every_model_and_names_each_failure(tmp_path: P
     for says in ("model 'bad'", "model 'torch'", "failed to load 'gpu1:1'", "failed to load 'gpu2:1'", "KIND_GPU"):
         assert says in line, line
     assert line.index("'bad'") < line.index("'torch'") < line.index("'gpu1:1'") < line.index("'gpu2:1'"), line
+    # under Ray Serve, the folders' failures are said before Ray starts (its replicas would load the rest)
+    line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123"])
+    assert line.startswith("error: --model-repository") and "model 'bad'" in line and "model 'torch'" in line, line
 
 
 def test_a_reload_keeps_the_server_ready_and_a_first_load_does_not(

@@ -989,6 +989,7 @@ def _with_repositories(
     at start, the folders of those the repositories hold and of the models their ensembles run (the rest are
     read when a load names them, as Triton reads them), the others the store's; None: every folder's."""
     from polystack.server import model_repository
+    from polystack.server.app import start_failed
     from polystack.server.dataplane import load_failed
     from polystack.store import ModelRef
 
@@ -1084,6 +1085,8 @@ def _with_repositories(
                 if m.config is not None:
                     configs[m.name] = m.config
             wanted = sorted(more - read - failures.keys())  # those this pass read (or failed) are done
+        if ray and config.exit_on_error and failures:  # said before Ray starts: its replicas would load the rest
+            raise start_failed(failures)
     except BaseException:
         model_repository.undo(store, registered)
         raise

@@ -448,10 +448,8 @@ class Server:
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e), failed)
                     self.plane.note_unmet(name)  # a poll that changes its models tries it again
-        if failed:  # each model was tried, as Triton's start tries them all: the one line names every failure, in
-            # the order they came (a folder's before a load's, an ensemble's, which may follow from them, last)
-            first, *others = failed.values()
-            raise first.framed("", "".join(f"; {e.message}" for e in others))
+        if failed:  # each model was tried, as Triton's start tries them all
+            raise start_failed(failed)
         for name, failure in self.config.start_failures.items():
             self.plane.note_failed_load(name, failure)
 
@@ -658,6 +656,13 @@ class Server:
 
 def _forwarding(pattern: str | None, flag: str) -> HeaderForward | None:
     return HeaderForward(pattern, flag) if pattern is not None else None
+
+
+def start_failed(failed: Mapping[str, PolystackError]) -> PolystackError:
+    """The error of a start whose models ``failed`` (by name, in the order they came: a folder's before a load's, an
+    ensemble's, which may follow from them, last): the first's, its one line naming every failure."""
+    first, *others = failed.values()
+    return first.framed("", "".join(f"; {e.message}" for e in others))
 
 
 @contextlib.contextmanager
