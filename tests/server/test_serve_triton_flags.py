@@ -31,10 +31,10 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
         "--backend-config python,shm-default-byte-size=8388608",
     ]  # fmt: skip (--model-load-thread-count is followed: test_serve_load_threads)
     # a value Triton's Python backend refuses (tritonserver 2.51 exits 1), in its words (helper-226)
-    line = refused_at_start(tmp_path, ["--backend-config", "python,shm-default-byte-size=1024"])
+    line = refused_at_start(tmp_path, ["--backend-config", "python,shm-default-byte-size=1024", "--allow-python-models"])
     assert line == (
-        "error: --backend-config python,shm-default-byte-size=1024: shm-default-byte-size can't be smaller than 4 "
-        "MiBs; give 4194304 or more"
+        "error: --backend-config python,shm-default-byte-size=1024: shm-default-byte-size can't be smaller than 1 "
+        "MiB; give 1048576 or more"
     )
     # a resource without its count, as tritonserver 2.51 refuses it (helper-119: it was taken)
     line = refused_at_start(tmp_path, ["--rate-limit-resource", "R1:x"])  # Triton's words (helper-128)

@@ -735,7 +735,7 @@ def serve(
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
     }) + unread(backend_config or [], python_backend_config.SETTINGS) + python_backend_config.unread(
-        backend_config or []
+        backend_config or [], checked=allow_python_models
     )  # fmt: skip
     served = {"HTTP": http_port if listeners.http else None, "GRPC": grpc_bound if listeners.grpc else None,
               "metrics": metrics_port}  # fmt: skip

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
+from polystack.server.backend_config import backend_setting
 from polystack.server.backend_parameters import warn_unread
 
 _CPU_PROVIDERS = {"openvino": "OpenVINOExecutionProvider"}  # Triton's cpu_execution_accelerator names
@@ -324,23 +325,3 @@ def unread(items: Sequence[str], others: Collection[str] = ()) -> list[str]:
         )
         said.append(f"--backend-config {item} ({why})")
     return said
-
-
-def backend_setting(item: str) -> tuple[str, str, str]:
-    """``[BACKEND,]SETTING=VALUE`` as Triton's command line reads it: (backend, "" for every backend's; setting;
-    value); ``InvalidRequest`` in Triton's words, then what to do, for one it refuses."""
-    backend, sep, rest = item.partition(",")
-    if not sep:
-        backend, rest = "", item
-    elif not backend:
-        raise InvalidRequest(
-            f"--backend-config {item}: No backend specified. --backend-config option format is "
-            "<backend name>,<setting>=<value> or <setting>=<value>"
-        )
-    setting, eq, value = rest.partition("=")
-    if not eq or not setting or not value:
-        raise InvalidRequest(
-            f"--backend-config option format is '<backend name>,<setting>=<value>'. Got {item}; or "
-            "'<setting>=<value>' for every backend, e.g. onnxruntime,default-max-batch-size=8"
-        )
-    return backend, setting, value
