@@ -145,6 +145,36 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
     assert '"msg":"scale finalized"' in (tmp_path / "log").read_text()  # finalize ran at the stop
 
 
+FINALIZED = """
+import os
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.folder = args["model_repository"]
+
+    def execute(self, requests):
+        return []
+
+    def finalize(self):
+        open(os.path.join(self.folder, "finalized"), "w").close()
+"""
+
+
+def test_a_start_that_fails_finalizes_the_models_it_loaded(tmp_path: Path) -> None:
+    """helper-229: a start that failed once every model was tried left the models it loaded unclosed (a Python
+    model's finalize never ran, its unpacked copy stayed), where Triton's failed start unloads them."""
+    repo = tmp_path / "models"
+    python_folder(repo, "p", FINALIZED, 'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]'
+                  '\noutput [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    (repo / "z_bad" / "1").mkdir(parents=True)
+    (repo / "z_bad" / "1" / "model.onnx").write_bytes(b"not onnx")
+    line = refused_after_loads(tmp_path, ["--model-repository", str(repo), "--allow-python-models"])
+    assert "model 'z_bad'" in line, line
+    assert (repo / "p" / "finalized").exists()
+
+
 def test_without_the_flag_a_python_model_is_refused_however_it_comes(tmp_path: Path) -> None:
     repo = repository(tmp_path / "models")
     line = refused_after_loads(tmp_path, ["--model-repository", str(repo)])  # once the others were tried

@@ -136,15 +136,21 @@ def test_a_start_that_fails_tries_every_model_and_names_each_failure(tmp_path: P
     """helper-227: the start stopped at the first model that failed, so a user fixing a repository (a tutorial's
     KIND_GPU groups) saw one failure a restart; Triton's start tries every model and names each that failed."""
     repo = _repository(tmp_path / "models")  # bad and torch fail as their folders are read
-    for name in ("gpu1", "gpu2"):  # these as they load
-        (repo / name / "1").mkdir(parents=True)
-        mlp_onnx(repo / name / "1" / "model.onnx")
-        (repo / name / "config.pbtxt").write_text("instance_group [ { kind: KIND_GPU } ]\n")
+    for name in ("gpu1", "gpu2"):  # these as they load (each version of gpu2: helper-229 saw the first alone)
+        for version in ("1", "2") if name == "gpu2" else ("1",):
+            (repo / name / version).mkdir(parents=True)
+            mlp_onnx(repo / name / version / "model.onnx")
+        (repo / name / "config.pbtxt").write_text("instance_group [ { kind: KIND_GPU } ]\nversion_policy { all { } }\n")
     line = refused_after_loads(tmp_path, ["--model-repository", str(repo)])
     assert line.startswith("error: --model-repository"), line
-    for says in ("model 'bad'", "model 'torch'", "failed to load 'gpu1:1'", "failed to load 'gpu2:1'", "KIND_GPU"):
+    for says in ("model 'bad'", "model 'torch'", "failed to load 'gpu1:1'", "failed to load 'gpu2:1'",
+                 "failed to load 'gpu2:2'", "KIND_GPU"):  # fmt: skip
         assert says in line, line
     assert line.index("'bad'") < line.index("'torch'") < line.index("'gpu1:1'") < line.index("'gpu2:1'"), line
+    # a name no repository holds is one of them (helper-229: it stopped the start at once, naming it alone)
+    explicit = ["--model-control-mode", "explicit", "--load-model", "a", "--load-model", "bad", "--load-model", "nope"]
+    line = refused_after_loads(tmp_path, ["--model-repository", str(repo), *explicit])
+    assert "--load-model nope: failed to poll model 'nope'" in line and "model 'bad'" in line, line
     # under Ray Serve, the folders' failures are said before Ray starts (its replicas would load the rest)
     line = refused_at_start(tmp_path, ["--model-repository", str(repo), "--engine", "ray", "--http-port", "8123"])
     assert line.startswith("error: --model-repository") and "model 'bad'" in line and "model 'torch'" in line, line

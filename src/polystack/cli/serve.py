@@ -1040,19 +1040,20 @@ def _with_repositories(
             found[name] = root
     log = logging.getLogger("polystack.server")
     wanted = sorted(found) if start is None else sorted(start & found.keys())
+    # folders that cannot be read: served without (--exit-on-error false), or named as the start fails
+    failures = dict(config.start_failures)
     for name in sorted((start or frozenset()) - found.keys()):  # explicit model control reads the repository alone
         missing = (
             f"--load-model {name}: failed to poll model {name!r}: model not found in any model repository "
             f"({', '.join(map(str, roots))}); add its folder, or name a model folder (a version is not a name)"
         )
-        if config.exit_on_error:
-            raise InvalidRequest(missing)
+        if config.exit_on_error:  # named as the start fails, once the others were tried
+            failures[name] = InvalidRequest(missing)
+            continue
         log.error("failed to load a model at start; serving the others (--exit-on-error false)", extra={
             "model": name, "error": missing,
         })  # fmt: skip
     read: set[str] = set()
-    # folders that cannot be read: served without (--exit-on-error false), or named as the start fails
-    failures = dict(config.start_failures)
     store = open_store()
     try:
         while wanted:  # in name order, then the models the ensembles read run, in name order

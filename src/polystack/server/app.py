@@ -440,7 +440,7 @@ class Server:
                 if self.plane.draining:  # stopped while starting (run's signal handlers)
                     raise ShuttingDown("the server is shutting down")
                 if failure is not None:
-                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure), failed)  # which
+                    self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure), failed, ref)
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
                     self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
@@ -453,12 +453,14 @@ class Server:
         for name, failure in self.config.start_failures.items():
             self.plane.note_failed_load(name, failure)
 
-    def _failed_at_start(self, name: str, e: PolystackError, failed: dict[str, PolystackError]) -> None:
-        """A model that failed to load at start: the start fails once every model was tried (``failed`` gathers
-        why), unless --exit-on-error false, which logs it and serves the rest, as Triton's does (the index lists
-        it with why; a name nothing has, not at all)."""
+    def _failed_at_start(
+        self, name: str, e: PolystackError, failed: dict[str, PolystackError], ref: str | None = None
+    ) -> None:
+        """A model that failed to load at start (``ref``: the version of it asked for): the start fails once every
+        model was tried (``failed`` gathers why, each version's), unless --exit-on-error false, which logs it and
+        serves the rest, as Triton's does (the index lists it with why; a name nothing has, not at all)."""
         if self.config.exit_on_error:
-            failed.setdefault(name, e)
+            failed.setdefault(ref or name, e)
             return
         log.error(
             "failed to load a model at start; serving the others (--exit-on-error false)",
@@ -688,7 +690,11 @@ def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | No
     server = Server(engine, config)
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
-    stopped_early = _load_until_signalled(server)
+    try:
+        stopped_early = _load_until_signalled(server)
+    except BaseException:  # the start failed: what it loaded closes first, as Triton's failed start unloads them
+        _close_started(server, engine)
+        raise
     if stopped_early.is_set():
         log.info(
             "stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]}
@@ -726,6 +732,22 @@ def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | No
 
 # seconds the close after a drain that timed out may take before the process exits without it
 EXIT_GRACE_S = 2.0
+
+
+def _close_started(server: Server, engine: Engine) -> None:
+    """Close what a start that failed loaded (each Python model's ``finalize`` runs, its unpacked copy goes, helper-229),
+    for ``EXIT_GRACE_S`` at most: a finalize that hangs leaves the failure to be said all the same."""
+
+    def close() -> None:
+        try:
+            server.close()
+            engine.close()
+        except Exception as e:  # the start's failure is the one to say
+            log.warning("closing the models a failed start loaded failed", extra={"error": str(e)})
+
+    closing = threading.Thread(target=close, name="polystack-close", daemon=True)
+    closing.start()
+    closing.join(EXIT_GRACE_S)
 
 
 def _close(server: Server, engine: Engine, bounded: bool) -> None:
