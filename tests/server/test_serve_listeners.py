@@ -202,3 +202,6 @@ def test_tritons_default_ports_serve_the_metrics_on_8002_as_tritons_do(
     port = free_port()
     with cli_server(home, ["mlp", "--grpc-port", "0"], port, tmp_path / "serve3.log"):
         assert _refused("127.0.0.1", 8002)
+    # servers sharing Triton's ports (helper-229: a second one found 8002 taken)
+    with cli_server(home, ["mlp", "--reuse-http-port", "true"], 8000, tmp_path / "serve4.log"):
+        assert _refused("127.0.0.1", 8002)

@@ -657,7 +657,10 @@ def serve(
             (allow_cpu_metrics, "--allow-cpu-metrics"), (allow_gpu_metrics, "--allow-gpu-metrics"),
         )),
     )  # fmt: skip
+    # (not where servers share their ports: a second one would find 8002 taken)
+    shared = _flag_bool(reuse_http_port, "--reuse-http-port") or _flag_bool(reuse_grpc_port, "--reuse-grpc-port")
     tritons_ports = http_port == TRITON_HTTP_PORT and grpc_port in (None, TRITON_GRPC_PORT) and engine != "ray"
+    tritons_ports = tritons_ports and not shared
     if not listeners.grpc:  # a listener turned off: its port and address are not read, as in Triton
         grpc_port = -1
     if not listeners.metrics or metrics_port == -1:  # -1: the HTTP port's /metrics alone
@@ -841,7 +844,9 @@ def serve(
         counter_latencies=_counter_latencies(metrics_config or []),
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
-        raise InvalidRequest(f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535")
+        raise InvalidRequest(
+            f"--metrics-port {metrics_port}: give a port from 0 (any free one) to 65535, or -1 (none of its own)"
+        )
     # 0: any free port, never a clash; listeners on other addresses may share a port, as in Triton
     fixed = {http_port} if listeners.http else set()
     fixed |= {TRITON_GRPC_PORT if grpc_port is None else grpc_port} if grpc_beside_http else set()

@@ -495,7 +495,7 @@ class Server:
         if self.metrics_http is not None:
             metrics_http = self.metrics_http
             metrics_host = self.config.metrics_host or self.config.host
-            with _binding("metrics", "--metrics-port", metrics_host, self.config.metrics_port or 0):
+            with _binding("metrics", "--metrics-port", metrics_host, self.config.metrics_port or 0, "; -1: none"):
                 self._metrics_server = await loop.create_server(
                     lambda: HttpProtocol(metrics_http),
                     metrics_host,
@@ -668,16 +668,16 @@ def start_failed(failed: Mapping[str, PolystackError]) -> PolystackError:
 
 
 @contextlib.contextmanager
-def _binding(what: str, flag: str, host: str, port: int) -> Iterator[None]:
+def _binding(what: str, flag: str, host: str, port: int, other: str = "") -> Iterator[None]:
     """A bind that fails says which flag to change (the socket library names no flag: "address already in
-    use", "Name or service not known")."""
+    use", "Name or service not known"); ``other``: what else the flag takes."""
     try:
         yield
     except OSError as e:
         shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
         raise OSError(
-            f"cannot serve {what} on {shown}:{port} ({flag}, --host): {e.strerror or e}; give a free port (0: any), "
-            "and an address of this machine"
+            f"cannot serve {what} on {shown}:{port} ({flag}, --host): {e.strerror or e}; give a free port (0: any"
+            f"{other}), and an address of this machine"
         ) from None
 
 
