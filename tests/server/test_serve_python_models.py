@@ -162,6 +162,36 @@ class TritonPythonModel:
 """
 
 
+RAISES = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise ValueError("no")
+"""
+
+
+def test_an_instance_kept_by_a_reload_names_the_repository_s_files_in_its_at_lines(tmp_path: Path) -> None:
+    """helper-229: a reload that changes only the instance count keeps the model's instance, which runs the copy
+    the earlier load unpacked: its At: lines named that copy, the new instance's the repository's file."""
+    repo = tmp_path / "models"
+    config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\ninstance_group [ { count: N } ]\n')  # fmt: skip
+    python_folder(repo, "r", RAISES, config.replace("N", "1"))
+    x = httpclient.InferInput("x", [1], "FP32")
+    x.set_data_from_numpy(np.ones(1, np.float32))
+    with served(tmp_path, repo, "--model-control-mode", "explicit", "--load-model", "r") as client:
+        (repo / "r" / "config.pbtxt").write_text(config.replace("N", "2"))
+        client.load_model("r")
+        seen = set()
+        for _ in range(8):  # both instances, the kept one and the new one
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer("r", [x])
+            seen.add(caught.value.message().split("\n\nAt:\n")[1])
+    assert seen == {f"  {repo / 'r' / '1' / 'model.py'}(7): execute\n"}, seen
+
+
 def test_a_start_that_fails_finalizes_the_models_it_loaded(tmp_path: Path) -> None:
     """helper-229: a start that failed once every model was tried left the models it loaded unclosed (a Python
     model's finalize never ran, its unpacked copy stayed), where Triton's failed start unloads them."""

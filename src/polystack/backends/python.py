@@ -321,7 +321,8 @@ class PythonModel:
         if isinstance(e, pb_utils.TritonError):
             return _error(e)
         message = e.message() if isinstance(e, pb_utils.TritonModelException) else str(e)
-        at = _at(e, self._in_repository)
+        copied = instance.folder.path if instance.folder is not None else self._folder  # a kept instance's own
+        at = _at(e, functools.partial(self._in_repository, copied))
         if what == "execute":  # Triton's words, its stub's traceback too
             return BackendError(
                 f"Failed to process the request(s) for model '{instance.name}', message: {type(e).__name__}: "
@@ -331,10 +332,11 @@ class PythonModel:
         hint = _env_hint(self.config, e)  # then where it was raised, as Triton's stub says a load's failure
         return failed(f"Python model {self.name!r} failed in {what}: {type(e).__name__}: {message}{hint}{at}")
 
-    def _in_repository(self, filename: str) -> str:
+    def _in_repository(self, copied: Path, filename: str) -> str:
         """A file of the model's version folder as the repository holds it, which Triton runs it from (polystack
-        runs a copy); any other file (the copy's where the model came from elsewhere) as it is."""
-        copy = os.path.join(self._folder, str(self.version), "")
+        runs a copy, ``copied``: an instance kept from an earlier load runs that load's); any other file (the copy's
+        where the model came from elsewhere) as it is."""
+        copy = os.path.join(copied, str(self.version), "")
         if self._repository == str(self._folder) or not filename.startswith(copy):
             return filename
         return os.path.join(self._repository, str(self.version), filename[len(copy) :])
