@@ -715,6 +715,18 @@ def test_a_grpc_request_slow_to_read_is_decoded_off_the_event_loop(
     assert seen[0] == seen[2] == "polystack-server" and seen[1].startswith("codec"), seen
 
 
+def test_raw_numbers_beside_an_empty_contents_are_read_on_the_loop() -> None:
+    """MLServer's use_raw=True sets an empty contents beside raw data (helper-228): numbers read in place however
+    large, as raw numbers alone are (helper-229 saw them sent to the codec threads)."""
+    from polystack.server.grpc import DECODE_INLINE_BELOW, _slow_to_read
+
+    req = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[b"\0" * DECODE_INLINE_BELOW])
+    req.inputs.add(name="x", datatype="FP32", shape=[DECODE_INLINE_BELOW // 4]).contents.SetInParent()
+    assert not _slow_to_read(req)
+    req.inputs[0].contents.fp32_contents.append(1.0)  # typed values: read one by one
+    assert _slow_to_read(req)
+
+
 def test_bytes_that_are_not_protobuf_are_invalid_argument_and_a_stream_goes_on(server: ServerThread) -> None:
     garbage = b"\xff\xff\xff\x0f garbage"
 

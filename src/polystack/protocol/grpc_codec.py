@@ -121,7 +121,7 @@ def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
+def has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
     """Whether ``tensor`` carries typed contents: an empty ``contents`` (MLServer's gRPC converter sets one beside
     raw data) holds no values, so it is none, where Triton refuses it as data sent both ways."""
     return tensor.HasField("contents") and tensor.contents.ByteSize() > 0
@@ -130,7 +130,7 @@ def _has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
 def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None = None) -> InferRequest:
     """``regions``: the registered shared memory regions inputs may be read from (None: refused)."""
     raw = req.raw_input_contents  # no inputs: the model's to refuse (one whose inputs are all optional takes it)
-    typed = next((t.name for t in req.inputs if _has_contents(t)), None) if raw else None
+    typed = next((t.name for t in req.inputs if has_contents(t)), None) if raw else None
     if typed is not None:  # Triton's words (its explicit-content example looks for them), then what to do
         raise InvalidRequest(
             f"contents field must not be specified when using raw_input_contents for {typed!r} for model "
@@ -158,7 +158,7 @@ def decode_infer_request(req: pb.ModelInferRequest, regions: RegionReader | None
         dtype = parse_dtype(t.datatype, name)
         shape = parse_shape(list(t.shape), name)
         if shm is not None:
-            if _has_contents(t):
+            if has_contents(t):
                 raise InvalidTensor(
                     f"input {name!r} has shared memory parameters and contents in the request; send its data one way"
                 )

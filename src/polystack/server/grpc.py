@@ -157,7 +157,7 @@ def _slow_to_read(request: pb.ModelInferRequest) -> bool:
     sequence's requests are read on the loop: they reach their sequence in the order the stream sent them."""
     if "sequence_id" in request.parameters:
         return False
-    if not any(t.datatype == "BYTES" or t.HasField("contents") for t in request.inputs):
+    if not any(t.datatype == "BYTES" or grpc_codec.has_contents(t) for t in request.inputs):
         return False
     return request.ByteSize() >= DECODE_INLINE_BELOW
 
