@@ -134,8 +134,10 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        codes = [int(json.loads(request.parameters())["models"]) for request in requests]
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"refused with code {c}", c)) for c in codes]
+        codes = [json.loads(request.parameters())["models"] for request in requests]
+        if "raise" in codes:
+            raise ValueError("raised in execute")
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"refused with code {c}", int(c))) for c in codes]
 '''
 CONFIG = """backend: "python"
 input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 16 ] } ]
@@ -245,9 +247,10 @@ def test_a_call_that_fails_answers_the_caller_with_its_error_in_triton_words_and
     with pytest.raises(InferenceServerException) as caught:
         _call(port, "caller", parameters)
     assert caught.value.status() == "500"  # the calling model raised: its request fails as the model's error
-    model = parameters["models"]
-    # Triton's words for a call that failed, with the code it gives them all (INTERNAL: 1)
-    assert f"1: Model {model} - Error when running inference: " in caught.value.message()
+    # Triton's words for a call refused, with the code it gives them all (INTERNAL: 1); the gatherer's failed execute
+    # reaches the caller in its own words, its refused call's in those
+    refused = "caller" if parameters.get("next") == "caller" else parameters["models"]
+    assert f"1: Model {refused} - Error when running inference: " in caught.value.message()
     assert words in caught.value.message()
     assert _call(port, "caller", {"models": "mlp"}).as_numpy("y").shape == (2, 4)
 
@@ -261,6 +264,17 @@ def test_a_called_model_s_own_error_response_reaches_its_caller_with_its_words_a
     with pytest.raises(InferenceServerException) as caught:
         _call(port, "caller", {"models": "refuser", "next": str(code)})
     assert f"message: TritonModelException: {code}: refused with code {code}\n" in caught.value.message()
+
+
+def test_a_called_model_s_failure_in_its_run_reaches_its_caller_in_its_words(served) -> None:  # type: ignore[no-untyped-def]
+    """tritonserver 2.51 hands a BLS caller the called model's failed execute in the model's words, code INTERNAL
+    (helper-230: bls_undefined's NameError); polystack led them with Triton's words for a call refused."""
+    _, port, _ = served
+    with pytest.raises(InferenceServerException) as caught:
+        _call(port, "caller", {"models": "refuser", "next": "raise"})
+    message = caught.value.message()
+    assert "TritonModelException: 1: Failed to process the request(s) for model 'refuser" in message, message
+    assert "message: ValueError: raised in execute" in message and "Error when running inference" not in message
 
 
 def test_a_model_uses_dlpack_threads_of_its_own_async_exec_and_the_model_loading_api(served) -> None:  # type: ignore[no-untyped-def]

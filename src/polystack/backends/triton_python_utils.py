@@ -701,14 +701,18 @@ class InferenceRequest:
 
     def _failed(self, e: BaseException) -> InferenceResponse:
         """A call that failed: the called model's own error response as it sent it, its words and code (newer
-        Tritons keep the code, python_backend's bls_error_code example; 2.51 made each INTERNAL); else in Triton's
-        words, with the code INTERNAL (but CANCELLED for a call cancelled)."""
+        Tritons keep the code, python_backend's bls_error_code example; 2.51 made each INTERNAL); a failure in the
+        called model's run (its execute raised, its queue timed out) in its words, as 2.51 hands them on
+        (helper-230); else in Triton's words for a call refused, with the code INTERNAL (but CANCELLED for a call
+        cancelled)."""
+        code = TritonError.CANCELLED if isinstance(e, Cancelled) else TritonError.INTERNAL
         if isinstance(e, PolystackError) and e.model_code is not None:
             return InferenceResponse(error=TritonError(e.message, e.model_code))
+        if isinstance(e, PolystackError) and e.in_run:
+            return InferenceResponse(error=TritonError(e.message, code))
         why = e.message if isinstance(e, PolystackError) else f"{type(e).__name__}: {e}"
         if isinstance(e, NotFound):  # Triton's words for a model or version it does not serve, then polystack's
             why = f"Failed for execute the inference request. Model '{self._model}' is not ready. ({why})"
-        code = TritonError.CANCELLED if isinstance(e, Cancelled) else TritonError.INTERNAL
         return InferenceResponse(error=TritonError(f"Model {self._model} - Error when running inference: {why}", code))
 
     def get_response_sender(self) -> InferenceResponseSender:
