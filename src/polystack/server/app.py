@@ -661,8 +661,9 @@ def _forwarding(pattern: str | None, flag: str) -> HeaderForward | None:
 
 
 def start_failed(failed: Mapping[str, PolystackError]) -> PolystackError:
-    """The error of a start whose models ``failed`` (by name, in the order they came: a folder's before a load's, an
-    ensemble's, which may follow from them, last): the first's, its one line naming every failure."""
+    """The error of a start whose models ``failed`` (by name, or name and version, in the order they came: a
+    folder's before a load's, an ensemble's, which may follow from them, last): the first's, its one line naming
+    every failure."""
     first, *others = failed.values()
     return first.framed("", "".join(f"; {e.message}" for e in others))
 
