@@ -159,7 +159,8 @@ def test_a_model_an_ensemble_runs_loads_once_at_start(tmp_path: Path) -> None:
         f"127.0.0.1:{port}"
     ) as c:
         assert c.is_model_ready("a_pipe") and c.is_model_ready("m")
-    loaded = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if '"model loaded"' in line]
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    loaded = [json.loads(line) for line in lines if '"model loaded"' in line]
     assert sorted(each["model"] for each in loaded) == ["a_pipe", "m"], loaded
 
 

@@ -177,7 +177,8 @@ def test_an_instance_kept_by_a_reload_names_the_repository_s_files_in_its_at_lin
     the earlier load unpacked: its At: lines named that copy, the new instance's the repository's file."""
     repo = tmp_path / "models"
     config = ('backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-              'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\ninstance_group [ { count: N } ]\n')  # fmt: skip
+              'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+              "instance_group [ { count: N } ]\n")  # fmt: skip
     python_folder(repo, "r", RAISES, config.replace("N", "1"))
     x = httpclient.InferInput("x", [1], "FP32")
     x.set_data_from_numpy(np.ones(1, np.float32))

@@ -31,7 +31,8 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
         "--backend-config python,shm-default-byte-size=8388608",
     ]  # fmt: skip (--model-load-thread-count is followed: test_serve_load_threads)
     # a value Triton's Python backend refuses (tritonserver 2.51 exits 1), in its words (helper-226)
-    line = refused_at_start(tmp_path, ["--backend-config", "python,shm-default-byte-size=1024", "--allow-python-models"])
+    args = ["--backend-config", "python,shm-default-byte-size=1024", "--allow-python-models"]
+    line = refused_at_start(tmp_path, args)
     assert line == (
         "error: --backend-config python,shm-default-byte-size=1024: shm-default-byte-size can't be smaller than 1 "
         "MiB; give 1048576 or more"

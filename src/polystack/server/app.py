@@ -736,8 +736,8 @@ EXIT_GRACE_S = 2.0
 
 
 def _close_started(server: Server, engine: Engine) -> None:
-    """Close what a start that failed loaded (each Python model's ``finalize`` runs, its unpacked copy goes, helper-229),
-    for ``EXIT_GRACE_S`` at most: a finalize that hangs leaves the failure to be said all the same."""
+    """Close what a start that failed loaded (each Python model's ``finalize`` runs, its unpacked copy goes:
+    helper-229), for ``EXIT_GRACE_S`` at most: a finalize that hangs leaves the failure to be said all the same."""
 
     def close() -> None:
         try:

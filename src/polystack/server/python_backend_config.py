@@ -4,9 +4,9 @@
 Triton's Python backend runs each model instance in a stub process of its own, reached through a shared memory
 region; its settings size those regions (``shm-default-byte-size``, ``shm-growth-byte-size``), name them
 (``shm-region-prefix-name``), size their message queues (``shm_message_queue_size``), wait for a stub
-(``stub-timeout-seconds``) and size its stubs' thread pools (``thread-pool-size``). polystack runs Python models in the server's own process, so none of them changes
-anything; a launch script that sets them still starts, and one with a value the backend refuses is refused here, at
-the start, in its words.
+(``stub-timeout-seconds``) and size its stubs' thread pools (``thread-pool-size``). polystack runs Python models
+in the server's own process, so none of them changes anything; a launch script that sets them still starts, and
+one with a value the backend refuses is refused here, at the start, in its words (where Python models may load).
 """
 
 from __future__ import annotations
