@@ -386,7 +386,7 @@ class PythonModel:
             # those it asks for (a request read from a stream carries them in its facts alone), else all
             outputs = list(given or ()) or list(facts.outputs)
             names = outputs or [t.name for t in self.signature.outputs]
-            tensors = [pb_utils.Tensor(name, writable(array)) for name, array in inputs.items()]
+            tensors = [pb_utils.Tensor(name, writable(pb_utils.as_sent(array))) for name, array in inputs.items()]
             # where its responses go: the server's stream of its request (a decoupled model's any number; another's
             # one, which may come after execute returned, as in Triton), else gathered here
             own = None if facts.responses is not None else _Gathered(facts.gone)

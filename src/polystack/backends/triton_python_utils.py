@@ -312,6 +312,19 @@ def _listed(values: Any, what: str) -> list[Any]:
     return list(values)
 
 
+def as_sent(array: np.ndarray) -> np.ndarray:
+    """``array`` as a model receives it from another, its BYTES elements ``bytes`` as Triton's stub sends them
+    (``serialize_byte_tensor``: bytes as they are, a ``str`` in UTF-8, anything else as its ``str``) and the
+    receiving stub reads them back: a model's own text built from ``str`` or numbers, a runtime's ``str`` (ONNX
+    Runtime's string outputs); other arrays, and those already all bytes, as they are."""
+    if array.dtype != np.object_ or all(type(x) is bytes for x in array.flat):
+        return array
+    elements = [bytes(x) if isinstance(x, bytes) else str(x).encode() for x in array.flat]
+    sent = np.empty(len(elements), dtype=np.object_)
+    sent[:] = elements
+    return sent.reshape(array.shape)
+
+
 class Tensor:
     """A named tensor on the CPU, over a numpy array."""
 
@@ -341,8 +354,9 @@ class Tensor:
         return self._array
 
     def _data(self) -> np.ndarray:
-        """Its array, whatever its data type (the server's side: a BF16 tensor's too)."""
-        return self._array
+        """Its array as it leaves the model (the server's side), whatever its data type (a BF16 tensor's too); a
+        BYTES one's elements as ``bytes`` (``as_sent``)."""
+        return as_sent(self._array)
 
     def shape(self) -> list[int]:
         return list(self._array.shape)
@@ -897,7 +911,7 @@ class InferenceResponse:
     @classmethod
     def _of(cls, outputs: Mapping[str, np.ndarray]) -> InferenceResponse:
         """The response of a call's answer (the outputs another model answered, with their response's parameters)."""
-        response = cls([Tensor(name, array) for name, array in outputs.items()])
+        response = cls([Tensor(name, as_sent(array)) for name, array in outputs.items()])
         response._parameters = dict(parameters_of(outputs))
         return response
 
