@@ -82,8 +82,8 @@ def test_a_triton_repository_is_served_as_it_is(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException) as unknown:  # told where the names served are, not the store
             client.infer("plane", [i])
         assert unknown.value.message() == (
-            "Request for unknown model: 'plane' is not found; GET /v2/models/stats lists the models served from the "
-            "model repository"
+            "Request for unknown model: 'plane' is not found; the statistics (GET /v2/models/stats; gRPC "
+            "ModelStatistics) list the models served from the model repository"
         )
         # the folder's config.pbtxt is the model's config: batching, and labels from the model folder
         config = client.get_model_config("mlp", "3")

@@ -326,7 +326,8 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
         return e
     if isinstance(e, ModelNotFound):
         where = (
-            "GET /v2/models/stats lists the models served from the model repository"
+            "the statistics (GET /v2/models/stats; gRPC ModelStatistics) list the models served from the model "
+            "repository"
             if repository
             else "`polystack models` lists the registered ones"
         )
@@ -1657,9 +1658,9 @@ class DataPlane:
                     # server of a repository, as Triton knows its repositories' models alone (it answered 503 for a
                     # version, which a client may retry for good)
                     raise ModelNotFound(
-                        f"Request for unknown model: {name!r} is not found; GET /v2/models/stats lists the models "
-                        "served from the model repository (polystack's store holds a model of that name, which this "
-                        "server has not loaded)"
+                        f"Request for unknown model: {name!r} is not found; the statistics (GET /v2/models/stats; "
+                        "gRPC ModelStatistics) list the models served from the model repository (polystack's store "
+                        "holds a model of that name, which this server has not loaded)"
                     ) from None
                 if isinstance(e, ModelNotReady):
                     raise
