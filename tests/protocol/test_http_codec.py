@@ -420,3 +420,23 @@ def test_bytes_that_are_not_utf8_are_refused_in_json_saying_to_ask_for_binary_da
     head, blobs = http_codec.encode_infer_response(response, {"s": True}, False)  # binary carries them as they are
     assert json.loads(head)["outputs"][0]["parameters"]["binary_data_size"] == len(b"".join(blobs))
     assert http_codec.json_data(np.array([b"caf\xc3\xa9"], dtype=object), DType.BYTES) == ["café"]
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"sequence_id": True}, "Unable to parse 'sequence_id': attempt to access JSON non-string as string"),
+        ({"sequence_id": 1.5}, "'sequence_id' parameter is 1.5; give a whole number or a string"),
+        ({"sequence_id": [1]}, "'sequence_id' parameter is [1]"),
+        ({"sequence_start": "yes"}, "Unable to parse 'sequence_start': attempt to access JSON non-boolean as boolean"),
+        ({"sequence_end": 1}, "'sequence_end' parameter is 1; give true or false"),
+    ],
+)
+def test_sequence_parameters_of_the_wrong_type_are_refused_whatever_the_model(params: dict, says: str) -> None:
+    """Triton's HTTP front end reads them for every request, sequence model or not (helper-232: a model without
+    sequence batching was handed ``True`` as its correlation ID)."""
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}], "parameters": params}
+    with pytest.raises(InvalidRequest, match=re.escape(says)):
+        http_codec.decode_infer_request(json.dumps(doc).encode())
+    fine = {"sequence_id": "s", "sequence_start": True, "sequence_end": False}
+    assert http_codec.decode_infer_request(json.dumps({**doc, "parameters": fine}).encode()).parameters == fine

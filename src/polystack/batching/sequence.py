@@ -62,7 +62,6 @@ from polystack.errors import (
     ShuttingDown,
     Unavailable,
     Unsupported,
-    quote,
 )
 from polystack.protocol import wire
 from polystack.stats import Outcome
@@ -193,23 +192,8 @@ class Flags:
 def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
     """The sequence parameters of a request (Triton's ``sequence_id``, ``sequence_start``, ``sequence_end``);
     None when it has no correlation ID (0 and "" are none, as tritonclient sends them)."""
+    wire.check_sequence_parameters(parameters)
     sid = parameters.get("sequence_id")
-    for key in ("sequence_start", "sequence_end"):
-        value = parameters.get(key, False)
-        if not isinstance(value, bool):  # Triton's words (its HTTP front end's; gRPC's are grpc_codec's)
-            raise InvalidRequest(
-                f"Unable to parse '{key}': attempt to access JSON non-boolean as boolean: the request's {key!r} "
-                f"parameter is {quote(value)}; give true or false"
-            )
-    if isinstance(sid, float) and sid.is_integer() and abs(sid) >= 1 << 63:  # JSON's reader: too large for 64 bits
-        raise InvalidRequest(
-            f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
-        )
-    if isinstance(sid, bool) or not isinstance(sid, (int, str, type(None))):
-        raise InvalidRequest(
-            "Unable to parse 'sequence_id': attempt to access JSON non-string as string: the request's "
-            f"'sequence_id' parameter is {quote(sid)}; give a whole number or a string"
-        )
     if isinstance(sid, int) and not 0 <= sid < 1 << 64:
         raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
     if isinstance(sid, str) and len(sid) > 128:  # Triton's limit and words (helper-113)

@@ -40,6 +40,7 @@ from polystack.protocol.wire import (
     RequestedOutput,
     cast_numbers,
     check_name,
+    check_sequence_parameters,
     from_raw,
     from_shared_memory,
     input_twice,
@@ -304,6 +305,8 @@ def check_params(params: dict[str, Any], reserved: bool = True) -> None:
     """Refused in Triton's words: a ``triton_`` key (Triton's own, none of which a request may set over
     HTTP; ``reserved`` False: not checked, as Triton's generate endpoint does not), and a parameter of the
     model's own (custom) that is not a string, a number or a bool, which Triton cannot hand to its backends."""
+    if reserved:
+        check_sequence_parameters(params)
     for key, value in params.items():
         if key in _TRITON_PARAMETERS:
             continue

@@ -71,6 +71,29 @@ _UNSIGNED_PARAMETERS = {
 }
 
 
+def check_sequence_parameters(parameters: Mapping[str, Any]) -> None:
+    """Refused in Triton's words (its HTTP front end's, which reads them for every request; gRPC's are grpc_codec's):
+    a ``sequence_id`` that is neither a whole number nor a string, a ``sequence_start`` or ``sequence_end`` that is
+    not a bool."""
+    for key in ("sequence_start", "sequence_end"):
+        value = parameters.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidRequest(
+                f"Unable to parse '{key}': attempt to access JSON non-boolean as boolean: the request's {key!r} "
+                f"parameter is {quote(value)}; give true or false"
+            )
+    sid = parameters.get("sequence_id")
+    if isinstance(sid, float) and sid.is_integer() and abs(sid) >= 1 << 63:  # JSON's reader: too large for 64 bits
+        raise InvalidRequest(
+            f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
+        )
+    if isinstance(sid, bool) or not isinstance(sid, int | str | None):
+        raise InvalidRequest(
+            "Unable to parse 'sequence_id': attempt to access JSON non-string as string: the request's "
+            f"'sequence_id' parameter is {quote(sid)}; give a whole number or a string"
+        )
+
+
 @dataclass
 class InferRequest:
     inputs: dict[str, np.ndarray]
