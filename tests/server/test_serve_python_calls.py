@@ -212,6 +212,10 @@ def test_the_request_facts_reach_the_model_over_grpc_too(served) -> None:  # typ
     result = client.infer("caller", [x], parameters={"models": "mlp"}, request_id="g-1", outputs=wanted)
     facts = json.loads(result.as_numpy("facts")[0])
     assert (facts["id"], facts["outputs"], facts["parameters"]) == ("g-1", ["facts"], {"models": "mlp"})
+    # the stream's own parameter is the server's on a plain call too, as Triton's gRPC front end takes it (helper-232)
+    asked = {"models": "mlp", "triton_enable_empty_final_response": True}
+    facts = json.loads(client.infer("caller", [x], parameters=asked).as_numpy("facts")[0])
+    assert facts["parameters"] == {"models": "mlp"}
 
 
 def test_calls_count_in_the_called_models_statistics(served) -> None:  # type: ignore[no-untyped-def]

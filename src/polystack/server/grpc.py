@@ -288,6 +288,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             front = None
         decoded = await self._decode(request, context)
+        decoded.parameters.pop(EMPTY_FINAL, None)  # a stream's (below): Triton's front end keeps it from the model
         if front is None:
             result = await self.plane.infer(
                 request.model_name, request.model_version, decoded, None, lambda: _metadata(context),
