@@ -645,6 +645,7 @@ class DataPlane:
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
         self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
+        self._routes_generation = (-1, -1)  # the generation the routes are of
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
         self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
@@ -942,7 +943,7 @@ class DataPlane:
             old = self._served.get(key)
             self._served[key] = served
             self._served_names.add(entry.name)
-            self._generation += 1
+            self._moved()
         self.metrics.serving(entry.name, str(entry.version))
         self._tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
@@ -1037,7 +1038,7 @@ class DataPlane:
             others = {v: _ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
             others.pop(pipeline.version, None)
             self._ensembles[name] = served = _ServedEnsemble(pipeline, others=others)
-            self._generation += 1
+            self._moved()
         for each in served.every:
             label = (name, str(each.ensemble.version))
             self._tallies.setdefault(label, triton_metrics.Tally()).add(each.stats)
@@ -1171,7 +1172,7 @@ class DataPlane:
     def _unload_ensemble(self, name: str, why: str) -> None:
         with self._routing:
             served = self._ensembles.pop(name, None)
-            self._generation += 1
+            self._moved()
         if served is None:
             return
         versions = [each.ensemble.version for each in served.every]
@@ -1508,7 +1509,7 @@ class DataPlane:
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
         self._stopped.update((name, v) for v in versions)
-        self._generation += 1
+        self._moved()
         self._count_loaded()
         self._retire(retired, entries)
         return versions
@@ -1592,23 +1593,33 @@ class DataPlane:
             served.close(wait=True)
             _finish_streams(served, 0.0, self._stopping)  # the drain is over: what is still unanswered fails
         self._served.clear()
-        self._generation += 1
+        self._moved()
         self.executor.shutdown(wait=True)
         if self._hasher is not None:
             self._hasher.shutdown(wait=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
 
+    def _moved(self) -> None:
+        """What is served changed (a load, an unload): the routes resolved before go, as they hold the models
+        replaced (their instances and weights: an unload frees them now, not at the next request)."""
+        self._generation += 1
+        self._routes.clear()
+
     def _get(self, name: str, version: str | None) -> _Served:
         # both generations are read before resolving: a load or unload in between (another thread)
         # leaves this answer under a generation that is already stale, never a fresh one
-        key = ((self.engine.generation, self._generation), name, version)
+        generation = (self.engine.generation, self._generation)
+        key = (generation, name, version)
         served = self._routes.get(key)
         if served is not None:
             return served
         served = self._resolve(name, version)
-        if len(self._routes) >= _MAX_ROUTES:  # "1", "01", "001", ... all name version 1: stay bounded
+        # routes of an earlier generation are never asked again, and hold the models a load or unload replaced
+        # (their instances and weights: helper-231), so they go; "1", "01", "001", ... all name version 1: bounded
+        if generation != self._routes_generation or len(self._routes) >= _MAX_ROUTES:
             self._routes.clear()
+            self._routes_generation = generation
         self._routes[key] = served
         return served
 
