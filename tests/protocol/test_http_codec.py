@@ -428,6 +428,8 @@ def test_bytes_that_are_not_utf8_are_refused_in_json_saying_to_ask_for_binary_da
         ({"sequence_id": True}, "Unable to parse 'sequence_id': attempt to access JSON non-string as string"),
         ({"sequence_id": 1.5}, "'sequence_id' parameter is 1.5; give a whole number or a string"),
         ({"sequence_id": [1]}, "'sequence_id' parameter is [1]"),
+        ({"sequence_id": None}, "'sequence_id' parameter is null"),
+        ({"sequence_id": -1}, "'sequence_id' -1 is not an unsigned 64-bit integer"),
         ({"sequence_start": "yes"}, "Unable to parse 'sequence_start': attempt to access JSON non-boolean as boolean"),
         ({"sequence_end": 1}, "'sequence_end' parameter is 1; give true or false"),
     ],

@@ -194,8 +194,6 @@ def flags_of(parameters: Mapping[str, Any]) -> Flags | None:
     None when it has no correlation ID (0 and "" are none, as tritonclient sends them)."""
     wire.check_sequence_parameters(parameters)
     sid = parameters.get("sequence_id")
-    if isinstance(sid, int) and not 0 <= sid < 1 << 64:
-        raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
     if isinstance(sid, str) and len(sid) > 128:  # Triton's limit and words (helper-113)
         raise Unsupported(
             f"string correlation ID cannot be longer than 128 characters: the request's 'sequence_id' has {len(sid):,}"

@@ -73,8 +73,8 @@ _UNSIGNED_PARAMETERS = {
 
 def check_sequence_parameters(parameters: Mapping[str, Any]) -> None:
     """Refused in Triton's words (its HTTP front end's, which reads them for every request; gRPC's are grpc_codec's):
-    a ``sequence_id`` that is neither a whole number nor a string, a ``sequence_start`` or ``sequence_end`` that is
-    not a bool."""
+    a ``sequence_id`` that is neither a whole number nor a string (null too) or a number outside uint64, a
+    ``sequence_start`` or ``sequence_end`` that is not a bool."""
     for key in ("sequence_start", "sequence_end"):
         value = parameters.get(key, False)
         if not isinstance(value, bool):
@@ -87,11 +87,14 @@ def check_sequence_parameters(parameters: Mapping[str, Any]) -> None:
         raise InvalidRequest(
             f"the request's 'sequence_id' {sid:.0f} is not an unsigned 64-bit integer; give one that is, or a string"
         )
-    if isinstance(sid, bool) or not isinstance(sid, int | str | None):
+    if "sequence_id" in parameters and (isinstance(sid, bool) or not isinstance(sid, int | str)):
+        shown = "null" if sid is None else quote(sid)
         raise InvalidRequest(
             "Unable to parse 'sequence_id': attempt to access JSON non-string as string: the request's "
-            f"'sequence_id' parameter is {quote(sid)}; give a whole number or a string"
+            f"'sequence_id' parameter is {shown}; give a whole number or a string"
         )
+    if isinstance(sid, int) and not 0 <= sid < 1 << 64:
+        raise InvalidRequest(f"the request's 'sequence_id' {sid} is not an unsigned 64-bit integer; give one that is")
 
 
 @dataclass

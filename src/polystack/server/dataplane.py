@@ -1615,14 +1615,16 @@ class DataPlane:
         if served is not None:
             return served
         served = self._resolve(name, version)
-        if (self.engine.generation, self._generation) != generation:
-            return served  # a load or unload came meanwhile (another thread): not kept, as it may hold what it replaced
         # routes of an earlier generation are never asked again, and hold the models a load or unload replaced
         # (their instances and weights: helper-231), so they go; "1", "01", "001", ... all name version 1: bounded
         if generation != self._routes_generation or len(self._routes) >= _MAX_ROUTES:
             self._routes.clear()
             self._routes_generation = generation
         self._routes[key] = served
+        if (self.engine.generation, self._generation) != generation:
+            # a load or unload came meanwhile (another thread: the loader, a model's call): the route may hold what
+            # it replaced. _moved counts, then clears: either it cleared after the store, or this sees the count
+            self._routes.pop(key, None)
         return served
 
     def ensembles_served(self) -> list[str]:
