@@ -302,8 +302,9 @@ def _one_way(name: str, given: list[str]) -> str:
 
 
 def check_params(params: dict[str, Any], reserved: bool = True) -> None:
-    """Refused in Triton's words: a ``triton_`` key (Triton's own, none of which a request may set over
-    HTTP; ``reserved`` False: not checked, as Triton's generate endpoint does not), and a parameter of the
+    """Refused in Triton's words: a sequence parameter of the wrong type (``wire.check_sequence_parameters``), a
+    ``triton_`` key (Triton's own, none of which a request may set over HTTP; ``reserved`` False: neither is
+    checked, as Triton's generate endpoint reads its parameters as the model's inputs), and a parameter of the
     model's own (custom) that is not a string, a number or a bool, which Triton cannot hand to its backends."""
     if reserved:
         check_sequence_parameters(params)
