@@ -14,11 +14,10 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         "--pinned-memory-pool-byte-size": ["268435456"],
         "--cuda-memory-pool-byte-size": ["0:67108864", "1:0"],
         "--repoagent-directory": ["/opt/tritonserver/repoagents"],
-        "--model-namespacing": ["true"],  # Triton's SageMaker entrypoint passes it always (helper-174)
         "--http-thread-count": [],
     })  # fmt: skip
     assert [s.split(" (")[0] for s in said] == [
-        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--repoagent-directory", "--model-namespacing",
+        "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size", "--repoagent-directory",
     ]  # fmt: skip
     assert "CUDA memory and devices are the runtimes' own" in said[1]
 
@@ -29,7 +28,6 @@ def test_flags_that_change_nothing_are_said_with_why() -> None:
         ("--pinned-memory-pool-byte-size", "lots", "takes a whole number, not 'lots'"),
         ("--cuda-memory-pool-byte-size", "67108864", "takes <device>:<value>, not '67108864'"),
         ("--enable-peer-access", "maybe", "takes 1 or 0 (true or false)"),
-        ("--model-namespacing", "sometimes", "takes 1 or 0 (true or false)"),
         ("--vertex-ai-thread-count", "0", "invalid argument for --vertex-ai-thread-count: 0; Triton takes from 1"),
         ("--sagemaker-thread-count", "0", "invalid argument for --sagemaker-thread-count: 0; Triton takes from 1"),
         ("--grpc-infer-thread-count", "1", "invalid argument for --grpc-infer-thread-count: 1; Triton takes from 2 to 128"),

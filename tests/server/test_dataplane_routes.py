@@ -12,6 +12,7 @@ import weakref
 import pytest
 
 from polystack.server.dataplane import DataPlane
+from polystack.server.model_repository import FolderRules
 
 
 class _Model:
@@ -50,7 +51,9 @@ def test_an_unload_landing_anywhere_in_a_lookup_leaves_no_route_to_the_model_it_
     old = _Model()
     served: dict[str, _Model] = {"m": old}
     routes = _Routes()
-    plane = types.SimpleNamespace(_generation=0, _routes=routes, _routes_generation=(0, 0))  # routes of this one
+    plane = types.SimpleNamespace(  # routes of this one
+        _generation=0, _routes=routes, _routes_generation=(0, 0), folder_rules=FolderRules()
+    )
     plane._moved = types.MethodType(DataPlane._moved, plane)
 
     def unload() -> None:  # as an unload does: routing changes, then the plane's generation moves and clears

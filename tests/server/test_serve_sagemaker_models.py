@@ -26,6 +26,7 @@ from polystack.errors import AlreadyExists, InvalidRequest, ShuttingDown
 from polystack.examples import mlp_onnx
 from polystack.server import dataplane
 from polystack.server.app import ServerThread
+from polystack.server.model_repository import FolderRules
 from polystack.server.restricted import Restrictions
 from polystack.server.sagemaker import SageMakerSettings, _refused
 from polystack.server.sagemaker_models import served_name
@@ -430,6 +431,39 @@ def test_an_ensemble_whose_models_another_archive_serves_is_refused_as_triton_re
     assert load(port, "h2", second, "pipe2.tar.gz")[0] == 200  # alone now
     neg = next(o for o in json.loads(call(port, "POST", "/models/h2/invoke", body)[2])["outputs"] if o["name"] == "NEG")
     np.testing.assert_allclose(neg["data"], -expected(second / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+
+
+def test_with_namespacing_archives_whose_ensembles_run_models_of_one_name_each_run_their_own(tmp_path: Path) -> None:
+    """Triton's SageMaker entrypoint passes --model-namespacing=true: each archive's ensemble runs its own model of
+    a name another archive holds too, as tritonserver's namespacing resolves a step in its own repository first."""
+    (tmp_path / "empty").mkdir()
+    st = start(
+        Store.at(tmp_path / "home"), models=[], allow_model_control=True, repository_only=True,
+        model_repositories=[tmp_path / "empty"], sagemaker_port=0, sagemaker=SageMakerSettings(),
+        folder_rules=FolderRules(namespacing=True),
+    )  # fmt: skip
+    port = st.server.platform_ports["SageMaker"]
+    try:
+        first = pipeline_repository(tmp_path / "opt" / "h1" / "model")
+        second = pipeline_repository(tmp_path / "opt" / "h2" / "model")
+        mlp_onnx(second / "mlp" / "1" / "model.onnx", sizes=(16, 32, 4), seed=9)  # its own mlp, which it must run
+        assert load(port, "h1", first, "pipe1.tar.gz")[0] == 200
+        assert load(port, "h2", second, "pipe2.tar.gz")[0] == 200
+        tensor = {"name": "IN", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}
+        body = json.dumps({"inputs": [tensor]})
+        for hashed, repo in (("h1", first), ("h2", second)):
+            answer = call(port, "POST", f"/models/{hashed}/invoke", body)[2]
+            neg = next(o for o in json.loads(answer)["outputs"] if o["name"] == "NEG")
+            np.testing.assert_allclose(neg["data"], -expected(repo / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+        assert call(port, "DELETE", "/models/h1")[0] == 200
+        answer = call(port, "POST", "/models/h2/invoke", body)[2]
+        neg = next(o for o in json.loads(answer)["outputs"] if o["name"] == "NEG")
+        np.testing.assert_allclose(neg["data"], -expected(second / "mlp" / "1" / "model.onnx", X).ravel(), rtol=1e-5)
+        assert call(port, "DELETE", "/models/h2")[0] == 200
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}")
+        assert [m for m in client.get_model_repository_index() if m.get("state") == "READY"] == []
+    finally:
+        st.stop()
 
 
 def test_a_target_model_in_an_s3_folder_or_of_any_length_serves_under_a_name_made_of_it(

@@ -27,9 +27,9 @@ def test_a_triton_launch_line_starts_polystack_and_says_what_it_ignores(tmp_path
     [said] = [ln for ln in lines if ln["msg"] == "tritonserver flags taken that change nothing here"]
     assert [f.split(" (")[0] for f in said["flags"]] == [
         "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
-        "--model-namespacing", "--backend-config onnxruntime,enable-global-threadpool=1",
+        "--backend-config onnxruntime,enable-global-threadpool=1",
         "--backend-config python,shm-default-byte-size=8388608",
-    ]  # fmt: skip (--model-load-thread-count is followed: test_serve_load_threads)
+    ]  # fmt: skip (followed: --model-load-thread-count, test_serve_load_threads; --model-namespacing, its own test)
     # a value Triton's Python backend refuses (tritonserver 2.51 exits 1), in its words (helper-226)
     args = ["--backend-config", "python,shm-default-byte-size=1024", "--allow-python-models"]
     line = refused_at_start(tmp_path, args)

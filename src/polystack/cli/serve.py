@@ -536,7 +536,14 @@ def serve(
         help="Triton's rate limiter: execution_count makes each model instance wait for the resources its "
         "config's instance_group rate_limiter names, in priority order across all models; off (default).",
     ),
-    model_namespacing: list[str] = typer.Option(None, "--model-namespacing", hidden=True),
+    model_namespacing: list[str] = typer.Option(
+        None,
+        "--model-namespacing",
+        metavar="BOOL",
+        help="Triton's model namespacing: a model folder two or more repositories hold serves from each, as "
+        "NAME@REPOSITORY (the repository's folder name), and each repository's ensembles run its own copy; a request "
+        "naming NAME alone is refused as ambiguous. Off (default): such a folder is not served.",
+    ),
     allow_sagemaker: str | None = typer.Option(
         None,
         "--allow-sagemaker",
@@ -734,7 +741,6 @@ def serve(
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
         "--metrics-interval-ms": metrics_interval_ms or [],
-        "--model-namespacing": model_namespacing or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
     }) + unread(backend_config or [], python_backend_config.SETTINGS) + python_backend_config.unread(
@@ -761,6 +767,8 @@ def serve(
         torchscript_models=allow_torchscript_models,
         aoti_models=allow_torch_aoti_models,
     )
+    if model_namespacing:  # the last given, as Triton reads the flag
+        rules = dataclasses.replace(rules, namespacing=_flag_bool(model_namespacing[-1], "--model-namespacing"))
     if backend_directory:  # where Python-based backends are found (the last given, as Triton reads the flag)
         rules = dataclasses.replace(rules, backend_directory=Path(backend_directory[-1]))
     start_models = None  # explicit model control: the models --load-model serves at start (None: as without it)
@@ -1028,8 +1036,8 @@ def _with_repositories(
             seen[name] = model_repository.fingerprint(folder)
             if name in found:
                 twice[name] = (
-                    f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in one "
-                    "(polystack has no model namespacing)"
+                    f"{NotUnique.TRITON}: {name!r} is in --model-repository {found[name]} and in {root}; keep it in "
+                    "one, or serve with --model-namespacing true to serve each"
                 )
                 continue
             if name in named:
@@ -1043,6 +1051,26 @@ def _with_repositories(
                     f"{model_repository.CONFIG} is its config; drop --model-config {name}"
                 )
             found[name] = root
+    copies: dict[str, str] = {}  # (--model-namespacing) each copy of a folder two repositories hold: its folder's name
+    names = model_repository.namespaces([root.absolute() for root in roots], config.cloud_repositories)
+    if config.folder_rules.namespacing and twice:
+        for root, folders in listed:
+            namespace = names[root.absolute()]
+            for folder in folders:
+                if folder.name in twice:  # a model in each repository, under its copy's name
+                    as_copy = model_repository.namespaced(folder.name, namespace)
+                    copies[as_copy], found[as_copy] = folder.name, root
+                    seen[as_copy] = model_repository.fingerprint(folder)
+        for name in twice:
+            found.pop(name)
+            seen.pop(name)
+        if start is not None:  # a name two repositories hold loads each copy
+            start = (start - twice.keys()) | {copy for copy, name in copies.items() if name in start}
+        twice = {}
+
+    def holding(name: str) -> list[Path]:
+        return [root.absolute() for root, folders in listed if any(f.name == name for f in folders)]
+
     log = logging.getLogger("polystack.server")
     wanted = sorted(found) if start is None else sorted(start & found.keys())
     # folders that cannot be read: served without (--exit-on-error false), or named as the start fails
@@ -1068,8 +1096,9 @@ def _with_repositories(
                 try:
                     if name in twice:  # Triton's load fails so: the model is not unique
                         raise NotUnique(twice[name])
-                    folder = found[name].resolve() / name
-                    m = model_repository.register_folder(store, folder, done, rules=config.folder_rules)
+                    folder = found[name].resolve() / copies.get(name, name)
+                    served_as = name if name in copies else None  # a copy's name (namespacing)
+                    m = model_repository.register_folder(store, folder, done, rules=config.folder_rules, name=served_as)
                 except PolystackError as e:
                     model_repository.undo(store, done)  # what it registered of the folder before it failed
                     if config.exit_on_error:  # the start tries the other models, then fails naming each, as Triton's
@@ -1084,8 +1113,11 @@ def _with_repositories(
                 registered += done
                 read.add(name)
                 if m.ensemble is not None:  # served once the models it runs are loaded: nothing to register
-                    ensembles[m.name] = m.ensemble
-                    more |= (m.ensemble.models & found.keys()) - read
+                    pipeline = m.ensemble
+                    if config.folder_rules.namespacing:  # its steps run its repository's copies
+                        pipeline = model_repository.in_namespace(pipeline, found[name].absolute(), holding, names)
+                    ensembles[m.name] = pipeline
+                    more |= (pipeline.models & found.keys()) - read
                     continue
                 models += m.refs
                 if m.config is not None:

@@ -1,8 +1,7 @@
 """tritonserver's flags for what a polystack server does not have: GPU memory pools, shared-library
 directories, thread pools of Triton's C++ front ends. ``serve`` takes them (hidden from ``--help``), checks
 their values as tritonserver does, and says in one log line at start that they change nothing and why, so that
-a launch script written for tritonserver starts polystack. ``--model-namespacing true`` is taken too: with each name
-in one repository (two holding one name are refused all the same) it serves as without it.
+a launch script written for tritonserver starts polystack.
 
 Written by hand: these are tritonserver's own names, values and meanings, which no library holds."""
 
@@ -46,11 +45,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
     "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
-    # Triton's SageMaker entrypoint passes true always (helper-174); a name in one repository serves the same way
-    "--model-namespacing": Flag(
-        "bool", "model names are one namespace: a name in two repositories is refused, as without namespacing (the "
-        "store keys models by name)",
-    ),
     "--sagemaker-thread-count": Flag("int", "the SageMaker port is answered by the event loop, as HTTP is", low=1),
     "--vertex-ai-thread-count": Flag("int", "the Vertex AI port is answered by the event loop, as HTTP is", low=1),
 }  # fmt: skip

@@ -654,6 +654,9 @@ class DataPlane:
         self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
         self._routes_generation = (-1, -1)  # the generation the routes are of
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
+        # (--model-namespacing) the names two repositories hold, read after the load or unload that ``_generation``
+        # counts (-1: none read)
+        self._spread: tuple[int, frozenset[str]] = (-1, frozenset())
         self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
@@ -1082,7 +1085,7 @@ class DataPlane:
             if nested is not None and step.model != pipeline.name and not model:
                 return ensemble.as_step(nested.ensemble, step)
             try:
-                entry = self._get(step.model, step.asked)
+                entry = self._get(step.model, step.asked, step=True)
             except NotFound as e:
                 words = e.message.removesuffix("; load it first")  # the engine's, said once
                 text = (
@@ -1377,6 +1380,8 @@ class DataPlane:
                     written_policy=pipeline.written_policy,
                 )
                 pipeline = ensemble.with_labels(pipeline, model.config.directory if model.config is not None else None)
+                if folder is not None:  # (--model-namespacing) its steps run its repository's copies
+                    pipeline = self.repository.in_namespace(pipeline, folder)
             try:
                 for other in sorted(pipeline.models - loading - {name}):
                     if failed is not None and other in failed:  # tried in this poll: the check says it is missing
@@ -1613,7 +1618,25 @@ class DataPlane:
         self._generation += 1
         self._routes.clear()
 
-    def _get(self, name: str, version: str | None) -> _Served:
+    def _refuse_ambiguous(self, name: str) -> None:
+        """(--model-namespacing) A request naming a model two or more repositories hold is refused, in Triton's
+        words, though a copy of it serves under that name from before the other came (an ensemble's step keeps
+        running it); which names do is read from the repositories again after each load or unload, as Triton's
+        model map knows them."""
+        generation, spread = self._spread
+        if generation != self._generation and self.repository is not None:
+            generation = self._generation  # (read first: a load meanwhile leaves this stale, read again next time)
+            spread = self.repository.spread()
+            self._spread = (generation, spread)
+        if name in spread:
+            assert self.repository is not None
+            raise model_repository.ambiguous(name, self.repository.copies(name))
+
+    def _get(self, name: str, version: str | None, step: bool = False) -> _Served:
+        """What serves ``name`` (at ``version``) now; ``step``: for an ensemble's step, which a name two
+        repositories hold does not refuse (it runs what it was loaded with)."""
+        if self.folder_rules.namespacing and not step:
+            self._refuse_ambiguous(name)
         # both generations are read before resolving: a load or unload in between (another thread)
         # leaves this answer under a generation that is already stale, never a fresh one
         generation = (self.engine.generation, self._generation)
@@ -1639,9 +1662,12 @@ class DataPlane:
         ensembles = dict(self._ensembles)
         return [f"{name}:{each.ensemble.version}" for name in sorted(ensembles) for each in ensembles[name].every]
 
-    def _ensemble(self, name: str, version: str | None) -> _ServedEnsemble | None:
-        """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound)."""
+    def _ensemble(self, name: str, version: str | None, step: bool = False) -> _ServedEnsemble | None:
+        """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound); ``step``:
+        for an ensemble's step (``_get``)."""
         served = self._ensembles.get(name)
+        if served is not None and self.folder_rules.namespacing and not step:
+            self._refuse_ambiguous(name)
         if served is not None and version:
             v = parse_version(name, version)
             at = served.at(v) if v is not None else served
@@ -2506,8 +2532,8 @@ class DataPlane:
             key = (step.model, step.asked)
             if key in pins:
                 continue
-            nested = self._ensemble(*key)  # as infer() resolves the name: an ensemble's first
-            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(*key)
+            nested = self._ensemble(*key, step=True)  # as infer() resolves the name: an ensemble's first
+            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(*key, step=True)
             if isinstance(target, _Served) and all(target is not m for m in pins.values()):
                 target.pins += 1
             pins[key] = target
@@ -2523,7 +2549,7 @@ class DataPlane:
         if nested is not None:
             return nested
         try:
-            return self._get(step.model, step.asked)
+            return self._get(step.model, step.asked, step=True)
         except PolystackError:
             return None
 
@@ -3043,19 +3069,29 @@ class DataPlane:
                     f"unrecognized load parameter {quote(key, 140)}.; a load takes 'config' (the model "
                     "configuration as JSON) and 'file:<path>' (the model's files)"
                 )
-        try:
-            await self._load_asked(name, parameters)
-        except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
-            if not isinstance(e, ShuttingDown):
-                log.error(f"failed to load {name!r}: {e.message}", extra={"model": name})
-            raise
-        if self._unmet:
-            try:  # the load succeeded whatever this does: its client hears so
-                await self._control(self._restore_dependents, name)
-            except ShuttingDown:
-                pass
-            except Exception:
-                log.exception("loading again the ensembles that run a model failed", extra={"model": name})
+        copies = self._copies(name) if not model_files.given(parameters) else []
+        for each in copies or [name]:  # (--model-namespacing) a name two repositories hold: the copy of each
+            try:
+                await self._load_asked(each, parameters)
+            except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
+                if not isinstance(e, ShuttingDown):
+                    log.error(f"failed to load {each!r}: {e.message}", extra={"model": each})
+                raise
+        if copies and (name in self._ensembles or self._serves_model(name)):  # served by its name before a copy came
+            await self._control(lambda n: self._unload_by_name(n, False), name)
+        for each in copies or [name]:
+            if self._unmet:
+                try:  # the load succeeded whatever this does: its client hears so
+                    await self._control(self._restore_dependents, each)
+                except ShuttingDown:
+                    pass
+                except Exception:
+                    log.exception("loading again the ensembles that run a model failed", extra={"model": each})
+
+    def _copies(self, name: str) -> list[str]:
+        """With --model-namespacing, the names of the copies of ``name`` that two or more repositories hold (none:
+        it names one model)."""
+        return self.repository.copies(name) if self.repository is not None else []
 
     async def _load_asked(self, name: str, parameters: dict[str, Any]) -> None:
         """The load ``repository_load`` was asked for, its parameters checked: from the request's files, or the
@@ -3377,7 +3413,8 @@ class DataPlane:
                 f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
                 "being served, as in Triton)"
             )
-        await self._control(lambda n: self._unload_by_name(n, dependents), name)
+        for each in [*self._copies(name), name]:  # (--model-namespacing) each copy of a name two repositories hold
+            await self._control(lambda n: self._unload_by_name(n, dependents), each)
 
     async def load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:
         """Serve the repository at ``root`` too, ``mapping``'s folders (folder: model name; the folder "": ``root``

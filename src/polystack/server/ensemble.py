@@ -50,6 +50,7 @@ class Step:
     version: int | None
     inputs: tuple[tuple[str, str], ...]  # (the step model's input, the ensemble tensor it takes)
     outputs: tuple[tuple[str, str], ...]  # (the step model's output, the ensemble tensor it gives)
+    written: str = ""  # the model as the config names it, where it runs a copy served by another name (namespacing)
 
     @property
     def asked(self) -> str | None:
@@ -103,6 +104,16 @@ class Ensemble:
     def models(self) -> set[str]:
         """The models its steps name."""
         return {s.model for s in self.steps}
+
+
+def renamed_steps(ensemble: Ensemble, names: Mapping[str, str]) -> Ensemble:
+    """``ensemble`` with its steps naming ``names``' models by the names given (model: the name it serves under),
+    each step's config name kept for its config (``Step.written``)."""
+    steps = tuple(
+        dataclasses.replace(s, model=names[s.model], written=s.written or s.model) if s.model in names else s
+        for s in ensemble.steps
+    )
+    return dataclasses.replace(ensemble, steps=steps)
 
 
 def is_ensemble(doc: Mapping[str, Any]) -> bool:
@@ -576,7 +587,7 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
         "ensemble_scheduling": {
             "step": [
                 {
-                    "model_name": s.model,
+                    "model_name": s.written or s.model,
                     "model_version": -1 if s.version is None else s.version,
                     "input_map": dict(s.inputs),
                     "output_map": dict(s.outputs),

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from polystack.backends import python
@@ -58,7 +59,7 @@ from polystack.formats import fil, python_model, torch_aoti, torchscript
 from polystack.labels import file_in as label_file_in
 from polystack.server import fil_config, model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
-from polystack.server.ensemble import Ensemble, is_ensemble, with_labels
+from polystack.server.ensemble import Ensemble, is_ensemble, renamed_steps, with_labels
 from polystack.server.ensemble import read as read_ensemble
 from polystack.store import Store, validate_name
 from polystack.store.refs import MAX_VERSION
@@ -116,6 +117,10 @@ class FolderRules:
     # where Python-based backends are found (serve --backend-directory; Triton's default): a config naming a backend
     # whose folder there holds a model.py runs it as a Python model (with --allow-python-models)
     backend_directory: Path = Path("/opt/tritonserver/backends")
+    # Triton's --model-namespacing: a model folder two or more repositories hold is a model in each of them, the
+    # copy of each serving under ``namespaced(name, namespaces(roots)[root])``, the ensembles of a repository
+    # running its copy; without, such a folder is not served (Triton's poll of it fails)
+    namespacing: bool = False
 
     def config_path(self, folder: Path) -> Path:
         if self.config_name:
@@ -204,6 +209,60 @@ MAX_FINGERPRINT_ENTRIES = 10_000
 
 Fingerprint = tuple[tuple[str, int, int], ...] | None
 DUPLICATED: Fingerprint = ()  # what a poll saw of a folder in two repositories: read again once it is in one
+NAMESPACE_MARK = "@"  # between a model's name and its repository's where two repositories hold the name
+
+
+def namespaces(roots: Sequence[Path], clouds: Sequence[CloudRepository] = ()) -> dict[Path, str]:
+    """The name of each repository among ``roots`` (``namespace_of``), one in cloud storage by its location (bucket
+    and path), not its local copy's folder (a new one at each start)."""
+    copies = {c.local.absolute(): PurePosixPath(c.shown.partition("://")[2]) for c in clouds}
+    shown = [copies.get(root.absolute(), root) for root in roots]
+    return {root: namespace_of(where, shown) for root, where in zip(roots, shown, strict=True)}
+
+
+def namespace_of(root: PurePath, roots: Sequence[PurePath]) -> str:
+    """The name of repository ``root`` among ``roots`` (``--model-namespacing``): its folder's name, with as many of
+    its parents' as tell it from the other repositories' (SageMaker's archives, ``/opt/ml/models/<hash>/model``:
+    ``<hash>.model``), else a digest of its path where that would not make a model name."""
+    parts = root.parts[1:] if root.is_absolute() else root.parts
+    for n in range(1, len(parts) + 1):
+        if all(other == root or other.parts[-n:] != parts[-n:] for other in roots):
+            token = ".".join(parts[-n:])
+            try:
+                return validate_name(token)
+            except InvalidRequest:
+                break
+    return hashlib.sha256(str(root).encode()).hexdigest()[:12]
+
+
+def namespaced(name: str, namespace: str) -> str:
+    """The name the copy of model folder ``name`` in the repository named ``namespace`` serves under, where
+    another repository holds a folder of that name too (``--model-namespacing``): ``name@namespace``."""
+    return f"{name}{NAMESPACE_MARK}{namespace}"
+
+
+def in_namespace(
+    pipeline: Ensemble, root: Path, holding: Callable[[str], Sequence[Path]], names: Mapping[Path, str]
+) -> Ensemble:
+    """``pipeline``, of repository ``root``, running its repository's copy of each model two or more repositories
+    hold (``holding``: the repositories holding a folder of that name), as Triton's ensembles resolve a step in
+    their own namespace first (``--model-namespacing``; ``names``: the repositories' ``namespaces``); a step naming a
+    model that only other repositories hold names it as before (served by its own name, or ambiguous)."""
+    renamed = {}
+    for model in pipeline.models:
+        holders = holding(model)
+        if len(holders) > 1 and root in holders:
+            renamed[model] = namespaced(model, names[root])
+    return renamed_steps(pipeline, renamed) if renamed else pipeline
+
+
+def ambiguous(name: str, copies: Sequence[str]) -> InvalidRequest:
+    """A request naming a model that two or more repositories hold (``--model-namespacing``), in Triton's words,
+    then which names serve each copy."""
+    return InvalidRequest(
+        f"There are {len(copies)} identifiers of model {quote(name, 140)} in global map, model namespace must be "
+        f"provided to resolve ambiguity.; each repository's copy serves under its own name: {', '.join(copies)}"
+    )
 
 
 def fingerprint(folder: Path) -> Fingerprint:
@@ -297,26 +356,68 @@ class ModelRepository:
 
     def folder(self, name: str) -> Path | None:
         """The model's folder now: the one mapped to its name, else in the first repository that has one (None:
-        none has)."""
+        none has); with namespacing, a copy's under its name (``copies``), and none for a name two repositories
+        hold (each copy is a model of its own)."""
         if name.startswith(".") or name in self.others:
             return None
         mapped = self.mapped.get(name)
         if mapped is not None:
             return mapped if mapped.is_dir() else None
-        for root in self._holding(name):
+        holding = self._holding(name)
+        if self.rules.namespacing and len(holding) > 1:
+            return None
+        for root in holding:
             return root / name
-        return None
+        return self._copy(name) if self.rules.namespacing else None
+
+    def copies(self, name: str) -> list[str]:
+        """With namespacing, the names the copies of model folder ``name`` serve under where two or more
+        repositories hold one (in the repositories' order); else none."""
+        holding = self._holding(name) if self.rules.namespacing else []
+        if len(holding) < 2:
+            return []
+        names = namespaces(self._listed(), self.clouds)
+        return [namespaced(name, names[root]) for root in holding]
+
+    def spread(self) -> frozenset[str]:
+        """With namespacing, the model folders two or more repositories hold now, by name (each copy serves under
+        its own name: ``copies``); else none."""
+        if not self.rules.namespacing:
+            return frozenset()
+        taken, seen, spread = set(self.mapped.values()), set[str](), set[str]()
+        for root in self._listed():
+            for folder in _subfolders(root):
+                if folder not in taken and folder.name not in self.others:
+                    (spread if folder.name in seen else seen).add(folder.name)
+        return frozenset(spread)
+
+    def _copy(self, name: str) -> Path | None:
+        """The folder of the copy served as ``name`` (``model@repository``), while two repositories hold it."""
+        model, mark, namespace = name.rpartition(NAMESPACE_MARK)
+        if not mark or not model:
+            return None
+        holding = self._holding(model)
+        names = namespaces(self._listed(), self.clouds)
+        found = [root for root in holding if names[root] == namespace]
+        return found[0] / model if len(holding) > 1 and found else None
+
+    def in_namespace(self, pipeline: Ensemble, folder: Path) -> Ensemble:
+        """``pipeline`` (read from ``folder``) with its steps in its repository's namespace (``in_namespace``)."""
+        if not self.rules.namespacing:
+            return pipeline
+        return in_namespace(pipeline, folder.parent, self._holding, namespaces(self._listed(), self.clouds))
 
     def unique_folder(self, name: str) -> Path | None:
         """The model's folder now (None: none has one), ``NotUnique`` where two repositories hold a model of that
         name (a folder, or a mapping), as Triton's load fails then."""
         folder = self.folder(name)
-        holding = self._holding(name) if folder is not None else []
+        copy = folder is not None and folder.name != name and name not in self.mapped  # (namespacing)
+        holding = self._holding(name) if folder is not None and not copy else []
         also = holding if name in self.mapped else holding[1:]
         if folder is not None and also:
             raise NotUnique(  # Triton's words, then where and what to do
                 f"{NotUnique.TRITON}: {name!r} is in --model-repository {folder.parent} and in {also[0]}; keep it in "
-                "one (polystack has no model namespacing)"
+                "one, or serve with --model-namespacing true to serve each"
             )
         return folder
 
@@ -358,6 +459,7 @@ class ModelRepository:
             raise InvalidRequest(f"failed to unregister '{root}', repository not found")
         gone = {name for name, path in self.mapped.items() if root in (path, path.parent)}
         gone |= {p.name for p in _subfolders(root)} if root not in self._alone else set()
+        gone |= {copy for name in set(gone) for copy in self.copies(name)}  # (namespacing) as they were named
         self.roots.remove(root)
         self._alone.discard(root)
         self.mapped = {name: path for name, path in self.mapped.items() if root not in (path, path.parent)}
@@ -376,6 +478,7 @@ class ModelRepository:
         found: dict[str, Path] = {}
         complete = True
         twice: set[str] = set()
+        spread: set[str] = set()  # names whose copies are listed (namespacing)
         taken = set(self.mapped.values())
         for root in self._listed():
             try:
@@ -386,6 +489,14 @@ class ModelRepository:
                 continue
             for name in names:
                 if name in self.others or root / name in taken:
+                    continue
+                if name in spread:
+                    continue
+                if name in found and self.rules.namespacing:  # a model in each of them, under its copy's name
+                    for copy, holder in zip(self.copies(name), self._holding(name), strict=True):
+                        found[copy] = holder / name
+                    found.pop(name, None)
+                    spread.add(name)
                     continue
                 if name in found:
                     twice.add(name)
@@ -416,6 +527,9 @@ class ModelRepository:
         the model's file does not say what it takes (``_config_signature``); the model, and what registering did
         (for ``undo`` if its load fails)."""
         folder = self.unique_folder(name)
+        copies = self.copies(name) if folder is None else []
+        if copies:  # (namespacing) each copy is a model of its own, under its own name
+            raise ambiguous(name, copies)
         if folder is None:
             raise NotFound(
                 f"model {name!r} has no folder in --model-repository {self.shown()} now; put "
@@ -423,11 +537,13 @@ class ModelRepository:
             )
         done: list[model_files.Registered] = []
         try:
-            mapped = name if name in self.mapped else None
+            mapped = name if name in self.mapped or name != folder.name else None  # (a copy's name: namespacing)
             model = register_folder(store, folder, done, policy, agents, self.rules, mapped, config)
         except BaseException:
             undo(store, done)
             raise
+        if model.ensemble is not None:
+            model = dataclasses.replace(model, ensemble=self.in_namespace(model.ensemble, folder))
         return model, done
 
 
