@@ -120,6 +120,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
             continue  # its caller went away (cancelled) before the answer came
         if error is not None:
             waiter.set_exception(error)
+            # the request lets go of it: a model's error raised in the worker has the worker's frames in its
+            # traceback, and they hold the request, which made a cycle that kept the model (helper-238)
+            p.waiter = None
         else:
             waiter.set_result(result)  # type: ignore[arg-type]
 
@@ -343,6 +346,8 @@ class DynamicBatcher:
                 "Request timeout expired: the request waited past its deadline in the queue of model "
                 f"{self.entry.name!r} and was not run; retry with a longer timeout or a lighter load"
             ) from None
+        finally:  # its error's traceback holds this frame: naming the future that holds the error made a cycle
+            del waiter  # (helper-238)
 
     def _expire(self, pending: _Pending) -> bool:
         """Take a request out of the queue, or out of a batch waiting for the rate limiter's resources, unless a

@@ -383,7 +383,10 @@ async def _answered(stream: ResponseStream, name: str) -> dict[str, np.ndarray]:
     sends after, the final flag, is left), or the error it carries."""
     async for sent, _ in stream:
         if isinstance(sent, PolystackError):
-            raise sent
+            try:
+                raise sent
+            finally:  # its traceback holds this frame: naming it here made a cycle, which kept the model's entry
+                del sent  # (the frame below's) until Python's cycle collector ran (helper-238)
         if sent is not None:
             return sent
     raise BackendError(f"model {name!r} sent the final flag without a response")  # its sender refuses that

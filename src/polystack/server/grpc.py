@@ -218,10 +218,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except PolystackError as e:
             if not e.server_failure:  # a drain's refusal, say: not logged as the server's failure
                 self.calls.not_failures.add(id(context))
-            await context.abort(status.grpc_code(e), status.grpc_details(e.message))
+            failed = (status.grpc_code(e), status.grpc_details(e.message))
         except Exception:
             log.exception("unexpected error in a gRPC call")
-            await context.abort(grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE)
+            failed = (grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE)
+        # aborted past the except: the AbortError it raises, which grpc keeps with the call's state until its next
+        # call, would have the error as its __context__, and the error's traceback the model's entry (helper-238)
+        await context.abort(*failed)
         raise AssertionError("unreachable")  # context.abort raises
 
     async def _sync(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:

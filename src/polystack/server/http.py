@@ -1073,6 +1073,9 @@ class HttpProtocol(asyncio.Protocol):
             pending = self._pending
             if inspect.iscoroutine(pending) and inspect.getcoroutinestate(pending) == inspect.CORO_CREATED:
                 pending.close()  # its task never ran: left unawaited, Python writes a warning (not a JSON line)
+        # the task keeps its CancelledError, whose traceback holds _finish's frame and so this connection (and the
+        # frames of the request it ran, its model's entry among them): a cycle, freed only by the collector (helper-238)
+        self._task = None
         self._pending = None
         self.app.connections.discard(self)
 
