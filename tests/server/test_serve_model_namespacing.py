@@ -170,3 +170,79 @@ def test_a_repository_is_named_by_its_folder_with_as_many_parents_as_tell_it_fro
     odd = Path("/srv/my models")  # white space is not a model name's: a digest of its path
     named = model_repository.namespace_of(odd, [odd])
     assert len(named) == 12 and named == model_repository.namespace_of(odd, [odd, Path("/elsewhere")])
+
+
+def test_a_model_served_by_its_name_gives_way_to_its_copies_at_its_load_and_back_once_one_holds_it(
+    tmp_path: Path,
+) -> None:
+    """helper-240: in explicit mode, a model served by its name before a second repository held it too serves on
+    by that name until a load of it (an unrelated load refused it); that load serves the copies and its ensembles
+    ran none of them again (they stayed unloaded); and once one repository holds it again, a load of the name
+    serves it by its name in place of the copies, and an unload of the name unloaded the name alone."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _model(a, "f", "Neg")
+    _model(a, "g", "Abs")
+    _ensemble(a, "e_a")
+    _ensemble(b, "e_b")  # b has no f: it runs a's
+    port = free_port()
+    args = ["--model-repository", str(a), "--model-repository", str(b), "--model-namespacing", "true",
+            "--model-control-mode", "explicit", "--load-model", "e_a", "--load-model", "e_b",
+            "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_array_equal(_y(client, "e_b"), -X)
+        _model(b, "f", "Abs")  # a second repository holds f now
+        client.load_model("g")  # another model's load: f serves on by its name, as in Triton
+        np.testing.assert_array_equal(_y(client, "f"), -X)
+        client.load_model("f")  # each copy, each ensemble running its repository's
+        assert not client.is_model_ready("f") and client.is_model_ready("f@a") and client.is_model_ready("f@b")
+        np.testing.assert_array_equal(_y(client, "e_a"), -X)
+        np.testing.assert_array_equal(_y(client, "e_b"), np.abs(X))
+        with pytest.raises(InferenceServerException, match="must be provided to resolve ambiguity"):
+            _y(client, "f")
+        shutil.rmtree(b / "f")  # one repository holds it again
+        client.load_model("f")
+        assert client.is_model_ready("f") and not client.is_model_ready("f@a") and not client.is_model_ready("f@b")
+        np.testing.assert_array_equal(_y(client, "e_b"), -X)
+        np.testing.assert_array_equal(_y(client, "f"), -X)
+        _model(b, "f", "Abs")
+        client.load_model("f")
+        client.unload_model("f")  # every copy, and the name
+        assert not any(client.is_model_ready(m) for m in ("f", "f@a", "f@b", "e_a", "e_b"))
+        client.close()
+
+
+def test_a_load_of_a_name_loads_every_copy_it_can_and_names_each_that_failed(tmp_path: Path) -> None:
+    a, b = _repositories(tmp_path)
+    (a / "f" / "config.pbtxt").write_text(_MODEL.replace('name: "x"', 'name: "nope"'))  # a's copy cannot load
+    port = free_port()
+    args = ["--model-repository", str(a), "--model-repository", str(b), "--model-namespacing", "true",
+            "--model-control-mode", "explicit", "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException, match="'f@a'") as e:
+            client.load_model("f")
+        assert e.value.status() == "400", e.value
+        assert client.is_model_ready("f@b") and not client.is_model_ready("f@a")  # b's loaded all the same
+        with pytest.raises(InferenceServerException, match="must be provided to resolve ambiguity"):
+            _y(client, "f")  # the copy that failed counts, as in Triton's model map
+        client.close()
+
+
+def test_a_repository_whose_folder_name_holds_the_mark_names_its_copies_all_the_same(tmp_path: Path) -> None:
+    """helper-240: a copy in repository ``v1@2`` (``f@v1@2``) could not be loaded again: its name was split at
+    its last '@'."""
+    a, b = tmp_path / "v1@2", tmp_path / "b"
+    _model(a, "f", "Neg")
+    _model(b, "f", "Abs")
+    port = free_port()
+    args = ["--model-repository", str(a), "--model-repository", str(b), "--model-namespacing", "true",
+            "--model-control-mode", "explicit", "--load-model", "f", "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        np.testing.assert_array_equal(_y(client, "f@v1@2"), -X)
+        client.load_model("f@v1@2")
+        client.load_model("f")
+        np.testing.assert_array_equal(_y(client, "f@v1@2"), -X)
+        np.testing.assert_array_equal(_y(client, "f@b"), np.abs(X))
+        client.close()

@@ -657,9 +657,9 @@ class DataPlane:
         self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
         self._routes_generation = (-1, -1)  # the generation the routes are of
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
-        # (--model-namespacing) the names two repositories hold, read after the load or unload that ``_generation``
-        # counts (-1: none read)
-        self._spread: tuple[int, frozenset[str]] = (-1, frozenset())
+        # (--model-namespacing) by model folder name, the names of its copies known now (``_identities``), as of the
+        # load or unload that ``_generation`` counts (-1: none read)
+        self._spread: tuple[int, dict[str, list[str]]] = (-1, {})
         self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
@@ -1095,6 +1095,12 @@ class DataPlane:
                     f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
                     "the command line or give it a folder in the repository)"
                 )
+                copies = self._copies(step.model)
+                if copies:  # (--model-namespacing) not in the ensemble's repository, and in two others
+                    text = (
+                        f"{len(copies)} repositories hold {step.model!r} ({', '.join(copies)}), and the ensemble's "
+                        "holds none: name one of them in the ensemble's config, or give its repository a copy"
+                    )
                 if self.repository is not None and self.repository.folder(step.model) is None:
                     # a model no folder has: Triton's words first (tritonserver 2.51's); its readiness does not count it
                     triton = f"ensemble {pipeline.name} contains models that are not available or ambiguous"
@@ -1622,18 +1628,38 @@ class DataPlane:
         self._routes.clear()
 
     def _refuse_ambiguous(self, name: str) -> None:
-        """(--model-namespacing) A request naming a model two or more repositories hold is refused, in Triton's
-        words, though a copy of it serves under that name from before the other came (an ensemble's step keeps
-        running it); which names do is read from the repositories again after each load or unload, as Triton's
-        model map knows them."""
-        generation, spread = self._spread
-        if generation != self._generation and self.repository is not None:
+        """(--model-namespacing) A request naming a model of which two or more copies are known is refused, in
+        Triton's words, though one of them serves under that name from before the other came (an ensemble's step
+        keeps running it)."""
+        generation, known = self._spread
+        if generation != self._generation:
             generation = self._generation  # (read first: a load meanwhile leaves this stale, read again next time)
-            spread = self.repository.spread()
-            self._spread = (generation, spread)
-        if name in spread:
-            assert self.repository is not None
-            raise model_repository.ambiguous(name, self.repository.copies(name))
+            known = self._identities()
+            self._spread = (generation, known)
+        copies = known.get(name, ())
+        if len(copies) > 1:
+            raise model_repository.ambiguous(name, copies)
+
+    def _identities(self) -> dict[str, list[str]]:
+        """(--model-namespacing) By model folder name, the names its copies serve under now, and those whose last
+        load failed, as Triton's model map knows the models it loaded or tried to: with the folder's own name where
+        a copy serves under it from before another came. Model folders of which no copy is known are left out."""
+        if self.repository is None:
+            return {}
+        served = self._names_served()
+        known: dict[str, set[str]] = {}
+        for name in served | set(self._load_failures):
+            copy = self.repository.copy_of(name)
+            if copy is not None:
+                known.setdefault(copy[0], set()).add(name)
+        return {model: sorted(names | ({model} & served)) for model, names in known.items()}
+
+    def _served_copies(self, name: str) -> list[str]:
+        """(--model-namespacing) The names serving copies of model folder ``name`` now."""
+        repository = self.repository
+        if repository is None or not self.folder_rules.namespacing:
+            return []
+        return sorted(n for n in self._names_served() if (repository.copy_of(n) or ("",))[0] == name)
 
     def _get(self, name: str, version: str | None, step: bool = False) -> _Served:
         """What serves ``name`` (at ``version``) now; ``step``: for an ensemble's step, which a name two
@@ -3073,15 +3099,18 @@ class DataPlane:
                     "configuration as JSON) and 'file:<path>' (the model's files)"
                 )
         copies = self._copies(name) if not model_files.given(parameters) else []
+        failures: list[PolystackError] = []
         for each in copies or [name]:  # (--model-namespacing) a name two repositories hold: the copy of each
             try:
                 await self._load_asked(each, parameters)
             except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
                 if not isinstance(e, ShuttingDown):
                     log.error(f"failed to load {each!r}: {e.message}", extra={"model": each})
-                raise
-        if copies and (name in self._ensembles or self._serves_model(name)):  # served by its name before a copy came
-            await self._control(lambda n: self._unload_by_name(n, False), name)
+                if not copies or isinstance(e, ShuttingDown):
+                    raise
+                failures.append(e)  # the other copies load all the same, as Triton loads each
+        if len(failures) < len(copies or [name]):
+            await self._replace_copies(name, copies)
         for each in copies or [name]:
             if self._unmet:
                 try:  # the load succeeded whatever this does: its client hears so
@@ -3090,6 +3119,18 @@ class DataPlane:
                     pass
                 except Exception:
                     log.exception("loading again the ensembles that run a model failed", extra={"model": each})
+        if failures:  # each copy that failed, in Triton's words for each
+            raise failures[0] if len(failures) == 1 else InvalidRequest("; ".join(e.message for e in failures))
+
+    async def _replace_copies(self, name: str, copies: list[str]) -> None:
+        """(--model-namespacing) After a load of ``name`` as ``copies`` (none: as itself): what served it otherwise
+        is unloaded, a copy whose repository no longer holds it, or the folder's own name where copies serve now;
+        the ensembles that ran them load again, each running its repository's copy."""
+        stale = [n for n in self._served_copies(name) if n not in copies]
+        if copies and (name in self._ensembles or self._serves_model(name)):  # served by its name before a copy came
+            stale.append(name)
+        for each in stale:
+            await self._control(lambda n: self._unload_by_name(n, False), each)
 
     def _copies(self, name: str) -> list[str]:
         """With --model-namespacing, the names of the copies of ``name`` that two or more repositories hold (none:
@@ -3126,8 +3167,8 @@ class DataPlane:
             runs = self._unmet_runs.get(other)
             if other not in self._unmet or runs is None:
                 continue
-            if not all(self.model_ready(model, None) for model in runs):  # a load of it would load the rest
-                continue
+            if not all(self.model_ready(model, None) or self._renamed(model) for model in runs):
+                continue  # a load of it would load the rest
             kept = self._configured.get(other)  # the last load's config, while the folder is as it was then
             folder = self.repository.folder(other) if self.repository is not None else None
             if kept is not None and (folder is None or model_repository.fingerprint(folder) != kept.folder):
@@ -3143,6 +3184,12 @@ class DataPlane:
                 continue
             log.info("ensemble loaded again: every model it runs is served again", extra={"model": other})
             self._restore_dependents(other)  # the ensembles that run this one
+
+    def _renamed(self, model: str) -> bool:
+        """(--model-namespacing) Whether an ensemble step naming ``model`` may name another now, its folder in
+        two repositories or in one: a copy's name, or a name two repositories hold (its ensemble is read again)."""
+        repository = self.repository
+        return repository is not None and bool(repository.copy_of(model) or repository.copies(model))
 
     def _refresh(self, repository: model_repository.ModelRepository, name: str) -> None:
         """Bring the copy of cloud folder ``name`` up to date, once a load of it building now is done."""
@@ -3416,7 +3463,8 @@ class DataPlane:
                 f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
                 "being served, as in Triton)"
             )
-        for each in [*self._copies(name), name]:  # (--model-namespacing) each copy of a name two repositories hold
+        # (--model-namespacing) each copy of a name two repositories hold, and those serving from before
+        for each in dict.fromkeys([*self._copies(name), *self._served_copies(name), name]):
             await self._control(lambda n: self._unload_by_name(n, dependents), each)
 
     async def load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:

@@ -146,6 +146,14 @@ class RepositoryModel:
         return [f"{self.name}:{v}" for v in self.versions]
 
 
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder, False where it cannot be told (a repository this process may not read)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _subfolders(root: Path) -> list[Path]:
     try:
         return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -379,27 +387,25 @@ class ModelRepository:
         names = namespaces(self._listed(), self.clouds)
         return [namespaced(name, names[root]) for root in holding]
 
-    def spread(self) -> frozenset[str]:
-        """With namespacing, the model folders two or more repositories hold now, by name (each copy serves under
-        its own name: ``copies``); else none."""
-        if not self.rules.namespacing:
-            return frozenset()
-        taken, seen, spread = set(self.mapped.values()), set[str](), set[str]()
-        for root in self._listed():
-            for folder in _subfolders(root):
-                if folder not in taken and folder.name not in self.others:
-                    (spread if folder.name in seen else seen).add(folder.name)
-        return frozenset(spread)
+    def copy_of(self, name: str) -> tuple[str, Path] | None:
+        """With namespacing, the model folder's name and the repository of the copy named ``name``
+        (``model@repository``), whether or not the folder is there now; None: not a copy's name."""
+        if not self.rules.namespacing or name in self.mapped:
+            return None
+        for root, namespace in namespaces(self._listed(), self.clouds).items():
+            suffix = NAMESPACE_MARK + namespace
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)], root
+        return None
 
     def _copy(self, name: str) -> Path | None:
         """The folder of the copy served as ``name`` (``model@repository``), while two repositories hold it."""
-        model, mark, namespace = name.rpartition(NAMESPACE_MARK)
-        if not mark or not model:
+        copy = self.copy_of(name)
+        if copy is None:
             return None
+        model, root = copy
         holding = self._holding(model)
-        names = namespaces(self._listed(), self.clouds)
-        found = [root for root in holding if names[root] == namespace]
-        return found[0] / model if len(holding) > 1 and found else None
+        return root / model if len(holding) > 1 and root in holding else None
 
     def in_namespace(self, pipeline: Ensemble, folder: Path) -> Ensemble:
         """``pipeline`` (read from ``folder``) with its steps in its repository's namespace (``in_namespace``)."""
@@ -424,7 +430,7 @@ class ModelRepository:
     def _holding(self, name: str) -> list[Path]:
         """The repositories with a folder ``name`` served under that name (not mapped to another), in order."""
         taken = set(self.mapped.values())
-        return [r for r in self._listed() if (r / name).is_dir() and r / name not in taken]
+        return [r for r in self._listed() if _is_dir(r / name) and r / name not in taken]
 
     def _listed(self) -> list[Path]:
         """The repositories whose folders are models (not those registered as one model's folder)."""
