@@ -6,8 +6,11 @@ under the gRPC server, by grpc's state of the last call). Each case's model says
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,9 @@ from test_serve_python_models import python_folder
 from tritonclient.utils import InferenceServerException
 
 # a model that says so once freed: it answers x (after a while, for x[0] > 100), or calls "callee" with it
-# (CALLS), or refuses with an error response (SAYS_NO), or raises (RAISES)
+# (CALLS), or refuses with an error response (SAYS_NO), or raises (RAISES); a decoupled one sends its answer
 MODEL = """
-import os, time
+import json, os, time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -35,6 +38,9 @@ class TritonPythonModel:
     def initialize(self, args):
         self.weights = np.ones(1_000_000, np.float32)
         self.freed = os.environ["FREED_FILE"]
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
+        if WHAT == "INIT_RAISES":
+            raise pb_utils.TritonModelException("no")
 
     def execute(self, requests):
         if WHAT == "RAISES":
@@ -56,6 +62,10 @@ class TritonPythonModel:
             elif x.flatten()[0] > 100:
                 time.sleep(1.5)
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]))
+        if self.decoupled:
+            for r, response in zip(requests, out):
+                r.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
         return out
 
     def __del__(self):
@@ -75,6 +85,34 @@ def _fails(call: Callable[[], object]) -> None:
         call()
 
 
+# an ensemble of one step, the model "held"
+ENSEMBLE = CONFIG.replace('backend: "python"', 'platform: "ensemble"') + (
+    'ensemble_scheduling { step [ { model_name: "held" model_version: -1 input_map { key: "x" value: "x" } '
+    'output_map { key: "y" value: "y" } } ] }\n'
+)
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> int:
+    """The status of a JSON POST to ``path``."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _streamed_fails(grpc_port: int, model: str) -> None:
+    """A request of ``model`` over a gRPC stream, answered with an error."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as stream:
+        stream.start_stream(callback=lambda result, error: answers.put(error))
+        stream.async_stream_infer(model, _x(grpcclient))
+        assert answers.get(timeout=10) is not None
+        stream.stop_stream()
+
+
 def _gone_mid_request(port: int, model: str) -> None:
     """A request of ``model`` whose client closes its connection while it runs."""
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [200.0] * 4}]}).encode()
@@ -86,8 +124,12 @@ def _gone_mid_request(port: int, model: str) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["bls-callee-unloaded", "error-response-grpc", "batched-execute-raises", "batched-raises-in-time", "client-went-away"],
-)
+    [
+        "bls-callee-unloaded", "error-response-grpc", "batched-execute-raises", "batched-raises-in-time",
+        "client-went-away", "sequence-execute-raises", "ensemble-step-raises", "decoupled-ensemble-step-fails",
+        "generate-fails", "generate-refused-decoupled",
+    ],
+)  # fmt: skip
 def test_a_model_is_freed_at_its_unload_after_requests_that_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
@@ -95,13 +137,19 @@ def test_a_model_is_freed_at_its_unload_after_requests_that_failed(
     monkeypatch.setenv("FREED_FILE", str(freed))
     repo = tmp_path / "models"
     what = {"bls-callee-unloaded": "CALLS", "error-response-grpc": "SAYS_NO", "batched-execute-raises": "RAISES",
-            "batched-raises-in-time": "RAISES"}  # fmt: skip
+            "batched-raises-in-time": "RAISES", "sequence-execute-raises": "RAISES", "ensemble-step-raises": "RAISES",
+            "decoupled-ensemble-step-fails": "SAYS_NO", "generate-fails": "SAYS_NO"}  # fmt: skip
     batching = "dynamic_batching { }\n" if "batched" in case else ""
+    batching += "sequence_batching { }\n" if "sequence" in case else ""
+    batching += DECOUPLED if "decoupled" in case else ""
     python_folder(repo, "held", MODEL % what.get(case, "ANSWERS"), CONFIG + batching)
     python_folder(repo, "callee", MODEL % "ANSWERS", CONFIG)
+    (repo / "pipe" / "1").mkdir(parents=True)
+    (repo / "pipe" / "config.pbtxt").write_text(ENSEMBLE)
     port, grpc_port = free_port(), free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port),
             "--model-control-mode", "explicit", "--load-model", "held", "--load-model", "callee"]  # fmt: skip
+    args += ["--load-model", "pipe"] if "ensemble" in case else []
     with cli_server(tmp_path / "home", args, port, tmp_path / "log"), \
             httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client, \
             grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as grpc:  # fmt: skip
@@ -119,9 +167,39 @@ def test_a_model_is_freed_at_its_unload_after_requests_that_failed(
         elif case == "client-went-away":
             _gone_mid_request(port, "held")
             time.sleep(1.5)
+        elif case == "sequence-execute-raises":
+            _fails(lambda: client.infer("held", _x(httpclient), sequence_id=1, sequence_start=True))
+        elif case == "ensemble-step-raises":
+            _fails(lambda: client.infer("pipe", _x(httpclient)))
+            _fails(lambda: grpc.infer("pipe", _x(grpcclient)))
+        elif case == "decoupled-ensemble-step-fails":
+            _streamed_fails(grpc_port, "pipe")
+        elif case == "generate-fails":  # in its run: 400, as Triton's generate answers it
+            assert _post(port, "/v2/models/held/generate", {"x": [1.0] * 4}) == 400
+            assert _post(port, "/v2/models/held/generate_stream", {"x": [1.0] * 4}) == 400  # (its error an event)
+        elif case == "generate-refused-decoupled":  # refused before its run: no input
+            assert _post(port, "/v2/models/held/generate", {}) == 400
+            assert _post(port, "/v2/models/held/generate_stream", {}) == 400
         else:
             _fails(lambda: client.infer("held", _x(httpclient)))
             _fails(lambda: grpc.infer("held", _x(grpcclient)))
         before = count()
+        if "ensemble" in case:
+            client.unload_model("pipe")
         client.unload_model("held")  # no request meanwhile (a gRPC one would free grpc's state of the last)
         assert until(lambda: count() == before + 1, within_s=10), count()
+
+
+def test_a_model_whose_load_failed_in_a_poll_is_freed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance a poll's load made before its initialize raised is freed with the failure (the poll named the
+    error its frame raised, and the loader the list holding it: cycles through the error's traceback)."""
+    freed = tmp_path / "freed"
+    monkeypatch.setenv("FREED_FILE", str(freed))
+    repo = tmp_path / "models"
+    python_folder(repo, "callee", MODEL % "ANSWERS", CONFIG)
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(free_port()),
+            "--model-control-mode", "poll", "--repository-poll-secs", "1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        python_folder(repo, "fails", MODEL % "INIT_RAISES", CONFIG)  # found by the next poll, whose load fails
+        assert until(lambda: freed.exists() and freed.read_text().count("freed") == 1, within_s=10)

@@ -336,6 +336,8 @@ class SequenceBatcher:
                     raise
             request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
             raise expired from None
+        finally:  # its error's traceback holds this frame: naming the future that holds the error made a cycle
+            del waiter  # (as in DynamicBatcher.infer_async)
 
     def _end(self, request: _Request, expired: DeadlineExceeded | None) -> bool:
         """End the sequence of ``request``, which no worker took, as Triton's sequence batcher ends it: past the
@@ -785,13 +787,19 @@ class SequenceBatcher:
             if isinstance(result, Rescheduled):
                 again.append((request, sequence))
                 continue
-            try:
+            # a request's error is taken as it is, never raised here: its traceback would hold this frame, which
+            # names it (outcomes, result), a reference cycle that kept the model until Python's cycle collector ran
+            error = result if isinstance(result, PolystackError) else None
+            if error is None:
                 if isinstance(result, BaseException):
                     raise result
-                [row] = self._split(result, 1)
-            except PolystackError as e:
+                try:
+                    [row] = self._split(result, 1)
+                except PolystackError as e:
+                    error = e.with_traceback(None)  # (the same: raised in this frame, its traceback holds it)
+            if error is not None:
                 request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
-                outcomes.append((request, None, e))
+                outcomes.append((request, None, error))
                 done.append((request, sequence, None))
                 continue
             answer = {k: v for k, v in row.items() if k not in self._hidden_outputs}

@@ -2460,7 +2460,10 @@ class DataPlane:
                 try:
                     async for streamed in answers:
                         if streamed.error is not None:
-                            raise streamed.error
+                            try:
+                                raise streamed.error
+                            finally:  # its traceback holds this frame: naming it made a cycle, which kept the
+                                del streamed  # step's model (target) until Python's cycle collector ran
                         if streamed.response is not None:
                             yield streamed.response.outputs, batches, streamed.final
                 finally:
@@ -3350,7 +3353,10 @@ class DataPlane:
                 continue
             try:
                 if isinstance(outcome, BaseException):
-                    raise outcome
+                    try:
+                        raise outcome
+                    finally:  # its traceback holds this frame: naming it made a cycle, which kept what the failed
+                        outcome = None  # load had made (a Python model's instance) until Python's cycle collector ran
                 loaded = outcome
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
@@ -3402,7 +3408,10 @@ class DataPlane:
                     outcomes.append(one(name))
                 except Exception as e:  # given back in order, as the tasks' are
                     outcomes.append(e)
-            return outcomes
+            try:
+                return outcomes
+            finally:  # a failure's traceback holds this frame: naming the list that holds it made a cycle
+                del outcomes
         futures = [self._loader.submit(one, name) for name in names]
         with self._loader.let_go():
             concurrent.futures.wait(futures)

@@ -768,6 +768,11 @@ class _Ahead:
         close = getattr(self._responses, "aclose", None)
         if close is not None:
             await close()
+        # let go of the step's error (raised from the frames that name this) and of the reader's task (which keeps
+        # its cancellation, whose traceback holds _read's frame, which names this): reference cycles, which held
+        # the step's model until Python's cycle collector ran
+        self._error = None
+        self._reader = None  # type: ignore[assignment]
 
 
 async def _settle(
@@ -811,6 +816,9 @@ async def _settle(
             future.cancel()
         if running:  # their ends are seen (a trace of the request holds theirs) before the request's own
             await asyncio.wait(running, timeout=1.0)
+        # the failed step's task keeps its error, which is raised from here: its traceback holds this frame, which
+        # named the task (and so the error, whose traceback holds the step's model): a reference cycle
+        done = future = None  # type: ignore[assignment]
 
 
 def _in_step(e: PolystackError, ensemble: Ensemble, step: Step, index: int) -> PolystackError:

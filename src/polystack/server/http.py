@@ -642,9 +642,12 @@ class HttpApp:
             if not e.in_run:  # refused before its run (a missing input): a JSON error with its status, as Triton's
                 raise
             failed = _as_triton_generates(e)
-            if stream:
-                raise _RunFailed(failed) from e
-            raise failed from e
+            try:
+                if stream:
+                    raise _RunFailed(failed) from e
+                raise failed from e
+            finally:  # its traceback holds this frame: naming it made a cycle, which kept the model's entry (in
+                del failed  # the traceback of the error it came from) until Python's cycle collector ran
 
     def _generate_decoder(self, req: Request, name: str, version: str) -> Callable[[], InferRequest]:
         inputs = [
@@ -677,7 +680,10 @@ class HttpApp:
                 f"various number of responses (model {name!r} sent {len(got)})"
             )
         if got[0].error is not None:
-            raise _as_triton_generates(got[0].error)
+            try:
+                raise _as_triton_generates(got[0].error)
+            finally:  # its traceback holds this frame: naming it made a cycle, which kept the model's entry
+                del got
         assert got[0].response is not None
         return got[0].response
 
@@ -692,7 +698,10 @@ class HttpApp:
             raise
         if first.error is not None and not first.error.in_run:
             await responses.aclose()
-            raise first.error
+            try:
+                raise first.error
+            finally:  # its traceback holds this frame: naming it made a cycle, which kept the model's entry
+                del first
 
         async def events() -> AsyncGenerator[bytes, None]:
             streamed = first
