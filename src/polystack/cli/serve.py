@@ -1052,7 +1052,11 @@ def _with_repositories(
                 )
             found[name] = root
     copies: dict[str, str] = {}  # (--model-namespacing) each copy of a folder two repositories hold: its folder's name
-    names = model_repository.namespaces([root.absolute() for root in roots], config.cloud_repositories)
+    names = (  # (--model-namespacing) each repository's name in its copies' names
+        model_repository.namespaces([root.absolute() for root in roots], config.cloud_repositories)
+        if config.folder_rules.namespacing
+        else {}
+    )
     if config.folder_rules.namespacing and twice:
         for root, folders in listed:
             namespace = names[root.absolute()]
