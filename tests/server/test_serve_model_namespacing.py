@@ -5,6 +5,7 @@ tritonserver 2.51 probed). A real server process, the real tritonclient."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -246,3 +247,41 @@ def test_a_repository_whose_folder_name_holds_the_mark_names_its_copies_all_the_
         np.testing.assert_array_equal(_y(client, "f@v1@2"), -X)
         np.testing.assert_array_equal(_y(client, "f@b"), np.abs(X))
         client.close()
+
+
+_NAMES_MODEL = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.names = [args["model_name"], config["name"], args["model_instance_name"]]
+
+    def execute(self, requests):
+        out = pb_utils.Tensor("names", np.array(self.names, dtype=object))
+        return [pb_utils.InferenceResponse([out]) for _ in requests]
+'''
+
+
+def test_a_python_models_copy_is_handed_its_own_name_as_triton_hands_it(tmp_path: Path) -> None:
+    for repo in (tmp_path / "a", tmp_path / "b"):
+        (repo / "p" / "1").mkdir(parents=True)
+        (repo / "p" / "1" / "model.py").write_text(_NAMES_MODEL)
+        (repo / "p" / "config.pbtxt").write_text(
+            'backend: "python"\noutput [ { name: "names", data_type: TYPE_STRING, dims: [ 3 ] } ]\n'
+        )
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "a"), "--model-repository", str(tmp_path / "b"),
+            "--model-namespacing", "true", "--allow-python-models", "--model-control-mode", "explicit",
+            "--load-model", "*"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for copy in ("p@a", "p@b"):  # the model's name, config and instance as Triton's are: the folder's, p
+            names = client.infer(copy, []).as_numpy("names")
+            assert [n.decode() for n in names] == ["p", "p", "p_0"]
+        client.load_model("p@a", config=json.dumps(client.get_model_config("p@a")))  # its config as GET gives it
+        assert [n.decode() for n in client.infer("p@a", []).as_numpy("names")] == ["p", "p", "p_0"]

@@ -179,7 +179,11 @@ class PythonModel:
                 given = done if done is not None else auto_complete(
                     self._folder, self.version, str(manifest["file"]), given, self.name, backend
                 )
-            self.config: dict[str, Any] = _completed(given, self.name)
+            # the name its code is handed: its config's (a copy's folder's name under namespacing, as Triton's)
+            self.own = str(manifest["config"].get("name") or self.name)
+            if self.own != self.name:  # (a load's config, GET config's of the copy, names it by the copy's name)
+                given = {**given, "name": self.own}
+            self.config: dict[str, Any] = _completed(given, self.own)
             if manifest.get("backend"):  # a Python-based backend's model: its config names that backend, as Triton's
                 self.config["backend"] = manifest["backend"]
             self._env = _execution_env(self.config)
@@ -206,7 +210,7 @@ class PythonModel:
             if donor is not None:
                 self._donor = weakref.ref(donor)
             kept_any = False
-            wanted = _instance_names(given, self.name)
+            wanted = _instance_names(given, self.own)
             # Triton keeps an instance whose signature (kind, placement, rate limiter, passive) a new one has, whatever
             # its group's name: each new one takes the old of its name and signature, else another of its signature
             kept_by_name = [self._take(donor, name, group) for name, _, _, group in wanted]
@@ -281,13 +285,13 @@ class PythonModel:
         initialize = getattr(instance.model, "initialize", None)
         if initialize is not None:
             args = {
-                "model_config": triton_config.as_handed(self.config, self.name, "model.py"),
+                "model_config": triton_config.as_handed(self.config, self.own, "model.py"),
                 "model_instance_kind": instance.kind,
                 "model_instance_name": instance.name,
                 "model_instance_device_id": "0",
                 "model_repository": self._repository,
                 "model_version": str(manifest["version"]),
-                "model_name": self.name,
+                "model_name": self.own,
             }
             self._run("initialize", instance, initialize, args)
         instance.started = True

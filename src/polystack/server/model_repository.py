@@ -733,12 +733,14 @@ def _register_python(
             "server's rights; start the server with --allow-python-models to serve it"
         )
     asked = doc  # what its load hands the model again is completed once, here (``completed_from``)
+    # a copy's code (``name@repository``, namespacing) is handed the folder's name, as Triton names it
+    own = folder.name if name.startswith(folder.name + NAMESPACE_MARK) else name
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
         try:  # (on the newest version's model.py: a failure is that version's, as Triton's index lists it)
-            doc = python.auto_complete(folder, served[-1], file, doc, name, backend)
+            doc = python.auto_complete(folder, served[-1], file, doc, own, backend)
         except PolystackError as e:
             raise e.at_version(served[-1]) from None
-    config = {**doc, "name": name}  # the model's own, as its args give it (its backend's name in it)
+    config = {**doc, "name": own}  # the model's own, as its args give it (its backend's name in it)
     completed_from = asked if rules.auto_complete else None
 
     def pack(version: int, path: Path, work: Path) -> Path:
