@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from polystack.errors import Conflict, InvalidName, InvalidRequest, ModelNotFound, VersionNotFound
@@ -227,6 +228,24 @@ def test_remove_deletes_rows_and_unused_blobs_but_keeps_shared_ones(store: Store
     store.remove("b:1")
     assert not store.blobs.has(rec.digest)
     assert store.models.list() == []
+
+
+def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_another_model_uses_it(
+    store: Store, mlp_path: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first.npz", tmp_path / "second.npz"
+    np.savez(first, x=np.zeros((4, 16), np.float32))
+    np.savez(second, x=np.ones((4, 16), np.float32))
+    old, _ = register(store, mlp_path, samples=first)
+    register(store, mlp_path, name="other", samples=first)
+    again, created = register(store, mlp_path, samples=second)
+    assert not created and again.samples_digest != old.samples_digest
+    assert old.samples_digest is not None and store.blobs.has(old.samples_digest)  # still the other model's
+    register(store, mlp_path, name="other", samples=second)
+    assert not store.blobs.has(old.samples_digest)  # no row names it: it went with the swap
+    store.remove("mlp")
+    store.remove("other")
+    assert list(store.blobs.digests(0)) == []
 
 
 def test_catalog_uses_wal_and_a_versioned_schema(store: Store) -> None:

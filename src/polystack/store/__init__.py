@@ -97,6 +97,7 @@ class Store:
                 version=version,
                 replaceable=replaceable,
                 settings_if_new=settings_if_new,
+                release=self._release,
             )
             if result is not None:
                 return result
