@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from polystack.errors import InvalidRequest
+from polystack.errors import Conflict, InvalidRequest
 from polystack.store import ModelRecord, Store
 from polystack.store.models import SYNTHESIZED
 from polystack.types import DType, Signature, TensorSpec
@@ -157,7 +157,14 @@ def load(store: Store, record: ModelRecord) -> dict[str, np.ndarray] | None:
     """The model's stored samples, or None when it has none."""
     if record.samples_digest is None:
         return None
-    return from_npz_bytes(store.blobs.path(record.samples_digest).read_bytes())
+    try:
+        data = store.blobs.path(record.samples_digest).read_bytes()
+    except FileNotFoundError:  # samples given again since the record was read delete the old
+        raise Conflict(
+            f"model {record.name}:{record.version} had its samples replaced while this ran (register --samples); "
+            "run the command again"
+        ) from None
+    return from_npz_bytes(data)
 
 
 def ensure(store: Store, record: ModelRecord, workdir: Path) -> tuple[ModelRecord, dict[str, np.ndarray], bool]:

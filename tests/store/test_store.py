@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from polystack import samples
 from polystack.errors import Conflict, InvalidName, InvalidRequest, ModelNotFound, VersionNotFound
 from polystack.formats import import_model
 from polystack.store import ModelRecord, Store
@@ -243,6 +244,9 @@ def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_an
     assert old.samples_digest is not None and store.blobs.has(old.samples_digest)  # still the other model's
     register(store, mlp_path, name="other", samples=second)
     assert not store.blobs.has(old.samples_digest)  # no row names it: it went with the swap
+    with pytest.raises(Conflict, match="had its samples replaced while this ran"):  # a run that read the old record
+        samples.load(store, old)
+    assert samples.load(store, again) is not None
     store.remove("mlp")
     store.remove("other")
     assert list(store.blobs.digests(0)) == []
