@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,13 @@ def test_register_list_show_predict_remove(home: Path, mlp_path: Path, tmp_path:
     with np.load(tmp_path / "y.npz") as z:
         np.testing.assert_allclose(z["y"], np.asarray(y), rtol=1e-5)
 
-    assert "removed mlp:1" in run(home, "remove", "mlp").stdout
+    orphan = home / "blobs" / "sha256" / ("ab" * 32)  # a blob a killed writer left, named by no row, hours old
+    orphan.write_bytes(b"left behind")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    removed = run(home, "remove", "mlp").stdout
+    assert "removed mlp:1" in removed and "deleted 1 file nothing names" in removed
     assert json.loads(run(home, "models", "--json").stdout) == []
+    assert not orphan.exists() and list((home / "blobs" / "sha256").iterdir()) == []
 
 
 def test_bad_input_exits_2_with_one_line(home: Path, mlp_path: Path, tmp_path: Path) -> None:

@@ -157,6 +157,10 @@ def show(
 @app.command()
 def remove(ref: str = typer.Argument(..., metavar="NAME[:VERSION]")) -> None:
     """Remove one version, or every version of a name; blobs no one uses are deleted."""
-    removed = open_store().remove(ref)
+    store = open_store()
+    removed = store.remove(ref)
     for r in removed:
         console.print(f"removed {r.name}:{r.version}")
+    swept = store.gc()  # what writers killed mid-way left (an hour old at least: none is still being written)
+    if swept:
+        console.print(f"deleted {swept} file{'s' if swept > 1 else ''} nothing names, left by interrupted writers")
