@@ -252,6 +252,21 @@ def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_an
     assert list(store.blobs.digests(0)) == []
 
 
+def test_a_variant_built_again_with_other_bytes_deletes_the_old_bytes(store: Store, mlp_path: Path) -> None:
+    record, _ = register(store, mlp_path)
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "int8", "options": {}, "format": "onnx",
+        "size_bytes": 5, "status": "verified",
+    }  # fmt: skip
+    first = store.blobs.put_bytes(b"first")[0]
+    store.variants.upsert(record, digest=first, **kw)
+    second = store.blobs.put_bytes(b"second")[0]
+    store.variants.upsert(record, digest=second, **kw)  # `variants --rebuild`: the same build, new bytes
+    assert not store.blobs.has(first) and store.blobs.has(second)
+    store.variants.upsert(record, digest=second, **kw)  # the same bytes again: kept
+    assert store.blobs.has(second)
+
+
 def test_catalog_uses_wal_and_a_versioned_schema(store: Store) -> None:
     conn = sqlite3.connect(store.home / "catalog.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -32,7 +32,7 @@ class Store:
         self.blobs = BlobStore(self.settings.blobs_path)
         self.catalog = Catalog(self.settings.catalog_path, self.settings.sqlite_busy_timeout_s)
         self.models = ModelTable(self.catalog)
-        self.variants = VariantTable(self.catalog)
+        self.variants = VariantTable(self.catalog, self._release)
         self.plans = PlanTable(self.catalog)
 
     @classmethod

@@ -10,13 +10,13 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from polystack.errors import VariantNotFound
 from polystack.store.catalog import Catalog
-from polystack.store.models import ModelRecord
+from polystack.store.models import ModelRecord, digests_in_use
 
 Status = Literal["verified", "rejected", "failed", "pending"]
 
@@ -107,8 +107,9 @@ class VariantRecord:
 
 
 class VariantTable:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, release: Callable[[set[str]], None] = lambda digests: None) -> None:
         self.catalog = catalog
+        self._release = release  # receives the blob digests no row names any more (a build's old bytes)
 
     def upsert(
         self,
@@ -138,9 +139,11 @@ class VariantTable:
                 (model.id, backend, device, precision, opts, recipe),
             ).fetchone()
             vid = mine[0] if mine is not None else variant_id(model.digest, backend, device, precision, options, recipe)
-            owner = conn.execute("SELECT model_id FROM variants WHERE id = ?", (vid,)).fetchone()
+            owner = conn.execute("SELECT model_id, digest FROM variants WHERE id = ?", (vid,)).fetchone()
             if owner is not None and owner[0] != model.id:
                 vid = variant_id(model.digest, backend, device, precision, options, recipe, model_id=model.id)
+                owner = conn.execute("SELECT model_id, digest FROM variants WHERE id = ?", (vid,)).fetchone()
+            before = owner[1] if owner is not None else None  # the bytes a build of it made before
             conn.execute(
                 "INSERT INTO variants (id, model_id, backend, device, precision, options, format, digest,"
                 " size_bytes, status, metrics, error, build_time_s, created_at, recipe)"
@@ -166,6 +169,8 @@ class VariantTable:
                     recipe,
                 ),
             )
+            if before is not None and before != digest:  # built again (--rebuild): its old bytes go, unless used
+                self._release({before} - digests_in_use(conn))
         return self.get(vid)
 
     def get(self, vid: str) -> VariantRecord:
