@@ -438,3 +438,12 @@ def test_tritons_log_flags_set_the_settings_a_server_starts_with(
 )
 def test_tritons_log_flags_with_bad_values_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
     assert words in refused_at_start(tmp_path, args)
+
+
+def test_a_server_started_with_nothing_to_serve_says_how_to_give_it_a_model(tmp_path: Path) -> None:
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--grpc-port", str(free_port())], port, tmp_path / "serve.log"):
+        pass
+    warned = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "no model" in line]
+    assert warned and warned[0]["level"] == "warning"
+    assert "polystack register" in warned[0]["msg"] and "--model-repository" in warned[0]["msg"]

@@ -551,6 +551,12 @@ class Server:
                 **({"grpc_tls": True, "grpc_tls_mutual": g.mutual} if (g := self.config.grpc_tls) else {}),
             },
         )
+        if not self.engine.loaded() and not self.plane.ensembles_served():  # (Triton's starts so too, silently)
+            log.warning(
+                "serving no model: every inference request is a 404 until one is loaded; register one "
+                "(polystack register FILE --name NAME) and serve it, give --model-repository DIR, or load one over "
+                "the protocol (--allow-model-control)"
+            )
 
     async def _poll_repository(self, every_s: float) -> None:
         """Triton's poll mode: read the model repositories for changes every ``every_s`` until the drain begins
