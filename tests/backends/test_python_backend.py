@@ -177,6 +177,9 @@ def test_close_calls_finalize_and_forgets_the_module(model, tmp_path: Path) -> N
          "failed in initialize: RuntimeError: no GPU"),
         ("import triton_python_backend_utils as pb\nclass TritonPythonModel:\n    def initialize(self, args):\n"
          "        pb.InferenceRequest(model_name='m', inputs=[], requested_output_names=[]).exec()\n", "BLS is only supported during the 'execute' function"),
+        # a name the utilities lack, in the words of Triton's (helper-245: python_backend's old custom_metrics)
+        ("import triton_python_backend_utils as pb\nclass TritonPythonModel:\n    def initialize(self, args):\n"
+         "        pb.COUNTER\n", "module 'triton_python_backend_utils' has no attribute 'COUNTER'"),
     ],
 )  # fmt: skip
 def test_a_model_that_cannot_start_fails_its_load_saying_why(tmp_path: Path, source: str, words: str) -> None:

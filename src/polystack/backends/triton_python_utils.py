@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -1166,3 +1166,11 @@ def _in_words(what: str, model: str) -> Iterator[None]:
         raise TritonModelException(f"{what}: Failed to process the request for model '{model}', message: {e.message}") from None
     except (TypeError, ValueError) as e:  # a value that is no number
         raise TritonModelException(f"{what}: {e}") from None
+
+
+if not TYPE_CHECKING:  # (mypy would take any name of this module for one it has)
+
+    def __getattr__(name: str) -> Any:
+        """A name these utilities lack, refused in the words of Triton's module, by the name models import it by
+        (a model naming one of an older or newer python_backend reads Triton's name, not polystack's module)."""
+        raise AttributeError(f"module 'triton_python_backend_utils' has no attribute {name!r}")
