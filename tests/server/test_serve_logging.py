@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 import tritonclient.http as httpclient
 from conftest import Raw
-from servekit import caught_logs, cli_server, free_port, mlp_ones, refused_at_start, register_like, start
+from servekit import caught_logs, cli_server, free_port, mlp_ones, refused_at_start, register_like, start, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
@@ -442,8 +442,9 @@ def test_tritons_log_flags_with_bad_values_exit_2(tmp_path: Path, args: list[str
 
 def test_a_server_started_with_nothing_to_serve_says_how_to_give_it_a_model(tmp_path: Path) -> None:
     port = free_port()
-    with cli_server(tmp_path / "home", ["--grpc-port", str(free_port())], port, tmp_path / "serve.log"):
-        pass
-    warned = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "no model" in line]
+    log = tmp_path / "serve.log"
+    with cli_server(tmp_path / "home", ["--grpc-port", str(free_port())], port, log):
+        assert until(lambda: "serving no model" in log.read_text(), 10)  # (ready may come before the line)
+    warned = [json.loads(line) for line in log.read_text().splitlines() if "no model" in line]
     assert warned and warned[0]["level"] == "warning"
     assert "polystack register" in warned[0]["msg"] and "--model-repository" in warned[0]["msg"]
