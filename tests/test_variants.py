@@ -448,3 +448,24 @@ def test_a_torchscript_modules_onnx_keeps_an_unused_input_and_an_output_bound_tw
     mixed = register(store, _torchscript(tmp_path / "mixed.zip", Mixed(), ["INPUT__0"], ["OUTPUT__0"]), tmp_path, "mixed")
     [failed] = build(store, mixed, include=lambda r: r.backend == "onnxruntime" and r.precision == "fp32").variants
     assert failed.status == "failed" and "returns a List[str]" in (failed.error or ""), failed.error
+
+
+def test_a_variant_whose_bytes_another_row_let_go_while_it_was_checked_keeps_them(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another model's rebuild or removal may delete bytes this build wrote again (the same bytes) before its row
+    names them: once named, they are there."""
+    from polystack import variants as variants_mod
+    from polystack.examples import mlp_onnx
+
+    record = register(store, mlp_onnx(tmp_path / "m.onnx", sizes=(4, 8, 2)), tmp_path, "m")
+    real = variants_mod._gate
+
+    def gate_then_lose_the_bytes(store_: Store, record_: ModelRecord, recipe: Recipe, digest: str, *rest: Any) -> Any:
+        verdict = real(store_, record_, recipe, digest, *rest)
+        store_.blobs.remove(digest)  # what a concurrent release of the same, unnamed bytes does
+        return verdict
+
+    monkeypatch.setattr(variants_mod, "_gate", gate_then_lose_the_bytes)
+    report = build(store, record, include=lambda r: r.precision == "int8")
+    assert report.variants and all(v.digest and store.blobs.has(v.digest) for v in report.variants)
