@@ -2,6 +2,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,7 @@ def test_remove_deletes_rows_and_unused_blobs_but_keeps_shared_ones(store: Store
     assert store.models.list() == []
 
 
-def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_another_model_uses_it(
+def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_after_an_hour_unless_another_model_uses_it(
     store: Store, mlp_path: Path, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "first.npz", tmp_path / "second.npz"
@@ -242,8 +243,14 @@ def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_an
     again, created = register(store, mlp_path, samples=second)
     assert not created and again.samples_digest != old.samples_digest
     assert old.samples_digest is not None and store.blobs.has(old.samples_digest)  # still the other model's
+    aged = time.time() - 7200
+    os.utime(store.blobs.path(old.samples_digest), (aged, aged))
     register(store, mlp_path, name="other", samples=second)
-    assert not store.blobs.has(old.samples_digest)  # no row names it: it went with the swap
+    assert store.blobs.has(old.samples_digest)  # no row names it: kept an hour for what still reads it, then
+    assert samples.load(store, old) is not None
+    assert time.time() - store.blobs.path(old.samples_digest).stat().st_mtime < 600
+    assert store.gc() == 0  # within the hour
+    assert store.gc(older_than_s=0) == 1 and not store.blobs.has(old.samples_digest)
     with pytest.raises(Conflict, match="had its samples replaced while this ran"):  # a run that read the old record
         samples.load(store, old)
     assert samples.load(store, again) is not None
@@ -252,7 +259,7 @@ def test_samples_given_again_take_the_place_of_the_old_whose_blob_goes_unless_an
     assert list(store.blobs.digests(0)) == []
 
 
-def test_a_variant_built_again_with_other_bytes_deletes_the_old_bytes(store: Store, mlp_path: Path) -> None:
+def test_a_variant_built_again_with_other_bytes_lets_the_old_go_after_an_hour(store: Store, mlp_path: Path) -> None:
     record, _ = register(store, mlp_path)
     kw: dict[str, Any] = {
         "backend": "onnxruntime", "device": "cpu", "precision": "int8", "options": {}, "format": "onnx",
@@ -262,7 +269,8 @@ def test_a_variant_built_again_with_other_bytes_deletes_the_old_bytes(store: Sto
     store.variants.upsert(record, digest=first, **kw)
     second = store.blobs.put_bytes(b"second")[0]
     store.variants.upsert(record, digest=second, **kw)  # `variants --rebuild`: the same build, new bytes
-    assert not store.blobs.has(first) and store.blobs.has(second)
+    assert store.blobs.has(first) and store.gc() == 0  # a tune that loads the old ones still can, for an hour
+    assert store.gc(older_than_s=0) == 1 and not store.blobs.has(first) and store.blobs.has(second)
     store.variants.upsert(record, digest=second, **kw)  # the same bytes again: kept
     assert store.blobs.has(second)
 

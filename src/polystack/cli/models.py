@@ -161,6 +161,9 @@ def remove(ref: str = typer.Argument(..., metavar="NAME[:VERSION]")) -> None:
     removed = store.remove(ref)
     for r in removed:
         console.print(f"removed {r.name}:{r.version}")
-    swept = store.gc()  # what writers killed mid-way left (an hour old at least: none is still being written)
+    swept = store.gc()  # bytes replaced, or left by writers killed mid-way, an hour ago or more
     if swept:
-        console.print(f"deleted {swept} file{'s' if swept > 1 else ''} nothing names, left by interrupted writers")
+        console.print(
+            f"deleted {swept} file{'s' if swept > 1 else ''} nothing names (replaced, or left by interrupted "
+            "writers, an hour ago or more)"
+        )

@@ -78,6 +78,7 @@ def variants(
         if report.samples_synthesized and not as_json:
             err_console.print(f"[yellow]warning:[/] {SYNTHETIC_WARNING}")
         record, found = report.model, report.variants
+        store.gc()  # bytes builds replaced an hour ago or more (``Store._retire``), and what killed writers left
     if as_json:
         print_json({"model": f"{record.name}:{record.version}", "variants": [v.to_dict() for v in found]})
         return

@@ -32,7 +32,7 @@ class Store:
         self.blobs = BlobStore(self.settings.blobs_path)
         self.catalog = Catalog(self.settings.catalog_path, self.settings.sqlite_busy_timeout_s)
         self.models = ModelTable(self.catalog)
-        self.variants = VariantTable(self.catalog, self._release)
+        self.variants = VariantTable(self.catalog, self._retire)
         self.plans = PlanTable(self.catalog)
 
     @classmethod
@@ -97,7 +97,7 @@ class Store:
                 version=version,
                 replaceable=replaceable,
                 settings_if_new=settings_if_new,
-                release=self._release,
+                retire=self._retire,
             )
             if result is not None:
                 return result
@@ -128,6 +128,13 @@ class Store:
     def _release(self, digests: set[str]) -> None:
         for d in digests:
             self.blobs.remove(d)
+
+    def _retire(self, digests: set[str]) -> None:
+        """Bytes a row stopped naming as something took their place (samples given again, a variant built again):
+        kept an hour from now, for the commands that read them before (a tune loads its variants again and again),
+        then deleted by ``gc`` (``remove`` and ``variants`` run it)."""
+        for d in digests:
+            self.blobs.touch(d)
 
     def gc(self, older_than_s: float = 3600.0) -> int:
         """Remove blobs no row names (left by killed writers) and stale temp files; return how many.

@@ -70,10 +70,9 @@ class BlobStore:
                 os.fsync(out.fileno())
             digest = h.hexdigest()
             final = self.path(digest)
-            if final.exists():
+            if self.touch(digest):  # fresh mtime: gc leaves recently (re)written blobs alone
                 tmp.unlink()
-                os.utime(final)  # fresh mtime: gc leaves recently (re)written blobs alone
-            else:
+            else:  # (also where it went between a look and the touch)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, final)
                 _fsync_dir(self.root)
@@ -82,6 +81,14 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+
+    def touch(self, digest: str) -> bool:
+        """Give the blob a fresh modification time (``gc`` leaves it alone for its grace); False: there is none."""
+        try:
+            os.utime(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def remove(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -98,7 +98,7 @@ class ModelTable:
         version: int | None = None,
         replaceable: Callable[[ModelRecord], bool] | None = None,
         settings_if_new: Mapping[str, Any] | None = None,
-        release: Callable[[set[str]], None] = lambda digests: None,
+        retire: Callable[[set[str]], None] = lambda digests: None,
     ) -> Added | None:
         """Insert a new version, or return the existing one holding the same bytes (idempotent).
 
@@ -112,7 +112,7 @@ class ModelTable:
         Returns the record and whether it was created (and the row it set aside), or None when
         ``blobs_present()`` says, inside the transaction, that a concurrent removal took the blobs away
         (the caller writes them again and retries). Samples given again take the place of the row's:
-        ``release`` receives the old samples' digest where no row names it any more, inside the transaction.
+        ``retire`` receives the old samples' digest where no row names it any more (``Store._retire``).
         """
         validate_name(name)
         if version is not None and not 1 <= version <= MAX_VERSION:
@@ -161,7 +161,7 @@ class ModelTable:
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", (*updates.values(), row["id"]))
                 if swapped:
-                    release({row["samples_digest"]} - digests_in_use(conn))
+                    retire({row["samples_digest"]} - digests_in_use(conn))
                 row = conn.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone()
                 return Added(ModelRecord.from_row(row), False, samples_replaced=swapped)
             if version is None:

@@ -107,9 +107,9 @@ class VariantRecord:
 
 
 class VariantTable:
-    def __init__(self, catalog: Catalog, release: Callable[[set[str]], None] = lambda digests: None) -> None:
+    def __init__(self, catalog: Catalog, retire: Callable[[set[str]], None] = lambda digests: None) -> None:
         self.catalog = catalog
-        self._release = release  # receives the blob digests no row names any more (a build's old bytes)
+        self._retire = retire  # receives the blob digests no row names any more (a build's old bytes)
 
     def upsert(
         self,
@@ -170,7 +170,7 @@ class VariantTable:
                 ),
             )
             if before is not None and before != digest:  # built again (--rebuild): its old bytes go, unless used
-                self._release({before} - digests_in_use(conn))
+                self._retire({before} - digests_in_use(conn))
         return self.get(vid)
 
     def get(self, vid: str) -> VariantRecord:
