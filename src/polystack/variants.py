@@ -296,8 +296,8 @@ def _build_all(
                 error=verdict.reason,
                 build_time_s=round(convert_s + time.perf_counter() - t0, 4),
             )
-            if recipe.steps and not store.blobs.has(digest):  # the same bytes of a row that let them go meanwhile
-                store.blobs.put_file(path)  # (another model's rebuild or removal): named now, no one deletes them
+            if recipe.steps and not store.blobs.has(digest):  # the same bytes of a row removed meanwhile (another
+                store.blobs.put_file(path)  # model's): named now, no removal deletes them
             say(f"{recipe.describe()}: {status}" + (f" ({verdict.reason})" if verdict.reason else ""))
         except Exception as e:
             reason = str(e) if isinstance(e, _Failed) else _first_line(e)

@@ -137,7 +137,8 @@ class Store:
             self.blobs.touch(d)
 
     def gc(self, older_than_s: float = 3600.0) -> int:
-        """Remove blobs no row names (left by killed writers) and stale temp files; return how many.
+        """Remove blobs no row names (retired by a replacement, ``_retire``, or left by killed writers) and stale
+        temp files; return how many.
 
         Only files older than ``older_than_s`` go, so a registration between writing its blob and
         inserting its row is never robbed.
