@@ -734,7 +734,7 @@ def _register_python(
         )
     asked = doc  # what its load hands the model again is completed once, here (``completed_from``)
     # a copy's code (``name@repository``, namespacing) is handed the folder's name, as Triton names it
-    own = folder.name if name.startswith(folder.name + NAMESPACE_MARK) else name
+    own = folder.name if rules.namespacing and name.startswith(folder.name + NAMESPACE_MARK) else name
     if rules.auto_complete:  # its auto_complete_config completes the config, as Triton's Python backend calls it
         try:  # (on the newest version's model.py: a failure is that version's, as Triton's index lists it)
             doc = python.auto_complete(folder, served[-1], file, doc, own, backend)
