@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from polystack.formats import import_model
 from polystack.store import Store
 
 # Registers one large model (tens of MB, so the blob write takes a while) again and again under
@@ -68,4 +69,40 @@ def test_sigkill_mid_register_leaves_no_row_without_blob_and_no_partial_blob(tmp
     # and the store still takes new registrations after all that
     store = Store.at(home)
     assert store.gc(older_than_s=0) >= 0
+    store.close()
+
+
+# Removes a model whose blob nothing else names, and dies (SIGKILL) the moment that blob's file is gone.
+REMOVER = """
+import os
+import signal
+import sys
+from pathlib import Path
+from polystack.store import Store
+from polystack.store.blobs import BlobStore
+
+unlink = BlobStore.remove
+
+def remove_then_die(self, digest):
+    unlink(self, digest)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+BlobStore.remove = remove_then_die
+Store.at(Path(sys.argv[1])).remove(sys.argv[2])
+"""
+
+
+def test_a_removal_killed_as_it_deletes_a_blob_leaves_no_row_naming_it(tmp_path: Path, mlp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = Store.at(home)
+    imported = import_model(mlp_path, mlp_path.parent)
+    record, _ = store.register(imported.artifact, name="mlp", format=imported.format, signature=imported.signature)
+    store.close()
+
+    proc = subprocess.run([sys.executable, "-c", REMOVER, str(home), "mlp"], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    store = Store.at(home)
+    assert not store.blobs.has(record.digest)
+    assert store.models.list() == [], "the removal's row outlived the blob it names"
     store.close()

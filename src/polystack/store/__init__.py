@@ -126,8 +126,15 @@ class Store:
         self.models.drop(replaced, self._release)
 
     def _release(self, digests: set[str]) -> None:
-        for d in digests:
-            self.blobs.remove(d)
+        """Delete the bytes a committed removal unnamed that no row names now either: a registration of the same
+        bytes may have named them since, and one that wrote them but has no row yet finds them gone under the write
+        lock and writes them again (``register``'s ``blobs_present``, a variant build's re-put). Deleted only after
+        the removal's COMMIT, so a process killed in between leaves bytes ``gc`` collects, not a row naming none."""
+        if not digests:
+            return
+        with self.catalog.write() as conn:
+            for d in digests - digests_in_use(conn):
+                self.blobs.remove(d)
 
     def _retire(self, digests: set[str]) -> None:
         """Bytes a row stopped naming as something took their place (samples given again, a variant built again):

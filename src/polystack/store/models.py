@@ -204,12 +204,13 @@ class ModelTable:
     def drop(self, record: ModelRecord, release: Callable[[set[str]], None]) -> None:
         """Delete a row ``add`` set aside (its variants and plans with it), and any other row of its version
         a load that never finished set aside (a killed server); ``release`` receives the blob digests no row
-        names any more, inside the same transaction."""
+        names any more, once that is committed (as ``delete``'s)."""
         with self.catalog.write() as conn:
             before = digests_in_use(conn)
             conn.execute("DELETE FROM models WHERE id = ? AND version = ?", (record.id, -record.id))
             _delete_set_aside(conn, record.name, record.version)
-            release(before - digests_in_use(conn))
+            unnamed = before - digests_in_use(conn)
+        release(unnamed)
 
     def delete_row(self, record: ModelRecord, release: Callable[[set[str]], None]) -> bool:
         """Delete the row ``record`` is, if it is still there as it was (not a row another writer put at its
@@ -219,8 +220,9 @@ class ModelTable:
             cur = conn.execute(
                 "DELETE FROM models WHERE id = ? AND version = ? AND digest = ?", (record.id, record.version, record.digest)
             )
-            release(before - digests_in_use(conn))
-            return cur.rowcount == 1
+            unnamed = before - digests_in_use(conn)
+        release(unnamed)
+        return cur.rowcount == 1
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
         if name is None:
@@ -260,8 +262,9 @@ class ModelTable:
     def delete(self, ref: ModelRef, release: Callable[[set[str]], None]) -> builtins.list[ModelRecord]:
         """Delete one version, or every version when ref has none; return what was deleted.
 
-        ``release`` receives the blob digests no row names any more, inside the same transaction, so
-        a concurrent registration of the same bytes either sees them gone or keeps them.
+        ``release`` receives the blob digests no row names any more once the deletion is committed (``Store._release``
+        deletes those still unnamed then), so a process killed meanwhile leaves bytes ``gc`` collects, never a row
+        naming bytes that are gone.
         """
         # none: only rows set aside from it (a killed server's) may be left, removed below
         doomed = [r for r in self.list(ref.name) if ref.version is None or r.version == ref.version]
@@ -270,7 +273,8 @@ class ModelTable:
             conn.executemany("DELETE FROM models WHERE id = ?", [(r.id,) for r in doomed])
             # rows of that version (or name) a load that never finished set aside (a killed server)
             left = _delete_set_aside(conn, ref.name, ref.version)
-            release(before - digests_in_use(conn))
+            unnamed = before - digests_in_use(conn)
+        release(unnamed)
         if not doomed and not left:
             self.get(ref)  # raises ModelNotFound or VersionNotFound, saying what there is
         return doomed
