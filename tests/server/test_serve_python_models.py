@@ -1092,6 +1092,46 @@ def test_a_call_from_a_process_the_model_forked_fails_at_once_saying_why(tmp_pat
         assert "from a process the model forked" in said, said
 
 
+# forks a child that is sent SIGTERM (as a multiprocessing pool's terminate() sends its workers) and says how it ended
+TERMINATES = """
+import os
+import signal
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pid = os.fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        said = "SIGTERM ended it" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM else str(status)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("said", np.array([said.encode()], dtype=np.object_))])]
+"""
+
+
+def test_a_process_the_model_forked_ends_at_sigterm_and_the_server_serves_on(tmp_path: Path) -> None:
+    """A forked child inherited the server's SIGTERM handling: the signal did not end it (a pool's terminate() left
+    its worker running) and reached the server's event loop through the wakeup socket they shared (CPython issue
+    94454), so the server drained as if it had been stopped. Children start with Python's own handling now."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "terminates", TERMINATES,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1, 16 ] } ]\n'
+        'output [ { name: "said", data_type: TYPE_STRING, dims: [ 1 ] } ]\n')  # fmt: skip
+    with served(tmp_path, repo) as client:
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        for _ in range(2):
+            assert client.infer("terminates", [x]).as_numpy("said")[0] == b"SIGTERM ended it"
+            time.sleep(0.2)  # for a signal the loop was handed to be handled
+            assert client.is_server_ready()
+
+
 DOUBLES = """
 import triton_python_backend_utils as pb_utils
 

@@ -825,6 +825,29 @@ def _exit_past_threads_left() -> None:
         os._exit(0)
 
 
+def _reset_signals_in_child() -> None:
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not Python's main interpreter: it has none of the server's handlers
+        pass
+
+
+_children_reset = False
+
+
+def _children_take_signals_afresh() -> None:
+    """A process forked from the server's (a Python model's multiprocessing pool, say) starts with Python's own
+    SIGTERM and SIGINT handling and no wakeup fd. Inherited, the server's handlers made SIGTERM do nothing there (a
+    pool's ``terminate()`` left its worker running) and wrote the signal into the socket the child shares with the
+    server's event loop, which took it as its own and drained (CPython issue 94454: asyncio does not undo them)."""
+    global _children_reset
+    if not _children_reset and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_signals_in_child)
+        _children_reset = True
+
+
 def _load_until_signalled(server: Server) -> threading.Event:
     """``server.load_models()``, stopped by a SIGTERM or Ctrl-C: a warm-up stops between two calls, no
     further model loads, and the event returned is set (``run`` then exits 0, as after a drain). The
@@ -847,6 +870,7 @@ def _load_until_signalled(server: Server) -> threading.Event:
         server.plane.start_draining()
         log.info("stopping: the models still loading stop at the next chance; a second signal stops at once")
 
+    _children_take_signals_afresh()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_while_starting)
     failed: list[BaseException] = []
