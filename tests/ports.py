@@ -8,6 +8,7 @@ process never hands out one port twice, and the start is random so that two test
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -33,6 +34,17 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _share(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's part of ``[low, high)`` (``make test`` runs two): workers hand out ports apart, so
+    one never binds a port another chose and has not bound yet."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return low, high
+    size = (high - low) // int(count)
+    start = low + int(worker[2:]) % int(count) * size
+    return start, start + size
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing holds now and no outgoing connection will take."""
     high = _ephemeral_low()
@@ -42,8 +54,9 @@ def free_port() -> int:
             port = int(s.getsockname()[1])
         _handed.add(port)
         return port
+    low, high = _share(_LOWEST, high)
     for _ in range(200):
-        port = _pick.randrange(_LOWEST, high)
+        port = _pick.randrange(low, high)
         if port not in _handed and _bindable(port):
             _handed.add(port)
             return port

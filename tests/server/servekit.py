@@ -298,7 +298,8 @@ def cli_server(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``polystack serve ARGS`` as a user runs it, in its own process (with ``env`` added to this one's),
     ready when this yields (as ``client`` asks it: plain HTTP unless given); killed if the test leaves it
-    running. Its JSON log goes to ``log_path``."""
+    running. Its JSON log goes to ``log_path``. Give ``args`` a ``--grpc-port`` (-1: none) unless the test is of
+    Triton's default ports: ``make test`` runs two workers, and two servers cannot both take gRPC's 8001."""
     cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", *args, "--http-port", str(http_port)]
     with log_path.open("w") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

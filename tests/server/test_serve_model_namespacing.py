@@ -277,7 +277,7 @@ def test_a_python_models_copy_is_handed_its_own_name_as_triton_hands_it(tmp_path
     port = free_port()
     args = ["--model-repository", str(tmp_path / "a"), "--model-repository", str(tmp_path / "b"),
             "--model-namespacing", "true", "--allow-python-models", "--model-control-mode", "explicit",
-            "--load-model", "*"]  # fmt: skip
+            "--load-model", "*", "--grpc-port", "-1"]  # fmt: skip
     with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         for copy in ("p@a", "p@b"):  # the model's name, config and instance as Triton's are: the folder's, p

@@ -401,7 +401,8 @@ def test_a_load_with_get_configs_answer_reads_the_initial_state_from_the_models_
     )
     port = free_port()
     with cli_server(
-        tmp_path / "home", ["--model-repository", str(repo), "--allow-model-control"], port, tmp_path / "log"
+        tmp_path / "home", ["--model-repository", str(repo), "--allow-model-control", "--grpc-port", "-1"], port,
+        tmp_path / "log",
     ):
         http = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert _sums(http.infer("acc", [_input(httpclient, 1.0)], sequence_id=1, sequence_start=True))[0] == 101.0
