@@ -295,15 +295,17 @@ def cli_server(
     log_path: Path,
     client: Any = None,
     env: dict[str, str] | None = None,
+    own_group: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``polystack serve ARGS`` as a user runs it, in its own process (with ``env`` added to this one's),
     ready when this yields (as ``client`` asks it: plain HTTP unless given); killed if the test leaves it
     running. Its JSON log goes to ``log_path``. Give ``args`` a ``--grpc-port`` (-1: none) unless the test is of
-    Triton's default ports: ``make test`` runs two workers, and two servers cannot both take gRPC's 8001."""
+    Triton's default ports: ``make test`` runs two workers, and two servers cannot both take gRPC's 8001.
+    ``own_group``: in a process group of its own, as a shell starts a job (for signals sent to the whole group)."""
     cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", *args, "--http-port", str(http_port)]
     with log_path.open("w") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0 if own_group else None)
     try:
         client = client or httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
         deadline = time.monotonic() + 60

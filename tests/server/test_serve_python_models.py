@@ -1132,6 +1132,97 @@ def test_a_process_the_model_forked_ends_at_sigterm_and_the_server_serves_on(tmp
             assert client.is_server_ready()
 
 
+# keeps a pool of one forked worker from initialize to finalize; each request runs 1.5 s on it
+POOLED = """
+import multiprocessing
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def slow(x):
+    time.sleep(1.5)
+    return x * 2
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.pool = multiprocessing.get_context("fork").Pool(1)
+
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name(requests[0], "x").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", self.pool.apply(slow, (x,)))])]
+
+    def finalize(self):
+        self.pool.terminate()
+"""
+
+
+def test_ctrl_c_to_the_servers_process_group_lets_a_pool_worker_finish_the_request_it_runs(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the server's group, its models' forked workers too (helper-247):
+    ended by it, a worker lost the request it ran, which the drain then waited for until its timeout."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "pooled", POOLED,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--drain-timeout-s", "20"]
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log", own_group=True) as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
+        x = httpclient.InferInput("x", [2], "FP32")
+        x.set_data_from_numpy(np.ones(2, np.float32))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.infer, "pooled", [x])
+            time.sleep(0.7)  # its worker runs it
+            os.killpg(proc.pid, signal.SIGINT)
+            assert answer.result(30).as_numpy("y").tolist() == [2.0, 2.0]
+        assert proc.wait(30) == 0
+    assert '"drained":true' in (tmp_path / "log").read_text()
+
+
+# starts a process that is not a daemon and never stops it
+LEAVES_A_PROCESS = """
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+        child.start()
+        with open(os.environ["CHILD_PID_FILE"], "w") as f:
+            f.write(str(child.pid))
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+"""
+
+
+def test_a_process_a_model_started_and_left_running_does_not_hold_the_servers_exit(tmp_path: Path) -> None:
+    """multiprocessing waits at the interpreter's exit for every process that is not a daemon: one a model never
+    stopped held a drained server for good (helper-247). It is left running, as Triton's stub leaves its own."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "leaves", LEAVES_A_PROCESS,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        'output [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n')  # fmt: skip
+    pid_file = tmp_path / "child.pid"
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    try:
+        with cli_server(tmp_path / "home", args, port, tmp_path / "log", env={"CHILD_PID_FILE": str(pid_file)}) as proc:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        assert "exiting with processes still running that a model started" in (tmp_path / "log").read_text()
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 DOUBLES = """
 import triton_python_backend_utils as pb_utils
 

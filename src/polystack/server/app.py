@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import gc
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import threading
@@ -800,12 +802,16 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
 
 
 def _exit_past_threads_left() -> None:
-    """Exit even where a model left threads of its own running (a Python model's, not daemon threads), which the
-    interpreter would wait for at exit for good; they have ``EXIT_GRACE_S`` to end, as Triton's exit timeout
-    gives its instances."""
+    """Exit even where a model left threads or processes of its own running (a Python model's, neither daemon
+    threads nor daemon ``multiprocessing`` processes), which the interpreter would wait for at exit for good; they
+    have ``EXIT_GRACE_S`` to end, as Triton's exit timeout gives its instances. Processes are left running, as
+    Triton's stub leaves the processes it started."""
     def left() -> list[threading.Thread]:
         main = threading.main_thread()
         return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+
+    def processes() -> list[multiprocessing.process.BaseProcess]:
+        return [p for p in multiprocessing.active_children() if not p.daemon]
 
     # idle workers of thread pools (a library's: OpenVINO's telemetry starts one at import) end now, as they would
     # at the interpreter's exit, whose hook this is (a private one: where it is gone, they get the grace too)
@@ -815,21 +821,36 @@ def _exit_past_threads_left() -> None:
     deadline = time.monotonic() + EXIT_GRACE_S
     for thread in left():
         thread.join(max(0.0, deadline - time.monotonic()))
-    running = left()
+    for process in processes():
+        process.join(max(0.0, deadline - time.monotonic()))
+    running, forked = left(), processes()
     if running:
         log.warning(
             "exiting with threads still running that no model stopped (not daemon threads): not waited for",
             extra={"threads": [t.name for t in running]},
         )
+    if forked:
+        log.warning(
+            "exiting with processes still running that a model started and did not stop (not daemon processes): "
+            "not waited for, left running",
+            extra={"pids": [p.pid for p in forked]},
+        )
+    if running or forked:
         logging.shutdown()
         os._exit(0)
+
+
+def _take_no_notice(signum: int, frame: object) -> None:
+    """A forked child's SIGINT: a terminal's Ctrl-C reaches the server's whole process group, and the server drains
+    and stops its models, whose ``finalize`` stops what they forked; a worker ended by it mid-task would lose the
+    request it ran (helper-247). A handler, not SIG_IGN, so that a program the child executes starts with Ctrl-C."""
 
 
 def _reset_signals_in_child() -> None:
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _take_no_notice)
     except (ValueError, OSError):  # not Python's main interpreter: it has none of the server's handlers
         pass
 
@@ -838,10 +859,11 @@ _children_reset = False
 
 
 def _children_take_signals_afresh() -> None:
-    """A process forked from the server's (a Python model's multiprocessing pool, say) starts with Python's own
-    SIGTERM and SIGINT handling and no wakeup fd. Inherited, the server's handlers made SIGTERM do nothing there (a
-    pool's ``terminate()`` left its worker running) and wrote the signal into the socket the child shares with the
-    server's event loop, which took it as its own and drained (CPython issue 94454: asyncio does not undo them)."""
+    """A process forked from the server's (a Python model's multiprocessing pool, say) starts with SIGTERM's default
+    handling, SIGINT taken no notice of (``_take_no_notice``) and no wakeup fd. Inherited, the server's handlers made
+    SIGTERM do nothing there (a pool's ``terminate()`` left its worker running) and wrote the signal into the socket
+    the child shares with the server's event loop, which took it as its own and drained (CPython issue 94454: asyncio
+    does not undo them)."""
     global _children_reset
     if not _children_reset and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_reset_signals_in_child)
