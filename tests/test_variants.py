@@ -469,3 +469,27 @@ def test_a_variant_whose_bytes_another_row_let_go_while_it_was_checked_keeps_the
     monkeypatch.setattr(variants_mod, "_gate", gate_then_lose_the_bytes)
     report = build(store, record, include=lambda r: r.precision == "int8")
     assert report.variants and all(v.digest and store.blobs.has(v.digest) for v in report.variants)
+
+
+def test_a_variant_whose_bytes_another_row_let_go_before_it_was_checked_is_checked_on_them_written_again(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-247: a removal of another model holding the same bytes, between this build's write and its check, made
+    the check fail (the file gone) and stored the variant `failed` for good, its row naming bytes that were gone."""
+    from polystack import variants as variants_mod
+    from polystack.examples import mlp_onnx
+
+    record = register(store, mlp_onnx(tmp_path / "m.onnx", sizes=(4, 8, 2)), tmp_path, "m")
+    real, lost = variants_mod._gate, []
+
+    def lose_the_bytes_then_gate(store_: Store, record_: ModelRecord, recipe: Recipe, digest: str, *rest: Any) -> Any:
+        if recipe.steps and not lost:
+            store_.blobs.remove(digest)  # what a concurrent release of the same, unnamed bytes does, once
+            lost.append(digest)
+        return real(store_, record_, recipe, digest, *rest)
+
+    monkeypatch.setattr(variants_mod, "_gate", lose_the_bytes_then_gate)
+    report = build(store, record, include=lambda r: r.recipe == "openvino-ir" and r.precision == "fp32")
+    assert lost and report.variants
+    assert all(v.status == "verified" for v in report.variants), [v.error for v in report.variants]
+    assert all(v.digest and store.blobs.has(v.digest) for v in report.variants)
