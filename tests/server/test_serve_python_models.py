@@ -1195,8 +1195,10 @@ class TritonPythonModel:
     def initialize(self, args):
         child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
         child.start()
+        daemon = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,), daemon=True)
+        daemon.start()
         with open(os.environ["CHILD_PID_FILE"], "w") as f:
-            f.write(str(child.pid))
+            f.write(f"{child.pid} {daemon.pid}")
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
@@ -1205,7 +1207,8 @@ class TritonPythonModel:
 
 def test_a_process_a_model_started_and_left_running_does_not_hold_the_servers_exit(tmp_path: Path) -> None:
     """multiprocessing waits at the interpreter's exit for every process that is not a daemon: one a model never
-    stopped held a drained server for good (helper-247). It is left running, as Triton's stub leaves its own."""
+    stopped held a drained server for good (helper-247). It is left running, as Triton's stub leaves its own; a
+    daemon process ends, as at any exit of Python's."""
     repo = repository(tmp_path / "models")
     python_folder(repo, "leaves", LEAVES_A_PROCESS,
         'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
@@ -1218,9 +1221,21 @@ def test_a_process_a_model_started_and_left_running_does_not_hold_the_servers_ex
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         assert "exiting with processes still running that a model started" in (tmp_path / "log").read_text()
+        child, daemon = (int(pid) for pid in pid_file.read_text().split())
+        os.kill(child, 0)  # still there
+        assert until(lambda: not _running(daemon), 10), "the model's daemon process outlived the server"
     finally:
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        for pid in pid_file.read_text().split() if pid_file.exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 DOUBLES = """

@@ -836,6 +836,9 @@ def _exit_past_threads_left() -> None:
             extra={"pids": [p.pid for p in forked]},
         )
     if running or forked:
+        for process in multiprocessing.active_children():
+            if process.daemon:  # as the interpreter's exit, which this one skips, ends them (a model's pool)
+                process.terminate()
         logging.shutdown()
         os._exit(0)
 
