@@ -319,7 +319,7 @@ def _build_all(
                 build_time_s=time.perf_counter() - t0,
             )
             if recipe.steps and digest is not None and not store.blobs.has(digest):  # a failed row names its bytes
-                store.blobs.put_file(path)  # too (``variants --rebuild`` and `gc` read them); gone as above
+                store.blobs.put_file(path)  # too, which a removal of the same bytes may have taken as above
             say(f"{recipe.describe()}: failed ({reason})")
         report.built.append(v.id)
 

@@ -785,7 +785,7 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
     if not bounded and done.is_set():
         if failed:
             raise failed[0]
-        _exit_past_threads_left()
+        _exit_past_what_models_left()
         return
     if done.is_set():
         log.info("exiting past the drain timeout", extra={"closed": True})
@@ -801,7 +801,7 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
     os._exit(0)
 
 
-def _exit_past_threads_left() -> None:
+def _exit_past_what_models_left() -> None:
     """Exit even where a model left threads or processes of its own running (a Python model's, neither daemon
     threads nor daemon ``multiprocessing`` processes), which the interpreter would wait for at exit for good; they
     have ``EXIT_GRACE_S`` to end, as Triton's exit timeout gives its instances. Processes are left running, as
