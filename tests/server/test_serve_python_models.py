@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -1236,6 +1237,53 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+# forks a child in execute that outlives the server (a minute at most) and says its pid
+OUTLIVES = """
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("pid", np.array([pid], dtype=np.int64))])]
+"""
+
+
+def test_a_process_forked_after_the_ports_opened_does_not_keep_them_when_it_outlives_the_server(
+    tmp_path: Path,
+) -> None:
+    """A fork copies every descriptor: a model's child kept the server's listening port (and its clients'
+    connections) after the server exited, so a server started again failed "address already in use" (helper-247)."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "outlives", OUTLIVES,
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "pid", data_type: TYPE_INT64, dims: [ 1 ] } ]\n')  # fmt: skip
+    port, child = free_port(), 0
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1"]
+    try:
+        with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
+            x = httpclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.ones(1, np.float32))
+            child = int(client.infer("outlives", [x]).as_numpy("pid")[0])
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        assert _running(child)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if child:
+                os.kill(child, signal.SIGKILL)
 
 
 DOUBLES = """

@@ -31,8 +31,8 @@ from polystack.batching.rate_limiter import RateLimiter
 from polystack.engine import Engine, LoadSpec, default_spec, runtime_loads, with_concurrency, without_runtime_pinning
 from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
 from polystack.metrics import ServerMetrics
+from polystack.server import forks, host_policy, loader, logs, model_config, model_repository
 from polystack.server import grpc as grpc_transport
-from polystack.server import host_policy, loader, logs, model_config, model_repository
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
@@ -536,6 +536,7 @@ class Server:
             await self._grpc_server.start()
         if self.config.repository_poll_s > 0 and self.plane.repository is not None:
             self._poller = loop.create_task(self._poll_repository(self.config.repository_poll_s))
+        forks.serving([self.http_port, self.grpc_port, self.metrics_port, *self.platform_ports.values()])
         log.info(
             "serving",
             extra={
@@ -843,36 +844,6 @@ def _exit_past_what_models_left() -> None:
         os._exit(0)
 
 
-def _take_no_notice(signum: int, frame: object) -> None:
-    """A forked child's SIGINT: a terminal's Ctrl-C reaches the server's whole process group, and the server drains
-    and stops its models, whose ``finalize`` stops what they forked; a worker ended by it mid-task would lose the
-    request it ran (helper-247). A handler, not SIG_IGN, so that a program the child executes starts with Ctrl-C."""
-
-
-def _reset_signals_in_child() -> None:
-    try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, _take_no_notice)
-    except (ValueError, OSError):  # not Python's main interpreter: it has none of the server's handlers
-        pass
-
-
-_children_reset = False
-
-
-def _children_take_signals_afresh() -> None:
-    """A process forked from the server's (a Python model's multiprocessing pool, say) starts with SIGTERM's default
-    handling, SIGINT taken no notice of (``_take_no_notice``) and no wakeup fd. Inherited, the server's handlers made
-    SIGTERM do nothing there (a pool's ``terminate()`` left its worker running) and wrote the signal into the socket
-    the child shares with the server's event loop, which took it as its own and drained (CPython issue 94454: asyncio
-    does not undo them)."""
-    global _children_reset
-    if not _children_reset and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_reset_signals_in_child)
-        _children_reset = True
-
-
 def _load_until_signalled(server: Server) -> threading.Event:
     """``server.load_models()``, stopped by a SIGTERM or Ctrl-C: a warm-up stops between two calls, no
     further model loads, and the event returned is set (``run`` then exits 0, as after a drain). The
@@ -895,7 +866,7 @@ def _load_until_signalled(server: Server) -> threading.Event:
         server.plane.start_draining()
         log.info("stopping: the models still loading stop at the next chance; a second signal stops at once")
 
-    _children_take_signals_afresh()
+    forks.prepare()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_while_starting)
     failed: list[BaseException] = []
