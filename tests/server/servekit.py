@@ -305,7 +305,7 @@ def cli_server(
     cmd = [sys.executable, "-m", "polystack", "--home", str(home), "serve", *args, "--http-port", str(http_port)]
     with log_path.open("w") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0 if own_group else None)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=own_group)
     try:
         client = client or httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
         deadline = time.monotonic() + 60
