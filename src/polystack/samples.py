@@ -159,7 +159,7 @@ def load(store: Store, record: ModelRecord) -> dict[str, np.ndarray] | None:
         return None
     try:
         data = store.blobs.path(record.samples_digest).read_bytes()
-    except FileNotFoundError:  # samples given again since the record was read delete the old
+    except FileNotFoundError:  # samples given again since the record was read: the old ones went (gc, an hour on)
         raise Conflict(
             f"model {record.name}:{record.version} had its samples replaced while this ran (register --samples); "
             "run the command again"

@@ -286,10 +286,8 @@ def _build_all(
             try:
                 verdict, timings = _gate(store, record, recipe, digest, samples, reference, tolerance)
             except Exception:
-                if not (recipe.steps and not store.blobs.has(digest)):
+                if not (recipe.steps and _put_again(store, digest, path)):
                     raise
-                # the same bytes of another model's row, removed since this build wrote them (helper-247): anew
-                store.blobs.put_file(path)
                 verdict, timings = _gate(store, record, recipe, digest, samples, reference, tolerance)
             metrics = {**verdict.metrics, "convert_s": round(convert_s, 4), **timings}
             status: Status = "verified" if verdict.passed else "rejected"
@@ -303,8 +301,8 @@ def _build_all(
                 error=verdict.reason,
                 build_time_s=round(convert_s + time.perf_counter() - t0, 4),
             )
-            if recipe.steps and not store.blobs.has(digest):  # the same bytes of a row removed meanwhile (another
-                store.blobs.put_file(path)  # model's): named now, no removal deletes them
+            if recipe.steps:  # named by its row now, no removal deletes them
+                _put_again(store, digest, path)
             say(f"{recipe.describe()}: {status}" + (f" ({verdict.reason})" if verdict.reason else ""))
         except Exception as e:
             reason = str(e) if isinstance(e, _Failed) else _first_line(e)
@@ -318,14 +316,23 @@ def _build_all(
                 error=reason,
                 build_time_s=time.perf_counter() - t0,
             )
-            if recipe.steps and digest is not None and not store.blobs.has(digest):  # a failed row names its bytes
-                store.blobs.put_file(path)  # too, which a removal of the same bytes may have taken as above
+            if recipe.steps and digest is not None:  # a failed row names its bytes too
+                _put_again(store, digest, path)
             say(f"{recipe.describe()}: failed ({reason})")
         report.built.append(v.id)
 
 
 class _Failed(Exception):
     pass
+
+
+def _put_again(store: Store, digest: str, path: Path) -> bool:
+    """Write a build's bytes again where a removal took them since the build wrote them (another model's row held
+    the same bytes: helper-247); whether it had to."""
+    if store.blobs.has(digest):
+        return False
+    store.blobs.put_file(path)
+    return True
 
 
 def _gate(
