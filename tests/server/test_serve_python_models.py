@@ -1093,6 +1093,64 @@ def test_a_call_from_a_process_the_model_forked_fails_at_once_saying_why(tmp_pat
         assert "from a process the model forked" in said, said
 
 
+# runs a function of its own, which calls one of a module beside it, in a pool of processes started by START (spawn or
+# forkserver: new interpreters, which import the model's modules by name), from initialize to finalize
+STARTS = """
+import multiprocessing
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from helper import times
+
+
+def double(x):
+    call = pb_utils.InferenceRequest(model_name="mlp", inputs=[pb_utils.Tensor("x", x)], requested_output_names=["y"])
+    try:
+        call.exec()
+    except pb_utils.TritonModelException as e:
+        return times(x, 2.0), pb_utils.get_model_dir(), e.message()
+    return times(x, 2.0), pb_utils.get_model_dir(), "called"
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.pool = multiprocessing.get_context("START").Pool(1)
+
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name(requests[0], "x").as_numpy()
+        y, folder, called = self.pool.apply_async(double, (x,)).get(timeout=30)
+        said = np.array([folder.encode(), called.encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("said", said)])]
+
+    def finalize(self):
+        self.pool.terminate()
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_pool_of_new_interpreters_runs_the_models_own_functions(tmp_path: Path, start: str) -> None:
+    """A process started anew (not forked) unpickles a model's function by its module's name: polystack imports
+    ``model.py`` under a package of its own, which such a process could not import, so its worker failed to read
+    the task and the request waited for good (forkserver is Python 3.14's default). The package and
+    ``triton_python_backend_utils`` are importable in it, with the model's folder on its path, as in Triton's stub;
+    a call to another model from it fails saying why."""
+    repo = repository(tmp_path / "models")
+    python_folder(repo, "starts", STARTS.replace("START", start),
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1, 4 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1, 4 ] }, { name: "said", data_type: TYPE_STRING, '
+        'dims: [ 2 ] } ]\n')  # fmt: skip
+    (repo / "starts" / "1" / "helper.py").write_text("def times(x, k):\n    return x * k\n")
+    with served(tmp_path, repo) as client:
+        x = httpclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        result = client.infer("starts", [x])
+        np.testing.assert_array_equal(result.as_numpy("y"), np.arange(4, dtype=np.float32).reshape(1, 4) * 2)
+        folder, called = (said.decode() for said in result.as_numpy("said"))
+        assert (Path(folder) / "helper.py").read_text().startswith("def times")
+        assert "in a process it started anew" in called, called  # a call to another model: none, saying why
+
+
 # forks a child that is sent SIGTERM (as a multiprocessing pool's terminate() sends its workers) and says how it ended
 TERMINATES = """
 import os

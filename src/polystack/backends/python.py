@@ -55,7 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from polystack import temp_folders
-from polystack.backends import hosting
+from polystack.backends import hosting, python_packages
 from polystack.backends import triton_python_utils as pb_utils
 from polystack.backends.base import RESCHEDULED, Apart, Backend, LoadedModel, Rescheduled, writable
 from polystack.errors import (
@@ -761,7 +761,8 @@ def _import(
     """``model.py`` as a module of a package of its own, its folder (as Triton imports it from its version folder,
     so that ``from . import file2`` finds a module beside it), that folder first on ``sys.path`` while it imports
     (``import file1`` too; ``run`` runs the import, in the words of its failure); ``model_dir``: the model's version
-    folder, which ``pb_utils.get_model_dir()`` gives (a Python-based backend's ``model.py`` lies elsewhere)."""
+    folder, which ``pb_utils.get_model_dir()`` gives (a Python-based backend's ``model.py`` lies elsewhere). The
+    package is importable by name in the processes the model starts anew too (python_packages.py)."""
     sys.modules.setdefault(UTILS, pb_utils)
     sys.modules.setdefault(OWN, _OwnModel(OWN))
     package = f"{pb_utils.MODEL_PACKAGE}{uuid.uuid4().hex}"
@@ -778,6 +779,7 @@ def _import(
         try:
             sys.modules[package] = importlib.util.module_from_spec(folder)
             setattr(sys.modules[package], pb_utils.MODEL_DIR, str(model_dir))
+            python_packages.publish(package, path.parent, model_dir, pb_utils.MODEL_DIR)
             sys.modules[name] = module
             run(spec.loader.exec_module, module)
         except BaseException:
@@ -869,8 +871,10 @@ def _outside_sequence(model: str) -> BackendError:
 
 
 def _forget(module: ModuleType) -> None:
-    """Take a model's module, its package and the modules of its package out of the module cache."""
+    """Take a model's module, its package and the modules of its package out of the module cache (and the package
+    out of the processes the model starts anew from now on)."""
     package = module.__name__.rpartition(".")[0] or module.__name__
+    python_packages.withdraw(package)
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
         del sys.modules[name]
 

@@ -276,6 +276,14 @@ _RUNNING: ContextVar[_Running] = ContextVar("polystack_python_model", default=_N
 _SERVER: list[weakref.ref[Host]] = []
 
 
+# where a model finds no server: it runs outside one, or in a process it started anew (python_packages.py)
+_OUTSIDE = (
+    "this model runs outside a server (polystack predict, a batch job) or in a process it started anew (a spawn or "
+    "forkserver pool's)"
+)
+_FROM_EXECUTE = "; in a server, ask from execute's process"
+
+
 def _server() -> Host | None:
     return _SERVER[-1]() if _SERVER else None
 
@@ -682,9 +690,7 @@ class InferenceRequest:
         # a thread the model started itself has none of its context: the server that hosts the process's models
         host = running.host if running.model else _server()
         if host is None:
-            raise TritonModelException(
-                "this model runs outside a server (polystack predict, a batch job): it cannot call other models"
-            )
+            raise TritonModelException(f"{_OUTSIDE}: it cannot call other models{_FROM_EXECUTE}")
         parameters: dict[str, Any] = dict(self._parameters)
         if self._timeout:
             parameters["timeout"] = int(self._timeout)
@@ -1043,7 +1049,7 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
     running = _RUNNING.get()
     host = running.host if running.model else _server()
     if host is None:
-        raise TritonModelException("this model runs outside a server: there are no other models to ask about")
+        raise TritonModelException(f"{_OUTSIDE}: there are no other models to ask about{_FROM_EXECUTE}")
     try:
         return host.model_ready(model_name, str(model_version) or None)
     except PolystackError as e:
@@ -1060,7 +1066,7 @@ def _control(what: str, ask: Any) -> None:
         )
     host = running.host if running.model else _server()
     if host is None:
-        raise TritonModelException(f"this model runs outside a server: {what} has no server to ask")
+        raise TritonModelException(f"{_OUTSIDE}: {what} has no server to ask{_FROM_EXECUTE}")
     try:
         ask(host, running.model).result()
     except PolystackError as e:
