@@ -273,6 +273,25 @@ def test_a_model_without_samples_gets_synthesized_ones_stored(store: Store, tmp_
     assert stored is not None and stored["x"].shape == (samples.DEFAULT_COUNT, 4)
 
 
+@pytest.mark.parametrize("bytes_kept", [True, False])
+def test_samples_synthesized_for_a_model_removed_meanwhile_do_not_bring_it_back(
+    store: Store, tmp_path: Path, bytes_kept: bool
+) -> None:
+    """A build read the model, then a `remove` took it (its bytes still named by another model, or gone): storing
+    the samples made for it registered the model again (or failed on the missing file); now it is refused saying
+    why, and the model stays removed."""
+    from polystack.examples import mlp_onnx
+
+    imported = import_model(mlp_onnx(tmp_path / "m.onnx", sizes=(4, 8, 2)), tmp_path)
+    record, _ = store.register(imported.artifact, name="bare", format="onnx", signature=imported.signature)
+    if bytes_kept:
+        store.register(imported.artifact, name="twin", format="onnx", signature=imported.signature)
+    store.remove("bare")
+    with pytest.raises(Conflict, match="removed while this ran"):
+        samples.ensure(store, record, tmp_path)
+    assert store.models.list("bare") == []
+
+
 def test_a_model_that_refuses_its_synthesized_samples_says_to_give_real_ones(store: Store, tmp_path: Path) -> None:
     """A model reading its string input as numbers (Triton's simple_string) fails on made-up strings: each
     variant's reason says the samples were synthesized and how to give real ones (helper-92: ONNX Runtime's

@@ -19,7 +19,7 @@ import numpy as np
 
 from polystack.errors import Conflict, InvalidRequest
 from polystack.store import ModelRecord, Store
-from polystack.store.models import SYNTHESIZED
+from polystack.store.models import SYNTHESIZED, removed_meanwhile
 from polystack.types import DType, Signature, TensorSpec
 
 DEFAULT_COUNT = 128  # rows: a 99% top-1 gate needs 100+ rows to tolerate one near-tie flip
@@ -174,15 +174,20 @@ def ensure(store: Store, record: ModelRecord, workdir: Path) -> tuple[ModelRecor
         return record, found, bool(record.settings.get(SYNTHESIZED))
     synthetic = synthesize(record.signature)
     path = to_npz(synthetic, workdir / "samples.npz")
-    updated, _ = store.register(
-        store.artifact_path(record),
-        name=record.name,
-        format=record.format,
-        signature=record.signature,
-        source_filename=record.source_filename,
-        samples=path,
-        settings={SYNTHESIZED: True},
-    )
+    try:  # to the row read, as long as it is there: a `remove` meanwhile must not see the model come back
+        updated, _ = store.register(
+            store.artifact_path(record),
+            name=record.name,
+            format=record.format,
+            signature=record.signature,
+            source_filename=record.source_filename,
+            samples=path,
+            settings={SYNTHESIZED: True},
+            version=record.version,
+            existing=True,
+        )
+    except FileNotFoundError:  # its bytes went with it
+        raise Conflict(removed_meanwhile(record.name, record.version)) from None
     return updated, synthetic, True
 
 

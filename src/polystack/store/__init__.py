@@ -51,12 +51,14 @@ class Store:
         samples: Path | None = None,
         settings: Mapping[str, Any] | None = None,
         version: int | None = None,
+        existing: bool = False,
     ) -> tuple[ModelRecord, bool]:
         """Store an imported artifact (and its samples) under ``name``; (record, created). ``version``: the
-        version it must have (``ModelTable.add``), else the bytes' existing version or the next one."""
+        version it must have (``ModelTable.add``), else the bytes' existing version or the next one; ``existing``:
+        only a row there already takes them (``ModelTable.add``)."""
         added = self.add(
             artifact, name=name, format=format, signature=signature, tags=tags, source_filename=source_filename,
-            samples=samples, settings=settings, version=version,
+            samples=samples, settings=settings, version=version, existing=existing,
         )  # fmt: skip
         return added.record, added.created
 
@@ -74,6 +76,7 @@ class Store:
         version: int | None = None,
         replaceable: Callable[[ModelRecord], bool] | None = None,
         settings_if_new: Mapping[str, Any] | None = None,
+        existing: bool = False,
     ) -> Added:
         """``register``, which may take ``version`` from a row holding other bytes where ``replaceable`` says
         it may go (``ModelTable.add``): that row is set aside, for ``restore`` if what replaced it is taken
@@ -98,6 +101,7 @@ class Store:
                 replaceable=replaceable,
                 settings_if_new=settings_if_new,
                 retire=self._retire,
+                existing=existing,
             )
             if result is not None:
                 return result

@@ -99,6 +99,7 @@ class ModelTable:
         replaceable: Callable[[ModelRecord], bool] | None = None,
         settings_if_new: Mapping[str, Any] | None = None,
         retire: Callable[[set[str]], None] = lambda digests: None,
+        existing: bool = False,
     ) -> Added | None:
         """Insert a new version, or return the existing one holding the same bytes (idempotent).
 
@@ -107,7 +108,9 @@ class ModelTable:
         another version holds the same bytes), and ``Conflict`` if it holds other bytes, unless
         ``replaceable`` says that row may be replaced: then it is set aside, with its variants and plans
         (``restore`` puts it back, ``drop`` deletes it), and the new row takes its version.
-        ``settings_if_new`` are settings a new row gets and an existing one does not.
+        ``settings_if_new`` are settings a new row gets and an existing one does not. ``existing``: only the row
+        holding these bytes under ``version`` takes them (what was added to a record read before: samples made for
+        it), ``Conflict`` where a removal took it meanwhile, which a new row would undo.
 
         Returns the record and whether it was created (and the row it set aside), or None when
         ``blobs_present()`` says, inside the transaction, that a concurrent removal took the blobs away
@@ -126,8 +129,12 @@ class ModelTable:
                     "SELECT * FROM models WHERE name = ? AND digest = ? AND version > 0 ORDER BY version LIMIT 1",
                     (name, digest),
                 ).fetchone()
+                if existing and row is None:
+                    raise Conflict(removed_meanwhile(name, version))
             else:
                 row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+                if existing and (row is None or row["digest"] != digest):
+                    raise Conflict(removed_meanwhile(name, version))
                 if row is not None and row["digest"] != digest and replaceable is not None:
                     old = ModelRecord.from_row(row)
                     if replaceable(old):  # set aside under a version no one asks for (-id, unique), saying whence
@@ -290,6 +297,12 @@ def _delete_set_aside(conn: sqlite3.Connection, name: str, version: int | None) 
     ids = [r["id"] for r in rows if version is None or json.loads(r["settings"]).get(SET_ASIDE_FROM) == version]
     conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in ids])
     return len(ids)
+
+
+def removed_meanwhile(name: str, version: int | None) -> str:
+    """Why what was made for a model read before is not stored: a removal (or a replacement) took it meanwhile."""
+    model = name if version is None else f"{name}:{version}"
+    return f"model {model} was removed while this ran (polystack remove); register it again and run this again"
 
 
 def digests_in_use(conn: sqlite3.Connection) -> set[str]:
