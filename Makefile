@@ -17,9 +17,15 @@ CSTAMP := $(CLOUD)/.installed-$(shell cat constraints-cloud.txt $(AZURITE)/packa
 
 .PHONY: demo test lint typecheck unit bench clean setup
 
+# The pinned packages (NumPy 2.3, pandas 3) need Python 3.11 or newer; an older one is refused in one line.
+export NEEDS_PYTHON := import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else \
+  f"polystack needs Python 3.11 or newer, and {sys.executable} is {v.major}.{v.minor}: run make PYTHON=python3.11 " \
+  "(or newer), after rm -rf $(VENV) if it was made with this one")
+
 setup: $(STAMP) $(KSTAMP) $(CSTAMP)
 
 $(STAMP):
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c "$$NEEDS_PYTHON"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: a bare `torch` requirement would pull the CUDA build.

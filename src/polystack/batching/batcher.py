@@ -338,7 +338,7 @@ class DynamicBatcher:
             self._expire(pending)
             pending.outcome.abandon(int((time.monotonic() - pending.enqueued) * 1e9))
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not self._expire(pending):
                 return await waiter  # it left the queue in time and is running now: let it finish
             pending.outcome.settle("fail", int((time.monotonic() - pending.enqueued) * 1e9))

@@ -321,7 +321,7 @@ class SequenceBatcher:
             self._end(request, None)
             request.outcome.abandon(int((time.monotonic() - request.enqueued) * 1e9))
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             expired = DeadlineExceeded(  # Triton's words, then what happened and what to do
                 f"timeout of the corresponding sequence has been expired: sequence {request.flags.id} waited "
                 f"for a slot of model {self.entry.name!r} past the request's timeout; none of its requests ran, and "
