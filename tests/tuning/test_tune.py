@@ -114,10 +114,12 @@ def test_edge_profile_takes_the_smallest_variant_within_the_slo(
 def test_halving_measures_fewer_configurations_and_still_finds_the_best(
     store: Store, mlp: ModelRecord, add_variant: AddVariant
 ) -> None:
-    for d in (4.0, 3.0, 2.5, 2.0, 1.5, 1.2):
+    # the others 3 ms or slower: the best's p99 over a 120 ms run beside the suite's other worker once measured
+    # 1.37 ms, past the 1.2 ms variant's, and the tune rightly chose that one
+    for d in (8.0, 6.0, 5.0, 4.0, 3.5, 3.0):
         add_variant(store, mlp, delay_ms=d)
     best = add_variant(store, mlp, delay_ms=0.1)
-    opts = TuneOptions(**{**FAST.__dict__, "strategy": "halving", "budget_s": 4.0, "duration_ms": 120})
+    opts = TuneOptions(**{**FAST.__dict__, "strategy": "halving", "budget_s": 8.0, "duration_ms": 120})
     result = tune(store, mlp, "realtime", opts)
     assert result.outcome.strategy.startswith("successive halving")
     assert result.chosen is not None and result.chosen.config.candidate == best.id
