@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 PREFIX = "polystack-model-packages-"
 UTILS = "triton_python_backend_utils"
 
-_UTILS_SOURCE = '''"""polystack's triton_python_backend_utils, in a process a Python model started anew (in polystack's own
-process a model's import of this name gets that module already)."""
+_UTILS_SOURCE = '''"""polystack's triton_python_backend_utils, in a process a Python model started anew (in
+polystack's own process a model's import of this name gets that module already)."""
 import sys
 
 from polystack.backends import triton_python_utils
@@ -47,49 +47,57 @@ if {folder!r} not in _sys.path:
 '''
 
 _lock = threading.Lock()
-_root: list[Path] = []  # the folder on sys.path, once made (none: not yet, or it could not be)
-_tried: list[bool] = []
+_root: Path | None = None  # the folder on sys.path, once made
+_tried = False  # whether it was: where it could not be, it is not tried again
 
 
 def publish(package: str, folder: Path, model_dir: Path, attribute: str) -> None:
     """Make ``package`` importable by name in processes started from this one from now on: its modules are those of
-    ``folder``, and ``model_dir`` its ``attribute`` (what ``get_model_dir`` reads). Where no folder can be written, only a warning: the model
-    serves, and only a process it starts anew cannot import its code."""
+    ``folder``, and ``model_dir`` its ``attribute`` (what ``get_model_dir`` reads). Where nothing can be written,
+    a warning: the model serves, and only a process it starts anew cannot import its code."""
     root = _made()
     if root is None:
         return
-    where = root / package
-    where.mkdir(exist_ok=True)
-    (where / "__init__.py").write_text(
-        _PACKAGE_SOURCE.format(folder=str(folder), model_dir=str(model_dir), attribute=attribute)
-    )
+    try:
+        (root / package).mkdir(exist_ok=True)
+        (root / package / "__init__.py").write_text(
+            _PACKAGE_SOURCE.format(folder=str(folder), model_dir=str(model_dir), attribute=attribute)
+        )
+    except OSError as e:
+        _unwritable(e)
 
 
 def withdraw(package: str) -> None:
     """``package``'s folder goes (its model was unloaded, or its import failed)."""
-    if _root:
-        shutil.rmtree(_root[0] / package, ignore_errors=True)
+    if _root is not None:
+        shutil.rmtree(_root / package, ignore_errors=True)
 
 
 def _made() -> Path | None:
+    """The folder on ``sys.path``, made the first time (None: it could not be)."""
+    global _root, _tried
     with _lock:
-        if _root or _tried:
-            return _root[0] if _root else None
-        _tried.append(True)
+        if _tried:
+            return _root
+        _tried = True
         try:
             root, owner = temp_folders.make(PREFIX)
             (root / f"{UTILS}.py").write_text(_UTILS_SOURCE)
         except OSError as e:
-            log.warning(
-                "cannot write the folder that makes Python models' code importable in the processes they start "
-                "anew (%s): a spawn or forkserver pool of a model cannot run its functions; give TMPDIR a writable "
-                "folder to have them", e
-            )
+            _unwritable(e)
             return None
         sys.path.append(str(root))  # last: it shadows nothing of the server's own
         atexit.register(_remove, root, owner, os.getpid())
-        _root.append(root)
+        _root = root
         return root
+
+
+def _unwritable(e: OSError) -> None:
+    log.warning(
+        "cannot write the files that make a Python model's code importable in the processes it starts anew (%s): "
+        "its spawn or forkserver pool cannot run its functions; give TMPDIR a writable folder with room",
+        e,
+    )
 
 
 def _remove(root: Path, owner: IO[str] | None, pid: int) -> None:
