@@ -275,6 +275,26 @@ def test_a_variant_built_again_with_other_bytes_lets_the_old_go_after_an_hour(st
     assert store.blobs.has(second)
 
 
+def test_a_variant_or_plan_of_a_model_removed_meanwhile_is_refused_saying_so(store: Store, mlp_path: Path) -> None:
+    """helper-248: a `remove` while `variants` (or `tune`) ran made its next write of a variant (or plan) fail on
+    the catalog's foreign key, a traceback (sqlite3.IntegrityError); it is a Conflict that says what happened."""
+    record, _ = register(store, mlp_path)
+    variant = _built(store, record)
+    store.remove("mlp")
+    kw: dict[str, Any] = {
+        "backend": "onnxruntime", "device": "cpu", "precision": "int8", "options": {}, "format": "onnx",
+        "digest": None, "size_bytes": None, "status": "failed", "error": "why",
+    }  # fmt: skip
+    with pytest.raises(Conflict, match="model mlp:1 was removed while this ran"):
+        store.variants.upsert(record, **kw)
+    with pytest.raises(Conflict, match="model mlp:1 was removed while this ran"):
+        store.plans.put(
+            record, profile="realtime", fingerprint="f", variant_id=variant.id, settings={}, measurements=[],
+            explanation="", machine={},
+        )  # fmt: skip
+    assert store.models.list() == [] and store.variants.for_model(record) == []
+
+
 def test_catalog_uses_wal_and_a_versioned_schema(store: Store) -> None:
     conn = sqlite3.connect(store.home / "catalog.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -299,6 +299,14 @@ def _delete_set_aside(conn: sqlite3.Connection, name: str, version: int | None) 
     return len(ids)
 
 
+def require_row(conn: sqlite3.Connection, model: ModelRecord) -> None:
+    """``Conflict`` where ``model``'s row is gone (in the caller's write transaction): what a command made for a
+    model it read (a variant, a plan) is not stored for a model a `remove` took meanwhile (the catalog's foreign key
+    would refuse it in sqlite's words)."""
+    if conn.execute("SELECT 1 FROM models WHERE id = ?", (model.id,)).fetchone() is None:
+        raise Conflict(removed_meanwhile(model.name, model.version))
+
+
 def removed_meanwhile(name: str, version: int | None) -> str:
     """Why what was made for a model read before is not stored: a removal (or a replacement) took it meanwhile."""
     model = name if version is None else f"{name}:{version}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polystack.store.catalog import Catalog
-from polystack.store.models import ModelRecord
+from polystack.store.models import ModelRecord, require_row
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class PlanTable:
         machine: Mapping[str, Any],
     ) -> PlanRecord:
         with self.catalog.write() as conn:
+            require_row(conn, model)
             conn.execute(
                 "INSERT INTO plans (model_id, profile, fingerprint, variant_id, settings, measurements,"
                 " explanation, machine, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"

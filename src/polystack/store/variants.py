@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from polystack.errors import VariantNotFound
 from polystack.store.catalog import Catalog
-from polystack.store.models import ModelRecord, digests_in_use
+from polystack.store.models import ModelRecord, digests_in_use, require_row
 
 Status = Literal["verified", "rejected", "failed", "pending"]
 
@@ -130,6 +130,7 @@ class VariantTable:
     ) -> VariantRecord:
         opts = json.dumps(dict(options), sort_keys=True)
         with self.catalog.write() as conn:
+            require_row(conn, model)
             # this model's row for this build, whatever its id; else a new one, under the plain id unless
             # the same bytes registered as another model hold it (the upsert then kept that model's row,
             # and `variants` of the second found none)
