@@ -40,3 +40,30 @@ def test_a_published_package_imports_in_a_spawned_process_with_its_folder_on_the
     python_packages.withdraw(name)
     with spawn.Pool(1) as pool:
         assert pool.apply(_imports, (name,)) is False
+
+
+UNWRITABLE = """
+import resource, signal, sys
+from pathlib import Path
+from polystack.backends import python_packages
+
+root = python_packages._made()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of ending the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+python_packages.publish("polystack_python_model_unwritable", Path(sys.argv[1]), Path(sys.argv[1]), "__model_dir__")
+print(sorted(p.name for p in root.iterdir()))
+"""
+
+
+def test_a_package_that_cannot_be_written_leaves_nothing_and_only_warns(tmp_path: Path) -> None:
+    """helper-248: an ``__init__.py`` that could not be written left its package's folder empty, a namespace
+    package of nothing; now nothing is left of it, the model loads, and the log says what to do."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", UNWRITABLE, str(tmp_path)], capture_output=True, text=True, timeout=60,
+        env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['triton_python_backend_utils.py']"  # the package's folder went
+    assert "cannot write the files" in done.stderr and "give TMPDIR a writable folder" in done.stderr
