@@ -208,3 +208,25 @@ def test_a_full_waiting_batch_lets_the_next_one_form_and_wait_on_another_instanc
         f.result(5)
     b.close()
     assert model.calls == [4, 4], model.calls
+
+
+def test_requests_join_a_waiting_batch_as_they_come_and_the_rest_form_the_next() -> None:
+    """As Triton's payload takes requests while its instance waits: a batch staged with 3 of its 4 takes the 4th as
+    it comes, and the 4 after it form the next batch, which waits on the other instance. They joined only at the
+    grant, so every queued request waited for the first batch's instance, the second one idle (the test above
+    failed so once on Python 3.13, its worker having taken the first requests before the fourth came)."""
+    limiter = RateLimiter()
+    model = Echo()
+    b = batcher(limiter.register("m:1", [(R1, 2)], device=0), model, max_queue_delay_ms=1000, max_batch_size=4,
+                instances=2, preferred_batch_sizes=(4,))  # fmt: skip
+    held = Held(limiter)
+    sent = [b.submit({"x": X}) for _ in range(3)]
+    waiting(limiter)  # staged with what it had
+    sent += [b.submit({"x": X}) for _ in range(5)]
+    waiting(limiter, 2)
+    assert b.depth == 8
+    held.free()
+    for f in sent:
+        f.result(5)
+    b.close()
+    assert model.calls == [4, 4], model.calls

@@ -286,7 +286,10 @@ class DynamicBatcher:
             self._link(pending)
             self._queued += 1
             self._last_arrival = now
-            self._cond.notify()
+            if self._staged and self._join_staged():
+                self._cond.notify_all()  # a batch it filled lets the next one form
+            else:
+                self._cond.notify()
         return pending
 
     def _check_layout(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
@@ -539,6 +542,22 @@ class DynamicBatcher:
                     self._cond.notify_all()
                     for p in batch:
                         p.holder = None
+
+    def _join_staged(self) -> bool:
+        """Let the requests queued join the batches waiting for the rate limiter as they come (the condition's lock
+        held), by ``_top_up``'s rule, as Triton's payload takes them while its instance waits: once one is full,
+        the requests after form the next batch, for another instance (joining only at the grant, a batch staged
+        with 3 of 4 held 5 queued requests back from the second instance). Whether any joined."""
+        joined = False
+        for batch in self._staged:
+            before = len(batch)
+            if batch:
+                self._top_up(batch)
+            for p in batch[before:]:
+                p.holder = batch
+            self._held_back += len(batch) - before
+            joined = joined or len(batch) > before
+        return joined
 
     def _growing(self) -> bool:
         """Whether a batch waiting for the rate limiter can still grow (the condition's lock held): then the requests
