@@ -191,7 +191,13 @@ def test_a_nested_ensemble_runs_a_sequence_model_it_holds_after_an_unload(tmp_pa
         # call), so its request could reach the server after the unload (cc102)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v2/models/outer/infer", json=body, timeout=30)
-            time.sleep(0.3)  # in step 1, its batcher waiting for company
+
+            def in_step_1() -> bool:  # its batcher waiting for company (a fixed 0.3 s was not enough once: cc163)
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+                m = re.search(r'^polystack_inference_queue_depth\{model="slowid",version="1"\} (\S+)$', text, re.M)
+                return m is not None and float(m.group(1)) == 1
+
+            assert until(in_step_1, 10), "the request never reached step 1"
             client.unload_model("acc")
             answer = pending.result()
         assert answer.status_code == 200, answer.text
