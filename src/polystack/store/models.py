@@ -129,24 +129,23 @@ class ModelTable:
                     "SELECT * FROM models WHERE name = ? AND digest = ? AND version > 0 ORDER BY version LIMIT 1",
                     (name, digest),
                 ).fetchone()
-                if existing and row is None:
-                    raise Conflict(removed_meanwhile(name, version))
             else:
                 row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
-                if existing and (row is None or row["digest"] != digest):
-                    raise Conflict(removed_meanwhile(name, version))
-                if row is not None and row["digest"] != digest and replaceable is not None:
-                    old = ModelRecord.from_row(row)
-                    if replaceable(old):  # set aside under a version no one asks for (-id, unique), saying whence
-                        aside = json.dumps({**old.settings, SET_ASIDE_FROM: version})
-                        conn.execute("UPDATE models SET version = ?, settings = ? WHERE id = ?", (-old.id, aside, old.id))
-                        replaced, row = old, None
-                if row is not None and row["digest"] != digest:
-                    raise Conflict(
-                        f"{name}:{version} is already in the store with other bytes ({row['source_filename'] or 'a model'},"
-                        f" sha256 {row['digest'][:12]}...); remove it (`polystack remove {name}:{version}`) to put these"
-                        " in its place, or give the model another name or version"
-                    )
+            if existing and (row is None or row["digest"] != digest):
+                raise Conflict(removed_meanwhile(name, version))
+            # (other bytes under the name: only where a version was given, the row being that version's)
+            if row is not None and row["digest"] != digest and replaceable is not None:
+                old = ModelRecord.from_row(row)
+                if replaceable(old):  # set aside under a version no one asks for (-id, unique), saying whence
+                    aside = json.dumps({**old.settings, SET_ASIDE_FROM: version})
+                    conn.execute("UPDATE models SET version = ?, settings = ? WHERE id = ?", (-old.id, aside, old.id))
+                    replaced, row = old, None
+            if row is not None and row["digest"] != digest:
+                raise Conflict(
+                    f"{name}:{version} is already in the store with other bytes ({row['source_filename'] or 'a model'},"
+                    f" sha256 {row['digest'][:12]}...); remove it (`polystack remove {name}:{version}`) to put these"
+                    " in its place, or give the model another name or version"
+                )
             if row is not None:
                 merged = {**json.loads(row["tags"]), **tags}
                 updates: dict[str, Any] = {"tags": json.dumps(merged, sort_keys=True)}
