@@ -89,6 +89,7 @@ from polystack.server import (
 )
 from polystack.server.decoupled import ResponseStream, Streamed
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
+from polystack.server.load_history import Configured, LoadHistory
 from polystack.server.logs import LogSettings
 from polystack.server.model_calls import ModelCalls
 from polystack.server.request_trace import RequestTrace
@@ -281,16 +282,6 @@ def _one_repository(repository_name: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class _Configured:
-    """A repository model's last load with a config: its folder then, and that config (and version policy),
-    which a load without a config keeps, as Triton does, while the folder is unchanged."""
-
-    folder: model_repository.Fingerprint
-    config: str
-    policy: Any
-
-
 def _files_print(taken: model_repository.Fingerprint) -> model_repository.Fingerprint:
     """A model folder's fingerprint but its config's and the folder's own times: what Triton compares to reload a
     model whose files changed, where a config that changes only the instance groups updates them in place (and an
@@ -342,7 +333,6 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
-_MAX_LOAD_FAILURES = 4096  # the load failures the repository index keeps, the newest
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
 # what a decoupled model's refusal names when another model calls it with exec() (which answers once)
@@ -627,18 +617,10 @@ class DataPlane:
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
         self._ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
-        # repository ensembles not served for want of their models as they are: a poll that changes models
-        # loads them again (Triton's poll mode reloads an ensemble's dependents)
-        self._unmet: set[str] = set()
-        # the models each of those runs, where known: explicit mode loads one again once they are all served
-        self._unmet_runs: dict[str, frozenset[str]] = {}
-        # repository models whose last load had a config: their folder then, which a load without one compares
-        self._configured: dict[str, _Configured] = {}
+        # what the server keeps of each name's loads beyond what it serves (failures, versions stopped, ensembles
+        # waiting for their models, the last config given): the repository extension's index and loads read it too
+        self.history = LoadHistory()
         self._sequences_ignored: set[str] = set()  # the models whose ignored sequence parameters the log named
-        self._load_policies: dict[str, Any] = {}  # by name: the version_policy the last load's config gave
-        # what the repository index says of models not served now, as Triton's does: the versions this server
-        # stopped serving ("unloaded"), and why a repository load of a name failed last (until one succeeds)
-        self._stopped: set[tuple[str, int]] = set()
         self._served_names: set[str] = set()  # every model name this server has served (``_resolve``)
         # a repository model's folder as its last load read it: a load that finds it modified since (a file touched,
         # its content the same) loads it afresh, as Triton's compares modification times
@@ -646,9 +628,6 @@ class DataPlane:
         self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
-        self._load_failures: dict[str, tuple[int | None, str]] = {}  # by name: the version that failed (if one), why
-        self._unread: set[str] = set()  # names whose last failure came before their model was read (not unready)
-        self._noted: set[str] = set()  # models that failed to load at start, the server serving on without them
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
         self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
@@ -1009,7 +988,7 @@ class DataPlane:
         ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
         ensemble runs."""
         self._loader.wait_for(name)  # a load of it building now finishes first
-        self._configured.pop(name, None)  # its next load reads the folder
+        self.history.configured.pop(name, None)  # its next load reads the folder
         if name in self._ensembles:
             models = self._ensembles[name].ensemble.models
             self._unload_ensemble(name, "unloaded")
@@ -1062,7 +1041,7 @@ class DataPlane:
             if gone.ensemble.version not in pipeline.served_versions:  # the old version's series go with it
                 self.metrics.retire(name, str(gone.ensemble.version))
                 self._tallies.pop((name, str(gone.ensemble.version)), None)
-                self._stopped.add((name, gone.ensemble.version))  # the index lists it unloaded, as a model's
+                self.history.stopped.add((name, gone.ensemble.version))  # the index lists it unloaded, as a model's
         self._count_loaded()
         log.info(
             "model loaded",
@@ -1198,7 +1177,7 @@ class DataPlane:
         for each in served.every:
             if self.response_cache is not None:
                 self.response_cache.forget(each.load)
-            self._stopped.add((name, each.ensemble.version))
+            self.history.stopped.add((name, each.ensemble.version))
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
@@ -1240,8 +1219,8 @@ class DataPlane:
                 )
                 self._unload_ensemble(other, f"{name!r} changed")
                 if self.repository is not None and self.repository.owns(other):
-                    self._unmet.add(other)
-                    self._unmet_runs[other] = frozenset(served.ensemble.models)
+                    self.history.unmet.add(other)
+                    self.history.unmet_runs[other] = frozenset(served.ensemble.models)
 
     def _serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
@@ -1296,9 +1275,9 @@ class DataPlane:
             self._note_policy(ref.name, policy if config is not None else None)
             folder = self.repository.folder(ref.name)
             if config is not None and folder is not None:  # what a load without one compares with
-                self._configured[ref.name] = _Configured(model_repository.fingerprint(folder), config, policy)
+                self.history.configured[ref.name] = Configured(model_repository.fingerprint(folder), config, policy)
             else:
-                self._configured.pop(ref.name, None)
+                self.history.configured.pop(ref.name, None)
             return loaded
         if ref.name in self._ensembles:
             raise InvalidRequest(
@@ -1331,7 +1310,7 @@ class DataPlane:
         since and does nothing (tritonserver 2.51 kept serving the config's versions where polystack read the
         folder's config again: helper-108). None: the load reads the folder."""
         assert self.repository is not None
-        then, folder = self._configured.get(name), self.repository.folder(name)
+        then, folder = self.history.configured.get(name), self.repository.folder(name)
         if then is None or folder is None or model_repository.fingerprint(folder) != then.folder:
             return None
         served = self._ensembles.get(name)
@@ -1350,9 +1329,9 @@ class DataPlane:
         """The version_policy a load's config gave ``name`` (None: the load had no config, the folder's or start
         config's holds again), which GET config shows as written while it picks what is served."""
         if policy is None:
-            self._load_policies.pop(name, None)
+            self.history.policies.pop(name, None)
         else:
-            self._load_policies[name] = policy
+            self.history.policies[name] = policy
 
     def _load_from_repository(
         self,
@@ -1406,14 +1385,14 @@ class DataPlane:
                             raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                 self.load_ensemble(pipeline, replace_model=True)
             except PolystackError:
-                self._unmet.add(name)  # a poll that changes models tries it again
-                self._unmet_runs[name] = frozenset(pipeline.models)
+                self.history.unmet.add(name)  # a poll that changes models tries it again
+                self.history.unmet_runs[name] = frozenset(pipeline.models)
                 if failed is not None:
                     failed.add(name)
                 raise
-            self._unmet.discard(name)
+            self.history.unmet.discard(name)
             return pipeline
-        self._unmet.discard(name)  # its folder holds a model now: not an ensemble waiting for its models
+        self.history.unmet.discard(name)  # its folder holds a model now: not an ensemble waiting for its models
         before = self.model_configs.get(name)
         if model.config is not None:
             self.model_configs[name] = model.config
@@ -1428,7 +1407,7 @@ class DataPlane:
             self._loaded_prints[name] = print_now
             model_repository.settle(self.store, registered)
             self.repository.models.add(name)
-            self._unmet.discard(name)
+            self.history.unmet.discard(name)
             if name in self._ensembles:  # the folder was an ensemble's: the model serves in its place
                 self._unload_ensemble(name, "its folder holds a model now")
             return entry
@@ -1529,7 +1508,7 @@ class DataPlane:
         # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
-        self._stopped.update((name, v) for v in versions)
+        self.history.stopped.update((name, v) for v in versions)
         self._moved()
         self._count_loaded()
         self._retire(retired, entries)
@@ -1648,7 +1627,7 @@ class DataPlane:
             return {}
         served = self._names_served()
         known: dict[str, set[str]] = {}
-        for name in served | set(self._load_failures):
+        for name in served | set(self.history.failures):
             copy = self.repository.copy_of(name)
             if copy is not None:
                 known.setdefault(copy[0], set()).add(name)
@@ -1715,12 +1694,12 @@ class DataPlane:
             try:
                 entry = self.engine.get(name, v)
             except (ModelNotFound, VersionNotFound, ModelNotReady) as e:
-                stopped = {n for n, _ in frozenset(self._stopped)}
-                failed = self._load_failures.get(name)
+                stopped = {n for n, _ in frozenset(self.history.stopped)}
+                failed = self.history.failures.get(name)
                 if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words, then why
                     # a model Triton tracks (its load failed) has no available versions; one whose load failed
                     # before it was read (Triton's poll failed) is not found
-                    known = "is not found" if name in self._unread else "has no available versions"
+                    known = "is not found" if name in self.history.unread else "has no available versions"
                     raise ModelNotFound(
                         f"Request for unknown model: {name!r} {known}; its last load failed: {failed[1]}"
                     ) from None
@@ -1766,9 +1745,9 @@ class DataPlane:
         served |= {(n, each.ensemble.version) for n, p in list(self._ensembles.items()) for each in p.every}
         names = {n for n, _ in served}
         out = {n for n, _ in frozenset(self._loading) if n not in names}
-        for name, (version, _) in list(self._load_failures.items()):
+        for name, (version, _) in list(self.history.failures.items()):
             serves_on = (name, version) in served if version is not None else name in names
-            if not serves_on and name not in self._unread:
+            if not serves_on and name not in self.history.unread:
                 out.add(name)
         return sorted(out)
 
@@ -2055,7 +2034,7 @@ class DataPlane:
             served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader changes it
             start = self.model_configs.get(name)
             started = (start.written_policy or start.policy) if start is not None else None
-            written = self._load_policies.get(name, started)
+            written = self.history.policies.get(name, started)
         folder = self.repository.folder(name) if self.repository is not None and self.repository.owns(name) else None
         if folder is not None:
             known = model_repository.folder_versions(folder)
@@ -3044,14 +3023,14 @@ class DataPlane:
             if self.repository is not None:
                 names |= self.repository.folders()[0].keys()
                 names |= self.repository.others if self.repository_only else set()
-            names |= self._noted  # a model that failed at start (--exit-on-error false): listed with why
-            gone = {(n, v) for n, v in frozenset(self._stopped) - ready if n in names}
+            names |= self.history.noted  # a model that failed at start (--exit-on-error false): listed with why
+            gone = {(n, v) for n, v in frozenset(self.history.stopped) - ready if n in names}
             loading = {(n, v) for n, v in building - ready if n in names}
             gone -= loading
             out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
             out += [{"name": n, "version": str(v), "state": "LOADING"} for n, v in loading]
             listed = {n for n, _ in ready | gone | loading}
-            failed = {n: f for n, f in list(self._load_failures.items()) if n in names and (n, f[0]) not in ready}
+            failed = {n: f for n, f in list(self.history.failures.items()) if n in names and (n, f[0]) not in ready}
             for n, (v, why) in failed.items():  # the version that failed, as Triton lists it, else the name
                 if (n, v) in loading:  # loaded again now
                     continue
@@ -3066,26 +3045,13 @@ class DataPlane:
         """A repository ensemble that failed to load at start for want of its models (``--exit-on-error false``):
         a poll that changes models tries it again, as it tries an ensemble a poll could not load."""
         if self.repository is not None and self.repository.folder(name) is not None:
-            self._unmet.add(name)
+            self.history.unmet.add(name)
 
     def note_failed_load(self, name: str, e: PolystackError) -> None:
         """A load of ``name`` at start that failed, the server serving on without it (``serve --exit-on-error
         false``): the index lists it with why, and strict readiness counts it."""
-        self._noted.add(name)
-        self._failed(name, e)
-
-    def _failed(self, name: str, e: PolystackError) -> None:
-        """Keep why the last load of ``name`` failed (``e``, in its words), and at which version, for the index
-        (which lists it only while a load could serve the name); the oldest go past ``_MAX_LOAD_FAILURES`` (loads of
-        names nothing knows could grow it)."""
-        self._load_failures.pop(name, None)
-        self._load_failures[name] = (e.failed_version, NotUnique.TRITON if isinstance(e, NotUnique) else e.message)
-        if e.unread:
-            self._unread.add(name)
-        else:
-            self._unread.discard(name)
-        while len(self._load_failures) > _MAX_LOAD_FAILURES:
-            self._load_failures.pop(next(iter(self._load_failures)))
+        self.history.noted.add(name)
+        self.history.failed(name, e)
 
     async def repository_load(
         self, name: str, parameters: dict[str, Any] | None = None, repository_name: str = ""
@@ -3115,7 +3081,7 @@ class DataPlane:
         if len(failures) < len(copies or [name]):
             await self._replace_copies(name, copies)
         for each in copies or [name]:
-            if self._unmet:
+            if self.history.unmet:
                 try:  # the load succeeded whatever this does: its client hears so
                     await self._control(self._restore_dependents, each)
                 except ShuttingDown:
@@ -3166,16 +3132,16 @@ class DataPlane:
         again once every model they run is served, as Triton's load of a model loads the ensembles that depend on it
         (tritonserver 2.51 brought an ensemble back on a reload of its step where polystack left it unloaded:
         helper-108). An ensemble unloaded by name is not waiting (``repository_unload``)."""
-        for other in sorted(self._unmet):  # any of them: a load of one ensemble may have loaded another's model
-            runs = self._unmet_runs.get(other)
-            if other not in self._unmet or runs is None:
+        for other in sorted(self.history.unmet):  # any of them: a load of one ensemble may have loaded another's model
+            runs = self.history.unmet_runs.get(other)
+            if other not in self.history.unmet or runs is None:
                 continue
             if not all(self.model_ready(model, None) or self._renamed(model) for model in runs):
                 continue  # a load of it would load the rest
-            kept = self._configured.get(other)  # the last load's config, while the folder is as it was then
+            kept = self.history.configured.get(other)  # the last load's config, while the folder is as it was then
             folder = self.repository.folder(other) if self.repository is not None else None
             if kept is not None and (folder is None or model_repository.fingerprint(folder) != kept.folder):
-                self._configured.pop(other, None)
+                self.history.configured.pop(other, None)
                 kept = None
             try:
                 if kept is None:
@@ -3241,7 +3207,7 @@ class DataPlane:
                 done = change(name)
             except PolystackError as e:
                 raise self._settled(name, e) from None
-            self._load_failures.pop(name, None)
+            self.history.failures.pop(name, None)
             return done
 
         return run
@@ -3253,10 +3219,10 @@ class DataPlane:
             return PollFailed(f"{_polled(name)}: {e.message}")
         if e.unread and not isinstance(e, (PollFailed, StepNotServed)):  # its model unread: Triton's poll fails
             polled = PollFailed(f"{_polled(name)}: {e.message}").at_version(e.failed_version)  # its 500
-            self._failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
+            self.history.failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
             return polled
         failed = load_refused(name, e)
-        self._failed(name, failed)
+        self.history.failed(name, failed)
         if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
             return InvalidRequest(failed.message)
         return failed
@@ -3292,7 +3258,7 @@ class DataPlane:
         finally:
             _UPLOADED.reset(uploaded)
         registered.settle(self.store)  # the bytes it replaced, no longer served
-        self._configured.pop(name, None)  # what serves is the files': a load without a config reads the folder
+        self.history.configured.pop(name, None)  # what serves is the files': a load without a config reads the folder
         if registered.created or registered.settings_before is not None:  # the store changed: say so
             log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
         return entry
@@ -3324,7 +3290,7 @@ class DataPlane:
                 f"failed to load {quote(name, 140)}: {NotUnique.TRITON}; keep it in one", extra={"model": name}
             )
             # at the latest version it served: the index lists it so, in place of "unloaded"
-            self._failed(name, NotUnique(NotUnique.TRITON).at_version(max(served, default=None)))
+            self.history.failed(name, NotUnique(NotUnique.TRITON).at_version(max(served, default=None)))
         for name in sorted(now.keys() | repository.seen.keys()):
             before, after = repository.seen.get(name), now.get(name)
             if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
@@ -3336,13 +3302,13 @@ class DataPlane:
                 return
             if after is None:  # its folder is gone
                 repository.seen.pop(name, None)
-                self._unmet.discard(name)
+                self.history.unmet.discard(name)
                 if name in self._ensembles or self._serves_model(name):
                     self.unload(name)
                     changed = True
                 # gone from the repository: the index no longer lists it, as Triton's does not
-                self._stopped = {(n, v) for n, v in self._stopped if n != name}
-                self._load_failures.pop(name, None)
+                self.history.stopped = {(n, v) for n, v in self.history.stopped if n != name}
+                self.history.failures.pop(name, None)
                 continue
             repository.seen[name] = after  # a folder that fails is read again once it changes again
             todo.append(name)
@@ -3361,7 +3327,7 @@ class DataPlane:
             except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
                 return
             except PolystackError as e:
-                if name in self._unmet:  # an ensemble: a model it runs may load later in this poll
+                if name in self.history.unmet:  # an ensemble: a model it runs may load later in this poll
                     deferred[name] = e.message
                     continue
                 log.error(
@@ -3369,19 +3335,20 @@ class DataPlane:
                     "folder is read again once it changes",
                     extra={"model": name, "error": e.message},
                 )
-                self._failed(name, load_refused(name, e))
+                self.history.failed(name, load_refused(name, e))
             except Exception:
                 log.exception("failed to load a model from the model repository", extra={"model": name})
             else:
                 changed = True
-                self._load_failures.pop(name, None)
-                self._load_policies.pop(name, None)  # the folder's config holds again
+                self.history.failures.pop(name, None)
+                self.history.policies.pop(name, None)  # the folder's config holds again
                 served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
                 log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
         still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
         for name, message in deferred.items():
-            if name in self._unmet:  # still failing once the poll's models loaded
-                self._failed(name, InvalidRequest(f"failed to load {quote(name, 140)}: {still.get(name, message)}"))
+            if name in self.history.unmet:  # still failing once the poll's models loaded
+                failure = InvalidRequest(f"failed to load {quote(name, 140)}: {still.get(name, message)}")
+                self.history.failed(name, failure)
                 log.error(
                     f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
                     "and it is read again once its folder changes or a poll changes models",
@@ -3426,17 +3393,17 @@ class DataPlane:
         pass while one more loads. Those that still fail, with why (logged, but for those in ``quiet``). The models
         in ``tried`` (the poll's failures) are not read again for them; a pass that loads one tries them anew."""
         failed: dict[str, str] = {}
-        for _ in range(len(self._unmet)):  # each pass loads one more of them, or it is the last
+        for _ in range(len(self.history.unmet)):  # each pass loads one more of them, or it is the last
             progress = False
             tried_now = set(tried or ())  # what fails in this pass is read once in it
-            for name in sorted(self._unmet):
+            for name in sorted(self.history.unmet):
                 assert self.repository is not None  # only repository ensembles are unmet
                 if self.draining:
                     return failed
-                if name not in self._unmet:  # loaded meanwhile, as a model another one runs
+                if name not in self.history.unmet:  # loaded meanwhile, as a model another one runs
                     continue
                 if self.repository.folder(name) is None:  # its folder is gone
-                    self._unmet.discard(name)
+                    self.history.unmet.discard(name)
                     continue
                 try:
                     self._load_from_repository(name, None, failed=tried_now)
@@ -3445,7 +3412,7 @@ class DataPlane:
                 except PolystackError as e:
                     failed[name] = e.message
                 else:
-                    self._unmet.discard(name)  # served as its folder says (an ensemble, or a model now)
+                    self.history.unmet.discard(name)  # served as its folder says (an ensemble, or a model now)
                     failed.pop(name, None)
                     progress = True
                     log.info("model folder read again: what it runs fits it now", extra={"model": name})
@@ -3517,7 +3484,7 @@ class DataPlane:
                 self.unload(name)
             self._take_back(undone)
             self._forget_names(repository.unregister_repository(root))
-            self._load_failures.pop(model, None)  # its repository is gone: nothing left to be unready for
+            self.history.failures.pop(model, None)  # its repository is gone: nothing left to be unready for
             raise
         return made()
 
@@ -3542,8 +3509,8 @@ class DataPlane:
         for name in names:
             if not self._serves_model(name) and name not in self._ensembles:
                 self.model_configs.pop(name, None)
-                self._configured.pop(name, None)
-                self._load_policies.pop(name, None)
+                self.history.configured.pop(name, None)
+                self.history.policies.pop(name, None)
 
     def _names_served(self) -> set[str]:
         return {e.name for e in self.engine.loaded()} | set(self._ensembles)
@@ -3573,9 +3540,7 @@ class DataPlane:
         what the server kept of the name's loads."""
         self._in_turn(name)
         self.unload(name, dependents)
-        self._unmet.discard(name)  # unloaded by name: no load of the models it runs brings it back, as in Triton
-        self._load_failures.pop(name, None)  # unloaded now, as Triton's index then says, and no longer unready
-        self._load_policies.pop(name, None)
+        self.history.unloaded(name)
 
     def _in_turn(self, name: str) -> None:
         """Wait while another load of ``name`` builds it (``Loader.wait_for``), as a load or unload queued behind
