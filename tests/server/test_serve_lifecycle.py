@@ -35,7 +35,7 @@ from polystack.formats import import_model
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.server.app import ServerThread
-from polystack.server.dataplane import DataPlane
+from polystack.server.repository_extension import RepositoryExtension
 from polystack.store import ModelRecord, Store
 
 
@@ -911,7 +911,7 @@ def test_the_repository_index_is_read_off_the_event_loop(
 ) -> None:
     """It lists the store and the repositories' folders, which a network file system may be slow to answer:
     the loop serves others meanwhile."""
-    seen = threads_calling(monkeypatch, DataPlane, "_index")
+    seen = threads_calling(monkeypatch, RepositoryExtension, "_index")
     st = start(model_store[0], models=["mlp"], allow_model_control=True)
     try:
         assert httpclient.InferenceServerClient(st.http_url).get_model_repository_index()

@@ -277,13 +277,13 @@ def test_other_methods_and_paths_under_models_are_400_with_an_empty_body_as_in_t
 
 def _slow_loads(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Every repository load takes ``seconds`` more, as real models take a while to load."""
-    real = dataplane.DataPlane._load_from_repository
+    real = dataplane.DataPlane.load_from_repository
 
     def slow(self: dataplane.DataPlane, *args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(dataplane.DataPlane, "_load_from_repository", slow)
+    monkeypatch.setattr(dataplane.DataPlane, "load_from_repository", slow)
 
 
 def test_loads_at_once_each_take_back_only_their_own_store_rows(

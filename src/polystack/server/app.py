@@ -449,11 +449,11 @@ class Server:
                     self.plane.load_ensemble(self.config.ensembles[name])
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e), failed)
-                    self.plane.note_unmet(name)  # a poll that changes its models tries it again
+                    self.plane.repository_extension.note_unmet(name)  # a poll that changes its models tries it again
         if failed:  # each model was tried, as Triton's start tries them all
             raise start_failed(failed)
         for name, failure in self.config.start_failures.items():
-            self.plane.note_failed_load(name, failure)
+            self.plane.repository_extension.note_failed_load(name, failure)
 
     def _failed_at_start(
         self, name: str, e: PolystackError, failed: dict[str, PolystackError], ref: str | None = None
@@ -469,7 +469,7 @@ class Server:
             extra={"model": name, "error": e.message},
         )
         if not isinstance(e, NotFound):
-            self.plane.note_failed_load(name, e)
+            self.plane.repository_extension.note_failed_load(name, e)
 
     async def start(self) -> None:
         """Bind HTTP (and gRPC) and start serving; models must already be loaded (``load_models``)."""
@@ -571,7 +571,7 @@ class Server:
             except TimeoutError:
                 pass
             try:
-                await self.plane.poll_repository()
+                await self.plane.repository_extension.poll()
             except ShuttingDown:  # the drain began
                 return
             except Exception:

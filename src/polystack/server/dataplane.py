@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import io
 import itertools
 import json
 import logging
@@ -30,10 +29,8 @@ import os
 import threading
 import time
 import weakref
-import zipfile
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -49,20 +46,15 @@ from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_o
 from polystack.custom_metrics import CustomMetrics
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
 from polystack.errors import (
-    AlreadyExists,
     BackendError,
-    Conflict,
     DeadlineExceeded,
     InvalidRequest,
     InvalidTensor,
     ModelClosed,
-    ModelControlOff,
     ModelNotFound,
     ModelNotReady,
     NotFound,
-    NotUnique,
     PermissionDenied,
-    PollFailed,
     PolystackError,
     ShuttingDown,
     StepNotServed,
@@ -71,7 +63,7 @@ from polystack.errors import (
     VersionNotFound,
     quote,
 )
-from polystack.formats import fil, python_model, torchscript_guard
+from polystack.formats import fil, python_model
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
@@ -80,7 +72,6 @@ from polystack.server import (
     ensemble,
     loader,
     model_config,
-    model_files,
     model_repository,
     repository_agents,
     status,
@@ -92,6 +83,7 @@ from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.load_history import Configured, LoadHistory
 from polystack.server.logs import LogSettings
 from polystack.server.model_calls import ModelCalls
+from polystack.server.repository_extension import UPLOADED, RepositoryExtension
 from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
@@ -255,31 +247,10 @@ def parse_version(name: str, version: str | None) -> int | None:
     return int(digits)
 
 
-# set while a load of uploaded files plans the version they make: a Python model's args["model_repository"] names its
-# copy then (Triton's: a folder of its own), not the repository's folder of the same name (``DataPlane._local_folder``)
-_UPLOADED: ContextVar[bool] = ContextVar("polystack_uploaded_files", default=False)
-
-
 def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
     done: the same error, whatever its type, wherever it was raised."""
     return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
-
-
-def load_refused(name: str, e: PolystackError) -> PolystackError:
-    """``e``, a repository load of model ``name`` that failed once its model was read, with tritonserver 2.51's
-    words first ("load failed for model 'm': ..."; its L0 tests look for them, helper-118); a load whose model
-    could not be read is ``PollFailed``'s "failed to load 'm', failed to poll from model repository"."""
-    return e.prefixed(f"load failed for model {quote(name, 140)}")
-
-
-def _one_repository(repository_name: str) -> None:
-    """Triton's refusal of a repository named in an index, load or unload (gRPC's ``repository_name``): UNSUPPORTED,
-    where polystack answered of every repository (tritonserver 2.51, helper-107)."""
-    if repository_name:
-        raise Unsupported(
-            "'repository_name' specification is not supported; leave it out: the request is of every repository"
-        )
 
 
 def _files_print(taken: model_repository.Fingerprint) -> model_repository.Fingerprint:
@@ -311,11 +282,6 @@ def _touched_versions(
     return frozenset(touched & set(versions))
 
 
-def _polled(name: str) -> str:
-    """Triton's words for a load whose model could not be read (``PollFailed``)."""
-    return f"failed to load {quote(name, 140)}, failed to poll from model repository"
-
-
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound, repository: bool) -> NotFound:
     """A request's model or version the server does not serve, in Triton's words, then what to do (the
     engine's words already, for a model none of whose versions is loaded): where to find the names served,
@@ -331,7 +297,6 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
         )
         return ModelNotFound(f"Request for unknown model: {name!r} is not found; {where}")
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
-
 
 
 _SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
@@ -413,49 +378,6 @@ def _finish_streams(served: _Served, deadline: float, stopping: threading.Event)
     for stream in waiting:
         if stream.fail(Unavailable(f"model {name!r} was unloaded before it sent this request's final response")):
             log.warning("a decoupled request had no final response when its model was unloaded", extra={"model": name})
-
-
-def _python_refused(name: str) -> InvalidRequest:
-    """A Python model refused by a server started without --allow-python-models."""
-    return InvalidRequest(
-        f"model {name!r} is a Python model: its code would run in the server's process, with the server's rights; "
-        "start the server with --allow-python-models to serve it"
-    )
-
-
-def _asks_python(config: str, parameters: Mapping[str, Any]) -> bool:
-    """Whether a load's config (JSON, not yet read: that comes with its files) and files are a model for Triton's
-    Python backend (``model_repository.is_python``)."""
-    try:
-        doc = json.loads(config)
-    except ValueError:
-        return False
-    if not isinstance(doc, dict):
-        return False
-    names = model_files.version_paths(parameters)
-    return model_repository.is_python(doc, names.__contains__)
-
-
-def _is_torchscript(files: model_files.ModelFiles | model_files.Folder, config: str) -> bool:
-    """Whether a load's files are a TorchScript module (its archive, a model.pt, or a config that names PyTorch's
-    backend), found without reading it."""
-    if not isinstance(files, model_files.ModelFiles):
-        return False
-    if files.model_path.endswith(".pt") or model_config.triton_format(config) == "torchscript":
-        return True
-    try:
-        with zipfile.ZipFile(io.BytesIO(files.model)) as zf:
-            return torchscript_guard.is_archive(zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False
-
-
-def _is_aoti(files: model_files.ModelFiles | model_files.Folder, config: str) -> bool:
-    """Whether a load's files are an AOTInductor package (a config with platform torch_aoti, or a package's
-    entries), found without reading it."""
-    if not isinstance(files, model_files.ModelFiles):
-        return False
-    return model_files.is_aoti(files.model_path, files.model, config)
 
 
 def _size(array: np.ndarray) -> int:
@@ -605,7 +527,7 @@ class DataPlane:
         self.workers = workers or os.cpu_count() or 2
         self.thread_initializer = thread_initializer
         self.executor = InferenceThreads(self.workers, "infer", thread_initializer)
-        self._loader = loader.Loader(load_threads, thread_initializer)
+        self.loader = loader.Loader(load_threads, thread_initializer)
         # response cache keys of large inputs are hashed here, never behind model runs in the inference threads:
         # front-end work, on the front end's cores when the server is pinned (``frontend_initializer``)
         self._hasher = (
@@ -616,7 +538,7 @@ class DataPlane:
         self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], _Served] = {}
-        self._ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
+        self.ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
         # what the server keeps of each name's loads beyond what it serves (failures, versions stopped, ensembles
         # waiting for their models, the last config given): the repository extension's index and loads read it too
         self.history = LoadHistory()
@@ -625,7 +547,7 @@ class DataPlane:
         # a repository model's folder as its last load read it: a load that finds it modified since (a file touched,
         # its content the same) loads it afresh, as Triton's compares modification times
         self._loaded_prints = {n: _files_print(p) for n, p in (repository.seen if repository else {}).items()}
-        self._loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
+        self.loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
@@ -645,9 +567,12 @@ class DataPlane:
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
         # what hosted models ask of the server from their threads (``serve_on`` at start)
+        # Triton's model repository extension: the index, loads and unloads by name, polls (its transports call it)
+        self.repository_extension = RepositoryExtension(self)
         self.calls = ModelCalls(
-            self._called, self.repository_load, self.repository_unload, self._capacity, self.infer_stream
-        )
+            self._called, self.repository_extension.load, self.repository_extension.unload, self._capacity,
+            self.infer_stream,
+        )  # fmt: skip
         self.custom_metrics = CustomMetrics()  # the families hosted models define (outliving them, as in Triton)
         self._drain_started = asyncio.Event()
         # set once the drain's sequences ended (or its timeout passed): until then their requests are taken
@@ -669,7 +594,7 @@ class DataPlane:
         """Load one model (latest version unless given) with the spec and batch policy for the profile,
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
         name = ref.name if isinstance(ref, ModelRef) else ModelRef.parse(ref).name
-        with self._loader.claim(name):
+        with self.loader.claim(name):
             plan = self._plan(ref, config)
             try:
                 return self._apply(plan)
@@ -687,7 +612,7 @@ class DataPlane:
             self.load(ref)
 
         failures: list[PolystackError | None] = []
-        for future in [self._loader.submit(one, ref) for ref in refs]:
+        for future in [self.loader.submit(one, ref) for ref in refs]:
             try:
                 future.result()
                 failures.append(None)
@@ -699,7 +624,7 @@ class DataPlane:
         """The model's folder in a local model repository (``model_dir``, its start config's), which a Python model's
         ``args["model_repository"]`` names, as Triton's does; None where the version is a load's uploaded files or a
         cloud repository's copy (Triton names a copy of its own there), or no repository holds it."""
-        if model_dir is None or self.repository is None or _UPLOADED.get():
+        if model_dir is None or self.repository is None or UPLOADED.get():
             return None
         return model_dir if self.repository.is_local(model_dir) else None
 
@@ -714,7 +639,7 @@ class DataPlane:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         record = self.store.get(ref)
         if record.format == "python" and not self.folder_rules.python_models:  # however it came (a load's files)
-            raise _python_refused(record.name)
+            raise model_repository.python_refused(record.name)
         if record.format == "torchscript" and not self.folder_rules.torchscript_models:  # however it came
             raise InvalidRequest(f"model {record.name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
         if record.format == "torch_aoti" and not self.folder_rules.aoti_models:
@@ -815,7 +740,7 @@ class DataPlane:
         for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
             try:
                 # the slow part: other loads run meanwhile; what the model's code asks for here, this build waits for
-                with hosting.hosted_by(self), self._loader.let_go(), loader.building(record.name):
+                with hosting.hosted_by(self), self.loader.let_go(), loader.building(record.name):
                     return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
             except PolystackError as e:
                 if attempt == self.load_retries or self.draining:
@@ -832,11 +757,11 @@ class DataPlane:
         """While a load builds these versions and until it routes to them (or fails), the index lists them
         ``LOADING`` (unless another instance of one serves), as Triton marks every version of a load."""
         keys = {(p.record.name, p.record.version) for p in plans}
-        self._loading |= keys
+        self.loading |= keys
         try:
             yield
         finally:
-            self._loading -= keys
+            self.loading -= keys
 
     def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
@@ -987,17 +912,17 @@ class DataPlane:
         it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
         ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
         ensemble runs."""
-        self._loader.wait_for(name)  # a load of it building now finishes first
+        self.loader.wait_for(name)  # a load of it building now finishes first
         self.history.configured.pop(name, None)  # its next load reads the folder
-        if name in self._ensembles:
-            models = self._ensembles[name].ensemble.models
+        if name in self.ensembles:
+            models = self.ensembles[name].ensemble.models
             self._unload_ensemble(name, "unloaded")
             for model in sorted(models) if dependents else ():
-                used = any(model in p.ensemble.models for p in self._ensembles.values())
-                if not used and (model in self._ensembles or self._serves_model(model)):
+                used = any(model in p.ensemble.models for p in self.ensembles.values())
+                if not used and self.serves(model):
                     self.unload(model, dependents)
             return
-        if not self._serves_model(name):
+        if not self.serves_model(name):
             log.info("unload of a model that is not loaded: nothing to do", extra={"model": name})
             return
         self._unload_versions(name)
@@ -1011,8 +936,8 @@ class DataPlane:
         A model served under its name is refused, or unloaded once the ensemble checks (``replace_model``: its
         repository folder holds the ensemble now)."""
         name = pipeline.name
-        self._in_turn(name)
-        model = self._serves_model(name)
+        self.in_turn(name)
+        model = self.serves_model(name)
         if model and not replace_model:
             raise InvalidRequest(
                 f"model {name!r} is served already, and is not an ensemble; give the ensemble a name of its own"
@@ -1022,14 +947,14 @@ class DataPlane:
             self._unload_versions(name)
             log.info("model unloaded", extra={"model": name, "reason": "its folder holds an ensemble now"})
         with self._routing:
-            old = self._ensembles.get(name)
+            old = self.ensembles.get(name)
             if old is not None and old.ensemble == pipeline:
                 old.ensemble = dataclasses.replace(old.ensemble, written_policy=pipeline.written_policy)
                 log.info("model served as asked", extra={"model": name, "version": pipeline.version})
                 return
             others = {v: _ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
             others.pop(pipeline.version, None)
-            self._ensembles[name] = served = _ServedEnsemble(pipeline, others=others)
+            self.ensembles[name] = served = _ServedEnsemble(pipeline, others=others)
             self._moved()
         for each in served.every:
             label = (name, str(each.ensemble.version))
@@ -1061,9 +986,9 @@ class DataPlane:
         self.refuse_cycle(pipeline.name, pipeline, [pipeline.name])
 
         def served(step: ensemble.Step) -> ensemble.Served:
-            nested = self._ensembles.get(step.model)
+            nested = self.ensembles.get(step.model)
             # a model served under the name first: the ensemble it replaces (its folder's) goes right after
-            model = self._serves_model(step.model)
+            model = self.serves_model(step.model)
             if nested is not None and step.model != pipeline.name and not model:
                 return ensemble.as_step(nested.ensemble, step)
             try:
@@ -1074,7 +999,7 @@ class DataPlane:
                     f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
                     "the command line or give it a folder in the repository)"
                 )
-                copies = self._copies(step.model)
+                copies = self.copies(step.model)
                 if copies:  # (--model-namespacing) not in the ensemble's repository, and in two others
                     text = (
                         f"{len(copies)} repositories hold {step.model!r} ({', '.join(copies)}), and the ensemble's "
@@ -1160,8 +1085,8 @@ class DataPlane:
                     f"{' -> '.join([*path, model])}"
                 )
             nested = pipelines.get(model) if pipelines is not None else None
-            if nested is None and model in self._ensembles:
-                nested = self._ensembles[model].ensemble
+            if nested is None and model in self.ensembles:
+                nested = self.ensembles[model].ensemble
             if nested is not None and len(path) <= ensemble.MAX_DEPTH:
                 self.refuse_cycle(name, nested, [*path, model], pipelines)
             elif nested is not None:
@@ -1169,7 +1094,7 @@ class DataPlane:
 
     def _unload_ensemble(self, name: str, why: str) -> None:
         with self._routing:
-            served = self._ensembles.pop(name, None)
+            served = self.ensembles.pop(name, None)
             self._moved()
         if served is None:
             return
@@ -1181,16 +1106,16 @@ class DataPlane:
         self._count_loaded()
 
         def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
-            self._loader.wait_for(name)  # (a load of it building now)
+            self.loader.wait_for(name)  # (a load of it building now)
             for version in versions:
                 if not self._serves_version(name, version):  # as an ensemble, or a model now
                     self.metrics.retire(name, str(version))
                     self._tallies.pop((name, str(version)), None)
-            if name not in self._ensembles and not self._serves_model(name):
+            if name not in self.ensembles and not self.serves_model(name):
                 self.metrics.forget_name(name)
 
         with contextlib.suppress(RuntimeError):
-            self._loader.submit(forget)
+            self.loader.submit(forget)
         log.info(
             "model unloaded",
             extra={"model": name, "version": served.ensemble.version, "versions": versions, "reason": why},
@@ -1201,8 +1126,8 @@ class DataPlane:
         """After ``name`` was loaded again or unloaded: the ensembles whose steps run it are checked against it
         again, and those it no longer fits are unloaded (Triton unloads them too), saying why. The answers those
         it still fits keep in the response cache are dropped: the model may answer otherwise now."""
-        for other, served in list(self._ensembles.items()):
-            if name not in served.ensemble.models or self._ensembles.get(other) is not served:  # gone meanwhile
+        for other, served in list(self.ensembles.items()):
+            if name not in served.ensemble.models or self.ensembles.get(other) is not served:  # gone meanwhile
                 continue
             try:
                 self._check_ensemble(served.ensemble)
@@ -1224,15 +1149,28 @@ class DataPlane:
 
     def _serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
-        ensemble_now = self._ensembles.get(name)
+        ensemble_now = self.ensembles.get(name)
         return (name, version) in self._served or (ensemble_now is not None and ensemble_now.at(version) is not None)
 
-    def _serves_model(self, name: str) -> bool:
+    def copies(self, name: str) -> list[str]:
+        """With --model-namespacing, the names of the copies of ``name`` that two or more repositories hold (none:
+        it names one model)."""
+        return self.repository.copies(name) if self.repository is not None else []
+
+    def names_served(self) -> set[str]:
+        """The names of the models and ensembles served."""
+        return {e.name for e in self.engine.loaded()} | set(self.ensembles)
+
+    def serves(self, name: str) -> bool:
+        """Whether a model or an ensemble of name ``name`` is served."""
+        return name in self.ensembles or self.serves_model(name)
+
+    def serves_model(self, name: str) -> bool:
         """Whether a version of model ``name`` (not an ensemble) is loaded."""
         return any(e.name == name for e in self.engine.loaded())
 
     def _count_loaded(self) -> None:
-        self.metrics.models_loaded.set(len(self._served) + len(self._ensembles))  # each version, each ensemble
+        self.metrics.models_loaded.set(len(self._served) + len(self.ensembles))  # each version, each ensemble
 
     def _max_batch(self, served: _Served) -> int:
         """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
@@ -1245,16 +1183,16 @@ class DataPlane:
             return entry.spec.max_batch_size
         return 0
 
-    def _load_only(
+    def load_only(
         self, ref: ModelRef | str, config: str | None = None, agents: repository_agents.Agents = ()
     ) -> LoadedEntry | ensemble.Ensemble:
         """A repository load: the version it loads is the only one of its name served afterwards, as
         under Triton's default version policy (the latest version), so loads never pile up old ones. A
         model of a ``--model-repository`` loaded by name reads its folder again and loads the versions its
-        version policy picks now (``_load_from_repository``). A load without a config of a version already
+        version policy picks now (``load_from_repository``). A load without a config of a version already
         served as it would serve it changes nothing."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        self._in_turn(ref.name)
+        self.in_turn(ref.name)
         if self.repository is not None and ref.version is None:  # its folder in cloud storage as it is now
             self.repository.refresh(ref.name)
         # a config's version_policy picks the versions the load serves, as Triton's does
@@ -1271,7 +1209,7 @@ class DataPlane:
             kept = self._kept_config(ref.name) if config is None else None
             if kept is not None:
                 return kept
-            loaded = self._load_from_repository(ref.name, config, policy=policy)
+            loaded = self.load_from_repository(ref.name, config, policy=policy)
             self._note_policy(ref.name, policy if config is not None else None)
             folder = self.repository.folder(ref.name)
             if config is not None and folder is not None:  # what a load without one compares with
@@ -1279,7 +1217,7 @@ class DataPlane:
             else:
                 self.history.configured.pop(ref.name, None)
             return loaded
-        if ref.name in self._ensembles:
+        if ref.name in self.ensembles:
             raise InvalidRequest(
                 f"{ref.name!r} is an ensemble; load it by name from the model repository that holds its folder"
             )
@@ -1313,7 +1251,7 @@ class DataPlane:
         then, folder = self.history.configured.get(name), self.repository.folder(name)
         if then is None or folder is None or model_repository.fingerprint(folder) != then.folder:
             return None
-        served = self._ensembles.get(name)
+        served = self.ensembles.get(name)
         if served is not None:
             return served.ensemble
         entries = [e for e in self.engine.loaded() if e.name == name]
@@ -1333,7 +1271,7 @@ class DataPlane:
         else:
             self.history.policies[name] = policy
 
-    def _load_from_repository(
+    def load_from_repository(
         self,
         name: str,
         config: str | None,
@@ -1348,7 +1286,7 @@ class DataPlane:
         models it runs that are not served yet are loaded from their folders, as Triton loads them; those in
         ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
         assert self.repository is not None
-        self._in_turn(name)
+        self.in_turn(name)
         agents = model_repository.FOLDER_AGENTS  # a load's config names its own, run on the folder in its place
         if config is not None:
             agents, config = model_config.split_field(config, "model_repository_agents")
@@ -1380,7 +1318,7 @@ class DataPlane:
                         raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                     if not self.model_ready(other, None) and self.repository.owns(other):
                         try:
-                            self._load_from_repository(other, None, loading | {name}, failed)
+                            self.load_from_repository(other, None, loading | {name}, failed)
                         except PolystackError as e:
                             raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
                 self.load_ensemble(pipeline, replace_model=True)
@@ -1408,7 +1346,7 @@ class DataPlane:
             model_repository.settle(self.store, registered)
             self.repository.models.add(name)
             self.history.unmet.discard(name)
-            if name in self._ensembles:  # the folder was an ensemble's: the model serves in its place
+            if name in self.ensembles:  # the folder was an ensemble's: the model serves in its place
                 self._unload_ensemble(name, "its folder holds a model now")
             return entry
         except BaseException:
@@ -1433,7 +1371,7 @@ class DataPlane:
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on. A version served as a plan would serve
         it again stays as it is, unless it is ``afresh`` (its files were modified since its last load)."""
-        with self._loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
+        with self.loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
             return self._serve_versions(refs, config, agents, afresh)
 
     def _serve_versions(
@@ -1560,18 +1498,18 @@ class DataPlane:
 
         def forget() -> None:
             for e in entries:
-                self._loader.wait_for(e.name)  # a load of it building now may serve it again
+                self.loader.wait_for(e.name)  # a load of it building now may serve it again
                 if (e.name, e.version) not in self._served:
                     self._typical_s.pop((e.name, e.version), None)
                     self._queues.pop((e.name, str(e.version)), None)
                     if not self._serves_version(e.name, e.version):  # an ensemble under the name keeps its series
                         self.metrics.retire(e.name, str(e.version))
                         self._tallies.pop((e.name, str(e.version)), None)
-                if not any(k[0] == e.name for k in self._served) and e.name not in self._ensembles:
+                if not any(k[0] == e.name for k in self._served) and e.name not in self.ensembles:
                     self.metrics.forget_name(e.name)
 
         with contextlib.suppress(RuntimeError):  # the server is stopping: /metrics goes with it
-            self._loader.submit(forget)
+            self.loader.submit(forget)
 
     def wait_retired(self, timeout_s: float = _UNLOAD_DRAIN_S) -> bool:
         """Wait until what loads and unloads replaced has closed (and left /metrics); whether it has."""
@@ -1581,13 +1519,13 @@ class DataPlane:
         for thread in retiring:
             thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(RuntimeError, TimeoutError):  # stopping, or a load still runs there
-            self._loader.wait_idle(max(0.0, deadline - time.monotonic()))
+            self.loader.wait_idle(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in retiring)
 
     def close(self) -> None:
         self._stopping.set()  # an unload's wait for its decoupled model's final responses ends: they fail now
         self.calls.close()  # a model waiting for another's answer, which the stopped loop would give, waits no more
-        self._loader.shutdown()  # a load in progress finishes before its batcher would be missed
+        self.loader.shutdown()  # a load in progress finishes before its batcher would be missed
         self.wait_retired()  # what unloads and reloads left running finishes first
         for served in self._served.values():
             served.close(wait=True)
@@ -1625,7 +1563,7 @@ class DataPlane:
         a copy serves under it from before another came. Model folders of which no copy is known are left out."""
         if self.repository is None:
             return {}
-        served = self._names_served()
+        served = self.names_served()
         known: dict[str, set[str]] = {}
         for name in served | set(self.history.failures):
             copy = self.repository.copy_of(name)
@@ -1633,12 +1571,12 @@ class DataPlane:
                 known.setdefault(copy[0], set()).add(name)
         return {model: sorted(names | ({model} & served)) for model, names in known.items()}
 
-    def _served_copies(self, name: str) -> list[str]:
+    def served_copies(self, name: str) -> list[str]:
         """(--model-namespacing) The names serving copies of model folder ``name`` now."""
         repository = self.repository
         if repository is None or not self.folder_rules.namespacing:
             return []
-        return sorted(n for n in self._names_served() if (repository.copy_of(n) or ("",))[0] == name)
+        return sorted(n for n in self.names_served() if (repository.copy_of(n) or ("",))[0] == name)
 
     def _get(self, name: str, version: str | None, step: bool = False) -> _Served:
         """What serves ``name`` (at ``version``) now; ``step``: for an ensemble's step, which a name two
@@ -1667,13 +1605,13 @@ class DataPlane:
 
     def ensembles_served(self) -> list[str]:
         """The ensembles served now, as ``name:version``."""
-        ensembles = dict(self._ensembles)
+        ensembles = dict(self.ensembles)
         return [f"{name}:{each.ensemble.version}" for name in sorted(ensembles) for each in ensembles[name].every]
 
     def _ensemble(self, name: str, version: str | None, step: bool = False) -> _ServedEnsemble | None:
         """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound); ``step``:
         for an ensemble's step (``_get``)."""
-        served = self._ensembles.get(name)
+        served = self.ensembles.get(name)
         if served is not None and self.folder_rules.namespacing and not step:
             self._refuse_ambiguous(name)
         if served is not None and version:
@@ -1742,9 +1680,9 @@ class DataPlane:
         repository or store has, and a model unloaded since its load failed (Triton keeps that failure until a
         load succeeds) do not count."""
         served = {(e.name, e.version) for e in self.engine.loaded()}
-        served |= {(n, each.ensemble.version) for n, p in list(self._ensembles.items()) for each in p.every}
+        served |= {(n, each.ensemble.version) for n, p in list(self.ensembles.items()) for each in p.every}
         names = {n for n, _ in served}
-        out = {n for n, _ in frozenset(self._loading) if n not in names}
+        out = {n for n, _ in frozenset(self.loading) if n not in names}
         for name, (version, _) in list(self.history.failures.items()):
             serves_on = (name, version) in served if version is not None else name in names
             if not serves_on and name not in self.history.unread:
@@ -1941,7 +1879,7 @@ class DataPlane:
         (``loader.asking``); from a thread the model started (``caller`` ""), which its build may wait for, on a
         thread of its own too; from a served model's execute, as any load. One asked while a task holds the
         loader's turn would queue behind it: refused."""
-        if self._loader.holds_turn():
+        if self.loader.holds_turn():
             raise Unavailable(
                 f"model {caller!r} asked for {what} while the loader works for it: the load would wait for itself; "
                 "ask it from initialize or execute"
@@ -1957,7 +1895,7 @@ class DataPlane:
         text = self.metrics.render()
         if not self.triton_names:
             return text
-        ensembles = dict(self._ensembles)  # first: a folder turning from an ensemble into a model routes the model
+        ensembles = dict(self.ensembles)  # first: a folder turning from an ensemble into a model routes the model
         # before it unloads the ensemble; one series a name meanwhile
         shown: list[tuple[str, int, ModelStats, int, bool]] = []  # name, version, statistics, pending, cached
         for served in list(self._served.values()):
@@ -1989,12 +1927,12 @@ class DataPlane:
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""
         served = list(self._served)  # one step (the loader changes it): never iterated while it changes
-        return sorted({name for name, _ in served} | set(self._ensembles))
+        return sorted({name for name, _ in served} | set(self.ensembles))
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         pipeline = self._ensemble(name, version)
         if pipeline is not None:  # every version of it, as a model's metadata lists its versions
-            e, every = pipeline.ensemble, self._ensembles.get(name, pipeline).every
+            e, every = pipeline.ensemble, self.ensembles.get(name, pipeline).every
             versions = [str(p.ensemble.version) for p in every]
             return ModelMetadata(name, versions, ensemble.PLATFORM, e.signature).to_dict()
         served = self._get(name, version)
@@ -2027,7 +1965,7 @@ class DataPlane:
         config shows serves them again."""
         # the versions served, and the policy that picked them as a config wrote it (a load's, else the start's)
         if pipeline is not None:  # each version of the ensemble of that name
-            whole = self._ensembles.get(name, pipeline)
+            whole = self.ensembles.get(name, pipeline)
             served = [each.ensemble.version for each in whole.every]
             written = json.loads(whole.ensemble.written_policy) if whole.ensemble.written_policy else None
         else:
@@ -2058,7 +1996,7 @@ class DataPlane:
 
     def model_stats(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Statistics of one version, of every loaded version of a model (no version given), or of every model."""
-        pipelines = [each for p in list(self._ensembles.values()) for each in p.every]
+        pipelines = [each for p in list(self.ensembles.values()) for each in p.every]
         if version and not (name or (version.isascii() and version.isdigit())):  # checked, then every model's
             raise InvalidRequest(
                 f"failed to get model version from specified version string {quote(version, 40)}: a version is an "
@@ -2067,7 +2005,7 @@ class DataPlane:
         try:
             if name:
                 pipeline = self._ensemble(name, version)
-                every = self._ensembles.get(name, pipeline).every if pipeline is not None else []
+                every = self.ensembles.get(name, pipeline).every if pipeline is not None else []
                 pipelines = [pipeline] if pipeline is not None and version else every
             if pipelines and name:
                 entries = []
@@ -2080,7 +2018,7 @@ class DataPlane:
                 entries = self.engine.loaded()
         except (NotFound, Unavailable) as e:  # Triton's words and code (INVALID_ARG: only ready models have any)
             # the version's words where the model has a version ready, as Triton's (a version a poll unloaded)
-            if isinstance(e, VersionNotFound) or (name and version and self._serves_model(name)):
+            if isinstance(e, VersionNotFound) or (name and version and self.serves_model(name)):
                 raise InvalidRequest(f"requested model version is not available for model {name!r}: {e.message}") from None
             raise InvalidRequest(f"requested model {name!r} is not available: {e.message}") from None
         ordered: list[tuple[str, int, ModelStats]] = [(e.name, e.version, e.stats) for e in entries]
@@ -2118,7 +2056,7 @@ class DataPlane:
                 f"{name!r} as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
                 "or HTTP's generate_stream"
             )
-        if self._ensembles and name in self._ensembles:
+        if self.ensembles and name in self.ensembles:
             return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
         return await self._infer_model(None, name, version, request, loop, carrier, compute, front)
 
@@ -2128,7 +2066,7 @@ class DataPlane:
         served."""
         if not self._any_decoupled:  # none ever served: every request's check, this one flag
             return False
-        if self._ensembles and name in self._ensembles:
+        if self.ensembles and name in self.ensembles:
             pipeline = self._ensemble(name, version)
             return pipeline is not None and bool(self._decoupled_steps(pipeline.ensemble))
         try:
@@ -2163,7 +2101,7 @@ class DataPlane:
                 f"model {name!r} is decoupled: each of its responses would overwrite the last in one shared memory "
                 "region; ask for its outputs without shared memory"
             )
-        if self._ensembles and name in self._ensembles:
+        if self.ensembles and name in self.ensembles:
             responses = self._stream_ensemble(name, version, request, loop, carrier, None, None, front)
         else:
             responses = self._stream_model(None, name, version, request, loop, carrier, None, front)
@@ -2489,7 +2427,7 @@ class DataPlane:
                         result = {}
                 if cache is not None and key is not None:
                     t1 = time.perf_counter_ns()
-                    if self._ensembles.get(name) is served:  # kept for what serves the name still
+                    if self.ensembles.get(name) is served:  # kept for what serves the name still
                         cache.put(key, owner, result)
                     missed = looked + time.perf_counter_ns() - t1
                     served.stats.add("cache_miss", missed)
@@ -2556,7 +2494,7 @@ class DataPlane:
         held = pins.get((step.model, step.asked)) if pins is not None else None
         if held is not None:
             return held
-        nested = self._ensembles.get(step.model)
+        nested = self.ensembles.get(step.model)
         if nested is not None:
             return nested
         try:
@@ -2953,7 +2891,7 @@ class DataPlane:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
         which would let any client grow /metrics without bound; a served model's name, or empty."""
         served = list(self._served)  # one step (the loader changes it): never iterated while it changes
-        return (name, "") if name in self._ensembles or any(k[0] == name for k in served) else ("", "")
+        return (name, "") if name in self.ensembles or any(k[0] == name for k in served) else ("", "")
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -2982,590 +2920,31 @@ class DataPlane:
             )
         return self.shared_memory
 
-    # -- model repository extension ----------------------------------------------------------------
-    def _check_control(self) -> None:
-        """A load or unload refused as Triton refuses it where its model control is not explicit (its poll
-        mode, and its default, none): 503 / UNAVAILABLE in Triton's words, then what to do."""
-        if self.repository is not None and self.repository.polled:  # Triton's poll mode
-            raise ModelControlOff(
-                "explicit model load / unload is not allowed if polling is enabled; change the model's folder in "
-                "the repository, and the next poll loads what changed (serve --repository-poll-secs)"
-            )
-        if not self.allow_model_control:
-            raise ModelControlOff(
-                "explicit model load / unload is not allowed if polling is enabled (Triton's words: model control "
-                "is off); start the server with --allow-model-control (or Triton's --model-control-mode explicit) to "
-                "load and unload models (under --engine ray, which has none, name the models at start)"
-            )
-
-    async def repository_index(self, ready_only: bool = False, repository_name: str = "") -> list[dict[str, Any]]:
-        """The repository index, read on a thread: it lists the store (with model control), and the repositories'
-        folders (a network file system may be slow to answer), which the event loop must not wait for."""
-        _one_repository(repository_name)
-        return await asyncio.get_running_loop().run_in_executor(None, self._index, ready_only)
-
-    def _index(self, ready_only: bool) -> list[dict[str, Any]]:
-        """As Triton's index lists models: each version served, ``READY``; each version this server stopped
-        serving, ``UNAVAILABLE`` with the reason ``unloaded``; a name whose last load failed and that nothing
-        else lists, ``UNAVAILABLE`` with the failure; every other name a load could serve (the store's, the
-        repository's folders), by its name alone. Without model control no load serves the store's models:
-        those not served are not listed (as Triton's index lists its repository, not whatever else the disk holds)."""
-        # the versions loading, read before those served: a load routes to its versions before it stops calling
-        # them loading, so a version read in neither (a load ending between the two reads) cannot be
-        building = frozenset(self._loading)
-        ready = {(e.name, e.version) for e in self.engine.loaded() if e.name not in self._ensembles}
-        ready |= {(name, each.ensemble.version) for name, p in list(self._ensembles.items()) for each in p.every}
-        out: list[dict[str, Any]] = [{"name": n, "version": str(v), "state": "READY"} for n, v in ready]
-        if not ready_only:
-            # what a load could serve (the store's models, the repository's folders): nothing else is listed
-            store = self.allow_model_control and not self.repository_only
-            names = {r.name for r in self.store.models.list()} if store else set()
-            if self.repository is not None:
-                names |= self.repository.folders()[0].keys()
-                names |= self.repository.others if self.repository_only else set()
-            names |= self.history.noted  # a model that failed at start (--exit-on-error false): listed with why
-            gone = {(n, v) for n, v in frozenset(self.history.stopped) - ready if n in names}
-            loading = {(n, v) for n, v in building - ready if n in names}
-            gone -= loading
-            out += [{"name": n, "version": str(v), "state": "UNAVAILABLE", "reason": "unloaded"} for n, v in gone]
-            out += [{"name": n, "version": str(v), "state": "LOADING"} for n, v in loading]
-            listed = {n for n, _ in ready | gone | loading}
-            failed = {n: f for n, f in list(self.history.failures.items()) if n in names and (n, f[0]) not in ready}
-            for n, (v, why) in failed.items():  # the version that failed, as Triton lists it, else the name
-                if (n, v) in loading:  # loaded again now
-                    continue
-                if (n, v) in gone:  # unloaded before; its load failed since
-                    out = [m for m in out if (m["name"], m.get("version")) != (n, str(v))]
-                if v is not None or n not in listed:
-                    out.append({"name": n, **({} if v is None else {"version": str(v)}), "state": "UNAVAILABLE", "reason": why})
-            out += [{"name": n} for n in names - listed - failed.keys()]
-        return sorted(out, key=lambda m: (m["name"], int(m.get("version") or 0)))
-
-    def note_unmet(self, name: str) -> None:
-        """A repository ensemble that failed to load at start for want of its models (``--exit-on-error false``):
-        a poll that changes models tries it again, as it tries an ensemble a poll could not load."""
-        if self.repository is not None and self.repository.folder(name) is not None:
-            self.history.unmet.add(name)
-
-    def note_failed_load(self, name: str, e: PolystackError) -> None:
-        """A load of ``name`` at start that failed, the server serving on without it (``serve --exit-on-error
-        false``): the index lists it with why, and strict readiness counts it."""
-        self.history.noted.add(name)
-        self.history.failed(name, e)
-
-    async def repository_load(
-        self, name: str, parameters: dict[str, Any] | None = None, repository_name: str = ""
-    ) -> None:
-        _one_repository(repository_name)
-        self._check_control()
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("a model name is required")
-        parameters = parameters or {}
-        for key in parameters:  # a misspelt config= loaded the folder's config, the client none the wiser
-            if key != "config" and not key.startswith("file:"):
-                raise InvalidRequest(  # Triton's words (tritonserver 2.51 refuses the load: helper-107)
-                    f"unrecognized load parameter {quote(key, 140)}.; a load takes 'config' (the model "
-                    "configuration as JSON) and 'file:<path>' (the model's files)"
-                )
-        copies = self._copies(name) if not model_files.given(parameters) else []
-        failures: list[PolystackError] = []
-        for each in copies or [name]:  # (--model-namespacing) a name two repositories hold: the copy of each
-            try:
-                await self._load_asked(each, parameters)
-            except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
-                if not isinstance(e, ShuttingDown):
-                    log.error(f"failed to load {each!r}: {e.message}", extra={"model": each})
-                if not copies or isinstance(e, ShuttingDown):
-                    raise
-                failures.append(e)  # the other copies load all the same, as Triton loads each
-        if len(failures) < len(copies or [name]):
-            await self._replace_copies(name, copies)
-        for each in copies or [name]:
-            if self.history.unmet:
-                try:  # the load succeeded whatever this does: its client hears so
-                    await self._control(self._restore_dependents, each)
-                except ShuttingDown:
-                    pass
-                except Exception:
-                    log.exception("loading again the ensembles that run a model failed", extra={"model": each})
-        if failures:  # each copy that failed, in Triton's words for each
-            raise failures[0] if len(failures) == 1 else InvalidRequest("; ".join(e.message for e in failures))
-
-    async def _replace_copies(self, name: str, copies: list[str]) -> None:
-        """(--model-namespacing) After a load of ``name`` as ``copies`` (none: as itself): what served it otherwise
-        is unloaded, a copy whose repository no longer holds it, or the folder's own name where copies serve now;
-        the ensembles that ran them load again, each running its repository's copy."""
-        stale = [n for n in self._served_copies(name) if n not in copies]
-        if copies and (name in self._ensembles or self._serves_model(name)):  # served by its name before a copy came
-            stale.append(name)
-        for each in stale:
-            await self._control(lambda n: self._unload_by_name(n, False), each)
-
-    def _copies(self, name: str) -> list[str]:
-        """With --model-namespacing, the names of the copies of ``name`` that two or more repositories hold (none:
-        it names one model)."""
-        return self.repository.copies(name) if self.repository is not None else []
-
-    async def _load_asked(self, name: str, parameters: dict[str, Any]) -> None:
-        """The load ``repository_load`` was asked for, its parameters checked: from the request's files, or the
-        repository's folder (brought up to date first where it is a bucket's copy)."""
-        repository = self.repository if self.repository_only else None
-        files = model_files.given(parameters)
-        if files and "config" not in parameters:
-            raise PollFailed(  # Triton's words and code, then what to do
-                f"{_polled(name)}: a load with file: parameters needs the 'config' parameter too, the model "
-                "configuration of those files"
-            )
-        if repository is not None and not files and repository.clouds and not self._in_repository(name, repository):
-            # a folder added to a bucket since the copy was last brought up to date: its copy first, as Triton's
-            # explicit mode reads the repository as it is now (on the loader, in turn with the loads)
-            await asyncio.wrap_future(self._loader.submit(self._refresh, repository, name))
-        if repository is not None and not files and not self._in_repository(name, repository):
-            raise PollFailed(  # Triton's words and code, then what to do
-                f"{_polled(name)}: no model folder {name!r} in --model-repository {repository.shown()}; add it, "
-                "or load a model folder it holds"
-            )
-        await self._repository_load(name, parameters)
-
-    def _restore_dependents(self, name: str) -> None:
-        """After an explicit load of ``name``: the repository ensembles not served for want of their models load
-        again once every model they run is served, as Triton's load of a model loads the ensembles that depend on it
-        (tritonserver 2.51 brought an ensemble back on a reload of its step where polystack left it unloaded:
-        helper-108). An ensemble unloaded by name is not waiting (``repository_unload``)."""
-        for other in sorted(self.history.unmet):  # any of them: a load of one ensemble may have loaded another's model
-            runs = self.history.unmet_runs.get(other)
-            if other not in self.history.unmet or runs is None:
-                continue
-            if not all(self.model_ready(model, None) or self._renamed(model) for model in runs):
-                continue  # a load of it would load the rest
-            kept = self.history.configured.get(other)  # the last load's config, while the folder is as it was then
-            folder = self.repository.folder(other) if self.repository is not None else None
-            if kept is not None and (folder is None or model_repository.fingerprint(folder) != kept.folder):
-                self.history.configured.pop(other, None)
-                kept = None
-            try:
-                if kept is None:
-                    self._load_from_repository(other, None)
-                else:
-                    self._load_from_repository(other, kept.config, policy=kept.policy)
-            except PolystackError as e:
-                log.info("an ensemble still does not fit its models", extra={"model": other, "error": e.message})
-                continue
-            log.info("ensemble loaded again: every model it runs is served again", extra={"model": other})
-            self._restore_dependents(other)  # the ensembles that run this one
-
-    def _renamed(self, model: str) -> bool:
-        """(--model-namespacing) Whether an ensemble step naming ``model`` may name another now, its folder in
-        two repositories or in one: a copy's name, or a name two repositories hold (its ensemble is read again)."""
-        repository = self.repository
-        return repository is not None and bool(repository.copy_of(model) or repository.copies(model))
-
-    def _refresh(self, repository: model_repository.ModelRepository, name: str) -> None:
-        """Bring the copy of cloud folder ``name`` up to date, once a load of it building now is done."""
-        self._in_turn(name)
-        repository.refresh(name)
-
-    def _in_repository(self, name: str, repository: model_repository.ModelRepository) -> bool:
-        """Whether explicit model control over ``repository`` knows ``name``: a folder's model (or one it served),
-        an ensemble served, a model served another way."""
-        return name in self._ensembles or name in repository.others or repository.owns(name)
-
-    async def _repository_load(self, name: str, parameters: dict[str, Any]) -> None:
-        config = parameters.get("config")
-        if "config" in parameters and not isinstance(config, str):
-            raise self._settled(
-                name, InvalidRequest("the 'config' load parameter must be a string: the model configuration as JSON text")
-            )
-        if config is not None:  # a lone group where a list goes ("instance_group": {...}), as Triton's JSON reading takes
-            config = model_config.lists_where_repeated(config)
-        if model_files.given(parameters):
-            assert config is not None  # repository_load refused files without their config, in Triton's words
-            try:
-                python = _asks_python(config, parameters)
-                files: model_files.ModelFiles | model_files.Folder = (
-                    model_files.read_folder(parameters) if python else model_files.read(parameters)
-                )
-                if python and not self.folder_rules.python_models:  # its files are not even unpacked
-                    raise _python_refused(name)
-                if _is_torchscript(files, config) and not self.folder_rules.torchscript_models:  # torch reads none
-                    raise InvalidRequest(f"model {name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
-                if _is_aoti(files, config) and not self.folder_rules.aoti_models:
-                    raise InvalidRequest(f"model {name!r}: {model_repository.AOTI_REFUSED}")
-            except PolystackError as e:
-                raise self._settled(name, e) from None
-            await self._control(self._recorded(lambda n: self._load_files(n, files, config)), name)
-            return
-        await self._control(self._recorded(lambda n: self._load_only(n, config)), name)
-
-    def _recorded(self, change: Callable[[str], Any]) -> Callable[[str], Any]:
-        """``change``, a load, with what the index and readiness keep of its outcome recorded on the loader along
-        with it: an unload queued behind it then finds it recorded (recorded afterwards on the event loop, a failure
-        outlived the unload, the server unready until a load succeeded: helper-112)."""
-
-        def run(name: str) -> Any:
-            try:
-                done = change(name)
-            except PolystackError as e:
-                raise self._settled(name, e) from None
-            self.history.failures.pop(name, None)
-            return done
-
-        return run
-
-    def _settled(self, name: str, e: PolystackError) -> PolystackError:
-        """The answer to a repository load of ``name`` that failed with ``e``, in Triton's words and codes, its
-        failure kept for the index (but for a name nothing holds, which Triton does not track)."""
-        if isinstance(e, NotFound):  # nothing of that name to load: Triton's poll finds nothing, its 500
-            return PollFailed(f"{_polled(name)}: {e.message}")
-        if e.unread and not isinstance(e, (PollFailed, StepNotServed)):  # its model unread: Triton's poll fails
-            polled = PollFailed(f"{_polled(name)}: {e.message}").at_version(e.failed_version)  # its 500
-            self.history.failed(name, e if isinstance(e, NotUnique) else polled)  # (Triton's reason for a duplicate)
-            return polled
-        failed = load_refused(name, e)
-        self.history.failed(name, failed)
-        if isinstance(failed, Conflict):  # a version the store holds otherwise: Triton's 400
-            return InvalidRequest(failed.message)
-        return failed
-
-    def _load_files(
-        self, name: str, files: model_files.ModelFiles | model_files.Folder, config: str
-    ) -> LoadedEntry | ensemble.Ensemble:
-        """Register a load's model file (or a Python model's folder) as a version of ``name`` and load that version
-        with ``config``; what registering changed in the store is undone when the load fails."""
-        self._in_turn(name)
-        if name in self._ensembles:
-            raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
-        policy, config = model_config.split_field(config, "version_policy")
-        if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
-            model_repository.pick_versions(policy, [files.version])
-        # run on the files before they are registered, as Triton runs them on the folder it makes of them
-        agents, config = model_config.split_field(config, "model_repository_agents")
-        ran = repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
-        if isinstance(files, model_files.Folder):
-            doc = model_config.parse_config(config)
-            registered = model_files.register_python(self.store, name, files, doc, self.auto_complete)
-        else:
-            registered = model_files.register(self.store, name, files, config)
-        record = registered.record
-        facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
-        uploaded = _UPLOADED.set(True)
-        try:
-            entry = self._load_only(record.ref, config, ran)
-        except BaseException:
-            registered.undo(self.store)
-            log.warning("a load's model file was not served; the store is as it was", extra=facts)
-            raise
-        finally:
-            _UPLOADED.reset(uploaded)
-        registered.settle(self.store)  # the bytes it replaced, no longer served
-        self.history.configured.pop(name, None)  # what serves is the files': a load without a config reads the folder
-        if registered.created or registered.settings_before is not None:  # the store changed: say so
-            log.info("model registered from a load's files", extra={**facts, "new_version": registered.created})
-        return entry
-
-    async def poll_repository(self) -> None:
-        """Load, reload or unload the repository models whose folders changed since the last poll (Triton's
-        poll mode), on the loader and in flight like a load; ShuttingDown once the drain has begun."""
-        await self._control(lambda _: self._poll(), "")
-
-    def _poll(self) -> None:
-        repository = self.repository
-        assert repository is not None
-        repository.refresh()  # the repositories in cloud storage as they are now
-        folders, complete = repository.folders()
-        now = {name: model_repository.fingerprint(folder) for name, folder in folders.items()}
-        changed = False
-        deferred: dict[str, str] = {}  # ensembles whose load failed: tried again once the poll's other loads ran
-        failed: set[str] = set()  # folders that failed to load in this poll: not tried again within it
-        todo: list[str] = []  # the folders to load, in order
-        for name in sorted(repository.duplicated if complete else ()):  # Triton's poll unloads such a model
-            now[name] = model_repository.DUPLICATED  # read again once one repository holds it alone
-            if repository.seen.get(name) == model_repository.DUPLICATED:
-                continue
-            served = [v for n, v in list(self._served) if n == name]
-            if name in self._ensembles or self._serves_model(name):
-                self.unload(name)
-                changed = True
-            log.error(
-                f"failed to load {quote(name, 140)}: {NotUnique.TRITON}; keep it in one", extra={"model": name}
-            )
-            # at the latest version it served: the index lists it so, in place of "unloaded"
-            self.history.failed(name, NotUnique(NotUnique.TRITON).at_version(max(served, default=None)))
-        for name in sorted(now.keys() | repository.seen.keys()):
-            before, after = repository.seen.get(name), now.get(name)
-            if after == before or (after is None and not complete):  # unseen (a repository unreadable) is not gone
-                continue
-            if after == model_repository.DUPLICATED:  # unloaded above
-                repository.seen[name] = after
-                continue
-            if self.draining:  # the rest waits for the next start
-                return
-            if after is None:  # its folder is gone
-                repository.seen.pop(name, None)
-                self.history.unmet.discard(name)
-                if name in self._ensembles or self._serves_model(name):
-                    self.unload(name)
-                    changed = True
-                # gone from the repository: the index no longer lists it, as Triton's does not
-                self.history.stopped = {(n, v) for n, v in self.history.stopped if n != name}
-                self.history.failures.pop(name, None)
-                continue
-            repository.seen[name] = after  # a folder that fails is read again once it changes again
-            todo.append(name)
-        # the changed folders load at once (as Triton's poll loads them), each a task of the loader's; their outcomes
-        # are taken in order
-        for name, outcome in zip(todo, self._load_folders(todo, failed), strict=True):
-            if outcome is None:  # an ensemble's model that failed in this poll, a moment ago
-                continue
-            try:
-                if isinstance(outcome, BaseException):
-                    try:
-                        raise outcome
-                    finally:  # its traceback holds this frame: naming it made a cycle, which kept what the failed
-                        outcome = None  # load had made (a Python model's instance) until Python's cycle collector ran
-                loaded = outcome
-            except ShuttingDown:  # a warm-up the drain stopped: the rest waits for the next start
-                return
-            except PolystackError as e:
-                if name in self.history.unmet:  # an ensemble: a model it runs may load later in this poll
-                    deferred[name] = e.message
-                    continue
-                log.error(
-                    f"failed to load {name!r} from the model repository; what was served of it serves on, and its "
-                    "folder is read again once it changes",
-                    extra={"model": name, "error": e.message},
-                )
-                self.history.failed(name, load_refused(name, e))
-            except Exception:
-                log.exception("failed to load a model from the model repository", extra={"model": name})
-            else:
-                changed = True
-                self.history.failures.pop(name, None)
-                self.history.policies.pop(name, None)  # the folder's config holds again
-                served = sorted(e.version for e in self.engine.loaded() if e.name == name) or [loaded.version]
-                log.info("model folder read again", extra={"model": name, "serving": served, "latest": loaded.version})
-        still = self._load_unmet(deferred.keys(), failed) if changed or deferred else {}
-        for name, message in deferred.items():
-            if name in self.history.unmet:  # still failing once the poll's models loaded
-                failure = InvalidRequest(f"failed to load {quote(name, 140)}: {still.get(name, message)}")
-                self.history.failed(name, failure)
-                log.error(
-                    f"failed to load ensemble {name!r} from the model repository; what was served of it serves on, "
-                    "and it is read again once its folder changes or a poll changes models",
-                    extra={"model": name, "error": still.get(name, message)},
-                )
-
-    def _load_folders(
-        self, names: Sequence[str], failed: set[str]
-    ) -> list[LoadedEntry | ensemble.Ensemble | BaseException | None]:
-        """Load the repository folders ``names`` at once, each a task of the loader's (this task lets go of the turn
-        while they run): what each load gave or raised, in order; None for a folder skipped, which an ensemble's
-        load in this poll failed meanwhile (``failed``). One at a time outside a loader task, or with one thread."""
-
-        def one(name: str) -> LoadedEntry | ensemble.Ensemble | None:
-            self._refuse_when_draining()  # the rest waits for the next start
-            if name in failed:
-                return None
-            return self._load_from_repository(name, None, failed=failed)
-
-        outcomes: list[LoadedEntry | ensemble.Ensemble | BaseException | None] = []
-        if len(names) < 2 or not self._loader.holds_turn() or self._loader.threads < 2:  # (this task holds one)
-            for name in names:
-                try:
-                    outcomes.append(one(name))
-                except Exception as e:  # given back in order, as the tasks' are
-                    outcomes.append(e)
-            try:
-                return outcomes
-            finally:  # a failure's traceback holds this frame: naming the list that holds it made a cycle
-                del outcomes
-        futures = [self._loader.submit(one, name) for name in names]
-        with self._loader.let_go():
-            concurrent.futures.wait(futures)
-        for future in futures:
-            failure = future.exception()
-            outcomes.append(failure if failure is not None else future.result())
-        return outcomes
-
-    def _load_unmet(self, quiet: Collection[str] = (), tried: set[str] | None = None) -> dict[str, str]:
-        """Load again the repository ensembles not served as their folders say for want of their models as they
-        were, now that a poll changed models (Triton's poll mode reloads an ensemble's dependents): pass after
-        pass while one more loads. Those that still fail, with why (logged, but for those in ``quiet``). The models
-        in ``tried`` (the poll's failures) are not read again for them; a pass that loads one tries them anew."""
-        failed: dict[str, str] = {}
-        for _ in range(len(self.history.unmet)):  # each pass loads one more of them, or it is the last
-            progress = False
-            tried_now = set(tried or ())  # what fails in this pass is read once in it
-            for name in sorted(self.history.unmet):
-                assert self.repository is not None  # only repository ensembles are unmet
-                if self.draining:
-                    return failed
-                if name not in self.history.unmet:  # loaded meanwhile, as a model another one runs
-                    continue
-                if self.repository.folder(name) is None:  # its folder is gone
-                    self.history.unmet.discard(name)
-                    continue
-                try:
-                    self._load_from_repository(name, None, failed=tried_now)
-                except ShuttingDown:
-                    return failed
-                except PolystackError as e:
-                    failed[name] = e.message
-                else:
-                    self.history.unmet.discard(name)  # served as its folder says (an ensemble, or a model now)
-                    failed.pop(name, None)
-                    progress = True
-                    log.info("model folder read again: what it runs fits it now", extra={"model": name})
-            if not progress:
-                break
-        for name, message in failed.items():
-            if name not in quiet:
-                log.info("an ensemble still does not fit its models", extra={"model": name, "error": message})
-        return failed
-
-    async def repository_unload(
-        self, name: str, parameters: dict[str, Any] | None = None, repository_name: str = ""
-    ) -> None:
-        _one_repository(repository_name)
-        self._check_control()
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("a model name is required")
-        dependents = (parameters or {}).get("unload_dependents", False)
-        if not isinstance(dependents, bool):
-            raise InvalidRequest(f"the 'unload_dependents' unload parameter must be true or false, not {quote(dependents)}")
-        ref = ModelRef.parse(name)  # an unsafe name is refused as a load's is
-        if ref.version is not None:
-            raise InvalidRequest(
-                f"an unload takes a model's name, not a version: unload {ref.name!r} (every version of it stops "
-                "being served, as in Triton)"
-            )
-        # (--model-namespacing) each copy of a name two repositories hold, and those serving from before
-        for each in dict.fromkeys([*self._copies(name), *self._served_copies(name), name]):
-            await self._control(lambda n: self._unload_by_name(n, dependents), each)
-
-    async def load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:
-        """Serve the repository at ``root`` too, ``mapping``'s folders (folder: model name; the folder "": ``root``
-        is that model's folder itself) under their names, and load ``model`` from it: Triton's
-        TRITONSERVER_ServerRegisterModelRepository then its load, by which its SageMaker multi-model endpoint loads
-        each model, as one change on the loader. With explicit model control only. A load that fails takes back
-        all it did (the models it brought up, the store rows it made, the registration); else the store rows it
-        made, which ``unload_repository`` takes back."""
-        self._check_registration("registration")
-        made: list[ModelRecord] = []
-        await self._control(lambda _: made.extend(self._load_repository(root, mapping, model)), model)
-        return made
-
-    def _load_repository(self, root: Path, mapping: Mapping[str, str], model: str) -> list[ModelRecord]:
-        repository = self._repositories()
-        mapped = model in repository.mapped  # refused by the registration, in Triton's words
-        if not mapped and (model in repository.others or model in self._ensembles or self._serves_model(model)):
-            raise AlreadyExists(  # a name another load or the start serves: the archive would never be read
-                f"model {model!r} is served already; load the archive under another name, or unload that model first"
-            )
-        before, rows = self._names_served(), {r.id for r in self.store.models.list()}
-
-        def made() -> list[ModelRecord]:
-            """The rows of the models it brought up (not another process's, meanwhile): those it added, and those it
-            serves that a repository's files registered before (a load of the same archive before a restart)."""
-            names = self._names_served() - before | {model}
-            served = {(e.name, e.version) for e in self.engine.loaded()}
-            return [
-                r for r in self.store.models.list()
-                if r.name in names
-                and (r.id not in rows or (r.settings.get(model_files.FROM_FILES) and (r.name, r.version) in served))
-            ]  # fmt: skip
-
-        repository.register_repository(root, mapping)
-        try:
-            self._recorded(lambda n: self._load_only(n, None))(model)
-        except BaseException:
-            undone = made()
-            for name in sorted(self._names_served() - before):  # an ensemble's models, loaded before it failed
-                self.unload(name)
-            self._take_back(undone)
-            self._forget_names(repository.unregister_repository(root))
-            self.history.failures.pop(model, None)  # its repository is gone: nothing left to be unready for
-            raise
-        return made()
-
-    async def unload_repository(self, root: Path, model: str, made: Collection[ModelRecord], wait_s: float) -> bool:
-        """Unload ``model`` and the models its ensemble runs, wait up to ``wait_s`` for what they run, then
-        unregister the repository at ``root`` and take back the store rows its load ``made``; whether what they ran
-        finished in time."""
-        self._check_registration("unregistration")
-        await self._control(lambda n: self._unload_by_name(n, True), model)
-        finished = await asyncio.get_running_loop().run_in_executor(None, self.wait_retired, wait_s)
-
-        def forget(_: str) -> None:
-            self._forget_names(self._repositories().unregister_repository(root))
-            self._take_back([r for r in made if not self._serves_model(r.name)])  # unless loaded again meanwhile
-
-        await self._control(forget, model)
-        return finished
-
-    def _forget_names(self, names: Collection[str]) -> None:
-        """What loads from their folders left of ``names``, whose folders no repository holds now: a later load of
-        one reads the store, as before them."""
-        for name in names:
-            if not self._serves_model(name) and name not in self._ensembles:
-                self.model_configs.pop(name, None)
-                self.history.configured.pop(name, None)
-                self.history.policies.pop(name, None)
-
-    def _names_served(self) -> set[str]:
-        return {e.name for e in self.engine.loaded()} | set(self._ensembles)
-
-    def _take_back(self, records: Collection[ModelRecord]) -> None:
-        """Delete these store rows, those still as they were, with the blobs nothing else uses."""
-        for record in records:
-            self.store.take_back(record)
-
-    def _check_registration(self, what: str) -> None:
-        if not self.allow_model_control or (self.repository is not None and self.repository.polled):
-            raise Unsupported(  # Triton's words, then what to do
-                f"repository {what} is not allowed if model control mode is not EXPLICIT; start the server with "
-                "--model-control-mode explicit (or --allow-model-control)"
-            )
-
-    def _repositories(self) -> model_repository.ModelRepository:
-        """The repositories served, made empty on a first registration by a server started without one (whose
-        models served at start, or by their configs, no folder replaces)."""
-        if self.repository is None:
-            others = {e.name for e in self.engine.loaded()} | set(self.model_configs) | set(self._ensembles)
-            self.repository = model_repository.ModelRepository([], (), others, rules=self.folder_rules)
-        return self.repository
-
-    def _unload_by_name(self, name: str, dependents: bool) -> None:
-        """An unload's change, on the loader (a load queued behind it then sees all of it): what is served, and
-        what the server kept of the name's loads."""
-        self._in_turn(name)
-        self.unload(name, dependents)
-        self.history.unloaded(name)
-
-    def _in_turn(self, name: str) -> None:
+    # -- loads and unloads on the loader ----------------------------------------------------------------
+    def in_turn(self, name: str) -> None:
         """Wait while another load of ``name`` builds it (``Loader.wait_for``), as a load or unload queued behind
         it; refused if the server began to drain meanwhile, as one queued behind it is."""
-        if self._loader.wait_for(name):
-            self._refuse_when_draining()
+        if self.loader.wait_for(name):
+            self.refuse_when_draining()
 
-    def _refuse_when_draining(self) -> None:
+    def refuse_when_draining(self) -> None:
         if self.draining:
             raise ShuttingDown("the server is shutting down; send the load or unload to another replica")
 
-    async def _control(self, change: Callable[[str], Any], name: str) -> None:
+    async def control(self, change: Callable[[str], Any], name: str) -> None:
         """A load or unload on the loader, in flight like a request: a drain waits for it (within
         its timeout) and its client gets the answer; none starts once the drain has begun, not even one
         queued on the loader before it began."""
-        self._refuse_when_draining()
+        self.refuse_when_draining()
         self.in_flight += 1
         self._idle.clear()
 
         def unless_draining(name: str) -> Any:  # queued behind another load when the drain began: not started
-            self._refuse_when_draining()
+            self.refuse_when_draining()
             return change(name)
 
         try:
-            await asyncio.wrap_future(self._loader.submit(unless_draining, name))
+            await asyncio.wrap_future(self.loader.submit(unless_draining, name))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

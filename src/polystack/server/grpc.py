@@ -530,7 +530,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        models = await self._call(context, lambda: self.plane.repository_index(request.ready, request.repository_name))
+        extension = self.plane.repository_extension
+        models = await self._call(context, lambda: extension.index(request.ready, request.repository_name))
         resp = pb.RepositoryIndexResponse()
         for m in models:
             resp.models.add(**m)
@@ -540,14 +541,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         params = grpc_codec.params_dict(request.parameters)
-        await self._call(context, lambda: self.plane.repository_load(request.model_name, params, request.repository_name))
+        extension = self.plane.repository_extension
+        await self._call(context, lambda: extension.load(request.model_name, params, request.repository_name))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         params = grpc_codec.params_dict(request.parameters)
-        await self._call(context, lambda: self.plane.repository_unload(request.model_name, params, request.repository_name))
+        extension = self.plane.repository_extension
+        await self._call(context, lambda: extension.unload(request.model_name, params, request.repository_name))
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(

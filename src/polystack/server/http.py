@@ -510,7 +510,7 @@ class HttpApp:
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidRequest(f"'ready' must be true or false, not {quote(ready)}")
-        return json_response(200, await self.plane.repository_index(ready))
+        return json_response(200, await self.plane.repository_extension.index(ready))
 
     def shm_status(self, req: Request, args: list[str]) -> Response:
         return json_response(200, self.plane.regions().status(args[0] or None))
@@ -549,14 +549,14 @@ class HttpApp:
             files = {k: _file_bytes(k, v) for k, v in params.items() if k.startswith(model_files.PREFIX)}
         except InvalidRequest as e:  # refused as the data plane refuses a load
             raise load_failed(args[0], e) from None
-        await self.plane.repository_load(args[0], {**params, **files})
+        await self.plane.repository_extension.load(args[0], {**params, **files})
         return Response(200, b"")  # an empty body, as Triton's (tritonserver 2.51, helper-108)
 
     async def repository_unload(self, req: Request, args: list[str]) -> Response:
         params = self._json_body(req).get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidRequest("'parameters' must be an object")
-        await self.plane.repository_unload(args[0], params)
+        await self.plane.repository_extension.unload(args[0], params)
         return Response(200, b"")
 
     async def infer(self, req: Request, args: list[str]) -> Response:

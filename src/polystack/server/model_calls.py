@@ -36,8 +36,8 @@ Capacity = Callable[[str, str | None], tuple[str, int] | None]
 
 
 class ModelCalls:
-    """``infer``, ``load``, ``unload`` and ``infer_stream`` are the server's (``DataPlane.infer``,
-    ``repository_load``, ``repository_unload``, ``infer_stream``); ``serve_on`` gives the loop they run on."""
+    """``infer``, ``load``, ``unload`` and ``infer_stream`` are the server's (``DataPlane.infer``, the repository
+    extension's ``load`` and ``unload``, ``DataPlane.infer_stream``); ``serve_on`` gives the loop they run on."""
 
     def __init__(
         self, infer: Infer, load: Control, unload: Control, capacity: Capacity, infer_stream: InferStream

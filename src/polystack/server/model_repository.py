@@ -89,6 +89,16 @@ AOTI_REFUSED = (
     "as native code in the server's process, with its rights; start the server with --allow-torch-aoti-models to "
     "serve it, from repositories you trust"
 )
+
+
+def python_refused(name: str) -> InvalidRequest:
+    """A Python model refused by a server started without --allow-python-models."""
+    return InvalidRequest(
+        f"model {name!r} is a Python model: its code would run in the server's process, with the server's rights; "
+        "start the server with --allow-python-models to serve it"
+    )
+
+
 # Triton's names for its PyTorch backend's TorchScript models (``torch_aoti`` is its AOTInductor packages')
 _PYTORCH = frozenset({"pytorch", "pytorch_libtorch", "libtorch"})
 AOTI = "torch_aoti"

@@ -5,13 +5,13 @@ folder of its own (``/opt/ml/models/<hash>/model``), and served under the name S
 hash), as tritonserver 2.51 does:
 
 - the folder is a repository of its own, registered while serving with its model folder mapped to that name, and
-  the model is loaded by name, as a repository load loads it (``DataPlane.load_repository``, one change: a load
-  that fails takes back all it did); an ensemble's models are the repository's other folders, served under their
-  own names;
+  the model is loaded by name, as a repository load loads it (``RepositoryExtension.load_repository``, one change:
+  a load that fails takes back all it did); an ensemble's models are the repository's other folders, served under
+  their own names;
 - the model folder is the archive folder itself where it holds a ``config.pbtxt``, else the one folder in it, or
   the ensemble among its folders;
 - an unload unloads the model and the models an ensemble runs, waits for what they were running, unregisters the
-  repository and takes back the store rows the load made (``DataPlane.unload_repository``).
+  repository and takes back the store rows the load made (``RepositoryExtension.unload_repository``).
 
 Transport-free: the SageMaker port (``sagemaker.py``) answers with Triton's statuses.
 """
@@ -117,7 +117,7 @@ class MultiModels:
 
     async def _load(self, name: str, repository: Path, folder: str, model: str) -> Archive:
         try:
-            made = await self.plane.load_repository(repository, {folder: model}, model)
+            made = await self.plane.repository_extension.load_repository(repository, {folder: model}, model)
             archive = Archive(name, repository, model, tuple(made))
             self._archives[name] = archive
             return archive
@@ -137,7 +137,8 @@ class MultiModels:
 
     async def _unload(self, archive: Archive) -> None:
         try:
-            finished = await self.plane.unload_repository(archive.repository, archive.model, archive.made, UNLOAD_WAIT_S)
+            extension = self.plane.repository_extension
+            finished = await extension.unload_repository(archive.repository, archive.model, archive.made, UNLOAD_WAIT_S)
             self._archives.pop(archive.name, None)
         finally:
             self._busy.discard(archive.name)
