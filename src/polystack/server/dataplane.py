@@ -1,6 +1,7 @@
 """The data plane both transports share: every OIP v2 operation as a plain (async) method.
 
-HTTP and gRPC handlers decode, call one method here, and encode; they hold no logic of their own.
+HTTP and gRPC handlers decode, call one method here (or of the model repository extension, which the plane holds:
+``repository_extension.RepositoryExtension``), and encode; they hold no logic of their own.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
 model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
 the batcher's worker threads (its instances); without, in inference threads all such models share
@@ -566,9 +567,9 @@ class DataPlane:
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
-        # what hosted models ask of the server from their threads (``serve_on`` at start)
         # Triton's model repository extension: the index, loads and unloads by name, polls (its transports call it)
         self.repository_extension = RepositoryExtension(self)
+        # what hosted models ask of the server from their threads (``serve_on`` at start)
         self.calls = ModelCalls(
             self._called, self.repository_extension.load, self.repository_extension.unload, self._capacity,
             self.infer_stream,

@@ -39,6 +39,7 @@ from polystack.errors import (
 )
 from polystack.formats import torchscript_guard
 from polystack.server import ensemble, model_config, model_files, model_repository, repository_agents
+from polystack.server.load_history import LoadHistory
 from polystack.store import ModelRecord, ModelRef
 
 if TYPE_CHECKING:
@@ -113,7 +114,11 @@ class RepositoryExtension:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.history = plane.history
+
+    @property
+    def history(self) -> LoadHistory:
+        """What the plane keeps of each name's loads, which the extension reads and writes too."""
+        return self.plane.history
 
     def _check_control(self) -> None:
         """A load or unload refused as Triton refuses it where its model control is not explicit (its poll
