@@ -32,7 +32,7 @@ import numpy as np
 from polystack.backends.reshaped import Reshape
 from polystack.errors import InvalidRequest, PolystackError, quote
 from polystack.labels import file_in, labels_for
-from polystack.server import model_config, repository_agents
+from polystack.server import config_schema, model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
 
 log = logging.getLogger("polystack.server.ensemble")
@@ -127,20 +127,20 @@ def read(text: str, name: str, version: int) -> Ensemble:
     the config alone decides; ``InvalidRequest`` says what is wrong and where."""
     _triton_checks(model_config.parse_json(text), name)
     config = model_config.parse_config(text, "ensemble")
-    platform = model_config.read_string(config, "platform", "config")
-    backend = model_config.read_string(config, "backend", "config")
+    platform = config_schema.read_string(config, "platform", "config")
+    backend = config_schema.read_string(config, "backend", "config")
     if platform != PLATFORM or backend:
         raise InvalidRequest(
             f"an ensemble's config sets platform {PLATFORM!r} and no backend (it has platform {quote(platform)}, "
             f"backend {quote(backend)})"
         )
-    given = model_config.read_string(config, "name", "config")
+    given = config_schema.read_string(config, "name", "config")
     if given and given != name:
         raise InvalidRequest(f"the config names model {quote(given)}, but it is loaded as {name!r}")
-    max_batch = model_config.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
+    max_batch = config_schema.read_int(config, "max_batch_size", "config", 0, (1 << 31) - 1)
     inputs, optional, taken = _tensors(config, "input", max_batch, name)
     outputs, _, given_back = _tensors(config, "output", max_batch, name)
-    scheduling = model_config.read_message(
+    scheduling = config_schema.read_message(
         config.get("ensemble_scheduling", {}), "ensemble_scheduling", "ensemble_scheduling"
     )
     raw_steps = scheduling.get("step", [])
@@ -152,8 +152,8 @@ def read(text: str, name: str, version: int) -> Ensemble:
     if len(raw_steps) > MAX_STEPS:
         raise InvalidRequest(f"ensemble_scheduling lists {len(raw_steps)} steps; an ensemble runs at most {MAX_STEPS}")
     steps = tuple(_step(item, i, name) for i, item in enumerate(raw_steps))
-    cache = model_config.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
-    cached = model_config.read_bool(cache, "enable", "response_cache")
+    cache = config_schema.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
+    cached = config_schema.read_bool(cache, "enable", "response_cache")
     label_files = tuple(model_config.label_files(text, "ensemble").items())
     formats = _formats(config["input"])
     ensemble = Ensemble(
@@ -230,18 +230,18 @@ def _tensors(
     reshapes: list[Reshape] = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
-        d = model_config.read_message(item, where, key)
-        name = model_config.read_string(d, "name", where)
+        d = config_schema.read_message(item, where, key)
+        name = config_schema.read_string(d, "name", where)
         if not name:
             raise InvalidRequest(f"{where} has no name")
         if name in found:
             raise InvalidRequest(f"{where} lists {key} {quote(name)} a second time")
-        dtype = model_config.dtype_of(model_config.read_enum(d, "data_type", where, "DataType"), where)
+        dtype = config_schema.dtype_of(config_schema.read_enum(d, "data_type", where, "DataType"), where)
         if "dims" not in d:
             raise InvalidRequest(
                 f"{where} ({name}) has no dims; give its shape without the batch dimension (-1: any size)"
             )
-        dims = model_config.io_dims(d["dims"], where, key, name, model)
+        dims = config_schema.io_dims(d["dims"], where, key, name, model)
         if max_batch == 0 and not dims:
             raise InvalidRequest(f"{where} ({name}) has no dims; with max_batch_size 0 give its whole shape")
         if dims and d.get("reshape") is not None:  # Triton's checks of a model's reshape (ValidateIOShape)
@@ -249,9 +249,9 @@ def _tensors(
         reshape = model_config.read_reshape(d, where, name, max_batch, model)
         if reshape is not None:
             reshapes.append(reshape)
-        if key == "input" and model_config.read_bool(d, "optional", where):
+        if key == "input" and config_schema.read_bool(d, "optional", where):
             optional.add(name)
-        if key == "input" and model_config.read_bool(d, "allow_ragged_batch", where):
+        if key == "input" and config_schema.read_bool(d, "allow_ragged_batch", where):
             raise InvalidRequest(
                 f"{where} ({name}) allows a ragged batch, which polystack's ensembles do not take (their steps' models "
                 "may); leave allow_ragged_batch out"
@@ -267,7 +267,7 @@ def _formats(inputs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
     formats = []
     for i, d in enumerate(inputs):
         where = f"input[{i}]"
-        layout = model_config.read_enum(d, "format", where, "ModelInput.Format") or "FORMAT_NONE"
+        layout = config_schema.read_enum(d, "format", where, "ModelInput.Format") or "FORMAT_NONE"
         if layout not in model_config.FORMATS:
             raise InvalidRequest(f"{where} has format {quote(layout)}; Triton's are {', '.join(model_config.FORMATS)}")
         if layout != "FORMAT_NONE" and len(d["dims"]) != 3:  # as a model's (its dims leave the batch out)
@@ -283,14 +283,14 @@ def _formats(inputs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
 def _step(item: Any, index: int, ensemble: str) -> Step:
     """Step ``index`` of ``ensemble``'s config, checked as Triton's BuildEnsembleGraph checks it (its words)."""
     where = f"ensemble_scheduling.step[{index}]"
-    d = model_config.read_message(item, where, "step")
-    model = model_config.read_string(d, "model_name", where)
+    d = config_schema.read_message(item, where, "step")
+    model = config_schema.read_string(d, "model_name", where)
     if not model:
         raise InvalidRequest(
             f"must specify 'model_name' in step {index} of ensemble {ensemble!r}: {where} has no model_name; name "
             "the served model it runs"
         )
-    raw_version = model_config.read_int(d, "model_version", where, -1, (1 << 63) - 1) if "model_version" in d else -1
+    raw_version = config_schema.read_int(d, "model_version", where, -1, (1 << 63) - 1) if "model_version" in d else -1
     if raw_version == 0:
         raise InvalidRequest(f"{where} ({model}) asks for model_version 0; give a version from 1, or -1 for the latest")
     maps = []
@@ -515,8 +515,8 @@ def _agree(
         ensemble, given_by, model = inferred
         raise InvalidRequest(  # Triton's words, then ours
             f"in ensemble {ensemble}, ensemble tensor {tensor}: inconsistent data type: "
-            f"{model_config.type_name(dtype)} is inferred from model {given_by} while "
-            f"{model_config.type_name(spec.dtype)} is inferred from model {model}: "
+            f"{config_schema.type_name(dtype)} is inferred from model {given_by} while "
+            f"{config_schema.type_name(spec.dtype)} is inferred from model {model}: "
             f"{where}: ensemble tensor {quote(tensor)} is {dtype.value} as {source}, but {what} is {spec.dtype.value}"
         )
     # ranks of 0 are left alone: ONNX may leave an output's shape unknown
@@ -563,7 +563,7 @@ def render(ensemble: Ensemble) -> dict[str, Any]:
 
     def tensor(t: TensorSpec) -> dict[str, Any]:
         dims = list(t.shape[1:] if ensemble.max_batch_size else t.shape)
-        shown: dict[str, Any] = {"name": t.name, "data_type": model_config.type_name(t.dtype), "dims": dims}
+        shown: dict[str, Any] = {"name": t.name, "data_type": config_schema.type_name(t.dtype), "dims": dims}
         if t.name in reshapes:  # as Triton shows it, after the dims
             shown["reshape"] = {"shape": list(reshapes[t.name].model)}
         return {**shown, "is_shape_tensor": False}
