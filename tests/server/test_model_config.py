@@ -19,7 +19,7 @@ from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
-from polystack.server import model_config
+from polystack.server import model_config, sequence_config
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
@@ -930,11 +930,11 @@ def test_a_variable_states_initial_dims_are_its_first_size_and_bounded() -> None
     from polystack.types import DType
 
     zero = {"data_type": "TYPE_FP32", "name": "s", "zero_data": True}
-    assert model_config._initial_state([{**zero, "dims": [3]}], "S", DType.FP32, (-1,), "state", None)[3] == (3,)
+    assert sequence_config.initial_state([{**zero, "dims": [3]}], "S", DType.FP32, (-1,), "state", None)[3] == (3,)
     with pytest.raises(InvalidRequest, match=r"do not match the dims of state 'S', \[2, -1\]"):
-        model_config._initial_state([{**zero, "dims": [3, 3]}], "S", DType.FP32, (2, -1), "state", None)
+        sequence_config.initial_state([{**zero, "dims": [3, 3]}], "S", DType.FP32, (2, -1), "state", None)
     with pytest.raises(InvalidRequest, match="is over 64 MiB a sequence"):
-        model_config._initial_state([{**zero, "dims": [1 << 30]}], "S", DType.FP32, (-1,), "state", None)
+        sequence_config.initial_state([{**zero, "dims": [1 << 30]}], "S", DType.FP32, (-1,), "state", None)
 
 
 def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:

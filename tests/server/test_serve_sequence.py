@@ -42,7 +42,7 @@ from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
 from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest, ShuttingDown, Unavailable
 from polystack.examples import accumulator_onnx
 from polystack.formats import import_model
-from polystack.server import model_config
+from polystack.server import model_config, sequence_config
 from polystack.store import ModelRecord, Store
 from polystack.types import DType
 
@@ -1165,7 +1165,7 @@ def test_a_sequence_config_reads_back_from_get_config(acc: tuple[ModelRecord, Lo
     assert first.sequence is not None and first.sequence.strategy == "oldest" and first.sequence.slots == 6
     assert first.sequence.states[0].first(True).tolist() == [[100.0]]
     assert first.sequence.idle_s == 0.005 and first.sequence.max_queue_delay_ms == 0.1
-    rendered = model_config._render_sequence(first.sequence)
+    rendered = sequence_config.render(first.sequence)
     again = model_config.read(json.dumps({"max_batch_size": 4, "sequence_batching": rendered}), *acc, None, tmp_path)
     assert again.sequence == first.sequence
 
@@ -1234,7 +1234,7 @@ def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: 
         text = f"max_batch_size: 4\nsequence_batching {{ {strategy}\n{seq} }}\n"
         policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
         assert policy is not None
-        return model_config._render_sequence(policy)
+        return sequence_config.render(policy)
 
     plain = shown("")
     assert "direct" not in plain and "oldest" not in plain and plain["iterative_sequence"] is False

@@ -10,6 +10,7 @@ Triton's is refused), Triton's defaults, the fields refused and why; and the rea
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
@@ -17,6 +18,8 @@ from polystack.server import repository_agents
 from polystack.types import DType
 
 MAX_DEPTH = 32  # Triton's own configs nest 6 deep
+MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
+MAX_FILE_BYTES = 256 << 20  # a file a config names (warm-up input, initial state)
 
 # Triton's fields, by message (model_config.proto), where polystack reads some of them; a name outside
 # these is refused as not Triton's
@@ -336,3 +339,35 @@ def dtype_of(name: str, where: str) -> DType:
             f"{', '.join(type_name(d) for d in DType)}"
         )
     return found
+
+
+def model_file(
+    model_dir: Path | None, folder: str, name: str, field: str, where: str, instead: str
+) -> tuple[Path, bytes]:
+    """The path and bytes of the file a config's ``field`` names, in the model directory's ``folder`` (Triton's
+    ``warmup/``, ``initial_state/``): named relative to it and staying inside it, at most 256 MiB."""
+    if model_dir is None:
+        raise InvalidRequest(
+            f"{where} reads {field} {quote(name)}, but the model has no model directory to read it from (no "
+            "repository folder or --model-config file); give its config at start (serve --model-config "
+            f"NAME=DIR/config.pbtxt, the file in DIR/{folder}/), or use {instead}"
+        )
+    inside = (model_dir / folder).resolve()
+    path = model_dir / folder / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(inside):
+        raise InvalidRequest(
+            f"{where} reads {field} {quote(name)}; name a file inside the model directory's {folder}/ folder "
+            f"({model_dir / folder}), relative to it"
+        )
+    try:
+        if not name or not path.is_file():
+            raise InvalidRequest(f"{where} reads {field} {quote(name)}, but {path} is not a file; put it there")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidRequest(
+                f"{where} reads {field} {path} of {size:,} bytes; polystack reads model files of at most "
+                f"{MAX_FILE_BYTES:,} bytes"
+            )
+        return path, path.read_bytes()
+    except OSError as e:
+        raise InvalidRequest(f"{where} cannot read {field} {path}: {e.strerror}") from None
