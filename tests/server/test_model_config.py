@@ -19,7 +19,7 @@ from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
-from polystack.server import model_config, sequence_config
+from polystack.server import model_config, sequence_config, warmup_config
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
@@ -133,7 +133,7 @@ def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims()
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 3, "inputs": inputs, "count": 2}]})
     (batched,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
-    shown = model_config._render_warmup(batched, 0)
+    shown = warmup_config.render(batched, 0)
     assert shown == {"name": "", "batch_size": 1, "count": 2,
                      "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3, 4], "zero_data": True}}}  # fmt: skip
     (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
@@ -145,7 +145,7 @@ def test_a_skipped_batched_sample_shown_without_batching_loads_back_skipped() ->
     inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
     text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 0, "inputs": inputs}]})
     (skipped,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
-    shown = model_config._render_warmup(skipped, 0)
+    shown = warmup_config.render(skipped, 0)
     assert shown["batch_size"] == 0 and shown["inputs"]["x"]["dims"] == [0, 4]
     (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
     assert back.batch_size == 0  # still skipped
@@ -238,7 +238,7 @@ def test_a_warmup_input_from_a_file_repeats_its_row_in_every_row_of_the_batch(tm
     (sample,) = model_config.read(text, RECORD, SPEC, PLAN, tmp_path).additions.warmup
     arrays = sample.arrays(np.random.default_rng(0))
     np.testing.assert_array_equal(arrays["x"], np.stack([row] * 3))
-    rendered = model_config._render_warmup(sample, 8)["inputs"]["x"]
+    rendered = warmup_config.render(sample, 8)["inputs"]["x"]
     assert rendered == {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}
 
 

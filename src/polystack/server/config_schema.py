@@ -2,9 +2,11 @@
 (``TRITON_FIELDS``), those polystack reads (the rest are accepted at Triton's defaults only, and a name that is not
 Triton's is refused), Triton's defaults, the fields refused and why; and the readers of protobuf's JSON against them
 (``read_message``, ``read_int``, ``read_enum``, ...), which take both field spellings (``max_batch_size``,
-``maxBatchSize``) and 64-bit integers as numbers or strings, as Triton's JSON reading does.
+``maxBatchSize``) and 64-bit integers as numbers or strings, as Triton's JSON reading does; and the bounded reading of
+a file a config names (``model_file``: warm-up inputs, initial states).
 
-``model_config.py`` reads a model's config with them, ``ensemble.py`` an ensemble's.
+``model_config.py`` reads a model's config with them (``sequence_config.py`` its sequence_batching,
+``warmup_config.py`` its model_warmup), ``ensemble.py`` an ensemble's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from typing import Any
 
 from polystack.errors import InvalidRequest, quote
 from polystack.server import repository_agents
-from polystack.types import DType
+from polystack.types import DType, TensorSpec
 
+INT32_MAX = (1 << 31) - 1
+UINT32_MAX = (1 << 32) - 1
+UINT64_MAX = (1 << 64) - 1
 MAX_DEPTH = 32  # Triton's own configs nest 6 deep
 MAX_MICROSECONDS = 10**12  # 11.6 days: delays and timeouts past it are refused (and stay exact as floats)
 MAX_FILE_BYTES = 256 << 20  # a file a config names (warm-up input, initial state)
@@ -107,7 +112,7 @@ _READ = {
     },
     "ensemble_scheduling": {"step"},
     "step": {"model_name", "model_version", "input_map", "output_map"},
-    # a sequence model's (sequence.py); use_same_buffer_for_input_output asks Triton's backends to save a copy,
+    # a sequence model's (sequence_config.py); use_same_buffer_for_input_output asks Triton's backends to save a copy,
     # which polystack's state (numpy arrays handed from one call to the next) never makes: read, changes nothing
     "sequence_batching": {
         "direct", "oldest", "max_sequence_idle_microseconds", "control_input", "state", "iterative_sequence",
@@ -371,3 +376,8 @@ def model_file(
         return path, path.read_bytes()
     except OSError as e:
         raise InvalidRequest(f"{where} cannot read {field} {path}: {e.strerror}") from None
+
+
+def config_dims(t: TensorSpec, max_batch: int) -> list[int]:
+    """``t``'s dims as a config gives them: without the batch dimension of a model that batches."""
+    return list(t.shape[1:] if max_batch > 0 else t.shape)

@@ -50,7 +50,7 @@ from polystack.errors import InvalidRequest, quote
 from polystack.formats import fil as fil_format
 from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
-from polystack.protocol import http_codec, wire
+from polystack.protocol import http_codec
 from polystack.server import (
     fil_config,
     onnxruntime_config,
@@ -58,14 +58,17 @@ from polystack.server import (
     pytorch_config,
     repository_agents,
     sequence_config,
+    warmup_config,
 )
 from polystack.server.config_schema import (
+    INT32_MAX,
     MAX_DEPTH,
     MAX_MICROSECONDS,
     TRITON_FIELDS,
-    dtype_of,
+    UINT32_MAX,
+    UINT64_MAX,
+    config_dims,
     io_dims,
-    model_file,
     read_bool,
     read_enum,
     read_int,
@@ -76,18 +79,13 @@ from polystack.server.config_schema import (
     whole,
 )
 from polystack.server.onnxruntime_config import Accelerator, Optimization
-from polystack.server.warmup import WarmupInput, WarmupSample
+from polystack.server.warmup import WarmupSample
 from polystack.store import ModelRecord
-from polystack.types import DType, Signature, TensorSpec
+from polystack.types import Signature, TensorSpec
 
 log = logging.getLogger("polystack.server")
 
-_INT32_MAX = (1 << 31) - 1
-_UINT32_MAX = (1 << 32) - 1
-_UINT64_MAX = (1 << 64) - 1
 _MAX_INSTANCES = MAX_INSTANCES  # worker threads for one model
-_MAX_WARMUP_BYTES = 256 << 20  # one warm-up sample's inputs: a typo in its dims must not take the memory
-_MAX_WARMUP_CALLS = 1000  # runtime calls of a load's warm-up: they hold a loader thread (the next load, a drain)
 
 FORMATS = ("FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW")  # an input's layout, for clients (Triton's image_client)
 
@@ -267,7 +265,7 @@ def render(
     fil_dims = fil_format.configured_dims(entry.record.settings.get("fil") if entry.record.format == "fil" else None)
 
     def tensor(t: TensorSpec) -> dict[str, Any]:
-        shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": _dims(t, max_batch)}
+        shown: dict[str, Any] = {"name": t.name, "data_type": type_name(t.dtype), "dims": config_dims(t, max_batch)}
         if t.name in fil_dims:  # as the config wrote them: FIL's answers leave out its dims of 1
             shown["dims"] = list(fil_dims[t.name])
         r = reshaped.get(t.name)
@@ -370,7 +368,7 @@ def render(
         queue = _render_queue(p.queue_policy(0))
         if queue != _TRITON_QUEUE or "default_queue_policy" in added.given:  # (polystack's flags may set one)
             config["dynamic_batching"]["default_queue_policy"] = queue
-    config["model_warmup"] = [_render_warmup(w, max_batch) for w in added.warmup]
+    config["model_warmup"] = [warmup_config.render(w, max_batch) for w in added.warmup]
     if sequence is not None:
         config["sequence_batching"] = sequence_config.render(sequence)
     if added.agents:
@@ -428,31 +426,10 @@ def _render_queue(q: QueuePolicy) -> dict[str, Any]:
     return {  # every field, as tritonserver 2.51 prints them (helper-114: code indexes timeout_action)
         "timeout_action": "DELAY" if q.delay else "REJECT",
         # exact to 2^53 microseconds (285 years); past that the nearest float, within uint64 (2^64 - 1 reads back so)
-        "default_timeout_microseconds": min(round(q.timeout_s * 1e6), _UINT64_MAX) if q.timeout_s is not None else 0,
+        "default_timeout_microseconds": min(round(q.timeout_s * 1e6), UINT64_MAX) if q.timeout_s is not None else 0,
         "allow_timeout_override": q.client_timeouts,
         "max_queue_size": q.max_queue_size,
     }
-
-
-def _render_warmup(sample: WarmupSample, max_batch: int) -> dict[str, Any]:
-    """``sample`` as the config shows it; a batched sample of a model now shown without batching (its
-    batcher stopped merging) has its batch in its dims, so that the config read back loads."""
-    batch_size, lead = sample.batch_size, tuple[int, ...]()
-    if sample.batched and not max_batch:
-        batch_size, lead = min(batch_size, 1), (sample.batch_size,)  # 0 stays 0: a sample Triton skips
-    inputs = {
-        i.name: {
-            "data_type": type_name(i.dtype),
-            "dims": [*lead, *i.dims],
-            **(
-                {"input_data_file": i.data_file}
-                if i.data is not None
-                else {"random_data" if i.random else "zero_data": True}
-            ),
-        }
-        for i in sample.inputs
-    }
-    return {"name": sample.name, "batch_size": batch_size, "inputs": inputs, "count": sample.count}
 
 
 @dataclass(frozen=True)
@@ -598,7 +575,7 @@ def read(
     takes_nothing = spec.backend == "python" and record.signature.takes_nothing
     batched = record.signature.batched or takes_nothing
     limit = spec.max_batch_size  # the variant's own, if it has one
-    max_batch = read_int(config, "max_batch_size", "config", 0, _INT32_MAX) if "max_batch_size" in config else None
+    max_batch = read_int(config, "max_batch_size", "config", 0, INT32_MAX) if "max_batch_size" in config else None
     # Triton's auto-complete of a repository's config that leaves inputs or outputs to it (``_autofill``)
     both_listed = config.get("input") and config.get("output")
     autofills = bool(record.settings.get(TRITON_IO)) and auto_complete and not both_listed and not takes_nothing
@@ -720,7 +697,7 @@ def read(
         seen = Additions(shapes=shapes, reshape=reshapes, optional=optional).seen(record.signature)
         if ragged is not None:  # ragged inputs in the dims requests send, no batch inputs
             seen = ragged.shown(seen)
-        warmup = _warmups(
+        warmup = warmup_config.read(
             config.get("model_warmup"), replace(record, signature=seen), max_batch, model_dir, spec.backend == "python"
         )
         cache = read_message(config.get("response_cache", {}), "response_cache", "response_cache")
@@ -988,8 +965,8 @@ def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPo
     sizes = [whole(p, f"{where}.preferred_batch_size", 1, max_batch) for p in preferred]
     delay_us = read_int(d, "max_queue_delay_microseconds", where, 0, MAX_MICROSECONDS)
     queue = _queue_policy(d.get("default_queue_policy", {}), f"{where}.default_queue_policy")
-    levels = read_int(d, "priority_levels", where, 0, _UINT64_MAX)
-    default_level = read_int(d, "default_priority_level", where, 0, _UINT64_MAX)
+    levels = read_int(d, "priority_levels", where, 0, UINT64_MAX)
+    default_level = read_int(d, "default_priority_level", where, 0, UINT64_MAX)
     by_level = d.get("priority_queue_policy", {})
     if not isinstance(by_level, dict):
         raise InvalidRequest(f"{where}.priority_queue_policy must map priority levels to queue policies")
@@ -1001,7 +978,7 @@ def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPo
         )
     queues: dict[int, QueuePolicy] = {}
     for key, policy in by_level.items():
-        level = whole(key, f"{where}.priority_queue_policy's level", 0, _UINT64_MAX)
+        level = whole(key, f"{where}.priority_queue_policy's level", 0, UINT64_MAX)
         if level in queues:
             raise InvalidRequest(f"{where}.priority_queue_policy gives level {level} twice ({quote(key)} is {level})")
         queues[level] = _queue_policy(policy, f"{where}.priority_queue_policy[{key}]")
@@ -1037,130 +1014,13 @@ def _queue_policy(value: Any, where: str) -> QueuePolicy:
             "give REJECT (refuse a request past its timeout) or DELAY (run it after the others)"
         )
     # any uint64, as Triton takes it (its L0_config_json loads 2^64 - 1): a deadline is compared, never slept to
-    timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, _UINT64_MAX)
+    timeout_us = read_int(queue, "default_timeout_microseconds", where, 0, UINT64_MAX)
     return QueuePolicy(
-        max_queue_size=read_int(queue, "max_queue_size", where, 0, _UINT32_MAX),
+        max_queue_size=read_int(queue, "max_queue_size", where, 0, UINT32_MAX),
         timeout_s=timeout_us / 1e6 if timeout_us else None,
         client_timeouts=read_bool(queue, "allow_timeout_override", where),
         delay=action == "DELAY",
     )
-
-
-def _warmups(
-    value: Any, record: ModelRecord, max_batch: int, model_dir: Path | None, python: bool = False
-) -> tuple[WarmupSample, ...]:
-    """The config's ``model_warmup`` samples, checked against the model: every input named once with the
-    model's type and dims, zeros, random values or a row from a file in ``model_dir``'s ``warmup/``, and a
-    batch that fits ``max_batch`` (0: unbatched). A ``python`` model's sample may hold inputs its config does not
-    declare, of the type and dims the sample gives: Triton hands its execute whatever the sample holds."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidRequest("model_warmup must be a list of warm-up samples")
-    samples = []
-    calls = 0
-    for i, item in enumerate(value):
-        where = f"model_warmup[{i}]"
-        d = read_message(item, where, "model_warmup")
-        given = read_string(d, "name", where)  # kept as given: the config read back is the config loaded
-        name = given or f"sample {i}"
-        batch_size = read_int(d, "batch_size", where, 0, _UINT32_MAX)
-        if batch_size > max(1, max_batch):
-            raise InvalidRequest(
-                f"{where} ({name}) has batch_size {batch_size}, over the model's max_batch_size {max_batch}; "
-                + (f"use 1 to {max_batch}" if max_batch else "a model without batching takes samples of batch_size 1")
-            )
-        count = read_int(d, "count", where, 0, _UINT32_MAX)
-        inputs = d.get("inputs", {})
-        if not isinstance(inputs, dict):
-            raise InvalidRequest(f"{where}.inputs must be an object of {{input name: warm-up input}}")
-        sig = record.signature
-        takes = (*sig.inputs, *sig.optional)  # an optional input may be given or left out
-        unknown = [k for k in inputs if k not in {t.name for t in takes}]
-        if unknown and python:
-            takes += tuple(_sample_spec(inputs[k], f"{where}.inputs[{k!r}]", k, max_batch) for k in unknown)
-        elif unknown:
-            raise InvalidRequest(
-                f"{where} ({name}) names input {quote(unknown[0])}, which {record.name!r} does not take; its inputs "
-                f"are {', '.join(t.name for t in takes)}"
-            )
-        missing = [n for n in sig.input_names if n not in inputs]
-        if missing and batch_size:
-            raise InvalidRequest(f"{where} ({name}) gives no data for input {missing[0]!r}; every input needs some")
-        parsed = tuple(_warmup_input(inputs[t.name], f"{where}.inputs[{t.name!r}]", t, max_batch, model_dir)
-                       for t in takes if t.name in inputs)  # fmt: skip
-        sample = WarmupSample(given, batch_size, count, parsed, batched=max_batch > 0)
-        if sample.input_bytes > _MAX_WARMUP_BYTES:
-            raise InvalidRequest(
-                f"{where} ({name}) would take {sample.input_bytes:,} bytes of inputs; polystack runs warm-up samples "
-                f"of at most {_MAX_WARMUP_BYTES:,} bytes: use smaller dims or batch_size"
-            )
-        calls += sample.calls
-        if calls > _MAX_WARMUP_CALLS:
-            raise InvalidRequest(
-                f"{where} ({name}) brings the warm-up to {calls:,} runtime calls; polystack runs at most "
-                f"{_MAX_WARMUP_CALLS:,} for a load (its loads, unloads and shutdown wait for them): lower count"
-            )
-        samples.append(sample)
-    return tuple(samples)
-
-
-def _sample_spec(value: Any, where: str, name: str, max_batch: int) -> TensorSpec:
-    """The tensor a warm-up sample's input the model does not declare is: of the type and dims the sample gives."""
-    d = read_message(value, where, "model_warmup.input")
-    dtype = dtype_of(read_enum(d, "data_type", where, "DataType"), where)
-    dims = read_int_list(d.get("dims", []), f"{where}.dims", 0)
-    return TensorSpec(name, dtype, ((-1,) if max_batch > 0 else ()) + tuple(dims))
-
-
-def _warmup_input(value: Any, where: str, t: TensorSpec, max_batch: int, model_dir: Path | None) -> WarmupInput:
-    d = read_message(value, where, "model_warmup.input")
-    want = type_name(t.dtype)
-    got = read_enum(d, "data_type", where, "DataType")
-    if got != want:
-        raise InvalidRequest(f"{where} has data_type {quote(got or None)}, but the model's input is {want}")
-    dims = read_int_list(d.get("dims", []), f"{where}.dims", 0)  # Triton: every variable-size dimension given
-    model_dims = _dims(t, max_batch)
-    if len(dims) != len(model_dims) or any(m not in (-1, g) for m, g in zip(model_dims, dims, strict=True)):
-        raise InvalidRequest(
-            f"{where} has dims {dims}, which the model's {model_dims} (max_batch_size {max_batch}) do not take; "
-            "give every dimension, with a size for each -1"
-        )
-    # a oneof: the field set chooses, whatever its value (Triton: "the value ... will not be checked"),
-    # input_data_file even when empty
-    chosen = [k for k in ("zero_data", "random_data", "input_data_file") if k in d]
-    if len(chosen) != 1:
-        raise InvalidRequest(
-            f"{where} must set one of zero_data, random_data or input_data_file, not "
-            f"{' and '.join(chosen) or 'none of them'}"
-        )
-    if chosen[0] == "input_data_file":
-        name = read_string(d, "input_data_file", where)
-        data = _warmup_file(name, where, model_dir, t.dtype, tuple(dims))
-        return WarmupInput(t.name, t.dtype, tuple(dims), data_file=name, data=data)
-    read_bool(d, chosen[0], where)
-    return WarmupInput(t.name, t.dtype, tuple(dims), chosen[0] == "random_data")
-
-
-def _warmup_file(name: str, where: str, model_dir: Path | None, dtype: DType, dims: tuple[int, ...]) -> bytes:
-    """The bytes of one row of a warm-up input, read as Triton reads ``input_data_file``: from the model
-    directory's ``warmup/`` folder, raw and row-major, a fixed-size type's file at least one row long
-    (the rest unread), a BYTES one holding the row's elements, each a 4-byte little-endian length and
-    its bytes."""
-    path, data = model_file(model_dir, "warmup", name, "input_data_file", where, "zero_data or random_data")
-    if dtype.itemsize:
-        need = math.prod(dims) * dtype.itemsize
-        if len(data) < need:  # Triton's check, in its words
-            raise InvalidRequest(
-                f"{where}: warmup setting expects {need:,} bytes, but the data provided from {path} only has "
-                f"{len(data):,} bytes"
-            )
-        data = data[:need]
-    try:
-        wire.from_raw(name, dtype, dims, data)
-    except InvalidRequest as e:
-        raise InvalidRequest(f"{where}: {path} does not hold one row of dims {list(dims)}: {e.message}") from None
-    return data
 
 
 def _groups(groups: list[dict[str, Any]], model: str, spec: LoadSpec) -> tuple[tuple[str, int, Rule | None], ...]:
@@ -1270,7 +1130,7 @@ def _rate_limiter(value: Any, where: str) -> Rule:
     """An instance group's ``rate_limiter``, checked as Triton's message: what the server's rate limiter gives
     each of its instances when it has one (``serve --rate-limit execution_count``; else it changes nothing)."""
     limiter = read_message(value, where, "rate_limiter")
-    priority = read_int(limiter, "priority", where, 0, _UINT32_MAX)
+    priority = read_int(limiter, "priority", where, 0, UINT32_MAX)
     resources = limiter.get("resources", [])
     if not isinstance(resources, list):
         raise InvalidRequest(f"{where}.resources must be a list of resources ({{name, count, global}})")
@@ -1280,7 +1140,7 @@ def _rate_limiter(value: Any, where: str) -> Rule:
         resource = read_message(item, at, "resource")
         # a resource without a name is one named "" (Triton loads it: helper-128)
         name = read_string(resource, "name", at)
-        needs.append(Resource(name, read_int(resource, "count", at, 0, _UINT32_MAX), read_bool(resource, "global", at)))
+        needs.append(Resource(name, read_int(resource, "count", at, 0, UINT32_MAX), read_bool(resource, "global", at)))
     return Rule(tuple(needs), priority)
 
 
@@ -1344,7 +1204,7 @@ def _optimization(value: Any) -> Optimization:
     level: int | None = None
     if d.get("graph") is not None:
         graph = read_message(d["graph"], f"{where}.graph", "graph")
-        level = read_int(graph, "level", f"{where}.graph", -(1 << 31), _INT32_MAX)
+        level = read_int(graph, "level", f"{where}.graph", -(1 << 31), INT32_MAX)
     priority = read_enum(d, "priority", where, "ModelOptimizationPolicy.ModelPriority")
     if priority not in _PRIORITIES:
         raise InvalidRequest(f"{where}.priority {quote(priority)} is not Triton's: {', '.join(_PRIORITIES[1:])}")
@@ -1357,7 +1217,7 @@ def _optimization(value: Any) -> Optimization:
     # Triton's TensorRT backend's (its other backends ignore them, as polystack does): checked as Triton's
     # protobuf reader checks them, and kept to show
     cuda = _cuda(d["cuda"], f"{where}.cuda") if d.get("cuda") is not None else ""
-    gather = read_int(d, "gather_kernel_buffer_threshold", where, 0, _UINT32_MAX)
+    gather = read_int(d, "gather_kernel_buffer_threshold", where, 0, UINT32_MAX)
     eager = read_bool(d, "eager_batching", where)
     pinned = []  # Triton's default: on (an empty message turns it off)
     for key in ("input_pinned_memory", "output_pinned_memory"):
@@ -1501,7 +1361,7 @@ def _tensors(
                 got_dims = read_int_list(dims, f"{where}.dims")
                 if key == "output" and record.format == "fil":  # FIL answers without the dims of 1 it is given
                     got_dims = [d for d in got_dims if d != 1]
-                model_dims = _dims(t, max_batch)
+                model_dims = config_dims(t, max_batch)
                 if not t.shape and not max_batch and got_dims:  # a scalar of the model's: Triton takes dims of 1s
                     if any(d != 1 for d in got_dims):  # Triton's words, then what to do
                         raise InvalidRequest(
@@ -1528,7 +1388,7 @@ def _tensors(
             if layout != "FORMAT_NONE":
                 # the dims clients send, as Triton's ValidateModelInput counts them: the config's (a reshape
                 # gives the model others), else the model's
-                counted = read_int_list(dims, f"{where}.dims") if dims is not None else _dims(t, max_batch)
+                counted = read_int_list(dims, f"{where}.dims") if dims is not None else config_dims(t, max_batch)
                 if len(counted) != 3:
                     whose = "the config's" if dims is not None else "the model's"
                     # an unbatched model of [1, C, H, W]: Triton's densenet_onnx config serves it [C, H, W]
@@ -1747,7 +1607,7 @@ def _reshape(
     reshape = read_reshape(d, where, name, max_batch, model)
     if reshape is None:
         return None
-    model_dims = tuple(_dims(t, max_batch))
+    model_dims = tuple(config_dims(t, max_batch))
     if not _within(reshape.model, model_dims):
         raise InvalidRequest(
             f"{where} ({name}) has reshape {list(reshape.model)}, but the model's are {list(model_dims)} with "
@@ -1901,10 +1761,6 @@ def _segments(shape: tuple[int, ...]) -> list[int]:
         else:
             out[-1] *= v
     return out
-
-
-def _dims(t: TensorSpec, max_batch: int) -> list[int]:
-    return list(t.shape[1:] if max_batch > 0 else t.shape)
 
 
 def _kind(device: str) -> str:
