@@ -567,7 +567,7 @@ def test_auto_complete_config_may_not_make_decoupled_a_model_whose_config_says_i
     ``model_transaction_policy { decoupled: false }`` (protobuf's JSON of it: ``{}``) is one the model may not
     change; polystack handed ``{}`` on, and the model loaded decoupled (helper-193's L0_model_config run)."""
     from polystack.backends.python import auto_complete
-    from polystack.server.model_config import as_json
+    from polystack.server.config_text import as_json
 
     (tmp_path / "m" / "1").mkdir(parents=True)
     (tmp_path / "m" / "1" / "model.py").write_text(DECOUPLING)

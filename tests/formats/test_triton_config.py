@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from polystack.formats import triton_config
-from polystack.server import model_config
+from polystack.server import config_text
 
 CONFIG = """
 backend: "python"
@@ -59,13 +59,13 @@ HANDED = {
 def test_a_config_is_handed_to_a_model_as_tritonserver_2_51_hands_it() -> None:
     """helper-206: the START control came without its kind (protobuf's default, left out) and the idle time as the
     string "5000000", so a model reading control["kind"] failed to load on polystack alone."""
-    config = json.loads(model_config.as_json(CONFIG))
+    config = json.loads(config_text.as_json(CONFIG))
     assert json.loads(triton_config.as_handed(config, "m", "model.py")) == HANDED
 
 
 def test_what_a_config_gives_is_kept_and_the_rest_completed() -> None:
     given = "version_policy: { all { } }\noptimization { priority: PRIORITY_MAX }\n"
-    handed = json.loads(triton_config.as_handed(json.loads(model_config.as_json(CONFIG + given)), "m", "model.py"))
+    handed = json.loads(triton_config.as_handed(json.loads(config_text.as_json(CONFIG + given)), "m", "model.py"))
     assert handed["version_policy"] == {"all": {}}
     assert handed["optimization"] == {**HANDED["optimization"], "priority": "PRIORITY_MAX"}
 
@@ -73,7 +73,7 @@ def test_what_a_config_gives_is_kept_and_the_rest_completed() -> None:
 def test_the_fields_newer_than_tritonclients_proto_are_handed_as_given() -> None:
     """helper-219: Triton 24.x's ``runtime`` and ``is_non_linear_format_io`` were left out (tritonclient's proto, which
     polystack reads configs with, has neither), where 2.51 hands them, a config's own values included."""
-    config = json.loads(model_config.as_json(CONFIG))  # (a config.pbtxt gives them as JSON: its proto lacks them)
+    config = json.loads(config_text.as_json(CONFIG))  # (a config.pbtxt gives them as JSON: its proto lacks them)
     config["runtime"], config["input"][0]["is_non_linear_format_io"] = "model.py", True
     handed = json.loads(triton_config.as_handed(config, "m", "model.py"))
     assert handed["runtime"] == "model.py"

@@ -60,7 +60,7 @@ sequence_batching {
 
 
 def _serving(work: Path, serve: Any) -> Iterator[tuple[str, Path]]:
-    from polystack.server import ensemble, model_config
+    from polystack.server import config_text, ensemble
     from polystack.server.app import ServeConfig
     from polystack.server.model_config import ConfigFile
     from polystack.server.ray_serve import build_app
@@ -76,7 +76,7 @@ dynamic_batching {{ max_queue_delay_microseconds: 400 }}
 model_warmup [ {{ name: "file" batch_size: 4 inputs {{ key: "x" value: {{ data_type: TYPE_FP32 dims: [ {FEATURES} ] input_data_file: "x.bin" }} }} }} ]
 response_cache {{ enable: true }}
 """
-    start_config = ConfigFile(model_config.as_json(pbtxt), work / "mlp")
+    start_config = ConfigFile(config_text.as_json(pbtxt), work / "mlp")
     # an ensemble of a repository (serve --model-repository): IN -> mlp -> OUT, run in each replica
     pipe = f"""platform: "ensemble"
 max_batch_size: 8
@@ -89,8 +89,8 @@ ensemble_scheduling {{ step [ {{ model_name: "mlp", input_map {{ key: "x" value:
         http_port=port,
         grpc_port=None,
         # a sequence model: its one replica keeps its sequences (more replicas are refused before Ray starts)
-        model_configs={"mlp": start_config, "acc": ConfigFile(model_config.as_json(ACC))},
-        ensembles={"pipe": ensemble.read(model_config.as_json(pipe), "pipe", 1)},
+        model_configs={"mlp": start_config, "acc": ConfigFile(config_text.as_json(ACC))},
+        ensembles={"pipe": ensemble.read(config_text.as_json(pipe), "pipe", 1)},
         response_cache=CacheConfig(1 << 20),  # serve --cache-config local,size=1048576: one in each replica
     )
     serve.run(build_app(work / "home", config, replicas=1), name="polystack", route_prefix="/")

@@ -19,7 +19,7 @@ from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
-from polystack.server import model_config, sequence_config, warmup_config
+from polystack.server import config_text, model_config, sequence_config, warmup_config
 from polystack.server.warmup import WarmupInput, WarmupSample
 from polystack.store import ModelRecord
 from polystack.types import DType, Signature, TensorSpec
@@ -81,9 +81,9 @@ def test_a_gpu_instance_group_matches_a_cuda_device() -> None:
 
 def test_label_files_are_named_by_output() -> None:
     text = '{"output": [{"name": "y", "label_filename": "classes.txt"}, {"name": "z", "label_filename": ""}]}'
-    assert model_config.label_files(text) == {"y": "classes.txt"}
+    assert config_text.label_files(text) == {"y": "classes.txt"}
     with pytest.raises(InvalidRequest, match="no output"):
-        model_config.label_files('{"output": [{"label_filename": "classes.txt"}]}')
+        config_text.label_files('{"output": [{"label_filename": "classes.txt"}]}')
 
 
 def test_warmup_samples_are_read_with_the_batch_left_out_of_their_dims() -> None:
@@ -198,7 +198,7 @@ SAME_AS_JSON = {
 
 
 def test_a_triton_config_pbtxt_reads_as_the_same_config_in_json() -> None:
-    from_pbtxt = model_config.read(model_config.as_json(PBTXT), RECORD, SPEC, PLAN)
+    from_pbtxt = model_config.read(config_text.as_json(PBTXT), RECORD, SPEC, PLAN)
     assert from_pbtxt == model_config.read(json.dumps(SAME_AS_JSON), RECORD, SPEC, PLAN)
     assert from_pbtxt.batching is not None
     assert from_pbtxt.batching.preferred_batch_sizes == (4, 8) and from_pbtxt.batching.instances == 3
@@ -207,7 +207,7 @@ def test_a_triton_config_pbtxt_reads_as_the_same_config_in_json() -> None:
 
 def test_json_config_files_are_taken_as_they_are() -> None:
     text = ' \n{"max_batch_size": 4}'
-    assert model_config.as_json(text) == text
+    assert config_text.as_json(text) == text
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_json_config_files_are_taken_as_they_are() -> None:
 )
 def test_a_config_pbtxt_triton_would_not_read_is_refused_at_its_line(text: str, says: str) -> None:
     with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt") as e:
-        model_config.as_json(text)
+        config_text.as_json(text)
     assert says in str(e.value) and str(e.value).endswith("or give the JSON GET config returns")
 
 
@@ -278,40 +278,40 @@ def test_a_warmup_file_that_cannot_give_a_row_is_refused(
 
 def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_lets_polystack_choose() -> None:
     """protobuf drops zeros: the text itself says whether the file set it."""
-    assert json.loads(model_config.as_json("max_batch_size: 0 # no batching"))["max_batch_size"] == 0
-    assert "max_batch_size" not in json.loads(model_config.as_json('name: "max_batch_size" # max_batch_size: 0'))
+    assert json.loads(config_text.as_json("max_batch_size: 0 # no batching"))["max_batch_size"] == 0
+    assert "max_batch_size" not in json.loads(config_text.as_json('name: "max_batch_size" # max_batch_size: 0'))
     # Triton's dynamic batcher over a model without batching: each request alone, through its queues (was refused)
     alone = model_config.read(
-        model_config.as_json("max_batch_size: 0\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }"),
+        config_text.as_json("max_batch_size: 0\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }"),
         RECORD, SPEC, PLAN,
     )  # fmt: skip
     assert alone.batching is not None and not alone.batching.merge and alone.batching.max_batch_size == 1
     assert alone.batching.priority_levels == 2 and alone.max_batch_size == 0 and alone.instances is None
     with pytest.raises(InvalidRequest, match="preferred size must be <= max batch size"):
         model_config.read(
-            model_config.as_json("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [ 2 ] }"),
+            config_text.as_json("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [ 2 ] }"),
             RECORD, SPEC, PLAN,
         )  # fmt: skip
-    chosen = model_config.read(model_config.as_json("dynamic_batching { }"), RECORD, SPEC, PLAN)
+    chosen = model_config.read(config_text.as_json("dynamic_batching { }"), RECORD, SPEC, PLAN)
     assert chosen.batching is not None and chosen.batching.max_batch_size == PLAN.max_batch_size
 
 
 def test_config_files_are_checked_when_read_whatever_their_form() -> None:
-    assert json.loads(model_config.as_json('\ufeff{"max_batch_size": 4}')) == {"max_batch_size": 4}  # a BOM
-    assert json.loads(model_config.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
+    assert json.loads(config_text.as_json('\ufeff{"max_batch_size": 4}')) == {"max_batch_size": 4}  # a BOM
+    assert json.loads(config_text.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
     # Python's own words, which 3.13 changed ("Illegal trailing comma before end of object", at column 21)
     trailing = r"(Expecting property name .*line 1 column 22|Illegal trailing comma .*line 1 column 21)"
     with pytest.raises(InvalidRequest, match=rf"^not JSON: {trailing}.*; fix it there$"):
-        model_config.as_json('{"max_batch_size": 4,}')
+        config_text.as_json('{"max_batch_size": 4,}')
     with pytest.raises(InvalidRequest, match=r"^not JSON: "):  # valid, but nested past the parser's recursion limit
-        model_config.as_json('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        config_text.as_json('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}")
     # a field of Triton releases newer than the installed tritonclient's ModelConfig
     with pytest.raises(InvalidRequest, match="is_non_linear_format_io is a field of newer Triton releases"):
-        model_config.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')
+        config_text.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')
     # a field of Triton's in the wrong message is a plain mistake
     for text in ("dynamic_batching { max_batch_size: 8 }", 'input [ { name: "x" label_filename: "l.txt" } ]'):
         with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt .* has no field named"):
-            model_config.as_json(text)
+            config_text.as_json(text)
 
 
 def test_a_warmup_file_named_outside_the_warmup_folder_is_refused(tmp_path: Path) -> None:
@@ -374,7 +374,7 @@ def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
     assert got.additions.options == {} and got.additions.parameters == (("frobnicate", "1"), ("owner", "team-a"))
     assert [r.parameters for r in logs] == [["frobnicate", "owner"]]  # type: ignore[attr-defined]
     # an empty string, which protobuf's JSON leaves out of config.pbtxt's parameter (stopped the start)
-    empty = model_config.as_json('parameters { key: "note" value: { string_value: "" } }')
+    empty = config_text.as_json('parameters { key: "note" value: { string_value: "" } }')
     assert model_config.read(empty, RECORD, SPEC, PLAN).additions.parameters == (("note", ""),)
     for bad in ("abc", 5, None, ["x"]):  # not a parameter message: refused, not read as ""
         with pytest.raises(InvalidRequest, match=re.escape('parameter \'note\' must be {"string_value": TEXT}')):
@@ -520,7 +520,7 @@ def test_triton_optimization_sets_the_graph_level_and_execution_accelerators() -
 
 
 def test_optimization_reads_from_config_pbtxt_and_shows_as_triton_shows_it() -> None:
-    text = model_config.as_json(
+    text = config_text.as_json(
         """
         optimization { execution_accelerators {
           gpu_execution_accelerator : [ {
@@ -559,8 +559,8 @@ def test_response_cache_is_read_in_both_spellings_and_from_config_pbtxt() -> Non
 
     assert cached('{"response_cache": {"enable": true}}') and cached('{"responseCache": {"enable": true}}')
     assert not cached("{}") and not cached('{"response_cache": {}}') and not cached('{"response_cache": null}')
-    assert cached(model_config.as_json("response_cache { enable: true }"))
-    assert not cached(model_config.as_json("response_cache { enable: false }"))
+    assert cached(config_text.as_json("response_cache { enable: true }"))
+    assert not cached(config_text.as_json("response_cache { enable: false }"))
 
 
 @pytest.mark.parametrize(
@@ -631,7 +631,7 @@ def test_priority_levels_read_from_a_config_pbtxt_as_from_json() -> None:
       ]
     }
     """
-    chosen = model_config.read(model_config.as_json(pbtxt), RECORD, SPEC, PLAN)
+    chosen = model_config.read(config_text.as_json(pbtxt), RECORD, SPEC, PLAN)
     same = {
         "dynamic_batching": {
             "priority_levels": "3",
@@ -660,7 +660,7 @@ def test_timeout_action_delay_reads_by_name_or_number_and_per_level() -> None:
     assert chosen.batching.queue_policy(0).timeout_s == 0.005
     numbered = {"dynamic_batching": {"default_queue_policy": {"timeout_action": 1, "default_timeout_microseconds": 5000}}}
     assert model_config.read(json.dumps(numbered), RECORD, SPEC, PLAN) == chosen
-    levels = model_config.as_json(
+    levels = config_text.as_json(
         "dynamic_batching { priority_levels: 2 default_priority_level: 2 "
         "priority_queue_policy { key: 1 value: { timeout_action: DELAY default_timeout_microseconds: 100 } } }"
     )
@@ -837,7 +837,7 @@ def test_an_instance_groups_rate_limiter_is_read_for_the_rate_limiter() -> None:
         (Rule(), 1),  # a group without one needs nothing, at priority 0 (counted as 1)
     ]
     assert chosen.additions.rules(5) == [(chosen.additions.rules(3)[0][0], 5)]  # serve's count over the config's
-    pbtxt = model_config.as_json(
+    pbtxt = config_text.as_json(
         'instance_group [ { count: 2 kind: KIND_CPU rate_limiter { resources [ { name: "R1" global: true count: 4 } ] '
         "priority: 1 } } ]"
     )
@@ -960,7 +960,7 @@ def test_a_lone_value_where_model_config_repeats_a_field_reads_as_a_list_of_it()
         "parameters": {"k": {"string_value": "v"}},
         "output": None,
     }
-    assert json.loads(model_config.lists_where_repeated(json.dumps(given))) == {
+    assert json.loads(config_text.lists_where_repeated(json.dumps(given))) == {
         "instance_group": [{"count": 2}],
         "input": [{"name": "x", "dims": [4]}],
         "maxBatchSize": 4,
@@ -969,5 +969,5 @@ def test_a_lone_value_where_model_config_repeats_a_field_reads_as_a_list_of_it()
         "output": None,
     }
     unchanged = json.dumps({"instance_group": [{"count": 2}]}, indent=1)
-    assert model_config.lists_where_repeated(unchanged) is unchanged
-    assert model_config.lists_where_repeated("not json") == "not json"
+    assert config_text.lists_where_repeated(unchanged) is unchanged
+    assert config_text.lists_where_repeated("not json") == "not json"

@@ -39,7 +39,7 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest, ModelClosed, Unavailable
 from polystack.examples import accumulator_onnx, mlp_onnx
-from polystack.server import ensemble, model_config
+from polystack.server import config_text, ensemble
 from polystack.store import ModelRecord, Store
 
 # mlp: x FP32[16] -> y FP32[4]; head: h FP32[4] -> z FP32[3]; pipe runs mlp, then head and neg at once
@@ -559,7 +559,7 @@ def test_an_ensembles_inputs_and_outputs_reshaped_reach_its_steps_in_the_reshape
             http.infer("pipe", [i])
     bad = tensors.replace("dims: [ 2, 8 ]", "dims: [ 2, 9 ]")
     with pytest.raises(InvalidRequest, match=r"^model output 'OUT' has different size for dims and reshape for e: "):
-        ensemble.read(model_config.as_json(f'platform: "ensemble"\nmax_batch_size: 4\n{bad}{_ONE_STEP}'), "e", 1)
+        ensemble.read(config_text.as_json(f'platform: "ensemble"\nmax_batch_size: 4\n{bad}{_ONE_STEP}'), "e", 1)
 
 
 _ONE_STEP = (
@@ -721,7 +721,7 @@ def test_an_ensemble_config_that_cannot_run_is_refused_saying_what_is_wrong(text
 
 
 def test_an_ensemble_config_from_config_pbtxt_reads_as_json_does() -> None:
-    read = ensemble.read(model_config.as_json(PIPE), "pipe", 1)
+    read = ensemble.read(config_text.as_json(PIPE), "pipe", 1)
     assert [s.model for s in read.steps] == ["mlp", "head", "neg"] and read.steps[2].version == 1
     assert ensemble.order(read) == [[0], [1, 2]]
     assert ensemble.needed(read, ["NEG"]) == [0, 2]
@@ -729,7 +729,7 @@ def test_an_ensemble_config_from_config_pbtxt_reads_as_json_does() -> None:
     # response_cache shows where the config gives it alone, as tritonserver 2.51 shows it (helper-193)
     assert "response_cache" not in ensemble.render(read)
     assert ensemble.render(read)["model_transaction_policy"] == {"decoupled": False}  # shown for every ensemble
-    off = ensemble.read(model_config.as_json(PIPE + "\nresponse_cache { enable: false }"), "pipe", 1)
+    off = ensemble.read(config_text.as_json(PIPE + "\nresponse_cache { enable: false }"), "pipe", 1)
     assert ensemble.render(off)["response_cache"] == {"enable": False}
     assert ensemble.read(json.dumps(ensemble.render(off)), "pipe", 1) == off
 
@@ -743,7 +743,7 @@ def test_ensembles_load_after_the_ensembles_they_run() -> None:
 
 
 def test_a_failing_step_fails_the_request_and_stops_the_others() -> None:
-    read = ensemble.read(model_config.as_json(PIPE), "pipe", 1)
+    read = ensemble.read(config_text.as_json(PIPE), "pipe", 1)
     cancelled: list[int] = []
 
     async def step_run(

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from servekit import cli_server, free_port, same_config_both_ways
 from tritonclient.utils import InferenceServerException
 
-from polystack.server import model_config
+from polystack.server import config_text
 
 
 class Identity(torch.nn.Module):  # Triton's qa/L0_batch_input test_ragged_output, libtorch
@@ -263,6 +263,7 @@ def test_batch_inputs_follow_the_configs_inputs_in_its_order_or_go_into_a_dict_b
 def test_ragged_configs_that_do_not_fit_forward_are_refused(server, module: torch.nn.Module, config: str, words: str, tmp_path: Path) -> None:
     http, _, _ = server
     module_file = _folder(tmp_path, "m", module, config)
+    files = {"file:1/model.pt": module_file.read_bytes()}
     with pytest.raises(InferenceServerException, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
-        http.load_model("refused", config=model_config.as_json(config), files={"file:1/model.pt": module_file.read_bytes()})
+        http.load_model("refused", config=config_text.as_json(config), files=files)
     assert e.value.status() == "400"

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from servekit import cli_server, free_port, same_config_both_ways
 from tritonclient.utils import InferenceServerException
 
-from polystack.server import model_config
+from polystack.server import config_text, model_config
 
 # the model: x FP32 [batch] -> y FP32 [batch, 2, 3] (y[i] = x[i] everywhere)
 SCALARS = """
@@ -212,7 +212,7 @@ def test_the_engine_ray_check_compares_ensembles_with_the_reshaped_shapes(tmp_pa
         "ensemble_scheduling": {"step": [{"model_name": "sc", "input_map": {"x": "X"}, "output_map": {"y": "Y"}}]},
     }  # fmt: skip
     config = ServeConfig(
-        http_port=18999, grpc_port=None, models=["sc"], model_configs={"sc": ConfigFile(model_config.as_json(SCALARS))},
+        http_port=18999, grpc_port=None, models=["sc"], model_configs={"sc": ConfigFile(config_text.as_json(SCALARS))},
         ensembles={"pipe": ensemble.read(json.dumps(pipe), "pipe", 1)},
     )  # fmt: skip
     check_before_ray(store, config, ray_address="10.9.9.9:6379")  # no Ray started: the address is never dialled

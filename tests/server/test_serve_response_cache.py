@@ -216,10 +216,10 @@ def test_a_config_enabling_the_cache_on_a_server_without_one_runs_every_request(
 
 
 def test_a_config_pbtxt_enables_the_cache(tmp_path: Path, model_store: tuple[Store, dict[str, ModelRecord]]) -> None:
-    from polystack.server import model_config
+    from polystack.server import config_text
 
     store, _ = model_store
-    text = model_config.as_json("response_cache {\n  enable: true\n}\n")
+    text = config_text.as_json("response_cache {\n  enable: true\n}\n")
     st = start(store, models=["mlp"], model_configs={"mlp": ConfigFile(text)}, response_cache=CacheConfig(4096))
     try:
         client = grpcclient.InferenceServerClient(st.grpc_url)

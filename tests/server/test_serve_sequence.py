@@ -42,7 +42,7 @@ from polystack.engine import Engine, LoadedEntry, LoadSpec, default_spec
 from polystack.errors import Cancelled, DeadlineExceeded, InvalidRequest, ShuttingDown, Unavailable
 from polystack.examples import accumulator_onnx
 from polystack.formats import import_model
-from polystack.server import model_config, sequence_config
+from polystack.server import config_text, model_config, sequence_config
 from polystack.store import ModelRecord, Store
 from polystack.types import DType
 
@@ -440,7 +440,7 @@ def test_ray_serves_a_sequence_model_with_one_replica_only(tmp_path: Path) -> No
     from polystack.server.ray_serve import check_before_ray
 
     store, _ = _register(tmp_path)
-    config = ServeConfig(http_port=8123, model_configs={"acc": ConfigFile(model_config.as_json(ACC % {"idle": 1000}))})
+    config = ServeConfig(http_port=8123, model_configs={"acc": ConfigFile(config_text.as_json(ACC % {"idle": 1000}))})
     check_before_ray(store, config, "127.0.0.1:1", most_replicas=1)  # a cluster's address: no port is tried here
     with pytest.raises(InvalidRequest, match="each of the 2 replicas would keep its own sequences"):
         check_before_ray(store, config, "127.0.0.1:1", most_replicas=2)
@@ -655,7 +655,7 @@ def test_a_sequence_model_without_a_batch_dimension_runs_one_request_a_call(tmp_
         'output_name: "STATE_OUT", data_type: TYPE_FP32, dims: [ 1 ], initial_state [ { data_type: TYPE_FP32, '
         'dims: [ 1 ], name: "zero", zero_data: true } ] } ] }\n'
     )
-    policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+    policy = model_config.read(config_text.as_json(text), record, default_spec(store, record), None).sequence
     # Triton's two CPU instances where the config gives none: a slot each
     assert policy is not None and policy.max_batch_size == 0 and policy.slots == 2
     entry = Engine(store).build(record.ref)
@@ -1048,7 +1048,7 @@ def acc(tmp_path: Path) -> tuple[ModelRecord, LoadSpec]:
 
 
 def _read(acc: tuple[ModelRecord, LoadSpec], text: str, model_dir: Path | None = None) -> model_config.LoadConfig:
-    return model_config.read(model_config.as_json(text), *acc, None, model_dir)
+    return model_config.read(config_text.as_json(text), *acc, None, model_dir)
 
 
 def test_a_sequence_model_without_instance_group_has_tritons_two_instances_on_cpu(
@@ -1145,7 +1145,7 @@ def test_sequence_batching_refused_beside_dynamic_batching_or_a_cache(
     body = ACC % {"idle": 1000}
     with pytest.raises(InvalidRequest, match="both dynamic_batching and sequence_batching"):
         model_config.read(
-            json.dumps({**json.loads(model_config.as_json(body)), "dynamic_batching": {}}),
+            json.dumps({**json.loads(config_text.as_json(body)), "dynamic_batching": {}}),
             *acc, None,
         )  # fmt: skip
     with pytest.raises(InvalidRequest, match="Response Cache does not currently support model 'acc'"):
@@ -1232,7 +1232,7 @@ def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: 
 
     def shown(strategy: str) -> dict[str, Any]:
         text = f"max_batch_size: 4\nsequence_batching {{ {strategy}\n{seq} }}\n"
-        policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+        policy = model_config.read(config_text.as_json(text), record, default_spec(store, record), None).sequence
         assert policy is not None
         return sequence_config.render(policy)
 
@@ -1254,7 +1254,7 @@ def test_get_config_shows_sequence_batching_as_tritonserver_prints_it(tmp_path: 
     # what GET config shows loads back as the same policy
     for strategy in ("", "direct { }", "oldest { max_candidate_sequences: 4 }"):
         text = f"max_batch_size: 4\nsequence_batching {{ {strategy}\n{seq} }}\n"
-        policy = model_config.read(model_config.as_json(text), record, default_spec(store, record), None).sequence
+        policy = model_config.read(config_text.as_json(text), record, default_spec(store, record), None).sequence
         back = json.dumps({"max_batch_size": 4, "sequence_batching": shown(strategy)})
         again = model_config.read(back, record, default_spec(store, record), None).sequence
         assert again == policy, strategy

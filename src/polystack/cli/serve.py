@@ -1150,7 +1150,7 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
     """``--model-config NAME=FILE`` options as {name: the file's config, as JSON, and its directory}; the
     file is JSON or Triton's config.pbtxt. A model's config is checked against the model when it loads, at
     start."""
-    from polystack.server import model_config
+    from polystack.server import config_text, model_config
 
     configs: dict[str, model_config.ConfigFile] = {}
     for item in items:
@@ -1175,7 +1175,7 @@ def _model_configs(items: list[str]) -> dict[str, ConfigFile]:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise InvalidRequest(f"--model-config {name}: cannot read {file}: {reason}") from None
         try:  # its version_policy picks the versions served (Server._refs), as GET config shows the ones served
-            policy, text = model_config.split_field(model_config.as_json(text), "version_policy")
+            policy, text = model_config.split_field(config_text.as_json(text), "version_policy")
             configs[name] = model_config.ConfigFile(text, file.parent, policy=policy)
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}: {file}") from None

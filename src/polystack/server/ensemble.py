@@ -32,7 +32,7 @@ import numpy as np
 from polystack.backends.reshaped import Reshape
 from polystack.errors import InvalidRequest, PolystackError, quote
 from polystack.labels import file_in, labels_for
-from polystack.server import config_schema, model_config, repository_agents
+from polystack.server import config_schema, config_text, model_config, repository_agents
 from polystack.types import DType, Signature, TensorSpec
 
 log = logging.getLogger("polystack.server.ensemble")
@@ -123,10 +123,10 @@ def is_ensemble(doc: Mapping[str, Any]) -> bool:
 
 
 def read(text: str, name: str, version: int) -> Ensemble:
-    """The ensemble config ``text`` (JSON, as ``model_config.as_json`` gives it) declares, checked as far as
+    """The ensemble config ``text`` (JSON, as ``config_text.as_json`` gives it) declares, checked as far as
     the config alone decides; ``InvalidRequest`` says what is wrong and where."""
-    _triton_checks(model_config.parse_json(text), name)
-    config = model_config.parse_config(text, "ensemble")
+    _triton_checks(config_text.parse_json(text), name)
+    config = config_text.parse_config(text, "ensemble")
     platform = config_schema.read_string(config, "platform", "config")
     backend = config_schema.read_string(config, "backend", "config")
     if platform != PLATFORM or backend:
@@ -154,7 +154,7 @@ def read(text: str, name: str, version: int) -> Ensemble:
     steps = tuple(_step(item, i, name) for i, item in enumerate(raw_steps))
     cache = config_schema.read_message(config.get("response_cache", {}), "response_cache", "response_cache")
     cached = config_schema.read_bool(cache, "enable", "response_cache")
-    label_files = tuple(model_config.label_files(text, "ensemble").items())
+    label_files = tuple(config_text.label_files(text, "ensemble").items())
     formats = _formats(config["input"])
     ensemble = Ensemble(
         name, version, max_batch, Signature(inputs, outputs, optional), steps, cached, label_files=label_files,

@@ -1,6 +1,6 @@
 """Triton's model configuration, both ways: rendered from a loaded model (the model_configuration
 extension) and read from a repository load's ``config`` parameter (the model repository extension)
-or from ``serve --model-config`` (JSON, or Triton's config.pbtxt: ``as_json``).
+or from ``serve --model-config`` (JSON, or Triton's config.pbtxt: ``config_text.as_json``).
 
 A load's config replaces polystack's own choice of *scheduling* for that load, as Triton's replaces
 config.pbtxt: ``max_batch_size``, ``dynamic_batching`` (absent: not batched) and ``instance_group``;
@@ -25,7 +25,6 @@ An ensemble's config is read by ``ensemble.py``, with the same readers.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from polystack.formats import onnx as onnx_format
 from polystack.labels import label_files_of
 from polystack.protocol import http_codec
 from polystack.server import (
+    config_text,
     fil_config,
     onnxruntime_config,
     openvino_config,
@@ -64,7 +64,6 @@ from polystack.server.config_schema import (
     INT32_MAX,
     MAX_DEPTH,
     MAX_MICROSECONDS,
-    TRITON_FIELDS,
     UINT32_MAX,
     UINT64_MAX,
     config_dims,
@@ -476,7 +475,7 @@ def triton_format(text: str | None) -> str:
     if not text:
         return ""
     try:
-        config = parse_config(text)
+        config = config_text.parse_config(text)
         platform = read_string(config, "platform", "config")
         backend = read_string(config, "backend", "config")
     except InvalidRequest:
@@ -493,7 +492,7 @@ def runtime_of(text: str | None) -> str:
     if not text:
         return ""
     try:
-        backend = read_string(parse_config(text), "backend", "config")
+        backend = read_string(config_text.parse_config(text), "backend", "config")
     except InvalidRequest:
         return ""  # ``read`` says what is wrong with it
     return "" if backend in ("", "python") or backend in _DEFAULT_RUNTIME else backend
@@ -517,7 +516,7 @@ def read(
     lists no inputs or no outputs is auto-completed as Triton does it, with ``default_max_batch_size``; without
     ``auto_complete`` (``serve --disable-auto-complete-config``) it is refused, as Triton's backend refuses it;
     ``python_based``: the Python-based backend a Python model's own config names (its ``backend`` in a load's too)."""
-    config = parse_config(text)
+    config = config_text.parse_config(text)
     name = read_string(config, "name", "config")
     if name and name != record.name:  # Triton's poll fails ("unexpected directory name"): its 500, as 2.51 answers
         raise InvalidRequest(
@@ -777,183 +776,6 @@ def _autofill_said(autofilled: int | None, config: dict[str, Any]) -> Iterator[N
             f"{missing} and leaves max_batch_size 0 (serve --backend-config default-max-batch-size); set "
             "max_batch_size, or list its inputs and outputs"
         ) from None
-
-
-def as_json(text: str) -> str:
-    """A model configuration file's ``text`` as the JSON ``read`` takes: JSON as it is (what GET config
-    returns), anything else read as Triton's config.pbtxt (protobuf text format, against the
-    ModelConfig message tritonclient ships), so that a Triton model repository's files serve as they
-    are. Text that is neither is refused, with the line and column where it stopped."""
-    text = text.removeprefix("\ufeff")  # the byte-order mark some editors write
-    if text.lstrip().startswith("{"):
-        try:
-            json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise InvalidRequest(f"not JSON: {e or 'nested too deep'}; fix it there") from None
-        return lists_where_repeated(text)
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2  # Triton's model_config.proto, generated
-
-    try:
-        message = text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as e:
-        where, reason = f"line {e.GetLine()}, column {e.GetColumn()}", _parse_reason(e)
-        newer = re.search(r'Message type "inference\.([\w.]+)" has no field named "(\w+)"', reason)
-        if newer and newer[2] in TRITON_FIELDS.get(_KINDS.get(newer[1], ""), ()):
-            raise InvalidRequest(
-                f"{where}: {newer[2]} is a field of newer Triton releases than the tritonclient "
-                f"{importlib.metadata.version('tritonclient')} whose ModelConfig reads config.pbtxt here; leave it "
-                "out, or give the config as JSON (the form GET config returns)"
-            ) from None
-        raise InvalidRequest(
-            f"not a Triton config.pbtxt (protobuf text format): {where}: {reason}; fix that line, or give the JSON "
-            "GET config returns"
-        ) from None
-    # as Triton's own JSON: field names as in the .proto, 64-bit integers as strings (read takes both)
-    config = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    if "max_batch_size" not in config and "max_batch_size" in _top_level_fields(text):
-        # protobuf drops a zero, but the file said it: 0 is no batching, where leaving it out lets polystack
-        # choose (as Triton's auto-complete would)
-        config["max_batch_size"] = 0
-    return json.dumps(config)
-
-
-def lists_where_repeated(text: str) -> str:
-    """A load's JSON config as strict JSON, read as Triton's reading of it (protobuf's legacy JSON parser) reads it:
-    keys without quotes, single-quoted strings and trailing commas taken (``_relaxed``), and a lone value where
-    model_config.proto repeats a field (``"instance_group": {...}``) as a list of it; the text as it is where
-    nothing changes or it is not a JSON object (``read`` says what is wrong with it)."""
-    relaxed = False
-    try:
-        config = json.loads(text)
-    except (ValueError, RecursionError):
-        config, relaxed = _relaxed(text), True
-    if not isinstance(config, dict):
-        return text
-    from tritonclient.grpc import model_config_pb2
-
-    changed = _wrap_repeated(config, model_config_pb2.ModelConfig.DESCRIPTOR, 0)
-    return json.dumps(config) if changed or relaxed else text
-
-
-_MAX_RELAXED_CHARS = 1 << 20  # a config's text read by the slower relaxed parser (Triton's QA configs: a few KiB)
-
-
-def _relaxed(text: str) -> Any:
-    """``text`` read as JSON5 (the json5 package), a superset of what protobuf's legacy JSON parser takes beside JSON
-    (keys without quotes, single-quoted strings, trailing commas: tritonserver 2.51 loads a config override so, and
-    Triton's L0_iterative_sequence sends one); None where that fails too, or the text is too long to read slowly."""
-    if len(text) > _MAX_RELAXED_CHARS:
-        return None
-    import json5
-
-    try:
-        return json5.loads(text, allow_duplicate_keys=False)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _wrap_repeated(d: dict[str, Any], descriptor: Any, depth: int) -> bool:
-    """Wrap ``d``'s lone values of repeated fields of ``descriptor`` in lists, in place, through its messages;
-    whether anything changed."""
-    if depth > MAX_DEPTH:
-        return False
-    changed = False
-    fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
-    for key, value in d.items():
-        field = fields.get(key)
-        if field is None:
-            continue
-        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
-        if field.is_repeated and not is_map and value is not None and not isinstance(value, list):
-            d[key] = value = [value]
-            changed = True
-        if field.message_type is None:
-            continue
-        if is_map:
-            inner = field.message_type.fields_by_name["value"]
-            if inner.message_type is not None and isinstance(value, dict):
-                for item in value.values():
-                    if isinstance(item, dict):
-                        changed |= _wrap_repeated(item, inner.message_type, depth + 1)
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict):
-                changed |= _wrap_repeated(item, field.message_type, depth + 1)
-    return changed
-
-
-# the model_config.proto messages TRITON_FIELDS knows the fields of, by the name protobuf's errors give them
-_KINDS = {
-    "ModelConfig": "config",
-    "ModelInput": "input",
-    "ModelOutput": "output",
-    "ModelInstanceGroup": "instance_group",
-    "ModelDynamicBatching": "dynamic_batching",
-    "ModelQueuePolicy": "default_queue_policy",
-    "ModelWarmup": "model_warmup",
-    "ModelWarmup.Input": "model_warmup.input",
-    "ModelResponseCache": "response_cache",
-}
-
-
-def _parse_reason(e: Exception) -> str:
-    """protobuf's message without its "line:column : " and the quoted line it repeats."""
-    reason = str(e).split(" : ", 1)[-1]
-    return re.sub(r"^'.*?': ", "", reason, count=1, flags=re.S)
-
-
-def _top_level_fields(text: str) -> set[str]:
-    """The fields protobuf text ``text`` sets at its top level (comments and strings skipped)."""
-    from google.protobuf import text_format
-
-    tokens = text_format.Tokenizer(text.splitlines())
-    depth, names = 0, set()
-    while not tokens.AtEnd():
-        token = tokens.token
-        if token in ("{", "<", "["):
-            depth += 1
-        elif token in ("}", ">", "]"):
-            depth -= 1
-        elif depth == 0 and (token[:1].isalpha() or token[:1] == "_"):
-            names.add(token)
-        tokens.NextToken()
-    return names
-
-
-def label_files(text: str, kind: str = "config") -> dict[str, str]:
-    """The label files the outputs of config ``text`` (a model's, or of ``kind`` ensemble) name (``label_filename``),
-    by output: what a load with model files must carry beside the model."""
-    outputs = parse_config(text, kind).get("output", [])
-    if not isinstance(outputs, list):
-        raise InvalidRequest("output must be a list of tensors")
-    found: dict[str, str] = {}
-    for i, item in enumerate(outputs):
-        where = f"output[{i}]"
-        d = read_message(item, where, "output")
-        label = read_string(d, "label_filename", where)
-        if label:
-            name = read_string(d, "name", where)
-            if not name:
-                raise InvalidRequest(f"{where} names label file {quote(label)} but no output; give the output's name")
-            found[name] = label
-    return found
-
-
-def parse_config(text: str, kind: str = "config") -> dict[str, Any]:
-    """A config's JSON ``text`` as a message of ``kind`` (a model's config, or an ensemble's)."""
-    return read_message(parse_json(text), "config", kind)
-
-
-def parse_json(text: str) -> Any:
-    """A config's JSON ``text``, as it is (``parse_config`` reads it as a message)."""
-    try:
-        return http_codec.loads(text.encode())
-    except InvalidRequest as e:
-        # before the model is read: Triton's poll of it fails (tritonserver 2.51 answers such a load 500)
-        raise InvalidRequest(  # Triton's words (its log's), then ours
-            f"Invalid config override: the 'config' load parameter is not JSON: {e}"
-        ).before_model_read() from None
 
 
 def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPolicy:

@@ -29,7 +29,7 @@ from polystack.errors import InvalidRequest, PolystackError, UnsupportedFormat, 
 from polystack.formats import IMPORTERS, fil, import_model, python_model, torch_aoti, torchscript
 from polystack.formats.pickle_guard import is_pt2_archive
 from polystack.labels import label_settings, parse_label_options
-from polystack.server import fil_config, model_config
+from polystack.server import config_text, fil_config, model_config
 from polystack.store import ModelRecord, Store
 
 log = logging.getLogger("polystack.server")
@@ -247,7 +247,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
     them) under ``name``, as the version its directory names, as Triton serves a load's files: other bytes
     there replace the version's (set aside until the load serves, ``Registered``) when files made it, and are
     refused when ``polystack register`` did."""
-    named = model_config.label_files(config)
+    named = config_text.label_files(config)
     stray = sorted(set(files.labels) - set(named.values()))
     if stray:
         raise InvalidRequest(
@@ -268,10 +268,10 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
         for beside, data in files.beside:  # IR's weights, where OpenVINO reads them
             (where / "model" / beside.partition("/")[2]).write_bytes(data)
         if model_config.runtime_of(config) == "fil":  # Triton's FIL backend's file: packed with its settings
-            path = fil.pack(path, fil_config.settings(model_config.parse_config(config)), where / "model.fil.zip")
+            path = fil.pack(path, fil_config.settings(config_text.parse_config(config)), where / "model.fil.zip")
         elif is_aoti(files.model_path, files.model, config):  # an AOTInductor package: packed with the config
             path = torch_aoti.pack(
-                path, {**model_config.parse_config(config), "name": name, "platform": torch_aoti.NAME}, name,
+                path, {**config_text.parse_config(config), "name": name, "platform": torch_aoti.NAME}, name,
                 where / "model.torch_aoti.zip", PREFIX + files.model_path,
             )  # fmt: skip
         elif (  # Triton's PyTorch backend's: packed with the config, its signature (or told what it is not)
@@ -280,7 +280,7 @@ def register(store: Store, name: str, files: ModelFiles, config: str) -> Registe
             or model_config.triton_format(config) == "torchscript"
         ):
             path = torchscript.pack(
-                path, {**model_config.parse_config(config), "name": name}, name, where / "model.torchscript.zip",
+                path, {**config_text.parse_config(config), "name": name}, name, where / "model.torchscript.zip",
                 PREFIX + files.model_path,
             )  # fmt: skip
         labels: dict[str, Path] = {}

@@ -57,7 +57,7 @@ from polystack.backends import python
 from polystack.errors import AlreadyExists, InvalidRequest, NotFound, NotUnique, PolystackError, Unavailable, quote
 from polystack.formats import fil, python_model, torch_aoti, torchscript
 from polystack.labels import file_in as label_file_in
-from polystack.server import fil_config, model_config, model_files, repository_agents
+from polystack.server import config_text, fil_config, model_config, model_files, repository_agents
 from polystack.server.cloud_repository import CloudRepository
 from polystack.server.ensemble import Ensemble, is_ensemble, renamed_steps, with_labels
 from polystack.server.ensemble import read as read_ensemble
@@ -639,7 +639,7 @@ def _register_model(
         ensemble_config = model_config.ConfigFile(text, folder, source, served, written_policy=written)
         return RepositoryModel(name, served, ensemble_config, pipeline, ran)
     if loaded_with is not None:  # a load's config, whole, in place of the folder's, where it alone gives the signature
-        given = model_config.parse_config(loaded_with)
+        given = config_text.parse_config(loaded_with)
         if _config_signature(given, folder / str(served[-1])) or _config_signature(doc, folder / str(served[-1])):
             doc = {k: v for k, v in given.items() if k not in ("version_policy", "versionPolicy")}
             text = json.dumps(doc)
@@ -690,7 +690,7 @@ def _register_model(
             try:
                 registered = model_files.register_file(
                     store, name, path, labels, Path(work), {}, version=version, exact_labels=True, triton_io=True,
-                    label_names=model_config.label_files(served_text) if served_text is not None else None,
+                    label_names=config_text.label_files(served_text) if served_text is not None else None,
                 )  # fmt: skip
             except PolystackError as e:
                 e.at_version(version)
@@ -988,7 +988,7 @@ def _register_packed(
             packed = pack(Path(work))
             return model_files.register_file(
                 store, name, packed, labels, Path(work), {packed: shown}, version=version, exact_labels=True,
-                triton_io=True, label_names=model_config.label_files(served_text),
+                triton_io=True, label_names=config_text.label_files(served_text),
             )  # fmt: skip
         except PolystackError as e:
             e.at_version(version)
@@ -1003,7 +1003,7 @@ def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tup
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"cannot read {shown}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
-    text = model_config.as_json(raw)
+    text = config_text.as_json(raw)
     doc = json.loads(text)
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
@@ -1127,7 +1127,7 @@ def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
     """The label files the config's outputs name, by output, in the model folder (where Triton reads them)."""
     if text is None:
         return {}
-    return {output: label_file_in(folder, output, label) for output, label in model_config.label_files(text).items()}
+    return {output: label_file_in(folder, output, label) for output, label in config_text.label_files(text).items()}
 
 
 def _served_config(doc: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from polystack.errors import (
     quote,
 )
 from polystack.formats import torchscript_guard
-from polystack.server import ensemble, model_config, model_files, model_repository, repository_agents
+from polystack.server import config_text, ensemble, model_config, model_files, model_repository, repository_agents
 from polystack.server.load_history import LoadHistory
 from polystack.store import ModelRecord, ModelRef
 
@@ -313,7 +313,7 @@ class RepositoryExtension:
             )
         # a lone group where a list goes ("instance_group": {...}), as Triton's JSON reading takes
         if config is not None:
-            config = model_config.lists_where_repeated(config)
+            config = config_text.lists_where_repeated(config)
         if model_files.given(parameters):
             assert config is not None  # load() refused files without their config, in Triton's words
             rules = self.plane.folder_rules
@@ -379,7 +379,7 @@ class RepositoryExtension:
         agents, config = model_config.split_field(config, "model_repository_agents")
         ran = repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
         if isinstance(files, model_files.Folder):
-            doc = model_config.parse_config(config)
+            doc = config_text.parse_config(config)
             registered = model_files.register_python(self.plane.store, name, files, doc, self.plane.auto_complete)
         else:
             registered = model_files.register(self.plane.store, name, files, config)
