@@ -63,7 +63,7 @@ def measure(
     from polystack.batching.policy import BatchPolicy
     from polystack.engine import Engine
     from polystack.server.app import ServeConfig, Server
-    from polystack.server.http import HttpProtocol
+    from polystack.server.http_connection import HttpProtocol
     from polystack.store import Store
 
     policy = BatchPolicy(max_batch_size=32, max_queue_delay_ms=2.0) if batching else None

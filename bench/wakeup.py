@@ -118,7 +118,7 @@ def front_end_cpu_per_request(store: Any, request: bytes, gap_ms: float, request
     """Loop-thread CPU microseconds per request through ``HttpProtocol`` with a fake transport."""
     import uvloop
 
-    from polystack.server.http import HttpProtocol
+    from polystack.server.http_connection import HttpProtocol
 
     server = null_server(store, gap_ms)
 

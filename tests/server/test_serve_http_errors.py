@@ -509,7 +509,7 @@ def test_a_connection_lost_before_its_request_started_leaves_no_coroutine_unawai
     import gc
     import warnings
 
-    from polystack.server.http import HttpProtocol
+    from polystack.server.http_connection import HttpProtocol
 
     body = json.dumps({"inputs": [good_input()]}).encode()
     request = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body

@@ -37,7 +37,8 @@ from polystack.server.cloud_repository import CloudRepository
 from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.header_forward import HeaderForward
-from polystack.server.http import HttpApp, HttpProtocol
+from polystack.server.http import HttpApp
+from polystack.server.http_connection import HttpProtocol
 from polystack.server.model_config import DEFAULT_MAX_BATCH_SIZE, ConfigFile
 from polystack.server.model_repository import Fingerprint, FolderRules, ModelRepository
 from polystack.server.placement import CpuPlacement
