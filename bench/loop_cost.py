@@ -63,7 +63,10 @@ def measure(
     from polystack.batching.policy import BatchPolicy
     from polystack.engine import Engine
     from polystack.server.app import ServeConfig, Server
-    from polystack.server.http_connection import HttpProtocol
+    try:
+        from polystack.server.http_connection import HttpProtocol
+    except ImportError:  # a commit from before the connection had a module of its own (--against)
+        from polystack.server.http import HttpProtocol
     from polystack.store import Store
 
     policy = BatchPolicy(max_batch_size=32, max_queue_delay_ms=2.0) if batching else None
