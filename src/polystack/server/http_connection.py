@@ -6,7 +6,8 @@ or the client does not read; a body refused with 413 as soon as its headers arri
 that trickles in timed out by its own clock (a minimum rate); one ``transport.write`` per response; after an error
 that ends the connection, the answer sent with a FIN and what the client still sends read and dropped, so that a
 client writing its whole body first reads the answer. A client that disconnects mid-request loses only its own
-connection. Why by hand rather than uvicorn: see ``http.py``.
+connection. Why by hand rather than uvicorn: see ``http.py``; what a connection logs, ``http.py`` logs (``failed``,
+``log_request``), under the transport's one logger name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import collections
 import email.utils
 import inspect
-import logging
 import time
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -24,8 +24,6 @@ import httptools
 import orjson
 
 from polystack.server.http import HttpApp, Request, Response, failed, log_request
-
-log = logging.getLogger("polystack.server.http")  # the transport's one logger, as before the split
 
 _DATE: list[Any] = [0, b""]  # (second, its Date header line): formatted once a second
 
