@@ -1112,7 +1112,7 @@ class DataPlane:
                 if not self._serves_version(name, version):  # as an ensemble, or a model now
                     self.metrics.retire(name, str(version))
                     self._tallies.pop((name, str(version)), None)
-            if name not in self.ensembles and not self.serves_model(name):
+            if not self.serves(name):
                 self.metrics.forget_name(name)
 
         with contextlib.suppress(RuntimeError):
