@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from configkit import PLAN, RECORD, SIG, SPEC
 from servekit import caught_logs
 
 from polystack.backends.reshaped import Reshape
@@ -19,17 +19,8 @@ from polystack.batching import BatchPolicy, QueuePolicy
 from polystack.batching.rate_limiter import Resource, Rule
 from polystack.engine import LoadSpec
 from polystack.errors import InvalidRequest
-from polystack.server import config_text, model_config, sequence_config, warmup_config
-from polystack.server.warmup import WarmupInput, WarmupSample
-from polystack.store import ModelRecord
+from polystack.server import config_text, model_config
 from polystack.types import DType, Signature, TensorSpec
-
-SIG = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, 4)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
-RECORD = ModelRecord(
-    id=1, name="m", version=1, format="onnx", signature=SIG, digest="0" * 64, size_bytes=1, created_at=0.0
-)
-SPEC = LoadSpec(artifact=Path("m.onnx"), format="onnx", backend="onnxruntime")
-PLAN = BatchPolicy(max_batch_size=24, max_queue_delay_ms=1.5, instances=2, idle_gap_ms=0.1)
 
 
 def test_what_the_config_leaves_out_means_what_it_means_to_triton_but_size_and_instances() -> None:
@@ -77,267 +68,6 @@ def test_a_gpu_instance_group_matches_a_cuda_device() -> None:
         model_config.read('{"instance_group": [{"kind": "KIND_GPU", "gpus": [0]}]}', RECORD, cuda, None)
     with pytest.raises(InvalidRequest, match="KIND_CPU"):
         model_config.read('{"instance_group": [{"kind": "KIND_CPU"}]}', RECORD, cuda, None)
-
-
-def test_label_files_are_named_by_output() -> None:
-    text = '{"output": [{"name": "y", "label_filename": "classes.txt"}, {"name": "z", "label_filename": ""}]}'
-    assert config_text.label_files(text) == {"y": "classes.txt"}
-    with pytest.raises(InvalidRequest, match="no output"):
-        config_text.label_files('{"output": [{"label_filename": "classes.txt"}]}')
-
-
-def test_warmup_samples_are_read_with_the_batch_left_out_of_their_dims() -> None:
-    def config(dims: list[int], **more: object) -> str:
-        inputs = {"x": {"data_type": "TYPE_FP32", "dims": dims, "random_data": True}}
-        return json.dumps({**more, "model_warmup": [{"name": "w", "batch_size": 8, "count": 2, "inputs": inputs}]})
-
-    batched = model_config.read(config([4], dynamic_batching={}), RECORD, SPEC, PLAN).additions.warmup
-    assert batched == (WarmupSample("w", 8, 2, (WarmupInput("x", DType.FP32, (4,), True),), batched=True),)
-    assert batched[0].calls == 2  # one batch of 8 rows, twice
-    # max_batch_size 0 (Triton's: no batching): the dims hold the whole shape, in samples of batch size 1
-    unbatched = model_config.read(config([8, 4], max_batch_size=0).replace('"batch_size": 8', '"batch_size": 1'),
-                                  RECORD, SPEC, PLAN).additions.warmup  # fmt: skip
-    assert unbatched[0].calls == 2 and unbatched[0].arrays(np.random.default_rng(0))["x"].shape == (8, 4)
-
-
-def test_a_warmup_inputs_data_is_the_field_it_sets_whatever_its_value() -> None:
-    """Triton's oneof: ``"zero_data": false`` still asks for zeros ("the value ... will not be checked")."""
-    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": False}}
-    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
-    (chosen,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
-    assert chosen.inputs[0].random is False and chosen.name == ""  # kept as given: rendered back the same
-
-
-def test_a_warmup_sample_too_large_to_allocate_is_refused() -> None:
-    """Within every dimension the model takes, a sample can still ask for gigabytes: it is refused."""
-    wide = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
-    record = dataclasses.replace(RECORD, signature=wide)
-    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [1 << 26], "zero_data": True}}
-    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 2, "inputs": inputs}]})
-    with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
-        model_config.read(text, record, SPEC, PLAN)
-
-
-def test_a_warmup_sample_of_bytes_counts_what_its_objects_cost() -> None:
-    """A BYTES element is a Python object and then a std::string in the runtime, not 4 bytes."""
-    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, -1)),), outputs=(TensorSpec("t", DType.BYTES, (-1, -1)),))
-    record = dataclasses.replace(RECORD, signature=strings)
-    inputs = {"s": {"data_type": "TYPE_STRING", "dims": [5_000_000], "zero_data": True}}
-    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 1, "inputs": inputs}]})
-    with pytest.raises(InvalidRequest, match="320,000,000 bytes"):
-        model_config.read(text, record, SPEC, PLAN)
-
-
-def test_a_batched_sample_shown_without_batching_carries_its_batch_in_its_dims() -> None:
-    """A batcher that stopped merging shows max_batch_size 0: its samples must load back as shown."""
-    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
-    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 3, "inputs": inputs, "count": 2}]})
-    (batched,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
-    shown = warmup_config.render(batched, 0)
-    assert shown == {"name": "", "batch_size": 1, "count": 2,
-                     "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3, 4], "zero_data": True}}}  # fmt: skip
-    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
-    assert back.arrays(np.random.default_rng(0))["x"].shape == batched.arrays(np.random.default_rng(0))["x"].shape
-
-
-
-def test_a_skipped_batched_sample_shown_without_batching_loads_back_skipped() -> None:
-    inputs = {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}
-    text = json.dumps({"dynamic_batching": {}, "model_warmup": [{"batch_size": 0, "inputs": inputs}]})
-    (skipped,) = model_config.read(text, RECORD, SPEC, PLAN).additions.warmup
-    shown = warmup_config.render(skipped, 0)
-    assert shown["batch_size"] == 0 and shown["inputs"]["x"]["dims"] == [0, 4]
-    (back,) = model_config.read(json.dumps({"max_batch_size": 0, "model_warmup": [shown]}), RECORD, SPEC, PLAN).additions.warmup
-    assert back.batch_size == 0  # still skipped
-
-
-# Triton's config.pbtxt as a model repository holds it: comments, lists both ways, 64-bit numbers, enums
-PBTXT = """
-# the MLP, as Triton serves it
-name: "m"
-max_batch_size: 16
-version_policy: { latest { num_versions: 1 } }
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [
-  {
-    name: "y"
-    data_type: TYPE_FP32
-    dims: [ 2 ]
-  }
-]
-instance_group [ { count: 3 kind: KIND_CPU } ]
-dynamic_batching {
-  preferred_batch_size: [ 4, 8 ]
-  max_queue_delay_microseconds: 250
-  default_queue_policy { max_queue_size: 64 }
-}
-model_warmup [
-  {
-    name: "zeros"
-    batch_size: 2
-    inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }
-  }
-]
-"""
-SAME_AS_JSON = {
-    "name": "m",
-    "max_batch_size": 16,
-    "version_policy": {"latest": {"num_versions": 1}},
-    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
-    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}],
-    "instance_group": [{"count": 3, "kind": "KIND_CPU"}],
-    "dynamic_batching": {
-        "preferred_batch_size": [4, 8],
-        "max_queue_delay_microseconds": 250,
-        "default_queue_policy": {"max_queue_size": 64},
-    },
-    "model_warmup": [
-        {"name": "zeros", "batch_size": 2, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}}
-    ],
-}
-
-
-def test_a_triton_config_pbtxt_reads_as_the_same_config_in_json() -> None:
-    from_pbtxt = model_config.read(config_text.as_json(PBTXT), RECORD, SPEC, PLAN)
-    assert from_pbtxt == model_config.read(json.dumps(SAME_AS_JSON), RECORD, SPEC, PLAN)
-    assert from_pbtxt.batching is not None
-    assert from_pbtxt.batching.preferred_batch_sizes == (4, 8) and from_pbtxt.batching.instances == 3
-    assert from_pbtxt.batching.max_queue_size == 64 and [w.name for w in from_pbtxt.additions.warmup] == ["zeros"]
-
-
-def test_json_config_files_are_taken_as_they_are() -> None:
-    text = ' \n{"max_batch_size": 4}'
-    assert config_text.as_json(text) == text
-
-
-@pytest.mark.parametrize(
-    ("text", "says"),
-    [
-        ('name: "m"\nmax_batch_sise: 4', 'line 2, column 1: Message type "inference.ModelConfig" has no field named'),
-        ("max_batch_size: 99999999999", "line 1, column 17: Value out of range: 99999999999"),
-        ('input [ { name: "x" data_type: FP32 } ]', 'line 1, column 32: Enum type "inference.DataType" has no value'),
-        ("max_batch_size: 4 }", "line 1, column 19"),
-    ],
-)
-def test_a_config_pbtxt_triton_would_not_read_is_refused_at_its_line(text: str, says: str) -> None:
-    with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt") as e:
-        config_text.as_json(text)
-    assert says in str(e.value) and str(e.value).endswith("or give the JSON GET config returns")
-
-
-def _file_config(inputs: dict[str, object], batch_size: int = 3) -> str:
-    return json.dumps({"dynamic_batching": {}, "model_warmup": [{"name": "f", "batch_size": batch_size, "inputs": inputs}]})
-
-
-def test_a_warmup_input_from_a_file_repeats_its_row_in_every_row_of_the_batch(tmp_path: Path) -> None:
-    """Triton's input_data_file: raw row-major bytes in the model directory's warmup/ folder."""
-    (tmp_path / "warmup").mkdir()
-    row = np.array([1.5, -2, 3, 4], np.float32)
-    (tmp_path / "warmup" / "x.bin").write_bytes(row.tobytes() + b"ignored past one row, as Triton")
-    text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}})
-    (sample,) = model_config.read(text, RECORD, SPEC, PLAN, tmp_path).additions.warmup
-    arrays = sample.arrays(np.random.default_rng(0))
-    np.testing.assert_array_equal(arrays["x"], np.stack([row] * 3))
-    rendered = warmup_config.render(sample, 8)["inputs"]["x"]
-    assert rendered == {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "x.bin"}
-
-
-def test_a_bytes_warmup_file_holds_length_prefixed_elements(tmp_path: Path) -> None:
-    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, 2)),), outputs=(TensorSpec("t", DType.BYTES, (-1, 2)),))
-    record = dataclasses.replace(RECORD, signature=strings)
-    (tmp_path / "warmup").mkdir()
-    (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi\x05\x00\x00\x00there")
-    text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [2], "input_data_file": "s.bin"}}, batch_size=2)
-    (sample,) = model_config.read(text, record, SPEC, PLAN, tmp_path).additions.warmup
-    assert sample.arrays(np.random.default_rng(0))["s"].tolist() == [[b"hi", b"there"], [b"hi", b"there"]]
-    (tmp_path / "warmup" / "s.bin").write_bytes(b"\x02\x00\x00\x00hi")
-    with pytest.raises(InvalidRequest, match=r"does not hold one row of dims \[2\]: .*needs 2 BYTES elements"):
-        model_config.read(text, record, SPEC, PLAN, tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("file", "content", "model_dir", "says"),
-    [
-        ("x.bin", b"\0" * 12, True, "warmup setting expects 16 bytes, but the data provided from"),
-        ("missing.bin", None, True, "missing.bin is not a file; put it there"),
-        ("", None, True, "is not a file"),
-        ("x.bin", b"\0" * 16, False, "the model has no model directory"),
-    ],
-)
-def test_a_warmup_file_that_cannot_give_a_row_is_refused(
-    tmp_path: Path, file: str, content: bytes | None, model_dir: bool, says: str
-) -> None:
-    (tmp_path / "warmup").mkdir()
-    if content is not None:
-        (tmp_path / "warmup" / file).write_bytes(content)
-    text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": file}})
-    with pytest.raises(InvalidRequest, match=r"input_data_file|warmup setting") as e:
-        model_config.read(text, RECORD, SPEC, PLAN, tmp_path if model_dir else None)
-    assert says in str(e.value)
-
-
-def test_a_pbtxt_that_says_max_batch_size_0_is_not_batched_where_leaving_it_out_lets_polystack_choose() -> None:
-    """protobuf drops zeros: the text itself says whether the file set it."""
-    assert json.loads(config_text.as_json("max_batch_size: 0 # no batching"))["max_batch_size"] == 0
-    assert "max_batch_size" not in json.loads(config_text.as_json('name: "max_batch_size" # max_batch_size: 0'))
-    # Triton's dynamic batcher over a model without batching: each request alone, through its queues (was refused)
-    alone = model_config.read(
-        config_text.as_json("max_batch_size: 0\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }"),
-        RECORD, SPEC, PLAN,
-    )  # fmt: skip
-    assert alone.batching is not None and not alone.batching.merge and alone.batching.max_batch_size == 1
-    assert alone.batching.priority_levels == 2 and alone.max_batch_size == 0 and alone.instances is None
-    with pytest.raises(InvalidRequest, match="preferred size must be <= max batch size"):
-        model_config.read(
-            config_text.as_json("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [ 2 ] }"),
-            RECORD, SPEC, PLAN,
-        )  # fmt: skip
-    chosen = model_config.read(config_text.as_json("dynamic_batching { }"), RECORD, SPEC, PLAN)
-    assert chosen.batching is not None and chosen.batching.max_batch_size == PLAN.max_batch_size
-
-
-def test_config_files_are_checked_when_read_whatever_their_form() -> None:
-    assert json.loads(config_text.as_json('\ufeff{"max_batch_size": 4}')) == {"max_batch_size": 4}  # a BOM
-    assert json.loads(config_text.as_json("\ufeffmax_batch_size: 4")) == {"max_batch_size": 4}
-    # Python's own words, which 3.13 changed ("Illegal trailing comma before end of object", at column 21)
-    trailing = r"(Expecting property name .*line 1 column 22|Illegal trailing comma .*line 1 column 21)"
-    with pytest.raises(InvalidRequest, match=rf"^not JSON: {trailing}.*; fix it there$"):
-        config_text.as_json('{"max_batch_size": 4,}')
-    with pytest.raises(InvalidRequest, match=r"^not JSON: "):  # valid, but nested past the parser's recursion limit
-        config_text.as_json('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    # a field of Triton releases newer than the installed tritonclient's ModelConfig
-    with pytest.raises(InvalidRequest, match="is_non_linear_format_io is a field of newer Triton releases"):
-        config_text.as_json('input [ { name: "x" is_non_linear_format_io: false } ]')
-    # a field of Triton's in the wrong message is a plain mistake
-    for text in ("dynamic_batching { max_batch_size: 8 }", 'input [ { name: "x" label_filename: "l.txt" } ]'):
-        with pytest.raises(InvalidRequest, match=r"not a Triton config\.pbtxt .* has no field named"):
-            config_text.as_json(text)
-
-
-def test_a_warmup_file_named_outside_the_warmup_folder_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "warmup").mkdir()
-    (tmp_path / "x.bin").write_bytes(b"\0" * 16)
-    for name in ("../x.bin", str(tmp_path / "x.bin")):
-        text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": name}})
-        with pytest.raises(InvalidRequest, match="inside the model directory's warmup/ folder"):
-            model_config.read(text, RECORD, SPEC, PLAN, tmp_path)
-
-
-def test_a_bytes_warmup_file_counts_its_size_in_every_row(tmp_path: Path) -> None:
-    strings = Signature(inputs=(TensorSpec("s", DType.BYTES, (-1, 1)),), outputs=(TensorSpec("t", DType.BYTES, (-1, 1)),))
-    record = dataclasses.replace(RECORD, signature=strings)
-    (tmp_path / "warmup").mkdir()
-    big = 8 << 20  # one 8 MiB string: 64 rows of it are 512 MiB
-    (tmp_path / "warmup" / "s.bin").write_bytes(big.to_bytes(4, "little") + b"a" * big)
-    text = _file_config({"s": {"data_type": "TYPE_STRING", "dims": [1], "input_data_file": "s.bin"}}, batch_size=64)
-    with pytest.raises(InvalidRequest, match="at most 268,435,456 bytes"):
-        model_config.read(text, record, SPEC, dataclasses.replace(PLAN, max_batch_size=64), tmp_path)
-    # a fixed-size file row counts as the zeros it stands for, once
-    wide = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, 2)),))
-    (tmp_path / "warmup" / "x.bin").write_bytes(b"\0" * (8 << 20))
-    for data in ({"zero_data": True}, {"input_data_file": "x.bin"}):
-        text = _file_config({"x": {"data_type": "TYPE_FP32", "dims": [2 << 20], **data}}, batch_size=24)  # 192 MiB
-        model_config.read(text, dataclasses.replace(RECORD, signature=wide), SPEC, PLAN, tmp_path)
 
 
 def test_triton_onnxruntime_parameters_set_the_runtimes_options() -> None:
@@ -730,21 +460,6 @@ def test_a_dimension_below_1_but_minus_1_is_refused_in_tritons_words(key: str, d
             model_config.read(json.dumps(config), record, spec, PLAN)
 
 
-def test_warmup_samples_are_checked_against_the_dims_clients_see() -> None:
-    """Triton normalizes a warm-up request as a client's: against the config's dims (helper-52's review: a
-    sample of the model's wider dims loaded and warmed a shape no client may send)."""
-    dynamic = Signature(inputs=(TensorSpec("x", DType.FP32, (-1, -1)),), outputs=(TensorSpec("y", DType.FP32, (-1, -1)),))
-    record = dataclasses.replace(RECORD, signature=dynamic)
-
-    def config(dims: list[int]) -> str:
-        sample = {"name": "w", "batch_size": 1, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": dims, "zero_data": True}}}
-        return json.dumps({"max_batch_size": 4, "input": [{"name": "x", "dims": [3]}], "model_warmup": [sample]})
-
-    assert model_config.read(config([3]), record, SPEC, PLAN).additions.warmup[0].name == "w"
-    with pytest.raises(InvalidRequest, match="dims"):
-        model_config.read(config([5]), record, SPEC, PLAN)
-
-
 TRITON_RECORD = dataclasses.replace(RECORD, settings={model_config.TRITON_IO: True})  # from a model repository
 
 
@@ -926,17 +641,6 @@ def test_a_config_that_lists_some_of_the_models_inputs_is_refused_as_triton_refu
     assert model_config.read(json.dumps(config), dataclasses.replace(RECORD, signature=stateful), SPEC, PLAN).sequence
 
 
-def test_a_variable_states_initial_dims_are_its_first_size_and_bounded() -> None:
-    from polystack.types import DType
-
-    zero = {"data_type": "TYPE_FP32", "name": "s", "zero_data": True}
-    assert sequence_config.initial_state([{**zero, "dims": [3]}], "S", DType.FP32, (-1,), "state", None)[3] == (3,)
-    with pytest.raises(InvalidRequest, match=r"do not match the dims of state 'S', \[2, -1\]"):
-        sequence_config.initial_state([{**zero, "dims": [3, 3]}], "S", DType.FP32, (2, -1), "state", None)
-    with pytest.raises(InvalidRequest, match="is over 64 MiB a sequence"):
-        sequence_config.initial_state([{**zero, "dims": [1 << 30]}], "S", DType.FP32, (-1,), "state", None)
-
-
 def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:
     """helper-167 (Triton's L0_passive_instance): a passive group's instances get no requests from Triton's
     scheduler; polystack refused the config. It runs the other groups' instances alone and shows the passive one."""
@@ -950,24 +654,3 @@ def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:
         model_config.read('{"instance_group": [{"passive": "yes"}]}', RECORD, SPEC, PLAN)
 
 
-def test_a_lone_value_where_model_config_repeats_a_field_reads_as_a_list_of_it() -> None:
-    """As Triton's JSON reading (protobuf's) takes them, nested too; maps, nulls and lists stay as they are."""
-    given = {
-        "instance_group": {"count": 2},
-        "input": {"name": "x", "dims": 4},
-        "maxBatchSize": 4,
-        "ensemble_scheduling": {"step": {"model_name": "a", "input_map": {"x": "IN"}}},
-        "parameters": {"k": {"string_value": "v"}},
-        "output": None,
-    }
-    assert json.loads(config_text.lists_where_repeated(json.dumps(given))) == {
-        "instance_group": [{"count": 2}],
-        "input": [{"name": "x", "dims": [4]}],
-        "maxBatchSize": 4,
-        "ensemble_scheduling": {"step": [{"model_name": "a", "input_map": {"x": "IN"}}]},
-        "parameters": {"k": {"string_value": "v"}},
-        "output": None,
-    }
-    unchanged = json.dumps({"instance_group": [{"count": 2}]}, indent=1)
-    assert config_text.lists_where_repeated(unchanged) is unchanged
-    assert config_text.lists_where_repeated("not json") == "not json"
