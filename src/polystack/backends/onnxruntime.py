@@ -131,10 +131,12 @@ class OnnxRuntimeModel:
         # bfloat16 tensors, which ONNX Runtime's numpy API neither takes nor gives: such a model runs bound (``_bound``)
         every = (*signature.inputs, *signature.optional, *signature.outputs)
         self._bf16 = any(t.dtype is DType.BF16 for t in every)
-
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # what a run raises, imported with the session (onnxruntime is there) rather than at each call
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
+        self._refused, self._failed = InvalidArgument, Fail
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: _to_runtime_input(name, arr) for name, arr in inputs.items()}
         try:
             if self._bf16:
@@ -142,9 +144,9 @@ class OnnxRuntimeModel:
             results = self.session.run(self._outputs, feed, self._run_options)
         except RuntimeRefused:
             raise
-        except InvalidArgument as e:
+        except self._refused as e:
             raise RuntimeRefused(f"ONNX Runtime refused the inputs: {e}") from e
-        except Fail as e:
+        except self._failed as e:
             raise BackendError(f"ONNX Runtime failed: {e}") from e
         except Exception as e:
             raise BackendError(f"ONNX Runtime failed: {type(e).__name__}: {e}") from e

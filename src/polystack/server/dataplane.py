@@ -45,7 +45,7 @@ from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.rate_limiter import ModelInstances, RateLimiter
 from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
 from polystack.custom_metrics import CustomMetrics
-from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, rows
+from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, infer_entry, rows
 from polystack.errors import (
     BackendError,
     DeadlineExceeded,
@@ -421,8 +421,6 @@ def _infer_now(
     waiting: set[int] | None,
     failed: list[int] | None,
 ) -> Any:
-    from polystack.engine import infer_entry
-
     if waiting is not None:
         waiting.discard(id(outcome))  # one C call: safe beside the loop's add and discard without a lock
     t0 = time.perf_counter_ns()
