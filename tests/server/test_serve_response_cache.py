@@ -289,7 +289,7 @@ def test_a_hit_with_a_large_input_never_waits_for_the_inference_threads(
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             running = pool.submit(other)
             deadline = time.monotonic() + 10
-            while st.server.plane.in_flight < 1 and time.monotonic() < deadline:
+            while st.server.plane.in_flight.count < 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
             client.infer("slow1000", [x])
             assert not running.done()  # the hit came back while the other request still ran

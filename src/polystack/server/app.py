@@ -617,7 +617,7 @@ class Server:
         self.http.closing = True
         # gRPC refuses new calls from now on (UNAVAILABLE, in its handlers), as HTTP does, and its calls in
         # flight share the one grace; its server stops after them
-        drained = await self.plane.wait_idle(left()) and drained
+        drained = await self.plane.in_flight.wait_idle(left()) and drained
         # a decoupled model's final responses to requests whose clients went away (its threads may send them yet)
         drained = await self.plane.wait_final_responses(left()) and drained
         # answers still being encoded (a large one compresses off the loop) or sent are not cut off
@@ -653,7 +653,7 @@ class Server:
             extra={
                 "drained": drained,
                 "shutdown_s": round(time.monotonic() - started, 3),
-                "in_flight": self.plane.in_flight,
+                "in_flight": self.plane.in_flight.count,
             },
         )
 

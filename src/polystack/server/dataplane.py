@@ -80,6 +80,7 @@ from polystack.server import (
     warmup,
 )
 from polystack.server.decoupled import ResponseStream, Streamed
+from polystack.server.in_flight import InFlight
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.load_history import Configured, LoadHistory
 from polystack.server.logs import LogSettings
@@ -577,16 +578,12 @@ class DataPlane:
         # set once the drain's sequences ended (or its timeout passed): until then their requests are taken
         self._sequences_over = asyncio.Event()
         self._hurried = False  # a second signal: the drain waits no longer for the sequences held
-        self.in_flight = 0
+        self.in_flight = InFlight()  # requests, loads and unloads running: a drain waits for them
         self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
         # set by ``close`` (the drain is over): an unload waits no longer for its model's open streams
         self._stopping = threading.Event()
-        # ensemble requests among them: one whose step is the only other request in flight lets it run inline
-        self._pipelines = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time: nothing per request
+        self.metrics.in_flight.set_function(lambda: self.in_flight.count)  # read at scrape time: nothing per request
 
     # -- model lifecycle -------------------------------------------------------------------------
     def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
@@ -2211,8 +2208,7 @@ class DataPlane:
         step holds the model it had when its request started). A decoupled model sends its responses to
         ``responses`` (``infer_stream``), and the response returned has no outputs."""
         started = time.perf_counter()
-        self.in_flight += 1
-        self._idle.clear()
+        self.in_flight.enter()
         model_label: tuple[str, str] | None = None
         outcome: Outcome | None = None  # the request's success or failure in its model's statistics
         held: dict[str, Region] = {}  # its outputs' shared memory regions, held until they are written
@@ -2261,9 +2257,7 @@ class DataPlane:
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
             raise
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.in_flight.leave()
         assert model_label is not None and outcome is not None
         in_shared_memory = self._write_shared(result, request, model_label, outcome, started, held)
         m = self.metrics.model(*model_label)
@@ -2298,9 +2292,7 @@ class DataPlane:
         ensemble's, and what the outermost one holds. An ensemble with decoupled steps sends its responses to
         ``responses`` (``ensemble.stream``), and the response returned has no outputs."""
         started = time.perf_counter()
-        self.in_flight += 1
-        self._pipelines += 1
-        self._idle.clear()
+        self.in_flight.enter_pipeline()
         label = (name, "")
         outcome: Outcome | None = None
         held: dict[str, Region] = {}
@@ -2448,10 +2440,7 @@ class DataPlane:
         finally:
             if pins is not None:
                 _unpin(pins)
-            self.in_flight -= 1
-            self._pipelines -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.in_flight.leave_pipeline()
         in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
@@ -2670,7 +2659,7 @@ class DataPlane:
                     key = (entry.name, entry.version)
                     typical = self._typical_s.get(key)
                     queued = time.perf_counter_ns()
-                    alone = self.in_flight == 1 or (self._pipelines == 1 and self.in_flight == 2)
+                    alone = self.in_flight.alone
                     size = sum(_size(a) for a in request.inputs.values())
                     # inline: a request alone, to a model that answers such requests fast, no larger than they are
                     # (one of many rows to a fast model would hold the loop for all of them)
@@ -2892,13 +2881,6 @@ class DataPlane:
         served = list(self._served)  # one step (the loader changes it): never iterated while it changes
         return (name, "") if name in self.ensembles or any(k[0] == name for k in served) else ("", "")
 
-    async def wait_idle(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     async def wait_final_responses(self, timeout_s: float) -> bool:
         """Wait (up to ``timeout_s``) until each decoupled model sent the final response of every request it was
         given, those whose client went away included (their model's threads may still send it), as Triton's exit
@@ -2935,8 +2917,7 @@ class DataPlane:
         its timeout) and its client gets the answer; none starts once the drain has begun, not even one
         queued on the loader before it began."""
         self.refuse_when_draining()
-        self.in_flight += 1
-        self._idle.clear()
+        self.in_flight.enter()
 
         def unless_draining(name: str) -> Any:  # queued behind another load when the drain began: not started
             self.refuse_when_draining()
@@ -2945,9 +2926,7 @@ class DataPlane:
         try:
             await asyncio.wrap_future(self.loader.submit(unless_draining, name))
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.in_flight.leave()
 
 
 @contextlib.contextmanager

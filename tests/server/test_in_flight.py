@@ -1,0 +1,40 @@
+"""InFlight: what a drain waits for, and when a request is alone (the inline fast path's question)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from polystack.server.in_flight import InFlight
+
+
+def test_a_request_is_alone_by_itself_or_as_the_one_step_of_the_one_ensemble_request() -> None:
+    flight = InFlight()
+    flight.enter()
+    assert flight.alone and flight.count == 1
+    flight.enter()
+    assert not flight.alone  # two requests: neither runs on the loop
+    flight.leave()
+    flight.leave()
+    flight.enter_pipeline()
+    flight.enter()  # its step
+    assert flight.alone
+    flight.enter()  # a second request beside them
+    assert not flight.alone
+    flight.leave()
+    flight.enter_pipeline()  # a nested ensemble: its step is not alone either
+    flight.enter()
+    assert not flight.alone and (flight.count, flight.pipelines) == (4, 2)
+
+
+def test_a_drain_waits_until_the_last_one_leaves() -> None:
+    async def drain() -> tuple[bool, bool, bool]:
+        flight = InFlight()
+        idle_at_once = await flight.wait_idle(0)
+        flight.enter()
+        flight.enter_pipeline()
+        busy = await flight.wait_idle(0.01)
+        asyncio.get_running_loop().call_later(0.01, flight.leave)
+        asyncio.get_running_loop().call_later(0.02, flight.leave_pipeline)
+        return idle_at_once, busy, await flight.wait_idle(5)
+
+    assert asyncio.run(drain()) == (True, False, True)
