@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -88,6 +86,7 @@ from polystack.server.model_calls import ModelCalls
 from polystack.server.repository_extension import UPLOADED, RepositoryExtension
 from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
+from polystack.server.served import LoadPlan, Pins, ServedEnsemble, ServedModel, load_number, unpin
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
 from polystack.stats import ModelStats, Outcome
@@ -102,7 +101,6 @@ _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
 _UNLOAD_DRAIN_S = 30.0  # how long what a load or unload replaced may run what it holds (as a batcher's close)
 _HASH_INLINE_BELOW = 256 << 10  # input bytes a response cache key is hashed from on the loop; more: on a thread
-_loads = itertools.count(1)  # numbers each model load, whose answers the response cache keeps apart
 
 
 class SpecFor(Protocol):
@@ -113,115 +111,6 @@ class SpecFor(Protocol):
 
 
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a load would serve (``DataPlane._plan``)."""
-
-    record: ModelRecord
-    spec: LoadSpec
-    policy: BatchPolicy | None
-    instances: int | None  # an unbatched model's own threads (None: the shared pool)
-    additions: model_config.Additions = field(default_factory=model_config.Additions)  # what its config adds
-    config: str | None = None  # the Triton config it follows: the load's, else the one given at start
-    sequence: SequencePolicy | None = None  # its config's sequence_batching (a stateful model)
-
-
-@dataclass
-class _Served:
-    entry: LoadedEntry
-    batcher: DynamicBatcher | None
-    # unbatched with an instance count of its own: that many threads, one request each (None: the shared pool)
-    instances: int | None = None
-    executor: InferenceThreads | None = None
-    additions: model_config.Additions = field(default_factory=model_config.Additions)
-    pending: int = 0  # unbatched requests handed to a thread and not back yet (changed on the event loop only)
-    # of those, the ids of the outcomes of the calls no thread started yet (added on the loop; dropped by the thread
-    # that starts one, or on the loop when it is back or cancelled): the queue depth its metric shows
-    waiting: set[int] = field(default_factory=set)
-    load: int = field(default_factory=lambda: next(_loads))  # this load's number: its answers in the response cache
-    sequencer: SequenceBatcher | None = None  # a sequence model's (its config's sequence_batching)
-    # ensemble requests running that hold it for a step not run yet (on the event loop): an unload or a reload
-    # closes it only once they are done, as Triton's ensembles hold their models' handles for a request's life
-    pins: int = 0
-    limits: ModelInstances | None = None  # its instances under the server's rate limiter (None: it has none)
-    # its model reads its request's facts and may call other models back (a Python model, ``hosting``): it runs
-    # as its request, and never on the event loop, which its calls need
-    hosted: bool = False
-    # its model sends any number of responses to a request, apart from its run (``decoupled.py``): read as a stream
-    decoupled: bool = False
-    # its decoupled requests' streams, kept while anything holds them (the model's sender, the client's reader): an
-    # unload closes the model once each has had its final response, as Triton's (its response factories hold it)
-    streams: weakref.WeakSet[ResponseStream] = field(default_factory=weakref.WeakSet)
-    streams_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def depth(self) -> int:
-        """Its unbatched requests waiting for a thread (a batched model's wait in its batcher's queue)."""
-        return len(self.waiting)
-
-    def open_streams(self) -> list[ResponseStream]:
-        """Its decoupled requests whose final response is still to come."""
-        with self.streams_lock:
-            return [s for s in self.streams if not s.closed]
-
-    def close(self, wait: bool) -> None:
-        """Stop taking work; what was handed over still runs, on this instance. Requests whose ``execute`` returned
-        without the answer its code may never send (a Python model's sender) fail first, so that no thread stays
-        held; those whose ``execute`` runs get their answer (``_finish_streams`` ends those that then have none)."""
-        closing = getattr(self.entry.model.inner, "closing", None)
-        if closing is not None:
-            closing()
-        if self.batcher is not None:
-            self.batcher.close(drain=True)
-        if self.sequencer is not None:
-            self.sequencer.close(drain=True)
-        if self.executor is not None:
-            self.executor.shutdown(wait=wait)
-        if self.limits is not None:  # its needs stop counting once its instances still running are done
-            self.limits.limiter.unregister(self.limits)
-            # what serves it told the limiter how to see its queue (a closure over it): let go of it, or the two
-            # hold each other and the model with them until Python's cycle collector runs (helper-236: +76 MB a
-            # load of a model holding 80 MB)
-            self.limits.pending = _nothing_pending
-
-
-def _nothing_pending() -> bool:
-    """A closed model's queue, as the rate limiter asks after it: nothing waits."""
-    return False
-
-
-@dataclass
-class _ServedEnsemble:
-    """An ensemble served (``ensemble.py``): its steps run on the models served, each a request of their own;
-    its statistics count its own requests, with its steps' compute times summed, as Triton's do."""
-
-    ensemble: ensemble.Ensemble
-    stats: ModelStats = field(default_factory=ModelStats)
-    # its answers in the response cache: a new number when a model it runs is loaded again (they may change)
-    load: int = field(default_factory=lambda: next(_loads))
-    # its other versions, where its version_policy picks several (this one is the latest), each counted apart
-    others: dict[int, _ServedEnsemble] = field(default_factory=dict)
-
-    def at(self, version: int) -> _ServedEnsemble | None:
-        """Its ``version`` (None: not served)."""
-        return self if version == self.ensemble.version else self.others.get(version)
-
-    @property
-    def every(self) -> list[_ServedEnsemble]:
-        """Each version served, the oldest first."""
-        return sorted([self, *self.others.values()], key=lambda s: s.ensemble.version)
-
-
-# what an ensemble request holds (``DataPlane._pin``): the model or ensemble each (step model, version) runs
-_Pins = dict[tuple[str, str | None], "_Served | _ServedEnsemble"]
-
-
-def _unpin(pins: _Pins) -> None:
-    """Let go of the models an ensemble request holds (``DataPlane._pin``): once each."""
-    for model in {id(m): m for m in pins.values() if isinstance(m, _Served)}.values():
-        model.pins -= 1
 
 
 def _device_id(device: str) -> int:
@@ -363,7 +252,7 @@ def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) ->
         log.warning("a decoupled model's request failed after its final response", extra={"model": name, "error": str(e)})
 
 
-def _finish_streams(served: _Served, deadline: float, stopping: threading.Event) -> None:
+def _finish_streams(served: ServedModel, deadline: float, stopping: threading.Event) -> None:
     """Once the executes ``served`` was handed ran: its requests answered once whose answer has not come fail (their
     execute returned without it, and nothing may ever send it); wait until each decoupled request had its final
     response (its model's threads may send them after its ``execute`` returned), up to ``deadline`` or the server's
@@ -537,8 +426,8 @@ class DataPlane:
         )
         self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
         self._retiring_lock = threading.Lock()
-        self._served: dict[tuple[str, int], _Served] = {}
-        self.ensembles: dict[str, _ServedEnsemble] = {}  # by name (one version each); changed under _routing
+        self._served: dict[tuple[str, int], ServedModel] = {}
+        self.ensembles: dict[str, ServedEnsemble] = {}  # by name (one version each); changed under _routing
         # what the server keeps of each name's loads beyond what it serves (failures, versions stopped, ensembles
         # waiting for their models, the last config given): the repository extension's index and loads read it too
         self.history = LoadHistory()
@@ -551,11 +440,11 @@ class DataPlane:
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
-        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]]] = {}
+        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
-        self._routes: dict[tuple[tuple[int, int], str, str | None], _Served] = {}
+        self._routes: dict[tuple[tuple[int, int], str, str | None], ServedModel] = {}
         self._routes_generation = (-1, -1)  # the generation the routes are of
         self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
         # (--model-namespacing) by model folder name, the names of its copies known now (``_identities``), as of the
@@ -629,7 +518,7 @@ class DataPlane:
         loading nothing; its sequence batching, if its config sets it."""
         return self._plan(ref, None).sequence
 
-    def _plan(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> _Plan:
+    def _plan(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> LoadPlan:
         """What a load of ``ref`` would serve: its record, spec, batch policy and own instances; ``agents``
         are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
@@ -712,9 +601,9 @@ class DataPlane:
             spec = dataclasses.replace(spec, reshape=reshape)
         if agents:
             additions = dataclasses.replace(additions, agents=agents)
-        return _Plan(record, spec, policy, instances, additions, config, sequence)
+        return LoadPlan(record, spec, policy, instances, additions, config, sequence)
 
-    def _apply(self, plan: _Plan) -> LoadedEntry:
+    def _apply(self, plan: LoadPlan) -> LoadedEntry:
         """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
         with self._loading_versions([plan]):
             entry = self._build(plan)
@@ -725,7 +614,7 @@ class DataPlane:
                 raise
             return self._route(plan, served)
 
-    def _build(self, plan: _Plan) -> LoadedEntry:
+    def _build(self, plan: LoadPlan) -> LoadedEntry:
         """Load (and warm up) what ``plan`` says, routing nothing to it yet; a failure is tried again
         ``load_retries`` times (unless the server drains meanwhile)."""
         record = plan.record
@@ -749,7 +638,7 @@ class DataPlane:
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
-    def _loading_versions(self, plans: Sequence[_Plan]) -> Iterator[None]:
+    def _loading_versions(self, plans: Sequence[LoadPlan]) -> Iterator[None]:
         """While a load builds these versions and until it routes to them (or fails), the index lists them
         ``LOADING`` (unless another instance of one serves), as Triton marks every version of a load."""
         keys = {(p.record.name, p.record.version) for p in plans}
@@ -759,7 +648,7 @@ class DataPlane:
         finally:
             self.loading -= keys
 
-    def _serving(self, plan: _Plan, entry: LoadedEntry) -> _Served:
+    def _serving(self, plan: LoadPlan, entry: LoadedEntry) -> ServedModel:
         """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
         before anything routes to it, its instances registered with the rate limiter (which refuses those
         that need more than it has). The caller closes it if it does not route to it."""
@@ -799,8 +688,8 @@ class DataPlane:
         return served
 
     def _start(
-        self, plan: _Plan, entry: LoadedEntry, limits_for: Callable[[int], ModelInstances | None]
-    ) -> _Served:
+        self, plan: LoadPlan, entry: LoadedEntry, limits_for: Callable[[int], ModelInstances | None]
+    ) -> ServedModel:
         policy, instances = plan.policy, plan.instances
         # what clients see: a sequence model without its control and state tensors, and the dims its config
         # fixed, which requests are then checked against
@@ -820,7 +709,7 @@ class DataPlane:
                 entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe,
                 limits=limits_for(plan.sequence.instances),
             )  # fmt: skip
-            return _Served(entry, None, None, None, plan.additions, sequencer=sequencer)
+            return ServedModel(entry, None, None, None, plan.additions, sequencer=sequencer)
         if policy is not None and (entry.signature.may_batch or not policy.merge):
             m = self.metrics.model(entry.name, str(entry.version))
 
@@ -833,21 +722,21 @@ class DataPlane:
                 entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits,
                 ragged_apart=plan.additions.ragged_apart,
             )  # fmt: skip
-            return _Served(entry, batcher, None, None, plan.additions)
+            return ServedModel(entry, batcher, None, None, plan.additions)
         if instances is not None or self.rate_limiter is not None:  # under the rate limiter: threads of its own
             limits = limits_for(instances or self.workers)
             executor = InferenceThreads(instances or self.workers, f"infer-{entry.name}", self.thread_initializer)
-            served = _Served(entry, None, instances, executor, plan.additions)
+            served = ServedModel(entry, None, instances, executor, plan.additions)
             if limits is not None:  # calls handed to its threads that none started: work no instance asked to run
 
-                def pending(served: _Served = served, limits: ModelInstances = limits) -> bool:
+                def pending(served: ServedModel = served, limits: ModelInstances = limits) -> bool:
                     return len(served.waiting) > limits.staged
 
                 limits.pending = pending
             return served
-        return _Served(entry, None, None, None, plan.additions)
+        return ServedModel(entry, None, None, None, plan.additions)
 
-    def _route(self, plan: _Plan, served: _Served) -> LoadedEntry:
+    def _route(self, plan: LoadPlan, served: ServedModel) -> LoadedEntry:
         """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
@@ -867,7 +756,7 @@ class DataPlane:
         queues.append(weakref.ref(batcher or served.sequencer or served))
         self._queues[label] = queues
 
-        def queued(queues: list[weakref.ref[DynamicBatcher | SequenceBatcher | _Served]] = queues) -> int:
+        def queued(queues: list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]] = queues) -> int:
             return sum(held.depth for held in (q() for q in queues) if held is not None)
 
         self.metrics.model(*label).depth.set_function(queued)
@@ -948,9 +837,9 @@ class DataPlane:
                 old.ensemble = dataclasses.replace(old.ensemble, written_policy=pipeline.written_policy)
                 log.info("model served as asked", extra={"model": name, "version": pipeline.version})
                 return
-            others = {v: _ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
+            others = {v: ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
             others.pop(pipeline.version, None)
-            self.ensembles[name] = served = _ServedEnsemble(pipeline, others=others)
+            self.ensembles[name] = served = ServedEnsemble(pipeline, others=others)
             self._moved()
         for each in served.every:
             label = (name, str(each.ensemble.version))
@@ -1129,7 +1018,7 @@ class DataPlane:
                 self._check_ensemble(served.ensemble)
                 if self.response_cache is not None:
                     for each in served.every if served.ensemble.response_cache else []:
-                        old, each.load = each.load, next(_loads)
+                        old, each.load = each.load, load_number()
                         self.response_cache.forget(old)
                     self._check_ensembles_of(other)  # those that run this one: their answers too, cached or not
             except PolystackError as e:
@@ -1168,7 +1057,7 @@ class DataPlane:
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(len(self._served) + len(self.ensembles))  # each version, each ensemble
 
-    def _max_batch(self, served: _Served) -> int:
+    def _max_batch(self, served: ServedModel) -> int:
         """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
         batcher, entry = served.batcher, served.entry
         if served.sequencer is not None:
@@ -1383,7 +1272,7 @@ class DataPlane:
         kept = [self._served_as(p) if config is None and p.record.version not in afresh else None for p in plans]
         changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
         built: list[LoadedEntry] = []
-        ready: list[_Served] = []
+        ready: list[ServedModel] = []
         with self._loading_versions(changed):
             try:
                 for plan in changed:
@@ -1413,7 +1302,7 @@ class DataPlane:
             self._check_ensembles_of(entry.name)
         return entry
 
-    def _served_as(self, plan: _Plan) -> LoadedEntry | None:
+    def _served_as(self, plan: LoadPlan) -> LoadedEntry | None:
         """The entry a plain load with ``plan`` would replace with one just like it (the same record, spec,
         batching and instances), or None. Triton does nothing for a load of a model without changes:
         its instance keeps serving and its statistics keep counting."""
@@ -1448,7 +1337,7 @@ class DataPlane:
         self._retire(retired, entries)
         return versions
 
-    def _retire(self, served: list[_Served], entries: list[LoadedEntry], wait: bool = False) -> None:
+    def _retire(self, served: list[ServedModel], entries: list[LoadedEntry], wait: bool = False) -> None:
         """Close what stopped being served once what it holds has run (its batcher's queue, its own
         instances' and the shared threads' requests; up to 30 s), on a thread of its own: a load or unload
         answers once routing has changed, as Triton's do, and one model's drain never holds up another's.
@@ -1574,7 +1463,7 @@ class DataPlane:
             return []
         return sorted(n for n in self.names_served() if (repository.copy_of(n) or ("",))[0] == name)
 
-    def _get(self, name: str, version: str | None, step: bool = False) -> _Served:
+    def _get(self, name: str, version: str | None, step: bool = False) -> ServedModel:
         """What serves ``name`` (at ``version``) now; ``step``: for an ensemble's step, which a name two
         repositories hold does not refuse (it runs what it was loaded with)."""
         if self.folder_rules.namespacing and not step:
@@ -1604,7 +1493,7 @@ class DataPlane:
         ensembles = dict(self.ensembles)
         return [f"{name}:{each.ensemble.version}" for name in sorted(ensembles) for each in ensembles[name].every]
 
-    def _ensemble(self, name: str, version: str | None, step: bool = False) -> _ServedEnsemble | None:
+    def _ensemble(self, name: str, version: str | None, step: bool = False) -> ServedEnsemble | None:
         """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound); ``step``:
         for an ensemble's step (``_get``)."""
         served = self.ensembles.get(name)
@@ -1622,7 +1511,7 @@ class DataPlane:
             return at
         return served
 
-    def _resolve(self, name: str, version: str | None) -> _Served:
+    def _resolve(self, name: str, version: str | None) -> ServedModel:
         v = parse_version(name, version)
         with self._routing:
             try:
@@ -1658,7 +1547,7 @@ class DataPlane:
             served = self._served.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
             # Loaded through the engine directly (not through this plane): serve it unbatched.
-            served = _Served(entry, None)
+            served = ServedModel(entry, None)
         return served
 
     # -- health and metadata ---------------------------------------------------------------------
@@ -1954,7 +1843,7 @@ class DataPlane:
         sequence = served.sequencer.policy if served.sequencer is not None else None
         return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
 
-    def _version_policy(self, name: str, pipeline: _ServedEnsemble | None = None) -> dict[str, Any]:
+    def _version_policy(self, name: str, pipeline: ServedEnsemble | None = None) -> dict[str, Any]:
         """The version policy that picks the versions of ``name`` (or of the ensemble ``pipeline``) served now,
         among those a load of it by name picks from (its repository folder's, else the store's): Triton's
         default, the latest, where they are the latest ones, else those versions; a load of the config GET
@@ -1982,7 +1871,7 @@ class DataPlane:
             return {"latest": {"num_versions": len(served)}}
         return {"specific": {"versions": served}}
 
-    def _instances(self, served: _Served) -> int:
+    def _instances(self, served: ServedModel) -> int:
         """How many of a model's requests (or batches) run at once."""
         if served.batcher is not None:
             return served.batcher.policy.instances
@@ -2109,7 +1998,7 @@ class DataPlane:
 
     def _stream_model(
         self,
-        pinned: _Served | None,
+        pinned: ServedModel | None,
         name: str,
         version: str | None,
         request: InferRequest,
@@ -2136,7 +2025,7 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop,
         carrier: Carrier | None,
         compute: list[int] | None,
-        pinned: tuple[_ServedEnsemble, _Pins] | None,
+        pinned: tuple[ServedEnsemble, Pins] | None,
         front: Front | None = None,
     ) -> AsyncGenerator[Streamed, None]:
         """A request of an ensemble with decoupled steps (``_infer_ensemble`` sending to a ``ResponseStream``); one
@@ -2194,7 +2083,7 @@ class DataPlane:
 
     async def _infer_model(
         self,
-        pinned: _Served | None,
+        pinned: ServedModel | None,
         name: str,
         version: str | None,
         request: InferRequest,
@@ -2280,7 +2169,7 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop | None,
         carrier: Carrier | None,
         compute: list[int] | None,
-        pinned: tuple[_ServedEnsemble, _Pins] | None = None,
+        pinned: tuple[ServedEnsemble, Pins] | None = None,
         front: Front | None = None,
         responses: ResponseStream | None = None,
     ) -> InferResponse:
@@ -2296,7 +2185,7 @@ class DataPlane:
         label = (name, "")
         outcome: Outcome | None = None
         held: dict[str, Region] = {}
-        pins: _Pins | None = None  # what this request holds (the outermost ensemble's), released at its end
+        pins: Pins | None = None  # what this request holds (the outermost ensemble's), released at its end
         try:
             if pinned is not None:
                 served, holding = pinned
@@ -2331,7 +2220,7 @@ class DataPlane:
 
             def step_request(
                 step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> tuple[_Served | _ServedEnsemble, InferRequest, bool]:
+            ) -> tuple[ServedModel | ServedEnsemble, InferRequest, bool]:
                 """What a step runs on, its request, and whether its model batches."""
                 parameters = request.parameters
                 if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
@@ -2348,7 +2237,7 @@ class DataPlane:
                 index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
             ) -> tuple[dict[str, np.ndarray], bool]:
                 target, sub, batches = step_request(step, given, givers)
-                if isinstance(target, _ServedEnsemble):
+                if isinstance(target, ServedEnsemble):
                     answer = await self._infer_ensemble(step.model, step.asked, sub, loop, None, steps, (target, holding))
                 else:
                     answer = await self._infer_model(target, step.model, step.asked, sub, loop, None, steps)
@@ -2361,7 +2250,7 @@ class DataPlane:
                 error response fails the request)."""
                 target, sub, batches = step_request(step, given, givers)
                 here = loop or asyncio.get_running_loop()
-                if isinstance(target, _ServedEnsemble):
+                if isinstance(target, ServedEnsemble):
                     answers = self._stream_ensemble(step.model, step.asked, sub, here, None, steps, (target, holding))
                 else:
                     answers = self._stream_model(target, step.model, step.asked, sub, here, None, steps)
@@ -2382,7 +2271,7 @@ class DataPlane:
             cache = self.response_cache if pipeline.response_cache else None
             t0 = time.perf_counter_ns()
             owner = served.load  # a reload of a model it runs changes it meanwhile: what runs now is kept under this
-            reads = any(isinstance(t, _Served) and t.hosted for t in holding.values())  # a step reads the parameters
+            reads = any(isinstance(t, ServedModel) and t.hosted for t in holding.values())  # a step reads the parameters
             key = await self._cache_key(cache, owner, request, reads, loop) if cache is not None else None
             found = cache.get(key) if cache is not None and key is not None else None
             looked = time.perf_counter_ns() - t0
@@ -2439,7 +2328,7 @@ class DataPlane:
             raise
         finally:
             if pins is not None:
-                _unpin(pins)
+                unpin(pins)
             self.in_flight.leave_pipeline()
         in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
         m.success.inc()
@@ -2448,36 +2337,36 @@ class DataPlane:
             name, str(pipeline.version), result, request.id, in_shared_memory, parameters=_sequence_parameters(request)
         )
 
-    def _pin(self, pipeline: ensemble.Ensemble) -> _Pins:
+    def _pin(self, pipeline: ensemble.Ensemble) -> Pins:
         """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
-        each model held (``_Served.pins``) until the request ends: Triton's ensembles take their models'
+        each model held (``ServedModel.pins``) until the request ends: Triton's ensembles take their models'
         handles when a request starts. A model not served (or a version not ready) is Unavailable: the ensemble
         cannot run without it (it is unloaded with its model, soon), and nothing stays held."""
-        pins: _Pins = {}
+        pins: Pins = {}
         try:
             self._pin_into(pipeline, pins)
         except BaseException as e:
-            _unpin(pins)
+            unpin(pins)
             if isinstance(e, (NotFound, ModelNotReady)):
                 raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
             raise
         return pins
 
-    def _pin_into(self, pipeline: ensemble.Ensemble, pins: _Pins) -> None:
+    def _pin_into(self, pipeline: ensemble.Ensemble, pins: Pins) -> None:
         """``_pin``'s walk: each (model, version) is looked at once, however often it runs."""
         for step in pipeline.steps:
             key = (step.model, step.asked)
             if key in pins:
                 continue
             nested = self._ensemble(*key, step=True)  # as infer() resolves the name: an ensemble's first
-            target: _Served | _ServedEnsemble = nested if nested is not None else self._get(*key, step=True)
-            if isinstance(target, _Served) and all(target is not m for m in pins.values()):
+            target: ServedModel | ServedEnsemble = nested if nested is not None else self._get(*key, step=True)
+            if isinstance(target, ServedModel) and all(target is not m for m in pins.values()):
                 target.pins += 1
             pins[key] = target
-            if isinstance(target, _ServedEnsemble):
+            if isinstance(target, ServedEnsemble):
                 self._pin_into(target.ensemble, pins)
 
-    def _step_target(self, step: ensemble.Step, pins: _Pins | None) -> _Served | _ServedEnsemble | None:
+    def _step_target(self, step: ensemble.Step, pins: Pins | None) -> ServedModel | ServedEnsemble | None:
         """What ``step`` runs: what a request holds for it, else what serves it now (None: nothing)."""
         held = pins.get((step.model, step.asked)) if pins is not None else None
         if held is not None:
@@ -2490,43 +2379,43 @@ class DataPlane:
         except PolystackError:
             return None
 
-    def _takes(self, target: _Served | _ServedEnsemble) -> tuple[dict[str, TensorSpec], bool]:
+    def _takes(self, target: ServedModel | ServedEnsemble) -> tuple[dict[str, TensorSpec], bool]:
         """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them, and
         whether it batches (its GET config's max_batch_size is above 0)."""
-        if isinstance(target, _ServedEnsemble):
+        if isinstance(target, ServedEnsemble):
             sig, batches = target.ensemble.signature, target.ensemble.max_batch_size > 0
         else:
             sig, batches = target.entry.signature, self._max_batch(target) > 0
         return {t.name: t for t in (*sig.inputs, *sig.optional)}, batches
 
-    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: _Pins | None = None) -> set[str]:
+    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: Pins | None = None) -> set[str]:
         """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence
         parameters, as Triton's ensembles pass a correlation ID and its flags to their steps; what a request
         holds (``pins``), else what is served now."""
         found: set[str] = set()
         for step in pipeline.steps:
             target = self._step_target(step, pins)
-            if isinstance(target, _ServedEnsemble):
+            if isinstance(target, ServedEnsemble):
                 if depth < ensemble.MAX_DEPTH and self._stateful(target.ensemble, depth + 1, pins):
                     found.add(step.model)
             elif target is not None and target.sequencer is not None:  # None: the step fails saying so when it runs
                 found.add(step.model)
         return found
 
-    def _decoupled_steps(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: _Pins | None = None) -> set[int]:
+    def _decoupled_steps(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: Pins | None = None) -> set[int]:
         """The steps that answer any number of times: those running a decoupled model, or an ensemble that has
         such a step; what a request holds (``pins``), else what is served now."""
         found: set[int] = set()
         for i, step in enumerate(pipeline.steps):
             target = self._step_target(step, pins)
-            if isinstance(target, _ServedEnsemble):
+            if isinstance(target, ServedEnsemble):
                 if depth < ensemble.MAX_DEPTH and self._decoupled_steps(target.ensemble, depth + 1, pins):
                     found.add(i)
             elif target is not None and target.decoupled:
                 found.add(i)
         return found
 
-    def _labels(self, pipeline: ensemble.Ensemble, pins: _Pins | None = None) -> dict[str, Sequence[str]]:
+    def _labels(self, pipeline: ensemble.Ensemble, pins: Pins | None = None) -> dict[str, Sequence[str]]:
         """The labels of the ensemble's outputs: those of the step model's output that gives each (what a request
         holds, ``pins``, else what is served now)."""
         found: dict[str, Sequence[str]] = {}
@@ -2535,7 +2424,7 @@ class DataPlane:
                 if tensor not in pipeline.signature.output_names:
                     continue
                 target, labels = self._step_target(step, pins), None
-                if isinstance(target, _ServedEnsemble):  # an ensemble's step: the labels of what gives that output
+                if isinstance(target, ServedEnsemble):  # an ensemble's step: the labels of what gives that output
                     labels = self._labels(target.ensemble, pins).get(model_tensor)
                 elif target is not None:  # a model gone: none
                     labels = labels_of(target.entry.record.settings).get(model_tensor)
@@ -2546,7 +2435,7 @@ class DataPlane:
 
     async def _run(
         self,
-        served: _Served,
+        served: ServedModel,
         request: InferRequest,
         name: str,
         version: str | None,
@@ -2610,7 +2499,7 @@ class DataPlane:
 
     async def _run_on(
         self,
-        served: _Served,
+        served: ServedModel,
         request: InferRequest,
         name: str,
         version: str | None,
@@ -2727,7 +2616,7 @@ class DataPlane:
     async def _cached(
         self,
         cache: ResponseCache,
-        served: _Served,
+        served: ServedModel,
         request: InferRequest,
         run: Callable[[], Awaitable[tuple[dict[str, np.ndarray], LoadedEntry]]],
         loop: asyncio.AbstractEventLoop | None,
@@ -2784,7 +2673,7 @@ class DataPlane:
         loop = loop or asyncio.get_running_loop()  # hashlib lets go of the GIL: the loop serves others meanwhile
         return await loop.run_in_executor(self._hasher, cache.key, owner, request.inputs, asked, parameters)
 
-    def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> _Served | None:
+    def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> ServedModel | None:
         """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""
         try:
             served = self._get(name, version)
@@ -2858,7 +2747,7 @@ class DataPlane:
         """A transport's decoding of a request for model ``name`` (``version``), once the model is found
         there: as in Triton, a request for a model the server does not serve is NOT_FOUND whatever its
         body holds. One that fails either way is counted as a failure here, since it never reaches ``infer``."""
-        resolved: _Served | _ServedEnsemble | None = None
+        resolved: ServedModel | ServedEnsemble | None = None
         started = time.perf_counter()
         try:
             resolved = self._ensemble(name, version) or self._get(name, version)
@@ -2867,7 +2756,7 @@ class DataPlane:
             if resolved is None:
                 label = self._failure_label(name)
             else:  # the model's statistics count it, as /metrics does (the version's series)
-                if isinstance(resolved, _ServedEnsemble):
+                if isinstance(resolved, ServedEnsemble):
                     stats, label = resolved.stats, (name, str(resolved.ensemble.version))
                 else:
                     stats, label = resolved.entry.stats, (resolved.entry.name, str(resolved.entry.version))
