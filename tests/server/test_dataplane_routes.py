@@ -1,7 +1,8 @@
-"""The data plane's route cache (``DataPlane._get``) never pins a model an unload replaced, wherever the unload
-lands in a lookup running on another thread (helper-235: a route stored after the unload's clear kept the unloaded
-model, its instances and weights, alive until the next lookup of another model). The plane is a stand-in holding
-what ``_get`` reads: the race needs an unload landing at one exact point, which a real server cannot be made to hit."""
+"""The data plane's route cache (``DataPlane.served_model``) never pins a model an unload replaced, wherever the
+unload lands in a lookup running on another thread (helper-235: a route stored after the unload's clear kept the
+unloaded model, its instances and weights, alive until the next lookup of another model). The plane is a stand-in
+holding what ``served_model`` reads: the race needs an unload landing at one exact point, which a real server cannot
+be made to hit."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class _Model:
 
 
 class _Engine:
-    """Its ``generation`` read by ``_get``; the read numbered ``at`` runs the unload first."""
+    """Its ``generation`` read by ``served_model``; the read numbered ``at`` runs the unload first."""
 
     def __init__(self, unload: object, at: int) -> None:
         self._generation, self._reads, self._at, self._unload = 0, 0, at, unload
@@ -34,7 +35,7 @@ class _Engine:
 
 
 class _Routes(dict):  # type: ignore[type-arg]
-    """The cache; its size, which ``_get`` asks before it stores, runs the unload when ``armed``."""
+    """The cache; its size, which ``served_model`` asks before it stores, runs the unload when ``armed``."""
 
     armed = False
     unload: object = None
@@ -72,7 +73,7 @@ def test_an_unload_landing_anywhere_in_a_lookup_leaves_no_route_to_the_model_it_
         return got
 
     plane._resolve = resolve
-    assert types.MethodType(DataPlane._get, plane)("m", None) is old  # the lookup answers with what it found
+    assert types.MethodType(DataPlane.served_model, plane)("m", None) is old  # the lookup answers with what it found
     kept = weakref.ref(old)
     del old
     gc.collect()

@@ -219,7 +219,7 @@ def test_a_request_that_cannot_hold_every_model_of_its_ensemble_holds_none(
         steps = [_step("mlp", {"x": "IN"}, {"y": "MID"}), _step("ident64", {"a": "MID"}, {"b": "OUT"}, version=1)]
         pipeline = ensemble.read(_config(steps), "e", 1)
         with pytest.raises(Unavailable, match=r"'ident64' version 1 is not at ready state.*the ensemble cannot run without it"):
-            plane._pin(pipeline)
+            plane.ensemble_requests.pin(pipeline)
         assert plane._served[("mlp", 1)].pins == 0
     finally:
         st.stop()

@@ -180,6 +180,9 @@ class SequencePolicy:
         )
 
 
+SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")  # Triton's sequence extension's parameters
+
+
 @dataclass(frozen=True)
 class Flags:
     """A request's place in its sequence: its correlation ID, and whether it starts or ends the sequence."""

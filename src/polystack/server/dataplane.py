@@ -1,7 +1,9 @@
 """The data plane both transports share: every OIP v2 operation as a plain (async) method.
 
 HTTP and gRPC handlers decode, call one method here (or of the model repository extension, which the plane holds:
-``repository_extension.RepositoryExtension``), and encode; they hold no logic of their own.
+``repository_extension.RepositoryExtension``), and encode; they hold no logic of their own. An ensemble's request runs
+in ``ensemble_requests.EnsembleRequests`` (the plane holds one), its steps as requests of the models served here;
+what is served is ``served.py``'s, what is running ``in_flight.InFlight``.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
 model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
 the batcher's worker threads (its instances); without, in inference threads all such models share
@@ -41,14 +43,13 @@ from polystack.backends import hosting
 from polystack.backends.reshaped import ReshapedResponses
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.rate_limiter import ModelInstances, RateLimiter
-from polystack.batching.sequence import SequenceBatcher, SequencePolicy, flags_of
+from polystack.batching.sequence import SEQUENCE_KEYS, SequenceBatcher, SequencePolicy, flags_of
 from polystack.custom_metrics import CustomMetrics
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, infer_entry, rows
 from polystack.errors import (
     BackendError,
     DeadlineExceeded,
     InvalidRequest,
-    InvalidTensor,
     ModelClosed,
     ModelNotFound,
     ModelNotReady,
@@ -66,7 +67,7 @@ from polystack.formats import fil, python_model
 from polystack.labels import labels_of
 from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
-from polystack.protocol.wire import InferRequest, InferResponse, RequestedOutput, ShmRef, raw_view
+from polystack.protocol.wire import InferRequest, InferResponse, ShmRef, raw_view
 from polystack.server import (
     ensemble,
     loader,
@@ -78,6 +79,7 @@ from polystack.server import (
     warmup,
 )
 from polystack.server.decoupled import ResponseStream, Streamed
+from polystack.server.ensemble_requests import EnsembleRequests
 from polystack.server.in_flight import InFlight
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
 from polystack.server.load_history import Configured, LoadHistory
@@ -86,13 +88,12 @@ from polystack.server.model_calls import ModelCalls
 from polystack.server.repository_extension import UPLOADED, RepositoryExtension
 from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
-from polystack.server.served import LoadPlan, Pins, ServedEnsemble, ServedModel, load_number, unpin
+from polystack.server.served import LoadPlan, ServedEnsemble, ServedModel, load_number
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
 from polystack.stats import ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store
 from polystack.store.refs import MAX_VERSION
-from polystack.types import TensorSpec
 
 log = logging.getLogger("polystack.server")
 _Decoded = TypeVar("_Decoded")  # what a transport decodes a request into (an InferRequest, a V1 request)
@@ -190,22 +191,8 @@ def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound,
     return VersionNotFound(f"Request for unknown model: {name!r} version {version} is not found; {e.message}")
 
 
-_SEQUENCE_KEYS = ("sequence_id", "sequence_start", "sequence_end")
 # what a decoupled model's refusal names when another model calls it with exec() (which answers once)
-_ONCE_BY_A_MODEL = "a call without decoupled=True"  # Triton's sequence extension's parameters
-
-
-def _sequence_parameters(request: InferRequest) -> tuple[tuple[str, bool | int | str], ...]:
-    """An ensemble's answer's parameters, as Triton's ensembles answer: the request's sequence ID and flags, 0 and
-    false where it sent none (an ID past int64 as gRPC's int64_param carries it, wrapped)."""
-    given = request.parameters or {}
-    sequence_id = given.get("sequence_id", 0)
-    if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
-        sequence_id = 0
-    if isinstance(sequence_id, int) and sequence_id >= 1 << 63:
-        sequence_id -= 1 << 64
-    flags = [(k, given.get(k) is True) for k in ("sequence_start", "sequence_end")]
-    return (("sequence_id", sequence_id), *flags)
+_ONCE_BY_A_MODEL = "a call without decoupled=True"
 
 
 def _facts(
@@ -457,6 +444,8 @@ class DataPlane:
         self.draining = False
         # Triton's model repository extension: the index, loads and unloads by name, polls (its transports call it)
         self.repository_extension = RepositoryExtension(self)
+        # an ensemble's requests: its steps as requests of the models served, held for the request's life
+        self.ensemble_requests = EnsembleRequests(self)
         # what hosted models ask of the server from their threads (``serve_on`` at start)
         self.calls = ModelCalls(
             self._called, self.repository_extension.load, self.repository_extension.unload, self._capacity,
@@ -877,7 +866,7 @@ class DataPlane:
             if nested is not None and step.model != pipeline.name and not model:
                 return ensemble.as_step(nested.ensemble, step)
             try:
-                entry = self._get(step.model, step.asked, step=True)
+                entry = self.served_model(step.model, step.asked, step=True)
             except NotFound as e:
                 words = e.message.removesuffix("; load it first")  # the engine's, said once
                 text = (
@@ -896,17 +885,17 @@ class DataPlane:
                     raise StepNotServed(f"{triton}: {step.model}: {text}") from None
                 raise InvalidRequest(text) from None
             configured = fil.as_configured(entry.entry.signature, entry.entry.record.settings.get("fil"))
-            return ensemble.Served(configured, self._max_batch(entry))
+            return ensemble.Served(configured, self.max_batch(entry))
 
         ensemble.check(pipeline, served)
-        stateful = self._stateful(pipeline)
+        stateful = self.ensemble_requests.stateful(pipeline)
         twice = sorted(m for m in stateful if sum(step.model == m for step in pipeline.steps) > 1)
         if twice:
             raise InvalidRequest(
                 f"ensemble {pipeline.name!r} runs sequence model {twice[0]!r} in two steps, which would share one "
                 "sequence (the second step's START resets the first's state); run it in one step"
             )
-        if pipeline.response_cache and self._decoupled_steps(pipeline):  # Triton's words
+        if pipeline.response_cache and self.ensemble_requests.decoupled_steps(pipeline):  # Triton's words
             raise InvalidRequest(
                 f"Response Cache does not currently support model {pipeline.name} with 'decoupled' transaction "
                 "policy. Please disable the response cache."
@@ -1057,7 +1046,7 @@ class DataPlane:
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(len(self._served) + len(self.ensembles))  # each version, each ensemble
 
-    def _max_batch(self, served: ServedModel) -> int:
+    def max_batch(self, served: ServedModel) -> int:
         """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
         batcher, entry = served.batcher, served.entry
         if served.sequencer is not None:
@@ -1116,10 +1105,10 @@ class DataPlane:
             self._note_policy(ref.name, policy if config is not None else None)
         return entry
 
-    def _ignore_sequences(self, name: str, parameters: dict[str, Any]) -> None:
+    def ignore_sequences(self, name: str, parameters: dict[str, Any]) -> None:
         """Sequence parameters sent to a model without sequence batching: ignored, as Triton ignores them (the
         model keeps no state, so its answer is the same with them or without); said once per model in the log."""
-        if name not in self._sequences_ignored and any(parameters.get(key) for key in _SEQUENCE_KEYS):
+        if name not in self._sequences_ignored and any(parameters.get(key) for key in SEQUENCE_KEYS):
             self._sequences_ignored.add(name)
             log.warning(
                 "sequence parameters sent to a model without sequence_batching are ignored, as Triton ignores them: "
@@ -1463,7 +1452,7 @@ class DataPlane:
             return []
         return sorted(n for n in self.names_served() if (repository.copy_of(n) or ("",))[0] == name)
 
-    def _get(self, name: str, version: str | None, step: bool = False) -> ServedModel:
+    def served_model(self, name: str, version: str | None, step: bool = False) -> ServedModel:
         """What serves ``name`` (at ``version``) now; ``step``: for an ensemble's step, which a name two
         repositories hold does not refuse (it runs what it was loaded with)."""
         if self.folder_rules.namespacing and not step:
@@ -1493,9 +1482,9 @@ class DataPlane:
         ensembles = dict(self.ensembles)
         return [f"{name}:{each.ensemble.version}" for name in sorted(ensembles) for each in ensembles[name].every]
 
-    def _ensemble(self, name: str, version: str | None, step: bool = False) -> ServedEnsemble | None:
+    def served_ensemble(self, name: str, version: str | None, step: bool = False) -> ServedEnsemble | None:
         """The ensemble served as ``name`` (None: none is), if it has ``version`` (else VersionNotFound); ``step``:
-        for an ensemble's step (``_get``)."""
+        for an ensemble's step (``served_model``)."""
         served = self.ensembles.get(name)
         if served is not None and self.folder_rules.namespacing and not step:
             self._refuse_ambiguous(name)
@@ -1593,10 +1582,10 @@ class DataPlane:
         """Whether ``name`` (at ``version``; an ensemble: one of its steps) is a sequence model, whose sequences'
         requests a drain still takes (its sequence batcher refuses a START then, and a sequence it does not hold)."""
         try:
-            pipeline = self._ensemble(name, version)
+            pipeline = self.served_ensemble(name, version)
             if pipeline is not None:
                 return any(self.serves_sequences(step.model, step.asked) for step in pipeline.ensemble.steps)
-            served = self._get(name, version)
+            served = self.served_model(name, version)
         except PolystackError:
             return False
         return served.sequencer is not None
@@ -1654,9 +1643,9 @@ class DataPlane:
     def trace_settings(self, model: str, changes: dict[str, Any] | None) -> dict[str, Any]:
         """The trace settings of ``model`` ("": the global ones), after applying ``changes`` if given."""
         self._settings_here("trace")
-        if model and self._ensemble(model, None) is None:
+        if model and self.served_ensemble(model, None) is None:
             try:
-                self._get(model, None)
+                self.served_model(model, None)
             except (NotFound, Unavailable):  # Triton's INVALID_ARG for a model not ready, in its words (the name
                 # bare, as Triton's test looks for it), then what to do
                 shown = model if len(model) <= 140 and model.isprintable() else quote(model, 140)
@@ -1702,10 +1691,10 @@ class DataPlane:
         with contextlib.suppress(VersionNotFound):  # a number past every version's: not ready
             parse_version(name, version)
         try:
-            pipeline = self._ensemble(name, version)
+            pipeline = self.served_ensemble(name, version)
             if pipeline is not None:  # every model it runs is served (each step's version, or one of them)
                 return all(self.model_ready(step.model, step.asked) for step in pipeline.ensemble.steps)
-            self._get(name, version)
+            self.served_model(name, version)
         except PolystackError:
             return False
         return True
@@ -1716,10 +1705,10 @@ class DataPlane:
         if not self.model_ready(name, version):
             return False
         with contextlib.suppress(PolystackError):  # (ready a moment ago: what changed since is asked again)
-            pipeline = self._ensemble(name, version)
+            pipeline = self.served_ensemble(name, version)
             if pipeline is not None:
                 return all([await self.model_ready_now(step.model, step.asked) for step in pipeline.ensemble.steps])
-            ready = getattr(self._get(name, version).entry.model.inner, "ready", None)
+            ready = getattr(self.served_model(name, version).entry.model.inner, "ready", None)
             if ready is not None:
                 return bool(await asyncio.to_thread(ready))
         return self.model_ready(name, version)
@@ -1753,7 +1742,7 @@ class DataPlane:
         """The model ``name`` serves now (``name:version``) and how many of its requests run at once (None: no
         model serves so, an ensemble among them)."""
         try:
-            served = self._get(name, version)
+            served = self.served_model(name, version)
         except PolystackError:
             return None
         return f"{served.entry.name}:{served.entry.version}", self._instances(served)
@@ -1815,12 +1804,12 @@ class DataPlane:
         return sorted({name for name, _ in served} | set(self.ensembles))
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        pipeline = self._ensemble(name, version)
+        pipeline = self.served_ensemble(name, version)
         if pipeline is not None:  # every version of it, as a model's metadata lists its versions
             e, every = pipeline.ensemble, self.ensembles.get(name, pipeline).every
             versions = [str(p.ensemble.version) for p in every]
             return ModelMetadata(name, versions, ensemble.PLATFORM, e.signature).to_dict()
-        served = self._get(name, version)
+        served = self.served_model(name, version)
         shown = self.engine.metadata(name, parse_version(name, version))
         # a FIL model's outputs in its config's dims, as Triton's metadata shows them (answers leave out dims of 1)
         configured = fil.as_configured(shown.signature, served.entry.record.settings.get("fil"))
@@ -1828,18 +1817,19 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         config = self.served_config(name, version)
-        return {**config, "version_policy": self._version_policy(name, self._ensemble(name, version))}
+        return {**config, "version_policy": self._version_policy(name, self.served_ensemble(name, version))}
 
     def served_config(self, name: str, version: str | None) -> dict[str, Any]:
         """GET config's answer but its version policy (which reads the repository's folders): the served model's
         or ensemble's config, as a raw binary request's input is deduced from it on every request."""
-        pipeline = self._ensemble(name, version)
+        pipeline = self.served_ensemble(name, version)
         if pipeline is not None:
             rendered = ensemble.render(pipeline.ensemble)
-            if self._any_decoupled and self._decoupled_steps(pipeline.ensemble):  # as Triton shows one, unasked
+            # as Triton shows one, unasked
+            if self._any_decoupled and self.ensemble_requests.decoupled_steps(pipeline.ensemble):
                 rendered["model_transaction_policy"] = {"decoupled": True}
             return rendered
-        served = self._get(name, version)
+        served = self.served_model(name, version)
         sequence = served.sequencer.policy if served.sequencer is not None else None
         return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
 
@@ -1889,15 +1879,15 @@ class DataPlane:
             )
         try:
             if name:
-                pipeline = self._ensemble(name, version)
+                pipeline = self.served_ensemble(name, version)
                 every = self.ensembles.get(name, pipeline).every if pipeline is not None else []
                 pipelines = [pipeline] if pipeline is not None and version else every
             if pipelines and name:
                 entries = []
             elif name and version:
-                entries = [self._get(name, version).entry]
+                entries = [self.served_model(name, version).entry]
             elif name:
-                self._get(name, None)
+                self.served_model(name, None)
                 entries = sorted((e for e in self.engine.loaded() if e.name == name), key=lambda e: e.version)
             else:
                 entries = self.engine.loaded()
@@ -1942,8 +1932,8 @@ class DataPlane:
                 "or HTTP's generate_stream"
             )
         if self.ensembles and name in self.ensembles:
-            return await self._infer_ensemble(name, version, request, loop, carrier, compute, front=front)
-        return await self._infer_model(None, name, version, request, loop, carrier, compute, front)
+            return await self.ensemble_requests.infer(name, version, request, loop, carrier, compute, front=front)
+        return await self.infer_model(None, name, version, request, loop, carrier, compute, front)
 
     def decoupled(self, name: str, version: str | None) -> bool:
         """Whether the model served as ``name`` sends any number of responses to a request (Triton's decoupled
@@ -1952,10 +1942,10 @@ class DataPlane:
         if not self._any_decoupled:  # none ever served: every request's check, this one flag
             return False
         if self.ensembles and name in self.ensembles:
-            pipeline = self._ensemble(name, version)
-            return pipeline is not None and bool(self._decoupled_steps(pipeline.ensemble))
+            pipeline = self.served_ensemble(name, version)
+            return pipeline is not None and bool(self.ensemble_requests.decoupled_steps(pipeline.ensemble))
         try:
-            return self._get(name, version).decoupled
+            return self.served_model(name, version).decoupled
         except PolystackError:
             return False
 
@@ -1987,16 +1977,16 @@ class DataPlane:
                 "region; ask for its outputs without shared memory"
             )
         if self.ensembles and name in self.ensembles:
-            responses = self._stream_ensemble(name, version, request, loop, carrier, None, None, front)
+            responses = self.ensemble_requests.stream(name, version, request, loop, carrier, None, None, front)
         else:
-            responses = self._stream_model(None, name, version, request, loop, carrier, None, front)
+            responses = self.stream_model(None, name, version, request, loop, carrier, None, front)
         try:
             async for streamed in responses:
                 yield streamed
         finally:
             await responses.aclose()
 
-    def _stream_model(
+    def stream_model(
         self,
         pinned: ServedModel | None,
         name: str,
@@ -2007,40 +1997,17 @@ class DataPlane:
         compute: list[int] | None,
         front: Front | None = None,
     ) -> AsyncGenerator[Streamed, None]:
-        """A decoupled model's request (``_infer_model`` sending to a ``ResponseStream``); as in Triton, a request
+        """A decoupled model's request (``infer_model`` sending to a ``ResponseStream``); as in Triton, a request
         whose client went away still runs, its model seeing it cancelled."""
-        served = pinned or self._get(name, version)
+        served = pinned or self.served_model(name, version)
 
         def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
-            return self._infer_model(pinned, name, version, request, loop, carrier, compute, front, responses=stream)
+            return self.infer_model(pinned, name, version, request, loop, carrier, compute, front, responses=stream)
 
         shown = str(served.entry.version)  # (not ``version``, which ``run`` reads)
-        return self._streamed(run, name, shown, request.id, loop, cancel=False, asked=request.cancel)
+        return self.streamed(run, name, shown, request.id, loop, cancel=False, asked=request.cancel)
 
-    def _stream_ensemble(
-        self,
-        name: str,
-        version: str | None,
-        request: InferRequest,
-        loop: asyncio.AbstractEventLoop,
-        carrier: Carrier | None,
-        compute: list[int] | None,
-        pinned: tuple[ServedEnsemble, Pins] | None,
-        front: Front | None = None,
-    ) -> AsyncGenerator[Streamed, None]:
-        """A request of an ensemble with decoupled steps (``_infer_ensemble`` sending to a ``ResponseStream``); one
-        whose client went away is cancelled, its steps' requests with it."""
-        served = pinned[0] if pinned is not None else self._ensemble(name, version)
-        if served is None:
-            raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
-
-        def run(stream: ResponseStream) -> Coroutine[Any, Any, InferResponse]:
-            return self._infer_ensemble(name, version, request, loop, carrier, compute, pinned, front, responses=stream)
-
-        shown, parameters = str(served.ensemble.version), _sequence_parameters(request)
-        return self._streamed(run, name, shown, request.id, loop, cancel=True, parameters=parameters)
-
-    async def _streamed(
+    async def streamed(
         self,
         run: Callable[[ResponseStream], Coroutine[Any, Any, InferResponse]],
         name: str,
@@ -2081,7 +2048,7 @@ class DataPlane:
                 if cancel:
                     task.cancel()
 
-    async def _infer_model(
+    async def infer_model(
         self,
         pinned: ServedModel | None,
         name: str,
@@ -2102,17 +2069,17 @@ class DataPlane:
         outcome: Outcome | None = None  # the request's success or failure in its model's statistics
         held: dict[str, Region] = {}  # its outputs' shared memory regions, held until they are written
         try:
-            served = pinned or self._get(name, version)
+            served = pinned or self.served_model(name, version)
             entry = served.entry
             if request.parameters and served.sequencer is None:
-                self._ignore_sequences(name, request.parameters)
+                self.ignore_sequences(name, request.parameters)
             model_label = (entry.name, str(entry.version))
             outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
             if request.outputs and self.shared_memory is not None:
-                held = self._hold(request)  # a region that is gone is refused before the model runs for it
+                held = self.hold_regions(request)  # a region that is gone is refused before the model runs for it
             trace = self.tracing.span(
                 entry.name, entry.version, request.id or "", carrier, front, pinned is not None,
                 called=bool(request.callers), parent=request.trace,
@@ -2137,10 +2104,10 @@ class DataPlane:
                 # there; a model registered in the store keeps the batch its signature takes (its config shows no
                 # max_batch_size where polystack sets no limit)
                 from_triton = bool(entry.record.settings.get(model_config.TRITON_IO))
-                batched = self._max_batch(served) > 0 or (entry.signature.batched and not from_triton)
+                batched = self.max_batch(served) > 0 or (entry.signature.batched and not from_triton)
                 result = classification.classify(result, classes, batched, labels_of(entry.record.settings))
         except BaseException as e:
-            self._release(held)
+            self.release_regions(held)
             if outcome is not None:  # a failure to the caller, whatever the model's run counted (it may be running)
                 outcome.abandon(int((time.perf_counter() - started) * 1e9))
             self.metrics.failed(*(model_label or self._failure_label(name)), status.reason(e))
@@ -2148,7 +2115,7 @@ class DataPlane:
         finally:
             self.in_flight.leave()
         assert model_label is not None and outcome is not None
-        in_shared_memory = self._write_shared(result, request, model_label, outcome, started, held)
+        in_shared_memory = self.write_shared(result, request, model_label, outcome, started, held)
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
@@ -2160,278 +2127,6 @@ class DataPlane:
             in_shared_memory=in_shared_memory,
             parameters=parameters,
         )
-
-    async def _infer_ensemble(
-        self,
-        name: str,
-        version: str | None,
-        request: InferRequest,
-        loop: asyncio.AbstractEventLoop | None,
-        carrier: Carrier | None,
-        compute: list[int] | None,
-        pinned: tuple[ServedEnsemble, Pins] | None = None,
-        front: Front | None = None,
-        responses: ResponseStream | None = None,
-    ) -> InferResponse:
-        """Run one request of an ensemble: its steps, each a request of the model it runs (``ensemble.run``)
-        carrying this one's id and parameters (its timeout and priority), counted in the ensemble's statistics
-        with the steps' compute times summed, as Triton counts an ensemble's. The models its steps run (nested
-        ensembles' too) are those served when it starts, held until it ends (``_pin``), as Triton's ensembles
-        hold them: an unload or a reload of one meanwhile lets it finish on them. ``pinned``: a nested
-        ensemble's, and what the outermost one holds. An ensemble with decoupled steps sends its responses to
-        ``responses`` (``ensemble.stream``), and the response returned has no outputs."""
-        started = time.perf_counter()
-        self.in_flight.enter_pipeline()
-        label = (name, "")
-        outcome: Outcome | None = None
-        held: dict[str, Region] = {}
-        pins: Pins | None = None  # what this request holds (the outermost ensemble's), released at its end
-        try:
-            if pinned is not None:
-                served, holding = pinned
-            else:
-                resolved = self._ensemble(name, version)
-                if resolved is None:  # unloaded since infer() looked
-                    raise ModelNotFound(f"Request for unknown model: {name!r} is not found")
-                served, holding = resolved, self._pin(resolved.ensemble)
-                pins = holding
-            pipeline = served.ensemble
-            label = (name, str(pipeline.version))
-            outcome = Outcome(served.stats)
-            # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
-            stateful = self._stateful(pipeline, pins=holding) if request.parameters else set()
-            if request.parameters and not stateful:
-                self._ignore_sequences(name, request.parameters)
-            plain = {k: v for k, v in request.parameters.items() if k not in _SEQUENCE_KEYS} if stateful else None
-            pipeline.signature.validate_inputs(request.inputs, pipeline.max_batch_size, name)  # 0: no batch dimension
-            asked = request.output_names or pipeline.signature.output_names
-            unknown = [o for o in asked if o not in pipeline.signature.output_names]
-            if unknown:
-                raise InvalidTensor(  # Triton's words, then what it gives
-                    f"unexpected inference output {unknown[0]!r} for model {name!r}; the ensemble gives "
-                    f"{', '.join(pipeline.signature.output_names)}"
-                )
-            classes = request.classifications if request.outputs is not None else None
-            if classes:
-                classification.check_outputs(pipeline.signature, classes)
-            if request.outputs and self.shared_memory is not None:
-                held = self._hold(request)  # a region that is gone is refused before the steps run for it
-            steps: list[int] = []  # the compute time of every model run for it, nested ensembles' included
-
-            def step_request(
-                step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> tuple[ServedModel | ServedEnsemble, InferRequest, bool]:
-                """What a step runs on, its request, and whether its model batches."""
-                parameters = request.parameters
-                if plain is not None and step.model not in stateful:  # a sequence's parameters reach its models only
-                    parameters = plain
-                target = holding[(step.model, step.asked)]
-                takes, batches = self._takes(target)
-                given = {n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()}
-                sub = InferRequest(
-                    given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters, partial=True
-                )
-                return target, sub, batches
-
-            async def step_run(
-                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> tuple[dict[str, np.ndarray], bool]:
-                target, sub, batches = step_request(step, given, givers)
-                if isinstance(target, ServedEnsemble):
-                    answer = await self._infer_ensemble(step.model, step.asked, sub, loop, None, steps, (target, holding))
-                else:
-                    answer = await self._infer_model(target, step.model, step.asked, sub, loop, None, steps)
-                return answer.outputs, batches
-
-            async def step_stream(
-                index: int, step: ensemble.Step, given: dict[str, np.ndarray], givers: dict[str, bool]
-            ) -> AsyncGenerator[tuple[dict[str, np.ndarray], bool, bool], None]:
-                """A decoupled step: its responses' outputs as they come, each with whether it was sent final (an
-                error response fails the request)."""
-                target, sub, batches = step_request(step, given, givers)
-                here = loop or asyncio.get_running_loop()
-                if isinstance(target, ServedEnsemble):
-                    answers = self._stream_ensemble(step.model, step.asked, sub, here, None, steps, (target, holding))
-                else:
-                    answers = self._stream_model(target, step.model, step.asked, sub, here, None, steps)
-                try:
-                    async for streamed in answers:
-                        if streamed.error is not None:
-                            try:
-                                raise streamed.error
-                            finally:  # its traceback holds this frame: naming it made a cycle, which kept the
-                                del streamed  # step's model (target) until Python's cycle collector ran
-                        if streamed.response is not None:
-                            yield streamed.response.outputs, batches, streamed.final
-                finally:
-                    await answers.aclose()
-
-            items = next((int(a.shape[0]) for a in request.inputs.values() if a.ndim), 1) if pipeline.max_batch_size else 1
-            m = self.metrics.model(*label)
-            cache = self.response_cache if pipeline.response_cache else None
-            t0 = time.perf_counter_ns()
-            owner = served.load  # a reload of a model it runs changes it meanwhile: what runs now is kept under this
-            reads = any(isinstance(t, ServedModel) and t.hosted for t in holding.values())  # a step reads the parameters
-            key = await self._cache_key(cache, owner, request, reads, loop) if cache is not None else None
-            found = cache.get(key) if cache is not None and key is not None else None
-            looked = time.perf_counter_ns() - t0
-            if found is not None:  # as Triton counts a hit: no inference or execution
-                served.stats.cache_hit(looked)
-                m.cache_hits.inc()
-                m.cache_hit_seconds.inc(looked / 1e9)
-                result = {output: found[output] for output in asked}
-            else:
-                trace = self.tracing.span(
-                    name, pipeline.version, request.id or "", carrier, front, pinned is not None, ensemble=True,
-                    called=bool(request.callers), parent=request.trace,
-                )  # fmt: skip
-                with trace as span:
-                    if span is not None:
-                        span.inputs(request.inputs)
-                    if responses is None:
-                        result = await ensemble.run(pipeline, request.inputs, asked, step_run)
-                        if span is not None:
-                            span.outputs(result)
-                    else:
-                        decoupled = self._decoupled_steps(pipeline, pins=holding)
-                        ended = False  # a last answer goes with the final flag, as Triton's ensemble sends it
-                        async for result, final in ensemble.stream(
-                            pipeline, request.inputs, asked, step_run, step_stream, decoupled
-                        ):
-                            if span is not None:
-                                span.outputs(result)
-                            responses.send(result, final)
-                            ended = final
-                        if not ended:
-                            responses.send(None, True)
-                        result = {}
-                if cache is not None and key is not None:
-                    t1 = time.perf_counter_ns()
-                    if self.ensembles.get(name) is served:  # kept for what serves the name still
-                        cache.put(key, owner, result)
-                    missed = looked + time.perf_counter_ns() - t1
-                    served.stats.add("cache_miss", missed)
-                    m.cache_misses.inc()
-                    m.cache_miss_seconds.inc(missed / 1e9)
-                served.stats.executed(items, sum(steps))
-                m.compute.observe(sum(steps) / 1e9)
-            if classes:
-                result = classification.classify(result, classes, pipeline.max_batch_size > 0, self._labels(pipeline, holding))
-            outcome.settle("success", int((time.perf_counter() - started) * 1e9))
-            if compute is not None:
-                compute.extend(steps)
-        except BaseException as e:
-            self._release(held)
-            if outcome is not None:
-                outcome.abandon(int((time.perf_counter() - started) * 1e9))
-            self.metrics.failed(*label, status.reason(e))
-            raise
-        finally:
-            if pins is not None:
-                unpin(pins)
-            self.in_flight.leave_pipeline()
-        in_shared_memory = self._write_shared(result, request, label, outcome, started, held)
-        m.success.inc()
-        m.request.observe(time.perf_counter() - started)
-        return InferResponse(
-            name, str(pipeline.version), result, request.id, in_shared_memory, parameters=_sequence_parameters(request)
-        )
-
-    def _pin(self, pipeline: ensemble.Ensemble) -> Pins:
-        """What each step of ``pipeline`` (and of the ensembles it runs) runs, as served now, by (model, version),
-        each model held (``ServedModel.pins``) until the request ends: Triton's ensembles take their models'
-        handles when a request starts. A model not served (or a version not ready) is Unavailable: the ensemble
-        cannot run without it (it is unloaded with its model, soon), and nothing stays held."""
-        pins: Pins = {}
-        try:
-            self._pin_into(pipeline, pins)
-        except BaseException as e:
-            unpin(pins)
-            if isinstance(e, (NotFound, ModelNotReady)):
-                raise Unavailable(f"{e.message}; the ensemble cannot run without it") from None
-            raise
-        return pins
-
-    def _pin_into(self, pipeline: ensemble.Ensemble, pins: Pins) -> None:
-        """``_pin``'s walk: each (model, version) is looked at once, however often it runs."""
-        for step in pipeline.steps:
-            key = (step.model, step.asked)
-            if key in pins:
-                continue
-            nested = self._ensemble(*key, step=True)  # as infer() resolves the name: an ensemble's first
-            target: ServedModel | ServedEnsemble = nested if nested is not None else self._get(*key, step=True)
-            if isinstance(target, ServedModel) and all(target is not m for m in pins.values()):
-                target.pins += 1
-            pins[key] = target
-            if isinstance(target, ServedEnsemble):
-                self._pin_into(target.ensemble, pins)
-
-    def _step_target(self, step: ensemble.Step, pins: Pins | None) -> ServedModel | ServedEnsemble | None:
-        """What ``step`` runs: what a request holds for it, else what serves it now (None: nothing)."""
-        held = pins.get((step.model, step.asked)) if pins is not None else None
-        if held is not None:
-            return held
-        nested = self.ensembles.get(step.model)
-        if nested is not None:
-            return nested
-        try:
-            return self._get(step.model, step.asked, step=True)
-        except PolystackError:
-            return None
-
-    def _takes(self, target: ServedModel | ServedEnsemble) -> tuple[dict[str, TensorSpec], bool]:
-        """The inputs of the model (or ensemble) an ensemble's step runs, by name, in the shapes it takes them, and
-        whether it batches (its GET config's max_batch_size is above 0)."""
-        if isinstance(target, ServedEnsemble):
-            sig, batches = target.ensemble.signature, target.ensemble.max_batch_size > 0
-        else:
-            sig, batches = target.entry.signature, self._max_batch(target) > 0
-        return {t.name: t for t in (*sig.inputs, *sig.optional)}, batches
-
-    def _stateful(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: Pins | None = None) -> set[str]:
-        """The steps' models (and nested ensembles) that run sequence models, which take a request's sequence
-        parameters, as Triton's ensembles pass a correlation ID and its flags to their steps; what a request
-        holds (``pins``), else what is served now."""
-        found: set[str] = set()
-        for step in pipeline.steps:
-            target = self._step_target(step, pins)
-            if isinstance(target, ServedEnsemble):
-                if depth < ensemble.MAX_DEPTH and self._stateful(target.ensemble, depth + 1, pins):
-                    found.add(step.model)
-            elif target is not None and target.sequencer is not None:  # None: the step fails saying so when it runs
-                found.add(step.model)
-        return found
-
-    def _decoupled_steps(self, pipeline: ensemble.Ensemble, depth: int = 0, pins: Pins | None = None) -> set[int]:
-        """The steps that answer any number of times: those running a decoupled model, or an ensemble that has
-        such a step; what a request holds (``pins``), else what is served now."""
-        found: set[int] = set()
-        for i, step in enumerate(pipeline.steps):
-            target = self._step_target(step, pins)
-            if isinstance(target, ServedEnsemble):
-                if depth < ensemble.MAX_DEPTH and self._decoupled_steps(target.ensemble, depth + 1, pins):
-                    found.add(i)
-            elif target is not None and target.decoupled:
-                found.add(i)
-        return found
-
-    def _labels(self, pipeline: ensemble.Ensemble, pins: Pins | None = None) -> dict[str, Sequence[str]]:
-        """The labels of the ensemble's outputs: those of the step model's output that gives each (what a request
-        holds, ``pins``, else what is served now)."""
-        found: dict[str, Sequence[str]] = {}
-        for step in pipeline.steps:
-            for model_tensor, tensor in step.outputs:
-                if tensor not in pipeline.signature.output_names:
-                    continue
-                target, labels = self._step_target(step, pins), None
-                if isinstance(target, ServedEnsemble):  # an ensemble's step: the labels of what gives that output
-                    labels = self._labels(target.ensemble, pins).get(model_tensor)
-                elif target is not None:  # a model gone: none
-                    labels = labels_of(target.entry.record.settings).get(model_tensor)
-                if labels:
-                    found[tensor] = labels
-        found.update(pipeline.labels)  # its own label files first, as Triton's classification reads them
-        return found
 
     async def _run(
         self,
@@ -2628,7 +2323,7 @@ class DataPlane:
         keeps. Statistics count a hit (no queue or compute) or a miss, with their times, as Triton's do."""
         t0 = time.perf_counter_ns()
         asked = request.output_names
-        key = await self._cache_key(cache, served.load, request, served.hosted, loop)
+        key = await self.cache_key(cache, served.load, request, served.hosted, loop)
         if key is None:  # inputs the cache cannot tell apart by their bytes: not cached
             return await run()
         found = cache.get(key)
@@ -2654,7 +2349,7 @@ class DataPlane:
         m.cache_miss_seconds.inc(missed / 1e9)
         return result, entry
 
-    async def _cache_key(
+    async def cache_key(
         self,
         cache: ResponseCache,
         owner: int,
@@ -2676,12 +2371,12 @@ class DataPlane:
     def _replacement(self, name: str, version: str | None, entry: LoadedEntry) -> ServedModel | None:
         """What serves the model now, if a reload replaced ``entry`` (None after an unload)."""
         try:
-            served = self._get(name, version)
+            served = self.served_model(name, version)
         except PolystackError:
             return None
         return served if served.entry is not entry else None
 
-    def _write_shared(
+    def write_shared(
         self,
         result: dict[str, np.ndarray],
         request: InferRequest,
@@ -2701,10 +2396,10 @@ class DataPlane:
             outcome.abandon(int((time.perf_counter() - started) * 1e9))
             raise
         finally:
-            self._release(held)
+            self.release_regions(held)
 
-    def _hold(self, request: InferRequest) -> dict[str, Region]:
-        """The shared memory regions of ``request``'s outputs, by output, held until ``_release``."""
+    def hold_regions(self, request: InferRequest) -> dict[str, Region]:
+        """The shared memory regions of ``request``'s outputs, by output, held until ``release_regions``."""
         assert self.shared_memory is not None
         held: dict[str, Region] = {}
         try:
@@ -2712,11 +2407,11 @@ class DataPlane:
                 if o.shm is not None:
                     held[o.name] = self.shared_memory.hold(o.shm, f"output {o.name!r}")
         except BaseException:
-            self._release(held)
+            self.release_regions(held)
             raise
         return held
 
-    def _release(self, held: dict[str, Region]) -> None:
+    def release_regions(self, held: dict[str, Region]) -> None:
         if held and self.shared_memory is not None:
             self.shared_memory.release(list(held.values()))
             held.clear()  # let go once, whichever path gets here first
@@ -2750,7 +2445,7 @@ class DataPlane:
         resolved: ServedModel | ServedEnsemble | None = None
         started = time.perf_counter()
         try:
-            resolved = self._ensemble(name, version) or self._get(name, version)
+            resolved = self.served_ensemble(name, version) or self.served_model(name, version)
             return decode()
         except PolystackError as e:  # labels and counts on the way to an error only: a valid request pays nothing
             if resolved is None:

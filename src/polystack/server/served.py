@@ -130,11 +130,11 @@ class ServedEnsemble:
         return sorted([self, *self.others.values()], key=lambda s: s.ensemble.version)
 
 
-# what an ensemble request holds (``DataPlane._pin``): the model or ensemble each (step model, version) runs
+# what an ensemble request holds (``EnsembleRequests.pin``): the model or ensemble each (step model, version) runs
 Pins = dict[tuple[str, str | None], "ServedModel | ServedEnsemble"]
 
 
 def unpin(pins: Pins) -> None:
-    """Let go of the models an ensemble request holds (``DataPlane._pin``): once each."""
+    """Let go of the models an ensemble request holds (``EnsembleRequests.pin``): once each."""
     for model in {id(m): m for m in pins.values() if isinstance(m, ServedModel)}.values():
         model.pins -= 1
