@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -517,59 +517,13 @@ def read(
     ``auto_complete`` (``serve --disable-auto-complete-config``) it is refused, as Triton's backend refuses it;
     ``python_based``: the Python-based backend a Python model's own config names (its ``backend`` in a load's too)."""
     config = config_text.parse_config(text)
-    name = read_string(config, "name", "config")
-    if name and name != record.name:  # Triton's poll fails ("unexpected directory name"): its 500, as 2.51 answers
-        raise InvalidRequest(
-            f"the config names model {quote(name)}, but it is loading {record.name!r}; leave the name out, or name "
-            f"{record.name!r}"
-        ).before_model_read()
-    for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
-        theirs = read_string(config, key, "config")
-        served_as = (spec.triton_backend, python_based or None)  # a Python-based backend's model: that backend's name
-        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in served_as):
-            continue  # the plan's runtime serves it, as a repository's config with it is served
-        if theirs and theirs != ours:
-            if key == "platform" and theirs in _UNSERVED_PLATFORMS:
-                raise InvalidRequest(
-                    f"the config asks for platform {quote(theirs)} ({_UNSERVED_PLATFORMS[theirs]}), which polystack has "
-                    f"no runtime of; {record.name!r} is a {record.format} model, which it runs as {ours!r}: leave "
-                    "platform and backend out"
-                )
-            if key == "backend" and not runtime_loads(theirs, record.format):
-                raise InvalidRequest(
-                    f"the config asks for backend {quote(theirs)}, which polystack has no runtime of for {record.name!r}"
-                    f" (a {record.format} model, which it runs as {ours!r}); leave platform and backend out"
-                )
-            raise InvalidRequest(
-                f"the config asks for {key} {quote(theirs)}, but polystack runs {record.name!r} as {ours!r} (its plan "
-                "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
-                "chooses another runtime (`polystack tune`)"
-            )
+    _check_served_as(config, record, spec, python_based)
     batch_io = _triton_checks(config, record.name)  # the config's batch inputs and outputs, as given
     parameters = _parameters(config.get("parameters"), spec)
     gap = dict(parameters).get(IDLE_GAP)
     parameters = tuple((k, v) for k, v in parameters if k != IDLE_GAP)
     optimization = _optimization(config.get("optimization"))
-    # a Python model's parameters are its own, read by its code in its args' model_config: the config this load
-    # follows, as Triton hands its Python backend the config a load overrides
-    if spec.backend == "python":
-        options: dict[str, Any] = {"config": json.dumps(config), "auto_complete": auto_complete}
-        if python_folder is not None:  # its folder in a local repository: args["model_repository"], as Triton's
-            options["folder"] = str(python_folder)
-    elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
-        onnxruntime_config.options((), optimization, spec.backend, spec.device)
-        options = openvino_config.options(parameters, spec.device)
-    elif spec.backend == "fil":
-        onnxruntime_config.options((), optimization, spec.backend, spec.device)
-        options = fil_config.options(parameters, record.settings.get("fil"))
-    elif record.format == "torchscript":  # Triton's PyTorch backend's parameters: checked, applied by its runtime
-        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
-        options |= pytorch_config.options(parameters, applied=spec.backend == "torchscript")
-    elif record.format == "torch_aoti":  # the same backend's, as it reads them for AOTInductor packages
-        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
-        options |= pytorch_config.aoti_options(parameters)
-    else:
-        options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
+    options = _runtime_options(config, record, spec, parameters, optimization, auto_complete, python_folder)
     # a Python model's signature is its config's: one taking no inputs batches as the config says (Triton loads it)
     takes_nothing = spec.backend == "python" and record.signature.takes_nothing
     batched = record.signature.batched or takes_nothing
@@ -578,104 +532,22 @@ def read(
     # Triton's auto-complete of a repository's config that leaves inputs or outputs to it (``_autofill``)
     both_listed = config.get("input") and config.get("output")
     autofills = bool(record.settings.get(TRITON_IO)) and auto_complete and not both_listed and not takes_nothing
-    if max_batch and not batched:
-        fixed = [t.name for t in record.signature.inputs if t.shape[:1] == (1,)]
-        triton = (  # its words where its auto-complete refuses it (``_autofill``)
-            f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
-            "max_batch_size is specified: "
-            if autofills and not triton_batchable(record.signature)
-            else ""
-        )
-        raise InvalidRequest(
-            f"{triton}the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on "
-            "every input"
-            + (
-                f" ({', '.join(map(repr, fixed))} fixes its first dim at 1); save the model with a dynamic first dim "
-                "(OpenVINO IR: openvino.Model.reshape with -1 there, before openvino.save_model), or set max_batch_size 0"
-                if fixed
-                else "; set max_batch_size 0"
-            )
-        )
-    if limit and batched and max_batch is not None and not 1 <= max_batch <= limit:
-        raise InvalidRequest(
-            f"the config sets max_batch_size {max_batch}, but the variant polystack serves {record.name!r} with takes "
-            f"from 1 to {limit} rows; set max_batch_size from 1 to {limit}"
-        )
+    _check_max_batch(record, max_batch, batched, limit, autofills)
     groups = config.get("instance_group")
     instances = _instances(groups, spec, record.name) if groups is not None else None
     dynamic = config.get("dynamic_batching")
     autofilled: int | None = None
     if record.settings.get(TRITON_IO):
-        # Triton's ONNX Runtime backend's words, then what to do (a Python model may take nothing)
-        if not auto_complete and not config.get("input") and not record.signature.takes_nothing:
-            raise InvalidRequest(
-                f"unable to load model {record.name!r}, configuration expects 0 inputs, model provides "
-                f"{len(record.signature.inputs)}: with --disable-auto-complete-config the config lists the model's "
-                "inputs (and outputs)"
-            )
-        if not auto_complete and not config.get("output"):
-            raise InvalidRequest(
-                f"the config of model {record.name!r} lists no outputs, which --disable-auto-complete-config leaves "
-                "to it (Triton's strict model config): list the outputs clients get"
-            )
-        untyped = [(k, d.get("name")) for k in ("input", "output") for d in config.get(k) or () if isinstance(d, dict)
-                   and not d.get("data_type")]  # fmt: skip
-        if not auto_complete and untyped:  # what auto-complete would fill in (Triton's words, then what to do)
-            raise InvalidRequest(
-                f"model {untyped[0][0]} {quote(untyped[0][1])} must specify 'data_type' for {record.name}: "
-                "--disable-auto-complete-config leaves nothing to fill it in; give its data_type"
-            )
+        if not auto_complete:
+            _check_strict(config, record)
         if autofills:
             max_batch, dynamic, autofilled = _autofill(record, max_batch, dynamic, config, limit, default_max_batch_size)
         elif max_batch is None:  # Triton's: a config that lists both is not auto-completed, and its zero is 0
             max_batch = 0
     with _autofill_said(autofilled, config):
-        sequence: SequencePolicy | None = None
-        batching: BatchPolicy | None = None
-        rows: int | None = None  # unbatched: the most rows a request may hold
-        if config.get("sequence_batching") is not None:
-            if dynamic is not None:
-                raise InvalidRequest(
-                    "the config sets both dynamic_batching and sequence_batching, which Triton's model configuration "
-                    "holds one of (scheduling_choice); keep sequence_batching for a stateful model"
-                )
-            if max_batch is None:  # polystack's own: the policy's, within the variant's limit
-                max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
-                max_batch = min(max_batch, limit) if limit and max_batch else max_batch
-            # Triton's instance count where the config gives none (its slots: max_batch_size per instance)
-            count = instances or _default_count(spec) or 1
-            sequence = sequence_config.read(
-                config["sequence_batching"], record, max_batch, count, model_dir, config, spec.backend == "python"
-            )
-            # the policy holds them; a max_batch_size of 0 is no batch dimension (inputs' first dims need not agree)
-            rows, instances = max_batch, None
-        elif dynamic is None:
-            # Triton's default scheduler: each instance runs one request at a time, the others queue
-            stated = max_batch  # the config's (or Triton's auto-complete's)
-            if max_batch is None:  # polystack's own: the variant's limit
-                max_batch = limit if batched and limit else 0
-            # a stated 0: no batch dimension, so that dims of -1 need not agree as a batch's would (Triton's)
-            rows = max_batch or (0 if stated == 0 else None)
-        elif not batched or max_batch == 0:
-            # Triton's dynamic batcher over a model without batching: each request runs alone, through its queues
-            # (their limits, timeouts, priority levels), as Triton creates it whatever max_batch_size is
-            given = read_message(dynamic, "dynamic_batching", "dynamic_batching").get("preferred_batch_size")
-            if given:
-                raise InvalidRequest(
-                    f"dynamic batching preferred size must be <= max batch size for {record.name}: max_batch_size is "
-                    "0 (requests run one a call); leave preferred_batch_size out"
-                )
-            if instances is None:
-                instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
-            batching = replace(_batching(dynamic, 1, instances, record.name), merge=False)
-            max_batch, rows, instances = 0, 0, None  # no batch dimension
-        else:
-            if max_batch is None:  # polystack's own: the policy's, within the variant's limit
-                max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
-                max_batch = min(max_batch, limit) if limit else max_batch
-            if instances is None:
-                instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
-            batching, instances = _batching(dynamic, max_batch, instances, record.name), None  # the policy holds them
+        sequence, batching, rows, instances, max_batch = _scheduling(
+            config, record, spec, default, model_dir, dynamic, max_batch, instances, batched, limit
+        )
         if gap is not None:
             batching = _idle_gap(gap, batching)
         formats, shapes, reshapes, optional, ragged = _tensors(config, record, spec, max_batch)
@@ -737,6 +609,202 @@ def read(
             extra={"model": record.name, "max_batch_size": autofilled},
         )
     return LoadConfig(batching, rows, instances, additions, sequence)
+
+
+def _check_served_as(config: dict[str, Any], record: ModelRecord, spec: LoadSpec, python_based: str) -> None:
+    """The config's name, platform and backend against the model it loads and the runtime polystack serves it with
+    (``python_based``: the Python-based backend a Python model's own config names)."""
+    name = read_string(config, "name", "config")
+    if name and name != record.name:  # Triton's poll fails ("unexpected directory name"): its 500, as 2.51 answers
+        raise InvalidRequest(
+            f"the config names model {quote(name)}, but it is loading {record.name!r}; leave the name out, or name "
+            f"{record.name!r}"
+        ).before_model_read()
+    for key, ours in (("platform", spec.platform), ("backend", spec.backend)):
+        theirs = read_string(config, key, "config")
+        served_as = (spec.triton_backend, python_based or None)  # a Python-based backend's model: that backend's name
+        if _DEFAULT_RUNTIME.get(theirs) == record.format or (key == "backend" and theirs in served_as):
+            continue  # the plan's runtime serves it, as a repository's config with it is served
+        if theirs and theirs != ours:
+            if key == "platform" and theirs in _UNSERVED_PLATFORMS:
+                raise InvalidRequest(
+                    f"the config asks for platform {quote(theirs)} ({_UNSERVED_PLATFORMS[theirs]}), which polystack has "
+                    f"no runtime of; {record.name!r} is a {record.format} model, which it runs as {ours!r}: leave "
+                    "platform and backend out"
+                )
+            if key == "backend" and not runtime_loads(theirs, record.format):
+                raise InvalidRequest(
+                    f"the config asks for backend {quote(theirs)}, which polystack has no runtime of for {record.name!r}"
+                    f" (a {record.format} model, which it runs as {ours!r}); leave platform and backend out"
+                )
+            raise InvalidRequest(
+                f"the config asks for {key} {quote(theirs)}, but polystack runs {record.name!r} as {ours!r} (its plan "
+                "for this profile, or the default variant); leave platform and backend out, or tune a plan that "
+                "chooses another runtime (`polystack tune`)"
+            )
+
+
+def _check_max_batch(
+    record: ModelRecord, max_batch: int | None, batched: bool, limit: int | None, autofills: bool
+) -> None:
+    """The config's max_batch_size (None: left out) against the model's batch dimension and the rows the variant
+    takes (``limit``); ``autofills``: Triton's auto-complete would fill the config in (its words then)."""
+    if max_batch and not batched:
+        fixed = [t.name for t in record.signature.inputs if t.shape[:1] == (1,)]
+        triton = (  # its words where its auto-complete refuses it (``_autofill``)
+            f"autofill failed for model {record.name!r}: model does not support batching while non-zero "
+            "max_batch_size is specified: "
+            if autofills and not triton_batchable(record.signature)
+            else ""
+        )
+        raise InvalidRequest(
+            f"{triton}the config sets max_batch_size {max_batch}, but {record.name!r} takes no batch dimension on "
+            "every input"
+            + (
+                f" ({', '.join(map(repr, fixed))} fixes its first dim at 1); save the model with a dynamic first dim "
+                "(OpenVINO IR: openvino.Model.reshape with -1 there, before openvino.save_model), or set max_batch_size 0"
+                if fixed
+                else "; set max_batch_size 0"
+            )
+        )
+    if limit and batched and max_batch is not None and not 1 <= max_batch <= limit:
+        raise InvalidRequest(
+            f"the config sets max_batch_size {max_batch}, but the variant polystack serves {record.name!r} with takes "
+            f"from 1 to {limit} rows; set max_batch_size from 1 to {limit}"
+        )
+
+
+def _check_strict(config: dict[str, Any], record: ModelRecord) -> None:
+    """A repository model's config under ``--disable-auto-complete-config`` (Triton's strict model config): it lists
+    what auto-complete would fill in."""
+    # Triton's ONNX Runtime backend's words, then what to do (a Python model may take nothing)
+    if not config.get("input") and not record.signature.takes_nothing:
+        raise InvalidRequest(
+            f"unable to load model {record.name!r}, configuration expects 0 inputs, model provides "
+            f"{len(record.signature.inputs)}: with --disable-auto-complete-config the config lists the model's "
+            "inputs (and outputs)"
+        )
+    if not config.get("output"):
+        raise InvalidRequest(
+            f"the config of model {record.name!r} lists no outputs, which --disable-auto-complete-config leaves "
+            "to it (Triton's strict model config): list the outputs clients get"
+        )
+    untyped = [(k, d.get("name")) for k in ("input", "output") for d in config.get(k) or () if isinstance(d, dict)
+               and not d.get("data_type")]  # fmt: skip
+    if untyped:  # what auto-complete would fill in (Triton's words, then what to do)
+        raise InvalidRequest(
+            f"model {untyped[0][0]} {quote(untyped[0][1])} must specify 'data_type' for {record.name}: "
+            "--disable-auto-complete-config leaves nothing to fill it in; give its data_type"
+        )
+
+
+def _runtime_options(
+    config: dict[str, Any],
+    record: ModelRecord,
+    spec: LoadSpec,
+    parameters: tuple[tuple[str, str], ...],
+    optimization: Any,
+    auto_complete: bool,
+    python_folder: Path | None,
+) -> dict[str, Any]:
+    """The options of the runtime serving ``record`` (``spec``'s backend) that the config's ``parameters`` and
+    ``optimization`` set, each read as Triton's backend of that runtime reads them."""
+    # a Python model's parameters are its own, read by its code in its args' model_config: the config this load
+    # follows, as Triton hands its Python backend the config a load overrides
+    if spec.backend == "python":
+        options: dict[str, Any] = {"config": json.dumps(config), "auto_complete": auto_complete}
+        if python_folder is not None:  # its folder in a local repository: args["model_repository"], as Triton's
+            options["folder"] = str(python_folder)
+    elif spec.backend == "openvino":  # ONNX Runtime's optimization settings refused first, in its module's words
+        onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options = openvino_config.options(parameters, spec.device)
+    elif spec.backend == "fil":
+        onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options = fil_config.options(parameters, record.settings.get("fil"))
+    elif record.format == "torchscript":  # Triton's PyTorch backend's parameters: checked, applied by its runtime
+        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options |= pytorch_config.options(parameters, applied=spec.backend == "torchscript")
+    elif record.format == "torch_aoti":  # the same backend's, as it reads them for AOTInductor packages
+        options = onnxruntime_config.options((), optimization, spec.backend, spec.device)
+        options |= pytorch_config.aoti_options(parameters)
+    else:
+        options = onnxruntime_config.options(parameters, optimization, spec.backend, spec.device)
+    return options
+
+
+class _Scheduling(NamedTuple):
+    """How a config schedules its model's requests (``_scheduling``)."""
+
+    sequence: SequencePolicy | None  # sequence_batching's
+    batching: BatchPolicy | None  # dynamic_batching's
+    rows: int | None  # unbatched: the most rows a request may hold
+    instances: int | None  # an unbatched model's own threads (None: the shared pool, or a policy holds them)
+    max_batch: int  # the max_batch_size it serves with (0: no batch dimension)
+
+
+def _scheduling(
+    config: dict[str, Any],
+    record: ModelRecord,
+    spec: LoadSpec,
+    default: BatchPolicy | None,
+    model_dir: Path | None,
+    dynamic: Any,
+    max_batch: int | None,
+    instances: int | None,
+    batched: bool,
+    limit: int | None,
+) -> _Scheduling:
+    """Triton's scheduling choice: ``sequence_batching``, ``dynamic_batching`` (``dynamic``), or its default
+    scheduler, with the ``max_batch_size`` and instance count the config gives (None: left out) or polystack's
+    plan (``default``) within the variant's ``limit``."""
+    sequence: SequencePolicy | None = None
+    batching: BatchPolicy | None = None
+    rows: int | None = None  # unbatched: the most rows a request may hold
+    if config.get("sequence_batching") is not None:
+        if dynamic is not None:
+            raise InvalidRequest(
+                "the config sets both dynamic_batching and sequence_batching, which Triton's model configuration "
+                "holds one of (scheduling_choice); keep sequence_batching for a stateful model"
+            )
+        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
+            max_batch = (default.max_batch_size if default else BatchPolicy().max_batch_size) if batched else 0
+            max_batch = min(max_batch, limit) if limit and max_batch else max_batch
+        # Triton's instance count where the config gives none (its slots: max_batch_size per instance)
+        count = instances or _default_count(spec) or 1
+        sequence = sequence_config.read(
+            config["sequence_batching"], record, max_batch, count, model_dir, config, spec.backend == "python"
+        )
+        # the policy holds them; a max_batch_size of 0 is no batch dimension (inputs' first dims need not agree)
+        rows, instances = max_batch, None
+    elif dynamic is None:
+        # Triton's default scheduler: each instance runs one request at a time, the others queue
+        stated = max_batch  # the config's (or Triton's auto-complete's)
+        if max_batch is None:  # polystack's own: the variant's limit
+            max_batch = limit if batched and limit else 0
+        # a stated 0: no batch dimension, so that dims of -1 need not agree as a batch's would (Triton's)
+        rows = max_batch or (0 if stated == 0 else None)
+    elif not batched or max_batch == 0:
+        # Triton's dynamic batcher over a model without batching: each request runs alone, through its queues
+        # (their limits, timeouts, priority levels), as Triton creates it whatever max_batch_size is
+        given = read_message(dynamic, "dynamic_batching", "dynamic_batching").get("preferred_batch_size")
+        if given:
+            raise InvalidRequest(
+                f"dynamic batching preferred size must be <= max batch size for {record.name}: max_batch_size is "
+                "0 (requests run one a call); leave preferred_batch_size out"
+            )
+        if instances is None:
+            instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
+        batching = replace(_batching(dynamic, 1, instances, record.name), merge=False)
+        max_batch, rows, instances = 0, 0, None  # no batch dimension
+    else:
+        if max_batch is None:  # polystack's own: the policy's, within the variant's limit
+            max_batch = default.max_batch_size if default else BatchPolicy().max_batch_size
+            max_batch = min(max_batch, limit) if limit else max_batch
+        if instances is None:
+            instances = default.instances if default else _default_count(spec) or 1  # a plan's, else Triton's
+        batching, instances = _batching(dynamic, max_batch, instances, record.name), None  # the policy holds them
+    assert max_batch is not None
+    return _Scheduling(sequence, batching, rows, instances, max_batch)
 
 
 def _autofill(
