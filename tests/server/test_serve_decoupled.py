@@ -228,10 +228,12 @@ input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
 output [ { name: "OUT", data_type: TYPE_INT32, dims: [ -1 ] } ]
 """
 
-# one input X to one output Y = X * a + b (its config's parameters): an ensemble's steps around repeat
+# one input X to one output Y = X * a + b (its config's parameters): an ensemble's steps around repeat; a request's
+# pause_ms parameter holds its answer that long (a step slower than what a test waits for around it)
 AFFINE = '''
 import json
 import signal
+import time
 
 import triton_python_backend_utils as pb_utils
 
@@ -242,6 +244,7 @@ class TritonPythonModel:
         self.a, self.b = (int(parameters[k]["string_value"]) for k in ("a", "b"))
 
     def execute(self, requests):
+        time.sleep(max(json.loads(r.parameters()).get("pause_ms", 0) for r in requests) / 1000)
         return [
             pb_utils.InferenceResponse(
                 [pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() * self.a + self.b)]
@@ -664,8 +667,10 @@ def test_an_ensemble_sends_its_last_answer_final_where_its_decoupled_step_sent_i
         answers = [got.get(timeout=10) for _ in range(2)]
         # the flag alone, at once: it has come when the last answer goes, which it ends (helper-186: Triton marks the
         # answer that completes the request final; polystack sent the flag alone after, which clients not asking
-        # for empty final responses never saw, so they waited for good)
-        client.async_stream_infer(model, [x], request_id="g")
+        # for empty final responses never saw, so they waited for good). Its other steps pause 0.2 s (parameters reach
+        # every step), so that the flag has come however busy the host: a clean clone's run, on two loaded cores,
+        # once sent the last answer before repeat's thread sent the flag
+        client.async_stream_infer(model, [x], request_id="g", parameters={"pause_ms": 200})
         alone = [got.get(timeout=10) for _ in range(2)]
         # the flag alone, 0.5 s after the last response: the last answer went before it, so it comes alone
         client.async_stream_infer(model, [x], request_id="h", parameters={"mode": "late_final"},
