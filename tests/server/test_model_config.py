@@ -654,3 +654,13 @@ def test_a_passive_instance_group_is_shown_and_takes_no_requests() -> None:
         model_config.read('{"instance_group": [{"passive": "yes"}]}', RECORD, SPEC, PLAN)
 
 
+
+
+@pytest.mark.parametrize("text", ['{"output": 5}', '{"input": true, "output": [{"name": "y"}]}', '{"input": "x"}'])
+@pytest.mark.parametrize("auto_complete", [True, False])
+def test_a_config_whose_inputs_or_outputs_are_not_a_list_is_refused_saying_so(text: str, auto_complete: bool) -> None:
+    """helper-253: a number or a string where the config lists tensors failed with Python's TypeError (a server error)
+    where auto-complete or the strict model config looked at the list first."""
+    for record in (RECORD, TRITON_RECORD):
+        with pytest.raises(InvalidRequest, match=r"^(input|output) must be a list of tensors$"):
+            model_config.read(text, record, SPEC, PLAN, auto_complete=auto_complete)

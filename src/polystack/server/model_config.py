@@ -1546,8 +1546,10 @@ def _triton_checks(
     listed: dict[str, set[str]] = {}
     for key in ("input", "output"):
         items = config.get(key) or []
+        if not isinstance(items, list):  # (a lone message is a list of it already: ``config_text.lists_where_repeated``)
+            raise InvalidRequest(f"{key} must be a list of tensors")
         listed[key] = set()
-        for i, item in enumerate(items if isinstance(items, list) else ()):
+        for i, item in enumerate(items):
             d = read_message(item, f"{key}[{i}]", key)
             name = read_string(d, "name", f"{key}[{i}]")
             listed[key].add(name)
