@@ -21,20 +21,25 @@ def test_a_request_is_alone_by_itself_or_as_the_one_step_of_the_one_ensemble_req
     flight.enter()  # a second request beside them
     assert not flight.alone
     flight.leave()
-    flight.enter_pipeline()  # a nested ensemble: its step is not alone either
+    flight.leave()
+    flight.leave_pipeline()
+    assert (flight.count, flight.pipelines) == (0, 0)
+    flight.enter_pipeline()  # an ensemble whose step is an ensemble: the inner one's step is not alone
+    flight.enter_pipeline()
     flight.enter()
-    assert not flight.alone and (flight.count, flight.pipelines) == (4, 2)
+    assert not flight.alone and (flight.count, flight.pipelines) == (3, 2)
 
 
 def test_a_drain_waits_until_the_last_one_leaves() -> None:
-    async def drain() -> tuple[bool, bool, bool]:
+    async def drain() -> tuple[bool, bool, bool, bool, int]:
         flight = InFlight()
         idle_at_once = await flight.wait_idle(0)
         flight.enter()
         flight.enter_pipeline()
         busy = await flight.wait_idle(0.01)
-        asyncio.get_running_loop().call_later(0.01, flight.leave)
+        flight.leave()
+        one_left = await flight.wait_idle(0)
         asyncio.get_running_loop().call_later(0.02, flight.leave_pipeline)
-        return idle_at_once, busy, await flight.wait_idle(5)
+        return idle_at_once, busy, one_left, await flight.wait_idle(5), flight.count
 
-    assert asyncio.run(drain()) == (True, False, True)
+    assert asyncio.run(drain()) == (True, False, False, True, 0)
