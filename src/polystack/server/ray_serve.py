@@ -34,7 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from polystack.errors import BackendUnavailable, InvalidRequest
+from polystack.errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
+from polystack.server.http import Request, Response, failed, log_request
 
 DEFAULT_MAX_ONGOING = 64
 
@@ -117,12 +118,12 @@ class OipReplica:
         self.server.load_models()
         self.http = self.server.http
         self._serving = False
-
-    async def __call__(self, request: Any) -> Any:
+        # Ray Serve's answer type, bound once (a request's path imports nothing)
         from starlette.responses import Response as StarletteResponse
 
-        from polystack.server.http import Request, Response, failed, log_request
+        self._answer = StarletteResponse
 
+    async def __call__(self, request: Any) -> Any:
         if not self._serving:  # the loop Ray runs the replica's calls on: its models' calls to others run there
             self.server.plane.calls.serve_on(asyncio.get_running_loop())
             self._serving = True
@@ -143,7 +144,7 @@ class OipReplica:
         out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
         if req.method == b"HEAD":  # the length a GET would have had, as the local server says it
             out_headers["content-length"] = str(resp.length)
-        return StarletteResponse(
+        return self._answer(
             content=resp.whole() if req.method != b"HEAD" else b"",
             status_code=resp.status,
             media_type=resp.content_type.decode("latin-1"),
@@ -153,8 +154,6 @@ class OipReplica:
     async def _body(self, request: Any, headers: dict[bytes, bytes]) -> bytes:
         """The request body, refused (413) past ``--max-body-bytes`` as soon as its length says so, or as
         soon as that much has arrived."""
-        from polystack.errors import PayloadTooLarge
-
         limit = self.http.max_body_bytes
         length = headers.get(b"content-length", b"")
         too_large = PayloadTooLarge(
