@@ -703,7 +703,7 @@ def _runtime_options(
     record: ModelRecord,
     spec: LoadSpec,
     parameters: tuple[tuple[str, str], ...],
-    optimization: Any,
+    optimization: Optimization,
     auto_complete: bool,
     python_folder: Path | None,
 ) -> dict[str, Any]:
