@@ -8,6 +8,7 @@ per process: every test here that turns tracing on runs in this module, after th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,11 @@ from conftest import Raw
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from servekit import mlp_ones, register_like, start
+from servekit import failing_at_run, mlp_ones, register_like, start
 from tritonclient.utils import InferenceServerException
 
 from polystack.errors import InvalidRequest
+from polystack.formats import import_model
 from polystack.server.app import ServerThread
 from polystack.server.tracing import Tracing
 from polystack.store import ModelRecord, Store
@@ -402,3 +404,32 @@ def test_tritons_trace_file_settings_are_left_unread_in_its_opentelemetry_mode()
     assert flags.level is True and flags.rate == 10 and flags.mode == "opentelemetry" and not flags.file
     files = trace_flags(["triton,file=/tmp/trace.json", "level=TIMESTAMPS"])  # a file alone: Triton's trace files
     assert files.mode == "triton" and files.file == "/tmp/trace.json"
+
+
+def test_a_run_that_fails_gives_its_spans_an_error_status_with_its_words(
+    model_store: tuple[Store, dict[str, ModelRecord]], spans: Any, tmp_path: Path
+) -> None:
+    """The module's word (Triton sets no status): a failed run's request and run spans say ERROR and why; a
+    request that succeeds leaves them unset."""
+    from opentelemetry.trace import StatusCode
+
+    store, _ = model_store
+    imported = import_model(failing_at_run(tmp_path / "failing.onnx"), tmp_path / "import")
+    store.register(imported.artifact, name="failing_traced", format=imported.format, signature=imported.signature)
+    st = start(store, models=["mlp", "failing_traced"], trace=True)
+    spans.clear()
+    try:
+        client = httpclient.InferenceServerClient(st.http_url)
+        x = httpclient.InferInput("x", [1, 2], "FP32")
+        x.set_data_from_numpy(np.ones((1, 2), np.float32))
+        with pytest.raises(InferenceServerException, match="ONNX Runtime failed"):
+            client.infer("failing_traced", [x])
+        _infer_http(client)
+        client.close()
+    finally:
+        st.stop()
+    failed, ok = _finished(spans)
+    assert failed.name == "failing_traced" and ok.name == "mlp"
+    for span in (failed, _around(spans, failed)):
+        assert span.status.status_code == StatusCode.ERROR and "ONNX Runtime failed" in (span.status.description or "")
+    assert all(s.status.status_code == StatusCode.UNSET for s in (ok, _around(spans, ok)))

@@ -173,13 +173,26 @@ class _Spans:
 
     def __init__(self) -> None:
         self.tracer: Any = None
+        # OpenTelemetry's modules and names, bound with the tracer (``bind``): a traced request imports nothing
+        self._trace: Any = None
+        self._propagate: Any = None
+        self._context: Any = None  # opentelemetry.context.Context
+        self._server: Any = None  # SpanKind.SERVER
+        self._error: Any = None  # a Status of StatusCode.ERROR, given its message
 
-    @staticmethod
-    def sampled(context: Any) -> bool:
+    def bind(self, tracer: Any) -> None:
+        """Make spans with ``tracer`` from now on (``Tracing.setup``, once OpenTelemetry is known to be there)."""
+        from opentelemetry import propagate, trace
+        from opentelemetry.context import Context
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        self._trace, self._propagate, self._context, self._server = trace, propagate, Context, SpanKind.SERVER
+        self._error = lambda message: Status(StatusCode.ERROR, message)
+        self.tracer = tracer
+
+    def sampled(self, context: Any) -> bool:
         """Whether the caller's trace (if any) records: one whose flags say it does not gets no spans."""
-        from opentelemetry import trace
-
-        found = trace.get_current_span(context).get_span_context()
+        found = self._trace.get_current_span(context).get_span_context()
         return not found.is_valid or found.trace_flags.sampled
 
     def dropped(self) -> None:
@@ -192,15 +205,13 @@ class _Spans:
         ``request.trace().get_context()`` hands on, as Triton's."""
         if self.tracer is None:
             return
-        from opentelemetry import propagate, trace
-        from opentelemetry.context import Context
-
+        trace = self._trace
         begun = started.stamps[0][1] if started.stamps else time.perf_counter_ns()
         parent = started.parent
         if parent is None:
             offset = time.time_ns() - time.perf_counter_ns()  # perf_counter's zero on the clock spans use, once a
             # request (its steps' too), so that its events fall within its spans
-            request = self._span("InferRequest", started.context or Context(), (received or begun) + offset)
+            request = self._span("InferRequest", started.context or self._context(), (received or begun) + offset)
             inside = request
         else:
             if parent.spans is None:
@@ -209,15 +220,14 @@ class _Spans:
         run = self._span(started.model, trace.set_span_in_context(inside), begun + offset)
         started.spans = (request, run, offset)
         carrier: dict[str, str] = {}  # its context as Triton hands it to a model: the propagation headers as JSON
-        propagate.inject(carrier, context=trace.set_span_in_context(run))
+        self._propagate.inject(carrier, context=trace.set_span_in_context(run))
         started.handed = json.dumps(carrier, separators=(",", ":"))
 
     def add(self, root: RequestTrace) -> None:
         """End and export the spans ``open`` started for ``root`` and its steps, with their events."""
         if self.tracer is None or root.spans is None:
             return
-        from opentelemetry import trace
-
+        trace = self._trace
         request, _, offset = root.spans  # offset: perf_counter's zero on the clock its spans started on
         stamps = {name: ns + offset for name, ns in root.stamps}
         if not stamps:
@@ -246,9 +256,7 @@ class _Spans:
         request.end(end_time=max(stamps.values()))
 
     def _span(self, name: str, context: Any, start: int) -> Any:
-        from opentelemetry.trace import SpanKind
-
-        return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, start_time=start)
+        return self.tracer.start_span(name, context=context, kind=self._server, start_time=start)
 
     @staticmethod
     def _events(span: Any, names: tuple[str, ...], at: Mapping[str, int]) -> None:
@@ -256,13 +264,10 @@ class _Spans:
             if name in at:
                 span.add_event(name, timestamp=at[name])
 
-    @staticmethod
-    def _fail(span: Any, error: BaseException | None) -> None:
+    def _fail(self, span: Any, error: BaseException | None) -> None:
         if error is not None:
-            from opentelemetry.trace import Status, StatusCode
-
             message = error.message if isinstance(error, PolystackError) else f"{type(error).__name__}: {error}"
-            span.set_status(Status(StatusCode.ERROR, message))
+            span.set_status(self._error(message))
 
 
 class Tracing:
@@ -326,7 +331,7 @@ class Tracing:
             _PROVIDER = provider
         self._extract = propagate.extract
         self._tracer = provider.get_tracer("polystack.server", __version__)
-        self._spans.tracer = self._tracer
+        self._spans.bind(self._tracer)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Export the spans still queued, waiting at most ``timeout_s``, when polystack set up the export.
