@@ -271,6 +271,12 @@ def quote(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def load_failed(name: str, e: PolystackError) -> PolystackError:
+    """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
+    done: the same error, whatever its type, wherever it was raised."""
+    return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
+
+
 def _deeper(value: object, depth: int) -> bool:
     """Whether JSON-like ``value`` nests lists and dicts deeper than ``depth`` (without recursion: torch's compiler
     raises the process's limit, and repr would then show what it refused before)."""

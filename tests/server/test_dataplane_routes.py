@@ -55,12 +55,12 @@ def test_an_unload_landing_anywhere_in_a_lookup_leaves_no_route_to_the_model_it_
     plane = types.SimpleNamespace(  # routes of this one
         _generation=0, _routes=routes, _routes_generation=(0, 0), folder_rules=FolderRules()
     )
-    plane._moved = types.MethodType(DataPlane._moved, plane)
+    plane.served_changed = types.MethodType(DataPlane.served_changed, plane)
 
     def unload() -> None:  # as an unload does: routing changes, then the plane's generation moves and clears
         plane.engine._generation += 1
         served.pop("m", None)
-        plane._moved()
+        plane.served_changed()
 
     plane.engine = _Engine(unload, 2 if where == "at the check after it" else 0)  # read 1: the lookup's start
     routes.unload = unload

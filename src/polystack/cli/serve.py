@@ -1001,9 +1001,9 @@ def _with_repositories(
     (``ray``), where no model loads later, it is refused. ``start`` (explicit model control): the models served
     at start, the folders of those the repositories hold and of the models their ensembles run (the rest are
     read when a load names them, as Triton reads them), the others the store's; None: every folder's."""
+    from polystack.errors import load_failed
     from polystack.server import model_repository
     from polystack.server.app import start_failed
-    from polystack.server.dataplane import load_failed
     from polystack.store import ModelRef
 
     models, configs = list(config.models), dict(config.model_configs)

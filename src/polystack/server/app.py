@@ -29,12 +29,12 @@ from typing import Any
 from polystack.batching import BatchOverrides, BatchPolicy
 from polystack.batching.rate_limiter import RateLimiter
 from polystack.engine import Engine, LoadSpec, default_spec, runtime_loads, with_concurrency, without_runtime_pinning
-from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown
+from polystack.errors import InvalidRequest, NotFound, PolystackError, ShuttingDown, load_failed
 from polystack.metrics import ServerMetrics
 from polystack.server import forks, host_policy, loader, logs, model_config, model_repository
 from polystack.server import grpc as grpc_transport
 from polystack.server.cloud_repository import CloudRepository
-from polystack.server.dataplane import DataPlane, PolicyFor, load_failed
+from polystack.server.dataplane import DataPlane, PolicyFor
 from polystack.server.ensemble import Ensemble, load_order
 from polystack.server.header_forward import HeaderForward
 from polystack.server.http import HttpApp
@@ -221,7 +221,7 @@ class Server:
                 if chosen is not None:
                     chosen = overrides.apply(chosen)
                 elif not model_config.auto_batched(record, config.default_max_batch_size):  # (what Triton's
-                    # auto-complete batches takes them in DataPlane._plan)
+                    # auto-complete batches takes them in DataPlane.plan_load)
                     settings = {k: v for k, v in overrides.given().items() if k != "instances"}  # unbatched: theirs
                     if settings:
                         why = (
@@ -421,7 +421,7 @@ class Server:
     def check_ensembles(self) -> None:
         """Refuse what ``load_models`` would refuse of the ensembles, loading nothing (Ray Serve replicas)."""
         if self.config.ensembles:
-            self.plane.check_ensembles(self.config.ensembles, self._refs())
+            self.plane.ensemble_loads.check_planned(self.config.ensembles, self._refs())
 
     def load_models(self) -> None:
         refs = self._refs()
@@ -444,10 +444,11 @@ class Server:
                     raise ShuttingDown("the server is shutting down")
                 if failure is not None:
                     self._failed_at_start(ModelRef.parse(ref).name, load_failed(ref, failure), failed, ref)
+            ensembles = self.plane.ensemble_loads
             for name in load_order(self.config.ensembles):  # an ensemble whose step runs another: after it
                 try:
-                    self.plane.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
-                    self.plane.load_ensemble(self.config.ensembles[name])
+                    ensembles.refuse_cycle(name, self.config.ensembles[name], [name], self.config.ensembles)
+                    ensembles.load(self.config.ensembles[name])
                 except PolystackError as e:
                     self._failed_at_start(name, load_failed(name, e), failed)
                     self.plane.repository_extension.note_unmet(name)  # a poll that changes its models tries it again

@@ -3,7 +3,8 @@
 HTTP and gRPC handlers decode, call one method here (or of the model repository extension, which the plane holds:
 ``repository_extension.RepositoryExtension``), and encode; they hold no logic of their own. An ensemble's request runs
 in ``ensemble_requests.EnsembleRequests`` (the plane holds one), its steps as requests of the models served here;
-what is served is ``served.py``'s, what is running ``in_flight.InFlight``.
+its loads and checks against those models in ``ensemble_loads.EnsembleLoads``; what is served is ``served.py``'s,
+what is running ``in_flight.InFlight``.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
 model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
 the batcher's worker threads (its instances); without, in inference threads all such models share
@@ -57,7 +58,6 @@ from polystack.errors import (
     PermissionDenied,
     PolystackError,
     ShuttingDown,
-    StepNotServed,
     Unavailable,
     Unsupported,
     VersionNotFound,
@@ -79,6 +79,7 @@ from polystack.server import (
     warmup,
 )
 from polystack.server.decoupled import ResponseStream, Streamed
+from polystack.server.ensemble_loads import EnsembleLoads
 from polystack.server.ensemble_requests import EnsembleRequests
 from polystack.server.in_flight import InFlight
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
@@ -88,7 +89,7 @@ from polystack.server.model_calls import ModelCalls
 from polystack.server.repository_extension import UPLOADED, RepositoryExtension
 from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
-from polystack.server.served import LoadPlan, ServedEnsemble, ServedModel, load_number
+from polystack.server.served import LoadPlan, ServedEnsemble, ServedModel
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
 from polystack.stats import ModelStats, Outcome
@@ -137,12 +138,6 @@ def parse_version(name: str, version: str | None) -> int | None:
     if not digits or len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
-
-
-def load_failed(name: str, e: PolystackError) -> PolystackError:
-    """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
-    done: the same error, whatever its type, wherever it was raised."""
-    return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
 
 
 def _files_print(taken: model_repository.Fingerprint) -> model_repository.Fingerprint:
@@ -414,7 +409,7 @@ class DataPlane:
         self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
         self._retiring_lock = threading.Lock()
         self._served: dict[tuple[str, int], ServedModel] = {}
-        self.ensembles: dict[str, ServedEnsemble] = {}  # by name (one version each); changed under _routing
+        self.ensembles: dict[str, ServedEnsemble] = {}  # by name (one version each); changed under routing
         # what the server keeps of each name's loads beyond what it serves (failures, versions stopped, ensembles
         # waiting for their models, the last config given): the repository extension's index and loads read it too
         self.history = LoadHistory()
@@ -425,7 +420,7 @@ class DataPlane:
         self._loaded_prints = {n: _files_print(p) for n, p in (repository.seen if repository else {}).items()}
         self.loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
-        self._tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
+        self.tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
         self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
@@ -437,7 +432,7 @@ class DataPlane:
         # (--model-namespacing) by model folder name, the names of its copies known now (``_identities``), as of the
         # load or unload that ``_generation`` counts (-1: none read)
         self._spread: tuple[int, dict[str, list[str]]] = (-1, {})
-        self._routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
+        self.routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
@@ -446,6 +441,8 @@ class DataPlane:
         self.repository_extension = RepositoryExtension(self)
         # an ensemble's requests: its steps as requests of the models served, held for the request's life
         self.ensemble_requests = EnsembleRequests(self)
+        # the ensembles' loads and checks against the models their steps run
+        self.ensemble_loads = EnsembleLoads(self)
         # what hosted models ask of the server from their threads (``serve_on`` at start)
         self.calls = ModelCalls(
             self._called, self.repository_extension.load, self.repository_extension.unload, self._capacity,
@@ -469,7 +466,7 @@ class DataPlane:
         or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
         name = ref.name if isinstance(ref, ModelRef) else ModelRef.parse(ref).name
         with self.loader.claim(name):
-            plan = self._plan(ref, config)
+            plan = self.plan_load(ref, config)
             try:
                 return self._apply(plan)
             except PolystackError as e:  # the index lists the version that failed (a start's failed load)
@@ -505,9 +502,9 @@ class DataPlane:
     def check_load(self, ref: ModelRef | str) -> SequencePolicy | None:
         """Refuse what a load of ``ref`` without a config of its own would refuse (its start config),
         loading nothing; its sequence batching, if its config sets it."""
-        return self._plan(ref, None).sequence
+        return self.plan_load(ref, None).sequence
 
-    def _plan(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> LoadPlan:
+    def plan_load(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> LoadPlan:
         """What a load of ``ref`` would serve: its record, spec, batch policy and own instances; ``agents``
         are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
@@ -729,14 +726,14 @@ class DataPlane:
         """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
-        with self._routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
+        with self.routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
             replaced = self.engine.install(entry)
             old = self._served.get(key)
             self._served[key] = served
             self._served_names.add(entry.name)
-            self._moved()
+            self.served_changed()
         self.metrics.serving(entry.name, str(entry.version))
-        self._tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
+        self.tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
         # none has started, summed over this instance and those it replaced while requests still wait on them (which
         # the gauge does not keep alive)
@@ -754,7 +751,7 @@ class DataPlane:
         # its load once those it removed are finalized, as Triton's update does
         removes = bool(getattr(entry.model.inner, "removes_instances", False))
         self._retire([old] if old is not None else [], [replaced] if replaced is not None else [], wait=removes)
-        self._count_loaded()
+        self.count_loaded()
         extra: dict[str, Any] = {
             "model": entry.name,
             "version": entry.version,
@@ -790,7 +787,7 @@ class DataPlane:
         self.history.configured.pop(name, None)  # its next load reads the folder
         if name in self.ensembles:
             models = self.ensembles[name].ensemble.models
-            self._unload_ensemble(name, "unloaded")
+            self.ensemble_loads.unload(name, "unloaded")
             for model in sorted(models) if dependents else ():
                 used = any(model in p.ensemble.models for p in self.ensembles.values())
                 if not used and self.serves(model):
@@ -799,229 +796,11 @@ class DataPlane:
         if not self.serves_model(name):
             log.info("unload of a model that is not loaded: nothing to do", extra={"model": name})
             return
-        self._unload_versions(name)
+        self.unload_versions(name)
         log.info("model unloaded", extra={"model": name})
-        self._check_ensembles_of(name)
+        self.ensemble_loads.check_users_of(name)
 
-    # -- ensembles (ensemble.py) -------------------------------------------------------------------
-    def load_ensemble(self, pipeline: ensemble.Ensemble, replace_model: bool = False) -> None:
-        """Serve ``pipeline`` in place of what served its name, once it checks against the models it runs as
-        they are served now (which must all be loaded); an ensemble loaded again as it was changes nothing.
-        A model served under its name is refused, or unloaded once the ensemble checks (``replace_model``: its
-        repository folder holds the ensemble now)."""
-        name = pipeline.name
-        self.in_turn(name)
-        model = self.serves_model(name)
-        if model and not replace_model:
-            raise InvalidRequest(
-                f"model {name!r} is served already, and is not an ensemble; give the ensemble a name of its own"
-            )
-        self._check_ensemble(pipeline)
-        if model:  # its folder holds an ensemble now: the model's versions stop, the ensemble serves
-            self._unload_versions(name)
-            log.info("model unloaded", extra={"model": name, "reason": "its folder holds an ensemble now"})
-        with self._routing:
-            old = self.ensembles.get(name)
-            if old is not None and old.ensemble == pipeline:
-                old.ensemble = dataclasses.replace(old.ensemble, written_policy=pipeline.written_policy)
-                log.info("model served as asked", extra={"model": name, "version": pipeline.version})
-                return
-            others = {v: ServedEnsemble(dataclasses.replace(pipeline, version=v)) for v in pipeline.served_versions}
-            others.pop(pipeline.version, None)
-            self.ensembles[name] = served = ServedEnsemble(pipeline, others=others)
-            self._moved()
-        for each in served.every:
-            label = (name, str(each.ensemble.version))
-            self._tallies.setdefault(label, triton_metrics.Tally()).add(each.stats)
-            self.metrics.serving(*label)
-        for gone in old.every if old is not None else []:
-            if self.response_cache is not None:
-                self.response_cache.forget(gone.load)
-            if gone.ensemble.version not in pipeline.served_versions:  # the old version's series go with it
-                self.metrics.retire(name, str(gone.ensemble.version))
-                self._tallies.pop((name, str(gone.ensemble.version)), None)
-                self.history.stopped.add((name, gone.ensemble.version))  # the index lists it unloaded, as a model's
-        self._count_loaded()
-        log.info(
-            "model loaded",
-            extra={"model": name, "version": pipeline.version, "versions": list(pipeline.served_versions),
-                   "ensemble": [f"{s.model}" for s in pipeline.steps]},
-        )  # fmt: skip
-        if pipeline.response_cache and self.response_cache is None:
-            log.warning(
-                "the ensemble's config enables response_cache, but this server has no response cache, so every "
-                "request runs its steps; start the server with --cache-config local,size=BYTES",
-                extra={"model": name, "version": pipeline.version},
-            )
-        self._check_ensembles_of(name)  # the ensembles that run it: checked against what it is now
-
-    def _check_ensemble(self, pipeline: ensemble.Ensemble) -> None:
-        """``ensemble.check`` against the models served now, and no ensemble reached again through its steps."""
-        self.refuse_cycle(pipeline.name, pipeline, [pipeline.name])
-
-        def served(step: ensemble.Step) -> ensemble.Served:
-            nested = self.ensembles.get(step.model)
-            # a model served under the name first: the ensemble it replaces (its folder's) goes right after
-            model = self.serves_model(step.model)
-            if nested is not None and step.model != pipeline.name and not model:
-                return ensemble.as_step(nested.ensemble, step)
-            try:
-                entry = self.served_model(step.model, step.asked, step=True)
-            except NotFound as e:
-                words = e.message.removesuffix("; load it first")  # the engine's, said once
-                text = (
-                    f"the ensemble runs a model that is not served: {words}; load it first (or, at start, name it on "
-                    "the command line or give it a folder in the repository)"
-                )
-                copies = self.copies(step.model)
-                if copies:  # (--model-namespacing) not in the ensemble's repository, and in two others
-                    text = (
-                        f"{len(copies)} repositories hold {step.model!r} ({', '.join(copies)}), and the ensemble's "
-                        "holds none: name one of them in the ensemble's config, or give its repository a copy"
-                    )
-                if self.repository is not None and self.repository.folder(step.model) is None:
-                    # a model no folder has: Triton's words first (tritonserver 2.51's); its readiness does not count it
-                    triton = f"ensemble {pipeline.name} contains models that are not available or ambiguous"
-                    raise StepNotServed(f"{triton}: {step.model}: {text}") from None
-                raise InvalidRequest(text) from None
-            configured = fil.as_configured(entry.entry.signature, entry.entry.record.settings.get("fil"))
-            return ensemble.Served(configured, self.max_batch(entry))
-
-        ensemble.check(pipeline, served)
-        stateful = self.ensemble_requests.stateful(pipeline)
-        twice = sorted(m for m in stateful if sum(step.model == m for step in pipeline.steps) > 1)
-        if twice:
-            raise InvalidRequest(
-                f"ensemble {pipeline.name!r} runs sequence model {twice[0]!r} in two steps, which would share one "
-                "sequence (the second step's START resets the first's state); run it in one step"
-            )
-        if pipeline.response_cache and self.ensemble_requests.decoupled_steps(pipeline):  # Triton's words
-            raise InvalidRequest(
-                f"Response Cache does not currently support model {pipeline.name} with 'decoupled' transaction "
-                "policy. Please disable the response cache."
-            )
-        if pipeline.response_cache and stateful:  # its answers depend on the sequences' state (Triton's rule)
-            raise InvalidRequest(
-                f"Response Cache does not currently support model {pipeline.name!r} with sequence batching "
-                f"scheduler: its steps run {', '.join(map(repr, sorted(stateful)))}, whose answers depend on "
-                "their sequences' state. Please disable the response cache"
-            )
-
-    def check_ensembles(self, pipelines: Mapping[str, ensemble.Ensemble], refs: Sequence[str]) -> None:
-        """Refuse what loading ``pipelines`` would refuse once ``refs`` are loaded as planned, loading nothing:
-        for servers whose models load elsewhere (Ray Serve replicas), so that the mistake is told before they
-        start. The batch size a model takes is the one its plan gives it."""
-        versions: dict[str, list[int]] = {}
-        for ref in map(ModelRef.parse, refs):
-            versions.setdefault(ref.name, []).append(ref.version or self.store.get(ref).version)
-        for name in ensemble.load_order(pipelines):
-            pipeline = pipelines[name]
-
-            def served(step: ensemble.Step, pipeline: ensemble.Ensemble = pipeline) -> ensemble.Served:
-                nested = pipelines.get(step.model)
-                if nested is not None and step.model != pipeline.name:
-                    return ensemble.as_step(nested, step)
-                served_versions = versions.get(step.model, [])
-                version = step.version if step.version is not None else max(served_versions, default=None)
-                if version is None or version not in served_versions:
-                    raise InvalidRequest(
-                        f"the ensemble runs {step.model}{'' if step.version is None else f':{step.version}'}, which "
-                        "this server does not serve; serve it too"
-                    )
-                plan = self._plan(ModelRef(step.model, version), None)
-                sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
-                sig = fil.as_configured(sig, plan.record.settings.get("fil"))  # as its config gives it
-                limit = spec.max_batch_size or 0
-                if plan.policy is not None and not plan.policy.merge:  # max_batch_size 0: no row limit, as served
-                    return ensemble.Served(sig, 0)
-                if plan.policy is not None and sig.batched:
-                    limit = min(plan.policy.max_batch_size, limit) if limit else plan.policy.max_batch_size
-                return ensemble.Served(sig, limit if sig.batched else 0)
-
-            try:
-                self.refuse_cycle(name, pipeline, [name], pipelines)
-                ensemble.check(pipeline, served)
-            except PolystackError as e:
-                raise load_failed(name, e) from None
-
-    def refuse_cycle(
-        self,
-        name: str,
-        pipeline: ensemble.Ensemble,
-        path: list[str],
-        pipelines: Mapping[str, ensemble.Ensemble] | None = None,
-    ) -> None:
-        """No ensemble reached again through the steps of ``pipeline`` (those served, or ``pipelines``)."""
-        for model in sorted(pipeline.models):
-            if model == name:  # Triton's words (its CircularcyCheck: the first, "...", the last), then the whole way
-                raise InvalidRequest(
-                    f"circular dependency between ensembles: {path[0]} -> ... -> {path[-1]} -> {model}: "
-                    f"{' -> '.join([*path, model])}"
-                )
-            nested = pipelines.get(model) if pipelines is not None else None
-            if nested is None and model in self.ensembles:
-                nested = self.ensembles[model].ensemble
-            if nested is not None and len(path) <= ensemble.MAX_DEPTH:
-                self.refuse_cycle(name, nested, [*path, model], pipelines)
-            elif nested is not None:
-                raise InvalidRequest(f"ensembles nest deeper than {ensemble.MAX_DEPTH}: {' -> '.join(path)}")
-
-    def _unload_ensemble(self, name: str, why: str) -> None:
-        with self._routing:
-            served = self.ensembles.pop(name, None)
-            self._moved()
-        if served is None:
-            return
-        versions = [each.ensemble.version for each in served.every]
-        for each in served.every:
-            if self.response_cache is not None:
-                self.response_cache.forget(each.load)
-            self.history.stopped.add((name, each.ensemble.version))
-        self._count_loaded()
-
-        def forget() -> None:  # as a model's versions leave /metrics: on the loader, unless loaded again
-            self.loader.wait_for(name)  # (a load of it building now)
-            for version in versions:
-                if not self._serves_version(name, version):  # as an ensemble, or a model now
-                    self.metrics.retire(name, str(version))
-                    self._tallies.pop((name, str(version)), None)
-            if not self.serves(name):
-                self.metrics.forget_name(name)
-
-        with contextlib.suppress(RuntimeError):
-            self.loader.submit(forget)
-        log.info(
-            "model unloaded",
-            extra={"model": name, "version": served.ensemble.version, "versions": versions, "reason": why},
-        )
-        self._check_ensembles_of(name)
-
-    def _check_ensembles_of(self, name: str) -> None:
-        """After ``name`` was loaded again or unloaded: the ensembles whose steps run it are checked against it
-        again, and those it no longer fits are unloaded (Triton unloads them too), saying why. The answers those
-        it still fits keep in the response cache are dropped: the model may answer otherwise now."""
-        for other, served in list(self.ensembles.items()):
-            if name not in served.ensemble.models or self.ensembles.get(other) is not served:  # gone meanwhile
-                continue
-            try:
-                self._check_ensemble(served.ensemble)
-                if self.response_cache is not None:
-                    for each in served.every if served.ensemble.response_cache else []:
-                        old, each.load = each.load, load_number()
-                        self.response_cache.forget(old)
-                    self._check_ensembles_of(other)  # those that run this one: their answers too, cached or not
-            except PolystackError as e:
-                log.warning(
-                    "an ensemble's model changed or is gone, and it no longer fits: the ensemble is unloaded; load "
-                    "it again once its models fit",
-                    extra={"model": other, "changed": name, "error": e.message},
-                )
-                self._unload_ensemble(other, f"{name!r} changed")
-                if self.repository is not None and self.repository.owns(other):
-                    self.history.unmet.add(other)
-                    self.history.unmet_runs[other] = frozenset(served.ensemble.models)
-
-    def _serves_version(self, name: str, version: int) -> bool:
+    def serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
         ensemble_now = self.ensembles.get(name)
         return (name, version) in self._served or (ensemble_now is not None and ensemble_now.at(version) is not None)
@@ -1043,7 +822,8 @@ class DataPlane:
         """Whether a version of model ``name`` (not an ensemble) is loaded."""
         return any(e.name == name for e in self.engine.loaded())
 
-    def _count_loaded(self) -> None:
+    def count_loaded(self) -> None:
+        """The loaded-models gauge, after a load or an unload of a model's version or an ensemble."""
         self.metrics.models_loaded.set(len(self._served) + len(self.ensembles))  # each version, each ensemble
 
     def max_batch(self, served: ServedModel) -> int:
@@ -1195,7 +975,7 @@ class DataPlane:
                             self.load_from_repository(other, None, loading | {name}, failed)
                         except PolystackError as e:
                             raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
-                self.load_ensemble(pipeline, replace_model=True)
+                self.ensemble_loads.load(pipeline, replace_model=True)
             except PolystackError:
                 self.history.unmet.add(name)  # a poll that changes models tries it again
                 self.history.unmet_runs[name] = frozenset(pipeline.models)
@@ -1221,7 +1001,7 @@ class DataPlane:
             self.repository.models.add(name)
             self.history.unmet.discard(name)
             if name in self.ensembles:  # the folder was an ensemble's: the model serves in its place
-                self._unload_ensemble(name, "its folder holds a model now")
+                self.ensemble_loads.unload(name, "its folder holds a model now")
             return entry
         except BaseException:
             if failed is not None:
@@ -1254,7 +1034,7 @@ class DataPlane:
         plans = []
         for r in refs:
             try:
-                plans.append(self._plan(r, config, agents))
+                plans.append(self.plan_load(r, config, agents))
             except PolystackError as e:
                 e.at_version(r.version)  # the index lists the version that failed
                 raise
@@ -1284,11 +1064,11 @@ class DataPlane:
                 log.info("model served as asked", extra={"model": same.name, "version": same.version})
         entry = entries[-1]
         serving = {e.version for e in entries}
-        retired = self._unload_versions(entry.name, keep=serving)
+        retired = self.unload_versions(entry.name, keep=serving)
         if retired:
             log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": sorted(serving)})
         if changed or retired:
-            self._check_ensembles_of(entry.name)
+            self.ensemble_loads.check_users_of(entry.name)
         return entry
 
     def _served_as(self, plan: LoadPlan) -> LoadedEntry | None:
@@ -1313,7 +1093,7 @@ class DataPlane:
             return None
         return served.entry
 
-    def _unload_versions(self, name: str, keep: Collection[int] = ()) -> list[int]:
+    def unload_versions(self, name: str, keep: Collection[int] = ()) -> list[int]:
         """Stop serving every loaded version of ``name`` but those in ``keep``; what they queued runs on
         (``_retire``)."""
         versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version not in keep})
@@ -1321,8 +1101,8 @@ class DataPlane:
         entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
         retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
         self.history.stopped.update((name, v) for v in versions)
-        self._moved()
-        self._count_loaded()
+        self.served_changed()
+        self.count_loaded()
         self._retire(retired, entries)
         return versions
 
@@ -1345,7 +1125,7 @@ class DataPlane:
                     while s.pending and time.monotonic() < deadline and not self._stopping.is_set():
                         time.sleep(0.005)  # the executes running on its threads
                     _finish_streams(s, deadline, self._stopping)
-                    tally = self._tallies.get((s.entry.name, str(s.entry.version)))
+                    tally = self.tallies.get((s.entry.name, str(s.entry.version)))
                     if tally is not None:  # its figures are final: what Triton's names count on from
                         tally.fold(s.entry.stats)
                     if self.response_cache is not None:  # nothing routes to it: its answers only take room now
@@ -1376,9 +1156,9 @@ class DataPlane:
                 if (e.name, e.version) not in self._served:
                     self._typical_s.pop((e.name, e.version), None)
                     self._queues.pop((e.name, str(e.version)), None)
-                    if not self._serves_version(e.name, e.version):  # an ensemble under the name keeps its series
+                    if not self.serves_version(e.name, e.version):  # an ensemble under the name keeps its series
                         self.metrics.retire(e.name, str(e.version))
-                        self._tallies.pop((e.name, str(e.version)), None)
+                        self.tallies.pop((e.name, str(e.version)), None)
                 if not any(k[0] == e.name for k in self._served) and e.name not in self.ensembles:
                     self.metrics.forget_name(e.name)
 
@@ -1405,14 +1185,14 @@ class DataPlane:
             served.close(wait=True)
             _finish_streams(served, 0.0, self._stopping)  # the drain is over: what is still unanswered fails
         self._served.clear()
-        self._moved()
+        self.served_changed()
         self.executor.shutdown(wait=True)
         if self._hasher is not None:
             self._hasher.shutdown(wait=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
 
-    def _moved(self) -> None:
+    def served_changed(self) -> None:
         """What is served changed (a load, an unload): the routes resolved before go, as they hold the models
         replaced (their instances and weights: an unload frees them now, not at the next request)."""
         self._generation += 1
@@ -1473,7 +1253,8 @@ class DataPlane:
         self._routes[key] = served
         if (self.engine.generation, self._generation) != generation:
             # a load or unload came meanwhile (another thread: the loader, a model's call): the route may hold what
-            # it replaced. _moved counts, then clears: either it cleared after the store, or this sees the count
+            # it replaced. served_changed counts, then clears: either it cleared after the store, or this sees the
+            # count
             self._routes.pop(key, None)
         return served
 
@@ -1502,7 +1283,7 @@ class DataPlane:
 
     def _resolve(self, name: str, version: str | None) -> ServedModel:
         v = parse_version(name, version)
-        with self._routing:
+        with self.routing:
             try:
                 entry = self.engine.get(name, v)
             except (ModelNotFound, VersionNotFound, ModelNotReady) as e:
@@ -1786,7 +1567,7 @@ class DataPlane:
         figures = []
         for name, version, stats, pending, cached in shown:
             label = (name, str(version))
-            tally = self._tallies.get(label)
+            tally = self.tallies.get(label)
             figures.append(
                 triton_metrics.VersionFigures(
                     name, label[1], tally.figures() if tally is not None else stats.to_dict(),

@@ -5,7 +5,8 @@
 through the plane as a client's would be (``DataPlane.infer_model``): its statistics, tracing, the response cache
 and shared memory are the ensemble's own. The models its steps run are those served when it starts, held until it
 ends (``pin``), as Triton's ensembles hold their models' handles. ``stateful``, ``decoupled_steps`` and the output
-labels look through what a request holds, else what is served now; a load asks them too.
+labels look through what a request holds, else what is served now; an ensemble's load asks them too
+(``ensemble_loads.EnsembleLoads.check``).
 
 The plane holds one (``DataPlane.ensemble_requests``) and offers it what a request of a model uses: ``served_model``,
 ``served_ensemble``, ``infer_model``, ``stream_model``, ``streamed``, the shared memory regions, the cache key.

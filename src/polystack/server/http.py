@@ -42,13 +42,14 @@ from polystack.errors import (
     Restricted,
     ShuttingDown,
     UnsupportedMediaType,
+    load_failed,
     quote,
 )
 from polystack.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from polystack.protocol import generate_codec, http_codec, v1_codec
 from polystack.protocol.wire import InferRequest, InferResponse
 from polystack.server import model_files, status
-from polystack.server.dataplane import DataPlane, load_failed
+from polystack.server.dataplane import DataPlane
 from polystack.server.decoupled import Streamed
 from polystack.server.header_forward import HeaderForward
 from polystack.server.logs import request_level

@@ -33,7 +33,7 @@ def load_number() -> int:
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """What a load would serve (``DataPlane._plan``)."""
+    """What a load would serve (``DataPlane.plan_load``)."""
 
     record: ModelRecord
     spec: LoadSpec
