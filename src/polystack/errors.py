@@ -59,6 +59,15 @@ class PolystackError(Exception):
     # the TritonError code of a Python model's own error response (None: polystack's error): a model calling it
     # (BLS) gets its words and code as they are, as newer Tritons hand them on
     model_code: int | None = None
+    # the ``id`` the refused inference request gave, where it was refused while its body was read (before a request
+    # existed to carry it): the request's lines in the log carry it
+    request_id: str | None = None
+
+    def of_request(self, request_id: object) -> Self:
+        """This error, refusing the inference request whose ``id`` was ``request_id`` (a string; else none)."""
+        if isinstance(request_id, str) and request_id:
+            self.request_id = request_id
+        return self
 
     def failed_in_run(self) -> Self:
         """This error, marked as raised in a request's run."""

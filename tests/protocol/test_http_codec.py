@@ -218,6 +218,42 @@ def test_json_integers_over_64_bits_still_parse_and_are_checked() -> None:
         http_codec.decode_infer_request(json_body("INT64", [1], [10**30]))
 
 
+def test_a_header_length_that_cuts_the_json_is_named_as_what_may_be_wrong() -> None:
+    # a client counting the JSON part in characters: "café" is five bytes, four characters
+    x = {"name": "x", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}
+    doc = {"id": "café", "inputs": [x]}
+    head = json.dumps(doc, ensure_ascii=False).encode()
+    body, n = head + np.arange(4, dtype=np.float32).tobytes(), len(head)
+    assert len(head.decode()) == n - 1
+    for length in (n - 1, n + 1, len(body)):
+        with pytest.raises(InvalidRequest) as refused:
+            http_codec.decode_infer_request(body, length)
+        said = refused.value.message
+        assert said.startswith("the request body is not valid JSON (") and "; send a JSON object" not in said
+        assert f"in the body's first {length:,} bytes, its JSON part as the Inference-Header-Content-Length " in said
+        assert "count the bytes of the JSON part as sent (UTF-8, not characters)" in said
+    assert http_codec.decode_infer_request(body, n).id == "café"
+    # JSON alone (no header): the words it always had
+    with pytest.raises(InvalidRequest, match=r"not valid JSON \(.*\); send a JSON object$"):
+        http_codec.decode_infer_request(b'{"inputs": [')
+
+
+def test_a_request_refused_as_its_body_is_read_carries_the_id_it_gave() -> None:
+    short = {"id": "short-1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0]}]}
+    with pytest.raises(InvalidTensor) as refused:
+        http_codec.decode_infer_request(json.dumps(short).encode())
+    assert refused.value.request_id == "short-1"
+    body, n = binary_body([("x", "FP32", [4], bytes(8))], id="bin-1", parameters={"binary_data_output": "yes"})
+    with pytest.raises(InvalidRequest) as refused:
+        http_codec.decode_infer_request(body, n)
+    assert refused.value.request_id == "bin-1"
+    for rid in ("", 7, None):  # none given, or one that is not a string: none
+        doc = {**short, "id": rid}
+        with pytest.raises(InvalidRequest) as refused:
+            http_codec.decode_infer_request(json.dumps(doc).encode())
+        assert refused.value.request_id is None
+
+
 def test_a_large_body_and_then_a_small_one_both_decode() -> None:
     big = np.arange(300_000, dtype=np.float32)  # over 1 MiB of JSON: a parser of its own
     req = http_codec.decode_infer_request(json_body("FP32", [300_000], big.tolist()))

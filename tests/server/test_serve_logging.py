@@ -388,6 +388,32 @@ def test_the_access_log_names_a_request_by_its_inference_id_without_a_header(
         st.stop()
 
 
+def test_the_access_log_names_a_request_refused_while_its_body_is_read_by_its_inference_id(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """A request whose tensors are refused as its body is read (three values for sixteen, a binary section shorter
+    than its binary_data_size) is logged under the ``id`` it gave, as one refused later is: the requests a user
+    looks for by id are the failed ones."""
+    store, _ = model_store
+    st = start(store, models=["mlp"], access_log=True)
+    try:
+        short = {"id": "short-1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 3}]}
+        binary = {"id": "bin-1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
+                                             "parameters": {"binary_data_size": 64}}]}  # fmt: skip
+        head = json.dumps(binary).encode()
+        with caught_logs("polystack.server.http", logging.INFO) as records:
+            assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", short)[0] == 400
+            status, _, _ = Raw(st.http_port).request(
+                "POST", "/v2/models/mlp/infer", head + bytes(32), {"Inference-Header-Content-Length": str(len(head))}
+            )
+            assert status == 400
+            assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", {"inputs": short["inputs"]})[0] == 400
+        ids = [r.__dict__["request_id"] for r in records if r.getMessage() == "request"]
+        assert ids[:2] == ["short-1", "bin-1"] and ids[2].startswith("r"), ids
+    finally:
+        st.stop()
+
+
 def test_a_request_made_up_id_is_made_once() -> None:
     from polystack.server.http import Request
 

@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from polystack.errors import InvalidRequest, InvalidTensor, quote
+from polystack.errors import InvalidRequest, InvalidTensor, PolystackError, quote
 from polystack.protocol import classification
 from polystack.protocol.wire import (
     TRITON_PARAMETERS,
@@ -78,6 +78,9 @@ _SIMDJSON_COUNT = (1 << 24) - 1
 _HUGE = 2 * _SIMDJSON_COUNT
 
 
+_NOT_JSON, _SEND_OBJECT = "the request body is not valid JSON", "; send a JSON object"
+
+
 def loads(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
@@ -93,7 +96,7 @@ def loads(body: bytes | memoryview) -> Any:
             return doc
         except (ValueError, RecursionError, orjson.JSONEncodeError):
             pass
-    raise InvalidRequest(f"the request body is not valid JSON ({error}); send a JSON object") from None
+    raise InvalidRequest(f"{_NOT_JSON} ({error}){_SEND_OBJECT}") from None
 
 
 def decode_raw_request(body: bytes, model: str, config: dict[str, Any]) -> InferRequest:
@@ -175,15 +178,32 @@ def decode_infer_request(
         head = body
     try:
         doc = _request_doc(head)
-    except InvalidRequest:
+    except InvalidRequest as e:
         if header_length is None and b'"binary_data_size"' in body[:65536]:
             raise InvalidRequest(
                 "the body is not JSON alone: its inputs give binary_data_size, so binary tensor data follows the "
                 f"JSON; send {length_by} with the JSON part's length in bytes"
             ) from None
+        if header_length is not None and e.message.startswith(_NOT_JSON):  # the length may be what is wrong
+            raise InvalidRequest(
+                f"{e.message.removesuffix(_SEND_OBJECT)} in the body's first {header_length:,} bytes, its JSON part "
+                f"as {length_by} gives it; that length must count the bytes of the JSON part as sent (UTF-8, not "
+                "characters) and no more"
+            ) from None
         raise
     if not isinstance(doc, dict):
         raise InvalidRequest("an inference request must be a JSON object with an 'inputs' list")
+    try:
+        return _request_of(doc, binary, regions, model)
+    except PolystackError as e:  # the request's lines in the log carry the id it gave
+        e.of_request(doc.get("id"))
+        raise
+
+
+def _request_of(
+    doc: dict[str, Any], binary: memoryview | None, regions: RegionReader | None, model: str
+) -> InferRequest:
+    """The inference request ``doc`` gives (the JSON part, read), its binary tensors from ``binary``."""
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list):  # an empty one is the model's to refuse (one whose inputs are all optional
         # takes it, as Triton's)

@@ -948,6 +948,8 @@ def failed(req: Request, exc: BaseException) -> Response:
     """The answer to a request that raised ``exc``, logged as the server's failure when it is one (a 5xx
     as a warning, an unexpected error with its traceback)."""
     if isinstance(exc, PolystackError):
+        if req.inference_id is None:  # refused while its body was read: the id it gave, where it gave one
+            req.inference_id = exc.request_id
         if status.http_status(exc) >= 500 and exc.server_failure:
             log.warning("request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message})
     else:
