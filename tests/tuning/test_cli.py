@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from polystack.formats import import_model
@@ -117,3 +119,33 @@ def test_the_results_table_shows_the_chosen_measurement_of_a_configuration_measu
     console.print(results_table(data))
     lines = [line for line in console.export_text().splitlines() if "1 thread" in line]
     assert len(lines) == 1 and lines[0].lstrip("│ ").startswith("*") and "0.0461" in lines[0]
+
+
+def test_ctrl_c_during_tune_stops_it_saying_so(home: Path, mlp_path: Path, tmp_path: Path, add_variant) -> None:  # type: ignore[no-untyped-def]
+    # a KeyboardInterrupt raised in LoadGen's callbacks crossed its C++: the process segfaulted or aborted (helper-256)
+    store = Store.at(home)
+    imported = import_model(mlp_path, tmp_path)
+    record, _ = store.register(imported.artifact, name="mlp", format=imported.format, signature=imported.signature)
+    add_variant(store, record, delay_ms=0.5)
+    store.close()
+    scratch = tmp_path / "tmp"  # LoadGen's log folders: none is left behind
+    scratch.mkdir()
+    env = {**os.environ, "POLYSTACK_HOME": str(home), "TMPDIR": str(scratch)}
+    args = ["tune", "mlp", "--budget-s", "60", "--duration-ms", "6000", "--no-memory", "--threads", "1"]
+    # Ctrl-C raises KeyboardInterrupt in it, as in a process a shell starts (a test worker may ignore SIGINT)
+    as_from_a_shell = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'polystack'; runpy.run_module('polystack', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", as_from_a_shell, *args], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        time.sleep(4)  # imports, the variants gathered, the first 6 s run under way
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "stopped (Ctrl-C)" and "Traceback" not in err, err
+    assert list(scratch.iterdir()) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -175,3 +177,43 @@ def test_offline_and_server_runs_warm_their_batch_shapes_first() -> None:
     r = scenarios.server(model, synthetic(SIG, n=16), 300, 20.0, 8, 1.0, RUN)
     assert model.batches[:6] == [1, 1, 1, 8, 8, 8]  # both shapes a Server run sends
     assert r.p99_ms < 20
+
+
+class CtrlCAt(NullModel):
+    """A model during whose ``at``-th timed call the user presses Ctrl-C (SIGINT to this process)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(SIG, delay_ms=0.2)
+        self.at, self.calls = at, 0
+
+    def infer(self, inputs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.at:
+            signal.raise_signal(signal.SIGINT)
+        return super().infer(inputs)
+
+
+@pytest.mark.parametrize("scenario", ["single_stream", "offline", "server"])
+def test_ctrl_c_in_a_run_ends_it_and_then_interrupts_the_caller(scenario: str) -> None:
+    # a KeyboardInterrupt raised in a callback LoadGen called crossed its C++: the process aborted or segfaulted
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("only the main thread gets SIGINT")
+    model = CtrlCAt(at=RUN.warmup_calls * 2 + 3)  # a timed call, after the warm-up of every batch shape
+    run = replace(RUN, min_duration_ms=400, min_query_count=8)
+    before = signal.getsignal(signal.SIGINT)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        if scenario == "single_stream":
+            scenarios.single_stream(model, synthetic(SIG, n=8), run, expected_latency_s=2e-4)
+        elif scenario == "offline":
+            scenarios.offline(model, synthetic(SIG, n=16), batch_size=1, run=run, expected_qps=2000)
+        else:
+            scenarios.server(model, synthetic(SIG, n=16), 300, 50.0, 1, 0.0, run)
+    assert time.perf_counter() - started < 30
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+    calls = model.calls
+    time.sleep(0.1)
+    assert model.calls == calls  # nothing of the run is left running
+    assert not scenarios._STOPPING.is_set()  # the next run runs
+    r = scenarios.single_stream(NullModel(SIG, delay_ms=0.2), synthetic(SIG, n=8), RUN, expected_latency_s=2e-4)
+    assert r.queries >= 8 and r.errors == 0

@@ -90,8 +90,6 @@ def tune(
         raise InvalidRequest(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if strategy not in ("auto", "exhaustive", "halving"):
         raise InvalidRequest(f"unknown strategy {strategy!r}; choose auto, exhaustive or halving")
-    if budget_s <= 0 or duration_ms < 10:
-        raise InvalidRequest("--budget-s must be > 0 and --duration-ms >= 10")
     if any(t < 1 for t in threads):
         raise InvalidRequest("--threads must be >= 1")
     if report is not None and not report.parent.is_dir():  # checked now, not once the budget is spent
@@ -164,7 +162,10 @@ def plan_show(
     """Show the stored plans of a model; plans measured on another machine are marked stale."""
     from polystack.tuning import report as report_mod
     from polystack.tuning.plan import PlanSettings, fingerprint, plan_status
+    from polystack.tuning.profiles import PROFILES
 
+    if profile is not None and profile not in PROFILES:
+        raise InvalidRequest(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     store = open_store()
     record = store.get(ref)
     here = fingerprint()
@@ -190,8 +191,10 @@ def plan_show(
         )
         return
     if not plans:
+        what = f"no {profile} plan" if profile is not None else "no plans yet"
         console.print(
-            f"{record.name}:{record.version} has no plans yet: polystack tune {record.name} --profile realtime"
+            f"{record.name}:{record.version} has {what}: polystack tune {record.name}:{record.version} "
+            f"--profile {profile or 'realtime'}"
         )
         return
     table = Table(

@@ -89,8 +89,8 @@ class Profile(abc.ABC):
 
     def __init__(self, slo_ms: float | None = None) -> None:
         self.slo_ms = slo_ms if slo_ms is not None else DEFAULT_SLO_MS.get(self.name)
-        if self.slo_ms is not None and self.slo_ms <= 0:
-            raise InvalidRequest(f"--slo-ms must be positive, got {self.slo_ms}")
+        if self.slo_ms is not None and not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
+            raise InvalidRequest(f"--slo-ms must be a positive number of milliseconds, got {self.slo_ms}")
         # each configuration's least run length, where its queries or batches set one (filled by
         # ``configs``; the search's cost estimates start from it)
         self._run_ms: list[float] = []

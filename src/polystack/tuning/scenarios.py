@@ -19,12 +19,14 @@ query counts); ``valid`` records its verdict, the figures are what was measured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,10 +112,42 @@ def _ms(ns: Any) -> float:
 
 
 _RUN_LOCK = threading.Lock()  # LoadGen keeps global state: one test at a time per process
+# Ctrl-C came while LoadGen ran: what is left of the run completes unrun, then KeyboardInterrupt (``_ctrl_c_after``)
+_STOPPING = threading.Event()
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Ctrl-C while LoadGen runs, noted and raised once it has returned: a KeyboardInterrupt raised in a Python
+    callback LoadGen called (its QSL's, its SUT's, on the main thread) crossed its C++ and terminated the process
+    (a segfault or an abort, its log folder left behind). A second Ctrl-C stops the process at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets the signal
+        yield
+        return
+
+    def noted(signum: int, frame: Any) -> None:
+        _STOPPING.set()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    before = signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if _STOPPING.is_set():
+        _STOPPING.clear()
+        raise KeyboardInterrupt
 
 
 def _start(settings: Any, issue: Callable[[Any], None], flush: Callable[[], None], pool: InputPool) -> dict[str, Any]:
     lg = _lg()
+
+    def issue_unless_stopping(samples: Any) -> None:
+        if _STOPPING.is_set():  # Ctrl-C: the samples complete unrun, so that LoadGen's run ends at its minimum
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in samples])
+        else:
+            issue(samples)
+
     outdir = Path(tempfile.mkdtemp(prefix="polystack-loadgen-"))
     try:
         out = lg.LogOutputSettings()
@@ -124,8 +158,8 @@ def _start(settings: Any, issue: Callable[[Any], None], flush: Callable[[], None
         log.log_output = out
         log.enable_trace = False
         n = pool.size
-        with _RUN_LOCK:
-            sut = lg.ConstructSUT(issue, flush)
+        with _RUN_LOCK, _ctrl_c_after():
+            sut = lg.ConstructSUT(issue_unless_stopping, flush)
             qsl = lg.ConstructQSL(n, n, lambda idx: None, lambda idx: None)
             try:
                 lg.StartTestWithLogSettings(sut, qsl, settings, log)
@@ -219,7 +253,8 @@ def _batched(
     errors: list[str] = []
 
     def run_batch(model: LoadedModel, indices: Sequence[int]) -> None:
-        model.infer(pool.batch(indices))
+        if not _STOPPING.is_set():  # Ctrl-C: the batches queued complete unrun (an Offline query holds them all)
+            model.infer(pool.batch(indices))
 
     def done(items: list[Item], error: BaseException | None) -> None:
         if error is not None:

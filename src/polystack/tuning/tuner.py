@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polystack.errors import PolystackError
+from polystack.errors import InvalidRequest, PolystackError
 from polystack.store import ModelRecord, PlanRecord, Store
 from polystack.tuning import candidates as cands
 from polystack.tuning import memory, profiles
@@ -34,6 +35,17 @@ class TuneOptions:
     seq_len: int = 128  # synthetic inputs: length of sequence-like dynamic dimensions
     only: Sequence[str] | None = None  # restrict to these candidate ids (benchmarks)
     pool: InputPool | None = None  # inputs to measure with (default: the model's samples or synthetic)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.budget_s) and self.budget_s > 0):  # NaN ran, an endless budget stored Infinity
+            raise InvalidRequest(f"--budget-s must be a positive number of seconds, got {self.budget_s}")
+        if self.duration_ms < 10:
+            raise InvalidRequest(f"--duration-ms must be at least 10, got {self.duration_ms}")
+        if self.duration_ms > self.budget_s * 1000:  # the search would run one full run at least, past its budget
+            raise InvalidRequest(
+                f"--duration-ms {self.duration_ms} is longer than --budget-s {self.budget_s:g} s: one full run "
+                "would outlast the whole search; give a shorter --duration-ms or a larger --budget-s"
+            )
 
 
 @dataclass
