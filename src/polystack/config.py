@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class StoreSettings(BaseSettings):
     """Where the model store lives: ``POLYSTACK_HOME`` (default ``~/.polystack``)."""
 
-    model_config = SettingsConfigDict(env_prefix="POLYSTACK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="POLYSTACK_", extra="ignore", env_ignore_empty=True)  # "": unset
 
     home: Path = Field(default_factory=lambda: Path.home() / ".polystack")
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)

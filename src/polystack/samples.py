@@ -39,6 +39,8 @@ def read(path: Path, signature: Signature) -> dict[str, np.ndarray]:
         raise InvalidRequest(f"samples file {path} is a folder; name a file in it")
     if not path.is_file():
         raise InvalidRequest(f"samples file {path} does not exist")
+    if path.stat().st_size == 0:  # numpy's EOFError, which the command line took for an abort
+        raise InvalidRequest(f"samples file {path} is empty; write the samples into it")
     try:
         if suffix == ".npy":
             if len(signature.inputs) != 1:
@@ -53,7 +55,7 @@ def read(path: Path, signature: Signature) -> dict[str, np.ndarray]:
             raw = _read_parquet(path, signature)
         else:
             raise InvalidRequest(f"samples file {path.name} must end in .npz, .npy or .parquet")
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InvalidRequest(f"cannot read samples from {path.name}: {e}") from e
     return check(raw, signature, source=path.name)
 

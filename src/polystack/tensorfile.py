@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def read_inputs(path: Path, signature: Signature) -> dict[str, np.ndarray]:
         raise InvalidRequest(f"input file {path} is a folder; name a file in it")
     if not path.is_file():
         raise InvalidRequest(f"input file {path} does not exist")
+    if path.stat().st_size == 0:  # numpy's EOFError, which the command line took for an abort
+        raise InvalidRequest(f"input file {path} is empty; write the inputs into it")
     try:
         if suffix == ".npy":
             if len(signature.inputs) != 1:
@@ -49,7 +52,7 @@ def read_inputs(path: Path, signature: Signature) -> dict[str, np.ndarray]:
                 raise InvalidRequest(f"{path.name} must hold a JSON object {{input_name: nested list}}")
             specs = {t.name: t for t in signature.inputs}
             return {k: _as_dtype(k, v, specs[k].dtype) if k in specs else np.asarray(v) for k, v in data.items()}
-    except (ValueError, OSError) as e:  # includes json.JSONDecodeError and numpy's pickle refusal
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # json's errors, numpy's pickle refusal
         raise InvalidRequest(f"cannot read inputs from {path.name}: {e}") from e
     raise InvalidRequest(f"input file {path.name} must end in {', '.join(SUFFIXES)}")
 

@@ -89,6 +89,44 @@ def test_bad_input_exits_2_with_one_line(home: Path, mlp_path: Path, tmp_path: P
     assert [m["name"] for m in json.loads(run(home, "models", "--json").stdout)] == ["mlp"]
 
 
+def test_command_line_mistakes_exit_2_with_one_line(home: Path, mlp_path: Path, tmp_path: Path) -> None:
+    # click's usage errors were boxes of five or six lines; the others tracebacks, "Aborted." (exit 1), or success
+    run(home, "register", str(mlp_path), "--name", "mlp")
+    fails_with(run(home, "tune", "mlp", "--budget-s", "abc", check=False), "'--budget-s'")
+    fails_with(run(home, "tune", "mlp", "--budget-s", "abc", check=False), "polystack tune --help")
+    fails_with(run(home, "tunee", check=False), "No such command 'tunee'")
+    fails_with(run(home, "tune", "mlp", "--budget-s", "nan", check=False), "--budget-s must be a positive number")
+    fails_with(run(home, "tune", "mlp", "--slo-ms", "nan", "-p", "edge", check=False), "--slo-ms must be a positive")
+    fails_with(run(home, "tune", "mlp", "--budget-s", "5", "--duration-ms", "30000", check=False), "outlast the whole")
+    fails_with(run(home, "show", "mlp:" + "9" * 30, check=False), "not a positive integer up to")
+    fails_with(run(home, "plan", "show", "mlp", "--profile", "foo", check=False), "unknown profile 'foo'")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "empty.npy"), check=False), "empty.npy is empty")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    fails_with(run(home, "register", str(mlp_path), "--samples", str(tmp_path / "empty.npz"), check=False), "is empty")
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")  # a file that ends in its header: numpy's EOFError
+    fails_with(run(home, "predict", "mlp", "--input", str(tmp_path / "cut.npy"), check=False), "cannot read inputs")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 8), np.float32))
+    fails_with(run(home, "predict", "mlp", "--input", str(x), "--variant", "v", "--device", "cuda:0", check=False),
+               "leave out --device")  # fmt: skip
+    fails_with(run(home, "register", str(tmp_path), check=False), "is a folder; give the model's file in it")
+    out = tmp_path / "scored"
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    csv = str(tmp_path / "rows.csv")
+    fails_with(run(home, "batch", "mlp", "-i", csv, "-o", str(out), "-c", "x=", check=False), "names no column")
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 3), np.float32))  # rows of 3 for a model taking 8
+    refused = run(home, "batch", "mlp", "-i", str(tmp_path / "narrow.npy"), "-o", str(out), "--no-progress", check=False)
+    fails_with(refused, "every row was refused (5 of 5), the first because input 'x' has shape [3]")
+    # an empty POLYSTACK_HOME is no POLYSTACK_HOME (it made a store in the working folder)
+    env = {**os.environ, "POLYSTACK_HOME": "", "HOME": str(tmp_path / "user")}
+    (tmp_path / "cwd").mkdir()
+    done = subprocess.run([sys.executable, "-m", "polystack", "models"], cwd=tmp_path / "cwd", env=env, timeout=120,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "cwd").iterdir()) == [] and (tmp_path / "user" / ".polystack" / "catalog.db").is_file()
+
+
 def test_a_pickle_is_refused_without_being_unpickled(home: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 

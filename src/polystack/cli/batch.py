@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from polystack.cli.app import app, console, err_console, open_store, print_json
+from polystack.errors import InvalidRequest
 
 DEFAULT_PART_ROWS = 100_000  # == polystack.jobs.job.DEFAULT_PART_ROWS (jobs imports pyarrow: loaded on use)
 
@@ -79,3 +81,18 @@ def batch(
         print_json(summary.to_dict())
     else:
         console.print(summary_table(summary))
+    if summary.rows_total and not summary.rows_out and summary.errors >= summary.rows_total:
+        # every row refused: the file does not fit the model (a script reading the exit code took it for done)
+        raise InvalidRequest(
+            f"every row was refused ({summary.errors:,} of {summary.rows_total:,}), the first because "
+            f"{_first_reason(summary.errors_file)}; see {summary.errors_file}"
+        )
+
+
+def _first_reason(errors_file: Path) -> str:
+    """The reason the first bad row of a job's ``_errors.jsonl`` gives."""
+    try:
+        with errors_file.open(encoding="utf-8") as f:
+            return str(json.loads(f.readline()).get("reason", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "? (the errors file could not be read)"

@@ -9,6 +9,7 @@ import typer
 
 from polystack.cli.app import app, console, open_store
 from polystack.engine import Engine, default_spec, spec_for_variant
+from polystack.errors import InvalidRequest
 from polystack.store import ModelRef
 from polystack.tensorfile import read_inputs, to_jsonable, write_outputs
 
@@ -19,19 +20,22 @@ def predict(
     input: Path = typer.Option(..., "--input", "-i", help=".npy (one input), .npz or .json {name: list}"),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write outputs to .npy/.npz/.json."),
     backend: str | None = typer.Option(None, "--backend", help="Run on this backend instead of the default."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda:0, ... as the backend offers."),
+    device: str | None = typer.Option(None, "--device", help="cpu (default), cuda:0, ... as the backend offers."),
     variant: str | None = typer.Option(
         None, "--variant", help="Run this verified variant (an id from `polystack variants NAME`)."
     ),
 ) -> None:
     """Run a registered model once on inputs from a file; print or save the outputs."""
+    if variant and (backend or device):  # a variant runs where it was built (it was ignored, silently)
+        given = " and ".join(f for f, v in (("--backend", backend), ("--device", device)) if v)
+        raise InvalidRequest(f"--variant runs on the backend and device it was built for; leave out {given}")
     store = open_store()
     model_ref = ModelRef.parse(ref)
     record = store.get(model_ref)
     inputs = read_inputs(input, record.signature)
     engine = Engine(store)
     try:
-        spec = spec_for_variant(store, variant) if variant else default_spec(store, record, backend, device)
+        spec = spec_for_variant(store, variant) if variant else default_spec(store, record, backend, device or "cpu")
         entry = engine.load(record.ref, spec)
         outputs = engine.infer(record.name, inputs, version=record.version)
     finally:

@@ -77,6 +77,11 @@ def detect(path: Path) -> str:
     """The format of ``path``; refuses pickle-family files without unpickling them."""
     if not path.exists():
         raise InvalidModelFile(f"{path} does not exist")
+    if path.is_dir():  # each importer reads a file (ONNX's opened it: "Is a directory")
+        raise InvalidModelFile(
+            f"{path} is a folder; give the model's file in it (an .onnx, an OpenVINO .xml, a saved program, ...), "
+            "or serve a Triton model folder with `polystack serve --model-repository`"
+        )
     pickle_guard.refuse_pickle(path)
     for name in IMPORTERS:
         if importer(name).sniff(path):

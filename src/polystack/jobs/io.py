@@ -117,7 +117,8 @@ def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> So
                 fields.append((member[: -len(".npy")], _npy_type(shape, dtype)))
             return Source(path, fmt, pa.schema(fields), rows or 0, True)
     except (pa.ArrowInvalid, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise InvalidRequest(f"cannot read {path.name} as {fmt}: {e}") from e
+        said = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))  # the file's bytes, as text
+        raise InvalidRequest(f"cannot read {path.name} as {fmt}: {said}") from e
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:

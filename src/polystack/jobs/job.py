@@ -118,14 +118,19 @@ def _parse_columns(items: Sequence[str], signature: Signature) -> dict[str, list
     plain: list[str] = []
     for item in items:
         name, eq, cols = item.partition("=")
+        named = [c.strip() for c in (cols if eq else item).split(",") if c.strip()]
+        if not named:  # "x=", "" or ",": an input bound to no column (which failed later with an IndexError)
+            raise InvalidRequest(
+                f"--columns {item!r} names no column; write --columns COL[,COL...] or INPUT=COL[,COL...]"
+            )
         if eq:
             if name not in signature.input_names:
                 raise InvalidRequest(
                     f"--columns {item!r} names input {name!r}; the model's inputs are {', '.join(signature.input_names)}"
                 )
-            explicit[name] = [c.strip() for c in cols.split(",") if c.strip()]
+            explicit[name] = named
         else:
-            plain += [c.strip() for c in item.split(",") if c.strip()]
+            plain += named
     if plain:
         if len(signature.inputs) != 1:
             raise InvalidRequest(
@@ -153,8 +158,9 @@ def bind_columns(signature: Signature, schema: pa.Schema, columns: Sequence[str]
                 if len(signature.inputs) == 1 and len(dims) == 1 and scalar and dims[0] in (-1, len(rest)) and rest:
                     cols = rest  # e.g. a CSV of feature columns: stack them in file order
                 else:
+                    has = f"columns {', '.join(available)}" if available else "no columns (is it empty?)"
                     raise InvalidRequest(
-                        f"no column feeds input {spec.describe()}; the input has columns {', '.join(available)}; "
+                        f"no column feeds input {spec.describe()}; the input has {has}; "
                         f"pass --columns {spec.name}=COL[,COL...]"
                     )
         missing = [c for c in cols if c not in available]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from polystack.errors import InvalidName
+from polystack.errors import InvalidName, quote
 
 # A model name is a Triton model folder's name (Triton's own QA repositories have ``nop_TYPE_FP32_-1,-1``), but for
 # what would make it a path (``/``, ``\``, ``..``, a leading ``.``), a reference's version (``:``), a flag's value
@@ -39,6 +39,10 @@ class ModelRef:
         validate_name(name)
         if not sep:
             return cls(name)
-        if not version.isdigit() or int(version) < 1:
-            raise InvalidName(f"version {version!r} in {text!r} is not a positive integer; write NAME:VERSION")
+        digits = version.isascii() and version.isdigit() and len(version) <= len(str(MAX_VERSION))
+        if not digits or not 1 <= int(version) <= MAX_VERSION:
+            raise InvalidName(
+                f"version {quote(version, 40)} in {quote(text, 180)} is not a positive integer up to {MAX_VERSION}; "
+                "write NAME:VERSION"
+            )
         return cls(name, int(version))
