@@ -692,6 +692,36 @@ def test_expect_100_continue_is_answered_before_the_body(server: ServerThread) -
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 200") == 2, answer[:300]
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "extra", "status", "said"),
+    [
+        ("/v2/models/no-such-model/infer", "POST", "", 404, "Request for unknown model: 'no-such-model' is not found"),
+        ("/v2/models/mlp/versions/9/infer", "POST", "", 404, "version 9"),
+        (INFER, "PUT", "", 405, "use POST here"),
+        (INFER, "POST", "Content-Encoding: br\r\n", 415, "content encoding 'br' is not supported"),
+        (INFER, "POST", "Content-Type: image/png\r\n", 415, "content type 'image/png' is not supported"),
+        ("/v2/nowhere", "POST", "", 404, "no route '/v2/nowhere'"),
+    ],
+)
+def test_expect_100_continue_of_a_request_its_headers_refuse_gets_the_refusal_instead(
+    raw: Raw, path: str, method: str, extra: str, status: int, said: str
+) -> None:
+    """curl asks before sending a body over 1 MB: a typo in the model's name no longer costs the upload (helper-254:
+    100 Continue, the whole body read, then 404), and the refusal is the one the request gets once read."""
+    before = sum(_failures(raw).values())
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\nExpect: 100-continue\r\n{extra}\r\n"
+    with socket.create_connection(("127.0.0.1", raw.port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        answer = _read_response(sock)  # the server closes after it: the body it refused is never sent
+    assert answer.startswith(b"HTTP/1.1 %d " % status) and b"100 Continue" not in answer, answer[:300]
+    assert said in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    if status == 405:
+        assert b"\r\nallow: POST\r\n" in answer
+    if path.endswith("/infer") and method == "POST":  # counted as the request would have been
+        assert sum(_failures(raw).values()) == before + 1
+    raw.infer_ok()
+
+
 def test_an_upgrade_request_is_answered_as_plain_http(server: ServerThread) -> None:
     """curl --http2 asks for h2c on every request; the answer is HTTP/1.1, and nothing extra follows."""
     upgrade = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"

@@ -277,6 +277,23 @@ class HttpApp:
         """``route``, then the restriction of the handler's API (``--http-restricted-api``): 403 without its header."""
         return self.restrict(req, self.route(req.method, req.path))
 
+    def refused_unread(self, req: Request) -> Response | None:
+        """The answer ``req`` gets whatever its body holds, where its headers alone decide it: no route, a method
+        its route does not take, a restricted API, or an inference request of a model not served or in a content
+        type or coding not read. Sent in place of 100 Continue to a client that waits for it before sending its
+        body (curl's, over 1 MB), so that a mistake does not cost the upload (RFC 9110 10.1.1)."""
+        routed = self.resolve(req)
+        if isinstance(routed, Response):
+            return routed
+        handler, args = routed
+        if handler not in (self.infer, self.generate, self.generate_stream):
+            return None
+        try:  # the model resolved and the coding checked, neither of which its body changes; counted as failed
+            self.plane.decode(args[0], args[1] or None, lambda: _coding(req))
+        except PolystackError as e:  # the answer the request would get once read
+            return error_response(e)
+        return None
+
     def restrict(
         self, req: Request, routed: tuple[Handler, list[str]] | Response
     ) -> tuple[Handler, list[str]] | Response:
@@ -889,6 +906,12 @@ def _header_length(headers: dict[bytes, bytes]) -> int | None:
 
 
 def decoded_body(req: Request, limit: int) -> bytes:
+    encoding = _coding(req)
+    return req.body if encoding is None else _decompressed(req.body, encoding, limit)
+
+
+def _coding(req: Request) -> str | None:
+    """The body's content coding (None: as it is), once its content type and coding are ones the server reads."""
     ctype = req.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     if ctype not in _ACCEPTED_TYPES:
         raise UnsupportedMediaType(
@@ -897,11 +920,11 @@ def decoded_body(req: Request, limit: int) -> bytes:
         )
     encoding = req.headers.get(b"content-encoding", b"identity").strip().lower()
     if encoding in (b"identity", b""):
-        return req.body
+        return None
     if encoding == b"x-gzip":  # gzip's old name, which RFC 9110 says a recipient should take as gzip
         encoding = b"gzip"
     if encoding in (b"gzip", b"deflate"):
-        return _decompressed(req.body, encoding.decode(), limit)
+        return encoding.decode()
     raise UnsupportedMediaType(f"content encoding {encoding.decode('latin-1')!r} is not supported; use gzip or deflate")
 
 

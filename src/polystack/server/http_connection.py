@@ -285,7 +285,13 @@ class HttpProtocol(asyncio.Protocol):
         elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.parser.get_http_version() != "1.0":
             # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer; it
             # goes out now, or once the answers to the requests before this one have (an HTTP/1.0 client's
-            # expectation is ignored: RFC 9110 10.1.1)
+            # expectation is ignored: RFC 9110 10.1.1). A request its headers refuse gets its refusal instead
+            path = self._url.split(b"?", 1)[0].decode("latin-1")
+            path = path if path.startswith("/") else _origin_form(path)
+            refused = self.app.refused_unread(Request(self.parser.get_method(), path, self._headers, b"", False))
+            if refused is not None:
+                self._fail_with(refused)
+                return
             self._expecting = True
             self._continue_if_due()
 
@@ -485,11 +491,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def _fail(self, code: int, message: str) -> None:
         """End the connection with an error, after the answers to the requests before it."""
+        self._fail_with(Response(code, orjson.dumps({"error": message})))
+
+    def _fail_with(self, response: Response) -> None:
+        """End the connection with ``response``, after the answers to the requests before it."""
         if self._refused:
             return
         self._refused = True
         self.last_active = self._loop.time()
-        response = Response(code, orjson.dumps({"error": message}))
         if self.busy:
             self._final = response
             self._update_reading()  # keep draining the client while the others finish
@@ -500,10 +509,12 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        extra = b"".join(b"%s: %s\r\n" % kv for kv in resp.headers)  # a 405's Allow
         transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
-            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, resp.length, _date_line(), resp.whole())
-        )
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%sconnection: close\r\n\r\n%s"
+            % (resp.status, _REASONS.get(resp.status, b"Error"), resp.content_type, resp.length, extra, _date_line(),
+               resp.whole())
+        )  # fmt: skip
         if not transport.can_write_eof():
             transport.close()
             return
