@@ -356,7 +356,7 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_register_variants_and_predict_a_variant(tmp_path: Path) -> None:
     home = tmp_path / "home"
     path = zoo.sklearn_pipeline_skops(tmp_path / "pipe.skops")
-    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((120, 6)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = _cli(
         home,
@@ -382,7 +382,7 @@ def test_cli_register_variants_and_predict_a_variant(tmp_path: Path) -> None:
     onnx_variant = next(v for v in listed if v["backend"] == "onnxruntime")
     out = _cli(home, "predict", "pipe", "--variant", onnx_variant["id"], "--input", str(tmp_path / "x.npy"))
     assert out.returncode == 0, out.stderr
-    assert np.asarray(json.loads(out.stdout)["probabilities"]).shape == (40, 3)
+    assert np.asarray(json.loads(out.stdout)["probabilities"]).shape == (120, 3)
     table = _cli(home, "variants", "pipe", "--no-build")
     assert "verified" in table.stdout and onnx_variant["id"] in table.stdout
     bad = _cli(home, "predict", "pipe", "--variant", "000000000000", "--input", str(tmp_path / "x.npy"))
@@ -512,3 +512,18 @@ def test_a_variant_whose_bytes_another_row_let_go_before_it_was_checked_is_check
     assert lost and report.variants
     assert all(v.status == "verified" for v in report.variants), [v.error for v in report.variants]
     assert all(v.digest and store.blobs.has(v.digest) for v in report.variants)
+
+
+def test_samples_of_no_rows_or_of_unequal_rows_are_refused() -> None:
+    from polystack.errors import InvalidRequest
+    from polystack.types import DType, Signature, TensorSpec
+
+    sig = Signature(
+        inputs=(TensorSpec("a", DType.FP32, (-1, 2)), TensorSpec("b", DType.FP32, (-1, 3))),
+        outputs=(TensorSpec("y", DType.FP32, (-1, 1)),),
+    )
+    with pytest.raises(InvalidRequest, match="holds no rows"):
+        samples.check({"a": np.zeros((0, 2)), "b": np.zeros((0, 3))}, sig)
+    with pytest.raises(InvalidRequest, match=r"different numbers of rows \(\[4, 5\]\)"):
+        samples.check({"a": np.zeros((4, 2)), "b": np.zeros((5, 3))}, sig)
+    assert samples.rows(samples.check({"a": np.zeros((4, 2)), "b": np.zeros((4, 3))}, sig), sig) == 4

@@ -95,3 +95,68 @@ def test_tolerances_are_overridden_per_model_by_key_value() -> None:
         Tolerance.parse(["cosine=0.9"])
     with pytest.raises(InvalidRequest, match="invalid tolerance"):
         Tolerance.parse(["int8_min_cosine=lots"])
+
+
+REG = Signature(  # a regression: one value a row, about 49 give or take 1 (helper-258's reg1)
+    inputs=(TensorSpec("x", DType.FP32, (-1, 4)),),
+    outputs=(TensorSpec("y", DType.FP32, (-1, 1)),),
+)
+
+
+def test_int8_answering_a_regressions_near_constant_is_rejected_by_its_error_over_the_spread() -> None:
+    # a row of one value has cosine 1 with any value of its sign: an int8 answering 50 for every row passed
+    r = (49 + np.random.default_rng(4).standard_normal((128, 1))).astype(np.float32)
+    flat = np.full_like(r, 50.0)
+    v = compare({"y": r}, {"y": flat}, REG, "int8")
+    assert v.metrics["outputs"]["y"]["min_row_cosine"] == 1.0
+    assert not v.passed and "rms error" in (v.reason or "") and "of the reference's spread > 0.1" in (v.reason or "")
+    close = r + np.random.default_rng(5).standard_normal(r.shape).astype(np.float32) * 0.03  # 3% of the spread
+    assert compare({"y": r}, {"y": close}, REG, "int8").passed
+    # bf16 is judged so too, at 5% (its bound relative to max|ref|, 1.0 here, let a 0.3-off bf16 pass)
+    off = r + np.float32(0.3)
+    v = compare({"y": r}, {"y": off}, REG, "bf16")
+    assert not v.passed and "> 0.05" in (v.reason or "")
+
+
+def test_int8_off_by_a_scale_fails_though_every_row_cosine_is_1() -> None:
+    r = ref()
+    v = compare({"logits": r}, {"logits": r * 2}, SIG, "int8")
+    assert v.metrics["outputs"]["logits"]["min_row_cosine"] == pytest.approx(1.0)
+    assert not v.passed and "rms error" in (v.reason or "")
+
+
+def test_nan_in_the_reference_is_matched_by_position_and_the_rest_judged() -> None:
+    # one NaN made max|a-b| NaN, and every bound's comparison false: a bf16 answering zeros passed
+    r = ref()
+    r[5, 2] = np.nan
+    zeros = np.where(np.isnan(r), np.nan, 0).astype(np.float32)
+    v = compare({"logits": r}, {"logits": zeros}, SIG, "bf16")
+    assert not v.passed and "half-precision bound" in (v.reason or "")
+    assert v.metrics["outputs"]["logits"]["non_finite_ref"] == 1
+    assert compare({"logits": r}, {"logits": r.copy()}, SIG, "fp32").passed
+    elsewhere = r.copy()
+    elsewhere[5, 2], elsewhere[6, 3] = 0.0, np.nan
+    v = compare({"logits": r}, {"logits": elsewhere}, SIG, "fp32")
+    assert not v.passed and "2 values NaN/inf" in (v.reason or "")
+    inf = r.copy()
+    inf[5, 2] = np.inf  # another non-finite value where the reference's is NaN
+    assert not compare({"logits": r}, {"logits": inf}, SIG, "fp32").passed
+
+
+def test_a_comparison_of_no_rows_fails() -> None:
+    # samples of no rows: no reference output, nothing compared, and every variant passed
+    v = compare({}, {}, SIG, "int8")
+    assert not v.passed and "no rows" in (v.reason or "")
+    empty = np.zeros((0, 10), np.float32)
+    assert not compare({"logits": empty}, {"logits": empty}, SIG, "fp32").passed
+
+
+def test_tolerances_refuse_what_would_disable_a_check() -> None:
+    for bad in ("fp32_rtol=inf", "half_rtol=nan", "int8_min_cosine=-3", "int8_max_spread_err=-1"):
+        with pytest.raises(InvalidRequest, match="invalid tolerance"):
+            Tolerance.parse([bad])
+    with pytest.raises(InvalidRequest, match="names no output 'probs'; the model's outputs are logits"):
+        Tolerance.parse(["class_outputs=probs"]).check_outputs(SIG)
+    with pytest.raises(InvalidRequest, match="names no output; name the outputs"):
+        Tolerance.parse(["class_outputs="]).check_outputs(SIG)
+    Tolerance.parse(["class_outputs=logits"]).check_outputs(SIG)

@@ -23,6 +23,7 @@ from polystack.store.models import SYNTHESIZED, removed_meanwhile
 from polystack.types import DType, Signature, TensorSpec
 
 DEFAULT_COUNT = 128  # rows: a 99% top-1 gate needs 100+ rows to tolerate one near-tie flip
+FEW_ROWS = 100  # fewer given: register warns that the gate's figures mean little
 MIN_COUNT = 8
 MAX_SYNTHETIC_BYTES = 16 << 20
 DYNAMIC_DIM = 16  # size given to dynamic dimensions other than the batch
@@ -100,6 +101,11 @@ def check(raw: Mapping[str, np.ndarray], signature: Signature, source: str = "sa
                 f"{list(spec.shape)} (-1 = any size)"
             )
         out[spec.name] = arr
+    if signature.batched and out and not rows(out, signature):  # the gate compared nothing and passed everything
+        raise InvalidRequest(f"{source} holds no rows; give the model's real inputs, 100 rows or more")
+    counts = {len(a) for spec, a in zip(signature.inputs, out.values(), strict=True) if spec.batched}
+    if len(counts) > 1:
+        raise InvalidRequest(f"{source}: its inputs hold different numbers of rows ({sorted(counts)}); give them one")
     return out
 
 
@@ -198,6 +204,13 @@ def rows(samples: Mapping[str, np.ndarray], signature: Signature) -> int:
     if not signature.batched:
         return 1
     return int(next(iter(samples.values())).shape[0]) if samples else 0
+
+
+def first_rows(samples: Mapping[str, np.ndarray], signature: Signature, count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` rows of the samples (all of them when the model takes no batch)."""
+    if not signature.batched:
+        return dict(samples)
+    return {spec.name: samples[spec.name][:count] if spec.batched else samples[spec.name] for spec in signature.inputs}
 
 
 def batches(samples: Mapping[str, np.ndarray], signature: Signature, size: int) -> list[dict[str, Any]]:

@@ -181,6 +181,24 @@ def test_register_keeps_class_labels_and_refuses_files_that_do_not_fit(
     fails_with(run(home, "register", str(mlp_path), "--labels", f"z={labels}", check=False), "no output 'z'")
 
 
+def test_register_refuses_samples_and_tolerances_that_would_blind_the_gate(
+    home: Path, mlp_path: Path, tmp_path: Path
+) -> None:
+    """helper-258: samples of no rows made every variant verified on nothing, a class_outputs naming no output
+    dropped the top-1 check, and an infinite bound was no bound; a few rows are taken, with a warning."""
+    np.save(tmp_path / "none.npy", np.zeros((0, 8), np.float32))
+    fails_with(run(home, "register", str(mlp_path), "--samples", str(tmp_path / "none.npy"), check=False), "no rows")
+    fails_with(run(home, "register", str(mlp_path), "--tolerance", "class_outputs=logits", check=False),
+               "names no output 'logits'; the model's outputs are y")  # fmt: skip
+    fails_with(run(home, "register", str(mlp_path), "--tolerance", "fp32_rtol=inf", check=False), "invalid tolerance")
+    np.save(tmp_path / "two.npy", np.ones((2, 8), np.float32))
+    out = run(home, "register", str(mlp_path), "--name", "mlp", "--samples", str(tmp_path / "two.npy"))
+    assert "warning: the samples hold 2 rows" in " ".join(out.stderr.split()), out.stderr
+    run(home, "variants", "mlp")
+    again = run(home, "register", str(mlp_path), "--name", "mlp", "--tolerance", "int8_min_cosine=0.999")
+    assert "has tolerances given again" in again.stderr and "--rebuild" in again.stderr, again.stderr
+
+
 def test_registering_the_same_bytes_with_samples_gives_the_model_those_samples(
     home: Path, mlp_path: Path, tmp_path: Path
 ) -> None:

@@ -68,9 +68,18 @@ def register(
         if labels:
             settings.update(label_settings(parse_label_options(labels, imported.signature)))
         if tolerance:
-            settings["tolerance"] = Tolerance.parse(tolerance).model_dump(exclude_defaults=True)
+            tol = Tolerance.parse(tolerance)
+            tol.check_outputs(imported.signature)
+            settings["tolerance"] = tol.model_dump(exclude_defaults=True)
         if samples is not None:
             data = samples_mod.read(samples, imported.signature)
+            given = samples_mod.rows(data, imported.signature)
+            if imported.signature.batched and given < samples_mod.FEW_ROWS:
+                err_console.print(
+                    f"[yellow]warning:[/] the samples hold {given} rows: the gate judges every variant on them (and "
+                    f"int8 is calibrated on half), so its figures mean little below {samples_mod.FEW_ROWS}; give more",
+                    highlight=False,
+                )
         else:
             data = samples_mod.synthesize(imported.signature)
             settings[SYNTHESIZED] = True
@@ -88,11 +97,11 @@ def register(
     record, created = added.record, added.created
     if samples is None and record.settings.get(SYNTHESIZED):
         err_console.print(f"[yellow]warning:[/] {samples_mod.SYNTHETIC_WARNING}")
-    if added.samples_replaced and store.variants.for_model(record):
+    changed = "new samples" if added.samples_replaced else "tolerances given again" if tolerance and not created else ""
+    if changed and store.variants.for_model(record):
         err_console.print(
-            f"[yellow]note:[/] {record.name}:{record.version} has new samples; its variants were built and checked "
-            f"on the old ones: `polystack variants {record.name}:{record.version} --rebuild` builds and checks them "
-            "again",
+            f"[yellow]note:[/] {record.name}:{record.version} has {changed}; its variants were built and checked "
+            f"before: `polystack variants {record.name}:{record.version} --rebuild` builds and checks them again",
             highlight=False,
         )
     if as_json:
