@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from polystack.errors import quote
+from polystack.errors import InvalidRequest, load_failed, quote
 
 
 def test_a_deeply_nested_value_is_not_shown_whatever_the_recursion_limit() -> None:
@@ -22,3 +22,9 @@ def test_a_deeply_nested_value_is_not_shown_whatever_the_recursion_limit() -> No
         sys.setrecursionlimit(was)
     assert quote([[1, 2], {"a": [3]}]) == "[[1, 2], {'a': [3]}]"
     assert quote("t" * 200) == repr("t" * 200)[:77] + "..."
+
+
+def test_a_failed_load_is_led_by_its_name_once() -> None:
+    assert load_failed("m", InvalidRequest("no such file")).message == "failed to load 'm': no such file"
+    polled = InvalidRequest("failed to load 'm', failed to poll from model repository: unreadable")
+    assert load_failed("m", polled).message == "failed to load 'm', failed to poll from model repository: unreadable"

@@ -282,8 +282,10 @@ def quote(value: object, limit: int = 80) -> str:
 
 def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
-    done: the same error, whatever its type, wherever it was raised."""
-    return e.prefixed(f"failed to load {quote(name, 140)}")  # a URL's name may be 64 KiB; the store's <= 128
+    done: the same error, whatever its type, wherever it was raised; one that says so already (Triton's words for
+    a load whose folder could not be read) is left as it is."""
+    lead = f"failed to load {quote(name, 140)}"  # a URL's name may be 64 KiB; the store's <= 128
+    return e if e.message.startswith(lead) else e.prefixed(lead)
 
 
 def _deeper(value: object, depth: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import json
+import logging
 import re
 import signal
 import time
@@ -505,8 +506,10 @@ def test_a_config_polystack_cannot_honour_is_refused_and_changes_nothing(
 ) -> None:
     before = config_of(server, "mlp")
     g = grpcclient.InferenceServerClient(server.grpc_url)
-    with pytest.raises(InferenceServerException) as e:
+    with caught_logs("polystack.server", logging.ERROR) as records, pytest.raises(InferenceServerException) as e:
         g.load_model("mlp", config=config)
+    logged = [r.getMessage() for r in records if r.getMessage().startswith("failed to load 'mlp'")]
+    assert len(logged) == 1 and logged[0].count("failed to load 'mlp'") == 1, logged  # the lead once (helper-259)
     # text that is not JSON fails Triton's poll: INTERNAL, as tritonserver 2.51 answers it (helper-107, -108); so
     # does a config naming another model (2.51: "unexpected directory name ... must equal model name", helper-189)
     polled = "is not JSON" in e.value.message() or "names model" in e.value.message()
