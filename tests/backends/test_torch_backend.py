@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from polystack.backends import registry
@@ -34,3 +35,18 @@ def test_a_program_writing_into_its_input_leaves_a_read_only_request_as_it_came(
         [y] = model.infer({sig.inputs[0].name: x}).values()
     assert data == np.arange(6, dtype=np.float32).tobytes()
     np.testing.assert_array_equal(y, (np.arange(6, dtype=np.float32).reshape(2, 3) + 1) * 2)
+
+
+def test_inputs_outside_the_programs_exported_bounds_are_refused_as_the_clients_mistake(tmp_path: Path) -> None:
+    # torch.export's Dim(max=1024) guard failed as "PyTorch failed: AssertionError: Guard failed: ...", a server
+    # error that did not say what to do (helper-258)
+    from polystack.errors import InvalidTensor
+
+    path = save_torch_export(torch.nn.Linear(3, 2), (torch.ones(2, 3),), tmp_path / "m.pt2")
+    sig = import_model(path, tmp_path).signature
+    backend = registry.get("torch")
+    model = backend.load(path, sig, backend.parse_options({}), "cpu")
+    name = sig.inputs[0].name
+    assert model.infer({name: np.ones((1024, 3), np.float32)})[sig.outputs[0].name].shape == (1024, 2)
+    with pytest.raises(InvalidTensor, match=r"Guard failed.*torch.export bounded the sizes it takes"):
+        model.infer({name: np.ones((1025, 3), np.float32)})

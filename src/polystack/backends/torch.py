@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polystack.backends.base import Backend, LoadedModel, writable
-from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, PolystackError
+from polystack.errors import BackendError, BackendUnavailable, InvalidModelFile, InvalidTensor, PolystackError
 from polystack.types import DType, Signature
 
 
@@ -69,7 +69,13 @@ class TorchModel:
         except PolystackError:
             raise
         except Exception as e:
-            raise BackendError(f"PyTorch failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            first = str(e).splitlines()[0] if str(e) else ""
+            if "Guard failed" in first:  # the program's shape guards (torch.export's Dim bounds) refuse these inputs
+                raise InvalidTensor(
+                    f"the exported program refuses these inputs' shapes ({first}): torch.export bounded the sizes "
+                    "it takes (its Dims' min and max); send inputs within them, or export it with wider bounds"
+                ) from e
+            raise BackendError(f"PyTorch failed: {type(e).__name__}: {first}") from e
 
     def close(self) -> None:
         self.module = None
