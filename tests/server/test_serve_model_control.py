@@ -5,6 +5,8 @@ server process, the real tritonclient."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -120,12 +122,28 @@ def test_poll_and_none_modes_are_polystacks_polling_and_default(tmp_path: Path) 
         (repo / "c" / "1").mkdir(parents=True)
         mlp_onnx(repo / "c" / "1" / "model.onnx")
         assert until(lambda: client.is_model_ready("c", "1"))
+        # a folder gone and a version gone: said in the repository's words, not the store's (helper-259: "it is
+        # registered, version 1 the latest, but not loaded; load it first", a load refused in poll mode, and "b
+        # has no version 1; it has versions [2]" with b/1 on disk)
+        (repo / "b" / "2").mkdir()
+        mlp_onnx(repo / "b" / "2" / "model.onnx")
+        (repo / "b" / "config.pbtxt").write_text("version_policy: { specific: { versions: [2] } }\n")
+        shutil.rmtree(repo / "c")
+        assert until(lambda: not client.is_model_ready("c") and not client.is_model_ready("b", "1"))
+        x = httpclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        for name, version, said in [
+            ("c", "", "'c' has no available versions (none is loaded now: unloaded, or its folder left the"),
+            ("b", "1", "'b' version 1 is not at ready state; the versions served are 2"),
+        ]:
+            with pytest.raises(InferenceServerException, match=re.escape(said)):
+                client.infer(name, [x], model_version=version)
         client.close()
     # none: what the start names, no loads; a poll interval outside poll mode ignored, as Triton ignores it
     args = ["--model-repository", str(repo), "--model-control-mode", "none", "--repository-poll-secs", "0.2"]
     client, server = _serve(tmp_path, args, "serve2.log")
     with server:
-        assert _ready(client) == ["a", "b", "c", "inner", "pipe"]
+        assert _ready(client) == ["a", "b", "inner", "pipe"]  # c's folder went above
         (repo / "d" / "1").mkdir(parents=True)
         mlp_onnx(repo / "d" / "1" / "model.onnx")
         with pytest.raises(InferenceServerException, match="not allowed"):

@@ -1311,6 +1311,20 @@ class DataPlane:
                         "gRPC ModelStatistics) list the models served from the model repository (polystack's store "
                         "holds a model of that name, which this server has not loaded)"
                     ) from None
+                if self.repository is not None:  # the store's words (registered, its versions) mean nothing here
+                    serving = sorted(k[1] for k in self._served if k[0] == name)
+                    if isinstance(e, ModelNotReady | VersionNotFound) and serving:
+                        known = "is not at ready state" if isinstance(e, ModelNotReady) else "is not found"
+                        raise type(e)(  # Triton's words, then which versions the folder's policy serves
+                            f"Request for unknown model: {name!r} version {v} {known}; the versions served are "
+                            f"{', '.join(map(str, serving))}"
+                        ) from None
+                    if isinstance(e, ModelNotFound) and not serving and e.message.startswith("Request for unknown"):
+                        raise ModelNotFound(
+                            f"Request for unknown model: {name!r} has no available versions (none is loaded now: "
+                            "unloaded, or its folder left the repository); the repository index (POST "
+                            "/v2/repository/index) lists the models the repository holds"
+                        ) from None
                 if isinstance(e, ModelNotReady):
                     raise
                 raise _unknown(name, v, e, self.repository is not None) from None
