@@ -104,7 +104,7 @@ def check(raw: Mapping[str, np.ndarray], signature: Signature, source: str = "sa
     if signature.batched and out and not rows(out, signature):  # the gate compared nothing and passed everything
         raise InvalidRequest(f"{source} holds no rows; give the model's real inputs, 100 rows or more")
     counts = {len(a) for spec, a in zip(signature.inputs, out.values(), strict=True) if spec.batched}
-    if len(counts) > 1:
+    if signature.batched and len(counts) > 1:
         raise InvalidRequest(f"{source}: its inputs hold different numbers of rows ({sorted(counts)}); give them one")
     return out
 
@@ -206,11 +206,11 @@ def rows(samples: Mapping[str, np.ndarray], signature: Signature) -> int:
     return int(next(iter(samples.values())).shape[0]) if samples else 0
 
 
-def first_rows(samples: Mapping[str, np.ndarray], signature: Signature, count: int) -> dict[str, np.ndarray]:
-    """The first ``count`` rows of the samples (all of them when the model takes no batch)."""
-    if not signature.batched:
+def every_other_row(samples: Mapping[str, np.ndarray], signature: Signature) -> dict[str, np.ndarray]:
+    """Rows 0, 2, 4, ... of the samples (all of them when the model takes no batch, or when there is one row)."""
+    if not signature.batched or rows(samples, signature) < 2:
         return dict(samples)
-    return {spec.name: samples[spec.name][:count] if spec.batched else samples[spec.name] for spec in signature.inputs}
+    return {spec.name: samples[spec.name][::2] if spec.batched else samples[spec.name] for spec in signature.inputs}
 
 
 def batches(samples: Mapping[str, np.ndarray], signature: Signature, size: int) -> list[dict[str, Any]]:
