@@ -33,7 +33,10 @@ def main() -> None:
         _fail(f"{e.format_message().rstrip('.')}; see {e.ctx.command_path if e.ctx else 'polystack'} --help")
     except ClickException as e:
         _fail(e.format_message(), e.exit_code)
-    except typer.Abort as e:  # typer's answer to an EOFError: a file that ended before its data did
+    except typer.Abort as e:  # typer's answer to an EOFError (a file that ended before its data did), and click's
+        if isinstance(e.__cause__, KeyboardInterrupt):  # to Ctrl-C (typer before 0.2x)
+            _say("stopped (Ctrl-C)")
+            sys.exit(130)
         _fail(f"an input file ended too soon ({e.__cause__ or 'end of file'}); check that it was written whole")
     except PolystackError as e:
         _log_file(e.message)
