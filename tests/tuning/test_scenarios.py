@@ -217,3 +217,11 @@ def test_ctrl_c_in_a_run_ends_it_and_then_interrupts_the_caller(scenario: str) -
     assert not scenarios._STOPPING.is_set()  # the next run runs
     r = scenarios.single_stream(NullModel(SIG, delay_ms=0.2), synthetic(SIG, n=8), RUN, expected_latency_s=2e-4)
     assert r.queries >= 8 and r.errors == 0
+
+
+def test_a_stop_left_from_before_does_not_skip_the_next_run() -> None:
+    # a run that raised after a Ctrl-C left the flag set, and every later run completed its samples unrun
+    scenarios._STOPPING.set()
+    model = CtrlCAt(at=10**9)  # never presses it
+    r = scenarios.single_stream(model, synthetic(SIG, n=8), RUN, expected_latency_s=2e-4)
+    assert r.queries >= 8 and model.calls >= r.queries and not scenarios._STOPPING.is_set()

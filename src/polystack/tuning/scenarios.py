@@ -22,8 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -120,22 +123,46 @@ _STOPPING = threading.Event()
 def _ctrl_c_after() -> Iterator[None]:
     """Ctrl-C while LoadGen runs, noted and raised once it has returned: a KeyboardInterrupt raised in a Python
     callback LoadGen called (its QSL's, its SUT's, on the main thread) crossed its C++ and terminated the process
-    (a segfault or an abort, its log folder left behind). A second Ctrl-C stops the process at once."""
+    (a segfault or an abort, its log folder left behind). The signal is seen at once through a wakeup file that a
+    thread reads (the main thread runs no Python while it waits in LoadGen, an Offline run's whole length); a
+    second Ctrl-C stops the process at once."""
+    _STOPPING.clear()  # whatever an earlier run left
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets the signal
         yield
         return
 
-    def noted(signum: int, frame: Any) -> None:
+    def noted(signum: int, frame: Any) -> None:  # on the main thread, when it runs Python: never raises
         _STOPPING.set()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+
+    def watch() -> None:
+        seen = 0
+        with contextlib.suppress(OSError):
+            while got := reader.recv(16):
+                seen += got.count(signal.SIGINT)
+                if seen == 1:
+                    _STOPPING.set()
+                elif seen > 1:
+                    sys.stderr.write("stopped at once (Ctrl-C twice)\n")
+                    os._exit(130)
 
     before = signal.signal(signal.SIGINT, noted)
+    wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="ctrl-c", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
-    if _STOPPING.is_set():
+        signal.set_wakeup_fd(wakeup)
+        signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)  # None: C's
+        writer.close()  # the watcher reads its end and stops
+        watcher.join(1.0)
+        reader.close()
+        stopped = _STOPPING.is_set()
         _STOPPING.clear()
+    if stopped:
         raise KeyboardInterrupt
 
 
