@@ -682,6 +682,27 @@ def test_expect_100_continue_behind_a_request_in_flight_is_answered_after_it(
         st.stop()
 
 
+def test_expect_100_continue_is_refused_only_once_the_requests_before_it_are_answered(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    """The refusal is decided when the 100 Continue would go, after the requests pipelined before it (one of them
+    may load or unload its model: helper-260), and comes after their answers."""
+    st = start(model_store[0], models=["mlp", "slow"])
+    try:
+        body = json.dumps({"inputs": [good_input()]}).encode()
+        waiting = _request(b"", "/v2/models/nope/infer", extra="Expect: 100-continue\r\n").replace(
+            b"Length: 0", b"Length: %d" % len(body)
+        )
+        with socket.create_connection(("127.0.0.1", st.http_port), timeout=5) as sock:
+            sock.sendall(_request(body, "/v2/models/slow/infer") + waiting)
+            answer = _read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        second = answer.index(b"HTTP/1.1 404")
+        assert second > 0 and b"100 Continue" not in answer and b"'nope' is not found" in answer[second:]
+    finally:
+        st.stop()
+
+
 def test_expect_100_continue_is_answered_before_the_body(server: ServerThread) -> None:
     body = json.dumps({"inputs": [good_input()]}).encode()
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
@@ -709,11 +730,15 @@ def test_expect_100_continue_of_a_request_its_headers_refuse_gets_the_refusal_in
     """curl asks before sending a body over 1 MB: a typo in the model's name no longer costs the upload (helper-254:
     100 Continue, the whole body read, then 404), and the refusal is the one the request gets once read."""
     before = sum(_failures(raw).values())
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\nExpect: 100-continue\r\n{extra}\r\n"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\nExpect: 100-continue\r\n"
+        f"X-Request-ID: asked-{status}\r\n{extra}\r\n"
+    )
     with socket.create_connection(("127.0.0.1", raw.port), timeout=5) as sock:
         sock.sendall(head.encode())
         answer = _read_response(sock)  # the server closes after it: the body it refused is never sent
     assert answer.startswith(b"HTTP/1.1 %d " % status) and b"100 Continue" not in answer, answer[:300]
+    assert b"\r\nx-request-id: asked-%d\r\n" % status in answer  # echoed, as every answer echoes it
     assert said in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
     if status == 405:
         assert b"\r\nallow: POST\r\n" in answer

@@ -135,6 +135,7 @@ def test_poll_and_none_modes_are_polystacks_polling_and_default(tmp_path: Path) 
         for name, version, said in [
             ("c", "", "'c' has no available versions (none is loaded now: unloaded, or its folder left the"),
             ("b", "1", "'b' version 1 is not at ready state; the versions served are 2"),
+            ("c", "1", "'c' version 1 is not at ready state (none is loaded now: unloaded, or its folder left"),
         ]:
             with pytest.raises(InferenceServerException, match=re.escape(said)):
                 client.infer(name, [x], model_version=version)

@@ -1319,11 +1319,15 @@ class DataPlane:
                             f"Request for unknown model: {name!r} version {v} {known}; the versions served are "
                             f"{', '.join(map(str, serving))}"
                         ) from None
+                    gone = "none is loaded now: unloaded, or its folder left the repository"
                     if isinstance(e, ModelNotFound) and not serving and e.message.startswith("Request for unknown"):
                         raise ModelNotFound(
-                            f"Request for unknown model: {name!r} has no available versions (none is loaded now: "
-                            "unloaded, or its folder left the repository); the repository index (POST "
-                            "/v2/repository/index) lists the models the repository holds"
+                            f"Request for unknown model: {name!r} has no available versions ({gone}); the repository "
+                            "index (POST /v2/repository/index) lists the models the repository holds"
+                        ) from None
+                    if isinstance(e, ModelNotReady) and not serving:
+                        raise ModelNotReady(
+                            f"Request for unknown model: {name!r} version {v} is not at ready state ({gone})"
                         ) from None
                 if isinstance(e, ModelNotReady):
                     raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import email.utils
 import inspect
 import time
@@ -285,19 +286,25 @@ class HttpProtocol(asyncio.Protocol):
         elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.parser.get_http_version() != "1.0":
             # curl and libcurl ask before sending a body over 1 MB, and wait 1 s for this answer; it
             # goes out now, or once the answers to the requests before this one have (an HTTP/1.0 client's
-            # expectation is ignored: RFC 9110 10.1.1). A request its headers refuse gets its refusal instead
-            path = self._url.split(b"?", 1)[0].decode("latin-1")
-            path = path if path.startswith("/") else _origin_form(path)
-            refused = self.app.refused_unread(Request(self.parser.get_method(), path, self._headers, b"", False))
-            if refused is not None:
-                self._fail_with(refused)
-                return
+            # expectation is ignored: RFC 9110 10.1.1)
             self._expecting = True
             self._continue_if_due()
 
     def _continue_if_due(self) -> None:
         if self._expecting and not self.busy and self.transport is not None:
             self._expecting = False
+            # a request its headers alone refuse gets its refusal instead, decided now, after the requests before
+            # it (a load before it may serve its model), and the connection ends
+            path = self._url.split(b"?", 1)[0].decode("latin-1")
+            path = path if path.startswith("/") else _origin_form(path)
+            req = Request(self.parser.get_method(), path, self._headers, b"", False)
+            refused = self.app.refused_unread(req)
+            if refused is not None:
+                rid = req.headers.get(b"x-request-id")
+                headers = [*refused.headers, (b"x-request-id", rid)] if rid else refused.headers
+                log_request(self.app, req, refused.status)
+                self._fail_with(dataclasses.replace(refused, headers=headers))
+                return
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._restart_request_clock()  # the client waited for this before sending the body
 
