@@ -527,3 +527,7 @@ def test_samples_of_no_rows_or_of_unequal_rows_are_refused() -> None:
     with pytest.raises(InvalidRequest, match=r"different numbers of rows \(\[4, 5\]\)"):
         samples.check({"a": np.zeros((4, 2)), "b": np.zeros((5, 3))}, sig)
     assert samples.rows(samples.check({"a": np.zeros((4, 2)), "b": np.zeros((4, 3))}, sig), sig) == 4
+    # a model that takes no batch (a fixed first output dim): its inputs' first dims are its own (helper-260)
+    pair = Signature(inputs=sig.inputs, outputs=(TensorSpec("score", DType.FP32, (1,)),))
+    assert not pair.batched
+    assert samples.check({"a": np.zeros((3, 2)), "b": np.zeros((5, 3))}, pair)["b"].shape == (5, 3)
