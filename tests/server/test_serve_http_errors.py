@@ -305,6 +305,24 @@ def test_batch_over_the_maximum_is_400(raw: Raw) -> None:
     check_error(raw, status, doc, 400, "inference request batch-size must be <= 64", "not 65")
 
 
+def test_a_binary_header_length_given_twice_is_refused_unless_both_agree(raw: Raw) -> None:
+    """Two different lengths of the JSON part: which one the client meant is unknown; the last was taken (helper-254).
+    The same length twice (a proxy repeating a header) is one length."""
+    head = json.dumps({"inputs": [{**good_input(data=None), "parameters": {"binary_data_size": 64}}]}).encode()
+    body = head + np.zeros(16, np.float32).tobytes()
+
+    def sent(*lengths: int) -> bytes:
+        extra = "".join(f"Inference-Header-Content-Length: {n}\r\n" for n in lengths)
+        with socket.create_connection(("127.0.0.1", raw.port), timeout=5) as sock:
+            sock.sendall(_request(body, extra=extra + "Connection: close\r\n"))
+            return _read_response(sock)
+
+    refused = sent(len(head) + 1, len(head))
+    assert refused.startswith(b"HTTP/1.1 400") and b"Inference-Header-Content-Length twice" in refused, refused[:300]
+    assert sent(len(head), len(head)).startswith(b"HTTP/1.1 200")
+    raw.infer_ok()
+
+
 def test_binary_header_length_larger_than_body_is_400(raw: Raw) -> None:
     body = json.dumps({"inputs": [good_input()]}).encode()
     status, _, data = raw.request("POST", INFER, body, {"Inference-Header-Content-Length": str(len(body) + 100)})

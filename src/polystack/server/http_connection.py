@@ -263,6 +263,10 @@ class HttpProtocol(asyncio.Protocol):
             self._names[key] = name
         if key == b"transfer-encoding" and key in self._headers:  # codings over several lines are one list
             value = self._headers[key] + b", " + value
+        elif key == b"inference-header-content-length" and self._headers.get(key, value) != value:
+            # two lengths of the JSON part: which one the client meant is unknown (the last one was taken)
+            self._fail(400, "the request gives Inference-Header-Content-Length twice, with different values; give one")
+            return
         self._headers[key] = value
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > _MAX_HEADER_BYTES:
