@@ -160,3 +160,35 @@ def test_output_folder_with_foreign_files_is_refused(
     with pytest.raises(Conflict, match="not a polystack batch job"):
         run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.npy", output=tmp_path / "out"))
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_ctrl_c_mid_run_stops_saying_the_next_run_goes_on(home: Path, mlp: ModelRecord, tmp_path: Path) -> None:
+    # it exited 130 saying nothing (helper-256); it says so now, and the next run resumes
+    src = _input(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    args = ["mlp", "--input", str(src), "--output", str(out), "--key", "id", "--batch-size", "100"]
+    args += ["--part-rows", "700", "--no-progress"]
+    as_from_a_shell = (  # Ctrl-C raises KeyboardInterrupt in it, as in a process a shell starts
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'polystack'; runpy.run_module('polystack', run_name='__main__')"
+    )
+    env = {**os.environ, "POLYSTACK_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", as_from_a_shell, "batch", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while _parts(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130, err.decode()
+    assert lines[-2:] == [
+        "note: the parts written are kept; the same command again goes on where this one stopped",
+        "stopped (Ctrl-C)",
+    ], lines
+    done = _cli(home, *args, "--json")
+    stdout, stderr = done.communicate(timeout=120)
+    assert done.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["resumed_from"] > 0
+    assert len(pq.read_table(out).column("id")) == ROWS - len(range(0, ROWS, BAD_EVERY))
