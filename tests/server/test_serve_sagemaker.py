@@ -38,8 +38,9 @@ def sagemaker(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[tup
 def test_ping_answers_200_with_an_empty_body_and_other_methods_405(sagemaker: tuple[ServerThread, int]) -> None:
     _, port = sagemaker
     assert _call(port, "GET", "/ping") == (200, "text/plain", b"")
-    status, _, body = _call(port, "POST", "/ping")
+    status, ctype, body = _call(port, "POST", "/ping")
     assert status == 405 and json.loads(body)["error"].startswith("Method Not Allowed")
+    assert ctype == "application/json"  # the body it labels (text/plain, helper-262)
 
 
 def test_invocations_answer_json_as_the_http_ports_infer_does(sagemaker: tuple[ServerThread, int]) -> None:

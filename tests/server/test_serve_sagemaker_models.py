@@ -145,6 +145,21 @@ def test_an_ensembles_archive_loads_the_ensemble_with_its_models_and_unloads_the
     assert st.server.plane.store.models.list() == []
 
 
+def test_an_invokes_failures_have_the_statuses_of_any_request(served: tuple[ServerThread, int], tmp_path: Path) -> None:
+    """invoke answered a request's failure with the statuses of loads (helper-262): 400 for a model unloaded over v2
+    behind its name, where 404 makes SageMaker load it again, and 507 for a model's out-of-memory while it ran."""
+    st, port = served
+    assert load(port, "h1", archive(tmp_path / "opt" / "h1"), "add.tar.gz")[0] == 200
+    bad = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    status, _, answer = call(port, "POST", "/models/h1/invoke", bad)
+    assert status == 400 and "unexpected shape" in json.loads(answer)["error"]
+    httpclient.InferenceServerClient(f"127.0.0.1:{st.server.http_port}").unload_model("add.tar.gz")
+    status, _, answer = call(port, "POST", "/models/h1/invoke", BODY)
+    assert status == 404 and "'add.tar.gz'" in json.loads(answer)["error"], answer
+    assert call(port, "GET", "/models/h1")[0] == 404  # as the list, which leaves it out
+    assert call(port, "GET", "/models") == (200, "application/json", b'{"models":[]}')
+
+
 def test_what_is_loaded_already_is_409_in_tritons_words(served: tuple[ServerThread, int], tmp_path: Path) -> None:
     _, port = served
     first, second = archive(tmp_path / "opt" / "h1"), archive(tmp_path / "opt" / "h2", seed=2)

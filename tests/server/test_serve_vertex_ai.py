@@ -51,7 +51,8 @@ def vertex(model_store: tuple[Store, dict[str, ModelRecord]]) -> Iterator[tuple[
 def test_the_health_route_answers_200_with_an_empty_body_and_other_methods_405(vertex: tuple[ServerThread, int]) -> None:
     _, port = vertex
     assert _call(port, "GET", "/health") == (200, "text/plain", b"")
-    assert _call(port, "POST", "/health")[0] == 405
+    status, ctype, body = _call(port, "POST", "/health")
+    assert status == 405 and ctype == "application/json" and "Method Not Allowed" in json.loads(body)["error"]
 
 
 def test_the_predict_route_runs_the_default_model_as_the_http_ports_infer_does(vertex: tuple[ServerThread, int]) -> None:

@@ -115,7 +115,7 @@ class SageMakerApp(HttpApp):
 
     def get_model(self, req: Request, args: list[str]) -> Response:
         archive = self.models.get(args[0])
-        if archive is None:
+        if archive is None or not self.plane.model_ready(archive.model, None):  # as the list (unloaded over v2)
             return Response(404, b"", _TEXT)
         return Response(200, orjson.dumps({"modelName": archive.name, "modelUrl": str(archive.repository)}))
 
@@ -145,10 +145,10 @@ class SageMakerApp(HttpApp):
         if archive is None:
             return Response(404, b"", _TEXT)
         log.debug("invoking a SageMaker model", extra={"model": archive.model, "sagemaker_name": archive.name})
-        try:
-            return await self.invocations_of(req, archive.model)
-        except PolystackError as e:
-            return _refused(e)
+        # its failures answered as /invocations' and the HTTP port's are (Triton's infer handler), not with the
+        # statuses of loads: 507 for a model's out-of-memory while it ran made SageMaker unload other models, and 400
+        # for a model unloaded over v2 (404 makes SageMaker load it again) told it the request was at fault
+        return await self.invocations_of(req, archive.model)
 
     def ping(self, req: Request, args: list[str]) -> Response:
         ok = self.plane.live() if self.settings.ping_live else self.plane.ready()
@@ -176,9 +176,9 @@ def _target(req: Request) -> str | None:
 
 
 def _refused(e: PolystackError) -> Response:
-    """A multi-model endpoint's refusal, with Triton's statuses there: 409 for a name or folder loaded already,
-    507 for memory run out (SageMaker then unloads other models and tries again), 503 while the server drains,
-    400 otherwise."""
+    """A multi-model endpoint's refusal of a load or unload, with Triton's statuses there: 409 for a name or folder
+    loaded already, 507 for memory run out (SageMaker then unloads other models and tries again), 503 while the
+    server drains, 400 otherwise."""
     if isinstance(e, ShuttingDown):
         code = 503
     else:
@@ -187,4 +187,4 @@ def _refused(e: PolystackError) -> Response:
 
 
 def _not_allowed(what: str) -> Response:
-    return Response(405, orjson.dumps({"error": f"Method Not Allowed; {what}"}), _TEXT)
+    return Response(405, orjson.dumps({"error": f"Method Not Allowed; {what}"}))  # JSON, labelled so

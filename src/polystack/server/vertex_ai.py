@@ -141,4 +141,4 @@ class VertexAiApp(HttpApp):
 
 
 def _not_allowed(what: str) -> Response:
-    return Response(405, orjson.dumps({"error": f"Method Not Allowed; {what}"}), _TEXT)
+    return Response(405, orjson.dumps({"error": f"Method Not Allowed; {what}"}))  # JSON, labelled so
