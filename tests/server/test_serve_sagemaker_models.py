@@ -160,6 +160,15 @@ def test_an_invokes_failures_have_the_statuses_of_any_request(served: tuple[Serv
     assert call(port, "GET", "/models") == (200, "application/json", b'{"models":[]}')
 
 
+def test_a_name_loaded_with_a_space_is_reached_percent_encoded(served: tuple[ServerThread, int], tmp_path: Path) -> None:
+    # the route matched the path undecoded: "h 1" loaded, and GET, invoke and DELETE of /models/h%201 were 404
+    _, port = served
+    assert load(port, "h 1", archive(tmp_path / "opt" / "h1"), "add.tar.gz")[0] == 200
+    assert json.loads(call(port, "GET", "/models/h%201")[2])["modelName"] == "h 1"
+    assert call(port, "POST", "/models/h%201/invoke", BODY)[0] == 200
+    assert call(port, "DELETE", "/models/h%201")[0] == 200
+
+
 def test_what_is_loaded_already_is_409_in_tritons_words(served: tuple[ServerThread, int], tmp_path: Path) -> None:
     _, port = served
     first, second = archive(tmp_path / "opt" / "h1"), archive(tmp_path / "opt" / "h2", seed=2)

@@ -36,6 +36,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -99,7 +100,8 @@ class SageMakerApp(HttpApp):
             return (self.invocations, []) if method == b"POST" else _not_allowed("/invocations takes POST")
         found = _MODELS.fullmatch(path)
         if found is not None:  # SageMaker's multi-model endpoints, routed as Triton routes them
-            name, invoke = found.group(1) or "", bool(found.group(2))
+            # the name as loaded: percent-decoded (a name with a space loaded, and no request could reach it)
+            name, invoke = unquote(found.group(1) or ""), bool(found.group(2))
             if method == b"GET":  # not HEAD: 400, as Triton's
                 return (self.get_model, [name]) if name else (self.list_models, [])
             if method == b"POST":
