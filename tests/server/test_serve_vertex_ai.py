@@ -166,6 +166,9 @@ def test_aip_mode_prediction_serves_the_repository_at_aip_storage_uri_on_aip_htt
         ({**ROUTES, "AIP_MODE": "PREDICTION", "AIP_STORAGE_URI": "https://storage.googleapis.com/b/models"},
          ["--allow-vertex-ai", "true"], "AIP_STORAGE_URI=https://storage.googleapis.com/b/models: polystack reads "
          "model repositories from local folders, s3://, gs:// and as://"),
+        # said as the variable it came from, not as a --model-repository never given (helper-262)
+        ({**ROUTES, "AIP_MODE": "PREDICTION", "AIP_STORAGE_URI": "/nonexistent/models"}, ["--allow-vertex-ai", "true"],
+         "AIP_STORAGE_URI=/nonexistent/models: not a folder; give the folder that holds the model folders"),
     ],
 )
 def test_bad_vertex_ai_settings_exit_2_with_one_line(

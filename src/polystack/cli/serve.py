@@ -1462,12 +1462,14 @@ def _sagemaker(
 def _storage_uri(uri: str) -> str:
     """``AIP_STORAGE_URI``, the model repository Vertex AI gives a container (gs://, or a local folder), as Triton
     reads it where no --model-repository is given."""
-    from polystack.server.cloud_repository import check_location
+    from polystack.server.cloud_repository import check_location, is_cloud
 
     try:
         check_location(uri)
     except InvalidRequest as e:
         raise InvalidRequest(f"AIP_STORAGE_URI={uri}: {e.message.split(': ', 1)[1]}") from None
+    if not is_cloud(uri) and not Path(uri).is_dir():  # said as --model-repository's, which it was not given as
+        raise InvalidRequest(f"AIP_STORAGE_URI={uri}: not a folder; give the folder that holds the model folders")
     return uri
 
 
