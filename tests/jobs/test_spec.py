@@ -9,7 +9,8 @@ from polystack.tuning.plan import fingerprint
 
 def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(store: Store, mlp: ModelRecord) -> None:
     spec, source, batch = batch_spec(store, mlp)
-    assert (source, batch, spec.backend, spec.variant_id) == ("default", None, "onnxruntime", None)
+    assert (batch, spec.backend, spec.variant_id) == (None, "onnxruntime", None)
+    assert source == "default: no batch plan (polystack tune mlp:1 --profile batch)"
 
     here = fingerprint()
     variant = store.variants.upsert(
@@ -19,9 +20,15 @@ def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(store: Stor
     common = {"variant_id": variant.id, "measurements": [], "explanation": "", "machine": {}}
     settings = {"profile": "batch", "threads": 1, "thread_option": "intra_op_threads", "max_batch_size": 256}
     store.plans.put(mlp, profile="batch", fingerprint="elsewhere", settings={**settings, "threads": 7}, **common)
-    assert batch_spec(store, mlp)[1] == "default"  # a plan from another machine does not apply here
+    # a plan from another machine does not apply here, and the job says so
+    assert batch_spec(store, mlp)[1].startswith("default: the batch plan was measured on another machine")
     store.plans.put(mlp, profile="batch", fingerprint=here, settings=settings, **common)
     spec, source, batch = batch_spec(store, mlp)
     assert source.startswith("batch plan") and batch == 256
     assert spec.variant_id == variant.id and spec.options["intra_op_threads"] == 1
-    assert batch_spec(store, mlp, backend="onnxruntime")[1] == "default"  # an explicit --backend wins
+    assert batch_spec(store, mlp, backend="onnxruntime")[1] == "--backend onnxruntime"  # an explicit one wins
+    store.variants.upsert(
+        mlp, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
+        digest=mlp.digest, size_bytes=mlp.size_bytes, status="rejected",
+    )  # fmt: skip
+    assert batch_spec(store, mlp)[1].startswith("default: the batch plan's variant is no longer verified")

@@ -12,6 +12,7 @@ import tritonclient.http as httpclient
 from servekit import caught_logs, cli_server, free_port, refused_at_start, start
 
 from polystack.batching import BatchOverrides, BatchPolicy
+from polystack.examples import mlp_onnx
 from polystack.formats import import_model
 from polystack.server.app import policy_for, spec_for
 from polystack.store import ModelRecord, Store
@@ -155,3 +156,47 @@ def test_a_plan_whose_variant_was_rejected_since_is_said_to_be_unusable(store: S
     with caught_logs("polystack.server") as records:
         assert spec_for(store, record, "edge").variant_id is None
     assert any("cannot be used" in r.getMessage() for r in records)
+
+
+def test_an_unbatched_plans_instances_are_served_as_it_was_measured(store: Store, mlp_path: Path, tmp_path: Path) -> None:
+    """A realtime plan of 1 instance x 2 threads was served on the shared threads, two requests at once with 2 runtime
+    threads each on 2 cores, though `serve --help` said the plan's count (helper-261)."""
+    imported = import_model(mlp_path, mlp_path.parent)
+    record, _ = store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)
+    variant = store.variants.upsert(
+        record, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
+        digest=record.digest, size_bytes=record.size_bytes, status="verified",
+    )  # fmt: skip
+    settings = {"profile": "realtime", "threads": 1, "thread_option": "intra_op_threads", "instances": 3}
+    store.plans.put(
+        record, profile="realtime", fingerprint=fingerprint(), settings=settings, variant_id=variant.id,
+        measurements=[], explanation="", machine={},
+    )  # fmt: skip
+    port = free_port()
+    args = ["mlp", "--profile", "realtime", "--grpc-port", "-1"]
+    with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):
+        config = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_config("mlp")
+    assert [g["count"] for g in config["instance_group"]] == [3], config
+    assert '"instances":3' in (tmp_path / "serve.log").read_text()
+
+
+def test_serving_the_default_in_place_of_a_plan_says_why(store: Store, mlp_path: Path, tmp_path: Path) -> None:
+    """A stale plan, or a plan of another version, left the default served in silence (helper-261)."""
+    imported = import_model(mlp_path, mlp_path.parent)
+    record, _ = store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)
+    plan = {"variant_id": None, "measurements": [], "explanation": "", "machine": {}}
+    store.plans.put(record, profile="server", fingerprint="another-machine", settings={"profile": "server"}, **plan)
+    with caught_logs("polystack.server") as records:
+        assert spec_for(store, record, "server").variant_id is None
+        assert spec_for(store, record, "edge").variant_id is None  # no plan at all: the default, as documented
+    said = [r.getMessage() for r in records]
+    assert len(said) == 1 and "measured on another machine" in said[0] and "--profile server" in said[0], said
+    store.plans.put(record, profile="edge", fingerprint=fingerprint(), settings={"profile": "edge"}, **plan)
+    newer = mlp_onnx(tmp_path / "mlp2.onnx", sizes=(8, 16, 3), seed=7)  # other weights: version 2
+    imported = import_model(newer, tmp_path)
+    second, _ = store.register(imported.artifact, name="mlp", format="onnx", signature=imported.signature)
+    assert second.version == 2
+    with caught_logs("polystack.server") as records:
+        spec_for(store, second, "edge")
+    said = [r.getMessage() for r in records]
+    assert len(said) == 1 and "version 1 has one" in said[0] and "serve mlp:1" in said[0], said

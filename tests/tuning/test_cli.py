@@ -149,3 +149,27 @@ def test_ctrl_c_during_tune_stops_it_saying_so(home: Path, mlp_path: Path, tmp_p
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "stopped (Ctrl-C)" and "Traceback" not in err, err
     assert list(scratch.iterdir()) == []
+
+
+def test_plan_show_calls_a_plan_whose_variant_was_rejected_since_unusable(home: Path, mlp_path: Path, tmp_path: Path) -> None:
+    # it said "fresh", while serve and batch used the default in its place (helper-261)
+    from polystack.tuning.plan import fingerprint
+
+    store = Store.at(home)
+    imported = import_model(mlp_path, tmp_path)
+    record, _ = store.register(imported.artifact, name="mlp", format=imported.format, signature=imported.signature)
+    kw = {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "options": {}, "format": "onnx",
+          "digest": record.digest, "size_bytes": record.size_bytes}  # fmt: skip
+    variant = store.variants.upsert(record, status="verified", **kw)
+    store.plans.put(
+        record, profile="realtime", fingerprint=fingerprint(), settings={"profile": "realtime"}, variant_id=variant.id,
+        measurements=[], explanation="", machine={},
+    )  # fmt: skip
+    shown = json.loads(run(home, tmp_path, "plan", "show", "mlp", "--json").stdout)
+    assert [p["status"] for p in shown] == ["fresh"]
+    store.variants.upsert(record, status="rejected", **kw)
+    store.close()
+    shown = json.loads(run(home, tmp_path, "plan", "show", "mlp", "--json").stdout)
+    assert [p["status"] for p in shown] == ["unusable"]
+    table = run(home, tmp_path, "plan", "show", "mlp").stdout
+    assert "unusable" in table and "re-run polystack tune mlp:1" in " ".join(table.split())

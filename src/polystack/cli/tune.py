@@ -14,6 +14,7 @@ from rich.table import Table
 
 from polystack.cli.app import app, console, err_console, open_store, print_json
 from polystack.errors import InvalidRequest
+from polystack.store import PlanRecord
 
 plan_app = typer.Typer(help="Stored tuning plans.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
@@ -161,7 +162,7 @@ def plan_show(
 ) -> None:
     """Show the stored plans of a model; plans measured on another machine are marked stale."""
     from polystack.tuning import report as report_mod
-    from polystack.tuning.plan import PlanSettings, fingerprint, plan_status
+    from polystack.tuning.plan import PlanSettings, fingerprint, plan_status, usable
     from polystack.tuning.profiles import PROFILES
 
     if profile is not None and profile not in PROFILES:
@@ -170,6 +171,11 @@ def plan_show(
     record = store.get(ref)
     here = fingerprint()
     plans = [p for p in store.plans.for_model(record) if profile is None or p.profile == profile]
+
+    def state(plan: PlanRecord) -> str:  # fresh, stale (another machine's) or unusable (its variant rejected since)
+        status = plan_status(plan, here)
+        return "unusable" if status == "fresh" and not usable(store, record, plan) else status
+
     if report is not None:
         fresh = [p for p in plans if p.fingerprint == here] or plans
         if not fresh:
@@ -182,7 +188,7 @@ def plan_show(
             [
                 {
                     "model": f"{record.name}:{record.version}",
-                    "status": plan_status(p, here),
+                    "status": state(p),
                     **{k: v for k, v in p.to_dict().items() if k != "measurements"},
                     "measurements": p.measurements,
                 }
@@ -200,12 +206,13 @@ def plan_show(
     table = Table(
         "profile", "status", "plan", "explanation", "measured", title=f"plans of {record.name}:{record.version}"
     )
+    shown = {"fresh": "[green]fresh[/]", "unusable": "[red]unusable[/] (its variant was rejected since)"}
     for p in plans:
-        status = plan_status(p, here)
+        status = state(p)
         settings = PlanSettings.from_dict(p.settings)
         table.add_row(
             p.profile,
-            "[green]fresh[/]" if status == "fresh" else f"[yellow]stale[/] ({p.fingerprint})",
+            shown.get(status, f"[yellow]stale[/] ({p.fingerprint})"),
             escape(settings.describe()),
             escape(p.explanation),
             datetime.datetime.fromtimestamp(p.created_at).strftime("%Y-%m-%d %H:%M"),
@@ -214,6 +221,11 @@ def plan_show(
     if any(plan_status(p, here) == "stale" for p in plans):
         console.print(
             f"[yellow]stale plans were measured on another machine (this one is {here}); re-run polystack tune[/]"
+        )
+    if any(state(p) == "unusable" for p in plans):
+        console.print(
+            "[red]unusable plans name a variant no longer verified (or removed): serve and batch use the default "
+            f"instead; re-run polystack tune {record.name}:{record.version}[/]"
         )
     if report is not None:
         console.print(f"report: {report}")

@@ -25,7 +25,7 @@ ENGINES = ("local", "ray")
 
 
 def _summary(
-    out: JobOutput, status: str, engine: str, rows_this_run: int, seconds: float, resumed_from: int
+    out: JobOutput, status: str, job: PreparedJob, rows_this_run: int, seconds: float, resumed_from: int
 ) -> Summary:
     m = out.manifest
     return Summary(
@@ -39,7 +39,8 @@ def _summary(
         seconds=seconds,
         resumed_from=resumed_from,
         parts=len(m.parts),
-        engine=engine,
+        engine=job.options.engine,
+        model=job.ran,
     )
 
 
@@ -58,7 +59,7 @@ def _run(store: Store, options: BatchOptions, console: Console | None) -> Summar
     out = JobOutput(options.output, job.identity, restart=options.restart)
     try:
         if out.done:
-            return _summary(out, "already done", options.engine, 0, 0.0, out.manifest.next_row)
+            return _summary(out, "already done", job, 0, 0.0, out.manifest.next_row)
         resumed_from = out.manifest.next_row
         if console is not None and resumed_from:
             console.print(f"resuming {options.output} at row {resumed_from:,} ({len(out.manifest.parts)} parts kept)")
@@ -79,7 +80,7 @@ def _run(store: Store, options: BatchOptions, console: Console | None) -> Summar
                     engine.close()
             progress.finish(out.manifest.next_row)
         seconds = now() - started
-        summary = _summary(out, "done", options.engine, rows, seconds, resumed_from)
+        summary = _summary(out, "done", job, rows, seconds, resumed_from)
         out.finish(summary.to_dict())
         return summary
     finally:

@@ -66,6 +66,15 @@ class PreparedJob:
     identity: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def ran(self) -> str:
+        """What the job runs, as its summary says it."""
+        spec = self.spec
+        return (
+            f"{self.record.name}:{self.record.version} on {spec.backend}/{spec.device}, batches of {self.batch_size}; "
+            f"{self.spec_source}"
+        )
+
+    @property
     def read_columns(self) -> list[str]:
         cols = list(self.keys)
         for b in self.bindings:
@@ -90,6 +99,7 @@ class Summary:
     resumed_from: int
     parts: int
     engine: str
+    model: str = ""  # what ran: the version, its runtime and device, the plan or why the default, the batch size
 
     @property
     def rows_per_s(self) -> float:
@@ -109,6 +119,7 @@ class Summary:
             "resumed_from": self.resumed_from,
             "parts": self.parts,
             "engine": self.engine,
+            "model": self.model,
         }
 
 

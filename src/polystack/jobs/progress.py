@@ -83,6 +83,8 @@ def summary_table(s: Summary) -> Table:
     t = Table(title=f"batch job {s.status}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    if s.model:
+        t.add_row("model", s.model)
     t.add_row("rows", f"{s.rows_total:,} read, {s.rows_out:,} written, {s.errors:,} bad")
     if s.resumed_from:
         t.add_row("resumed", f"at row {s.resumed_from:,}; this run covered {s.rows_this_run:,} rows")

@@ -15,11 +15,20 @@ def batch_spec(
     (``polystack tune NAME --profile batch``) picks the variant, its threads and the batch size;
     no plan, a stale one or one whose variant is no longer verified means ``default_spec``.
     """
-    if backend is None:
-        from polystack.tuning.plan import spec_for_profile
+    if backend is not None:
+        return default_spec(store, record, backend, device), f"--backend {backend}", None
+    from polystack.tuning.plan import current_plan, spec_for_profile
 
-        planned = spec_for_profile(store, record, "batch")
-        if planned is not None:
-            spec, settings = planned
-            return spec, f"batch plan ({settings.describe()})", settings.max_batch_size
-    return default_spec(store, record, backend, device), "default", None
+    planned = spec_for_profile(store, record, "batch")
+    if planned is not None:
+        spec, settings = planned
+        return spec, f"batch plan ({settings.describe()})", settings.max_batch_size
+    # the default, and why: the summary and the manifest say it (the job ran it in silence: helper-261)
+    tune = f"polystack tune {record.name}:{record.version} --profile batch"
+    if current_plan(store, record, "batch") is not None:
+        why = f"default: the batch plan's variant is no longer verified ({tune} again)"
+    elif any(p.profile == "batch" for p in store.plans.for_model(record)):
+        why = f"default: the batch plan was measured on another machine ({tune} here)"
+    else:
+        why = f"default: no batch plan ({tune})"
+    return default_spec(store, record, backend, device), why, None

@@ -64,13 +64,38 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     planned = spec_for_profile(store, record, profile)
     if planned is not None:
         return planned[0]
+    where = {"model": record.name, "version": record.version, "profile": profile}
     if current_plan(store, record, profile) is not None:  # fresh, but its variant is gone or no longer verified
         log.warning(
             "the plan for this model and profile cannot be used: its variant is gone or no longer verified; "
             "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)",
-            extra={"model": record.name, "version": record.version, "profile": profile},
+            extra=where,
         )
+    elif any(p.profile == profile for p in store.plans.for_model(record)):  # said, as for the one above (helper-261)
+        log.warning(
+            "the plan for this model and profile was measured on another machine: serving the default instead "
+            f"(re-tune here: polystack tune {record.name}:{record.version} --profile {profile})",
+            extra=where,
+        )
+    else:
+        tuned = [r.version for r in store.models.list(record.name) if current_plan(store, r, profile) is not None]
+        if tuned:  # a newer version registered since the tune: its plan is the old version's
+            log.warning(
+                f"this version has no plan for the profile, version {tuned[-1]} has one: serving the default "
+                f"(serve {record.name}:{tuned[-1]} for the plan's, or tune this one: polystack tune "
+                f"{record.name}:{record.version} --profile {profile})",
+                extra=where,
+            )
     return default_spec(store, record)
+
+
+def planned_instances(store: Store, record: ModelRecord, profile: str) -> int | None:
+    """How many of ``record``'s calls its plan for ``profile`` runs at once (batched or not), when one was tuned here
+    and can be used; None otherwise."""
+    from polystack.tuning.plan import spec_for_profile
+
+    planned = spec_for_profile(store, record, profile)
+    return planned[1].instances if planned is not None else None
 
 
 def policy_for(store: Store, record: ModelRecord, profile: str) -> BatchPolicy | None:
@@ -243,10 +268,13 @@ class Server:
             if runtime and runtime != chosen.backend and runtime_loads(runtime, record.format):
                 # a config's backend names another runtime than the plan's: the source on it, as in Triton
                 chosen = default_spec(store, record, backend=runtime)
-            elif config.threads is None and config.batching is None and cpus is None:
-                planned = policy_for(store, record, profile)  # the plan's spec was made for its instances
-                if instances == (planned.instances if planned else 1):
-                    return chosen  # the plan's concurrency (already in its spec), or the runtime's default
+            elif (
+                config.threads is None
+                and config.batching is None
+                and cpus is None
+                and instances == (planned_instances(store, record, profile) or 1)  # as the plan's spec was made
+            ):
+                return chosen  # the plan's concurrency (already in its spec), or the runtime's default
             threads = config.threads
             if threads is None and cpus is not None:
                 # a plan's or runtime's default thread count was sized for the whole machine
@@ -298,6 +326,7 @@ class Server:
             response_cache=cache,
             repository=repository,
             unbatched_instances=config.batch_overrides.instances if config.batch_overrides else None,
+            planned_instances=planned_instances,
             default_max_batch_size=config.default_max_batch_size,
             batch_overrides=config.batch_overrides,
             no_batching=config.no_batching,

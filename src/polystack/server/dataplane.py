@@ -327,6 +327,7 @@ class DataPlane:
         frontend_initializer: Callable[[], None] | None = None,
         repository: model_repository.ModelRepository | None = None,
         unbatched_instances: int | None = None,
+        planned_instances: Callable[[Store, ModelRecord, str], int | None] | None = None,
         default_max_batch_size: int = model_config.DEFAULT_MAX_BATCH_SIZE,
         batch_overrides: BatchOverrides | None = None,
         no_batching: bool = False,
@@ -373,6 +374,8 @@ class DataPlane:
         # run at once, on threads of its own (Triton's instance count without dynamic batching); None: the
         # shared inference threads
         self.unbatched_instances = unbatched_instances
+        # the instance count of a model's plan for the profile (None: no plan): an unbatched plan's too
+        self.planned_instances = planned_instances or (lambda store, record, profile: None)
         # the server's response cache (serve --cache-config): models whose config enables it answer from it
         self.response_cache = response_cache
         # Triton model configs by model name, given at start: what a load without a config of its own
@@ -522,6 +525,9 @@ class DataPlane:
         # unbatched: how many of its requests run at once (None: the shared pool decides); --instances is
         # polystack's choice for models without a start config, whose file decides
         default_instances = self.unbatched_instances if start is None else None
+        if default_instances is None and start is None and policy is None:  # an unbatched plan's count, measured so
+            # (the shared threads served it two at a time, each with the plan's threads: helper-261)
+            default_instances = self.planned_instances(self.store, record, self.profile)
         instances = default_instances if policy is None else None
         spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
         additions = model_config.Additions()

@@ -66,6 +66,17 @@ def plan_status(plan: PlanRecord, current: str | None = None) -> str:
     return "fresh" if plan.fingerprint == (current or fingerprint()) else "stale"
 
 
+def usable(store: Store, record: ModelRecord, plan: PlanRecord) -> bool:
+    """Whether the plan's variant is still there and verified (a plan of the source always is)."""
+    if plan.variant_id is None:
+        return True
+    try:
+        variant = store.variants.get(plan.variant_id)
+    except PolystackError:
+        return False
+    return variant.status == "verified" and variant.model_id == record.id
+
+
 def current_plan(store: Store, record: ModelRecord, profile: str) -> PlanRecord | None:
     return store.plans.get(record, profile, fingerprint())
 
