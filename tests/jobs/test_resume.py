@@ -190,5 +190,8 @@ def test_ctrl_c_mid_run_stops_saying_the_next_run_goes_on(home: Path, mlp: Model
     done = _cli(home, *args, "--json")
     stdout, stderr = done.communicate(timeout=120)
     assert done.returncode == 0, stderr.decode()
-    assert json.loads(stdout)["resumed_from"] > 0
+    summary = json.loads(stdout)
+    assert summary["resumed_from"] > 0
+    # what ran, and why the default (helper-261: the job never said)
+    assert summary["model"] == "mlp:1 on onnxruntime/cpu, batches of 100; default: no batch plan (polystack tune mlp:1 --profile batch)"
     assert len(pq.read_table(out).column("id")) == ROWS - len(range(0, ROWS, BAD_EVERY))
