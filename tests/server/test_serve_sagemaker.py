@@ -114,6 +114,8 @@ def test_without_a_default_model_invocations_say_which_name_they_looked_for(
         assert port is not None
         status, _, answer = _call(port, "POST", "/invocations", b"{}")
         assert status == 404 and "unspecified_SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in json.loads(answer)["error"]
+        said = json.loads(answer)["error"]
+        assert said.endswith("; set SAGEMAKER_TRITON_DEFAULT_MODEL_NAME to the model /invocations runs"), said
     finally:
         st.stop()
 

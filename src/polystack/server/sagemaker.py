@@ -40,7 +40,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from polystack.errors import AlreadyExists, InvalidRequest, PolystackError, ShuttingDown, quote
+from polystack.errors import AlreadyExists, InvalidRequest, NotFound, PolystackError, ShuttingDown, quote
 from polystack.server.dataplane import DataPlane
 from polystack.server.http import Handler, HttpApp, Request, Response
 from polystack.server.sagemaker_models import MultiModels, out_of_memory
@@ -159,7 +159,12 @@ class SageMakerApp(HttpApp):
     async def invocations(self, req: Request, args: list[str]) -> Response:
         kind = self.settings.inference_type
         if kind == "infer":
-            return await self.invocations_of(req, self.settings.model)
+            try:
+                return await self.invocations_of(req, self.settings.model)
+            except NotFound as e:
+                if self.settings.model == UNSPECIFIED:  # what to do is the container's, not the client's
+                    e.framed("", "; set SAGEMAKER_TRITON_DEFAULT_MODEL_NAME to the model /invocations runs")
+                raise
         if self.plane.draining:
             raise ShuttingDown("the server is shutting down; send the request to another instance (it was not run)")
         handler = self.generate if kind == "generate" else self.generate_stream
