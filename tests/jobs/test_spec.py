@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from polystack.jobs.spec import batch_spec
 from polystack.store import ModelRecord, Store
 from polystack.tuning.plan import fingerprint
@@ -32,3 +34,35 @@ def test_batch_plan_for_this_machine_picks_variant_threads_and_batch(store: Stor
         digest=mlp.digest, size_bytes=mlp.size_bytes, status="rejected",
     )  # fmt: skip
     assert batch_spec(store, mlp)[1].startswith("default: the batch plan's variant is no longer verified")
+
+
+def test_a_finished_job_run_again_says_what_ran_then_not_what_would_run_now(
+    store: Store, mlp: ModelRecord, tmp_path: Path
+) -> None:
+    """The summary of an 'already done' job was worked out from the store as it is now: after a tune, it named the
+    plan, though the default had scored every row (helper-263)."""
+    import numpy as np
+    from jobdata import FEATURES, write_input
+
+    from polystack.jobs import BatchOptions, run_batch
+
+    path = write_input("parquet", tmp_path, np.ones((10, FEATURES), np.float32))
+    options = BatchOptions(model="mlp", input=path, output=tmp_path / "out", keys=["id"])
+    first = run_batch(store, options)
+    assert first.status == "done" and "default: no batch plan" in first.model
+    variant = store.variants.upsert(
+        mlp, backend="onnxruntime", device="cpu", precision="fp32", options={}, format="onnx",
+        digest=mlp.digest, size_bytes=mlp.size_bytes, status="verified",
+    )  # fmt: skip
+    settings = {"profile": "batch", "threads": 1, "thread_option": "intra_op_threads", "max_batch_size": 8,
+                "instances": 2}  # fmt: skip
+    store.plans.put(
+        mlp, profile="batch", fingerprint=fingerprint(), settings=settings, variant_id=variant.id,
+        measurements=[], explanation="", machine={},
+    )  # fmt: skip
+    again = run_batch(store, options)
+    assert again.status == "already done" and again.model == first.model
+    planned = batch_spec(store, mlp)[1]  # the local engine scores one batch at a time: no instances claimed
+    described, _, note = planned.partition("; ")
+    assert described.startswith("batch plan (") and "instances" not in described
+    assert note == "its 2 instances run as one"

@@ -76,9 +76,8 @@ def batch(
     try:
         summary = run_batch(store, options, err_console if progress else None)
     except KeyboardInterrupt:  # (then "stopped (Ctrl-C)", exit 130)
-        err_console.print(
-            "note: the parts written are kept; the same command again goes on where this one stopped", soft_wrap=True
-        )
+        again = "the same command without --restart" if restart else "the same command again"
+        err_console.print(f"note: the parts written are kept; {again} goes on where this one stopped", soft_wrap=True)
         raise
     finally:
         store.close()

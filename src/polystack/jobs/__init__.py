@@ -9,6 +9,8 @@ The engines share everything but the loop: ``job.prepare`` (bindings, schema, Lo
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 from rich.console import Console
 
@@ -59,7 +61,9 @@ def _run(store: Store, options: BatchOptions, console: Console | None) -> Summar
     out = JobOutput(options.output, job.identity, restart=options.restart)
     try:
         if out.done:
-            return _summary(out, "already done", job, 0, 0.0, out.manifest.next_row)
+            # what ran is what the finished run said (the store may plan otherwise now)
+            done = _summary(out, "already done", job, 0, 0.0, out.manifest.next_row)
+            return dataclasses.replace(done, model=out.summary().get("model", ""))
         resumed_from = out.manifest.next_row
         if console is not None and resumed_from:
             console.print(f"resuming {options.output} at row {resumed_from:,} ({len(out.manifest.parts)} parts kept)")

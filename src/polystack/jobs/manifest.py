@@ -203,6 +203,14 @@ class JobOutput:
         with contextlib.suppress(OSError):
             (self.folder / SUMMARY).write_text(json.dumps(dict(summary), indent=1, default=str))
 
+    def summary(self) -> dict[str, Any]:
+        """What the finished run wrote in ``_summary.json`` (empty where it could not be read)."""
+        try:
+            found = json.loads((self.folder / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def close(self) -> None:
         if self._lock is not None:
             self._lock.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from polystack.engine import LoadSpec, default_spec
 from polystack.store import ModelRecord, Store
 
@@ -22,7 +24,10 @@ def batch_spec(
     planned = spec_for_profile(store, record, "batch")
     if planned is not None:
         spec, settings = planned
-        return spec, f"batch plan ({settings.describe()})", settings.max_batch_size
+        said = f"batch plan ({dataclasses.replace(settings, instances=1).describe()})"
+        if settings.instances > 1:  # the local engine scores one batch at a time
+            said += f"; its {settings.instances} instances run as one"
+        return spec, said, settings.max_batch_size
     # the default, and why: the summary and the manifest say it (the job ran it in silence: helper-261)
     tune = f"polystack tune {record.name}:{record.version} --profile batch"
     if current_plan(store, record, "batch") is not None:

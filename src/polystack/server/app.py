@@ -64,29 +64,33 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     planned = spec_for_profile(store, record, profile)
     if planned is not None:
         return planned[0]
-    where = {"model": record.name, "version": record.version, "profile": profile}
+    why = ""
     if current_plan(store, record, profile) is not None:  # fresh, but its variant is gone or no longer verified
-        log.warning(
+        why = (
             "the plan for this model and profile cannot be used: its variant is gone or no longer verified; "
-            "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)",
-            extra=where,
+            "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)"
         )
     elif any(p.profile == profile for p in store.plans.for_model(record)):  # said, as for the one above (helper-261)
-        log.warning(
+        why = (
             "the plan for this model and profile was measured on another machine: serving the default instead "
-            f"(re-tune here: polystack tune {record.name}:{record.version} --profile {profile})",
-            extra=where,
+            f"(re-tune here: polystack tune {record.name}:{record.version} --profile {profile})"
         )
     else:
         tuned = [r.version for r in store.models.list(record.name) if current_plan(store, r, profile) is not None]
-        if tuned:  # a newer version registered since the tune: its plan is the old version's
-            log.warning(
+        if tuned and tuned[-1] < record.version:  # a newer version registered since the tune: no plan of its own
+            why = (
                 f"this version has no plan for the profile, version {tuned[-1]} has one: serving the default "
                 f"(serve {record.name}:{tuned[-1]} for the plan's, or tune this one: polystack tune "
-                f"{record.name}:{record.version} --profile {profile})",
-                extra=where,
+                f"{record.name}:{record.version} --profile {profile})"
             )
+    said = (str(store.settings.home), record.name, record.version, profile, why)
+    if why and said not in _SAID:  # once: a load asks for its spec up to three times, and each explicit load again
+        _SAID.add(said)
+        log.warning(why, extra={"model": record.name, "version": record.version, "profile": profile})
     return default_spec(store, record)
+
+
+_SAID: set[tuple[str, str, int, str, str]] = set()  # the plans spec_for said it cannot serve, and why
 
 
 def planned_instances(store: Store, record: ModelRecord, profile: str) -> int | None:

@@ -301,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
             # it (a load before it may serve its model), and the connection ends
             path = self._url.split(b"?", 1)[0].decode("latin-1")
             path = path if path.startswith("/") else _origin_form(path)
-            req = Request(self.parser.get_method(), path, self._headers, b"", False)
+            req = Request(self.parser.get_method(), path, self._headers, b"", False, started=self._begun_ns / 1e9)
             refused = self.app.refused_unread(req)
             if refused is not None:
                 rid = req.headers.get(b"x-request-id")

@@ -148,17 +148,22 @@ def _ctrl_c_after() -> Iterator[None]:
                     sys.stderr.write("stopped at once (Ctrl-C twice)\n")
                     os._exit(130)
 
-    before = signal.signal(signal.SIGINT, noted)
-    wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    wakeup: int | None = None
+    before: Any = watch  # (not a handler: none was installed)
     watcher = threading.Thread(target=watch, name="ctrl-c", daemon=True)
-    watcher.start()
-    try:
+    try:  # each step undone below, whichever of them failed (helper-263)
+        wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        before = signal.signal(signal.SIGINT, noted)
+        watcher.start()
         yield
     finally:
-        signal.set_wakeup_fd(wakeup)
-        signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)  # None: C's
+        if wakeup is not None:
+            signal.set_wakeup_fd(wakeup)
+        if before is not watch:  # one installed from C is None: Python's default takes its place
+            signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
         writer.close()  # the watcher reads its end and stops
-        watcher.join(1.0)
+        if watcher.is_alive():
+            watcher.join(1.0)
         reader.close()
         stopped = _STOPPING.is_set()
         _STOPPING.clear()
