@@ -9,7 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -410,4 +412,57 @@ def test_an_unload_queued_behind_a_failing_load_leaves_no_failure_behind(tmp_pat
             assert failed, "the load was to fail"
             assert [m for m in client.get_model_repository_index() if m["name"] == "bad"] == [{"name": "bad"}]
             assert client.is_server_ready()
+        client.close()
+
+
+SLOW_PY = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(2.0)
+
+    def execute(self, requests):
+        x = pb_utils.get_input_tensor_by_name
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", x(r, "x").as_numpy())]) for r in requests]
+'''
+
+
+def test_a_request_while_its_model_loads_is_told_the_load_is_under_way(tmp_path: Path) -> None:
+    """It was told that the store holds a model this server has not loaded, or to load it first (helper-259's
+    messages in a repository server's words)."""
+    repo = tmp_path / "models"
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "1" / "model.py").write_text(SLOW_PY)
+    (repo / "slow" / "config.pbtxt").write_text(
+        'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )
+    args = ["--model-repository", str(repo), "--allow-python-models", "--model-control-mode", "explicit"]
+    port = free_port()
+    server = cli_server(tmp_path / "home", ["--grpc-port", "-1", *args], port, tmp_path / "serve.log")
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    x = httpclient.InferInput("x", [1], "FP32")
+    x.set_data_from_numpy(np.ones(1, np.float32))
+
+    def load() -> None:  # plain HTTP: a tritonclient made on this thread would be collected on another
+        asked = urllib.request.Request(f"http://127.0.0.1:{port}/v2/repository/models/slow/load", method="POST")
+        with urllib.request.urlopen(asked, timeout=30) as answer:
+            assert answer.status == 200
+
+    with server:
+        for said in ("'slow' is not found; its first load is under way",
+                     "'slow' has no available versions (it was unloaded; its load is under way)"):  # fmt: skip
+            loading = threading.Thread(target=load)
+            loading.start()
+            try:
+                assert until(lambda: client.get_model_repository_index()[0].get("state") == "LOADING", 5)
+                with pytest.raises(InferenceServerException, match=re.escape(said)):
+                    client.infer("slow", [x])
+            finally:
+                loading.join(30)
+            assert client.infer("slow", [x]).as_numpy("y").tolist() == [1.0]
+            client.unload_model("slow")
         client.close()

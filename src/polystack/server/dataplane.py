@@ -1302,21 +1302,24 @@ class DataPlane:
                     raise ModelNotFound(
                         f"Request for unknown model: {name!r} {known}; its last load failed: {failed[1]}"
                     ) from None
+                loading = any(n == name for n, _ in frozenset(self.loading))  # (a request while it loads)
                 if isinstance(e, ModelNotFound) and name in stopped:  # an ensemble (never in the store) unloaded
-                    raise ModelNotFound(
-                        f"Request for unknown model: {name!r} has no available versions (it was unloaded); load it "
-                        "first"
-                    ) from None
+                    then = "(it was unloaded; its load is under way)" if loading else "(it was unloaded); load it first"
+                    said = f"Request for unknown model: {name!r} has no available versions {then}"
+                    raise ModelNotFound(said) from None
                 registered = isinstance(e, ModelNotReady) or e.message.startswith("Request for unknown model")
                 if registered and self.repository is not None and name not in self._served_names | stopped:
                     # a model the store holds (an earlier run's, say) that this server never served: unknown to a
                     # server of a repository, as Triton knows its repositories' models alone (it answered 503 for a
                     # version, which a client may retry for good)
-                    raise ModelNotFound(
-                        f"Request for unknown model: {name!r} is not found; the statistics (GET /v2/models/stats; "
-                        "gRPC ModelStatistics) list the models served from the model repository (polystack's store "
-                        "holds a model of that name, which this server has not loaded)"
-                    ) from None
+                    where = (
+                        "its first load is under way"
+                        if loading
+                        else "the statistics (GET /v2/models/stats; gRPC ModelStatistics) list the models served "
+                        "from the model repository (polystack's store holds a model of that name, which this server "
+                        "has not loaded)"
+                    )
+                    raise ModelNotFound(f"Request for unknown model: {name!r} is not found; {where}") from None
                 if self.repository is not None:  # the store's words (registered, its versions) mean nothing here
                     serving = sorted(k[1] for k in self._served if k[0] == name)
                     if isinstance(e, ModelNotReady | VersionNotFound) and serving:
@@ -1325,7 +1328,9 @@ class DataPlane:
                             f"Request for unknown model: {name!r} version {v} {known}; the versions served are "
                             f"{', '.join(map(str, serving))}"
                         ) from None
-                    gone = "none is loaded now: unloaded, or its folder left the repository"
+                    gone = "its load is under way" if loading else (
+                        "none is loaded now: unloaded, or its folder left the repository"
+                    )  # fmt: skip
                     if isinstance(e, ModelNotFound) and not serving and e.message.startswith("Request for unknown"):
                         raise ModelNotFound(
                             f"Request for unknown model: {name!r} has no available versions ({gone}); the repository "
