@@ -282,10 +282,16 @@ def quote(value: object, limit: int = 80) -> str:
 
 def load_failed(name: str, e: PolystackError) -> PolystackError:
     """``e``, a refused load of model ``name`` (at start, or a load request's own body), led by what was being
-    done: the same error, whatever its type, wherever it was raised; one that says so already (Triton's words for
-    a load whose folder could not be read) is left as it is."""
+    done (``load_failed_words``): the same error, whatever its type, wherever it was raised."""
+    e.args = (load_failed_words(name, e.message), *e.args[1:])
+    return e
+
+
+def load_failed_words(name: str, message: str) -> str:
+    """``message``, of a refused load of model ``name``, led by ``failed to load NAME``; one that says so already
+    (Triton's words for a load whose folder could not be read) as it is."""
     lead = f"failed to load {quote(name, 140)}"  # a URL's name may be 64 KiB; the store's <= 128
-    return e if e.message.startswith(lead) else e.prefixed(lead)
+    return message if message.startswith(lead) else f"{lead}: {message}"
 
 
 def _deeper(value: object, depth: int) -> bool:

@@ -19,7 +19,7 @@ def batch_spec(
     """
     if backend is not None:
         return default_spec(store, record, backend, device), f"--backend {backend}", None
-    from polystack.tuning.plan import current_plan, spec_for_profile
+    from polystack.tuning.plan import spec_for_profile, why_unplanned
 
     planned = spec_for_profile(store, record, "batch")
     if planned is not None:
@@ -30,10 +30,8 @@ def batch_spec(
         return spec, said, settings.max_batch_size
     # the default, and why: the summary and the manifest say it (the job ran it in silence: helper-261)
     tune = f"polystack tune {record.name}:{record.version} --profile batch"
-    if current_plan(store, record, "batch") is not None:
-        why = f"default: the batch plan's variant is no longer verified ({tune} again)"
-    elif any(p.profile == "batch" for p in store.plans.for_model(record)):
-        why = f"default: the batch plan was measured on another machine ({tune} here)"
-    else:
-        why = f"default: no batch plan ({tune})"
+    why = {
+        "unusable": f"default: the batch plan's variant is no longer verified ({tune} again)",
+        "stale": f"default: the batch plan was measured on another machine ({tune} here)",
+    }.get(why_unplanned(store, record, "batch")[0], f"default: no batch plan ({tune})")
     return default_spec(store, record, backend, device), why, None

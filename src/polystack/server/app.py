@@ -59,30 +59,21 @@ def spec_for(store: Store, record: ModelRecord, profile: str) -> LoadSpec:
     """What to load for ``record`` when serving ``profile``: the tuned plan's variant and threads
     when a fresh plan exists for this machine (``polystack tune``), else the source artifact on
     the preferred installed backend."""
-    from polystack.tuning.plan import current_plan, spec_for_profile
+    from polystack.tuning.plan import spec_for_profile, why_unplanned
 
     planned = spec_for_profile(store, record, profile)
     if planned is not None:
         return planned[0]
-    why = ""
-    if current_plan(store, record, profile) is not None:  # fresh, but its variant is gone or no longer verified
-        why = (
-            "the plan for this model and profile cannot be used: its variant is gone or no longer verified; "
-            "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)"
-        )
-    elif any(p.profile == profile for p in store.plans.for_model(record)):  # said, as for the one above (helper-261)
-        why = (
-            "the plan for this model and profile was measured on another machine: serving the default instead "
-            f"(re-tune here: polystack tune {record.name}:{record.version} --profile {profile})"
-        )
-    else:
-        tuned = [r.version for r in store.models.list(record.name) if current_plan(store, r, profile) is not None]
-        if tuned and tuned[-1] < record.version:  # a newer version registered since the tune: no plan of its own
-            why = (
-                f"this version has no plan for the profile, version {tuned[-1]} has one: serving the default "
-                f"(serve {record.name}:{tuned[-1]} for the plan's, or tune this one: polystack tune "
-                f"{record.name}:{record.version} --profile {profile})"
-            )
+    reason, tuned = why_unplanned(store, record, profile)  # said, as it is where the plan exists (helper-261)
+    why = {
+        "unusable": "the plan for this model and profile cannot be used: its variant is gone or no longer verified; "
+        "serving the default instead (rebuild variants and re-tune: polystack variants, polystack tune)",
+        "stale": "the plan for this model and profile was measured on another machine: serving the default instead "
+        f"(re-tune here: polystack tune {record.name}:{record.version} --profile {profile})",
+        "older": f"this version has no plan for the profile, version {tuned} has one: serving the default "
+        f"(serve {record.name}:{tuned} for the plan's, or tune this one: polystack tune "
+        f"{record.name}:{record.version} --profile {profile})",
+    }.get(reason, "")
     said = (str(store.settings.home), record.name, record.version, profile, why)
     if why and said not in _SAID:  # once: a load asks for its spec up to three times, and each explicit load again
         _SAID.add(said)

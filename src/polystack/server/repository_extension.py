@@ -35,6 +35,7 @@ from polystack.errors import (
     ShuttingDown,
     StepNotServed,
     Unsupported,
+    load_failed_words,
     quote,
 )
 from polystack.formats import torchscript_guard
@@ -213,9 +214,7 @@ class RepositoryExtension:
                 await self._load_asked(each, parameters)
             except PolystackError as e:  # in the log too, as Triton logs a load that failed (its QA greps the words)
                 if not isinstance(e, ShuttingDown):
-                    lead = f"failed to load {each!r}"  # once: Triton's words for an unread folder say it already
-                    said = e.message if e.message.startswith(lead) else f"{lead}: {e.message}"
-                    log.error(said, extra={"model": each})
+                    log.error(load_failed_words(each, e.message), extra={"model": each})
                 if not copies or isinstance(e, ShuttingDown):
                     raise
                 failures.append(e)  # the other copies load all the same, as Triton loads each

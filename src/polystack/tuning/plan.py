@@ -95,12 +95,22 @@ def spec_for_profile(store: Store, record: ModelRecord, profile: str) -> tuple[L
             spec = default_spec(store, record, backend=settings.backend or None)
         except PolystackError:
             return None
+    elif usable(store, record, plan):
+        spec = spec_for_variant(store, plan.variant_id)
     else:
-        try:
-            variant = store.variants.get(plan.variant_id)
-        except PolystackError:
-            return None
-        if variant.status != "verified" or variant.model_id != record.id:
-            return None
-        spec = spec_for_variant(store, variant)
+        return None
     return with_concurrency(spec, settings.threads, settings.instances), settings
+
+
+def why_unplanned(store: Store, record: ModelRecord, profile: str) -> tuple[str, int | None]:
+    """Why ``spec_for_profile`` gives ``record`` no plan for ``profile``: ("unusable", None) for a fresh plan whose
+    variant is gone or no longer verified, ("stale", None) for plans measured on other machines alone, ("older", N)
+    where none is its own but version N, older, has a fresh one, else ("none", None)."""
+    if current_plan(store, record, profile) is not None:
+        return "unusable", None
+    if any(p.profile == profile for p in store.plans.for_model(record)):
+        return "stale", None
+    tuned = [r.version for r in store.models.list(record.name) if current_plan(store, r, profile) is not None]
+    if tuned and tuned[-1] < record.version:  # a newer version registered since the tune: no plan of its own
+        return "older", tuned[-1]
+    return "none", None

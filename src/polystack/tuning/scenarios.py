@@ -149,17 +149,18 @@ def _ctrl_c_after() -> Iterator[None]:
                     os._exit(130)
 
     wakeup: int | None = None
-    before: Any = watch  # (not a handler: none was installed)
+    installed = False
+    before: Any = None
     watcher = threading.Thread(target=watch, name="ctrl-c", daemon=True)
     try:  # each step undone below, whichever of them failed (helper-263)
         wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        before = signal.signal(signal.SIGINT, noted)
+        before, installed = signal.signal(signal.SIGINT, noted), True
         watcher.start()
         yield
     finally:
         if wakeup is not None:
             signal.set_wakeup_fd(wakeup)
-        if before is not watch:  # one installed from C is None: Python's default takes its place
+        if installed:  # one installed from C is None: Python's default takes its place
             signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
         writer.close()  # the watcher reads its end and stops
         if watcher.is_alive():
