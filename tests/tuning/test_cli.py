@@ -121,6 +121,27 @@ def test_the_results_table_shows_the_chosen_measurement_of_a_configuration_measu
     assert len(lines) == 1 and lines[0].lstrip("│ ").startswith("*") and "0.0461" in lines[0]
 
 
+def test_the_results_table_shows_a_losing_finalist_by_its_median_run_not_its_luckiest() -> None:
+    """A finalist measured three times stands for its median run, as the search judged it: its last run (here its
+    best) beside the winner's median made the loser look faster than what was chosen."""
+    from rich.console import Console
+
+    from polystack.cli.tune import results_table
+
+    def trial(p99: float, rung: int, threads: int, chosen: bool = False, median_of: int = 0) -> dict[str, object]:
+        row = {
+            "kind": "trial", "variant_id": "v1", "settings": f"{threads} thread", "label": "onnxruntime fp32",
+            "rung": rung, "p99_ms": p99, "duration_ms": 300, "feasible": True, "chosen": chosen,
+        }  # fmt: skip
+        return {**row, "median_of": median_of} if median_of else row
+
+    runs = [trial(0.05, 1, 1, chosen=True, median_of=3), trial(0.06, 2, 2, median_of=3), trial(0.04, 2, 2)]
+    console = Console(width=200, record=True)
+    console.print(results_table({"profile": "realtime", "measurements": runs}))
+    lines = [line for line in console.export_text().splitlines() if "2 thread" in line]
+    assert len(lines) == 1 and "0.06" in lines[0] and "median of 3" in lines[0], lines
+
+
 def test_ctrl_c_during_tune_stops_it_saying_so(home: Path, mlp_path: Path, tmp_path: Path, add_variant) -> None:  # type: ignore[no-untyped-def]
     # a KeyboardInterrupt raised in LoadGen's callbacks crossed its C++: the process segfaulted or aborted (helper-256)
     store = Store.at(home)

@@ -41,16 +41,21 @@ def _fmt(v: Any, key: str = "") -> str:
     return str(v)
 
 
+def _stands(trial: dict[str, Any]) -> bool:
+    """Whether ``trial`` is the run its configuration was judged by: the chosen one, or a finalist's median."""
+    return bool(trial.get("chosen") or trial.get("median_of"))
+
+
 def results_table(data: dict[str, Any], limit: int = 25) -> Table:
     """The final-rung (or best) trials per configuration, best first, the chosen one marked."""
     profile = data["profile"]
     cols = METRICS.get(profile, ())
     trials = [r for r in data["measurements"] if r.get("kind") == "trial"]
     top_rung: dict[str, dict[str, Any]] = {}
-    for t in trials:  # each configuration's most trusted (longest) measurement; the chosen one's that decided
+    for t in trials:  # each configuration's run that decided (the median of a finalist's), else its latest longest
         key = f"{t['variant_id']}/{t['settings']}"
         held = top_rung.get(key)
-        if held is None or t.get("chosen") or (not held.get("chosen") and t["rung"] >= held["rung"]):
+        if held is None or _stands(t) or (not _stands(held) and t["rung"] >= held["rung"]):
             top_rung[key] = t
     rows = sorted(top_rung.values(), key=lambda t: (not t.get("chosen"), -t["rung"], not t.get("feasible")))
     table = Table("", "variant", "settings", *(c[0] for c in cols), "run", "verdict", title=f"{profile}: measured")
@@ -60,7 +65,7 @@ def results_table(data: dict[str, Any], limit: int = 25) -> Table:
             escape(str(t["label"])),
             escape(str(t["settings"])),
             *(_fmt(t.get(k), k) for _, k in cols),
-            f"{t['duration_ms']} ms",
+            f"{t['duration_ms']} ms" + (f", median of {t['median_of']}" if t.get("median_of") else ""),
             escape(t.get("reason") or t.get("error") or ("ok" if t.get("feasible") else "-")),
         )
     if len(rows) > limit:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from polystack.tuning.measure import Config, Measurer, Trial
@@ -49,6 +49,19 @@ class SearchOutcome:
     notes: list[str] = field(default_factory=list)
     configs_total: int = 0
     configs_measured: int = 0
+    # each finalist's median run (its standing) and how many runs it is the median of, where runs were repeated
+    medians: list[tuple[Trial, int]] = field(default_factory=list)
+
+    def standing(self) -> list[Trial]:
+        """The trials, with a finalist's repeated runs standing as its median one (at the latest rung of them):
+        what the choice was made on, so that what is said of a loser is not its luckiest run."""
+        median = {t.config: t for t, _ in self.medians}
+        top = {c: max(x.rung for x in self.trials if x.config == c) for c in median}
+        return [
+            t if t.config not in median else replace(t, rung=top[t.config])
+            for t in self.trials
+            if t.config not in median or t is median[t.config]
+        ]
 
 
 def _key(t: Trial) -> tuple[int, tuple[float, float]]:
@@ -133,6 +146,23 @@ def _median_key(trials: Sequence[Trial]) -> tuple[int, tuple[float, float]]:
     """A finalist's standing: the median of its runs' scores (an infeasible run ranks lowest)."""
     keys = sorted(_key(t) for t in trials)
     return keys[(len(keys) - 1) // 2]  # the lower median: a config must win most of its runs
+
+
+def _median_trial(trials: Sequence[Trial]) -> Trial:
+    """The run whose score is a finalist's standing (``_median_key``)."""
+    return sorted(trials, key=_key)[(len(trials) - 1) // 2]
+
+
+def _tied(winner: Config, pool: Sequence[Config], runs: Mapping[Config, Sequence[Trial]]) -> Config | None:
+    """The runner-up, where its median run scored at least the winner's worst run: measured more than once each,
+    they could not be told apart on this machine; None where the winner's runs all beat the runner-up's median."""
+    ranked = sorted((c for c in pool if c != winner), key=lambda c: _median_key(runs[c]), reverse=True)
+    if not ranked or len(runs[winner]) < 2 or len(runs[ranked[0]]) < 2:
+        return None
+    runner = ranked[0]
+    if not _median_key(runs[runner])[0]:  # an infeasible runner-up ties with nothing
+        return None
+    return runner if _median_key(runs[runner]) >= min(map(_key, runs[winner])) else None
 
 
 def _diverse_order(configs: Sequence[Config], proxy: Callable[[Config], float]) -> list[Config]:
@@ -264,9 +294,17 @@ def search(
     # after confirmation only the finalists compete: the others lost to them run for run, and a
     # single unconfirmed run must not beat a median that extra runs have pulled down
     pool = [c for c in finalists if c in runs] if rounds else list(runs)
+    medians = [(_median_trial(runs[c]), len(runs[c])) for c in pool if len(runs[c]) > 1] if rounds else []
     if pool:
         winner = max(pool, key=lambda c: _median_key(runs[c]))
         mid = _median_key(runs[winner])
         best = next((t for t in runs[winner] if _key(t) == mid and t.score is not None), None)
+        tie = _tied(winner, pool, runs)
+        if tie is not None and best is not None:
+            notes.append(
+                f"a tie within this machine's noise: {m.candidates[tie.candidate].label}, "
+                f"{tie.describe(profile.scenario)} scored in its median run as well as the winner in one of its; "
+                "another tune may choose either (a longer --duration-ms or --budget-s measures them more closely)"
+            )
     strategy_words = "exhaustive" if use == "exhaustive" else f"successive halving ({rungs_run} rungs)"
-    return SearchOutcome(strategy_words, trials, best, last_rung, notes, len(configs), len(measured))
+    return SearchOutcome(strategy_words, trials, best, last_rung, notes, len(configs), len(measured), medians)

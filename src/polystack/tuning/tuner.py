@@ -71,8 +71,11 @@ class TuneResult:
 
     def measurements(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
+        median_of = {id(t): n for t, n in self.outcome.medians}
         for t in self.outcome.trials:
             row = t.to_dict(self.candidate(t.config.candidate), self.profile.scenario)
+            if id(t) in median_of:  # the run that stands for its configuration: the median of its repeated runs
+                row["median_of"] = median_of[id(t)]
             rows.append({"kind": "trial", "chosen": t is self.chosen, **row})
         for c in self.candidates:
             rows.append({"kind": "variant", "variant_id": c.id, "label": c.label, **self.facts[c.id].to_dict()})
@@ -214,7 +217,7 @@ def tune(
     chosen = outcome.best
     labels = {c.id: c.label for c in candidates}
     backends = {c.id: c.backend for c in candidates}
-    explanation = explain(profile, chosen, outcome.trials, labels, backends, rejected)
+    explanation = explain(profile, chosen, outcome.standing(), labels, backends, rejected)
     settings = None
     elapsed = time.perf_counter() - started
     if chosen is not None:
