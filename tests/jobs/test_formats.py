@@ -49,3 +49,26 @@ def test_columns_option_stacks_named_columns_and_maps_inputs(
         )
         y = np.stack(pq.read_table(out).sort_by("k").column("y").to_numpy(zero_copy_only=False))
         np.testing.assert_allclose(y, reference(tmp_path / "mlp.onnx", features), rtol=1e-5, atol=1e-6)
+
+
+def test_a_parquet_folder_whose_files_differ_in_columns_is_refused_naming_the_files_and_the_column(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """Arrow's own error named neither file nor column ("Schema at index 2 was different: x: ..."), cut at its first
+    line; and keys of one type in one file and another in the next went through."""
+    from polystack.errors import InvalidRequest
+
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    rows = list(features[:10])
+    pq.write_table(pa.table({"id": np.arange(10), "x": rows}), folder / "a.parquet")
+    pq.write_table(pa.table({"id": np.arange(10).astype(str), "x": rows}), folder / "b.parquet")
+    options = BatchOptions(model="mlp", input=folder, output=tmp_path / "out", keys=["id"])
+    with pytest.raises(InvalidRequest, match=r"'id' is int64 in a\.parquet and string in b\.parquet.*rewrite b\.par"):
+        run_batch(store, options)
+    (folder / "b.parquet").unlink()
+    pq.write_table(pa.table({"id": np.arange(10), "z": rows}), folder / "c.parquet")
+    with pytest.raises(InvalidRequest, match=r"'x' is in a\.parquet, not in c\.parquet; 'z' is in c\.parquet, not in"):
+        run_batch(store, options)
+    (folder / "c.parquet").unlink()
+    assert run_batch(store, options).rows_out == 10  # the folder's one file left runs

@@ -93,7 +93,12 @@ def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> So
             import pyarrow.parquet as pq
 
             schema = pq.read_schema(files[0])
-            total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            total = 0
+            for f in files:  # a folder's files are one table: their columns must agree (footers only)
+                pf = pq.ParquetFile(f)
+                total += pf.metadata.num_rows
+                if f is not files[0]:
+                    _same_columns(pf.schema_arrow, schema, path, f, files[0])
             return Source(path, fmt, schema, total, True)
         if fmt == "csv":
             schema = _csv_schema(path)
@@ -119,6 +124,24 @@ def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> So
     except (pa.ArrowInvalid, OSError, ValueError, zipfile.BadZipFile) as e:
         said = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))  # the file's bytes, as text
         raise InvalidRequest(f"cannot read {path.name} as {fmt}: {said}") from e
+
+
+def _same_columns(schema: pa.Schema, first: pa.Schema, folder: Path, file: Path, first_file: Path) -> None:
+    """Refuse ``file`` of a Parquet folder whose columns (names and types) are not ``first_file``'s, naming the
+    columns that differ: Arrow's own error named neither file nor column, and rows of one type in one file and of
+    another in the next would give output parts of different schemas."""
+    if [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in first]:
+        return
+    a, b = first_file.relative_to(folder), file.relative_to(folder)
+    was, now = {f.name: f.type for f in first}, {f.name: f.type for f in schema}
+    diffs = [f"{n!r} is {was[n]} in {a} and {now[n]} in {b}" for n in was if n in now and now[n] != was[n]]
+    diffs += [f"{n!r} is in {a}, not in {b}" for n in was if n not in now]
+    diffs += [f"{n!r} is in {b}, not in {a}" for n in now if n not in was]
+    said = "; ".join(diffs[:3]) or "its columns are in another order"
+    raise InvalidRequest(
+        f"the Parquet files of {folder} differ in their columns: {said}; a folder's files must share one schema "
+        f"(rewrite {b} or move it out)"
+    )
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
