@@ -94,11 +94,11 @@ def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> So
 
             schema = pq.read_schema(files[0])
             total = 0
-            for f in files:  # a folder's files are one table: their columns must agree (footers only)
-                pf = pq.ParquetFile(f)
+            for file in files:  # a folder's files are one table: their columns must agree (footers only)
+                pf = pq.ParquetFile(file)
                 total += pf.metadata.num_rows
-                if f is not files[0]:
-                    _same_columns(pf.schema_arrow, schema, path, f, files[0])
+                if file is not files[0]:
+                    _same_columns(pf.schema_arrow, schema, path, file, files[0])
             return Source(path, fmt, schema, total, True)
         if fmt == "csv":
             schema = _csv_schema(path)
