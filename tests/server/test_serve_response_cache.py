@@ -382,3 +382,40 @@ def test_a_python_model_reading_the_parameters_is_cached_by_them_too(tmp_path: P
         assert seen(tenant="a") == {"tenant": "a"}  # a hit
         s = client.get_inference_statistics("params")["model_stats"][0]["inference_stats"]
         assert (s["cache_hit"]["count"], s["cache_miss"]["count"]) == (1, 5)
+
+
+def test_a_python_models_answer_is_a_hit_whatever_deadline_priority_or_transport_asked_for_it(tmp_path: Path) -> None:
+    """The parameters that schedule or carry a request never reach a model (``priority``, ``binary_data_output``;
+    ``timeout`` only as its deadline): they were part of a Python model's key, so a client sending its time left
+    at each call, a priority, or tritonclient's HTTP ``binary_data_output`` beside a gRPC client never hit
+    (helper-264: each ran the model again, and under load was refused as the queue was full)."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "params", PARAMETER_ECHO,
+        'backend: "python"\nmax_batch_size: 0\nresponse_cache { enable: true }\n'
+        'dynamic_batching { priority_levels: 2 default_priority_level: 1 '
+        'default_queue_policy { allow_timeout_override: true } }\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "seen", data_type: TYPE_STRING, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    http_port, grpc_port = free_port(), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", str(grpc_port),
+            "--cache-config", "local,size=1048576"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, http_port, tmp_path / "log"):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+        def seen(client: Any, **asked: Any) -> dict[str, Any]:
+            x = (httpclient if client is http else grpcclient).InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.ones(1, np.float32))
+            return dict(json.loads(client.infer("params", [x], **asked).as_numpy("seen")[0]))
+
+        assert seen(grpc, parameters={"tenant": "a"}) == {"tenant": "a"}  # the miss that fills the cache
+        for client in (grpc, http):  # tritonclient's HTTP client asks for binary_data_output; gRPC's does not
+            assert seen(client, parameters={"tenant": "a"}, priority=2) == {"tenant": "a"}
+            for timeout in (5_000_000, 5_000_001):
+                assert seen(client, parameters={"tenant": "a"}, timeout=timeout) == {"tenant": "a"}
+        assert seen(http, parameters={"tenant": "b"}) == {"tenant": "b"}  # what the model reads still tells apart
+        s = http.get_inference_statistics("params")["model_stats"][0]["inference_stats"]
+        assert (s["cache_hit"]["count"], s["cache_miss"]["count"]) == (6, 2)

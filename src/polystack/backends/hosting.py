@@ -26,6 +26,11 @@ from polystack.errors import PolystackError
 
 T = TypeVar("T")
 
+# The request's parameters that schedule or carry it, which Triton reads itself and never hands a model among its
+# ``parameters()`` (``timeout`` it gives as the request's ``timeout()``, a deadline): no answer depends on them, so the
+# response cache leaves them out of its key (a client's deadline, different at each call, missed every time)
+NOT_FOR_MODELS = frozenset({"priority", "timeout", "binary_data_output"})
+
 
 @dataclass(frozen=True)
 class RequestFacts:

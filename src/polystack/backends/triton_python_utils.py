@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from polystack import custom_metrics
-from polystack.backends.hosting import Host, ModelCall, RequestFacts, Responses, parameters_of
+from polystack.backends.hosting import NOT_FOR_MODELS, Host, ModelCall, RequestFacts, Responses, parameters_of
 from polystack.errors import Cancelled, NotFound, PolystackError
 from polystack.protocol import wire
 from polystack.types import DType
@@ -562,9 +562,7 @@ class InferenceRequest:
         request._flags = (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if start is True else 0) | (
             TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end is True else 0
         )
-        given.pop("priority", None)
-        given.pop("binary_data_output", None)
-        request._parameters = given
+        request._parameters = {k: v for k, v in given.items() if k not in NOT_FOR_MODELS}
         request._sender = sender
         request._trace = InferenceTrace(facts.trace)
         return request

@@ -2169,9 +2169,12 @@ class DataPlane:
     ) -> bytes | None:
         """The response cache's key of ``request`` to the load ``owner`` (None: not cached), its parameters in it
         where its model reads them (``reads_parameters``: a Python model's, or an ensemble's with one among its
-        steps), hashed on the loop when small, else on the hashing threads."""
+        steps; those it never sees, a deadline or a priority, left out), hashed on the loop when small, else on the
+        hashing threads."""
         asked = request.output_names
-        parameters = request.parameters if reads_parameters else None
+        parameters = None
+        if reads_parameters:
+            parameters = {k: v for k, v in request.parameters.items() if k not in hosting.NOT_FOR_MODELS}
         assert self._hasher is not None  # made with the cache
         if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
             return cache.key(owner, request.inputs, asked, parameters)
