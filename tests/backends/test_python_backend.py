@@ -129,6 +129,45 @@ def test_a_response_error_or_an_exception_fails_the_request_in_the_models_words_
     assert model.infer(_inputs(b"ok"))["OUT"].tolist() == [[b"OK!"]]  # and it answers on
 
 
+RETURNS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        asked = pb_utils.get_input_tensor_by_name(requests[0], "TEXT").as_numpy().ravel()[0]
+        out = [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[b"x"]], dtype=np.object_)),
+                                           pb_utils.Tensor("y", np.zeros((1, 2), np.float32))]) for _ in requests]
+        return {b"tuple": tuple(out), b"one": out[0], b"str": ["not a response"] * len(out), b"ok": out}[asked]
+"""
+
+
+@pytest.mark.parametrize(
+    ("asked", "words"),
+    [
+        (b"tuple", "Expected a list in the execute return, found type '<class 'tuple'>'."),
+        (b"one", "Expected a list in the execute return, found type "
+                 "'<class 'polystack.backends.triton_python_utils.InferenceResponse'>'."),
+        (b"str", "Expected an 'InferenceResponse' object in the execute function return list, found type "
+                 "'<class 'str'>'."),
+    ],
+)  # fmt: skip
+def test_what_execute_returns_that_is_no_list_of_responses_fails_in_tritons_words(
+    tmp_path: Path, asked: bytes, words: str
+) -> None:
+    """helper-266: a list holding other than responses failed as "internal server error; the server log has the
+    details", and a response alone as the number of responses (its size "InferenceResponse")."""
+    python = registry.get("python")
+    loaded = python.load(packed(tmp_path, RETURNS), python_model.signature(CONFIG), python.parse_options({}), "cpu")
+    try:
+        with pytest.raises(BackendError) as failed:
+            loaded.infer(_inputs(asked))
+        assert failed.value.message == f"Failed to process the request(s) for model 'upper_0', message: {words}"
+        assert loaded.infer(_inputs(b"ok"))["OUT"].tolist() == [[b"x"]]  # and it answers on
+    finally:
+        loaded.close()
+
+
 def test_the_model_gets_triton_completed_config_writable_inputs_and_its_extra_outputs_are_dropped(model) -> None:  # type: ignore[no-untyped-def]
     inputs = _inputs(b"args")
     inputs["x"].flags.writeable = False  # as a request's binary data comes

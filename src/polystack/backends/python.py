@@ -429,18 +429,23 @@ class PythonModel:
             ]
         if responses is None:  # each request answered by its response sender (now, or later from a thread)
             responses = [None] * len(received)
-        if not isinstance(responses, list | tuple) or len(responses) != len(received):  # Triton's words
-            got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+        failed = f"Failed to process the request(s) for model '{chosen.name}', message: "  # Triton's words below
+        if not isinstance(responses, list):  # a tuple too, as Triton's stub refuses it
+            raise BackendError(f"{failed}Expected a list in the execute return, found type '{type(responses)}'.")
+        if len(responses) != len(received):
             raise BackendError(
-                f"Failed to process the request(s) for model '{chosen.name}', message: Number of InferenceResponse "
-                "objects do not match the number of InferenceRequest objects. InferenceRequest(s) size is:"
-                f"{len(received)}, and InferenceResponse(s) size is:{got}"
+                f"{failed}Number of InferenceResponse objects do not match the number of InferenceRequest objects. "
+                f"InferenceRequest(s) size is:{len(received)}, and InferenceResponse(s) size is:{len(responses)}"
             )
-        for request, response in zip(received, responses, strict=True):
-            if response is not None and request.rescheduled():  # Triton's words (its stub fails the execute)
+        for request, response in zip(received, responses, strict=True):  # its stub fails the whole execute
+            if response is not None and request.rescheduled():
                 raise BackendError(
-                    f"Failed to process the request(s) for model '{chosen.name}', message: Expected a None object in "
-                    "the execute function return list for reschduled request, found type "
+                    f"{failed}Expected a None object in the execute function return list for reschduled request, "
+                    f"found type '{type(response)}'."
+                )
+            if response is not None and not isinstance(response, pb_utils.InferenceResponse):
+                raise BackendError(
+                    f"{failed}Expected an 'InferenceResponse' object in the execute function return list, found type "
                     f"'{type(response)}'."
                 )
         results: list[dict[str, np.ndarray] | PolystackError | Rescheduled] = []
@@ -949,7 +954,7 @@ def _at(e: BaseException, shown: Callable[[str], str] = str) -> str:
     frames from the innermost out, each ``  <file>(<line>): <function>`` (the file as ``shown`` names it), up to
     the model's ``execute`` (the frames that called it are polystack's, where Triton's are none), but the innermost
     of polystack's own code (pb_utils' ``send``, say: C++ in Triton's stub, so never among its frames), and none of
-    Python's import machinery."""
+    Python's import machinery; none at all where this module raised it (the model's code never ran)."""
     tb = e.__traceback__
     if tb is None:
         return ""
@@ -958,6 +963,8 @@ def _at(e: BaseException, shown: Callable[[str], str] = str) -> str:
     frames: list[str] = []
     frame: FrameType | None = tb.tb_frame
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+        if frame.f_code.co_filename == __file__:  # raised before the model's code ran (it has no execute, say)
+            return ""
         frame = frame.f_back
     while frame is not None and frame.f_code.co_filename != __file__:
         if not _importing(frame.f_code.co_filename):  # (an import's frames: the model's modules alone)
