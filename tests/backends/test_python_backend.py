@@ -168,6 +168,23 @@ def test_what_execute_returns_that_is_no_list_of_responses_fails_in_tritons_word
         loaded.close()
 
 
+def test_a_model_without_execute_fails_each_request_showing_none_of_the_servers_frames(tmp_path: Path) -> None:
+    """Its "At:" lines were the server's threads' (threading.py's run and _bootstrap), where the model has none
+    (helper-266)."""
+    python = registry.get("python")
+    no_execute = "class TritonPythonModel:\n    def initialize(self, args):\n        pass\n"
+    loaded = python.load(packed(tmp_path, no_execute), python_model.signature(CONFIG), python.parse_options({}), "cpu")
+    try:
+        with pytest.raises(BackendError) as failed:
+            loaded.infer(_inputs(b"x"))
+        assert failed.value.message == (
+            "Failed to process the request(s) for model 'upper_0', message: AttributeError: 'TritonPythonModel' "
+            "object has no attribute 'execute'"
+        )
+    finally:
+        loaded.close()
+
+
 def test_the_model_gets_triton_completed_config_writable_inputs_and_its_extra_outputs_are_dropped(model) -> None:  # type: ignore[no-untyped-def]
     inputs = _inputs(b"args")
     inputs["x"].flags.writeable = False  # as a request's binary data comes
