@@ -195,7 +195,7 @@ def test_json_numbers_keep_their_exact_values(datatype: str, data: list, want: n
         ("UINT8", [-1, 2], "does not fit datatype UINT8"),
         ("INT32", [1.5, 2], "INT32 data must hold integers only, not 1.5"),
         ("FP32", [1, "2"], "FP32 data must hold numbers only, not '2'"),
-        ("FP32", [1, None], "numbers only, not None"),
+        ("INT32", [1, None], "integers only, not None"),
         ("FP64", [True, 1.0], "numbers only, not True"),
         # the same words however numpy would have failed: out of its range, or read as a float past 64 bits
         ("UINT64", [-1, 2], "values run from -1 to 2, outside 0..18446744073709551615"),
@@ -208,6 +208,15 @@ def test_json_numbers_keep_their_exact_values(datatype: str, data: list, want: n
 def test_json_numbers_of_the_wrong_kind_are_refused(datatype: str, data: list, words: str) -> None:
     with pytest.raises(InvalidTensor, match=words):
         http_codec.decode_infer_request(json_body(datatype, [2], data))
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "BF16", "FP32", "FP64"])
+def test_a_null_among_floating_point_json_values_is_nan_as_kserve_reads_it(datatype: str) -> None:
+    """KServe's REST client writes NaN and the infinities as null (orjson; JSON spells none of them), and KServe's
+    server reads null as NaN: it was refused, "numbers only, not None" (helper-267)."""
+    got = http_codec.decode_infer_request(json_body(datatype, [3], [1.5, None, 2])).inputs["x"]
+    assert got.shape == (3,) and np.isnan(got.astype(np.float32)[1])
+    np.testing.assert_array_equal(got.astype(np.float32)[[0, 2]], [1.5, 2.0])
 
 
 def test_json_integers_over_64_bits_still_parse_and_are_checked() -> None:

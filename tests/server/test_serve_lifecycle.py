@@ -79,7 +79,8 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         if during.status == 400 or time.monotonic() > until_unready:
             break
         time.sleep(0.01)
-    assert during.status == 400 and answer == {"ready": False}
+    shutting_down = "the server is shutting down; send requests to another replica"
+    assert during.status == 400 and answer == {"ready": False, "error": shutting_down}
     caller.join(10)
     stopper.join(10)
     assert results["status"] == 200, results

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,6 +84,13 @@ def test_exit_on_error_false_serves_the_models_that_loaded_and_strict_readiness_
             assert index[name]["state"] == "UNAVAILABLE" and index[name]["reason"].startswith(f"failed to load '{name}'")
         assert "model.pt" in index["torch"]["reason"], index
         assert not client.is_server_ready() and not grpc.is_server_ready()  # strict readiness: Triton's default
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models") as listed:  # KServe's V2 list
+            assert "a" in json.loads(listed.read())["models"]
+        with pytest.raises(urllib.error.HTTPError) as unready:  # Triton's 400, and words for KServe's client
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready")
+        said = json.loads(unready.value.read())
+        assert unready.value.code == 400 and said["ready"] is False, said
+        assert said["error"].startswith("model(s) 'bad', 'torch' are not ready (--strict-readiness counts them)")
         client.unload_model("bad")
         assert not client.is_server_ready()
         client.unload_model("torch")  # unloaded, as Triton's index then says: ready again

@@ -478,7 +478,7 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any, model:
             arr = np.asarray(flat, dtype=dtype.numpy)
         else:
             _check_numbers(name, dtype, flat)
-            if np.dtype(dtype.numpy).kind == "f":  # read wide, so that a value out of FP32's range is refused
+            if dtype in _FLOATING:  # read wide, so that a value out of FP32's range is refused
                 arr = cast_numbers(name, dtype, np.asarray(flat, dtype=np.float64))
             else:
                 arr = np.asarray(flat, dtype=dtype.numpy)  # integers out of range raise OverflowError
@@ -500,11 +500,13 @@ def from_json(name: str, dtype: DType, shape: tuple[int, ...], data: Any, model:
 
 
 def _check_numbers(name: str, dtype: DType, flat: list[Any]) -> None:
-    """Refuse what numpy would quietly convert (strings, null, true/false, fractions for integers), and
-    integers outside the datatype's range, in the words ``wire.cast_numbers`` uses for them."""
-    integers = np.dtype(dtype.numpy).kind in "iu"
+    """Refuse what numpy would quietly convert (strings, true/false, fractions for integers, null for integers),
+    and integers outside the datatype's range, in the words ``wire.cast_numbers`` uses for them. A null among
+    floating-point values is NaN, as KServe's server reads it: JSON spells no NaN, and KServe's clients (orjson)
+    write NaN and the infinities as null."""
+    integers = dtype not in _FLOATING
     for v in flat:
-        if type(v) is int or (type(v) is float and not integers):
+        if type(v) is int or (not integers and (type(v) is float or v is None)):
             continue
         if integers and type(v) is float and math.isfinite(v) and (v >= 2**64 or v <= -(2**63)):  # past 64 bits: a
             info = np.iinfo(dtype.numpy)  # float (one in range is read as an integer), its last digits rounded
@@ -619,3 +621,4 @@ def json_data(arr: np.ndarray, dtype: DType, name: str = "", how: str = _BINARY_
 
 
 _WIDENED = frozenset({DType.FP32, DType.FP16, DType.BF16})
+_FLOATING = frozenset({*_WIDENED, DType.FP64})  # bfloat16's numpy kind is no "f" (ml_dtypes)

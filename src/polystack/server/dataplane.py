@@ -1356,6 +1356,16 @@ class DataPlane:
     def ready(self) -> bool:
         return not self.draining and not (self.strict_readiness and self.not_ready_models())
 
+    def why_not_ready(self) -> str:
+        """Why the server is not ready, in words for a client that shows the answer's ``error`` (KServe's)."""
+        if self.draining:
+            return "the server is shutting down; send requests to another replica"
+        models = self.not_ready_models()
+        return (
+            f"model(s) {', '.join(map(repr, models))} are not ready (--strict-readiness counts them): each is loading, "
+            "or failed to load (GET /v2/models/NAME/ready, and the server's log, say which)"
+        )
+
     def not_ready_models(self) -> list[str]:
         """The models Triton's strict readiness counts against the server's: one loading for the first time (none
         of its versions served yet), one whose last load failed at a version not served (a reload's new version),

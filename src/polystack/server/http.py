@@ -337,6 +337,8 @@ class HttpApp:
         if head == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
             return self._only(method, b"GET", self.live if rest[1] == "live" else self.ready, [])
         if head == "models":
+            if rest == ["models"]:  # KServe's V2 server lists its models here (Triton has no such route)
+                return self._only(method, b"GET", self.v1_models, [])
             if rest == ["models", "stats"]:
                 return self._only(method, b"GET", self.stats, ["", ""])
             if len(rest) >= 2:
@@ -433,8 +435,10 @@ class HttpApp:
         return json_response(200 if ok else 400, {"live": ok})
 
     def ready(self, req: Request, args: list[str]) -> Response:
-        ok = self.plane.ready()
-        return json_response(200 if ok else 400, {"ready": ok})
+        if self.plane.ready():
+            return json_response(200, {"ready": True})
+        # Triton's status and body; the error for clients that show an answer's (KServe's, helper-267)
+        return json_response(400, {"ready": False, "error": self.plane.why_not_ready()})
 
     def server_metadata(self, req: Request, args: list[str]) -> Response:
         doc = self.plane.server_metadata()
