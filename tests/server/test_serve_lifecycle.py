@@ -51,6 +51,9 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
     watcher.request("GET", "/v2/health/ready")
     first = watcher.getresponse()
     assert first.status == 200 and json.loads(first.read()) == {"ready": True}
+    idle = http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10)  # kept alive, idle at the SIGTERM
+    idle.request("GET", "/v2/health/live")
+    assert idle.getresponse().read() == b'{"live":true}'
     results: dict[str, object] = {}
 
     def slow_call() -> None:
@@ -81,6 +84,13 @@ def test_drain_finishes_in_flight_requests_and_turns_readiness_false(
         time.sleep(0.01)
     shutting_down = "the server is shutting down; send requests to another replica"
     assert during.status == 400 and answer == {"ready": False, "error": shutting_down}
+    # a request begun on a kept connection after the drain began is refused, not run, as gRPC refuses a call then
+    # (helper-265: it ran, lengthening the drain)
+    idle.request("POST", "/v2/models/slowdrain/infer", body, {"Content-Type": "application/json"})
+    late = idle.getresponse()
+    said = json.loads(late.read())
+    assert late.status == 503 and said["error"].endswith("(it was not run)"), said
+    assert late.getheader("connection") == "close"
     caller.join(10)
     stopper.join(10)
     assert results["status"] == 200, results
@@ -990,9 +1000,55 @@ def test_a_drain_past_its_timeout_exits_without_waiting_for_a_runtime_call_that_
         time.sleep(0.5)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        # exit 1, as tritonserver's main exits when its exit timeout expires: a supervisor tells a drain that cut
+        # requests off from one that finished them (helper-265: it was 0)
+        assert proc.wait(timeout=20) == 1
         assert time.monotonic() - began < 8, time.monotonic() - began  # the drain's 0.5 s and the close's 2 s
-    assert "exiting past the drain timeout" in log.read_text()
+    assert "exiting past the drain timeout (exit 1): requests were cut off" in log.read_text()
+
+
+SLOW_START = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        open(args["model_repository"] + "/initializing", "w").close()
+        time.sleep(60)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+'''
+
+
+def test_a_sigterm_while_a_models_load_hangs_at_start_exits_1_within_the_drain_timeout(tmp_path: Path) -> None:
+    """The first signal stops the start at the next chance; a load that never comes to one (an initialize that
+    hangs) held the process until a second signal or a kill (helper-265: 11.8 s past a 5 s drain timeout)."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "slow", SLOW_START, 'backend: "python"\nmax_batch_size: 0\n'
+                  'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "polystack", "--home", str(tmp_path / "home"), "serve", "--model-repository",
+           str(repo), "--allow-python-models", "--http-port", "0", "--grpc-port", "-1", "--drain-timeout-s", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert until(lambda: (repo / "slow" / "initializing").exists() or proc.poll() is not None, 60), log.read_text()
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1, log.read_text()
+        assert time.monotonic() - signalled < 6, log.read_text()  # the drain's 1 s and the close's 2 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = log.read_text()
+    assert "a model's load did not stop within --drain-timeout-s of the signal" in said
+    assert "exiting past the drain timeout (exit 1): a model's load was cut off" in said
 
 
 def test_a_batch_waiting_out_its_queue_delay_leaves_when_the_drain_begins(

@@ -1050,9 +1050,10 @@ def test_sigterm_ends_the_server_whose_model_is_stuck_in_an_execute_its_client_l
             client.infer("stuck", [x])  # the client gives up; the execute runs on
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 1  # past the timeout, as tritonserver exits with its model still live
         assert time.monotonic() - started < 15
-    assert "a model call whose client went away still running" in (tmp_path / "log").read_text()
+    said = (tmp_path / "log").read_text()
+    assert "exiting past the drain timeout (exit 1): closing the models took it, a model's call" in said
 
 
 FORKS = """

@@ -176,7 +176,8 @@ def serve(
         30.0,
         "--drain-timeout-s",
         "--exit-timeout-secs",
-        help="On SIGTERM, wait this long for requests (--exit-timeout-secs: tritonserver's name for it).",
+        help="On SIGTERM, wait this long for requests, then exit 1 without the rest, as tritonserver does "
+        "(--exit-timeout-secs: its name for it).",
     ),
     max_body_bytes: int = typer.Option(
         64 * 1024 * 1024,

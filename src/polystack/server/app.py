@@ -718,8 +718,9 @@ def _binding(what: str, flag: str, host: str, port: int, other: str = "") -> Ite
 
 
 def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code); ``on_serving`` is called
-    once the models loaded and the ports listen."""
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code; a drain past its timeout
+    exits 1 there and then, as tritonserver's does); ``on_serving`` is called once the models loaded and the ports
+    listen."""
     if config.memory_node is not None:  # before any thread starts: every one the server starts inherits it
         host_policy.bind_memory(config.memory_node)
         log.info("memory bound to a NUMA node (--host-policy)", extra={"numa_node": config.memory_node})
@@ -727,7 +728,7 @@ def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | No
     if config.cpus is not None:
         config.cpus.apply_to_process()  # this process only serves: pin what libraries started at import
     try:
-        stopped_early = _load_until_signalled(server)
+        stopped_early, loading = _load_until_signalled(server)
     except BaseException:  # the start failed: what it loaded closes first, as Triton's failed start unloads them
         _close_started(server, engine)
         raise
@@ -735,8 +736,8 @@ def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | No
         log.info(
             "stopped", extra={"before_serving": True, "models": [f"{e.name}:{e.version}" for e in engine.loaded()]}
         )
-        server.close()
-        engine.close()
+        # a load that outlived the drain timeout: exit 1 without it
+        _close(server, engine, bounded=loading, cut="a model's load was cut off")
         return 0
     # Start-up leaves a few hundred thousand long-lived objects (runtimes, the CLI); freezing them keeps
     # full collections, triggered by per-request garbage, from walking them all again (py-spy showed
@@ -786,13 +787,14 @@ def _close_started(server: Server, engine: Engine) -> None:
     closing.join(EXIT_GRACE_S)
 
 
-def _close(server: Server, engine: Engine, bounded: bool) -> None:
+def _close(server: Server, engine: Engine, bounded: bool, cut: str = "requests were cut off") -> None:
     """Close the server and its models. ``bounded`` (the drain timed out with requests still running, as a
     hung runtime call can be): the process exits once what closes has had ``EXIT_GRACE_S``, as Triton exits
     once its exit timeout passes; a runtime call cannot be stopped, and the interpreter would wait at exit for
     the thread that runs it (a 4.4 s call held a server drained with --drain-timeout-s 1 for 5.5 s). After a drain
     that ended, the close has the drain timeout (at least ``EXIT_GRACE_S``): a model's call whose client went away
-    may still run, which no request counts (helper-182: a Python model's stuck execute held the process for good)."""
+    may still run, which no request counts (helper-182: a Python model's stuck execute held the process for good).
+    ``cut``: what the timeout cut off, in the log's words."""
     if bounded:  # the spans of what the drain answered go out first, whatever the close then waits for
         server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
     done = threading.Event()
@@ -814,18 +816,23 @@ def _close(server: Server, engine: Engine, bounded: bool) -> None:
             raise failed[0]
         _exit_past_what_models_left()
         return
+    # exit 1, as tritonserver's main exits 1 when its stop's exit timeout expires ("failed to stop server: Exit
+    # timeout expired. Exiting immediately."): a supervisor tells a drain that cut requests off from a clean one
     if done.is_set():
-        log.info("exiting past the drain timeout", extra={"closed": True})
+        log.error(f"exiting past the drain timeout (exit 1): {cut}", extra={"closed": True})
     elif bounded:
-        log.warning("exiting past the drain timeout: runtime calls still running are not waited for", extra={"closed": False})
+        log.error(
+            f"exiting past the drain timeout (exit 1): {cut}, and runtime calls still running are not waited for",
+            extra={"closed": False},
+        )
     else:
-        log.warning(
-            "exiting: closing the models took the drain timeout, a model call whose client went away still running; "
-            "it is not waited for",
+        log.error(
+            "exiting past the drain timeout (exit 1): closing the models took it, a model's call or a model's "
+            "finalize still running; it is not waited for",
             extra={"closed": False},
         )
     logging.shutdown()  # what the log handlers hold goes out first
-    os._exit(0)
+    os._exit(1)
 
 
 def _exit_past_what_models_left() -> None:
@@ -870,12 +877,13 @@ def _exit_past_what_models_left() -> None:
         os._exit(0)
 
 
-def _load_until_signalled(server: Server) -> threading.Event:
+def _load_until_signalled(server: Server) -> tuple[threading.Event, bool]:
     """``server.load_models()``, stopped by a SIGTERM or Ctrl-C: a warm-up stops between two calls, no
     further model loads, and the event returned is set (``run`` then exits 0, as after a drain). The
     models load on a thread of their own, so that the main thread takes the signal at once, even in the
-    middle of a runtime's call; a second signal ends the process there and then. A failure to load is
-    raised here, unless the signal caused it."""
+    middle of a runtime's call; a second signal ends the process there and then, and a load still running
+    ``--drain-timeout-s`` after the first is left (the bool returned: True; ``run`` then exits 1, as past a drain's
+    timeout). A failure to load is raised here, unless the signal caused it."""
     stopped_early = threading.Event()
     first_signal = [0.0]
 
@@ -903,13 +911,20 @@ def _load_until_signalled(server: Server) -> threading.Event:
         except BaseException as e:  # raised again below, on the main thread
             failed.append(e)
 
+    # not a daemon: threads a model's initialize starts would be daemons too, which the exit does not report
     loader = threading.Thread(target=load, name="polystack-start")
     loader.start()
     while loader.is_alive():
         loader.join(0.5)  # returns for the signal handlers to run
+        if stopped_early.is_set() and time.monotonic() - first_signal[0] > server.config.drain_timeout_s:
+            log.error(  # a model's initialize that hangs, say: the drain timeout bounds a stop while starting too
+                "a model's load did not stop within --drain-timeout-s of the signal; exiting without waiting for it",
+                extra={"drain_timeout_s": server.config.drain_timeout_s},
+            )
+            return stopped_early, True
     if failed and not (stopped_early.is_set() and isinstance(failed[0], PolystackError)):
         raise failed[0]
-    return stopped_early
+    return stopped_early, False
 
 
 def _run_loop(coro: Any) -> None:

@@ -440,6 +440,7 @@ class DataPlane:
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
         self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
+        self.drain_began_ns = 0  # perf_counter_ns when the drain began: a request begun since is refused, not run
         # Triton's model repository extension: the index, loads and unloads by name, polls (its transports call it)
         self.repository_extension = RepositoryExtension(self)
         # an ensemble's requests: its steps as requests of the models served, held for the request's life
@@ -1387,6 +1388,8 @@ class DataPlane:
         """Readiness false from now on (SIGTERM): requests in flight finish, load balancers move on. A batch
         waiting out its queue delay leaves now; sequence models start no new sequence, and take the requests of
         those they hold until they end (``wait_sequences``)."""
+        if not self.draining:
+            self.drain_began_ns = time.perf_counter_ns()
         self.draining = True
         self._drain_started.set()
         for served in list(self._served.values()):

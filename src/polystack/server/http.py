@@ -648,6 +648,7 @@ class HttpApp:
         decode = self._forwarding(decode, req)
         request = await self._decode_off_loop(name, version, decode) if slow else self.plane.decode(name, version, decode)
         req.inference_id = request.id
+        self._refuse_when_draining(req, name, version, request)
         return self.plane.infer_stream(name, version, request, self.loop, lambda: text_headers(req.headers))
 
     async def _generate_once(self, req: Request, name: str, version: str) -> InferResponse:
@@ -715,8 +716,7 @@ class HttpApp:
         req.inference_id = request.id
         if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
-        if self.plane.taking_sequences:
-            self._sequences_alone(name, version, request)
+        self._refuse_when_draining(req, name, version, request)
         result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
         return request, result
 
@@ -725,14 +725,20 @@ class HttpApp:
         forward = self.header_forward
         return decode if forward is None else functools.partial(_forwarded, forward, decode, req)
 
-    def _sequences_alone(self, name: str, version: str, request: InferRequest) -> None:
+    def _refuse_when_draining(self, req: Request, name: str, version: str, request: InferRequest) -> None:
         """The drain's first part runs the requests of sequences alone (to sequence models), as Triton's newer
-        schedulers do once its server stops: any other is refused, not run."""
-        if not (request.parameters.get("sequence_id") and self.plane.serves_sequences(name, version or None)):
-            raise ShuttingDown(
-                "the server is shutting down and runs only the requests of the sequences it holds; send this request "
-                "to another replica (it was not run)"
-            )
+        schedulers do once its server stops: any other is refused, not run. Past it, a request whose first byte came
+        after the drain began (on a connection kept alive) is refused, as gRPC refuses a call then (helper-265: it
+        ran, and lengthened the drain); one begun before is in flight, and answered."""
+        plane = self.plane
+        if plane.taking_sequences:
+            if not (request.parameters.get("sequence_id") and plane.serves_sequences(name, version or None)):
+                raise ShuttingDown(
+                    "the server is shutting down and runs only the requests of the sequences it holds; send this "
+                    "request to another replica (it was not run)"
+                )
+        elif plane.draining and req.received[0] >= plane.drain_began_ns:
+            raise ShuttingDown("the server is shutting down; send the request to another replica (it was not run)")
 
     async def _decode_off_loop(self, name: str, version: str, decode: Callable[[], _Decoded]) -> _Decoded:
         """``DataPlane.decode`` on a codec thread, for a body that may take long to read (``_slow_to_read``), which
@@ -766,8 +772,7 @@ class HttpApp:
             predict = self.plane.decode(name, "", decode)
         else:
             predict = await self._decode_off_loop(name, "", decode)
-        if self.plane.taking_sequences:
-            self._sequences_alone(name, "", predict.request)
+        self._refuse_when_draining(req, name, "", predict.request)
         result = await self.plane.infer(name, "", predict.request, self.loop, lambda: text_headers(req.headers))
         return Response(200, v1_codec.encode_predict(result.outputs, predict), JSON)
 
