@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from polystack.errors import InvalidRequest, NotUnique, PollFailed
+import pytest
+
+from polystack.errors import InvalidName, InvalidRequest, NotUnique, PollFailed
 from polystack.server.load_history import MAX_LOAD_FAILURES, LoadHistory
+from polystack.store.refs import validate_name
 
 
 def test_a_failure_is_kept_with_its_version_and_words_and_the_newest_replaces_it() -> None:
@@ -37,6 +40,20 @@ def test_only_the_newest_failures_are_kept_whatever_names_loads_try() -> None:
     assert len(history.failures) == MAX_LOAD_FAILURES
     assert "name0" not in history.failures and "name1" not in history.failures
     assert f"name{MAX_LOAD_FAILURES + 1}" in history.failures
+
+
+def test_the_unread_names_are_bounded_with_the_failures_and_a_name_no_model_can_have_is_not_kept() -> None:
+    """helper-268: 300 loads of distinct 1 MiB names kept 660 MB (each name twice: the key and the message), and
+    the names never read grew without bound."""
+    history = LoadHistory()
+    for i in range(MAX_LOAD_FAILURES + 2):
+        history.failed(f"name{i}", PollFailed("failed to load, failed to poll").before_model_read())
+    assert len(history.unread) == MAX_LOAD_FAILURES and "name0" not in history.unread
+    long = "x" * (1 << 20)
+    with pytest.raises(InvalidName) as refused:
+        validate_name(long)
+    history.failed(long, refused.value)
+    assert long not in history.failures and len(refused.value.message) < 1000  # the name shown cut short
 
 
 def test_an_unload_by_name_forgets_its_failure_its_wait_and_its_policy_but_not_the_versions_it_stopped() -> None:

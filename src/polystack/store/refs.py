@@ -18,7 +18,7 @@ def validate_name(name: str) -> str:
     """Return ``name`` if it is a safe model name, else raise InvalidName saying what is allowed."""
     if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidName(
-            f"model name {name!r} is not allowed; use 1-128 characters, none of them '/', '\\', ':', '=', '\"', "
+            f"model name {quote(name, 200)} is not allowed; use 1-128 characters, none of them '/', '\\', ':', '=', '\"', "
             "white space or control characters, not starting with '.' and without '..' (rename the model or its "
             "folder)"
         )
