@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -59,6 +60,9 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
                 call()
             assert refused.value.status() == "403"
         assert http.get_server_metadata(headers=INFER)["name"] == "polystack"
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as sock:  # white space around the value
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\ninfer-key: \t infer-value  \r\nConnection: close\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"  # is no part of it (RFC 9110 5.5; helper-268: it was 403)
         assert http.infer("mlp", [_x(httpclient)], headers={"Infer-Key": "infer-value"}).as_numpy("y").shape == (1, 4)
         for action in ("generate", "generate_stream"):  # the generate extension is inference, as in Triton
             body = json.dumps({"x": [1.0] * 16}).encode()
