@@ -4,6 +4,7 @@ and see the change in what ``polystack serve`` writes."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
@@ -384,8 +386,100 @@ def test_the_access_log_names_a_request_by_its_inference_id_without_a_header(
             assert Raw(st.http_port).json("POST", "/v2/models/mlp/infer", {"inputs": doc["inputs"]})[0] == 200
         ids = [r.__dict__["request_id"] for r in records if r.getMessage() == "request"]
         assert ids[:2] == ["my-req-7", "hdr"] and ids[2].startswith("r"), ids
+        # the id the answer echoes, beside the header's (helper-265: it was in no line)
+        both = [r.__dict__.get("inference_id") for r in records if r.getMessage() == "request"]
+        assert both == [None, "my-req-7", None], both
     finally:
         st.stop()
+
+
+def test_a_grpc_call_with_an_id_and_x_request_id_metadata_logs_both(
+    model_store: tuple[Store, dict[str, ModelRecord]],
+) -> None:
+    store, _ = model_store
+    st = start(store, models=["mlp"], access_log=True, grpc_port=0)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{st.grpc_port}")
+        x = grpcclient.InferInput("x", [1, 16], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        with caught_logs("polystack.server.grpc", logging.INFO) as records:
+            client.infer("mlp", [x], request_id="oip-1", headers={"x-request-id": "md-1"})
+        said = [(r.__dict__["request_id"], r.__dict__.get("inference_id")) for r in records
+                if r.getMessage() == "request"]  # fmt: skip
+        assert ("md-1", "oip-1") in said, said
+    finally:
+        st.stop()
+
+
+def test_a_log_lines_fields_are_cut_short_so_that_collectors_keep_it_one_line() -> None:
+    """A client's 500 KB id made a 500 KB line, which Docker splits at 16 KiB into lines no JSON parser reads
+    (helper-265)."""
+    from polystack.server.logs import MAX_FIELD_CHARS, JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "request", "request_id": "x" * 500_000, "status": 200})
+    line = JsonFormatter().format(record)
+    doc = json.loads(line)
+    assert len(line) < MAX_FIELD_CHARS + 200 and doc["status"] == 200
+    assert doc["request_id"].endswith("... (500,000 characters)")
+
+
+CHATTY = '''
+import logging
+import sys
+import warnings
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        print("initialize says hello")
+
+    def execute(self, requests):
+        print("to stderr", end="", file=sys.stderr)
+        print(" in two writes", file=sys.stderr)
+        logging.getLogger("chatty").warning("the model's own logger")
+        warnings.warn("a warning of the model's")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", np.zeros(1, np.float32))]) for _ in requests]
+'''
+
+
+def test_what_a_python_model_prints_logs_or_warns_is_json_lines_and_splits_none_of_polystacks(tmp_path: Path) -> None:
+    """A model's print, its own logger and its warnings were plain text on the server's stderr, and a print in two
+    writes (text, then its newline) had polystack's lines written between them (helper-265: 68 of 20,863 lines
+    glued to a model's text, which a JSON log collector drops)."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "chatty", CHATTY, 'backend: "python"\nmax_batch_size: 0\n'
+                  'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                  'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n')  # fmt: skip
+    port, log = free_port(), tmp_path / "serve.log"
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--log-verbose", "1"]
+    with cli_server(tmp_path / "home", args, port, log) as proc:
+        x = httpclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.zeros(1, np.float32))
+
+        def ten(_: int) -> None:  # a client each: tritonclient's HTTP client is not shared across threads
+            with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+                for _ in range(10):
+                    client.infer("chatty", [x])
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # its lines and the access log's, at once
+            list(pool.map(ten, range(4)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line JSON
+    said = {(r["logger"], r["msg"]) for r in records}
+    assert ("polystack.output", "initialize says hello") in said
+    assert ("polystack.output", "to stderr in two writes") in said
+    assert ("chatty", "the model's own logger") in said
+    assert any(logger == "py.warnings" and "a warning of the model's" in msg for logger, msg in said), said
+    streams = {r["stream"] for r in records if r["logger"] == "polystack.output"}
+    assert streams == {"stdout", "stderr"}
+    assert sum(r["msg"] == "request" and r["path"].endswith("/infer") for r in records) == 40
+    assert any(r["msg"].startswith("stopping: readiness is false") for r in records)  # said when the drain begins
 
 
 def test_the_access_log_names_a_request_refused_while_its_body_is_read_by_its_inference_id(

@@ -605,9 +605,16 @@ class Server:
 
     def request_stop(self) -> None:
         if self._stop is not None:
-            if self._stop.is_set() and self.plane.taking_sequences:  # a second signal: the sequences held end now
+            if not self._stop.is_set():  # said at once: the drain's end says how it went (helper-265: nothing did)
+                log.info(
+                    "stopping: readiness is false, requests in flight finish, new ones are refused",
+                    extra={"in_flight": self.plane.in_flight.count, "drain_timeout_s": self.config.drain_timeout_s},
+                )
+            elif self.plane.taking_sequences:  # a second signal: the sequences held end now
                 log.info("a second signal: the drain waits no longer for the sequences held")
                 self.plane.stop_waiting_for_sequences()
+            else:
+                log.info("a second signal: the drain goes on, within its timeout")
             self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -720,7 +727,13 @@ def _binding(what: str, flag: str, host: str, port: int, other: str = "") -> Ite
 def run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0 (the process exit code; a drain past its timeout
     exits 1 there and then, as tritonserver's does); ``on_serving`` is called once the models loaded and the ports
-    listen."""
+    listen. What the server's code writes to stdout and stderr meanwhile (a Python model's ``print``) is log
+    lines."""
+    with logs.output_as_log_lines():
+        return _run(engine, config, on_serving)
+
+
+def _run(engine: Engine, config: ServeConfig, on_serving: Callable[[], None] | None) -> int:
     if config.memory_node is not None:  # before any thread starts: every one the server starts inherits it
         host_policy.bind_memory(config.memory_node)
         log.info("memory bound to a NUMA node (--host-policy)", extra={"numa_node": config.memory_node})

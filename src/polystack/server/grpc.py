@@ -104,7 +104,7 @@ class _Calls:
         self,
         rpc: str,
         context: Any,
-        request_id: Callable[[], str],
+        request_id: Callable[[], dict[str, str]],
         code: grpc.StatusCode | None,
         started: float,
         failure: str | None = None,
@@ -115,18 +115,16 @@ class _Calls:
         level = request_level(self.settings, self.access_log)
         if level is None and failure is None:
             return
-        rid = request_id()
+        ids = request_id()
         status_name = (code or grpc.StatusCode.OK).name
         if failure is not None:
-            log.warning(
-                "request failed", extra={"request_id": rid, "rpc": rpc, "status": status_name, "error": failure}
-            )
+            log.warning("request failed", extra={**ids, "rpc": rpc, "status": status_name, "error": failure})
         if level is not None:
             log.log(
                 level,
                 "request",
                 extra={
-                    "request_id": rid,
+                    **ids,
                     "rpc": rpc,
                     "status": status_name,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -139,16 +137,20 @@ _SERVER_SIDE = frozenset(code for http, code in status.TABLE.values() if http >=
 _ids = itertools.count(1)
 
 
-def _request_id(context: Any, request: Any, own_first: bool = False) -> str:
-    """The call's ``x-request-id`` metadata, else the inference request's id, else one made up here;
-    ``own_first``: the request's id first (each request of a stream has its own, the metadata is the stream's)."""
+def _request_id(context: Any, request: Any, own_first: bool = False) -> dict[str, str]:
+    """The call's ``x-request-id`` metadata, else the inference request's id, else one made up here, as the log's
+    ``request_id``; ``own_first``: the request's id first (each request of a stream has its own, the metadata is the
+    stream's). The inference request's id beside it as ``inference_id`` where it is another (helper-265: the id the
+    answer echoes was in no line)."""
     own = getattr(request, "id", "")
-    if own_first and isinstance(own, str) and own:
-        return own
+    own = own if isinstance(own, str) else ""
+    if own_first and own:
+        return {"request_id": own}
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return str(value)
-    return own if isinstance(own, str) and own else f"g{next(_ids)}"
+            rid = str(value)
+            return {"request_id": rid, "inference_id": own} if own and own != rid else {"request_id": rid}
+    return {"request_id": own or f"g{next(_ids)}"}
 
 
 def _slow_to_read(request: pb.ModelInferRequest) -> bool:

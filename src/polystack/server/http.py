@@ -115,6 +115,12 @@ class Request:
             self._id = rid.decode("latin-1") if rid else self.inference_id or f"r{next(_ids)}"
         return self._id
 
+    def log_ids(self) -> dict[str, str]:
+        """``request_id`` for the log, and the inference request's own ``id`` beside it where it is another (a client
+        sending both: helper-265, the id the answer echoes was in no line)."""
+        rid, own = self.request_id, self.inference_id
+        return {"request_id": rid, "inference_id": own} if own and own != rid else {"request_id": rid}
+
 
 @dataclass
 class Response:
@@ -983,9 +989,9 @@ def failed(req: Request, exc: BaseException) -> Response:
         if req.inference_id is None:  # refused while its body was read: the id it gave, where it gave one
             req.inference_id = exc.request_id
         if status.http_status(exc) >= 500 and exc.server_failure:
-            log.warning("request failed", extra={"request_id": req.request_id, "path": req.path, "error": exc.message})
+            log.warning("request failed", extra={**req.log_ids(), "path": req.path, "error": exc.message})
     else:
-        log.exception("unexpected error", extra={"request_id": req.request_id, "path": req.path})
+        log.exception("unexpected error", extra={**req.log_ids(), "path": req.path})
     return error_response(exc)
 
 
@@ -997,7 +1003,7 @@ def log_request(app: HttpApp, req: Request, status_code: int) -> None:
             level,
             "request",
             extra={
-                "request_id": req.request_id,
+                **req.log_ids(),
                 "method": req.method.decode(),
                 "path": req.path,
                 "status": status_code,

@@ -13,18 +13,30 @@ own lines (an exporter that cannot reach its collector) go through the same JSON
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from polystack.errors import InvalidRequest, Unsupported, quote
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+# a field's text past this many characters is cut (saying how much was left out): a client's request id of 500 KB
+# made a line of 500 KB, which log collectors split (Docker at 16 KiB) into lines no JSON parser reads
+MAX_FIELD_CHARS = 2048
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_FIELD_CHARS else f"{text[:MAX_FIELD_CHARS]}... ({len(text):,} characters)"
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         }
         for k, v in vars(record).items():
             if k not in _STANDARD and not k.startswith("_"):
-                doc[k] = v
+                doc[k] = _bounded(v) if isinstance(v, str) else v
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
@@ -174,7 +186,8 @@ class LogSettings(logging.Filter):
         ]
         logger = logging.getLogger("polystack")
         logger.setLevel(next((lv for on, lv in levels if on), logging.CRITICAL + 1))
-        for handler in logger.handlers + logging.getLogger("opentelemetry").handlers:
+        others = logging.getLogger("opentelemetry").handlers + logging.getLogger().handlers
+        for handler in logger.handlers + [h for h in others if getattr(h, "_polystack_json", False)]:
             if self not in handler.filters:
                 handler.addFilter(self)
 
@@ -194,8 +207,10 @@ def request_level(settings: LogSettings | None, access_log: bool) -> int | None:
 
 
 def configure(options: LogOptions | None = None) -> None:
-    """Send polystack's logs, and OpenTelemetry's (warnings and up), to stderr (or ``options.file``, appended
-    to, as Triton's --log-file) as JSON lines, with the settings ``options`` give (idempotent)."""
+    """Send polystack's logs, OpenTelemetry's (warnings and up), and any other logger's that propagate to the
+    root (a Python model's own, a library's: warnings and up, Python's default), Python's warnings among them, to
+    stderr (or ``options.file``, appended to, as Triton's --log-file) as JSON lines, with the settings ``options``
+    give (idempotent)."""
     options = options or LogOptions()
     handler: logging.Handler | None = None
     if options.file:
@@ -203,19 +218,93 @@ def configure(options: LogOptions | None = None) -> None:
             handler = logging.FileHandler(options.file, encoding="utf-8")
         except OSError as e:
             raise InvalidRequest(f"--log-file {options.file}: cannot open it: {e.strerror}") from None
-    for name in ("polystack", "opentelemetry"):
+    logging.captureWarnings(True)  # warnings.warn's lines: the "py.warnings" logger's, JSON lines too
+    for name in ("polystack", "opentelemetry", ""):
         logger = logging.getLogger(name)
         ours = [h for h in logger.handlers if getattr(h, "_polystack_json", False)]
         if ours and handler is None:
             continue
         for old in ours:  # another file now (a second configure in one process: tests)
             logger.removeHandler(old)
-        if handler is None:
-            handler = logging.StreamHandler(sys.stderr)
+        if handler is None:  # the real stderr, never the lines of ``output_as_log_lines`` (they come here)
+            stream = sys.stderr
+            handler = logging.StreamHandler(stream.stream if isinstance(stream, _LogLines) else stream)
         handler.setFormatter(JsonFormatter())
         handler._polystack_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-        logger.propagate = False
+        if name:
+            logger.propagate = False
     logging.getLogger("opentelemetry").setLevel(logging.WARNING)
     SETTINGS.file = options.file  # as given, as Triton reports it
     SETTINGS.start(options)
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines are log lines: what code the server runs writes to ``sys.stdout`` or ``sys.stderr``
+    (a Python model's ``print``), each whole line a JSON line of the ``polystack.output`` logger at ``level``, with
+    ``stream`` naming which. Each thread's partial line waits for its end (or ``_MAX_PARTIAL`` characters), so that
+    two threads' writes do not mix. A write while this thread is already writing one (a log handler that failed and
+    reports it to ``sys.stderr``) goes to the stream itself."""
+
+    _MAX_PARTIAL = 65536
+
+    def __init__(self, name: str, level: int, stream: TextIO) -> None:
+        super().__init__()
+        self.name, self.level, self.stream = name, level, stream
+        self._logger = logging.getLogger("polystack.output")
+        self._local = threading.local()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # a library writing to the descriptor writes past the log, as C code does
+        return self.stream.fileno()
+
+    def write(self, text: str) -> int:
+        local = self._local
+        if getattr(local, "writing", False):
+            return self.stream.write(text)
+        local.writing = True
+        try:
+            pending = getattr(local, "partial", "") + text
+            *lines, rest = pending.split("\n")
+            if len(rest) > self._MAX_PARTIAL:
+                lines, rest = [*lines, rest], ""
+            local.partial = rest
+            for line in lines:
+                self._logger.log(self.level, line.rstrip("\r"), extra={"stream": self.name})
+        finally:
+            local.writing = False
+        return len(text)
+
+    def end(self) -> None:
+        """Write this thread's partial line, if any."""
+        if getattr(self._local, "partial", ""):
+            self.write("\n")
+
+
+@contextlib.contextmanager
+def output_as_log_lines() -> Iterator[None]:
+    """``sys.stdout`` and ``sys.stderr`` as log lines while the server runs (``_LogLines``: stdout's at info,
+    stderr's at warning), so that a Python model's ``print`` is a JSON line too, and never splits one of
+    polystack's (helper-265: 68 of 20,863 lines were glued to a model's text, which log collectors then drop).
+    Output written to the descriptors themselves (C code's, gRPC's core) is not seen."""
+    if isinstance(sys.stdout, _LogLines) or isinstance(sys.stderr, _LogLines):  # already (a server in a server)
+        yield
+        return
+    before = sys.stdout, sys.stderr
+    out, err = _LogLines("stdout", logging.INFO, sys.stdout), _LogLines("stderr", logging.WARNING, sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+        out.end()
+        err.end()
