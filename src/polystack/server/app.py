@@ -808,8 +808,9 @@ def _close(server: Server, engine: Engine, bounded: bool, cut: str = "requests w
     that ended, the close has the drain timeout (at least ``EXIT_GRACE_S``): a model's call whose client went away
     may still run, which no request counts (helper-182: a Python model's stuck execute held the process for good).
     ``cut``: what the timeout cut off, in the log's words."""
-    if bounded:  # the spans of what the drain answered go out first, whatever the close then waits for
-        server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S)
+    # the spans of what the drain answered go out first, whatever the close then waits for, and bounded on their own
+    # (helper-265: a collector that was down held the close, which then blamed a model's call)
+    server.plane.tracing.shutdown(timeout_s=EXIT_GRACE_S if bounded else 5.0)
     done = threading.Event()
     failed: list[BaseException] = []
 

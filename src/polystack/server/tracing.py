@@ -290,6 +290,7 @@ class Tracing:
         opentelemetry,url=`` without a scheme, ``resource=``)."""
         self.mode = mode
         self._shown = dict(shown or {})
+        self._flushed = False  # shut down once: a second shutdown (the close's, after the exit's) waits for nothing
         self.file = TraceFile(file) if mode == FILES and file else None  # None in the trace-file mode: no file given
         if enabled is None:
             enabled = mode == MODE and bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -338,7 +339,11 @@ class Tracing:
 
         The provider is flushed, not shut down: it is the process's for good (a second server in the
         process uses it too), and its threads are daemons. The SDK's flush ignores its own timeout, and an
-        export to a collector that is down retries for ~10 s, so the flush runs in a thread of its own."""
+        export to a collector that is down retries for ~10 s, so the flush runs in a thread of its own. Once: a second
+        call returns at once."""
+        if self._flushed:
+            return
+        self._flushed = True
         if self.file is not None:  # the traces scopes hold go out, and the file's array ends
             for scope in (self._global, *self._models.values()):
                 if scope.collector is not None:
