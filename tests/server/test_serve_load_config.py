@@ -337,6 +337,22 @@ def test_null_is_a_fields_default_as_protobuf_reads_it(server: ServerThread) -> 
 
 
 
+def test_metric_tags_and_a_groups_host_policy_load_saying_what_polystack_does_not_do(server: ServerThread) -> None:
+    """Triton's repositories set them; polystack refused the model (helper-269), where it can serve it all the same:
+    its metrics carry no tags, and every instance has the cpu host policy."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = {"metric_tags": {"team": "search"}, "instance_group": [{"count": 1, "host_policy": "cpu"}]}
+    try:
+        with caught_logs("polystack.server", logging.WARNING) as records:
+            client.load_model("mlp", config=json.dumps(config))
+        assert client.is_model_ready("mlp") and config_of(server, "mlp")["instance_group"][0]["count"] == 1
+        said = [r.getMessage() for r in records]
+        assert any("metric_tags, which polystack reads past" in m and "not added" in m for m in said), said
+        assert any("host_policy, which polystack reads past" in m for m in said), said
+    finally:
+        client.load_model("mlp")
+
+
 def test_a_lone_group_where_the_config_repeats_a_field_is_a_list_of_it_as_triton_reads_json(server: ServerThread) -> None:
     """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_sanity sends "instance_group": {...}):
     tritonserver 2.51 reads a lone object as a list of one (protobuf's JSON reading); polystack refused it."""
@@ -434,7 +450,6 @@ REFUSED = [
     (json.dumps({"frobnicate": 1}), "'frobnicate'"),
     (json.dumps({"dynamic_batching": {"frobnicate": 0}}), "not a field"),  # even at zero: not Triton's
     (json.dumps({"default_model_filename": 5}), "file names"),
-    (json.dumps({"metric_tags": {"team": "a"}}), "metric"),
     (json.dumps({"dynamic_batching": {"priority_queue_policy": {"1": {}}}}), "priority_queue_policy without priority_levels"),
     (json.dumps({"dynamic_batching": {"default_priority_level": 1}}), "default_priority_level without priority_levels"),
     (json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"3": {}}}}),

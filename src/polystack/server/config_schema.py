@@ -11,6 +11,7 @@ a file a config names (``model_file``: warm-up inputs, initial states).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from polystack.errors import InvalidRequest, quote
 from polystack.server import repository_agents
 from polystack.types import DType, TensorSpec
+
+log = logging.getLogger("polystack.server")
 
 INT32_MAX = (1 << 31) - 1
 UINT32_MAX = (1 << 32) - 1
@@ -145,6 +148,14 @@ _CHOICES = {"sequence_batching", "ensemble_scheduling", "version_policy", "input
 _MAPS = {"metric_tags", "dynamic_batching.priority_queue_policy"}
 # fields that name files in Triton's repository layout: polystack loads its stored artifact whatever they say
 _FILE_NAMES = {"default_model_filename", "cc_model_filenames"}
+# fields polystack reads past, with a warning saying what it does not do, where Triton's repositories set them
+# and refusing the model would be worse (helper-269: a repository with metric_tags did not load)
+_IGNORED: dict[str, str] = {
+    "metric_tags": "polystack's metrics are labelled by model and version only: the tags are not added to them",
+    "instance_group.host_policy": (
+        "polystack applies the cpu host policy (--host-policy cpu,...) to every instance, whatever its group names"
+    ),
+}
 # field -> why polystack refuses it, or (why, what to do) where "leave it out" is not all there is to say
 _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
     "state.use_growable_memory": "polystack keeps sequence state in host memory, which needs no growable buffers",
@@ -156,7 +167,6 @@ _UNSUPPORTED: dict[str, str | tuple[str, str]] = {
         "a model's versions come from the command line (NAME:VERSION, or the latest), its repository folder's "
         "config, or a load's config"
     ),
-    "metric_tags": "polystack's metrics are labelled by model and version only",
     "model_metrics": (
         "polystack's histograms (request, queue and compute durations, batch sizes) have the same buckets for every "
         "model"
@@ -196,6 +206,9 @@ def read_message(value: Any, where: str, kind: str) -> dict[str, Any]:
             _file_names(v, path)
             continue
         if _is_default(v, path, 0):
+            continue
+        if path in _IGNORED:
+            log.warning(f"{where} sets {path}, which polystack reads past: {_IGNORED[path]}", extra={"value": v})
             continue
         why = _UNSUPPORTED.get(path)
         if why:
