@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,8 +235,14 @@ class Signature:
         """True when every input takes a batch on its first dimension and no output declares a fixed
         first dimension, which could not hold one row per input row (Triton's max_batch_size > 0).
         An output of unknown or no rank does not decide it: ONNX leaves both without dimensions."""
+        return self.batches_with(self.output_names)
+
+    def batches_with(self, outputs: Collection[str]) -> bool:
+        """``batched``, of the ``outputs`` named alone (those a config lists: the others are never asked for,
+        so that a fixed first dimension of theirs stops no batch, as in Triton's ONNX Runtime backend)."""
         inputs = self.inputs or self.optional  # a model whose inputs are all optional (Triton's Python models)
-        return bool(inputs) and all(t.batched for t in inputs) and all(t.batched or not t.shape for t in self.outputs)
+        shown = [t for t in self.outputs if t.name in outputs]
+        return bool(inputs) and all(t.batched for t in inputs) and all(t.batched or not t.shape for t in shown)
 
     def check_outputs(self, outputs: Sequence[str], model: str = "") -> None:
         """Raise InvalidTensor unless every output asked for is the model's (Triton's words first)."""

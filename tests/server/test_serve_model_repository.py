@@ -3,6 +3,7 @@ process and tritonclient; and the repositories it cannot serve, refused at start
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -297,6 +298,49 @@ def test_a_config_listing_its_tensors_without_max_batch_size_is_not_batched_as_i
     root = _model(tmp_path / "models", "m", config=config)
     line = refused_at_start(tmp_path, ["--model-repository", str(root)])
     assert "input[0] (x) has dims [16], but the model's are [-1, 16] with max_batch_size 0" in line, line
+
+
+def test_an_output_the_config_leaves_out_stops_no_batch_as_in_tritons_onnx_runtime_backend(tmp_path: Path) -> None:
+    """A model with an auxiliary output of fixed shape [1, 1] beside its batched one, whose config lists only the
+    batched one with max_batch_size 8: Triton's ONNX Runtime backend checks the outputs the config lists and serves
+    it batched; polystack refused it, "takes no batch dimension on every input" (helper-269)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "models" / "m"
+    (folder / "1").mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["X"], ["Y"]), helper.make_node("ReduceSum", ["X"], ["TOT"], keepdims=1)], "aux",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", 4]),
+         helper.make_tensor_value_info("TOT", TensorProto.FLOAT, [1, 1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "1" / "model.onnx"))
+    (folder / "config.pbtxt").write_text(
+        'backend: "onnxruntime"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 20000 }\n'
+        'input [ { name: "X", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+    )
+    port = free_port()
+    with cli_server(tmp_path / "home", ["--model-repository", str(tmp_path / "models"), "--grpc-port", "-1"], port,
+                    tmp_path / "serve.log"):  # fmt: skip
+        def one(i: int) -> tuple[np.ndarray, list[str]]:
+            with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+                x = httpclient.InferInput("X", [1, 4], "FP32")
+                x.set_data_from_numpy(np.full((1, 4), i, np.float32))
+                result = client.infer("m", [x])
+                return result.as_numpy("Y"), [o["name"] for o in result.get_response()["outputs"]]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(one, range(4)))
+        for i, (y, names) in enumerate(answers):
+            np.testing.assert_array_equal(y, np.full((1, 4), -i, np.float32))
+            assert names == ["Y"]  # the output the config leaves out is never answered
+        with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            stats = client.get_inference_statistics("m")["model_stats"][0]
+            assert stats["inference_count"] == 4 and stats["execution_count"] < 4  # batched together
 
 
 def test_a_version_the_store_holds_with_other_bytes_is_refused_not_replaced(tmp_path: Path) -> None:

@@ -526,7 +526,11 @@ def read(
     options = _runtime_options(config, record, spec, parameters, optimization, auto_complete, python_folder)
     # a Python model's signature is its config's: one taking no inputs batches as the config says (Triton loads it)
     takes_nothing = spec.backend == "python" and record.signature.takes_nothing
-    batched = record.signature.batched or takes_nothing
+    # batched as the outputs the config lists are (the others are never asked for: helper-269, a model with an
+    # unlisted fixed-shape output was refused a max_batch_size that Triton's ONNX Runtime backend takes)
+    listed_outputs = {o.get("name") for o in config.get("output") or () if isinstance(o, dict)}
+    shown = {n for n in record.signature.output_names if n in listed_outputs} or set(record.signature.output_names)
+    batched = record.signature.batches_with(shown) or takes_nothing
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, INT32_MAX) if "max_batch_size" in config else None
     # Triton's auto-complete of a repository's config that leaves inputs or outputs to it (``_autofill``)
