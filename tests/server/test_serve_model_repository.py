@@ -225,7 +225,7 @@ def _model(root: Path, name: str, version: str = "1", config: str | None = None,
             lambda r: _model(r, "m", config='output [ { name: "y", label_filename: "labels.txt" } ]'),
             "names label file 'labels.txt', which is not in",
         ),
-        (lambda r: _model(r, "m", config="max_batch_sise: 8"), "not a Triton config.pbtxt"),
+        (lambda r: _model(r, "m", config="max_batch_sise: 8"), "config.pbtxt: not a Triton config.pbtxt"),
         (lambda r: _model(r, "bad:name"), "model name 'bad:name' is not allowed"),
         (  # Triton's words first (helper-195's left-out refusal, checked here beside tritonserver 2.51)
             lambda r: _model(r, "m", config='name: "other"'),

@@ -41,6 +41,10 @@ def test_model_config_name_reads_the_folders_named_config_where_it_has_one(tmp_p
         client.close()
     for bad in ("", "../x", "a/b"):
         assert "--model-config-name takes the name of a file" in refused_at_start(tmp_path, ["--model-config-name", bad])
+    # a named config's typo names that file, not the folder's config.pbtxt (helper-269)
+    typo = _folder(tmp_path / "typo", "c", "max_batch_size: 8\n" + IO, prod="instance_group [ { kind: KIND_CPUU } ]")
+    line = refused_at_start(tmp_path, ["--model-repository", str(typo), "--model-config-name", "prod"])
+    assert "configs/prod.pbtxt: not a Triton config.pbtxt (protobuf text format): line 1" in line, line
 
 
 def test_disable_auto_complete_config_needs_configs_listing_the_tensors(tmp_path: Path) -> None:

@@ -1003,7 +1003,10 @@ def _read_config(path: Path, shown: str, name: str, mapped: bool = False) -> tup
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"cannot read {shown}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}") from None
-    text = config_text.as_json(raw)
+    try:
+        text = config_text.as_json(raw)
+    except InvalidRequest as e:  # which file (helper-269: with --model-config-name, not the config.pbtxt it said)
+        raise e.prefixed(shown) from None
     doc = json.loads(text)
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{shown} must hold one model configuration (protobuf text, or a JSON object)")
