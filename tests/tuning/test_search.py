@@ -82,28 +82,32 @@ def test_a_finalist_that_won_one_lucky_run_loses_to_the_steady_one() -> None:
     assert any("median" in n for n in outcome.notes)
 
 
+A, B = Config("v", 2, 1, 16, 0.0), Config("v", 2, 1, 32, 1.0)
+
+
+def _two_finalists(scores: dict[Config, list[float]]) -> tuple[Any, Scripted]:
+    """An exhaustive search of A and B, each run scoring the next of its ``scores`` (round and round)."""
+    profile = Scripted(lambda c, run: scores[c][run % len(scores[c])], proxy=lambda c: 0.0)
+    outcome = search(profile, MEASURER, [A, B], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
+    assert outcome.best is not None and outcome.best.config == B
+    return outcome, profile
+
+
 def test_finalists_within_each_others_runs_are_called_a_tie_and_stand_by_their_medians() -> None:
-    a, b = Config("v", 2, 1, 16, 0.0), Config("v", 2, 1, 32, 1.0)
-    scores = {a: [1000.0, 960.0, 1040.0, 1000.0, 990.0], b: [1030.0, 1010.0, 970.0, 1020.0, 1015.0]}
-    profile = Scripted(lambda c, run: scores[c][run % 5], proxy=lambda c: 0.0)
-    outcome = search(profile, MEASURER, [a, b], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert outcome.best is not None and outcome.best.config == b
+    scores = {A: [1000.0, 960.0, 1040.0, 1000.0, 990.0], B: [1030.0, 1010.0, 970.0, 1020.0, 1015.0]}
+    outcome, profile = _two_finalists(scores)
     tie = [n for n in outcome.notes if "tie" in n]
     assert len(tie) == 1 and "batch <= 16," in tie[0], outcome.notes  # the runner-up named
     # each finalist stands for its median run: the loser's best run (1040) is not what is said of it
     medians = {t.config: (t.metrics["qps"], n) for t, n in outcome.medians}
-    runs = profile.runs[a]
-    assert medians[a] == (sorted(scores[a][:runs])[(runs - 1) // 2], runs)
-    standing = [t for t in outcome.standing() if t.config == a]
-    assert len(standing) == 1 and standing[0].metrics["qps"] == medians[a][0]
+    runs = profile.runs[A]
+    assert medians[A] == (sorted(scores[A][:runs])[(runs - 1) // 2], runs)
+    standing = [t for t in outcome.standing() if t.config == A]
+    assert len(standing) == 1 and standing[0].metrics["qps"] == medians[A][0]
 
 
 def test_a_winner_that_beat_the_runner_ups_median_in_every_run_is_no_tie() -> None:
-    a, b = Config("v", 2, 1, 16, 0.0), Config("v", 2, 1, 32, 1.0)
-    scores = {a: [1300.0, 900.0, 900.0, 900.0, 900.0], b: [1000.0, 1000.0, 1000.0, 1000.0, 1000.0]}
-    profile = Scripted(lambda c, run: scores[c][run % 5], proxy=lambda c: 0.0)
-    outcome = search(profile, MEASURER, [a, b], budget_s=60, strategy="exhaustive")  # type: ignore[arg-type]
-    assert outcome.best is not None and outcome.best.config == b
+    outcome, _ = _two_finalists({A: [1300.0, 900.0, 900.0, 900.0, 900.0], B: [1000.0]})
     assert not [n for n in outcome.notes if "tie" in n], outcome.notes
 
 
