@@ -77,7 +77,9 @@ def test_openvino_models_of_a_triton_repository_are_served_by_openvino_as_their_
         config = client.get_model_config("ir")
         assert config["backend"] == "openvino" and config["platform"] == "" and config["max_batch_size"] == 8
         assert config["parameters"]["NUM_STREAMS"] == {"string_value": "2"}
-        assert client.get_model_config("onnx_ov")["backend"] == "openvino"  # its ONNX file, on OpenVINO
+        onnx_ov = client.get_model_config("onnx_ov")
+        assert onnx_ov["backend"] == "openvino"  # its ONNX file, on OpenVINO
+        assert onnx_ov["default_model_filename"] == "model.onnx"  # as its config names it (helper-269: ignored)
         assert client.get_model_config("plain")["backend"] == "openvino"
     lines = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")]
     loaded = {r.get("model"): r for r in lines if r.get("msg") == "model loaded"}

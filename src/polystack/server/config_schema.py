@@ -204,6 +204,8 @@ def read_message(value: Any, where: str, kind: str) -> dict[str, Any]:
         path = snake if kind in ("config", "ensemble") else f"{kind}.{snake}"
         if path in _FILE_NAMES:
             _file_names(v, path)
+            if path == "default_model_filename":  # shown in GET config as given (Triton fills it only when empty)
+                out[snake] = v
             continue
         if _is_default(v, path, 0):
             continue

@@ -134,6 +134,9 @@ class Additions:
     decoupled: bool = False
     # the messages of SHOWN_WHERE_GIVEN the config gives: Triton shows them then alone (each in full)
     given: frozenset[str] = frozenset()
+    # the config's default_model_filename ("": none given): GET config shows it, as Triton's; polystack loads its
+    # stored artifact whatever it is named
+    filename: str = ""
     # a Python model's ragged inputs (allow_ragged_batch): its requests batch whatever their shapes there, as
     # Triton's dynamic batcher batches them, each reaching execute as sent (no runtime's ``ragged``: nothing merged)
     ragged_apart: frozenset[str] = frozenset()
@@ -334,7 +337,7 @@ def render(
             for name, count in added.passive
         ],
         # Triton's onnxruntime backend names its file so; polystack loads its stored artifact, whatever it is named
-        "default_model_filename": _DEFAULT_FILENAMES.get(entry.spec.platform, ""),
+        "default_model_filename": added.filename or _DEFAULT_FILENAMES.get(entry.spec.platform, ""),
         "cc_model_filenames": {},
         "metric_tags": {},
         "parameters": {
@@ -593,6 +596,7 @@ def read(
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (), groups=shown_groups, decoupled=decoupled,
+        filename=config.get("default_model_filename") or "",
         # the groups that place themselves, by the names Triton gives them
         placed=frozenset(
             shown[0] for shown, g in zip(every_group, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"

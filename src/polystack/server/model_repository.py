@@ -1134,9 +1134,9 @@ def _label_files(folder: Path, text: str | None) -> dict[str, Path]:
 
 
 def _served_config(doc: dict[str, Any]) -> str:
-    """The config the server applies: without what chose the file and the versions (done here), and without a
-    backend that leaves the runtime to polystack's plan."""
-    skip = {"platform", "default_model_filename", "defaultModelFilename", "version_policy", "versionPolicy"}
+    """The config the server applies: without what chose the platform and the versions (done here), and without a
+    backend that leaves the runtime to polystack's plan; the file's name stays, for GET config to show."""
+    skip = {"platform", "version_policy", "versionPolicy"}
     if doc.get("backend") not in _CHOOSING:
         skip.add("backend")
     return json.dumps({k: v for k, v in doc.items() if k not in skip})
