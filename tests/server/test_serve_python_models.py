@@ -1659,6 +1659,13 @@ def test_a_passive_instance_group_takes_no_requests_and_its_config_shows_it(tmp_
         groups = client.get_model_config("who")["instance_group"]
         assert [(g["name"], g["count"], g["passive"]) for g in groups] == [("who_0", 1, False), ("who_1", 2, True)]
         assert sorted(p.name for p in seen.iterdir()) == ["initialize-who_0_0", "initialize-who_1_0", "initialize-who_1_1"]
+    # a passive group first stays first, as Triton keeps the config's order (helper-269: it moved to the end)
+    python_folder(tmp_path / "first", "who", COUNTED,
+                  counted_config(seen, "{ kind: KIND_CPU, passive: true }, { kind: KIND_CPU }"))  # fmt: skip
+    (tmp_path / "second").mkdir()
+    with served(tmp_path / "second", tmp_path / "first") as client:
+        groups = client.get_model_config("who")["instance_group"]
+        assert [(g["name"], g["passive"]) for g in groups] == [("who_0", True), ("who_1", False)]
 
 SHAPES = '''
 import numpy as np

@@ -134,6 +134,8 @@ class Additions:
     decoupled: bool = False
     # the messages of SHOWN_WHERE_GIVEN the config gives: Triton shows them then alone (each in full)
     given: frozenset[str] = frozenset()
+    # the config's instance groups' names in its order (passive ones among them), which GET config keeps
+    group_order: tuple[str, ...] = ()
     # the config's default_model_filename ("": none given): GET config shows it, as Triton's; polystack loads its
     # stored artifact whatever it is named
     filename: str = ""
@@ -375,6 +377,9 @@ def render(
         config["sequence_batching"] = sequence_config.render(sequence)
     if added.agents:
         config["model_repository_agents"] = repository_agents.render(added.agents)
+    if added.group_order:  # passive groups where the config puts them, as Triton keeps its groups' order
+        place = {name: i for i, name in enumerate(added.group_order)}
+        config["instance_group"].sort(key=lambda g: place.get(g["name"], len(place)))
     return config
 
 
@@ -596,7 +601,7 @@ def read(
     additions = Additions(
         warmup, formats, options, cached, shapes, reshapes, parameters, optimization, optional=optional, ragged=ragged,
         outputs=tuple(t for t in visible if t in listed) if some else (), groups=shown_groups, decoupled=decoupled,
-        filename=config.get("default_model_filename") or "",
+        filename=config.get("default_model_filename") or "", group_order=tuple(g[0] for g in every_group),
         # the groups that place themselves, by the names Triton gives them
         placed=frozenset(
             shown[0] for shown, g in zip(every_group, groups or (), strict=True) if g.get("kind") == "KIND_MODEL"
