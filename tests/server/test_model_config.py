@@ -40,10 +40,10 @@ def test_without_dynamic_batching_the_count_is_how_many_requests_run_at_once() -
     # a group without a count has Triton's default count: 2 for its ONNX Runtime backend on CPU (was 1)
     text = '{"instance_group": [{"count": 3}, {"kind": "KIND_CPU"}]}'
     # the groups run as one pool, each shown named as Triton names it
-    named = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 2, None)))
+    named = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 2, None)), group_order=("m_0", "m_1"))
     assert model_config.read(text, RECORD, SPEC, PLAN) == model_config.LoadConfig(None, None, 5, named)
     other = dataclasses.replace(SPEC, backend="openvino")  # 1 for the others
-    shown = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 1, None)))
+    shown = model_config.Additions(groups=(("m_0", 3, None), ("m_1", 1, None)), group_order=("m_0", "m_1"))
     assert model_config.read(text, RECORD, other, PLAN) == model_config.LoadConfig(None, None, 4, shown)
 
 
