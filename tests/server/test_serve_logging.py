@@ -568,3 +568,25 @@ def test_a_server_started_with_nothing_to_serve_says_how_to_give_it_a_model(tmp_
     warned = [json.loads(line) for line in log.read_text().splitlines() if "no model" in line]
     assert warned and warned[0]["level"] == "warning"
     assert "polystack register" in warned[0]["msg"] and "--model-repository" in warned[0]["msg"]
+
+
+def test_output_as_log_lines_keeps_each_threads_partial_line_its_own_and_passes_bytes_through() -> None:
+    import sys
+    import threading
+
+    before = sys.stdout
+    with caught_logs("polystack.output", logging.INFO) as records, logs.output_as_log_lines():
+        sys.stdout.write("first half ")
+
+        def other() -> None:
+            sys.stdout.write("another thread's line\n")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        sys.stdout.write("second half\n")
+        assert sys.stdout is not before and sys.stdout.buffer is before.buffer  # bytes go past the log
+        sys.stdout.write("left without its newline")
+    said = [(r.getMessage(), r.__dict__["stream"]) for r in records]
+    assert said == [("another thread's line", "stdout"), ("first half second half", "stdout"),
+                    ("left without its newline", "stdout")], said  # fmt: skip

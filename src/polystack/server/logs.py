@@ -267,6 +267,10 @@ class _LogLines(io.TextIOBase):
     def fileno(self) -> int:  # a library writing to the descriptor writes past the log, as C code does
         return self.stream.fileno()
 
+    @property
+    def buffer(self) -> Any:  # bytes written to it go past the log too (``sys.stdout.buffer.write``)
+        return self.stream.buffer
+
     def write(self, text: str) -> int:
         local = self._local
         if getattr(local, "writing", False):
