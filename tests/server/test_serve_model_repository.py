@@ -405,8 +405,12 @@ def test_versions_onnx_external_data_and_policies_as_triton_reads_them(tmp_path:
     )  # fmt: skip
     store = Store.at(tmp_path / "home")
     try:
-        served = {m.name: m.versions for m in model_repository.register(store, root, [])}
+        with caught_logs("polystack.server", logging.WARNING) as records:
+            served = {m.name: m.versions for m in model_repository.register(store, root, [])}
         assert served == {"big": (10**18,), "folded": (1,), "some": (1,)}  # version 2 has no folder: the others are
+        # and the warning names the model (helper-271: a repository's warnings could not be told apart)
+        [warned] = [r for r in records if "names versions it does not have" in r.getMessage()]
+        assert "'some'" in warned.getMessage() and warned.__dict__["missing"] == [2]
         assert store.get(f"big:{10**18}").format == "onnx" and store.get("folded:1").format == "onnx"
         assert store.get("folded:1").signature == store.get(f"big:{10**18}").signature
         (root / "folded" / "1" / "model.onnx" / "model.onnx").rename(root / "folded" / "1" / "model.onnx" / "m.onnx")

@@ -415,7 +415,7 @@ class Server:
         if not known:
             return refs  # its load says the model is unknown
         try:
-            picked = model_repository.pick_versions(policy, known)
+            picked = model_repository.pick_versions(policy, known, name)
         except InvalidRequest as e:
             raise e.prefixed(f"--model-config {name}") from None
         parsed = [ModelRef.parse(ref) for ref in refs]

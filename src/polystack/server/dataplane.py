@@ -886,7 +886,7 @@ class DataPlane:
         versions = start.versions if start is not None and ref.version is None else ()
         known = sorted(r.version for r in self.store.models.list(ref.name)) if policy is not None else []
         if known:  # a policy picks among the versions the store holds (none: the load says the model is unknown)
-            versions = model_repository.pick_versions(policy, known)
+            versions = model_repository.pick_versions(policy, known, ref.name)
         entry = self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config, agents)
         if ref.version is None:
             self._note_policy(ref.name, policy if config is not None else None)

@@ -625,7 +625,9 @@ def _register_model(
     own, doc = repository_agents.split(doc)  # run on the folder's files before anything is registered
     ran = repository_agents.verify(own if agents is FOLDER_AGENTS else agents, repository_agents.in_folder(folder))
     shown = ran if agents is FOLDER_AGENTS else ()  # the folder's, when they ran: GET config shows them with it
-    served = pick_versions(policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions)
+    served = pick_versions(
+        policy if policy is not None else doc.get("version_policy", doc.get("versionPolicy")), versions, name
+    )
     if is_ensemble(doc):
         text = json.dumps({k: v for k, v in doc.items() if k not in ("version_policy", "versionPolicy")})
         source = f"--model-repository {config_path}"
@@ -1051,8 +1053,9 @@ def _count(value: Any, what: str) -> int:
 DEFAULT_POLICY: Mapping[str, Any] = {"latest": {"num_versions": 1}}
 
 
-def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
-    """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one)."""
+def pick_versions(value: Any, versions: list[int], model: str = "") -> tuple[int, ...]:
+    """The versions Triton's ``version_policy`` picks among ``versions`` (default: the latest one); versions it
+    names that ``model`` lacks are logged (none named: not logged, a policy only compared)."""
     if value is None:
         return (versions[-1],)
     if isinstance(value, Mapping) and not value:
@@ -1081,10 +1084,10 @@ def pick_versions(value: Any, versions: list[int]) -> tuple[int, ...]:
                 f"version_policy specific asks for versions {picked}, but the model's versions are {versions}; "
                 "name versions it has"
             )
-        if len(there) < len(picked):  # Triton serves the others, and says so
+        if len(there) < len(picked) and model:  # Triton serves the others, and says so, naming the model
             log.warning(
-                "version_policy names versions the model does not have; serving the others",
-                extra={"missing": [v for v in picked if v not in versions], "serving": list(there)},
+                f"version_policy of model {model!r} names versions it does not have; serving the others",
+                extra={"model": model, "missing": [v for v in picked if v not in versions], "serving": list(there)},
             )
         return there
     raise InvalidRequest(f"version_policy {quote(kind)} is not latest, all or specific")

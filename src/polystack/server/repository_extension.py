@@ -375,7 +375,7 @@ class RepositoryExtension:
             raise InvalidRequest(f"{name!r} is an ensemble, served without model files; unload it first")
         policy, config = model_config.split_field(config, "version_policy")
         if policy is not None:  # among the files' one version directory, as Triton reads them as a model folder
-            model_repository.pick_versions(policy, [files.version])
+            model_repository.pick_versions(policy, [files.version], name)
         # run on the files before they are registered, as Triton runs them on the folder it makes of them
         agents, config = model_config.split_field(config, "model_repository_agents")
         ran = repository_agents.verify(agents, repository_agents.of_files(files.by_path()))
