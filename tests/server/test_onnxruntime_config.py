@@ -50,6 +50,10 @@ def test_the_backends_other_settings_are_taken_and_said_to_change_nothing() -> N
     said = unread(items)
     assert [s.split(" (")[0] for s in said] == [
         "--backend-config onnxruntime,enable-global-threadpool=1", "--backend-config onnxruntime,intra_op_thread_count=4",
-        "--backend-config min-compute-capability=7",
+        "--backend-config min-compute-capability=7", "--backend-config tensorflow,allow-soft-placement=0",
     ]  # fmt: skip
     assert "threads of their own" in said[0] and "does not read either" in said[2]
+    # another backend's setting is said too (helper-271: openvino's default-max-batch-size was taken in silence)
+    assert unread(["openvino,default-max-batch-size=2"]) == [
+        "--backend-config openvino,default-max-batch-size=2 (polystack reads no setting of Triton's openvino backend)"
+    ]

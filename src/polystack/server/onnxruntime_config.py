@@ -311,13 +311,17 @@ def default_max_batch_size(items: Sequence[str]) -> int | None:
 def unread(items: Sequence[str], others: Collection[str] = ()) -> list[str]:
     """The ``--backend-config`` values ``items`` that polystack takes without reading, each with why (for the start's
     log line of flags that change nothing): the ONNX Runtime backend's global thread pool, and settings that backend
-    does not read either (Triton's ignores them, and starts); ``others``: settings another backend's module says,
-    given for every backend."""
+    does not read either (Triton's ignores them, and starts), and any other backend's but Python's (its module says
+    of its own); ``others``: settings another backend's module says, given for every backend."""
     said = []
     for item in items:
         backend, setting, _ = backend_setting(item)
-        if (backend and backend != _BACKEND) or setting == _MAX_BATCH or (not backend and setting in others):
-            continue  # another backend's, or read
+        if backend and backend not in (_BACKEND, "python"):  # (the Python backend's module says of its own)
+            # helper-271: an openvino default-max-batch-size was taken in silence
+            said.append(f"--backend-config {item} (polystack reads no setting of Triton's {backend} backend)")
+            continue
+        if backend == "python" or setting == _MAX_BATCH or (not backend and setting in others):
+            continue  # the Python backend's, or read
         why = (
             "ONNX Runtime sessions keep threads of their own, as without the global thread pool (set them per model)"
             if setting in _THREAD_POOL
