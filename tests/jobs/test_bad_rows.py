@@ -79,6 +79,26 @@ def test_parquet_nulls_and_ragged_lists(store: Store, mlp: ModelRecord, features
     assert pq.read_table(out).column("id").to_pylist() == [0, 1, 3, 5, 7, 8, 9]
 
 
+def test_a_null_in_dictionary_encoded_columns_costs_its_row(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """Pandas' category columns and Spark's dictionaries: one null stopped the whole job ("Expected bytes, got a
+    'int' object": its filler was of the wrong type; helper-270)."""
+    cols = {f"c{j}": pa.array([str(v) for v in features[:10, j]]).dictionary_encode() for j in range(FEATURES)}
+    cols["c3"] = pa.array([None if i == 4 else str(v) for i, v in enumerate(features[:10, 3])]).dictionary_encode()
+    pq.write_table(pa.table({"id": np.arange(10), **cols}), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    names = ",".join(f"c{j}" for j in range(FEATURES))
+    s = run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.parquet", output=out, keys=["id"],
+                                      columns=[names]))  # fmt: skip
+    assert (s.rows_out, s.errors) == (9, 1)
+    assert [(e["key"]["id"], e["reason"]) for e in _errors(out)] == [(4, "input 'x': null value")]
+    y = np.stack(pq.read_table(out).sort_by("id").column("y").to_numpy(zero_copy_only=False))
+    kept = [i for i in range(10) if i != 4]
+    want = reference(tmp_path / "mlp.onnx", features[kept].astype(np.float32))
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
 def test_max_errors_stops_the_job_and_a_rerun_with_more_room_finishes_it(
     store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
 ) -> None:

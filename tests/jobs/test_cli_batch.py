@@ -42,6 +42,7 @@ def test_mistakes_exit_2_with_one_line(home: Path, mlp: ModelRecord, features: n
         (["--columns", "z"], "column 'z' holds scalars"),
         (["--columns", "nope"], "'nope' is not in the input"),
         (["--key", "nope"], "--key 'nope' is not a column"),
+        (["--key", "id", "--key", "id"], "--key 'id' is given twice"),  # a traceback (helper-270)
         (["--max-errors", "1", "--key", "id"], "2 bad rows exceed --max-errors 1"),
         (["--engine", "spark"], "unknown --engine 'spark'"),
     ]

@@ -210,6 +210,9 @@ def prepare(store: Store, options: BatchOptions) -> PreparedJob:
         )
     source = open_source(options.input, fmt, npy_column=npy_column)
     keys = list(options.keys)
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # (helper-270: a traceback, "Field "id" exists 2 times in schema")
+        raise InvalidRequest(f"--key {twice[0]!r} is given twice; give each key column once")
     for k in keys:
         if k not in source.schema.names:
             raise InvalidRequest(f"--key {k!r} is not a column of the input; it has {', '.join(source.schema.names)}")

@@ -74,6 +74,8 @@ def _leaf_to_numpy(leaf: pa.Array, spec: TensorSpec, owner: np.ndarray, bad: dic
     want = spec.dtype
     if isinstance(leaf, pa.ChunkedArray):
         leaf = leaf.combine_chunks()
+    if pa.types.is_dictionary(leaf.type):  # pandas' category, Spark's: read as the values they encode (helper-270: a
+        leaf = leaf.dictionary_decode()  # null among them stopped the job, its filler of the wrong type)
     if leaf.null_count:
         for row in np.unique(owner[np.asarray(leaf.is_null().to_numpy(zero_copy_only=False))]):
             bad.setdefault(int(row), f"input {spec.name!r}: null value")
