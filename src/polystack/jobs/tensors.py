@@ -124,13 +124,33 @@ def _slow_convert(leaf: pa.Array, spec: TensorSpec, owner: np.ndarray, bad: dict
             if spec.dtype is DType.BYTES:
                 out[i] = v.encode() if isinstance(v, str) else bytes(v)
             elif isinstance(v, (str, bytes)):
-                out[i] = np.asarray(float(v) if spec.dtype.numpy.kind == "f" else int(v), dtype=spec.dtype.numpy)
+                out[i] = np.asarray(_parsed(v, spec.dtype), dtype=spec.dtype.numpy)
             else:
                 out[i] = np.asarray(v, dtype=spec.dtype.numpy)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, KeyError):
             shown = repr(v)[:40]
             bad.setdefault(int(owner[i]), f"input {spec.name!r}: value {shown} is not {spec.dtype.value}")
     return out
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}  # as Arrow's cast of text to bool reads them
+
+
+def _parsed(text: str | bytes, dtype: DType) -> float | int | bool:
+    """A number or truth value a cell's text spells, as the column's fast cast reads them when every cell does
+    (helper-270: one bad cell sent a column here, where 'true' and '5.0' were refused for BOOL and INT64)."""
+    word = text.decode() if isinstance(text, bytes) else text
+    if dtype is DType.BOOL:
+        return _BOOLS[word.strip().lower()]
+    if dtype.numpy.kind == "f":
+        return float(word)
+    try:
+        return int(word)
+    except ValueError:
+        whole = float(word)  # "5.0": a whole number, as a JSON number 5.0 is read; "5.5" is refused
+        if not whole.is_integer():
+            raise
+        return int(whole)
 
 
 def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
