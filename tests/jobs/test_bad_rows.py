@@ -99,6 +99,21 @@ def test_a_null_in_dictionary_encoded_columns_costs_its_row(
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_key_of_another_type_than_its_first_rows_costs_its_row(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """An id of 1.5 among whole numbers, past the first batch, stopped the job at every run ("Float value 1.500000
+    was truncated converting to int64"; helper-270)."""
+    lines = [json.dumps({"id": 1.5 if i == 290 else i, "x": features[i].tolist()}) for i in range(300)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    s = run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.jsonl", output=out, keys=["id"], batch_size=64))
+    assert (s.rows_out, s.errors) == (299, 1)
+    [error] = _errors(out)
+    assert error["key"] == {"id": 1.5} and error["reason"].startswith("key 'id': 1.5 is not int64"), error
+    assert pq.read_table(out).column("id").type == pa.int64()
+
+
 def test_max_errors_stops_the_job_and_a_rerun_with_more_room_finishes_it(
     store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
 ) -> None:

@@ -209,7 +209,7 @@ def _parquet_batches(
 def _csv_schema(path: Path) -> pa.Schema:
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK))
     return reader.schema
 
 
@@ -224,8 +224,22 @@ def _csv_batches(
     convert = pcsv.ConvertOptions(
         include_columns=names, column_types={n: pa.string() for n in text}, strings_can_be_null=True
     )
-    reader = pcsv.open_csv(src.path, read_options=pcsv.ReadOptions(block_size=1 << 22), convert_options=convert)
-    yield from _skip(iter(reader), skip)
+    reader = pcsv.open_csv(src.path, read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK), convert_options=convert)
+    try:
+        yield from _skip(iter(reader), skip)
+    except pa.ArrowInvalid as e:  # a key column's cell past the first block, of another type than Arrow read there
+        if "conversion error" not in str(e) and "converting" not in str(e):
+            raise
+        raise InvalidRequest(
+            f"a CSV cell does not fit the type its column was read as from the file's first {_CSV_BLOCK >> 20} MiB "
+            f"({e}); key columns (--key) keep that type, so give them values of one type throughout (model inputs "
+            "are read cell by cell, a bad one costing its row alone)"
+        ) from None
+
+
+# the block a CSV's column types are guessed from and read in (one size: helper-270 found keys of another type
+# between the 1 MiB guessed from and the 4 MiB read first)
+_CSV_BLOCK = 1 << 22
 
 
 # -- JSONL -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ bindings and the output schema once, and fails early with one clear line when th
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from polystack.engine import LoadedEntry, LoadSpec, infer_entry
-from polystack.errors import InvalidRequest
+from polystack.errors import InvalidRequest, quote
 from polystack.jobs.io import Source, detect_format, fingerprint, open_source
 from polystack.jobs.spec import batch_spec
 from polystack.jobs.tensors import REASON_COLUMN, Binding, output_type, to_arrow, to_tensors
@@ -288,9 +288,12 @@ def score_batch(
 ) -> Scored:
     """Score one batch through the engine; ``first_row`` numbers the rows when there is no key."""
     conv = to_tensors(batch, bindings)
+    unfit = unfit_keys(batch, keys, schema)
+    for row, why in unfit.items():
+        conv.bad.setdefault(row, why)
     bad = sorted(conv.bad.items())
     done: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-    for rows, tensors in conv.groups:
+    for rows, tensors in _without(conv.groups, unfit):
         try:
             got = _run_group(entry, rows, tensors, bad)
         except InvalidRequest as e:
@@ -313,6 +316,43 @@ def score_batch(
         key_arrays = [pa.array(rows + (first_row or 0), pa.int64())]
     arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip([*key_arrays, *columns], schema, strict=True)]
     return Scored(pa.Table.from_arrays(arrays, schema=schema), batch.num_rows, sorted(bad))
+
+
+def unfit_keys(batch: pa.RecordBatch | pa.Table, keys: Sequence[str], schema: pa.Schema) -> dict[int, str]:
+    """The rows whose key does not fit its output column's type (the type the input's first rows gave it), each with
+    why: a bad row each, where one such key stopped the job (helper-270: an id of 1.5 among whole numbers)."""
+    out: dict[int, str] = {}
+    for k in keys:
+        col = batch.column(k)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        want = schema.field(k).type
+        if col.type == want:
+            continue
+        try:
+            col.cast(want)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        for i, v in enumerate(col.to_pylist()):  # which, one by one (rare: the column's cast failed)
+            try:
+                pa.array([v], col.type).cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                out.setdefault(i, f"key {k!r}: {quote(v)} is not {want}, the type of the column's first rows")
+    return out
+
+
+def _without(
+    groups: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], rows_out: Mapping[int, str]
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """``groups`` (rows, and their tensors a row an item) less the rows ``rows_out`` names."""
+    if not rows_out:
+        return list(groups)
+    out = []
+    for rows, tensors in groups:
+        keep = ~np.isin(rows, np.fromiter(rows_out, dtype=np.int64))
+        if keep.any():
+            out.append((rows[keep], {name: t[keep] for name, t in tensors.items()}))
+    return out
 
 
 def _take(col: Any, rows: np.ndarray, n: int) -> pa.Array:

@@ -89,6 +89,21 @@ class _Scorer:
         return _every_row(batch, scored, self.keys, self.full_schema)
 
 
+def _fitted(col: pa.Array | pa.ChunkedArray, want: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """``col`` as ``want``, a value that does not fit it null (a bad row's key of another type than the column's
+    first rows, which is why its row is bad: ``job.unfit_keys``; the local engine's error line shows it as given)."""
+    try:
+        return col.cast(want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = []
+        for v in col.to_pylist():
+            try:
+                values.append(pa.array([v], col.type).cast(want)[0].as_py())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values.append(None)
+        return pa.array(values, want)
+
+
 def _every_row(batch: pa.Table, scored: Scored, keys: list[str], schema: pa.Schema) -> pa.Table:
     """Scored rows and bad rows back together, one per input row, in input order."""
     n = batch.num_rows
@@ -101,7 +116,7 @@ def _every_row(batch: pa.Table, scored: Scored, keys: list[str], schema: pa.Sche
     n_keys = len(bad_keys)
     bad_cols = bad_keys + [pa.nulls(len(bad_rows), f.type) for f in list(schema)[n_keys:-1]] + [reasons]
     bad = pa.Table.from_arrays(
-        [c.cast(f.type) if c.type != f.type else c for c, f in zip(bad_cols, schema, strict=True)], schema=schema
+        [_fitted(c, f.type) if c.type != f.type else c for c, f in zip(bad_cols, schema, strict=True)], schema=schema
     )
     good = scored.table.append_column(REASON_COLUMN, pa.nulls(scored.table.num_rows, pa.string()))
     both = pa.concat_tables([good, bad])
