@@ -421,6 +421,8 @@ def test_a_log_lines_fields_are_cut_short_so_that_collectors_keep_it_one_line() 
     doc = json.loads(line)
     assert len(line) < MAX_FIELD_CHARS + 200 and doc["status"] == 200
     assert doc["request_id"].endswith("... (500,000 characters)")
+    printed = json.loads(JsonFormatter().format(logging.makeLogRecord({"msg": "y" * 100_000})))["msg"]
+    assert len(printed) < 4 * MAX_FIELD_CHARS + 100 and printed.endswith("... (100,000 characters)")
 
 
 CHATTY = '''

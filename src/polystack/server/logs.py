@@ -30,13 +30,14 @@ from polystack.errors import InvalidRequest, Unsupported, quote
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-# a field's text past this many characters is cut (saying how much was left out): a client's request id of 500 KB
-# made a line of 500 KB, which log collectors split (Docker at 16 KiB) into lines no JSON parser reads
+# a field's text past this many characters is cut (saying how much was left out), a message's past four times
+# it: a client's request id of 500 KB made a line of 500 KB, which log collectors split (Docker at 16 KiB) into
+# lines no JSON parser reads
 MAX_FIELD_CHARS = 2048
 
 
-def _bounded(text: str) -> str:
-    return text if len(text) <= MAX_FIELD_CHARS else f"{text[:MAX_FIELD_CHARS]}... ({len(text):,} characters)"
+def _bounded(text: str, most: int = MAX_FIELD_CHARS) -> str:
+    return text if len(text) <= most else f"{text[:most]}... ({len(text):,} characters)"
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _bounded(record.getMessage(), 4 * MAX_FIELD_CHARS),  # a model's print of a whole file, say
         }
         for k, v in vars(record).items():
             if k not in _STANDARD and not k.startswith("_"):
