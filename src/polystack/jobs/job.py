@@ -328,16 +328,25 @@ def unfit_keys(batch: pa.RecordBatch | pa.Table, keys: Sequence[str], schema: pa
         want = schema.field(k).type
         if col.type == want:
             continue
+        values = col.to_pylist()
+        for i in misfits(col, want):
+            out.setdefault(i, f"key {k!r}: {quote(values[i])} is not {want}, the type of the column's first rows")
+    return out
+
+
+def misfits(col: pa.Array, want: pa.DataType) -> list[int]:
+    """The positions of ``col``'s values that do not cast to ``want`` (none where the column casts whole)."""
+    try:
+        col.cast(want)
+        return []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out = []
+    for i, v in enumerate(col.to_pylist()):  # which, one by one (rare: the column's cast failed)
         try:
-            col.cast(want)
-            continue
+            pa.array([v], col.type).cast(want)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        for i, v in enumerate(col.to_pylist()):  # which, one by one (rare: the column's cast failed)
-            try:
-                pa.array([v], col.type).cast(want)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                out.setdefault(i, f"key {k!r}: {quote(v)} is not {want}, the type of the column's first rows")
+            out.append(i)
     return out
 
 

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from polystack.engine import Engine, LoadSpec
 from polystack.errors import BackendUnavailable, InvalidRequest
 from polystack.jobs.io import input_files, parse_jsonl
-from polystack.jobs.job import ROW_COLUMN, PreparedJob, Scored, score_batch
+from polystack.jobs.job import ROW_COLUMN, PreparedJob, Scored, misfits, score_batch
 from polystack.jobs.local import drive
 from polystack.jobs.manifest import JobOutput
 from polystack.jobs.tensors import REASON_COLUMN, Binding
@@ -89,19 +89,14 @@ class _Scorer:
         return _every_row(batch, scored, self.keys, self.full_schema)
 
 
-def _fitted(col: pa.Array | pa.ChunkedArray, want: pa.DataType) -> pa.Array | pa.ChunkedArray:
+def _fitted(col: pa.Array | pa.ChunkedArray, want: pa.DataType) -> pa.Array:
     """``col`` as ``want``, a value that does not fit it null (a bad row's key of another type than the column's
     first rows, which is why its row is bad: ``job.unfit_keys``; the local engine's error line shows it as given)."""
-    try:
-        return col.cast(want)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = []
-        for v in col.to_pylist():
-            try:
-                values.append(pa.array([v], col.type).cast(want)[0].as_py())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                values.append(None)
-        return pa.array(values, want)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    bad = set(misfits(col, want))
+    if bad:
+        col = pc.if_else(pa.array([i in bad for i in range(len(col))]), pa.scalar(None, col.type), col)
+    return col.cast(want)
 
 
 def _every_row(batch: pa.Table, scored: Scored, keys: list[str], schema: pa.Schema) -> pa.Table:

@@ -536,8 +536,8 @@ def read(
     takes_nothing = spec.backend == "python" and record.signature.takes_nothing
     # batched as the outputs the config lists are (the others are never asked for: helper-269, a model with an
     # unlisted fixed-shape output was refused a max_batch_size that Triton's ONNX Runtime backend takes)
-    listed_outputs = {o.get("name") for o in config.get("output") or () if isinstance(o, dict)}
-    shown = {n for n in record.signature.output_names if n in listed_outputs} or set(record.signature.output_names)
+    listed = [o.get("name") for o in config.get("output") or () if isinstance(o, dict)]  # the outputs it lists
+    shown = {n for n in record.signature.output_names if n in listed} or set(record.signature.output_names)
     batched = record.signature.batches_with(shown) or takes_nothing
     limit = spec.max_batch_size  # the variant's own, if it has one
     max_batch = read_int(config, "max_batch_size", "config", 0, INT32_MAX) if "max_batch_size" in config else None
@@ -591,7 +591,6 @@ def read(
                 f"Response Cache does not currently support model {record.name!r} with sequence batching scheduler. "
                 "Please disable the response cache (its answers depend on the sequence's state)"
             )
-    listed = [o.get("name") for o in config.get("output") or () if isinstance(o, dict)]
     # what clients may get: a sequence model's outputs but the states it keeps (unless the config lists them)
     visible = (sequence.shown(record.signature) if sequence is not None else record.signature).output_names
     some = bool(listed) and set(listed) < set(visible)

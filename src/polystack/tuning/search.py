@@ -144,12 +144,12 @@ def _finalists(ranked: Sequence[Config], configs: Sequence[Config]) -> list[Conf
 
 def _median_key(trials: Sequence[Trial]) -> tuple[int, tuple[float, float]]:
     """A finalist's standing: the median of its runs' scores (an infeasible run ranks lowest)."""
-    keys = sorted(_key(t) for t in trials)
-    return keys[(len(keys) - 1) // 2]  # the lower median: a config must win most of its runs
+    return _key(_median_trial(trials))
 
 
 def _median_trial(trials: Sequence[Trial]) -> Trial:
-    """The run whose score is a finalist's standing (``_median_key``)."""
+    """The run whose score is a finalist's standing (``_median_key``): the lower median, so that a configuration must
+    win most of its runs."""
     return sorted(trials, key=_key)[(len(trials) - 1) // 2]
 
 
@@ -297,8 +297,8 @@ def search(
     medians = [(_median_trial(runs[c]), len(runs[c])) for c in pool if len(runs[c]) > 1] if rounds else []
     if pool:
         winner = max(pool, key=lambda c: _median_key(runs[c]))
-        mid = _median_key(runs[winner])
-        best = next((t for t in runs[winner] if _key(t) == mid and t.score is not None), None)
+        mid = _median_trial(runs[winner])  # the very run the medians' table marks (not another of equal score)
+        best = mid if mid.score is not None else None
         tie = _tied(winner, pool, runs)
         if tie is not None and best is not None:
             notes.append(
