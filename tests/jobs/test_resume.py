@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from jobdata import FEATURES
 
-from polystack.errors import Conflict
+from polystack.errors import Conflict, InvalidRequest
 from polystack.jobs import BatchOptions, run_batch
+from polystack.jobs.local import TooManyErrors
 from polystack.jobs.manifest import MANIFEST, JobOutput, read_manifest
 from polystack.store import ModelRecord, Store
 
@@ -160,6 +161,65 @@ def test_output_folder_with_foreign_files_is_refused(
     with pytest.raises(Conflict, match="not a polystack batch job"):
         run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.npy", output=tmp_path / "out"))
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    # and nothing added to it (helper-270: it kept the lock file the refused job had made there)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["precious.txt"]
+
+
+def test_an_output_inside_a_parquet_input_folder_is_refused_before_a_row_is_read(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    # helper-270: the first run wrote its parts there, the next read them back as input rows
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": np.arange(300), "x": features.tolist()}), src / "a.parquet")
+    for inside in (src / "scored", src, src / "day=1" / "scored"):
+        with pytest.raises(InvalidRequest, match=r"inside the input folder .*choose a folder outside it"):
+            run_batch(store, BatchOptions(model="mlp", input=src, output=inside, keys=["id"]))
+        assert not (src / "scored").exists() and not (src / "day=1").exists()
+    # a folder the input's reading skips ("_" or "." first) is no input: it runs, and again
+    opts = BatchOptions(model="mlp", input=src, output=src / "_scored", keys=["id"])
+    assert run_batch(store, opts).rows_out == 300
+    assert run_batch(store, opts).status == "already done"
+
+
+def test_a_resume_by_another_runtime_is_refused_as_its_output_would_mix_two(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    # helper-270: the job's identity left the runtime out, so a resume with --backend openvino finished a job begun
+    # on ONNX Runtime, its parts mixing both runtimes' answers
+    x: list[list[float] | None] = [*features[:200].tolist(), *([None] * 100)]
+    pq.write_table(pa.table({"id": np.arange(300), "x": x}), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    opts = BatchOptions(
+        model="mlp", input=tmp_path / "in.parquet", output=out, keys=["id"], batch_size=100, part_rows=100,
+        max_errors=5,
+    )  # fmt: skip
+    with pytest.raises(TooManyErrors):  # stops at the bad rows, two parts kept
+        run_batch(store, opts)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    opts.max_errors, opts.backend = None, "openvino"
+    with pytest.raises(Conflict, match=r"holds 200 rows scored by onnxruntime/cpu \(the model\); this run would "
+                       r"score the rest by openvino/cpu .*--restart"):  # fmt: skip
+        run_batch(store, opts)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    opts.backend = "onnxruntime"  # as it began: it goes on
+    s = run_batch(store, opts)
+    assert (s.status, s.resumed_from, s.rows_out) == ("done", 200, 200)
+
+
+def test_a_job_output_keeps_its_runtime_from_its_first_part(tmp_path: Path) -> None:
+    ort = {"backend": "onnxruntime", "device": "cpu", "variant": None}
+    ov = {"backend": "openvino", "device": "cpu", "variant": "v-1"}
+    job = JobOutput(tmp_path / "out", {"job": 1}, runtime=ort)
+    job.close()
+    job = JobOutput(tmp_path / "out", {"job": 1}, runtime=ov)  # no row scored yet: this one scores them all
+    job.new_part(pa.schema([("k", pa.int64())])).commit(0.1)
+    job.close()
+    assert read_manifest(tmp_path / "out").runtime == ov  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match=r"scored by openvino/cpu \(variant v-1\); .*by onnxruntime/cpu \(the model\)"):
+        JobOutput(tmp_path / "out", {"job": 1}, runtime=ort)
+    JobOutput(tmp_path / "out", {"job": 1}, runtime=ort, restart=True).close()
+    assert read_manifest(tmp_path / "out").runtime == ort  # type: ignore[union-attr]
 
 
 def test_ctrl_c_mid_run_stops_saying_the_next_run_goes_on(home: Path, mlp: ModelRecord, tmp_path: Path) -> None:

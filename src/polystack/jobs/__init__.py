@@ -58,7 +58,7 @@ def run_batch(store: Store, options: BatchOptions, console: Console | None = Non
 
 def _run(store: Store, options: BatchOptions, console: Console | None) -> Summary:
     job = prepare(store, options)
-    out = JobOutput(options.output, job.identity, restart=options.restart)
+    out = JobOutput(options.output, job.identity, restart=options.restart, runtime=job.runtime)
     try:
         if out.done:
             # what ran is what the finished run said (the store may plan otherwise now)

@@ -75,6 +75,11 @@ class PreparedJob:
         )
 
     @property
+    def runtime(self) -> dict[str, Any]:
+        """What scores the rows, as the output's manifest keeps it: a resume by another is refused."""
+        return {"backend": self.spec.backend, "device": self.spec.device, "variant": self.spec.variant_id}
+
+    @property
     def read_columns(self) -> list[str]:
         cols = list(self.keys)
         for b in self.bindings:
@@ -209,6 +214,7 @@ def prepare(store: Store, options: BatchOptions) -> PreparedJob:
             f"a .npy file holds one tensor but the model takes {len(record.signature.inputs)} inputs; use .npz or Parquet"
         )
     source = open_source(options.input, fmt, npy_column=npy_column)
+    _apart(options.input, options.output)
     keys = list(options.keys)
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:  # (helper-270: a traceback, "Field "id" exists 2 times in schema")
@@ -247,6 +253,24 @@ def prepare(store: Store, options: BatchOptions) -> PreparedJob:
         batch_size=batch_size,
         identity=identity,
     )
+
+
+def _apart(source: Path, output: Path) -> None:
+    """Refuse an output folder whose parts a folder input would read back: one inside it that its reading skips
+    not (helper-270: the second run read the first's parts as input rows)."""
+    if not source.is_dir():
+        return
+    inside = output.resolve()
+    try:
+        parts = inside.relative_to(source.resolve()).parts
+    except ValueError:
+        return
+    if not parts or not any(part.startswith(("_", ".")) for part in parts):
+        raise InvalidRequest(
+            f"--output {output} is inside the input folder {source}, whose .parquet files are all read as input "
+            "(the job's own parts among them at its next run); choose a folder outside it, or one whose name starts "
+            "with '_', which the input's reading skips"
+        )
 
 
 @dataclass

@@ -55,6 +55,8 @@ class Manifest:
     finished_at: float | None = None
     seconds: float = 0.0  # time spent running, summed over resumed runs
     version: int = FORMAT_VERSION
+    # what scores its rows (backend, device, variant): a resume by another would mix two runtimes' outputs
+    runtime: dict[str, Any] | None = None
 
     @property
     def next_row(self) -> int:
@@ -106,6 +108,15 @@ def read_manifest(folder: Path) -> Manifest | None:
         raise Conflict(f"{path} is not a polystack batch manifest ({e}); choose another --output") from e
 
 
+def _runtime(runtime: Mapping[str, Any] | None) -> str:
+    """A manifest's runtime as its refusal names it: ``onnxruntime/cpu (variant v-3f2a)``."""
+    if runtime is None:
+        return "an unknown runtime"
+    variant = runtime.get("variant")
+    where = f"{runtime.get('backend')}/{runtime.get('device')}"
+    return where + (f" (variant {variant})" if variant else " (the model)")
+
+
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
@@ -113,23 +124,26 @@ def part_name(index: int) -> str:
 class JobOutput:
     """Owns an output folder for one job: opens or resumes it, commits parts, finishes it."""
 
-    def __init__(self, folder: Path, job: Mapping[str, Any], *, restart: bool = False) -> None:
+    def __init__(
+        self, folder: Path, job: Mapping[str, Any], *, restart: bool = False, runtime: Mapping[str, Any] | None = None
+    ) -> None:
         self.folder = folder
         self.job = dict(job)
+        runtime = dict(runtime) if runtime is not None else None
         self._lock: IO[bytes] | None = None
         if folder.exists() and not folder.is_dir():
             raise InvalidRequest(f"--output {folder} is a file; give a folder (it will hold Parquet parts)")
+        if folder.is_dir() and not (folder / MANIFEST).exists():
+            self._refuse_strangers()  # before the lock file: a folder it refuses is left as it was (helper-270)
         folder.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         existing = read_manifest(folder)
         if existing is None:
-            strangers = [p.name for p in folder.iterdir() if p.name != LOCK]
-            if strangers:
+            try:
+                self._refuse_strangers()
+            except Conflict:
                 self.close()
-                raise Conflict(
-                    f"--output {folder} already holds files that are not a polystack batch job "
-                    f"({', '.join(sorted(strangers)[:3])}); give an empty or new folder"
-                )
+                raise
         elif existing.job != self.job and not restart:
             self.close()
             changed = sorted(k for k in set(existing.job) | set(self.job) if existing.job.get(k) != self.job.get(k))
@@ -137,13 +151,26 @@ class JobOutput:
                 f"--output {folder} holds a different job (it differs in {', '.join(changed)}); "
                 "pass --restart to replace it, or choose another --output"
             )
+        elif (
+            existing.parts and existing.status != "done" and not restart
+            and None not in (existing.runtime, runtime) and existing.runtime != runtime
+        ):  # fmt: skip
+            self.close()
+            raise Conflict(
+                f"--output {folder} holds {existing.next_row:,} rows scored by {_runtime(existing.runtime)}; this "
+                f"run would score the rest by {_runtime(runtime)}, and the output would mix two runtimes' "
+                "answers: run it as it began (its --backend, or the plan it ran), or pass --restart to score "
+                "every row again"
+            )
         if existing is None or restart:
-            self.manifest = Manifest(job=self.job)
+            self.manifest = Manifest(job=self.job, runtime=runtime)
             _write_atomic(folder / MANIFEST, self.manifest.to_json())  # commit "empty" before deleting anything
             self.resumed = False
         else:
             self.manifest = existing
             self.resumed = bool(existing.parts) and existing.status != "done"
+            if not existing.parts and runtime is not None:  # no row scored yet: this run's runtime scores them all
+                existing.runtime = runtime
         if self.manifest.status != "done":
             self._clean()
 
@@ -155,6 +182,14 @@ class JobOutput:
     @property
     def errors_path(self) -> Path:
         return self.folder / ERRORS
+
+    def _refuse_strangers(self) -> None:
+        strangers = [p.name for p in self.folder.iterdir() if p.name != LOCK]
+        if strangers:
+            raise Conflict(
+                f"--output {self.folder} already holds files that are not a polystack batch job "
+                f"({', '.join(sorted(strangers)[:3])}); give an empty or new folder"
+            )
 
     def _take_lock(self) -> None:
         self._lock = open(self.folder / LOCK, "ab")  # noqa: SIM115  (held for the job's lifetime)
