@@ -66,6 +66,33 @@ def test_csv_text_and_empty_cells_cost_one_row_each(
     assert "null" in errors[0]["reason"] and "'abc'" in errors[1]["reason"]
 
 
+def test_a_csv_row_of_too_few_or_too_many_fields_costs_its_row_and_a_resume_keeps_it_once(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """One such row stopped the job at every run ("CSV parse error: Expected 17 columns, got 16"; helper-270)."""
+    header = ",".join(["id"] + [f"f{j}" for j in range(FEATURES)])
+    body = [",".join([str(i), *(repr(float(v)) for v in features[i % 300])]) for i in range(2000)]
+    body[10] = "10,0.5,0.25"  # a field or more too few...
+    body[1700] = body[1700] + ",9.0"  # ...and one too many, deep in the file
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([header, *body]) + "\n")
+    out = tmp_path / "out"
+    opts = BatchOptions(model="mlp", input=path, output=out, keys=["id"], batch_size=256, part_rows=512, max_errors=1)
+    with pytest.raises(TooManyErrors):  # they come after the other rows: every good row is written first
+        run_batch(store, opts)
+    opts.max_errors = None
+    s = run_batch(store, opts)  # and a resume reads them again in the same order, each written once
+    assert (s.status, s.resumed_from, s.rows_total, s.rows_out, s.errors) == ("done", 1536, 2000, 1998, 2)
+    errors = _errors(out)
+    assert [e["key"] for e in errors] == [{"id": None}] * 2
+    long, short = sorted(e["reason"] for e in errors)
+    assert short == "a CSV row of 3 fields where the header has 17: '10,0.5,0.25'"
+    cut = f"{body[1700][:200]}... ({len(body[1700]):,} characters)"  # a long line is cut short
+    assert long == f"a CSV row of 18 fields where the header has 17: {cut!r}"
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [i for i in range(2000) if i not in (10, 1700)]
+
+
 def test_parquet_nulls_and_ragged_lists(store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path) -> None:
     x = [features[i].tolist() for i in range(10)]
     x[2] = None

@@ -8,6 +8,7 @@ size. Parquet skips whole row groups from the footer; NPY/NPZ seek; CSV and JSON
 from __future__ import annotations
 
 import io
+import itertools
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ def _rechunk(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Record
     pending: list[pa.RecordBatch] = []
     have = 0
     for b in batches:
+        if pending and b.schema != pending[0].schema:  # a CSV's misshapen rows, which come last: a batch of their own
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, have = [], 0
         while b.num_rows:
             take = min(size - have, b.num_rows)
             pending.append(b.slice(0, take))
@@ -209,7 +213,11 @@ def _parquet_batches(
 def _csv_schema(path: Path) -> pa.Schema:
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK))
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip"),  # bad rows, later (_csv_batches)
+    )
     return reader.schema
 
 
@@ -224,9 +232,35 @@ def _csv_batches(
     convert = pcsv.ConvertOptions(
         include_columns=names, column_types={n: pa.string() for n in text}, strings_can_be_null=True
     )
-    reader = pcsv.open_csv(src.path, read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK), convert_options=convert)
+    # a row of more or fewer fields than the header is a bad row, not the job's end (helper-270): Arrow's reader
+    # skips it, and it comes after the file's other rows, sorted (its threads meet them in no fixed order; sorted,
+    # they are the same rows in the same order at every run, so a resume skips what the run before wrote), its key
+    # null and its text in the reason
+    misshapen: list[str] = []
+
+    def misshapen_row(row: Any) -> str:
+        text = row.text if len(row.text) <= 200 else f"{row.text[:200]}... ({len(row.text):,} characters)"
+        misshapen.append(
+            f"a CSV row of {row.actual_columns} fields where the header has {row.expected_columns}: {text!r}"
+        )
+        return "skip"
+
+    reader = pcsv.open_csv(
+        src.path,
+        read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=misshapen_row),
+        convert_options=convert,
+    )
+
+    def misshapen_rows() -> Iterator[pa.RecordBatch]:
+        if misshapen:
+            nulls = [pa.nulls(len(misshapen), f.type) for f in reader.schema]
+            yield pa.RecordBatch.from_arrays(
+                [*nulls, pa.array(sorted(misshapen), pa.string())], names=[*reader.schema.names, REASON_COLUMN]
+            )
+
     try:
-        yield from _skip(iter(reader), skip)
+        yield from _skip(itertools.chain(reader, misshapen_rows()), skip)
     except pa.ArrowInvalid as e:  # a key column's cell past the first block, of another type than Arrow read there
         if "conversion error" not in str(e) and "converting" not in str(e):
             raise
