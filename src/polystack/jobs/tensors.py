@@ -90,21 +90,58 @@ def _leaf_to_numpy(leaf: pa.Array, spec: TensorSpec, owner: np.ndarray, bad: dic
         return _slow_convert(leaf, spec, owner, bad)
     numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
     if numeric:
-        arr = leaf.to_numpy(zero_copy_only=False)
-        if arr.dtype == want.numpy:
-            return arr
-        if want.numpy.kind in "iu" and arr.dtype.kind == "f":
-            frac = ~np.isfinite(arr) | (arr != np.round(arr))
-            for i in np.flatnonzero(frac):
-                bad.setdefault(int(owner[i]), f"input {spec.name!r}: value {arr[i]!r} is not a whole number")
-            arr = np.where(frac, 0, arr)
-        return arr.astype(want.numpy)
+        return _narrowed(leaf.to_numpy(zero_copy_only=False), spec, owner, bad)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        try:  # vectorised parse; only a column holding bad text falls back to Python
-            return np.asarray(pc.cast(leaf, _arrow_type(want)).to_numpy(zero_copy_only=False)).astype(want.numpy)
+        # vectorised parse, to a wide type whose values are then checked as numbers' are; only a column holding bad
+        # text falls back to Python
+        wide = _arrow_type(want)
+        if want.numpy.kind in "iuf":
+            wide = pa.float64() if want.numpy.kind == "f" else pa.uint64() if want.numpy.kind == "u" else pa.int64()
+        try:
+            parsed = np.asarray(pc.cast(leaf, wide).to_numpy(zero_copy_only=False))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return _slow_convert(leaf, spec, owner, bad)
+        return _narrowed(parsed, spec, owner, bad)
     return _slow_convert(leaf, spec, owner, bad)
+
+
+def _narrowed(arr: np.ndarray, spec: TensorSpec, owner: np.ndarray, bad: dict[int, str]) -> np.ndarray:
+    """Numbers as ``spec``'s datatype; one that does not fit it (not whole, past an integer's range, past a float's
+    largest finite value) marks its row bad (value 0), where a cast would have wrapped it or made it infinite
+    (helper-270: 1e300 for FP32 was scored as inf)."""
+    target = spec.dtype.numpy
+    if arr.dtype == target:
+        return arr
+    if target.kind in "iu" and arr.dtype.kind in "iuf":
+        unfit = np.zeros(len(arr), dtype=bool)
+        if arr.dtype.kind == "f":
+            unfit = ~np.isfinite(arr) | (arr != np.round(arr))
+            for i in np.flatnonzero(unfit):
+                bad.setdefault(int(owner[i]), f"input {spec.name!r}: value {arr[i].item()!r} is not a whole number")
+        info = np.iinfo(target)
+        with np.errstate(invalid="ignore"):
+            wide = ~unfit & ((arr < info.min) | (arr > info.max))
+        for i in np.flatnonzero(wide):
+            bad.setdefault(
+                int(owner[i]),
+                f"input {spec.name!r}: value {arr[i].item()!r} does not fit {spec.dtype.value} "
+                f"({info.min}..{info.max})",
+            )
+        unfit |= wide
+        return np.where(unfit, 0, arr).astype(target) if unfit.any() else arr.astype(target)
+    if target.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > target.itemsize:
+        with np.errstate(over="ignore"):
+            out = arr.astype(target)
+        over = np.isfinite(arr) & ~np.isfinite(out)
+        for i in np.flatnonzero(over):
+            bad.setdefault(
+                int(owner[i]),
+                f"input {spec.name!r}: value {arr[i].item()!r} does not fit {spec.dtype.value} (largest magnitude "
+                f"{float(np.finfo(target).max):g})",
+            )
+        out[over] = 0
+        return out
+    return arr.astype(target)
 
 
 def _zero(t: pa.DataType) -> Any:
@@ -123,11 +160,10 @@ def _slow_convert(leaf: pa.Array, spec: TensorSpec, owner: np.ndarray, bad: dict
         try:
             if spec.dtype is DType.BYTES:
                 out[i] = v.encode() if isinstance(v, str) else bytes(v)
-            elif isinstance(v, (str, bytes)):
-                out[i] = np.asarray(_parsed(v, spec.dtype), dtype=spec.dtype.numpy)
             else:
-                out[i] = np.asarray(v, dtype=spec.dtype.numpy)
-        except (TypeError, ValueError, OverflowError, KeyError):
+                with np.errstate(over="raise"):  # a finite value past the type's largest is refused, not infinity
+                    out[i] = np.asarray(_parsed(v, spec.dtype) if isinstance(v, (str, bytes)) else v, spec.dtype.numpy)
+        except (TypeError, ValueError, OverflowError, KeyError, FloatingPointError):
             shown = repr(v)[:40]
             bad.setdefault(int(owner[i]), f"input {spec.name!r}: value {shown} is not {spec.dtype.value}")
     return out
