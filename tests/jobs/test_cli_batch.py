@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
 
+from polystack.jobs.progress import RowProgress
 from polystack.store import ModelRecord
 
 
@@ -27,7 +31,8 @@ def test_batch_prints_progress_and_a_summary(
     np.save(tmp_path / "in.npy", features)
     out = _run(home, "mlp:1", "-i", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
-    assert "300/300" in out.stderr and "rows/s" in out.stderr  # the bar, on stderr
+    # on stderr; a pipe is no terminal: a line at the end (and every 10 s), where a bar would draw nothing until then
+    assert re.fullmatch(r"mlp: 300 of 300 rows \(100%\), [\d,]+ rows/s, 0 bad; done\n", out.stderr), out.stderr
     assert "300 read, 300 written, 0 bad" in out.stdout and "throughput" in out.stdout
     again = _run(home, "mlp:1", "-i", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out"))
     assert again.returncode == 0 and "already done" in again.stdout
@@ -52,3 +57,22 @@ def test_mistakes_exit_2_with_one_line(home: Path, mlp: ModelRecord, features: n
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and fragment in last, (extra, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_progress_on_a_console_that_is_no_terminal_is_a_line_every_so_often() -> None:
+    """helper-270: a run under a scheduler (its stderr a file) showed nothing until it ended."""
+    log = io.StringIO()
+    progress = RowProgress(Console(file=log, width=80), 1000, 200, 3, "mlp", every_s=0)  # resumed at row 200
+    with progress:
+        progress.advance(300, 2)
+        progress.advance(100, 0)
+        progress.finish(1000)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"mlp: 500 of 1,000 rows \(50%\), [\d,]+ rows/s, 5 bad, about [\d,]+ s left", lines[0])
+    assert re.fullmatch(r"mlp: 600 of 1,000 rows \(60%\), [\d,]+ rows/s, 5 bad, about [\d,]+ s left", lines[1])
+    assert re.fullmatch(r"mlp: 1,000 of 1,000 rows \(100%\), [\d,]+ rows/s, 5 bad; done", lines[2])
+    quiet = io.StringIO()
+    with RowProgress(Console(file=quiet), None, 0, 0, "mlp") as progress:  # every 10 s: none in this time
+        progress.advance(10, 0)
+    assert quiet.getvalue() == ""
