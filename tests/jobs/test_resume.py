@@ -255,3 +255,14 @@ def test_ctrl_c_mid_run_stops_saying_the_next_run_goes_on(home: Path, mlp: Model
     # what ran, and why the default (helper-261: the job never said)
     assert summary["model"] == "mlp:1 on onnxruntime/cpu, batches of 100; default: no batch plan (polystack tune mlp:1 --profile batch)"
     assert len(pq.read_table(out).column("id")) == ROWS - len(range(0, ROWS, BAD_EVERY))
+
+
+def test_a_job_of_no_rows_writes_a_part_of_none_so_its_output_reads_as_an_empty_table(
+    store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    # helper-270: it wrote no part, and reading the output found no file (no schema to read)
+    pq.write_table(pa.table({"id": np.arange(0), "x": pa.array([], pa.list_(pa.float32()))}), tmp_path / "in.parquet")
+    s = run_batch(store, BatchOptions(model="mlp", input=tmp_path / "in.parquet", output=tmp_path / "out", keys=["id"]))
+    assert (s.status, s.rows_total, s.rows_out, s.parts) == ("done", 0, 0, 1)
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 0 and table.schema.names == ["id", "y"]

@@ -82,6 +82,8 @@ def _run(store: Store, options: BatchOptions, console: Console | None) -> Summar
                     rows = run_local(job, out, engine, progress.advance)
                 finally:
                     engine.close()
+            if not out.manifest.parts:  # no rows: a part of none, so the output reads as a table of its schema
+                out.new_part(job.out_schema).commit(0.0)  # (helper-270: readers found no file to read)
             progress.finish(out.manifest.next_row)
         seconds = now() - started
         summary = _summary(out, "done", job, rows, seconds, resumed_from)
