@@ -42,7 +42,8 @@ def test_mistakes_exit_2_with_one_line(home: Path, mlp: ModelRecord, features: n
     x = features.tolist()
     x[5] = None
     x[9] = None
-    pq.write_table(pa.table({"id": np.arange(300), "x": x, "z": np.zeros(300)}), tmp_path / "in.parquet")
+    w = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(300 * 8, np.float32)), 8)
+    pq.write_table(pa.table({"id": np.arange(300), "x": x, "z": np.zeros(300), "w": w}), tmp_path / "in.parquet")
     cases = [
         (["--columns", "z"], "column 'z' holds scalars"),
         (["--columns", "nope"], "'nope' is not in the input"),
@@ -50,6 +51,9 @@ def test_mistakes_exit_2_with_one_line(home: Path, mlp: ModelRecord, features: n
         (["--key", "id", "--key", "id"], "--key 'id' is given twice"),  # a traceback (helper-270)
         (["--max-errors", "1", "--key", "id"], "2 bad rows exceed --max-errors 1"),
         (["--engine", "spark"], "unknown --engine 'spark'"),
+        # widths the schema shows wrong, before a row is read (helper-270: an error line for every row)
+        (["--columns", "id,z"], "takes 16 values a row, and 2 columns were given (id, z); give 16 with --columns"),
+        (["--columns", "w"], "takes 16 values a row, and column 'w' holds lists of 8; give a column of 16-value"),
     ]
     for i, (extra, fragment) in enumerate(cases):
         out = _run(home, "mlp", "-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / f"out{i}"), *extra)

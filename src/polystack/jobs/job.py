@@ -188,8 +188,29 @@ def bind_columns(signature: Signature, schema: pa.Schema, columns: Sequence[str]
             raise InvalidRequest(
                 f"{len(cols)} columns can only be stacked into a [batch, {len(cols)}] input; {spec.describe()} is not one"
             )
+        _same_width(spec, cols, schema)
         bindings.append(Binding(spec, tuple(cols)))
     return bindings
+
+
+def _same_width(spec: TensorSpec, cols: Sequence[str], schema: pa.Schema) -> None:
+    """Refuse columns whose width the schema already shows is not the input's (helper-270: ``--columns f0,f1`` for
+    16 features wrote an error line for every row): stacked scalar columns, or a list column of fixed size."""
+    if len(spec.shape) < 2 or spec.shape[1] == -1:
+        return
+    width = spec.shape[1]
+    if len(cols) > 1 and len(cols) != width:
+        named = ", ".join(cols[:4]) + (", ..." if len(cols) > 4 else "")
+        raise InvalidRequest(
+            f"input {spec.describe()} takes {width} values a row, and {len(cols)} columns were given ({named}); "
+            f"give {width} with --columns {spec.name}=COL,..."
+        )
+    t = schema.field(cols[0]).type if len(cols) == 1 else None
+    if t is not None and pa.types.is_fixed_size_list(t) and t.list_size != width:
+        raise InvalidRequest(
+            f"input {spec.describe()} takes {width} values a row, and column {cols[0]!r} holds lists of {t.list_size}; "
+            f"give a column of {width}-value lists"
+        )
 
 
 def output_schema(source_schema: pa.Schema, keys: Sequence[str], out_specs: Sequence[TensorSpec]) -> pa.Schema:
