@@ -53,10 +53,8 @@ class ModelStats:
 
     def _abandon(self, outcome: Outcome, ns: int) -> None:
         with self._lock:
-            if outcome.state == "fail":
-                return
-            if outcome.state == "success":  # the success total keeps its duration: they are not kept per request
-                self.durations["success"].count -= 1
+            if outcome.state is not None:  # a success stays one: counts never go down (helper-272: Prometheus read
+                return  # a success taken back as a counter's reset, and the success time kept its duration)
             outcome.state = "fail"
             d = self.durations["fail"]
             d.count += 1
@@ -118,23 +116,40 @@ class Outcome:
     Whoever runs the request settles it (``settle``). A caller that goes away before the answer (an HTTP
     client that disconnected, a gRPC call cancelled or past its deadline), or that cannot be handed the
     answer (its shared memory region went away), abandons it (``abandon``): a failure, whether the model
-    runs it after or not (its executions and compute count all the same), and a success counted already
-    becomes one. Without this the statistics counted a success where /metrics counted the failure the
-    caller saw."""
+    runs it after or not (its executions and compute count all the same). Without this the statistics
+    counted a success where /metrics counted the failure the caller saw.
 
-    __slots__ = ("rerouted", "state", "stats")
+    A server's outcome is ``held``: the run's success is kept aside until the server has the answer ready to
+    hand over (``confirm``), so that a caller going away between the two is a failure, never a success taken
+    back (counts only grow, as Prometheus reads Triton's); a success confirmed stays one whatever comes after
+    (a client gone as its answer is written, as Triton counts it)."""
 
-    def __init__(self, stats: ModelStats, rerouted: bool = False) -> None:
+    __slots__ = ("held", "rerouted", "state", "stats")
+
+    def __init__(self, stats: ModelStats, rerouted: bool = False, held: bool = False) -> None:
         self.stats = stats  # a request rerouted to the instance that replaced its model's counts there
         self.state: str | None = None  # "success" or "fail" once counted
         # its caller sends it on to what replaced a model that closed as it reached it (a server does), so
         # that refusal (ModelClosed) is not counted where it happened; other callers count it a failure
         self.rerouted = rerouted
+        # held: -1 until its run succeeds, then that success's duration until ``confirm``; None: not held
+        self.held: int | None = -1 if held else None
 
     def settle(self, kind: str, ns: int) -> None:
-        """Count the request as ``kind`` (success or fail) with its duration, unless it is counted already."""
+        """Count the request as ``kind`` (success or fail) with its duration, unless it is counted already (a held
+        success waits for ``confirm``)."""
+        if kind == "success" and self.held is not None:
+            if self.held < 0:
+                self.held = ns
+            return
         self.stats._settle(self, kind, ns)
 
+    def confirm(self) -> None:
+        """The answer is ready for its caller: a held success counts now."""
+        ns, self.held = self.held, None
+        if ns is not None and ns >= 0:
+            self.stats._settle(self, "success", ns)
+
     def abandon(self, ns: int) -> None:
-        """Count the request as a failure: its caller does not get the answer."""
+        """Count the request as a failure, unless it is counted already: its caller does not get the answer."""
         self.stats._abandon(self, ns)

@@ -352,6 +352,32 @@ def test_bad_shared_memory_tensors_are_refused_and_the_server_keeps_serving(
     np.testing.assert_allclose(_expected(client, module).shape, (2, 4))  # still serving
 
 
+def test_an_answer_its_region_cannot_hold_is_a_failure_and_never_a_success_taken_back(
+    http: httpclient.InferenceServerClient, objects: Objects
+) -> None:
+    """helper-272: the run's success was counted, then taken back when the write failed: a scrape between saw
+    ``nv_inference_request_success`` go down (a counter's reset to Prometheus), and the success time kept the
+    duration of a request no longer counted there."""
+    key, obj = objects.make(128)
+    np.ndarray(X.shape, np.float32, obj.buf)[:] = X
+    http.register_system_shared_memory("in", key, 128)
+
+    def figures() -> dict[str, int]:
+        stats = http.get_inference_statistics("mlp")["model_stats"][0]["inference_stats"]
+        return {f"{k}_{f}": int(stats[k][f]) for k in ("success", "fail") for f in ("count", "ns")}
+
+    before = figures()
+    x = httpclient.InferInput("x", list(X.shape), "FP32")
+    x.set_shared_memory("in", X.nbytes)
+    y = httpclient.InferRequestedOutput("y")
+    y.set_shared_memory("in", 16)  # its answer takes 32 bytes
+    with pytest.raises(InferenceServerException, match="should be at least 32 bytes"):
+        http.infer("mlp", [x], outputs=[y])
+    after = figures()
+    assert after["success_count"] == before["success_count"] and after["success_ns"] == before["success_ns"]
+    assert after["fail_count"] == before["fail_count"] + 1 and after["fail_ns"] > before["fail_ns"]
+
+
 def test_a_region_too_small_for_an_answer_in_a_stream_is_a_final_refusal_not_the_servers_failure(
     grpc: grpcclient.InferenceServerClient, objects: Objects
 ) -> None:

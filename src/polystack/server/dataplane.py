@@ -1897,7 +1897,8 @@ class DataPlane:
             if request.parameters and served.sequencer is None:
                 self.ignore_sequences(name, request.parameters)
             model_label = (entry.name, str(entry.version))
-            outcome = Outcome(entry.stats, rerouted=True)  # _run sends it to what replaced a closing model
+            # _run sends it to what replaced a closing model; its success counts once its answer is ready
+            outcome = Outcome(entry.stats, rerouted=True, held=True)
             classes = request.classifications if request.outputs is not None else None
             if classes:
                 classification.check_outputs(entry.signature, classes)  # before the model runs, not after
@@ -1939,6 +1940,7 @@ class DataPlane:
             self.in_flight.leave()
         assert model_label is not None and outcome is not None
         in_shared_memory = self.write_shared(result, request, model_label, outcome, started, held)
+        outcome.confirm()
         m = self.metrics.model(*model_label)
         m.success.inc()
         m.request.observe(time.perf_counter() - started)

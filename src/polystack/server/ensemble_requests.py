@@ -116,7 +116,7 @@ class EnsembleRequests:
                 pins = holding
             pipeline = served.ensemble
             label = (name, str(pipeline.version))
-            outcome = Outcome(served.stats)
+            outcome = Outcome(served.stats, held=True)  # its success counts once its answer is ready
             # its steps running sequence models take the sequence's parameters (looked up only for a request with some)
             stateful = self.stateful(pipeline, pins=holding) if request.parameters else set()
             if request.parameters and not stateful:
@@ -256,6 +256,7 @@ class EnsembleRequests:
                 unpin(pins)
             self.plane.in_flight.leave_pipeline()
         in_shared_memory = self.plane.write_shared(result, request, label, outcome, started, held)
+        outcome.confirm()
         m.success.inc()
         m.request.observe(time.perf_counter() - started)
         return InferResponse(
