@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 from polystack.metrics import ServerMetrics
@@ -54,3 +55,31 @@ def test_polystacks_own_families_name_no_triton_family() -> None:
     m = ServerMetrics()
     m.model("m", "1").success.inc()
     assert "nv_" not in _text(m)
+
+
+def test_a_models_series_are_those_it_records_with_no_created_series() -> None:
+    """helper-272: 113 series a model version, the response cache's and a decoupled model's first response among
+    them for every model, and a ``_created`` series beside each counter and histogram (Triton writes none)."""
+    m = ServerMetrics()
+    m.model("plain", "1").success.inc()
+    cached = m.model("cached", "1")
+    cached.cache_hits.inc()
+    cached.cache_hit_seconds.inc(0.001)
+    m.model("streams", "1").first_response.observe(0.002)
+    text = _text(m)
+    assert "_created" not in text
+    assert 'model="plain"' in text and not re.search(r'(cache|first_response)\S*\{model="plain"', text)
+    assert 'polystack_cache_hits_total{model="cached",version="1"} 1.0' in text
+    assert 'polystack_cache_misses_total{model="cached"' not in text  # none yet
+    assert 'polystack_inference_first_response_duration_seconds_count{model="streams",version="1"} 1.0' in text
+    assert not re.search(r'first_response\S*\{model="cached"', text)
+
+
+def test_a_series_first_used_after_its_version_was_retired_is_not_shown() -> None:
+    m = ServerMetrics()
+    bound = m.model("m", "1")  # held by a request in flight as its version is unloaded
+    bound.success.inc()
+    m.retire("m", "1")
+    bound.cache_misses.inc()  # its first use: counted nowhere, as a late request's are
+    bound.first_response.observe(0.1)
+    assert 'model="m"' not in _text(m)

@@ -4,19 +4,23 @@ Each server owns its own ``CollectorRegistry`` (two servers in one process, as i
 collide), exposed at ``/metrics`` on the HTTP port. Label children are bound once per model so the
 hot path pays one lock and one add per observation, not a label lookup. A version no longer served
 leaves ``/metrics`` (``retire``), so that a long-running server with many uploads does not keep a set
-of series for every version it ever served.
+of series for every version it ever served. The series only some models record (the response cache's, a
+decoupled model's first response) appear at their first use, and no ``_created`` series are written (Triton
+writes none): a scrape of many models stays the size a Triton-sized Prometheus expects (helper-272: 113 series
+a model, the most of them empty or ``_created``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import generate_latest
 
 # Seconds, from 100 us to 10 s: serving latencies on CPU span that range.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -25,7 +29,32 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 if TYPE_CHECKING:
     from polystack.server.response_cache import ResponseCache
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# the text format's 0.0.4, as Triton's /metrics and prometheus-client before 0.22 name it (0.26 writes the same text
+# as "version=1.0.0", which scrapers that check the version may not know); polystack's names need nothing newer
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+disable_created_metrics()  # process-wide in prometheus-client: polystack's registries are all there is
+
+
+class _FirstUse:
+    """A label child made at its first use, so that a series a model never records is not shown; a version retired
+    meanwhile records nowhere (its series would otherwise come back)."""
+
+    __slots__ = ("_bind", "_child")
+
+    def __init__(self, bind: Callable[[], Any]) -> None:
+        self._bind = bind
+        self._child: Any = None
+
+    def _made(self) -> Any:
+        if self._child is None:
+            self._child = self._bind()
+        return self._child
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._made().inc(amount)
+
+    def observe(self, amount: float) -> None:
+        self._made().observe(amount)
 
 
 @dataclass
@@ -38,11 +67,12 @@ class ModelMetrics:
     compute: Histogram
     batch: Histogram
     depth: Gauge
-    cache_hits: Counter
-    cache_misses: Counter
-    cache_hit_seconds: Counter
-    cache_miss_seconds: Counter
-    first_response: Histogram
+    # made at their first use: only models with a response cache, and decoupled ones, record them
+    cache_hits: _FirstUse
+    cache_misses: _FirstUse
+    cache_hit_seconds: _FirstUse
+    cache_miss_seconds: _FirstUse
+    first_response: _FirstUse
 
 
 @dataclass(frozen=True)
@@ -132,7 +162,11 @@ class _Families:
             ),
         )  # fmt: skip
 
-    def bind(self, name: str, version: str) -> ModelMetrics:
+    def bind(self, name: str, version: str, later: Callable[[str], Any] | None = None) -> ModelMetrics:
+        """The children of ``name:version``; those made at first use through ``later(field)`` (default: this
+        family's child at once)."""
+        if later is None:
+            later = lambda field: getattr(self, field).labels(name, version)  # noqa: E731
         return ModelMetrics(
             success=self.success.labels(name, version),
             request=self.request.labels(name, version),
@@ -140,11 +174,7 @@ class _Families:
             compute=self.compute.labels(name, version),
             batch=self.batch.labels(name, version),
             depth=self.depth.labels(name, version),
-            cache_hits=self.cache_hits.labels(name, version),
-            cache_misses=self.cache_misses.labels(name, version),
-            cache_hit_seconds=self.cache_hit_seconds.labels(name, version),
-            cache_miss_seconds=self.cache_miss_seconds.labels(name, version),
-            first_response=self.first_response.labels(name, version),
+            **{field: _FirstUse(functools.partial(later, field)) for field in _FIRST_USE},
         )
 
     def remove(self, name: str, version: str, reasons: set[str]) -> None:
@@ -157,6 +187,9 @@ class _Families:
         for reason in reasons:
             with contextlib.suppress(KeyError):
                 self.failure.remove(name, version, reason)
+
+
+_FIRST_USE = ("cache_hits", "cache_misses", "cache_hit_seconds", "cache_miss_seconds", "first_response")
 
 
 class ServerMetrics:
@@ -183,8 +216,15 @@ class ServerMetrics:
                 return self._sink.bind(name, version)  # a late request of a retired version: counted nowhere
             m = self._models.get(key)
             if m is None:
-                m = self._models[key] = self._families.bind(name, version)
+                later = functools.partial(self._later, name, version)
+                m = self._models[key] = self._families.bind(name, version, later)
             return m
+
+    def _later(self, name: str, version: str, field: str) -> Any:
+        """The child ``field`` of ``name:version`` at its first use: the sink's if the version was retired since."""
+        with self._lock:
+            families = self._sink if (name, version) in self._retired else self._families
+            return getattr(families, field).labels(name, version)
 
     def failed(self, name: str, version: str, reason: str) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import re
@@ -388,6 +389,24 @@ def test_metrics_endpoint_reports_requests(server: ServerThread, raw: Raw) -> No
     # an unbatched model's wait for a thread is its queue time here as in its statistics (it was counted there only)
     queued = re.search(r'polystack_inference_queue_duration_seconds_count\{model="mlp",version="1"\} (\S+)', text)
     assert queued is not None and float(queued.group(1)) >= 1, text
+
+
+def test_metrics_are_written_off_the_event_loop_and_gzipped_for_a_scraper_that_takes_it(
+    server: ServerThread, raw: Raw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helper-272: a scrape of 80 models took 90 ms on the event loop, every request waiting that long; and the
+    text went uncompressed to Prometheus, which asks for gzip. Its content type is Triton's (text format 0.0.4)."""
+    raw.infer_ok()
+    seen = threads_calling(monkeypatch, server.server.plane, "render_metrics")
+    status, headers, plain = raw.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "content-encoding" not in headers and b"_created" not in plain
+    status, headers, body = raw.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["content-encoding"] == "gzip" and headers["vary"] == "accept-encoding"
+    text = gzip.decompress(body).decode()
+    assert 'polystack_inference_request_success_total{model="mlp",version="1"}' in text
+    assert len(body) < len(plain) / 4
+    assert len(seen) == 2 and all(name.startswith("codec") for name in seen), seen
 
 
 def test_metrics_port_serves_the_metrics_alone_as_tritons_8002_does(

@@ -470,11 +470,22 @@ class HttpApp:
         return json_response(200, self.plane.model_stats(args[0] or None, args[1]))
 
     async def metrics(self, req: Request, args: list[str]) -> Response:
+        """``/metrics``, written (and compressed, where the scraper takes gzip or deflate, as Prometheus does) off
+        the event loop: a scrape of many models takes tens of milliseconds (helper-272: 90 ms for 80 models held
+        every request that long)."""
+        encoding = _response_encoding(req.headers)
+        body = await asyncio.get_running_loop().run_in_executor(self.codec_pool, self._metrics_text, encoding)
+        headers = [(b"vary", b"accept-encoding")]
+        if encoding is not None:
+            headers.append((b"content-encoding", encoding.encode()))
+        return Response(200, body, METRICS_CONTENT_TYPE.encode(), headers)
+
+    def _metrics_text(self, encoding: str | None) -> bytes:
         text = self.plane.render_metrics()
         custom = self.plane.custom_metrics
-        if custom.room.used:  # the models' own series, as many as they made: written off the loop
-            text += await asyncio.get_running_loop().run_in_executor(self.codec_pool, custom.render)
-        return Response(200, text, METRICS_CONTENT_TYPE.encode())
+        if custom.room.used:  # the models' own series, as many as they made
+            text += custom.render()
+        return _compress(text, encoding) if encoding is not None else text
 
     def _json_body(self, req: Request) -> dict[str, Any]:
         if not req.body.strip():
