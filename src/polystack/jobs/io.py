@@ -74,6 +74,27 @@ class Source:
     total_rows: int | None
     exact_total: bool
 
+    def row_bytes(self, columns: Sequence[str]) -> float:
+        """About how many bytes a row of ``columns`` takes read (0: unknown): Parquet's uncompressed sizes, an
+        array's item size, a text file's size over its rows."""
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            total, rows = 0, 0
+            for f in input_files(self.path):
+                meta = pq.ParquetFile(f).metadata
+                for g in range(meta.num_row_groups):
+                    group = meta.row_group(g)
+                    rows += group.num_rows
+                    for c in range(group.num_columns):
+                        column = group.column(c)
+                        if column.path_in_schema.split(".")[0] in columns:
+                            total += column.total_uncompressed_size
+            return total / rows if rows else 0.0
+        if self.format in ("npy", "npz"):
+            return sum(_fixed_bytes(self.schema.field(c).type) for c in columns if c in self.schema.names)
+        return self.path.stat().st_size / self.total_rows if self.total_rows else 0.0
+
     def batches(
         self, batch_size: int, skip_rows: int = 0, columns: Sequence[str] | None = None, text: Sequence[str] = ()
     ) -> Iterator[pa.RecordBatch]:
@@ -434,6 +455,16 @@ def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]
     if not shape:
         raise InvalidRequest(f"{name} holds a scalar; a batch input needs one row per element of dimension 0")
     return tuple(shape), dtype
+
+
+def _fixed_bytes(t: pa.DataType) -> float:
+    """The bytes a value of an array's type takes (nested fixed-size lists of a fixed-width type; 0 otherwise)."""
+    if pa.types.is_fixed_size_list(t):
+        return t.list_size * _fixed_bytes(t.value_type)
+    try:
+        return t.bit_width / 8
+    except ValueError:  # no fixed width (text)
+        return 0.0
 
 
 def _npy_type(shape: tuple[int, ...], dtype: np.dtype[Any]) -> pa.DataType:
