@@ -80,3 +80,14 @@ def test_progress_on_a_console_that_is_no_terminal_is_a_line_every_so_often() ->
     with RowProgress(Console(file=quiet), None, 0, 0, "mlp") as progress:  # every 10 s: none in this time
         progress.advance(10, 0)
     assert quiet.getvalue() == ""
+
+
+def test_an_npz_for_the_ray_engine_is_refused_before_ray_starts_or_the_output_is_made(
+    home: Path, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """helper-270: it was refused after Ray had started (seconds), leaving an output folder of an empty job."""
+    np.savez(tmp_path / "in.npz", x=features)
+    out = _run(home, "mlp", "-i", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out"), "--engine", "ray")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == "error: --engine ray reads Parquet, CSV, JSONL and NPY, not npz; use --engine local"
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from polystack.errors import InvalidRequest
 from polystack.jobs import BatchOptions, run_batch
 from polystack.store import ModelRecord, Store
 
@@ -77,3 +78,23 @@ def test_ray_engine_resumes_a_local_job(
     assert (s.resumed_from, s.rows_total, s.rows_out) == (120, 300, 300)
     rows = pq.read_table(tmp_path / "out").column("_row").to_pylist()
     assert sorted(rows) == list(range(300))
+
+
+def test_a_ray_job_that_cannot_read_its_input_fails_in_one_line_saying_so(
+    ray_session: None, store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """helper-270: Ray's failures were tracebacks (exit 1); a CSV row of too few fields, which the local engine
+    makes a bad row, stops Ray's reader (Ray keeps not the reason Arrow gave it)."""
+    header = "id," + ",".join(f"f{j}" for j in range(16))
+    lines = [header] + [f"{i}," + ",".join(map(str, r)) for i, r in enumerate(features)]
+    lines[50] = "49,1,2"
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    opts = BatchOptions(model="mlp", input=tmp_path / "in.csv", output=tmp_path / "out", keys=["id"], engine="ray")
+    with pytest.raises(InvalidRequest) as caught:
+        run_batch(store, opts)
+    assert type(caught.value) is InvalidRequest  # polystack's own, not Ray's wrapper of an error
+    assert caught.value.message == (
+        f"the Ray job could not read its input: Failed to read CSV file: {tmp_path / 'in.csv'}. Please check the CSV "
+        "file has correct format, or filter out non-CSV file with 'partition_filter' field. See read_csv() "
+        "documentation for more details. (--engine local reads it row by row, a malformed row costing its row alone)"
+    )

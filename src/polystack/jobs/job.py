@@ -27,6 +27,7 @@ from polystack.types import Signature, TensorSpec
 
 ROW_COLUMN = "_row"  # the input row index, written when no --key names the rows
 DEFAULT_BATCH_SIZE = 1024
+RAY_FORMATS = ("parquet", "csv", "jsonl", "npy")  # what Ray Data reads (an NPZ's several arrays it does not)
 # the most input a batch the job chooses holds: a few are in memory at once, each with its tensors and outputs
 # (helper-270: 1 MiB rows in batches of 1,024 peaked at 5.9 GB); --batch-size, when given, is taken as it is
 BATCH_BYTES = 64 << 20
@@ -231,6 +232,8 @@ def prepare(store: Store, options: BatchOptions) -> PreparedJob:
     record = store.get(ModelRef.parse(options.model))
     spec, spec_source, plan_batch = batch_spec(store, record, options.backend, options.device)
     fmt = options.input_format or detect_format(options.input)
+    if options.engine == "ray" and fmt not in RAY_FORMATS:  # before Ray starts, and before the output is made
+        raise InvalidRequest(f"--engine ray reads Parquet, CSV, JSONL and NPY, not {fmt}; use --engine local")
     npy_column = (
         options.columns[0] if options.columns and "=" not in options.columns[0] else record.signature.inputs[0].name
     )

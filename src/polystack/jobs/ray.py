@@ -18,6 +18,7 @@ whose traffic must stay on loopback, run the command in a loopback-only network 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polystack.engine import Engine, LoadSpec
-from polystack.errors import BackendUnavailable, InvalidRequest
+from polystack.errors import BackendError, BackendUnavailable, InvalidRequest, PolystackError
 from polystack.jobs.io import input_files, parse_jsonl
 from polystack.jobs.job import ROW_COLUMN, PreparedJob, Scored, misfits, score_batch
 from polystack.jobs.local import drive
@@ -147,14 +148,15 @@ def _dataset(ray: Any, job: PreparedJob) -> Any:
     if src.format == "npy":
         name = src.schema.names[0]
         return ray.data.read_numpy(str(src.path)).rename_columns({"data": name})
-    raise InvalidRequest(f"--engine ray reads Parquet, CSV, JSONL and NPY, not {src.format}; use --engine local")
+    raise AssertionError(f"prepare refuses {src.format} for --engine ray")  # (RAY_FORMATS)
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """Join ``address`` or start a local Ray; True when this call started (and must stop) it."""
+    """Join ``address`` or start a local Ray; True when this call started (and must stop) it. Ray's Python lines
+    below ERROR (Ray Data's plan, say) stay out of the job's stderr (its C++ core still writes its own)."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
+    kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -195,11 +197,48 @@ def run_ray(job: PreparedJob, out: JobOutput, on_rows: Callable[[int, int], None
         )
         skip = out.manifest.next_row
         stop = threading.Event()
-        writer = drive(job, out, _results(scored_ds, job, skip), on_rows, stop)
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.CRITICAL)  # its failure dumps: the job's own line says what failed
+        try:
+            writer = drive(job, out, _results(scored_ds, job, skip), on_rows, stop)
+        except (PolystackError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise _failure(e) from e
+        finally:
+            data_log.setLevel(level)
         return writer.rows_in
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _failure(e: BaseException) -> PolystackError:
+    """A Ray job's failure as one line (helper-270: tracebacks and exit 1): a polystack error its actors raised, as
+    it is; else what failed, in the words of the error Ray wrapped (the first line of each)."""
+    seen: set[int] = set()
+    wrapped: BaseException | None = None  # what the first RayTaskError met wraps: the error in Ray's task
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, PolystackError) and not type(x).__module__.startswith("ray"):  # (not Ray's wrapper of one)
+            return x
+        inner = getattr(x, "cause", None)
+        if wrapped is None and isinstance(inner, BaseException):
+            wrapped = inner
+        todo += [inner, x.__cause__, x.__context__]
+    cause = wrapped or e
+    said = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    if "Failed to read" in said:
+        return InvalidRequest(
+            f"the Ray job could not read its input: {said} (--engine local reads it row by row, a malformed row "
+            "costing its row alone)"
+        )
+    return BackendError(f"the Ray job failed: {type(cause).__name__}: {said}")
 
 
 def _results(ds: Any, job: PreparedJob, skip: int) -> Iterator[tuple[pa.Table, Scored, int]]:
