@@ -6,6 +6,7 @@ Marked ``ray``: `make test` runs these inside a loopback-only network namespace
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 
 from polystack.errors import InvalidRequest
 from polystack.jobs import BatchOptions, run_batch
+from polystack.jobs.job import prepare
+from polystack.jobs.ray import _dataset
 from polystack.store import ModelRecord, Store
 
 pytestmark = pytest.mark.ray
@@ -98,3 +101,29 @@ def test_a_ray_job_that_cannot_read_its_input_fails_in_one_line_saying_so(
         "file has correct format, or filter out non-CSV file with 'partition_filter' field. See read_csv() "
         "documentation for more details. (--engine local reads it row by row, a malformed row costing its row alone)"
     )
+
+
+def test_a_ray_resume_skips_the_files_of_a_parquet_folder_before_its_first_row_unread(
+    ray_session: None, store: Store, mlp: ModelRecord, features: np.ndarray, tmp_path: Path
+) -> None:
+    """helper-270: a resume read and scored every row before its resume point again (13 s to resume at 90%)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):  # 3 files of 100 rows
+        rows = np.arange(k * 100, (k + 1) * 100)
+        pq.write_table(pa.table({"id": rows, "x": [r.tolist() for r in features[rows]]}), folder / f"p{k}.parquet")
+    opts = BatchOptions(model="mlp", input=folder, output=tmp_path / "out", keys=["id"], batch_size=50, part_rows=100)
+    run_batch(store, opts)
+    whole = pq.read_table(tmp_path / "out")
+    manifest = tmp_path / "out" / "_manifest.json"
+    m = json.loads(manifest.read_text())
+    m["status"], m["parts"] = "running", m["parts"][:2]  # killed after 200 rows: at the third file's first
+    manifest.write_text(json.dumps(m))
+    job = prepare(store, dataclasses.replace(opts, engine="ray"))
+    import ray
+
+    assert _dataset(ray, job, 200)[1] == 200 and _dataset(ray, job, 199)[1] == 100  # files skipped whole
+    opts.engine = "ray"
+    s = run_batch(store, opts)
+    assert (s.resumed_from, s.rows_total, s.rows_out) == (200, 300, 300)
+    assert pq.read_table(tmp_path / "out").equals(whole)

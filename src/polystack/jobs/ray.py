@@ -128,11 +128,25 @@ def _parse_lines(batch: pa.Table, columns: list[str], schema: pa.Schema) -> pa.T
     return pa.Table.from_batches([_conform(parsed, schema, columns)])
 
 
-def _dataset(ray: Any, job: PreparedJob) -> Any:
+def _dataset(ray: Any, job: PreparedJob, skip: int) -> tuple[Any, int]:
+    """The input as a Ray dataset, and the rows before it: a resume skips a Parquet folder's files before its
+    first row unread (helper-270: they were read and scored again, 13 s to resume at 90% where the local engine
+    took 0.6); the rest it scores and the driver drops."""
     src = job.source
     cols = job.read_columns
     if src.format == "parquet":
-        return ray.data.read_parquet([str(f) for f in input_files(src.path)], columns=cols)
+        import pyarrow.parquet as pq
+
+        files, before = input_files(src.path), 0
+        while len(files) > 1 and before + (rows := pq.ParquetFile(files[0]).metadata.num_rows) <= skip:
+            files, before = files[1:], before + rows
+        return ray.data.read_parquet([str(f) for f in files], columns=cols), before
+    return _whole(ray, job), 0
+
+
+def _whole(ray: Any, job: PreparedJob) -> Any:
+    src = job.source
+    cols = job.read_columns
     if src.format == "csv":
         import pyarrow.csv as pcsv
 
@@ -180,7 +194,9 @@ def run_ray(job: PreparedJob, out: JobOutput, on_rows: Callable[[int, int], None
             spec=job.spec,
         )
         actors = job.options.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
-        scored_ds = _dataset(ray, job).map_batches(
+        skip = out.manifest.next_row
+        ds, before = _dataset(ray, job, skip)
+        scored_ds = ds.map_batches(
             _Scorer,
             fn_constructor_kwargs={
                 "payload": payload,
@@ -195,13 +211,12 @@ def run_ray(job: PreparedJob, out: JobOutput, on_rows: Callable[[int, int], None
             num_cpus=1,
             zero_copy_batch=True,
         )
-        skip = out.manifest.next_row
         stop = threading.Event()
         data_log = logging.getLogger("ray.data")
         level = data_log.level
         data_log.setLevel(logging.CRITICAL)  # its failure dumps: the job's own line says what failed
         try:
-            writer = drive(job, out, _results(scored_ds, job, skip), on_rows, stop)
+            writer = drive(job, out, _results(scored_ds, job, skip, before), on_rows, stop)
         except (PolystackError, KeyboardInterrupt):
             raise
         except Exception as e:
@@ -241,9 +256,10 @@ def _failure(e: BaseException) -> PolystackError:
     return BackendError(f"the Ray job failed: {type(cause).__name__}: {said}")
 
 
-def _results(ds: Any, job: PreparedJob, skip: int) -> Iterator[tuple[pa.Table, Scored, int]]:
-    """The scored stream as (batch with keys, Scored, first row): rows before ``skip`` are dropped."""
-    row = 0
+def _results(ds: Any, job: PreparedJob, skip: int, before: int = 0) -> Iterator[tuple[pa.Table, Scored, int]]:
+    """The scored stream, whose first row is input row ``before``, as (batch with keys, Scored, first row): rows
+    before ``skip`` are dropped."""
+    row = before
     for table in ds.iter_batches(batch_size=job.batch_size, batch_format="pyarrow", prefetch_batches=2):
         n = table.num_rows
         if row + n <= skip:
