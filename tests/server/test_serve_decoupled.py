@@ -1010,3 +1010,17 @@ def test_responses_sent_by_a_model_whose_config_reshapes_reach_the_client_in_the
         h = httpclient.InferInput("x", [2, 1], "FP32")
         h.set_data_from_numpy(x)
         assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer("once", [h]).as_numpy("y").tolist() == [[2.0], [4.0]]
+
+
+def test_a_decoupled_request_counts_one_success_in_its_statistics_once_its_responses_are_sent(server: Any) -> None:
+    """A server's success counts once its answer is ready (helper-272's mend): a decoupled model's request, whose
+    answer is its responses, counts too."""
+    port, grpc_port, _, _ = server
+
+    def successes() -> int:
+        stats = httpx.get(f"http://127.0.0.1:{port}/v2/models/repeat/stats").json()["model_stats"][0]
+        return int(stats["inference_stats"]["success"]["count"])
+
+    before = successes()
+    _stream(grpc_port, [([1, 2, 3], {"mode": "final_on_last"}, "a"), ([4], {"mode": "final_on_last"}, "b")])
+    assert successes() == before + 2
