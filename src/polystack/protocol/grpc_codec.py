@@ -7,6 +7,7 @@ buffer per input, in input order) or as typed ``contents``. Outputs always go ba
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from polystack.errors import InvalidRequest, InvalidTensor
 from polystack.protocol import classification
 from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.grpc_raw import VIEW_FROM_BYTES, ViewedResponse
 from polystack.protocol.wire import (
     TRITON_PARAMETERS,
     InferRequest,
@@ -29,6 +31,7 @@ from polystack.protocol.wire import (
     no_shared_memory,
     parse_dtype,
     parse_shape,
+    raw_view,
     requested_once,
     shared_memory_ref,
     to_raw,
@@ -229,6 +232,18 @@ def _one_typed_field(name: str, model: str, dtype: DType, contents: Any) -> None
                 )
             )
         given = field
+
+
+def encode_unary_response(resp: InferResponse) -> pb.ModelInferResponse | ViewedResponse:
+    """A unary call's answer, which ``grpc_raw.serialize_infer_response`` writes: one whose outputs hold
+    ``VIEW_FROM_BYTES`` or more keeps them as their own buffers, not copies in the message."""
+    if sum(a.nbytes for a in resp.outputs.values()) < VIEW_FROM_BYTES:
+        return encode_infer_response(resp)
+    head = encode_infer_response(dataclasses.replace(resp, outputs={}))
+    for name, arr in resp.outputs.items():
+        head.outputs.add(name=name, datatype=DType.from_numpy(arr.dtype).value, shape=arr.shape)
+    raw = [b"" if name in resp.in_shared_memory else raw_view(arr) for name, arr in resp.outputs.items()]
+    return ViewedResponse(head, raw)
 
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:

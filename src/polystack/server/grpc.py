@@ -46,7 +46,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from polystack.batching.sequence import flags_of
 from polystack.errors import BackendError, InvalidRequest, PolystackError, Restricted, ShuttingDown
-from polystack.protocol import grpc_codec
+from polystack.protocol import grpc_codec, grpc_raw
 from polystack.protocol.grpc_gen import inference_pb2 as pb
 from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 from polystack.protocol.wire import InferRequest
@@ -273,6 +273,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def decode() -> InferRequest:
             decoded = grpc_codec.decode_infer_request(request, self.plane.shared_memory)
+            if isinstance(request, grpc_raw.ViewedRequest):
+                request.release()
             if forward is None:
                 return decoded
             # a stream's requests each take its metadata, as Triton forwards it
@@ -286,12 +288,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self.codec_pool, self.plane.decode, request.model_name, request.model_version, decode
         )
 
-    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, context: Any, viewed: bool = False) -> Any:
+        """The answer to ``request``: a ``ModelInferResponse``, or (``viewed``: a unary call's, which
+        ``grpc_raw.serialize_infer_response`` writes) a large one's ``ViewedResponse``."""
         if self.plane.tracing.active:  # grpc hands the message over read: its WAITREAD_* are both this moment
             now = time.perf_counter_ns()
             front: Front | None = Front("GRPC", now, now)
         else:
             front = None
+        encode = grpc_codec.encode_unary_response if viewed else grpc_codec.encode_infer_response
         decoded = await self._decode(request, context)
         decoded.parameters.pop(EMPTY_FINAL, None)  # a stream's (below): Triton's front end keeps it from the model
         if front is None:
@@ -299,7 +304,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request.model_name, request.model_version, decoded, None, lambda: _metadata(context),
                 endpoint="ModelInfer RPC",
             )  # fmt: skip
-            return grpc_codec.encode_infer_response(result)
+            return encode(result)
         sending = 0
         try:
             result = await self.plane.infer(
@@ -307,7 +312,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 endpoint="ModelInfer RPC",
             )  # fmt: skip
             sending = time.perf_counter_ns()
-            return grpc_codec.encode_infer_response(result)  # GRPC_SEND_*: its encoding, handed to grpc
+            return encode(result)  # GRPC_SEND_*: its encoding, handed to grpc
         finally:
             front.sent(sending or time.perf_counter_ns(), time.perf_counter_ns())
 
@@ -351,7 +356,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # grpc's own shutdown would answer it CANCELLED, a code clients and proxies do not retry.
         if self.plane.draining and not self._of_a_sequence(request):
             raise ShuttingDown("the server is shutting down; send the request to another replica (it was not run)")
-        return await self._infer(request, context)
+        return await self._infer(request, context, viewed=True)
 
     def _of_a_sequence(self, request: pb.ModelInferRequest) -> bool:
         """A sequence's request to a sequence model, read in the drain's first part: taken, so that the sequences the
@@ -858,8 +863,14 @@ def _text(value: str | bytes | None) -> str | None:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+# requests whose raw tensors are read as views of what grpc received, not through protobuf's copies
+_VIEWED = {"inference.GRPCInferenceService/ModelInfer", "inference.GRPCInferenceService/ModelStreamInfer"}
+
+
 def _lenient(method: str, handler: Any, calls: _Calls) -> Any:
-    parse = handler.request_deserializer
+    parse = grpc_raw.parse_infer_request if method in _VIEWED else handler.request_deserializer
+    if method == "inference.GRPCInferenceService/ModelInfer":  # its large answers written around their tensors too
+        handler = handler._replace(response_serializer=grpc_raw.serialize_infer_response)
     rpc = f"/{method}"
 
     def parse_or_flag(data: bytes) -> Any:
