@@ -3055,3 +3055,43 @@ def test_a_start_failed_by_a_model_s_initialize_says_where_on_one_line(tmp_path:
     line = refused_at_start(tmp_path, ["--model-repository", str(tmp_path / "models"), "--allow-python-models"])
     assert re.search(r"failed in initialize: NameError: name 'missing_name' is not defined At: \S+/1/model\.py\(3\): "
                      r"initialize$", line), line  # fmt: skip
+
+
+WEIGHTS_AT_IMPORT = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+WEIGHTS = np.ones(160 * 2**20 // 8)  # read as the file is imported, as many model files read their weights
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+"""
+
+
+def test_an_unloaded_python_models_module_level_memory_is_given_back(tmp_path: Path) -> None:
+    """helper-273: a module and its functions hold each other, so what a model file made at import was freed only
+    when the cycle collector ran, never in an idle server, and never for a model loaded at the start (its objects
+    frozen with the start's): 100 MB more after each unload, 1.2 GB after a dozen reloads."""
+    repo = tmp_path / "repo"
+    python_folder(repo, "big", WEIGHTS_AT_IMPORT,
+                  'backend: "python"\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+                  'output [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]\n')  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--model-control-mode", "explicit", "--load-model", "big"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log") as proc:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def rss_mb() -> float:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+        loaded = rss_mb()
+        for _ in range(2):  # loaded at the start, then loaded by the API
+            client.unload_model("big")
+            assert until(lambda: rss_mb() < loaded - 120, within_s=15), (loaded, rss_mb())
+            client.load_model("big")
+            assert client.is_model_ready("big")
+            assert rss_mb() < loaded + 40  # one copy, as before: the load's auto-complete import let go too
