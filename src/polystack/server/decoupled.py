@@ -25,8 +25,12 @@ from polystack.protocol.wire import InferResponse
 
 Sent = tuple[dict[str, np.ndarray] | PolystackError | None, bool]  # a response as the model sent it, and final
 # responses of one request sent and not yet read (by a client that reads slower than its model sends, or not at
-# all): at this many, the model's next send waits for room, so that the server does not hold the whole stream
+# all): at this many, or this many bytes of outputs (one response at least), the model's next send waits for room,
+# so that the server does not hold the whole stream (helper-273: 256 answers of 1 MB held 256 MB for a client that
+# stopped reading)
 UNREAD = 256
+UNREAD_BYTES = 8 << 20
+_Queued = tuple[dict[str, np.ndarray] | PolystackError | None, bool, int]  # Sent, and its outputs' bytes
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,14 @@ class ResponseStream:
     def __init__(self, loop: asyncio.AbstractEventLoop, asked: threading.Event | None = None) -> None:
         self._loop = loop
         self._asked = asked  # set when the request's caller (a model's BLS stream) cancels it: what it sends still goes
-        self._queue: asyncio.Queue[Sent] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._lock = threading.Lock()
         self._closed = False  # the final response was sent
         self._cancelled = False
         self._first_out = False  # its first response was handed to the loop
         self._loop_thread = threading.get_ident()  # made on the loop's thread
         self._unread = 0  # responses sent and not yet read
+        self._unread_bytes = 0  # their outputs' bytes
         self._room = threading.Condition(self._lock)  # (a model's thread waits there for room among them)
 
     @property
@@ -82,14 +87,18 @@ class ResponseStream:
                     raise Unavailable("Unable to send response. Response sender has been closed.")
                 # a model's thread waits while UNREAD responses wait for a client that does not read them (the
                 # loop never waits: it is what reads them)
-                if on_loop or self._cancelled or self._unread < UNREAD:
+                if on_loop or self._cancelled or not self._unread or (
+                    self._unread < UNREAD and self._unread_bytes < UNREAD_BYTES
+                ):
                     break
                 self._room.wait()
             self._closed = final
             if self._cancelled:
                 return
+            size = _nbytes(outputs)
             self._unread += 1
-            self._put((outputs, final))
+            self._unread_bytes += size
+            self._put((outputs, final, size))
             first, self._first_out = not self._first_out, True
         if first and not on_loop:
             # the request's first response (an LLM's first token): the model's thread lets the event loop have the
@@ -105,7 +114,7 @@ class ResponseStream:
                 return False
             self._closed = True
             self._unread += 1
-            self._put((error, True))
+            self._put((error, True, 0))
         return True
 
     def cancel(self) -> None:
@@ -114,16 +123,22 @@ class ResponseStream:
             self._cancelled = True
             self._room.notify_all()  # its senders waiting for room go on (and their responses are dropped)
 
-    def _put(self, sent: Sent) -> None:
+    def _put(self, sent: _Queued) -> None:
         with contextlib.suppress(RuntimeError):  # the server's loop closed (it exited): nobody reads it
             self._loop.call_soon_threadsafe(self._queue.put_nowait, sent)
 
     async def __aiter__(self) -> AsyncIterator[Sent]:
         while True:
-            sent = await self._queue.get()
+            outputs, final, size = await self._queue.get()
             with self._lock:
                 self._unread -= 1
+                self._unread_bytes -= size
                 self._room.notify()
-            yield sent
-            if sent[1]:
+            yield outputs, final
+            if final:
                 return
+
+
+def _nbytes(outputs: dict[str, np.ndarray] | PolystackError | None) -> int:
+    """The bytes a response's outputs hold (BYTES: their pointers; what a client waits for is rarely those)."""
+    return sum(a.nbytes for a in outputs.values()) if isinstance(outputs, dict) else 0
