@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from polystack.errors import InvalidTensor
-from polystack.protocol.wire import raw_view, to_raw
+from polystack.protocol.wire import decode_bytes, encode_bytes, raw_view, to_raw
 
 
 @pytest.mark.parametrize(
@@ -56,3 +58,30 @@ def test_a_tensor_name_longer_than_any_models_is_refused_over_grpc_too() -> None
     with pytest.raises(InvalidTensor, match="an input is named with 5,000 characters") as e:
         grpc_codec.decode_infer_request(req)
     assert len(e.value.message) < 400  # the name is quoted short, not echoed whole
+
+
+def test_bytes_tensors_are_read_and_written_without_a_python_list_beside_them() -> None:
+    """helper-274: a BYTES tensor of millions of short strings took 45-64x its size in the server; the write held a
+    list of every element and its length prefix (420 MB for 2 million 2-byte strings) before joining them."""
+    n = 200_000
+    raw = (len(b"ab").to_bytes(4, "little") + b"ab") * n
+    tracemalloc.start()
+    try:
+        arr = decode_bytes("s", (n,), raw)
+        read = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        written = encode_bytes(arr)
+        wrote = tracemalloc.get_traced_memory()[1] - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert written == raw and arr.tolist() == [b"ab"] * n
+    assert read < 60 * n  # the array's pointers and its bytes objects (~56 bytes each): no list of them beside
+    assert wrote < 3 * len(raw)  # the buffer as it grows, and its copy: no objects per element
+    # a shape of a billion elements with the data of one is refused, not allocated first
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidTensor, match="needs 1,000,000,000 BYTES elements but the data holds 1"):
+            decode_bytes("s", (10**9,), raw[:6])
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
