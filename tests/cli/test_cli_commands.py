@@ -115,8 +115,12 @@ def test_command_line_mistakes_exit_2_with_one_line(home: Path, mlp_path: Path, 
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
     csv = str(tmp_path / "rows.csv")
     fails_with(run(home, "batch", "mlp", "-i", csv, "-o", str(out), "-c", "x=", check=False), "names no column")
-    np.save(tmp_path / "narrow.npy", np.zeros((5, 3), np.float32))  # rows of 3 for a model taking 8
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 3), np.float32))  # rows of 3 for a model taking 8: its schema says so
     refused = run(home, "batch", "mlp", "-i", str(tmp_path / "narrow.npy"), "-o", str(out), "--no-progress", check=False)
+    fails_with(refused, "takes 8 values a row, and column 'x' holds lists of 3; give a column of 8-value lists")
+    (tmp_path / "narrow.jsonl").write_text('{"x": [0, 0, 0]}\n' * 5)  # the same rows, which only reading them shows
+    narrow = str(tmp_path / "narrow.jsonl")
+    refused = run(home, "batch", "mlp", "-i", narrow, "-o", str(out), "--no-progress", check=False)
     fails_with(refused, "every row was refused (5 of 5), the first because input 'x' has shape [3]")
     # an empty POLYSTACK_HOME is no POLYSTACK_HOME (it made a store in the working folder)
     env = {**os.environ, "POLYSTACK_HOME": "", "HOME": str(tmp_path / "user")}
