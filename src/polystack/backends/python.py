@@ -33,7 +33,6 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
-import gc
 import importlib.machinery
 import importlib.util
 import inspect
@@ -669,7 +668,6 @@ class PythonModel:
         """``finalize`` each instance no other model holds (the server closes a model once no call runs on it),
         then forget them."""
         failed: BaseException | None = None
-        let_go = False
         if hasattr(self, "_waiting"):  # requests whose sender never sent: they fail now
             self.closing()
         with _SHARING:
@@ -703,12 +701,8 @@ class PythonModel:
                     _forget(instance.module)
                 if instance.folder is not None:
                     instance.folder.drop()
-                # no call reaches a closed model (the server refuses them): what its file made can go (_let_go)
-                instance.module = instance.model = None
-                let_go = True
+                instance.module = instance.model = None  # no call reaches a closed model: the server refuses them
         self._instances, self._passive, self._taken = [], [], set()
-        if let_go:
-            _let_go()
         if self._unpacked is not None:
             self._unpacked.drop()  # its own hold: the folder goes once no instance kept from it lives
         self._unpacked = None
@@ -806,7 +800,7 @@ def _import(
                 if not other.startswith(package) and str(getattr(sys.modules[other], "__file__", "") or "").startswith(
                     str(root)
                 ):
-                    del sys.modules[other]
+                    _BESIDE.setdefault(module, []).append(sys.modules.pop(other))
     return module
 
 
@@ -884,11 +878,23 @@ def _outside_sequence(model: str) -> BackendError:
 
 def _forget(module: ModuleType) -> None:
     """Take a model's module, its package and the modules of its package out of the module cache (and the package
-    out of the processes the model starts anew from now on)."""
+    out of the processes the model starts anew from now on), and empty them and the modules its file imported by
+    name beside it (``_BESIDE``), as Python empties modules at its exit and as Triton's stub process exits: a module
+    and its functions hold each other (a function's globals are its module's), so what a file made at import
+    (weights read at module level) stayed until the cycle collector ran, never in an idle server and never for a
+    model loaded at the start (whose objects the start freezes: ``gc.freeze``). helper-273: a 100 MB module-level
+    array grew the server by 100 MB at each unload, to 1.2 GB after a dozen reloads. What the model's threads still
+    running then read of its module is gone, as in Triton, where they end with its stub."""
     package = module.__name__.rpartition(".")[0] or module.__name__
     python_packages.withdraw(package)
-    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-        del sys.modules[name]
+    emptied = [sys.modules.pop(n) for n in [n for n in sys.modules if n == package or n.startswith(package + ".")]]
+    for each in (*emptied, module, *_BESIDE.pop(module, ())):
+        vars(each).clear()
+
+
+# the modules a model's file imported by name from its folder (a utils.py beside it), which leave the module cache
+# after its import (``_import``), by that file's module: emptied with it (``_forget``)
+_BESIDE: weakref.WeakKeyDictionary[ModuleType, list[ModuleType]] = weakref.WeakKeyDictionary()
 
 
 # what a config may differ in from the one its registering completed and still be that one: what chose the model's
@@ -917,33 +923,9 @@ def auto_complete(
 ) -> dict[str, Any]:
     """The config the model's ``auto_complete_config`` makes of ``config`` (the folder's, or none), as Triton
     calls it before loading the model (unless ``--disable-auto-complete-config``): imported from the version
-    folder (or its Python-based ``backend``'s folder) for that call alone, and let go of at once (Triton's
-    auto-complete stub exits: ``_let_go``). A model without the method keeps its config."""
-    try:
-        return _import_and_complete(folder, version, file, config, model, backend)
-    finally:
-        _let_go()
+    folder (or its Python-based ``backend``'s folder) for that call alone, and let go of after it (``_forget``), as
+    Triton's auto-complete stub exits. A model without the method keeps its config."""
 
-
-def _let_go() -> None:
-    """Free the imports of ``model.py`` just forgotten. A module and its functions hold each other (a function's
-    globals are its module's), so only the cycle collector frees what the file made at import (weights read at
-    module level), and an idle server runs it never: each unload or reload kept a copy (helper-273: a 100 MB
-    module-level array grew the server by 100 MB at each unload, to 1.2 GB after a dozen reloads). Run on the
-    thread that loads or closes the model (a full collection: tens of milliseconds in a large process). What a
-    server's start froze (``gc.freeze``: a model loaded at the start among it) the collector walks not: it is
-    unfrozen for this collection, and what lives on frozen again."""
-    frozen = gc.get_freeze_count() > 0
-    if frozen:
-        gc.unfreeze()
-    gc.collect()
-    if frozen:
-        gc.freeze()
-
-
-def _import_and_complete(
-    folder: Path, version: int, file: str, config: dict[str, Any], model: str, backend: Path | None = None
-) -> dict[str, Any]:
     check_name(model)
 
     def run(load: Callable[[ModuleType], None], module: ModuleType) -> None:
