@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import itertools
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,24 +73,15 @@ class Source:
     schema: pa.Schema
     total_rows: int | None
     exact_total: bool
+    # Parquet: each top-level column's uncompressed bytes, from the footers open_source reads for the row count
+    column_bytes: Mapping[str, int] = field(default_factory=dict)
 
     def row_bytes(self, columns: Sequence[str]) -> float:
         """About how many bytes a row of ``columns`` takes read (0: unknown): Parquet's uncompressed sizes, an
         array's item size, a text file's size over its rows."""
         if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            total, rows = 0, 0
-            for f in input_files(self.path):
-                meta = pq.ParquetFile(f).metadata
-                for g in range(meta.num_row_groups):
-                    group = meta.row_group(g)
-                    rows += group.num_rows
-                    for c in range(group.num_columns):
-                        column = group.column(c)
-                        if column.path_in_schema.split(".")[0] in columns:
-                            total += column.total_uncompressed_size
-            return total / rows if rows else 0.0
+            total = sum(self.column_bytes.get(c, 0) for c in columns)
+            return total / self.total_rows if self.total_rows else 0.0
         if self.format in ("npy", "npz"):
             return sum(_fixed_bytes(self.schema.field(c).type) for c in columns if c in self.schema.names)
         return self.path.stat().st_size / self.total_rows if self.total_rows else 0.0
@@ -116,12 +107,19 @@ def open_source(path: Path, fmt: str | None = None, npy_column: str = "x") -> So
 
             schema = pq.read_schema(files[0])
             total = 0
+            sizes: dict[str, int] = {}
             for file in files:  # a folder's files are one table: their columns must agree (footers only)
                 pf = pq.ParquetFile(file)
                 total += pf.metadata.num_rows
                 if file is not files[0]:
                     _same_columns(pf.schema_arrow, schema, path, file, files[0])
-            return Source(path, fmt, schema, total, True)
+                for g in range(pf.metadata.num_row_groups):
+                    group = pf.metadata.row_group(g)
+                    for c in range(group.num_columns):
+                        column = group.column(c)
+                        top = column.path_in_schema.split(".")[0]
+                        sizes[top] = sizes.get(top, 0) + column.total_uncompressed_size
+            return Source(path, fmt, schema, total, True, sizes)
         if fmt == "csv":
             schema = _csv_schema(path)
             return Source(path, fmt, schema, max(0, _count_lines(path) - 1), False)

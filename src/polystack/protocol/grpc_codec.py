@@ -7,8 +7,7 @@ buffer per input, in input order) or as typed ``contents``. Outputs always go ba
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -239,14 +238,19 @@ def encode_unary_response(resp: InferResponse) -> pb.ModelInferResponse | Viewed
     ``VIEW_FROM_BYTES`` or more keeps them as their own buffers, not copies in the message."""
     if sum(a.nbytes for a in resp.outputs.values()) < VIEW_FROM_BYTES:
         return encode_infer_response(resp)
-    head = encode_infer_response(dataclasses.replace(resp, outputs={}))
-    for name, arr in resp.outputs.items():
-        head.outputs.add(name=name, datatype=DType.from_numpy(arr.dtype).value, shape=arr.shape)
-    raw = [b"" if name in resp.in_shared_memory else raw_view(arr) for name, arr in resp.outputs.items()]
-    return ViewedResponse(head, raw)
+    return ViewedResponse(*_encoded(resp, raw_view))
 
 
 def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+    out, raw = _encoded(resp, to_raw)
+    out.raw_output_contents.extend(raw)
+    return out
+
+
+def _encoded(
+    resp: InferResponse, raw: Callable[[np.ndarray], bytes | memoryview]
+) -> tuple[pb.ModelInferResponse, list[bytes | memoryview]]:
+    """``resp`` as a message without its raw outputs, and those outputs as ``raw`` gives them, in its outputs' order."""
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
     for key, value in resp.parameters:  # (an ensemble's sequence parameters, as Triton's typed)
         if isinstance(value, bool):
@@ -255,6 +259,7 @@ def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
             out.parameters[key].int64_param = value
         else:
             out.parameters[key].string_param = value
+    data: list[bytes | memoryview] = []
     for name, arr in resp.outputs.items():
         t = out.outputs.add()
         t.name = name
@@ -262,5 +267,5 @@ def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
         t.shape.extend(arr.shape)
         # one in shared memory: an empty raw entry in its place, as tritonserver 2.51 answers (helper-116), since
         # tritonclient pairs raw_output_contents with outputs by position
-        out.raw_output_contents.append(b"" if name in resp.in_shared_memory else to_raw(arr))
-    return out
+        data.append(b"" if name in resp.in_shared_memory else raw(arr))
+    return out, data
