@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polystack.server.latency_summaries import VersionSummaries
 
 # Triton's full set; cache_hit and cache_miss count only models whose config enables the response cache
 DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
@@ -26,12 +29,16 @@ class ModelStats:
     durations: dict[str, Duration] = field(default_factory=lambda: {k: Duration() for k in DURATIONS})
     batch_stats: dict[int, dict[str, Duration]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Triton's latency summaries (serve --metrics-config summary_latencies=true): each duration counted is observed
+    summaries: VersionSummaries | None = field(default=None, repr=False, compare=False)
 
     def add(self, kind: str, ns: int, count: int = 1) -> None:
         with self._lock:
             d = self.durations[kind]
             d.count += count
             d.ns += ns
+            if self.summaries is not None:
+                self.summaries.observe(kind, ns // max(count, 1), count)
 
     def cache_hit(self, lookup_ns: int) -> None:
         """A request answered from the response cache: its lookup time, and nothing else, as Triton's
@@ -41,6 +48,9 @@ class ModelStats:
             d = self.durations["cache_hit"]
             d.count += 1
             d.ns += lookup_ns
+            if self.summaries is not None:
+                self.summaries.observe("cache_hit", lookup_ns)
+                self.summaries.observe("queue", 0)  # Triton's queue summary has cached requests too (none queued)
 
     def _settle(self, outcome: Outcome, kind: str, ns: int) -> None:
         with self._lock:
@@ -50,6 +60,8 @@ class ModelStats:
             d = self.durations[kind]
             d.count += 1
             d.ns += ns
+            if self.summaries is not None:
+                self.summaries.observe(kind, ns)
 
     def _abandon(self, outcome: Outcome, ns: int) -> None:
         with self._lock:
@@ -79,6 +91,8 @@ class ModelStats:
                 d = self.durations[kind]
                 d.count += requests
                 d.ns += ns * requests
+                if self.summaries is not None:
+                    self.summaries.observe(kind, ns, requests)
             # every execution is a batch's (execution_count is the sum of batch_stats' counts); a server refuses
             # empty batches, as Triton does, so batch size 0 is an unbatched model's or one run in process
             per = self.batch_stats.get(batch_size)

@@ -191,27 +191,36 @@ def test_a_version_served_again_counts_anew_and_a_folder_changing_kind_keeps_its
         assert got[("nv_inference_request_failure", tuple(sorted((*sw, ("reason", "OTHER")))))] == 1
 
 
-def test_tritons_metrics_config_leaves_the_duration_counters_out_and_refuses_summaries(
+def test_tritons_metrics_config_leaves_the_duration_counters_out_and_adds_summaries(
     model_store: tuple[Store, dict[str, ModelRecord]], tmp_path: Path
 ) -> None:
     """tritonserver's --metrics-config counter_latencies=false: no nv_inference_*_duration_us counters (the
-    flag was refused as unknown); summary_latencies=true asks for summaries polystack does not keep: exit 2."""
+    flag was refused as unknown); summary_latencies=true: Triton's summaries, with the quantiles summary_quantiles
+    gives (a pair Triton cannot read left out, in the log); they are among Triton's names, so they need
+    --triton-metrics."""
     from servekit import mlp_ones, refused_at_start
 
     store, _ = model_store
     port = free_port()
     args = ["mlp", "--grpc-port", "-1", "--triton-metrics", "--metrics-config", "counter_latencies=false",
-            "--metrics-config", "summary_latencies=false", "--metrics-config", "summary_quantiles=0.5:0.05"]  # fmt: skip
+            "--metrics-config", "summary_latencies=true",
+            "--metrics-config", "summary_quantiles=0.5:0.05,0.9,0.99:0.001"]  # fmt: skip
     with cli_server(store.settings.home, args, port, tmp_path / "serve.log"):
         httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer("mlp", [mlp_ones()])
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    names = {f.name for f in text_string_to_metric_families(text)}
-    assert "nv_inference_count" in names and "nv_inference_exec_count" in names
-    assert not {n for n in names if n.startswith("nv_inference") and n.endswith("_duration_us")}, names
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "nv_inference_count" in families and "nv_inference_exec_count" in families
+    assert not {n for n in families if n.startswith("nv_inference") and n.endswith("_duration_us")}, families
+    summary = families["nv_inference_request_summary_us"]
+    assert summary.type == "summary"
+    assert sorted(s.labels.get("quantile", "") for s in summary.samples) == ["", "", "0.5", "0.99"]  # count, sum
+    assert "'0.9' has no ':'" in (tmp_path / "serve.log").read_text()
     for args, words in (
-        (["--metrics-config", "summary_latencies=true"], "polystack has no latency summaries"),
+        (["--metrics-config", "summary_latencies=true"], "which --triton-metrics shows: add --triton-metrics"),
+        (["--triton-metrics", "--metrics-config", "summary_quantiles=0.5:0.05,2:0.01"], "quantile 2 in '2:0.01' is "
+         "outside [0, 1]"),
         (["--metrics-config", "counter_latencies"], "--metrics-config option format is <setting>=<value>. Got"),
-    ):
+    ):  # fmt: skip
         assert words in refused_at_start(tmp_path, args)
     # Triton compares the text (helper-115): counter_latencies=0 leaves the counters on, summary_latencies=yes and
     # histogram_latencies=1 change nothing; the log says so (polystack read them as booleans, and exited 2)
@@ -219,5 +228,5 @@ def test_tritons_metrics_config_leaves_the_duration_counters_out_and_refuses_sum
             "--metrics-config", "summary_latencies=yes", "--metrics-config", "histogram_latencies=1"]  # fmt: skip
     with cli_server(store.settings.home, args, port, tmp_path / "serve2.log"):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert "nv_inference_request_duration_us" in text
+    assert "nv_inference_request_duration_us" in text and "summary" not in text
     assert "Triton reads only 'true' and 'false' here; '0' changes nothing" in (tmp_path / "serve2.log").read_text()

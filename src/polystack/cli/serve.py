@@ -423,7 +423,8 @@ def serve(
         "--metrics-config",
         metavar="SETTING=VALUE",
         help="tritonserver's: counter_latencies=false leaves the nv_inference_*_duration_us counters out of "
-        "--triton-metrics; summary_latencies=true is refused (polystack's latency quantiles are its histograms).",
+        "--triton-metrics; summary_latencies=true adds Triton's latency summaries (nv_inference_*_summary_us: "
+        "quantiles of the last minute), summary_quantiles=0.5:0.05,0.99:0.001 sets their quantiles.",
     ),
     trace: bool = typer.Option(
         False,
@@ -787,6 +788,7 @@ def serve(
         grpc_max_connection_age,
         grpc_max_connection_age_grace,
     )  # checked here: a bad value exits 2, naming the flag
+    counter_latencies, summary_quantiles = _metrics_config(metrics_config or [], triton_metrics)
     config = ServeConfig(
         memory_node=policy.numa_node if policy is not None else None,
         host=listeners.host,
@@ -850,7 +852,8 @@ def serve(
         grpc_tls=grpc_tls,
         reuse_http_port=_flag_bool(reuse_http_port, "--reuse-http-port"),
         reuse_grpc_port=_flag_bool(reuse_grpc_port, "--reuse-grpc-port"),
-        counter_latencies=_counter_latencies(metrics_config or []),
+        counter_latencies=counter_latencies,
+        summary_quantiles=summary_quantiles,
     )
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise InvalidRequest(
@@ -1272,14 +1275,13 @@ def _grpc_tls(
     return TlsConfig.resolve(cert, key, root if both else None, GRPC_FLAGS)
 
 
-_SUMMARY_SETTINGS = ("summary_quantiles", "summary_max_age", "summary_age_buckets")
+def _metrics_config(items: list[str], triton_metrics: bool) -> tuple[bool, tuple[float, ...]]:
+    """tritonserver's --metrics-config settings: whether --triton-metrics shows its duration counters, and the
+    quantiles of its latency summaries (none: no summaries). Histograms are taken (polystack's latencies are
+    histograms already, a decoupled model's first response among them)."""
+    from polystack.server import latency_summaries
 
-
-def _counter_latencies(items: list[str]) -> bool:
-    """tritonserver's --metrics-config settings: whether --triton-metrics shows its duration counters. Its
-    summaries are refused (with what to use instead); their settings, and histograms (polystack's latencies are
-    histograms already, a decoupled model's first response among them), are taken."""
-    counters = True
+    counters, summaries, quantiles = True, False, latency_summaries.DEFAULT_QUANTILES
     for item in items:
         setting, eq, value = item.partition("=")
         if not eq or not setting:
@@ -1294,19 +1296,22 @@ def _counter_latencies(items: list[str]) -> bool:
         if setting == "counter_latencies":
             counters = value != "false"
         elif setting == "summary_latencies":
-            if value == "true":
-                raise InvalidRequest(
-                    "--metrics-config summary_latencies=true: polystack has no latency summaries; its latencies are "
-                    "histograms (polystack_inference_request_duration_seconds: histogram_quantile() gives the "
-                    "quantiles), so drop it"
-                )
+            summaries = value == "true" or summaries
+        elif setting == "summary_quantiles":
+            quantiles = latency_summaries.parse_quantiles(value)
         elif setting == "histogram_latencies":
             pass  # polystack's latencies are histograms already (polystack_inference_*_duration_seconds)
-        elif setting not in _SUMMARY_SETTINGS:  # Triton leaves a setting it does not know unread
+        else:  # Triton leaves a setting it does not know unread
             logging.getLogger("polystack.server").warning(
                 f"--metrics-config {item}: not a setting polystack (or Triton) reads; left unread, as Triton leaves it"
             )
-    return counters
+    if summaries and not triton_metrics:
+        raise InvalidRequest(
+            "--metrics-config summary_latencies=true: Triton's summaries (nv_inference_*_summary_us) are among "
+            "Triton's names, which --triton-metrics shows: add --triton-metrics (polystack's own latencies are "
+            "histograms, polystack_inference_request_duration_seconds)"
+        )
+    return counters, quantiles if summaries else ()
 
 
 def _compression(level: str) -> bool:

@@ -206,6 +206,9 @@ class ServeConfig:
     reuse_grpc_port: bool = False
     # --triton-metrics' duration counters (nv_inference_*_duration_us; tritonserver's --metrics-config)
     counter_latencies: bool = True
+    # --triton-metrics' latency summaries (nv_inference_*_summary_us) with these quantiles; empty: none
+    # (tritonserver's --metrics-config summary_latencies=true and summary_quantiles)
+    summary_quantiles: tuple[float, ...] = ()
     # Triton's rate limiter (--rate-limit execution_count): None, off; else the resources --rate-limit-resource
     # gives ((device or rate_limiter.EACH_DEVICE, name) -> count)
     rate_limit: Mapping[tuple[int, str], int] | None = None
@@ -328,6 +331,7 @@ class Server:
             triton_names=config.triton_metrics,
             cpu_metrics=config.cpu_metrics,
             counter_latencies=config.counter_latencies,
+            summary_quantiles=config.summary_quantiles,
             strict_readiness=config.strict_readiness,
             repository_only=config.repository_only,
             folder_rules=config.folder_rules,

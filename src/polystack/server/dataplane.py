@@ -70,6 +70,7 @@ from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, ShmRef, raw_view
 from polystack.server import (
     ensemble,
+    latency_summaries,
     loader,
     model_config,
     model_repository,
@@ -334,6 +335,7 @@ class DataPlane:
         triton_names: bool = False,
         cpu_metrics: bool = True,
         counter_latencies: bool = True,
+        summary_quantiles: tuple[float, ...] = (),
         strict_readiness: bool = False,
         repository_only: bool = False,
         folder_rules: model_repository.FolderRules = model_repository.FolderRules(),
@@ -362,6 +364,8 @@ class DataPlane:
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
         self.cpu_metrics = cpu_metrics  # and among them nv_cpu_* (off: --allow-cpu-metrics false)
         self.counter_latencies = counter_latencies  # and the duration counters (--metrics-config counter_latencies)
+        # and Triton's latency summaries with these quantiles (--metrics-config summary_latencies=true; none: off)
+        self.summary_quantiles = summary_quantiles
         # the max_batch_size Triton's auto-complete gives a repository's model that can batch where its config
         # leaves it out (serve --backend-config default-max-batch-size), and the batch settings given on their
         # own (serve --max-batch-size, ...) that replace those of what it batches for a model without a config
@@ -740,7 +744,7 @@ class DataPlane:
             self._served_names.add(entry.name)
             self.served_changed()
         self.metrics.serving(entry.name, str(entry.version))
-        self.tallies.setdefault((entry.name, str(entry.version)), triton_metrics.Tally()).add(entry.stats)
+        self.tally((entry.name, str(entry.version))).add(entry.stats)
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
         # none has started, summed over this instance and those it replaced while requests still wait on them (which
         # the gauge does not keep alive)
@@ -1614,12 +1618,23 @@ class DataPlane:
                 triton_metrics.VersionFigures(
                     name, label[1], tally.figures() if tally is not None else stats.to_dict(),
                     self.metrics.failures(*label), pending, cached and self.response_cache is not None,
+                    tally.summaries if tally is not None else None,
                 )
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
         return text + triton_metrics.render(
-            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache
+            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache,
+            quantiles=self.summary_quantiles,
         )
+
+    def tally(self, label: tuple[str, str]) -> triton_metrics.Tally:
+        """The figures Triton's names show for a version (name, version), kept across its instances; with its latency
+        summaries where the server keeps them."""
+        tally = self.tallies.get(label)
+        if tally is None:
+            summaries = latency_summaries.VersionSummaries() if self.summary_quantiles else None
+            tally = self.tallies[label] = triton_metrics.Tally(summaries)
+        return tally
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from polystack import errors
 from polystack.errors import InvalidRequest, NotFound, PolystackError, StepNotServed
 from polystack.formats import fil
-from polystack.server import ensemble, triton_metrics
+from polystack.server import ensemble
 from polystack.server.served import ServedEnsemble, load_number
 from polystack.store import ModelRef
 
@@ -66,7 +66,7 @@ class EnsembleLoads:
             self.plane.served_changed()
         for each in served.every:
             label = (name, str(each.ensemble.version))
-            self.plane.tallies.setdefault(label, triton_metrics.Tally()).add(each.stats)
+            self.plane.tally(label).add(each.stats)
             self.plane.metrics.serving(*label)
         for gone in old.every if old is not None else []:
             if self.plane.response_cache is not None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 
+from polystack.server import latency_summaries
+from polystack.server.latency_summaries import VersionSummaries
 from polystack.server.response_cache import ResponseCache
 from polystack.stats import DURATIONS, ModelStats
 
@@ -46,12 +48,14 @@ class Tally:
 
     _LIVE = 4
 
-    def __init__(self) -> None:
+    def __init__(self, summaries: VersionSummaries | None = None) -> None:
         self._lock = threading.Lock()
         self._done: dict[str, int] = {}
         self._live: list[ModelStats] = []
+        self.summaries = summaries  # Triton's latency summaries of the version, where asked for
 
     def add(self, stats: ModelStats) -> None:
+        stats.summaries = self.summaries  # the instance records its observations into the version's summaries
         with self._lock:
             if all(s is not stats for s in self._live):
                 self._live.append(stats)
@@ -101,6 +105,7 @@ class VersionFigures:
     failures: Mapping[str, int] = field(default_factory=dict)
     pending: int = 0
     cached: bool = False
+    summaries: VersionSummaries | None = None
 
 
 # (name, kind, help, what of the figures): Triton's per-model families, in the order Triton lists them
@@ -141,11 +146,13 @@ def render(
     cpu: bool = True,
     counter_latencies: bool = True,
     cache: ResponseCache | None = None,
+    quantiles: tuple[float, ...] = (),
 ) -> bytes:
     """The text format's lines of Triton's families for ``models``, the host's CPU ones (``cpu``) and, where the
     server has a response ``cache``, Triton's server-wide cache gauges (shown from start-up whatever the counters);
     without ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration
-    counters, nor its per-model cache counters, which Triton makes among them."""
+    counters, nor its per-model cache counters, which Triton makes among them; last, as Triton writes them, the
+    latency summaries of the models that keep them, with ``quantiles``."""
     models = list(models)
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
@@ -181,7 +188,27 @@ def render(
             "# TYPE nv_cpu_memory_used_bytes gauge",
             f"nv_cpu_memory_used_bytes {memory.total - memory.available}",
         ]
+    lines += _summaries([m for m in models if m.summaries is not None], quantiles)
     return ("\n".join(lines) + "\n").encode()
+
+
+def _summaries(models: list[VersionFigures], quantiles: tuple[float, ...]) -> list[str]:
+    """Triton's latency summaries (``latency_summaries``): count, sum, then each quantile (labelled after the
+    version, as prometheus-cpp writes it); a family no model shows is left out."""
+    lines: list[str] = []
+    for name, kind, text in latency_summaries.FAMILIES:
+        shown = [m for m in models if latency_summaries.shown(kind, m.cached)]
+        if shown:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} summary"]
+        for m in shown:
+            assert m.summaries is not None
+            count, total, values = m.summaries.windows[kind].read(quantiles)
+            lines += [_sample(f"{name}_count", m, count), _sample(f"{name}_sum", m, total)]
+            lines += [
+                _sample(name, m, latency_summaries.number(v), after={"quantile": repr(q)})
+                for q, v in zip(quantiles, values, strict=True)
+            ]
+    return lines
 
 
 def _cache_gauges(cache: ResponseCache) -> list[str]:
@@ -220,8 +247,8 @@ def _value(name: str, m: VersionFigures) -> int:
     }[name]())
 
 
-def _sample(name: str, m: VersionFigures, value: int, **extra: str) -> str:
-    labels = {"model": m.name, **extra, "version": m.version}
+def _sample(name: str, m: VersionFigures, value: int | str, after: dict[str, str] | None = None, **extra: str) -> str:
+    labels = {"model": m.name, **extra, "version": m.version, **(after or {})}
     text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
     return f"{name}{{{text}}} {value}"
 
