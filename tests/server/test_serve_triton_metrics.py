@@ -5,6 +5,7 @@ rendering on its own (failure reasons, the cache's families, label escaping)."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from servekit import cli_server, free_port, start, until
 
 from polystack.examples import mlp_onnx
 from polystack.server.app import ServerThread
-from polystack.server.triton_metrics import Tally, VersionFigures, render
+from polystack.server.triton_metrics import CpuSampler, Tally, VersionFigures, render
 from polystack.stats import ModelStats
 from polystack.store import ModelRecord, Store
 
@@ -88,7 +89,7 @@ def test_the_rendering_maps_reasons_shows_the_cache_and_escapes_labels() -> None
     odd = VersionFigures('we"ird\\name\n', "2", stats, {"QueueFull": 2, "DeadlineExceeded": 1, "Cancelled": 4,
                                                          "BackendError": 5, "RuntimeRefused": 2, "InvalidTensor": 6,
                                                          "Internal": 1}, pending=9, cached=True)  # fmt: skip
-    text = render([odd], cpu=False).decode()
+    text = render([odd]).decode()
     assert 'model="we\\"ird\\\\name\\n"' in text  # the text format's escapes
     families = {f.name: f for f in text_string_to_metric_families(text)}
     failures = {s.labels["reason"]: s.value for s in families["nv_inference_request_failure"].samples}
@@ -230,3 +231,34 @@ def test_tritons_metrics_config_leaves_the_duration_counters_out_and_adds_summar
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "nv_inference_request_duration_us" in text and "summary" not in text
     assert "Triton reads only 'true' and 'false' here; '0' changes nothing" in (tmp_path / "serve2.log").read_text()
+
+
+def test_cpu_utilization_is_sampled_on_its_own_every_half_interval_and_shown_as_sampled() -> None:
+    """As Triton's poll thread samples it (helper-272: read at each scrape, it was the utilization since anyone's
+    last scrape, so two scrapers split the window): every scrape shows the last sample."""
+    sampler = CpuSampler(interval_ms=200).start()  # a sample every 0.1 s
+    busy = threading.Event()
+
+    def spin() -> None:
+        while not busy.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        assert until(lambda: sampler.utilization > 0, 5)  # a core busy: a share of the host's time
+    finally:
+        busy.set()
+        sampler.stop()
+    assert not sampler._thread.is_alive() and 0 < sampler.utilization <= 1
+    texts = [render([], cpu=sampler).decode() for _ in range(2)]
+    shown = [{f.name: f.samples[0].value for f in text_string_to_metric_families(t) if f.samples} for t in texts]
+    assert shown[0]["nv_cpu_utilization"] == shown[1]["nv_cpu_utilization"] == float(f"{sampler.utilization:g}")
+    assert shown[0]["nv_cpu_memory_total_bytes"] > 0
+
+
+def test_metrics_interval_ms_is_read_as_triton_reads_it(tmp_path: Path) -> None:
+    from servekit import refused_at_start
+
+    for value, words in (("0", "give milliseconds, 1 or more"), ("1.5", "--metrics-interval-ms")):
+        assert words in refused_at_start(tmp_path, ["--triton-metrics", "--metrics-interval-ms", value])

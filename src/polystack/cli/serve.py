@@ -530,7 +530,13 @@ def serve(
         metavar="REGEX",
         help="The same for gRPC requests' metadata (a stream's, for each of its requests).",
     ),
-    metrics_interval_ms: list[str] = typer.Option(None, "--metrics-interval-ms", hidden=True),
+    metrics_interval_ms: str | None = typer.Option(
+        None,
+        "--metrics-interval-ms",
+        metavar="MS",
+        help="tritonserver's: --triton-metrics' nv_cpu_utilization is sampled every half this long, over the time "
+        "since the sample before (default 2000).",
+    ),
     rate_limit: list[str] = typer.Option(
         None,
         "--rate-limit",
@@ -742,7 +748,6 @@ def serve(
         "--grpc-infer-allocation-pool-size": grpc_infer_allocation_pool_size or [],
         "--grpc-infer-thread-count": grpc_infer_thread_count or [],
         "--grpc-max-response-pool-size": grpc_max_response_pool_size or [],
-        "--metrics-interval-ms": metrics_interval_ms or [],
         "--sagemaker-thread-count": sagemaker_thread_count or [],
         "--vertex-ai-thread-count": vertex_ai_thread_count or [],
     }) + unread(backend_config or [], python_backend_config.SETTINGS) + python_backend_config.unread(
@@ -841,6 +846,7 @@ def serve(
         serve_http=listeners.http,
         serve_metrics=listeners.metrics,
         cpu_metrics=listeners.cpu_metrics,
+        metrics_interval_ms=_metrics_interval(metrics_interval_ms),
         exit_on_error=_flag_bool(exit_on_error, "--exit-on-error"),
         strict_readiness=_flag_bool(strict_readiness, "--strict-readiness"),
         repository_only=(model_control_mode or "").lower() == "explicit",
@@ -1312,6 +1318,19 @@ def _metrics_config(items: list[str], triton_metrics: bool) -> tuple[bool, tuple
             "histograms, polystack_inference_request_duration_seconds)"
         )
     return counters, quantiles if summaries else ()
+
+
+def _metrics_interval(value: str | None) -> int:
+    """tritonserver's --metrics-interval-ms: a whole number of milliseconds (2000 if not given), at least 1."""
+    from polystack.cli import triton_flags
+    from polystack.server.triton_metrics import DEFAULT_INTERVAL_MS
+
+    if value is None:
+        return DEFAULT_INTERVAL_MS
+    triton_flags.check_value("--metrics-interval-ms", "int", value)
+    if int(value) < 1:
+        raise InvalidRequest(f"invalid argument for --metrics-interval-ms: {value}; give milliseconds, 1 or more")
+    return int(value)
 
 
 def _compression(level: str) -> bool:

@@ -44,7 +44,6 @@ FLAGS: Mapping[str, Flag] = {
     "--grpc-infer-allocation-pool-size": Flag("int", _FRONT_END),
     "--grpc-infer-thread-count": Flag("int", _FRONT_END, low=2, high=128),
     "--grpc-max-response-pool-size": Flag("int", _FRONT_END, low=1),
-    "--metrics-interval-ms": Flag("int", "metrics are read when /metrics is scraped, not sampled between"),
     "--sagemaker-thread-count": Flag("int", "the SageMaker port is answered by the event loop, as HTTP is", low=1),
     "--vertex-ai-thread-count": Flag("int", "the Vertex AI port is answered by the event loop, as HTTP is", low=1),
 }  # fmt: skip

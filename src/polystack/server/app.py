@@ -186,6 +186,7 @@ class ServeConfig:
     serve_http: bool = True  # False: no HTTP listener (tritonserver's --allow-http false), gRPC alone
     serve_metrics: bool = True  # False: no GET /metrics anywhere (--allow-metrics false)
     cpu_metrics: bool = True  # --triton-metrics' nv_cpu_* (--allow-cpu-metrics)
+    metrics_interval_ms: int = 2000  # and how often their CPU utilization is sampled (twice in it, as Triton does)
     # Triton's --exit-on-error false: a model that fails to load at start is left out (the index says why), the
     # server serving the rest; and its --strict-readiness: not ready while a model a load left is not
     exit_on_error: bool = True
@@ -330,6 +331,7 @@ class Server:
             no_batching=config.no_batching,
             triton_names=config.triton_metrics,
             cpu_metrics=config.cpu_metrics,
+            metrics_interval_ms=config.metrics_interval_ms,
             counter_latencies=config.counter_latencies,
             summary_quantiles=config.summary_quantiles,
             strict_readiness=config.strict_readiness,

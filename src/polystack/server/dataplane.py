@@ -334,6 +334,7 @@ class DataPlane:
         no_batching: bool = False,
         triton_names: bool = False,
         cpu_metrics: bool = True,
+        metrics_interval_ms: int = triton_metrics.DEFAULT_INTERVAL_MS,
         counter_latencies: bool = True,
         summary_quantiles: tuple[float, ...] = (),
         strict_readiness: bool = False,
@@ -362,7 +363,11 @@ class DataPlane:
         # Triton's --strict-readiness: the server is not ready while a model a load left is not (not_ready_models)
         self.strict_readiness = strict_readiness
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
-        self.cpu_metrics = cpu_metrics  # and among them nv_cpu_* (off: --allow-cpu-metrics false)
+        # and among them nv_cpu_* (off: --allow-cpu-metrics false), the utilization sampled as Triton's poll thread
+        # does, every half --metrics-interval-ms
+        self.cpu_sampler = None if not (triton_names and cpu_metrics) else triton_metrics.CpuSampler(metrics_interval_ms)
+        if self.cpu_sampler is not None:
+            self.cpu_sampler.start()
         self.counter_latencies = counter_latencies  # and the duration counters (--metrics-config counter_latencies)
         # and Triton's latency summaries with these quantiles (--metrics-config summary_latencies=true; none: off)
         self.summary_quantiles = summary_quantiles
@@ -1202,6 +1207,8 @@ class DataPlane:
             self._hasher.shutdown(wait=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
+        if self.cpu_sampler is not None:
+            self.cpu_sampler.stop()
 
     def served_changed(self) -> None:
         """What is served changed (a load, an unload): the routes resolved before go, as they hold the models
@@ -1623,7 +1630,7 @@ class DataPlane:
             )  # fmt: skip
         figures.sort(key=lambda f: (f.name, int(f.version)))
         return text + triton_metrics.render(
-            figures, cpu=self.cpu_metrics, counter_latencies=self.counter_latencies, cache=self.response_cache,
+            figures, cpu=self.cpu_sampler, counter_latencies=self.counter_latencies, cache=self.response_cache,
             quantiles=self.summary_quantiles,
         )
 

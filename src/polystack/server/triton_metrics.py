@@ -37,6 +37,7 @@ REASONS: dict[str, str | None] = {
     "RuntimeRefused": "BACKEND",  # values the runtime refused in its run: Triton's backends report them (helper-115)
 }
 TRITON_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+DEFAULT_INTERVAL_MS = 2000  # tritonserver's --metrics-interval-ms
 
 
 class Tally:
@@ -94,6 +95,34 @@ def _flat(stats: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
+class CpuSampler:
+    """Triton's ``nv_cpu_utilization``: the host's CPU utilization sampled on a thread of its own every half
+    ``--metrics-interval-ms`` (Triton's poll thread: 2,000 ms, so every second), over the time since the sample
+    before, so that every scraper sees the same figure whoever scraped last (helper-272: read at each scrape, it
+    was the utilization since anyone's last scrape, and two scrapers split the window). 0 until the first sample,
+    as in Triton."""
+
+    def __init__(self, interval_ms: int = DEFAULT_INTERVAL_MS) -> None:
+        self.interval_s = interval_ms / 2000
+        self.utilization = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="polystack-cpu-metrics", daemon=True)
+
+    def start(self) -> CpuSampler:
+        psutil.cpu_percent(interval=None)  # the first sample's start
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.utilization = psutil.cpu_percent(interval=None) / 100
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
 @dataclass(frozen=True)
 class VersionFigures:
     """What one served version (or ensemble) shows: its statistics (``ModelStats.to_dict``), its failures by
@@ -143,13 +172,13 @@ _LATENCY_COUNTERS = frozenset(n for n, v in _DURATIONS.items() if not v.startswi
 
 def render(
     models: Iterable[VersionFigures],
-    cpu: bool = True,
+    cpu: CpuSampler | None = None,
     counter_latencies: bool = True,
     cache: ResponseCache | None = None,
     quantiles: tuple[float, ...] = (),
 ) -> bytes:
-    """The text format's lines of Triton's families for ``models``, the host's CPU ones (``cpu``) and, where the
-    server has a response ``cache``, Triton's server-wide cache gauges (shown from start-up whatever the counters);
+    """The text format's lines of Triton's families for ``models``, the host's CPU ones (``cpu``: the sampler of its
+    utilization; None, none of them) and, where the server has a response ``cache``, Triton's server-wide cache gauges (shown from start-up whatever the counters);
     without ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration
     counters, nor its per-model cache counters, which Triton makes among them; last, as Triton writes them, the
     latency summaries of the models that keep them, with ``quantiles``."""
@@ -175,12 +204,12 @@ def render(
         lines += [_sample(name, m, _value(name, m)) for m in cached]
     if cache is not None:
         lines += _cache_gauges(cache)
-    if cpu:
+    if cpu is not None:
         memory = psutil.virtual_memory()
         lines += [
             "# HELP nv_cpu_utilization CPU utilization rate [0.0 - 1.0]",
             "# TYPE nv_cpu_utilization gauge",
-            f"nv_cpu_utilization {psutil.cpu_percent(interval=None) / 100:g}",  # since the last scrape
+            f"nv_cpu_utilization {cpu.utilization:g}",
             "# HELP nv_cpu_memory_total_bytes CPU total memory (RAM), in bytes",
             "# TYPE nv_cpu_memory_total_bytes gauge",
             f"nv_cpu_memory_total_bytes {memory.total}",
