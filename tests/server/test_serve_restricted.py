@@ -40,7 +40,8 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
     store, _ = model_store
     http_port, grpc_port = free_port(), free_port()
     args = [
-        "mlp", "--grpc-port", str(grpc_port), "--allow-model-control", "--access-log",
+        "mlp", "--grpc-port", str(grpc_port), "--allow-model-control", "--access-log", "--grpc-max-message-bytes",
+        str(1 << 20),
         "--http-restricted-api", "model-repository:admin-key=admin-value",
         "--http-restricted-api=inference,metadata:infer-key=infer-value",
         "--grpc-restricted-protocol", "inference,health:infer-key=infer-value",
@@ -92,6 +93,17 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
             assert refused.value.status() == "StatusCode.UNAVAILABLE"
         assert grpc.is_server_live(headers=GRPC_INFER)
         assert grpc.infer("mlp", [_x(grpcclient)], headers=GRPC_INFER).as_numpy("y").shape == (1, 4)
+        # the key is checked before the request is read: a call without it is refused whatever its size, and only
+        # one with it can make the server take in a message (here past --grpc-max-message-bytes: grpc refuses it)
+        big = grpcclient.InferInput("x", [1 << 15, 16], "FP32")
+        big.set_data_from_numpy(np.ones((1 << 15, 16), np.float32))  # 2 MiB
+        for headers, code, words in (
+            (None, "UNAVAILABLE", "This protocol is restricted"),
+            (GRPC_INFER, "RESOURCE_EXHAUSTED", "larger than max"),
+        ):
+            with pytest.raises(InferenceServerException, match=words) as refused:
+                grpc.infer("mlp", [big], headers=headers)
+            assert refused.value.status() == f"StatusCode.{code}"
         # the standard health service is health too, as Triton groups it
         with grpc_lib.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             check = health_pb2_grpc.HealthStub(channel).Check

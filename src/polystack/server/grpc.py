@@ -807,7 +807,7 @@ def _add_service(
     taken = _Handlers()
     add_to_server(servicer, taken)
     methods = {
-        name: _lenient(f"{taken.service}/{name}", _restricted(taken.service, name, h, restricted, calls), calls)
+        name: _restricted(taken.service, name, _lenient(f"{taken.service}/{name}", h, calls), restricted, calls)
         for name, h in taken.methods.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, methods),))
@@ -817,10 +817,13 @@ def _add_service(
 def _restricted(service: str, name: str, handler: Any, restricted: Restrictions, calls: _Calls) -> Any:
     """``handler`` answering a call only when its metadata carries the key its API's restriction needs
     (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the servicer sees the call
-    (a refusal, not logged as the server's failure)."""
+    (a refusal, not logged as the server's failure), and before its request is read: a unary method is answered
+    as a stream of requests, one read once the key is checked, so that a call without the key cannot make the
+    server take in a message of up to 2 GiB first (grpc reads a unary call's whole message before its handler)."""
     api = GRPC_METHODS.get(name)
     if api is None or api not in restricted.keys:
         return handler
+    rpc = f"/{service}/{name}"
 
     async def refuse_unless_allowed(context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -828,19 +831,21 @@ def _restricted(service: str, name: str, handler: Any, restricted: Restrictions,
             restricted.check(api, lambda key: _text(metadata.get(key)))
         except Restricted as e:
             code = status.grpc_code(e)
-            calls.not_failures.add(id(context))
-            if handler.unary_unary is None:  # a stream: logged here, as no request of it will be (a call: by _lenient)
-                calls.ended(f"/{service}/{name}", context, lambda: _request_id(context, None), code, time.perf_counter())
+            calls.ended(rpc, context, lambda: _request_id(context, None), code, time.perf_counter())
             await context.abort(code, e.message)
 
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def read_when_allowed(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             await refuse_unless_allowed(context)
-            return await unary(request, context)
+            async for request in requests:  # a unary call's one message
+                return await unary(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc} takes one request message; none came")
 
-        return handler._replace(unary_unary=unary_unary)
+        return grpc.stream_unary_rpc_method_handler(
+            read_when_allowed, handler.request_deserializer, handler.response_serializer
+        )
 
     def answering(call: Any) -> Any:  # a call answered by a stream, whether its request is one or a stream
         async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
