@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,28 @@ import pytest
 from polystack.config import StoreSettings
 from polystack.examples import mlp_onnx
 from polystack.store import Store
+
+_INDUCTOR_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """torch's compilers (AOTInductor, torch.compile) cache what they build under /tmp/torchinductor_<user>, which
+    grew by about 0.5 GB with every run of the suite and was never cleaned (with other leftovers it filled this
+    machine's disk): the run's compilers cache in a folder of its own, removed at the run's end. Set in the first
+    process, before xdist starts its workers, which inherit it, as do the servers the tests start; a folder the
+    caller chose is kept."""
+    if hasattr(config, "workerinput") or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="polystack-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    config.stash[_INDUCTOR_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_INDUCTOR_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 @pytest.fixture
