@@ -365,7 +365,7 @@ class DataPlane:
         self.triton_names = triton_names  # serve --triton-metrics: /metrics shows Triton's names too
         # and among them nv_cpu_* (off: --allow-cpu-metrics false), the utilization sampled as Triton's poll thread
         # does, every half --metrics-interval-ms
-        self.cpu_sampler = None if not (triton_names and cpu_metrics) else triton_metrics.CpuSampler(metrics_interval_ms)
+        self.cpu_sampler = triton_metrics.CpuSampler(metrics_interval_ms) if triton_names and cpu_metrics else None
         if self.cpu_sampler is not None:
             self.cpu_sampler.start()
         self.counter_latencies = counter_latencies  # and the duration counters (--metrics-config counter_latencies)

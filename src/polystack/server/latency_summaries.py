@@ -130,9 +130,9 @@ class Window:
             if slot != self._slot:
                 self._rotate(slot)
             count, total = self.count, self.sum
-            parts = [np.array(values, dtype=np.int64) for _, values in self._past]
-            parts.append(np.array(self._current, dtype=np.int64))
-        values = np.concatenate(parts)
+            past = [values for _, values in self._past]  # never appended to again: read after the lock
+            current = np.array(self._current, dtype=np.int64)  # appended to meanwhile: copied now
+        values = np.concatenate([*(np.array(p, dtype=np.int64) for p in past), current])
         if not len(values):
             return count, total, [math.nan] * len(quantiles)
         # the smallest value at or above each quantile's rank: a value observed, as Triton's estimates are

@@ -178,10 +178,10 @@ def render(
     quantiles: tuple[float, ...] = (),
 ) -> bytes:
     """The text format's lines of Triton's families for ``models``, the host's CPU ones (``cpu``: the sampler of its
-    utilization; None, none of them) and, where the server has a response ``cache``, Triton's server-wide cache gauges (shown from start-up whatever the counters);
-    without ``counter_latencies`` (Triton's ``--metrics-config counter_latencies=false``), not its duration
-    counters, nor its per-model cache counters, which Triton makes among them; last, as Triton writes them, the
-    latency summaries of the models that keep them, with ``quantiles``."""
+    utilization; None, none of them) and, where the server has a response ``cache``, Triton's server-wide cache
+    gauges (shown from start-up whatever the counters); without ``counter_latencies`` (Triton's ``--metrics-config
+    counter_latencies=false``), not its duration counters, nor its per-model cache counters, which Triton makes among
+    them; last, as Triton writes them, the latency summaries of the models that keep them, with ``quantiles``."""
     models = list(models)
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
