@@ -24,7 +24,7 @@ from polystack.backends.base import CheckedModel
 from polystack.backends.ragged import Ragged, RaggedSpec
 from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
-from polystack.stats import ModelStats, Outcome
+from polystack.stats import ModelStats, Outcome, ran_and_failed
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature, TensorSpec
 
@@ -433,13 +433,20 @@ def infer_entry(
     try:
         if entry.shown is not None:  # the dims a config fixed: the model itself would take more
             entry.shown.validate_inputs(inputs, entry.spec.max_batch_size, entry.name)  # (Triton's note if it batches)
+    except PolystackError:
+        outcome.settle("fail", time.perf_counter_ns() - since)
+        raise
+    try:
         result = entry.model.infer(inputs, outputs)
     except ModelClosed:
         if not outcome.rerouted:  # else counted where its caller sends it next
             outcome.settle("fail", time.perf_counter_ns() - since)
         raise
-    except PolystackError:
-        outcome.settle("fail", time.perf_counter_ns() - since)
+    except PolystackError as e:
+        ended = time.perf_counter_ns()
+        if ran_and_failed(e):
+            entry.stats.failed_execution(inferences(entry, inputs), ended - started)
+        outcome.settle("fail", ended - since)
         raise
     ended = time.perf_counter_ns()
     if queued_ns is not None:

@@ -7,12 +7,21 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from polystack.errors import BackendError, PolystackError, RuntimeRefused
+
 if TYPE_CHECKING:
     from polystack.server.latency_summaries import VersionSummaries
 
 # Triton's full set; cache_hit and cache_miss count only models whose config enables the response cache
 DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
+
+
+def ran_and_failed(error: BaseException) -> bool:
+    """Whether a model call that raised ``error`` ran: the runtime's own failure (or an error nobody expected), not
+    a refusal of its inputs before it ran, nor a model closed under it; an execution all the same, as Triton's
+    backends report every execute."""
+    return isinstance(error, (BackendError, RuntimeRefused)) or not isinstance(error, PolystackError)
 
 
 @dataclass
@@ -101,6 +110,20 @@ class ModelStats:
             for kind, ns in phases:
                 per[kind].count += 1
                 per[kind].ns += ns
+
+    def failed_execution(self, batch_size: int, infer_ns: int) -> None:
+        """A runtime execution of ``batch_size`` items that raised: an execution all the same, in the execution count
+        and its batch size's statistics, as Triton's backends report every execute whatever became of it (helper-275:
+        a model that raised counted none); no inference and no request's compute time, which count successes."""
+        with self._lock:
+            self.execution_count += 1
+            self.last_inference_ms = int(time.time() * 1000)
+            per = self.batch_stats.get(batch_size)
+            if per is None:
+                per = self.batch_stats[batch_size] = {k: Duration() for k in BATCH_DURATIONS}
+            for kind in BATCH_DURATIONS:
+                per[kind].count += 1
+            per["compute_infer"].ns += infer_ns
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:

@@ -3095,3 +3095,56 @@ def test_an_unloaded_python_models_module_level_memory_is_given_back(tmp_path: P
             client.load_model("big")
             assert client.is_model_ready("big")
             assert rss_mb() < loaded + 40  # one copy, as before: the load's auto-complete import let go too
+
+
+RAISES_ON_NEGATIVE = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            if (x < 0).any():
+                raise ValueError("negative input")
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2)]))
+        return out
+'''
+
+
+def test_an_execute_that_raises_is_an_execution_and_no_inference_as_triton_counts_it(tmp_path: Path) -> None:
+    """helper-275: a model whose execute raised counted no execution (Triton's backends report every execute: its
+    execution count and batch statistics count it, its inference count does not), unbatched, dynamically batched or
+    under a sequence batcher; a request refused before the model runs is no execution."""
+    repo = tmp_path / "models"
+    io = (
+        'backend: "python"\nmax_batch_size: 4\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )
+    python_folder(repo, "alone", RAISES_ON_NEGATIVE, io)
+    python_folder(repo, "batched", RAISES_ON_NEGATIVE, io + "dynamic_batching { }\n")
+    python_folder(repo, "seq", RAISES_ON_NEGATIVE, io + "sequence_batching { }\n")
+    with served(tmp_path, repo) as client:
+        for model in ("alone", "batched", "seq"):
+            sequence = {"sequence_id": 5, "sequence_start": True, "sequence_end": True} if model == "seq" else {}
+
+            def run(value: float, model: str = model, sequence: dict[str, Any] = sequence) -> None:
+                x = httpclient.InferInput("x", [1, 1], "FP32")
+                x.set_data_from_numpy(np.full((1, 1), value, np.float32))
+                client.infer(model, [x], **sequence)
+
+            def counts(model: str = model) -> tuple[int, ...]:
+                s = client.get_inference_statistics(model)["model_stats"][0]
+                return (s["execution_count"], s["inference_count"], s["inference_stats"]["fail"]["count"],
+                        sum(b["compute_infer"]["count"] for b in s["batch_stats"]))  # fmt: skip
+
+            with pytest.raises(InferenceServerException, match="negative input"):
+                run(-1.0)
+            assert counts() == (1, 0, 1, 1), model  # (executions, inferences, failures, batch executions)
+            run(1.0)
+            assert counts() == (2, 1, 1, 2), model
+            with pytest.raises(InferenceServerException, match="unexpected shape"):
+                client.infer(model, [httpclient.InferInput("x", [1, 3], "FP32").set_data_from_numpy(
+                    np.ones((1, 3), np.float32))], **sequence)  # fmt: skip
+            assert counts() == (2, 1, 2, 2), model  # refused before it ran: no execution

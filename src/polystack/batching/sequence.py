@@ -64,7 +64,7 @@ from polystack.errors import (
     Unsupported,
 )
 from polystack.protocol import wire
-from polystack.stats import Outcome
+from polystack.stats import Outcome, ran_and_failed
 from polystack.types import DType, Signature
 
 log = logging.getLogger("polystack.batching")
@@ -732,6 +732,8 @@ class SequenceBatcher:
         except Exception as e:
             if len(batch) == 1:
                 request, sequence = batch[0]
+                if ran_and_failed(e):  # it ran, and failed: an execution all the same, as Triton counts it
+                    stats.failed_execution(1, time.perf_counter_ns() - t0)
                 if not (isinstance(e, ModelClosed) and request.outcome.rerouted):  # else counted where it goes next
                     request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
                 _deliver([(request, None, e)])
@@ -771,6 +773,8 @@ class SequenceBatcher:
                 [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)], instance
             )
         except Exception as e:  # the call failed: each of its requests, never run again
+            if ran_and_failed(e):  # it ran, and failed: an execution all the same, as Triton counts it
+                self.entry.stats.failed_execution(len(batch), time.perf_counter_ns() - t0)
             for request, _ in batch:
                 if not (isinstance(e, ModelClosed) and request.outcome.rerouted):
                     request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
