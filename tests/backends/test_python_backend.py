@@ -429,7 +429,8 @@ def test_a_call_goes_to_the_host_that_loaded_the_model_and_its_error_comes_back_
         assert out["OUT"].tolist() == [[b"ok"]] and out["y"].tolist() == [[7, 7]]
         call = host.calls[0]
         assert (call.model, call.outputs, call.version, call.request_id, call.caller) == ("other", ("z",), 2, "c-1", "upper")
-        assert call.parameters == {"k": "v", "timeout": 250}  # Triton's timeout (microseconds) as its parameter
+        assert call.parameters == {"timeout": 250}  # Triton's timeout (microseconds), what schedules the call
+        assert call.model_parameters == {"k": "v"}  # its own, as given
         np.testing.assert_array_equal(call.inputs["x"], np.ones((1, 2), np.float32))
         gone = "Failed for execute the inference request. Model 'other' is not ready. (no model)"  # Triton's words
         for error, why in ((NotFound("no model"), gone), (InvalidRequest("bad"), "bad")):

@@ -101,6 +101,24 @@ class TritonPythonModel:
             except pb_utils.TritonModelException as e:
                 facts.append(str(e))
             y = x.as_numpy()
+        elif case == "as_triton":  # what Triton's BLS takes as given, refuses, or names (helper-276)
+            def told(**kw):
+                answer = pb_utils.InferenceRequest(model_name="told", requested_output_names=["facts"], **kw).exec()
+                if answer.has_error():
+                    return answer.error().message()
+                return json.loads(pb_utils.get_output_tensor_by_name(answer, "facts").as_numpy()[0])
+            reserved = {"sequence_id": 9, "sequence_start": True, "priority": 1, "timeout": 30}
+            facts.append(told(inputs=[x], parameters=reserved))
+            facts.append(told(inputs=[x], parameters={"timeout": 5}, correlation_id=3, timeout=7))
+            facts += [told(inputs=[x], model_version=v) for v in (0, -2)]
+            facts.append(told(inputs=[x, x]))
+            for kw in ({"correlation_id": -5}, {"correlation_id": 2**64}, {"timeout": -1}):
+                try:
+                    pb_utils.InferenceRequest(model_name="told", inputs=[x], requested_output_names=["y"], **kw)
+                except (RuntimeError, TypeError) as e:
+                    facts.append(type(e).__name__)
+            facts.append(pb_utils.TritonError("gone", pb_utils.TritonError.NOT_FOUND).code().name)
+            y = x.as_numpy()
         return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y.astype(np.float32)),
                                             pb_utils.Tensor("facts", np.array([json.dumps(facts).encode()], dtype=np.object_))])]
 '''
@@ -125,6 +143,21 @@ class TritonPythonModel:
         else:
             y = x.as_numpy()
         return [pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("facts", np.array([b"{}"], dtype=np.object_))])]
+'''
+# tells what it received: its parameters, correlation ID, flags and timeout
+TOLD = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([
+            pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy()),
+            pb_utils.Tensor("facts", np.array([json.dumps([json.loads(r.parameters()), r.correlation_id(), r.flags(),
+                                                          r.timeout()]).encode()], dtype=np.object_)),
+        ]) for r in requests]
 '''
 # answers an error response with the code its request's "models" parameter gives (what a caller's "next" names)
 REFUSER = '''
@@ -151,7 +184,7 @@ def callers(root: Path) -> Path:
     repository(root)
     shutil.copytree(root / "mlp", root / "mlp2")
     for name, source in (("caller", SYNC), ("gatherer", ASYNC), ("tools", TOOLS), ("recur", RECUR),
-                           ("refuser", REFUSER)):
+                           ("refuser", REFUSER), ("told", TOLD)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(source)
         (root / name / "config.pbtxt").write_text(CONFIG)
@@ -313,3 +346,20 @@ def test_a_model_calls_itself_while_one_of_its_instances_is_free(served) -> None
         _call(port, "recur", {"depth": 2})
     assert "model 'recur' called itself, and its 2 instance(s) all wait for answers already" in caught.value.message()
     np.testing.assert_array_equal(_call(port, "recur", {"depth": 0}).as_numpy("y"), X)  # and it serves on
+
+
+def test_a_call_hands_its_parameters_over_as_given_and_is_checked_as_tritons_bls_checks_it(served) -> None:  # type: ignore[no-untyped-def]
+    """helper-276: a call's parameters named like Triton's own (sequence_id, timeout, ...) were read as its correlation
+    ID, flags and deadline and kept from the called model; versions 0 and -2 ran the latest; an input given twice
+    ran the last; a correlation ID or timeout Triton's binding cannot take reached the called model; an error's code
+    had no name."""
+    _, port, _ = served
+    facts = json.loads(_call(port, "tools", {"case": "as_triton"}).as_numpy("facts")[0])
+    reserved = {"sequence_id": 9, "sequence_start": True, "priority": 1, "timeout": 30}
+    assert facts[0] == [reserved, 0, 0, 0]  # as given, and no sequence, priority or deadline
+    assert facts[1] == [{"timeout": 5}, 3, 0, 7]  # its own timeout and correlation ID apart from its parameters
+    for words, version in zip(facts[2:4], (0, -2), strict=True):
+        assert words.startswith("Model told - Error when running inference: Failed for execute the inference request. "
+                                "Model 'told' is not ready.") and f"has no version {version}" in words, words
+    assert "input 'x' already exists in request" in facts[4]
+    assert facts[5:] == ["RuntimeError", "RuntimeError", "TypeError", "NOT_FOUND"]

@@ -53,6 +53,9 @@ class RequestFacts:
     # the request's trace when it is traced (a ``RequestTrace``): a call it sends with ``trace=request.trace()`` is
     # traced as its child, as Triton's BLS traces it
     trace: Any = None
+    # a request a model sent: the parameters the model sees, as given (``InferRequest.model_parameters``); None: its
+    # ``parameters`` less those Triton reads itself
+    model_parameters: Mapping[str, Any] | None = None
 
 
 class Responses(Protocol):
@@ -127,7 +130,8 @@ class ModelCall:
     outputs: tuple[str, ...] = ()  # none: all
     version: int | None = None
     request_id: str = ""
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # what schedules it: its sequence, its timeout
+    model_parameters: Mapping[str, Any] = field(default_factory=dict)  # what the called model sees, as given
     caller: str = ""  # the calling model's name, which errors name
     callers: tuple[str, ...] = ()  # the model instances waiting for its answer (``RequestFacts.callers``), the caller's last
     cancel: threading.Event | None = None  # set when the caller cancels it (a stream's: ``ResponseIterator.cancel``)

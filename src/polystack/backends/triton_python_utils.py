@@ -38,7 +38,7 @@ import numpy as np
 
 from polystack import custom_metrics
 from polystack.backends.hosting import NOT_FOR_MODELS, Host, ModelCall, RequestFacts, Responses, parameters_of
-from polystack.errors import Cancelled, NotFound, PolystackError
+from polystack.errors import Cancelled, InvalidRequest, NotFound, PolystackError, VersionNotFound
 from polystack.protocol import wire
 from polystack.types import DType
 
@@ -227,9 +227,9 @@ def numpy_to_triton_string(dtype: Any) -> str | None:
     return _TRITON.get(np.dtype(dtype)) if not (isinstance(dtype, type) and issubclass(dtype, bytes)) else "BYTES"
 
 
-class TritonError(Exception):
-    """An error a model returns in a response (``InferenceResponse(error=...)``) or raises; its code picks the
-    answer's status as Triton's does."""
+class ErrorCode(enum.IntEnum):
+    """``TritonError``'s codes: named, as Triton's enum is (``code().name``), and whole numbers, as polystack's
+    models compare them."""
 
     UNKNOWN = 0
     INTERNAL = 1
@@ -240,10 +240,25 @@ class TritonError(Exception):
     ALREADY_EXISTS = 6
     CANCELLED = 7
 
-    def __init__(self, message: str, code: int = INTERNAL) -> None:
+
+class TritonError(Exception):
+    """An error a model returns in a response (``InferenceResponse(error=...)``) or raises; its code picks the
+    answer's status as Triton's does."""
+
+    UNKNOWN = ErrorCode.UNKNOWN
+    INTERNAL = ErrorCode.INTERNAL
+    NOT_FOUND = ErrorCode.NOT_FOUND
+    INVALID_ARG = ErrorCode.INVALID_ARG
+    UNAVAILABLE = ErrorCode.UNAVAILABLE
+    UNSUPPORTED = ErrorCode.UNSUPPORTED
+    ALREADY_EXISTS = ErrorCode.ALREADY_EXISTS
+    CANCELLED = ErrorCode.CANCELLED
+
+    def __init__(self, message: str, code: int = ErrorCode.INTERNAL) -> None:
         super().__init__(message)
         self._message = message
-        self._code = code
+        # helper-276: a plain int had no name (Triton's code().name, as a model logs it)
+        self._code: int = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
 
     def message(self) -> str:
         return self._message
@@ -529,9 +544,16 @@ class InferenceRequest:
             )
         if isinstance(correlation_id, bool) or not isinstance(correlation_id, int | np.integer | str):
             raise TypeError(f"correlation_id must be a whole number or a str, not {type(correlation_id).__name__}")
+        if not isinstance(correlation_id, str) and not 0 <= correlation_id < 1 << 64:  # Triton's binding: uint64
+            raise RuntimeError(  # its words, then what to do (helper-276: -5 reached the called model)
+                f"Unable to cast Python instance to C++ type: correlation_id {correlation_id} is out of range; give a "
+                "whole number from 0 to 2**64 - 1, or a str"
+            )
         self._correlation = correlation_id
         self._flags = _whole(flags, "flags")
         self._timeout = _whole(timeout, "timeout")
+        if self._timeout < 0:  # Triton's binding takes microseconds as uint64: a TypeError (helper-276)
+            raise TypeError(f"timeout must be microseconds, 0 or more (0: none), not {self._timeout}")
         self._parameters = dict(given)
         self._version = _whole(model_version, "model_version")
         if not isinstance(trace, InferenceTrace | None):
@@ -562,7 +584,11 @@ class InferenceRequest:
         request._flags = (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if start is True else 0) | (
             TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end is True else 0
         )
-        request._parameters = {k: v for k, v in given.items() if k not in NOT_FOR_MODELS}
+        request._parameters = (
+            dict(facts.model_parameters)  # a request another model sent: its parameters as that model gave them
+            if facts.model_parameters is not None
+            else {k: v for k, v in given.items() if k not in NOT_FOR_MODELS}
+        )
         request._sender = sender
         request._trace = InferenceTrace(facts.trace)
         return request
@@ -689,7 +715,9 @@ class InferenceRequest:
         host = running.host if running.model else _server()
         if host is None:
             raise TritonModelException(f"{_OUTSIDE}: it cannot call other models{_FROM_EXECUTE}")
-        parameters: dict[str, Any] = dict(self._parameters)
+        # what schedules it, apart from its parameters, which reach the called model as given whatever their names (a
+        # "sequence_id" or a "timeout" of the model's own is no correlation ID or deadline; helper-276), as in Triton
+        parameters: dict[str, Any] = {}
         if self._timeout:
             parameters["timeout"] = int(self._timeout)
         if self._correlation:
@@ -700,7 +728,13 @@ class InferenceRequest:
             parameters["sequence_end"] = True
         inputs: dict[str, np.ndarray] = {}
         for tensor in self._inputs:  # (each a Tensor: checked as the request was made)
+            if tensor.name() in inputs:  # Triton's words, as a client's request is refused (helper-276: the last won)
+                raise InvalidRequest(f"input '{tensor.name()}' already exists in request; send each input once")
             inputs[tensor.name()] = tensor._data()
+        if self._version == 0 or self._version < -1:  # -1: the latest (helper-276: 0 and -2 ran the latest)
+            raise VersionNotFound(
+                f"model {self._model!r} has no version {self._version}: versions are 1 and up; give -1 for the latest"
+            )
         call = ModelCall(
             model=self._model,
             inputs=inputs,
@@ -708,6 +742,7 @@ class InferenceRequest:
             version=self._version if self._version > 0 else None,
             request_id=self._id,
             parameters=parameters,
+            model_parameters=dict(self._parameters),
             caller=running.model,
             callers=running.callers,
             cancel=cancel,

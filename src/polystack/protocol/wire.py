@@ -115,6 +115,10 @@ class InferRequest:
     # an ensemble's step's: the outputs it asks for may be left out (the next step's input is then absent, as in
     # Triton's ensembles); a client's request fails where its model leaves out an output it asks for
     partial: bool = False
+    # a request a model sent: the parameters its model sees, as given whatever their names (Triton hands a BLS
+    # request's parameters over untouched, a "sequence_id" or a "timeout" among them), ``parameters`` then holding
+    # only what schedules it (its correlation ID, flags and timeout); None: its model sees ``parameters`` less those
+    model_parameters: dict[str, Any] | None = None
 
     @property
     def output_names(self) -> list[str] | None:

@@ -203,7 +203,7 @@ def _facts(
     traced)."""
     return hosting.RequestFacts(
         request.id or "", request.parameters, tuple(outputs or ()), request.callers, responses, gone, request.partial,
-        trace,
+        trace, request.model_parameters,
     )  # fmt: skip
 
 
@@ -2212,6 +2212,8 @@ class DataPlane:
         parameters = None
         if reads_parameters:
             parameters = {k: v for k, v in request.parameters.items() if k not in hosting.NOT_FOR_MODELS}
+            if request.model_parameters is not None:  # a request a model sent: its own, apart (their names may clash)
+                parameters = {"scheduling": parameters, "given": request.model_parameters}
         assert self._hasher is not None  # made with the cache
         if sum(nbytes(a) for a in request.inputs.values()) < _HASH_INLINE_BELOW:
             return cache.key(owner, request.inputs, asked, parameters)

@@ -150,7 +150,8 @@ class EnsembleRequests:
                     n: ensemble.fit(a, takes[n], givers[n], batches) if n in takes else a for n, a in given.items()
                 }
                 sub = InferRequest(
-                    given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters, partial=True
+                    given, request.id, [RequestedOutput(m) for m, _ in step.outputs], parameters, partial=True,
+                    model_parameters=request.model_parameters,
                 )
                 return target, sub, batches
 

@@ -107,7 +107,8 @@ class ModelCalls:
             inputs=dict(call.inputs),
             id=call.request_id or None,
             outputs=[RequestedOutput(name) for name in call.outputs] or None,
-            parameters=dict(call.parameters),  # checked as a client's are (timeout, priority)
+            parameters=dict(call.parameters),  # checked as a client's are (timeout, sequence)
+            model_parameters=dict(call.model_parameters),
             callers=call.callers,
             cancel=call.cancel,
             trace=call.trace,
