@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from polystack.stats import ModelStats, Outcome
+from polystack.stats import ModelStats, Outcome, ran_and_failed
 
 
 def _figures(stats: ModelStats) -> tuple[int, int, int, int]:
@@ -42,3 +42,24 @@ def test_a_failure_settled_in_the_run_counts_at_once_held_or_not() -> None:
     held.confirm()
     held.abandon(80)
     assert _figures(stats) == (0, 0, 1, 70)
+
+
+def test_an_execution_that_raised_counts_where_tritons_backend_reports_it() -> None:
+    """Triton's Python backend reports an execute that raised (helper-275); its ONNX Runtime and PyTorch backends
+    report none for a batch whose every response failed. A refusal before the run, a model closed under it or a
+    deadline passed first is no execution on any."""
+    from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed
+
+    assert ran_and_failed("python", ValueError("in execute"))
+    assert ran_and_failed("python", BackendError("its run failed"))
+    assert ran_and_failed("python", InvalidRequest("its own INVALID_ARG error").failed_in_run())
+    for refused in (InvalidTensor("bad shape"), ModelClosed("unloaded"), DeadlineExceeded("too late")):
+        assert not ran_and_failed("python", refused)
+    assert not ran_and_failed("onnxruntime", BackendError("its run failed"))
+    stats = ModelStats()
+    stats.failed_execution(4, 1_000)
+    counted = stats.to_dict()
+    assert (counted["execution_count"], counted["inference_count"]) == (1, 0)
+    assert counted["batch_stats"][0]["batch_size"] == 4 and counted["batch_stats"][0]["compute_infer"] == {
+        "count": 1, "ns": 1_000}
+    assert counted["inference_stats"]["compute_infer"]["count"] == 0  # a request's compute counts successes

@@ -444,7 +444,7 @@ def infer_entry(
         raise
     except PolystackError as e:
         ended = time.perf_counter_ns()
-        if ran_and_failed(e):
+        if ran_and_failed(entry.spec.backend, e):
             entry.stats.failed_execution(inferences(entry, inputs), ended - started)
         outcome.settle("fail", ended - since)
         raise

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from polystack.errors import BackendError, PolystackError, RuntimeRefused
+from polystack.errors import DeadlineExceeded, PolystackError
 
 if TYPE_CHECKING:
     from polystack.server.latency_summaries import VersionSummaries
@@ -17,11 +17,21 @@ DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "comp
 BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
 
 
-def ran_and_failed(error: BaseException) -> bool:
-    """Whether a model call that raised ``error`` ran: the runtime's own failure (or an error nobody expected), not
-    a refusal of its inputs before it ran, nor a model closed under it; an execution all the same, as Triton's
-    backends report every execute."""
-    return isinstance(error, (BackendError, RuntimeRefused)) or not isinstance(error, PolystackError)
+# the backends whose executes that raised are executions all the same, as Triton counts them: its Python backend
+# reports every execute's statistics (helper-275: 2.51 counted one, with no inference, for a model that raised),
+# where its ONNX Runtime and PyTorch backends report none for a batch whose every response failed
+_FAILURES_EXECUTE = frozenset({"python"})
+
+
+def ran_and_failed(backend: str, error: BaseException) -> bool:
+    """Whether a model call of ``backend`` that raised ``error`` counts as an execution: the model ran and failed in
+    its run (not a refusal of its inputs before it, a model closed under it or a deadline passed first), on a backend
+    whose failed executes Triton counts."""
+    if backend not in _FAILURES_EXECUTE:
+        return False
+    if not isinstance(error, PolystackError):
+        return True
+    return error.in_run and not isinstance(error, DeadlineExceeded)
 
 
 @dataclass

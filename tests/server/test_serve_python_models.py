@@ -3106,6 +3106,8 @@ class TritonPythonModel:
         out = []
         for r in requests:
             x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            if (x < -5).any():
+                raise pb_utils.TritonError("very negative input", pb_utils.TritonError.INVALID_ARG)
             if (x < 0).any():
                 raise ValueError("negative input")
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2)]))
@@ -3144,7 +3146,10 @@ def test_an_execute_that_raises_is_an_execution_and_no_inference_as_triton_count
             assert counts() == (1, 0, 1, 1), model  # (executions, inferences, failures, batch executions)
             run(1.0)
             assert counts() == (2, 1, 1, 2), model
+            with pytest.raises(InferenceServerException, match="very negative input"):
+                run(-10.0)  # its own error, of a code that is the client's fault: it ran all the same
+            assert counts() == (3, 1, 2, 3), model
             with pytest.raises(InferenceServerException, match="unexpected shape"):
                 client.infer(model, [httpclient.InferInput("x", [1, 3], "FP32").set_data_from_numpy(
                     np.ones((1, 3), np.float32))], **sequence)  # fmt: skip
-            assert counts() == (2, 1, 2, 2), model  # refused before it ran: no execution
+            assert counts() == (3, 1, 3, 3), model  # refused before it ran: no execution
