@@ -89,6 +89,17 @@ def test_summary_quantiles_as_triton_reads_them() -> None:
     assert len(logs) == 3 and "the format is <quantile>:<error>" in logs[0].getMessage()
     with pytest.raises(InvalidRequest, match=r"quantile 1\.5 in '1\.5:0\.01' is outside \[0, 1\]"):
         parse_quantiles("0.5:0.05,1.5:0.01")
+    with pytest.raises(InvalidRequest, match=r"error nan in '0\.5:nan' is outside \[0, 1\]"):
+        parse_quantiles("0.5:nan")
+    assert parse_quantiles("0.5:0.1,0.9:0.01,0.5:0.01") == (0.5, 0.9)  # one series a quantile
+
+
+def test_the_last_summary_latencies_given_is_the_one_taken_as_in_triton() -> None:
+    from polystack.cli.serve import _metrics_config
+
+    assert _metrics_config(["summary_latencies=true", "summary_quantiles=0.9:0.01"], True) == (True, (0.9,))
+    assert _metrics_config(["summary_latencies=true", "summary_latencies=false"], True) == (True, ())
+    assert _metrics_config(["counter_latencies=false", "summary_latencies=true"], True) == (False, DEFAULT_QUANTILES)
 
 
 def scrape(port: int) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

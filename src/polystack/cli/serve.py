@@ -1302,7 +1302,7 @@ def _metrics_config(items: list[str], triton_metrics: bool) -> tuple[bool, tuple
         if setting == "counter_latencies":
             counters = value != "false"
         elif setting == "summary_latencies":
-            summaries = value == "true" or summaries
+            summaries = value == "true"  # the last given, as Triton keeps it
         elif setting == "summary_quantiles":
             quantiles = latency_summaries.parse_quantiles(value)
         elif setting == "histogram_latencies":

@@ -742,6 +742,8 @@ class DataPlane:
         """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
+        # before it is routed: every request it answers is in the version's figures and summaries
+        self.tally((entry.name, str(entry.version))).add(entry.stats)
         with self.routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
             replaced = self.engine.install(entry)
             old = self._served.get(key)
@@ -749,7 +751,6 @@ class DataPlane:
             self._served_names.add(entry.name)
             self.served_changed()
         self.metrics.serving(entry.name, str(entry.version))
-        self.tally((entry.name, str(entry.version))).add(entry.stats)
         # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
         # none has started, summed over this instance and those it replaced while requests still wait on them (which
         # the gauge does not keep alive)

@@ -75,12 +75,14 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
         except ValueError:
             log.error(f"--metrics-config summary_quantiles: {pair!r} is not <quantile>:<error> (two numbers)")
             continue
-        if not 0.0 <= q <= 1.0 or math.isnan(e):
+        if not 0.0 <= q <= 1.0 or not 0.0 <= e <= 1.0:
+            what = f"quantile {quantile}" if not 0.0 <= q <= 1.0 else f"error {error}"
             raise InvalidRequest(
-                f"--metrics-config summary_quantiles: quantile {quantile} in {pair!r} is outside [0, 1]; give "
-                "quantiles such as 0.5:0.05,0.99:0.001"
+                f"--metrics-config summary_quantiles: {what} in {pair!r} is outside [0, 1]; give quantiles and "
+                "errors such as 0.5:0.05,0.99:0.001"
             )
-        quantiles.append(q)
+        if q not in quantiles:  # a quantile given twice is one series (two of one name and labels: Prometheus drops both)
+            quantiles.append(q)
     return tuple(quantiles) or DEFAULT_QUANTILES
 
 

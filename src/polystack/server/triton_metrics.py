@@ -109,11 +109,11 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._run, name="polystack-cpu-metrics", daemon=True)
 
     def start(self) -> CpuSampler:
-        psutil.cpu_percent(interval=None)  # the first sample's start
         self._thread.start()
         return self
 
     def _run(self) -> None:
+        psutil.cpu_percent(interval=None)  # the first sample's start: psutil keeps it per thread, so on this one
         while not self._stop.wait(self.interval_s):
             self.utilization = psutil.cpu_percent(interval=None) / 100
 
