@@ -112,6 +112,14 @@ def test_restricted_apis_answer_only_with_their_header_over_http_and_grpc(
             assert refused_call.value.code() == grpc_lib.StatusCode.UNAVAILABLE
             answer = check(health_pb2.HealthCheckRequest(), timeout=10, metadata=tuple(GRPC_INFER.items()))
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health_pb2_grpc.HealthStub(channel).Watch  # a stream of answers to one request, checked first too
+            for service in ("", "s" * (2 << 20)):  # past --grpc-max-message-bytes: refused before it is read
+                with pytest.raises(grpc_lib.RpcError) as refused_call:
+                    next(iter(watch(health_pb2.HealthCheckRequest(service=service), timeout=10)))
+                assert refused_call.value.code() == grpc_lib.StatusCode.UNAVAILABLE
+            watching = watch(health_pb2.HealthCheckRequest(), timeout=10, metadata=tuple(GRPC_INFER.items()))
+            assert next(iter(watching)).status == health_pb2.HealthCheckResponse.SERVING
+            watching.cancel()
         for headers, refused_words in ((None, "This protocol is restricted"), (GRPC_INFER, None)):
             answers: queue.Queue[Any] = queue.Queue()
             grpc.start_stream(lambda result, error, answers=answers: answers.put((result, error)), headers=headers)

@@ -817,9 +817,10 @@ def _add_service(
 def _restricted(service: str, name: str, handler: Any, restricted: Restrictions, calls: _Calls) -> Any:
     """``handler`` answering a call only when its metadata carries the key its API's restriction needs
     (``--grpc-restricted-protocol``); else UNAVAILABLE in Triton's words, before the servicer sees the call
-    (a refusal, not logged as the server's failure), and before its request is read: a unary method is answered
-    as a stream of requests, one read once the key is checked, so that a call without the key cannot make the
-    server take in a message of up to 2 GiB first (grpc reads a unary call's whole message before its handler)."""
+    (a refusal, not logged as the server's failure), and before its request is read: a method taking one request is
+    answered as one taking a stream of them, its one read once the key is checked, so that a call without the key
+    cannot make the server take in a message of up to 2 GiB first (grpc reads a one-request call's whole message
+    before its handler)."""
     api = GRPC_METHODS.get(name)
     if api is None or api not in restricted.keys:
         return handler
@@ -847,18 +848,29 @@ def _restricted(service: str, name: str, handler: Any, restricted: Restrictions,
             read_when_allowed, handler.request_deserializer, handler.response_serializer
         )
 
-    def answering(call: Any) -> Any:  # a call answered by a stream, whether its request is one or a stream
-        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    if handler.unary_stream is not None:  # (the health service's Watch)
+        answers = handler.unary_stream
+
+        async def stream_when_allowed(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             await refuse_unless_allowed(context)
-            async for answer in call(request, context):
+            async for request in requests:  # the call's one message
+                async for answer in answers(request, context):
+                    yield answer
+                return
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc} takes one request message; none came")
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_when_allowed, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream is not None:
+        streamed = handler.stream_stream
+
+        async def checked_first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            await refuse_unless_allowed(context)
+            async for answer in streamed(requests, context):
                 yield answer
 
-        return streamed
-
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=answering(handler.unary_stream))
-    if handler.stream_stream is not None:
-        return handler._replace(stream_stream=answering(handler.stream_stream))
+        return handler._replace(stream_stream=checked_first)
     return handler
 
 
