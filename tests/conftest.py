@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     caller chose is kept."""
     if hasattr(config, "workerinput") or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
         return
+    for stale in Path(tempfile.gettempdir()).glob("polystack-tests-inductor-*"):  # a run killed before its end
+        if time.time() - stale.stat().st_mtime > 86_400:
+            shutil.rmtree(stale, ignore_errors=True)
     folder = tempfile.mkdtemp(prefix="polystack-tests-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     config.stash[_INDUCTOR_CACHE] = folder

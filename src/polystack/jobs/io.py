@@ -232,12 +232,12 @@ def _parquet_batches(
 def _csv_schema(path: Path) -> pa.Schema:
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(
+    with pcsv.open_csv(  # closed once read: an open reader reads ahead on Arrow's threads
         path,
         read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK),
         parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip"),  # bad rows, later (_csv_batches)
-    )
-    return reader.schema
+    ) as reader:
+        return reader.schema
 
 
 def _csv_batches(
@@ -288,6 +288,8 @@ def _csv_batches(
             f"({e}); key columns (--key) keep that type, so give them values of one type throughout (model inputs "
             "are read cell by cell, a bad one costing its row alone)"
         ) from None
+    finally:
+        reader.close()  # its read-ahead ends with it, whatever ended the job
 
 
 # the block a CSV's column types are guessed from and read in (one size: helper-270 found keys of another type
