@@ -81,7 +81,7 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
                 f"--metrics-config summary_quantiles: {what} in {pair!r} is outside [0, 1]; give quantiles and "
                 "errors such as 0.5:0.05,0.99:0.001"
             )
-        if q not in quantiles:  # a quantile given twice is one series (two of one name and labels: Prometheus drops both)
+        if q not in quantiles:  # given twice, one series: two of one name and labels, Prometheus drops both
             quantiles.append(q)
     return tuple(quantiles) or DEFAULT_QUANTILES
 
