@@ -50,14 +50,18 @@ def test_an_execution_that_raised_counts_where_tritons_backend_reports_it() -> N
     deadline passed first is no execution on any."""
     from polystack.errors import BackendError, DeadlineExceeded, InvalidRequest, InvalidTensor, ModelClosed
 
-    assert ran_and_failed("python", ValueError("in execute"))
-    assert ran_and_failed("python", BackendError("its run failed"))
-    assert ran_and_failed("python", InvalidRequest("its own INVALID_ARG error").failed_in_run())
+    assert ran_and_failed(ValueError("in execute"))
+    assert ran_and_failed(BackendError("its run failed"))
+    assert ran_and_failed(InvalidRequest("its own INVALID_ARG error").failed_in_run())
     for refused in (InvalidTensor("bad shape"), ModelClosed("unloaded"), DeadlineExceeded("too late")):
-        assert not ran_and_failed("python", refused)
-    assert not ran_and_failed("onnxruntime", BackendError("its run failed"))
-    stats = ModelStats()
-    stats.failed_execution(4, 1_000)
+        assert not ran_and_failed(refused)
+    onnx = ModelStats()  # an ONNX Runtime model's (failures_execute False, as the engine leaves it)
+    onnx.failed(BackendError("its run failed"), 4, 1_000)
+    assert onnx.to_dict()["execution_count"] == 0
+    stats = ModelStats(failures_execute=True)  # a Python model's
+    stats.failed(InvalidTensor("bad shape"), 4, 1_000)
+    assert stats.to_dict()["execution_count"] == 0
+    stats.failed(BackendError("its run failed"), 4, 1_000)
     counted = stats.to_dict()
     assert (counted["execution_count"], counted["inference_count"]) == (1, 0)
     assert counted["batch_stats"][0]["batch_size"] == 4 and counted["batch_stats"][0]["compute_infer"] == {

@@ -24,7 +24,7 @@ from polystack.backends.base import CheckedModel
 from polystack.backends.ragged import Ragged, RaggedSpec
 from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
-from polystack.stats import ModelStats, Outcome, ran_and_failed
+from polystack.stats import FAILURES_EXECUTE, ModelStats, Outcome
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature, TensorSpec
 
@@ -137,6 +137,9 @@ class LoadedEntry:
     # what clients send and get, where the server sets some of the model's inputs and keeps some of its
     # outputs (a sequence model's control and state tensors); None: the model's own
     shown: Signature | None = None
+
+    def __post_init__(self) -> None:
+        self.stats.failures_execute = self.spec.backend in FAILURES_EXECUTE  # as its backend's Triton counts them
 
     @property
     def name(self) -> str:
@@ -444,8 +447,7 @@ def infer_entry(
         raise
     except PolystackError as e:
         ended = time.perf_counter_ns()
-        if ran_and_failed(entry.spec.backend, e):
-            entry.stats.failed_execution(inferences(entry, inputs), ended - started)
+        entry.stats.failed(e, inferences(entry, inputs), ended - started)
         outcome.settle("fail", ended - since)
         raise
     ended = time.perf_counter_ns()

@@ -20,15 +20,12 @@ BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
 # the backends whose executes that raised are executions all the same, as Triton counts them: its Python backend
 # reports every execute's statistics (helper-275: 2.51 counted one, with no inference, for a model that raised),
 # where its ONNX Runtime and PyTorch backends report none for a batch whose every response failed
-_FAILURES_EXECUTE = frozenset({"python"})
+FAILURES_EXECUTE = frozenset({"python"})
 
 
-def ran_and_failed(backend: str, error: BaseException) -> bool:
-    """Whether a model call of ``backend`` that raised ``error`` counts as an execution: the model ran and failed in
-    its run (not a refusal of its inputs before it, a model closed under it or a deadline passed first), on a backend
-    whose failed executes Triton counts."""
-    if backend not in _FAILURES_EXECUTE:
-        return False
+def ran_and_failed(error: BaseException) -> bool:
+    """Whether a model call that raised ``error`` ran and failed in its run: not a refusal of its inputs before it,
+    a model closed under it or a deadline passed first."""
     if not isinstance(error, PolystackError):
         return True
     return error.in_run and not isinstance(error, DeadlineExceeded)
@@ -50,6 +47,8 @@ class ModelStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Triton's latency summaries (serve --metrics-config summary_latencies=true): each duration counted is observed
     summaries: VersionSummaries | None = field(default=None, repr=False, compare=False)
+    # whether an execution that raised counts as one (its backend among FAILURES_EXECUTE; the engine sets it)
+    failures_execute: bool = field(default=False, repr=False, compare=False)
 
     def add(self, kind: str, ns: int, count: int = 1) -> None:
         with self._lock:
@@ -121,10 +120,17 @@ class ModelStats:
                 per[kind].count += 1
                 per[kind].ns += ns
 
+    def failed(self, error: BaseException, batch_size: int, infer_ns: int) -> None:
+        """A call of ``batch_size`` items that raised ``error``: where it ran and its backend's Triton counts such
+        executes, an execution all the same (``failed_execution``)."""
+        if self.failures_execute and ran_and_failed(error):
+            self.failed_execution(batch_size, infer_ns)
+
     def failed_execution(self, batch_size: int, infer_ns: int) -> None:
         """A runtime execution of ``batch_size`` items that raised: an execution all the same, in the execution count
-        and its batch size's statistics, as Triton's backends report every execute whatever became of it (helper-275:
-        a model that raised counted none); no inference and no request's compute time, which count successes."""
+        and its batch size's statistics, as Triton's Python backend reports every execute whatever became of it
+        (helper-275: a model that raised counted none); no inference and no request's compute time, which count
+        successes."""
         with self._lock:
             self.execution_count += 1
             self.last_inference_ms = int(time.time() * 1000)

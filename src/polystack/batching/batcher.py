@@ -739,7 +739,7 @@ class DynamicBatcher:
             results = self.model.infer_apart([(p.inputs, p.outputs, p.facts) for p in batch])
         except BaseException as e:
             t1 = time.perf_counter_ns()
-            if ran_and_failed(self.entry.spec.backend, e):  # it ran, and failed: an execution, as Triton counts it
+            if ran_and_failed(e):  # a model that takes its requests apart is a Python model's: an execution, as in Triton
                 self.entry.stats.failed_execution(sum(p.items for p in batch), t1 - t0)
             for p in batch:
                 if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
@@ -813,8 +813,7 @@ class DynamicBatcher:
         try:
             result = self.model.infer(p.inputs, p.outputs)
         except BaseException as e:
-            if ran_and_failed(self.entry.spec.backend, e):  # it ran, and failed: an execution, as Triton counts it
-                self.entry.stats.failed_execution(p.items, time.perf_counter_ns() - t0)
+            self.entry.stats.failed(e, p.items, time.perf_counter_ns() - t0)  # an execution, where Triton counts one
             if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next
                 p.outcome.settle("fail", int((time.monotonic() - p.enqueued) * 1e9))
             if p.timings is not None:  # a trace shows the failed call's times

@@ -732,8 +732,7 @@ class SequenceBatcher:
         except Exception as e:
             if len(batch) == 1:
                 request, sequence = batch[0]
-                if ran_and_failed(self.entry.spec.backend, e):  # it ran, and failed: an execution, as Triton counts it
-                    stats.failed_execution(1, time.perf_counter_ns() - t0)
+                stats.failed(e, 1, time.perf_counter_ns() - t0)  # an execution, where Triton counts one
                 if not (isinstance(e, ModelClosed) and request.outcome.rerouted):  # else counted where it goes next
                     request.outcome.settle("fail", int((time.monotonic() - request.enqueued) * 1e9))
                 _deliver([(request, None, e)])
@@ -773,7 +772,7 @@ class SequenceBatcher:
                 [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)], instance
             )
         except Exception as e:  # the call failed: each of its requests, never run again
-            if ran_and_failed(self.entry.spec.backend, e):  # it ran, and failed: an execution, as Triton counts it
+            if ran_and_failed(e):  # a model that takes its requests apart is a Python model's: an execution, as in Triton
                 self.entry.stats.failed_execution(len(batch), time.perf_counter_ns() - t0)
             for request, _ in batch:
                 if not (isinstance(e, ModelClosed) and request.outcome.rerouted):
