@@ -232,12 +232,20 @@ def _parquet_batches(
 def _csv_schema(path: Path) -> pa.Schema:
     import pyarrow.csv as pcsv
 
-    with pcsv.open_csv(  # closed once read: an open reader reads ahead on Arrow's threads
-        path,
-        read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK),
+    # the types the streaming reader guesses from its first block, read from that block on this thread alone: a reader
+    # on Arrow's threads (a streaming one, or a threaded read) can drop its last reference there after it returned,
+    # and where that came as the process ended (a job refused at once, exit 2), releasing the Python objects it held
+    # (its row handler, its buffer) aborted the process: "terminate called without an active exception", in 1-4% of
+    # such runs on busy cores
+    with open(path, "rb") as f:
+        head = f.read(_CSV_BLOCK)
+        if len(head) == _CSV_BLOCK and b"\n" in head:
+            head = head[: head.rindex(b"\n") + 1]  # whole rows
+    return pcsv.read_csv(
+        pa.BufferReader(head),
+        read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
         parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip"),  # bad rows, later (_csv_batches)
-    ) as reader:
-        return reader.schema
+    ).schema
 
 
 def _csv_batches(
