@@ -24,7 +24,7 @@ from polystack.backends.base import CheckedModel
 from polystack.backends.ragged import Ragged, RaggedSpec
 from polystack.backends.reshaped import Reshape, Reshaped
 from polystack.errors import BackendUnavailable, Conflict, ModelClosed, ModelNotFound, ModelNotReady, PolystackError
-from polystack.stats import FAILURES_EXECUTE, ModelStats, Outcome
+from polystack.stats import FAILURES_EXECUTE, ModelStats, Outcome, ran_and_failed
 from polystack.store import ModelRecord, ModelRef, Store, VariantRecord
 from polystack.types import Signature, TensorSpec
 
@@ -447,7 +447,8 @@ def infer_entry(
         raise
     except PolystackError as e:
         ended = time.perf_counter_ns()
-        entry.stats.failed(e, inferences(entry, inputs), ended - started)
+        if entry.stats.failures_execute and ran_and_failed(e):  # (the inputs counted only then: a refusal's may not be)
+            entry.stats.failed_execution(inferences(entry, inputs), ended - started)
         outcome.settle("fail", ended - since)
         raise
     ended = time.perf_counter_ns()
