@@ -739,7 +739,7 @@ class DynamicBatcher:
             results = self.model.infer_apart([(p.inputs, p.outputs, p.facts) for p in batch])
         except BaseException as e:
             t1 = time.perf_counter_ns()
-            if ran_and_failed(e):  # a model that takes its requests apart is a Python model's: an execution, as in Triton
+            if ran_and_failed(e):  # a model taking its requests apart is a Python model: an execution, as in Triton
                 self.entry.stats.failed_execution(sum(p.items for p in batch), t1 - t0)
             for p in batch:
                 if not (isinstance(e, ModelClosed) and p.outcome.rerouted):  # else counted where it is sent next

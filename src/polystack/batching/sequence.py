@@ -772,7 +772,7 @@ class SequenceBatcher:
                 [(p, self._wanted([r]), r.facts) for (r, _), p in zip(batch, parts, strict=True)], instance
             )
         except Exception as e:  # the call failed: each of its requests, never run again
-            if ran_and_failed(e):  # a model that takes its requests apart is a Python model's: an execution, as in Triton
+            if ran_and_failed(e):  # a model taking its requests apart is a Python model: an execution, as in Triton
                 self.entry.stats.failed_execution(len(batch), time.perf_counter_ns() - t0)
             for request, _ in batch:
                 if not (isinstance(e, ModelClosed) and request.outcome.rerouted):
