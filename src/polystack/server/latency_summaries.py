@@ -9,7 +9,7 @@ within the error given beside each quantile. Here the window keeps the values th
 which is within any error asked for: a pure Python CKMS costs tens of microseconds per observation (the one on
 PyPI, ``quantile-estimator``, also counts values twice and misses its error bounds), where an append costs well
 under one. Memory is the request rate's: 8 bytes per observation of the last minute, 5 observations a request
-(a server answering 10,000 requests a second keeps 24 MB).
+(by that arithmetic, a server answering 10,000 requests a second keeps 24 MB).
 
 Observations are what the statistics count, at the same moment (``ModelStats`` hands them over): a request's
 success duration, its queue time, each execution's compute phases once per request it served, a cache hit's
@@ -62,7 +62,8 @@ CACHE_KINDS = frozenset({"cache_hit", "cache_miss"})
 def parse_quantiles(text: str) -> tuple[float, ...]:
     """Triton's ``summary_quantiles=<quantile>:<error>,...``: the quantiles, in order. A pair without its ``:`` or
     with a part that is no number is left out with an error in the log, as Triton does; none left, Triton's
-    defaults. A quantile outside [0, 1] is refused (Triton's estimator gives no meaning to it)."""
+    defaults. A quantile or error outside [0, 1] is refused (Triton's estimator gives no meaning to it), and a
+    quantile given twice is taken once."""
     log = logging.getLogger("polystack.server")
     quantiles: list[float] = []
     for pair in text.split(","):
