@@ -158,7 +158,7 @@ def test_a_server_shows_tritons_summaries_agreeing_with_its_counters(
         assert nv("nv_inference_queue_summary_us_count", ident) == 3  # cached requests too, as in Triton
         assert ("nv_cache_hit_summary_per_model_count", mlp) not in got
         client.load_model("mlp", config='{"max_batch_size": 8}')  # a new instance of version 1
-        st.server.plane.wait_retired()
+        st.server.plane.model_loads.wait_retired()
         client.infer("mlp", [mlp_ones()])
         _, got = scrape(st.http_port)
         assert nv("nv_inference_request_summary_us_count", mlp) == 21  # counts on across the reload

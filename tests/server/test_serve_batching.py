@@ -399,8 +399,8 @@ def test_a_request_reaching_a_models_own_threads_as_a_reload_closes_them_runs_on
 
         async def resolve_reload_run() -> np.ndarray:
             served = plane.served_model("mlp", None)
-            await plane.control(lambda n: plane.load_only(n, json.dumps({"max_batch_size": 8})), "mlp")
-            assert plane.wait_retired(10)  # the threads the request resolved are shut down
+            await plane.control(lambda n: plane.model_loads.load_only(n, json.dumps({"max_batch_size": 8})), "mlp")
+            assert plane.model_loads.wait_retired(10)  # the threads the request resolved are shut down
             request = InferRequest(inputs={"x": np.ones((1, 16), np.float32)})
             result, _ = await plane._run(served, request, "mlp", None, None, None, Outcome(served.entry.stats))
             return result["y"]

@@ -220,7 +220,7 @@ def test_a_request_that_cannot_hold_every_model_of_its_ensemble_holds_none(
         pipeline = ensemble.read(_config(steps), "e", 1)
         with pytest.raises(Unavailable, match=r"'ident64' version 1 is not at ready state.*the ensemble cannot run without it"):
             plane.ensemble_requests.pin(pipeline)
-        assert plane._served[("mlp", 1)].pins == 0
+        assert plane.served_versions[("mlp", 1)].pins == 0
     finally:
         st.stop()
 

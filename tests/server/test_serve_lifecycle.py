@@ -470,7 +470,8 @@ def test_a_model_that_fails_to_close_is_logged_and_the_server_goes_on(
                 time.sleep(0.01)
         assert [r.getMessage() for r in logs] == ["closing a model that stopped being served failed"]
         assert client.infer("mlp", [_mlp_input(httpclient)]).as_numpy("y").shape == (1, 4)
-        assert st.server.plane.wait_retired(10) and not st.server.plane._retiring  # done, and forgotten
+        loads = st.server.plane.model_loads
+        assert loads.wait_retired(10) and not loads._retiring  # done, and forgotten
     finally:
         st.stop()
 
@@ -484,7 +485,7 @@ def test_a_load_of_a_model_served_as_it_asks_changes_nothing(model_store: tuple[
     st = start(store, models=["idem"], allow_model_control=True)
 
     def successes() -> int:
-        assert st.server.plane.wait_retired(10)
+        assert st.server.plane.model_loads.wait_retired(10)
         return int(client.get_inference_statistics("idem")["model_stats"][0]["inference_stats"]["success"]["count"])
 
     try:
@@ -535,7 +536,7 @@ def test_a_version_no_longer_served_leaves_metrics(
     raw = Raw(st.http_port)
 
     def settled_metrics() -> str:
-        assert st.server.plane.wait_retired(10)
+        assert st.server.plane.model_loads.wait_retired(10)
         return raw.request("GET", "/metrics")[2].decode()
 
     try:
@@ -556,7 +557,7 @@ def test_a_version_no_longer_served_leaves_metrics(
         client.infer("vm", [_mlp_input(httpclient)])
         text = settled_metrics()
         assert v1 not in text and 'polystack_inference_request_success_total{model="vm",version="2"} 1.0' in text
-        st.server.plane.load("vm:1")  # beside version 2, as `serve vm:1 vm:2` would
+        st.server.plane.model_loads.load("vm:1")  # beside version 2, as `serve vm:1 vm:2` would
         client.infer("vm", [_mlp_input(httpclient)], model_version="1")
         assert f"polystack_inference_request_success_total{{{v1}}} 1.0" in settled_metrics()  # counted afresh
     finally:

@@ -36,7 +36,7 @@ from tritonclient.utils import InferenceServerException
 from polystack.batching import BatchPolicy, DynamicBatcher
 from polystack.examples import mlp_onnx
 from polystack.formats import import_model
-from polystack.server import dataplane
+from polystack.server import model_loads
 from polystack.server.app import ServerThread
 from polystack.server.model_config import ConfigFile
 from polystack.store import ModelRecord, Store
@@ -880,7 +880,7 @@ def test_a_load_whose_batcher_cannot_start_leaves_every_version_as_it_was(
                 raise RuntimeError("can't start new thread")
             return DynamicBatcher(*args, **kwargs)
 
-        monkeypatch.setattr(dataplane, "DynamicBatcher", second_fails)
+        monkeypatch.setattr(model_loads, "DynamicBatcher", second_fails)
         with pytest.raises(InferenceServerException):
             config = {"max_batch_size": 8, "dynamic_batching": {}, "version_policy": {"all": {}}}
             client.load_model("twov", config=json.dumps(config))

@@ -180,7 +180,7 @@ def test_a_reload_never_answers_from_what_the_instance_before_it_computed(server
     entries = metric(server, "polystack_cache_entries")
     # a load with a config of its own replaces the instance, even with the same config
     client.load_model("mlp", config=json.dumps({"response_cache": {"enable": True}}))
-    server.server.plane.wait_retired()
+    server.server.plane.model_loads.wait_retired()
     assert metric(server, "polystack_cache_entries") < entries  # the old instance's answers are gone
     before = stats(server, "mlp")  # a new instance: its statistics start again
     assert before["cache_hit"] == 0

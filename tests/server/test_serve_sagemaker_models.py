@@ -24,7 +24,7 @@ from test_serve_model_repository import expected
 
 from polystack.errors import AlreadyExists, InvalidRequest, ShuttingDown
 from polystack.examples import mlp_onnx
-from polystack.server import dataplane
+from polystack.server import model_loads
 from polystack.server.app import ServerThread
 from polystack.server.model_repository import FolderRules
 from polystack.server.restricted import Restrictions
@@ -301,13 +301,13 @@ def test_other_methods_and_paths_under_models_are_400_with_an_empty_body_as_in_t
 
 def _slow_loads(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Every repository load takes ``seconds`` more, as real models take a while to load."""
-    real = dataplane.DataPlane.load_from_repository
+    real = model_loads.ModelLoads.load_from_repository
 
-    def slow(self: dataplane.DataPlane, *args: Any, **kwargs: Any) -> Any:
+    def slow(self: model_loads.ModelLoads, *args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(dataplane.DataPlane, "load_from_repository", slow)
+    monkeypatch.setattr(model_loads.ModelLoads, "load_from_repository", slow)
 
 
 def test_loads_at_once_each_take_back_only_their_own_store_rows(

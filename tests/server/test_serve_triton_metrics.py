@@ -118,7 +118,7 @@ def test_triton_names_count_on_across_a_reload_of_the_same_version(triton_server
            "bad": ("nv_inference_request_failure", tuple(sorted((*mlp, ("reason", "OTHER")))))}  # fmt: skip
     before = {k: samples(triton_server.http_port)[v] for k, v in key.items()}
     client.load_model("mlp", config='{"max_batch_size": 8}')  # a new instance of version 1
-    triton_server.server.plane.wait_retired()
+    triton_server.server.plane.model_loads.wait_retired()
     assert {k: samples(triton_server.http_port)[v] for k, v in key.items()} == before
     client.infer("mlp", [x])
     after = {k: samples(triton_server.http_port)[v] for k, v in key.items()}

@@ -442,7 +442,7 @@ class Server:
         for ref in self._refs():
             if ModelRef.parse(ref).name in self.config.model_configs:
                 try:
-                    if self.plane.check_load(ref) is not None:
+                    if self.plane.model_loads.check_load(ref) is not None:
                         stateful.append(ref)
                 except PolystackError as e:
                     raise load_failed(ref, e) from None
@@ -469,7 +469,8 @@ class Server:
         failed = dict(self.config.start_failures) if self.config.exit_on_error else {}
         # runtimes and batch workers start their threads here: on the runtime cores they inherit them
         with self.config.cpus.runtime_side() if self.config.cpus else contextlib.nullcontext():
-            for ref, failure in zip(refs, self.plane.load_many(refs), strict=True):  # at once, as Triton's start
+            loaded = self.plane.model_loads.load_many(refs)  # at once, as Triton's start
+            for ref, failure in zip(refs, loaded, strict=True):
                 if self.plane.draining:  # stopped while starting (run's signal handlers)
                     raise ShuttingDown("the server is shutting down")
                 if failure is not None:

@@ -3,8 +3,8 @@
 HTTP and gRPC handlers decode, call one method here (or of the model repository extension, which the plane holds:
 ``repository_extension.RepositoryExtension``), and encode; they hold no logic of their own. An ensemble's request runs
 in ``ensemble_requests.EnsembleRequests`` (the plane holds one), its steps as requests of the models served here;
-its loads and checks against those models in ``ensemble_loads.EnsembleLoads``; what is served is ``served.py``'s,
-what is running ``in_flight.InFlight``.
+its loads and checks against those models in ``ensemble_loads.EnsembleLoads``; a model's versions are loaded, routed
+to and retired in ``model_loads.ModelLoads``; what is served is ``served.py``'s, what is running ``in_flight.InFlight``.
 This module calls the engine (``Engine.get``, ``infer_entry``, ``metadata``) and, per loaded
 model, a ``DynamicBatcher`` when batching is on. Inference runs off the event loop: with batching in
 the batcher's worker threads (its instances); without, in inference threads all such models share
@@ -32,9 +32,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -44,7 +43,7 @@ from polystack.backends import hosting
 from polystack.backends.reshaped import ReshapedResponses
 from polystack.batching import BatchOverrides, BatchPolicy, DynamicBatcher
 from polystack.batching.rate_limiter import ModelInstances, RateLimiter
-from polystack.batching.sequence import SEQUENCE_KEYS, SequenceBatcher, SequencePolicy, flags_of
+from polystack.batching.sequence import SEQUENCE_KEYS, SequenceBatcher, flags_of
 from polystack.custom_metrics import CustomMetrics
 from polystack.engine import Engine, LoadedEntry, LoadSpec, ModelMetadata, infer_entry, rows
 from polystack.errors import (
@@ -63,9 +62,9 @@ from polystack.errors import (
     VersionNotFound,
     quote,
 )
-from polystack.formats import fil, python_model
+from polystack.formats import fil
 from polystack.labels import labels_of
-from polystack.metrics import ModelMetrics, ServerMetrics
+from polystack.metrics import ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, ShmRef, raw_view
 from polystack.server import (
@@ -74,27 +73,26 @@ from polystack.server import (
     loader,
     model_config,
     model_repository,
-    repository_agents,
     status,
     triton_metrics,
-    warmup,
 )
 from polystack.server.decoupled import ResponseStream, Streamed
 from polystack.server.ensemble_loads import EnsembleLoads
 from polystack.server.ensemble_requests import EnsembleRequests
 from polystack.server.in_flight import InFlight
 from polystack.server.inference_threads import InferenceThreads, ThreadsClosed
-from polystack.server.load_history import Configured, LoadHistory
+from polystack.server.load_history import LoadHistory
 from polystack.server.logs import LogSettings
 from polystack.server.model_calls import ModelCalls
-from polystack.server.repository_extension import UPLOADED, RepositoryExtension
+from polystack.server.model_loads import ModelLoads, finish_streams
+from polystack.server.repository_extension import RepositoryExtension
 from polystack.server.request_trace import RequestTrace
 from polystack.server.response_cache import ResponseCache, nbytes
-from polystack.server.served import LoadPlan, ServedEnsemble, ServedModel
+from polystack.server.served import ServedEnsemble, ServedModel
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
 from polystack.stats import ModelStats, Outcome
-from polystack.store import ModelRecord, ModelRef, Store
+from polystack.store import ModelRecord, Store
 from polystack.store.refs import MAX_VERSION
 
 log = logging.getLogger("polystack.server")
@@ -102,7 +100,6 @@ _Decoded = TypeVar("_Decoded")  # what a transport decodes a request into (an In
 
 _MAX_ROUTES = 1024
 _MAX_REROUTES = 16  # reloads one request may follow, each to a newer instance, before it fails
-_UNLOAD_DRAIN_S = 30.0  # how long what a load or unload replaced may run what it holds (as a batcher's close)
 _HASH_INLINE_BELOW = 256 << 10  # input bytes a response cache key is hashed from on the loop; more: on a thread
 
 
@@ -114,13 +111,6 @@ class SpecFor(Protocol):
 
 
 PolicyFor = Callable[[Store, ModelRecord, str], BatchPolicy | None]
-
-
-def _device_id(device: str) -> int:
-    """The device a model's instances count their rate limiter resources on, as Triton numbers them: a GPU's
-    index, and 0 for the CPU."""
-    kind, _, index = device.partition(":")
-    return int(index) if kind != "cpu" and index.isdigit() else 0
 
 
 def parse_version(name: str, version: str | None) -> int | None:
@@ -139,35 +129,6 @@ def parse_version(name: str, version: str | None) -> int | None:
     if not digits or len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         raise VersionNotFound(f"Request for unknown model: {name!r} version {shown} is not found; versions are 1 and up")
     return int(digits)
-
-
-def _files_print(taken: model_repository.Fingerprint) -> model_repository.Fingerprint:
-    """A model folder's fingerprint but its config's and the folder's own times: what Triton compares to reload a
-    model whose files changed, where a config that changes only the instance groups updates them in place (and an
-    editor that saves by renaming touches the folder)."""
-    if taken is None:
-        return None
-    skipped = (".", model_repository.CONFIG, "configs")
-    return tuple(e for e in taken if e[0] not in skipped and not e[0].startswith("configs/"))
-
-
-def _touched_versions(
-    then: model_repository.Fingerprint, now: model_repository.Fingerprint, versions: Collection[int]
-) -> frozenset[int]:
-    """Which of ``versions`` load afresh, a model folder's files (``_files_print``) having been ``then`` at its last
-    load and ``now``: a version whose folder holds a file changed; every one where a file beside the version folders
-    changed (a module they import), as current Triton reloads only the versions whose files changed."""
-    if then is None or then == now:
-        return frozenset()
-    if now is None:
-        return frozenset(versions)
-    touched = set()
-    for path, *_ in set(then) ^ set(now):
-        top = path.split(os.sep, 1)[0]
-        if not (top.isdigit() and str(int(top)) == top):  # outside the version folders: every version
-            return frozenset(versions)
-        touched.add(int(top))
-    return frozenset(touched & set(versions))
 
 
 def _unknown(name: str, version: int | None, e: ModelNotFound | VersionNotFound, repository: bool) -> NotFound:
@@ -233,25 +194,6 @@ def _ran(run: asyncio.Task[InferResponse], stream: ResponseStream, name: str) ->
     error = e if isinstance(e, PolystackError) else BackendError(f"model {name!r} failed: {type(e).__name__}: {e}")
     if not stream.fail(error):
         log.warning("a decoupled model's request failed after its final response", extra={"model": name, "error": str(e)})
-
-
-def _finish_streams(served: ServedModel, deadline: float, stopping: threading.Event) -> None:
-    """Once the executes ``served`` was handed ran: its requests answered once whose answer has not come fail (their
-    execute returned without it, and nothing may ever send it); wait until each decoupled request had its final
-    response (its model's threads may send them after its ``execute`` returned), up to ``deadline`` or the server's
-    close (``stopping``: its drain is over), before its model closes (``finalize`` may stop what sends them); those
-    still open then end with an error, where Triton's unload would wait for them for good."""
-    if not served.decoupled:
-        for stream in served.open_streams():
-            stream.fail(Unavailable(f"model {served.entry.name!r} was unloaded before it answered this request"))
-        return
-    waiting = served.open_streams()
-    while any(not s.closed for s in waiting) and time.monotonic() < deadline and not stopping.is_set():
-        time.sleep(0.005)
-    name = served.entry.name
-    for stream in waiting:
-        if stream.fail(Unavailable(f"model {name!r} was unloaded before it sent this request's final response")):
-            log.warning("a decoupled request had no final response when its model was unloaded", extra={"model": name})
 
 
 def _size(array: np.ndarray) -> int:
@@ -418,38 +360,35 @@ class DataPlane:
             if response_cache is not None
             else None
         )
-        self._retiring: set[threading.Thread] = set()  # closing what loads and unloads replaced (``_retire``)
-        self._retiring_lock = threading.Lock()
-        self._served: dict[tuple[str, int], ServedModel] = {}
+        self.served_versions: dict[tuple[str, int], ServedModel] = {}
         self.ensembles: dict[str, ServedEnsemble] = {}  # by name (one version each); changed under routing
         # what the server keeps of each name's loads beyond what it serves (failures, versions stopped, ensembles
         # waiting for their models, the last config given): the repository extension's index and loads read it too
         self.history = LoadHistory()
         self._sequences_ignored: set[str] = set()  # the models whose ignored sequence parameters the log named
-        self._served_names: set[str] = set()  # every model name this server has served (``_resolve``)
-        # a repository model's folder as its last load read it: a load that finds it modified since (a file touched,
-        # its content the same) loads it afresh, as Triton's compares modification times
-        self._loaded_prints = {n: _files_print(p) for n, p in (repository.seen if repository else {}).items()}
+        self.names_ever_served: set[str] = set()  # every model name this server has served (``_resolve``)
         self.loading: set[tuple[str, int]] = set()  # versions a load builds now (on the loader)
         # each served version's statistics across its instances, for Triton's metric names (--triton-metrics)
         self.tallies: dict[tuple[str, str], triton_metrics.Tally] = {}
         # by model and version: the queues (batchers, sequence batchers, unbatched instances) its depth gauge sums
-        self._queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]]] = {}
+        self.queues: dict[tuple[str, str], list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]]] = {}
         # (name, version as asked) -> (engine generation, served): each request resolved its model
         # under the engine's lock (the latest version by sorting every loaded key), ~2.5% of the
         # event loop's time under load (py-spy)
         self._routes: dict[tuple[tuple[int, int], str, str | None], ServedModel] = {}
         self._routes_generation = (-1, -1)  # the generation the routes are of
-        self._generation = 0  # bumped after ``_served`` changes (the engine's is bumped before)
+        self._generation = 0  # bumped after ``served_versions`` changes (the engine's is bumped before)
         # (--model-namespacing) by model folder name, the names of its copies known now (``_identities``), as of the
         # load or unload that ``_generation`` counts (-1: none read)
         self._spread: tuple[int, dict[str, list[str]]] = (-1, {})
         self.routing = threading.Lock()  # a load's routing change (engine entry and its batcher) as one step
         self.inline_max_s = inline_max_ms / 1000.0
         # by model: a slow-moving average of an unbatched request's compute time, and of its input bytes
-        self._typical_s: dict[tuple[str, int], tuple[float, float]] = {}
+        self.typical_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.draining = False
         self.drain_began_ns = 0  # perf_counter_ns when the drain began: a request begun since is refused, not run
+        # loads and unloads of the models' versions: planned, built, routed to, and what they replace retired
+        self.model_loads = ModelLoads(self)
         # Triton's model repository extension: the index, loads and unloads by name, polls (its transports call it)
         self.repository_extension = RepositoryExtension(self)
         # an ensemble's requests: its steps as requests of the models served, held for the request's life
@@ -467,360 +406,19 @@ class DataPlane:
         self._sequences_over = asyncio.Event()
         self._hurried = False  # a second signal: the drain waits no longer for the sequences held
         self.in_flight = InFlight()  # requests, loads and unloads running: a drain waits for them
-        self._any_decoupled = False  # a decoupled model was served: infer checks the model it runs
+        self.any_decoupled = False  # a decoupled model was served: infer checks the model it runs
         self._streaming: set[asyncio.Task[InferResponse]] = set()  # decoupled models' requests running
         # set by ``close`` (the drain is over): an unload waits no longer for its model's open streams
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self.metrics.in_flight.set_function(lambda: self.in_flight.count)  # read at scrape time: nothing per request
 
     # -- model lifecycle -------------------------------------------------------------------------
-    def load(self, ref: ModelRef | str, config: str | None = None) -> LoadedEntry:
-        """Load one model (latest version unless given) with the spec and batch policy for the profile,
-        or with the scheduling a Triton model ``config`` (JSON text) gives for this load."""
-        name = ref.name if isinstance(ref, ModelRef) else ModelRef.parse(ref).name
-        with self.loader.claim(name):
-            plan = self.plan_load(ref, config)
-            try:
-                return self._apply(plan)
-            except PolystackError as e:  # the index lists the version that failed (a start's failed load)
-                raise e.at_version(plan.record.version) from None
-
-    def load_many(self, refs: Sequence[str]) -> list[PolystackError | None]:
-        """``load`` each of ``refs`` on the loader, as many at once as it has threads, as Triton loads the models
-        it starts with; what each load raised (None: loaded), in their order. Those not started once the server
-        drains raise ``ShuttingDown``."""
-
-        def one(ref: str) -> None:
-            if self.draining:  # stopped while starting: load no more
-                raise ShuttingDown("the server is shutting down")
-            self.load(ref)
-
-        failures: list[PolystackError | None] = []
-        for future in [self.loader.submit(one, ref) for ref in refs]:
-            try:
-                future.result()
-                failures.append(None)
-            except PolystackError as e:
-                failures.append(e)
-        return failures
-
-    def _local_folder(self, model_dir: Path | None) -> Path | None:
-        """The model's folder in a local model repository (``model_dir``, its start config's), which a Python model's
-        ``args["model_repository"]`` names, as Triton's does; None where the version is a load's uploaded files or a
-        cloud repository's copy (Triton names a copy of its own there), or no repository holds it."""
-        if model_dir is None or self.repository is None or UPLOADED.get():
-            return None
-        return model_dir if self.repository.is_local(model_dir) else None
-
-    def check_load(self, ref: ModelRef | str) -> SequencePolicy | None:
-        """Refuse what a load of ``ref`` without a config of its own would refuse (its start config),
-        loading nothing; its sequence batching, if its config sets it."""
-        return self.plan_load(ref, None).sequence
-
-    def plan_load(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> LoadPlan:
-        """What a load of ``ref`` would serve: its record, spec, batch policy and own instances; ``agents``
-        are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
-        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        record = self.store.get(ref)
-        if record.format == "python" and not self.folder_rules.python_models:  # however it came (a load's files)
-            raise model_repository.python_refused(record.name)
-        if record.format == "torchscript" and not self.folder_rules.torchscript_models:  # however it came
-            raise InvalidRequest(f"model {record.name!r}: {model_repository.TORCHSCRIPT_REFUSED}")
-        if record.format == "torch_aoti" and not self.folder_rules.aoti_models:
-            raise InvalidRequest(f"model {record.name!r}: {model_repository.AOTI_REFUSED}")
-        policy = self.policy_for(self.store, record, self.profile)
-        if policy is not None and not record.signature.batched:
-            policy = None  # no batch dimension: served unbatched whatever batches, so --instances applies to it
-        start = self.model_configs.get(record.name)
-        # unbatched: how many of its requests run at once (None: the shared pool decides); --instances is
-        # polystack's choice for models without a start config, whose file decides
-        default_instances = self.unbatched_instances if start is None else None
-        if default_instances is None and start is None and policy is None:  # an unbatched plan's count, measured so
-            # (the shared threads served it two at a time, each with the plan's threads: helper-261)
-            default_instances = self.planned_instances(self.store, record, self.profile)
-        instances = default_instances if policy is None else None
-        spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1)
-        additions = model_config.Additions()
-        sequence: SequencePolicy | None = None
-        given = config
-        # where the files a config names lie (warm-up, initial state): the model's folder, as Triton reads a load's
-        # config against the model's repository folder too; a model without a start config has none
-        model_dir = start.directory if start is not None else None
-        if config is None and start is not None:
-            config, agents = start.text, start.agents
-        runtime = model_config.runtime_of(config)  # a config's backend names the runtime, as in Triton
-        based = python_model.backend_of(spec.artifact) if record.format == python_model.NAME else ""
-        if runtime and runtime == based:  # a Python-based backend's model: its config names that backend, which
-            runtime = ""  # the Python backend runs
-        if runtime and runtime != spec.backend:
-            spec = self.spec_for(self.store, record, self.profile, policy.instances if policy else instances or 1, runtime)
-        if spec.backend in model_config.ONE_INSTANCE and policy is None and instances is None:
-            instances = 1  # one instance, on a thread of its own, as Triton's backend runs one: its code may keep state
-        # a Triton repository's model without a config (nor a plan or flags that batch it, nor --no-batching): served
-        # as Triton's auto-complete completes an empty one (its batch size and batching); one Triton cannot batch (a
-        # scalar output's, say) so whatever batches
-        triton_io = bool(record.settings.get(model_config.TRITON_IO))
-        auto = config is None and triton_io and not self.no_batching
-        auto = auto and (policy is None or not model_config.triton_batchable(record.signature))
-        if config is not None or auto:  # checked whole before anything changes: a refused config leaves the model as it was
-            try:
-                chosen = model_config.read(
-                    config or "{}", record, spec, policy, model_dir, default_max_batch_size=self.default_max_batch_size,
-                    auto_complete=self.auto_complete, python_based=based,
-                    python_folder=self._local_folder(model_dir),
-                )  # fmt: skip
-            except InvalidRequest as e:
-                if given is None:  # the client sent none: say which one it was
-                    source = (start.source if start else "") or f"serve --model-config {record.name}"
-                    raise e.prefixed(f"the config from {source}") from None
-                raise
-            if auto and chosen.batching is not None and self.batch_overrides is not None:  # the flags' settings, as
-                # for a policy they batch
-                chosen = dataclasses.replace(chosen, batching=self.batch_overrides.apply(chosen.batching))
-            sequence = chosen.sequence
-            if chosen.batching != policy or chosen.instances is not None or sequence is not None:
-                policy, instances = chosen.batching, chosen.instances
-                if policy is None and instances is None and sequence is None:
-                    instances = default_instances  # a count left out keeps polystack's choice
-                calls = policy.instances if policy else sequence.instances if sequence else instances or 1
-                spec = self.spec_for(self.store, record, self.profile, calls, runtime)
-            if chosen.max_batch_size is not None:
-                spec = dataclasses.replace(spec, max_batch_size=chosen.max_batch_size)
-            if chosen.additions.options:  # the runtime's own parameters, over the plan's (Triton's backend's)
-                spec = dataclasses.replace(spec, options={**spec.options, **chosen.additions.options})
-            if chosen.additions.reshape:  # the runtime's model is wrapped to take and give its own shapes
-                spec = dataclasses.replace(spec, reshape=chosen.additions.reshape)
-            if chosen.additions.optional:  # inputs with a default that requests may feed: the runtime takes them too
-                spec = dataclasses.replace(spec, optional=chosen.additions.optional)
-            if chosen.additions.ragged is not None:  # requests of any shapes batched as one call of the model
-                spec = dataclasses.replace(spec, ragged=chosen.additions.ragged)
-            additions = chosen.additions
-        if config is None and not auto and triton_io:  # batched as polystack's plan or flags say: its tensors as
-            # Triton shows them (a config's reading adds the same)
-            batched = policy is not None or bool(record.signature.batched and spec.max_batch_size)
-            reshape = model_config.autocomplete(record.signature, {}, batched)
-            additions = dataclasses.replace(additions, reshape=reshape)
-            spec = dataclasses.replace(spec, reshape=reshape)
-        if agents:
-            additions = dataclasses.replace(additions, agents=agents)
-        return LoadPlan(record, spec, policy, instances, additions, config, sequence)
-
-    def _apply(self, plan: LoadPlan) -> LoadedEntry:
-        """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
-        with self._loading_versions([plan]):
-            entry = self._build(plan)
-            try:
-                served = self._serving(plan, entry)
-            except BaseException:
-                entry.model.close()
-                raise
-            return self._route(plan, served)
-
-    def _build(self, plan: LoadPlan) -> LoadedEntry:
-        """Load (and warm up) what ``plan`` says, routing nothing to it yet; a failure is tried again
-        ``load_retries`` times (unless the server drains meanwhile)."""
-        record = plan.record
-
-        def warm_up(entry: LoadedEntry) -> None:
-            warmup.run(entry.model, plan.additions.warmup, f"{record.name}:{record.version}", lambda: self.draining)
-
-        for attempt in range(self.load_retries + 1):  # as Triton tries CreateModel again, from scratch
-            try:
-                # the slow part: other loads run meanwhile; what the model's code asks for here, this build waits for
-                with hosting.hosted_by(self), self.loader.let_go(), loader.building(record.name):
-                    return self.engine.build(record.ref, plan.spec, warm_up if plan.additions.warmup else None)
-            except PolystackError as e:
-                if attempt == self.load_retries or self.draining:
-                    raise
-                log.warning(
-                    "load failed; trying again (--model-load-retry-count)",
-                    extra={"model": record.name, "version": record.version, "retry": attempt + 1,
-                           "of": self.load_retries, "error": e.message},
-                )  # fmt: skip
-        raise AssertionError("unreachable")
-
-    @contextlib.contextmanager
-    def _loading_versions(self, plans: Sequence[LoadPlan]) -> Iterator[None]:
-        """While a load builds these versions and until it routes to them (or fails), the index lists them
-        ``LOADING`` (unless another instance of one serves), as Triton marks every version of a load."""
-        keys = {(p.record.name, p.record.version) for p in plans}
-        self.loading |= keys
-        try:
-            yield
-        finally:
-            self.loading -= keys
-
-    def _serving(self, plan: LoadPlan, entry: LoadedEntry) -> ServedModel:
-        """What will serve ``entry``, built for ``plan``: its batcher or threads, started (which can fail)
-        before anything routes to it, its instances registered with the rate limiter (which refuses those
-        that need more than it has). The caller closes it if it does not route to it."""
-        registered: list[ModelInstances] = []
-
-        def limits_for(count: int) -> ModelInstances | None:
-            """Its ``count`` instances registered with the rate limiter (None: the server has none)."""
-            if self.rate_limiter is None:
-                return None
-            try:
-                limits = self.rate_limiter.register(
-                    f"{entry.name}:{entry.version}", plan.additions.rules(count), _device_id(plan.spec.device)
-                )
-            except InvalidRequest as e:  # tritonserver 2.51's words, then what to do
-                fix = (
-                    "give the server more of it (--rate-limit-resource) or the model's instance_group less (its "
-                    "rate_limiter)" if "is limited to" in e.message
-                    else "mark the resource global in every model's config, or in none"
-                )  # fmt: skip
-                raise InvalidRequest(
-                    f"version {entry.version} is at UNAVAILABLE state: Invalid argument: {e.message}; {fix}"
-                ) from None
-            registered.append(limits)
-            return limits
-
-        try:
-            served = self._start(plan, entry, limits_for)
-        except BaseException:
-            for limits in registered:
-                limits.limiter.unregister(limits)
-            raise
-        served.limits = registered[0] if registered else None
-        served.hosted = plan.record.format == "python"
-        # its config's transaction policy, or the one its Python model's own config gives where none was read
-        served.decoupled = plan.additions.decoupled or bool(getattr(entry.model.inner, "decoupled", False))
-        self._any_decoupled = self._any_decoupled or served.decoupled  # the hot path checks one flag until then
-        return served
-
-    def _start(
-        self, plan: LoadPlan, entry: LoadedEntry, limits_for: Callable[[int], ModelInstances | None]
-    ) -> ServedModel:
-        policy, instances = plan.policy, plan.instances
-        # what clients see: a sequence model without its control and state tensors, and the dims its config
-        # fixed, which requests are then checked against
-        shown = plan.sequence.shown(entry.model.signature) if plan.sequence is not None else None
-        if plan.additions.shapes or plan.additions.outputs:
-            shown = plan.additions.seen(shown or entry.signature)
-        if shown is not None:
-            entry = dataclasses.replace(entry, shown=shown)
-        if plan.sequence is not None:
-            m = self.metrics.model(entry.name, str(entry.version))
-
-            def on_rows(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:
-                m.batch.observe(items)
-                m.compute.observe(seconds)
-
-            sequencer = SequenceBatcher(
-                entry, plan.sequence, on_batch=on_rows, on_queue=m.queue.observe,
-                limits=limits_for(plan.sequence.instances),
-            )  # fmt: skip
-            return ServedModel(entry, None, None, None, plan.additions, sequencer=sequencer)
-        if policy is not None and (entry.signature.may_batch or not policy.merge):
-            m = self.metrics.model(entry.name, str(entry.version))
-
-            def on_batch(items: int, requests: int, seconds: float, m: ModelMetrics = m) -> None:
-                m.batch.observe(items)
-                m.compute.observe(seconds)
-
-            limits = limits_for(policy.instances)
-            batcher = DynamicBatcher(
-                entry, policy, on_batch=on_batch, on_queue=m.queue.observe, limits=limits,
-                ragged_apart=plan.additions.ragged_apart,
-            )  # fmt: skip
-            return ServedModel(entry, batcher, None, None, plan.additions)
-        if instances is not None or self.rate_limiter is not None:  # under the rate limiter: threads of its own
-            limits = limits_for(instances or self.workers)
-            executor = InferenceThreads(instances or self.workers, f"infer-{entry.name}", self.thread_initializer)
-            served = ServedModel(entry, None, instances, executor, plan.additions)
-            if limits is not None:  # calls handed to its threads that none started: work no instance asked to run
-
-                def pending(served: ServedModel = served, limits: ModelInstances = limits) -> bool:
-                    return len(served.waiting) > limits.staged
-
-                limits.pending = pending
-            return served
-        return ServedModel(entry, None, None, None, plan.additions)
-
-    def _route(self, plan: LoadPlan, served: ServedModel) -> LoadedEntry:
-        """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
-        entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
-        key = (entry.name, entry.version)
-        # before it is routed: every request it answers is in the version's figures and summaries
-        self.tally((entry.name, str(entry.version))).add(entry.stats)
-        with self.routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
-            replaced = self.engine.install(entry)
-            old = self._served.get(key)
-            self._served[key] = served
-            self._served_names.add(entry.name)
-            self.served_changed()
-        self.metrics.serving(entry.name, str(entry.version))
-        # read at scrape time, nothing per request: a batcher's queue, else the requests handed to the threads that
-        # none has started, summed over this instance and those it replaced while requests still wait on them (which
-        # the gauge does not keep alive)
-        label = (entry.name, str(entry.version))
-        queues = [q for q in self._queues.get(label, []) if q() is not None]
-        queues.append(weakref.ref(batcher or served.sequencer or served))
-        self._queues[label] = queues
-
-        def queued(queues: list[weakref.ref[DynamicBatcher | SequenceBatcher | ServedModel]] = queues) -> int:
-            return sum(held.depth for held in (q() for q in queues) if held is not None)
-
-        self.metrics.model(*label).depth.set_function(queued)
-        # what the old instance holds runs on it, then it closes; a request that reaches it closed runs here. A Python
-        # model that kept some of the old one's instances and removed others (an instance update in place) answers
-        # its load once those it removed are finalized, as Triton's update does
-        removes = bool(getattr(entry.model.inner, "removes_instances", False))
-        self._retire([old] if old is not None else [], [replaced] if replaced is not None else [], wait=removes)
-        self.count_loaded()
-        extra: dict[str, Any] = {
-            "model": entry.name,
-            "version": entry.version,
-            "backend": spec.backend,
-            "device": spec.device,
-            "variant": spec.variant_id,  # None: the registered artifact itself
-            "options": dict(spec.options),
-            "batching": policy.to_dict() if batcher is not None and policy is not None else None,
-            "sequence_batching": plan.sequence.strategy if plan.sequence is not None else None,
-            "instances": self._instances(served),
-        }
-        if plan.config is not None:
-            # what the config made of it
-            extra["config"] = model_config.render(
-                entry, batcher, self._instances(served), plan.additions, plan.sequence
-            )
-        log.info("model loaded", extra=extra)
-        if plan.additions.response_cache and self.response_cache is None:
-            log.warning(
-                "the model's config enables response_cache, but this server has no response cache, so every "
-                "request runs the model; start the server with --cache-config local,size=BYTES",
-                extra={"model": entry.name, "version": entry.version},
-            )
-        return entry
-
-    def unload(self, name: str, dependents: bool = False) -> None:
-        """Stop serving every version of ``name``; a model that is not loaded, or a name nothing knows, is left
-        as it is, as Triton does (its clients unload to clean up, whatever is loaded). The ensembles whose steps run
-        it stop too, as Triton unloads an ensemble whose model is gone. ``dependents`` (Triton's
-        ``unload_dependents``): an ensemble's unload unloads the models it runs too, those no other
-        ensemble runs."""
-        self.loader.wait_for(name)  # a load of it building now finishes first
-        self.history.configured.pop(name, None)  # its next load reads the folder
-        if name in self.ensembles:
-            models = self.ensembles[name].ensemble.models
-            self.ensemble_loads.unload(name, "unloaded")
-            for model in sorted(models) if dependents else ():
-                used = any(model in p.ensemble.models for p in self.ensembles.values())
-                if not used and self.serves(model):
-                    self.unload(model, dependents)
-            return
-        if not self.serves_model(name):
-            log.info("unload of a model that is not loaded: nothing to do", extra={"model": name})
-            return
-        self.unload_versions(name)
-        log.info("model unloaded", extra={"model": name})
-        self.ensemble_loads.check_users_of(name)
-
     def serves_version(self, name: str, version: int) -> bool:
         """Whether a model or an ensemble serves ``version`` of ``name`` (their series on /metrics are one)."""
         ensemble_now = self.ensembles.get(name)
-        return (name, version) in self._served or (ensemble_now is not None and ensemble_now.at(version) is not None)
+        if (name, version) in self.served_versions:
+            return True
+        return ensemble_now is not None and ensemble_now.at(version) is not None
 
     def copies(self, name: str) -> list[str]:
         """With --model-namespacing, the names of the copies of ``name`` that two or more repositories hold (none:
@@ -841,7 +439,7 @@ class DataPlane:
 
     def count_loaded(self) -> None:
         """The loaded-models gauge, after a load or an unload of a model's version or an ensemble."""
-        self.metrics.models_loaded.set(len(self._served) + len(self.ensembles))  # each version, each ensemble
+        self.metrics.models_loaded.set(len(self.served_versions) + len(self.ensembles))  # each version, each ensemble
 
     def max_batch(self, served: ServedModel) -> int:
         """The most rows a request of ``served`` may carry (0: no limit, or no batch), as its config shows."""
@@ -854,54 +452,6 @@ class DataPlane:
             return entry.spec.max_batch_size
         return 0
 
-    def load_only(
-        self, ref: ModelRef | str, config: str | None = None, agents: repository_agents.Agents = ()
-    ) -> LoadedEntry | ensemble.Ensemble:
-        """A repository load: the version it loads is the only one of its name served afterwards, as
-        under Triton's default version policy (the latest version), so loads never pile up old ones. A
-        model of a ``--model-repository`` loaded by name reads its folder again and loads the versions its
-        version policy picks now (``load_from_repository``). A load without a config of a version already
-        served as it would serve it changes nothing."""
-        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        self.in_turn(ref.name)
-        if self.repository is not None and ref.version is None:  # its folder in cloud storage as it is now
-            self.repository.refresh(ref.name)
-        # a config's version_policy picks the versions the load serves, as Triton's does
-        policy, config = model_config.split_field(config, "version_policy") if config is not None else (None, None)
-        if policy is not None and ref.version is not None:
-            raise InvalidRequest(
-                f"the config sets version_policy, but the load names version {ref.version} of {ref.name!r}; load "
-                "the model by name, or leave version_policy out"
-            )
-        if config is not None and policy is None and ref.version is None:
-            # the config replaces the folder's (or start config's) whole, its policy too: Triton's default then
-            policy = model_repository.DEFAULT_POLICY
-        if self.repository is not None and ref.version is None and self.repository.owns(ref.name):
-            kept = self._kept_config(ref.name) if config is None else None
-            if kept is not None:
-                return kept
-            loaded = self.load_from_repository(ref.name, config, policy=policy)
-            self._note_policy(ref.name, policy if config is not None else None)
-            folder = self.repository.folder(ref.name)
-            if config is not None and folder is not None:  # what a load without one compares with
-                self.history.configured[ref.name] = Configured(model_repository.fingerprint(folder), config, policy)
-            else:
-                self.history.configured.pop(ref.name, None)
-            return loaded
-        if ref.name in self.ensembles:
-            raise InvalidRequest(
-                f"{ref.name!r} is an ensemble; load it by name from the model repository that holds its folder"
-            )
-        start = self.model_configs.get(ref.name)
-        versions = start.versions if start is not None and ref.version is None else ()
-        known = sorted(r.version for r in self.store.models.list(ref.name)) if policy is not None else []
-        if known:  # a policy picks among the versions the store holds (none: the load says the model is unknown)
-            versions = model_repository.pick_versions(policy, known, ref.name)
-        entry = self._serve_only([ModelRef(ref.name, v) for v in versions] or [ref], config, agents)
-        if ref.version is None:
-            self._note_policy(ref.name, policy if config is not None else None)
-        return entry
-
     def ignore_sequences(self, name: str, parameters: dict[str, Any]) -> None:
         """Sequence parameters sent to a model without sequence batching: ignored, as Triton ignores them (the
         model keeps no state, so its answer is the same with them or without); said once per model in the log."""
@@ -913,295 +463,15 @@ class DataPlane:
                 extra={"model": name},
             )
 
-    def _kept_config(self, name: str) -> LoadedEntry | ensemble.Ensemble | None:
-        """What a load without a config of repository model ``name`` serves when its last load had one and the
-        folder is as it was then: the same, that config in force, as Triton's load finds the folder unmodified
-        since and does nothing (tritonserver 2.51 kept serving the config's versions where polystack read the
-        folder's config again: helper-108). None: the load reads the folder."""
-        assert self.repository is not None
-        then, folder = self.history.configured.get(name), self.repository.folder(name)
-        if then is None or folder is None or model_repository.fingerprint(folder) != then.folder:
-            return None
-        served = self.ensembles.get(name)
-        if served is not None:
-            return served.ensemble
-        entries = [e for e in self.engine.loaded() if e.name == name]
-        if not entries:
-            return None
-        log.info(
-            "load without a config: the folder is as it was at the load with one, which stays in force, as in Triton",
-            extra={"model": name},
-        )
-        return max(entries, key=lambda e: e.version)
-
-    def _note_policy(self, name: str, policy: Any) -> None:
-        """The version_policy a load's config gave ``name`` (None: the load had no config, the folder's or start
-        config's holds again), which GET config shows as written while it picks what is served."""
-        if policy is None:
-            self.history.policies.pop(name, None)
-        else:
-            self.history.policies[name] = policy
-
-    def load_from_repository(
-        self,
-        name: str,
-        config: str | None,
-        loading: frozenset[str] = frozenset(),
-        failed: set[str] | None = None,
-        policy: Any = None,
-    ) -> LoadedEntry | ensemble.Ensemble:
-        """Read the model's repository folder again and serve what it holds now (Triton's explicit load
-        reads the repository): its versions and its config, which later loads without one use too. A load
-        that fails leaves the start config as it was and takes back what reading the folder registered.
-        An ensemble's folder loads the ensemble (with ``config`` in place of its own, when given), once the
-        models it runs that are not served yet are loaded from their folders, as Triton loads them; those in
-        ``failed`` (a poll's failures so far, which this adds to) are not tried again."""
-        assert self.repository is not None
-        self.in_turn(name)
-        agents = model_repository.FOLDER_AGENTS  # a load's config names its own, run on the folder in its place
-        if config is not None:
-            agents, config = model_config.split_field(config, "model_repository_agents")
-        folder = self.repository.folder(name)
-        print_now = _files_print(model_repository.fingerprint(folder)) if folder is not None else None  # before read
-        try:
-            model, registered = self.repository.read(self.store, name, policy, agents, config)
-        except PolystackError:
-            if failed is not None:
-                failed.add(name)
-            raise
-        if model.ensemble is not None:
-            pipeline = model.ensemble
-            if config is not None:  # the load's own agents ran on the folder in place of its config's
-                pipeline = dataclasses.replace(
-                    ensemble.read(config, name, pipeline.version), agents=model.ran, versions=pipeline.versions,
-                    written_policy=pipeline.written_policy,
-                )
-                pipeline = ensemble.with_labels(pipeline, model.config.directory if model.config is not None else None)
-                if folder is not None:  # (--model-namespacing) its steps run its repository's copies
-                    pipeline = self.repository.in_namespace(pipeline, folder)
-            try:
-                for other in sorted(pipeline.models - loading - {name}):
-                    if failed is not None and other in failed:  # tried in this poll: the check says it is missing
-                        continue
-                    try:  # a model served already, but two repositories hold one of that name: which one is unknown
-                        self.repository.unique_folder(other)
-                    except PolystackError as e:
-                        raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
-                    if not self.model_ready(other, None) and self.repository.owns(other):
-                        try:
-                            self.load_from_repository(other, None, loading | {name}, failed)
-                        except PolystackError as e:
-                            raise e.prefixed(f"ensemble {name!r} runs {other!r}, whose load failed") from None
-                self.ensemble_loads.load(pipeline, replace_model=True)
-            except PolystackError:
-                self.history.unmet.add(name)  # a poll that changes models tries it again
-                self.history.unmet_runs[name] = frozenset(pipeline.models)
-                if failed is not None:
-                    failed.add(name)
-                raise
-            self.history.unmet.discard(name)
-            return pipeline
-        self.history.unmet.discard(name)  # its folder holds a model now: not an ensemble waiting for its models
-        before = self.model_configs.get(name)
-        if model.config is not None:
-            self.model_configs[name] = model.config
-        else:
-            self.model_configs.pop(name, None)
-        try:
-            # the load's own agents with its config; without one, the folder's config carries its own
-            ran = model.ran if config is not None else ()
-            then = self._loaded_prints.get(name)
-            touched = _touched_versions(then, print_now, model.versions)  # modified since its last load: afresh
-            entry = self._serve_only([ModelRef(name, v) for v in model.versions], config, ran, afresh=touched)
-            self._loaded_prints[name] = print_now
-            model_repository.settle(self.store, registered)
-            self.repository.models.add(name)
-            self.history.unmet.discard(name)
-            if name in self.ensembles:  # the folder was an ensemble's: the model serves in its place
-                self.ensemble_loads.unload(name, "its folder holds a model now")
-            return entry
-        except BaseException:
-            if failed is not None:
-                failed.add(name)
-            if before is not None:
-                self.model_configs[name] = before
-            else:
-                self.model_configs.pop(name, None)
-            served = [e.record for e in self.engine.loaded() if e.name == name]  # as they were: all or none loaded
-            model_repository.undo(self.store, [r for r in registered if r.record not in served])
-            raise
-
-    def _serve_only(
-        self,
-        refs: list[ModelRef],
-        config: str | None,
-        agents: repository_agents.Agents = (),
-        afresh: Collection[int] = (),
-    ) -> LoadedEntry:
-        """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
-        model's versions. Every version is planned (its config checked) and loaded before any is routed to;
-        if one fails, those loaded close and what was served serves on. A version served as a plan would serve
-        it again stays as it is, unless it is ``afresh`` (its files were modified since its last load)."""
-        with self.loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
-            return self._serve_versions(refs, config, agents, afresh)
-
-    def _serve_versions(
-        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents, afresh: Collection[int]
-    ) -> LoadedEntry:
-        plans = []
-        for r in refs:
-            try:
-                plans.append(self.plan_load(r, config, agents))
-            except PolystackError as e:
-                e.at_version(r.version)  # the index lists the version that failed
-                raise
-        kept = [self._served_as(p) if config is None and p.record.version not in afresh else None for p in plans]
-        changed = [plan for plan, same in zip(plans, kept, strict=True) if same is None]
-        built: list[LoadedEntry] = []
-        ready: list[ServedModel] = []
-        with self._loading_versions(changed):
-            try:
-                for plan in changed:
-                    with hosting.afresh(plan.record.version in afresh):
-                        built.append(self._build(plan))
-                for plan, loaded in zip(changed, built, strict=True):
-                    ready.append(self._serving(plan, loaded))
-            except BaseException as e:
-                for served in ready:
-                    served.close(wait=False)
-                for loaded in built:
-                    loaded.model.close()
-                if isinstance(e, PolystackError):
-                    e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
-                raise
-            fresh = iter(zip(changed, ready, strict=True))
-            entries = [same or self._route(*next(fresh)) for same in kept]
-        for same in kept:
-            if same is not None:  # Triton does nothing for a load of a model without changes
-                log.info("model served as asked", extra={"model": same.name, "version": same.version})
-        entry = entries[-1]
-        serving = {e.version for e in entries}
-        retired = self.unload_versions(entry.name, keep=serving)
-        if retired:
-            log.info("model unloaded", extra={"model": entry.name, "versions": retired, "serving": sorted(serving)})
-        if changed or retired:
-            self.ensemble_loads.check_users_of(entry.name)
-        return entry
-
-    def _served_as(self, plan: LoadPlan) -> LoadedEntry | None:
-        """The entry a plain load with ``plan`` would replace with one just like it (the same record, spec,
-        batching and instances), or None. Triton does nothing for a load of a model without changes:
-        its instance keeps serving and its statistics keep counting."""
-        record = plan.record
-        served = self._served.get((record.name, record.version))
-        if served is None or served.instances != plan.instances or served.entry.record != record:
-            return None
-        if served.additions != plan.additions:  # GET config would show the old ones
-            return None
-        if (served.sequencer.policy if served.sequencer else None) != plan.sequence:
-            return None
-        try:  # the engine routes to it still (not reloaded behind the server, nor by a load that failed late)
-            if self.engine.get(record.name, record.version) is not served.entry:
-                return None
-        except PolystackError:
-            return None
-        batching = plan.policy if plan.policy is not None and served.entry.signature.may_batch else None
-        if served.entry.spec != plan.spec or (served.batcher.policy if served.batcher else None) != batching:
-            return None
-        return served.entry
-
-    def unload_versions(self, name: str, keep: Collection[int] = ()) -> list[int]:
-        """Stop serving every loaded version of ``name`` but those in ``keep``; what they queued runs on
-        (``_retire``)."""
-        versions = sorted({e.version for e in self.engine.loaded() if e.name == name and e.version not in keep})
-        # routing stops first: a request arriving now is 404/503, never run unbatched on a closing entry
-        entries = [e for v in versions for e in self.engine.detach(ModelRef(name, v))]
-        retired = [self._served.pop(k) for k in list(self._served) if k[0] == name and k[1] not in keep]
-        self.history.stopped.update((name, v) for v in versions)
-        self.served_changed()
-        self.count_loaded()
-        self._retire(retired, entries)
-        return versions
-
-    def _retire(self, served: list[ServedModel], entries: list[LoadedEntry], wait: bool = False) -> None:
-        """Close what stopped being served once what it holds has run (its batcher's queue, its own
-        instances' and the shared threads' requests; up to 30 s), on a thread of its own: a load or unload
-        answers once routing has changed, as Triton's do, and one model's drain never holds up another's.
-        ``wait``: here, before the load answers (an instance update in place)."""
-        if not served and not entries:
-            return
-
-        def run() -> None:
-            deadline = time.monotonic() + _UNLOAD_DRAIN_S
-            try:
-                for s in served:
-                    while s.pins and time.monotonic() < deadline:  # ensemble requests that will run a step on it
-                        time.sleep(0.005)
-                    with _logged(s.entry):
-                        s.close(wait=False)  # a batcher runs its queue here (within its own 30 s)
-                    while s.pending and time.monotonic() < deadline and not self._stopping.is_set():
-                        time.sleep(0.005)  # the executes running on its threads
-                    _finish_streams(s, deadline, self._stopping)
-                    tally = self.tallies.get((s.entry.name, str(s.entry.version)))
-                    if tally is not None:  # its figures are final: what Triton's names count on from
-                        tally.fold(s.entry.stats)
-                    if self.response_cache is not None:  # nothing routes to it: its answers only take room now
-                        self.response_cache.forget(s.load)
-                for entry in entries:
-                    with _logged(entry):
-                        entry.model.close()  # once the calls running on it return; later ones are refused
-                self._forget_metrics(entries)
-            finally:
-                with self._retiring_lock:
-                    self._retiring.discard(threading.current_thread())
-
-        if wait:
-            run()
-            return
-        thread = threading.Thread(target=run, name="retire", daemon=True)
-        with self._retiring_lock:
-            self._retiring.add(thread)
-        thread.start()
-
-    def _forget_metrics(self, entries: list[LoadedEntry]) -> None:
-        """Take versions no longer served off /metrics (and forget their typical compute time); on the
-        loader, after the loads of its model building now, so that a version loaded again keeps its series."""
-
-        def forget() -> None:
-            for e in entries:
-                self.loader.wait_for(e.name)  # a load of it building now may serve it again
-                if (e.name, e.version) not in self._served:
-                    self._typical_s.pop((e.name, e.version), None)
-                    self._queues.pop((e.name, str(e.version)), None)
-                    if not self.serves_version(e.name, e.version):  # an ensemble under the name keeps its series
-                        self.metrics.retire(e.name, str(e.version))
-                        self.tallies.pop((e.name, str(e.version)), None)
-                if not any(k[0] == e.name for k in self._served) and e.name not in self.ensembles:
-                    self.metrics.forget_name(e.name)
-
-        with contextlib.suppress(RuntimeError):  # the server is stopping: /metrics goes with it
-            self.loader.submit(forget)
-
-    def wait_retired(self, timeout_s: float = _UNLOAD_DRAIN_S) -> bool:
-        """Wait until what loads and unloads replaced has closed (and left /metrics); whether it has."""
-        deadline = time.monotonic() + timeout_s
-        with self._retiring_lock:
-            retiring = list(self._retiring)
-        for thread in retiring:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with contextlib.suppress(RuntimeError, TimeoutError):  # stopping, or a load still runs there
-            self.loader.wait_idle(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in retiring)
-
     def close(self) -> None:
-        self._stopping.set()  # an unload's wait for its decoupled model's final responses ends: they fail now
+        self.stopping.set()  # an unload's wait for its decoupled model's final responses ends: they fail now
         self.calls.close()  # a model waiting for another's answer, which the stopped loop would give, waits no more
         self.loader.shutdown()  # a load in progress finishes before its batcher would be missed
-        self.wait_retired()  # what unloads and reloads left running finishes first
-        for served in self._served.values():
+        self.model_loads.wait_retired()  # what unloads and reloads left running finishes first
+        for served in self.served_versions.values():
             served.close(wait=True)
-            _finish_streams(served, 0.0, self._stopping)  # the drain is over: what is still unanswered fails
-        self._served.clear()
+            finish_streams(served, 0.0, self.stopping)  # the drain is over: what is still unanswered fails
+        self.served_versions.clear()
         self.served_changed()
         self.executor.shutdown(wait=True)
         if self._hasher is not None:
@@ -1321,7 +591,7 @@ class DataPlane:
                     said = f"Request for unknown model: {name!r} has no available versions {then}"
                     raise ModelNotFound(said) from None
                 registered = isinstance(e, ModelNotReady) or e.message.startswith("Request for unknown model")
-                if registered and self.repository is not None and name not in self._served_names | stopped:
+                if registered and self.repository is not None and name not in self.names_ever_served | stopped:
                     # a model the store holds (an earlier run's, say) that this server never served: unknown to a
                     # server of a repository, as Triton knows its repositories' models alone (it answered 503 for a
                     # version, which a client may retry for good)
@@ -1334,7 +604,7 @@ class DataPlane:
                     )
                     raise ModelNotFound(f"Request for unknown model: {name!r} is not found; {where}") from None
                 if self.repository is not None:  # the store's words (registered, its versions) mean nothing here
-                    serving = sorted(k[1] for k in self._served if k[0] == name)
+                    serving = sorted(k[1] for k in self.served_versions if k[0] == name)
                     if isinstance(e, ModelNotReady | VersionNotFound) and serving:
                         known = "is not at ready state" if isinstance(e, ModelNotReady) else "is not found"
                         raise type(e)(  # Triton's words, then which versions the folder's policy serves
@@ -1356,7 +626,7 @@ class DataPlane:
                 if isinstance(e, ModelNotReady):
                     raise
                 raise _unknown(name, v, e, self.repository is not None) from None
-            served = self._served.get((entry.name, entry.version))
+            served = self.served_versions.get((entry.name, entry.version))
         if served is None or served.entry is not entry:
             # Loaded through the engine directly (not through this plane): serve it unbatched.
             served = ServedModel(entry, None)
@@ -1404,7 +674,7 @@ class DataPlane:
             self.drain_began_ns = time.perf_counter_ns()
         self.draining = True
         self._drain_started.set()
-        for served in list(self._served.values()):
+        for served in list(self.served_versions.values()):
             if served.sequencer is not None:
                 served.sequencer.drain()
             if served.batcher is not None:  # what waits for the queue delay leaves now: no company can come
@@ -1428,7 +698,7 @@ class DataPlane:
     def cut_sequences(self) -> int:
         """The drain waits no longer (its timeout passed, or a second signal came): every sequence held ends now
         (``SequenceBatcher.cut``); how many were live."""
-        return sum(s.sequencer.cut() for s in list(self._served.values()) if s.sequencer is not None)
+        return sum(s.sequencer.cut() for s in list(self.served_versions.values()) if s.sequencer is not None)
 
     @property
     def taking_sequences(self) -> bool:
@@ -1436,7 +706,7 @@ class DataPlane:
         return self.draining and not self._sequences_over.is_set()
 
     def sequences_live(self) -> bool:
-        return any(s.sequencer is not None and s.sequencer.live() for s in list(self._served.values()))
+        return any(s.sequencer is not None and s.sequencer.live() for s in list(self.served_versions.values()))
 
     async def wait_sequences(self, timeout_s: float) -> bool:
         """The drain's first part, as Triton's exit: until the sequences held end (their END request, or idle for
@@ -1557,7 +827,7 @@ class DataPlane:
 
     async def _called(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         """A model's call to another, answered once (``exec()``): a decoupled model's refused in Triton's words."""
-        if self._any_decoupled and self.decoupled(name, version):
+        if self.any_decoupled and self.decoupled(name, version):
             raise Unsupported(
                 f"Model {name} is using the decoupled. The current BLS request call doesn't support models using the "
                 "decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' or 'async_exec' "
@@ -1580,7 +850,7 @@ class DataPlane:
             served = self.served_model(name, version)
         except PolystackError:
             return None
-        return f"{served.entry.name}:{served.entry.version}", self._instances(served)
+        return f"{served.entry.name}:{served.entry.version}", self.instances_of(served)
 
     def _asked_by(self, caller: str, what: str) -> contextlib.AbstractContextManager[None]:
         """What a load or unload asked by model ``caller``'s code is asked in: from its build (its initialize or
@@ -1607,10 +877,10 @@ class DataPlane:
         ensembles = dict(self.ensembles)  # first: a folder turning from an ensemble into a model routes the model
         # before it unloads the ensemble; one series a name meanwhile
         shown: list[tuple[str, int, ModelStats, int, bool]] = []  # name, version, statistics, pending, cached
-        for served in list(self._served.values()):
+        for served in list(self.served_versions.values()):
             e = served.entry
             if e.name not in ensembles:
-                queues = [q() for q in self._queues.get((e.name, str(e.version)), [])]
+                queues = [q() for q in self.queues.get((e.name, str(e.version)), [])]
                 pending = sum(q.depth for q in queues if q is not None)
                 shown.append((e.name, e.version, e.stats, pending, served.additions.response_cache))
         shown += [
@@ -1646,7 +916,7 @@ class DataPlane:
 
     def model_names(self) -> list[str]:
         """The names of the models and ensembles served, in order (KServe's V1 ``GET /v1/models``)."""
-        served = list(self._served)  # one step (the loader changes it): never iterated while it changes
+        served = list(self.served_versions)  # one step (the loader changes it): never iterated while it changes
         return sorted({name for name, _ in served} | set(self.ensembles))
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
@@ -1672,12 +942,12 @@ class DataPlane:
         if pipeline is not None:
             rendered = ensemble.render(pipeline.ensemble)
             # as Triton shows one, unasked
-            if self._any_decoupled and self.ensemble_requests.decoupled_steps(pipeline.ensemble):
+            if self.any_decoupled and self.ensemble_requests.decoupled_steps(pipeline.ensemble):
                 rendered["model_transaction_policy"] = {"decoupled": True}
             return rendered
         served = self.served_model(name, version)
         sequence = served.sequencer.policy if served.sequencer is not None else None
-        return model_config.render(served.entry, served.batcher, self._instances(served), served.additions, sequence)
+        return model_config.render(served.entry, served.batcher, self.instances_of(served), served.additions, sequence)
 
     def _version_policy(self, name: str, pipeline: ServedEnsemble | None = None) -> dict[str, Any]:
         """The version policy that picks the versions of ``name`` (or of the ensemble ``pipeline``) served now,
@@ -1690,7 +960,7 @@ class DataPlane:
             served = [each.ensemble.version for each in whole.every]
             written = json.loads(whole.ensemble.written_policy) if whole.ensemble.written_policy else None
         else:
-            served = sorted(v for n, v in list(self._served) if n == name)  # one step: the loader changes it
+            served = sorted(v for n, v in list(self.served_versions) if n == name)  # one step: the loader changes it
             start = self.model_configs.get(name)
             started = (start.written_policy or start.policy) if start is not None else None
             written = self.history.policies.get(name, started)
@@ -1707,7 +977,7 @@ class DataPlane:
             return {"latest": {"num_versions": len(served)}}
         return {"specific": {"versions": served}}
 
-    def _instances(self, served: ServedModel) -> int:
+    def instances_of(self, served: ServedModel) -> int:
         """How many of a model's requests (or batches) run at once."""
         if served.batcher is not None:
             return served.batcher.policy.instances
@@ -1771,7 +1041,7 @@ class DataPlane:
 
         A decoupled model's requests are refused (``Unsupported``, in Triton's words naming ``endpoint``): its
         responses are read with ``infer_stream``."""
-        if self._any_decoupled and self.decoupled(name, version):
+        if self.any_decoupled and self.decoupled(name, version):
             raise Unsupported(
                 f"{endpoint} doesn't support models with decoupled transaction policy; read the responses of model "
                 f"{name!r} as a stream: gRPC's ModelStreamInfer (tritonclient's start_stream and async_stream_infer) "
@@ -1785,7 +1055,7 @@ class DataPlane:
         """Whether the model served as ``name`` sends any number of responses to a request (Triton's decoupled
         transaction policy), read with ``infer_stream``: an ensemble is, where a step runs one. False for a model not
         served."""
-        if not self._any_decoupled:  # none ever served: every request's check, this one flag
+        if not self.any_decoupled:  # none ever served: every request's check, this one flag
             return False
         if self.ensembles and name in self.ensembles:
             pipeline = self.served_ensemble(name, version)
@@ -2089,7 +1359,7 @@ class DataPlane:
                             compute.append(timings[-1] - timings[-2])
                 else:
                     key = (entry.name, entry.version)
-                    typical = self._typical_s.get(key)
+                    typical = self.typical_s.get(key)
                     queued = time.perf_counter_ns()
                     alone = self.in_flight.alone
                     size = sum(_size(a) for a in request.inputs.values())
@@ -2131,7 +1401,7 @@ class DataPlane:
                         compute.append(t1 - t0)
                     took = (t1 - t0) / 1e9
                     # slow-moving averages of the compute time and the request's size decide the inline fast path
-                    self._typical_s[key] = (
+                    self.typical_s[key] = (
                         (took, size) if typical is None
                         else (typical[0] + 0.05 * (took - typical[0]), typical[1] + 0.05 * (size - typical[1]))
                     )  # fmt: skip
@@ -2189,7 +1459,7 @@ class DataPlane:
         result, entry = await run()
         t1 = time.perf_counter_ns()
         # kept only for the load that computed it and still serves (not one a reload or unload replaced)
-        if entry is served.entry and self._served.get((entry.name, entry.version)) is served:
+        if entry is served.entry and self.served_versions.get((entry.name, entry.version)) is served:
             cache.put(key, served.load, result)
         missed = looked + time.perf_counter_ns() - t1
         entry.stats.add("cache_miss", missed)
@@ -2315,7 +1585,7 @@ class DataPlane:
     def _failure_label(self, name: str) -> tuple[str, str]:
         """Labels for a request that failed before its model was resolved: never the client's raw strings,
         which would let any client grow /metrics without bound; a served model's name, or empty."""
-        served = list(self._served)  # one step (the loader changes it): never iterated while it changes
+        served = list(self.served_versions)  # one step (the loader changes it): never iterated while it changes
         return (name, "") if name in self.ensembles or any(k[0] == name for k in served) else ("", "")
 
     async def wait_final_responses(self, timeout_s: float) -> bool:
@@ -2323,7 +1593,7 @@ class DataPlane:
         given, those whose client went away included (their model's threads may still send it), as Triton's exit
         waits for them; whether they all came (those that did not fail when the models close)."""
         deadline = time.monotonic() + timeout_s
-        while any(s.decoupled and s.open_streams() for s in list(self._served.values())):
+        while any(s.decoupled and s.open_streams() for s in list(self.served_versions.values())):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -2366,12 +1636,3 @@ class DataPlane:
             self.in_flight.leave()
 
 
-@contextlib.contextmanager
-def _logged(entry: LoadedEntry) -> Iterator[None]:
-    """Closing what stopped being served: a failure is logged, and the server goes on serving what replaced it."""
-    try:
-        yield
-    except Exception:
-        log.exception(
-            "closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version}
-        )

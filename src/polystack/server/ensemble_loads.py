@@ -52,7 +52,7 @@ class EnsembleLoads:
             )
         self.check(pipeline)
         if model:  # its folder holds an ensemble now: the model's versions stop, the ensemble serves
-            self.plane.unload_versions(name)
+            self.plane.model_loads.unload_versions(name)
             log.info("model unloaded", extra={"model": name, "reason": "its folder holds an ensemble now"})
         with self.plane.routing:
             old = self.plane.ensembles.get(name)
@@ -163,7 +163,7 @@ class EnsembleLoads:
                         f"the ensemble runs {step.model}{'' if step.version is None else f':{step.version}'}, which "
                         "this server does not serve; serve it too"
                     )
-                plan = self.plane.plan_load(ModelRef(step.model, version), None)
+                plan = self.plane.model_loads.plan_load(ModelRef(step.model, version), None)
                 sig, spec = plan.additions.seen(plan.record.signature), plan.spec  # as its clients see it
                 sig = fil.as_configured(sig, plan.record.settings.get("fil"))  # as its config gives it
                 limit = spec.max_batch_size or 0

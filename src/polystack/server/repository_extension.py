@@ -280,9 +280,9 @@ class RepositoryExtension:
                 kept = None
             try:
                 if kept is None:
-                    self.plane.load_from_repository(other, None)
+                    self.plane.model_loads.load_from_repository(other, None)
                 else:
-                    self.plane.load_from_repository(other, kept.config, policy=kept.policy)
+                    self.plane.model_loads.load_from_repository(other, kept.config, policy=kept.policy)
             except PolystackError as e:
                 log.info("an ensemble still does not fit its models", extra={"model": other, "error": e.message})
                 continue
@@ -333,7 +333,7 @@ class RepositoryExtension:
                 raise self._settled(name, e) from None
             await self.plane.control(self._recorded(lambda n: self._load_files(n, files, config)), name)
             return
-        await self.plane.control(self._recorded(lambda n: self.plane.load_only(n, config)), name)
+        await self.plane.control(self._recorded(lambda n: self.plane.model_loads.load_only(n, config)), name)
 
     def _recorded(self, change: Callable[[str], Any]) -> Callable[[str], Any]:
         """``change``, a load, with what the index and readiness keep of its outcome recorded on the loader along
@@ -388,7 +388,7 @@ class RepositoryExtension:
         facts = {"model": name, "version": record.version, "digest": record.digest, "format": record.format}
         uploaded = UPLOADED.set(True)
         try:
-            entry = self.plane.load_only(record.ref, config, ran)
+            entry = self.plane.model_loads.load_only(record.ref, config, ran)
         except BaseException:
             registered.undo(self.plane.store)
             log.warning("a load's model file was not served; the store is as it was", extra=facts)
@@ -422,7 +422,7 @@ class RepositoryExtension:
                 continue
             served = [e.version for e in self.plane.engine.loaded() if e.name == name]
             if self.plane.serves(name):
-                self.plane.unload(name)
+                self.plane.model_loads.unload(name)
                 changed = True
             log.error(
                 f"failed to load {quote(name, 140)}: {NotUnique.TRITON}; keep it in one", extra={"model": name}
@@ -442,7 +442,7 @@ class RepositoryExtension:
                 repository.seen.pop(name, None)
                 self.history.unmet.discard(name)
                 if self.plane.serves(name):
-                    self.plane.unload(name)
+                    self.plane.model_loads.unload(name)
                     changed = True
                 # gone from the repository: the index no longer lists it, as Triton's does not
                 self.history.stopped = {(n, v) for n, v in self.history.stopped if n != name}
@@ -504,7 +504,7 @@ class RepositoryExtension:
             self.plane.refuse_when_draining()  # the rest waits for the next start
             if name in failed:
                 return None
-            return self.plane.load_from_repository(name, None, failed=failed)
+            return self.plane.model_loads.load_from_repository(name, None, failed=failed)
 
         outcomes: list[LoadedEntry | ensemble.Ensemble | BaseException | None] = []
         loads = self.plane.loader
@@ -545,7 +545,7 @@ class RepositoryExtension:
                     self.history.unmet.discard(name)
                     continue
                 try:
-                    self.plane.load_from_repository(name, None, failed=tried_now)
+                    self.plane.model_loads.load_from_repository(name, None, failed=tried_now)
                 except ShuttingDown:
                     return failed
                 except PolystackError as e:
@@ -618,11 +618,11 @@ class RepositoryExtension:
 
         repository.register_repository(root, mapping)
         try:
-            self._recorded(lambda n: self.plane.load_only(n, None))(model)
+            self._recorded(lambda n: self.plane.model_loads.load_only(n, None))(model)
         except BaseException:
             undone = made()
             for name in sorted(self.plane.names_served() - before):  # an ensemble's models, loaded before it failed
-                self.plane.unload(name)
+                self.plane.model_loads.unload(name)
             self._take_back(undone)
             self._forget_names(repository.unregister_repository(root))
             self.history.failures.pop(model, None)  # its repository is gone: nothing left to be unready for
@@ -635,7 +635,7 @@ class RepositoryExtension:
         finished in time."""
         self._check_registration("unregistration")
         await self.plane.control(lambda n: self._unload_by_name(n, True), model)
-        finished = await asyncio.get_running_loop().run_in_executor(None, self.plane.wait_retired, wait_s)
+        finished = await asyncio.get_running_loop().run_in_executor(None, self.plane.model_loads.wait_retired, wait_s)
 
         def forget(_: str) -> None:
             self._forget_names(self._repositories().unregister_repository(root))
@@ -677,5 +677,5 @@ class RepositoryExtension:
         """An unload's change, on the loader (a load queued behind it then sees all of it): what is served, and
         what the server kept of the name's loads."""
         self.plane.in_turn(name)
-        self.plane.unload(name, dependents)
+        self.plane.model_loads.unload(name, dependents)
         self.history.unloaded(name)
