@@ -281,6 +281,24 @@ def test_client_deadline_is_ignored_when_the_policy_says_so(make: Any) -> None:
     first.result(timeout=5)
 
 
+def test_client_deadline_only_shortens_a_default_under_tritons_rule(make: Any) -> None:
+    """A Triton config's queue (``client_timeout_needs_default``): without a default timeout, a client's deadline
+    is ignored; polystack's own batching takes it alone too (``test_expired_request_is_rejected_and_never_run``)."""
+    model = Recording(delay_s=0.2)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, client_timeout_needs_default=True)
+    first = b.submit(rows(1))
+    time.sleep(0.05)
+    patient = b.submit(rows(1, 7.0), timeout_s=0.05)
+    assert patient.result(timeout=5)["y"][0, 0] == 14.0  # ran, after waiting longer than its own deadline
+    first.result(timeout=5)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, timeout_s=5.0, client_timeout_needs_default=True)
+    first = b.submit(rows(1))
+    time.sleep(0.05)
+    with pytest.raises(DeadlineExceeded):
+        b.submit(rows(1, 7.0), timeout_s=0.05).result(timeout=5)
+    first.result(timeout=5)
+
+
 def test_expired_request_is_rejected_and_never_run(make: Any) -> None:
     model = Recording(delay_s=0.2)
     b = make(model, max_batch_size=1, max_queue_delay_ms=0)

@@ -27,7 +27,8 @@ def test_what_the_config_leaves_out_means_what_it_means_to_triton_but_size_and_i
     chosen = model_config.read('{"dynamic_batching": {}}', RECORD, SPEC, PLAN)
     # max_batch_size and instances from the plan; the rest as Triton reads an empty dynamic_batching
     assert chosen.batching == BatchPolicy(
-        max_batch_size=24, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
+        max_batch_size=24, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False,
+        client_timeout_needs_default=True,
     )
 
 
@@ -469,7 +470,8 @@ def test_a_repository_models_config_without_its_tensors_is_auto_completed_as_tri
     batching (Triton's defaults) where that is over 1, unless the config schedules it itself."""
     # without a plan, Triton's instance count too: 2 for ONNX Runtime on CPU (SetDefaultInstanceCount)
     triton = BatchPolicy(
-        max_batch_size=4, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False
+        max_batch_size=4, max_queue_delay_ms=0, instances=2, idle_gap_ms=0, max_queue_size=0, client_timeouts=False,
+        client_timeout_needs_default=True,
     )
     assert model_config.read("{}", TRITON_RECORD, SPEC, None).batching == triton
     for text in ('{"max_batch_size": 0}', '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}'):

@@ -133,6 +133,28 @@ def test_a_queue_timeout_may_be_any_uint64_as_in_triton(server: ServerThread) ->
         client.load_model("mlp", config="{}")
 
 
+def test_a_clients_timeout_only_shortens_a_queues_default_timeout_as_in_triton(server: ServerThread) -> None:
+    """Triton's queue policy: with allow_timeout_override, a request's ``timeout`` shortens the queue's default
+    timeout; where the queue has none, tritonserver 2.51 ignores it and the request runs (helper-279; polystack
+    rejected it at its deadline). A lone request waits out the 300 ms queue delay here."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        for default_us in (0, 5_000_000):
+            policy = {"allow_timeout_override": True, "default_timeout_microseconds": default_us}
+            config = {"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 300_000,
+                                                                "default_queue_policy": policy}}  # fmt: skip
+            client.load_model("mlp", config=json.dumps(config))
+            if default_us == 0:  # no default: the client's 50 ms changes nothing
+                assert client.infer("mlp", [mlp_ones()], timeout=50_000).as_numpy("y").shape == (1, 4)
+                assert grpc.infer("mlp", [mlp_ones(1, grpcclient)], timeout=50_000).as_numpy("y").shape == (1, 4)
+            else:  # a default: the client's shorter deadline applies
+                with pytest.raises(InferenceServerException, match="Request timeout expired"):
+                    client.infer("mlp", [mlp_ones()], timeout=50_000)
+    finally:
+        client.load_model("mlp", config="{}")
+
+
 def test_max_batch_size_without_dynamic_batching_limits_requests(server: ServerThread) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     try:

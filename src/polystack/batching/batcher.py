@@ -259,8 +259,11 @@ class DynamicBatcher:
         level = self.policy.level_of(priority)
         rules = self._own_queues.get(level, self._default_queue)
         timeout = rules.timeout_s
-        if timeout_s is not None and rules.client_timeouts and (timeout is None or timeout_s < timeout):
-            timeout = timeout_s
+        if timeout_s is not None and rules.client_timeouts:  # the client's own deadline, where it may give one
+            if timeout is not None:
+                timeout = min(timeout, timeout_s)
+            elif not self.policy.client_timeout_needs_default:
+                timeout = timeout_s
         deadline = None if timeout is None else now + timeout
         pending = _Pending(
             inputs, outputs, items, key, deadline, outcome, now, future, waiter, timings=timings, level=level,

@@ -68,6 +68,9 @@ class BatchPolicy:
     max_queue_size: int = 1024  # waiting requests; one more is refused with QueueFull (0: no limit, as in Triton)
     timeout_s: float | None = None  # default per-request deadline
     client_timeouts: bool = True  # a client's own deadline applies when shorter (False: Triton's "no override")
+    # Triton's config: a client's deadline only shortens a queue's default timeout, and is ignored where the queue has
+    # none (its PolicyQueue::Enqueue); polystack's own batching (False) takes a client's deadline there too
+    client_timeout_needs_default: bool = False
     instances: int = 1  # worker threads sharing the one loaded model (runtimes that allow it)
     idle_gap_ms: float = 0.2  # leave early when no request arrived for this long (0: wait out the delay)
     # Triton's priority levels: 1 is the highest; 0 levels: a request's priority changes nothing

@@ -896,6 +896,7 @@ def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPo
         max_queue_size=queue.max_queue_size,
         timeout_s=queue.timeout_s,
         client_timeouts=queue.client_timeouts,
+        client_timeout_needs_default=True,  # as Triton's queues take a client's timeout
         delay=queue.delay,
         instances=instances,
         idle_gap_ms=0,  # Triton's rule: a batch waits out the delay for its preferred size
