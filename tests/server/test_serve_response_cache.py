@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servekit import caught_logs, cli_server, free_port, mlp_ones, refused_at_start, register_like, start
+from tritonclient.utils import InferenceServerException
 
 from polystack.server.app import ServerThread
 from polystack.server.model_config import ConfigFile
@@ -419,3 +420,58 @@ def test_a_python_models_answer_is_a_hit_whatever_deadline_priority_or_transport
         assert seen(http, parameters={"tenant": "b"}) == {"tenant": "b"}  # what the model reads still tells apart
         s = http.get_inference_statistics("params")["model_stats"][0]["inference_stats"]
         assert (s["cache_hit"]["count"], s["cache_miss"]["count"]) == (6, 2)
+
+
+DOUBLES_OR_RAISES = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            if (x < 0).any():
+                raise RuntimeError("negative input")
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2)]))
+        return answers
+"""
+
+
+def test_a_request_whose_run_fails_is_a_miss_and_one_refused_before_it_is_neither(tmp_path: Path) -> None:
+    """Triton looks a request up in the cache once its checks passed, and counts the miss there whatever its run
+    does then (helper-280: polystack counted no miss for a run that failed); a request its checks refuse never
+    reaches the cache."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "twice", DOUBLES_OR_RAISES,
+        'backend: "python"\nmax_batch_size: 0\nresponse_cache { enable: true }\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--cache-config", "local,size=1048576"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def infer(values: list[float]) -> Any:
+            x = httpclient.InferInput("x", [len(values)], "FP32")
+            x.set_data_from_numpy(np.array(values, np.float32))
+            return client.infer("twice", [x])
+
+        def counts() -> tuple[int, int, int, int]:
+            s = client.get_inference_statistics("twice")["model_stats"][0]["inference_stats"]
+            return s["cache_hit"]["count"], s["cache_miss"]["count"], s["success"]["count"], s["fail"]["count"]
+
+        for _ in range(2):
+            with pytest.raises(InferenceServerException, match="negative input"):
+                infer([-1.0])
+        assert counts() == (0, 2, 0, 2)
+        with pytest.raises(InferenceServerException, match="400"):
+            infer([1.0, 2.0])  # two elements where its dims take one: refused before the cache
+        assert counts()[:2] == (0, 2)
+        assert infer([3.0]).as_numpy("y").tolist() == [6.0]
+        assert infer([3.0]).as_numpy("y").tolist() == [6.0]
+        assert counts()[:3] == (1, 3, 2)

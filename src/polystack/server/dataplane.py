@@ -64,7 +64,7 @@ from polystack.errors import (
 )
 from polystack.formats import fil
 from polystack.labels import labels_of
-from polystack.metrics import ServerMetrics
+from polystack.metrics import ModelMetrics, ServerMetrics
 from polystack.protocol import classification
 from polystack.protocol.wire import InferRequest, InferResponse, ShmRef, raw_view
 from polystack.server import (
@@ -1456,16 +1456,27 @@ class DataPlane:
             if asked:  # in the order this request asked for them, as the model would have answered it
                 found = {output: found[output] for output in asked}
             return found, entry
-        result, entry = await run()
+        try:
+            result, entry = await run()
+        except BaseException as e:
+            # a miss still where the request got past its checks (Triton's come before the lookup): Triton counts
+            # it at the lookup, whatever the run does then
+            if not isinstance(e, PolystackError) or e.in_run:
+                self._missed(entry, m, looked)
+            raise
         t1 = time.perf_counter_ns()
         # kept only for the load that computed it and still serves (not one a reload or unload replaced)
         if entry is served.entry and self.served_versions.get((entry.name, entry.version)) is served:
             cache.put(key, served.load, result)
-        missed = looked + time.perf_counter_ns() - t1
-        entry.stats.add("cache_miss", missed)
-        m.cache_misses.inc()
-        m.cache_miss_seconds.inc(missed / 1e9)
+        self._missed(entry, m, looked + time.perf_counter_ns() - t1)
         return result, entry
+
+    @staticmethod
+    def _missed(entry: LoadedEntry, m: ModelMetrics, ns: int) -> None:
+        """A response cache miss of ``entry``'s that took ``ns`` (its lookup, and its insertion if any)."""
+        entry.stats.add("cache_miss", ns)
+        m.cache_misses.inc()
+        m.cache_miss_seconds.inc(ns / 1e9)
 
     async def cache_key(
         self,
