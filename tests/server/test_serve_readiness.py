@@ -325,3 +325,24 @@ def test_an_ensemble_whose_step_has_no_folder_fails_its_load_and_leaves_the_serv
             client.load_model("lost")
         assert client.is_server_ready()
         client.close()
+
+
+def test_a_model_whose_config_is_refused_at_start_is_listed_at_its_version(tmp_path: Path) -> None:
+    """Triton's index lists a model that failed to load at start (--exit-on-error false) at the version that
+    failed, with why; polystack listed one whose config was refused (here a warm-up sample over its
+    max_batch_size) by its name alone (helper-280)."""
+    (tmp_path / "models" / "w" / "1").mkdir(parents=True)
+    mlp_onnx(tmp_path / "models" / "w" / "1" / "model.onnx")
+    (tmp_path / "models" / "w" / "config.pbtxt").write_text(
+        'max_batch_size: 4\nmodel_warmup [ { name: "b", batch_size: 9, inputs { key: "x" value: '
+        '{ data_type: TYPE_FP32, dims: [ 16 ], zero_data: true } } } ]\n'
+    )
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--exit-on-error", "false", "--strict-readiness", "false",
+            "--grpc-port", "-1"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "serve.log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        (entry,) = [m for m in client.get_model_repository_index() if m["name"] == "w"]
+        assert entry["version"] == "1" and entry["state"] == "UNAVAILABLE", entry
+        assert "batch_size 9" in entry["reason"], entry
+        client.close()

@@ -51,7 +51,7 @@ from polystack.server.inference_threads import InferenceThreads
 from polystack.server.load_history import Configured
 from polystack.server.repository_extension import UPLOADED
 from polystack.server.served import LoadPlan, ServedModel
-from polystack.store import ModelRef
+from polystack.store import ModelRecord, ModelRef
 
 if TYPE_CHECKING:
     from polystack.server.dataplane import DataPlane
@@ -185,9 +185,15 @@ class ModelLoads:
     def plan_load(self, ref: ModelRef | str, config: str | None, agents: repository_agents.Agents = ()) -> LoadPlan:
         """What a load of ``ref`` would serve: its record, spec, batch policy and own instances; ``agents``
         are the repository agents ``config`` named, which ran on the model's files (a start config's own)."""
-        plane = self.plane
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        record = plane.store.get(ref)
+        record = self.plane.store.get(ref)
+        try:
+            return self._plan(record, config, agents)
+        except PolystackError as e:  # the index lists the version that failed (its config refused, say)
+            raise e.at_version(record.version) from None
+
+    def _plan(self, record: ModelRecord, config: str | None, agents: repository_agents.Agents) -> LoadPlan:
+        plane = self.plane
         if record.format == "python" and not plane.folder_rules.python_models:  # however it came (a load's files)
             raise model_repository.python_refused(record.name)
         if record.format == "torchscript" and not plane.folder_rules.torchscript_models:  # however it came
