@@ -375,6 +375,21 @@ def test_metric_tags_and_a_groups_host_policy_load_saying_what_polystack_does_no
         client.load_model("mlp")
 
 
+def test_preferred_batch_sizes_read_back_as_written(server: ServerThread) -> None:
+    """tritonserver 2.51 shows a config's preferred_batch_size in the order given (helper-279: polystack sorted
+    them); the batcher takes them as a set either way."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        config = {"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [4, 2]}}
+        client.load_model("mlp", config=json.dumps(config))
+        assert config_of(server, "mlp")["dynamic_batching"]["preferred_batch_size"] == [4, 2]
+        shown = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("mlp").config
+        assert list(shown.dynamic_batching.preferred_batch_size) == [4, 2]
+        assert client.infer("mlp", [mlp_ones(3)]).as_numpy("y").shape == (3, 4)
+    finally:
+        client.load_model("mlp")
+
+
 def test_a_lone_group_where_the_config_repeats_a_field_is_a_list_of_it_as_triton_reads_json(server: ServerThread) -> None:
     """helper-163 (Triton's L0_lifecycle test_concurrent_model_instance_load_sanity sends "instance_group": {...}):
     tritonserver 2.51 reads a lone object as a list of one (protobuf's JSON reading); polystack refused it."""

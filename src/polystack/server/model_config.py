@@ -892,7 +892,7 @@ def _batching(value: Any, max_batch: int, instances: int, model: str) -> BatchPo
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay_ms=delay_us / 1000.0,
-        preferred_batch_sizes=tuple(sorted(set(sizes))),
+        preferred_batch_sizes=tuple(sizes),  # as written: GET config shows them so, as Triton does (helper-279)
         max_queue_size=queue.max_queue_size,
         timeout_s=queue.timeout_s,
         client_timeouts=queue.client_timeouts,
