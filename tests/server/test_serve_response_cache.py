@@ -475,3 +475,52 @@ def test_a_request_whose_run_fails_is_a_miss_and_one_refused_before_it_is_neithe
         assert infer([3.0]).as_numpy("y").tolist() == [6.0]
         assert infer([3.0]).as_numpy("y").tolist() == [6.0]
         assert counts()[:3] == (1, 3, 2)
+
+
+SLOW_DOUBLES = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.6)
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy() * 2)])
+            for r in requests
+        ]
+"""
+
+
+def test_a_request_that_times_out_in_its_queue_is_no_miss(tmp_path: Path) -> None:
+    """Triton counts a miss as a batch takes the request; one its queue's timeout rejects before that is a failure
+    only (helper-281: the first version of the miss for a failed run counted it)."""
+    from test_serve_python_models import python_folder
+
+    repo = tmp_path / "models"
+    python_folder(repo, "slow", SLOW_DOUBLES,
+        'backend: "python"\nmax_batch_size: 1\nresponse_cache { enable: true }\n'
+        'dynamic_batching { default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 100000 } }\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    )  # fmt: skip
+    port = free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
+            "--cache-config", "local,size=1048576"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2)
+
+        def sent(value: float) -> Any:
+            x = httpclient.InferInput("x", [1, 1], "FP32")
+            x.set_data_from_numpy(np.full((1, 1), value, np.float32))
+            return client.async_infer("slow", [x])
+
+        running = sent(1.0)
+        time.sleep(0.15)  # the first runs for 0.6 s: the second waits past its 100 ms in the queue
+        with pytest.raises(InferenceServerException, match="Request timeout expired"):
+            sent(2.0).get_result()
+        assert running.get_result().as_numpy("y").tolist() == [[2.0]]
+        s = client.get_inference_statistics("slow")["model_stats"][0]["inference_stats"]
+        assert (s["cache_miss"]["count"], s["success"]["count"], s["fail"]["count"]) == (1, 1, 1)
+        client.close()

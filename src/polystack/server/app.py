@@ -245,7 +245,7 @@ class Server:
                 if chosen is not None:
                     chosen = overrides.apply(chosen)
                 elif not model_config.auto_batched(record, config.default_max_batch_size):  # (what Triton's
-                    # auto-complete batches takes them in DataPlane.plan_load)
+                    # auto-complete batches takes them in ModelLoads.plan_load)
                     settings = {k: v for k, v in overrides.given().items() if k != "instances"}  # unbatched: theirs
                     if settings:
                         why = (

@@ -91,7 +91,7 @@ from polystack.server.response_cache import ResponseCache, nbytes
 from polystack.server.served import ServedEnsemble, ServedModel
 from polystack.server.shared_memory import CudaRegions, Region, SharedMemoryRegions
 from polystack.server.tracing import Carrier, Front, Tracing
-from polystack.stats import ModelStats, Outcome
+from polystack.stats import ModelStats, Outcome, ran_and_failed
 from polystack.store import ModelRecord, Store
 from polystack.store.refs import MAX_VERSION
 
@@ -1459,9 +1459,10 @@ class DataPlane:
         try:
             result, entry = await run()
         except BaseException as e:
-            # a miss still where the request got past its checks (Triton's come before the lookup): Triton counts
-            # it at the lookup, whatever the run does then
-            if not isinstance(e, PolystackError) or e.in_run:
+            # a miss still where the model ran and failed, as Triton counts it; not a request its checks refused
+            # (Triton's come before the lookup), nor one that timed out in its queue or whose client went away
+            # before it ran (Triton counts its miss as a batch takes the request)
+            if isinstance(e, Exception) and ran_and_failed(e):
                 self._missed(entry, m, looked)
             raise
         t1 = time.perf_counter_ns()

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("polystack.server")
 
 # set while a load of uploaded files plans the version they make: a Python model's args["model_repository"] names its
-# copy then (Triton's: a folder of its own), not the repository's folder of the same name (``DataPlane._local_folder``)
+# copy then (Triton's: a folder of its own), not the repository's folder of the same name (``ModelLoads._local_folder``)
 UPLOADED: ContextVar[bool] = ContextVar("polystack_uploaded_files", default=False)
 
 

@@ -33,7 +33,7 @@ def load_number() -> int:
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """What a load would serve (``DataPlane.plan_load``)."""
+    """What a load would serve (``ModelLoads.plan_load``)."""
 
     record: ModelRecord
     spec: LoadSpec
@@ -85,7 +85,7 @@ class ServedModel:
     def close(self, wait: bool) -> None:
         """Stop taking work; what was handed over still runs, on this instance. Requests whose ``execute`` returned
         without the answer its code may never send (a Python model's sender) fail first, so that no thread stays
-        held; those whose ``execute`` runs get their answer (``_finish_streams`` ends those that then have none)."""
+        held; those whose ``execute`` runs get their answer (``model_loads.finish_streams`` ends those left)."""
         closing = getattr(self.entry.model.inner, "closing", None)
         if closing is not None:
             closing()
