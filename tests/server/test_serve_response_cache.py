@@ -202,7 +202,7 @@ def test_a_config_enabling_the_cache_on_a_server_without_one_runs_every_request(
 ) -> None:
     store, _ = model_store
     with caught_logs("polystack.server") as logs:
-        st = start(store, models=["mlp"], model_configs={"mlp": CACHED})
+        st = start(store, models=["mlp"], model_configs={"mlp": CACHED}, triton_metrics=True)
     try:
         warned = [r for r in logs if "no response cache" in r.getMessage()]
         assert warned and "--cache-config local,size=BYTES" in warned[0].getMessage()
@@ -212,6 +212,12 @@ def test_a_config_enabling_the_cache_on_a_server_without_one_runs_every_request(
             client.infer("mlp", [mlp_ones(1)])
         s = stats(st, "mlp")
         assert (s["cache_hit"], s["cache_miss"], s["execution_count"]) == (0, 0, 2)
+        # Triton's names show the model's cache series, at 0, as tritonserver 2.51 does (its metrics follow the
+        # model's config; helper-280), and no server-wide cache gauges
+        for family in ("nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model"):
+            assert metric(st, family, model="mlp", version="1") == 0
+        with pytest.raises(AssertionError, match="not in /metrics"):
+            metric(st, "nv_cache_num_entries")
     finally:
         st.stop()
 

@@ -895,7 +895,9 @@ class DataPlane:
             figures.append(
                 triton_metrics.VersionFigures(
                     name, label[1], tally.figures() if tally is not None else stats.to_dict(),
-                    self.metrics.failures(*label), pending, cached and self.response_cache is not None,
+                    # cached: its config enables the cache, whether or not the server has one (Triton's series then
+                    # show 0, and its request summary is left out as for any cached model: helper-280)
+                    self.metrics.failures(*label), pending, cached,
                     tally.summaries if tally is not None else None,
                 )
             )  # fmt: skip
