@@ -4,6 +4,8 @@ control inputs of sequence batching."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from polystack.errors import InvalidModelFile
@@ -51,3 +53,32 @@ def test_a_control_inputs_type_is_that_of_its_values_not_of_the_empty_lists_get_
 def test_a_config_without_its_tensors_says_what_it_lacks() -> None:
     with pytest.raises(InvalidModelFile, match="a TorchScript model's config lists its outputs"):
         signature({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}]}, "a TorchScript model")
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ({"input": [5]}, "is not a tensor"),
+        ({"input": [{"name": "S", "data_type": ["TYPE_STRING"], "dims": [1]}]}, "needs a name, a data_type"),
+        ({"input": [{"name": "S", "data_type": {"a": 1}, "dims": [1]}]}, "needs a name, a data_type"),
+        ({"input": [{"name": "S", "data_type": "TYPE_STRING", "dims": [{}]}]}, "dims: {} is not a whole number"),
+        ({"input": [{"name": "S", "data_type": "TYPE_STRING", "dims": [[1]]}]}, "is not a whole number"),
+        ({"input": [{"name": "S", "data_type": "TYPE_STRING", "dims": ["a"]}]}, '"a" is not a whole number'),
+        ({"input": [{"name": "S", "data_type": "TYPE_STRING", "dims": [1.5]}]}, "1.5 is not a whole number"),
+        ({"input": [{"name": "S", "data_type": "TYPE_FP32", "dims": [1], "reshape": {"shape": [True]}}]}, "reshape"),
+        ({"input": "x"}, "must be a list of tensors"),
+        ({"max_batch_size": [1]}, "max_batch_size: [1] is not a whole number"),
+    ],
+)
+def test_a_config_whose_fields_hold_the_wrong_kind_of_value_is_refused_saying_which(config: dict, says: str) -> None:
+    """helper-282: a load's config reached these as an AttributeError, TypeError or ValueError (a 500)."""
+    with pytest.raises(InvalidModelFile, match=re.escape(says)):
+        signature({"backend": "python", **config}, "a Python model")
+
+
+def test_whole_numbers_read_as_protobufs_json_reads_them_and_odd_controls_are_left_to_the_checks() -> None:
+    config = {"max_batch_size": "4", "input": {"name": "x", "data_type": "TYPE_FP32", "dims": ["16", 2.0]},
+              "sequence_batching": {"control_input": [5, {"name": "S", "control": "x"}]}}  # fmt: skip
+    sig = signature(config, "a Python model")
+    assert [(t.name, t.shape) for t in sig.inputs] == [("x", (-1, 16, 2)), ("S", (-1, 1))]
+    assert signature({"sequence_batching": [1]}, "a Python model").inputs == ()

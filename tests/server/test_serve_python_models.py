@@ -523,6 +523,34 @@ def test_a_loads_config_is_the_one_initialize_sees(tmp_path: Path) -> None:
         assert client.get_model_config("scale")["parameters"]["factor"]["string_value"] == "3"
 
 
+
+def test_a_load_config_whose_fields_hold_the_wrong_kind_of_value_is_a_400_and_the_model_serves_on(
+    tmp_path: Path,
+) -> None:
+    """helper-282: a load's config for a Python model with a tensor that is not an object, a data_type that is a
+    list, dims that are not numbers, or parameters that are a list was a 500 and a traceback in the log."""
+    repo, port = repository(tmp_path / "models"), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "scale"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        good = {"name": "x", "data_type": "TYPE_FP32", "dims": [16]}
+        for config, says in (
+            ({"input": [5]}, "is not a tensor"),
+            ({"input": [{**good, "data_type": ["TYPE_FP32"]}]}, "needs a name, a data_type"),
+            ({"input": [{**good, "dims": [{}]}]}, "is not a whole number"),
+            ({"max_batch_size": [1]}, "is not a whole number"),
+            ({"parameters": [1]}, "parameters"),
+        ):
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model("scale", config=json.dumps({"backend": "python", **config}))
+            assert "400" in str(refused.value.status()) and says in refused.value.message(), refused.value.message()
+        i = httpclient.InferInput("x", [1, 16], "FP32")
+        i.set_data_from_numpy(np.ones((1, 16), np.float32))
+        assert client.infer("scale", [i]).as_numpy("y").shape == (1, 16)
+    assert "Traceback" not in (tmp_path / "log").read_text()
+
+
 AUTO = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils

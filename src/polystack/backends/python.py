@@ -851,7 +851,8 @@ class _OwnModel(ModuleType):
 def _execution_env(config: Mapping[str, Any]) -> str | None:
     """The execution environment (a conda-pack archive or folder) the model's config names for Triton's stub to run
     it in (its ``EXECUTION_ENV_PATH`` parameter), as written; None: none."""
-    value = (config.get("parameters") or {}).get("EXECUTION_ENV_PATH")
+    parameters = config.get("parameters")
+    value = parameters.get("EXECUTION_ENV_PATH") if isinstance(parameters, Mapping) else None
     path = value.get("string_value") if isinstance(value, Mapping) else value
     return str(path) if path else None
 

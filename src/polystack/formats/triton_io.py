@@ -17,11 +17,16 @@ _CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32
 
 
 def signature(config: dict[str, Any], kind: str) -> Signature:
-    """The inputs and outputs ``config`` declares for ``kind`` of model (as errors name it: "a Python model")."""
-    batched = int(config.get("max_batch_size") or 0) > 0
+    """The inputs and outputs ``config`` declares for ``kind`` of model (as errors name it: "a Python model"); a
+    config whose fields hold values of the wrong kind is refused saying which (a load's config is the client's)."""
+    batched = _whole(config.get("max_batch_size") or 0, "max_batch_size") > 0
     found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
     for key in ("input", "output"):
         items = config.get(key) or []
+        if isinstance(items, dict):  # a lone message where the field repeats, as protobuf's JSON reading takes it
+            items = [items]
+        if not isinstance(items, list):
+            raise InvalidModelFile(f"the config's {key} must be a list of tensors (name, data_type, dims)")
         # a model taking nothing (a generator, a self-test; batched, every request is refused, as Triton's are),
         # or giving nothing (its answers then carry no outputs), as Triton loads one
         if not items and kind == PYTHON:
@@ -32,20 +37,40 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
                 f"{'takes' if key == 'input' else 'returns'}"
             )
         for item in items:
+            if not isinstance(item, dict):
+                raise InvalidModelFile(
+                    f"the config's {key} {json.dumps(item)} is not a tensor: give an object with a name, a data_type "
+                    "(TYPE_FP32, ...) and dims"
+                )
             name, dtype, dims = item.get("name"), item.get("data_type"), item.get("dims")
-            if not isinstance(name, str) or not name or dtype not in TYPES or not isinstance(dims, list):
+            known = isinstance(dtype, str) and dtype in TYPES
+            if not isinstance(name, str) or not name or not known or not isinstance(dims, list):
                 raise InvalidModelFile(
                     f"{_triton_words(key, name, dtype, dims, config.get('name'))}the config's {key} "
                     f"{json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
                 )
-            reshape = item.get("reshape")
+            reshape, what = item.get("reshape"), f"{key} {name!r}'s dims"
             if isinstance(reshape, dict) and isinstance(reshape.get("shape", []), list):
                 dims = reshape.get("shape", [])  # the shape the model sees; model_config checks it against dims
-            spec = TensorSpec(name, TYPES[dtype], ((-1,) if batched else ()) + tuple(int(d) for d in dims))
+                what = f"{key} {name!r}'s reshape"
+            shape = tuple(_whole(d, what) for d in dims)
+            spec = TensorSpec(name, TYPES[str(dtype)], ((-1,) if batched else ()) + shape)
             found["optional" if key == "input" and item.get("optional") else key].append(spec)
     listed = {t.name for t in found["input"] + found["optional"]}
     found["input"] += [c for c in controls(config, batched) if c.name not in listed]
     return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
+
+
+def _whole(value: Any, what: str) -> int:
+    """``value`` as a whole number, as protobuf's JSON reading takes one (a number, or a string of one for 64-bit
+    fields); refused saying ``what`` it is otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.isascii():
+        return int(value)
+    raise InvalidModelFile(f"the config's {what}: {json.dumps(value)} is not a whole number")
 
 
 def _triton_words(key: str, name: Any, dtype: Any, dims: Any, model: Any) -> str:
@@ -55,7 +80,7 @@ def _triton_words(key: str, name: Any, dtype: Any, dims: Any, model: Any) -> str
         words = f"model {key} must specify 'name'"
     elif not dtype:
         words = f"model {key} '{name}' must specify 'data_type'"
-    elif dtype in TYPES and not isinstance(dims, list):
+    elif isinstance(dtype, str) and dtype in TYPES and not isinstance(dims, list):
         words = f"model {key} '{name}' must specify 'dims'"
     else:
         return ""
@@ -66,13 +91,17 @@ def controls(config: dict[str, Any], batched: bool) -> list[TensorSpec]:
     """The control inputs its sequence batching sets (START, END, READY, CORRID): inputs of the model that its
     config lists there alone, one value per request."""
     specs = []
-    for control_input in (config.get("sequence_batching") or {}).get("control_input") or []:
-        listed = control_input.get("control") or [{}]
+    sequence = config.get("sequence_batching")
+    # a config of the wrong shape here lists no controls: the config's own checks refuse it, in Triton's words
+    inputs = sequence.get("control_input") if isinstance(sequence, dict) else None
+    for control_input in inputs if isinstance(inputs, list) else []:
+        listed = control_input.get("control") if isinstance(control_input, dict) else None
+        listed = listed if isinstance(listed, list) and listed and isinstance(listed[0], dict) else [{}]
         # the values given (GET config shows those not used as empty lists, as Triton prints them)
         kind = next((_CONTROL_TYPES[k] for k in _CONTROL_TYPES if listed[0].get(k)), None)
         if kind is None:  # CONTROL_SEQUENCE_CORRID: its data_type (one the server's checks of the config read)
             kind = TYPES.get(str(listed[0].get("data_type")), DType.UINT64)
-        name = control_input.get("name")
+        name = control_input.get("name") if isinstance(control_input, dict) else None
         if isinstance(name, str) and name:
             specs.append(TensorSpec(name, kind, ((-1,) if batched else ()) + (1,)))
     return specs
