@@ -127,6 +127,23 @@ def test_json_bytes_of_another_count_than_the_shape_are_refused_in_tritons_words
             http_codec.decode_infer_request(body, model="m")
 
 
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ({"datatype": "FP32", "data": [1.0]}, "input 'x' has no 'shape': give its dimensions as a list of integers"),
+        ({"datatype": "FP32", "shape": "1", "data": [1.0]}, "'shape' must be a list of integers, not a string"),
+        ({"datatype": "FP32", "shape": {"a": 1}, "data": [1.0]}, "not an object"),
+        ({"datatype": "BYTES", "shape": [1], "data": [None]}, "BYTES data must be strings, not null"),
+        ({"datatype": "BYTES", "shape": [1], "data": [{}]}, "BYTES data must be strings, not an object"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_named_in_jsons_words(item: dict, words: str) -> None:
+    """helper-282: such refusals named Python's types (``got NoneType``, ``got dict``) to a JSON client."""
+    body = json.dumps({"inputs": [{"name": "x", **item}]}).encode()
+    with pytest.raises(InvalidTensor, match=re.escape(words)):
+        http_codec.decode_infer_request(body)
+
+
 def test_raw_tensor_must_match_shape_times_itemsize() -> None:
     with pytest.raises(InvalidTensor, match="needs 24 bytes"):
         from_raw("x", DType.FP64, (3,), b"\0" * 16)

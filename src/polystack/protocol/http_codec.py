@@ -44,6 +44,7 @@ from polystack.protocol.wire import (
     from_raw,
     from_shared_memory,
     input_twice,
+    json_kind,
     no_shared_memory,
     parse_dtype,
     parse_shape,
@@ -527,7 +528,7 @@ def _check_numbers(name: str, dtype: DType, flat: list[Any]) -> None:
 
 
 def _bytes_item(name: str, v: Any) -> bytes:
-    raise InvalidTensor(f"input {name!r}: BYTES data must be strings, got {type(v).__name__}")
+    raise InvalidTensor(f"input {name!r}: BYTES data must be strings, not {json_kind(v)}")
 
 
 def _leaves(data: Any) -> list[Any] | None:

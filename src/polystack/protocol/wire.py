@@ -167,10 +167,25 @@ class InferResponse:
     parameters: tuple[tuple[str, bool | int | str], ...] = ()
 
 
+def json_kind(value: Any) -> str:
+    """What ``value``, read from JSON, is in JSON's words (``null``, not Python's ``NoneType``), for errors."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list | tuple) else "an object" if isinstance(value, dict) else "a value"
+
+
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:
     """A list of non-negative ints whose product is within MAX_ELEMENTS, or InvalidTensor."""
+    if raw is None:
+        raise InvalidTensor(f"input {name!r} has no 'shape': give its dimensions as a list of integers ([1, 16])")
     if not isinstance(raw, list | tuple):
-        raise InvalidTensor(f"input {name!r}: 'shape' must be a list of integers, got {type(raw).__name__}")
+        raise InvalidTensor(f"input {name!r}: 'shape' must be a list of integers, not {json_kind(raw)}")
     if len(raw) > MAX_DIMS:
         raise InvalidTensor(f"input {name!r}: shape has {len(raw):,} dimensions; a tensor has at most {MAX_DIMS}")
     shape: list[int] = []
