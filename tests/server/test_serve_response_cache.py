@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +429,20 @@ def test_a_python_models_answer_is_a_hit_whatever_deadline_priority_or_transport
         assert (s["cache_hit"]["count"], s["cache_miss"]["count"]) == (6, 2)
 
 
+@contextmanager
+def _python_model_cached(tmp_path: Path, name: str, source: str, config: str) -> Iterator[int]:
+    """Python model ``name`` (its model.py ``source``, and ``config`` after its backend and cache lines) served
+    with a 1 MiB response cache; its HTTP port."""
+    from test_serve_python_models import python_folder
+
+    python_folder(tmp_path / "models", name, source, f'backend: "python"\nresponse_cache {{ enable: true }}\n{config}')
+    port = free_port()
+    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
+            "--cache-config", "local,size=1048576"]  # fmt: skip
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        yield port
+
+
 DOUBLES_OR_RAISES = """
 import triton_python_backend_utils as pb_utils
 
@@ -448,18 +463,11 @@ def test_a_request_whose_run_fails_is_a_miss_and_one_refused_before_it_is_neithe
     """Triton looks a request up in the cache once its checks passed, and counts the miss there whatever its run
     does then (helper-280: polystack counted no miss for a run that failed); a request its checks refuse never
     reaches the cache."""
-    from test_serve_python_models import python_folder
-
-    repo = tmp_path / "models"
-    python_folder(repo, "twice", DOUBLES_OR_RAISES,
-        'backend: "python"\nmax_batch_size: 0\nresponse_cache { enable: true }\n'
-        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+    config = (
+        'max_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-    )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--cache-config", "local,size=1048576"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+    )
+    with _python_model_cached(tmp_path, "twice", DOUBLES_OR_RAISES, config) as port:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
 
         def infer(values: list[float]) -> Any:
@@ -502,19 +510,13 @@ class TritonPythonModel:
 def test_a_request_that_times_out_in_its_queue_is_no_miss(tmp_path: Path) -> None:
     """Triton counts a miss as a batch takes the request; one its queue's timeout rejects before that is a failure
     only (helper-281: the first version of the miss for a failed run counted it)."""
-    from test_serve_python_models import python_folder
-
-    repo = tmp_path / "models"
-    python_folder(repo, "slow", SLOW_DOUBLES,
-        'backend: "python"\nmax_batch_size: 1\nresponse_cache { enable: true }\n'
+    config = (
+        'max_batch_size: 1\n'
         'dynamic_batching { default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 100000 } }\n'
         'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
-    )  # fmt: skip
-    port = free_port()
-    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1",
-            "--cache-config", "local,size=1048576"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+    )
+    with _python_model_cached(tmp_path, "slow", SLOW_DOUBLES, config) as port:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2)
 
         def sent(value: float) -> Any:
