@@ -68,6 +68,9 @@ def test_a_config_without_its_tensors_says_what_it_lacks() -> None:
         ({"input": [{"name": "S", "data_type": "TYPE_FP32", "dims": [1], "reshape": {"shape": [True]}}]}, "reshape"),
         ({"input": "x"}, "must be a list of tensors"),
         ({"max_batch_size": [1]}, "max_batch_size: [1] is not a whole number"),
+        ({"max_batch_size": "+-5"}, '"+-5" is not a whole number'),
+        ({"max_batch_size": "9" * 5000}, "is not a whole number"),
+        ({"input": [{"name": "S", "data_type": "TYPE_FP32", "dims": [1e300]}]}, "is not a whole number (int64)"),
     ],
 )
 def test_a_config_whose_fields_hold_the_wrong_kind_of_value_is_refused_saying_which(config: dict, says: str) -> None:

@@ -6,6 +6,7 @@ Triton hands the backend the reshaped tensor), and the control inputs its sequen
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from polystack.errors import InvalidModelFile
@@ -13,6 +14,7 @@ from polystack.types import DType, Signature, TensorSpec
 
 TYPES = {f"TYPE_{d.value}": d for d in DType if d is not DType.BYTES} | {"TYPE_STRING": DType.BYTES}
 PYTHON = "a Python model"  # the kind of model that may take no inputs
+_WHOLE = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")  # a 64-bit field's string, as protobuf's JSON reading takes it
 _CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
 
 
@@ -62,15 +64,16 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
 
 
 def _whole(value: Any, what: str) -> int:
-    """``value`` as a whole number, as protobuf's JSON reading takes one (a number, or a string of one for 64-bit
-    fields); refused saying ``what`` it is otherwise."""
+    """``value`` as a whole number within int64, as protobuf's JSON reading takes one (a number, or a string of
+    one for 64-bit fields); refused saying ``what`` it is otherwise."""
+    number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.isascii():
-        return int(value)
-    raise InvalidModelFile(f"the config's {what}: {json.dumps(value)} is not a whole number")
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (isinstance(value, str) and _WHOLE.fullmatch(value)):
+        number = int(value)
+    if number is None or not -(1 << 63) <= number < 1 << 63:
+        raise InvalidModelFile(f"the config's {what}: {json.dumps(value)[:60]} is not a whole number (int64)")
+    return number
 
 
 def _triton_words(key: str, name: Any, dtype: Any, dims: Any, model: Any) -> str:
