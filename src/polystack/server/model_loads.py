@@ -125,6 +125,7 @@ def _logged(entry: LoadedEntry) -> Iterator[None]:
             "closing a model that stopped being served failed", extra={"model": entry.name, "version": entry.version}
         )
 
+
 class ModelLoads:
     """Loads and unloads of the versions of the models ``plane`` serves (``plane.served_versions``)."""
 
@@ -190,7 +191,8 @@ class ModelLoads:
         try:
             return self._plan(record, config, agents)
         except PolystackError as e:  # the index lists the version that failed (its config refused, say)
-            raise e.at_version(record.version) from None
+            e.at_version(record.version)
+            raise
 
     def _plan(self, record: ModelRecord, config: str | None, agents: repository_agents.Agents) -> LoadPlan:
         plane = self.plane
