@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     # the precompiled headers of torch's C++ kernels go to /tmp/torchinductor_<user> whatever the cache folder, under
     # names that hash the run's folder in: 0.45 GB more with every run. The run compiles without them (AOTInductor's
-    # own: ``AotiPackages``)
+    # own: ``zoo.aoti_package``)
     os.environ["TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS"] = "0"
     config.stash[_INDUCTOR_CACHE] = folder
 
@@ -81,15 +81,11 @@ class AotiPackages:
         self.structured_module = _structured_module().eval()
 
     def _compiled(self, name: str, module: Any, args: tuple[Any, ...], **options: Any) -> Path:
-        import torch._inductor.config as inductor
-
         from polystack.zoo import aoti_package
 
         was = sys.getrecursionlimit()
         try:
-            # without precompiled headers, which torch keeps outside the run's cache folder (``pytest_configure``)
-            with inductor.patch({"aot_inductor.precompile_headers": False}):
-                return aoti_package(self.folder / f"{name}.pt2", module, args, **options)
+            return aoti_package(self.folder / f"{name}.pt2", module, args, **options)
         finally:
             sys.setrecursionlimit(was)  # torch's compiler raises it; the tests after it run as in any process
 

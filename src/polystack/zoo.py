@@ -202,7 +202,10 @@ def aoti_package(
         with contextlib.suppress(NotImplementedError):  # an exported program's module runs as it was exported
             module.eval()
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic)
-        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
+        # without precompiled headers: torch keeps them in /tmp/torchinductor_<user> for good, whatever its cache
+        # folder, 0.3 GB for each new cache folder (each test run's); they speed up only compiles to come
+        configs = {"aot_inductor.precompile_headers": False}
+        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs))
 
 
 def aoti_mlp(path: Path, sizes: tuple[int, ...] = (8, 16, 3), seed: int = 0) -> Path:
