@@ -270,10 +270,19 @@ def test_queue_of_size_zero_has_no_limit(make: Any) -> None:
     assert len(model.batches) == 20
 
 
-def test_client_deadline_is_ignored_when_the_policy_says_so(make: Any) -> None:
-    """Triton's allow_timeout_override false: the client's own deadline does not apply, the policy's does."""
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"client_timeouts": False},  # Triton's allow_timeout_override false
+        {"client_timeout_needs_default": True},  # Triton's override with no default timeout to shorten
+    ],
+    ids=["no override", "no default"],
+)
+def test_client_deadline_is_ignored_when_the_policy_says_so(make: Any, rule: dict[str, bool]) -> None:
+    """The client's own deadline does not apply, the policy's (none) does: under Triton's allow_timeout_override
+    false, and where the override has no default timeout to shorten (``client_timeout_needs_default``)."""
     model = Recording(delay_s=0.2)
-    b = make(model, max_batch_size=1, max_queue_delay_ms=0, client_timeouts=False)
+    b = make(model, max_batch_size=1, max_queue_delay_ms=0, **rule)
     first = b.submit(rows(1))
     time.sleep(0.05)
     patient = b.submit(rows(1, 7.0), timeout_s=0.05)
@@ -281,16 +290,11 @@ def test_client_deadline_is_ignored_when_the_policy_says_so(make: Any) -> None:
     first.result(timeout=5)
 
 
-def test_client_deadline_only_shortens_a_default_under_tritons_rule(make: Any) -> None:
-    """A Triton config's queue (``client_timeout_needs_default``): without a default timeout, a client's deadline
-    is ignored; polystack's own batching takes it alone too (``test_expired_request_is_rejected_and_never_run``)."""
+def test_client_deadline_shortens_a_default_under_tritons_rule(make: Any) -> None:
+    """A Triton config's queue (``client_timeout_needs_default``) with a default timeout: a client's shorter
+    deadline applies (without one it is ignored: ``test_client_deadline_is_ignored_when_the_policy_says_so``;
+    polystack's own batching takes it alone: ``test_expired_request_is_rejected_and_never_run``)."""
     model = Recording(delay_s=0.2)
-    b = make(model, max_batch_size=1, max_queue_delay_ms=0, client_timeout_needs_default=True)
-    first = b.submit(rows(1))
-    time.sleep(0.05)
-    patient = b.submit(rows(1, 7.0), timeout_s=0.05)
-    assert patient.result(timeout=5)["y"][0, 0] == 14.0  # ran, after waiting longer than its own deadline
-    first.result(timeout=5)
     b = make(model, max_batch_size=1, max_queue_delay_ms=0, timeout_s=5.0, client_timeout_needs_default=True)
     first = b.submit(rows(1))
     time.sleep(0.05)

@@ -78,12 +78,16 @@ def python_folder(repo: Path, name: str, source: str, config: str) -> None:
 
 
 @contextlib.contextmanager
-def served(tmp_path: Path, repo: Path, *flags: str) -> Iterator[httpclient.InferenceServerClient]:
+def served(
+    tmp_path: Path, repo: Path, *flags: str, **client_options: Any
+) -> Iterator[httpclient.InferenceServerClient]:
     """``polystack serve`` of the Python models of ``repo`` with ``flags`` (HTTP alone, its store in tmp_path /
-    "home", its log in tmp_path / "log"), as a user runs it, and a client of it."""
+    "home", its log in tmp_path / "log"), as a user runs it, and a client of it (``client_options``: tritonclient's,
+    ``concurrency=2`` say)."""
     port = free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", *flags]
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), httpclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", **client_options)
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"), client:
         yield client
 
 

@@ -430,17 +430,16 @@ def test_a_python_models_answer_is_a_hit_whatever_deadline_priority_or_transport
 
 
 @contextmanager
-def _python_model_cached(tmp_path: Path, name: str, source: str, config: str) -> Iterator[int]:
+def _python_model_cached(
+    tmp_path: Path, name: str, source: str, config: str, **client_options: Any
+) -> Iterator[httpclient.InferenceServerClient]:
     """Python model ``name`` (its model.py ``source``, and ``config`` after its backend and cache lines) served
-    with a 1 MiB response cache; its HTTP port."""
-    from test_serve_python_models import python_folder
+    with a 1 MiB response cache; a client of it."""
+    from test_serve_python_models import python_folder, served
 
     python_folder(tmp_path / "models", name, source, f'backend: "python"\nresponse_cache {{ enable: true }}\n{config}')
-    port = free_port()
-    args = ["--model-repository", str(tmp_path / "models"), "--allow-python-models", "--grpc-port", "-1",
-            "--cache-config", "local,size=1048576"]  # fmt: skip
-    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
-        yield port
+    with served(tmp_path, tmp_path / "models", "--cache-config", "local,size=1048576", **client_options) as client:
+        yield client
 
 
 DOUBLES_OR_RAISES = """
@@ -467,8 +466,7 @@ def test_a_request_whose_run_fails_is_a_miss_and_one_refused_before_it_is_neithe
         'max_batch_size: 0\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
     )
-    with _python_model_cached(tmp_path, "twice", DOUBLES_OR_RAISES, config) as port:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with _python_model_cached(tmp_path, "twice", DOUBLES_OR_RAISES, config) as client:
 
         def infer(values: list[float]) -> Any:
             x = httpclient.InferInput("x", [len(values)], "FP32")
@@ -516,8 +514,7 @@ def test_a_request_that_times_out_in_its_queue_is_no_miss(tmp_path: Path) -> Non
         'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
         'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
     )
-    with _python_model_cached(tmp_path, "slow", SLOW_DOUBLES, config) as port:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=2)
+    with _python_model_cached(tmp_path, "slow", SLOW_DOUBLES, config, concurrency=2) as client:
 
         def sent(value: float) -> Any:
             x = httpclient.InferInput("x", [1, 1], "FP32")
@@ -531,4 +528,3 @@ def test_a_request_that_times_out_in_its_queue_is_no_miss(tmp_path: Path) -> Non
         assert running.get_result().as_numpy("y").tolist() == [[2.0]]
         s = client.get_inference_statistics("slow")["model_stats"][0]["inference_stats"]
         assert (s["cache_miss"]["count"], s["success"]["count"], s["fail"]["count"]) == (1, 1, 1)
-        client.close()
