@@ -6,22 +6,21 @@ Triton hands the backend the reshaped tensor), and the control inputs its sequen
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from polystack.errors import InvalidModelFile
+from polystack.errors import InvalidModelFile, InvalidRequest, quote
 from polystack.types import DType, Signature, TensorSpec
 
 TYPES = {f"TYPE_{d.value}": d for d in DType if d is not DType.BYTES} | {"TYPE_STRING": DType.BYTES}
 PYTHON = "a Python model"  # the kind of model that may take no inputs
-_WHOLE = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")  # a 64-bit field's string, as protobuf's JSON reading takes it
+_INT32, _INT64 = 1 << 31, 1 << 63  # the ranges of a config's int32 and int64 fields: from -N to N - 1
 _CONTROL_TYPES = {"int32_false_true": DType.INT32, "fp32_false_true": DType.FP32, "bool_false_true": DType.BOOL}
 
 
 def signature(config: dict[str, Any], kind: str) -> Signature:
     """The inputs and outputs ``config`` declares for ``kind`` of model (as errors name it: "a Python model"); a
     config whose fields hold values of the wrong kind is refused saying which (a load's config is the client's)."""
-    batched = _whole(config.get("max_batch_size") or 0, "max_batch_size") > 0
+    batched = whole(config.get("max_batch_size") or 0, "the config's max_batch_size", -_INT32, _INT32 - 1) > 0
     found: dict[str, list[TensorSpec]] = {"input": [], "output": [], "optional": []}
     for key in ("input", "output"):
         items = config.get(key) or []
@@ -51,11 +50,11 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
                     f"{_triton_words(key, name, dtype, dims, config.get('name'))}the config's {key} "
                     f"{json.dumps(item)} needs a name, a data_type (TYPE_FP32, ...) and dims"
                 )
-            reshape, what = item.get("reshape"), f"{key} {name!r}'s dims"
+            reshape, what = item.get("reshape"), f"the config's {key} {name!r}'s dims"
             if isinstance(reshape, dict) and isinstance(reshape.get("shape", []), list):
                 dims = reshape.get("shape", [])  # the shape the model sees; model_config checks it against dims
-                what = f"{key} {name!r}'s reshape"
-            shape = tuple(_whole(d, what) for d in dims)
+                what = f"the config's {key} {name!r}'s reshape"
+            shape = tuple(whole(d, what, -_INT64, _INT64 - 1) for d in dims)
             spec = TensorSpec(name, TYPES[str(dtype)], ((-1,) if batched else ()) + shape)
             found["optional" if key == "input" and item.get("optional") else key].append(spec)
     listed = {t.name for t in found["input"] + found["optional"]}
@@ -63,17 +62,17 @@ def signature(config: dict[str, Any], kind: str) -> Signature:
     return Signature(tuple(found["input"]), tuple(found["output"]), tuple(found["optional"]))
 
 
-def _whole(value: Any, what: str) -> int:
-    """``value`` as a whole number within int64, as protobuf's JSON reading takes one (a number, or a string of
-    one for 64-bit fields); refused saying ``what`` it is otherwise."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif (isinstance(value, float) and value.is_integer()) or (isinstance(value, str) and _WHOLE.fullmatch(value)):
-        number = int(value)
-    if number is None or not -(1 << 63) <= number < 1 << 63:
-        raise InvalidModelFile(f"the config's {what}: {json.dumps(value)[:60]} is not a whole number (int64)")
-    return number
+def whole(v: Any, what: str, lo: int, hi: int) -> int:
+    """A config's whole number ``v`` from ``lo`` to ``hi``, as protobuf's JSON reading takes one (a number, 1.0
+    for 1, or a string of one for 64-bit fields); refused saying ``what`` it is otherwise (``config_schema`` reads
+    every config's numbers with it)."""
+    if isinstance(v, str) and len(v) <= 21 and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
+        v = int(v)  # protobuf's JSON writes 64-bit integers as strings
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)  # and its parsers take 1.0 for 1
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InvalidRequest(f"{what}: {quote(v)} is not a whole number from {lo} to {hi}")
+    return v
 
 
 def _triton_words(key: str, name: Any, dtype: Any, dims: Any, model: Any) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polystack.errors import InvalidRequest, quote
+from polystack.formats.triton_io import whole
 from polystack.server import repository_agents
 from polystack.types import DType, TensorSpec
 
@@ -316,16 +317,6 @@ def read_bool(d: dict[str, Any], key: str, where: str) -> bool:
 
 def read_int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
     return whole(d.get(key, 0), f"{where}.{key}", lo, hi)
-
-
-def whole(v: Any, what: str, lo: int, hi: int) -> int:
-    if isinstance(v, str) and len(v) <= 21 and v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
-        v = int(v)  # protobuf's JSON writes 64-bit integers as strings
-    elif isinstance(v, float) and v.is_integer():
-        v = int(v)  # and its parsers take 1.0 for 1
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise InvalidRequest(f"{what}: {quote(v)} is not a whole number from {lo} to {hi}")
-    return v
 
 
 def read_int_list(value: Any, where: str, lo: int = -1) -> list[int]:
