@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc as grpc_module
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -27,6 +28,8 @@ from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
 from polystack.formats import python_model
+from polystack.protocol.grpc_gen import inference_pb2 as pb
+from polystack.protocol.grpc_gen import inference_pb2_grpc as pb_grpc
 
 SCALE = '''
 import json
@@ -145,6 +148,20 @@ def test_a_python_model_serves_alone_and_in_an_ensemble_as_triton_serves_it(tmp_
         ok = httpclient.InferInput("x", [1, 16], "FP32")
         ok.set_data_from_numpy(x[:1])
         np.testing.assert_array_equal(http.infer("scale", [ok]).as_numpy("y"), x[:1] * 2)
+        # in a gRPC stream, an answer that failed in the model's run (an error answered, or execute raised: the
+        # batcher may run both in one execute, which fails both) names the model beside the request's id, as
+        # tritonserver 2.51's do (helper-284; one its checks refuse carries the id alone: test_serve_grpc)
+        sent = []
+        for rid, value in (("nan", np.nan), ("small", -1000.0)):
+            data = np.full((1, 16), value, np.float32).tobytes()
+            r = pb.ModelInferRequest(model_name="scale", id=rid, raw_input_contents=[data])
+            r.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+            sent.append(r)
+        with grpc_module.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            answers = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent), timeout=30))
+        assert [(a.infer_response.id, a.infer_response.model_name, bool(a.error_message)) for a in answers] == [
+            ("nan", "scale", True), ("small", "scale", True)
+        ]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert '"msg":"scale finalized"' in (tmp_path / "log").read_text()  # finalize ran at the stop

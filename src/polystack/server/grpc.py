@@ -172,9 +172,12 @@ def _not_run(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
 def _failed(request: pb.ModelInferRequest, message: str, in_run: bool = False) -> pb.ModelStreamInferResponse:
     """A stream's answer to ``request`` that failed with ``message``: its id alone, as tritonserver 2.51 answers a
     request its checks refuse (helper-107: polystack named the model and version too); one that failed in its run
-    is marked final too, as Triton's response-complete path marks every answer it writes."""
-    failed = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
-    return _final(failed) if in_run else failed
+    names the model too (helper-284: the model raised, or answered an error) and is marked final, as Triton's
+    response-complete path writes every answer."""
+    if not in_run:
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
+    answer = pb.ModelInferResponse(id=request.id, model_name=request.model_name)
+    return _final(pb.ModelStreamInferResponse(error_message=message, infer_response=answer))
 
 
 def _final(msg: pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
