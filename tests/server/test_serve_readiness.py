@@ -268,6 +268,16 @@ def test_a_start_failure_before_the_model_is_read_leaves_the_server_ready_and_re
             x.set_data_from_numpy(np.ones((1, 16), np.float32))
             with pytest.raises(InferenceServerException, match=f"'{name}' {words}; its last load failed"):
                 client.infer(name, [x])
+        # the version whose load failed is not at ready state (503, which a client may retry), as Triton's (helper-283:
+        # polystack said 404); a version the failed load did not have, or one of a model never read, is not found
+        for name, version, code, words in (
+            ("bad", "1", "503", "'bad' version 1 is not at ready state; its last load failed"),
+            ("bad", "2", "404", "'bad' has no available versions; its last load failed"),
+            ("a", "1", "404", "'a' is not found; its last load failed"),
+        ):
+            with pytest.raises(InferenceServerException, match=words) as e:
+                client.infer(name, [x], model_version=version)
+            assert e.value.status() == code, (name, version, e.value)
         client.close()
     finally:
         proc.kill()

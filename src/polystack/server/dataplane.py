@@ -579,9 +579,16 @@ class DataPlane:
                 stopped = {n for n, _ in frozenset(self.history.stopped)}
                 failed = self.history.failures.get(name)
                 if isinstance(e, ModelNotFound) and failed is not None:  # Triton's words, then why
-                    # a model Triton tracks (its load failed) has no available versions; one whose load failed
+                    # a model Triton tracks (its load failed) has no available versions, and the version that failed
+                    # is not at ready state (UNAVAILABLE, which a client may retry: helper-283); one whose load failed
                     # before it was read (Triton's poll failed) is not found
-                    known = "is not found" if name in self.history.unread else "has no available versions"
+                    unread = name in self.history.unread
+                    if v is not None and v == failed[0] and not unread:
+                        raise ModelNotReady(
+                            f"Request for unknown model: {name!r} version {v} is not at ready state; its last load "
+                            f"failed: {failed[1]}"
+                        ) from None
+                    known = "is not found" if unread else "has no available versions"
                     raise ModelNotFound(
                         f"Request for unknown model: {name!r} {known}; its last load failed: {failed[1]}"
                     ) from None
