@@ -3202,3 +3202,45 @@ def test_an_execute_that_raises_is_an_execution_and_no_inference_as_triton_count
                 client.infer(model, [httpclient.InferInput("x", [1, 3], "FP32").set_data_from_numpy(
                     np.ones((1, 3), np.float32))], **sequence)  # fmt: skip
             assert counts() == (3, 1, 3, 3), model  # refused before it ran: no execution
+
+
+def test_a_config_changed_in_its_instance_groups_alone_keeps_the_versions_statistics_as_tritons(
+    tmp_path: Path,
+) -> None:
+    """helper-283: tritonserver 2.51 updates a model in place when its config changes in its instance groups alone
+    (or in comments, or its version policy): its statistics count on, where polystack's started again at 0. A
+    change to its files reloads it, and its statistics start again on both; Triton's metrics count on throughout."""
+    import urllib.request
+
+    repo, port = repository(tmp_path / "models"), free_port()
+    args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
+            "explicit", "--load-model", "scale", "--triton-metrics"]  # fmt: skip
+    x = httpclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+
+    def counts() -> tuple[int, float]:
+        [stats] = client.get_inference_statistics("scale")["model_stats"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        shown = re.search(r'^nv_inference_count\{model="scale",version="1"\} (\S+)$', metrics, re.M)
+        assert shown is not None, metrics
+        return stats["inference_count"], float(shown.group(1))
+
+    with cli_server(tmp_path / "home", args, port, tmp_path / "log"):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(3):
+            client.infer("scale", [x])
+        assert counts() == (3, 3)
+        config = repo / "scale" / "config.pbtxt"
+        groups = "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+        config.write_text("# two instances now\n" + config.read_text() + groups)
+        client.load_model("scale")
+        assert client.get_model_config("scale")["instance_group"][0]["count"] == 2
+        client.infer("scale", [x])
+        assert counts() == (4, 4)  # counting on: updated in place
+        source = repo / "scale" / "1" / "model.py"
+        source.write_text(source.read_text() + "\n# changed\n")
+        time.sleep(0.01)  # a later modification time than its last load's
+        client.load_model("scale")
+        client.infer("scale", [x])
+        assert counts() == (1, 5)  # reloaded: its statistics start again, Triton's metric counts on
+        client.close()

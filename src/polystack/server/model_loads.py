@@ -293,6 +293,22 @@ class ModelLoads:
                 raise
             return self._route(plan, served)
 
+    def _in_place(self, old: ServedModel, new: ServedModel) -> bool:
+        """Whether ``new`` serves ``old``'s version as ``old`` did but its instance groups: its config (as GET config
+        shows it) the same but those, its files unchanged (the caller knows). tritonserver 2.51 updates such a model
+        in place, as it leaves alone a version whose config changed in its version policy, comments or layout: its
+        statistics count on (helper-283: polystack's started again at 0 each time, where only the Python backend's
+        instances were kept)."""
+
+        def shown(s: ServedModel) -> dict[str, Any]:
+            sequence = s.sequencer.policy if s.sequencer is not None else None
+            config = model_config.render(s.entry, s.batcher, self.plane.instances_of(s), s.additions, sequence)
+            config.pop("instance_group", None)
+            return config
+
+        # (the record's digest is the folder's, its config's text in it: the files beside it are the caller's)
+        return old.entry.record.format == new.entry.record.format and shown(old) == shown(new)
+
     def _build(self, plan: LoadPlan) -> LoadedEntry:
         """Load (and warm up) what ``plan`` says, routing nothing to it yet; a failure is tried again
         ``load_retries`` times (unless the server drains meanwhile)."""
@@ -419,11 +435,16 @@ class ModelLoads:
             return served
         return ServedModel(entry, None, None, None, plan.additions)
 
-    def _route(self, plan: LoadPlan, served: ServedModel) -> LoadedEntry:
-        """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes."""
+    def _route(self, plan: LoadPlan, served: ServedModel, same_files: bool = False) -> LoadedEntry:
+        """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes. ``same_files``:
+        the version's files are those the served one was loaded from (a repository load that found them unchanged),
+        so that a config changed in its instance groups alone updates the version in place (``_in_place``)."""
         plane = self.plane
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
+        before = plane.served_versions.get(key)  # (this model's loads are one at a time: loader.claim)
+        if same_files and before is not None and self._in_place(before, served):
+            entry.stats = before.entry.stats  # counting on, as Triton's model updated in place (it counts nothing yet)
         # before it is routed: every request it answers is in the version's figures and summaries
         plane.tally((entry.name, str(entry.version))).add(entry.stats)
         with plane.routing:  # a request resolved meanwhile sees the old entry with its batcher, or the new with its
@@ -714,7 +735,10 @@ class ModelLoads:
                     e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
                 raise
             fresh = iter(zip(changed, ready, strict=True))
-            entries = [same or self._route(*next(fresh)) for same in kept]
+            entries = [
+                same or self._route(*next(fresh), same_files=plan.record.version not in afresh)
+                for plan, same in zip(plans, kept, strict=True)
+            ]
         for same in kept:
             if same is not None:  # Triton does nothing for a load of a model without changes
                 log.info("model served as asked", extra={"model": same.name, "version": same.version})
@@ -786,7 +810,10 @@ class ModelLoads:
                         time.sleep(0.005)  # the executes running on its threads
                     finish_streams(s, deadline, plane.stopping)
                     tally = plane.tallies.get((s.entry.name, str(s.entry.version)))
-                    if tally is not None:  # its figures are final: what Triton's names count on from
+                    # its figures are final: what Triton's names count on from; unless what replaced it in place
+                    # counts on in them (``_in_place``)
+                    counting = any(o.entry.stats is s.entry.stats for o in list(plane.served_versions.values()))
+                    if tally is not None and not counting:
                         tally.fold(s.entry.stats)
                     if plane.response_cache is not None:  # nothing routes to it: its answers only take room now
                         plane.response_cache.forget(s.load)
