@@ -3237,10 +3237,14 @@ def test_a_config_changed_in_its_instance_groups_alone_keeps_the_versions_statis
         assert client.get_model_config("scale")["instance_group"][0]["count"] == 2
         client.infer("scale", [x])
         assert counts() == (4, 4)  # counting on: updated in place
+        config.write_text(config.read_text() + "version_policy: { latest: { num_versions: 2 } }\n")
+        client.load_model("scale")
+        client.infer("scale", [x])
+        assert counts() == (5, 5)  # a version policy that keeps the version: the same
         source = repo / "scale" / "1" / "model.py"
         source.write_text(source.read_text() + "\n# changed\n")
         time.sleep(0.01)  # a later modification time than its last load's
         client.load_model("scale")
         client.infer("scale", [x])
-        assert counts() == (1, 5)  # reloaded: its statistics start again, Triton's metric counts on
+        assert counts() == (1, 6)  # reloaded: its statistics start again, Triton's metric counts on
         client.close()
