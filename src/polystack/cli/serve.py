@@ -169,8 +169,9 @@ def serve(
         "true",
         "--strict-readiness",
         metavar="BOOL",
-        help="Triton's: true (its default) reports the server not ready while a model a load left is not (loading, "
-        "or its load failed); false: ready whenever it is not shutting down.",
+        help="Triton's: true (its default) reports the server not ready while a model loads for the first time or "
+        "its last load failed (a reload stays ready, its versions serving on, where Triton's is not); false: ready "
+        "whenever it is not shutting down.",
     ),
     drain_timeout_s: float = typer.Option(
         30.0,
