@@ -435,14 +435,17 @@ class ModelLoads:
             return served
         return ServedModel(entry, None, None, None, plan.additions)
 
-    def _route(self, plan: LoadPlan, served: ServedModel, same_files: bool = False) -> LoadedEntry:
+    def _route(self, plan: LoadPlan, served: ServedModel, same_files: bool | None = None) -> LoadedEntry:
         """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes. ``same_files``:
-        the version's files are those the served one was loaded from (a repository load that found them unchanged),
-        so that a config changed in its instance groups alone updates the version in place (``_in_place``)."""
+        whether the version's files are those the served one was loaded from (a repository load compares the
+        folder's; None: the records' digests, a store model's file), so that a config changed in its instance
+        groups alone updates the version in place (``_in_place``)."""
         plane = self.plane
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
         before = plane.served_versions.get(key)  # (this model's loads are one at a time: loader.claim)
+        if same_files is None:
+            same_files = before is not None and before.entry.record.digest == entry.record.digest
         if same_files and before is not None and self._in_place(before, served):
             entry.stats = before.entry.stats  # counting on, as Triton's model updated in place (it counts nothing yet)
         # before it is routed: every request it answers is in the version's figures and summaries
@@ -696,18 +699,24 @@ class ModelLoads:
         refs: list[ModelRef],
         config: str | None,
         agents: repository_agents.Agents = (),
-        afresh: Collection[int] = (),
+        afresh: Collection[int] | None = None,
     ) -> LoadedEntry:
         """Serve these versions of one model, and no other version of it: all or none, as Triton loads a
         model's versions. Every version is planned (its config checked) and loaded before any is routed to;
         if one fails, those loaded close and what was served serves on. A version served as a plan would serve
-        it again stays as it is, unless it is ``afresh`` (its files were modified since its last load)."""
+        it again stays as it is, unless it is ``afresh`` (its files were modified since its last load; None: a
+        load that did not compare them, a store model's)."""
         with self.plane.loader.claim(refs[0].name):  # its builds let other loads run: this model's wait for it
             return self._serve_versions(refs, config, agents, afresh)
 
     def _serve_versions(
-        self, refs: list[ModelRef], config: str | None, agents: repository_agents.Agents, afresh: Collection[int]
+        self,
+        refs: list[ModelRef],
+        config: str | None,
+        agents: repository_agents.Agents,
+        compared: Collection[int] | None,
     ) -> LoadedEntry:
+        afresh = compared or ()
         plans = []
         for r in refs:
             try:
@@ -735,9 +744,11 @@ class ModelLoads:
                     e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
                 raise
             fresh = iter(zip(changed, ready, strict=True))
+            # the files of a version not afresh are those it was served from (None: not compared, a store model's)
+            same_files = [None if compared is None else p.record.version not in afresh for p in plans]
             entries = [
-                same or self._route(*next(fresh), same_files=plan.record.version not in afresh)
-                for plan, same in zip(plans, kept, strict=True)
+                same or self._route(*next(fresh), same_files=files)
+                for same, files in zip(kept, same_files, strict=True)
             ]
         for same in kept:
             if same is not None:  # Triton does nothing for a load of a model without changes
