@@ -146,6 +146,8 @@ def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
     client = httpclient.InferenceServerClient(server.http_url)
     client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed3"]})
     try:
+        for _ in range(2):
+            client.infer("mlp2", [mlp_ones(2)])
         with caught_logs("polystack.server", logging.INFO) as logs:
             client.load_model("mlp2", config=_config("mlp2"), files={"file:1/model.onnx": uploads["seed4"]})
         registered = [r for r in logs if r.getMessage() == "model registered from a load's files"]
@@ -154,6 +156,9 @@ def test_a_loads_files_serve_as_the_version_their_directory_names_as_tritons_do(
         assert [r.digest for r in store.models.list() if r.name == "mlp2"] != [records["mlp"].digest]
         answer = client.infer("mlp2", [mlp_ones(2)], model_version="1").as_numpy("y")
         np.testing.assert_allclose(answer, _expected(uploads["seed4"], tmp_path), rtol=1e-5, atol=1e-6)
+        # other bytes are another model: its statistics start again (the same config updates none in place)
+        [stats] = client.get_inference_statistics("mlp2", "1")["model_stats"]
+        assert stats["inference_count"] == 2, stats
         # a path with a leading slash is in the model's folder all the same: Triton joins it to its folder, and its
         # QA test (L0_backend_python_pytest model_control, helper-188) loads its models so; polystack refused it
         client.load_model("mlp2", config=_config("mlp2"), files={"file:/5/model.onnx": uploads["seed3"]})
