@@ -145,7 +145,7 @@ class ModelLoads:
         with self.plane.loader.claim(name):
             plan = self.plan_load(ref, config)
             try:
-                return self._apply(plan)
+                return self._apply(plan, same_files=False if config is not None else None)
             except PolystackError as e:  # the index lists the version that failed (a start's failed load)
                 raise e.at_version(plan.record.version) from None
 
@@ -282,8 +282,9 @@ class ModelLoads:
             additions = dataclasses.replace(additions, agents=agents)
         return LoadPlan(record, spec, policy, instances, additions, config, sequence)
 
-    def _apply(self, plan: LoadPlan) -> LoadedEntry:
-        """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``)."""
+    def _apply(self, plan: LoadPlan, same_files: bool | None = None) -> LoadedEntry:
+        """Load what ``plan`` says and route to it; what it replaces drains and closes (``_retire``);
+        ``same_files``: ``_route``'s."""
         with self._loading_versions([plan]):
             entry = self._build(plan)
             try:
@@ -291,7 +292,7 @@ class ModelLoads:
             except BaseException:
                 entry.model.close()
                 raise
-            return self._route(plan, served)
+            return self._route(plan, served, same_files)
 
     def _in_place(self, old: ServedModel, new: ServedModel) -> bool:
         """Whether ``new`` serves ``old``'s version as ``old`` did but its instance groups: its config (as GET config
@@ -438,8 +439,9 @@ class ModelLoads:
     def _route(self, plan: LoadPlan, served: ServedModel, same_files: bool | None = None) -> LoadedEntry:
         """Route to ``served`` (nothing here fails halfway); what it replaces drains and closes. ``same_files``:
         whether the version's files are those the served one was loaded from (a repository load compares the
-        folder's; None: the records' digests, a store model's file), so that a config changed in its instance
-        groups alone updates the version in place (``_in_place``)."""
+        folder's; None: the records' digests, a store model's file; False for a load with a config of its own, which
+        replaces the instance whatever the config, as Triton's does), so that a config changed in its instance groups
+        alone updates the version in place (``_in_place``)."""
         plane = self.plane
         entry, spec, policy, batcher = served.entry, plan.spec, plan.policy, served.batcher
         key = (entry.name, entry.version)
@@ -744,8 +746,12 @@ class ModelLoads:
                     e.at_version(changed[len(built) if len(built) < len(changed) else len(ready)].record.version)
                 raise
             fresh = iter(zip(changed, ready, strict=True))
-            # the files of a version not afresh are those it was served from (None: not compared, a store model's)
-            same_files = [None if compared is None else p.record.version not in afresh for p in plans]
+            # the files of a version not afresh are those it was served from (None: not compared, a store model's);
+            # a load with a config of its own replaces the instance whatever the config, as Triton's does
+            same_files = [
+                False if config is not None else None if compared is None else p.record.version not in afresh
+                for p in plans
+            ]
             entries = [
                 same or self._route(*next(fresh), same_files=files)
                 for same, files in zip(kept, same_files, strict=True)
