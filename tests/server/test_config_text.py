@@ -153,3 +153,15 @@ def test_a_lone_value_where_model_config_repeats_a_field_reads_as_a_list_of_it()
     unchanged = json.dumps({"instance_group": [{"count": 2}]}, indent=1)
     assert config_text.lists_where_repeated(unchanged) is unchanged
     assert config_text.lists_where_repeated("not json") == "not json"
+
+
+def test_a_load_config_nested_past_any_config_is_not_read_by_a_parser_that_recurses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config override nested 10,000 deep was read by json, then by json5, each recursing to Python's limit: a
+    finalizer the collector ran down there had no stack left, and a suite run failed on its RecursionError. Such a
+    text goes on as it is (``model_config.read`` refuses it), read by no parser that recurses in Python."""
+    deep = "[" * 10_000 + "]" * 10_000
+    monkeypatch.setattr(config_text, "_relaxed", lambda text: pytest.fail("read by json5"))
+    monkeypatch.setattr(config_text.json, "loads", lambda text: pytest.fail("read by json"))
+    assert config_text.lists_where_repeated(deep) == deep
