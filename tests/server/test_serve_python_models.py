@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -3210,8 +3211,6 @@ def test_a_config_changed_in_its_instance_groups_alone_keeps_the_versions_statis
     """helper-283: tritonserver 2.51 updates a model in place when its config changes in its instance groups alone
     (or in comments, or its version policy): its statistics count on, where polystack's started again at 0. A
     change to its files reloads it, and its statistics start again on both; Triton's metrics count on throughout."""
-    import urllib.request
-
     repo, port = repository(tmp_path / "models"), free_port()
     args = ["--model-repository", str(repo), "--allow-python-models", "--grpc-port", "-1", "--model-control-mode",
             "explicit", "--load-model", "scale", "--triton-metrics"]  # fmt: skip
