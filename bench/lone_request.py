@@ -191,10 +191,11 @@ def main() -> int:
     ap.add_argument("--child", choices=("polystack", "minimal"), help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--model-file", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)  # a request's row shape, as JSON
     ap.add_argument("--requests", type=int, default=3000)
     a = ap.parse_args()
     if a.child:
-        shape = serving.build_models(Path(tempfile.mkdtemp(prefix="lone-shape-")))[MODEL][1][1:]
+        shape = json.loads(a.shape)
         if a.child == "polystack":
             out: Any = polystack_phases(Path(a.home), shape, a.requests, max(200, a.requests // 6))
         else:
@@ -205,7 +206,7 @@ def main() -> int:
     load_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="lone-request-") as tmp:
         work = Path(tmp)
-        path, _ = serving.build_models(work)[MODEL]
+        path, shape = serving.build_models(work)[MODEL]
         home = work / "home"
         subprocess.run(
             [str(serving.ROOT / ".venv" / "bin" / "polystack"), "--home", str(home), "register", str(path), "--name",
@@ -215,17 +216,17 @@ def main() -> int:
 
         def child(kind: str) -> Any:
             cmd = [sys.executable, __file__, "--child", kind, "--home", str(home), "--model-file", str(path),
-                   "--requests", str(requests)]  # fmt: skip
+                   "--shape", json.dumps(shape[1:]), "--requests", str(requests)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if out.returncode != 0:
                 raise RuntimeError(f"the {kind} run failed:\n{out.stderr[-3000:]}")
             return json.loads(out.stdout.strip().splitlines()[-1])
 
-        runs: list[dict[str, Any]] = []
-        minimal_runs: list[dict[str, float]] = []
+        done: dict[str, list[Any]] = {"polystack": [], "minimal": []}
         for r in range(repeats):  # each in a fresh process, alternating
-            for kind in ("polystack", "minimal") if r % 2 == 0 else ("minimal", "polystack"):
-                (runs.append if kind == "polystack" else minimal_runs.append)(child(kind))
+            for kind in list(done) if r % 2 == 0 else list(reversed(done)):
+                done[kind].append(child(kind))
+        runs, minimal_runs = done["polystack"], done["minimal"]
     names = [name for name, _, _ in phases()]
     result = {
         **serving.run_facts(load_start),
@@ -269,7 +270,8 @@ def write_markdown(result: dict[str, Any]) -> None:
         f"| the whole request, minimal (from its body: simdjson, numpy, the same runtime call, orjson) | "
         f"{result['minimal_request_us']:g} |",
         "",
-        "polystack's own work around the runtime call, HTTP parsing and the write left out: "
+        "polystack's own work around the runtime call, HTTP parsing and the write left out (the harness's callback"
+        " that sends the next request in it): "
         f"{own:.0f} us a request, against"
         f" {result['minimal_request_us'] - result['minimal_runtime_us']:.0f} us for the minimal answer (each less its"
         f" runtime call's median: {runtime:g} us in polystack, {result['minimal_runtime_us']:g} us in the minimal"
