@@ -1,10 +1,11 @@
-"""InFlight: what a drain waits for, and when a request is alone (the inline fast path's question)."""
+"""InFlight: what a drain waits for, when a request is alone, and when its client is serial (the inline fast path's
+questions)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from polystack.server.in_flight import InFlight
+from polystack.server.in_flight import SERIAL_AFTER, InFlight
 
 
 def test_a_request_is_alone_by_itself_or_as_the_one_step_of_the_one_ensemble_request() -> None:
@@ -43,3 +44,24 @@ def test_a_drain_waits_until_the_last_one_leaves() -> None:
         return idle_at_once, busy, one_left, await flight.wait_idle(5), flight.count
 
     assert asyncio.run(drain()) == (True, False, False, True, 0)
+
+
+def test_a_client_is_serial_after_its_requests_came_in_a_row_from_one_connection() -> None:
+    flight = InFlight()
+    one, other = object(), object()
+    for _ in range(SERIAL_AFTER):
+        flight.arrived(one)
+    assert not flight.serial  # its first and 7 more: one short
+    flight.arrived(one)
+    assert flight.serial
+    flight.arrived(other)  # another connection's: two clients, or one sending several at once
+    assert not flight.serial
+    for _ in range(SERIAL_AFTER):
+        flight.arrived(other)
+    assert flight.serial
+    flight.arrived(None)  # from where requests may come at once (gRPC): never serial
+    flight.arrived(None)
+    assert not flight.serial
+    for _ in range(SERIAL_AFTER * 2):
+        flight.arrived(None)
+    assert not flight.serial

@@ -471,6 +471,41 @@ def test_a_request_larger_than_a_fast_models_usual_ones_runs_off_the_event_loop(
     assert seen[-2] == "polystack-server" and seen[-1] != "polystack-server", seen[-3:]
 
 
+def test_a_client_sending_one_request_at_a_time_has_slower_models_run_on_the_event_loop(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past --inline-max-ms, a model runs on the loop for a client that sends its requests one at a time on one
+    connection, once its last 8 came so (--inline-serial-max-ms): the handoff to a thread lengthened each answer,
+    and no other request waited. Requests from two connections in turn stay on threads, as every request does again
+    once another connection's comes."""
+    from polystack.server import dataplane
+
+    store, _ = model_store
+    st = start(store, models=["mlp"], inline_max_ms=1e-6, inline_serial_max_ms=50)  # no call is that fast
+    try:
+        seen = threads_calling(monkeypatch, dataplane, "_timed_infer")
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
+        one, other = (http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10) for _ in range(2))
+
+        def infer(conn: http.client.HTTPConnection) -> int:  # on the connection, kept alive
+            conn.request("POST", "/v2/models/mlp/infer", body, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+
+        assert [infer(one) for _ in range(12)] == [200] * 12
+        alone = list(seen)
+        assert [infer(conn) for conn in [other, one] * 6] == [200] * 12
+        in_turn = seen[len(alone) :]
+        one.close()
+        other.close()
+    finally:
+        st.stop()
+    on_loop = [name == "polystack-server" for name in alone]
+    assert on_loop == [False] * 8 + [True] * 4, alone  # from the 9th: 8 in a row after the first
+    assert "polystack-server" not in in_turn, in_turn
+
+
 def test_a_requests_size_counts_the_bytes_of_its_strings() -> None:
     """What the inline check compares: an array of strings' nbytes is 8 per element, however long they are, so
     a 50 MB string to a fast BYTES model still ran on the event loop."""

@@ -131,6 +131,7 @@ class ServeConfig:
     idle_timeout_s: float = 120.0  # close HTTP connections quiet this long with nothing in flight (0: never)
     workers: int | None = None  # inference threads without batching (default: CPU count)
     inline_max_ms: float = 0.2  # run a model this fast on the loop when it is the only request (0: never)
+    inline_serial_max_ms: float = 1.0  # the same while one client sends one request at a time (``InFlight.serial``)
     batching: BatchPolicy | None = None  # replaces policy_for's for every model
     batch_overrides: BatchOverrides | None = None  # settings replaced in each batched model's policy
     force_batching: bool = False  # batch every model that can be, with the default policy where none is planned
@@ -320,6 +321,7 @@ class Server:
             ),
             log_settings=logs.SETTINGS if config.runtime_settings else None,
             inline_max_ms=0.0 if cpus else config.inline_max_ms,  # pinned: models never run on the loop's cores
+            inline_serial_max_ms=config.inline_serial_max_ms,
             server_name=config.server_name,
             model_configs=config.model_configs,
             response_cache=cache,

@@ -104,6 +104,7 @@ class Request:
     front: Front | None = None  # its trace's front-end side, while trace files are written: ended once answered
     # its headers' names as the client wrote them, by the lower-case key (kept only while headers are forwarded)
     names: dict[bytes, bytes] | None = None
+    connection: object | None = None  # the connection it came on, which sends one request at a time (HTTP/1.1)
     _id: str | None = field(default=None, repr=False)
 
     @property
@@ -734,7 +735,9 @@ class HttpApp:
         if self.plane.tracing.active:
             req.front = Front("HTTP", *req.received)
         self._refuse_when_draining(req, name, version, request)
-        result = await self.plane.infer(name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front)
+        result = await self.plane.infer(
+            name, version, request, self.loop, lambda: text_headers(req.headers), front=req.front, source=req.connection
+        )
         return request, result
 
     def _forwarding(self, decode: Callable[[], InferRequest], req: Request) -> Callable[[], InferRequest]:

@@ -350,7 +350,9 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         if b"content-length" in self._headers and b"transfer-encoding" in self._headers:
             keep_alive, self._last = False, True
-        req = Request(self.parser.get_method(), path, self._headers, body, keep_alive, names=self._names)
+        req = Request(
+            self.parser.get_method(), path, self._headers, body, keep_alive, names=self._names, connection=self
+        )
         req.received = (self._begun_ns, time.perf_counter_ns())
         if req.keep_alive and self.parser.get_http_version() == "1.0":
             req.http10 = True  # kept open only because it asked: the answer says it is (HTTP/1.0's rule)

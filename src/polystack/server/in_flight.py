@@ -2,13 +2,16 @@
 
 Requests to models and ensembles, and loads or unloads by name (the model repository extension's, which a drain
 waits for as it waits for requests). A drain waits until none is left (``wait_idle``); the inline fast path asks
-whether a request is ``alone``; ``/metrics`` reads the count at scrape time. Every change is on the event loop: a
-plain counter, no lock.
+whether a request is ``alone``, and whether its client is ``serial``; ``/metrics`` reads the count at scrape time.
+Every change is on the event loop: a plain counter, no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+# A client's requests in a row, each from the same source, before it counts as the one client, waiting for each answer
+SERIAL_AFTER = 8
 
 
 class InFlight:
@@ -17,6 +20,8 @@ class InFlight:
         self.pipelines = 0  # ensemble requests among them (their steps are requests too)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._source: int | None = None  # where the last client's request came from (``arrived``)
+        self._streak = 0  # the requests from it since another came from elsewhere
 
     def enter(self) -> None:
         self.count += 1
@@ -39,6 +44,23 @@ class InFlight:
     def alone(self) -> bool:
         """The request asking is the only one in flight, or the one step running of the one ensemble request."""
         return self.count == 1 or (self.pipelines == 1 and self.count == 2)
+
+    def arrived(self, source: object | None) -> None:
+        """A client's request came from ``source``: a connection that sends one request at a time and waits for its
+        answer (HTTP/1.1's), or None where requests may come at once (gRPC's streams share a connection) or from
+        elsewhere (a stream, a model's own request)."""
+        key = None if source is None else id(source)  # (a live object's: a closed one's may be reused, as serial)
+        if key is not None and key == self._source:
+            self._streak += 1
+        else:
+            self._source, self._streak = key, 0
+
+    @property
+    def serial(self) -> bool:
+        """The last ``SERIAL_AFTER`` client requests came from one connection, one at a time: one client waits for
+        each answer before it sends the next, and nothing else comes. A request that runs on the loop holds no
+        other up then; one that comes from elsewhere ends it (it waited at most for the call on the loop)."""
+        return self._streak >= SERIAL_AFTER
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait (up to ``timeout_s``) until nothing is in flight; whether that came."""
