@@ -31,7 +31,7 @@ import orjson
 import simdjson
 
 from polystack.errors import InvalidRequest, InvalidTensor, PolystackError, quote
-from polystack.protocol import classification
+from polystack.protocol import classification, loop_casts
 from polystack.protocol.wire import (
     TRITON_PARAMETERS,
     InferRequest,
@@ -617,7 +617,7 @@ def json_data(arr: np.ndarray, dtype: DType, name: str = "", how: str = _BINARY_
     if dtype in _WIDENED:
         # each value written as the float64 it is exactly (1.100000023841858), as Triton writes them, not as the
         # shortest text that reads back as the same float32 (1.1), which a float64 reader takes for another number
-        return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+        return loop_casts.cast(np.ascontiguousarray(arr), np.dtype(np.float64)).reshape(-1)
     return np.ascontiguousarray(arr).reshape(-1)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from polystack.errors import InvalidRequest, InvalidTensor, quote
+from polystack.protocol import loop_casts
 from polystack.types import DType
 
 # The largest tensor polystack accepts in one request, in elements; a shape whose product exceeds
@@ -332,7 +333,7 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
     target = dtype.numpy
     if target.kind in "iu" and data.size and (target.itemsize < data.dtype.itemsize or target.kind != data.dtype.kind):
         info = np.iinfo(target)
-        low, high = data.min(), data.max()
+        low, high = loop_casts.bounds(data)
         if low < info.min or high > info.max:
             raise InvalidTensor(
                 f"input {name!r}: data does not fit datatype {dtype.value}: values run from {low} to {high}, "
@@ -341,7 +342,7 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
     if target.kind == "f" and target.itemsize < data.dtype.itemsize:
         try:
             with np.errstate(over="raise"):  # NaN and infinities sent as such pass; only finite overflow raises
-                return data.astype(target, copy=False)
+                return loop_casts.cast(data, target)
         except FloatingPointError:
             big = data[np.isfinite(data)]
             worst = big[np.argmax(np.abs(big))]
@@ -349,7 +350,7 @@ def cast_numbers(name: str, dtype: DType, data: np.ndarray) -> np.ndarray:
                 f"input {name!r}: value {worst:g} does not fit datatype {dtype.value} (largest magnitude "
                 f"{float(np.finfo(target).max):g}); send it as FP64, or scale it"
             ) from None
-    return data.astype(target, copy=False)
+    return loop_casts.cast(data, target)
 
 
 def string_count_words(name: str, model: str, count: int, got: int) -> str:
