@@ -4,9 +4,10 @@ numpy lets other threads run while it casts, compares or reduces more than 500 e
 server's event loop, beside inference threads that wait for the GIL as their runtime calls return, taking it back
 costs far more than the work: one thread of Python beside it made a 3,072-value float64 -> float32 cast take 210 us
 instead of 1 us here. The serving benchmark's CNN request (3,072 values in JSON, concurrency 32, unbatched) spent 10%
-of the loop's time in that cast, waiting (py-spy), and the server answered 8%, 16% and 22% more requests a second once
-it went in pieces, in three side-by-side runs (2026-12-07; the MLP's 256 values, cast whole either way, differed by
-10% between two identical servers then).
+of the loop's time in that cast, waiting (py-spy). In pieces, the server answered 6% more requests a second in the
+median of 12 alternating pairs of runs beside the server before (11 of them faster, by up to 21%; 2026-12-07). Shorter
+runs ranged from 8% fewer to 22% more: the MLP's 256 values, cast whole either way, differed by 10% between two
+identical servers then.
 
 So on an event loop's thread a cast or bound goes in pieces of at most 500 elements, which numpy makes holding the
 GIL (a few microseconds more for the Python around them); elsewhere (a codec or an inference thread) it goes whole,
