@@ -11,6 +11,8 @@ import pytest
 
 from polystack.protocol import loop_casts
 from polystack.protocol.loop_casts import HELD_UP_TO
+from polystack.protocol.wire import from_raw
+from polystack.types import DType
 
 
 def on_a_loop(fn: Callable[[], Any]) -> Any:
@@ -24,7 +26,9 @@ SIZES = [1, HELD_UP_TO, HELD_UP_TO + 1, 3 * HELD_UP_TO + 7]
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize(("source", "target"), [(np.float64, np.float32), (np.int64, np.int32), (np.float32, np.float64)])
+@pytest.mark.parametrize(
+    ("source", "target"), [(np.float64, np.float32), (np.int64, np.int32), (np.float32, np.float64)]
+)
 def test_a_cast_on_a_loop_or_off_it_gives_numpys_values_and_shape(size: int, source: type, target: type) -> None:
     data = (np.random.default_rng(size).standard_normal(size) * 1000).astype(source).reshape(-1, 1)
     expected = data.astype(target)
@@ -63,3 +67,16 @@ def test_bounds_are_the_least_and_greatest_elements(size: int) -> None:
     expected = (data.min(), data.max())
     assert on_a_loop(lambda: loop_casts.bounds(data)) == expected
     assert loop_casts.bounds(data) == expected
+
+
+def test_raw_bool_bytes_are_true_where_not_zero_on_a_loop_or_off_it() -> None:
+    """A BOOL tensor's raw bytes, read through a cast: any non-zero byte is true, held as 1."""
+    raw = bytes([0, 1, 2, 255] * HELD_UP_TO)
+    expected = np.array([False, True, True, True] * HELD_UP_TO).reshape(HELD_UP_TO, 4)
+    for arr in (
+        on_a_loop(lambda: from_raw("b", DType.BOOL, (HELD_UP_TO, 4), raw)),
+        from_raw("b", DType.BOOL, (HELD_UP_TO, 4), raw),
+    ):
+        assert arr.dtype == np.bool_
+        np.testing.assert_array_equal(arr, expected)
+        assert set(arr.view(np.uint8).reshape(-1).tolist()) == {0, 1}  # true is 1, not the byte sent

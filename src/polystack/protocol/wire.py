@@ -323,7 +323,7 @@ def from_raw(name: str, dtype: DType, shape: tuple[int, ...], raw: bytes | memor
         return decode_bytes(name, shape, raw, model)
     check_length(name, dtype, shape, len(raw), model)
     if dtype is DType.BOOL:  # one byte each, and any non-zero byte is true (numpy would keep 2 as a "true" 2)
-        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+        return loop_casts.cast(np.frombuffer(raw, dtype=np.uint8), np.dtype(np.bool_)).reshape(shape)
     np_dtype = dtype.numpy.newbyteorder("<") if dtype.itemsize > 1 else dtype.numpy
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
 
