@@ -65,3 +65,17 @@ def test_a_client_is_serial_after_its_requests_came_in_a_row_from_one_connection
     for _ in range(SERIAL_AFTER * 2):
         flight.arrived(None)
     assert not flight.serial
+
+
+def test_clients_are_interleaved_when_a_request_comes_from_another_connection_than_the_one_before() -> None:
+    flight = InFlight()
+    one, other = object(), object()
+    assert not flight.interleaved  # nothing came yet
+    flight.arrived(one)
+    assert flight.interleaved  # a new connection: others may be waiting unread behind a call on the loop
+    flight.arrived(one)
+    assert not flight.interleaved  # the same one again: it waited for its answer
+    flight.arrived(other)
+    assert flight.interleaved
+    flight.arrived(None)  # gRPC: says nothing either way
+    assert not flight.interleaved

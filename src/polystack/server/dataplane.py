@@ -17,7 +17,9 @@ here (two context switches and a loop wake-up), and through tritonclient it adde
 0.4 ms request. So when a model's typical compute time is at most ``inline_max_ms`` (0.2 ms by
 default, 0 turns it off) *and* it is the only request in flight (or the one step running of the one
 ensemble request in flight), it runs on the loop: the loop has nothing else to do, and the call is
-shorter than the handoff it saves. Any concurrency, or a slower model, goes to the threads as before.
+shorter than the handoff it saves. Any concurrency, or a slower model, goes to the threads as before,
+and so does a request whose connection did not send the request before it (``InFlight.interleaved``): clients
+taking turns look alone while the others' requests wait unread behind the call.
 While one client sends its requests one at a time on one HTTP/1.1 connection and nothing else comes
 (``InFlight.serial``), models up to ``inline_serial_max_ms`` (1 ms) run there too: the handoff lengthens each answer
 by as much, and no other request waits behind the call. Concurrency cannot show while a call holds the loop (a
@@ -1382,7 +1384,7 @@ class DataPlane:
                     key = (entry.name, entry.version)
                     typical = self.typical_s.get(key)
                     queued = time.perf_counter_ns()
-                    alone = self.in_flight.alone
+                    alone = self.in_flight.alone and not self.in_flight.interleaved
                     limit = self.inline_serial_max_s if self.in_flight.serial else self.inline_max_s
                     size = sum(_size(a) for a in request.inputs.values())
                     # inline: a request alone, to a model that answers such requests fast, no larger than they are

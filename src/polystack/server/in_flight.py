@@ -2,8 +2,8 @@
 
 Requests to models and ensembles, and loads or unloads by name (the model repository extension's, which a drain
 waits for as it waits for requests). A drain waits until none is left (``wait_idle``); the inline fast path asks
-whether a request is ``alone``, and whether its client is ``serial``; ``/metrics`` reads the count at scrape time.
-Every change is on the event loop: a plain counter, no lock.
+whether a request is ``alone``, whether clients are ``interleaved``, and whether its client is ``serial``;
+``/metrics`` reads the count at scrape time. Every change is on the event loop: a plain counter, no lock.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ class InFlight:
             self._streak += 1
         else:
             self._source, self._streak = key, 0
+
+    @property
+    def interleaved(self) -> bool:
+        """The last client request came from another connection than the one before it: clients take turns, and
+        theirs may wait unread behind a call on the loop, where a request that enters and leaves alone looks alone
+        (concurrency 32 lost 5% of its requests a second to such calls). None (gRPC) says nothing either way."""
+        return self._source is not None and self._streak == 0
 
     @property
     def serial(self) -> bool:
