@@ -485,24 +485,32 @@ def test_clients_taking_turns_have_their_requests_run_off_the_event_loop(
     """A request that is the only one in flight ran on the loop even where other clients' requests waited unread
     behind it (they do not show while a call holds the loop): one whose connection did not send the request before
     it now runs on a thread, as every request from two connections in turn does."""
-    from polystack.server import dataplane
-
     store, _ = model_store
     st = start(store, models=["mlp"], inline_max_ms=50)  # however loaded the machine: 1-row calls count as fast
+    on_loop, in_turn = _where_requests_ran(st, monkeypatch, 4, 4)
+    assert on_loop == [False, True, True, True]  # the first: no average yet
+    assert not any(in_turn)
+
+
+def _where_requests_ran(
+    st: ServerThread, monkeypatch: pytest.MonkeyPatch, alone: int, rounds: int
+) -> tuple[list[bool], list[bool]]:
+    """Whether each model call ran on the event loop: of ``alone`` requests sent one after another on one kept-alive
+    connection, then of ``rounds`` pairs sent from a second connection and the first in turn. Stops ``st``."""
+    from polystack.server import dataplane
+
     try:
         seen = threads_calling(monkeypatch, dataplane, "_timed_infer")
         body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
         one, other = (http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10) for _ in range(2))
-        assert [_infer_on(one, body) for _ in range(4)] == [200] * 4
-        alone = list(seen)
-        assert [_infer_on(conn, body) for conn in [other, one] * 4] == [200] * 8
-        in_turn = seen[len(alone) :]
+        assert [_infer_on(one, body) for _ in range(alone)] == [200] * alone
+        assert [_infer_on(conn, body) for conn in [other, one] * rounds] == [200] * 2 * rounds
         one.close()
         other.close()
     finally:
         st.stop()
-    assert [name == "polystack-server" for name in alone] == [False, True, True, True], alone  # the first: no average
-    assert "polystack-server" not in in_turn, in_turn
+    on_loop = [name == "polystack-server" for name in seen]
+    return on_loop[:alone], on_loop[alone:]
 
 
 def test_a_client_sending_one_request_at_a_time_has_slower_models_run_on_the_event_loop(
@@ -512,25 +520,11 @@ def test_a_client_sending_one_request_at_a_time_has_slower_models_run_on_the_eve
     connection, once its last 8 came so (--inline-serial-max-ms): the handoff to a thread lengthened each answer,
     and no other request waited. Requests from two connections in turn stay on threads, as every request does again
     once another connection's comes."""
-    from polystack.server import dataplane
-
     store, _ = model_store
     st = start(store, models=["mlp"], inline_max_ms=1e-6, inline_serial_max_ms=50)  # no call is that fast
-    try:
-        seen = threads_calling(monkeypatch, dataplane, "_timed_infer")
-        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
-        one, other = (http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=10) for _ in range(2))
-        assert [_infer_on(one, body) for _ in range(12)] == [200] * 12
-        alone = list(seen)
-        assert [_infer_on(conn, body) for conn in [other, one] * 6] == [200] * 12
-        in_turn = seen[len(alone) :]
-        one.close()
-        other.close()
-    finally:
-        st.stop()
-    on_loop = [name == "polystack-server" for name in alone]
-    assert on_loop == [False] * 8 + [True] * 4, alone  # from the 9th: 8 in a row after the first
-    assert "polystack-server" not in in_turn, in_turn
+    on_loop, in_turn = _where_requests_ran(st, monkeypatch, 12, 6)
+    assert on_loop == [False] * 8 + [True] * 4  # from the 9th: 8 in a row after the first
+    assert not any(in_turn)
 
 
 def test_a_requests_size_counts_the_bytes_of_its_strings() -> None:
