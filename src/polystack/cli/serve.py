@@ -278,8 +278,8 @@ def serve(
         "--inline-serial-max-ms",
         min=0.0,
         help="The same limit while one client sends its requests one at a time on one HTTP/1.1 connection and none "
-        "comes from elsewhere (its last 8 in a row): no other request waits behind the call, and the handoff to a "
-        "thread (40-50 us) lengthens each answer (never below --inline-max-ms).",
+        "comes from elsewhere (8 in a row after its first): no other request waits behind the call, and the handoff "
+        "to a thread (40-50 us) lengthens each answer (never below --inline-max-ms).",
     ),
     frontend_cpus: str | None = typer.Option(
         None,

@@ -65,8 +65,8 @@ class InFlight:
 
     @property
     def serial(self) -> bool:
-        """The last ``SERIAL_AFTER`` client requests came from one connection, one at a time: one client waits for
-        each answer before it sends the next, and nothing else comes. A request that runs on the loop holds no
+        """``SERIAL_AFTER`` client requests in a row came from the connection of the one before them: one client
+        waits for each answer before it sends the next, and nothing else comes. A request that runs on the loop holds no
         other up then; one that comes from elsewhere ends it (it waited at most for the call on the loop)."""
         return self._streak >= SERIAL_AFTER
 
