@@ -79,3 +79,15 @@ def test_clients_are_interleaved_when_a_request_comes_from_another_connection_th
     assert flight.interleaved
     flight.arrived(None)  # gRPC: says nothing either way
     assert not flight.interleaved
+
+
+def test_a_connection_came_last_when_it_sent_the_last_client_request() -> None:
+    flight = InFlight()
+    one, other = object(), object()
+    assert not flight.came_last(one)  # nothing came yet
+    flight.arrived(one)
+    assert flight.came_last(one) and not flight.came_last(other)
+    flight.arrived(other)
+    assert flight.came_last(other) and not flight.came_last(one)
+    flight.arrived(None)  # gRPC, or a model's own request
+    assert not flight.came_last(one) and not flight.came_last(other)

@@ -7,6 +7,7 @@ import gzip
 import http.client
 import json
 import re
+import threading
 import urllib.request
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from conftest import Raw
-from servekit import mlp_ones, register_like, start, threads_calling
+from servekit import mlp_ones, register_like, start, threads_calling, until
 from tritonclient.utils import InferenceServerException
 
 from polystack.examples import mlp_onnx
@@ -517,14 +518,86 @@ def test_a_client_sending_one_request_at_a_time_has_slower_models_run_on_the_eve
     model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past --inline-max-ms, a model runs on the loop for a client that sends its requests one at a time on one
-    connection, once its last 8 came so (--inline-serial-max-ms): the handoff to a thread lengthened each answer,
-    and no other request waited. Requests from two connections in turn stay on threads, as every request does again
-    once another connection's comes."""
+    connection, once 8 in a row after its first came so (--inline-serial-max-ms): the handoff to a thread lengthened
+    each answer, and no other request waited. Requests from two connections in turn stay on threads, as every
+    request does again once another connection's comes."""
     store, _ = model_store
     st = start(store, models=["mlp"], inline_max_ms=1e-6, inline_serial_max_ms=50)  # no call is that fast
     on_loop, in_turn = _where_requests_ran(st, monkeypatch, 12, 6)
     assert on_loop == [False] * 8 + [True] * 4  # from the 9th: 8 in a row after the first
     assert not any(in_turn)
+
+
+def test_a_serial_clients_request_finding_the_server_idle_starts_in_the_read_that_brought_it(
+    model_store: tuple[Store, dict[str, ModelRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task starts a turn of the event loop after it is made. Once a client has sent its requests one at a time on
+    one connection (8 in a row after its first), one that finds nothing in flight starts at once, in the read
+    callback, and one whose model runs on the loop is answered there. Others start as tasks, behind the answers
+    due: a request that comes while another is in flight, and those of clients taking turns."""
+    from polystack.server import dataplane
+    from polystack.server.http_connection import HttpProtocol
+
+    reading = [False]
+    started: list[bool] = []  # for each request: whether the data plane took it within a read callback
+    answered: list[bool] = []  # for each answer: whether it was written within one
+    read, send, infer = HttpProtocol.data_received, HttpProtocol._send, dataplane.DataPlane.infer
+
+    def data_received(self: HttpProtocol, data: bytes) -> None:
+        reading[0] = True
+        try:
+            read(self, data)
+        finally:
+            reading[0] = False
+
+    def answer(self: HttpProtocol, *args: Any) -> None:
+        answered.append(reading[0])
+        send(self, *args)
+
+    async def take(self: dataplane.DataPlane, *args: Any, **kwargs: Any) -> Any:
+        started.append(reading[0])
+        return await infer(self, *args, **kwargs)
+
+    held, holding, release = [False], threading.Event(), threading.Event()
+    timed = dataplane._timed_infer
+
+    def held_call(*args: Any, **kwargs: Any) -> Any:
+        if held[0]:  # the first call after ``held`` is set waits for ``release``
+            held[0] = False
+            holding.set()
+            release.wait(30)
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(HttpProtocol, "data_received", data_received)
+    monkeypatch.setattr(HttpProtocol, "_send", answer)
+    monkeypatch.setattr(dataplane.DataPlane, "infer", take)
+    monkeypatch.setattr(dataplane, "_timed_infer", held_call)
+    store, _ = model_store
+    st = start(store, models=["mlp"], inline_max_ms=50)  # however loaded the machine: 1-row calls count as fast
+    try:
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]})
+        one, other = (http.client.HTTPConnection("127.0.0.1", st.http_port, timeout=30) for _ in range(2))
+        assert [_infer_on(one, body) for _ in range(12)] == [200] * 12
+        # from the 10th, which came after 8 in a row after the first (the 2nd to 9th ran on the loop too, a turn later)
+        assert started == answered == [False] * 9 + [True] * 3
+        held[0] = True
+        rows = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 16], "data": [0.5] * 64}]})
+        # its call is held on an inference thread: 4 rows run off the loop, larger than the usual request
+        first = threading.Thread(target=_infer_on, args=(one, rows))
+        first.start()
+        assert holding.wait(30)
+        other.request("POST", "/v2/models/mlp/infer", body, {"Content-Type": "application/json"})
+        assert until(lambda: len(started) == 14)
+        release.set()
+        first.join(30)
+        assert other.getresponse().read() and started[12:] == [True, False]  # the second came as the first ran
+        assert _infer_on(one, body) == 200
+        assert started[14:] == [False]  # another connection's request came between: no longer one client
+        one.close()
+        other.close()
+    finally:
+        release.set()
+        st.stop()
 
 
 def test_a_requests_size_counts_the_bytes_of_its_strings() -> None:

@@ -215,6 +215,13 @@ class HttpApp:
     def close(self) -> None:
         self.codec_pool.shutdown(wait=True)
 
+    def starts_now(self, connection: object) -> bool:
+        """A request arriving on ``connection`` starts at once (``eager.py``): nothing is in flight (no request to a
+        model, no load or unload) and the connection is a ``serial`` client's (8 requests in a row from it after its
+        first, and none from elsewhere since)."""
+        in_flight = self.plane.in_flight
+        return in_flight.count == 0 and in_flight.serial and in_flight.came_last(connection)
+
     async def wait_answered(self, timeout_s: float) -> bool:
         """Until no connection is receiving a request, answering one or holding unsent bytes of an answer (a
         drain): a request still arriving as the drain begins is read whole and answered, not cut off."""

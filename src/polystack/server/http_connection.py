@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import email.utils
 import inspect
@@ -24,6 +25,7 @@ from typing import Any, cast
 import httptools
 import orjson
 
+from polystack.server import eager
 from polystack.server.http import HttpApp, Request, Response, failed, log_request
 
 _DATE: list[Any] = [0, b""]  # (second, its Date header line): formatted once a second
@@ -400,7 +402,17 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._busy = True
         self._pending = result
-        self._task = self._loop.create_task(self._finish(req, result))
+        finish = self._finish(req, result)
+        if not self.app.starts_now(self):  # answers due go first: a task starts on a later turn of the loop
+            self._task = self._loop.create_task(finish)
+            return
+        # one client's, nothing else in flight: the request starts now, not a turn of the loop later (``eager.py``)
+        context = contextvars.copy_context()
+        continued = eager.start(finish, context)
+        if continued is None:  # answered already
+            self._pending = None
+        else:
+            self._task = self._loop.create_task(continued, context=context)
 
     async def _finish(self, req: Request, pending: Awaitable[Response]) -> None:
         try:

@@ -55,6 +55,10 @@ class InFlight:
         else:
             self._source, self._streak = key, 0
 
+    def came_last(self, source: object) -> bool:
+        """The last client request came from ``source`` (its next one would not be ``interleaved``)."""
+        return id(source) == self._source
+
     @property
     def interleaved(self) -> bool:
         """The last client request came from another connection than the one before it: clients take turns, and
